@@ -1,0 +1,253 @@
+"""The ftctl command line. Wiring only: parse, call, print. Heavy imports live inside commands."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+
+from ftctl import __version__
+from ftctl.errors import FtctlError
+
+
+class _Group(click.Group):
+    """User errors print one message and exit non-zero; FTCTL_DEBUG=1 shows the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FtctlError as e:
+            if os.environ.get("FTCTL_DEBUG"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="ftctl")
+def main():
+    """Fine-tune causal language models wherever the GPUs are: fft, sft, lora, qlora on a SkyPilot cloud,
+    a Slurm cluster, a docker host or this machine. Start with `ftctl demo`."""
+
+
+def run_options(fn):
+    """RUN FLAGS shared by plan / render / launch / train."""
+    options = [
+        click.option("-c", "--config", type=click.Path(dir_okay=False), help="Run description YAML."),
+        click.option("--method", type=click.Choice(["fft", "sft", "lora", "qlora"]), help="Default: lora."),
+        click.option("--gpus", help="8xA100, 2x8xH100, A100-80GB:8, H100 or cpu."),
+        click.option("--nodes", type=int, help="Number of nodes (also 2x8xH100)."),
+        click.option("--model", help="Model id or local directory (model_name_or_path)."),
+        click.option("--model-params", help="Model size when its config cannot be read: 7b, 135m."),
+        click.option("--data", help="Dataset path or URI (data_path); builtin:demo is bundled."),
+        click.option("--output", help="Output directory or s3:// gs:// az:// URI."),
+        click.option("--backend", type=click.Choice(["local", "slurm", "sky", "docker"])),
+        click.option("--partition", help="Slurm partition."),
+        click.option("--account", help="Slurm account."),
+        click.option("--qos", help="Slurm QOS."),
+        click.option("--time", help="Slurm time limit, e.g. 12:00:00."),
+        click.option("--container", help="docker:IMAGE, apptainer:IMAGE or pyxis:IMAGE."),
+        click.option("--setup", multiple=True, help="Shell line run before training (module load cuda/12.4)."),
+        click.option("--sbatch-arg", "sbatch_args", multiple=True, help="Extra #SBATCH option, e.g. --mem=64G."),
+        click.option("--spot/--no-spot", default=None, help="Spot instances with recovery (SkyPilot)."),
+        click.option("--secret", "secrets", multiple=True, help="Env var NAME passed to the job (never its value)."),
+        click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Any run key, e.g. -o learning_rate=3e-4 -o max_steps=40."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def _spec(kw: dict, backend: str | None = None):
+    from ftctl import spec as spec_mod
+
+    config = kw.pop("config", None)
+    overrides = kw.pop("overrides", ())
+    flags = {"model_name_or_path": kw.pop("model", None), "data_path": kw.pop("data", None),
+             "output_dir": kw.pop("output", None), **kw}
+    if backend and not flags.get("backend"):
+        flags["backend"] = backend
+    for key in ("setup", "sbatch_args", "secrets"):
+        flags[key] = list(flags.get(key) or [])
+    return spec_mod.build(config, flags, overrides)
+
+
+# ------------------------------------------------------------------------------------------ plan
+@main.command()
+@run_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(as_json, **kw):
+    """Precision, attention, strategy, batch and memory per GPU for a run; exits 2 when nothing fits."""
+    from ftctl.backends import resolve
+
+    spec, p = resolve(_spec(kw))
+    if as_json:
+        import json
+
+        click.echo(json.dumps(p.to_dict(), indent=2))
+    else:
+        click.echo(p.table())
+
+
+@main.command()
+@run_options
+def render(**kw):
+    """Print what `launch` would submit: sbatch, SkyPilot task YAML, docker or local command."""
+    from ftctl.backends import prepare
+
+    click.echo(prepare(_spec(kw)).text, nl=False)
+
+
+@main.command()
+@run_options
+@click.option("--dry-run", is_flag=True, help="Print what would be submitted and stop.")
+def launch(dry_run, **kw):
+    """Render and submit a run; prints the job id and where its logs and checkpoints go."""
+    from ftctl.backends import prepare
+
+    prep = prepare(_spec(kw))
+    if dry_run:
+        click.echo(prep.text, nl=False)
+        return
+    from ftctl import submit
+
+    submit.submit(prep)
+
+
+@main.command()
+@click.argument("job")
+def status(job):
+    """State of a launched job."""
+    from ftctl import submit
+
+    click.echo(submit.status(job))
+
+
+@main.command()
+@click.argument("job")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
+def logs(job, follow):
+    """Print a launched job's log."""
+    from ftctl import submit
+
+    submit.logs(job, follow)
+
+
+@main.command()
+@click.argument("job")
+def cancel(job):
+    """Cancel a launched job."""
+    from ftctl import submit
+
+    submit.cancel(job)
+
+
+# ------------------------------------------------------------------------------------------ training
+@main.command()
+@run_options
+def train(**kw):
+    """Run the trainer here, in this process (what torchrun runs on every node)."""
+    from ftctl.backends import prepare, write_files
+
+    prep = prepare(_spec(kw, backend="local"))
+    write_files(prep)
+    from ftctl.trainer.run import main as trainer_main
+
+    trainer_main(str(prep.run_dir / "spec.json"))
+
+
+@main.command()
+@click.option("--steps", type=int, default=None, help="Training steps (default: the demo's own).")
+def demo(steps):
+    """Fine-tune SmolLM2-135M-Instruct on a bundled dataset on this machine; answers before and after."""
+    from ftctl.trainer.demo import run_demo
+
+    run_demo(steps=steps)
+
+
+@main.command()
+@click.argument("run")
+@click.option("--out", help="Where to write the merged model (default: RUN/merged).")
+def merge(run, out):
+    """Merge a LoRA/QLoRA adapter into its base: a standard safetensors model directory."""
+    from ftctl.trainer.merge import merge as do_merge
+
+    click.echo(do_merge(run, out))
+
+
+@main.group(cls=_Group)
+def data():
+    """Check datasets before launching."""
+
+
+@data.command("check")
+@click.argument("path")
+@click.option("--model", required=True, help="Model whose tokenizer and chat template to use.")
+@click.option("--max-length", type=int, default=None, help="model_max_length (default: the run default).")
+def data_check(path, model, max_length):
+    """Per-row errors with file and row number, then token statistics."""
+    from ftctl.spec import RunSpec
+    from ftctl.trainer.data import check_data
+    from ftctl.trainer.model import load_tokenizer
+
+    report = check_data(path, load_tokenizer(model), max_length or RunSpec.model_max_length)
+    click.echo(report.render())
+    if report.errors:
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------------------------ storage
+@main.group(cls=_Group)
+def sync():
+    """Checkpoints in object storage: ls, push, pull."""
+
+
+@sync.command("ls")
+@click.argument("uri")
+def sync_ls(uri):
+    """List checkpoints at URI (complete or not)."""
+    from ftctl.checkpoints import ls
+
+    ls(uri)
+
+
+@sync.command("push")
+@click.argument("local_dir")
+@click.argument("uri")
+def sync_push(local_dir, uri):
+    """Upload a run's complete checkpoints."""
+    from ftctl.checkpoints import push
+
+    push(local_dir, uri)
+
+
+@sync.command("pull")
+@click.argument("uri")
+@click.argument("local_dir")
+def sync_pull(uri, local_dir):
+    """Download complete checkpoints."""
+    from ftctl.checkpoints import pull
+
+    pull(uri, local_dir)
+
+
+@main.command()
+@click.option("--backend", type=click.Choice(["local", "slurm", "sky", "docker"]), default="local")
+@click.option("--partition", help="Slurm partition to check.")
+@click.option("--gpus", help="GPU request to check against the cluster.")
+def doctor(backend, partition, gpus):
+    """What is reachable and what would fail, before an expensive launch."""
+    from ftctl import submit
+
+    ok = submit.doctor(backend, partition, gpus)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

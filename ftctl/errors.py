@@ -1,0 +1,20 @@
+"""The one exception type users see.
+
+Anything raised as ``FtctlError`` reaches the user as its message alone (no traceback) and a
+non-zero exit; ``FTCTL_DEBUG=1`` shows the traceback too. The message should say the fix, not
+only the fault.
+"""
+
+
+class FtctlError(Exception):
+    """A user-facing error: bad input, an unfit plan, a scheduler refusal."""
+
+    exit_code = 2
+
+
+def did_you_mean(word: str, choices) -> str:
+    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

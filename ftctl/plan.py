@@ -1,0 +1,366 @@
+"""The planner: method x model size x GPU tier -> precision, attention, strategy, batch, memory.
+
+Memory model (per GPU, decimal GB), terms named as in the code below:
+
+    weights      bytes of the model's weights held on each GPU
+                   fft/sft: 2 B/param (bf16/fp16); qlora: 0.56 B/param (NF4 with double quantisation,
+                   4.5 bits, embeddings and head kept in 16 bits); lora: 2 B/param
+    grads        2 B per trainable param (16-bit)
+    optimizer    12 B per trainable param for AdamW in mixed precision (fp32 master, m, v);
+                 2 B per param for the paged 8-bit AdamW of qlora
+    sharding     ddp/single: all of it on every GPU; zero2: grads + optimizer / world;
+                 zero3 and fsdp: weights + grads + optimizer / world; zero3_offload: optimizer and weights
+                 live in CPU RAM (needs 16 B/param / nodes of host memory), ~2 layers of weights on the GPU
+    activations  per micro-batch sequence of S tokens, hidden H, L layers (Korthikanti et al. 2022, with
+                 flash/memory-efficient attention so no S^2 term): 34*S*H*L bytes without gradient
+                 checkpointing; 2*S*H*L (the saved layer inputs) + 34*S*H (one layer recomputed) with it
+    logits       the head's output and its gradient in fp32: 2 * 4 * S * V bytes per sequence
+    overhead     1.5 GB: CUDA context, allocator fragmentation, NCCL buffers
+
+A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
+"GPU performance" holds them against measured peaks (bench/).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ftctl import gpus as gpu_table
+from ftctl.errors import FtctlError
+from ftctl.spec import RunSpec, parse_size
+
+HEADROOM = 0.92
+OVERHEAD_GB = 1.5
+CPU_MAX_PARAMS_B = 2.0  # larger models are refused on CPU: days a step
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    params_b: float  # billions
+    hidden: int
+    layers: int
+    vocab: int
+    source: str  # where the numbers came from
+
+
+# Shapes of common models, for ids whose config.json is not on this machine.
+KNOWN_MODELS = {
+    "huggingfacetb/smollm2-135m-instruct": ModelShape(0.135, 576, 30, 49152, "known id"),
+    "huggingfacetb/smollm2-1.7b-instruct": ModelShape(1.71, 2048, 24, 49152, "known id"),
+    "lmsys/vicuna-7b-v1.5": ModelShape(6.74, 4096, 32, 32000, "known id"),
+    "lmsys/vicuna-13b-v1.5": ModelShape(13.0, 5120, 40, 32000, "known id"),
+    "meta-llama/llama-2-7b-hf": ModelShape(6.74, 4096, 32, 32000, "known id"),
+    "meta-llama/llama-2-13b-hf": ModelShape(13.0, 5120, 40, 32000, "known id"),
+    "meta-llama/llama-2-70b-hf": ModelShape(69.0, 8192, 80, 32000, "known id"),
+    "meta-llama/llama-3.2-1b": ModelShape(1.24, 2048, 16, 128256, "known id"),
+    "meta-llama/llama-3.2-3b": ModelShape(3.21, 3072, 28, 128256, "known id"),
+    "meta-llama/llama-3.1-8b": ModelShape(8.03, 4096, 32, 128256, "known id"),
+    "meta-llama/llama-3.1-70b": ModelShape(70.6, 8192, 80, 128256, "known id"),
+    "meta-llama/llama-3.3-70b-instruct": ModelShape(70.6, 8192, 80, 128256, "known id"),
+    "mistralai/mistral-7b-v0.1": ModelShape(7.24, 4096, 32, 32000, "known id"),
+    "qwen/qwen2.5-0.5b": ModelShape(0.49, 896, 24, 151936, "known id"),
+    "qwen/qwen2.5-7b": ModelShape(7.62, 3584, 28, 152064, "known id"),
+    "qwen/qwen2.5-72b": ModelShape(72.7, 8192, 80, 152064, "known id"),
+}
+
+
+@dataclass
+class Plan:
+    method: str
+    gpus: str  # normalised --gpus
+    tier: str | None  # None on CPU
+    gpu_memory_gb: float | None
+    nodes: int
+    gpus_per_node: int
+    world_size: int
+    model: ModelShape
+    precision: str  # bf16 | fp16 | fp32
+    attn_implementation: str
+    strategy: str
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    global_batch_size: int
+    gradient_checkpointing: bool
+    packing: bool
+    optim: str
+    learning_rate: float
+    trainable_params_b: float
+    memory_gb: float  # estimated peak per GPU (or per process on CPU)
+    memory: dict = field(default_factory=dict)  # the terms
+    host_memory_gb: float | None = None  # CPU RAM per node the plan needs (offload)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        rows = [
+            ("method", self.method),
+            ("gpus", f"{self.gpus}  ({self.world_size} process{'es' if self.world_size > 1 else ''})"),
+            ("model", f"{self.model.params_b:g}B params ({self.model.source}), "
+                      f"{self.trainable_params_b:.3g}B trainable"),
+            ("precision", self.precision),
+            ("attention", self.attn_implementation + (" + packing" if self.packing else "")),
+            ("strategy", self.strategy),
+            ("batch", f"{self.per_device_train_batch_size} per device x {self.gradient_accumulation_steps} "
+                      f"accumulation x {self.world_size} = {self.global_batch_size} sequences"),
+            ("gradient ckpt", "on" if self.gradient_checkpointing else "off"),
+            ("optimizer", f"{self.optim}, lr {self.learning_rate:g}"),
+            ("memory/device", f"{self.memory_gb:.1f} GB est." + (
+                f" of {self.gpu_memory_gb:g} GB" if self.gpu_memory_gb else "")
+             + "  (" + ", ".join(f"{k} {v:.1f}" for k, v in self.memory.items()) + ")"),
+        ]
+        if self.host_memory_gb:
+            rows.append(("host memory", f"{self.host_memory_gb:.0f} GB per node for offload"))
+        out = "\n".join(f"{k:<14} {v}" for k, v in rows)
+        if self.notes:
+            out += "\n" + "\n".join(f"note: {n}" for n in self.notes)
+        return out
+
+
+class PlanError(FtctlError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------ shape
+def model_shape(model: str, model_params: str | None = None) -> ModelShape:
+    """Model size from its config.json (local directory), a known id, or --model-params."""
+    if model_params:
+        n = parse_size(model_params)
+        # Llama-like aspect (hidden = 128 * layers): params ~ 12 * L * H^2
+        hidden = int(round((n * 1e9 * 128 / 12) ** (1 / 3) / 64) * 64) or 64
+        layers = max(1, round(hidden / 128))
+        return ModelShape(n, hidden, layers, 32000, "--model-params")
+    cfg_path = Path(model) / "config.json"
+    if cfg_path.is_file():
+        return _shape_from_config(json.loads(cfg_path.read_text()), f"{cfg_path}")
+    known = KNOWN_MODELS.get(model.lower().rstrip("/"))
+    if known:
+        return known
+    raise FtctlError(
+        f"Cannot tell the size of model {model!r}: it is not a local directory with a config.json and not "
+        f"a model ftctl knows. Pass its size, e.g. --model-params 7b."
+    )
+
+
+def _shape_from_config(cfg: dict, source: str) -> ModelShape:
+    cfg = cfg.get("text_config", cfg)
+    h = cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model")
+    layers = cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg.get("num_layers")
+    vocab = cfg.get("vocab_size", 32000)
+    if not h or not layers:
+        raise FtctlError(f"{source} has no hidden_size/num_hidden_layers: pass --model-params 7b.")
+    heads = cfg.get("num_attention_heads", max(1, h // 64))
+    kv = cfg.get("num_key_value_heads", heads)
+    head_dim = cfg.get("head_dim") or h // heads
+    inter = cfg.get("intermediate_size", 4 * h)
+    experts = cfg.get("num_local_experts") or cfg.get("num_experts") or 1
+    attn = h * head_dim * heads * 2 + h * head_dim * kv * 2
+    mlp = 3 * h * inter * experts
+    embed = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
+    params = (layers * (attn + mlp) + embed) / 1e9
+    return ModelShape(round(params, 4), h, layers, vocab, source)
+
+
+# ------------------------------------------------------------------------------------------ memory
+def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
+    if method == "fft":
+        return shape.params_b
+    if method == "sft":
+        per_layer = (shape.params_b - shape.vocab * shape.hidden / 1e9) / shape.layers
+        return min(shape.params_b, spec.trainable_layers * per_layer + shape.vocab * shape.hidden / 1e9)
+    # LoRA on every linear projection of every layer: r * (in + out) per projection; ~7 projections
+    # with in+out ~ 2H..(H+I); 4.5 * 2H is a good average for Llama shapes.
+    return shape.layers * 7 * spec.lora_r * 2 * shape.hidden * 1.6 / 1e9
+
+
+def memory_terms(method: str, strategy: str, shape: ModelShape, world: int, micro: int, seq: int,
+                 ckpt: bool, trainable_b: float, fp32: bool = False) -> dict:
+    n = shape.params_b  # billions -> GB per byte/param
+    wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
+    weights = {"qlora": 0.56 * n + wb * shape.vocab * shape.hidden / 1e9}.get(method, wb * n)
+    grads = wb * trainable_b
+    optimizer = (2 if method == "qlora" else (8 if fp32 else 12)) * trainable_b
+    if strategy == "zero2":
+        grads, optimizer = grads / world, optimizer / world
+    elif strategy in ("zero3", "fsdp"):
+        weights, grads, optimizer = weights / world, grads / world, optimizer / world
+    elif strategy == "zero3_offload":
+        # two layers' weights in flight on the GPU; gradients and optimizer states go to CPU RAM
+        weights, grads, optimizer = 2 * 2 * n / shape.layers, 2 * 2 * n / shape.layers, 0.0
+    act_per_seq = (2 * seq * shape.hidden * shape.layers + 34 * seq * shape.hidden) if ckpt \
+        else 34 * seq * shape.hidden * shape.layers
+    activations = micro * act_per_seq * wb / 2 / 1e9
+    logits = micro * 2 * 4 * seq * shape.vocab / 1e9
+    return {"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations,
+            "logits": logits, "overhead": OVERHEAD_GB}
+
+
+def _strategies(method: str, world: int, nodes: int, forced: str | None) -> list[str]:
+    if forced:
+        return [forced]
+    if world == 1:
+        return ["single", "zero3_offload"] if method == "fft" else ["single"]
+    if method in ("lora", "qlora"):
+        return ["ddp"]  # adapters are small; sharding the frozen base buys little and breaks 4-bit
+    if method == "sft":
+        return ["ddp", "zero2", "zero3"]
+    return ["ddp", "zero2", "zero3", "zero3_offload"]
+
+
+# ------------------------------------------------------------------------------------------ plan
+def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
+    """The plan for spec on its --gpus (or ``gpus``); raises PlanError naming the nearest fit."""
+    req = gpu_table.parse(gpus or spec.gpus or "cpu", spec.nodes)
+    shape = model_shape(spec.model_name_or_path, spec.model_params)
+    plan = _fit(spec, req, shape, spec.method)
+    if plan is not None:
+        return plan
+    raise PlanError(_refusal(spec, req, shape))
+
+
+def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
+    seq = spec.model_max_length
+    world = req.world_size
+    notes: list[str] = []
+    if req.is_cpu:
+        precision, attn = "fp32", spec.attn_implementation or "sdpa"
+        if shape.params_b > CPU_MAX_PARAMS_B:
+            return None
+        if method == "qlora":
+            notes.append("qlora on CPU: bitsandbytes 4-bit runs, paged optimizers fall back to plain ones")
+        capacity = None
+    else:
+        t = req.tier
+        precision = "bf16" if t.bf16 else "fp16"
+        if spec.bf16 and not t.bf16:
+            notes.append(f"{t.name} has no bf16: using fp16")
+        attn = spec.attn_implementation or ("flash_attention_2" if t.flash_attn2 else "sdpa")
+        capacity = t.memory_gb * HEADROOM
+    trainable = _trainable_b(method, shape, spec)
+    want_global = spec.global_batch_size
+    micro_choices = [spec.per_device_train_batch_size] if spec.per_device_train_batch_size else \
+        [m for m in ((4, 2, 1) if req.is_cpu else (16, 8, 4, 2, 1)) if m * world <= max(want_global, world)] or [1]
+    ckpt_choices = [spec.gradient_checkpointing] if spec.gradient_checkpointing is not None else [False, True]
+    host_gb = spec.host_memory_gb or (2 * req.per_node * req.tier.memory_gb if req.tier else None)
+    best = None
+    for strategy in _strategies(method, world, req.nodes, spec.strategy):
+        for ckpt in ckpt_choices:
+            for micro in micro_choices:
+                terms = memory_terms(method, strategy, shape, world, micro, seq, ckpt, trainable, req.is_cpu)
+                total = sum(terms.values())
+                host_need = 16 * shape.params_b / req.nodes if strategy == "zero3_offload" else None
+                if capacity is not None and total > capacity:
+                    continue
+                if host_need and host_gb and host_need > host_gb:
+                    continue
+                best = (strategy, ckpt, micro, terms, total, host_need)
+                break
+            if best:
+                break
+        if best:
+            break
+    if best is None:
+        return None
+    strategy, ckpt, micro, terms, total, host_need = best
+    accum = spec.gradient_accumulation_steps or max(1, math.ceil(want_global / (micro * world)))
+    real_global = micro * accum * world
+    if real_global != want_global and not spec.gradient_accumulation_steps:
+        notes.append(f"global batch {want_global} rounded to {real_global} ({micro} x {accum} x {world})")
+    if strategy == "zero3_offload":
+        notes.append("optimizer and weights offloaded to CPU RAM: expect slow steps")
+    packing = spec.packing if spec.packing is not None else attn == "flash_attention_2"
+    if method == "qlora":
+        optim = spec.optim or ("paged_adamw_8bit" if not req.is_cpu else "adamw_torch")
+    else:
+        optim = spec.optim or ("adamw_torch" if req.is_cpu else "adamw_torch_fused")
+    return Plan(
+        method=method, gpus=str(req), tier=req.tier.name if req.tier else None,
+        gpu_memory_gb=req.tier.memory_gb if req.tier else None, nodes=req.nodes,
+        gpus_per_node=req.per_node, world_size=world, model=shape, precision=precision,
+        attn_implementation=attn, strategy=strategy, per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum, global_batch_size=real_global, gradient_checkpointing=ckpt,
+        packing=packing, optim=optim, learning_rate=spec.learning_rate or replace(spec, method=method).lr,
+        trainable_params_b=trainable, memory_gb=round(total, 2),
+        memory={k: round(v, 2) for k, v in terms.items()}, host_memory_gb=host_need, notes=notes,
+    )
+
+
+def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
+    method = spec.method
+    if req.is_cpu:
+        return (f"{method} of a {shape.params_b:g}B-parameter model on CPU would take days a step: ftctl runs "
+                f"models up to {CPU_MAX_PARAMS_B:g}B on CPU. Ask for a GPU, e.g. --gpus 1xA100 --method qlora.")
+    # the leanest way this method could run on this request, to say how far off it is
+    strategies = _strategies(method, req.world_size, req.nodes, spec.strategy)
+    on_gpu = [s for s in strategies if s != "zero3_offload"] or strategies
+    need, strategy = min(
+        (sum(memory_terms(method, s, shape, req.world_size, 1, spec.model_max_length, True,
+                          _trainable_b(method, shape, spec)).values()), s)
+        for s in on_gpu
+    )
+    msg = (f"{method} of a {shape.params_b:g}B-parameter model does not fit {req}: the leanest plan "
+           f"({strategy}, micro-batch 1, gradient checkpointing) needs about {need:.0f} GB per GPU and a "
+           f"{req.tier.name} has {req.tier.memory_gb:g} GB.")
+    if "zero3_offload" in strategies:
+        host = spec.host_memory_gb or 2 * req.per_node * req.tier.memory_gb
+        msg += (f" ZeRO-3 with CPU offload would need ~{16 * shape.params_b / req.nodes:.0f} GB of host RAM per "
+                f"node (assumed {host:g} GB; set -o host_memory_gb=N if the machine has more).")
+    hints = []
+    same = _nearest(spec, shape, method, req)
+    if same:
+        hints.append(f"--gpus {same.gpus} --method {method} ({same.strategy}, ~{same.memory_gb:.0f} GB/GPU)")
+    if method != "qlora":
+        q = _nearest(spec, shape, "qlora", req)
+        if q:
+            hints.append(f"--gpus {q.gpus} --method qlora (~{q.memory_gb:.0f} GB/GPU)")
+    if hints:
+        msg += " Nearest plans that fit: " + "; or ".join(hints) + "."
+    else:
+        msg += " Nothing up to 4 nodes of 8 GPUs fits: use a smaller model."
+    return msg
+
+
+def _nearest(spec: RunSpec, shape: ModelShape, method: str, req) -> Plan | None:
+    """The fitting request with the least total GPU memory, preferring the requested tier."""
+    candidates = []
+    for t in gpu_table.TIERS.values():
+        for nodes in (1, 2, 4):
+            for per in (1, 2, 4, 8):
+                if nodes > 1 and per < 8:
+                    continue
+                candidates.append((t.memory_gb * per * nodes, t.name != req.tier.name, t.name, per, nodes))
+    for _, _, name, per, nodes in sorted(candidates):
+        if (name, per, nodes) == (req.tier.name, req.per_node, req.nodes) and method == spec.method:
+            continue
+        r = gpu_table.GpuRequest(gpu_table.TIERS[name], per, nodes)
+        p = _fit(replace(spec, method=method, strategy=None), r, shape, method)
+        if p is not None:
+            return p
+    return None
+
+
+# ------------------------------------------------------------------------------------------ run file
+def dump_run(spec: RunSpec, plan: Plan) -> str:
+    """The spec.json every backend ships beside its script: the run description and its plan."""
+    return json.dumps({"spec": spec.to_dict(), "plan": plan.to_dict()}, indent=1, sort_keys=True) + "\n"
+
+
+def load_run(path: str) -> tuple[RunSpec, Plan]:
+    """Read a spec.json written by dump_run (what ``python -m ftctl.trainer --spec`` reads)."""
+    from ftctl.spec import build
+
+    try:
+        data = json.loads(Path(path).read_text())
+        spec = build(data["spec"])
+        p = dict(data["plan"])
+        p["model"] = ModelShape(**p["model"])
+        return spec, Plan(**p)
+    except FileNotFoundError:
+        raise FtctlError(f"Spec file {path} does not exist.") from None
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise FtctlError(f"{path} is not a spec file written by ftctl ({e}). Render it again with this "
+                         f"version of ftctl.") from None

@@ -1,0 +1,144 @@
+"""Render the sbatch script for a plan.
+
+The script holds no user path: sbatch runs in the run directory (``SLURM_SUBMIT_DIR``), which holds
+spec.json, the script and the logs. ``#SBATCH`` values are parsed by Slurm, not by the shell, so they
+are restricted to characters Slurm reads literally (names, numbers, times); everything in the script
+body goes through ``shlex.quote``. One task per node runs the same torchrun line (c10d rendezvous at
+the first node of the allocation).
+
+Preemption and time limits: ``--signal=B:USR2@<lead>`` reaches this script; its trap creates the stop
+file the trainer polls at every step boundary (all ranks agree on the step), the trainer saves a
+checkpoint, writes ``preempted`` to its status file and exits; the script then requeues the job
+(``scontrol requeue``) unless it finished or SLURM_RESTART_COUNT reached max_requeues. With
+``--open-mode=append`` every attempt writes to the same log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ftctl import __version__
+from ftctl.errors import FtctlError
+from ftctl.launch import STATUS_ENV, Shell, container_kind, join, q, torchrun_argv, trainer_env
+from ftctl.plan import Plan
+from ftctl.spec import RunSpec
+from ftctl.storage_uri import is_remote
+
+SCRIPT_NAME = "job.sbatch"
+SPEC_NAME = "spec.json"
+STOP_ENV = "FTCTL_STOP_FILE"
+# Slurm reads #SBATCH values up to the first whitespace; quotes are not shell quotes there.
+_SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.:,@%+=/\-\[\]]+")
+
+
+def _sbatch_value(key: str, value) -> str:
+    text = str(value)
+    if not _SBATCH_SAFE.fullmatch(text):
+        raise FtctlError(
+            f"--{key} {text!r}: Slurm reads #SBATCH values itself, without shell quoting, so they may hold only "
+            f"letters, digits and _ . : , @ % + = / - [ ]. Use the name Slurm knows (see `sinfo` / `sacctmgr`)."
+        )
+    return text
+
+
+def _extra_arg(arg: str) -> str:
+    if not arg.startswith("--") or "\n" in arg or " " in arg.strip():
+        raise FtctlError(
+            f"--sbatch-arg {arg!r}: pass one long option per flag, like --sbatch-arg=--mem=64G "
+            f"(no spaces or newlines: Slurm does not shell-parse #SBATCH lines)."
+        )
+    key, _, val = arg[2:].partition("=")
+    return f"--{_sbatch_value('sbatch-arg', key)}" + (f"={_sbatch_value(key, val)}" if val else "")
+
+
+def sbatch_directives(spec: RunSpec, plan: Plan) -> list[str]:
+    d = [
+        f"--job-name={_sbatch_value('run-name', spec.name)}",
+        f"--nodes={plan.nodes}",
+        "--ntasks-per-node=1",
+    ]
+    if plan.tier:
+        d.append(f"--gpus-per-node={plan.gpus_per_node}")
+    d.append(f"--cpus-per-task={spec.cpus_per_task or (min(8 * plan.gpus_per_node, 96) if plan.tier else 2)}")
+    for key in ("partition", "account", "qos", "time"):
+        value = getattr(spec, key)
+        if value:
+            d.append(f"--{key}={_sbatch_value(key, value)}")
+    d += [
+        "--output=slurm-%j.out",
+        "--open-mode=append",
+        "--requeue",
+        f"--signal=B:USR2@{spec.signal_lead_s}",
+    ]
+    d += [_extra_arg(a) for a in spec.sbatch_args]
+    return d
+
+
+def render(spec: RunSpec, plan: Plan) -> str:
+    kind, image = container_kind(spec)
+    if kind == "docker":
+        raise FtctlError(
+            f"--container {spec.container!r}: on Slurm say how to run it: apptainer:{image} (apptainer exec) "
+            f"or pyxis:{image} (srun --container-image)."
+        )
+    inner = join(torchrun_argv(spec, plan, Shell('"$FTCTL_RUN_DIR"/spec.json'), head=Shell('"$HEAD_ADDR"')))
+    step = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
+    # local data and output directories are bound into the container at the same paths
+    extra = sorted({os.path.dirname(spec.data_path) if os.path.isfile(spec.data_path) else spec.data_path,
+                    spec.output} - {""})
+    extra = [p for p in extra if os.path.isabs(p) and not is_remote(p)]
+    if kind == "pyxis":
+        mounts = ",".join(f"{p}:{p}" for p in extra)
+        step += [f"--container-image={image}",
+                 Shell('--container-mounts="$FTCTL_RUN_DIR":"$FTCTL_RUN_DIR"' + (f",{q(mounts)}" if mounts else "")),
+                 "--no-container-mount-home"]
+    if kind == "apptainer":
+        binds = [a for p in extra for a in ("--bind", p)]
+        step += ["apptainer", "exec", *(["--nv"] if plan.tier else []), "--bind", Shell('"$FTCTL_RUN_DIR"'),
+                 *binds, image]
+    step += ["bash", "-c", inner]
+
+    env_lines = [f"export {k}={q(v)}" for k, v in sorted(trainer_env(spec, plan).items())]
+    secrets = ", ".join(spec.secrets) or "none"
+    lines = [
+        "#!/bin/bash",
+        f"# Rendered by ftctl {__version__}: {plan.method} of {spec.model_name_or_path!r} on {plan.gpus}".replace("\n", " "),
+        "# Submit from the run directory (it holds spec.json): ftctl launch --backend slurm does that.",
+        *[f"#SBATCH {d}" for d in sbatch_directives(spec, plan)],
+        "set -uo pipefail",
+        "",
+        'FTCTL_RUN_DIR="$SLURM_SUBMIT_DIR"',
+        "ATTEMPT=${SLURM_RESTART_COUNT:-0}",
+        f"export {STATUS_ENV}=\"$FTCTL_RUN_DIR/status.$SLURM_JOB_ID.$ATTEMPT\"",
+        f"export {STOP_ENV}=\"$FTCTL_RUN_DIR/stop.$SLURM_JOB_ID.$ATTEMPT\"",
+        "export FTCTL_RUN_DIR",
+        *env_lines,
+        f"# secrets come from the submitting environment, by name only: {secrets}",
+        *[line for line in spec.setup],
+        "",
+        'HEAD_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "export HEAD_ADDR",
+        'echo "ftctl: job $SLURM_JOB_ID attempt $ATTEMPT on $SLURM_JOB_NODELIST (head $HEAD_ADDR)"',
+        "",
+        f'on_signal() {{ echo "ftctl: USR2 (time limit or preemption): checkpointing"; touch "${STOP_ENV}"; }}',
+        "trap on_signal USR2",
+        join(step) + " &",
+        "STEP_PID=$!",
+        "# wait returns early when a signal arrives; wait again until the step really ends",
+        'while true; do wait "$STEP_PID"; RC=$?; kill -0 "$STEP_PID" 2>/dev/null || break; done',
+        "",
+        f'STATUS=$(cat "${STATUS_ENV}" 2>/dev/null || echo failed)',
+        'echo "ftctl: trainer exited with $RC, status $STATUS"',
+        'if [ "$STATUS" = preempted ]; then',
+        f"  if [ \"$ATTEMPT\" -lt {spec.max_requeues} ]; then",
+        '    echo "ftctl: requeueing job $SLURM_JOB_ID"',
+        '    scontrol requeue "$SLURM_JOB_ID" && exit 0',
+        "  fi",
+        f'  echo "ftctl: not requeueing: {spec.max_requeues} requeues reached (-o max_requeues=N)"',
+        "  exit 1",
+        "fi",
+        'exit "$RC"',
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,329 @@
+"""Slurm through its own command-line tools: submit, status, logs and cancel.
+
+Every call runs ``sbatch`` / ``squeue`` / ``sacct`` / ``scontrol`` / ``scancel`` with an argument
+list (never a shell) in the caller's environment, so ``SLURM_CONF`` reaches them when it is set.
+Slurm's refusals become :class:`~ftctl.errors.FtctlError` with Slurm's own words on one line and
+a hint saying what to change.
+
+Where a finished job's state comes from, in order: ``squeue -t all`` (jobs stay in the
+controller's memory for ``MinJobAge``, 300 s by default), then ``sacct`` (needs slurmdbd), then
+``sacct -c`` (the jobcomp/filetxt file, when a cluster writes one).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Mapping
+
+from ftctl.errors import FtctlError
+
+COMMAND_TIMEOUT_S = 60
+FINISHED_STATES = frozenset({
+    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
+    "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT", "SPECIAL_EXIT", "REVOKED",
+})
+_JOB_ID = re.compile(r"^\d+(_\d+)?$")
+# stderr lines that say nothing a user can act on
+_NOISE = ("If munged is up, restart with --num-threads", "slurm_send_node_msg:",
+          "Try \"sbatch --help\"", "Try \"squeue --help\"", "Try \"scancel --help\"")
+# (pattern in Slurm's message, hint): first match wins
+_HINTS = (
+    ("invalid partition", "run `ftctl doctor --backend slurm` to list this cluster's partitions, "
+                          "then pass --partition NAME"),
+    ("gres", "this cluster has no such GPU request: `ftctl doctor --backend slurm` lists each "
+             "partition's GPUs (gres); use --gpus cpu for a CPU-only job"),
+    ("node count specification invalid", "ask for at most as many nodes as the partition has "
+                                         "(`ftctl doctor --backend slurm`)"),
+    ("--time", "--time takes MM, HH:MM:SS or D-HH:MM:SS"),
+    ("time limit", "lower --time to the partition's limit (`ftctl doctor --backend slurm`)"),
+    ("munge", "the munge daemon is not running or not reachable on this host: Slurm cannot "
+              "authenticate; start munged or submit from the cluster's login node"),
+    ("unable to contact slurm controller", "slurmctld is down or unreachable from this host: "
+                                           "check `scontrol ping` and SLURM_CONF"),
+    ("configuration file", "point SLURM_CONF at the cluster's slurm.conf"),
+    ("account", "pass --account with an account you may charge (`sacctmgr show assoc user=$USER`)"),
+    ("qos", "pass a QOS you may use (`sacctmgr show assoc user=$USER format=qos`)"),
+)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A Slurm job as the scheduler reports it.
+
+    ``state`` is Slurm's word (PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ...);
+    ``nodes`` is Slurm's node list (``node[1-2]``), empty while pending; ``reason`` why it waits
+    or why it ended (empty when Slurm says None); ``exit_code`` / ``signal`` of the batch script
+    once finished; ``restarts`` how often it was requeued (None where the source does not say);
+    ``source`` which command answered.
+    """
+
+    job_id: str
+    state: str
+    nodes: str = ""
+    reason: str = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    restarts: int | None = None
+    source: str = "squeue"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    def describe(self) -> str:
+        """One line for a terminal: '42 RUNNING on node[1-2] (restarts 1)'."""
+        text = f"{self.job_id} {self.state}"
+        if self.nodes:
+            text += f" on {self.nodes}"
+        if self.reason:
+            text += f" ({self.reason})"
+        if self.finished and self.exit_code is not None:
+            text += f" exit {self.exit_code}"
+            if self.signal:
+                text += f" signal {self.signal}"
+        if self.restarts:
+            text += f", restarts {self.restarts}"
+        return text
+
+
+def slurm_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment Slurm commands run in: ``env`` or this process's (SLURM_CONF included)."""
+    return dict(os.environ if env is None else env)
+
+
+def submit(script_path: str | os.PathLike, cwd: str | os.PathLike,
+           env: Mapping[str, str] | None = None) -> str:
+    """``sbatch --parsable SCRIPT`` from ``cwd``; returns the job id.
+
+    The job starts in ``cwd`` (unless the script says ``#SBATCH --chdir``) and, as Slurm does by
+    default, with the environment sbatch ran in: ``env`` or this process's.
+    """
+    script = Path(script_path)
+    if not script.is_file():
+        raise FtctlError(f"batch script {str(script)!r} does not exist; render it first "
+                         "(`ftctl render --backend slurm ...`)")
+    proc = _run(["sbatch", "--parsable", str(script.resolve())], env, cwd=cwd)
+    if proc.returncode != 0:
+        raise _error("sbatch", f"refused {script.name}", proc)
+    out = proc.stdout.strip().splitlines()
+    job_id = out[-1].split(";")[0].strip() if out else ""
+    if not _JOB_ID.match(job_id):
+        raise FtctlError(f"sbatch printed {proc.stdout.strip()!r} instead of a job id; "
+                         "check that `sbatch` on PATH is Slurm's")
+    return job_id
+
+
+def status(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
+    """The job's state: squeue while the controller remembers it, then sacct, then sacct -c."""
+    job_id = _check_id(job_id)
+    found = _squeue_status(job_id, env)
+    if found is None:
+        found = _sacct_status(job_id, env)
+    if found is None:
+        raise FtctlError(f"Slurm has no record of job {job_id}: it is not in squeue and this "
+                         "cluster keeps no accounting for it (sacct); check the job id "
+                         "(`squeue --me`)")
+    return found
+
+
+def cancel(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
+    """``scancel JOB``; returns the job's status from before. A finished job is left alone."""
+    before = status(job_id, env)
+    if before.finished:
+        return before
+    proc = _run(["scancel", before.job_id], env)
+    if proc.returncode != 0 or "error" in proc.stderr.lower():
+        raise _error("scancel", f"could not cancel job {before.job_id}", proc)
+    return before
+
+
+def stdout_path(job_id: str, env: Mapping[str, str] | None = None) -> Path | None:
+    """Where the batch script's output goes (``scontrol show job``'s StdOut), or None when the
+    controller no longer knows the job."""
+    job_id = _check_id(job_id)
+    proc = _run(["scontrol", "show", "job", job_id], env)
+    if proc.returncode != 0:
+        if "invalid job id" in proc.stderr.lower():
+            return None
+        raise _error("scontrol", f"could not look up job {job_id}", proc)
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("StdOut="):
+            # scontrol expands %j, %x, %u, %N, %A, %a but prints %% as it is; slurmstepd writes '%'
+            return Path(line[len("StdOut="):].replace("%%", "%"))
+    return None
+
+
+def logs(job_id: str, follow: bool = False, env: Mapping[str, str] | None = None,
+         path: str | os.PathLike | None = None, out: IO[str] | None = None,
+         poll_s: float = 0.5) -> Path:
+    """Print the job's output file to ``out`` (stdout); with ``follow``, keep printing what is
+    appended until the job has finished. Returns the file's path.
+
+    ``path`` is where the output goes when the caller knows it (the run directory); otherwise
+    ``scontrol show job`` says.
+    """
+    job_id = _check_id(job_id)
+    out = sys.stdout if out is None else out
+    log = Path(path) if path is not None else stdout_path(job_id, env)
+    if log is None:
+        raise FtctlError(f"Slurm no longer knows where job {job_id} wrote its output; look for "
+                         f"slurm-{job_id}.out in the run directory (ftctl logs --path FILE)")
+    offset = 0
+    last_check = 0.0
+    while True:
+        offset = _copy_new(log, offset, out)
+        if not follow:
+            if offset == 0 and not log.exists():
+                raise FtctlError(f"job {job_id}'s output file {str(log)!r} does not exist (yet): "
+                                 "the job may still be pending; try `ftctl logs -f`")
+            return log
+        now = time.monotonic()
+        if now - last_check >= max(poll_s, 2.0) or last_check == 0.0:
+            last_check = now
+            if status(job_id, env).finished:
+                _copy_new(log, offset, out)
+                return log
+        time.sleep(poll_s)
+
+
+# ---------------------------------------------------------------------------- internals
+def _check_id(job_id: str) -> str:
+    job_id = str(job_id).strip()
+    if not _JOB_ID.match(job_id):
+        raise FtctlError(f"{job_id!r} is not a Slurm job id (a number such as 1234, as "
+                         "`ftctl launch` printed it)")
+    return job_id
+
+
+def _run(argv: list[str], env: Mapping[str, str] | None, cwd: str | os.PathLike | None = None,
+         timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+    environ = slurm_env(env)
+    exe = shutil.which(argv[0], path=environ.get("PATH"))
+    if exe is None:
+        raise FtctlError(f"`{argv[0]}` is not on PATH: run ftctl on a host where the Slurm client "
+                         "tools are installed (the cluster's login node), or install slurm-client")
+    conf = environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():
+        # Slurm would retry reading it for 60 s before failing
+        raise FtctlError(f"SLURM_CONF={conf} does not exist; point it at the cluster's "
+                         "slurm.conf or unset it")
+    try:
+        return subprocess.run([exe, *argv[1:]], env=environ, cwd=cwd, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise FtctlError(f"`{' '.join(argv[:2])}` did not answer within {timeout:.0f} s: "
+                         "slurmctld is slow or unreachable; check `scontrol ping`") from None
+
+
+def _one_line(stderr: str) -> str:
+    """Slurm's message on one line: 'sbatch: error: ' prefixes and noise removed; a sentence
+    that sbatch wrapped over several lines joined again, separate messages joined with '; '."""
+    parts: list[str] = []
+    for line in stderr.splitlines():
+        line = line.strip()
+        for prefix in ("sbatch:", "squeue:", "scancel:", "scontrol:", "sacct:", "sinfo:",
+                       "error:", "fatal:"):
+            if line.startswith(prefix):
+                line = line[len(prefix):].strip()
+        if not line or any(n in line for n in _NOISE) or line in parts:
+            continue
+        if parts and line[:1].islower():
+            parts[-1] += " " + line
+        else:
+            parts.append(line)
+    return re.sub(r"\s+", " ", "; ".join(parts))
+
+
+def _error(command: str, what: str, proc: subprocess.CompletedProcess) -> FtctlError:
+    message = _one_line(proc.stderr) or proc.stdout.strip() or f"exit status {proc.returncode}"
+    low = message.lower()
+    hint = next((h for key, h in _HINTS if key in low), "")
+    text = f"{command} {what}: {message}"
+    return FtctlError(f"{text} — {hint}" if hint else text)
+
+
+def _squeue_status(job_id: str, env) -> JobStatus | None:
+    fields = "JobID:|,State:|,NodeList:|,Reason:|,RestartCnt:|,exit_code:|"
+    proc = _run(["squeue", "--noheader", "--states=all", "--jobs", job_id, "--Format", fields], env)
+    if proc.returncode != 0:
+        if "invalid job id" in proc.stderr.lower():
+            return None
+        raise _error("squeue", f"could not look up job {job_id}", proc)
+    for line in proc.stdout.splitlines():
+        cols = line.split("|")
+        if len(cols) >= 6 and cols[0].strip() == job_id:
+            state = cols[1].strip()
+            reason = cols[3].strip()
+            finished = state in FINISHED_STATES
+            code, sig = _wait_status(cols[5].strip()) if finished else (None, None)
+            return JobStatus(job_id=job_id, state=state, nodes=cols[2].strip(),
+                             reason="" if reason == "None" else reason, exit_code=code,
+                             signal=sig, restarts=_int(cols[4]), source="squeue")
+    return None
+
+
+def _sacct_status(job_id: str, env) -> JobStatus | None:
+    fields = "JobIDRaw,State,NodeList,ExitCode,Reason"
+    for argv, source in (
+        (["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", job_id,
+          "--format", fields], "sacct"),
+        (["sacct", "-c", "--noheader", "--parsable2", "--jobs", job_id,
+          "--format", "JobID,State,NodeList,ExitCode"], "sacct -c"),
+    ):
+        proc = _run(argv, env)
+        if proc.returncode != 0:
+            continue   # accounting disabled, or no jobcomp file: try the next source
+        rows = [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
+        rows = [r for r in rows if r and r[0].strip() == job_id]
+        if not rows:
+            continue
+        row = rows[-1]   # the last record: after requeues, the attempt that counts
+        state = (row[1].split() or ["UNKNOWN"])[0] if len(row) > 1 else "UNKNOWN"
+        code, sig = _exit_pair(row[3]) if len(row) > 3 else (None, None)
+        reason = row[4].strip() if len(row) > 4 and row[4].strip() != "None" else ""
+        return JobStatus(job_id=job_id, state=state, nodes=row[2].strip() if len(row) > 2 else "",
+                         reason=reason, exit_code=code, signal=sig, restarts=None, source=source)
+    return None
+
+
+def _wait_status(raw: str) -> tuple[int | None, int | None]:
+    """squeue's exit_code is a wait(2) status: exit code in the high byte, signal in the low."""
+    value = _int(raw)
+    if value is None:
+        return None, None
+    return (value >> 8) & 0xFF, value & 0x7F
+
+
+def _exit_pair(raw: str) -> tuple[int | None, int | None]:
+    """sacct's ExitCode 'CODE:SIGNAL'."""
+    code, _, sig = raw.strip().partition(":")
+    return _int(code), _int(sig)
+
+
+def _int(raw: str) -> int | None:
+    try:
+        return int(raw.strip())
+    except (ValueError, AttributeError):
+        return None
+
+
+def _copy_new(path: Path, offset: int, out: IO[str]) -> int:
+    """Write what was appended to ``path`` since ``offset``; returns the new offset."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except FileNotFoundError:
+        return offset
+    if data:
+        out.write(data.decode("utf-8", errors="replace"))
+        out.flush()
+    return offset + len(data)

@@ -1,0 +1,350 @@
+"""RunSpec: the one typed description of a run.
+
+Built from an optional YAML file (``-c run.yaml``), then command-line flags, then ``-o key=value``
+overrides, later ones winning. Keys follow FastChat's train script and TRL/PEFT
+(``model_name_or_path``, ``per_device_train_batch_size``, ``lora_r`` ...). Every default lives here,
+in the field declarations; ``None`` means "the planner decides" (see ftctl/plan.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftctl.errors import FtctlError, did_you_mean
+
+METHODS = ("fft", "sft", "lora", "qlora")
+BACKENDS = ("local", "slurm", "sky", "docker")
+STRATEGIES = ("single", "ddp", "zero2", "zero3", "zero3_offload", "fsdp")
+ATTENTION = ("flash_attention_2", "sdpa", "eager")
+
+DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEMO_DATA = "builtin:demo"
+# Learning rates that work for each method (FastChat uses 2e-5 for full fine-tuning; QLoRA paper 2e-4).
+METHOD_LEARNING_RATE = {"fft": 2e-5, "sft": 2e-5, "lora": 2e-4, "qlora": 2e-4}
+SECRETS = ["HF_TOKEN", "WANDB_API_KEY"]
+
+# Other names users type for the same key.
+ALIASES = {
+    "model": "model_name_or_path",
+    "data": "data_path",
+    "output": "output_dir",
+    "max_seq_length": "model_max_length",
+    "max_length": "model_max_length",
+    "lr": "learning_rate",
+    "epochs": "num_train_epochs",
+    "secret": "secrets",
+    "sbatch_arg": "sbatch_args",
+    "name": "run_name",
+    "use_spot": "spot",
+}
+
+
+@dataclass
+class RunSpec:
+    # --- what to train -----------------------------------------------------------------------
+    method: str = "lora"
+    model_name_or_path: str = DEMO_MODEL
+    model_params: str | None = None  # "7b", "135m": when the model's config cannot be read
+    data_path: str = DEMO_DATA
+    output_dir: str | None = None  # local path or s3:// gs:// az:// URI; default runs/<run_name>
+    run_name: str | None = None  # default: ftctl-<method>-<model>
+    # --- hyperparameters (FastChat / TRL / PEFT names) ---------------------------------------
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float | None = None  # default per method: METHOD_LEARNING_RATE
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    lr_scheduler_type: str = "cosine"
+    max_grad_norm: float = 1.0
+    model_max_length: int = 2048
+    global_batch_size: int = 32  # sequences per optimizer step, over all GPUs
+    per_device_train_batch_size: int | None = None  # planner
+    gradient_accumulation_steps: int | None = None  # planner: reaches global_batch_size
+    gradient_checkpointing: bool | None = None  # planner
+    bf16: bool | None = None  # planner (tier)
+    fp16: bool | None = None  # planner (tier)
+    attn_implementation: str | None = None  # planner: flash_attention_2 / sdpa / eager
+    packing: bool | None = None  # planner: on where attention honours sample boundaries
+    strategy: str | None = None  # planner: single/ddp/zero2/zero3/zero3_offload/fsdp
+    optim: str | None = None  # planner: adamw_torch(_fused), paged_adamw_8bit for qlora
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str = "all-linear"
+    trainable_layers: int = 2  # sft: top K transformer blocks (+ head) trainable
+    seed: int = 42
+    logging_steps: int = 1
+    save_steps: int = 100
+    save_total_limit: int = 3  # local and remote checkpoints kept (plus the final one)
+    report_to: str = "none"  # none | tensorboard | wandb (comma-separated)
+    resume: str = "auto"  # auto | never | PATH of a checkpoint
+    # --- hardware ----------------------------------------------------------------------------
+    gpus: str | None = None  # see ftctl/gpus.py; default: what the local machine has
+    nodes: int | None = None
+    host_memory_gb: float | None = None  # CPU RAM per node, for offload plans; default 2x GPU memory
+    # --- backend options -----------------------------------------------------------------------
+    backend: str = "local"
+    container: str | None = None  # docker:IMAGE | apptainer:IMAGE | pyxis:IMAGE (bare IMAGE = docker)
+    secrets: list[str] = field(default_factory=lambda: list(SECRETS))  # env var NAMES, never values
+    env: dict[str, str] = field(default_factory=dict)  # plain (non-secret) environment
+    setup: list[str] = field(default_factory=list)  # shell lines before training ("module load cuda/12.4")
+    s3_endpoint_url: str | None = None  # MinIO, R2, other S3-compatible stores
+    rdzv_port: int = 29500
+    upload_wait_s: int = 600  # how long the end of a run waits for the last checkpoint's upload
+    # slurm
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None  # Slurm time limit, e.g. 12:00:00
+    cpus_per_task: int | None = None
+    sbatch_args: list[str] = field(default_factory=list)  # passed through: "--mem=64G"
+    signal_lead_s: int = 120  # USR2 this many seconds before the time limit
+    max_requeues: int = 5
+    socket_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
+    # sky
+    spot: bool = False
+    cloud: str | None = None
+    region: str | None = None
+    disk_size: int = 256
+    bucket_mount: bool = False  # mount the output bucket instead of syncing through the trainer
+
+    # -------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        if self.run_name:
+            return self.run_name
+        short = re.sub(r"[^a-z0-9]+", "-", self.model_name_or_path.rstrip("/").split("/")[-1].lower()).strip("-")
+        return f"ftctl-{self.method}-{short}"[:60].rstrip("-")
+
+    @property
+    def output(self) -> str:
+        return self.output_dir or str(Path("runs") / self.name)
+
+    @property
+    def lr(self) -> float:
+        return self.learning_rate if self.learning_rate is not None else METHOD_LEARNING_RATE[self.method]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """A short hash of what changes the trained weights (not where it runs)."""
+        keep = {k: v for k, v in self.to_dict().items() if k in _TRAINING_KEYS}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunSpec)}
+_HINTS = typing.get_type_hints(RunSpec)
+# Keys that say where and how a run is executed, not what it learns: left out of RunSpec.digest().
+_PLACEMENT_KEYS = {
+    "output_dir", "run_name", "resume", "report_to", "logging_steps", "save_steps", "save_total_limit",
+    "gpus", "nodes", "host_memory_gb", "backend", "container", "secrets", "env", "setup", "s3_endpoint_url",
+    "rdzv_port", "upload_wait_s", "partition", "account", "qos", "time", "cpus_per_task", "sbatch_args",
+    "signal_lead_s", "max_requeues", "socket_ifname", "spot", "cloud", "region", "disk_size", "bucket_mount",
+}
+_TRAINING_KEYS = [n for n in FIELDS if n not in _PLACEMENT_KEYS]
+
+
+def _base_type(hint):
+    """(type, optional) for 'int | None' style hints."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0], True
+    return hint, False
+
+
+def _coerce(key: str, value):
+    """Turn a YAML/flag/-o value into the field's type; raises ValueError with a readable reason."""
+    typ, optional = _base_type(_HINTS[key])
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("may not be empty")
+    if isinstance(value, str) and optional and value.strip().lower() in ("none", "null", "auto") and typ is not str:
+        return None
+    origin = typing.get_origin(typ)
+    if origin is list:
+        if isinstance(value, str):
+            return [v for v in (s.strip() for s in value.split(",")) if v]
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
+        raise ValueError("expects a list")
+    if origin is dict:
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        if isinstance(value, str) and "=" in value:
+            k, v = value.split("=", 1)
+            return {k: v}
+        raise ValueError("expects KEY=VALUE pairs")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        s = str(value).strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expects true or false")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ValueError("expects a whole number")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValueError("expects a whole number") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ValueError("expects a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError("expects a number") from None
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError("expects a single value")
+        return str(value)
+    raise ValueError(f"unsupported type {typ}")  # pragma: no cover
+
+
+def _canonical(key: str) -> str:
+    k = key.strip().replace("-", "_")
+    return ALIASES.get(k, k)
+
+
+def parse_overrides(pairs) -> list[tuple[str, str]]:
+    out, errors = [], []
+    for p in pairs or ():
+        if "=" not in p:
+            errors.append(f"-o {p!r}: expected key=value, e.g. -o learning_rate=3e-4")
+            continue
+        k, v = p.split("=", 1)
+        out.append((k, v))
+    if errors:
+        raise FtctlError("\n".join(errors))
+    return out
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FtctlError(f"Run file {path!r} does not exist. Pass an existing YAML file with -c.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FtctlError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise FtctlError(f"{path} must hold a mapping of key: value (like 'method: lora'), not {type(data).__name__}.")
+    return data
+
+
+def build(config: str | dict | None = None, flags: dict | None = None, overrides=None) -> RunSpec:
+    """YAML (path or dict) < flags < -o overrides. All errors are reported together."""
+    layers = []
+    if config is not None:
+        layers.append(("run file", list((load_yaml(config) if isinstance(config, str) else config).items())))
+    if flags:
+        layers.append(("flag", [(k, v) for k, v in flags.items() if v is not None and v != () and v != []]))
+    if overrides:
+        layers.append(("-o", parse_overrides(overrides)))
+    values, errors = {}, []
+    for source, items in layers:
+        for raw_key, raw in items:
+            key = _canonical(raw_key)
+            if key not in FIELDS:
+                errors.append(f"Unknown key {raw_key!r} ({source}).{did_you_mean(key, list(FIELDS) + list(ALIASES))}")
+                continue
+            try:
+                val = _coerce(key, raw)
+            except ValueError as e:
+                errors.append(f"{key}={raw!r} ({source}): {e}.")
+                continue
+            typ, _ = _base_type(_HINTS[key])
+            if typing.get_origin(typ) is list and source != "run file":
+                base = values.get(key, FIELDS[key].default_factory())
+                val = base + [v for v in val if v not in base]  # flags/-o add to the list
+            elif typing.get_origin(typ) is dict and key in values:
+                val = {**values[key], **val}
+            values[key] = val
+    if errors:
+        raise FtctlError(_join(errors))
+    spec = RunSpec(**values)
+    validate(spec)
+    return spec
+
+
+def validate(spec: RunSpec) -> None:
+    errors = []
+
+    def choice(key, allowed):
+        v = getattr(spec, key)
+        if v is not None and v not in allowed:
+            errors.append(f"{key}={v!r} is not one of {', '.join(allowed)}.{did_you_mean(str(v), allowed)}")
+
+    choice("method", METHODS)
+    choice("backend", BACKENDS)
+    choice("strategy", STRATEGIES)
+    choice("attn_implementation", ATTENTION)
+    choice("lr_scheduler_type", ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"))
+    for key in ("global_batch_size", "model_max_length", "lora_r", "lora_alpha", "trainable_layers",
+                "logging_steps", "save_steps", "save_total_limit", "disk_size", "rdzv_port"):
+        if getattr(spec, key) < 1:
+            errors.append(f"{key} must be at least 1, not {getattr(spec, key)}.")
+    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "nodes", "cpus_per_task"):
+        v = getattr(spec, key)
+        if v is not None and v < 1:
+            errors.append(f"{key} must be at least 1, not {v}.")
+    if spec.learning_rate is not None and not (0 < spec.learning_rate < 1):
+        errors.append(f"learning_rate={spec.learning_rate} is outside (0, 1); typical: 2e-5 (fft) to 2e-4 (lora).")
+    if not 0 <= spec.lora_dropout < 1:
+        errors.append(f"lora_dropout must be in [0, 1), not {spec.lora_dropout}.")
+    if not 0 <= spec.warmup_ratio < 1:
+        errors.append(f"warmup_ratio must be in [0, 1), not {spec.warmup_ratio}.")
+    if spec.max_steps == 0 or spec.max_steps < -1:
+        errors.append("max_steps must be a positive number of steps, or -1 to train num_train_epochs.")
+    if spec.num_train_epochs <= 0:
+        errors.append("num_train_epochs must be positive.")
+    if spec.bf16 and spec.fp16:
+        errors.append("bf16 and fp16 are both on: choose one (or neither and let the planner choose).")
+    for s in spec.secrets:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s):
+            errors.append(f"secret {s!r} is not an environment variable NAME: pass the name (--secret HF_TOKEN), "
+                          "never the value.")
+    for k in spec.env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            errors.append(f"env {k!r} is not a valid environment variable name.")
+    if spec.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", spec.run_name):
+        errors.append(f"run_name {spec.run_name!r}: use letters, digits, '.', '_' and '-' (at most 63), "
+                      "starting with a letter or digit; it names jobs, clusters and buckets.")
+    if spec.container and spec.container.split(":", 1)[0] in ("apptainer", "pyxis", "docker") \
+            and not spec.container.split(":", 1)[1].strip():
+        errors.append(f"container {spec.container!r} names no image after the prefix.")
+    if spec.resume not in ("auto", "never") and not spec.resume.strip():
+        errors.append("resume must be auto, never or the path of a checkpoint.")
+    if errors:
+        raise FtctlError(_join(errors))
+
+
+def _join(errors: list[str]) -> str:
+    if len(errors) == 1:
+        return errors[0]
+    return f"{len(errors)} problems in the run description:\n" + "\n".join(f"  - {e}" for e in errors)
+
+
+def parse_size(text: str) -> float:
+    """'7b' -> 7.0, '135m' -> 0.135, '1.5B' -> 1.5 (billions of parameters)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bmBMkK]?)\s*", str(text))
+    if not m:
+        raise FtctlError(f"--model-params {text!r}: write it like 7b, 1.5b or 135m.")
+    n, unit = float(m.group(1)), m.group(2).lower()
+    return n * {"b": 1.0, "m": 1e-3, "k": 1e-6, "": 1e-9 if n > 1e5 else 1.0}[unit]

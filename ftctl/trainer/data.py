@@ -1,0 +1,247 @@
+"""The trainer's data: check, tokenise with loss masks, and hand TRL's SFTTrainer a ready dataset.
+
+    report = check_data("s3://b/conv.json", tokenizer, max_length=2048)   # ftctl data check
+    print(report.render())
+    dataset = build_dataset(path, tokenizer, max_length)                   # raises FtctlError on errors
+    SFTConfig(**sft_dataset_config(packing=True, max_length=2048), ...)
+
+The dataset has two columns, ``input_ids`` and ``labels`` (-100 everywhere except the assistant
+turns' content and their end-of-turn token; plain-text rows train on every token), each row at most
+``max_length`` tokens (longer rows lose their end). TRL 1.16 uses a ``labels`` column as is.
+Packing is TRL's best-fit-decreasing packing in padding-free mode: samples are concatenated with
+``position_ids`` restarting at 0 per sample and no attention mask, from which transformers'
+masking_utils builds a block-diagonal causal mask (eager, sdpa, flex) and flash attention takes
+``cu_seq_lens``: no attention crosses a sample boundary. (The boundary detection only happens when no
+KV cache is in use; SFTTrainer passes ``use_cache=False``.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ftctl.errors import FtctlError
+from ftctl.trainer.formats import Row, load_rows
+from ftctl.trainer.masks import assistant_spans, encode_texts, ensure_chat_template, require_fast
+
+IGNORE_INDEX = -100
+# Attention implementations that keep packed samples apart given restarting position_ids.
+PACKING_ATTENTION = frozenset({"eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"})
+_SHOWN = 50  # problems listed by render(); the FtctlError lists fewer
+
+
+@dataclass
+class DataStats:
+    rows: int = 0  # rows that will be trained on
+    tokens: int = 0  # after truncation
+    trainable_tokens: int = 0  # after truncation
+    truncated_rows: int = 0
+    max_tokens: int = 0  # before truncation
+    formats: dict[str, int] = field(default_factory=dict)
+    histogram: list[tuple[str, int]] = field(default_factory=list)  # (bucket label, rows), lengths before truncation
+
+
+@dataclass
+class DataReport:
+    """What ``ftctl data check`` prints; ``errors`` and ``warnings`` are "FILE row N: message" lines."""
+
+    path: str
+    max_length: int
+    files: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    stats: DataStats = field(default_factory=DataStats)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def render(self) -> str:
+        s = self.stats
+        lines = [f"Data {self.path}: {self.files} file(s), max length {self.max_length} tokens (rows counted from 1)"]
+        for title, items in (("Errors", self.errors), ("Warnings", self.warnings)):
+            if items:
+                lines.append(f"{title} ({len(items)}):")
+                lines += [f"  {item}" for item in items[:_SHOWN]]
+                if len(items) > _SHOWN:
+                    lines.append(f"  ... and {len(items) - _SHOWN} more")
+        if self.notes:
+            lines.append("Notes:")
+            lines += [f"  {note}" for note in self.notes]
+        share = f" ({100 * s.trainable_tokens / s.tokens:.1f}%)" if s.tokens else ""
+        mean = f" (mean {s.tokens / s.rows:.1f}, longest {s.max_tokens} before truncation)" if s.rows else ""
+        lines += [
+            "Statistics (rows without errors):",
+            f"  rows              {s.rows:,}  ({', '.join(f'{k} {v:,}' for k, v in sorted(s.formats.items())) or 'none'})",
+            f"  tokens            {s.tokens:,}{mean}",
+            f"  trainable tokens  {s.trainable_tokens:,}{share}",
+            f"  truncated rows    {s.truncated_rows:,}",
+        ]
+        if s.histogram:
+            lines.append("  length histogram (tokens before truncation):")
+            width = max(len(label) for label, _ in s.histogram)
+            top = max(n for _, n in s.histogram) or 1
+            for label, n in s.histogram:
+                lines.append(f"    {label:>{width}} | {'#' * math.ceil(40 * n / top):<40} {n:,}")
+        lines.append("OK: ready to train." if self.ok else f"FAILED: {len(self.errors)} error(s); fix or remove those rows.")
+        return "\n".join(lines)
+
+    def error_message(self) -> str:
+        """The FtctlError text build_dataset raises: the first errors and how to see them all."""
+        shown = 20
+        lines = [f"{len(self.errors)} problem(s) in the training data {self.path}; fix or remove these rows:"]
+        lines += [f"  {e}" for e in self.errors[:shown]]
+        if len(self.errors) > shown:
+            lines.append(f"  ... and {len(self.errors) - shown} more: `ftctl data check {self.path} --model MODEL` lists them all")
+        return "\n".join(lines)
+
+
+def _load_tokenizer(tokenizer):
+    if isinstance(tokenizer, str):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(tokenizer)
+    return tokenizer
+
+
+def _histogram(lengths: list[int], max_length: int) -> list[tuple[str, int]]:
+    """Rows per power-of-two length bucket up to max_length, then one bucket for longer rows;
+    empty buckets at either end are left out."""
+    edges, edge = [], 16
+    while edge < max_length:
+        edges.append(edge)
+        edge *= 2
+    edges.append(max_length)
+    buckets, lo = [], 1
+    for hi in edges:
+        buckets.append((f"{lo}-{hi}", sum(lo <= n <= hi for n in lengths)))
+        lo = hi + 1
+    buckets.append((f">{max_length}", sum(n > max_length for n in lengths)))
+    filled = [i for i, (_, n) in enumerate(buckets) if n]
+    return buckets[filled[0] : filled[-1] + 1] if filled else []
+
+
+def prepare_data(path: str, tokenizer, max_length: int, storage_options: dict | None = None):
+    """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors)."""
+    import datasets
+
+    if not isinstance(max_length, int) or max_length < 2:
+        raise FtctlError(f"max_length must be an integer of at least 2 tokens, not {max_length!r}.")
+    tokenizer = _load_tokenizer(tokenizer)
+    require_fast(tokenizer)
+    report = DataReport(path=path, max_length=max_length)
+    from ftctl.trainer.formats import resolve_files
+
+    report.files = len(resolve_files(path, storage_options))
+    rows = load_rows(path, storage_options)
+
+    good: list[Row] = []
+    texts: list[str] = []
+    spans: list = []
+    missing_eot = 0
+    for row in rows:
+        if row.problems:
+            report.errors += [f"{row.where}: {p}" for p in row.problems]
+            continue
+        if row.text is not None:
+            good.append(row)
+            texts.append(row.text)
+            spans.append(None)
+            continue
+        if note := ensure_chat_template(tokenizer):
+            report.notes.append(note)
+        try:
+            text, row_spans, has_eot = assistant_spans(tokenizer, row.messages)
+        except ValueError as e:  # our own message: the template cannot be split into turns
+            report.errors.append(f"{row.where}: {e}")
+            continue
+        except Exception as e:  # jinja2 TemplateError and friends: the template refused the conversation
+            report.errors.append(f"{row.where}: the model's chat template refused this conversation: {e}")
+            continue
+        missing_eot += not has_eot
+        good.append(row)
+        texts.append(text)
+        spans.append(row_spans)
+
+    encoded = encode_texts(tokenizer, texts, spans, max_length)
+    kept_ids, kept_labels, lengths = [], [], []
+    formats: Counter = Counter()
+    for row, enc in zip(good, encoded):
+        trainable = sum(enc.mask)
+        if enc.trainable_before == 0:
+            report.errors.append(f"{row.where}: every label is masked: the rendered conversation has no assistant tokens")
+            continue
+        if trainable == 0:
+            report.errors.append(
+                f"{row.where}: every label is masked after truncation to {max_length} tokens "
+                f"(the row has {enc.length}; its assistant turns start later): shorten it or raise model_max_length"
+            )
+            continue
+        if enc.length > max_length:
+            report.warnings.append(
+                f"{row.where}: {enc.length} tokens, over the max length {max_length}: the last "
+                f"{enc.length - max_length} tokens will be dropped ({trainable} of {enc.trainable_before} trainable tokens kept)"
+            )
+        kept_ids.append(enc.input_ids)
+        kept_labels.append([t if m else IGNORE_INDEX for t, m in zip(enc.input_ids, enc.mask)])
+        lengths.append(enc.length)
+        formats[row.format] += 1
+
+    if missing_eot:
+        report.warnings.append(
+            f"the chat template puts no end-of-turn token after assistant turns ({missing_eot} rows): "
+            "the model will not learn to stop; use a template that ends turns with the eos token"
+        )
+    if formats.get("text"):
+        report.notes.append(f"{formats['text']} plain-text row(s) have no roles: the loss covers every token of them")
+    report.notes = list(dict.fromkeys(report.notes))
+    s = report.stats
+    s.rows, s.formats = len(kept_ids), dict(formats)
+    s.tokens = sum(map(len, kept_ids))
+    s.trainable_tokens = sum(l != IGNORE_INDEX for labels in kept_labels for l in labels)
+    s.truncated_rows = sum(n > max_length for n in lengths)
+    s.max_tokens = max(lengths, default=0)
+    s.histogram = _histogram(lengths, max_length)
+    if not kept_ids and not report.errors:
+        report.errors.append(f"{path}: no rows: the data is empty")
+    dataset = datasets.Dataset.from_dict(
+        {"input_ids": kept_ids, "labels": kept_labels},
+        features=datasets.Features(
+            {"input_ids": datasets.Sequence(datasets.Value("int32")), "labels": datasets.Sequence(datasets.Value("int32"))}
+        ),
+    )
+    return report, dataset
+
+
+def check_data(path: str, tokenizer, max_length: int, storage_options: dict | None = None) -> DataReport:
+    """Every problem of the data at ``path`` with file and row number, then token statistics.
+
+    ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from."""
+    return prepare_data(path, tokenizer, max_length, storage_options)[0]
+
+
+def build_dataset(path: str, tokenizer, max_length: int, storage_options: dict | None = None):
+    """The training dataset (columns ``input_ids``, ``labels``); FtctlError listing the problems if any."""
+    report, dataset = prepare_data(path, tokenizer, max_length, storage_options)
+    if report.errors:
+        raise FtctlError(report.error_message())
+    return dataset
+
+
+def packing_supported(attn_implementation: str | None) -> bool:
+    """Whether packed samples stay apart under this attention implementation (see PACKING_ATTENTION)."""
+    return (attn_implementation or "sdpa") in PACKING_ATTENTION
+
+
+def sft_dataset_config(packing: bool, max_length: int) -> dict:
+    """SFTConfig keyword arguments that make SFTTrainer train on build_dataset's output as it is.
+
+    Unpacked: dataset preparation is skipped, the collator pads and uses our labels. Packed: TRL only
+    packs (best-fit decreasing, whole samples; ours are already truncated) and runs padding-free, so
+    position ids restart per sample and attention stays within each sample."""
+    common = {"max_length": max_length, "assistant_only_loss": False, "completion_only_loss": None}
+    if packing:
+        return {**common, "packing": True, "packing_strategy": "bfd", "padding_free": True, "dataset_kwargs": {}}
+    return {**common, "packing": False, "padding_free": False, "dataset_kwargs": {"skip_prepare_dataset": True}}

@@ -1,0 +1,239 @@
+"""Training data files -> rows of chat messages.
+
+Reads .json (a list of rows, or JSON Lines under a .json name), .jsonl and .parquet files, local or
+on object storage (any fsspec URI: s3://, gs://, az://, file://), a directory of such files, or
+``builtin:demo`` (the bundled demo dataset). Every row becomes a :class:`Row`: a list of messages
+``{"role": "system"|"user"|"assistant", "content": str}``, or plain text (trained on entirely).
+
+Accepted row formats (detected per row):
+- Vicuna/ShareGPT: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``;
+  the roles FastChat accepts are mapped (human/user -> user; gpt/assistant/chatgpt/bing/bard ->
+  assistant).
+- OpenAI-style: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
+  (content may also be a list of ``{"type": "text", "text": ...}`` parts).
+- Alpaca: ``{"instruction": str, "input": str (optional), "output": str}`` -> user, assistant.
+- Plain text: ``{"text": str}``: no roles, the loss covers every token.
+
+Problems are collected, not raised: each :class:`Row` carries its ``problems`` (messages that
+name the fix); the caller reports them all with file and row number.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from ftctl.errors import FtctlError, did_you_mean
+
+EXTENSIONS = (".json", ".jsonl", ".parquet")
+
+# FastChat's ShareGPT role names (fastchat/train/train.py and its data cleaning scripts).
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "system": "system",
+}
+OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+
+FORMAT_HINT = (
+    "expected one of: {'conversations': [{'from': 'human'|'gpt', 'value': ...}]} (ShareGPT), "
+    "{'messages': [{'role': 'user'|'assistant', 'content': ...}]} (OpenAI), "
+    "{'instruction', 'input', 'output'} (Alpaca) or {'text': ...} (plain text)"
+)
+
+
+@dataclass
+class Row:
+    """One training example with where it came from."""
+
+    where: str  # "data.jsonl line 7", "data.json row 3 (id 'abc')"
+    format: str  # sharegpt | openai | alpaca | text | unknown
+    messages: list[dict] = field(default_factory=list)
+    text: str | None = None  # plain text rows only
+    problems: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def resolve_files(path: str, storage_options: dict | None = None) -> list[str]:
+    """The data files that ``path`` names: a file, a directory (its .json/.jsonl/.parquet files,
+    recursively, sorted) or ``builtin:demo``. Raises FtctlError when there are none."""
+    from ftctl.demo import BUILTIN_DEMO, demo_data_path
+
+    if path.startswith("builtin:"):
+        if path != BUILTIN_DEMO:
+            raise FtctlError(f"Unknown built-in dataset {path!r}: the only one is {BUILTIN_DEMO!r}.")
+        return [str(demo_data_path())]
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    try:
+        is_dir = fs.isdir(root)
+        exists = is_dir or fs.exists(root)
+    except (PermissionError, OSError) as e:
+        raise FtctlError(f"Cannot read the data at {path}: {e}. Check the path and your credentials.") from e
+    if not exists:
+        raise FtctlError(f"No data at {path}: give a .json, .jsonl or .parquet file, a directory of them or builtin:demo.")
+    if not is_dir:
+        if not root.endswith(EXTENSIONS):
+            raise FtctlError(f"Cannot read {path}: data files must end in .json, .jsonl or .parquet.")
+        return [path]
+    found = sorted(p for p in fs.find(root) if p.endswith(EXTENSIONS))
+    if not found:
+        raise FtctlError(f"The directory {path} holds no .json, .jsonl or .parquet files.")
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    if "://" in path:
+        return [f"{protocol}://{p}" if "://" not in p else p for p in found]
+    return found
+
+
+def _records(file: str, storage_options: dict | None) -> Iterator[tuple[str, Any]]:
+    """(where, record) for every record of one file; undecodable lines yield (where, ParseError)."""
+    import fsspec
+
+    name = posixpath.basename(file.rstrip("/")) or file
+    with fsspec.open(file, "rb", **(storage_options or {})) as f:
+        if file.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            for i, record in enumerate(pq.read_table(f).to_pylist()):
+                yield f"{name} row {i + 1}", record
+            return
+        raw = f.read()
+    text = raw.decode("utf-8-sig")
+    if file.endswith(".json") and text.lstrip()[:1] == "[":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield f"{name} line {e.lineno}", _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
+            return
+        for i, record in enumerate(records):
+            yield f"{name} row {i + 1}", record
+        return
+    # JSON Lines (also accepted under a .json name, as `datasets` does).
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{name} line {lineno}", json.loads(line)
+        except json.JSONDecodeError as e:
+            yield f"{name} line {lineno}", _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
+
+
+@dataclass
+class _ParseError:
+    message: str
+
+
+def load_rows(path: str, storage_options: dict | None = None) -> list[Row]:
+    """Every row of the data at ``path`` as a :class:`Row` (with its problems, if any)."""
+    rows = []
+    for file in resolve_files(path, storage_options):
+        try:
+            for where, record in _records(file, storage_options):
+                rows.append(to_row(where, record))
+        except (OSError, ValueError) as e:  # unreadable file, bad parquet, not UTF-8
+            rows.append(Row(where=posixpath.basename(file), format="unknown", problems=[f"cannot read the file: {e}"]))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Rows
+
+
+def to_row(where: str, record: Any) -> Row:
+    """Normalise one record to chat messages, collecting what is wrong with it."""
+    if isinstance(record, _ParseError):
+        return Row(where=where, format="unknown", problems=[record.message])
+    if not isinstance(record, dict):
+        return Row(where=where, format="unknown", problems=[f"not a conversation: a {type(record).__name__}, {FORMAT_HINT}"])
+    if isinstance(record.get("id"), (str, int)):
+        where = f"{where} (id {record['id']!r})"
+    if "conversations" in record:
+        return _turns(where, "sharegpt", record["conversations"], "from", "value", SHAREGPT_ROLES)
+    if "messages" in record:
+        return _turns(where, "openai", record["messages"], "role", "content", OPENAI_ROLES)
+    if "instruction" in record and "output" in record:
+        return _alpaca(where, record)
+    if "text" in record:
+        text = record["text"]
+        if not isinstance(text, str):
+            return Row(where=where, format="text", problems=[f"not a conversation: 'text' is a {type(text).__name__}, not a string"])
+        if not text.strip():
+            return Row(where=where, format="text", problems=["empty turn: 'text' is empty"])
+        return Row(where=where, format="text", text=text)
+    keys = ", ".join(map(repr, record)) or "none"
+    return Row(where=where, format="unknown", problems=[f"not a conversation: keys {keys}; {FORMAT_HINT}"])
+
+
+def _content(value: Any) -> str | None:
+    """A turn's text: a string, or OpenAI content parts of type text joined; None if neither."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value):
+        return "".join(p["text"] for p in value)
+    return None
+
+
+def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles: dict) -> Row:
+    row = Row(where=where, format=fmt)
+    container = "conversations" if fmt == "sharegpt" else "messages"
+    if not isinstance(turns, list) or not turns:
+        what = "empty" if isinstance(turns, list) else f"a {type(turns).__name__}"
+        row.problems.append(f"not a conversation: '{container}' is {what}, expected a list of turns")
+        return row
+    for n, turn in enumerate(turns, start=1):
+        if isinstance(turn, dict) and role_key not in turn and "role" in turn:  # tolerate role/content in ShareGPT
+            role_key, text_key = "role", "content"
+        if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
+            row.problems.append(f"not a conversation: turn {n} must be an object with '{role_key}' and '{text_key}'")
+            continue
+        role = turn[role_key]
+        mapped = roles.get(role.lower()) if isinstance(role, str) else None
+        if mapped is None:
+            row.problems.append(
+                f"unknown role {role!r} in turn {n}: use one of {', '.join(sorted(roles))}.{did_you_mean(str(role), roles)}"
+            )
+            continue
+        content = _content(turn[text_key])
+        if content is None:
+            row.problems.append(f"not a conversation: turn {n} '{text_key}' is a {type(turn[text_key]).__name__}, not text")
+            continue
+        if not content.strip():
+            row.problems.append(f"empty turn: turn {n} ({role}) has no text; remove it or fill it in")
+            continue
+        row.messages.append({"role": mapped, "content": content})
+    if not row.problems and not any(m["role"] == "assistant" for m in row.messages):
+        row.problems.append("no assistant turn: nothing to train on; every label would be masked")
+    return row
+
+
+def _alpaca(where: str, record: dict) -> Row:
+    row = Row(where=where, format="alpaca")
+    parts = {k: record.get(k) if record.get(k) is not None else "" for k in ("instruction", "input", "output")}
+    for k, v in parts.items():
+        if not isinstance(v, str):
+            row.problems.append(f"not a conversation: '{k}' is a {type(v).__name__}, not a string")
+    if row.problems:
+        return row
+    for k in ("instruction", "output"):
+        if not parts[k].strip():
+            row.problems.append(f"empty turn: '{k}' is empty")
+    if row.problems:
+        return row
+    user = parts["instruction"] + ("\n\n" + parts["input"] if parts["input"].strip() else "")
+    system = record.get("system")
+    if isinstance(system, str) and system.strip():
+        row.messages.append({"role": "system", "content": system})
+    row.messages += [{"role": "user", "content": user}, {"role": "assistant", "content": parts["output"]}]
+    return row

@@ -1,0 +1,135 @@
+"""Chat rows -> token ids with a loss mask: assistant content and its end-of-turn token only.
+
+The model's chat template renders the whole conversation. For every assistant turn i we render the
+conversation up to the turn before it with the generation prompt (``P``) and up to the turn itself
+(``R``); both must be prefixes of the whole rendering. The characters ``R[len(P):]``, less trailing
+whitespace, are the assistant's text plus the template's end-of-turn marker (``<|im_end|>``,
+``<|eot_id|>``, ``</s>``...). A token is trained on when its first character lies in such a span
+(fast tokenizers' offset mappings). This works with templates that lack ``{% generation %}``
+markers, which is most of them.
+
+Truncation keeps the first ``max_length`` tokens and drops the rest (the end of the conversation).
+Plain-text rows are trained on entirely (bos as the tokenizer adds it, eos appended).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ftctl.errors import FtctlError
+
+# FastChat's Vicuna v1.1 conversation template, for tokenizers that ship no chat template.
+VICUNA_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{ messages[0]['content'] + ' ' }}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{{ 'A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user\\'s questions. ' }}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for m in loop_messages -%}"
+    "{%- if m['role'] == 'user' -%}{{ 'USER: ' + m['content'] + ' ' }}"
+    "{%- elif m['role'] == 'assistant' -%}{{ 'ASSISTANT: ' + m['content'] + eos_token }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
+)
+
+_BATCH = 512
+
+
+@dataclass
+class Encoded:
+    """One tokenised row: ids and mask already truncated; ``length`` is the length before."""
+
+    input_ids: list[int]
+    mask: list[int]  # 1 where the loss is computed
+    length: int
+    trainable_before: int  # trainable tokens before truncation
+
+
+def ensure_chat_template(tokenizer) -> str | None:
+    """Give a tokenizer without a chat template FastChat's Vicuna v1.1 one; return a note saying so."""
+    if getattr(tokenizer, "chat_template", None):
+        return None
+    if tokenizer.eos_token is None:
+        raise FtctlError(
+            "The tokenizer has neither a chat template nor an eos token, so assistant turns cannot be "
+            "ended: use a model whose tokenizer defines a chat template, or plain-text rows ({'text': ...})."
+        )
+    tokenizer.chat_template = VICUNA_TEMPLATE
+    return (
+        "the tokenizer has no chat template: conversations are rendered with FastChat's Vicuna v1.1 "
+        f"template (USER: ... ASSISTANT: ...{tokenizer.eos_token}), saved with the tokenizer"
+    )
+
+
+def _render(tokenizer, messages, generation_prompt=False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]], bool]:
+    """(rendered text, char spans to train on, whether every span ends with an end-of-turn marker).
+
+    Raises ValueError with a user-facing message when the template cannot be split into turns."""
+    full = _render(tokenizer, messages)
+    spans = []
+    has_eot = True
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], generation_prompt=True)
+        upto = _render(tokenizer, messages[: i + 1])
+        if not (full.startswith(before) and full.startswith(upto) and upto.startswith(before)):
+            raise ValueError(
+                f"cannot place the loss mask: the chat template renders turn {i + 1} differently inside "
+                "the whole conversation than on its own (a conversation starting with an assistant "
+                "turn does this); start conversations with a user or system turn"
+            )
+        start, end = len(before), len(upto.rstrip())
+        content = m["content"].strip()
+        at = upto.rfind(content, start) if content else -1
+        if at < 0 or not upto[at + len(content) : end].strip():
+            has_eot = False
+        if end > start:
+            spans.append((start, end))
+    return full, spans, has_eot
+
+
+def encode_texts(tokenizer, texts: list[str], spans: list[list[tuple[int, int]] | None], max_length: int) -> list[Encoded]:
+    """Tokenise rendered texts (batched) and mark tokens starting inside their spans.
+
+    ``spans[k] is None`` means plain text: every token trains, with bos/eos added."""
+    out: list[Encoded] = []
+    for lo in range(0, len(texts), _BATCH):
+        chunk, chunk_spans = texts[lo : lo + _BATCH], spans[lo : lo + _BATCH]
+        chat = [k for k, s in enumerate(chunk_spans) if s is not None]
+        plain = [k for k, s in enumerate(chunk_spans) if s is None]
+        encoded: dict[int, tuple[list[int], list[int]]] = {}
+        if chat:
+            enc = tokenizer([chunk[k] for k in chat], add_special_tokens=False, return_offsets_mapping=True)
+            for k, ids, offsets in zip(chat, enc["input_ids"], enc["offset_mapping"]):
+                row_spans = chunk_spans[k]
+                mask = [int(any(a <= s < b for a, b in row_spans)) for s, _ in offsets]
+                encoded[k] = (list(ids), mask)
+        if plain:
+            enc = tokenizer([chunk[k] for k in plain], add_special_tokens=True)
+            eos = tokenizer.eos_token_id
+            for k, ids in zip(plain, enc["input_ids"]):
+                ids = list(ids)
+                if eos is not None and (not ids or ids[-1] != eos):
+                    ids.append(eos)
+                encoded[k] = (ids, [1] * len(ids))
+        for k in range(len(chunk)):
+            ids, mask = encoded[k]
+            out.append(Encoded(ids[:max_length], mask[:max_length], len(ids), sum(mask)))
+    return out
+
+
+def require_fast(tokenizer) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise FtctlError(
+            f"The tokenizer {type(tokenizer).__name__} is not a fast tokenizer, and loss masks need its "
+            "offset mappings: load it with AutoTokenizer.from_pretrained(..., use_fast=True) "
+            "(install `tokenizers`), or convert it."
+        )

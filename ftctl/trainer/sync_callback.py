@@ -1,0 +1,180 @@
+"""The Trainer side of the checkpoint commit protocol (see ftctl/checkpoints.py).
+
+``transformers.Trainer._save_checkpoint`` (5.x) writes, in this order: the model (and adapter /
+tokenizer) files, optimizer + scheduler, scaler, the per-rank ``rng_state*.pth``, then
+``trainer_state.json`` (main process), then rotates old checkpoints (``save_total_limit``), and
+only then calls ``on_save`` on every rank. Rank 0 does not wait for the other ranks' rng files,
+so ``on_save`` first holds a barrier; after it, every file of the checkpoint is on disk and the
+manifest is written (by the main process of each node), then handed to the :class:`Uploader`.
+
+Usage in the trainer::
+
+    resume = resume_checkpoint(local_output_dir, remote_uri)      # before Trainer.train
+    cb = CheckpointSyncCallback(remote_uri, spec_hash=spec.hash())
+    trainer = Trainer(..., callbacks=[cb])
+    trainer.train(resume_from_checkpoint=resume)
+    # on a preemption signal, after the final save: cb.wait_for_uploads(limit_s)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+import uuid
+
+from transformers import TrainerCallback
+
+from ftctl import checkpoints
+
+log = logging.getLogger(__name__)
+
+#: seconds the end of a run waits for the last checkpoint's upload before giving up (logged)
+UPLOAD_WAIT_S = 900.0
+
+
+def node_topology(shared_filesystem: bool = False) -> tuple[int, int]:
+    """(node rank, number of nodes) from torchrun's environment; (0, 1) when not distributed or
+    when all nodes share one filesystem (then node 0 sees and uploads every file)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if shared_filesystem or world <= local_world:
+        return 0, 1
+    num_nodes = world // local_world
+    rank = os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK")
+    node = int(rank) if rank is not None else int(os.environ.get("RANK", "0")) // local_world
+    return node, num_nodes
+
+
+def resume_checkpoint(
+    local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None
+) -> str | None:
+    """The local path of the checkpoint to pass to ``Trainer.train(resume_from_checkpoint=)``.
+
+    The newest complete, sha256-verified checkpoint of ``local_dir`` or ``remote_uri``
+    (downloaded when only the store has it); None to start from scratch. Safe to call from every
+    process of a node at once (a file lock serialises them). Leftovers of a killed run's upload
+    staging are removed. Raises FtctlError when the store cannot be listed.
+    """
+    os.makedirs(local_dir, exist_ok=True)
+    with open(os.path.join(local_dir, ".ftctl-resume.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for leftover in (checkpoints.STAGING_DIR, checkpoints.DOWNLOAD_DIR):
+                shutil.rmtree(os.path.join(local_dir, leftover), ignore_errors=True)
+            return checkpoints.latest_complete(local_dir, remote_uri, endpoint_url)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class CheckpointSyncCallback(TrainerCallback):
+    """Writes each checkpoint's manifest after its files and uploads it in the background.
+
+    ``remote_uri`` None keeps checkpoints local (manifests are still written, so local resume
+    never takes a partial checkpoint). ``keep_last`` prunes the store to the newest K complete
+    checkpoints plus the best one. ``shared_filesystem`` says that all nodes see one output
+    directory (then node 0 alone uploads).
+    """
+
+    def __init__(
+        self,
+        remote_uri: str | None = None,
+        *,
+        spec_hash: str = "",
+        endpoint_url: str | None = None,
+        keep_last: int | None = None,
+        upload_wait_s: float = UPLOAD_WAIT_S,
+        shared_filesystem: bool = False,
+        backoff: tuple[float, float] = (1.0, 60.0),
+        poll_interval: float = 5.0,
+    ):
+        self.remote_uri = remote_uri
+        self.spec_hash = spec_hash
+        self.endpoint_url = endpoint_url
+        self.keep_last = keep_last
+        self.upload_wait_s = upload_wait_s
+        self.node_rank, self.num_nodes = node_topology(shared_filesystem)
+        self.backoff = backoff
+        self.poll_interval = poll_interval
+        self.uploader: checkpoints.Uploader | None = None
+        self.attempt: str | None = None
+
+    # -- helpers
+
+    def _writes(self, state) -> bool:
+        """Whether this process writes manifests and uploads: one process per node."""
+        return state.is_world_process_zero if self.num_nodes == 1 else state.is_local_process_zero
+
+    def _agree_on_attempt(self) -> str:
+        attempt = uuid.uuid4().hex
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                box = [attempt]
+                dist.broadcast_object_list(box, src=0)
+                attempt = box[0]
+        except (ImportError, RuntimeError) as exc:
+            log.debug("attempt id not broadcast: %s", exc)
+        return attempt
+
+    @staticmethod
+    def _barrier() -> None:
+        try:
+            import torch.distributed as dist
+        except ImportError:
+            return
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()
+
+    # -- Trainer events
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.attempt = self._agree_on_attempt()
+        if self.remote_uri and self._writes(state) and self.uploader is None:
+            self.uploader = checkpoints.Uploader(
+                self.remote_uri,
+                endpoint_url=self.endpoint_url,
+                node_rank=self.node_rank,
+                num_nodes=self.num_nodes,
+                attempt=self.attempt,
+                keep_last=self.keep_last,
+                backoff=self.backoff,
+                poll_interval=self.poll_interval,
+            )
+
+    def on_save(self, args, state, control, **kwargs):
+        self._barrier()  # every rank's files (rng_state_<rank>.pth, shards) are written
+        if self._writes(state):
+            ckpt = os.path.join(args.output_dir, f"{checkpoints.CHECKPOINT_PREFIX}{state.global_step}")
+            if not os.path.isdir(ckpt):
+                log.warning("on_save: %s does not exist; nothing to commit", ckpt)
+            else:
+                extra = {}
+                name = checkpoints.MANIFEST
+                if self.num_nodes > 1:
+                    name = checkpoints.node_manifest_name(self.node_rank)
+                    extra = {"node_rank": self.node_rank, "num_nodes": self.num_nodes,
+                             "attempt": self.attempt}
+                checkpoints.write_manifest(ckpt, state.global_step, args.world_size,
+                                           self.spec_hash, name=name, **extra)
+                if self.uploader is not None:
+                    if state.best_model_checkpoint:
+                        self.uploader.protected = {os.path.basename(state.best_model_checkpoint)}
+                    self.uploader.submit(ckpt)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.wait_for_uploads(self.upload_wait_s)
+        if self.uploader is not None:
+            self.uploader.close(0)
+            self.uploader = None
+        return control
+
+    def wait_for_uploads(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` s, logged) for every queued checkpoint to be committed in
+        the store. The trainer calls this at the end and after its save on a preemption signal."""
+        if self.uploader is None:
+            return True
+        return self.uploader.wait(self.upload_wait_s if timeout is None else timeout)

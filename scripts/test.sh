@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The README's second command: install, then run the whole test suite (a real Slurm cluster and an S3
+# server are started on this machine by the tests themselves).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export FTCTL_SKY_PYTHON="$PWD/.venv-sky/bin/python"
+exec .venv/bin/python -m pytest -q -ra "$@"
