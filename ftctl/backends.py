@@ -57,9 +57,15 @@ def local_gpus() -> str:
 def resolve(spec: RunSpec) -> tuple[RunSpec, Plan]:
     """Fill in the GPUs a backend gets by default and plan; the local backend falls back to what fits."""
     if spec.backend == "local":
-        gpus = spec.gpus or local_gpus()
-        spec = replace(spec, gpus=gpus)
-        return spec, _local_fallback(spec)
+        if spec.gpus:  # named GPUs are planned as asked; only detected ones fall back to what fits
+            spec, plan = spec, make_plan(spec)
+        else:
+            spec = replace(spec, gpus=local_gpus())
+            plan = _local_fallback(spec)
+        if plan.nodes > 1:
+            raise FtctlError("--backend local runs on this machine only: for several nodes use --backend slurm "
+                             "or sky.")
+        return spec, plan
     if not spec.gpus:
         raise FtctlError(f"--gpus is required for --backend {spec.backend} (e.g. --gpus 8xA100, or cpu on Slurm).")
     return spec, make_plan(spec)
@@ -102,8 +108,9 @@ def run_dir_for(spec: RunSpec) -> Path:
 def prepare(spec: RunSpec) -> Prepared:
     spec, plan = resolve(spec)
     if spec.backend == "sky":
-        for what, p in (("--data", spec.data_path), ("--output", spec.output)):
-            if not is_remote(p) and not p.startswith("builtin:"):
+        for what, p in (("--data", spec.data_path), ("--output", spec.output),
+                        ("--model", spec.model_name_or_path if Path(spec.model_name_or_path).exists() else "")):
+            if p and not is_remote(p) and not p.startswith("builtin:"):
                 raise FtctlError(f"{what} {p!r} is a local path, which a cloud VM cannot see: use an object-store "
                                  f"URI (s3://bucket/path, gs://...).")
     else:

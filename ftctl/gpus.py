@@ -101,7 +101,7 @@ def tier(name: str) -> GpuTier:
     )
 
 
-_NXT = re.compile(r"^(?:(\d+)x)?(?:(\d+)x)?([A-Za-z][\w\-]*)$")
+_NXT = re.compile(r"^(?:(\d+)[xX])?(?:(\d+)[xX])?([A-Za-z][\w\-]*)$")
 _SKY = re.compile(r"^([A-Za-z][\w\-]*):(\d+)$")
 
 
@@ -129,13 +129,17 @@ def parse(spec: str, nodes: int | None = None) -> GpuRequest:
             form_nodes, count = None, int(a) if a else 1
     if count < 1 or count > 16:
         raise FtctlError(f"--gpus {spec!r}: GPUs per node must be 1 to 16, not {count}. Accepted forms: {FORMS}.")
-    return GpuRequest(tier(name), count, _merge_nodes(form_nodes, nodes, spec))
+    try:
+        gpu = tier(name)
+    except FtctlError as e:
+        raise FtctlError(f"--gpus {spec!r}: {e} Accepted forms: {FORMS}.") from None
+    return GpuRequest(gpu, count, _merge_nodes(form_nodes, nodes, spec))
 
 
 def _merge_nodes(from_form: int | None, flag: int | None, spec: str) -> int:
     if from_form is not None and flag is not None and from_form != flag:
         raise FtctlError(f"--gpus {spec!r} says {from_form} nodes but --nodes says {flag}: drop one of them.")
-    n = from_form or flag or 1
+    n = from_form if from_form is not None else flag if flag is not None else 1
     if n < 1:
         raise FtctlError(f"--gpus {spec!r}: the node count must be at least 1.")
     return n

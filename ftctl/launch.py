@@ -65,8 +65,8 @@ def trainer_env(spec: RunSpec, plan: Plan) -> dict[str, str]:
 
 
 def container_kind(spec: RunSpec) -> tuple[str | None, str | None]:
-    """('docker'|'apptainer'|'pyxis'|None, image)."""
-    if not spec.container:
+    """('docker'|'apptainer'|'pyxis'|None, image); ``none`` (or empty) is no container."""
+    if not spec.container or spec.container.strip().lower() == "none":
         return None, None
     kind, _, image = spec.container.partition(":")
     if kind in ("docker", "apptainer", "pyxis") and image:

@@ -235,7 +235,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         capacity = None
     else:
         t = req.tier
-        precision = "bf16" if t.bf16 else "fp16"
+        precision = "bf16" if t.bf16 and not spec.fp16 and spec.bf16 is not False else "fp16"
         if spec.bf16 and not t.bf16:
             notes.append(f"{t.name} has no bf16: using fp16")
         attn = spec.attn_implementation or ("flash_attention_2" if t.flash_attn2 else "sdpa")
@@ -325,7 +325,12 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
 
 
 def _nearest(spec: RunSpec, shape: ModelShape, method: str, req) -> Plan | None:
-    """The fitting request with the least total GPU memory, preferring the requested tier."""
+    """The fitting request with the least total GPU memory, preferring the requested tier; for another
+    method, the request as asked comes first (qlora on the same GPUs is nearer than qlora on a T4)."""
+    if method != spec.method:
+        p = _fit(replace(spec, method=method, strategy=None), req, shape, method)
+        if p is not None:
+            return p
     candidates = []
     for t in gpu_table.TIERS.values():
         for nodes in (1, 2, 4):

@@ -113,7 +113,6 @@ class RunSpec:
     cloud: str | None = None
     region: str | None = None
     disk_size: int = 256
-    bucket_mount: bool = False  # mount the output bucket instead of syncing through the trainer
 
     # -------------------------------------------------------------------------------------------
     @property
@@ -147,7 +146,7 @@ _PLACEMENT_KEYS = {
     "output_dir", "run_name", "resume", "report_to", "logging_steps", "save_steps", "save_total_limit",
     "gpus", "nodes", "host_memory_gb", "backend", "container", "secrets", "env", "setup", "s3_endpoint_url",
     "rdzv_port", "upload_wait_s", "partition", "account", "qos", "time", "cpus_per_task", "sbatch_args",
-    "signal_lead_s", "max_requeues", "socket_ifname", "spot", "cloud", "region", "disk_size", "bucket_mount",
+    "signal_lead_s", "max_requeues", "socket_ifname", "spot", "cloud", "region", "disk_size",
 }
 _TRAINING_KEYS = [n for n in FIELDS if n not in _PLACEMENT_KEYS]
 
@@ -171,8 +170,9 @@ def _coerce(key: str, value):
         return None
     origin = typing.get_origin(typ)
     if origin is list:
-        if isinstance(value, str):
-            return [v for v in (s.strip() for s in value.split(",")) if v]
+        if isinstance(value, str):  # secrets=A,B is a list of names; other lists take one item per flag
+            parts = value.split(",") if key == "secrets" else [value]
+            return [v for v in (s.strip() for s in parts) if v]
         if isinstance(value, (list, tuple)):
             return [str(v) for v in value]
         raise ValueError("expects a list")

@@ -27,10 +27,12 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
            "--ulimit", "memlock=-1", "--ulimit", "stack=67108864"]
     if plan.tier:
         cmd += ["--gpus", "all" if plan.gpus_per_node > 1 else "1"]
-    cmd += ["-v", f"{run_dir}:{CONTAINER_RUN_DIR}"]
+    cmd += ["-v", f"{_bindable(run_dir)}:{CONTAINER_RUN_DIR}"]
+    # the output directory is mounted even before it exists (launch creates it): checkpoints written
+    # inside the container must land on the host
     for path in (spec.data_path, spec.output, spec.model_name_or_path):
-        if not is_remote(path) and os.path.exists(path):
-            p = os.path.abspath(path)
+        if not is_remote(path) and (os.path.exists(path) or path == spec.output):
+            p = _bindable(os.path.abspath(path))
             cmd += ["-v", f"{p}:{p}"]
     for k, v in sorted(trainer_env(spec, plan).items()):
         cmd += ["-e", f"{k}={v}"]
@@ -39,6 +41,13 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
     cmd += ["-w", CONTAINER_RUN_DIR, image]
     cmd += torchrun_argv(spec, plan, f"{CONTAINER_RUN_DIR}/spec.json", head="127.0.0.1")
     return cmd
+
+
+def _bindable(path: str) -> str:
+    if ":" in path:
+        raise FtctlError(f"{path!r}: docker reads ':' in a volume as a separator, so this path cannot be mounted. "
+                         f"Rename it, or move it under a path without ':'.")
+    return path
 
 
 def render(spec: RunSpec, plan: Plan, run_dir: str) -> str:

@@ -18,7 +18,6 @@ from ftctl.errors import FtctlError
 from ftctl.launch import Shell, container_kind, join, q, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
-from ftctl.storage_uri import is_remote
 
 SPEC_PATH = "~/ftctl-run/spec.json"
 HEREDOC = "FTCTL_SPEC_EOF"
@@ -73,8 +72,6 @@ def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
     }
     if spec.secrets:
         task["secrets"] = {name: None for name in spec.secrets}
-    if spec.bucket_mount and is_remote(spec.output):
-        task["file_mounts"] = {"/ftctl-output": {"source": spec.output, "mode": "MOUNT"}}
     task["setup"] = _Block("\n".join([*([] if image else [PIP_SETUP]), *spec.setup]) + "\n") \
         if (not image or spec.setup) else None
     if task["setup"] is None:

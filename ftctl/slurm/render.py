@@ -29,7 +29,7 @@ SCRIPT_NAME = "job.sbatch"
 SPEC_NAME = "spec.json"
 STOP_ENV = "FTCTL_STOP_FILE"
 # Slurm reads #SBATCH values up to the first whitespace; quotes are not shell quotes there.
-_SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.:,@%+=/\-\[\]]+")
+_SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.:,@%+=/\-\[\]|&*!()]+")  # | & * ! ( ): --constraint syntax
 
 
 def _sbatch_value(key: str, value) -> str:
@@ -37,7 +37,8 @@ def _sbatch_value(key: str, value) -> str:
     if not _SBATCH_SAFE.fullmatch(text):
         raise FtctlError(
             f"--{key} {text!r}: Slurm reads #SBATCH values itself, without shell quoting, so they may hold only "
-            f"letters, digits and _ . : , @ % + = / - [ ]. Use the name Slurm knows (see `sinfo` / `sacctmgr`)."
+            f"letters, digits and _ . : , @ % + = / - [ ] | & * ! ( ). Use the name Slurm knows "
+            f"(see `sinfo` / `sacctmgr`)."
         )
     return text
 
@@ -84,10 +85,15 @@ def render(spec: RunSpec, plan: Plan) -> str:
         )
     inner = join(torchrun_argv(spec, plan, Shell('"$FTCTL_RUN_DIR"/spec.json'), head=Shell('"$HEAD_ADDR"')))
     step = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
-    # local data and output directories are bound into the container at the same paths
-    extra = sorted({os.path.dirname(spec.data_path) if os.path.isfile(spec.data_path) else spec.data_path,
-                    spec.output} - {""})
-    extra = [p for p in extra if os.path.isabs(p) and not is_remote(p)]
+    # local data, output and model directories are bound into the container at the same paths
+    extra = {os.path.dirname(spec.data_path) if os.path.isfile(spec.data_path) else spec.data_path, spec.output}
+    if os.path.isdir(spec.model_name_or_path):
+        extra.add(spec.model_name_or_path)
+    extra = sorted(p for p in extra - {""} if os.path.isabs(p) and not is_remote(p))
+    for p in extra if kind in ("apptainer", "pyxis") else ():
+        if "," in p or ":" in p:
+            raise FtctlError(f"{p!r}: {kind} reads ',' and ':' in a bind path as separators, so this path cannot "
+                             f"be bound into the container. Rename it, or move it under a path without them.")
     if kind == "pyxis":
         mounts = ",".join(f"{p}:{p}" for p in extra)
         step += [f"--container-image={image}",

@@ -1,0 +1,138 @@
+"""Throughput and peak memory of ftctl's trainer on one GPU (run on the device machine, not in CI).
+
+Random-initialised models from configs (no hub): a Llama-3.1-8B shape for lora/qlora, a Llama-3.2-1B
+shape for fft; synthetic ShareGPT conversations of ~1,000-2,000 tokens; the tokenizer is the tests'
+tiny byte-level BPE (token ids < 512 do not change the cost of a step). Each case goes through the
+same path as a real run: RunSpec -> make_plan(1xH100) -> ftctl.trainer.run.train.
+
+    python bench/gpu_train.py --out results.json [--cases lora8b,qlora8b,fft1b] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHAPES = {
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192),
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
+               tie_word_embeddings=True),
+}
+CASES = {"lora8b": ("lora", "8b"), "qlora8b": ("qlora", "8b"), "fft1b": ("fft", "1b")}
+
+
+def make_model(shape: str, root: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.tiny_fixtures import make_tiny_tokenizer
+
+    path = root / f"llama-{shape}"
+    if (path / "config.json").exists():
+        return path
+    cfg = LlamaConfig(**SHAPES[shape], bos_token_id=None, eos_token_id=0, pad_token_id=0)
+    t = time.time()
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(path)
+    make_tiny_tokenizer().save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+    print(f"built {path} in {time.time() - t:.0f} s", flush=True)
+    return path
+
+
+def make_data(path: Path, rows: int = 400) -> Path:
+    rng = random.Random(0)
+    words = "the of model data train token layer batch memory value ship code answer night river".split()
+    out = []
+    for i in range(rows):
+        n = rng.randint(600, 1400)
+        q = " ".join(rng.choice(words) for _ in range(n // 4))
+        a = " ".join(rng.choice(words) for _ in range(n))
+        out.append({"id": str(i), "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+    path.write_text(json.dumps(out))
+    return path
+
+
+def run_case(name: str, model_dir: Path, data: Path, steps: int, work: Path) -> dict:
+    import torch
+    from transformers import TrainerCallback
+
+    from ftctl.plan import make_plan
+    from ftctl.spec import build
+    from ftctl.trainer.run import train
+
+    method, _ = CASES[name]
+    spec = build(flags=dict(method=method, model_name_or_path=str(model_dir), data_path=str(data),
+                            output_dir=str(work / name), gpus="1xH100", backend="local"),
+                 overrides=[f"max_steps={steps}", "global_batch_size=8", "model_max_length=2048",
+                            "save_steps=100000", "logging_steps=1", "resume=never"])
+    plan = make_plan(spec)
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.t = []
+            self.tokens = []
+
+        def on_step_end(self, args, state, control, **kw):
+            torch.cuda.synchronize()
+            self.t.append(time.time())
+            self.tokens.append(state.num_input_tokens_seen)
+
+    clock = Clock()
+    torch.cuda.reset_peak_memory_stats()
+    result = train(spec, plan, callbacks=[clock])
+    warm = 5  # the first steps include compilation and allocator warm-up
+    dt = clock.t[-1] - clock.t[warm - 1]
+    tok = clock.tokens[-1] - clock.tokens[warm - 1]
+    return {
+        "case": name, "method": method, "steps": result.global_step, "final_loss": result.final_loss,
+        "plan": {k: getattr(plan, k) for k in ("precision", "attn_implementation", "strategy", "packing",
+                                                 "per_device_train_batch_size", "gradient_accumulation_steps",
+                                                 "gradient_checkpointing", "optim", "memory_gb")},
+        "tokens_per_s": round(tok / dt, 1), "timed_steps": len(clock.t) - warm,
+        "peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--cases", default="lora8b,qlora8b,fft1b")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--work", default="/tmp/ftctl-bench")
+    a = ap.parse_args()
+    import torch
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = make_data(work / "data.json")
+    results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cases": []}
+    for name in a.cases.split(","):
+        try:
+            model_dir = make_model(CASES[name][1], work)
+            results["cases"].append(run_case(name, model_dir, data, a.steps, work))
+        except Exception as e:  # record and go on: one failing case must not lose the others
+            import traceback
+
+            traceback.print_exc()
+            results["cases"].append({"case": name, "error": f"{type(e).__name__}: {e}"})
+        torch.cuda.empty_cache()
+        Path(a.out).write_text(json.dumps(results, indent=2))
+        print(json.dumps(results["cases"][-1]), flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,122 @@
+"""Helpers for the rendering tests: build a spec and prepare it in-process, fake scheduler/launcher
+programs that record their argv, hostile values, the SkyPilot validator subprocess.
+
+The fakes stand in only for what cannot run here (srun, apptainer, docker, a GPU torchrun): each is a
+small Python script that appends ``{"prog", "argv", "cwd", "env"}`` as one JSON line to
+``$FAKE_LOG`` and then does the least its real namesake would do for the script to go on (srun and
+apptainer run the command they wrap, scontrol prints host names, torchrun writes ``complete`` to the
+trainer's status file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ftctl import spec as spec_mod
+from ftctl.backends import Prepared, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Values that break naive quoting (submitit's and torchx's fixtures, plus command substitution).
+HOSTILE = [
+    "a 0",
+    'a"=0"',
+    "a'; echo foo",
+    "a\n0",
+    "$(touch PWNED)",
+    "`touch PWNED`",
+    "x;touch PWNED;y",
+    "it's \"both\" \\ $HOME * ~ & | > <",
+]
+
+
+def make_spec(overrides=(), config=None, **flags) -> spec_mod.RunSpec:
+    """A RunSpec as the CLI builds it: flags by their RunSpec names, -o overrides."""
+    return spec_mod.build(config, flags, list(overrides))
+
+
+def prepared(overrides=(), **flags) -> Prepared:
+    return prepare(make_spec(overrides, **flags))
+
+
+def sky_python() -> str:
+    """The interpreter of the SkyPilot venv (SkyPilot cannot share the trainer's environment)."""
+    py = os.environ.get("FTCTL_SKY_PYTHON") or str(REPO / ".venv-sky" / "bin" / "python")
+    if not Path(py).exists():
+        raise RuntimeError(f"SkyPilot's python {py} does not exist: run scripts/setup.sh (it creates .venv-sky) "
+                           f"or point FTCTL_SKY_PYTHON at a python with skypilot and ftctl installed.")
+    return py
+
+
+def sky_validate(files) -> dict[str, dict]:
+    """Validate task YAML files in one subprocess of SkyPilot's venv; {file: {ok, error, summary}}."""
+    proc = subprocess.run([sky_python(), "-m", "ftctl.sky.validate", "--json", *map(str, files)],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = {}
+    for line in proc.stdout.splitlines():
+        rec = json.loads(line)
+        out[rec["file"]] = rec
+    assert len(out) == len(files), f"validator answered for {len(out)} of {len(files)} files:\n{proc.stderr}"
+    assert proc.returncode == (0 if all(r["ok"] for r in out.values()) else 1), proc.stderr
+    return out
+
+
+_FAKE = '''\
+#!{python} -S
+import json, os, sys
+prog = os.path.basename(sys.argv[0])
+args = sys.argv[1:]
+env = {{k: v for k, v in os.environ.items() if k.startswith(("FTCTL_", "HOSTILE", "SLURM_", "SKYPILOT_"))
+       or k in ("HEAD_ADDR", "OMP_NUM_THREADS")}}
+with open(os.environ["FAKE_LOG"], "a") as fh:
+    fh.write(json.dumps({{"prog": prog, "argv": args, "cwd": os.getcwd(), "env": env}}) + "\\n")
+if prog == "scontrol":
+    if args[:2] == ["show", "hostnames"]:
+        print("node1\\nnode2")
+elif prog == "srun":  # ftctl writes srun's own options as --key=value: the command is the first other word
+    cmd = args[next(i for i, a in enumerate(args) if not a.startswith("-")):]
+    os.execvp(cmd[0], cmd)
+elif prog == "apptainer":  # exec [options] IMAGE bash -c ...
+    os.execvp("bash", args[args.index("bash"):])
+elif prog == "torchrun":
+    status = os.environ.get("FTCTL_STATUS_FILE")
+    if status:
+        with open(status, "w") as fh:
+            fh.write("complete")
+'''
+
+
+def fake_bin(directory: Path, names=("srun", "scontrol", "apptainer", "torchrun", "docker")) -> Path:
+    """A directory of recording fakes; put it first on PATH."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        p = directory / name
+        p.write_text(_FAKE.format(python=sys.executable))
+        p.chmod(0o755)
+    return directory
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_bash(script: str | None, *, file: Path | None = None, cwd: Path, fakes: Path, log: Path, env: dict,
+             shell: str = "bash") -> subprocess.CompletedProcess:
+    """Run script text (bash -c) or a file with the fakes first on PATH and a clean environment."""
+    full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(log), "HOME": str(cwd), "LANG": "C.UTF-8", **env}
+    argv = [shell, str(file)] if file else [shell, "-c", script]
+    return subprocess.run(argv, cwd=cwd, env=full, capture_output=True, text=True, timeout=60)
+
+
+def write_model_config(directory: Path, **over) -> Path:
+    """A Llama-3.2-1B-shaped config.json (1.24B parameters) in directory."""
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
+           "num_hidden_layers": 16, "intermediate_size": 8192, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "tie_word_embeddings": True, **over}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(cfg))
+    return directory

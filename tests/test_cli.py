@@ -1,0 +1,133 @@
+"""The command line: light imports, fast --help, one-line user errors, --dry-run == render."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.render_fixtures import REPO, sky_python
+
+HEAVY = ("torch", "transformers", "sky", "deepspeed", "trl", "peft", "accelerate", "datasets", "bitsandbytes")
+FTCTL = Path(sys.executable).parent / "ftctl"
+
+# Runs the CLI in-process like the console script, then reports which heavy packages got imported.
+_PROBE = """
+import json, sys
+from ftctl.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+    print("HEAVY=" + json.dumps(heavy), file=sys.stderr)
+""".replace("set(HEAVY)", repr(set(HEAVY)))
+
+COMMANDS = {
+    "help": ["--help"],
+    "plan": ["plan", "--method", "fft", "--gpus", "8xA100", "--model", "lmsys/vicuna-7b-v1.5"],
+    "render-sky": ["render", "--backend", "sky", "--method", "fft", "--gpus", "2x8xH100", "--model",
+                   "meta-llama/Llama-3.1-8B", "--data", "s3://b/conv.json", "--output", "s3://b/runs/r1", "--spot"],
+    "render-slurm": ["render", "--backend", "slurm", "--method", "qlora", "--gpus", "1xA100", "--partition", "gpu",
+                     "--container", "apptainer:docker://ghcr.io/x/ftctl:cu124", "--output", "/fixed/out"],
+    "render-docker": ["render", "--backend", "docker", "--gpus", "1xL4", "--output", "/fixed/out"],
+    "render-local": ["render", "--backend", "local", "--gpus", "cpu", "--output", "/fixed/out"],
+}
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "FTCTL_DEBUG"}
+    return {**env, "PYTHONPATH": str(REPO), **extra}
+
+
+def _probe(python: str, args: list[str], tmp_path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    r = subprocess.run([python, "-c", _PROBE, *args], capture_output=True, text=True, cwd=tmp_path, env=_env(),
+                       timeout=60)
+    line = [ln for ln in r.stderr.splitlines() if ln.startswith("HEAVY=")]
+    assert line, r.stderr
+    return r, json.loads(line[-1][len("HEAVY="):])
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_commands_import_nothing_heavy(name, tmp_path):
+    """In the trainer's venv (torch, transformers, deepspeed installed) and SkyPilot's (sky installed)."""
+    for python in (sys.executable, sky_python()):
+        r, heavy = _probe(python, COMMANDS[name], tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip()
+        assert heavy == [], f"{python} ftctl {' '.join(COMMANDS[name])} imported {heavy}"
+
+
+def test_probe_sees_heavy_imports(tmp_path):
+    """The probe itself can fail: a module named torch in sys.modules shows up (a stand-in: torch takes 9 s)."""
+    r = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch.cuda'] = sys\n" + _PROBE, "--help"],
+                       capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=60)
+    assert 'HEAVY=["torch"]' in r.stderr
+
+
+def test_help_is_fast(tmp_path):
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        r = subprocess.run([str(FTCTL), "--help"], capture_output=True, text=True, cwd=tmp_path, env=_env())
+        times.append(time.perf_counter() - t0)
+        assert r.returncode == 0 and "render" in r.stdout and "launch" in r.stdout
+    assert min(times) < 2.0, f"ftctl --help took {min(times):.2f} s (best of 3)"
+
+
+USER_ERRORS = {
+    "unknown gpu": (["plan", "--gpus", "9xZ100"], "Unknown GPU type 'Z100'"),
+    "unknown key": (["render", "--gpus", "cpu", "-o", "learning_rat=1e-4", "-o", "lora_r=x"], "2 problems"),
+    "does not fit": (["plan", "--method", "fft", "--gpus", "1xT4", "--model", "meta-llama/Llama-3.1-70B"],
+                     "does not fit 1xT4"),
+    "missing run file": (["plan", "-c", "/nonexistent/run.yaml"], "does not exist"),
+    "hostile partition": (["render", "--backend", "slurm", "--gpus", "cpu", "--partition", "gpu;rm -rf /"],
+                          "Slurm reads #SBATCH values itself"),
+    "sky local output": (["render", "--backend", "sky", "--gpus", "1xL4", "--output", "/tmp/x"], "local path"),
+}
+
+
+@pytest.mark.parametrize("name", list(USER_ERRORS))
+def test_user_errors_are_one_message_without_traceback(name, tmp_path):
+    args, words = USER_ERRORS[name]
+    r = subprocess.run([str(FTCTL), *args], capture_output=True, text=True, cwd=tmp_path, env=_env())
+    assert r.returncode == 2, r.stderr
+    assert r.stdout == ""
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [r.stderr.splitlines()[0]]
+    assert words in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_debug_env_shows_the_traceback(tmp_path):
+    args, words = USER_ERRORS["unknown gpu"]
+    r = subprocess.run([str(FTCTL), *args], capture_output=True, text=True, cwd=tmp_path,
+                       env=_env(FTCTL_DEBUG="1"))
+    assert r.returncode != 0
+    assert "Traceback (most recent call last)" in r.stderr
+    assert "FtctlError" in r.stderr and words in r.stderr
+
+
+@pytest.mark.parametrize("backend, extra", [
+    ("slurm", ["--gpus", "2x8xH100", "--partition", "gpu", "--time", "1:00:00"]),
+    ("sky", ["--gpus", "2x8xH100", "--spot", "--data", "s3://b/d.json", "--output", "s3://b/runs/x"]),
+    ("docker", ["--gpus", "1xL4"]),
+    ("local", ["--gpus", "cpu"]),
+])
+def test_launch_dry_run_prints_the_bytes_render_prints(backend, extra, tmp_path):
+    args = ["--backend", backend, "--method", "lora", *extra]
+    if backend != "sky":
+        args += ["--output", str(tmp_path / "out dir")]
+    env = _env(HF_TOKEN="hf_secret-value-never-printed")
+    outs = [subprocess.run([str(FTCTL), cmd, *args, *dry], capture_output=True, cwd=tmp_path, env=env)
+            for cmd, dry in (("render", []), ("launch", ["--dry-run"]))]
+    for r in outs:
+        assert r.returncode == 0, r.stderr.decode()
+    assert outs[0].stdout == outs[1].stdout
+    assert len(outs[0].stdout) > 100
+    assert b"hf_secret-value-never-printed" not in outs[0].stdout
+    # a dry run writes nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

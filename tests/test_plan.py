@@ -1,0 +1,289 @@
+"""The planner: choices for known cases, refusals that name the nearest fit, sizes from config.json."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from ftctl.cli import main
+from ftctl.errors import FtctlError
+from ftctl.gpus import TIERS
+from ftctl.plan import HEADROOM, PlanError, dump_run, load_run, make_plan, memory_terms, model_shape
+from tests.render_fixtures import make_spec, write_model_config
+
+
+def plan(**flags):
+    overrides = flags.pop("o", [])
+    return make_plan(make_spec(overrides, **flags))
+
+
+def _fits(p) -> None:
+    assert p.memory_gb <= p.gpu_memory_gb * HEADROOM + 1e-6
+    assert p.memory_gb == pytest.approx(sum(p.memory.values()), abs=0.05)
+    assert p.per_device_train_batch_size * p.gradient_accumulation_steps * p.world_size == p.global_batch_size
+
+
+def test_7b_fft_on_8xa100_80gb():
+    p = plan(method="fft", gpus="8xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5")
+    assert (p.nodes, p.gpus_per_node, p.world_size) == (1, 8, 8)
+    assert p.precision == "bf16"
+    assert p.attn_implementation == "flash_attention_2" and p.packing
+    # 16 B/param of weights, grads and Adam states (108 GB) cannot be replicated: it shards
+    assert p.strategy in ("zero2", "zero3", "fsdp")
+    assert p.trainable_params_b == pytest.approx(6.74)
+    assert p.optim == "adamw_torch_fused" and p.learning_rate == 2e-5
+    _fits(p)
+    assert 30 < p.memory_gb < 80
+    assert p.global_batch_size == 32
+
+
+def test_7b_fft_single_a100_80gb_needs_offload():
+    p = plan(method="fft", gpus="1xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5")
+    assert p.strategy == "zero3_offload"
+    assert p.host_memory_gb == pytest.approx(16 * 6.74, rel=0.01)
+    assert any("offload" in n for n in p.notes)
+
+
+def test_7b_qlora_on_1xt4():
+    p = plan(method="qlora", gpus="1xT4", model_name_or_path="lmsys/vicuna-7b-v1.5")
+    assert p.precision == "fp16"  # T4 has no bf16
+    assert p.attn_implementation == "sdpa" and not p.packing  # nor FlashAttention-2
+    assert p.strategy == "single"
+    assert p.optim == "paged_adamw_8bit" and p.learning_rate == 2e-4
+    assert p.trainable_params_b < 0.1
+    _fits(p)
+    assert p.memory["weights"] < 6  # 4-bit base: ~0.5 B/param
+    assert p.gpu_memory_gb == 16
+
+
+def test_70b_fft_on_1xt4_is_refused_with_nearest_plans():
+    with pytest.raises(PlanError) as e:
+        plan(method="fft", gpus="1xT4", model_name_or_path="meta-llama/Llama-3.1-70B")
+    msg = str(e.value)
+    assert isinstance(e.value, FtctlError)
+    assert "does not fit 1xT4" in msg
+    need = float(msg.split("needs about ")[1].split(" GB")[0])
+    assert need > 16 * 16  # at least weights + grads + Adam states of 70B on one GPU, far above 16 GB
+    assert "T4 has 16 GB" in msg
+    assert "Nearest plans that fit:" in msg
+    assert "--method qlora" in msg and "--method fft" in msg
+    # the suggested plans really fit
+    for hint in msg.split("Nearest plans that fit: ")[1].split("; or "):
+        words = hint.split()
+        g, m = words[words.index("--gpus") + 1], words[words.index("--method") + 1]
+        p = plan(method=m, gpus=g, model_name_or_path="meta-llama/Llama-3.1-70B")
+        _fits(p)
+
+
+def test_refusal_through_the_cli_exits_2_with_one_error_line():
+    r = CliRunner().invoke(main, ["plan", "--method", "fft", "--gpus", "1xT4", "--model",
+                                  "meta-llama/Llama-3.1-70B"])
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: fft of a 70.6B-parameter model does not fit 1xT4")
+    assert "Traceback" not in r.output + r.stderr
+
+
+def test_8b_lora_on_1xl4():
+    p = plan(method="lora", gpus="1xL4", model_name_or_path="meta-llama/Llama-3.1-8B")
+    assert p.precision == "bf16" and p.attn_implementation == "flash_attention_2"
+    assert p.strategy == "single"
+    assert p.memory["weights"] == pytest.approx(2 * 8.03, rel=0.02)  # frozen 16-bit base
+    _fits(p)
+    assert 16 < p.memory_gb <= 24 * HEADROOM
+
+
+def test_8b_fft_does_not_fit_l4_but_qlora_on_the_same_gpu_is_suggested():
+    with pytest.raises(PlanError) as e:
+        plan(method="fft", gpus="1xL4", model_name_or_path="meta-llama/Llama-3.1-8B")
+    assert "--gpus 1xL4 --method qlora" in str(e.value)
+    assert "L4 has 24 GB" in str(e.value)
+
+
+def test_multi_node_plans_shard_or_replicate():
+    p = plan(method="fft", gpus="2x8xH100", model_name_or_path="meta-llama/Llama-3.1-8B")
+    assert (p.nodes, p.world_size) == (2, 16)
+    assert p.strategy in ("zero2", "zero3", "fsdp")
+    q = plan(method="lora", gpus="2x8xH100", model_name_or_path="meta-llama/Llama-3.1-8B")
+    assert q.strategy == "ddp"
+
+
+def test_config_json_from_a_local_model_dir(tmp_path):
+    model = write_model_config(tmp_path / "my-model")
+    shape = model_shape(str(model))
+    assert shape.params_b == pytest.approx(1.24, rel=0.03)
+    assert (shape.hidden, shape.layers, shape.vocab) == (2048, 16, 128256)
+    assert shape.source.endswith("config.json")
+    p = plan(method="fft", gpus="1xA100", model_name_or_path=str(model))
+    assert p.model == shape
+    # untied embeddings add a second vocab x hidden matrix
+    untied = model_shape(str(write_model_config(tmp_path / "untied", tie_word_embeddings=False)))
+    assert untied.params_b - shape.params_b == pytest.approx(128256 * 2048 / 1e9, rel=0.01)
+
+
+def test_config_json_nested_text_config_and_gpt2_names(tmp_path):
+    d = tmp_path / "vlm"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 4096, "num_hidden_layers": 32,
+                                                               "vocab_size": 32000, "intermediate_size": 11008}}))
+    assert model_shape(str(d)).params_b == pytest.approx(6.74, rel=0.02)
+    g = tmp_path / "gpt2"
+    g.mkdir()
+    (g / "config.json").write_text(json.dumps({"n_embd": 768, "n_layer": 12, "vocab_size": 50257,
+                                               "tie_word_embeddings": True}))
+    # GPT-2 read through its own key names; the planner counts a gated (3-matrix) MLP, so ~20% over
+    assert model_shape(str(g)).params_b == pytest.approx(0.124, rel=0.25)
+
+
+def test_config_json_without_shape_asks_for_model_params(tmp_path):
+    d = tmp_path / "odd"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    with pytest.raises(FtctlError, match="--model-params"):
+        model_shape(str(d))
+
+
+def test_model_params_for_unknown_ids():
+    with pytest.raises(FtctlError, match="--model-params 7b"):
+        plan(gpus="1xA100", model_name_or_path="someone/unknown-model")
+    p = plan(gpus="1xA100", model_name_or_path="someone/unknown-model", model_params="7b")
+    assert p.model.params_b == 7.0 and p.model.source == "--model-params"
+    assert 3500 < p.model.hidden < 5000 and 24 <= p.model.layers <= 40  # a Llama-like aspect
+    # --model-params wins over a known id's table entry
+    assert plan(gpus="1xA100", model_name_or_path="lmsys/vicuna-7b-v1.5", model_params="13b").model.params_b == 13
+    # through the CLI flag
+    r = CliRunner().invoke(main, ["plan", "--json", "--gpus", "1xA100", "--model", "x/y", "--model-params", "135m"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["model"]["params_b"] == pytest.approx(0.135)
+
+
+def test_known_ids_are_case_insensitive():
+    assert model_shape("Meta-Llama/Llama-3.1-8B").params_b == pytest.approx(8.03)
+
+
+@pytest.mark.parametrize("gpus, global_batch", [("8xA100-80GB", 64), ("1xL4", 32), ("2x8xH100", 256),
+                                                ("4xA100", 8)])
+def test_global_batch_sets_accumulation(gpus, global_batch):
+    p = plan(method="lora", gpus=gpus, model_name_or_path="lmsys/vicuna-7b-v1.5",
+             o=[f"global_batch_size={global_batch}"])
+    assert p.per_device_train_batch_size * p.gradient_accumulation_steps * p.world_size == global_batch
+    assert p.global_batch_size == global_batch
+    assert not any("rounded" in n for n in p.notes)
+
+
+def test_given_micro_batch_sets_accumulation():
+    p = plan(method="lora", gpus="8xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5",
+             o=["global_batch_size=64", "per_device_train_batch_size=2"])
+    assert (p.per_device_train_batch_size, p.gradient_accumulation_steps) == (2, 4)
+
+
+def test_global_batch_that_does_not_divide_is_rounded_up_with_a_note():
+    p = plan(method="lora", gpus="8xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5",
+             o=["global_batch_size=30", "per_device_train_batch_size=2"])
+    assert p.gradient_accumulation_steps == math.ceil(30 / 16) == 2
+    assert p.global_batch_size == 32
+    assert any("global batch 30 rounded to 32" in n for n in p.notes)
+
+
+def test_given_accumulation_is_kept():
+    p = plan(method="lora", gpus="1xA100", model_name_or_path="lmsys/vicuna-7b-v1.5",
+             o=["gradient_accumulation_steps=3", "per_device_train_batch_size=1"])
+    assert (p.per_device_train_batch_size, p.gradient_accumulation_steps, p.global_batch_size) == (1, 3, 3)
+
+
+def test_forced_choices_are_kept():
+    p = plan(method="fft", gpus="8xH100", model_name_or_path="lmsys/vicuna-7b-v1.5",
+             o=["strategy=fsdp", "gradient_checkpointing=true", "attn_implementation=sdpa", "optim=adamw_torch"])
+    assert (p.strategy, p.gradient_checkpointing, p.attn_implementation, p.optim) == \
+        ("fsdp", True, "sdpa", "adamw_torch")
+    assert not p.packing  # packing only where attention keeps samples apart
+
+
+def test_gradient_checkpointing_is_chosen_only_when_needed():
+    small = plan(method="lora", gpus="1xH100", model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert not small.gradient_checkpointing
+    tight = plan(method="lora", gpus="1xL4", model_name_or_path="meta-llama/Llama-3.1-8B")
+    assert tight.gradient_checkpointing
+
+
+def test_longer_sequences_need_more_activation_memory():
+    args = dict(method="lora", gpus="1xH100", model_name_or_path="lmsys/vicuna-7b-v1.5")
+    a = plan(**args, o=["per_device_train_batch_size=1", "gradient_checkpointing=false"])
+    b = plan(**args, o=["per_device_train_batch_size=1", "gradient_checkpointing=false",
+                        "model_max_length=4096"])
+    assert b.memory["activations"] == pytest.approx(2 * a.memory["activations"], rel=0.01)
+    assert b.memory["weights"] == a.memory["weights"]
+
+
+def test_memory_terms_shard_as_documented():
+    shape = model_shape("lmsys/vicuna-7b-v1.5")
+    args = dict(method="fft", shape=shape, world=8, micro=1, seq=2048, ckpt=True, trainable_b=shape.params_b)
+    ddp, z2, z3 = (memory_terms(strategy=s, **args) for s in ("ddp", "zero2", "zero3"))
+    assert ddp["optimizer"] == pytest.approx(12 * shape.params_b)
+    assert z2["optimizer"] == pytest.approx(ddp["optimizer"] / 8) and z2["weights"] == ddp["weights"]
+    assert z3["weights"] == pytest.approx(ddp["weights"] / 8)
+    assert sum(z3.values()) < sum(z2.values()) < sum(ddp.values())
+
+
+@pytest.mark.parametrize("name", ["A10G", "L4", "RTX4090", "A100", "H100", "H200"])
+def test_precision_and_attention_follow_the_tier(name):
+    p = plan(method="qlora", gpus=f"1x{name}", model_name_or_path="lmsys/vicuna-7b-v1.5")
+    assert p.precision == "bf16" and p.attn_implementation == "flash_attention_2"
+    assert p.gpu_memory_gb == TIERS[name].memory_gb
+
+
+@pytest.mark.parametrize("name", ["T4", "V100"])
+def test_old_cards_get_fp16_and_sdpa_with_a_note_when_bf16_was_asked(name):
+    p = plan(method="qlora", gpus=f"1x{name}", model_name_or_path="lmsys/vicuna-7b-v1.5", o=["bf16=true"])
+    assert p.precision == "fp16" and p.attn_implementation == "sdpa"
+    assert any("no bf16" in n for n in p.notes)
+
+
+def test_cpu_plans():
+    p = plan(gpus="cpu", method="lora")
+    assert (p.tier, p.gpu_memory_gb, p.precision, p.attn_implementation) == (None, None, "fp32", "sdpa")
+    assert (p.strategy, p.world_size, p.optim, p.packing) == ("single", 1, "adamw_torch", False)
+    two = plan(gpus="cpu", nodes=2, method="fft")
+    assert (two.nodes, two.gpus_per_node, two.world_size, two.strategy, two.gpus) == (2, 1, 2, "ddp", "2xcpu")
+    assert two.per_device_train_batch_size * two.gradient_accumulation_steps * 2 == two.global_batch_size
+    q = plan(gpus="cpu", method="qlora")
+    assert q.optim == "adamw_torch" and any("CPU" in n for n in q.notes)
+
+
+def test_cpu_refuses_big_models():
+    with pytest.raises(PlanError, match="on CPU") as e:
+        plan(gpus="cpu", model_name_or_path="lmsys/vicuna-7b-v1.5")
+    assert "--gpus" in str(e.value)
+
+
+def test_plan_json_output_parses():
+    r = CliRunner().invoke(main, ["plan", "--json", "--method", "qlora", "--gpus", "1xT4", "--model",
+                                  "lmsys/vicuna-7b-v1.5"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert (d["precision"], d["attn_implementation"], d["strategy"], d["tier"]) == ("fp16", "sdpa", "single", "T4")
+    assert d["model"]["params_b"] == pytest.approx(6.74)
+    assert d["memory_gb"] == pytest.approx(sum(d["memory"].values()), abs=0.05)
+
+
+def test_plan_table_is_readable():
+    r = CliRunner().invoke(main, ["plan", "--method", "fft", "--gpus", "8xA100-80GB", "--model",
+                                  "lmsys/vicuna-7b-v1.5"])
+    assert r.exit_code == 0, r.output
+    rows = dict(line.split(None, 1) for line in r.stdout.splitlines() if line and not line.startswith("note"))
+    assert rows["precision"] == "bf16" and rows["method"] == "fft"
+    assert "of 80 GB" in r.stdout and "sequences" in r.stdout
+
+
+def test_spec_json_round_trips(tmp_path):
+    s = make_spec(method="qlora", gpus="1xT4", model_name_or_path="lmsys/vicuna-7b-v1.5")
+    p = make_plan(s)
+    f = tmp_path / "spec.json"
+    f.write_text(dump_run(s, p))
+    s2, p2 = load_run(str(f))
+    assert (s2, p2) == (s, p)
+    f.write_text("{}")
+    with pytest.raises(FtctlError, match="not a spec file"):
+        load_run(str(f))

@@ -1,0 +1,149 @@
+"""Every rendered SkyPilot task YAML of a matrix is loaded by the real SkyPilot library (offline).
+
+One subprocess of SkyPilot's venv (``$FTCTL_SKY_PYTHON -m ftctl.sky.validate``) validates the whole
+matrix plus files the validator must refuse, so the ~2 s ``import sky`` is paid once.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import yaml
+
+from ftctl.plan import PlanError
+from ftctl.spec import SECRETS
+from tests.render_fixtures import prepared, sky_validate
+
+METHODS = ("fft", "sft", "lora", "qlora")
+GPUS = ("1xL4", "8xA100", "2x8xH100", "A100-80GB:8")
+MODEL = "meta-llama/Llama-3.1-8B"
+SECRET_VALUE = "hf_some-secret-value-1234"
+
+# (flags, -o overrides) beyond the product: nodes from --nodes, containers, clouds, bucket mounts, secrets
+EXTRA = [
+    (dict(method="fft", gpus="8xA100", nodes=4, spot=True), []),
+    (dict(method="lora", gpus="H100:4", container="docker:nvcr.io/nvidia/pytorch:24.07-py3"), []),
+    (dict(method="qlora", gpus="1xT4", secrets=["MY_TOKEN"]), ["cloud=gcp", "region=us-central1"]),
+    (dict(method="sft", gpus="2x8xH200", spot=True), ["disk_size=1024", "run_name=sft-h200"]),
+    (dict(method="lora", gpus="4xL40S"), ["setup=nvidia-smi", "env=WANDB_PROJECT=ftctl",
+                                          "s3_endpoint_url=http://127.0.0.1:9000"]),
+]
+
+
+def _render_matrix():
+    cases, refused = [], []
+    for method, gpus, spot in itertools.product(METHODS, GPUS, (False, True)):
+        flags = dict(method=method, gpus=gpus, spot=spot)
+        try:
+            cases.append((flags, prepared(backend="sky", model_name_or_path=MODEL, data_path="s3://b/conv.json",
+                                          output_dir=f"s3://b/runs/{method}", **flags)))
+        except PlanError:
+            refused.append(flags)
+    for flags, overrides in EXTRA:
+        cases.append((flags, prepared(overrides, backend="sky", model_name_or_path=MODEL,
+                                      data_path="gs://b/conv.jsonl", output_dir="gs://b/runs/x", **flags)))
+    return cases, refused
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    """Rendered with HF_TOKEN/WANDB_API_KEY set to values that must never reach a file; validated once."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_TOKEN", SECRET_VALUE)
+    mp.setenv("WANDB_API_KEY", SECRET_VALUE)
+    try:
+        cases, refused = _render_matrix()
+    finally:
+        mp.undo()
+    d = tmp_path_factory.mktemp("sky")
+    files = []
+    for i, (flags, prep) in enumerate(cases):
+        f = d / f"{i:02d}-{flags['method']}-{flags['gpus'].replace(':', '_')}.yaml"
+        f.write_text(prep.text)
+        files.append(f)
+    bad = _broken(d, cases[0][1].text)
+    results = sky_validate(files + list(bad.values()))
+    return cases, refused, files, bad, results
+
+
+def _broken(d, good: str) -> dict:
+    """Variants of a good YAML that the validator must refuse, with a word of the expected reason."""
+    acc = yaml.safe_load(good.split("\n", 1)[1])["resources"]["accelerators"]
+    variants = {
+        "field as a str should be": good.replace(acc, acc.split(":")[0] + ":x"),
+        "not a GPU type ftctl knows": good.replace(acc, "8x" + acc.split(":")[0]),
+        "carry a value": good.replace("HF_TOKEN: null", f"HF_TOKEN: {SECRET_VALUE}"),
+        "num_nodes": good.replace("num_nodes: 1", "num_nodes: 3"),
+        "not a valid jobs recovery strategy": good.replace("resources:\n", "resources:\n  job_recovery:\n"
+                                                           "    strategy: BOGUS\n"),
+        "Invalid task YAML": good.replace("num_nodes:", "num_node:"),
+    }
+    out = {}
+    for i, (reason, text) in enumerate(variants.items()):
+        assert text != good, reason
+        f = d / f"bad-{i}.yaml"
+        f.write_text(text)
+        out[reason] = f
+    return out
+
+
+def test_matrix_renders_enough(matrix):
+    cases, refused, *_ = matrix
+    assert len(cases) >= 20, f"only {len(cases)} task YAMLs rendered"
+    # FFT / partial SFT of an 8B model cannot fit one 24 GB L4 (16 B per trained parameter); 8 GPUs always do
+    got = {(f["method"], f["gpus"]) for f in refused}
+    assert {("fft", "1xL4"), ("sft", "1xL4")} <= got
+    assert all(g == "1xL4" for _, g in got), got
+
+
+def test_every_rendered_task_is_accepted_by_skypilot(matrix):
+    _, _, files, _, results = matrix
+    failed = {str(f): results[str(f)]["error"] for f in files if not results[str(f)]["ok"]}
+    assert not failed, failed
+
+
+def test_tasks_ask_for_what_the_plan_says(matrix):
+    cases, _, files, _, results = matrix
+    for (flags, prep), f in zip(cases, files):
+        s = results[str(f)]["summary"]
+        plan = prep.plan
+        assert s["num_nodes"] == plan.nodes, f
+        assert s["accelerators"] == [{plan.tier: plan.gpus_per_node}], f
+        assert s["use_spot"] == [bool(flags.get("spot"))], f
+        if flags.get("spot"):
+            assert s["job_recovery"][0]["strategy"] == "EAGER_NEXT_REGION"
+        else:
+            assert not s["job_recovery"][0]
+        assert s["name"] == prep.spec.name
+
+
+def test_secrets_declared_by_name_never_by_value(matrix):
+    cases, _, files, _, results = matrix
+    for (flags, prep), f in zip(cases, files):
+        s = results[str(f)]["summary"]
+        assert s["secrets"] == [*SECRETS, *flags.get("secrets", [])], f
+        assert s["inline_secrets"] == []
+        assert SECRET_VALUE not in f.read_text()
+        for name in s["secrets"]:
+            assert name not in s["envs"]
+
+
+def test_extras_reach_the_task(matrix):
+    cases, _, files, _, results = matrix
+    by_gpus = {flags["gpus"]: results[str(f)]["summary"] for (flags, _), f in zip(cases, files)
+               if flags in [e[0] for e in EXTRA]}
+    assert by_gpus["8xA100"]["num_nodes"] == 4
+    # SkyPilot keeps image_id per region; None (any region) becomes "null" in JSON
+    assert [list(i.values()) for i in by_gpus["H100:4"]["image_id"]] == [["docker:nvcr.io/nvidia/pytorch:24.07-py3"]]
+    assert by_gpus["2x8xH200"]["disk_size"] == [1024]
+    assert by_gpus["4xL40S"]["envs"]["WANDB_PROJECT"] == "ftctl"
+    assert by_gpus["4xL40S"]["envs"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+
+
+def test_validator_refuses_broken_tasks(matrix):
+    *_, bad, results = matrix
+    for reason, f in bad.items():
+        rec = results[str(f)]
+        assert not rec["ok"], f"{reason}: accepted"
+        assert reason in rec["error"], (reason, rec["error"])
