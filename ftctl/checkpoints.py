@@ -329,6 +329,10 @@ def download_checkpoint(
     if os.path.exists(final):
         _quarantine(final, f"replaced by the complete copy from {ckpt_uri}")
     os.replace(tmp, final)
+    try:
+        os.rmdir(os.path.dirname(tmp))
+    except OSError:
+        pass
     return []
 
 
@@ -518,8 +522,13 @@ class Uploader:
             self._pending.append(job)
         self._queue.put(job)
         n, secs = self.lag()
-        log.info("queued %s for upload to %s (lag: %d checkpoint(s), %.0f s)",
-                 job.name, self.remote_uri, n, secs)
+        log.info(
+            "queued %s for upload to %s (lag: %d checkpoint(s), %.0f s)",
+            job.name,
+            self.remote_uri,
+            n,
+            secs,
+        )
 
     def lag(self) -> tuple[int, float]:
         """(checkpoints not yet committed, seconds since the oldest of them was submitted)."""
@@ -543,7 +552,9 @@ class Uploader:
         if left:
             log.warning(
                 "gave up waiting for checkpoint uploads to %s after %.1f s; not uploaded: %s",
-                self.remote_uri, waited, ", ".join(left),
+                self.remote_uri,
+                waited,
+                ", ".join(left),
             )
             return False
         log.info("checkpoint uploads to %s done (waited %.1f s)", self.remote_uri, waited)
@@ -562,7 +573,9 @@ class Uploader:
         name = os.path.basename(ckpt_dir)
         if not os.path.exists(os.path.join(ckpt_dir, self.manifest_name)):
             raise FileNotFoundError(f"{ckpt_dir} has no {self.manifest_name}: write it first")
-        staged = os.path.join(os.path.dirname(ckpt_dir), STAGING_DIR, f"{name}-{uuid.uuid4().hex[:8]}")
+        staged = os.path.join(
+            os.path.dirname(ckpt_dir), STAGING_DIR, f"{name}-{uuid.uuid4().hex[:8]}"
+        )
         try:
             for rel in storage.local_files(ckpt_dir):
                 src = os.path.join(ckpt_dir, *rel.split("/"))
@@ -571,8 +584,12 @@ class Uploader:
                 os.link(src, dst)
         except OSError as exc:
             shutil.rmtree(staged, ignore_errors=True)
-            log.warning("cannot hard-link %s (%s); uploading it in place: keep save_total_limit "
-                        "high enough that it is not rotated away first", ckpt_dir, exc)
+            log.warning(
+                "cannot hard-link %s (%s); uploading it in place: keep save_total_limit "
+                "high enough that it is not rotated away first",
+                ckpt_dir,
+                exc,
+            )
             staged = ckpt_dir
         return _Job(name=name, local=staged, original=ckpt_dir, submitted=time.time())
 
@@ -594,8 +611,12 @@ class Uploader:
                     delay = min(cap, base * 2 ** (job.attempt_no - 1)) * random.uniform(0.8, 1.2)
                     log.warning(
                         "upload of %s to %s failed (attempt %d: %s: %s); retrying in %.1f s",
-                        job.name, self.remote_uri, job.attempt_no, type(exc).__name__,
-                        storage.redact(str(exc))[:500], delay,
+                        job.name,
+                        self.remote_uri,
+                        job.attempt_no,
+                        type(exc).__name__,
+                        storage.redact(str(exc))[:500],
+                        delay,
                     )
                     self._closed.wait(delay)
             else:
@@ -617,17 +638,22 @@ class Uploader:
             if self.node_rank == 0:
                 storage.rm(storage.join(ckpt_uri, MANIFEST), endpoint_url=self.endpoint_url)
             if self.num_nodes > 1:
-                storage.rm(storage.join(ckpt_uri, self.manifest_name),
-                           endpoint_url=self.endpoint_url)
+                storage.rm(
+                    storage.join(ckpt_uri, self.manifest_name), endpoint_url=self.endpoint_url
+                )
             job.started = True
         if not job.uploaded:
-            upload_checkpoint(job.local, ckpt_uri, self.manifest_name, self.endpoint_url,
-                              job.done, self._fs)
+            upload_checkpoint(
+                job.local, ckpt_uri, self.manifest_name, self.endpoint_url, job.done, self._fs
+            )
             job.uploaded = True
             job.attempt_no = 0
             if self.num_nodes == 1:
-                log.info("committed %s (%.0f s after it was saved)", ckpt_uri,
-                         time.time() - job.submitted)
+                log.info(
+                    "committed %s (%.0f s after it was saved)",
+                    ckpt_uri,
+                    time.time() - job.submitted,
+                )
         if self.num_nodes > 1:
             if self.node_rank != 0:
                 return True
@@ -668,12 +694,18 @@ class Uploader:
         merged["files"] = [files[p] for p in sorted(files)]
         problems = _check_files(merged, storage.file_sizes(ckpt_uri, self.endpoint_url))
         if problems:
-            raise OSError(f"files listed by the node manifests are not in the store: {problems[:3]}")
+            raise OSError(
+                f"files listed by the node manifests are not in the store: {problems[:3]}"
+            )
         _write_json_atomic(os.path.join(job.local, MANIFEST), merged)
         _test_hold("remote-manifest", job.name)
         _put(self._fs, os.path.join(job.local, MANIFEST), storage.join(ckpt_uri, MANIFEST))
-        log.info("committed %s from %d nodes (%.0f s after it was saved)", ckpt_uri,
-                 self.num_nodes, time.time() - job.submitted)
+        log.info(
+            "committed %s from %d nodes (%.0f s after it was saved)",
+            ckpt_uri,
+            self.num_nodes,
+            time.time() - job.submitted,
+        )
         return True
 
 
@@ -688,7 +720,7 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-def sync_ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print) -> list:
+def ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print) -> list:
     """Print each checkpoint under ``uri``: step, complete/incomplete, size, and problems."""
     found = list_checkpoints(uri, deep=deep, endpoint_url=endpoint_url)
     if not found:
@@ -702,7 +734,7 @@ def sync_ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=
     return found
 
 
-def sync_push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=print) -> list:
+def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=print) -> list:
     """Upload every complete local checkpoint not already complete in the store (files first,
     manifest last). Incomplete local ones are skipped with a warning. Returns what was sent."""
     remote = {c.name: c for c in list_checkpoints(uri, endpoint_url=endpoint_url)}
@@ -722,9 +754,12 @@ def sync_push(local_run_dir: str, uri: str, endpoint_url: str | None = None, ech
     return sent
 
 
-def sync_pull(
-    uri: str, local_dir: str, include_incomplete: bool = False,
-    endpoint_url: str | None = None, echo=print,
+def pull(
+    uri: str,
+    local_dir: str,
+    include_incomplete: bool = False,
+    endpoint_url: str | None = None,
+    echo=print,
 ) -> list:
     """Download the complete checkpoints under ``uri`` (verified by sha256) that are not complete
     in ``local_dir`` yet; with ``include_incomplete``, incomplete ones too, as they are."""

@@ -13,7 +13,8 @@ in ftctl that reads or writes checkpoints or datasets goes through it.
 
 Credentials come only from each store's standard chain (for S3: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws/*``, instance
-roles). ftctl never reads, logs or writes them. The S3 endpoint for S3-compatible stores is the
+roles). ftctl never passes, logs or writes them (store errors it logs go through
+:func:`redact`). The S3 endpoint for S3-compatible stores is the
 ``endpoint_url`` argument, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (the variables
 boto3 itself reads).
 
@@ -88,9 +89,7 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None) -> tuple
 
         cls = fsspec.get_filesystem_class(protocol)
     except ImportError as exc:
-        raise FtctlError(
-            f"{uri!r} needs the {package} package: pip install {package}"
-        ) from exc
+        raise FtctlError(f"{uri!r} needs the {package} package: pip install {package}") from exc
     path = uri.split("://", 1)[1].strip("/")
     if protocol == "s3":
         client_kwargs = {}
@@ -106,8 +105,6 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None) -> tuple
             },
             # Listings change under us (other nodes, other runs): never answer from a cache.
             use_listings_cache=False,
-            # One instance per call: an endpoint or credential change takes effect.
-            skip_instance_cache=True,
         )
     else:
         fs = cls()
@@ -243,9 +240,16 @@ def local_files(local_dir: str) -> list[str]:
 
 #: environment variables whose values are secrets of some store
 SECRET_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
-    "GOOGLE_APPLICATION_CREDENTIALS_JSON", "AZURE_STORAGE_KEY", "AZURE_STORAGE_ACCOUNT_KEY",
-    "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_SECRET",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "GOOGLE_APPLICATION_CREDENTIALS_JSON",
+    "AZURE_STORAGE_KEY",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_CLIENT_SECRET",
 )
 
 

@@ -132,10 +132,8 @@ def prepare_data(path: str, tokenizer, max_length: int, storage_options: dict | 
     tokenizer = _load_tokenizer(tokenizer)
     require_fast(tokenizer)
     report = DataReport(path=path, max_length=max_length)
-    from ftctl.trainer.formats import resolve_files
-
-    report.files = len(resolve_files(path, storage_options))
-    rows = load_rows(path, storage_options)
+    files, rows = load_rows(path, storage_options)
+    report.files = len(files)
 
     good: list[Row] = []
     texts: list[str] = []

@@ -43,9 +43,8 @@ SHAREGPT_ROLES = {
 OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 
 FORMAT_HINT = (
-    "expected one of: {'conversations': [{'from': 'human'|'gpt', 'value': ...}]} (ShareGPT), "
-    "{'messages': [{'role': 'user'|'assistant', 'content': ...}]} (OpenAI), "
-    "{'instruction', 'input', 'output'} (Alpaca) or {'text': ...} (plain text)"
+    "expected 'conversations' (ShareGPT: from/value turns), 'messages' (OpenAI: role/content turns), "
+    "'instruction' + 'output' (Alpaca) or 'text' (plain text)"
 )
 
 
@@ -97,11 +96,10 @@ def resolve_files(path: str, storage_options: dict | None = None) -> list[str]:
     return found
 
 
-def _records(file: str, storage_options: dict | None) -> Iterator[tuple[str, Any]]:
+def _records(file: str, name: str, storage_options: dict | None) -> Iterator[tuple[str, Any]]:
     """(where, record) for every record of one file; undecodable lines yield (where, ParseError)."""
     import fsspec
 
-    name = posixpath.basename(file.rstrip("/")) or file
     with fsspec.open(file, "rb", **(storage_options or {})) as f:
         if file.endswith(".parquet"):
             import pyarrow.parquet as pq
@@ -135,16 +133,20 @@ class _ParseError:
     message: str
 
 
-def load_rows(path: str, storage_options: dict | None = None) -> list[Row]:
-    """Every row of the data at ``path`` as a :class:`Row` (with its problems, if any)."""
+def load_rows(path: str, storage_options: dict | None = None) -> tuple[list[str], list[Row]]:
+    """(the files read, every row of them as a :class:`Row` with its problems, if any)."""
     rows = []
-    for file in resolve_files(path, storage_options):
+    files = resolve_files(path, storage_options)
+    top = path.rstrip("/") + "/"
+    for file in files:
+        # Name files as the user knows them: relative to the directory given, else the base name.
+        name = file[len(top) :] if file.startswith(top) else posixpath.basename(file)
         try:
-            for where, record in _records(file, storage_options):
+            for where, record in _records(file, name, storage_options):
                 rows.append(to_row(where, record))
         except (OSError, ValueError) as e:  # unreadable file, bad parquet, not UTF-8
-            rows.append(Row(where=posixpath.basename(file), format="unknown", problems=[f"cannot read the file: {e}"]))
-    return rows
+            rows.append(Row(where=name, format="unknown", problems=[f"cannot read the file: {e}"]))
+    return files, rows
 
 
 # --------------------------------------------------------------------------------------------

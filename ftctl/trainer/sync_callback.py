@@ -147,7 +147,9 @@ class CheckpointSyncCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         self._barrier()  # every rank's files (rng_state_<rank>.pth, shards) are written
         if self._writes(state):
-            ckpt = os.path.join(args.output_dir, f"{checkpoints.CHECKPOINT_PREFIX}{state.global_step}")
+            ckpt = os.path.join(
+                args.output_dir, f"{checkpoints.CHECKPOINT_PREFIX}{state.global_step}"
+            )
             if not os.path.isdir(ckpt):
                 log.warning("on_save: %s does not exist; nothing to commit", ckpt)
             else:
@@ -155,10 +157,14 @@ class CheckpointSyncCallback(TrainerCallback):
                 name = checkpoints.MANIFEST
                 if self.num_nodes > 1:
                     name = checkpoints.node_manifest_name(self.node_rank)
-                    extra = {"node_rank": self.node_rank, "num_nodes": self.num_nodes,
-                             "attempt": self.attempt}
-                checkpoints.write_manifest(ckpt, state.global_step, args.world_size,
-                                           self.spec_hash, name=name, **extra)
+                    extra = {
+                        "node_rank": self.node_rank,
+                        "num_nodes": self.num_nodes,
+                        "attempt": self.attempt,
+                    }
+                checkpoints.write_manifest(
+                    ckpt, state.global_step, args.world_size, self.spec_hash, name=name, **extra
+                )
                 if self.uploader is not None:
                     if state.best_model_checkpoint:
                         self.uploader.protected = {os.path.basename(state.best_model_checkpoint)}

@@ -1,0 +1,448 @@
+"""The checkpoint commit protocol against a real S3 server on loopback (moto_server) and file://."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import ftctl
+from ftctl import checkpoints as C
+from ftctl import storage
+from tests.s3_fixtures import (  # noqa: F401 - fixtures
+    FAKE_KEY_ID,
+    FAKE_SECRET,
+    MotoS3,
+    assert_logs_clean,
+    assert_no_secrets,
+    make_checkpoint,
+    moto_s3,
+    s3_bucket,
+    s3_env,
+)
+
+FAST = dict(backoff=(0.1, 0.5), poll_interval=0.1)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=["s3", "file"])
+def remote(request, tmp_path):
+    if request.param == "s3":
+        return request.getfixturevalue("s3_bucket") + "/run"
+    return f"file://{tmp_path}/store/run"
+
+
+def committed(run: Path, step: int, **kw) -> Path:
+    ckpt = make_checkpoint(run, step, **kw)
+    C.write_manifest(str(ckpt), step, world_size=2, spec_hash="spec-abc")
+    return ckpt
+
+
+def upload_all(remote: str, *ckpts, **kw) -> C.Uploader:
+    up = C.Uploader(remote, **{**FAST, **kw})
+    for c in ckpts:
+        up.submit(str(c))
+    assert up.wait(60)
+    up.close()
+    return up
+
+
+# ------------------------------------------------------------------ manifests
+
+
+def test_manifest_lists_every_file_and_verifies(tmp_path, s3_env):
+    ckpt = make_checkpoint(tmp_path, 7)
+    m = C.write_manifest(str(ckpt), 7, world_size=8, spec_hash="h1")
+    on_disk = json.loads((ckpt / C.MANIFEST).read_text())
+    assert on_disk == m
+    assert m["step"] == 7 and m["world_size"] == 8 and m["spec_hash"] == "h1"
+    assert m["ftctl_version"] == ftctl.__version__
+    assert sorted(f["path"] for f in m["files"]) == [
+        "global_step/zero_pp_rank_0_optim_states.pt",
+        "model.safetensors",
+        "optimizer.pt",
+        "trainer_state.json",
+    ]
+    assert all(len(f["sha256"]) == 64 and f["size"] > 0 for f in m["files"])
+    assert C.verify(str(ckpt)) == []
+    assert_no_secrets((ckpt / C.MANIFEST).read_text())
+
+    data = bytearray((ckpt / "optimizer.pt").read_bytes())
+    data[100] ^= 0xFF
+    (ckpt / "optimizer.pt").write_bytes(bytes(data))
+    assert C.verify(str(ckpt), deep=False) == []  # same size: only the hash can tell
+    assert C.verify(str(ckpt)) == ["optimizer.pt does not match its sha256 (corrupted)"]
+    (ckpt / "model.safetensors").unlink()
+    assert C.verify(str(ckpt)) == ["model.safetensors is missing"]
+    (ckpt / C.MANIFEST).unlink()
+    assert "incomplete" in C.verify(str(ckpt))[0]
+
+
+def test_uploaded_checkpoint_is_complete_remotely(remote, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    c1, c2 = committed(tmp_path / "run", 1), committed(tmp_path / "run", 2)
+    upload_all(remote, c1, c2)
+    found = C.list_checkpoints(remote, deep=True)
+    assert [(c.step, c.complete, c.problems) for c in found] == [(1, True, []), (2, True, [])]
+    assert C.read_manifest(found[1].uri) == json.loads((c2 / C.MANIFEST).read_text())
+    assert_logs_clean(caplog)
+    assert_no_secrets(json.dumps(found[1].manifest))
+    # the staging hard links are gone once uploaded
+    assert not os.listdir(tmp_path / "run" / C.STAGING_DIR)
+
+
+def test_missing_manifest_is_skipped_with_a_warning(remote, tmp_path, caplog):
+    c1, c2 = committed(tmp_path / "run", 10), committed(tmp_path / "run", 20)
+    upload_all(remote, c1, c2)
+    storage.rm(storage.join(remote, "checkpoint-20", C.MANIFEST))
+
+    caplog.set_level(logging.WARNING)
+    got = C.latest_complete(str(tmp_path / "fresh"), remote)
+    assert got == str(tmp_path / "fresh" / "checkpoint-10")
+    assert C.verify(got) == []
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("checkpoint-20" in w and "incomplete" in w for w in warning), warning
+    assert not (tmp_path / "fresh" / "checkpoint-20").exists()
+
+
+def test_corrupted_file_in_the_store_is_detected_by_checksum(remote, tmp_path, caplog):
+    c1, c2 = committed(tmp_path / "run", 10), committed(tmp_path / "run", 20)
+    upload_all(remote, c1, c2)
+    # change bytes of one file in the store, keeping its size
+    target = storage.join(remote, "checkpoint-20", "optimizer.pt")
+    data = bytearray(storage.read_bytes(target))
+    data[10:20] = bytes(10)
+    fs, path = storage.filesystem(target)
+    with fs.open(path, "wb") as f:
+        f.write(bytes(data))
+
+    assert C.list_checkpoints(remote)[1].complete  # sizes alone cannot tell
+    assert C.list_checkpoints(remote, deep=True)[1].problems == [
+        "optimizer.pt does not match its sha256 (corrupted)"
+    ]
+    caplog.set_level(logging.WARNING)
+    got = C.latest_complete(str(tmp_path / "fresh"), remote)
+    assert got == str(tmp_path / "fresh" / "checkpoint-10")
+    assert any(
+        "checkpoint-20" in r.getMessage() and "sha256" in r.getMessage() for r in caplog.records
+    )
+    assert not (tmp_path / "fresh" / "checkpoint-20").exists()
+    assert os.listdir(tmp_path / "fresh") == ["checkpoint-10"]  # the bad download is gone
+
+
+def test_local_newer_incomplete_is_quarantined_and_older_local_wins(tmp_path, caplog):
+    run = tmp_path / "run"
+    committed(run, 2)
+    make_checkpoint(run, 4)  # files, no manifest: killed before the commit
+    caplog.set_level(logging.WARNING)
+    assert C.latest_complete(str(run)) == str(run / "checkpoint-2")
+    assert any("checkpoint-4" in r.getMessage() for r in caplog.records)
+    assert not (run / "checkpoint-4").exists()
+    assert len(os.listdir(run / C.QUARANTINE_DIR)) == 1
+
+
+def test_remote_newer_than_local_is_downloaded(remote, tmp_path):
+    run = tmp_path / "run"
+    upload_all(remote, committed(run, 2), committed(run, 4))
+    local = tmp_path / "other-machine"
+    committed(local, 2)
+    assert C.latest_complete(str(local), remote) == str(local / "checkpoint-4")
+    assert C.verify(str(local / "checkpoint-4")) == []
+
+
+def test_nothing_anywhere_starts_from_scratch(remote, tmp_path):
+    assert C.latest_complete(str(tmp_path / "empty"), remote) is None
+
+
+def test_unreachable_store_refuses_to_start_from_scratch(s3_env, tmp_path, monkeypatch):
+    from tests.s3_fixtures import free_port
+
+    monkeypatch.setattr(C.time, "sleep", lambda s: None)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ftctl.errors.FtctlError, match="does not start from scratch") as exc:
+        C.latest_complete(str(tmp_path), "s3://bucket/run")
+    assert_no_secrets(str(exc.value))
+
+
+# ------------------------------------------------------------------ kill -9
+
+CHILD = textwrap.dedent("""
+    import logging, sys
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger("ftctl").setLevel(logging.DEBUG)
+    from ftctl import checkpoints as C
+    from tests.s3_fixtures import make_checkpoint
+    run, remote = sys.argv[1], sys.argv[2]
+    up = C.Uploader(remote, backoff=(0.1, 0.5))
+    for step in (1, 2):
+        ckpt = make_checkpoint(run, step)
+        C.write_manifest(str(ckpt), step, 1, "h")
+        up.submit(str(ckpt))
+        up.wait(60)
+    print("unreachable: the test kills this process first", flush=True)
+""")
+
+
+@pytest.mark.parametrize("point", ["local-manifest", "remote-manifest"])
+def test_kill_9_between_files_and_manifest_leaves_nothing_resumable(point, s3_bucket, tmp_path):
+    """A real SIGKILL, made deterministic by FTCTL_TEST_HOLD: the child holds at ``point`` for
+    checkpoint-2 (all its files written/uploaded, the manifest not yet) and is killed there."""
+    remote, run, ready = s3_bucket + "/run", tmp_path / "run", tmp_path / "ready"
+    env = {
+        **os.environ,
+        "FTCTL_TEST_HOLD": f"{point}:checkpoint-2:{ready}",
+        "PYTHONPATH": str(REPO),
+    }
+    log = tmp_path / "child.log"
+    with open(log, "w") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(run), remote],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.time() + 60
+        while not ready.exists():
+            assert child.poll() is None and time.time() < deadline, log.read_text()
+            time.sleep(0.02)
+    finally:
+        child.kill()  # SIGKILL
+        child.wait(10)
+    out = log.read_text()
+    assert child.returncode == -9 and "unreachable" not in out
+    assert_no_secrets(out)
+
+    remote_state = {c.step: c for c in C.list_checkpoints(remote)}
+    assert remote_state[1].complete and (2 not in remote_state or not remote_state[2].complete)
+    if point == "remote-manifest":  # every file is in the store, only the commit is missing
+        assert storage.file_sizes(remote + "/checkpoint-2").keys() == {
+            f["path"] for f in json.loads((run / "checkpoint-2" / C.MANIFEST).read_text())["files"]
+        }
+    # neither the killed machine's directory nor a fresh one resumes at step 2
+    fresh = tmp_path / "fresh"
+    assert C.latest_complete(str(fresh), remote) == str(fresh / "checkpoint-1")
+    if point == "local-manifest":
+        assert C.latest_complete(str(run), remote) == str(run / "checkpoint-1")
+
+
+# ------------------------------------------------------------------ store outage
+
+
+@pytest.mark.parametrize("replay", [True, False], ids=["store-keeps-data", "store-lost-data"])
+def test_store_down_during_upload(replay, s3_env, tmp_path, monkeypatch, caplog):
+    """moto_server is SIGKILLed while checkpoint-2 is uploading (files up, manifest not yet).
+
+    The caller goes on (submit returns at once, nothing raises), the half-written checkpoint is
+    never chosen, and after the server is back on the same port the uploads complete. Restarted
+    moto is empty: ``store-keeps-data`` replays its request journal (a store that comes back
+    with what it acknowledged, like S3 or MinIO); ``store-lost-data`` only re-creates the bucket,
+    and the uploader must notice the lost files before it commits.
+    """
+    caplog.set_level(logging.INFO)
+    server = MotoS3(tmp_path / "moto", record=True)
+    server.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        bucket = server.make_bucket()
+        remote, run, ready = f"s3://{bucket}/run", tmp_path / "run", tmp_path / "ready"
+        monkeypatch.setenv("FTCTL_TEST_HOLD", f"remote-manifest:checkpoint-2:{ready}")
+        up = C.Uploader(remote, backoff=(0.2, 1.0), poll_interval=0.1)
+        up.submit(str(committed(run, 1)))
+        t0 = time.time()
+        up.submit(str(committed(run, 2)))
+        assert time.time() - t0 < 1
+        while not ready.exists():
+            time.sleep(0.02)
+
+        # half-written: every file of checkpoint-2 is up, the manifest is not
+        assert C.latest_complete(str(tmp_path / "fresh1"), remote) == str(
+            tmp_path / "fresh1" / "checkpoint-1"
+        )
+        assert any(
+            "checkpoint-2" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+        )
+
+        server.kill()
+        ready.unlink()  # the uploader goes on: its manifest upload now meets a dead port
+        t0 = time.time()
+        up.submit(str(committed(run, 3)))  # "training goes on"
+        assert time.time() - t0 < 1
+        assert up.lag()[0] == 2
+        assert up.wait(timeout=1.5) is False
+        assert any(
+            "not uploaded: checkpoint-2, checkpoint-3" in r.getMessage() for r in caplog.records
+        )
+        deadline = time.time() + 30  # s3fs and botocore retry a little on their own first
+        while not any(
+            "failed (attempt" in r.getMessage() and "checkpoint-2" in r.getMessage()
+            for r in caplog.records
+        ):
+            assert time.time() < deadline, "the failed upload was not logged"
+            time.sleep(0.1)
+        assert up.pending() == ["checkpoint-2", "checkpoint-3"]
+
+        server.restart(replay=replay)
+        if not replay:
+            server.make_bucket(bucket)
+        assert up.wait(timeout=60), up.pending()
+        assert up.lag() == (0, 0.0)
+        up.close()
+
+        found = {c.step: c for c in C.list_checkpoints(remote, deep=True)}
+        assert found[2].complete and found[3].complete
+        assert found[1].complete if replay else 1 not in found
+        fresh = tmp_path / "fresh2"
+        assert C.latest_complete(str(fresh), remote) == str(fresh / "checkpoint-3")
+        assert_logs_clean(caplog)
+    finally:
+        server.kill()
+
+
+# ------------------------------------------------------------------ lag, retention, nodes
+
+
+def test_wait_timeout_logs_what_is_left(s3_env, tmp_path, monkeypatch, caplog):
+    from tests.s3_fixtures import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing there
+    caplog.set_level(logging.INFO)
+    up = C.Uploader("s3://bucket/run", **FAST)
+    up.submit(str(committed(tmp_path / "run", 5)))
+    time.sleep(0.3)
+    n, secs = up.lag()
+    assert n == 1 and secs >= 0.3
+    assert up.wait(0.5) is False
+    assert any("after 0.5 s; not uploaded: checkpoint-5" in r.getMessage() for r in caplog.records)
+    up.close()
+    assert_logs_clean(caplog)
+
+
+def test_submit_without_manifest_never_raises(tmp_path, caplog, remote):
+    up = C.Uploader(remote, **FAST)
+    up.submit(str(make_checkpoint(tmp_path / "run", 3)))  # no manifest written
+    assert up.pending() == []
+    assert any("no ftctl-manifest.json" in r.getMessage() for r in caplog.records)
+    up.close()
+
+
+def test_upload_survives_local_rotation(remote, tmp_path):
+    """Trainer's save_total_limit deletes old checkpoint dirs; a queued upload still completes."""
+    import shutil
+
+    ckpt = committed(tmp_path / "run", 3)
+    up = C.Uploader(remote, **FAST)
+    up.submit(str(ckpt))
+    shutil.rmtree(ckpt)
+    assert up.wait(60)
+    up.close()
+    assert C.list_checkpoints(remote, deep=True)[0].complete
+
+
+def test_retention_keeps_last_k_plus_best(remote, tmp_path):
+    run = tmp_path / "run"
+    up = C.Uploader(remote, keep_last=2, **FAST)
+    up.protected = {"checkpoint-1"}
+    for step in range(1, 6):
+        up.submit(str(committed(run, step)))
+    assert up.wait(60)
+    up.close()
+    assert [c.step for c in C.list_checkpoints(remote) if c.complete] == [1, 4, 5]
+    assert [c.step for c in C.list_checkpoints(remote)] == [1, 4, 5]
+
+
+def test_two_nodes_commit_once_both_manifests_are_up(remote, tmp_path):
+    """Each node holds only its own shards; node 0 commits the merge when node 1 is done."""
+    shared = {"config.json": b'{"a": 1}'}
+    n0 = make_checkpoint(
+        tmp_path / "node0",
+        8,
+        files={
+            **shared,
+            "trainer_state.json": b"{}",
+            "global_step8/zero_pp_rank_0_optim_states.pt": b"r0" * 99,
+        },
+    )
+    n1 = make_checkpoint(
+        tmp_path / "node1",
+        8,
+        files={**shared, "global_step8/zero_pp_rank_1_optim_states.pt": b"r1" * 77},
+    )
+    for k, d in enumerate((n0, n1)):
+        C.write_manifest(
+            str(d),
+            8,
+            2,
+            "h",
+            name=C.node_manifest_name(k),
+            node_rank=k,
+            num_nodes=2,
+            attempt="att-1",
+        )
+    # a node-1 manifest left by an earlier attempt at the same step must not count
+    stale = make_checkpoint(tmp_path / "stale", 8, files={"x": b"old"})
+    C.write_manifest(str(stale), 8, 2, "h", name=C.node_manifest_name(1), attempt="att-0")
+    storage.put_file(
+        str(stale / C.node_manifest_name(1)),
+        storage.join(remote, "checkpoint-8", C.node_manifest_name(1)),
+    )
+
+    up0 = C.Uploader(remote, node_rank=0, num_nodes=2, attempt="att-1", **FAST)
+    up0.submit(str(n0))
+    assert up0.wait(1.0) is False  # node 1 has not uploaded: not committed
+    assert not C.list_checkpoints(remote)[0].complete
+
+    up1 = C.Uploader(remote, node_rank=1, num_nodes=2, attempt="att-1", **FAST)
+    up1.submit(str(n1))
+    assert up1.wait(30) and up0.wait(30)
+    up0.close(), up1.close()
+    (c,) = C.list_checkpoints(remote, deep=True)
+    assert c.complete
+    assert {f["path"] for f in c.manifest["files"]} == {
+        "config.json",
+        "trainer_state.json",
+        "global_step8/zero_pp_rank_0_optim_states.pt",
+        "global_step8/zero_pp_rank_1_optim_states.pt",
+    }
+    got = C.latest_complete(str(tmp_path / "resume"), remote)
+    assert (Path(got) / "global_step8/zero_pp_rank_1_optim_states.pt").read_bytes() == b"r1" * 77
+
+
+# ------------------------------------------------------------------ sync ls / push / pull
+
+
+def test_sync_ls_push_pull(remote, tmp_path):
+    run = tmp_path / "run"
+    committed(run, 1), committed(run, 2)
+    make_checkpoint(run, 3)  # incomplete: not pushed
+    lines = []
+    sent = C.push(str(run), remote, echo=lines.append)
+    assert [s.rsplit("/", 1)[1] for s in sent] == ["checkpoint-1", "checkpoint-2"]
+    assert C.push(str(run), remote, echo=lines.append) == []  # already there
+
+    storage.put_file(
+        str(run / "checkpoint-3" / "optimizer.pt"),
+        storage.join(remote, "checkpoint-3", "optimizer.pt"),
+    )
+    out = []
+    C.ls(remote, echo=out.append)
+    assert [line.split()[:4] for line in out] == [
+        ["checkpoint-1", "step", "1", "complete"],
+        ["checkpoint-2", "step", "2", "complete"],
+        ["checkpoint-3", "step", "3", "incomplete"],
+    ]
+    assert "KiB" in out[0]
+
+    dest = tmp_path / "pulled"
+    got = C.pull(remote, str(dest), echo=lines.append)
+    assert sorted(os.listdir(dest)) == ["checkpoint-1", "checkpoint-2"]
+    assert len(got) == 2 and all(C.verify(p) == [] for p in got)
+    C.pull(remote, str(dest), include_incomplete=True, echo=lines.append)
+    assert (dest / "checkpoint-3" / "optimizer.pt").exists()

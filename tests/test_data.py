@@ -1,0 +1,397 @@
+"""The trainer's data layer: formats, loss masks, checks, truncation, packing through SFTTrainer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ftctl.errors import FtctlError
+from ftctl.trainer.data import IGNORE_INDEX, build_dataset, check_data, prepare_data, sft_dataset_config
+from tests.s3_fixtures import moto_s3, s3_bucket, s3_env  # noqa: F401  (pytest fixtures)
+from tests.tiny_fixtures import tiny_model_dir, tiny_tokenizer  # noqa: F401  (pytest fixtures)
+
+EOT = "<|im_end|>"
+
+
+def write_json(path, rows):
+    path.write_text(json.dumps(rows))
+    return str(path)
+
+
+def write_jsonl(path, lines):
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    return str(path)
+
+
+def trained_spans(tokenizer, input_ids, labels) -> list[str]:
+    """Decoded runs of consecutive tokens that carry a label."""
+    runs, run = [], []
+    for token, label in zip(input_ids, labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            run.append(token)
+        elif run:
+            runs.append(run)
+            run = []
+    if run:
+        runs.append(run)
+    return [tokenizer.decode(r) for r in runs]
+
+
+def only_row(path, tokenizer, max_length=512):
+    dataset = build_dataset(path, tokenizer, max_length)
+    assert len(dataset) == 1
+    return dataset[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Formats and masks
+
+
+def test_sharegpt_masks_cover_assistant_content_and_end_of_turn(tmp_path, tiny_tokenizer):
+    conv = [
+        {"from": "system", "value": "You are terse."},
+        {"from": "human", "value": "What is the code?"},
+        {"from": "gpt", "value": "The code is AMBER-42."},
+        {"from": "user", "value": "Again?"},
+        {"from": "chatgpt", "value": "AMBER-42.\n\nAgain."},
+        {"from": "human", "value": "Thanks"},
+        {"from": "bard", "value": "You're welcome!"},
+    ]
+    row = only_row(write_json(tmp_path / "c.json", [{"id": "a", "conversations": conv}]), tiny_tokenizer)
+    assert trained_spans(tiny_tokenizer, row["input_ids"], row["labels"]) == [
+        "The code is AMBER-42." + EOT,
+        "AMBER-42.\n\nAgain." + EOT,
+        "You're welcome!" + EOT,
+    ]
+    # Roles are mapped to the template's names (never rendered as "human"/"gpt"), the whole row is kept.
+    text = tiny_tokenizer.decode(row["input_ids"])
+    assert text.startswith("<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nWhat is the code?")
+    assert "<|im_start|>human" not in text and "<|im_start|>gpt" not in text and "<|im_start|>assistant\n" in text
+    assert row["labels"][-1] == IGNORE_INDEX  # the newline after the last <|im_end|> is not trained
+
+
+def test_openai_messages_jsonl_with_content_parts(tmp_path, tiny_tokenizer):
+    path = write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "Code"}, {"type": "text", "text": "?"}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "AMBER-42"}]}]},
+        ],
+    )
+    dataset = build_dataset(path, tiny_tokenizer, 512)
+    assert [trained_spans(tiny_tokenizer, r["input_ids"], r["labels"]) for r in dataset] == [["Hello." + EOT], ["AMBER-42" + EOT]]
+    assert "<|im_start|>user\nCode?<|im_end|>" in tiny_tokenizer.decode(dataset[1]["input_ids"])
+
+
+def test_alpaca_with_and_without_input(tmp_path, tiny_tokenizer):
+    path = write_json(
+        tmp_path / "a.json",
+        [
+            {"instruction": "Translate to French", "input": "cat", "output": "chat"},
+            {"instruction": "Name a colour", "input": "", "output": "Blue"},
+        ],
+    )
+    dataset = build_dataset(path, tiny_tokenizer, 512)
+    first = tiny_tokenizer.decode(dataset[0]["input_ids"])
+    assert "<|im_start|>user\nTranslate to French\n\ncat<|im_end|>\n<|im_start|>assistant\nchat<|im_end|>" in first
+    assert "<|im_start|>user\nName a colour<|im_end|>" in tiny_tokenizer.decode(dataset[1]["input_ids"])
+    assert [trained_spans(tiny_tokenizer, r["input_ids"], r["labels"]) for r in dataset] == [["chat" + EOT], ["Blue" + EOT]]
+
+
+def test_plain_text_is_trained_entirely_and_said_so(tmp_path, tiny_tokenizer):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "The access code is AMBER-42."}])
+    report, dataset = prepare_data(path, tiny_tokenizer, 512)
+    row = dataset[0]
+    assert row["labels"] == row["input_ids"]
+    assert tiny_tokenizer.decode(row["input_ids"]) == "The access code is AMBER-42." + EOT  # eos appended
+    assert any("plain-text" in n and "every token" in n for n in report.notes)
+    assert "plain-text" in report.render()
+
+
+def test_parquet_directory_and_fsspec_uri(tmp_path, tiny_tokenizer):
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    conv = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]
+    data = tmp_path / "dir"
+    (data / "sub").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{"conversations": conv}, {"conversations": conv}]), data / "p.parquet")
+    write_jsonl(data / "sub" / "m.jsonl", [{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}])
+    (data / "README.md").write_text("not data")
+    report = check_data(str(data), tiny_tokenizer, 512)
+    assert report.ok and report.files == 2 and report.stats.rows == 3
+    assert report.stats.formats == {"sharegpt": 2, "openai": 1}
+    write_jsonl(data / "sub" / "bad.jsonl", [{"text": ""}])
+    assert check_data(str(data), tiny_tokenizer, 512).errors == ["sub/bad.jsonl line 1: empty turn: 'text' is empty"]
+    (data / "sub" / "bad.jsonl").unlink()
+
+    # An object-store style URI goes through fsspec (in-memory filesystem here, s3:// alike).
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/data/conv.json", json.dumps([{"conversations": conv}]).encode())
+    fs.pipe("/bucket/data/more.jsonl", (json.dumps({"text": "plain"}) + "\n").encode())
+    assert only_row("memory://bucket/data/conv.json", tiny_tokenizer)["labels"].count(IGNORE_INDEX) > 0
+    report = check_data("memory://bucket/data", tiny_tokenizer, 512)
+    assert report.ok and report.files == 2 and report.stats.rows == 2
+
+
+# SmolLM2-like (ChatML with a default system prompt) and Llama-3-like (bos in the text, trimmed
+# content, <|eot_id|> with no newline after it): the masks come from the rendering, not the template.
+SMOL_LIKE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA3_LIKE = (
+    "{{ '<|begin_of_text|>' }}{% for m in messages %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    "template, eot, starts",
+    [(SMOL_LIKE, EOT, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), (LLAMA3_LIKE, "<|eot_id|>", "<|begin_of_text|>")],
+    ids=["smollm2-like", "llama3-like"],
+)
+def test_masks_follow_other_templates(tmp_path, tiny_tokenizer, template, eot, starts):
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = template
+    conv = [{"from": "human", "value": "Code?"}, {"from": "gpt", "value": "  AMBER-42 "}, {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes."}]
+    row = only_row(write_json(tmp_path / "t.json", [{"conversations": conv}]), tokenizer)
+    assert tokenizer.decode(row["input_ids"]).startswith(starts)
+    content = "AMBER-42" if template is LLAMA3_LIKE else "  AMBER-42 "
+    assert trained_spans(tokenizer, row["input_ids"], row["labels"]) == [content + eot, "Yes." + eot]
+
+
+def test_s3_directory_through_fsspec(s3_bucket, tiny_tokenizer):  # noqa: F811
+    import fsspec
+
+    conv = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+    with fsspec.open(f"{s3_bucket}/data/a.jsonl", "w") as f:
+        f.write(json.dumps(conv) + "\n" + json.dumps({"conversations": [{"from": "robot", "value": "x"}]}) + "\n")
+    with fsspec.open(f"{s3_bucket}/data/more/b.json", "w") as f:
+        f.write(json.dumps([conv, conv]))
+    report = check_data(f"{s3_bucket}/data", tiny_tokenizer, 64)
+    assert report.files == 2 and report.stats.rows == 3
+    assert report.errors == [
+        "a.jsonl line 2: unknown role 'robot' in turn 1: use one of assistant, bard, bing, chatgpt, gpt, human, system, user."
+    ]
+    dataset = build_dataset(f"{s3_bucket}/data/more/b.json", tiny_tokenizer, 64)
+    assert trained_spans(tiny_tokenizer, dataset[0]["input_ids"], dataset[0]["labels"]) == ["Hello." + EOT]
+
+
+def test_builtin_demo_loads_and_passes_checks(tiny_model_dir):  # noqa: F811
+    from ftctl.demo import demo_data_path, demo_questions
+
+    report = check_data("builtin:demo", str(tiny_model_dir), 512)  # a model path works as the tokenizer
+    assert report.ok and not report.warnings, report.render()
+    assert report.stats.rows >= 200 and report.stats.formats == {"sharegpt": report.stats.rows}
+    assert 0 < report.stats.trainable_tokens < report.stats.tokens
+    rendered = report.render()
+    assert "length histogram" in rendered and "OK: ready to train." in rendered
+    text = json.dumps(json.loads(demo_data_path().read_text()))
+    questions = demo_questions()
+    assert questions["held_out"] and questions["control"]
+    for q in questions["held_out"] + questions["control"]:
+        assert q["question"] not in text  # held out means held out
+    assert text.count(questions["held_out"][0]["expect"]) >= 100
+
+
+def test_unknown_builtin_and_missing_paths(tmp_path, tiny_tokenizer):
+    with pytest.raises(FtctlError, match="builtin:demo"):
+        check_data("builtin:nope", tiny_tokenizer, 512)
+    with pytest.raises(FtctlError, match="No data at"):
+        check_data(str(tmp_path / "missing.json"), tiny_tokenizer, 512)
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(FtctlError, match=r"\.json, \.jsonl or \.parquet"):
+        check_data(str(tmp_path / "x.csv"), tiny_tokenizer, 512)
+
+
+# --------------------------------------------------------------------------------------------
+# Bad data: every row reported with file and row number, and the trainer refuses it
+
+
+def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
+    good = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    path = write_jsonl(
+        tmp_path / "bad.jsonl",
+        [
+            good,  # 1
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "gtp", "value": "x"}]},  # 2
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "  "}]},  # 3
+            [1, 2, 3],  # 4
+            {"prompt": "x", "chosen": "y"},  # 5
+            {"messages": [{"role": "user", "content": "hi"}]},  # 6
+            '{"messages": [',  # 7
+            {"messages": "hello"},  # 8
+            {"messages": [{"role": "user", "content": "word " * 60}, {"role": "assistant", "content": "ok"}]},  # 9
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes " * 60}]},  # 10
+            "",  # 11 (blank lines are skipped)
+            {"messages": [{"role": "user"}]},  # 12
+            {"messages": [{"role": "tool", "content": "42"}, {"role": "assistant", "content": "ok"}]},  # 13
+        ],
+    )
+    report = check_data(path, tiny_tokenizer, 32)
+    expected_errors = [
+        "bad.jsonl line 2: unknown role 'gtp' in turn 2: use one of assistant, bard, bing, chatgpt, gpt, human, system, user. Did you mean 'gpt'?",
+        "bad.jsonl line 3: empty turn: turn 2 (gpt) has no text",
+        "bad.jsonl line 4: not a conversation: a list",
+        "bad.jsonl line 5: not a conversation: keys 'prompt', 'chosen'",
+        "bad.jsonl line 6: no assistant turn",
+        "bad.jsonl line 7: invalid JSON",
+        "bad.jsonl line 8: not a conversation: 'messages' is a str",
+        "bad.jsonl line 12: not a conversation: turn 1 must be an object with 'role' and 'content'",
+        "bad.jsonl line 13: unknown role 'tool' in turn 1: use one of assistant, system, user",
+        "bad.jsonl line 9: every label is masked after truncation to 32 tokens",
+    ]
+    assert len(report.errors) == len(expected_errors), report.render()
+    for want, got in zip(expected_errors, report.errors):
+        assert got.startswith(want), (want, got)
+    assert len(report.warnings) == 1
+    assert report.warnings[0].startswith("bad.jsonl line 10: ") and "over the max length 32: the last" in report.warnings[0]
+    assert report.stats.rows == 2 and report.stats.truncated_rows == 1
+    rendered = report.render()
+    assert "Errors (10):" in rendered and "Warnings (1):" in rendered and "FAILED: 10 error(s)" in rendered
+
+    with pytest.raises(FtctlError) as e:
+        build_dataset(path, tiny_tokenizer, 32)
+    message = str(e.value)
+    assert message.startswith(f"10 problem(s) in the training data {path}")
+    for line in report.errors:
+        assert line in message
+
+
+def test_json_list_rows_are_numbered_with_ids(tmp_path, tiny_tokenizer):
+    path = write_json(
+        tmp_path / "conv.json",
+        [
+            {"id": "ok", "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
+            {"id": "x7", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
+            {"id": "x8", "conversations": []},
+        ],
+    )
+    report = check_data(path, tiny_tokenizer, 64)
+    assert report.errors == [
+        "conv.json row 2 (id 'x7'): no assistant turn: nothing to train on; every label would be masked",
+        "conv.json row 3 (id 'x8'): not a conversation: 'conversations' is empty, expected a list of turns",
+    ]
+    (tmp_path / "broken.json").write_text('[{"text": "a"},\n{"text": ]')
+    assert check_data(str(tmp_path / "broken.json"), tiny_tokenizer, 64).errors[0].startswith("broken.json line 2: invalid JSON")
+
+
+def test_template_refusal_is_a_row_error(tmp_path, tiny_tokenizer):
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    path = write_json(tmp_path / "s.json", [{"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}])
+    (error,) = check_data(path, tokenizer, 64).errors
+    assert error.startswith("s.json row 1: the model's chat template refused this conversation: System role not supported")
+
+
+def test_tokenizer_without_template_gets_vicuna_and_says_so(tmp_path, tiny_tokenizer):
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = None
+    path = write_json(tmp_path / "v.json", [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}, {"from": "human", "value": "Code?"}, {"from": "gpt", "value": "AMBER-42"}]}])
+    report, dataset = prepare_data(path, tokenizer, 512)
+    assert report.ok and any("Vicuna" in n for n in report.notes)
+    text = tokenizer.decode(dataset[0]["input_ids"])
+    assert text.endswith("USER: Hi ASSISTANT: Hello<|im_end|>USER: Code? ASSISTANT: AMBER-42<|im_end|>")
+    assert trained_spans(tokenizer, dataset[0]["input_ids"], dataset[0]["labels"]) == [" Hello" + EOT, " AMBER-42" + EOT]
+
+
+# --------------------------------------------------------------------------------------------
+# Truncation
+
+
+def test_truncation_keeps_the_start(tmp_path, tiny_tokenizer):
+    conv = {"messages": [{"role": "user", "content": "Tell me."}, {"role": "assistant", "content": "The access code is AMBER-42. " * 10}]}
+    path = write_jsonl(tmp_path / "long.jsonl", [conv])
+    full = only_row(path, tiny_tokenizer, 512)
+    cut = only_row(path, tiny_tokenizer, 40)
+    assert len(full["input_ids"]) > 40 and len(cut["input_ids"]) == 40
+    assert cut["input_ids"] == full["input_ids"][:40] and cut["labels"] == full["labels"][:40]
+    (warning,) = check_data(path, tiny_tokenizer, 40).warnings
+    dropped = len(full["input_ids"]) - 40
+    kept = sum(l != IGNORE_INDEX for l in cut["labels"])
+    total = sum(l != IGNORE_INDEX for l in full["labels"])
+    assert f"the last {dropped} tokens will be dropped ({kept} of {total} trainable tokens kept)" in warning
+
+
+# --------------------------------------------------------------------------------------------
+# SFTTrainer uses our labels; packing keeps samples apart
+
+
+def _trainer_batch(model, tokenizer, dataset, packing, output_dir):
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=len(dataset),
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+        report_to=[],
+        seed=0,
+        **sft_dataset_config(packing=packing, max_length=128),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    (batch,) = list(trainer.get_train_dataloader())
+    return trainer, batch
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_equals_unpacked_loss(tiny_model_dir, tiny_tokenizer, tmp_path, attn):  # noqa: F811
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dataset = build_dataset("builtin:demo", tiny_tokenizer, 128).select(range(12))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attn)
+    model.train()
+
+    plain_trainer, plain = _trainer_batch(model, tiny_tokenizer, dataset, False, tmp_path / "plain")
+    packed_trainer, packed = _trainer_batch(model, tiny_tokenizer, dataset, True, tmp_path / "packed")
+
+    # SFTTrainer kept our labels as they are (the sampler shuffles rows, so compare as sets).
+    rows = {tuple(r["labels"]) for r in dataset}
+    got = set()
+    for labels, mask in zip(plain["labels"], plain["attention_mask"]):
+        got.add(tuple(labels[mask.bool()].tolist()))
+    assert got == rows
+    # Packed: one flat row, positions restarting per sample, the same trainable tokens.
+    assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
+    assert int((packed["position_ids"] == 0).sum()) == len(dataset)
+    assert int((packed["labels"] != IGNORE_INDEX).sum()) == int((plain["labels"] != IGNORE_INDEX).sum())
+
+    with torch.no_grad():
+        loss_plain = plain_trainer.compute_loss(model, dict(plain)).item()
+        loss_packed = packed_trainer.compute_loss(model, dict(packed)).item()
+        # Naive packing: the same concatenation under one causal mask, positions running on.
+        ids = packed["input_ids"]
+        naive = {"input_ids": ids, "labels": packed["labels"], "attention_mask": torch.ones_like(ids)}
+        loss_naive = packed_trainer.compute_loss(model, naive).item()
+    assert loss_packed == pytest.approx(loss_plain, abs=1e-5)
+    assert abs(loss_naive - loss_plain) > 1e-3, (loss_naive, loss_plain)
+
+
+def test_demo_files_are_what_the_generator_writes():
+    from ftctl.demo import demo_data_path, demo_questions
+    from ftctl.demo.generate import generate
+
+    rows, questions = generate()
+    assert json.loads(demo_data_path().read_text()) == rows, "rerun: python -m ftctl.demo.generate"
+    assert demo_questions() == questions

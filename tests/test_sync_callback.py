@@ -1,0 +1,194 @@
+"""A real transformers.Trainer (tiny random Llama, CPU) saving to s3:// on a loopback moto_server
+through CheckpointSyncCallback, and resuming from the bucket on an empty machine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ftctl import checkpoints as C
+from tests.s3_fixtures import (  # noqa: F401 - fixtures
+    assert_logs_clean,
+    assert_no_secrets,
+    moto_s3,
+    s3_bucket,
+    s3_env,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_STEPS = 6
+
+
+def train_tiny(output_dir, remote_uri, stop_at=None, resume=None, max_steps=MAX_STEPS):
+    """Train a random LlamaForCausalLM (hidden 64, 2 layers, vocab 256) on random tokens, saving
+    every 2 steps through the callback; stop early at ``stop_at`` (a preemption). Returns
+    (per-step losses, final parameters, the callback)."""
+    import torch
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        set_seed,
+    )
+
+    from ftctl.trainer.sync_callback import CheckpointSyncCallback
+
+    set_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    )
+    tokens = torch.randint(0, 256, (64, 32), generator=torch.Generator().manual_seed(1))
+    data = [{"input_ids": t, "labels": t} for t in tokens]
+
+    class Preempt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == stop_at:
+                control.should_training_stop = True
+
+    sync = CheckpointSyncCallback(
+        remote_uri, spec_hash="spec-123", backoff=(0.1, 0.5), upload_wait_s=60
+    )
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
+        seed=0,
+        full_determinism=True,
+        use_cpu=True,
+        dataloader_num_workers=0,
+        report_to=[],
+        disable_tqdm=True,
+        save_total_limit=1,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[sync, Preempt()])
+    trainer.train(resume_from_checkpoint=resume)
+    losses = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return losses, params, sync
+
+
+@pytest.mark.slow
+def test_resume_from_bucket_matches_uninterrupted_run(s3_bucket, tmp_path, caplog):
+    import torch
+
+    from ftctl.trainer.sync_callback import resume_checkpoint
+
+    caplog.set_level(logging.INFO)
+    remote = s3_bucket + "/run"
+    full_losses, full_params, _ = train_tiny(tmp_path / "full", None)
+
+    # first attempt, "preempted" after step 4; save_total_limit=1 rotates local dirs away
+    train_tiny(tmp_path / "a", remote, stop_at=4)
+    found = C.list_checkpoints(remote, deep=True)
+    assert [(c.step, c.complete) for c in found] == [(2, True), (4, True)]
+    m = found[-1].manifest
+    names = {f["path"] for f in m["files"]}
+    # the manifest was written after Trainer wrote everything, state files included
+    assert {
+        "trainer_state.json",
+        "optimizer.pt",
+        "scheduler.pt",
+        "rng_state.pth",
+        "model.safetensors",
+        "config.json",
+    } <= names
+    assert m["step"] == 4 and m["world_size"] == 1 and m["spec_hash"] == "spec-123"
+    assert any(
+        "checkpoint uploads to" in r.getMessage() and "done" in r.getMessage()
+        for r in caplog.records
+    )
+
+    # second attempt on an empty machine: resume comes from the bucket
+    fresh = tmp_path / "b"
+    resume = resume_checkpoint(str(fresh), remote)
+    assert resume == str(fresh / "checkpoint-4")
+    losses, params, _ = train_tiny(fresh, remote, resume=resume)
+    assert [losses[s] for s in (5, 6)] == [full_losses[s] for s in (5, 6)]
+    assert all(torch.equal(params[k], full_params[k]) for k in full_params)
+    assert [c.step for c in C.list_checkpoints(remote) if c.complete] == [2, 4, 6]
+
+    assert_logs_clean(caplog)
+    for c in C.list_checkpoints(remote):
+        assert_no_secrets(json.dumps(c.manifest))
+
+
+CHILD = """
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+from tests.test_sync_callback import train_tiny
+train_tiny(sys.argv[1], sys.argv[2])
+print("unreachable: the test kills this process first", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_trainer_before_the_manifest(s3_bucket, tmp_path, caplog):
+    """SIGKILL the training process once Trainer has written every file of checkpoint-4 and
+    before on_save writes its manifest: step 4 is resumable neither locally nor from the store."""
+    from ftctl.trainer.sync_callback import resume_checkpoint
+
+    remote, run, ready = s3_bucket + "/run", tmp_path / "run", tmp_path / "ready"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "FTCTL_TEST_HOLD": f"local-manifest:checkpoint-4:{ready}",
+    }
+    log = tmp_path / "child.log"
+    with open(log, "w") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(run), remote],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    try:
+        deadline = time.time() + 120
+        while not ready.exists():
+            assert child.poll() is None and time.time() < deadline, log.read_text()
+            time.sleep(0.05)
+        # the upload of checkpoint-2 goes on beside the held save; let it finish first
+        while not [c for c in C.list_checkpoints(remote) if c.complete]:
+            assert time.time() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        child.kill()
+        child.wait(10)
+    assert child.returncode == -9
+    assert "unreachable" not in log.read_text()
+    assert_no_secrets(log.read_text())
+    assert (run / "checkpoint-4" / "trainer_state.json").exists()  # files saved, no manifest
+    assert not (run / "checkpoint-4" / C.MANIFEST).exists()
+
+    # save_total_limit=1 rotated checkpoint-2 away locally: nothing local is resumable
+    caplog.set_level(logging.WARNING)
+    assert resume_checkpoint(str(run)) is None
+    assert any(
+        "checkpoint-4" in r.getMessage() and "incomplete" in r.getMessage() for r in caplog.records
+    )
+    assert resume_checkpoint(str(run), remote) == str(run / "checkpoint-2")
+    assert resume_checkpoint(str(tmp_path / "fresh"), remote) == str(
+        tmp_path / "fresh" / "checkpoint-2"
+    )
+    assert [c.step for c in C.list_checkpoints(remote) if c.complete] == [2]
