@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--cases", default="lora8b,qlora8b,fft1b")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--work", default="/tmp/ftctl-bench")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     import torch
 
@@ -119,16 +120,25 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = make_data(work / "data.json")
     results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cases": []}
-    for name in a.cases.split(","):
+    if a.one:  # one case in this process: GPU memory of an earlier case cannot leak into it
         try:
-            model_dir = make_model(CASES[name][1], work)
-            results["cases"].append(run_case(name, model_dir, data, a.steps, work))
-        except Exception as e:  # record and go on: one failing case must not lose the others
+            model_dir = make_model(CASES[a.one][1], work)
+            case = run_case(a.one, model_dir, data, a.steps, work)
+        except Exception as e:  # record it: one failing case must not lose the others
             import traceback
 
             traceback.print_exc()
-            results["cases"].append({"case": name, "error": f"{type(e).__name__}: {e}"})
-        torch.cuda.empty_cache()
+            case = {"case": a.one, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        Path(a.out).write_text(json.dumps(case, indent=2))
+        return
+    import subprocess
+
+    for name in a.cases.split(","):
+        one = work / f"{name}.json"
+        one.unlink(missing_ok=True)
+        subprocess.run([sys.executable, __file__, "--one", name, "--out", str(one), "--steps", str(a.steps),
+                        "--work", str(work)])
+        results["cases"].append(json.loads(one.read_text()) if one.exists() else {"case": name, "error": "crashed"})
         Path(a.out).write_text(json.dumps(results, indent=2))
         print(json.dumps(results["cases"][-1]), flush=True)
 

@@ -157,9 +157,9 @@ def train(**kw):
 
     prep = prepare(_spec(kw, backend="local"))
     write_files(prep)
-    from ftctl.trainer.run import main as trainer_main
+    from ftctl.trainer.__main__ import main as trainer_main
 
-    trainer_main(str(prep.run_dir / "spec.json"))
+    sys.exit(trainer_main(["--spec", str(prep.run_dir / "spec.json")]))
 
 
 @main.command()
@@ -168,7 +168,7 @@ def demo(steps):
     """Fine-tune SmolLM2-135M-Instruct on a bundled dataset on this machine; answers before and after."""
     from ftctl.trainer.demo import run_demo
 
-    run_demo(steps=steps)
+    run_demo(**({"steps": steps} if steps else {}))
 
 
 @main.command()
@@ -178,7 +178,7 @@ def merge(run, out):
     """Merge a LoRA/QLoRA adapter into its base: a standard safetensors model directory."""
     from ftctl.trainer.merge import merge as do_merge
 
-    click.echo(do_merge(run, out))
+    click.echo(do_merge(run, out or os.path.join(run, "merged")))
 
 
 @main.group(cls=_Group)

@@ -11,9 +11,12 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
     sharding     ddp/single: all of it on every GPU; zero2: grads + optimizer / world;
                  zero3 and fsdp: weights + grads + optimizer / world; zero3_offload: optimizer and weights
                  live in CPU RAM (needs 16 B/param / nodes of host memory), ~2 layers of weights on the GPU
-    activations  per micro-batch sequence of S tokens, hidden H, L layers (Korthikanti et al. 2022, with
-                 flash/memory-efficient attention so no S^2 term): 34*S*H*L bytes without gradient
-                 checkpointing; 2*S*H*L (the saved layer inputs) + 34*S*H (one layer recomputed) with it
+    activations  per micro-batch sequence of S tokens, hidden H, MLP width I, L layers (after Korthikanti
+                 et al. 2022, with flash/memory-efficient attention so no S^2 term, and a gated MLP):
+                 A = 2*(8H + 4I) bytes per token and layer, plus 2*(6H + I) for LoRA/QLoRA (each adapted
+                 projection keeps its dropout input); A*S*L without gradient checkpointing, 2*S*H*L (the
+                 saved layer inputs) + A*S (one layer recomputed) with it. Seen on an H100 (bench/results):
+                 this over-estimates full fine-tuning of a 1B model by ~25% and LoRA on an 8B by less
     logits       the head's output and its gradient in fp32: 2 * 4 * S * V bytes per sequence
     overhead     1.5 GB: CUDA context, allocator fragmentation, NCCL buffers
 
@@ -44,26 +47,31 @@ class ModelShape:
     layers: int
     vocab: int
     source: str  # where the numbers came from
+    intermediate: int = 0  # MLP width; 0: 4 * hidden
+
+    @property
+    def mlp(self) -> int:
+        return self.intermediate or 4 * self.hidden
 
 
 # Shapes of common models, for ids whose config.json is not on this machine.
 KNOWN_MODELS = {
-    "huggingfacetb/smollm2-135m-instruct": ModelShape(0.135, 576, 30, 49152, "known id"),
-    "huggingfacetb/smollm2-1.7b-instruct": ModelShape(1.71, 2048, 24, 49152, "known id"),
-    "lmsys/vicuna-7b-v1.5": ModelShape(6.74, 4096, 32, 32000, "known id"),
-    "lmsys/vicuna-13b-v1.5": ModelShape(13.0, 5120, 40, 32000, "known id"),
-    "meta-llama/llama-2-7b-hf": ModelShape(6.74, 4096, 32, 32000, "known id"),
-    "meta-llama/llama-2-13b-hf": ModelShape(13.0, 5120, 40, 32000, "known id"),
-    "meta-llama/llama-2-70b-hf": ModelShape(69.0, 8192, 80, 32000, "known id"),
-    "meta-llama/llama-3.2-1b": ModelShape(1.24, 2048, 16, 128256, "known id"),
-    "meta-llama/llama-3.2-3b": ModelShape(3.21, 3072, 28, 128256, "known id"),
-    "meta-llama/llama-3.1-8b": ModelShape(8.03, 4096, 32, 128256, "known id"),
-    "meta-llama/llama-3.1-70b": ModelShape(70.6, 8192, 80, 128256, "known id"),
-    "meta-llama/llama-3.3-70b-instruct": ModelShape(70.6, 8192, 80, 128256, "known id"),
-    "mistralai/mistral-7b-v0.1": ModelShape(7.24, 4096, 32, 32000, "known id"),
-    "qwen/qwen2.5-0.5b": ModelShape(0.49, 896, 24, 151936, "known id"),
-    "qwen/qwen2.5-7b": ModelShape(7.62, 3584, 28, 152064, "known id"),
-    "qwen/qwen2.5-72b": ModelShape(72.7, 8192, 80, 152064, "known id"),
+    "huggingfacetb/smollm2-135m-instruct": ModelShape(0.135, 576, 30, 49152, "known id", 1536),
+    "huggingfacetb/smollm2-1.7b-instruct": ModelShape(1.71, 2048, 24, 49152, "known id", 8192),
+    "lmsys/vicuna-7b-v1.5": ModelShape(6.74, 4096, 32, 32000, "known id", 11008),
+    "lmsys/vicuna-13b-v1.5": ModelShape(13.0, 5120, 40, 32000, "known id", 13824),
+    "meta-llama/llama-2-7b-hf": ModelShape(6.74, 4096, 32, 32000, "known id", 11008),
+    "meta-llama/llama-2-13b-hf": ModelShape(13.0, 5120, 40, 32000, "known id", 13824),
+    "meta-llama/llama-2-70b-hf": ModelShape(69.0, 8192, 80, 32000, "known id", 28672),
+    "meta-llama/llama-3.2-1b": ModelShape(1.24, 2048, 16, 128256, "known id", 8192),
+    "meta-llama/llama-3.2-3b": ModelShape(3.21, 3072, 28, 128256, "known id", 8192),
+    "meta-llama/llama-3.1-8b": ModelShape(8.03, 4096, 32, 128256, "known id", 14336),
+    "meta-llama/llama-3.1-70b": ModelShape(70.6, 8192, 80, 128256, "known id", 28672),
+    "meta-llama/llama-3.3-70b-instruct": ModelShape(70.6, 8192, 80, 128256, "known id", 28672),
+    "mistralai/mistral-7b-v0.1": ModelShape(7.24, 4096, 32, 32000, "known id", 14336),
+    "qwen/qwen2.5-0.5b": ModelShape(0.49, 896, 24, 151936, "known id", 4864),
+    "qwen/qwen2.5-7b": ModelShape(7.62, 3584, 28, 152064, "known id", 18944),
+    "qwen/qwen2.5-72b": ModelShape(72.7, 8192, 80, 152064, "known id", 29568),
 }
 
 
@@ -162,7 +170,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     mlp = 3 * h * inter * experts
     embed = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
     params = (layers * (attn + mlp) + embed) / 1e9
-    return ModelShape(round(params, 4), h, layers, vocab, source)
+    return ModelShape(round(params, 4), h, layers, vocab, source, inter)
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -191,8 +199,14 @@ def memory_terms(method: str, strategy: str, shape: ModelShape, world: int, micr
     elif strategy == "zero3_offload":
         # two layers' weights in flight on the GPU; gradients and optimizer states go to CPU RAM
         weights, grads, optimizer = 2 * 2 * n / shape.layers, 2 * 2 * n / shape.layers, 0.0
-    act_per_seq = (2 * seq * shape.hidden * shape.layers + 34 * seq * shape.hidden) if ckpt \
-        else 34 * seq * shape.hidden * shape.layers
+    h, i = shape.hidden, shape.mlp
+    per_token_layer = 2 * (8 * h + 4 * i)  # attention block + gated MLP, 16-bit
+    if method in ("lora", "qlora"):
+        per_token_layer += 2 * (6 * h + i)  # each adapted projection keeps its (dropout) input
+    act_per_seq = (2 * seq * h * shape.layers + per_token_layer * seq) if ckpt \
+        else per_token_layer * seq * shape.layers
+    if method == "qlora":
+        act_per_seq *= 1.25  # 4-bit layers dequantise into 16-bit temporaries (measured: bench/results)
     activations = micro * act_per_seq * wb / 2 / 1e9
     logits = micro * 2 * 4 * seq * shape.vocab / 1e9
     return {"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations,

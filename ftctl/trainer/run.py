@@ -1,0 +1,276 @@
+"""The trainer, top to bottom: setup -> fit -> save -> cleanup.
+
+What every backend runs (``torchrun ... -m ftctl.trainer --spec spec.json``) and what the demo
+calls in-process. TRL's SFTTrainer does the training; this module only wires the plan into it:
+
+    setup    processes, output dirs, signal handlers, tokenizer, TrainingArguments (before the model:
+             ZeRO-3 builds it sharded), data, model + method, resume point, callbacks
+    fit      trainer.train(resume_from_checkpoint=...): checkpoints every save_steps and at the end,
+             each committed with a manifest and uploaded in the background when the output is remote
+    save     the final model (or adapter) + tokenizer + spec.json in the output dir (then uploaded)
+    cleanup  signal handlers restored, ``$FTCTL_STATUS_FILE`` written by rank 0:
+             complete | preempted | failed
+
+Output directory layout (local, or staged locally and mirrored to the object-store URI):
+
+    spec.json  metrics.jsonl  <final model or adapter files + tokenizer>
+    checkpoint-<step>/ ... ftctl-manifest.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftctl import storage
+from ftctl.errors import FtctlError
+from ftctl.plan import Plan, dump_run
+from ftctl.spec import RunSpec
+from ftctl.trainer import distributed
+
+log = logging.getLogger(__name__)
+
+STATUS_ENV = "FTCTL_STATUS_FILE"
+LOCAL_DIR_ENV = "FTCTL_LOCAL_DIR"  # where a remote output is staged (default: under the ftctl cache)
+SPEC_FILE = "spec.json"
+
+
+@dataclass
+class Result:
+    status: str  # complete | preempted
+    output_dir: str  # local directory holding the final model and checkpoints
+    global_step: int
+    final_loss: float | None
+    log_history: list = field(default_factory=list, repr=False)
+
+
+@dataclass
+class Run:
+    spec: RunSpec
+    plan: Plan
+    procs: distributed.Processes
+    local_dir: str
+    remote_uri: str | None
+    preemption: object  # callbacks.PreemptionCallback
+    sync: object = None
+    trainer: object = None
+    resume_from: str | None = None
+
+
+# ------------------------------------------------------------------------------------------ entry
+def train(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Result:
+    """Train ``spec`` as ``plan`` says, in this process (one rank of torchrun, or alone)."""
+    try:
+        run = setup(spec, plan, callbacks, echo)
+    except BaseException:
+        write_status("failed")
+        raise
+    status = "failed"
+    try:
+        fit(run)
+        status = "preempted" if stopped_early(run) else "complete"
+        if status == "complete":
+            save(run)
+    finally:
+        cleanup(run, status)
+    state = run.trainer.state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    return Result(status, run.local_dir, state.global_step, losses[-1] if losses else None, state.log_history)
+
+
+# ------------------------------------------------------------------------------------------ setup
+def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
+    from transformers import set_seed
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import SFTTrainer
+
+    from ftctl.trainer.callbacks import METRICS_FILE, MetricsCallback, PreemptionCallback
+    from ftctl.trainer.data import build_dataset
+    from ftctl.trainer.methods import apply_method
+    from ftctl.trainer.model import load_model, load_tokenizer
+    from ftctl.trainer.sync_callback import CheckpointSyncCallback
+
+    procs = distributed.processes()
+    distributed.check_world(plan, procs)
+    local_dir, remote_uri = output_dirs(spec)
+    os.makedirs(local_dir, exist_ok=True)
+    preemption = PreemptionCallback()
+    preemption.install()  # from here on a signal stops the run cleanly at the first step boundary
+    run = Run(spec, plan, procs, local_dir, remote_uri, preemption)
+    try:
+        distributed.init_for_deepspeed(plan, procs)
+        tokenizer = load_tokenizer(spec.model_name_or_path)
+        args = training_args(spec, plan, procs, local_dir)
+        dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, storage_options(spec))
+        set_seed(spec.seed)  # LoRA's initial weights
+        model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank), spec, plan)
+        run.resume_from = resume_point(spec, local_dir, remote_uri)
+        if procs.is_main:
+            Path(local_dir, SPEC_FILE).write_text(dump_run(spec, plan))
+        run.sync = CheckpointSyncCallback(
+            remote_uri, spec_hash=spec.digest(), endpoint_url=spec.s3_endpoint_url,
+            keep_last=spec.save_total_limit, upload_wait_s=spec.upload_wait_s)
+        metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo)
+        run.trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                 callbacks=[run.sync, preemption, metrics, *callbacks])
+        for cb in (PrinterCallback, ProgressCallback):  # MetricsCallback prints the progress
+            run.trainer.remove_callback(cb)
+    except BaseException:
+        preemption.uninstall()
+        raise
+    return run
+
+
+def output_dirs(spec: RunSpec) -> tuple[str, str | None]:
+    """(local directory, remote URI or None). A remote output is staged in a local directory."""
+    out = spec.output
+    if not storage.is_remote(out):
+        local = os.path.abspath(os.path.expanduser(out.split("://", 1)[1] if out.startswith("file://") else out))
+        return local, None
+    from ftctl.trainer.model import cache_dir
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", out.split("://", 1)[1]).strip("-")[:80]
+    local = os.environ.get(LOCAL_DIR_ENV) or str(
+        cache_dir() / "runs" / f"{slug}-{hashlib.sha256(out.encode()).hexdigest()[:8]}")
+    return os.path.abspath(local), out.rstrip("/")
+
+
+def storage_options(spec: RunSpec) -> dict | None:
+    return {"client_kwargs": {"endpoint_url": spec.s3_endpoint_url}} if spec.s3_endpoint_url else None
+
+
+def training_args(spec: RunSpec, plan: Plan, procs: distributed.Processes, local_dir: str):
+    """SFTConfig from the spec and plan. TRL's defaults that hurt on CPU (bf16, gradient
+    checkpointing, max_length 1024) are always set explicitly from the plan."""
+    from trl import SFTConfig
+
+    from ftctl.trainer.data import sft_dataset_config
+
+    strategy = distributed.strategy_args(plan, procs)
+    checkpointing = plan.gradient_checkpointing and "fsdp" not in strategy  # FSDP checkpoints itself
+    return SFTConfig(
+        output_dir=local_dir,
+        run_name=spec.name,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        max_steps=spec.max_steps,
+        num_train_epochs=spec.num_train_epochs,
+        learning_rate=plan.learning_rate,
+        weight_decay=spec.weight_decay,
+        warmup_steps=spec.warmup_ratio,  # below 1: a fraction of the steps
+        lr_scheduler_type=spec.lr_scheduler_type,
+        max_grad_norm=spec.max_grad_norm,
+        optim=plan.optim,
+        per_device_train_batch_size=plan.per_device_train_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        **checkpointing_args(checkpointing),
+        bf16=plan.precision == "bf16" and not procs.on_cpu,
+        fp16=plan.precision == "fp16" and not procs.on_cpu,
+        logging_steps=spec.logging_steps,
+        save_strategy="steps",
+        save_steps=spec.save_steps,
+        save_total_limit=spec.save_total_limit,
+        report_to=report_to(spec.report_to),
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_pin_memory=not procs.on_cpu,
+        **sft_dataset_config(plan.packing, spec.model_max_length),
+        **strategy,
+    )
+
+
+def checkpointing_args(on: bool) -> dict:
+    """transformers 5.24 calls it activation_checkpointing; earlier 5.x gradient_checkpointing."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    name = "activation_checkpointing" if any(
+        f.name == "activation_checkpointing" for f in dataclasses.fields(SFTConfig)) else "gradient_checkpointing"
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
+
+
+def report_to(value: str) -> list[str]:
+    import importlib.util
+
+    wanted = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
+    for name in wanted:
+        if name not in ("tensorboard", "wandb"):
+            raise FtctlError(f"report_to={name!r}: use none, tensorboard or wandb (comma-separated).")
+        module = "tensorboard" if name == "tensorboard" else "wandb"
+        if importlib.util.find_spec(module) is None:
+            raise FtctlError(f"report_to={name} needs the {module} package: pip install {module} "
+                             f"(wandb without network: WANDB_MODE=offline).")
+    return wanted or ["none"]
+
+
+def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str | None:
+    """The checkpoint to resume from: newest complete one (resume=auto), none (never), or a path."""
+    from ftctl.trainer.sync_callback import resume_checkpoint
+
+    if spec.resume == "never":
+        return None
+    if spec.resume == "auto":
+        found = resume_checkpoint(local_dir, remote_uri, spec.s3_endpoint_url)
+        if found:
+            log.warning("resuming from %s", found)
+        return found
+    if storage.is_remote(spec.resume):
+        raise FtctlError(f"resume={spec.resume}: give a local checkpoint directory, or resume=auto with "
+                         "output_dir set to the run's URI to take its newest complete checkpoint.")
+    if not Path(spec.resume, "trainer_state.json").is_file():
+        raise FtctlError(f"resume={spec.resume} is not a checkpoint directory (no trainer_state.json): pass a "
+                         "checkpoint-<step> directory, or resume=auto.")
+    return spec.resume
+
+
+# ------------------------------------------------------------------------------------------ fit
+def fit(run: Run) -> None:
+    run.trainer.train(resume_from_checkpoint=run.resume_from)
+
+
+def stopped_early(run: Run) -> bool:
+    state = run.trainer.state
+    return run.preemption.preempted and state.global_step < state.max_steps
+
+
+# ------------------------------------------------------------------------------------------ save
+def save(run: Run) -> None:
+    """The final model (fft/sft) or adapter (lora/qlora) with its tokenizer at the top of the output
+    dir; all ranks take part (ZeRO-3 gathers the shards), rank 0 writes and uploads."""
+    run.trainer.save_model(run.local_dir)
+    if run.procs.is_main and run.remote_uri:
+        upload_top_level(run.local_dir, run.remote_uri, run.spec.s3_endpoint_url)
+    distributed.barrier()
+
+
+def upload_top_level(local_dir: str, remote_uri: str, endpoint_url: str | None) -> None:
+    """Everything in the output dir but the checkpoints (uploaded by the sync callback) and ftctl's
+    hidden working dirs: the final model, spec.json, metrics.jsonl, tensorboard runs/."""
+    fs, _ = storage.filesystem(remote_uri, endpoint_url)
+    for rel in storage.local_files(local_dir):
+        top = rel.split("/", 1)[0]
+        if top.startswith(".") or (top.startswith("checkpoint-") and "/" in rel):
+            continue
+        storage.put_file(os.path.join(local_dir, rel), storage.join(remote_uri, *rel.split("/")), fs=fs)
+
+
+# ------------------------------------------------------------------------------------------ cleanup
+def cleanup(run: Run, status: str) -> None:
+    run.preemption.uninstall()
+    if status == "preempted" and run.procs.is_main:
+        log.warning("stopped on %s after saving step %d; resume with the same output dir",
+                    run.preemption.received, run.trainer.state.global_step)
+    write_status(status)
+
+
+def write_status(status: str) -> None:
+    """One word in ``$FTCTL_STATUS_FILE`` (rank 0): the Slurm script requeues on ``preempted``."""
+    path = os.environ.get(STATUS_ENV)
+    if path and int(os.environ.get("RANK", "0")) == 0:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(status + "\n")
