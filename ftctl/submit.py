@@ -28,9 +28,7 @@ def submit(prep: Prepared) -> str:
     if prep.backend == "sky":
         from ftctl.sky import launcher
 
-        job = launcher.launch(prep)
-        record_job(job, prep)
-        return job
+        return launcher.launch(prep)
     argv = ["sh", str(prep.run_dir / "docker-run.sh")] if prep.backend == "docker" else None
     if argv and not shutil.which("docker"):
         raise FtctlError("docker is not installed here: install Docker Engine, or use --backend local.")

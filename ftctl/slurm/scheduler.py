@@ -12,6 +12,7 @@ controller's memory for ``MinJobAge``, 300 s by default), then ``sacct`` (needs 
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import shutil
@@ -37,6 +38,9 @@ _NOISE = ("If munged is up, restart with --num-threads", "slurm_send_node_msg:",
 _HINTS = (
     ("invalid partition", "run `ftctl doctor --backend slurm` to list this cluster's partitions, "
                           "then pass --partition NAME"),
+    ("requested node configuration is not available",
+     "no node of that partition has what the job asks for (GPUs, CPUs, memory): "
+     "`ftctl doctor --backend slurm` lists what each partition has; --gpus cpu asks for no GPU"),
     ("gres", "this cluster has no such GPU request: `ftctl doctor --backend slurm` lists each "
              "partition's GPUs (gres); use --gpus cpu for a CPU-only job"),
     ("node count specification invalid", "ask for at most as many nodes as the partition has "
@@ -94,7 +98,8 @@ class JobStatus:
 
 
 def slurm_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment Slurm commands run in: ``env`` or this process's (SLURM_CONF included)."""
+    """The environment Slurm commands run in: ``env`` (a complete environment, not additions)
+    or this process's; SLURM_CONF in it says which cluster."""
     return dict(os.environ if env is None else env)
 
 
@@ -109,9 +114,9 @@ def submit(script_path: str | os.PathLike, cwd: str | os.PathLike,
     if not script.is_file():
         raise FtctlError(f"batch script {str(script)!r} does not exist; render it first "
                          "(`ftctl render --backend slurm ...`)")
-    proc = _run(["sbatch", "--parsable", str(script.resolve())], env, cwd=cwd)
+    proc = run_command(["sbatch", "--parsable", str(script.resolve())], env, cwd=cwd)
     if proc.returncode != 0:
-        raise _error("sbatch", f"refused {script.name}", proc)
+        raise command_error("sbatch", f"refused {script.name}", proc)
     out = proc.stdout.strip().splitlines()
     job_id = out[-1].split(";")[0].strip() if out else ""
     if not _JOB_ID.match(job_id):
@@ -138,9 +143,11 @@ def cancel(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
     before = status(job_id, env)
     if before.finished:
         return before
-    proc = _run(["scancel", before.job_id], env)
+    proc = run_command(["scancel", before.job_id], env)
+    if "already completing or completed" in proc.stderr:   # it ended meanwhile
+        return before
     if proc.returncode != 0 or "error" in proc.stderr.lower():
-        raise _error("scancel", f"could not cancel job {before.job_id}", proc)
+        raise command_error("scancel", f"could not cancel job {before.job_id}", proc)
     return before
 
 
@@ -148,11 +155,11 @@ def stdout_path(job_id: str, env: Mapping[str, str] | None = None) -> Path | Non
     """Where the batch script's output goes (``scontrol show job``'s StdOut), or None when the
     controller no longer knows the job."""
     job_id = _check_id(job_id)
-    proc = _run(["scontrol", "show", "job", job_id], env)
+    proc = run_command(["scontrol", "show", "job", job_id], env)
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():
             return None
-        raise _error("scontrol", f"could not look up job {job_id}", proc)
+        raise command_error("scontrol", f"could not look up job {job_id}", proc)
     for line in proc.stdout.splitlines():
         line = line.strip()
         if line.startswith("StdOut="):
@@ -175,21 +182,22 @@ def logs(job_id: str, follow: bool = False, env: Mapping[str, str] | None = None
     log = Path(path) if path is not None else stdout_path(job_id, env)
     if log is None:
         raise FtctlError(f"Slurm no longer knows where job {job_id} wrote its output; look for "
-                         f"slurm-{job_id}.out in the run directory (ftctl logs --path FILE)")
+                         f"slurm-{job_id}.out in the job's run directory")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     offset = 0
     last_check = 0.0
     while True:
-        offset = _copy_new(log, offset, out)
+        offset = _copy_new(log, offset, out, decoder)
         if not follow:
             if offset == 0 and not log.exists():
                 raise FtctlError(f"job {job_id}'s output file {str(log)!r} does not exist (yet): "
                                  "the job may still be pending; try `ftctl logs -f`")
             return log
         now = time.monotonic()
-        if now - last_check >= max(poll_s, 2.0) or last_check == 0.0:
+        if now - last_check >= max(poll_s, 1.0) or last_check == 0.0:
             last_check = now
             if status(job_id, env).finished:
-                _copy_new(log, offset, out)
+                _copy_new(log, offset, out, decoder)
                 return log
         time.sleep(poll_s)
 
@@ -203,8 +211,11 @@ def _check_id(job_id: str) -> str:
     return job_id
 
 
-def _run(argv: list[str], env: Mapping[str, str] | None, cwd: str | os.PathLike | None = None,
-         timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+def run_command(argv: list[str], env: Mapping[str, str] | None = None,
+                cwd: str | os.PathLike | None = None,
+                timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Run a Slurm command (argument list, no shell) in ``env`` or this process's environment;
+    FtctlError when it is not installed, SLURM_CONF points nowhere, or it does not answer."""
     environ = slurm_env(env)
     exe = shutil.which(argv[0], path=environ.get("PATH"))
     if exe is None:
@@ -242,7 +253,7 @@ def _one_line(stderr: str) -> str:
     return re.sub(r"\s+", " ", "; ".join(parts))
 
 
-def _error(command: str, what: str, proc: subprocess.CompletedProcess) -> FtctlError:
+def command_error(command: str, what: str, proc: subprocess.CompletedProcess) -> FtctlError:
     message = _one_line(proc.stderr) or proc.stdout.strip() or f"exit status {proc.returncode}"
     low = message.lower()
     hint = next((h for key, h in _HINTS if key in low), "")
@@ -252,11 +263,11 @@ def _error(command: str, what: str, proc: subprocess.CompletedProcess) -> FtctlE
 
 def _squeue_status(job_id: str, env) -> JobStatus | None:
     fields = "JobID:|,State:|,NodeList:|,Reason:|,RestartCnt:|,exit_code:|"
-    proc = _run(["squeue", "--noheader", "--states=all", "--jobs", job_id, "--Format", fields], env)
+    proc = run_command(["squeue", "--noheader", "--states=all", "--jobs", job_id, "--Format", fields], env)
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():
             return None
-        raise _error("squeue", f"could not look up job {job_id}", proc)
+        raise command_error("squeue", f"could not look up job {job_id}", proc)
     for line in proc.stdout.splitlines():
         cols = line.split("|")
         if len(cols) >= 6 and cols[0].strip() == job_id:
@@ -278,7 +289,7 @@ def _sacct_status(job_id: str, env) -> JobStatus | None:
         (["sacct", "-c", "--noheader", "--parsable2", "--jobs", job_id,
           "--format", "JobID,State,NodeList,ExitCode"], "sacct -c"),
     ):
-        proc = _run(argv, env)
+        proc = run_command(argv, env)
         if proc.returncode != 0:
             continue   # accounting disabled, or no jobcomp file: try the next source
         rows = [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
@@ -315,15 +326,17 @@ def _int(raw: str) -> int | None:
         return None
 
 
-def _copy_new(path: Path, offset: int, out: IO[str]) -> int:
-    """Write what was appended to ``path`` since ``offset``; returns the new offset."""
+def _copy_new(path: Path, offset: int, out: IO[str], decoder) -> int:
+    """Write what was appended to ``path`` since ``offset``; returns the new offset. The
+    incremental decoder keeps a UTF-8 character split between two reads whole."""
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
             data = fh.read()
     except FileNotFoundError:
         return offset
-    if data:
-        out.write(data.decode("utf-8", errors="replace"))
+    text = decoder.decode(data)
+    if text:
+        out.write(text)
         out.flush()
     return offset + len(data)

@@ -27,6 +27,10 @@
 #  - munged refuses a socket directory that is not o+x; the key must be 0600.
 #  - gres File= must name character devices (regular files: "is not a valid character or block
 #    device"); gres.conf is read from the directory of slurm.conf.
+#  - a requeued job may not start again until its old credential has expired on the node
+#    (AuthInfo cred_expire, default 120 s: the BeginTime Slurm sets on requeue). Starting it earlier
+#    (`scontrol update StartTime=now`) fails when it lands on the same node: "Killing non-startable
+#    batch JobId=N: Job credential revoked", the job ends FAILED with exit 1. So cred_expire=5 here.
 #  - without slurmdbd, plain `sacct` fails ("Slurm accounting storage is disabled"); `sacct -c`
 #    reads the jobcomp/filetxt file, whose text format breaks on job names with spaces.
 set -euo pipefail
@@ -43,6 +47,7 @@ SUBNET=${SUBNET:-10.200.0}             # controller = $SUBNET.1, node i = $SUBNE
 BR=${BR:-slrmbr0}                      # bridge name (<= 15 chars)
 NSP=${NSP:-slrm-n}                     # namespace prefix: ${NSP}1, ${NSP}2, ...; veths ${NSP}v1, ...
 CLUSTER=${CLUSTER:-ftctltest}
+CRED_EXPIRE=${CRED_EXPIRE:-5}          # s; also how long a requeued job waits (Slurm's default: 120)
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 export BASE BR NSP
 
@@ -116,7 +121,7 @@ SlurmctldPort=$CTL_PORT
 SlurmdPort=$SLURMD_PORT
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MSOCK
+AuthInfo=socket=$MSOCK,cred_expire=$CRED_EXPIRE
 StateSaveLocation=$BASE/state
 SlurmdSpoolDir=$BASE/spool/slurmd-%n
 SlurmctldPidFile=$BASE/run/slurmctld.pid
@@ -133,6 +138,9 @@ JobCompType=jobcomp/filetxt
 JobCompLoc=$BASE/log/jobcomp.log
 AccountingStorageType=accounting_storage/none
 SchedulerType=sched/backfill
+# a tiny cluster: schedule every 2 s (defaults 60 s / 30 s), so a requeued job starts again
+# ~cred_expire + 2 s after the requeue, with no scontrol update StartTime=now
+SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none

@@ -9,13 +9,18 @@ BR=${BR:-slrmbr0}
 NSP=${NSP:-slrm-n}
 export SLURM_CONF=$BASE/etc/slurm.conf
 
+alive() {      # a zombie (killed, not yet reaped by whoever adopted the daemon) counts as gone
+  local s
+  s=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+  [ -n "$s" ] && [ "${s#Z}" = "$s" ]
+}
 stop_pid() {   # stop_pid FILE: TERM, wait up to 1 s, then KILL (the state is thrown away anyway)
   local f=$1 pid
   [ -s "$f" ] || return 0
   pid=$(cat "$f")
-  kill -0 "$pid" 2>/dev/null || return 0
+  alive "$pid" || return 0
   kill -TERM "$pid" 2>/dev/null
-  for _ in $(seq 1 10); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  for _ in $(seq 1 10); do alive "$pid" || return 0; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null
 }
 

@@ -1,0 +1,224 @@
+"""`ftctl doctor --backend slurm`: is Slurm reachable, what does the cluster offer, and would a
+request for a partition / nodes / GPUs fit it — said before an expensive submit.
+
+The facts come from ``sinfo`` (one row per node and partition), so they are what the controller
+reports now, including nodes that are down or drained.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from ftctl.errors import FtctlError, did_you_mean
+from ftctl.slurm.scheduler import command_error, run_command, slurm_env
+
+# node states in which a node will not take a job soon
+_UNUSABLE = ("down", "drain", "drng", "fail", "maint", "boot", "futr", "future", "inval", "npc",
+             "unk", "unknown", "power_down", "powered_down", "powering_down")
+_SINFO_FORMAT = "%P|%N|%t|%c|%m|%l|%a|%G"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    state: str            # sinfo's short state: idle, mix, alloc, down*, drain, ...
+    cpus: int
+    memory_mb: int
+    gpus: dict[str, int]  # GPU type ('' when untyped) -> count, from the node's gres
+
+    @property
+    def usable(self) -> bool:
+        state = self.state.rstrip("*~#!%$@^-+").lower()
+        return not self.state.endswith("*") and not any(state.startswith(u) for u in _UNUSABLE)
+
+    @property
+    def gpu_count(self) -> int:
+        return sum(self.gpus.values())
+
+
+@dataclass
+class PartitionInfo:
+    name: str
+    default: bool
+    available: bool       # sinfo's avail column says 'up'
+    time_limit: str
+    nodes: list[NodeInfo] = field(default_factory=list)
+
+    @property
+    def gpu_summary(self) -> str:
+        counts: dict[str, set[int]] = {}
+        for node in self.nodes:
+            for gtype, count in node.gpus.items():
+                counts.setdefault(gtype, set()).add(count)
+        if not counts:
+            return "no GPUs"
+        return ", ".join(f"gpu:{t + ':' if t else ''}{'/'.join(map(str, sorted(c)))}"
+                         for t, c in sorted(counts.items()))
+
+
+@dataclass
+class DoctorReport:
+    sbatch: str | None                    # path of sbatch, None when not on PATH
+    reachable: bool                       # the controller answered sinfo
+    message: str = ""                     # why it is not reachable
+    partitions: list[PartitionInfo] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable and not self.problems
+
+    def partition(self, name: str) -> PartitionInfo | None:
+        return next((p for p in self.partitions if p.name == name), None)
+
+    def format(self) -> str:
+        lines = [f"sbatch: {self.sbatch or 'not found on PATH'}",
+                 f"controller: {'reachable' if self.reachable else 'NOT reachable: ' + self.message}"]
+        for p in self.partitions:
+            states = ", ".join(f"{n.name} {n.state}" for n in p.nodes)
+            lines.append(f"partition {p.name}{' (default)' if p.default else ''}"
+                         f"{'' if p.available else ' [not up]'}: {len(p.nodes)} node(s) "
+                         f"[{states}], {p.gpu_summary}, time limit {p.time_limit}")
+        lines += [f"problem: {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+    def raise_for_problems(self) -> None:
+        """FtctlError listing every problem (the CLI's check before submitting)."""
+        if not self.reachable:
+            raise FtctlError(f"Slurm is not reachable: {self.message}")
+        if self.problems:
+            raise FtctlError("this Slurm cluster cannot run the request: " + "; ".join(self.problems))
+
+
+def doctor(partition: str | None = None, gpus_per_node: int | None = None,
+           gpu_type: str | None = None, nodes: int | None = None,
+           env: Mapping[str, str] | None = None) -> DoctorReport:
+    """What the cluster offers, and the problems a request (partition, nodes, GPUs per node,
+    GPU type) would meet. Never raises for the cluster's state; look at ``report.problems``."""
+    environ = slurm_env(env)
+    sbatch = shutil.which("sbatch", path=environ.get("PATH"))
+    if sbatch is None:
+        return DoctorReport(sbatch=None, reachable=False,
+                            message="sbatch is not on PATH: run on the cluster's login node or "
+                                    "install the Slurm client tools (slurm-client)")
+    try:
+        proc = run_command(["sinfo", "--noheader", "--Node", "--format", _SINFO_FORMAT], environ)
+    except FtctlError as exc:
+        return DoctorReport(sbatch=sbatch, reachable=False, message=str(exc))
+    if proc.returncode != 0:
+        return DoctorReport(sbatch=sbatch, reachable=False,
+                            message=str(command_error("sinfo", "failed", proc)))
+    report = DoctorReport(sbatch=sbatch, reachable=True, partitions=_parse_sinfo(proc.stdout))
+    report.problems = _problems(report.partitions, partition, gpus_per_node, gpu_type, nodes)
+    return report
+
+
+def parse_gres(gres: str) -> dict[str, int]:
+    """GPU counts by type from sinfo's GRES column: 'gpu:a100:4(S:0-1),nvme:1' -> {'a100': 4}."""
+    gpus: dict[str, int] = {}
+    if not gres or gres == "(null)":
+        return gpus
+    # split at commas outside parentheses
+    for item in re.split(r",(?![^(]*\))", gres):
+        item = re.sub(r"\(.*?\)", "", item).strip()
+        parts = item.split(":")
+        if parts[0] != "gpu":
+            continue
+        count = re.match(r"\d+", parts[-1]) if len(parts) > 1 else None
+        n = int(count.group()) if count else 1
+        gtype = parts[1] if len(parts) > 2 else ""
+        gpus[gtype] = gpus.get(gtype, 0) + n
+    return gpus
+
+
+def _parse_sinfo(text: str) -> list[PartitionInfo]:
+    partitions: dict[str, PartitionInfo] = {}
+    for line in text.splitlines():
+        cols = line.split("|")
+        if len(cols) < 8:
+            continue
+        raw, node, state, cpus, mem, limit, avail, gres = (c.strip() for c in cols[:8])
+        name = raw.rstrip("*")
+        part = partitions.setdefault(name, PartitionInfo(
+            name=name, default=raw.endswith("*"), available=avail == "up", time_limit=limit))
+        part.nodes.append(NodeInfo(name=node, state=state, cpus=_int(cpus),
+                                   memory_mb=_int(mem), gpus=parse_gres(gres)))
+    return list(partitions.values())
+
+
+def _problems(partitions: list[PartitionInfo], partition: str | None, gpus_per_node: int | None,
+              gpu_type: str | None, nodes: int | None) -> list[str]:
+    names = [p.name for p in partitions]
+    if not partitions:
+        return ["the cluster reports no partitions (sinfo printed nothing)"]
+    if partition is None:
+        chosen = next((p for p in partitions if p.default), None)
+        if chosen is None:
+            return [f"the cluster has no default partition: pass --partition "
+                    f"(one of {', '.join(names)})"]
+    else:
+        chosen = next((p for p in partitions if p.name == partition), None)
+        if chosen is None:
+            return [f"unknown partition {partition!r}{did_you_mean(partition, names)} "
+                    f"This cluster has: {', '.join(names)}"]
+    problems: list[str] = []
+    if not chosen.available:
+        problems.append(f"partition {chosen.name!r} is not up (sinfo avail column)")
+    usable = [n for n in chosen.nodes if n.usable]
+    if not usable:
+        problems.append(f"partition {chosen.name!r} has no node that can run jobs now ("
+                        + ", ".join(f"{n.name} {n.state}" for n in chosen.nodes) + ")")
+    if nodes and nodes > len(chosen.nodes):
+        problems.append(f"{nodes} nodes asked for, but partition {chosen.name!r} has "
+                        f"{len(chosen.nodes)}; Slurm would leave the job pending forever "
+                        "(PartitionConfig)")
+    if gpus_per_node:
+        problems += _gpu_problems(chosen, partitions, gpus_per_node, gpu_type, nodes or 1)
+    return problems
+
+
+def _gpu_problems(chosen: PartitionInfo, partitions: list[PartitionInfo], per_node: int,
+                  gpu_type: str | None, nodes: int) -> list[str]:
+    with_gpus = [p for p in partitions if any(n.gpus for n in p.nodes)]
+    elsewhere = ", ".join(f"{p.name} ({p.gpu_summary})" for p in with_gpus if p is not chosen)
+    if not any(n.gpus for n in chosen.nodes):
+        where = f"; partitions with GPUs: {elsewhere}" if elsewhere else \
+            "; no partition of this cluster has GPUs (use --gpus cpu)"
+        return [f"partition {chosen.name!r} has no GPUs (no gpu gres on its nodes){where}"]
+    if gpu_type:
+        types = sorted({t for n in chosen.nodes for t in n.gpus})
+        matching = [t for t in types if _same_gpu(t, gpu_type)]
+        if not matching:
+            return [f"partition {chosen.name!r} has no {gpu_type} GPUs; its GPU types: "
+                    f"{', '.join(t or '(untyped)' for t in types)}"
+                    + (f"; other partitions: {elsewhere}" if elsewhere else "")]
+
+        def count(node: NodeInfo) -> int:
+            return sum(c for t, c in node.gpus.items() if t in matching)
+    else:
+        def count(node: NodeInfo) -> int:
+            return node.gpu_count
+    most = max(count(n) for n in chosen.nodes)
+    if per_node > most:
+        return [f"{per_node} GPUs per node asked for, but partition {chosen.name!r} has at most "
+                f"{most} per node ({chosen.gpu_summary})"]
+    fitting = [n for n in chosen.nodes if count(n) >= per_node]
+    if len(fitting) < nodes <= len(chosen.nodes):   # too few nodes at all: said already
+        return [f"{nodes} nodes with {per_node} GPUs each asked for, but partition "
+                f"{chosen.name!r} has {len(fitting)} such node(s)"]
+    return []
+
+
+def _same_gpu(gres_type: str, wanted: str) -> bool:
+    """'a100' matches gres types a100, A100, nvidia_a100-sxm4-80gb; 'a100-80gb' matches a100_80gb."""
+    def norm(s: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", s.lower())
+    return bool(gres_type) and (norm(wanted) == norm(gres_type) or norm(wanted) in norm(gres_type))
+
+
+def _int(raw: str) -> int:
+    match = re.match(r"\d+", raw)
+    return int(match.group()) if match else 0
