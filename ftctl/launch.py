@@ -16,8 +16,7 @@ import shlex
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 
-# The trainer writes one word here at exit: "complete" or "preempted" (see ftctl/trainer/run.py).
-STATUS_ENV = "FTCTL_STATUS_FILE"
+from ftctl.envvars import STATUS_ENV, STOP_ENV  # noqa: F401  (re-exported for the renderers)
 
 
 class Shell(str):

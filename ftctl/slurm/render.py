@@ -20,14 +20,13 @@ import re
 
 from ftctl import __version__
 from ftctl.errors import FtctlError
-from ftctl.launch import STATUS_ENV, Shell, container_kind, join, q, torchrun_argv, trainer_env
+from ftctl.launch import STATUS_ENV, STOP_ENV, Shell, container_kind, join, q, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 from ftctl.storage_uri import is_remote
 
 SCRIPT_NAME = "job.sbatch"
 SPEC_NAME = "spec.json"
-STOP_ENV = "FTCTL_STOP_FILE"
 # Slurm reads #SBATCH values up to the first whitespace; quotes are not shell quotes there.
 _SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.:,@%+=/\-\[\]|&*!()]+")  # | & * ! ( ): --constraint syntax
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftctl import storage
+from ftctl.envvars import STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
 from ftctl.spec import RunSpec
@@ -34,7 +35,6 @@ from ftctl.trainer import distributed
 
 log = logging.getLogger(__name__)
 
-STATUS_ENV = "FTCTL_STATUS_FILE"
 LOCAL_DIR_ENV = "FTCTL_LOCAL_DIR"  # where a remote output is staged (default: under the ftctl cache)
 SPEC_FILE = "spec.json"
 
