@@ -20,6 +20,7 @@ Output directory layout (local, or staged locally and mirrored to the object-sto
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -243,9 +244,22 @@ def save(run: Run) -> None:
     """The final model (fft/sft) or adapter (lora/qlora) with its tokenizer at the top of the output
     dir; all ranks take part (ZeRO-3 gathers the shards), rank 0 writes and uploads."""
     run.trainer.save_model(run.local_dir)
+    if run.procs.is_main:
+        name_base_model(run.local_dir, run.spec.model_name_or_path)
     if run.procs.is_main and run.remote_uri:
         upload_top_level(run.local_dir, run.remote_uri, run.spec.s3_endpoint_url)
     distributed.barrier()
+
+
+def name_base_model(local_dir: str, model_name_or_path: str) -> None:
+    """Make the final adapter name its base as the user did: the demo model's id instead of its local
+    cache path (PEFT records the path it loaded), so merge finds it on any machine."""
+    config = Path(local_dir, "adapter_config.json")
+    if config.is_file():
+        data = json.loads(config.read_text())
+        if data.get("base_model_name_or_path") != model_name_or_path:
+            data["base_model_name_or_path"] = model_name_or_path
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def upload_top_level(local_dir: str, remote_uri: str, endpoint_url: str | None) -> None:

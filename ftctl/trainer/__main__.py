@@ -1,0 +1,41 @@
+"""``python -m ftctl.trainer --spec spec.json``: what torchrun runs on every node of every backend."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ftctl.errors import FtctlError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ftctl.trainer", description=__doc__)
+    parser.add_argument("--spec", required=True, help="spec.json written by ftctl (the run and its plan)")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+    from ftctl.plan import load_run
+    from ftctl.trainer import distributed
+    from ftctl.trainer.run import train, write_status
+
+    try:
+        spec, plan = load_run(args.spec)
+        result = train(spec, plan, echo=(lambda line: print(line, flush=True)) if rank == 0 else (lambda line: None))
+        distributed.shutdown()
+    except FtctlError as e:
+        write_status("failed")
+        if os.environ.get("FTCTL_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    if rank == 0:
+        print(f"{result.status}: step {result.global_step}, final loss {result.final_loss}, "
+              f"output {spec.output}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Processes, devices and the sharding strategy: DeepSpeed and FSDP settings generated from the plan.
+
+torchrun sets RANK / LOCAL_RANK / WORLD_SIZE; a plain ``python -m ftctl.trainer`` is one process.
+On CPU the collective backend is gloo. The plan's strategy maps to TrainingArguments:
+
+    single, ddp         nothing extra (accelerate wraps the model in DDP when WORLD_SIZE > 1)
+    zero2, zero3        ``deepspeed=<dict>`` from :func:`deepspeed_config`
+    zero3_offload       the same, optimizer states and parameters offloaded to CPU RAM
+    fsdp                ``fsdp`` + ``fsdp_config`` from :func:`fsdp_settings` (GPU only: FSDP through
+                        the Trainer does not run on CPU)
+
+Batch size, accumulation, clipping and precision in the DeepSpeed config are "auto": the Trainer
+fills them from the same TrainingArguments, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ftctl.errors import FtctlError
+
+DEEPSPEED_STRATEGIES = ("zero2", "zero3", "zero3_offload")
+
+
+@dataclass(frozen=True)
+class Processes:
+    rank: int
+    local_rank: int
+    world_size: int
+    on_cpu: bool
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def processes() -> Processes:
+    """This process's place, from torchrun's environment."""
+    import torch
+
+    return Processes(
+        rank=int(os.environ.get("RANK", "0")),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        on_cpu=not torch.cuda.is_available(),
+    )
+
+
+def check_world(plan, procs: Processes) -> None:
+    """Refuse a launch whose process count differs from the plan's (batch sizes would be off)."""
+    if procs.world_size != plan.world_size:
+        raise FtctlError(
+            f"The plan is for {plan.world_size} process(es) ({plan.gpus}) but {procs.world_size} were started: "
+            f"launch with torchrun --nnodes {plan.nodes} --nproc-per-node {plan.gpus_per_node}, or re-plan "
+            f"with the --gpus of this machine."
+        )
+    if not procs.on_cpu and plan.tier is None:
+        return  # a CPU plan on a GPU machine: runs on the GPU, fine
+    if procs.on_cpu and plan.tier is not None:
+        raise FtctlError(f"The plan is for {plan.gpus} but this machine has no CUDA GPU: re-plan with --gpus cpu, "
+                         "or run on a machine with the planned GPUs.")
+
+
+def init_for_deepspeed(plan, procs: Processes) -> None:
+    """DeepSpeed's process group, before TrainingArguments: ZeRO-3 builds the model already sharded
+    (zero.Init), which needs the group up, and on CPU it must be gloo."""
+    if plan.strategy in DEEPSPEED_STRATEGIES and procs.world_size > 1:
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo" if procs.on_cpu else "nccl")
+
+
+def deepspeed_config(plan, on_cpu: bool) -> dict | None:
+    """The DeepSpeed config dict for zero2 / zero3 / zero3_offload, else None."""
+    if plan.strategy not in DEEPSPEED_STRATEGIES:
+        return None
+    stage = 2 if plan.strategy == "zero2" else 3
+    zero: dict = {
+        "stage": stage,
+        "overlap_comm": not on_cpu,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
+    if stage == 3:
+        zero.update({
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            # save_model() writes one ordinary safetensors model, not only per-rank shards
+            "stage3_gather_16bit_weights_on_model_save": True,
+        })
+    config = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,  # the trainer logs; DeepSpeed's own lines only repeat it
+        "wall_clock_breakdown": False,
+    }
+    if plan.strategy == "zero3_offload":
+        offload = {"device": "cpu", "pin_memory": not on_cpu}
+        zero["offload_optimizer"] = dict(offload)
+        zero["offload_param"] = dict(offload)
+        # offloaded optimizer states need DeepSpeed's CPU Adam
+        config["optimizer"] = {"type": "AdamW",
+                               "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
+    return config
+
+
+def fsdp_settings(plan, on_cpu: bool) -> dict:
+    """TrainingArguments keywords for the fsdp strategy ({} otherwise).
+
+    FSDP2 full sharding wrapped per transformer block (the model's ``_no_split_modules``);
+    activation checkpointing goes through FSDP instead of the Trainer flag."""
+    if plan.strategy != "fsdp":
+        return {}
+    if on_cpu:
+        raise FtctlError("strategy fsdp does not run on CPU (the Trainer's FSDP needs GPUs): use strategy zero3 "
+                         "(-o strategy=zero3) for sharded training on CPU.")
+    return {
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_config": {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "reshard_after_forward": True,
+            "state_dict_type": "FULL_STATE_DICT",
+            "cpu_ram_efficient_loading": True,
+            "activation_checkpointing": plan.gradient_checkpointing,
+        },
+    }
+
+
+def strategy_args(plan, procs: Processes) -> dict:
+    """TrainingArguments keywords for the plan's strategy on this machine."""
+    args: dict = {"use_cpu": procs.on_cpu}
+    if procs.world_size > 1:
+        args["ddp_backend"] = "gloo" if procs.on_cpu else "nccl"
+        args["ddp_find_unused_parameters"] = False
+    ds = deepspeed_config(plan, procs.on_cpu)
+    if ds is not None:
+        args["deepspeed"] = ds
+    args.update(fsdp_settings(plan, procs.on_cpu))
+    return args
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (a collective: call it on all ranks)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

