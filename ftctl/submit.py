@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 
@@ -57,7 +58,7 @@ def status(job: str) -> str:
     if rec["backend"] == "slurm":
         from ftctl.slurm import scheduler
 
-        return str(scheduler.status(job))
+        return scheduler.status(job).describe()
     from ftctl.sky import launcher
 
     return launcher.status(job)
@@ -68,7 +69,12 @@ def logs(job: str, follow: bool) -> None:
     if rec["backend"] == "slurm":
         from ftctl.slurm import scheduler
 
-        scheduler.logs(job, follow=follow)
+        # the script writes slurm-JOB.out in the run dir; else (--sbatch-arg=--output=...) ask Slurm
+        # (scontrol cannot print a path holding a newline, and forgets a job after MinJobAge)
+        path = Path(rec["run_dir"]) / f"slurm-{job}.out"
+        if not path.exists():
+            path = scheduler.stdout_path(job) or path
+        scheduler.logs(job, follow=follow, path=path)
         return
     from ftctl.sky import launcher
 
@@ -80,7 +86,10 @@ def cancel(job: str) -> None:
     if rec["backend"] == "slurm":
         from ftctl.slurm import scheduler
 
-        scheduler.cancel(job)
+        before = scheduler.cancel(job)
+        if before.finished:
+            click.echo(f"job {job} had already ended: {before.describe()}")
+            return
     else:
         from ftctl.sky import launcher
 
@@ -96,8 +105,8 @@ def doctor(backend: str, partition: str | None, gpus: str | None) -> bool:
         req = gpu_table.parse(gpus) if gpus else None
         report = slurm_doctor.doctor(partition=partition, gpus_per_node=req.per_node if req and req.tier else None,
                                      gpu_type=req.tier.name if req and req.tier else None)
-        click.echo(report.render() if hasattr(report, "render") else str(report))
-        return bool(getattr(report, "ok", True))
+        click.echo(report.format())
+        return report.ok
     from ftctl.backends import local_gpus
 
     click.echo(f"python:  {sys.version.split()[0]} ({sys.executable})")

@@ -112,9 +112,12 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         run.resume_from = resume_point(spec, local_dir, remote_uri)
         if procs.is_main:
             Path(local_dir, SPEC_FILE).write_text(dump_run(spec, plan))
+        # a local output seen by several nodes is one shared directory (every node read spec.json
+        # from the run dir): node 0 commits each checkpoint's ftctl-manifest.json for all of them
         run.sync = CheckpointSyncCallback(
             remote_uri, spec_hash=spec.digest(), endpoint_url=spec.s3_endpoint_url,
-            keep_last=spec.save_total_limit, upload_wait_s=spec.upload_wait_s)
+            keep_last=spec.save_total_limit, upload_wait_s=spec.upload_wait_s,
+            shared_filesystem=remote_uri is None)
         metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo)
         run.trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                  callbacks=[run.sync, preemption, metrics, *callbacks])
