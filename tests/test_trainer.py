@@ -67,6 +67,20 @@ def test_fft_trains_every_weight_and_saves_a_plain_model(tiny_model_dir, tiny_da
     assert spec_json["spec"]["method"] == "fft"
 
 
+def test_wandb_offline_logs_with_no_network(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb").mkdir()
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "lora", report_to="wandb", max_steps=2,
+                          save_steps=100)
+    result = _train(spec, plan)
+
+    assert result.status == "complete"
+    runs = list((tmp_path / "wandb").rglob("offline-run-*"))
+    assert runs and list(runs[0].rglob("*.wandb")), "wandb wrote no offline run"
+
+
 def test_sft_trains_only_the_top_blocks_and_head(tiny_model_dir, tiny_data, tmp_path, one_thread):
     spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "sft", trainable_layers=1)
     result = _train(spec, plan)
