@@ -433,3 +433,13 @@ def test_usr2_through_srun_reaches_torchrun_workers(slurm, tmp_path, ignore_in_t
         assert "srun exit 0" in text, text
     else:
         assert "User defined signal 2" in text and "srun exit 140" in text, text   # 128 + 12
+
+
+def test_doctor_matches_gpu_types_as_clusters_name_them():
+    from ftctl.slurm.doctor import _same_gpu
+
+    assert _same_gpu("a100", "A100-80GB")  # clusters rarely put the memory in the gres type
+    assert _same_gpu("nvidia_a100-sxm4-80gb", "A100")
+    assert _same_gpu("", "H100")  # untyped gres (gpu:8) cannot be told apart: not flagged
+    assert not _same_gpu("tiny", "A100")
+    assert not _same_gpu("h100", "A100")

@@ -213,10 +213,15 @@ def _gpu_problems(chosen: PartitionInfo, partitions: list[PartitionInfo], per_no
 
 
 def _same_gpu(gres_type: str, wanted: str) -> bool:
-    """'a100' matches gres types a100, A100, nvidia_a100-sxm4-80gb; 'a100-80gb' matches a100_80gb."""
+    """Could gres type ``gres_type`` be the ftctl tier ``wanted``? 'A100' matches a100, A100,
+    nvidia_a100-sxm4-80gb; 'A100-80GB' matches those too (clusters rarely name the memory). An
+    untyped gres ('gpu:8') cannot be told apart, so it is not flagged."""
     def norm(s: str) -> str:
         return re.sub(r"[^a-z0-9]", "", s.lower())
-    return bool(gres_type) and (norm(wanted) == norm(gres_type) or norm(wanted) in norm(gres_type))
+    if not gres_type:
+        return True
+    base = re.sub(r"[-_]?\d+gb$", "", wanted.lower())
+    return norm(wanted) in norm(gres_type) or norm(base) in norm(gres_type)
 
 
 def _int(raw: str) -> int:
