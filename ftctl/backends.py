@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run, make_plan
-from ftctl.spec import RunSpec
+from ftctl.spec import TRAINING_KEYS, RunSpec
 from ftctl.storage_uri import is_remote
 
 
@@ -157,8 +157,7 @@ def write_files(prep: Prepared) -> None:
     if old_spec.exists():
         old = json.loads(old_spec.read_text())["spec"]
         new = json.loads(prep.files["spec.json"])["spec"]
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
-                         and k not in ("gpus", "nodes", "resume", "backend", "partition", "account", "qos", "time"))
+        changed = sorted(k for k in TRAINING_KEYS if old.get(k) != new.get(k))  # where it runs may change
         if changed:
             raise FtctlError(f"{prep.run_dir} already holds a run with different settings ({', '.join(changed)}). "
                              f"Choose another --output or -o run_name=..., or remove that directory.")

@@ -135,7 +135,7 @@ class RunSpec:
 
     def digest(self) -> str:
         """A short hash of what changes the trained weights (not where it runs)."""
-        keep = {k: v for k, v in self.to_dict().items() if k in _TRAINING_KEYS}
+        keep = {k: v for k, v in self.to_dict().items() if k in TRAINING_KEYS}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -148,7 +148,7 @@ _PLACEMENT_KEYS = {
     "rdzv_port", "upload_wait_s", "partition", "account", "qos", "time", "cpus_per_task", "sbatch_args",
     "signal_lead_s", "max_requeues", "socket_ifname", "spot", "cloud", "region", "disk_size",
 }
-_TRAINING_KEYS = [n for n in FIELDS if n not in _PLACEMENT_KEYS]
+TRAINING_KEYS = [n for n in FIELDS if n not in _PLACEMENT_KEYS]
 
 
 def _base_type(hint):
