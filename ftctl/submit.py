@@ -15,6 +15,12 @@ from ftctl.errors import FtctlError
 
 
 def submit(prep: Prepared) -> str:
+    if prep.backend == "slurm" and shutil.which("sinfo"):
+        from ftctl.slurm import doctor
+
+        doctor.doctor(partition=prep.spec.partition, nodes=prep.plan.nodes,
+                      gpus_per_node=prep.plan.gpus_per_node if prep.plan.tier else None,
+                      gpu_type=prep.plan.tier).raise_if_never_runs()
     write_files(prep)
     if prep.backend == "slurm":
         from ftctl.slurm import render, scheduler

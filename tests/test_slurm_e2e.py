@@ -231,6 +231,10 @@ def test_refusals_are_one_line_with_slurms_words(e2e, tiny_model_dir):
     assert msg.startswith("error: sbatch refused job.sbatch: invalid partition specified: nope; "
                           "Batch job submission failed: Invalid partition name specified — ")
     assert "ftctl doctor --backend slurm" in msg
+    # accepted by sbatch but never started: refused by ftctl, which asks the cluster first
+    msg = launch(nodes=3)
+    assert msg.startswith("error: Slurm would accept this job and leave it pending forever: 3 nodes asked for, "
+                          "but partition 'debug' has 2")
     msg = launch("--sbatch-arg=--gres=bogus:1")
     assert "sbatch refused job.sbatch: Invalid generic resource (gres) specification — " in msg
     msg = launch("--time", "abc")

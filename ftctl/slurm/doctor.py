@@ -66,6 +66,8 @@ class DoctorReport:
     message: str = ""                     # why it is not reachable
     partitions: list[PartitionInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # the problems sbatch would accept and then leave pending forever (launch refuses these)
+    never_runs: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +86,14 @@ class DoctorReport:
                          f"[{states}], {p.gpu_summary}, time limit {p.time_limit}")
         lines += [f"problem: {problem}" for problem in self.problems]
         return "\n".join(lines)
+
+    def raise_if_never_runs(self) -> None:
+        """What launch checks before sbatch: requests Slurm accepts but can never start. Other
+        problems (an unknown partition, a bad gres) are left to sbatch, whose own words are clearer,
+        and nodes that are down now may come back."""
+        if self.never_runs:
+            raise FtctlError("Slurm would accept this job and leave it pending forever: "
+                             + "; ".join(self.never_runs) + ". Ask for less, or check `ftctl doctor --backend slurm`.")
 
     def raise_for_problems(self) -> None:
         """FtctlError listing every problem (the CLI's check before submitting)."""
@@ -112,7 +122,8 @@ def doctor(partition: str | None = None, gpus_per_node: int | None = None,
         return DoctorReport(sbatch=sbatch, reachable=False,
                             message=str(command_error("sinfo", "failed", proc)))
     report = DoctorReport(sbatch=sbatch, reachable=True, partitions=_parse_sinfo(proc.stdout))
-    report.problems = _problems(report.partitions, partition, gpus_per_node, gpu_type, nodes)
+    report.problems = _problems(report.partitions, partition, gpus_per_node, gpu_type, nodes,
+                                report.never_runs)
     return report
 
 
@@ -150,7 +161,8 @@ def _parse_sinfo(text: str) -> list[PartitionInfo]:
 
 
 def _problems(partitions: list[PartitionInfo], partition: str | None, gpus_per_node: int | None,
-              gpu_type: str | None, nodes: int | None) -> list[str]:
+              gpu_type: str | None, nodes: int | None,
+              never_runs: list[str]) -> list[str]:
     names = [p.name for p in partitions]
     if not partitions:
         return ["the cluster reports no partitions (sinfo printed nothing)"]
@@ -175,6 +187,7 @@ def _problems(partitions: list[PartitionInfo], partition: str | None, gpus_per_n
         problems.append(f"{nodes} nodes asked for, but partition {chosen.name!r} has "
                         f"{len(chosen.nodes)}; Slurm would leave the job pending forever "
                         "(PartitionConfig)")
+        never_runs.append(problems[-1])
     if gpus_per_node:
         problems += _gpu_problems(chosen, partitions, gpus_per_node, gpu_type, nodes or 1)
     return problems
