@@ -106,6 +106,37 @@ def run_case(name: str, model_dir: Path, data: Path, steps: int, work: Path) -> 
     }
 
 
+def run_multi(name: str, gpus: int, data: Path, steps: int, work: Path) -> dict:
+    """Several GPUs of this host through the real launch path: `ftctl launch --backend local`
+    (torchrun, NCCL); tokens/s and peak memory from the run's metrics.jsonl (rank 0)."""
+    import subprocess
+
+    method, shape = CASES[name.split("-")[0]]
+    strategy = name.split("-")[1]
+    out = work / f"{name}-out"
+    model_dir = make_model(shape, work)
+    cmd = [sys.executable, "-m", "ftctl.cli", "launch", "--backend", "local", "--gpus", f"{gpus}xH100",
+           "--method", method, "--model", str(model_dir), "--data", str(data), "--output", str(out),
+           "-o", f"max_steps={steps}", "-o", f"global_batch_size={8 * gpus}", "-o", "model_max_length=2048",
+           "-o", "save_steps=100000", "-o", "resume=never", "-o", f"strategy={strategy}"]
+    t = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] \
+        if (out / "metrics.jsonl").exists() else []
+    steps_ = [r for r in records if "loss" in r]
+    if proc.returncode != 0 or len(steps_) < 10:
+        return {"case": f"{name}-{gpus}gpu", "error": (proc.stderr or proc.stdout)[-1500:]}
+    timed = steps_[5:]
+    dt = timed[-1]["time"] - steps_[4]["time"]
+    plan = json.loads((out / "spec.json").read_text())["plan"]
+    return {"case": f"{name}-{gpus}gpu", "method": method, "gpus": gpus, "steps": len(steps_),
+            "final_loss": steps_[-1]["loss"], "wall_s": round(time.time() - t, 1),
+            "plan": {k: plan[k] for k in ("strategy", "per_device_train_batch_size", "gradient_accumulation_steps",
+                                          "gradient_checkpointing", "memory_gb")},
+            "tokens_per_s": round((timed[-1]["tokens"] - steps_[4]["tokens"]) / dt, 1),
+            "peak_alloc_gib_rank0": max(r.get("peak_mem_gib") or 0 for r in steps_)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -113,6 +144,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--work", default="/tmp/ftctl-bench")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--gpus", type=int, default=1, help="several GPUs: cases like fft1b-ddp, fft1b-zero2")
     a = ap.parse_args()
     import torch
 
@@ -133,11 +165,17 @@ def main() -> None:
         return
     import subprocess
 
+    if a.gpus > 1:
+        for name in a.cases.split(","):
+            results["cases"].append(run_multi(name, a.gpus, data, a.steps, work))
+            Path(a.out).write_text(json.dumps(results, indent=2))
+            print(json.dumps(results["cases"][-1]), flush=True)
+        return
     for name in a.cases.split(","):
         one = work / f"{name}.json"
         one.unlink(missing_ok=True)
         subprocess.run([sys.executable, __file__, "--one", name, "--out", str(one), "--steps", str(a.steps),
-                        "--work", str(work)])
+                        "--work", str(work)], env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
         results["cases"].append(json.loads(one.read_text()) if one.exists() else {"case": name, "error": "crashed"})
         Path(a.out).write_text(json.dumps(results, indent=2))
         print(json.dumps(results["cases"][-1]), flush=True)

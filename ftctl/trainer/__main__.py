@@ -23,6 +23,7 @@ def main(argv=None) -> int:
 
     try:
         spec, plan = load_run(args.spec)
+        one_gpu_per_process(plan)
         result = train(spec, plan, echo=(lambda line: print(line, flush=True)) if rank == 0 else (lambda line: None))
         distributed.shutdown()
     except FtctlError as e:
@@ -35,6 +36,15 @@ def main(argv=None) -> int:
         print(f"{result.status}: step {result.global_step}, final loss {result.final_loss}, "
               f"output {spec.output}", flush=True)
     return 0
+
+
+def one_gpu_per_process(plan) -> None:
+    """A single-process GPU run on a host with several GPUs would otherwise get them all and the
+    Trainer would wrap the model in nn.DataParallel (SFTTrainer refuses it): show it the first one.
+    torchrun runs (WORLD_SIZE set) pick their GPU by LOCAL_RANK. Must run before CUDA starts."""
+    if plan.tier and plan.world_size == 1 and "WORLD_SIZE" not in os.environ \
+            and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = "0"
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ class MetricsCallback(TrainerCallback):
             "epoch": logs.get("epoch"),
             "time": round(now, 3),
         }
+        peak = peak_gpu_memory_gib()
+        if peak is not None:
+            record["peak_mem_gib"] = peak
         self._t_last, self._tokens_last = now, tokens
         self._write(record)
         self.echo(self._progress(record, state, now))
@@ -88,6 +91,13 @@ class MetricsCallback(TrainerCallback):
             parts.append(f"{r['tokens_per_s']:,.0f} tok/s")
         parts.append(f"ETA {eta}")
         return "  ".join(parts)
+
+
+def peak_gpu_memory_gib() -> float | None:
+    """Peak memory allocated on this process's GPU so far (what the planner's estimate is held to)."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
 class PreemptionCallback(TrainerCallback):
