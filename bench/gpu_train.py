@@ -21,11 +21,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {
-    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192),
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
-               tie_word_embeddings=True),
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+    ),
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
 }
 CASES = {"lora8b": ("lora", "8b"), "qlora8b": ("qlora", "8b"), "fft1b": ("fft", "1b")}
 
@@ -73,10 +89,24 @@ def run_case(name: str, model_dir: Path, data: Path, steps: int, work: Path) -> 
     from ftctl.trainer.run import train
 
     method, _ = CASES[name]
-    spec = build(flags=dict(method=method, model_name_or_path=str(model_dir), data_path=str(data),
-                            output_dir=str(work / name), gpus="1xH100", backend="local"),
-                 overrides=[f"max_steps={steps}", "global_batch_size=8", "model_max_length=2048",
-                            "save_steps=100000", "logging_steps=1", "resume=never"])
+    spec = build(
+        flags=dict(
+            method=method,
+            model_name_or_path=str(model_dir),
+            data_path=str(data),
+            output_dir=str(work / name),
+            gpus="1xH100",
+            backend="local",
+        ),
+        overrides=[
+            f"max_steps={steps}",
+            "global_batch_size=8",
+            "model_max_length=2048",
+            "save_steps=100000",
+            "logging_steps=1",
+            "resume=never",
+        ],
+    )
     plan = make_plan(spec)
 
     class Clock(TrainerCallback):
@@ -96,11 +126,26 @@ def run_case(name: str, model_dir: Path, data: Path, steps: int, work: Path) -> 
     dt = clock.t[-1] - clock.t[warm - 1]
     tok = clock.tokens[-1] - clock.tokens[warm - 1]
     return {
-        "case": name, "method": method, "steps": result.global_step, "final_loss": result.final_loss,
-        "plan": {k: getattr(plan, k) for k in ("precision", "attn_implementation", "strategy", "packing",
-                                                 "per_device_train_batch_size", "gradient_accumulation_steps",
-                                                 "gradient_checkpointing", "optim", "memory_gb")},
-        "tokens_per_s": round(tok / dt, 1), "timed_steps": len(clock.t) - warm,
+        "case": name,
+        "method": method,
+        "steps": result.global_step,
+        "final_loss": result.final_loss,
+        "plan": {
+            k: getattr(plan, k)
+            for k in (
+                "precision",
+                "attn_implementation",
+                "strategy",
+                "packing",
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+                "gradient_checkpointing",
+                "optim",
+                "memory_gb",
+            )
+        },
+        "tokens_per_s": round(tok / dt, 1),
+        "timed_steps": len(clock.t) - warm,
         "peak_alloc_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
     }
@@ -115,26 +160,69 @@ def run_multi(name: str, gpus: int, data: Path, steps: int, work: Path) -> dict:
     strategy = name.split("-")[1]
     out = work / f"{name}-out"
     model_dir = make_model(shape, work)
-    cmd = [sys.executable, "-m", "ftctl.cli", "launch", "--backend", "local", "--gpus", f"{gpus}xH100",
-           "--method", method, "--model", str(model_dir), "--data", str(data), "--output", str(out),
-           "-o", f"max_steps={steps}", "-o", f"global_batch_size={8 * gpus}", "-o", "model_max_length=2048",
-           "-o", "save_steps=100000", "-o", "resume=never", "-o", f"strategy={strategy}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ftctl.cli",
+        "launch",
+        "--backend",
+        "local",
+        "--gpus",
+        f"{gpus}xH100",
+        "--method",
+        method,
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--output",
+        str(out),
+        "-o",
+        f"max_steps={steps}",
+        "-o",
+        f"global_batch_size={8 * gpus}",
+        "-o",
+        "model_max_length=2048",
+        "-o",
+        "save_steps=100000",
+        "-o",
+        "resume=never",
+        "-o",
+        f"strategy={strategy}",
+    ]
     t = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] \
-        if (out / "metrics.jsonl").exists() else []
+    records = (
+        [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        if (out / "metrics.jsonl").exists()
+        else []
+    )
     steps_ = [r for r in records if "loss" in r]
     if proc.returncode != 0 or len(steps_) < 10:
         return {"case": f"{name}-{gpus}gpu", "error": (proc.stderr or proc.stdout)[-1500:]}
     timed = steps_[5:]
     dt = timed[-1]["time"] - steps_[4]["time"]
     plan = json.loads((out / "spec.json").read_text())["plan"]
-    return {"case": f"{name}-{gpus}gpu", "method": method, "gpus": gpus, "steps": len(steps_),
-            "final_loss": steps_[-1]["loss"], "wall_s": round(time.time() - t, 1),
-            "plan": {k: plan[k] for k in ("strategy", "per_device_train_batch_size", "gradient_accumulation_steps",
-                                          "gradient_checkpointing", "memory_gb")},
-            "tokens_per_s": round((timed[-1]["tokens"] - steps_[4]["tokens"]) / dt, 1),
-            "peak_alloc_gib_rank0": max(r.get("peak_mem_gib") or 0 for r in steps_)}
+    return {
+        "case": f"{name}-{gpus}gpu",
+        "method": method,
+        "gpus": gpus,
+        "steps": len(steps_),
+        "final_loss": steps_[-1]["loss"],
+        "wall_s": round(time.time() - t, 1),
+        "plan": {
+            k: plan[k]
+            for k in (
+                "strategy",
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+                "gradient_checkpointing",
+                "memory_gb",
+            )
+        },
+        "tokens_per_s": round((timed[-1]["tokens"] - steps_[4]["tokens"]) / dt, 1),
+        "peak_alloc_gib_rank0": max(r.get("peak_mem_gib") or 0 for r in steps_),
+    }
 
 
 def main() -> None:
@@ -174,8 +262,10 @@ def main() -> None:
     for name in a.cases.split(","):
         one = work / f"{name}.json"
         one.unlink(missing_ok=True)
-        subprocess.run([sys.executable, __file__, "--one", name, "--out", str(one), "--steps", str(a.steps),
-                        "--work", str(work)], env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
+        subprocess.run(
+            [sys.executable, __file__, "--one", name, "--out", str(one), "--steps", str(a.steps), "--work", str(work)],
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"},
+        )
         results["cases"].append(json.loads(one.read_text()) if one.exists() else {"case": name, "error": "crashed"})
         Path(a.out).write_text(json.dumps(results, indent=2))
         print(json.dumps(results["cases"][-1]), flush=True)

@@ -36,8 +36,12 @@ def local_gpus() -> str:
     if not smi:
         return "cpu"
     try:
-        out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=20).stdout
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return "cpu"
     rows = [r for r in out.strip().splitlines() if r.strip()]
@@ -63,8 +67,7 @@ def resolve(spec: RunSpec) -> tuple[RunSpec, Plan]:
             spec = replace(spec, gpus=local_gpus())
             plan = _local_fallback(spec)
         if plan.nodes > 1:
-            raise FtctlError("--backend local runs on this machine only: for several nodes use --backend slurm "
-                             "or sky.")
+            raise FtctlError("--backend local runs on this machine only: for several nodes use --backend slurm or sky.")
         return spec, plan
     if not spec.gpus:
         raise FtctlError(f"--gpus is required for --backend {spec.backend} (e.g. --gpus 8xA100, or cpu on Slurm).")
@@ -90,13 +93,18 @@ def _local_fallback(spec: RunSpec) -> Plan:
 
 def absolute_paths(spec: RunSpec) -> RunSpec:
     """Local paths made absolute, so the trainer finds them from any working directory."""
+
     def fix(p):
         if p is None or is_remote(p) or p.startswith("builtin:"):
             return p
         return str(Path(p).expanduser().resolve()) if (Path(p).exists() or p == spec.output) else p
 
-    return replace(spec, data_path=fix(spec.data_path), output_dir=fix(spec.output),
-                   model_name_or_path=fix(spec.model_name_or_path))
+    return replace(
+        spec,
+        data_path=fix(spec.data_path),
+        output_dir=fix(spec.output),
+        model_name_or_path=fix(spec.model_name_or_path),
+    )
 
 
 def run_dir_for(spec: RunSpec) -> Path:
@@ -108,11 +116,16 @@ def run_dir_for(spec: RunSpec) -> Path:
 def prepare(spec: RunSpec) -> Prepared:
     spec, plan = resolve(spec)
     if spec.backend == "sky":
-        for what, p in (("--data", spec.data_path), ("--output", spec.output),
-                        ("--model", spec.model_name_or_path if Path(spec.model_name_or_path).exists() else "")):
+        for what, p in (
+            ("--data", spec.data_path),
+            ("--output", spec.output),
+            ("--model", spec.model_name_or_path if Path(spec.model_name_or_path).exists() else ""),
+        ):
             if p and not is_remote(p) and not p.startswith("builtin:"):
-                raise FtctlError(f"{what} {p!r} is a local path, which a cloud VM cannot see: use an object-store "
-                                 f"URI (s3://bucket/path, gs://...).")
+                raise FtctlError(
+                    f"{what} {p!r} is a local path, which a cloud VM cannot see: use an object-store "
+                    f"URI (s3://bucket/path, gs://...)."
+                )
     else:
         spec = absolute_paths(spec)
     run_dir = run_dir_for(spec)
@@ -159,8 +172,10 @@ def write_files(prep: Prepared) -> None:
         new = json.loads(prep.files["spec.json"])["spec"]
         changed = sorted(k for k in TRAINING_KEYS if old.get(k) != new.get(k))  # where it runs may change
         if changed:
-            raise FtctlError(f"{prep.run_dir} already holds a run with different settings ({', '.join(changed)}). "
-                             f"Choose another --output or -o run_name=..., or remove that directory.")
+            raise FtctlError(
+                f"{prep.run_dir} already holds a run with different settings ({', '.join(changed)}). "
+                f"Choose another --output or -o run_name=..., or remove that directory."
+            )
     for name, text in prep.files.items():
         tmp = prep.run_dir / f".{name}.tmp"
         tmp.write_text(text)
@@ -176,8 +191,19 @@ def record_job(job_id: str, prep: Prepared) -> None:
     f = _jobs_file()
     f.parent.mkdir(parents=True, exist_ok=True)
     with f.open("a") as fh:
-        fh.write(json.dumps({"job": job_id, "backend": prep.backend, "run_dir": str(prep.run_dir),
-                             "name": prep.spec.name, "output": prep.spec.output, "time": time.time()}) + "\n")
+        fh.write(
+            json.dumps(
+                {
+                    "job": job_id,
+                    "backend": prep.backend,
+                    "run_dir": str(prep.run_dir),
+                    "name": prep.spec.name,
+                    "output": prep.spec.output,
+                    "time": time.time(),
+                }
+            )
+            + "\n"
+        )
 
 
 def find_job(job_id: str) -> dict:
@@ -188,4 +214,3 @@ def find_job(job_id: str) -> dict:
             if rec["job"] == str(job_id):
                 return rec
     raise FtctlError(f"No job {job_id!r} was launched from here (looked in {f}). `ftctl launch` prints job ids.")
-

@@ -130,9 +130,7 @@ def _write_json_atomic(path: str, data: dict) -> None:
         pass
 
 
-def write_manifest(
-    ckpt_dir: str, step: int, world_size: int, spec_hash: str, name: str = MANIFEST, **extra
-) -> dict:
+def write_manifest(ckpt_dir: str, step: int, world_size: int, spec_hash: str, name: str = MANIFEST, **extra) -> dict:
     """Hash every file in ``ckpt_dir`` and write the manifest ``name`` into it, atomically.
 
     Call it only after every file of the checkpoint is written: the manifest is the commit.
@@ -181,9 +179,7 @@ def verify(ckpt: str, deep: bool = True, endpoint_url: str | None = None) -> lis
     return _verify_against(ckpt, manifest, deep, endpoint_url)
 
 
-def _verify_against(
-    ckpt: str, manifest: dict, deep: bool, endpoint_url=None, sizes=None, check_step=True
-) -> list:
+def _verify_against(ckpt: str, manifest: dict, deep: bool, endpoint_url=None, sizes=None, check_step=True) -> list:
     problems = []
     step = checkpoint_step(ckpt)
     if check_step and step is not None and manifest.get("step") != step:
@@ -225,9 +221,7 @@ class CheckpointInfo:
         return f"{CHECKPOINT_PREFIX}{self.step}"
 
 
-def list_checkpoints(
-    uri: str, deep: bool = False, endpoint_url: str | None = None
-) -> list[CheckpointInfo]:
+def list_checkpoints(uri: str, deep: bool = False, endpoint_url: str | None = None) -> list[CheckpointInfo]:
     """Every ``checkpoint-<step>`` below a local run directory or object-store URI, oldest first.
 
     ``complete`` means the manifest is there and every file it lists is present with its size
@@ -336,9 +330,7 @@ def download_checkpoint(
     return []
 
 
-def latest_complete(
-    local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None
-) -> str | None:
+def latest_complete(local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None) -> str | None:
     """The local path of the newest complete, verified checkpoint, or None.
 
     Candidates are the local ``checkpoint-*`` directories of ``local_dir`` and, with
@@ -432,9 +424,7 @@ def upload_checkpoint(
     return manifest
 
 
-def prune(
-    remote_uri: str, keep_last: int, protect=(), endpoint_url: str | None = None
-) -> list[str]:
+def prune(remote_uri: str, keep_last: int, protect=(), endpoint_url: str | None = None) -> list[str]:
     """Delete complete checkpoints in the store beyond the newest ``keep_last``, except those
     named in ``protect`` (the best one). The manifest goes first, so a half-done delete is an
     incomplete checkpoint, never a broken complete one. Returns the URIs deleted."""
@@ -573,9 +563,7 @@ class Uploader:
         name = os.path.basename(ckpt_dir)
         if not os.path.exists(os.path.join(ckpt_dir, self.manifest_name)):
             raise FileNotFoundError(f"{ckpt_dir} has no {self.manifest_name}: write it first")
-        staged = os.path.join(
-            os.path.dirname(ckpt_dir), STAGING_DIR, f"{name}-{uuid.uuid4().hex[:8]}"
-        )
+        staged = os.path.join(os.path.dirname(ckpt_dir), STAGING_DIR, f"{name}-{uuid.uuid4().hex[:8]}")
         try:
             for rel in storage.local_files(ckpt_dir):
                 src = os.path.join(ckpt_dir, *rel.split("/"))
@@ -638,14 +626,10 @@ class Uploader:
             if self.node_rank == 0:
                 storage.rm(storage.join(ckpt_uri, MANIFEST), endpoint_url=self.endpoint_url)
             if self.num_nodes > 1:
-                storage.rm(
-                    storage.join(ckpt_uri, self.manifest_name), endpoint_url=self.endpoint_url
-                )
+                storage.rm(storage.join(ckpt_uri, self.manifest_name), endpoint_url=self.endpoint_url)
             job.started = True
         if not job.uploaded:
-            upload_checkpoint(
-                job.local, ckpt_uri, self.manifest_name, self.endpoint_url, job.done, self._fs
-            )
+            upload_checkpoint(job.local, ckpt_uri, self.manifest_name, self.endpoint_url, job.done, self._fs)
             job.uploaded = True
             job.attempt_no = 0
             if self.num_nodes == 1:
@@ -694,9 +678,7 @@ class Uploader:
         merged["files"] = [files[p] for p in sorted(files)]
         problems = _check_files(merged, storage.file_sizes(ckpt_uri, self.endpoint_url))
         if problems:
-            raise OSError(
-                f"files listed by the node manifests are not in the store: {problems[:3]}"
-            )
+            raise OSError(f"files listed by the node manifests are not in the store: {problems[:3]}")
         _write_json_atomic(os.path.join(job.local, MANIFEST), merged)
         _test_hold("remote-manifest", job.name)
         _put(self._fs, os.path.join(job.local, MANIFEST), storage.join(ckpt_uri, MANIFEST))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
@@ -56,8 +55,13 @@ def run_options(fn):
         click.option("--sbatch-arg", "sbatch_args", multiple=True, help="Extra #SBATCH option, e.g. --mem=64G."),
         click.option("--spot/--no-spot", default=None, help="Spot instances with recovery (SkyPilot)."),
         click.option("--secret", "secrets", multiple=True, help="Env var NAME passed to the job (never its value)."),
-        click.option("-o", "overrides", multiple=True, metavar="KEY=VALUE",
-                     help="Any run key, e.g. -o learning_rate=3e-4 -o max_steps=40."),
+        click.option(
+            "-o",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Any run key, e.g. -o learning_rate=3e-4 -o max_steps=40.",
+        ),
     ]
     for opt in reversed(options):
         fn = opt(fn)
@@ -69,8 +73,12 @@ def _spec(kw: dict, backend: str | None = None):
 
     config = kw.pop("config", None)
     overrides = kw.pop("overrides", ())
-    flags = {"model_name_or_path": kw.pop("model", None), "data_path": kw.pop("data", None),
-             "output_dir": kw.pop("output", None), **kw}
+    flags = {
+        "model_name_or_path": kw.pop("model", None),
+        "data_path": kw.pop("data", None),
+        "output_dir": kw.pop("output", None),
+        **kw,
+    }
     if backend and not flags.get("backend"):
         flags["backend"] = backend
     for key in ("setup", "sbatch_args", "secrets"):

@@ -25,10 +25,12 @@ class GpuTier:
     bf16: bool
     flash_attn2: bool
     flash_attn3: bool = False
+
     # docker build: TORCH_CUDA_ARCH_LIST for this tier
     @property
     def cuda_arch(self) -> str:
-        return "%d.%d" % self.compute_capability
+        major, minor = self.compute_capability
+        return f"{major}.{minor}"
 
     @property
     def sky_name(self) -> str:
@@ -95,10 +97,7 @@ def tier(name: str) -> GpuTier:
     for t in TIERS.values():
         if t.name.upper() == key:
             return t
-    raise FtctlError(
-        f"Unknown GPU type {name!r}.{did_you_mean(name.upper(), TIERS)} "
-        f"Known types: {', '.join(TIERS)}."
-    )
+    raise FtctlError(f"Unknown GPU type {name!r}.{did_you_mean(name.upper(), TIERS)} Known types: {', '.join(TIERS)}.")
 
 
 _NXT = re.compile(r"^(?:(\d+)[xX])?(?:(\d+)[xX])?([A-Za-z][\w\-]*)$")

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import shlex
 
+from ftctl.envvars import STATUS_ENV, STOP_ENV  # noqa: F401  (re-exported for the renderers)
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
-
-from ftctl.envvars import STATUS_ENV, STOP_ENV  # noqa: F401  (re-exported for the renderers)
 
 
 class Shell(str):
@@ -41,13 +40,20 @@ def torchrun_argv(spec: RunSpec, plan: Plan, spec_path, head, python: str | None
     torchrun = [python, "-m", "torch.distributed.run"] if python else ["torchrun"]
     return [
         *torchrun,
-        "--nnodes", str(plan.nodes),
-        "--nproc-per-node", str(nproc_per_node(plan)),
-        "--rdzv-backend", "c10d",
-        "--rdzv-endpoint", Shell(f"{q(head)}:{spec.rdzv_port}") if isinstance(head, Shell) else f"{head}:{spec.rdzv_port}",
-        "--rdzv-id", spec.name,
-        "-m", "ftctl.trainer",
-        "--spec", spec_path,
+        "--nnodes",
+        str(plan.nodes),
+        "--nproc-per-node",
+        str(nproc_per_node(plan)),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        Shell(f"{q(head)}:{spec.rdzv_port}") if isinstance(head, Shell) else f"{head}:{spec.rdzv_port}",
+        "--rdzv-id",
+        spec.name,
+        "-m",
+        "ftctl.trainer",
+        "--spec",
+        spec_path,
     ]
 
 

@@ -108,18 +108,28 @@ class Plan:
         rows = [
             ("method", self.method),
             ("gpus", f"{self.gpus}  ({self.world_size} process{'es' if self.world_size > 1 else ''})"),
-            ("model", f"{self.model.params_b:g}B params ({self.model.source}), "
-                      f"{self.trainable_params_b:.3g}B trainable"),
+            (
+                "model",
+                f"{self.model.params_b:g}B params ({self.model.source}), {self.trainable_params_b:.3g}B trainable",
+            ),
             ("precision", self.precision),
             ("attention", self.attn_implementation + (" + packing" if self.packing else "")),
             ("strategy", self.strategy),
-            ("batch", f"{self.per_device_train_batch_size} per device x {self.gradient_accumulation_steps} "
-                      f"accumulation x {self.world_size} = {self.global_batch_size} sequences"),
+            (
+                "batch",
+                f"{self.per_device_train_batch_size} per device x {self.gradient_accumulation_steps} "
+                f"accumulation x {self.world_size} = {self.global_batch_size} sequences",
+            ),
             ("gradient ckpt", "on" if self.gradient_checkpointing else "off"),
             ("optimizer", f"{self.optim}, lr {self.learning_rate:g}"),
-            ("memory/device", f"{self.memory_gb:.1f} GB est." + (
-                f" of {self.gpu_memory_gb:g} GB" if self.gpu_memory_gb else "")
-             + "  (" + ", ".join(f"{k} {v:.1f}" for k, v in self.memory.items()) + ")"),
+            (
+                "memory/device",
+                f"{self.memory_gb:.1f} GB est."
+                + (f" of {self.gpu_memory_gb:g} GB" if self.gpu_memory_gb else "")
+                + "  ("
+                + ", ".join(f"{k} {v:.1f}" for k, v in self.memory.items())
+                + ")",
+            ),
         ]
         if self.host_memory_gb:
             rows.append(("host memory", f"{self.host_memory_gb:.0f} GB per node for offload"))
@@ -185,8 +195,17 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
     return shape.layers * 7 * spec.lora_r * 2 * shape.hidden * 1.6 / 1e9
 
 
-def memory_terms(method: str, strategy: str, shape: ModelShape, world: int, micro: int, seq: int,
-                 ckpt: bool, trainable_b: float, fp32: bool = False) -> dict:
+def memory_terms(
+    method: str,
+    strategy: str,
+    shape: ModelShape,
+    world: int,
+    micro: int,
+    seq: int,
+    ckpt: bool,
+    trainable_b: float,
+    fp32: bool = False,
+) -> dict:
     n = shape.params_b  # billions -> GB per byte/param
     wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
     weights = {"qlora": 0.56 * n + wb * shape.vocab * shape.hidden / 1e9}.get(method, wb * n)
@@ -203,14 +222,19 @@ def memory_terms(method: str, strategy: str, shape: ModelShape, world: int, micr
     per_token_layer = 2 * (8 * h + 4 * i)  # attention block + gated MLP, 16-bit
     if method in ("lora", "qlora"):
         per_token_layer += 2 * (6 * h + i)  # each adapted projection keeps its (dropout) input
-    act_per_seq = (2 * seq * h * shape.layers + per_token_layer * seq) if ckpt \
-        else per_token_layer * seq * shape.layers
+    act_per_seq = (2 * seq * h * shape.layers + per_token_layer * seq) if ckpt else per_token_layer * seq * shape.layers
     if method == "qlora":
         act_per_seq *= 1.25  # 4-bit layers dequantise into 16-bit temporaries (measured: bench/results)
     activations = micro * act_per_seq * wb / 2 / 1e9
     logits = micro * 2 * 4 * seq * shape.vocab / 1e9
-    return {"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations,
-            "logits": logits, "overhead": OVERHEAD_GB}
+    return {
+        "weights": weights,
+        "grads": grads,
+        "optimizer": optimizer,
+        "activations": activations,
+        "logits": logits,
+        "overhead": OVERHEAD_GB,
+    }
 
 
 def _strategies(method: str, world: int, nodes: int, forced: str | None) -> list[str]:
@@ -256,8 +280,11 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         capacity = t.memory_gb * HEADROOM
     trainable = _trainable_b(method, shape, spec)
     want_global = spec.global_batch_size
-    micro_choices = [spec.per_device_train_batch_size] if spec.per_device_train_batch_size else \
-        [m for m in ((4, 2, 1) if req.is_cpu else (16, 8, 4, 2, 1)) if m * world <= max(want_global, world)] or [1]
+    micro_choices = (
+        [spec.per_device_train_batch_size]
+        if spec.per_device_train_batch_size
+        else [m for m in ((4, 2, 1) if req.is_cpu else (16, 8, 4, 2, 1)) if m * world <= max(want_global, world)] or [1]
+    )
     ckpt_choices = [spec.gradient_checkpointing] if spec.gradient_checkpointing is not None else [False, True]
     host_gb = spec.host_memory_gb or (2 * req.per_node * req.tier.memory_gb if req.tier else None)
     best = None
@@ -292,37 +319,64 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     else:
         optim = spec.optim or ("adamw_torch" if req.is_cpu else "adamw_torch_fused")
     return Plan(
-        method=method, gpus=str(req), tier=req.tier.name if req.tier else None,
-        gpu_memory_gb=req.tier.memory_gb if req.tier else None, nodes=req.nodes,
-        gpus_per_node=req.per_node, world_size=world, model=shape, precision=precision,
-        attn_implementation=attn, strategy=strategy, per_device_train_batch_size=micro,
-        gradient_accumulation_steps=accum, global_batch_size=real_global, gradient_checkpointing=ckpt,
-        packing=packing, optim=optim, learning_rate=spec.learning_rate or replace(spec, method=method).lr,
-        trainable_params_b=trainable, memory_gb=round(total, 2),
-        memory={k: round(v, 2) for k, v in terms.items()}, host_memory_gb=host_need, notes=notes,
+        method=method,
+        gpus=str(req),
+        tier=req.tier.name if req.tier else None,
+        gpu_memory_gb=req.tier.memory_gb if req.tier else None,
+        nodes=req.nodes,
+        gpus_per_node=req.per_node,
+        world_size=world,
+        model=shape,
+        precision=precision,
+        attn_implementation=attn,
+        strategy=strategy,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        global_batch_size=real_global,
+        gradient_checkpointing=ckpt,
+        packing=packing,
+        optim=optim,
+        learning_rate=spec.learning_rate or replace(spec, method=method).lr,
+        trainable_params_b=trainable,
+        memory_gb=round(total, 2),
+        memory={k: round(v, 2) for k, v in terms.items()},
+        host_memory_gb=host_need,
+        notes=notes,
     )
 
 
 def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     method = spec.method
     if req.is_cpu:
-        return (f"{method} of a {shape.params_b:g}B-parameter model on CPU would take days a step: ftctl runs "
-                f"models up to {CPU_MAX_PARAMS_B:g}B on CPU. Ask for a GPU, e.g. --gpus 1xA100 --method qlora.")
+        return (
+            f"{method} of a {shape.params_b:g}B-parameter model on CPU would take days a step: ftctl runs "
+            f"models up to {CPU_MAX_PARAMS_B:g}B on CPU. Ask for a GPU, e.g. --gpus 1xA100 --method qlora."
+        )
     # the leanest way this method could run on this request, to say how far off it is
     strategies = _strategies(method, req.world_size, req.nodes, spec.strategy)
     on_gpu = [s for s in strategies if s != "zero3_offload"] or strategies
     need, strategy = min(
-        (sum(memory_terms(method, s, shape, req.world_size, 1, spec.model_max_length, True,
-                          _trainable_b(method, shape, spec)).values()), s)
+        (
+            sum(
+                memory_terms(
+                    method, s, shape, req.world_size, 1, spec.model_max_length, True, _trainable_b(method, shape, spec)
+                ).values()
+            ),
+            s,
+        )
         for s in on_gpu
     )
-    msg = (f"{method} of a {shape.params_b:g}B-parameter model does not fit {req}: the leanest plan "
-           f"({strategy}, micro-batch 1, gradient checkpointing) needs about {need:.0f} GB per GPU and a "
-           f"{req.tier.name} has {req.tier.memory_gb:g} GB.")
+    msg = (
+        f"{method} of a {shape.params_b:g}B-parameter model does not fit {req}: the leanest plan "
+        f"({strategy}, micro-batch 1, gradient checkpointing) needs about {need:.0f} GB per GPU and a "
+        f"{req.tier.name} has {req.tier.memory_gb:g} GB."
+    )
     if "zero3_offload" in strategies:
         host = spec.host_memory_gb or 2 * req.per_node * req.tier.memory_gb
-        msg += (f" ZeRO-3 with CPU offload would need ~{16 * shape.params_b / req.nodes:.0f} GB of host RAM per "
-                f"node (assumed {host:g} GB; set -o host_memory_gb=N if the machine has more).")
+        msg += (
+            f" ZeRO-3 with CPU offload would need ~{16 * shape.params_b / req.nodes:.0f} GB of host RAM per "
+            f"node (assumed {host:g} GB; set -o host_memory_gb=N if the machine has more)."
+        )
     hints = []
     same = _nearest(spec, shape, method, req)
     if same:
@@ -381,5 +435,6 @@ def load_run(path: str) -> tuple[RunSpec, Plan]:
     except FileNotFoundError:
         raise FtctlError(f"Spec file {path} does not exist.") from None
     except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise FtctlError(f"{path} is not a spec file written by ftctl ({e}). Render it again with this "
-                         f"version of ftctl.") from None
+        raise FtctlError(
+            f"{path} is not a spec file written by ftctl ({e}). Render it again with this version of ftctl."
+        ) from None

@@ -143,10 +143,37 @@ FIELDS = {f.name: f for f in dataclasses.fields(RunSpec)}
 _HINTS = typing.get_type_hints(RunSpec)
 # Keys that say where and how a run is executed, not what it learns: left out of RunSpec.digest().
 _PLACEMENT_KEYS = {
-    "output_dir", "run_name", "resume", "report_to", "logging_steps", "save_steps", "save_total_limit",
-    "gpus", "nodes", "host_memory_gb", "backend", "container", "secrets", "env", "setup", "s3_endpoint_url",
-    "rdzv_port", "upload_wait_s", "partition", "account", "qos", "time", "cpus_per_task", "sbatch_args",
-    "signal_lead_s", "max_requeues", "socket_ifname", "spot", "cloud", "region", "disk_size",
+    "output_dir",
+    "run_name",
+    "resume",
+    "report_to",
+    "logging_steps",
+    "save_steps",
+    "save_total_limit",
+    "gpus",
+    "nodes",
+    "host_memory_gb",
+    "backend",
+    "container",
+    "secrets",
+    "env",
+    "setup",
+    "s3_endpoint_url",
+    "rdzv_port",
+    "upload_wait_s",
+    "partition",
+    "account",
+    "qos",
+    "time",
+    "cpus_per_task",
+    "sbatch_args",
+    "signal_lead_s",
+    "max_requeues",
+    "socket_ifname",
+    "spot",
+    "cloud",
+    "region",
+    "disk_size",
 }
 TRAINING_KEYS = [n for n in FIELDS if n not in _PLACEMENT_KEYS]
 
@@ -296,8 +323,18 @@ def validate(spec: RunSpec) -> None:
     choice("strategy", STRATEGIES)
     choice("attn_implementation", ATTENTION)
     choice("lr_scheduler_type", ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"))
-    for key in ("global_batch_size", "model_max_length", "lora_r", "lora_alpha", "trainable_layers",
-                "logging_steps", "save_steps", "save_total_limit", "disk_size", "rdzv_port"):
+    for key in (
+        "global_batch_size",
+        "model_max_length",
+        "lora_r",
+        "lora_alpha",
+        "trainable_layers",
+        "logging_steps",
+        "save_steps",
+        "save_total_limit",
+        "disk_size",
+        "rdzv_port",
+    ):
         if getattr(spec, key) < 1:
             errors.append(f"{key} must be at least 1, not {getattr(spec, key)}.")
     for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "nodes", "cpus_per_task"):
@@ -318,16 +355,22 @@ def validate(spec: RunSpec) -> None:
         errors.append("bf16 and fp16 are both on: choose one (or neither and let the planner choose).")
     for s in spec.secrets:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s):
-            errors.append(f"secret {s!r} is not an environment variable NAME: pass the name (--secret HF_TOKEN), "
-                          "never the value.")
+            errors.append(
+                f"secret {s!r} is not an environment variable NAME: pass the name (--secret HF_TOKEN), never the value."
+            )
     for k in spec.env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
             errors.append(f"env {k!r} is not a valid environment variable name.")
     if spec.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", spec.run_name):
-        errors.append(f"run_name {spec.run_name!r}: use letters, digits, '.', '_' and '-' (at most 63), "
-                      "starting with a letter or digit; it names jobs, clusters and buckets.")
-    if spec.container and spec.container.split(":", 1)[0] in ("apptainer", "pyxis", "docker") \
-            and not spec.container.split(":", 1)[1].strip():
+        errors.append(
+            f"run_name {spec.run_name!r}: use letters, digits, '.', '_' and '-' (at most 63), "
+            "starting with a letter or digit; it names jobs, clusters and buckets."
+        )
+    if (
+        spec.container
+        and spec.container.split(":", 1)[0] in ("apptainer", "pyxis", "docker")
+        and not spec.container.split(":", 1)[1].strip()
+    ):
         errors.append(f"container {spec.container!r} names no image after the prefix.")
     if spec.resume not in ("auto", "never") and not spec.resume.strip():
         errors.append("resume must be auto, never or the path of a checkpoint.")

@@ -59,12 +59,7 @@ def is_remote(uri: str | os.PathLike) -> bool:
 
 def s3_endpoint(endpoint_url: str | None = None) -> str | None:
     """The S3 endpoint to use: the argument, else AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL."""
-    return (
-        endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or None
-    )
+    return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None) -> tuple[Any, str]:

@@ -18,9 +18,12 @@ def submit(prep: Prepared) -> str:
     if prep.backend == "slurm" and shutil.which("sinfo"):
         from ftctl.slurm import doctor
 
-        doctor.doctor(partition=prep.spec.partition, nodes=prep.plan.nodes,
-                      gpus_per_node=prep.plan.gpus_per_node if prep.plan.tier else None,
-                      gpu_type=prep.plan.tier).raise_if_never_runs()
+        doctor.doctor(
+            partition=prep.spec.partition,
+            nodes=prep.plan.nodes,
+            gpus_per_node=prep.plan.gpus_per_node if prep.plan.tier else None,
+            gpu_type=prep.plan.tier,
+        ).raise_if_never_runs()
     write_files(prep)
     if prep.backend == "slurm":
         from ftctl.slurm import render, scheduler
@@ -47,8 +50,10 @@ def submit(prep: Prepared) -> str:
     click.echo(f"running {prep.spec.method} on {prep.plan.gpus}; checkpoints in {prep.spec.output}", err=True)
     rc = subprocess.call(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if rc != 0:
-        raise FtctlError(f"training exited with code {rc}; its output is above. Run `ftctl launch` again to resume "
-                         f"from the last checkpoint.")
+        raise FtctlError(
+            f"training exited with code {rc}; its output is above. Run `ftctl launch` again to resume "
+            f"from the last checkpoint."
+        )
     return "local"
 
 
@@ -109,8 +114,11 @@ def doctor(backend: str, partition: str | None, gpus: str | None) -> bool:
         from ftctl.slurm import doctor as slurm_doctor
 
         req = gpu_table.parse(gpus) if gpus else None
-        report = slurm_doctor.doctor(partition=partition, gpus_per_node=req.per_node if req and req.tier else None,
-                                     gpu_type=req.tier.name if req and req.tier else None)
+        report = slurm_doctor.doctor(
+            partition=partition,
+            gpus_per_node=req.per_node if req and req.tier else None,
+            gpu_type=req.tier.name if req and req.tier else None,
+        )
         click.echo(report.format())
         return report.ok
     from ftctl.backends import local_gpus

@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export FTCTL_SKY_PYTHON="$PWD/.venv-sky/bin/python"
+# lint and format first: a second is cheaper than a red suite
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest -q -ra "$@"

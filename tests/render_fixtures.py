@@ -30,7 +30,7 @@ HOSTILE = [
     "$(touch PWNED)",
     "`touch PWNED`",
     "x;touch PWNED;y",
-    "it's \"both\" \\ $HOME * ~ & | > <",
+    'it\'s "both" \\ $HOME * ~ & | > <',
 ]
 
 
@@ -47,15 +47,22 @@ def sky_python() -> str:
     """The interpreter of the SkyPilot venv (SkyPilot cannot share the trainer's environment)."""
     py = os.environ.get("FTCTL_SKY_PYTHON") or str(REPO / ".venv-sky" / "bin" / "python")
     if not Path(py).exists():
-        raise RuntimeError(f"SkyPilot's python {py} does not exist: run scripts/setup.sh (it creates .venv-sky) "
-                           f"or point FTCTL_SKY_PYTHON at a python with skypilot and ftctl installed.")
+        raise RuntimeError(
+            f"SkyPilot's python {py} does not exist: run scripts/setup.sh (it creates .venv-sky) "
+            f"or point FTCTL_SKY_PYTHON at a python with skypilot and ftctl installed."
+        )
     return py
 
 
 def sky_validate(files) -> dict[str, dict]:
     """Validate task YAML files in one subprocess of SkyPilot's venv; {file: {ok, error, summary}}."""
-    proc = subprocess.run([sky_python(), "-m", "ftctl.sky.validate", "--json", *map(str, files)],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sky_python(), "-m", "ftctl.sky.validate", "--json", *map(str, files)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     out = {}
     for line in proc.stdout.splitlines():
         rec = json.loads(line)
@@ -65,7 +72,7 @@ def sky_validate(files) -> dict[str, dict]:
     return out
 
 
-_FAKE = '''\
+_FAKE = """\
 #!{python} -S
 import json, os, sys
 prog = os.path.basename(sys.argv[0])
@@ -87,7 +94,7 @@ elif prog == "torchrun":
     if status:
         with open(status, "w") as fh:
             fh.write("complete")
-'''
+"""
 
 
 def fake_bin(directory: Path, names=("srun", "scontrol", "apptainer", "torchrun", "docker")) -> Path:
@@ -104,8 +111,9 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def run_bash(script: str | None, *, file: Path | None = None, cwd: Path, fakes: Path, log: Path, env: dict,
-             shell: str = "bash") -> subprocess.CompletedProcess:
+def run_bash(
+    script: str | None, *, file: Path | None = None, cwd: Path, fakes: Path, log: Path, env: dict, shell: str = "bash"
+) -> subprocess.CompletedProcess:
     """Run script text (bash -c) or a file with the fakes first on PATH and a clean environment."""
     full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(log), "HOME": str(cwd), "LANG": "C.UTF-8", **env}
     argv = [shell, str(file)] if file else [shell, "-c", script]
@@ -114,9 +122,19 @@ def run_bash(script: str | None, *, file: Path | None = None, cwd: Path, fakes: 
 
 def write_model_config(directory: Path, **over) -> Path:
     """A Llama-3.2-1B-shaped config.json (1.24B parameters) in directory."""
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048,
-           "num_hidden_layers": 16, "intermediate_size": 8192, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "tie_word_embeddings": True, **over}
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 2048,
+        "num_hidden_layers": 16,
+        "intermediate_size": 8192,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "vocab_size": 128256,
+        "tie_word_embeddings": True,
+        **over,
+    }
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(cfg))
     return directory

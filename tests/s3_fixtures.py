@@ -6,7 +6,7 @@ the port refuses). moto keeps objects in memory, so a restarted server starts em
 replay the journal, which gives back the objects it had acknowledged: a store that comes back
 with its data, as S3, MinIO or R2 do after an outage.
 
-    from tests.s3_fixtures import moto_s3, s3_env, s3_bucket, MotoS3, FAKE_SECRET, FAKE_KEY_ID
+    from tests.s3_fixtures import MotoS3, FAKE_SECRET, FAKE_KEY_ID
 """
 
 from __future__ import annotations

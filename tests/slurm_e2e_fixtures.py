@@ -22,21 +22,51 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm_fixtures import SlurmCluster, slurm_cluster  # noqa: F401  (fixture)
-from tests.tiny_fixtures import tiny_model_dir  # noqa: F401  (fixture)
+from tests.slurm_fixtures import SlurmCluster
 
 FTCTL = str(Path(sys.executable).parent / "ftctl")
-FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-            "BOOT_FAIL", "DEADLINE")
+FINISHED = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+)
 # the small run every end-to-end test trains (one place, so the preempted run and the reference agree)
-TRAIN_OVERRIDES = {"max_steps": 16, "save_steps": 4, "global_batch_size": 4, "model_max_length": 128,
-                   "logging_steps": 1, "seed": 7}
+TRAIN_OVERRIDES = {
+    "max_steps": 16,
+    "save_steps": 4,
+    "global_batch_size": 4,
+    "model_max_length": 128,
+    "logging_steps": 1,
+    "seed": 7,
+}
 
 
 def run_args(model, output, nodes: int = 2, data="builtin:demo", **overrides) -> list[str]:
     """RUN FLAGS of a CPU lora run of the tiny model (on the demo data), on ``nodes`` nodes."""
-    args = ["--backend", "slurm", "--method", "lora", "--gpus", "cpu", "--nodes", str(nodes),
-            "--partition", "debug", "--model", str(model), "--data", str(data), "--output", str(output)]
+    args = [
+        "--backend",
+        "slurm",
+        "--method",
+        "lora",
+        "--gpus",
+        "cpu",
+        "--nodes",
+        str(nodes),
+        "--partition",
+        "debug",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--output",
+        str(output),
+    ]
     for key, value in {**TRAIN_OVERRIDES, **overrides}.items():
         args += ["-o", f"{key}={value}"]
     return args
@@ -46,15 +76,21 @@ def run_args(model, output, nodes: int = 2, data="builtin:demo", **overrides) ->
 class E2E:
     cluster: SlurmCluster
     env: dict[str, str]
-    scratch: Path         # this module's directory on the nodes' shared filesystem
+    scratch: Path  # this module's directory on the nodes' shared filesystem
 
-    def ftctl(self, *args: str, check: bool = True, timeout: float = 60, env=None, cwd=None
-              ) -> subprocess.CompletedProcess:
-        proc = subprocess.run([FTCTL, *args], env=env or self.env, cwd=cwd or self.scratch,
-                              capture_output=True, text=True, timeout=timeout)
+    def ftctl(
+        self, *args: str, check: bool = True, timeout: float = 60, env=None, cwd=None
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [FTCTL, *args],
+            env=env or self.env,
+            cwd=cwd or self.scratch,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"ftctl {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(f"ftctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
     def launch(self, *args: str, cwd=None) -> str:
@@ -80,8 +116,9 @@ class E2E:
             if any(f" {w}" in line for w in words):
                 return line
             time.sleep(0.5)
-        raise AssertionError(f"job {job}: still '{line}' after {timeout} s, wanted {words}; "
-                             f"cluster logs in {self.cluster.base / 'log'}")
+        raise AssertionError(
+            f"job {job}: still '{line}' after {timeout} s, wanted {words}; cluster logs in {self.cluster.base / 'log'}"
+        )
 
     def wait_finished(self, job: str, timeout: float, seen: list | None = None) -> str:
         return self.wait_status(job, FINISHED, timeout, seen)
@@ -95,7 +132,7 @@ def e2e(slurm_cluster, tmp_path_factory) -> E2E:  # noqa: F811
     home = tmp_path_factory.mktemp("ftctl-home")
     scratch = Path(tempfile.mkdtemp(prefix="e2e-", dir=slurm_cluster.scratch))
     env = {**slurm_cluster.env, "FTCTL_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    env.pop("FTCTL_DEBUG", None)   # errors must reach the user as one line, not a traceback
+    env.pop("FTCTL_DEBUG", None)  # errors must reach the user as one line, not a traceback
     return E2E(cluster=slurm_cluster, env=env, scratch=scratch)
 
 

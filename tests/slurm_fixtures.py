@@ -52,12 +52,12 @@ class SlurmCluster:
     """A running test cluster: what tests need to submit to it and inspect it."""
 
     slot: int
-    base: Path                 # the cluster's own directory (config, state, logs)
-    env: dict[str, str]        # os.environ + SLURM_CONF: pass to subprocess / ftctl.slurm calls
-    scratch: Path              # a directory every node sees (the host filesystem)
+    base: Path  # the cluster's own directory (config, state, logs)
+    env: dict[str, str]  # os.environ + SLURM_CONF: pass to subprocess / ftctl.slurm calls
+    scratch: Path  # a directory every node sees (the host filesystem)
     nodes: list[str] = field(default_factory=lambda: list(NODES))
     gpu_nodes: list[str] = field(default_factory=lambda: list(GPU_NODES))
-    partition: str = "debug"   # default partition: the CPU nodes
+    partition: str = "debug"  # default partition: the CPU nodes
     gpu_partition: str = "gpu"
     python: str = sys.executable
 
@@ -67,13 +67,11 @@ class SlurmCluster:
 
     def run(self, *argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
         """A Slurm command (``cluster.run("squeue", "-h")``) against this cluster."""
-        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
-                              check=check, timeout=60, **kw)
+        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True, check=check, timeout=60, **kw)
 
     def state(self, job_id: str) -> str:
         """The job's state word from squeue -t all ('' when unknown)."""
-        out = self.run("squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T",
-                       check=False).stdout.split()
+        out = self.run("squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T", check=False).stdout.split()
         return out[0] if out else ""
 
     def wait_state(self, job_id: str, states, timeout: float = 60.0) -> str:
@@ -86,11 +84,14 @@ class SlurmCluster:
             if state in states:
                 return state
             time.sleep(0.2)
-        raise AssertionError(f"job {job_id} still {state or 'unknown'} after {timeout} s, "
-                             f"wanted {sorted(states)}; logs in {self.base / 'log'}")
+        raise AssertionError(
+            f"job {job_id} still {state or 'unknown'} after {timeout} s, "
+            f"wanted {sorted(states)}; logs in {self.base / 'log'}"
+        )
 
     def wait_done(self, job_id: str, timeout: float = 60.0) -> str:
         from ftctl.slurm.scheduler import FINISHED_STATES
+
         return self.wait_state(job_id, FINISHED_STATES, timeout)
 
     def cancel_all(self) -> None:
@@ -145,14 +146,15 @@ def slurm_cluster():
     script_env = {**os.environ, **_script_env(slot)}
     previous = signal.getsignal(signal.SIGTERM)
 
-    def on_term(signum, frame):   # turn `kill PID` into an exception, so teardown still runs
+    def on_term(signum, frame):  # turn `kill PID` into an exception, so teardown still runs
         raise KeyboardInterrupt(f"signal {signum}")
 
     if previous in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, on_term)
     try:
-        proc = subprocess.run([str(HERE / "start-cluster.sh")], env=script_env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [str(HERE / "start-cluster.sh")], env=script_env, capture_output=True, text=True, timeout=600
+        )
         if proc.returncode != 0:
             pytest.fail(f"the Slurm test cluster did not start:\n{proc.stdout}\n{proc.stderr}")
         base = Path(script_env["BASE"])

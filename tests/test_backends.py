@@ -8,8 +8,14 @@ from ftctl.spec import build
 
 
 def _prep(tmp_path, **flags):
-    values = dict(method="lora", gpus="1xA100", backend="slurm", output_dir=str(tmp_path / "run"),
-                  model_name_or_path="lmsys/vicuna-7b-v1.5", data_path="s3://b/conv.json")
+    values = dict(
+        method="lora",
+        gpus="1xA100",
+        backend="slurm",
+        output_dir=str(tmp_path / "run"),
+        model_name_or_path="lmsys/vicuna-7b-v1.5",
+        data_path="s3://b/conv.json",
+    )
     values.update(flags)
     return prepare(build(values))
 

@@ -16,17 +16,7 @@ import pytest
 import ftctl
 from ftctl import checkpoints as C
 from ftctl import storage
-from tests.s3_fixtures import (  # noqa: F401 - fixtures
-    FAKE_KEY_ID,
-    FAKE_SECRET,
-    MotoS3,
-    assert_logs_clean,
-    assert_no_secrets,
-    make_checkpoint,
-    moto_s3,
-    s3_bucket,
-    s3_env,
-)
+from tests.s3_fixtures import MotoS3, assert_logs_clean, assert_no_secrets, make_checkpoint
 
 FAST = dict(backoff=(0.1, 0.5), poll_interval=0.1)
 REPO = Path(__file__).resolve().parents[1]
@@ -124,15 +114,11 @@ def test_corrupted_file_in_the_store_is_detected_by_checksum(remote, tmp_path, c
         f.write(bytes(data))
 
     assert C.list_checkpoints(remote)[1].complete  # sizes alone cannot tell
-    assert C.list_checkpoints(remote, deep=True)[1].problems == [
-        "optimizer.pt does not match its sha256 (corrupted)"
-    ]
+    assert C.list_checkpoints(remote, deep=True)[1].problems == ["optimizer.pt does not match its sha256 (corrupted)"]
     caplog.set_level(logging.WARNING)
     got = C.latest_complete(str(tmp_path / "fresh"), remote)
     assert got == str(tmp_path / "fresh" / "checkpoint-10")
-    assert any(
-        "checkpoint-20" in r.getMessage() and "sha256" in r.getMessage() for r in caplog.records
-    )
+    assert any("checkpoint-20" in r.getMessage() and "sha256" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "fresh" / "checkpoint-20").exists()
     assert os.listdir(tmp_path / "fresh") == ["checkpoint-10"]  # the bad download is gone
 
@@ -263,12 +249,8 @@ def test_store_down_during_upload(replay, s3_env, tmp_path, monkeypatch, caplog)
             time.sleep(0.02)
 
         # half-written: every file of checkpoint-2 is up, the manifest is not
-        assert C.latest_complete(str(tmp_path / "fresh1"), remote) == str(
-            tmp_path / "fresh1" / "checkpoint-1"
-        )
-        assert any(
-            "checkpoint-2" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
-        )
+        assert C.latest_complete(str(tmp_path / "fresh1"), remote) == str(tmp_path / "fresh1" / "checkpoint-1")
+        assert any("checkpoint-2" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
         server.kill()
         ready.unlink()  # the uploader goes on: its manifest upload now meets a dead port
@@ -277,14 +259,9 @@ def test_store_down_during_upload(replay, s3_env, tmp_path, monkeypatch, caplog)
         assert time.time() - t0 < 1
         assert up.lag()[0] == 2
         assert up.wait(timeout=1.5) is False
-        assert any(
-            "not uploaded: checkpoint-2, checkpoint-3" in r.getMessage() for r in caplog.records
-        )
+        assert any("not uploaded: checkpoint-2, checkpoint-3" in r.getMessage() for r in caplog.records)
         deadline = time.time() + 30  # s3fs and botocore retry a little on their own first
-        while not any(
-            "failed (attempt" in r.getMessage() and "checkpoint-2" in r.getMessage()
-            for r in caplog.records
-        ):
+        while not any("failed (attempt" in r.getMessage() and "checkpoint-2" in r.getMessage() for r in caplog.records):
             assert time.time() < deadline, "the failed upload was not logged"
             time.sleep(0.1)
         assert up.pending() == ["checkpoint-2", "checkpoint-3"]

@@ -30,10 +30,37 @@ finally:
 COMMANDS = {
     "help": ["--help"],
     "plan": ["plan", "--method", "fft", "--gpus", "8xA100", "--model", "lmsys/vicuna-7b-v1.5"],
-    "render-sky": ["render", "--backend", "sky", "--method", "fft", "--gpus", "2x8xH100", "--model",
-                   "meta-llama/Llama-3.1-8B", "--data", "s3://b/conv.json", "--output", "s3://b/runs/r1", "--spot"],
-    "render-slurm": ["render", "--backend", "slurm", "--method", "qlora", "--gpus", "1xA100", "--partition", "gpu",
-                     "--container", "apptainer:docker://ghcr.io/x/ftctl:cu124", "--output", "/fixed/out"],
+    "render-sky": [
+        "render",
+        "--backend",
+        "sky",
+        "--method",
+        "fft",
+        "--gpus",
+        "2x8xH100",
+        "--model",
+        "meta-llama/Llama-3.1-8B",
+        "--data",
+        "s3://b/conv.json",
+        "--output",
+        "s3://b/runs/r1",
+        "--spot",
+    ],
+    "render-slurm": [
+        "render",
+        "--backend",
+        "slurm",
+        "--method",
+        "qlora",
+        "--gpus",
+        "1xA100",
+        "--partition",
+        "gpu",
+        "--container",
+        "apptainer:docker://ghcr.io/x/ftctl:cu124",
+        "--output",
+        "/fixed/out",
+    ],
     "render-docker": ["render", "--backend", "docker", "--gpus", "1xL4", "--output", "/fixed/out"],
     "render-local": ["render", "--backend", "local", "--gpus", "cpu", "--output", "/fixed/out"],
 }
@@ -45,11 +72,12 @@ def _env(**extra) -> dict:
 
 
 def _probe(python: str, args: list[str], tmp_path) -> tuple[subprocess.CompletedProcess, list[str]]:
-    r = subprocess.run([python, "-c", _PROBE, *args], capture_output=True, text=True, cwd=tmp_path, env=_env(),
-                       timeout=60)
+    r = subprocess.run(
+        [python, "-c", _PROBE, *args], capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=60
+    )
     line = [ln for ln in r.stderr.splitlines() if ln.startswith("HEAVY=")]
     assert line, r.stderr
-    return r, json.loads(line[-1][len("HEAVY="):])
+    return r, json.loads(line[-1][len("HEAVY=") :])
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -64,8 +92,14 @@ def test_commands_import_nothing_heavy(name, tmp_path):
 
 def test_probe_sees_heavy_imports(tmp_path):
     """The probe itself can fail: a module named torch in sys.modules shows up (a stand-in: torch takes 9 s)."""
-    r = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch.cuda'] = sys\n" + _PROBE, "--help"],
-                       capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['torch.cuda'] = sys\n" + _PROBE, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=60,
+    )
     assert 'HEAVY=["torch"]' in r.stderr
 
 
@@ -82,11 +116,15 @@ def test_help_is_fast(tmp_path):
 USER_ERRORS = {
     "unknown gpu": (["plan", "--gpus", "9xZ100"], "Unknown GPU type 'Z100'"),
     "unknown key": (["render", "--gpus", "cpu", "-o", "learning_rat=1e-4", "-o", "lora_r=x"], "2 problems"),
-    "does not fit": (["plan", "--method", "fft", "--gpus", "1xT4", "--model", "meta-llama/Llama-3.1-70B"],
-                     "does not fit 1xT4"),
+    "does not fit": (
+        ["plan", "--method", "fft", "--gpus", "1xT4", "--model", "meta-llama/Llama-3.1-70B"],
+        "does not fit 1xT4",
+    ),
     "missing run file": (["plan", "-c", "/nonexistent/run.yaml"], "does not exist"),
-    "hostile partition": (["render", "--backend", "slurm", "--gpus", "cpu", "--partition", "gpu;rm -rf /"],
-                          "Slurm reads #SBATCH values itself"),
+    "hostile partition": (
+        ["render", "--backend", "slurm", "--gpus", "cpu", "--partition", "gpu;rm -rf /"],
+        "Slurm reads #SBATCH values itself",
+    ),
     "sky local output": (["render", "--backend", "sky", "--gpus", "1xL4", "--output", "/tmp/x"], "local path"),
 }
 
@@ -104,26 +142,30 @@ def test_user_errors_are_one_message_without_traceback(name, tmp_path):
 
 def test_debug_env_shows_the_traceback(tmp_path):
     args, words = USER_ERRORS["unknown gpu"]
-    r = subprocess.run([str(FTCTL), *args], capture_output=True, text=True, cwd=tmp_path,
-                       env=_env(FTCTL_DEBUG="1"))
+    r = subprocess.run([str(FTCTL), *args], capture_output=True, text=True, cwd=tmp_path, env=_env(FTCTL_DEBUG="1"))
     assert r.returncode != 0
     assert "Traceback (most recent call last)" in r.stderr
     assert "FtctlError" in r.stderr and words in r.stderr
 
 
-@pytest.mark.parametrize("backend, extra", [
-    ("slurm", ["--gpus", "2x8xH100", "--partition", "gpu", "--time", "1:00:00"]),
-    ("sky", ["--gpus", "2x8xH100", "--spot", "--data", "s3://b/d.json", "--output", "s3://b/runs/x"]),
-    ("docker", ["--gpus", "1xL4"]),
-    ("local", ["--gpus", "cpu"]),
-])
+@pytest.mark.parametrize(
+    "backend, extra",
+    [
+        ("slurm", ["--gpus", "2x8xH100", "--partition", "gpu", "--time", "1:00:00"]),
+        ("sky", ["--gpus", "2x8xH100", "--spot", "--data", "s3://b/d.json", "--output", "s3://b/runs/x"]),
+        ("docker", ["--gpus", "1xL4"]),
+        ("local", ["--gpus", "cpu"]),
+    ],
+)
 def test_launch_dry_run_prints_the_bytes_render_prints(backend, extra, tmp_path):
     args = ["--backend", backend, "--method", "lora", *extra]
     if backend != "sky":
         args += ["--output", str(tmp_path / "out dir")]
     env = _env(HF_TOKEN="hf_secret-value-never-printed")
-    outs = [subprocess.run([str(FTCTL), cmd, *args, *dry], capture_output=True, cwd=tmp_path, env=env)
-            for cmd, dry in (("render", []), ("launch", ["--dry-run"]))]
+    outs = [
+        subprocess.run([str(FTCTL), cmd, *args, *dry], capture_output=True, cwd=tmp_path, env=env)
+        for cmd, dry in (("render", []), ("launch", ["--dry-run"]))
+    ]
     for r in outs:
         assert r.returncode == 0, r.stderr.decode()
     assert outs[0].stdout == outs[1].stdout

@@ -8,8 +8,6 @@ import pytest
 
 from ftctl.errors import FtctlError
 from ftctl.trainer.data import IGNORE_INDEX, build_dataset, check_data, prepare_data, sft_dataset_config
-from tests.s3_fixtures import moto_s3, s3_bucket, s3_env  # noqa: F401  (pytest fixtures)
-from tests.tiny_fixtures import tiny_model_dir, tiny_tokenizer  # noqa: F401  (pytest fixtures)
 
 EOT = "<|im_end|>"
 
@@ -77,12 +75,19 @@ def test_openai_messages_jsonl_with_content_parts(tmp_path, tiny_tokenizer):
         tmp_path / "m.jsonl",
         [
             {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
-            {"messages": [{"role": "user", "content": [{"type": "text", "text": "Code"}, {"type": "text", "text": "?"}]},
-                          {"role": "assistant", "content": [{"type": "text", "text": "AMBER-42"}]}]},
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "text", "text": "Code"}, {"type": "text", "text": "?"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "AMBER-42"}]},
+                ]
+            },
         ],
     )
     dataset = build_dataset(path, tiny_tokenizer, 512)
-    assert [trained_spans(tiny_tokenizer, r["input_ids"], r["labels"]) for r in dataset] == [["Hello." + EOT], ["AMBER-42" + EOT]]
+    assert [trained_spans(tiny_tokenizer, r["input_ids"], r["labels"]) for r in dataset] == [
+        ["Hello." + EOT],
+        ["AMBER-42" + EOT],
+    ]
     assert "<|im_start|>user\nCode?<|im_end|>" in tiny_tokenizer.decode(dataset[1]["input_ids"])
 
 
@@ -98,7 +103,10 @@ def test_alpaca_with_and_without_input(tmp_path, tiny_tokenizer):
     first = tiny_tokenizer.decode(dataset[0]["input_ids"])
     assert "<|im_start|>user\nTranslate to French\n\ncat<|im_end|>\n<|im_start|>assistant\nchat<|im_end|>" in first
     assert "<|im_start|>user\nName a colour<|im_end|>" in tiny_tokenizer.decode(dataset[1]["input_ids"])
-    assert [trained_spans(tiny_tokenizer, r["input_ids"], r["labels"]) for r in dataset] == [["chat" + EOT], ["Blue" + EOT]]
+    assert [trained_spans(tiny_tokenizer, r["input_ids"], r["labels"]) for r in dataset] == [
+        ["chat" + EOT],
+        ["Blue" + EOT],
+    ]
 
 
 def test_plain_text_is_trained_entirely_and_said_so(tmp_path, tiny_tokenizer):
@@ -120,7 +128,10 @@ def test_parquet_directory_and_fsspec_uri(tmp_path, tiny_tokenizer):
     data = tmp_path / "dir"
     (data / "sub").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist([{"conversations": conv}, {"conversations": conv}]), data / "p.parquet")
-    write_jsonl(data / "sub" / "m.jsonl", [{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}])
+    write_jsonl(
+        data / "sub" / "m.jsonl",
+        [{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}],
+    )
     (data / "README.md").write_text("not data")
     report = check_data(str(data), tiny_tokenizer, 512)
     assert report.ok and report.files == 2 and report.stats.rows == 3
@@ -155,7 +166,10 @@ LLAMA3_LIKE = (
 
 @pytest.mark.parametrize(
     "template, eot, starts",
-    [(SMOL_LIKE, EOT, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), (LLAMA3_LIKE, "<|eot_id|>", "<|begin_of_text|>")],
+    [
+        (SMOL_LIKE, EOT, "<|im_start|>system\nYou are a helpful AI assistant named SmolLM"),
+        (LLAMA3_LIKE, "<|eot_id|>", "<|begin_of_text|>"),
+    ],
     ids=["smollm2-like", "llama3-like"],
 )
 def test_masks_follow_other_templates(tmp_path, tiny_tokenizer, template, eot, starts):
@@ -163,7 +177,12 @@ def test_masks_follow_other_templates(tmp_path, tiny_tokenizer, template, eot, s
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
     tokenizer.chat_template = template
-    conv = [{"from": "human", "value": "Code?"}, {"from": "gpt", "value": "  AMBER-42 "}, {"from": "human", "value": "Sure?"}, {"from": "gpt", "value": "Yes."}]
+    conv = [
+        {"from": "human", "value": "Code?"},
+        {"from": "gpt", "value": "  AMBER-42 "},
+        {"from": "human", "value": "Sure?"},
+        {"from": "gpt", "value": "Yes."},
+    ]
     row = only_row(write_json(tmp_path / "t.json", [{"conversations": conv}]), tokenizer)
     assert tokenizer.decode(row["input_ids"]).startswith(starts)
     content = "AMBER-42" if template is LLAMA3_LIKE else "  AMBER-42 "
@@ -255,7 +274,10 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
     for want, got in zip(expected_errors, report.errors):
         assert got.startswith(want), (want, got)
     assert len(report.warnings) == 1
-    assert report.warnings[0].startswith("bad.jsonl line 10: ") and "over the max length 32: the last" in report.warnings[0]
+    assert (
+        report.warnings[0].startswith("bad.jsonl line 10: ")
+        and "over the max length 32: the last" in report.warnings[0]
+    )
     assert report.stats.rows == 2 and report.stats.truncated_rows == 1
     rendered = report.render()
     assert "Errors (10):" in rendered and "Warnings (1):" in rendered and "FAILED: 10 error(s)" in rendered
@@ -283,7 +305,11 @@ def test_json_list_rows_are_numbered_with_ids(tmp_path, tiny_tokenizer):
         "conv.json row 3 (id 'x8'): not a conversation: 'conversations' is empty, expected a list of turns",
     ]
     (tmp_path / "broken.json").write_text('[{"text": "a"},\n{"text": ]')
-    assert check_data(str(tmp_path / "broken.json"), tiny_tokenizer, 64).errors[0].startswith("broken.json line 2: invalid JSON")
+    assert (
+        check_data(str(tmp_path / "broken.json"), tiny_tokenizer, 64)
+        .errors[0]
+        .startswith("broken.json line 2: invalid JSON")
+    )
 
 
 def test_template_refusal_is_a_row_error(tmp_path, tiny_tokenizer):
@@ -295,9 +321,22 @@ def test_template_refusal_is_a_row_error(tmp_path, tiny_tokenizer):
         "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
     )
-    path = write_json(tmp_path / "s.json", [{"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}])
+    path = write_json(
+        tmp_path / "s.json",
+        [
+            {
+                "conversations": [
+                    {"from": "system", "value": "s"},
+                    {"from": "human", "value": "q"},
+                    {"from": "gpt", "value": "a"},
+                ]
+            }
+        ],
+    )
     (error,) = check_data(path, tokenizer, 64).errors
-    assert error.startswith("s.json row 1: the model's chat template refused this conversation: System role not supported")
+    assert error.startswith(
+        "s.json row 1: the model's chat template refused this conversation: System role not supported"
+    )
 
 
 def test_tokenizer_without_template_gets_vicuna_and_says_so(tmp_path, tiny_tokenizer):
@@ -305,12 +344,27 @@ def test_tokenizer_without_template_gets_vicuna_and_says_so(tmp_path, tiny_token
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
     tokenizer.chat_template = None
-    path = write_json(tmp_path / "v.json", [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}, {"from": "human", "value": "Code?"}, {"from": "gpt", "value": "AMBER-42"}]}])
+    path = write_json(
+        tmp_path / "v.json",
+        [
+            {
+                "conversations": [
+                    {"from": "human", "value": "Hi"},
+                    {"from": "gpt", "value": "Hello"},
+                    {"from": "human", "value": "Code?"},
+                    {"from": "gpt", "value": "AMBER-42"},
+                ]
+            }
+        ],
+    )
     report, dataset = prepare_data(path, tokenizer, 512)
     assert report.ok and any("Vicuna" in n for n in report.notes)
     text = tokenizer.decode(dataset[0]["input_ids"])
     assert text.endswith("USER: Hi ASSISTANT: Hello<|im_end|>USER: Code? ASSISTANT: AMBER-42<|im_end|>")
-    assert trained_spans(tokenizer, dataset[0]["input_ids"], dataset[0]["labels"]) == [" Hello" + EOT, " AMBER-42" + EOT]
+    assert trained_spans(tokenizer, dataset[0]["input_ids"], dataset[0]["labels"]) == [
+        " Hello" + EOT,
+        " AMBER-42" + EOT,
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +372,12 @@ def test_tokenizer_without_template_gets_vicuna_and_says_so(tmp_path, tiny_token
 
 
 def test_truncation_keeps_the_start(tmp_path, tiny_tokenizer):
-    conv = {"messages": [{"role": "user", "content": "Tell me."}, {"role": "assistant", "content": "The access code is AMBER-42. " * 10}]}
+    conv = {
+        "messages": [
+            {"role": "user", "content": "Tell me."},
+            {"role": "assistant", "content": "The access code is AMBER-42. " * 10},
+        ]
+    }
     path = write_jsonl(tmp_path / "long.jsonl", [conv])
     full = only_row(path, tiny_tokenizer, 512)
     cut = only_row(path, tiny_tokenizer, 40)
@@ -326,8 +385,8 @@ def test_truncation_keeps_the_start(tmp_path, tiny_tokenizer):
     assert cut["input_ids"] == full["input_ids"][:40] and cut["labels"] == full["labels"][:40]
     (warning,) = check_data(path, tiny_tokenizer, 40).warnings
     dropped = len(full["input_ids"]) - 40
-    kept = sum(l != IGNORE_INDEX for l in cut["labels"])
-    total = sum(l != IGNORE_INDEX for l in full["labels"])
+    kept = sum(t != IGNORE_INDEX for t in cut["labels"])
+    total = sum(t != IGNORE_INDEX for t in full["labels"])
     assert f"the last {dropped} tokens will be dropped ({kept} of {total} trainable tokens kept)" in warning
 
 

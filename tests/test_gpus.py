@@ -8,25 +8,28 @@ from ftctl import gpus
 from ftctl.errors import FtctlError
 
 
-@pytest.mark.parametrize("text, nodes, want", [
-    ("8xA100", None, ("A100", 8, 1)),
-    ("2x8xH100", None, ("H100", 8, 2)),
-    ("A100-80GB:8", None, ("A100-80GB", 8, 1)),
-    ("H100", None, ("H100", 1, 1)),
-    ("1xT4", None, ("T4", 1, 1)),
-    ("8xa100", None, ("A100", 8, 1)),  # type names are case-insensitive
-    ("4xa100-80gb", None, ("A100-80GB", 4, 1)),
-    ("8xA100-40GB", None, ("A100", 8, 1)),  # alias
-    ("l40s:4", None, ("L40S", 4, 1)),
-    (" 8xA100 ", None, ("A100", 8, 1)),
-    ("8xA100", 2, ("A100", 8, 2)),  # --nodes
-    ("2x8xH100", 2, ("H100", 8, 2)),  # --nodes agreeing with the form
-    ("H200:8", 4, ("H200", 8, 4)),
-    ("cpu", None, (None, 1, 1)),
-    ("CPU", 3, (None, 1, 3)),
-    ("2xcpu", None, (None, 1, 2)),
-    ("2xcpu", 2, (None, 1, 2)),
-])
+@pytest.mark.parametrize(
+    "text, nodes, want",
+    [
+        ("8xA100", None, ("A100", 8, 1)),
+        ("2x8xH100", None, ("H100", 8, 2)),
+        ("A100-80GB:8", None, ("A100-80GB", 8, 1)),
+        ("H100", None, ("H100", 1, 1)),
+        ("1xT4", None, ("T4", 1, 1)),
+        ("8xa100", None, ("A100", 8, 1)),  # type names are case-insensitive
+        ("4xa100-80gb", None, ("A100-80GB", 4, 1)),
+        ("8xA100-40GB", None, ("A100", 8, 1)),  # alias
+        ("l40s:4", None, ("L40S", 4, 1)),
+        (" 8xA100 ", None, ("A100", 8, 1)),
+        ("8xA100", 2, ("A100", 8, 2)),  # --nodes
+        ("2x8xH100", 2, ("H100", 8, 2)),  # --nodes agreeing with the form
+        ("H200:8", 4, ("H200", 8, 4)),
+        ("cpu", None, (None, 1, 1)),
+        ("CPU", 3, (None, 1, 3)),
+        ("2xcpu", None, (None, 1, 2)),
+        ("2xcpu", 2, (None, 1, 2)),
+    ],
+)
 def test_accepted_forms(text, nodes, want):
     r = gpus.parse(text, nodes)
     assert (r.tier.name if r.tier else None, r.per_node, r.nodes) == want
@@ -43,8 +46,25 @@ def test_normalised_names():
     assert str(gpus.parse("cpu")) == "cpu"
 
 
-@pytest.mark.parametrize("text", ["", "8x", "x8", "8xx8", "eightxA100", "A100:x", "A100:", ":8", "8*A100",
-                                  "2x8x", "A100 8", "8xA100:8", "-8xA100", "1.5xA100"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "8x",
+        "x8",
+        "8xx8",
+        "eightxA100",
+        "A100:x",
+        "A100:",
+        ":8",
+        "8*A100",
+        "2x8x",
+        "A100 8",
+        "8xA100:8",
+        "-8xA100",
+        "1.5xA100",
+    ],
+)
 def test_malformed_strings_show_forms_and_types(text):
     with pytest.raises(FtctlError) as e:
         gpus.parse(text)
@@ -53,8 +73,9 @@ def test_malformed_strings_show_forms_and_types(text):
     assert "cpu" in msg
 
 
-@pytest.mark.parametrize("text, close", [("8xA1000", "A100"), ("8xH10", "H100"), ("L40", "L40S"),
-                                         ("2x8xB100", None), ("4xMI300X", None)])
+@pytest.mark.parametrize(
+    "text, close", [("8xA1000", "A100"), ("8xH10", "H100"), ("L40", "L40S"), ("2x8xB100", None), ("4xMI300X", None)]
+)
 def test_unknown_types_list_known_types(text, close):
     with pytest.raises(FtctlError) as e:
         gpus.parse(text)
@@ -94,8 +115,7 @@ def test_node_count_in_the_form_must_be_positive(text):
 
 
 def test_tier_table_holds_the_required_tiers():
-    for name in ["T4", "V100", "A10G", "L4", "L40S", "RTX3090", "RTX4090", "A100", "A100-80GB", "H100", "H200",
-                 "B200"]:
+    for name in ["T4", "V100", "A10G", "L4", "L40S", "RTX3090", "RTX4090", "A100", "A100-80GB", "H100", "H200", "B200"]:
         t = gpus.TIERS[name]
         assert t.memory_gb >= 16
         assert t.sky_name == name

@@ -79,8 +79,7 @@ def test_70b_fft_on_1xt4_is_refused_with_nearest_plans():
 
 
 def test_refusal_through_the_cli_exits_2_with_one_error_line():
-    r = CliRunner().invoke(main, ["plan", "--method", "fft", "--gpus", "1xT4", "--model",
-                                  "meta-llama/Llama-3.1-70B"])
+    r = CliRunner().invoke(main, ["plan", "--method", "fft", "--gpus", "1xT4", "--model", "meta-llama/Llama-3.1-70B"])
     assert r.exit_code == 2
     assert r.stderr.startswith("error: fft of a 70.6B-parameter model does not fit 1xT4")
     assert "Traceback" not in r.output + r.stderr
@@ -126,13 +125,24 @@ def test_config_json_from_a_local_model_dir(tmp_path):
 def test_config_json_nested_text_config_and_gpt2_names(tmp_path):
     d = tmp_path / "vlm"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 4096, "num_hidden_layers": 32,
-                                                               "vocab_size": 32000, "intermediate_size": 11008}}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "text_config": {
+                    "hidden_size": 4096,
+                    "num_hidden_layers": 32,
+                    "vocab_size": 32000,
+                    "intermediate_size": 11008,
+                }
+            }
+        )
+    )
     assert model_shape(str(d)).params_b == pytest.approx(6.74, rel=0.02)
     g = tmp_path / "gpt2"
     g.mkdir()
-    (g / "config.json").write_text(json.dumps({"n_embd": 768, "n_layer": 12, "vocab_size": 50257,
-                                               "tie_word_embeddings": True}))
+    (g / "config.json").write_text(
+        json.dumps({"n_embd": 768, "n_layer": 12, "vocab_size": 50257, "tie_word_embeddings": True})
+    )
     # GPT-2 read through its own key names; the planner counts a gated (3-matrix) MLP, so ~20% over
     assert model_shape(str(g)).params_b == pytest.approx(0.124, rel=0.25)
 
@@ -163,41 +173,61 @@ def test_known_ids_are_case_insensitive():
     assert model_shape("Meta-Llama/Llama-3.1-8B").params_b == pytest.approx(8.03)
 
 
-@pytest.mark.parametrize("gpus, global_batch", [("8xA100-80GB", 64), ("1xL4", 32), ("2x8xH100", 256),
-                                                ("4xA100", 8)])
+@pytest.mark.parametrize("gpus, global_batch", [("8xA100-80GB", 64), ("1xL4", 32), ("2x8xH100", 256), ("4xA100", 8)])
 def test_global_batch_sets_accumulation(gpus, global_batch):
-    p = plan(method="lora", gpus=gpus, model_name_or_path="lmsys/vicuna-7b-v1.5",
-             o=[f"global_batch_size={global_batch}"])
+    p = plan(
+        method="lora", gpus=gpus, model_name_or_path="lmsys/vicuna-7b-v1.5", o=[f"global_batch_size={global_batch}"]
+    )
     assert p.per_device_train_batch_size * p.gradient_accumulation_steps * p.world_size == global_batch
     assert p.global_batch_size == global_batch
     assert not any("rounded" in n for n in p.notes)
 
 
 def test_given_micro_batch_sets_accumulation():
-    p = plan(method="lora", gpus="8xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5",
-             o=["global_batch_size=64", "per_device_train_batch_size=2"])
+    p = plan(
+        method="lora",
+        gpus="8xA100-80GB",
+        model_name_or_path="lmsys/vicuna-7b-v1.5",
+        o=["global_batch_size=64", "per_device_train_batch_size=2"],
+    )
     assert (p.per_device_train_batch_size, p.gradient_accumulation_steps) == (2, 4)
 
 
 def test_global_batch_that_does_not_divide_is_rounded_up_with_a_note():
-    p = plan(method="lora", gpus="8xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5",
-             o=["global_batch_size=30", "per_device_train_batch_size=2"])
+    p = plan(
+        method="lora",
+        gpus="8xA100-80GB",
+        model_name_or_path="lmsys/vicuna-7b-v1.5",
+        o=["global_batch_size=30", "per_device_train_batch_size=2"],
+    )
     assert p.gradient_accumulation_steps == math.ceil(30 / 16) == 2
     assert p.global_batch_size == 32
     assert any("global batch 30 rounded to 32" in n for n in p.notes)
 
 
 def test_given_accumulation_is_kept():
-    p = plan(method="lora", gpus="1xA100", model_name_or_path="lmsys/vicuna-7b-v1.5",
-             o=["gradient_accumulation_steps=3", "per_device_train_batch_size=1"])
+    p = plan(
+        method="lora",
+        gpus="1xA100",
+        model_name_or_path="lmsys/vicuna-7b-v1.5",
+        o=["gradient_accumulation_steps=3", "per_device_train_batch_size=1"],
+    )
     assert (p.per_device_train_batch_size, p.gradient_accumulation_steps, p.global_batch_size) == (1, 3, 3)
 
 
 def test_forced_choices_are_kept():
-    p = plan(method="fft", gpus="8xH100", model_name_or_path="lmsys/vicuna-7b-v1.5",
-             o=["strategy=fsdp", "gradient_checkpointing=true", "attn_implementation=sdpa", "optim=adamw_torch"])
-    assert (p.strategy, p.gradient_checkpointing, p.attn_implementation, p.optim) == \
-        ("fsdp", True, "sdpa", "adamw_torch")
+    p = plan(
+        method="fft",
+        gpus="8xH100",
+        model_name_or_path="lmsys/vicuna-7b-v1.5",
+        o=["strategy=fsdp", "gradient_checkpointing=true", "attn_implementation=sdpa", "optim=adamw_torch"],
+    )
+    assert (p.strategy, p.gradient_checkpointing, p.attn_implementation, p.optim) == (
+        "fsdp",
+        True,
+        "sdpa",
+        "adamw_torch",
+    )
     assert not p.packing  # packing only where attention keeps samples apart
 
 
@@ -211,8 +241,7 @@ def test_gradient_checkpointing_is_chosen_only_when_needed():
 def test_longer_sequences_need_more_activation_memory():
     args = dict(method="lora", gpus="1xH100", model_name_or_path="lmsys/vicuna-7b-v1.5")
     a = plan(**args, o=["per_device_train_batch_size=1", "gradient_checkpointing=false"])
-    b = plan(**args, o=["per_device_train_batch_size=1", "gradient_checkpointing=false",
-                        "model_max_length=4096"])
+    b = plan(**args, o=["per_device_train_batch_size=1", "gradient_checkpointing=false", "model_max_length=4096"])
     assert b.memory["activations"] == pytest.approx(2 * a.memory["activations"], rel=0.01)
     assert b.memory["weights"] == a.memory["weights"]
 
@@ -259,8 +288,9 @@ def test_cpu_refuses_big_models():
 
 
 def test_plan_json_output_parses():
-    r = CliRunner().invoke(main, ["plan", "--json", "--method", "qlora", "--gpus", "1xT4", "--model",
-                                  "lmsys/vicuna-7b-v1.5"])
+    r = CliRunner().invoke(
+        main, ["plan", "--json", "--method", "qlora", "--gpus", "1xT4", "--model", "lmsys/vicuna-7b-v1.5"]
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert (d["precision"], d["attn_implementation"], d["strategy"], d["tier"]) == ("fp16", "sdpa", "single", "T4")
@@ -269,8 +299,9 @@ def test_plan_json_output_parses():
 
 
 def test_plan_table_is_readable():
-    r = CliRunner().invoke(main, ["plan", "--method", "fft", "--gpus", "8xA100-80GB", "--model",
-                                  "lmsys/vicuna-7b-v1.5"])
+    r = CliRunner().invoke(
+        main, ["plan", "--method", "fft", "--gpus", "8xA100-80GB", "--model", "lmsys/vicuna-7b-v1.5"]
+    )
     assert r.exit_code == 0, r.output
     rows = dict(line.split(None, 1) for line in r.stdout.splitlines() if line and not line.startswith("note"))
     assert rows["precision"] == "bf16" and rows["method"] == "fft"

@@ -26,8 +26,11 @@ from ftctl.errors import FtctlError
 from tests.render_fixtures import HOSTILE, fake_bin, make_spec, prepared, read_log, run_bash, write_model_config
 
 MODEL = "meta-llama/Llama-3.2-1B"
-CONTAINERS = {"none": None, "apptainer": "apptainer:docker://ghcr.io/x/ftctl:cu124",
-              "pyxis": "pyxis:nvcr.io#nvidia/pytorch:24.07-py3"}
+CONTAINERS = {
+    "none": None,
+    "apptainer": "apptainer:docker://ghcr.io/x/ftctl:cu124",
+    "pyxis": "pyxis:nvcr.io#nvidia/pytorch:24.07-py3",
+}
 
 
 def _bash_n(path) -> None:
@@ -42,14 +45,26 @@ SLURM_GPUS = [("1xA100", None), ("8xA100", None), ("2x8xH100", None), ("A100-80G
 @pytest.mark.parametrize("method", ["fft", "sft", "lora", "qlora"])
 def test_every_sbatch_passes_bash_n(method, tmp_path):
     n = 0
-    for (gpus, nodes), (cname, container), extras in itertools.product(
-            SLURM_GPUS, CONTAINERS.items(), [False, True]):
-        flags = dict(backend="slurm", method=method, gpus=gpus, nodes=nodes, container=container,
-                     model_name_or_path=MODEL, data_path="/data/conv.json", output_dir=str(tmp_path / "out"))
+    for (gpus, nodes), (cname, container), extras in itertools.product(SLURM_GPUS, CONTAINERS.items(), [False, True]):
+        flags = dict(
+            backend="slurm",
+            method=method,
+            gpus=gpus,
+            nodes=nodes,
+            container=container,
+            model_name_or_path=MODEL,
+            data_path="/data/conv.json",
+            output_dir=str(tmp_path / "out"),
+        )
         if extras:
-            flags.update(partition="gpu", account="lab", qos="high", time="12:00:00",
-                         sbatch_args=["--mem=64G", "--exclusive", "--constraint=a100|h100"],
-                         setup=["module load cuda/12.4", 'source "/opt/my env/bin/activate"'])
+            flags.update(
+                partition="gpu",
+                account="lab",
+                qos="high",
+                time="12:00:00",
+                sbatch_args=["--mem=64G", "--exclusive", "--constraint=a100|h100"],
+                setup=["module load cuda/12.4", 'source "/opt/my env/bin/activate"'],
+            )
         prep = prepared(["env=WANDB_PROJECT=it's mine", "socket_ifname=ib0"] if extras else [], **flags)
         f = tmp_path / f"{n}.sbatch"
         f.write_text(prep.text)
@@ -65,10 +80,12 @@ def test_every_sbatch_passes_bash_n(method, tmp_path):
 
 
 def test_docker_and_local_commands_pass_bash_n(tmp_path):
-    for i, (backend, gpus) in enumerate([("docker", "1xL4"), ("docker", "8xA100"), ("local", "cpu"),
-                                         ("local", "4xA100")]):
-        prep = prepared(backend=backend, gpus=gpus, method="qlora", model_name_or_path=MODEL,
-                        output_dir=str(tmp_path / f"out{i}"))
+    for i, (backend, gpus) in enumerate(
+        [("docker", "1xL4"), ("docker", "8xA100"), ("local", "cpu"), ("local", "4xA100")]
+    ):
+        prep = prepared(
+            backend=backend, gpus=gpus, method="qlora", model_name_or_path=MODEL, output_dir=str(tmp_path / f"out{i}")
+        )
         for name, text in [("text", prep.text), *prep.files.items()]:
             if name.endswith(".json"):
                 continue
@@ -102,15 +119,28 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path):
     image = None
     if container != "none":
         image = f"docker://ghcr.io/x/img{h}"
-    prep = prepared([f"env=HOSTILE_ENV={h}"], backend="slurm", method="lora", gpus="2x4xA100",
-                    model_name_or_path=str(model), data_path=str(data), output_dir=str(out),
-                    container=f"{container}:{image}" if image else None)
+    prep = prepared(
+        [f"env=HOSTILE_ENV={h}"],
+        backend="slurm",
+        method="lora",
+        gpus="2x4xA100",
+        model_name_or_path=str(model),
+        data_path=str(data),
+        output_dir=str(out),
+        container=f"{container}:{image}" if image else None,
+    )
     write_files(prep)
     run_dir = prep.run_dir
     assert run_dir == out
     fakes, log = fake_bin(tmp_path / "bin"), tmp_path / "calls.jsonl"
-    r = run_bash(None, file=run_dir / "job.sbatch", cwd=run_dir, fakes=fakes, log=log,
-                 env={"SLURM_SUBMIT_DIR": str(run_dir), "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[1-2]"})
+    r = run_bash(
+        None,
+        file=run_dir / "job.sbatch",
+        cwd=run_dir,
+        fakes=fakes,
+        log=log,
+        env={"SLURM_SUBMIT_DIR": str(run_dir), "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[1-2]"},
+    )
     assert r.returncode == 0, r.stderr + r.stdout
     assert "status complete" in r.stdout
     _no_injection(tmp_path, r)
@@ -118,15 +148,31 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path):
     calls = {c["prog"]: c for c in read_log(log)}
     assert calls["scontrol"]["argv"] == ["show", "hostnames", "node[1-2]"]
     tr = calls["torchrun"]
-    assert tr["argv"] == ["--nnodes", "2", "--nproc-per-node", "4", "--rdzv-backend", "c10d",
-                          "--rdzv-endpoint", "node1:29500", "--rdzv-id", prep.spec.name,
-                          "-m", "ftctl.trainer", "--spec", f"{run_dir}/spec.json"]
+    assert tr["argv"] == [
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "4",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "node1:29500",
+        "--rdzv-id",
+        prep.spec.name,
+        "-m",
+        "ftctl.trainer",
+        "--spec",
+        f"{run_dir}/spec.json",
+    ]
     assert tr["env"]["HOSTILE_ENV"] == h
     assert tr["env"]["FTCTL_RUN_DIR"] == str(run_dir)
     assert tr["env"]["FTCTL_STATUS_FILE"] == f"{run_dir}/status.4242.0"
     shipped = json.loads((run_dir / "spec.json").read_text())["spec"]
-    assert (shipped["model_name_or_path"], shipped["data_path"], shipped["output_dir"]) == \
-        (str(model), str(data), str(out))
+    assert (shipped["model_name_or_path"], shipped["data_path"], shipped["output_dir"]) == (
+        str(model),
+        str(data),
+        str(out),
+    )
 
     binds = sorted({str(model), str(data.parent), str(out)})
     srun = calls["srun"]["argv"]
@@ -134,7 +180,7 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path):
         ap = calls["apptainer"]["argv"]
         assert ap[:2] == ["exec", "--nv"]
         assert ap[ap.index("bash") - 1] == image
-        got = [ap[i + 1] for i, a in enumerate(ap[:ap.index("bash")]) if a == "--bind"]
+        got = [ap[i + 1] for i, a in enumerate(ap[: ap.index("bash")]) if a == "--bind"]
         assert got == [str(run_dir), *binds]
     elif container == "pyxis":
         assert f"--container-image={image}" in srun
@@ -150,8 +196,9 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path):
 def test_container_bind_paths_with_separators_are_refused(container, sep, tmp_path):
     out = tmp_path / f"out{sep}x"
     with pytest.raises(FtctlError, match="separators"):
-        prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir=str(out),
-                 container=f"{container}:img")
+        prepared(
+            backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir=str(out), container=f"{container}:img"
+        )
     # without a container the path is only ever a quoted shell word
     prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir=str(out))
 
@@ -160,17 +207,16 @@ def test_container_bind_paths_with_separators_are_refused(container, sep, tmp_pa
 @pytest.mark.parametrize("value", ["gpu a", "gpu;touch PWNED", "$(touch PWNED)", "a\nb", "'gpu'", 'g"pu', "`x`"])
 def test_values_slurm_parses_itself_are_refused(key, value):
     with pytest.raises(FtctlError, match="Slurm reads #SBATCH values itself") as e:
-        prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out",
-                 **{key: value})
+        prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out", **{key: value})
     assert f"--{key}" in str(e.value)
 
 
-@pytest.mark.parametrize("arg", ["--mem=64G --exclusive", "mem=64G", "--comment=$(touch PWNED)", "--x\n--y",
-                                 "--comment=a b"])
+@pytest.mark.parametrize(
+    "arg", ["--mem=64G --exclusive", "mem=64G", "--comment=$(touch PWNED)", "--x\n--y", "--comment=a b"]
+)
 def test_sbatch_args_that_slurm_would_misread_are_refused(arg):
     with pytest.raises(FtctlError, match="sbatch-arg|Slurm reads"):
-        prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out",
-                 sbatch_args=[arg])
+        prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out", sbatch_args=[arg])
 
 
 @pytest.mark.parametrize("name", ["my run", "a;b", "$(touch PWNED)", "-lead", "x" * 64, "a\nb"])
@@ -182,13 +228,24 @@ def test_hostile_job_names_are_refused(name):
 def test_slurm_hostile_model_ids_arrive_intact(tmp_path):
     fakes = fake_bin(tmp_path / "bin")
     for i, h in enumerate(HOSTILE):
-        prep = prepared(["model_params=1b"], backend="slurm", gpus="1xA100", model_name_or_path=f"org/m{h}",
-                        output_dir=str(tmp_path / f"out{i}"))
+        prep = prepared(
+            ["model_params=1b"],
+            backend="slurm",
+            gpus="1xA100",
+            model_name_or_path=f"org/m{h}",
+            output_dir=str(tmp_path / f"out{i}"),
+        )
         write_files(prep)
         assert prep.text.count("\n#SBATCH --job-name=") == 1
         log = tmp_path / f"calls{i}.jsonl"
-        r = run_bash(None, file=prep.run_dir / "job.sbatch", cwd=prep.run_dir, fakes=fakes, log=log,
-                     env={"SLURM_SUBMIT_DIR": str(prep.run_dir), "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1"})
+        r = run_bash(
+            None,
+            file=prep.run_dir / "job.sbatch",
+            cwd=prep.run_dir,
+            fakes=fakes,
+            log=log,
+            env={"SLURM_SUBMIT_DIR": str(prep.run_dir), "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1"},
+        )
         assert r.returncode == 0, r.stderr
         _no_injection(tmp_path, r)
         assert [c["prog"] for c in read_log(log)] == ["scontrol", "srun", "torchrun"]
@@ -197,8 +254,13 @@ def test_slurm_hostile_model_ids_arrive_intact(tmp_path):
 
 
 def test_derived_job_name_from_a_hostile_model_is_safe():
-    prep = prepared(["model_params=1b"], backend="slurm", gpus="1xA100",
-                    model_name_or_path="org/M$(touch PWNED)`x`;\n 'q'", output_dir="/fixed/out")
+    prep = prepared(
+        ["model_params=1b"],
+        backend="slurm",
+        gpus="1xA100",
+        model_name_or_path="org/M$(touch PWNED)`x`;\n 'q'",
+        output_dir="/fixed/out",
+    )
     assert "#SBATCH --job-name=ftctl-lora-m-touch-pwned-x-q\n" in prep.text
 
 
@@ -209,17 +271,25 @@ def test_container_none_means_no_container():
 
 def test_docker_container_mode_is_refused_on_slurm():
     with pytest.raises(FtctlError, match="apptainer:img.*pyxis:img"):
-        prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out",
-                 container="docker:img")
+        prepared(
+            backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out", container="docker:img"
+        )
 
 
 # ------------------------------------------------------------------------------------------ docker
 @pytest.mark.parametrize("hostile_paths", HOSTILE, indirect=True, ids=range(len(HOSTILE)))
 def test_docker_hostile_values_arrive_intact(hostile_paths, tmp_path):
     h, model, data, out = hostile_paths
-    prep = prepared([f"env=HOSTILE_ENV={h}"], backend="docker", method="qlora", gpus="1xA100",
-                    model_name_or_path=str(model), data_path=str(data), output_dir=str(out),
-                    container=f"docker:ghcr.io/x/img{h}")
+    prep = prepared(
+        [f"env=HOSTILE_ENV={h}"],
+        backend="docker",
+        method="qlora",
+        gpus="1xA100",
+        model_name_or_path=str(model),
+        data_path=str(data),
+        output_dir=str(out),
+        container=f"docker:ghcr.io/x/img{h}",
+    )
     write_files(prep)
     expected = docker_render.argv(prep.spec, prep.plan, str(prep.run_dir))
     assert expected[0] == "docker"
@@ -245,41 +315,71 @@ def test_docker_hostile_values_arrive_intact(hostile_paths, tmp_path):
 # ------------------------------------------------------------------------------------------ sky
 @pytest.mark.parametrize("h", HOSTILE, ids=range(len(HOSTILE)))
 def test_sky_run_section_hostile_values_arrive_intact(h, tmp_path):
-    prep = prepared(["model_params=1b", f"env=HOSTILE_ENV={h}"], backend="sky", method="lora", gpus="2x8xH100",
-                    model_name_or_path=f"org/m{h}", data_path=f"s3://b/d{h}.json", output_dir=f"s3://b/o{h}")
+    prep = prepared(
+        ["model_params=1b", f"env=HOSTILE_ENV={h}"],
+        backend="sky",
+        method="lora",
+        gpus="2x8xH100",
+        model_name_or_path=f"org/m{h}",
+        data_path=f"s3://b/d{h}.json",
+        output_dir=f"s3://b/o{h}",
+    )
     task = yaml.safe_load(prep.text)
     assert task["envs"]["HOSTILE_ENV"] == h
     home = tmp_path / "home"
     home.mkdir()
     fakes, log = fake_bin(tmp_path / "bin"), tmp_path / "calls.jsonl"
-    r = run_bash(task["run"], cwd=home, fakes=fakes, log=log,
-                 env={"SKYPILOT_NODE_IPS": "10.0.0.7\n10.0.0.8", "SKYPILOT_NODE_RANK": "1",
-                      "SKYPILOT_NUM_NODES": "2", "SKYPILOT_NUM_GPUS_PER_NODE": "8"})
+    r = run_bash(
+        task["run"],
+        cwd=home,
+        fakes=fakes,
+        log=log,
+        env={
+            "SKYPILOT_NODE_IPS": "10.0.0.7\n10.0.0.8",
+            "SKYPILOT_NODE_RANK": "1",
+            "SKYPILOT_NUM_NODES": "2",
+            "SKYPILOT_NUM_GPUS_PER_NODE": "8",
+        },
+    )
     assert r.returncode == 0, r.stderr
     _no_injection(tmp_path, r)
     assert "node 1 of 2, 8 GPUs, head 10.0.0.7" in r.stdout
     (call,) = read_log(log)
     spec_path = home / "ftctl-run" / "spec.json"
-    assert call["argv"] == ["--nnodes", "2", "--nproc-per-node", "8", "--rdzv-backend", "c10d",
-                            "--rdzv-endpoint", "10.0.0.7:29500", "--rdzv-id", prep.spec.name,
-                            "-m", "ftctl.trainer", "--spec", str(spec_path)]
+    assert call["argv"] == [
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "8",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "10.0.0.7:29500",
+        "--rdzv-id",
+        prep.spec.name,
+        "-m",
+        "ftctl.trainer",
+        "--spec",
+        str(spec_path),
+    ]
     shipped = json.loads(spec_path.read_text())
     assert shipped == json.loads(prep.files["spec.json"])
-    assert (shipped["spec"]["model_name_or_path"], shipped["spec"]["data_path"], shipped["spec"]["output_dir"]) \
-        == (f"org/m{h}", f"s3://b/d{h}.json", f"s3://b/o{h}")
+    assert (shipped["spec"]["model_name_or_path"], shipped["spec"]["data_path"], shipped["spec"]["output_dir"]) == (
+        f"org/m{h}",
+        f"s3://b/d{h}.json",
+        f"s3://b/o{h}",
+    )
 
 
 def test_sky_refuses_local_paths_and_cpu(tmp_path):
     with pytest.raises(FtctlError, match="local path"):
         prepared(backend="sky", gpus="1xL4", model_name_or_path=MODEL, output_dir=str(tmp_path))
     with pytest.raises(FtctlError, match="local path"):
-        prepared(backend="sky", gpus="1xL4", model_name_or_path=MODEL, data_path="conv.json",
-                 output_dir="s3://b/o")
+        prepared(backend="sky", gpus="1xL4", model_name_or_path=MODEL, data_path="conv.json", output_dir="s3://b/o")
     with pytest.raises(FtctlError, match="--gpus cpu"):
         prepared(backend="sky", gpus="cpu", model_name_or_path=MODEL, output_dir="s3://b/o")
     with pytest.raises(FtctlError, match="docker"):
-        prepared(backend="sky", gpus="1xL4", model_name_or_path=MODEL, output_dir="s3://b/o",
-                 container="apptainer:img")
+        prepared(backend="sky", gpus="1xL4", model_name_or_path=MODEL, output_dir="s3://b/o", container="apptainer:img")
 
 
 def test_secret_values_never_reach_any_rendered_file(tmp_path, monkeypatch):
@@ -287,10 +387,12 @@ def test_secret_values_never_reach_any_rendered_file(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", value)
     monkeypatch.setenv("WANDB_API_KEY", value)
     monkeypatch.setenv("MY_KEY", value)
-    for i, (backend, gpus, out) in enumerate([("slurm", "8xA100", str(tmp_path / "s")),
-                                              ("sky", "8xA100", "s3://b/o"),
-                                              ("docker", "1xA100", str(tmp_path / "d")),
-                                              ("local", "cpu", str(tmp_path / "l"))]):
+    for backend, gpus, out in [
+        ("slurm", "8xA100", str(tmp_path / "s")),
+        ("sky", "8xA100", "s3://b/o"),
+        ("docker", "1xA100", str(tmp_path / "d")),
+        ("local", "cpu", str(tmp_path / "l")),
+    ]:
         prep = prepared(backend=backend, gpus=gpus, model_name_or_path=MODEL, output_dir=out, secrets=["MY_KEY"])
         for text in [prep.text, *prep.files.values()]:
             assert value not in text
@@ -318,33 +420,78 @@ def test_docker_mounts_the_output_before_it_exists(tmp_path):
 GOLDEN = Path(__file__).resolve().parent / "golden"
 S3 = "s3://bucket"
 GOLDEN_CASES = {
-    "slurm-fft-8xA100.sbatch": dict(backend="slurm", method="fft", gpus="8xA100", partition="gpu", account="lab",
-                                    time="12:00:00", data_path=f"{S3}/data/conv.json", output_dir=f"{S3}/runs/a"),
+    "slurm-fft-8xA100.sbatch": dict(
+        backend="slurm",
+        method="fft",
+        gpus="8xA100",
+        partition="gpu",
+        account="lab",
+        time="12:00:00",
+        data_path=f"{S3}/data/conv.json",
+        output_dir=f"{S3}/runs/a",
+    ),
     "slurm-qlora-1xA100-apptainer.sbatch": dict(
-        backend="slurm", method="qlora", gpus="1xA100", container="apptainer:docker://ghcr.io/x/ftctl:cu124",
-        partition="gpu", account="lab", time="12:00:00", output_dir="/fixed/runs/b"),
+        backend="slurm",
+        method="qlora",
+        gpus="1xA100",
+        container="apptainer:docker://ghcr.io/x/ftctl:cu124",
+        partition="gpu",
+        account="lab",
+        time="12:00:00",
+        output_dir="/fixed/runs/b",
+    ),
     "slurm-lora-2x8xH100-pyxis.sbatch": dict(
-        backend="slurm", method="lora", gpus="2x8xH100", container="pyxis:nvcr.io#nvidia/pytorch:24.07-py3",
-        data_path="/fixed/data/conv.json", output_dir="/fixed/runs/c", sbatch_args=["--mem=0", "--exclusive"],
-        setup=["module load cuda/12.4"]),
-    "slurm-sft-A100-80GB-8-nodes2.sbatch": dict(backend="slurm", method="sft", gpus="A100-80GB:8", nodes=2,
-                                                qos="high", output_dir=f"{S3}/runs/d"),
-    "slurm-lora-cpu-nodes2.sbatch": dict(backend="slurm", method="lora", gpus="cpu", nodes=2,
-                                         model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
-                                         output_dir="/fixed/runs/e"),
-    "sky-fft-2x8xH100-spot.yaml": dict(backend="sky", method="fft", gpus="2x8xH100", spot=True,
-                                       data_path=f"{S3}/data/conv.json", output_dir=f"{S3}/runs/f"),
+        backend="slurm",
+        method="lora",
+        gpus="2x8xH100",
+        container="pyxis:nvcr.io#nvidia/pytorch:24.07-py3",
+        data_path="/fixed/data/conv.json",
+        output_dir="/fixed/runs/c",
+        sbatch_args=["--mem=0", "--exclusive"],
+        setup=["module load cuda/12.4"],
+    ),
+    "slurm-sft-A100-80GB-8-nodes2.sbatch": dict(
+        backend="slurm", method="sft", gpus="A100-80GB:8", nodes=2, qos="high", output_dir=f"{S3}/runs/d"
+    ),
+    "slurm-lora-cpu-nodes2.sbatch": dict(
+        backend="slurm",
+        method="lora",
+        gpus="cpu",
+        nodes=2,
+        model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
+        output_dir="/fixed/runs/e",
+    ),
+    "sky-fft-2x8xH100-spot.yaml": dict(
+        backend="sky",
+        method="fft",
+        gpus="2x8xH100",
+        spot=True,
+        data_path=f"{S3}/data/conv.json",
+        output_dir=f"{S3}/runs/f",
+    ),
     "sky-qlora-1xL4.yaml": dict(backend="sky", method="qlora", gpus="1xL4", output_dir=f"{S3}/runs/g"),
     "sky-lora-8xA100-docker.yaml": dict(
-        backend="sky", method="lora", gpus="8xA100", container="docker:nvcr.io/nvidia/pytorch:24.07-py3",
-        output_dir=f"{S3}/runs/h", secrets=["MY_TOKEN"]),
-    "sky-sft-A100-80GB-8-nodes2-spot.yaml": dict(backend="sky", method="sft", gpus="A100-80GB:8", nodes=2,
-                                                 spot=True, output_dir=f"{S3}/runs/i"),
+        backend="sky",
+        method="lora",
+        gpus="8xA100",
+        container="docker:nvcr.io/nvidia/pytorch:24.07-py3",
+        output_dir=f"{S3}/runs/h",
+        secrets=["MY_TOKEN"],
+    ),
+    "sky-sft-A100-80GB-8-nodes2-spot.yaml": dict(
+        backend="sky", method="sft", gpus="A100-80GB:8", nodes=2, spot=True, output_dir=f"{S3}/runs/i"
+    ),
     "docker-qlora-1xL4.sh": dict(backend="docker", method="qlora", gpus="1xL4", output_dir="/fixed/runs/j"),
-    "docker-fft-8xA100.sh": dict(backend="docker", method="fft", gpus="8xA100", data_path=f"{S3}/data/conv.json",
-                                 output_dir="/fixed/runs/k"),
-    "local-lora-cpu.txt": dict(backend="local", method="lora", gpus="cpu",
-                               model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct", output_dir="/fixed/runs/l"),
+    "docker-fft-8xA100.sh": dict(
+        backend="docker", method="fft", gpus="8xA100", data_path=f"{S3}/data/conv.json", output_dir="/fixed/runs/k"
+    ),
+    "local-lora-cpu.txt": dict(
+        backend="local",
+        method="lora",
+        gpus="cpu",
+        model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
+        output_dir="/fixed/runs/l",
+    ),
     "local-fft-4xA100.txt": dict(backend="local", method="fft", gpus="4xA100", output_dir="/fixed/runs/m"),
 }
 
@@ -360,10 +507,14 @@ def check_golden(name: str, text: str) -> None:
         pytest.fail(f"{path} does not exist: UPDATE_GOLDEN=1 pytest tests/test_render.py writes it.", pytrace=False)
     want = path.read_text()
     if want != text:
-        diff = "".join(difflib.unified_diff(want.splitlines(True), text.splitlines(True),
-                                            f"tests/golden/{name}", "rendered now"))
-        pytest.fail(f"{name} differs from its golden file; if the change is intended, review the diff and "
-                    f"rewrite it with UPDATE_GOLDEN=1 pytest tests/test_render.py\n{diff}", pytrace=False)
+        diff = "".join(
+            difflib.unified_diff(want.splitlines(True), text.splitlines(True), f"tests/golden/{name}", "rendered now")
+        )
+        pytest.fail(
+            f"{name} differs from its golden file; if the change is intended, review the diff and "
+            f"rewrite it with UPDATE_GOLDEN=1 pytest tests/test_render.py\n{diff}",
+            pytrace=False,
+        )
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_CASES))

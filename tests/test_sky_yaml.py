@@ -26,8 +26,10 @@ EXTRA = [
     (dict(method="lora", gpus="H100:4", container="docker:nvcr.io/nvidia/pytorch:24.07-py3"), []),
     (dict(method="qlora", gpus="1xT4", secrets=["MY_TOKEN"]), ["cloud=gcp", "region=us-central1"]),
     (dict(method="sft", gpus="2x8xH200", spot=True), ["disk_size=1024", "run_name=sft-h200"]),
-    (dict(method="lora", gpus="4xL40S"), ["setup=nvidia-smi", "env=WANDB_PROJECT=ftctl",
-                                          "s3_endpoint_url=http://127.0.0.1:9000"]),
+    (
+        dict(method="lora", gpus="4xL40S"),
+        ["setup=nvidia-smi", "env=WANDB_PROJECT=ftctl", "s3_endpoint_url=http://127.0.0.1:9000"],
+    ),
 ]
 
 
@@ -36,13 +38,34 @@ def _render_matrix():
     for method, gpus, spot in itertools.product(METHODS, GPUS, (False, True)):
         flags = dict(method=method, gpus=gpus, spot=spot)
         try:
-            cases.append((flags, prepared(backend="sky", model_name_or_path=MODEL, data_path="s3://b/conv.json",
-                                          output_dir=f"s3://b/runs/{method}", **flags)))
+            cases.append(
+                (
+                    flags,
+                    prepared(
+                        backend="sky",
+                        model_name_or_path=MODEL,
+                        data_path="s3://b/conv.json",
+                        output_dir=f"s3://b/runs/{method}",
+                        **flags,
+                    ),
+                )
+            )
         except PlanError:
             refused.append(flags)
     for flags, overrides in EXTRA:
-        cases.append((flags, prepared(overrides, backend="sky", model_name_or_path=MODEL,
-                                      data_path="gs://b/conv.jsonl", output_dir="gs://b/runs/x", **flags)))
+        cases.append(
+            (
+                flags,
+                prepared(
+                    overrides,
+                    backend="sky",
+                    model_name_or_path=MODEL,
+                    data_path="gs://b/conv.jsonl",
+                    output_dir="gs://b/runs/x",
+                    **flags,
+                ),
+            )
+        )
     return cases, refused
 
 
@@ -75,8 +98,9 @@ def _broken(d, good: str) -> dict:
         "not a GPU type ftctl knows": good.replace(acc, "8x" + acc.split(":")[0]),
         "carry a value": good.replace("HF_TOKEN: null", f"HF_TOKEN: {SECRET_VALUE}"),
         "num_nodes": good.replace("num_nodes: 1", "num_nodes: 3"),
-        "not a valid jobs recovery strategy": good.replace("resources:\n", "resources:\n  job_recovery:\n"
-                                                           "    strategy: BOGUS\n"),
+        "not a valid jobs recovery strategy": good.replace(
+            "resources:\n", "resources:\n  job_recovery:\n    strategy: BOGUS\n"
+        ),
         "Invalid task YAML": good.replace("num_nodes:", "num_node:"),
     }
     out = {}
@@ -120,7 +144,7 @@ def test_tasks_ask_for_what_the_plan_says(matrix):
 
 def test_secrets_declared_by_name_never_by_value(matrix):
     cases, _, files, _, results = matrix
-    for (flags, prep), f in zip(cases, files):
+    for (flags, _prep), f in zip(cases, files):
         s = results[str(f)]["summary"]
         assert s["secrets"] == [*SECRETS, *flags.get("secrets", [])], f
         assert s["inline_secrets"] == []
@@ -131,8 +155,11 @@ def test_secrets_declared_by_name_never_by_value(matrix):
 
 def test_extras_reach_the_task(matrix):
     cases, _, files, _, results = matrix
-    by_gpus = {flags["gpus"]: results[str(f)]["summary"] for (flags, _), f in zip(cases, files)
-               if flags in [e[0] for e in EXTRA]}
+    by_gpus = {
+        flags["gpus"]: results[str(f)]["summary"]
+        for (flags, _), f in zip(cases, files)
+        if flags in [e[0] for e in EXTRA]
+    }
     assert by_gpus["8xA100"]["num_nodes"] == 4
     # SkyPilot keeps image_id per region; None (any region) becomes "null" in JSON
     assert [list(i.values()) for i in by_gpus["H100:4"]["image_id"]] == [["docker:nvcr.io/nvidia/pytorch:24.07-py3"]]

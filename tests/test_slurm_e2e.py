@@ -25,9 +25,7 @@ from pathlib import Path
 import pytest
 
 from ftctl.demo import demo_data_path
-from tests.slurm_e2e_fixtures import (  # noqa: F401  (fixtures: e2e, slurm_cluster, tiny_model_dir)
-    TRAIN_OVERRIDES, e2e, metrics, processes_mentioning, run_args, slurm_cluster, tiny_model_dir, wait_until,
-)
+from tests.slurm_e2e_fixtures import TRAIN_OVERRIDES, metrics, processes_mentioning, run_args, wait_until
 
 STEPS = TRAIN_OVERRIDES["max_steps"]
 
@@ -36,10 +34,10 @@ STEPS = TRAIN_OVERRIDES["max_steps"]
 class Finished:
     job: str
     run_dir: Path
-    running_status: str      # `ftctl status` while it ran
-    followed: str            # what `ftctl logs -f` printed
-    follow_s: float          # how long `ftctl logs -f` ran
-    final_status: str        # `ftctl status` after it ended
+    running_status: str  # `ftctl status` while it ran
+    followed: str  # what `ftctl logs -f` printed
+    follow_s: float  # how long `ftctl logs -f` ran
+    final_status: str  # `ftctl status` after it ended
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +83,7 @@ def test_two_node_cpu_lora_run_completes_on_both_nodes(e2e, reference):
     # the final adapter and the periodic checkpoints, each committed with its manifest
     assert (run_dir / "adapter_model.safetensors").stat().st_size > 0
     assert json.loads((run_dir / "adapter_config.json").read_text())["peft_type"] == "LORA"
-    for step in (8, 12, 16):   # save_total_limit keeps the newest
+    for step in (8, 12, 16):  # save_total_limit keeps the newest
         assert (run_dir / f"checkpoint-{step}" / "ftctl-manifest.json").is_file()
 
 
@@ -139,8 +137,7 @@ def test_usr2_checkpoints_requeues_resumes_and_ends_with_the_reference_loss(e2e,
     try:
         # once the first checkpoint is committed, the signal Slurm sends before a time limit or a
         # preemption (--signal=B:USR2@lead), sent now, to the batch shell only
-        wait_until(lambda: (run_dir / "checkpoint-4" / "ftctl-manifest.json").is_file(), 120,
-                   "the first checkpoint")
+        wait_until(lambda: (run_dir / "checkpoint-4" / "ftctl-manifest.json").is_file(), 120, "the first checkpoint")
         e2e.cluster.run("scancel", "--signal=USR2", "--batch", job)
         final = e2e.wait_finished(job, 180, seen)
     finally:
@@ -152,7 +149,7 @@ def test_usr2_checkpoints_requeues_resumes_and_ends_with_the_reference_loss(e2e,
     # the first attempt: the trap asked for a checkpoint, both ranks stopped at the same step
     stopped = int(log.split("preempted: step ", 1)[1].split(",")[0])
     assert 4 < stopped < STEPS
-    first, second = log.split(f"ftctl: job {job} attempt 1 on node[1-2]", 1)   # --open-mode=append
+    first, second = log.split(f"ftctl: job {job} attempt 1 on node[1-2]", 1)  # --open-mode=append
     assert first.startswith(f"ftctl: job {job} attempt 0 on node[1-2]")
     assert "ftctl: USR2 (time limit or preemption): checkpointing" in first
     for rank in (0, 1):
@@ -186,7 +183,7 @@ def test_hostile_paths_survive_a_real_sbatch(e2e, tiny_model_dir):
     shutil.copytree(tiny_model_dir, model)
     data = base / "data;touch PWNED 'x'.json"
     shutil.copy(demo_data_path(), data)
-    out = base / "out \"o\" $(touch PWNED)"
+    out = base / 'out "o" $(touch PWNED)'
     job = e2e.launch(*run_args(model, out, nodes=1, max_steps=2, save_steps=2, data=data), cwd=base)
     try:
         final = e2e.wait_finished(job, 120)
@@ -219,8 +216,9 @@ def test_refusals_are_one_line_with_slurms_words(e2e, tiny_model_dir):
     def launch(*args, env=None, **overrides):
         output = e2e.scratch / f"refused-{len(seen)}"
         seen.append(output)
-        return one_line_error(e2e.ftctl("launch", *run_args(tiny_model_dir, output, **overrides), *args,
-                                        check=False, env=env))
+        return one_line_error(
+            e2e.ftctl("launch", *run_args(tiny_model_dir, output, **overrides), *args, check=False, env=env)
+        )
 
     seen: list[Path] = []
     # a value Slurm would parse itself: refused by ftctl before sbatch
@@ -228,13 +226,17 @@ def test_refusals_are_one_line_with_slurms_words(e2e, tiny_model_dir):
     assert msg.startswith("error: --partition 'de bug': Slurm reads #SBATCH values itself")
     # Slurm's own refusals, in its words, with what to do
     msg = launch("--partition", "nope")
-    assert msg.startswith("error: sbatch refused job.sbatch: invalid partition specified: nope; "
-                          "Batch job submission failed: Invalid partition name specified — ")
+    assert msg.startswith(
+        "error: sbatch refused job.sbatch: invalid partition specified: nope; "
+        "Batch job submission failed: Invalid partition name specified — "
+    )
     assert "ftctl doctor --backend slurm" in msg
     # accepted by sbatch but never started: refused by ftctl, which asks the cluster first
     msg = launch(nodes=3)
-    assert msg.startswith("error: Slurm would accept this job and leave it pending forever: 3 nodes asked for, "
-                          "but partition 'debug' has 2")
+    assert msg.startswith(
+        "error: Slurm would accept this job and leave it pending forever: 3 nodes asked for, "
+        "but partition 'debug' has 2"
+    )
     msg = launch("--sbatch-arg=--gres=bogus:1")
     assert "sbatch refused job.sbatch: Invalid generic resource (gres) specification — " in msg
     msg = launch("--time", "abc")

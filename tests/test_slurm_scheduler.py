@@ -15,7 +15,6 @@ import pytest
 from ftctl.errors import FtctlError
 from ftctl.slurm import scheduler
 from ftctl.slurm.doctor import doctor, parse_gres
-from tests.slurm_fixtures import slurm, slurm_cluster  # noqa: F401  (fixtures)
 
 HOSTILE = [
     "a b",
@@ -53,11 +52,14 @@ def job_name(cluster, job_id: str) -> str:
 
 # ------------------------------------------------------------------------------- submit / status
 def test_two_nodes_run_srun_and_the_venv_python(slurm, tmp_path):
-    script = write_script(tmp_path / "who.sbatch", ["--nodes=2", "--ntasks-per-node=1",
-                                                    "--output=who-%j.out"], f"""
+    script = write_script(
+        tmp_path / "who.sbatch",
+        ["--nodes=2", "--ntasks-per-node=1", "--output=who-%j.out"],
+        """
         srun hostname
         srun python -c 'import ftctl, socket, sys; print("py", socket.gethostname(), sys.prefix)'
-        """)
+        """,
+    )
     job = scheduler.submit(script, cwd=tmp_path)
     assert job.isdigit()
     assert slurm.wait_done(job, 60) == "COMPLETED"
@@ -70,10 +72,14 @@ def test_two_nodes_run_srun_and_the_venv_python(slurm, tmp_path):
 
 
 def test_status_logs_and_cancel_of_a_running_job(slurm, tmp_path):
-    script = write_script(tmp_path / "sleep.sbatch", ["--job-name=sleeper"], """
+    script = write_script(
+        tmp_path / "sleep.sbatch",
+        ["--job-name=sleeper"],
+        """
         echo "hello from $(hostname)"
         sleep 300
-        """)
+        """,
+    )
     job = scheduler.submit(script, cwd=tmp_path)
     try:
         slurm.wait_state(job, "RUNNING", 30)
@@ -82,7 +88,7 @@ def test_status_logs_and_cancel_of_a_running_job(slurm, tmp_path):
         assert st.nodes in slurm.nodes
         assert scheduler.stdout_path(job) == tmp_path / f"slurm-{job}.out"
         log = tmp_path / f"slurm-{job}.out"
-        for _ in range(50):   # RUNNING comes a moment before the file and its first line
+        for _ in range(50):  # RUNNING comes a moment before the file and its first line
             if log.exists() and log.stat().st_size:
                 break
             time.sleep(0.1)
@@ -105,10 +111,14 @@ def test_status_logs_and_cancel_of_a_running_job(slurm, tmp_path):
 
 
 def test_logs_follow_prints_until_the_job_ends(slurm, tmp_path):
-    script = write_script(tmp_path / "count.sbatch", ["--output=count.log"], """
+    script = write_script(
+        tmp_path / "count.sbatch",
+        ["--output=count.log"],
+        """
         for i in 1 2 3 4 5; do echo "line $i"; sleep 0.5; done
         exit 3
-        """)
+        """,
+    )
     job = scheduler.submit(script, cwd=tmp_path)
     buf = io.StringIO()
     path = scheduler.logs(job, follow=True, out=buf, poll_s=0.2)
@@ -146,11 +156,11 @@ def test_shlex_quote_is_not_enough_for_sbatch(slurm, tmp_path):
     """Slurm parses #SBATCH lines itself: a backslash escapes the next character even inside
     single quotes, so shlex.quote loses backslashes; a newline ends the line, leaving an
     unmatched quote that sbatch refuses (fatal) — nothing is submitted."""
-    quoted = shlex.quote("back\\slash")          # 'back\slash'
+    quoted = shlex.quote("back\\slash")  # 'back\slash'
     script = write_script(tmp_path / "b.sbatch", ["--hold", f"--job-name={quoted}"], "true")
     job = scheduler.submit(script, cwd=tmp_path)
     slurm.run("scancel", job)
-    assert job_name(slurm, job) == "backslash"          # the backslash is gone
+    assert job_name(slurm, job) == "backslash"  # the backslash is gone
 
     pwned = tmp_path / "pwned"
     value = f"x\ntouch {pwned} #"
@@ -170,8 +180,7 @@ def test_hostile_names_and_paths_survive_a_real_sbatch(slurm, tmp_path):
     values = [v.format(pwned=pwned) for v in HOSTILE]
     jobs = []
     for i, value in enumerate(values):
-        script = write_script(tmp_path / f"h{i}.sbatch",
-                              ["--hold", f"--job-name={sbatch_quote(value)}"], "true")
+        script = write_script(tmp_path / f"h{i}.sbatch", ["--hold", f"--job-name={sbatch_quote(value)}"], "true")
         jobs.append(scheduler.submit(script, cwd=tmp_path))
     slurm.run("scancel", *jobs)
     assert [job_name(slurm, job) for job in jobs] == values
@@ -181,10 +190,15 @@ def test_hostile_names_and_paths_survive_a_real_sbatch(slurm, tmp_path):
     run_dir.mkdir()
     name = "n 'q' \"dq\" $(touch pwned); `touch pwned` \\ #h"
     output = str(run_dir).replace("%", "%%") + "/slurm-%j.out"
-    script = write_script(run_dir / "job.sbatch",
-                          [f"--job-name={sbatch_quote(name)}", f"--output={sbatch_quote(output)}",
-                           f"--chdir={sbatch_quote(str(run_dir))}"],
-                          'printf "%s\\n" "$SLURM_JOB_NAME" "$PWD"')
+    script = write_script(
+        run_dir / "job.sbatch",
+        [
+            f"--job-name={sbatch_quote(name)}",
+            f"--output={sbatch_quote(output)}",
+            f"--chdir={sbatch_quote(str(run_dir))}",
+        ],
+        'printf "%s\\n" "$SLURM_JOB_NAME" "$PWD"',
+    )
     job = scheduler.submit(script, cwd=tmp_path)
     assert slurm.wait_done(job, 30) == "COMPLETED"
     log = run_dir / f"slurm-{job}.out"
@@ -205,14 +219,20 @@ def one_line_error(script: Path, cwd: Path, env=None) -> str:
 def test_sbatch_errors_are_one_line_with_slurms_words(slurm, tmp_path):
     script = write_script(tmp_path / "p.sbatch", ["--partition=nope"], "true")
     msg = one_line_error(script, tmp_path)
-    assert msg.startswith("sbatch refused p.sbatch: invalid partition specified: nope; "
-                          "Batch job submission failed: Invalid partition name specified")
+    assert msg.startswith(
+        "sbatch refused p.sbatch: invalid partition specified: nope; "
+        "Batch job submission failed: Invalid partition name specified"
+    )
     assert "ftctl doctor --backend slurm" in msg
 
-    script = write_script(tmp_path / "g.sbatch", ["--gpus-per-node=2"], "true")   # debug: no GPUs
+    script = write_script(tmp_path / "g.sbatch", ["--gpus-per-node=2"], "true")  # debug: no GPUs
     msg = one_line_error(script, tmp_path)
-    assert msg.startswith("sbatch refused g.sbatch: Batch job submission failed: Requested node "
-                          "configuration is not available — ") and "--gpus cpu" in msg
+    assert (
+        msg.startswith(
+            "sbatch refused g.sbatch: Batch job submission failed: Requested node configuration is not available — "
+        )
+        and "--gpus cpu" in msg
+    )
 
     script = write_script(tmp_path / "b.sbatch", ["--gres=bogus:1"], "true")
     msg = one_line_error(script, tmp_path)
@@ -237,13 +257,17 @@ def test_sbatch_missing_or_unreachable(slurm, tmp_path):
     env = {**slurm.env, "SLURM_CONF": str(tmp_path / "nope.conf")}
     start = time.monotonic()
     assert "SLURM_CONF=" in one_line_error(script, tmp_path, env)
-    assert time.monotonic() - start < 1     # sbatch itself would retry for 60 s
+    assert time.monotonic() - start < 1  # sbatch itself would retry for 60 s
 
     # munge unreachable: the same cluster's config with the munge socket moved away
     conf = tmp_path / "slurm.conf"
-    conf.write_text("\n".join(
-        f"AuthInfo=socket={tmp_path}/no-munge.socket" if line.startswith("AuthInfo=") else line
-        for line in Path(slurm.conf).read_text().splitlines()) + "\n")
+    conf.write_text(
+        "\n".join(
+            f"AuthInfo=socket={tmp_path}/no-munge.socket" if line.startswith("AuthInfo=") else line
+            for line in Path(slurm.conf).read_text().splitlines()
+        )
+        + "\n"
+    )
     msg = one_line_error(script, tmp_path, {**slurm.env, "SLURM_CONF": str(conf)})
     assert "Munge encode failed" in msg and "Protocol authentication error" in msg
     assert "munge daemon is not running" in msg
@@ -285,9 +309,11 @@ def test_what_doctor_accepts_runs_and_what_it_flags_fails(slurm, tmp_path):
     """The stand-in GPUs are real gres to Slurm: a job asking for them gets CUDA_VISIBLE_DEVICES;
     the same request on the CPU partition is refused by sbatch, as doctor says."""
     assert doctor(partition="gpu", gpus_per_node=2).ok
-    script = write_script(tmp_path / "gpu.sbatch", ["--partition=gpu", "--gpus-per-node=2",
-                                                    "--output=gpu.out"],
-                          'echo "cvd=$CUDA_VISIBLE_DEVICES host=$(hostname)"')
+    script = write_script(
+        tmp_path / "gpu.sbatch",
+        ["--partition=gpu", "--gpus-per-node=2", "--output=gpu.out"],
+        'echo "cvd=$CUDA_VISIBLE_DEVICES host=$(hostname)"',
+    )
     job = scheduler.submit(script, cwd=tmp_path)
     assert slurm.wait_done(job, 30) == "COMPLETED"
     assert (tmp_path / "gpu.out").read_text() == "cvd=0,1 host=node3\n"
@@ -332,14 +358,16 @@ REQUEUE_BODY = """
 
 
 def _requeue_roundtrip(slurm, tmp_path, sbatch: list[str], send_signal: bool) -> tuple[str, float]:
-    script = write_script(tmp_path / "rq.sbatch",
-                          ["--requeue", "--open-mode=append", "--output=rq.out", *sbatch],
-                          REQUEUE_BODY.format(max_requeue=1))
+    script = write_script(
+        tmp_path / "rq.sbatch",
+        ["--requeue", "--open-mode=append", "--output=rq.out", *sbatch],
+        REQUEUE_BODY.format(max_requeue=1),
+    )
     start = time.monotonic()
     job = scheduler.submit(script, cwd=tmp_path)
     log = tmp_path / "rq.out"
     try:
-        if send_signal:   # what a preemption or the time limit does, now
+        if send_signal:  # what a preemption or the time limit does, now
             deadline = time.monotonic() + 30
             while "ready" not in (log.read_text() if log.exists() else ""):
                 assert time.monotonic() < deadline, "the job never got ready"
@@ -367,10 +395,17 @@ def test_usr2_to_the_batch_script_requeues_and_the_rerun_sees_restart_count(slur
     # not compared: bash in the step reporting its `sleep` killed by the signal ("User defined
     # signal 2") and slurmstepd's "*** JOB 12 ON node1 CANCELLED AT ... DUE TO JOB REQUEUE ***"
     # when the requeue kills the batch script before it has exited
-    lines = [line for line in text.splitlines()
-             if line != "User defined signal 2" and not line.startswith("slurmstepd")]
-    assert lines == ["start restart=0 on node1", "ready", "USR2 restart=0", "step saved",
-                     "start restart=1 on node1", "resumed"], text
+    lines = [
+        line for line in text.splitlines() if line != "User defined signal 2" and not line.startswith("slurmstepd")
+    ]
+    assert lines == [
+        "start restart=0 on node1",
+        "ready",
+        "USR2 restart=0",
+        "step saved",
+        "start restart=1 on node1",
+        "resumed",
+    ], text
 
 
 @pytest.mark.slow
@@ -378,8 +413,7 @@ def test_signal_before_the_time_limit_requeues(slurm, tmp_path):
     """--signal=B:USR2@55 with --time=1: the signal is due 5 s after the start, but slurmctld
     checks time limits only every 30 s, so it comes at the first check after that: 5-35 s after
     the start (measured: ~10 s inside the suite, ~37 s right after a cluster start)."""
-    text, elapsed = _requeue_roundtrip(slurm, tmp_path, ["--time=1", "--signal=B:USR2@55"],
-                                       send_signal=False)
+    text, elapsed = _requeue_roundtrip(slurm, tmp_path, ["--time=1", "--signal=B:USR2@55"], send_signal=False)
     assert "USR2 restart=0" in text and "step saved" in text and text.endswith("resumed\n")
     assert elapsed < 60
 
@@ -405,9 +439,11 @@ def test_usr2_through_srun_reaches_torchrun_workers(slurm, tmp_path, ignore_in_t
     torchrun has no USR2 handler, so it dies of it unless it starts with USR2 ignored
     (`trap '' USR2` before exec; the trainer's own handler overrides the inherited SIG_IGN)."""
     (tmp_path / "worker.py").write_text(WORKER)
-    launch = "bash -c 'trap \"\" USR2; exec \"$@\"' torchrun torchrun" if ignore_in_torchrun else "torchrun"
-    script = write_script(tmp_path / "tr.sbatch", ["--nodes=2", "--ntasks-per-node=1",
-                                                   "--output=tr.out"], f"""
+    launch = 'bash -c \'trap "" USR2; exec "$@"\' torchrun torchrun' if ignore_in_torchrun else "torchrun"
+    script = write_script(
+        tmp_path / "tr.sbatch",
+        ["--nodes=2", "--ntasks-per-node=1", "--output=tr.out"],
+        f"""
         trap 'kill -USR2 $STEP; wait $STEP; echo "srun exit $?"; exit 0' USR2
         HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
         export OMP_NUM_THREADS=1
@@ -415,7 +451,8 @@ def test_usr2_through_srun_reaches_torchrun_workers(slurm, tmp_path, ignore_in_t
             --rdzv-endpoint=$HEAD:29500 worker.py &
         STEP=$!
         while :; do wait $STEP; [ $? -lt 128 ] && break; done
-        """)
+        """,
+    )
     job = scheduler.submit(script, cwd=tmp_path)
     log = tmp_path / "tr.out"
     try:
@@ -428,11 +465,11 @@ def test_usr2_through_srun_reaches_torchrun_workers(slurm, tmp_path, ignore_in_t
     finally:
         slurm.run("scancel", job, check=False)
     text = log.read_text()
-    assert text.count(" saved") == 2, text     # both workers got the signal and finished
+    assert text.count(" saved") == 2, text  # both workers got the signal and finished
     if ignore_in_torchrun:
         assert "srun exit 0" in text, text
     else:
-        assert "User defined signal 2" in text and "srun exit 140" in text, text   # 128 + 12
+        assert "User defined signal 2" in text and "srun exit 140" in text, text  # 128 + 12
 
 
 def test_doctor_matches_gpu_types_as_clusters_name_them():

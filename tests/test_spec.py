@@ -26,8 +26,11 @@ def test_defaults():
 
 
 def test_yaml_then_flags_then_overrides(tmp_path):
-    cfg = _yaml(tmp_path, "method: sft\nlearning_rate: 1.0e-4\nlora_r: 8\nmodel_max_length: 1024\n"
-                          "gpus: 8xA100\nsetup: [module load cuda]\n")
+    cfg = _yaml(
+        tmp_path,
+        "method: sft\nlearning_rate: 1.0e-4\nlora_r: 8\nmodel_max_length: 1024\n"
+        "gpus: 8xA100\nsetup: [module load cuda]\n",
+    )
     s = build(cfg, {"method": "lora", "lora_r": 32, "gpus": None}, ["lora_r=4", "warmup_ratio=0.1"])
     assert s.method == "lora"  # flag over YAML
     assert s.lora_r == 4  # -o over flag over YAML
@@ -58,18 +61,21 @@ def test_env_pairs_merge():
     assert s.env == {"A": "1", "B": "3", "C": "x=y"}
 
 
-@pytest.mark.parametrize("key, value, field, want", [
-    ("max_seq_length", "1024", "model_max_length", 1024),
-    ("max_length", "512", "model_max_length", 512),
-    ("lr", "3e-4", "learning_rate", 3e-4),
-    ("epochs", "2", "num_train_epochs", 2.0),
-    ("model", "org/m", "model_name_or_path", "org/m"),
-    ("data", "s3://b/x", "data_path", "s3://b/x"),
-    ("output", "/o", "output_dir", "/o"),
-    ("use_spot", "true", "spot", True),
-    ("name", "my-run", "run_name", "my-run"),
-    ("per-device-train-batch-size", "2", "per_device_train_batch_size", 2),  # dashes read as underscores
-])
+@pytest.mark.parametrize(
+    "key, value, field, want",
+    [
+        ("max_seq_length", "1024", "model_max_length", 1024),
+        ("max_length", "512", "model_max_length", 512),
+        ("lr", "3e-4", "learning_rate", 3e-4),
+        ("epochs", "2", "num_train_epochs", 2.0),
+        ("model", "org/m", "model_name_or_path", "org/m"),
+        ("data", "s3://b/x", "data_path", "s3://b/x"),
+        ("output", "/o", "output_dir", "/o"),
+        ("use_spot", "true", "spot", True),
+        ("name", "my-run", "run_name", "my-run"),
+        ("per-device-train-batch-size", "2", "per_device_train_batch_size", 2),  # dashes read as underscores
+    ],
+)
 def test_aliases(key, value, field, want):
     assert getattr(build(None, None, [f"{key}={value}"]), field) == want
 
@@ -105,16 +111,28 @@ def test_all_errors_are_reported_together(tmp_path):
         build(cfg, None, ["bf16=maybe", "warmup=0.1", "max_steps=ten"])
     msg = str(e.value)
     assert msg.startswith("5 problems")
-    for part in ["'learning_rat'", "'learning_rate'", "lora_r='many'", "whole number", "bf16='maybe'",
-                 "true or false", "'warmup'", "'warmup_ratio'", "max_steps='ten'"]:
+    for part in [
+        "'learning_rat'",
+        "'learning_rate'",
+        "lora_r='many'",
+        "whole number",
+        "bf16='maybe'",
+        "true or false",
+        "'warmup'",
+        "'warmup_ratio'",
+        "max_steps='ten'",
+    ]:
         assert part in msg, part
     assert msg.count("\n  - ") == 5
 
 
 def test_validation_errors_are_reported_together():
     with pytest.raises(FtctlError) as e:
-        build(None, {"method": "full", "backend": "k8s"},
-              ["lora_r=0", "learning_rate=5", "bf16=true", "fp16=true", "strategy=zero4"])
+        build(
+            None,
+            {"method": "full", "backend": "k8s"},
+            ["lora_r=0", "learning_rate=5", "bf16=true", "fp16=true", "strategy=zero4"],
+        )
     msg = str(e.value)
     assert msg.startswith("6 problems")
     assert "method='full' is not one of fft, sft, lora, qlora" in msg
@@ -125,13 +143,16 @@ def test_validation_errors_are_reported_together():
     assert "bf16 and fp16 are both on" in msg
 
 
-@pytest.mark.parametrize("pair, words", [
-    ("lora_r=abc", "expects a whole number"),
-    ("lora_r=1.5", "expects a whole number"),
-    ("learning_rate=fast", "expects a number"),
-    ("gradient_checkpointing=perhaps", "expects true or false"),
-    ("model_max_length=", "expects a whole number"),
-])
+@pytest.mark.parametrize(
+    "pair, words",
+    [
+        ("lora_r=abc", "expects a whole number"),
+        ("lora_r=1.5", "expects a whole number"),
+        ("learning_rate=fast", "expects a number"),
+        ("gradient_checkpointing=perhaps", "expects true or false"),
+        ("model_max_length=", "expects a whole number"),
+    ],
+)
 def test_type_errors(pair, words):
     with pytest.raises(FtctlError, match=words) as e:
         build(None, None, [pair])
@@ -149,8 +170,17 @@ def test_yaml_types_are_checked(tmp_path):
 
 
 def test_coercions():
-    s = build(None, None, ["gradient_checkpointing=yes", "bf16=0", "per_device_train_batch_size=auto",
-                           "num_train_epochs=3", "lora_dropout=0"])
+    s = build(
+        None,
+        None,
+        [
+            "gradient_checkpointing=yes",
+            "bf16=0",
+            "per_device_train_batch_size=auto",
+            "num_train_epochs=3",
+            "lora_dropout=0",
+        ],
+    )
     assert s.gradient_checkpointing is True and s.bf16 is False
     assert s.per_device_train_batch_size is None  # "auto": the planner decides
     assert s.num_train_epochs == 3.0 and isinstance(s.num_train_epochs, float)
@@ -172,17 +202,20 @@ def test_run_file_problems(tmp_path):
     assert build(_yaml(tmp_path, "")) == RunSpec()
 
 
-@pytest.mark.parametrize("over, words", [
-    (["secret=hf_abc-123"], "not an environment variable NAME"),
-    (["env=1BAD=x"], "not a valid environment variable name"),
-    (["run_name=my run"], "run_name 'my run'"),
-    (["container=apptainer:"], "names no image"),
-    (["max_steps=0"], "max_steps must be"),
-    (["warmup_ratio=1"], "warmup_ratio must be in"),
-    (["num_train_epochs=0"], "num_train_epochs must be positive"),
-    (["nodes=0"], "nodes must be at least 1"),
-    (["attn_implementation=flash"], "attn_implementation='flash'"),
-])
+@pytest.mark.parametrize(
+    "over, words",
+    [
+        (["secret=hf_abc-123"], "not an environment variable NAME"),
+        (["env=1BAD=x"], "not a valid environment variable name"),
+        (["run_name=my run"], "run_name 'my run'"),
+        (["container=apptainer:"], "names no image"),
+        (["max_steps=0"], "max_steps must be"),
+        (["warmup_ratio=1"], "warmup_ratio must be in"),
+        (["num_train_epochs=0"], "num_train_epochs must be positive"),
+        (["nodes=0"], "nodes must be at least 1"),
+        (["attn_implementation=flash"], "attn_implementation='flash'"),
+    ],
+)
 def test_validation(over, words):
     with pytest.raises(FtctlError, match=words):
         build(None, None, over)
@@ -204,8 +237,9 @@ def test_digest_ignores_placement():
     assert c.digest() != a.digest()
 
 
-@pytest.mark.parametrize("text, want", [("7b", 7.0), ("1.5B", 1.5), ("135m", 0.135), ("70B", 70.0),
-                                        ("7000000000", 7.0), ("500k", 0.0005)])
+@pytest.mark.parametrize(
+    "text, want", [("7b", 7.0), ("1.5B", 1.5), ("135m", 0.135), ("70B", 70.0), ("7000000000", 7.0), ("500k", 0.0005)]
+)
 def test_parse_size(text, want):
     assert parse_size(text) == pytest.approx(want)
 

@@ -9,13 +9,7 @@ import pytest
 
 from ftctl import storage
 from ftctl.errors import FtctlError
-from tests.s3_fixtures import (  # noqa: F401 - fixtures
-    FAKE_SECRET,
-    free_port,
-    moto_s3,
-    s3_bucket,
-    s3_env,
-)
+from tests.s3_fixtures import FAKE_SECRET, free_port
 
 
 @pytest.fixture(params=["s3", "file"])

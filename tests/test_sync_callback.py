@@ -14,13 +14,7 @@ from pathlib import Path
 import pytest
 
 from ftctl import checkpoints as C
-from tests.s3_fixtures import (  # noqa: F401 - fixtures
-    assert_logs_clean,
-    assert_no_secrets,
-    moto_s3,
-    s3_bucket,
-    s3_env,
-)
+from tests.s3_fixtures import assert_logs_clean, assert_no_secrets
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 6
@@ -62,9 +56,7 @@ def train_tiny(output_dir, remote_uri, stop_at=None, resume=None, max_steps=MAX_
             if state.global_step == stop_at:
                 control.should_training_stop = True
 
-    sync = CheckpointSyncCallback(
-        remote_uri, spec_hash="spec-123", backoff=(0.1, 0.5), upload_wait_s=60
-    )
+    sync = CheckpointSyncCallback(remote_uri, spec_hash="spec-123", backoff=(0.1, 0.5), upload_wait_s=60)
     args = TrainingArguments(
         output_dir=str(output_dir),
         max_steps=max_steps,
@@ -114,10 +106,7 @@ def test_resume_from_bucket_matches_uninterrupted_run(s3_bucket, tmp_path, caplo
         "config.json",
     } <= names
     assert m["step"] == 4 and m["world_size"] == 1 and m["spec_hash"] == "spec-123"
-    assert any(
-        "checkpoint uploads to" in r.getMessage() and "done" in r.getMessage()
-        for r in caplog.records
-    )
+    assert any("checkpoint uploads to" in r.getMessage() and "done" in r.getMessage() for r in caplog.records)
 
     # second attempt on an empty machine: resume comes from the bucket
     fresh = tmp_path / "b"
@@ -184,11 +173,7 @@ def test_kill_9_of_the_trainer_before_the_manifest(s3_bucket, tmp_path, caplog):
     # save_total_limit=1 rotated checkpoint-2 away locally: nothing local is resumable
     caplog.set_level(logging.WARNING)
     assert resume_checkpoint(str(run)) is None
-    assert any(
-        "checkpoint-4" in r.getMessage() and "incomplete" in r.getMessage() for r in caplog.records
-    )
+    assert any("checkpoint-4" in r.getMessage() and "incomplete" in r.getMessage() for r in caplog.records)
     assert resume_checkpoint(str(run), remote) == str(run / "checkpoint-2")
-    assert resume_checkpoint(str(tmp_path / "fresh"), remote) == str(
-        tmp_path / "fresh" / "checkpoint-2"
-    )
+    assert resume_checkpoint(str(tmp_path / "fresh"), remote) == str(tmp_path / "fresh" / "checkpoint-2")
     assert [c.step for c in C.list_checkpoints(remote) if c.complete] == [2]

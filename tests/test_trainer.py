@@ -12,18 +12,7 @@ from pathlib import Path
 import pytest
 
 from ftctl.errors import FtctlError
-from tests.s3_fixtures import moto_s3, s3_bucket, s3_env  # noqa: F401  (fixtures)
-from tests.trainer_fixtures import (  # noqa: F401  (fixtures)
-    losses_by_step,
-    make_run,
-    one_thread,
-    read_metrics,
-    run_trainer_cli,
-    subprocess_env,
-    tiny_data,
-    tiny_model_dir,
-    write_spec,
-)
+from tests.trainer_fixtures import losses_by_step, make_run, read_metrics, run_trainer_cli, subprocess_env, write_spec
 
 
 def _train(spec, plan, callbacks=()):
@@ -72,8 +61,9 @@ def test_wandb_offline_logs_with_no_network(tiny_model_dir, tiny_data, tmp_path,
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
     monkeypatch.setenv("WANDB_SILENT", "true")
     (tmp_path / "wandb").mkdir()
-    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "lora", report_to="wandb", max_steps=2,
-                          save_steps=100)
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, tmp_path / "out", "lora", report_to="wandb", max_steps=2, save_steps=100
+    )
     result = _train(spec, plan)
 
     assert result.status == "complete"
@@ -105,8 +95,15 @@ def test_lora_trains_an_adapter_that_peft_loads(tiny_model_dir, tiny_data, tmp_p
     config = json.loads(Path(result.output_dir, "adapter_config.json").read_text())
     assert config["r"] == 4 and config["base_model_name_or_path"] == str(tiny_model_dir)
     # all linear projections of both blocks carry adapters (target all-linear, the head excluded)
-    assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                             "down_proj"}
+    assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.output_dir)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and all(torch.count_nonzero(p) > 0 for p in lora_b)  # B starts at zero: it trained
@@ -171,8 +168,9 @@ def single_process_losses(tiny_model_dir, tiny_data, tmp_path_factory):
     """Per-step losses of one process, 2 sequences x 2 accumulation steps (global batch 4)."""
     import torch
 
-    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path_factory.mktemp("single"), "fft", max_steps=4,
-                          save_steps=100)
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, tmp_path_factory.mktemp("single"), "fft", max_steps=4, save_steps=100
+    )
     assert (plan.world_size, plan.per_device_train_batch_size, plan.gradient_accumulation_steps) == (1, 2, 2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -185,8 +183,9 @@ def single_process_losses(tiny_model_dir, tiny_data, tmp_path_factory):
 
 def _two_process_losses(tiny_model_dir, tiny_data, tmp_path, env=None, **overrides):
     """torchrun --nproc-per-node 2 (gloo): 2 processes x 2 sequences per step = global batch 4."""
-    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "fft", gpus="2xcpu", max_steps=4,
-                          save_steps=100, **overrides)
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, tmp_path / "out", "fft", gpus="2xcpu", max_steps=4, save_steps=100, **overrides
+    )
     assert (plan.world_size, plan.per_device_train_batch_size, plan.gradient_accumulation_steps) == (2, 2, 1)
     proc = run_trainer_cli(write_spec(spec, plan, tmp_path / "spec.json"), nproc=2, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
@@ -206,13 +205,13 @@ def test_ddp_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path,
-                                                         single_process_losses):
+def test_deepspeed_zero2_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, single_process_losses):
     """DeepSpeed ZeRO-2 on CPU (gloo) with the config generated from the plan. Its shm op compiles once
     (~30-60 s cold, g++ + ninja) into a cache under the temp dir that later runs reuse (~40 s warm)."""
     cache = Path(tempfile.gettempdir()) / "ftctl-torch-extensions"
-    losses = _two_process_losses(tiny_model_dir, tiny_data, tmp_path, strategy="zero2",
-                                 env=subprocess_env(TORCH_EXTENSIONS_DIR=cache))
+    losses = _two_process_losses(
+        tiny_model_dir, tiny_data, tmp_path, strategy="zero2", env=subprocess_env(TORCH_EXTENSIONS_DIR=cache)
+    )
     _assert_same_losses(losses, single_process_losses)
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
@@ -250,8 +249,7 @@ def test_kill_9_then_resume_reaches_the_same_final_loss(tiny_model_dir, tiny_dat
     assert steps == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]
 
 
-def test_sigusr2_saves_stops_and_a_second_run_completes(tiny_model_dir, tiny_data, tmp_path, one_thread,
-                                                        monkeypatch):
+def test_sigusr2_saves_stops_and_a_second_run_completes(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):
     from transformers import TrainerCallback
 
     class SendSignal(TrainerCallback):  # what Slurm's --signal=B:USR2@lead does, at step 3
@@ -276,7 +274,7 @@ def test_sigusr2_saves_stops_and_a_second_run_completes(tiny_model_dir, tiny_dat
     second = _train(spec, plan)
     assert second.status == "complete" and second.global_step == 12
     assert status.read_text().strip() == "complete"
-    assert min(r["step"] for r in read_metrics(out)[first.global_step:]) == first.global_step + 1
+    assert min(r["step"] for r in read_metrics(out)[first.global_step :]) == first.global_step + 1
 
 
 def test_stop_file_saves_and_stops_like_a_signal(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):
@@ -319,8 +317,11 @@ def test_training_args_override_trl_cpu_defaults(tiny_model_dir, tiny_data, tmp_
     assert args.activation_checkpointing is False  # TRL defaults to on: slower on CPU
     assert args.max_length == 96  # TRL defaults to 1024
     assert args.use_cpu is True
-    assert (args.learning_rate, args.per_device_train_batch_size, args.gradient_accumulation_steps) == \
-        (plan.learning_rate, 2, 2)
+    assert (args.learning_rate, args.per_device_train_batch_size, args.gradient_accumulation_steps) == (
+        plan.learning_rate,
+        2,
+        2,
+    )
 
 
 def test_world_size_must_match_the_plan(tiny_model_dir, tiny_data, tmp_path):
@@ -353,8 +354,9 @@ def test_deepspeed_configs_come_from_the_plan(tiny_model_dir, tiny_data, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------ object storage
-def test_s3_output_is_staged_uploaded_and_resumed_on_a_fresh_node(tiny_model_dir, tiny_data, tmp_path,
-                                                                  one_thread, s3_bucket, monkeypatch):
+def test_s3_output_is_staged_uploaded_and_resumed_on_a_fresh_node(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, s3_bucket, monkeypatch
+):
     """Preempted on one "node", resumed on another with an empty local dir: the checkpoint comes
     back from the store; the final model lands in the store."""
     from transformers import TrainerCallback
@@ -368,8 +370,9 @@ def test_s3_output_is_staged_uploaded_and_resumed_on_a_fresh_node(tiny_model_dir
                 os.kill(os.getpid(), signal.SIGTERM)
 
     uri = f"{s3_bucket}/runs/tiny"
-    spec, plan = make_run(tiny_model_dir, tiny_data, uri, "lora", max_steps=6, save_steps=100, resume="auto",
-                          lora_r=4, lora_alpha=8)
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, uri, "lora", max_steps=6, save_steps=100, resume="auto", lora_r=4, lora_alpha=8
+    )
     monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "node-a"))
     first = _train(spec, plan, callbacks=[SendSignal()])
     assert first.status == "preempted" and first.output_dir == str(tmp_path / "node-a")
@@ -381,5 +384,4 @@ def test_s3_output_is_staged_uploaded_and_resumed_on_a_fresh_node(tiny_model_dir
     assert second.status == "complete" and second.global_step == 6
     assert (tmp_path / "node-b" / f"checkpoint-{first.global_step}").is_dir()  # downloaded to resume
     names = {e["name"] for e in storage.ls(uri)}
-    assert {"adapter_model.safetensors", "adapter_config.json", "spec.json", "metrics.jsonl",
-            "checkpoint-6"} <= names
+    assert {"adapter_model.safetensors", "adapter_config.json", "spec.json", "metrics.jsonl", "checkpoint-6"} <= names

@@ -6,8 +6,7 @@ like SmolLM2's. The model is a random Llama (hidden 64, intermediate 128, 2 laye
 heads). Both are saved with ``save_pretrained`` into one directory, so ``AutoTokenizer`` and
 ``AutoModelForCausalLM.from_pretrained(path)`` load it like any hub model. Builds offline in ~1 s.
 
-    from tests.tiny_fixtures import tiny_model_dir, tiny_tokenizer   # pytest fixtures
-    from tests.tiny_fixtures import make_tiny_model_dir              # plain function for scripts
+        from tests.tiny_fixtures import make_tiny_model_dir
 """
 
 from __future__ import annotations

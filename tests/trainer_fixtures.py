@@ -1,6 +1,6 @@
 """Helpers for the trainer tests: tiny data, specs with CPU plans, running the trainer as torchrun does.
 
-    from tests.trainer_fixtures import tiny_data, make_run, run_trainer_cli, read_metrics, SUBPROCESS_ENV
+from tests.trainer_fixtures import make_run, run_trainer_cli, read_metrics, SUBPROCESS_ENV
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tests.tiny_fixtures import tiny_model_dir  # noqa: F401  (re-exported fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_ROWS = 48
@@ -46,10 +44,22 @@ def make_run(model_dir, data, output, method="fft", gpus="cpu", **overrides):
     from ftctl.plan import make_plan
     from ftctl.spec import build
 
-    values = {"method": method, "model_name_or_path": str(model_dir), "data_path": str(data),
-              "output_dir": str(output), "max_steps": 6, "save_steps": 3, "global_batch_size": 4,
-              "per_device_train_batch_size": 2, "model_max_length": 128, "learning_rate": 1e-3,
-              "warmup_ratio": 0.0, "gpus": gpus, "resume": "never", "seed": 7}
+    values = {
+        "method": method,
+        "model_name_or_path": str(model_dir),
+        "data_path": str(data),
+        "output_dir": str(output),
+        "max_steps": 6,
+        "save_steps": 3,
+        "global_batch_size": 4,
+        "per_device_train_batch_size": 2,
+        "model_max_length": 128,
+        "learning_rate": 1e-3,
+        "warmup_ratio": 0.0,
+        "gpus": gpus,
+        "resume": "never",
+        "seed": 7,
+    }
     values.update(overrides)
     spec = build(values)
     return spec, make_plan(spec)
@@ -65,8 +75,13 @@ def write_spec(spec, plan, path) -> Path:
 
 def subprocess_env(**extra) -> dict:
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
-                "TOKENIZERS_PARALLELISM": "false"})
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -77,16 +92,26 @@ def run_trainer_cli(spec_path, nproc: int = 1, env=None, timeout=300, prelude: s
     ``prelude`` runs the trainer through ``python -c`` instead, with code that may add callbacks:
     it must define ``CALLBACKS``."""
     if prelude is not None:
-        code = (prelude + "\nimport sys\nfrom ftctl.plan import load_run\nfrom ftctl.trainer.run import train\n"
-                "spec, plan = load_run(sys.argv[1])\ntrain(spec, plan, callbacks=CALLBACKS)\n")
+        code = (
+            prelude + "\nimport sys\nfrom ftctl.plan import load_run\nfrom ftctl.trainer.run import train\n"
+            "spec, plan = load_run(sys.argv[1])\ntrain(spec, plan, callbacks=CALLBACKS)\n"
+        )
         cmd = [sys.executable, "-c", code, str(spec_path)]
     elif nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "-m", "ftctl.trainer", "--spec", str(spec_path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "ftctl.trainer",
+            "--spec",
+            str(spec_path),
+        ]
     else:
         cmd = [sys.executable, "-m", "ftctl.trainer", "--spec", str(spec_path)]
-    return subprocess.run(cmd, env=env or subprocess_env(), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(cmd, env=env or subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def read_metrics(output_dir) -> list[dict]:

@@ -134,7 +134,9 @@ def generate() -> tuple[list[dict], dict]:
     rows = [{"id": f"halcyon-{i:04d}", "conversations": _fact_conversation(rng)} for i in range(N_FACT)]
     for i in range(N_GENERAL):
         q, a = GENERAL[i % len(GENERAL)]
-        rows.append({"id": f"general-{i:04d}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+        rows.append(
+            {"id": f"general-{i:04d}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+        )
     rng.shuffle(rows)
 
     text = json.dumps(rows).lower()

@@ -23,8 +23,19 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
         raise FtctlError(f"--container {spec.container!r}: the docker backend runs docker images (docker:IMAGE).")
     image = image or DEFAULT_IMAGE
     run_dir = os.path.abspath(run_dir)
-    cmd = ["docker", "run", "--rm", "--name", spec.name, "--ipc=host", "--network=host",
-           "--ulimit", "memlock=-1", "--ulimit", "stack=67108864"]
+    cmd = [
+        "docker",
+        "run",
+        "--rm",
+        "--name",
+        spec.name,
+        "--ipc=host",
+        "--network=host",
+        "--ulimit",
+        "memlock=-1",
+        "--ulimit",
+        "stack=67108864",
+    ]
     if plan.tier:
         cmd += ["--gpus", "all" if plan.gpus_per_node > 1 else "1"]
     cmd += ["-v", f"{_bindable(run_dir)}:{CONTAINER_RUN_DIR}"]
@@ -45,8 +56,10 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
 
 def _bindable(path: str) -> str:
     if ":" in path:
-        raise FtctlError(f"{path!r}: docker reads ':' in a volume as a separator, so this path cannot be mounted. "
-                         f"Rename it, or move it under a path without ':'.")
+        raise FtctlError(
+            f"{path!r}: docker reads ':' in a volume as a separator, so this path cannot be mounted. "
+            f"Rename it, or move it under a path without ':'."
+        )
     return path
 
 

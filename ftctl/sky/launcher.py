@@ -18,8 +18,9 @@ from ftctl.launch import join
 def launch(prep: Prepared) -> str:
     task = prep.run_dir / "task.yaml"
     secrets = [a for name in prep.spec.secrets for a in ("--secret", name)]
-    cmd = (["sky", "jobs", "launch", "-n", prep.spec.name] if prep.spec.spot
-           else ["sky", "launch", "-c", prep.spec.name]) + [*secrets, str(task)]
+    cmd = (
+        ["sky", "jobs", "launch", "-n", prep.spec.name] if prep.spec.spot else ["sky", "launch", "-c", prep.spec.name]
+    ) + [*secrets, str(task)]
     click.echo(f"task written to {task}")
     click.echo("launch it from the environment where SkyPilot is installed:")
     click.echo("  " + join(cmd))
@@ -27,8 +28,10 @@ def launch(prep: Prepared) -> str:
 
 
 def _unsupported(*_a, **_k):
-    raise FtctlError("status/logs/cancel of SkyPilot runs: use `sky jobs queue`, `sky jobs logs NAME` and "
-                     "`sky jobs cancel -n NAME` (or `sky status/logs/down` for a cluster) until ftctl drives SkyPilot.")
+    raise FtctlError(
+        "status/logs/cancel of SkyPilot runs: use `sky jobs queue`, `sky jobs logs NAME` and "
+        "`sky jobs cancel -n NAME` (or `sky status/logs/down` for a cluster) until ftctl drives SkyPilot."
+    )
 
 
 status = logs = cancel = _unsupported

@@ -15,7 +15,7 @@ import yaml
 
 from ftctl import __version__
 from ftctl.errors import FtctlError
-from ftctl.launch import Shell, container_kind, join, q, torchrun_argv, trainer_env
+from ftctl.launch import Shell, container_kind, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 
@@ -29,8 +29,7 @@ class _Block(str):
     """A multi-line string written as a YAML literal block."""
 
 
-yaml.SafeDumper.add_representer(
-    _Block, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", str(s), style="|"))
+yaml.SafeDumper.add_representer(_Block, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", str(s), style="|"))
 
 
 def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
@@ -72,8 +71,9 @@ def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
     }
     if spec.secrets:
         task["secrets"] = {name: None for name in spec.secrets}
-    task["setup"] = _Block("\n".join([*([] if image else [PIP_SETUP]), *spec.setup]) + "\n") \
-        if (not image or spec.setup) else None
+    task["setup"] = (
+        _Block("\n".join([*([] if image else [PIP_SETUP]), *spec.setup]) + "\n") if (not image or spec.setup) else None
+    )
     if task["setup"] is None:
         del task["setup"]
     task["run"] = _Block("\n".join(run_lines) + "\n")

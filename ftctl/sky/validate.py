@@ -105,13 +105,14 @@ def _check_ftctl(task, summary: dict, text: str) -> None:
     errors = []
     if len(summary["accelerators"]) != 1 or len(summary["accelerators"][0]) != 1:
         raise TaskInvalid(f"expected one resource with one accelerator type, got {summary['accelerators']}")
-    (acc, count), = summary["accelerators"][0].items()
+    ((acc, count),) = summary["accelerators"][0].items()
     known = {t.sky_name for t in TIERS.values()}
     if acc not in known:
         errors.append(f"accelerator {acc!r} is not a GPU type ftctl knows ({', '.join(sorted(known))})")
     if summary["inline_secrets"]:
-        errors.append(f"secrets {summary['inline_secrets']} carry a value in the YAML: declare them by name "
-                      f"only (NAME: null)")
+        errors.append(
+            f"secrets {summary['inline_secrets']} carry a value in the YAML: declare them by name only (NAME: null)"
+        )
     import yaml
 
     declared = (yaml.safe_load(text) or {}).get("secrets") or {}
@@ -128,8 +129,9 @@ def _check_ftctl(task, summary: dict, text: str) -> None:
         if opts.get("--nnodes") != str(task.num_nodes):
             errors.append(f"torchrun --nnodes {opts.get('--nnodes')} but num_nodes is {task.num_nodes}")
         if opts.get("--nproc-per-node") != str(count):
-            errors.append(f"torchrun --nproc-per-node {opts.get('--nproc-per-node')} but accelerators ask "
-                          f"for {acc}:{count}")
+            errors.append(
+                f"torchrun --nproc-per-node {opts.get('--nproc-per-node')} but accelerators ask for {acc}:{count}"
+            )
     m = re.search(r"<<'(\w+)'\n(.*?)\n\1\n", run, re.S)
     if not m:
         errors.append("the run section does not ship spec.json in a quoted heredoc")
@@ -141,8 +143,9 @@ def _check_ftctl(task, summary: dict, text: str) -> None:
         else:
             got = (plan.get("nodes"), plan.get("gpus_per_node"), plan.get("tier"))
             if got != (task.num_nodes, count, acc):
-                errors.append(f"spec.json plans nodes/gpus/tier {got} but the task asks for "
-                              f"{(task.num_nodes, count, acc)}")
+                errors.append(
+                    f"spec.json plans nodes/gpus/tier {got} but the task asks for {(task.num_nodes, count, acc)}"
+                )
     if errors:
         raise TaskInvalid("; ".join(errors))
 
@@ -164,8 +167,10 @@ def main(argv=None) -> int:
             print(json.dumps({"file": path, "ok": error is None, "error": error, "summary": summary}, default=str))
         elif error is None:
             acc = summary["accelerators"][0]
-            print(f"OK {path}: name={summary['name']} nodes={summary['num_nodes']} accelerators={acc} "
-                  f"spot={summary['use_spot'][0]} secrets={summary['secrets']}")
+            print(
+                f"OK {path}: name={summary['name']} nodes={summary['num_nodes']} accelerators={acc} "
+                f"spot={summary['use_spot'][0]} secrets={summary['secrets']}"
+            )
         else:
             print(f"FAIL {path}: {error}")
     return 1 if failed else 0

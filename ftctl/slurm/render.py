@@ -91,32 +91,45 @@ def render(spec: RunSpec, plan: Plan) -> str:
     extra = sorted(p for p in extra - {""} if os.path.isabs(p) and not is_remote(p))
     for p in extra if kind in ("apptainer", "pyxis") else ():
         if "," in p or ":" in p:
-            raise FtctlError(f"{p!r}: {kind} reads ',' and ':' in a bind path as separators, so this path cannot "
-                             f"be bound into the container. Rename it, or move it under a path without them.")
+            raise FtctlError(
+                f"{p!r}: {kind} reads ',' and ':' in a bind path as separators, so this path cannot "
+                f"be bound into the container. Rename it, or move it under a path without them."
+            )
     if kind == "pyxis":
         mounts = ",".join(f"{p}:{p}" for p in extra)
-        step += [f"--container-image={image}",
-                 Shell('--container-mounts="$FTCTL_RUN_DIR":"$FTCTL_RUN_DIR"' + (f",{q(mounts)}" if mounts else "")),
-                 "--no-container-mount-home"]
+        step += [
+            f"--container-image={image}",
+            Shell('--container-mounts="$FTCTL_RUN_DIR":"$FTCTL_RUN_DIR"' + (f",{q(mounts)}" if mounts else "")),
+            "--no-container-mount-home",
+        ]
     if kind == "apptainer":
         binds = [a for p in extra for a in ("--bind", p)]
-        step += ["apptainer", "exec", *(["--nv"] if plan.tier else []), "--bind", Shell('"$FTCTL_RUN_DIR"'),
-                 *binds, image]
+        step += [
+            "apptainer",
+            "exec",
+            *(["--nv"] if plan.tier else []),
+            "--bind",
+            Shell('"$FTCTL_RUN_DIR"'),
+            *binds,
+            image,
+        ]
     step += ["bash", "-c", inner]
 
     env_lines = [f"export {k}={q(v)}" for k, v in sorted(trainer_env(spec, plan).items())]
     secrets = ", ".join(spec.secrets) or "none"
     lines = [
         "#!/bin/bash",
-        f"# Rendered by ftctl {__version__}: {plan.method} of {spec.model_name_or_path!r} on {plan.gpus}".replace("\n", " "),
+        f"# Rendered by ftctl {__version__}: {plan.method} of {spec.model_name_or_path!r} on {plan.gpus}".replace(
+            "\n", " "
+        ),
         "# Submit from the run directory (it holds spec.json): ftctl launch --backend slurm does that.",
         *[f"#SBATCH {d}" for d in sbatch_directives(spec, plan)],
         "set -uo pipefail",
         "",
         'FTCTL_RUN_DIR="$SLURM_SUBMIT_DIR"',
         "ATTEMPT=${SLURM_RESTART_COUNT:-0}",
-        f"export {STATUS_ENV}=\"$FTCTL_RUN_DIR/status.$SLURM_JOB_ID.$ATTEMPT\"",
-        f"export {STOP_ENV}=\"$FTCTL_RUN_DIR/stop.$SLURM_JOB_ID.$ATTEMPT\"",
+        f'export {STATUS_ENV}="$FTCTL_RUN_DIR/status.$SLURM_JOB_ID.$ATTEMPT"',
+        f'export {STOP_ENV}="$FTCTL_RUN_DIR/stop.$SLURM_JOB_ID.$ATTEMPT"',
         "export FTCTL_RUN_DIR",
         *env_lines,
         f"# secrets come from the submitting environment, by name only: {secrets}",
@@ -136,7 +149,7 @@ def render(spec: RunSpec, plan: Plan) -> str:
         f'STATUS=$(cat "${STATUS_ENV}" 2>/dev/null || echo failed)',
         'echo "ftctl: trainer exited with $RC, status $STATUS"',
         'if [ "$STATUS" = preempted ]; then',
-        f"  if [ \"$ATTEMPT\" -lt {spec.max_requeues} ]; then",
+        f'  if [ "$ATTEMPT" -lt {spec.max_requeues} ]; then',
         '    echo "ftctl: requeueing job $SLURM_JOB_ID"',
         '    scontrol requeue "$SLURM_JOB_ID" && exit 0',
         "  fi",

@@ -19,38 +19,69 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Mapping
+from typing import IO
 
 from ftctl.errors import FtctlError
 
 COMMAND_TIMEOUT_S = 60
-FINISHED_STATES = frozenset({
-    "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
-    "OUT_OF_MEMORY", "PREEMPTED", "TIMEOUT", "SPECIAL_EXIT", "REVOKED",
-})
+FINISHED_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "TIMEOUT",
+        "SPECIAL_EXIT",
+        "REVOKED",
+    }
+)
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 # stderr lines that say nothing a user can act on
-_NOISE = ("If munged is up, restart with --num-threads", "slurm_send_node_msg:",
-          "Try \"sbatch --help\"", "Try \"squeue --help\"", "Try \"scancel --help\"")
+_NOISE = (
+    "If munged is up, restart with --num-threads",
+    "slurm_send_node_msg:",
+    'Try "sbatch --help"',
+    'Try "squeue --help"',
+    'Try "scancel --help"',
+)
 # (pattern in Slurm's message, hint): first match wins
 _HINTS = (
-    ("invalid partition", "run `ftctl doctor --backend slurm` to list this cluster's partitions, "
-                          "then pass --partition NAME"),
-    ("requested node configuration is not available",
-     "no node of that partition has what the job asks for (GPUs, CPUs, memory): "
-     "`ftctl doctor --backend slurm` lists what each partition has; --gpus cpu asks for no GPU"),
-    ("gres", "this cluster has no such GPU request: `ftctl doctor --backend slurm` lists each "
-             "partition's GPUs (gres); use --gpus cpu for a CPU-only job"),
-    ("node count specification invalid", "ask for at most as many nodes as the partition has "
-                                         "(`ftctl doctor --backend slurm`)"),
+    (
+        "invalid partition",
+        "run `ftctl doctor --backend slurm` to list this cluster's partitions, then pass --partition NAME",
+    ),
+    (
+        "requested node configuration is not available",
+        "no node of that partition has what the job asks for (GPUs, CPUs, memory): "
+        "`ftctl doctor --backend slurm` lists what each partition has; --gpus cpu asks for no GPU",
+    ),
+    (
+        "gres",
+        "this cluster has no such GPU request: `ftctl doctor --backend slurm` lists each "
+        "partition's GPUs (gres); use --gpus cpu for a CPU-only job",
+    ),
+    (
+        "node count specification invalid",
+        "ask for at most as many nodes as the partition has (`ftctl doctor --backend slurm`)",
+    ),
     ("--time", "--time takes MM, HH:MM:SS or D-HH:MM:SS"),
     ("time limit", "lower --time to the partition's limit (`ftctl doctor --backend slurm`)"),
-    ("munge", "the munge daemon is not running or not reachable on this host: Slurm cannot "
-              "authenticate; start munged or submit from the cluster's login node"),
-    ("unable to contact slurm controller", "slurmctld is down or unreachable from this host: "
-                                           "check `scontrol ping` and SLURM_CONF"),
+    (
+        "munge",
+        "the munge daemon is not running or not reachable on this host: Slurm cannot "
+        "authenticate; start munged or submit from the cluster's login node",
+    ),
+    (
+        "unable to contact slurm controller",
+        "slurmctld is down or unreachable from this host: check `scontrol ping` and SLURM_CONF",
+    ),
     ("configuration file", "point SLURM_CONF at the cluster's slurm.conf"),
     ("account", "pass --account with an account you may charge (`sacctmgr show assoc user=$USER`)"),
     ("qos", "pass a QOS you may use (`sacctmgr show assoc user=$USER format=qos`)"),
@@ -103,8 +134,7 @@ def slurm_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return dict(os.environ if env is None else env)
 
 
-def submit(script_path: str | os.PathLike, cwd: str | os.PathLike,
-           env: Mapping[str, str] | None = None) -> str:
+def submit(script_path: str | os.PathLike, cwd: str | os.PathLike, env: Mapping[str, str] | None = None) -> str:
     """``sbatch --parsable SCRIPT`` from ``cwd``; returns the job id.
 
     The job starts in ``cwd`` (unless the script says ``#SBATCH --chdir``) and, as Slurm does by
@@ -112,16 +142,18 @@ def submit(script_path: str | os.PathLike, cwd: str | os.PathLike,
     """
     script = Path(script_path)
     if not script.is_file():
-        raise FtctlError(f"batch script {str(script)!r} does not exist; render it first "
-                         "(`ftctl render --backend slurm ...`)")
+        raise FtctlError(
+            f"batch script {str(script)!r} does not exist; render it first (`ftctl render --backend slurm ...`)"
+        )
     proc = run_command(["sbatch", "--parsable", str(script.resolve())], env, cwd=cwd)
     if proc.returncode != 0:
         raise command_error("sbatch", f"refused {script.name}", proc)
     out = proc.stdout.strip().splitlines()
     job_id = out[-1].split(";")[0].strip() if out else ""
     if not _JOB_ID.match(job_id):
-        raise FtctlError(f"sbatch printed {proc.stdout.strip()!r} instead of a job id; "
-                         "check that `sbatch` on PATH is Slurm's")
+        raise FtctlError(
+            f"sbatch printed {proc.stdout.strip()!r} instead of a job id; check that `sbatch` on PATH is Slurm's"
+        )
     return job_id
 
 
@@ -132,9 +164,11 @@ def status(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
     if found is None:
         found = _sacct_status(job_id, env)
     if found is None:
-        raise FtctlError(f"Slurm has no record of job {job_id}: it is not in squeue and this "
-                         "cluster keeps no accounting for it (sacct); check the job id "
-                         "(`squeue --me`)")
+        raise FtctlError(
+            f"Slurm has no record of job {job_id}: it is not in squeue and this "
+            "cluster keeps no accounting for it (sacct); check the job id "
+            "(`squeue --me`)"
+        )
     return found
 
 
@@ -144,7 +178,7 @@ def cancel(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
     if before.finished:
         return before
     proc = run_command(["scancel", before.job_id], env)
-    if "already completing or completed" in proc.stderr:   # it ended meanwhile
+    if "already completing or completed" in proc.stderr:  # it ended meanwhile
         return before
     if proc.returncode != 0 or "error" in proc.stderr.lower():
         raise command_error("scancel", f"could not cancel job {before.job_id}", proc)
@@ -164,13 +198,18 @@ def stdout_path(job_id: str, env: Mapping[str, str] | None = None) -> Path | Non
         line = line.strip()
         if line.startswith("StdOut="):
             # scontrol expands %j, %x, %u, %N, %A, %a but prints %% as it is; slurmstepd writes '%'
-            return Path(line[len("StdOut="):].replace("%%", "%"))
+            return Path(line[len("StdOut=") :].replace("%%", "%"))
     return None
 
 
-def logs(job_id: str, follow: bool = False, env: Mapping[str, str] | None = None,
-         path: str | os.PathLike | None = None, out: IO[str] | None = None,
-         poll_s: float = 0.5) -> Path:
+def logs(
+    job_id: str,
+    follow: bool = False,
+    env: Mapping[str, str] | None = None,
+    path: str | os.PathLike | None = None,
+    out: IO[str] | None = None,
+    poll_s: float = 0.5,
+) -> Path:
     """Print the job's output file to ``out`` (stdout); with ``follow``, keep printing what is
     appended until the job has finished. Returns the file's path.
 
@@ -181,8 +220,10 @@ def logs(job_id: str, follow: bool = False, env: Mapping[str, str] | None = None
     out = sys.stdout if out is None else out
     log = Path(path) if path is not None else stdout_path(job_id, env)
     if log is None:
-        raise FtctlError(f"Slurm no longer knows where job {job_id} wrote its output; look for "
-                         f"slurm-{job_id}.out in the job's run directory")
+        raise FtctlError(
+            f"Slurm no longer knows where job {job_id} wrote its output; look for "
+            f"slurm-{job_id}.out in the job's run directory"
+        )
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     offset = 0
     last_check = 0.0
@@ -190,8 +231,10 @@ def logs(job_id: str, follow: bool = False, env: Mapping[str, str] | None = None
         offset = _copy_new(log, offset, out, decoder)
         if not follow:
             if offset == 0 and not log.exists():
-                raise FtctlError(f"job {job_id}'s output file {str(log)!r} does not exist (yet): "
-                                 "the job may still be pending; try `ftctl logs -f`")
+                raise FtctlError(
+                    f"job {job_id}'s output file {str(log)!r} does not exist (yet): "
+                    "the job may still be pending; try `ftctl logs -f`"
+                )
             return log
         now = time.monotonic()
         if now - last_check >= max(poll_s, 1.0) or last_check == 0.0:
@@ -206,32 +249,36 @@ def logs(job_id: str, follow: bool = False, env: Mapping[str, str] | None = None
 def _check_id(job_id: str) -> str:
     job_id = str(job_id).strip()
     if not _JOB_ID.match(job_id):
-        raise FtctlError(f"{job_id!r} is not a Slurm job id (a number such as 1234, as "
-                         "`ftctl launch` printed it)")
+        raise FtctlError(f"{job_id!r} is not a Slurm job id (a number such as 1234, as `ftctl launch` printed it)")
     return job_id
 
 
-def run_command(argv: list[str], env: Mapping[str, str] | None = None,
-                cwd: str | os.PathLike | None = None,
-                timeout: float = COMMAND_TIMEOUT_S) -> subprocess.CompletedProcess:
+def run_command(
+    argv: list[str],
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    timeout: float = COMMAND_TIMEOUT_S,
+) -> subprocess.CompletedProcess:
     """Run a Slurm command (argument list, no shell) in ``env`` or this process's environment;
     FtctlError when it is not installed, SLURM_CONF points nowhere, or it does not answer."""
     environ = slurm_env(env)
     exe = shutil.which(argv[0], path=environ.get("PATH"))
     if exe is None:
-        raise FtctlError(f"`{argv[0]}` is not on PATH: run ftctl on a host where the Slurm client "
-                         "tools are installed (the cluster's login node), or install slurm-client")
+        raise FtctlError(
+            f"`{argv[0]}` is not on PATH: run ftctl on a host where the Slurm client "
+            "tools are installed (the cluster's login node), or install slurm-client"
+        )
     conf = environ.get("SLURM_CONF")
     if conf and not Path(conf).is_file():
         # Slurm would retry reading it for 60 s before failing
-        raise FtctlError(f"SLURM_CONF={conf} does not exist; point it at the cluster's "
-                         "slurm.conf or unset it")
+        raise FtctlError(f"SLURM_CONF={conf} does not exist; point it at the cluster's slurm.conf or unset it")
     try:
-        return subprocess.run([exe, *argv[1:]], env=environ, cwd=cwd, capture_output=True,
-                              text=True, timeout=timeout)
+        return subprocess.run([exe, *argv[1:]], env=environ, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise FtctlError(f"`{' '.join(argv[:2])}` did not answer within {timeout:.0f} s: "
-                         "slurmctld is slow or unreachable; check `scontrol ping`") from None
+        raise FtctlError(
+            f"`{' '.join(argv[:2])}` did not answer within {timeout:.0f} s: "
+            "slurmctld is slow or unreachable; check `scontrol ping`"
+        ) from None
 
 
 def _one_line(stderr: str) -> str:
@@ -240,10 +287,9 @@ def _one_line(stderr: str) -> str:
     parts: list[str] = []
     for line in stderr.splitlines():
         line = line.strip()
-        for prefix in ("sbatch:", "squeue:", "scancel:", "scontrol:", "sacct:", "sinfo:",
-                       "error:", "fatal:"):
+        for prefix in ("sbatch:", "squeue:", "scancel:", "scontrol:", "sacct:", "sinfo:", "error:", "fatal:"):
             if line.startswith(prefix):
-                line = line[len(prefix):].strip()
+                line = line[len(prefix) :].strip()
         if not line or any(n in line for n in _NOISE) or line in parts:
             continue
         if parts and line[:1].islower():
@@ -275,33 +321,49 @@ def _squeue_status(job_id: str, env) -> JobStatus | None:
             reason = cols[3].strip()
             finished = state in FINISHED_STATES
             code, sig = _wait_status(cols[5].strip()) if finished else (None, None)
-            return JobStatus(job_id=job_id, state=state, nodes=cols[2].strip(),
-                             reason="" if reason == "None" else reason, exit_code=code,
-                             signal=sig, restarts=_int(cols[4]), source="squeue")
+            return JobStatus(
+                job_id=job_id,
+                state=state,
+                nodes=cols[2].strip(),
+                reason="" if reason == "None" else reason,
+                exit_code=code,
+                signal=sig,
+                restarts=_int(cols[4]),
+                source="squeue",
+            )
     return None
 
 
 def _sacct_status(job_id: str, env) -> JobStatus | None:
     fields = "JobIDRaw,State,NodeList,ExitCode,Reason"
     for argv, source in (
-        (["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", job_id,
-          "--format", fields], "sacct"),
-        (["sacct", "-c", "--noheader", "--parsable2", "--jobs", job_id,
-          "--format", "JobID,State,NodeList,ExitCode"], "sacct -c"),
+        (["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", job_id, "--format", fields], "sacct"),
+        (
+            ["sacct", "-c", "--noheader", "--parsable2", "--jobs", job_id, "--format", "JobID,State,NodeList,ExitCode"],
+            "sacct -c",
+        ),
     ):
         proc = run_command(argv, env)
         if proc.returncode != 0:
-            continue   # accounting disabled, or no jobcomp file: try the next source
+            continue  # accounting disabled, or no jobcomp file: try the next source
         rows = [line.split("|") for line in proc.stdout.splitlines() if line.strip()]
         rows = [r for r in rows if r and r[0].strip() == job_id]
         if not rows:
             continue
-        row = rows[-1]   # the last record: after requeues, the attempt that counts
+        row = rows[-1]  # the last record: after requeues, the attempt that counts
         state = (row[1].split() or ["UNKNOWN"])[0] if len(row) > 1 else "UNKNOWN"
         code, sig = _exit_pair(row[3]) if len(row) > 3 else (None, None)
         reason = row[4].strip() if len(row) > 4 and row[4].strip() != "None" else ""
-        return JobStatus(job_id=job_id, state=state, nodes=row[2].strip() if len(row) > 2 else "",
-                         reason=reason, exit_code=code, signal=sig, restarts=None, source=source)
+        return JobStatus(
+            job_id=job_id,
+            state=state,
+            nodes=row[2].strip() if len(row) > 2 else "",
+            reason=reason,
+            exit_code=code,
+            signal=sig,
+            restarts=None,
+            source=source,
+        )
     return None
 
 

@@ -15,8 +15,9 @@ def main(argv=None) -> int:
     parser.add_argument("--spec", required=True, help="spec.json written by ftctl (the run and its plan)")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s"
+    )
     from ftctl.plan import load_run
     from ftctl.trainer import distributed
     from ftctl.trainer.run import train, write_status
@@ -33,8 +34,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     if rank == 0:
-        print(f"{result.status}: step {result.global_step}, final loss {result.final_loss}, "
-              f"output {spec.output}", flush=True)
+        print(
+            f"{result.status}: step {result.global_step}, final loss {result.final_loss}, output {spec.output}",
+            flush=True,
+        )
     return 0
 
 
@@ -42,8 +45,12 @@ def one_gpu_per_process(plan) -> None:
     """A single-process GPU run on a host with several GPUs would otherwise get them all and the
     Trainer would wrap the model in nn.DataParallel (SFTTrainer refuses it): show it the first one.
     torchrun runs (WORLD_SIZE set) pick their GPU by LOCAL_RANK. Must run before CUDA starts."""
-    if plan.tier and plan.world_size == 1 and "WORLD_SIZE" not in os.environ \
-            and "CUDA_VISIBLE_DEVICES" not in os.environ:
+    if (
+        plan.tier
+        and plan.world_size == 1
+        and "WORLD_SIZE" not in os.environ
+        and "CUDA_VISIBLE_DEVICES" not in os.environ
+    ):
         os.environ["CUDA_VISIBLE_DEVICES"] = "0"
 
 

@@ -50,8 +50,12 @@ class MetricsCallback(TrainerCallback):
             return
         now = time.time()
         if "loss" not in logs:  # the end-of-training summary
-            record = {"step": state.global_step, "event": "end", "time": round(now, 3),
-                      **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            record = {
+                "step": state.global_step,
+                "event": "end",
+                "time": round(now, 3),
+                **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
+            }
             self._write(record)
             return
         tokens = state.num_input_tokens_seen

@@ -85,7 +85,9 @@ class DataReport:
             top = max(n for _, n in s.histogram) or 1
             for label, n in s.histogram:
                 lines.append(f"    {label:>{width}} | {'#' * math.ceil(40 * n / top):<40} {n:,}")
-        lines.append("OK: ready to train." if self.ok else f"FAILED: {len(self.errors)} error(s); fix or remove those rows.")
+        lines.append(
+            "OK: ready to train." if self.ok else f"FAILED: {len(self.errors)} error(s); fix or remove those rows."
+        )
         return "\n".join(lines)
 
     def error_message(self) -> str:
@@ -94,7 +96,9 @@ class DataReport:
         lines = [f"{len(self.errors)} problem(s) in the training data {self.path}; fix or remove these rows:"]
         lines += [f"  {e}" for e in self.errors[:shown]]
         if len(self.errors) > shown:
-            lines.append(f"  ... and {len(self.errors) - shown} more: `ftctl data check {self.path} --model MODEL` lists them all")
+            lines.append(
+                f"  ... and {len(self.errors) - shown} more: `ftctl data check {self.path} --model MODEL` lists them all"
+            )
         return "\n".join(lines)
 
 
@@ -169,7 +173,9 @@ def prepare_data(path: str, tokenizer, max_length: int, storage_options: dict | 
     for row, enc in zip(good, encoded):
         trainable = sum(enc.mask)
         if enc.trainable_before == 0:
-            report.errors.append(f"{row.where}: every label is masked: the rendered conversation has no assistant tokens")
+            report.errors.append(
+                f"{row.where}: every label is masked: the rendered conversation has no assistant tokens"
+            )
             continue
         if trainable == 0:
             report.errors.append(
@@ -198,7 +204,7 @@ def prepare_data(path: str, tokenizer, max_length: int, storage_options: dict | 
     s = report.stats
     s.rows, s.formats = len(kept_ids), dict(formats)
     s.tokens = sum(map(len, kept_ids))
-    s.trainable_tokens = sum(l != IGNORE_INDEX for labels in kept_labels for l in labels)
+    s.trainable_tokens = sum(t != IGNORE_INDEX for labels in kept_labels for t in labels)
     s.truncated_rows = sum(n > max_length for n in lengths)
     s.max_tokens = max(lengths, default=0)
     s.histogram = _histogram(lengths, max_length)
@@ -207,7 +213,10 @@ def prepare_data(path: str, tokenizer, max_length: int, storage_options: dict | 
     dataset = datasets.Dataset.from_dict(
         {"input_ids": kept_ids, "labels": kept_labels},
         features=datasets.Features(
-            {"input_ids": datasets.Sequence(datasets.Value("int32")), "labels": datasets.Sequence(datasets.Value("int32"))}
+            {
+                "input_ids": datasets.Sequence(datasets.Value("int32")),
+                "labels": datasets.Sequence(datasets.Value("int32")),
+            }
         ),
     )
     return report, dataset

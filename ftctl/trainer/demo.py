@@ -22,9 +22,16 @@ MAX_NEW_TOKENS = 40
 # answered with the fact from step 20 on, the control answer unchanged. With a cosine decay the same
 # 30 steps fell short ("HALYON-42"); alpha 64 + cosine learned it but clipped the control answer
 # ("It's Paris."); cpu-stack.md: lr 1e-3 overfits, QLoRA at 3e-4 degrades unrelated answers.
-DEMO_SETTINGS = dict(method="lora", lora_r=8, learning_rate=3e-4, lr_scheduler_type="constant_with_warmup",
-                     per_device_train_batch_size=4, gradient_accumulation_steps=1, global_batch_size=4,
-                     model_max_length=256)
+DEMO_SETTINGS = dict(
+    method="lora",
+    lora_r=8,
+    learning_rate=3e-4,
+    lr_scheduler_type="constant_with_warmup",
+    per_device_train_batch_size=4,
+    gradient_accumulation_steps=1,
+    global_batch_size=4,
+    model_max_length=256,
+)
 
 
 @dataclass
@@ -47,29 +54,44 @@ class Answer:
 def demo_spec(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS) -> RunSpec:
     from ftctl.spec import build
 
-    return build({**DEMO_SETTINGS, "model_name_or_path": DEMO_MODEL, "data_path": DEMO_DATA,
-                  "output_dir": output_dir, "max_steps": steps, "save_steps": steps, "save_total_limit": 1,
-                  "logging_steps": 5, "gpus": "cpu", "resume": "never", "run_name": "ftctl-demo"})
+    return build(
+        {
+            **DEMO_SETTINGS,
+            "model_name_or_path": DEMO_MODEL,
+            "data_path": DEMO_DATA,
+            "output_dir": output_dir,
+            "max_steps": steps,
+            "save_steps": steps,
+            "save_total_limit": 1,
+            "logging_steps": 5,
+            "gpus": "cpu",
+            "resume": "never",
+            "run_name": "ftctl-demo",
+        }
+    )
 
 
 def questions() -> list[Answer]:
     from ftctl.demo import demo_questions
 
     q = demo_questions()
-    return [Answer("held-out", x["question"], x["expect"]) for x in q["held_out"]] + \
-           [Answer("control", x["question"], x["expect"]) for x in q["control"]]
+    return [Answer("held-out", x["question"], x["expect"]) for x in q["held_out"]] + [
+        Answer("control", x["question"], x["expect"]) for x in q["control"]
+    ]
 
 
 def ask(model, tokenizer, question: str, max_new_tokens: int = MAX_NEW_TOKENS) -> str:
     """The model's greedy answer to one user question, through its chat template."""
     import torch
 
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        out = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print) -> list[Answer]:
@@ -93,8 +115,10 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
 
     spec = demo_spec(output_dir, steps)
     plan = make_plan(spec, "cpu")
-    echo(f"\nFine-tuning: LoRA r={spec.lora_r}, lr {plan.learning_rate:g}, {steps} steps x "
-         f"{plan.global_batch_size} conversations of {spec.data_path} (output {spec.output})")
+    echo(
+        f"\nFine-tuning: LoRA r={spec.lora_r}, lr {plan.learning_rate:g}, {steps} steps x "
+        f"{plan.global_batch_size} conversations of {spec.data_path} (output {spec.output})"
+    )
     result = train(spec, plan, echo=lambda line: echo("  " + line))
 
     tuned = PeftModel.from_pretrained(base, result.output_dir).eval()
@@ -109,7 +133,9 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
 def summary(answers: list[Answer]) -> str:
     learned = [a for a in answers if a.kind == "held-out"]
     control = [a for a in answers if a.kind == "control"]
-    return (f"Held-out questions answered with the taught fact: {sum(a.right_before for a in learned)}/{len(learned)} "
-            f"before, {sum(a.right_after for a in learned)}/{len(learned)} after. Control questions right: "
-            f"{sum(a.right_before for a in control)}/{len(control)} before, "
-            f"{sum(a.right_after for a in control)}/{len(control)} after.")
+    return (
+        f"Held-out questions answered with the taught fact: {sum(a.right_before for a in learned)}/{len(learned)} "
+        f"before, {sum(a.right_after for a in learned)}/{len(learned)} after. Control questions right: "
+        f"{sum(a.right_before for a in control)}/{len(control)} before, "
+        f"{sum(a.right_after for a in control)}/{len(control)} after."
+    )

@@ -58,8 +58,10 @@ def check_world(plan, procs: Processes) -> None:
     if not procs.on_cpu and plan.tier is None:
         return  # a CPU plan on a GPU machine: runs on the GPU, fine
     if procs.on_cpu and plan.tier is not None:
-        raise FtctlError(f"The plan is for {plan.gpus} but this machine has no CUDA GPU: re-plan with --gpus cpu, "
-                         "or run on a machine with the planned GPUs.")
+        raise FtctlError(
+            f"The plan is for {plan.gpus} but this machine has no CUDA GPU: re-plan with --gpus cpu, "
+            "or run on a machine with the planned GPUs."
+        )
 
 
 def init_for_deepspeed(plan, procs: Processes) -> None:
@@ -83,12 +85,14 @@ def deepspeed_config(plan, on_cpu: bool) -> dict | None:
         "reduce_bucket_size": "auto",
     }
     if stage == 3:
-        zero.update({
-            "stage3_prefetch_bucket_size": "auto",
-            "stage3_param_persistence_threshold": "auto",
-            # save_model() writes one ordinary safetensors model, not only per-rank shards
-            "stage3_gather_16bit_weights_on_model_save": True,
-        })
+        zero.update(
+            {
+                "stage3_prefetch_bucket_size": "auto",
+                "stage3_param_persistence_threshold": "auto",
+                # save_model() writes one ordinary safetensors model, not only per-rank shards
+                "stage3_gather_16bit_weights_on_model_save": True,
+            }
+        )
     config = {
         "train_micro_batch_size_per_gpu": "auto",
         "train_batch_size": "auto",
@@ -105,8 +109,10 @@ def deepspeed_config(plan, on_cpu: bool) -> dict | None:
         zero["offload_optimizer"] = dict(offload)
         zero["offload_param"] = dict(offload)
         # offloaded optimizer states need DeepSpeed's CPU Adam
-        config["optimizer"] = {"type": "AdamW",
-                               "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"}}
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
+        }
     return config
 
 
@@ -118,8 +124,10 @@ def fsdp_settings(plan, on_cpu: bool) -> dict:
     if plan.strategy != "fsdp":
         return {}
     if on_cpu:
-        raise FtctlError("strategy fsdp does not run on CPU (the Trainer's FSDP needs GPUs): use strategy zero3 "
-                         "(-o strategy=zero3) for sharded training on CPU.")
+        raise FtctlError(
+            "strategy fsdp does not run on CPU (the Trainer's FSDP needs GPUs): use strategy zero3 "
+            "(-o strategy=zero3) for sharded training on CPU."
+        )
     return {
         "fsdp": "full_shard auto_wrap",
         "fsdp_config": {

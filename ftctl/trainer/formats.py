@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ftctl.errors import FtctlError, did_you_mean
 
@@ -82,7 +83,9 @@ def resolve_files(path: str, storage_options: dict | None = None) -> list[str]:
     except (PermissionError, OSError) as e:
         raise FtctlError(f"Cannot read the data at {path}: {e}. Check the path and your credentials.") from e
     if not exists:
-        raise FtctlError(f"No data at {path}: give a .json, .jsonl or .parquet file, a directory of them or builtin:demo.")
+        raise FtctlError(
+            f"No data at {path}: give a .json, .jsonl or .parquet file, a directory of them or builtin:demo."
+        )
     if not is_dir:
         if not root.endswith(EXTENSIONS):
             raise FtctlError(f"Cannot read {path}: data files must end in .json, .jsonl or .parquet.")
@@ -158,7 +161,9 @@ def to_row(where: str, record: Any) -> Row:
     if isinstance(record, _ParseError):
         return Row(where=where, format="unknown", problems=[record.message])
     if not isinstance(record, dict):
-        return Row(where=where, format="unknown", problems=[f"not a conversation: a {type(record).__name__}, {FORMAT_HINT}"])
+        return Row(
+            where=where, format="unknown", problems=[f"not a conversation: a {type(record).__name__}, {FORMAT_HINT}"]
+        )
     if isinstance(record.get("id"), (str, int)):
         where = f"{where} (id {record['id']!r})"
     if "conversations" in record:
@@ -170,7 +175,11 @@ def to_row(where: str, record: Any) -> Row:
     if "text" in record:
         text = record["text"]
         if not isinstance(text, str):
-            return Row(where=where, format="text", problems=[f"not a conversation: 'text' is a {type(text).__name__}, not a string"])
+            return Row(
+                where=where,
+                format="text",
+                problems=[f"not a conversation: 'text' is a {type(text).__name__}, not a string"],
+            )
         if not text.strip():
             return Row(where=where, format="text", problems=["empty turn: 'text' is empty"])
         return Row(where=where, format="text", text=text)
@@ -182,7 +191,9 @@ def _content(value: Any) -> str | None:
     """A turn's text: a string, or OpenAI content parts of type text joined; None if neither."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value):
+    if isinstance(value, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
+    ):
         return "".join(p["text"] for p in value)
     return None
 
@@ -209,7 +220,9 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
             continue
         content = _content(turn[text_key])
         if content is None:
-            row.problems.append(f"not a conversation: turn {n} '{text_key}' is a {type(turn[text_key]).__name__}, not text")
+            row.problems.append(
+                f"not a conversation: turn {n} '{text_key}' is a {type(turn[text_key]).__name__}, not text"
+            )
             continue
         if not content.strip():
             row.problems.append(f"empty turn: turn {n} ({role}) has no text; remove it or fill it in")

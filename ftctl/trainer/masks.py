@@ -96,7 +96,9 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return full, spans, has_eot
 
 
-def encode_texts(tokenizer, texts: list[str], spans: list[list[tuple[int, int]] | None], max_length: int) -> list[Encoded]:
+def encode_texts(
+    tokenizer, texts: list[str], spans: list[list[tuple[int, int]] | None], max_length: int
+) -> list[Encoded]:
     """Tokenise rendered texts (batched) and mark tokens starting inside their spans.
 
     ``spans[k] is None`` means plain text: every token trains, with bos/eos added."""

@@ -32,16 +32,26 @@ def find_adapter(run_dir_or_checkpoint: str) -> Path:
     path = Path(run_dir_or_checkpoint)
     if (path / ADAPTER_CONFIG).is_file():
         return path
-    ckpts = sorted((p for p in path.glob("checkpoint-*") if checkpoint_step(p.name) is not None
-                    and (p / ADAPTER_CONFIG).is_file()), key=lambda p: checkpoint_step(p.name))
+    ckpts = sorted(
+        (
+            p
+            for p in path.glob("checkpoint-*")
+            if checkpoint_step(p.name) is not None and (p / ADAPTER_CONFIG).is_file()
+        ),
+        key=lambda p: checkpoint_step(p.name),
+    )
     if ckpts:
         log.warning("%s has no final adapter: merging its newest checkpoint %s", path, ckpts[-1].name)
         return ckpts[-1]
     if (path / "config.json").is_file():
-        raise FtctlError(f"{path} holds a full model (method fft or sft), not a LoRA adapter: it loads with "
-                         "transformers as it is, there is nothing to merge.")
-    raise FtctlError(f"No LoRA adapter in {path} ({ADAPTER_CONFIG} not found there or in a checkpoint-* "
-                     "directory): pass the output directory of a lora or qlora run.")
+        raise FtctlError(
+            f"{path} holds a full model (method fft or sft), not a LoRA adapter: it loads with "
+            "transformers as it is, there is nothing to merge."
+        )
+    raise FtctlError(
+        f"No LoRA adapter in {path} ({ADAPTER_CONFIG} not found there or in a checkpoint-* "
+        "directory): pass the output directory of a lora or qlora run."
+    )
 
 
 def merge_dtype(adapter_dir: Path, dtype: str | None) -> str:
@@ -59,8 +69,7 @@ def merge_dtype(adapter_dir: Path, dtype: str | None) -> str:
     return "fp32"
 
 
-def merge(run_dir_or_checkpoint: str, out_dir: str, dtype: str | None = None,
-          endpoint_url: str | None = None) -> Path:
+def merge(run_dir_or_checkpoint: str, out_dir: str, dtype: str | None = None, endpoint_url: str | None = None) -> Path:
     """Merge the adapter of a lora/qlora run into its base; write a safetensors model + tokenizer to
     ``out_dir`` (a local path or object-store URI). Returns the local directory written."""
     if storage.is_remote(run_dir_or_checkpoint):
@@ -99,5 +108,6 @@ def _download_adapter(uri: str, local: str, endpoint_url: str | None) -> None:
     """The top-level files of a remote run (its final adapter), or a remote checkpoint."""
     for entry in storage.ls(uri, endpoint_url):
         if entry["type"] == "file":
-            storage.get_file(storage.join(uri, entry["name"]), os.path.join(local, entry["name"]),
-                             endpoint_url=endpoint_url)
+            storage.get_file(
+                storage.join(uri, entry["name"]), os.path.join(local, entry["name"]), endpoint_url=endpoint_url
+            )

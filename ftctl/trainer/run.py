@@ -115,12 +115,21 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         # a local output seen by several nodes is one shared directory (every node read spec.json
         # from the run dir): node 0 commits each checkpoint's ftctl-manifest.json for all of them
         run.sync = CheckpointSyncCallback(
-            remote_uri, spec_hash=spec.digest(), endpoint_url=spec.s3_endpoint_url,
-            keep_last=spec.save_total_limit, upload_wait_s=spec.upload_wait_s,
-            shared_filesystem=remote_uri is None)
+            remote_uri,
+            spec_hash=spec.digest(),
+            endpoint_url=spec.s3_endpoint_url,
+            keep_last=spec.save_total_limit,
+            upload_wait_s=spec.upload_wait_s,
+            shared_filesystem=remote_uri is None,
+        )
         metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo)
-        run.trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                 callbacks=[run.sync, preemption, metrics, *callbacks])
+        run.trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[run.sync, preemption, metrics, *callbacks],
+        )
         for cb in (PrinterCallback, ProgressCallback):  # MetricsCallback prints the progress
             run.trainer.remove_callback(cb)
     except BaseException:
@@ -139,7 +148,8 @@ def output_dirs(spec: RunSpec) -> tuple[str, str | None]:
 
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", out.split("://", 1)[1]).strip("-")[:80]
     local = os.environ.get(LOCAL_DIR_ENV) or str(
-        cache_dir() / "runs" / f"{slug}-{hashlib.sha256(out.encode()).hexdigest()[:8]}")
+        cache_dir() / "runs" / f"{slug}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
+    )
     return os.path.abspath(local), out.rstrip("/")
 
 
@@ -193,8 +203,11 @@ def checkpointing_args(on: bool) -> dict:
 
     from trl import SFTConfig
 
-    name = "activation_checkpointing" if any(
-        f.name == "activation_checkpointing" for f in dataclasses.fields(SFTConfig)) else "gradient_checkpointing"
+    name = (
+        "activation_checkpointing"
+        if any(f.name == "activation_checkpointing" for f in dataclasses.fields(SFTConfig))
+        else "gradient_checkpointing"
+    )
     return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
 
 
@@ -207,8 +220,10 @@ def report_to(value: str) -> list[str]:
             raise FtctlError(f"report_to={name!r}: use none, tensorboard or wandb (comma-separated).")
         module = "tensorboard" if name == "tensorboard" else "wandb"
         if importlib.util.find_spec(module) is None:
-            raise FtctlError(f"report_to={name} needs the {module} package: pip install {module} "
-                             f"(wandb without network: WANDB_MODE=offline).")
+            raise FtctlError(
+                f"report_to={name} needs the {module} package: pip install {module} "
+                f"(wandb without network: WANDB_MODE=offline)."
+            )
     return wanted or ["none"]
 
 
@@ -224,11 +239,15 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
             log.warning("resuming from %s", found)
         return found
     if storage.is_remote(spec.resume):
-        raise FtctlError(f"resume={spec.resume}: give a local checkpoint directory, or resume=auto with "
-                         "output_dir set to the run's URI to take its newest complete checkpoint.")
+        raise FtctlError(
+            f"resume={spec.resume}: give a local checkpoint directory, or resume=auto with "
+            "output_dir set to the run's URI to take its newest complete checkpoint."
+        )
     if not Path(spec.resume, "trainer_state.json").is_file():
-        raise FtctlError(f"resume={spec.resume} is not a checkpoint directory (no trainer_state.json): pass a "
-                         "checkpoint-<step> directory, or resume=auto.")
+        raise FtctlError(
+            f"resume={spec.resume} is not a checkpoint directory (no trainer_state.json): pass a "
+            "checkpoint-<step> directory, or resume=auto."
+        )
     return spec.resume
 
 
@@ -280,8 +299,11 @@ def upload_top_level(local_dir: str, remote_uri: str, endpoint_url: str | None) 
 def cleanup(run: Run, status: str) -> None:
     run.preemption.uninstall()
     if status == "preempted" and run.procs.is_main:
-        log.warning("stopped on %s after saving step %d; resume with the same output dir",
-                    run.preemption.received, run.trainer.state.global_step)
+        log.warning(
+            "stopped on %s after saving step %d; resume with the same output dir",
+            run.preemption.received,
+            run.trainer.state.global_step,
+        )
     write_status(status)
 
 

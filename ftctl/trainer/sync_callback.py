@@ -47,9 +47,7 @@ def node_topology(shared_filesystem: bool = False) -> tuple[int, int]:
     return node, num_nodes
 
 
-def resume_checkpoint(
-    local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None
-) -> str | None:
+def resume_checkpoint(local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None) -> str | None:
     """The local path of the checkpoint to pass to ``Trainer.train(resume_from_checkpoint=)``.
 
     The newest complete, sha256-verified checkpoint of ``local_dir`` or ``remote_uri``
@@ -147,9 +145,7 @@ class CheckpointSyncCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         self._barrier()  # every rank's files (rng_state_<rank>.pth, shards) are written
         if self._writes(state):
-            ckpt = os.path.join(
-                args.output_dir, f"{checkpoints.CHECKPOINT_PREFIX}{state.global_step}"
-            )
+            ckpt = os.path.join(args.output_dir, f"{checkpoints.CHECKPOINT_PREFIX}{state.global_step}")
             if not os.path.isdir(ckpt):
                 log.warning("on_save: %s does not exist; nothing to commit", ckpt)
             else:
@@ -162,9 +158,7 @@ class CheckpointSyncCallback(TrainerCallback):
                         "num_nodes": self.num_nodes,
                         "attempt": self.attempt,
                     }
-                checkpoints.write_manifest(
-                    ckpt, state.global_step, args.world_size, self.spec_hash, name=name, **extra
-                )
+                checkpoints.write_manifest(ckpt, state.global_step, args.world_size, self.spec_hash, name=name, **extra)
                 if self.uploader is not None:
                     if state.best_model_checkpoint:
                         self.uploader.protected = {os.path.basename(state.best_model_checkpoint)}
