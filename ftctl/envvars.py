@@ -5,3 +5,7 @@ STATUS_ENV = "FTCTL_STATUS_FILE"
 # Its existence asks the trainer to checkpoint and stop at the next step boundary (Slurm's batch
 # shell gets the time-limit signal; signalling torchrun itself would kill it).
 STOP_ENV = "FTCTL_STOP_FILE"
+# A directory where each failing rank leaves one record (ftctl.failures); the launcher reports it once.
+FAILURE_DIR_ENV = "FTCTL_FAILURE_DIR"
+# 1: show every third-party message ftctl.quiet lowers to debug (also `ftctl -v`); inherited by the trainer.
+VERBOSE_ENV = "FTCTL_VERBOSE"

@@ -22,7 +22,7 @@ from ftctl.errors import FtctlError, did_you_mean
 METHODS = ("fft", "sft", "lora", "qlora")
 BACKENDS = ("local", "slurm", "sky", "docker")
 STRATEGIES = ("single", "ddp", "zero2", "zero3", "zero3_offload", "fsdp")
-ATTENTION = ("flash_attention_2", "sdpa", "eager")
+ATTENTION = ("varlen", "flash_attention_2", "sdpa", "eager")  # varlen: see ftctl/trainer/attention.py
 
 DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_DATA = "builtin:demo"
@@ -70,7 +70,7 @@ class RunSpec:
     gradient_checkpointing: bool | None = None  # planner
     bf16: bool | None = None  # planner (tier)
     fp16: bool | None = None  # planner (tier)
-    attn_implementation: str | None = None  # planner: flash_attention_2 / sdpa / eager
+    attn_implementation: str | None = None  # planner: varlen / flash_attention_2 / sdpa / eager
     packing: bool | None = None  # planner: on where attention honours sample boundaries
     strategy: str | None = None  # planner: single/ddp/zero2/zero3/zero3_offload/fsdp
     optim: str | None = None  # planner: adamw_torch(_fused), paged_adamw_8bit for qlora
@@ -90,7 +90,7 @@ class RunSpec:
     nodes: int | None = None
     host_memory_gb: float | None = None  # CPU RAM per node, for offload plans; default 2x GPU memory
     # --- backend options -----------------------------------------------------------------------
-    backend: str = "local"
+    backend: str | None = None  # default: ftctl.backend.choose_backend
     container: str | None = None  # docker:IMAGE | apptainer:IMAGE | pyxis:IMAGE (bare IMAGE = docker)
     secrets: list[str] = field(default_factory=lambda: list(SECRETS))  # env var NAMES, never values
     env: dict[str, str] = field(default_factory=dict)  # plain (non-secret) environment

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ftctl import spec as spec_mod
-from ftctl.backends import Prepared, prepare
+from ftctl.backend import Rendered, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def make_spec(overrides=(), config=None, **flags) -> spec_mod.RunSpec:
     return spec_mod.build(config, flags, list(overrides))
 
 
-def prepared(overrides=(), **flags) -> Prepared:
+def prepared(overrides=(), **flags) -> Rendered:
     return prepare(make_spec(overrides, **flags))
 
 

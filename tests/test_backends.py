@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftctl.backends import prepare, write_files
+from ftctl.backend import prepare, write_files
 from ftctl.errors import FtctlError
 from ftctl.spec import build
 

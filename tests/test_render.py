@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftctl.backends import write_files
+from ftctl.backend import write_files
 from ftctl.docker import render as docker_render
 from ftctl.errors import FtctlError
 from tests.render_fixtures import HOSTILE, fake_bin, make_spec, prepared, read_log, run_bash, write_model_config

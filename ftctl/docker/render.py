@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 
 from ftctl import __version__
+from ftctl.envvars import FAILURE_DIR_ENV
 from ftctl.errors import FtctlError
 from ftctl.launch import container_kind, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
+from ftctl.runpaths import FAILURES_DIR
 from ftctl.spec import RunSpec
-from ftctl.storage_uri import is_remote
+from ftctl.storage import is_remote
 
 DEFAULT_IMAGE = f"ghcr.io/ftctl/ftctl:{__version__}-cu124"
 CONTAINER_RUN_DIR = "/ftctl/run"
@@ -26,7 +28,7 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
     cmd = [
         "docker",
         "run",
-        "--rm",
+        "--detach",
         "--name",
         spec.name,
         "--ipc=host",
@@ -47,6 +49,8 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
             cmd += ["-v", f"{p}:{p}"]
     for k, v in sorted(trainer_env(spec, plan).items()):
         cmd += ["-e", f"{k}={v}"]
+    # a failing rank leaves its record in the run dir, for `ftctl status` to report (ftctl.failures)
+    cmd += ["-e", f"{FAILURE_DIR_ENV}={CONTAINER_RUN_DIR}/{FAILURES_DIR}"]
     for name in spec.secrets:
         cmd += ["-e", name]  # value passed from this environment by docker, never written
     cmd += ["-w", CONTAINER_RUN_DIR, image]

@@ -22,11 +22,12 @@ from ftctl import __version__
 from ftctl.errors import FtctlError
 from ftctl.launch import STATUS_ENV, STOP_ENV, Shell, container_kind, join, q, torchrun_argv, trainer_env
 from ftctl.plan import Plan
+from ftctl.runpaths import SLURM_LOG_PATTERN, SLURM_STATUS_PATTERN, SLURM_STOP_PATTERN
 from ftctl.spec import RunSpec
-from ftctl.storage_uri import is_remote
+from ftctl.storage import is_remote
 
-SCRIPT_NAME = "job.sbatch"
-SPEC_NAME = "spec.json"
+# the per-attempt file names of ftctl.runpaths, spelled with the batch script's own variables
+_PER_ATTEMPT = {"job": "$SLURM_JOB_ID", "attempt": "$ATTEMPT"}
 # Slurm reads #SBATCH values up to the first whitespace; quotes are not shell quotes there.
 _SBATCH_SAFE = re.compile(r"[A-Za-z0-9_.:,@%+=/\-\[\]|&*!()]+")  # | & * ! ( ): --constraint syntax
 
@@ -66,7 +67,7 @@ def sbatch_directives(spec: RunSpec, plan: Plan) -> list[str]:
         if value:
             d.append(f"--{key}={_sbatch_value(key, value)}")
     d += [
-        "--output=slurm-%j.out",
+        f"--output={SLURM_LOG_PATTERN}",
         "--open-mode=append",
         "--requeue",
         f"--signal=B:USR2@{spec.signal_lead_s}",
@@ -128,8 +129,8 @@ def render(spec: RunSpec, plan: Plan) -> str:
         "",
         'FTCTL_RUN_DIR="$SLURM_SUBMIT_DIR"',
         "ATTEMPT=${SLURM_RESTART_COUNT:-0}",
-        f'export {STATUS_ENV}="$FTCTL_RUN_DIR/status.$SLURM_JOB_ID.$ATTEMPT"',
-        f'export {STOP_ENV}="$FTCTL_RUN_DIR/stop.$SLURM_JOB_ID.$ATTEMPT"',
+        f'export {STATUS_ENV}="$FTCTL_RUN_DIR/{SLURM_STATUS_PATTERN.format(**_PER_ATTEMPT)}"',
+        f'export {STOP_ENV}="$FTCTL_RUN_DIR/{SLURM_STOP_PATTERN.format(**_PER_ATTEMPT)}"',
         "export FTCTL_RUN_DIR",
         *env_lines,
         f"# secrets come from the submitting environment, by name only: {secrets}",

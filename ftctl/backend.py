@@ -1,0 +1,319 @@
+"""One interface for every backend: render what would be sent, send it, then ask about the job.
+
+    Backend.render(spec, plan, paths) -> (text, files)     the exact bytes; --dry-run prints them
+    Backend.submit(rendered) = send(write(rendered))       as torchx's schedule(submit_dryrun())
+    Backend.status / logs / cancel / down (JobRef)         against the backend that launched the job
+    Backend.doctor(...)                                    what would fail, before an expensive launch
+
+One class per backend, each in its own package (``ftctl.local``, ``ftctl.slurm``, ``ftctl.sky``,
+``ftctl.docker``), loaded only when used through :data:`REGISTRY`. Each declares the run keys it
+accepts beyond the common ones (``options``); a key of another backend set to anything but its
+default is refused with the accepted list, never ignored (submitit's AutoExecutor). Job states of
+every backend map onto :class:`JobState`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+from typing import ClassVar
+
+from ftctl.errors import FtctlError
+from ftctl.plan import Plan, dump_run, make_plan
+from ftctl.runpaths import RunPaths
+from ftctl.spec import BACKENDS, FIELDS, TRAINING_KEYS, RunSpec
+from ftctl.storage import is_remote
+
+# name -> "module:class", imported on first use (importing SkyPilot alone costs seconds)
+REGISTRY = {
+    "local": "ftctl.local.backend:LocalBackend",
+    "slurm": "ftctl.slurm.backend:SlurmBackend",
+    "sky": "ftctl.sky.backend:SkyBackend",
+    "docker": "ftctl.docker.backend:DockerBackend",
+}
+assert tuple(REGISTRY) == BACKENDS  # one list of backends (spec.BACKENDS), one table of classes
+
+
+class JobState(Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    PREEMPTED = "PREEMPTED"  # stopped by the cluster or cloud; a relaunch resumes
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    text: str  # one line for a terminal, in the backend's own words ("42 RUNNING on node[1-2]")
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A launched job as the registry keeps it: enough for any later status/logs/cancel."""
+
+    backend: str
+    job_id: str
+    run_dir: str
+    name: str
+    output: str
+    extra: dict = field(default_factory=dict)  # backend-specific (SkyPilot: cluster, managed)
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(Path(self.run_dir))
+
+
+@dataclass
+class Rendered:
+    backend: str
+    spec: RunSpec
+    plan: Plan
+    paths: RunPaths
+    text: str  # what render prints and launch sends
+    files: dict[str, str]  # written into the run dir before sending
+    asked: dict = field(default_factory=dict)  # what the user asked where the plan changed it (fallback)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.paths.root
+
+
+class Backend:
+    name: ClassVar[str]
+    options: ClassVar[frozenset[str]] = frozenset()  # run keys of this backend (beyond the common ones)
+    needs_local_paths: ClassVar[bool] = True  # False where the job runs on machines that cannot see ours
+
+    # ---------------------------------------------------------------------------------- render
+    def resolve(self, spec: RunSpec) -> tuple[RunSpec, Plan]:
+        """The spec with what this backend fills in, and its plan (the local backend may fall back)."""
+        if not spec.gpus:
+            raise FtctlError(f"--gpus is required for --backend {self.name} (e.g. --gpus 8xA100, or cpu on Slurm).")
+        return spec, make_plan(spec)
+
+    def render(self, spec: RunSpec, plan: Plan, paths: RunPaths, spec_json: str) -> tuple[str, dict[str, str]]:
+        """(text to print, {file name: content}) — exactly what submit writes and sends."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------------- send
+    def check(self, rendered: Rendered) -> None:
+        """Refuse what the target would accept but never run (before anything is written)."""
+
+    def send(self, rendered: Rendered) -> JobRef | None:
+        """Hand the written run dir to the backend; a JobRef to record, or None for a foreground run."""
+        raise NotImplementedError
+
+    def submit(self, rendered: Rendered) -> JobRef | None:
+        self.check(rendered)
+        write_files(rendered)
+        ref = self.send(rendered)
+        if ref is not None:
+            record_job(ref)
+        return ref
+
+    # ---------------------------------------------------------------------------------- watch
+    def status(self, ref: JobRef) -> JobStatus:
+        raise FtctlError(f"{self.name} runs have no job queue: ftctl launch ran job {ref.job_id} in the foreground.")
+
+    def logs(self, ref: JobRef, follow: bool) -> None:
+        self.status(ref)
+
+    def cancel(self, ref: JobRef) -> str:
+        self.status(ref)
+        return ""
+
+    def down(self, ref: JobRef) -> str:
+        raise FtctlError(f"`ftctl down` tears down SkyPilot clusters; job {ref.job_id} ran on {self.name}.")
+
+    def doctor(self, gpus: str | None, partition: str | None) -> bool:
+        raise NotImplementedError
+
+
+def get(name: str) -> Backend:
+    if name not in REGISTRY:
+        from ftctl.errors import did_you_mean
+
+        raise FtctlError(f"Unknown backend {name!r}: use one of {', '.join(REGISTRY)}.{did_you_mean(name, REGISTRY)}")
+    module, _, cls = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def backend_options() -> dict[str, frozenset[str]]:
+    """{backend: the run keys it accepts beyond the common ones}."""
+    return {name: get(name).options for name in REGISTRY}
+
+
+def refuse_foreign_options(spec: RunSpec, backend: Backend) -> None:
+    """A key of another backend set to anything but its default is an error, with the accepted list."""
+    foreign = set().union(*backend_options().values()) - backend.options
+    wrong = sorted(k for k in foreign if getattr(spec, k) != _default(k))
+    if wrong:
+        owners = {k: [n for n, opts in backend_options().items() if k in opts] for k in wrong}
+        said = ", ".join(f"{k} ({'/'.join(owners[k])})" for k in wrong)
+        accepted = ", ".join(sorted(backend.options)) or "none beyond the common run keys"
+        raise FtctlError(
+            f"--backend {backend.name} does not take {said}: remove {'it' if len(wrong) == 1 else 'them'}, or "
+            f"choose the backend {'it belongs' if len(wrong) == 1 else 'they belong'} to. "
+            f"{backend.name} accepts: {accepted}."
+        )
+
+
+def _default(key: str):
+    f = FIELDS[key]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+# ------------------------------------------------------------------------------------------ prepare
+def choose_backend(spec: RunSpec) -> tuple[str, str]:
+    """(backend, why) for a run without --backend: the user's config, else local when this machine
+    has the GPUs asked for (or none were named), else SkyPilot with a cloud enabled, else a refusal."""
+    if spec.backend:
+        return spec.backend, "--backend"
+    configured = os.environ.get("FTCTL_BACKEND") or _config().get("backend")
+    if configured:
+        return str(configured), ("FTCTL_BACKEND" if os.environ.get("FTCTL_BACKEND") else str(config_path()))
+    from ftctl.local.backend import has_gpus
+
+    if not spec.gpus or has_gpus(spec.gpus, spec.nodes):
+        return "local", "this machine has the GPUs asked for" if spec.gpus else "no --gpus: this machine"
+    sky_why = get("sky").available()
+    if sky_why is True:
+        return "sky", "this machine lacks those GPUs and SkyPilot has a cloud enabled"
+    raise FtctlError(
+        f"No backend given, and this machine does not have --gpus {spec.gpus}. Choose one: --backend slurm "
+        f"(a cluster), --backend sky (a cloud: {sky_why}), --backend docker, or --backend local with the GPUs "
+        f"this machine has; or set backend: in {config_path()} (or FTCTL_BACKEND)."
+    )
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "ftctl" / "config.yaml"
+
+
+def _config() -> dict:
+    p = config_path()
+    if not p.is_file():
+        return {}
+    from ftctl.spec import load_yaml
+
+    return load_yaml(str(p))
+
+
+def prepare(spec: RunSpec) -> Rendered:
+    """Resolve, plan and render ``spec`` for its backend: what ``render`` prints and ``launch`` sends."""
+    name, _ = choose_backend(spec)
+    spec = replace(spec, backend=name)
+    backend = get(name)
+    refuse_foreign_options(spec, backend)
+    asked = {"method": spec.method}
+    spec, plan = backend.resolve(spec)
+    asked = {k: v for k, v in asked.items() if getattr(spec, k) != v}
+    if backend.needs_local_paths:
+        spec = absolute_paths(spec)
+    else:
+        refuse_local_paths(spec, name)
+    paths = RunPaths(run_dir_for(spec))
+    spec_json = dump_run(spec, plan, asked)
+    text, files = backend.render(spec, plan, paths, spec_json)
+    return Rendered(name, spec, plan, paths, text, files, asked)
+
+
+def absolute_paths(spec: RunSpec) -> RunSpec:
+    """Local paths made absolute, so the trainer finds them from any working directory."""
+
+    def fix(p):
+        if p is None or is_remote(p) or p.startswith("builtin:"):
+            return p
+        return str(Path(p).expanduser().resolve()) if (Path(p).exists() or p == spec.output) else p
+
+    return replace(
+        spec,
+        data_path=fix(spec.data_path),
+        output_dir=fix(spec.output),
+        model_name_or_path=fix(spec.model_name_or_path),
+    )
+
+
+def refuse_local_paths(spec: RunSpec, backend: str) -> None:
+    model = spec.model_name_or_path if Path(spec.model_name_or_path).exists() else ""
+    for what, p in (("--data", spec.data_path), ("--output", spec.output), ("--model", model)):
+        if p and not is_remote(p) and not p.startswith("builtin:"):
+            raise FtctlError(
+                f"{what} {p!r} is a local path, which the machines --backend {backend} starts cannot see: use "
+                f"an object-store URI (s3://bucket/path, gs://...)."
+            )
+
+
+def run_dir_for(spec: RunSpec) -> Path:
+    """Where launch writes spec.json, the script and logs: the output dir when local, else runs/<name>."""
+    out = spec.output
+    return Path(out if not is_remote(out) else Path("runs") / spec.name).expanduser().resolve()
+
+
+def write_files(rendered: Rendered) -> None:
+    """Each file written whole (temp file + rename); an existing different spec is never overwritten."""
+    paths = rendered.paths
+    paths.root.mkdir(parents=True, exist_ok=True)
+    if paths.spec.exists():
+        old = json.loads(paths.spec.read_text())["spec"]
+        new = json.loads(rendered.files[paths.spec.name])["spec"]
+        changed = sorted(k for k in TRAINING_KEYS if old.get(k) != new.get(k))  # where it runs may change
+        if changed:
+            raise FtctlError(
+                f"{paths.root} already holds a run with different settings ({', '.join(changed)}). "
+                f"Choose another --output or -o run_name=..., or remove that directory."
+            )
+    for name, text in rendered.files.items():
+        tmp = paths.name(f".{name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, paths.name(name))
+
+
+# ------------------------------------------------------------------------------------------ jobs
+def _jobs_file() -> Path:
+    return Path(os.environ.get("FTCTL_HOME", Path.home() / ".ftctl")) / "jobs.jsonl"
+
+
+def record_job(ref: JobRef) -> None:
+    f = _jobs_file()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    with f.open("a") as fh:
+        fh.write(json.dumps({**dataclasses.asdict(ref), "time": time.time()}) + "\n")
+
+
+def find_job(job_id: str) -> tuple[Backend, JobRef]:
+    f = _jobs_file()
+    if f.exists():
+        for line in reversed(f.read_text().splitlines()):
+            rec = json.loads(line)
+            if rec.get("job_id", rec.get("job")) == str(job_id):
+                ref = JobRef(
+                    backend=rec["backend"],
+                    job_id=str(job_id),
+                    run_dir=rec["run_dir"],
+                    name=rec["name"],
+                    output=rec["output"],
+                    extra=rec.get("extra") or {},
+                )
+                return get(ref.backend), ref
+    raise FtctlError(f"No job {job_id!r} was launched from here (looked in {f}). `ftctl launch` prints job ids.")
+
+
+def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:
+    """What `ftctl plan` shows: the backend's plan when one is named (the local backend plans for this
+    machine), this machine's when no GPUs are named, else the plan for the GPUs asked for."""
+    if spec.backend or not spec.gpus:
+        return get(spec.backend or "local").resolve(spec)
+    return spec, make_plan(spec)

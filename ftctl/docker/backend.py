@@ -1,0 +1,105 @@
+"""The docker backend: one container on this docker host, detached, watched through the docker CLI.
+
+``launch`` runs the rendered ``docker run -d --name RUN ...`` (the job id is the container's name);
+``status`` reads ``docker inspect``, ``logs`` is ``docker logs [-f]``, ``cancel`` is ``docker stop``
+(SIGTERM: the trainer checkpoints at the next step boundary within the grace period).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import click
+
+from ftctl.backend import Backend, JobRef, JobState, JobStatus, Rendered
+from ftctl.docker import render as docker_render
+from ftctl.errors import FtctlError
+
+STOP_GRACE_S = 120  # docker stop's wait between SIGTERM and SIGKILL: time for one checkpoint
+
+
+class DockerBackend(Backend):
+    name = "docker"
+    options = frozenset({"container"})
+
+    def render(self, spec, plan, paths, spec_json):
+        text = docker_render.render(spec, plan, str(paths.root))
+        return text, {paths.spec.name: spec_json, paths.docker_script.name: "#!/bin/sh\nexec " + text}
+
+    def check(self, rendered: Rendered) -> None:
+        _docker()
+        state = _inspect(rendered.spec.name)
+        if state and state[0] in ("running", "created", "restarting", "paused"):
+            raise FtctlError(
+                f"container {rendered.spec.name} is already {state[0]}: `ftctl logs -f {rendered.spec.name}` "
+                f"follows it, `ftctl cancel {rendered.spec.name}` stops it."
+            )
+
+    def send(self, rendered: Rendered) -> JobRef:
+        name = rendered.spec.name
+        if _inspect(name):  # an ended container of an earlier attempt: the run dir keeps its checkpoints
+            _run([_docker(), "rm", name])
+        proc = _run(["sh", str(rendered.paths.docker_script)])
+        if proc.returncode != 0:
+            raise FtctlError(f"docker run failed: {_last_line(proc)}")
+        click.echo(f"started container {name}")
+        click.echo(f"  run dir:     {rendered.paths.root}")
+        click.echo(f"  log:         ftctl logs -f {name}")
+        click.echo(f"  checkpoints: {rendered.spec.output}")
+        return JobRef("docker", name, str(rendered.paths.root), name, rendered.spec.output)
+
+    def status(self, ref: JobRef) -> JobStatus:
+        state = _inspect(ref.job_id)
+        if state is None:
+            return JobStatus(JobState.UNKNOWN, f"{ref.job_id} not found (removed from this docker host)")
+        word, code = state
+        if word == "exited":
+            st = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+            return JobStatus(st, f"{ref.job_id} {st.value} exit {code}")
+        st = {"created": JobState.PENDING, "running": JobState.RUNNING, "restarting": JobState.RUNNING}.get(
+            word, JobState.UNKNOWN
+        )
+        return JobStatus(st, f"{ref.job_id} {st.value} ({word})")
+
+    def logs(self, ref: JobRef, follow: bool) -> None:
+        subprocess.call([_docker(), "logs", *(["--follow"] if follow else []), ref.job_id])
+
+    def cancel(self, ref: JobRef) -> str:
+        before = self.status(ref)
+        if before.state.finished or before.state is JobState.UNKNOWN:
+            return f"job {ref.job_id} had already ended: {before.text}"
+        proc = _run([_docker(), "stop", "--time", str(STOP_GRACE_S), ref.job_id])
+        if proc.returncode != 0:
+            raise FtctlError(f"docker stop {ref.job_id} failed: {_last_line(proc)}")
+        return f"cancelled {ref.job_id}"
+
+    def doctor(self, gpus, partition) -> bool:
+        found = shutil.which("docker") is not None
+        click.echo(f"docker:  {'found' if found else 'not installed'}")
+        return found
+
+
+def _docker() -> str:
+    path = shutil.which("docker")
+    if not path:
+        raise FtctlError("docker is not installed here: install Docker Engine, or use --backend local.")
+    return path
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    lines = (proc.stderr or proc.stdout or "").strip().splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
+def _inspect(name: str) -> tuple[str, int] | None:
+    """(status word, exit code) of the container ``name``, or None when there is none."""
+    proc = _run([_docker(), "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name])
+    if proc.returncode != 0:
+        return None
+    word, _, code = proc.stdout.strip().partition(" ")
+    return word, int(code or 0)

@@ -1,0 +1,1 @@
+"""The local backend: the trainer on this machine, in the foreground."""

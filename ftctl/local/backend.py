@@ -1,0 +1,207 @@
+"""The local backend: this machine's GPUs (or CPU), the trainer in the foreground.
+
+Without ``--gpus`` it plans for what ``nvidia-smi`` reports and this machine's real host memory, and
+falls back to single-GPU QLoRA when the method asked for does not fit: the spec the trainer reads then
+says qlora (with qlora's defaults), and spec.json records what was asked. A failing rank is reported
+once, with its own error line (ftctl.failures); the resume hint follows only interruptions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import click
+
+from ftctl.backend import Backend, JobRef, Rendered
+from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV
+from ftctl.errors import FtctlError
+from ftctl.launch import join, torchrun_argv
+from ftctl.plan import Plan, PlanError, make_plan
+from ftctl.runpaths import RunPaths
+from ftctl.spec import RunSpec
+
+
+def local_gpus() -> str:
+    """What this machine has, in --gpus form, from nvidia-smi (no torch import); 'cpu' without GPUs."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return "cpu"
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "cpu"
+    rows = [r for r in out.strip().splitlines() if r.strip()]
+    if not rows:
+        return "cpu"
+    from ftctl import gpus as gpu_table
+
+    name, mem = rows[0].rsplit(",", 1)
+    mem_gb = float(mem) / 1024
+    known = sorted(gpu_table.TIERS.values(), key=lambda t: abs(t.memory_gb - mem_gb))
+    for t in known:
+        if t.name.split("-")[0].replace("RTX", "") in name.upper().replace(" ", ""):
+            return f"{len(rows)}x{t.name}"
+    return f"{len(rows)}x{known[0].name}"
+
+
+def has_gpus(gpus: str, nodes: int | None = None) -> bool:
+    """Whether this one machine has what --gpus asks for (cpu: always)."""
+    from ftctl import gpus as gpu_table
+
+    want = gpu_table.parse(gpus, nodes)
+    if want.nodes > 1:
+        return False
+    if want.is_cpu:
+        return True
+    have = gpu_table.parse(local_gpus())
+    return (not have.is_cpu) and have.tier.name == want.tier.name and have.per_node >= want.per_node
+
+
+def host_memory_gb() -> float | None:
+    """This machine's RAM in GB (decimal, as the planner counts), from /proc/meminfo."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        return None
+    return None
+
+
+def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
+    """The plan for spec on this machine; QLoRA on the GPU when the method asked for does not fit.
+
+    The returned spec is what runs: method qlora with qlora's own defaults (learning rate, optimizer,
+    strategy), so the trainer, every message and spec.json agree with the plan."""
+    try:
+        return spec, make_plan(spec)
+    except PlanError as first:
+        if spec.method == "qlora":
+            raise
+        fallback = replace(spec, method="qlora", learning_rate=None, optim=None, strategy=None)
+        try:
+            plan = make_plan(fallback)
+        except PlanError:
+            raise first from None
+        plan.notes.insert(0, f"local: {spec.method} does not fit this machine ({first}) so qlora runs instead")
+        return fallback, plan
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def resolve(self, spec: RunSpec) -> tuple[RunSpec, Plan]:
+        if spec.host_memory_gb is None:
+            spec = replace(spec, host_memory_gb=host_memory_gb())
+        if spec.gpus:  # named GPUs are planned as asked; only detected ones fall back to what fits
+            spec, plan = spec, make_plan(spec)
+        else:
+            spec, plan = fallback_plan(replace(spec, gpus=local_gpus()))
+        if plan.nodes > 1:
+            raise FtctlError("--backend local runs on this machine only: for several nodes use --backend slurm or sky.")
+        return spec, plan
+
+    def render(self, spec, plan, paths, spec_json):
+        return join(argv(spec, plan, paths.spec)) + "\n", {paths.spec.name: spec_json}
+
+    def send(self, rendered: Rendered) -> JobRef | None:
+        run_foreground(rendered, argv(rendered.spec, rendered.plan, rendered.paths.spec))
+        return None
+
+    def doctor(self, gpus, partition) -> bool:
+        from importlib.util import find_spec
+
+        click.echo(f"python:  {sys.version.split()[0]} ({sys.executable})")
+        click.echo(f"gpus:    {local_gpus()}")
+        mem = host_memory_gb()
+        click.echo(f"memory:  {mem:.0f} GB" if mem else "memory:  unknown")
+        ok = True
+        for mod in ("torch", "transformers", "trl", "peft", "bitsandbytes", "deepspeed", "flash_attn"):
+            found = find_spec(mod) is not None
+            click.echo(f"{mod:<13}{'ok' if found else 'missing'}")
+            ok = ok and (found or mod in ("deepspeed", "flash_attn", "bitsandbytes"))
+        return ok
+
+
+def argv(spec: RunSpec, plan: Plan, spec_path) -> list[str]:
+    if plan.world_size == 1:
+        return [sys.executable, "-m", "ftctl.trainer", "--spec", str(spec_path)]
+    return torchrun_argv(spec, plan, str(spec_path), head="127.0.0.1", python=sys.executable)
+
+
+def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
+    """Run the trainer here and wait; one message for a failure, whichever rank it came from."""
+    paths: RunPaths = rendered.paths
+    for note in rendered.plan.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(
+        f"running {rendered.plan.method} on {rendered.plan.gpus}; checkpoints in {rendered.spec.output}", err=True
+    )
+    shutil.rmtree(paths.failures, ignore_errors=True)
+    paths.failures.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        FAILURE_DIR_ENV: str(paths.failures),
+        STATUS_ENV: str(paths.status_file),
+    }
+    rc = run_filtered(cmd, env, paths)
+    if rc != 0:
+        raise FtctlError(failure_message(paths, rc))
+
+
+def run_filtered(cmd: list[str], env: dict, paths: RunPaths) -> int:
+    """Run ``cmd``; stdout passes through, and so does stderr until torchrun's own failure report
+    starts (its log lines and ChildFailedError traceback repeat what the failing rank recorded). What
+    is held back is kept in ``.ftctl/launcher.log``; FTCTL_DEBUG=1 prints everything."""
+    if os.environ.get("FTCTL_DEBUG"):
+        return subprocess.call(cmd, env=env)
+    held = paths.root / ".ftctl" / "launcher.log"
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    holding = False
+    with held.open("w") as keep:
+        for line in proc.stderr:
+            if not holding and _torchrun_report(line):
+                holding = True
+            if holding:
+                keep.write(line)
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+    return proc.wait()
+
+
+def _torchrun_report(line: str) -> bool:
+    return (
+        "torch/distributed/elastic" in line
+        or "torch.distributed.elastic" in line
+        or line.startswith("Traceback (most recent call last)")
+    )
+
+
+def failure_message(paths: RunPaths, rc: int) -> str:
+    from ftctl import failures
+
+    records = failures.read(paths.failures)
+    if records:
+        message, resumable = failures.summarize(records)
+    else:
+        held = paths.root / ".ftctl" / "launcher.log"
+        tail = held.read_text().strip().splitlines()[-15:] if held.exists() else []
+        if tail:
+            click.echo("\n".join(tail), err=True)
+        message = f"training exited with code {rc}" + (f" (signal {-rc})" if rc < 0 else "")
+        resumable = True  # killed from outside, or a node went away: a relaunch resumes
+    if resumable:
+        message += ". Run the same `ftctl launch` again to resume from the last checkpoint."
+    return message

@@ -1,0 +1,73 @@
+"""Every file of a run directory, named in one place (as submitit's ``JobPaths``).
+
+The run directory is where ``ftctl launch`` writes what it sends (spec.json, the sbatch script, the
+task YAML, the docker script) and where the job leaves its logs, status and stop files. With a local
+``--output`` it is the output directory itself, so the trainer's files (metrics.jsonl, checkpoints)
+sit beside them; with an object-store output it is ``runs/<run name>`` under the working directory.
+
+Nobody else spells these names: backends, the trainer and the tests ask this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPEC_FILE = "spec.json"  # the run description and its plan (ftctl.plan.dump_run)
+METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step, written by the trainer's rank 0
+SBATCH_FILE = "job.sbatch"
+TASK_FILE = "task.yaml"
+DOCKER_FILE = "docker-run.sh"
+SLURM_LOG_PATTERN = "slurm-%j.out"  # Slurm expands %j to the job id
+LOCAL_LOG_FILE = "train.log"  # what a detached local or docker run prints
+FAILURES_DIR = ".ftctl/failures"  # one record per failing rank (ftctl.failures)
+SLURM_STATUS_PATTERN = "status.{job}.{attempt}"  # per job and attempt: a requeued job starts afresh
+SLURM_STOP_PATTERN = "stop.{job}.{attempt}"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.root / SPEC_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def sbatch(self) -> Path:
+        return self.root / SBATCH_FILE
+
+    @property
+    def task(self) -> Path:
+        return self.root / TASK_FILE
+
+    @property
+    def docker_script(self) -> Path:
+        return self.root / DOCKER_FILE
+
+    @property
+    def local_log(self) -> Path:
+        return self.root / LOCAL_LOG_FILE
+
+    @property
+    def failures(self) -> Path:
+        """Where each failing rank leaves one record (ftctl.failures), read back by the launcher."""
+        return self.root / FAILURES_DIR
+
+    @property
+    def status_file(self) -> Path:
+        """The trainer's one-word exit status for runs the launcher watches itself (local, docker)."""
+        return self.root / ".ftctl" / "status"
+
+    def slurm_log(self, job: str) -> Path:
+        return self.root / SLURM_LOG_PATTERN.replace("%j", str(job))
+
+    def slurm_status(self, job: str, attempt: int) -> Path:
+        return self.root / SLURM_STATUS_PATTERN.format(job=job, attempt=attempt)
+
+    def name(self, file: str) -> Path:
+        return self.root / file
