@@ -84,7 +84,6 @@ class Rendered:
     paths: RunPaths
     text: str  # what render prints and launch sends
     files: dict[str, str]  # written into the run dir before sending
-    asked: dict = field(default_factory=dict)  # what the user asked where the plan changed it (fallback)
 
     @property
     def run_dir(self) -> Path:
@@ -217,17 +216,15 @@ def prepare(spec: RunSpec) -> Rendered:
     spec = replace(spec, backend=name)
     backend = get(name)
     refuse_foreign_options(spec, backend)
-    asked = {"method": spec.method}
     spec, plan = backend.resolve(spec)
-    asked = {k: v for k, v in asked.items() if getattr(spec, k) != v}
     if backend.needs_local_paths:
         spec = absolute_paths(spec)
     else:
         refuse_local_paths(spec, name)
     paths = RunPaths(run_dir_for(spec))
-    spec_json = dump_run(spec, plan, asked)
+    spec_json = dump_run(spec, plan)
     text, files = backend.render(spec, plan, paths, spec_json)
-    return Rendered(name, spec, plan, paths, text, files, asked)
+    return Rendered(name, spec, plan, paths, text, files)
 
 
 def absolute_paths(spec: RunSpec) -> RunSpec:

@@ -437,6 +437,18 @@ def prune(remote_uri: str, keep_last: int, protect=(), endpoint_url: str | None 
     return [c.uri for c in doomed]
 
 
+def final_files(local_dir: str) -> list[str]:
+    """The run's top-level files: all but the checkpoints (uploaded as they are saved) and ftctl's
+    hidden working dirs."""
+    out = []
+    for rel in storage.local_files(local_dir):
+        top = rel.split("/", 1)[0]
+        if top.startswith(".") or (top.startswith(CHECKPOINT_PREFIX) and "/" in rel):
+            continue
+        out.append(rel)
+    return out
+
+
 @dataclass
 class _Job:
     name: str
@@ -447,6 +459,7 @@ class _Job:
     done: set = field(default_factory=set)
     started: bool = False
     uploaded: bool = False
+    final: bool = False  # the run's top-level files (final model, spec.json, metrics), not a checkpoint
 
 
 class Uploader:
@@ -519,6 +532,15 @@ class Uploader:
             n,
             secs,
         )
+
+    def submit_final(self, local_dir: str) -> None:
+        """Queue the run's top-level files (the final model or adapter, tokenizer, spec.json,
+        metrics.jsonl, tensorboard runs/): everything but the checkpoints and ftctl's hidden working
+        dirs, uploaded with the same retries as a checkpoint; ``wait`` then says whether it landed."""
+        job = _Job(name="final model", local=os.path.abspath(local_dir), original="", submitted=time.time(), final=True)
+        with self._cond:
+            self._pending.append(job)
+        self._queue.put(job)
 
     def lag(self) -> tuple[int, float]:
         """(checkpoints not yet committed, seconds since the oldest of them was submitted)."""
@@ -609,7 +631,7 @@ class Uploader:
                     self._closed.wait(delay)
             else:
                 return
-            if job.local != job.original:
+            if job.local != job.original and not job.final:
                 shutil.rmtree(job.local, ignore_errors=True)
             with self._cond:
                 self._pending.remove(job)
@@ -619,6 +641,13 @@ class Uploader:
         """One try; True when the job is finished, False to poll again later."""
         if self._fs is None:
             self._fs, _ = storage.filesystem(self.remote_uri, self.endpoint_url)
+        if job.final:
+            for rel in final_files(job.local):
+                if rel not in job.done:
+                    _put(self._fs, os.path.join(job.local, *rel.split("/")), storage.join(self.remote_uri, *rel.split("/")))
+                    job.done.add(rel)
+            log.info("uploaded the final model to %s", self.remote_uri)
+            return True
         ckpt_uri = storage.join(self.remote_uri, job.name)
         if not job.started:
             # A manifest from an earlier attempt at this step would vouch for files we are
@@ -704,7 +733,8 @@ def _human(n: int) -> str:
 
 def ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print) -> list:
     """Print each checkpoint under ``uri``: step, complete/incomplete, size, and problems."""
-    found = list_checkpoints(uri, deep=deep, endpoint_url=endpoint_url)
+    with storage.storage_errors(uri, endpoint_url):
+        found = list_checkpoints(uri, deep=deep, endpoint_url=endpoint_url)
     if not found:
         echo(f"no checkpoints under {uri}")
     for c in found:
@@ -719,6 +749,11 @@ def ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print
 def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=print) -> list:
     """Upload every complete local checkpoint not already complete in the store (files first,
     manifest last). Incomplete local ones are skipped with a warning. Returns what was sent."""
+    with storage.storage_errors(uri, endpoint_url):
+        return _push(local_run_dir, uri, endpoint_url, echo)
+
+
+def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo) -> list:
     remote = {c.name: c for c in list_checkpoints(uri, endpoint_url=endpoint_url)}
     sent = []
     for c in list_checkpoints(local_run_dir, deep=True):
@@ -745,6 +780,11 @@ def pull(
 ) -> list:
     """Download the complete checkpoints under ``uri`` (verified by sha256) that are not complete
     in ``local_dir`` yet; with ``include_incomplete``, incomplete ones too, as they are."""
+    with storage.storage_errors(uri, endpoint_url):
+        return _pull(uri, local_dir, include_incomplete, endpoint_url, echo)
+
+
+def _pull(uri: str, local_dir: str, include_incomplete: bool, endpoint_url: str | None, echo) -> list:
     os.makedirs(local_dir, exist_ok=True)
     local = {c.name for c in list_checkpoints(local_dir) if c.complete}
     got = []

@@ -9,6 +9,7 @@ import click
 
 from ftctl import __version__
 from ftctl.errors import FtctlError
+from ftctl.spec import BACKENDS, METHODS
 
 
 class _Group(click.Group):
@@ -29,23 +30,27 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ftctl")
-def main():
+@click.option("-v", "--verbose", is_flag=True, help="Show every third-party message (also FTCTL_VERBOSE=1).")
+def main(verbose):
     """Fine-tune causal language models wherever the GPUs are: fft, sft, lora, qlora on a SkyPilot cloud,
     a Slurm cluster, a docker host or this machine. Start with `ftctl demo`."""
+    from ftctl import quiet
+
+    quiet.install(verbose)
 
 
 def run_options(fn):
     """RUN FLAGS shared by plan / render / launch / train."""
     options = [
         click.option("-c", "--config", type=click.Path(dir_okay=False), help="Run description YAML."),
-        click.option("--method", type=click.Choice(["fft", "sft", "lora", "qlora"]), help="Default: lora."),
+        click.option("--method", type=click.Choice(METHODS), help="Default: lora."),
         click.option("--gpus", help="8xA100, 2x8xH100, A100-80GB:8, H100 or cpu."),
         click.option("--nodes", type=int, help="Number of nodes (also 2x8xH100)."),
         click.option("--model", help="Model id or local directory (model_name_or_path)."),
         click.option("--model-params", help="Model size when its config cannot be read: 7b, 135m."),
         click.option("--data", help="Dataset path or URI (data_path); builtin:demo is bundled."),
         click.option("--output", help="Output directory or s3:// gs:// az:// URI."),
-        click.option("--backend", type=click.Choice(["local", "slurm", "sky", "docker"])),
+        click.option("--backend", type=click.Choice(BACKENDS), help="Default: see `ftctl launch --help`."),
         click.option("--partition", help="Slurm partition."),
         click.option("--account", help="Slurm account."),
         click.option("--qos", help="Slurm QOS."),
@@ -92,9 +97,9 @@ def _spec(kw: dict, backend: str | None = None):
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(as_json, **kw):
     """Precision, attention, strategy, batch and memory per GPU for a run; exits 2 when nothing fits."""
-    from ftctl.backends import resolve
+    from ftctl.backend import plan_for
 
-    spec, p = resolve(_spec(kw))
+    spec, p = plan_for(_spec(kw))
     if as_json:
         import json
 
@@ -107,7 +112,7 @@ def plan(as_json, **kw):
 @run_options
 def render(**kw):
     """Print what `launch` would submit: sbatch, SkyPilot task YAML, docker or local command."""
-    from ftctl.backends import prepare
+    from ftctl.backend import prepare
 
     click.echo(prepare(_spec(kw)).text, nl=False)
 
@@ -116,25 +121,27 @@ def render(**kw):
 @run_options
 @click.option("--dry-run", is_flag=True, help="Print what would be submitted and stop.")
 def launch(dry_run, **kw):
-    """Render and submit a run; prints the job id and where its logs and checkpoints go."""
-    from ftctl.backends import prepare
+    """Render and submit a run; prints the job id and where its logs and checkpoints go.
 
-    prep = prepare(_spec(kw))
+    Without --backend: FTCTL_BACKEND or `backend:` in ~/.config/ftctl/config.yaml; else local when this
+    machine has the GPUs asked for; else sky when SkyPilot has a cloud enabled; else a refusal."""
+    from ftctl import backend
+
+    rendered = backend.prepare(_spec(kw))
     if dry_run:
-        click.echo(prep.text, nl=False)
+        click.echo(rendered.text, nl=False)
         return
-    from ftctl import submit
-
-    submit.submit(prep)
+    backend.get(rendered.backend).submit(rendered)
 
 
 @main.command()
 @click.argument("job")
 def status(job):
     """State of a launched job."""
-    from ftctl import submit
+    from ftctl.backend import find_job
 
-    click.echo(submit.status(job))
+    b, ref = find_job(job)
+    click.echo(b.status(ref).text)
 
 
 @main.command()
@@ -142,18 +149,20 @@ def status(job):
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
 def logs(job, follow):
     """Print a launched job's log."""
-    from ftctl import submit
+    from ftctl.backend import find_job
 
-    submit.logs(job, follow)
+    b, ref = find_job(job)
+    b.logs(ref, follow)
 
 
 @main.command()
 @click.argument("job")
 def cancel(job):
     """Cancel a launched job."""
-    from ftctl import submit
+    from ftctl.backend import find_job
 
-    submit.cancel(job)
+    b, ref = find_job(job)
+    click.echo(b.cancel(ref))
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -161,13 +170,13 @@ def cancel(job):
 @run_options
 def train(**kw):
     """Run the trainer here, in this process (what torchrun runs on every node)."""
-    from ftctl.backends import prepare, write_files
+    from ftctl.backend import prepare, write_files
 
-    prep = prepare(_spec(kw, backend="local"))
-    write_files(prep)
+    rendered = prepare(_spec(kw, backend="local"))
+    write_files(rendered)
     from ftctl.trainer.__main__ import main as trainer_main
 
-    sys.exit(trainer_main(["--spec", str(prep.run_dir / "spec.json")]))
+    sys.exit(trainer_main(["--spec", str(rendered.paths.spec)]))
 
 
 @main.command()
@@ -200,6 +209,11 @@ def data():
 @click.option("--max-length", type=int, default=None, help="model_max_length (default: the run default).")
 def data_check(path, model, max_length):
     """Per-row errors with file and row number, then token statistics."""
+    from ftctl import preflight
+
+    # a missing file or model directory is said at once, before the tokenizer loads (seconds)
+    preflight.raise_if_errors(preflight.check_data(path) + preflight.check_model(model))
+
     from ftctl.spec import RunSpec
     from ftctl.trainer.data import check_data
     from ftctl.trainer.model import load_tokenizer
@@ -246,15 +260,24 @@ def sync_pull(uri, local_dir):
 
 
 @main.command()
-@click.option("--backend", type=click.Choice(["local", "slurm", "sky", "docker"]), default="local")
+@click.argument("job")
+def down(job):
+    """Tear down the SkyPilot cluster a job ran on."""
+    from ftctl.backend import find_job
+
+    b, ref = find_job(job)
+    click.echo(b.down(ref))
+
+
+@main.command()
+@click.option("--backend", type=click.Choice(BACKENDS), default="local")
 @click.option("--partition", help="Slurm partition to check.")
 @click.option("--gpus", help="GPU request to check against the cluster.")
 def doctor(backend, partition, gpus):
     """What is reachable and what would fail, before an expensive launch."""
-    from ftctl import submit
+    from ftctl.backend import get
 
-    ok = submit.doctor(backend, partition, gpus)
-    sys.exit(0 if ok else 1)
+    sys.exit(0 if get(backend).doctor(gpus, partition) else 1)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,12 +2,13 @@
 
 Memory model (per GPU, decimal GB), terms named as in the code below:
 
-    weights      bytes of the model's weights held on each GPU
-                   fft/sft: 2 B/param (bf16/fp16); qlora: 0.56 B/param (NF4 with double quantisation,
-                   4.5 bits, embeddings and head kept in 16 bits); lora: 2 B/param
-    grads        2 B per trainable param (16-bit)
-    optimizer    12 B per trainable param for AdamW in mixed precision (fp32 master, m, v);
-                 2 B per param for the paged 8-bit AdamW of qlora
+    weights      bytes of the model's weights held on each GPU, in the dtype weights_dtype() names:
+                   fft/sft: 4 B/param (fp32 masters, 16-bit autocast) outside DeepSpeed, 2 B/param under
+                   DeepSpeed (which keeps its fp32 masters in the optimizer); qlora: 0.56 B/param (NF4
+                   with double quantisation, 4.5 bits, embeddings and head kept in 16 bits); lora: 2 B/param
+    grads        per trainable param: 4 B (fp32 masters) or 2 B (DeepSpeed, lora/qlora)
+    optimizer    per trainable param: AdamW's two fp32 moments, 8 B, plus 4 B for DeepSpeed's fp32 master
+                 copy (12 B); 2 B for the paged 8-bit AdamW of qlora
     sharding     ddp/single: all of it on every GPU; zero2: grads + optimizer / world;
                  zero3 and fsdp: weights + grads + optimizer / world; zero3_offload: optimizer and weights
                  live in CPU RAM (needs 16 B/param / nodes of host memory), ~2 layers of weights on the GPU
@@ -34,6 +35,7 @@ from pathlib import Path
 from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError
 from ftctl.spec import RunSpec, parse_size
+from ftctl.trainer.attention import default_packing, describe, plan_attention
 
 HEADROOM = 0.92
 OVERHEAD_GB = 1.5
@@ -98,6 +100,8 @@ class Plan:
     trainable_params_b: float
     memory_gb: float  # estimated peak per GPU (or per process on CPU)
     memory: dict = field(default_factory=dict)  # the terms
+    weights_dtype: str = "fp32"  # what the trainer loads the weights in (see weights_dtype())
+    asked_method: str | None = None  # the method asked for, where the local backend fell back to qlora
     host_memory_gb: float | None = None  # CPU RAM per node the plan needs (offload)
     notes: list[str] = field(default_factory=list)
 
@@ -113,7 +117,7 @@ class Plan:
                 f"{self.model.params_b:g}B params ({self.model.source}), {self.trainable_params_b:.3g}B trainable",
             ),
             ("precision", self.precision),
-            ("attention", self.attn_implementation + (" + packing" if self.packing else "")),
+            ("attention", describe(self.attn_implementation) + (" + packing" if self.packing else "")),
             ("strategy", self.strategy),
             (
                 "batch",
@@ -195,6 +199,23 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
     return shape.layers * 7 * spec.lora_r * 2 * shape.hidden * 1.6 / 1e9
 
 
+DEEPSPEED_STRATEGIES = ("zero2", "zero3", "zero3_offload")
+
+
+def weights_dtype(method: str, strategy: str, precision: str) -> str:
+    """The dtype the trainer loads the model's weights in: the one owner of this fact (the trainer and
+    the memory model both ask here).
+
+    fft/sft train fp32 master weights with 16-bit autocast: training the 16-bit weights themselves loses
+    updates below their resolution (seen on 2 H100s: 30 steps of a 1B model at lr 2e-5 ended at loss
+    2.26 in pure bf16 against 1.15 with fp32 masters). DeepSpeed casts the loaded fp32 weights to 16 bit
+    and keeps its own fp32 masters in the optimizer. The frozen base of lora/qlora stays 16-bit (PEFT
+    keeps the adapters in fp32); on CPU everything is fp32."""
+    if precision == "fp32" or method in ("fft", "sft"):
+        return "fp32"
+    return precision
+
+
 def memory_terms(
     method: str,
     strategy: str,
@@ -211,6 +232,10 @@ def memory_terms(
     weights = {"qlora": 0.56 * n + wb * shape.vocab * shape.hidden / 1e9}.get(method, wb * n)
     grads = wb * trainable_b
     optimizer = (2 if method == "qlora" else (8 if fp32 else 12)) * trainable_b
+    if not fp32 and method in ("fft", "sft") and strategy not in DEEPSPEED_STRATEGIES:
+        # fft/sft outside DeepSpeed: the trainer loads fp32 masters (see weights_dtype), so weights and
+        # grads take 4 B/param and AdamW adds only its two fp32 moments
+        weights, grads, optimizer = 4 * n, 4 * trainable_b, 8 * trainable_b
     if strategy == "zero2":
         grads, optimizer = grads / world, optimizer / world
     elif strategy in ("zero3", "fsdp"):
@@ -265,18 +290,18 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     world = req.world_size
     notes: list[str] = []
     if req.is_cpu:
-        precision, attn = "fp32", spec.attn_implementation or "sdpa"
+        precision, attn = "fp32", plan_attention(spec.attn_implementation, gpu_flash=False)
         if shape.params_b > CPU_MAX_PARAMS_B:
             return None
         if method == "qlora":
             notes.append("qlora on CPU: bitsandbytes 4-bit runs, paged optimizers fall back to plain ones")
-        capacity = None
+        capacity = spec.host_memory_gb * HEADROOM if spec.host_memory_gb else None  # RAM is the device memory
     else:
         t = req.tier
         precision = "bf16" if t.bf16 and not spec.fp16 and spec.bf16 is not False else "fp16"
         if spec.bf16 and not t.bf16:
             notes.append(f"{t.name} has no bf16: using fp16")
-        attn = spec.attn_implementation or ("flash_attention_2" if t.flash_attn2 else "sdpa")
+        attn = plan_attention(spec.attn_implementation, gpu_flash=t.flash_attn2)
         capacity = t.memory_gb * HEADROOM
     trainable = _trainable_b(method, shape, spec)
     want_global = spec.global_batch_size
@@ -313,7 +338,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         notes.append(f"global batch {want_global} rounded to {real_global} ({micro} x {accum} x {world})")
     if strategy == "zero3_offload":
         notes.append("optimizer and weights offloaded to CPU RAM: expect slow steps")
-    packing = spec.packing if spec.packing is not None else attn == "flash_attention_2"
+    packing = spec.packing if spec.packing is not None else default_packing(attn)
     if method == "qlora":
         optim = spec.optim or ("paged_adamw_8bit" if not req.is_cpu else "adamw_torch")
     else:
@@ -328,6 +353,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         world_size=world,
         model=shape,
         precision=precision,
+        weights_dtype=weights_dtype(method, strategy, precision),
         attn_implementation=attn,
         strategy=strategy,
         per_device_train_batch_size=micro,

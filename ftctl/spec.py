@@ -17,6 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean
 
 METHODS = ("fft", "sft", "lora", "qlora")
@@ -372,6 +373,11 @@ def validate(spec: RunSpec) -> None:
         and not spec.container.split(":", 1)[1].strip()
     ):
         errors.append(f"container {spec.container!r} names no image after the prefix.")
+    for key in ("data_path", "output_dir"):
+        v = getattr(spec, key)
+        if v and "://" in v and not (v.startswith("file://") or storage.is_remote(v)):
+            schemes = ", ".join(sorted(f"{s}://" for s in storage.REMOTE_SCHEMES))
+            errors.append(f"{key}={v!r}: unknown storage scheme; use a local path, file:// or one of {schemes}.")
     if spec.resume not in ("auto", "never") and not spec.resume.strip():
         errors.append("resume must be auto, never or the path of a checkpoint.")
     if errors:

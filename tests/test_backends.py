@@ -33,3 +33,102 @@ def test_relaunch_with_other_training_settings_is_refused(tmp_path):
     with pytest.raises(FtctlError, match="different settings \\(learning_rate\\)"):
         write_files(_prep(tmp_path, learning_rate=1e-5))
     assert (tmp_path / "run" / "spec.json").read_text() == before  # the first run's spec is untouched
+
+
+# ------------------------------------------------------------------------------------------ one owner per fact
+def test_s3a_output_is_remote_on_every_backend(tmp_path, monkeypatch):
+    """Regression: two is_remote functions disagreed; s3a:// became a local path under the cwd."""
+    monkeypatch.chdir(tmp_path)
+    r = _prep(tmp_path, output_dir="s3a://bucket/run", run_name="r1")
+    assert r.spec.output == "s3a://bucket/run"
+    assert r.paths.root == (tmp_path / "runs" / "r1").resolve()
+
+
+def test_unknown_uri_scheme_is_refused_at_launch(tmp_path):
+    """Regression: r2:// was accepted at launch and refused by the trainer on the cluster."""
+    with pytest.raises(FtctlError, match="r2://.*s3://"):
+        _prep(tmp_path, output_dir="r2://bucket/run")
+    with pytest.raises(FtctlError, match="hf://"):
+        _prep(tmp_path, data_path="hf://datasets/x")
+
+
+@pytest.mark.parametrize(
+    "backend, flags, refused",
+    [
+        ("slurm", {"spot": True}, "spot (sky)"),
+        ("sky", {"partition": "gpu"}, "partition (slurm)"),
+        ("docker", {"account": "lab", "time": "1:00:00"}, "account (slurm), time (slurm)"),
+        ("local", {"container": "docker:img"}, "container"),
+    ],
+)
+def test_options_of_another_backend_are_refused_with_the_accepted_list(tmp_path, backend, flags, refused):
+    extra = {"data_path": "s3://b/d.json", "output_dir": "s3://b/o"} if backend == "sky" else {}
+    with pytest.raises(FtctlError) as e:
+        _prep(tmp_path, backend=backend, gpus="1xA100", **extra, **flags)
+    msg = str(e.value)
+    assert f"--backend {backend} does not take {refused}" in msg and f"{backend} accepts:" in msg
+
+
+def test_every_slurm_state_maps_onto_one_job_state():
+    from ftctl.backend import JobState
+    from ftctl.slurm.backend import SLURM_STATES
+    from ftctl.slurm.scheduler import FINISHED_STATES
+
+    assert FINISHED_STATES <= set(SLURM_STATES)
+    assert all(
+        SLURM_STATES[s] in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.PREEMPTED)
+        for s in FINISHED_STATES
+    )
+
+
+def test_one_upload_wait_default():
+    from ftctl.spec import RunSpec
+    from ftctl.trainer.sync_callback import CheckpointSyncCallback
+
+    assert CheckpointSyncCallback().upload_wait_s == RunSpec.upload_wait_s
+
+
+def test_no_module_imports_upward():
+    """Layers (DESIGN.md): cli and backends -> launch -> plan and trainer -> spec -> storage, gpus -> errors."""
+    import ast
+    from pathlib import Path
+
+    import ftctl
+
+    root = Path(ftctl.__file__).parent
+    low = {
+        "errors": 0,
+        "storage": 1,
+        "gpus": 1,
+        "runpaths": 1,
+        "envvars": 0,
+        "spec": 2,
+        "plan": 3,
+        "checkpoints": 3,
+        "failures": 1,
+        "launch": 4,
+    }
+    backends = {"backend", "cli", "local", "slurm", "sky", "docker", "preflight"}
+    problems = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).with_suffix("")
+        me = rel.parts[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ftctl"):
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("ftctl")]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if len(parts) < 2:
+                    continue
+                dep = parts[1]
+                if me in low and (dep in backends or dep == "trainer"):
+                    problems.append(f"{rel} imports {name}")
+                if me in low and dep in low and low[dep] > low[me]:
+                    problems.append(f"{rel} imports {name}")
+                if me == "trainer" and dep in backends:
+                    problems.append(f"{rel} imports {name}")
+    assert not problems

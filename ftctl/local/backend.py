@@ -94,6 +94,7 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
         except PlanError:
             raise first from None
         plan.notes.insert(0, f"local: {spec.method} does not fit this machine ({first}) so qlora runs instead")
+        plan.asked_method = spec.method
         return fallback, plan
 
 

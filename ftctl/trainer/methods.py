@@ -21,8 +21,8 @@ ADAPTER_METHODS = ("lora", "qlora")
 
 
 def apply_method(model, spec, plan):
-    """Make ``model`` train what ``spec.method`` trains; returns the model to train (maybe a PeftModel)."""
-    method = spec.method
+    """Make ``model`` train what the plan's method trains; returns the model to train (maybe a PeftModel)."""
+    method = plan.method
     if method == "fft":
         model.requires_grad_(True)
     elif method == "sft":

@@ -1,8 +1,8 @@
 """Load the model and tokenizer the plan asks for; build the SmolLM2 demo model once.
 
 - dtype from ``plan.precision`` (bf16 / fp16 / fp32);
-- ``attn_implementation`` from the plan, falling back to sdpa (logged) when flash-attn is not
-  installed;
+- attention and fused layer kernels as ``ftctl.trainer.attention.resolve`` decides from the plan and
+  what this process can run (flash-attn, else torch's varlen kernels, else sdpa; Liger on CUDA);
 - qlora: 4-bit NF4 with double quantization (bitsandbytes), compute dtype = the plan's precision
   (fp32 on CPU), placed on this process's device (``device_map`` per local rank);
 - ``HuggingFaceTB/SmolLM2-135M-Instruct`` (the demo model) resolves to a local safetensors
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import json
 import logging
 import os
@@ -127,8 +126,14 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """A path or id transformers can load: the demo model's id becomes its local directory."""
-    return str(ensure_demo_model()) if is_demo_model(name_or_path) else name_or_path
+    """A path or id transformers can load: the demo model's id becomes its local directory. A
+    missing directory or a malformed id is refused first, in preflight's words (one owner)."""
+    if is_demo_model(name_or_path):
+        return str(ensure_demo_model())
+    from ftctl.preflight import check_model, raise_if_errors
+
+    raise_if_errors(check_model(name_or_path))
+    return name_or_path
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -155,24 +160,26 @@ def torch_dtype(precision: str):
 
 
 def weights_dtype(plan):
-    """fp32 for the weights fft/sft train: the Trainer's bf16/fp16 flags autocast the compute and the
-    optimizer updates fp32 masters (DeepSpeed keeps its own). Training the 16-bit weights themselves
-    loses updates below their resolution: seen on 2 H100s, 30 steps of a 1B model at lr 2e-5 ended
-    at loss 2.26 in pure bf16 against 1.15 with fp32 masters (bench/results). The frozen base of
-    lora/qlora stays 16-bit; PEFT keeps the adapters in fp32."""
-    return torch_dtype("fp32" if plan.method in ("fft", "sft") else plan.precision)
+    """The dtype the plan says the weights load in (ftctl.plan.weights_dtype owns the rule)."""
+    return torch_dtype(plan.weights_dtype)
 
 
-def attention_implementation(requested: str) -> str:
-    """The plan's attention, or sdpa (logged) when flash-attn is not installed."""
-    if requested.startswith("flash_attention") and importlib.util.find_spec("flash_attn") is None:
-        log.warning(
-            "attn_implementation=%s was planned but flash_attn is not installed: using sdpa "
-            "(install flash-attn, or use the ftctl CUDA image, for the faster kernel)",
-            requested,
-        )
-        return "sdpa"
-    return requested
+def model_kernels(spec, plan, on_cpu: bool):
+    """The attention and layer kernels this process runs for the plan (see trainer/attention.py)."""
+    from ftctl.trainer.attention import resolve
+
+    return resolve(plan.attn_implementation, model_type(spec.model_name_or_path), on_cpu)
+
+
+def model_type(name_or_path: str) -> str | None:
+    """``model_type`` from the model's config (None when it cannot be read)."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(resolve_model(name_or_path))
+    except (OSError, ValueError):
+        return None
+    return getattr(cfg.get_text_config(), "model_type", None) or getattr(cfg, "model_type", None)
 
 
 def quantization_config(plan, on_cpu: bool):
@@ -187,14 +194,13 @@ def quantization_config(plan, on_cpu: bool):
     )
 
 
-def load_model(spec, plan, on_cpu: bool, local_rank: int = 0):
-    """The base model as the plan says (before the method's changes in methods.py)."""
+def load_model(spec, plan, on_cpu: bool, local_rank: int = 0, kernels=None):
+    """The base model as the plan says (before the method's changes in methods.py), with the
+    attention and layer kernels of ``kernels`` (default: ``model_kernels``)."""
     from transformers import AutoModelForCausalLM
 
-    kwargs = {
-        "dtype": weights_dtype(plan),
-        "attn_implementation": attention_implementation(plan.attn_implementation),
-    }
+    kernels = kernels or model_kernels(spec, plan, on_cpu)
+    kwargs = {"dtype": weights_dtype(plan), "attn_implementation": kernels.attn_implementation}
     quant = quantization_config(plan, on_cpu)
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -208,4 +214,8 @@ def load_model(spec, plan, on_cpu: bool, local_rank: int = 0):
             "or a model id available to this machine (HF_TOKEN for gated models)."
         ) from None
     model.config.use_cache = False  # training: no KV cache (and packed samples need it off)
+    if kernels.liger:
+        from ftctl.trainer.attention import apply_liger
+
+        apply_liger(model)
     return model

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,13 +32,13 @@ from ftctl import storage
 from ftctl.envvars import STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
+from ftctl.runpaths import SPEC_FILE
 from ftctl.spec import RunSpec
 from ftctl.trainer import distributed
 
 log = logging.getLogger(__name__)
 
 LOCAL_DIR_ENV = "FTCTL_LOCAL_DIR"  # where a remote output is staged (default: under the ftctl cache)
-SPEC_FILE = "spec.json"
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Run:
     sync: object = None
     trainer: object = None
     resume_from: str | None = None
+    kernels: object = None  # attention.Kernels: what this process really runs
 
 
 # ------------------------------------------------------------------------------------------ entry
@@ -73,9 +75,11 @@ def train(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Result:
     status = "failed"
     try:
         fit(run)
-        status = "preempted" if stopped_early(run) else "complete"
-        if status == "complete":
+        if stopped_early(run):
+            status = "preempted"
+        else:
             save(run)
+            status = "complete"  # only once the final model is written (and uploaded)
     finally:
         cleanup(run, status)
     state = run.trainer.state
@@ -92,7 +96,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from ftctl.trainer.callbacks import METRICS_FILE, MetricsCallback, PreemptionCallback
     from ftctl.trainer.data import build_dataset
     from ftctl.trainer.methods import apply_method
-    from ftctl.trainer.model import load_model, load_tokenizer
+    from ftctl.trainer.model import load_model, load_tokenizer, model_kernels
     from ftctl.trainer.sync_callback import CheckpointSyncCallback
 
     procs = distributed.processes()
@@ -106,9 +110,10 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         distributed.init_for_deepspeed(plan, procs)
         tokenizer = load_tokenizer(spec.model_name_or_path)
         args = training_args(spec, plan, procs, local_dir)
-        dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, storage_options(spec))
+        dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url)
         set_seed(spec.seed)  # LoRA's initial weights
-        model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank), spec, plan)
+        run.kernels = model_kernels(spec, plan, procs.on_cpu)  # attention + Liger: what really runs
+        model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank, run.kernels), spec, plan)
         run.resume_from = resume_point(spec, local_dir, remote_uri)
         if procs.is_main:
             Path(local_dir, SPEC_FILE).write_text(dump_run(spec, plan))
@@ -123,6 +128,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             shared_filesystem=remote_uri is None,
         )
         metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo)
+        if procs.is_main:
+            record_kernels(os.path.join(local_dir, METRICS_FILE), run.kernels, echo)
         run.trainer = SFTTrainer(
             model=model,
             args=args,
@@ -138,6 +145,16 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     return run
 
 
+def record_kernels(metrics_path: str, kernels, echo=print) -> None:
+    """Say in the run's log, and in metrics.jsonl (an ``"event": "start"`` record), which attention and
+    layer kernels run: the plan can only name what the GPU tier allows."""
+    echo(f"attention: {kernels.attention}; Liger kernels: {'on' if kernels.liger else 'off'}")
+    with open(metrics_path, "a") as f:
+        # step 0: kept when a resumed run drops the rows after its checkpoint (callbacks.truncate_metrics)
+        record = {"step": 0, "event": "start", "time": round(time.time(), 3), **kernels.record()}
+        f.write(json.dumps(record) + "\n")
+
+
 def output_dirs(spec: RunSpec) -> tuple[str, str | None]:
     """(local directory, remote URI or None). A remote output is staged in a local directory."""
     out = spec.output
@@ -151,10 +168,6 @@ def output_dirs(spec: RunSpec) -> tuple[str, str | None]:
         cache_dir() / "runs" / f"{slug}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
     )
     return os.path.abspath(local), out.rstrip("/")
-
-
-def storage_options(spec: RunSpec) -> dict | None:
-    return {"client_kwargs": {"endpoint_url": spec.s3_endpoint_url}} if spec.s3_endpoint_url else None
 
 
 def training_args(spec: RunSpec, plan: Plan, procs: distributed.Processes, local_dir: str):
@@ -264,12 +277,17 @@ def stopped_early(run: Run) -> bool:
 # ------------------------------------------------------------------------------------------ save
 def save(run: Run) -> None:
     """The final model (fft/sft) or adapter (lora/qlora) with its tokenizer at the top of the output
-    dir; all ranks take part (ZeRO-3 gathers the shards), rank 0 writes and uploads."""
+    dir; all ranks take part (ZeRO-3 gathers the shards), rank 0 writes; each node's uploader sends it
+    with the checkpoints' retries. Raises when it is not in the store within upload_wait_s."""
     run.trainer.save_model(run.local_dir)
     if run.procs.is_main:
         name_base_model(run.local_dir, run.spec.model_name_or_path)
-    if run.procs.is_main and run.remote_uri:
-        upload_top_level(run.local_dir, run.remote_uri, run.spec.s3_endpoint_url)
+        if not run.sync.upload_final(run.local_dir):
+            raise FtctlError(
+                f"the final model was saved in {run.local_dir} but not uploaded to {run.remote_uri} within "
+                f"upload_wait_s={run.spec.upload_wait_s}: check the store, then `ftctl sync push {run.local_dir} "
+                f"{run.remote_uri}`."
+            )
     distributed.barrier()
 
 
@@ -284,20 +302,11 @@ def name_base_model(local_dir: str, model_name_or_path: str) -> None:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def upload_top_level(local_dir: str, remote_uri: str, endpoint_url: str | None) -> None:
-    """Everything in the output dir but the checkpoints (uploaded by the sync callback) and ftctl's
-    hidden working dirs: the final model, spec.json, metrics.jsonl, tensorboard runs/."""
-    fs, _ = storage.filesystem(remote_uri, endpoint_url)
-    for rel in storage.local_files(local_dir):
-        top = rel.split("/", 1)[0]
-        if top.startswith(".") or (top.startswith("checkpoint-") and "/" in rel):
-            continue
-        storage.put_file(os.path.join(local_dir, rel), storage.join(remote_uri, *rel.split("/")), fs=fs)
-
-
 # ------------------------------------------------------------------------------------------ cleanup
 def cleanup(run: Run, status: str) -> None:
     run.preemption.uninstall()
+    if run.sync is not None:
+        run.sync.close()
     if status == "preempted" and run.procs.is_main:
         log.warning(
             "stopped on %s after saving step %d; resume with the same output dir",

@@ -27,11 +27,12 @@ import uuid
 from transformers import TrainerCallback
 
 from ftctl import checkpoints
+from ftctl.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
 #: seconds the end of a run waits for the last checkpoint's upload before giving up (logged)
-UPLOAD_WAIT_S = 900.0
+UPLOAD_WAIT_S = RunSpec.upload_wait_s  # the one default lives in the spec
 
 
 def node_topology(shared_filesystem: bool = False) -> tuple[int, int]:
@@ -167,10 +168,20 @@ class CheckpointSyncCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.wait_for_uploads(self.upload_wait_s)
+        return control
+
+    def upload_final(self, local_dir: str) -> bool:
+        """Upload the run's top-level files (the final model) with the checkpoints' retries; True
+        once they are in the store (or there is no store), False when upload_wait_s ran out."""
+        if self.uploader is None:
+            return True
+        self.uploader.submit_final(local_dir)
+        return self.uploader.wait(self.upload_wait_s)
+
+    def close(self) -> None:
         if self.uploader is not None:
             self.uploader.close(0)
             self.uploader = None
-        return control
 
     def wait_for_uploads(self, timeout: float | None = None) -> bool:
         """Wait (at most ``timeout`` s, logged) for every queued checkpoint to be committed in

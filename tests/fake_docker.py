@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""A stand-in ``docker`` for a machine without a docker engine (this one): it records its argv and
+runs the container's command as a local process, so the docker backend's own code goes end to end.
+
+What it emulates, nothing more: ``run --detach --name N [-v HOST:CTR] [-e K[=V]] [-w DIR] IMAGE CMD...``
+(CMD runs here with container paths mapped back to their host paths, the -e environment, and output
+to a log), ``inspect --format ... N`` (created/running/exited and the exit code), ``logs [--follow] N``,
+``stop [--time S] N`` (SIGTERM to the process group, SIGKILL after S seconds) and ``rm N``. The image
+is ignored: the command runs with this machine's python (first on PATH). State lives in
+``$FAKE_DOCKER_STATE``; each call is appended to ``$FAKE_LOG`` as JSON.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STATE = Path(os.environ["FAKE_DOCKER_STATE"])
+TAKES_VALUE = {
+    "--name",
+    "-v",
+    "--volume",
+    "-e",
+    "--env",
+    "-w",
+    "--workdir",
+    "--ulimit",
+    "--gpus",
+    "--time",
+    "-t",
+    "--format",
+    "-f",
+}
+
+
+def log_call(args):
+    if os.environ.get("FAKE_LOG"):
+        with open(os.environ["FAKE_LOG"], "a") as fh:
+            fh.write(json.dumps({"prog": "docker", "argv": args}) + "\n")
+
+
+def parse(args):
+    opts, i = [], 0
+    while i < len(args) and args[i].startswith("-"):
+        a = args[i]
+        if a in TAKES_VALUE:
+            opts.append((a, args[i + 1]))
+            i += 2
+        else:
+            key, _, val = a.partition("=")
+            opts.append((key, val))
+            i += 1
+    return opts, args[i:]
+
+
+def state(name):
+    d = STATE / name
+    if not d.is_dir():
+        return None
+    pid = int((d / "pid").read_text())
+    rc = d / "rc"
+    if rc.exists():
+        return "exited", int(rc.read_text())
+    try:
+        os.kill(pid, 0)
+        return "running", 0
+    except ProcessLookupError:
+        return "exited", 137
+
+
+def main(args):
+    log_call(args)
+    cmd, rest = args[0], args[1:]
+    opts, pos = parse(rest)
+    if cmd == "run":
+        name = dict(opts)["--name"]
+        mounts = [v.split(":", 1) for k, v in opts if k in ("-v", "--volume")]
+        env = dict(os.environ)
+        for k, v in opts:
+            if k in ("-e", "--env"):
+                key, eq, val = v.partition("=")
+                if eq:
+                    env[key] = val
+        workdir = dict(opts).get("-w", "/")
+
+        def host(p):
+            for h, c in mounts:
+                if p == c or p.startswith(c + "/"):
+                    return h + p[len(c) :]
+            return p
+
+        for key in [k for k, v in env.items() if isinstance(v, str) and v.startswith("/ftctl/")]:
+            env[key] = host(env[key])
+        argv = [host(a) for a in pos[1:]]
+        d = STATE / name
+        if d.exists():
+            print(f'Conflict. The container name "/{name}" is already in use', file=sys.stderr)
+            return 125
+        d.mkdir(parents=True)
+        out = open(d / "log", "w")
+        wrapper = [
+            sys.executable,
+            "-c",
+            "import subprocess,sys; rc=subprocess.call(sys.argv[2:]); open(sys.argv[1],'w').write(str(rc))",
+            str(d / "rc"),
+            *argv,
+        ]
+        proc = subprocess.Popen(
+            wrapper, cwd=host(workdir), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        (d / "pid").write_text(str(proc.pid))
+        print(name)
+        return 0
+    name = pos[-1] if pos else ""
+    st = state(name)
+    if st is None:
+        print(f"Error: No such container: {name}", file=sys.stderr)
+        return 1
+    if cmd == "inspect":
+        print(f"{st[0]} {st[1]}")
+    elif cmd == "logs":
+        path, pos_ = STATE / name / "log", 0
+        while True:
+            data = path.read_bytes()
+            sys.stdout.write(data[pos_:].decode(errors="replace"))
+            sys.stdout.flush()
+            pos_ = len(data)
+            if "--follow" not in dict(opts) or state(name)[0] == "exited":
+                if "--follow" in dict(opts):
+                    sys.stdout.write(path.read_bytes()[pos_:].decode(errors="replace"))
+                break
+            time.sleep(0.2)
+    elif cmd == "stop":
+        pid = int((STATE / name / "pid").read_text())
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.time() + float(dict(opts).get("--time", 10))
+        while state(name)[0] == "running" and time.time() < deadline:
+            time.sleep(0.2)
+        if state(name)[0] == "running":
+            os.killpg(pid, signal.SIGKILL)
+        print(name)
+    elif cmd == "rm":
+        import shutil
+
+        shutil.rmtree(STATE / name)
+        print(name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,107 @@
+"""The docker backend end to end, through `ftctl` as a user runs it.
+
+No docker engine runs on this machine, so a stand-in ``docker`` (tests/fake_docker.py) is first on
+PATH: it records its argv and runs the container's command as a local process with the volumes mapped
+back to host paths. Everything else is real: the rendered docker-run.sh, torchrun, the trainer on the
+tiny model, status/logs/cancel through the docker CLI's verbs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FTCTL = str(Path(sys.executable).parent / "ftctl")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def docker_env(tmp_path):
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    (fakes / "docker").write_text(f'#!/bin/sh\nexec {sys.executable} {REPO}/tests/fake_docker.py "$@"\n')
+    (fakes / "docker").chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{fakes}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "FAKE_DOCKER_STATE": str(tmp_path / "docker-state"),
+        "FAKE_LOG": str(tmp_path / "docker.log"),
+        "FTCTL_HOME": str(tmp_path / "home"),
+        "OMP_NUM_THREADS": "1",
+    }
+    return env
+
+
+def ftctl(env, *args, check=True, cwd=None):
+    proc = subprocess.run([FTCTL, *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+    if check:
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    return proc
+
+
+def wait_state(env, job, states, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = ftctl(env, "status", job).stdout.strip()
+        if any(s in line for s in states):
+            return line
+        time.sleep(1)
+    raise AssertionError(f"{job} never reached {states}: {line}")
+
+
+def run_flags(model, data, out, **o):
+    flags = ["--backend", "docker", "--gpus", "cpu", "--method", "lora", "--model", str(model), "--data", str(data)]
+    flags += ["--output", str(out), "--container", "docker:ftctl:test"]
+    for k, v in {"max_steps": 4, "save_steps": 2, "global_batch_size": 2, "model_max_length": 64, **o}.items():
+        flags += ["-o", f"{k}={v}"]
+    return flags
+
+
+def test_launch_status_logs_through_the_docker_cli(docker_env, tiny_model_dir, tiny_data, tmp_path):
+    hostile = tmp_path / 'it\'s a "data" dir $(touch PWNED)'
+    hostile.mkdir()
+    shutil.copy(tiny_data, hostile / "conv.json")
+    out = tmp_path / "out"
+    launched = ftctl(docker_env, "launch", *run_flags(tiny_model_dir, hostile / "conv.json", out), cwd=tmp_path)
+    job = launched.stdout.split("started container ", 1)[1].split()[0]
+    assert wait_state(docker_env, job, ["SUCCEEDED", "FAILED"]).startswith(f"{job} SUCCEEDED")
+    assert "complete" in ftctl(docker_env, "logs", job).stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+    assert not (tmp_path / "PWNED").exists()
+    calls = [json.loads(line)["argv"] for line in Path(docker_env["FAKE_LOG"]).read_text().splitlines()]
+    run = next(c for c in calls if c[0] == "run")
+    assert run[run.index("--name") + 1] == job and "ftctl:test" in run and "--detach" in run
+    assert f"{hostile}/conv.json:{hostile}/conv.json" in run  # the data, mounted at its own path
+    assert "HF_TOKEN" in run and not any(a.startswith("HF_TOKEN=") for a in run)  # secrets by name
+    # a second launch of the same finished run removes the ended container and resumes
+    again = ftctl(docker_env, "launch", *run_flags(tiny_model_dir, hostile / "conv.json", out), cwd=tmp_path)
+    assert "started container" in again.stdout
+
+
+def test_cancel_stops_a_running_container(docker_env, tiny_model_dir, tiny_data, tmp_path):
+    out = tmp_path / "long"
+    flags = run_flags(tiny_model_dir, tiny_data, out, max_steps=100000, save_steps=100000, run_name="long-run")
+    job = ftctl(docker_env, "launch", *flags, cwd=tmp_path).stdout.split("started container ", 1)[1].split()[0]
+    wait_state(docker_env, job, ["RUNNING"])
+    refused = ftctl(docker_env, "launch", *flags, cwd=tmp_path, check=False)
+    assert refused.returncode != 0 and "already running" in refused.stderr and "Traceback" not in refused.stderr
+    assert ftctl(docker_env, "cancel", job).stdout.strip() == f"cancelled {job}"
+    assert "RUNNING" not in ftctl(docker_env, "status", job).stdout
+
+
+def test_missing_docker_is_one_line(tmp_path, tiny_model_dir, tiny_data):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "FTCTL_HOME": str(tmp_path)}
+    if shutil.which("docker", path=env["PATH"]):
+        pytest.skip("a real docker is installed here")
+    proc = ftctl(env, "launch", *run_flags(tiny_model_dir, tiny_data, tmp_path / "o"), check=False, cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: docker is not installed here: install Docker Engine, or use --backend local."
