@@ -28,7 +28,16 @@ class DockerBackend(Backend):
         return text, {paths.spec.name: spec_json, paths.docker_script.name: "#!/bin/sh\nexec " + text}
 
     def check(self, rendered: Rendered) -> None:
-        _docker()
+        docker = _docker()
+        if not rendered.spec.container:
+            from ftctl.docker.image import default_image
+
+            image = default_image(rendered.plan.tier)
+            if _run([docker, "image", "inspect", image]).returncode != 0:
+                raise FtctlError(
+                    f"the image {image} is not on this docker host: build it with `ftctl build --gpus "
+                    f"{rendered.plan.tier or 'A100'}` (or pull it), or pass --container docker:IMAGE."
+                )
         state = _inspect(rendered.spec.name)
         if state and state[0] in ("running", "created", "restarting", "paused"):
             raise FtctlError(

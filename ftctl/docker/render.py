@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 
-from ftctl import __version__
-from ftctl.envvars import FAILURE_DIR_ENV
+from ftctl.docker.image import default_image
 from ftctl.errors import FtctlError
 from ftctl.launch import container_kind, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
-from ftctl.runpaths import FAILURES_DIR
 from ftctl.spec import RunSpec
 from ftctl.storage import is_remote
 
-DEFAULT_IMAGE = f"ghcr.io/ftctl/ftctl:{__version__}-cu124"
 CONTAINER_RUN_DIR = "/ftctl/run"
 
 
@@ -23,7 +20,7 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
     kind, image = container_kind(spec)
     if kind not in (None, "docker"):
         raise FtctlError(f"--container {spec.container!r}: the docker backend runs docker images (docker:IMAGE).")
-    image = image or DEFAULT_IMAGE
+    image = image or default_image(plan.tier)
     run_dir = os.path.abspath(run_dir)
     cmd = [
         "docker",
@@ -49,8 +46,6 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
             cmd += ["-v", f"{p}:{p}"]
     for k, v in sorted(trainer_env(spec, plan).items()):
         cmd += ["-e", f"{k}={v}"]
-    # a failing rank leaves its record in the run dir, for `ftctl status` to report (ftctl.failures)
-    cmd += ["-e", f"{FAILURE_DIR_ENV}={CONTAINER_RUN_DIR}/{FAILURES_DIR}"]
     for name in spec.secrets:
         cmd += ["-e", name]  # value passed from this environment by docker, never written
     cmd += ["-w", CONTAINER_RUN_DIR, image]

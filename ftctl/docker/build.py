@@ -1,0 +1,132 @@
+"""``ftctl build``: the ``docker buildx build`` (and ``apptainer build``) commands for the image.
+
+``commands(...)`` composes them; ``--dry-run`` prints them and ``build(...)`` runs exactly those.
+The build context is the source tree's root when ftctl runs from one; installed from a wheel, the
+package's own copy of docker/ and its source are staged into a context folder of the same layout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from ftctl import __version__
+from ftctl.docker import image
+from ftctl.errors import FtctlError
+from ftctl.launch import join
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    image: str
+    context: Path
+    docker: list[str]
+    apptainer: list[str] | None = None
+    sif: Path | None = None
+
+    def text(self) -> str:
+        lines = [join(self.docker)]
+        if self.apptainer:
+            lines.append(join(self.apptainer))
+        return "\n".join(lines) + "\n"
+
+
+def source_root() -> Path | None:
+    """The source tree ftctl runs from (a checkout or an editable install), or None."""
+    root = Path(image.__file__).resolve().parents[2]
+    pyproject = root / "pyproject.toml"
+    if (root / "docker" / "Dockerfile").is_file() and pyproject.is_file() and 'name = "ftctl"' in pyproject.read_text():
+        return root
+    return None
+
+
+def staged_context() -> Path:
+    """An installed ftctl's files laid out as the source tree the Dockerfile expects."""
+    files = image.files_dir()
+    if not (files / "Dockerfile").is_file():
+        raise FtctlError(f"{files} holds no Dockerfile: this ftctl install is incomplete; reinstall it.")
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    ctx = base / "ftctl" / "image-context" / __version__
+    shutil.rmtree(ctx, ignore_errors=True)
+    (ctx / "docker").mkdir(parents=True)
+    for name in ("Dockerfile", "Dockerfile.dockerignore", "build-flash-attn.sh"):
+        shutil.copy2(files / name, ctx / "docker" / name)
+    for name in ("constraints.txt", "pyproject.toml", "README.md"):
+        shutil.copy2(files / name, ctx / name)
+    pkg = Path(image.__file__).resolve().parents[1]
+    shutil.copytree(pkg, ctx / "ftctl", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return ctx
+
+
+def commands(
+    gpus: str,
+    tag: str | None = None,
+    push: str | None = None,
+    apptainer: bool = False,
+    max_jobs: int | None = None,
+    context: Path | None = None,
+) -> BuildPlan:
+    tag = image.check_tag(tag) if tag else image.image_tag(gpus)
+    registry = image.check_registry(push, "--push") if push else image.DEFAULT_REGISTRY
+    ref = f"{registry}/{image.REPOSITORY}:{tag}"
+    ctx = context or source_root() or staged_context()
+    argv = ["docker", "buildx", "build", "--file", str(ctx / "docker" / "Dockerfile"), "--target", "runtime"]
+    argv += ["--platform", "linux/amd64"]
+    for k, v in image.build_args(gpus, max_jobs=max_jobs).items():
+        argv += ["--build-arg", f"{k}={v}"]
+    argv += ["--tag", ref, "--push" if push else "--load", str(ctx)]
+    plan = BuildPlan(image=ref, context=ctx, docker=argv)
+    if apptainer:
+        sif = Path(f"{image.REPOSITORY}-{tag}.sif").resolve()
+        # a pushed image is pulled from its registry; a loaded one is read from the local engine
+        source = f"docker://{ref}" if push else f"docker-daemon://{ref}"
+        plan = BuildPlan(ref, ctx, argv, ["apptainer", "build", "--force", str(sif), source], sif)
+    return plan
+
+
+def check_tools(plan: BuildPlan) -> None:
+    """One line naming what is missing and how to get it, before anything starts."""
+    if not shutil.which("docker"):
+        raise FtctlError(
+            "docker is not installed or not on PATH: install Docker Engine with its buildx plugin "
+            "(https://docs.docker.com/engine/install/), or print the command with `ftctl build --dry-run`."
+        )
+    if _quiet(["docker", "buildx", "version"]) != 0:
+        raise FtctlError(
+            "docker buildx is missing: install the docker-buildx-plugin package (or Docker Desktop), "
+            "then check with `docker buildx version`."
+        )
+    if _quiet(["docker", "info", "--format", "{{.ServerVersion}}"]) != 0:
+        raise FtctlError(
+            "The docker engine does not answer: start it (sudo systemctl start docker) and make sure "
+            "this user may use it (`docker info` must work)."
+        )
+    if plan.apptainer and not shutil.which("apptainer"):
+        raise FtctlError(
+            "--apptainer needs apptainer on PATH (https://apptainer.org/docs/admin/main/installation.html)."
+        )
+
+
+def _quiet(argv: list[str]) -> int:
+    try:
+        return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return 1
+
+
+def build(plan: BuildPlan) -> None:
+    check_tools(plan)
+    for argv in [plan.docker] + ([plan.apptainer] if plan.apptainer else []):
+        click.echo(f"+ {join(argv)}", err=True)
+        rc = subprocess.run(argv).returncode
+        if rc != 0:
+            raise FtctlError(f"`{argv[0]} {argv[1]}` failed (exit {rc}): the lines above say why.")
+    where = "pushed" if "--push" in plan.docker else "loaded into the local docker engine"
+    click.echo(f"{plan.image} ({where})")
+    if plan.sif:
+        click.echo(str(plan.sif))

@@ -1,0 +1,159 @@
+"""The CUDA image: its pinned versions, its name, and its build arguments for a set of GPU tiers.
+
+Versions have one home, constraints.txt (torch, flash-attn, and its ``# image: cuda=… ubuntu=…``
+line); architectures come from the tier table in ftctl/gpus.py. Every backend that runs the image
+by default asks ``default_image(tier)`` for its name, which is what ``ftctl build --gpus TIER``
+tags.
+
+flash-attn compiles one architecture per major compute capability (sm_80 code runs on every 8.x
+GPU), so an A10G and an A100 share one image. Tiers without FlashAttention-2 (T4, V100) and
+``--gpus cpu`` use the A100 + H100 image: torch runs there, flash-attn is simply not used.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ftctl import __version__
+from ftctl.errors import FtctlError
+from ftctl.gpus import GpuTier, tier
+
+DEFAULT_REGISTRY = "ghcr.io/ftctl"
+REPOSITORY = "ftctl"
+# the image for tiers without FlashAttention-2 and for CPU runs
+GENERIC_TIERS = ("A100", "H100")
+# flash-attn's FLASH_ATTN_CUDA_ARCHS values, by major compute capability
+_FLASH_ATTN_ARCH = {8: "80", 9: "90", 10: "100", 12: "120"}
+
+
+def files_dir() -> Path:
+    """The top-level docker/ folder: a link in a source tree, copies inside an installed wheel."""
+    return Path(__file__).resolve().parent / "files"
+
+
+@dataclass(frozen=True)
+class Pins:
+    cuda: str  # 13.0.1: the nvidia/cuda base images' version
+    ubuntu: str
+    torch: str
+    flash_attn: str
+    ftctl: str = __version__
+
+    @property
+    def cuda_short(self) -> str:  # cu130
+        major, minor = self.cuda.split(".")[:2]
+        return f"cu{major}{minor}"
+
+
+@lru_cache(maxsize=4)
+def pins(constraints: Path | None = None) -> Pins:
+    """Read the image's versions from constraints.txt."""
+    path = constraints or files_dir() / "constraints.txt"
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise FtctlError(f"Cannot read {path} ({e.strerror}): reinstall ftctl, whose package ships it.") from None
+    found = dict(re.findall(r"(?mi)^([A-Za-z0-9_.\-]+)==(\S+)\s*$", text))
+    found = {k.lower().replace("_", "-"): v for k, v in found.items()}
+    image = re.search(r"(?m)^#\s*image:\s*cuda=(\S+)\s+ubuntu=(\S+)\s*$", text)
+    missing = [n for n in ("torch", "flash-attn") if n not in found] + ([] if image else ["# image: cuda=… ubuntu=…"])
+    if missing:
+        raise FtctlError(f"{path} lacks the image's pin(s) {', '.join(missing)}: add them (see docker/Dockerfile).")
+    return Pins(cuda=image.group(1), ubuntu=image.group(2), torch=found["torch"], flash_attn=found["flash-attn"])
+
+
+def tiers_of(gpus: str | GpuTier | Iterable[GpuTier | str] | None) -> tuple[GpuTier, ...]:
+    """``"A100,H100"``, ``"8xH100"``, a tier, several, or None (CPU) → the tiers the image is built for."""
+    if gpus is None:
+        items: list = []
+    elif isinstance(gpus, GpuTier):
+        items = [gpus]
+    elif isinstance(gpus, str):
+        items = [g for g in gpus.split(",") if g.strip()]
+    else:
+        items = list(gpus)
+    out: list[GpuTier] = []
+    for g in items:
+        t = g if isinstance(g, GpuTier) else _parse_tier(g)
+        if t is not None and t.flash_attn2 and t not in out:
+            out.append(t)
+    if not out:  # only T4/V100 or CPU: the generic image
+        out = [tier(n) for n in GENERIC_TIERS]
+    return tuple(sorted(out, key=lambda t: (t.compute_capability, t.name)))
+
+
+def _parse_tier(text: str) -> GpuTier | None:
+    from ftctl.gpus import parse
+
+    return parse(text.strip()).tier
+
+
+def flash_attn_archs(tiers: Iterable[GpuTier]) -> list[str]:
+    archs = set()
+    for t in tiers:
+        major = t.compute_capability[0]
+        if major not in _FLASH_ATTN_ARCH:
+            raise FtctlError(f"{t.name} (compute capability {t.cuda_arch}) is not one flash-attn compiles for.")
+        archs.add(_FLASH_ATTN_ARCH[major])
+    return sorted(archs, key=int)
+
+
+def image_tag(gpus=None, pins_: Pins | None = None) -> str:
+    """``0.1.0-cu130-torch2.13.0-fa2.8.3.post2-sm90``: what is inside, readable from the name."""
+    p = pins_ or pins()
+    sm = "_".join(flash_attn_archs(tiers_of(gpus)))
+    return f"{p.ftctl}-{p.cuda_short}-torch{p.torch}-fa{p.flash_attn}-sm{sm}"
+
+
+def default_image(gpus=None, registry: str = DEFAULT_REGISTRY) -> str:
+    """The image a backend runs when the user names none, for ``gpus`` (a tier, its name, a
+    ``--gpus`` value, several, or None for CPU): ``ghcr.io/ftctl/ftctl:0.1.0-cu130-…-sm90``.
+    ``ftctl build --gpus TIER`` builds exactly this name (``--push REGISTRY`` swaps the registry)."""
+    return f"{check_registry(registry)}/{REPOSITORY}:{image_tag(gpus)}"
+
+
+_REGISTRY = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_registry(registry: str, flag: str = "registry") -> str:
+    r = registry.strip().rstrip("/")
+    if not _REGISTRY.match(r):
+        raise FtctlError(
+            f"{flag} {registry!r} is not a registry path docker accepts: lower-case host[:port]/namespace, "
+            f"e.g. ghcr.io/my-org or docker.io/myname."
+        )
+    return r
+
+
+def check_tag(tag: str) -> str:
+    if not _TAG.match(tag):
+        raise FtctlError(
+            f"--tag {tag!r}: a tag is letters, digits, '_', '.' and '-' (at most 128, not starting with '.' or '-'); "
+            f"give the registry with --push REGISTRY, not in the tag."
+        )
+    return tag
+
+
+def build_args(gpus=None, pins_: Pins | None = None, max_jobs: int | None = None) -> dict[str, str]:
+    """The ``--build-arg`` values of docker/Dockerfile for these tiers (sorted by name)."""
+    p = pins_ or pins()
+    tiers = tiers_of(gpus)
+    args = {
+        "CUDA_VERSION": p.cuda,
+        "UBUNTU_VERSION": p.ubuntu,
+        "TORCH_VERSION": p.torch,
+        "FLASH_ATTN_VERSION": p.flash_attn,
+        "FLASH_ATTN_CUDA_ARCHS": ";".join(flash_attn_archs(tiers)),
+        "TORCH_CUDA_ARCH_LIST": ";".join(sorted({t.cuda_arch for t in tiers}, key=float)),
+        "FTCTL_VERSION": p.ftctl,
+    }
+    if max_jobs is not None:
+        if max_jobs < 1:
+            raise FtctlError(f"--max-jobs must be at least 1, not {max_jobs}.")
+        args["MAX_JOBS"] = str(max_jobs)
+    return dict(sorted(args.items()))
