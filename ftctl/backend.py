@@ -139,6 +139,19 @@ class Backend:
     def doctor(self, gpus: str | None, partition: str | None) -> bool:
         raise NotImplementedError
 
+    def detected_gpus(self) -> str | None:
+        """This machine's GPUs in --gpus form where the job runs on this machine (checked before
+        launch), else None."""
+        return None
+
+    def has_gpus(self, spec: RunSpec) -> bool:
+        """Whether this backend can run spec's --gpus without being asked to (only local says yes)."""
+        return False
+
+    def estimate(self, spec: RunSpec, plan: Plan) -> str | None:
+        """Where the run would go and what it would cost, for `plan` and `launch --dry-run` (None: nothing to say)."""
+        return None
+
 
 def get(name: str) -> Backend:
     if name not in REGISTRY:
@@ -174,6 +187,33 @@ def _default(key: str):
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
+# ------------------------------------------------------------------------------------------ launch
+def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
+    """Prepare, check everything that can be checked before anything expensive (the preflight), then
+    submit; with ``dry_run`` print the findings and the exact text that would be sent, and stop."""
+    import click
+
+    from ftctl import preflight
+
+    name, why = choose_backend(spec)
+    rendered = prepare(replace(spec, backend=name))
+    b = get(name)
+    findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus())
+    if dry_run:
+        click.echo(f"backend: {name} ({why})", err=True)
+        if findings:
+            click.echo(preflight.render(findings), err=True)
+        click.echo(rendered.text, nl=False)
+        estimate = b.estimate(rendered.spec, rendered.plan)
+        if estimate:
+            click.echo(estimate, err=True)
+        return None
+    preflight.raise_if_errors(findings)
+    for f in findings:
+        click.echo(str(f), err=True)
+    return b.submit(rendered)
+
+
 # ------------------------------------------------------------------------------------------ prepare
 def choose_backend(spec: RunSpec) -> tuple[str, str]:
     """(backend, why) for a run without --backend: the user's config, else local when this machine
@@ -183,9 +223,7 @@ def choose_backend(spec: RunSpec) -> tuple[str, str]:
     configured = os.environ.get("FTCTL_BACKEND") or _config().get("backend")
     if configured:
         return str(configured), ("FTCTL_BACKEND" if os.environ.get("FTCTL_BACKEND") else str(config_path()))
-    from ftctl.local.backend import has_gpus
-
-    if not spec.gpus or has_gpus(spec.gpus, spec.nodes):
+    if not spec.gpus or get("local").has_gpus(spec):
         return "local", "this machine has the GPUs asked for" if spec.gpus else "no --gpus: this machine"
     sky_why = get("sky").available()
     if sky_why is True:

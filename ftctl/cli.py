@@ -58,7 +58,10 @@ def run_options(fn):
         click.option("--container", help="docker:IMAGE, apptainer:IMAGE or pyxis:IMAGE."),
         click.option("--setup", multiple=True, help="Shell line run before training (module load cuda/12.4)."),
         click.option("--sbatch-arg", "sbatch_args", multiple=True, help="Extra #SBATCH option, e.g. --mem=64G."),
-        click.option("--spot/--no-spot", default=None, help="Spot instances with recovery (SkyPilot)."),
+        click.option("--spot/--no-spot", default=None, help="SkyPilot managed job on spot, recovered when preempted."),
+        click.option("--infra", help="SkyPilot infra: aws, gcp/us-central1, k8s, slurm/CLUSTER."),
+        click.option("--cluster", help="SkyPilot cluster to launch or reuse (default: the run name)."),
+        click.option("--down/--no-down", default=None, help="Tear the SkyPilot cluster down when the job ends."),
         click.option("--secret", "secrets", multiple=True, help="Env var NAME passed to the job (never its value)."),
         click.option(
             "-o",
@@ -96,16 +99,18 @@ def _spec(kw: dict, backend: str | None = None):
 @run_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(as_json, **kw):
-    """Precision, attention, strategy, batch and memory per GPU for a run; exits 2 when nothing fits."""
-    from ftctl.backend import plan_for
+    """Precision, attention, strategy, batch and memory per GPU for a run; exits 2 when nothing fits.
+    With --backend sky: the cheapest cloud/region/instance, its hourly price and an estimated total."""
+    from ftctl.backend import get, plan_for
 
     spec, p = plan_for(_spec(kw))
+    estimate = get(spec.backend).estimate(spec, p) if spec.backend else None
     if as_json:
         import json
 
-        click.echo(json.dumps(p.to_dict(), indent=2))
+        click.echo(json.dumps({**p.to_dict(), **({"cost": estimate} if estimate else {})}, indent=2))
     else:
-        click.echo(p.table())
+        click.echo(p.table() + (f"\n{estimate}" if estimate else ""))
 
 
 @main.command()
@@ -127,11 +132,7 @@ def launch(dry_run, **kw):
     machine has the GPUs asked for; else sky when SkyPilot has a cloud enabled; else a refusal."""
     from ftctl import backend
 
-    rendered = backend.prepare(_spec(kw))
-    if dry_run:
-        click.echo(rendered.text, nl=False)
-        return
-    backend.get(rendered.backend).submit(rendered)
+    backend.launch(_spec(kw), dry_run=dry_run)
 
 
 @main.command()
@@ -278,6 +279,25 @@ def doctor(backend, partition, gpus):
     from ftctl.backend import get
 
     sys.exit(0 if get(backend).doctor(gpus, partition) else 1)
+
+
+# ------------------------------------------------------------------------------------------ image
+@main.command()
+@click.option("--gpus", required=True, help="Tier(s) to compile flash-attn for: H100, or A100,H100.")
+@click.option("--tag", help="Image tag (default: ftctl, CUDA, torch, flash-attn versions and archs).")
+@click.option("--push", "registry", metavar="REGISTRY", help="Push to REGISTRY/ftctl:TAG, e.g. ghcr.io/my-org.")
+@click.option("--apptainer", is_flag=True, help="Also write a .sif for clusters without docker.")
+@click.option("--max-jobs", type=int, help="Parallel compile jobs (default: cores, ~5 GB of memory each).")
+@click.option("--dry-run", is_flag=True, help="Print the commands and stop.")
+def build(gpus, tag, registry, apptainer, max_jobs, dry_run):
+    """Build the CUDA image with flash-attn compiled for these GPUs (docker buildx)."""
+    from ftctl.docker import build as image_build
+
+    plan = image_build.commands(gpus, tag=tag, push=registry, apptainer=apptainer, max_jobs=max_jobs)
+    if dry_run:
+        click.echo(plan.text(), nl=False)
+        return
+    image_build.build(plan)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ in ftctl that reads or writes checkpoints or datasets goes through it.
 | ``s3://bucket/key``  | s3fs (AWS, MinIO, Cloudflare R2, ...)   |
 | ``gs://bucket/key``  | gcsfs                                   |
 | ``az://container/k`` | adlfs (also ``abfs://``)                |
+| ``memory://a/b``     | fsspec's in-process memory (tests)      |
 
 Credentials come only from each store's standard chain (for S3: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws/*``, instance
@@ -18,11 +19,16 @@ roles). ftctl never passes, logs or writes them (store errors it logs go through
 ``endpoint_url`` argument, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (the variables
 boto3 itself reads).
 
+Store errors (no credentials, no such bucket, access denied, endpoint unreachable, timeout) become
+one :class:`StorageError` line that says which and what to set: :func:`storage_errors` around the
+calls at the edges (``ftctl sync``, preflight, data reading), :func:`store_error` to classify one.
+
 fsspec and its store packages are imported inside the functions, so importing this module is free.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 from typing import IO, Any
@@ -62,11 +68,13 @@ def s3_endpoint(endpoint_url: str | None = None) -> str | None:
     return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
-def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None) -> tuple[Any, str]:
+def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: bool = False) -> tuple[Any, str]:
     """``(fs, path)`` for a local path or object-store URI.
 
     ``path`` is what the fsspec methods of ``fs`` take: ``bucket/key`` for object stores, an
-    absolute path for local files. ``endpoint_url`` applies to s3:// only.
+    absolute path for local files. ``endpoint_url`` applies to s3:// only. ``quick``: one attempt
+    per request and no longer than the connect timeout to read an answer (checks before a launch,
+    which touch small objects only).
     """
     uri = os.fspath(uri)
     kind = scheme(uri)
@@ -75,6 +83,11 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None) -> tuple
 
         path = uri.split("://", 1)[1] if kind else uri
         return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
+    if kind == "memory":  # fsspec's in-process filesystem (tests, notebooks): never seen by another process
+        import fsspec
+
+        fs = fsspec.filesystem("memory")
+        return fs, fs._strip_protocol(uri)
     if kind not in REMOTE_SCHEMES:
         known = ", ".join(sorted({f"{s}://" for s in REMOTE_SCHEMES} | {"file://"}))
         raise FtctlError(f"Unknown storage scheme in {uri!r}: use a local path or one of {known}.")
@@ -95,12 +108,14 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None) -> tuple
             client_kwargs=client_kwargs,
             config_kwargs={
                 "connect_timeout": S3_CONNECT_TIMEOUT,
-                "read_timeout": S3_READ_TIMEOUT,
-                "retries": {"max_attempts": 2, "mode": "standard"},
+                "read_timeout": S3_CONNECT_TIMEOUT if quick else S3_READ_TIMEOUT,
+                "retries": {"max_attempts": 1 if quick else 2, "mode": "standard"},
             },
             # Listings change under us (other nodes, other runs): never answer from a cache.
             use_listings_cache=False,
         )
+        if quick:
+            fs.retries = 1  # s3fs's own retry loop (5 tries with backoff) on top of botocore's attempts
     else:
         fs = cls()
     return fs, path
@@ -160,13 +175,16 @@ def ls(uri: str | os.PathLike, endpoint_url: str | None = None) -> list[dict]:
 
 
 def file_sizes(uri: str | os.PathLike, endpoint_url: str | None = None) -> dict[str, int]:
-    """``{relative path: size}`` of every file below ``uri`` (recursively; '/'-separated)."""
+    """``{relative path: size}`` of every file below ``uri`` (recursively; '/'-separated). An absent
+    directory has none; an absent bucket is a :class:`StorageError` ('no-bucket')."""
     fs, path = filesystem(uri, endpoint_url)
     root = path.rstrip("/")
     try:
         found = fs.find(root, detail=True)
     except FileNotFoundError:
-        return {}
+        found = {}
+    if not found and not bucket_exists(uri, endpoint_url):
+        raise storage_error("no-bucket", uri, endpoint_url)
     out = {}
     for name, info in found.items():
         if info.get("type") == "directory":
@@ -233,6 +251,152 @@ def local_files(local_dir: str) -> list[str]:
     return sorted(out)
 
 
+# ------------------------------------------------------------------------------- store errors
+class StorageError(FtctlError):
+    """A store refused or could not be reached: ``kind`` says which (one of :data:`ERROR_KINDS`),
+    ``what`` the failure and ``fix`` what to set; the message is both on one line."""
+
+    def __init__(self, kind: str, what: str, fix: str):
+        super().__init__(f"{what}: {fix}")
+        self.kind, self.what, self.fix = kind, what, fix
+
+
+#: what :func:`store_error` tells apart
+ERROR_KINDS = ("no-credentials", "bad-credentials", "no-bucket", "denied", "timeout", "unreachable", "bad-endpoint")
+
+#: per fsspec protocol: (what to set for credentials, the same in short, what its buckets are called)
+_STORE_HINTS = {
+    "s3": ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)", "AWS_ACCESS_KEY_ID / AWS_PROFILE", "bucket"),
+    "gcs": (
+        "GOOGLE_APPLICATION_CREDENTIALS (or `gcloud auth application-default login`)",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "bucket",
+    ),
+    "abfs": (
+        "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_KEY (or AZURE_STORAGE_CONNECTION_STRING)",
+        "AZURE_STORAGE_*",
+        "container",
+    ),
+}
+# exception class names (botocore, aiohttp, google-auth, azure) and error codes of each kind
+_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "DefaultCredentialsError"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+_DENIED = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden", "AuthorizationFailure"}
+_NO_BUCKET = {"NoSuchBucket", "ContainerNotFound"}
+_TIMEOUT = {"ConnectTimeoutError", "ReadTimeoutError", "ServerTimeoutError", "TimeoutError"}
+_UNREACHABLE = {
+    "EndpointConnectionError",
+    "ClientConnectorError",
+    "ConnectionRefusedError",
+    "ServerDisconnectedError",
+    "ProxyConnectionError",
+    "ConnectionClosedError",
+}
+
+
+def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = None, detail: str = "") -> StorageError:
+    """The one-line error of ``kind`` (one of :data:`ERROR_KINDS`) for ``uri``: which failure,
+    and what to set."""
+    uri = os.fspath(uri)
+    protocol = REMOTE_SCHEMES.get(scheme(uri), ("s3",))[0]
+    creds, creds_short, bucket_word = _STORE_HINTS.get(protocol, ("the store's credentials",) * 2 + ("bucket",))
+    bucket = uri.split("://", 1)[-1].split("/", 1)[0]
+    if protocol == "s3":
+        endpoint = s3_endpoint(endpoint_url)
+        where = f"the S3 endpoint {endpoint}" if endpoint else "AWS S3 (no endpoint set)"
+        endpoint_fix = "-o s3_endpoint_url=URL or AWS_ENDPOINT_URL"
+    else:
+        where, endpoint_fix = f"the {protocol} store", "the store's account settings"
+    messages = {
+        "no-credentials": (f"No credentials for {uri}{detail}", f"set {creds}."),
+        "bad-credentials": (
+            f"{where} rejected the credentials for {uri}{detail}",
+            f"check {creds}, and that {endpoint_fix} names the store they belong to.",
+        ),
+        "no-bucket": (
+            f"No {bucket_word} {bucket!r} at {where}",
+            f"create it, or fix the {bucket_word} name in {uri} (or {endpoint_fix} if it lives on another store).",
+        ),
+        "denied": (
+            f"Access denied to {uri} at {where}{detail}",
+            f"the credentials in use ({creds_short}) need read, list, write and delete rights on {bucket_word} "
+            f"{bucket!r}; grant them or use other credentials.",
+        ),
+        "timeout": (
+            f"{where} did not answer in time for {uri} (connect timeout {S3_CONNECT_TIMEOUT} s)",
+            f"check {endpoint_fix} and the network (proxy, VPN, firewall).",
+        ),
+        "unreachable": (
+            f"Cannot reach {where} for {uri}",
+            f"check {endpoint_fix} (is the store running there?) and the network.",
+        ),
+        "bad-endpoint": (f"{where} is not a usable URL{detail}", f"fix {endpoint_fix} (e.g. http://host:9000)."),
+    }
+    what, fix = messages[kind]
+    return StorageError(kind, redact(what), redact(fix))
+
+
+def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | None = None) -> StorageError | None:
+    """The one-line :class:`StorageError` for a failure of the store holding ``uri``, or None when
+    ``exc`` is none of :data:`ERROR_KINDS` (a missing object, a bug: the caller lets it through)."""
+    if isinstance(exc, StorageError):
+        return exc
+    if not is_remote(uri):
+        return None
+    chain, e = [], exc
+    while e is not None and e not in chain and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    names = {cls.__name__ for e in chain for cls in type(e).__mro__}
+    codes = {str((getattr(e, "response", None) or {}).get("Error", {}).get("Code", "")) for e in chain} - {""}
+    text = " ".join(str(e) for e in chain).lower()
+    if names & _NO_CREDENTIALS:
+        profile = os.environ.get("AWS_PROFILE")
+        detail = f" (AWS_PROFILE={profile!r} is no profile in ~/.aws)" if "ProfileNotFound" in names else ""
+        return storage_error("no-credentials", uri, endpoint_url, detail)
+    if codes & _BAD_CREDENTIALS:
+        return storage_error("bad-credentials", uri, endpoint_url, f" ({', '.join(sorted(codes & _BAD_CREDENTIALS))})")
+    if codes & _NO_BUCKET or "bucket does not exist" in text:
+        return storage_error("no-bucket", uri, endpoint_url)
+    if codes & _DENIED or "PermissionError" in names:
+        return storage_error("denied", uri, endpoint_url)
+    if names & _TIMEOUT:
+        return storage_error("timeout", uri, endpoint_url)
+    if names & _UNREACHABLE or "ConnectionError" in names:
+        return storage_error("unreachable", uri, endpoint_url)
+    if "ValueError" in names and "endpoint" in text:
+        return storage_error("bad-endpoint", uri, endpoint_url)
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(uri: str | os.PathLike, endpoint_url: str | None = None):
+    """Inside the block, a failure of the store holding ``uri`` becomes its one-line
+    :class:`StorageError` (no traceback for the user); anything else passes through unchanged."""
+    try:
+        yield
+    except Exception as exc:
+        err = store_error(exc, uri, endpoint_url)
+        if err is None or err is exc:
+            raise
+        raise err from exc
+
+
+def bucket_exists(uri: str | os.PathLike, endpoint_url: str | None = None, quick: bool = False) -> bool:
+    """Whether the bucket (container) of an object-store URI exists; True for anything else."""
+    if not is_remote(uri):
+        return True
+    fs, path = filesystem(uri, endpoint_url, quick=quick)
+    bucket = path.split("/", 1)[0]
+    if not hasattr(fs, "call_s3"):
+        return bool(fs.exists(bucket))
+    try:  # s3fs's exists() answers False for every failure (no credentials, endpoint down): ask directly
+        fs.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 #: environment variables whose values are secrets of some store
 SECRET_ENV = (
     "AWS_ACCESS_KEY_ID",
@@ -265,4 +429,6 @@ def _path_for(fs, uri: str) -> str:
     if kind in ("", "file", "local"):
         path = uri.split("://", 1)[1] if kind else uri
         return os.path.abspath(os.path.expanduser(path))
+    if kind == "memory":
+        return fs._strip_protocol(uri)
     return uri.split("://", 1)[1].strip("/")

@@ -89,46 +89,47 @@ def test_one_upload_wait_default():
 
 
 def test_no_module_imports_upward():
-    """Layers (DESIGN.md): cli and backends -> launch -> plan and trainer -> spec -> storage, gpus -> errors."""
+    """Layers (DESIGN.md): cli and backends -> launch -> plan, preflight and trainer -> spec -> storage,
+    gpus -> errors. A lower module never imports a higher one; no two modules import each other."""
     import ast
     from pathlib import Path
 
     import ftctl
 
     root = Path(ftctl.__file__).parent
-    low = {
+    level = {
         "errors": 0,
+        "envvars": 0,
+        "quiet": 0,
         "storage": 1,
         "gpus": 1,
         "runpaths": 1,
-        "envvars": 0,
+        "failures": 1,
+        "demo": 1,
         "spec": 2,
         "plan": 3,
         "checkpoints": 3,
-        "failures": 1,
+        "preflight": 3,
+        "trainer": 3,
         "launch": 4,
     }
-    backends = {"backend", "cli", "local", "slurm", "sky", "docker", "preflight"}
-    problems = []
+    top = 5  # backend, cli, local, slurm, sky, docker
+    edges, problems = set(), []
     for path in root.rglob("*.py"):
         rel = path.relative_to(root).with_suffix("")
-        me = rel.parts[0]
+        me = ".".join(rel.parts)
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ftctl"):
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ftctl."):
+                deps = [node.module]
             elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names if a.name.startswith("ftctl")]
+                deps = [a.name for a in node.names if a.name.startswith("ftctl.")]
             else:
                 continue
-            for name in names:
-                parts = name.split(".")
-                if len(parts) < 2:
-                    continue
-                dep = parts[1]
-                if me in low and (dep in backends or dep == "trainer"):
-                    problems.append(f"{rel} imports {name}")
-                if me in low and dep in low and low[dep] > low[me]:
-                    problems.append(f"{rel} imports {name}")
-                if me == "trainer" and dep in backends:
-                    problems.append(f"{rel} imports {name}")
+            for dep in deps:
+                dep = dep[len("ftctl.") :]
+                edges.add((me, dep))
+                mine, theirs = level.get(rel.parts[0], top), level.get(dep.split(".")[0], top)
+                if theirs > mine:
+                    problems.append(f"{me} imports {dep}")
+    problems += [f"{a} and {b} import each other" for a, b in edges if (b, a) in edges and a < b]
     assert not problems

@@ -454,3 +454,30 @@ def test_demo_files_are_what_the_generator_writes():
     rows, questions = generate()
     assert json.loads(demo_data_path().read_text()) == rows, "rerun: python -m ftctl.demo.generate"
     assert demo_questions() == questions
+
+
+def test_data_reads_through_storage_endpoint_and_errors(s3_bucket, moto_s3, monkeypatch, tiny_tokenizer):
+    """Regression (issue 8): formats.py read with raw fsspec, bypassing ftctl.storage (its endpoint
+    handling, timeouts and one-line store errors)."""
+    import s3fs
+
+    from ftctl import storage
+    from ftctl.trainer.formats import load_rows
+    from tests.s3_fixtures import free_port
+
+    conv = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+    with storage.open_file(f"{s3_bucket}/d/a.jsonl", "wb") as f:
+        f.write((json.dumps(conv) + "\n").encode())
+    # the environment points nowhere; the run's s3_endpoint_url at the store
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    files, rows = load_rows(f"{s3_bucket}/d", endpoint_url=moto_s3.endpoint)
+    assert files == [f"{s3_bucket}/d/a.jsonl"] and rows[0].messages[1]["content"] == "Hello."
+    with pytest.raises(storage.StorageError, match="Cannot reach the S3 endpoint"):
+        check_data(f"{s3_bucket}/d", tiny_tokenizer, 64)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    s3fs.S3FileSystem.clear_instance_cache()  # clients are cached by arguments, not credentials
+    try:
+        with pytest.raises(storage.StorageError, match="No credentials .* set AWS_ACCESS_KEY_ID"):
+            build_dataset(f"{s3_bucket}/d/a.jsonl", tiny_tokenizer, 64, endpoint_url=moto_s3.endpoint)
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from ftctl import storage
 from ftctl.errors import FtctlError
-from tests.s3_fixtures import FAKE_SECRET, free_port
+from tests.s3_fixtures import FAKE_SECRET, free_port, make_checkpoint
 
 
 @pytest.fixture(params=["s3", "file"])
@@ -88,3 +92,70 @@ def test_endpoint_argument_beats_environment(s3_bucket, moto_s3, monkeypatch, tm
 def test_redact_masks_credentials(s3_env):
     assert FAKE_SECRET not in storage.redact(f"error: bad signature {FAKE_SECRET}")
     assert "<AWS_SECRET_ACCESS_KEY>" in storage.redact(f"x{FAKE_SECRET}x")
+
+
+# ------------------------------------------------------------------------------- store errors
+def sync_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    ftctl = Path(sys.executable).parent / "ftctl"
+    return subprocess.run([str(ftctl), "sync", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    """The CLI failed with one line on stderr and no traceback; that line."""
+    assert r.returncode != 0, r.stdout
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("error: ")
+    return r.stderr.strip()
+
+
+def test_sync_store_errors_are_one_line(s3_bucket, moto_s3, tmp_path):
+    """Regression (issue 8): `ftctl sync ls` without credentials printed a botocore traceback."""
+    env = dict(os.environ)
+    ok = sync_cli("ls", f"{s3_bucket}/run", env=env)
+    assert ok.returncode == 0 and "no checkpoints under" in ok.stdout, ok.stderr
+
+    no_creds = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    line = one_line_error(sync_cli("ls", f"{s3_bucket}/run", env=no_creds))
+    assert f"No credentials for {s3_bucket}/run" in line and "AWS_ACCESS_KEY_ID" in line and "AWS_PROFILE" in line
+
+    line = one_line_error(sync_cli("ls", "s3://no-such-bucket-q/run", env=env))
+    assert "No bucket 'no-such-bucket-q'" in line and moto_s3.endpoint in line
+
+    dead = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    line = one_line_error(sync_cli("pull", f"{s3_bucket}/run", str(tmp_path / "got"), env=dead))
+    assert "Cannot reach the S3 endpoint" in line and "AWS_ENDPOINT_URL" in line
+
+    from ftctl.checkpoints import write_manifest
+
+    write_manifest(str(make_checkpoint(tmp_path / "run", 5)), 5, 1, "spec")
+    bucket = s3_bucket.split("://")[1]
+    deny = {"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": f"arn:aws:s3:::{bucket}/*"}
+    moto_s3.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [deny]}))
+    line = one_line_error(sync_cli("push", str(tmp_path / "run"), f"{s3_bucket}/run", env=env))
+    assert f"Access denied to {s3_bucket}/run" in line and FAKE_SECRET not in line
+
+
+def test_store_error_kinds(s3_env, monkeypatch):
+    class Boto(Exception):
+        def __init__(self, code):
+            self.response = {"Error": {"Code": code}}
+
+    uri = "s3://b/run"
+    assert storage.store_error(FileNotFoundError("b/run/x"), uri) is None  # a missing object is no store error
+    assert storage.store_error(PermissionError("x"), "/local/path") is None
+    for exc, kind in [
+        (Boto("NoSuchBucket"), "no-bucket"),
+        (Boto("InvalidAccessKeyId"), "bad-credentials"),
+        (Boto("AccessDenied"), "denied"),
+        (PermissionError("Forbidden"), "denied"),
+        (TimeoutError(), "timeout"),
+        (ConnectionRefusedError(), "unreachable"),
+    ]:
+        err = storage.store_error(exc, uri)
+        assert err.kind == kind and "\n" not in str(err), (exc, err)
+    with pytest.raises(storage.StorageError, match="No credentials"):
+        with storage.storage_errors(uri):
+            raise type("NoCredentialsError", (Exception,), {})("Unable to locate credentials")
+    with pytest.raises(KeyError):  # anything else passes through unchanged
+        with storage.storage_errors(uri):
+            raise KeyError("x")

@@ -23,6 +23,11 @@ class DockerBackend(Backend):
     name = "docker"
     options = frozenset({"container"})
 
+    def detected_gpus(self) -> str | None:
+        from ftctl.local.backend import local_gpus
+
+        return local_gpus()
+
     def render(self, spec, plan, paths, spec_json):
         text = docker_render.render(spec, plan, str(paths.root))
         return text, {paths.spec.name: spec_json, paths.docker_script.name: "#!/bin/sh\nexec " + text}

@@ -21,6 +21,7 @@ from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.launch import join, torchrun_argv
 from ftctl.plan import Plan, PlanError, make_plan
+from ftctl.preflight import host_memory_gb
 from ftctl.runpaths import RunPaths
 from ftctl.spec import RunSpec
 
@@ -66,18 +67,6 @@ def has_gpus(gpus: str, nodes: int | None = None) -> bool:
     return (not have.is_cpu) and have.tier.name == want.tier.name and have.per_node >= want.per_node
 
 
-def host_memory_gb() -> float | None:
-    """This machine's RAM in GB (decimal, as the planner counts), from /proc/meminfo."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024 / 1e9
-    except OSError:
-        return None
-    return None
-
-
 def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
     """The plan for spec on this machine; QLoRA on the GPU when the method asked for does not fit.
 
@@ -100,6 +89,12 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
 
 class LocalBackend(Backend):
     name = "local"
+
+    def detected_gpus(self) -> str | None:
+        return local_gpus()
+
+    def has_gpus(self, spec: RunSpec) -> bool:
+        return has_gpus(spec.gpus, spec.nodes)
 
     def resolve(self, spec: RunSpec) -> tuple[RunSpec, Plan]:
         if spec.host_memory_gb is None:

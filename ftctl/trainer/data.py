@@ -9,10 +9,14 @@ The dataset has two columns, ``input_ids`` and ``labels`` (-100 everywhere excep
 turns' content and their end-of-turn token; plain-text rows train on every token), each row at most
 ``max_length`` tokens (longer rows lose their end). TRL 1.16 uses a ``labels`` column as is.
 Packing is TRL's best-fit-decreasing packing in padding-free mode: samples are concatenated with
-``position_ids`` restarting at 0 per sample and no attention mask, from which transformers'
-masking_utils builds a block-diagonal causal mask (eager, sdpa, flex) and flash attention takes
-``cu_seq_lens``: no attention crosses a sample boundary. (The boundary detection only happens when no
-KV cache is in use; SFTTrainer passes ``use_cache=False``.)
+``position_ids`` restarting at 0 per sample, no attention mask, and the per-sample boundaries
+``cu_seq_lens_q/k`` (int32) + ``max_length_q/k`` computed once per batch on the CPU by TRL's collator.
+The varlen kernels (flash-attn, torch's varlen_attn: trainer/attention.py) take those boundaries as
+model kwargs in every layer; eager/sdpa/flex get a block-diagonal causal mask that transformers'
+masking_utils builds from the position ids. Either way no attention crosses a sample boundary, and
+the collator sets the label of each sample's first token to -100, so no sample predicts the next
+one's first token. (The boundary detection only happens when no KV cache is in use; SFTTrainer
+passes ``use_cache=False``.)
 """
 
 from __future__ import annotations
@@ -26,8 +30,6 @@ from ftctl.trainer.formats import Row, load_rows
 from ftctl.trainer.masks import assistant_spans, encode_texts, ensure_chat_template, require_fast
 
 IGNORE_INDEX = -100
-# Attention implementations that keep packed samples apart given restarting position_ids.
-PACKING_ATTENTION = frozenset({"eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3"})
 _SHOWN = 50  # problems listed by render(); the FtctlError lists fewer
 
 
@@ -127,7 +129,7 @@ def _histogram(lengths: list[int], max_length: int) -> list[tuple[str, int]]:
     return buckets[filled[0] : filled[-1] + 1] if filled else []
 
 
-def prepare_data(path: str, tokenizer, max_length: int, storage_options: dict | None = None):
+def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None = None):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors)."""
     import datasets
 
@@ -136,7 +138,7 @@ def prepare_data(path: str, tokenizer, max_length: int, storage_options: dict | 
     tokenizer = _load_tokenizer(tokenizer)
     require_fast(tokenizer)
     report = DataReport(path=path, max_length=max_length)
-    files, rows = load_rows(path, storage_options)
+    files, rows = load_rows(path, endpoint_url)
     report.files = len(files)
 
     good: list[Row] = []
@@ -222,24 +224,26 @@ def prepare_data(path: str, tokenizer, max_length: int, storage_options: dict | 
     return report, dataset
 
 
-def check_data(path: str, tokenizer, max_length: int, storage_options: dict | None = None) -> DataReport:
+def check_data(path: str, tokenizer, max_length: int, endpoint_url: str | None = None) -> DataReport:
     """Every problem of the data at ``path`` with file and row number, then token statistics.
 
     ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from."""
-    return prepare_data(path, tokenizer, max_length, storage_options)[0]
+    return prepare_data(path, tokenizer, max_length, endpoint_url)[0]
 
 
-def build_dataset(path: str, tokenizer, max_length: int, storage_options: dict | None = None):
+def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | None = None):
     """The training dataset (columns ``input_ids``, ``labels``); FtctlError listing the problems if any."""
-    report, dataset = prepare_data(path, tokenizer, max_length, storage_options)
+    report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url)
     if report.errors:
         raise FtctlError(report.error_message())
     return dataset
 
 
 def packing_supported(attn_implementation: str | None) -> bool:
-    """Whether packed samples stay apart under this attention implementation (see PACKING_ATTENTION)."""
-    return (attn_implementation or "sdpa") in PACKING_ATTENTION
+    """Whether packed samples stay apart under this attention implementation (trainer/attention.py)."""
+    from ftctl.trainer.attention import packing_supported as supported
+
+    return supported(attn_implementation)
 
 
 def sft_dataset_config(packing: bool, max_length: int) -> dict:
@@ -252,3 +256,25 @@ def sft_dataset_config(packing: bool, max_length: int) -> dict:
     if packing:
         return {**common, "packing": True, "packing_strategy": "bfd", "padding_free": True, "dataset_kwargs": {}}
     return {**common, "packing": False, "padding_free": False, "dataset_kwargs": {"skip_prepare_dataset": True}}
+
+
+def unpack_batch(batch: dict, pad_token_id: int) -> dict:
+    """A padding-free packed batch (one row, ``cu_seq_lens_q`` boundaries) as the same samples in a
+    padded batch of one row each, with an attention mask: the unpacked reference that packed
+    training must match (tests, bench/compare.py)."""
+    import torch
+
+    cu = batch["cu_seq_lens_q"].tolist()
+    spans = [(lo, hi) for lo, hi in zip(cu[:-1], cu[1:]) if hi > lo]
+    width = max(hi - lo for lo, hi in spans)
+    ids = batch["input_ids"][0]
+    out = {
+        "input_ids": torch.full((len(spans), width), pad_token_id, dtype=ids.dtype),
+        "labels": torch.full((len(spans), width), IGNORE_INDEX, dtype=batch["labels"].dtype),
+        "attention_mask": torch.zeros((len(spans), width), dtype=torch.long),
+    }
+    for row, (lo, hi) in enumerate(spans):
+        out["input_ids"][row, : hi - lo] = ids[lo:hi]
+        out["labels"][row, : hi - lo] = batch["labels"][0, lo:hi]
+        out["attention_mask"][row, : hi - lo] = 1
+    return out

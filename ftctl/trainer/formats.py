@@ -1,7 +1,7 @@
 """Training data files -> rows of chat messages.
 
 Reads .json (a list of rows, or JSON Lines under a .json name), .jsonl and .parquet files, local or
-on object storage (any fsspec URI: s3://, gs://, az://, file://), a directory of such files, or
+on object storage (through :mod:`ftctl.storage`: s3://, gs://, az://, file://), a directory of such files, or
 ``builtin:demo`` (the bundled demo dataset). Every row becomes a :class:`Row`: a list of messages
 ``{"role": "system"|"user"|"assistant", "content": str}``, or plain text (trained on entirely).
 
@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean
 
 EXTENSIONS = (".json", ".jsonl", ".parquet")
@@ -64,9 +65,11 @@ class Row:
 # Files
 
 
-def resolve_files(path: str, storage_options: dict | None = None) -> list[str]:
+def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = False) -> list[str]:
     """The data files that ``path`` names: a file, a directory (its .json/.jsonl/.parquet files,
-    recursively, sorted) or ``builtin:demo``. Raises FtctlError when there are none."""
+    recursively, sorted) or ``builtin:demo``. Raises FtctlError when there are none, or when the
+    store cannot be read (one line: which failure, what to set). ``quick``: see
+    :func:`ftctl.storage.filesystem` (the preflight)."""
     from ftctl.demo import BUILTIN_DEMO, demo_data_path
 
     if path.startswith("builtin:"):
@@ -74,36 +77,36 @@ def resolve_files(path: str, storage_options: dict | None = None) -> list[str]:
             raise FtctlError(f"Unknown built-in dataset {path!r}: the only one is {BUILTIN_DEMO!r}.")
         return [str(demo_data_path())]
 
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
-    try:
-        is_dir = fs.isdir(root)
-        exists = is_dir or fs.exists(root)
-    except (PermissionError, OSError) as e:
-        raise FtctlError(f"Cannot read the data at {path}: {e}. Check the path and your credentials.") from e
-    if not exists:
-        raise FtctlError(
-            f"No data at {path}: give a .json, .jsonl or .parquet file, a directory of them or builtin:demo."
-        )
-    if not is_dir:
-        if not root.endswith(EXTENSIONS):
-            raise FtctlError(f"Cannot read {path}: data files must end in .json, .jsonl or .parquet.")
-        return [path]
-    found = sorted(p for p in fs.find(root) if p.endswith(EXTENSIONS))
+    with storage.storage_errors(path, endpoint_url):
+        fs, root = storage.filesystem(path, endpoint_url, quick=quick)
+        try:
+            is_dir = fs.isdir(root)
+            exists = is_dir or fs.exists(root)
+        except (PermissionError, OSError) as e:
+            if storage.store_error(e, path, endpoint_url):
+                raise
+            raise FtctlError(f"Cannot read the data at {path}: {e}. Check the path and your credentials.") from e
+        if not exists:
+            if not storage.bucket_exists(path, endpoint_url, quick=quick):
+                raise storage.storage_error("no-bucket", path, endpoint_url)
+            raise FtctlError(
+                f"No data at {path}: give a .json, .jsonl or .parquet file, a directory of them or builtin:demo."
+            )
+        if not is_dir:
+            if not root.endswith(EXTENSIONS):
+                raise FtctlError(f"Cannot read {path}: data files must end in .json, .jsonl or .parquet.")
+            return [path]
+        found = sorted(p for p in fs.find(root) if p.endswith(EXTENSIONS))
     if not found:
         raise FtctlError(f"The directory {path} holds no .json, .jsonl or .parquet files.")
-    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    if "://" in path:
-        return [f"{protocol}://{p}" if "://" not in p else p for p in found]
-    return found
+    # named as the user spelled the directory, so that rows are reported relative to it
+    top = root.rstrip("/")
+    return [storage.join(path, *posixpath.relpath(p, top).split("/")) for p in found]
 
 
-def _records(file: str, name: str, storage_options: dict | None) -> Iterator[tuple[str, Any]]:
+def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[str, Any]]:
     """(where, record) for every record of one file; undecodable lines yield (where, ParseError)."""
-    import fsspec
-
-    with fsspec.open(file, "rb", **(storage_options or {})) as f:
+    with storage.storage_errors(file, endpoint_url), storage.open_file(file, "rb", endpoint_url) as f:
         if file.endswith(".parquet"):
             import pyarrow.parquet as pq
 
@@ -136,16 +139,17 @@ class _ParseError:
     message: str
 
 
-def load_rows(path: str, storage_options: dict | None = None) -> tuple[list[str], list[Row]]:
-    """(the files read, every row of them as a :class:`Row` with its problems, if any)."""
+def load_rows(path: str, endpoint_url: str | None = None) -> tuple[list[str], list[Row]]:
+    """(the files read, every row of them as a :class:`Row` with its problems, if any).
+    ``endpoint_url``: the S3 endpoint (see :func:`ftctl.storage.s3_endpoint`)."""
     rows = []
-    files = resolve_files(path, storage_options)
+    files = resolve_files(path, endpoint_url)
     top = path.rstrip("/") + "/"
     for file in files:
         # Name files as the user knows them: relative to the directory given, else the base name.
         name = file[len(top) :] if file.startswith(top) else posixpath.basename(file)
         try:
-            for where, record in _records(file, name, storage_options):
+            for where, record in _records(file, name, endpoint_url):
                 rows.append(to_row(where, record))
         except (OSError, ValueError) as e:  # unreadable file, bad parquet, not UTF-8
             rows.append(Row(where=name, format="unknown", problems=[f"cannot read the file: {e}"]))

@@ -3,8 +3,9 @@
 What every backend runs (``torchrun ... -m ftctl.trainer --spec spec.json``) and what the demo
 calls in-process. TRL's SFTTrainer does the training; this module only wires the plan into it:
 
-    setup    processes, output dirs, signal handlers, tokenizer, TrainingArguments (before the model:
-             ZeRO-3 builds it sharded), data, model + method, resume point, callbacks
+    setup    processes, output dirs, signal handlers, resume point (a DeepSpeed checkpoint of another
+             world size converted: reshard.py), tokenizer, TrainingArguments (before the model: ZeRO-3
+             builds it sharded), data, model + method, callbacks
     fit      trainer.train(resume_from_checkpoint=...): checkpoints every save_steps and at the end,
              each committed with a manifest and uploaded in the background when the output is remote
     save     the final model (or adapter) + tokenizer + spec.json in the output dir (then uploaded)
@@ -34,7 +35,7 @@ from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
 from ftctl.runpaths import SPEC_FILE
 from ftctl.spec import RunSpec
-from ftctl.trainer import distributed
+from ftctl.trainer import distributed, reshard
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,15 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     run = Run(spec, plan, procs, local_dir, remote_uri, preemption)
     try:
         distributed.init_for_deepspeed(plan, procs)
+        run.resume_from = resume_point(spec, local_dir, remote_uri)
+        # a DeepSpeed checkpoint written by another number of processes loads as a universal one
+        universal = reshard.prepare(run.resume_from, plan, procs)
         tokenizer = load_tokenizer(spec.model_name_or_path)
-        args = training_args(spec, plan, procs, local_dir)
+        args = training_args(spec, plan, procs, local_dir, load_universal=universal)
         dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url)
         set_seed(spec.seed)  # LoRA's initial weights
         run.kernels = model_kernels(spec, plan, procs.on_cpu)  # attention + Liger: what really runs
         model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank, run.kernels), spec, plan)
-        run.resume_from = resume_point(spec, local_dir, remote_uri)
         if procs.is_main:
             Path(local_dir, SPEC_FILE).write_text(dump_run(spec, plan))
         # a local output seen by several nodes is one shared directory (every node read spec.json
@@ -135,7 +138,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=[run.sync, preemption, metrics, *callbacks],
+            callbacks=[run.sync, preemption, metrics, distributed.sharding_check(plan.strategy), *callbacks],
         )
         for cb in (PrinterCallback, ProgressCallback):  # MetricsCallback prints the progress
             run.trainer.remove_callback(cb)
@@ -170,14 +173,16 @@ def output_dirs(spec: RunSpec) -> tuple[str, str | None]:
     return os.path.abspath(local), out.rstrip("/")
 
 
-def training_args(spec: RunSpec, plan: Plan, procs: distributed.Processes, local_dir: str):
+def training_args(
+    spec: RunSpec, plan: Plan, procs: distributed.Processes, local_dir: str, load_universal: bool = False
+):
     """SFTConfig from the spec and plan. TRL's defaults that hurt on CPU (bf16, gradient
     checkpointing, max_length 1024) are always set explicitly from the plan."""
     from trl import SFTConfig
 
     from ftctl.trainer.data import sft_dataset_config
 
-    strategy = distributed.strategy_args(plan, procs)
+    strategy = distributed.strategy_args(plan, procs, load_universal)
     checkpointing = plan.gradient_checkpointing and "fsdp" not in strategy  # FSDP checkpoints itself
     return SFTConfig(
         output_dir=local_dir,

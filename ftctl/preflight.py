@@ -1,0 +1,345 @@
+"""Checks before anything expensive or irreversible: every problem at once, each with its fix.
+
+:func:`preflight` runs before trainers are spawned, a model is loaded, sbatch is called or a cloud
+is asked for anything. It looks at what a launch would otherwise find out late:
+
+| check  | what it asks                                                                        |
+|--------|-------------------------------------------------------------------------------------|
+| gpus   | local and docker: the GPUs asked for against what ``nvidia-smi`` shows              |
+| model  | a local directory with config.json, or a well-formed hub id ``org/name``; HF_TOKEN  |
+|        | for the gated families                                                              |
+| data   | the file, directory or object is there and its first file can be read               |
+| output | local: the directory can be created and written; object store: credentials, bucket, |
+|        | write (a small marker object, put then deleted)                                     |
+| disk   | local output: room for the checkpoints the plan will write                          |
+
+Each :class:`Finding` says what is wrong and what to do; :func:`raise_if_errors` turns the errors
+into one :class:`~ftctl.errors.FtctlError` that lists them all. Store requests make one attempt
+(``storage.filesystem(quick=True)``), each store check is given up after 1.5 times the connect
+timeout of :mod:`ftctl.storage`, and the two run side by side: a dead endpoint costs seconds.
+
+:func:`check_model` is also what the trainer asks before loading (``trainer/model.py``), so "no
+such directory" has one owner. :func:`host_memory_gb` is this machine's RAM, for planning local and
+docker runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftctl import storage
+from ftctl.errors import FtctlError
+
+ERROR, WARNING = "error", "warning"
+#: backends whose GPUs are this machine's (checked against nvidia-smi); the others ask their cluster
+
+#: Hugging Face hub ids as the hub accepts them: org/name, letters, digits, '.', '_', '-'
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+#: model id prefixes whose repositories are gated on the hub (a licence to accept, then a token)
+GATED_PREFIXES = ("meta-llama/", "mistralai/", "google/gemma")
+#: bytes a checkpoint holds per parameter: fp32 weights (fft/sft load fp32 masters) and, per
+#: trainable parameter, fp32 gradients' optimizer state (Adam: two moments)
+WEIGHT_BYTES, OPTIMIZER_BYTES = 4, 8
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found before launch. ``what`` names the flag and value and what is wrong;
+    ``fix`` what to do ('' when ``what`` is a sentence that already ends in its fix)."""
+
+    level: str  # ERROR | WARNING
+    what: str
+    fix: str = ""
+
+    @property
+    def text(self) -> str:
+        return f"{self.what}; {self.fix}" if self.fix else self.what
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.text}"
+
+
+def preflight(spec, plan, backend_name: str, detected: str | None = None) -> list[Finding]:
+    """Every problem a launch of ``spec`` as ``plan`` on ``backend_name`` would hit, errors first.
+    ``detected``: this machine's GPUs in --gpus form, for backends that run here (None: not checked)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    findings = check_gpus(plan, backend_name, detected) + check_model(spec.model_name_or_path)
+    with ThreadPoolExecutor(2) as pool:  # the store checks wait on the network: side by side
+        data = pool.submit(check_data, spec.data_path, spec.s3_endpoint_url)
+        output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
+        findings += data.result() + output.result()
+    findings += check_disk(spec, plan)
+    return sorted(findings, key=lambda f: f.level != ERROR)
+
+
+def raise_if_errors(findings: list[Finding]) -> None:
+    """One FtctlError listing every error of ``findings`` (warnings are not errors)."""
+    errors = [f for f in findings if f.level == ERROR]
+    if len(errors) == 1:
+        raise FtctlError(errors[0].text)
+    if errors:
+        raise FtctlError(f"{len(errors)} problems to fix first:\n" + "\n".join(f"  - {f.text}" for f in errors))
+
+
+def render(findings: list[Finding]) -> str:
+    """One line per finding (``error: ...`` / ``warning: ...``), for printing above a dry run."""
+    return "\n".join(str(f) for f in findings)
+
+
+# ------------------------------------------------------------------------------------------ GPUs
+def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Finding]:
+    """Local and docker runs: the GPUs the plan asks for against this machine's (``detected``, in
+    ``--gpus`` form, from ftctl.local.backend.local_gpus). Other backends are asked elsewhere."""
+    if plan.tier is None or detected is None:
+        return []
+    from ftctl import gpus
+
+    have = gpus.parse(detected)
+    asked = getattr(plan.tier, "name", plan.tier)
+    elsewhere = "--backend slurm or --backend sky"
+    if plan.nodes > 1:
+        return [
+            Finding(
+                ERROR,
+                f"--gpus {plan.gpus} asks for {plan.nodes} nodes",
+                f"--backend {backend_name} runs on this machine only: use {elsewhere}.",
+            )
+        ]
+    if have.is_cpu:
+        return [
+            Finding(
+                ERROR,
+                f"--gpus {plan.gpus}: this machine has no GPU (nvidia-smi finds none)",
+                f"use {elsewhere}, or --gpus cpu for a small model.",
+            )
+        ]
+    if plan.gpus_per_node > have.per_node:
+        return [
+            Finding(
+                ERROR,
+                f"--gpus {plan.gpus} asks for {plan.gpus_per_node} GPUs; this machine has {have}",
+                f"use --gpus {have} (or leave --gpus out to plan for what is here), or {elsewhere}.",
+            )
+        ]
+    if asked != have.tier.name:
+        return [
+            Finding(
+                WARNING,
+                f"--gpus {plan.gpus} plans for {asked}; this machine has {have}",
+                f"use --gpus {plan.gpus_per_node}x{have.tier.name} so that memory and precision are planned "
+                "for the GPUs that will run it.",
+            )
+        ]
+    return []
+
+
+# ----------------------------------------------------------------------------------------- model
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~", ".\\")) or value in (".", "..") or value.endswith("/")
+
+
+def check_model(name_or_path: str) -> list[Finding]:
+    """A local model directory (with config.json), or a well-formed hub id; gated ids want HF_TOKEN.
+    The hub itself is not asked (no network here): a well-formed id that does not exist is found
+    when the model loads."""
+    value = str(name_or_path).strip()
+    path = Path(value).expanduser()
+    fix = "pass a model directory (with config.json) or a hub id such as org/name."
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return []
+        return [Finding(ERROR, f"--model {value}: the directory holds no config.json, so it is not a model", fix)]
+    if path.exists():
+        return [Finding(ERROR, f"--model {value}: a file, not a model directory", fix)]
+    if storage.scheme(value):
+        return [Finding(ERROR, f"--model {value}: models load from a local directory or the hub, not a URI", fix)]
+    if _looks_like_path(value):
+        return [Finding(ERROR, f"--model {value}: no such directory", fix)]
+    if not HUB_ID.match(value) or "--" in value or ".." in value:
+        return [Finding(ERROR, f"--model {value}: no such directory, and not a hub id (org/name)", fix)]
+    if value.lower().startswith(GATED_PREFIXES) and not os.environ.get("HF_TOKEN"):
+        return [
+            Finding(
+                WARNING,
+                f"--model {value} is gated on the Hugging Face hub and HF_TOKEN is not set",
+                "export HF_TOKEN=hf_... of an account that accepted the model's licence (ftctl passes it to "
+                "the job as a secret).",
+            )
+        ]
+    return []
+
+
+# ------------------------------------------------------------------------------------------ data
+def _bounded(flag: str, uri: str, endpoint_url: str | None, check) -> list[Finding]:
+    """``check()`` for an object-store ``uri``, given up after :func:`store_deadline_s` as a
+    timeout finding (a store that accepts connections and never answers can hold a request
+    forever; the daemon thread left waiting does not keep the process alive)."""
+    if not storage.is_remote(uri):
+        return check()
+    box: list = []
+    worker = threading.Thread(target=lambda: box.append(check()), daemon=True, name=f"preflight {flag}")
+    worker.start()
+    worker.join(store_deadline_s())
+    if box:
+        return box[0]
+    err = storage.storage_error("timeout", uri, endpoint_url)
+    return [Finding(ERROR, f"{flag} {uri}: {err.what}", err.fix)]
+
+
+def store_deadline_s() -> float:
+    """How long one store check may take: one attempt, connect plus an answer."""
+    return 1.5 * storage.S3_CONNECT_TIMEOUT
+
+
+def check_data(path: str, endpoint_url: str | None = None) -> list[Finding]:
+    """The data is there (a file, a directory of data files, an object, builtin:demo) and its first
+    file can be read."""
+    return _bounded("--data", path, endpoint_url, lambda: _check_data(path, endpoint_url))
+
+
+def _check_data(path: str, endpoint_url: str | None) -> list[Finding]:
+    from ftctl.trainer.formats import resolve_files
+
+    try:
+        first = resolve_files(path, endpoint_url, quick=True)[0]
+        with storage.storage_errors(first, endpoint_url):
+            fs, fpath = storage.filesystem(first, endpoint_url, quick=True)
+            fs.cat_file(fpath, start=0, end=1)
+    except storage.StorageError as e:
+        return [Finding(ERROR, f"--data {path}: {e.what}", e.fix)]
+    except FtctlError as e:
+        return [Finding(ERROR, f"--data: {e}")]
+    except OSError as e:
+        return [Finding(ERROR, f"--data {path}: cannot read {first} ({e})", "check its permissions.")]
+    return []
+
+
+# ---------------------------------------------------------------------------------------- output
+def check_output(uri: str, endpoint_url: str | None = None) -> list[Finding]:
+    """The output can be written: a local directory that can be created and written to, or an
+    object-store prefix where a small marker object can be put and deleted."""
+    if storage.is_remote(uri):
+        return _bounded("--output", uri, endpoint_url, lambda: _check_remote_output(uri, endpoint_url))
+    if storage.scheme(uri) in ("", "file"):
+        return _check_local_output(storage.filesystem(uri)[1], uri)
+    return []
+
+
+def _existing_ancestor(path: str) -> str:
+    """``path`` or the nearest of its parents that exists."""
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
+def _check_local_output(path: str, uri: str) -> list[Finding]:
+    fix = "choose another --output, or fix the permissions."
+    if os.path.exists(path) and not os.path.isdir(path):
+        return [Finding(ERROR, f"--output {uri}: {path} is a file, not a directory", fix)]
+    base = _existing_ancestor(path)
+    if not os.path.isdir(base):
+        return [Finding(ERROR, f"--output {uri}: cannot create it, {base} is a file", fix)]
+    try:
+        with tempfile.TemporaryFile(dir=base, prefix=".ftctl-preflight-"):
+            pass
+    except OSError as e:
+        return [Finding(ERROR, f"--output {uri}: cannot write in {base} ({e.strerror or e})", fix)]
+    return []
+
+
+def _check_remote_output(uri: str, endpoint_url: str | None) -> list[Finding]:
+    marker = storage.join(uri, f".ftctl-preflight-{uuid.uuid4().hex[:12]}")
+    try:
+        with storage.storage_errors(uri, endpoint_url):
+            fs, path = storage.filesystem(marker, endpoint_url, quick=True)
+            fs.pipe_file(path, b"ftctl preflight: a write test, safe to delete\n")
+    except storage.StorageError as e:
+        return [Finding(ERROR, f"--output {uri}: {e.what}", e.fix)]
+    except OSError as e:
+        return [Finding(ERROR, f"--output {uri}: cannot write {marker} ({storage.redact(str(e))})", "check the URI.")]
+    try:
+        with storage.storage_errors(uri, endpoint_url):
+            fs.rm_file(path)
+    except (storage.StorageError, OSError) as e:
+        return [
+            Finding(
+                WARNING,
+                f"--output {uri}: can write but not delete ({storage.redact(str(e))}); {marker} is left behind",
+                "grant delete rights (ftctl deletes checkpoints beyond save_total_limit), and delete the marker.",
+            )
+        ]
+    return []
+
+
+# ------------------------------------------------------------------------------------------ disk
+def checkpoint_gb(plan) -> tuple[float, float]:
+    """(one checkpoint, the final model) in GB, estimated from the plan: weights are saved in fp32,
+    the optimizer state (two fp32 moments) for the trainable parameters only."""
+    trainable = plan.trainable_params_b
+    if plan.method in ("fft", "sft"):
+        weights = WEIGHT_BYTES * plan.model.params_b
+    else:  # lora/qlora save the adapters only
+        weights = WEIGHT_BYTES * trainable
+    return weights + OPTIMIZER_BYTES * trainable, weights
+
+
+def check_disk(spec, plan) -> list[Finding]:
+    """A local output: room for the checkpoints kept (save_total_limit) and the final model."""
+    if storage.scheme(spec.output) not in ("", "file"):
+        return []
+    path = storage.filesystem(spec.output)[1]
+    base = _existing_ancestor(path)
+    if not os.path.isdir(base):
+        return []  # check_output says why
+    free = shutil.disk_usage(base).free / 1e9
+    one, final = checkpoint_gb(plan)
+    kept = max(1, spec.save_total_limit or 1)
+    what = f"{plan.method} of {plan.model.params_b:g}B parameters"
+    if one + final > free:
+        return [
+            Finding(
+                ERROR,
+                f"--output {spec.output}: one checkpoint and the final model need ~{one + final:.0f} GB ({what}); "
+                f"{base} has {free:.0f} GB free",
+                "free some space or choose --output on a larger disk (or an object store).",
+            )
+        ]
+    if kept * one + final > free:
+        return [
+            Finding(
+                WARNING,
+                f"--output {spec.output}: {kept} checkpoints and the final model need ~{kept * one + final:.0f} GB "
+                f"({what}); {base} has {free:.0f} GB free",
+                f"lower -o save_total_limit (now {kept}), free some space, or choose a larger disk.",
+            )
+        ]
+    return []
+
+
+# ---------------------------------------------------------------------------------------- memory
+def host_memory_gb() -> float | None:
+    """This machine's RAM in GB (MemTotal of /proc/meminfo), lowered to this process's cgroup
+    memory limit when there is one (a container, a Slurm allocation); None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    total = kib * 1024
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+        break
+    return total / 1e9

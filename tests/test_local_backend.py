@@ -1,0 +1,138 @@
+"""The local backend and the default backend, through `ftctl` as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+FTCTL = str(Path(sys.executable).parent / "ftctl")
+
+
+def ftctl(*args, env=None, cwd=None):
+    full = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([FTCTL, *args], env=full, capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_launch_without_backend_refuses_gpus_this_machine_lacks_before_starting_anything(tmp_path):
+    start = time.time()
+    proc = ftctl(
+        "launch",
+        "--method",
+        "fft",
+        "--gpus",
+        "8xA100",
+        "--model-params",
+        "7b",
+        cwd=tmp_path,
+        env={"FTCTL_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)},
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "this machine does not have --gpus 8xA100" in proc.stderr
+    assert all(b in proc.stderr for b in ("--backend slurm", "--backend sky", "--backend docker"))
+    assert not (tmp_path / "runs").exists()  # nothing written, nothing started
+    assert time.time() - start < 20
+
+
+def test_default_backend_from_the_environment_and_the_user_config(tmp_path):
+    base = ["render", "--method", "lora", "--gpus", "1xA100", "--model-params", "7b", "--output", str(tmp_path / "o")]
+    proc = ftctl(*base, env={"FTCTL_BACKEND": "slurm"})
+    assert proc.returncode == 0 and proc.stdout.startswith("#!/bin/bash"), proc.stderr
+    (tmp_path / "ftctl").mkdir()
+    (tmp_path / "ftctl" / "config.yaml").write_text("backend: docker\n")
+    proc = ftctl(*base, env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert proc.returncode == 0 and proc.stdout.startswith("docker run"), proc.stderr
+
+
+@pytest.mark.slow
+def test_local_fallback_runs_qlora_and_says_so_everywhere(tmp_path, tiny_model_dir, tiny_data):
+    """The local backend falls back to qlora when the method asked for does not fit this machine:
+    forced here with a host-memory override between what qlora and fft need. The tiny model is too small
+    for 4-bit weights to save anything, so the plan is made for a 0.1B model (--model-params): the fallback's
+    wiring is under test here, not the memory model (tests/test_plan.py)."""
+    size = {"model_params": "0.1b"}
+    from ftctl.plan import PlanError, make_plan
+    from ftctl.spec import build
+
+    def need(method):  # the least host memory (GB) the planner lets this method run in, by bisection
+        lo, hi = 0.0, 64.0
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            values = {
+                "method": method,
+                "model_name_or_path": str(tiny_model_dir),
+                "gpus": "cpu",
+                "global_batch_size": 2,
+                "model_max_length": 64,
+                "host_memory_gb": mid,
+                **size,
+            }
+            try:
+                make_plan(build(values))
+                hi = mid
+            except PlanError:
+                lo = mid
+        return hi
+
+    assert need("qlora") < need("fft")
+    memory = (need("qlora") + need("fft")) / 2
+    out = tmp_path / "run"
+    proc = ftctl(
+        "launch",
+        "--backend",
+        "local",
+        "--method",
+        "fft",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(tiny_data),
+        "--output",
+        str(out),
+        "-o",
+        f"host_memory_gb={memory}",
+        "--model-params",
+        "0.1b",
+        "-o",
+        "max_steps=2",
+        "-o",
+        "global_batch_size=2",
+        "-o",
+        "model_max_length=64",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "fft does not fit this machine" in proc.stderr and "qlora runs instead" in proc.stderr
+    assert "running qlora on cpu" in proc.stderr and "running fft" not in proc.stderr
+    run = json.loads((out / "spec.json").read_text())
+    assert run["spec"]["method"] == "qlora" and run["plan"]["method"] == "qlora"
+    assert run["plan"]["asked_method"] == "fft" and run["plan"]["learning_rate"] == 2e-4  # qlora's default
+    assert (out / "adapter_config.json").is_file()  # an adapter was trained, not a full model
+
+
+def test_a_failing_rank_is_reported_once_without_a_resume_hint(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"conversations": [{"from": "robot", "value": "hi"}]}]))
+    proc = ftctl(
+        "launch",
+        "--backend",
+        "local",
+        "--gpus",
+        "cpu",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(bad),
+        "--output",
+        str(tmp_path / "o"),
+        "-o",
+        "max_steps=2",
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "robot" in line]
+    assert len(errors) == 1, proc.stderr
+    assert "resume" not in proc.stderr

@@ -1,0 +1,293 @@
+"""The preflight: every problem before launch, at once, each with its fix; against a real S3
+protocol server (moto_server) for the object-store checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from ftctl import preflight, storage
+from ftctl.errors import FtctlError
+from ftctl.plan import make_plan
+from ftctl.preflight import ERROR, WARNING, check_data, check_disk, check_gpus, check_model, check_output
+from ftctl.spec import RunSpec
+from tests.s3_fixtures import free_port
+
+FTCTL = Path(sys.executable).parent / "ftctl"
+CONV = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]}
+
+
+def levels(findings):
+    return [f.level for f in findings]
+
+
+def only(findings, level=ERROR) -> str:
+    assert levels(findings) == [level], findings
+    return findings[0].text
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    d = tmp_path / "my-model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    return d
+
+
+@pytest.fixture
+def forget_credentials(monkeypatch):
+    """Call it to have no AWS credentials from then on. fsspec caches S3 clients by their arguments,
+    which do not include the credentials: the cache is emptied then and after the test."""
+    import s3fs
+
+    def forget():
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+        s3fs.S3FileSystem.clear_instance_cache()
+
+    yield forget
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def deny_policy(bucket: str, actions: list[str]) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Deny", "Principal": "*", "Action": actions, "Resource": f"arn:aws:s3:::{bucket}/*"}
+            ],
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------------ model
+def test_model_directory_or_hub_id(tmp_path, model_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert check_model(str(model_dir)) == [] and check_model("./my-model") == []
+    assert check_model("HuggingFaceTB/SmolLM2-135M-Instruct") == []  # the demo model
+    assert check_model("lmsys/vicuna-7b-v1.5") == []
+    for missing in ("./missing-dir", "/x/y", "../elsewhere/model", "~/models/none/"):
+        assert only(check_model(missing)).endswith(
+            "no such directory; pass a model directory (with config.json) or a hub id such as org/name."
+        )
+    for bad in ("my model", "org/name/extra", "org/na me", "org--x/y", "just-a-name"):
+        assert "not a hub id (org/name)" in only(check_model(bad)), bad
+    (tmp_path / "empty").mkdir()
+    assert "holds no config.json" in only(check_model(str(tmp_path / "empty")))
+    assert "a file, not a model directory" in only(check_model(str(model_dir / "config.json")))
+    assert "not a URI" in only(check_model("s3://bucket/model"))
+
+
+def test_gated_model_wants_hf_token(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    text = only(check_model("meta-llama/Llama-3.1-8B"), WARNING)
+    assert "gated" in text and "HF_TOKEN" in text
+    monkeypatch.setenv("HF_TOKEN", "hf_dummy")
+    assert check_model("meta-llama/Llama-3.1-8B") == []
+
+
+def test_trainer_refuses_a_missing_model_directory_in_preflight_words(tmp_path):
+    from ftctl.trainer.model import resolve_model
+
+    with pytest.raises(FtctlError, match="no such directory"):
+        resolve_model(str(tmp_path / "missing-dir"))
+
+
+# ------------------------------------------------------------------------------------------- data
+def test_local_data(tmp_path):
+    assert check_data("builtin:demo") == []
+    (tmp_path / "d.jsonl").write_text(json.dumps(CONV) + "\n")
+    assert check_data(str(tmp_path / "d.jsonl")) == [] and check_data(str(tmp_path)) == []
+    assert "No data at" in only(check_data(str(tmp_path / "missing.json")))
+    (tmp_path / "empty").mkdir()
+    assert "holds no .json" in only(check_data(str(tmp_path / "empty")))
+
+
+def test_remote_data(s3_bucket, forget_credentials):
+    with storage.open_file(f"{s3_bucket}/data/a.jsonl", "wb") as f:
+        f.write((json.dumps(CONV) + "\n").encode())
+    assert check_data(f"{s3_bucket}/data") == [] and check_data(f"{s3_bucket}/data/a.jsonl") == []
+    assert "No data at" in only(check_data(f"{s3_bucket}/data/missing.jsonl"))
+    assert "No bucket 'no-such-bucket-x'" in only(check_data("s3://no-such-bucket-x/data.jsonl"))
+    forget_credentials()
+    text = only(check_data(f"{s3_bucket}/data"))
+    assert text.startswith(f"--data {s3_bucket}/data: No credentials") and "AWS_ACCESS_KEY_ID" in text
+
+
+# ----------------------------------------------------------------------------------------- output
+def test_remote_output_is_written_and_the_marker_removed(s3_bucket, moto_s3):
+    assert check_output(f"{s3_bucket}/run") == []
+    bucket = s3_bucket.split("://")[1]
+    assert moto_s3.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+def test_remote_output_missing_bucket_no_credentials_wrong_endpoint(s3_bucket, forget_credentials):
+    text = only(check_output("s3://no-such-bucket-y/run"))
+    assert "No bucket 'no-such-bucket-y'" in text and "create it" in text
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    text = only(check_output(f"{s3_bucket}/run", endpoint_url=dead))
+    assert f"Cannot reach the S3 endpoint {dead}" in text and "s3_endpoint_url" in text
+    assert time.monotonic() - start < 10  # one attempt, no retries
+
+    forget_credentials()
+    text = only(check_output(f"{s3_bucket}/run"))
+    assert "No credentials" in text and "AWS_ACCESS_KEY_ID" in text and "AWS_PROFILE" in text
+
+
+def test_remote_output_silent_endpoint_times_out(s3_env, monkeypatch):
+    # accepts connections and never answers: the quick read timeout (the connect timeout) ends it
+    monkeypatch.setattr(storage, "S3_CONNECT_TIMEOUT", 1)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        start = time.monotonic()
+        text = only(check_output("s3://bucket/run", endpoint_url=f"http://127.0.0.1:{server.getsockname()[1]}"))
+        assert "did not answer in time" in text, text
+        assert time.monotonic() - start < 8
+    finally:
+        stop.set()
+        t.join()
+        for c in held:
+            c.close()
+        server.close()
+
+
+def test_read_only_bucket(s3_bucket, moto_s3):
+    """moto enforces bucket policies: a Deny on PutObject makes the bucket read-only."""
+    bucket = s3_bucket.split("://")[1]
+    moto_s3.client().put_bucket_policy(Bucket=bucket, Policy=deny_policy(bucket, ["s3:PutObject"]))
+    text = only(check_output(f"{s3_bucket}/run"))
+    assert text.startswith(f"--output {s3_bucket}/run: Access denied") and "write" in text
+
+
+def test_bucket_that_refuses_deletes_is_a_warning(s3_bucket, moto_s3):
+    bucket = s3_bucket.split("://")[1]
+    moto_s3.client().put_bucket_policy(Bucket=bucket, Policy=deny_policy(bucket, ["s3:DeleteObject"]))
+    text = only(check_output(f"{s3_bucket}/run"), WARNING)
+    assert "can write but not delete" in text and "save_total_limit" in text
+
+
+def test_local_output(tmp_path):
+    assert check_output(str(tmp_path / "new" / "run")) == []
+    assert check_output(f"file://{tmp_path}/run") == []
+    (tmp_path / "file").write_text("x")
+    # tests run as root, who may write anywhere: a path below a regular file cannot be created
+    assert "is a file" in only(check_output(str(tmp_path / "file" / "run")))
+    assert "not a directory" in only(check_output(str(tmp_path / "file")))
+    assert not list(tmp_path.glob(".ftctl-preflight-*"))  # the write test leaves nothing
+
+
+# -------------------------------------------------------------------------------------- GPUs, disk
+def plan_for(gpus: str, method: str = "lora", params: str = "1b"):
+    return make_plan(RunSpec(method=method, gpus=gpus, model_params=params, model_name_or_path="org/model"))
+
+
+def test_gpus_asked_versus_present():
+    plan = plan_for("8xA100")
+    assert "this machine has no GPU" in only(check_gpus(plan, "local", detected="cpu"))
+    text = only(check_gpus(plan, "docker", detected="1xH200"))
+    assert "asks for 8 GPUs; this machine has 1xH200" in text and "--gpus 1xH200" in text
+    assert check_gpus(plan, "slurm", detected=None) == []  # a cluster's GPUs are asked elsewhere
+    assert check_gpus(plan_for("2xH200"), "local", detected="2xH200") == []
+    assert "--gpus 1xH200" in only(check_gpus(plan_for("1xA100"), "local", detected="1xH200"), WARNING)
+    assert check_gpus(plan_for("cpu"), "local", detected="cpu") == []
+
+
+def test_disk_space_for_checkpoints(tmp_path, monkeypatch):
+    spec = RunSpec(method="fft", gpus="8xH100", model_params="8b", output_dir=str(tmp_path / "run"))
+    plan = make_plan(spec)
+    one, final = preflight.checkpoint_gb(plan)
+    assert one == 96 and final == 32  # fp32 weights and two Adam moments: 12 bytes a parameter; 4 for the model
+
+    def free(gb):
+        usage = shutil.disk_usage(tmp_path)._replace(free=int(gb * 1e9))
+        monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage)
+
+    free(10_000)
+    assert check_disk(spec, plan) == []
+    free(300)  # 3 checkpoints and the model: 320 GB
+    assert "lower -o save_total_limit" in only(check_disk(spec, plan), WARNING)
+    free(100)
+    assert "one checkpoint and the final model need" in only(check_disk(spec, plan))
+    lora = make_plan(replace(spec, method="lora"))
+    assert check_disk(spec, lora) == []  # adapters only
+    assert check_disk(replace(spec, output_dir="s3://b/run"), plan) == []  # cannot tell
+
+
+def test_host_memory_reads_meminfo():
+    kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    assert 0 < preflight.host_memory_gb() <= kib * 1024 / 1e9
+
+
+# ------------------------------------------------------------------------------------- all at once
+def test_every_problem_reported_together(tmp_path, s3_env, moto_s3, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)
+    import ftctl.local.backend
+
+    monkeypatch.setattr(ftctl.local.backend, "local_gpus", lambda: "1xA100")
+    spec = RunSpec(
+        method="lora",
+        gpus="4xA100",
+        model_params="1b",
+        model_name_or_path="./my-model",
+        data_path=str(tmp_path / "missing.jsonl"),
+        output_dir="s3://no-such-bucket-z/run",
+    )
+    findings = preflight.preflight(spec, make_plan(spec), "local", detected="1xA100")
+    assert levels(findings) == [ERROR] * 4, findings
+    with pytest.raises(FtctlError) as e:
+        preflight.raise_if_errors(findings)
+    lines = str(e.value).splitlines()
+    assert lines[0] == "4 problems to fix first:"
+    assert any("asks for 4 GPUs" in line for line in lines)
+    assert any("--model ./my-model: no such directory" in line for line in lines)
+    assert any("No data at" in line for line in lines)
+    assert any("No bucket 'no-such-bucket-z'" in line for line in lines)
+
+    spec = replace(spec, output_dir=str(tmp_path / "x"), model_name_or_path="meta-llama/Llama-3.1-8B")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    spec = replace(spec, gpus="1xA100", data_path="builtin:demo")
+    findings = preflight.preflight(spec, make_plan(spec), "local", detected="1xA100")
+    assert levels(findings) == [WARNING]
+    preflight.raise_if_errors(findings)  # warnings pass
+    assert preflight.render(findings).startswith("warning: --model meta-llama/Llama-3.1-8B is gated")
+
+
+# -------------------------------------------------------------------------------------------- CLI
+def test_data_check_says_missing_file_and_model_dir_before_loading_anything(tmp_path):
+    start = time.monotonic()
+    r = subprocess.run(
+        [str(FTCTL), "data", "check", "missing.json", "--model", "./missing-dir"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "No data at missing.json" in r.stderr and "--model ./missing-dir: no such directory" in r.stderr
+    assert "Repo id" not in r.stderr
+    assert time.monotonic() - start < 5  # no tokenizer, no transformers
