@@ -7,4 +7,12 @@ pytest_plugins = [
     "tests.slurm_fixtures",
     "tests.slurm_e2e_fixtures",
     "tests.trainer_fixtures",
+    "tests.sky_fixtures",
 ]
+
+
+def pytest_configure(config):
+    """The FTCTL_TEST_HOLD hook (tests/hold_hook.py), for tests that hold in-process."""
+    from tests.hold_hook import install
+
+    install()

@@ -150,7 +150,7 @@ def test_nothing_anywhere_starts_from_scratch(remote, tmp_path):
 def test_unreachable_store_refuses_to_start_from_scratch(s3_env, tmp_path, monkeypatch):
     from tests.s3_fixtures import free_port
 
-    monkeypatch.setattr(C.time, "sleep", lambda s: None)
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # the retries between listings
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ftctl.errors.FtctlError, match="does not start from scratch") as exc:
         C.latest_complete(str(tmp_path), "s3://bucket/run")
@@ -184,7 +184,7 @@ def test_kill_9_between_files_and_manifest_leaves_nothing_resumable(point, s3_bu
     env = {
         **os.environ,
         "FTCTL_TEST_HOLD": f"{point}:checkpoint-2:{ready}",
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": f"{REPO / 'tests' / 'hold'}:{REPO}",  # the hold hook
     }
     log = tmp_path / "child.log"
     with open(log, "w") as out:

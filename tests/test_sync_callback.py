@@ -140,7 +140,7 @@ def test_kill_9_of_the_trainer_before_the_manifest(s3_bucket, tmp_path, caplog):
     remote, run, ready = s3_bucket + "/run", tmp_path / "run", tmp_path / "ready"
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": f"{REPO / 'tests' / 'hold'}:{REPO}",  # the hold hook
         "FTCTL_TEST_HOLD": f"local-manifest:checkpoint-4:{ready}",
     }
     log = tmp_path / "child.log"

@@ -1,0 +1,194 @@
+"""The checkpoint format: ``ftctl-manifest.json`` (files, sizes, sha256, step, world size, spec
+hash) written after every file, and the check that a checkpoint is complete.
+
+A checkpoint is a Hugging Face Trainer ``checkpoint-<step>`` directory. It is **complete** only
+when ``ftctl-manifest.json`` sits in it and every file the manifest lists is there with the
+listed size and sha256. Layout, locally and remotely::
+
+    <run>/checkpoint-<step>/...files...
+    <run>/checkpoint-<step>/ftctl-manifest.json        # the commit record, written last
+    <run>/checkpoint-<step>/manifest.node-<k>.json     # multi-node only: node k's files
+
+``HOOKS``: functions called as ``hook(point, checkpoint_name)`` at the two commit points
+(``local-manifest``: all files saved, manifest not yet written; ``remote-manifest``: all files
+uploaded, manifest not yet uploaded). Empty in production; the tests install one (tests/hold/) to
+stop a process at exactly that moment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+
+from ftctl import storage
+
+log = logging.getLogger(__name__)
+
+HOOKS: list = []
+
+
+def commit_point(point: str, name: str) -> None:
+    for hook in HOOKS:
+        hook(point, name)
+
+
+MANIFEST = "ftctl-manifest.json"
+MANIFEST_FORMAT = "ftctl-checkpoint/1"
+CHECKPOINT_PREFIX = "checkpoint-"
+#: where a checkpoint waits for its upload (hard links, so Trainer's rotation cannot delete it)
+STAGING_DIR = ".ftctl-upload"
+#: where resume moves local checkpoints it found broken (kept for inspection, out of the way)
+QUARANTINE_DIR = ".ftctl-quarantine"
+#: where resume downloads a remote checkpoint before it is verified
+DOWNLOAD_DIR = ".ftctl-download"
+
+_STEP_RE = re.compile(r"^checkpoint-(\d+)$")
+_NODE_RE = re.compile(r"^manifest\.node-(\d+)\.json$")
+_CHUNK = 8 << 20
+
+
+def node_manifest_name(node_rank: int) -> str:
+    return f"manifest.node-{node_rank}.json"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a ``checkpoint-<step>`` directory name, else None."""
+    m = _STEP_RE.match(os.path.basename(str(name).rstrip("/")))
+    return int(m.group(1)) if m else None
+
+
+def _is_manifest(rel: str) -> bool:
+    return rel == MANIFEST or bool(_NODE_RE.match(rel))
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sha256_stream(f) -> str:
+    h = hashlib.sha256()
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def build_manifest(ckpt_dir: str, step: int, world_size: int, spec_hash: str, **extra) -> dict:
+    """The manifest of every file now in ``ckpt_dir`` (manifests themselves excluded)."""
+    import ftctl
+
+    files = []
+    for rel in storage.local_files(ckpt_dir):
+        if _is_manifest(rel) or rel.endswith(".ftctl-tmp"):
+            continue
+        full = os.path.join(ckpt_dir, *rel.split("/"))
+        files.append({"path": rel, "size": os.path.getsize(full), "sha256": sha256_file(full)})
+    return {
+        "format": MANIFEST_FORMAT,
+        "step": int(step),
+        "world_size": int(world_size),
+        "ftctl_version": ftctl.__version__,
+        "spec_hash": str(spec_hash),
+        "created_unix": round(time.time(), 3),
+        **extra,
+        "files": files,
+    }
+
+
+def _write_json_atomic(path: str, data: dict) -> None:
+    tmp = path + ".ftctl-tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def write_manifest(ckpt_dir: str, step: int, world_size: int, spec_hash: str, name: str = MANIFEST, **extra) -> dict:
+    """Hash every file in ``ckpt_dir`` and write the manifest ``name`` into it, atomically.
+
+    Call it only after every file of the checkpoint is written: the manifest is the commit.
+    """
+    commit_point("local-manifest", os.path.basename(os.path.abspath(ckpt_dir)))
+    manifest = build_manifest(ckpt_dir, step, world_size, spec_hash, **extra)
+    _write_json_atomic(os.path.join(ckpt_dir, name), manifest)
+    return manifest
+
+
+def read_manifest(ckpt: str, name: str = MANIFEST, endpoint_url: str | None = None) -> dict:
+    """The manifest of a local or remote checkpoint; FileNotFoundError when there is none,
+    ValueError when it is not a manifest."""
+    uri = storage.join(ckpt, name)
+    fs, path = storage.filesystem(uri, endpoint_url)
+    with fs.open(path, "rb") as f:
+        data = json.loads(f.read().decode("utf-8"))
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or "files" not in data:
+        raise ValueError(f"{uri} is not an ftctl manifest")
+    return data
+
+
+def _check_files(manifest: dict, sizes: dict[str, int]) -> list[str]:
+    problems = []
+    for entry in manifest["files"]:
+        got = sizes.get(entry["path"])
+        if got is None:
+            problems.append(f"{entry['path']} is missing")
+        elif got != entry["size"]:
+            problems.append(f"{entry['path']} has {got} bytes, the manifest says {entry['size']}")
+    return problems
+
+
+def verify(ckpt: str, deep: bool = True, endpoint_url: str | None = None) -> list[str]:
+    """Problems of a local or remote checkpoint, ``[]`` when it is complete.
+
+    ``deep`` compares every file's sha256 with the manifest (remote files are read through);
+    otherwise only presence and sizes are checked.
+    """
+    try:
+        manifest = read_manifest(ckpt, endpoint_url=endpoint_url)
+    except FileNotFoundError:
+        return [f"no {MANIFEST} (incomplete: stopped before it was committed)"]
+    except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return [f"unreadable {MANIFEST}: {exc}"]
+    return _verify_against(ckpt, manifest, deep, endpoint_url)
+
+
+def _verify_against(ckpt: str, manifest: dict, deep: bool, endpoint_url=None, sizes=None, check_step=True) -> list:
+    problems = []
+    step = checkpoint_step(ckpt)
+    if check_step and step is not None and manifest.get("step") != step:
+        problems.append(f"the manifest is for step {manifest.get('step')}, not {step}")
+    if sizes is None:
+        sizes = storage.file_sizes(ckpt, endpoint_url)
+    problems += _check_files(manifest, sizes)
+    if problems or not deep:
+        return problems
+    fs, root = storage.filesystem(ckpt, endpoint_url)
+    for entry in manifest["files"]:
+        path = storage.join(root, *entry["path"].split("/"))
+        if storage.is_remote(ckpt):
+            with fs.open(path, "rb") as f:
+                digest = _sha256_stream(f)
+        else:
+            digest = sha256_file(path)
+        if digest != entry["sha256"]:
+            problems.append(f"{entry['path']} does not match its sha256 (corrupted)")
+    return problems

@@ -1,0 +1,191 @@
+"""Which checkpoint a run resumes from: the newest complete one, local or remote, never a partial
+one (broken local ones are quarantined, remote ones downloaded and verified first)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+
+from ftctl import storage
+from ftctl.checkpoints.manifest import (
+    CHECKPOINT_PREFIX,
+    DOWNLOAD_DIR,
+    MANIFEST,
+    QUARANTINE_DIR,
+    _verify_against,
+    _write_json_atomic,
+    checkpoint_step,
+    read_manifest,
+    verify,
+)
+from ftctl.errors import FtctlError
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- listing
+
+
+@dataclass
+class CheckpointInfo:
+    """One ``checkpoint-<step>`` below a run directory or URI."""
+
+    step: int
+    complete: bool
+    problems: list[str]
+    uri: str
+    size: int = 0
+    manifest: dict | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{CHECKPOINT_PREFIX}{self.step}"
+
+
+def list_checkpoints(uri: str, deep: bool = False, endpoint_url: str | None = None) -> list[CheckpointInfo]:
+    """Every ``checkpoint-<step>`` below a local run directory or object-store URI, oldest first.
+
+    ``complete`` means the manifest is there and every file it lists is present with its size
+    (and, with ``deep``, its sha256). One listing of the whole run plus one read per manifest.
+    """
+    per_ckpt: dict[str, dict[str, int]] = {}
+    for rel, size in storage.file_sizes(uri, endpoint_url).items():
+        head, _, rest = rel.partition("/")
+        if rest and checkpoint_step(head) is not None:
+            per_ckpt.setdefault(head, {})[rest] = size
+    if not storage.is_remote(uri):
+        # empty local checkpoint directories count too (a save that died at once)
+        fs, root = storage.filesystem(uri, endpoint_url)
+        if os.path.isdir(root):
+            for name in os.listdir(root):
+                if checkpoint_step(name) is not None and os.path.isdir(os.path.join(root, name)):
+                    per_ckpt.setdefault(name, {})
+    out = []
+    for name, sizes in per_ckpt.items():
+        ckpt_uri = storage.join(uri, name)
+        manifest = None
+        if MANIFEST not in sizes:
+            problems = [f"no {MANIFEST} (incomplete: stopped before it was committed)"]
+        else:
+            try:
+                manifest = read_manifest(ckpt_uri, endpoint_url=endpoint_url)
+                problems = _verify_against(ckpt_uri, manifest, deep, endpoint_url, sizes)
+            except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                problems = [f"unreadable {MANIFEST}: {exc}"]
+        out.append(
+            CheckpointInfo(
+                step=checkpoint_step(name),
+                complete=not problems,
+                problems=problems,
+                uri=ckpt_uri,
+                size=sum(sizes.values()),
+                manifest=manifest,
+            )
+        )
+    return sorted(out, key=lambda c: c.step)
+
+
+def _list_remote_or_fail(remote_uri: str, endpoint_url=None, attempts: int = 3):
+    for i in range(attempts):
+        try:
+            return list_checkpoints(remote_uri, endpoint_url=endpoint_url)
+        except Exception as exc:  # noqa: BLE001 - any store error, reported below
+            err = exc
+            if i + 1 < attempts:
+                time.sleep(2**i)
+    raise FtctlError(
+        f"Cannot list the checkpoints in {remote_uri}: {storage.redact(str(err))}. Check the "
+        "endpoint (AWS_ENDPOINT_URL) and credentials; ftctl does not start from scratch while "
+        "the run's checkpoints in the store cannot be read."
+    ) from err
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _quarantine(path: str, why: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    dest = os.path.join(parent, QUARANTINE_DIR, f"{os.path.basename(path)}-{int(time.time())}")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    os.replace(path, dest)
+    log.warning("moved %s to %s (%s)", path, dest, why)
+
+
+def download_checkpoint(
+    ckpt_uri: str, local_dir: str, manifest: dict | None = None, endpoint_url: str | None = None
+) -> list[str]:
+    """Download the files a remote checkpoint's manifest lists into ``local_dir/<name>``,
+    verify their sha256 and only then move the directory into place.
+
+    Returns the problems (``[]`` on success; the local directory is then complete).
+    """
+    name = os.path.basename(ckpt_uri.rstrip("/"))
+    if manifest is None:
+        try:
+            manifest = read_manifest(ckpt_uri, endpoint_url=endpoint_url)
+        except FileNotFoundError:
+            return [f"no {MANIFEST} (incomplete: stopped before it was committed)"]
+    tmp = os.path.join(local_dir, DOWNLOAD_DIR, name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    fs, _ = storage.filesystem(ckpt_uri, endpoint_url)
+    try:
+        for entry in manifest["files"]:
+            parts = entry["path"].split("/")
+            storage.get_file(storage.join(ckpt_uri, *parts), os.path.join(tmp, *parts), fs=fs)
+    except FileNotFoundError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return [f"a file vanished while downloading: {exc}"]
+    _write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
+    problems = _verify_against(tmp, manifest, deep=True, check_step=False)
+    if problems:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return problems
+    final = os.path.join(local_dir, name)
+    if os.path.exists(final):
+        _quarantine(final, f"replaced by the complete copy from {ckpt_uri}")
+    os.replace(tmp, final)
+    try:
+        os.rmdir(os.path.dirname(tmp))
+    except OSError:
+        pass
+    return []
+
+
+def latest_complete(local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None) -> str | None:
+    """The local path of the newest complete, verified checkpoint, or None.
+
+    Candidates are the local ``checkpoint-*`` directories of ``local_dir`` and, with
+    ``remote_uri``, those in the store; for each step from the newest down, a local copy that
+    verifies (sha256) wins, else the remote one is downloaded and verified. Every incomplete or
+    corrupted checkpoint passed over is logged as a warning naming it; broken local ones are moved
+    to ``<local_dir>/.ftctl-quarantine`` so the resumed run can save that step afresh.
+    """
+    os.makedirs(local_dir, exist_ok=True)
+    local = {c.step: c for c in list_checkpoints(local_dir)}
+    remote = {}
+    if remote_uri:
+        remote = {c.step: c for c in _list_remote_or_fail(remote_uri, endpoint_url)}
+    for step in sorted(set(local) | set(remote), reverse=True):
+        reasons = []
+        if step in local:
+            problems = verify(local[step].uri, deep=True)
+            if not problems:
+                log.info("resuming from %s (local, verified)", local[step].uri)
+                return local[step].uri
+            reasons.append(f"local {local[step].uri}: {'; '.join(problems)}")
+        if step in remote:
+            r = remote[step]
+            problems = r.problems or download_checkpoint(r.uri, local_dir, r.manifest, endpoint_url)
+            if not problems:
+                path = os.path.join(local_dir, r.name)
+                log.info("resuming from %s (downloaded from %s, verified)", path, r.uri)
+                return path
+            reasons.append(f"remote {r.uri}: {'; '.join(problems)}")
+        log.warning("skipping %s%d: %s", CHECKPOINT_PREFIX, step, " | ".join(reasons))
+        if step in local and os.path.isdir(local[step].uri):
+            _quarantine(local[step].uri, "incomplete or corrupted")
+    return None

@@ -1,0 +1,99 @@
+"""``ftctl sync ls / push / pull``: checkpoints in object storage by hand."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ftctl import storage
+from ftctl.checkpoints.manifest import MANIFEST
+from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints
+from ftctl.checkpoints.upload import upload_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- sync ls / push / pull
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print) -> list:
+    """Print each checkpoint under ``uri``: step, complete/incomplete, size, and problems."""
+    with storage.storage_errors(uri, endpoint_url):
+        found = list_checkpoints(uri, deep=deep, endpoint_url=endpoint_url)
+    if not found:
+        echo(f"no checkpoints under {uri}")
+    for c in found:
+        state = "complete" if c.complete else "incomplete"
+        line = f"{c.name:<24} step {c.step:<8} {state:<10} {_human(c.size):>10}"
+        if c.problems:
+            line += "  " + "; ".join(c.problems[:2])
+        echo(line)
+    return found
+
+
+def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=print) -> list:
+    """Upload every complete local checkpoint not already complete in the store (files first,
+    manifest last). Incomplete local ones are skipped with a warning. Returns what was sent."""
+    with storage.storage_errors(uri, endpoint_url):
+        return _push(local_run_dir, uri, endpoint_url, echo)
+
+
+def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo) -> list:
+    remote = {c.name: c for c in list_checkpoints(uri, endpoint_url=endpoint_url)}
+    sent = []
+    for c in list_checkpoints(local_run_dir, deep=True):
+        if not c.complete:
+            log.warning("not pushing %s: %s", c.uri, "; ".join(c.problems))
+            continue
+        r = remote.get(c.name)
+        if r is not None and r.complete and r.manifest["files"] == c.manifest["files"]:
+            continue
+        dest = storage.join(uri, c.name)
+        storage.rm(storage.join(dest, MANIFEST), endpoint_url=endpoint_url)
+        upload_checkpoint(c.uri, dest, endpoint_url=endpoint_url)
+        echo(f"pushed {c.name} -> {dest}")
+        sent.append(dest)
+    return sent
+
+
+def pull(
+    uri: str,
+    local_dir: str,
+    include_incomplete: bool = False,
+    endpoint_url: str | None = None,
+    echo=print,
+) -> list:
+    """Download the complete checkpoints under ``uri`` (verified by sha256) that are not complete
+    in ``local_dir`` yet; with ``include_incomplete``, incomplete ones too, as they are."""
+    with storage.storage_errors(uri, endpoint_url):
+        return _pull(uri, local_dir, include_incomplete, endpoint_url, echo)
+
+
+def _pull(uri: str, local_dir: str, include_incomplete: bool, endpoint_url: str | None, echo) -> list:
+    os.makedirs(local_dir, exist_ok=True)
+    local = {c.name for c in list_checkpoints(local_dir) if c.complete}
+    got = []
+    for c in list_checkpoints(uri, endpoint_url=endpoint_url):
+        if c.name in local:
+            continue
+        if c.complete:
+            problems = download_checkpoint(c.uri, local_dir, c.manifest, endpoint_url)
+            if problems:
+                log.warning("not pulling %s: %s", c.uri, "; ".join(problems))
+                continue
+        elif include_incomplete:
+            storage.get_dir(c.uri, os.path.join(local_dir, c.name), endpoint_url)
+        else:
+            log.warning("not pulling %s: %s", c.uri, "; ".join(c.problems))
+            continue
+        echo(f"pulled {c.uri} -> {os.path.join(local_dir, c.name)}")
+        got.append(os.path.join(local_dir, c.name))
+    return got

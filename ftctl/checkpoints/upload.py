@@ -1,0 +1,376 @@
+"""The background uploader: each committed checkpoint (then the final model) sent to object storage
+with retries and backoff, never stopping training; multi-node commits merged by node 0; retention.
+
+Multi-node runs without a shared filesystem (DeepSpeed ZeRO-3 writes per-rank shards, and each
+node holds only its own): every node uploads its files and then ``manifest.node-<k>.json``; node 0
+writes ``ftctl-manifest.json`` (the merge) once every node's manifest of the same attempt is in
+the store. Node 0 polls for them from its upload thread; training never waits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ftctl import storage
+from ftctl.checkpoints.manifest import (
+    CHECKPOINT_PREFIX,
+    MANIFEST,
+    STAGING_DIR,
+    _check_files,
+    _write_json_atomic,
+    commit_point,
+    node_manifest_name,
+    read_manifest,
+)
+from ftctl.checkpoints.resume import list_checkpoints
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- upload
+
+
+def _put(fs, local: str, uri: str) -> None:
+    storage.put_file(local, uri, fs=fs)
+
+
+def upload_checkpoint(
+    local_ckpt: str,
+    ckpt_uri: str,
+    manifest_name: str = MANIFEST,
+    endpoint_url: str | None = None,
+    done: set | None = None,
+    fs=None,
+) -> dict:
+    """Upload a local checkpoint whose manifest ``manifest_name`` is written: its files, a check
+    that the store holds every one with its size, then the manifest. Raises on any store error
+    (the :class:`Uploader` retries). ``done`` (a set) remembers files already sent across retries.
+    """
+    if fs is None:
+        fs, _ = storage.filesystem(ckpt_uri, endpoint_url)
+    with open(os.path.join(local_ckpt, manifest_name), "rb") as f:
+        manifest = json.loads(f.read())
+    done = set() if done is None else done
+    for entry in manifest["files"]:
+        if entry["path"] in done:
+            continue
+        parts = entry["path"].split("/")
+        _put(fs, os.path.join(local_ckpt, *parts), storage.join(ckpt_uri, *parts))
+        done.add(entry["path"])
+    sizes = storage.file_sizes(ckpt_uri, endpoint_url)
+    lost = [e["path"] for e in manifest["files"] if sizes.get(e["path"]) != e["size"]]
+    if lost:
+        done.difference_update(lost)
+        raise OSError(f"the store does not hold files it accepted: {', '.join(lost[:3])}")
+    commit_point("remote-manifest", os.path.basename(ckpt_uri.rstrip("/")))
+    _put(fs, os.path.join(local_ckpt, manifest_name), storage.join(ckpt_uri, manifest_name))
+    return manifest
+
+
+def prune(remote_uri: str, keep_last: int, protect=(), endpoint_url: str | None = None) -> list[str]:
+    """Delete complete checkpoints in the store beyond the newest ``keep_last``, except those
+    named in ``protect`` (the best one). The manifest goes first, so a half-done delete is an
+    incomplete checkpoint, never a broken complete one. Returns the URIs deleted."""
+    complete = [c for c in list_checkpoints(remote_uri, endpoint_url=endpoint_url) if c.complete]
+    doomed = [c for c in complete[: max(0, len(complete) - keep_last)] if c.name not in protect]
+    for c in doomed:
+        storage.rm(storage.join(c.uri, MANIFEST), endpoint_url=endpoint_url)
+        storage.rm(c.uri, recursive=True, endpoint_url=endpoint_url)
+        log.info("retention: deleted %s (keeping the last %d)", c.uri, keep_last)
+    return [c.uri for c in doomed]
+
+
+def final_files(local_dir: str) -> list[str]:
+    """The run's top-level files: all but the checkpoints (uploaded as they are saved) and ftctl's
+    hidden working dirs."""
+    out = []
+    for rel in storage.local_files(local_dir):
+        top = rel.split("/", 1)[0]
+        if top.startswith(".") or (top.startswith(CHECKPOINT_PREFIX) and "/" in rel):
+            continue
+        out.append(rel)
+    return out
+
+
+@dataclass
+class _Job:
+    name: str
+    local: str  # the staged directory
+    original: str
+    submitted: float
+    attempt_no: int = 0
+    done: set = field(default_factory=set)
+    started: bool = False
+    uploaded: bool = False
+    final: bool = False  # the run's top-level files (final model, spec.json, metrics), not a checkpoint
+
+
+class Uploader:
+    """Uploads finished checkpoints to ``remote_uri`` from a background thread, oldest first.
+
+    ``submit`` returns at once (the checkpoint is hard-linked aside so Trainer's rotation may
+    delete it); store errors are logged and retried with exponential backoff until ``close``;
+    nothing is ever raised into the caller. ``lag()`` says how far behind it is; ``wait(limit)``
+    waits for everything submitted, at most ``limit`` seconds, and logs the outcome.
+
+    Multi-node (``num_nodes > 1``, no shared filesystem): each node's uploader sends its files
+    and ``manifest.node-<k>.json``; node 0's then waits (polling, in its thread) for every
+    node's manifest of the same ``attempt`` and commits the merged ``ftctl-manifest.json``.
+    ``attempt`` must be the same string on every node of one run (the trainer broadcasts it).
+
+    Retention (node 0): with ``keep_last``, after each commit only the newest ``keep_last``
+    complete checkpoints stay in the store, plus those named by ``protect()``.
+    """
+
+    def __init__(
+        self,
+        remote_uri: str,
+        *,
+        endpoint_url: str | None = None,
+        node_rank: int = 0,
+        num_nodes: int = 1,
+        attempt: str | None = None,
+        keep_last: int | None = None,
+        backoff: tuple[float, float] = (1.0, 60.0),
+        poll_interval: float = 5.0,
+    ):
+        self.remote_uri = remote_uri.rstrip("/")
+        self.endpoint_url = endpoint_url
+        self.node_rank = node_rank
+        self.num_nodes = num_nodes
+        self.attempt = attempt or uuid.uuid4().hex
+        self.keep_last = keep_last
+        self.backoff = backoff
+        self.poll_interval = poll_interval
+        self.protected: set[str] = set()
+        self._queue: queue.Queue[_Job] = queue.Queue()
+        self._pending: list[_Job] = []
+        self._cond = threading.Condition()
+        self._closed = threading.Event()
+        self._fs = None
+        self._thread = threading.Thread(target=self._run, name="ftctl-uploader", daemon=True)
+        self._thread.start()
+
+    @property
+    def manifest_name(self) -> str:
+        return MANIFEST if self.num_nodes == 1 else node_manifest_name(self.node_rank)
+
+    # -- caller side (never raises, never blocks on the store)
+
+    def submit(self, ckpt_dir: str) -> None:
+        """Queue a checkpoint directory whose manifest (``manifest_name``) is written."""
+        try:
+            job = self._stage(ckpt_dir)
+        except Exception as exc:  # noqa: BLE001 - the training step must go on
+            log.error("cannot queue %s for upload: %s", ckpt_dir, storage.redact(str(exc)))
+            return
+        with self._cond:
+            self._pending.append(job)
+        self._queue.put(job)
+        n, secs = self.lag()
+        log.info(
+            "queued %s for upload to %s (lag: %d checkpoint(s), %.0f s)",
+            job.name,
+            self.remote_uri,
+            n,
+            secs,
+        )
+
+    def submit_final(self, local_dir: str) -> None:
+        """Queue the run's top-level files (the final model or adapter, tokenizer, spec.json,
+        metrics.jsonl, tensorboard runs/): everything but the checkpoints and ftctl's hidden working
+        dirs, uploaded with the same retries as a checkpoint; ``wait`` then says whether it landed."""
+        job = _Job(name="final model", local=os.path.abspath(local_dir), original="", submitted=time.time(), final=True)
+        with self._cond:
+            self._pending.append(job)
+        self._queue.put(job)
+
+    def lag(self) -> tuple[int, float]:
+        """(checkpoints not yet committed, seconds since the oldest of them was submitted)."""
+        with self._cond:
+            if not self._pending:
+                return 0, 0.0
+            return len(self._pending), time.time() - self._pending[0].submitted
+
+    def pending(self) -> list[str]:
+        with self._cond:
+            return [j.name for j in self._pending]
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted checkpoint is committed, at most ``timeout`` seconds.
+        Logs how long it waited and, if the limit passed, what was left. True when all done."""
+        start = time.time()
+        with self._cond:
+            self._cond.wait_for(lambda: not self._pending, timeout)
+            left = [j.name for j in self._pending]
+        waited = time.time() - start
+        if left:
+            log.warning(
+                "gave up waiting for checkpoint uploads to %s after %.1f s; not uploaded: %s",
+                self.remote_uri,
+                waited,
+                ", ".join(left),
+            )
+            return False
+        log.info("checkpoint uploads to %s done (waited %.1f s)", self.remote_uri, waited)
+        return True
+
+    def close(self, timeout: float | None = 0) -> bool:
+        """Wait up to ``timeout`` for pending uploads, then stop the thread."""
+        ok = self.wait(timeout) if timeout != 0 else not self.pending()
+        self._closed.set()
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+        return ok
+
+    def _stage(self, ckpt_dir: str) -> _Job:
+        ckpt_dir = os.path.abspath(ckpt_dir)
+        name = os.path.basename(ckpt_dir)
+        if not os.path.exists(os.path.join(ckpt_dir, self.manifest_name)):
+            raise FileNotFoundError(f"{ckpt_dir} has no {self.manifest_name}: write it first")
+        staged = os.path.join(os.path.dirname(ckpt_dir), STAGING_DIR, f"{name}-{uuid.uuid4().hex[:8]}")
+        try:
+            for rel in storage.local_files(ckpt_dir):
+                src = os.path.join(ckpt_dir, *rel.split("/"))
+                dst = os.path.join(staged, *rel.split("/"))
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.link(src, dst)
+        except OSError as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            log.warning(
+                "cannot hard-link %s (%s); uploading it in place: keep save_total_limit "
+                "high enough that it is not rotated away first",
+                ckpt_dir,
+                exc,
+            )
+            staged = ckpt_dir
+        return _Job(name=name, local=staged, original=ckpt_dir, submitted=time.time())
+
+    # -- worker side
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            job = self._queue.get()
+            if job is None:
+                break
+            while not self._closed.is_set():
+                try:
+                    if self._attempt(job):
+                        break
+                    self._closed.wait(self.poll_interval)  # other nodes not there yet
+                except Exception as exc:  # noqa: BLE001 - store errors of every kind
+                    job.attempt_no += 1
+                    base, cap = self.backoff
+                    delay = min(cap, base * 2 ** (job.attempt_no - 1)) * random.uniform(0.8, 1.2)
+                    log.warning(
+                        "upload of %s to %s failed (attempt %d: %s: %s); retrying in %.1f s",
+                        job.name,
+                        self.remote_uri,
+                        job.attempt_no,
+                        type(exc).__name__,
+                        storage.redact(str(exc))[:500],
+                        delay,
+                    )
+                    self._closed.wait(delay)
+            else:
+                return
+            if job.local != job.original and not job.final:
+                shutil.rmtree(job.local, ignore_errors=True)
+            with self._cond:
+                self._pending.remove(job)
+                self._cond.notify_all()
+
+    def _attempt(self, job: _Job) -> bool:
+        """One try; True when the job is finished, False to poll again later."""
+        if self._fs is None:
+            self._fs, _ = storage.filesystem(self.remote_uri, self.endpoint_url)
+        if job.final:
+            for rel in final_files(job.local):
+                if rel not in job.done:
+                    _put(
+                        self._fs,
+                        os.path.join(job.local, *rel.split("/")),
+                        storage.join(self.remote_uri, *rel.split("/")),
+                    )
+                    job.done.add(rel)
+            log.info("uploaded the final model to %s", self.remote_uri)
+            return True
+        ckpt_uri = storage.join(self.remote_uri, job.name)
+        if not job.started:
+            # A manifest from an earlier attempt at this step would vouch for files we are
+            # about to replace: withdraw it first.
+            if self.node_rank == 0:
+                storage.rm(storage.join(ckpt_uri, MANIFEST), endpoint_url=self.endpoint_url)
+            if self.num_nodes > 1:
+                storage.rm(storage.join(ckpt_uri, self.manifest_name), endpoint_url=self.endpoint_url)
+            job.started = True
+        if not job.uploaded:
+            upload_checkpoint(job.local, ckpt_uri, self.manifest_name, self.endpoint_url, job.done, self._fs)
+            job.uploaded = True
+            job.attempt_no = 0
+            if self.num_nodes == 1:
+                log.info(
+                    "committed %s (%.0f s after it was saved)",
+                    ckpt_uri,
+                    time.time() - job.submitted,
+                )
+        if self.num_nodes > 1:
+            if self.node_rank != 0:
+                return True
+            if not self._commit_nodes(job, ckpt_uri):
+                return False
+        if self.keep_last:
+            prune(self.remote_uri, self.keep_last, self.protected, self.endpoint_url)
+        return True
+
+    def _commit_nodes(self, job: _Job, ckpt_uri: str) -> bool:
+        """Node 0: merge every node's manifest into ftctl-manifest.json once all are there."""
+        names = {e["name"] for e in storage.ls(ckpt_uri, self.endpoint_url)}
+        manifests = {}
+        for k in range(self.num_nodes):
+            if node_manifest_name(k) not in names:
+                continue
+            m = read_manifest(ckpt_uri, node_manifest_name(k), self.endpoint_url)
+            if m.get("attempt") == self.attempt:
+                manifests[k] = m
+        missing = [k for k in range(self.num_nodes) if k not in manifests]
+        if missing:
+            log.info("%s: waiting for the manifests of node(s) %s", ckpt_uri, missing)
+            return False
+        files: dict[str, dict] = {}
+        rewrite = []
+        for k in sorted(manifests, reverse=True):  # node 0 last: its copy wins
+            for entry in manifests[k]["files"]:
+                prev = files.get(entry["path"])
+                if prev is not None and prev["sha256"] != entry["sha256"] and k == 0:
+                    rewrite.append(entry["path"])
+                files[entry["path"]] = entry
+        for rel in rewrite:  # a file two nodes wrote differently: node 0's copy, re-sent now
+            parts = rel.split("/")
+            _put(self._fs, os.path.join(job.local, *parts), storage.join(ckpt_uri, *parts))
+        merged = dict(manifests[0])
+        for key in ("node_rank",):
+            merged.pop(key, None)
+        merged["files"] = [files[p] for p in sorted(files)]
+        problems = _check_files(merged, storage.file_sizes(ckpt_uri, self.endpoint_url))
+        if problems:
+            raise OSError(f"files listed by the node manifests are not in the store: {problems[:3]}")
+        _write_json_atomic(os.path.join(job.local, MANIFEST), merged)
+        commit_point("remote-manifest", job.name)
+        _put(self._fs, os.path.join(job.local, MANIFEST), storage.join(ckpt_uri, MANIFEST))
+        log.info(
+            "committed %s from %d nodes (%.0f s after it was saved)",
+            ckpt_uri,
+            self.num_nodes,
+            time.time() - job.submitted,
+        )
+        return True
