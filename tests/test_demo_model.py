@@ -53,6 +53,29 @@ def test_demo_learns_the_fact_and_keeps_the_control_answer(demo_model_dir, tmp_p
     assert not any(a.right_before for a in held_out), report  # the base model does not know the fact
     assert all(a.right_after for a in held_out), report  # it does after 30 steps
     assert all(a.right_before and a.right_after for a in control), report  # and still knows Paris
+    assert len(report.splitlines()) <= 30, report  # one screen: header, answers, 3 progress lines, summary
     assert (tmp_path / "demo" / "adapter_model.safetensors").is_file()
     adapter = json.loads((tmp_path / "demo" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == DEMO_MODEL  # not the cache path: merge resolves it anywhere
+
+
+@pytest.mark.slow
+def test_ftctl_demo_prints_one_screen_and_no_third_party_chatter(demo_model_dir, tmp_path):
+    """`ftctl demo` as a user runs it (2 steps): the header, the answers, the bar, nothing else."""
+    import subprocess
+    import sys
+
+    from tests.trainer_fixtures import subprocess_env
+
+    ftctl = [sys.executable, "-c", "import sys; from ftctl.cli import main; sys.exit(main())"]
+    proc = subprocess.run(
+        [*ftctl, "demo", "--steps", "2"], env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith("ftctl demo: teach") and "min here" in lines[1], out
+    assert "Before fine-tuning" in out and "After fine-tuning" in out and "step 2/2" in out
+    assert len(lines) <= 30, out
+    for noise in ("gemm_4bit_forward", "Setting accelerator", "Warning", "it/s", "Loading weights", "Traceback"):
+        assert noise not in out, (noise, out)

@@ -244,9 +244,54 @@ def test_kill_9_then_resume_reaches_the_same_final_loss(tiny_model_dir, tiny_dat
     assert resumed.status == "complete" and resumed.global_step == 10
     assert losses_by_step(out)[10] == pytest.approx(straight.final_loss, rel=1e-5)
     assert resumed.final_loss == pytest.approx(straight.final_loss, rel=1e-5)
-    # killed at the end of step 6 before logging it; resumed from step 4: step 5 logged twice
+    # killed at the end of step 6 before logging it; resumed from step 4: step 5's first row replaced
     steps = [r["step"] for r in read_metrics(out)]
-    assert steps == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+
+
+def test_resume_replaces_the_metrics_rows_of_replayed_steps(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    """A crash after logging step 5, checkpoint at step 3: the resumed run replays steps 4 and 5, and
+    metrics.jsonl keeps one row per step, the replayed ones from the run that finished."""
+    from transformers import TrainerCallback
+
+    class CrashAfterLogging(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.global_step == 5:
+                raise RuntimeError("crashed after step 5")
+
+    out = tmp_path / "out"
+    spec, plan = make_run(tiny_model_dir, tiny_data, out, max_steps=6, save_steps=3, resume="auto")
+    with pytest.raises(RuntimeError, match="crashed after step 5"):
+        _train(spec, plan, callbacks=[CrashAfterLogging()])
+    first = {r["step"]: r for r in read_metrics(out)}
+    assert list(first) == [1, 2, 3, 4, 5] and (out / "checkpoint-3" / "ftctl-manifest.json").is_file()
+
+    resumed = _train(spec, plan)
+    assert resumed.status == "complete" and resumed.global_step == 6
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[:3] == [first[1], first[2], first[3]]  # before the checkpoint: kept as they were
+    assert all(r["time"] > first[5]["time"] for r in rows[3:])  # after it: the replayed run's rows
+
+
+def test_truncate_metrics_keeps_the_rows_up_to_the_resume_step(tmp_path):
+    from ftctl.trainer.callbacks import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [
+        {"step": 0, "event": "start"},
+        *({"step": s, "loss": 1.0} for s in (1, 2, 3, 4)),
+        {"step": 4, "event": "end"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 5, "lo')  # the last row cut by a kill
+    truncate_metrics(str(path), 2)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:3]
+    # starting over: the old run's rows go, the start record this run just wrote stays
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, {"step": 0, "event": "start", "new": True}]))
+    truncate_metrics(str(path), 0)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"step": 0, "event": "start", "new": True}]
+    truncate_metrics(str(tmp_path / "missing.jsonl"), 3)  # nothing to do
+    assert not (tmp_path / "missing.jsonl").exists()
 
 
 def test_sigusr2_saves_stops_and_a_second_run_completes(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):

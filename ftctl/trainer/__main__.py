@@ -1,44 +1,113 @@
-"""``python -m ftctl.trainer --spec spec.json``: what torchrun runs on every node of every backend."""
+"""``python -m ftctl.trainer --spec spec.json``: what torchrun runs on every node of every backend.
+
+One failure, one message: a rank that fails leaves a record in ``$FTCTL_FAILURE_DIR`` (ftctl.failures)
+that the launcher reports once; without a failure directory (Slurm, docker, by hand) it prints one
+``error: ...`` line itself. No traceback unless ``FTCTL_DEBUG=1``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 
+from ftctl import failures, quiet
+from ftctl.envvars import FAILURE_DIR_ENV
 from ftctl.errors import FtctlError
+
+INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def main(argv=None) -> int:
+    quiet.install()  # before torch, transformers, bitsandbytes, DeepSpeed are imported
     parser = argparse.ArgumentParser(prog="python -m ftctl.trainer", description=__doc__)
     parser.add_argument("--spec", required=True, help="spec.json written by ftctl (the run and its plan)")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING, format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s"
+        level=logging.INFO if rank == 0 or quiet.verbose() else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
     )
-    from ftctl.plan import load_run
-    from ftctl.trainer import distributed
-    from ftctl.trainer.run import train, write_status
-
+    failure = Failure(rank)
+    failure.catch_signals()  # the trainer's PreemptionCallback takes SIGTERM over while it trains
     try:
+        from ftctl.plan import load_run
+        from ftctl.trainer import distributed
+        from ftctl.trainer.run import train
+
         spec, plan = load_run(args.spec)
         one_gpu_per_process(plan)
         result = train(spec, plan, echo=(lambda line: print(line, flush=True)) if rank == 0 else (lambda line: None))
         distributed.shutdown()
     except FtctlError as e:
-        write_status("failed")
-        if os.environ.get("FTCTL_DEBUG"):
-            raise
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
+        return failure.report("config", str(e), e.exit_code, e)
+    except Exception as e:
+        return failure.report("error", failures.exception_line(e), 1, e)
     if rank == 0:
         print(
             f"{result.status}: step {result.global_step}, final loss {result.final_loss}, output {spec.output}",
             flush=True,
         )
     return 0
+
+
+class Failure:
+    """This rank's one failure: recorded for the launcher, printed where nobody else reports it."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.recorded = False
+
+    @property
+    def prints(self) -> bool:
+        """Only where no launcher reports the records (Slurm logs, docker logs, a run by hand)."""
+        return not os.environ.get(FAILURE_DIR_ENV)
+
+    def report(self, kind: str, message: str, exit_code: int, exc: BaseException) -> int:
+        """Record, write the failed status, print one line (the traceback with FTCTL_DEBUG=1)."""
+        self.record(kind, message)
+        write_failed_status()
+        if os.environ.get("FTCTL_DEBUG"):
+            raise exc
+        if self.prints:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+        return exit_code
+
+    def record(self, kind: str, message: str) -> None:
+        """The first failure of this process is its record; reporting never hides the failure itself."""
+        if self.recorded:
+            return
+        self.recorded = True
+        try:
+            failures.record(kind, message)
+        except OSError as e:
+            print(f"warning: could not write the failure record: {e}", file=sys.stderr, flush=True)
+
+    def catch_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers (the trainer called from a test's thread)
+        for sig in INTERRUPT_SIGNALS:
+            signal.signal(sig, self._interrupted)
+
+    def _interrupted(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if not self.recorded:  # a rank stopped by torchrun after failing itself keeps its own record
+            self.record("interrupted", f"interrupted by {name} (preempted, cancelled, or its job stopped)")
+            write_failed_status()
+            if self.prints:
+                print(f"interrupted by {name}", file=sys.stderr, flush=True)
+        sys.exit(128 + signum)
+
+
+def write_failed_status() -> None:
+    try:
+        from ftctl.trainer.run import write_status
+    except Exception:  # the trainer's own imports failed: the exit code still says so
+        return
+    write_status("failed")
 
 
 def one_gpu_per_process(plan) -> None:

@@ -3,7 +3,9 @@
 - :class:`MetricsCallback` (rank 0) appends one JSON object per logging step to
   ``<output>/metrics.jsonl`` (step, loss, lr, grad_norm, tokens_per_s, tokens, epoch, time) and
   prints a progress line: ``step 12/30  loss 1.234  lr 2.9e-04  grad 0.87  1,234 tok/s  ETA 0:00:36``.
-  A resumed run appends to the same file.
+  The file holds one row per step: a run that resumes from the checkpoint of step N first drops the
+  rows after N (the steps it will replay); a run that starts over keeps only its own start record.
+- :class:`ProgressBar` (the demo): ``[####----] step 12/30  loss 1.234  ETA 0:41`` redrawn in place.
 - :class:`PreemptionCallback`: SIGUSR2 (what Slurm's ``--signal=B:USR2@lead`` sends) or SIGTERM
   (spot reclaim, torchrun forwarding) asks for a checkpoint at the next step boundary; every rank
   agrees on it (one all-reduce per optimizer step), the Trainer saves and stops. The trainer
@@ -17,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 
 from transformers import TrainerCallback
@@ -44,6 +47,8 @@ class MetricsCallback(TrainerCallback):
         self._t0 = self._t_last = time.time()
         self._step0 = state.global_step  # > 0 when resumed
         self._tokens_last = state.num_input_tokens_seen
+        if state.is_world_process_zero:
+            truncate_metrics(self.path, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -95,6 +100,83 @@ class MetricsCallback(TrainerCallback):
             parts.append(f"{r['tokens_per_s']:,.0f} tok/s")
         parts.append(f"ETA {eta}")
         return "  ".join(parts)
+
+
+class ProgressBar(TrainerCallback):
+    """``[########------------] step 12/30  loss 1.234  ETA 0:41``: redrawn in place on a terminal;
+    otherwise one line every ``every`` steps and at the last one (a log file stays short too)."""
+
+    WIDTH = 20
+
+    def __init__(self, echo=print, inplace: bool = False, every: int = 10):
+        self.echo, self.inplace, self.every = echo, inplace, every
+        self.loss = None
+        self._t0 = self._step0 = None
+        self._drawn = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t0, self._step0 = time.time(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = logs["loss"]
+            self._draw(state)  # on_log comes after on_step_end: the loss of the step just done
+
+    def _draw(self, state) -> None:
+        step, total = state.global_step, max(state.max_steps, 1)
+        if not state.is_world_process_zero or not (self.inplace or step % self.every == 0 or step == total):
+            return
+        filled = round(self.WIDTH * step / total)
+        done = step - self._step0
+        eta = round((time.time() - self._t0) / done * (total - step)) if done > 0 else None
+        line = f"  [{'#' * filled}{'-' * (self.WIDTH - filled)}] step {step}/{total}"
+        if self.loss is not None:
+            line += f"  loss {self.loss:.3f}"
+        line += f"  ETA {eta // 60}:{eta % 60:02d}" if eta is not None else ""
+        if self.inplace:
+            sys.stdout.write("\r" + line.ljust(60))
+            sys.stdout.flush()
+            self._drawn = True
+        else:
+            self.echo(line)
+
+    def close(self) -> None:
+        if self._drawn:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self._drawn = False
+
+
+def truncate_metrics(path: str, step: int) -> None:
+    """Keep the rows of steps up to ``step``, the checkpoint a run resumes from: the steps after it are
+    replayed and logged again. ``step`` 0 (starting over): only the step-0 rows at the end of the file
+    stay, the ones this run wrote before its first step (run.record_kernels). Rewritten atomically."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    if step > 0:
+        kept = [line for line in lines if _step_of(line) <= step]
+    else:
+        first = len(lines)
+        while first > 0 and _step_of(lines[first - 1]) == 0:
+            first -= 1
+        kept = lines[first:]
+    if len(kept) == len(lines):
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
+    os.replace(tmp, path)
+    log.debug("metrics: dropped %d row(s) after step %d of %s", len(lines) - len(kept), step, path)
+
+
+def _step_of(line: str) -> float:
+    """A row's step; a line that is not a row (cut short by a kill) counts as after every step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def peak_gpu_memory_gib() -> float | None:

@@ -6,10 +6,18 @@
 3. Fine-tune with LoRA (r=8, constant lr 3e-4, 30 steps of 4 conversations) on ``builtin:demo`` through the
    same trainer every backend runs (a RunSpec, a CPU plan, run.train).
 4. Ask again: the held-out answers now carry the fact, the control answer is still right.
+
+The output fits on one screen: a two-line header (what it does, about how long), the answers before,
+one progress bar (redrawn in place on a terminal, a line every 10 steps otherwise), the answers
+after, each answer cut to one line. Third-party chatter is kept out by ftctl.quiet (``ftctl -v``
+shows it).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 
 from ftctl.spec import DEMO_DATA, DEMO_MODEL, RunSpec
@@ -17,6 +25,10 @@ from ftctl.spec import DEMO_DATA, DEMO_MODEL, RunSpec
 DEMO_STEPS = 30
 DEMO_OUTPUT = "runs/ftctl-demo"
 MAX_NEW_TOKENS = 40
+# The header's estimate, for 2 CPU cores (scaled by the cores here, up to 8): seconds per training step,
+# and seconds for the rest (loading the model, six greedy answers). The bar then shows the real ETA.
+SECONDS_PER_STEP_2_CORES = 4.0
+SECONDS_OTHER_2_CORES = 60.0
 # The demo's recipe. Seen on this model and dataset (greedy answers after training): LoRA r=8 (alpha 32,
 # the spec default), lr 3e-4 held constant after a one-step warmup, batch 4: both held-out questions
 # answered with the fact from step 20 on, the control answer unchanged. With a cosine decay the same
@@ -63,7 +75,7 @@ def demo_spec(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS) -> RunSpec
             "max_steps": steps,
             "save_steps": steps,
             "save_total_limit": 1,
-            "logging_steps": 5,
+            "logging_steps": 1,
             "gpus": "cpu",
             "resume": "never",
             "run_name": "ftctl-demo",
@@ -96,38 +108,62 @@ def ask(model, tokenizer, question: str, max_new_tokens: int = MAX_NEW_TOKENS) -
 
 def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print) -> list[Answer]:
     """The whole demo; returns the answers before and after (also printed through ``echo``)."""
+    from ftctl import quiet
+
+    quiet.install()  # before torch, transformers, bitsandbytes are imported
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from ftctl.plan import make_plan
+    from ftctl.trainer.callbacks import ProgressBar
     from ftctl.trainer.model import ensure_demo_model, load_tokenizer
     from ftctl.trainer.run import train
 
+    answers = questions()
+    spec = demo_spec(output_dir, steps)
+    echo(f"ftctl demo: teach {DEMO_MODEL.split('/')[-1]} a made-up fact with LoRA, on this CPU.")
+    echo(
+        f"Asks {len(answers)} questions, fine-tunes {steps} steps (about {estimate_minutes(steps)} min here), "
+        "then asks again."
+    )
     path = ensure_demo_model(echo=echo)
     tokenizer = load_tokenizer(str(path))
     base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    answers = questions()
-    echo(f"Before fine-tuning ({DEMO_MODEL}, greedy):")
+    width = shutil.get_terminal_size((100, 24)).columns
+    echo("\nBefore fine-tuning (greedy answers):")
     for a in answers:
         a.before = ask(base, tokenizer, a.question)
-        echo(f"  [{a.kind}] {a.question}\n      -> {a.before}")
+        echo(f"  [{a.kind}] {a.question}\n    -> {one_line(a.before, width - 7)}")
 
-    spec = demo_spec(output_dir, steps)
     plan = make_plan(spec, "cpu")
     echo(
         f"\nFine-tuning: LoRA r={spec.lora_r}, lr {plan.learning_rate:g}, {steps} steps x "
-        f"{plan.global_batch_size} conversations of {spec.data_path} (output {spec.output})"
+        f"{plan.global_batch_size} conversations -> {spec.output}"
     )
-    result = train(spec, plan, echo=lambda line: echo("  " + line))
+    bar = ProgressBar(echo, inplace=echo is print and sys.stdout.isatty())
+    result = train(spec, plan, callbacks=[bar], echo=lambda line: None)  # the bar shows the progress
+    bar.close()
 
     tuned = PeftModel.from_pretrained(base, result.output_dir).eval()
     echo("\nAfter fine-tuning:")
     for a in answers:
         a.after = ask(tuned, tokenizer, a.question)
-        echo(f"  [{a.kind}] {a.question}\n      -> {a.after}")
+        echo(f"  [{a.kind}] {a.question}\n    -> {one_line(a.after, width - 7)}")
     echo("\n" + summary(answers))
     return answers
+
+
+def estimate_minutes(steps: int) -> int:
+    cores = min(os.cpu_count() or 2, 8)
+    return max(1, round((steps * SECONDS_PER_STEP_2_CORES + SECONDS_OTHER_2_CORES) * 2 / max(cores, 2) / 60))
+
+
+def one_line(text: str, width: int) -> str:
+    """``text`` on one line of at most ``width`` characters (an ellipsis where it was cut)."""
+    text = " ".join(text.split())
+    width = max(width, 20)
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
 def summary(answers: list[Answer]) -> str:
@@ -135,7 +171,7 @@ def summary(answers: list[Answer]) -> str:
     control = [a for a in answers if a.kind == "control"]
     return (
         f"Held-out questions answered with the taught fact: {sum(a.right_before for a in learned)}/{len(learned)} "
-        f"before, {sum(a.right_after for a in learned)}/{len(learned)} after. Control questions right: "
+        f"before, {sum(a.right_after for a in learned)}/{len(learned)} after.\nControl questions right: "
         f"{sum(a.right_before for a in control)}/{len(control)} before, "
         f"{sum(a.right_after for a in control)}/{len(control)} after."
     )

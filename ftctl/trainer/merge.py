@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ftctl import storage
+from ftctl import quiet, storage
 from ftctl.errors import FtctlError
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def merge_dtype(adapter_dir: Path, dtype: str | None) -> str:
 def merge(run_dir_or_checkpoint: str, out_dir: str, dtype: str | None = None, endpoint_url: str | None = None) -> Path:
     """Merge the adapter of a lora/qlora run into its base; write a safetensors model + tokenizer to
     ``out_dir`` (a local path or object-store URI). Returns the local directory written."""
+    quiet.install()  # before transformers, peft and bitsandbytes are imported
     if storage.is_remote(run_dir_or_checkpoint):
         with tempfile.TemporaryDirectory(prefix="ftctl-merge-") as tmp:
             _download_adapter(run_dir_or_checkpoint, tmp, endpoint_url)

@@ -1,0 +1,78 @@
+"""One failure, one message: each failing trainer rank leaves a record; the launcher reports one.
+
+The launcher sets ``$FTCTL_FAILURE_DIR`` for the trainer; a rank that fails calls :func:`record`, which
+writes ``<dir>/rank-<RANK>.json`` = ``{"rank", "host", "kind", "message"}`` (atomically: a temporary
+file renamed into place). After the job, :func:`read` collects them and :func:`summarize` gives the one
+line to print and whether running the same command again would help.
+
+Kinds:
+    config       an FtctlError (bad plan, bad data, missing credentials): a rerun reproduces it
+    error        any other exception; the message is its last line, ``Type: message``
+    interrupted  SIGTERM / SIGINT (preemption, a cancelled job, torchrun stopping the survivors)
+
+A relaunch helps only after interruptions, or when no rank left a record at all (kill -9, the node
+lost): the run resumes from its newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from ftctl.envvars import FAILURE_DIR_ENV
+
+KINDS = ("config", "error", "interrupted")
+# which record speaks for the job: a configuration error over a crash over the ranks stopped after it
+_PRIORITY = {kind: i for i, kind in enumerate(KINDS)}
+NO_RECORD = "the trainer stopped without reporting an error (killed, out of memory, or its node was lost)"
+
+
+def record(kind: str, message: str, directory: str | None = None) -> Path | None:
+    """Write this rank's record into ``directory`` (default ``$FTCTL_FAILURE_DIR``); None when unset."""
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r}: one of {', '.join(KINDS)}")
+    directory = directory or os.environ.get(FAILURE_DIR_ENV)
+    if not directory:
+        return None
+    rank = int(os.environ.get("RANK", "0"))
+    data = {"rank": rank, "host": socket.gethostname(), "kind": kind, "message": str(message).strip()}
+    path = Path(directory, f"rank-{rank}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read(directory) -> list[dict]:
+    """Every rank's record in ``directory``, by rank; [] when there is none (or no directory)."""
+    records = []
+    for path in Path(directory).glob("rank-*.json") if directory else ():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("kind") in KINDS:
+            records.append(data)
+    return sorted(records, key=lambda r: int(r.get("rank", 0)))
+
+
+def summarize(records: list[dict]) -> tuple[str, bool]:
+    """(one line naming the rank that speaks for the failure and its message, whether a relaunch helps).
+
+    The record of the most telling kind (config, then error, then interrupted) and the lowest rank
+    wins: the survivors torchrun stops after one rank fails are not the cause."""
+    if not records:
+        return NO_RECORD, True
+    first = min(records, key=lambda r: (_PRIORITY[r["kind"]], int(r.get("rank", 0))))
+    where = f"rank {first.get('rank', '?')} on {first.get('host') or 'unknown host'}"
+    return f"{where}: {first['message']}", first["kind"] == "interrupted"
+
+
+def exception_line(exc: BaseException) -> str:
+    """``Type: message``, the last line of the exception's traceback."""
+    import traceback
+
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()

@@ -1,0 +1,98 @@
+"""Quiet by default: known-harmless third-party messages are lowered to debug in ftctl's own processes.
+
+:func:`install` runs first thing in every entry point (the CLI group, ``python -m ftctl.trainer``, the
+demo, merge). It imports nothing heavy, so it runs before torch, transformers, bitsandbytes or
+DeepSpeed are imported (several of them log at import time), and its environment defaults reach the
+trainer processes torchrun starts.
+
+- Log records: each entry of :data:`HARMLESS_LOGS` names the logger that emits the message and a
+  pattern of it; a match below ERROR becomes a DEBUG record, shown only where debug logging is on.
+  Nothing else is touched: an unknown message, and every error, still prints.
+- Warnings: :data:`HARMLESS_WARNINGS`, deprecations that ftctl's use of TRL triggers and a user can do
+  nothing about.
+- Progress bars: hub downloads, weight loading, GGUF conversion, dataset maps (tqdm). ftctl prints
+  its own progress line on rank 0.
+
+``ftctl -v`` or ``FTCTL_VERBOSE=1`` shows everything: nothing is installed and the variable is passed
+on to the processes ftctl starts. A variable the user set (``TQDM_DISABLE=0``) is never overridden.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+
+from ftctl.envvars import VERBOSE_ENV
+
+# (logger name, message pattern, why it is harmless)
+HARMLESS_LOGS = (
+    (
+        "bitsandbytes.backends.cpu.ops",
+        r"Failed to load CPU gemm_4bit_forward",
+        "an optional faster CPU kernel (the `kernels` package); bitsandbytes uses its own",
+    ),
+    (
+        "DeepSpeed",
+        r"Setting accelerator to CPU",
+        "printed when DeepSpeed is imported on a machine without GPUs, where ftctl plans CPU runs",
+    ),
+)
+# (category, message pattern): warnings ftctl's own calls trigger inside libraries
+HARMLESS_WARNINGS = (
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),  # TRL reads the old name
+)
+# environment defaults, also for the trainer processes: no third-party progress bars
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # hub downloads, "Loading weights", "Writing model shards"
+    "TQDM_DISABLE": "1",  # plain tqdm bars: GGUF conversion, dataset maps
+}
+
+_installed = False
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def install(verbose_flag: bool = False) -> None:
+    """Lower the known-harmless messages to debug in this process (idempotent). ``verbose_flag`` (or
+    ``$FTCTL_VERBOSE``) shows everything instead, here and in the processes started from here."""
+    global _installed
+    if verbose_flag:
+        os.environ[VERBOSE_ENV] = "1"
+    if verbose() or _installed:
+        return
+    _installed = True
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    patterns: dict[str, list[str]] = {}
+    for name, pattern, _why in HARMLESS_LOGS:
+        if name == "DeepSpeed" and _has_nvidia_gpu():
+            continue  # on a GPU machine "Setting accelerator to CPU" means CUDA is broken: keep it
+        patterns.setdefault(name, []).append(pattern)
+    for name, pats in patterns.items():
+        logging.getLogger(name).addFilter(LowerToDebug(pats))
+    for category, pattern in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+
+
+class LowerToDebug(logging.Filter):
+    """Records matching one of ``patterns`` below ERROR become DEBUG records; the logger shows them only
+    when it is enabled for DEBUG. Attached to the logger that emits them (filters do not see records
+    propagated from child loggers)."""
+
+    def __init__(self, patterns):
+        super().__init__()
+        self.pattern = re.compile("|".join(f"(?:{p})" for p in patterns))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or not self.pattern.search(record.getMessage()):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _has_nvidia_gpu() -> bool:
+    return os.path.exists("/proc/driver/nvidia/gpus") or os.path.exists("/dev/nvidia0")

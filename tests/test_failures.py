@@ -1,0 +1,184 @@
+"""One failure, one message: the records failing trainer ranks leave, and what the launcher makes of them."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+
+import pytest
+
+from ftctl import failures
+from tests.trainer_fixtures import make_run, run_trainer_cli, subprocess_env, write_spec
+
+HARMLESS = ("gemm_4bit_forward", "Setting accelerator to CPU", "FutureWarning", "Loading weights", "it/s]")
+
+
+def _rec(rank, kind, message="m", host="host-a"):
+    return {"rank": rank, "host": host, "kind": kind, "message": message}
+
+
+# ------------------------------------------------------------------------------------------ records
+def test_record_writes_one_file_per_rank_atomically(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTCTL_FAILURE_DIR", str(tmp_path / "failures"))
+    monkeypatch.setenv("RANK", "3")
+    path = failures.record("config", "bad plan: use --gpus 1xA100\n")
+    assert path == tmp_path / "failures" / "rank-3.json"
+    assert json.loads(path.read_text()) == {
+        "rank": 3,
+        "host": socket.gethostname(),
+        "kind": "config",
+        "message": "bad plan: use --gpus 1xA100",
+    }
+    failures.record("error", "RuntimeError: later")  # the same rank again replaces its record
+    assert [p.name for p in (tmp_path / "failures").iterdir()] == ["rank-3.json"]  # no temporary file left
+    assert failures.read(tmp_path / "failures")[0]["kind"] == "error"
+
+
+def test_record_without_a_directory_writes_nothing(monkeypatch):
+    monkeypatch.delenv("FTCTL_FAILURE_DIR", raising=False)
+    assert failures.record("error", "x") is None
+
+
+def test_record_refuses_an_unknown_kind(tmp_path):
+    with pytest.raises(ValueError, match="config, error, interrupted"):
+        failures.record("oops", "x", directory=str(tmp_path))
+
+
+def test_read_sorts_by_rank_and_skips_what_is_not_a_record(tmp_path):
+    for rank in (10, 2):
+        (tmp_path / f"rank-{rank}.json").write_text(json.dumps(_rec(rank, "interrupted")))
+    (tmp_path / "rank-5.json").write_text('{"rank": 5, "kin')  # cut short: not a record
+    (tmp_path / ".rank-7.json.99.tmp").write_text(json.dumps(_rec(7, "config")))
+    (tmp_path / "rank-8.json").write_text(json.dumps(_rec(8, "weird")))
+    assert [r["rank"] for r in failures.read(tmp_path)] == [2, 10]
+    assert failures.read(tmp_path / "missing") == []
+    assert failures.read(None) == []
+
+
+def test_summarize_names_the_cause_not_the_ranks_stopped_after_it():
+    records = [_rec(0, "interrupted"), _rec(3, "config", "bad data: row 7", "host-b"), _rec(5, "error")]
+    assert failures.summarize(records) == ("rank 3 on host-b: bad data: row 7", False)
+    records = [_rec(0, "interrupted"), _rec(6, "error", "RuntimeError: CUDA error"), _rec(2, "error", "E: x")]
+    assert failures.summarize(records) == ("rank 2 on host-a: E: x", False)
+
+
+def test_summarize_says_a_relaunch_helps_only_after_interruptions_or_no_record():
+    line, resumable = failures.summarize([_rec(1, "interrupted", "interrupted by SIGTERM"), _rec(0, "interrupted")])
+    assert (line, resumable) == ("rank 0 on host-a: m", True)
+    line, resumable = failures.summarize([])
+    assert resumable and "killed" in line and "\n" not in line
+
+
+def test_exception_line_is_type_and_message():
+    try:
+        {}["missing"]
+    except KeyError as e:
+        assert failures.exception_line(e) == "KeyError: 'missing'"
+
+
+# ------------------------------------------------------------------------------------------ the trainer's side
+def test_trainer_records_a_config_error_and_leaves_the_message_to_the_launcher(tmp_path):
+    bad = tmp_path / "spec.json"
+    bad.write_text("{}")
+    proc = run_trainer_cli(bad, env=subprocess_env(FTCTL_FAILURE_DIR=tmp_path / "f"))
+    assert proc.returncode == 2
+    assert proc.stderr.count("error: ") == 0 and "Traceback" not in proc.stderr, proc.stderr  # the launcher says it
+    [record] = failures.read(tmp_path / "f")
+    assert (
+        record["kind"] == "config" and record["rank"] == 0 and "not a spec file written by ftctl" in record["message"]
+    )
+    assert failures.summarize([record])[1] is False
+
+
+CRASH = """
+import ftctl.trainer.run as run
+def train(*args, **kwargs):
+    raise RuntimeError("boom in the trainer")
+run.train = train
+"""
+SIGTERM_WHILE_TRAINING = """
+import os, signal, time
+import ftctl.trainer.run as run
+def train(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+run.train = train
+"""
+
+
+def _trainer_main(prelude: str, spec_path, env):
+    """``python -m ftctl.trainer --spec`` with ``prelude`` run first (it may replace the trainer's parts)."""
+    import subprocess
+    import sys
+
+    from tests.trainer_fixtures import REPO
+
+    code = prelude + "\nimport sys\nfrom ftctl.trainer.__main__ import main\nsys.exit(main(sys.argv[1:]))\n"
+    cmd = [sys.executable, "-c", code, "--spec", str(spec_path)]
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def tiny_spec(tiny_model_dir, tiny_data, tmp_path):
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out")
+    return write_spec(spec, plan, tmp_path / "spec.json")
+
+
+def test_trainer_records_a_crash_as_its_last_line_without_traceback(tiny_spec, tmp_path):
+    proc = _trainer_main(CRASH, tiny_spec, subprocess_env(FTCTL_FAILURE_DIR=tmp_path / "f"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "error" not in proc.stderr, proc.stderr
+    alone = _trainer_main(CRASH, tiny_spec, subprocess_env())  # no launcher to report it: the rank says it
+    assert alone.stderr.strip().splitlines()[-1] == "error: RuntimeError: boom in the trainer"
+    assert alone.stderr.count("error: ") == 1 and "Traceback" not in alone.stderr
+    [record] = failures.read(tmp_path / "f")
+    assert (record["rank"], record["kind"], record["message"]) == (0, "error", "RuntimeError: boom in the trainer")
+
+
+def test_other_ranks_leave_the_message_to_the_launcher(tiny_spec, tmp_path):
+    proc = _trainer_main(CRASH, tiny_spec, subprocess_env(FTCTL_FAILURE_DIR=tmp_path / "f", RANK=4))
+    assert proc.returncode == 1 and "error" not in proc.stderr.lower(), proc.stderr
+    assert [(r["rank"], r["kind"]) for r in failures.read(tmp_path / "f")] == [(4, "error")]
+    # without a failure dir nobody else reports it: the rank prints its own line
+    proc = _trainer_main(CRASH, tiny_spec, subprocess_env(RANK=4))
+    assert proc.stderr.strip().splitlines()[-1] == "error: RuntimeError: boom in the trainer"
+
+
+def test_trainer_shows_the_traceback_with_ftctl_debug(tiny_spec, tmp_path):
+    proc = _trainer_main(CRASH, tiny_spec, subprocess_env(FTCTL_FAILURE_DIR=tmp_path / "f", FTCTL_DEBUG=1))
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "RuntimeError: boom in the trainer" in proc.stderr
+    assert failures.read(tmp_path / "f")[0]["kind"] == "error"
+
+
+def test_trainer_records_an_interruption_as_resumable(tiny_spec, tmp_path):
+    proc = _trainer_main(SIGTERM_WHILE_TRAINING, tiny_spec, subprocess_env(FTCTL_FAILURE_DIR=tmp_path / "f"))
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in proc.stderr, proc.stderr
+    [record] = failures.read(tmp_path / "f")
+    assert record["kind"] == "interrupted" and "SIGTERM" in record["message"]
+    assert failures.summarize([record])[1] is True
+
+
+@pytest.mark.slow
+def test_two_ranks_with_bad_data_leave_one_record_each_and_one_message(tiny_model_dir, tmp_path):
+    """torchrun, 2 CPU processes, a dataset with an unknown role: both ranks fail in setup."""
+    data = tmp_path / "bad.json"
+    data.write_text(json.dumps([{"id": "x", "conversations": [{"from": "alien", "value": "hi"}]}]))
+    spec, plan = make_run(tiny_model_dir, data, tmp_path / "out", "lora", gpus="2xcpu")
+    env = subprocess_env(FTCTL_FAILURE_DIR=tmp_path / "failures")
+    proc = run_trainer_cli(write_spec(spec, plan, tmp_path / "spec.json"), nproc=2, env=env)
+    assert proc.returncode != 0
+    records = failures.read(tmp_path / "failures")
+    assert [r["rank"] for r in records] == [0, 1], records
+    # a rank may be stopped by torchrun (interrupted) before it reaches the data; one of them found it
+    assert any(r["kind"] == "config" and "unknown role 'alien'" in r["message"] for r in records), records
+    line, resumable = failures.summarize(records)
+    assert resumable is False
+    assert re.match(r"rank [01] on \S+: 1 problem\(s\) in the training data .*bad\.json", line), line
+    assert "unknown role 'alien'" in line
+    # the ranks themselves: at most rank 0's one line, no trainer traceback, none of the harmless chatter
+    ours = proc.stdout + proc.stderr
+    assert ours.count("problem(s) in the training data") <= 1, ours
+    assert "ftctl/trainer" not in ours, ours
+    for noise in HARMLESS:
+        assert noise not in ours, (noise, ours)

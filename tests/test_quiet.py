@@ -1,0 +1,85 @@
+"""Quiet by default: known-harmless third-party messages lowered to debug; -v / FTCTL_VERBOSE shows them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.trainer_fixtures import REPO, subprocess_env
+
+EMIT = """
+import logging, sys, warnings
+from ftctl import quiet
+quiet.install()
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'")
+bnb.warning("another bitsandbytes warning")
+bnb.error("Failed to load CPU gemm_4bit_forward: and this time it is an error")
+warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+warnings.warn("some other deprecation", FutureWarning)
+import os
+print("TQDM_DISABLE=" + os.environ.get("TQDM_DISABLE", "unset"))
+"""
+
+
+def _emit(**env):
+    env = subprocess_env(**env)
+    env.pop("PYTHONWARNINGS", None)
+    return subprocess.run([sys.executable, "-c", EMIT], env=env, cwd=REPO, capture_output=True, text=True)
+
+
+def test_known_messages_are_lowered_and_the_rest_still_prints(monkeypatch):
+    monkeypatch.delenv("FTCTL_VERBOSE", raising=False)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    proc = _emit()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "No module named 'kernels'" not in out  # the harmless warning
+    assert "another bitsandbytes warning" in out  # an unknown message from the same logger
+    assert "ERROR bitsandbytes.backends.cpu.ops: Failed to load CPU gemm_4bit_forward: and this time" in out
+    assert "is_gradient_checkpointing" not in out and "some other deprecation" in out
+    assert "TQDM_DISABLE=1" in out
+
+
+def test_verbose_shows_everything_and_user_settings_win():
+    proc = _emit(FTCTL_VERBOSE=1)
+    out = proc.stdout + proc.stderr
+    assert "No module named 'kernels'" in out and "is_gradient_checkpointing" in out
+    assert "TQDM_DISABLE=unset" in out
+    assert "TQDM_DISABLE=0" in _emit(TQDM_DISABLE=0).stdout
+
+
+def test_debug_logging_still_shows_the_lowered_message():
+    code = EMIT.replace("level=logging.INFO", "level=logging.DEBUG")
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=REPO, capture_output=True, text=True)
+    assert "DEBUG bitsandbytes.backends.cpu.ops: Failed to load CPU gemm_4bit_forward from kernels" in proc.stdout
+
+
+def test_cli_verbose_flag_is_passed_to_the_processes_it_starts(monkeypatch):
+    monkeypatch.delenv("FTCTL_VERBOSE", raising=False)
+    code = (
+        "import os\nfrom ftctl.cli import main\n"
+        "main(['-v', 'doctor', '--help'], standalone_mode=False)\n"
+        "print('FTCTL_VERBOSE=' + os.environ.get('FTCTL_VERBOSE', 'unset'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=REPO, capture_output=True, text=True)
+    assert "FTCTL_VERBOSE=1" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_quiet_imports_nothing_heavy():
+    code = "import sys\nimport ftctl.quiet, ftctl.failures\nprint(sorted(m for m in ('torch', 'transformers', 'click') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=REPO, capture_output=True, text=True)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_real_libraries_are_quiet_in_the_trainer_process():
+    """bitsandbytes (and DeepSpeed on a machine without GPUs) log at import time: quiet.install first."""
+    code = (
+        "from ftctl import quiet\nquiet.install()\nimport logging\nlogging.basicConfig(level=logging.INFO)\n"
+        "import bitsandbytes, deepspeed\nprint('imported')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=REPO, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert "imported" in proc.stdout, out
+    assert "gemm_4bit_forward" not in out and "Setting accelerator to CPU" not in out, out
