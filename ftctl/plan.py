@@ -12,13 +12,11 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
     sharding     ddp/single: all of it on every GPU; zero2: grads + optimizer / world;
                  zero3 and fsdp: weights + grads + optimizer / world; zero3_offload: optimizer and weights
                  live in CPU RAM (needs 16 B/param / nodes of host memory), ~2 layers of weights on the GPU
-    activations  per micro-batch sequence of S tokens, hidden H, MLP width I, L layers (after Korthikanti
-                 et al. 2022, with flash/memory-efficient attention so no S^2 term, and a gated MLP):
-                 A = 2*(8H + 4I) bytes per token and layer, plus 2*(6H + I) for LoRA/QLoRA (each adapted
-                 projection keeps its dropout input); A*S*L without gradient checkpointing, 2*S*H*L (the
-                 saved layer inputs) + A*S (one layer recomputed) with it. Seen on an H100 (bench/results):
-                 this over-estimates full fine-tuning of a 1B model by ~25% and LoRA on an 8B by less
-    logits       the head's output and its gradient in fp32: 2 * 4 * S * V bytes per sequence
+    activations  per micro-batch sequence of S tokens, hidden H, MLP width I, L layers: A bytes per token
+                 and layer counted tensor by tensor in activation_bytes() (varlen attention, Liger kernels,
+                 fp32 residual stream for fft/sft/qlora, LoRA's dropout outputs); A*S*(L+1) without
+                 gradient checkpointing (+1: gradients in flight), the saved layer inputs + 2 layers with it
+    logits       TRL's fused LM head (fused_head_bytes): tiles, not the (tokens x vocab) logits
     overhead     1.5 GB: CUDA context, allocator fragmentation, NCCL buffers
 
 A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
@@ -226,6 +224,7 @@ def memory_terms(
     ckpt: bool,
     trainable_b: float,
     fp32: bool = False,
+    precision: str = "bf16",
 ) -> dict:
     n = shape.params_b  # billions -> GB per byte/param
     wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
@@ -244,14 +243,14 @@ def memory_terms(
         # two layers' weights in flight on the GPU; gradients and optimizer states go to CPU RAM
         weights, grads, optimizer = 2 * 2 * n / shape.layers, 2 * 2 * n / shape.layers, 0.0
     h, i = shape.hidden, shape.mlp
-    per_token_layer = 2 * (8 * h + 4 * i)  # attention block + gated MLP, 16-bit
-    if method in ("lora", "qlora"):
-        per_token_layer += 2 * (6 * h + i)  # each adapted projection keeps its (dropout) input
-    act_per_seq = (2 * seq * h * shape.layers + per_token_layer * seq) if ckpt else per_token_layer * seq * shape.layers
-    if method == "qlora":
-        act_per_seq *= 1.25  # 4-bit layers dequantise into 16-bit temporaries (measured: bench/results)
+    # qlora under fp16 takes PEFT's fp32 upcast of every non-4-bit weight: an fp32 residual stream
+    fp32_residual = method == "qlora" and precision == "fp16"
+    per_token_layer = activation_bytes(h, i, fp32_residual, adapters=method in ("lora", "qlora"))
+    saved_inputs = (4 if fp32_residual else 2) * h  # what a checkpointed layer keeps
+    layers = shape.layers + 1  # + one layer's worth of gradients in flight during the backward
+    act_per_seq = (saved_inputs * shape.layers + per_token_layer * 2) * seq if ckpt else per_token_layer * seq * layers
     activations = micro * act_per_seq * wb / 2 / 1e9
-    logits = micro * 2 * 4 * seq * shape.vocab / 1e9
+    logits = fused_head_bytes(micro * seq, h, shape.vocab) * wb / 2 / 1e9
     return {
         "weights": weights,
         "grads": grads,
@@ -260,6 +259,35 @@ def memory_terms(
         "logits": logits,
         "overhead": OVERHEAD_GB,
     }
+
+
+def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool) -> int:
+    """Bytes a decoder layer keeps for the backward, per token: Llama-like layer (gated MLP, GQA with
+    a quarter of the heads for K/V), exact varlen attention (no S^2 term), Liger's RMSNorm/SwiGLU
+    kernels. Counted per saved tensor, then held to the peaks measured on an H200 (bench/NOTES.md):
+
+        norms         their inputs: 2 x 2H
+        projections   inputs of q,k,v and of gate,up in 16 bits: 2H + 2H
+        attention     q, k, v, output: 2H + 2 x 2H/4 + 2H = 5H
+        MLP           gate, up and their SwiGLU product (down's input): 3 x 2I
+        LoRA          each adapted projection's dropout output, 2 x (6H + I) counted; 1.5 x (6H + I) measured
+        fp32 residual (qlora under fp16: PEFT's upcast) norms' inputs in fp32 and one 16-bit copy of the
+                      input per projection: + 10H
+
+    13H + 6I matches full fine-tuning of the 1B shape (fp32 masters under bf16 autocast) within 1%;
+    with LoRA the 1B and 8B shapes within 3%."""
+    per_token = 13 * h + 6 * i + (10 * h if fp32_residual else 0)
+    if adapters:
+        per_token += 3 * (6 * h + i) // 2
+    return per_token
+
+
+def fused_head_bytes(tokens: int, h: int, vocab: int) -> int:
+    """TRL's fused LM head (SFTTrainer): log-probs computed in tiles of at most 4,096 tokens x 32,768
+    vocabulary entries, so the (tokens x vocab) logits never exist; plus the fp32 gradient of the hidden
+    states and the 16-bit copy of the scored positions. (A trained head's fp32 weight gradient is the
+    grads term's.)"""
+    return 4 * min(tokens, 4096) * min(vocab, 32768) + 6 * tokens * h
 
 
 def _strategies(method: str, world: int, nodes: int, forced: str | None) -> list[str]:
@@ -313,10 +341,15 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     ckpt_choices = [spec.gradient_checkpointing] if spec.gradient_checkpointing is not None else [False, True]
     host_gb = spec.host_memory_gb or (2 * req.per_node * req.tier.memory_gb if req.tier else None)
     best = None
-    for strategy in _strategies(method, world, req.nodes, spec.strategy):
+    strategies = _strategies(method, world, req.nodes, spec.strategy)
+    if req.is_cpu:  # offloading to CPU RAM from the CPU gains nothing
+        strategies = [s for s in strategies if s != "zero3_offload"] or strategies
+    for strategy in strategies:
         for ckpt in ckpt_choices:
             for micro in micro_choices:
-                terms = memory_terms(method, strategy, shape, world, micro, seq, ckpt, trainable, req.is_cpu)
+                terms = memory_terms(
+                    method, strategy, shape, world, micro, seq, ckpt, trainable, req.is_cpu, precision=precision
+                )
                 total = sum(terms.values())
                 host_need = 16 * shape.params_b / req.nodes if strategy == "zero3_offload" else None
                 if capacity is not None and total > capacity:

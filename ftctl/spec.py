@@ -99,6 +99,8 @@ class RunSpec:
     s3_endpoint_url: str | None = None  # MinIO, R2, other S3-compatible stores
     rdzv_port: int = 29500
     upload_wait_s: int = 600  # how long the end of a run waits for the last checkpoint's upload
+    preflight_network: bool = False  # the job first all-reduces across its processes (ftctl.trainer.netcheck)
+    preflight_min_busbw_gbps: float | None = None  # and stops below this bus bandwidth (GB/s); default: launch.py
     # slurm
     partition: str | None = None
     account: str | None = None
@@ -110,10 +112,14 @@ class RunSpec:
     max_requeues: int = 5
     socket_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
     # sky
-    spot: bool = False
+    spot: bool = False  # a managed job (sky.jobs.launch) whose job_recovery restarts it after preemption
+    infra: str | None = None  # SkyPilot's infra string, passed through: aws, gcp/us-central1, k8s, slurm/NAME
     cloud: str | None = None
     region: str | None = None
     disk_size: int = 256
+    cluster: str | None = None  # SkyPilot cluster to launch or reuse (sky.exec when it is up); default run name
+    down: bool = False  # tear the cluster down when the job ends
+    idle_minutes: int = 30  # idle autostop of a launched cluster (ignored with down)
 
     # -------------------------------------------------------------------------------------------
     @property
@@ -162,6 +168,8 @@ _PLACEMENT_KEYS = {
     "s3_endpoint_url",
     "rdzv_port",
     "upload_wait_s",
+    "preflight_network",
+    "preflight_min_busbw_gbps",
     "partition",
     "account",
     "qos",
@@ -172,9 +180,13 @@ _PLACEMENT_KEYS = {
     "max_requeues",
     "socket_ifname",
     "spot",
+    "infra",
     "cloud",
     "region",
     "disk_size",
+    "cluster",
+    "down",
+    "idle_minutes",
 }
 TRAINING_KEYS = [n for n in FIELDS if n not in _PLACEMENT_KEYS]
 
@@ -335,6 +347,7 @@ def validate(spec: RunSpec) -> None:
         "save_total_limit",
         "disk_size",
         "rdzv_port",
+        "idle_minutes",
     ):
         if getattr(spec, key) < 1:
             errors.append(f"{key} must be at least 1, not {getattr(spec, key)}.")
@@ -346,6 +359,8 @@ def validate(spec: RunSpec) -> None:
         errors.append(f"learning_rate={spec.learning_rate} is outside (0, 1); typical: 2e-5 (fft) to 2e-4 (lora).")
     if not 0 <= spec.lora_dropout < 1:
         errors.append(f"lora_dropout must be in [0, 1), not {spec.lora_dropout}.")
+    if spec.preflight_min_busbw_gbps is not None and spec.preflight_min_busbw_gbps < 0:
+        errors.append(f"preflight_min_busbw_gbps must be 0 or more GB/s, not {spec.preflight_min_busbw_gbps}.")
     if not 0 <= spec.warmup_ratio < 1:
         errors.append(f"warmup_ratio must be in [0, 1), not {spec.warmup_ratio}.")
     if spec.max_steps == 0 or spec.max_steps < -1:

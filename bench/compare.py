@@ -1,0 +1,592 @@
+"""ftctl's trainer against the tuned TRL peer, side by side on one GPU (device machine only, never CI).
+
+One call runs, for each row, in its own process (so no row's memory leaks into another's peak):
+  1. ftctl: RunSpec -> make_plan(1xH200) -> ftctl.trainer.run.setup/fit, nothing hand-tuned
+     (the plan's attention, packing, micro-batch; global batch 8 rows of 2,048 tokens);
+  2. the unpacked reference (1B rows): the same run with the same samples in each step, unpacked and
+     padded with SDPA (same seed, same schedule), stopped after 20 steps: its losses must match
+     ftctl's first 20 within 1% relative;
+  3. the peer exactly as issue 11 describes it: TRL SFTTrainer, padded batches, group_by_length,
+     use_liger_kernel, adamw_torch_fused, no gradient checkpointing, micro-batch 8 (1B) / 2 (8B lora)
+     / 4 (8B qlora), pure bf16 weights, LoRA r16/alpha32/dropout .05 all-linear, QLoRA nf4 + double
+     quant with bf16 compute, loss on every token, 5 warm-up then 30 timed steps.
+Data: 1,200 sequences of random token ids, lengths uniform in [256, 2048] (seed 0), the same for both.
+Models: random-initialised from configs on the GPU in bf16, saved once to /dev/shm (RAM; falls back
+to /tmp) and loaded from there by every process: no 16 GB checkpoint on the 64 GB disk.
+
+    python3 bench/compare.py --out-dir $OUT [--rows fft1b,lora1b,qlora1b,lora8b,qlora8b] [--steps 35]
+
+Writes <out-dir>/<date>-h200-compare.json and .md after every row (a timeout keeps the rows done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SHAPES = {
+    "8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+    ),
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
+}
+ROWS = {
+    "fft1b": ("fft", "1b", 8),
+    "lora1b": ("lora", "1b", 8),
+    "qlora1b": ("qlora", "1b", 8),
+    "lora8b": ("lora", "8b", 2),
+    "qlora8b": ("qlora", "8b", 4),
+}  # row: (method, shape, the peer's micro-batch)
+# BENCH_CPU=1: the same script on CPU with tiny shapes, to debug it before spending device time
+CPU = os.environ.get("BENCH_CPU") == "1"
+if CPU:
+    SHAPES = {
+        k: dict(
+            v,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=512,
+        )
+        for k, v in SHAPES.items()
+    }
+PEAK_TFLOPS = 989.0
+ROWS_NAME = {
+    k: {"1b": "Llama-3.2-1B", "8b": "Llama-3.1-8B"}[v[1]] for k, v in ROWS.items()
+}  # H100/H200 dense bf16, the issue's denominator
+WARM = 5
+SEQS, MIN_LEN, MAX_LEN = 1200, 256, 2048
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def model_dir(shape: str, root: Path) -> Path:
+    """A bf16 checkpoint of a random-initialised Llama of this shape (built on the GPU once)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.tiny_fixtures import make_tiny_tokenizer
+
+    path = root / f"llama-{shape}"
+    if (path / "config.json").exists():
+        return path
+    t = time.time()
+    cfg = LlamaConfig(**SHAPES[shape], bos_token_id=None, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device("cpu" if CPU else "cuda"):
+        torch.set_default_dtype(torch.bfloat16)
+        model = LlamaForCausalLM(cfg)
+        torch.set_default_dtype(torch.float32)
+    tmp = path.with_name(path.name + ".tmp")
+    model.save_pretrained(tmp)
+    make_tiny_tokenizer().save_pretrained(tmp)
+    os.replace(tmp, path)
+    del model
+    torch.cuda.empty_cache()
+    print(f"built {path} in {time.time() - t:.0f} s", flush=True)
+    return path
+
+
+def dataset():
+    """1,200 sequences of random token ids, lengths uniform in [256, 2048]; loss on every token."""
+    import datasets
+
+    rng = random.Random(0)
+    ids = []
+    for _ in range(SEQS):
+        n = rng.randint(MIN_LEN, MAX_LEN) // (8 if CPU else 1)
+        ids.append([rng.randrange(1, SHAPES["1b"]["vocab_size"]) for _ in range(n)])
+    if CPU:
+        ids = ids[:200]
+    return datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
+
+
+# ------------------------------------------------------------------------------------------ timing
+class Counting:
+    """Wraps a collator: tokens of every batch, real (labels/positions) and padded (the tensor)."""
+
+    def __init__(self, collate):
+        self.collate = collate
+        self.real, self.padded = [], []
+
+    def __call__(self, rows):
+        batch = self.collate(rows)
+        self.padded.append(batch["input_ids"].numel())
+        mask = batch.get("attention_mask")
+        self.real.append(int(mask.sum()) if mask is not None else batch["input_ids"].numel())
+        return batch
+
+
+def clock_callback(stop_at: int | None = None):
+    import torch
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.t = []
+            self.losses = []
+
+        def on_step_end(self, args, state, control, **kw):
+            if not CPU:
+                torch.cuda.synchronize()
+            self.t.append(time.perf_counter())
+            if stop_at and state.global_step >= stop_at:
+                control.should_training_stop = True
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.losses.append(logs["loss"])
+
+    return Clock()
+
+
+def timing(clock, counter, accum: int) -> dict:
+    """tokens/s over the steps after the warm-up (batches of those steps), step-time spread."""
+    steps = len(clock.t)
+    dts = [b - a for a, b in zip(clock.t[WARM - 1 : -1], clock.t[WARM:])]
+    span = clock.t[-1] - clock.t[WARM - 1]
+    real = sum(counter.real[WARM * accum : steps * accum])
+    padded = sum(counter.padded[WARM * accum : steps * accum])
+    return {
+        "timed_steps": steps - WARM,
+        "tokens_per_s": round(real / span, 1),
+        "padded_tokens_per_s": round(padded / span, 1),
+        "tokens_per_step": round(real / max(steps - WARM, 1)),
+        "step_s_median": round(statistics.median(dts), 4),
+        "step_s_min": round(min(dts), 4),
+        "step_s_max": round(max(dts), 4),
+    }
+
+
+def memory(torch) -> dict:
+    if CPU:
+        return {"peak_gib": 1.0, "peak_reserved_gib": 1.0}
+    return {
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
+    }
+
+
+def free(torch):
+    gc.collect()
+    if not CPU:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+# ------------------------------------------------------------------------------------------ ftctl
+def ftctl_spec(method: str, path: Path, work: Path, steps: int, tag: str):
+    from ftctl.spec import build
+
+    return build(
+        flags=dict(
+            method=method,
+            model_name_or_path=str(path),
+            data_path=str(work / "unused.json"),
+            output_dir=str(work / tag),
+            gpus="cpu" if CPU else "1xH200",
+            backend="local",
+        ),
+        overrides=[
+            f"max_steps={steps}",
+            "global_batch_size=8",
+            "model_max_length=2048",
+            "save_steps=100000",
+            "logging_steps=1",
+            "resume=never",
+            *(["packing=true"] if CPU else []),  # the CPU plan's sdpa does not pack by default
+        ],
+    )
+
+
+def run_ftctl(
+    method: str, path: Path, work: Path, steps: int, data, reference: bool = False, micro: int | None = None
+) -> dict:
+    """ftctl's trainer as its plan says; ``reference``: same samples per step, unpacked, SDPA;
+    ``micro``: a probe of another micro-batch (no checkpointing) for the largest that fits."""
+    import torch
+
+    import ftctl.trainer.data as data_mod
+    from ftctl.plan import make_plan
+    from ftctl.trainer.run import fit, setup
+
+    spec = ftctl_spec(method, path, work, steps, "ref" if reference else f"ftctl{micro or ''}")
+    plan = make_plan(spec)
+    if reference:
+        plan = replace(plan, attn_implementation="sdpa")  # packing stays on: same samples in each step
+    if micro:
+        plan = replace(
+            plan,
+            per_device_train_batch_size=micro,
+            gradient_accumulation_steps=8 // micro,
+            gradient_checkpointing=False,
+        )
+    data_mod.build_dataset = lambda *a, **k: data  # the random-id dataset instead of a chat file
+    clock = clock_callback(stop_at=20 if reference else None)
+    free(torch)
+    run = setup(spec, plan, callbacks=[clock], echo=lambda line: print(line, flush=True))
+    collate = run.trainer.data_collator
+    if reference:
+        pad = run.trainer.processing_class.pad_token_id
+        collate = lambda rows, c=collate: data_mod.unpack_batch(c(rows), pad)  # noqa: E731
+    counter = run.trainer.data_collator = Counting(collate)
+    fit(run)
+    run.preemption.uninstall()
+    out = {
+        "plan": {
+            k: getattr(plan, k)
+            for k in (
+                "attn_implementation",
+                "packing",
+                "per_device_train_batch_size",
+                "gradient_accumulation_steps",
+                "gradient_checkpointing",
+                "optim",
+                "weights_dtype",
+                "memory_gb",
+                "memory",
+            )
+        },
+        "kernels": run.kernels.record(),
+        "losses": clock.losses[:20],
+        "params_b": plan.model.params_b,
+        **memory(torch),
+    }
+    if not reference:
+        out.update(timing(clock, counter, plan.gradient_accumulation_steps))
+    run.trainer = counter = None
+    del run
+    free(torch)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ peer
+def run_peer(method: str, path: Path, micro: int, steps: int, data) -> dict:
+    """Issue 11's tuned TRL recipe, unchanged."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    kwargs = {"dtype": torch.float32 if CPU else torch.bfloat16, "device_map": {"": "cpu" if CPU else 0}}
+    if method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32 if CPU else torch.bfloat16,
+        )
+    free(torch)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    peft = (
+        LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+        if method != "fft"
+        else None
+    )
+    args = SFTConfig(
+        output_dir="/tmp/peer",
+        max_steps=steps,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=1,
+        max_length=2048,
+        train_sampling_strategy="group_by_length",
+        gradient_checkpointing=False,
+        use_liger_kernel=not CPU,
+        optim="adamw_torch" if CPU else "adamw_torch_fused",
+        bf16=not CPU,
+        use_cpu=CPU,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        packing=False,
+        padding_free=False,
+        include_num_input_tokens_seen="non_padding",
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    clock = clock_callback()
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft, callbacks=[clock]
+    )
+    counter = trainer.data_collator = Counting(trainer.data_collator)
+    trainer.train()
+    out = {"micro_batch": micro, "losses": clock.losses[:20], **timing(clock, counter, 1), **memory(torch)}
+    trainer = model = counter = None
+    free(torch)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ one row
+def one_row(row: str, a) -> dict:
+    import torch
+
+    method, shape, peer_micro = ROWS[row]
+    work = Path(a.work)
+    path = model_dir(shape, Path(a.models))
+    data = dataset()
+    result = {"row": row, "method": method, "shape": shape}
+    phases = a.phases.split(",")
+    for phase, fn in (
+        ("ftctl", lambda: run_ftctl(method, path, work, a.steps, data)),
+        ("peer", lambda: run_peer(method, path, peer_micro, a.peer_steps, data)),
+        ("reference", lambda: run_ftctl(method, path, work, a.steps, data, reference=True)),
+        ("probe", lambda: run_ftctl(method, path, work, WARM + 2, data, micro=a.probe_micro)),
+    ):
+        if phase not in phases or (
+            (phase == "reference" and shape not in a.check_shapes.split(","))
+            or (phase == "probe" and shape not in a.probe_shapes.split(","))
+        ):
+            continue
+        t = time.time()
+        try:
+            result[phase] = fn()
+        except Exception as e:  # one failing phase must not lose the others
+            import traceback
+
+            traceback.print_exc()
+            result[phase] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
+            free(torch)
+        result[phase]["wall_s"] = round(time.time() - t, 1)
+        if phase == "probe":
+            result[phase]["micro"] = a.probe_micro
+        shown = {k: v for k, v in result[phase].items() if k not in ("losses", "plan")}
+        print(f"{row} {phase}: {json.dumps(shown)}", flush=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ report
+def plan_now(method: str, shape: str, ran: dict) -> float:
+    """The current planner's estimate (GiB) for the row as it ran (same micro-batch and checkpointing)."""
+    import tempfile
+
+    from ftctl.plan import ModelShape, _shape_from_config, _trainable_b, memory_terms
+    from ftctl.spec import build
+
+    cfg = dict(SHAPES[shape], model_type="llama")
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "config.json").write_text(json.dumps(cfg))
+        spec = build(dict(method=method, model_name_or_path=d, gpus="1xH200", global_batch_size=8))
+        model: ModelShape = _shape_from_config(cfg, d)
+        terms = memory_terms(
+            method,
+            "single",
+            model,
+            1,
+            ran["per_device_train_batch_size"],
+            2048,
+            ran["gradient_checkpointing"],
+            _trainable_b(method, model, spec),
+        )
+    return round(sum(terms.values()) * 1e9 / 2**30, 2)
+
+
+def summarise(r: dict, card: str) -> dict:
+    f, p, ref = r.get("ftctl", {}), r.get("peer", {}), r.get("reference", {})
+    flops = 6 if r["method"] == "fft" else 4
+    out = {
+        "card": card,
+        "shape": {"1b": "Llama-3.2-1B", "8b": "Llama-3.1-8B"}[r["shape"]],
+        "method": r["method"],
+        "peer_tokens_per_s": p.get("tokens_per_s"),
+        "ftctl_tokens_per_s": f.get("tokens_per_s"),
+        "ratio": round(f["tokens_per_s"] / p["tokens_per_s"], 2)
+        if f.get("tokens_per_s") and p.get("tokens_per_s")
+        else None,
+        "ftctl_peak_gib": f.get("peak_gib"),
+        "plan_peak_gib": plan_now(r["method"], r["shape"], f["plan"]) if "plan" in f else None,
+        "plan_peak_gib_at_run": round(f["plan"]["memory_gb"] * 1e9 / 2**30, 2) if "plan" in f else None,
+        "mfu": round(flops * f["params_b"] * 1e9 * f["tokens_per_s"] / (PEAK_TFLOPS * 1e12), 4)
+        if f.get("tokens_per_s")
+        else None,
+        "peer_mfu": round(flops * f["params_b"] * 1e9 * p["tokens_per_s"] / (PEAK_TFLOPS * 1e12), 4)
+        if p.get("tokens_per_s") and "params_b" in f
+        else None,
+    }
+    if out["ftctl_peak_gib"] and out["plan_peak_gib"]:
+        out["plan_error"] = round(out["plan_peak_gib"] / out["ftctl_peak_gib"] - 1, 3)
+    if f.get("losses") and ref.get("losses"):
+        n = min(len(f["losses"]), len(ref["losses"]), 20)
+        worst = max(abs(a - b) / abs(b) for a, b in zip(f["losses"][:n], ref["losses"][:n]))
+        out["loss_check"] = {"steps": n, "max_rel_diff": round(worst, 5), "ok": n == 20 and worst <= 0.01}
+    out["detail"] = r
+    return out
+
+
+def write_report(rows: list[dict], meta: dict, out_dir: Path, stem: str) -> None:
+    (out_dir / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+    def n(v, fmt="{:,.0f}"):
+        return "—" if v is None else fmt.format(v)
+
+    lines = [
+        f"# ftctl vs the tuned TRL peer — {meta['card']}, {meta['date']}",
+        "",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.",
+        "Peer and ftctl of a row ran one after the other in one process of one device call, unless the notes say",
+        "otherwise. Real (non-pad) tokens/s over the steps after 5 warm-up steps.",
+        "",
+        "| shape / method | peer tok/s (padded) | ftctl tok/s | ratio | MFU ftctl (peer) | ftctl plan | attention | "
+        "peak GiB ftctl (reserved) | plan GiB | plan err | ftctl step s med [min-max] | loss check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in rows:
+        f, p = s["detail"].get("ftctl", {}), s["detail"].get("peer", {})
+        plan = f.get("plan", {})
+        lc = s.get("loss_check")
+        lines.append(
+            f"| {s['shape']} {s['method']} | {n(s['peer_tokens_per_s'])} ({n(p.get('padded_tokens_per_s'))}) "
+            f"| {n(s['ftctl_tokens_per_s'])} | {n(s['ratio'], '{:.2f}x')} "
+            f"| {n(s['mfu'], '{:.1%}')} ({n(s['peer_mfu'], '{:.1%}')}) "
+            f"| {plan.get('per_device_train_batch_size', '?')}x2048 x {plan.get('gradient_accumulation_steps', '?')} "
+            f"| {f.get('kernels', {}).get('attn_implementation', f.get('error', '?'))}"
+            f"{' + liger' if f.get('kernels', {}).get('liger') else ''} "
+            f"| {n(s['ftctl_peak_gib'], '{:.1f}')} ({n(f.get('peak_reserved_gib'), '{:.1f}')}) "
+            f"| {n(s['plan_peak_gib'], '{:.1f}')} | {n(s.get('plan_error'), '{:+.1%}')} "
+            f"| {n(f.get('step_s_median'), '{:.3f}')} [{n(f.get('step_s_min'), '{:.3f}')}-"
+            f"{n(f.get('step_s_max'), '{:.3f}')}] "
+            f"| {('ok' if lc['ok'] else 'FAIL') + ' ' + format(lc['max_rel_diff'], '.2%') if lc else '—'} |"
+        )
+    probes = [
+        f"- {s['shape']} {s['method']}: micro-batch {s['detail']['probe'].get('micro', '?')}"
+        f" x 2048 without checkpointing: "
+        + (
+            f"peak {s['detail']['probe']['peak_gib']} GiB, {n(s['detail']['probe'].get('tokens_per_s'))} tok/s"
+            if "peak_gib" in s["detail"]["probe"]
+            else s["detail"]["probe"].get("error", "?")
+        )
+        for s in rows
+        if "probe" in s["detail"]
+    ]
+    if probes:
+        lines += ["", "Largest micro-batch probes (what else would fit):", *probes]
+    errors = [
+        f"- {s['shape']} {s['method']} {k}: {s['detail'][k]['error']}"
+        for s in rows
+        for k in ("ftctl", "reference", "peer")
+        if "error" in s["detail"].get(k, {})
+    ]
+    if errors:
+        lines += ["", "Errors:", *errors]
+    if meta.get("notes"):
+        lines += ["", "Notes:", *[f"- {note}" for note in meta["notes"]]]
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
+def merge(paths: list[str], out_dir: Path) -> None:
+    """One report from several calls' JSONs (a later call's row replaces the same row of an earlier
+    one), every row's plan estimate recomputed with the planner as it is now (``plan_peak_gib``; the
+    estimate the run was planned with stays in ``plan_peak_gib_at_run``)."""
+    rows, meta = {}, None
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        meta = meta or data["meta"]
+        for r in data["rows"]:
+            rows[(r["shape"], r["method"])] = summarise(r["detail"], r["card"])
+    order = [(s, m) for s, m in ((ROWS_NAME[k], ROWS[k][0]) for k in ROWS) if (s, m) in rows]
+    write_report([rows[k] for k in order], meta, out_dir, Path(paths[0]).stem)
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "liger-kernel", "flash-attn"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--rows", default="fft1b,lora8b,qlora8b,lora1b,qlora1b")
+    ap.add_argument("--steps", type=int, default=25, help="ftctl steps (5 warm-up); >= 20 for the loss check")
+    ap.add_argument("--peer-steps", type=int, default=35, help="peer steps: 5 warm-up + 30 timed")
+    ap.add_argument("--phases", default="ftctl,peer,reference,probe")
+    ap.add_argument("--check-shapes", default="1b", help="shapes whose losses are checked / micro-batch probed")
+    ap.add_argument("--probe-micro", type=int, default=8, help="phase probe: this micro-batch, no checkpointing")
+    ap.add_argument("--probe-shapes", default="8b", help="shapes whose phase probe runs")
+    ap.add_argument("--work", default="/tmp/ftctl-compare")
+    ap.add_argument("--models", default="")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--merge", nargs="+", help="result JSONs of earlier calls: later rows replace earlier ones")
+    a = ap.parse_args()
+    if a.merge:
+        return merge(a.merge, Path(a.out_dir))
+    if not a.models:
+        shm = Path("/dev/shm")
+        a.models = str(
+            shm / "ftctl-models" if shm.is_dir() and shutil.disk_usage(shm).free > 20e9 else "/tmp/ftctl-models"
+        )
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    Path(a.models).mkdir(parents=True, exist_ok=True)
+    out_dir = Path(a.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if a.one:
+        result = one_row(a.one, a)
+        (Path(a.work) / f"{a.one}.json").write_text(json.dumps(result))
+        return
+    import torch
+
+    card = "cpu (BENCH_CPU=1 dry run)" if CPU else torch.cuda.get_device_name(0)
+    date = datetime.date.today().isoformat()
+    stem = f"{date}-{'cpu-dryrun' if CPU else 'h200'}-compare"
+    meta = {"card": card, "date": date, "versions": versions(), "models_in": a.models}
+    rows = []
+    for row in a.rows.split(","):
+        one = Path(a.work) / f"{row}.json"
+        one.unlink(missing_ok=True)
+        argv = [sys.executable, __file__, "--one", row, *sys.argv[1:]]
+        subprocess.run(argv, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0", "PYTHONUNBUFFERED": "1"})
+        r = (
+            json.loads(one.read_text())
+            if one.exists()
+            else {
+                "row": row,
+                "method": ROWS[row][0],
+                "shape": ROWS[row][1],
+                "ftctl": {"error": "the row's process crashed"},
+            }
+        )
+        rows.append(summarise(r, card))
+        write_report(rows, meta, out_dir, stem)
+    print((out_dir / f"{stem}.md").read_text(), flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,243 @@
+"""Which attention kernel and fused layer kernels a run uses: chosen here, and only here.
+
+The planner (no torch on the launcher) can only know whether the GPU tier runs FlashAttention
+kernels; the trainer knows what is installed. Both ask this module:
+
+    plan_attention(requested, gpu_flash)  -> "varlen" | "sdpa" | what the user asked   (plan time)
+    resolve(planned, model_type, on_cpu)  -> Kernels(attn_implementation, attention, liger)   (run time)
+
+``varlen`` in a plan means exact per-document attention through FlashAttention's variable-length
+kernels; at run time it becomes, in this order:
+  1. ``flash_attention_2`` when the flash-attn package is installed and imports;
+  2. ``ftctl_varlen``: torch's own ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention's varlen
+     kernels shipped with torch >= 2.11, native GQA), registered as a transformers attention function;
+  3. ``sdpa`` (logged): exact too for packed batches, through transformers' block-diagonal mask, but slow.
+Both varlen kernels take the per-document boundaries (``cu_seq_lens_q/k`` int32, ``max_length_q/k``
+int) that TRL's padding-free collator computes once per batch on the CPU; they reach every layer as
+model kwargs, so no layer derives them from ``position_ids`` (a host sync per layer).
+
+Liger's layer kernels (RoPE, RMSNorm, SwiGLU) are applied to Llama/Mistral/Qwen-like models on CUDA
+when liger-kernel is installed. The head's cross-entropy is TRL's fused LM head (chunked log-probs,
+SFTTrainer adds it itself): the (tokens x vocab) logits never exist in full, so Liger's own fused
+linear cross-entropy is not used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+from dataclasses import asdict, dataclass
+
+log = logging.getLogger(__name__)
+
+VARLEN = "varlen"  # plan-level name: exact per-document FlashAttention varlen kernels
+FLASH_ATTN = "flash_attention_2"
+TORCH_VARLEN = "ftctl_varlen"  # the transformers attention name of torch's varlen_attn
+SDPA = "sdpa"
+EAGER = "eager"
+# Attentions that keep packed samples apart through cu_seq_lens (no dense mask): packing is free.
+VARLEN_ATTENTION = frozenset({VARLEN, FLASH_ATTN, "flash_attention_3", TORCH_VARLEN})
+# Attentions that keep them apart through transformers' block-diagonal mask built from the restarting
+# position_ids: exact, but the (tokens x tokens) mask costs memory and time, so packing is opt-in.
+MASKED_ATTENTION = frozenset({SDPA, EAGER, "flex_attention"})
+# model_type values whose Liger patch covers RoPE, RMSNorm and SwiGLU the way Llama's does
+LIGER_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "granite", "olmo2"})
+
+
+# ------------------------------------------------------------------------------------ plan time
+def plan_attention(requested: str | None, gpu_flash: bool) -> str:
+    """What the plan names: the user's choice, else ``varlen`` where the GPU runs FlashAttention
+    kernels (Ampere and newer), else ``sdpa`` (T4/V100, CPU)."""
+    if requested:
+        return requested
+    return VARLEN if gpu_flash else SDPA
+
+
+def default_packing(attn: str) -> bool:
+    """Packing by default where it costs nothing: attentions that take per-sample boundaries."""
+    return attn in VARLEN_ATTENTION
+
+
+def packing_supported(attn: str | None) -> bool:
+    """Whether packed samples stay apart under this attention (never crossing a sample boundary)."""
+    return (attn or SDPA) in VARLEN_ATTENTION | MASKED_ATTENTION
+
+
+def describe(attn: str) -> str:
+    """The plan table's words for an attention name."""
+    if attn == VARLEN:
+        return "varlen (exact per-document FlashAttention kernels: flash-attn if installed, else torch varlen_attn)"
+    return attn
+
+
+# ------------------------------------------------------------------------------------ run time
+@dataclass(frozen=True)
+class Kernels:
+    attn_implementation: str  # what transformers is given
+    attention: str  # in words, for the run's log and metrics.jsonl
+    liger: bool  # Liger's RoPE, RMSNorm and SwiGLU kernels applied
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def choose(planned: str, *, flash_attn_ok: bool, torch_varlen_ok: bool) -> str:
+    """The transformers attention name for a planned one, given what this process can run."""
+    if planned in (VARLEN, FLASH_ATTN):
+        if flash_attn_ok:
+            return FLASH_ATTN
+        if torch_varlen_ok:
+            return TORCH_VARLEN
+        return SDPA
+    return planned
+
+
+def flash_attn_importable() -> bool:
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as e:  # a build for another torch/CUDA fails at import, not at find_spec
+        log.warning("flash_attn is installed but does not import (%s): not using it", e)
+        return False
+    return True
+
+
+def torch_varlen_usable() -> bool:
+    """torch ships varlen_attn and a CUDA GPU of compute capability 8.0+ is visible."""
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
+        return False
+    return _varlen_fn() is not None
+
+
+def liger_usable(model_type: str | None, on_cpu: bool) -> bool:
+    return (
+        not on_cpu
+        and model_type in LIGER_MODEL_TYPES
+        and importlib.util.find_spec("liger_kernel") is not None
+        and importlib.util.find_spec("triton") is not None
+    )
+
+
+def resolve(planned: str, model_type: str | None, on_cpu: bool) -> Kernels:
+    """What this process really runs for the plan's attention, registered with transformers."""
+    flash_ok = not on_cpu and planned in (VARLEN, FLASH_ATTN) and flash_attn_importable()
+    varlen_ok = not on_cpu and planned in (VARLEN, FLASH_ATTN) and not flash_ok and torch_varlen_usable()
+    name = choose(planned, flash_attn_ok=flash_ok, torch_varlen_ok=varlen_ok)
+    if name == TORCH_VARLEN:
+        register_torch_varlen()
+    words = {
+        FLASH_ATTN: "flash_attention_2 (flash-attn package, varlen kernels)",
+        TORCH_VARLEN: "torch varlen_attn (FlashAttention varlen kernels in torch)",
+        SDPA: "sdpa",
+    }.get(name, name)
+    if planned in (VARLEN, FLASH_ATTN) and name == SDPA:
+        log.warning(
+            "attention %s was planned but neither flash-attn nor torch's varlen_attn runs here "
+            "(CPU, a GPU older than Ampere, or torch < 2.11): using sdpa, exact but slower for packed batches",
+            planned,
+        )
+    return Kernels(name, words, liger_usable(model_type, on_cpu))
+
+
+def apply_liger(model) -> None:
+    """Liger's RoPE, RMSNorm and SwiGLU kernels on this model instance (before PEFT wraps it). The
+    cross-entropy stays TRL's fused LM head."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(
+        model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
+    )
+
+
+# ------------------------------------------------------------------------------------ torch varlen
+def _varlen_fn():
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def register_torch_varlen() -> None:
+    """Make ``attn_implementation="ftctl_varlen"`` mean :func:`varlen_attention_forward`. Its mask
+    function is FlashAttention's (None for packed or unpadded batches, the 2D mask otherwise)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    AttentionInterface.register(TORCH_VARLEN, varlen_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(TORCH_VARLEN, flash_attention_mask)
+
+
+def varlen_attention_forward(
+    module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None, **kwargs
+):
+    """transformers attention function over torch's varlen kernels; causal, per document.
+
+    query (B, Hq, S, D), key/value (B, Hkv, S, D) -> (B, S, Hq, D). Document boundaries come from
+    ``cu_seq_lens_q/k`` + ``max_length_q/k`` (packed batch, B == 1); without them every row is one
+    document, its padding (a 2D ``attention_mask``) left out."""
+    import torch
+
+    b, hq, s, d = query.shape
+    hkv = key.shape[1]
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    keep = None
+    if cu_q is not None:
+        max_q, max_k = int(kwargs["max_length_q"]), int(kwargs["max_length_k"])
+        cu_k = cu_q if cu_k is None else cu_k
+    elif attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
+        lengths = attention_mask.sum(-1, dtype=torch.int32)  # right or left padding: keep the real tokens
+        keep = attention_mask.reshape(-1).nonzero().squeeze(-1)
+        cu_q = cu_k = torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        max_q = max_k = int(lengths.max())
+    else:
+        cu_q = cu_k = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=query.device)
+        max_q = max_k = s
+    q, k, v = (t.transpose(1, 2).reshape(b * s, t.shape[1], d) for t in (query, key, value))
+    if keep is not None:
+        q, k, v = q[keep], k[keep], v[keep]
+    # fft trains fp32 weights under autocast: RoPE can hand back fp32 q/k beside bf16 v
+    dtype = v.dtype if v.dtype in (torch.float16, torch.bfloat16) else torch.get_autocast_dtype(query.device.type)
+    if query.device.type == "cuda":
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+        out = _cuda_varlen(q, k, v, cu_q.to(q.device), cu_k.to(q.device), max_q, max_k, scaling, sliding_window)
+    else:
+        out = _reference_varlen(q, k, v, cu_q, cu_k, scaling, sliding_window, hq // hkv)
+    if keep is not None:
+        full = out.new_zeros(b * s, hq, d)
+        full[keep] = out
+        out = full
+    return out.reshape(b, s, hq, d), None
+
+
+def _cuda_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window):
+    fn = _varlen_fn()
+    params = inspect.signature(fn).parameters
+    window = (sliding_window - 1, 0) if sliding_window else (-1, 0)  # (-1, 0): causal
+    kw = {"scale": scale, "window_size": window}
+    if "enable_gqa" in params and q.shape[1] != k.shape[1]:
+        kw["enable_gqa"] = True  # torch 2.13; torch 2.11 takes the KV heads as they are
+    return fn(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
+
+
+def _reference_varlen(q, k, v, cu_q, cu_k, scale, sliding_window, groups):
+    """The same function without the kernel (CPU, tests): SDPA per document, causal."""
+    import torch
+
+    outs = []
+    bounds = cu_q.tolist()
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        qd, kd, vd = (t[lo:hi].transpose(0, 1) for t in (q, k, v))  # (H, n, D)
+        if groups > 1:
+            kd, vd = kd.repeat_interleave(groups, 0), vd.repeat_interleave(groups, 0)
+        n = hi - lo
+        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+        if sliding_window:
+            mask &= ~torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-sliding_window)
+        od = torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scale)
+        outs.append(od.transpose(0, 1))
+    return torch.cat(outs) if outs else q.new_zeros(q.shape)

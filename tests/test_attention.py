@@ -1,0 +1,235 @@
+"""The attention choice, packed batches' per-sample boundaries, and packed loss == unpacked loss (CPU)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ftctl.trainer import attention
+from ftctl.trainer.attention import FLASH_ATTN, SDPA, TORCH_VARLEN, VARLEN, choose
+from tests.trainer_fixtures import make_run
+
+
+# ------------------------------------------------------------------------------------------ choice
+@pytest.mark.parametrize(
+    ("planned", "flash", "varlen", "expected"),
+    [
+        (VARLEN, True, True, FLASH_ATTN),  # flash-attn when it imports
+        (VARLEN, False, True, TORCH_VARLEN),  # else torch's varlen kernels
+        (VARLEN, False, False, SDPA),  # else sdpa
+        (FLASH_ATTN, False, True, TORCH_VARLEN),  # an explicit flash_attention_2 without the package
+        (SDPA, True, True, SDPA),  # what the user asked stays
+        ("eager", True, True, "eager"),
+    ],
+)
+def test_attention_is_flash_attn_then_torch_varlen_then_sdpa(planned, flash, varlen, expected):
+    assert choose(planned, flash_attn_ok=flash, torch_varlen_ok=varlen) == expected
+
+
+def test_the_planner_names_varlen_where_the_tier_runs_flash_kernels_and_packs_only_then(tmp_path):
+    from ftctl.plan import make_plan
+    from ftctl.spec import build
+
+    def plan(gpus, **o):
+        return make_plan(build({"method": "lora", "model_name_or_path": "meta-llama/Llama-3.1-8B", "gpus": gpus, **o}))
+
+    h200 = plan("1xH200")
+    assert (h200.attn_implementation, h200.packing) == (VARLEN, True)
+    assert "varlen" in h200.table() and "+ packing" in h200.table()
+    t4 = plan("1xT4", method="qlora")
+    assert (t4.attn_implementation, t4.packing) == (SDPA, False)
+    forced = plan("1xH100", attn_implementation="sdpa")
+    assert (forced.attn_implementation, forced.packing) == (SDPA, False)  # exact, but the block mask costs: opt-in
+    assert plan("1xH100", attn_implementation="sdpa", packing=True).packing
+    cpu = plan("cpu", model_name_or_path="huggingfacetb/smollm2-135m-instruct")
+    assert (cpu.attn_implementation, cpu.packing) == (SDPA, False)
+
+
+def test_packing_is_refused_by_no_attention_that_keeps_samples_apart():
+    for name in (VARLEN, FLASH_ATTN, TORCH_VARLEN, SDPA, "eager", "flex_attention"):
+        assert attention.packing_supported(name)
+    assert not attention.packing_supported("paged_attention")
+    assert attention.default_packing(VARLEN) and not attention.default_packing(SDPA)
+
+
+def test_on_cpu_the_trainer_resolves_varlen_to_sdpa_without_liger(caplog):
+    kernels = attention.resolve(VARLEN, "llama", on_cpu=True)
+    assert (kernels.attn_implementation, kernels.liger) == (SDPA, False)
+    assert "neither flash-attn nor torch's varlen_attn" in caplog.text
+    assert attention.resolve(SDPA, "llama", on_cpu=True).attn_implementation == SDPA
+    assert not attention.liger_usable("gpt2", on_cpu=False)  # not a Llama-like model
+
+
+# ------------------------------------------------------------------------------------------ kernel
+def _per_document(q, k, v, bounds, scale):
+    import torch
+
+    groups = q.shape[1] // k.shape[1]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        qd, kd, vd = (t[lo:hi].transpose(0, 1) for t in (q, k, v))
+        kd, vd = kd.repeat_interleave(groups, 0), vd.repeat_interleave(groups, 0)
+        out.append(torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, is_causal=True, scale=scale))
+    return torch.cat([o.transpose(0, 1) for o in out])
+
+
+def test_varlen_attention_never_crosses_a_document_boundary():
+    import torch
+
+    torch.manual_seed(0)
+    bounds = [0, 5, 6, 17, 24]
+    t, hq, hkv, d = bounds[-1], 4, 2, 8
+    q, k, v = torch.randn(1, hq, t, d), torch.randn(1, hkv, t, d), torch.randn(1, hkv, t, d)
+    cu = torch.tensor(bounds, dtype=torch.int32)
+    out, _ = attention.varlen_attention_forward(
+        None, q, k, v, None, scaling=d**-0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=11, max_length_k=11
+    )
+    ref = _per_document(q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1), bounds, d**-0.5)
+    assert out.shape == (1, t, hq, d)
+    assert torch.allclose(out[0], ref, atol=1e-6)
+    # a change in one document moves only that document's outputs
+    v2 = v.clone()
+    v2[0, :, 7] += 1.0
+    out2, _ = attention.varlen_attention_forward(
+        None, q, k, v2, None, scaling=d**-0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=11, max_length_k=11
+    )
+    changed = (out2 - out).abs().sum(dim=(0, 2, 3)) > 0
+    assert changed[7:17].all() and not changed[:6].any() and not changed[17:].any()
+
+
+def test_varlen_attention_leaves_padding_out_of_a_padded_batch():
+    import torch
+
+    torch.manual_seed(1)
+    lengths, s, hq, hkv, d = [6, 3], 6, 4, 2, 8
+    q, k, v = torch.randn(2, hq, s, d), torch.randn(2, hkv, s, d), torch.randn(2, hkv, s, d)
+    mask = torch.tensor([[1] * n + [0] * (s - n) for n in lengths])
+    out, _ = attention.varlen_attention_forward(None, q, k, v, mask, scaling=d**-0.5)
+    for row, n in enumerate(lengths):
+        ref = _per_document(*(t[row, :, :n].transpose(0, 1) for t in (q, k, v)), [0, n], d**-0.5)
+        assert torch.allclose(out[row, :n], ref, atol=1e-6)
+        assert (out[row, n:] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------ model
+def _tiny_llama(attn: str):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    attention.register_torch_varlen()
+    cfg = LlamaConfig(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        attn_implementation=attn,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _documents():
+    import torch
+
+    g = torch.Generator().manual_seed(3)
+    return [torch.randint(1, 97, (n,), generator=g) for n in (9, 1, 23, 14)]
+
+
+def _packed(docs):
+    """What TRL's padding-free collator makes of these documents (the collator the trainer uses)."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collate = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    return collate([{"input_ids": d.tolist(), "labels": d.tolist()} for d in docs])
+
+
+def test_the_collator_hands_the_model_each_samples_boundaries():
+    docs = _documents()
+    batch = _packed(docs)
+    lengths = [len(d) for d in docs]
+    assert batch["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in batch
+    assert batch["cu_seq_lens_q"].tolist() == [0, *[sum(lengths[: i + 1]) for i in range(len(lengths))]]
+    assert batch["cu_seq_lens_q"].dtype.is_floating_point is False and batch["max_length_q"] == max(lengths)
+    starts = batch["cu_seq_lens_q"][:-1].tolist()
+    assert batch["position_ids"][0, starts].tolist() == [0] * len(docs)  # positions restart per sample
+    assert (batch["labels"][0, starts] == -100).all()  # no sample predicts the next one's first token
+
+
+@pytest.mark.parametrize("attn", [SDPA, TORCH_VARLEN])
+def test_packed_loss_equals_the_unpacked_loss(attn):
+    import torch
+
+    from ftctl.trainer.data import unpack_batch
+
+    docs = _documents()
+    packed = _packed(docs)
+    model = _tiny_llama(attn)
+    with torch.no_grad():
+        loss_packed = model(**packed).loss
+        unpacked = unpack_batch(packed, pad_token_id=0)
+        loss_unpacked = _tiny_llama(SDPA)(**unpacked).loss
+        # token-weighted per-document losses, each document alone
+        nll = [model(input_ids=d[None], labels=d[None]).loss * (len(d) - 1) for d in docs if len(d) > 1]
+    per_doc = sum(nll) / sum(len(d) - 1 for d in docs)
+    assert loss_packed.item() == pytest.approx(loss_unpacked.item(), rel=1e-5)
+    assert loss_packed.item() == pytest.approx(per_doc.item(), rel=1e-5)
+    # naive packing (one causal sequence) differs: the check would catch attention across samples
+    naive = model(input_ids=packed["input_ids"], labels=packed["labels"]).loss
+    assert not math.isclose(naive.item(), loss_packed.item(), rel_tol=1e-4)
+
+
+def test_the_varlen_path_reads_the_collators_boundaries_in_every_layer(monkeypatch):
+    import torch
+    from transformers import AttentionInterface
+
+    seen = []
+
+    def spy(module, q, k, v, mask, **kw):
+        seen.append(kw.get("cu_seq_lens_q"))
+        return attention.varlen_attention_forward(module, q, k, v, mask, **kw)
+
+    model = _tiny_llama(TORCH_VARLEN)
+    AttentionInterface.register(TORCH_VARLEN, spy)
+    try:
+        packed = _packed(_documents())
+        with torch.no_grad():
+            model(**packed)
+    finally:
+        attention.register_torch_varlen()
+    assert len(seen) == 2 and all(cu is packed["cu_seq_lens_q"] for cu in seen)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+def test_packed_training_matches_unpacked_training_step_by_step(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    """The trainer's packed path against the same samples, same steps, run unpacked with padding."""
+    from ftctl.trainer.data import unpack_batch
+    from ftctl.trainer.run import fit, setup
+
+    def losses(out, unpack):
+        spec, plan = make_run(
+            tiny_model_dir, tiny_data, out, "fft", packing=True, max_steps=4, save_steps=100, learning_rate=3e-3
+        )
+        assert plan.packing
+        run = setup(spec, plan, echo=lambda line: None)
+        if unpack:
+            collate = run.trainer.data_collator
+            pad = run.trainer.processing_class.pad_token_id
+            run.trainer.data_collator = lambda rows: unpack_batch(collate(rows), pad)
+        else:
+            batch = run.trainer.data_collator([run.trainer.train_dataset[i] for i in range(2)])
+            assert {"cu_seq_lens_q", "max_length_q", "position_ids"} <= set(batch)
+        fit(run)
+        run.preemption.uninstall()
+        assert run.kernels.attn_implementation == SDPA
+        return [h["loss"] for h in run.trainer.state.log_history if "loss" in h]
+
+    packed, reference = losses(tmp_path / "packed", False), losses(tmp_path / "unpacked", True)
+    assert len(packed) == 4
+    assert packed == pytest.approx(reference, rel=1e-4)
+    start = (tmp_path / "packed" / "metrics.jsonl").read_text().splitlines()[0]
+    assert '"event": "start"' in start and '"attn_implementation": "sdpa"' in start
