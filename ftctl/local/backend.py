@@ -19,7 +19,7 @@ import click
 from ftctl.backend import Backend, JobRef, Rendered
 from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
-from ftctl.launch import join, torchrun_argv
+from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv
 from ftctl.plan import Plan, PlanError, make_plan
 from ftctl.preflight import host_memory_gb
 from ftctl.runpaths import RunPaths
@@ -82,13 +82,15 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
             plan = make_plan(fallback)
         except PlanError:
             raise first from None
-        plan.notes.insert(0, f"local: {spec.method} does not fit this machine ({first}) so qlora runs instead")
+        why = str(first).split(". ")[0].split(": ", 1)[-1]  # the first sentence, without the nearest plans
+        plan.notes.insert(0, f"local: {spec.method} does not fit this machine ({why}), so qlora runs instead")
         plan.asked_method = spec.method
         return fallback, plan
 
 
 class LocalBackend(Backend):
     name = "local"
+    options = frozenset({"preflight_network", "preflight_min_busbw_gbps"})
 
     def detected_gpus(self) -> str | None:
         return local_gpus()
@@ -108,9 +110,12 @@ class LocalBackend(Backend):
         return spec, plan
 
     def render(self, spec, plan, paths, spec_json):
-        return join(argv(spec, plan, paths.spec)) + "\n", {paths.spec.name: spec_json}
+        probe = join(preflight_argv(spec, plan)) + " && \\\n" if spec.preflight_network and plan.world_size > 1 else ""
+        return probe + join(argv(spec, plan, paths.spec)) + "\n", {paths.spec.name: spec_json}
 
     def send(self, rendered: Rendered) -> JobRef | None:
+        if rendered.spec.preflight_network:
+            preflight_network(rendered.spec, rendered.plan)
         run_foreground(rendered, argv(rendered.spec, rendered.plan, rendered.paths.spec))
         return None
 
@@ -133,6 +138,46 @@ def argv(spec: RunSpec, plan: Plan, spec_path) -> list[str]:
     if plan.world_size == 1:
         return [sys.executable, "-m", "ftctl.trainer", "--spec", str(spec_path)]
     return torchrun_argv(spec, plan, str(spec_path), head="127.0.0.1", python=sys.executable)
+
+
+def preflight_argv(spec: RunSpec, plan: Plan) -> list:
+    return netcheck_argv(spec, plan, head="127.0.0.1", python=sys.executable)
+
+
+def preflight_network(spec: RunSpec, plan: Plan) -> None:
+    """``launch --preflight``: the all-reduce probe across the run's processes first; stop when it fails."""
+    if plan.world_size == 1:
+        click.echo("note: network preflight skipped: one process has nothing to all-reduce with", err=True)
+        return
+    rc = subprocess.call(preflight_argv(spec, plan))
+    if rc != 0:
+        raise FtctlError(
+            f"network preflight failed (exit {rc}): not training. The bus bandwidth is below "
+            f"preflight_min_busbw_gbps={preflight_threshold(spec, plan):g} GB/s or the processes could not reach "
+            "each other; see the netcheck lines above."
+        )
+
+
+def network_check(gpus: str, nodes: int | None, min_busbw_gbps: float = 0.0) -> int:
+    """``ftctl doctor --network``: the probe with as many processes as --gpus/--nodes make, all on this machine
+    (one per GPU; on CPU one per node), through torchrun. Its exit code (3: below ``min_busbw_gbps``)."""
+    from ftctl.gpus import parse
+
+    req = parse(gpus, nodes)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(req.world_size),
+        "-m",
+        "ftctl.trainer.netcheck",
+        "--min-busbw-gbps",
+        f"{min_busbw_gbps:g}",
+    ]
+    click.echo(f"all-reduce across {req.world_size} process(es) of {req} on this machine", err=True)
+    return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
 
 def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
