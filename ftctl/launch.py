@@ -57,6 +57,59 @@ def torchrun_argv(spec: RunSpec, plan: Plan, spec_path, head, python: str | None
     ]
 
 
+NETCHECK_MODULE = "ftctl.trainer.netcheck"
+# the preflight's floor when preflight_min_busbw_gbps is not set: a GPU job on a network slower than this
+# (a 1 GbE management interface picked by mistake gives ~0.1) would crawl; a CPU run (gloo) only checks
+# that every process reaches the others
+GPU_MIN_BUSBW_GBPS = 1.0
+
+
+def preflight_threshold(spec: RunSpec, plan: Plan) -> float:
+    if spec.preflight_min_busbw_gbps is not None:
+        return spec.preflight_min_busbw_gbps
+    return GPU_MIN_BUSBW_GBPS if plan.tier else 0.0
+
+
+def netcheck_argv(spec: RunSpec, plan: Plan, head, python: str | None = None) -> list:
+    """The network preflight: the launch line's torchrun shape (same nodes, processes, rendezvous) running
+    the all-reduce probe instead of the trainer, stopping below ``preflight_min_busbw_gbps``."""
+    argv = torchrun_argv(spec, plan, "", head, python)
+    argv[argv.index("--rdzv-id") + 1] = f"{spec.name}-netcheck"
+    return [
+        *argv[: argv.index("-m", 3)],
+        "-m",
+        NETCHECK_MODULE,
+        "--min-busbw-gbps",
+        f"{preflight_threshold(spec, plan):g}",
+    ]
+
+
+def preflight_lines(command: str, spec: RunSpec, plan: Plan) -> list[str]:
+    """Shell lines that run the rendered preflight ``command`` and end the script, with a message that
+    says what to do, when it fails. The Slurm script uses them; so can SkyPilot's run section."""
+    threshold = f"{preflight_threshold(spec, plan):g}"
+    return [
+        "# network preflight (preflight_network): an all-reduce across every process of the job, first",
+        command,
+        "PREFLIGHT_RC=$?",
+        'if [ "$PREFLIGHT_RC" -ne 0 ]; then',
+        f'  echo "ftctl: network preflight failed (exit $PREFLIGHT_RC): not training. Either the bus bandwidth is '
+        f"below preflight_min_busbw_gbps={threshold} GB/s or the processes could not reach each other: see the "
+        f'netcheck lines above (-o socket_ifname=IFACE picks the interface; -o preflight_min_busbw_gbps=N)."',
+        f'  echo failed > "${STATUS_ENV}"',
+        '  exit "$PREFLIGHT_RC"',
+        "fi",
+    ]
+
+
+def preflight_shell(spec: RunSpec, plan: Plan, head) -> list[str]:
+    """The preflight's shell lines for a script that runs the launch line directly on every node (SkyPilot's
+    run section: ``head`` is its Shell variable); [] unless preflight_network is set."""
+    if not spec.preflight_network:
+        return []
+    return preflight_lines(join(netcheck_argv(spec, plan, head)), spec, plan)
+
+
 def trainer_env(spec: RunSpec, plan: Plan) -> dict[str, str]:
     """Plain environment the trainer needs on every node (never secrets: those pass by name)."""
     env = {"OMP_NUM_THREADS": "1" if plan.tier else "2", "TOKENIZERS_PARALLELISM": "false"}

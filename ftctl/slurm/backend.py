@@ -54,6 +54,8 @@ class SlurmBackend(Backend):
             "max_requeues",
             "container",
             "setup",
+            "preflight_network",
+            "preflight_min_busbw_gbps",
         }
     )
 

@@ -20,7 +20,18 @@ import re
 
 from ftctl import __version__
 from ftctl.errors import FtctlError
-from ftctl.launch import STATUS_ENV, STOP_ENV, Shell, container_kind, join, q, torchrun_argv, trainer_env
+from ftctl.launch import (
+    STATUS_ENV,
+    STOP_ENV,
+    Shell,
+    container_kind,
+    join,
+    netcheck_argv,
+    preflight_lines,
+    q,
+    torchrun_argv,
+    trainer_env,
+)
 from ftctl.plan import Plan
 from ftctl.runpaths import SLURM_LOG_PATTERN, SLURM_STATUS_PATTERN, SLURM_STOP_PATTERN
 from ftctl.spec import RunSpec
@@ -114,6 +125,10 @@ def render(spec: RunSpec, plan: Plan) -> str:
             *binds,
             image,
         ]
+    preflight = []
+    if spec.preflight_network:  # the same srun step shape, the probe in place of the trainer
+        probe = join(netcheck_argv(spec, plan, head=Shell('"$HEAD_ADDR"')))
+        preflight = preflight_lines(join([*step, "bash", "-c", probe]), spec, plan)
     step += ["bash", "-c", inner]
 
     env_lines = [f"export {k}={q(v)}" for k, v in sorted(trainer_env(spec, plan).items())]
@@ -142,6 +157,7 @@ def render(spec: RunSpec, plan: Plan) -> str:
         "",
         f'on_signal() {{ echo "ftctl: USR2 (time limit or preemption): checkpointing"; touch "${STOP_ENV}"; }}',
         "trap on_signal USR2",
+        *preflight,
         join(step) + " &",
         "STEP_PID=$!",
         "# wait returns early when a signal arrives; wait again until the step really ends",

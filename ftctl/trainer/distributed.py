@@ -6,8 +6,10 @@ On CPU the collective backend is gloo. The plan's strategy maps to TrainingArgum
     single, ddp         nothing extra (accelerate wraps the model in DDP when WORLD_SIZE > 1)
     zero2, zero3        ``deepspeed=<dict>`` from :func:`deepspeed_config`
     zero3_offload       the same, optimizer states and parameters offloaded to CPU RAM
-    fsdp                ``fsdp`` + ``fsdp_config`` from :func:`fsdp_settings` (GPU only: FSDP through
-                        the Trainer does not run on CPU)
+    fsdp                ``fsdp`` + ``fsdp_config`` from :func:`fsdp_settings`: FSDP2 (``fully_shard`` per
+                        transformer block) through accelerate's plugin. GPU only: on CPU accelerate runs
+                        plain DDP instead without saying so, so ftctl refuses fsdp there (zero3 shards on
+                        CPU). :func:`sharding_check` stops a run whose model did not come out sharded.
 
 Batch size, accumulation, clipping and precision in the DeepSpeed config are "auto": the Trainer
 fills them from the same TrainingArguments, so they cannot disagree.
@@ -66,15 +68,31 @@ def check_world(plan, procs: Processes) -> None:
 
 def init_for_deepspeed(plan, procs: Processes) -> None:
     """DeepSpeed's process group, before TrainingArguments: ZeRO-3 builds the model already sharded
-    (zero.Init), which needs the group up, and on CPU it must be gloo."""
-    if plan.strategy in DEEPSPEED_STRATEGIES and procs.world_size > 1:
-        import deepspeed
+    (zero.Init), which needs the group up, and on CPU it must be gloo. A single process started without
+    torchrun (the demo, a test) gets torchrun's variables for a group of one: DeepSpeed would otherwise
+    look for MPI."""
+    if plan.strategy not in DEEPSPEED_STRATEGIES:
+        return
+    if "RANK" not in os.environ:
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"})
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    import deepspeed
 
-        deepspeed.init_distributed(dist_backend="gloo" if procs.on_cpu else "nccl")
+    deepspeed.init_distributed(dist_backend="gloo" if procs.on_cpu else "nccl")
 
 
-def deepspeed_config(plan, on_cpu: bool) -> dict | None:
-    """The DeepSpeed config dict for zero2 / zero3 / zero3_offload, else None."""
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_config(plan, on_cpu: bool, load_universal: bool = False) -> dict | None:
+    """The DeepSpeed config dict for zero2 / zero3 / zero3_offload, else None. ``load_universal``: the
+    checkpoint to resume is in DeepSpeed's universal format (written on another world size: reshard.py)."""
     if plan.strategy not in DEEPSPEED_STRATEGIES:
         return None
     stage = 2 if plan.strategy == "zero2" else 3
@@ -104,6 +122,8 @@ def deepspeed_config(plan, on_cpu: bool) -> dict | None:
         "steps_per_print": 10**9,  # the trainer logs; DeepSpeed's own lines only repeat it
         "wall_clock_breakdown": False,
     }
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
     if plan.strategy == "zero3_offload":
         offload = {"device": "cpu", "pin_memory": not on_cpu}
         zero["offload_optimizer"] = dict(offload)
@@ -125,8 +145,8 @@ def fsdp_settings(plan, on_cpu: bool) -> dict:
         return {}
     if on_cpu:
         raise FtctlError(
-            "strategy fsdp does not run on CPU (the Trainer's FSDP needs GPUs): use strategy zero3 "
-            "(-o strategy=zero3) for sharded training on CPU."
+            "strategy fsdp does not run on CPU: accelerate's FSDP2 would silently train unsharded (plain DDP). "
+            "Use -o strategy=zero3 for sharded training on CPU (DeepSpeed ZeRO-3 over gloo)."
         )
     return {
         "fsdp": "full_shard auto_wrap",
@@ -141,17 +161,48 @@ def fsdp_settings(plan, on_cpu: bool) -> dict:
     }
 
 
-def strategy_args(plan, procs: Processes) -> dict:
+def strategy_args(plan, procs: Processes, load_universal: bool = False) -> dict:
     """TrainingArguments keywords for the plan's strategy on this machine."""
     args: dict = {"use_cpu": procs.on_cpu}
     if procs.world_size > 1:
         args["ddp_backend"] = "gloo" if procs.on_cpu else "nccl"
         args["ddp_find_unused_parameters"] = False
-    ds = deepspeed_config(plan, procs.on_cpu)
+    ds = deepspeed_config(plan, procs.on_cpu, load_universal)
     if ds is not None:
         args["deepspeed"] = ds
     args.update(fsdp_settings(plan, procs.on_cpu))
     return args
+
+
+def check_sharded(model, strategy: str) -> None:
+    """Refuse to train unsharded under a sharding strategy: accelerate falls back to plain DDP without a
+    word where FSDP cannot run (on CPU ``fsdp_version: 2`` does), and the run would need the memory the
+    plan did not count. FSDP2 turns parameters into DTensors; ZeRO-3 gives them DeepSpeed's ``ds_id``."""
+    if strategy == "fsdp":
+        from torch.distributed.tensor import DTensor
+
+        sharded = any(isinstance(p, DTensor) for p in model.parameters())
+    elif strategy in ("zero3", "zero3_offload"):
+        sharded = any(hasattr(p, "ds_id") for p in model.parameters())
+    else:
+        return
+    if not sharded:
+        raise FtctlError(
+            f"strategy {strategy}: the model is not sharded (the Trainer wrapped it without {strategy}), so each "
+            f"process would hold all of it. Check that torch, accelerate and DeepSpeed are the versions ftctl "
+            f"pins, or use -o strategy=zero3."
+        )
+
+
+def sharding_check(strategy: str):
+    """A TrainerCallback running :func:`check_sharded` once the Trainer has wrapped the model."""
+    from transformers import TrainerCallback
+
+    class ShardingCheck(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            check_sharded(model, strategy)
+
+    return ShardingCheck()
 
 
 def barrier() -> None:

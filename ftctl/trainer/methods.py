@@ -123,7 +123,7 @@ def freeze_below_top_blocks(model, k: int) -> list[str]:
 def count_parameters(model) -> tuple[int, int]:
     trainable = total = 0
     for p in model.parameters():
-        n = p.numel()
+        n = getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 leaves an empty placeholder on each rank
         if hasattr(p, "quant_state") or type(p).__name__ == "Params4bit":
             n *= 2  # bitsandbytes packs two 4-bit values per byte
         total += n

@@ -28,6 +28,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ftctl import storage
 from ftctl.envvars import STATUS_ENV
@@ -36,6 +37,13 @@ from ftctl.plan import Plan, dump_run
 from ftctl.runpaths import SPEC_FILE
 from ftctl.spec import RunSpec
 from ftctl.trainer import distributed, reshard
+
+if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at import time
+    from trl import SFTTrainer
+
+    from ftctl.trainer.attention import Kernels
+    from ftctl.trainer.callbacks import PreemptionCallback
+    from ftctl.trainer.sync_callback import CheckpointSyncCallback
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +66,11 @@ class Run:
     procs: distributed.Processes
     local_dir: str
     remote_uri: str | None
-    preemption: object  # callbacks.PreemptionCallback
-    sync: object = None
-    trainer: object = None
+    preemption: PreemptionCallback
+    sync: CheckpointSyncCallback | None = None
+    trainer: SFTTrainer | None = None
     resume_from: str | None = None
-    kernels: object = None  # attention.Kernels: what this process really runs
+    kernels: Kernels | None = None  # what this process really runs
 
 
 # ------------------------------------------------------------------------------------------ entry
@@ -111,7 +119,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         distributed.init_for_deepspeed(plan, procs)
         run.resume_from = resume_point(spec, local_dir, remote_uri)
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
-        universal = reshard.prepare(run.resume_from, plan, procs)
+        universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
         tokenizer = load_tokenizer(spec.model_name_or_path)
         args = training_args(spec, plan, procs, local_dir, load_universal=universal)
         dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url)

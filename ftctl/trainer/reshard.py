@@ -1,0 +1,128 @@
+"""Resume a checkpoint on a different number of processes than the run that wrote it.
+
+A preempted spot job often comes back with another node count. What a checkpoint holds per rank
+decides what has to happen:
+
+    single, ddp        whole tensors (model.safetensors, optimizer.pt): load on any world size
+    zero2, zero3,      DeepSpeed's per-rank shards (global_step<N>/zero_pp_rank_<R>_*): they load only on
+    zero3_offload      the world size that wrote them. ftctl converts the checkpoint to DeepSpeed's
+                       universal format (deepspeed.checkpoint.ds_to_universal: one file per parameter and
+                       optimizer state, unsharded) in place, once, on rank 0 -- global_step<N>_universal/
+                       and latest_universal beside the original -- and the engine loads it with
+                       ``checkpoint.load_universal`` (distributed.deepspeed_config), resharding on load.
+    fsdp (GPU)         saved with FULL_STATE_DICT (distributed.fsdp_settings): whole model and optimizer
+                       state on rank 0, which accelerate loads on any world size -- not yet run on GPUs.
+
+The world size that wrote a checkpoint is the manifest's ``world_size`` (ftctl.checkpoints); without a
+manifest, the count of DeepSpeed's per-rank optimizer files. One process converts each copy of the
+checkpoint: global rank 0 when all nodes share the output directory, local rank 0 of each node when every
+node resumed its own downloaded copy. The resumed loss continues the curve closely, not bit for bit (the
+tests see 2e-4 relative on CPU).
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from ftctl import checkpoints
+from ftctl.errors import FtctlError
+from ftctl.trainer import distributed
+
+log = logging.getLogger(__name__)
+
+LATEST_UNIVERSAL = "latest_universal"  # DeepSpeed's name: the engine reads the tag to load from it
+UNIVERSAL_SUFFIX = "_universal"
+_RANK_FILE = re.compile(r"zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
+
+
+def saved_world_size(ckpt: str) -> int | None:
+    """How many processes wrote ``ckpt``: its manifest's world_size, else DeepSpeed's rank files."""
+    for name in [checkpoints.MANIFEST, *sorted(os.path.basename(p) for p in glob.glob(f"{ckpt}/manifest.node-*"))]:
+        try:
+            return int(checkpoints.read_manifest(ckpt, name)["world_size"])
+        except (FileNotFoundError, ValueError, KeyError):
+            continue
+    tag = deepspeed_tag(ckpt)
+    ranks = {m.group(1) for f in os.listdir(os.path.join(ckpt, tag)) if (m := _RANK_FILE.search(f))} if tag else ()
+    return len(ranks) or None
+
+
+def deepspeed_tag(ckpt: str) -> str | None:
+    """The DeepSpeed tag (global_step<N>) the checkpoint's ``latest`` file names, or None."""
+    latest = os.path.join(ckpt, "latest")
+    if not os.path.isfile(latest):
+        return None
+    tag = open(latest).read().strip()
+    return tag if os.path.isdir(os.path.join(ckpt, tag)) else None
+
+
+def prepare(ckpt: str | None, plan, procs: distributed.Processes, shared_filesystem: bool = True) -> bool:
+    """Make ``ckpt`` loadable by this run; True when DeepSpeed must load it as a universal checkpoint.
+
+    Call it on every rank (one per copy converts, the others wait at a barrier), before TrainingArguments."""
+    if not ckpt or plan.strategy not in distributed.DEEPSPEED_STRATEGIES:
+        return False
+    tag = deepspeed_tag(ckpt)
+    if tag is None:
+        if glob.glob(os.path.join(ckpt, "global_step*")):
+            raise FtctlError(f"{ckpt} has DeepSpeed shards but no readable 'latest' file: it cannot be resumed.")
+        return False  # written by a non-DeepSpeed strategy: the Trainer loads its whole tensors
+    saved = saved_world_size(ckpt)
+    if saved is None or saved == procs.world_size:
+        return False
+    log.warning(
+        "%s was written by %d processes and this run has %d: resuming through DeepSpeed's universal checkpoint",
+        ckpt,
+        saved,
+        procs.world_size,
+    )
+    if procs.is_main or (not shared_filesystem and procs.local_rank == 0):
+        to_universal(ckpt, tag)
+    distributed.barrier()
+    return True
+
+
+def to_universal(ckpt: str, tag: str) -> str:
+    """Convert ``ckpt/<tag>`` to ``ckpt/<tag>_universal`` (kept once done: a later resume reuses it)."""
+    out = os.path.join(ckpt, tag + UNIVERSAL_SUFFIX)
+    latest = os.path.join(ckpt, LATEST_UNIVERSAL)
+    if os.path.isdir(out) and os.path.isfile(latest):
+        return out
+    tmp = out + ".ftctl-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        os.path.join(ckpt, tag),
+        "--output_folder",
+        tmp,
+        "--num_extract_workers",
+        "1",
+        "--num_merge_workers",
+        "1",
+        "--inject_missing_state",  # transformers models do not record DeepSpeed's universal-checkpoint info
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise FtctlError(
+            f"could not convert {ckpt} to DeepSpeed's universal checkpoint for a different number of processes "
+            f"({tail[0]}); resume on the number of processes that wrote it ({' '.join(cmd[1:4])} failed)."
+        )
+    # the converter writes latest_universal next to its output, naming the temporary folder: rename, rewrite
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    with open(latest + ".ftctl-tmp", "w") as f:
+        f.write(os.path.basename(out))
+    os.replace(latest + ".ftctl-tmp", latest)
+    log.warning("converted %s to %s", os.path.join(ckpt, tag), out)
+    return out

@@ -1,0 +1,334 @@
+"""Many processes on CPU (torchrun, gloo) with the tiny model: ZeRO-3 (+ offload) parity with one process,
+every rank saving the same step on a signal, resume across a change of world size (2 -> 1 -> 2), FSDP's
+refusal on CPU, and the network probe (locally with 2 processes, and as the preflight step of a real 2-node
+Slurm job). ZeRO-2's parity is in tests/test_trainer.py.
+
+The DeepSpeed ops (shm comm, CPU Adam for offload) compile once into a cache under the temp dir that later
+runs reuse, as in tests/test_trainer.py.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ftctl.errors import FtctlError
+from tests.trainer_fixtures import REPO, losses_by_step, make_run, run_trainer_cli, subprocess_env, write_spec
+
+STEPS = 6
+DS_ENV = {"TORCH_EXTENSIONS_DIR": Path(tempfile.gettempdir()) / "ftctl-torch-extensions"}
+
+
+def _run(tiny_model_dir, tiny_data, out, gpus="cpu", **overrides):
+    """(spec, plan) of a short fft run: global batch 4 (1 process x 2 x 2 accumulation, or 2 x 2 x 1)."""
+    values = dict(max_steps=STEPS, save_steps=3)
+    values.update(overrides)
+    return make_run(tiny_model_dir, tiny_data, out, "fft", gpus=gpus, **values)
+
+
+def _torchrun(spec, plan, tmp_path, nproc, env=None, name="spec.json"):
+    env = subprocess_env(**{**DS_ENV, **(env or {})})
+    proc = run_trainer_cli(write_spec(spec, plan, tmp_path / name), nproc=nproc, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def _max_rel_diff(a: dict, b: dict, steps) -> float:
+    return max(abs(a[s] - b[s]) / abs(b[s]) for s in steps)
+
+
+@pytest.fixture(scope="module")
+def one_process_losses(tiny_model_dir, tiny_data, tmp_path_factory):
+    """Per-step losses of one process (no DeepSpeed), 2 sequences x 2 accumulation steps."""
+    import torch
+
+    from ftctl.trainer.run import train
+
+    spec, plan = _run(tiny_model_dir, tiny_data, tmp_path_factory.mktemp("one") / "out", save_steps=100)
+    assert (plan.world_size, plan.strategy, plan.gradient_accumulation_steps) == (1, "single", 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(spec, plan, echo=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    return losses_by_step(result.output_dir)
+
+
+# ------------------------------------------------------------------------------------------ strategies
+@pytest.mark.slow
+def test_zero3_offload_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, one_process_losses):
+    """ZeRO-3 with parameters and optimizer states offloaded to CPU RAM (DeepSpeed's CPU Adam)."""
+    spec, plan = _run(
+        tiny_model_dir, tiny_data, tmp_path / "out", gpus="2xcpu", strategy="zero3_offload", save_steps=100
+    )
+    _torchrun(spec, plan, tmp_path, nproc=2)
+    losses = losses_by_step(tmp_path / "out")
+    assert list(losses) == list(one_process_losses) == list(range(1, STEPS + 1))
+    assert _max_rel_diff(losses, one_process_losses, losses) < 0.01, (losses, one_process_losses)
+    assert losses[STEPS] < losses[1]
+    assert (tmp_path / "out" / "model.safetensors").is_file()  # gathered from the shards
+
+
+def test_fsdp_on_cpu_is_refused_not_silently_ddp(tiny_model_dir, tiny_data, tmp_path):
+    """accelerate's FSDP2 on CPU runs plain DDP without a word: ftctl refuses it and names the way that
+    does shard on CPU; on GPU it configures FSDP2 and checks at the first step that it really sharded."""
+    from ftctl.trainer.distributed import Processes, strategy_args
+
+    _, plan = _run(tiny_model_dir, tiny_data, tmp_path, gpus="2xcpu", strategy="fsdp")
+    with pytest.raises(FtctlError, match="strategy=zero3"):
+        strategy_args(plan, Processes(0, 0, 2, on_cpu=True))
+
+
+def test_the_sharding_check_catches_an_unsharded_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.trainer.distributed import check_sharded
+
+    with pytest.raises(FtctlError, match="not sharded"):
+        check_sharded(AutoModelForCausalLM.from_pretrained(tiny_model_dir), "fsdp")
+    check_sharded(AutoModelForCausalLM.from_pretrained(tiny_model_dir), "ddp")  # nothing to check
+
+
+# ------------------------------------------------------------------------------------------ resume
+@pytest.mark.slow
+def test_zero3_resumes_on_another_world_size_and_continues_the_curve(
+    tiny_model_dir, tiny_data, tmp_path, one_process_losses
+):
+    """2 processes write checkpoint-3; 1 process resumes it (universal conversion), stops after step 4 and
+    saves; 2 processes resume that one and finish. Every loss stays within 1% of the uninterrupted
+    2-process run (the global batch is the same; the per-rank data order may differ)."""
+    straight = tmp_path / "straight"
+    spec, plan = _run(tiny_model_dir, tiny_data, straight, gpus="2xcpu", strategy="zero3")
+    _torchrun(spec, plan, tmp_path, nproc=2)
+    reference = losses_by_step(straight)
+    # ZeRO-3 on 2 processes vs 1 process without DeepSpeed, same global batch
+    assert _max_rel_diff(reference, one_process_losses, range(1, STEPS + 1)) < 0.01, (reference, one_process_losses)
+    assert json.loads((straight / "checkpoint-3" / "ftctl-manifest.json").read_text())["world_size"] == 2
+
+    out = tmp_path / "moved"
+    out.mkdir()
+    shutil.copytree(straight / "checkpoint-3", out / "checkpoint-3")
+    shutil.copy(straight / "metrics.jsonl", out / "metrics.jsonl")
+    stop = tmp_path / "stop"
+    stop.touch()  # the 1-process run stops after its first step and saves checkpoint-4
+    spec1, plan1 = _run(tiny_model_dir, tiny_data, out, strategy="zero3", resume="auto")
+    assert (plan1.world_size, plan1.gradient_accumulation_steps) == (1, 2)
+    _torchrun(spec1, plan1, tmp_path, nproc=1, env={"FTCTL_STOP_FILE": stop}, name="spec1.json")
+    assert (out / "checkpoint-3" / "global_step3_universal").is_dir()
+    assert (out / "checkpoint-3" / "latest_universal").read_text() == "global_step3_universal"
+    manifest = json.loads((out / "checkpoint-4" / "ftctl-manifest.json").read_text())
+    assert (manifest["step"], manifest["world_size"]) == (4, 1)
+    assert not (out / "model.safetensors").exists()  # preempted, not finished
+
+    stop.unlink()
+    spec2, plan2 = _run(tiny_model_dir, tiny_data, out, gpus="2xcpu", strategy="zero3", resume="auto")
+    _torchrun(spec2, plan2, tmp_path, nproc=2, name="spec2.json")
+    assert (out / "checkpoint-4" / "global_step4_universal").is_dir()  # 1 -> 2 converted too
+    resumed = losses_by_step(out)
+    assert list(resumed) == list(range(1, STEPS + 1))
+    assert _max_rel_diff(resumed, reference, range(4, STEPS + 1)) < 0.01, (resumed, reference)
+    assert (out / "model.safetensors").is_file()
+
+
+def test_same_world_size_needs_no_conversion(tmp_path):
+    from ftctl.trainer.distributed import Processes
+    from ftctl.trainer.reshard import prepare, saved_world_size
+
+    ckpt = tmp_path / "checkpoint-2"
+    (ckpt / "global_step2").mkdir(parents=True)
+    (ckpt / "latest").write_text("global_step2")
+    for rank in (0, 1):
+        (ckpt / "global_step2" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    assert saved_world_size(str(ckpt)) == 2  # no manifest: DeepSpeed's rank files say it
+
+    class Plan:
+        strategy = "zero3"
+
+    assert prepare(str(ckpt), Plan, Processes(0, 0, 2, on_cpu=True)) is False
+    Plan.strategy = "ddp"
+    assert prepare(str(ckpt), Plan, Processes(0, 0, 1, on_cpu=True)) is False  # not a DeepSpeed run
+    assert prepare(None, Plan, Processes(0, 0, 1, on_cpu=True)) is False
+
+
+def test_a_failed_conversion_says_how_to_resume(tmp_path):
+    from ftctl.trainer.distributed import Processes
+    from ftctl.trainer.reshard import prepare
+
+    ckpt = tmp_path / "checkpoint-2"
+    (ckpt / "global_step2").mkdir(parents=True)
+    (ckpt / "latest").write_text("global_step2")
+    for rank in (0, 1):  # not real shards
+        (ckpt / "global_step2" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"junk")
+
+    class Plan:
+        strategy = "zero3"
+
+    with pytest.raises(FtctlError, match="resume on the number of processes that wrote it"):
+        prepare(str(ckpt), Plan, Processes(0, 0, 1, on_cpu=True))
+    assert not (ckpt / "global_step2_universal").exists() and not (ckpt / "latest_universal").exists()
+
+
+# ------------------------------------------------------------------------------------------ preemption
+SIGNAL_RUNNER = """
+import json, os, signal, sys
+from pathlib import Path
+from transformers import TrainerCallback
+import ftctl.trainer.run as run
+
+MODE, OUT = sys.argv[1], Path(sys.argv[2])
+RANK = int(os.environ["RANK"])
+
+class Trigger(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step != 2:
+            return
+        if MODE == "usr2-one-rank" and RANK == 1:
+            os.kill(os.getpid(), signal.SIGUSR2)   # only rank 1 is told
+        elif MODE == "sigterm-torchrun" and RANK == 0:
+            os.kill(os.getppid(), signal.SIGTERM)  # torchrun forwards it to every rank
+        elif MODE == "stop-file" and RANK == 0:
+            Path(os.environ["FTCTL_STOP_FILE"]).touch()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        (OUT.parent / f"rank{RANK}.json").write_text(json.dumps({"step": state.global_step}))
+
+train = run.train
+run.train = lambda spec, plan, callbacks=(), echo=print: train(spec, plan, [*callbacks, Trigger()], echo)
+from ftctl.trainer.__main__ import main
+sys.exit(main(["--spec", sys.argv[3]]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["usr2-one-rank", "sigterm-torchrun", "stop-file"])
+def test_every_rank_saves_the_same_step_when_stopped(tiny_model_dir, tiny_data, tmp_path, mode):
+    """DDP on 2 processes: however the stop arrives (one rank signalled, torchrun terminated, the stop
+    file), both ranks stop after the same step and write their parts of one checkpoint."""
+    out = tmp_path / "out"
+    spec, plan = _run(tiny_model_dir, tiny_data, out, gpus="2xcpu", max_steps=200, save_steps=1000)
+    spec_path = write_spec(spec, plan, tmp_path / "spec.json")
+    runner = tmp_path / "runner.py"
+    runner.write_text(SIGNAL_RUNNER)
+    env = subprocess_env(FTCTL_STOP_FILE=tmp_path / "stop", FTCTL_STATUS_FILE=tmp_path / "status")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(runner)]
+    proc = subprocess.run(
+        [*cmd, mode, str(out), str(spec_path)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    if mode != "sigterm-torchrun":  # torchrun itself exits non-zero when it is terminated
+        assert proc.returncode == 0, proc.stderr[-4000:]
+
+    steps = {json.loads((tmp_path / f"rank{r}.json").read_text())["step"] for r in (0, 1)}
+    assert len(steps) == 1, proc.stderr[-4000:]
+    step = steps.pop()
+    assert 2 <= step < 200
+    assert [p.name for p in out.glob("checkpoint-*")] == [f"checkpoint-{step}"]
+    ckpt = out / f"checkpoint-{step}"
+    manifest = json.loads((ckpt / "ftctl-manifest.json").read_text())
+    assert (manifest["step"], manifest["world_size"]) == (step, 2)
+    listed = {f["path"] for f in manifest["files"]}
+    assert {"rng_state_0.pth", "rng_state_1.pth", "trainer_state.json", "model.safetensors"} <= listed
+    assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == step
+    assert (tmp_path / "status").read_text().strip() == "preempted"
+
+
+# ------------------------------------------------------------------------------------------ network
+def test_bus_bandwidth_is_nccl_tests_convention():
+    from ftctl.trainer.netcheck import bus_bandwidth
+
+    assert bus_bandwidth(10**9, 1.0, 2) == (1.0, 1.0)
+    assert bus_bandwidth(10**9, 0.5, 8) == (2.0, 3.5)  # algbw x 2(n-1)/n
+
+
+def test_nccl_choice_is_read_from_its_info_log():
+    from ftctl.trainer.netcheck import parse_nccl_log
+
+    log = "\n".join(
+        [
+            "node1:123:123 [0] NCCL INFO NET/IB : Using [0]mlx5_0:1/IB [1]mlx5_1:1/IB ; OOB eth0:10.0.0.1<0>",
+            "node1:123:123 [0] NCCL INFO Using network IB",
+            "node1:123:130 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM/read",
+            "node1:123:130 [0] NCCL INFO Channel 01/0 : 7[7] -> 8[0] [send] via NET/IB/0(8)/GDRDMA",
+        ]
+    )
+    found = parse_nccl_log(log)
+    assert found["network"] == "IB"
+    assert found["interface"].startswith("[0]mlx5_0:1/IB") and found["interface"].endswith("(IB)")
+    assert found["transports"] == ["NET/IB", "P2P/CUMEM"]
+    assert parse_nccl_log("") == {"network": None, "interface": None, "transports": []}
+
+
+def _doctor_network(*args):
+    ftctl = str(Path(sys.executable).parent / "ftctl")
+    return subprocess.run(
+        [ftctl, "doctor", "--network", "--gpus", "cpu", "--nodes", "2", *args],
+        env=subprocess_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_doctor_network_all_reduces_across_two_processes_and_enforces_a_floor():
+    proc = _doctor_network()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("netcheck: 2 processes"))
+    assert "(gloo)" in line and float(line.split("busbw ")[1].split()[0]) > 0
+    assert "netcheck: gloo network gloo/tcp, interface " in proc.stdout
+
+    proc = _doctor_network("--min-busbw-gbps", "100000")
+    assert proc.returncode != 0
+    assert "netcheck: FAILED: bus bandwidth" in proc.stderr and "preflight_min_busbw_gbps" in proc.stderr
+
+
+def test_the_preflight_runs_the_probe_in_the_training_steps_shape(tiny_model_dir, tiny_data, tmp_path):
+    from ftctl.slurm.render import render
+
+    spec, plan = _run(tiny_model_dir, tiny_data, tmp_path / "out", gpus="cpu", nodes=2, preflight_network=True)
+    lines = render(spec, plan).splitlines()
+    probe = next(i for i, x in enumerate(lines) if "-m ftctl.trainer.netcheck" in x)
+    train = next(i for i, x in enumerate(lines) if "-m ftctl.trainer --spec" in x)
+    assert lines.index("trap on_signal USR2") < probe < train
+    shape = lines[train].split(" -m ftctl.trainer")[0].replace(f"--rdzv-id {spec.name}", "")
+    assert lines[probe].split(" -m ftctl.trainer")[0].replace(f"--rdzv-id {spec.name}-netcheck", "") == shape
+    assert lines[probe].endswith("--min-busbw-gbps 0'")  # on CPU it checks that the processes meet
+    assert '  exit "$PREFLIGHT_RC"' in lines[probe:train]
+
+    spec, plan = _run(tiny_model_dir, tiny_data, tmp_path / "out", gpus="cpu", nodes=2)
+    assert "netcheck" not in render(spec, plan)
+
+
+@pytest.mark.slow
+def test_slurm_preflight_runs_across_both_nodes_and_stops_a_slow_network(e2e, tiny_model_dir):
+    """``ftctl launch --preflight`` on the real 2-node cluster: the probe runs as a step of the job across
+    both nodes, then training; with a floor no network reaches, the job stops before training."""
+    from tests.slurm_e2e_fixtures import run_args
+
+    job = e2e.launch(
+        *run_args(tiny_model_dir, e2e.scratch / "preflight", run_name="preflight", max_steps=2), "--preflight"
+    )
+    try:
+        assert " COMPLETED" in e2e.wait_finished(job, 180)
+    finally:
+        e2e.scancel(job)
+    log = e2e.ftctl("logs", job).stdout
+    assert "netcheck: 2 processes on 2 node(s) (gloo)" in log, log[-3000:]
+    assert log.index("netcheck: 2 processes") < log.index("step 1/2")
+
+    args = run_args(tiny_model_dir, e2e.scratch / "slow", run_name="slow", max_steps=2)
+    job = e2e.launch(*args, "--preflight", "-o", "preflight_min_busbw_gbps=100000")
+    try:
+        assert " FAILED" in e2e.wait_finished(job, 180)
+    finally:
+        e2e.scancel(job)
+    log = e2e.ftctl("logs", job).stdout
+    assert "netcheck: FAILED: bus bandwidth" in log and "ftctl: network preflight failed" in log, log[-3000:]
+    assert "step 1/2" not in log
