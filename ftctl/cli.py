@@ -113,8 +113,18 @@ def plan(as_json, **kw):
         click.echo(p.table() + (f"\n{estimate}" if estimate else ""))
 
 
+_preflight_option = click.option(
+    "--preflight/--no-preflight",
+    "preflight_network",
+    default=None,
+    help="Run a short all-reduce across the job's processes first and stop below "
+    "-o preflight_min_busbw_gbps (default 1 GB/s with GPUs, none on CPU): local and slurm.",
+)
+
+
 @main.command()
 @run_options
+@_preflight_option
 def render(**kw):
     """Print what `launch` would submit: sbatch, SkyPilot task YAML, docker or local command."""
     from ftctl.backend import prepare
@@ -124,6 +134,7 @@ def render(**kw):
 
 @main.command()
 @run_options
+@_preflight_option
 @click.option("--dry-run", is_flag=True, help="Print what would be submitted and stop.")
 def launch(dry_run, **kw):
     """Render and submit a run; prints the job id and where its logs and checkpoints go.
@@ -274,8 +285,20 @@ def down(job):
 @click.option("--backend", type=click.Choice(BACKENDS), default="local")
 @click.option("--partition", help="Slurm partition to check.")
 @click.option("--gpus", help="GPU request to check against the cluster.")
-def doctor(backend, partition, gpus):
+@click.option(
+    "--network",
+    is_flag=True,
+    help="All-reduce across the processes --gpus/--nodes make, on this machine (torchrun): bus bandwidth and "
+    "NCCL's transport. On a cluster: ftctl launch --preflight runs it as a step of the job.",
+)
+@click.option("--nodes", type=int, help="With --network: nodes of the run (on CPU one process each).")
+@click.option("--min-busbw-gbps", type=float, default=0.0, help="With --network: exit 3 below this bus bandwidth.")
+def doctor(backend, partition, gpus, network, nodes, min_busbw_gbps):
     """What is reachable and what would fail, before an expensive launch."""
+    if network:
+        from ftctl.local.backend import local_gpus, network_check
+
+        sys.exit(network_check(gpus or local_gpus(), nodes, min_busbw_gbps))
     from ftctl.backend import get
 
     sys.exit(0 if get(backend).doctor(gpus, partition) else 1)

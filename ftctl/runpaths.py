@@ -18,6 +18,7 @@ METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step, written by th
 SBATCH_FILE = "job.sbatch"
 TASK_FILE = "task.yaml"
 DOCKER_FILE = "docker-run.sh"
+SOURCE_DIR = "src"  # ftctl's own source, shipped with a SkyPilot task as its workdir
 SLURM_LOG_PATTERN = "slurm-%j.out"  # Slurm expands %j to the job id
 LOCAL_LOG_FILE = "train.log"  # what a detached local or docker run prints
 FAILURES_DIR = ".ftctl/failures"  # one record per failing rank (ftctl.failures)
@@ -48,6 +49,10 @@ class RunPaths:
     @property
     def docker_script(self) -> Path:
         return self.root / DOCKER_FILE
+
+    @property
+    def source(self) -> Path:
+        return self.root / SOURCE_DIR
 
     @property
     def local_log(self) -> Path:

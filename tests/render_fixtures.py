@@ -57,7 +57,7 @@ def sky_python() -> str:
 def sky_validate(files) -> dict[str, dict]:
     """Validate task YAML files in one subprocess of SkyPilot's venv; {file: {ok, error, summary}}."""
     proc = subprocess.run(
-        [sky_python(), "-m", "ftctl.sky.validate", "--json", *map(str, files)],
+        [sky_python(), "-m", "tests.sky_validate", "--json", *map(str, files)],
         capture_output=True,
         text=True,
         cwd=REPO,

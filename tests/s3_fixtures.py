@@ -33,9 +33,10 @@ def free_port() -> int:
 
 
 class MotoS3:
-    """A ``moto_server`` process on 127.0.0.1:port."""
+    """A ``moto_server`` process on host:port (loopback unless a host address is given)."""
 
-    def __init__(self, workdir: Path, port: int | None = None, record: bool = False):
+    def __init__(self, workdir: Path, port: int | None = None, record: bool = False, host: str = "127.0.0.1"):
+        self.host = host
         self.port = port or free_port()
         self.workdir = Path(workdir)
         self.record = record
@@ -44,7 +45,7 @@ class MotoS3:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -53,7 +54,7 @@ class MotoS3:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.workdir / "moto-server.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -64,7 +65,7 @@ class MotoS3:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"moto_server exited: see {self.workdir / 'moto-server.log'}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                with socket.create_connection((self.host, self.port), timeout=0.2):
                     return
             except OSError:
                 time.sleep(0.05)

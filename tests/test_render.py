@@ -345,7 +345,7 @@ def test_sky_run_section_hostile_values_arrive_intact(h, tmp_path):
     _no_injection(tmp_path, r)
     assert "node 1 of 2, 8 GPUs, head 10.0.0.7" in r.stdout
     (call,) = read_log(log)
-    spec_path = home / "ftctl-run" / "spec.json"
+    spec_path = home / "ftctl-run" / prep.spec.name / "spec.json"  # one per run: runs share a cluster's home
     assert call["argv"] == [
         "--nnodes",
         "2",

@@ -1,24 +1,55 @@
-"""The SkyPilot backend: a self-contained task YAML handed to SkyPilot.
+"""The SkyPilot backend: the rendered task handed to SkyPilot's Python SDK.
 
-SkyPilot lives in its own environment (its click pin conflicts with transformers): nothing here
-imports ``sky`` at module level, and ``import sky`` (1-3 s, writes under ~/.sky) happens only in the
-commands that talk to SkyPilot.
+    launch   sky.launch (idle autostop, or --down) of cluster --cluster / the run name; sky.exec when
+             --cluster names one that is up; --spot: sky.jobs.launch, a managed job with job_recovery
+    status / logs / cancel / down    sky.job_status / tail_logs / cancel / down, or sky.jobs.*
+
+SkyPilot lives in its own environment (its click pin conflicts with transformers): nothing here imports
+``sky``; every SkyPilot call goes through :mod:`ftctl.sky.bridge`, which runs it in this process when
+SkyPilot imports here and in the launcher environment's python otherwise.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import shutil
+from pathlib import Path
 
 import click
 
-from ftctl.backend import Backend, JobRef, Rendered
-from ftctl.launch import join
+from ftctl.backend import Backend, JobRef, JobState, JobStatus, Rendered
+from ftctl.errors import FtctlError
+from ftctl.sky import bridge
 from ftctl.sky import render as sky_render
+
+# SkyPilot's words -> ftctl's states: cluster jobs (sky.JobStatus) and managed jobs (sky.jobs.ManagedJobStatus)
+SKY_STATES = {
+    "INIT": JobState.PENDING,
+    "PENDING": JobState.PENDING,
+    "SUBMITTED": JobState.PENDING,
+    "STARTING": JobState.PENDING,
+    "SETTING_UP": JobState.PENDING,
+    "RUNNING": JobState.RUNNING,
+    "WINDING_DOWN": JobState.RUNNING,
+    "CANCELLING": JobState.RUNNING,
+    "RECOVERING": JobState.PREEMPTED,  # the managed job's node went away; SkyPilot relaunches, it resumes
+    "SUCCEEDED": JobState.SUCCEEDED,
+    "FAILED": JobState.FAILED,
+    "FAILED_DRIVER": JobState.FAILED,
+    "FAILED_SETUP": JobState.FAILED,
+    "FAILED_PRECHECKS": JobState.FAILED,
+    "FAILED_NO_RESOURCE": JobState.FAILED,
+    "FAILED_CONTROLLER": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED,
+    "GONE": JobState.UNKNOWN,  # the cluster was torn down or autostopped: SkyPilot no longer knows
+}
+SOURCE_FILES = ("pyproject.toml", "README.md")  # beside the package, when this is a source checkout
 
 
 class SkyBackend(Backend):
     name = "sky"
-    options = frozenset({"spot", "cloud", "region", "disk_size", "container", "setup"})
+    options = frozenset(
+        {"spot", "infra", "cloud", "region", "disk_size", "cluster", "down", "idle_minutes", "container", "setup"}
+    )
     needs_local_paths = False  # the cloud's machines cannot see this one's files
 
     def render(self, spec, plan, paths, spec_json):
@@ -26,33 +57,119 @@ class SkyBackend(Backend):
         return text, {paths.spec.name: spec_json, paths.task.name: text}
 
     def available(self) -> bool | str:
-        """True when SkyPilot is importable here, else why not (one line)."""
-        if importlib.util.find_spec("sky") is None:
-            return "SkyPilot is not installed in this environment (pip install 'ftctl[sky]' in its own venv)"
-        return True
+        """True when SkyPilot is installed (here or in the launcher env) with a cloud or infra enabled,
+        else why not, in one line."""
+        if bridge.where() is None:
+            return "SkyPilot is not installed (pip install 'ftctl[sky]' in its own venv)"
+        try:
+            answer = bridge.call("available")
+        except FtctlError as e:
+            return str(e)
+        return True if answer["ok"] else answer["why"]
 
+    # ---------------------------------------------------------------------------------- send
     def send(self, rendered: Rendered) -> JobRef:
-        task = rendered.paths.task
-        spec = rendered.spec
-        secrets = [a for name in spec.secrets for a in ("--secret", name)]
-        cmd = (["sky", "jobs", "launch", "-n", spec.name] if spec.spot else ["sky", "launch", "-c", spec.name]) + [
-            *secrets,
-            str(task),
-        ]
-        click.echo(f"task written to {task}")
-        click.echo("launch it from the environment where SkyPilot is installed:")
-        click.echo("  " + join(cmd))
-        return JobRef("sky", spec.name, str(rendered.paths.root), spec.name, spec.output)
-
-    def status(self, ref: JobRef):
-        from ftctl.errors import FtctlError
-
-        raise FtctlError(
-            "status/logs/cancel of SkyPilot runs: use `sky jobs queue`, `sky jobs logs NAME` and `sky jobs cancel "
-            "-n NAME` (or `sky status/logs/down` for a cluster)."
+        spec, paths = rendered.spec, rendered.paths
+        source = stage_source(paths.source)
+        cluster = spec.cluster or spec.name
+        how = "managed job" if spec.spot else f"cluster {cluster}"
+        click.echo(f"launching {spec.name} through SkyPilot ({how}); task: {paths.task}", err=True)
+        out = bridge.call(
+            "launch",
+            task_yaml=str(paths.task),
+            workdir=str(source),
+            cluster=cluster,
+            managed=spec.spot,
+            reuse=spec.cluster is not None,
+            down=spec.down,
+            idle_minutes=sky_render.autostop_minutes(spec),
+            secrets=list(spec.secrets),
         )
+        managed = bool(out["managed"])
+        job = f"managed/{out['job_id']}" if managed else f"{cluster}/{out['job_id']}"
+        ref = JobRef(
+            "sky",
+            job,
+            str(paths.root),
+            spec.name,
+            spec.output,
+            extra={"cluster": out["cluster"], "sky_job_id": out["job_id"], "managed": managed},
+        )
+        click.echo(f"submitted SkyPilot job {job}" + ("" if managed else f" on cluster {cluster}"))
+        click.echo(f"  run dir:     {paths.root}")
+        click.echo(f"  logs:        ftctl logs -f {job}")
+        click.echo(f"  checkpoints: {spec.output}")
+        if not managed:
+            idle = sky_render.autostop_minutes(spec)
+            when = (
+                "torn down when the job ends"
+                if spec.down
+                else f"autostops after {idle} idle minutes"
+                if idle
+                else "stays up (this infra has no idle autostop)"
+            )
+            click.echo(f"  cluster:     {when}; ftctl down {job}")
+        return ref
+
+    # ---------------------------------------------------------------------------------- watch
+    def _args(self, ref: JobRef) -> dict:
+        x = ref.extra
+        return {"cluster": x.get("cluster"), "job_id": int(x["sky_job_id"]), "managed": bool(x.get("managed"))}
+
+    def status(self, ref: JobRef) -> JobStatus:
+        out = bridge.call("status", **self._args(ref))
+        word = out["status"]
+        where = "managed job" if ref.extra.get("managed") else f"on cluster {ref.extra.get('cluster')}"
+        detail = out.get("detail") or ""
+        text = f"{ref.job_id} {word} ({where})" if word != "GONE" else f"{ref.job_id} UNKNOWN: {detail}"
+        if out.get("recoveries"):
+            text += f", recovered {out['recoveries']}x"
+        if detail and word.startswith("FAILED"):
+            text += f": {detail}"
+        return JobStatus(SKY_STATES.get(word, JobState.UNKNOWN), text)
+
+    def logs(self, ref: JobRef, follow: bool) -> None:
+        bridge.call("logs", follow=follow, **self._args(ref))
+
+    def cancel(self, ref: JobRef) -> str:
+        before = self.status(ref)
+        if before.state.finished:
+            return f"job {ref.job_id} had already ended: {before.text}"
+        bridge.call("cancel", **self._args(ref))
+        return f"cancelled {ref.job_id}"
+
+    def down(self, ref: JobRef) -> str:
+        cluster = ref.extra.get("cluster")
+        if ref.extra.get("managed") or not cluster:
+            raise FtctlError(
+                f"{ref.job_id} is a managed job: SkyPilot tears its cluster down itself. To stop it: ftctl cancel {ref.job_id}."
+            )
+        out = bridge.call("down", cluster=cluster)
+        return f"cluster {cluster} was already gone" if out.get("gone") else f"tore down cluster {cluster}"
+
+    def estimate(self, spec, plan) -> str | None:
+        """The cheapest cloud/region/instance, its hourly price and the run's estimated total (GPU runs)."""
+        if plan.tier is None:
+            return None
+        from ftctl.sky import cost
+
+        best = bridge.call("optimize", resources=cost.resources(spec, plan), num_nodes=plan.nodes)
+        return cost.describe(best, spec, plan)
 
     def doctor(self, gpus, partition) -> bool:
         why = self.available()
-        click.echo(f"skypilot: {'installed' if why is True else why}")
+        click.echo(f"skypilot: {'ready (' + str(bridge.where()) + ')' if why is True else why}")
         return why is True
+
+
+def stage_source(dest: Path) -> Path:
+    """ftctl's own source (the package, plus pyproject.toml and README.md in a checkout) copied to
+    ``dest``: the task's workdir, synced by SkyPilot to every node (no unpublished release is installed)."""
+    pkg = Path(__file__).resolve().parents[1]
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(pkg, dest / "ftctl", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in SOURCE_FILES:
+        if (pkg.parent / name).is_file():
+            shutil.copy2(pkg.parent / name, dest / name)
+    return dest

@@ -1,7 +1,12 @@
 """Render a SkyPilot task YAML for a plan.
 
 The YAML is self-contained: the run section writes spec.json from a quoted heredoc, so what
-``ftctl render --backend sky`` prints is exactly what ``sky launch`` / ``sky jobs launch`` receives.
+``ftctl render --backend sky`` prints is exactly what ``sky launch`` / ``sky jobs launch`` receives;
+``ftctl launch`` adds one thing, the workdir: ftctl's own source, copied into the run directory
+(ftctl/sky/backend.py), which SkyPilot syncs to every node and the run section puts first on
+PYTHONPATH (no released ftctl is installed from an index). The setup installs the trainer's stack
+(ftctl's ``train`` extra, as pinned by its metadata) only where a node has no torchrun yet (an image
+or a cluster environment usually has it).
 Secrets are declared by name under ``secrets:`` (SkyPilot asks for their values at launch, from the
 launching environment); their values never appear here. Spot runs become managed jobs with
 ``job_recovery``; the trainer restores from the output bucket when the job restarts elsewhere.
@@ -9,6 +14,7 @@ launching environment); their values never appear here. Spot runs become managed
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import yaml
@@ -19,10 +25,13 @@ from ftctl.launch import Shell, container_kind, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 
-SPEC_PATH = "~/ftctl-run/spec.json"
+RUN_DIR = "~/ftctl-run"  # on the nodes: one directory per run name, for its spec.json
 HEREDOC = "FTCTL_SPEC_EOF"
-# What a VM without our image installs: the trainer's stack, pinned by ftctl's own extras.
-PIP_SETUP = f"pip install 'ftctl[train]=={__version__}'"
+REMOTE_WORKDIR = "$HOME/sky_workdir"  # where SkyPilot syncs a task's workdir (~/sky_workdir)
+# Infras whose nodes can run a CPU-only job (`--gpus cpu`); clouds are asked for GPUs.
+CPU_INFRAS = ("slurm", "k8s", "kubernetes", "ssh")
+# Infras where SkyPilot 0.14 has no idle autostop (Slurm: only for pyxis container clusters).
+NO_AUTOSTOP_INFRAS = ("slurm",)
 
 
 class _Block(str):
@@ -32,18 +41,41 @@ class _Block(str):
 yaml.SafeDumper.add_representer(_Block, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", str(s), style="|"))
 
 
+def train_requirements() -> list[str]:
+    """ftctl's ``train`` extra, as its installed metadata pins it (pyproject.toml is the one owner)."""
+    reqs = importlib.metadata.requires("ftctl") or []
+    return sorted(r.split(";")[0].strip() for r in reqs if 'extra == "train"' in r)
+
+
+def autostop_minutes(spec: RunSpec) -> int | None:
+    """The idle autostop a launched cluster gets: none with --down, nor where the infra has none."""
+    return None if spec.down or infra_kind(spec) in NO_AUTOSTOP_INFRAS else spec.idle_minutes
+
+
+def infra_kind(spec: RunSpec) -> str | None:
+    where = spec.infra or spec.cloud
+    return where.split("/")[0].strip().lower() if where else None
+
+
 def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
-    if plan.tier is None:
-        raise FtctlError("--gpus cpu is for Slurm and local runs; on a cloud ask for GPUs, e.g. --gpus 1xL4.")
+    if plan.tier is None and infra_kind(spec) not in CPU_INFRAS:
+        raise FtctlError(
+            "--gpus cpu on SkyPilot needs an infra whose nodes take CPU jobs: --infra slurm/CLUSTER or --infra "
+            "k8s; on a cloud ask for GPUs, e.g. --gpus 1xL4."
+        )
     kind, image = container_kind(spec)
     if kind not in (None, "docker"):
         raise FtctlError(f"--container {spec.container!r}: SkyPilot runs docker images: use docker:{image}.")
-    resources: dict = {
-        "accelerators": f"{plan.tier}:{plan.gpus_per_node}",
-        "disk_size": spec.disk_size,
-    }
+    resources: dict = {}
+    if spec.infra:
+        resources["infra"] = spec.infra
+    if plan.tier is None:
+        resources["cpus"] = "1+"
+    else:
+        resources["accelerators"] = f"{plan.tier}:{plan.gpus_per_node}"
+        resources["disk_size"] = spec.disk_size
     if spec.spot:
-        resources["use_spot"] = True
+        resources["use_spot"] = plan.tier is not None  # a Slurm/k8s CPU job has no spot market
         resources["job_recovery"] = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": spec.max_requeues}
     if spec.cloud:
         resources["cloud"] = spec.cloud
@@ -51,17 +83,19 @@ def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
         resources["region"] = spec.region
     if image:
         resources["image_id"] = f"docker:{image}"
+    spec_path = f"{RUN_DIR}/{spec.name}/spec.json"
 
     payload = json.dumps(json.loads(spec_json), sort_keys=True, separators=(",", ":"))
     run_lines = [
         "set -euo pipefail",
-        "mkdir -p ~/ftctl-run",
-        f"cat > {SPEC_PATH} <<'{HEREDOC}'",
+        f'export PYTHONPATH="{REMOTE_WORKDIR}${{PYTHONPATH:+:$PYTHONPATH}}"  # ftctl\'s source, shipped as the workdir',
+        f"mkdir -p {RUN_DIR}/{spec.name}",
+        f"cat > {spec_path} <<'{HEREDOC}'",
         payload,
         HEREDOC,
         'HEAD_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n 1)',
         'echo "ftctl: node $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES, $SKYPILOT_NUM_GPUS_PER_NODE GPUs, head $HEAD_ADDR"',
-        join(torchrun_argv(spec, plan, Shell(SPEC_PATH), head=Shell('"$HEAD_ADDR"'))),
+        join(torchrun_argv(spec, plan, Shell(spec_path), head=Shell('"$HEAD_ADDR"'))),
     ]
     task: dict = {
         "name": spec.name,
@@ -71,11 +105,10 @@ def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
     }
     if spec.secrets:
         task["secrets"] = {name: None for name in spec.secrets}
-    task["setup"] = (
-        _Block("\n".join([*([] if image else [PIP_SETUP]), *spec.setup]) + "\n") if (not image or spec.setup) else None
-    )
-    if task["setup"] is None:
-        del task["setup"]
+    install = "command -v torchrun >/dev/null || python3 -m pip install " + join(train_requirements())
+    setup = [*spec.setup, *([] if image else [install])]
+    if setup:
+        task["setup"] = _Block("\n".join(setup) + "\n")
     task["run"] = _Block("\n".join(run_lines) + "\n")
     header = f"# Rendered by ftctl {__version__}: {plan.method} on {plan.gpus}. Launch: ftctl launch --backend sky\n"
     return header + yaml.safe_dump(task, sort_keys=False, width=10**6)

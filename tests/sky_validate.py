@@ -1,6 +1,6 @@
 """Validate rendered SkyPilot task YAMLs offline with the real SkyPilot library.
 
-    python -m ftctl.sky.validate [--json] FILE...
+    python -m tests.sky_validate [--json] FILE...
 
 prints ``OK FILE: ...`` or ``FAIL FILE: reason`` per file (one JSON object a line with ``--json``)
 and exits 1 when any file fails. One process validates many files: ``import sky`` alone takes ~2 s.
@@ -151,7 +151,7 @@ def _check_ftctl(task, summary: dict, text: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ftctl.sky.validate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tests.sky_validate", description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="+", metavar="FILE")
     ap.add_argument("--json", action="store_true", help="one JSON object a line: file, ok, error or summary")
     args = ap.parse_args(argv)

@@ -1,0 +1,84 @@
+"""What a SkyPilot run would cost: the cheapest cloud/region/instance from SkyPilot's optimizer and
+catalog (through ftctl.sky.bridge, in-process, no API server), times the run's estimated hours.
+
+Hours = tokens to train / tokens per second. Tokens: max_steps x global batch x sequence length when
+max_steps is set, else epochs x the dataset's tokens (a local file's bytes / 4; unknown for a remote
+one). Tokens per second: the GPUs' dense bf16/fp16 peak x an assumed 35% utilisation / (6 x params
+for full updates, 4 x params for adapters, which skip the weight gradients). A rough figure, said so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftctl.plan import Plan
+from ftctl.spec import RunSpec
+
+# dense bf16 (fp16 where no bf16) peak TFLOPS per GPU, from the vendors' data sheets
+PEAK_TFLOPS = {
+    "T4": 65,
+    "V100": 125,
+    "A10G": 70,
+    "L4": 121,
+    "RTX4090": 165,
+    "L40S": 362,
+    "A100": 312,
+    "A100-80GB": 312,
+    "H100": 989,
+    "H200": 989,
+}
+MFU = 0.35
+BYTES_PER_TOKEN = 4
+
+
+def resources(spec: RunSpec, plan: Plan) -> dict:
+    """The resources section SkyPilot's optimizer prices (as the task YAML asks)."""
+    res: dict = {"accelerators": f"{plan.tier}:{plan.gpus_per_node}", "use_spot": bool(spec.spot)}
+    for key in ("infra", "cloud", "region"):
+        if getattr(spec, key):
+            res[key] = getattr(spec, key)
+    return res
+
+
+def train_tokens(spec: RunSpec) -> float | None:
+    if spec.max_steps > 0:
+        return float(spec.max_steps * spec.global_batch_size * spec.model_max_length)
+    if spec.data_path.startswith("builtin:"):
+        from ftctl.demo import demo_data_path
+
+        path = demo_data_path()
+    else:
+        path = Path(spec.data_path)
+    if not path.is_file():
+        return None
+    return spec.num_train_epochs * path.stat().st_size / BYTES_PER_TOKEN
+
+
+def tokens_per_second(plan: Plan) -> float | None:
+    peak = PEAK_TFLOPS.get(plan.tier or "")
+    if not peak:
+        return None
+    per_token = (6 if plan.method in ("fft", "sft") else 4) * plan.model.params_b * 1e9
+    return plan.world_size * peak * 1e12 * MFU / per_token
+
+
+def describe(best: dict, spec: RunSpec, plan: Plan) -> str:
+    if "unavailable" in best:
+        return f"{'cheapest':<14} unknown: {best['unavailable']}"
+    hourly = best["hourly_per_node"] * plan.nodes
+    where = f"{best['cloud']} {best['region'] or ''} {best['instance_type'] or ''}".split()
+    line = (
+        f"{'cheapest':<14} {' '.join(where)}{' (spot)' if best['spot'] else ''}: "
+        f"${best['hourly_per_node']:.2f}/h per node, ${hourly:.2f}/h for {plan.nodes} node{'s' * (plan.nodes > 1)}"
+    )
+    tokens, rate = train_tokens(spec), tokens_per_second(plan)
+    if tokens is None or rate is None:
+        why = (
+            "the dataset is not local (set -o max_steps)" if tokens is None else f"no throughput figure for {plan.tier}"
+        )
+        return line + f"\n{'est. total':<14} unknown: {why}"
+    hours = tokens / rate / 3600
+    return line + (
+        f"\n{'est. total':<14} ${hours * hourly:,.2f} for ~{hours:.2f} h "
+        f"({tokens:,.0f} tokens at ~{rate:,.0f} tokens/s, {MFU:.0%} of peak assumed)"
+    )

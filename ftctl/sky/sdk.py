@@ -1,0 +1,207 @@
+"""The SkyPilot operations ftctl uses, in the environment where SkyPilot is installed.
+
+Every function here imports ``sky`` and takes and returns plain JSON-able data, so it runs either in
+this process (the launcher environment, ``.venv-sky``, where ``sky`` imports) or in a child process
+started by :mod:`ftctl.sky.bridge` from the trainer environment, where SkyPilot cannot be installed
+(its click pin conflicts with transformers):
+
+    python -m ftctl.sky.sdk OP RESULT_FILE   < JSON keyword arguments
+        writes {"result": ...} or {"error": "..."} to RESULT_FILE; SkyPilot's own progress output and
+        the logs of ``logs`` go to this process's stdout/stderr, which the parent shares.
+
+Nothing outside this module imports ``sky``. States are returned in SkyPilot's words; the backend maps
+them onto ftctl's (ftctl/sky/backend.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _sky():
+    os.environ.setdefault("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")
+    import sky
+
+    return sky
+
+
+# ------------------------------------------------------------------------------------------ checks
+def available() -> dict:
+    """{"ok": bool, "why": str}: an API server answers and has a cloud or infra enabled."""
+    _sky()
+    from sky.server import common as server_common
+
+    url = server_common.get_server_url()
+    info = server_common.get_api_server_status(url)
+    if str(getattr(info.status, "value", info.status)).lower() != "healthy":
+        return {"ok": False, "why": f"no SkyPilot API server answers at {url} (start one: sky api start; sky check)"}
+    sky = _sky()
+    clouds = [str(c) for c in sky.get(sky.enabled_clouds())]
+    if not clouds:
+        return {"ok": False, "why": "SkyPilot has no cloud or infra enabled (run: sky check)"}
+    return {"ok": True, "why": f"SkyPilot has {', '.join(clouds)} enabled"}
+
+
+# ------------------------------------------------------------------------------------------ launch
+def launch(
+    task_yaml: str,
+    workdir: str | None,
+    cluster: str,
+    managed: bool,
+    reuse: bool,
+    down: bool,
+    idle_minutes: int | None,
+    secrets: list[str],
+) -> dict:
+    """Launch the task: a managed job (``managed``), ``sky.exec`` on the running cluster ``cluster``
+    (``reuse``), else ``sky.launch`` of that cluster with an idle autostop (or ``down``)."""
+    sky = _sky()
+    import yaml
+
+    with open(task_yaml) as fh:
+        config = yaml.safe_load(fh)
+    # secrets travel by name in the YAML; their values are taken from this environment here, into
+    # SkyPilot's secrets (never the YAML). One not set here is left out, not sent empty.
+    values = [(name, os.environ[name]) for name in secrets if name in os.environ]
+    missing = sorted(set(secrets) - {name for name, _ in values})
+    if missing:
+        print(f"ftctl: not set here, so not passed to the job: {', '.join(missing)}", file=sys.stderr)
+    config["secrets"] = {k: v for k, v in (config.get("secrets") or {}).items() if k not in missing}
+    if not config["secrets"]:
+        del config["secrets"]
+    task = sky.Task.from_yaml_config(config, secrets_overrides=values or None)
+    if workdir:
+        task.workdir = workdir
+        task.expand_and_validate_workdir()
+    if managed:
+        job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=cluster))
+        return {"job_id": int(job_ids[0]), "cluster": None, "managed": True}
+    if reuse and _cluster_up(sky, cluster):
+        job_id, _ = sky.stream_and_get(sky.exec(task, cluster_name=cluster))
+        return {"job_id": int(job_id), "cluster": cluster, "managed": False, "reused": True}
+    job_id, _ = sky.stream_and_get(
+        sky.launch(task, cluster_name=cluster, idle_minutes_to_autostop=idle_minutes, down=down)
+    )
+    return {"job_id": int(job_id), "cluster": cluster, "managed": False, "reused": False}
+
+
+def _cluster_up(sky, cluster: str) -> bool:
+    records = sky.get(sky.status([cluster]))
+    return any(str(getattr(r["status"], "value", r["status"])) == "UP" for r in records)
+
+
+# ------------------------------------------------------------------------------------------ watch
+def status(cluster: str | None, job_id: int, managed: bool) -> dict:
+    """{"status": SkyPilot's word or "GONE", "detail": str}."""
+    sky = _sky()
+    if managed:
+        records = sky.get(sky.jobs.queue(refresh=False, skip_finished=False, all_users=True, job_ids=[job_id]))
+        for r in records:
+            if int(_get(r, "job_id")) == job_id:
+                st = _get(r, "status")
+                detail = _get(r, "failure_reason") or ""
+                return {
+                    "status": str(getattr(st, "value", st)),
+                    "detail": str(detail or ""),
+                    "recoveries": _get(r, "recovery_count"),
+                }
+        return {"status": "GONE", "detail": f"no managed job {job_id} in `sky jobs queue`"}
+    if not sky.get(sky.status([cluster])):
+        return {"status": "GONE", "detail": f"cluster {cluster} is gone (torn down or autostopped)"}
+    statuses = sky.get(sky.job_status(cluster, [job_id]))
+    st = statuses.get(job_id, statuses.get(str(job_id)))
+    return {"status": str(getattr(st, "value", st)) if st is not None else "GONE", "detail": f"on cluster {cluster}"}
+
+
+def _get(record, key):
+    return record.get(key) if isinstance(record, dict) else getattr(record, key, None)
+
+
+def logs(cluster: str | None, job_id: int, managed: bool, follow: bool) -> dict:
+    sky = _sky()
+    if managed:
+        rc = sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=sys.stdout)
+    else:
+        rc = sky.tail_logs(cluster, job_id=job_id, follow=follow, output_stream=sys.stdout)
+    sys.stdout.flush()
+    return {"rc": rc}
+
+
+def cancel(cluster: str | None, job_id: int, managed: bool) -> dict:
+    sky = _sky()
+    if managed:
+        sky.get(sky.jobs.cancel(job_ids=[job_id]))
+    else:
+        sky.get(sky.cancel(cluster, job_ids=[job_id]))
+    return {}
+
+
+def down(cluster: str) -> dict:
+    sky = _sky()
+    if not sky.get(sky.status([cluster])):
+        return {"gone": True}
+    sky.stream_and_get(sky.down(cluster))
+    return {"gone": False}
+
+
+# ------------------------------------------------------------------------------------------ cost
+def optimize(resources: dict, num_nodes: int) -> dict:
+    """The cheapest cloud/region/instance for ``resources`` (a task YAML's resources section), from
+    SkyPilot's optimizer and catalog, in this process (no API server): hourly price per node."""
+    sky = _sky()
+    from sky import optimizer
+
+    with sky.Dag() as dag:
+        task = sky.Task(name="ftctl-plan", run="true", num_nodes=num_nodes)
+        task.set_resources(sky.Resources.from_yaml_config(resources))
+    try:
+        dag = optimizer.Optimizer.optimize(dag, quiet=True)
+    except sky.exceptions.NoCloudAccessError as e:  # no cloud enabled here: a price is unknown, not an error
+        return {"unavailable": _message(e)}
+    best = dag.tasks[0].best_resources
+    return {
+        "cloud": str(best.cloud),
+        "region": best.region,
+        "zone": best.zone,
+        "instance_type": best.instance_type,
+        "spot": bool(best.use_spot),
+        "hourly_per_node": float(best.get_cost(3600)),
+        "accelerators": best.accelerators,
+    }
+
+
+OPS = {"available": available, "launch": launch, "status": status, "logs": logs, "cancel": cancel}
+OPS.update(down=down, optimize=optimize)
+
+
+def _message(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    # SkyPilot's messages are written for people; keep them whole, minus rich/ANSI markup
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def main(argv: list[str]) -> int:
+    op, result_file = argv
+    kwargs = json.loads(sys.stdin.read() or "{}")
+    try:
+        out = {"result": OPS[op](**kwargs)}
+        rc = 0
+    except KeyboardInterrupt:
+        out, rc = {"error": "interrupted"}, 130
+    except Exception as e:  # noqa: BLE001 — every failure goes back to the parent as one message
+        if os.environ.get("FTCTL_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        out, rc = {"error": _message(e), "kind": type(e).__name__}, 1
+    with open(result_file, "w") as fh:
+        json.dump(out, fh)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,131 @@
+"""`ftctl plan --backend sky` / `launch --dry-run`: SkyPilot's optimizer and catalog price the run, in
+the launcher environment, offline: the catalog is the checked-in fixture tests/sky/catalog (hand-placed
+CSVs under $HOME/.sky/catalogs/v8 are never re-fetched) and the enabled clouds are set to GCP by the
+test's sitecustomize (a cloud account cannot exist here: the one thing replaced, at SkyPilot's own
+`get_cached_enabled_clouds_or_refresh`). The two A100:8 GPU price rows of the fixture are made up.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.sky_fixtures import HERE, sky_bin
+
+FTCTL = str(Path(sys.executable).parent / "ftctl")
+RUN = ["--model-params", "7b", "--output", "s3://b/o"]
+
+
+@pytest.fixture(scope="module")
+def cost_env(tmp_path_factory):
+    if not (sky_bin() / "python").exists():
+        pytest.fail(f"no SkyPilot venv at {sky_bin().parent}: run scripts/setup.sh (or set FTCTL_SKY_PYTHON)")
+    home = tmp_path_factory.mktemp("sky-cost-home")
+    shutil.copytree(HERE / "catalog" / "v8", home / ".sky" / "catalogs" / "v8")
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYPILOT_", "FTCTL_"))}
+    env.update(
+        HOME=str(home),
+        SKYPILOT_DISABLE_USAGE_COLLECTION="1",
+        FTCTL_SKY_PYTHON=str(sky_bin() / "python"),
+        FTCTL_TEST_SKY_CLOUDS="gcp",
+        PYTHONPATH=str(HERE / "site"),
+        FTCTL_HOME=str(home / "ftctl"),
+    )
+    return env
+
+
+def ftctl(env, *args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([FTCTL, *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "gpus,flags,expected",
+    [
+        ("8xA100", [], "GCP us-central1 a2-highgpu-8g: $29.39/h per node, $29.39/h for 1 node"),
+        ("8xA100", ["--spot"], "GCP us-central1 a2-highgpu-8g (spot): $12.35/h per node, $12.35/h for 1 node"),
+        ("2x8xA100", [], "GCP us-central1 a2-highgpu-8g: $29.39/h per node, $58.77/h for 2 nodes"),
+    ],
+)
+def test_plan_prices_the_cheapest_instance(cost_env, gpus, flags, expected):
+    proc = ftctl(cost_env, "plan", "--backend", "sky", "--gpus", gpus, *flags, *RUN, "-o", "max_steps=100")
+    assert proc.returncode == 0, proc.stderr
+    assert expected in proc.stdout, proc.stdout
+    total = next(line for line in proc.stdout.splitlines() if line.startswith("est. total"))
+    assert "$" in total and "tokens/s" in total, total
+
+
+def test_unknown_accelerator_gets_skypilots_own_message(cost_env):
+    proc = ftctl(cost_env, "plan", "--backend", "sky", "--gpus", "8xH100", *RUN)
+    assert proc.returncode != 0
+    assert "error: SkyPilot: Catalog does not contain any instances satisfying the request" in proc.stderr
+    assert "H100" in proc.stderr and "Traceback" not in proc.stderr and "sky-payload" not in proc.stderr
+
+
+def test_dry_run_says_which_backend_and_why_and_what_it_costs(cost_env, tmp_path):
+    proc = ftctl(cost_env, "launch", "--dry-run", "--backend", "sky", "--gpus", "8xA100", *RUN, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("backend: sky (--backend)")
+    assert "a2-highgpu-8g" in proc.stderr and "accelerators: A100:8" in proc.stdout
+    # without --backend, on a machine without those GPUs and no SkyPilot API server: a refusal naming the choices
+    proc = ftctl(
+        {**cost_env, "SKYPILOT_API_SERVER_ENDPOINT": "http://127.0.0.1:9"},
+        "launch",
+        "--dry-run",
+        "--gpus",
+        "8xA100",
+        *RUN,
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "--backend slurm" in proc.stderr and "no SkyPilot API server answers" in proc.stderr, proc.stderr
+
+
+def test_without_skypilot_one_line_says_how_to_install(cost_env):
+    proc = ftctl(
+        {**cost_env, "FTCTL_SKY_PYTHON": "/nonexistent/python"}, "plan", "--backend", "sky", "--gpus", "8xA100", *RUN
+    )
+    assert proc.returncode != 0
+    err = proc.stderr.strip()
+    assert err.count("\n") == 0 and "pip install 'ftctl[sky]'" in err and "/nonexistent/python" in err, err
+
+
+def test_render_and_help_never_import_skypilot_even_where_it_is_installed(cost_env, tmp_path):
+    """In the launcher environment, where `import sky` works (1-3 s, writes ~/.sky), only the commands
+    that talk to SkyPilot import it."""
+    probe = (
+        "import sys\nfrom ftctl.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('SKY-IMPORTED' if 'sky' in sys.modules else 'SKY-ABSENT', file=sys.stderr)\n"
+    )
+    for args in (
+        ["--help"],
+        ["render", "--backend", "sky", "--gpus", "8xA100", *RUN],
+        ["plan", "--gpus", "8xA100", *RUN],
+    ):
+        proc = subprocess.run(
+            [str(sky_bin() / "python"), "-c", probe, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env=cost_env,
+        )
+        assert proc.stderr.strip().endswith("SKY-ABSENT"), (args, proc.stderr)
+
+
+def test_every_skypilot_job_state_maps_onto_an_ftctl_state(cost_env):
+    code = (
+        "import sky\nfrom ftctl.sky.backend import SKY_STATES\n"
+        "words = [s.value for s in sky.JobStatus] + [s.value for s in sky.jobs.ManagedJobStatus]\n"
+        "print(sorted(w for w in words if w not in SKY_STATES))\n"
+    )
+    proc = subprocess.run(
+        [str(sky_bin() / "python"), "-c", code], capture_output=True, text=True, timeout=120, env=cost_env
+    )
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
