@@ -10,11 +10,14 @@ trainer's status file).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from ftctl import spec as spec_mod
 from ftctl.backend import Rendered, prepare
@@ -138,3 +141,26 @@ def write_model_config(directory: Path, **over) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(cfg))
     return directory
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def check_golden(name: str, text: str, directory: Path = GOLDEN) -> None:
+    """Compare text with DIRECTORY/NAME (tests/golden by default); UPDATE_GOLDEN=1 rewrites the file instead."""
+    path = directory / name
+    label = path.relative_to(REPO)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    if not path.exists():
+        pytest.fail(f"{label} does not exist: run the test with UPDATE_GOLDEN=1 to write it.", pytrace=False)
+    want = path.read_text()
+    if want != text:
+        diff = "".join(difflib.unified_diff(want.splitlines(True), text.splitlines(True), str(label), "rendered now"))
+        pytest.fail(
+            f"{name} differs from its golden file; if the change is intended, review the diff and "
+            f"rewrite it with UPDATE_GOLDEN=1\n{diff}",
+            pytrace=False,
+        )

@@ -161,7 +161,8 @@ def test_launch_dry_run_prints_the_bytes_render_prints(backend, extra, tmp_path)
     args = ["--backend", backend, "--method", "lora", *extra]
     if backend != "sky":
         args += ["--output", str(tmp_path / "out dir")]
-    env = _env(HF_TOKEN="hf_secret-value-never-printed")
+    home = tmp_path.parent / f"{tmp_path.name}-home"  # SkyPilot's optimizer writes under ~/.sky
+    env = _env(HF_TOKEN="hf_secret-value-never-printed", HOME=str(home))
     outs = [
         subprocess.run([str(FTCTL), cmd, *args, *dry], capture_output=True, cwd=tmp_path, env=env)
         for cmd, dry in (("render", []), ("launch", ["--dry-run"]))

@@ -6,7 +6,6 @@ absence through a PATH without them or with stand-ins that fail, and the wheel b
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shlex
@@ -26,24 +25,11 @@ from ftctl.docker import image
 from ftctl.errors import FtctlError
 from ftctl.gpus import TIERS, tier
 from ftctl.launch import join
+from tests.render_fixtures import check_golden
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent / "golden" / "build"
 DOCKERFILES = sorted(p for p in (ROOT / "docker").rglob("Dockerfile*") if not p.name.endswith(".dockerignore"))
-
-
-def check_golden(name: str, text: str) -> None:
-    """Compare text with tests/golden/NAME; UPDATE_GOLDEN=1 rewrites the file instead."""
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.write_text(text)
-        return
-    if not path.exists():
-        pytest.fail(f"{path} does not exist: UPDATE_GOLDEN=1 pytest tests/test_image.py writes it.", pytrace=False)
-    want = path.read_text()
-    if want != text:
-        diff = "".join(difflib.unified_diff(want.splitlines(True), text.splitlines(True), str(path), "rendered now"))
-        pytest.fail(f"{name} differs; if intended, UPDATE_GOLDEN=1 pytest tests/test_image.py\n{diff}", pytrace=False)
 
 
 def dockerfile_args(path: Path) -> dict[str, list[str]]:
@@ -220,7 +206,7 @@ def test_build_command_golden(golden, args, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     if "apptainer" in golden:
         args = [*args, "--apptainer"]
-    check_golden(golden, _dry_run(*args))
+    check_golden(golden, _dry_run(*args), GOLDEN)
 
 
 def test_dry_run_is_what_build_runs(monkeypatch, tmp_path):

@@ -8,14 +8,12 @@ what was asked for.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import os
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -23,7 +21,17 @@ import yaml
 from ftctl.backend import write_files
 from ftctl.docker import render as docker_render
 from ftctl.errors import FtctlError
-from tests.render_fixtures import HOSTILE, fake_bin, make_spec, prepared, read_log, run_bash, write_model_config
+from tests.render_fixtures import (
+    GOLDEN,
+    HOSTILE,
+    check_golden,
+    fake_bin,
+    make_spec,
+    prepared,
+    read_log,
+    run_bash,
+    write_model_config,
+)
 
 MODEL = "meta-llama/Llama-3.2-1B"
 CONTAINERS = {
@@ -417,7 +425,6 @@ def test_docker_mounts_the_output_before_it_exists(tmp_path):
 # Snapshot of what each backend renders for a matrix of (method, gpus, nodes, backend, spot). Paths are
 # fixed (s3:// or /fixed/...) so the files do not depend on the machine. On a mismatch the test prints
 # a unified diff; after reviewing it, `UPDATE_GOLDEN=1 pytest tests/test_render.py` rewrites them.
-GOLDEN = Path(__file__).resolve().parent / "golden"
 S3 = "s3://bucket"
 GOLDEN_CASES = {
     "slurm-fft-8xA100.sbatch": dict(
@@ -496,27 +503,6 @@ GOLDEN_CASES = {
 }
 
 
-def check_golden(name: str, text: str) -> None:
-    """Compare text with tests/golden/NAME; UPDATE_GOLDEN=1 rewrites the file instead."""
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        GOLDEN.mkdir(exist_ok=True)
-        path.write_text(text)
-        return
-    if not path.exists():
-        pytest.fail(f"{path} does not exist: UPDATE_GOLDEN=1 pytest tests/test_render.py writes it.", pytrace=False)
-    want = path.read_text()
-    if want != text:
-        diff = "".join(
-            difflib.unified_diff(want.splitlines(True), text.splitlines(True), f"tests/golden/{name}", "rendered now")
-        )
-        pytest.fail(
-            f"{name} differs from its golden file; if the change is intended, review the diff and "
-            f"rewrite it with UPDATE_GOLDEN=1 pytest tests/test_render.py\n{diff}",
-            pytrace=False,
-        )
-
-
 @pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
 def test_rendered_text_matches_golden(name):
     flags = {"model_name_or_path": "meta-llama/Llama-3.1-8B", **GOLDEN_CASES[name]}
@@ -526,7 +512,7 @@ def test_rendered_text_matches_golden(name):
 
 
 def test_no_stale_golden_files():
-    stale = sorted(p.name for p in GOLDEN.iterdir() if p.name not in GOLDEN_CASES)
+    stale = sorted(p.name for p in GOLDEN.iterdir() if p.is_file() and p.name not in GOLDEN_CASES)
     if stale and os.environ.get("UPDATE_GOLDEN") == "1":
         for name in stale:
             (GOLDEN / name).unlink()
