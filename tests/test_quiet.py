@@ -24,7 +24,9 @@ print("TQDM_DISABLE=" + os.environ.get("TQDM_DISABLE", "unset"))
 
 
 def _emit(**env):
-    env = subprocess_env(**env)
+    # a user's environment: not what quiet.install() set in this pytest process (the CLI tests run it)
+    base = {k: v for k, v in subprocess_env().items() if k not in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    env = {**base, **{k: str(v) for k, v in env.items()}}
     env.pop("PYTHONWARNINGS", None)
     return subprocess.run([sys.executable, "-c", EMIT], env=env, cwd=REPO, capture_output=True, text=True)
 
