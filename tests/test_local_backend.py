@@ -30,7 +30,7 @@ def test_launch_without_backend_refuses_gpus_this_machine_lacks_before_starting_
         "--model-params",
         "7b",
         cwd=tmp_path,
-        env={"FTCTL_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)},
+        env={"FTCTL_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path), "HOME": str(tmp_path)},
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "this machine does not have --gpus 8xA100" in proc.stderr
