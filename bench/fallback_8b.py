@@ -28,15 +28,10 @@ def build_model(path: Path) -> None:
     from tests.tiny_fixtures import make_tiny_tokenizer
 
     tok = make_tiny_tokenizer()
+    from bench.gpu_train import SHAPES
+
     cfg = LlamaConfig(
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=8192,
-        rope_theta=500000.0,
+        **SHAPES["8b"],
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,
