@@ -350,9 +350,9 @@ REQUEUE_BODY = """
     }}
     echo "start restart=${{SLURM_RESTART_COUNT:-0}} on $(hostname)"
     if [ "${{SLURM_RESTART_COUNT:-0}}" -ge 1 ]; then echo resumed; exit 0; fi
-    srun bash -c 'trap "echo step saved; exit 0" USR2; while :; do sleep 0.1; done' &
+    # the step says it is ready once its own trap is set: a USR2 forwarded before that would kill it
+    srun bash -c 'trap "echo step saved; exit 0" USR2; echo ready; while :; do sleep 0.1; done' &
     STEP=$!
-    echo ready
     while :; do wait "$STEP"; [ $? -lt 128 ] && break; done
     """
 
