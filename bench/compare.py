@@ -219,7 +219,7 @@ def run_ftctl(
 
     import ftctl.trainer.data as data_mod
     from ftctl.plan import make_plan
-    from ftctl.trainer.run import fit, setup
+    from ftctl.trainer.run import CUDA_ALLOC_ENV, fit, setup
 
     spec = ftctl_spec(method, path, work, steps, "ref" if reference else f"ftctl{micro or ''}")
     plan = make_plan(spec)
@@ -236,6 +236,9 @@ def run_ftctl(
     clock = clock_callback(stop_at=20 if reference else None)
     free(torch)
     run = setup(spec, plan, callbacks=[clock], echo=lambda line: print(line, flush=True))
+    # setup() sets the allocator's settings for a fresh process (the trainer's real start); this row's
+    # process may already hold CUDA (the model was built here), so apply them now, as a fresh one would
+    allocator_settings(torch, os.environ.get(CUDA_ALLOC_ENV, ""))
     collate = run.trainer.data_collator
     if reference:
         pad = run.trainer.processing_class.pad_token_id
@@ -268,7 +271,16 @@ def run_ftctl(
     run.trainer = counter = None
     del run
     free(torch)
+    os.environ.pop(CUDA_ALLOC_ENV, None)  # the peer's phase runs with PyTorch's defaults
+    allocator_settings(torch, "expandable_segments:False")
     return out
+
+
+def allocator_settings(torch, value: str) -> None:
+    if CPU or not value:
+        return
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+    setter(value)
 
 
 # ------------------------------------------------------------------------------------------ peer
@@ -544,13 +556,16 @@ def main() -> None:
     card = "cpu (BENCH_CPU=1 dry run)" if CPU else torch.cuda.get_device_name(0)
     date = datetime.date.today().isoformat()
     stem = f"{date}-{'cpu-dryrun' if CPU else 'h200'}-compare"
-    meta = {"card": card, "date": date, "versions": versions(), "models_in": a.models}
+    # the GPU the rows run on: on a 2-GPU machine two instances take one GPU each (rows of one shape
+    # per instance: each builds its own model), every row's peer and ftctl on the same GPU
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0")
+    meta = {"card": card, "date": date, "versions": versions(), "models_in": a.models, "gpu": gpu}
     rows = []
     for row in a.rows.split(","):
         one = Path(a.work) / f"{row}.json"
         one.unlink(missing_ok=True)
         argv = [sys.executable, __file__, "--one", row, *sys.argv[1:]]
-        subprocess.run(argv, env={**os.environ, "CUDA_VISIBLE_DEVICES": "0", "PYTHONUNBUFFERED": "1"})
+        subprocess.run(argv, env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu, "PYTHONUNBUFFERED": "1"})
         r = (
             json.loads(one.read_text())
             if one.exists()

@@ -109,6 +109,53 @@ def test_lora_trains_an_adapter_that_peft_loads(tiny_model_dir, tiny_data, tmp_p
     assert lora_b and all(torch.count_nonzero(p) > 0 for p in lora_b)  # B starts at zero: it trained
 
 
+def test_lora_under_autocast_keeps_fp32_adapters_and_their_input_as_is(tiny_model_dir):
+    """With a 16-bit plan PEFT no longer casts each adapter's input to fp32 (copies and an fp32 dropout):
+    autocast runs the adapter matmuls in bf16 either way, so outputs and fp32 gradients agree with PEFT's
+    own casting; an fp32 (CPU) plan keeps PEFT's behaviour."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.trainer.methods import apply_method
+
+    spec, cpu_plan = make_run(
+        tiny_model_dir, "unused.jsonl", "unused", "lora", lora_r=4, lora_alpha=8, lora_dropout=0.0
+    )
+    _, gpu_plan = make_run(
+        tiny_model_dir, "unused.jsonl", "unused", "lora", "1xA100", lora_r=4, lora_alpha=8, lora_dropout=0.0
+    )
+    assert (cpu_plan.precision, gpu_plan.precision) == ("fp32", "bf16")
+    torch.manual_seed(0)
+    peft_cast = apply_method(AutoModelForCausalLM.from_pretrained(tiny_model_dir), spec, cpu_plan)
+    torch.manual_seed(0)
+    as_is = apply_method(AutoModelForCausalLM.from_pretrained(tiny_model_dir), spec, gpu_plan)
+    for n, p in as_is.named_parameters():
+        if "lora_" in n:  # the same adapters in both, B non-zero so that they matter
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.02)
+            peft_cast.get_parameter(n).data.copy_(p.detach())
+    flags = [m.cast_input_dtype_enabled for m in as_is.modules() if hasattr(m, "cast_input_dtype_enabled")]
+    assert len(flags) == 14 and not any(flags)  # 7 projections x 2 blocks
+    assert all(m.cast_input_dtype_enabled for m in peft_cast.modules() if hasattr(m, "cast_input_dtype_enabled"))
+
+    ids = torch.randint(0, 100, (2, 16))
+    outs, grads = [], []
+    for model in (peft_cast, as_is):
+        # the base weights in bf16, the adapters fp32 (PEFT's autocast_adapter_dtype): the GPU setting
+        for n, p in model.named_parameters():
+            if "lora_" not in n:
+                p.data = p.data.to(torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        outs.append(loss.float().item())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    assert outs[0] == pytest.approx(outs[1], rel=1e-2)
+    for n, g in grads[1].items():
+        assert g.dtype == torch.float32  # fp32 master adapters get fp32 gradients
+        assert torch.allclose(g, grads[0][n], rtol=0.1, atol=1e-3), n
+
+
 def test_qlora_trains_over_a_4bit_base(tiny_model_dir, tiny_data, tmp_path, one_thread):
     import bitsandbytes as bnb
     from peft import PeftModel

@@ -6,6 +6,10 @@
     qlora  the same adapters over the 4-bit NF4 base that model.py loaded (prepare_kbit: frozen, input
            grads for gradient checkpointing; PEFT's fp32 upcast of the rest only under fp16)
 
+Under bf16/fp16 autocast the LoRA adapters keep fp32 weights (their updates are small: bf16 would lose
+them) but take their input as it comes (adapter_inputs_as_is): autocast runs their matmuls in 16 bits
+either way, and PEFT's cast of every adapter's input to fp32 only adds copies and an fp32 dropout.
+
 Everything else (loading, data, the Trainer, checkpoints) is shared.
 """
 
@@ -33,6 +37,8 @@ def apply_method(model, spec, plan):
         from peft import get_peft_model
 
         model = get_peft_model(model, lora_config(spec))
+        if plan.precision in ("bf16", "fp16"):
+            adapter_inputs_as_is(model)
     else:  # pragma: no cover - spec.validate refuses other methods
         raise FtctlError(f"Unknown method {method!r}.")
     trainable, total = count_parameters(model)
@@ -66,6 +72,19 @@ def prepare_kbit(model, plan):
         model.enable_input_require_grads()
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def adapter_inputs_as_is(model) -> int:
+    """Stop PEFT from casting each adapter's input to the adapter's fp32 dtype (what
+    ``peft.helpers.disable_input_dtype_casting`` does for the length of a block, here for the run).
+    Only for training under autocast: there the 16-bit input meets the fp32 adapter in a 16-bit matmul
+    anyway, and the fp32 master weights and their gradients stay fp32. Returns the layers changed."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    return len(layers)
 
 
 def lora_config(spec):
