@@ -151,6 +151,45 @@ def clock_callback(stop_at: int | None = None):
     return Clock()
 
 
+def profile_callback(first: int, last: int, into: dict):
+    """torch.profiler over steps first..last (CPU and CUDA): the kernels' summed time against the wall
+    time (how busy the GPU is) and the top of the table, into ``into``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    def sync():
+        if not CPU:
+            torch.cuda.synchronize()
+
+    class Profile(TrainerCallback):
+        prof = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step + 1 == first:
+                sync()
+                self.prof = profile(activities=[ProfilerActivity.CPU, *([] if CPU else [ProfilerActivity.CUDA])])
+                self.prof.__enter__()
+                self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.prof is not None and state.global_step == last:
+                sync()
+                wall = time.perf_counter() - self.t0
+                self.prof.__exit__(None, None, None)
+                events = self.prof.key_averages()
+                busy = sum(e.self_device_time_total for e in events) / 1e6
+                into["steps"] = last - first + 1
+                into["wall_s"] = round(wall, 4)
+                into["kernels_s"] = round(busy, 4)
+                into["gpu_busy"] = round(busy / wall, 3)
+                into["table"] = events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=60)
+                self.prof = None
+                control.should_training_stop = True
+
+    return Profile()
+
+
 def timing(clock, counter, accum: int) -> dict:
     """tokens/s over the steps after the warm-up (batches of those steps), step-time spread."""
     steps = len(clock.t)
@@ -211,10 +250,18 @@ def ftctl_spec(method: str, path: Path, work: Path, steps: int, tag: str):
 
 
 def run_ftctl(
-    method: str, path: Path, work: Path, steps: int, data, reference: bool = False, micro: int | None = None
+    method: str,
+    path: Path,
+    work: Path,
+    steps: int,
+    data,
+    reference: bool = False,
+    micro: int | None = None,
+    profile: bool = False,
 ) -> dict:
     """ftctl's trainer as its plan says; ``reference``: same samples per step, unpacked, SDPA;
-    ``micro``: a probe of another micro-batch (no checkpointing) for the largest that fits."""
+    ``micro``: a probe of another micro-batch (no checkpointing) for the largest that fits;
+    ``profile``: torch.profiler over three steps after the warm-up (a phase of its own: never timed)."""
     import torch
 
     import ftctl.trainer.data as data_mod
@@ -234,8 +281,10 @@ def run_ftctl(
         )
     data_mod.build_dataset = lambda *a, **k: data  # the random-id dataset instead of a chat file
     clock = clock_callback(stop_at=20 if reference else None)
+    profiled: dict = {}
+    callbacks = [clock, *([profile_callback(WARM + 1, WARM + 3, profiled)] if profile else [])]
     free(torch)
-    run = setup(spec, plan, callbacks=[clock], echo=lambda line: print(line, flush=True))
+    run = setup(spec, plan, callbacks=callbacks, echo=lambda line: print(line, flush=True))
     # setup() sets the allocator's settings for a fresh process (the trainer's real start); this row's
     # process may already hold CUDA (the model was built here), so apply them now, as a fresh one would
     allocator_settings(torch, os.environ.get(CUDA_ALLOC_ENV, ""))
@@ -266,7 +315,9 @@ def run_ftctl(
         "params_b": plan.model.params_b,
         **memory(torch),
     }
-    if not reference:
+    if profile:
+        out = {"kernels": out["kernels"], **profiled}
+    elif not reference:
         out.update(timing(clock, counter, plan.gradient_accumulation_steps))
     run.trainer = counter = None
     del run
@@ -354,6 +405,7 @@ def one_row(row: str, a) -> dict:
         ("peer", lambda: run_peer(method, path, peer_micro, a.peer_steps, data)),
         ("reference", lambda: run_ftctl(method, path, work, a.steps, data, reference=True)),
         ("probe", lambda: run_ftctl(method, path, work, WARM + 2, data, micro=a.probe_micro)),
+        ("profile", lambda: run_ftctl(method, path, work, WARM + 3, data, profile=True)),
     ):
         if phase not in phases or (
             (phase == "reference" and shape not in a.check_shapes.split(","))
@@ -372,7 +424,9 @@ def one_row(row: str, a) -> dict:
         result[phase]["wall_s"] = round(time.time() - t, 1)
         if phase == "probe":
             result[phase]["micro"] = a.probe_micro
-        shown = {k: v for k, v in result[phase].items() if k not in ("losses", "plan")}
+        shown = {k: v for k, v in result[phase].items() if k not in ("losses", "plan", "table")}
+        if "table" in result[phase]:
+            print(result[phase]["table"], flush=True)
         print(f"{row} {phase}: {json.dumps(shown)}", flush=True)
     return result
 
@@ -425,6 +479,8 @@ def summarise(r: dict, card: str) -> dict:
         if p.get("tokens_per_s") and "params_b" in f
         else None,
     }
+    if r.get("profile", {}).get("gpu_busy") is not None:
+        out["ftctl_gpu_busy"] = r["profile"]["gpu_busy"]  # kernels' time / wall time over 3 profiled steps
     if out["ftctl_peak_gib"] and out["plan_peak_gib"]:
         out["plan_error"] = round(out["plan_peak_gib"] / out["ftctl_peak_gib"] - 1, 3)
     if f.get("losses") and ref.get("losses"):
@@ -527,7 +583,7 @@ def main() -> None:
     ap.add_argument("--rows", default="fft1b,lora8b,qlora8b,lora1b,qlora1b")
     ap.add_argument("--steps", type=int, default=25, help="ftctl steps (5 warm-up); >= 20 for the loss check")
     ap.add_argument("--peer-steps", type=int, default=35, help="peer steps: 5 warm-up + 30 timed")
-    ap.add_argument("--phases", default="ftctl,peer,reference,probe")
+    ap.add_argument("--phases", default="ftctl,peer,reference,probe", help="and profile (torch.profiler, 3 steps)")
     ap.add_argument("--check-shapes", default="1b", help="shapes whose losses are checked / micro-batch probed")
     ap.add_argument("--probe-micro", type=int, default=8, help="phase probe: this micro-batch, no checkpointing")
     ap.add_argument("--probe-shapes", default="8b", help="shapes whose phase probe runs")
