@@ -4,12 +4,19 @@
     Backend.submit(rendered) = send(write(rendered))       as torchx's schedule(submit_dryrun())
     Backend.status / logs / cancel / down (JobRef)         against the backend that launched the job
     Backend.doctor(...)                                    what would fail, before an expensive launch
+    Backend.image(spec, plan)                              the image the run uses, and why
 
 One class per backend, each in its own package (``ftctl.local``, ``ftctl.slurm``, ``ftctl.sky``,
 ``ftctl.docker``), loaded only when used through :data:`REGISTRY`. Each declares the run keys it
 accepts beyond the common ones (``options``); a key of another backend set to anything but its
 default is refused with the accepted list, never ignored (submitit's AutoExecutor). Job states of
 every backend map onto :class:`JobState`.
+
+The image: ``--container`` when given (``none``: no image), else what the user's config gives the run
+(``image:`` there, else the newest fitting image ``ftctl build`` recorded; ftctl/docker/image.py), else
+the backend's own way: sky ships ftctl's source and installs it, Slurm runs this environment from the
+shared filesystem, docker runs ``default_image``. :func:`prepare` writes the choice into the spec's
+``container``, so the renderers and spec.json see one value; launch and render say it on stderr.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from enum import Enum
 from pathlib import Path
 from typing import ClassVar
 
+from ftctl import userconfig
 from ftctl.errors import FtctlError
+from ftctl.launch import container_kind
 from ftctl.plan import Plan, dump_run, make_plan
 from ftctl.runpaths import RunPaths
 from ftctl.spec import BACKENDS, FIELDS, TRAINING_KEYS, RunSpec
@@ -76,6 +85,16 @@ class JobRef:
         return RunPaths(Path(self.run_dir))
 
 
+@dataclass(frozen=True)
+class ImageChoice:
+    """The image a run uses (``ref`` None: none) and the one line that says which and why."""
+
+    ref: str | None
+    container: str | None  # what it amounts to as --container (docker:REF, apptainer:..., pyxis:...)
+    source: str  # "--container", "config", "pushed", "local", "sif", "default" or "none"
+    line: str  # "image: REF (pushed by ftctl build on 2026-12-01)", "no image (why): what runs instead"
+
+
 @dataclass
 class Rendered:
     backend: str
@@ -84,6 +103,7 @@ class Rendered:
     paths: RunPaths
     text: str  # what render prints and launch sends
     files: dict[str, str]  # written into the run dir before sending
+    image: ImageChoice | None = None  # None: the backend runs no image (local)
 
     @property
     def run_dir(self) -> Path:
@@ -94,6 +114,35 @@ class Backend:
     name: ClassVar[str]
     options: ClassVar[frozenset[str]] = frozenset()  # run keys of this backend (beyond the common ones)
     needs_local_paths: ClassVar[bool] = True  # False where the job runs on machines that cannot see ours
+    no_image: ClassVar[str | None] = None  # what runs when there is no image; None: this backend runs none
+
+    # ---------------------------------------------------------------------------------- image
+    def image(self, spec: RunSpec, plan: Plan) -> ImageChoice | None:
+        """--container, else the user's config (:func:`ftctl.docker.image.configured`), else no image."""
+        if self.no_image is None:
+            return None
+        _, ref = container_kind(spec)
+        if spec.container:
+            if ref is None:
+                return ImageChoice(None, None, "none", f"no image (--container none): {self.no_image}")
+            return ImageChoice(ref, spec.container, "--container", f"image: {ref} (--container)")
+        from ftctl.docker.image import configured
+
+        found = configured(plan.tier, self.image_kinds())
+        if found is None:
+            why = f"ftctl build recorded none for {plan.tier or 'CPU'} runs here"
+            return ImageChoice(None, None, "none", f"no image ({why}): {self.no_image}")
+        if found.ref is None:
+            return ImageChoice(None, None, "none", f"no image ({found.why}): {self.no_image}")
+        return ImageChoice(found.ref, self.as_container(found), found.source, f"image: {found.ref} ({found.why})")
+
+    def image_kinds(self) -> tuple[str, ...]:
+        """The kinds of ``ftctl build`` record (userconfig.WHERE) this backend can run, preferred first."""
+        return ("pushed",)
+
+    def as_container(self, found) -> str:
+        """The --container value that runs the configured image ``found`` here."""
+        return f"docker:{found.ref}"
 
     # ---------------------------------------------------------------------------------- render
     def resolve(self, spec: RunSpec) -> tuple[RunSpec, Plan]:
@@ -118,6 +167,10 @@ class Backend:
         self.check(rendered)
         write_files(rendered)
         ref = self.send(rendered)
+        if rendered.image:  # once sent: a refusal stays the one line that says why
+            import click
+
+            click.echo(rendered.image.line, err=True)
         if ref is not None:
             record_job(ref)
         return ref
@@ -201,6 +254,8 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
     findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus())
     if dry_run:
         click.echo(f"backend: {name} ({why})", err=True)
+        if rendered.image:
+            click.echo(rendered.image.line, err=True)
         if findings:
             click.echo(preflight.render(findings), err=True)
         click.echo(rendered.text, nl=False)
@@ -220,9 +275,9 @@ def choose_backend(spec: RunSpec) -> tuple[str, str]:
     has the GPUs asked for (or none were named), else SkyPilot with a cloud enabled, else a refusal."""
     if spec.backend:
         return spec.backend, "--backend"
-    configured = os.environ.get("FTCTL_BACKEND") or _config().get("backend")
+    configured = os.environ.get("FTCTL_BACKEND") or userconfig.load().backend
     if configured:
-        return str(configured), ("FTCTL_BACKEND" if os.environ.get("FTCTL_BACKEND") else str(config_path()))
+        return configured, ("FTCTL_BACKEND" if os.environ.get("FTCTL_BACKEND") else str(userconfig.config_path()))
     if not spec.gpus or get("local").has_gpus(spec):
         return "local", "this machine has the GPUs asked for" if spec.gpus else "no --gpus: this machine"
     sky_why = get("sky").available()
@@ -231,21 +286,8 @@ def choose_backend(spec: RunSpec) -> tuple[str, str]:
     raise FtctlError(
         f"No backend given, and this machine does not have --gpus {spec.gpus}. Choose one: --backend slurm "
         f"(a cluster), --backend sky (a cloud: {sky_why}), --backend docker, or --backend local with the GPUs "
-        f"this machine has; or set backend: in {config_path()} (or FTCTL_BACKEND)."
+        f"this machine has; or set backend: in {userconfig.config_path()} (or FTCTL_BACKEND)."
     )
-
-
-def config_path() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "ftctl" / "config.yaml"
-
-
-def _config() -> dict:
-    p = config_path()
-    if not p.is_file():
-        return {}
-    from ftctl.spec import load_yaml
-
-    return load_yaml(str(p))
 
 
 def prepare(spec: RunSpec) -> Rendered:
@@ -255,6 +297,9 @@ def prepare(spec: RunSpec) -> Rendered:
     backend = get(name)
     refuse_foreign_options(spec, backend)
     spec, plan = backend.resolve(spec)
+    image = backend.image(spec, plan)
+    if image and image.container and not spec.container:
+        spec = replace(spec, container=image.container)
     if backend.needs_local_paths:
         spec = absolute_paths(spec)
     else:
@@ -262,7 +307,7 @@ def prepare(spec: RunSpec) -> Rendered:
     paths = RunPaths(run_dir_for(spec))
     spec_json = dump_run(spec, plan)
     text, files = backend.render(spec, plan, paths, spec_json)
-    return Rendered(name, spec, plan, paths, text, files)
+    return Rendered(name, spec, plan, paths, text, files, image)
 
 
 def absolute_paths(spec: RunSpec) -> RunSpec:

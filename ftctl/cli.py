@@ -55,7 +55,11 @@ def run_options(fn):
         click.option("--account", help="Slurm account."),
         click.option("--qos", help="Slurm QOS."),
         click.option("--time", help="Slurm time limit, e.g. 12:00:00."),
-        click.option("--container", help="docker:IMAGE, apptainer:IMAGE or pyxis:IMAGE."),
+        click.option(
+            "--container",
+            help="docker:IMAGE, apptainer:IMAGE, pyxis:IMAGE, or none. Default: image: in the user config, "
+            "else what `ftctl build` recorded.",
+        ),
         click.option("--setup", multiple=True, help="Shell line run before training (module load cuda/12.4)."),
         click.option("--sbatch-arg", "sbatch_args", multiple=True, help="Extra #SBATCH option, e.g. --mem=64G."),
         click.option("--spot/--no-spot", default=None, help="SkyPilot managed job on spot, recovered when preempted."),
@@ -129,7 +133,10 @@ def render(**kw):
     """Print what `launch` would submit: sbatch, SkyPilot task YAML, docker or local command."""
     from ftctl.backend import prepare
 
-    click.echo(prepare(_spec(kw)).text, nl=False)
+    rendered = prepare(_spec(kw))
+    if rendered.image:
+        click.echo(rendered.image.line, err=True)
+    click.echo(rendered.text, nl=False)
 
 
 @main.command()
@@ -313,7 +320,8 @@ def doctor(backend, partition, gpus, network, nodes, min_busbw_gbps):
 @click.option("--max-jobs", type=int, help="Parallel compile jobs (default: cores, ~5 GB of memory each).")
 @click.option("--dry-run", is_flag=True, help="Print the commands and stop.")
 def build(gpus, tag, registry, apptainer, max_jobs, dry_run):
-    """Build the CUDA image with flash-attn compiled for these GPUs (docker buildx)."""
+    """Build the CUDA image with flash-attn compiled for these GPUs (docker buildx). A build that
+    succeeds is recorded in ~/.config/ftctl/config.yaml: later runs use it without --container."""
     from ftctl.docker import build as image_build
 
     plan = image_build.commands(gpus, tag=tag, push=registry, apptainer=apptainer, max_jobs=max_jobs)

@@ -1,6 +1,8 @@
 """Fixtures shared by the whole suite, registered once so that each session-scoped one (the Slurm
 cluster, the S3 server, the tiny model) is started once per test run, not once per importing module."""
 
+import pytest
+
 pytest_plugins = [
     "tests.tiny_fixtures",
     "tests.s3_fixtures",
@@ -16,3 +18,10 @@ def pytest_configure(config):
     from tests.hold_hook import install
 
     install()
+
+
+@pytest.fixture(autouse=True)
+def _user_config_home(tmp_path_factory, monkeypatch):
+    """Every test reads and writes an empty user config of its own, never ~/.config/ftctl/config.yaml:
+    an `image:` or a `built:` record there would change what renders, and `ftctl build` records in it."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))

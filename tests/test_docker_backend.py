@@ -72,6 +72,7 @@ def test_launch_status_logs_through_the_docker_cli(docker_env, tiny_model_dir, t
     out = tmp_path / "out"
     launched = ftctl(docker_env, "launch", *run_flags(tiny_model_dir, hostile / "conv.json", out), cwd=tmp_path)
     job = launched.stdout.split("started container ", 1)[1].split()[0]
+    assert launched.stderr.splitlines()[-1] == "image: ftctl:test (--container)"
     assert wait_state(docker_env, job, ["SUCCEEDED", "FAILED"]).startswith(f"{job} SUCCEEDED")
     assert "complete" in ftctl(docker_env, "logs", job).stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -18,6 +18,7 @@ import sys
 import pytest
 import yaml
 
+from ftctl import userconfig
 from ftctl.backend import write_files
 from ftctl.docker import render as docker_render
 from ftctl.errors import FtctlError
@@ -500,11 +501,36 @@ GOLDEN_CASES = {
         output_dir="/fixed/runs/l",
     ),
     "local-fft-4xA100.txt": dict(backend="local", method="fft", gpus="4xA100", output_dir="/fixed/runs/m"),
+    # without --container, the image `ftctl build` recorded (GOLDEN_CONFIG)
+    "sky-lora-8xA100-built.yaml": dict(backend="sky", method="lora", gpus="8xA100", output_dir=f"{S3}/runs/n"),
+    "slurm-lora-8xH100-built-apptainer.sbatch": dict(
+        backend="slurm", method="lora", gpus="8xH100", output_dir="/fixed/runs/o"
+    ),
+    "slurm-lora-2x8xA100-built-pyxis.sbatch": dict(
+        backend="slurm", method="lora", gpus="2x8xA100", output_dir="/fixed/runs/p"
+    ),
+}
+# the user config of a case: its hand-written text, then what `ftctl build` records (image, where, gpus)
+BUILT = [
+    ("ghcr.io/my-org/ftctl:test-sm80_90", "pushed", "A100,H100"),
+    ("/fixed/images/ftctl-test-sm90.sif", "sif", "H100"),
+    ("ghcr.io/ftctl/ftctl:test-sm80", "local", "A100"),  # never used by sky or slurm: no node can pull it
+]
+GOLDEN_CONFIG = {
+    "sky-lora-8xA100-built.yaml": ("", BUILT),
+    "slurm-lora-8xH100-built-apptainer.sbatch": ("", BUILT),
+    "slurm-lora-2x8xA100-built-pyxis.sbatch": ("slurm_container: pyxis\n", BUILT),
 }
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
 def test_rendered_text_matches_golden(name):
+    if name in GOLDEN_CONFIG:
+        text, built = GOLDEN_CONFIG[name]
+        userconfig.config_path().parent.mkdir(parents=True)
+        userconfig.config_path().write_text(text)
+        for args in built:
+            userconfig.record(*args)
     flags = {"model_name_or_path": "meta-llama/Llama-3.1-8B", **GOLDEN_CASES[name]}
     prep = prepared(**flags)
     # the local command starts this interpreter: name it independently of the machine

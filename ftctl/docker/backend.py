@@ -3,6 +3,9 @@
 ``launch`` runs the rendered ``docker run -d --name RUN ...`` (the job id is the container's name);
 ``status`` reads ``docker inspect``, ``logs`` is ``docker logs [-f]``, ``cancel`` is ``docker stop``
 (SIGTERM: the trainer checkpoints at the next step boundary within the grace period).
+
+The image: --container, else ``image:`` in the user's config, else the newest image ``ftctl build``
+recorded for the run's GPUs (built here or pushed), else ``default_image`` (what ``ftctl build`` names).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import subprocess
 
 import click
 
-from ftctl.backend import Backend, JobRef, JobState, JobStatus, Rendered
+from ftctl.backend import Backend, ImageChoice, JobRef, JobState, JobStatus, Rendered
 from ftctl.docker import render as docker_render
+from ftctl.docker.image import GENERIC_TIERS, default_image
 from ftctl.errors import FtctlError
 
 STOP_GRACE_S = 120  # docker stop's wait between SIGTERM and SIGKILL: time for one checkpoint
@@ -22,6 +26,18 @@ STOP_GRACE_S = 120  # docker stop's wait between SIGTERM and SIGKILL: time for o
 class DockerBackend(Backend):
     name = "docker"
     options = frozenset({"container"})
+    no_image = "the default image"  # never said: a docker run always has one (see image())
+
+    def image(self, spec, plan) -> ImageChoice:
+        choice = super().image(spec, plan)
+        if choice.ref:
+            return choice
+        ref = default_image(plan.tier)
+        build = f"ftctl build --gpus {plan.tier or ','.join(GENERIC_TIERS)}"
+        return ImageChoice(ref, f"docker:{ref}", "default", f"image: {ref} (the default name; `{build}` builds it)")
+
+    def image_kinds(self) -> tuple[str, ...]:
+        return ("local", "pushed")
 
     def detected_gpus(self) -> str | None:
         from ftctl.local.backend import local_gpus
@@ -34,10 +50,8 @@ class DockerBackend(Backend):
 
     def check(self, rendered: Rendered) -> None:
         docker = _docker()
-        if not rendered.spec.container:
-            from ftctl.docker.image import default_image
-
-            image = default_image(rendered.plan.tier)
+        image = rendered.image.ref
+        if rendered.image.source in ("default", "local"):  # a registry's image is pulled by docker run
             if _run([docker, "image", "inspect", image]).returncode != 0:
                 raise FtctlError(
                     f"the image {image} is not on this docker host: build it with `ftctl build --gpus "

@@ -3,6 +3,11 @@
 ``commands(...)`` composes them; ``--dry-run`` prints them and ``build(...)`` runs exactly those.
 The build context is the source tree's root when ftctl runs from one; installed from a wheel, the
 package's own copy of docker/ and its source are staged into a context folder of the same layout.
+
+A build that succeeds is recorded in the user's config (ftctl/userconfig.py), so later runs use it
+without --container: a pushed image for sky, slurm and docker; a local one (not pushed) for docker
+only, since no cloud VM or cluster node can pull it; the .sif of --apptainer for Slurm. --dry-run
+records nothing.
 """
 
 from __future__ import annotations
@@ -10,12 +15,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
 
-from ftctl import __version__
+from ftctl import __version__, userconfig
 from ftctl.docker import image
 from ftctl.errors import FtctlError
 from ftctl.launch import join
@@ -28,6 +33,8 @@ class BuildPlan:
     docker: list[str]
     apptainer: list[str] | None = None
     sif: Path | None = None
+    gpus: str = ""  # the tiers built for, as recorded: A100,H100
+    pushed: bool = False
 
     def text(self) -> str:
         lines = [join(self.docker)]
@@ -80,12 +87,13 @@ def commands(
     for k, v in image.build_args(gpus, max_jobs=max_jobs).items():
         argv += ["--build-arg", f"{k}={v}"]
     argv += ["--tag", ref, "--push" if push else "--load", str(ctx)]
-    plan = BuildPlan(image=ref, context=ctx, docker=argv)
+    tiers = ",".join(t.name for t in image.tiers_of(gpus))
+    plan = BuildPlan(image=ref, context=ctx, docker=argv, gpus=tiers, pushed=bool(push))
     if apptainer:
         sif = Path(f"{image.REPOSITORY}-{tag}.sif").resolve()
         # a pushed image is pulled from its registry; a loaded one is read from the local engine
         source = f"docker://{ref}" if push else f"docker-daemon://{ref}"
-        plan = BuildPlan(ref, ctx, argv, ["apptainer", "build", "--force", str(sif), source], sif)
+        plan = replace(plan, apptainer=["apptainer", "build", "--force", str(sif), source], sif=sif)
     return plan
 
 
@@ -126,7 +134,12 @@ def build(plan: BuildPlan) -> None:
         rc = subprocess.run(argv).returncode
         if rc != 0:
             raise FtctlError(f"`{argv[0]} {argv[1]}` failed (exit {rc}): the lines above say why.")
-    where = "pushed" if "--push" in plan.docker else "loaded into the local docker engine"
+    where = "pushed" if plan.pushed else "loaded into the local docker engine"
     click.echo(f"{plan.image} ({where})")
+    path = userconfig.record(plan.image, "pushed" if plan.pushed else "local", plan.gpus)
+    users = "sky, slurm and docker" if plan.pushed else "docker"
     if plan.sif:
         click.echo(str(plan.sif))
+        userconfig.record(str(plan.sif), "sif", plan.gpus)
+        users += " (its .sif: slurm)"
+    click.echo(f"recorded in {path}: {users} runs on {plan.gpus} use it without --container", err=True)

@@ -4,6 +4,9 @@ Versions have one home, constraints.txt (torch, flash-attn, and its ``# image: c
 line); architectures come from the tier table in ftctl/gpus.py. Every backend that runs the image
 by default asks ``default_image(tier)`` for its name, which is what ``ftctl build --gpus TIER``
 tags.
+Without ``--container``, :func:`configured` says which image the user's config gives a run: the
+``image:`` written there, else the newest image ``ftctl build`` recorded that fits the run's tiers
+(ftctl/userconfig.py keeps the file).
 
 flash-attn compiles one architecture per major compute capability (sm_80 code runs on every 8.x
 GPU), so an A10G and an A100 share one image. Tiers without FlashAttention-2 (T4, V100) and
@@ -13,12 +16,12 @@ GPU), so an A10G and an A100 share one image. Tiers without FlashAttention-2 (T4
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ftctl import __version__
+from ftctl import __version__, userconfig
 from ftctl.errors import FtctlError
 from ftctl.gpus import GpuTier, tier
 
@@ -114,6 +117,46 @@ def default_image(gpus=None, registry: str = DEFAULT_REGISTRY) -> str:
     ``--gpus`` value, several, or None for CPU): ``ghcr.io/ftctl/ftctl:0.1.0-cu130-…-sm90``.
     ``ftctl build --gpus TIER`` builds exactly this name (``--push REGISTRY`` swaps the registry)."""
     return f"{check_registry(registry)}/{REPOSITORY}:{image_tag(gpus)}"
+
+
+def fits(built_for: str, gpus) -> bool:
+    """Whether an image built by ``ftctl build --gpus BUILT_FOR`` serves a run on ``gpus``: it holds
+    flash-attn code for every architecture the run's tiers need (T4, V100 and CPU runs need the generic
+    A100 + H100 image's, as in :func:`default_image`)."""
+    return set(flash_attn_archs(tiers_of(gpus))) <= set(flash_attn_archs(tiers_of(built_for)))
+
+
+@dataclass(frozen=True)
+class Configured:
+    """The image the user's config gives a run; ``ref`` is None where it says ``image: none``."""
+
+    ref: str | None
+    source: str  # "config" (image: written by hand), "none", or the record's kind: pushed | local | sif
+    why: str  # "pushed by ftctl build on 2026-12-01"
+
+
+_RECORDED_BY = {
+    "pushed": "pushed by ftctl build",
+    "local": "built by ftctl build",
+    "sif": "written by ftctl build --apptainer",
+}
+
+
+def configured(gpus, usable: Sequence[str]) -> Configured | None:
+    """What the user's config gives a run on ``gpus`` (a tier, None for CPU) on a backend that runs the
+    recorded kinds ``usable`` (preferred first): ``image:`` as written there (``none`` too), else the
+    newest ``ftctl build`` record of the first usable kind that this ftctl version made and that
+    :func:`fits` the tier; else None."""
+    cfg = userconfig.load()
+    if cfg.image:
+        if cfg.image.lower() == "none":
+            return Configured(None, "none", f"image: none in {userconfig.config_path()}")
+        return Configured(cfg.image, "config", f"image: in {userconfig.config_path()}")
+    for where in usable:
+        for b in cfg.built:
+            if b.where == where and b.ftctl == __version__ and fits(b.gpus, gpus):
+                return Configured(b.image, where, _RECORDED_BY[where] + (f" on {b.date}" if b.date else ""))
+    return None
 
 
 _REGISTRY = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")

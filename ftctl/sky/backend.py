@@ -4,6 +4,10 @@
              --cluster names one that is up; --spot: sky.jobs.launch, a managed job with job_recovery
     status / logs / cancel / down    sky.job_status / tail_logs / cancel / down, or sky.jobs.*
 
+The image (``image_id: docker:REF``): --container, else the user's config: ``image:``, else the newest
+image ``ftctl build --push`` recorded for the run's GPUs (a local build or a .sif cannot be pulled by a
+cloud VM); without one, ftctl's source is shipped and installed as before.
+
 SkyPilot lives in its own environment (its click pin conflicts with transformers): nothing here imports
 ``sky``; every SkyPilot call goes through :mod:`ftctl.sky.bridge`, which runs it in this process when
 SkyPilot imports here and in the launcher environment's python otherwise.
@@ -51,6 +55,7 @@ class SkyBackend(Backend):
         {"spot", "infra", "cloud", "region", "disk_size", "cluster", "down", "idle_minutes", "container", "setup"}
     )
     needs_local_paths = False  # the cloud's machines cannot see this one's files
+    no_image = "installing ftctl from the shipped source"  # the workdir; see ftctl/sky/render.py
 
     def render(self, spec, plan, paths, spec_json):
         text = sky_render.render(spec, plan, spec_json)

@@ -1,12 +1,24 @@
-"""The Slurm backend: the rendered sbatch script submitted from the run directory."""
+"""The Slurm backend: the rendered sbatch script submitted from the run directory.
+
+The image, without --container: ``image:`` in the user's config, else the newest image ``ftctl build``
+recorded for the run's GPUs; ``slurm_container:`` in the config says how it runs. ``apptainer`` (the
+default): a recorded .sif first (``apptainer exec --nv FILE``: it must be on the shared filesystem),
+else a pushed image (``apptainer exec --nv docker://REF``). ``pyxis``: a pushed image or ``image:``
+(``srun --container-image=REGISTRY#NAME:TAG``). A local-only docker build is never used here (the
+nodes cannot pull it). Without one (or with ``--container none`` / ``image: none``) the job runs the
+torchrun and ftctl of the submitting environment, on the shared filesystem, as before.
+"""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import click
 
+from ftctl import userconfig
 from ftctl.backend import Backend, JobRef, JobState, JobStatus, Rendered
+from ftctl.errors import FtctlError
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm import scheduler
@@ -58,6 +70,17 @@ class SlurmBackend(Backend):
             "preflight_min_busbw_gbps",
         }
     )
+    no_image = "the nodes run this environment's torchrun and ftctl (shared filesystem)"
+
+    def image_kinds(self) -> tuple[str, ...]:
+        return ("sif", "pushed") if userconfig.load().slurm_container == "apptainer" else ("pushed",)
+
+    def as_container(self, found) -> str:
+        if found.source == "sif":
+            return f"apptainer:{found.ref}"
+        if userconfig.load().slurm_container == "pyxis":
+            return f"pyxis:{pyxis_image(found.ref)}"
+        return f"apptainer:docker://{found.ref}"
 
     def render(self, spec, plan, paths, spec_json):
         text = slurm_render.render(spec, plan)
@@ -66,6 +89,12 @@ class SlurmBackend(Backend):
     def check(self, rendered: Rendered) -> None:
         """Refuse only what sbatch would accept but never start (more nodes than the partition has);
         everything else is left to sbatch, in Slurm's own words (a node down now may come back)."""
+        image = rendered.image
+        if image and image.source == "sif" and not Path(image.ref).is_file():
+            raise FtctlError(
+                f"{image.ref}, the .sif `ftctl build --apptainer` recorded, is gone: build it again, or pass "
+                f"--container none (or another --container)."
+            )
         if shutil.which("sinfo"):
             plan = rendered.plan
             slurm_doctor.doctor(
@@ -113,3 +142,12 @@ class SlurmBackend(Backend):
         )
         click.echo(report.format())
         return report.ok
+
+
+def pyxis_image(ref: str) -> str:
+    """A docker reference as enroot reads it: ``ghcr.io/org/ftctl:T`` -> ``ghcr.io#org/ftctl:T`` (without
+    the ``#``, enroot takes the first part for a Docker Hub name)."""
+    head, sep, rest = ref.partition("/")
+    if "#" in ref or not sep or not ("." in head or ":" in head or head == "localhost"):
+        return ref
+    return f"{head}#{rest}"

@@ -1,0 +1,167 @@
+"""The user's config file, ``$XDG_CONFIG_HOME/ftctl/config.yaml`` (``~/.config/ftctl/config.yaml``):
+its one reader and its one writer.
+
+    backend: slurm                   # where `launch` runs without --backend (FTCTL_BACKEND wins)
+    image: ghcr.io/my-org/ftctl:TAG  # the image sky, slurm and docker runs use without --container;
+                                     # `none`: never an image unless --container names one
+    slurm_container: apptainer       # how Slurm runs an image: apptainer (the default) or pyxis
+    built:                           # written by `ftctl build`, newest first
+    - image: ghcr.io/my-org/ftctl:0.1.0-cu130-torch2.13.0-fa2.8.3.post2-sm90
+      where: pushed                  # pushed (to a registry), local (this docker engine) or sif (a file)
+      gpus: H100                     # the tiers its flash-attn was compiled for
+      ftctl: 0.1.0
+      date: '2026-12-01'
+
+A person writes the first three keys; ``ftctl build`` rewrites only the ``built:`` block (the rest of
+the file, comments included, stays as written), through a temporary file and a rename, so no reader
+ever sees half a file. Which of these a run gets is decided in ftctl/docker/image.py
+(:func:`~ftctl.docker.image.configured`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftctl import __version__
+from ftctl.errors import FtctlError, did_you_mean
+from ftctl.gpus import parse
+from ftctl.spec import BACKENDS
+
+SLURM_CONTAINERS = ("apptainer", "pyxis")
+WHERE = ("pushed", "local", "sif")  # a registry; this machine's docker engine; an apptainer .sif file
+MAX_BUILT = 20  # records kept, newest first
+_BUILT_MARK = "# built: written by `ftctl build`, newest first (the keys above are yours)\n"
+_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@#+-]*$")
+
+
+@dataclass(frozen=True)
+class Built:
+    """One image ``ftctl build`` made (or pushed, or wrote as a .sif)."""
+
+    image: str  # REGISTRY/ftctl:TAG, or the .sif's absolute path
+    where: str  # one of WHERE
+    gpus: str  # the tiers it was built for, comma-separated
+    ftctl: str = __version__  # the ftctl inside it
+    date: str = ""  # YYYY-MM-DD
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    backend: str | None = None
+    image: str | None = None  # "none": no image unless --container names one
+    slurm_container: str = "apptainer"
+    built: tuple[Built, ...] = ()
+
+
+KEYS = [f.name for f in dataclasses.fields(UserConfig)]
+_BUILT_KEYS = [f.name for f in dataclasses.fields(Built)]
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "ftctl" / "config.yaml"
+
+
+def load() -> UserConfig:
+    """The config, validated; every problem of the file in one FtctlError."""
+    path = config_path()
+    return _parse(path.read_text() if path.is_file() else "", path)
+
+
+def _parse(text: str, path: Path) -> UserConfig:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise FtctlError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise FtctlError(f"{path} must hold a mapping of key: value (like 'backend: slurm'), not {type(raw).__name__}.")
+    errors = []
+    for key in raw:
+        if key not in KEYS:
+            errors.append(f"unknown key {key!r}.{did_you_mean(str(key), KEYS)} The keys are {', '.join(KEYS)}")
+    backend, image, runtime = (
+        raw.get("backend"),
+        raw.get("image"),
+        raw.get("slurm_container") or UserConfig.slurm_container,
+    )
+    if backend is not None and backend not in BACKENDS:
+        errors.append(f"backend {backend!r} is not one of {', '.join(BACKENDS)}.{did_you_mean(str(backend), BACKENDS)}")
+    if image is not None and not (isinstance(image, str) and _IMAGE.match(image) and "://" not in image):
+        errors.append(
+            f"image {image!r} is not an image reference: write REGISTRY/NAME:TAG (e.g. ghcr.io/my-org/ftctl:TAG), "
+            f"or none for no image"
+        )
+    if runtime not in SLURM_CONTAINERS:
+        errors.append(f"slurm_container {runtime!r} is not one of {', '.join(SLURM_CONTAINERS)}")
+    built, records = [], raw.get("built") or []
+    if not isinstance(records, list):
+        errors.append("built is not a list (`ftctl build` writes it; delete it to start again)")
+        records = []
+    for i, rec in enumerate(records):
+        problem = _check_built(rec)
+        if problem:
+            errors.append(f"built[{i}] {problem} (`ftctl build` writes it again; or delete it)")
+        else:
+            built.append(Built(**{k: str(v) for k, v in rec.items()}))
+    if errors:
+        raise FtctlError(f"{path}: " + "; ".join(e.rstrip(".") for e in errors) + ". Fix it by hand.")
+    return UserConfig(backend, image, runtime, tuple(built))
+
+
+def _check_built(rec) -> str | None:
+    if not isinstance(rec, dict):
+        return f"is {rec!r}, not a mapping of {', '.join(_BUILT_KEYS)}"
+    missing = [k for k in ("image", "where", "gpus") if not rec.get(k)]
+    unknown = [k for k in rec if k not in _BUILT_KEYS]
+    if missing or unknown:
+        return f"lacks {', '.join(missing)}" if missing else f"has unknown key(s) {', '.join(map(str, unknown))}"
+    if rec["where"] not in WHERE:
+        return f"where {rec['where']!r} is not one of {', '.join(WHERE)}"
+    try:
+        for g in str(rec["gpus"]).split(","):
+            parse(g)
+    except FtctlError as e:
+        return f"gpus {rec['gpus']!r}: {str(e).rstrip('.')}"
+    return None
+
+
+def record(image: str, where: str, gpus: str) -> Path:
+    """Put a build first in ``built:`` (an older record of the same image goes); returns the file's path."""
+    import yaml
+
+    path = config_path()
+    text = path.read_text() if path.is_file() else ""
+    cfg = _parse(text, path)  # a file that does not read is never overwritten
+    new = Built(image, where, gpus, __version__, datetime.date.today().isoformat())
+    built = [new, *(b for b in cfg.built if (b.image, b.where) != (image, where))][:MAX_BUILT]
+    block = yaml.safe_dump({"built": [dataclasses.asdict(b) for b in built]}, sort_keys=False, width=10**6)
+    kept = _without_built(text)
+    out = (kept.rstrip("\n") + "\n" if kept.strip() else "") + _BUILT_MARK + block
+    if _parse(out, path) != dataclasses.replace(cfg, built=tuple(built)):  # an unusual layout: write it plainly
+        raw = {k: v for k, v in (yaml.safe_load(text) or {}).items() if k != "built"}
+        out = yaml.safe_dump({**raw, "built": [dataclasses.asdict(b) for b in built]}, sort_keys=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(out)
+    os.replace(tmp, path)
+    return path
+
+
+def _without_built(text: str) -> str:
+    """The file's text without its ``built:`` block (and the comment line ftctl puts above it)."""
+    out, inside = [], False
+    for line in text.splitlines(keepends=True):
+        if line == _BUILT_MARK or re.match(r"built\s*:", line):
+            inside = True
+            continue
+        if inside and (not line.strip() or line[0] in " \t-"):
+            continue
+        inside = False
+        out.append(line)
+    return "".join(out)
