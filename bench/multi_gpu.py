@@ -1,129 +1,356 @@
-"""Two GPUs of one host against one: fft of the Llama-3.2-1B shape, every strategy, through `ftctl launch`.
+"""Two GPUs of one host against one, through `ftctl launch`: every strategy, lora/qlora, resume across GPU counts.
 
-Run on the device machine (never in CI), in one call on the 2-GPU kind, with the wheels carried
-(README.md "multi_gpu.py"). Cases, each its own `ftctl launch --backend local` (torchrun, NCCL; the line
-every backend runs), ~20 steps of packed 2,048-token rows, global batch 16 rows in every case (1 GPU:
-8 x 2 accumulation; 2 GPUs: 8 x 1), so the losses of the same steps are comparable:
+Run on the device machine (never in CI) on the 2-GPU kind, with the wheels carried (README.md
+"multi_gpu.py"). Each case is its own `ftctl launch --backend local` (torchrun and NCCL on 2 GPUs: the line
+every backend runs), 20 steps of packed 2,048-token rows of the Llama-3.2-1B shape, global batch 16 rows in
+every case (1 GPU: 8 x 2 accumulation; 2 GPUs: 8 x 1), so the losses of the same steps are comparable:
 
-    1 GPU single | 2 GPUs ddp, zero2, zero3, fsdp (FSDP2 through accelerate) [, zero3_offload]
+    single                  fft on 1 GPU (the planner's single)
+    ddp zero2 zero3 fsdp zero3_offload      fft on 2 GPUs with -o strategy= (fsdp: FSDP2 through accelerate)
+    <strategy>:1            the same strategy forced on ONE GPU (zero3:1: a same-strategy scaling baseline)
+    lora:1 qlora:1          lora / qlora on 1 GPU;   lora:ddp qlora:ddp   the same on 2 GPUs (DDP)
+    resume:<s>:2to1         resume the checkpoint the 2-GPU case <s> wrote at step 10 on 1 GPU (new output
+    resume:<s>:1to2         dir, -o resume=<checkpoint>); 1to2: the one case <s>:1 wrote, on 2 GPUs. <s> is
+                            zero3 or fsdp; the source case must come earlier in --cases (it then saves at
+                            step 10). Its steps 11..20 are compared with the source's own steps 11..20.
+    A+B                     two 1-GPU cases at the same time, one on each GPU (CUDA_VISIBLE_DEVICES 0 and 1,
+                            their own rendezvous and master ports): e.g. single+lora:1
 
-and first the network probe across both GPUs (python -m ftctl.trainer.netcheck: bus bandwidth, NCCL's
-transport). Writes, after every case (a run cut short still leaves its rows):
+First the network probe across both GPUs (python -m ftctl.trainer.netcheck; --no-netcheck skips it). Writes,
+after every case (a run cut short still leaves its rows):
 
-    $OUT/multi_gpu.json   {"card", "kind", "torch", "netcheck", "rows": [{card, gpus, method, strategy,
-                          tokens_per_s, scaling_vs_1gpu, parity_max_rel_diff, peak_gib, plan_peak_gib, mfu,
-                          losses, ...}]}
-    $OUT/multi_gpu.md     the same as a table
+    $OUT/multi_gpu.json   {"card", "kind", "torch", "netcheck", "rows": [{case, card, gpus, method, strategy,
+                          tokens_per_s, scaling_vs_1gpu, scaling_vs_same_strategy_1gpu, parity_max_rel_diff,
+                          peak_gib, plan_peak_gib, mfu, losses, first_step, concurrent_with,
+                          resume_first_step, resume_max_rel_diff, ...}]}
+    $OUT/multi_gpu.md     the same as a table;  $OUT/logs/<case>.log  each case's output
 
     python3 bench/multi_gpu.py --out DIR [--steps 20] [--cases single,ddp,zero2,zero3,fsdp] [--budget-s 480]
-    python3 bench/multi_gpu.py --plot DIR/multi_gpu.json   (here, with matplotlib: the parity curves as a PNG)
+    python3 bench/multi_gpu.py --plot DIR/multi_gpu.json   (here, with matplotlib: the loss curves as a PNG)
+    BENCH_CPU=1 python bench/multi_gpu.py --out DIR --cases ...   (here: the same orchestration on CPU with the
+                          tests' tiny model, gloo, 1 or 2 processes; fsdp cases get an error row, ftctl refuses
+                          fsdp on CPU)
 
-tokens_per_s counts steps 6.. (the first ones compile and warm the allocator); scaling_vs_1gpu divides by
-the 1-GPU row; parity_max_rel_diff is the largest |loss - loss_1gpu| / loss_1gpu over the common steps;
-peak_gib is rank 0's torch.cuda.max_memory_allocated; plan_peak_gib the planner's memory_gb in GiB; mfu
-counts 6 x parameters x tokens against the card's dense bf16 peak (attention left out).
+tokens_per_s counts steps 6.. (the first ones compile and warm the allocator), leaving out the step after a
+checkpoint save; scaling_vs_1gpu divides by the 1-GPU row of the same method (single, lora:1, qlora:1),
+scaling_vs_same_strategy_1gpu by the <strategy>:1 row; parity_max_rel_diff is the largest
+|loss - loss_1gpu| / loss_1gpu over the common steps against that same 1-GPU row; peak_gib is rank 0's
+torch.cuda.max_memory_allocated; plan_peak_gib the planner's memory_gb in GiB; mfu counts 6 (fft) or 4
+(lora/qlora) x parameters x tokens against the card's dense bf16 peak (attention left out). Case outputs
+live under --work (local disk: a 1B fft checkpoint with optimizer states is ~15 GB) and are deleted as soon
+as no later case needs them (a resume source keeps only its checkpoint until its resume cases ran).
+Each case (or concurrent pair) gets min(budget left, 200 s; 300 s with a resume: the universal conversion);
+none starts with less than 80 s of budget left (a GPU case takes ~85-90 s, most of it start-up and saves).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-GLOBAL_BATCH = 16
-MICRO = 8
-WARM = 5
+# BENCH_CPU=1: the same orchestration on CPU (tiny model, gloo), to debug it before spending device time
+CPU = os.environ.get("BENCH_CPU") == "1"
+GLOBAL_BATCH, MICRO, SEQ, WARM = (4, 2, 128, 1) if CPU else (16, 8, 2048, 5)
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
-KIND = "nvidia-h200-x2"
+KIND = "cpu" if CPU else "nvidia-h200-x2"
+STRATEGIES = ("ddp", "zero2", "zero3", "fsdp", "zero3_offload")
+BASE = {"fft": "single", "lora": "lora:1", "qlora": "qlora:1"}  # the 1-GPU row each method is held against
+RESUMABLE = ("zero3", "fsdp")
+CASE_TIMEOUT_S, RESUME_TIMEOUT_S = 200, 300
+MIN_START_S = 20 if CPU else 80  # a case is not started with less budget left (a GPU case takes ~85-90 s)
+PORT_BASE = 29500  # slot i: rendezvous port PORT_BASE + 10 i, master port (1 process) PORT_BASE + 10 i + 1
 
 
-def launch(strategy: str, gpus: int, model: Path, data: Path, out: Path, steps: int, timeout: float) -> dict:
-    tier = os.environ.get("BENCH_TIER", "H200")
-    cmd = [
-        sys.executable,
-        "-m",
-        "ftctl.cli",
-        "launch",
-        "--backend",
-        "local",
-        "--gpus",
-        f"{gpus}x{tier}",
-        "--method",
-        "fft",
-        "--model",
-        str(model),
-        "--data",
-        str(data),
-        "--output",
-        str(out),
-    ]
-    for key, value in {
+@dataclass(frozen=True)
+class Case:
+    name: str
+    method: str
+    gpus: int
+    strategy: str | None  # forced with -o strategy=; None: the planner's
+    source: str | None = None  # resume cases: the case whose checkpoint they resume
+
+    @property
+    def asked(self) -> str:
+        return self.strategy or "single"
+
+
+def parse_case(name: str) -> Case:
+    parts = name.split(":")
+    if name == "single":
+        return Case(name, "fft", 1, "single")
+    if name in STRATEGIES:
+        return Case(name, "fft", 2, name)
+    if len(parts) == 2 and parts[0] in ("lora", "qlora") and parts[1] in ("1", "ddp"):
+        return Case(name, parts[0], 1, None) if parts[1] == "1" else Case(name, parts[0], 2, "ddp")
+    if len(parts) == 2 and parts[0] in STRATEGIES and parts[1] == "1":
+        return Case(name, "fft", 1, parts[0])
+    if len(parts) == 3 and parts[0] == "resume" and parts[1] in RESUMABLE and parts[2] in ("2to1", "1to2"):
+        two_to_one = parts[2] == "2to1"
+        return Case(name, "fft", 1 if two_to_one else 2, parts[1], parts[1] if two_to_one else f"{parts[1]}:1")
+    raise ValueError(
+        f"unknown case {name!r}: use single, {', '.join(STRATEGIES)}, <strategy>:1, lora:1, lora:ddp, qlora:1, "
+        f"qlora:ddp, resume:<{'|'.join(RESUMABLE)}>:<2to1|1to2>; A+B runs two 1-GPU cases at once"
+    )
+
+
+def parse_groups(text: str) -> list[list[Case]]:
+    """--cases: comma-separated groups, each one case or two 1-GPU cases joined by '+'. Every error at once."""
+    groups, errors, seen = [], [], set()
+    for part in text.split(","):
+        group = []
+        for name in part.strip().split("+"):
+            try:
+                case = parse_case(name.strip())
+            except ValueError as e:
+                errors.append(str(e))
+                continue
+            if case.name in seen:
+                errors.append(f"{case.name} is listed twice")
+            if case.source and case.source not in seen:
+                errors.append(
+                    f"{case.name} resumes the checkpoint of {case.source}: list {case.source} in an earlier group"
+                )
+            group.append(case)
+        if len(group) > 2 or (len(group) == 2 and any(c.gpus != 1 for c in group)):
+            errors.append(f"{part}: '+' joins two 1-GPU cases (one on each GPU)")
+        seen.update(c.name for c in group)
+        groups.append(group)
+    if errors:
+        raise SystemExit("bad --cases:\n  " + "\n  ".join(errors))
+    return groups
+
+
+# ------------------------------------------------------------------------------------------ one case
+@dataclass
+class Running:
+    case: Case
+    out: Path
+    log: Path
+    proc: subprocess.Popen
+    t0: float
+
+
+def overrides(case: Case, steps: int, save_step: int | None, resume: Path | None, slot: int) -> list[str]:
+    values = {
         "max_steps": steps,
         "global_batch_size": GLOBAL_BATCH,
         "per_device_train_batch_size": MICRO,
-        "model_max_length": 2048,
-        "save_steps": 100000,
+        "model_max_length": SEQ,
+        "save_steps": save_step or 100000,
         "logging_steps": 1,
-        "resume": "never",
+        "resume": str(resume) if resume else "never",
         "seed": 7,
         "warmup_ratio": 0.0,
-        "strategy": strategy,
-    }.items():
-        cmd += ["-o", f"{key}={value}"]
-    t = time.time()
+        "rdzv_port": PORT_BASE + 10 * slot,
+    }
+    if case.strategy:
+        values["strategy"] = case.strategy
+    if CPU:
+        values["learning_rate"] = 1e-3  # the tests' rate: the tiny model's curve moves in 8 steps
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def command(case: Case, model: Path, data: Path, out: Path, opts: list[str]) -> list[str]:
+    """GPU: `ftctl launch --backend local`. CPU: the spec that launch would write, run with torchrun
+    --standalone (the local backend takes one node, and 2 CPU processes are 2 nodes to ftctl: --gpus 2xcpu)."""
+    if not CPU:
+        tier = os.environ.get("BENCH_TIER", "H200")
+        cmd = [sys.executable, "-m", "ftctl.cli", "launch", "--backend", "local", "--gpus", f"{case.gpus}x{tier}"]
+        cmd += ["--method", case.method, "--model", str(model), "--data", str(data), "--output", str(out)]
+        for o in opts:
+            cmd += ["-o", o]
+        return cmd
+    from ftctl.plan import dump_run, make_plan
+    from ftctl.spec import build
+
+    flags = dict(method=case.method, model_name_or_path=str(model), data_path=str(data), output_dir=str(out))
+    spec = build(flags={**flags, "gpus": "2xcpu" if case.gpus == 2 else "cpu", "backend": "local"}, overrides=opts)
+    path = out.with_name(out.name + ".spec.json")
+    path.write_text(dump_run(spec, make_plan(spec)))
+    if case.gpus == 1:
+        return [sys.executable, "-m", "ftctl.trainer", "--spec", str(path)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] + [
+        "-m",
+        "ftctl.trainer",
+        "--spec",
+        str(path),
+    ]
+
+
+def start(case: Case, slot: int, concurrent: bool, opts: list[str], model: Path, data: Path, work: Path) -> Running:
+    out = work / case.name.replace(":", "-")
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))}
+    env["CUDA_VISIBLE_DEVICES"] = str(slot) if concurrent else ("0" if case.gpus == 1 else "0,1")
+    if case.gpus == 1:  # one process without torchrun: DeepSpeed's (and FSDP's) group of one uses it
+        env["MASTER_PORT"] = str(PORT_BASE + 10 * slot + 1)
+    if CPU:
+        env["OMP_NUM_THREADS"] = "1"
+    log = work / f"{out.name}.log"
+    cmd = command(case, model, data, out, opts)
     # its own session: on a timeout the whole tree goes (torchrun's workers would keep the GPUs otherwise)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-        rc, tail = proc.returncode, (stderr or "")[-2500:] + (stdout or "")[-1000:]
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        rc, tail = "timeout", f"{timeout:.0f} s: " + (stderr or "")[-2000:]
-    wall = round(time.time() - t, 1)
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+    return Running(case, out, log, proc, time.time())
+
+
+def wait(running: list[Running], timeout: float) -> dict[str, object]:
+    """Exit code (or 'timeout') of each case by name; a case past the deadline is killed with its tree."""
+    deadline = time.time() + timeout
+    codes: dict[str, object] = {}
+    for r in running:
+        try:
+            codes[r.case.name] = r.proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(r.proc.pid, signal.SIGKILL)
+            r.proc.wait()
+            codes[r.case.name] = "timeout"
+    return codes
+
+
+def read_row(r: Running, rc, save_step: int | None, logs: Path) -> dict:
+    wall = round(time.time() - r.t0, 1)
+    shutil.copy(r.log, logs / r.log.name)
+    c = r.case
+    row = {"case": c.name, "gpus": c.gpus, "method": c.method, "strategy": c.asked, "wall_s": wall}
     rows = []
-    if (out / "metrics.jsonl").exists():
-        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    steps_ = [r for r in rows if "loss" in r]
-    start = next((r for r in rows if r.get("event") == "start"), {})
-    row = {"gpus": gpus, "method": "fft", "strategy": strategy, "wall_s": wall, "steps": len(steps_)}
-    if rc != 0 or len(steps_) <= WARM + 1:
+    if (r.out / "metrics.jsonl").exists():
+        rows = [json.loads(x) for x in (r.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    steps = [x for x in rows if "loss" in x]
+    row["steps"] = len(steps)
+    if rc != 0 or len(steps) <= WARM + 1:
+        tail = r.log.read_text(errors="replace")[-3000:]
         return {**row, "error": f"exit {rc}: {tail}"}
-    timed = steps_[WARM:]
-    dt = timed[-1]["time"] - steps_[WARM - 1]["time"]
-    plan = json.loads((out / "spec.json").read_text())["plan"]
+    tokens = dt = 0.0
+    for prev, cur in zip(steps[WARM - 1 : -1], steps[WARM:]):
+        if save_step and prev["step"] % save_step == 0:
+            continue  # this interval holds a checkpoint save
+        tokens += cur["tokens"] - prev["tokens"]
+        dt += cur["time"] - prev["time"]
+    plan = json.loads((r.out / "spec.json").read_text())["plan"]
+    start_rec = next((x for x in rows if x.get("event") == "start"), {})
+    peaks = [x["peak_mem_gib"] for x in steps if x.get("peak_mem_gib") is not None]
     return {
         **row,
-        "tokens_per_s": round((timed[-1]["tokens"] - steps_[WARM - 1]["tokens"]) / dt, 1),
-        "peak_gib": max(r.get("peak_mem_gib") or 0 for r in steps_),
+        "strategy": plan["strategy"],
+        "tokens_per_s": round(tokens / dt, 1) if dt else None,
+        "peak_gib": max(peaks) if peaks else None,
         "plan_peak_gib": round(plan["memory_gb"] * 1e9 / 2**30, 2),
         "plan": {
             k: plan.get(k)
-            for k in (
-                "strategy",
-                "per_device_train_batch_size",
-                "gradient_accumulation_steps",
-                "gradient_checkpointing",
-            )
+            for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "gradient_checkpointing", "memory")
         },
-        "attention": start.get("attention"),
-        "final_loss": steps_[-1]["loss"],
-        "losses": [r["loss"] for r in steps_],
+        "attention": start_rec.get("attention"),
+        "final_loss": steps[-1]["loss"],
+        "first_step": steps[0]["step"],
+        "losses": [x["loss"] for x in steps],
     }
 
 
+# ------------------------------------------------------------------------------------------ rows
+def loss_by_step(row: dict) -> dict[int, float]:
+    return {row["first_step"] + i: v for i, v in enumerate(row["losses"])}
+
+
+def max_rel_diff(row: dict, ref: dict) -> float | None:
+    a, b = loss_by_step(row), loss_by_step(ref)
+    common = sorted(set(a) & set(b))
+    return round(max(abs(a[s] - b[s]) / abs(b[s]) for s in common), 5) if common else None
+
+
+def ratio(a: dict, b: dict | None) -> float | None:
+    if not b or not a.get("tokens_per_s") or not b.get("tokens_per_s"):
+        return None
+    return round(a["tokens_per_s"] / b["tokens_per_s"], 3)
+
+
+def finish(rows: list[dict], card: str, n_params: int) -> None:
+    """Scaling, parity, resume continuity and MFU of every row against the others (in place)."""
+    done = {r["case"]: r for r in rows if "error" not in r}
+    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), None)
+    for r in rows:
+        r["card"] = card
+        if "error" in r:
+            continue
+        flops = (6 if r["method"] == "fft" else 4) * n_params
+        r["mfu"] = (
+            round(flops * r["tokens_per_s"] / (r["gpus"] * peak * 1e12), 3) if peak and r["tokens_per_s"] else None
+        )
+        case = parse_case(r["case"])
+        if case.source:  # a resume: its steps against the source's own
+            source = done.get(case.source)
+            r["resume_first_step"] = r["first_step"]
+            r["resume_max_rel_diff"] = max_rel_diff(r, source) if source else None
+            continue
+        base = done.get(BASE[r["method"]])
+        r["scaling_vs_1gpu"] = ratio(r, base)
+        r["parity_max_rel_diff"] = max_rel_diff(r, base) if base else None
+        same = done.get(f"{case.strategy}:1") if r["gpus"] == 2 and r["method"] == "fft" else None
+        if same:
+            r["scaling_vs_same_strategy_1gpu"] = ratio(r, same)
+
+
+COLUMNS = ["case", "gpus", "strategy", "tokens_per_s", "scaling_vs_1gpu", "scaling_vs_same_strategy_1gpu", "mfu"]
+COLUMNS += ["parity_max_rel_diff", "resume_first_step", "resume_max_rel_diff", "peak_gib", "plan_peak_gib"]
+COLUMNS += ["final_loss", "wall_s", "concurrent_with"]
+
+
+def write(out: Path, result: dict) -> None:
+    (out / "multi_gpu.json").write_text(json.dumps(result, indent=1))
+    lines = [
+        f"# Llama-3.2-1B shape, {result['card']} ({result['kind']}), torch {result['torch']}, {result['steps']} steps",
+        "",
+        f"netcheck: {json.dumps(result.get('netcheck'))}",
+        "",
+        "| " + " | ".join(COLUMNS) + " | error |",
+        "|" + "---|" * (len(COLUMNS) + 1),
+    ]
+    for r in result["rows"]:
+        err = r.get("error", "")[-200:].replace("\n", " ").replace("|", "/")
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + f" | {err} |")
+    (out / "multi_gpu.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    result = json.loads(path.read_text())
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for r in result["rows"]:
+        if r.get("losses"):
+            steps = range(r.get("first_step", 1), r.get("first_step", 1) + len(r["losses"]))
+            ax.plot(steps, r["losses"], label=f"{r.get('case', r['strategy'])} ({r['gpus']} GPU)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"1B shape, {result['card']}: loss parity and resume")
+    ax.legend(fontsize=7)
+    png = path.with_suffix(".png")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    return png
+
+
+# ------------------------------------------------------------------------------------------ setup
 def netcheck(out: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd += ["-m", "ftctl.trainer.netcheck", "--json", str(out / "netcheck.json")]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     except subprocess.TimeoutExpired:
         return {"error": "timeout"}
     print(proc.stdout, flush=True)
@@ -140,109 +367,114 @@ def params_of(model_dir: Path) -> int:
     return n * per_layer + v * h * (1 if cfg.get("tie_word_embeddings") else 2) + h
 
 
-def finish(rows: list[dict], card: str, n_params: int) -> None:
-    """scaling, parity and MFU against the 1-GPU row (in place)."""
-    base = next((r for r in rows if r["gpus"] == 1 and "error" not in r), None)
-    peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in card), None)
-    for r in rows:
-        r["card"] = card
-        if "error" in r:
-            continue
-        r["mfu"] = round(6 * n_params * r["tokens_per_s"] / (r["gpus"] * peak * 1e12), 3) if peak else None
-        if base is None or r is base:
-            r["scaling_vs_1gpu"] = 1.0 if r is base else None
-            r["parity_max_rel_diff"] = 0.0 if r is base else None
-            continue
-        r["scaling_vs_1gpu"] = round(r["tokens_per_s"] / base["tokens_per_s"], 3)
-        common = min(len(r["losses"]), len(base["losses"]))
-        r["parity_max_rel_diff"] = round(
-            max(abs(a - b) / abs(b) for a, b in zip(r["losses"][:common], base["losses"][:common])), 5
-        )
+def inputs(work: Path) -> tuple[Path, Path]:
+    from bench.gpu_train import make_data, make_model
+
+    if CPU:  # the tests' tiny model and the demo's short conversations (make_data's outgrow 128 tokens)
+        from ftctl.demo import demo_data_path
+        from tests.tiny_fixtures import make_tiny_model_dir
+
+        model = work / "llama-tiny"
+        if not (model / "config.json").exists():
+            make_tiny_model_dir(model)
+        return model, demo_data_path()
+    return make_model("1b", work), make_data(work / "data.json")
 
 
-def write(out: Path, result: dict) -> None:
-    (out / "multi_gpu.json").write_text(json.dumps(result, indent=1))
-    cols = ["gpus", "strategy", "tokens_per_s", "scaling_vs_1gpu", "mfu", "parity_max_rel_diff", "peak_gib"]
-    cols += ["plan_peak_gib", "final_loss", "wall_s"]
-    lines = [
-        f"# fft, Llama-3.2-1B shape, {result['card']} ({result['kind']}), torch {result['torch']}",
-        "",
-        f"netcheck: {json.dumps(result.get('netcheck'))}",
-        "",
-        "| " + " | ".join(cols) + " | error |",
-        "|" + "---|" * (len(cols) + 1),
-    ]
-    for r in result["rows"]:
-        lines.append("| " + " | ".join(str(r.get(c, "")) for c in cols) + f" | {r.get('error', '')[:200]!r} |")
-    (out / "multi_gpu.md").write_text("\n".join(lines) + "\n")
-
-
-def plot(path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    result = json.loads(path.read_text())
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for r in result["rows"]:
-        if r.get("losses"):
-            ax.plot(range(1, len(r["losses"]) + 1), r["losses"], label=f"{r['gpus']} GPU {r['strategy']}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"fft 1B shape, {result['card']}: loss parity")
-    ax.legend()
-    png = path.with_suffix(".png")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    return png
+def refusal(case: Case) -> str | None:
+    """Why a case cannot run here, before spending its time."""
+    if CPU and case.strategy == "fsdp":
+        return "skipped: fsdp does not run on CPU (ftctl refuses it: distributed.fsdp_settings); GPU only"
+    if case.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        return "skipped: bitsandbytes is not installed (qlora needs it: carry its wheel)"
+    return None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=8 if CPU else 20)
     ap.add_argument("--cases", default="single,ddp,zero2,zero3,fsdp")
     ap.add_argument("--budget-s", type=float, default=480, help="stop starting cases after this many seconds")
-    ap.add_argument("--work", default="/tmp/ftctl-bench")
+    ap.add_argument("--work", default="/tmp/ftctl-bench-cpu" if CPU else "/tmp/ftctl-bench")
+    ap.add_argument("--no-netcheck", action="store_true", help="skip the all-reduce probe across both GPUs")
     ap.add_argument("--plot", help="a multi_gpu.json to draw (no GPU needed)")
     a = ap.parse_args()
     if a.plot:
         print(plot(Path(a.plot)))
         return
     t0 = time.time()
+    groups = parse_groups(a.cases)
+    sources = {c.source for g in groups for c in g if c.source}
+    save_step = a.steps // 2  # the checkpoint a resume case starts from (10 of 20)
     import torch
 
-    from bench.gpu_train import make_data, make_model
-
     out, work = Path(a.out), Path(a.work)
-    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    card = torch.cuda.get_device_name(0)
-    result = {"card": card, "kind": KIND, "torch": torch.__version__, "steps": a.steps, "rows": []}
-    for mod in ("deepspeed", "trl", "transformers", "accelerate"):
+    card = "cpu (BENCH_CPU=1 dry run)" if CPU else torch.cuda.get_device_name(0)
+    result = {"card": card, "kind": KIND, "torch": torch.__version__, "steps": a.steps, "cases": a.cases, "rows": []}
+    for mod in ("deepspeed", "trl", "transformers", "accelerate", "bitsandbytes"):
         try:
             result[mod] = __import__(mod).__version__
         except Exception as e:  # deepspeed missing: its rows fail with the reason
             result[mod] = f"missing: {e}"
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}), flush=True)
-    result["netcheck"] = netcheck(out)
+    result["netcheck"] = "skipped" if a.no_netcheck else netcheck(out)
     write(out, result)
-    model, data = make_model("1b", work), make_data(work / "data.json")
+    model, data = inputs(work)
     n_params = params_of(model)
-    for case in a.cases.split(","):
+    rows = result["rows"]
+    for gi, group in enumerate(groups):
         left = a.budget_s - (time.time() - t0)
-        gpus = 1 if case == "single" else 2
-        if left < 45:
-            result["rows"].append({"gpus": gpus, "method": "fft", "strategy": case, "error": "skipped: budget"})
-            continue
-        print(f"--- {case} on {gpus} GPU(s), {left:.0f} s left", flush=True)
-        row = launch(case, gpus, model, data, work / f"{case}-{gpus}", a.steps, timeout=min(left, 200))
-        print(json.dumps({k: v for k, v in row.items() if k != "losses"})[:1500], flush=True)
-        result["rows"].append(row)
-        finish(result["rows"], card, n_params)
+        running, names = [], [c.name for c in group]
+        for slot, case in enumerate(group):
+            others = [n for n in names if n != case.name]
+            why = refusal(case) or ("skipped: budget" if left < MIN_START_S else None)
+            resume = work / case.source.replace(":", "-") / f"checkpoint-{save_step}" if case.source else None
+            if why is None and resume is not None and not resume.is_dir():
+                why = f"skipped: {case.source} left no {resume.name} to resume"
+            if why:
+                row = {"case": case.name, "gpus": case.gpus, "method": case.method, "strategy": case.asked}
+                rows.append({**row, "error": why, **({"concurrent_with": others[0]} if others else {})})
+                continue
+            opts = overrides(case, a.steps, save_step if case.name in sources else None, resume, slot)
+            print(f"--- {case.name} on {case.gpus} GPU(s){' with ' + others[0] if others else ''}, {left:.0f} s left")
+            running.append(start(case, slot, len(group) > 1, opts, model, data, work))
+        timeout = min(left, RESUME_TIMEOUT_S if any(r.case.source for r in running) else CASE_TIMEOUT_S)
+        codes = wait(running, timeout)
+        for r in running:
+            row = read_row(r, codes[r.case.name], save_step if r.case.name in sources else None, logs)
+            if len(running) > 1:
+                row["concurrent_with"] = next(x.case.name for x in running if x is not r)
+            row["disk_free_gib"] = round(shutil.disk_usage(work).free / 2**30, 1)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "plan")})[:1500], flush=True)
+            rows.append(row)
+        finish(rows, card, n_params)
         write(out, result)
+        cleanup(work, groups[gi + 1 :], save_step, [r.case for r in running])
+    cleanup(work, [], save_step, [])
     print((out / "multi_gpu.md").read_text(), flush=True)
+
+
+def cleanup(work: Path, later: list[list[Case]], save_step: int, ran: list[Case]) -> None:
+    """Delete each case output no later case needs; a resume source keeps only its checkpoint. With no
+    later cases and nothing ran: every case output (the model and data stay for a warm machine's next call)."""
+    needed = {c.source for g in later for c in g if c.source}
+    dirs = [work / c.name.replace(":", "-") for c in ran] if ran or later else [p for p in work.iterdir() if p.is_dir()]
+    for d in dirs:
+        if d.name.startswith("llama-") or not d.exists():
+            continue
+        if d.name in {s.replace(":", "-") for s in needed}:
+            for p in d.iterdir():
+                if p.name != f"checkpoint-{save_step}":
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        else:
+            shutil.rmtree(d)
+    for case in ran:  # a source whose last resume case just ran
+        if case.source and case.source not in needed:
+            shutil.rmtree(work / case.source.replace(":", "-"), ignore_errors=True)
 
 
 if __name__ == "__main__":

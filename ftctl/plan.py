@@ -17,6 +17,14 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  fp32 residual stream for fft/sft/qlora, LoRA's dropout outputs); A*S*(L+1) without
                  gradient checkpointing (+1: gradients in flight), the saved layer inputs + 2 layers with it
     logits       TRL's fused LM head (fused_head_bytes): tiles, not the (tokens x vocab) logits
+    accumulated_grads
+                 with gradient accumulation only (accumulation_steps() > 1): the gradients of the micro-
+                 batches so far stay alive through the next one's activations, so the grads term counts
+                 again (sharded as grads is). Without accumulation they appear as the backward frees the
+                 activations, a peak the terms above are calibrated to (1B fft on an H200: 8 x 1 within 2%
+                 of them; 8 x 2 peaked 4.6 GiB higher, the size of the model's fp32 gradients). Not under
+                 zero3 (its gradient partitions are one buffer allocated at the start, in the peak either
+                 way) nor zero3_offload (gradients in CPU RAM)
     overhead     1.5 GB: CUDA context, allocator fragmentation, NCCL buffers
 
 A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
@@ -225,6 +233,7 @@ def memory_terms(
     trainable_b: float,
     fp32: bool = False,
     precision: str = "bf16",
+    accum: int = 1,
 ) -> dict:
     n = shape.params_b  # billions -> GB per byte/param
     wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
@@ -251,7 +260,7 @@ def memory_terms(
     act_per_seq = (saved_inputs * shape.layers + per_token_layer * 2) * seq if ckpt else per_token_layer * seq * layers
     activations = micro * act_per_seq * wb / 2 / 1e9
     logits = fused_head_bytes(micro * seq, h, shape.vocab) * wb / 2 / 1e9
-    return {
+    terms = {
         "weights": weights,
         "grads": grads,
         "optimizer": optimizer,
@@ -259,6 +268,14 @@ def memory_terms(
         "logits": logits,
         "overhead": OVERHEAD_GB,
     }
+    if accum > 1 and strategy not in ("zero3", "zero3_offload"):  # the module docstring: accumulated_grads
+        terms["accumulated_grads"] = grads
+    return terms
+
+
+def accumulation_steps(spec: RunSpec, micro: int, world: int) -> int:
+    """Gradient accumulation steps for a micro-batch: as asked, else enough to reach the global batch."""
+    return spec.gradient_accumulation_steps or max(1, math.ceil(spec.global_batch_size / (micro * world)))
 
 
 def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool) -> int:
@@ -348,7 +365,17 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         for ckpt in ckpt_choices:
             for micro in micro_choices:
                 terms = memory_terms(
-                    method, strategy, shape, world, micro, seq, ckpt, trainable, req.is_cpu, precision=precision
+                    method,
+                    strategy,
+                    shape,
+                    world,
+                    micro,
+                    seq,
+                    ckpt,
+                    trainable,
+                    req.is_cpu,
+                    precision=precision,
+                    accum=accumulation_steps(spec, micro, world),
                 )
                 total = sum(terms.values())
                 host_need = 16 * shape.params_b / req.nodes if strategy == "zero3_offload" else None
@@ -365,7 +392,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     if best is None:
         return None
     strategy, ckpt, micro, terms, total, host_need = best
-    accum = spec.gradient_accumulation_steps or max(1, math.ceil(want_global / (micro * world)))
+    accum = accumulation_steps(spec, micro, world)
     real_global = micro * accum * world
     if real_global != want_global and not spec.gradient_accumulation_steps:
         notes.append(f"global batch {want_global} rounded to {real_global} ({micro} x {accum} x {world})")
@@ -418,7 +445,15 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         (
             sum(
                 memory_terms(
-                    method, s, shape, req.world_size, 1, spec.model_max_length, True, _trainable_b(method, shape, spec)
+                    method,
+                    s,
+                    shape,
+                    req.world_size,
+                    1,
+                    spec.model_max_length,
+                    True,
+                    _trainable_b(method, shape, spec),
+                    accum=accumulation_steps(spec, 1, req.world_size),
                 ).values()
             ),
             s,

@@ -66,20 +66,31 @@ def check_world(plan, procs: Processes) -> None:
         )
 
 
-def init_for_deepspeed(plan, procs: Processes) -> None:
-    """DeepSpeed's process group, before TrainingArguments: ZeRO-3 builds the model already sharded
-    (zero.Init), which needs the group up, and on CPU it must be gloo. A single process started without
-    torchrun (the demo, a test) gets torchrun's variables for a group of one: DeepSpeed would otherwise
-    look for MPI."""
+def init_group(plan, procs: Processes) -> None:
+    """Before TrainingArguments, what the sharding strategies need of a process group.
+
+    DeepSpeed's group: ZeRO-3 builds the model already sharded (zero.Init), which needs the group up, and
+    on CPU it must be gloo. A single process started without torchrun (the local backend on one GPU, the
+    demo, a test) gets torchrun's variables for a group of one: DeepSpeed would otherwise look for MPI.
+    FSDP on one GPU gets them too: accelerate applies FSDP only when it sees a distributed launch
+    (LOCAL_RANK), and would otherwise train unsharded (which the sharding check then stops)."""
+    if plan.strategy == "fsdp" and not procs.on_cpu:
+        _group_of_one_env()
+        return
     if plan.strategy not in DEEPSPEED_STRATEGIES:
         return
+    _group_of_one_env()
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo" if procs.on_cpu else "nccl")
+
+
+def _group_of_one_env() -> None:
+    """torchrun's variables for a single process started without it (kept where torchrun set them)."""
     if "RANK" not in os.environ:
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"})
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="gloo" if procs.on_cpu else "nccl")
 
 
 def free_port() -> int:

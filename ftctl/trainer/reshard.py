@@ -11,7 +11,8 @@ decides what has to happen:
                        and latest_universal beside the original -- and the engine loads it with
                        ``checkpoint.load_universal`` (distributed.deepspeed_config), resharding on load.
     fsdp (GPU)         saved with FULL_STATE_DICT (distributed.fsdp_settings): whole model and optimizer
-                       state on rank 0, which accelerate loads on any world size -- not yet run on GPUs.
+                       state on rank 0, which accelerate loads on any world size, one GPU included
+                       (distributed.init_group) -- bench/multi_gpu.py's resume:fsdp cases try it on GPUs.
 
 The world size that wrote a checkpoint is the manifest's ``world_size`` (ftctl.checkpoints); without a
 manifest, the count of DeepSpeed's per-rank optimizer files. One process converts each copy of the
