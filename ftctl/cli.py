@@ -122,7 +122,7 @@ _preflight_option = click.option(
     "preflight_network",
     default=None,
     help="Run a short all-reduce across the job's processes first and stop below "
-    "-o preflight_min_busbw_gbps (default 1 GB/s with GPUs, none on CPU): local and slurm.",
+    "-o preflight_min_busbw_gbps (default 1 GB/s with GPUs, none on CPU): local, slurm and sky.",
 )
 
 

@@ -86,17 +86,17 @@ def netcheck_argv(spec: RunSpec, plan: Plan, head, python: str | None = None) ->
 
 def preflight_lines(command: str, spec: RunSpec, plan: Plan) -> list[str]:
     """Shell lines that run the rendered preflight ``command`` and end the script, with a message that
-    says what to do, when it fails. The Slurm script uses them; so can SkyPilot's run section."""
+    says what to do, when it fails: the Slurm script's and SkyPilot's run section's."""
     threshold = f"{preflight_threshold(spec, plan):g}"
     return [
         "# network preflight (preflight_network): an all-reduce across every process of the job, first",
-        command,
-        "PREFLIGHT_RC=$?",
+        "PREFLIGHT_RC=0",
+        f"{command} || PREFLIGHT_RC=$?",  # also under set -e (SkyPilot's run section)
         'if [ "$PREFLIGHT_RC" -ne 0 ]; then',
         f'  echo "ftctl: network preflight failed (exit $PREFLIGHT_RC): not training. Either the bus bandwidth is '
         f"below preflight_min_busbw_gbps={threshold} GB/s or the processes could not reach each other: see the "
         f'netcheck lines above (-o socket_ifname=IFACE picks the interface; -o preflight_min_busbw_gbps=N)."',
-        f'  echo failed > "${STATUS_ENV}"',
+        f'  [ -z "${{{STATUS_ENV}:-}}" ] || echo failed > "${STATUS_ENV}"',
         '  exit "$PREFLIGHT_RC"',
         "fi",
     ]

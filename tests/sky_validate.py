@@ -121,10 +121,11 @@ def _check_ftctl(task, summary: dict, text: str) -> None:
 
     run = task.run if isinstance(task.run, str) else ""
     lines = [ln for ln in run.splitlines() if ln.strip().startswith("torchrun ")]
-    if len(lines) != 1:
-        errors.append(f"the run section should hold one torchrun line, found {len(lines)}")
-    else:
-        argv = shlex.split(lines[0])
+    training = [ln for ln in lines if " -m ftctl.trainer --spec " in ln]
+    if len(training) != 1:
+        errors.append(f"the run section should hold one torchrun line of the trainer, found {len(training)}")
+    for line in lines:  # the trainer's, and the network preflight's in the same shape
+        argv = shlex.split(line)
         opts = {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i].startswith("--")}
         if opts.get("--nnodes") != str(task.num_nodes):
             errors.append(f"torchrun --nnodes {opts.get('--nnodes')} but num_nodes is {task.num_nodes}")

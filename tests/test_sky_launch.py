@@ -97,13 +97,15 @@ def test_launch_two_nodes_status_logs_cancel_down(sky, sky_infra, sky_s3):
     t0 = time.monotonic()
     out = f"s3://{sky.bucket}/runs/lora"
     args = sky.run_args(sky.model, sky.data, out, run_name="sky-lora")
-    job = sky.launch(*args, "--cluster", CLUSTER)
+    job = sky.launch(*args, "--cluster", CLUSTER, "--preflight")
     assert job.startswith(f"{CLUSTER}/"), job
     line = sky.wait(job, ("SUCCEEDED", "FAILED", "CANCELLED", "UNKNOWN"), timeout=300)
     print(f"[t] launch..SUCCEEDED {time.monotonic() - t0:.0f}s", file=sys.stderr)
     logs = sky.ftctl("logs", "-f", job).stdout  # follows to the end of a finished job
     assert " SUCCEEDED" in line, f"{line}\n{logs}"
     assert "node 0 of 2" in logs and "node 1 of 2" in logs, logs
+    # --preflight: the all-reduce probe ran first across both nodes' processes (gloo on CPU)
+    assert "netcheck: 2 processes on 2 node(s) (gloo)" in logs, logs
     # both nodes trained: the rendezvous reached world size 2; checkpoints are complete in the bucket
     keys = [
         o["Key"] for o in sky_s3.client().list_objects_v2(Bucket=sky.bucket, Prefix="runs/lora/").get("Contents", [])

@@ -7,6 +7,8 @@ matrix plus files the validator must refuse, so the ~2 s ``import sky`` is paid 
 from __future__ import annotations
 
 import itertools
+import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -26,6 +28,7 @@ EXTRA = [
     (dict(method="lora", gpus="H100:4", container="docker:nvcr.io/nvidia/pytorch:24.07-py3"), []),
     (dict(method="qlora", gpus="1xT4", secrets=["MY_TOKEN"]), ["cloud=gcp", "region=us-central1"]),
     (dict(method="sft", gpus="2x8xH200", spot=True), ["disk_size=1024", "run_name=sft-h200"]),
+    (dict(method="fft", gpus="8xH100", nodes=2, preflight_network=True), ["preflight_min_busbw_gbps=50"]),
     (
         dict(method="lora", gpus="4xL40S"),
         ["setup=nvidia-smi", "env=WANDB_PROJECT=ftctl", "s3_endpoint_url=http://127.0.0.1:9000"],
@@ -166,6 +169,13 @@ def test_extras_reach_the_task(matrix):
     assert by_gpus["2x8xH200"]["disk_size"] == [1024]
     assert by_gpus["4xL40S"]["envs"]["WANDB_PROJECT"] == "ftctl"
     assert by_gpus["4xL40S"]["envs"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    # --preflight: the probe in the training's torchrun shape runs first on every node, and stops the job
+    run = next(
+        yaml.safe_load(Path(f).read_text())["run"] for (flags, _), f in zip(cases, files) if flags["gpus"] == "8xH100"
+    )
+    probe, train = run.index("-m ftctl.trainer.netcheck --min-busbw-gbps 50"), run.index("-m ftctl.trainer --spec")
+    assert probe < train and "--nnodes 2" in run[:probe].splitlines()[-1]
+    assert subprocess.run(["bash", "-n", "-c", run]).returncode == 0
 
 
 def test_validator_refuses_broken_tasks(matrix):

@@ -52,7 +52,20 @@ SOURCE_FILES = ("pyproject.toml", "README.md")  # beside the package, when this 
 class SkyBackend(Backend):
     name = "sky"
     options = frozenset(
-        {"spot", "infra", "cloud", "region", "disk_size", "cluster", "down", "idle_minutes", "container", "setup"}
+        {
+            "spot",
+            "infra",
+            "cloud",
+            "region",
+            "disk_size",
+            "cluster",
+            "down",
+            "idle_minutes",
+            "container",
+            "setup",
+            "preflight_network",
+            "preflight_min_busbw_gbps",
+        }
     )
     needs_local_paths = False  # the cloud's machines cannot see this one's files
     no_image = "installing ftctl from the shipped source"  # the workdir; see ftctl/sky/render.py

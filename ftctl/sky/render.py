@@ -21,7 +21,7 @@ import yaml
 
 from ftctl import __version__
 from ftctl.errors import FtctlError
-from ftctl.launch import Shell, container_kind, join, torchrun_argv, trainer_env
+from ftctl.launch import Shell, container_kind, join, preflight_shell, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 
@@ -95,6 +95,7 @@ def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
         HEREDOC,
         'HEAD_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n 1)',
         'echo "ftctl: node $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES, $SKYPILOT_NUM_GPUS_PER_NODE GPUs, head $HEAD_ADDR"',
+        *preflight_shell(spec, plan, Shell('"$HEAD_ADDR"')),
         join(torchrun_argv(spec, plan, Shell(spec_path), head=Shell('"$HEAD_ADDR"'))),
     ]
     task: dict = {
