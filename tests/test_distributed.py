@@ -157,6 +157,27 @@ def test_same_world_size_needs_no_conversion(tmp_path):
     assert prepare(None, Plan, Processes(0, 0, 1, on_cpu=True)) is False
 
 
+def test_optimizer_steps_follow_their_parameters_after_a_universal_load():
+    """DeepSpeed's universal load leaves ``step`` on the CPU; fused AdamW on a GPU refuses that (seen on an
+    H200 at the first step after a ZeRO-3 2 -> 1 resume). The meta device stands in for the GPU here."""
+    import torch
+
+    from ftctl.trainer.reshard import steps_on_device
+
+    p = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    inner = torch.optim.AdamW([p])
+    inner.state[p] = {"step": torch.tensor(10.0), "exp_avg": torch.zeros(3, device="meta")}
+
+    class Wrapper:  # accelerate's and DeepSpeed's optimizers hold the next one as .optimizer
+        state: dict = {}
+
+    outer = Wrapper()
+    outer.optimizer = inner
+    assert steps_on_device(outer) == 1
+    assert inner.state[p]["step"].device.type == "meta"
+    assert steps_on_device(outer) == 0  # already there
+
+
 def test_a_failed_conversion_says_how_to_resume(tmp_path):
     from ftctl.trainer.distributed import Processes
     from ftctl.trainer.reshard import prepare

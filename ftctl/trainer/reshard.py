@@ -19,6 +19,11 @@ manifest, the count of DeepSpeed's per-rank optimizer files. One process convert
 checkpoint: global rank 0 when all nodes share the output directory, local rank 0 of each node when every
 node resumed its own downloaded copy. The resumed loss continues the curve closely, not bit for bit (the
 tests see 2e-4 relative on CPU).
+
+DeepSpeed's universal load (ZeRO-3) restores the optimizer's ``step`` as the CPU tensor the conversion
+saved, which torch's fused AdamW (the plan's optimizer on GPUs) refuses beside CUDA states: the first step
+after a 2 -> 1 GPU resume on an H200 failed with "state_steps is on cpu". :func:`steps_on_device` puts them
+back where the parameters are, once the checkpoint is loaded (:func:`callbacks`).
 """
 
 from __future__ import annotations
@@ -127,3 +132,39 @@ def to_universal(ckpt: str, tag: str) -> str:
     os.replace(latest + ".ftctl-tmp", latest)
     log.warning("converted %s to %s", os.path.join(ckpt, tag), out)
     return out
+
+
+def steps_on_device(optimizer) -> int:
+    """Move every optimizer ``step`` tensor to the device of its parameter, through the wrappers (accelerate's
+    AcceleratedOptimizer, DeepSpeed's ZeRO optimizer: each holds the next as ``.optimizer``). Returns how
+    many moved."""
+    import torch
+
+    moved, seen = 0, set()
+    while optimizer is not None and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        state = getattr(optimizer, "state", None)
+        if isinstance(state, dict):
+            for param, entry in state.items():
+                step = entry.get("step") if isinstance(entry, dict) else None
+                if isinstance(param, torch.Tensor) and isinstance(step, torch.Tensor) and step.device != param.device:
+                    entry["step"] = step.to(param.device)
+                    moved += 1
+        optimizer = getattr(optimizer, "optimizer", None)
+    return moved
+
+
+def callbacks(universal: bool) -> list:
+    """Trainer callbacks a resume needs: after a universal load, the optimizer steps back on the GPU
+    (the Trainer loads the checkpoint before on_train_begin)."""
+    if not universal:
+        return []
+    from transformers import TrainerCallback
+
+    class StepsOnDevice(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+            moved = steps_on_device(optimizer)
+            if moved:
+                log.info("moved %d optimizer step counters to the parameters' device", moved)
+
+    return [StepsOnDevice()]

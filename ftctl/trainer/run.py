@@ -149,7 +149,14 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
-            callbacks=[run.sync, preemption, metrics, distributed.sharding_check(plan.strategy), *callbacks],
+            callbacks=[
+                run.sync,
+                preemption,
+                metrics,
+                distributed.sharding_check(plan.strategy),
+                *reshard.callbacks(universal),
+                *callbacks,
+            ],
         )
         for cb in (PrinterCallback, ProgressCallback):  # MetricsCallback prints the progress
             run.trainer.remove_callback(cb)
