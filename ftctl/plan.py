@@ -25,6 +25,9 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  of them; 8 x 2 peaked 4.6 GiB higher, the size of the model's fp32 gradients). Not under
                  zero3 (its gradient partitions are one buffer allocated at the start, in the peak either
                  way) nor zero3_offload (gradients in CPU RAM)
+    ddp_buckets  DDP on several processes only: its reducer's flat buckets, a second copy of every
+                 gradient for the all-reduce (1B fft on two H200s: 45.6 GiB per GPU at 8 x 1, 5.5 GiB over
+                 the terms above, like the 1-GPU run at 8 x 2)
     overhead     1.5 GB: CUDA context, allocator fragmentation, NCCL buffers
 
 A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
@@ -270,6 +273,8 @@ def memory_terms(
     }
     if accum > 1 and strategy not in ("zero3", "zero3_offload"):  # the module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
+    if strategy == "ddp" and world > 1:  # the module docstring: ddp_buckets
+        terms["ddp_buckets"] = grads
     return terms
 
 

@@ -283,6 +283,18 @@ def test_gradient_accumulation_counts_the_gradients_kept_between_micro_batches()
     assert "accumulated_grads" not in memory_terms(strategy="zero2", accum=1, **base)
 
 
+def test_ddp_counts_its_bucket_copy_of_the_gradients():
+    """1B fft on two H200s with DDP, 8 x 1 per GPU: 45.6 GiB per GPU, 5.5 GiB over the single-process
+    terms (the plan said 40.2): DDP's reducer keeps every gradient a second time in its flat buckets."""
+    args = dict(method="fft", gpus="2xH200", model_name_or_path="meta-llama/Llama-3.2-1B")
+    p = plan(**args, o=["per_device_train_batch_size=8", "global_batch_size=16", "model_max_length=2048"])
+    assert p.strategy == "ddp" and p.gradient_accumulation_steps == 1
+    assert p.memory["ddp_buckets"] == p.memory["grads"] == pytest.approx(4 * 1.24, rel=0.01)
+    assert 44.0 < p.memory_gb * 1e9 / 2**30 < 46.5  # measured: 45.6 GiB
+    one = plan(**dict(args, gpus="1xH200"), o=["per_device_train_batch_size=8", "global_batch_size=8"])
+    assert "ddp_buckets" not in one.memory  # one process: no reducer
+
+
 def test_sft_counts_the_fp32_weights_the_trainer_loads():
     """Regression: sft of a 7B on one A100 was planned at 2 B/param (35 GB of 40) while the trainer
     loads fp32 masters (~49 GB): an OOM the plan promised away."""
