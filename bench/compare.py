@@ -152,9 +152,11 @@ def clock_callback(stop_at: int | None = None):
 
 
 def profile_callback(first: int, last: int, into: dict):
-    """torch.profiler over steps first..last (CPU and CUDA): the kernels' summed time against the wall
-    time (how busy the GPU is) and the top of the table, into ``into``."""
+    """torch.profiler over steps first..last (CPU and CUDA): the kernels' time per step and the top of the
+    table, into ``into``. The profiler slows the steps it traces, so their wall time says nothing: the
+    report divides the kernel time by the unprofiled phase's median step (summarise: ftctl_gpu_busy)."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
@@ -170,19 +172,18 @@ def profile_callback(first: int, last: int, into: dict):
                 sync()
                 self.prof = profile(activities=[ProfilerActivity.CPU, *([] if CPU else [ProfilerActivity.CUDA])])
                 self.prof.__enter__()
-                self.t0 = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             if self.prof is not None and state.global_step == last:
                 sync()
-                wall = time.perf_counter() - self.t0
                 self.prof.__exit__(None, None, None)
                 events = self.prof.key_averages()
-                busy = sum(e.self_device_time_total for e in events) / 1e6
+                # kernels only (as the table's "Self CUDA time total"): ops' own rows repeat their kernels
+                device = [e for e in events if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
                 into["steps"] = last - first + 1
-                into["wall_s"] = round(wall, 4)
-                into["kernels_s"] = round(busy, 4)
-                into["gpu_busy"] = round(busy / wall, 3)
+                into["kernels_s_per_step"] = round(
+                    sum(e.self_device_time_total for e in device) / 1e6 / into["steps"], 4
+                )
                 into["table"] = events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=60)
                 self.prof = None
                 control.should_training_stop = True
@@ -479,8 +480,9 @@ def summarise(r: dict, card: str) -> dict:
         if p.get("tokens_per_s") and "params_b" in f
         else None,
     }
-    if r.get("profile", {}).get("gpu_busy") is not None:
-        out["ftctl_gpu_busy"] = r["profile"]["gpu_busy"]  # kernels' time / wall time over 3 profiled steps
+    busy = r.get("profile", {}).get("kernels_s_per_step")
+    if busy and f.get("step_s_median"):  # the GPU's share of a step: the rest waits on the CPU (or syncs)
+        out["ftctl_gpu_busy"] = round(busy / f["step_s_median"], 3)
     if out["ftctl_peak_gib"] and out["plan_peak_gib"]:
         out["plan_error"] = round(out["plan_peak_gib"] / out["ftctl_peak_gib"] - 1, 3)
     if f.get("losses") and ref.get("losses"):

@@ -27,6 +27,7 @@ after every case (a run cut short still leaves its rows):
 
     python3 bench/multi_gpu.py --out DIR [--steps 20] [--cases single,ddp,zero2,zero3,fsdp] [--budget-s 480]
     python3 bench/multi_gpu.py --plot DIR/multi_gpu.json   (here, with matplotlib: the loss curves as a PNG)
+    python3 bench/multi_gpu.py --merge A/multi_gpu.json B/multi_gpu.json --out DIR   (several calls, one table)
     BENCH_CPU=1 python bench/multi_gpu.py --out DIR --cases ...   (here: the same orchestration on CPU with the
                           tests' tiny model, gloo, 1 or 2 processes; fsdp cases get an error row, ftctl refuses
                           fsdp on CPU)
@@ -300,11 +301,19 @@ def finish(rows: list[dict], card: str, n_params: int) -> None:
         same = done.get(f"{case.strategy}:1") if r["gpus"] == 2 and r["method"] == "fft" else None
         if same:
             r["scaling_vs_same_strategy_1gpu"] = ratio(r, same)
+            r["parity_vs_same_strategy_1gpu"] = max_rel_diff(r, same)
 
 
 COLUMNS = ["case", "gpus", "strategy", "tokens_per_s", "scaling_vs_1gpu", "scaling_vs_same_strategy_1gpu", "mfu"]
-COLUMNS += ["parity_max_rel_diff", "resume_first_step", "resume_max_rel_diff", "peak_gib", "plan_peak_gib"]
-COLUMNS += ["final_loss", "wall_s", "concurrent_with"]
+COLUMNS += [
+    "parity_max_rel_diff",
+    "parity_vs_same_strategy_1gpu",
+    "resume_first_step",
+    "resume_max_rel_diff",
+    "peak_gib",
+    "plan_peak_gib",
+]
+COLUMNS += ["final_loss", "wall_s", "concurrent_with", "call"]
 
 
 def write(out: Path, result: dict) -> None:
@@ -345,6 +354,26 @@ def plot(path: Path) -> Path:
     return png
 
 
+def merge(paths: list[str], out: Path) -> None:
+    """One table from several calls' multi_gpu.json (each row gets its ``call``, 1-based, in the order
+    given; rows skipped for budget are left out): scaling, parity and resume recomputed across all rows, a
+    later call's row of a case being the reference for it. Rows of different calls ran under different
+    conditions (what else shared the host): the report says so."""
+    from bench.gpu_train import SHAPES
+
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [
+        {**r, "call": i}
+        for i, res in enumerate(results, 1)
+        for r in res["rows"]
+        if not r.get("error", "").startswith("skipped")
+    ]
+    merged = {**results[0], "cases": " | ".join(r["cases"] for r in results), "rows": rows}
+    finish(rows, merged["card"], params_of_config(SHAPES["1b"]))
+    out.mkdir(parents=True, exist_ok=True)
+    write(out, merged)
+
+
 # ------------------------------------------------------------------------------------------ setup
 def netcheck(out: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -360,7 +389,10 @@ def netcheck(out: Path) -> dict:
 
 
 def params_of(model_dir: Path) -> int:
-    cfg = json.loads((model_dir / "config.json").read_text())
+    return params_of_config(json.loads((model_dir / "config.json").read_text()))
+
+
+def params_of_config(cfg: dict) -> int:
     h, i, n, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
     kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
     per_layer = h * h * 2 + 2 * h * kv + 3 * h * i + 2 * h
@@ -399,10 +431,13 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/ftctl-bench-cpu" if CPU else "/tmp/ftctl-bench")
     ap.add_argument("--no-netcheck", action="store_true", help="skip the all-reduce probe across both GPUs")
     ap.add_argument("--plot", help="a multi_gpu.json to draw (no GPU needed)")
+    ap.add_argument("--merge", nargs="+", help="several calls' multi_gpu.json into one table in --out")
     a = ap.parse_args()
     if a.plot:
         print(plot(Path(a.plot)))
         return
+    if a.merge:
+        return merge(a.merge, Path(a.out))
     t0 = time.time()
     groups = parse_groups(a.cases)
     sources = {c.source for g in groups for c in g if c.source}
