@@ -278,7 +278,7 @@ def test_gradient_accumulation_counts_the_gradients_kept_between_micro_batches()
     base = dict(method="fft", shape=shape, world=2, micro=8, seq=2048, ckpt=False, trainable_b=shape.params_b)
     z2 = memory_terms(strategy="zero2", accum=2, **base)
     assert z2["accumulated_grads"] == z2["grads"] == pytest.approx(2 * shape.params_b / 2)
-    for strategy in ("zero3", "zero3_offload"):
+    for strategy in ("zero3", "zero3_offload", "fsdp"):  # fsdp: 1B on one H200 at 8 x 2 peaked 37.2 GiB
         assert "accumulated_grads" not in memory_terms(strategy=strategy, accum=2, **base)
     assert "accumulated_grads" not in memory_terms(strategy="zero2", accum=1, **base)
 
