@@ -110,6 +110,9 @@ class Rendered:
         return self.paths.root
 
 
+PREFLIGHT_KEYS = frozenset({"preflight_network", "preflight_min_busbw_gbps"})  # backends that run the probe
+
+
 class Backend:
     name: ClassVar[str]
     options: ClassVar[frozenset[str]] = frozenset()  # run keys of this backend (beyond the common ones)

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import click
 
-from ftctl.backend import Backend, JobRef, Rendered
+from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, Rendered
 from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv
@@ -90,7 +90,7 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
 
 class LocalBackend(Backend):
     name = "local"
-    options = frozenset({"preflight_network", "preflight_min_busbw_gbps"})
+    options = PREFLIGHT_KEYS
 
     def detected_gpus(self) -> str | None:
         return local_gpus()

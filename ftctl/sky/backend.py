@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from ftctl.backend import Backend, JobRef, JobState, JobStatus, Rendered
+from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered
 from ftctl.errors import FtctlError
 from ftctl.sky import bridge
 from ftctl.sky import render as sky_render
@@ -51,21 +51,22 @@ SOURCE_FILES = ("pyproject.toml", "README.md")  # beside the package, when this 
 
 class SkyBackend(Backend):
     name = "sky"
-    options = frozenset(
-        {
-            "spot",
-            "infra",
-            "cloud",
-            "region",
-            "disk_size",
-            "cluster",
-            "down",
-            "idle_minutes",
-            "container",
-            "setup",
-            "preflight_network",
-            "preflight_min_busbw_gbps",
-        }
+    options = (
+        frozenset(
+            {
+                "spot",
+                "infra",
+                "cloud",
+                "region",
+                "disk_size",
+                "cluster",
+                "down",
+                "idle_minutes",
+                "container",
+                "setup",
+            }
+        )
+        | PREFLIGHT_KEYS
     )
     needs_local_paths = False  # the cloud's machines cannot see this one's files
     no_image = "installing ftctl from the shipped source"  # the workdir; see ftctl/sky/render.py

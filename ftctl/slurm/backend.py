@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from ftctl import userconfig
-from ftctl.backend import Backend, JobRef, JobState, JobStatus, Rendered
+from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered
 from ftctl.errors import FtctlError
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
@@ -54,21 +54,22 @@ SLURM_STATES = {
 
 class SlurmBackend(Backend):
     name = "slurm"
-    options = frozenset(
-        {
-            "partition",
-            "account",
-            "qos",
-            "time",
-            "cpus_per_task",
-            "sbatch_args",
-            "signal_lead_s",
-            "max_requeues",
-            "container",
-            "setup",
-            "preflight_network",
-            "preflight_min_busbw_gbps",
-        }
+    options = (
+        frozenset(
+            {
+                "partition",
+                "account",
+                "qos",
+                "time",
+                "cpus_per_task",
+                "sbatch_args",
+                "signal_lead_s",
+                "max_requeues",
+                "container",
+                "setup",
+            }
+        )
+        | PREFLIGHT_KEYS
     )
     no_image = "the nodes run this environment's torchrun and ftctl (shared filesystem)"
 
