@@ -206,6 +206,7 @@ def timing(clock, counter, accum: int) -> dict:
         "step_s_median": round(statistics.median(dts), 4),
         "step_s_min": round(min(dts), 4),
         "step_s_max": round(max(dts), 4),
+        "step_s": [round(d, 4) for d in dts],  # each timed step: which one is slow (v3: one 0.77 s step)
     }
 
 
