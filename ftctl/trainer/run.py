@@ -48,8 +48,8 @@ if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at impor
 
 log = logging.getLogger(__name__)
 
-LOCAL_DIR_ENV = "FTCTL_LOCAL_DIR"
-CUDA_ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"  # where a remote output is staged (default: under the ftctl cache)
+LOCAL_DIR_ENV = "FTCTL_LOCAL_DIR"  # where a remote output is staged (default: under the ftctl cache)
+CUDA_ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
 
 
 @dataclass
@@ -297,8 +297,8 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
 # ------------------------------------------------------------------------------------------ fit
 def fit(run: Run) -> None:
     # Everything built so far (imported modules, the model's Python objects: ~1M) lives for the whole
-    # run: frozen out of the collector, a full collection no longer walks them mid-step (on an H200 the
-    # 1B rows had single steps of 0.6-0.7 s among 0.3 s ones).
+    # run: frozen out of the collector, a full collection no longer walks them mid-step. (It did not
+    # remove the one slow step of the 1B rows on an H200: that one has another cause, bench/NOTES.md v3.)
     gc.collect()
     gc.freeze()
     try:
