@@ -22,6 +22,7 @@ Writes <out-dir>/<date>-h200-compare.json and .md after every row (a timeout kee
 from __future__ import annotations
 
 import argparse
+import bisect
 import datetime
 import gc
 import json
@@ -32,6 +33,8 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -172,6 +175,24 @@ def profile_callback(first: int, last: int, into: dict):
                 sync()
                 self.prof = profile(activities=[ProfilerActivity.CPU, *([] if CPU else [ProfilerActivity.CUDA])])
                 self.prof.__enter__()
+                # every synchronizing CUDA call in these steps, by its caller outside torch
+                self.syncs, self.shown = {}, warnings.showwarning
+                warnings.simplefilter("always")
+                warnings.showwarning = lambda msg, *a, **k: self.count_sync(str(msg))
+                torch.cuda.set_sync_debug_mode("warn") if not CPU else None
+
+        def count_sync(self, msg: str):
+            if "synchroniz" not in msg:
+                return
+            frames = [
+                f
+                for f in traceback.extract_stack()[:-2]
+                if "/torch/" not in f.filename and "warnings" not in f.filename
+            ]
+            site = " < ".join(
+                f"{Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno}" for f in frames[::-1][:3]
+            )
+            self.syncs[site] = self.syncs.get(site, 0) + 1
 
         def on_step_end(self, args, state, control, **kw):
             if self.prof is not None and state.global_step == last:
@@ -185,10 +206,73 @@ def profile_callback(first: int, last: int, into: dict):
                     sum(e.self_device_time_total for e in device) / 1e6 / into["steps"], 4
                 )
                 into["table"] = events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=60)
+                if not CPU:
+                    trace = Path(os.environ.get("TMPDIR", "/tmp")) / f"ftctl-trace-{os.getpid()}.json"
+                    self.prof.export_chrome_trace(str(trace))
+                    into["gaps"] = gap_report(json.loads(trace.read_text()), into["steps"])
+                    trace.unlink()
                 self.prof = None
+                torch.cuda.set_sync_debug_mode(0) if not CPU else None
+                warnings.showwarning = self.shown
+                into["syncs_per_step"] = {
+                    k: v / into["steps"] for k, v in sorted(self.syncs.items(), key=lambda kv: -kv[1])
+                }
                 control.should_training_stop = True
 
     return Profile()
+
+
+def gap_report(trace: dict, steps: int, top: int = 15) -> dict:
+    """Where the GPU waits: the idle time between kernels (chrome trace of the profiled steps), per step,
+    by what the host's main thread was running meanwhile (the innermost op or annotation covering the
+    gap's middle, under its outermost annotation), and by the op whose launch ended the gap."""
+    ev = trace["traceEvents"] if isinstance(trace, dict) else trace
+    kernels = sorted(
+        (e["ts"], e["ts"] + e.get("dur", 0)) for e in ev if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+    )
+    host = [e for e in ev if e.get("cat") in ("cpu_op", "user_annotation", "cuda_runtime") and "dur" in e]
+    main_tid = (
+        max({e["tid"] for e in host}, key=lambda t: sum(e["dur"] for e in host if e["tid"] == t)) if host else None
+    )
+    host = sorted((e for e in host if e["tid"] == main_tid), key=lambda e: e["ts"])
+    notes = [e for e in host if e["cat"] == "user_annotation"]
+    ops = [e for e in host if e["cat"] == "cpu_op"]
+    op_ts = [e["ts"] for e in ops]
+    launches = [e["ts"] for e in host if e["cat"] == "cuda_runtime"]
+
+    def innermost(t):  # the shortest op running at time t (nested ops start later: look back a while)
+        i = bisect.bisect_right(op_ts, t)
+        cover = [e for e in ops[max(0, i - 3000) : i] if e["ts"] + e["dur"] >= t]
+        return min(cover, key=lambda e: e["dur"])["name"] if cover else None
+
+    gaps, end = [], None
+    for a, b in kernels:
+        if end is not None and a - end > 20:  # µs
+            gaps.append((end, a))
+        end = b if end is None else max(end, b)
+    by_host, by_next, total = {}, {}, 0.0
+    for a, b in gaps:
+        mid = (a + b) / 2
+        outer = next((e["name"] for e in notes if e["ts"] <= mid <= e["ts"] + e["dur"]), "")
+        inner = innermost(mid) or "(python, no op)"
+        label = f"{outer[:50]} > {inner[:50]}" if outer else inner[:60]
+        i = bisect.bisect_right(launches, b)
+        nxt = (innermost(launches[i - 1]) if i else None) or "?"
+        by_host[label] = by_host.get(label, 0.0) + (b - a)
+        by_next[nxt[:60]] = by_next.get(nxt[:60], 0.0) + (b - a)
+        total += b - a
+    span = (kernels[-1][1] - kernels[0][0]) if kernels else 0
+
+    def ms(d):
+        return {k: round(v / 1e3 / steps, 2) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]}
+
+    return {
+        "idle_ms_per_step": round(total / 1e3 / steps, 2),
+        "span_ms_per_step": round(span / 1e3 / steps, 2),
+        "gaps_per_step": round(len(gaps) / steps, 1),
+        "by_host_activity": ms(by_host),
+        "by_op_that_ended_it": ms(by_next),
+    }
 
 
 def timing(clock, counter, accum: int) -> dict:

@@ -156,6 +156,37 @@ def test_lora_under_autocast_keeps_fp32_adapters_and_their_input_as_is(tiny_mode
         assert torch.allclose(g, grads[0][n], rtol=0.1, atol=1e-3), n
 
 
+def test_fft_under_bf16_autocast_runs_a_bf16_residual_stream_over_fp32_masters(tiny_model_dir):
+    """A bf16 plan's fft hands bf16 hidden states from the embedding to the blocks (no fp32 residual
+    stream and its casts) while the weights and gradients stay fp32; the loss stays close to the fp32
+    residual's; without autocast (an fp32 plan, CPU) nothing changes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.trainer.methods import apply_method
+
+    spec, cpu_plan = make_run(tiny_model_dir, "unused.jsonl", "unused", "fft")
+    _, gpu_plan = make_run(tiny_model_dir, "unused.jsonl", "unused", "fft", "1xA100")
+    assert (cpu_plan.weights_dtype, gpu_plan.precision) == ("fp32", "bf16")
+    ids = torch.randint(0, 100, (2, 16))
+    seen, losses = {}, {}
+    for name, plan in (("fp32 plan", cpu_plan), ("bf16 plan", gpu_plan)):
+        model = apply_method(AutoModelForCausalLM.from_pretrained(tiny_model_dir), spec, plan)
+        model.model.layers[0].register_forward_pre_hook(
+            lambda m, a, kw, n=name: seen.setdefault(n, []).append((a[0] if a else kw["hidden_states"]).dtype),
+            with_kwargs=True,
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        losses[name] = loss.float().item()
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+        with torch.no_grad():  # without autocast the hook leaves the fp32 stream alone
+            model(input_ids=ids)
+    assert seen == {"fp32 plan": [torch.float32] * 2, "bf16 plan": [torch.bfloat16, torch.float32]}
+    assert losses["bf16 plan"] == pytest.approx(losses["fp32 plan"], rel=1e-2)
+
+
 def test_qlora_trains_over_a_4bit_base(tiny_model_dir, tiny_data, tmp_path, one_thread):
     import bitsandbytes as bnb
     from peft import PeftModel

@@ -9,6 +9,8 @@
 Under bf16/fp16 autocast the LoRA adapters keep fp32 weights (their updates are small: bf16 would lose
 them) but take their input as it comes (adapter_inputs_as_is): autocast runs their matmuls in 16 bits
 either way, and PEFT's cast of every adapter's input to fp32 only adds copies and an fp32 dropout.
+fft/sft keep fp32 master weights under bf16 autocast, but the residual stream between the layers runs in
+bf16 (hidden_states_in_autocast_dtype), as it does for DeepSpeed/FSDP's 16-bit working weights and the peer.
 
 Everything else (loading, data, the Trainer, checkpoints) is shared.
 """
@@ -27,10 +29,13 @@ ADAPTER_METHODS = ("lora", "qlora")
 def apply_method(model, spec, plan):
     """Make ``model`` train what the plan's method trains; returns the model to train (maybe a PeftModel)."""
     method = plan.method
-    if method == "fft":
-        model.requires_grad_(True)
-    elif method == "sft":
-        freeze_below_top_blocks(model, spec.trainable_layers)
+    if method in ("fft", "sft"):
+        if method == "fft":
+            model.requires_grad_(True)
+        else:
+            freeze_below_top_blocks(model, spec.trainable_layers)
+        if plan.precision == "bf16":
+            hidden_states_in_autocast_dtype(model)
     elif method in ADAPTER_METHODS:
         if method == "qlora":
             model = prepare_kbit(model, plan)
@@ -85,6 +90,24 @@ def adapter_inputs_as_is(model) -> int:
     for layer in layers:
         layer.cast_input_dtype_enabled = False
     return len(layers)
+
+
+def hidden_states_in_autocast_dtype(model):
+    """Hand the embedding's output to the first block in autocast's 16-bit dtype (a forward hook; only
+    while autocast is on). With fp32 master weights the embedding otherwise returns fp32, and the whole
+    residual stream follows: every block then adds in fp32 and autocast casts each projection's input
+    to bf16 again (five casts a block forward, five back). On an H200 those copies were 21 ms of a 0.315 s
+    1B fft step (bench/NOTES.md, v3). The weights and their gradients stay fp32; only bf16, not fp16,
+    whose narrow range an fp32 residual protects. Returns the hook's handle."""
+    import torch
+
+    def cast(module, args, output):
+        device = output.device.type
+        if torch.is_autocast_enabled(device) and output.is_floating_point():
+            return output.to(torch.get_autocast_dtype(device))
+        return output
+
+    return model.get_input_embeddings().register_forward_hook(cast)
 
 
 def lora_config(spec):
