@@ -14,7 +14,7 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  live in CPU RAM (needs 16 B/param / nodes of host memory), ~2 layers of weights on the GPU
     activations  per micro-batch sequence of S tokens, hidden H, MLP width I, L layers: A bytes per token
                  and layer counted tensor by tensor in activation_bytes() (varlen attention, Liger kernels,
-                 fp32 residual stream for fft/sft/qlora, LoRA's dropout outputs); A*S*(L+1) without
+                 a 16-bit residual stream unless under fp16, LoRA's dropout outputs); A*S*(L+1) without
                  gradient checkpointing (+1: gradients in flight), the saved layer inputs + 2 layers with it
     logits       TRL's fused LM head (fused_head_bytes): tiles, not the (tokens x vocab) logits
     accumulated_grads
@@ -30,6 +30,12 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
     ddp_buckets  DDP on several processes only: its reducer's flat buckets, a second copy of every
                  gradient for the all-reduce (1B fft on two H200s: 45.6 GiB per GPU at 8 x 1, 5.5 GiB over
                  the terms above, like the 1-GPU run at 8 x 2)
+    zero3_buffers
+                 zero3 / zero3_offload: DeepSpeed's own buffers at its default sizes (distributed.py keeps
+                 them): the reduce bucket, twice with overlap_comm, the prefetch bucket and the gathered
+                 parameters alive at once, 16-bit (1B fft on H200s, 8 x 2,048 per GPU: ZeRO-3 on one GPU
+                 peaked 39.9 GiB against 39.7 planned, on two 32.6 against 30.5, with offload 23.4 against
+                 21.9)
     overhead     1.5 GB: CUDA context, allocator fragmentation, NCCL buffers
 
 A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
@@ -49,6 +55,8 @@ from ftctl.spec import RunSpec, parse_size
 from ftctl.trainer.attention import default_packing, describe, plan_attention
 
 HEADROOM = 0.92
+# DeepSpeed's defaults for ZeRO-3 (elements), which ftctl's config leaves as they are (distributed.py)
+ZERO3_REDUCE_BUCKET, ZERO3_PREFETCH_BUCKET, ZERO3_MAX_LIVE = 5e8, 5e7, 1e9
 OVERHEAD_GB = 1.5
 CPU_MAX_PARAMS_B = 2.0  # larger models are refused on CPU: days a step
 
@@ -257,8 +265,11 @@ def memory_terms(
         # two layers' weights in flight on the GPU; gradients and optimizer states go to CPU RAM
         weights, grads, optimizer = 2 * 2 * n / shape.layers, 2 * 2 * n / shape.layers, 0.0
     h, i = shape.hidden, shape.mlp
-    # qlora under fp16 takes PEFT's fp32 upcast of every non-4-bit weight: an fp32 residual stream
-    fp32_residual = method == "qlora" and precision == "fp16"
+    # an fp32 residual stream: qlora under fp16 (PEFT's fp32 upcast of every non-4-bit weight); fft/sft
+    # under fp16 over fp32 masters (the trainer turns the stream to 16 bits under bf16 only)
+    fp32_residual = precision == "fp16" and (
+        method == "qlora" or (method in ("fft", "sft") and strategy in ("single", "ddp"))
+    )
     per_token_layer = activation_bytes(h, i, fp32_residual, adapters=method in ("lora", "qlora"))
     saved_inputs = (4 if fp32_residual else 2) * h  # what a checkpointed layer keeps
     layers = shape.layers + 1  # + one layer's worth of gradients in flight during the backward
@@ -277,6 +288,10 @@ def memory_terms(
         terms["accumulated_grads"] = grads
     if strategy == "ddp" and world > 1:  # the module docstring: ddp_buckets
         terms["ddp_buckets"] = grads
+    if strategy in ("zero3", "zero3_offload"):  # the module docstring: zero3_buffers
+        terms["zero3_buffers"] = (
+            wb * (2 * ZERO3_REDUCE_BUCKET + ZERO3_PREFETCH_BUCKET + min(ZERO3_MAX_LIVE, n * 1e9)) / 1e9
+        )
     return terms
 
 
@@ -295,15 +310,16 @@ def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool) -> int
         attention     q, k, v, output: 2H + 2 x 2H/4 + 2H = 5H
         MLP           gate, up and their SwiGLU product (down's input): 3 x 2I
         LoRA          each adapted projection's dropout output, 2 x (6H + I) counted; 1.5 x (6H + I) measured
-        fp32 residual (qlora under fp16: PEFT's upcast) norms' inputs in fp32 and one 16-bit copy of the
-                      input per projection: + 10H
+        fp32 residual norms' inputs in fp32 and one 16-bit copy of the input per projection: + 10H counted
 
-    13H + 6I matches full fine-tuning of the 1B shape (fp32 masters under bf16 autocast) within 1%;
-    with LoRA the 1B and 8B shapes within 3%."""
-    per_token = 13 * h + 6 * i + (10 * h if fp32_residual else 0)
+    Counted: 13H + 6I. Measured with a 16-bit residual stream, fft of the 1B shape peaks as 5H + 6I would
+    (59 kB a token and layer: 1B fft at 8 x 2,048 within 0.1%), LoRA/QLoRA of the 1B and 8B shapes as
+    13H + 6I + 1.5 x (6H + I) (within 7%). An fp32 residual stream (fft/sft under fp16 autocast over fp32
+    masters; qlora under fp16: PEFT's upcast) adds 8H to fft (1B fft measured, before its stream went bf16)
+    and 10H to the adapters' count."""
     if adapters:
-        per_token += 3 * (6 * h + i) // 2
-    return per_token
+        return 13 * h + 6 * i + 3 * (6 * h + i) // 2 + (10 * h if fp32_residual else 0)
+    return 5 * h + 6 * i + (8 * h if fp32_residual else 0)
 
 
 def fused_head_bytes(tokens: int, h: int, vocab: int) -> int:

@@ -500,7 +500,7 @@ GOLDEN_CASES = {
         model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
         output_dir="/fixed/runs/l",
     ),
-    "local-fft-4xA100.txt": dict(backend="local", method="fft", gpus="4xA100", output_dir="/fixed/runs/m"),
+    "local-fft-4xA100-80GB.txt": dict(backend="local", method="fft", gpus="4xA100-80GB", output_dir="/fixed/runs/m"),
     # without --container, the image `ftctl build` recorded (GOLDEN_CONFIG)
     "sky-lora-8xA100-built.yaml": dict(backend="sky", method="lora", gpus="8xA100", output_dir=f"{S3}/runs/n"),
     "slurm-lora-8xH100-built-apptainer.sbatch": dict(
