@@ -282,9 +282,17 @@ def timing(clock, counter, accum: int) -> dict:
     span = clock.t[-1] - clock.t[WARM - 1]
     real = sum(counter.real[WARM * accum : steps * accum])
     padded = sum(counter.padded[WARM * accum : steps * accum])
+    step_real = [sum(counter.real[k * accum : (k + 1) * accum]) for k in range(WARM, steps)]
+    # one-off slow steps (v4: the peer's 1B fft had two 2 s steps among 0.3 s ones) weigh heavily in 30
+    # steps and would amortise in a long run: the same rate without the steps over 3x the median
+    slow = [k for k, d in enumerate(dts) if d > 3 * statistics.median(dts)]
+    kept = [k for k in range(len(dts)) if k not in slow]
     return {
         "timed_steps": steps - WARM,
         "tokens_per_s": round(real / span, 1),
+        "tokens_per_s_without_slow_steps": round(sum(step_real[k] for k in kept) / sum(dts[k] for k in kept), 1),
+        "slow_steps": slow,
+        "step_tokens": step_real,
         "padded_tokens_per_s": round(padded / span, 1),
         "tokens_per_step": round(real / max(steps - WARM, 1)),
         "step_s_median": round(statistics.median(dts), 4),
@@ -565,6 +573,8 @@ def summarise(r: dict, card: str) -> dict:
         if p.get("tokens_per_s") and "params_b" in f
         else None,
     }
+    if f.get("step_s") and p.get("step_s"):
+        out["ratio_without_slow_steps"] = round(steady_rate(f) / steady_rate(p), 2)
     busy = r.get("profile", {}).get("kernels_s_per_step")
     if busy and f.get("step_s_median"):  # the GPU's share of a step: the rest waits on the CPU (or syncs)
         out["ftctl_gpu_busy"] = round(busy / f["step_s_median"], 3)
@@ -576,6 +586,16 @@ def summarise(r: dict, card: str) -> dict:
         out["loss_check"] = {"steps": n, "max_rel_diff": round(worst, 5), "ok": n == 20 and worst <= 0.01}
     out["detail"] = r
     return out
+
+
+def steady_rate(phase: dict) -> float:
+    """tokens/s without the steps over 3x the median step (timing()); for JSONs written before the
+    per-step token counts, estimated with the mean tokens per step."""
+    if "tokens_per_s_without_slow_steps" in phase:
+        return phase["tokens_per_s_without_slow_steps"]
+    dts = phase["step_s"]
+    kept = [d for d in dts if d <= 3 * statistics.median(dts)]
+    return phase["tokens_per_step"] * len(kept) / sum(kept)
 
 
 def write_report(rows: list[dict], meta: dict, out_dir: Path, stem: str) -> None:
@@ -591,9 +611,10 @@ def write_report(rows: list[dict], meta: dict, out_dir: Path, stem: str) -> None
         "Peer and ftctl of a row ran one after the other in one process of one device call, unless the notes say",
         "otherwise. Real (non-pad) tokens/s over the steps after 5 warm-up steps.",
         "",
-        "| shape / method | peer tok/s (padded) | ftctl tok/s | ratio | MFU ftctl (peer) | ftctl plan | attention | "
-        "peak GiB ftctl (reserved) | plan GiB | plan err | ftctl step s med [min-max] | loss check |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| shape / method | peer tok/s (padded) | ftctl tok/s | ratio | ratio w/o slow steps | MFU ftctl (peer) "
+        "| ftctl plan | attention | peak GiB ftctl (reserved) | plan GiB | plan err | ftctl step s med [min-max] "
+        "| loss check |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in rows:
         f, p = s["detail"].get("ftctl", {}), s["detail"].get("peer", {})
@@ -602,6 +623,7 @@ def write_report(rows: list[dict], meta: dict, out_dir: Path, stem: str) -> None
         lines.append(
             f"| {s['shape']} {s['method']} | {n(s['peer_tokens_per_s'])} ({n(p.get('padded_tokens_per_s'))}) "
             f"| {n(s['ftctl_tokens_per_s'])} | {n(s['ratio'], '{:.2f}x')} "
+            f"| {n(s.get('ratio_without_slow_steps'), '{:.2f}x')} "
             f"| {n(s['mfu'], '{:.1%}')} ({n(s['peer_mfu'], '{:.1%}')}) "
             f"| {plan.get('per_device_train_batch_size', '?')}x2048 x {plan.get('gradient_accumulation_steps', '?')} "
             f"| {f.get('kernels', {}).get('attn_implementation', f.get('error', '?'))}"

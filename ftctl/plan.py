@@ -36,6 +36,9 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  parameters alive at once, 16-bit (1B fft on H200s, 8 x 2,048 per GPU: ZeRO-3 on one GPU
                  peaked 39.9 GiB against 39.7 planned, on two 32.6 against 30.5, with offload 23.4 against
                  21.9)
+    fsdp_gathered
+                 fsdp: the blocks FSDP2 has all-gathered at once, the one computing and the next one
+                 prefetched, in 16 bits (what lets a model whose weights fit no single GPU train sharded)
     overhead     1.5 GB: CUDA context, allocator fragmentation, NCCL buffers
 
 A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
@@ -264,6 +267,7 @@ def memory_terms(
     elif strategy == "zero3_offload":
         # two layers' weights in flight on the GPU; gradients and optimizer states go to CPU RAM
         weights, grads, optimizer = 2 * 2 * n / shape.layers, 2 * 2 * n / shape.layers, 0.0
+    gathered = 2 * 2 * n / shape.layers if strategy == "fsdp" else 0.0  # the module docstring: fsdp_gathered
     h, i = shape.hidden, shape.mlp
     # an fp32 residual stream: qlora under fp16 (PEFT's fp32 upcast of every non-4-bit weight); fft/sft
     # under fp16 over fp32 masters (the trainer turns the stream to 16 bits under bf16 only)
@@ -288,6 +292,8 @@ def memory_terms(
         terms["accumulated_grads"] = grads
     if strategy == "ddp" and world > 1:  # the module docstring: ddp_buckets
         terms["ddp_buckets"] = grads
+    if gathered:
+        terms["fsdp_gathered"] = gathered
     if strategy in ("zero3", "zero3_offload"):  # the module docstring: zero3_buffers
         terms["zero3_buffers"] = (
             wb * (2 * ZERO3_REDUCE_BUCKET + ZERO3_PREFETCH_BUCKET + min(ZERO3_MAX_LIVE, n * 1e9)) / 1e9
@@ -335,11 +341,15 @@ def _strategies(method: str, world: int, nodes: int, forced: str | None) -> list
         return [forced]
     if world == 1:
         return ["single", "zero3_offload"] if method == "fft" else ["single"]
-    if method in ("lora", "qlora"):
-        return ["ddp"]  # adapters are small; sharding the frozen base buys little and breaks 4-bit
+    # cheapest first. FSDP2 before ZeRO-3 where both fit: on two H200s (1B fft) FSDP2 made 2.05x one GPU,
+    # ZeRO-3 1.21-1.29x (bench/results/2026-11-30-h200x2-multi-gpu-v2.md, -v3.md)
+    if method == "qlora":
+        return ["ddp"]  # sharding a 4-bit base needs another quant storage dtype: not supported
+    if method == "lora":
+        return ["ddp", "fsdp"]  # adapters are small: shard the frozen base only when it does not fit
     if method == "sft":
         return ["ddp", "zero2", "zero3"]
-    return ["ddp", "zero2", "zero3", "zero3_offload"]
+    return ["ddp", "zero2", "fsdp", "zero3", "zero3_offload"]
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -382,8 +392,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     host_gb = spec.host_memory_gb or (2 * req.per_node * req.tier.memory_gb if req.tier else None)
     best = None
     strategies = _strategies(method, world, req.nodes, spec.strategy)
-    if req.is_cpu:  # offloading to CPU RAM from the CPU gains nothing
-        strategies = [s for s in strategies if s != "zero3_offload"] or strategies
+    if req.is_cpu:  # offloading to CPU RAM from the CPU gains nothing; FSDP2 needs GPUs (distributed.py)
+        strategies = [s for s in strategies if s not in ("zero3_offload", "fsdp")] or strategies
     for strategy in strategies:
         for ckpt in ckpt_choices:
             for micro in micro_choices:
@@ -456,10 +466,16 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
 
 def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     method = spec.method
-    if req.is_cpu:
+    if req.is_cpu and shape.params_b > CPU_MAX_PARAMS_B:
         return (
             f"{method} of a {shape.params_b:g}B-parameter model on CPU would take days a step: ftctl runs "
             f"models up to {CPU_MAX_PARAMS_B:g}B on CPU. Ask for a GPU, e.g. --gpus 1xA100 --method qlora."
+        )
+    if req.is_cpu:  # small enough, but not in the RAM the spec says this machine has
+        return (
+            f"{method} of a {shape.params_b:g}B-parameter model does not fit host_memory_gb="
+            f"{spec.host_memory_gb:g} on CPU, even at micro-batch 1 with gradient checkpointing. Raise "
+            f"-o host_memory_gb=N if the machine has more, or use a lighter --method (lora, qlora) or a smaller model."
         )
     # the leanest way this method could run on this request, to say how far off it is
     strategies = _strategies(method, req.world_size, req.nodes, spec.strategy)

@@ -412,3 +412,33 @@ def test_fft_under_fp16_counts_its_fp32_residual_stream():
     assert fp16.memory["activations"] / bf16.memory["activations"] == pytest.approx(
         (13 * h + 6 * i) / (5 * h + 6 * i), rel=0.02
     )
+
+
+def test_lora_of_a_model_too_big_for_one_gpu_shards_its_frozen_base_with_fsdp2():
+    """LoRA of a 70B model does not fit one 80 GB card even at micro-batch 1 (141 GB of bf16 weights):
+    the planner shards the frozen base with FSDP2 instead of refusing; a model that fits stays on DDP,
+    qlora stays on DDP (a 4-bit base does not shard with bitsandbytes' uint8 storage), and CPU runs never
+    get fsdp (ftctl refuses it there)."""
+    big = plan(method="lora", gpus="8xA100-80GB", model_name_or_path="meta-llama/Llama-3.1-70B")
+    assert big.strategy == "fsdp"
+    assert big.memory["weights"] == pytest.approx(2 * big.model.params_b / 8)
+    assert big.memory["fsdp_gathered"] == pytest.approx(2 * 2 * big.model.params_b / big.model.layers)
+    _fits(big)
+    assert plan(method="lora", gpus="8xA100-80GB", model_name_or_path="meta-llama/Llama-3.1-8B").strategy == "ddp"
+    assert plan(method="qlora", gpus="8xA100-80GB", model_name_or_path="meta-llama/Llama-3.1-70B").strategy == "ddp"
+    small = dict(method="lora", gpus="2xcpu", model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert plan(**small, o=["host_memory_gb=4"]).strategy == "ddp"
+    with pytest.raises(PlanError, match="does not fit host_memory_gb=1 on CPU"):  # not an fsdp plan
+        plan(**small, o=["host_memory_gb=1"])
+    with pytest.raises(PlanError, match="days a step"):  # too big for CPU at all: the other refusal
+        plan(method="lora", gpus="cpu", model_name_or_path="meta-llama/Llama-3.1-8B")
+
+
+def test_fft_prefers_fsdp2_to_zero3_where_both_fit():
+    """On two H200s FSDP2 scaled 2.05x one GPU and ZeRO-3 1.21-1.29x (1B fft): where ZeRO-2 does not fit
+    and FSDP2 does, the planner takes FSDP2; ZeRO-3 stays for what only it fits."""
+    p = plan(method="fft", gpus="8xA100", model_params="13b")
+    assert p.strategy == "fsdp" and "fsdp_gathered" in p.memory
+    _fits(p)
+    forced = plan(method="fft", gpus="8xA100", model_params="13b", o=["strategy=zero3"])
+    assert forced.strategy == "zero3" and "zero3_buffers" in forced.memory
