@@ -267,7 +267,6 @@ def memory_terms(
     elif strategy == "zero3_offload":
         # two layers' weights in flight on the GPU; gradients and optimizer states go to CPU RAM
         weights, grads, optimizer = 2 * 2 * n / shape.layers, 2 * 2 * n / shape.layers, 0.0
-    gathered = 2 * 2 * n / shape.layers if strategy == "fsdp" else 0.0  # the module docstring: fsdp_gathered
     h, i = shape.hidden, shape.mlp
     # an fp32 residual stream: qlora under fp16 (PEFT's fp32 upcast of every non-4-bit weight); fft/sft
     # under fp16 over fp32 masters (the trainer turns the stream to 16 bits under bf16 only)
@@ -292,8 +291,8 @@ def memory_terms(
         terms["accumulated_grads"] = grads
     if strategy == "ddp" and world > 1:  # the module docstring: ddp_buckets
         terms["ddp_buckets"] = grads
-    if gathered:
-        terms["fsdp_gathered"] = gathered
+    if strategy == "fsdp":  # the module docstring: fsdp_gathered
+        terms["fsdp_gathered"] = 2 * 2 * n / shape.layers
     if strategy in ("zero3", "zero3_offload"):  # the module docstring: zero3_buffers
         terms["zero3_buffers"] = (
             wb * (2 * ZERO3_REDUCE_BUCKET + ZERO3_PREFETCH_BUCKET + min(ZERO3_MAX_LIVE, n * 1e9)) / 1e9
