@@ -15,6 +15,10 @@ Models: random-initialised from configs on the GPU in bf16, saved once to /dev/s
 to /tmp) and loaded from there by every process: no 16 GB checkpoint on the 64 GB disk.
 
     python3 bench/compare.py --out-dir $OUT [--rows fft1b,lora1b,qlora1b,lora8b,qlora8b] [--steps 35]
+        [--phases ftctl,peer,reference,probe,profile] [--variant NAME:KEY=VALUE,... ...]
+
+--variant adds a timed ftctl phase with RunSpec fields or TrainingArguments attributes changed (an experiment
+before it becomes the planner's choice), e.g. --variant workers:logging_steps=10,dataloader_num_workers=2.
 
 Writes <out-dir>/<date>-h200-compare.json and .md after every row (a timeout keeps the rows done).
 """
@@ -116,6 +120,26 @@ def dataset():
 
 
 # ------------------------------------------------------------------------------------------ timing
+class BatchCounting:
+    """ftctl's batches as the Trainer takes them, in the training process (a collator wrapper would count
+    inside DataLoader workers, whose counts never come back). Packed batches carry no padding and no
+    attention mask: their tokens are the tensor's size, read without a GPU sync."""
+
+    def __init__(self, trainer):
+        self.real, self.padded = [], []
+        take = trainer.get_batch_samples
+
+        def counted(epoch_iterator, num_batches, device):
+            batches, items = take(epoch_iterator, num_batches, device)
+            for b in batches:
+                self.padded.append(b["input_ids"].numel())
+                mask = b.get("attention_mask")
+                self.real.append(int(mask.sum()) if mask is not None else b["input_ids"].numel())
+            return batches, items
+
+        trainer.get_batch_samples = counted
+
+
 class Counting:
     """Wraps a collator: tokens of every batch, real (labels/positions) and padded (the tensor)."""
 
@@ -141,7 +165,10 @@ def clock_callback(stop_at: int | None = None):
             self.losses = []
 
         def on_step_end(self, args, state, control, **kw):
-            if not CPU:
+            # the span's two ends wait for the GPU; the steps between do not, so that a trainer that keeps
+            # the GPU's queue full across steps (no per-step sync of its own) is timed as it runs. A step's
+            # stamp is then when the host finished it: per-step durations are approximate, their sum exact
+            if not CPU and state.global_step in (WARM, state.max_steps, stop_at):
                 torch.cuda.synchronize()
             self.t.append(time.perf_counter())
             if stop_at and state.global_step >= stop_at:
@@ -319,7 +346,7 @@ def free(torch):
 
 
 # ------------------------------------------------------------------------------------------ ftctl
-def ftctl_spec(method: str, path: Path, work: Path, steps: int, tag: str):
+def ftctl_spec(method: str, path: Path, work: Path, steps: int, tag: str, extra: tuple[str, ...] = ()):
     from ftctl.spec import build
 
     return build(
@@ -339,6 +366,7 @@ def ftctl_spec(method: str, path: Path, work: Path, steps: int, tag: str):
             "logging_steps=1",
             "resume=never",
             *(["packing=true"] if CPU else []),  # the CPU plan's sdpa does not pack by default
+            *extra,
         ],
     )
 
@@ -352,17 +380,36 @@ def run_ftctl(
     reference: bool = False,
     micro: int | None = None,
     profile: bool = False,
+    variant: dict | None = None,
 ) -> dict:
     """ftctl's trainer as its plan says; ``reference``: same samples per step, unpacked, SDPA;
     ``micro``: a probe of another micro-batch (no checkpointing) for the largest that fits;
-    ``profile``: torch.profiler over three steps after the warm-up (a phase of its own: never timed)."""
+    ``profile``: torch.profiler over three steps after the warm-up (a phase of its own: never timed);
+    ``variant``: an experiment (--variants): RunSpec overrides (KEY=VALUE of spec fields) and, for the
+    other keys, TrainingArguments settings added to what the trainer builds. Timed like the ftctl phase."""
     import torch
 
     import ftctl.trainer.data as data_mod
+    import ftctl.trainer.run as run_mod
     from ftctl.plan import make_plan
+    from ftctl.spec import FIELDS
     from ftctl.trainer.run import CUDA_ALLOC_ENV, fit, setup
 
-    spec = ftctl_spec(method, path, work, steps, "ref" if reference else f"ftctl{micro or ''}")
+    variant = variant or {}
+    spec_keys = tuple(f"{k}={v}" for k, v in variant.items() if k in FIELDS)
+    args_extra = {k: json.loads(v) for k, v in variant.items() if k not in FIELDS}
+    built = run_mod.training_args
+    if args_extra:  # restored below: later phases of this process run the trainer as it is
+
+        def with_extra(*a, **k):
+            args = built(*a, **k)
+            for key, value in args_extra.items():
+                setattr(args, key, value)
+            return args
+
+        run_mod.training_args = with_extra
+    tag = "ref" if reference else f"ftctl{micro or ''}{'-variant' if variant else ''}"
+    spec = ftctl_spec(method, path, work, steps, tag, spec_keys)
     plan = make_plan(spec)
     if reference:
         plan = replace(plan, attn_implementation="sdpa")  # packing stays on: same samples in each step
@@ -382,12 +429,15 @@ def run_ftctl(
     # setup() sets the allocator's settings for a fresh process (the trainer's real start); this row's
     # process may already hold CUDA (the model was built here), so apply them now, as a fresh one would
     allocator_settings(torch, os.environ.get(CUDA_ALLOC_ENV, ""))
-    collate = run.trainer.data_collator
     if reference:
         pad = run.trainer.processing_class.pad_token_id
-        collate = lambda rows, c=collate: data_mod.unpack_batch(c(rows), pad)  # noqa: E731
-    counter = run.trainer.data_collator = Counting(collate)
-    fit(run)
+        collate = run.trainer.data_collator
+        run.trainer.data_collator = lambda rows, c=collate: data_mod.unpack_batch(c(rows), pad)
+    counter = BatchCounting(run.trainer)
+    try:
+        fit(run)
+    finally:
+        run_mod.training_args = built
     run.preemption.uninstall()
     out = {
         "plan": {
@@ -500,8 +550,12 @@ def one_row(row: str, a) -> dict:
         ("reference", lambda: run_ftctl(method, path, work, a.steps, data, reference=True)),
         ("probe", lambda: run_ftctl(method, path, work, WARM + 2, data, micro=a.probe_micro)),
         ("profile", lambda: run_ftctl(method, path, work, WARM + 3, data, profile=True)),
+        *(
+            (f"variant:{name}", lambda v=v: run_ftctl(method, path, work, a.steps, data, variant=v))
+            for name, v in variants(a.variant)
+        ),
     ):
-        if phase not in phases or (
+        if (phase not in phases and not phase.startswith("variant:")) or (
             (phase == "reference" and shape not in a.check_shapes.split(","))
             or (phase == "probe" and shape not in a.probe_shapes.split(","))
         ):
@@ -523,6 +577,15 @@ def one_row(row: str, a) -> dict:
             print(result[phase]["table"], flush=True)
         print(f"{row} {phase}: {json.dumps(shown)}", flush=True)
     return result
+
+
+def variants(specs: list[str] | None) -> list[tuple[str, dict]]:
+    """--variant NAME:KEY=VALUE,KEY=VALUE -> [(NAME, {KEY: VALUE})]: extra ftctl phases (run_ftctl)."""
+    out = []
+    for text in specs or []:
+        name, _, body = text.partition(":")
+        out.append((name, dict(kv.split("=", 1) for kv in body.split(",") if kv)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -575,6 +638,14 @@ def summarise(r: dict, card: str) -> dict:
     }
     if f.get("step_s") and p.get("step_s"):
         out["ratio_without_slow_steps"] = round(steady_rate(f) / steady_rate(p), 2)
+    for phase, v in r.items():
+        if phase.startswith("variant:") and v.get("tokens_per_s") and p.get("tokens_per_s"):
+            out.setdefault("variants", {})[phase.split(":", 1)[1]] = {
+                "tokens_per_s": v["tokens_per_s"],
+                "ratio": round(v["tokens_per_s"] / p["tokens_per_s"], 2),
+                "ratio_without_slow_steps": round(steady_rate(v) / steady_rate(p), 2),
+                "step_s_median": v.get("step_s_median"),
+            }
     busy = r.get("profile", {}).get("kernels_s_per_step")
     if busy and f.get("step_s_median"):  # the GPU's share of a step: the rest waits on the CPU (or syncs)
         out["ftctl_gpu_busy"] = round(busy / f["step_s_median"], 3)
@@ -647,6 +718,14 @@ def write_report(rows: list[dict], meta: dict, out_dir: Path, stem: str) -> None
     ]
     if probes:
         lines += ["", "Largest micro-batch probes (what else would fit):", *probes]
+    tried = [
+        f"- {s['shape']} {s['method']} {name}: {n(v['tokens_per_s'])} tok/s, {v['ratio']:.2f}x the peer "
+        f"({v['ratio_without_slow_steps']:.2f}x without slow steps), median step {v['step_s_median']} s"
+        for s in rows
+        for name, v in s.get("variants", {}).items()
+    ]
+    if tried:
+        lines += ["", "Variants (--variant: the row's trainer with settings changed, same process):", *tried]
     errors = [
         f"- {s['shape']} {s['method']} {k}: {s['detail'][k]['error']}"
         for s in rows
@@ -700,6 +779,12 @@ def main() -> None:
     ap.add_argument("--models", default="")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--merge", nargs="+", help="result JSONs of earlier calls: later rows replace earlier ones")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        help="an extra timed ftctl phase, NAME:KEY=VALUE,... (RunSpec fields, else TrainingArguments attributes "
+        "as JSON), e.g. log10:logging_steps=10 or workers:logging_steps=10,dataloader_num_workers=2",
+    )
     a = ap.parse_args()
     if a.merge:
         return merge(a.merge, Path(a.out_dir))
