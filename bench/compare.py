@@ -385,7 +385,7 @@ def run_ftctl(
     """ftctl's trainer as its plan says; ``reference``: same samples per step, unpacked, SDPA;
     ``micro``: a probe of another micro-batch (no checkpointing) for the largest that fits;
     ``profile``: torch.profiler over three steps after the warm-up (a phase of its own: never timed);
-    ``variant``: an experiment (--variants): RunSpec overrides (KEY=VALUE of spec fields) and, for the
+    ``variant``: an experiment (--variant): RunSpec overrides (KEY=VALUE of spec fields) and, for the
     other keys, TrainingArguments settings added to what the trainer builds. Timed like the ftctl phase."""
     import torch
 
