@@ -9,6 +9,7 @@ every case (1 GPU: 8 x 2 accumulation; 2 GPUs: 8 x 1), so the losses of the same
     ddp zero2 zero3 fsdp zero3_offload      fft on 2 GPUs with -o strategy= (fsdp: FSDP2 through accelerate)
     <strategy>:1            the same strategy forced on ONE GPU (zero3:1: a same-strategy scaling baseline)
     lora:1 qlora:1          lora / qlora on 1 GPU;   lora:ddp qlora:ddp   the same on 2 GPUs (DDP)
+    lora:fsdp               lora on 2 GPUs with the base sharded by FSDP2 (-o strategy=fsdp)
     resume:<s>:2to1         resume the checkpoint the 2-GPU case <s> wrote at step 10 on 1 GPU (new output
     resume:<s>:1to2         dir, -o resume=<checkpoint>); 1to2: the one case <s>:1 wrote, on 2 GPUs. <s> is
                             zero3 or fsdp; the source case must come earlier in --cases (it then saves at
@@ -95,13 +96,15 @@ def parse_case(name: str) -> Case:
         return Case(name, "fft", 2, name)
     if len(parts) == 2 and parts[0] in ("lora", "qlora") and parts[1] in ("1", "ddp"):
         return Case(name, parts[0], 1, None) if parts[1] == "1" else Case(name, parts[0], 2, "ddp")
+    if name == "lora:fsdp":  # the planner's choice for a LoRA base no single GPU holds
+        return Case(name, "lora", 2, "fsdp")
     if len(parts) == 2 and parts[0] in STRATEGIES and parts[1] == "1":
         return Case(name, "fft", 1, parts[0])
     if len(parts) == 3 and parts[0] == "resume" and parts[1] in RESUMABLE and parts[2] in ("2to1", "1to2"):
         two_to_one = parts[2] == "2to1"
         return Case(name, "fft", 1 if two_to_one else 2, parts[1], parts[1] if two_to_one else f"{parts[1]}:1")
     raise ValueError(
-        f"unknown case {name!r}: use single, {', '.join(STRATEGIES)}, <strategy>:1, lora:1, lora:ddp, qlora:1, "
+        f"unknown case {name!r}: use single, {', '.join(STRATEGIES)}, <strategy>:1, lora:1, lora:ddp, lora:fsdp, qlora:1, "
         f"qlora:ddp, resume:<{'|'.join(RESUMABLE)}>:<2to1|1to2>; A+B runs two 1-GPU cases at once"
     )
 

@@ -1,7 +1,8 @@
 """The trainer, top to bottom: setup -> fit -> save -> cleanup.
 
 What every backend runs (``torchrun ... -m ftctl.trainer --spec spec.json``) and what the demo
-calls in-process. TRL's SFTTrainer does the training; this module only wires the plan into it:
+calls in-process. TRL's SFTTrainer does the training (sft_trainer.py keeps its step free of host waits);
+this module only wires the plan into it:
 
     setup    processes, output dirs, signal handlers, resume point (a DeepSpeed checkpoint of another
              world size converted: reshard.py), tokenizer, TrainingArguments (before the model: ZeRO-3
@@ -40,10 +41,9 @@ from ftctl.spec import RunSpec
 from ftctl.trainer import distributed, reshard
 
 if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at import time
-    from trl import SFTTrainer
-
     from ftctl.trainer.attention import Kernels
     from ftctl.trainer.callbacks import PreemptionCallback
+    from ftctl.trainer.sft_trainer import SFTTrainer
     from ftctl.trainer.sync_callback import CheckpointSyncCallback
 
 log = logging.getLogger(__name__)
@@ -102,12 +102,12 @@ def train(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Result:
 def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from trl import SFTTrainer
 
     from ftctl.trainer.callbacks import METRICS_FILE, MetricsCallback, PreemptionCallback
     from ftctl.trainer.data import build_dataset
     from ftctl.trainer.methods import apply_method
     from ftctl.trainer.model import load_model, load_tokenizer, model_kernels
+    from ftctl.trainer.sft_trainer import SFTTrainer
     from ftctl.trainer.sync_callback import CheckpointSyncCallback
 
     cuda_allocator_defaults()
@@ -228,6 +228,8 @@ def training_args(
         bf16=plan.precision == "bf16" and not procs.on_cpu,
         fp16=plan.precision == "fp16" and not procs.on_cpu,
         logging_steps=spec.logging_steps,
+        # a NaN loss is logged as NaN (the filter would hide it, and its check waits on the GPU every step)
+        logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=spec.save_steps,
         save_total_limit=spec.save_total_limit,
@@ -235,6 +237,8 @@ def training_args(
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
         dataloader_pin_memory=not procs.on_cpu,
+        # batches go to the GPU without the host waiting for the previous step to finish
+        accelerator_config={"non_blocking": not procs.on_cpu},
         **sft_dataset_config(plan.packing, spec.model_max_length),
         **strategy,
     )
