@@ -740,17 +740,20 @@ def write_report(rows: list[dict], meta: dict, out_dir: Path, stem: str) -> None
 
 
 def merge(paths: list[str], out_dir: Path) -> None:
-    """One report from several calls' JSONs (a later call's row replaces the same row of an earlier
-    one), every row's plan estimate recomputed with the planner as it is now (``plan_peak_gib``; the
-    estimate the run was planned with stays in ``plan_peak_gib_at_run``)."""
-    rows, meta = {}, None
+    """One report from several calls' JSONs (a later call's phases of a row replace the same phases of an
+    earlier one; a row's other phases stay: a profile-only call adds its profile to a timed row), every
+    row's plan estimate recomputed with the planner as it is now (``plan_peak_gib``; the estimate the run
+    was planned with stays in ``plan_peak_gib_at_run``)."""
+    details, cards, meta = {}, {}, None
     for path in paths:
         data = json.loads(Path(path).read_text())
         meta = meta or data["meta"]
         for r in data["rows"]:
-            rows[(r["shape"], r["method"])] = summarise(r["detail"], r["card"])
-    order = [(s, m) for s, m in ((ROWS_NAME[k], ROWS[k][0]) for k in ROWS) if (s, m) in rows]
-    write_report([rows[k] for k in order], meta, out_dir, Path(paths[0]).stem)
+            key = (r["shape"], r["method"])
+            details[key] = {**details.get(key, {}), **r["detail"]}
+            cards[key] = r["card"]
+    order = [(s, m) for s, m in ((ROWS_NAME[k], ROWS[k][0]) for k in ROWS) if (s, m) in details]
+    write_report([summarise(details[k], cards[k]) for k in order], meta, out_dir, Path(paths[0]).stem)
 
 
 def versions() -> dict:
