@@ -10,6 +10,8 @@ every case (1 GPU: 8 x 2 accumulation; 2 GPUs: 8 x 1), so the losses of the same
     <strategy>:1            the same strategy forced on ONE GPU (zero3:1: a same-strategy scaling baseline)
     lora:1 qlora:1          lora / qlora on 1 GPU;   lora:ddp qlora:ddp   the same on 2 GPUs (DDP)
     lora:fsdp               lora on 2 GPUs with the base sharded by FSDP2 (-o strategy=fsdp)
+    single:weak             fft on 1 GPU with half the global batch (8 x 1): one GPU's share of a 2-GPU step,
+                            the baseline of weak scaling (scaling_weak; no parity: other batches)
     resume:<s>:2to1         resume the checkpoint the 2-GPU case <s> wrote at step 10 on 1 GPU (new output
     resume:<s>:1to2         dir, -o resume=<checkpoint>); 1to2: the one case <s>:1 wrote, on 2 GPUs. <s> is
                             zero3 or fsdp; the source case must come earlier in --cases (it then saves at
@@ -35,7 +37,9 @@ after every case (a run cut short still leaves its rows):
 
 tokens_per_s counts steps 6.. (the first ones compile and warm the allocator), leaving out the step after a
 checkpoint save; scaling_vs_1gpu divides by the 1-GPU row of the same method (single, lora:1, qlora:1),
-scaling_vs_same_strategy_1gpu by the <strategy>:1 row; parity_max_rel_diff is the largest
+scaling_vs_same_strategy_1gpu by the <strategy>:1 row, scaling_weak (fft) by single:weak (one GPU doing one
+GPU's share of the step: the per-step costs that accumulation amortises on `single` are not counted against
+the second GPU); parity_max_rel_diff is the largest
 |loss - loss_1gpu| / loss_1gpu over the common steps against that same 1-GPU row; peak_gib is rank 0's
 torch.cuda.max_memory_allocated; plan_peak_gib the planner's memory_gb in GiB; mfu counts 6 (fft) or 4
 (lora/qlora) x parameters x tokens against the card's dense bf16 peak (attention left out). Case outputs
@@ -82,6 +86,7 @@ class Case:
     gpus: int
     strategy: str | None  # forced with -o strategy=; None: the planner's
     source: str | None = None  # resume cases: the case whose checkpoint they resume
+    global_batch: int = GLOBAL_BATCH
 
     @property
     def asked(self) -> str:
@@ -92,6 +97,8 @@ def parse_case(name: str) -> Case:
     parts = name.split(":")
     if name == "single":
         return Case(name, "fft", 1, "single")
+    if name == "single:weak":
+        return Case(name, "fft", 1, "single", global_batch=GLOBAL_BATCH // 2)
     if name in STRATEGIES:
         return Case(name, "fft", 2, name)
     if len(parts) == 2 and parts[0] in ("lora", "qlora") and parts[1] in ("1", "ddp"):
@@ -104,7 +111,7 @@ def parse_case(name: str) -> Case:
         two_to_one = parts[2] == "2to1"
         return Case(name, "fft", 1 if two_to_one else 2, parts[1], parts[1] if two_to_one else f"{parts[1]}:1")
     raise ValueError(
-        f"unknown case {name!r}: use single, {', '.join(STRATEGIES)}, <strategy>:1, lora:1, lora:ddp, lora:fsdp, qlora:1, "
+        f"unknown case {name!r}: use single, single:weak, {', '.join(STRATEGIES)}, <strategy>:1, lora:1, lora:ddp, lora:fsdp, qlora:1, "
         f"qlora:ddp, resume:<{'|'.join(RESUMABLE)}>:<2to1|1to2>; A+B runs two 1-GPU cases at once"
     )
 
@@ -149,7 +156,7 @@ class Running:
 def overrides(case: Case, steps: int, save_step: int | None, resume: Path | None, slot: int) -> list[str]:
     values = {
         "max_steps": steps,
-        "global_batch_size": GLOBAL_BATCH,
+        "global_batch_size": case.global_batch,
         "per_device_train_batch_size": MICRO,
         "model_max_length": SEQ,
         "save_steps": save_step or 100000,
@@ -298,6 +305,11 @@ def finish(rows: list[dict], card: str, n_params: int) -> None:
             r["resume_first_step"] = r["first_step"]
             r["resume_max_rel_diff"] = max_rel_diff(r, source) if source else None
             continue
+        weak = done.get("single:weak") if r["gpus"] == 2 and r["method"] == "fft" else None
+        if weak:  # the same work per GPU and per optimizer step: what a second GPU adds
+            r["scaling_weak"] = ratio(r, weak)
+        if case.name == "single:weak":
+            continue
         base = done.get(BASE[r["method"]])
         r["scaling_vs_1gpu"] = ratio(r, base)
         r["parity_max_rel_diff"] = max_rel_diff(r, base) if base else None
@@ -307,7 +319,8 @@ def finish(rows: list[dict], card: str, n_params: int) -> None:
             r["parity_vs_same_strategy_1gpu"] = max_rel_diff(r, same)
 
 
-COLUMNS = ["case", "gpus", "strategy", "tokens_per_s", "scaling_vs_1gpu", "scaling_vs_same_strategy_1gpu", "mfu"]
+COLUMNS = ["case", "gpus", "strategy", "tokens_per_s", "scaling_vs_1gpu", "scaling_vs_same_strategy_1gpu"]
+COLUMNS += ["scaling_weak", "mfu"]
 COLUMNS += [
     "parity_max_rel_diff",
     "parity_vs_same_strategy_1gpu",
