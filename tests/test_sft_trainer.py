@@ -40,8 +40,9 @@ def _run(spec, plan, monkeypatch, trainer_cls=None):
         monkeypatch.setattr(torch.Tensor, name, counted)
 
     class Watch(TrainerCallback):
-        logs: list[dict] = []
-        per_step: list[int] = []
+        def __init__(self):
+            self.logs: list[dict] = []
+            self.per_step: list[int] = []
 
         def on_step_begin(self, args, state, control, **kwargs):
             count.update(n=0, on=True)
@@ -55,7 +56,6 @@ def _run(spec, plan, monkeypatch, trainer_cls=None):
                 self.logs.append(dict(logs))
 
     watch = Watch()
-    watch.logs, watch.per_step = [], []
     result = train(spec, plan, callbacks=[watch], echo=lambda line: None)
     assert result.status == "complete"
     return watch.logs, watch.per_step
