@@ -431,10 +431,9 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     if strategy == "zero3_offload":
         notes.append("optimizer and weights offloaded to CPU RAM: expect slow steps")
     packing = spec.packing if spec.packing is not None else default_packing(attn)
-    if method == "qlora":
-        optim = spec.optim or ("paged_adamw_8bit" if not req.is_cpu else "adamw_torch")
-    else:
-        optim = spec.optim or ("adamw_torch" if req.is_cpu else "adamw_torch_fused")
+    # torch's fused AdamW runs on CPU as well (one pass over the states: SmolLM2-135M fft 1.95 -> 1.79 s a
+    # step on 2 cores, the same losses); qlora on GPUs pages 8-bit states out of the way of spikes
+    optim = spec.optim or ("paged_adamw_8bit" if method == "qlora" and not req.is_cpu else "adamw_torch_fused")
     return Plan(
         method=method,
         gpus=str(req),

@@ -337,12 +337,12 @@ def test_old_cards_get_fp16_and_sdpa_with_a_note_when_bf16_was_asked(name):
 def test_cpu_plans():
     p = plan(gpus="cpu", method="lora")
     assert (p.tier, p.gpu_memory_gb, p.precision, p.attn_implementation) == (None, None, "fp32", "sdpa")
-    assert (p.strategy, p.world_size, p.optim, p.packing) == ("single", 1, "adamw_torch", False)
+    assert (p.strategy, p.world_size, p.optim, p.packing) == ("single", 1, "adamw_torch_fused", False)
     two = plan(gpus="cpu", nodes=2, method="fft")
     assert (two.nodes, two.gpus_per_node, two.world_size, two.strategy, two.gpus) == (2, 1, 2, "ddp", "2xcpu")
     assert two.per_device_train_batch_size * two.gradient_accumulation_steps * 2 == two.global_batch_size
     q = plan(gpus="cpu", method="qlora")
-    assert q.optim == "adamw_torch" and any("CPU" in n for n in q.notes)
+    assert q.optim == "adamw_torch_fused" and any("CPU" in n for n in q.notes)  # no paged 8-bit states on CPU
 
 
 def test_cpu_refuses_big_models():
