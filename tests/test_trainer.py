@@ -440,6 +440,7 @@ def test_training_args_override_trl_cpu_defaults(tiny_model_dir, tiny_data, tmp_
     assert args.activation_checkpointing is False  # TRL defaults to on: slower on CPU
     assert args.max_length == 96  # TRL defaults to 1024
     assert args.use_cpu is True
+    assert args.logging_nan_inf_filter is False  # a NaN loss shows in the log as NaN
     assert (args.learning_rate, args.per_device_train_batch_size, args.gradient_accumulation_steps) == (
         plan.learning_rate,
         2,
