@@ -29,13 +29,10 @@ ADAPTER_METHODS = ("lora", "qlora")
 def apply_method(model, spec, plan):
     """Make ``model`` train what the plan's method trains; returns the model to train (maybe a PeftModel)."""
     method = plan.method
-    if method in ("fft", "sft"):
-        if method == "fft":
-            model.requires_grad_(True)
-        else:
-            freeze_below_top_blocks(model, spec.trainable_layers)
-        if plan.precision == "bf16":
-            hidden_states_in_autocast_dtype(model)
+    if method == "fft":
+        model.requires_grad_(True)
+    elif method == "sft":
+        freeze_below_top_blocks(model, spec.trainable_layers)
     elif method in ADAPTER_METHODS:
         if method == "qlora":
             model = prepare_kbit(model, plan)
@@ -46,6 +43,8 @@ def apply_method(model, spec, plan):
             adapter_inputs_as_is(model)
     else:  # pragma: no cover - spec.validate refuses other methods
         raise FtctlError(f"Unknown method {method!r}.")
+    if method in ("fft", "sft") and plan.precision == "bf16":
+        hidden_states_in_autocast_dtype(model)
     trainable, total = count_parameters(model)
     log.info(
         "%s: %s of %s parameters trainable (%.2f%%)",

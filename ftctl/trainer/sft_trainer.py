@@ -64,13 +64,12 @@ class SFTTrainer(TrlSFTTrainer):
         name = getattr(self.model, "main_input_name", "input_ids")
         if self.args.include_num_input_tokens_seen == "no" or name not in inputs:
             return super()._track_num_input_tokens(inputs)
-        ids = inputs[name]
-        if self.args.include_num_input_tokens_seen != "non_padding":
-            tokens = _count(ids.numel(), ids.device)
-        elif "attention_mask" in inputs:
+        ids, pad = inputs[name], getattr(self.processing_class, "pad_token_id", None)
+        non_padding = self.args.include_num_input_tokens_seen == "non_padding"
+        if non_padding and "attention_mask" in inputs:
             tokens = inputs["attention_mask"].sum()
-        elif getattr(self.processing_class, "pad_token_id", None) is not None:
-            tokens = (ids != self.processing_class.pad_token_id).sum()
+        elif non_padding and pad is not None:
+            tokens = (ids != pad).sum()
         else:
             tokens = _count(ids.numel(), ids.device)
         self._add("tokens_seen", self.accelerator.gather(tokens.to(torch.int64)).sum())
