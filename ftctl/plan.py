@@ -27,9 +27,9 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  way), zero3_offload (gradients in CPU RAM) nor fsdp (measured: FSDP2 on one H200 at 8 x 2
                  peaked 37.2 GiB, 7.6 under a plan that counted them; its gradients accumulate in the one
                  set it keeps)
-    ddp_buckets  DDP on several processes only: its reducer's flat buckets, a second copy of every
-                 gradient for the all-reduce (1B fft on two H200s: 45.6 GiB per GPU at 8 x 1, 5.5 GiB over
-                 the terms above, like the 1-GPU run at 8 x 2)
+    (no DDP term: the trainer makes the gradients views into DDP's all-reduce buckets, sft_trainer.py;
+    without that the reducer's buckets were a second copy of every gradient, 4.6 GiB per GPU for the 1B
+    shape: 40.5 GiB measured at 8 x 1 on two H200s)
     zero3_buffers
                  zero3 / zero3_offload: DeepSpeed's own buffers at its default sizes (distributed.py keeps
                  them): the reduce bucket, twice with overlap_comm, the prefetch bucket and the gathered
@@ -289,8 +289,6 @@ def memory_terms(
     }
     if accum > 1 and strategy not in ("zero3", "zero3_offload", "fsdp"):  # module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
-    if strategy == "ddp" and world > 1:  # the module docstring: ddp_buckets
-        terms["ddp_buckets"] = grads
     if strategy == "fsdp":  # the module docstring: fsdp_gathered
         terms["fsdp_gathered"] = 2 * 2 * n / shape.layers
     if strategy in ("zero3", "zero3_offload"):  # the module docstring: zero3_buffers

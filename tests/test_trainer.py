@@ -259,13 +259,13 @@ def single_process_losses(tiny_model_dir, tiny_data, tmp_path_factory):
     return losses_by_step(result.output_dir)
 
 
-def _two_process_losses(tiny_model_dir, tiny_data, tmp_path, env=None, **overrides):
+def _two_process_losses(tiny_model_dir, tiny_data, tmp_path, env=None, prelude=None, **overrides):
     """torchrun --nproc-per-node 2 (gloo): 2 processes x 2 sequences per step = global batch 4."""
     spec, plan = make_run(
         tiny_model_dir, tiny_data, tmp_path / "out", "fft", gpus="2xcpu", max_steps=4, save_steps=100, **overrides
     )
     assert (plan.world_size, plan.per_device_train_batch_size, plan.gradient_accumulation_steps) == (2, 2, 1)
-    proc = run_trainer_cli(write_spec(spec, plan, tmp_path / "spec.json"), nproc=2, env=env)
+    proc = run_trainer_cli(write_spec(spec, plan, tmp_path / "spec.json"), nproc=2, env=env, prelude=prelude)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return losses_by_step(tmp_path / "out")
 
@@ -277,9 +277,27 @@ def _assert_same_losses(multi: dict, single: dict) -> None:
     assert multi[4] < multi[1]
 
 
+GRADIENT_VIEWS = """
+import json, os
+from pathlib import Path
+from transformers import TrainerCallback
+class GradientViews(TrainerCallback):
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        views = sum(g._base is not None for g in grads)
+        Path(args.output_dir, f"views-{os.environ['RANK']}.json").write_text(json.dumps([views, len(grads)]))
+CALLBACKS = [GradientViews()]
+"""
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, single_process_losses):
-    _assert_same_losses(_two_process_losses(tiny_model_dir, tiny_data, tmp_path), single_process_losses)
+    losses = _two_process_losses(tiny_model_dir, tiny_data, tmp_path, prelude=GRADIENT_VIEWS)
+    _assert_same_losses(losses, single_process_losses)
+    # every gradient lives in DDP's all-reduce buckets (no second copy of the gradients: plan.py)
+    for rank in (0, 1):
+        views, grads = json.loads((tmp_path / "out" / f"views-{rank}.json").read_text())
+        assert grads > 0 and views == grads
 
 
 @pytest.mark.slow

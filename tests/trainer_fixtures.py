@@ -89,26 +89,18 @@ def subprocess_env(**extra) -> dict:
 def run_trainer_cli(spec_path, nproc: int = 1, env=None, timeout=300, prelude: str | None = None):
     """Run ``python -m ftctl.trainer --spec`` (or torchrun with ``nproc`` processes, gloo) and wait.
 
-    ``prelude`` runs the trainer through ``python -c`` instead, with code that may add callbacks:
-    it must define ``CALLBACKS``."""
+    ``prelude`` runs the trainer through a script written beside the spec instead, with code that may
+    add callbacks: it must define ``CALLBACKS``."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     if prelude is not None:
-        code = (
+        script = Path(spec_path).with_name("prelude_runner.py")
+        script.write_text(
             prelude + "\nimport sys\nfrom ftctl.plan import load_run\nfrom ftctl.trainer.run import train\n"
             "spec, plan = load_run(sys.argv[1])\ntrain(spec, plan, callbacks=CALLBACKS)\n"
         )
-        cmd = [sys.executable, "-c", code, str(spec_path)]
+        cmd = [*(torchrun if nproc > 1 else [sys.executable]), str(script), str(spec_path)]
     elif nproc > 1:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            "-m",
-            "ftctl.trainer",
-            "--spec",
-            str(spec_path),
-        ]
+        cmd = [*torchrun, "-m", "ftctl.trainer", "--spec", str(spec_path)]
     else:
         cmd = [sys.executable, "-m", "ftctl.trainer", "--spec", str(spec_path)]
     return subprocess.run(cmd, env=env or subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
