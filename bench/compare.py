@@ -610,6 +610,7 @@ def plan_now(method: str, shape: str, ran: dict) -> float:
             2048,
             ran["gradient_checkpointing"],
             _trainable_b(method, model, spec),
+            optim=ran.get("optim", "adamw_torch_fused"),
         )
     return round(sum(terms.values()) * 1e9 / 2**30, 2)
 

@@ -7,8 +7,9 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                    DeepSpeed (which keeps its fp32 masters in the optimizer); qlora: 0.56 B/param (NF4
                    with double quantisation, 4.5 bits, embeddings and head kept in 16 bits); lora: 2 B/param
     grads        per trainable param: 4 B (fp32 masters) or 2 B (DeepSpeed, lora/qlora)
-    optimizer    per trainable param: AdamW's two fp32 moments, 8 B, plus 4 B for DeepSpeed's fp32 master
-                 copy (12 B); 2 B for the paged 8-bit AdamW of qlora
+    optimizer    per trainable param: AdamW's two moments, fp32 (8 B) or 8-bit (2 B: bitsandbytes' paged
+                 8-bit AdamW, which qlora falls back to when fused AdamW's do not fit), plus 4 B for an fp32
+                 copy the weights term does not hold (DeepSpeed's masters, LoRA's fp32 adapters)
     sharding     ddp/single: all of it on every GPU; zero2: grads + optimizer / world;
                  zero3 and fsdp: weights + grads + optimizer / world; zero3_offload: optimizer and weights
                  live in CPU RAM (needs 16 B/param / nodes of host memory), ~2 layers of weights on the GPU
@@ -27,9 +28,11 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  way), zero3_offload (gradients in CPU RAM) nor fsdp (measured: FSDP2 on one H200 at 8 x 2
                  peaked 37.2 GiB, 7.6 under a plan that counted them; its gradients accumulate in the one
                  set it keeps)
-    (no DDP term: the trainer makes the gradients views into DDP's all-reduce buckets, sft_trainer.py;
-    without that the reducer's buckets were a second copy of every gradient, 4.6 GiB per GPU for the 1B
-    shape: 40.5 GiB measured at 8 x 1 on two H200s)
+    ddp_buckets  DDP on several processes only: its reducer's flat buckets, a copy of every gradient for
+                 the all-reduce that lives from the wrap to the end (1B fft on two H200s at 8 x 1: 40.5 GiB per
+                 GPU against 35.9 on one GPU). The gradients themselves are views into them (sft_trainer.py),
+                 which saves the copies each step but not this term: the peak comes before the backward has
+                 made any gradient, while the activations are all alive
     zero3_buffers
                  zero3 / zero3_offload: DeepSpeed's own buffers at its default sizes (distributed.py keeps
                  them): the reduce bucket, twice with overlap_comm, the prefetch bucket and the gathered
@@ -250,12 +253,13 @@ def memory_terms(
     fp32: bool = False,
     precision: str = "bf16",
     accum: int = 1,
+    optim: str = "adamw_torch_fused",
 ) -> dict:
     n = shape.params_b  # billions -> GB per byte/param
     wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
     weights = {"qlora": 0.56 * n + wb * shape.vocab * shape.hidden / 1e9}.get(method, wb * n)
     grads = wb * trainable_b
-    optimizer = (2 if method == "qlora" else (8 if fp32 else 12)) * trainable_b
+    optimizer = ((2 if "8bit" in optim else 8) + (0 if fp32 else 4)) * trainable_b
     if not fp32 and method in ("fft", "sft") and strategy not in DEEPSPEED_STRATEGIES:
         # fft/sft outside DeepSpeed: the trainer loads fp32 masters (see weights_dtype), so weights and
         # grads take 4 B/param and AdamW adds only its two fp32 moments
@@ -289,6 +293,8 @@ def memory_terms(
     }
     if accum > 1 and strategy not in ("zero3", "zero3_offload", "fsdp"):  # module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
+    if strategy == "ddp" and world > 1:  # the module docstring: ddp_buckets
+        terms["ddp_buckets"] = grads
     if strategy == "fsdp":  # the module docstring: fsdp_gathered
         terms["fsdp_gathered"] = 2 * 2 * n / shape.layers
     if strategy in ("zero3", "zero3_offload"):  # the module docstring: zero3_buffers
@@ -387,6 +393,12 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     )
     ckpt_choices = [spec.gradient_checkpointing] if spec.gradient_checkpointing is not None else [False, True]
     host_gb = spec.host_memory_gb or (2 * req.per_node * req.tier.memory_gb if req.tier else None)
+    # torch's fused AdamW (on CPU as well: SmolLM2-135M fft 1.95 -> 1.79 s a step on 2 cores, the same
+    # losses). qlora on GPUs is planned with bitsandbytes' paged 8-bit AdamW, the leanest, and then takes
+    # fused AdamW where its fp32 states fit at the same micro-batch: on an H200 the paged optimizer's
+    # per-tensor launches left the GPU idle 45 ms of each 1.17 s step of 8B qlora (bench/NOTES.md, v6)
+    lean = "paged_adamw_8bit" if method == "qlora" and not req.is_cpu else "adamw_torch_fused"
+    optim = spec.optim or lean
     best = None
     strategies = _strategies(method, world, req.nodes, spec.strategy)
     if req.is_cpu:  # offloading to CPU RAM from the CPU gains nothing; FSDP2 needs GPUs (distributed.py)
@@ -406,6 +418,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
                     req.is_cpu,
                     precision=precision,
                     accum=accumulation_steps(spec, micro, world),
+                    optim=optim,
                 )
                 total = sum(terms.values())
                 host_need = 16 * shape.params_b / req.nodes if strategy == "zero3_offload" else None
@@ -423,15 +436,17 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         return None
     strategy, ckpt, micro, terms, total, host_need = best
     accum = accumulation_steps(spec, micro, world)
+    if optim != "adamw_torch_fused" and not spec.optim:
+        args = (method, strategy, shape, world, micro, seq, ckpt, trainable, req.is_cpu)
+        fused = memory_terms(*args, precision=precision, accum=accum)
+        if capacity is None or sum(fused.values()) <= capacity:
+            optim, terms, total = "adamw_torch_fused", fused, sum(fused.values())
     real_global = micro * accum * world
     if real_global != want_global and not spec.gradient_accumulation_steps:
         notes.append(f"global batch {want_global} rounded to {real_global} ({micro} x {accum} x {world})")
     if strategy == "zero3_offload":
         notes.append("optimizer and weights offloaded to CPU RAM: expect slow steps")
     packing = spec.packing if spec.packing is not None else default_packing(attn)
-    # torch's fused AdamW runs on CPU as well (one pass over the states: SmolLM2-135M fft 1.95 -> 1.79 s a
-    # step on 2 cores, the same losses); qlora on GPUs pages 8-bit states out of the way of spikes
-    optim = spec.optim or ("paged_adamw_8bit" if method == "qlora" and not req.is_cpu else "adamw_torch_fused")
     return Plan(
         method=method,
         gpus=str(req),
@@ -489,6 +504,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
                     True,
                     _trainable_b(method, shape, spec),
                     accum=accumulation_steps(spec, 1, req.world_size),
+                    optim="paged_adamw_8bit" if method == "qlora" else "adamw_torch_fused",
                 ).values()
             ),
             s,

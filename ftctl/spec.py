@@ -74,7 +74,7 @@ class RunSpec:
     attn_implementation: str | None = None  # planner: varlen / flash_attention_2 / sdpa / eager
     packing: bool | None = None  # planner: on where attention honours sample boundaries
     strategy: str | None = None  # planner: single/ddp/zero2/zero3/zero3_offload/fsdp
-    optim: str | None = None  # planner: adamw_torch_fused, paged_adamw_8bit for qlora on GPUs
+    optim: str | None = None  # planner: adamw_torch_fused; paged_adamw_8bit for qlora on a tight GPU
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05

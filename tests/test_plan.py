@@ -284,16 +284,18 @@ def test_gradient_accumulation_counts_the_gradients_kept_between_micro_batches()
     assert "accumulated_grads" not in memory_terms(strategy="zero2", accum=1, **base)
 
 
-def test_ddp_needs_what_one_gpu_needs():
-    """1B fft on two H200s with DDP, 8 x 1 per GPU. The trainer makes the gradients views into DDP's buckets
-    (tests/test_trainer.py checks it), so a GPU holds what one GPU alone holds at 8 x 1: 35.9 GiB measured
-    on one H200 (without the views DDP peaked 40.5, one more copy of the fp32 gradients)."""
+def test_ddp_counts_its_bucket_copy_of_the_gradients():
+    """1B fft on two H200s with DDP, 8 x 1 per GPU: 40.5 GiB per GPU (with the gradients as views into the
+    buckets as well), one GPU alone at 8 x 1 35.9: DDP's reducer keeps every gradient a second time in its flat
+    buckets, alive while the activations peak."""
     args = dict(method="fft", gpus="2xH200", model_name_or_path="meta-llama/Llama-3.2-1B")
     p = plan(**args, o=["per_device_train_batch_size=8", "global_batch_size=16", "model_max_length=2048"])
     assert p.strategy == "ddp" and p.gradient_accumulation_steps == 1
+    assert p.memory["ddp_buckets"] == p.memory["grads"] == pytest.approx(4 * 1.24, rel=0.01)
+    assert 39.5 < p.memory_gb * 1e9 / 2**30 < 41.5
     one = plan(**dict(args, gpus="1xH200"), o=["per_device_train_batch_size=8", "global_batch_size=8"])
-    assert p.memory == one.memory
-    assert 35.0 < p.memory_gb * 1e9 / 2**30 < 37.0
+    assert "ddp_buckets" not in one.memory  # one process: no reducer
+    assert 35.0 < one.memory_gb * 1e9 / 2**30 < 37.0
 
 
 def test_sft_counts_the_fp32_weights_the_trainer_loads():
@@ -331,6 +333,26 @@ def test_old_cards_get_fp16_and_sdpa_with_a_note_when_bf16_was_asked(name):
     p = plan(method="qlora", gpus=f"1x{name}", model_name_or_path="lmsys/vicuna-7b-v1.5", o=["bf16=true"])
     assert p.precision == "fp16" and p.attn_implementation == "sdpa"
     assert any("no bf16" in n for n in p.notes)
+
+
+def test_qlora_takes_fused_adamw_where_its_states_fit():
+    """qlora on GPUs: torch's fused AdamW when its fp32 states fit at the micro-batch the paged 8-bit AdamW
+    allows, else the paged 8-bit one; a user's optim is planned as given."""
+    args = dict(method="qlora", model_name_or_path="meta-llama/Llama-3.1-8B")
+    roomy = plan(gpus="1xH200", **args)
+    assert (roomy.optim, roomy.per_device_train_batch_size) == ("adamw_torch_fused", 8)
+    assert roomy.memory["optimizer"] == pytest.approx(12 * roomy.trainable_params_b, abs=0.01)  # 8 + fp32 copy
+    t4 = dict(method="qlora", gpus="1xT4", model_name_or_path="lmsys/vicuna-7b-v1.5")
+    tight = plan(**t4)
+    assert tight.optim == "paged_adamw_8bit"  # fused AdamW's states would cost the micro-batch
+    assert tight.memory["optimizer"] == pytest.approx(6 * tight.trainable_params_b, abs=0.01)  # 2 + fp32 copy
+    asked = plan(**t4, o=["optim=adamw_torch_fused"])
+    assert asked.optim == "adamw_torch_fused"
+    assert asked.memory["optimizer"] == pytest.approx(12 * asked.trainable_params_b, abs=0.01)
+    assert (asked.per_device_train_batch_size, asked.gradient_checkpointing) != (
+        tight.per_device_train_batch_size,
+        tight.gradient_checkpointing,
+    )
 
 
 def test_cpu_plans():

@@ -156,6 +156,59 @@ def test_lora_under_autocast_keeps_fp32_adapters_and_their_input_as_is(tiny_mode
         assert torch.allclose(g, grads[0][n], rtol=0.1, atol=1e-3), n
 
 
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_adapters_add_their_output_inside_the_base_matmul(tiny_model_dir, method, monkeypatch):
+    """methods.fused_adapter_output: the loss and every adapter gradient equal PEFT's own forward's (the same
+    dropout masks: same seed), in fp32 and under bf16 autocast, over a 16-bit or a 4-bit base. PEFT's forward
+    is not called on the plain path, and still runs for anything else (adapters disabled)."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    from ftctl.trainer.methods import apply_method, fused_adapter_output
+    from ftctl.trainer.model import load_model
+
+    spec, plan = make_run(tiny_model_dir, "unused.jsonl", "unused", method, lora_r=4, lora_alpha=8, lora_dropout=0.1)
+    model = apply_method(load_model(spec, plan, on_cpu=True), spec, plan)
+    torch.manual_seed(1)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # B non-zero so that the adapters matter
+            torch.nn.init.normal_(p, std=0.05)
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    assert len(layers) == 14 and all("forward" in vars(m) for m in layers)  # 7 projections x 2 blocks
+    peft_calls, peft_forward = [], type(layers[0]).forward
+    monkeypatch.setattr(
+        type(layers[0]), "forward", lambda self, *a, **k: peft_calls.append(self) or peft_forward(self, *a, **k)
+    )
+    ids = torch.randint(0, 100, (2, 16))
+
+    def loss_and_grads(autocast: bool):
+        model.zero_grad()
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.float().item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    for autocast in (False, True):
+        fused_loss, fused_grads = loss_and_grads(autocast)
+        assert not peft_calls
+        for layer in layers:
+            del layer.forward  # PEFT's own forward
+        peft_loss, peft_grads = loss_and_grads(autocast)
+        assert len(peft_calls) == 14
+        peft_calls.clear()
+        assert fused_adapter_output(model) == 14
+        rtol, atol = (2e-2, 1e-3) if autocast else (1e-5, 1e-7)
+        assert fused_loss == pytest.approx(peft_loss, rel=rtol)
+        assert len(fused_grads) == 28
+        for n, g in fused_grads.items():
+            assert g.abs().sum() > 0 and torch.allclose(g, peft_grads[n], rtol=rtol, atol=atol), n
+
+    with model.disable_adapter():
+        model(input_ids=ids)
+    assert len(peft_calls) == 14
+
+
 def test_fft_under_bf16_autocast_runs_a_bf16_residual_stream_over_fp32_masters(tiny_model_dir):
     """A bf16 plan's fft hands bf16 hidden states from the embedding to the blocks (no fp32 residual
     stream and its casts) while the weights and gradients stay fp32; the loss stays close to the fp32

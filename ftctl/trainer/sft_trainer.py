@@ -10,9 +10,10 @@ numbers only when they are logged or a checkpoint is saved: the logs carry the s
 Only TRL's plain path is taken over (the fused head's negative log-likelihood, no custom loss, label
 smoothing, DFT, MoE auxiliary loss or sequence parallelism); anything else runs TRL's own code.
 
-Under DDP the gradients are views into the reducer's buckets (``gradient_as_bucket_view``): without it
-DDP keeps a second copy of every gradient and copies each one into its bucket and back every step
-(plan.py counted that copy as ``ddp_buckets``: 4.6 GiB per GPU for the 1B shape in fp32).
+Under DDP the gradients are views into the reducer's buckets (``gradient_as_bucket_view``, which the
+Trainer has no argument for): without it every gradient is a tensor of its own beside its bucket, copied
+into the bucket and back each step. The buckets themselves stay (plan.py's ``ddp_buckets``); on two H200s
+neither the 1B fft peak nor its speed moved measurably (bench/NOTES.md, v6).
 """
 
 from __future__ import annotations
