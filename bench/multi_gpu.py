@@ -18,6 +18,11 @@ every case (1 GPU: 8 x 2 accumulation; 2 GPUs: 8 x 1), so the losses of the same
                             step 10). Its steps 11..20 are compared with the source's own steps 11..20.
     A+B                     two 1-GPU cases at the same time, one on each GPU (CUDA_VISIBLE_DEVICES 0 and 1,
                             their own rendezvous and master ports): e.g. single+lora:1
+    <case>@profile          the case through bench/profile_runner.py instead of `ftctl launch` (the spec launch
+                            would write, torchrun): torch.profiler over steps 6-8 on every rank (rank 0's
+                            report: kernel time a step, GPU idle by what the host ran, the top kernels; compare.py's
+                            analysis), then it stops. No rate (the profiler slows the steps it traces); e.g.
+                            single@profile,ddp@profile says where a second GPU's time goes
 
 First the network probe across both GPUs (python -m ftctl.trainer.netcheck; --no-netcheck skips it). Writes,
 after every case (a run cut short still leaves its rows):
@@ -60,7 +65,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +92,7 @@ class Case:
     strategy: str | None  # forced with -o strategy=; None: the planner's
     source: str | None = None  # resume cases: the case whose checkpoint they resume
     global_batch: int = GLOBAL_BATCH
+    profile: bool = False  # <case>@profile: through bench/profile_runner.py
 
     @property
     def asked(self) -> str:
@@ -94,6 +100,8 @@ class Case:
 
 
 def parse_case(name: str) -> Case:
+    if name.endswith("@profile") and "resume" not in name:
+        return replace(parse_case(name.removesuffix("@profile")), name=name, profile=True)
     parts = name.split(":")
     if name == "single":
         return Case(name, "fft", 1, "single")
@@ -112,7 +120,7 @@ def parse_case(name: str) -> Case:
         return Case(name, "fft", 1 if two_to_one else 2, parts[1], parts[1] if two_to_one else f"{parts[1]}:1")
     raise ValueError(
         f"unknown case {name!r}: use single, single:weak, {', '.join(STRATEGIES)}, <strategy>:1, lora:1, lora:ddp, lora:fsdp, qlora:1, "
-        f"qlora:ddp, resume:<{'|'.join(RESUMABLE)}>:<2to1|1to2>; A+B runs two 1-GPU cases at once"
+        f"qlora:ddp, resume:<{'|'.join(RESUMABLE)}>:<2to1|1to2>, <case>@profile; A+B runs two 1-GPU cases at once"
     )
 
 
@@ -174,10 +182,11 @@ def overrides(case: Case, steps: int, save_step: int | None, resume: Path | None
 
 
 def command(case: Case, model: Path, data: Path, out: Path, opts: list[str]) -> list[str]:
-    """GPU: `ftctl launch --backend local`. CPU: the spec that launch would write, run with torchrun
-    --standalone (the local backend takes one node, and 2 CPU processes are 2 nodes to ftctl: --gpus 2xcpu)."""
-    if not CPU:
-        tier = os.environ.get("BENCH_TIER", "H200")
+    """GPU: `ftctl launch --backend local`. CPU, and every @profile case: the spec that launch would write, run
+    with torchrun --standalone (the local backend takes one node, and 2 CPU processes are 2 nodes to ftctl:
+    --gpus 2xcpu), through bench/profile_runner.py for a profile."""
+    tier = os.environ.get("BENCH_TIER", "H200")
+    if not CPU and not case.profile:
         cmd = [sys.executable, "-m", "ftctl.cli", "launch", "--backend", "local", "--gpus", f"{case.gpus}x{tier}"]
         cmd += ["--method", case.method, "--model", str(model), "--data", str(data), "--output", str(out)]
         for o in opts:
@@ -186,23 +195,28 @@ def command(case: Case, model: Path, data: Path, out: Path, opts: list[str]) -> 
     from ftctl.plan import dump_run, make_plan
     from ftctl.spec import build
 
+    gpus = ("2xcpu" if case.gpus == 2 else "cpu") if CPU else f"{case.gpus}x{tier}"
     flags = dict(method=case.method, model_name_or_path=str(model), data_path=str(data), output_dir=str(out))
-    spec = build(flags={**flags, "gpus": "2xcpu" if case.gpus == 2 else "cpu", "backend": "local"}, overrides=opts)
+    spec = build(flags={**flags, "gpus": gpus, "backend": "local"}, overrides=opts)
     path = out.with_name(out.name + ".spec.json")
     path.write_text(dump_run(spec, make_plan(spec)))
+    script = ["-m", "ftctl.trainer", "--spec", str(path)]
+    if case.profile:
+        script = [str(REPO / "bench" / "profile_runner.py"), str(path), str(profile_report(out))]
     if case.gpus == 1:
-        return [sys.executable, "-m", "ftctl.trainer", "--spec", str(path)]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] + [
-        "-m",
-        "ftctl.trainer",
-        "--spec",
-        str(path),
-    ]
+        return [sys.executable, *script]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *script]
+
+
+def profile_report(out: Path) -> Path:
+    """Where a @profile case's report goes: beside its output dir, which cleanup() deletes."""
+    return out.with_name(out.name + ".profile.json")
 
 
 def start(case: Case, slot: int, concurrent: bool, opts: list[str], model: Path, data: Path, work: Path) -> Running:
     out = work / case.name.replace(":", "-")
     shutil.rmtree(out, ignore_errors=True)
+    profile_report(out).unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))}
     env["CUDA_VISIBLE_DEVICES"] = str(slot) if concurrent else ("0" if case.gpus == 1 else "0,1")
     if case.gpus == 1:  # one process without torchrun: DeepSpeed's (and FSDP's) group of one uses it
@@ -251,6 +265,10 @@ def read_row(r: Running, rc, save_step: int | None, logs: Path) -> dict:
         tokens += cur["tokens"] - prev["tokens"]
         dt += cur["time"] - prev["time"]
     plan = json.loads((r.out / "spec.json").read_text())["plan"]
+    if c.profile:  # the profiler slowed the steps it traced: no rate
+        report = profile_report(r.out)
+        row["profile"] = json.loads(report.read_text()) if report.exists() else {"error": "no report written"}
+        tokens = dt = 0.0
     start_rec = next((x for x in rows if x.get("event") == "start"), {})
     peaks = [x["peak_mem_gib"] for x in steps if x.get("peak_mem_gib") is not None]
     return {
@@ -345,6 +363,19 @@ def write(out: Path, result: dict) -> None:
     for r in result["rows"]:
         err = r.get("error", "")[-200:].replace("\n", " ").replace("|", "/")
         lines.append("| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + f" | {err} |")
+    for r in result["rows"]:
+        prof = r.get("profile")
+        if prof and "error" not in prof:
+            gaps = prof.get("gaps", {})
+            lines += ["", f"## {r['case']}: {prof['kernels_s_per_step']} s of kernels a step (rank 0)", ""]
+            lines += [f"GPU idle {gaps.get('idle_ms_per_step')} ms a step; by what the host ran:"]
+            lines += [
+                f"    {json.dumps(gaps.get('by_host_activity'))}",
+                "",
+                "```",
+                *prof["table"].splitlines()[:25],
+                "```",
+            ]
     (out / "multi_gpu.md").write_text("\n".join(lines) + "\n")
 
 

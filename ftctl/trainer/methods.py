@@ -98,11 +98,12 @@ def fused_adapter_output(model) -> int:
     """Each LoRA projection's ``base(x) + B(A(dropout(x))) * scaling`` as ``addmm(base(x), A(dropout(x)),
     B^T, alpha=scaling)``: the scaling and the sum happen in the matmul's epilogue instead of two more
     passes over the projection's output (and the scaling's pass in the backward), and PEFT's defensive copy
-    of the 4-bit base's output goes (addmm writes a new tensor). On an H200, 8B qlora: PEFT's multiply, add
-    and copy were ~70 ms of a 1.17 s step (bench/NOTES.md, v6). The same sum, rounded once instead of
-    three times; the gradients are the same products. Only PEFT's plain case takes this path (one active
-    vanilla adapter, not merged, no bias, no extra arguments); anything else runs PEFT's forward.
-    Returns the layers changed."""
+    of the 4-bit base's output goes (addmm writes a new tensor). The same sum, rounded once instead of three
+    times; the gradients are the same products. Measured on an H200 (bench/NOTES.md, v7): PEFT's multiply,
+    add and copy were ~70 ms of a 1.17 s 8B qlora step, but cuBLAS runs the 16-wide addmm at a third of the
+    memory bandwidth, so the step's kernels fell 25 ms; the host-bound 1B lora/qlora rows gained 4-5% from
+    launching fewer ops. Only PEFT's plain case takes this path (one active vanilla adapter, not merged, no
+    bias, no extra arguments); anything else runs PEFT's forward. Returns the layers changed."""
     import types
 
     from peft.tuners.lora import LoraLayer
@@ -120,8 +121,8 @@ def _linear_types() -> tuple:
     try:
         import bitsandbytes as bnb
 
-        types_ += [bnb.nn.Linear4bit, bnb.nn.Linear8bitLt]
-    except ImportError:  # no bitsandbytes: no quantized bases either
+        types_.append(bnb.nn.Linear4bit)  # qlora's base
+    except ImportError:  # no bitsandbytes: no 4-bit bases either
         pass
     return tuple(types_)
 
