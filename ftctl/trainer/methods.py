@@ -99,10 +99,10 @@ def fused_adapter_output(model) -> int:
     B^T, alpha=scaling)``: the scaling and the sum happen in the matmul's epilogue instead of two more
     passes over the projection's output (and the scaling's pass in the backward), and PEFT's defensive copy
     of the 4-bit base's output goes (addmm writes a new tensor). The same sum, rounded once instead of three
-    times; the gradients are the same products. Measured on an H200 (bench/NOTES.md, v7): PEFT's multiply,
-    add and copy were ~70 ms of a 1.17 s 8B qlora step, but cuBLAS runs the 16-wide addmm at a third of the
-    memory bandwidth, so the step's kernels fell 25 ms; the host-bound 1B lora/qlora rows gained 4-5% from
-    launching fewer ops. Only PEFT's plain case takes this path (one active vanilla adapter, not merged, no
+    times; the gradients are the same products. Measured on an H200 (bench/NOTES.md, v7): the 16-wide addmm
+    costs about what PEFT's three ops did (bench/lora_sum.py: the same within noise at these sizes), the 8B
+    qlora step's kernels fell 25 ms, and the host-bound 1B lora/qlora rows gained 4-5% from launching fewer
+    ops. Only PEFT's plain case takes this path (one active vanilla adapter, not merged, no
     bias, no extra arguments); anything else runs PEFT's forward. Returns the layers changed."""
     import types
 
