@@ -196,6 +196,36 @@ def test_a_failed_conversion_says_how_to_resume(tmp_path):
     assert not (ckpt / "global_step2_universal").exists() and not (ckpt / "latest_universal").exists()
 
 
+STOP_VOTE = """
+import json, os, sys
+import torch.distributed as dist
+from ftctl.trainer.distributed import StopVote
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+flags = [False, rank == 1, rank == 1, False]  # rank 1 is asked to stop at its second step
+vote = StopVote()
+decided = [vote(f) for f in flags]
+print(json.dumps(decided))
+dist.destroy_process_group()
+"""
+
+
+def test_the_stop_vote_decides_on_every_rank_one_step_after_the_request(tmp_path):
+    """distributed.StopVote: each step's vote comes back at the next step, the same on every rank."""
+    script = tmp_path / "vote.py"
+    script.write_text(STOP_VOTE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--tee=1"]
+    proc = subprocess.run(
+        [*cmd, str(script)], env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    votes = [json.loads(line.split("]:", 1)[1]) for line in proc.stdout.splitlines() if "]:[" in line]
+    assert votes == [[False, False, True, True]] * 2, proc.stdout
+    from ftctl.trainer.distributed import StopVote
+
+    assert StopVote()(True) is True  # one process: at once
+
+
 # ------------------------------------------------------------------------------------------ preemption
 SIGNAL_RUNNER = """
 import json, os, signal, sys

@@ -7,8 +7,9 @@
   rows after N (the steps it will replay); a run that starts over keeps only its own start record.
 - :class:`ProgressBar` (the demo): ``[####----] step 12/30  loss 1.234  ETA 0:41`` redrawn in place.
 - :class:`PreemptionCallback`: SIGUSR2 (what Slurm's ``--signal=B:USR2@lead`` sends) or SIGTERM
-  (spot reclaim, torchrun forwarding) asks for a checkpoint at the next step boundary; every rank
-  agrees on it (one all-reduce per optimizer step), the Trainer saves and stops. The trainer
+  (spot reclaim, torchrun forwarding) asks for a checkpoint at a step boundary; every rank agrees on
+  it (one all-reduce per optimizer step, read a step later: distributed.StopVote, so with several
+  processes the checkpoint is the step after the request's), the Trainer saves and stops. The trainer
   then waits for the checkpoint's upload and reports ``preempted``.
 """
 
@@ -197,6 +198,7 @@ class PreemptionCallback(TrainerCallback):
         self.received: str | None = None
         self.preempted = False
         self._previous: dict = {}
+        self._vote = distributed.StopVote()  # every rank stops at the same step (a step after the request)
 
     def install(self) -> None:
         for sig in self.signals:
@@ -223,7 +225,7 @@ class PreemptionCallback(TrainerCallback):
         return self.received is not None
 
     def on_step_end(self, args, state, control, **kwargs):
-        if distributed.any_rank(self.stop_requested()):
+        if self._vote(self.stop_requested()):
             if not self.preempted:
                 log.warning("preempted at step %d: saving a checkpoint and stopping", state.global_step)
             self.preempted = True

@@ -218,17 +218,43 @@ def barrier() -> None:
         dist.barrier()
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when ``flag`` is true on at least one (a collective: call it on all ranks)."""
-    import torch
-    import torch.distributed as dist
+class StopVote:
+    """Whether any rank was asked to stop, agreed on by every rank without the host waiting on the GPU.
 
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    Call it once a step on every rank with this rank's flag. Each call adds the flag to an all-reduce (max)
+    and returns the result of the previous call's, so every rank decides on the same step, one step after
+    the request. Under NCCL the vote travels on the GPU and comes back through pinned memory behind an
+    event that the next step finds complete (the host runs at most a step ahead): reading the vote at once
+    would wait for the whole step's queued work, every step (seen on two H200s: two waits a step that one
+    GPU does not have). One process: the flag itself, at once."""
+
+    def __init__(self) -> None:
+        self._pending: tuple | None = None  # (host tensor, CUDA event or None) of the vote in flight
+
+    def __call__(self, flag: bool) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return flag
+        decided = False
+        if self._pending is not None:
+            host, event = self._pending
+            if event is not None:
+                event.synchronize()
+            decided = bool(host.item())
+        nccl = dist.get_backend() == "nccl"
+        vote = torch.full((1,), int(flag), dtype=torch.int32, device="cuda" if nccl else "cpu")
+        dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+        if nccl:
+            host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+            host.copy_(vote, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending = (host, event)
+        else:
+            self._pending = (vote, None)
+        return decided
 
 
 def shutdown() -> None:
