@@ -23,6 +23,8 @@ every case (1 GPU: 8 x 2 accumulation; 2 GPUs: 8 x 1), so the losses of the same
                             report: kernel time a step, GPU idle by what the host ran, the top kernels; compare.py's
                             analysis), then it stops. No rate (the profiler slows the steps it traces); e.g.
                             single@profile,ddp@profile says where a second GPU's time goes
+    <case>@env:K=V[;K=V]    the case with environment variables set (NCCL's, torch's), e.g. ddp@env:NCCL_PROTO=Simple
+                            beside ddp; combines with @profile (<case>@env:...@profile)
 
 First the network probe across both GPUs (python -m ftctl.trainer.netcheck; --no-netcheck skips it). Writes,
 after every case (a run cut short still leaves its rows):
@@ -60,6 +62,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -93,6 +96,7 @@ class Case:
     source: str | None = None  # resume cases: the case whose checkpoint they resume
     global_batch: int = GLOBAL_BATCH
     profile: bool = False  # <case>@profile: through bench/profile_runner.py
+    env: tuple[tuple[str, str], ...] = ()  # <case>@env:K=V;K=V: set for the case's processes
 
     @property
     def asked(self) -> str:
@@ -102,6 +106,12 @@ class Case:
 def parse_case(name: str) -> Case:
     if name.endswith("@profile") and "resume" not in name:
         return replace(parse_case(name.removesuffix("@profile")), name=name, profile=True)
+    if "@env:" in name:
+        base, _, body = name.rpartition("@env:")
+        pairs = tuple(tuple(kv.split("=", 1)) for kv in body.split(";") if kv)
+        if not pairs or any(len(kv) != 2 for kv in pairs):
+            raise ValueError(f"{name!r}: write <case>@env:KEY=VALUE[;KEY=VALUE]")
+        return replace(parse_case(base), name=name, env=pairs)
     parts = name.split(":")
     if name == "single":
         return Case(name, "fft", 1, "single")
@@ -120,7 +130,7 @@ def parse_case(name: str) -> Case:
         return Case(name, "fft", 1 if two_to_one else 2, parts[1], parts[1] if two_to_one else f"{parts[1]}:1")
     raise ValueError(
         f"unknown case {name!r}: use single, single:weak, {', '.join(STRATEGIES)}, <strategy>:1, lora:1, lora:ddp, lora:fsdp, qlora:1, "
-        f"qlora:ddp, resume:<{'|'.join(RESUMABLE)}>:<2to1|1to2>, <case>@profile; A+B runs two 1-GPU cases at once"
+        f"qlora:ddp, resume:<{'|'.join(RESUMABLE)}>:<2to1|1to2>, <case>@profile, <case>@env:K=V; A+B runs two 1-GPU cases at once"
     )
 
 
@@ -208,17 +218,23 @@ def command(case: Case, model: Path, data: Path, out: Path, opts: list[str]) -> 
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *script]
 
 
+def dirname(case_name: str) -> str:
+    """A case's output and log name: letters, digits, '.', '_' and '-' only (the device tool returns no other)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", case_name)
+
+
 def profile_report(out: Path) -> Path:
     """Where a @profile case's report goes: beside its output dir, which cleanup() deletes."""
     return out.with_name(out.name + ".profile.json")
 
 
 def start(case: Case, slot: int, concurrent: bool, opts: list[str], model: Path, data: Path, work: Path) -> Running:
-    out = work / case.name.replace(":", "-")
+    out = work / dirname(case.name)
     shutil.rmtree(out, ignore_errors=True)
     profile_report(out).unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(REPO)]))}
     env["CUDA_VISIBLE_DEVICES"] = str(slot) if concurrent else ("0" if case.gpus == 1 else "0,1")
+    env.update(dict(case.env))
     if case.gpus == 1:  # one process without torchrun: DeepSpeed's (and FSDP's) group of one uses it
         env["MASTER_PORT"] = str(PORT_BASE + 10 * slot + 1)
     if CPU:
@@ -514,7 +530,7 @@ def main() -> None:
         for slot, case in enumerate(group):
             others = [n for n in names if n != case.name]
             why = refusal(case) or ("skipped: budget" if left < MIN_START_S else None)
-            resume = work / case.source.replace(":", "-") / f"checkpoint-{save_step}" if case.source else None
+            resume = work / dirname(case.source) / f"checkpoint-{save_step}" if case.source else None
             if why is None and resume is not None and not resume.is_dir():
                 why = f"skipped: {case.source} left no {resume.name} to resume"
             if why:
@@ -544,11 +560,11 @@ def cleanup(work: Path, later: list[list[Case]], save_step: int, ran: list[Case]
     """Delete each case output no later case needs; a resume source keeps only its checkpoint. With no
     later cases and nothing ran: every case output (the model and data stay for a warm machine's next call)."""
     needed = {c.source for g in later for c in g if c.source}
-    dirs = [work / c.name.replace(":", "-") for c in ran] if ran or later else [p for p in work.iterdir() if p.is_dir()]
+    dirs = [work / dirname(c.name) for c in ran] if ran or later else [p for p in work.iterdir() if p.is_dir()]
     for d in dirs:
         if d.name.startswith("llama-") or not d.exists():
             continue
-        if d.name in {s.replace(":", "-") for s in needed}:
+        if d.name in {dirname(s) for s in needed}:
             for p in d.iterdir():
                 if p.name != f"checkpoint-{save_step}":
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -556,7 +572,7 @@ def cleanup(work: Path, later: list[list[Case]], save_step: int, ran: list[Case]
             shutil.rmtree(d)
     for case in ran:  # a source whose last resume case just ran
         if case.source and case.source not in needed:
-            shutil.rmtree(work / case.source.replace(":", "-"), ignore_errors=True)
+            shutil.rmtree(work / dirname(case.source), ignore_errors=True)
 
 
 if __name__ == "__main__":
