@@ -397,8 +397,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     # losses). qlora on GPUs is planned with bitsandbytes' paged 8-bit AdamW, the leanest, and then takes
     # fused AdamW where its fp32 states fit at the same micro-batch: on an H200 the paged optimizer's
     # per-tensor launches left the GPU idle 45 ms of each 1.17 s step of 8B qlora (bench/NOTES.md, v6)
-    lean = "paged_adamw_8bit" if method == "qlora" and not req.is_cpu else "adamw_torch_fused"
-    optim = spec.optim or lean
+    optim = spec.optim or ("paged_adamw_8bit" if method == "qlora" and not req.is_cpu else "adamw_torch_fused")
     best = None
     strategies = _strategies(method, world, req.nodes, spec.strategy)
     if req.is_cpu:  # offloading to CPU RAM from the CPU gains nothing; FSDP2 needs GPUs (distributed.py)
@@ -436,7 +435,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         return None
     strategy, ckpt, micro, terms, total, host_need = best
     accum = accumulation_steps(spec, micro, world)
-    if optim != "adamw_torch_fused" and not spec.optim:
+    if optim == "paged_adamw_8bit" and not spec.optim:
         args = (method, strategy, shape, world, micro, seq, ckpt, trainable, req.is_cpu)
         fused = memory_terms(*args, precision=precision, accum=accum)
         if capacity is None or sum(fused.values()) <= capacity:

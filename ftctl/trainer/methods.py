@@ -106,25 +106,15 @@ def fused_adapter_output(model) -> int:
     bias, no extra arguments); anything else runs PEFT's forward. Returns the layers changed."""
     import types
 
+    import bitsandbytes as bnb
+    import torch
     from peft.tuners.lora import LoraLayer
 
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and isinstance(m.base_layer, _linear_types())]
+    bases = (torch.nn.Linear, bnb.nn.Linear4bit)  # lora's 16-bit projections, qlora's 4-bit ones
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and isinstance(m.base_layer, bases)]
     for layer in layers:
         layer.forward = types.MethodType(_fused_forward, layer)
     return len(layers)
-
-
-def _linear_types() -> tuple:
-    import torch
-
-    types_: list = [torch.nn.Linear]
-    try:
-        import bitsandbytes as bnb
-
-        types_.append(bnb.nn.Linear4bit)  # qlora's base
-    except ImportError:  # no bitsandbytes: no 4-bit bases either
-        pass
-    return tuple(types_)
 
 
 def _fused_forward(self, x, *args, **kwargs):
