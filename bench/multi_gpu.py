@@ -25,6 +25,7 @@ every case (1 GPU: 8 x 2 accumulation; 2 GPUs: 8 x 1), so the losses of the same
                             single@profile,ddp@profile says where a second GPU's time goes
     <case>@env:K=V[;K=V]    the case with environment variables set (NCCL's, torch's), e.g. ddp@env:NCCL_PROTO=Simple
                             beside ddp; combines with @profile (<case>@env:...@profile)
+    <case>@o:K=V[;K=V]      the case with more run options (-o K=V), e.g. ddp@o:ddp_comm_dtype=bf16 beside ddp
 
 First the network probe across both GPUs (python -m ftctl.trainer.netcheck; --no-netcheck skips it). Writes,
 after every case (a run cut short still leaves its rows):
@@ -97,6 +98,7 @@ class Case:
     global_batch: int = GLOBAL_BATCH
     profile: bool = False  # <case>@profile: through bench/profile_runner.py
     env: tuple[tuple[str, str], ...] = ()  # <case>@env:K=V;K=V: set for the case's processes
+    options: tuple[str, ...] = ()  # <case>@o:K=V;K=V: more -o options
 
     @property
     def asked(self) -> str:
@@ -106,12 +108,16 @@ class Case:
 def parse_case(name: str) -> Case:
     if name.endswith("@profile") and "resume" not in name:
         return replace(parse_case(name.removesuffix("@profile")), name=name, profile=True)
-    if "@env:" in name:
-        base, _, body = name.rpartition("@env:")
-        pairs = tuple(tuple(kv.split("=", 1)) for kv in body.split(";") if kv)
-        if not pairs or any(len(kv) != 2 for kv in pairs):
-            raise ValueError(f"{name!r}: write <case>@env:KEY=VALUE[;KEY=VALUE]")
-        return replace(parse_case(base), name=name, env=pairs)
+    for tag in ("@env:", "@o:"):
+        if tag in name:
+            base, _, body = name.rpartition(tag)
+            pairs = tuple(tuple(kv.split("=", 1)) for kv in body.split(";") if kv)
+            if not pairs or any(len(kv) != 2 for kv in pairs):
+                raise ValueError(f"{name!r}: write <case>{tag}KEY=VALUE[;KEY=VALUE]")
+            case = parse_case(base)
+            if tag == "@o:":
+                return replace(case, name=name, options=case.options + tuple(f"{k}={v}" for k, v in pairs))
+            return replace(case, name=name, env=case.env + pairs)
     parts = name.split(":")
     if name == "single":
         return Case(name, "fft", 1, "single")
@@ -130,7 +136,7 @@ def parse_case(name: str) -> Case:
         return Case(name, "fft", 1 if two_to_one else 2, parts[1], parts[1] if two_to_one else f"{parts[1]}:1")
     raise ValueError(
         f"unknown case {name!r}: use single, single:weak, {', '.join(STRATEGIES)}, <strategy>:1, lora:1, lora:ddp, lora:fsdp, qlora:1, "
-        f"qlora:ddp, resume:<{'|'.join(RESUMABLE)}>:<2to1|1to2>, <case>@profile, <case>@env:K=V; A+B runs two 1-GPU cases at once"
+        f"qlora:ddp, resume:<{'|'.join(RESUMABLE)}>:<2to1|1to2>, <case>@profile, <case>@env:K=V, <case>@o:K=V; A+B runs two 1-GPU cases at once"
     )
 
 
@@ -188,7 +194,7 @@ def overrides(case: Case, steps: int, save_step: int | None, resume: Path | None
         values["strategy"] = case.strategy
     if CPU:
         values["learning_rate"] = 1e-3  # the tests' rate: the tiny model's curve moves in 8 steps
-    return [f"{k}={v}" for k, v in values.items()]
+    return [f"{k}={v}" for k, v in values.items()] + list(case.options)
 
 
 def command(case: Case, model: Path, data: Path, out: Path, opts: list[str]) -> list[str]:

@@ -359,6 +359,11 @@ def _strategies(method: str, world: int, nodes: int, forced: str | None) -> list
 def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
     """The plan for spec on its --gpus (or ``gpus``); raises PlanError naming the nearest fit."""
     req = gpu_table.parse(gpus or spec.gpus or "cpu", spec.nodes)
+    if req.is_cpu and spec.ddp_comm_dtype == "bf16":
+        raise PlanError(
+            "ddp_comm_dtype=bf16 needs GPUs (torch's bf16 all-reduce hook runs on NCCL only); on CPU leave "
+            "ddp_comm_dtype unset."
+        )
     shape = model_shape(spec.model_name_or_path, spec.model_params)
     plan = _fit(spec, req, shape, spec.method)
     if plan is not None:

@@ -23,6 +23,7 @@ from ftctl.errors import FtctlError, did_you_mean
 METHODS = ("fft", "sft", "lora", "qlora")
 BACKENDS = ("local", "slurm", "sky", "docker")
 STRATEGIES = ("single", "ddp", "zero2", "zero3", "zero3_offload", "fsdp")
+DDP_COMM_DTYPES = ("fp32", "bf16")
 ATTENTION = ("varlen", "flash_attention_2", "sdpa", "eager")  # varlen: see ftctl/trainer/attention.py
 
 DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -74,6 +75,8 @@ class RunSpec:
     attn_implementation: str | None = None  # planner: varlen / flash_attention_2 / sdpa / eager
     packing: bool | None = None  # planner: on where attention honours sample boundaries
     strategy: str | None = None  # planner: single/ddp/zero2/zero3/zero3_offload/fsdp
+    ddp_bucket_cap_mb: int | None = None  # DDP's gradient buckets (MB); default: torch's 25
+    ddp_comm_dtype: str | None = None  # DDP's gradient all-reduce: fp32 (default) or bf16 (accelerate's comm hook)
     optim: str | None = None  # planner: adamw_torch_fused; paged_adamw_8bit for qlora on a tight GPU
     lora_r: int = 16
     lora_alpha: int = 32
@@ -334,6 +337,7 @@ def validate(spec: RunSpec) -> None:
     choice("method", METHODS)
     choice("backend", BACKENDS)
     choice("strategy", STRATEGIES)
+    choice("ddp_comm_dtype", DDP_COMM_DTYPES)
     choice("attn_implementation", ATTENTION)
     choice("lr_scheduler_type", ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"))
     for key in (
@@ -351,7 +355,13 @@ def validate(spec: RunSpec) -> None:
     ):
         if getattr(spec, key) < 1:
             errors.append(f"{key} must be at least 1, not {getattr(spec, key)}.")
-    for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "nodes", "cpus_per_task"):
+    for key in (
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "nodes",
+        "cpus_per_task",
+        "ddp_bucket_cap_mb",
+    ):
         v = getattr(spec, key)
         if v is not None and v < 1:
             errors.append(f"{key} must be at least 1, not {v}.")

@@ -85,6 +85,16 @@ def test_refusal_through_the_cli_exits_2_with_one_error_line():
     assert "Traceback" not in r.output + r.stderr
 
 
+def test_bf16_gradient_all_reduce_on_cpu_is_refused_through_the_cli():
+    r = CliRunner().invoke(
+        main, ["plan", "--method", "fft", "--gpus", "2xcpu", "--model-params", "135m", "-o", "ddp_comm_dtype=bf16"]
+    )
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: ddp_comm_dtype=bf16 needs GPUs") and "Traceback" not in r.output + r.stderr
+    p = plan(method="fft", gpus="2xH100", model_params="1b", o=["ddp_comm_dtype=bf16", "ddp_bucket_cap_mb=100"])
+    assert p.strategy == "ddp"  # the same plan: the settings only reach DDP (tests/test_trainer.py)
+
+
 def test_8b_lora_on_1xl4():
     p = plan(method="lora", gpus="1xL4", model_name_or_path="meta-llama/Llama-3.1-8B")
     assert p.precision == "bf16" and p.attn_implementation == "varlen"

@@ -330,10 +330,16 @@ def _assert_same_losses(multi: dict, single: dict) -> None:
     assert multi[4] < multi[1]
 
 
-GRADIENT_VIEWS = """
-import json, os
+DDP_SETTINGS = """
+import json, os, torch
 from pathlib import Path
 from transformers import TrainerCallback
+DDP = torch.nn.parallel.DistributedDataParallel
+_init = DDP.__init__
+def __init__(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    Path(os.environ["DDP_SEEN"], f"bucket-{os.environ['RANK']}.json").write_text(json.dumps(kwargs.get("bucket_cap_mb")))
+DDP.__init__ = __init__
 class GradientViews(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -345,12 +351,21 @@ CALLBACKS = [GradientViews()]
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, single_process_losses):
-    losses = _two_process_losses(tiny_model_dir, tiny_data, tmp_path, prelude=GRADIENT_VIEWS)
+    """With -o ddp_bucket_cap_mb=1 the tiny model's gradients fill several buckets."""
+    losses = _two_process_losses(
+        tiny_model_dir,
+        tiny_data,
+        tmp_path,
+        prelude=DDP_SETTINGS,
+        env=subprocess_env(DDP_SEEN=tmp_path),
+        ddp_bucket_cap_mb=1,
+    )
     _assert_same_losses(losses, single_process_losses)
-    # every gradient lives in DDP's all-reduce buckets (no second copy of the gradients: plan.py)
     for rank in (0, 1):
+        # every gradient lives in DDP's all-reduce buckets (no second copy of the gradients: plan.py)
         views, grads = json.loads((tmp_path / "out" / f"views-{rank}.json").read_text())
         assert grads > 0 and views == grads
+        assert json.loads((tmp_path / f"bucket-{rank}.json").read_text()) == 1  # the spec's bucket size reached DDP
 
 
 @pytest.mark.slow

@@ -149,6 +149,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
+            ddp_comm_dtype=spec.ddp_comm_dtype,
             callbacks=[
                 run.sync,
                 preemption,
@@ -222,6 +223,7 @@ def training_args(
         lr_scheduler_type=spec.lr_scheduler_type,
         max_grad_norm=spec.max_grad_norm,
         optim=plan.optim,
+        ddp_bucket_cap_mb=spec.ddp_bucket_cap_mb,
         per_device_train_batch_size=plan.per_device_train_batch_size,
         gradient_accumulation_steps=plan.gradient_accumulation_steps,
         **checkpointing_args(checkpointing),

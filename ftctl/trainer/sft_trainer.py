@@ -13,18 +13,20 @@ smoothing, DFT, MoE auxiliary loss or sequence parallelism); anything else runs 
 Under DDP the gradients are views into the reducer's buckets (``gradient_as_bucket_view``, which the
 Trainer has no argument for): without it every gradient is a tensor of its own beside its bucket, copied
 into the bucket and back each step. The buckets themselves stay (plan.py's ``ddp_buckets``); on two H200s
-neither the 1B fft peak nor its speed moved measurably (bench/NOTES.md, v6).
+neither the 1B fft peak nor its speed moved measurably (bench/NOTES.md, v6). ``ddp_comm_dtype="bf16"``
+all-reduces each bucket in bf16 (accelerate's comm hook: half the bytes; the sum is rounded to bf16).
 """
 
 from __future__ import annotations
 
 import torch
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
 from trl import SFTTrainer as TrlSFTTrainer
 
 
 class SFTTrainer(TrlSFTTrainer):
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, ddp_comm_dtype: str | None = None, **kwargs):
+        self._ddp_comm_dtype = ddp_comm_dtype  # read by _build_accelerator_args, inside super().__init__
         super().__init__(*args, **kwargs)
         self._pending: dict[str, torch.Tensor] = {}  # counts summed on the device since the last flush
 
@@ -33,6 +35,8 @@ class SFTTrainer(TrlSFTTrainer):
         for handler in args.get("kwargs_handlers", ()):
             if isinstance(handler, DistributedDataParallelKwargs):
                 handler.gradient_as_bucket_view = True
+                if self._ddp_comm_dtype == "bf16":
+                    handler.comm_hook = DDPCommunicationHookType.BF16
         return args
 
     # ---------------------------------------------------------------------------------- the step
