@@ -225,6 +225,9 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
 
 
 DEEPSPEED_STRATEGIES = ("zero2", "zero3", "zero3_offload")
+# where the trainer runs its own LoRA forward (methods.fused_adapter_output; sharded parameters are
+# gathered by module hooks that it would bypass)
+FUSED_ADAPTER_STRATEGIES = ("single", "ddp")
 
 
 def weights_dtype(method: str, strategy: str, precision: str) -> str:
@@ -254,6 +257,7 @@ def memory_terms(
     precision: str = "bf16",
     accum: int = 1,
     optim: str = "adamw_torch_fused",
+    lora_dropout: float = RunSpec.lora_dropout,
 ) -> dict:
     n = shape.params_b  # billions -> GB per byte/param
     wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
@@ -277,7 +281,13 @@ def memory_terms(
     fp32_residual = precision == "fp16" and (
         method == "qlora" or (method in ("fft", "sft") and strategy in ("single", "ddp"))
     )
-    per_token_layer = activation_bytes(h, i, fp32_residual, adapters=method in ("lora", "qlora"))
+    adapters = method in ("lora", "qlora")
+    # the trainer's dropout + A kernel keeps no dropped copy (trainer/lora_dropout.py): on GPUs, unsharded,
+    # where the projections' inputs arrive in autocast's 16 bits
+    dropout_copies = (
+        adapters and lora_dropout > 0 and (fp32 or fp32_residual or strategy not in FUSED_ADAPTER_STRATEGIES)
+    )
+    per_token_layer = activation_bytes(h, i, fp32_residual, adapters, dropout_copies)
     saved_inputs = (4 if fp32_residual else 2) * h  # what a checkpointed layer keeps
     layers = shape.layers + 1  # + one layer's worth of gradients in flight during the backward
     act_per_seq = (saved_inputs * shape.layers + per_token_layer * 2) * seq if ckpt else per_token_layer * seq * layers
@@ -309,7 +319,7 @@ def accumulation_steps(spec: RunSpec, micro: int, world: int) -> int:
     return spec.gradient_accumulation_steps or max(1, math.ceil(spec.global_batch_size / (micro * world)))
 
 
-def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool) -> int:
+def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool, dropout_copies: bool = True) -> int:
     """Bytes a decoder layer keeps for the backward, per token: Llama-like layer (gated MLP, GQA with
     a quarter of the heads for K/V), exact varlen attention (no S^2 term), Liger's RMSNorm/SwiGLU
     kernels. Counted per saved tensor, then held to the peaks measured on an H200 (bench/NOTES.md):
@@ -318,7 +328,8 @@ def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool) -> int
         projections   inputs of q,k,v and of gate,up in 16 bits: 2H + 2H
         attention     q, k, v, output: 2H + 2 x 2H/4 + 2H = 5H
         MLP           gate, up and their SwiGLU product (down's input): 3 x 2I
-        LoRA          each adapted projection's dropout output, 2 x (6H + I) counted; 1.5 x (6H + I) measured
+        LoRA          each adapted projection's dropout output, 2 x (6H + I) counted; 1.5 x (6H + I) measured;
+                      none where the trainer's dropout + A kernel runs (dropout_copies False)
         fp32 residual norms' inputs in fp32 and one 16-bit copy of the input per projection: + 10H counted
 
     Counted: 13H + 6I. Measured with a 16-bit residual stream, fft of the 1B shape peaks as 5H + 6I would
@@ -327,7 +338,7 @@ def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool) -> int
     masters; qlora under fp16: PEFT's upcast) adds 8H to fft (1B fft measured, before its stream went bf16)
     and 10H to the adapters' count."""
     if adapters:
-        return 13 * h + 6 * i + 3 * (6 * h + i) // 2 + (10 * h if fp32_residual else 0)
+        return 13 * h + 6 * i + (3 * (6 * h + i) // 2 if dropout_copies else 0) + (10 * h if fp32_residual else 0)
     return 5 * h + 6 * i + (8 * h if fp32_residual else 0)
 
 
@@ -423,6 +434,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
                     precision=precision,
                     accum=accumulation_steps(spec, micro, world),
                     optim=optim,
+                    lora_dropout=spec.lora_dropout,
                 )
                 total = sum(terms.values())
                 host_need = 16 * shape.params_b / req.nodes if strategy == "zero3_offload" else None
@@ -442,7 +454,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     accum = accumulation_steps(spec, micro, world)
     if optim == "paged_adamw_8bit" and not spec.optim:
         args = (method, strategy, shape, world, micro, seq, ckpt, trainable, req.is_cpu)
-        fused = memory_terms(*args, precision=precision, accum=accum)
+        fused = memory_terms(*args, precision=precision, accum=accum, lora_dropout=spec.lora_dropout)
         if capacity is None or sum(fused.values()) <= capacity:
             optim, terms, total = "adamw_torch_fused", fused, sum(fused.values())
     real_global = micro * accum * world
@@ -509,6 +521,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
                     _trainable_b(method, shape, spec),
                     accum=accumulation_steps(spec, 1, req.world_size),
                     optim="paged_adamw_8bit" if method == "qlora" else "adamw_torch_fused",
+                    lora_dropout=spec.lora_dropout,
                 ).values()
             ),
             s,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 
 from ftctl.errors import FtctlError
+from ftctl.plan import FUSED_ADAPTER_STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def apply_method(model, spec, plan):
         model = get_peft_model(model, lora_config(spec))
         if plan.precision in ("bf16", "fp16"):
             adapter_inputs_as_is(model)
-        if plan.strategy in ("single", "ddp"):  # sharded parameters are gathered by module hooks
+        if plan.strategy in FUSED_ADAPTER_STRATEGIES:
             fused_adapter_output(model)
     else:  # pragma: no cover - spec.validate refuses other methods
         raise FtctlError(f"Unknown method {method!r}.")
@@ -120,6 +121,8 @@ def fused_adapter_output(model) -> int:
 def _fused_forward(self, x, *args, **kwargs):
     import torch
 
+    from ftctl.trainer import lora_dropout
+
     active = [a for a in self.active_adapters if a in self.lora_A]
     name = active[0] if len(active) == 1 else None
     if (
@@ -137,9 +140,21 @@ def _fused_forward(self, x, *args, **kwargs):
         )
     ):
         return type(self).forward(self, x, *args, **kwargs)
-    lora_a, lora_b = self.lora_A[name], self.lora_B[name]
+    lora_a, lora_b, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
     result = self.base_layer(x)
-    h = lora_a(self.lora_dropout[name](self._cast_input_dtype(x, lora_a.weight.dtype)))
+    if (
+        self.training
+        and isinstance(dropout, torch.nn.Dropout)
+        and lora_a.bias is None
+        and x.dtype
+        == (
+            torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else lora_a.weight.dtype
+        )
+        and lora_dropout.usable(x, lora_a.weight, dropout.p)
+    ):
+        h = lora_dropout.dropout_down(x, lora_a.weight, dropout.p)  # no dropped copy of x kept
+    else:
+        h = lora_a(dropout(self._cast_input_dtype(x, lora_a.weight.dtype)))
     out = torch.addmm(
         result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), lora_b.weight.t(), alpha=self.scaling[name]
     )

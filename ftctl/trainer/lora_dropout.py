@@ -1,0 +1,203 @@
+"""LoRA's dropout and down-projection in one Triton kernel: ``A(dropout(x))`` without the dropped copy of x.
+
+PEFT computes ``lora_A(lora_dropout(x))``: the dropout writes a copy of x and a mask, and autograd keeps
+both until the backward (the copy for A's weight gradient, the mask for the dropout's own backward): 1.5
+times the 16-bit size of every adapted projection's input, 30% of a LoRA/QLoRA layer's activations
+(plan.py, ``activation_bytes``), and five passes over that input a step. Here the mask is a function of a
+seed and each element's index (Philox, as torch's own dropout), made again in the backward: the kernel
+keeps only x, which the base projection saves anyway, and the seed.
+
+- forward: ``h = (x * keep) @ A^T / (1 - p)``, one read of x;
+- backward: ``dx = ((g @ A) * keep) / (1 - p)`` and ``dA = g^T @ (x * keep) / (1 - p)`` in one pass
+  that reads x and g once and writes dx once (dA summed in fp32 over row blocks).
+
+The keep mask draws 16 bits per element (eight per Philox call): p is rounded to a multiple of 1/65,536
+and the scale is that rounded p's, so the expectation is exact. The seed comes from torch's CPU
+generator at each call (no wait on the GPU), so ``torch.manual_seed`` fixes the masks and activation
+checkpointing, which restores the CPU generator before it recomputes a layer, recomputes the same masks.
+
+CUDA only in training (``usable``); on CPU the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``),
+which is how the tests check them against the same mask applied by torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs (torch's CUDA wheels bring Triton)
+    triton = None
+
+RAND_BITS = 16
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def usable(x: torch.Tensor, weight: torch.Tensor, p: float) -> bool:
+    """Whether the fused path runs for this input: Triton on a CUDA tensor (or its interpreter), a real
+    dropout, the rank within one tile, K a multiple of the eight values one Philox call gives and the
+    element indices within 32 bits."""
+    if triton is None or not (x.is_cuda or INTERPRETED):
+        return False
+    if x.is_cuda and x.dtype not in (torch.bfloat16, torch.float16):  # fp32 would run on TF32 tensor cores
+        return False
+    rows, k = x.numel() // max(1, x.shape[-1]), x.shape[-1]
+    return 0 < p < 1 and weight.shape[0] <= 64 and k % 8 == 0 and rows * k // 8 < 2**31
+
+
+def threshold(p: float) -> int:
+    """The 16-bit threshold below which an element is dropped."""
+    return min(2**RAND_BITS - 1, max(1, round(p * 2**RAND_BITS)))
+
+
+def keep_scale(p: float) -> float:
+    return 1.0 / (1.0 - threshold(p) / 2**RAND_BITS)
+
+
+def dropout_down(x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
+    """``dropout(x, p) @ weight.T`` (weight: LoRA's A, r x K) in x's dtype, differentiable in x and weight."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))
+    return _DropoutDown.apply(x, weight, p, seed)
+
+
+class _DropoutDown(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, p, seed):
+        k = x.shape[-1]
+        x2 = x.reshape(-1, k)
+        if x2.stride(-1) != 1 or x2.stride(0) != k:
+            x2 = x2.contiguous()
+        a = weight.to(x.dtype).contiguous()
+        r = a.shape[0]
+        h = torch.empty(x2.shape[0], r, device=x.device, dtype=x.dtype)
+        rows = x2.shape[0]
+        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)  # noqa: E731
+        _forward[grid](x2, a, h, rows, k, r, seed, threshold(p), keep_scale(p), BLOCK_R=_block_r(r))
+        ctx.save_for_backward(x, weight)
+        ctx.p, ctx.seed = p, seed
+        return h.view(*x.shape[:-1], r)
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        x, weight = ctx.saved_tensors
+        k = x.shape[-1]
+        x2 = x.reshape(-1, k)
+        if x2.stride(-1) != 1 or x2.stride(0) != k:
+            x2 = x2.contiguous()
+        a = weight.to(x.dtype).contiguous()
+        r = a.shape[0]
+        g = grad_h.reshape(-1, r).to(x.dtype).contiguous()
+        dx = torch.empty_like(x2)
+        da = torch.zeros(r, k, device=x.device, dtype=torch.float32)
+        rows = x2.shape[0]
+        grid = lambda meta: (triton.cdiv(k, meta["BLOCK_K"]), triton.cdiv(rows, meta["ROWS"]))  # noqa: E731
+        _backward[grid](
+            x2, a, g, dx, da, rows, k, r, ctx.seed, threshold(ctx.p), keep_scale(ctx.p), BLOCK_R=_block_r(r)
+        )
+        return dx.view(x.shape), da.to(weight.dtype), None, None
+
+
+def keep_mask(rows: int, k: int, p: float, seed: int, device="cpu") -> torch.Tensor:
+    """The kernels' keep mask as a bool tensor (for the tests: the same mask applied by torch)."""
+    out = torch.empty(rows, k, dtype=torch.int8, device=device)
+    _mask[(triton.cdiv(rows, 64), triton.cdiv(k, 128))](out, rows, k, seed, threshold(p), BLOCK_M=64, BLOCK_K=128)
+    return out.bool()
+
+
+def _block_r(r: int) -> int:
+    return max(16, triton.next_power_of_2(r))  # tl.dot's smallest tile side
+
+
+def _configs(backward: bool) -> list:
+    """Tile sizes Triton's autotuner times on the first call for each (K, r); one under the interpreter."""
+    if INTERPRETED:
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_K": 128} | ({"ROWS": 1024} if backward else {}))]
+    if backward:
+        return [
+            triton.Config({"BLOCK_M": m, "BLOCK_K": k, "ROWS": rows}, num_warps=w)
+            for m in (32, 64)
+            for k in (64, 128)
+            for rows in (512, 2048)
+            for w in (4, 8)
+        ]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_K": k}, num_warps=w)
+        for m in (32, 64, 128)
+        for k in (64, 128)
+        for w in (4, 8)
+    ]
+
+
+if triton is not None:
+
+    @triton.jit
+    def _keep(seed, rows, k0, K, thr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        """[BLOCK_M, BLOCK_K] bool: element (row, k0 + j) kept. One Philox call per 8 elements: its four
+        32-bit outputs split into eight 16-bit uniforms."""
+        groups = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+        offsets = rows[:, None] * (K // 8) + groups[None, :]
+        r0, r1, r2, r3 = tl.randint4x(seed, offsets)
+        lo = tl.join(tl.join(r0 & 0xFFFF, r1 & 0xFFFF), tl.join(r2 & 0xFFFF, r3 & 0xFFFF))
+        hi = tl.join(tl.join(r0 >> 16, r1 >> 16), tl.join(r2 >> 16, r3 >> 16))
+        bits = tl.reshape(tl.join(lo, hi), (BLOCK_M, BLOCK_K))
+        return bits >= thr
+
+    @triton.autotune(configs=_configs(backward=False), key=["K", "R"])
+    @triton.jit(do_not_specialize=["seed"])
+    def _forward(
+        X, A, H, M, K, R, seed, thr, scale, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr
+    ):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        ranks = tl.arange(0, BLOCK_R)
+        acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(
+                X + rows[:, None] * K + cols[None, :], mask=(rows[:, None] < M) & (cols[None, :] < K), other=0.0
+            )
+            x = tl.where(_keep(seed, rows, k0, K, thr, BLOCK_M, BLOCK_K), x, tl.zeros_like(x))
+            a = tl.load(
+                A + ranks[None, :] * K + cols[:, None], mask=(ranks[None, :] < R) & (cols[:, None] < K), other=0.0
+            )
+            acc += tl.dot(x, a)
+        out = (acc * scale).to(H.dtype.element_ty)
+        tl.store(H + rows[:, None] * R + ranks[None, :], out, mask=(rows[:, None] < M) & (ranks[None, :] < R))
+
+    @triton.autotune(configs=_configs(backward=True), key=["K", "R"], reset_to_zero=["DA"])
+    @triton.jit(do_not_specialize=["seed"])
+    def _backward(
+        X, A, G, DX, DA, M, K, R, seed, thr, scale,
+        ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):  # fmt: skip
+        k0 = tl.program_id(0) * BLOCK_K
+        cols = k0 + tl.arange(0, BLOCK_K)
+        ranks = tl.arange(0, BLOCK_R)
+        a = tl.load(A + ranks[:, None] * K + cols[None, :], mask=(ranks[:, None] < R) & (cols[None, :] < K), other=0.0)
+        da = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+        for m0 in range(tl.program_id(1) * ROWS, tl.program_id(1) * ROWS + ROWS, BLOCK_M):
+            rows = m0 + tl.arange(0, BLOCK_M)
+            inside = (rows[:, None] < M) & (cols[None, :] < K)
+            g = tl.load(
+                G + rows[:, None] * R + ranks[None, :], mask=(rows[:, None] < M) & (ranks[None, :] < R), other=0.0
+            )
+            keep = _keep(seed, rows, k0, K, thr, BLOCK_M, BLOCK_K)
+            dx = tl.where(keep, tl.dot(g, a) * scale, 0.0)
+            tl.store(DX + rows[:, None] * K + cols[None, :], dx.to(DX.dtype.element_ty), mask=inside)
+            x = tl.load(X + rows[:, None] * K + cols[None, :], mask=inside, other=0.0)
+            da += tl.dot(tl.trans(g), tl.where(keep, x, tl.zeros_like(x)))
+        tl.atomic_add(
+            DA + ranks[:, None] * K + cols[None, :], da * scale, mask=(ranks[:, None] < R) & (cols[None, :] < K)
+        )
+
+    @triton.jit(do_not_specialize=["seed"])
+    def _mask(OUT, M, K, seed, thr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        k0 = tl.program_id(1) * BLOCK_K
+        cols = k0 + tl.arange(0, BLOCK_K)
+        keep = _keep(seed, rows, k0, K, thr, BLOCK_M, BLOCK_K)
+        tl.store(
+            OUT + rows[:, None] * K + cols[None, :], keep.to(tl.int8), mask=(rows[:, None] < M) & (cols[None, :] < K)
+        )

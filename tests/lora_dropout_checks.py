@@ -1,0 +1,103 @@
+"""Run by tests/test_lora_dropout.py in a subprocess with TRITON_INTERPRET=1 (Triton reads it when the
+kernels are defined, at import): trainer/lora_dropout.py's kernels on CPU, in fp32 (the interpreter's
+bf16 is broken in Triton 3.9; the GPU's bf16 path is checked by bench/lora_dropout.py). Prints JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from ftctl.trainer import lora_dropout as ld
+
+
+def rel(a, b) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def against_torch(rows: int, k: int, r: int, p: float, seed: int) -> dict:
+    """The kernels against torch doing the same: the kernels' own mask applied to x, then A."""
+    x = torch.randn(rows, k, requires_grad=True)
+    w = torch.randn(r, k, requires_grad=True)
+    h = ld._DropoutDown.apply(x.view(1, rows, k), w, p, seed)
+    g = torch.randn_like(h)
+    (h * g).sum().backward()
+    keep = ld.keep_mask(rows, k, p, seed)
+    x2, w2 = x.detach().requires_grad_(True), w.detach().requires_grad_(True)
+    ref = (x2 * keep * ld.keep_scale(p)) @ w2.t()
+    (ref.view_as(g) * g).sum().backward()
+    return {
+        "shape": list(h.shape),
+        "h": rel(h.view_as(ref).detach(), ref.detach()),
+        "dx": rel(x.grad, x2.grad),
+        "dw": rel(w.grad, w2.grad),
+        "kept": float(keep.float().mean()),
+        "elements": keep.numel(),
+    }
+
+
+def in_the_model(model_dir: str) -> dict:
+    """A tiny LoRA model's adapters through the kernels: how many calls a forward makes in training and in
+    eval, and whether activation checkpointing's recompute draws the same masks (the same gradients)."""
+    from ftctl.trainer.methods import apply_method
+    from ftctl.trainer.model import load_model
+    from tests.trainer_fixtures import make_run
+
+    spec, plan = make_run(model_dir, "unused.jsonl", "unused", "lora", lora_r=4, lora_alpha=8, lora_dropout=0.1)
+    model = apply_method(load_model(spec, plan, on_cpu=True), spec, plan)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # B non-zero so that the adapters matter
+            torch.nn.init.normal_(p, std=0.05)
+    calls = []
+    kernel = ld._DropoutDown.apply
+    ld._DropoutDown.apply = lambda *a: calls.append(1) or kernel(*a)
+    ids = torch.randint(0, 100, (2, 16))
+
+    def grads(checkpointing: bool) -> dict:
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.zero_grad()
+        torch.manual_seed(3)
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    model.train()
+    plain = grads(False)
+    train_calls = len(calls)
+    recomputed = grads(True)
+    checkpointed_calls = len(calls) - train_calls
+    calls.clear()
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    return {
+        "train_calls": train_calls,
+        "eval_calls": len(calls),
+        "checkpointed_calls": checkpointed_calls,  # the forward's and the recompute's
+        "adapter_grads": len(plain),
+        "checkpointed_max_rel": max(rel(recomputed[n], plain[n]) for n in plain),
+        "grads_nonzero": all(bool(g.abs().sum() > 0) for g in plain.values()),
+    }
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    out = {
+        "model": in_the_model(sys.argv[1]),
+        # rows not a multiple of the row block, K not a multiple of the column block, r below the 16 of a tile
+        "odd": against_torch(100, 264, 8, 0.3, 1234),
+        "lora16": against_torch(130, 128, 16, 0.05, 7),
+        "p_effective": 1 - ld.threshold(0.3) / 2**ld.RAND_BITS,
+        "same_seed_same_mask": bool(torch.equal(ld.keep_mask(64, 256, 0.5, 5), ld.keep_mask(64, 256, 0.5, 5))),
+        "other_seed_other_mask": float((ld.keep_mask(64, 256, 0.5, 5) != ld.keep_mask(64, 256, 0.5, 6)).float().mean()),
+        # neighbouring rows and columns are not copies of each other (the 16-bit split of each Philox word)
+        "row_pairs_equal": float((lambda m: (m[1:] == m[:-1]).float().mean())(ld.keep_mask(64, 256, 0.5, 9))),
+        "col_pairs_equal": float((lambda m: (m[:, 1:] == m[:, :-1]).float().mean())(ld.keep_mask(64, 256, 0.5, 9))),
+    }
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

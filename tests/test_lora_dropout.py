@@ -1,0 +1,56 @@
+"""trainer/lora_dropout.py: LoRA's dropout + A kernels, run on CPU by Triton's interpreter (a subprocess:
+TRITON_INTERPRET is read when the kernels are defined)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.trainer_fixtures import REPO, subprocess_env
+
+
+@pytest.fixture(scope="module")
+def checks(tiny_model_dir) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.lora_dropout_checks", str(tiny_model_dir)],
+        cwd=REPO,
+        env=subprocess_env(TRITON_INTERPRET="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", ["odd", "lora16"])
+def test_the_kernels_equal_torch_applying_their_mask(checks, case):
+    """Forward, dx and dA against x * mask / (1 - p) @ A^T in torch, with the kernels' own mask; sizes that
+    leave partial tiles (100 rows, K 264, r 8) and LoRA's usual r 16."""
+    c = checks[case]
+    assert c["shape"][-1] in (8, 16)
+    for what in ("h", "dx", "dw"):
+        assert c[what] < 1e-5, (what, c)
+
+
+def test_the_mask_keeps_one_minus_p_and_depends_on_the_seed(checks):
+    c = checks["odd"]  # p = 0.3
+    sigma = math.sqrt(0.3 * 0.7 / c["elements"])
+    assert abs(c["kept"] - checks["p_effective"]) < 5 * sigma
+    assert abs(checks["lora16"]["kept"] - 0.95) < 5 * math.sqrt(0.05 * 0.95 / checks["lora16"]["elements"])
+    assert checks["same_seed_same_mask"]
+    # p = 0.5: another seed, rows and columns beside each other agree half the time, as independent draws do
+    for key in ("other_seed_other_mask", "row_pairs_equal", "col_pairs_equal"):
+        assert abs(checks[key] - 0.5) < 0.03, key
+
+
+def test_the_adapters_run_the_kernels_in_training_and_checkpointing_recomputes_the_same_masks(checks):
+    m = checks["model"]
+    assert m["train_calls"] == 14 and m["eval_calls"] == 0  # 7 projections x 2 blocks; eval has no dropout
+    assert m["checkpointed_calls"] == 28  # forward + recompute
+    assert m["adapter_grads"] == 28 and m["grads_nonzero"]
+    assert m["checkpointed_max_rel"] == 0.0  # the recompute drew the same masks
