@@ -126,6 +126,7 @@ class Plan:
     memory_gb: float  # estimated peak per GPU (or per process on CPU)
     memory: dict = field(default_factory=dict)  # the terms
     weights_dtype: str = "fp32"  # what the trainer loads the weights in (see weights_dtype())
+    lora_dropout_kernel: bool = False  # see dropout_kernel()
     asked_method: str | None = None  # the method asked for, where the local backend fell back to qlora
     host_memory_gb: float | None = None  # CPU RAM per node the plan needs (offload)
     notes: list[str] = field(default_factory=list)
@@ -162,6 +163,8 @@ class Plan:
         ]
         if self.host_memory_gb:
             rows.append(("host memory", f"{self.host_memory_gb:.0f} GB per node for offload"))
+        if self.lora_dropout_kernel:
+            rows.insert(-1, ("lora dropout", "dropout + A in one kernel pair (no dropped copy kept)"))
         out = "\n".join(f"{k:<14} {v}" for k, v in rows)
         if self.notes:
             out += "\n" + "\n".join(f"note: {n}" for n in self.notes)
@@ -228,6 +231,7 @@ DEEPSPEED_STRATEGIES = ("zero2", "zero3", "zero3_offload")
 # where the trainer runs its own LoRA forward (methods.fused_adapter_output; sharded parameters are
 # gathered by module hooks that it would bypass)
 FUSED_ADAPTER_STRATEGIES = ("single", "ddp")
+DROPOUT_KERNEL_MIN_B = 3.0  # see dropout_kernel()
 
 
 def weights_dtype(method: str, strategy: str, precision: str) -> str:
@@ -282,12 +286,8 @@ def memory_terms(
         method == "qlora" or (method in ("fft", "sft") and strategy in ("single", "ddp"))
     )
     adapters = method in ("lora", "qlora")
-    # the trainer's dropout + A kernel keeps no dropped copy (trainer/lora_dropout.py): on GPUs, unsharded,
-    # where the projections' inputs arrive in autocast's 16 bits
-    dropout_copies = (
-        adapters and lora_dropout > 0 and (fp32 or fp32_residual or strategy not in FUSED_ADAPTER_STRATEGIES)
-    )
-    per_token_layer = activation_bytes(h, i, fp32_residual, adapters, dropout_copies)
+    kernel = dropout_kernel(method, strategy, shape, precision, fp32, lora_dropout)
+    per_token_layer = activation_bytes(h, i, fp32_residual, adapters, adapters and lora_dropout > 0 and not kernel)
     saved_inputs = (4 if fp32_residual else 2) * h  # what a checkpointed layer keeps
     layers = shape.layers + 1  # + one layer's worth of gradients in flight during the backward
     act_per_seq = (saved_inputs * shape.layers + per_token_layer * 2) * seq if ckpt else per_token_layer * seq * layers
@@ -314,6 +314,25 @@ def memory_terms(
     return terms
 
 
+def dropout_kernel(
+    method: str, strategy: str, shape: ModelShape, precision: str, on_cpu: bool, lora_dropout: float
+) -> bool:
+    """Whether the trainer runs LoRA's dropout + A as one kernel pair (trainer/lora_dropout.py), which keeps
+    no dropped copy of each projection's input: on GPUs, unsharded (methods.fused_adapter_output), inputs
+    in autocast's 16 bits (not qlora's fp32 residual under fp16), and for models of DROPOUT_KERNEL_MIN_B
+    parameters or more. Measured on an H200 (bench/NOTES.md, v8): against the peer of the same call the 8B
+    lora/qlora rows gained 7-10% with it and 30% of their activation memory, the 1B rows lost 7-8% (their
+    steps wait on the host, and each Triton launch costs more of it than PEFT's two ops)."""
+    return (
+        method in ("lora", "qlora")
+        and lora_dropout > 0
+        and not on_cpu
+        and strategy in FUSED_ADAPTER_STRATEGIES
+        and not (precision == "fp16" and method == "qlora")
+        and shape.params_b >= DROPOUT_KERNEL_MIN_B
+    )
+
+
 def accumulation_steps(spec: RunSpec, micro: int, world: int) -> int:
     """Gradient accumulation steps for a micro-batch: as asked, else enough to reach the global batch."""
     return spec.gradient_accumulation_steps or max(1, math.ceil(spec.global_batch_size / (micro * world)))
@@ -334,7 +353,7 @@ def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool, dropou
 
     Counted: 13H + 6I. Measured with a 16-bit residual stream, fft of the 1B shape peaks as 5H + 6I would
     (59 kB a token and layer: 1B fft at 8 x 2,048 within 0.1%), LoRA/QLoRA of the 1B and 8B shapes as
-    13H + 6I + 1.5 x (6H + I) (within 7%). An fp32 residual stream (fft/sft under fp16 autocast over fp32
+    13H + 6I + 1.5 x (6H + I) (within 7%); with the dropout kernels (8B) as 13H + 6I (within 6%). An fp32 residual stream (fft/sft under fp16 autocast over fp32
     masters; qlora under fp16: PEFT's upcast) adds 8H to fft (1B fft measured, before its stream went bf16)
     and 10H to the adapters' count."""
     if adapters:
@@ -474,6 +493,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         model=shape,
         precision=precision,
         weights_dtype=weights_dtype(method, strategy, precision),
+        lora_dropout_kernel=dropout_kernel(method, strategy, shape, precision, req.is_cpu, spec.lora_dropout),
         attn_implementation=attn,
         strategy=strategy,
         per_device_train_batch_size=micro,

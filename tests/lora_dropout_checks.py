@@ -40,12 +40,14 @@ def against_torch(rows: int, k: int, r: int, p: float, seed: int) -> dict:
 def in_the_model(model_dir: str) -> dict:
     """A tiny LoRA model's adapters through the kernels: how many calls a forward makes in training and in
     eval, and whether activation checkpointing's recompute draws the same masks (the same gradients)."""
-    from ftctl.trainer.methods import apply_method
+    from ftctl.trainer.methods import apply_method, fused_adapter_output
     from ftctl.trainer.model import load_model
     from tests.trainer_fixtures import make_run
 
     spec, plan = make_run(model_dir, "unused.jsonl", "unused", "lora", lora_r=4, lora_alpha=8, lora_dropout=0.1)
     model = apply_method(load_model(spec, plan, on_cpu=True), spec, plan)
+    assert not plan.lora_dropout_kernel  # a CPU plan; here the kernels run in the interpreter all the same
+    fused_adapter_output(model, dropout_kernel=True)
     for n, p in model.named_parameters():
         if "lora_B" in n:  # B non-zero so that the adapters matter
             torch.nn.init.normal_(p, std=0.05)

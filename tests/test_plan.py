@@ -473,3 +473,31 @@ def test_fft_prefers_fsdp2_to_zero3_where_both_fit():
     _fits(p)
     forced = plan(method="fft", gpus="8xA100", model_params="13b", o=["strategy=zero3"])
     assert forced.strategy == "zero3" and "zero3_buffers" in forced.memory
+
+
+def test_lora_dropout_kernel_where_the_step_is_gpu_bound_and_its_memory_is_counted():
+    """plan.dropout_kernel: 8B lora/qlora on a GPU run trainer/lora_dropout.py's kernels and the plan leaves
+    out the dropped copies (1.5 x (6H + I) bytes a token and layer); 1B models, CPU and sharded strategies run
+    PEFT's dropout and count them."""
+    from ftctl.plan import activation_bytes
+
+    big = plan(method="qlora", gpus="1xH200", model_name_or_path="meta-llama/Llama-3.1-8B")
+    assert big.lora_dropout_kernel and "lora dropout" in big.table()
+    h, i = big.model.hidden, big.model.intermediate
+    assert (
+        activation_bytes(h, i, False, True, True) - activation_bytes(h, i, False, True, False) == 3 * (6 * h + i) // 2
+    )
+    no_dropout = plan(
+        method="qlora", gpus="1xH200", model_name_or_path="meta-llama/Llama-3.1-8B", o=["lora_dropout=0.0"]
+    )
+    assert not no_dropout.lora_dropout_kernel  # no dropout: PEFT's Identity keeps no copy either
+    assert no_dropout.memory["activations"] == big.memory["activations"]
+    small = plan(method="lora", gpus="1xH200", model_params="1b")
+    assert not small.lora_dropout_kernel and "lora dropout" not in small.table()
+    assert not plan(
+        method="lora", gpus="2xH100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["strategy=fsdp"]
+    ).lora_dropout_kernel
+    assert not plan(
+        method="qlora", gpus="1xT4", model_name_or_path="lmsys/vicuna-7b-v1.5"
+    ).lora_dropout_kernel  # fp16: fp32 inputs
+    assert not plan(method="fft", gpus="1xH200", model_params="8b").lora_dropout_kernel

@@ -44,7 +44,7 @@ def apply_method(model, spec, plan):
         if plan.precision in ("bf16", "fp16"):
             adapter_inputs_as_is(model)
         if plan.strategy in FUSED_ADAPTER_STRATEGIES:
-            fused_adapter_output(model)
+            fused_adapter_output(model, dropout_kernel=plan.lora_dropout_kernel)
     else:  # pragma: no cover - spec.validate refuses other methods
         raise FtctlError(f"Unknown method {method!r}.")
     if method in ("fft", "sft") and plan.precision == "bf16":
@@ -95,7 +95,7 @@ def adapter_inputs_as_is(model) -> int:
     return len(layers)
 
 
-def fused_adapter_output(model) -> int:
+def fused_adapter_output(model, dropout_kernel: bool = False) -> int:
     """Each LoRA projection's ``base(x) + B(A(dropout(x))) * scaling`` as ``addmm(base(x), A(dropout(x)),
     B^T, alpha=scaling)``: the scaling and the sum happen in the matmul's epilogue instead of two more
     passes over the projection's output (and the scaling's pass in the backward), and PEFT's defensive copy
@@ -104,7 +104,9 @@ def fused_adapter_output(model) -> int:
     costs about what PEFT's three ops did (bench/lora_sum.py: the same within noise at these sizes), the 8B
     qlora step's kernels fell 25 ms, and the host-bound 1B lora/qlora rows gained 4-5% from launching fewer
     ops. Only PEFT's plain case takes this path (one active vanilla adapter, not merged, no
-    bias, no extra arguments); anything else runs PEFT's forward. Returns the layers changed."""
+    bias, no extra arguments); anything else runs PEFT's forward. With ``dropout_kernel`` (the plan's
+    ``lora_dropout_kernel``) the adapter's dropout and A run as trainer/lora_dropout.py's kernels in
+    training. Returns the layers changed."""
     import types
 
     import bitsandbytes as bnb
@@ -115,6 +117,7 @@ def fused_adapter_output(model) -> int:
     layers = [m for m in model.modules() if isinstance(m, LoraLayer) and isinstance(m.base_layer, bases)]
     for layer in layers:
         layer.forward = types.MethodType(_fused_forward, layer)
+        layer.ftctl_dropout_kernel = dropout_kernel
     return len(layers)
 
 
@@ -144,6 +147,7 @@ def _fused_forward(self, x, *args, **kwargs):
     result = self.base_layer(x)
     if (
         self.training
+        and self.ftctl_dropout_kernel
         and isinstance(dropout, torch.nn.Dropout)
         and lora_a.bias is None
         and x.dtype
