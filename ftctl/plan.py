@@ -320,9 +320,10 @@ def dropout_kernel(
     """Whether the trainer runs LoRA's dropout + A as one kernel pair (trainer/lora_dropout.py), which keeps
     no dropped copy of each projection's input: on GPUs, unsharded (methods.fused_adapter_output), inputs
     in autocast's 16 bits (not qlora's fp32 residual under fp16), and for models of DROPOUT_KERNEL_MIN_B
-    parameters or more. Measured on an H200 (bench/NOTES.md, v8): against the peer of the same call the 8B
-    lora/qlora rows gained 7-10% with it and 30% of their activation memory, the 1B rows lost 7-8% (their
-    steps wait on the host, and each Triton launch costs more of it than PEFT's two ops)."""
+    parameters or more. Measured on an H200 (bench/NOTES.md, v8 and v9): the 8B lora/qlora steps keep their
+    rate (within the 4% that ftctl's own rate moves between calls; the kernels' GPU time is 32 ms a step
+    below PEFT's ops, the host's launches add 24 ms of GPU idle) and lose 32% of their peak memory; the 1B
+    steps, which wait on the host, lost 11-23% of their rate."""
     return (
         method in ("lora", "qlora")
         and lora_dropout > 0
