@@ -8,7 +8,9 @@ o, gate, up; 14,336 for down), 16,384 tokens in bf16, A of rank 16 in fp32 (auto
 
 Reports per K: the median of 30 forward + backward passes after 5 warm-up ones (CUDA events; the first
 calls also autotune the kernels), the memory each way keeps from its forward for the backward, and the
-kernels' largest relative difference to torch applying the kernels' own mask in bf16 (h, dx, dA).
+kernels' largest relative difference to torch applying the kernels' own mask in bf16 (h, dx, dA). At these
+sizes a pass is a few hundred microseconds of GPU work, so the events time the host's launch path as much
+as the kernels (v8 in bench/NOTES.md): compare.py's profile phase gives their GPU time inside a real step.
 
     python3 bench/lora_dropout.py --out $OUT/lora_dropout.json
 """

@@ -232,6 +232,7 @@ DEEPSPEED_STRATEGIES = ("zero2", "zero3", "zero3_offload")
 # gathered by module hooks that it would bypass)
 FUSED_ADAPTER_STRATEGIES = ("single", "ddp")
 DROPOUT_KERNEL_MIN_B = 3.0  # see dropout_kernel()
+DROPOUT_KERNEL_MAX_RANK = 64
 
 
 def weights_dtype(method: str, strategy: str, precision: str) -> str:
@@ -262,6 +263,7 @@ def memory_terms(
     accum: int = 1,
     optim: str = "adamw_torch_fused",
     lora_dropout: float = RunSpec.lora_dropout,
+    lora_r: int = RunSpec.lora_r,
 ) -> dict:
     n = shape.params_b  # billions -> GB per byte/param
     wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
@@ -286,7 +288,7 @@ def memory_terms(
         method == "qlora" or (method in ("fft", "sft") and strategy in ("single", "ddp"))
     )
     adapters = method in ("lora", "qlora")
-    kernel = dropout_kernel(method, strategy, shape, precision, fp32, lora_dropout)
+    kernel = dropout_kernel(method, strategy, shape, precision, fp32, lora_dropout, lora_r)
     per_token_layer = activation_bytes(h, i, fp32_residual, adapters, adapters and lora_dropout > 0 and not kernel)
     saved_inputs = (4 if fp32_residual else 2) * h  # what a checkpointed layer keeps
     layers = shape.layers + 1  # + one layer's worth of gradients in flight during the backward
@@ -315,11 +317,12 @@ def memory_terms(
 
 
 def dropout_kernel(
-    method: str, strategy: str, shape: ModelShape, precision: str, on_cpu: bool, lora_dropout: float
+    method: str, strategy: str, shape: ModelShape, precision: str, on_cpu: bool, lora_dropout: float, lora_r: int
 ) -> bool:
     """Whether the trainer runs LoRA's dropout + A as one kernel pair (trainer/lora_dropout.py), which keeps
     no dropped copy of each projection's input: on GPUs, unsharded (methods.fused_adapter_output), inputs
-    in autocast's 16 bits (not qlora's fp32 residual under fp16), and for models of DROPOUT_KERNEL_MIN_B
+    in autocast's 16 bits (not qlora's fp32 residual under fp16), ranks up to DROPOUT_KERNEL_MAX_RANK (one
+    tile), and for models of DROPOUT_KERNEL_MIN_B
     parameters or more. Measured on an H200 (bench/NOTES.md, v8 and v9): the 8B lora/qlora steps keep their
     rate (within the 4% that ftctl's own rate moves between calls; the kernels' GPU time is 32 ms a step
     below PEFT's ops, the host's launches add 24 ms of GPU idle) and lose 32% of their peak memory; the 1B
@@ -330,6 +333,7 @@ def dropout_kernel(
         and not on_cpu
         and strategy in FUSED_ADAPTER_STRATEGIES
         and not (precision == "fp16" and method == "qlora")
+        and lora_r <= DROPOUT_KERNEL_MAX_RANK
         and shape.params_b >= DROPOUT_KERNEL_MIN_B
     )
 
@@ -455,6 +459,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
                     accum=accumulation_steps(spec, micro, world),
                     optim=optim,
                     lora_dropout=spec.lora_dropout,
+                    lora_r=spec.lora_r,
                 )
                 total = sum(terms.values())
                 host_need = 16 * shape.params_b / req.nodes if strategy == "zero3_offload" else None
@@ -474,7 +479,9 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     accum = accumulation_steps(spec, micro, world)
     if optim == "paged_adamw_8bit" and not spec.optim:
         args = (method, strategy, shape, world, micro, seq, ckpt, trainable, req.is_cpu)
-        fused = memory_terms(*args, precision=precision, accum=accum, lora_dropout=spec.lora_dropout)
+        fused = memory_terms(
+            *args, precision=precision, accum=accum, lora_dropout=spec.lora_dropout, lora_r=spec.lora_r
+        )
         if capacity is None or sum(fused.values()) <= capacity:
             optim, terms, total = "adamw_torch_fused", fused, sum(fused.values())
     real_global = micro * accum * world
@@ -494,7 +501,9 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         model=shape,
         precision=precision,
         weights_dtype=weights_dtype(method, strategy, precision),
-        lora_dropout_kernel=dropout_kernel(method, strategy, shape, precision, req.is_cpu, spec.lora_dropout),
+        lora_dropout_kernel=dropout_kernel(
+            method, strategy, shape, precision, req.is_cpu, spec.lora_dropout, spec.lora_r
+        ),
         attn_implementation=attn,
         strategy=strategy,
         per_device_train_batch_size=micro,
@@ -543,6 +552,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
                     accum=accumulation_steps(spec, 1, req.world_size),
                     optim="paged_adamw_8bit" if method == "qlora" else "adamw_torch_fused",
                     lora_dropout=spec.lora_dropout,
+                    lora_r=spec.lora_r,
                 ).values()
             ),
             s,

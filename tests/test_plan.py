@@ -501,3 +501,5 @@ def test_lora_dropout_kernel_where_the_step_is_gpu_bound_and_its_memory_is_count
         method="qlora", gpus="1xT4", model_name_or_path="lmsys/vicuna-7b-v1.5"
     ).lora_dropout_kernel  # fp16: fp32 inputs
     assert not plan(method="fft", gpus="1xH200", model_params="8b").lora_dropout_kernel
+    wide = plan(method="lora", gpus="1xH200", model_name_or_path="meta-llama/Llama-3.1-8B", o=["lora_r=128"])
+    assert not wide.lora_dropout_kernel  # wider than the kernels' one tile: PEFT's dropout, its copies counted
