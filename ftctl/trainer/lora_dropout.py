@@ -71,14 +71,9 @@ def dropout_down(x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tenso
 class _DropoutDown(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, p, seed):
-        k = x.shape[-1]
-        x2 = x.reshape(-1, k)
-        if x2.stride(-1) != 1 or x2.stride(0) != k:
-            x2 = x2.contiguous()
-        a = weight.to(x.dtype).contiguous()
-        r = a.shape[0]
-        h = torch.empty(x2.shape[0], r, device=x.device, dtype=x.dtype)
-        rows = x2.shape[0]
+        x2, a = _operands(x, weight)
+        (rows, k), r = x2.shape, a.shape[0]
+        h = torch.empty(rows, r, device=x.device, dtype=x.dtype)
         grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)  # noqa: E731
         _forward[grid](x2, a, h, rows, k, r, seed, threshold(p), keep_scale(p), BLOCK_R=_block_r(r))
         ctx.save_for_backward(x, weight)
@@ -88,21 +83,24 @@ class _DropoutDown(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h):
         x, weight = ctx.saved_tensors
-        k = x.shape[-1]
-        x2 = x.reshape(-1, k)
-        if x2.stride(-1) != 1 or x2.stride(0) != k:
-            x2 = x2.contiguous()
-        a = weight.to(x.dtype).contiguous()
-        r = a.shape[0]
+        x2, a = _operands(x, weight)
+        (rows, k), r = x2.shape, a.shape[0]
         g = grad_h.reshape(-1, r).to(x.dtype).contiguous()
         dx = torch.empty_like(x2)
         da = torch.zeros(r, k, device=x.device, dtype=torch.float32)
-        rows = x2.shape[0]
         grid = lambda meta: (triton.cdiv(k, meta["BLOCK_K"]), triton.cdiv(rows, meta["ROWS"]))  # noqa: E731
         _backward[grid](
             x2, a, g, dx, da, rows, k, r, ctx.seed, threshold(ctx.p), keep_scale(ctx.p), BLOCK_R=_block_r(r)
         )
         return dx.view(x.shape), da.to(weight.dtype), None, None
+
+
+def _operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x as contiguous rows (a view where it can be) and A in x's dtype: the kernels' two inputs."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1 or x2.stride(0) != x2.shape[1]:
+        x2 = x2.contiguous()
+    return x2, weight.to(x.dtype).contiguous()
 
 
 def keep_mask(rows: int, k: int, p: float, seed: int, device="cpu") -> torch.Tensor:
