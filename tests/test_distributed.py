@@ -384,3 +384,22 @@ def test_slurm_preflight_runs_across_both_nodes_and_stops_a_slow_network(e2e, ti
     log = e2e.ftctl("logs", job).stdout
     assert "netcheck: FAILED: bus bandwidth" in log and "ftctl: network preflight failed" in log, log[-3000:]
     assert "step 1/2" not in log
+
+
+def test_bf16_all_reduce_sets_accelerates_comm_hook_on_the_trainers_ddp_handler():
+    """-o ddp_comm_dtype=bf16 (GPU only: torch's hook refuses CPU builds, plan.py refuses it on CPU): the hook is
+    set on the handler the Trainer built (keeping its other settings), or on a new one."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
+
+    from ftctl.trainer.distributed import all_reduce_in_bf16
+
+    built = DistributedDataParallelKwargs(gradient_as_bucket_view=True, bucket_cap_mb=100)
+    accelerator = SimpleNamespace(ddp_handler=built)
+    all_reduce_in_bf16(accelerator)
+    assert accelerator.ddp_handler is built and built.comm_hook == DDPCommunicationHookType.BF16
+    assert built.gradient_as_bucket_view and built.bucket_cap_mb == 100
+    bare = SimpleNamespace(ddp_handler=None)
+    all_reduce_in_bf16(bare)
+    assert bare.ddp_handler.comm_hook == DDPCommunicationHookType.BF16

@@ -43,6 +43,7 @@ def _run(spec, plan, monkeypatch, trainer_cls=None):
         def __init__(self):
             self.logs: list[dict] = []
             self.per_step: list[int] = []
+            self.events: list[tuple[str, int]] = []  # ("end", step) and ("log", step), in order
 
         def on_step_begin(self, args, state, control, **kwargs):
             count.update(n=0, on=True)
@@ -50,15 +51,17 @@ def _run(spec, plan, monkeypatch, trainer_cls=None):
         def on_step_end(self, args, state, control, **kwargs):
             count["on"] = False
             self.per_step.append(count["n"])
+            self.events.append(("end", state.global_step))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if "loss" in logs:
                 self.logs.append(dict(logs))
+                self.events.append(("log", state.global_step))
 
     watch = Watch()
     result = train(spec, plan, callbacks=[watch], echo=lambda line: None)
     assert result.status == "complete"
-    return watch.logs, watch.per_step
+    return watch, result
 
 
 @pytest.mark.parametrize("method", ["fft", "lora"])
@@ -72,9 +75,9 @@ def test_same_logs_as_trls_trainer_and_no_host_wait_in_a_step(
         spec, plan = make_run(
             tiny_model_dir, tiny_data, tmp_path / name, method, max_steps=4, save_steps=2, logging_steps=2
         )
-        runs[name] = _run(spec, plan, monkeypatch, cls)
+        runs[name] = _run(spec, plan, monkeypatch, cls)[0]
         monkeypatch.undo()
-    (ours, our_steps), (trls, trl_steps) = runs["ftctl"], runs["trl"]
+    (ours, our_steps), (trls, trl_steps) = ((w.logs, w.per_step) for w in (runs["ftctl"], runs["trl"]))
 
     assert [r["epoch"] for r in ours] == [r["epoch"] for r in trls] and len(ours) == 2
     for a, b in zip(ours, trls):
@@ -87,3 +90,62 @@ def test_same_logs_as_trls_trainer_and_no_host_wait_in_a_step(
 
     assert our_steps == [0, 0, 0, 0]  # nothing in a step waits for the device
     assert all(n >= 3 for n in trl_steps)  # TRL's metrics and token counts do, every step
+
+
+def test_logs_written_a_step_late_are_the_logs_written_at_once(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch
+):
+    """SFTTrainer.defer_logs (on by default on CUDA, forced here on CPU): each step's log is written at the next
+    step's end, with the values and step it would have had; a step that saves (3) or ends training (6) logs at
+    once after the late one, so checkpoints and the final metrics hold every log."""
+    from ftctl.trainer.sft_trainer import SFTTrainer
+
+    runs = {}
+    for late in (True, False):
+        trainer = type("Late" if late else "AtOnce", (SFTTrainer,), {"defer_logs": late})
+        spec, plan = make_run(
+            tiny_model_dir, tiny_data, tmp_path / str(late), "lora", max_steps=6, save_steps=3, logging_steps=1
+        )
+        runs[late] = _run(spec, plan, monkeypatch, trainer)
+        monkeypatch.undo()
+    (late, late_result), (now, now_result) = runs[True], runs[False]
+
+    assert now.events == [e for step in range(1, 7) for e in (("end", step), ("log", step))]
+    assert late.events == [
+        ("end", 1), ("end", 2), ("log", 1), ("end", 3), ("log", 2), ("log", 3),
+        ("end", 4), ("end", 5), ("log", 4), ("end", 6), ("log", 5), ("log", 6),
+    ]  # fmt: skip
+    assert len(late.logs) == len(now.logs) == 6
+    for a, b in zip(late.logs, now.logs):
+        assert set(a) == set(b)
+        for key in (*LOGGED, "learning_rate", "epoch"):
+            assert a[key] == pytest.approx(b[key], rel=1e-6), key
+    assert late.per_step == [0] * 6  # still nothing in a step waits for the device
+    history = [
+        json.loads(Path(tmp_path, str(k), "checkpoint-3", "trainer_state.json").read_text())["log_history"]
+        for k in (True, False)
+    ]
+    assert [h["step"] for h in history[0]] == [h["step"] for h in history[1]] == [1, 2, 3]
+    assert [h["loss"] for h in history[0]] == pytest.approx([h["loss"] for h in history[1]], rel=1e-6)
+    ends = [next(h for h in r.log_history if "train_loss" in h) for r in (late_result, now_result)]
+    assert ends[0]["train_loss"] == pytest.approx(ends[1]["train_loss"], rel=1e-6)
+    assert [h["step"] for h in late_result.log_history] == [h["step"] for h in now_result.log_history]
+
+
+def test_a_run_that_fails_still_writes_its_late_log(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):
+    from transformers import TrainerCallback
+
+    from ftctl.trainer.run import train
+    from ftctl.trainer.sft_trainer import SFTTrainer
+    from tests.trainer_fixtures import losses_by_step
+
+    class Fail(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise RuntimeError("step 3 failed")
+
+    monkeypatch.setattr(SFTTrainer, "defer_logs", True)
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path, "lora", max_steps=6, save_steps=100, logging_steps=1)
+    with pytest.raises(RuntimeError, match="step 3 failed"):
+        train(spec, plan, callbacks=[Fail()], echo=lambda line: None)
+    assert list(losses_by_step(tmp_path)) == [1, 2]  # step 2's log, still on its way when step 3 failed

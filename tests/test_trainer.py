@@ -340,6 +340,8 @@ def __init__(self, *args, **kwargs):
     _init(self, *args, **kwargs)
     Path(os.environ["DDP_SEEN"], f"bucket-{os.environ['RANK']}.json").write_text(json.dumps(kwargs.get("bucket_cap_mb")))
 DDP.__init__ = __init__
+from ftctl.trainer.sft_trainer import SFTTrainer
+SFTTrainer.defer_logs = True  # as on GPUs: the gathered loss of each step logged a step late, on every rank
 class GradientViews(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -351,7 +353,8 @@ CALLBACKS = [GradientViews()]
 
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, single_process_losses):
-    """With -o ddp_bucket_cap_mb=1 the tiny model's gradients fill several buckets."""
+    """With -o ddp_bucket_cap_mb=1 the tiny model's gradients fill several buckets; the logs are written a step
+    late (SFTTrainer.defer_logs, on by default on GPUs)."""
     losses = _two_process_losses(
         tiny_model_dir,
         tiny_data,

@@ -218,6 +218,37 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_reduce_in_bf16(accelerator) -> None:
+    """DDP all-reduces each gradient bucket in bf16 (accelerate's comm hook, torch's bf16_compress_hook:
+    half the bytes, the sum rounded to bf16); registered when the Trainer wraps the model. NCCL only
+    (plan.py refuses it on CPU). On two NVLink H200s no faster (bench/NOTES.md, v8)."""
+    from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
+
+    accelerator.ddp_handler = accelerator.ddp_handler or DistributedDataParallelKwargs()
+    accelerator.ddp_handler.comm_hook = DDPCommunicationHookType.BF16
+
+
+def to_host_later(tensor):
+    """Start copying ``tensor`` to the host without waiting; returns a function that gives the host copy,
+    waiting only for that copy (a CUDA tensor comes back through pinned memory behind an event: ``.item()``
+    would wait for all the work queued so far). A CPU tensor: a copy of it, at once."""
+    import torch
+
+    if not tensor.is_cuda:
+        host = tensor.detach().clone()
+        return lambda: host
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor.detach(), non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+
+    def read():
+        event.synchronize()
+        return host
+
+    return read
+
+
 class StopVote:
     """Whether any rank was asked to stop, agreed on by every rank without the host waiting on the GPU.
 
@@ -229,7 +260,7 @@ class StopVote:
     GPU does not have). One process: the flag itself, at once."""
 
     def __init__(self) -> None:
-        self._pending: tuple | None = None  # (host tensor, CUDA event or None) of the vote in flight
+        self._pending = None  # to_host_later's reader of the vote in flight
 
     def __call__(self, flag: bool) -> bool:
         import torch
@@ -237,23 +268,11 @@ class StopVote:
 
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return flag
-        decided = False
-        if self._pending is not None:
-            host, event = self._pending
-            if event is not None:
-                event.synchronize()
-            decided = bool(host.item())
-        nccl = dist.get_backend() == "nccl"
-        vote = torch.full((1,), int(flag), dtype=torch.int32, device="cuda" if nccl else "cpu")
+        decided = bool(self._pending().item()) if self._pending is not None else False
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        vote = torch.full((1,), int(flag), dtype=torch.int32, device=device)
         dist.all_reduce(vote, op=dist.ReduceOp.MAX)
-        if nccl:
-            host = torch.empty(1, dtype=torch.int32, pin_memory=True)
-            host.copy_(vote, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            self._pending = (host, event)
-        else:
-            self._pending = (vote, None)
+        self._pending = to_host_later(vote)
         return decided
 
 

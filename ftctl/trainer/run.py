@@ -149,7 +149,6 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             args=args,
             train_dataset=dataset,
             processing_class=tokenizer,
-            ddp_comm_dtype=spec.ddp_comm_dtype,
             callbacks=[
                 run.sync,
                 preemption,
@@ -161,6 +160,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         )
         for cb in (PrinterCallback, ProgressCallback):  # MetricsCallback prints the progress
             run.trainer.remove_callback(cb)
+        if spec.ddp_comm_dtype == "bf16":
+            distributed.all_reduce_in_bf16(run.trainer.accelerator)
     except BaseException:
         preemption.uninstall()
         raise

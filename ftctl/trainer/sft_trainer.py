@@ -10,33 +10,64 @@ numbers only when they are logged or a checkpoint is saved: the logs carry the s
 Only TRL's plain path is taken over (the fused head's negative log-likelihood, no custom loss, label
 smoothing, DFT, MoE auxiliary loss or sequence parallelism); anything else runs TRL's own code.
 
+On a GPU a step's log is also read a step late (``defer_logs``): at the step's end its loss, gradient norm,
+metrics and token counts start on their way to the host (``distributed.to_host_later``) and the log is
+written at the next step's end, when they have long arrived. Reading them at once (transformers' and TRL's
+``.item()`` calls) drains the GPU at every logged step, and the host's work between two steps (callbacks,
+the next batch) then runs with nothing queued: 42 ms of idle a step of 8B qlora on an H200 (bench/NOTES.md,
+v9). A step that saves, evaluates or ends training logs at once, after the late one, so checkpoints and the
+final metrics hold every log; the values and their steps are the same either way.
+
 Under DDP the gradients are views into the reducer's buckets (``gradient_as_bucket_view``, which the
 Trainer has no argument for): without it every gradient is a tensor of its own beside its bucket, copied
 into the bucket and back each step. The buckets themselves stay (plan.py's ``ddp_buckets``); on two H200s
-neither the 1B fft peak nor its speed moved measurably (bench/NOTES.md, v6). ``ddp_comm_dtype="bf16"``
-all-reduces each bucket in bf16 (accelerate's comm hook: half the bytes; the sum is rounded to bf16).
+neither the 1B fft peak nor its speed moved measurably (bench/NOTES.md, v6).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass
+
 import torch
-from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs
+from transformers import Trainer
+from transformers.trainer_pt_utils import nested_gather
 from trl import SFTTrainer as TrlSFTTrainer
+
+from ftctl.trainer.distributed import to_host_later
+
+
+@dataclass
+class _LateLog:
+    """One step's log on its way to the host (SFTTrainer.defer_logs)."""
+
+    step: int
+    epoch: float | None
+    steps: int  # optimizer steps the loss sums over
+    learning_rate: float
+    start_time: float | None
+    names: list  # what each value of read() is
+    read: object  # to_host_later's reader
+    plain: dict  # values that were Python numbers already
 
 
 class SFTTrainer(TrlSFTTrainer):
-    def __init__(self, *args, ddp_comm_dtype: str | None = None, **kwargs):
-        self._ddp_comm_dtype = ddp_comm_dtype  # read by _build_accelerator_args, inside super().__init__
+    defer_logs: bool | None = None  # a step's log written at the next step's end; None: on CUDA
+
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._pending: dict[str, torch.Tensor] = {}  # counts summed on the device since the last flush
+        self._late: _LateLog | None = None
+        if self.defer_logs is None:
+            self.defer_logs = self.args.device.type == "cuda"
 
     def _build_accelerator_args(self, **kwargs) -> dict:
         args = super()._build_accelerator_args(**kwargs)
         for handler in args.get("kwargs_handlers", ()):
             if isinstance(handler, DistributedDataParallelKwargs):
                 handler.gradient_as_bucket_view = True
-                if self._ddp_comm_dtype == "bf16":
-                    handler.comm_hook = DDPCommunicationHookType.BF16
         return args
 
     # ---------------------------------------------------------------------------------- the step
@@ -109,12 +140,96 @@ class SFTTrainer(TrlSFTTrainer):
                     values[key] = [v.item() if isinstance(v, torch.Tensor) else v for v in items]
 
     def log(self, logs, start_time=None):
+        self._write_late_log()
         self._flush()
         super().log(logs, start_time)
 
     def _save_checkpoint(self, model, trial):
+        self._write_late_log()
         self._flush()  # trainer_state.json records the tokens seen
         super()._save_checkpoint(model, trial)
+
+    # ---------------------------------------------------------------------------------- logs a step late
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # a run that fails still writes the log of its last logged step
+            if self._late is not None:
+                with contextlib.suppress(Exception):  # the GPU may be what failed
+                    self._write_late_log()
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate=None):  # fmt: skip
+        c = self.control
+        log_now = c.should_log and self.state.global_step > self._globalstep_last_logged
+        if self.defer_logs and log_now and not (c.should_evaluate or c.should_save or c.should_training_stop):
+            self._write_late_log()
+            self._late = self._start_late_log(tr_loss, grad_norm, learning_rate, start_time)
+            return
+        self._write_late_log()
+        super()._maybe_log_save_evaluate(
+            tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate
+        )
+
+    def _start_late_log(self, tr_loss, grad_norm, learning_rate, start_time) -> _LateLog:
+        """What transformers' and TRL's logging read at this step, summed on the device and sent to the host;
+        the Trainer's counters move on as if it had logged (the loss sum restarts, the step counts as logged)."""
+        loss = nested_gather(tr_loss, self.args.parallel_mode).mean()  # a new tensor: the reset leaves it
+        tr_loss -= tr_loss
+        steps = self.state.global_step - self._globalstep_last_logged
+        self._globalstep_last_logged = self.state.global_step
+        pending, self._pending = self._pending, {}
+        metrics, self._metrics["train"] = self._metrics["train"], defaultdict(list)
+        names, values, plain = ["loss"], [loss], {}
+        if isinstance(grad_norm, torch.Tensor):
+            names.append("grad_norm")
+            values.append(grad_norm)
+        elif grad_norm is not None:
+            plain["grad_norm"] = grad_norm
+        for key, items in pending.items():
+            names.append(("count", key))
+            values.append(items)
+        for key, items in metrics.items():
+            if items and all(isinstance(v, torch.Tensor) for v in items):
+                names.append(("metric", key))
+                values.append(torch.stack([v.detach().double() for v in items]).mean())
+            elif items:
+                plain[("metric", key)] = sum(float(v) for v in items) / len(items)
+        device = loss.device
+        stacked = torch.stack([v.detach().to(device=device, dtype=torch.float64).reshape(()) for v in values])
+        return _LateLog(
+            step=self.state.global_step,
+            epoch=self.state.epoch,
+            steps=steps,
+            learning_rate=learning_rate if learning_rate is not None else self._get_learning_rate(),
+            start_time=start_time,
+            names=names,
+            read=to_host_later(stacked),
+            plain=plain,
+        )
+
+    def _write_late_log(self) -> None:
+        late, self._late = self._late, None
+        if late is None:
+            return
+        values = dict(zip(late.names, late.read().tolist()))
+        values.update(late.plain)
+        self._total_loss_scalar += values["loss"]
+        logs = {"loss": values["loss"] / late.steps}
+        if "grad_norm" in values:
+            logs["grad_norm"] = values["grad_norm"]
+        logs["learning_rate"] = late.learning_rate
+        self.state.num_input_tokens_seen += int(values.get(("count", "tokens_seen"), 0))
+        logs.update({name[1]: v for name, v in values.items() if isinstance(name, tuple) and name[0] == "metric"})
+        if ("count", "trl_tokens") in values:  # as _flush: TRL's num_tokens from the device's count
+            self._total_train_tokens += int(values[("count", "trl_tokens")]) // self._tp_size
+            logs["num_tokens"] = float(self._total_train_tokens)
+        step, epoch, should_log = self.state.global_step, self.state.epoch, self.control.should_log
+        self.state.global_step, self.state.epoch = late.step, late.epoch
+        try:
+            Trainer.log(self, logs, late.start_time)  # TRL's log would average the next step's metrics in
+        finally:  # as it was for this step (on_log clears should_log)
+            self.state.global_step, self.state.epoch = step, epoch
+            self.control.should_log = should_log
 
 
 def _count(n: int, device) -> torch.Tensor:
