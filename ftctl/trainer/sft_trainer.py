@@ -158,7 +158,9 @@ class SFTTrainer(TrlSFTTrainer):
                 with contextlib.suppress(Exception):  # the GPU may be what failed
                     self._write_late_log()
 
-    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate=None):  # fmt: skip
+    def _maybe_log_save_evaluate(
+        self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate=None
+    ):
         c = self.control
         log_now = c.should_log and self.state.global_step > self._globalstep_last_logged
         if self.defer_logs and log_now and not (c.should_evaluate or c.should_save or c.should_training_stop):
