@@ -324,7 +324,7 @@ def dropout_kernel(
     in autocast's 16 bits (not qlora's fp32 residual under fp16), ranks up to DROPOUT_KERNEL_MAX_RANK (one
     tile), and for models of DROPOUT_KERNEL_MIN_B
     parameters or more. Measured on an H200 (bench/NOTES.md, v8 and v9): the 8B lora/qlora steps keep their
-    rate (within the 4% that ftctl's own rate moves between calls; the kernels' GPU time is 32 ms a step
+    rate (within the 5% that ftctl's own rate moves between calls; the kernels' GPU time is 32 ms a step
     below PEFT's ops, the host's launches add 24 ms of GPU idle) and lose 32% of their peak memory; the 1B
     steps, which wait on the host, lost 11-23% of their rate."""
     return (
