@@ -75,9 +75,12 @@ def test_same_logs_as_trls_trainer_and_no_host_wait_in_a_step(
         spec, plan = make_run(
             tiny_model_dir, tiny_data, tmp_path / name, method, max_steps=4, save_steps=2, logging_steps=2
         )
-        runs[name] = _run(spec, plan, monkeypatch, cls)[0]
+        runs[name] = _run(spec, plan, monkeypatch, cls)
         monkeypatch.undo()
-    (ours, our_steps), (trls, trl_steps) = ((w.logs, w.per_step) for w in (runs["ftctl"], runs["trl"]))
+    (ours, our_steps), (trls, trl_steps) = ((w.logs, w.per_step) for w, _ in (runs["ftctl"], runs["trl"]))
+    # the end-of-training summary: the same FLOPs (ftctl counts the parameters once, transformers every step)
+    flos = [next(h for h in r.log_history if "total_flos" in h)["total_flos"] for _, r in runs.values()]
+    assert flos[0] == flos[1] > 0
 
     assert [r["epoch"] for r in ours] == [r["epoch"] for r in trls] and len(ours) == 2
     for a, b in zip(ours, trls):

@@ -60,6 +60,7 @@ class SFTTrainer(TrlSFTTrainer):
         super().__init__(*args, **kwargs)
         self._pending: dict[str, torch.Tensor] = {}  # counts summed on the device since the last flush
         self._late: _LateLog | None = None
+        self._flop_params: int | None = None  # floating_point_ops' parameter count, taken once
         if self.defer_logs is None:
             self.defer_logs = self.args.device.type == "cuda"
 
@@ -121,6 +122,17 @@ class SFTTrainer(TrlSFTTrainer):
         else:
             tokens = _count(ids.numel(), ids.device)
         self._add("tokens_seen", self.accelerator.gather(tokens.to(torch.int64)).sum())
+
+    def floating_point_ops(self, inputs) -> int:
+        """transformers' estimate, 6 x tokens x parameters without the embeddings, with the parameter count
+        taken once, at the first step (after the model is wrapped): counting walks every module and parameter,
+        4.5 ms a micro-step for the 8B shape with LoRA adapters on this repo's 2-core CI machine."""
+        name = getattr(self.model, "main_input_name", "input_ids")
+        if name not in inputs or not hasattr(self.model, "num_parameters"):
+            return super().floating_point_ops(inputs)
+        if self._flop_params is None:
+            self._flop_params = self.model.num_parameters(exclude_embeddings=True)
+        return 6 * inputs[name].numel() * self._flop_params
 
     # ---------------------------------------------------------------------------------- to floats
     def _add(self, name: str, value: torch.Tensor) -> None:
