@@ -200,7 +200,12 @@ def profile_callback(first: int, last: int, into: dict):
         def on_step_begin(self, args, state, control, **kw):
             if state.global_step + 1 == first:
                 sync()
-                self.prof = profile(activities=[ProfilerActivity.CPU, *([] if CPU else [ProfilerActivity.CUDA])])
+                # stacks and shapes name each kernel's Python caller and tensor (tables "by_stack", "by_shape")
+                self.prof = profile(
+                    activities=[ProfilerActivity.CPU, *([] if CPU else [ProfilerActivity.CUDA])],
+                    record_shapes=True,
+                    with_stack=True,
+                )
                 self.prof.__enter__()
                 # every synchronizing CUDA call in these steps, by its caller outside torch
                 self.syncs, self.shown = {}, warnings.showwarning
@@ -233,6 +238,11 @@ def profile_callback(first: int, last: int, into: dict):
                     sum(e.self_device_time_total for e in device) / 1e6 / into["steps"], 4
                 )
                 into["table"] = events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=60)
+                by = dict(sort_by="self_device_time_total", row_limit=40, max_name_column_width=40)
+                into["by_stack"] = self.prof.key_averages(group_by_stack_n=6).table(**by, max_src_column_width=90)
+                into["by_shape"] = self.prof.key_averages(group_by_input_shape=True).table(
+                    **by, max_shapes_column_width=90
+                )
                 if not CPU:
                     trace = Path(os.environ.get("TMPDIR", "/tmp")) / f"ftctl-trace-{os.getpid()}.json"
                     self.prof.export_chrome_trace(str(trace))
@@ -266,6 +276,15 @@ def gap_report(trace: dict, steps: int, top: int = 15) -> dict:
     ops = [e for e in host if e["cat"] == "cpu_op"]
     op_ts = [e["ts"] for e in ops]
     launches = [e["ts"] for e in host if e["cat"] == "cuda_runtime"]
+    # with_stack's Python frames (the profiler's Python tracer): what the host ran where no op covers a gap
+    frames = sorted((e for e in ev if e.get("cat") == "python_function" and "dur" in e), key=lambda e: e["ts"])
+    frame_ts = [e["ts"] for e in frames]
+
+    def python_at(t):  # the three innermost frames running at time t, innermost first
+        i = bisect.bisect_right(frame_ts, t)
+        cover = sorted((e for e in frames[max(0, i - 20000) : i] if e["ts"] + e["dur"] >= t), key=lambda e: e["dur"])
+        names = [e["name"].split("/")[-1][:45] for e in cover[:3]]
+        return "(python) " + " < ".join(names) if names else "(python, no op)"
 
     def innermost(t):  # the shortest op running at time t (nested ops start later: look back a while)
         i = bisect.bisect_right(op_ts, t)
@@ -281,8 +300,8 @@ def gap_report(trace: dict, steps: int, top: int = 15) -> dict:
     for a, b in gaps:
         mid = (a + b) / 2
         outer = next((e["name"] for e in notes if e["ts"] <= mid <= e["ts"] + e["dur"]), "")
-        inner = innermost(mid) or "(python, no op)"
-        label = f"{outer[:50]} > {inner[:50]}" if outer else inner[:60]
+        inner = innermost(mid) or python_at(mid)
+        label = f"{outer[:50]} > {inner[:150]}" if outer else inner[:160]
         i = bisect.bisect_right(launches, b)
         nxt = (innermost(launches[i - 1]) if i else None) or "?"
         by_host[label] = by_host.get(label, 0.0) + (b - a)
