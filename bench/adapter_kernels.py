@@ -11,6 +11,8 @@ so the GPU's time, not the host's):
                   keep mask from a 32-bit integer hash of (seed, element) instead of Philox + join/reshape
     up-add        torch.addmm (out of place, as methods._fused_forward), Tensor.addmm_ (in place on the base's
                   output, which no backward keeps), a Triton tile kernel in place
+    dx            the input's gradient, base plus adapter: mm then add (autograd's sum) or addmm (the sum in
+                  the GEMM's epilogue)
     copy          x.clone(): the card's copy rate, the roofline for all of them
 
 and each one's GB/s. It checks each variant against the current kernels' result (the up-add exactly; the
@@ -189,6 +191,12 @@ def one_shape(names: str, k: int, n: int) -> dict:
         row[f"{key}_gbs"] = gbs(2 * cb, row[f"{key}_ms"])
     # the B gradient g^T @ h reads the whole output gradient once more
     row["grad_b_ms"] = do_bench(lambda: torch.mm(c.t(), hh))
+    # the input's gradient: the base's g @ W plus the adapter's dx, as autograd sums them (mm, then add) and
+    # with the sum in the GEMM's epilogue (addmm)
+    wt = torch.randn(n, k, device=dev, dtype=torch.bfloat16) / k**0.5
+    row["mm_then_add_ms"] = do_bench(lambda: torch.mm(c, wt) + x)
+    row["mm_ms"] = do_bench(lambda: torch.mm(c, wt))
+    row["addmm_dx_ms"] = do_bench(lambda: torch.addmm(x, c, wt))
     return row
 
 
@@ -207,7 +215,8 @@ def main() -> None:
     out = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__}
     # per 8B step (32 blocks; q,o / k,v / gate,up count twice, down once), in ms
     count = {"q,o": 2, "k,v": 2, "gate,up": 2, "down": 1}
-    for key in ("philox_fwd", "philox_bwd", "hash_fwd", "hash_bwd", "addmm", "addmm_", "triton_up_add", "grad_b"):
+    keys = ("philox_fwd", "philox_bwd", "hash_fwd", "hash_bwd", "addmm", "addmm_", "triton_up_add", "grad_b")
+    for key in (*keys, "mm_then_add", "mm", "addmm_dx"):
         out[f"{key}_ms_per_8b_step"] = round(32 * sum(count[r["projections"]] * r[f"{key}_ms"] for r in rows_out), 2)
     out["rows"] = rows_out
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -246,7 +246,9 @@ def profile_callback(first: int, last: int, into: dict):
                 if not CPU:
                     trace = Path(os.environ.get("TMPDIR", "/tmp")) / f"ftctl-trace-{os.getpid()}.json"
                     self.prof.export_chrome_trace(str(trace))
-                    into["gaps"] = gap_report(json.loads(trace.read_text()), into["steps"])
+                    events = json.loads(trace.read_text())
+                    into["gaps"] = gap_report(events, into["steps"])
+                    into["kernel_callers"] = kernel_callers(events, into["steps"])
                     trace.unlink()
                 self.prof = None
                 torch.cuda.set_sync_debug_mode(0) if not CPU else None
@@ -280,11 +282,8 @@ def gap_report(trace: dict, steps: int, top: int = 15) -> dict:
     frames = sorted((e for e in ev if e.get("cat") == "python_function" and "dur" in e), key=lambda e: e["ts"])
     frame_ts = [e["ts"] for e in frames]
 
-    def python_at(t):  # the three innermost frames running at time t, innermost first
-        i = bisect.bisect_right(frame_ts, t)
-        cover = sorted((e for e in frames[max(0, i - 20000) : i] if e["ts"] + e["dur"] >= t), key=lambda e: e["dur"])
-        names = [e["name"].split("/")[-1][:45] for e in cover[:3]]
-        return "(python) " + " < ".join(names) if names else "(python, no op)"
+    def python_at(t):
+        return "(python) " + (frames_at(frames, frame_ts, t) or "no op")
 
     def innermost(t):  # the shortest op running at time t (nested ops start later: look back a while)
         i = bisect.bisect_right(op_ts, t)
@@ -312,13 +311,82 @@ def gap_report(trace: dict, steps: int, top: int = 15) -> dict:
     def ms(d):
         return {k: round(v / 1e3 / steps, 2) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]}
 
+    # where the host waited on the GPU: CUDA calls of 200 us or more, by name and the Python frames around them
+    waits, tid_frames = {}, {}
+    for f in frames:
+        tid_frames.setdefault(f["tid"], []).append(f)
+    for e in ev:
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and e.get("dur", 0) >= 200:
+            where = frames_at(tid_frames.get(e["tid"], []), None, e["ts"], depth=4) or "?"
+            label = f"{e['name'][:30]} | {where}"
+            waits[label] = waits.get(label, 0.0) + e["dur"]
     return {
+        "host_waits": ms(waits),
         "idle_ms_per_step": round(total / 1e3 / steps, 2),
         "span_ms_per_step": round(span / 1e3 / steps, 2),
         "gaps_per_step": round(len(gaps) / steps, 1),
         "by_host_activity": ms(by_host),
         "by_op_that_ended_it": ms(by_next),
     }
+
+
+def frames_at(frames: list, starts: list, t: float, depth: int = 4) -> str:
+    """The Python frames (with_stack's tracer events of one thread, sorted by start) running at time t,
+    innermost first: the innermost one, then one frame per file further out, ``depth`` in all."""
+    starts = [e["ts"] for e in frames] if starts is None else starts
+    i = bisect.bisect_right(starts, t)
+    cover = sorted((e for e in frames[max(0, i - 5000) : i] if e["ts"] + e["dur"] >= t), key=lambda e: e["dur"])
+    names, files = [], []
+    for e in cover:
+        file = e["name"].split("(")[0]
+        if names and file in files:
+            continue
+        names.append(e["name"].split("/")[-1][:50])
+        files.append(file)
+        if len(names) == depth:
+            break
+    return " < ".join(names)
+
+
+def kernel_callers(trace: dict, steps: int, top: int = 45) -> dict:
+    """The GPU's time by kernel and the host code that launched it (ms a step): each kernel's launch (its
+    correlation id), the innermost and outermost op around the launch on the launching thread (the
+    autograd engine's node in the backward) and the Python frames there."""
+    ev = trace["traceEvents"] if isinstance(trace, dict) else trace
+    launches = {
+        e["args"]["correlation"]: e
+        for e in ev
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})
+    }
+    ops, frames = {}, {}
+    for e in ev:
+        if "dur" in e and e.get("cat") in ("cpu_op", "python_function"):
+            (ops if e["cat"] == "cpu_op" else frames).setdefault(e["tid"], []).append(e)
+    for table in (ops, frames):
+        for tid in table:
+            table[tid].sort(key=lambda e: e["ts"])
+    starts = {tid: [e["ts"] for e in v] for tid, v in ops.items()}
+    frame_starts = {tid: [e["ts"] for e in v] for tid, v in frames.items()}
+    out = {}
+    for k in ev:
+        if k.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset"):
+            continue
+        launch = launches.get(k.get("args", {}).get("correlation"))
+        name = k["name"].split("(")[0].split("<")[0][:40]
+        where = "?"
+        if launch is not None:
+            tid, t = launch["tid"], launch["ts"]
+            i = bisect.bisect_right(starts.get(tid, []), t)
+            cover = sorted(
+                (e for e in ops.get(tid, [])[max(0, i - 500) : i] if e["ts"] + e["dur"] >= t), key=lambda e: e["dur"]
+            )
+            names = [cover[0]["name"][:45], cover[-1]["name"][:70]] if cover else ["(no op)"]
+            where = " < ".join(dict.fromkeys(names))
+            python = frames_at(frames.get(tid, []), frame_starts.get(tid, []), t, depth=3)
+            where += f" | {python}" if python else ""
+        label = f"{name} <- {where}"
+        out[label] = out.get(label, 0.0) + k.get("dur", 0)
+    return {k: round(v / 1e3 / steps, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])[:top]}
 
 
 def timing(clock, counter, accum: int) -> dict:

@@ -152,3 +152,45 @@ def test_a_run_that_fails_still_writes_its_late_log(tiny_model_dir, tiny_data, t
     with pytest.raises(RuntimeError, match="step 3 failed"):
         train(spec, plan, callbacks=[Fail()], echo=lambda line: None)
     assert list(losses_by_step(tmp_path)) == [1, 2]  # step 2's log, still on its way when step 3 failed
+
+
+def test_a_step_keeps_every_module_training_without_walking_the_model(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch
+):
+    """transformers' step calls model.train() (a walk over every module) at every step; ftctl's checks a list
+    taken once and switches back only the modules found in eval mode: the loaded model at the first step,
+    then one a callback put there before the second."""
+    import torch
+    from transformers import TrainerCallback
+
+    from ftctl.trainer.run import train
+
+    calls, seen = [], []
+    original = torch.nn.Module.train
+
+    def counted(self, mode=True):
+        calls.append((type(self).__name__, mode))
+        return original(self, mode)
+
+    monkeypatch.setattr(torch.nn.Module, "train", counted)
+
+    class EvalOne(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            calls.clear()
+            self.module = next(m for m in model.modules() if isinstance(m, torch.nn.Dropout))
+            if state.global_step == 1:  # the second step begins with one module in eval mode
+                self.module.eval()
+                calls.clear()
+            self.hook = self.module.register_forward_pre_hook(lambda m, args: seen.append(m.training))
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.hook.remove()
+            assert all(m.training for m in model.modules())
+            assert "train" not in vars(model)  # the step's no-op train() is gone
+            if state.global_step > 1:  # the first step switches the loaded model (from_pretrained's eval mode)
+                assert calls == ([("Dropout", True)] if state.global_step == 2 else []), calls
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path, "lora", max_steps=3, save_steps=100, logging_steps=1)
+    result = train(spec, plan, callbacks=[EvalOne()], echo=lambda line: None)
+    assert result.status == "complete"
+    assert seen and all(seen)  # the module ran in training mode in every forward, the second step's too

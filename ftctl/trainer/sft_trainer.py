@@ -61,6 +61,7 @@ class SFTTrainer(TrlSFTTrainer):
         self._pending: dict[str, torch.Tensor] = {}  # counts summed on the device since the last flush
         self._late: _LateLog | None = None
         self._flop_params: int | None = None  # floating_point_ops' parameter count, taken once
+        self._modules: list | None = None  # training_step's list of the model's modules, taken once
         if self.defer_logs is None:
             self.defer_logs = self.args.device.type == "cuda"
 
@@ -72,6 +73,23 @@ class SFTTrainer(TrlSFTTrainer):
         return args
 
     # ---------------------------------------------------------------------------------- the step
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """transformers' step, which starts with ``model.train()``: a recursive walk that sets every module's
+        flag through ``nn.Module.__setattr__``, at every micro-step (the 8B shape with LoRA adapters has
+        thousands of modules: the v10 profile found the walk between two steps while the GPU waited,
+        bench/NOTES.md). Here a module list taken once is checked, any module found in eval mode is switched
+        back as ``train()`` would, and the step's own call returns at once."""
+        if self._modules is None or self._modules[0] is not model:
+            self._modules = list(model.modules())  # the model first
+        for module in self._modules:
+            if not module.training:
+                module.train()
+        model.train = lambda mode=True: model if mode else type(model).train(model, mode)
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            del model.train
+
     def _plain_loss(self) -> bool:
         sp = getattr(self.accelerator, "parallelism_config", None)
         return (
