@@ -126,7 +126,7 @@ class Plan:
     memory_gb: float  # estimated peak per GPU (or per process on CPU)
     memory: dict = field(default_factory=dict)  # the terms
     weights_dtype: str = "fp32"  # what the trainer loads the weights in (see weights_dtype())
-    lora_dropout_kernel: bool = False  # see dropout_kernel()
+    lora_kernels: bool = False  # see lora_kernels()
     asked_method: str | None = None  # the method asked for, where the local backend fell back to qlora
     host_memory_gb: float | None = None  # CPU RAM per node the plan needs (offload)
     notes: list[str] = field(default_factory=list)
@@ -163,8 +163,8 @@ class Plan:
         ]
         if self.host_memory_gb:
             rows.append(("host memory", f"{self.host_memory_gb:.0f} GB per node for offload"))
-        if self.lora_dropout_kernel:
-            rows.insert(-1, ("lora dropout", "dropout + A in one kernel pair (no dropped copy kept)"))
+        if self.lora_kernels:
+            rows.insert(-1, ("lora kernels", "dropout + A in one kernel pair (no dropped copy kept), B's sum in place"))
         out = "\n".join(f"{k:<14} {v}" for k, v in rows)
         if self.notes:
             out += "\n" + "\n".join(f"note: {n}" for n in self.notes)
@@ -231,8 +231,8 @@ DEEPSPEED_STRATEGIES = ("zero2", "zero3", "zero3_offload")
 # where the trainer runs its own LoRA forward (methods.fused_adapter_output; sharded parameters are
 # gathered by module hooks that it would bypass)
 FUSED_ADAPTER_STRATEGIES = ("single", "ddp")
-DROPOUT_KERNEL_MIN_B = 3.0  # see dropout_kernel()
-DROPOUT_KERNEL_MAX_RANK = 64
+LORA_KERNELS_MIN_B = 3.0  # see lora_kernels()
+LORA_KERNEL_MAX_RANK = 64
 
 
 def weights_dtype(method: str, strategy: str, precision: str) -> str:
@@ -288,7 +288,7 @@ def memory_terms(
         method == "qlora" or (method in ("fft", "sft") and strategy in ("single", "ddp"))
     )
     adapters = method in ("lora", "qlora")
-    kernel = dropout_kernel(method, strategy, shape, precision, fp32, lora_dropout, lora_r)
+    kernel = lora_kernels(method, strategy, shape, precision, fp32, lora_r)
     per_token_layer = activation_bytes(h, i, fp32_residual, adapters, adapters and lora_dropout > 0 and not kernel)
     saved_inputs = (4 if fp32_residual else 2) * h  # what a checkpointed layer keeps
     layers = shape.layers + 1  # + one layer's worth of gradients in flight during the backward
@@ -316,25 +316,23 @@ def memory_terms(
     return terms
 
 
-def dropout_kernel(
-    method: str, strategy: str, shape: ModelShape, precision: str, on_cpu: bool, lora_dropout: float, lora_r: int
-) -> bool:
-    """Whether the trainer runs LoRA's dropout + A as one kernel pair (trainer/lora_dropout.py), which keeps
-    no dropped copy of each projection's input: on GPUs, unsharded (methods.fused_adapter_output), inputs
-    in autocast's 16 bits (not qlora's fp32 residual under fp16), ranks up to DROPOUT_KERNEL_MAX_RANK (one
-    tile), and for models of DROPOUT_KERNEL_MIN_B
-    parameters or more. Measured on an H200 (bench/NOTES.md, v8 and v9): the 8B lora/qlora steps keep their
-    rate (within the 5% that ftctl's own rate moves between calls; the kernels' GPU time is 32 ms a step
-    below PEFT's ops, the host's launches add 24 ms of GPU idle) and lose 32% of their peak memory; the 1B
-    steps, which wait on the host, lost 11-23% of their rate."""
+def lora_kernels(method: str, strategy: str, shape: ModelShape, precision: str, on_cpu: bool, lora_r: int) -> bool:
+    """Whether the trainer runs LoRA's adapters through its Triton kernels: dropout + A as one kernel pair
+    (trainer/lora_dropout.py), which keeps no dropped copy of each projection's input, and B's output added
+    into the base's in place (trainer/lora_up.py). On GPUs, unsharded (methods.fused_adapter_output), inputs
+    in autocast's 16 bits (not qlora's fp32 residual under fp16), ranks up to LORA_KERNEL_MAX_RANK (one
+    tile), and for models of LORA_KERNELS_MIN_B parameters or more. Measured on an H200 (bench/NOTES.md, v8,
+    v9, v11): the 8B lora/qlora steps lose 32% of their peak memory to the dropout kernels at the same rate,
+    and the in-place sum takes about 35 ms off an 8B step (cuBLAS's 16-wide addmm copies the base's output
+    first and then moves it at 40% of the copy rate); the 1B steps, which wait on the host, lost 11-23% of
+    their rate to the kernels' launches. Without dropout only the sum runs (the dropout kernels need 0 < p)."""
     return (
         method in ("lora", "qlora")
-        and lora_dropout > 0
         and not on_cpu
         and strategy in FUSED_ADAPTER_STRATEGIES
         and not (precision == "fp16" and method == "qlora")
-        and lora_r <= DROPOUT_KERNEL_MAX_RANK
-        and shape.params_b >= DROPOUT_KERNEL_MIN_B
+        and lora_r <= LORA_KERNEL_MAX_RANK
+        and shape.params_b >= LORA_KERNELS_MIN_B
     )
 
 
@@ -501,9 +499,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         model=shape,
         precision=precision,
         weights_dtype=weights_dtype(method, strategy, precision),
-        lora_dropout_kernel=dropout_kernel(
-            method, strategy, shape, precision, req.is_cpu, spec.lora_dropout, spec.lora_r
-        ),
+        lora_kernels=lora_kernels(method, strategy, shape, precision, req.is_cpu, spec.lora_r),
         attn_implementation=attn,
         strategy=strategy,
         per_device_train_batch_size=micro,

@@ -1,6 +1,7 @@
 """Run by tests/test_lora_dropout.py in a subprocess with TRITON_INTERPRET=1 (Triton reads it when the
-kernels are defined, at import): trainer/lora_dropout.py's kernels on CPU, in fp32 (the interpreter's
-bf16 is broken in Triton 3.9; the GPU's bf16 path is checked by bench/lora_dropout.py). Prints JSON."""
+kernels are defined, at import): trainer/lora_dropout.py's and lora_up.py's kernels on CPU, in fp32 (the
+interpreter's bf16 is broken in Triton 3.9; the GPU's bf16 path is checked by bench/lora_dropout.py and
+bench/adapter_kernels.py). Prints JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import torch
 
 from ftctl.trainer import lora_dropout as ld
+from ftctl.trainer import lora_up
 
 
 def rel(a, b) -> float:
@@ -37,6 +39,31 @@ def against_torch(rows: int, k: int, r: int, p: float, seed: int) -> dict:
     }
 
 
+def up_add_against_torch(rows: int, n: int, k: int, r: int) -> dict:
+    """The in-place sum against torch's addmm: the output, and the gradients of the base's input (through the
+    base's output), of h and of B."""
+    x, w = torch.randn(rows, k, requires_grad=True), torch.randn(n, k)
+    h, b = torch.randn(rows, r, requires_grad=True), torch.randn(n, r, requires_grad=True)
+    result = x @ w.t()
+    assert lora_up.usable(result, h, b)
+    out = lora_up.add_into(result, h, b, 2.0)
+    in_place = out.data_ptr() == result.data_ptr()
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    x2, h2, b2 = (t.detach().requires_grad_(True) for t in (x, h, b))
+    ref = torch.addmm(x2 @ w.t(), h2, b2.t(), alpha=2.0)
+    (ref * g).sum().backward()
+    return {
+        "out": rel(out.detach(), ref.detach()),
+        "dx": rel(x.grad, x2.grad),
+        "dh": rel(h.grad, h2.grad),
+        "db": rel(b.grad, b2.grad),
+        "in_place": in_place,
+        # a view of another tensor is not the base's own output: addmm's path
+        "view_usable": lora_up.usable(result.detach()[:, : n // 2], h, b[: n // 2]),
+    }
+
+
 def in_the_model(model_dir: str) -> dict:
     """A tiny LoRA model's adapters through the kernels: how many calls a forward makes in training and in
     eval, and whether activation checkpointing's recompute draws the same masks (the same gradients)."""
@@ -46,14 +73,15 @@ def in_the_model(model_dir: str) -> dict:
 
     spec, plan = make_run(model_dir, "unused.jsonl", "unused", "lora", lora_r=4, lora_alpha=8, lora_dropout=0.1)
     model = apply_method(load_model(spec, plan, on_cpu=True), spec, plan)
-    assert not plan.lora_dropout_kernel  # a CPU plan; here the kernels run in the interpreter all the same
-    fused_adapter_output(model, dropout_kernel=True)
+    assert not plan.lora_kernels  # a CPU plan; here the kernels run in the interpreter all the same
+    fused_adapter_output(model, kernels=True)
     for n, p in model.named_parameters():
         if "lora_B" in n:  # B non-zero so that the adapters matter
             torch.nn.init.normal_(p, std=0.05)
-    calls = []
-    kernel = ld._DropoutDown.apply
+    calls, sums = [], []
+    kernel, up = ld._DropoutDown.apply, lora_up._UpAdd.apply
     ld._DropoutDown.apply = lambda *a: calls.append(1) or kernel(*a)
+    lora_up._UpAdd.apply = lambda *a: sums.append(1) or up(*a)
     ids = torch.randint(0, 100, (2, 16))
 
     def grads(checkpointing: bool) -> dict:
@@ -67,16 +95,19 @@ def in_the_model(model_dir: str) -> dict:
 
     model.train()
     plain = grads(False)
-    train_calls = len(calls)
+    train_calls, train_sums = len(calls), len(sums)
     recomputed = grads(True)
     checkpointed_calls = len(calls) - train_calls
     calls.clear()
+    sums.clear()
     model.eval()
     with torch.no_grad():
         model(input_ids=ids)
     return {
         "train_calls": train_calls,
         "eval_calls": len(calls),
+        "train_sums": train_sums,
+        "eval_sums": len(sums),
         "checkpointed_calls": checkpointed_calls,  # the forward's and the recompute's
         "adapter_grads": len(plain),
         "checkpointed_max_rel": max(rel(recomputed[n], plain[n]) for n in plain),
@@ -99,6 +130,9 @@ def main() -> None:
         # rows not a multiple of the row block, K not a multiple of the column block, r below the 16 of a tile
         "odd": against_torch(100, 264, 8, 0.3, 1234),
         "lora16": against_torch(130, 128, 16, 0.05, 7),
+        # partial tiles in rows and columns, r below a tile's 16; LoRA's usual r 16
+        "up_odd": up_add_against_torch(100, 200, 40, 8),
+        "up16": up_add_against_torch(64, 128, 32, 16),
         "p_effective": 1 - ld.threshold(0.3) / 2**ld.RAND_BITS,
         "same_seed_same_mask": bool(torch.equal(ld.keep_mask(64, 256, 0.5, 5), ld.keep_mask(64, 256, 0.5, 5))),
         # the autotuner picks the forward's and the backward's tiles apart: the mask must not depend on them

@@ -1,5 +1,5 @@
-"""trainer/lora_dropout.py: LoRA's dropout + A kernels, run on CPU by Triton's interpreter (a subprocess:
-TRITON_INTERPRET is read when the kernels are defined)."""
+"""trainer/lora_dropout.py's dropout + A kernels and lora_up.py's in-place sum, run on CPU by Triton's
+interpreter (a subprocess: TRITON_INTERPRET is read when the kernels are defined)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,17 @@ def test_the_mask_keeps_one_minus_p_and_depends_on_the_seed(checks):
 def test_the_adapters_run_the_kernels_in_training_and_checkpointing_recomputes_the_same_masks(checks):
     m = checks["model"]
     assert m["train_calls"] == 14 and m["eval_calls"] == 0  # 7 projections x 2 blocks; eval has no dropout
+    assert m["train_sums"] == m["eval_sums"] == 14  # B's output added in place in both
     assert m["checkpointed_calls"] == 28  # forward + recompute
     assert m["adapter_grads"] == 28 and m["grads_nonzero"]
     assert m["checkpointed_max_rel"] == 0.0  # the recompute drew the same masks
+
+
+@pytest.mark.parametrize("case", ["up_odd", "up16"])
+def test_the_in_place_sum_equals_addmm(checks, case):
+    """lora_up.add_into writes base + scaling * h @ B^T into the base's output, with addmm's gradients
+    (the base's input through the base's output, h, B); a view of another tensor takes addmm's path."""
+    c = checks[case]
+    for what in ("out", "dx", "dh", "db"):
+        assert c[what] < 1e-5, (what, c)
+    assert c["in_place"] and not c["view_usable"]

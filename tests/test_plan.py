@@ -475,14 +475,14 @@ def test_fft_prefers_fsdp2_to_zero3_where_both_fit():
     assert forced.strategy == "zero3" and "zero3_buffers" in forced.memory
 
 
-def test_lora_dropout_kernel_where_the_step_is_gpu_bound_and_its_memory_is_counted():
-    """plan.dropout_kernel: 8B lora/qlora on a GPU run trainer/lora_dropout.py's kernels and the plan leaves
-    out the dropped copies (1.5 x (6H + I) bytes a token and layer); 1B models, CPU and sharded strategies run
-    PEFT's dropout and count them."""
+def test_lora_kernels_where_the_step_is_gpu_bound_and_the_dropout_copies_are_counted():
+    """plan.lora_kernels: 8B lora/qlora on a GPU run trainer/lora_dropout.py's and lora_up.py's kernels and the
+    plan leaves out the dropped copies (1.5 x (6H + I) bytes a token and layer); 1B models, CPU and sharded
+    strategies run PEFT's dropout and count them."""
     from ftctl.plan import activation_bytes
 
     big = plan(method="qlora", gpus="1xH200", model_name_or_path="meta-llama/Llama-3.1-8B")
-    assert big.lora_dropout_kernel and "lora dropout" in big.table()
+    assert big.lora_kernels and "lora kernels" in big.table()
     h, i = big.model.hidden, big.model.intermediate
     assert (
         activation_bytes(h, i, False, True, True) - activation_bytes(h, i, False, True, False) == 3 * (6 * h + i) // 2
@@ -490,16 +490,16 @@ def test_lora_dropout_kernel_where_the_step_is_gpu_bound_and_its_memory_is_count
     no_dropout = plan(
         method="qlora", gpus="1xH200", model_name_or_path="meta-llama/Llama-3.1-8B", o=["lora_dropout=0.0"]
     )
-    assert not no_dropout.lora_dropout_kernel  # no dropout: PEFT's Identity keeps no copy either
+    assert no_dropout.lora_kernels  # the sum's kernel; PEFT's Identity keeps no dropped copy either
     assert no_dropout.memory["activations"] == big.memory["activations"]
     small = plan(method="lora", gpus="1xH200", model_params="1b")
-    assert not small.lora_dropout_kernel and "lora dropout" not in small.table()
+    assert not small.lora_kernels and "lora kernels" not in small.table()
     assert not plan(
         method="lora", gpus="2xH100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["strategy=fsdp"]
-    ).lora_dropout_kernel
+    ).lora_kernels
     assert not plan(
         method="qlora", gpus="1xT4", model_name_or_path="lmsys/vicuna-7b-v1.5"
-    ).lora_dropout_kernel  # fp16: fp32 inputs
-    assert not plan(method="fft", gpus="1xH200", model_params="8b").lora_dropout_kernel
+    ).lora_kernels  # fp16: fp32 inputs
+    assert not plan(method="fft", gpus="1xH200", model_params="8b").lora_kernels
     wide = plan(method="lora", gpus="1xH200", model_name_or_path="meta-llama/Llama-3.1-8B", o=["lora_r=128"])
-    assert not wide.lora_dropout_kernel  # wider than the kernels' one tile: PEFT's dropout, its copies counted
+    assert not wide.lora_kernels  # wider than the kernels' one tile: PEFT's dropout, its copies counted

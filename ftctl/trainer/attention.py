@@ -24,6 +24,7 @@ linear cross-entropy is not used.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import logging
@@ -216,12 +217,19 @@ def varlen_attention_forward(
 
 def _cuda_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window):
     fn = _varlen_fn()
-    params = inspect.signature(fn).parameters
+    params = _parameters(fn)
     window = (sliding_window - 1, 0) if sliding_window else (-1, 0)  # (-1, 0): causal
     kw = {"scale": scale, "window_size": window}
     if "enable_gqa" in params and q.shape[1] != k.shape[1]:
         kw["enable_gqa"] = True  # torch 2.13; torch 2.11 takes the KV heads as they are
     return fn(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
+
+
+@functools.cache
+def _parameters(fn) -> frozenset:
+    """A function's parameter names, read once (inspect.signature at every layer's call was 1-2 ms of the
+    host's time a step of the 8B shape: bench/NOTES.md, v11)."""
+    return frozenset(inspect.signature(fn).parameters)
 
 
 def _reference_varlen(q, k, v, cu_q, cu_k, scale, sliding_window, groups):

@@ -16,7 +16,7 @@ and the scale is that rounded p's, so the expectation is exact. The seed comes f
 generator at each call (no wait on the GPU), so ``torch.manual_seed`` fixes the masks and activation
 checkpointing, which restores the CPU generator before it recomputes a layer, recomputes the same masks.
 
-The plan turns them on (``plan.dropout_kernel``: GPUs, unsharded, models from 3B parameters; measured in
+The plan turns them on (``plan.lora_kernels``: GPUs, unsharded, models from 3B parameters; measured in
 bench/NOTES.md, v8/v9: 29-32% less peak memory on 8B lora/qlora at the same rate, while the 1B steps, which
 wait on the host, lost 11-23% to the launches) and ``usable`` checks each input. On CPU the kernels run in
 Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests check them against the same mask
@@ -29,7 +29,7 @@ import os
 
 import torch
 
-from ftctl.plan import DROPOUT_KERNEL_MAX_RANK
+from ftctl.plan import LORA_KERNEL_MAX_RANK
 
 try:
     import triton
@@ -50,7 +50,7 @@ def usable(x: torch.Tensor, weight: torch.Tensor, p: float) -> bool:
     if x.is_cuda and x.dtype not in (torch.bfloat16, torch.float16):  # fp32 would run on TF32 tensor cores
         return False
     rows, k = x.numel() // max(1, x.shape[-1]), x.shape[-1]
-    return 0 < p < 1 and weight.shape[0] <= DROPOUT_KERNEL_MAX_RANK and k % 8 == 0 and rows * k // 8 < 2**31
+    return 0 < p < 1 and weight.shape[0] <= LORA_KERNEL_MAX_RANK and k % 8 == 0 and rows * k // 8 < 2**31
 
 
 def threshold(p: float) -> int:

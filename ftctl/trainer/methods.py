@@ -44,7 +44,7 @@ def apply_method(model, spec, plan):
         if plan.precision in ("bf16", "fp16"):
             adapter_inputs_as_is(model)
         if plan.strategy in FUSED_ADAPTER_STRATEGIES:
-            fused_adapter_output(model, dropout_kernel=plan.lora_dropout_kernel)
+            fused_adapter_output(model, kernels=plan.lora_kernels)
     else:  # pragma: no cover - spec.validate refuses other methods
         raise FtctlError(f"Unknown method {method!r}.")
     if method in ("fft", "sft") and plan.precision == "bf16":
@@ -95,7 +95,7 @@ def adapter_inputs_as_is(model) -> int:
     return len(layers)
 
 
-def fused_adapter_output(model, dropout_kernel: bool = False) -> int:
+def fused_adapter_output(model, kernels: bool = False) -> int:
     """Each LoRA projection's ``base(x) + B(A(dropout(x))) * scaling`` as ``addmm(base(x), A(dropout(x)),
     B^T, alpha=scaling)``: the scaling and the sum happen in the matmul's epilogue instead of two more
     passes over the projection's output (and the scaling's pass in the backward), and PEFT's defensive copy
@@ -104,9 +104,10 @@ def fused_adapter_output(model, dropout_kernel: bool = False) -> int:
     costs about what PEFT's three ops did (bench/lora_sum.py: the same within noise at these sizes), the 8B
     qlora step's kernels fell 25 ms, and the host-bound 1B lora/qlora rows gained 4-5% from launching fewer
     ops. Only PEFT's plain case takes this path (one active vanilla adapter, not merged, no
-    bias, no extra arguments); anything else runs PEFT's forward. With ``dropout_kernel`` (the plan's
-    ``lora_dropout_kernel``) the adapter's dropout and A run as trainer/lora_dropout.py's kernels in
-    training. Returns the layers changed."""
+    bias, no extra arguments); anything else runs PEFT's forward. With ``kernels`` (the plan's
+    ``lora_kernels``) the adapter's dropout and A run as trainer/lora_dropout.py's kernels in training
+    and B's output is added into the base's in place by trainer/lora_up.py's (instead of the addmm).
+    Returns the layers changed."""
     import types
 
     import bitsandbytes as bnb
@@ -117,14 +118,14 @@ def fused_adapter_output(model, dropout_kernel: bool = False) -> int:
     layers = [m for m in model.modules() if isinstance(m, LoraLayer) and isinstance(m.base_layer, bases)]
     for layer in layers:
         layer.forward = types.MethodType(_fused_forward, layer)
-        layer.ftctl_dropout_kernel = dropout_kernel
+        layer.ftctl_lora_kernels = kernels
     return len(layers)
 
 
 def _fused_forward(self, x, *args, **kwargs):
     import torch
 
-    from ftctl.trainer import lora_dropout
+    from ftctl.trainer import lora_dropout, lora_up
 
     active = [a for a in self.active_adapters if a in self.lora_A]
     name = active[0] if len(active) == 1 else None
@@ -147,7 +148,7 @@ def _fused_forward(self, x, *args, **kwargs):
     result = self.base_layer(x)
     if (
         self.training
-        and self.ftctl_dropout_kernel
+        and self.ftctl_lora_kernels
         and isinstance(dropout, torch.nn.Dropout)
         and lora_a.bias is None
         and x.dtype
@@ -159,6 +160,8 @@ def _fused_forward(self, x, *args, **kwargs):
         h = lora_dropout.dropout_down(x, lora_a.weight, dropout.p)  # no dropped copy of x kept
     else:
         h = lora_a(dropout(self._cast_input_dtype(x, lora_a.weight.dtype)))
+    if self.ftctl_lora_kernels and lora_up.usable(result, h, lora_b.weight):
+        return lora_up.add_into(result, h, lora_b.weight, self.scaling[name])  # in place, one pass
     out = torch.addmm(
         result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), lora_b.weight.t(), alpha=self.scaling[name]
     )
