@@ -313,11 +313,21 @@ def gap_report(trace: dict, steps: int, top: int = 15) -> dict:
 
     # where the host waited on the GPU: CUDA calls of 200 us or more, by name and the Python frames around them
     waits, tid_frames = {}, {}
+    ops_by_tid = {}
+    for e in sorted((e for e in ev if e.get("cat") == "cpu_op" and "dur" in e), key=lambda e: e["ts"]):
+        ops_by_tid.setdefault(e["tid"], []).append(e)
+    op_starts = {tid: [o["ts"] for o in v] for tid, v in ops_by_tid.items()}
     for f in frames:
         tid_frames.setdefault(f["tid"], []).append(f)
     for e in ev:
         if e.get("cat") in ("cuda_runtime", "cuda_driver") and e.get("dur", 0) >= 200:
             where = frames_at(tid_frames.get(e["tid"], []), None, e["ts"], depth=4) or "?"
+            tid_ops = ops_by_tid.get(e["tid"], [])
+            i = bisect.bisect_right(op_starts[e["tid"]], e["ts"]) if tid_ops else 0
+            around = sorted(
+                (o for o in tid_ops[max(0, i - 500) : i] if o["ts"] + o["dur"] >= e["ts"]), key=lambda o: o["dur"]
+            )
+            where = f"{' < '.join(o['name'][:40] for o in around[:3])} | {where}"
             label = f"{e['name'][:30]} | {where}"
             waits[label] = waits.get(label, 0.0) + e["dur"]
     return {

@@ -15,6 +15,9 @@ The keep mask draws 16 bits per element (eight per Philox call): p is rounded to
 and the scale is that rounded p's, so the expectation is exact. The seed comes from torch's CPU
 generator at each call (no wait on the GPU), so ``torch.manual_seed`` fixes the masks and activation
 checkpointing, which restores the CPU generator before it recomputes a layer, recomputes the same masks.
+The kernels do not specialise on the row count (``do_not_specialize``): a packed batch's token count changes
+every step, and Triton compiles a variant for each divisibility of an integer argument it specialises on
+(a 2.3-3 s step midway through v9-v12's 8B runs, bench/NOTES.md).
 
 The plan turns them on (``plan.lora_kernels``: GPUs, unsharded, models from 3B parameters; measured in
 bench/NOTES.md, v8/v9: 29-32% less peak memory on 8B lora/qlora at the same rate, while the 1B steps, which
@@ -149,7 +152,7 @@ if triton is not None:
         return bits >= thr
 
     @triton.autotune(configs=_configs(backward=False), key=["K", "R"])
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit(do_not_specialize=["M", "seed"])
     def _forward(
         X, A, H, M, K, R, seed, thr, scale, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr
     ):
@@ -170,7 +173,7 @@ if triton is not None:
         tl.store(H + rows[:, None] * R + ranks[None, :], out, mask=(rows[:, None] < M) & (ranks[None, :] < R))
 
     @triton.autotune(configs=_configs(backward=True), key=["K", "R"], reset_to_zero=["DA"])
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit(do_not_specialize=["M", "seed"])
     def _backward(
         X, A, G, DX, DA, M, K, R, seed, thr, scale,
         ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
