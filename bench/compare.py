@@ -162,12 +162,17 @@ def clock_callback(stop_at: int | None = None):
     class Clock(TrainerCallback):
         def __init__(self):
             self.t = []
+            self.events = []  # a CUDA event at each step's end: when the GPU got there
             self.losses = []
 
         def on_step_end(self, args, state, control, **kw):
             # the span's two ends wait for the GPU; the steps between do not, so that a trainer that keeps
             # the GPU's queue full across steps (no per-step sync of its own) is timed as it runs. A step's
-            # stamp is then when the host finished it: per-step durations are approximate, their sum exact
+            # host stamp is when the host finished it (the last step's then carries the host's lead); its
+            # event, when the GPU finished it: timing() takes the steps' durations from the events
+            if not CPU:
+                self.events.append(torch.cuda.Event(enable_timing=True))
+                self.events[-1].record()
             if not CPU and state.global_step in (WARM, state.max_steps, stop_at):
                 torch.cuda.synchronize()
             self.t.append(time.perf_counter())
@@ -404,6 +409,9 @@ def timing(clock, counter, accum: int) -> dict:
     steps = len(clock.t)
     dts = [b - a for a, b in zip(clock.t[WARM - 1 : -1], clock.t[WARM:])]
     span = clock.t[-1] - clock.t[WARM - 1]
+    host_dts = dts
+    if clock.events:  # each step's GPU time (the span's ends are synchronised: the same total)
+        dts = [a.elapsed_time(b) / 1e3 for a, b in zip(clock.events[WARM - 1 : -1], clock.events[WARM:])]
     real = sum(counter.real[WARM * accum : steps * accum])
     padded = sum(counter.padded[WARM * accum : steps * accum])
     step_real = [sum(counter.real[k * accum : (k + 1) * accum]) for k in range(WARM, steps)]
@@ -423,6 +431,7 @@ def timing(clock, counter, accum: int) -> dict:
         "step_s_min": round(min(dts), 4),
         "step_s_max": round(max(dts), 4),
         "step_s": [round(d, 4) for d in dts],  # each timed step: which one is slow (v3: one 0.77 s step)
+        "host_step_s": [round(d, 4) for d in host_dts],  # when the host finished each (before v13: step_s)
     }
 
 

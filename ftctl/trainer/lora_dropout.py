@@ -16,8 +16,8 @@ and the scale is that rounded p's, so the expectation is exact. The seed comes f
 generator at each call (no wait on the GPU), so ``torch.manual_seed`` fixes the masks and activation
 checkpointing, which restores the CPU generator before it recomputes a layer, recomputes the same masks.
 The kernels do not specialise on the row count (``do_not_specialize``): a packed batch's token count changes
-every step, and Triton compiles a variant for each divisibility of an integer argument it specialises on
-(a 2.3-3 s step midway through v9-v12's 8B runs, bench/NOTES.md).
+every step, and Triton compiles another variant of a kernel the first time an integer argument it
+specialises on turns up with another divisibility by 16.
 
 The plan turns them on (``plan.lora_kernels``: GPUs, unsharded, models from 3B parameters; measured in
 bench/NOTES.md, v8/v9: 29-32% less peak memory on 8B lora/qlora at the same rate, while the 1B steps, which
