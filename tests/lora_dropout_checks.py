@@ -134,6 +134,11 @@ def main() -> None:
         "up_odd": up_add_against_torch(100, 200, 40, 8),
         "up16": up_add_against_torch(64, 128, 32, 16),
         "p_effective": 1 - ld.threshold(0.3) / 2**ld.RAND_BITS,
+        # offsets past int32 would wrap in the kernels' index arithmetic: PEFT's path takes those inputs
+        "usable_at_int32_limit": [
+            ld.usable(torch.empty(rows, 4096, device="meta"), torch.empty(16, 4096), 0.1)
+            for rows in (2**31 // 4096 - 1, 2**31 // 4096)
+        ],
         "same_seed_same_mask": bool(torch.equal(ld.keep_mask(64, 256, 0.5, 5), ld.keep_mask(64, 256, 0.5, 5))),
         # the autotuner picks the forward's and the backward's tiles apart: the mask must not depend on them
         "mask_independent_of_tiles": bool(torch.equal(tiled_mask(64, 128), tiled_mask(32, 64))),

@@ -37,6 +37,10 @@ def test_the_kernels_equal_torch_applying_their_mask(checks, case):
         assert c[what] < 1e-5, (what, c)
 
 
+def test_inputs_past_the_kernels_int32_offsets_take_pefts_path(checks):
+    assert checks["usable_at_int32_limit"] == [True, False]
+
+
 def test_the_mask_keeps_one_minus_p_and_depends_on_the_seed(checks):
     c = checks["odd"]  # p = 0.3
     sigma = math.sqrt(0.3 * 0.7 / c["elements"])

@@ -46,14 +46,14 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 def usable(x: torch.Tensor, weight: torch.Tensor, p: float) -> bool:
     """Whether the fused path runs for this input: Triton on a CUDA tensor (or its interpreter), a real
-    dropout, the rank within one tile, K a multiple of the eight values one Philox call gives and the
-    element indices within 32 bits."""
+    dropout, the rank within one tile, K a multiple of the eight values one Philox call gives and every
+    element's offset within the kernels' 32-bit signed index arithmetic."""
     if triton is None or not (x.is_cuda or INTERPRETED):
         return False
     if x.is_cuda and x.dtype not in (torch.bfloat16, torch.float16):  # fp32 would run on TF32 tensor cores
         return False
     rows, k = x.numel() // max(1, x.shape[-1]), x.shape[-1]
-    return 0 < p < 1 and weight.shape[0] <= LORA_KERNEL_MAX_RANK and k % 8 == 0 and rows * k // 8 < 2**31
+    return 0 < p < 1 and weight.shape[0] <= LORA_KERNEL_MAX_RANK and k % 8 == 0 and rows * k < 2**31
 
 
 def threshold(p: float) -> int:
