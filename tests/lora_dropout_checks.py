@@ -115,6 +115,22 @@ def in_the_model(model_dir: str) -> dict:
     }
 
 
+def hash_reference(rows: int, k: int, p: float, seed: int) -> torch.Tensor:
+    """The keep mask's definition in Python integers, independent of the kernels: lowbias32 of (row * K +
+    column) xor (seed * 0x9E3779B1), its top 16 bits against the threshold."""
+    m = 0xFFFFFFFF
+    out = torch.empty(rows, k, dtype=torch.bool)
+    for index in range(rows * k):
+        h = (index ^ (seed * 0x9E3779B1)) & m
+        h ^= h >> 16
+        h = (h * 0x7FEB352D) & m
+        h ^= h >> 15
+        h = (h * 0x846CA68B) & m
+        h ^= h >> 16
+        out.view(-1)[index] = (h >> 16) >= ld.threshold(p)
+    return out
+
+
 def tiled_mask(block_m: int, block_k: int) -> torch.Tensor:
     rows, k, p = 100, 264, 0.3
     out = torch.empty(rows, k, dtype=torch.int8)
@@ -139,11 +155,12 @@ def main() -> None:
             ld.usable(torch.empty(rows, 4096, device="meta"), torch.empty(16, 4096), 0.1)
             for rows in (2**31 // 4096 - 1, 2**31 // 4096)
         ],
+        "mask_is_the_hash": bool(torch.equal(ld.keep_mask(20, 72, 0.3, 12345), hash_reference(20, 72, 0.3, 12345))),
         "same_seed_same_mask": bool(torch.equal(ld.keep_mask(64, 256, 0.5, 5), ld.keep_mask(64, 256, 0.5, 5))),
         # the autotuner picks the forward's and the backward's tiles apart: the mask must not depend on them
         "mask_independent_of_tiles": bool(torch.equal(tiled_mask(64, 128), tiled_mask(32, 64))),
         "other_seed_other_mask": float((ld.keep_mask(64, 256, 0.5, 5) != ld.keep_mask(64, 256, 0.5, 6)).float().mean()),
-        # neighbouring rows and columns are not copies of each other (the 16-bit split of each Philox word)
+        # neighbouring rows and columns are not copies of each other (consecutive indices into the hash)
         "row_pairs_equal": float((lambda m: (m[1:] == m[:-1]).float().mean())(ld.keep_mask(64, 256, 0.5, 9))),
         "col_pairs_equal": float((lambda m: (m[:, 1:] == m[:, :-1]).float().mean())(ld.keep_mask(64, 256, 0.5, 9))),
     }

@@ -46,6 +46,7 @@ def test_the_mask_keeps_one_minus_p_and_depends_on_the_seed(checks):
     sigma = math.sqrt(0.3 * 0.7 / c["elements"])
     assert abs(c["kept"] - checks["p_effective"]) < 5 * sigma
     assert abs(checks["lora16"]["kept"] - 0.95) < 5 * math.sqrt(0.05 * 0.95 / checks["lora16"]["elements"])
+    assert checks["mask_is_the_hash"]  # the kernels' mask is the documented hash, element by element
     assert checks["same_seed_same_mask"] and checks["mask_independent_of_tiles"]
     # p = 0.5: another seed, rows and columns beside each other agree half the time, as independent draws do
     for key in ("other_seed_other_mask", "row_pairs_equal", "col_pairs_equal"):

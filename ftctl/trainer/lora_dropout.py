@@ -4,15 +4,17 @@ PEFT computes ``lora_A(lora_dropout(x))``: the dropout writes a copy of x and a 
 both until the backward (the copy for A's weight gradient, the mask for the dropout's own backward): 1.5
 times the 16-bit size of every adapted projection's input, 30% of a LoRA/QLoRA layer's activations
 (plan.py, ``activation_bytes``), and five passes over that input a step. Here the mask is a function of a
-seed and each element's index (Philox, as torch's own dropout), made again in the backward: the kernel
-keeps only x, which the base projection saves anyway, and the seed.
+seed and each element's index, made again in the backward: the kernel keeps only x, which the base
+projection saves anyway, and the seed.
 
 - forward: ``h = (x * keep) @ A^T / (1 - p)``, one read of x;
 - backward: ``dx = ((g @ A) * keep) / (1 - p)`` and ``dA = g^T @ (x * keep) / (1 - p)`` in one pass
   that reads x and g once and writes dx once (dA summed in fp32 over row blocks).
 
-The keep mask draws 16 bits per element (eight per Philox call): p is rounded to a multiple of 1/65,536
-and the scale is that rounded p's, so the expectation is exact. The seed comes from torch's CPU
+The keep mask draws 16 bits per element from a 32-bit integer hash of the element's index and the seed
+(lowbias32: a few multiplies and shifts an element, computed in the register layout of the tile it masks): p is rounded to a multiple of 1/65,536 and the scale is that rounded p's, so the expectation is
+exact. Philox (torch's own dropout RNG; four 32-bit words a call, split and rearranged into the tile) made
+the kernels 9 ms an 8B step slower (bench/adapter_kernels.py, v11 in bench/NOTES.md). The seed comes from torch's CPU
 generator at each call (no wait on the GPU), so ``torch.manual_seed`` fixes the masks and activation
 checkpointing, which restores the CPU generator before it recomputes a layer, recomputes the same masks.
 The kernels do not specialise on the row count (``do_not_specialize``): a packed batch's token count changes
@@ -46,14 +48,14 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 def usable(x: torch.Tensor, weight: torch.Tensor, p: float) -> bool:
     """Whether the fused path runs for this input: Triton on a CUDA tensor (or its interpreter), a real
-    dropout, the rank within one tile, K a multiple of the eight values one Philox call gives and every
-    element's offset within the kernels' 32-bit signed index arithmetic."""
+    dropout, the rank within one tile and every element's offset within the kernels' 32-bit signed index
+    arithmetic."""
     if triton is None or not (x.is_cuda or INTERPRETED):
         return False
     if x.is_cuda and x.dtype not in (torch.bfloat16, torch.float16):  # fp32 would run on TF32 tensor cores
         return False
     rows, k = x.numel() // max(1, x.shape[-1]), x.shape[-1]
-    return 0 < p < 1 and weight.shape[0] <= LORA_KERNEL_MAX_RANK and k % 8 == 0 and rows * k < 2**31
+    return 0 < p < 1 and weight.shape[0] <= LORA_KERNEL_MAX_RANK and rows * k < 2**31
 
 
 def threshold(p: float) -> int:
@@ -141,15 +143,16 @@ if triton is not None:
 
     @triton.jit
     def _keep(seed, rows, k0, K, thr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-        """[BLOCK_M, BLOCK_K] bool: element (row, k0 + j) kept. One Philox call per 8 elements: its four
-        32-bit outputs split into eight 16-bit uniforms."""
-        groups = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-        offsets = rows[:, None] * (K // 8) + groups[None, :]
-        r0, r1, r2, r3 = tl.randint4x(seed, offsets)
-        lo = tl.join(tl.join(r0 & 0xFFFF, r1 & 0xFFFF), tl.join(r2 & 0xFFFF, r3 & 0xFFFF))
-        hi = tl.join(tl.join(r0 >> 16, r1 >> 16), tl.join(r2 >> 16, r3 >> 16))
-        bits = tl.reshape(tl.join(lo, hi), (BLOCK_M, BLOCK_K))
-        return bits >= thr
+        """[BLOCK_M, BLOCK_K] bool: element (row, k0 + j) kept. The top 16 bits of lowbias32 (a bijective
+        32-bit integer mixer) of the element's index xor the seed's golden-ratio multiple."""
+        cols = k0 + tl.arange(0, BLOCK_K)
+        h = (rows[:, None] * K + cols[None, :]).to(tl.uint32) ^ (seed.to(tl.uint32) * 0x9E3779B1)
+        h ^= h >> 16
+        h *= 0x7FEB352D
+        h ^= h >> 15
+        h *= 0x846CA68B
+        h ^= h >> 16
+        return (h >> 16) >= thr
 
     @triton.autotune(configs=_configs(backward=False), key=["K", "R"])
     @triton.jit(do_not_specialize=["M", "seed"])
