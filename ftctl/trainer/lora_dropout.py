@@ -12,10 +12,11 @@ projection saves anyway, and the seed.
   that reads x and g once and writes dx once (dA summed in fp32 over row blocks).
 
 The keep mask draws 16 bits per element from a 32-bit integer hash of the element's index and the seed
-(lowbias32: a few multiplies and shifts an element, computed in the register layout of the tile it masks): p is rounded to a multiple of 1/65,536 and the scale is that rounded p's, so the expectation is
-exact. Philox (torch's own dropout RNG; four 32-bit words a call, split and rearranged into the tile) made
-the kernels 9 ms an 8B step slower (bench/adapter_kernels.py, v11 in bench/NOTES.md). The seed comes from torch's CPU
-generator at each call (no wait on the GPU), so ``torch.manual_seed`` fixes the masks and activation
+(lowbias32: a few multiplies and shifts an element, computed in the register layout of the tile it masks):
+p is rounded to a multiple of 1/65,536 and the scale is that rounded p's, so the expectation is exact.
+Philox (torch's own dropout RNG; four 32-bit words a call, split and rearranged into the tile) made the
+kernels 9 ms an 8B step slower (bench/adapter_kernels.py, v11 in bench/NOTES.md). The seed comes from
+torch's CPU generator at each call (no wait on the GPU), so ``torch.manual_seed`` fixes the masks and activation
 checkpointing, which restores the CPU generator before it recomputes a layer, recomputes the same masks.
 The kernels do not specialise on the row count (``do_not_specialize``): a packed batch's token count changes
 every step, and Triton compiles another variant of a kernel the first time an integer argument it
