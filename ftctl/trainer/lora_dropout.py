@@ -51,12 +51,18 @@ def usable(x: torch.Tensor, weight: torch.Tensor, p: float) -> bool:
     """Whether the fused path runs for this input: Triton on a CUDA tensor (or its interpreter), a real
     dropout, the rank within one tile and every element's offset within the kernels' 32-bit signed index
     arithmetic."""
-    if triton is None or not (x.is_cuda or INTERPRETED):
-        return False
-    if x.is_cuda and x.dtype not in (torch.bfloat16, torch.float16):  # fp32 would run on TF32 tensor cores
+    if not runs_on(x):
         return False
     rows, k = x.numel() // max(1, x.shape[-1]), x.shape[-1]
     return 0 < p < 1 and weight.shape[0] <= LORA_KERNEL_MAX_RANK and rows * k < 2**31
+
+
+def runs_on(t: torch.Tensor) -> bool:
+    """Whether LoRA's kernels (this module's and lora_up.py's) take this tensor: Triton on a CUDA tensor in 16
+    bits (fp32 would run on TF32 tensor cores), or any tensor in Triton's interpreter."""
+    if triton is None or not (t.is_cuda or INTERPRETED):
+        return False
+    return not t.is_cuda or t.dtype in (torch.bfloat16, torch.float16)
 
 
 def threshold(p: float) -> int:

@@ -16,21 +16,18 @@ from __future__ import annotations
 import torch
 
 from ftctl.plan import LORA_KERNEL_MAX_RANK
-from ftctl.trainer.lora_dropout import INTERPRETED, triton
+from ftctl.trainer.lora_dropout import INTERPRETED, runs_on, triton
 
 if triton is not None:
     import triton.language as tl
 
 
 def usable(result: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Triton on CUDA (or its interpreter), a base output of its own, contiguous, with a 16-bit dtype on a
-    GPU, and the rank within one tile."""
-    if triton is None or not (result.is_cuda or INTERPRETED):
-        return False
-    if result.is_cuda and result.dtype not in (torch.bfloat16, torch.float16):
-        return False
+    """Where the kernels run (``lora_dropout.runs_on``), a base output of its own, contiguous, and the rank
+    within one tile."""
     return (
-        not result._is_view()
+        runs_on(result)
+        and not result._is_view()
         and result.is_contiguous()
         and h.shape[:-1] == result.shape[:-1]
         and weight.shape[1] == h.shape[-1] <= LORA_KERNEL_MAX_RANK
