@@ -444,6 +444,28 @@ def memory(torch) -> dict:
     }
 
 
+ALLOC_COUNTS = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams")
+
+
+def allocator_counts(torch) -> dict:
+    """The caching allocator's event counters and the card's free memory now (a phase's start)."""
+    if CPU:
+        return {}
+    stats = torch.cuda.memory_stats()
+    return {**{k: stats.get(k, 0) for k in ALLOC_COUNTS}, "free_gib": torch.cuda.mem_get_info()[0] / 2**30}
+
+
+def allocator_since(torch, before: dict) -> dict:
+    """What the allocator did during a phase: retries (an allocation failed, the cache was released and the
+    allocation tried again: with expandable segments each release waits on the GPU, cudaStreamSynchronize),
+    segments mapped and unmapped; and the card's free memory when the phase began (an earlier phase of the
+    same process that kept its memory shows here)."""
+    if CPU:
+        return {}
+    now = allocator_counts(torch)
+    return {**{k: now[k] - before[k] for k in ALLOC_COUNTS}, "free_gib_at_start": round(before["free_gib"], 1)}
+
+
 def free(torch):
     gc.collect()
     if not CPU:
@@ -531,6 +553,7 @@ def run_ftctl(
     profiled: dict = {}
     callbacks = [clock, *([profile_callback(WARM + 1, WARM + 3, profiled)] if profile else [])]
     free(torch)
+    before = allocator_counts(torch)
     run = setup(spec, plan, callbacks=callbacks, echo=lambda line: print(line, flush=True))
     # setup() sets the allocator's settings for a fresh process (the trainer's real start); this row's
     # process may already hold CUDA (the model was built here), so apply them now, as a fresh one would
@@ -564,9 +587,10 @@ def run_ftctl(
         "losses": clock.losses[:20],
         "params_b": plan.model.params_b,
         **memory(torch),
+        "allocator": allocator_since(torch, before),
     }
     if profile:
-        out = {"kernels": out["kernels"], **profiled}
+        out = {"kernels": out["kernels"], "allocator": out["allocator"], **profiled}
     elif not reference:
         out.update(timing(clock, counter, plan.gradient_accumulation_steps))
     run.trainer = counter = None
@@ -601,6 +625,7 @@ def run_peer(method: str, path: Path, micro: int, steps: int, data) -> dict:
             bnb_4bit_compute_dtype=torch.float32 if CPU else torch.bfloat16,
         )
     free(torch)
+    before = allocator_counts(torch)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     peft = (
         LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -635,6 +660,7 @@ def run_peer(method: str, path: Path, micro: int, steps: int, data) -> dict:
     counter = trainer.data_collator = Counting(trainer.data_collator)
     trainer.train()
     out = {"micro_batch": micro, "losses": clock.losses[:20], **timing(clock, counter, 1), **memory(torch)}
+    out["allocator"] = allocator_since(torch, before)
     trainer = model = counter = None
     free(torch)
     return out
