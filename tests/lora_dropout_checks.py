@@ -11,7 +11,7 @@ import sys
 import torch
 
 from ftctl.trainer import lora_dropout as ld
-from ftctl.trainer import lora_up
+from ftctl.trainer import lora_projection, lora_up
 
 
 def rel(a, b) -> float:
@@ -64,14 +64,53 @@ def up_add_against_torch(rows: int, n: int, k: int, r: int) -> dict:
     }
 
 
-def in_the_model(model_dir: str) -> dict:
-    """A tiny LoRA model's adapters through the kernels: how many calls a forward makes in training and in
-    eval, and whether activation checkpointing's recompute draws the same masks (the same gradients)."""
+def projection_against_torch(rows: int, n: int, k: int, r: int, p: float, four_bit: bool, x_grad=True) -> dict:
+    """lora_projection's one node against torch doing the same with the kernels' mask: the base (a frozen
+    Linear with a bias, or a 4-bit one and its dequantized weight) plus scaling * B(A(x * keep / (1 - p)));
+    the output and the gradients of x, A and B (x without a gradient: A's and B's only)."""
+    import bitsandbytes as bnb
+
+    linear = torch.nn.Linear(k, n, bias=not four_bit).requires_grad_(False)
+    base, weight = linear, linear.weight
+    if four_bit:
+        base = bnb.nn.Linear4bit(k, n, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+        base.weight = bnb.nn.Params4bit(linear.weight.clone(), requires_grad=False, quant_type="nf4")
+        base = base.to("cpu")
+        weight = bnb.functional.dequantize_4bit(base.weight.data, base.weight.quant_state)
+    x = torch.randn(2, rows // 2, k, requires_grad=x_grad)
+    a, b = torch.randn(r, k, requires_grad=True), torch.randn(n, r, requires_grad=True)
+    assert lora_projection.usable(base, x, a, b, p)
+    torch.manual_seed(11)
+    out = lora_projection.apply(base, x, a, b, p, 2.0)
+    torch.manual_seed(11)
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))  # the seed apply drew
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    keep = ld.keep_mask(rows, k, p, seed).view_as(x)
+    x2, a2, b2 = (t.detach().requires_grad_(True) for t in (x, a, b))
+    ref = torch.nn.functional.linear(x2, weight, linear.bias if not four_bit else None)
+    ref = ref + 2.0 * ((x2 * keep * ld.keep_scale(p)) @ a2.t()) @ b2.t()
+    (ref * g).sum().backward()
+    return {
+        "out": rel(out.detach(), ref.detach()),
+        "dx": rel(x.grad, x2.grad) if x_grad else (x.grad is None),
+        "da": rel(a.grad, a2.grad),
+        "db": rel(b.grad, b2.grad),
+        # not taken: a base that trains, a weight in another dtype than x
+        "trained_base": lora_projection.usable(linear.requires_grad_(True), x, a, b, p),
+        "other_dtype": lora_projection.usable(torch.nn.Linear(k, n).double().requires_grad_(False), x, a, b, p),
+    }
+
+
+def in_the_model(model_dir: str, method: str = "lora") -> dict:
+    """A tiny LoRA (QLoRA: 4-bit bases) model's adapters through the kernels: how many calls a forward makes
+    in training and in eval, and whether activation checkpointing's recompute draws the same masks (the same
+    gradients)."""
     from ftctl.trainer.methods import apply_method, fused_adapter_output
     from ftctl.trainer.model import load_model
     from tests.trainer_fixtures import make_run
 
-    spec, plan = make_run(model_dir, "unused.jsonl", "unused", "lora", lora_r=4, lora_alpha=8, lora_dropout=0.1)
+    spec, plan = make_run(model_dir, "unused.jsonl", "unused", method, lora_r=4, lora_alpha=8, lora_dropout=0.1)
     model = apply_method(load_model(spec, plan, on_cpu=True), spec, plan)
     assert not plan.lora_kernels  # a CPU plan; here the kernels run in the interpreter all the same
     fused_adapter_output(model, kernels=True)
@@ -79,8 +118,8 @@ def in_the_model(model_dir: str) -> dict:
         if "lora_B" in n:  # B non-zero so that the adapters matter
             torch.nn.init.normal_(p, std=0.05)
     calls, sums = [], []
-    kernel, up = ld._DropoutDown.apply, lora_up._UpAdd.apply
-    ld._DropoutDown.apply = lambda *a: calls.append(1) or kernel(*a)
+    node, up = lora_projection._Projection.apply, lora_up._UpAdd.apply
+    lora_projection._Projection.apply = lambda *a: calls.append(1) or node(*a)
     lora_up._UpAdd.apply = lambda *a: sums.append(1) or up(*a)
     ids = torch.randint(0, 100, (2, 16))
 
@@ -103,6 +142,7 @@ def in_the_model(model_dir: str) -> dict:
     model.eval()
     with torch.no_grad():
         model(input_ids=ids)
+    lora_projection._Projection.apply, lora_up._UpAdd.apply = node, up
     return {
         "train_calls": train_calls,
         "eval_calls": len(calls),
@@ -143,12 +183,17 @@ def main() -> None:
     torch.manual_seed(0)
     out = {
         "model": in_the_model(sys.argv[1]),
+        "model_4bit": in_the_model(sys.argv[1], "qlora"),
         # rows not a multiple of the row block, K not a multiple of the column block, r below the 16 of a tile
         "odd": against_torch(100, 264, 8, 0.3, 1234),
         "lora16": against_torch(130, 128, 16, 0.05, 7),
         # partial tiles in rows and columns, r below a tile's 16; LoRA's usual r 16
         "up_odd": up_add_against_torch(100, 200, 40, 8),
         "up16": up_add_against_torch(64, 128, 32, 16),
+        # partial tiles everywhere, r 8; LoRA's r 16 over a 4-bit base (its blocks of 64: K a multiple)
+        "projection": projection_against_torch(100, 200, 264, 8, 0.3, four_bit=False),
+        "projection_4bit": projection_against_torch(64, 96, 128, 16, 0.1, four_bit=True),
+        "projection_no_dx": projection_against_torch(64, 96, 128, 16, 0.1, four_bit=True, x_grad=False),
         "p_effective": 1 - ld.threshold(0.3) / 2**ld.RAND_BITS,
         # offsets past int32 would wrap in the kernels' index arithmetic: PEFT's path takes those inputs
         "usable_at_int32_limit": [

@@ -83,31 +83,46 @@ def dropout_down(x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tenso
 class _DropoutDown(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, p, seed):
-        x2, a = _operands(x, weight)
-        (rows, k), r = x2.shape, a.shape[0]
-        h = torch.empty(rows, r, device=x.device, dtype=x.dtype)
-        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)  # noqa: E731
-        _forward[grid](x2, a, h, rows, k, r, seed, threshold(p), keep_scale(p), BLOCK_R=_block_r(r))
+        x2, a = operands(x, weight)
+        h = down(x2, a, p, seed)
         ctx.save_for_backward(x, weight)
         ctx.p, ctx.seed = p, seed
-        return h.view(*x.shape[:-1], r)
+        return h.view(*x.shape[:-1], a.shape[0])
 
     @staticmethod
     def backward(ctx, grad_h):
         x, weight = ctx.saved_tensors
-        x2, a = _operands(x, weight)
-        (rows, k), r = x2.shape, a.shape[0]
-        g = grad_h.reshape(-1, r).to(x.dtype).contiguous()
+        x2, a = operands(x, weight)
         dx = torch.empty_like(x2)
-        da = torch.zeros(r, k, device=x.device, dtype=torch.float32)
-        grid = lambda meta: (triton.cdiv(k, meta["BLOCK_K"]), triton.cdiv(rows, meta["ROWS"]))  # noqa: E731
-        _backward[grid](
-            x2, a, g, dx, da, rows, k, r, ctx.seed, threshold(ctx.p), keep_scale(ctx.p), BLOCK_R=_block_r(r)
-        )
+        da = down_backward(x2, a, grad_h.reshape(-1, a.shape[0]).to(x.dtype).contiguous(), dx, ctx.p, ctx.seed)
         return dx.view(x.shape), da.to(weight.dtype), None, None
 
 
-def _operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def down(x2: torch.Tensor, a: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """The forward kernel: ``(x2 * keep) @ a^T / (1 - p)``, (rows, r) in x2's dtype (x2 and a from ``operands``)."""
+    (rows, k), r = x2.shape, a.shape[0]
+    h = torch.empty(rows, r, device=x2.device, dtype=x2.dtype)
+    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]),)  # noqa: E731
+    _forward[grid](x2, a, h, rows, k, r, seed, threshold(p), keep_scale(p), BLOCK_R=_block_r(r))
+    return h
+
+
+def down_backward(
+    x2: torch.Tensor, a: torch.Tensor, g: torch.Tensor, dx: torch.Tensor, p: float, seed: int, accumulate=False
+) -> torch.Tensor:
+    """The backward kernel for h's gradient ``g`` (rows, r; contiguous, x2's dtype): x2's gradient
+    ``((g @ a) * keep) / (1 - p)`` written into ``dx`` (added to what it holds with ``accumulate``), and A's
+    gradient returned in fp32."""
+    (rows, k), r = x2.shape, a.shape[0]
+    da = torch.zeros(r, k, device=x2.device, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(k, meta["BLOCK_K"]), triton.cdiv(rows, meta["ROWS"]))  # noqa: E731
+    _backward[grid](
+        x2, a, g, dx, da, rows, k, r, seed, threshold(p), keep_scale(p), ACCUMULATE=accumulate, BLOCK_R=_block_r(r)
+    )
+    return da
+
+
+def operands(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x as contiguous rows (a view where it can be) and A in x's dtype: the kernels' two inputs."""
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1 or x2.stride(0) != x2.shape[1]:
@@ -182,11 +197,13 @@ if triton is not None:
         out = (acc * scale).to(H.dtype.element_ty)
         tl.store(H + rows[:, None] * R + ranks[None, :], out, mask=(rows[:, None] < M) & (ranks[None, :] < R))
 
-    @triton.autotune(configs=_configs(backward=True), key=["K", "R"], reset_to_zero=["DA"])
+    # the autotuner runs each candidate on the real arguments: DA is summed into and DX may be (ACCUMULATE)
+    @triton.autotune(configs=_configs(backward=True), key=["K", "R"], reset_to_zero=["DA"], restore_value=["DX"])
     @triton.jit(do_not_specialize=["M", "seed"])
     def _backward(
         X, A, G, DX, DA, M, K, R, seed, thr, scale,
-        ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+        ACCUMULATE: tl.constexpr, ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_R: tl.constexpr,
     ):  # fmt: skip
         k0 = tl.program_id(0) * BLOCK_K
         cols = k0 + tl.arange(0, BLOCK_K)
@@ -201,6 +218,8 @@ if triton is not None:
             )
             keep = _keep(seed, rows, k0, K, thr, BLOCK_M, BLOCK_K)
             dx = tl.where(keep, tl.dot(g, a) * scale, 0.0)
+            if ACCUMULATE:
+                dx += tl.load(DX + rows[:, None] * K + cols[None, :], mask=inside, other=0.0).to(tl.float32)
             tl.store(DX + rows[:, None] * K + cols[None, :], dx.to(DX.dtype.element_ty), mask=inside)
             x = tl.load(X + rows[:, None] * K + cols[None, :], mask=inside, other=0.0)
             da += tl.dot(tl.trans(g), tl.where(keep, x, tl.zeros_like(x)))

@@ -44,13 +44,8 @@ def add_into(result: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, scalin
 class _UpAdd(torch.autograd.Function):
     @staticmethod
     def forward(ctx, result, h, weight, scaling):
-        n, r = result.shape[-1], h.shape[-1]
-        out = result.view(-1, n)
-        h2 = h.reshape(-1, r).to(result.dtype).contiguous()
-        b = weight.to(result.dtype).contiguous()
-        rows = out.shape[0]
-        grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
-        _up_add[grid](out, h2, b, rows, n, r, scaling, BLOCK_R=max(16, triton.next_power_of_2(r)))
+        h2 = h.reshape(-1, h.shape[-1]).to(result.dtype).contiguous()
+        add(result.view(-1, result.shape[-1]), h2, weight.to(result.dtype).contiguous(), scaling)
         ctx.mark_dirty(result)
         ctx.save_for_backward(h2, weight)
         ctx.scaling, ctx.h_shape, ctx.h_dtype = scaling, h.shape, h.dtype
@@ -63,6 +58,14 @@ class _UpAdd(torch.autograd.Function):
         dh = torch.mm(g, weight.to(g.dtype)).mul_(ctx.scaling)
         db = torch.mm(g.t(), h2.to(g.dtype)).mul_(ctx.scaling)
         return grad, dh.view(ctx.h_shape).to(ctx.h_dtype), db.to(weight.dtype), None
+
+
+def add(out: torch.Tensor, h2: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
+    """The kernel: ``out += scaling * h2 @ b^T`` in place (out: rows x N, h2: rows x r, b: N x r; contiguous,
+    one dtype)."""
+    (rows, n), r = out.shape, h2.shape[1]
+    grid = lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+    _up_add[grid](out, h2, b, rows, n, r, scaling, BLOCK_R=max(16, triton.next_power_of_2(r)))
 
 
 def _configs() -> list:

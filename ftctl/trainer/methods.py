@@ -106,7 +106,8 @@ def fused_adapter_output(model, kernels: bool = False) -> int:
     ops. Only PEFT's plain case takes this path (one active vanilla adapter, not merged, no
     bias, no extra arguments); anything else runs PEFT's forward. With ``kernels`` (the plan's
     ``lora_kernels``) the adapter's dropout and A run as trainer/lora_dropout.py's kernels in training
-    and B's output is added into the base's in place by trainer/lora_up.py's (instead of the addmm).
+    and B's output is added into the base's in place by trainer/lora_up.py's (instead of the addmm); in
+    training with a dropout the whole projection is one autograd node (trainer/lora_projection.py).
     Returns the layers changed."""
     import types
 
@@ -125,7 +126,7 @@ def fused_adapter_output(model, kernels: bool = False) -> int:
 def _fused_forward(self, x, *args, **kwargs):
     import torch
 
-    from ftctl.trainer import lora_dropout, lora_up
+    from ftctl.trainer import lora_dropout, lora_projection, lora_up
 
     active = [a for a in self.active_adapters if a in self.lora_A]
     name = active[0] if len(active) == 1 else None
@@ -145,6 +146,14 @@ def _fused_forward(self, x, *args, **kwargs):
     ):
         return type(self).forward(self, x, *args, **kwargs)
     lora_a, lora_b, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
+    if (
+        self.training
+        and self.ftctl_lora_kernels
+        and isinstance(dropout, torch.nn.Dropout)
+        and lora_a.bias is None
+        and lora_projection.usable(self.base_layer, x, lora_a.weight, lora_b.weight, dropout.p)
+    ):  # the base, dropout + A and B's sum as one autograd node
+        return lora_projection.apply(self.base_layer, x, lora_a.weight, lora_b.weight, dropout.p, self.scaling[name])
     result = self.base_layer(x)
     if (
         self.training
