@@ -272,7 +272,9 @@ def gap_report(trace: dict, steps: int, top: int = 15) -> dict:
     gap's middle, under its outermost annotation), and by the op whose launch ended the gap."""
     ev = trace["traceEvents"] if isinstance(trace, dict) else trace
     kernels = sorted(
-        (e["ts"], e["ts"] + e.get("dur", 0)) for e in ev if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+        (e["ts"], e["ts"] + e.get("dur", 0), e.get("name", "?"))
+        for e in ev
+        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
     )
     host = [e for e in ev if e.get("cat") in ("cpu_op", "user_annotation", "cuda_runtime") and "dur" in e]
     main_tid = (
@@ -295,13 +297,14 @@ def gap_report(trace: dict, steps: int, top: int = 15) -> dict:
         cover = [e for e in ops[max(0, i - 3000) : i] if e["ts"] + e["dur"] >= t]
         return min(cover, key=lambda e: e["dur"])["name"] if cover else None
 
-    gaps, end = [], None
-    for a, b in kernels:
+    gaps, end, last = [], None, None
+    for a, b, name in kernels:
         if end is not None and a - end > 20:  # µs
-            gaps.append((end, a))
-        end = b if end is None else max(end, b)
-    by_host, by_next, total = {}, {}, 0.0
-    for a, b in gaps:
+            gaps.append((end, a, last))
+        if end is None or b >= end:
+            end, last = b, name
+    by_host, by_next, by_before, largest, total = {}, {}, {}, [], 0.0
+    for a, b, before in gaps:
         mid = (a + b) / 2
         outer = next((e["name"] for e in notes if e["ts"] <= mid <= e["ts"] + e["dur"]), "")
         inner = innermost(mid) or python_at(mid)
@@ -310,6 +313,8 @@ def gap_report(trace: dict, steps: int, top: int = 15) -> dict:
         nxt = (innermost(launches[i - 1]) if i else None) or "?"
         by_host[label] = by_host.get(label, 0.0) + (b - a)
         by_next[nxt[:60]] = by_next.get(nxt[:60], 0.0) + (b - a)
+        by_before[before[:60]] = by_before.get(before[:60], 0.0) + (b - a)
+        largest.append((round((b - a) / 1e3, 2), before[:60], nxt[:60], label))
         total += b - a
     span = (kernels[-1][1] - kernels[0][0]) if kernels else 0
 
@@ -342,6 +347,9 @@ def gap_report(trace: dict, steps: int, top: int = 15) -> dict:
         "gaps_per_step": round(len(gaps) / steps, 1),
         "by_host_activity": ms(by_host),
         "by_op_that_ended_it": ms(by_next),
+        "by_kernel_before_it": ms(by_before),  # the GPU's last work before the gap (the optimizer's? a sync's?)
+        # the longest gaps of all the profiled steps: ms, the kernel before, the op after, the host meanwhile
+        "largest": sorted(largest, reverse=True)[:top],
     }
 
 
@@ -521,6 +529,7 @@ def run_ftctl(
     import ftctl.trainer.run as run_mod
     from ftctl.plan import make_plan
     from ftctl.spec import FIELDS
+    from ftctl.trainer.attention import TORCH_VARLEN, register_torch_varlen
     from ftctl.trainer.run import CUDA_ALLOC_ENV, fit, setup
 
     variant = variant or {}
@@ -559,6 +568,8 @@ def run_ftctl(
     # process may already hold CUDA (the model was built here), so apply them now, as a fresh one would
     allocator_settings(torch, os.environ.get(CUDA_ALLOC_ENV, ""))
     if reference:
+        if run.kernels.attn_implementation == TORCH_VARLEN:
+            register_torch_varlen()  # padded batches: the mask function back (a packed run registers none)
         pad = run.trainer.processing_class.pad_token_id
         collate = run.trainer.data_collator
         run.trainer.data_collator = lambda rows, c=collate: data_mod.unpack_batch(c(rows), pad)

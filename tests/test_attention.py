@@ -204,6 +204,29 @@ def test_the_varlen_path_reads_the_collators_boundaries_in_every_layer(monkeypat
     assert len(seen) == 2 and all(cu is packed["cu_seq_lens_q"] for cu in seen)
 
 
+def test_a_packed_run_registers_no_mask_function_so_transformers_never_reads_the_positions(monkeypatch):
+    """register_torch_varlen(masks=False), as a packed run does: transformers skips its mask preparation and
+    with it find_packed_sequence_indices (a GPU read at every forward); the packed forward is the same."""
+    import torch
+    from transformers import masking_utils
+
+    calls = []
+    real = masking_utils.find_packed_sequence_indices
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda p: calls.append(1) or real(p))
+    model = _tiny_llama(TORCH_VARLEN)  # a mask function registered
+    packed = _packed(_documents())
+    try:
+        with torch.no_grad():
+            with_masks = model(**packed).logits
+        attention.register_torch_varlen(masks=False)
+        with torch.no_grad():
+            without = model(**packed).logits
+    finally:
+        attention.register_torch_varlen()
+    assert calls == [1]  # only the forward with a mask function looked at the positions
+    assert torch.equal(with_masks, without)
+
+
 # ------------------------------------------------------------------------------------------ trainer
 def test_packed_training_matches_unpacked_training_step_by_step(tiny_model_dir, tiny_data, tmp_path, one_thread):
     """The trainer's packed path against the same samples, same steps, run unpacked with padding."""

@@ -123,13 +123,14 @@ def liger_usable(model_type: str | None, on_cpu: bool) -> bool:
     )
 
 
-def resolve(planned: str, model_type: str | None, on_cpu: bool) -> Kernels:
-    """What this process really runs for the plan's attention, registered with transformers."""
+def resolve(planned: str, model_type: str | None, on_cpu: bool, packed: bool = False) -> Kernels:
+    """What this process really runs for the plan's attention, registered with transformers (``packed``: every
+    batch comes from TRL's padding-free collator, see ``register_torch_varlen``)."""
     flash_ok = not on_cpu and planned in (VARLEN, FLASH_ATTN) and flash_attn_importable()
     varlen_ok = not on_cpu and planned in (VARLEN, FLASH_ATTN) and not flash_ok and torch_varlen_usable()
     name = choose(planned, flash_attn_ok=flash_ok, torch_varlen_ok=varlen_ok)
     if name == TORCH_VARLEN:
-        register_torch_varlen()
+        register_torch_varlen(masks=not packed)
     words = {
         FLASH_ATTN: "flash_attention_2 (flash-attn package, varlen kernels)",
         TORCH_VARLEN: "torch varlen_attn (FlashAttention varlen kernels in torch)",
@@ -163,14 +164,24 @@ def _varlen_fn():
     return varlen_attn
 
 
-def register_torch_varlen() -> None:
-    """Make ``attn_implementation="ftctl_varlen"`` mean :func:`varlen_attention_forward`. Its mask
-    function is FlashAttention's (None for packed or unpadded batches, the 2D mask otherwise)."""
+def register_torch_varlen(masks: bool = True) -> None:
+    """Make ``attn_implementation="ftctl_varlen"`` mean :func:`varlen_attention_forward`. With ``masks`` its
+    mask function is FlashAttention's (None for packed or unpadded batches, the 2D mask otherwise).
+
+    Without (a packed run: TRL's padding-free collator gives every batch its ``cu_seq_lens``, never a 2D mask)
+    no mask function is registered, so transformers skips its mask preparation, whose check of the position
+    ids for packed sequences (``find_packed_sequence_indices``) reads a GPU value at every forward: the host
+    waited there 22 ms an 8B qlora step on an H200 for the GPU to drain (bench/NOTES.md, v15), losing the
+    lead it had built over the step's end. A batch with padding then reaches the attention without its mask:
+    only packed runs may register this way."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
     AttentionInterface.register(TORCH_VARLEN, varlen_attention_forward)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(TORCH_VARLEN, flash_attention_mask)
+    if masks:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(TORCH_VARLEN, flash_attention_mask)
+    else:  # GeneralInterface has no unregister; registration is process-wide and a later run may differ
+        ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.pop(TORCH_VARLEN, None)
 
 
 def varlen_attention_forward(

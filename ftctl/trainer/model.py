@@ -168,7 +168,7 @@ def model_kernels(spec, plan, on_cpu: bool):
     """The attention and layer kernels this process runs for the plan (see trainer/attention.py)."""
     from ftctl.trainer.attention import resolve
 
-    return resolve(plan.attn_implementation, model_type(spec.model_name_or_path), on_cpu)
+    return resolve(plan.attn_implementation, model_type(spec.model_name_or_path), on_cpu, packed=plan.packing)
 
 
 def model_type(name_or_path: str) -> str | None:
