@@ -61,7 +61,7 @@ def test_on_cpu_the_trainer_resolves_varlen_to_sdpa_without_liger(caplog):
     assert not attention.liger_usable("gpt2", on_cpu=False)  # not a Llama-like model
 
 
-def test_a_gpu_run_on_torch_varlen_registers_a_mask_function_only_when_unpacked(monkeypatch):
+def test_a_gpu_run_on_torch_varlen_registers_a_mask_function_only_when_unpacked(monkeypatch, tiny_model_dir):
     """resolve() as on a GPU without flash-attn: a packed run leaves transformers no mask function for
     ftctl_varlen (no mask preparation, no packed-sequence check), an unpacked one registers FlashAttention's."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
@@ -74,7 +74,7 @@ def test_a_gpu_run_on_torch_varlen_registers_a_mask_function_only_when_unpacked(
 
     try:
         plan = SimpleNamespace(attn_implementation=VARLEN, packing=True)  # the trainer's call: the plan's packing
-        kernels = model_kernels(SimpleNamespace(model_name_or_path="/nonexistent"), plan, on_cpu=False)
+        kernels = model_kernels(SimpleNamespace(model_name_or_path=str(tiny_model_dir)), plan, on_cpu=False)
         assert kernels.attn_implementation == TORCH_VARLEN
         assert TORCH_VARLEN not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
         assert attention.resolve(VARLEN, "llama", on_cpu=False, packed=False).attn_implementation == TORCH_VARLEN
