@@ -61,10 +61,11 @@ def test_on_cpu_the_trainer_resolves_varlen_to_sdpa_without_liger(caplog):
     assert not attention.liger_usable("gpt2", on_cpu=False)  # not a Llama-like model
 
 
-def test_a_gpu_run_on_torch_varlen_registers_a_mask_function_only_when_unpacked(monkeypatch, tiny_model_dir):
-    """resolve() as on a GPU without flash-attn: a packed run leaves transformers no mask function for
-    ftctl_varlen (no mask preparation, no packed-sequence check), an unpacked one registers FlashAttention's."""
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+def test_a_gpu_run_registers_a_mask_function_for_its_varlen_attention_only_when_unpacked(monkeypatch, tiny_model_dir):
+    """resolve() as on a GPU: a packed run leaves transformers no mask function for ftctl_varlen (no flash-attn)
+    or flash_attention_2 (flash-attn installed): no mask preparation, no packed-sequence check; an unpacked run
+    registers FlashAttention's."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
     monkeypatch.setattr(attention, "flash_attn_importable", lambda: False)
     monkeypatch.setattr(attention, "torch_varlen_usable", lambda: True)
@@ -79,8 +80,15 @@ def test_a_gpu_run_on_torch_varlen_registers_a_mask_function_only_when_unpacked(
         assert TORCH_VARLEN not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
         assert attention.resolve(VARLEN, "llama", on_cpu=False, packed=False).attn_implementation == TORCH_VARLEN
         assert TORCH_VARLEN in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+        # flash-attn installed: transformers' own flash_attention_2 entry, the same way
+        monkeypatch.setattr(attention, "flash_attn_importable", lambda: True)
+        assert attention.resolve(VARLEN, "llama", on_cpu=False, packed=True).attn_implementation == FLASH_ATTN
+        assert FLASH_ATTN not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+        attention.resolve(VARLEN, "llama", on_cpu=False, packed=False)
+        assert ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[FLASH_ATTN] is flash_attention_mask
     finally:
         attention.register_torch_varlen()
+        attention.mask_preparation(FLASH_ATTN, True)
 
 
 # ------------------------------------------------------------------------------------------ kernel

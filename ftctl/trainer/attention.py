@@ -131,6 +131,8 @@ def resolve(planned: str, model_type: str | None, on_cpu: bool, packed: bool = F
     name = choose(planned, flash_attn_ok=flash_ok, torch_varlen_ok=varlen_ok)
     if name == TORCH_VARLEN:
         register_torch_varlen(masks=not packed)
+    elif name == FLASH_ATTN:
+        mask_preparation(FLASH_ATTN, not packed)
     words = {
         FLASH_ATTN: "flash_attention_2 (flash-attn package, varlen kernels)",
         TORCH_VARLEN: "torch varlen_attn (FlashAttention varlen kernels in torch)",
@@ -165,23 +167,33 @@ def _varlen_fn():
 
 
 def register_torch_varlen(masks: bool = True) -> None:
-    """Make ``attn_implementation="ftctl_varlen"`` mean :func:`varlen_attention_forward`. With ``masks`` its
-    mask function is FlashAttention's (None for packed or unpadded batches, the 2D mask otherwise).
-
-    Without (a packed run: TRL's padding-free collator gives every batch its ``cu_seq_lens``, never a 2D mask)
-    no mask function is registered, so transformers skips its mask preparation, whose check of the position
-    ids for packed sequences (``find_packed_sequence_indices``) reads a GPU value at every forward: the host
-    waited there 22 ms an 8B qlora step on an H200 for the GPU to drain (bench/NOTES.md, v15), losing the
-    lead it had built over the step's end. A batch with padding then reaches the attention without its mask:
-    only packed runs may register this way."""
+    """Make ``attn_implementation="ftctl_varlen"`` mean :func:`varlen_attention_forward`, with transformers'
+    mask preparation (``masks``) or without it (a packed run): see ``mask_preparation``."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
     AttentionInterface.register(TORCH_VARLEN, varlen_attention_forward)
-    if masks:
-        ALL_MASK_ATTENTION_FUNCTIONS.register(TORCH_VARLEN, flash_attention_mask)
-    else:  # GeneralInterface has no unregister; registration is process-wide and a later run may differ
-        ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.pop(TORCH_VARLEN, None)
+    mask_preparation(TORCH_VARLEN, masks)
+
+
+def mask_preparation(name: str, on: bool) -> None:
+    """Whether transformers prepares attention masks for the varlen attention ``name``: on, its mask function
+    is FlashAttention's (None for packed or unpadded batches, the 2D mask otherwise).
+
+    Off (a packed run: TRL's padding-free collator gives every batch its ``cu_seq_lens``, never a 2D mask) no
+    mask function is registered for it, so transformers' ``create_causal_mask`` returns None at once, which is
+    what FlashAttention's mask function returns for packed batches, and skips the check of the position ids
+    for packed sequences (``find_packed_sequence_indices``) that reads a GPU value at every forward: with torch's
+    varlen kernels on an H200 the host waited there 22 ms an 8B qlora step for the GPU to drain, and without the
+    check the median step fell 1.043 -> 1.010 s (bench/NOTES.md, v15/v16); flash-attn's path (transformers'
+    flash_attention_2, which takes the cu_seq_lens as well) runs the same preparation. A batch with padding
+    would then reach the attention without its mask: only packed runs turn it off. Registration is process-wide
+    (transformers' own table; it has no unregister), so each run sets it."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    if on:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, flash_attention_mask)
+    else:
+        ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.pop(name, None)
 
 
 def varlen_attention_forward(
