@@ -6,8 +6,9 @@
 #
 #   run(kind="nvidia-h200-x2", carry=[".whl-multi"], timeout_s=600, command="bash bench/rows_x2.sh")
 #
-# ROWS0 / ROWS1 / PHASES / LIMIT0 / LIMIT1 override the defaults; WHEELS=none skips the install (BENCH_CPU=1 dry
-# runs here: the same orchestration on CPU with tiny shapes).
+# ROWS0 / ROWS1 / PHASES / LIMIT0 / LIMIT1 override the defaults, EXTRA adds compare.py arguments (e.g.
+# EXTRA="--steps 30"); WHEELS=none skips the install (BENCH_CPU=1 dry runs here: the same orchestration on CPU
+# with tiny shapes).
 set -u
 OUT=${OUT:?the device tool sets OUT}
 ROWS0=${ROWS0:-qlora8b lora8b}
@@ -30,7 +31,7 @@ instance() {  # GPU, row limit, rows...
   shift 2
   for row in "$@"; do
     CUDA_VISIBLE_DEVICES=$gpu timeout "$limit" python3 bench/compare.py --out-dir "$WORK/r/$row" --rows "$row" \
-      --phases "$PHASES" --work "$WORK/w$gpu" --models "${MODELS:-/dev/shm}/ftctl-models-$gpu" \
+      --phases "$PHASES" --work "$WORK/w$gpu" --models "${MODELS:-/dev/shm}/ftctl-models-$gpu" ${EXTRA:-} \
       > "$WORK/r/$row.log" 2>&1
     echo "$row (GPU $gpu): exit $?"
   done
