@@ -30,6 +30,7 @@ instance() {  # GPU, row limit, rows...
   local gpu=$1 limit=$2 row
   shift 2
   for row in "$@"; do
+    # shellcheck disable=SC2086  # EXTRA splits into arguments
     CUDA_VISIBLE_DEVICES=$gpu timeout "$limit" python3 bench/compare.py --out-dir "$WORK/r/$row" --rows "$row" \
       --phases "$PHASES" --work "$WORK/w$gpu" --models "${MODELS:-/dev/shm}/ftctl-models-$gpu" ${EXTRA:-} \
       > "$WORK/r/$row.log" 2>&1
