@@ -529,7 +529,7 @@ def run_ftctl(
     import ftctl.trainer.run as run_mod
     from ftctl.plan import make_plan
     from ftctl.spec import FIELDS
-    from ftctl.trainer.attention import TORCH_VARLEN, register_torch_varlen
+    from ftctl.trainer.attention import FLASH_ATTN, TORCH_VARLEN, mask_preparation
     from ftctl.trainer.run import CUDA_ALLOC_ENV, fit, setup
 
     variant = variant or {}
@@ -568,8 +568,8 @@ def run_ftctl(
     # process may already hold CUDA (the model was built here), so apply them now, as a fresh one would
     allocator_settings(torch, os.environ.get(CUDA_ALLOC_ENV, ""))
     if reference:
-        if run.kernels.attn_implementation == TORCH_VARLEN:
-            register_torch_varlen()  # padded batches: the mask function back (a packed run registers none)
+        if run.kernels.attn_implementation in (TORCH_VARLEN, FLASH_ATTN):
+            mask_preparation(run.kernels.attn_implementation, True)  # padded batches: masks (a packed run has none)
         pad = run.trainer.processing_class.pad_token_id
         collate = run.trainer.data_collator
         run.trainer.data_collator = lambda rows, c=collate: data_mod.unpack_batch(c(rows), pad)

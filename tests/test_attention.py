@@ -65,14 +65,14 @@ def test_a_gpu_run_registers_a_mask_function_for_its_varlen_attention_only_when_
     """resolve() as on a GPU: a packed run leaves transformers no mask function for ftctl_varlen (no flash-attn)
     or flash_attention_2 (flash-attn installed): no mask preparation, no packed-sequence check; an unpacked run
     registers FlashAttention's."""
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
-
-    monkeypatch.setattr(attention, "flash_attn_importable", lambda: False)
-    monkeypatch.setattr(attention, "torch_varlen_usable", lambda: True)
     from types import SimpleNamespace
+
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
     from ftctl.trainer.model import model_kernels
 
+    monkeypatch.setattr(attention, "flash_attn_importable", lambda: False)
+    monkeypatch.setattr(attention, "torch_varlen_usable", lambda: True)
     try:
         plan = SimpleNamespace(attn_implementation=VARLEN, packing=True)  # the trainer's call: the plan's packing
         kernels = model_kernels(SimpleNamespace(model_name_or_path=str(tiny_model_dir)), plan, on_cpu=False)
