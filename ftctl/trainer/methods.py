@@ -146,20 +146,16 @@ def _fused_forward(self, x, *args, **kwargs):
     ):
         return type(self).forward(self, x, *args, **kwargs)
     lora_a, lora_b, dropout = self.lora_A[name], self.lora_B[name], self.lora_dropout[name]
-    if (
-        self.training
-        and self.ftctl_lora_kernels
-        and isinstance(dropout, torch.nn.Dropout)
-        and lora_a.bias is None
-        and lora_projection.usable(self.base_layer, x, lora_a.weight, lora_b.weight, dropout.p)
-    ):  # the base, dropout + A and B's sum as one autograd node
+    # the dropout kernels' case: training, a real dropout module, A without a bias
+    kernel_dropout = (
+        self.training and self.ftctl_lora_kernels and isinstance(dropout, torch.nn.Dropout) and lora_a.bias is None
+    )
+    if kernel_dropout and lora_projection.usable(self.base_layer, x, lora_a.weight, lora_b.weight, dropout.p):
+        # the base, dropout + A and B's sum as one autograd node
         return lora_projection.apply(self.base_layer, x, lora_a.weight, lora_b.weight, dropout.p, self.scaling[name])
     result = self.base_layer(x)
     if (
-        self.training
-        and self.ftctl_lora_kernels
-        and isinstance(dropout, torch.nn.Dropout)
-        and lora_a.bias is None
+        kernel_dropout
         and x.dtype
         == (
             torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else lora_a.weight.dtype
