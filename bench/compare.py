@@ -122,11 +122,12 @@ def dataset():
 # ------------------------------------------------------------------------------------------ timing
 class BatchCounting:
     """ftctl's batches as the Trainer takes them, in the training process (a collator wrapper would count
-    inside DataLoader workers, whose counts never come back). Packed batches carry no padding and no
-    attention mask: their tokens are the tensor's size, read without a GPU sync."""
+    inside DataLoader workers, whose counts never come back). A packed batch has no attention mask: its
+    real tokens are the tensor's size less its padding to data.PACK_MULTIPLE (the trailing run of position
+    0), counted on the device and read after the phase (``real``), so no count waits on the GPU."""
 
     def __init__(self, trainer):
-        self.real, self.padded = [], []
+        self._real, self.padded = [], []
         take = trainer.get_batch_samples
 
         def counted(epoch_iterator, num_batches, device):
@@ -134,10 +135,23 @@ class BatchCounting:
             for b in batches:
                 self.padded.append(b["input_ids"].numel())
                 mask = b.get("attention_mask")
-                self.real.append(int(mask.sum()) if mask is not None else b["input_ids"].numel())
+                self._real.append(mask.sum() if mask is not None else real_packed(b["position_ids"][0]))
             return batches, items
 
         trainer.get_batch_samples = counted
+
+    @property
+    def real(self) -> list[int]:
+        return [int(n) for n in self._real]
+
+
+def real_packed(positions):
+    """A packed row's tokens before its padding (data.packed_padding, without reading the row): the index
+    after the last token whose position is not 0."""
+    import torch
+
+    index = torch.arange(1, positions.numel() + 1, device=positions.device)
+    return torch.where(positions != 0, index, 0).max()
 
 
 class Counting:
@@ -420,9 +434,10 @@ def timing(clock, counter, accum: int) -> dict:
     host_dts = dts
     if clock.events:  # each step's GPU time (the span's ends are synchronised: the same total)
         dts = [a.elapsed_time(b) / 1e3 for a, b in zip(clock.events[WARM - 1 : -1], clock.events[WARM:])]
-    real = sum(counter.real[WARM * accum : steps * accum])
+    counts = counter.real
+    real = sum(counts[WARM * accum : steps * accum])
     padded = sum(counter.padded[WARM * accum : steps * accum])
-    step_real = [sum(counter.real[k * accum : (k + 1) * accum]) for k in range(WARM, steps)]
+    step_real = [sum(counts[k * accum : (k + 1) * accum]) for k in range(WARM, steps)]
     # one-off slow steps (v4: the peer's 1B fft had two 2 s steps among 0.3 s ones) weigh heavily in 30
     # steps and would amortise in a long run: the same rate without the steps over 3x the median
     slow = [k for k, d in enumerate(dts) if d > 3 * statistics.median(dts)]
@@ -916,7 +931,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--rows", default="fft1b,lora8b,qlora8b,lora1b,qlora1b")
-    ap.add_argument("--steps", type=int, default=25, help="ftctl steps (5 warm-up); >= 20 for the loss check")
+    ap.add_argument("--steps", type=int, default=35, help="ftctl steps: 5 warm-up + 30 timed (>= 20: loss check)")
     ap.add_argument("--peer-steps", type=int, default=35, help="peer steps: 5 warm-up + 30 timed")
     ap.add_argument("--phases", default="ftctl,peer,reference,probe", help="and profile (torch.profiler, 3 steps)")
     ap.add_argument("--check-shapes", default="1b", help="shapes whose losses are checked / micro-batch probed")

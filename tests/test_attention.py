@@ -174,20 +174,30 @@ def _packed(docs):
     """What TRL's padding-free collator makes of these documents (the collator the trainer uses)."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    collate = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    from ftctl.trainer.data import sft_dataset_config
+
+    multiple = sft_dataset_config(packing=True, max_length=64)["pad_to_multiple_of"]
+    collate = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True, pad_to_multiple_of=multiple)
     return collate([{"input_ids": d.tolist(), "labels": d.tolist()} for d in docs])
 
 
 def test_the_collator_hands_the_model_each_samples_boundaries():
+    from ftctl.trainer.data import PACK_MULTIPLE, packed_padding
+
     docs = _documents()
     batch = _packed(docs)
     lengths = [len(d) for d in docs]
-    assert batch["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in batch
-    assert batch["cu_seq_lens_q"].tolist() == [0, *[sum(lengths[: i + 1]) for i in range(len(lengths))]]
+    width = -(-sum(lengths) // PACK_MULTIPLE) * PACK_MULTIPLE
+    assert sum(lengths) % PACK_MULTIPLE and packed_padding(batch) == width - sum(lengths)  # padded here
+    assert batch["input_ids"].shape == (1, width) and "attention_mask" not in batch
+    # the samples' boundaries, then each padding token as a one-token sample
+    bounds = [0, *[sum(lengths[: i + 1]) for i in range(len(lengths))]]
+    assert batch["cu_seq_lens_q"].tolist() == bounds + list(range(sum(lengths) + 1, width + 1))
     assert batch["cu_seq_lens_q"].dtype.is_floating_point is False and batch["max_length_q"] == max(lengths)
     starts = batch["cu_seq_lens_q"][:-1].tolist()
-    assert batch["position_ids"][0, starts].tolist() == [0] * len(docs)  # positions restart per sample
+    assert batch["position_ids"][0, starts].tolist() == [0] * len(starts)  # positions restart per sample
     assert (batch["labels"][0, starts] == -100).all()  # no sample predicts the next one's first token
+    assert (batch["labels"][0, sum(lengths) :] == -100).all()  # the padding trains nothing
 
 
 @pytest.mark.parametrize("attn", [SDPA, TORCH_VARLEN])

@@ -7,7 +7,15 @@ import json
 import pytest
 
 from ftctl.errors import FtctlError
-from ftctl.trainer.data import IGNORE_INDEX, build_dataset, check_data, prepare_data, sft_dataset_config
+from ftctl.trainer.data import (
+    IGNORE_INDEX,
+    PACK_MULTIPLE,
+    build_dataset,
+    check_data,
+    packed_padding,
+    prepare_data,
+    sft_dataset_config,
+)
 
 EOT = "<|im_end|>"
 
@@ -433,7 +441,8 @@ def test_packed_loss_equals_unpacked_loss(tiny_model_dir, tiny_tokenizer, tmp_pa
     assert got == rows
     # Packed: one flat row, positions restarting per sample, the same trainable tokens.
     assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
-    assert int((packed["position_ids"] == 0).sum()) == len(dataset)
+    assert packed["input_ids"].shape[1] % PACK_MULTIPLE == 0
+    assert int((packed["position_ids"] == 0).sum()) - packed_padding(packed) == len(dataset)
     assert int((packed["labels"] != IGNORE_INDEX).sum()) == int((plain["labels"] != IGNORE_INDEX).sum())
 
     with torch.no_grad():

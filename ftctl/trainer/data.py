@@ -246,26 +246,56 @@ def packing_supported(attn_implementation: str | None) -> bool:
     return supported(attn_implementation)
 
 
+# A packed batch's length is padded to a multiple of this. Triton (Liger's kernels, TRL's LM head, ftctl's
+# LoRA kernels) compiles a kernel again for an integer argument that is a multiple of 16 where the earlier
+# calls' were not: a packed batch's token count varies, so the first batch whose count happened to be one
+# paid every kernel's compilation in the middle of training (on an H200: a 0.1-0.3 s step, always at step
+# 25 of bench/compare.py's rows, the first such batch of its data). Padded, every batch takes the same
+# kernels from the first step on, for at most 15 padding tokens (of ~16k on a GPU).
+PACK_MULTIPLE = 16
+
+
 def sft_dataset_config(packing: bool, max_length: int) -> dict:
     """SFTConfig keyword arguments that make SFTTrainer train on build_dataset's output as it is.
 
     Unpacked: dataset preparation is skipped, the collator pads and uses our labels. Packed: TRL only
     packs (best-fit decreasing, whole samples; ours are already truncated) and runs padding-free, so
-    position ids restart per sample and attention stays within each sample."""
+    position ids restart per sample and attention stays within each sample; the flat row is padded to
+    PACK_MULTIPLE tokens (TRL's padding: position 0 and label -100 each, so a padding token is a
+    one-token sample that nothing attends to and that adds nothing to the loss)."""
     common = {"max_length": max_length, "assistant_only_loss": False, "completion_only_loss": None}
     if packing:
-        return {**common, "packing": True, "packing_strategy": "bfd", "padding_free": True, "dataset_kwargs": {}}
+        return {
+            **common,
+            "packing": True,
+            "packing_strategy": "bfd",
+            "padding_free": True,
+            "pad_to_multiple_of": PACK_MULTIPLE,
+            "dataset_kwargs": {},
+        }
     return {**common, "packing": False, "padding_free": False, "dataset_kwargs": {"skip_prepare_dataset": True}}
+
+
+def packed_padding(batch: dict) -> int:
+    """The padding tokens at the end of a padding-free packed batch (sft_dataset_config's PACK_MULTIPLE):
+    the trailing run of position 0. A sample's last token has a later position, unless the sample is one
+    token long: such a sample has no trainable token (its only label is -100) and counts as padding."""
+    positions = batch["position_ids"][0].tolist()
+    n = 0
+    while n < len(positions) and positions[-1 - n] == 0:
+        n += 1
+    return n
 
 
 def unpack_batch(batch: dict, pad_token_id: int) -> dict:
     """A padding-free packed batch (one row, ``cu_seq_lens_q`` boundaries) as the same samples in a
     padded batch of one row each, with an attention mask: the unpacked reference that packed
-    training must match (tests, bench/compare.py)."""
+    training must match (tests, bench/compare.py). The packed batch's padding is left out."""
     import torch
 
     cu = batch["cu_seq_lens_q"].tolist()
-    spans = [(lo, hi) for lo, hi in zip(cu[:-1], cu[1:]) if hi > lo]
+    end = cu[-1] - packed_padding(batch)
+    spans = [(lo, hi) for lo, hi in zip(cu[:-1], cu[1:]) if hi > lo and hi <= end]
     width = max(hi - lo for lo, hi in spans)
     ids = batch["input_ids"][0]
     out = {
