@@ -226,6 +226,42 @@ def test_the_stop_vote_decides_on_every_rank_one_step_after_the_request(tmp_path
     assert StopVote()(True) is True  # one process: at once
 
 
+FSDP_GRAD_NORM = """
+import json
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+from ftctl.trainer.distributed import to_host_later
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+layer = torch.nn.Linear(8, 8)
+fully_shard(layer, mesh=init_device_mesh("cpu", (dist.get_world_size(),)))
+layer(torch.randn(4, 8)).square().sum().backward()
+norm = torch.nn.utils.clip_grad_norm_(layer.parameters(), 1.0)
+host = to_host_later(torch.stack([torch.zeros((), dtype=torch.float64), norm.double()]))()
+print(json.dumps([isinstance(norm, DTensor), type(host).__name__, host[1].item(), norm.full_tensor().item()]))
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp2s_gradient_norm_reaches_the_host_as_a_plain_value(tmp_path):
+    """Regression (v19, two H200s): under FSDP2 the gradient norm is a DTensor; the deferred log stacked it with
+    the loss and copied the stack into pinned memory: "aten.copy_.default got mixed torch.Tensor and DTensor"
+    at the first step. to_host_later hands back its full value as a plain tensor."""
+    script = tmp_path / "norm.py"
+    script.write_text(FSDP_GRAD_NORM)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--tee=1"]
+    proc = subprocess.run(
+        [*cmd, str(script)], env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line.split("]:", 1)[1]) for line in proc.stdout.splitlines() if "]:[" in line]
+    assert len(rows) == 2, proc.stdout
+    for is_dtensor, host_type, on_host, full in rows:
+        assert is_dtensor and host_type == "Tensor" and on_host == pytest.approx(full) and full > 0
+
+
 # ------------------------------------------------------------------------------------------ preemption
 SIGNAL_RUNNER = """
 import json, os, signal, sys

@@ -228,12 +228,22 @@ def all_reduce_in_bf16(accelerator) -> None:
     accelerator.ddp_handler.comm_hook = DDPCommunicationHookType.BF16
 
 
+def local(tensor):
+    """``tensor`` as a plain tensor: FSDP2's values are DTensors (its gradient norm is a replicated one), and a
+    DTensor mixed with plain tensors (a stack, a copy into pinned memory) fails or stays distributed."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def to_host_later(tensor):
     """Start copying ``tensor`` to the host without waiting; returns a function that gives the host copy,
     waiting only for that copy (a CUDA tensor comes back through pinned memory behind an event: ``.item()``
-    would wait for all the work queued so far). A CPU tensor: a copy of it, at once."""
+    would wait for all the work queued so far). A CPU tensor: a copy of it, at once. A DTensor: its full
+    value (``local``)."""
     import torch
 
+    tensor = local(tensor)
     if not tensor.is_cuda:
         host = tensor.detach().clone()
         return lambda: host

@@ -36,7 +36,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import nested_gather
 from trl import SFTTrainer as TrlSFTTrainer
 
-from ftctl.trainer.distributed import to_host_later
+from ftctl.trainer.distributed import local, to_host_later
 
 
 @dataclass
@@ -214,7 +214,7 @@ class SFTTrainer(TrlSFTTrainer):
         names, values, plain = ["loss"], [loss], {}
         if isinstance(grad_norm, torch.Tensor):
             names.append("grad_norm")
-            values.append(grad_norm)
+            values.append(local(grad_norm))  # under FSDP2 a DTensor, which the stack below cannot take
         elif grad_norm is not None:
             plain["grad_norm"] = grad_norm
         for key, items in pending.items():
