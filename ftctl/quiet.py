@@ -34,6 +34,11 @@ HARMLESS_LOGS = (
         "an optional faster CPU kernel (the `kernels` package); bitsandbytes uses its own",
     ),
     (
+        "liger_kernel.backends.registry",
+        r"Backend impl '[\w.]+' for op '\w+' could not be imported",
+        "Liger's optional backends (CuTe DSL, Ascend), logged by every rank of every GPU run; its Triton kernels run",
+    ),
+    (
         "DeepSpeed",
         r"Setting accelerator to CPU",
         "printed when DeepSpeed is imported on a machine without GPUs, where ftctl plans CPU runs",

@@ -16,6 +16,10 @@ bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
 bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'")
 bnb.warning("another bitsandbytes warning")
 bnb.error("Failed to load CPU gemm_4bit_forward: and this time it is an error")
+liger = logging.getLogger("liger_kernel.backends.registry")
+liger.warning("Backend impl '%s' for op '%s' could not be imported: %s: %s", "liger_kernel.ops.backends._cutedsl.rope",
+              "rope", "ImportError", "cutedsl backend requires the NVIDIA CUTLASS Python DSL (CuTe DSL).")
+liger.warning("Liger's registry says something else")
 warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
 warnings.warn("some other deprecation", FutureWarning)
 import os
@@ -39,6 +43,7 @@ def test_known_messages_are_lowered_and_the_rest_still_prints(monkeypatch):
     assert proc.returncode == 0, out
     assert "No module named 'kernels'" not in out  # the harmless warning
     assert "another bitsandbytes warning" in out  # an unknown message from the same logger
+    assert "could not be imported" not in out and "Liger's registry says something else" in out
     assert "ERROR bitsandbytes.backends.cpu.ops: Failed to load CPU gemm_4bit_forward: and this time" in out
     assert "is_gradient_checkpointing" not in out and "some other deprecation" in out
     assert "TQDM_DISABLE=1" in out
