@@ -196,6 +196,18 @@ def test_a_failed_conversion_says_how_to_resume(tmp_path):
     assert not (ckpt / "global_step2_universal").exists() and not (ckpt / "latest_universal").exists()
 
 
+def _printed_by_two_ranks(tmp_path, code: str) -> list:
+    """Run ``code`` on 2 gloo processes (torchrun); the JSON lists the ranks printed, in output order."""
+    script = tmp_path / "two_ranks.py"
+    script.write_text(code)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--tee=1"]
+    proc = subprocess.run(
+        [*cmd, str(script)], env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line.split("]:", 1)[1]) for line in proc.stdout.splitlines() if "]:[" in line]
+
+
 STOP_VOTE = """
 import json, os, sys
 import torch.distributed as dist
@@ -212,15 +224,8 @@ dist.destroy_process_group()
 
 def test_the_stop_vote_decides_on_every_rank_one_step_after_the_request(tmp_path):
     """distributed.StopVote: each step's vote comes back at the next step, the same on every rank."""
-    script = tmp_path / "vote.py"
-    script.write_text(STOP_VOTE)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--tee=1"]
-    proc = subprocess.run(
-        [*cmd, str(script)], env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    votes = [json.loads(line.split("]:", 1)[1]) for line in proc.stdout.splitlines() if "]:[" in line]
-    assert votes == [[False, False, True, True]] * 2, proc.stdout
+    votes = _printed_by_two_ranks(tmp_path, STOP_VOTE)
+    assert votes == [[False, False, True, True]] * 2
     from ftctl.trainer.distributed import StopVote
 
     assert StopVote()(True) is True  # one process: at once
@@ -249,15 +254,8 @@ def test_fsdp2s_gradient_norm_reaches_the_host_as_a_plain_value(tmp_path):
     """Regression (v19, two H200s): under FSDP2 the gradient norm is a DTensor; the deferred log stacked it with
     the loss and copied the stack into pinned memory: "aten.copy_.default got mixed torch.Tensor and DTensor"
     at the first step. to_host_later hands back its full value as a plain tensor."""
-    script = tmp_path / "norm.py"
-    script.write_text(FSDP_GRAD_NORM)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--tee=1"]
-    proc = subprocess.run(
-        [*cmd, str(script)], env=subprocess_env(), cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line.split("]:", 1)[1]) for line in proc.stdout.splitlines() if "]:[" in line]
-    assert len(rows) == 2, proc.stdout
+    rows = _printed_by_two_ranks(tmp_path, FSDP_GRAD_NORM)
+    assert len(rows) == 2
     for is_dtensor, host_type, on_host, full in rows:
         assert is_dtensor and host_type == "Tensor" and on_host == pytest.approx(full) and full > 0
 
