@@ -838,6 +838,11 @@ def write_report(rows: list[dict], meta: dict, out_dir: Path, stem: str) -> None
         f"# ftctl vs the tuned TRL peer — {meta['card']}, {meta['date']}",
         "",
         f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.",
+        *(
+            [f"Host: {h['cpu']}, {h['cores']} cores, a fixed Python loop {h['python_loop_ms']} ms (lower: quicker)."]
+            if (h := meta.get("host"))
+            else []
+        ),
         "Peer and ftctl of a row ran one after the other in one process of one device call, unless the notes say",
         "otherwise. Real (non-pad) tokens/s over the steps after 5 warm-up steps.",
         "",
@@ -915,6 +920,25 @@ def merge(paths: list[str], out_dir: Path) -> None:
     write_report([summarise(details[k], cards[k]) for k in order], meta, out_dir, Path(paths[0]).stem)
 
 
+def host() -> dict:
+    """The host's CPU and a fixed pure-Python loop's time (best of 3): the peer's short steps are host-bound, and
+    its rate moved 15-35% between calls on the same card (v17 against v18) with this host speed unrecorded."""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        "unknown",
+    )
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        sum(i * i for i in range(2_000_000))
+        best = min(best, time.perf_counter() - t)
+    return {"cpu": model, "cores": os.cpu_count(), "python_loop_ms": round(best * 1e3, 1)}
+
+
 def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -971,7 +995,7 @@ def main() -> None:
     # the GPU the rows run on: on a 2-GPU machine two instances take one GPU each (rows of one shape
     # per instance: each builds its own model), every row's peer and ftctl on the same GPU
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0")
-    meta = {"card": card, "date": date, "versions": versions(), "models_in": a.models, "gpu": gpu}
+    meta = {"card": card, "date": date, "versions": versions(), "host": host(), "models_in": a.models, "gpu": gpu}
     rows = []
     for row in a.rows.split(","):
         one = Path(a.work) / f"{row}.json"
