@@ -251,7 +251,7 @@ dist.destroy_process_group()
 
 
 def test_fsdp2s_gradient_norm_reaches_the_host_as_a_plain_value(tmp_path):
-    """Regression (v19, two H200s): under FSDP2 the gradient norm is a DTensor; the deferred log stacked it with
+    """Regression (bench/NOTES.md v19, two H200s): under FSDP2 the gradient norm is a DTensor; the deferred log stacked it with
     the loss and copied the stack into pinned memory: "aten.copy_.default got mixed torch.Tensor and DTensor"
     at the first step. to_host_later hands back its full value as a plain tensor."""
     rows = _printed_by_two_ranks(tmp_path, FSDP_GRAD_NORM)
