@@ -17,7 +17,7 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  and layer counted tensor by tensor in activation_bytes() (varlen attention, Liger kernels,
                  a 16-bit residual stream unless under fp16, LoRA's dropout outputs); A*S*(L+1) without
                  gradient checkpointing (+1: gradients in flight), the saved layer inputs + 2 layers with it
-    logits       TRL's fused LM head (fused_head_bytes): tiles, not the (tokens x vocab) logits
+    logits       the LM head's loss (fused_head_bytes): chunks of tokens, not the (tokens x vocab) logits
     accumulated_grads
                  with gradient accumulation only (accumulation_steps() > 1): the gradients of the micro-
                  batches so far stay alive through the next one's activations, so the grads term counts
@@ -374,12 +374,18 @@ def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool, dropou
     return 5 * h + 6 * i + (8 * h if fp32_residual else 0)
 
 
+def head_chunk_tokens(vocab: int) -> int:
+    """Tokens the LM head (trainer/lm_head.py) projects onto the whole vocabulary at once: at most 4,096, and
+    at most 2**29 logits (1 GiB in 16 bits; 4,096 tokens of a 131,072-entry vocabulary)."""
+    return max(1, min(4096, 2**29 // max(1, vocab)))
+
+
 def fused_head_bytes(tokens: int, h: int, vocab: int) -> int:
-    """TRL's fused LM head (SFTTrainer): log-probs computed in tiles of at most 4,096 tokens x 32,768
-    vocabulary entries, so the (tokens x vocab) logits never exist; plus the fp32 gradient of the hidden
-    states and the 16-bit copy of the scored positions. (A trained head's fp32 weight gradient is the
-    grads term's.)"""
-    return 4 * min(tokens, 4096) * min(vocab, 32768) + 6 * tokens * h
+    """The LM head's loss (trainer/lm_head.py): one chunk's 16-bit logits over the whole vocabulary (the
+    (tokens x vocab) logits never exist at once), the fp32 gradient of the hidden states and the 16-bit copy
+    of the scored positions. (A trained head's fp32 weight gradient is the grads term's.) Where TRL's own head
+    runs instead (ZeRO-3, scaled logits) its 4,096 x 32,768 tiles are smaller: this over-counts by <= 1 GB."""
+    return 2 * min(tokens, head_chunk_tokens(vocab)) * vocab + 6 * tokens * h
 
 
 def _strategies(method: str, world: int, nodes: int, forced: str | None) -> list[str]:

@@ -52,7 +52,7 @@ def test_7b_qlora_on_1xt4():
     assert p.precision == "fp16"  # T4 has no bf16
     assert p.attn_implementation == "sdpa" and not p.packing  # nor FlashAttention-2
     assert p.strategy == "single"
-    assert p.optim == "paged_adamw_8bit" and p.learning_rate == 2e-4
+    assert p.optim == "adamw_torch_fused" and p.learning_rate == 2e-4  # r 16's fp32 states fit
     assert p.trainable_params_b < 0.1
     _fits(p)
     assert p.memory["weights"] < 6  # 4-bit base: ~0.5 B/param
@@ -353,10 +353,11 @@ def test_qlora_takes_fused_adamw_where_its_states_fit():
     assert (roomy.optim, roomy.per_device_train_batch_size) == ("adamw_torch_fused", 8)
     assert roomy.memory["optimizer"] == pytest.approx(12 * roomy.trainable_params_b, abs=0.01)  # 8 + fp32 copy
     t4 = dict(method="qlora", gpus="1xT4", model_name_or_path="lmsys/vicuna-7b-v1.5")
-    tight = plan(**t4)
+    assert plan(**t4).optim == "adamw_torch_fused"  # r 16's states are small
+    tight = plan(**t4, o=["lora_r=128"])
     assert tight.optim == "paged_adamw_8bit"  # fused AdamW's states would cost the micro-batch
     assert tight.memory["optimizer"] == pytest.approx(6 * tight.trainable_params_b, abs=0.01)  # 2 + fp32 copy
-    asked = plan(**t4, o=["optim=adamw_torch_fused"])
+    asked = plan(**t4, o=["lora_r=128", "optim=adamw_torch_fused"])
     assert asked.optim == "adamw_torch_fused"
     assert asked.memory["optimizer"] == pytest.approx(12 * asked.trainable_params_b, abs=0.01)
     assert (asked.per_device_train_batch_size, asked.gradient_checkpointing) != (

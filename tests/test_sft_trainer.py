@@ -70,10 +70,16 @@ def test_same_logs_as_trls_trainer_and_no_host_wait_in_a_step(
 ):
     from trl import SFTTrainer as TrlSFTTrainer
 
-    runs = {}
+    from ftctl.trainer import lm_head
+
+    runs, head_calls = {}, []
     for name, cls in (("ftctl", None), ("trl", TrlSFTTrainer)):
         spec, plan = make_run(
             tiny_model_dir, tiny_data, tmp_path / name, method, max_steps=4, save_steps=2, logging_steps=2
+        )
+        apply = lm_head._HeadLoss.apply
+        monkeypatch.setattr(
+            lm_head._HeadLoss, "apply", lambda *a, _apply=apply, _n=name: head_calls.append(_n) or _apply(*a)
         )
         runs[name] = _run(spec, plan, monkeypatch, cls)
         monkeypatch.undo()
@@ -91,6 +97,7 @@ def test_same_logs_as_trls_trainer_and_no_host_wait_in_a_step(
         states = [json.loads(Path(tmp_path, n, f"checkpoint-{step}", "trainer_state.json").read_text()) for n in runs]
         assert states[0]["num_input_tokens_seen"] == states[1]["num_input_tokens_seen"] > 0
 
+    assert head_calls and set(head_calls) == {"ftctl"}  # ftctl's LM head gave the same logs as TRL's
     assert our_steps == [0, 0, 0, 0]  # nothing in a step waits for the device
     assert all(n >= 3 for n in trl_steps)  # TRL's metrics and token counts do, every step
 

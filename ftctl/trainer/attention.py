@@ -17,9 +17,9 @@ int) that TRL's padding-free collator computes once per batch on the CPU; they r
 model kwargs, so no layer derives them from ``position_ids`` (a host sync per layer).
 
 Liger's layer kernels (RoPE, RMSNorm, SwiGLU) are applied to Llama/Mistral/Qwen-like models on CUDA
-when liger-kernel is installed. The head's cross-entropy is TRL's fused LM head (chunked log-probs,
-SFTTrainer adds it itself): the (tokens x vocab) logits never exist in full, so Liger's own fused
-linear cross-entropy is not used.
+when liger-kernel is installed. The head's cross-entropy is ftctl's (lm_head.py: TRL's fused-head kernels,
+the gradients taken in the forward; TRL's own head where it cannot run): the (tokens x vocab) logits never
+exist in full, so Liger's own fused linear cross-entropy is not used.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def resolve(planned: str, model_type: str | None, on_cpu: bool, packed: bool = F
 
 def apply_liger(model) -> None:
     """Liger's RoPE, RMSNorm and SwiGLU kernels on this model instance (before PEFT wraps it). The
-    cross-entropy stays TRL's fused LM head."""
+    cross-entropy stays the trainer's fused LM head (lm_head.py)."""
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
     _apply_liger_kernel_to_instance(

@@ -8,7 +8,9 @@ Trainer one more (the tokens seen). Here the same numbers are summed on the GPU 
 numbers only when they are logged or a checkpoint is saved: the logs carry the same values.
 
 Only TRL's plain path is taken over (the fused head's negative log-likelihood, no custom loss, label
-smoothing, DFT, MoE auxiliary loss or sequence parallelism); anything else runs TRL's own code.
+smoothing, DFT, MoE auxiliary loss or sequence parallelism); anything else runs TRL's own code. On that
+path the LM head's loss is lm_head.py's where it can run (its gradients taken in the forward: one pass
+over the logits), TRL's fused head elsewhere; the loss and the logged metrics are the same.
 
 On a GPU a step's log is also read a step late (``defer_logs``): at the step's end its loss, gradient norm,
 metrics and token counts start on their way to the host (``distributed.to_host_later``) and the log is
@@ -31,11 +33,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, is_peft_model
 from transformers import Trainer
 from transformers.trainer_pt_utils import nested_gather
 from trl import SFTTrainer as TrlSFTTrainer
 
+from ftctl.trainer import lm_head
 from ftctl.trainer.distributed import local, to_host_later
 
 
@@ -62,6 +65,9 @@ class SFTTrainer(TrlSFTTrainer):
         self._late: _LateLog | None = None
         self._flop_params: int | None = None  # floating_point_ops' parameter count, taken once
         self._modules: list | None = None  # training_step's list of the model's modules, taken once
+        self._base = self.model.get_base_model() if is_peft_model(self.model) else self.model  # as TRL patches
+        self._own_head: bool | None = None  # lm_head's loss, known at the first step (the model wrapped by then)
+        lm_head.add_head(self._base)
         if self.defer_logs is None:
             self.defer_logs = self.args.device.type == "cuda"
 
@@ -103,19 +109,28 @@ class SFTTrainer(TrlSFTTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs or not self._plain_loss():
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # TRL's plain path, line for line, without its .item() calls
+        # TRL's plain path without its .item() calls, its LM head's gradients taken in the forward (lm_head.py)
         inputs["use_cache"] = False
-        outputs = model(**inputs, fused_lm_head=True)
-        num_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = -outputs.log_probs.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if self._own_head is None:
+            self._own_head = lm_head.usable(self._base)
+        if self._own_head:
+            outputs = model(**inputs, ftctl_head=True)
+            label_count, sum_log_probs = outputs.tokens, outputs.sum_log_probs
+            sum_entropy, top1 = outputs.sum_entropy, outputs.top1
+        else:
+            outputs = model(**inputs, fused_lm_head=True)
+            label_count, sum_log_probs = outputs.label_mask.sum(), outputs.log_probs.sum()
+            sum_entropy, top1 = outputs.entropy.detach().sum(), outputs.is_top1.sum()
+        num_tokens = label_count if num_items_in_batch is None else num_items_in_batch
+        loss = -sum_log_probs / torch.as_tensor(num_tokens).clamp(min=1)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
 
         mode = "train" if self.model.training else "eval"
         gather = self.accelerator.gather_for_metrics
-        valid = gather(outputs.label_mask.sum()).sum().clamp(min=1)  # TRL: 0.0 when no token counts
-        self._metrics[mode]["entropy"].append(gather(outputs.entropy.detach().sum()).sum() / valid)
-        self._metrics[mode]["mean_token_accuracy"].append(gather(outputs.is_top1.sum()).sum() / valid)
+        valid = gather(label_count).sum().clamp(min=1)  # TRL: 0.0 when no token counts
+        self._metrics[mode]["entropy"].append(gather(sum_entropy).sum() / valid)
+        self._metrics[mode]["mean_token_accuracy"].append(gather(top1).sum() / valid)
         if mode == "train":
             if "attention_mask" in inputs:
                 local = inputs["attention_mask"].sum()
