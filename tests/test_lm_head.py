@@ -80,6 +80,8 @@ def _tiny(tiny_model_dir):
 def test_in_a_model_the_loss_and_every_gradient_equal_transformers_and_the_metrics_trls(tiny_model_dir):
     import torch
 
+    from ftctl.trainer import lm_head
+
     model = _tiny(tiny_model_dir)
     ids = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
     labels = ids.clone()
@@ -91,15 +93,19 @@ def test_in_a_model_the_loss_and_every_gradient_equal_transformers_and_the_metri
         loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
 
-    ours = model(input_ids=ids, labels=labels, ftctl_head=True)
+    scored = lm_head.counting_scored(lambda rows: {"input_ids": ids, "labels": labels})([])["scored"]
+    assert scored == 30 + 29  # labels shifted by one: row 0 from position 10 on, row 1 up to 30
+    ours = model(input_ids=ids, labels=labels, ftctl_head=True, scored=scored)
     loss = -ours.sum_log_probs / ours.tokens
     ours_grads = grads(loss)
+    without_count = model(input_ids=ids, labels=labels, ftctl_head=True)  # the head finds the count itself
+    assert float(without_count.sum_log_probs.detach()) == float(ours.sum_log_probs.detach())
     reference = model(input_ids=ids, labels=labels)  # transformers' loss over the full logits
     assert float(loss.detach()) == pytest.approx(float(reference.loss.detach()), rel=1e-6)
     for name, g in grads(reference.loss).items():
         assert torch.allclose(ours_grads[name], g, rtol=1e-4, atol=1e-7), name
     trls = model(input_ids=ids, labels=labels, fused_lm_head=True)
-    assert int(ours.tokens) == int(trls.label_mask.sum()) == 30 + 29  # labels shifted by one
+    assert int(ours.tokens) == int(trls.label_mask.sum()) == scored
     assert float(ours.sum_entropy) == pytest.approx(float(trls.entropy.sum()), rel=1e-6)
     assert int(ours.top1) == int(trls.is_top1.sum())
 

@@ -68,18 +68,27 @@ def _run(spec, plan, monkeypatch, trainer_cls=None):
 def test_same_logs_as_trls_trainer_and_no_host_wait_in_a_step(
     method, tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch
 ):
+    import torch
+    from accelerate import Accelerator
     from trl import SFTTrainer as TrlSFTTrainer
 
     from ftctl.trainer import lm_head
 
-    runs, head_calls = {}, []
+    runs, head_calls, clips = {}, [], []
     for name, cls in (("ftctl", None), ("trl", TrlSFTTrainer)):
         spec, plan = make_run(
-            tiny_model_dir, tiny_data, tmp_path / name, method, max_steps=4, save_steps=2, logging_steps=2
-        )
-        apply = lm_head._HeadLoss.apply
+            tiny_model_dir, tiny_data, tmp_path / name, method, max_steps=4, save_steps=2, logging_steps=2,
+            max_grad_norm=0.05,
+        )  # fmt: skip
+        apply, nonzero = lm_head._HeadLoss.apply, torch.Tensor.nonzero
         monkeypatch.setattr(
             lm_head._HeadLoss, "apply", lambda *a, _apply=apply, _n=name: head_calls.append(_n) or _apply(*a)
+        )
+        clip = Accelerator.clip_grad_norm_  # ftctl hands the clipping to fused AdamW instead
+        monkeypatch.setattr(Accelerator, "clip_grad_norm_", lambda *a, _c=clip, _n=name: clips.append(_n) or _c(*a))
+        # a nonzero of unknown size waits for the device: the collator's count of the scored labels spares it
+        monkeypatch.setattr(
+            torch.Tensor, "nonzero", lambda *a, _nz=nonzero, **k: head_calls.append("?") or _nz(*a, **k)
         )
         runs[name] = _run(spec, plan, monkeypatch, cls)
         monkeypatch.undo()
@@ -97,7 +106,10 @@ def test_same_logs_as_trls_trainer_and_no_host_wait_in_a_step(
         states = [json.loads(Path(tmp_path, n, f"checkpoint-{step}", "trainer_state.json").read_text()) for n in runs]
         assert states[0]["num_input_tokens_seen"] == states[1]["num_input_tokens_seen"] > 0
 
-    assert head_calls and set(head_calls) == {"ftctl"}  # ftctl's LM head gave the same logs as TRL's
+    # ftctl's LM head gave the same logs as TRL's, and found the scored positions without a nonzero
+    assert head_calls and set(head_calls) == {"ftctl"}
+    # every step clipped (norms over max_grad_norm), ftctl's inside AdamW: the later losses still equal TRL's
+    assert all(r["grad_norm"] > 0.05 for r in ours) and set(clips) == {"trl"}
     assert our_steps == [0, 0, 0, 0]  # nothing in a step waits for the device
     assert all(n >= 3 for n in trl_steps)  # TRL's metrics and token counts do, every step
 

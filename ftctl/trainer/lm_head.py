@@ -68,11 +68,12 @@ class HeadOutput(ModelOutput):
 def add_head(model) -> None:
     """Let ``model(..., labels=..., ftctl_head=True)`` return a ``HeadOutput``; without ``ftctl_head`` the
     forward is the one it had (TRL's, with its own ``fused_lm_head``). Patch the base model before PEFT
-    and the Trainer wrap it (TRL patches the same one)."""
+    and the Trainer wrap it (TRL patches the same one). ``scored`` (``counting_scored``'s count) lets the
+    scored positions be found without the host waiting for the device."""
     previous = model.forward
 
     @functools.wraps(type(model).forward)
-    def forward(self, *args, ftctl_head=False, labels=None, **kwargs):
+    def forward(self, *args, ftctl_head=False, labels=None, scored=None, **kwargs):
         if not ftctl_head:
             if labels is not None:
                 kwargs["labels"] = labels
@@ -81,17 +82,36 @@ def add_head(model) -> None:
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
         head = self.get_output_embeddings()
         labels = labels[:, 1:].to(head.weight.device)
-        mask = labels != -100
+        mask = labels.reshape(-1) != -100
+        # the scored positions; a boolean index (TRL's) waits for the device in the forward and in the backward
+        at = mask.nonzero() if scored is None else torch.nonzero_static(mask, size=scored)
+        at = at.squeeze(1)
         weight, bias = head.weight, head.bias
         if hasattr(weight, "full_tensor"):  # FSDP2's sharded parameters are DTensors; the hidden states are not
             weight = weight.full_tensor()
             bias = bias.full_tensor() if bias is not None else None
+        hidden = hidden.to(weight.device).reshape(-1, hidden.shape[-1]).index_select(0, at)
         sum_log_probs, sum_entropy, top1 = _HeadLoss.apply(
-            hidden.to(weight.device)[mask], weight, bias, labels[mask], head_chunk_tokens(weight.shape[0])
+            hidden, weight, bias, labels.reshape(-1).index_select(0, at), head_chunk_tokens(weight.shape[0])
         )
         return HeadOutput(sum_log_probs=sum_log_probs, tokens=mask.sum(), sum_entropy=sum_entropy, top1=top1)
 
     model.forward = types.MethodType(forward, model)
+
+
+def counting_scored(collate):
+    """``collate`` whose batches also carry ``scored``: how many labels count (not -100 after the shift), a
+    Python int computed on the host from the labels the collator made, so the head knows its shapes without
+    asking the device."""
+
+    def collate_and_count(examples):
+        batch = collate(examples)
+        labels = batch.get("labels") if isinstance(batch, dict) else None
+        if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+            batch["scored"] = int((labels[:, 1:] != -100).sum())
+        return batch
+
+    return collate_and_count
 
 
 class _HeadLoss(torch.autograd.Function):
