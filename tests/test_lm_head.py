@@ -120,3 +120,22 @@ def test_models_with_scaled_or_capped_logits_keep_trls_head(tiny_model_dir):
     model.config.final_logit_softcapping = None
     model.config.logits_scaling = 8.0  # Granite's
     assert not lm_head.usable(model)
+
+
+def test_evaluation_takes_no_gradients(tiny_model_dir, monkeypatch):
+    """Under no_grad (evaluation) the forward computes the sums only: no fp32 weight gradient is taken."""
+    import torch
+
+    from ftctl.trainer import lm_head
+
+    model = _tiny(tiny_model_dir)
+    ids = torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(1))
+    products = []
+    real = lm_head._mm_fp32
+    monkeypatch.setattr(lm_head, "_mm_fp32", lambda *a, **k: products.append(1) or real(*a, **k))
+    with torch.no_grad():
+        evaluated = model(input_ids=ids, labels=ids, ftctl_head=True)
+    assert products == []
+    trained = model(input_ids=ids, labels=ids, ftctl_head=True)
+    assert products  # the same call in training takes them
+    assert float(evaluated.sum_log_probs) == float(trained.sum_log_probs.detach())

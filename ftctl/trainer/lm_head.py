@@ -91,6 +91,8 @@ def add_head(model) -> None:
             weight = weight.full_tensor()
             bias = bias.full_tensor() if bias is not None else None
         hidden = hidden.to(weight.device).reshape(-1, hidden.shape[-1]).index_select(0, at)
+        if not torch.is_grad_enabled():  # evaluation: the forward takes gradients only for inputs that need them
+            weight, bias = weight.detach(), bias.detach() if bias is not None else None
         sum_log_probs, sum_entropy, top1 = _HeadLoss.apply(
             hidden, weight, bias, labels.reshape(-1).index_select(0, at), head_chunk_tokens(weight.shape[0])
         )
