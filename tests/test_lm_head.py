@@ -4,28 +4,15 @@ transformers' own loss in a model."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from tests.lm_head_checks import against_full_logits, no_label_counts
-from tests.trainer_fixtures import REPO, subprocess_env
+from tests.trainer_fixtures import interpreted_checks
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.lm_head_checks"],
-        cwd=REPO,
-        env=subprocess_env(TRITON_INTERPRET="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return interpreted_checks("lm_head_checks", timeout=300)
 
 
 def _check(c: dict, trained: bool, bias: bool) -> None:

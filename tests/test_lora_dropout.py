@@ -3,28 +3,16 @@ interpreter (a subprocess: TRITON_INTERPRET is read when the kernels are defined
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 
 import pytest
 
-from tests.trainer_fixtures import REPO, subprocess_env
+from tests.trainer_fixtures import interpreted_checks
 
 
 @pytest.fixture(scope="module")
 def checks(tiny_model_dir) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.lora_dropout_checks", str(tiny_model_dir)],
-        cwd=REPO,
-        env=subprocess_env(TRITON_INTERPRET="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return interpreted_checks("lora_dropout_checks", str(tiny_model_dir))
 
 
 @pytest.mark.parametrize("case", ["odd", "lora16"])

@@ -86,6 +86,21 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
+def interpreted_checks(module: str, *args: str, timeout: int = 600) -> dict:
+    """Run ``python -m tests.<module> ARGS`` with TRITON_INTERPRET=1 (Triton reads it when kernels are defined,
+    hence a subprocess) and return the JSON its last line prints."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"tests.{module}", *args],
+        cwd=REPO,
+        env=subprocess_env(TRITON_INTERPRET="1"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def run_trainer_cli(spec_path, nproc: int = 1, env=None, timeout=300, prelude: str | None = None):
     """Run ``python -m ftctl.trainer --spec`` (or torchrun with ``nproc`` processes, gloo) and wait.
 
