@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# FlashAttention 4 (flash-attn-4, CuTe DSL: pure Python, its kernels compiled at first use) for the device
+# machine, staged for bench/fa4_varlen.py. Its CUTLASS DSL libraries compress to ~64.5 MiB, over one call's carry
+# (64 MiB with the working tree), so the staged site is cut into two halves, .fa4a and .fa4b (git-ignored), for
+# two calls back to back: the first carries .fa4a and leaves it on the warm machine (an ignored path already
+# there and not carried is kept), the second carries .fa4b and joins them.
+#   usage (from the project's root, ~5 minutes here, mostly xz): bash bench/fa4_stage.sh
+#   then: run(carry=[".fa4a"], command="ls .fa4a")  and at once  run(carry=[".fa4b"], command="bash bench/fa4_varlen.sh")
+# Versions as read from the wheels on 2026-12-01: flash-attn-4 4.0.0b36 needs nvidia-cutlass-dsl >= 4.6.2,
+# quack-kernels, apache-tvm-ffi < 0.2 and torch-c-dlpack-ext; one CUDA flavour of cutlass (cu13 for torch cu130).
+set -euo pipefail
+wheels=.fa4-wheels stage=$(mktemp -d)
+for d in "$wheels" .fa4a .fa4b; do grep -qxF "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude; done
+mkdir -p "$wheels"
+python3 -m pip download -q --no-deps --pre --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 -d "$wheels" \
+  flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
+  nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 quack-kernels==0.6.5 \
+  apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5
+python3 -m pip install -q --no-deps --no-compile --target "$stage/site" "$wheels"/*.whl
+# what a run never loads: the DSL's other backend, link-time stubs, static libraries and headers
+rm -rf "$stage"/site/nvidia_cutlass_dsl/dsl_packages/iket
+find "$stage/site" \( -path '*/lib/stubs' -o -name include -type d \) -prune -exec rm -rf {} +
+find "$stage/site" -name '*.a' -delete
+tar -C "$stage" -cf - site | xz -9e -T2 > "$stage/site.tar.xz"
+rm -rf .fa4a .fa4b && mkdir .fa4a .fa4b
+half=$(( ($(stat -c %s "$stage/site.tar.xz") + 1) / 2 ))
+split -b "$half" -d "$stage/site.tar.xz" "$stage/part."
+mv "$stage/part.00" .fa4a/ && mv "$stage/part.01" .fa4b/
+rm -rf "$stage"
+du -sh .fa4a .fa4b
