@@ -17,7 +17,8 @@ python3 -m pip download -q --no-deps --pre --only-binary=:all: --python-version 
   flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
   nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 quack-kernels==0.6.5 \
   apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5
-python3 -m pip install -q --no-deps --no-compile --target "$stage/site" "$wheels"/*.whl
+python3 -m pip install -q --no-deps --no-compile --target "$stage/site" --only-binary=:all: --python-version 3.12 \
+  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 "$wheels"/*.whl
 # what a run never loads: the DSL's other backend, link-time stubs, static libraries and headers
 rm -rf "$stage"/site/nvidia_cutlass_dsl/dsl_packages/iket
 find "$stage/site" \( -path '*/lib/stubs' -o -name include -type d \) -prune -exec rm -rf {} +
