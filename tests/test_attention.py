@@ -27,6 +27,25 @@ def test_attention_is_flash_attn_then_torch_varlen_then_sdpa(planned, flash, var
     assert choose(planned, flash_attn_ok=flash, torch_varlen_ok=varlen) == expected
 
 
+def test_flash_attn_4_alone_is_not_taken_for_flash_attn_2(tmp_path, monkeypatch):
+    """flash-attn-4's wheel (4.0.0b36) installs flash_attn/cute/ and no flash_attn/__init__.py: ``flash_attn``
+    then imports as a namespace package without FlashAttention 2's functions, which transformers'
+    flash_attention_2 needs. Its layout here; a package with FA2's entry point is taken."""
+    import sys
+
+    (tmp_path / "flash_attn" / "cute").mkdir(parents=True)
+    (tmp_path / "flash_attn" / "cute" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "flash_attn" not in sys.modules  # not installed here
+    try:
+        assert not attention.flash_attn_importable()
+        (tmp_path / "flash_attn" / "__init__.py").write_text("def flash_attn_varlen_func(*a, **k): ...\n")
+        del sys.modules["flash_attn"]
+        assert attention.flash_attn_importable()
+    finally:
+        sys.modules.pop("flash_attn", None)
+
+
 def test_the_planner_names_varlen_where_the_tier_runs_flash_kernels_and_packs_only_then(tmp_path):
     from ftctl.plan import make_plan
     from ftctl.spec import build

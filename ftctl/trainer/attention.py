@@ -95,12 +95,19 @@ def choose(planned: str, *, flash_attn_ok: bool, torch_varlen_ok: bool) -> str:
 
 
 def flash_attn_importable() -> bool:
+    """flash-attn 2 (what transformers' flash_attention_2 calls) is installed and imports. flash-attn-4 installs
+    only ``flash_attn/cute``, which makes ``flash_attn`` an importable namespace without FlashAttention 2's API."""
     if importlib.util.find_spec("flash_attn") is None:
         return False
     try:
-        import flash_attn  # noqa: F401
+        import flash_attn
     except Exception as e:  # a build for another torch/CUDA fails at import, not at find_spec
         log.warning("flash_attn is installed but does not import (%s): not using it", e)
+        return False
+    if not hasattr(flash_attn, "flash_attn_varlen_func"):
+        log.info(
+            "flash_attn here is not FlashAttention 2 (no flash_attn_varlen_func; flash-attn-4 alone?): not using it"
+        )
         return False
     return True
 
