@@ -11,9 +11,9 @@ scales them by the loss's gradient, a scalar. Per step this saves one of the hea
 whole vocabulary and the weight's fp32 -> 16-bit casts per tile (it is cast once): on the 1B shape,
 ~10 ms of a ~250 ms fft step on an H200 (bench/NOTES.md, v17b's profile).
 
-What it costs: a chunk's logits over the whole vocabulary (4,096 tokens x 128,256 in 16
-bits, 1 GiB, against TRL's 4,096 x 32,768 tile; plan.head_chunk_tokens), and the head's gradients exist from the end of the forward
-instead of from the start of the backward, the same moment of the step (plan.py's ``fused_head_bytes``).
+What it costs: a chunk's logits over the whole vocabulary (4,096 tokens x 128,256 in 16 bits, 1 GiB, against TRL's
+4,096 x 32,768 tile; plan.head_chunk_tokens), and the head's gradients exist from the end of the forward instead of
+from the start of the backward, the same moment of the step (plan.py's ``fused_head_bytes``).
 
 Used by ftctl's SFTTrainer for TRL's plain loss only (``usable``): a causal LM whose logits are neither
 scaled nor soft-capped, whose head no DeepSpeed ZeRO-3 partitions. Anything else keeps TRL's head.
