@@ -943,7 +943,17 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "liger-kernel", "flash-attn"):
+    for name in (
+        "torch",
+        "transformers",
+        "trl",
+        "peft",
+        "bitsandbytes",
+        "liger-kernel",
+        "flash-attn",
+        "flash-attn-4",
+        "nvidia-cutlass-dsl",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # FlashAttention 4 (flash-attn-4, CuTe DSL: pure Python, its kernels compiled at first use) for the device
-# machine, staged for bench/fa4_varlen.py. Its CUTLASS DSL libraries compress to ~64.5 MiB, over one call's carry
-# (64 MiB with the working tree), so the staged site is cut into two halves, .fa4a and .fa4b (git-ignored), for
-# two calls back to back: the first carries .fa4a and leaves it on the warm machine (an ignored path already
-# there and not carried is kept), the second carries .fa4b and joins them.
-#   usage (from the project's root, ~5 minutes here, mostly xz): bash bench/fa4_stage.sh
-#   then: run(carry=[".fa4a"], command="ls .fa4a")  and at once  run(carry=[".fa4b"], command="bash bench/fa4_varlen.sh")
+# machine, staged for bench/fa4_varlen.py and the trainer's rows. Its CUTLASS DSL libraries compress to
+# ~64.5 MiB, over one call's carry (64 MiB with the working tree), so the staged site is cut into two halves,
+# .fa4a and .fa4b (git-ignored), for two calls back to back: the first carries .fa4a and copies it out of the
+# working tree (a path carried by one call and not by the next is removed there; /tmp stays while the machine
+# is warm), the second carries .fa4b and joins them (bench/fa4_site.sh).
+#   usage (from the project's root, ~3 minutes here, mostly xz): bash bench/fa4_stage.sh
+#   then: run(carry=[".fa4a"], command="mkdir -p /tmp/fa4p && cp .fa4a/part.00 /tmp/fa4p/")
+#   and at once: run(carry=[".fa4b"], command="bash bench/fa4_varlen.sh")
+#   (or carry=[".fa4b", ".whl-rows"], command="FA4=1 WHEELS=.whl-rows ... bash bench/rows_x2.sh")
 # Versions as read from the wheels on 2026-12-01: flash-attn-4 4.0.0b36 needs nvidia-cutlass-dsl >= 4.6.2,
 # quack-kernels, apache-tvm-ffi < 0.2 and torch-c-dlpack-ext; one CUDA flavour of cutlass (cu13 for torch cu130).
 set -euo pipefail

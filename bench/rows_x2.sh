@@ -8,7 +8,7 @@
 #
 # ROWS0 / ROWS1 / PHASES / LIMIT0 / LIMIT1 override the defaults, EXTRA adds compare.py arguments (e.g.
 # EXTRA="--steps 30"); WHEELS=none skips the install (BENCH_CPU=1 dry runs here: the same orchestration on CPU
-# with tiny shapes).
+# with tiny shapes); FA4=1 puts FlashAttention 4 on the path (staged: bench/fa4_stage.sh).
 set -u
 OUT=${OUT:?the device tool sets OUT}
 ROWS0=${ROWS0:-qlora8b lora8b}
@@ -22,6 +22,10 @@ if [ "${WHEELS:-.whl-multi}" != none ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "${WHEELS:-.whl-multi}"/*.whl \
     || { echo "wheel install failed" >&2; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
+fi
+if [ "${FA4:-0}" = 1 ]; then  # FlashAttention 4 staged by bench/fa4_stage.sh: the trainer's varlen kernels
+  # shellcheck source=bench/fa4_site.sh
+  source bench/fa4_site.sh || exit 1
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 rm -rf "$WORK" && mkdir -p "$WORK/r" "$OUT"

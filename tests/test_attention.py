@@ -7,24 +7,26 @@ import math
 import pytest
 
 from ftctl.trainer import attention
-from ftctl.trainer.attention import FLASH_ATTN, SDPA, TORCH_VARLEN, VARLEN, choose
+from ftctl.trainer.attention import FA4_VARLEN, FLASH_ATTN, SDPA, TORCH_VARLEN, VARLEN, choose
 from tests.trainer_fixtures import make_run
 
 
 # ------------------------------------------------------------------------------------------ choice
 @pytest.mark.parametrize(
-    ("planned", "flash", "varlen", "expected"),
+    ("planned", "fa4", "flash", "varlen", "expected"),
     [
-        (VARLEN, True, True, FLASH_ATTN),  # flash-attn when it imports
-        (VARLEN, False, True, TORCH_VARLEN),  # else torch's varlen kernels
-        (VARLEN, False, False, SDPA),  # else sdpa
-        (FLASH_ATTN, False, True, TORCH_VARLEN),  # an explicit flash_attention_2 without the package
-        (SDPA, True, True, SDPA),  # what the user asked stays
-        ("eager", True, True, "eager"),
+        (VARLEN, True, True, True, FA4_VARLEN),  # FlashAttention 4 where it imports (Hopper, Blackwell)
+        (VARLEN, False, True, True, FLASH_ATTN),  # else flash-attn when it imports
+        (VARLEN, False, False, True, TORCH_VARLEN),  # else torch's varlen kernels
+        (VARLEN, False, False, False, SDPA),  # else sdpa
+        (FLASH_ATTN, True, True, True, FLASH_ATTN),  # an explicit flash_attention_2 gets it
+        (FLASH_ATTN, True, False, True, TORCH_VARLEN),  # ... or without the package, its kernels in torch
+        (SDPA, True, True, True, SDPA),  # what the user asked stays
+        ("eager", True, True, True, "eager"),
     ],
 )
-def test_attention_is_flash_attn_then_torch_varlen_then_sdpa(planned, flash, varlen, expected):
-    assert choose(planned, flash_attn_ok=flash, torch_varlen_ok=varlen) == expected
+def test_attention_is_fa4_then_flash_attn_then_torch_varlen_then_sdpa(planned, fa4, flash, varlen, expected):
+    assert choose(planned, flash_attn_ok=flash, torch_varlen_ok=varlen, fa4_ok=fa4) == expected
 
 
 def test_flash_attn_4_alone_is_not_taken_for_flash_attn_2(tmp_path, monkeypatch):
@@ -90,6 +92,7 @@ def test_a_gpu_run_registers_a_mask_function_for_its_varlen_attention_only_when_
 
     from ftctl.trainer.model import model_kernels
 
+    monkeypatch.setattr(attention, "fa4_usable", lambda: False)
     monkeypatch.setattr(attention, "flash_attn_importable", lambda: False)
     monkeypatch.setattr(attention, "torch_varlen_usable", lambda: True)
     try:
@@ -105,8 +108,16 @@ def test_a_gpu_run_registers_a_mask_function_for_its_varlen_attention_only_when_
         assert FLASH_ATTN not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
         attention.resolve(VARLEN, "llama", on_cpu=False, packed=False)
         assert ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[FLASH_ATTN] is flash_attention_mask
+        # FlashAttention 4 importable on a Hopper/Blackwell GPU: ftctl's function over its kernel, the same way
+        monkeypatch.setattr(attention, "fa4_usable", lambda: True)
+        kernels = attention.resolve(VARLEN, "llama", on_cpu=False, packed=True)
+        assert kernels.attn_implementation == FA4_VARLEN and "FlashAttention 4" in kernels.attention
+        assert FA4_VARLEN not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
+        attention.resolve(VARLEN, "llama", on_cpu=False, packed=False)
+        assert ALL_MASK_ATTENTION_FUNCTIONS._global_mapping[FA4_VARLEN] is flash_attention_mask
     finally:
-        attention.register_torch_varlen()
+        attention.register_varlen()
+        attention.register_varlen(FA4_VARLEN)
         attention.mask_preparation(FLASH_ATTN, True)
 
 
@@ -166,7 +177,8 @@ def _tiny_llama(attn: str):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    attention.register_torch_varlen()
+    attention.register_varlen()
+    attention.register_varlen(FA4_VARLEN)  # on CPU both run the reference kernel: transformers' wiring
     cfg = LlamaConfig(
         vocab_size=97,
         hidden_size=64,
@@ -219,7 +231,7 @@ def test_the_collator_hands_the_model_each_samples_boundaries():
     assert (batch["labels"][0, sum(lengths) :] == -100).all()  # the padding trains nothing
 
 
-@pytest.mark.parametrize("attn", [SDPA, TORCH_VARLEN])
+@pytest.mark.parametrize("attn", [SDPA, TORCH_VARLEN, FA4_VARLEN])
 def test_packed_loss_equals_the_unpacked_loss(attn):
     import torch
 
@@ -259,12 +271,12 @@ def test_the_varlen_path_reads_the_collators_boundaries_in_every_layer(monkeypat
         with torch.no_grad():
             model(**packed)
     finally:
-        attention.register_torch_varlen()
+        attention.register_varlen()
     assert len(seen) == 2 and all(cu is packed["cu_seq_lens_q"] for cu in seen)
 
 
 def test_a_packed_run_registers_no_mask_function_so_transformers_never_reads_the_positions(monkeypatch):
-    """register_torch_varlen(masks=False), as a packed run does: transformers skips its mask preparation and
+    """register_varlen(masks=False), as a packed run does: transformers skips its mask preparation and
     with it find_packed_sequence_indices (a GPU read at every forward); the packed forward is the same."""
     import torch
     from transformers import masking_utils
@@ -277,11 +289,11 @@ def test_a_packed_run_registers_no_mask_function_so_transformers_never_reads_the
     try:
         with torch.no_grad():
             with_masks = model(**packed).logits
-        attention.register_torch_varlen(masks=False)
+        attention.register_varlen(masks=False)
         with torch.no_grad():
             without = model(**packed).logits
     finally:
-        attention.register_torch_varlen()
+        attention.register_varlen()
     assert calls == [1]  # only the forward with a mask function looked at the positions
     assert torch.equal(with_masks, without)
 
