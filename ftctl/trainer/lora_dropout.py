@@ -12,8 +12,10 @@ projection saves anyway, and the seed.
   that reads x and g once and writes dx once (dA summed in fp32 over row blocks).
 
 The keep mask draws 16 bits per element from a 32-bit integer hash of the element's index and the seed
-(lowbias32: a few multiplies and shifts an element, computed in the register layout of the tile it masks):
-p is rounded to a multiple of 1/65,536 and the scale is that rounded p's, so the expectation is exact.
+(lowbias32: a few multiplies and shifts, computed in the register layout of the tile it masks), one hash for two
+neighbouring columns (its high and low halves): the hash's integer arithmetic, not the bytes, bound the kernels
+(bench/NOTES.md, v22-v24). p is rounded to a multiple of 1/65,536 and the scale is that rounded p's, so the
+expectation is exact.
 Philox (torch's own dropout RNG; four 32-bit words a call, split and rearranged into the tile) made the
 kernels 9 ms an 8B step slower (bench/adapter_kernels.py, v11 in bench/NOTES.md). The seed comes from
 torch's CPU generator at each call (no wait on the GPU), so ``torch.manual_seed`` fixes the masks and activation
@@ -165,16 +167,17 @@ if triton is not None:
 
     @triton.jit
     def _keep(seed, rows, k0, K, thr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-        """[BLOCK_M, BLOCK_K] bool: element (row, k0 + j) kept. The top 16 bits of lowbias32 (a bijective
-        32-bit integer mixer) of the element's index xor the seed's golden-ratio multiple."""
-        cols = k0 + tl.arange(0, BLOCK_K)
-        h = (rows[:, None] * K + cols[None, :]).to(tl.uint32) ^ (seed.to(tl.uint32) * 0x9E3779B1)
+        """[BLOCK_M, BLOCK_K] bool: element (row, k0 + j) kept (k0 even). One lowbias32 (a bijective 32-bit
+        integer mixer) for each pair of columns (2c, 2c + 1) of a row, of the pair's first element's index xor the
+        seed's golden-ratio multiple: its top 16 bits draw column 2c, its low 16 bits column 2c + 1."""
+        firsts = k0 + 2 * tl.arange(0, BLOCK_K // 2)
+        h = (rows[:, None] * K + firsts[None, :]).to(tl.uint32) ^ (seed.to(tl.uint32) * 0x9E3779B1)
         h ^= h >> 16
         h *= 0x7FEB352D
         h ^= h >> 15
         h *= 0x846CA68B
         h ^= h >> 16
-        return (h >> 16) >= thr
+        return tl.reshape(tl.join(h >> 16, h & 0xFFFF), (BLOCK_M, BLOCK_K)) >= thr
 
     @triton.autotune(configs=_configs(backward=False), key=["K", "R"])
     @triton.jit(do_not_specialize=["M", "seed"])
