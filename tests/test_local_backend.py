@@ -39,6 +39,25 @@ def test_launch_without_backend_refuses_gpus_this_machine_lacks_before_starting_
     assert time.time() - start < 20
 
 
+def test_doctor_says_what_a_varlen_plan_runs_here(monkeypatch):
+    """The local doctor names the attention the trainer would run (here: no GPU, sdpa), and on a Hopper GPU
+    without FlashAttention 4 says how to get it (the GPU is the outermost boundary: none here)."""
+    from ftctl.local import backend
+    from ftctl.trainer import attention
+
+    proc = ftctl("doctor")
+    assert proc.returncode == 0, proc.stderr
+    assert "attention:   sdpa (no CUDA GPU here)" in proc.stdout
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(attention, "runnable", lambda planned, on_cpu: attention.TORCH_VARLEN)
+    assert "pip install 'ftctl[fa4]'" in backend.varlen_here()
+    monkeypatch.setattr(attention, "runnable", lambda planned, on_cpu: attention.FA4_VARLEN)
+    assert backend.varlen_here() == attention.WORDS[attention.FA4_VARLEN]
+
+
 def test_default_backend_from_the_environment_and_the_user_config(tmp_path):
     base = ["render", "--method", "lora", "--gpus", "1xA100", "--model-params", "7b", "--output", str(tmp_path / "o")]
     proc = ftctl(*base, env={"FTCTL_BACKEND": "slurm"})

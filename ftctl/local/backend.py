@@ -131,7 +131,24 @@ class LocalBackend(Backend):
             found = find_spec(mod) is not None
             click.echo(f"{mod:<13}{'ok' if found else 'missing'}")
             ok = ok and (found or mod in ("deepspeed", "flash_attn", "bitsandbytes"))
+        if find_spec("torch") is not None:
+            click.echo(f"attention:   {varlen_here()}")
         return ok
+
+
+def varlen_here() -> str:
+    """What a plan's ``varlen`` attention runs as on this machine (trainer/attention.py's choice)."""
+    import torch
+
+    from ftctl.trainer.attention import FA4_MAJORS, FA4_VARLEN, VARLEN, WORDS, runnable
+
+    on_cpu = not torch.cuda.is_available()
+    name = runnable(VARLEN, on_cpu)
+    if on_cpu:
+        return f"{WORDS.get(name, name)} (no CUDA GPU here)"
+    if name != FA4_VARLEN and torch.cuda.get_device_capability()[0] in FA4_MAJORS:
+        return f"{WORDS.get(name, name)}; FlashAttention 4 is quicker on this GPU: pip install 'ftctl[fa4]'"
+    return WORDS.get(name, name)
 
 
 def argv(spec: RunSpec, plan: Plan, spec_path) -> list[str]:

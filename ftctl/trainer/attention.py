@@ -161,23 +161,31 @@ def liger_usable(model_type: str | None, on_cpu: bool) -> bool:
     )
 
 
-def resolve(planned: str, model_type: str | None, on_cpu: bool, packed: bool = False) -> Kernels:
-    """What this process really runs for the plan's attention, registered with transformers (``packed``: every
-    batch comes from TRL's padding-free collator, see ``register_varlen``)."""
+WORDS = {
+    FA4_VARLEN: "FlashAttention 4 (flash-attn-4's varlen kernels)",
+    FLASH_ATTN: "flash_attention_2 (flash-attn package, varlen kernels)",
+    TORCH_VARLEN: "torch varlen_attn (FlashAttention varlen kernels in torch)",
+    SDPA: "sdpa",
+}
+
+
+def runnable(planned: str, on_cpu: bool) -> str:
+    """The transformers attention name this process would run for the plan's attention (nothing registered)."""
     fa4_ok = not on_cpu and planned == VARLEN and fa4_usable()
     flash_ok = not on_cpu and not fa4_ok and planned in (VARLEN, FLASH_ATTN) and flash_attn_importable()
     varlen_ok = not on_cpu and not (fa4_ok or flash_ok) and planned in (VARLEN, FLASH_ATTN) and torch_varlen_usable()
-    name = choose(planned, flash_attn_ok=flash_ok, torch_varlen_ok=varlen_ok, fa4_ok=fa4_ok)
+    return choose(planned, flash_attn_ok=flash_ok, torch_varlen_ok=varlen_ok, fa4_ok=fa4_ok)
+
+
+def resolve(planned: str, model_type: str | None, on_cpu: bool, packed: bool = False) -> Kernels:
+    """What this process really runs for the plan's attention, registered with transformers (``packed``: every
+    batch comes from TRL's padding-free collator, see ``register_varlen``)."""
+    name = runnable(planned, on_cpu)
     if name in (TORCH_VARLEN, FA4_VARLEN):
         register_varlen(name, masks=not packed)
     elif name == FLASH_ATTN:
         mask_preparation(FLASH_ATTN, not packed)
-    words = {
-        FA4_VARLEN: "FlashAttention 4 (flash-attn-4's varlen kernels)",
-        FLASH_ATTN: "flash_attention_2 (flash-attn package, varlen kernels)",
-        TORCH_VARLEN: "torch varlen_attn (FlashAttention varlen kernels in torch)",
-        SDPA: "sdpa",
-    }.get(name, name)
+    words = WORDS.get(name, name)
     if planned in (VARLEN, FLASH_ATTN) and name == SDPA:
         log.warning(
             "attention %s was planned but neither flash-attn nor torch's varlen_attn runs here "
