@@ -254,6 +254,71 @@ def test_packed_loss_equals_the_unpacked_loss(attn):
     assert not math.isclose(naive.item(), loss_packed.item(), rel_tol=1e-4)
 
 
+def _tiny_gemma2(attn: str, softcap: float | None = 0.02):
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    attention.register_varlen()
+    cfg = Gemma2Config(
+        vocab_size=97,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=8,  # the first layer's window shorter than two of the documents
+        attn_logit_softcapping=softcap,
+        max_position_embeddings=256,
+        attn_implementation=attn,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    return Gemma2ForCausalLM(cfg).eval()  # a cap of 0.02 bends this random model's attention scores
+
+
+def test_a_soft_capped_model_keeps_its_cap_and_windows_in_the_varlen_attention():
+    """Gemma 2 soft-caps its attention logits (transformers hands the attention function ``softcap``): the
+    packed varlen path equals transformers' eager attention on each document alone, and differs from it
+    without the cap (the check would catch a dropped cap)."""
+    import torch
+
+    from ftctl.trainer.data import unpack_batch
+
+    docs = _documents()
+    packed = _packed(docs)
+    unpacked = unpack_batch(packed, pad_token_id=0)
+    real = unpacked["attention_mask"].bool()
+    with torch.no_grad():
+        out = _tiny_gemma2(TORCH_VARLEN)(**packed)
+        eager = _tiny_gemma2("eager")(**unpacked)
+        uncapped = _tiny_gemma2("eager", softcap=None)(**unpacked).logits[real]
+    logits = out.logits[0, : sum(len(d) for d in docs)]
+    assert torch.allclose(logits, eager.logits[real], rtol=1e-4, atol=1e-5)
+    assert out.loss.item() == pytest.approx(eager.loss.item(), rel=1e-5)
+    assert (uncapped - eager.logits[real]).abs().max() > 1e-2
+
+
+def test_a_soft_capped_model_never_runs_a_kernel_without_the_cap(monkeypatch):
+    """torch's varlen kernels and sdpa have no soft cap: a GPU with only torch's kernels refuses with how to
+    fix it; on CPU the run takes transformers' eager attention (exact, with the cap)."""
+    from ftctl.errors import FtctlError
+
+    monkeypatch.setattr(attention, "runnable", lambda planned, on_cpu: TORCH_VARLEN)
+    with pytest.raises(FtctlError, match="attn_logit_softcapping.*pip install 'ftctl\\[fa4\\]'"):
+        attention.resolve(VARLEN, "gemma2", on_cpu=False, packed=True, softcap=True)
+    assert attention.resolve(VARLEN, "llama", on_cpu=False, packed=True).attn_implementation == TORCH_VARLEN
+    monkeypatch.setattr(attention, "runnable", lambda planned, on_cpu: FA4_VARLEN)  # FA4 takes the cap
+    assert attention.resolve(VARLEN, "gemma2", on_cpu=False, packed=True, softcap=True).attn_implementation == (
+        FA4_VARLEN
+    )
+    monkeypatch.undo()
+    assert attention.resolve(VARLEN, "gemma2", on_cpu=True, softcap=True).attn_implementation == "eager"
+    attention.register_varlen()
+    attention.register_varlen(FA4_VARLEN)
+
+
 def test_the_varlen_path_reads_the_collators_boundaries_in_every_layer(monkeypatch):
     import torch
     from transformers import AttentionInterface

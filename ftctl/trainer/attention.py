@@ -37,6 +37,8 @@ import inspect
 import logging
 from dataclasses import asdict, dataclass
 
+from ftctl.errors import FtctlError
+
 log = logging.getLogger(__name__)
 
 VARLEN = "varlen"  # plan-level name: exact per-document FlashAttention varlen kernels
@@ -177,20 +179,32 @@ def runnable(planned: str, on_cpu: bool) -> str:
     return choose(planned, flash_attn_ok=flash_ok, torch_varlen_ok=varlen_ok, fa4_ok=fa4_ok)
 
 
-def resolve(planned: str, model_type: str | None, on_cpu: bool, packed: bool = False) -> Kernels:
+def resolve(planned: str, model_type: str | None, on_cpu: bool, packed: bool = False, softcap: bool = False) -> Kernels:
     """What this process really runs for the plan's attention, registered with transformers (``packed``: every
-    batch comes from TRL's padding-free collator, see ``register_varlen``)."""
+    batch comes from TRL's padding-free collator, see ``register_varlen``; ``softcap``: the model soft-caps its
+    attention logits, as Gemma 2 does, which torch's varlen kernels and SDPA cannot)."""
     name = runnable(planned, on_cpu)
+    if softcap and name == TORCH_VARLEN:
+        raise FtctlError(
+            "this model soft-caps its attention logits (attn_logit_softcapping, Gemma 2), which torch's varlen "
+            "kernels cannot, and neither FlashAttention 4 nor flash-attn runs here. Install flash-attn (or "
+            "flash-attn-4 on Hopper/Blackwell: pip install 'ftctl[fa4]'), or run exact but slower attention with "
+            "-o attn_implementation=eager -o packing=false."
+        )
+    if softcap and name == SDPA:
+        log.info("the model soft-caps its attention logits, which sdpa cannot: eager attention")
+        name = EAGER
     if name in (TORCH_VARLEN, FA4_VARLEN):
         register_varlen(name, masks=not packed)
     elif name == FLASH_ATTN:
         mask_preparation(FLASH_ATTN, not packed)
     words = WORDS.get(name, name)
-    if planned in (VARLEN, FLASH_ATTN) and name == SDPA:
+    if planned in (VARLEN, FLASH_ATTN) and name in (SDPA, EAGER):
         log.warning(
             "attention %s was planned but neither flash-attn nor torch's varlen_attn runs here "
-            "(CPU, a GPU older than Ampere, or torch < 2.11): using sdpa, exact but slower for packed batches",
+            "(CPU, a GPU older than Ampere, or torch < 2.11): using %s, exact but slower for packed batches",
             planned,
+            name,
         )
     return Kernels(name, words, liger_usable(model_type, on_cpu))
 
@@ -255,11 +269,12 @@ def varlen_attention_forward(
     scaling=None,
     dropout=0.0,
     sliding_window=None,
+    softcap=None,
     cuda_kernel=None,
     **kwargs,
 ):
     """transformers attention function over a varlen kernel (``cuda_kernel``, default torch's); causal, per
-    document.
+    document; ``softcap`` (Gemma 2's attn_logit_softcapping): scores become softcap * tanh(scores / softcap).
 
     query (B, Hq, S, D), key/value (B, Hkv, S, D) -> (B, S, Hq, D). Document boundaries come from
     ``cu_seq_lens_q/k`` + ``max_length_q/k`` (packed batch, B == 1); without them every row is one
@@ -289,9 +304,9 @@ def varlen_attention_forward(
     if query.device.type == "cuda":
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         kernel = cuda_kernel or _cuda_varlen
-        out = kernel(q, k, v, cu_q.to(q.device), cu_k.to(q.device), max_q, max_k, scaling, sliding_window)
+        out = kernel(q, k, v, cu_q.to(q.device), cu_k.to(q.device), max_q, max_k, scaling, sliding_window, softcap)
     else:
-        out = _reference_varlen(q, k, v, cu_q, cu_k, scaling, sliding_window, hq // hkv)
+        out = _reference_varlen(q, k, v, cu_q, cu_k, scaling, sliding_window, hq // hkv, softcap)
     if keep is not None:
         full = out.new_zeros(b * s, hq, d)
         full[keep] = out
@@ -299,7 +314,9 @@ def varlen_attention_forward(
     return out.reshape(b, s, hq, d), None
 
 
-def _cuda_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window):
+def _cuda_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window, softcap=None):
+    if softcap:  # resolve() never registers this kernel for such a model
+        raise FtctlError("torch's varlen kernels cannot soft-cap attention logits (attn_logit_softcapping)")
     fn = _varlen_fn()
     params = _parameters(fn)
     window = (sliding_window - 1, 0) if sliding_window else (-1, 0)  # (-1, 0): causal
@@ -309,7 +326,7 @@ def _cuda_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window):
     return fn(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
 
 
-def _fa4_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window):
+def _fa4_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window, softcap=None):
     """FlashAttention 4's varlen function: (total, heads, dim) bf16/fp16, native GQA, int32 boundaries."""
     from flash_attn.cute import flash_attn_varlen_func
 
@@ -324,6 +341,7 @@ def _fa4_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window):
         softmax_scale=scale,
         causal=True,
         window_size=(sliding_window - 1, 0) if sliding_window else (None, None),
+        softcap=softcap or 0.0,
     )
     return out[0] if isinstance(out, tuple) else out  # 4.0.0b36 returns (out, lse)
 
@@ -335,8 +353,9 @@ def _parameters(fn) -> frozenset:
     return frozenset(inspect.signature(fn).parameters)
 
 
-def _reference_varlen(q, k, v, cu_q, cu_k, scale, sliding_window, groups):
-    """The same function without the kernel (CPU, tests): SDPA per document, causal."""
+def _reference_varlen(q, k, v, cu_q, cu_k, scale, sliding_window, groups, softcap=None):
+    """The same function without the kernel (CPU, tests): SDPA per document, causal (soft-capped scores: the
+    softmax written out, as transformers' eager attention does)."""
     import torch
 
     outs = []
@@ -349,6 +368,12 @@ def _reference_varlen(q, k, v, cu_q, cu_k, scale, sliding_window, groups):
         mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
         if sliding_window:
             mask &= ~torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-sliding_window)
-        od = torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scale)
+        if softcap:
+            scores = qd @ kd.transpose(-1, -2) * (scale if scale is not None else qd.shape[-1] ** -0.5)
+            scores = torch.tanh(scores / softcap) * softcap
+            probs = scores.masked_fill(~mask, float("-inf")).softmax(-1, dtype=torch.float32).to(qd.dtype)
+            od = probs @ vd
+        else:
+            od = torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scale)
         outs.append(od.transpose(0, 1))
     return torch.cat(outs) if outs else q.new_zeros(q.shape)

@@ -168,18 +168,31 @@ def model_kernels(spec, plan, on_cpu: bool):
     """The attention and layer kernels this process runs for the plan (see trainer/attention.py)."""
     from ftctl.trainer.attention import resolve
 
-    return resolve(plan.attn_implementation, model_type(spec.model_name_or_path), on_cpu, packed=plan.packing)
+    cfg = text_config(spec.model_name_or_path)
+    return resolve(
+        plan.attn_implementation,
+        getattr(cfg, "model_type", None),
+        on_cpu,
+        packed=plan.packing,
+        softcap=bool(getattr(cfg, "attn_logit_softcapping", None)),
+    )
 
 
 def model_type(name_or_path: str) -> str | None:
     """``model_type`` from the model's config (None when it cannot be read)."""
+    return getattr(text_config(name_or_path), "model_type", None)
+
+
+def text_config(name_or_path: str):
+    """The model's text config (the language model's, for a multimodal config), None when it cannot be read."""
     from transformers import AutoConfig
 
     try:
         cfg = AutoConfig.from_pretrained(resolve_model(name_or_path))
     except (OSError, ValueError):
         return None
-    return getattr(cfg.get_text_config(), "model_type", None) or getattr(cfg, "model_type", None)
+    text = cfg.get_text_config()
+    return text if getattr(text, "model_type", None) else cfg
 
 
 def quantization_config(plan, on_cpu: bool):
