@@ -319,6 +319,24 @@ def test_a_soft_capped_model_never_runs_a_kernel_without_the_cap(monkeypatch):
     attention.register_varlen(FA4_VARLEN)
 
 
+def test_attention_sinks_are_refused_and_attention_dropout_is_said_once(caplog):
+    """What the varlen kernels cannot do is never dropped silently: gpt-oss's sink logits stop the run with how to
+    fix it; attention dropout in training is logged once (the kernels run without it)."""
+    import torch
+
+    from ftctl.errors import FtctlError
+
+    q, kv = torch.randn(1, 4, 6, 8), torch.randn(1, 2, 6, 8)
+    with pytest.raises(FtctlError, match="attn_implementation=eager"):
+        attention.varlen_attention_forward(None, q, kv, kv, None, s_aux=torch.zeros(4))
+    module = torch.nn.Module().train()
+    for _ in range(2):
+        attention.varlen_attention_forward(module, q, kv, kv, None, dropout=0.1)
+    assert caplog.text.count("attention dropout (0.1) is not applied") == 1
+    attention.varlen_attention_forward(module.eval(), q, kv, kv, None, dropout=0.1)  # evaluation: nothing to say
+    assert caplog.text.count("attention dropout") == 1
+
+
 def test_the_varlen_path_reads_the_collators_boundaries_in_every_layer(monkeypatch):
     import torch
     from transformers import AttentionInterface

@@ -281,6 +281,13 @@ def varlen_attention_forward(
     document, its padding (a 2D ``attention_mask``) left out."""
     import torch
 
+    if kwargs.get("s_aux") is not None:
+        raise FtctlError(
+            "this model's attention adds sink logits (s_aux, as gpt-oss does), which ftctl's varlen attention does "
+            "not take: run it with -o attn_implementation=eager -o packing=false."
+        )
+    if dropout and module is not None and module.training:
+        _warn_once(f"attention dropout ({dropout:g}) is not applied by the varlen kernels: training runs without it")
     b, hq, s, d = query.shape
     hkv = key.shape[1]
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
@@ -312,6 +319,11 @@ def varlen_attention_forward(
         full[keep] = out
         out = full
     return out.reshape(b, s, hq, d), None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 def _cuda_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window, softcap=None):
