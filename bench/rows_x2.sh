@@ -22,6 +22,8 @@ if [ "${WHEELS:-.whl-multi}" != none ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "${WHEELS:-.whl-multi}"/*.whl \
     || { echo "wheel install failed" >&2; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
+elif [ -d /tmp/site ] && [ -z "${BENCH_CPU:-}" ]; then  # a later call on the same warm machine: its install stays
+  export PYTHONPATH=/tmp/site:$PWD
 fi
 if [ "${FA4:-0}" = 1 ]; then  # FlashAttention 4 staged by bench/fa4_stage.sh: the trainer's varlen kernels
   # shellcheck source=bench/fa4_site.sh
