@@ -173,25 +173,31 @@ def test_varlen_attention_leaves_padding_out_of_a_padded_batch():
 
 
 # ------------------------------------------------------------------------------------------ model
-def _tiny_llama(attn: str):
+_TINY = dict(
+    vocab_size=97,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    use_cache=False,
+)
+
+
+def _tiny(config_cls, model_cls, attn: str, **extra):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     attention.register_varlen()
     attention.register_varlen(FA4_VARLEN)  # on CPU both run the reference kernel: transformers' wiring
-    cfg = LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        attn_implementation=attn,
-        use_cache=False,
-    )
     torch.manual_seed(0)
-    return LlamaForCausalLM(cfg).eval()
+    return model_cls(config_cls(**_TINY, attn_implementation=attn, **extra)).eval()
+
+
+def _tiny_llama(attn: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return _tiny(LlamaConfig, LlamaForCausalLM, attn)
 
 
 def _documents():
@@ -255,27 +261,12 @@ def test_packed_loss_equals_the_unpacked_loss(attn):
 
 
 def _tiny_gemma2(attn: str, softcap: float | None = 0.02):
-    import torch
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    attention.register_varlen()
-    cfg = Gemma2Config(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        query_pre_attn_scalar=16,
-        sliding_window=8,  # the first layer's window shorter than two of the documents
-        attn_logit_softcapping=softcap,
-        max_position_embeddings=256,
-        attn_implementation=attn,
-        use_cache=False,
-    )
-    torch.manual_seed(0)
-    return Gemma2ForCausalLM(cfg).eval()  # a cap of 0.02 bends this random model's attention scores
+    # a cap of 0.02 bends this random model's attention scores; the first layer's window is shorter than two of
+    # the documents
+    extra = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=8, attn_logit_softcapping=softcap)
+    return _tiny(Gemma2Config, Gemma2ForCausalLM, attn, **extra)
 
 
 def test_a_soft_capped_model_keeps_its_cap_and_windows_in_the_varlen_attention():
