@@ -245,7 +245,8 @@ def test_refusals_are_one_line_with_slurms_words(e2e, tiny_model_dir):
     assert msg.startswith("error: `sbatch` is not on PATH")
     msg = launch(run_name="a b")
     assert msg.startswith("error: ") and "run_name 'a b'" in msg
-    assert e2e.cluster.run("squeue", "-h", "-t", "all", "-o", "%i").stdout.split() == before
+    # no job was submitted (ended jobs may leave squeue meanwhile: Slurm forgets them after MinJobAge)
+    assert set(e2e.cluster.run("squeue", "-h", "-t", "all", "-o", "%i").stdout.split()) <= set(before)
 
 
 def test_doctor_through_the_cli(e2e):
