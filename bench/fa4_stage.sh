@@ -12,12 +12,15 @@
 # Versions as read from the wheels on 2026-12-01: flash-attn-4 4.0.0b36 needs nvidia-cutlass-dsl >= 4.6.2,
 # quack-kernels, apache-tvm-ffi < 0.2 and torch-c-dlpack-ext; one CUDA flavour of cutlass (cu13 for torch cu130).
 set -euo pipefail
+# the version the trainer's `fa4` extra pins (pyproject.toml owns it)
+fa4=$(grep -o 'flash-attn-4\[cu13\]==[^"]*' pyproject.toml | cut -d= -f3)
+[ -n "$fa4" ] || { echo "no flash-attn-4 pin in pyproject.toml's fa4 extra" >&2; exit 1; }
 wheels=.fa4-wheels stage=$(mktemp -d)
 for d in "$wheels" .fa4a .fa4b; do grep -qxF "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude; done
 mkdir -p "$wheels"
 python3 -m pip download -q --no-deps --pre --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 -d "$wheels" \
-  flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
+  "flash-attn-4==$fa4" nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
   nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 quack-kernels==0.6.5 \
   apache-tvm-ffi==0.1.15.post2 torch-c-dlpack-ext==0.1.5
 python3 -m pip install -q --no-deps --no-compile --target "$stage/site" --only-binary=:all: --python-version 3.12 \
