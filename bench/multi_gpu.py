@@ -79,7 +79,6 @@ sys.path.insert(0, str(REPO))
 CPU = os.environ.get("BENCH_CPU") == "1"
 GLOBAL_BATCH, MICRO, SEQ, WARM = (4, 2, 128, 1) if CPU else (16, 8, 2048, 5)
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
-KIND = "cpu" if CPU else "nvidia-h200-x2"
 STRATEGIES = ("ddp", "zero2", "zero3", "fsdp", "zero3_offload")
 BASE = {"fft": "single", "lora": "lora:1", "qlora": "qlora:1"}  # the 1-GPU row each method is held against
 RESUMABLE = ("zero3", "fsdp")
@@ -518,7 +517,12 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     card = "cpu (BENCH_CPU=1 dry run)" if CPU else torch.cuda.get_device_name(0)
-    result = {"card": card, "kind": KIND, "torch": torch.__version__, "steps": a.steps, "cases": a.cases, "rows": []}
+    kind = (
+        "cpu"
+        if CPU
+        else ("nvidia-h200" if torch.cuda.device_count() == 1 else f"nvidia-h200-x{torch.cuda.device_count()}")
+    )
+    result = {"card": card, "kind": kind, "torch": torch.__version__, "steps": a.steps, "cases": a.cases, "rows": []}
     for mod in ("deepspeed", "trl", "transformers", "accelerate", "bitsandbytes"):
         try:
             result[mod] = __import__(mod).__version__

@@ -64,10 +64,19 @@ def one_process_losses(tiny_model_dir, tiny_data, tmp_path_factory):
 # ------------------------------------------------------------------------------------------ strategies
 @pytest.mark.slow
 def test_zero3_offload_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, one_process_losses):
-    """ZeRO-3 with parameters and optimizer states offloaded to CPU RAM (DeepSpeed's CPU Adam)."""
+    """ZeRO-3 with parameters and optimizer states offloaded to CPU RAM (DeepSpeed's CPU Adam), and with
+    gradient checkpointing: a block's parameters gathered again for its recompute in the backward (the
+    blocks are DeepSpeed leaf modules, distributed.zero3_leaf_blocks)."""
     spec, plan = _run(
-        tiny_model_dir, tiny_data, tmp_path / "out", gpus="2xcpu", strategy="zero3_offload", save_steps=100
+        tiny_model_dir,
+        tiny_data,
+        tmp_path / "out",
+        gpus="2xcpu",
+        strategy="zero3_offload",
+        save_steps=100,
+        gradient_checkpointing=True,
     )
+    assert plan.gradient_checkpointing
     _torchrun(spec, plan, tmp_path, nproc=2)
     losses = losses_by_step(tmp_path / "out")
     assert list(losses) == list(one_process_losses) == list(range(1, STEPS + 1))
@@ -96,6 +105,31 @@ def test_the_sharding_check_catches_an_unsharded_model(tiny_model_dir):
     check_sharded(AutoModelForCausalLM.from_pretrained(tiny_model_dir), "ddp")  # nothing to check
 
 
+def test_zero3_leaf_blocks_are_the_models_unsplittable_blocks_under_zero3_only(tiny_model_dir, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ftctl import plan as plan_module
+    from ftctl.trainer.distributed import zero3_leaf_blocks
+
+    def leaves(model):
+        return [type(m).__name__ for m in model.modules() if getattr(m, "_z3_leaf", False)]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert zero3_leaf_blocks(model, "ddp") == [] and leaves(model) == []
+    layers = model.config.num_hidden_layers
+    assert zero3_leaf_blocks(model, "zero3") == ["LlamaDecoderLayer"]
+    assert leaves(model) == ["LlamaDecoderLayer"] * layers
+    # under PEFT: the base model's blocks, LoRA's layers inside them
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(target_modules="all-linear"))
+    assert zero3_leaf_blocks(lora, "zero3_offload") == ["LlamaDecoderLayer"]
+    assert leaves(lora) == ["LlamaDecoderLayer"] * layers
+    # a block over DeepSpeed's live-parameter limit keeps the hooks on each submodule
+    monkeypatch.setattr(plan_module, "ZERO3_MAX_LIVE", 1000)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert zero3_leaf_blocks(model, "zero3") == [] and leaves(model) == []
+
+
 # ------------------------------------------------------------------------------------------ resume
 @pytest.mark.slow
 def test_zero3_resumes_on_another_world_size_and_continues_the_curve(
@@ -106,7 +140,8 @@ def test_zero3_resumes_on_another_world_size_and_continues_the_curve(
     2-process run (the global batch is the same; the per-rank data order may differ)."""
     straight = tmp_path / "straight"
     spec, plan = _run(tiny_model_dir, tiny_data, straight, gpus="2xcpu", strategy="zero3")
-    _torchrun(spec, plan, tmp_path, nproc=2)
+    proc = _torchrun(spec, plan, tmp_path, nproc=2)
+    assert "zero3: parameters gathered a block at a time (LlamaDecoderLayer)" in proc.stdout  # one hook a block
     reference = losses_by_step(straight)
     # ZeRO-3 on 2 processes vs 1 process without DeepSpeed, same global batch
     assert _max_rel_diff(reference, one_process_losses, range(1, STEPS + 1)) < 0.01, (reference, one_process_losses)

@@ -129,6 +129,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         set_seed(spec.seed)  # LoRA's initial weights
         run.kernels = model_kernels(spec, plan, procs.on_cpu)  # attention + Liger: what really runs
         model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank, run.kernels), spec, plan)
+        leaves = distributed.zero3_leaf_blocks(model, plan.strategy)
+        if leaves and procs.is_main:
+            echo(f"{plan.strategy}: parameters gathered a block at a time ({', '.join(leaves)})")
         if procs.is_main:
             Path(local_dir, SPEC_FILE).write_text(dump_run(spec, plan))
         # a local output seen by several nodes is one shared directory (every node read spec.json
