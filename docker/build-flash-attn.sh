@@ -94,6 +94,12 @@ if [ ! -f "$src" ]; then
 fi
 tar -xzf "$src" -C "$work"
 tree=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'flash_attn-*')
+# flash-attn 2.8's sdist carries an early preview of FlashAttention 4 (flash_attn/cute, 0.1.0) that its
+# wheel would install under the very paths flash-attn-4 owns: either one would overwrite the other's files
+if [ -d "$tree/flash_attn/cute" ]; then
+    rm -rf "$tree/flash_attn/cute"
+    log "left out flash_attn/cute (FlashAttention 4's preview: pip install 'ftctl[fa4]' installs FA4 itself)"
+fi
 
 start=$(date +%s)
 # FORCE_BUILD: never fetch a prebuilt wheel (it would be built for another torch); the local

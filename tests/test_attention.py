@@ -121,6 +121,55 @@ def test_a_gpu_run_registers_a_mask_function_for_its_varlen_attention_only_when_
         attention.mask_preparation(FLASH_ATTN, True)
 
 
+def _fake_fa4(site, interface: bytes, recorded: bytes):
+    """A flash-attn-4 installation in ``site`` whose RECORD holds ``recorded``'s hash for the varlen function's
+    file, which holds ``interface``."""
+    import base64
+    import hashlib
+
+    cute = site / "flash_attn" / "cute"
+    cute.mkdir(parents=True)
+    (cute / "__init__.py").write_text("")
+    (cute / "interface.py").write_bytes(interface)
+    info = site / "flash_attn_4-4.0.0b36.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: flash-attn-4\nVersion: 4.0.0b36\n")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(recorded).digest()).rstrip(b"=").decode()
+    (info / "RECORD").write_text(f"flash_attn/cute/interface.py,sha256={digest},{len(recorded)}\n")
+
+
+def test_flash_attn_2s_copy_of_flash_attn_cute_is_not_taken_for_fa4(tmp_path, monkeypatch, caplog):
+    """flash-attn 2.8 ships a preview of flash_attn.cute under FA4's paths; installed after flash-attn-4 it
+    overwrites FA4's files and still imports. ftctl checks the file against flash-attn-4's RECORD, does not use
+    it, and says how to reinstall."""
+    import sys
+
+    import torch
+
+    from ftctl.local.backend import varlen_here
+
+    assert attention.fa4_files_problem() is None  # not installed here: nothing to check
+    own = b"def flash_attn_varlen_func(): ...  # flash-attn-4\n"
+    _fake_fa4(tmp_path / "ok", own, own)
+    monkeypatch.syspath_prepend(str(tmp_path / "ok"))
+    assert attention.fa4_installed() and attention.fa4_files_problem() is None
+
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path / "ok")])
+    _fake_fa4(tmp_path / "over", b"def flash_attn_varlen_func(): ...  # flash-attn 2's preview\n", own)
+    monkeypatch.syspath_prepend(str(tmp_path / "over"))
+    problem = attention.fa4_files_problem()
+    assert problem and "pip install --force-reinstall --no-deps 'flash-attn-4==4.0.0b36'" in problem
+    # as on a Hopper GPU: not used, with the reason and the fix in the log and in `ftctl doctor`
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(attention, "flash_attn_importable", lambda: False)
+    monkeypatch.setattr(attention, "torch_varlen_usable", lambda: True)
+    with caplog.at_level("WARNING", logger=attention.__name__):
+        assert not attention.fa4_usable()
+    assert "not using FlashAttention 4" in caplog.text and "--force-reinstall" in caplog.text
+    assert "FlashAttention 4 is installed but not used" in varlen_here()
+
+
 # ------------------------------------------------------------------------------------------ kernel
 def _per_document(q, k, v, bounds, scale):
     import torch

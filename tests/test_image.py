@@ -66,6 +66,7 @@ FAKE_PYTHON = """#!/bin/sh
 if [ "$1" = -c ]; then echo "$FAKE_TORCH"; exit 0; fi
 out=$(echo "$@" | sed 's/.* -w \\([^ ]*\\) .*/\\1/')
 env | grep -E '^(MAX_JOBS|NVCC_THREADS|FLASH_ATTN_CUDA_ARCHS|TORCH_CUDA_ARCH_LIST|FLASH_ATTENTION_FORCE_BUILD|FLASH_ATTN_LOCAL_VERSION)=' | sort > "$RECORD"
+find flash_attn -name '*.py' | sort | sed 's/^/BUILT=/' >> "$RECORD"
 touch "$out/flash_attn-2.8.3.post2+$FLASH_ATTN_LOCAL_VERSION-cp312-cp312-linux_x86_64.whl"
 """
 
@@ -77,7 +78,9 @@ def _compile(tmp_path, torch="2.13.0 13.0 True", nvcc="13.0", **env):
     _stand_in(cuda / "bin", "nvcc", f'echo "Cuda compilation tools, release {nvcc}, V{nvcc}.88"')
     _stand_in(tmp_path, "python", FAKE_PYTHON)
     sdist_dir = tmp_path / "sd" / "flash_attn-2.8.3.post2"
-    sdist_dir.mkdir(parents=True, exist_ok=True)
+    for rel in ("flash_attn/__init__.py", "flash_attn/cute/__init__.py", "flash_attn/cute/interface.py"):
+        (sdist_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (sdist_dir / rel).write_text("")
     sdist = tmp_path / "flash_attn-2.8.3.post2.tar.gz"
     subprocess.run(["tar", "-czf", str(sdist), "-C", str(tmp_path / "sd"), "flash_attn-2.8.3.post2"], check=True)
     record = tmp_path / "record"
@@ -88,7 +91,10 @@ def _compile(tmp_path, torch="2.13.0 13.0 True", nvcc="13.0", **env):
     r = subprocess.run(
         ["bash", str(script), str(sdist), str(tmp_path / "out")], env=full, capture_output=True, text=True
     )
-    recorded = dict(line.split("=", 1) for line in record.read_text().splitlines()) if record.exists() else {}
+    lines = record.read_text().splitlines() if record.exists() else []
+    recorded = dict(line.split("=", 1) for line in lines if not line.startswith("BUILT="))
+    if lines:
+        recorded["BUILT"] = [line.split("=", 1)[1] for line in lines if line.startswith("BUILT=")]
     return r, recorded
 
 
@@ -103,7 +109,10 @@ def test_compile_script_builds_for_the_archs_asked(tmp_path):
         "MAX_JOBS": "3",
         "NVCC_THREADS": "2",
         "TORCH_CUDA_ARCH_LIST": "8.0;9.0",
+        # flash-attn 2's preview of FlashAttention 4 left out: flash-attn-4 owns flash_attn/cute
+        "BUILT": ["flash_attn/__init__.py"],
     }
+    assert "left out flash_attn/cute" in r.stdout
     (wheel,) = (tmp_path / "out").iterdir()
     assert wheel.name == "flash_attn-2.8.3.post2+cu130.torch2.13.abi1.sm80sm90-cp312-cp312-linux_x86_64.whl"
 

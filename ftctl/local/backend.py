@@ -140,13 +140,16 @@ def varlen_here() -> str:
     """What a plan's ``varlen`` attention runs as on this machine (trainer/attention.py's choice)."""
     import torch
 
-    from ftctl.trainer.attention import FA4_MAJORS, FA4_VARLEN, VARLEN, WORDS, runnable
+    from ftctl.trainer.attention import FA4_MAJORS, FA4_VARLEN, VARLEN, WORDS, fa4_files_problem, runnable
 
     on_cpu = not torch.cuda.is_available()
     name = runnable(VARLEN, on_cpu)
     if on_cpu:
         return f"{WORDS.get(name, name)} (no CUDA GPU here)"
     if name != FA4_VARLEN and torch.cuda.get_device_capability()[0] in FA4_MAJORS:
+        problem = fa4_files_problem()
+        if problem:
+            return f"{WORDS.get(name, name)}; FlashAttention 4 is installed but not used: {problem}"
         return f"{WORDS.get(name, name)}; FlashAttention 4 is quicker on this GPU: pip install 'ftctl[fa4]'"
     return WORDS.get(name, name)
 

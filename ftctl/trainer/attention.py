@@ -128,14 +128,58 @@ def flash_attn_importable() -> bool:
     return True
 
 
+FA4_DIST, FA4_CHECKED_FILE = "flash-attn-4", "flash_attn/cute/interface.py"
+
+
+def fa4_installed() -> bool:
+    from importlib import metadata
+
+    try:
+        return bool(metadata.version(FA4_DIST))
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def fa4_files_problem() -> str | None:
+    """What is wrong with an installed flash-attn-4's files and how to fix it; None where they are its own (or
+    it is not installed). flash-attn 2 (2.8.x) ships an early preview of the same package (``flash_attn.cute``
+    0.1.0, no Hopper backward) under the same paths: installed after flash-attn-4 it overwrites FA4's files
+    without a word, and ``from flash_attn.cute import flash_attn_varlen_func`` still imports. The file the
+    varlen function comes from is checked against the hash flash-attn-4's RECORD holds for it."""
+    import base64
+    import hashlib
+    from importlib import metadata
+
+    if not fa4_installed():
+        return None
+    dist = metadata.distribution(FA4_DIST)
+    entry = next((f for f in dist.files or () if f.as_posix() == FA4_CHECKED_FILE), None)
+    if entry is None or entry.hash is None:
+        return None  # nothing recorded to check against
+    path = entry.locate()
+    data = path.read_bytes() if path.is_file() else b""
+    digest = base64.urlsafe_b64encode(hashlib.new(entry.hash.mode, data).digest()).rstrip(b"=").decode()
+    if digest == entry.hash.value:
+        return None
+    return (
+        f"{FA4_CHECKED_FILE} is not {FA4_DIST} {dist.version}'s own (flash-attn 2, installed after it, ships an "
+        f"older copy of flash_attn/cute): pip install --force-reinstall --no-deps '{FA4_DIST}=={dist.version}'"
+    )
+
+
 def fa4_usable() -> bool:
-    """FlashAttention 4's varlen function imports (flash-attn-4 and its CUTLASS DSL) and a Hopper or Blackwell
-    GPU is visible."""
-    if importlib.util.find_spec("flash_attn") is None:
+    """flash-attn-4 is installed with its own files (:func:`fa4_files_problem`; flash-attn 2's preview of
+    ``flash_attn.cute`` is not FA4), its varlen function imports (with its CUTLASS DSL), and a Hopper or
+    Blackwell GPU is visible."""
+    if not fa4_installed():
         return False
     import torch
 
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] not in FA4_MAJORS:
+        return False
+    problem = fa4_files_problem()
+    if problem is not None:
+        log.warning("not using FlashAttention 4: %s", problem)
         return False
     try:
         from flash_attn.cute import flash_attn_varlen_func  # noqa: F401
