@@ -6,7 +6,7 @@ every backend runs), 20 steps of packed 2,048-token rows of the Llama-3.2-1B sha
 every case (1 GPU: 8 x 2 accumulation; 2 GPUs: 8 x 1), so the losses of the same steps are comparable:
 
     single                  fft on 1 GPU (the planner's single)
-    ddp zero2 zero3 fsdp zero3_offload      fft on 2 GPUs with -o strategy= (fsdp: FSDP2 through accelerate)
+    ddp zero2 zero3 fsdp zero2_offload zero3_offload   fft on 2 GPUs with -o strategy= (fsdp: FSDP2 through accelerate)
     <strategy>:1            the same strategy forced on ONE GPU (zero3:1: a same-strategy scaling baseline)
     lora:1 qlora:1          lora / qlora on 1 GPU;   lora:ddp qlora:ddp   the same on 2 GPUs (DDP)
     lora:fsdp               lora on 2 GPUs with the base sharded by FSDP2 (-o strategy=fsdp)
@@ -79,7 +79,7 @@ sys.path.insert(0, str(REPO))
 CPU = os.environ.get("BENCH_CPU") == "1"
 GLOBAL_BATCH, MICRO, SEQ, WARM = (4, 2, 128, 1) if CPU else (16, 8, 2048, 5)
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}
-STRATEGIES = ("ddp", "zero2", "zero3", "fsdp", "zero3_offload")
+STRATEGIES = ("ddp", "zero2", "zero3", "fsdp", "zero2_offload", "zero3_offload")
 BASE = {"fft": "single", "lora": "lora:1", "qlora": "qlora:1"}  # the 1-GPU row each method is held against
 RESUMABLE = ("zero3", "fsdp")
 CASE_TIMEOUT_S, RESUME_TIMEOUT_S = 200, 300

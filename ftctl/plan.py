@@ -11,8 +11,11 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  8-bit AdamW, which qlora falls back to when fused AdamW's do not fit), plus 4 B for an fp32
                  copy the weights term does not hold (DeepSpeed's masters, LoRA's fp32 adapters)
     sharding     ddp/single: all of it on every GPU; zero2: grads + optimizer / world;
-                 zero3 and fsdp: weights + grads + optimizer / world; zero3_offload: optimizer and weights
-                 live in CPU RAM (needs 16 B/param / nodes of host memory), ~2 layers of weights on the GPU
+                 zero3 and fsdp: weights + grads + optimizer / world; zero2_offload (ZeRO-Offload): weights +
+                 grads / world, the optimizer in CPU RAM; zero3_offload: optimizer and weights live in CPU
+                 RAM, ~2 layers of weights on the GPU. Both offloads need 16 B/param / nodes of host memory;
+                 zero2_offload moves the gradients and weights across PCIe once a step, zero3_offload the
+                 weights again in every micro-batch's forward and backward, so it comes last
     activations  per micro-batch sequence of S tokens, hidden H, MLP width I, L layers: A bytes per token
                  and layer counted tensor by tensor in activation_bytes() (varlen attention, Liger kernels,
                  a 16-bit residual stream unless under fp16, LoRA's dropout outputs); A*S*(L+1) without
@@ -234,7 +237,9 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
     return shape.layers * 7 * spec.lora_r * 2 * shape.hidden * 1.6 / 1e9
 
 
-DEEPSPEED_STRATEGIES = ("zero2", "zero3", "zero3_offload")
+DEEPSPEED_STRATEGIES = ("zero2", "zero2_offload", "zero3", "zero3_offload")
+OFFLOAD_STRATEGIES = ("zero2_offload", "zero3_offload")  # optimizer states in CPU RAM (HOST_BYTES_PER_PARAM)
+HOST_BYTES_PER_PARAM = 16  # offload: fp32 masters, AdamW's two moments and the fp32 gradients, per parameter
 # where the trainer runs its own LoRA forward (methods.fused_adapter_output; sharded parameters are
 # gathered by module hooks that it would bypass)
 FUSED_ADAPTER_STRATEGIES = ("single", "ddp")
@@ -283,6 +288,9 @@ def memory_terms(
         weights, grads, optimizer = 4 * n, 4 * trainable_b, 8 * trainable_b
     if strategy == "zero2":
         grads, optimizer = grads / world, optimizer / world
+    elif strategy == "zero2_offload":
+        # the 16-bit weights and the gradient partition on the GPU; optimizer states and fp32 masters in CPU RAM
+        grads, optimizer = grads / world, 0.0
     elif strategy in ("zero3", "fsdp"):
         weights, grads, optimizer = weights / world, grads / world, optimizer / world
     elif strategy == "zero3_offload":
@@ -310,7 +318,12 @@ def memory_terms(
         "logits": logits,
         "overhead": OVERHEAD_GB,
     }
-    if accum > 1 and strategy not in ("zero3", "zero3_offload", "fsdp"):  # module docstring: accumulated_grads
+    if accum > 1 and strategy not in (
+        "zero2_offload",
+        "zero3",
+        "zero3_offload",
+        "fsdp",
+    ):  # module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
     if strategy == "ddp" and world > 1:  # the module docstring: ddp_buckets
         terms["ddp_buckets"] = grads
@@ -392,7 +405,7 @@ def _strategies(method: str, world: int, nodes: int, forced: str | None) -> list
     if forced:
         return [forced]
     if world == 1:
-        return ["single", "zero3_offload"] if method == "fft" else ["single"]
+        return ["single", "zero2_offload", "zero3_offload"] if method == "fft" else ["single"]
     # cheapest first. FSDP2 before ZeRO-3 where both fit: on two H200s (1B fft) FSDP2 made 2.05x one GPU,
     # ZeRO-3 1.21-1.29x (bench/results/2026-11-30-h200x2-multi-gpu-v2.md, -v3.md)
     if method == "qlora":
@@ -401,7 +414,7 @@ def _strategies(method: str, world: int, nodes: int, forced: str | None) -> list
         return ["ddp", "fsdp"]  # adapters are small: shard the frozen base only when it does not fit
     if method == "sft":
         return ["ddp", "zero2", "zero3"]
-    return ["ddp", "zero2", "fsdp", "zero3", "zero3_offload"]
+    return ["ddp", "zero2", "fsdp", "zero3", "zero2_offload", "zero3_offload"]
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -455,7 +468,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     best = None
     strategies = _strategies(method, world, req.nodes, spec.strategy)
     if req.is_cpu:  # offloading to CPU RAM from the CPU gains nothing; FSDP2 needs GPUs (distributed.py)
-        strategies = [s for s in strategies if s not in ("zero3_offload", "fsdp")] or strategies
+        strategies = [s for s in strategies if s not in (*OFFLOAD_STRATEGIES, "fsdp")] or strategies
     for strategy in strategies:
         for ckpt in ckpt_choices:
             for micro in micro_choices:
@@ -476,7 +489,9 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
                     lora_r=spec.lora_r,
                 )
                 total = sum(terms.values())
-                host_need = 16 * shape.params_b / req.nodes if strategy == "zero3_offload" else None
+                host_need = (
+                    HOST_BYTES_PER_PARAM * shape.params_b / req.nodes if strategy in OFFLOAD_STRATEGIES else None
+                )
                 if capacity is not None and total > capacity:
                     continue
                 if host_need and host_gb and host_need > host_gb:
@@ -501,6 +516,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     real_global = micro * accum * world
     if real_global != want_global and not spec.gradient_accumulation_steps:
         notes.append(f"global batch {want_global} rounded to {real_global} ({micro} x {accum} x {world})")
+    if strategy == "zero2_offload":
+        notes.append("optimizer offloaded to CPU RAM (DeepSpeed's CPU Adam): each step waits for it")
     if strategy == "zero3_offload":
         notes.append("optimizer and weights offloaded to CPU RAM: expect slow steps")
     packing = spec.packing if spec.packing is not None else default_packing(attn)
@@ -548,7 +565,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         )
     # the leanest way this method could run on this request, to say how far off it is
     strategies = _strategies(method, req.world_size, req.nodes, spec.strategy)
-    on_gpu = [s for s in strategies if s != "zero3_offload"] or strategies
+    on_gpu = [s for s in strategies if s not in OFFLOAD_STRATEGIES] or strategies
     need, strategy = min(
         (
             sum(
@@ -579,7 +596,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     if "zero3_offload" in strategies:
         host = spec.host_memory_gb or 2 * req.per_node * req.tier.memory_gb
         msg += (
-            f" ZeRO-3 with CPU offload would need ~{16 * shape.params_b / req.nodes:.0f} GB of host RAM per "
+            f" ZeRO-3 with CPU offload would need ~{HOST_BYTES_PER_PARAM * shape.params_b / req.nodes:.0f} GB of host RAM per "
             f"node (assumed {host:g} GB; set -o host_memory_gb=N if the machine has more)."
         )
     hints = []

@@ -22,7 +22,7 @@ from ftctl.errors import FtctlError, did_you_mean
 
 METHODS = ("fft", "sft", "lora", "qlora")
 BACKENDS = ("local", "slurm", "sky", "docker")
-STRATEGIES = ("single", "ddp", "zero2", "zero3", "zero3_offload", "fsdp")
+STRATEGIES = ("single", "ddp", "zero2", "zero2_offload", "zero3", "zero3_offload", "fsdp")
 DDP_COMM_DTYPES = ("fp32", "bf16")
 ATTENTION = ("varlen", "flash_attention_2", "sdpa", "eager")  # varlen: see ftctl/trainer/attention.py
 
@@ -74,7 +74,7 @@ class RunSpec:
     fp16: bool | None = None  # planner (tier)
     attn_implementation: str | None = None  # planner: varlen / flash_attention_2 / sdpa / eager
     packing: bool | None = None  # planner: on where attention honours sample boundaries
-    strategy: str | None = None  # planner: single/ddp/zero2/zero3/zero3_offload/fsdp
+    strategy: str | None = None  # planner: one of STRATEGIES
     ddp_bucket_cap_mb: int | None = None  # DDP's gradient buckets (MB); default: torch's 25
     ddp_comm_dtype: str | None = None  # DDP's gradient all-reduce: fp32 (default) or bf16 (accelerate's comm hook)
     optim: str | None = None  # planner: adamw_torch_fused; paged_adamw_8bit for qlora on a tight GPU

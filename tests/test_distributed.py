@@ -85,6 +85,23 @@ def test_zero3_offload_two_processes_match_one_process(tiny_model_dir, tiny_data
     assert (tmp_path / "out" / "model.safetensors").is_file()  # gathered from the shards
 
 
+@pytest.mark.slow
+def test_zero2_offload_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, one_process_losses):
+    """ZeRO-Offload: ZeRO-2 with the optimizer states (DeepSpeed's CPU Adam) in CPU RAM, the weights kept."""
+    from ftctl.trainer.distributed import deepspeed_config
+
+    spec, plan = _run(
+        tiny_model_dir, tiny_data, tmp_path / "out", gpus="2xcpu", strategy="zero2_offload", save_steps=100
+    )
+    zero = deepspeed_config(plan, on_cpu=False)["zero_optimization"]
+    assert zero["stage"] == 2 and zero["offload_optimizer"]["device"] == "cpu" and "offload_param" not in zero
+    _torchrun(spec, plan, tmp_path, nproc=2)
+    losses = losses_by_step(tmp_path / "out")
+    assert list(losses) == list(one_process_losses) == list(range(1, STEPS + 1))
+    assert _max_rel_diff(losses, one_process_losses, losses) < 0.01, (losses, one_process_losses)
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
 def test_fsdp_on_cpu_is_refused_not_silently_ddp(tiny_model_dir, tiny_data, tmp_path):
     """accelerate's FSDP2 on CPU runs plain DDP without a word: ftctl refuses it and names the way that
     does shard on CPU; on GPU it configures FSDP2 and checks at the first step that it really sharded."""
@@ -109,7 +126,7 @@ def test_zero3_leaf_blocks_are_the_models_unsplittable_blocks_under_zero3_only(t
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from ftctl import plan as plan_module
+    from ftctl.trainer import distributed
     from ftctl.trainer.distributed import zero3_leaf_blocks
 
     def leaves(model):
@@ -125,7 +142,7 @@ def test_zero3_leaf_blocks_are_the_models_unsplittable_blocks_under_zero3_only(t
     assert zero3_leaf_blocks(lora, "zero3_offload") == ["LlamaDecoderLayer"]
     assert leaves(lora) == ["LlamaDecoderLayer"] * layers
     # a block over DeepSpeed's live-parameter limit keeps the hooks on each submodule
-    monkeypatch.setattr(plan_module, "ZERO3_MAX_LIVE", 1000)
+    monkeypatch.setattr(distributed, "ZERO3_MAX_LIVE", 1000)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert zero3_leaf_blocks(model, "zero3") == [] and leaves(model) == []
 

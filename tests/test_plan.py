@@ -41,10 +41,16 @@ def test_7b_fft_on_8xa100_80gb():
 
 
 def test_7b_fft_single_a100_80gb_needs_offload():
+    """The optimizer offloaded, the 16-bit weights kept on the GPU (ZeRO-Offload); the weights leave the GPU
+    too only where they do not fit beside the gradients and the activations."""
     p = plan(method="fft", gpus="1xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5")
-    assert p.strategy == "zero3_offload"
+    assert p.strategy == "zero2_offload"
     assert p.host_memory_gb == pytest.approx(16 * 6.74, rel=0.01)
+    assert p.memory["optimizer"] == 0 and p.memory["weights"] == pytest.approx(2 * 6.74, rel=0.01)
     assert any("offload" in n for n in p.notes)
+    # a 30B model's 16-bit weights and gradients (120 GB) do not fit an 80 GB GPU: its weights go too
+    p = plan(method="fft", gpus="1xA100-80GB", model_params="30b", o=["host_memory_gb=1024"])
+    assert p.strategy == "zero3_offload" and p.memory["weights"] < 5  # ~2 layers
 
 
 def test_7b_qlora_on_1xt4():

@@ -5,7 +5,8 @@ On CPU the collective backend is gloo. The plan's strategy maps to TrainingArgum
 
     single, ddp         nothing extra (accelerate wraps the model in DDP when WORLD_SIZE > 1)
     zero2, zero3        ``deepspeed=<dict>`` from :func:`deepspeed_config`
-    zero3_offload       the same, optimizer states and parameters offloaded to CPU RAM
+    zero2_offload       ZeRO-2 with the optimizer states (and fp32 masters) offloaded to CPU RAM: ZeRO-Offload
+    zero3_offload       ZeRO-3 with optimizer states and parameters offloaded to CPU RAM
     fsdp                ``fsdp`` + ``fsdp_config`` from :func:`fsdp_settings`: FSDP2 (``fully_shard`` per
                         transformer block) through accelerate's plugin. GPU only: on CPU accelerate runs
                         plain DDP instead without saying so, so ftctl refuses fsdp there (zero3 shards on
@@ -21,8 +22,7 @@ import os
 from dataclasses import dataclass
 
 from ftctl.errors import FtctlError
-
-DEEPSPEED_STRATEGIES = ("zero2", "zero3", "zero3_offload")
+from ftctl.plan import DEEPSPEED_STRATEGIES, OFFLOAD_STRATEGIES, ZERO3_MAX_LIVE
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,11 @@ def free_port() -> int:
 
 
 def deepspeed_config(plan, on_cpu: bool, load_universal: bool = False) -> dict | None:
-    """The DeepSpeed config dict for zero2 / zero3 / zero3_offload, else None. ``load_universal``: the
+    """The DeepSpeed config dict for the DeepSpeed strategies, else None. ``load_universal``: the
     checkpoint to resume is in DeepSpeed's universal format (written on another world size: reshard.py)."""
     if plan.strategy not in DEEPSPEED_STRATEGIES:
         return None
-    stage = 2 if plan.strategy == "zero2" else 3
+    stage = 2 if plan.strategy in ("zero2", "zero2_offload") else 3
     zero: dict = {"stage": stage, "overlap_comm": not on_cpu, "contiguous_gradients": True}
     if stage == 2:
         zero["reduce_bucket_size"] = "auto"  # hidden^2: ZeRO-2 scaled 1.90x on 2 H200s with it
@@ -130,10 +130,11 @@ def deepspeed_config(plan, on_cpu: bool, load_universal: bool = False) -> dict |
     }
     if load_universal:
         config["checkpoint"] = {"load_universal": True}
-    if plan.strategy == "zero3_offload":
+    if plan.strategy in OFFLOAD_STRATEGIES:
         offload = {"device": "cpu", "pin_memory": not on_cpu}
         zero["offload_optimizer"] = dict(offload)
-        zero["offload_param"] = dict(offload)
+        if plan.strategy == "zero3_offload":
+            zero["offload_param"] = dict(offload)
         # offloaded optimizer states need DeepSpeed's CPU Adam
         config["optimizer"] = {
             "type": "AdamW",
@@ -153,8 +154,6 @@ def zero3_leaf_blocks(model, strategy: str) -> list[str]:
     if strategy not in ("zero3", "zero3_offload"):
         return []
     from deepspeed.utils import set_z3_leaf_modules
-
-    from ftctl.plan import ZERO3_MAX_LIVE
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = set(getattr(base, "_no_split_modules", None) or ())

@@ -4,8 +4,8 @@ A preempted spot job often comes back with another node count. What a checkpoint
 decides what has to happen:
 
     single, ddp        whole tensors (model.safetensors, optimizer.pt): load on any world size
-    zero2, zero3,      DeepSpeed's per-rank shards (global_step<N>/zero_pp_rank_<R>_*): they load only on
-    zero3_offload      the world size that wrote them. ftctl converts the checkpoint to DeepSpeed's
+    zero2(_offload),   DeepSpeed's per-rank shards (global_step<N>/zero_pp_rank_<R>_*): they load only on
+    zero3(_offload)    the world size that wrote them. ftctl converts the checkpoint to DeepSpeed's
                        universal format (deepspeed.checkpoint.ds_to_universal: one file per parameter and
                        optimizer state, unsharded) in place, once, on rank 0 -- global_step<N>_universal/
                        and latest_universal beside the original -- and the engine loads it with
@@ -38,6 +38,7 @@ import sys
 
 from ftctl import checkpoints
 from ftctl.errors import FtctlError
+from ftctl.plan import DEEPSPEED_STRATEGIES
 from ftctl.trainer import distributed
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def prepare(ckpt: str | None, plan, procs: distributed.Processes, shared_filesys
     """Make ``ckpt`` loadable by this run; True when DeepSpeed must load it as a universal checkpoint.
 
     Call it on every rank (one per copy converts, the others wait at a barrier), before TrainingArguments."""
-    if not ckpt or plan.strategy not in distributed.DEEPSPEED_STRATEGIES:
+    if not ckpt or plan.strategy not in DEEPSPEED_STRATEGIES:
         return False
     tag = deepspeed_tag(ckpt)
     if tag is None:
