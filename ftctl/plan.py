@@ -28,7 +28,7 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  activations, a peak the terms above are calibrated to (1B fft on an H200: 8 x 1 within 2%
                  of them; 8 x 2 peaked 4.6 GiB higher, the size of the model's fp32 gradients). Not under
                  zero3 (its gradient partitions are one buffer allocated at the start, in the peak either
-                 way), zero3_offload (gradients in CPU RAM) nor fsdp (measured: FSDP2 on one H200 at 8 x 2
+                 way), the offloads (gradients in CPU RAM) nor fsdp (measured: FSDP2 on one H200 at 8 x 2
                  peaked 37.2 GiB, 7.6 under a plan that counted them; its gradients accumulate in the one
                  set it keeps)
     ddp_buckets  DDP on several processes only: its reducer's flat buckets, a copy of every gradient for
@@ -318,12 +318,7 @@ def memory_terms(
         "logits": logits,
         "overhead": OVERHEAD_GB,
     }
-    if accum > 1 and strategy not in (
-        "zero2_offload",
-        "zero3",
-        "zero3_offload",
-        "fsdp",
-    ):  # module docstring: accumulated_grads
+    if accum > 1 and strategy not in (*OFFLOAD_STRATEGIES, "zero3", "fsdp"):  # module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
     if strategy == "ddp" and world > 1:  # the module docstring: ddp_buckets
         terms["ddp_buckets"] = grads
@@ -595,8 +590,9 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     )
     if "zero3_offload" in strategies:
         host = spec.host_memory_gb or 2 * req.per_node * req.tier.memory_gb
+        host_need = HOST_BYTES_PER_PARAM * shape.params_b / req.nodes
         msg += (
-            f" ZeRO-3 with CPU offload would need ~{HOST_BYTES_PER_PARAM * shape.params_b / req.nodes:.0f} GB of host RAM per "
+            f" Offloading the optimizer to CPU RAM would need ~{host_need:.0f} GB of host RAM per "
             f"node (assumed {host:g} GB; set -o host_memory_gb=N if the machine has more)."
         )
     hints = []
