@@ -238,6 +238,7 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
 
 
 DEEPSPEED_STRATEGIES = ("zero2", "zero2_offload", "zero3", "zero3_offload")
+ZERO3_STRATEGIES = ("zero3", "zero3_offload")  # DeepSpeed stage 3: parameters sharded (the others are stage 2)
 OFFLOAD_STRATEGIES = ("zero2_offload", "zero3_offload")  # optimizer states in CPU RAM (HOST_BYTES_PER_PARAM)
 HOST_BYTES_PER_PARAM = 16  # offload: fp32 masters, AdamW's two moments and the fp32 gradients, per parameter
 # where the trainer runs its own LoRA forward (methods.fused_adapter_output; sharded parameters are
@@ -324,7 +325,7 @@ def memory_terms(
         terms["ddp_buckets"] = grads
     if strategy == "fsdp":  # the module docstring: fsdp_gathered
         terms["fsdp_gathered"] = 2 * 2 * n / shape.layers
-    if strategy in ("zero3", "zero3_offload"):  # the module docstring: zero3_buffers
+    if strategy in ZERO3_STRATEGIES:  # the module docstring: zero3_buffers
         terms["zero3_buffers"] = (
             wb * (2 * ZERO3_REDUCE_BUCKET + ZERO3_PREFETCH_BUCKET + min(ZERO3_MAX_LIVE, n * 1e9)) / 1e9
         )

@@ -150,9 +150,10 @@ def fa4_files_problem() -> str | None:
     import hashlib
     from importlib import metadata
 
-    if not fa4_installed():
+    try:
+        dist = metadata.distribution(FA4_DIST)
+    except metadata.PackageNotFoundError:
         return None
-    dist = metadata.distribution(FA4_DIST)
     entry = next((f for f in dist.files or () if f.as_posix() == FA4_CHECKED_FILE), None)
     if entry is None or entry.hash is None:
         return None  # nothing recorded to check against

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 
 from ftctl.errors import FtctlError
-from ftctl.plan import DEEPSPEED_STRATEGIES, OFFLOAD_STRATEGIES, ZERO3_MAX_LIVE
+from ftctl.plan import DEEPSPEED_STRATEGIES, OFFLOAD_STRATEGIES, ZERO3_MAX_LIVE, ZERO3_STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def deepspeed_config(plan, on_cpu: bool, load_universal: bool = False) -> dict |
     checkpoint to resume is in DeepSpeed's universal format (written on another world size: reshard.py)."""
     if plan.strategy not in DEEPSPEED_STRATEGIES:
         return None
-    stage = 2 if plan.strategy in ("zero2", "zero2_offload") else 3
+    stage = 3 if plan.strategy in ZERO3_STRATEGIES else 2
     zero: dict = {"stage": stage, "overlap_comm": not on_cpu, "contiguous_gradients": True}
     if stage == 2:
         zero["reduce_bucket_size"] = "auto"  # hidden^2: ZeRO-2 scaled 1.90x on 2 H200s with it
@@ -151,7 +151,7 @@ def zero3_leaf_blocks(model, strategy: str) -> list[str]:
     0.77x the unsharded step, its kernels equal (bench/NOTES.md, v25). Blocks larger than DeepSpeed's
     live-parameter limit (plan.ZERO3_MAX_LIVE, which the planner's zero3_buffers counts) stay as they were.
     Returns the block classes made leaves ([] where nothing changed)."""
-    if strategy not in ("zero3", "zero3_offload"):
+    if strategy not in ZERO3_STRATEGIES:
         return []
     from deepspeed.utils import set_z3_leaf_modules
 
@@ -212,7 +212,7 @@ def check_sharded(model, strategy: str) -> None:
         from torch.distributed.tensor import DTensor
 
         sharded = any(isinstance(p, DTensor) for p in model.parameters())
-    elif strategy in ("zero3", "zero3_offload"):
+    elif strategy in ZERO3_STRATEGIES:
         sharded = any(hasattr(p, "ds_id") for p in model.parameters())
     else:
         return
