@@ -271,6 +271,7 @@ def read_row(r: Running, rc, save_step: int | None, logs: Path) -> dict:
     shutil.copy(r.log, logs / r.log.name)
     c = r.case
     row = {"case": c.name, "gpus": c.gpus, "method": c.method, "strategy": c.asked, "wall_s": wall}
+    row["global_batch"] = c.global_batch
     rows = []
     if (r.out / "metrics.jsonl").exists():
         rows = [json.loads(x) for x in (r.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -374,7 +375,8 @@ COLUMNS += ["final_loss", "wall_s", "concurrent_with", "call"]
 def write(out: Path, result: dict) -> None:
     (out / "multi_gpu.json").write_text(json.dumps(result, indent=1))
     lines = [
-        f"# Llama-3.2-1B shape, {result['card']} ({result['kind']}), torch {result['torch']}, {result['steps']} steps",
+        f"# Llama-3.2-1B shape, {result['card']} ({result['kind']}), torch {result['torch']}, {result['steps']} steps, "
+        f"global batch {result.get('global_batch', GLOBAL_BATCH)} x {SEQ} tokens",
         "",
         f"netcheck: {json.dumps(result.get('netcheck'))}",
         "",
@@ -496,6 +498,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8 if CPU else 20)
     ap.add_argument("--cases", default="single,ddp,zero2,zero3,fsdp")
     ap.add_argument("--budget-s", type=float, default=480, help="stop starting cases after this many seconds")
+    ap.add_argument(
+        "--global-batch",
+        type=int,
+        default=GLOBAL_BATCH,
+        help=f"rows a step in every case (single:weak half of it); a multiple of {2 * MICRO}: more accumulation",
+    )
     ap.add_argument("--work", default="/tmp/ftctl-bench-cpu" if CPU else "/tmp/ftctl-bench")
     ap.add_argument("--no-netcheck", action="store_true", help="skip the all-reduce probe across both GPUs")
     ap.add_argument("--plot", help="a multi_gpu.json to draw (no GPU needed)")
@@ -508,6 +516,10 @@ def main() -> None:
         return merge(a.merge, Path(a.out))
     t0 = time.time()
     groups = parse_groups(a.cases)
+    if a.global_batch % (2 * MICRO):
+        raise SystemExit(f"--global-batch {a.global_batch}: use a multiple of {2 * MICRO} (micro-batch {MICRO} on 2 GPUs)")
+    scale = a.global_batch // GLOBAL_BATCH  # 16 -> 1; 64 -> 4: 8 x 8 on one GPU, 8 x 4 on each of two
+    groups = [[replace(c, global_batch=c.global_batch * scale) for c in g] for g in groups]
     sources = {c.source for g in groups for c in g if c.source}
     save_step = a.steps // 2  # the checkpoint a resume case starts from (10 of 20)
     import torch
@@ -523,6 +535,7 @@ def main() -> None:
         else ("nvidia-h200" if torch.cuda.device_count() == 1 else f"nvidia-h200-x{torch.cuda.device_count()}")
     )
     result = {"card": card, "kind": kind, "torch": torch.__version__, "steps": a.steps, "cases": a.cases, "rows": []}
+    result["global_batch"] = a.global_batch
     for mod in ("deepspeed", "trl", "transformers", "accelerate", "bitsandbytes"):
         try:
             result[mod] = __import__(mod).__version__
