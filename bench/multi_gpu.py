@@ -517,7 +517,9 @@ def main() -> None:
     t0 = time.time()
     groups = parse_groups(a.cases)
     if a.global_batch % (2 * MICRO):
-        raise SystemExit(f"--global-batch {a.global_batch}: use a multiple of {2 * MICRO} (micro-batch {MICRO} on 2 GPUs)")
+        raise SystemExit(
+            f"--global-batch {a.global_batch}: use a multiple of {2 * MICRO} (micro-batch {MICRO} on 2 GPUs)"
+        )
     scale = a.global_batch // GLOBAL_BATCH  # 16 -> 1; 64 -> 4: 8 x 8 on one GPU, 8 x 4 on each of two
     groups = [[replace(c, global_batch=c.global_batch * scale) for c in g] for g in groups]
     sources = {c.source for g in groups for c in g if c.source}

@@ -1,4 +1,5 @@
-"""ftctl's trainer on a spec with bench/compare.py's profiler over steps 6-8; rank 0 writes the report.
+"""ftctl's trainer on a spec with bench/compare.py's profiler over steps 6-8 (PROFILE_FIRST=N: N to N+2);
+rank 0 writes the report.
 
 What multi_gpu.py runs for a ``<case>@profile`` (one process, or under torchrun on every rank: each rank
 profiles its own steps, and training stops after the last profiled one):
@@ -23,7 +24,8 @@ from ftctl.trainer import run  # noqa: E402
 def main(argv: list[str]) -> int:
     spec_path, report = argv[0], Path(argv[1])
     into: dict = {}
-    callback = profile_callback(WARM + 1, WARM + 3, into)
+    first = int(os.environ.get("PROFILE_FIRST", WARM + 1))
+    callback = profile_callback(first, first + 2, into)
     train = run.train
     run.train = lambda spec, plan, callbacks=(), echo=print: train(spec, plan, [*callbacks, callback], echo)
     from ftctl.trainer.__main__ import main as trainer_main

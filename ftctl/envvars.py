@@ -9,3 +9,7 @@ STOP_ENV = "FTCTL_STOP_FILE"
 FAILURE_DIR_ENV = "FTCTL_FAILURE_DIR"
 # 1: show every third-party message ftctl.quiet lowers to debug (also `ftctl -v`); inherited by the trainer.
 VERBOSE_ENV = "FTCTL_VERBOSE"
+# "auto": the trainer sets OMP_NUM_THREADS to the cores it may use divided by the processes of its node
+# (distributed.cpu_threads). The launchers set it unless the user chose OMP_NUM_THREADS: torchrun's own default
+# for several processes is one thread each, which halved 2-GPU steps with gradient accumulation (bench/NOTES.md v27).
+THREADS_ENV = "FTCTL_CPU_THREADS"

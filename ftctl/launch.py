@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shlex
 
-from ftctl.envvars import STATUS_ENV, STOP_ENV  # noqa: F401  (re-exported for the renderers)
+from ftctl.envvars import STATUS_ENV, STOP_ENV, THREADS_ENV  # noqa: F401  (re-exported for the renderers)
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 
@@ -112,7 +112,9 @@ def preflight_shell(spec: RunSpec, plan: Plan, head) -> list[str]:
 
 def trainer_env(spec: RunSpec, plan: Plan) -> dict[str, str]:
     """Plain environment the trainer needs on every node (never secrets: those pass by name)."""
-    env = {"OMP_NUM_THREADS": "1" if plan.tier else "2", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if "OMP_NUM_THREADS" not in spec.env:  # the user's choice, else the trainer's: envvars.THREADS_ENV
+        env[THREADS_ENV] = "auto"
     if spec.socket_ifname:
         env["NCCL_SOCKET_IFNAME"] = spec.socket_ifname
         env["GLOO_SOCKET_IFNAME"] = spec.socket_ifname

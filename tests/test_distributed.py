@@ -10,6 +10,7 @@ runs reuse, as in tests/test_trainer.py.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -95,11 +96,31 @@ def test_zero2_offload_two_processes_match_one_process(tiny_model_dir, tiny_data
     )
     zero = deepspeed_config(plan, on_cpu=False)["zero_optimization"]
     assert zero["stage"] == 2 and zero["offload_optimizer"]["device"] == "cpu" and "offload_param" not in zero
-    _torchrun(spec, plan, tmp_path, nproc=2)
+    proc = _torchrun(spec, plan, tmp_path, nproc=2, env={"FTCTL_CPU_THREADS": "auto"})  # what launchers set
     losses = losses_by_step(tmp_path / "out")
     assert list(losses) == list(one_process_losses) == list(range(1, STEPS + 1))
     assert _max_rel_diff(losses, one_process_losses, losses) < 0.01, (losses, one_process_losses)
     assert (tmp_path / "out" / "model.safetensors").is_file()
+    cores = len(os.sched_getaffinity(0))  # CPU Adam's threads: each rank's share, not torchrun's one
+    assert f"cpu threads: {max(1, cores // 2)} a process ({cores} cores / 2 on this node" in proc.stdout
+
+
+def test_cpu_threads_share_the_cores_among_the_nodes_processes(monkeypatch):
+    import torch
+
+    from ftctl.trainer import distributed
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's default for several processes
+    monkeypatch.delenv("FTCTL_CPU_THREADS", raising=False)
+    assert distributed.cpu_threads() is None and os.environ["OMP_NUM_THREADS"] == "1"  # the user's choice
+    monkeypatch.setenv("FTCTL_CPU_THREADS", "auto")
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(32)))
+    set_to = []
+    monkeypatch.setattr(torch, "set_num_threads", set_to.append)
+    for local, want in (("2", 16), ("8", 4), ("64", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+        assert distributed.cpu_threads().startswith(f"cpu threads: {want} a process (32 cores / {local} on")
+        assert os.environ["OMP_NUM_THREADS"] == str(want) and set_to[-1] == want
 
 
 def test_fsdp_on_cpu_is_refused_not_silently_ddp(tiny_model_dir, tiny_data, tmp_path):

@@ -123,8 +123,11 @@ def test_local_fallback_runs_qlora_and_says_so_everywhere(tmp_path, tiny_model_d
         "global_batch_size=2",
         "-o",
         "model_max_length=64",
+        env={"OMP_NUM_THREADS": ""},  # unset: the trainer takes the cores (distributed.cpu_threads)
     )
     assert proc.returncode == 0, proc.stderr
+    cores = len(os.sched_getaffinity(0))
+    assert f"cpu threads: {cores} a process ({cores} cores / 1 on this node" in proc.stdout
     assert "fft does not fit this machine" in proc.stderr and "qlora runs instead" in proc.stderr
     assert "running qlora on cpu" in proc.stderr and "running fft" not in proc.stderr
     run = json.loads((out / "spec.json").read_text())

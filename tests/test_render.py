@@ -278,6 +278,16 @@ def test_container_none_means_no_container():
     assert prepared(container="none", **args).text == prepared(**args).text
 
 
+@pytest.mark.parametrize("backend", ["slurm", "sky", "docker"])
+def test_cpu_threads_are_the_trainers_unless_the_user_chose_omp_num_threads(backend):
+    """torchrun gives each of several processes one thread unless OMP_NUM_THREADS is set: the scripts ask the
+    trainer to share the node's cores instead (distributed.cpu_threads), or pass the user's own value."""
+    args = dict(backend=backend, gpus="8xA100", model_name_or_path=MODEL, output_dir="s3://b/out")
+    auto, own = prepared(**args).text, prepared(["env=OMP_NUM_THREADS=6"], **args).text
+    assert "FTCTL_CPU_THREADS" in auto and "OMP_NUM_THREADS" not in auto
+    assert "FTCTL_CPU_THREADS" not in own and "OMP_NUM_THREADS" in own and "6" in own
+
+
 def test_docker_container_mode_is_refused_on_slurm():
     with pytest.raises(FtctlError, match="apptainer:img.*pyxis:img"):
         prepared(

@@ -34,8 +34,12 @@ def main(argv=None) -> int:
     failure = Failure(rank)
     failure.catch_signals()  # the trainer's PreemptionCallback takes SIGTERM over while it trains
     try:
-        from ftctl.plan import load_run
         from ftctl.trainer import distributed
+
+        threads = distributed.cpu_threads()  # before torch is imported
+        if threads and rank == 0:
+            print(threads, flush=True)
+        from ftctl.plan import load_run
         from ftctl.trainer.run import train
 
         spec, plan = load_run(args.spec)

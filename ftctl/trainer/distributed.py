@@ -19,8 +19,10 @@ fills them from the same TrainingArguments, so they cannot disagree.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
+from ftctl.envvars import THREADS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import DEEPSPEED_STRATEGIES, OFFLOAD_STRATEGIES, ZERO3_MAX_LIVE, ZERO3_STRATEGIES
 
@@ -64,6 +66,23 @@ def check_world(plan, procs: Processes) -> None:
             f"The plan is for {plan.gpus} but this machine has no CUDA GPU: re-plan with --gpus cpu, "
             "or run on a machine with the planned GPUs."
         )
+
+
+def cpu_threads() -> str | None:
+    """Under ``FTCTL_CPU_THREADS=auto`` (what the launchers set unless the user chose OMP_NUM_THREADS): give
+    each process of this node an equal share of the cores it may run on, through OMP_NUM_THREADS (read by
+    torch and by DeepSpeed's CPU Adam as they load) and torch's own count. torchrun's default for several
+    processes is one thread each: a 1B fft on two H200s with 4 accumulation steps ran each micro-batch at half
+    the speed of one GPU's (bench/NOTES.md v27). Returns the line the run's log shows, or None."""
+    if os.environ.get(THREADS_ENV) != "auto":
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    threads = max(1, cores // local)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:  # imported already (a test's process): its thread count is read at import
+        sys.modules["torch"].set_num_threads(threads)
+    return f"cpu threads: {threads} a process ({cores} cores / {local} on this node; OMP_NUM_THREADS overrides)"
 
 
 def init_group(plan, procs: Processes) -> None:
