@@ -43,8 +43,8 @@ after every case (a run cut short still leaves its rows):
                           tests' tiny model, gloo, 1 or 2 processes; fsdp cases get an error row, ftctl refuses
                           fsdp on CPU)
 
-tokens_per_s counts steps 6.. (the first ones compile and warm the allocator), leaving out the step after a
-checkpoint save; scaling_vs_1gpu divides by the 1-GPU row of the same method (single, lora:1, qlora:1),
+tokens_per_s counts steps 6.. (the first ones compile and warm the allocator), leaving out the intervals
+around a checkpoint save and the last one (those steps log at once, the others a step late); scaling_vs_1gpu divides by the 1-GPU row of the same method (single, lora:1, qlora:1),
 scaling_vs_same_strategy_1gpu by the <strategy>:1 row, scaling_weak (fft) by single:weak (one GPU doing one
 GPU's share of the step: the per-step costs that accumulation amortises on `single` are not counted against
 the second GPU); parity_max_rel_diff is the largest
@@ -277,13 +277,19 @@ def read_row(r: Running, rc, save_step: int | None, logs: Path) -> dict:
         rows = [json.loads(x) for x in (r.out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     steps = [x for x in rows if "loss" in x]
     row["steps"] = len(steps)
-    if rc != 0 or len(steps) <= WARM + 1:
+    row["times"] = [x["time"] for x in steps]  # when each record was written (a rate can be recomputed)
+    if rc != 0 or (len(steps) <= WARM + 1 and not c.profile):  # a profile may stop early (PROFILE_FIRST)
         tail = r.log.read_text(errors="replace")[-3000:]
         return {**row, "error": f"exit {rc}: {tail}"}
     tokens = dt = 0.0
+    last = steps[-1]["step"]
     for prev, cur in zip(steps[WARM - 1 : -1], steps[WARM:]):
-        if save_step and prev["step"] % save_step == 0:
-            continue  # this interval holds a checkpoint save
+        # on a GPU a step's record is written at the next step's end (sft_trainer's deferred log), but a step
+        # that saves or ends writes its own at once: the interval ending there holds a step's tokens and no
+        # time, the one after a save two steps' time and one step's tokens (before v27 the last interval
+        # was counted: the rates were (n + 1) / n too high, 1.07x at 20 steps, the ratios unchanged)
+        if cur["step"] == last or (save_step and save_step in (prev["step"], cur["step"])):
+            continue
         tokens += cur["tokens"] - prev["tokens"]
         dt += cur["time"] - prev["time"]
     plan = json.loads((r.out / "spec.json").read_text())["plan"]
@@ -469,7 +475,9 @@ def params_of_config(cfg: dict) -> int:
     return n * per_layer + v * h * (1 if cfg.get("tie_word_embeddings") else 2) + h
 
 
-def inputs(work: Path) -> tuple[Path, Path]:
+def inputs(work: Path, rows: int) -> tuple[Path, Path]:
+    """The model and ``rows`` conversations (~0.8 packed 2,048-token rows each): one epoch for the whole run,
+    since the short steps at an epoch's end would be timed with the others (v27's 64-row steps crossed two)."""
     from bench.gpu_train import make_data, make_model
 
     if CPU:  # the tests' tiny model and the demo's short conversations (make_data's outgrow 128 tokens)
@@ -480,7 +488,7 @@ def inputs(work: Path) -> tuple[Path, Path]:
         if not (model / "config.json").exists():
             make_tiny_model_dir(model)
         return model, demo_data_path()
-    return make_model("1b", work), make_data(work / "data.json")
+    return make_model("1b", work), make_data(work / f"data-{rows}.json", rows)
 
 
 def refusal(case: Case) -> str | None:
@@ -546,7 +554,7 @@ def main() -> None:
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}), flush=True)
     result["netcheck"] = "skipped" if a.no_netcheck else netcheck(out)
     write(out, result)
-    model, data = inputs(work)
+    model, data = inputs(work, max(400, round(1.5 * a.global_batch * a.steps)))
     n_params = params_of(model)
     rows = result["rows"]
     for gi, group in enumerate(groups):
@@ -572,7 +580,7 @@ def main() -> None:
             if len(running) > 1:
                 row["concurrent_with"] = next(x.case.name for x in running if x is not r)
             row["disk_free_gib"] = round(shutil.disk_usage(work).free / 2**30, 1)
-            print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "plan")})[:1500], flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "plan", "times")})[:1500], flush=True)
             rows.append(row)
         finish(rows, card, n_params)
         write(out, result)
