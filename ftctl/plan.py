@@ -28,9 +28,11 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  activations, a peak the terms above are calibrated to (1B fft on an H200: 8 x 1 within 2%
                  of them; 8 x 2 peaked 4.6 GiB higher, the size of the model's fp32 gradients). Not under
                  zero3 (its gradient partitions are one buffer allocated at the start, in the peak either
-                 way), the offloads (gradients in CPU RAM) nor fsdp (measured: FSDP2 on one H200 at 8 x 2
-                 peaked 37.2 GiB, 7.6 under a plan that counted them; its gradients accumulate in the one
-                 set it keeps)
+                 way) nor the offloads (gradients in CPU RAM). fsdp on one GPU neither (FSDP2 at 8 x 2 peaked
+                 37.2 GiB, 7.6 under a plan that counted them: its gradients accumulate in the one set it
+                 keeps); on several, what it keeps between the micro-batches of a step (no reduce-scatter until
+                 the last) is the unsharded gradients in the compute dtype, 2 B/param under bf16 (1B fft on two
+                 H200s, 8 x 4 per GPU: 30.56 GiB against 28.26 at 8 x 1, +2.30 = 2 x 1.24e9 B)
     ddp_buckets  DDP on several processes only: its reducer's flat buckets, a copy of every gradient for
                  the all-reduce that lives from the wrap to the end (1B fft on two H200s at 8 x 1: 40.5 GiB per
                  GPU against 35.9 on one GPU). The gradients themselves are views into them (sft_trainer.py),
@@ -321,6 +323,8 @@ def memory_terms(
     }
     if accum > 1 and strategy not in (*OFFLOAD_STRATEGIES, "zero3", "fsdp"):  # module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
+    if accum > 1 and strategy == "fsdp" and world > 1:  # the same: FSDP2's unsharded 16-bit gradients
+        terms["accumulated_grads"] = wb * trainable_b
     if strategy == "ddp" and world > 1:  # the module docstring: ddp_buckets
         terms["ddp_buckets"] = grads
     if strategy == "fsdp":  # the module docstring: fsdp_gathered
