@@ -3,7 +3,8 @@
 Run on the device machine (never in CI) on the 2-GPU kind, with the wheels carried (README.md
 "multi_gpu.py"). Each case is its own `ftctl launch --backend local` (torchrun and NCCL on 2 GPUs: the line
 every backend runs), 20 steps of packed 2,048-token rows of the Llama-3.2-1B shape, global batch 16 rows in
-every case (1 GPU: 8 x 2 accumulation; 2 GPUs: 8 x 1), so the losses of the same steps are comparable:
+every case (1 GPU: 8 x 2 accumulation; 2 GPUs: 8 x 1; --global-batch 64: 8 x 8 and 8 x 4), so the losses of
+the same steps are comparable:
 
     single                  fft on 1 GPU (the planner's single)
     ddp zero2 zero3 fsdp zero2_offload zero3_offload   fft on 2 GPUs with -o strategy= (fsdp: FSDP2 through accelerate)
@@ -44,8 +45,8 @@ after every case (a run cut short still leaves its rows):
                           fsdp on CPU)
 
 tokens_per_s counts steps 6.. (the first ones compile and warm the allocator), leaving out the intervals
-around a checkpoint save and the last one (those steps log at once, the others a step late); scaling_vs_1gpu divides by the 1-GPU row of the same method (single, lora:1, qlora:1),
-scaling_vs_same_strategy_1gpu by the <strategy>:1 row, scaling_weak (fft) by single:weak (one GPU doing one
+around a checkpoint save and the last one (those steps log at once, the others a step late);
+scaling_vs_1gpu divides by the 1-GPU row of the same method (single, lora:1, qlora:1), scaling_vs_same_strategy_1gpu by the <strategy>:1 row, scaling_weak (fft) by single:weak (one GPU doing one
 GPU's share of the step: the per-step costs that accumulation amortises on `single` are not counted against
 the second GPU); parity_max_rel_diff is the largest
 |loss - loss_1gpu| / loss_1gpu over the common steps against that same 1-GPU row; peak_gib is rank 0's
