@@ -110,11 +110,15 @@ def test_cpu_threads_share_the_cores_among_the_nodes_processes(monkeypatch):
 
     from ftctl.trainer import distributed
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's default for several processes
-    monkeypatch.delenv("FTCTL_CPU_THREADS", raising=False)
-    assert distributed.cpu_threads() is None and os.environ["OMP_NUM_THREADS"] == "1"  # the user's choice
-    monkeypatch.setenv("FTCTL_CPU_THREADS", "auto")
     monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(32)))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # torchrun's default for several processes, or the user's
+    monkeypatch.delenv("FTCTL_CPU_THREADS", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert distributed.cpu_threads() is None and os.environ["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun by hand: kept, with a hint
+    assert "FTCTL_CPU_THREADS=auto gives each its share of the 32 cores" in distributed.cpu_threads()
+    assert os.environ["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("FTCTL_CPU_THREADS", "auto")
     set_to = []
     monkeypatch.setattr(torch, "set_num_threads", set_to.append)
     for local, want in (("2", 16), ("8", 4), ("64", 1)):

@@ -36,9 +36,9 @@ def main(argv=None) -> int:
     try:
         from ftctl.trainer import distributed
 
-        threads = distributed.cpu_threads()  # before torch is imported
-        if threads and rank == 0:
-            print(threads, flush=True)
+        threads_line = distributed.cpu_threads()  # before torch is imported
+        if threads_line and rank == 0:
+            print(threads_line, flush=True)
         from ftctl.plan import load_run
         from ftctl.trainer.run import train
 

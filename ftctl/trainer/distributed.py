@@ -73,12 +73,18 @@ def cpu_threads() -> str | None:
     each process of this node an equal share of the cores it may run on, through OMP_NUM_THREADS (read by
     torch and by DeepSpeed's CPU Adam as they load) and torch's own count. torchrun's default for several
     processes is one thread each: a 1B fft on two H200s with 4 accumulation steps ran each micro-batch at half
-    the speed of one GPU's (bench/NOTES.md v27). Returns the line the run's log shows, or None."""
-    if os.environ.get(THREADS_ENV) != "auto":
-        return None
+    the speed of one GPU's (bench/NOTES.md v27). Returns the line the run's log shows, or None; without
+    ``auto`` (torchrun started by hand) only a hint where several processes were left one thread each."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     threads = max(1, cores // local)
+    if os.environ.get(THREADS_ENV) != "auto":
+        if local > 1 and threads > 1 and os.environ.get("OMP_NUM_THREADS") == "1":
+            return (
+                f"note: one CPU thread a process (OMP_NUM_THREADS=1, torchrun's default for {local} processes): "
+                f"FTCTL_CPU_THREADS=auto gives each its share of the {cores} cores (what ftctl launch sets)"
+            )
+        return None
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if "torch" in sys.modules:  # imported already (a test's process): its thread count is read at import
         sys.modules["torch"].set_num_threads(threads)
