@@ -12,6 +12,7 @@ User values are always quoted with ``shlex.quote``; intentional shell (``"$HEAD_
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 
 from ftctl.envvars import STATUS_ENV, STOP_ENV, THREADS_ENV  # noqa: F401  (re-exported for the renderers)
 from ftctl.plan import Plan
@@ -110,10 +111,12 @@ def preflight_shell(spec: RunSpec, plan: Plan, head) -> list[str]:
     return preflight_lines(join(netcheck_argv(spec, plan, head)), spec, plan)
 
 
-def trainer_env(spec: RunSpec, plan: Plan) -> dict[str, str]:
-    """Plain environment the trainer needs on every node (never secrets: those pass by name)."""
+def trainer_env(spec: RunSpec, plan: Plan, inherited: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Plain environment the trainer needs on every node (never secrets: those pass by name). ``inherited``:
+    the environment the trainer starts in where the launcher knows it (local), whose OMP_NUM_THREADS is the
+    user's choice as the spec's is; without one the trainer shares the cores (envvars.THREADS_ENV)."""
     env = {"TOKENIZERS_PARALLELISM": "false"}
-    if "OMP_NUM_THREADS" not in spec.env:  # the user's choice, else the trainer's: envvars.THREADS_ENV
+    if not {**(inherited or {}), **spec.env}.get("OMP_NUM_THREADS"):
         env[THREADS_ENV] = "auto"
     if spec.socket_ifname:
         env["NCCL_SOCKET_IFNAME"] = spec.socket_ifname

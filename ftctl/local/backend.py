@@ -17,9 +17,9 @@ from dataclasses import replace
 import click
 
 from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, Rendered
-from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV, THREADS_ENV
+from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
-from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv
+from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv, trainer_env
 from ftctl.plan import Plan, PlanError, make_plan
 from ftctl.preflight import host_memory_gb
 from ftctl.runpaths import RunPaths
@@ -212,13 +212,11 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     paths.failures.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
-        **rendered.spec.env,
+        **trainer_env(rendered.spec, rendered.plan, inherited=os.environ),
         "PYTHONUNBUFFERED": "1",
         FAILURE_DIR_ENV: str(paths.failures),
         STATUS_ENV: str(paths.status_file),
     }
-    if not env.get("OMP_NUM_THREADS"):  # else torchrun gives each process one thread: envvars.THREADS_ENV
-        env[THREADS_ENV] = "auto"
     rc = run_filtered(cmd, env, paths)
     if rc != 0:
         raise FtctlError(failure_message(paths, rc))
