@@ -111,7 +111,7 @@ def preflight_shell(spec: RunSpec, plan: Plan, head) -> list[str]:
     return preflight_lines(join(netcheck_argv(spec, plan, head)), spec, plan)
 
 
-def trainer_env(spec: RunSpec, plan: Plan, inherited: Mapping[str, str] | None = None) -> dict[str, str]:
+def trainer_env(spec: RunSpec, inherited: Mapping[str, str] | None = None) -> dict[str, str]:
     """Plain environment the trainer needs on every node (never secrets: those pass by name). ``inherited``:
     the environment the trainer starts in where the launcher knows it (local), whose OMP_NUM_THREADS is the
     user's choice as the spec's is; without one the trainer shares the cores (envvars.THREADS_ENV)."""

@@ -44,7 +44,7 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
         if not is_remote(path) and (os.path.exists(path) or path == spec.output):
             p = _bindable(os.path.abspath(path))
             cmd += ["-v", f"{p}:{p}"]
-    for k, v in sorted(trainer_env(spec, plan).items()):
+    for k, v in sorted(trainer_env(spec).items()):
         cmd += ["-e", f"{k}={v}"]
     for name in spec.secrets:
         cmd += ["-e", name]  # value passed from this environment by docker, never written

@@ -212,7 +212,7 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     paths.failures.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
-        **trainer_env(rendered.spec, rendered.plan, inherited=os.environ),
+        **trainer_env(rendered.spec, inherited=os.environ),
         "PYTHONUNBUFFERED": "1",
         FAILURE_DIR_ENV: str(paths.failures),
         STATUS_ENV: str(paths.status_file),

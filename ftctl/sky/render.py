@@ -102,7 +102,7 @@ def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
         "name": spec.name,
         "resources": resources,
         "num_nodes": plan.nodes,
-        "envs": {k: str(v) for k, v in sorted(trainer_env(spec, plan).items())},
+        "envs": {k: str(v) for k, v in sorted(trainer_env(spec).items())},
     }
     if spec.secrets:
         task["secrets"] = {name: None for name in spec.secrets}

@@ -131,7 +131,7 @@ def render(spec: RunSpec, plan: Plan) -> str:
         preflight = preflight_lines(join([*step, "bash", "-c", probe]), spec, plan)
     step += ["bash", "-c", inner]
 
-    env_lines = [f"export {k}={q(v)}" for k, v in sorted(trainer_env(spec, plan).items())]
+    env_lines = [f"export {k}={q(v)}" for k, v in sorted(trainer_env(spec).items())]
     secrets = ", ".join(spec.secrets) or "none"
     lines = [
         "#!/bin/bash",
