@@ -1,8 +1,11 @@
-"""The local backend's fallback on a real GPU (issue "First contact"): `ftctl launch --backend local
---method fft` of a Llama-3.1-8B shape on one GPU whose host memory is declared too small for fft's CPU
-offload, which must run qlora instead, say so, and train a few steps.
+"""`ftctl launch --backend local --method fft` of a Llama-3.1-8B shape on one GPU, as a user runs it.
 
-    python3 bench/fallback_8b.py OUT_DIR
+With the host memory declared too small for fft's CPU offload (the default, 100 GB: issue "First contact"),
+it must run qlora instead, say so, and train a few steps. With `--host-memory-gb machine` the plan sees this
+machine's RAM (an H200 host with 128 GiB: ZeRO-Offload, `zero2_offload`, 16 B/param = 128 GB of it), and the
+run says whether that plan fits the host it was made for; the host's used memory is sampled every 0.5 s.
+
+    python3 bench/fallback_8b.py OUT_DIR [--host-memory-gb 100|machine] [--steps 4] [--seq 1024] [--global-batch 4]
 
 Builds a random-initialised Llama-3.1-8B-shaped model on the GPU (bf16, no hub), saves it once
 (16 GB), then runs ftctl exactly as a user would and records what it printed and what ran.
@@ -11,9 +14,11 @@ GPU machine only; never run in CI.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,71 +50,93 @@ def build_model(path: Path) -> None:
     torch.cuda.empty_cache()
 
 
-def main(out: str) -> None:
-    out_dir = Path(out)
+def host_used_gb() -> float:
+    info = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, value = line.split(":", 1)
+            info[key] = int(value.split()[0]) * 1024
+    return (info["MemTotal"] - info["MemAvailable"]) / 1e9
+
+
+def sample_host(into: dict, stop: threading.Event) -> None:
+    """The largest host memory in use (MemTotal - MemAvailable) while the run lasts, and when it was seen."""
+    t0 = time.time()
+    while not stop.wait(0.5):
+        used = host_used_gb()
+        if used > into.get("peak_host_used_gb", 0):
+            into.update(peak_host_used_gb=round(used, 1), peak_host_at_s=round(time.time() - t0, 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--host-memory-gb", default="100", help="a number, or 'machine': the plan reads this host")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--global-batch", type=int, default=4)
+    args = parser.parse_args()
+    out_dir = Path(args.out)
     model = Path("/tmp/llama8b-shape")
     t0 = time.time()
     if not (model / "config.json").exists():
         build_model(model)
     built = time.time() - t0
-    cmd = [
-        sys.executable,
-        "-m",
-        "ftctl.cli",
-        "launch",
-        "--backend",
-        "local",
-        "--method",
-        "fft",
-        "--model",
-        str(model),
-        "--data",
-        "builtin:demo",
-        "--output",
-        "/tmp/fallback-run",
-        "-o",
-        "host_memory_gb=100",
-        "-o",
-        "max_steps=4",
-        "-o",
-        "save_steps=1000",
-        "-o",
-        "model_max_length=1024",
-        "-o",
-        "global_batch_size=4",
-    ]
+    cmd = [sys.executable, "-m", "ftctl.cli", "launch", "--backend", "local", "--method", "fft"]
+    data = "builtin:demo"
+    if args.seq * args.global_batch * args.steps > 16_000:  # the demo's ~16k tokens: one epoch of bench data
+        from bench.gpu_train import make_data
+
+        data = str(make_data(Path("/tmp") / "offload-data.json", args.global_batch * args.steps * 3 // 2))
+    cmd += ["--model", str(model), "--data", data, "--output", "/tmp/fallback-run"]
+    opts = [f"max_steps={args.steps}", "save_steps=1000", f"model_max_length={args.seq}", "logging_steps=1"]
+    opts += [f"global_batch_size={args.global_batch}"]
+    if args.host_memory_gb != "machine":
+        opts.append(f"host_memory_gb={args.host_memory_gb}")
+    for o in opts:
+        cmd += ["-o", o]
+    host: dict = {"host_used_before_gb": round(host_used_gb(), 1)}
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_host, args=(host, stop), daemon=True)
+    sampler.start()
     t1 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     ran = time.time() - t1
-    run = (
-        json.loads(Path("/tmp/fallback-run/spec.json").read_text())
-        if Path("/tmp/fallback-run/spec.json").exists()
-        else {}
-    )
-    metrics = (
-        [json.loads(x) for x in Path("/tmp/fallback-run/metrics.jsonl").read_text().splitlines()]
-        if Path("/tmp/fallback-run/metrics.jsonl").exists()
-        else []
-    )
+    stop.set()
+    sampler.join()
+    run_dir = Path("/tmp/fallback-run")
+    run = json.loads((run_dir / "spec.json").read_text()) if (run_dir / "spec.json").exists() else {}
+    metrics_file = run_dir / "metrics.jsonl"
+    metrics = [json.loads(x) for x in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
+    plan = run.get("plan", {})
     result = {
         "command": " ".join(cmd[2:]),
         "exit_code": proc.returncode,
         "stderr": proc.stderr[-4000:],
         "stdout_tail": proc.stdout[-2000:],
         "spec_method": run.get("spec", {}).get("method"),
-        "plan_method": run.get("plan", {}).get("method"),
-        "asked_method": run.get("plan", {}).get("asked_method"),
-        "plan_memory_gb": run.get("plan", {}).get("memory_gb"),
+        "plan_method": plan.get("method"),
+        "asked_method": plan.get("asked_method"),
+        "plan_strategy": plan.get("strategy"),
+        "plan_batch": [plan.get("per_device_train_batch_size"), plan.get("gradient_accumulation_steps")],
+        "plan_memory_gb": plan.get("memory_gb"),
+        "plan_host_memory_gb": plan.get("host_memory_gb"),
         "losses": [m.get("loss") for m in metrics if "loss" in m],
+        "times": [m.get("time") for m in metrics if "loss" in m],
+        "tokens_per_s": [m.get("tokens_per_s") for m in metrics if "loss" in m],
         "peak_gib": max((m.get("peak_mem_gib") or 0 for m in metrics), default=None),
+        **host,
+        "host_total_gb": round(int(open("/proc/meminfo").readline().split()[1]) * 1024 / 1e9, 1),
         "build_model_s": round(built, 1),
         "launch_s": round(ran, 1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "fallback-8b.json").write_text(json.dumps(result, indent=1))
+    name = "fallback-8b.json" if args.host_memory_gb != "machine" else "offload-8b.json"
+    (out_dir / name).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k not in ("stderr", "stdout_tail")}, indent=1))
+    print(proc.stdout[-3000:])
     print(proc.stderr[-3000:])
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "bench-out")
+    main()

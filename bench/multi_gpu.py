@@ -76,6 +76,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ftctl.envvars import THREADS_ENV  # noqa: E402
+
 # BENCH_CPU=1: the same orchestration on CPU (tiny model, gloo), to debug it before spending device time
 CPU = os.environ.get("BENCH_CPU") == "1"
 GLOBAL_BATCH, MICRO, SEQ, WARM = (4, 2, 128, 1) if CPU else (16, 8, 2048, 5)
@@ -245,6 +247,8 @@ def start(case: Case, slot: int, concurrent: bool, opts: list[str], model: Path,
         env["MASTER_PORT"] = str(PORT_BASE + 10 * slot + 1)
     if CPU:
         env["OMP_NUM_THREADS"] = "1"
+    elif case.profile and "OMP_NUM_THREADS" not in env:  # what `ftctl launch` sets (launch.trainer_env)
+        env[THREADS_ENV] = "auto"
     log = work / f"{out.name}.log"
     cmd = command(case, model, data, out, opts)
     # its own session: on a timeout the whole tree goes (torchrun's workers would keep the GPUs otherwise)
