@@ -2,10 +2,13 @@
 
 With the host memory declared too small for fft's CPU offload (the default, 100 GB: issue "First contact"),
 it must run qlora instead, say so, and train a few steps. With `--host-memory-gb machine` the plan sees this
-machine's RAM (an H200 host with 128 GiB: ZeRO-Offload, `zero2_offload`, 16 B/param = 128 GB of it), and the
-run says whether that plan fits the host it was made for; the host's used memory is sampled every 0.5 s.
+machine's RAM (v29: an H200 host with 128 GiB, which the planner's 16 B/param of then sent to ZeRO-Offload and
+the OOM killer stopped; the planner now counts ~21 B/param, plan.offload_host_gb, and refuses), and the run says
+whether the plan fits the host it was made for; the host's used memory is sampled every 0.5 s. `--shape 1b
+--strategy zero2_offload` measures the same at 1B (v30).
 
     python3 bench/fallback_8b.py OUT_DIR [--host-memory-gb 100|machine] [--steps 4] [--seq 1024] [--global-batch 4]
+        [--shape 8b|1b] [--strategy zero2_offload]
 
 Builds a random-initialised Llama-3.1-8B-shaped model on the GPU (bf16, no hub), saves it once
 (16 GB), then runs ftctl exactly as a user would and records what it printed and what ran.
@@ -26,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def build_model(path: Path) -> None:
+def build_model(path: Path, shape: str) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -36,11 +39,10 @@ def build_model(path: Path) -> None:
     from bench.gpu_train import SHAPES
 
     cfg = LlamaConfig(
-        **SHAPES["8b"],
+        **{"tie_word_embeddings": False, **SHAPES[shape]},
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,
-        tie_word_embeddings=False,
     )
     with torch.device("cuda"):
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
@@ -48,6 +50,38 @@ def build_model(path: Path) -> None:
     tok.save_pretrained(path)
     del model
     torch.cuda.empty_cache()
+
+
+def as_launch_would(cmd: list[str], opts: list[str]) -> tuple[list[str], dict]:
+    """The trainer on the spec `ftctl launch --backend local` writes, with its environment, without launch's
+    disk preflight: an 8B fft checkpoint (~128 GB with its optimizer state) exceeds the device machine's 64 GB
+    disk, and launch rightly refuses; this run saves no checkpoint (save_steps past max_steps), only the
+    final 16 GB model."""
+    import os
+
+    from ftctl.launch import trainer_env
+    from ftctl.plan import dump_run, make_plan
+    from ftctl.preflight import host_memory_gb
+    from ftctl.spec import build
+
+    flags = dict(zip(cmd[4::2], cmd[5::2]))  # after "python -m ftctl.cli launch"
+    spec = build(
+        flags=dict(
+            method="fft",
+            model_name_or_path=flags["--model"],
+            data_path=flags["--data"],
+            output_dir=flags["--output"],
+            gpus="1xH200",
+            backend="local",
+        ),
+        overrides=[*opts, f"host_memory_gb={host_memory_gb():.1f}"],
+    )
+    out = Path(flags["--output"])
+    out.mkdir(parents=True, exist_ok=True)
+    path = Path("/tmp/offload-run.spec.json")
+    path.write_text(dump_run(spec, make_plan(spec)))
+    env = {**os.environ, **trainer_env(spec, inherited=os.environ)}
+    return [sys.executable, "-m", "ftctl.trainer", "--spec", str(path)], env
 
 
 def host_used_gb() -> float:
@@ -60,10 +94,14 @@ def host_used_gb() -> float:
 
 
 def sample_host(into: dict, stop: threading.Event) -> None:
-    """The largest host memory in use (MemTotal - MemAvailable) while the run lasts, and when it was seen."""
+    """The largest host memory in use (MemTotal - MemAvailable) while the run lasts, when it was seen, and a
+    trace every 5 s."""
     t0 = time.time()
+    trace = into.setdefault("host_used_trace", [])  # (seconds, GB) every 5 s
     while not stop.wait(0.5):
         used = host_used_gb()
+        if not trace or time.time() - t0 >= trace[-1][0] + 5:
+            trace.append((round(time.time() - t0), round(used, 1)))
         if used > into.get("peak_host_used_gb", 0):
             into.update(peak_host_used_gb=round(used, 1), peak_host_at_s=round(time.time() - t0, 1))
 
@@ -75,12 +113,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--global-batch", type=int, default=4)
+    parser.add_argument("--shape", default="8b", help="bench.gpu_train.SHAPES: 8b, 1b")
+    parser.add_argument("--strategy", help="-o strategy= (e.g. zero2_offload for the 1b shape); default: the plan's")
     args = parser.parse_args()
     out_dir = Path(args.out)
-    model = Path("/tmp/llama8b-shape")
+    model = Path(f"/tmp/llama{args.shape}-shape")
     t0 = time.time()
     if not (model / "config.json").exists():
-        build_model(model)
+        build_model(model, args.shape)
     built = time.time() - t0
     cmd = [sys.executable, "-m", "ftctl.cli", "launch", "--backend", "local", "--method", "fft"]
     data = "builtin:demo"
@@ -91,21 +131,27 @@ def main() -> None:
     cmd += ["--model", str(model), "--data", data, "--output", "/tmp/fallback-run"]
     opts = [f"max_steps={args.steps}", "save_steps=1000", f"model_max_length={args.seq}", "logging_steps=1"]
     opts += [f"global_batch_size={args.global_batch}"]
+    if args.strategy:
+        opts.append(f"strategy={args.strategy}")
     if args.host_memory_gb != "machine":
         opts.append(f"host_memory_gb={args.host_memory_gb}")
     for o in opts:
         cmd += ["-o", o]
+    env = None
+    if args.host_memory_gb == "machine":
+        cmd, env = as_launch_would(cmd, opts)
     host: dict = {"host_used_before_gb": round(host_used_gb(), 1)}
     stop = threading.Event()
     sampler = threading.Thread(target=sample_host, args=(host, stop), daemon=True)
     sampler.start()
     t1 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     ran = time.time() - t1
     stop.set()
     sampler.join()
     run_dir = Path("/tmp/fallback-run")
-    run = json.loads((run_dir / "spec.json").read_text()) if (run_dir / "spec.json").exists() else {}
+    spec_file = next((p for p in (run_dir / "spec.json", Path("/tmp/offload-run.spec.json")) if p.exists()), None)
+    run = json.loads(spec_file.read_text()) if spec_file else {}
     metrics_file = run_dir / "metrics.jsonl"
     metrics = [json.loads(x) for x in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
     plan = run.get("plan", {})
@@ -131,7 +177,7 @@ def main() -> None:
         "launch_s": round(ran, 1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = "fallback-8b.json" if args.host_memory_gb != "machine" else "offload-8b.json"
+    name = f"fallback-{args.shape}.json" if args.host_memory_gb != "machine" else f"offload-{args.shape}.json"
     (out_dir / name).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k not in ("stderr", "stdout_tail")}, indent=1))
     print(proc.stdout[-3000:])

@@ -13,7 +13,7 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
     sharding     ddp/single: all of it on every GPU; zero2: grads + optimizer / world;
                  zero3 and fsdp: weights + grads + optimizer / world; zero2_offload (ZeRO-Offload): weights +
                  grads / world, the optimizer in CPU RAM; zero3_offload: optimizer and weights live in CPU
-                 RAM, ~2 layers of weights on the GPU. Both offloads need 16 B/param / nodes of host memory;
+                 RAM, ~2 layers of weights on the GPU. Both offloads need host memory: offload_host_gb();
                  zero2_offload moves the gradients and weights across PCIe once a step, zero3_offload the
                  weights again in every micro-batch's forward and backward, so it comes last
     activations  per micro-batch sequence of S tokens, hidden H, MLP width I, L layers: A bytes per token
@@ -241,8 +241,8 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
 
 DEEPSPEED_STRATEGIES = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 ZERO3_STRATEGIES = ("zero3", "zero3_offload")  # DeepSpeed stage 3: parameters sharded (the others are stage 2)
-OFFLOAD_STRATEGIES = ("zero2_offload", "zero3_offload")  # optimizer states in CPU RAM (HOST_BYTES_PER_PARAM)
-HOST_BYTES_PER_PARAM = 16  # offload: fp32 masters, AdamW's two moments and the fp32 gradients, per parameter
+OFFLOAD_STRATEGIES = ("zero2_offload", "zero3_offload")  # optimizer states in CPU RAM (offload_host_gb)
+PROCESS_HOST_GB = 6.0  # a trainer process's own host memory before DeepSpeed's buffers (5-6.5 GB, v30)
 # where the trainer runs its own LoRA forward (methods.fused_adapter_output; sharded parameters are
 # gathered by module hooks that it would bypass)
 FUSED_ADAPTER_STRATEGIES = ("single", "ddp")
@@ -490,7 +490,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
                 )
                 total = sum(terms.values())
                 host_need = (
-                    HOST_BYTES_PER_PARAM * shape.params_b / req.nodes if strategy in OFFLOAD_STRATEGIES else None
+                    offload_host_gb(shape.params_b, world, req.per_node) if strategy in OFFLOAD_STRATEGIES else None
                 )
                 if capacity is not None and total > capacity:
                     continue
@@ -545,9 +545,29 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         trainable_params_b=trainable,
         memory_gb=round(total, 2),
         memory={k: round(v, 2) for k, v in terms.items()},
-        host_memory_gb=host_need,
+        host_memory_gb=round(host_need, 1) if host_need else None,
         notes=notes,
     )
+
+
+def pinned_bytes(n: float) -> float:
+    """Host memory a page-locked buffer of ``n`` bytes takes: torch's caching host allocator rounds each block
+    up to a power of two (on the device machine's torch 2.11 a 4.94 GB fp32 buffer took 8.96 GB)."""
+    return 2.0 ** math.ceil(math.log2(n)) if n > 1 else n
+
+
+def offload_host_gb(params_b: float, world: int, per_node: int) -> float:
+    """Host RAM per node that DeepSpeed's offload needs. Each rank's partition of params/world holds pinned
+    fp32 masters (4 B/param), a pinned 16-bit buffer the updated weights go back to the GPU through (2 B) and
+    pinned fp32 gradients (4 B), each one pinned block rounded up to a power of two, and Adam's two fp32
+    moments (8 B, pageable); beside them each process's own memory, and the 16-bit weights gathered for the
+    final save (2 B/param). Measured (bench/NOTES.md v29, v30, one H200): 1.24B under zero2_offload peaked at
+    39.1 GB of host memory (this gives 39.8); 8.03B was killed by the OOM killer on a 135 GB host (this gives
+    172; the 16 B/param counted before gave 128). zero3_offload's buffers come in sub-groups that round less:
+    for it this is an upper bound."""
+    part = params_b * 1e9 / world
+    rank = (2 * pinned_bytes(4 * part) + pinned_bytes(2 * part) + 8 * part) / 1e9 + PROCESS_HOST_GB
+    return per_node * rank + 2 * params_b
 
 
 def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
@@ -595,7 +615,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     )
     if "zero3_offload" in strategies:
         host = spec.host_memory_gb or 2 * req.per_node * req.tier.memory_gb
-        host_need = HOST_BYTES_PER_PARAM * shape.params_b / req.nodes
+        host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)
         msg += (
             f" Offloading the optimizer to CPU RAM would need ~{host_need:.0f} GB of host RAM per "
             f"node (assumed {host:g} GB; set -o host_memory_gb=N if the machine has more)."

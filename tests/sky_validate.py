@@ -90,6 +90,7 @@ def _summary(task) -> dict:
         "use_spot": [bool(r.use_spot) for r in res],
         "job_recovery": [r.job_recovery for r in res],
         "disk_size": [r.disk_size for r in res],
+        "memory": [r.memory for r in res],
         "image_id": [r.image_id for r in res],
         # null-valued secrets become references resolved at launch; inline ones carry a value
         "secrets": [ref.name for ref in getattr(task, "_managed_secret_refs", None) or []],

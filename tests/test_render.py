@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -286,6 +287,24 @@ def test_cpu_threads_are_the_trainers_unless_the_user_chose_omp_num_threads(back
     auto, own = prepared(**args).text, prepared(["env=OMP_NUM_THREADS=6"], **args).text
     assert "FTCTL_CPU_THREADS" in auto and "OMP_NUM_THREADS" not in auto
     assert "FTCTL_CPU_THREADS" not in own and "OMP_NUM_THREADS" in own and "6" in own
+
+
+@pytest.mark.parametrize("backend", ["slurm", "sky"])
+def test_offload_plans_ask_for_the_host_memory_they_need(backend):
+    """ZeRO-Offload keeps ~20 B/param in host RAM (plan.offload_host_gb): the job asks for it (a Slurm job's
+    memory, a cloud instance's RAM) instead of dying in the OOM killer (bench/NOTES.md v29); a user's own
+    --mem wins; a plan without offload asks for nothing."""
+    args = dict(backend=backend, method="fft", gpus="1xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5")
+    args["output_dir"] = "s3://b/o"
+    r = prepared(**args)
+    assert r.plan.strategy == "zero2_offload"
+    need = math.ceil(r.plan.host_memory_gb)
+    assert (f"#SBATCH --mem={need}G" if backend == "slurm" else f"memory: {need}+") in r.text
+    plain = prepared(**{**args, "model_name_or_path": MODEL})
+    assert plain.plan.host_memory_gb is None and "--mem" not in plain.text and "memory:" not in plain.text
+    if backend == "slurm":
+        own = prepared(sbatch_args=["--mem-per-cpu=30G"], **args).text
+        assert "#SBATCH --mem-per-cpu=30G" in own and "--mem=" not in own
 
 
 def test_docker_container_mode_is_refused_on_slurm():

@@ -7,6 +7,7 @@ test's sitecustomize (a cloud account cannot exist here: the one thing replaced,
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -129,3 +130,15 @@ def test_every_skypilot_job_state_maps_onto_an_ftctl_state(cost_env):
         [str(sky_bin() / "python"), "-c", code], capture_output=True, text=True, timeout=120, env=cost_env
     )
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_offload_plans_are_priced_on_instances_with_their_host_memory(cost_env):
+    """An offload plan's host RAM (plan.offload_host_gb) is part of what the optimizer prices: a2-highgpu-8g
+    has 680 GiB, enough for 13B fft offloaded from 8 x A100-40GB, not for 70B's."""
+    args = ["plan", "--backend", "sky", "--method", "fft", "--gpus", "8xA100", "--output", "s3://b/o"]
+    fits = ftctl(cost_env, *args, "--model-params", "13b", "-o", "strategy=zero2_offload", "-o", "max_steps=10")
+    assert fits.returncode == 0, fits.stderr
+    assert "a2-highgpu-8g" in fits.stdout and "host memory" in fits.stdout, fits.stdout
+    big = ftctl(cost_env, *args, "--model-params", "70b", "-o", "host_memory_gb=4000", "-o", "max_steps=10")
+    assert big.returncode != 0 and "Traceback" not in big.stderr
+    assert re.search(r"does not contain any instances satisfying.*mem=\d+\+", big.stderr), big.stderr

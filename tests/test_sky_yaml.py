@@ -7,6 +7,7 @@ matrix plus files the validator must refuse, so the ~2 s ``import sky`` is paid 
 from __future__ import annotations
 
 import itertools
+import math
 import subprocess
 from pathlib import Path
 
@@ -29,6 +30,7 @@ EXTRA = [
     (dict(method="qlora", gpus="1xT4", secrets=["MY_TOKEN"]), ["cloud=gcp", "region=us-central1"]),
     (dict(method="sft", gpus="2x8xH200", spot=True), ["disk_size=1024", "run_name=sft-h200"]),
     (dict(method="fft", gpus="8xH100", nodes=2, preflight_network=True), ["preflight_min_busbw_gbps=50"]),
+    (dict(method="fft", gpus="1xH200"), []),  # zero2_offload: asks for an instance with the host RAM it needs
     (
         dict(method="lora", gpus="4xL40S"),
         ["setup=nvidia-smi", "env=WANDB_PROJECT=ftctl", "s3_endpoint_url=http://127.0.0.1:9000"],
@@ -143,6 +145,8 @@ def test_tasks_ask_for_what_the_plan_says(matrix):
         else:
             assert not s["job_recovery"][0]
         assert s["name"] == prep.spec.name
+        need = plan.host_memory_gb  # offload plans only (plan.offload_host_gb)
+        assert s["memory"] == [f"{math.ceil(need)}+" if need else None], f
 
 
 def test_secrets_declared_by_name_never_by_value(matrix):

@@ -9,6 +9,7 @@ for full updates, 4 x params for adapters, which skip the weight gradients). A r
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ftctl.plan import Plan
@@ -31,9 +32,16 @@ MFU = 0.35
 BYTES_PER_TOKEN = 4
 
 
+def memory_request(plan: Plan) -> str | None:
+    """SkyPilot's ``memory:`` for an offload plan: an instance with at least the host RAM it needs."""
+    return f"{math.ceil(plan.host_memory_gb)}+" if plan.host_memory_gb else None
+
+
 def resources(spec: RunSpec, plan: Plan) -> dict:
     """The resources section SkyPilot's optimizer prices (as the task YAML asks)."""
     res: dict = {"accelerators": f"{plan.tier}:{plan.gpus_per_node}", "use_spot": bool(spec.spot)}
+    if memory_request(plan):
+        res["memory"] = memory_request(plan)
     for key in ("infra", "cloud", "region"):
         if getattr(spec, key):
             res[key] = getattr(spec, key)

@@ -23,6 +23,7 @@ from ftctl import __version__
 from ftctl.errors import FtctlError
 from ftctl.launch import Shell, container_kind, join, preflight_shell, torchrun_argv, trainer_env
 from ftctl.plan import Plan
+from ftctl.sky.cost import memory_request
 from ftctl.spec import RunSpec
 
 RUN_DIR = "~/ftctl-run"  # on the nodes: one directory per run name, for its spec.json
@@ -74,6 +75,8 @@ def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
     else:
         resources["accelerators"] = f"{plan.tier}:{plan.gpus_per_node}"
         resources["disk_size"] = spec.disk_size
+        if memory_request(plan):  # an offload plan (plan.offload_host_gb)
+            resources["memory"] = memory_request(plan)
     if spec.spot:
         resources["use_spot"] = plan.tier is not None  # a Slurm/k8s CPU job has no spot market
         resources["job_recovery"] = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": spec.max_requeues}

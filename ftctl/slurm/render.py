@@ -15,6 +15,7 @@ checkpoint, writes ``preempted`` to its status file and exits; the script then r
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -83,6 +84,8 @@ def sbatch_directives(spec: RunSpec, plan: Plan) -> list[str]:
         "--requeue",
         f"--signal=B:USR2@{spec.signal_lead_s}",
     ]
+    if plan.host_memory_gb and not any(a.lstrip("-").startswith("mem") for a in spec.sbatch_args):
+        d.append(f"--mem={math.ceil(plan.host_memory_gb)}G")  # the offload's host RAM (plan.offload_host_gb)
     d += [_extra_arg(a) for a in spec.sbatch_args]
     return d
 
