@@ -11,20 +11,17 @@ pinned_max_round_threshold_mb (bench/NOTES.md v30). GPU machine only; never run 
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fallback_8b import host_used_gb  # noqa: E402
+
 N = 1_235_814_400  # the 1B shape's parameters
-
-
-def host_used_gb() -> float:
-    info = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, value = line.split(":", 1)
-            info[key] = int(value.split()[0]) * 1024
-    return (info["MemTotal"] - info["MemAvailable"]) / 1e9
 
 
 def main() -> None:
