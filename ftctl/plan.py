@@ -614,11 +614,15 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         f"{req.tier.name} has {req.tier.memory_gb:g} GB."
     )
     if "zero3_offload" in strategies:
-        host = spec.host_memory_gb or 2 * req.per_node * req.tier.memory_gb
         host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)
+        host = (
+            f"{spec.host_memory_gb:g} GB"
+            if spec.host_memory_gb
+            else f"{2 * req.per_node * req.tier.memory_gb:g} GB assumed, 2x its GPUs' memory"
+        )
         msg += (
-            f" Offloading the optimizer to CPU RAM would need ~{host_need:.0f} GB of host RAM per "
-            f"node (assumed {host:g} GB; set -o host_memory_gb=N if the machine has more)."
+            f" Offloading the optimizer to CPU RAM would need ~{host_need:.0f} GB of host RAM per node, which has "
+            f"{host} (-o host_memory_gb=N if it has more)."
         )
     hints = []
     same = _nearest(spec, shape, method, req)

@@ -68,6 +68,20 @@ def test_default_backend_from_the_environment_and_the_user_config(tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("docker run"), proc.stderr
 
 
+def test_fallback_on_one_h200_host_says_what_offload_would_need():
+    """The device machine's case (bench/NOTES.md v29): 8B fft on one H200 with 135 GB of host RAM. Neither the
+    GPU nor ZeRO-Offload's host memory fits, and the fallback's note says both before qlora runs."""
+    from ftctl.local.backend import fallback_plan
+    from ftctl.spec import build
+
+    flags = dict(method="fft", model_name_or_path="x", gpus="1xH200", model_params="8b", host_memory_gb=135.1)
+    spec, plan = fallback_plan(build(flags))
+    assert spec.method == plan.method == "qlora" and plan.asked_method == "fft"
+    note = plan.notes[0]
+    assert "fft does not fit this machine" in note and "qlora runs instead" in note
+    assert "a H200 has 141 GB" in note and "~172 GB of host RAM per node, which has 135.1 GB" in note
+
+
 @pytest.mark.slow
 def test_local_fallback_runs_qlora_and_says_so_everywhere(tmp_path, tiny_model_dir, tiny_data):
     """The local backend falls back to qlora when the method asked for does not fit this machine:
