@@ -377,14 +377,16 @@ def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool, dropou
                       none where the trainer's dropout + A kernel runs (dropout_copies False)
         fp32 residual norms' inputs in fp32 and one 16-bit copy of the input per projection: + 10H counted
 
-    Counted: 13H + 6I. Measured with a 16-bit residual stream, fft of the 1B shape peaks as 5H + 6I would
-    (59 kB a token and layer: 1B fft at 8 x 2,048 within 0.1%), LoRA/QLoRA of the 1B and 8B shapes as
+    Counted: 13H + 6I. Measured with a 16-bit residual stream, fft of the 1B shape peaks as 8H + 6I would
+    (66 kB a token and layer: sixteen peaks of 1B fft on H200s, micro-batches 8 and 16, one and two GPUs, every
+    strategy, within 6%, bench/NOTES.md v31; 5H + 6I, fitted at 8 x 1 alone, was 6-10% under at micro-batch
+    16, where 8 more sequences added 72 kB a token and layer), LoRA/QLoRA of the 1B and 8B shapes as
     13H + 6I + 1.5 x (6H + I) (within 7%); with the dropout kernels (8B) as 13H + 6I (within 6%). An fp32 residual stream (fft/sft under fp16 autocast over fp32
     masters; qlora under fp16: PEFT's upcast) adds 8H to fft (1B fft measured, before its stream went bf16)
     and 10H to the adapters' count."""
     if adapters:
         return 13 * h + 6 * i + (3 * (6 * h + i) // 2 if dropout_copies else 0) + (10 * h if fp32_residual else 0)
-    return 5 * h + 6 * i + (8 * h if fp32_residual else 0)
+    return 8 * h + 6 * i + (8 * h if fp32_residual else 0)
 
 
 def head_chunk_tokens(vocab: int) -> int:
