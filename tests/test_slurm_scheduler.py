@@ -304,6 +304,14 @@ def test_doctor_on_the_real_cluster(slurm):
     with pytest.raises(FtctlError, match="cannot run the request: 2 nodes asked for"):
         doctor(partition="gpu", nodes=2, gpus_per_node=1).raise_for_problems()
 
+    # an offload plan's --mem (slurm/render.memory_request_gb) above every node of the partition
+    node_gb = gpu.nodes[0].memory_mb * 2**20 / 1e9
+    assert doctor(partition="gpu", gpus_per_node=2, memory_gb=node_gb - 0.5).ok
+    big = doctor(partition="gpu", gpus_per_node=2, memory_gb=node_gb + 100)
+    (problem,) = big.problems
+    assert big.never_runs == [problem] and f"has at most {node_gb:.0f} GB a node" in problem
+    assert f"-o host_memory_gb={int(node_gb)}" in problem
+
 
 def test_what_doctor_accepts_runs_and_what_it_flags_fails(slurm, tmp_path):
     """The stand-in GPUs are real gres to Slurm: a job asking for them gets CUDA_VISIBLE_DEVICES;
@@ -320,6 +328,24 @@ def test_what_doctor_accepts_runs_and_what_it_flags_fails(slurm, tmp_path):
     assert doctor(partition="debug", gpus_per_node=2).problems
     script = write_script(tmp_path / "cpu.sbatch", ["--partition=debug", "--gpus-per-node=2"], "true")
     assert "Requested node configuration is not available" in one_line_error(script, tmp_path)
+    mem_gb = doctor(partition="gpu").partition("gpu").nodes[0].memory_mb * 2**20 / 1e9 + 100
+    assert doctor(partition="gpu", memory_gb=mem_gb).never_runs  # what launch refuses before sbatch
+    script = write_script(tmp_path / "mem.sbatch", ["--partition=gpu", f"--mem={int(mem_gb)}G"], "true")
+    assert "Requested node configuration is not available" in one_line_error(script, tmp_path)
+
+
+def test_launch_refuses_an_offload_plan_whose_memory_no_node_has(slurm):
+    """7B fft on one A100-80GB plans ZeRO-Offload with ~160 GB of host RAM a node (--mem): the cluster's GPU
+    partition has ~10 GB nodes, so launch stops before sbatch and says how to plan for them."""
+    from ftctl.backend import get
+    from tests.render_fixtures import prepared
+
+    rendered = prepared(
+        backend="slurm", method="fft", gpus="1xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5", partition="gpu"
+    )
+    assert rendered.plan.strategy == "zero2_offload" and "#SBATCH --mem=" in rendered.text
+    with pytest.raises(FtctlError, match=r"needs ~\d+ GB of it a node \(--mem\), but partition 'gpu' has at most"):
+        get("slurm").check(rendered)
 
 
 def test_doctor_without_slurm(tmp_path):

@@ -103,6 +103,7 @@ class SlurmBackend(Backend):
                 nodes=plan.nodes,
                 gpus_per_node=plan.gpus_per_node if plan.tier else None,
                 gpu_type=plan.tier,
+                memory_gb=slurm_render.memory_request_gb(rendered.spec, plan),
             ).raise_if_never_runs()
 
     def send(self, rendered: Rendered) -> JobRef:

@@ -7,6 +7,7 @@ reports now, including nodes that are down or drained.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from collections.abc import Mapping
@@ -132,9 +133,11 @@ def doctor(
     gpu_type: str | None = None,
     nodes: int | None = None,
     env: Mapping[str, str] | None = None,
+    memory_gb: float | None = None,
 ) -> DoctorReport:
     """What the cluster offers, and the problems a request (partition, nodes, GPUs per node,
-    GPU type) would meet. Never raises for the cluster's state; look at ``report.problems``."""
+    GPU type, host memory a node) would meet. Never raises for the cluster's state; look at
+    ``report.problems``."""
     environ = slurm_env(env)
     sbatch = shutil.which("sbatch", path=environ.get("PATH"))
     if sbatch is None:
@@ -152,7 +155,28 @@ def doctor(
         return DoctorReport(sbatch=sbatch, reachable=False, message=str(command_error("sinfo", "failed", proc)))
     report = DoctorReport(sbatch=sbatch, reachable=True, partitions=_parse_sinfo(proc.stdout))
     report.problems = _problems(report.partitions, partition, gpus_per_node, gpu_type, nodes, report.never_runs)
+    if memory_gb:
+        report.problems += _memory_problems(report.partitions, partition, memory_gb, report.never_runs)
     return report
+
+
+def _memory_problems(
+    partitions: list[PartitionInfo], partition: str | None, memory_gb: float, never_runs: list[str]
+) -> list[str]:
+    """An offload plan's --mem above every node of the partition: sbatch would refuse it ("Requested node
+    configuration is not available") without saying that the plan asked for it, or what to do."""
+    chosen = next((p for p in partitions if (p.name == partition if partition else p.default)), None)
+    if chosen is None or not chosen.nodes:  # said already
+        return []
+    most = max(n.memory_mb for n in chosen.nodes) * 2**20 / 1e9  # Slurm's MB are MiB
+    if memory_gb <= most:
+        return []
+    never_runs.append(
+        f"the plan offloads the optimizer to CPU RAM and needs ~{memory_gb:.0f} GB of it a node (--mem), but "
+        f"partition {chosen.name!r} has at most {most:.0f} GB a node; plan for those nodes with "
+        f"-o host_memory_gb={math.floor(most)} (ftctl then picks what fits, or says nothing does)"
+    )
+    return never_runs[-1:]
 
 
 def parse_gres(gres: str) -> dict[str, int]:
