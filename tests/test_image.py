@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 from click.testing import CliRunner
 
 from ftctl import __version__
@@ -35,7 +36,7 @@ DOCKERFILES = sorted(p for p in (ROOT / "docker").rglob("Dockerfile*") if not p.
 def dockerfile_args(path: Path) -> dict[str, list[str]]:
     """Every ARG default of a Dockerfile (an ARG may be declared in several stages)."""
     out: dict[str, list[str]] = {}
-    for name, _quote, value in re.findall(r'(?m)^ARG ([A-Z_]+)=("?)(.*?)\2\s*$', path.read_text()):
+    for name, _quote, value in re.findall(r'(?m)^ARG ([A-Z0-9_]+)=("?)(.*?)\2\s*$', path.read_text()):
         out.setdefault(name, []).append(value)
     return out
 
@@ -177,6 +178,11 @@ def test_build_args_follow_the_tier_table(name):
         assert args == image.build_args(image.GENERIC_TIERS)
     p = image.pins()
     assert (args["TORCH_VERSION"], args["FLASH_ATTN_VERSION"], args["CUDA_VERSION"]) == (p.torch, p.flash_attn, p.cuda)
+    # FlashAttention 4 in the images of Hopper and Blackwell tiers (the generic A100 + H100 one too), as pinned
+    # by ftctl's fa4 extra in pyproject.toml
+    (fa4,) = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["fa4"]
+    hopper_or_newer = t.compute_capability[0] in (9, 10) or not t.flash_attn2
+    assert args["FA4_REQUIREMENT"] == (fa4 if hopper_or_newer else "")
 
 
 def test_several_tiers_and_gpus_forms():

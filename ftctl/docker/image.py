@@ -15,6 +15,7 @@ GPU), so an A10G and an A100 share one image. Tiers without FlashAttention-2 (T4
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 from ftctl import __version__, userconfig
 from ftctl.errors import FtctlError
 from ftctl.gpus import GpuTier, tier
+from ftctl.trainer.attention import FA4_MAJORS
 
 DEFAULT_REGISTRY = "ghcr.io/ftctl"
 REPOSITORY = "ftctl"
@@ -182,11 +184,25 @@ def check_tag(tag: str) -> str:
     return tag
 
 
+def fa4_requirement(tiers: Iterable[GpuTier]) -> str:
+    """flash-attn-4 as ftctl's ``fa4`` extra pins it (pyproject.toml owns the pin), for an image whose tiers
+    include a Hopper or Blackwell GPU (where the trainer runs FlashAttention 4: trainer/attention.py); ''
+    for the others. The same tiers always make the same image (its tag names their architectures)."""
+    if not any(t.compute_capability[0] in FA4_MAJORS for t in tiers):
+        return ""
+    reqs = importlib.metadata.requires("ftctl") or []
+    found = [r.split(";")[0].strip() for r in reqs if 'extra == "fa4"' in r]
+    if not found:
+        raise FtctlError("ftctl's installed metadata has no fa4 extra: reinstall ftctl (pip install -e .).")
+    return found[0]
+
+
 def build_args(gpus=None, pins_: Pins | None = None, max_jobs: int | None = None) -> dict[str, str]:
     """The ``--build-arg`` values of docker/Dockerfile for these tiers (sorted by name)."""
     p = pins_ or pins()
     tiers = tiers_of(gpus)
     args = {
+        "FA4_REQUIREMENT": fa4_requirement(tiers),
         "CUDA_VERSION": p.cuda,
         "UBUNTU_VERSION": p.ubuntu,
         "TORCH_VERSION": p.torch,
