@@ -298,8 +298,8 @@ def test_offload_plans_ask_for_the_host_memory_they_need(backend):
     args["output_dir"] = "s3://b/o"
     r = prepared(**args)
     assert r.plan.strategy == "zero2_offload"
-    need = math.ceil(r.plan.host_memory_gb)
-    assert (f"#SBATCH --mem={need}G" if backend == "slurm" else f"memory: {need}+") in r.text
+    gib = math.ceil(r.plan.host_memory_gb * 1e9 / 2**30)  # Slurm's G and SkyPilot's memory: are GiB
+    assert (f"#SBATCH --mem={gib}G" if backend == "slurm" else f"memory: {gib}+") in r.text
     plain = prepared(**{**args, "model_name_or_path": MODEL})
     assert plain.plan.host_memory_gb is None and "--mem" not in plain.text and "memory:" not in plain.text
     if backend == "slurm":

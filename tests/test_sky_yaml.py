@@ -146,7 +146,7 @@ def test_tasks_ask_for_what_the_plan_says(matrix):
             assert not s["job_recovery"][0]
         assert s["name"] == prep.spec.name
         need = plan.host_memory_gb  # offload plans only (plan.offload_host_gb)
-        assert s["memory"] == [f"{math.ceil(need)}+" if need else None], f
+        assert s["memory"] == [f"{math.ceil(need * 1e9 / 2**30)}+" if need else None], f  # GiB
 
 
 def test_secrets_declared_by_name_never_by_value(matrix):

@@ -33,8 +33,9 @@ BYTES_PER_TOKEN = 4
 
 
 def memory_request(plan: Plan) -> str | None:
-    """SkyPilot's ``memory:`` for an offload plan: an instance with at least the host RAM it needs."""
-    return f"{math.ceil(plan.host_memory_gb)}+" if plan.host_memory_gb else None
+    """SkyPilot's ``memory:`` (GiB, as its catalogs list instances) for an offload plan: an instance with at
+    least the host RAM it needs."""
+    return f"{math.ceil(plan.host_memory_gb * 1e9 / 2**30)}+" if plan.host_memory_gb else None
 
 
 def resources(spec: RunSpec, plan: Plan) -> dict:

@@ -85,17 +85,17 @@ def sbatch_directives(spec: RunSpec, plan: Plan) -> list[str]:
         f"--signal=B:USR2@{spec.signal_lead_s}",
     ]
     if memory_request_gb(spec, plan):
-        d.append(f"--mem={memory_request_gb(spec, plan)}G")
+        d.append(f"--mem={math.ceil(memory_request_gb(spec, plan) * 1e9 / 2**30)}G")  # Slurm's G is GiB
     d += [_extra_arg(a) for a in spec.sbatch_args]
     return d
 
 
-def memory_request_gb(spec: RunSpec, plan: Plan) -> int | None:
-    """The ``--mem`` (GB a node) the job asks for: an offload plan's host RAM (plan.offload_host_gb), unless the
-    user asked for memory in an --sbatch-arg."""
+def memory_request_gb(spec: RunSpec, plan: Plan) -> float | None:
+    """The memory (GB a node) the job asks for with ``--mem``: an offload plan's host RAM
+    (plan.offload_host_gb), unless the user asked for memory in an --sbatch-arg."""
     if not plan.host_memory_gb or any(a.lstrip("-").startswith("mem") for a in spec.sbatch_args):
         return None
-    return math.ceil(plan.host_memory_gb)
+    return plan.host_memory_gb
 
 
 def render(spec: RunSpec, plan: Plan) -> str:
