@@ -52,7 +52,7 @@ def build_model(path: Path, shape: str) -> None:
     torch.cuda.empty_cache()
 
 
-def as_launch_would(cmd: list[str], opts: list[str]) -> tuple[list[str], dict]:
+def as_launch_would(model: Path, data: str, output: str, opts: list[str]) -> tuple[list[str], dict]:
     """The trainer on the spec `ftctl launch --backend local` writes, with its environment, without launch's
     disk preflight: an 8B fft checkpoint (~128 GB with its optimizer state) exceeds the device machine's 64 GB
     disk, and launch rightly refuses; this run saves no checkpoint (save_steps past max_steps), only the
@@ -64,20 +64,18 @@ def as_launch_would(cmd: list[str], opts: list[str]) -> tuple[list[str], dict]:
     from ftctl.preflight import host_memory_gb
     from ftctl.spec import build
 
-    flags = dict(zip(cmd[4::2], cmd[5::2]))  # after "python -m ftctl.cli launch"
     spec = build(
         flags=dict(
             method="fft",
-            model_name_or_path=flags["--model"],
-            data_path=flags["--data"],
-            output_dir=flags["--output"],
+            model_name_or_path=str(model),
+            data_path=data,
+            output_dir=output,
             gpus="1xH200",
             backend="local",
         ),
         overrides=[*opts, f"host_memory_gb={host_memory_gb():.1f}"],
     )
-    out = Path(flags["--output"])
-    out.mkdir(parents=True, exist_ok=True)
+    Path(output).mkdir(parents=True, exist_ok=True)
     path = Path("/tmp/offload-run.spec.json")
     path.write_text(dump_run(spec, make_plan(spec)))
     env = {**os.environ, **trainer_env(spec, inherited=os.environ)}
@@ -128,7 +126,8 @@ def main() -> None:
         from bench.gpu_train import make_data
 
         data = str(make_data(Path("/tmp") / "offload-data.json", args.global_batch * args.steps * 3 // 2))
-    cmd += ["--model", str(model), "--data", data, "--output", "/tmp/fallback-run"]
+    output = "/tmp/fallback-run"
+    cmd += ["--model", str(model), "--data", data, "--output", output]
     opts = [f"max_steps={args.steps}", "save_steps=1000", f"model_max_length={args.seq}", "logging_steps=1"]
     opts += [f"global_batch_size={args.global_batch}"]
     if args.strategy:
@@ -139,7 +138,7 @@ def main() -> None:
         cmd += ["-o", o]
     env = None
     if args.host_memory_gb == "machine":
-        cmd, env = as_launch_would(cmd, opts)
+        cmd, env = as_launch_would(model, data, output, opts)
     host: dict = {"host_used_before_gb": round(host_used_gb(), 1)}
     stop = threading.Event()
     sampler = threading.Thread(target=sample_host, args=(host, stop), daemon=True)
