@@ -615,7 +615,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         f"({strategy}, micro-batch 1, gradient checkpointing) needs about {need:.0f} GB per GPU and a "
         f"{req.tier.name} has {req.tier.memory_gb:g} GB."
     )
-    if "zero3_offload" in strategies:
+    if any(s in OFFLOAD_STRATEGIES for s in strategies):  # the planner's last resort, or the one forced
         host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)
         host = (
             f"{spec.host_memory_gb:g} GB"

@@ -65,6 +65,8 @@ def test_offload_host_memory_against_the_h200_runs(tmp_path):
     with pytest.raises(PlanError, match=r"would need ~172 GB of host RAM per node, which has 135.1 GB \(-o host"):
         plan(method="fft", gpus="1xH200", model_params="8b", o=["host_memory_gb=135.1"])
     assert plan(method="fft", gpus="1xH200", model_params="8b", o=["host_memory_gb=180"]).strategy == "zero2_offload"
+    with pytest.raises(PlanError, match=r"~172 GB of host RAM per node, which has 135.1 GB"):  # forced, same reason
+        plan(method="fft", gpus="1xH200", model_params="8b", o=["host_memory_gb=135.1", "strategy=zero2_offload"])
 
 
 def test_7b_qlora_on_1xt4():
