@@ -91,7 +91,7 @@ def one_shape(name: str, fns: dict) -> dict:
     scale = d**-0.5
 
     ref = [t.clone().requires_grad_() for t in (q, k, v)]
-    ref_out = _reference_varlen(*ref, cu, cu, scale, None, hq // hkv)
+    ref_out = _reference_varlen(*ref, cu, cu, max_len, max_len, scale, None)
     ref_out.backward(grad)
     expected = [ref_out.detach(), *(t.grad for t in ref)]
 

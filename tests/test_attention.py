@@ -29,6 +29,81 @@ def test_attention_is_fa4_then_flash_attn_then_torch_varlen_then_sdpa(planned, f
     assert choose(planned, flash_attn_ok=flash, torch_varlen_ok=varlen, fa4_ok=fa4) == expected
 
 
+def test_a_models_attention_shape_is_read_from_its_config():
+    """What the kernels are probed with: head dim, heads, soft cap, and the windows its layers pass (per layer
+    type where the config has them)."""
+    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    llama = attention.AttentionShape.of(LlamaConfig(hidden_size=2048, num_attention_heads=32), "bfloat16")
+    assert (llama.head_dim, llama.heads, llama.kv_heads, llama.softcap, llama.windows) == (64, 32, 32, None, (None,))
+    gemma2 = attention.AttentionShape.of(Gemma2Config(), "bfloat16")
+    assert (gemma2.head_dim, gemma2.kv_heads, gemma2.softcap, gemma2.windows) == (256, 4, 50.0, (None, 4096))
+    assert attention.AttentionShape.of(MistralConfig(), "float16").windows == (4096,)  # every layer
+    qwen2 = Qwen2Config(sliding_window=4096)  # use_sliding_window false: the layers run full attention
+    assert attention.AttentionShape.of(qwen2, "bfloat16").windows == (None,)
+
+
+def test_the_probe_runs_a_kernel_forward_and_backward_and_says_what_it_raised():
+    """The probe itself, on CPU through the reference kernel (the GPU kernels: bench/attention_probe.py)."""
+    import torch
+
+    calls = []
+
+    def reference(q, k, v, *rest):
+        calls.append((q.shape, k.shape, rest[-2]))
+        return attention._reference_varlen(q, k, v, *rest)
+
+    shape = attention.AttentionShape(head_dim=16, heads=4, kv_heads=2, dtype="float32", windows=(None, 64))
+    assert attention.probe(reference, shape, "cpu") is None
+    total = sum(attention.PROBE_DOCS)
+    assert calls == [((total, 4, 16), (total, 2, 16), None), ((total, 4, 16), (total, 2, 16), 64)]
+
+    def refuses(q, k, v, *rest):
+        assert q.shape[-1] <= 8, f"(head_dim, head_dim_v)=({q.shape[-1]}, {v.shape[-1]}) is not supported on SM100.\n"
+        return q
+
+    assert attention.probe(refuses, shape, "cpu") == (
+        "AssertionError: (head_dim, head_dim_v)=(16, 16) is not supported on SM100."
+    )
+
+    def no_backward(q, k, v, *rest):
+        return q.detach()  # a forward whose output cannot be differentiated: the backward raises
+
+    assert attention.probe(no_backward, shape, "cpu").startswith("RuntimeError: element 0 of tensors")
+    assert torch.is_grad_enabled()
+
+
+def test_a_kernel_that_cannot_run_the_models_attention_gives_way_to_the_next(monkeypatch, caplog):
+    """FlashAttention 4 imports but refuses this head dim: the run takes the next kernel installed, saying why;
+    with no shape (``ftctl doctor``) nothing is probed. The probe's verdicts stand in for a GPU here; the real
+    kernels refusing and the run training on: bench/attention_probe.py."""
+    shape = attention.AttentionShape(head_dim=192, heads=8, kv_heads=8, dtype="bfloat16")
+    refused = {attention._fa4_varlen: "AssertionError: (head_dim, head_dim_v)=(192, 192) is not supported on SM100."}
+    probed = []
+
+    def verdict(kernel, shape, device):
+        probed.append((kernel, device))
+        return refused.get(kernel)
+
+    monkeypatch.setattr(attention, "probe", verdict)
+    monkeypatch.setattr(attention, "fa4_usable", lambda: True)
+    monkeypatch.setattr(attention, "flash_attn_importable", lambda: False)
+    monkeypatch.setattr(attention, "torch_varlen_usable", lambda: True)
+    try:
+        assert attention.runnable(VARLEN, on_cpu=False) == FA4_VARLEN and probed == []
+        assert attention.resolve(VARLEN, "llama", on_cpu=False, packed=True, shape=shape, gpu=1).attn_implementation == (
+            TORCH_VARLEN
+        )
+        assert probed == [(attention._fa4_varlen, "cuda:1"), (attention._cuda_varlen, "cuda:1")]
+        assert "FlashAttention 4" in caplog.text and "(192, 192) is not supported" in caplog.text
+        refused[attention._cuda_varlen] = "RuntimeError: head dim 320 > 256"
+        assert attention.resolve(VARLEN, "llama", on_cpu=False, packed=True, shape=shape).attn_implementation == SDPA
+        assert "this model's attention" in caplog.text
+    finally:
+        attention.register_varlen()
+        attention.register_varlen(FA4_VARLEN)
+
+
 def test_flash_attn_4_alone_is_not_taken_for_flash_attn_2(tmp_path, monkeypatch):
     """flash-attn-4's wheel (4.0.0b36) installs flash_attn/cute/ and no flash_attn/__init__.py: ``flash_attn``
     then imports as a namespace package without FlashAttention 2's functions, which transformers'
@@ -95,8 +170,9 @@ def test_a_gpu_run_registers_a_mask_function_for_its_varlen_attention_only_when_
     monkeypatch.setattr(attention, "fa4_usable", lambda: False)
     monkeypatch.setattr(attention, "flash_attn_importable", lambda: False)
     monkeypatch.setattr(attention, "torch_varlen_usable", lambda: True)
+    monkeypatch.setattr(attention, "probe", lambda kernel, shape, device: None)  # no GPU here: every kernel runs
     try:
-        plan = SimpleNamespace(attn_implementation=VARLEN, packing=True)  # the trainer's call: the plan's packing
+        plan = SimpleNamespace(attn_implementation=VARLEN, packing=True, precision="bf16")  # the plan's packing
         kernels = model_kernels(SimpleNamespace(model_name_or_path=str(tiny_model_dir)), plan, on_cpu=False)
         assert kernels.attn_implementation == TORCH_VARLEN
         assert TORCH_VARLEN not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
@@ -345,16 +421,17 @@ def test_a_soft_capped_model_never_runs_a_kernel_without_the_cap(monkeypatch):
     fix it; on CPU the run takes transformers' eager attention (exact, with the cap)."""
     from ftctl.errors import FtctlError
 
-    monkeypatch.setattr(attention, "runnable", lambda planned, on_cpu: TORCH_VARLEN)
+    capped = attention.AttentionShape(head_dim=256, heads=8, kv_heads=4, dtype="bfloat16", softcap=50.0)
+    monkeypatch.setattr(attention, "runnable", lambda planned, on_cpu, shape=None, gpu=0: TORCH_VARLEN)
     with pytest.raises(FtctlError, match="attn_logit_softcapping.*pip install 'ftctl\\[fa4\\]'"):
-        attention.resolve(VARLEN, "gemma2", on_cpu=False, packed=True, softcap=True)
+        attention.resolve(VARLEN, "gemma2", on_cpu=False, packed=True, shape=capped)
     assert attention.resolve(VARLEN, "llama", on_cpu=False, packed=True).attn_implementation == TORCH_VARLEN
-    monkeypatch.setattr(attention, "runnable", lambda planned, on_cpu: FA4_VARLEN)  # FA4 takes the cap
-    assert attention.resolve(VARLEN, "gemma2", on_cpu=False, packed=True, softcap=True).attn_implementation == (
+    monkeypatch.setattr(attention, "runnable", lambda planned, on_cpu, shape=None, gpu=0: FA4_VARLEN)  # takes the cap
+    assert attention.resolve(VARLEN, "gemma2", on_cpu=False, packed=True, shape=capped).attn_implementation == (
         FA4_VARLEN
     )
     monkeypatch.undo()
-    assert attention.resolve(VARLEN, "gemma2", on_cpu=True, softcap=True).attn_implementation == "eager"
+    assert attention.resolve(VARLEN, "gemma2", on_cpu=True, shape=capped).attn_implementation == "eager"
     attention.register_varlen()
     attention.register_varlen(FA4_VARLEN)
 

@@ -4,7 +4,7 @@ The planner (no torch on the launcher) can only know whether the GPU tier runs F
 kernels; the trainer knows what is installed. Both ask this module:
 
     plan_attention(requested, gpu_flash)  -> "varlen" | "sdpa" | what the user asked   (plan time)
-    resolve(planned, model_type, on_cpu)  -> Kernels(attn_implementation, attention, liger)   (run time)
+    resolve(planned, model_type, on_cpu, shape=...)  -> Kernels(attn_implementation, attention, liger)   (run time)
 
 ``varlen`` in a plan means exact per-document attention through FlashAttention's variable-length
 kernels; at run time it becomes, in this order:
@@ -19,6 +19,12 @@ kernels; at run time it becomes, in this order:
   4. ``sdpa`` (logged): exact too for packed batches, through transformers' block-diagonal mask, but slow.
 ``ftctl_fa4`` and ``ftctl_varlen`` are ftctl's transformers attention functions (``varlen_attention_forward``
 over one kernel or the other). A plan that names ``flash_attention_2`` gets 2, else 3, else 4.
+Given the model's attention (``AttentionShape``: head dim, heads, dtype, soft cap, windows), each of 1-3 that is
+installed must first run a forward and a backward of that shape on the GPU (``probe``), or the next one is taken
+with a warning: a kernel that imports can still refuse a head dim (FlashAttention 4 takes up to 128 on
+Blackwell, every kernel here at most 256), a soft cap with head dim 256 (FA4 on Blackwell), or fail to compile on
+the node; found in the first step, that would have stopped the run. FA4 compiles its kernels in the probe, not
+in the first step (each shape once per process).
 All varlen kernels take the per-document boundaries (``cu_seq_lens_q/k`` int32, ``max_length_q/k``
 int) that TRL's padding-free collator computes once per batch on the CPU; they reach every layer as
 model kwargs, so no layer derives them from ``position_ids`` (a host sync per layer).
@@ -34,6 +40,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
+import itertools
 import logging
 from dataclasses import asdict, dataclass
 
@@ -87,6 +94,65 @@ def describe(attn: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ run time
+@dataclass(frozen=True)
+class AttentionShape:
+    """What a varlen kernel is compiled for: one model's attention as its layers call it."""
+
+    head_dim: int
+    heads: int
+    kv_heads: int
+    dtype: str  # the torch dtype the kernels take: "bfloat16" or "float16"
+    softcap: float | None = None  # attn_logit_softcapping (Gemma 2)
+    windows: tuple = (None,)  # the sliding windows its layers pass (None: full causal attention)
+
+    @classmethod
+    def of(cls, cfg, dtype: str) -> AttentionShape | None:
+        """The shape of a transformers text config's attention (None where the config does not say it)."""
+        heads, hidden = getattr(cfg, "num_attention_heads", None), getattr(cfg, "hidden_size", None)
+        head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if heads and hidden else None)
+        if not heads or not head_dim:
+            return None
+        window = getattr(cfg, "sliding_window", None)
+        types = getattr(cfg, "layer_types", None)  # per layer, as the modeling code reads it (Qwen2, Gemma 2)
+        windows = {window if t == "sliding_attention" else None for t in types} if types else {window}
+        return cls(
+            head_dim=head_dim,
+            heads=heads,
+            kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            dtype=dtype,
+            softcap=getattr(cfg, "attn_logit_softcapping", None),
+            windows=tuple(sorted(windows, key=lambda w: w or 0)),
+        )
+
+
+PROBE_DOCS = (96, 32)  # the probe's packed batch: two documents, so the kernel runs its varlen path
+
+
+def probe(kernel, shape: AttentionShape, device) -> str | None:
+    """None where ``kernel`` (a varlen kernel's adapter: ``_fa4_varlen``, ``_cuda_varlen``...) runs a forward and a
+    backward of ``shape`` on ``device``; else what it raised, in one line."""
+    import torch
+
+    dtype = getattr(torch, shape.dtype)
+    total, longest = sum(PROBE_DOCS), max(PROBE_DOCS)
+    cu = torch.tensor([0, *itertools.accumulate(PROBE_DOCS)], dtype=torch.int32, device=device)
+    q = torch.randn(total, shape.heads, shape.head_dim, dtype=dtype, device=device, requires_grad=True)
+    k, v = (
+        torch.randn(total, shape.kv_heads, shape.head_dim, dtype=dtype, device=device, requires_grad=True)
+        for _ in range(2)
+    )
+    try:
+        for window in shape.windows:
+            out = kernel(q, k, v, cu, cu, longest, longest, shape.head_dim**-0.5, window, shape.softcap)
+            out.float().sum().backward()
+        if q.is_cuda:
+            torch.cuda.synchronize(q.device)
+    except Exception as e:  # the kernels raise what they like: assertions, ValueError, their DSL's compile errors
+        first = (str(e).strip().splitlines() or [""])[0]
+        return f"{type(e).__name__}: {first}"[:300]
+    return None
+
+
 @dataclass(frozen=True)
 class Kernels:
     attn_implementation: str  # what transformers is given
@@ -216,19 +282,40 @@ WORDS = {
 }
 
 
-def runnable(planned: str, on_cpu: bool) -> str:
-    """The transformers attention name this process would run for the plan's attention (nothing registered)."""
-    fa4_ok = not on_cpu and planned == VARLEN and fa4_usable()
-    flash_ok = not on_cpu and not fa4_ok and planned in (VARLEN, FLASH_ATTN) and flash_attn_importable()
-    varlen_ok = not on_cpu and not (fa4_ok or flash_ok) and planned in (VARLEN, FLASH_ATTN) and torch_varlen_usable()
+def runnable(planned: str, on_cpu: bool, shape: AttentionShape | None = None, gpu: int = 0) -> str:
+    """The transformers attention name this process would run for the plan's attention (nothing registered);
+    with ``shape``, each kernel is taken only where it runs that shape on GPU ``gpu`` (``probe``)."""
+
+    def takes(name: str, usable) -> bool:
+        if not usable():
+            return False
+        if shape is None or (name == TORCH_VARLEN and shape.softcap):  # resolve() refuses that one, saying the fix
+            return True
+        problem = probe(KERNELS[name], shape, f"cuda:{gpu}")
+        if problem:
+            log.warning("%s cannot run this model's attention here (%s): trying the next kernel", WORDS[name], problem)
+        return problem is None
+
+    varlen = not on_cpu and planned in (VARLEN, FLASH_ATTN)
+    fa4_ok = varlen and planned == VARLEN and takes(FA4_VARLEN, fa4_usable)
+    flash_ok = varlen and not fa4_ok and takes(FLASH_ATTN, flash_attn_importable)
+    varlen_ok = varlen and not (fa4_ok or flash_ok) and takes(TORCH_VARLEN, torch_varlen_usable)
     return choose(planned, flash_attn_ok=flash_ok, torch_varlen_ok=varlen_ok, fa4_ok=fa4_ok)
 
 
-def resolve(planned: str, model_type: str | None, on_cpu: bool, packed: bool = False, softcap: bool = False) -> Kernels:
+def resolve(
+    planned: str,
+    model_type: str | None,
+    on_cpu: bool,
+    packed: bool = False,
+    shape: AttentionShape | None = None,
+    gpu: int = 0,
+) -> Kernels:
     """What this process really runs for the plan's attention, registered with transformers (``packed``: every
-    batch comes from TRL's padding-free collator, see ``register_varlen``; ``softcap``: the model soft-caps its
-    attention logits, as Gemma 2 does, which torch's varlen kernels and SDPA cannot)."""
-    name = runnable(planned, on_cpu)
+    batch comes from TRL's padding-free collator, see ``register_varlen``; ``shape``: the model's attention, which
+    each kernel must run (``runnable``) and whose soft cap (Gemma 2) torch's varlen kernels and SDPA cannot)."""
+    softcap = shape is not None and bool(shape.softcap)
+    name = runnable(planned, on_cpu, shape, gpu)
     if softcap and name == TORCH_VARLEN:
         raise FtctlError(
             "this model soft-caps its attention logits (attn_logit_softcapping, Gemma 2), which torch's varlen "
@@ -247,7 +334,8 @@ def resolve(planned: str, model_type: str | None, on_cpu: bool, packed: bool = F
     if planned in (VARLEN, FLASH_ATTN) and name in (SDPA, EAGER):
         log.warning(
             "attention %s was planned but neither flash-attn nor torch's varlen_attn runs here "
-            "(CPU, a GPU older than Ampere, or torch < 2.11): using %s, exact but slower for packed batches",
+            "(CPU, a GPU older than Ampere, torch < 2.11, or this model's attention: see above): using %s, "
+            "exact but slower for packed batches",
             planned,
             name,
         )
@@ -279,8 +367,7 @@ def register_varlen(name: str = TORCH_VARLEN, masks: bool = True) -> None:
     run): see ``mask_preparation``."""
     from transformers import AttentionInterface
 
-    kernel = {TORCH_VARLEN: _cuda_varlen, FA4_VARLEN: _fa4_varlen}[name]
-    AttentionInterface.register(name, functools.partial(varlen_attention_forward, cuda_kernel=kernel))
+    AttentionInterface.register(name, functools.partial(varlen_attention_forward, cuda_kernel=KERNELS[name]))
     mask_preparation(name, masks)
 
 
@@ -334,7 +421,6 @@ def varlen_attention_forward(
     if dropout and module is not None and module.training:
         _warn_once(f"attention dropout ({dropout:g}) is not applied by the varlen kernels: training runs without it")
     b, hq, s, d = query.shape
-    hkv = key.shape[1]
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
     keep = None
     if cu_q is not None:
@@ -356,9 +442,9 @@ def varlen_attention_forward(
     if query.device.type == "cuda":
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         kernel = cuda_kernel or _cuda_varlen
-        out = kernel(q, k, v, cu_q.to(q.device), cu_k.to(q.device), max_q, max_k, scaling, sliding_window, softcap)
     else:
-        out = _reference_varlen(q, k, v, cu_q, cu_k, scaling, sliding_window, hq // hkv, softcap)
+        kernel = _reference_varlen
+    out = kernel(q, k, v, cu_q.to(q.device), cu_k.to(q.device), max_q, max_k, scaling, sliding_window, softcap)
     if keep is not None:
         full = out.new_zeros(b * s, hq, d)
         full[keep] = out
@@ -403,6 +489,17 @@ def _fa4_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window, softca
     return out[0] if isinstance(out, tuple) else out  # 4.0.0b36 returns (out, lse)
 
 
+def _flash_attn_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window, softcap=None):
+    """flash-attn 2's varlen function as transformers' flash_attention_2 calls it for a packed batch (the run
+    goes through transformers; ftctl calls it only to probe it)."""
+    from flash_attn import flash_attn_varlen_func
+
+    window = (sliding_window - 1, 0) if sliding_window else (-1, -1)
+    return flash_attn_varlen_func(
+        q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True, window_size=window, softcap=softcap or 0.0
+    )
+
+
 @functools.cache
 def _parameters(fn) -> frozenset:
     """A function's parameter names, read once (inspect.signature at every layer's call was 1-2 ms of the
@@ -410,11 +507,12 @@ def _parameters(fn) -> frozenset:
     return frozenset(inspect.signature(fn).parameters)
 
 
-def _reference_varlen(q, k, v, cu_q, cu_k, scale, sliding_window, groups, softcap=None):
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, sliding_window, softcap=None):
     """The same function without the kernel (CPU, tests): SDPA per document, causal (soft-capped scores: the
     softmax written out, as transformers' eager attention does)."""
     import torch
 
+    groups = q.shape[1] // k.shape[1]
     outs = []
     bounds = cu_q.tolist()
     for lo, hi in zip(bounds[:-1], bounds[1:]):
@@ -434,3 +532,6 @@ def _reference_varlen(q, k, v, cu_q, cu_k, scale, sliding_window, groups, softca
             od = torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scale)
         outs.append(od.transpose(0, 1))
     return torch.cat(outs) if outs else q.new_zeros(q.shape)
+
+
+KERNELS = {FA4_VARLEN: _fa4_varlen, FLASH_ATTN: _flash_attn_varlen, TORCH_VARLEN: _cuda_varlen}  # their adapters

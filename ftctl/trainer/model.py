@@ -164,17 +164,24 @@ def weights_dtype(plan):
     return torch_dtype(plan.weights_dtype)
 
 
-def model_kernels(spec, plan, on_cpu: bool):
-    """The attention and layer kernels this process runs for the plan (see trainer/attention.py)."""
-    from ftctl.trainer.attention import resolve
+def model_kernels(spec, plan, on_cpu: bool, local_rank: int = 0):
+    """The attention and layer kernels this process runs for the plan (see trainer/attention.py), each varlen
+    kernel tried on this process's GPU with the model's attention shape in the plan's precision."""
+    import torch
+
+    from ftctl.trainer.attention import AttentionShape, resolve
 
     cfg = text_config(spec.model_name_or_path)
+    # what varlen_attention_forward hands the kernels: the plan's 16-bit dtype (autocast's for fp32 weights)
+    fp32_under = str(torch.get_autocast_dtype("cuda")).removeprefix("torch.")
+    dtype = DTYPES[plan.precision] if plan.precision in ("bf16", "fp16") else fp32_under
     return resolve(
         plan.attn_implementation,
         getattr(cfg, "model_type", None),
         on_cpu,
         packed=plan.packing,
-        softcap=bool(getattr(cfg, "attn_logit_softcapping", None)),
+        shape=AttentionShape.of(cfg, dtype) if cfg is not None else None,
+        gpu=local_rank,
     )
 
 
@@ -212,7 +219,7 @@ def load_model(spec, plan, on_cpu: bool, local_rank: int = 0, kernels=None):
     attention and layer kernels of ``kernels`` (default: ``model_kernels``)."""
     from transformers import AutoModelForCausalLM
 
-    kernels = kernels or model_kernels(spec, plan, on_cpu)
+    kernels = kernels or model_kernels(spec, plan, on_cpu, local_rank)
     kwargs = {"dtype": weights_dtype(plan), "attn_implementation": kernels.attn_implementation}
     quant = quantization_config(plan, on_cpu)
     if quant is not None:

@@ -127,7 +127,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         args = training_args(spec, plan, procs, local_dir, load_universal=universal)
         dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url)
         set_seed(spec.seed)  # LoRA's initial weights
-        run.kernels = model_kernels(spec, plan, procs.on_cpu)  # attention + Liger: what really runs
+        run.kernels = model_kernels(spec, plan, procs.on_cpu, procs.local_rank)  # attention + Liger: what really runs
         model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank, run.kernels), spec, plan)
         leaves = distributed.zero3_leaf_blocks(model, plan.strategy)
         if leaves and procs.is_main:
