@@ -46,12 +46,13 @@ CASES = {
 DOCS = (1500, 700, 1200, 300, 396)  # one packed batch of 4,096 tokens
 
 
-def fa4_compiled() -> int | None:
+def fa4_compiled() -> list | None:
+    """The compile keys of FA4's forward and backward kernels compiled in this process so far."""
     try:
         from flash_attn.cute import interface
     except Exception:
         return None
-    return len(interface._flash_attn_fwd.compile_cache) + len(interface._flash_attn_bwd.compile_cache)
+    return [str(k) for f in (interface._flash_attn_fwd, interface._flash_attn_bwd) for k in f.compile_cache.cache]
 
 
 def one(name: str) -> dict:
@@ -123,8 +124,9 @@ def one(name: str) -> dict:
         "chosen": kernels.attn_implementation,
         "probe_s": round(probe_s, 2),
         "said": [m for m in records if "cannot run" in m or "planned but" in m],
-        "fa4_compiled_after_probe": compiled_after_probe,
-        "fa4_compiled_after_first_step": compiled_after_step,
+        "fa4_compiled_after_probe": None if compiled_after_probe is None else len(compiled_after_probe),
+        "fa4_compiled_after_first_step": None if compiled_after_step is None else len(compiled_after_step),
+        "fa4_compiled_in_first_step": [k for k in compiled_after_step or () if k not in compiled_after_probe],
         "step_s": steps,
         "loss": chosen,
         "reference_loss": reference,

@@ -11,8 +11,8 @@ kernels; at run time it becomes, in this order:
   1. ``ftctl_fa4``: FlashAttention 4 (the flash-attn-4 package's CuTe DSL kernels, ``flash_attn.cute``) on
      Hopper and Blackwell GPUs when it imports: on an H200 its forward + backward over a packed 16k-token
      batch took 1.73x (8B shape) / 1.76x (1B) less time than FlashAttention 2's kernels, outputs and gradients
-     as close to an fp32 reference (bench/results/2026-12-01-h200-fa4-varlen.json); its kernels compile at
-     the first call (~6 s each for the forward and the backward);
+     as close to an fp32 reference (bench/results/2026-12-01-h200-fa4-varlen.json); its kernels compile in
+     the probe below (~8 s a shape on an H200 for the forward and the backward);
   2. ``flash_attention_2`` when the flash-attn package is installed and imports;
   3. ``ftctl_varlen``: torch's own ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention 2's varlen
      kernels shipped with torch >= 2.11, native GQA);
@@ -24,7 +24,7 @@ installed must first run a forward and a backward of that shape on the GPU (``pr
 with a warning: a kernel that imports can still refuse a head dim (FlashAttention 4 takes up to 128 on
 Blackwell, every kernel here at most 256), a soft cap with head dim 256 (FA4 on Blackwell), or fail to compile on
 the node; found in the first step, that would have stopped the run. FA4 compiles its kernels in the probe, not
-in the first step (each shape once per process).
+in the first step (each shape once per process; bench/results/2026-12-01-h200-attention-probe-v34.json).
 All varlen kernels take the per-document boundaries (``cu_seq_lens_q/k`` int32, ``max_length_q/k``
 int) that TRL's padding-free collator computes once per batch on the CPU; they reach every layer as
 model kwargs, so no layer derives them from ``position_ids`` (a host sync per layer).
@@ -125,7 +125,9 @@ class AttentionShape:
         )
 
 
-PROBE_DOCS = (96, 32)  # the probe's packed batch: two documents, so the kernel runs its varlen path
+# The probe's packed batch: two documents (the kernel's varlen path), long enough that FlashAttention 4 compiles
+# what training runs (it picks other kernels where a whole document fits one tile: max_seqlen x GQA <= its tile).
+PROBE_DOCS = (640, 384)
 
 
 def probe(kernel, shape: AttentionShape, device) -> str | None:
@@ -275,7 +277,7 @@ def liger_usable(model_type: str | None, on_cpu: bool) -> bool:
 
 
 WORDS = {
-    FA4_VARLEN: "FlashAttention 4 (flash-attn-4's varlen kernels, compiled in the first step: ~13 s on an H200)",
+    FA4_VARLEN: "FlashAttention 4 (flash-attn-4's varlen kernels, compiled before the first step: ~8 s on an H200)",
     FLASH_ATTN: "flash_attention_2 (flash-attn package, varlen kernels)",
     TORCH_VARLEN: "torch varlen_attn (FlashAttention varlen kernels in torch)",
     SDPA: "sdpa",
