@@ -91,9 +91,9 @@ def test_a_kernel_that_cannot_run_the_models_attention_gives_way_to_the_next(mon
     monkeypatch.setattr(attention, "torch_varlen_usable", lambda: True)
     try:
         assert attention.runnable(VARLEN, on_cpu=False) == FA4_VARLEN and probed == []
-        assert attention.resolve(VARLEN, "llama", on_cpu=False, packed=True, shape=shape, gpu=1).attn_implementation == (
-            TORCH_VARLEN
-        )
+        assert attention.resolve(
+            VARLEN, "llama", on_cpu=False, packed=True, shape=shape, gpu=1
+        ).attn_implementation == (TORCH_VARLEN)
         assert probed == [(attention._fa4_varlen, "cuda:1"), (attention._cuda_varlen, "cuda:1")]
         assert "FlashAttention 4" in caplog.text and "(192, 192) is not supported" in caplog.text
         refused[attention._cuda_varlen] = "RuntimeError: head dim 320 > 256"
