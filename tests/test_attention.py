@@ -54,7 +54,10 @@ def test_the_probe_runs_a_kernel_forward_and_backward_and_says_what_it_raised():
         return attention._reference_varlen(q, k, v, *rest)
 
     shape = attention.AttentionShape(head_dim=16, heads=4, kv_heads=2, dtype="float32", windows=(None, 64))
+    torch.manual_seed(5)
+    seeded = torch.get_rng_state()
     assert attention.probe(reference, shape, "cpu") is None
+    assert torch.equal(torch.get_rng_state(), seeded)  # a probe leaves the run's seeded draws as they were
     total = sum(attention.PROBE_DOCS)
     assert calls == [((total, 4, 16), (total, 2, 16), None), ((total, 4, 16), (total, 2, 16), 64)]
 

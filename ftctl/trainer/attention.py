@@ -138,10 +138,10 @@ def probe(kernel, shape: AttentionShape, device) -> str | None:
     dtype = getattr(torch, shape.dtype)
     total, longest = sum(PROBE_DOCS), max(PROBE_DOCS)
     cu = torch.tensor([0, *itertools.accumulate(PROBE_DOCS)], dtype=torch.int32, device=device)
-    q = torch.randn(total, shape.heads, shape.head_dim, dtype=dtype, device=device, requires_grad=True)
-    k, v = (
-        torch.randn(total, shape.kv_heads, shape.head_dim, dtype=dtype, device=device, requires_grad=True)
-        for _ in range(2)
+    gen = torch.Generator(device=device).manual_seed(0)  # the run's seeded generators stay where set_seed left them
+    q, k, v = (
+        torch.randn(total, heads, shape.head_dim, dtype=dtype, device=device, generator=gen, requires_grad=True)
+        for heads in (shape.heads, shape.kv_heads, shape.kv_heads)
     )
     try:
         for window in shape.windows:
