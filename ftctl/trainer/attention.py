@@ -321,9 +321,9 @@ def resolve(
     if softcap and name == TORCH_VARLEN:
         raise FtctlError(
             "this model soft-caps its attention logits (attn_logit_softcapping, Gemma 2), which torch's varlen "
-            "kernels cannot, and neither FlashAttention 4 nor flash-attn runs here. Install flash-attn (or "
-            "flash-attn-4 on Hopper/Blackwell: pip install 'ftctl[fa4]'), or run exact but slower attention with "
-            "-o attn_implementation=eager -o packing=false."
+            "kernels cannot, and neither FlashAttention 4 nor flash-attn runs it here (where one is installed, a "
+            "warning above says why). Install flash-attn (or flash-attn-4 on Hopper/Blackwell: pip install 'ftctl[fa4]'), "
+            "or run exact but slower attention with -o attn_implementation=eager -o packing=false."
         )
     if softcap and name == SDPA:
         log.info("the model soft-caps its attention logits, which sdpa cannot: eager attention")
