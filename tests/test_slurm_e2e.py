@@ -252,11 +252,15 @@ def test_refusals_are_one_line_with_slurms_words(e2e, tiny_model_dir):
 def test_doctor_through_the_cli(e2e):
     proc = e2e.ftctl("doctor", "--backend", "slurm", "--partition", "debug")
     lines = [re.sub(r"node(\d) \w+", r"node\1 STATE", line) for line in proc.stdout.splitlines()]
+    # every node's RealMemory is the same share of this machine's (tests/slurm/start-cluster.sh), in MiB
+    real_mb = re.search(r"RealMemory=(\d+)", e2e.cluster.run("scontrol", "show", "node", "node1").stdout)
+    node_gb = int(int(real_mb.group(1)) * 2**20 / 1e9)
     assert lines == [
         f"sbatch: {shutil.which('sbatch', path=e2e.env['PATH'])}",
         "controller: reachable",
-        "partition debug (default): 2 node(s) [node1 STATE, node2 STATE], no GPUs, time limit infinite",
-        "partition gpu: 1 node(s) [node3 STATE], gpu:tiny:2, time limit infinite",
+        f"partition debug (default): 2 node(s) [node1 STATE, node2 STATE], no GPUs, {node_gb} GB RAM a node, "
+        "time limit infinite",
+        f"partition gpu: 1 node(s) [node3 STATE], gpu:tiny:2, {node_gb} GB RAM a node, time limit infinite",
     ]
     proc = e2e.ftctl("doctor", "--backend", "slurm", "--partition", "debg", check=False)
     assert proc.returncode == 1

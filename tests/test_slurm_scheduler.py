@@ -311,6 +311,7 @@ def test_doctor_on_the_real_cluster(slurm):
     (problem,) = big.problems
     assert big.never_runs == [problem] and f"has at most {node_gb:.0f} GB a node" in problem
     assert f"-o host_memory_gb={int(node_gb)}" in problem
+    assert f"gpu:tiny:2, {int(node_gb)} GB RAM a node," in report.format()  # what -o host_memory_gb can take
 
 
 def test_what_doctor_accepts_runs_and_what_it_flags_fails(slurm, tmp_path):
@@ -360,6 +361,21 @@ def test_parse_gres_forms():
     assert parse_gres("gpu:8") == {"": 8}
     assert parse_gres("gpu:a100:4(S:0-1),nvme:1") == {"a100": 4}
     assert parse_gres("gpu:a100:2(S:0),gpu:v100:2(S:1)") == {"a100": 2, "v100": 2}
+
+
+def test_a_partitions_ram_is_said_in_gb_as_host_memory_gb_takes_it():
+    from ftctl.slurm.doctor import NodeInfo, PartitionInfo
+
+    def node(mb):
+        return NodeInfo(name="n", state="idle", cpus=8, memory_mb=mb, gpus={})
+
+    assert PartitionInfo("p", True, True, "1:00:00", [node(512000), node(512000)]).memory_summary == (
+        "536 GB RAM a node"  # sinfo's 512000 MB are MiB
+    )
+    assert PartitionInfo("p", True, True, "1:00:00", [node(1000), node(2048000)]).memory_summary == (
+        "1-2147 GB RAM a node"
+    )
+    assert PartitionInfo("p", True, True, "1:00:00").memory_summary == "RAM unknown"
 
 
 # ------------------------------------------------------------------------------------ requeue

@@ -54,6 +54,10 @@ class NodeInfo:
     def gpu_count(self) -> int:
         return sum(self.gpus.values())
 
+    @property
+    def memory_gb(self) -> float:
+        return self.memory_mb * 2**20 / 1e9  # Slurm's MB are MiB
+
 
 @dataclass
 class PartitionInfo:
@@ -74,6 +78,14 @@ class PartitionInfo:
         return ", ".join(
             f"gpu:{t + ':' if t else ''}{'/'.join(map(str, sorted(c)))}" for t, c in sorted(counts.items())
         )
+
+    @property
+    def memory_summary(self) -> str:
+        """The nodes' RAM, as -o host_memory_gb takes it (GB, rounded down)."""
+        gbs = sorted({math.floor(n.memory_gb) for n in self.nodes})
+        if not gbs:
+            return "RAM unknown"
+        return f"{gbs[0] if len(gbs) == 1 else f'{gbs[0]}-{gbs[-1]}'} GB RAM a node"
 
 
 @dataclass
@@ -103,7 +115,7 @@ class DoctorReport:
             lines.append(
                 f"partition {p.name}{' (default)' if p.default else ''}"
                 f"{'' if p.available else ' [not up]'}: {len(p.nodes)} node(s) "
-                f"[{states}], {p.gpu_summary}, time limit {p.time_limit}"
+                f"[{states}], {p.gpu_summary}, {p.memory_summary}, time limit {p.time_limit}"
             )
         lines += [f"problem: {problem}" for problem in self.problems]
         return "\n".join(lines)
@@ -168,7 +180,7 @@ def _memory_problems(
     chosen = next((p for p in partitions if (p.name == partition if partition else p.default)), None)
     if chosen is None or not chosen.nodes:  # said already
         return []
-    most = max(n.memory_mb for n in chosen.nodes) * 2**20 / 1e9  # Slurm's MB are MiB
+    most = max(n.memory_gb for n in chosen.nodes)
     if memory_gb <= most:
         return []
     never_runs.append(
