@@ -6,7 +6,9 @@ cache starts empty): the probe's time, the kernel chosen and the warnings said, 
 probe and after the first training step (the probe should have compiled what the step needs), the first two steps'
 times, and the loss of a packed batch against ftctl's reference attention (SDPA per document) on the same weights.
 
-    python bench/attention_probe.py --out results.json [--cases hd64,hd128,gemma2,hd320]
+    python bench/attention_probe.py --out results.json [--cases hd64,hd128,gemma2,hd320] [--trainer]
+
+``--trainer`` trains each model through ftctl's trainer instead (needs TRL & co., as bench/multi_gpu.py does).
 """
 
 from __future__ import annotations
@@ -134,15 +136,68 @@ def one(name: str) -> dict:
     }
 
 
+def trained(name: str, work: Path) -> dict:
+    """The same model through the trainer (``ftctl.trainer.run.train``, 1B-style fft plan for one H200, 4 steps of
+    the bundled demo conversations, packed): what metrics.jsonl says ran, what was said, the losses."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ftctl.demo import demo_data_path
+    from ftctl.plan import make_plan
+    from ftctl.spec import build
+    from ftctl.trainer.run import train
+    from tests.tiny_fixtures import make_tiny_tokenizer
+
+    model_type, kw = CASES[name]
+    model_dir = work / f"model-{name}"
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kw)).save_pretrained(model_dir)
+    make_tiny_tokenizer().save_pretrained(model_dir)
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    logging.getLogger("ftctl").addHandler(handler)
+    logging.getLogger("ftctl").setLevel(logging.INFO)
+    spec = build(
+        flags=dict(
+            method="fft",
+            model_name_or_path=str(model_dir),
+            data_path=str(demo_data_path()),
+            output_dir=str(work / f"run-{name}"),
+            gpus="1xH200" if torch.cuda.is_available() else "cpu",  # cpu: a dry run of the script
+            backend="local",
+        ),
+        overrides=["max_steps=4", "global_batch_size=8", "save_steps=100000", "logging_steps=1", "resume=never"],
+    )
+    plan = make_plan(spec)
+    t = time.time()
+    result = train(spec, plan)
+    rows = [json.loads(line) for line in (work / f"run-{name}" / "metrics.jsonl").read_text().splitlines()]
+    start = next(r for r in rows if r.get("event") == "start")
+    return {
+        "case": name,
+        "trainer": True,
+        "plan_attention": plan.attn_implementation,
+        "packing": plan.packing,
+        "ran": start.get("attn_implementation"),
+        "said": [m for m in records if "cannot run" in m or "planned but" in m],
+        "losses": [r["loss"] for r in rows if "loss" in r],
+        "status": result.status,
+        "wall_s": round(time.time() - t, 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--trainer", action="store_true", help="train each case through ftctl's trainer instead")
+    ap.add_argument("--work", default="/tmp/ftctl-attention-probe")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
         try:
-            row = one(a.one)
+            row = trained(a.one.removesuffix("+trainer"), Path(a.work)) if a.one.endswith("+trainer") else one(a.one)
         except Exception as e:  # recorded: one case failing must not lose the others
             import traceback
 
@@ -153,9 +208,10 @@ def main() -> None:
     import torch
 
     rows = []
-    for name in a.cases.split(","):
+    names = a.cases.split(",")
+    for name in [f"{n}+trainer" for n in names] if a.trainer else names:
         part = Path(f"{a.out}.{name}")
-        subprocess.run([sys.executable, __file__, "--one", name, "--out", str(part)], env=os.environ)
+        subprocess.run([sys.executable, __file__, "--one", name, "--out", str(part), "--work", a.work], env=os.environ)
         rows.append(json.loads(part.read_text()) if part.exists() else {"case": name, "error": "crashed"})
         part.unlink(missing_ok=True)
         print(json.dumps(rows[-1]), flush=True)
