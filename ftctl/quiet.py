@@ -8,8 +8,8 @@ trainer processes torchrun starts.
 - Log records: each entry of :data:`HARMLESS_LOGS` names the logger that emits the message and a
   pattern of it; a match below ERROR becomes a DEBUG record, shown only where debug logging is on.
   Nothing else is touched: an unknown message, and every error, still prints.
-- Warnings: :data:`HARMLESS_WARNINGS`, deprecations that ftctl's use of TRL triggers and a user can do
-  nothing about.
+- Warnings: :data:`HARMLESS_WARNINGS`, what ftctl's use of TRL and FlashAttention 4 triggers and a user can
+  do nothing about.
 - Progress bars: hub downloads, weight loading, GGUF conversion, dataset maps (tqdm). ftctl prints
   its own progress line on rank 0.
 
@@ -47,6 +47,9 @@ HARMLESS_LOGS = (
 # (category, message pattern): warnings ftctl's own calls trigger inside libraries
 HARMLESS_WARNINGS = (
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),  # TRL reads the old name
+    # FlashAttention 4 (4.0.0b36) passes an argument its CuTe DSL cannot type at each kernel's compile; the
+    # kernels compile and run (bench/results/2026-12-01-h200-attention-probe-v34.json)
+    (UserWarning, r"Argument aux_data \(position \d+\) cannot be converted to a JitArgument"),
 )
 # environment defaults, also for the trainer processes: no third-party progress bars
 QUIET_ENV = {

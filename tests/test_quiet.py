@@ -22,6 +22,8 @@ liger.warning("Backend impl '%s' for op '%s' could not be imported: %s: %s", "li
 liger.warning("Liger's registry says something else")
 warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
 warnings.warn("some other deprecation", FutureWarning)
+warnings.warn("Argument aux_data (position 21) cannot be converted to a JitArgument for function 'cutlass___call___"
+              "flash_attncuteflash_bwd_sm90FlashAttentionBackwardSm90'. Its type is not supported.", UserWarning)
 import os
 print("TQDM_DISABLE=" + os.environ.get("TQDM_DISABLE", "unset"))
 """
@@ -46,13 +48,14 @@ def test_known_messages_are_lowered_and_the_rest_still_prints(monkeypatch):
     assert "could not be imported" not in out and "Liger's registry says something else" in out
     assert "ERROR bitsandbytes.backends.cpu.ops: Failed to load CPU gemm_4bit_forward: and this time" in out
     assert "is_gradient_checkpointing" not in out and "some other deprecation" in out
+    assert "JitArgument" not in out  # FlashAttention 4's compile
     assert "TQDM_DISABLE=1" in out
 
 
 def test_verbose_shows_everything_and_user_settings_win():
     proc = _emit(FTCTL_VERBOSE=1)
     out = proc.stdout + proc.stderr
-    assert "No module named 'kernels'" in out and "is_gradient_checkpointing" in out
+    assert "No module named 'kernels'" in out and "is_gradient_checkpointing" in out and "JitArgument" in out
     assert "TQDM_DISABLE=unset" in out
     assert "TQDM_DISABLE=0" in _emit(TQDM_DISABLE=0).stdout
 
