@@ -166,21 +166,17 @@ def weights_dtype(plan):
 
 def model_kernels(spec, plan, on_cpu: bool, local_rank: int = 0):
     """The attention and layer kernels this process runs for the plan (see trainer/attention.py), each varlen
-    kernel tried on this process's GPU with the model's attention shape in the plan's precision."""
-    import torch
-
+    kernel tried on this process's GPU with the model's attention shape in the plan's precision (GPU plans are
+    bf16 or fp16: what varlen_attention_forward hands the kernels, fp32 weights under autocast too)."""
     from ftctl.trainer.attention import AttentionShape, resolve
 
     cfg = text_config(spec.model_name_or_path)
-    # what varlen_attention_forward hands the kernels: the plan's 16-bit dtype (autocast's for fp32 weights)
-    fp32_under = str(torch.get_autocast_dtype("cuda")).removeprefix("torch.")
-    dtype = DTYPES[plan.precision] if plan.precision in ("bf16", "fp16") else fp32_under
     return resolve(
         plan.attn_implementation,
         getattr(cfg, "model_type", None),
         on_cpu,
         packed=plan.packing,
-        shape=AttentionShape.of(cfg, dtype) if cfg is not None else None,
+        shape=AttentionShape.of(cfg, DTYPES[plan.precision]) if cfg is not None else None,
         gpu=local_rank,
     )
 
