@@ -249,6 +249,31 @@ def test_flash_attn_2s_copy_of_flash_attn_cute_is_not_taken_for_fa4(tmp_path, mo
     assert "FlashAttention 4 is installed but not used" in varlen_here()
 
 
+def test_fa4_keeps_its_compiled_kernels_on_disk_unless_the_user_said_otherwise(tmp_path, monkeypatch):
+    """FlashAttention 4 reads FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED at its import: ftctl sets it first (a
+    requeued run's probe then loads the kernels: bench/NOTES.md v36), a user's own value stays."""
+    import sys
+
+    import torch
+
+    seen = "import os\nCACHE = os.environ.get('FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED')\n"
+    own = b"def flash_attn_varlen_func(): ...\n"
+    _fake_fa4(tmp_path, own, own)
+    (tmp_path / "flash_attn" / "cute" / "__init__.py").write_text(seen + "from .interface import *\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    for user, expected in ((None, "1"), ("0", "0")):
+        for name in [m for m in sys.modules if m.startswith("flash_attn")]:
+            monkeypatch.delitem(sys.modules, name)
+        if user is None:
+            monkeypatch.delenv(attention.FA4_CACHE_ENV, raising=False)
+        else:
+            monkeypatch.setenv(attention.FA4_CACHE_ENV, user)
+        assert attention.fa4_usable()
+        assert sys.modules["flash_attn.cute"].CACHE == expected
+
+
 # ------------------------------------------------------------------------------------------ kernel
 def _per_document(q, k, v, bounds, scale):
     import torch

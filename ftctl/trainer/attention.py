@@ -42,6 +42,7 @@ import importlib.util
 import inspect
 import itertools
 import logging
+import os
 from dataclasses import asdict, dataclass
 
 from ftctl.errors import FtctlError
@@ -197,6 +198,10 @@ def flash_attn_importable() -> bool:
 
 
 FA4_DIST, FA4_CHECKED_FILE = "flash-attn-4", "flash_attn/cute/interface.py"
+# FlashAttention 4 keeps its compiled kernels on disk (/tmp/$USER/flash_attention_cute_dsl_cache) unless the user
+# set this: a requeued or repeated run on the node loads them, and its probe took 10.4 s instead of 17.7 (8B's
+# attention on an H200, eight processes at once without a lock time-out: bench/NOTES.md v36). Read at its import.
+FA4_CACHE_ENV = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"
 
 
 def fa4_installed() -> bool:
@@ -250,6 +255,7 @@ def fa4_usable() -> bool:
     if problem is not None:
         log.warning("not using FlashAttention 4: %s", problem)
         return False
+    os.environ.setdefault(FA4_CACHE_ENV, "1")
     try:
         from flash_attn.cute import flash_attn_varlen_func  # noqa: F401
     except Exception as e:  # absent (flash-attn 2 alone), or its DSL not importable here
@@ -277,7 +283,7 @@ def liger_usable(model_type: str | None, on_cpu: bool) -> bool:
 
 
 WORDS = {
-    FA4_VARLEN: "FlashAttention 4 (flash-attn-4's varlen kernels, compiled before the first step: ~8 s on an H200)",
+    FA4_VARLEN: "FlashAttention 4 (flash-attn-4's varlen kernels, compiled before the first step, kept on disk)",
     FLASH_ATTN: "flash_attention_2 (flash-attn package, varlen kernels)",
     TORCH_VARLEN: "torch varlen_attn (FlashAttention varlen kernels in torch)",
     SDPA: "sdpa",
@@ -322,8 +328,9 @@ def resolve(
         raise FtctlError(
             "this model soft-caps its attention logits (attn_logit_softcapping, Gemma 2), which torch's varlen "
             "kernels cannot, and neither FlashAttention 4 nor flash-attn runs it here (where one is installed, a "
-            "warning above says why). Install flash-attn (or flash-attn-4 on Hopper/Blackwell: pip install 'ftctl[fa4]'), "
-            "or run exact but slower attention with -o attn_implementation=eager -o packing=false."
+            "warning above says why). Install flash-attn (or flash-attn-4 on Hopper/Blackwell: "
+            "pip install 'ftctl[fa4]'), or run exact but slower attention with -o attn_implementation=eager "
+            "-o packing=false."
         )
     if softcap and name == SDPA:
         log.info("the model soft-caps its attention logits, which sdpa cannot: eager attention")
