@@ -12,7 +12,7 @@ kernels; at run time it becomes, in this order:
      Hopper and Blackwell GPUs when it imports: on an H200 its forward + backward over a packed 16k-token
      batch took 1.73x (8B shape) / 1.76x (1B) less time than FlashAttention 2's kernels, outputs and gradients
      as close to an fp32 reference (bench/results/2026-12-01-h200-fa4-varlen.json); its kernels compile in
-     the probe below (~8 s a shape on an H200 for the forward and the backward);
+     the probe below (8-18 s a shape on an H200 with its import, v34/v36 in bench/NOTES.md);
   2. ``flash_attention_2`` when the flash-attn package is installed and imports;
   3. ``ftctl_varlen``: torch's own ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention 2's varlen
      kernels shipped with torch >= 2.11, native GQA);
