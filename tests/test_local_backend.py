@@ -58,6 +58,49 @@ def test_doctor_says_what_a_varlen_plan_runs_here(monkeypatch):
     assert backend.varlen_here() == attention.WORDS[attention.FA4_VARLEN]
 
 
+def test_gpus_torch_cannot_use_are_a_problem_with_the_reason(tmp_path):
+    """A GPU node whose torch is a CPU-only build (here the real one) or whose driver is too old for torch's CUDA:
+    doctor and the trainer say why torch sees no GPU and how to fix it. nvidia-smi is the one stand-in (no GPU
+    here): it lists an H100."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from ftctl.errors import FtctlError
+    from ftctl.trainer.distributed import Processes, check_world
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\n")
+    smi.chmod(0o755)
+    proc = ftctl("doctor", env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "gpus:    1xH100" in proc.stdout
+    assert torch.version.cuda is None  # this machine's torch is the CPU wheel
+    expected = f"torch {torch.__version__} is a CPU-only build: install a CUDA build (pip install torch --index-url"
+    assert f"problem: nvidia-smi lists 1xH100 but torch sees no CUDA GPU: {expected}" in proc.stdout
+    plan = SimpleNamespace(world_size=1, gpus="1xH100", tier="H100", nodes=1, gpus_per_node=1)
+    procs = Processes(rank=0, local_rank=0, world_size=1, on_cpu=True)
+    with pytest.raises(FtctlError, match=r"The plan is for 1xH100 but torch sees no CUDA GPU here: torch .* CPU-only"):
+        check_world(plan, procs)
+
+
+@pytest.mark.parametrize(
+    "line, version",
+    [  # the device machine's H200 host (open module), and SkyPilot's AWS image (skypilot-org/skypilot#9406)
+        ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (nixbld@)", "580.159.04"),
+        ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.216.01  Wed Oct 30 06:24:56 UTC 2024", "535.216.01"),
+    ],
+)
+def test_the_loaded_nvidia_driver_is_read_without_nvidia_smi(tmp_path, monkeypatch, line, version):
+    from ftctl.trainer import distributed
+
+    (tmp_path / "version").write_text(line + "\nGCC version:  gcc version 12.2.0\n")
+    monkeypatch.setattr(distributed, "NVIDIA_DRIVER_FILE", str(tmp_path / "version"))
+    assert distributed.nvidia_driver_version() == version
+    monkeypatch.setattr(distributed, "NVIDIA_DRIVER_FILE", str(tmp_path / "absent"))
+    assert distributed.nvidia_driver_version() is None
+
+
 def test_default_backend_from_the_environment_and_the_user_config(tmp_path):
     base = ["render", "--method", "lora", "--gpus", "1xA100", "--model-params", "7b", "--output", str(tmp_path / "o")]
     proc = ftctl(*base, env={"FTCTL_BACKEND": "slurm"})

@@ -123,7 +123,8 @@ class LocalBackend(Backend):
         from importlib.util import find_spec
 
         click.echo(f"python:  {sys.version.split()[0]} ({sys.executable})")
-        click.echo(f"gpus:    {local_gpus()}")
+        gpus_here = local_gpus()
+        click.echo(f"gpus:    {gpus_here}")
         mem = host_memory_gb()
         click.echo(f"memory:  {mem:.0f} GB" if mem else "memory:  unknown")
         ok = True
@@ -133,7 +134,20 @@ class LocalBackend(Backend):
             ok = ok and (found or mod in ("deepspeed", "flash_attn", "bitsandbytes"))
         if find_spec("torch") is not None:
             click.echo(f"attention:   {varlen_here()}")
+            ok = ok and cuda_sees(gpus_here)
         return ok
+
+
+def cuda_sees(gpus_here: str) -> bool:
+    """Whether torch can use the GPUs nvidia-smi lists (says why not: a CPU-only build, a driver too old)."""
+    import torch
+
+    if gpus_here == "cpu" or torch.cuda.is_available():
+        return True
+    from ftctl.trainer.distributed import why_no_cuda
+
+    click.echo(f"problem: nvidia-smi lists {gpus_here} but torch sees no CUDA GPU: {why_no_cuda()}")
+    return False
 
 
 def varlen_here() -> str:

@@ -63,9 +63,57 @@ def check_world(plan, procs: Processes) -> None:
         return  # a CPU plan on a GPU machine: runs on the GPU, fine
     if procs.on_cpu and plan.tier is not None:
         raise FtctlError(
-            f"The plan is for {plan.gpus} but this machine has no CUDA GPU: re-plan with --gpus cpu, "
-            "or run on a machine with the planned GPUs."
+            f"The plan is for {plan.gpus} but torch sees no CUDA GPU here: {why_no_cuda()}. Or re-plan with --gpus cpu."
         )
+
+
+NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"  # the loaded kernel module's version, without nvidia-smi
+TORCH_INDEX = "https://download.pytorch.org/whl/"  # torch's wheels by CUDA version: cu126, cu128, cu130 ...
+
+
+def why_no_cuda() -> str:
+    """Why torch cannot use a GPU on this machine, with the fix: a CPU-only torch build, no NVIDIA driver, or a
+    driver too old for the CUDA version torch was built for (SkyPilot's default AWS image, driver 535, with
+    torch's cu130 wheels: skypilot-org/skypilot#9406)."""
+    import torch
+
+    driver = nvidia_driver_version()
+    if torch.version.cuda is None:
+        return (
+            f"torch {torch.__version__} is a CPU-only build"
+            + (f" (the NVIDIA driver {driver} is loaded)" if driver else "")
+            + f": install a CUDA build (pip install torch --index-url {TORCH_INDEX}cu128, or the CUDA version "
+            "nvidia-smi shows)"
+        )
+    if driver is None:
+        return f"no NVIDIA driver is loaded ({NVIDIA_DRIVER_FILE} is absent): run on a GPU node, or install its driver"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not any(d.strip() and not d.strip().startswith("-") for d in visible.split(",")):
+        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU: unset it, or name the GPUs (0,1,...)"
+    try:
+        torch.cuda.init()
+    except Exception as e:  # torch says why: a driver too old for its CUDA, a device it cannot open, ...
+        said = (str(e).strip().splitlines() or [""])[0].rstrip(".")
+        fix = (
+            f": install the torch build for the CUDA version nvidia-smi shows (pip install torch --index-url "
+            f"{TORCH_INDEX}cu126 for CUDA 12.6), or use an image with a newer driver"
+            if "too old" in said
+            else ""
+        )
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}) with the NVIDIA driver {driver}: {said}{fix}"
+    return "torch.cuda.is_available() is False"
+
+
+def nvidia_driver_version() -> str | None:
+    """The loaded NVIDIA kernel module's version (e.g. 535.216.01), None where no driver is loaded."""
+    import re
+
+    try:
+        with open(NVIDIA_DRIVER_FILE) as f:
+            match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", f.read())
+    except OSError:
+        return None
+    return match.group(1) if match else "(unknown version)"
 
 
 def cpu_threads() -> str | None:
