@@ -84,6 +84,52 @@ def test_gpus_torch_cannot_use_are_a_problem_with_the_reason(tmp_path):
         check_world(plan, procs)
 
 
+TORCH_TOO_OLD = (  # torch's own words (torch._C._cuda_init), as users of cu130 wheels on older drivers report them
+    "The NVIDIA driver on your system is too old (found version 12080). Please update your GPU driver by "
+    "downloading and installing a new version from the URL: http://www.nvidia.com/Download/index.aspx Alternatively, "
+    "go to: https://pytorch.org to install a PyTorch version that has been compiled with your version of the CUDA "
+    "driver."
+)
+
+
+@pytest.mark.parametrize(
+    "error, said",
+    [
+        (
+            TORCH_TOO_OLD,
+            "torch 2.13.0 (CUDA 13.0) with the NVIDIA driver 570.153.02: The NVIDIA driver on your system is too old "
+            "(found version 12080): install a torch build for CUDA 12.8 or older (pip install torch --index-url "
+            "https://download.pytorch.org/whl/cu128, where torch publishes one), or use an image with a newer driver",
+        ),
+        (
+            "Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver",
+            "torch 2.13.0 (CUDA 13.0) with the NVIDIA driver 570.153.02: Found no NVIDIA driver on your system: a "
+            "container started without its GPUs? (docker run --gpus all, or the NVIDIA container runtime)",
+        ),
+    ],
+)
+def test_a_cuda_torch_that_cannot_start_says_what_torch_said_and_the_fix(tmp_path, monkeypatch, error, said):
+    """A CUDA build of torch on a driver too old for it (torch's cu130 wheels under driver 570), or in a container
+    without the driver's libraries. torch's CUDA start is the stand-in here (no GPU): it raises torch's words."""
+    import torch
+
+    from ftctl.trainer import distributed
+
+    (tmp_path / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.153.02  Tue May 13\n")
+    monkeypatch.setattr(distributed, "NVIDIA_DRIVER_FILE", str(tmp_path / "version"))
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch, "__version__", "2.13.0")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+    def init():
+        raise RuntimeError(error)
+
+    monkeypatch.setattr(torch.cuda, "init", init)
+    assert distributed.why_no_cuda() == said
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert distributed.why_no_cuda().startswith("CUDA_VISIBLE_DEVICES='' hides every GPU")
+
+
 @pytest.mark.parametrize(
     "line, version",
     [  # the device machine's H200 host (open module), and SkyPilot's AWS image (skypilot-org/skypilot#9406)

@@ -19,6 +19,7 @@ fills them from the same TrainingArguments, so they cannot disagree.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -93,21 +94,25 @@ def why_no_cuda() -> str:
     try:
         torch.cuda.init()
     except Exception as e:  # torch says why: a driver too old for its CUDA, a device it cannot open, ...
-        said = (str(e).strip().splitlines() or [""])[0].rstrip(".")
-        fix = (
-            f": install the torch build for the CUDA version nvidia-smi shows (pip install torch --index-url "
-            f"{TORCH_INDEX}cu126 for CUDA 12.6), or use an image with a newer driver"
-            if "too old" in said
-            else ""
-        )
+        said = (str(e).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
+        found = re.search(r"found version (\d+)", said)  # the CUDA version the driver supports: 12080 is 12.8
+        if found:
+            cuda = f"{int(found.group(1)) // 1000}.{int(found.group(1)) % 1000 // 10}"
+            fix = (
+                f": install a torch build for CUDA {cuda} or older (pip install torch --index-url "
+                f"{TORCH_INDEX}cu{cuda.replace('.', '')}, where torch publishes one), or use an image with a newer "
+                "driver"
+            )
+        elif "no NVIDIA driver" in said:  # the kernel module is loaded, its user-space library is not here
+            fix = ": a container started without its GPUs? (docker run --gpus all, or the NVIDIA container runtime)"
+        else:
+            fix = ""
         return f"torch {torch.__version__} (CUDA {torch.version.cuda}) with the NVIDIA driver {driver}: {said}{fix}"
     return "torch.cuda.is_available() is False"
 
 
 def nvidia_driver_version() -> str | None:
     """The loaded NVIDIA kernel module's version (e.g. 535.216.01), None where no driver is loaded."""
-    import re
-
     try:
         with open(NVIDIA_DRIVER_FILE) as f:
             match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", f.read())
