@@ -13,3 +13,6 @@ VERBOSE_ENV = "FTCTL_VERBOSE"
 # (distributed.cpu_threads). The launchers set it unless the user chose OMP_NUM_THREADS: torchrun's own default
 # for several processes is one thread each, which halved 2-GPU steps with gradient accumulation (bench/NOTES.md v27).
 THREADS_ENV = "FTCTL_CPU_THREADS"
+# A mirror of torch's wheel index (the folder holding its cu126/, cu128/, cpu/ ...), where a SkyPilot node's setup
+# installs torch from (ftctl.torch_builds, ftctl.sky.node_stack); set with -o env=FTCTL_TORCH_INDEX=URL.
+TORCH_INDEX_ENV = "FTCTL_TORCH_INDEX"

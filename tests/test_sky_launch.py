@@ -104,6 +104,12 @@ def test_launch_two_nodes_status_logs_cancel_down(sky, sky_infra, sky_s3):
     logs = sky.ftctl("logs", "-f", job).stdout  # follows to the end of a finished job
     assert " SUCCEEDED" in line, f"{line}\n{logs}"
     assert "node 0 of 2" in logs and "node 1 of 2" in logs, logs
+    # each node's setup found the stack where the run's torchrun is (the nodes' "image": this venv's torchrun on
+    # PATH, not SkyPilot's ~/sky-user-env) and held its torch: nothing was installed (the nodes have no network)
+    import torch
+
+    held = rf"ftctl: {re.escape(str(Path(sys.executable).parent))}/python[\d.]*: torch {re.escape(torch.__version__)} is held"
+    assert len(re.findall(held, logs)) == 2 and "has no torch" not in logs, logs
     # --preflight: the all-reduce probe ran first across both nodes' processes (gloo on CPU)
     assert "netcheck: 2 processes on 2 node(s) (gloo)" in logs, logs
     # both nodes trained: the rendezvous reached world size 2; checkpoints are complete in the bucket

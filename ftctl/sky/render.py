@@ -4,9 +4,10 @@ The YAML is self-contained: the run section writes spec.json from a quoted hered
 ``ftctl render --backend sky`` prints is exactly what ``sky launch`` / ``sky jobs launch`` receives;
 ``ftctl launch`` adds one thing, the workdir: ftctl's own source, copied into the run directory
 (ftctl/sky/backend.py), which SkyPilot syncs to every node and the run section puts first on
-PYTHONPATH (no released ftctl is installed from an index). The setup installs the trainer's stack
-(ftctl's ``train`` extra, as pinned by its metadata) only where a node has no torchrun yet (an image
-or a cluster environment usually has it).
+PYTHONPATH (no released ftctl is installed from an index). The setup runs ftctl.sky.node_stack on every
+node, in the ``--container`` image where there is one: it adds what the python of the node's torchrun lacks of
+the trainer's stack (ftctl's ``train`` extra, as pinned by its metadata; nothing in an image ``ftctl build``
+made), holding a torch the node has, else installing the torch build for the CUDA version of the node's driver.
 Secrets are declared by name under ``secrets:`` (SkyPilot asks for their values at launch, from the
 launching environment); their values never appear here. Spot runs become managed jobs with
 ``job_recovery``; the trainer restores from the output bucket when the job restarts elsewhere.
@@ -29,6 +30,9 @@ from ftctl.spec import RunSpec
 RUN_DIR = "~/ftctl-run"  # on the nodes: one directory per run name, for its spec.json
 HEREDOC = "FTCTL_SPEC_EOF"
 REMOTE_WORKDIR = "$HOME/sky_workdir"  # where SkyPilot syncs a task's workdir (~/sky_workdir)
+WORKDIR_ON_PATH = (
+    f'export PYTHONPATH="{REMOTE_WORKDIR}${{PYTHONPATH:+:$PYTHONPATH}}"  # ftctl\'s source, shipped as the workdir'
+)
 # Infras whose nodes can run a CPU-only job (`--gpus cpu`); clouds are asked for GPUs.
 CPU_INFRAS = ("slurm", "k8s", "kubernetes", "ssh")
 # Infras where SkyPilot 0.14 has no idle autostop (Slurm: only for pyxis container clusters).
@@ -88,10 +92,11 @@ def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
         resources["image_id"] = f"docker:{image}"
     spec_path = f"{RUN_DIR}/{spec.name}/spec.json"
 
+    gpu_arg = ["--gpu", plan.tier] if plan.tier else []
     payload = json.dumps(json.loads(spec_json), sort_keys=True, separators=(",", ":"))
     run_lines = [
         "set -euo pipefail",
-        f'export PYTHONPATH="{REMOTE_WORKDIR}${{PYTHONPATH:+:$PYTHONPATH}}"  # ftctl\'s source, shipped as the workdir',
+        WORKDIR_ON_PATH,
         f"mkdir -p {RUN_DIR}/{spec.name}",
         f"cat > {spec_path} <<'{HEREDOC}'",
         payload,
@@ -109,10 +114,8 @@ def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
     }
     if spec.secrets:
         task["secrets"] = {name: None for name in spec.secrets}
-    install = "command -v torchrun >/dev/null || python3 -m pip install " + join(train_requirements())
-    setup = [*spec.setup, *([] if image else [install])]
-    if setup:
-        task["setup"] = _Block("\n".join(setup) + "\n")
+    install = [WORKDIR_ON_PATH, join(["python3", "-m", "ftctl.sky.node_stack", *gpu_arg, *train_requirements()])]
+    task["setup"] = _Block("\n".join([*spec.setup, *install]) + "\n")
     task["run"] = _Block("\n".join(run_lines) + "\n")
     header = f"# Rendered by ftctl {__version__}: {plan.method} on {plan.gpus}. Launch: ftctl launch --backend sky\n"
     return header + yaml.safe_dump(task, sort_keys=False, width=10**6)

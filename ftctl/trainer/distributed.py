@@ -23,6 +23,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from ftctl import torch_builds
 from ftctl.envvars import THREADS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import DEEPSPEED_STRATEGIES, OFFLOAD_STRATEGIES, ZERO3_MAX_LIVE, ZERO3_STRATEGIES
@@ -69,7 +70,6 @@ def check_world(plan, procs: Processes) -> None:
 
 
 NVIDIA_DRIVER_FILE = "/proc/driver/nvidia/version"  # the loaded kernel module's version, without nvidia-smi
-TORCH_INDEX = "https://download.pytorch.org/whl/"  # torch's wheels by CUDA version: cu126, cu128, cu130 ...
 
 
 def why_no_cuda() -> str:
@@ -83,8 +83,8 @@ def why_no_cuda() -> str:
         return (
             f"torch {torch.__version__} is a CPU-only build"
             + (f" (the NVIDIA driver {driver} is loaded)" if driver else "")
-            + f": install a CUDA build (pip install torch --index-url {TORCH_INDEX}cu128, or the CUDA version "
-            "nvidia-smi shows)"
+            + ": install a CUDA build (pip install torch --index-url "
+            f"{torch_builds.index_url('cu128')}, or the build for the CUDA version nvidia-smi shows)"
         )
     if driver is None:
         return f"no NVIDIA driver is loaded ({NVIDIA_DRIVER_FILE} is absent): run on a GPU node, or install its driver"
@@ -96,13 +96,15 @@ def why_no_cuda() -> str:
     except Exception as e:  # torch says why: a driver too old for its CUDA, a device it cannot open, ...
         said = (str(e).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".")
         found = re.search(r"found version (\d+)", said)  # the CUDA version the driver supports: 12080 is 12.8
-        if found:
-            cuda = f"{int(found.group(1)) // 1000}.{int(found.group(1)) % 1000 // 10}"
+        cuda = (int(found.group(1)) // 1000, int(found.group(1)) % 1000 // 10) if found else None
+        build = torch_builds.build_for(cuda) if cuda else None
+        if build:
             fix = (
-                f": install a torch build for CUDA {cuda} or older (pip install torch --index-url "
-                f"{TORCH_INDEX}cu{cuda.replace('.', '')}, where torch publishes one), or use an image with a newer "
-                "driver"
+                f": install torch's {build} build, which this driver runs (pip install torch --index-url "
+                f"{torch_builds.index_url(build)}), or use an image with a newer driver"
             )
+        elif cuda:
+            fix = f": the driver (CUDA {cuda[0]}.{cuda[1]}) is older than torch's current builds: update it"
         elif "no NVIDIA driver" in said:  # the kernel module is loaded, its user-space library is not here
             fix = ": a container started without its GPUs? (docker run --gpus all, or the NVIDIA container runtime)"
         else:
