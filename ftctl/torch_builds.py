@@ -1,11 +1,11 @@
 """Which of torch's wheel builds a node can run: the one owner of torch's CUDA builds and their index.
 
-torch publishes one build per CUDA version (``https://download.pytorch.org/whl/cu128`` ...); PyPI's
-default torch is the newest CUDA's. A build runs where the NVIDIA driver supports its CUDA major version
-(CUDA's minor-version compatibility: a 12.x build runs on any 12.x driver), so a node whose driver says
-"CUDA Version: 12.2" in nvidia-smi (SkyPilot's default AWS image, driver 535) cannot run PyPI's cu130
-torch, and sees no GPU (skypilot-org/skypilot#9406). Volta (V100, compute capability 7.0) has kernels
-only in the cu126 build: CUDA 13 dropped it and torch's cu128 builds left it out.
+torch publishes one build per CUDA version (``https://download.pytorch.org/whl/cu130`` ...); releases 2.12 to 2.14
+ship cu126 (legacy, the last with Maxwell, Pascal and Volta), cu130 and cu132 (PyPI's default from 2.14); cu128
+stopped at 2.11, and is the one 12.x build with Blackwell kernels (pytorch/pytorch#178665, #190355). A build runs
+where the NVIDIA driver supports its CUDA version or a later one, and, by CUDA's minor-version compatibility, on
+any driver of its major version: a node whose nvidia-smi says "CUDA Version: 12.2" (SkyPilot's default AWS image,
+driver 535) runs cu126 but not PyPI's CUDA 13 torch, with which it sees no GPU (skypilot-org/skypilot#9406).
 
 Standard library only (and ftctl's own): ``ftctl.sky.node_stack`` uses it before anything is installed.
 """
@@ -14,28 +14,53 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 
 from ftctl.envvars import TORCH_INDEX_ENV
 
 TORCH_INDEX = "https://download.pytorch.org/whl/"
 CPU_BUILD = "cpu"
-# torch's CUDA builds, newest first: (CUDA major, minor, the folder of torch's index)
-CUDA_BUILDS = ((13, 0, "cu130"), (12, 8, "cu128"), (12, 6, "cu126"))
-VOLTA_BUILD = "cu126"  # the newest build with kernels for compute capability 7.0
 SMI_CUDA = re.compile(r"CUDA Version:\s*(\d+)\.(\d+)")
 
 
+@dataclass(frozen=True)
+class CudaBuild:
+    name: str  # the folder of torch's index
+    cuda: tuple[int, int]
+    min_capability: tuple[int, int]
+    max_capability: tuple[int, int] | None = None
+    current: bool = True  # published for torch's current releases
+
+    def runs_on(self, capability: tuple[int, int] | None) -> bool:
+        return capability is None or (
+            capability >= self.min_capability and (self.max_capability is None or capability <= self.max_capability)
+        )
+
+
+CUDA_BUILDS = (  # newest first
+    CudaBuild("cu132", (13, 2), (7, 5)),
+    CudaBuild("cu130", (13, 0), (7, 5)),
+    CudaBuild("cu128", (12, 8), (7, 5), current=False),  # torch <= 2.11: Blackwell on a CUDA 12.8 driver
+    CudaBuild("cu126", (12, 6), (5, 0), max_capability=(9, 0)),
+)
+
+
+def by_name(name: str) -> CudaBuild | None:
+    return next((b for b in CUDA_BUILDS if b.name == name), None)
+
+
 def build_for(driver_cuda: tuple[int, int], compute_capability: tuple[int, int] | None = None) -> str | None:
-    """The newest CUDA build a driver runs (given the CUDA version it supports), for a GPU of this compute
-    capability; None where the driver is older than every build's CUDA major version."""
-    if driver_cuda[0] < CUDA_BUILDS[-1][0]:
-        return None
-    if compute_capability is not None and compute_capability < (7, 5):
-        return VOLTA_BUILD
-    for major, minor, build in CUDA_BUILDS:
-        if (major, minor) <= driver_cuda:
-            return build
-    return [b for b in CUDA_BUILDS if b[0] == driver_cuda[0]][-1][2]  # 12.0-12.5: minor-version compatibility
+    """The build of torch for a driver (the CUDA version it supports) and a GPU of this compute capability: the
+    newest current build the driver runs, else an older one (cu128 for Blackwell under a 12.8 driver), else by
+    minor-version compatibility the oldest of the driver's major version; None where the driver is older than
+    every build's CUDA major version."""
+    fits = [b for b in CUDA_BUILDS if b.runs_on(compute_capability)]
+    runnable = [b for b in fits if b.cuda <= driver_cuda]
+    compatible = [b for b in reversed(fits) if b.cuda[0] == driver_cuda[0]]
+    for choices in (runnable, compatible):
+        if choices:
+            return next((b for b in choices if b.current), choices[0]).name
+    return None
 
 
 def index_url(build: str) -> str:

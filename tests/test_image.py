@@ -158,6 +158,21 @@ def test_pins_come_from_constraints_txt():
     assert image.pins() == p  # the packaged copy (a link in this tree) is the same file
 
 
+@pytest.mark.parametrize("name", ["V100", "V100-32GB"])
+def test_no_image_is_made_or_named_for_a_gpu_its_torch_cannot_run(name, monkeypatch, tmp_path):
+    """CUDA 13's torch has no Volta kernels: ftctl neither builds nor names an image for a V100 run, nor takes
+    a recorded one for it, and says what to run instead."""
+    said = rf"torch's cu130 build \(CUDA 13\.0\.1\), which has no kernels for {name} \(compute capability 7\.0\)"
+    with pytest.raises(FtctlError, match=said + r": run with an image whose torch is the cu126 build"):
+        image.build_args(name)
+    with pytest.raises(FtctlError, match=said):
+        image.default_image(f"8x{name}")
+    assert not image.fits("A100,H100", name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    found = image.configured(tier(name), ("pushed",))
+    assert found.ref is None and re.search(said, found.why)
+
+
 def test_missing_pin_is_one_clear_error(tmp_path):
     bad = tmp_path / "constraints.txt"
     bad.write_text("torch==2.13.0\n")
@@ -165,7 +180,7 @@ def test_missing_pin_is_one_clear_error(tmp_path):
         image.pins(bad)
 
 
-@pytest.mark.parametrize("name", sorted(TIERS))
+@pytest.mark.parametrize("name", sorted(set(TIERS) - {"V100", "V100-32GB"}))
 def test_build_args_follow_the_tier_table(name):
     t = tier(name)
     args = image.build_args(name)
@@ -174,7 +189,7 @@ def test_build_args_follow_the_tier_table(name):
         assert args["TORCH_CUDA_ARCH_LIST"] == f"{major}.{minor}" == t.cuda_arch
         assert args["FLASH_ATTN_CUDA_ARCHS"] == f"{major}0"  # sm_80 code runs on every 8.x GPU
         assert image.default_image(t).endswith(f"-sm{major}0")
-    else:  # T4, V100: no FlashAttention-2; the generic image runs there on SDPA
+    else:  # T4: no FlashAttention-2; the generic image runs there on SDPA
         assert args == image.build_args(image.GENERIC_TIERS)
     p = image.pins()
     assert (args["TORCH_VERSION"], args["FLASH_ATTN_VERSION"], args["CUDA_VERSION"]) == (p.torch, p.flash_attn, p.cuda)

@@ -98,8 +98,8 @@ TORCH_TOO_OLD = (  # torch's own words (torch._C._cuda_init), as users of cu130 
         (
             TORCH_TOO_OLD,
             "torch 2.13.0 (CUDA 13.0) with the NVIDIA driver 570.153.02: The NVIDIA driver on your system is too old "
-            "(found version 12080): install torch's cu128 build, which this driver runs (pip install torch "
-            "--index-url https://download.pytorch.org/whl/cu128), or use an image with a newer driver",
+            "(found version 12080): install torch's cu126 build, which this driver runs (pip install torch "
+            "--index-url https://download.pytorch.org/whl/cu126), or use an image with a newer driver",
         ),
         (  # driver 535 (SkyPilot's AWS image): CUDA 12.2, which torch's cu126 build runs (minor-version compatibility)
             TORCH_TOO_OLD.replace("12080", "12020"),

@@ -36,11 +36,12 @@ SMI_535 = "| NVIDIA-SMI 535.216.01             Driver Version: 535.216.01   CUDA
     "cuda, capability, build",
     [
         ((13, 0), (9, 0), "cu130"),
-        ((13, 2), (10, 0), "cu130"),
-        ((14, 1), (9, 0), "cu130"),  # a driver newer than every build runs the newest
-        ((12, 9), (9, 0), "cu128"),
-        ((12, 8), (10, 0), "cu128"),
-        ((12, 7), (8, 0), "cu126"),
+        ((13, 1), (9, 0), "cu130"),
+        ((13, 2), (10, 0), "cu132"),
+        ((14, 1), (9, 0), "cu132"),  # a driver newer than every build runs the newest
+        ((13, 0), None, "cu130"),
+        ((12, 9), (9, 0), "cu126"),  # cu128 is not built for torch's current releases: cu126 runs here
+        ((12, 8), (10, 0), "cu128"),  # ... but has no Blackwell kernels: torch <= 2.11's cu128
         ((12, 2), (9, 0), "cu126"),  # driver 535: CUDA's minor-version compatibility within 12.x
         ((12, 0), None, "cu126"),
         ((13, 0), (7, 0), "cu126"),  # V100: only the cu126 build has Volta's kernels
@@ -111,7 +112,7 @@ def node(tmp_path_factory):
     nvidia-smi of driver 535, and no torchrun on PATH."""
     base = tmp_path_factory.mktemp("node")
     subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True)
-    for build in ("cu126", "cu128", "cu130", "cpu"):
+    for build in ("cu126", "cu128", "cu130", "cu132", "cpu"):
         _wheel(base / "torch-index" / build, "torch", f"2.99.0+{build}")
     pypi = base / "pypi"
     _wheel(pypi, "torch", "2.99.0")  # PyPI's default build: what a plain `pip install torch` would take

@@ -9,8 +9,9 @@ Without ``--container``, :func:`configured` says which image the user's config g
 (ftctl/userconfig.py keeps the file).
 
 flash-attn compiles one architecture per major compute capability (sm_80 code runs on every 8.x
-GPU), so an A10G and an A100 share one image. Tiers without FlashAttention-2 (T4, V100) and
-``--gpus cpu`` use the A100 + H100 image: torch runs there, flash-attn is simply not used.
+GPU), so an A10G and an A100 share one image. Tiers without FlashAttention-2 (T4) and ``--gpus cpu``
+use the A100 + H100 image: torch runs there, flash-attn is simply not used. V100 has none: the image's
+torch is CUDA 13's build, which has no Volta kernels (ftctl.torch_builds); its runs name another image.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ftctl import __version__, userconfig
+from ftctl import __version__, torch_builds, userconfig
 from ftctl.errors import FtctlError
 from ftctl.gpus import GpuTier, tier
 from ftctl.trainer.attention import FA4_MAJORS
@@ -72,7 +73,37 @@ def pins(constraints: Path | None = None) -> Pins:
 
 
 def tiers_of(gpus: str | GpuTier | Iterable[GpuTier | str] | None) -> tuple[GpuTier, ...]:
-    """``"A100,H100"``, ``"8xH100"``, a tier, several, or None (CPU) → the tiers the image is built for."""
+    """``"A100,H100"``, ``"8xH100"``, a tier, several, or None (CPU) → the tiers the image is built for.
+    GPUs the image's torch has no kernels for (V100 under CUDA 13) are refused with what to run instead."""
+    why = unserved(gpus)
+    if why:
+        raise FtctlError(
+            f"{why}: run with an image whose torch is the cu126 build (--container docker:IMAGE, e.g. pip install "
+            f"torch --index-url {torch_builds.index_url('cu126')} in it), or without an image."
+        )
+    out: list[GpuTier] = []
+    for t in _named_tiers(gpus):
+        if t.flash_attn2 and t not in out:
+            out.append(t)
+    if not out:  # only T4/V100 or CPU: the generic image
+        out = [tier(n) for n in GENERIC_TIERS]
+    return tuple(sorted(out, key=lambda t: (t.compute_capability, t.name)))
+
+
+def unserved(gpus) -> str | None:
+    """Why ftctl's image cannot run on these GPUs (its torch build has no kernels for one of them), or None."""
+    p = pins()
+    build = torch_builds.by_name(p.cuda_short)
+    for t in _named_tiers(gpus):
+        if build is not None and not build.runs_on(t.compute_capability):
+            return (
+                f"ftctl's image has torch's {build.name} build (CUDA {p.cuda}), which has no kernels for {t.name} "
+                f"(compute capability {t.cuda_arch})"
+            )
+    return None
+
+
+def _named_tiers(gpus) -> list[GpuTier]:
     if gpus is None:
         items: list = []
     elif isinstance(gpus, GpuTier):
@@ -81,14 +112,8 @@ def tiers_of(gpus: str | GpuTier | Iterable[GpuTier | str] | None) -> tuple[GpuT
         items = [g for g in gpus.split(",") if g.strip()]
     else:
         items = list(gpus)
-    out: list[GpuTier] = []
-    for g in items:
-        t = g if isinstance(g, GpuTier) else _parse_tier(g)
-        if t is not None and t.flash_attn2 and t not in out:
-            out.append(t)
-    if not out:  # only T4/V100 or CPU: the generic image
-        out = [tier(n) for n in GENERIC_TIERS]
-    return tuple(sorted(out, key=lambda t: (t.compute_capability, t.name)))
+    tiers = [g if isinstance(g, GpuTier) else _parse_tier(g) for g in items]
+    return [t for t in tiers if t is not None]
 
 
 def _parse_tier(text: str) -> GpuTier | None:
@@ -125,6 +150,8 @@ def fits(built_for: str, gpus) -> bool:
     """Whether an image built by ``ftctl build --gpus BUILT_FOR`` serves a run on ``gpus``: it holds
     flash-attn code for every architecture the run's tiers need (T4, V100 and CPU runs need the generic
     A100 + H100 image's, as in :func:`default_image`)."""
+    if unserved(gpus) or unserved(built_for):
+        return False
     return set(flash_attn_archs(tiers_of(gpus))) <= set(flash_attn_archs(tiers_of(built_for)))
 
 
@@ -154,6 +181,8 @@ def configured(gpus, usable: Sequence[str]) -> Configured | None:
         if cfg.image.lower() == "none":
             return Configured(None, "none", f"image: none in {userconfig.config_path()}")
         return Configured(cfg.image, "config", f"image: in {userconfig.config_path()}")
+    if unserved(gpus):
+        return Configured(None, "none", unserved(gpus))
     for where in usable:
         for b in cfg.built:
             if b.where == where and b.ftctl == __version__ and fits(b.gpus, gpus):

@@ -111,10 +111,10 @@ def torch_build(gpu: bool, compute_capability: tuple[int, int] | None) -> str | 
         return None
     build = torch_builds.build_for(cuda, compute_capability)
     if build is None:
-        oldest = torch_builds.CUDA_BUILDS[-1]
+        oldest = min(b.cuda[0] for b in torch_builds.CUDA_BUILDS)
         raise FtctlError(
-            f"this node's NVIDIA driver supports CUDA {cuda[0]}.{cuda[1]}; torch's builds need CUDA "
-            f"{oldest[0]}.0 or newer: use an image with a newer driver (image_id, or --container docker:IMAGE)."
+            f"this node's NVIDIA driver supports CUDA {cuda[0]}.{cuda[1]}; torch's builds need CUDA {oldest}.0 or "
+            "newer: use an image with a newer driver (image_id, or --container docker:IMAGE)."
         )
     print(f"ftctl: the NVIDIA driver supports CUDA {cuda[0]}.{cuda[1]}: torch's {build} build", flush=True)
     return build

@@ -83,8 +83,8 @@ def why_no_cuda() -> str:
         return (
             f"torch {torch.__version__} is a CPU-only build"
             + (f" (the NVIDIA driver {driver} is loaded)" if driver else "")
-            + ": install a CUDA build (pip install torch --index-url "
-            f"{torch_builds.index_url('cu128')}, or the build for the CUDA version nvidia-smi shows)"
+            + f": install a CUDA build (pip install torch --index-url {torch_builds.index_url('cu130')} where "
+            f"nvidia-smi shows CUDA 13, {torch_builds.index_url('cu126')} for CUDA 12)"
         )
     if driver is None:
         return f"no NVIDIA driver is loaded ({NVIDIA_DRIVER_FILE} is absent): run on a GPU node, or install its driver"
