@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 
 from ftctl.envvars import TORCH_INDEX_ENV
@@ -30,6 +31,11 @@ class CudaBuild:
     min_capability: tuple[int, int]
     max_capability: tuple[int, int] | None = None
     current: bool = True  # published for torch's current releases
+
+    def runs_under(self, driver_cuda: tuple[int, int]) -> bool:
+        """Whether a driver that supports this CUDA version runs the build (minor-version compatibility within
+        a major version)."""
+        return self.cuda <= driver_cuda or self.cuda[0] == driver_cuda[0]
 
     def runs_on(self, capability: tuple[int, int] | None) -> bool:
         return capability is None or (
@@ -66,6 +72,15 @@ def build_for(driver_cuda: tuple[int, int], compute_capability: tuple[int, int] 
 def index_url(build: str) -> str:
     """Torch's index for a build (``cu128``, ``cpu``), or the same folder of the mirror in $FTCTL_TORCH_INDEX."""
     return os.environ.get(TORCH_INDEX_ENV, TORCH_INDEX).rstrip("/") + "/" + build
+
+
+def node_driver_cuda() -> tuple[int, int] | None:
+    """The CUDA version this machine's NVIDIA driver supports, as nvidia-smi says; None without one."""
+    try:
+        smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return driver_cuda(smi)
 
 
 def driver_cuda(nvidia_smi_output: str) -> tuple[int, int] | None:

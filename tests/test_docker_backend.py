@@ -106,3 +106,24 @@ def test_missing_docker_is_one_line(tmp_path, tiny_model_dir, tiny_data):
     proc = ftctl(env, "launch", *run_flags(tiny_model_dir, tiny_data, tmp_path / "o"), check=False, cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "error: docker is not installed here: install Docker Engine, or use --backend local."
+
+
+def test_a_host_driver_too_old_for_the_images_cuda_is_refused_before_docker_runs(docker_env, tmp_path):
+    """A host with an H100 under driver 535 (CUDA 12.2) cannot run ftctl's CUDA 13 image: launch says so and
+    what to do, before docker is asked for anything. nvidia-smi is a stand-in printing what the real one does."""
+    smi = Path(docker_env["PATH"].split(":")[0]) / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in --query-gpu*) echo "NVIDIA H100 80GB HBM3, 81559"; exit 0;; esac\n'
+        "echo '| NVIDIA-SMI 535.216.01   Driver Version: 535.216.01   CUDA Version: 12.2     |'\n"
+    )
+    smi.chmod(0o755)
+    flags = ["--backend", "docker", "--gpus", "1xH100", "--method", "lora", "--model", "meta-llama/Llama-3.2-1B"]
+    proc = ftctl({**docker_env, "HF_TOKEN": "x"}, "launch", *flags, "--output", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().startswith(
+        "error: ftctl's image has torch's cu130 build (CUDA 13.0.1), which this host's NVIDIA driver (CUDA 12.2, as "
+        "nvidia-smi says) cannot run: update the driver to one for CUDA 13.0, or use an image with torch's cu126 "
+        "build (--container docker:IMAGE), or --backend local."
+    ), proc.stderr
+    assert not Path(docker_env["FAKE_LOG"]).exists()  # docker was never run

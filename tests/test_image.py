@@ -365,3 +365,10 @@ def test_wheel_ships_docker_folder_and_builds_from_it(tmp_path):
         assert (ctx / rel).is_file(), rel
     assert (ctx / "ftctl" / "trainer" / "run.py").is_file()
     assert not list(ctx.rglob("__pycache__"))
+
+
+def test_a_driver_older_than_the_images_cuda_is_named():
+    assert image.driver_refusal((13, 0)) is None and image.driver_refusal((13, 2)) is None
+    assert image.driver_refusal(None) is None  # nvidia-smi said nothing: docker's own error will
+    said = image.driver_refusal((12, 8))
+    assert "(CUDA 12.8, as nvidia-smi says) cannot run" in said and "torch's cu126 build" in said

@@ -17,8 +17,9 @@ import click
 
 from ftctl.backend import Backend, ImageChoice, JobRef, JobState, JobStatus, Rendered
 from ftctl.docker import render as docker_render
-from ftctl.docker.image import GENERIC_TIERS, default_image
+from ftctl.docker.image import FTCTL_BUILT, GENERIC_TIERS, default_image, driver_refusal
 from ftctl.errors import FtctlError
+from ftctl.torch_builds import node_driver_cuda
 
 STOP_GRACE_S = 120  # docker stop's wait between SIGTERM and SIGKILL: time for one checkpoint
 
@@ -51,6 +52,10 @@ class DockerBackend(Backend):
     def check(self, rendered: Rendered) -> None:
         docker = _docker()
         image = rendered.image.ref
+        if rendered.image.source in FTCTL_BUILT and rendered.plan.tier is not None:
+            refusal = driver_refusal(node_driver_cuda())
+            if refusal:
+                raise FtctlError(refusal)
         if rendered.image.source in ("default", "local"):  # a registry's image is pulled by docker run
             if _run([docker, "image", "inspect", image]).returncode != 0:
                 raise FtctlError(

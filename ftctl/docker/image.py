@@ -103,6 +103,21 @@ def unserved(gpus) -> str | None:
     return None
 
 
+def driver_refusal(driver_cuda: tuple[int, int] | None) -> str | None:
+    """Why a host whose NVIDIA driver supports this CUDA version cannot run ftctl's image, or None."""
+    p = pins()
+    build = torch_builds.by_name(p.cuda_short)
+    if build is None or driver_cuda is None or build.runs_under(driver_cuda):
+        return None
+    fits = torch_builds.build_for(driver_cuda)
+    return (
+        f"ftctl's image has torch's {build.name} build (CUDA {p.cuda}), which this host's NVIDIA driver (CUDA "
+        f"{driver_cuda[0]}.{driver_cuda[1]}, as nvidia-smi says) cannot run: update the driver to one for CUDA "
+        f"{build.cuda[0]}.{build.cuda[1]}, or use an image with torch's {fits or 'older'} build (--container "
+        "docker:IMAGE), or --backend local."
+    )
+
+
 def _named_tiers(gpus) -> list[GpuTier]:
     if gpus is None:
         items: list = []
@@ -169,6 +184,8 @@ _RECORDED_BY = {
     "local": "built by ftctl build",
     "sif": "written by ftctl build --apptainer",
 }
+# ImageChoice sources whose image ftctl build made (so its torch is the pinned one): a record, or the default name
+FTCTL_BUILT = ("default", *_RECORDED_BY)
 
 
 def configured(gpus, usable: Sequence[str]) -> Configured | None:

@@ -101,11 +101,7 @@ def torch_build(gpu: bool, compute_capability: tuple[int, int] | None) -> str | 
     does not report)."""
     if not gpu:
         return torch_builds.CPU_BUILD
-    try:
-        smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        smi = ""
-    cuda = torch_builds.driver_cuda(smi)
+    cuda = torch_builds.node_driver_cuda()
     if cuda is None:
         print("ftctl: nvidia-smi reports no CUDA version here: PyPI's default torch build", flush=True)
         return None
