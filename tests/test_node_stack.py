@@ -196,6 +196,22 @@ def test_the_stack_goes_to_the_python_of_the_torchrun_on_path(node, tmp_path):
     assert _version(base / "venv" / "bin" / "python", "peft") is None  # the setup's own python is left alone
 
 
+def test_two_nodes_sharing_one_environment_take_turns(node, tmp_path):
+    """Two nodes' setups at once into one environment (SkyPilot's ~/sky-user-env in a Slurm cluster's shared
+    $HOME): one installs torch; the other waits for it, then finds torch there and holds it."""
+    base, env = node
+    _smi(base / "bin", SMI_H200)
+    shared = tmp_path / "sky-user-env"
+    subprocess.run([sys.executable, "-m", "venv", str(shared)], check=True)
+    args = [str(shared / "bin" / "python"), "-m", "ftctl.sky.node_stack", "--gpu", "H100", "torch>=2.4", "trl"]
+    nodes = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    said = "".join(out for out, _ in outs)
+    assert said.count("has no torch") == 1 and said.count("torch 2.99.0+cu130 is held") == 2, said
+    assert _version(shared / "bin" / "python", "trl") == "1.5.0"
+
+
 def test_a_python_too_old_for_the_trainer_is_said(tmp_path):
     old = tmp_path / "python3.8"  # a stand-in that answers as Python 3.8 does
     old.write_text("#!/bin/sh\necho 3.8.10\n")

@@ -17,6 +17,8 @@ only: nothing else is installed yet.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -29,6 +31,7 @@ from ftctl.errors import FtctlError
 from ftctl.gpus import TIERS
 
 MIN_PYTHON = (3, 10)  # pyproject.toml's requires-python
+LOCK_FILE = ".ftctl-node-stack.lock"  # in the environment's prefix: one setup installs there at a time
 # the interpreter in pip's console-script launchers: "#!/path/python", or for a long path "'''exec' '/path/python'"
 SCRIPT_PYTHON = re.compile(
     r"^(?:#!\s*(/\S*python[\d.]*)|'''exec'\s+(?:'(/[^']*python[\d.]*)'|(/\S*python[\d.]*)))", re.M
@@ -56,6 +59,29 @@ def install(python: str, requirements: list[str], compute_capability: tuple[int,
             f"{python} is Python {version or '(it did not start)'}; ftctl's trainer needs Python "
             f"{'.'.join(map(str, MIN_PYTHON))} or newer: use an image that has it (--container docker:IMAGE)."
         )
+    with _one_at_a_time(python):
+        _install(python, requirements, compute_capability, gpu)
+
+
+@contextlib.contextmanager
+def _one_at_a_time(python: str):
+    """Nodes that share the environment (SkyPilot's ~/sky-user-env in a Slurm cluster's shared $HOME) take turns:
+    two pips writing one site-packages at once can leave it broken; the later one then finds the stack there."""
+    prefix = _ask(python, "import sys; print(sys.prefix)")
+    try:
+        lock = open(os.path.join(prefix, LOCK_FILE), "a") if prefix else None
+    except OSError:  # a read-only prefix: pip could not write there either, and says so
+        lock = None
+    try:
+        if lock is not None:
+            fcntl.lockf(lock, fcntl.LOCK_EX)  # POSIX locks, which NFS carries
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # releases the lock
+
+
+def _install(python: str, requirements: list[str], compute_capability: tuple[int, int] | None, gpu: bool) -> None:
     torch_req = next((r for r in requirements if _name(r) == "torch"), "torch")
     others = [r for r in requirements if _name(r) != "torch"]
     if installed(python, "torch") is None:
