@@ -85,7 +85,7 @@ def tiers_of(gpus: str | GpuTier | Iterable[GpuTier | str] | None) -> tuple[GpuT
     for t in _named_tiers(gpus):
         if t.flash_attn2 and t not in out:
             out.append(t)
-    if not out:  # only T4/V100 or CPU: the generic image
+    if not out:  # only T4 or CPU: the generic image
         out = [tier(n) for n in GENERIC_TIERS]
     return tuple(sorted(out, key=lambda t: (t.compute_capability, t.name)))
 
@@ -163,8 +163,8 @@ def default_image(gpus=None, registry: str = DEFAULT_REGISTRY) -> str:
 
 def fits(built_for: str, gpus) -> bool:
     """Whether an image built by ``ftctl build --gpus BUILT_FOR`` serves a run on ``gpus``: it holds
-    flash-attn code for every architecture the run's tiers need (T4, V100 and CPU runs need the generic
-    A100 + H100 image's, as in :func:`default_image`)."""
+    flash-attn code for every architecture the run's tiers need (T4 and CPU runs need the generic A100 + H100
+    image's, as in :func:`default_image`), and its torch runs on them (no ftctl image serves V100)."""
     if unserved(gpus) or unserved(built_for):
         return False
     return set(flash_attn_archs(tiers_of(gpus))) <= set(flash_attn_archs(tiers_of(built_for)))
