@@ -184,12 +184,13 @@ def test_sky_uses_a_pushed_image_that_fits_else_ships_the_source():
     prep = _prep("sky", "8xA100")
     assert prep.image.line == f"image: {PUSHED} (pushed by ftctl build on {TODAY})"
     task = yaml.safe_load(prep.text)
-    assert task["resources"]["image_id"] == f"docker:{PUSHED}" and "setup" not in task
+    assert task["resources"]["image_id"] == f"docker:{PUSHED}"
+    assert "python3 -m ftctl.sky.node_stack" in task["setup"]  # in the image: finds its stack, installs nothing
     other = _prep("sky", "8xH100")  # an sm_80 image has no flash-attn code for H100
     assert other.image.line == (
         "no image (ftctl build recorded none for H100 runs here): installing ftctl from the shipped source"
     )
-    assert "image_id" not in yaml.safe_load(other.text)["resources"] and "pip install" in other.text
+    assert "image_id" not in yaml.safe_load(other.text)["resources"] and "ftctl.sky.node_stack" in other.text
 
 
 def test_an_image_of_another_ftctl_version_is_not_used():
