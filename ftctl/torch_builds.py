@@ -33,9 +33,7 @@ class CudaBuild:
     current: bool = True  # published for torch's current releases
 
     def runs_under(self, driver_cuda: tuple[int, int]) -> bool:
-        """Whether a driver that supports this CUDA version runs the build (minor-version compatibility within
-        a major version)."""
-        return self.cuda <= driver_cuda or self.cuda[0] == driver_cuda[0]
+        return runs_under(self.cuda, driver_cuda)
 
     def runs_on(self, capability: tuple[int, int] | None) -> bool:
         return capability is None or (
@@ -49,6 +47,12 @@ CUDA_BUILDS = (  # newest first
     CudaBuild("cu128", (12, 8), (7, 5), current=False),  # torch <= 2.11: Blackwell on a CUDA 12.8 driver
     CudaBuild("cu126", (12, 6), (5, 0), max_capability=(9, 0)),
 )
+
+
+def runs_under(build_cuda: tuple[int, int], driver_cuda: tuple[int, int]) -> bool:
+    """Whether a driver that supports ``driver_cuda`` runs a torch built for ``build_cuda`` (a later one, or
+    the same major version: CUDA's minor-version compatibility)."""
+    return build_cuda <= driver_cuda or build_cuda[0] == driver_cuda[0]
 
 
 def by_name(name: str) -> CudaBuild | None:

@@ -85,7 +85,10 @@ def _smi(folder: Path, header: str) -> None:
     smi.chmod(0o755)
 
 
-def _wheel(index: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> None:
+TORCH_CUDA = {"cu126": "12.6", "cu128": "12.8", "cu130": "13.0", "cu132": "13.2", "cpu": None}
+
+
+def _wheel(index: Path, name: str, version: str, requires: tuple[str, ...] = (), init: str = "") -> None:
     """A small real wheel, in the layout pip reads as an index (<index>/<name>/index.html, as a web server's)."""
     folder = index / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,7 @@ def _wheel(index: Path, name: str, version: str, requires: tuple[str, ...] = ())
         f"Requires-Dist: {r}\n" for r in requires
     )
     files = {
-        f"{name}/__init__.py": f"__version__ = {version!r}\n",
+        f"{name}/__init__.py": f"__version__ = {version!r}\n{init}",
         f"{dist}/METADATA": metadata,
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: ftctl-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
@@ -112,10 +115,10 @@ def node(tmp_path_factory):
     nvidia-smi of driver 535, and no torchrun on PATH."""
     base = tmp_path_factory.mktemp("node")
     subprocess.run([sys.executable, "-m", "venv", str(base / "venv")], check=True)
-    for build in ("cu126", "cu128", "cu130", "cu132", "cpu"):
-        _wheel(base / "torch-index" / build, "torch", f"2.99.0+{build}")
+    for build, cuda in TORCH_CUDA.items():  # torch.version.cuda as torch's builds say it
+        _wheel(base / "torch-index" / build, "torch", f"2.99.0+{build}", init=f"class version:\n    cuda = {cuda!r}\n")
     pypi = base / "pypi"
-    _wheel(pypi, "torch", "2.99.0")  # PyPI's default build: what a plain `pip install torch` would take
+    _wheel(pypi, "torch", "2.99.0", init="class version:\n    cuda = '13.0'\n")  # PyPI's default: CUDA 13
     _wheel(pypi, "trl", "1.5.0", requires=("torch>=2.4",))
     _wheel(pypi, "peft", "0.99.0", requires=("torch>=2.4",))
     _wheel(pypi, "needsnewtorch", "1.0.0", requires=("torch>=3.0",))
@@ -174,22 +177,55 @@ def test_a_package_that_wants_another_torch_stops_the_setup_instead_of_replacing
     assert _version(python, "torch") == "2.99.0+cu126" and _version(python, "needsnewtorch") is None
 
 
+def _environment_with_torch(node, tmp_path, build: str) -> tuple[Path, dict]:
+    """A venv holding torch's ``build`` whose torchrun is on PATH (an image's, a cluster's environment)."""
+    base, env = node
+    venv = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    index = (base / "torch-index" / build).as_uri()
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "torch", "--index-url", index], env=env, check=True)
+    (tmp_path / "bin").mkdir()
+    torchrun = tmp_path / "bin" / "torchrun"  # pip's launcher, as a torch install writes it
+    torchrun.write_text(f"#!{python}\nimport sys\nfrom torch.distributed.run import main\n")
+    torchrun.chmod(0o755)
+    return python, {**env, "PATH": f"{tmp_path / 'bin'}:{env['PATH']}"}
+
+
+@pytest.mark.parametrize(
+    "build, said",
+    [
+        (
+            "cu130",
+            "built for CUDA 13.0, which this node's NVIDIA driver (CUDA 12.2) cannot run: use torch's cu126 build (pip "
+            "install torch --index-url {index}/cu126; with --container none ftctl installs it on the node), or a node "
+            "image whose driver supports CUDA 13.0 (SkyPilot: image_id).",
+        ),
+        (
+            "cpu",
+            "a CPU-only build, on a GPU node: use torch's cu126 build (pip install torch --index-url {index}/cu126",
+        ),
+    ],
+)
+def test_a_held_torch_the_nodes_driver_cannot_run_stops_the_setup(node, tmp_path, build, said):
+    """An image with torch's CUDA 13 build on a VM whose driver is 535 (SkyPilot's default on AWS), or a CPU
+    build on a GPU node: the setup stops with why and what to use, instead of the run finding no GPU."""
+    base, env = node
+    _smi(base / "bin", SMI_535)
+    python, env = _environment_with_torch(node, tmp_path, build)
+    done = _stack((base, env), "--gpu", "H100", "torch>=2.4", "trl")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    expected = f"error: {python} has torch 2.99.0+{build}, " + said.format(index=env[TORCH_INDEX_ENV])
+    assert done.stderr.strip().splitlines()[-1].startswith(expected), done.stderr
+    assert _version(python, "trl") is None  # nothing was added beside it
+
+
 def test_the_stack_goes_to_the_python_of_the_torchrun_on_path(node, tmp_path):
     """A cluster's environment (a venv with torch, its torchrun on PATH) seen from SkyPilot's ~/sky-user-env,
     which does not see a venv's packages: what is missing goes beside the torch the run's torchrun starts."""
-    base, env = node
-    cluster = tmp_path / "cluster-env"
-    subprocess.run([sys.executable, "-m", "venv", str(cluster)], check=True)
-    cluster_python = cluster / "bin" / "python"
-    index = (base / "torch-index" / "cu128").as_uri()
-    subprocess.run(
-        [str(cluster_python), "-m", "pip", "install", "-q", "torch", "--index-url", index], env=env, check=True
-    )
-    (tmp_path / "bin").mkdir()
-    torchrun = tmp_path / "bin" / "torchrun"  # pip's launcher, as a torch install writes it
-    torchrun.write_text(f"#!{cluster_python}\nimport sys\nfrom torch.distributed.run import main\n")
-    torchrun.chmod(0o755)
-    done = _stack((base, {**env, "PATH": f"{tmp_path / 'bin'}:{env['PATH']}"}), "--gpu", "H100", "torch>=2.4", "peft")
+    base, _ = node
+    cluster_python, env = _environment_with_torch(node, tmp_path, "cu128")
+    done = _stack((base, env), "--gpu", "H100", "torch>=2.4", "peft")
     assert done.returncode == 0, done.stderr
     assert f"ftctl: {cluster_python}: torch 2.99.0+cu128 is held" in done.stdout
     assert _version(cluster_python, "peft") == "0.99.0" and _version(cluster_python, "torch") == "2.99.0+cu128"

@@ -95,6 +95,8 @@ def _install(python: str, requirements: list[str], compute_capability: tuple[int
             f"check that the node reaches it, or name a mirror of torch's index in {TORCH_INDEX_ENV}.",
         )
     torch = installed(python, "torch")
+    if gpu:
+        check_held_torch(python, torch)
     print(f"ftctl: {python}: torch {torch} is held; adding what the trainer needs beside it", flush=True)
     pip(
         python,
@@ -104,6 +106,33 @@ def _install(python: str, requirements: list[str], compute_capability: tuple[int
         f"needs another torch, use an image whose torch satisfies {torch_req!r}, or one without torch, which ftctl "
         "then installs.",
     )
+
+
+def check_held_torch(python: str, version: str) -> None:
+    """Stop the setup where the node's torch cannot use its GPUs: a CPU-only build, or one whose CUDA the driver
+    does not run (an image with torch's CUDA 13 build on a VM whose driver is 535, SkyPilot's default on AWS)."""
+    cuda = _ask(python, "import torch; print(torch.version.cuda or '')")
+    driver = torch_builds.node_driver_cuda()
+    if cuda is None or driver is None:  # torch did not import (the trainer says why), or no nvidia-smi here
+        return
+    built = tuple(int(x) for x in cuda.split(".")[:2]) if cuda else None
+    if built is not None and torch_builds.runs_under(built, driver):
+        return
+    fits = torch_builds.build_for(driver)
+    fixes = ["a newer NVIDIA driver"] if fits is None else []
+    if fits:
+        fixes.append(
+            f"torch's {fits} build (pip install torch --index-url {torch_builds.index_url(fits)}; with --container "
+            "none ftctl installs it on the node)"
+        )
+    if built:
+        fixes.append(f"a node image whose driver supports CUDA {cuda} (SkyPilot: image_id)")
+    what = (
+        f"built for CUDA {cuda}, which this node's NVIDIA driver (CUDA {driver[0]}.{driver[1]}) cannot run"
+        if built
+        else "a CPU-only build, on a GPU node"
+    )
+    raise FtctlError(f"{python} has torch {version}, {what}: use {', or '.join(fixes)}.")
 
 
 def target_python() -> str:
