@@ -131,13 +131,18 @@ class Backend:
             return ImageChoice(ref, spec.container, "--container", f"image: {ref} (--container)")
         from ftctl.docker.image import configured
 
-        found = configured(plan.tier, self.image_kinds())
+        found = configured(plan.tier, self.image_kinds(), self.host_driver_cuda() if plan.tier else None)
         if found is None:
             why = f"ftctl build recorded none for {plan.tier or 'CPU'} runs here"
             return ImageChoice(None, None, "none", f"no image ({why}): {self.no_image}")
         if found.ref is None:
             return ImageChoice(None, None, "none", f"no image ({found.why}): {self.no_image}")
         return ImageChoice(found.ref, self.as_container(found), found.source, f"image: {found.ref} ({found.why})")
+
+    def host_driver_cuda(self) -> tuple[int, int] | None:
+        """The CUDA version the NVIDIA driver of the machine that runs the image supports, where this backend
+        knows it before launch (docker: this host's); None elsewhere."""
+        return None
 
     def image_kinds(self) -> tuple[str, ...]:
         """The kinds of ``ftctl build`` record (userconfig.WHERE) this backend can run, preferred first."""

@@ -318,13 +318,19 @@ def doctor(backend, partition, gpus, network, nodes, min_busbw_gbps):
 @click.option("--push", "registry", metavar="REGISTRY", help="Push to REGISTRY/ftctl:TAG, e.g. ghcr.io/my-org.")
 @click.option("--apptainer", is_flag=True, help="Also write a .sif for clusters without docker.")
 @click.option("--max-jobs", type=int, help="Parallel compile jobs (default: cores, ~5 GB of memory each).")
+@click.option(
+    "--cuda",
+    metavar="BUILD",
+    help="torch's build: cu130 (default; NVIDIA driver 580+), or cu126 for drivers of CUDA 12 (535, 550, 570) "
+    "and V100, which it picks for V100 itself.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the commands and stop.")
-def build(gpus, tag, registry, apptainer, max_jobs, dry_run):
+def build(gpus, tag, registry, apptainer, max_jobs, cuda, dry_run):
     """Build the CUDA image with flash-attn compiled for these GPUs (docker buildx). A build that
     succeeds is recorded in ~/.config/ftctl/config.yaml: later runs use it without --container."""
     from ftctl.docker import build as image_build
 
-    plan = image_build.commands(gpus, tag=tag, push=registry, apptainer=apptainer, max_jobs=max_jobs)
+    plan = image_build.commands(gpus, tag=tag, push=registry, apptainer=apptainer, max_jobs=max_jobs, cuda=cuda)
     if dry_run:
         click.echo(plan.text(), nl=False)
         return

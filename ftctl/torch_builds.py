@@ -84,7 +84,7 @@ def node_driver_cuda() -> tuple[int, int] | None:
         smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    return driver_cuda(smi)
+    return driver_cuda(smi or "")
 
 
 def driver_cuda(nvidia_smi_output: str) -> tuple[int, int] | None:

@@ -48,6 +48,7 @@ class Built:
     gpus: str  # the tiers it was built for, comma-separated
     ftctl: str = __version__  # the ftctl inside it
     date: str = ""  # YYYY-MM-DD
+    cuda: str = ""  # its torch build (cu130, cu126); "": the default one (records made before there was a choice)
 
 
 @dataclass(frozen=True)
@@ -131,14 +132,14 @@ def _check_built(rec) -> str | None:
     return None
 
 
-def record(image: str, where: str, gpus: str) -> Path:
+def record(image: str, where: str, gpus: str, cuda: str = "") -> Path:
     """Put a build first in ``built:`` (an older record of the same image goes); returns the file's path."""
     import yaml
 
     path = config_path()
     text = path.read_text() if path.is_file() else ""
     cfg = _parse(text, path)  # a file that does not read is never overwritten
-    new = Built(image, where, gpus, __version__, datetime.date.today().isoformat())
+    new = Built(image, where, gpus, __version__, datetime.date.today().isoformat(), cuda)
     built = [new, *(b for b in cfg.built if (b.image, b.where) != (image, where))][:MAX_BUILT]
     block = yaml.safe_dump({"built": [dataclasses.asdict(b) for b in built]}, sort_keys=False, width=10**6)
     kept = _without_built(text)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ftctl.docker import image
+
 REPO = Path(__file__).resolve().parents[1]
 FTCTL = str(Path(sys.executable).parent / "ftctl")
 pytestmark = pytest.mark.slow
@@ -108,22 +110,23 @@ def test_missing_docker_is_one_line(tmp_path, tiny_model_dir, tiny_data):
     assert proc.stderr.strip() == "error: docker is not installed here: install Docker Engine, or use --backend local."
 
 
-def test_a_host_driver_too_old_for_the_images_cuda_is_refused_before_docker_runs(docker_env, tmp_path):
-    """A host with an H100 under driver 535 (CUDA 12.2) cannot run ftctl's CUDA 13 image: launch says so and
-    what to do, before docker is asked for anything. nvidia-smi is a stand-in printing what the real one does."""
+@pytest.mark.parametrize("cuda, flavour", [("12.2", "cu126"), ("13.0", "cu130")])
+def test_the_hosts_driver_picks_the_images_cuda(docker_env, tmp_path, cuda, flavour):
+    """A host with an H100 under driver 535 (CUDA 12.2) cannot run the CUDA 13 image: the docker backend names
+    the cu126 one, and says how to build it when the host lacks it; under a driver for CUDA 13, the default.
+    nvidia-smi is a stand-in printing what the real one does (the header as on the H200 host)."""
     smi = Path(docker_env["PATH"].split(":")[0]) / "nvidia-smi"
     smi.write_text(
         "#!/bin/sh\n"
         'case "$1" in --query-gpu*) echo "NVIDIA H100 80GB HBM3, 81559"; exit 0;; esac\n'
-        "echo '| NVIDIA-SMI 535.216.01   Driver Version: 535.216.01   CUDA Version: 12.2     |'\n"
+        f"echo '| NVIDIA-SMI 535.216.01   Driver Version: 535.216.01   CUDA Version: {cuda}     |'\n"
     )
     smi.chmod(0o755)
     flags = ["--backend", "docker", "--gpus", "1xH100", "--method", "lora", "--model", "meta-llama/Llama-3.2-1B"]
     proc = ftctl({**docker_env, "HF_TOKEN": "x"}, "launch", *flags, "--output", str(tmp_path / "o"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip().startswith(
-        "error: ftctl's image has torch's cu130 build (CUDA 13.0.1), which this host's NVIDIA driver (CUDA 12.2, as "
-        "nvidia-smi says) cannot run: update the driver to one for CUDA 13.0, or use an image with torch's cu126 "
-        "build (--container docker:IMAGE), or --backend local."
-    ), proc.stderr
-    assert not Path(docker_env["FAKE_LOG"]).exists()  # docker was never run
+    build = "ftctl build --gpus H100" + (" --cuda cu126" if flavour == "cu126" else "")
+    assert proc.stderr.strip() == (
+        f"error: the image {image.default_image('H100', cuda=flavour)} is not on this docker host: build it with "
+        f"`{build}` (or pull it), or pass --container docker:IMAGE."
+    )

@@ -19,7 +19,7 @@ import pytest
 import tomllib
 from click.testing import CliRunner
 
-from ftctl import __version__
+from ftctl import __version__, userconfig
 from ftctl.cli import main
 from ftctl.docker import build as image_build
 from ftctl.docker import image
@@ -155,22 +155,43 @@ def test_pins_come_from_constraints_txt():
     p = image.pins(ROOT / "constraints.txt")
     assert f"torch=={p.torch}\n" in text and f"flash-attn=={p.flash_attn}\n" in text
     assert f"# image: cuda={p.cuda} ubuntu={p.ubuntu}\n" in text
+    cu126 = image.pins(ROOT / "constraints.txt", cuda="cu126")
+    assert f"# image cu126: cuda={cu126.cuda} ubuntu={cu126.ubuntu}\n" in text and not cu126.pypi_torch
     assert image.pins() == p  # the packaged copy (a link in this tree) is the same file
 
 
 @pytest.mark.parametrize("name", ["V100", "V100-32GB"])
-def test_no_image_is_made_or_named_for_a_gpu_its_torch_cannot_run(name, monkeypatch, tmp_path):
-    """CUDA 13's torch has no Volta kernels: ftctl neither builds nor names an image for a V100 run, nor takes
-    a recorded one for it, and says what to run instead."""
-    said = rf"torch's cu130 build \(CUDA 13\.0\.1\), which has no kernels for {name} \(compute capability 7\.0\)"
-    with pytest.raises(FtctlError, match=said + r": run with an image whose torch is the cu126 build"):
-        image.build_args(name)
-    with pytest.raises(FtctlError, match=said):
-        image.default_image(f"8x{name}")
-    assert not image.fits("A100,H100", name)
+def test_v100_gets_the_image_with_torchs_cu126_build(name, monkeypatch, tmp_path):
+    """CUDA 13's torch has no Volta kernels: a V100 image is the cu126 flavour (torch from its index, CUDA 12.6
+    base, no FlashAttention 4), built, named and taken from the records as such; cu130 is refused for it."""
+    args = image.build_args(name)
+    cu126 = image.pins(cuda="cu126")
+    assert (args["CUDA_VERSION"], args["TORCH_INDEX_URL"]) == (cu126.cuda, "https://download.pytorch.org/whl/cu126")
+    assert args["FA4_REQUIREMENT"] == "" and args == image.build_args(image.GENERIC_TIERS, cuda="cu126")
+    assert f"-cu126-torch{cu126.torch}-" in image.default_image(f"8x{name}")
+    with pytest.raises(FtctlError, match=rf"torch's cu130 build has no kernels for {name}: build with --cuda cu126"):
+        image.build_args(name, cuda="cu130")
+    assert not image.fits("A100,H100", name) and image.fits("A100,H100", name, "cu126")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    found = image.configured(tier(name), ("pushed",))
-    assert found.ref is None and re.search(said, found.why)
+    userconfig.record("ghcr.io/o/ftctl:t-cu130", "pushed", "A100,H100", "cu130")
+    assert image.configured(tier(name), ("pushed",)) is None
+    userconfig.record("ghcr.io/o/ftctl:t-cu126", "pushed", "A100,H100", "cu126")
+    assert image.configured(tier(name), ("pushed",)).ref == "ghcr.io/o/ftctl:t-cu126"
+    assert image.configured(tier("A100"), ("pushed",)).ref == "ghcr.io/o/ftctl:t-cu126"  # the newest that fits
+    assert image.configured(tier("A100"), ("pushed",), driver_cuda=(13, 0)).ref.endswith("t-cu126")
+
+
+def test_the_flavour_follows_the_hosts_driver():
+    """Where the driver is known (the docker host's nvidia-smi): CUDA 13's image under a driver for CUDA 13, the
+    cu126 one under a driver for CUDA 12 (535, 550, 570), none under an older one."""
+    assert image.flavour_for("H100") == image.flavour_for("H100", (13, 0)) == "cu130"
+    assert image.flavour_for("H100", (12, 2)) == image.flavour_for("H100", (12, 8)) == "cu126"
+    assert image.flavour_for(None, (12, 2)) == "cu126"
+    with pytest.raises(FtctlError, match=r"no flavour of ftctl's image \(cu130, cu126\) runs on H100 under a driver"):
+        image.flavour_for("H100", (11, 8))
+    assert image.fits("H100", "H100", "cu130") and not image.fits("H100", "H100", "cu130", driver_cuda=(12, 2))
+    assert image.build_command("8xH100", "cu126") == "ftctl build --gpus H100 --cuda cu126"
+    assert image.build_command("8xH100", "cu130") == "ftctl build --gpus H100"
 
 
 def test_missing_pin_is_one_clear_error(tmp_path):
@@ -180,24 +201,24 @@ def test_missing_pin_is_one_clear_error(tmp_path):
         image.pins(bad)
 
 
-@pytest.mark.parametrize("name", sorted(set(TIERS) - {"V100", "V100-32GB"}))
+@pytest.mark.parametrize("name", sorted(TIERS))
 def test_build_args_follow_the_tier_table(name):
     t = tier(name)
     args = image.build_args(name)
+    p = image.pins(cuda=image.flavour_for(name))
     if t.flash_attn2:
         major, minor = t.compute_capability
         assert args["TORCH_CUDA_ARCH_LIST"] == f"{major}.{minor}" == t.cuda_arch
         assert args["FLASH_ATTN_CUDA_ARCHS"] == f"{major}0"  # sm_80 code runs on every 8.x GPU
         assert image.default_image(t).endswith(f"-sm{major}0")
-    else:  # T4: no FlashAttention-2; the generic image runs there on SDPA
-        assert args == image.build_args(image.GENERIC_TIERS)
-    p = image.pins()
+    else:  # T4, V100: no FlashAttention-2; the generic image runs there on SDPA (V100: its cu126 flavour)
+        assert args == image.build_args(image.GENERIC_TIERS, cuda=p.cuda_short)
     assert (args["TORCH_VERSION"], args["FLASH_ATTN_VERSION"], args["CUDA_VERSION"]) == (p.torch, p.flash_attn, p.cuda)
     # FlashAttention 4 in the images of Hopper and Blackwell tiers (the generic A100 + H100 one too), as pinned
     # by ftctl's fa4 extra in pyproject.toml
     (fa4,) = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["fa4"]
     hopper_or_newer = t.compute_capability[0] in (9, 10) or not t.flash_attn2
-    assert args["FA4_REQUIREMENT"] == (fa4 if hopper_or_newer else "")
+    assert args["FA4_REQUIREMENT"] == (fa4 if hopper_or_newer and p.pypi_torch else "")
 
 
 def test_several_tiers_and_gpus_forms():
@@ -230,6 +251,8 @@ def _dry_run(*args: str) -> str:
         ("build-H100.sh", ["--gpus", "H100"]),
         ("build-A10G-A100-H100-push-apptainer.sh", ["--gpus", "A10G,8xA100,H100", "--push", "ghcr.io/my-org"]),
         ("build-L4-tag-maxjobs-apptainer.sh", ["--gpus", "1xL4", "--tag", "l4-test", "--max-jobs", "6"]),
+        ("build-A100-cu126-push.sh", ["--gpus", "A100", "--cuda", "cu126", "--push", "ghcr.io/my-org"]),
+        ("build-V100.sh", ["--gpus", "V100"]),
     ],
 )
 def test_build_command_golden(golden, args, monkeypatch, tmp_path):
@@ -365,10 +388,3 @@ def test_wheel_ships_docker_folder_and_builds_from_it(tmp_path):
         assert (ctx / rel).is_file(), rel
     assert (ctx / "ftctl" / "trainer" / "run.py").is_file()
     assert not list(ctx.rglob("__pycache__"))
-
-
-def test_a_driver_older_than_the_images_cuda_is_named():
-    assert image.driver_refusal((13, 0)) is None and image.driver_refusal((13, 2)) is None
-    assert image.driver_refusal(None) is None  # nvidia-smi said nothing: docker's own error will
-    said = image.driver_refusal((12, 8))
-    assert "(CUDA 12.8, as nvidia-smi says) cannot run" in said and "torch's cu126 build" in said

@@ -198,8 +198,9 @@ def _environment_with_torch(node, tmp_path, build: str) -> tuple[Path, dict]:
         (
             "cu130",
             "built for CUDA 13.0, which this node's NVIDIA driver (CUDA 12.2) cannot run: use torch's cu126 build (pip "
-            "install torch --index-url {index}/cu126; with --container none ftctl installs it on the node), or a node "
-            "image whose driver supports CUDA 13.0 (SkyPilot: image_id).",
+            "install torch --index-url {index}/cu126; with --container none ftctl installs it on the node; `ftctl "
+            "build --cuda cu126` makes an image with it), or a node image whose driver supports CUDA 13.0 (SkyPilot: "
+            "image_id).",
         ),
         (
             "cpu",

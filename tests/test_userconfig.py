@@ -116,7 +116,7 @@ def test_invalid_config_is_one_line_from_the_command_line():
 # ------------------------------------------------------------------------------------------ ftctl build
 def _fake_build(monkeypatch):
     monkeypatch.setattr(image_build, "check_tools", lambda p: None)
-    monkeypatch.setattr(image_build.subprocess, "run", lambda argv: subprocess.CompletedProcess(argv, 0))
+    monkeypatch.setattr(image_build.subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(argv, 0))
 
 
 def test_dry_run_build_records_nothing(tmp_path, monkeypatch):
@@ -143,8 +143,8 @@ def test_push_and_apptainer_record_the_image_and_the_sif(tmp_path, monkeypatch):
     tag = image.image_tag("A100,H100")
     sif = tmp_path / f"ftctl-{tag}.sif"
     assert userconfig.load().built == (
-        userconfig.Built(str(sif), "sif", "A100,A10G,H100", __version__, TODAY),
-        userconfig.Built(f"ghcr.io/my-org/ftctl:{tag}", "pushed", "A100,A10G,H100", __version__, TODAY),
+        userconfig.Built(str(sif), "sif", "A100,A10G,H100", __version__, TODAY, "cu130"),
+        userconfig.Built(f"ghcr.io/my-org/ftctl:{tag}", "pushed", "A100,A10G,H100", __version__, TODAY, "cu130"),
     )
     assert f"recorded in {userconfig.config_path()}" in r.stderr
     assert r.stdout == f"ghcr.io/my-org/ftctl:{tag} (pushed)\n{sif}\n"  # stdout as before

@@ -17,7 +17,7 @@ import click
 
 from ftctl.backend import Backend, ImageChoice, JobRef, JobState, JobStatus, Rendered
 from ftctl.docker import render as docker_render
-from ftctl.docker.image import FTCTL_BUILT, GENERIC_TIERS, default_image, driver_refusal
+from ftctl.docker.image import build_command, default_image, flavour_for
 from ftctl.errors import FtctlError
 from ftctl.torch_builds import node_driver_cuda
 
@@ -33,9 +33,13 @@ class DockerBackend(Backend):
         choice = super().image(spec, plan)
         if choice.ref:
             return choice
-        ref = default_image(plan.tier)
-        build = f"ftctl build --gpus {plan.tier or ','.join(GENERIC_TIERS)}"
+        cuda = flavour_for(plan.tier, self.host_driver_cuda() if plan.tier else None)
+        ref = default_image(plan.tier, cuda=cuda)
+        build = build_command(plan.tier, cuda)
         return ImageChoice(ref, f"docker:{ref}", "default", f"image: {ref} (the default name; `{build}` builds it)")
+
+    def host_driver_cuda(self) -> tuple[int, int] | None:
+        return node_driver_cuda()
 
     def image_kinds(self) -> tuple[str, ...]:
         return ("local", "pushed")
@@ -52,15 +56,13 @@ class DockerBackend(Backend):
     def check(self, rendered: Rendered) -> None:
         docker = _docker()
         image = rendered.image.ref
-        if rendered.image.source in FTCTL_BUILT and rendered.plan.tier is not None:
-            refusal = driver_refusal(node_driver_cuda())
-            if refusal:
-                raise FtctlError(refusal)
         if rendered.image.source in ("default", "local"):  # a registry's image is pulled by docker run
             if _run([docker, "image", "inspect", image]).returncode != 0:
+                tier = rendered.plan.tier
+                build = build_command(tier, flavour_for(tier, self.host_driver_cuda() if tier else None))
                 raise FtctlError(
-                    f"the image {image} is not on this docker host: build it with `ftctl build --gpus "
-                    f"{rendered.plan.tier or 'A100'}` (or pull it), or pass --container docker:IMAGE."
+                    f"the image {image} is not on this docker host: build it with `{build}` (or pull it), or pass "
+                    "--container docker:IMAGE."
                 )
         state = _inspect(rendered.spec.name)
         if state and state[0] in ("running", "created", "restarting", "paused"):

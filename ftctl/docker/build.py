@@ -35,6 +35,7 @@ class BuildPlan:
     sif: Path | None = None
     gpus: str = ""  # the tiers built for, as recorded: A100,H100
     pushed: bool = False
+    cuda: str = ""  # the flavour, as recorded: torch's build (cu130)
 
     def text(self) -> str:
         lines = [join(self.docker)]
@@ -77,18 +78,21 @@ def commands(
     apptainer: bool = False,
     max_jobs: int | None = None,
     context: Path | None = None,
+    cuda: str | None = None,
 ) -> BuildPlan:
-    tag = image.check_tag(tag) if tag else image.image_tag(gpus)
+    cuda = image.pins(cuda=cuda).cuda_short if cuda else image.flavour_for(gpus)
+    args = image.build_args(gpus, max_jobs=max_jobs, cuda=cuda)
+    tag = image.check_tag(tag) if tag else image.image_tag(gpus, cuda=cuda)
     registry = image.check_registry(push, "--push") if push else image.DEFAULT_REGISTRY
     ref = f"{registry}/{image.REPOSITORY}:{tag}"
     ctx = context or source_root() or staged_context()
     argv = ["docker", "buildx", "build", "--file", str(ctx / "docker" / "Dockerfile"), "--target", "runtime"]
     argv += ["--platform", "linux/amd64"]
-    for k, v in image.build_args(gpus, max_jobs=max_jobs).items():
+    for k, v in args.items():
         argv += ["--build-arg", f"{k}={v}"]
     argv += ["--tag", ref, "--push" if push else "--load", str(ctx)]
     tiers = ",".join(t.name for t in image.tiers_of(gpus))
-    plan = BuildPlan(image=ref, context=ctx, docker=argv, gpus=tiers, pushed=bool(push))
+    plan = BuildPlan(image=ref, context=ctx, docker=argv, gpus=tiers, pushed=bool(push), cuda=cuda)
     if apptainer:
         sif = Path(f"{image.REPOSITORY}-{tag}.sif").resolve()
         # a pushed image is pulled from its registry; a loaded one is read from the local engine
@@ -136,10 +140,10 @@ def build(plan: BuildPlan) -> None:
             raise FtctlError(f"`{argv[0]} {argv[1]}` failed (exit {rc}): the lines above say why.")
     where = "pushed" if plan.pushed else "loaded into the local docker engine"
     click.echo(f"{plan.image} ({where})")
-    path = userconfig.record(plan.image, "pushed" if plan.pushed else "local", plan.gpus)
+    path = userconfig.record(plan.image, "pushed" if plan.pushed else "local", plan.gpus, plan.cuda)
     users = "sky, slurm and docker" if plan.pushed else "docker"
     if plan.sif:
         click.echo(str(plan.sif))
-        userconfig.record(str(plan.sif), "sif", plan.gpus)
+        userconfig.record(str(plan.sif), "sif", plan.gpus, plan.cuda)
         users += " (its .sif: slurm)"
     click.echo(f"recorded in {path}: {users} runs on {plan.gpus} use it without --container", err=True)

@@ -10,8 +10,12 @@ Without ``--container``, :func:`configured` says which image the user's config g
 
 flash-attn compiles one architecture per major compute capability (sm_80 code runs on every 8.x
 GPU), so an A10G and an A100 share one image. Tiers without FlashAttention-2 (T4) and ``--gpus cpu``
-use the A100 + H100 image: torch runs there, flash-attn is simply not used. V100 has none: the image's
-torch is CUDA 13's build, which has no Volta kernels (ftctl.torch_builds); its runs name another image.
+use the A100 + H100 image: torch runs there, flash-attn is simply not used (V100 too, in its flavour).
+
+The image comes in flavours, one per torch build (constraints.txt's ``# image`` lines): the default, whose
+torch is PyPI's (CUDA 13.0: drivers 580+, no Volta kernels), and cu126 (torch's cu126 index: any driver
+for CUDA 12, and V100). :func:`flavour_for` picks the one that runs on the GPUs (and under the driver,
+where the backend knows it: docker); ``ftctl build --cuda`` names one.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ftctl import __version__, torch_builds, userconfig
-from ftctl.errors import FtctlError
+from ftctl.errors import FtctlError, did_you_mean
 from ftctl.gpus import GpuTier, tier
 from ftctl.trainer.attention import FA4_MAJORS
 
@@ -43,21 +47,42 @@ def files_dir() -> Path:
 
 @dataclass(frozen=True)
 class Pins:
-    cuda: str  # 13.0.1: the nvidia/cuda base images' version
+    """One flavour of the image: its CUDA (the nvidia/cuda base images' version) and torch's build for it."""
+
+    cuda: str  # 13.0.1
     ubuntu: str
     torch: str
     flash_attn: str
     ftctl: str = __version__
+    pypi_torch: bool = True  # the default flavour: PyPI's torch is this CUDA's build; the others come from its index
 
     @property
-    def cuda_short(self) -> str:  # cu130
+    def cuda_short(self) -> str:  # cu130: also the name of torch's build, and of the flavour
         major, minor = self.cuda.split(".")[:2]
         return f"cu{major}{minor}"
 
+    @property
+    def torch_index(self) -> str:
+        """Where the image's torch comes from: '' for PyPI, else torch's index of this CUDA's build."""
+        return "" if self.pypi_torch else torch_builds.index_url(self.cuda_short)
+
+    def serves(self, gpus, driver_cuda: tuple[int, int] | None = None) -> bool:
+        """Whether this flavour's torch has kernels for every tier of ``gpus`` and runs under the driver."""
+        build = torch_builds.by_name(self.cuda_short)
+        if build is None:  # a CUDA torch_builds does not list: no claim either way
+            return True
+        return all(build.runs_on(t.compute_capability) for t in _named_tiers(gpus)) and (
+            driver_cuda is None or build.runs_under(driver_cuda)
+        )
+
+
+# "# image: cuda=13.0.1 ubuntu=24.04" (the default flavour), "# image cu126: cuda=12.6.3 ubuntu=24.04" (another)
+_IMAGE_LINE = re.compile(r"(?m)^#\s*image(?:\s+(cu\d+))?:\s*cuda=(\S+)\s+ubuntu=(\S+)\s*$")
+
 
 @lru_cache(maxsize=4)
-def pins(constraints: Path | None = None) -> Pins:
-    """Read the image's versions from constraints.txt."""
+def flavours(constraints: Path | None = None) -> dict[str, Pins]:
+    """The image's flavours from constraints.txt, by torch build (cu130, cu126), the default first."""
     path = constraints or files_dir() / "constraints.txt"
     try:
         text = path.read_text()
@@ -65,22 +90,53 @@ def pins(constraints: Path | None = None) -> Pins:
         raise FtctlError(f"Cannot read {path} ({e.strerror}): reinstall ftctl, whose package ships it.") from None
     found = dict(re.findall(r"(?mi)^([A-Za-z0-9_.\-]+)==(\S+)\s*$", text))
     found = {k.lower().replace("_", "-"): v for k, v in found.items()}
-    image = re.search(r"(?m)^#\s*image:\s*cuda=(\S+)\s+ubuntu=(\S+)\s*$", text)
-    missing = [n for n in ("torch", "flash-attn") if n not in found] + ([] if image else ["# image: cuda=… ubuntu=…"])
+    lines = sorted(_IMAGE_LINE.findall(text), key=lambda m: m[0] != "")  # the unnamed, default line first
+    missing = [n for n in ("torch", "flash-attn") if n not in found]
+    if not lines or lines[0][0]:
+        missing.append("# image: cuda=… ubuntu=…")
     if missing:
         raise FtctlError(f"{path} lacks the image's pin(s) {', '.join(missing)}: add them (see docker/Dockerfile).")
-    return Pins(cuda=image.group(1), ubuntu=image.group(2), torch=found["torch"], flash_attn=found["flash-attn"])
+    out = {}
+    for name, cuda, ubuntu in lines:
+        p = Pins(cuda, ubuntu, found["torch"], found["flash-attn"], pypi_torch=not name)
+        if name and name != p.cuda_short:
+            raise FtctlError(f"{path}: '# image {name}:' names cuda={cuda}, whose torch build is {p.cuda_short}.")
+        out[p.cuda_short] = p
+    return out
+
+
+def pins(constraints: Path | None = None, cuda: str | None = None) -> Pins:
+    """The image's versions: the default flavour's, or those of ``cuda`` (cu126)."""
+    all_ = flavours(constraints)
+    if cuda is None:
+        return next(iter(all_.values()))
+    if cuda not in all_:
+        raise FtctlError(f"--cuda {cuda!r}: ftctl's image comes as {', '.join(all_)}.{did_you_mean(cuda, all_)}")
+    return all_[cuda]
+
+
+def flavour_for(gpus, driver_cuda: tuple[int, int] | None = None) -> str:
+    """The flavour of the image for these GPUs under a driver that supports ``driver_cuda`` (None: unknown):
+    the default where its torch runs there, else the first other that does (cu126: V100, a driver for CUDA 12)."""
+    for name, p in flavours().items():
+        if p.serves(gpus, driver_cuda):
+            return name
+    names = ", ".join(t.name for t in _named_tiers(gpus)) or "CPU"
+    under = f" under a driver for CUDA {driver_cuda[0]}.{driver_cuda[1]}" if driver_cuda else ""
+    raise FtctlError(
+        f"no flavour of ftctl's image ({', '.join(flavours())}) runs on {names}{under}: update the NVIDIA driver, "
+        "or run with another image (--container docker:IMAGE)."
+    )
+
+
+def build_command(gpus, cuda: str) -> str:
+    """The ``ftctl build`` that makes the image of this flavour for these GPUs."""
+    tiers = ",".join(t.name for t in tiers_of(gpus))
+    return f"ftctl build --gpus {tiers}" + ("" if cuda == next(iter(flavours())) else f" --cuda {cuda}")
 
 
 def tiers_of(gpus: str | GpuTier | Iterable[GpuTier | str] | None) -> tuple[GpuTier, ...]:
-    """``"A100,H100"``, ``"8xH100"``, a tier, several, or None (CPU) → the tiers the image is built for.
-    GPUs the image's torch has no kernels for (V100 under CUDA 13) are refused with what to run instead."""
-    why = unserved(gpus)
-    if why:
-        raise FtctlError(
-            f"{why}: run with an image whose torch is the cu126 build (--container docker:IMAGE, e.g. pip install "
-            f"torch --index-url {torch_builds.index_url('cu126')} in it), or without an image."
-        )
+    """``"A100,H100"``, ``"8xH100"``, a tier, several, or None (CPU) → the tiers the image's flash-attn is built for."""
     out: list[GpuTier] = []
     for t in _named_tiers(gpus):
         if t.flash_attn2 and t not in out:
@@ -88,34 +144,6 @@ def tiers_of(gpus: str | GpuTier | Iterable[GpuTier | str] | None) -> tuple[GpuT
     if not out:  # only T4 or CPU: the generic image
         out = [tier(n) for n in GENERIC_TIERS]
     return tuple(sorted(out, key=lambda t: (t.compute_capability, t.name)))
-
-
-def unserved(gpus) -> str | None:
-    """Why ftctl's image cannot run on these GPUs (its torch build has no kernels for one of them), or None."""
-    p = pins()
-    build = torch_builds.by_name(p.cuda_short)
-    for t in _named_tiers(gpus):
-        if build is not None and not build.runs_on(t.compute_capability):
-            return (
-                f"ftctl's image has torch's {build.name} build (CUDA {p.cuda}), which has no kernels for {t.name} "
-                f"(compute capability {t.cuda_arch})"
-            )
-    return None
-
-
-def driver_refusal(driver_cuda: tuple[int, int] | None) -> str | None:
-    """Why a host whose NVIDIA driver supports this CUDA version cannot run ftctl's image, or None."""
-    p = pins()
-    build = torch_builds.by_name(p.cuda_short)
-    if build is None or driver_cuda is None or build.runs_under(driver_cuda):
-        return None
-    fits = torch_builds.build_for(driver_cuda)
-    return (
-        f"ftctl's image has torch's {build.name} build (CUDA {p.cuda}), which this host's NVIDIA driver (CUDA "
-        f"{driver_cuda[0]}.{driver_cuda[1]}, as nvidia-smi says) cannot run: update the driver to one for CUDA "
-        f"{build.cuda[0]}.{build.cuda[1]}, or use an image with torch's {fits or 'older'} build (--container "
-        "docker:IMAGE), or --backend local."
-    )
 
 
 def _named_tiers(gpus) -> list[GpuTier]:
@@ -147,25 +175,26 @@ def flash_attn_archs(tiers: Iterable[GpuTier]) -> list[str]:
     return sorted(archs, key=int)
 
 
-def image_tag(gpus=None, pins_: Pins | None = None) -> str:
-    """``0.1.0-cu130-torch2.13.0-fa2.8.3.post2-sm90``: what is inside, readable from the name."""
-    p = pins_ or pins()
+def image_tag(gpus=None, pins_: Pins | None = None, cuda: str | None = None) -> str:
+    """``0.1.0-cu130-torch2.13.0-fa2.8.3.post2-sm90``: what is inside, readable from the name. ``cuda``: the
+    flavour (default: :func:`flavour_for` the GPUs)."""
+    p = pins_ or pins(cuda=cuda or flavour_for(gpus))
     sm = "_".join(flash_attn_archs(tiers_of(gpus)))
     return f"{p.ftctl}-{p.cuda_short}-torch{p.torch}-fa{p.flash_attn}-sm{sm}"
 
 
-def default_image(gpus=None, registry: str = DEFAULT_REGISTRY) -> str:
+def default_image(gpus=None, registry: str = DEFAULT_REGISTRY, cuda: str | None = None) -> str:
     """The image a backend runs when the user names none, for ``gpus`` (a tier, its name, a
     ``--gpus`` value, several, or None for CPU): ``ghcr.io/ftctl/ftctl:0.1.0-cu130-…-sm90``.
     ``ftctl build --gpus TIER`` builds exactly this name (``--push REGISTRY`` swaps the registry)."""
-    return f"{check_registry(registry)}/{REPOSITORY}:{image_tag(gpus)}"
+    return f"{check_registry(registry)}/{REPOSITORY}:{image_tag(gpus, cuda=cuda)}"
 
 
-def fits(built_for: str, gpus) -> bool:
-    """Whether an image built by ``ftctl build --gpus BUILT_FOR`` serves a run on ``gpus``: it holds
-    flash-attn code for every architecture the run's tiers need (T4 and CPU runs need the generic A100 + H100
-    image's, as in :func:`default_image`), and its torch runs on them (no ftctl image serves V100)."""
-    if unserved(gpus) or unserved(built_for):
+def fits(built_for: str, gpus, cuda: str = "", driver_cuda: tuple[int, int] | None = None) -> bool:
+    """Whether an image built by ``ftctl build --gpus BUILT_FOR [--cuda CUDA]`` serves a run on ``gpus``: its
+    torch runs on them (and under the driver, where known), and it holds flash-attn code for every architecture
+    the run's tiers need (T4, V100 and CPU runs need the generic A100 + H100 image's, as in :func:`default_image`)."""
+    if cuda not in ("", *flavours()) or not pins(cuda=cuda or None).serves(gpus, driver_cuda):
         return False
     return set(flash_attn_archs(tiers_of(gpus))) <= set(flash_attn_archs(tiers_of(built_for)))
 
@@ -184,25 +213,21 @@ _RECORDED_BY = {
     "local": "built by ftctl build",
     "sif": "written by ftctl build --apptainer",
 }
-# ImageChoice sources whose image ftctl build made (so its torch is the pinned one): a record, or the default name
-FTCTL_BUILT = ("default", *_RECORDED_BY)
 
 
-def configured(gpus, usable: Sequence[str]) -> Configured | None:
+def configured(gpus, usable: Sequence[str], driver_cuda: tuple[int, int] | None = None) -> Configured | None:
     """What the user's config gives a run on ``gpus`` (a tier, None for CPU) on a backend that runs the
     recorded kinds ``usable`` (preferred first): ``image:`` as written there (``none`` too), else the
     newest ``ftctl build`` record of the first usable kind that this ftctl version made and that
-    :func:`fits` the tier; else None."""
+    :func:`fits` the tier (and the host's driver, where known); else None."""
     cfg = userconfig.load()
     if cfg.image:
         if cfg.image.lower() == "none":
             return Configured(None, "none", f"image: none in {userconfig.config_path()}")
         return Configured(cfg.image, "config", f"image: in {userconfig.config_path()}")
-    if unserved(gpus):
-        return Configured(None, "none", unserved(gpus))
     for where in usable:
         for b in cfg.built:
-            if b.where == where and b.ftctl == __version__ and fits(b.gpus, gpus):
+            if b.where == where and b.ftctl == __version__ and fits(b.gpus, gpus, b.cuda, driver_cuda):
                 return Configured(b.image, where, _RECORDED_BY[where] + (f" on {b.date}" if b.date else ""))
     return None
 
@@ -243,12 +268,22 @@ def fa4_requirement(tiers: Iterable[GpuTier]) -> str:
     return found[0]
 
 
-def build_args(gpus=None, pins_: Pins | None = None, max_jobs: int | None = None) -> dict[str, str]:
-    """The ``--build-arg`` values of docker/Dockerfile for these tiers (sorted by name)."""
-    p = pins_ or pins()
+def build_args(
+    gpus=None, pins_: Pins | None = None, max_jobs: int | None = None, cuda: str | None = None
+) -> dict[str, str]:
+    """The ``--build-arg`` values of docker/Dockerfile for these tiers and flavour (sorted by name)."""
+    p = pins_ or pins(cuda=cuda or flavour_for(gpus))
+    if not p.serves(gpus):
+        names = ", ".join(t.name for t in _named_tiers(gpus) if not p.serves(t))
+        raise FtctlError(
+            f"torch's {p.cuda_short} build has no kernels for {names}: build with --cuda {flavour_for(gpus)} (or "
+            "leave --cuda out)."
+        )
     tiers = tiers_of(gpus)
     args = {
-        "FA4_REQUIREMENT": fa4_requirement(tiers),
+        # FlashAttention 4 as measured: with torch's CUDA 13 builds (its [cu13] extra)
+        "FA4_REQUIREMENT": fa4_requirement(tiers) if p.pypi_torch else "",
+        "TORCH_INDEX_URL": p.torch_index,
         "CUDA_VERSION": p.cuda,
         "UBUNTU_VERSION": p.ubuntu,
         "TORCH_VERSION": p.torch,

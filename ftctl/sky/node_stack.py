@@ -123,7 +123,7 @@ def check_held_torch(python: str, version: str) -> None:
     if fits:
         fixes.append(
             f"torch's {fits} build (pip install torch --index-url {torch_builds.index_url(fits)}; with --container "
-            "none ftctl installs it on the node)"
+            f"none ftctl installs it on the node; `ftctl build --cuda {fits}` makes an image with it)"
         )
     if built:
         fixes.append(f"a node image whose driver supports CUDA {cuda} (SkyPilot: image_id)")
