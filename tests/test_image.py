@@ -218,7 +218,7 @@ def test_build_args_follow_the_tier_table(name):
     # by ftctl's fa4 extra in pyproject.toml
     (fa4,) = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["fa4"]
     hopper_or_newer = t.compute_capability[0] in (9, 10) or not t.flash_attn2
-    assert args["FA4_REQUIREMENT"] == (fa4 if hopper_or_newer and p.pypi_torch else "")
+    assert args["FA4_REQUIREMENT"] == (fa4 if hopper_or_newer and p.cuda.startswith("13.") else "")
 
 
 def test_several_tiers_and_gpus_forms():

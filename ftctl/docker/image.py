@@ -282,7 +282,7 @@ def build_args(
     tiers = tiers_of(gpus)
     args = {
         # FlashAttention 4 as measured: with torch's CUDA 13 builds (its [cu13] extra)
-        "FA4_REQUIREMENT": fa4_requirement(tiers) if p.pypi_torch else "",
+        "FA4_REQUIREMENT": fa4_requirement(tiers) if int(p.cuda.split(".")[0]) >= 13 else "",
         "TORCH_INDEX_URL": p.torch_index,
         "CUDA_VERSION": p.cuda,
         "UBUNTU_VERSION": p.ubuntu,
