@@ -69,7 +69,7 @@ def test_a_mirror_of_torchs_index(monkeypatch):
 def test_a_cpu_plan_takes_the_cpu_build_and_a_driver_too_old_is_refused(tmp_path, monkeypatch):
     assert torch_build(False, None) == "cpu"
     _smi(tmp_path, "| NVIDIA-SMI 520.61.05    Driver Version: 520.61.05    CUDA Version: 11.8     |")
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", str(tmp_path))  # the stand-in only (a GPU machine's own nvidia-smi stays out)
     with pytest.raises(FtctlError, match=r"supports CUDA 11\.8; torch's builds need CUDA 12\.0 or newer: use an image"):
         torch_build(True, (8, 0))
     (tmp_path / "nvidia-smi").unlink()
@@ -81,7 +81,7 @@ def test_a_cpu_plan_takes_the_cpu_build_and_a_driver_too_old_is_refused(tmp_path
 
 def _smi(folder: Path, header: str) -> None:
     smi = folder / "nvidia-smi"
-    smi.write_text(f"#!/bin/sh\ncat <<'EOF'\n{header}\nEOF\n")
+    smi.write_text(f"#!/bin/sh\nprintf '%s\\n' '{header.rstrip()}'\n")  # a shell builtin: PATH may hold only this
     smi.chmod(0o755)
 
 
