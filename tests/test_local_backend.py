@@ -70,11 +70,18 @@ def test_gpus_torch_cannot_use_are_a_problem_with_the_reason(tmp_path):
     from ftctl.trainer.distributed import Processes, check_world
 
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\n")
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in --query-gpu*) echo "NVIDIA H100 80GB HBM3, 81559"; exit 0;; esac\n'
+        "echo '| NVIDIA-SMI 535.216.01   Driver Version: 535.216.01   CUDA Version: 12.2     |'\n"
+    )
     smi.chmod(0o755)
     proc = ftctl("doctor", env={"PATH": f"{tmp_path}:{os.environ['PATH']}"})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "gpus:    1xH100" in proc.stdout
+    assert "driver:  CUDA 12.2 (nvidia-smi): torch's cu126 build; ftctl's image cu126 (ftctl build --cuda cu126)" in (
+        proc.stdout
+    )
     assert torch.version.cuda is None  # this machine's torch is the CPU wheel
     expected = f"torch {torch.__version__} is a CPU-only build: install a CUDA build (pip install torch --index-url"
     assert f"problem: nvidia-smi lists 1xH100 but torch sees no CUDA GPU: {expected}" in proc.stdout

@@ -125,6 +125,8 @@ class LocalBackend(Backend):
         click.echo(f"python:  {sys.version.split()[0]} ({sys.executable})")
         gpus_here = local_gpus()
         click.echo(f"gpus:    {gpus_here}")
+        if gpus_here != "cpu":
+            click.echo(f"driver:  {driver_line(gpus_here)}")
         mem = host_memory_gb()
         click.echo(f"memory:  {mem:.0f} GB" if mem else "memory:  unknown")
         ok = True
@@ -136,6 +138,24 @@ class LocalBackend(Backend):
             click.echo(f"attention:   {varlen_here()}")
             ok = ok and cuda_sees(gpus_here)
         return ok
+
+
+def driver_line(gpus_here: str) -> str:
+    """The CUDA version the NVIDIA driver supports, and what that takes: torch's build and ftctl's image."""
+    from ftctl import gpus as gpu_table
+    from ftctl.docker.image import flavour_for
+    from ftctl.torch_builds import build_for, node_driver_cuda
+
+    cuda = node_driver_cuda()
+    if cuda is None:
+        return "nvidia-smi says no CUDA version"
+    here = gpu_table.parse(gpus_here).tier
+    build = build_for(cuda, here.compute_capability)
+    if build is None:
+        return f"CUDA {cuda[0]}.{cuda[1]} (nvidia-smi), older than every torch build: update the driver"
+    image = flavour_for(here, cuda)
+    hint = "" if image == flavour_for(here) else f" (ftctl build --cuda {image})"
+    return f"CUDA {cuda[0]}.{cuda[1]} (nvidia-smi): torch's {build} build; ftctl's image {image}{hint}"
 
 
 def cuda_sees(gpus_here: str) -> bool:
