@@ -10,6 +10,7 @@ recorded for the run's GPUs (built here or pushed), else ``default_image`` (what
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 
@@ -39,6 +40,10 @@ class DockerBackend(Backend):
         return ImageChoice(ref, f"docker:{ref}", "default", f"image: {ref} (the default name; `{build}` builds it)")
 
     def host_driver_cuda(self) -> tuple[int, int] | None:
+        return self._host_driver
+
+    @functools.cached_property
+    def _host_driver(self) -> tuple[int, int] | None:  # nvidia-smi once a launch (image choice, then its check)
         return node_driver_cuda()
 
     def image_kinds(self) -> tuple[str, ...]:
