@@ -329,6 +329,7 @@ def absolute_paths(spec: RunSpec) -> RunSpec:
     return replace(
         spec,
         data_path=fix(spec.data_path),
+        eval_data_path=fix(spec.eval_data_path),
         output_dir=fix(spec.output),
         model_name_or_path=fix(spec.model_name_or_path),
     )
@@ -336,7 +337,13 @@ def absolute_paths(spec: RunSpec) -> RunSpec:
 
 def refuse_local_paths(spec: RunSpec, backend: str) -> None:
     model = spec.model_name_or_path if Path(spec.model_name_or_path).exists() else ""
-    for what, p in (("--data", spec.data_path), ("--output", spec.output), ("--model", model)):
+    named = [
+        ("--data", spec.data_path),
+        ("--eval-data", spec.eval_data_path),
+        ("--output", spec.output),
+        ("--model", model),
+    ]
+    for what, p in named:
         if p and not is_remote(p) and not p.startswith("builtin:"):
             raise FtctlError(
                 f"{what} {p!r} is a local path, which the machines --backend {backend} starts cannot see: use "
@@ -357,7 +364,8 @@ def write_files(rendered: Rendered) -> None:
     if paths.spec.exists():
         old = json.loads(paths.spec.read_text())["spec"]
         new = json.loads(rendered.files[paths.spec.name])["spec"]
-        changed = sorted(k for k in TRAINING_KEYS if old.get(k) != new.get(k))  # where it runs may change
+        default = RunSpec().to_dict()  # a key newer than the old spec.json: it ran with the default
+        changed = sorted(k for k in TRAINING_KEYS if old.get(k, default[k]) != new.get(k))  # where it runs may change
         if changed:
             raise FtctlError(
                 f"{paths.root} already holds a run with different settings ({', '.join(changed)}). "

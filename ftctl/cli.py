@@ -49,6 +49,9 @@ def run_options(fn):
         click.option("--model", help="Model id or local directory (model_name_or_path)."),
         click.option("--model-params", help="Model size when its config cannot be read: 7b, 135m."),
         click.option("--data", help="Dataset path or URI (data_path); builtin:demo is bundled."),
+        click.option(
+            "--eval-data", help="Held-out dataset (eval_data_path), evaluated every eval_steps and at the end."
+        ),
         click.option("--output", help="Output directory or s3:// gs:// az:// URI."),
         click.option("--backend", type=click.Choice(BACKENDS), help="Default: see `ftctl launch --help`."),
         click.option("--partition", help="Slurm partition."),
@@ -88,6 +91,7 @@ def _spec(kw: dict, backend: str | None = None):
     flags = {
         "model_name_or_path": kw.pop("model", None),
         "data_path": kw.pop("data", None),
+        "eval_data_path": kw.pop("eval_data", None),
         "output_dir": kw.pop("output", None),
         **kw,
     }

@@ -134,6 +134,7 @@ class Plan:
     lora_kernels: bool = False  # see lora_kernels()
     asked_method: str | None = None  # the method asked for, where the local backend fell back to qlora
     host_memory_gb: float | None = None  # CPU RAM per node the plan needs (offload)
+    evaluation: str | None = None  # the held-out loss: on what, how often; None: not evaluated
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -157,6 +158,7 @@ class Plan:
             ),
             ("gradient ckpt", "on" if self.gradient_checkpointing else "off"),
             ("optimizer", f"{self.optim}, lr {self.learning_rate:g}"),
+            *([("evaluation", self.evaluation)] if self.evaluation else []),
             (
                 "memory/device",
                 f"{self.memory_gb:.1f} GB est."
@@ -548,8 +550,17 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         memory_gb=round(total, 2),
         memory={k: round(v, 2) for k, v in terms.items()},
         host_memory_gb=round(host_need, 1) if host_need else None,
+        evaluation=evaluation(spec),
         notes=notes,
     )
+
+
+def evaluation(spec: RunSpec) -> str | None:
+    """The plan's evaluation row (trainer/run.py's evaluation_args runs it)."""
+    if not spec.evaluates:
+        return None
+    held = spec.eval_data_path or f"{100 * spec.eval_split:.3g}% of the training rows, held out (seed {spec.seed})"
+    return f"loss every {spec.eval_steps or spec.save_steps} steps and at the end, on {held}"
 
 
 def pinned_bytes(n: float) -> float:

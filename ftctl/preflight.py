@@ -72,10 +72,11 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None) -> lis
     from concurrent.futures import ThreadPoolExecutor
 
     findings = check_gpus(plan, backend_name, detected) + check_model(spec.model_name_or_path)
-    with ThreadPoolExecutor(2) as pool:  # the store checks wait on the network: side by side
-        data = pool.submit(check_data, spec.data_path, spec.s3_endpoint_url)
+    flags = ("--data", "--eval-data")
+    with ThreadPoolExecutor(3) as pool:  # the store checks wait on the network: side by side
+        data = [pool.submit(check_data, p, spec.s3_endpoint_url, f) for p, f in zip(spec.data_paths, flags)]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
-        findings += data.result() + output.result()
+        findings += [f for d in data for f in d.result()] + output.result()
     findings += check_disk(spec, plan)
     return sorted(findings, key=lambda f: f.level != ERROR)
 
@@ -199,13 +200,13 @@ def store_deadline_s() -> float:
     return 1.5 * storage.S3_CONNECT_TIMEOUT
 
 
-def check_data(path: str, endpoint_url: str | None = None) -> list[Finding]:
+def check_data(path: str, endpoint_url: str | None = None, flag: str = "--data") -> list[Finding]:
     """The data is there (a file, a directory of data files, an object, builtin:demo) and its first
     file can be read."""
-    return _bounded("--data", path, endpoint_url, lambda: _check_data(path, endpoint_url))
+    return _bounded(flag, path, endpoint_url, lambda: _check_data(path, endpoint_url, flag))
 
 
-def _check_data(path: str, endpoint_url: str | None) -> list[Finding]:
+def _check_data(path: str, endpoint_url: str | None, flag: str) -> list[Finding]:
     from ftctl.trainer.formats import resolve_files
 
     try:
@@ -214,11 +215,11 @@ def _check_data(path: str, endpoint_url: str | None) -> list[Finding]:
             fs, fpath = storage.filesystem(first, endpoint_url, quick=True)
             fs.cat_file(fpath, start=0, end=1)
     except storage.StorageError as e:
-        return [Finding(ERROR, f"--data {path}: {e.what}", e.fix)]
+        return [Finding(ERROR, f"{flag} {path}: {e.what}", e.fix)]
     except FtctlError as e:
-        return [Finding(ERROR, f"--data: {e}")]
+        return [Finding(ERROR, f"{flag}: {e}")]
     except OSError as e:
-        return [Finding(ERROR, f"--data {path}: cannot read {first} ({e})", "check its permissions.")]
+        return [Finding(ERROR, f"{flag} {path}: cannot read {first} ({e})", "check its permissions.")]
     return []
 
 

@@ -36,6 +36,7 @@ SECRETS = ["HF_TOKEN", "WANDB_API_KEY"]
 ALIASES = {
     "model": "model_name_or_path",
     "data": "data_path",
+    "eval_data": "eval_data_path",
     "output": "output_dir",
     "max_seq_length": "model_max_length",
     "max_length": "model_max_length",
@@ -55,6 +56,9 @@ class RunSpec:
     model_name_or_path: str = DEMO_MODEL
     model_params: str | None = None  # "7b", "135m": when the model's config cannot be read
     data_path: str = DEMO_DATA
+    eval_data_path: str | None = None  # held-out data in the same formats (FastChat's --eval_data_path)
+    eval_split: float = 0.0  # or this fraction of data_path's rows held out (chosen with seed); 0: none
+    eval_steps: int | None = None  # with held-out data: evaluate every N steps and at the end; default save_steps
     output_dir: str | None = None  # local path or s3:// gs:// az:// URI; default runs/<run_name>
     run_name: str | None = None  # default: ftctl-<method>-<model>
     # --- hyperparameters (FastChat / TRL / PEFT names) ---------------------------------------
@@ -140,6 +144,15 @@ class RunSpec:
     def lr(self) -> float:
         return self.learning_rate if self.learning_rate is not None else METHOD_LEARNING_RATE[self.method]
 
+    @property
+    def data_paths(self) -> list[str]:
+        """Every dataset the trainer reads: the training data, then the held-out data if any."""
+        return [self.data_path] + ([self.eval_data_path] if self.eval_data_path else [])
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.eval_data_path or self.eval_split)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -159,6 +172,8 @@ _PLACEMENT_KEYS = {
     "report_to",
     "logging_steps",
     "save_steps",
+    "eval_data_path",
+    "eval_steps",
     "save_total_limit",
     "gpus",
     "nodes",
@@ -361,6 +376,7 @@ def validate(spec: RunSpec) -> None:
         "nodes",
         "cpus_per_task",
         "ddp_bucket_cap_mb",
+        "eval_steps",
     ):
         v = getattr(spec, key)
         if v is not None and v < 1:
@@ -398,7 +414,11 @@ def validate(spec: RunSpec) -> None:
         and not spec.container.split(":", 1)[1].strip()
     ):
         errors.append(f"container {spec.container!r} names no image after the prefix.")
-    for key in ("data_path", "output_dir"):
+    if spec.eval_data_path and spec.eval_split:
+        errors.append("eval_data_path and eval_split both set: hold out data one way, a file or a share of data_path.")
+    if not 0 <= spec.eval_split < 1:
+        errors.append(f"eval_split={spec.eval_split}: give the share of data_path's rows to hold out, e.g. 0.05.")
+    for key in ("data_path", "eval_data_path", "output_dir"):
         v = getattr(spec, key)
         if v and "://" in v and not (v.startswith("file://") or storage.is_remote(v)):
             schemes = ", ".join(sorted(f"{s}://" for s in storage.REMOTE_SCHEMES))

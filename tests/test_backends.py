@@ -35,6 +35,20 @@ def test_relaunch_with_other_training_settings_is_refused(tmp_path):
     assert (tmp_path / "run" / "spec.json").read_text() == before  # the first run's spec is untouched
 
 
+def test_a_spec_json_older_than_a_key_counts_it_at_its_default(tmp_path):
+    """A run dir written before a training key existed (eval_split here) is the same run relaunched."""
+    import json
+
+    write_files(_prep(tmp_path))
+    path = tmp_path / "run" / "spec.json"
+    data = json.loads(path.read_text())
+    del data["spec"]["eval_split"]
+    path.write_text(json.dumps(data))
+    write_files(_prep(tmp_path))
+    with pytest.raises(FtctlError, match="different settings \\(eval_split\\)"):
+        write_files(_prep(tmp_path, eval_split=0.1))
+
+
 # ------------------------------------------------------------------------------------------ one owner per fact
 def test_s3a_output_is_remote_on_every_backend(tmp_path, monkeypatch):
     """Regression: two is_remote functions disagreed; s3a:// became a local path under the cwd."""

@@ -256,22 +256,24 @@ def test_every_problem_reported_together(tmp_path, s3_env, moto_s3, monkeypatch)
         model_params="1b",
         model_name_or_path="./my-model",
         data_path=str(tmp_path / "missing.jsonl"),
+        eval_data_path=str(tmp_path / "missing-eval.jsonl"),
         output_dir="s3://no-such-bucket-z/run",
     )
     findings = preflight.preflight(spec, make_plan(spec), "local", detected="1xA100")
-    assert levels(findings) == [ERROR] * 4, findings
+    assert levels(findings) == [ERROR] * 5, findings
     with pytest.raises(FtctlError) as e:
         preflight.raise_if_errors(findings)
     lines = str(e.value).splitlines()
-    assert lines[0] == "4 problems to fix first:"
+    assert lines[0] == "5 problems to fix first:"
     assert any("asks for 4 GPUs" in line for line in lines)
     assert any("--model ./my-model: no such directory" in line for line in lines)
-    assert any("No data at" in line for line in lines)
+    assert any(line.startswith("  - --data: No data at") and "missing.jsonl" in line for line in lines)
+    assert any(line.startswith("  - --eval-data: No data at") and "missing-eval.jsonl" in line for line in lines)
     assert any("No bucket 'no-such-bucket-z'" in line for line in lines)
 
     spec = replace(spec, output_dir=str(tmp_path / "x"), model_name_or_path="meta-llama/Llama-3.1-8B")
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    spec = replace(spec, gpus="1xA100", data_path="builtin:demo")
+    spec = replace(spec, gpus="1xA100", data_path="builtin:demo", eval_data_path=None)
     findings = preflight.preflight(spec, make_plan(spec), "local", detected="1xA100")
     assert levels(findings) == [WARNING]
     preflight.raise_if_errors(findings)  # warnings pass

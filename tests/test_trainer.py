@@ -354,7 +354,7 @@ CALLBACKS = [GradientViews()]
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, single_process_losses):
     """With -o ddp_bucket_cap_mb=1 the tiny model's gradients fill several buckets; the logs are written a step
-    late (SFTTrainer.defer_logs, on by default on GPUs)."""
+    late (SFTTrainer.defer_logs, on by default on GPUs); an evaluation every 2 steps changes no training loss."""
     losses = _two_process_losses(
         tiny_model_dir,
         tiny_data,
@@ -362,8 +362,13 @@ def test_ddp_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path
         prelude=DDP_SETTINGS,
         env=subprocess_env(DDP_SEEN=tmp_path),
         ddp_bucket_cap_mb=1,
+        eval_data_path=str(tiny_data),
+        eval_steps=2,
     )
     _assert_same_losses(losses, single_process_losses)
+    records = map(json.loads, (tmp_path / "out" / "metrics.jsonl").read_text().splitlines())
+    evals = [(r["step"], r["eval_loss"]) for r in records if r.get("event") == "eval"]
+    assert [step for step, _ in evals] == [2, 4] and all(math.isfinite(loss) for _, loss in evals)
     for rank in (0, 1):
         # every gradient lives in DDP's all-reduce buckets (no second copy of the gradients: plan.py)
         views, grads = json.loads((tmp_path / "out" / f"views-{rank}.json").read_text())

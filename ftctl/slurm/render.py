@@ -108,7 +108,7 @@ def render(spec: RunSpec, plan: Plan) -> str:
     inner = join(torchrun_argv(spec, plan, Shell('"$FTCTL_RUN_DIR"/spec.json'), head=Shell('"$HEAD_ADDR"')))
     step = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
     # local data, output and model directories are bound into the container at the same paths
-    extra = {os.path.dirname(spec.data_path) if os.path.isfile(spec.data_path) else spec.data_path, spec.output}
+    extra = {os.path.dirname(p) if os.path.isfile(p) else p for p in spec.data_paths} | {spec.output}
     if os.path.isdir(spec.model_name_or_path):
         extra.add(spec.model_name_or_path)
     extra = sorted(p for p in extra - {""} if os.path.isabs(p) and not is_remote(p))

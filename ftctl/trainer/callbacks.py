@@ -2,7 +2,9 @@
 
 - :class:`MetricsCallback` (rank 0) appends one JSON object per logging step to
   ``<output>/metrics.jsonl`` (step, loss, lr, grad_norm, tokens_per_s, tokens, epoch, time) and
-  prints a progress line: ``step 12/30  loss 1.234  lr 2.9e-04  grad 0.87  1,234 tok/s  ETA 0:00:36``.
+  prints a progress line: ``step 12/30  loss 1.234  lr 2.9e-04  grad 0.87  1,234 tok/s  ETA 0:00:36``;
+  an evaluation is an ``"event": "eval"`` record (eval_loss, eval_mean_token_accuracy, ...) and a line
+  ``eval at step 12  loss 1.301  token accuracy 0.612  0.8 s``.
   The file holds one row per step: a run that resumes from the checkpoint of step N first drops the
   rows after N (the steps it will replay); a run that starts over keeps only its own start record.
 - :class:`ProgressBar` (the demo): ``[####----] step 12/30  loss 1.234  ETA 0:41`` redrawn in place.
@@ -55,14 +57,12 @@ class MetricsCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         now = time.time()
-        if "loss" not in logs:  # the end-of-training summary
-            record = {
-                "step": state.global_step,
-                "event": "end",
-                "time": round(now, 3),
-                **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
-            }
-            self._write(record)
+        if "loss" not in logs:  # an evaluation, or the end-of-training summary
+            event = "eval" if "eval_loss" in logs else "end"
+            numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
+            self._write({"step": state.global_step, "event": event, "time": round(now, 3), **numbers})
+            if event == "eval":
+                self.echo(self._eval_line(logs, state))
             return
         tokens = state.num_input_tokens_seen
         dt = max(now - (self._t_last or now), 1e-9)
@@ -87,6 +87,15 @@ class MetricsCallback(TrainerCallback):
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    @staticmethod
+    def _eval_line(logs: dict, state) -> str:
+        parts = [f"eval at step {state.global_step}", f"loss {logs['eval_loss']:.4f}"]
+        if "eval_mean_token_accuracy" in logs:
+            parts.append(f"token accuracy {logs['eval_mean_token_accuracy']:.3f}")
+        if "eval_runtime" in logs:
+            parts.append(f"{logs['eval_runtime']:.1f} s")
+        return "  ".join(parts)
 
     def _progress(self, r: dict, state, now: float) -> str:
         done = state.global_step - self._step0

@@ -239,6 +239,25 @@ def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | Non
     return dataset
 
 
+def build_datasets(spec, tokenizer):
+    """(training dataset, held-out dataset or None) for a RunSpec: the held-out rows come from
+    ``eval_data_path``, or are ``eval_split`` of the training rows, the same ones on every rank and at
+    every resume (drawn with the run's seed)."""
+    dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url)
+    if spec.eval_data_path:
+        return dataset, build_dataset(spec.eval_data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url)
+    if not spec.eval_split:
+        return dataset, None
+    held = math.ceil(spec.eval_split * len(dataset))  # datasets' own rounding of test_size
+    if held >= len(dataset):
+        raise FtctlError(
+            f"eval_split={spec.eval_split} of {spec.data_path}'s {len(dataset)} rows leaves none to train on: "
+            "lower it, or give held-out data with eval_data_path."
+        )
+    split = dataset.train_test_split(test_size=held, seed=spec.seed)
+    return split["train"], split["test"]
+
+
 def packing_supported(attn_implementation: str | None) -> bool:
     """Whether packed samples stay apart under this attention implementation (trainer/attention.py)."""
     from ftctl.trainer.attention import packing_supported as supported

@@ -104,7 +104,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ftctl.trainer.callbacks import METRICS_FILE, MetricsCallback, PreemptionCallback
-    from ftctl.trainer.data import build_dataset
+    from ftctl.trainer.data import build_datasets
     from ftctl.trainer.methods import apply_method
     from ftctl.trainer.model import load_model, load_tokenizer, model_kernels
     from ftctl.trainer.sft_trainer import SFTTrainer
@@ -125,7 +125,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
         tokenizer = load_tokenizer(spec.model_name_or_path)
         args = training_args(spec, plan, procs, local_dir, load_universal=universal)
-        dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url)
+        dataset, eval_dataset = build_datasets(spec, tokenizer)
         set_seed(spec.seed)  # LoRA's initial weights
         run.kernels = model_kernels(spec, plan, procs.on_cpu, procs.local_rank)  # attention + Liger: what really runs
         model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank, run.kernels), spec, plan)
@@ -151,6 +151,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             model=model,
             args=args,
             train_dataset=dataset,
+            eval_dataset=eval_dataset,
             processing_class=tokenizer,
             callbacks=[
                 run.sync,
@@ -239,6 +240,7 @@ def training_args(
         save_strategy="steps",
         save_steps=spec.save_steps,
         save_total_limit=spec.save_total_limit,
+        **evaluation_args(spec, plan),
         report_to=report_to(spec.report_to),
         disable_tqdm=True,
         include_num_input_tokens_seen="non_padding",
@@ -248,6 +250,19 @@ def training_args(
         **sft_dataset_config(plan.packing, spec.model_max_length),
         **strategy,
     )
+
+
+def evaluation_args(spec: RunSpec, plan: Plan) -> dict:
+    """The held-out loss every eval_steps (default: at each checkpoint) and at the end, in micro-batches of
+    the training's size (no gradients: less memory), packed as training is. Without metric functions TRL's
+    evaluation computes only the loss, through compute_loss: sft_trainer's LM head, no logits kept."""
+    if not spec.evaluates:
+        return {"eval_strategy": "no"}
+    return {
+        "eval_strategy": "steps",
+        "eval_steps": spec.eval_steps or spec.save_steps,
+        "per_device_eval_batch_size": plan.per_device_train_batch_size,
+    }
 
 
 def checkpointing_args(on: bool) -> dict:

@@ -149,7 +149,7 @@ class SFTTrainer(TrlSFTTrainer):
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
 
         mode = "train" if self.model.training else "eval"
-        gather = self.accelerator.gather_for_metrics
+        gather = self.accelerator.gather  # sums, one a process: gather_for_metrics would cut ranks off at an end
         valid = gather(label_count).sum().clamp(min=1)  # TRL: 0.0 when no token counts
         self._metrics[mode]["entropy"].append(gather(sum_entropy).sum() / valid)
         self._metrics[mode]["mean_token_accuracy"].append(gather(top1).sum() / valid)

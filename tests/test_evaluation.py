@@ -1,0 +1,110 @@
+"""Held-out evaluation: eval_data_path or eval_split, its loss every eval_steps and at the end."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from ftctl.errors import FtctlError
+from ftctl.spec import build
+from tests.trainer_fixtures import TINY_ROWS, make_run
+
+EVAL_ROWS = 10
+
+
+@pytest.fixture(scope="module")
+def eval_data(tmp_path_factory):
+    """Conversations of the bundled demo that the tiny training file does not hold."""
+    from ftctl.demo import demo_data_path
+
+    rows = json.loads(demo_data_path().read_text())[TINY_ROWS : TINY_ROWS + EVAL_ROWS]
+    path = tmp_path_factory.mktemp("eval-data") / "held-out.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def _reference_loss(model_dir, adapter_dir, eval_path, batch: int) -> float:
+    """What the Trainer's eval_loss means, computed without the trainer: the held-out rows in order, in
+    batches of ``batch`` padded rows, each batch's mean over its scored tokens by transformers' own loss,
+    averaged over the rows."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.trainer.data import IGNORE_INDEX, build_dataset
+    from ftctl.trainer.model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(model_dir))
+    rows = build_dataset(str(eval_path), tokenizer, 128)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir).eval()
+    losses, weights = [], []
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        width = max(map(len, chunk["input_ids"]))
+        ids = torch.full((len(chunk["input_ids"]), width), tokenizer.pad_token_id)
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        mask = torch.zeros_like(ids)
+        for i, (row_ids, row_labels) in enumerate(zip(chunk["input_ids"], chunk["labels"])):
+            ids[i, : len(row_ids)] = torch.tensor(row_ids)
+            labels[i, : len(row_labels)] = torch.tensor(row_labels)
+            mask[i, : len(row_ids)] = 1
+        with torch.no_grad():
+            losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.item())
+        weights.append(len(chunk["input_ids"]))
+    return sum(loss * w for loss, w in zip(losses, weights)) / sum(weights)
+
+
+def test_held_out_loss_every_eval_steps_and_at_the_end(tiny_model_dir, tiny_data, eval_data, tmp_path, one_thread):
+    from ftctl.trainer.run import train
+
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, tmp_path / "out", "lora", max_steps=7, eval_data_path=str(eval_data), eval_steps=3
+    )
+    assert "every 3 steps and at the end, on " + str(eval_data) in plan.table()
+    lines = []
+    result = train(spec, plan, echo=lines.append)
+    assert result.status == "complete"
+
+    records = map(json.loads, open(f"{result.output_dir}/metrics.jsonl"))
+    evals = [r for r in records if r.get("event") == "eval"]
+    assert [r["step"] for r in evals] == [3, 6, 7]
+    assert all(math.isfinite(r["eval_loss"]) for r in evals)
+    assert [line.split("  ")[0] for line in lines if line.startswith("eval at")] == [
+        "eval at step 3",
+        "eval at step 6",
+        "eval at step 7",
+    ]
+    # the last evaluation ran on the final weights: the saved adapter, evaluated without the trainer
+    reference = _reference_loss(tiny_model_dir, result.output_dir, eval_data, plan.per_device_train_batch_size)
+    assert evals[-1]["eval_loss"] == pytest.approx(reference, rel=1e-4)
+    assert evals[0]["eval_loss"] != evals[-1]["eval_loss"]  # the adapter moved between them
+
+
+def test_eval_split_holds_out_the_same_rows_every_time(tiny_model_dir, tiny_data):
+    from ftctl.trainer.data import build_dataset, build_datasets
+    from ftctl.trainer.model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    spec = build({"data_path": str(tiny_data), "eval_split": 0.25, "model_max_length": 128, "seed": 7})
+    train, held = build_datasets(spec, tokenizer)
+    assert (len(train), len(held)) == (TINY_ROWS - 12, 12)
+    rows = lambda d: sorted(map(tuple, d["input_ids"]))  # noqa: E731
+    assert sorted(rows(train) + rows(held)) == rows(build_dataset(str(tiny_data), tokenizer, 128))
+    assert rows(build_datasets(spec, tokenizer)[1]) == rows(held)  # every rank, every resume: the same rows
+    assert rows(build_datasets(replace(spec, seed=8), tokenizer)[1]) != rows(held)
+
+    with pytest.raises(FtctlError, match="leaves none to train on"):
+        build_datasets(replace(spec, eval_split=0.999), tokenizer)
+
+
+def test_evaluation_settings_are_checked():
+    with pytest.raises(FtctlError) as e:
+        build({"eval_data_path": "held.json", "eval_split": 1.5, "eval_steps": 0})
+    text = str(e.value)
+    assert text.startswith("3 problems")
+    assert "hold out data one way" in text and "eval_split=1.5" in text and "eval_steps must be at least 1" in text
+    assert build({"eval_data": "held.json"}).eval_data_path == "held.json"  # the alias
+    assert build({}).evaluates is False
