@@ -4,7 +4,8 @@ loss on the same batches, its time against a training step's, and the peak memor
 For each case the trainer runs through RunSpec -> make_plan(1xH100) -> trainer.run (the path of a real run) on
 a random-initialised shape from bench/gpu_train.py with 10% of the data held out (eval_split), evaluating every
 ``--eval-steps``. Then, on the final weights, every held-out batch of the trainer's own eval dataloader goes
-once through ftctl's compute_loss (its LM head, no logits kept) and once through TRL's (full logits).
+once through ftctl's compute_loss (its LM head, no logits kept) and once through TRL's (full logits), under the
+evaluation's autocast. The progress lines come back too (tokens/s of the steps around an evaluation).
 
     python bench/eval_gpu.py --out DIR [--cases lora1b,fft1b,fft1b-zero3] [--steps 12] [--eval-steps 6]
 """
@@ -61,7 +62,13 @@ def run_case(name: str, model_dir: Path, data: Path, steps: int, eval_steps: int
 
     clock = Clock()
     torch.cuda.reset_peak_memory_stats()
-    run = setup(spec, plan, callbacks=[clock], echo=lambda line: print(f"[{name}] {line}", flush=True))
+    lines = []
+
+    def echo(line):
+        lines.append(line)
+        print(f"[{name}] {line}", flush=True)
+
+    run = setup(spec, plan, callbacks=[clock], echo=echo)
     status = "failed"
     try:
         fit(run)
@@ -72,7 +79,7 @@ def run_case(name: str, model_dir: Path, data: Path, steps: int, eval_steps: int
         model = trainer.model_wrapped
         model.eval()
         ours, trl, tokens = [], [], 0
-        with torch.no_grad():
+        with torch.no_grad(), trainer.compute_loss_context_manager():  # as the evaluation runs (autocast)
             for batch in trainer.get_eval_dataloader():
                 batch = trainer._prepare_inputs(batch)
                 tokens += int((batch["labels"] != -100).sum())
@@ -86,6 +93,7 @@ def run_case(name: str, model_dir: Path, data: Path, steps: int, eval_steps: int
             "plan": {k: getattr(plan, k) for k in ("strategy", "attn_implementation", "packing", "precision")},
             "evaluation": plan.evaluation,
             "evals": clock.evals,
+            "progress": lines,
             "eval_batches": len(ours),
             "eval_tokens_scored": tokens,
             "ours_vs_trl_max_rel_diff": rel,

@@ -466,6 +466,42 @@ def test_truncate_metrics_keeps_the_rows_up_to_the_resume_step(tmp_path):
     assert not (tmp_path / "missing.jsonl").exists()
 
 
+def test_tokens_per_s_is_timed_by_the_steps_not_by_when_their_logs_are_written(tmp_path, monkeypatch):
+    """On a GPU a step's log is written a step late, but a step that evaluates, saves or ends logs at once, right
+    after the late one: timed by the logs' writing, that step ran in no time (35 million tok/s in an H200 run's
+    progress line) and the one after an evaluation paid for it. The clock below is what time.time() returns."""
+    from transformers import TrainerControl, TrainerState
+
+    from ftctl.trainer import callbacks
+
+    clock = iter([0.0, 1.0, 2.0, 2.0, 2.01, 5.0, 6.0, 7.0, 7.0, 8.0, 8.0])
+    monkeypatch.setattr(callbacks.time, "time", lambda: next(clock))
+    cb = callbacks.MetricsCallback(str(tmp_path / "metrics.jsonl"), echo=lambda line: None)
+    state, control = TrainerState(max_steps=4), TrainerControl()
+
+    def at(step, tokens=None):
+        state.global_step = step
+        if tokens is not None:
+            state.num_input_tokens_seen = tokens
+
+    def log(step, tokens):  # the late log sets global_step to its own step while it writes
+        at(step, tokens)
+        cb.on_log(None, state, control, logs={"loss": 1.0})
+
+    cb.on_train_begin(None, state, control)  # 0.0
+    at(1), cb.on_step_end(None, state, control)  # 1.0
+    at(2), cb.on_step_end(None, state, control)  # 2.0: step 2 evaluates, so it logs at once
+    log(1, 100)  # 2.0, step 1's late log
+    log(2, 200)  # 2.01
+    cb.on_evaluate(None, state, control)  # 5.0: three seconds of evaluation
+    at(3), cb.on_step_end(None, state, control)  # 6.0
+    at(4), cb.on_step_end(None, state, control)  # 7.0
+    log(3, 300)  # 7.0
+    log(4, 400)  # 8.0, the last step logs at once
+    rates = [r["tokens_per_s"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
+    assert rates == [100.0, 100.0, 100.0, 100.0]
+
+
 def test_sigusr2_saves_stops_and_a_second_run_completes(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):
     from transformers import TrainerCallback
 

@@ -45,6 +45,10 @@ class MetricsCallback(TrainerCallback):
         self._t0 = self._t_last = None
         self._step0 = 0
         self._tokens_last = 0
+        # tokens/s is timed by the steps' ends, not by when their logs are written: on a GPU a step's log is
+        # written a step late, but a step that saves, evaluates or ends logs at once, right after the late one
+        self._ends: dict[int, float] = {}
+        self._paused = 0.0  # step time since the last log that came before an evaluation or a save
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = self._t_last = time.time()
@@ -52,6 +56,21 @@ class MetricsCallback(TrainerCallback):
         self._tokens_last = state.num_input_tokens_seen
         if state.is_world_process_zero:
             truncate_metrics(self.path, state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._ends[state.global_step] = time.time()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._pause(state)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._pause(state)
+
+    def _pause(self, state) -> None:
+        """An evaluation or a save is not training time: the next rate starts after it."""
+        if self._t_last is not None:
+            self._paused += max(self._ends.get(state.global_step, self._t_last) - self._t_last, 0.0)
+            self._t_last = time.time()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -65,7 +84,8 @@ class MetricsCallback(TrainerCallback):
                 self.echo(self._eval_line(logs, state))
             return
         tokens = state.num_input_tokens_seen
-        dt = max(now - (self._t_last or now), 1e-9)
+        end = self._ends.get(state.global_step, now)
+        dt = max(self._paused + end - (end if self._t_last is None else self._t_last), 1e-9)
         record = {
             "step": state.global_step,
             "loss": logs.get("loss"),
@@ -79,7 +99,8 @@ class MetricsCallback(TrainerCallback):
         peak = peak_gpu_memory_gib()
         if peak is not None:
             record["peak_mem_gib"] = peak
-        self._t_last, self._tokens_last = now, tokens
+        self._t_last, self._tokens_last, self._paused = end, tokens, 0.0
+        self._ends = {step: t for step, t in self._ends.items() if step > state.global_step}
         self._write(record)
         self.echo(self._progress(record, state, now))
 
