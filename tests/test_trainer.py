@@ -474,7 +474,7 @@ def test_tokens_per_s_is_timed_by_the_steps_not_by_when_their_logs_are_written(t
 
     from ftctl.trainer import callbacks
 
-    clock = iter([0.0, 1.0, 2.0, 2.0, 2.01, 5.0, 6.0, 7.0, 7.0, 8.0, 8.0])
+    clock = iter([0.0, 0.0, 1.0, 2.0, 2.0, 2.01, 5.0, 6.0, 7.0, 7.0, 8.0, 8.0, 9.0, 12.0, 13.0, 13.0])
     monkeypatch.setattr(callbacks.time, "time", lambda: next(clock))
     cb = callbacks.MetricsCallback(str(tmp_path / "metrics.jsonl"), echo=lambda line: None)
     state, control = TrainerState(max_steps=4), TrainerControl()
@@ -488,7 +488,7 @@ def test_tokens_per_s_is_timed_by_the_steps_not_by_when_their_logs_are_written(t
         at(step, tokens)
         cb.on_log(None, state, control, logs={"loss": 1.0})
 
-    cb.on_train_begin(None, state, control)  # 0.0
+    cb.on_train_begin(None, state, control)  # 0.0 (the ETA's start and the first step's)
     at(1), cb.on_step_end(None, state, control)  # 1.0
     at(2), cb.on_step_end(None, state, control)  # 2.0: step 2 evaluates, so it logs at once
     log(1, 100)  # 2.0, step 1's late log
@@ -497,9 +497,14 @@ def test_tokens_per_s_is_timed_by_the_steps_not_by_when_their_logs_are_written(t
     at(3), cb.on_step_end(None, state, control)  # 6.0
     at(4), cb.on_step_end(None, state, control)  # 7.0
     log(3, 300)  # 7.0
-    log(4, 400)  # 8.0, the last step logs at once
+    log(4, 400)  # 8.0, a step that saves logs at once
+    cb.on_save(None, state, control)  # 8.0
+    at(5), cb.on_step_end(None, state, control)  # 9.0 (steps 5 and 6 are logged together)
+    cb.on_save(None, state, control)  # 12.0: three seconds of saving, in the middle of a logging interval
+    at(6), cb.on_step_end(None, state, control)  # 13.0
+    log(6, 600)  # 13.0
     rates = [r["tokens_per_s"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())]
-    assert rates == [100.0, 100.0, 100.0, 100.0]
+    assert rates == [100.0, 100.0, 100.0, 100.0, 100.0]
 
 
 def test_sigusr2_saves_stops_and_a_second_run_completes(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):

@@ -42,23 +42,28 @@ class MetricsCallback(TrainerCallback):
     def __init__(self, path: str, echo=print):
         self.path = path
         self.echo = echo
-        self._t0 = self._t_last = None
+        self._t0 = None
         self._step0 = 0
         self._tokens_last = 0
         # tokens/s is timed by the steps' ends, not by when their logs are written: on a GPU a step's log is
         # written a step late, but a step that saves, evaluates or ends logs at once, right after the late one
-        self._ends: dict[int, float] = {}
+        self._marks: _Marks | None = None  # at the start of training, when the model is on its device
+        self._ends: dict[int, object] = {}  # step -> its end, a _Marks point
+        self._start = None  # where the time of the next logged step starts
         self._paused = 0.0  # step time since the last log that came before an evaluation or a save
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._t0 = self._t_last = time.time()
+        self._t0 = time.time()
+        self._marks = _Marks()
+        self._start = self._marks.now()
         self._step0 = state.global_step  # > 0 when resumed
         self._tokens_last = state.num_input_tokens_seen
         if state.is_world_process_zero:
             truncate_metrics(self.path, state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._ends[state.global_step] = time.time()
+        if state.is_world_process_zero:
+            self._ends[state.global_step] = self._marks.now()
 
     def on_evaluate(self, args, state, control, **kwargs):
         self._pause(state)
@@ -68,12 +73,13 @@ class MetricsCallback(TrainerCallback):
 
     def _pause(self, state) -> None:
         """An evaluation or a save is not training time: the next rate starts after it."""
-        if self._t_last is not None:
-            self._paused += max(self._ends.get(state.global_step, self._t_last) - self._t_last, 0.0)
-            self._t_last = time.time()
+        if state.is_world_process_zero and self._start is not None:
+            end = self._ends.pop(state.global_step, None)  # not logged yet (logging_steps > 1)
+            self._paused += self._marks.seconds(self._start, end) if end is not None else 0.0
+            self._start = self._marks.now()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not state.is_world_process_zero or not logs or self._marks is None:
             return
         now = time.time()
         if "loss" not in logs:  # an evaluation, or the end-of-training summary
@@ -84,8 +90,10 @@ class MetricsCallback(TrainerCallback):
                 self.echo(self._eval_line(logs, state))
             return
         tokens = state.num_input_tokens_seen
-        end = self._ends.get(state.global_step, now)
-        dt = max(self._paused + end - (end if self._t_last is None else self._t_last), 1e-9)
+        end = self._ends.pop(state.global_step, None)
+        end = self._marks.now() if end is None else end
+        dt = max(self._paused + (self._marks.seconds(self._start, end) if self._start is not None else 0.0), 1e-9)
+        self._ends = {step: t for step, t in self._ends.items() if step > state.global_step}
         record = {
             "step": state.global_step,
             "loss": logs.get("loss"),
@@ -99,8 +107,7 @@ class MetricsCallback(TrainerCallback):
         peak = peak_gpu_memory_gib()
         if peak is not None:
             record["peak_mem_gib"] = peak
-        self._t_last, self._tokens_last, self._paused = end, tokens, 0.0
-        self._ends = {step: t for step, t in self._ends.items() if step > state.global_step}
+        self._start, self._tokens_last, self._paused = end, tokens, 0.0
         self._write(record)
         self.echo(self._progress(record, state, now))
 
@@ -208,6 +215,34 @@ def _step_of(line: str) -> float:
         return json.loads(line)["step"]
     except (ValueError, KeyError, TypeError):
         return float("inf")
+
+
+class _Marks:
+    """Points in this process's work. On a GPU they are CUDA events on its stream: when the GPU got there, not when
+    the host queued the work (the host runs ahead of the GPU, and after an evaluation or a save, which drain it,
+    by less: timed on the host, the step after one read 2.4x its rate on an H200). Reading one waits for nothing
+    in the metrics' use: a step's log is written after its values came back, so after its end. Elsewhere: host time."""
+
+    def __init__(self):
+        import torch
+
+        self.cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+
+    def now(self):
+        if not self.cuda:
+            return time.time()
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    @staticmethod
+    def seconds(a, b) -> float:
+        if isinstance(a, float):
+            return b - a
+        b.synchronize()
+        return a.elapsed_time(b) / 1000
 
 
 def peak_gpu_memory_gib() -> float | None:
