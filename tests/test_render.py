@@ -444,6 +444,21 @@ def test_paths_docker_or_containers_cannot_mount_are_refused(tmp_path):
         prepared(backend="docker", gpus="1xA100", model_name_or_path=MODEL, output_dir=str(tmp_path / "a:b"))
 
 
+def test_held_out_data_is_bound_into_containers_as_the_training_data_is(tmp_path):
+    train, held = tmp_path / "train" / "conv.json", tmp_path / "held out" / "eval.jsonl"
+    for path in (train, held):
+        path.parent.mkdir()
+        path.write_text("[]")
+    common = dict(gpus="1xA100", model_name_or_path=MODEL, data_path=str(train), eval_data_path=str(held))
+    slurm = prepared(backend="slurm", container="apptainer:docker://x/y", **common, output_dir=str(tmp_path / "a"))
+    assert f"--bind {shlex.quote(str(held.parent))}" in slurm.text
+    assert f"--bind {shlex.quote(str(train.parent))}" in slurm.text
+    docker = prepared(backend="docker", **common, output_dir=str(tmp_path / "b"))
+    assert shlex.quote(f"{held}:{held}") in docker.text
+    with pytest.raises(FtctlError, match="--eval-data .* is a local path"):
+        prepared(backend="sky", **dict(common, data_path="s3://b/conv.json"), output_dir="s3://b/r")
+
+
 def test_docker_mounts_the_output_before_it_exists(tmp_path):
     out = tmp_path / "not yet"
     prep = prepared(backend="docker", gpus="1xA100", model_name_or_path=MODEL, output_dir=str(out))
