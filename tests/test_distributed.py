@@ -137,6 +137,26 @@ def test_fsdp_on_cpu_is_refused_not_silently_ddp(tiny_model_dir, tiny_data, tmp_
         strategy_args(plan, Processes(0, 0, 2, on_cpu=True))
 
 
+def test_fsdp_keeps_the_models_outputs_as_computed():
+    """accelerate's bf16 policy for FSDP2 casts the root module's outputs (ftctl's fp32 loss sums) to bf16; the
+    trainer takes that cast out of the policy the Trainer's accelerator will wrap the model with."""
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from ftctl.trainer.distributed import fsdp_outputs_as_computed
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    plugin.set_mixed_precision("bf16")  # what accelerate's state does for a bf16 run
+    assert plugin.mixed_precision_policy.output_dtype == torch.bfloat16
+    fsdp_outputs_as_computed(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)))
+    policy = plugin.mixed_precision_policy
+    assert policy.output_dtype is None
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.bfloat16)
+    fsdp_outputs_as_computed(SimpleNamespace(state=SimpleNamespace()))  # no FSDP: nothing to do
+
+
 def test_the_sharding_check_catches_an_unsharded_model(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 

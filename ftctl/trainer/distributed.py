@@ -332,6 +332,21 @@ def all_reduce_in_bf16(accelerator) -> None:
     accelerator.ddp_handler.comm_hook = DDPCommunicationHookType.BF16
 
 
+def fsdp_outputs_as_computed(accelerator) -> None:
+    """FSDP2 without casting the model's outputs: accelerate's bf16 policy sets ``output_dtype=bf16``, and the
+    root module's outputs are ftctl's loss sums (lm_head.py: fp32 sums of log-probabilities over every token of
+    a micro-batch, ~65,000 for 16k tokens): in bf16 the loss was off by up to 0.4% (logged 12.3125, 4.1875: steps
+    of 1/64 on an H200), and its gradient's scale with it. The parameters still compute in bf16 and the gradients
+    are still reduced in bf16 (accelerate's default, what the two-GPU rows measured). Read when the Trainer
+    wraps the model, so set before train()."""
+    import dataclasses
+
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    policy = getattr(plugin, "mixed_precision_policy", None)
+    if policy is not None and getattr(policy, "output_dtype", None) is not None:
+        plugin.mixed_precision_policy = dataclasses.replace(policy, output_dtype=None)
+
+
 def local(tensor):
     """``tensor`` as a plain tensor: FSDP2's values are DTensors (its gradient norm is a replicated one), and a
     DTensor mixed with plain tensors (a stack, a copy into pinned memory) fails or stays distributed."""

@@ -166,6 +166,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             run.trainer.remove_callback(cb)
         if spec.ddp_comm_dtype == "bf16":
             distributed.all_reduce_in_bf16(run.trainer.accelerator)
+        if plan.strategy == "fsdp":
+            distributed.fsdp_outputs_as_computed(run.trainer.accelerator)
     except BaseException:
         preemption.uninstall()
         raise
