@@ -423,6 +423,10 @@ def validate(spec: RunSpec) -> None:
         if v and "://" in v and not (v.startswith("file://") or storage.is_remote(v)):
             schemes = ", ".join(sorted(f"{s}://" for s in storage.REMOTE_SCHEMES))
             errors.append(f"{key}={v!r}: unknown storage scheme; use a local path, file:// or one of {schemes}.")
+    try:
+        storage.require_writable(spec.output, "output_dir")
+    except FtctlError as e:
+        errors.append(str(e))
     if spec.resume not in ("auto", "never") and not spec.resume.strip():
         errors.append("resume must be auto, never or the path of a checkpoint.")
     if errors:

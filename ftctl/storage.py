@@ -10,11 +10,12 @@ in ftctl that reads or writes checkpoints or datasets goes through it.
 | ``s3://bucket/key``  | s3fs (AWS, MinIO, Cloudflare R2, ...)   |
 | ``gs://bucket/key``  | gcsfs                                   |
 | ``az://container/k`` | adlfs (also ``abfs://``)                |
+| ``hf://datasets/O/N/p`` | huggingface_hub's HfFileSystem: a Hub dataset's files, read only |
 | ``memory://a/b``     | fsspec's in-process memory (tests)      |
 
 Credentials come only from each store's standard chain (for S3: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws/*``, instance
-roles). ftctl never passes, logs or writes them (store errors it logs go through
+roles; for the Hub: ``HF_TOKEN``, and ``HF_ENDPOINT`` for a mirror). ftctl never passes, logs or writes them (store errors it logs go through
 :func:`redact`). The S3 endpoint for S3-compatible stores is the
 ``endpoint_url`` argument, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (the variables
 boto3 itself reads).
@@ -44,7 +45,10 @@ REMOTE_SCHEMES = {
     "az": ("abfs", "adlfs"),
     "abfs": ("abfs", "adlfs"),
     "abfss": ("abfs", "adlfs"),
+    "hf": ("hf", "huggingface_hub"),
 }
+#: schemes ftctl reads data from but never writes to (outputs, checkpoints, merged models)
+READ_ONLY_SCHEMES = {"hf"}
 
 #: seconds an S3 request may wait to connect / for a response before it counts as failed (the
 #: checkpoint uploader retries on its own, so a store that is down must fail fast, not hang)
@@ -116,9 +120,21 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
         )
         if quick:
             fs.retries = 1  # s3fs's own retry loop (5 tries with backoff) on top of botocore's attempts
+    elif protocol == "hf":  # HF_ENDPOINT read at each call, not once at huggingface_hub's import; a fresh
+        # instance, so that no listing or "not found" cached before HF_TOKEN was set answers for it
+        fs = cls(endpoint=os.environ.get("HF_ENDPOINT") or None, skip_instance_cache=True)
     else:
         fs = cls()
     return fs, path
+
+
+def require_writable(uri: str | os.PathLike, what: str) -> None:
+    """FtctlError for a destination ftctl only reads from (``what``: the flag or key that named it)."""
+    if scheme(os.fspath(uri)) in READ_ONLY_SCHEMES:
+        raise FtctlError(
+            f"{what} {os.fspath(uri)!r}: the Hugging Face Hub is read here (datasets), not written: write to a "
+            "local directory or s3:// gs:// az://, then publish with `hf upload` (after `ftctl merge` for an adapter)."
+        )
 
 
 def join(uri: str, *parts: str) -> str:
@@ -196,6 +212,7 @@ def file_sizes(uri: str | os.PathLike, endpoint_url: str | None = None) -> dict[
 
 def put_file(local_path: str, uri: str, endpoint_url: str | None = None, fs=None) -> None:
     """Upload one local file to ``uri`` (its full destination name)."""
+    require_writable(uri, "upload to")
     if fs is None:
         fs, path = filesystem(uri, endpoint_url)
     else:
@@ -277,14 +294,27 @@ _STORE_HINTS = {
         "AZURE_STORAGE_*",
         "container",
     ),
+    "hf": ("HF_TOKEN (and accept a gated dataset's conditions on its page)", "HF_TOKEN", "repository"),
 }
+
+
+def _container(uri: str) -> str:
+    """The bucket (container) an object-store URI names; on the Hub the repository (``datasets/ORG/NAME``)."""
+    path = uri.split("://", 1)[-1].strip("/")
+    if scheme(uri) == "hf":
+        parts = path.split("/")
+        return "/".join(parts[:3] if parts[0] in ("datasets", "spaces") else parts[:2])
+    return path.split("/", 1)[0]
+
+
 # exception class names (botocore, aiohttp, google-auth, azure) and error codes of each kind
 _NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "DefaultCredentialsError"}
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 _DENIED = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden", "AuthorizationFailure"}
 _NO_BUCKET = {"NoSuchBucket", "ContainerNotFound"}
-_TIMEOUT = {"ConnectTimeoutError", "ReadTimeoutError", "ServerTimeoutError", "TimeoutError"}
+_TIMEOUT = {"ConnectTimeoutError", "ReadTimeoutError", "ServerTimeoutError", "TimeoutError", "TimeoutException"}
 _UNREACHABLE = {
+    "ConnectError",  # httpx's (huggingface_hub)
     "EndpointConnectionError",
     "ClientConnectorError",
     "ConnectionRefusedError",
@@ -300,11 +330,15 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
     uri = os.fspath(uri)
     protocol = REMOTE_SCHEMES.get(scheme(uri), ("s3",))[0]
     creds, creds_short, bucket_word = _STORE_HINTS.get(protocol, ("the store's credentials",) * 2 + ("bucket",))
-    bucket = uri.split("://", 1)[-1].split("/", 1)[0]
+    bucket = _container(uri)
     if protocol == "s3":
         endpoint = s3_endpoint(endpoint_url)
         where = f"the S3 endpoint {endpoint}" if endpoint else "AWS S3 (no endpoint set)"
         endpoint_fix = "-o s3_endpoint_url=URL or AWS_ENDPOINT_URL"
+    elif protocol == "hf":
+        endpoint = os.environ.get("HF_ENDPOINT")
+        where = f"the Hugging Face Hub at {endpoint}" if endpoint else "the Hugging Face Hub"
+        endpoint_fix = "the repository id (hf://datasets/ORG/NAME/FILES) or HF_ENDPOINT"
     else:
         where, endpoint_fix = f"the {protocol} store", "the store's account settings"
     messages = {
@@ -332,6 +366,11 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
         ),
         "bad-endpoint": (f"{where} is not a usable URL{detail}", f"fix {endpoint_fix} (e.g. http://host:9000)."),
     }
+    if protocol == "hf":  # read only, and a private or gated repository answers as a missing one
+        messages["no-bucket"] = (
+            f"No dataset repository {bucket!r} on {where}, or it is private or gated",
+            f"check the id in {uri} (hf://datasets/ORG/NAME/FILES); for a private or gated one set {creds}.",
+        )
     what, fix = messages[kind]
     return StorageError(kind, redact(what), redact(fix))
 
@@ -348,7 +387,8 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
         chain.append(e)
         e = e.__cause__ or e.__context__
     names = {cls.__name__ for e in chain for cls in type(e).__mro__}
-    codes = {str((getattr(e, "response", None) or {}).get("Error", {}).get("Code", "")) for e in chain} - {""}
+    responses = [getattr(e, "response", None) for e in chain]  # botocore's are dicts; httpx's are not
+    codes = {str(r.get("Error", {}).get("Code", "")) for r in responses if isinstance(r, dict)} - {""}
     text = " ".join(str(e) for e in chain).lower()
     if names & _NO_CREDENTIALS:
         profile = os.environ.get("AWS_PROFILE")
@@ -386,8 +426,8 @@ def bucket_exists(uri: str | os.PathLike, endpoint_url: str | None = None, quick
     """Whether the bucket (container) of an object-store URI exists; True for anything else."""
     if not is_remote(uri):
         return True
-    fs, path = filesystem(uri, endpoint_url, quick=quick)
-    bucket = path.split("/", 1)[0]
+    fs, _ = filesystem(uri, endpoint_url, quick=quick)
+    bucket = _container(os.fspath(uri))
     if not hasattr(fs, "call_s3"):
         return bool(fs.exists(bucket))
     try:  # s3fs's exists() answers False for every failure (no credentials, endpoint down): ask directly
@@ -409,6 +449,7 @@ SECRET_ENV = (
     "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_STORAGE_SAS_TOKEN",
     "AZURE_CLIENT_SECRET",
+    "HF_TOKEN",
 )
 
 

@@ -42,6 +42,7 @@ def ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print
 def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=print) -> list:
     """Upload every complete local checkpoint not already complete in the store (files first,
     manifest last). Incomplete local ones are skipped with a warning. Returns what was sent."""
+    storage.require_writable(uri, "ftctl sync push to")
     with storage.storage_errors(uri, endpoint_url):
         return _push(local_run_dir, uri, endpoint_url, echo)
 

@@ -20,8 +20,10 @@ name the fix); the caller reports them all with file and row number.
 
 from __future__ import annotations
 
+import glob
 import json
 import posixpath
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,9 +69,10 @@ class Row:
 
 def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = False) -> list[str]:
     """The data files that ``path`` names: a file, a directory (its .json/.jsonl/.parquet files,
-    recursively, sorted) or ``builtin:demo``. Raises FtctlError when there are none, or when the
-    store cannot be read (one line: which failure, what to set). ``quick``: see
-    :func:`ftctl.storage.filesystem` (the preflight)."""
+    recursively, sorted), a glob pattern (``hf://datasets/ORG/NAME/data/train-*.parquet``: one split of a
+    Hub dataset) or ``builtin:demo``. Raises FtctlError when there are none, or when the store cannot be
+    read (one line: which failure, what to set). ``quick``: see :func:`ftctl.storage.filesystem` (the
+    preflight)."""
     from ftctl.demo import BUILTIN_DEMO, demo_data_path
 
     if path.startswith("builtin:"):
@@ -79,6 +82,8 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
 
     with storage.storage_errors(path, endpoint_url):
         fs, root = storage.filesystem(path, endpoint_url, quick=quick)
+        if glob.has_magic(root) and not fs.exists(root):  # a file may be called data[1].json
+            return _matching(fs, path, root, endpoint_url, quick)
         try:
             is_dir = fs.isdir(root)
             exists = is_dir or fs.exists(root)
@@ -90,7 +95,8 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
             if not storage.bucket_exists(path, endpoint_url, quick=quick):
                 raise storage.storage_error("no-bucket", path, endpoint_url)
             raise FtctlError(
-                f"No data at {path}: give a .json, .jsonl or .parquet file, a directory of them or builtin:demo."
+                f"No data at {path}: give a .json, .jsonl or .parquet file, a directory of them, a pattern "
+                f"(data/*.jsonl) or builtin:demo.{_hub_hint(path)}"
             )
         if not is_dir:
             if not root.endswith(EXTENSIONS):
@@ -102,6 +108,33 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
     # named as the user spelled the directory, so that rows are reported relative to it
     top = root.rstrip("/")
     return [storage.join(path, *posixpath.relpath(p, top).split("/")) for p in found]
+
+
+def _matching(fs, path: str, root: str, endpoint_url: str | None, quick: bool) -> list[str]:
+    """The data files a glob pattern matches, named as the user spelled the pattern's directory."""
+    try:
+        found = sorted(p for p in fs.glob(root) if p.endswith(EXTENSIONS))
+    except FileNotFoundError:  # the Hub's answer for a repository it does not show
+        found = []
+    if not found:
+        if not storage.bucket_exists(path, endpoint_url, quick=quick):
+            raise storage.storage_error("no-bucket", path, endpoint_url)
+        raise FtctlError(f"No .json, .jsonl or .parquet file matches {path}.")
+    spelled, stored = path.split("/"), root.split("/")
+    first = next(i for i, part in enumerate(spelled) if glob.has_magic(part))
+    depth = len(stored) - (len(spelled) - first)  # the same directory, in the filesystem's terms
+    top, base = "/".join(stored[:depth]), "/".join(spelled[:first])
+    return [storage.join(base, *posixpath.relpath(p, top).split("/")) for p in found]
+
+
+def _hub_hint(path: str) -> str:
+    """For ``ORG/NAME`` that is no local path: how to name a Hub dataset's files."""
+    if storage.scheme(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+        return ""
+    return (
+        f" If {path} is a dataset on the Hugging Face Hub, name its files: hf://datasets/{path}/FILES, e.g. "
+        f"hf://datasets/{path}/data/train-*.parquet for one split."
+    )
 
 
 def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[str, Any]]:

@@ -73,6 +73,7 @@ def merge(run_dir_or_checkpoint: str, out_dir: str, dtype: str | None = None, en
     """Merge the adapter of a lora/qlora run into its base; write a safetensors model + tokenizer to
     ``out_dir`` (a local path or object-store URI). Returns the local directory written."""
     quiet.install()  # before transformers, peft and bitsandbytes are imported
+    storage.require_writable(out_dir, "merge output")
     if storage.is_remote(run_dir_or_checkpoint):
         with tempfile.TemporaryDirectory(prefix="ftctl-merge-") as tmp:
             _download_adapter(run_dir_or_checkpoint, tmp, endpoint_url)

@@ -1,0 +1,158 @@
+"""Datasets on the Hugging Face Hub (hf://datasets/ORG/NAME/FILES), read through huggingface_hub's HfFileSystem
+against a stand-in for the Hub's HTTP API on loopback (tests/hub_fixtures.py: the Hub cannot be reached here)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from ftctl import storage
+from ftctl.errors import FtctlError
+from tests.hub_fixtures import FakeHub, hub_env
+from tests.trainer_fixtures import REPO, make_run, subprocess_env
+
+TRAIN, TEST = "data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"
+CHAT = "hf://datasets/org/chat"
+
+
+def _rows(n: int, start: int = 0) -> list[dict]:
+    return [
+        {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+        for i in range(start, start + n)
+    ]
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """Two public dataset repos (one with train/test parquet splits and a README, one JSON Lines) and a gated one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "hub"
+    chat = root / "datasets" / "org" / "chat"
+    (chat / "data").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(_rows(15)), chat / TRAIN)
+    pq.write_table(pa.Table.from_pylist(_rows(5, 15)), chat / TEST)
+    (chat / "README.md").write_text("# chat\n")
+    gated = root / "datasets" / "org" / "gated"
+    gated.mkdir(parents=True)
+    (gated / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(4)))
+    server = FakeHub(root, gated=("org/gated",)).start()
+    for key, value in hub_env(server.endpoint).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield server
+    server.stop()
+
+
+def test_one_split_by_pattern_or_the_whole_repository(hub, tiny_model_dir):
+    from ftctl.trainer.data import build_dataset
+    from ftctl.trainer.formats import resolve_files
+    from ftctl.trainer.model import load_tokenizer
+
+    assert resolve_files(f"{CHAT}/data/train-*.parquet") == [f"{CHAT}/{TRAIN}"]
+    assert resolve_files(CHAT) == [f"{CHAT}/{TEST}", f"{CHAT}/{TRAIN}"]  # the README is no data file
+    assert resolve_files(f"{CHAT}/{TEST}") == [f"{CHAT}/{TEST}"]
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    assert len(build_dataset(f"{CHAT}/data/train-*.parquet", tokenizer, 128)) == 15
+    with pytest.raises(FtctlError, match="No .json, .jsonl or .parquet file matches"):
+        resolve_files(f"{CHAT}/data/validation-*.parquet")
+
+
+def test_a_missing_private_or_gated_dataset_says_to_check_the_id_and_hf_token(hub, monkeypatch):
+    from ftctl.trainer.formats import resolve_files
+
+    for uri in ("hf://datasets/org/missing/data/train-*.parquet", "hf://datasets/org/gated"):
+        with pytest.raises(storage.StorageError) as e:
+            resolve_files(uri)
+        text = str(e.value)
+        assert text.startswith("No dataset repository 'datasets/org/") and "or it is private or gated" in text
+        assert f"on the Hugging Face Hub at {hub.endpoint}" in text and "set HF_TOKEN" in text
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
+    assert resolve_files("hf://datasets/org/gated") == ["hf://datasets/org/gated/train.jsonl"]
+    assert "Bearer hf_secret_value_123" in hub.authorizations  # the token reached the Hub, from the environment
+    with pytest.raises(storage.StorageError) as e:
+        resolve_files("hf://datasets/org/missing")
+    assert "hf_secret_value_123" not in str(e.value)
+
+
+def test_the_hub_unreachable_is_one_line(hub, monkeypatch):
+    from ftctl.trainer.formats import resolve_files
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(storage.StorageError, match=f"Cannot reach the Hugging Face Hub at http://127.0.0.1:{port}"):
+        resolve_files(f"{CHAT}/{TRAIN}")
+
+
+def test_a_bare_repository_id_is_answered_with_its_hf_uri(tmp_path, monkeypatch):
+    from ftctl.trainer.formats import resolve_files
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FtctlError) as e:
+        resolve_files("HuggingFaceH4/ultrachat_200k")
+    assert "hf://datasets/HuggingFaceH4/ultrachat_200k/data/train-*.parquet" in str(e.value)
+
+
+def test_local_patterns_name_files_as_the_user_spelled_them(tmp_path, monkeypatch):
+    from ftctl.trainer.formats import resolve_files
+
+    (tmp_path / "d").mkdir()
+    for name in ("a.jsonl", "b.json", "c.txt", "e[1].json", "e1.json"):
+        (tmp_path / "d" / name).write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_files("d/*.jsonl") == ["d/a.jsonl"]
+    assert resolve_files("d/[ab].json*") == ["d/a.jsonl", "d/b.json"]
+    assert resolve_files("d/e[1].json") == ["d/e[1].json"]  # a file of that name is that file, not a pattern
+
+
+def test_the_hub_is_read_not_written(tmp_path):
+    from ftctl.checkpoints import push
+    from ftctl.spec import build
+
+    with pytest.raises(FtctlError, match="output_dir 'hf://datasets/org/out': the Hugging Face Hub is read here"):
+        build({"output_dir": "hf://datasets/org/out"})
+    with pytest.raises(FtctlError, match="the Hugging Face Hub is read here"):
+        push(str(tmp_path), "hf://datasets/org/out")
+    assert build({"data_path": f"{CHAT}/{TRAIN}", "eval_data_path": f"{CHAT}/{TEST}"}).data_paths[1].startswith("hf://")
+
+
+def test_training_reads_its_data_and_held_out_data_from_the_hub(hub, tiny_model_dir, tmp_path, one_thread):
+    from ftctl.preflight import check_data
+    from ftctl.trainer.run import train
+
+    assert check_data(f"{CHAT}/data/train-*.parquet") == []
+    assert "No dataset repository" in check_data("hf://datasets/org/missing/x.jsonl")[0].text
+    spec, plan = make_run(
+        tiny_model_dir,
+        f"{CHAT}/data/train-*.parquet",
+        tmp_path / "out",
+        "lora",
+        max_steps=2,
+        eval_steps=2,
+        eval_data_path=f"{CHAT}/data/test-*.parquet",
+    )
+    result = train(spec, plan, echo=lambda line: None)
+    assert result.status == "complete"
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("event") == "eval"] == [2]
+
+
+def test_data_check_reads_a_hub_split_in_a_new_process(hub, tiny_model_dir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftctl.cli", "data", "check", f"{CHAT}/data/train-*.parquet", "--model", tiny_model_dir],
+        cwd=REPO,
+        env=subprocess_env(**hub_env(hub.endpoint)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "rows              15" in proc.stdout and "Traceback" not in proc.stderr
