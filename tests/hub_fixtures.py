@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -171,5 +170,3 @@ def hub_env(endpoint: str) -> dict:
     """What points huggingface_hub at the stand-in in a new process (HF_ENDPOINT is read at import)."""
     return {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
 
-
-__all__ = ["FakeHub", "hub_env", "os"]

@@ -62,8 +62,11 @@ def test_unknown_uri_scheme_is_refused_at_launch(tmp_path):
     """Regression: r2:// was accepted at launch and refused by the trainer on the cluster."""
     with pytest.raises(FtctlError, match="r2://.*s3://"):
         _prep(tmp_path, output_dir="r2://bucket/run")
-    with pytest.raises(FtctlError, match="hf://"):
-        _prep(tmp_path, data_path="hf://datasets/x")
+    with pytest.raises(FtctlError, match="gcs://"):
+        _prep(tmp_path, data_path="gcsx://b/x")
+    assert _prep(tmp_path, data_path="hf://datasets/o/n/d.jsonl").spec.data_path == "hf://datasets/o/n/d.jsonl"
+    with pytest.raises(FtctlError, match="the Hugging Face Hub is read here"):  # a known scheme, read only
+        _prep(tmp_path, output_dir="hf://datasets/o/n")
 
 
 @pytest.mark.parametrize(

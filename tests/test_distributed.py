@@ -67,7 +67,8 @@ def one_process_losses(tiny_model_dir, tiny_data, tmp_path_factory):
 def test_zero3_offload_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, one_process_losses):
     """ZeRO-3 with parameters and optimizer states offloaded to CPU RAM (DeepSpeed's CPU Adam), and with
     gradient checkpointing: a block's parameters gathered again for its recompute in the backward (the
-    blocks are DeepSpeed leaf modules, distributed.zero3_leaf_blocks)."""
+    blocks are DeepSpeed leaf modules, distributed.zero3_leaf_blocks). The held-out loss at the end is
+    evaluated on both processes' shards of the weights."""
     spec, plan = _run(
         tiny_model_dir,
         tiny_data,
@@ -76,6 +77,8 @@ def test_zero3_offload_two_processes_match_one_process(tiny_model_dir, tiny_data
         strategy="zero3_offload",
         save_steps=100,
         gradient_checkpointing=True,
+        eval_data_path=str(tiny_data),
+        eval_steps=STEPS,
     )
     assert plan.gradient_checkpointing
     _torchrun(spec, plan, tmp_path, nproc=2)
@@ -84,6 +87,9 @@ def test_zero3_offload_two_processes_match_one_process(tiny_model_dir, tiny_data
     assert _max_rel_diff(losses, one_process_losses, losses) < 0.01, (losses, one_process_losses)
     assert losses[STEPS] < losses[1]
     assert (tmp_path / "out" / "model.safetensors").is_file()  # gathered from the shards
+    records = map(json.loads, (tmp_path / "out" / "metrics.jsonl").read_text().splitlines())
+    evals = [r for r in records if r.get("event") == "eval"]
+    assert [r["step"] for r in evals] == [STEPS] and 0 < evals[0]["eval_loss"] < losses[1]
 
 
 @pytest.mark.slow

@@ -518,11 +518,26 @@ def test_sigusr2_saves_stops_and_a_second_run_completes(tiny_model_dir, tiny_dat
     status = tmp_path / "status"
     monkeypatch.setenv("FTCTL_STATUS_FILE", str(status))
     out = tmp_path / "out"
-    spec, plan = make_run(tiny_model_dir, tiny_data, out, "fft", max_steps=12, save_steps=100, resume="auto")
+    held_out = tmp_path / "held-out.json"
+    held_out.write_text(json.dumps(json.loads(tiny_data.read_text())[:4]))
+    spec, plan = make_run(
+        tiny_model_dir,
+        tiny_data,
+        out,
+        "fft",
+        max_steps=12,
+        save_steps=100,
+        resume="auto",
+        eval_data_path=str(held_out),
+        eval_steps=1,
+    )
     handler_before = signal.getsignal(signal.SIGUSR2)
     first = _train(spec, plan, callbacks=[SendSignal()])
 
     assert first.status == "preempted" and status.read_text().strip() == "preempted"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # every step evaluates but the one that saves for the preemption: the checkpoint does not wait for it
+    assert [r["step"] for r in records if r.get("event") == "eval"] == list(range(1, first.global_step))
     saved = [p.name for p in out.glob("checkpoint-*")]
     assert saved == [f"checkpoint-{first.global_step}"] and first.global_step in (3, 4)
     assert (out / saved[0] / "ftctl-manifest.json").is_file()

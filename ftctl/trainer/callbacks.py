@@ -296,4 +296,5 @@ class PreemptionCallback(TrainerCallback):
             self.preempted = True
             control.should_save = True
             control.should_training_stop = True
+            control.should_evaluate = False  # the checkpoint first: the notice is short, an evaluation may not be
         return control
