@@ -169,4 +169,3 @@ class _Handler(BaseHTTPRequestHandler):
 def hub_env(endpoint: str) -> dict:
     """What points huggingface_hub at the stand-in in a new process (HF_ENDPOINT is read at import)."""
     return {"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
-
