@@ -367,10 +367,13 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
         "bad-endpoint": (f"{where} is not a usable URL{detail}", f"fix {endpoint_fix} (e.g. http://host:9000)."),
     }
     if protocol == "hf":  # read only, and a private or gated repository answers as a missing one
+        network = "check the network (proxy, firewall: the nodes need the Hub), or HF_ENDPOINT for a mirror."
         messages["no-bucket"] = (
             f"No dataset repository {bucket!r} on {where}, or it is private or gated",
             f"check the id in {uri} (hf://datasets/ORG/NAME/FILES); for a private or gated one set {creds}.",
         )
+        messages["unreachable"] = (f"Cannot reach {where} for {uri}", network)
+        messages["timeout"] = (f"{where} did not answer in time for {uri}", network)
     what, fix = messages[kind]
     return StorageError(kind, redact(what), redact(fix))
 
