@@ -10,13 +10,13 @@ in ftctl that reads or writes checkpoints or datasets goes through it.
 | ``s3://bucket/key``  | s3fs (AWS, MinIO, Cloudflare R2, ...)   |
 | ``gs://bucket/key``  | gcsfs                                   |
 | ``az://container/k`` | adlfs (also ``abfs://``)                |
-| ``hf://datasets/O/N/p`` | huggingface_hub's HfFileSystem: a Hub dataset's files, read only |
+| ``hf://datasets/O/N/f`` | huggingface_hub's HfFileSystem (read only) |
 | ``memory://a/b``     | fsspec's in-process memory (tests)      |
 
 Credentials come only from each store's standard chain (for S3: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws/*``, instance
-roles; for the Hub: ``HF_TOKEN``, and ``HF_ENDPOINT`` for a mirror). ftctl never passes, logs or writes them (store errors it logs go through
-:func:`redact`). The S3 endpoint for S3-compatible stores is the
+roles; for the Hub: ``HF_TOKEN``, and ``HF_ENDPOINT`` for a mirror). ftctl never passes, logs or
+writes them (store errors it logs go through :func:`redact`). The S3 endpoint for S3-compatible stores is the
 ``endpoint_url`` argument, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (the variables
 boto3 itself reads).
 
