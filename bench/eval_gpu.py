@@ -26,6 +26,7 @@ CASES = {
     "lora1b": ("lora", None),
     "qlora1b": ("qlora", None),
     "fft1b": ("fft", None),
+    "fft1b-zero2": ("fft", "zero2"),
     "fft1b-zero3": ("fft", "zero3"),
     "fft1b-fsdp": ("fft", "fsdp"),
 }

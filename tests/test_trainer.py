@@ -382,10 +382,18 @@ def test_deepspeed_zero2_two_processes_match_one_process(tiny_model_dir, tiny_da
     (~30-60 s cold, g++ + ninja) into a cache under the temp dir that later runs reuse (~40 s warm)."""
     cache = Path(tempfile.gettempdir()) / "ftctl-torch-extensions"
     losses = _two_process_losses(
-        tiny_model_dir, tiny_data, tmp_path, strategy="zero2", env=subprocess_env(TORCH_EXTENSIONS_DIR=cache)
+        tiny_model_dir,
+        tiny_data,
+        tmp_path,
+        strategy="zero2",
+        env=subprocess_env(TORCH_EXTENSIONS_DIR=cache),
+        eval_data_path=str(tiny_data),
+        eval_steps=4,
     )
     _assert_same_losses(losses, single_process_losses)
     assert (tmp_path / "out" / "model.safetensors").is_file()
+    records = map(json.loads, (tmp_path / "out" / "metrics.jsonl").read_text().splitlines())
+    assert [r["step"] for r in records if r.get("event") == "eval"] == [4]
 
 
 KILL_AT = """
