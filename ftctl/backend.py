@@ -407,6 +407,32 @@ def find_job(job_id: str) -> tuple[Backend, JobRef]:
     raise FtctlError(f"No job {job_id!r} was launched from here (looked in {f}). `ftctl launch` prints job ids.")
 
 
+def progress(ref: JobRef) -> str | None:
+    """The run's last logged step and its last held-out loss, from the trainer's metrics.jsonl where the run
+    directory holds it (a local or shared output; an object-store output keeps it on the node). None: nothing yet."""
+    try:
+        lines = ref.paths.metrics.read_text().splitlines()
+    except OSError:
+        return None
+    step = held_out = None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # the line the trainer is writing
+            continue
+        if "loss" in record:
+            step = record
+        elif record.get("event") == "eval":
+            held_out = record
+    parts = []
+    if step is not None:
+        rate = f"  {step['tokens_per_s']:,.0f} tok/s" if step.get("tokens_per_s") else ""
+        parts.append(f"step {step['step']}  loss {step['loss']:.4f}{rate}")
+    if held_out is not None:
+        parts.append(f"held-out loss {held_out['eval_loss']:.4f} at step {held_out['step']}")
+    return "; ".join(parts) or None
+
+
 def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:
     """What `ftctl plan` shows: the backend's plan when one is named (the local backend plans for this
     machine), this machine's when no GPUs are named, else the plan for the GPUs asked for."""

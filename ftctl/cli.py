@@ -160,11 +160,14 @@ def launch(dry_run, **kw):
 @main.command()
 @click.argument("job")
 def status(job):
-    """State of a launched job."""
-    from ftctl.backend import find_job
+    """State of a launched job; where its output is local, a second line with its last logged step."""
+    from ftctl.backend import find_job, progress
 
     b, ref = find_job(job)
     click.echo(b.status(ref).text)
+    line = progress(ref)
+    if line:
+        click.echo(line)
 
 
 @main.command()

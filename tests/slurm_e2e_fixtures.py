@@ -101,7 +101,8 @@ class E2E:
         return found.group(1)
 
     def status_line(self, job: str) -> str:
-        return self.ftctl("status", job).stdout.strip()
+        """The first line of ``ftctl status JOB``: the job's state (a second one says its last logged step)."""
+        return (self.ftctl("status", job).stdout.strip().splitlines() or [""])[0]
 
     def wait_status(self, job: str, words, timeout: float, seen: list | None = None) -> str:
         """Poll ``ftctl status JOB`` until its line holds one of ``words``; every line seen is

@@ -49,6 +49,23 @@ def test_a_spec_json_older_than_a_key_counts_it_at_its_default(tmp_path):
         write_files(_prep(tmp_path, eval_split=0.1))
 
 
+def test_progress_reads_the_last_step_and_held_out_loss_from_metrics(tmp_path):
+    import json
+
+    from ftctl.backend import JobRef, progress
+
+    ref = JobRef("slurm", "42", str(tmp_path), "r", str(tmp_path))
+    assert progress(ref) is None  # nothing logged yet
+    rows = [
+        {"step": 0, "event": "start"},
+        {"step": 1, "loss": 2.5, "tokens_per_s": 1000.0},
+        {"step": 2, "loss": 2.25, "tokens_per_s": 1234.4},
+        {"step": 2, "event": "eval", "eval_loss": 2.4},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')
+    assert progress(ref) == "step 2  loss 2.2500  1,234 tok/s; held-out loss 2.4000 at step 2"
+
+
 # ------------------------------------------------------------------------------------------ one owner per fact
 def test_s3a_output_is_remote_on_every_backend(tmp_path, monkeypatch):
     """Regression: two is_remote functions disagreed; s3a:// became a local path under the cwd."""

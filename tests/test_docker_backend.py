@@ -76,6 +76,7 @@ def test_launch_status_logs_through_the_docker_cli(docker_env, tiny_model_dir, t
     job = launched.stdout.split("started container ", 1)[1].split()[0]
     assert launched.stderr.splitlines()[-1] == "image: ftctl:test (--container)"
     assert wait_state(docker_env, job, ["SUCCEEDED", "FAILED"]).startswith(f"{job} SUCCEEDED")
+    assert ftctl(docker_env, "status", job).stdout.splitlines()[1].startswith("step 4  loss ")  # metrics.jsonl's
     assert "complete" in ftctl(docker_env, "logs", job).stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]

@@ -61,6 +61,8 @@ def reference(e2e, tiny_model_dir):
 def test_two_node_cpu_lora_run_completes_on_both_nodes(e2e, reference):
     job, run_dir = reference.job, reference.run_dir
     assert reference.final_status == f"{job} COMPLETED on node[1-2] exit 0"
+    progress = e2e.ftctl("status", job).stdout.splitlines()[1]  # from the run's metrics.jsonl on the shared disk
+    assert progress.startswith(f"step {STEPS}  loss ") and "tok/s" in progress
     assert (run_dir / f"status.{job}.0").read_text() == "complete\n"
     log = (run_dir / f"slurm-{job}.out").read_text()
     assert f"ftctl: job {job} attempt 0 on node[1-2] (head node1)\n" in log

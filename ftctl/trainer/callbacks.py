@@ -32,7 +32,6 @@ from ftctl.trainer import distributed
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
 
 

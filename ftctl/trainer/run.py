@@ -36,7 +36,7 @@ from ftctl import storage
 from ftctl.envvars import STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
-from ftctl.runpaths import SPEC_FILE
+from ftctl.runpaths import METRICS_FILE, SPEC_FILE
 from ftctl.spec import RunSpec
 from ftctl.trainer import distributed, reshard
 
@@ -103,7 +103,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from ftctl.trainer.callbacks import METRICS_FILE, MetricsCallback, PreemptionCallback
+    from ftctl.trainer.callbacks import MetricsCallback, PreemptionCallback
     from ftctl.trainer.data import build_datasets
     from ftctl.trainer.methods import apply_method
     from ftctl.trainer.model import load_model, load_tokenizer, model_kernels
