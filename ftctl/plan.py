@@ -560,7 +560,7 @@ def evaluation(spec: RunSpec) -> str | None:
     if not spec.evaluates:
         return None
     held = spec.eval_data_path or f"{100 * spec.eval_split:.3g}% of the training rows, held out (seed {spec.seed})"
-    return f"loss every {spec.eval_steps or spec.save_steps} steps and at the end, on {held}"
+    return f"loss every {spec.eval_every} steps and at the end, on {held}"
 
 
 def pinned_bytes(n: float) -> float:

@@ -153,6 +153,11 @@ class RunSpec:
     def evaluates(self) -> bool:
         return bool(self.eval_data_path or self.eval_split)
 
+    @property
+    def eval_every(self) -> int:
+        """Steps between evaluations: eval_steps, else at each checkpoint."""
+        return self.eval_steps or self.save_steps
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -262,7 +262,7 @@ def evaluation_args(spec: RunSpec, plan: Plan) -> dict:
         return {"eval_strategy": "no"}
     return {
         "eval_strategy": "steps",
-        "eval_steps": spec.eval_steps or spec.save_steps,
+        "eval_steps": spec.eval_every,
         "per_device_eval_batch_size": plan.per_device_train_batch_size,
     }
 
