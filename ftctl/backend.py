@@ -389,22 +389,55 @@ def record_job(ref: JobRef) -> None:
         fh.write(json.dumps({**dataclasses.asdict(ref), "time": time.time()}) + "\n")
 
 
-def find_job(job_id: str) -> tuple[Backend, JobRef]:
+def recorded_jobs() -> list[tuple[JobRef, float]]:
+    """Every job launched from here, each once (its newest record), newest first, with its launch time."""
     f = _jobs_file()
-    if f.exists():
-        for line in reversed(f.read_text().splitlines()):
+    seen, out = set(), []
+    for line in reversed(f.read_text().splitlines() if f.exists() else []):
+        try:
             rec = json.loads(line)
-            if rec.get("job_id", rec.get("job")) == str(job_id):
-                ref = JobRef(
-                    backend=rec["backend"],
-                    job_id=str(job_id),
-                    run_dir=rec["run_dir"],
-                    name=rec["name"],
-                    output=rec["output"],
-                    extra=rec.get("extra") or {},
-                )
-                return get(ref.backend), ref
-    raise FtctlError(f"No job {job_id!r} was launched from here (looked in {f}). `ftctl launch` prints job ids.")
+            key = (rec["backend"], str(rec.get("job_id", rec.get("job"))))
+            ref = JobRef(rec["backend"], key[1], rec["run_dir"], rec["name"], rec["output"], rec.get("extra") or {})
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a crash mid-write
+        if key not in seen:
+            seen.add(key)
+            out.append((ref, float(rec.get("time") or 0)))
+    return out
+
+
+def find_job(job_id: str) -> tuple[Backend, JobRef]:
+    for ref, _ in recorded_jobs():
+        if ref.job_id == str(job_id):
+            return get(ref.backend), ref
+    raise FtctlError(
+        f"No job {job_id!r} was launched from here (looked in {_jobs_file()}). `ftctl jobs` lists them; "
+        "`ftctl launch` prints job ids."
+    )
+
+
+def jobs_table(last: int) -> str:
+    """The newest ``last`` jobs, a line each with the state its backend reports now (asked at once)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = recorded_jobs()[:last]
+    if not jobs:
+        return f"No jobs launched from here yet ({_jobs_file()}): `ftctl launch` records each job it starts."
+
+    def state(ref: JobRef) -> str:
+        try:
+            return get(ref.backend).status(ref).text.removeprefix(f"{ref.job_id} ")
+        except FtctlError as e:
+            return f"unknown: {str(e).splitlines()[0]}"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        states = list(pool.map(state, [ref for ref, _ in jobs]))
+    rows = [("JOB", "BACKEND", "RUN", "LAUNCHED", "STATE")]
+    for (ref, launched), text in zip(jobs, states):
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(launched)) if launched else "?"
+        rows.append((ref.job_id, ref.backend, ref.name, when, text))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows)
 
 
 def progress(ref: JobRef) -> str | None:

@@ -158,6 +158,15 @@ def launch(dry_run, **kw):
 
 
 @main.command()
+@click.option("-n", "--last", type=int, default=20, show_default=True, help="How many of the newest jobs.")
+def jobs(last):
+    """The jobs launched from here, newest first, with the state each backend reports now."""
+    from ftctl.backend import jobs_table
+
+    click.echo(jobs_table(last))
+
+
+@main.command()
 @click.argument("job")
 def status(job):
     """State of a launched job; where its output is local, a second line with its last logged step."""
@@ -222,6 +231,27 @@ def merge(run, out):
     from ftctl.trainer.merge import merge as do_merge
 
     click.echo(do_merge(run, out or os.path.join(run, "merged")))
+
+
+@main.command()
+@click.argument("run")
+@click.option("-p", "--prompt", "prompts", multiple=True, help="Ask this and print the answer (repeatable).")
+@click.option("--system", help="A system message before each conversation.")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+def chat(run, prompts, system, max_new_tokens, temperature, top_p):
+    """Talk to what a run trained: RUN is its output directory (or a checkpoint, or a model id).
+    Without -p, a conversation on stdin."""
+    from ftctl.trainer import chat as chat_mod
+
+    decoding = chat_mod.Decoding(max_new_tokens, temperature, top_p, system)
+    decoding.check()
+    loaded = chat_mod.load(run)
+    if prompts:
+        chat_mod.ask(loaded, list(prompts), decoding, echo=click.echo)
+    else:
+        chat_mod.converse(loaded, decoding, echo=click.echo, interactive=sys.stdin.isatty())
 
 
 @main.group(cls=_Group)

@@ -67,6 +67,40 @@ def test_progress_reads_the_last_step_and_held_out_loss_from_metrics(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ one owner per fact
+def test_jobs_lists_each_job_once_newest_first_with_its_state_now(tmp_path, monkeypatch):
+    """`ftctl jobs`: the newest record of a job wins, a line cut short by a crash is skipped, a backend that cannot
+    say is one word and its reason, never a traceback."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ftctl.backend import JobState, JobStatus
+    from ftctl.cli import main
+    from ftctl.docker.backend import DockerBackend
+
+    monkeypatch.setenv("FTCTL_HOME", str(tmp_path))
+    empty = CliRunner().invoke(main, ["jobs"])
+    assert empty.exit_code == 0 and empty.stdout.startswith("No jobs launched from here yet")
+
+    def rec(job, name, t, backend="docker"):
+        return json.dumps(
+            dict(backend=backend, job_id=job, run_dir=str(tmp_path / name), name=name, output="o", time=t)
+        )
+
+    lines = [rec("7", "fg", 100, "local"), rec("c1", "old-name", 200), rec("c2", "other", 300), rec("c1", "first", 400)]
+    (tmp_path / "jobs.jsonl").write_text("\n".join(lines) + '\n{"backend": "dock')
+    states = {"c1": "c1 RUNNING (running)", "c2": "c2 SUCCEEDED exit 0"}
+    monkeypatch.setattr(DockerBackend, "status", lambda self, ref: JobStatus(JobState.RUNNING, states[ref.job_id]))
+    out = CliRunner().invoke(main, ["jobs"])
+    assert out.exit_code == 0, out.output
+    rows = [line.split() for line in out.stdout.splitlines()]
+    assert rows[0] == ["JOB", "BACKEND", "RUN", "LAUNCHED", "STATE"]
+    assert [r[:3] for r in rows[1:]] == [["c1", "docker", "first"], ["c2", "docker", "other"], ["7", "local", "fg"]]
+    assert rows[1][5:] == ["RUNNING", "(running)"] and rows[2][5:] == ["SUCCEEDED", "exit", "0"]
+    assert " ".join(rows[3][5:]).startswith("unknown: local runs have no job queue")
+    assert len(CliRunner().invoke(main, ["jobs", "-n", "1"]).stdout.splitlines()) == 2
+
+
 def test_s3a_output_is_remote_on_every_backend(tmp_path, monkeypatch):
     """Regression: two is_remote functions disagreed; s3a:// became a local path under the cwd."""
     monkeypatch.chdir(tmp_path)

@@ -57,6 +57,16 @@ def test_demo_learns_the_fact_and_keeps_the_control_answer(demo_model_dir, tmp_p
     assert (tmp_path / "demo" / "adapter_model.safetensors").is_file()
     adapter = json.loads((tmp_path / "demo" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == DEMO_MODEL  # not the cache path: merge resolves it anywhere
+    # what the last line offers: `ftctl chat` on the run gives the answers the demo printed
+    assert lines[-1] == f"Ask it yourself: ftctl chat {tmp_path / 'demo'}"
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    asked = CliRunner().invoke(
+        main, ["chat", str(tmp_path / "demo"), "--max-new-tokens", "40", "-p", held_out[0].question]
+    )
+    assert asked.exit_code == 0 and asked.stdout.strip() == held_out[0].after, asked.output
 
 
 @pytest.mark.slow

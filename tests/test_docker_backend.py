@@ -100,6 +100,8 @@ def test_cancel_stops_a_running_container(docker_env, tiny_model_dir, tiny_data,
     assert refused.returncode != 0 and "already running" in refused.stderr and "Traceback" not in refused.stderr
     assert ftctl(docker_env, "cancel", job).stdout.strip() == f"cancelled {job}"
     assert "RUNNING" not in ftctl(docker_env, "status", job).stdout
+    listed = ftctl(docker_env, "jobs").stdout.splitlines()
+    assert listed[1].split()[:3] == [job, "docker", "long-run"] and "RUNNING" not in listed[1], listed
 
 
 def test_missing_docker_is_one_line(tmp_path, tiny_model_dir, tiny_data):

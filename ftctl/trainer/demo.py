@@ -16,6 +16,7 @@ shows it).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass
@@ -93,17 +94,10 @@ def questions() -> list[Answer]:
 
 
 def ask(model, tokenizer, question: str, max_new_tokens: int = MAX_NEW_TOKENS) -> str:
-    """The model's greedy answer to one user question, through its chat template."""
-    import torch
+    """The model's greedy answer to one user question, through its chat template (what `ftctl chat` does)."""
+    from ftctl.trainer.chat import Decoding, answer
 
-    inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    with torch.no_grad():
-        out = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-        )
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    return answer(model, tokenizer, [{"role": "user", "content": question}], Decoding(max_new_tokens=max_new_tokens))
 
 
 def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print) -> list[Answer]:
@@ -151,6 +145,7 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
         a.after = ask(tuned, tokenizer, a.question)
         echo(f"  [{a.kind}] {a.question}\n    -> {one_line(a.after, width - 7)}")
     echo("\n" + summary(answers))
+    echo(f"Ask it yourself: ftctl chat {shlex.quote(output_dir)}")
     return answers
 
 

@@ -359,7 +359,9 @@ def save(run: Run) -> None:
 def name_base_model(local_dir: str, model_name_or_path: str) -> None:
     """Make the final adapter name its base as the user did: the demo model's id instead of its local
     cache path (PEFT records the path it loaded), so merge finds it on any machine."""
-    config = Path(local_dir, "adapter_config.json")
+    from ftctl.trainer.trained import ADAPTER_CONFIG
+
+    config = Path(local_dir, ADAPTER_CONFIG)
     if config.is_file():
         data = json.loads(config.read_text())
         if data.get("base_model_name_or_path") != model_name_or_path:

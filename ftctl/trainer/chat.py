@@ -1,0 +1,163 @@
+"""``ftctl chat RUN``: talk to what a run trained, through the chat template it trained with.
+
+RUN is a run's output directory (its final model or adapter, else its newest complete checkpoint:
+ftctl.trainer.trained), one of its ``checkpoint-<step>`` directories, or a model id or directory (the
+base, to compare against). On a GPU the weights load in the run's 16-bit precision (bf16 when the
+run trained in fp32), spread over the GPUs there are; on CPU in fp32. An adapter stays unmerged.
+
+Decoding is greedy unless ``temperature`` > 0 (then sampled with ``top_p``). With prompts given
+(``-p``) each is one single-turn question and only the answers are printed; without, the lines read
+from stdin are one conversation (``/new`` starts another; an empty line or end of input stops), the
+oldest turns dropped when it outgrows the model's context.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftctl.errors import FtctlError
+
+log = logging.getLogger(__name__)
+
+NEW_CONVERSATION = "/new"
+
+
+@dataclass(frozen=True)
+class Decoding:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    system: str | None = None  # a system message before every conversation
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise FtctlError(f"--max-new-tokens {self.max_new_tokens}: give at least 1.")
+        if self.temperature < 0:
+            raise FtctlError(f"--temperature {self.temperature}: give 0 (greedy) or more.")
+        if not 0 < self.top_p <= 1:
+            raise FtctlError(f"--top-p {self.top_p}: give a value in (0, 1].")
+
+
+@dataclass
+class Loaded:
+    model: object
+    tokenizer: object
+    what: str  # one line: what was loaded, in what precision, where
+
+
+def load(target: str) -> Loaded:
+    """The model (with its adapter) and tokenizer of a run, a checkpoint, or a plain model."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from ftctl.trainer import trained as trained_mod
+    from ftctl.trainer.masks import ensure_chat_template
+    from ftctl.trainer.model import resolve_model
+
+    if Path(target).expanduser().is_dir() or "://" in target:
+        found = trained_mod.find(target)
+    else:  # a model id: the base itself
+        found = trained_mod.Trained(Path(resolve_model(target)), adapter=False)
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        precision = found.precision if found.precision in ("bf16", "fp16") else "bf16"
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            precision = "fp16"
+    else:
+        precision = "fp32"
+    model = trained_mod.load(found, precision, device_map="auto" if on_gpu else None).eval()
+    tokenizer = AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(found))
+    if note := ensure_chat_template(tokenizer):
+        log.warning("%s", note)
+    if found.adapter:
+        what = f"LoRA adapter {found.path} on {found.base}"
+    else:
+        what = f"model {target if not Path(target).expanduser().is_dir() else found.path}"
+    return Loaded(model, tokenizer, f"{what}, {precision} on {'GPU' if on_gpu else 'CPU'}")
+
+
+def answer(model, tokenizer, messages: list[dict], decoding: Decoding = Decoding(), streamer=None) -> str:
+    """The model's next assistant turn after ``messages`` (a system message from ``decoding`` first)."""
+    import torch
+
+    if decoding.system:
+        messages = [{"role": "system", "content": decoding.system}, *messages]
+    inputs = _fit(model, tokenizer, messages, decoding.max_new_tokens)
+    sampling = (
+        {"do_sample": True, "temperature": decoding.temperature, "top_p": decoding.top_p}
+        if decoding.temperature > 0
+        else {"do_sample": False}
+    )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=decoding.max_new_tokens, pad_token_id=pad, streamer=streamer, **sampling
+        )
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def _fit(model, tokenizer, messages: list[dict], max_new_tokens: int):
+    """The encoded prompt, its oldest turns dropped (never the system message, never the last question)
+    until it and the answer fit the model's context."""
+    limit = getattr(model.config, "max_position_embeddings", None) or sys.maxsize
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    turns = messages[len(system) :]
+    while True:
+        inputs = tokenizer.apply_chat_template(
+            system + turns, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        length = inputs["input_ids"].shape[1]
+        if length + max_new_tokens <= limit:
+            return inputs.to(model.device)
+        if len(turns) <= 1:
+            raise FtctlError(
+                f"The prompt is {length} tokens and the answer may take {max_new_tokens}, more than the model's "
+                f"context of {limit}: shorten it or lower --max-new-tokens."
+            )
+        turns = turns[2:]  # the oldest question and its answer
+
+
+def ask(loaded: Loaded, prompts: list[str], decoding: Decoding, echo=print) -> list[str]:
+    """Each prompt as its own single-turn conversation; prints the answers (with their prompts when several)."""
+    answers = []
+    for i, prompt in enumerate(prompts):
+        reply = answer(loaded.model, loaded.tokenizer, [{"role": "user", "content": prompt}], decoding)
+        answers.append(reply)
+        if len(prompts) > 1:
+            echo(("\n" if i else "") + f"> {prompt}")
+        echo(reply)
+    return answers
+
+
+def converse(loaded: Loaded, decoding: Decoding, read=input, echo=print, interactive: bool = True) -> None:
+    """One conversation on the lines ``read`` returns, until an empty line or end of input."""
+    if interactive:
+        echo(f"{loaded.what}. {NEW_CONVERSATION} starts over; an empty line or Ctrl-D ends.")
+    messages: list[dict] = []
+    while True:
+        try:
+            line = read("you> " if interactive else "").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        if line == NEW_CONVERSATION:
+            messages = []
+            continue
+        messages.append({"role": "user", "content": line})
+        streamer = _streamer(loaded.tokenizer) if interactive else None
+        if interactive:
+            print("model> ", end="", flush=True)
+        reply = answer(loaded.model, loaded.tokenizer, messages, decoding, streamer)
+        if streamer is None:
+            echo(reply + ("" if interactive else "\n"))
+        messages.append({"role": "assistant", "content": reply})
+
+
+def _streamer(tokenizer):
+    from transformers import TextStreamer
+
+    return TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

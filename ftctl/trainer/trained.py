@@ -1,0 +1,144 @@
+"""What a run leaves to load, and loading it: the one place `merge` and `chat` find a run's weights.
+
+A run's output directory holds its final model (fft/sft: ``config.json`` + weights) or adapter
+(lora/qlora: ``adapter_config.json``) with the tokenizer and spec.json; before the run ends it holds
+only ``checkpoint-<step>`` directories, of which the newest complete one (its manifest verified,
+ftctl.checkpoints) that holds weights is taken, with a warning naming it. An adapter is loaded onto
+the base it names (``base_model_name_or_path``; the demo model's id resolves to its local cache),
+unquantized: a QLoRA adapter goes onto the full-precision base, as merging does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftctl.errors import FtctlError
+from ftctl.runpaths import SPEC_FILE
+
+log = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's name; the mark of a lora/qlora output
+MODEL_CONFIG = "config.json"
+# what save_pretrained writes for a full model: one file or a sharded index
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+@dataclass(frozen=True)
+class Trained:
+    path: Path  # the directory loaded: the run's output dir or one of its checkpoints
+    adapter: bool  # a LoRA/QLoRA adapter (else a full model)
+
+    @property
+    def base(self) -> str:
+        """The model an adapter was trained on, as the run named it."""
+        base = json.loads((self.path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        if not base:
+            raise FtctlError(f"{self.path / ADAPTER_CONFIG} names no base model (base_model_name_or_path).")
+        return base
+
+    @property
+    def precision(self) -> str | None:
+        """The precision the run trained in (its spec.json, beside or above a checkpoint); None: unknown."""
+        for spec_file in (self.path / SPEC_FILE, self.path.parent / SPEC_FILE):
+            try:
+                return json.loads(spec_file.read_text())["plan"]["precision"]
+            except (OSError, KeyError, ValueError):
+                continue
+        return None
+
+
+def _holds_adapter(path: Path) -> bool:
+    return (path / ADAPTER_CONFIG).is_file()
+
+
+def _holds_model(path: Path) -> bool:
+    return (path / MODEL_CONFIG).is_file() and any((path / f).is_file() for f in WEIGHT_FILES)
+
+
+def find(path_or_uri: str, adapter_only: bool = False) -> Trained:
+    """The adapter or model to load from a run directory or a checkpoint directory (local)."""
+    from ftctl import storage
+
+    if storage.is_remote(path_or_uri):
+        raise FtctlError(
+            f"{path_or_uri} is in object storage: download the run first (`ftctl sync pull {path_or_uri} DIR`, "
+            "or copy its top-level files), then pass DIR."
+        )
+    path = Path(path_or_uri).expanduser()
+    if not path.is_dir():
+        raise FtctlError(f"{path} is not a directory: pass the output directory of a run (or a checkpoint-* in it).")
+    found = _found(path)
+    if found is None:
+        found = _newest_checkpoint(path)
+        if found is not None:
+            log.warning("%s has no final %s yet: loading its newest checkpoint %s", path, _what(found), found.path.name)
+    if found is None:
+        what = f"LoRA adapter ({ADAPTER_CONFIG})" if adapter_only else f"model or LoRA adapter ({ADAPTER_CONFIG})"
+        raise FtctlError(
+            f"No {what} in {path} nor in a complete checkpoint-* directory there: pass the output directory "
+            "of a run (a run that saved no checkpoint yet has nothing to load)."
+        )
+    if adapter_only and not found.adapter:
+        raise FtctlError(
+            f"{found.path} holds a full model (method fft or sft), not a LoRA adapter: it loads with "
+            "transformers as it is, there is nothing to merge."
+        )
+    return found
+
+
+def _found(path: Path) -> Trained | None:
+    if _holds_adapter(path):
+        return Trained(path, adapter=True)
+    if _holds_model(path):
+        return Trained(path, adapter=False)
+    return None
+
+
+def _what(found: Trained) -> str:
+    return "adapter" if found.adapter else "model"
+
+
+def _newest_checkpoint(run_dir: Path) -> Trained | None:
+    from ftctl.checkpoints import list_checkpoints
+
+    for ckpt in reversed(list_checkpoints(str(run_dir))):
+        found = _found(run_dir / ckpt.name) if ckpt.complete else None
+        if found is not None:
+            return found
+        if not ckpt.complete:
+            log.warning("skipping %s: %s", ckpt.name, "; ".join(ckpt.problems))
+    return None
+
+
+def load(trained: Trained, precision: str, device_map=None):
+    """The model in ``precision`` (fp32/bf16/fp16): the full model, or the base with the adapter on it
+    (a PeftModel; ``merge_and_unload()`` folds it in)."""
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.trainer.model import resolve_model, torch_dtype
+
+    dtype = torch_dtype(precision)
+    if not trained.adapter:
+        return AutoModelForCausalLM.from_pretrained(trained.path, dtype=dtype, device_map=device_map)
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(trained.base), dtype=dtype, device_map=device_map)
+    return PeftModel.from_pretrained(base, str(trained.path))
+
+
+def tokenizer_source(trained: Trained) -> str:
+    """Where the run's tokenizer is: saved beside the weights (with the chat template the run trained with),
+    else the base's."""
+    if (trained.path / "tokenizer_config.json").is_file() or not trained.adapter:
+        return str(trained.path)
+    from ftctl.trainer.model import resolve_model
+
+    return resolve_model(trained.base)

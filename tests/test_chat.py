@@ -1,0 +1,174 @@
+"""`ftctl chat` and `ftctl merge` on what a real CPU run of the tiny model leaves: which weights they find, and
+what they refuse. The learned-fact check with the real demo model is in test_demo_model.py."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ftctl.errors import FtctlError
+from tests.trainer_fixtures import make_run, subprocess_env
+
+FTCTL = str(Path(sys.executable).parent / "ftctl")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, tiny_data, tmp_path_factory) -> Path:
+    """A finished lora run of the tiny model: its final adapter and checkpoint-3, checkpoint-6."""
+    import torch
+
+    from ftctl.trainer.run import train
+
+    torch.set_num_threads(1)
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path_factory.mktemp("chat") / "run", "lora", lora_r=4)
+    return Path(train(spec, plan, echo=lambda line: None).output_dir)
+
+
+def _greedy(model, tokenizer, question: str, max_new_tokens: int) -> str:
+    import torch
+
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_chat_answers_with_the_runs_adapter(lora_run, tiny_model_dir):
+    """As a user runs it: stdout is the answer alone (script-friendly), stderr quiet."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    question = "What is the capital of France?"
+    proc = subprocess.run(
+        [FTCTL, "chat", str(lora_run), "-p", question, "--max-new-tokens", "12"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(lora_run)).eval()
+    assert proc.stdout.strip() == _greedy(tuned, AutoTokenizer.from_pretrained(lora_run), question, 12)
+
+    from ftctl.cli import main
+
+    two = CliRunner().invoke(main, ["chat", str(lora_run), "-p", "a?", "-p", "b?", "--max-new-tokens", "3"])
+    assert two.exit_code == 0 and two.stdout.startswith("> a?\n") and "\n\n> b?\n" in two.stdout, two.output
+
+
+def test_without_a_final_adapter_the_newest_complete_checkpoint_is_loaded(lora_run, tmp_path, caplog):
+    from ftctl.trainer import trained
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copytree(lora_run / "checkpoint-3", partial / "checkpoint-3")
+    shutil.copytree(lora_run / "checkpoint-6", partial / "checkpoint-6")
+    (partial / "checkpoint-6" / "ftctl-manifest.json").unlink()  # killed before its commit
+    with caplog.at_level(logging.WARNING):
+        found = trained.find(str(partial))
+    assert found.path == partial / "checkpoint-3" and found.adapter
+    assert "skipping checkpoint-6" in caplog.text and "loading its newest checkpoint checkpoint-3" in caplog.text
+    assert found.precision is None  # no spec.json in the run dir: unknown (merge takes fp32, chat the device's)
+    shutil.copy(lora_run / "spec.json", partial / "spec.json")
+    assert found.precision == "fp32"  # the run's, read from above the checkpoint
+    assert trained.find(str(lora_run / "checkpoint-6")).path == lora_run / "checkpoint-6"
+
+
+def test_a_full_model_run_loads_as_itself(tiny_model_dir, tiny_data, tmp_path):
+    from ftctl.trainer import chat, trained
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "fft", "fft", max_steps=2, save_steps=2)
+    from ftctl.trainer.run import train
+
+    out = Path(train(spec, plan, echo=lambda line: None).output_dir)
+    found = trained.find(str(out))
+    assert found == trained.Trained(out, adapter=False)
+    loaded = chat.load(str(out))
+    assert loaded.what == f"model {out}, fp32 on CPU"
+    with pytest.raises(FtctlError, match="full model .* nothing to merge"):
+        trained.find(str(out), adapter_only=True)
+
+
+def test_a_conversation_on_stdin_keeps_its_turns_until_new(lora_run, monkeypatch):
+    from ftctl.trainer import chat
+
+    loaded = chat.load(str(lora_run))
+    seen = []
+    real = chat.answer
+
+    def spy(model, tokenizer, messages, decoding=chat.Decoding(), streamer=None):
+        seen.append([m["content"] for m in messages])
+        return real(model, tokenizer, messages, decoding, streamer)
+
+    monkeypatch.setattr(chat, "answer", spy)
+    lines = iter(["first?", "second?", "/new", "third?", "", "never read"])
+    out = []
+    chat.converse(
+        loaded, chat.Decoding(max_new_tokens=2), read=lambda prompt: next(lines), echo=out.append, interactive=False
+    )
+    assert [s[0::2] for s in seen] == [
+        ["first?"],
+        ["first?", "second?"],
+        ["third?"],
+    ]  # questions, with the answers between
+    assert len(out) == 3 and all(o.endswith("\n") for o in out)
+
+
+def test_an_outgrown_conversation_drops_its_oldest_turns(lora_run):
+    from ftctl.trainer import chat
+
+    loaded = chat.load(str(lora_run))
+    limit = loaded.model.config.max_position_embeddings
+    long = "word " * (limit // 3)
+    messages = [
+        {"role": "user", "content": long},
+        {"role": "assistant", "content": long},
+        {"role": "user", "content": "short?"},
+    ]
+    inputs = chat._fit(loaded.model, loaded.tokenizer, messages, max_new_tokens=8)
+    assert inputs["input_ids"].shape[1] + 8 <= limit
+    text = loaded.tokenizer.decode(inputs["input_ids"][0])
+    assert "short?" in text and "word" not in text
+    with pytest.raises(FtctlError, match="more than the model's context"):
+        chat._fit(loaded.model, loaded.tokenizer, [{"role": "user", "content": long * 4}], max_new_tokens=8)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["{empty}"], "No model or LoRA adapter (adapter_config.json) in"),
+        (["s3://bucket/runs/r1"], "ftctl sync pull s3://bucket/runs/r1 DIR"),
+        (["{empty}", "--temperature", "-1"], "--temperature -1.0: give 0 (greedy) or more."),
+        (["{empty}", "--max-new-tokens", "0"], "--max-new-tokens 0: give at least 1."),
+    ],
+)
+def test_chat_refuses_in_one_line(tmp_path, args, message):
+    from ftctl.cli import main
+
+    args = [a.replace("{empty}", str(tmp_path)) for a in args]
+    result = CliRunner().invoke(main, ["chat", *args, "-p", "hi"])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_merge_never_overwrites(lora_run, tmp_path):
+    from ftctl.trainer.merge import merge
+
+    out = merge(str(lora_run), str(tmp_path / "merged"))
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftover of the atomic write
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # not mkdtemp's private mode
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(FtctlError, match="already exists and is not empty: choose another --out"):
+        merge(str(lora_run), str(out))
+    assert (out / "model.safetensors").read_bytes() == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (merge(str(lora_run), str(empty)) / "model.safetensors").is_file()  # an empty directory is fine
