@@ -5,7 +5,9 @@ For each case: 4 training steps through RunSpec -> make_plan(1xH100) -> trainer.
 Llama of the 1B shape's blocks with the tiny test tokenizer's vocabulary (so every generated id decodes), then
 `ftctl chat OUT -p QUESTION` in a fresh process (rc, stdout, stderr, seconds), then in this process chat.load
 (what it says it loaded, the device and dtype of the weights) and its greedy answer against the one of the same
-weights loaded by hand (transformers + PEFT, bf16, on the GPU). The lora case also runs a two-turn conversation
+weights loaded by hand (transformers + PEFT, bf16, on the GPU), and the CLI's against the by-hand one in a fresh
+process (a process that trained has Liger's kernels patched into transformers' Llama: a random model's near-flat
+logits then pick other tokens after a few). The lora case also runs a two-turn conversation
 on stdin.
 
     python bench/chat_gpu.py --out DIR [--cases lora,qlora,fft]
@@ -98,8 +100,11 @@ def run_case(method: str, model_dir: Path, data: Path, work: Path) -> dict:
     row.update(what=loaded.what, device=str(weights.device), dtype=str(weights.dtype), answer=mine)
     del loaded, weights
     torch.cuda.empty_cache()
-    row["by_hand"] = by_hand(out, model_dir, method)
-    row["same_answer"] = row["by_hand"] == mine and mine == proc.stdout.strip()
+    row["by_hand"] = by_hand(out, model_dir, method)  # this process: the trainer's kernels (Liger) patched in
+    hand = [sys.executable, __file__, "--by-hand", str(out), str(model_dir), method]
+    row["by_hand_fresh"] = subprocess.run(hand, capture_output=True, text=True, timeout=300).stdout.strip()
+    row["same_in_process"] = row["by_hand"] == mine
+    row["same_fresh"] = row["by_hand_fresh"] == proc.stdout.strip()
     return row
 
 
@@ -108,7 +113,11 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--cases", default="lora,qlora,fft")
     ap.add_argument("--work", default="/tmp/ftctl-chat")
+    ap.add_argument("--by-hand", nargs=3, metavar=("OUT", "MODEL", "METHOD"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.by_hand:  # a fresh process, as the CLI's: stock transformers kernels
+        print(by_hand(Path(a.by_hand[0]), Path(a.by_hand[1]), a.by_hand[2]))
+        return
     import torch
 
     from ftctl import quiet
