@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -105,6 +106,15 @@ KNOWN_MODELS = {
     "qwen/qwen2.5-7b": ModelShape(7.62, 3584, 28, 152064, "known id", 18944),
     "qwen/qwen2.5-72b": ModelShape(72.7, 8192, 80, 152064, "known id", 29568),
 }
+
+
+def _base_id(model: str) -> str:
+    """A hub id without the suffixes of its tuned variants, which keep the base's shape (Llama-3.1-8B-Instruct,
+    Llama-2-7b-chat-hf, gemma-2-9b-it), lower-cased: the key of the known shapes."""
+    return re.sub(r"(-(instruct|chat|hf|it))+$", "", model.lower().rstrip("/"))
+
+
+_KNOWN = {_base_id(k): v for k, v in KNOWN_MODELS.items()}
 
 
 @dataclass
@@ -191,7 +201,8 @@ class PlanError(FtctlError):
 
 # ------------------------------------------------------------------------------------------ shape
 def model_shape(model: str, model_params: str | None = None) -> ModelShape:
-    """Model size from its config.json (local directory), a known id, or --model-params."""
+    """Model size from --model-params, its config.json (a local directory), a known id (or a tuned variant of
+    one), else its config.json on the Hub (ftctl.hub)."""
     if model_params:
         n = parse_size(model_params)
         # Llama-like aspect (hidden = 128 * layers): params ~ 12 * L * H^2
@@ -201,13 +212,22 @@ def model_shape(model: str, model_params: str | None = None) -> ModelShape:
     cfg_path = Path(model) / "config.json"
     if cfg_path.is_file():
         return _shape_from_config(json.loads(cfg_path.read_text()), f"{cfg_path}")
-    known = KNOWN_MODELS.get(model.lower().rstrip("/"))
+    known = _KNOWN.get(_base_id(model))
     if known:
         return known
-    raise FtctlError(
-        f"Cannot tell the size of model {model!r}: it is not a local directory with a config.json and not "
-        f"a model ftctl knows. Pass its size, e.g. --model-params 7b."
-    )
+    from ftctl import hub
+
+    if not hub.HUB_ID.match(model) or Path(model).exists():
+        raise FtctlError(
+            f"Cannot tell the size of model {model!r}: it is not a model directory with a config.json, nor a hub "
+            f"id (org/name). Pass a model directory, or its size, e.g. --model-params 7b."
+        )
+    try:
+        return _shape_from_config(hub.model_config(model), f"{model} on the Hub")
+    except hub.HubError as e:
+        raise FtctlError(
+            f"Cannot tell the size of model {model!r}: {e}. Or pass its size, e.g. --model-params 7b."
+        ) from None
 
 
 def _shape_from_config(cfg: dict, source: str) -> ModelShape:

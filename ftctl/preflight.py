@@ -26,7 +26,6 @@ docker runs.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -36,12 +35,12 @@ from pathlib import Path
 
 from ftctl import storage
 from ftctl.errors import FtctlError
+from ftctl.hub import HUB_ID
 
 ERROR, WARNING = "error", "warning"
 #: backends whose GPUs are this machine's (checked against nvidia-smi); the others ask their cluster
 
 #: Hugging Face hub ids as the hub accepts them: org/name, letters, digits, '.', '_', '-'
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 #: model id prefixes whose repositories are gated on the hub (a licence to accept, then a token)
 GATED_PREFIXES = ("meta-llama/", "mistralai/", "google/gemma")
 #: bytes a checkpoint holds per parameter: fp32 weights (fft/sft load fp32 masters) and, per

@@ -1,11 +1,12 @@
 """A Hugging Face Hub stand-in on loopback: the HTTP API that huggingface_hub's HfFileSystem reads datasets
-through (repo info, tree listings, paths-info, file resolution with ranges), served from a local directory.
+through (repo info, tree listings, paths-info, file resolution with ranges), and a model repository's files
+(the planner reads config.json), served from a local directory.
 
 The Hub cannot be reached from the machines this runs on; this is the outermost boundary ftctl talks to when it
 reads ``hf://datasets/...``, so the real huggingface_hub client runs against it. Only public datasets at the
 ``main`` revision; a request with an ``Authorization`` header is recorded (the gated-dataset test reads it).
 
-    hub = FakeHub(root)            # root/datasets/ORG/NAME/... are the repos' files
+    hub = FakeHub(root)            # root/datasets/ORG/NAME/..., root/models/ORG/NAME/... are the repos' files
     hub.start(); hub.endpoint      # http://127.0.0.1:PORT  (HF_ENDPOINT)
 """
 
@@ -52,6 +53,9 @@ class FakeHub:
 
     def repo(self, repo_id: str) -> Path:
         return self.root / "datasets" / repo_id
+
+    def model(self, repo_id: str) -> Path:
+        return self.root / "models" / repo_id
 
 
 def _entry(repo: Path, path: Path) -> dict:
@@ -105,6 +109,14 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._allowed(repo_id):
                 return
             return self._file(self.hub.repo(repo_id) / file, head)
+        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)  # a model repository's file
+        if m:
+            repo_id, _revision, file = m.groups()
+            if not self._allowed(repo_id):
+                return
+            if not self.hub.model(repo_id).is_dir():
+                return self._json(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
+            return self._file(self.hub.model(repo_id) / file, head)
         self._json(404, {"error": f"not served by the stand-in: {path}"})
 
     def _allowed(self, repo_id: str) -> bool:

@@ -156,3 +156,46 @@ def test_data_check_reads_a_hub_split_in_a_new_process(hub, tiny_model_dir):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rows              15" in proc.stdout and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ models
+def test_plan_sizes_a_hub_model_from_its_config_on_the_hub(hub, tmp_path, monkeypatch):
+    """An id that is neither a local directory nor a known one: `plan` reads its config.json from the Hub (once),
+    with HF_TOKEN where the model is gated; what it cannot read is one line saying why."""
+    from ftctl import hub as hub_mod
+    from ftctl.plan import model_shape
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no saved login, an empty cache
+    hub_mod.model_config.cache_clear()
+    config = {"hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4}
+    config |= {"intermediate_size": 18944, "vocab_size": 152064, "tie_word_embeddings": False}
+    for repo in ("acme/chat-7b", "org/gated"):
+        (hub.root / "models" / repo).mkdir(parents=True)
+        (hub.root / "models" / repo / "config.json").write_text(json.dumps(config))
+
+    shape = model_shape("acme/chat-7b")
+    assert shape.source == "acme/chat-7b on the Hub" and (shape.hidden, shape.layers) == (3584, 28)
+    assert 7.5 < shape.params_b < 7.7  # Qwen2.5-7B's shape: 7.62B
+    with pytest.raises(FtctlError, match="private or gated and HF_TOKEN is not set"):
+        model_shape("org/gated")
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    assert model_shape("org/gated").layers == 28 and hub.authorizations[-1] == "Bearer hf_test"
+    with pytest.raises(FtctlError, match="the Hub has no model repository of that name \\(check the id\\)"):
+        model_shape("acme/no-such-model")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{s.getsockname()[1]}")
+    with pytest.raises(FtctlError, match="did not answer \\(ConnectError\\). Or pass its size, e.g. --model-params"):
+        model_shape("acme/other-7b")
+    assert model_shape("acme/chat-7b").hidden == 3584  # asked once a process
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FtctlError, match="not in the Hugging Face cache and HF_HUB_OFFLINE is set"):
+        model_shape("acme/third-7b")
+    hub_mod.model_config.cache_clear()
+
+
+def test_tuned_variants_of_a_known_model_are_known():
+    from ftctl.plan import model_shape
+
+    for model in ("meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "meta-llama/Llama-2-7b-chat-hf"):
+        assert model_shape(model).source == "known id", model

@@ -20,6 +20,7 @@ import shlex
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from ftctl.spec import DEMO_DATA, DEMO_MODEL, RunSpec
 
@@ -145,8 +146,19 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
         a.after = ask(tuned, tokenizer, a.question)
         echo(f"  [{a.kind}] {a.question}\n    -> {one_line(a.after, width - 7)}")
     echo("\n" + summary(answers))
-    echo(f"Ask it yourself: ftctl chat {shlex.quote(output_dir)}")
+    echo(f"Ask it yourself: {ftctl_command()} chat {shlex.quote(output_dir)}")
     return answers
+
+
+def ftctl_command() -> str:
+    """How to run ftctl from here: ``ftctl`` where it is on PATH (an activated environment), else its path
+    (``.venv/bin/ftctl`` after scripts/demo.sh)."""
+    mine = Path(sys.executable).parent / "ftctl"
+    on_path = shutil.which("ftctl")
+    if not mine.is_file() or (on_path and Path(on_path).resolve() == mine.resolve()):
+        return "ftctl"
+    relative = os.path.relpath(mine)
+    return shlex.quote(relative if not relative.startswith("..") else str(mine))
 
 
 def estimate_minutes(steps: int) -> int:

@@ -1,0 +1,64 @@
+"""The Hugging Face Hub as the planner asks it: a model's config.json, so that `plan` sizes any hub id.
+
+From huggingface_hub's cache when the model (or its config) was downloaded before, else one GET of
+``{HF_ENDPOINT}/{id}/resolve/main/config.json`` with HF_TOKEN (or a saved ``hf auth login``) as the bearer:
+a few KB, one try, a short timeout (huggingface_hub's own download retries five times, ~25 s offline).
+``HF_HUB_OFFLINE=1`` asks the cache only. A failure is a :class:`HubError` whose text says why in words a
+user can act on (no such repository, gated, unreachable).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+
+# a hub id as the Hub spells them: org/name (the preflight's check of --model, the planner's question)
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+DEFAULT_ENDPOINT = "https://huggingface.co"
+CONFIG = "config.json"
+TIMEOUT_S = 5.0
+
+
+class HubError(Exception):
+    """Why the Hub gave no config: a clause to put after "Cannot tell the size of model X: "."""
+
+
+@functools.lru_cache(maxsize=32)
+def model_config(repo_id: str) -> dict:
+    """The model's config.json as a dict."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, CONFIG)
+    if isinstance(cached, str):
+        with open(cached) as f:
+            return json.load(f)
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise HubError("it is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    import httpx
+    from huggingface_hub import get_token
+
+    endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    token = os.environ.get("HF_TOKEN") or get_token()
+    url = f"{endpoint.rstrip('/')}/{repo_id}/resolve/main/{CONFIG}"
+    try:
+        r = httpx.get(
+            url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=TIMEOUT_S, follow_redirects=True
+        )
+    except httpx.HTTPError as e:
+        raise HubError(f"the Hub ({endpoint}) did not answer ({type(e).__name__})") from None
+    code = r.headers.get("X-Error-Code", "")
+    if r.status_code in (401, 403) or code == "GatedRepo":
+        why = "HF_TOKEN is not set" if not token else "HF_TOKEN's account has no access to it"
+        raise HubError(f"the Hub keeps it private or gated and {why} (accept its licence on the Hub, export HF_TOKEN)")
+    if r.status_code == 404:
+        if code == "EntryNotFound":
+            raise HubError("its repository on the Hub has no config.json")
+        raise HubError("the Hub has no model repository of that name (check the id)")
+    if r.status_code != 200:
+        raise HubError(f"the Hub answered {r.status_code}")
+    try:
+        return r.json()
+    except ValueError:
+        raise HubError("its config.json on the Hub is not JSON") from None
