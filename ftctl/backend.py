@@ -36,7 +36,7 @@ from ftctl.errors import FtctlError
 from ftctl.launch import container_kind
 from ftctl.plan import Plan, dump_run, make_plan
 from ftctl.runpaths import RunPaths
-from ftctl.spec import BACKENDS, FIELDS, TRAINING_KEYS, RunSpec
+from ftctl.spec import BACKENDS, FIELDS, TRAINING_KEYS, RunSpec, join_paths, split_paths
 from ftctl.storage import is_remote
 
 # name -> "module:class", imported on first use (importing SkyPilot alone costs seconds)
@@ -328,8 +328,8 @@ def absolute_paths(spec: RunSpec) -> RunSpec:
 
     return replace(
         spec,
-        data_path=fix(spec.data_path),
-        eval_data_path=fix(spec.eval_data_path),
+        data_path=join_paths(fix(p) for p in split_paths(spec.data_path)),
+        eval_data_path=join_paths(fix(p) for p in split_paths(spec.eval_data_path)) or None,
         output_dir=fix(spec.output),
         model_name_or_path=fix(spec.model_name_or_path),
     )
@@ -337,12 +337,7 @@ def absolute_paths(spec: RunSpec) -> RunSpec:
 
 def refuse_local_paths(spec: RunSpec, backend: str) -> None:
     model = spec.model_name_or_path if Path(spec.model_name_or_path).exists() else ""
-    named = [
-        ("--data", spec.data_path),
-        ("--eval-data", spec.eval_data_path),
-        ("--output", spec.output),
-        ("--model", model),
-    ]
+    named = [*spec.data_sources, ("--output", spec.output), ("--model", model)]
     for what, p in named:
         if p and not is_remote(p) and not p.startswith("builtin:"):
             raise FtctlError(

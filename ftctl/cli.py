@@ -48,9 +48,15 @@ def run_options(fn):
         click.option("--nodes", type=int, help="Number of nodes (also 2x8xH100)."),
         click.option("--model", help="Model id or local directory (model_name_or_path)."),
         click.option("--model-params", help="Model size when its config cannot be read: 7b, 135m."),
-        click.option("--data", help="Dataset path or URI (data_path); builtin:demo is bundled."),
         click.option(
-            "--eval-data", help="Held-out dataset (eval_data_path), evaluated every eval_steps and at the end."
+            "--data",
+            multiple=True,
+            help="Dataset path or URI (data_path); repeat it (or a,b) for several; builtin:demo is bundled.",
+        ),
+        click.option(
+            "--eval-data",
+            multiple=True,
+            help="Held-out dataset (eval_data_path), evaluated every eval_steps and at the end.",
         ),
         click.option("--output", help="Output directory or s3:// gs:// az:// URI."),
         click.option("--backend", type=click.Choice(BACKENDS), help="Default: see `ftctl launch --help`."),
@@ -260,17 +266,23 @@ def data():
 
 
 @data.command("check")
-@click.argument("path")
+@click.argument("paths", nargs=-1, required=True)
 @click.option("--model", required=True, help="Model whose tokenizer and chat template to use.")
 @click.option("--max-length", type=int, default=None, help="model_max_length (default: the run default).")
-def data_check(path, model, max_length):
-    """Per-row errors with file and row number, then token statistics."""
+def data_check(paths, model, max_length):
+    """Per-row errors with file and row number, then token statistics (of all PATHS as one dataset)."""
     from ftctl import preflight
+    from ftctl.spec import RunSpec, join_paths, split_paths
 
+    try:
+        path = join_paths(paths)
+    except ValueError as e:
+        raise FtctlError(f"{e}.") from None
     # a missing file or model directory is said at once, before the tokenizer loads (seconds)
-    preflight.raise_if_errors(preflight.check_data(path) + preflight.check_model(model))
+    preflight.raise_if_errors(
+        [f for p in split_paths(path) for f in preflight.check_data(p)] + preflight.check_model(model)
+    )
 
-    from ftctl.spec import RunSpec
     from ftctl.trainer.data import check_data
     from ftctl.trainer.model import load_tokenizer
 

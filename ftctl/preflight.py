@@ -71,9 +71,8 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None) -> lis
     from concurrent.futures import ThreadPoolExecutor
 
     findings = check_gpus(plan, backend_name, detected) + check_model(spec.model_name_or_path)
-    flags = ("--data", "--eval-data")
-    with ThreadPoolExecutor(3) as pool:  # the store checks wait on the network: side by side
-        data = [pool.submit(check_data, p, spec.s3_endpoint_url, f) for p, f in zip(spec.data_paths, flags)]
+    with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
+        data = [pool.submit(check_data, p, spec.s3_endpoint_url, f) for f, p in spec.data_sources]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
         findings += [f for d in data for f in d.result()] + output.result()
     findings += check_disk(spec, plan)

@@ -55,7 +55,7 @@ class RunSpec:
     method: str = "lora"
     model_name_or_path: str = DEMO_MODEL
     model_params: str | None = None  # "7b", "135m": when the model's config cannot be read
-    data_path: str = DEMO_DATA
+    data_path: str = DEMO_DATA  # several: comma-separated (a YAML list, --data repeated), read as one dataset
     eval_data_path: str | None = None  # held-out data in the same formats (FastChat's --eval_data_path)
     eval_split: float = 0.0  # or this fraction of data_path's rows held out (chosen with seed); 0: none
     eval_steps: int | None = None  # with held-out data: evaluate every N steps and at the end; default save_steps
@@ -145,9 +145,15 @@ class RunSpec:
         return self.learning_rate if self.learning_rate is not None else METHOD_LEARNING_RATE[self.method]
 
     @property
+    def data_sources(self) -> list[tuple[str, str]]:
+        """(flag, path) of every dataset the trainer reads: the training data's, then the held-out data's."""
+        return [("--data", p) for p in split_paths(self.data_path)] + [
+            ("--eval-data", p) for p in split_paths(self.eval_data_path)
+        ]
+
+    @property
     def data_paths(self) -> list[str]:
-        """Every dataset the trainer reads: the training data, then the held-out data if any."""
-        return [self.data_path] + ([self.eval_data_path] if self.eval_data_path else [])
+        return [p for _, p in self.data_sources]
 
     @property
     def evaluates(self) -> bool:
@@ -165,6 +171,27 @@ class RunSpec:
         """A short hash of what changes the trained weights (not where it runs)."""
         keep = {k: v for k, v in self.to_dict().items() if k in TRAINING_KEYS}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+PATH_LISTS = ("data_path", "eval_data_path")  # several datasets: comma-separated, a YAML list, a repeated flag
+
+
+def split_paths(value: str | None) -> list[str]:
+    """The datasets a data_path names: ``a.jsonl,s3://b/c.jsonl`` is two, read one after the other as one
+    dataset. A local path that exists is one, commas and all."""
+    if not value:
+        return []
+    if "," not in value or Path(value).expanduser().exists():
+        return [value]
+    return [p for p in (part.strip() for part in value.split(",")) if p]
+
+
+def join_paths(paths) -> str:
+    """The data_path that names ``paths`` (split_paths' inverse); a comma inside one of several is refused."""
+    paths = [str(p).strip() for p in paths if str(p).strip()]
+    if len(paths) > 1 and any("," in p for p in paths):
+        raise ValueError("a path holding a comma cannot be one of several: rename it, or give it alone")
+    return ",".join(paths)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunSpec)}
@@ -271,6 +298,8 @@ def _coerce(key: str, value):
             return float(value)
         except (TypeError, ValueError):
             raise ValueError("expects a number") from None
+    if key in PATH_LISTS and isinstance(value, (list, tuple)):
+        return join_paths(value)
     if typ is str:
         if isinstance(value, (dict, list)):
             raise ValueError("expects a single value")
@@ -424,10 +453,10 @@ def validate(spec: RunSpec) -> None:
     if not 0 <= spec.eval_split < 1:
         errors.append(f"eval_split={spec.eval_split}: give the share of data_path's rows to hold out, e.g. 0.05.")
     for key in ("data_path", "eval_data_path", "output_dir"):
-        v = getattr(spec, key)
-        if v and "://" in v and not (v.startswith("file://") or storage.is_remote(v)):
-            schemes = ", ".join(sorted(f"{s}://" for s in storage.REMOTE_SCHEMES))
-            errors.append(f"{key}={v!r}: unknown storage scheme; use a local path, file:// or one of {schemes}.")
+        for v in split_paths(getattr(spec, key)) if key in PATH_LISTS else [getattr(spec, key)]:
+            if v and "://" in v and not (v.startswith("file://") or storage.is_remote(v)):
+                schemes = ", ".join(sorted(f"{s}://" for s in storage.REMOTE_SCHEMES))
+                errors.append(f"{key}={v!r}: unknown storage scheme; use a local path, file:// or one of {schemes}.")
     try:
         storage.require_writable(spec.output, "output_dir")
     except FtctlError as e:

@@ -101,6 +101,33 @@ def test_jobs_lists_each_job_once_newest_first_with_its_state_now(tmp_path, monk
     assert len(CliRunner().invoke(main, ["jobs", "-n", "1"]).stdout.splitlines()) == 2
 
 
+def test_several_datasets_reach_every_backend_each_checked_and_bound(tmp_path, monkeypatch):
+    """--data twice: each path absolute in spec.json, each mounted into the docker container and bound on Slurm,
+    each checked by the preflight under its flag; SkyPilot refuses the local one by name."""
+    from click.testing import CliRunner
+
+    from ftctl import preflight
+    from ftctl.cli import main
+    from ftctl.plan import make_plan
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text('{"text": "x"}\n')
+    small = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    rendered = _prep(tmp_path, data_path=["a.jsonl", "b.jsonl"], backend="docker", gpus="cpu", model_name_or_path=small)
+    assert rendered.spec.data_path == f"{tmp_path / 'a.jsonl'},{tmp_path / 'b.jsonl'}"
+    assert f"{tmp_path / 'a.jsonl'}:{tmp_path / 'a.jsonl'}" in rendered.text
+    assert f"{tmp_path / 'b.jsonl'}:{tmp_path / 'b.jsonl'}" in rendered.text
+    slurm = _prep(tmp_path, data_path=["a.jsonl", "b.jsonl"], container="apptainer:x.sif")
+    assert str(tmp_path) in slurm.text  # the data's directory bound into the container
+    spec = build(dict(data_path=["a.jsonl", "missing.jsonl"], eval_data_path="gone.json", gpus="1xA100"))
+    found = [f.text for f in preflight.preflight(spec, make_plan(spec), "slurm") if "No data" in f.text]
+    assert [t.split(":")[0] for t in found] == ["--data", "--eval-data"] and "missing.jsonl" in found[0]
+    flags = ["render", "--backend", "sky", "--gpus", "1xA100", "--data", "s3://b/x.jsonl", "--data", "a.jsonl"]
+    refused = CliRunner().invoke(main, [*flags, "--output", "s3://b/o"])
+    assert refused.exit_code == 2 and "--data 'a.jsonl' is a local path" in refused.output
+
+
 def test_s3a_output_is_remote_on_every_backend(tmp_path, monkeypatch):
     """Regression: two is_remote functions disagreed; s3a:// became a local path under the cwd."""
     monkeypatch.chdir(tmp_path)

@@ -241,6 +241,29 @@ def test_unknown_builtin_and_missing_paths(tmp_path, tiny_tokenizer):
         check_data(str(tmp_path / "x.csv"), tiny_tokenizer, 512)
 
 
+def test_several_datasets_are_read_as_one_each_row_named_by_its_file(tmp_path, tiny_tokenizer):
+    """data_path a,b (a YAML list, --data twice): every dataset's rows, one after the other; a problem names its file;
+    a local path holding a comma that exists is one dataset."""
+    from ftctl.spec import build, split_paths
+
+    chat = {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+    a = write_json(tmp_path / "a.json", [chat] * 3)
+    (tmp_path / "more").mkdir()
+    write_jsonl(tmp_path / "more" / "b.jsonl", [{"messages": [{"role": "user", "content": "x"}]}, chat])
+    both = f"{a},{tmp_path / 'more'}"
+    report = check_data(both, tiny_tokenizer, 64)
+    assert report.files == 2 and report.stats.rows == 4
+    assert [e.split(":")[0] for e in report.errors] == ["b.jsonl line 1"]  # named as in its own directory
+    assert len(build_dataset(f"{a},{a}", tiny_tokenizer, 64)) == 6
+
+    assert build({"data_path": [a, str(tmp_path / "more")]}).data_path == both
+    assert build({"eval_data": [a]}).eval_data_path == a
+    with pytest.raises(FtctlError, match="a path holding a comma cannot be one of several"):
+        build({"data_path": [a, "x,y.json"]})
+    odd = write_json(tmp_path / "q1,q2.json", [chat])
+    assert split_paths(odd) == [odd] and len(build_dataset(odd, tiny_tokenizer, 64)) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Bad data: every row reported with file and row number, and the trainer refuses it
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from ftctl.plan import Plan
-from ftctl.spec import RunSpec
+from ftctl.spec import RunSpec, split_paths
 
 # dense bf16 (fp16 where no bf16) peak TFLOPS per GPU, from the vendors' data sheets
 PEAK_TFLOPS = {
@@ -52,15 +52,12 @@ def resources(spec: RunSpec, plan: Plan) -> dict:
 def train_tokens(spec: RunSpec) -> float | None:
     if spec.max_steps > 0:
         return float(spec.max_steps * spec.global_batch_size * spec.model_max_length)
-    if spec.data_path.startswith("builtin:"):
-        from ftctl.demo import demo_data_path
+    from ftctl.demo import demo_data_path
 
-        path = demo_data_path()
-    else:
-        path = Path(spec.data_path)
-    if not path.is_file():
+    paths = [demo_data_path() if p.startswith("builtin:") else Path(p) for p in split_paths(spec.data_path)]
+    if not all(p.is_file() for p in paths):
         return None
-    return spec.num_train_epochs * path.stat().st_size / BYTES_PER_TOKEN
+    return spec.num_train_epochs * sum(p.stat().st_size for p in paths) / BYTES_PER_TOKEN
 
 
 def tokens_per_second(plan: Plan) -> float | None:

@@ -173,19 +173,24 @@ class _ParseError:
 
 
 def load_rows(path: str, endpoint_url: str | None = None) -> tuple[list[str], list[Row]]:
-    """(the files read, every row of them as a :class:`Row` with its problems, if any).
+    """(the files read, every row of them as a :class:`Row` with its problems, if any), of each dataset
+    ``path`` names (several: comma-separated, :func:`ftctl.spec.split_paths`) in turn.
     ``endpoint_url``: the S3 endpoint (see :func:`ftctl.storage.s3_endpoint`)."""
-    rows = []
-    files = resolve_files(path, endpoint_url)
-    top = path.rstrip("/") + "/"
-    for file in files:
-        # Name files as the user knows them: relative to the directory given, else the base name.
-        name = file[len(top) :] if file.startswith(top) else posixpath.basename(file)
-        try:
-            for where, record in _records(file, name, endpoint_url):
-                rows.append(to_row(where, record))
-        except (OSError, ValueError) as e:  # unreadable file, bad parquet, not UTF-8
-            rows.append(Row(where=name, format="unknown", problems=[f"cannot read the file: {e}"]))
+    from ftctl.spec import split_paths
+
+    files, rows = [], []
+    for one in split_paths(path):
+        found = resolve_files(one, endpoint_url)
+        files += found
+        top = one.rstrip("/") + "/"
+        for file in found:
+            # Name files as the user knows them: relative to the directory given, else the base name.
+            name = file[len(top) :] if file.startswith(top) else posixpath.basename(file)
+            try:
+                for where, record in _records(file, name, endpoint_url):
+                    rows.append(to_row(where, record))
+            except (OSError, ValueError) as e:  # unreadable file, bad parquet, not UTF-8
+                rows.append(Row(where=name, format="unknown", problems=[f"cannot read the file: {e}"]))
     return files, rows
 
 
