@@ -170,7 +170,7 @@ def check_model(name_or_path: str) -> list[Finding]:
     if not HUB_ID.match(value) or "--" in value or ".." in value:
         return [Finding(ERROR, f"--model {value}: no such directory, and not a hub id (org/name)", fix)]
     from ftctl import hub
-    from ftctl.trainer.model import is_demo_model
+    from ftctl.spec import is_demo_model
 
     if not is_demo_model(value):  # built here from its PyPI wheel: no Hub
         try:

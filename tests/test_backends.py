@@ -199,6 +199,7 @@ def test_no_module_imports_upward():
         "storage": 1,
         "gpus": 1,
         "runpaths": 1,
+        "hub": 1,
         "failures": 1,
         "demo": 1,
         "spec": 2,

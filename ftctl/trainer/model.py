@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 
 from ftctl.errors import FtctlError
-from ftctl.spec import DEMO_MODEL
+from ftctl.spec import DEMO_MODEL, is_demo_model
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ def cache_dir() -> Path:
 
 def demo_model_dir() -> Path:
     return cache_dir() / "models" / DEMO_MODEL.replace("/", "--")
-
-
-def is_demo_model(name_or_path: str) -> bool:
-    return str(name_or_path).strip().rstrip("/").lower() == DEMO_MODEL.lower()
 
 
 def ensure_demo_model(echo=None) -> Path:
