@@ -63,7 +63,7 @@ from pathlib import Path
 
 from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError
-from ftctl.spec import RunSpec, parse_size
+from ftctl.spec import STRATEGIES, RunSpec, parse_size
 from ftctl.trainer.attention import default_packing, describe, plan_attention
 
 HEADROOM = 0.92
@@ -268,6 +268,19 @@ PROCESS_HOST_GB = 6.0  # a trainer process's own host memory before DeepSpeed's 
 # where the trainer runs its own LoRA forward (methods.fused_adapter_output; sharded parameters are
 # gathered by module hooks that it would bypass)
 FUSED_ADAPTER_STRATEGIES = ("single", "ddp")
+# The strategies the trainer runs each method under, and why not the others: a forced one outside them is refused
+# before anything starts (FSDP2 of a uint8 4-bit base crashes or, bypassed, trains on destroyed quantization
+# states: loss 0, grad norm NaN, accelerate#3983).
+METHOD_STRATEGIES = {
+    "fft": (STRATEGIES, ""),
+    "sft": (("single", "ddp", "zero2", "zero3"), "sft's frozen blocks and trained top run under DDP or ZeRO-2/3"),
+    "lora": (("single", "ddp", "fsdp"), "LoRA runs under DDP, or FSDP2 where its frozen base must be sharded"),
+    "qlora": (
+        ("single", "ddp"),
+        "its 4-bit base is not sharded (bitsandbytes' packed uint8 weights lose their quantization state under "
+        "FSDP2 and ZeRO-3); for a model one GPU cannot hold even in 4 bits: --method lora with -o strategy=fsdp",
+    ),
+}
 LORA_KERNELS_MIN_B = 3.0  # see lora_kernels()
 LORA_KERNEL_MAX_RANK = 64
 
@@ -449,6 +462,11 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
         raise PlanError(
             "ddp_comm_dtype=bf16 needs GPUs (torch's bf16 all-reduce hook runs on NCCL only); on CPU leave "
             "ddp_comm_dtype unset."
+        )
+    allowed, why = METHOD_STRATEGIES[spec.method]
+    if spec.strategy and spec.strategy not in allowed:
+        raise PlanError(
+            f"strategy={spec.strategy} is not one ftctl runs {spec.method} with ({', '.join(allowed)}): {why}."
         )
     shape = model_shape(spec.model_name_or_path, spec.model_params)
     plan = _fit(spec, req, shape, spec.method)

@@ -247,6 +247,30 @@ def test_given_accumulation_is_kept():
     assert (p.per_device_train_batch_size, p.gradient_accumulation_steps, p.global_batch_size) == (1, 3, 3)
 
 
+@pytest.mark.parametrize(
+    "method, strategy, why",
+    [
+        ("qlora", "zero3", "its 4-bit base is not sharded"),
+        ("qlora", "fsdp", "--method lora with -o strategy=fsdp"),
+        ("lora", "zero2", "LoRA runs under DDP, or FSDP2"),
+        ("sft", "fsdp", "DDP or ZeRO-2/3"),
+    ],
+)
+def test_a_forced_strategy_the_method_never_runs_under_is_refused(method, strategy, why):
+    """Not tried and left to crash or, worse, train on garbage (FSDP2 of a 4-bit base: loss 0, grad norm NaN)."""
+    from ftctl.plan import METHOD_STRATEGIES
+
+    with pytest.raises(PlanError, match=f"strategy={strategy} is not one ftctl runs {method} with") as e:
+        plan(method=method, gpus="4xRTX4090", model_params="7b", o=[f"strategy={strategy}"])
+    assert why in str(e.value)
+    for method, (allowed, _) in METHOD_STRATEGIES.items():  # each planner choice is one the method runs under
+        for s in {"single", "ddp", "fsdp", "zero2", "zero3"} & set(allowed):
+            p = plan(
+                method=method, gpus="1xH100" if s == "single" else "2xH100", model_params="1b", o=[f"strategy={s}"]
+            )
+            assert p.strategy == s
+
+
 def test_forced_choices_are_kept():
     p = plan(
         method="fft",
