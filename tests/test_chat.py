@@ -172,3 +172,26 @@ def test_merge_never_overwrites(lora_run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (merge(str(lora_run), str(empty)) / "model.safetensors").is_file()  # an empty directory is fine
+
+
+def test_a_qlora_adapter_talks_on_the_4bit_base_it_trained_on(tiny_model_dir, tiny_data, tmp_path):
+    """What it learned against, and what fits where the run fit; merge still folds it into the full base."""
+    import bitsandbytes as bnb
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftctl.trainer import chat
+    from ftctl.trainer.model import nf4_config
+    from ftctl.trainer.run import train
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "q", "qlora", lora_r=4, max_steps=2, save_steps=2)
+    out = Path(train(spec, plan, echo=lambda line: None).output_dir)
+    loaded = chat.load(str(out))
+    assert loaded.what == f"LoRA adapter {out} on {tiny_model_dir} in 4 bits, fp32 on CPU"
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in loaded.model.modules())
+    quantized = {"quantization_config": nf4_config(torch.float32), "device_map": {"": "cpu"}}
+    by_hand = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, **quantized), str(out))
+    question = "What is the capital of France?"
+    asked = chat.answer(loaded.model, loaded.tokenizer, [{"role": "user", "content": question}], chat.Decoding(8))
+    assert asked == _greedy(by_hand.eval(), AutoTokenizer.from_pretrained(out), question, 8)

@@ -3,7 +3,9 @@
 RUN is a run's output directory (its final model or adapter, else its newest complete checkpoint:
 ftctl.trainer.trained), one of its ``checkpoint-<step>`` directories, or a model id or directory (the
 base, to compare against). On a GPU the weights load in the run's 16-bit precision (bf16 when the
-run trained in fp32), spread over the GPUs there are; on CPU in fp32. An adapter stays unmerged.
+run trained in fp32), spread over the GPUs there are; on CPU in fp32. An adapter stays unmerged, on its base
+as the run trained it: a qlora adapter on the 4-bit NF4 base (what it learned against, and what fits where
+the run fit).
 
 Decoding is greedy unless ``temperature`` > 0 (then sampled with ``top_p``). With prompts given
 (``-p``) each is one single-turn question and only the answers are printed; without, the lines read
@@ -68,12 +70,12 @@ def load(target: str) -> Loaded:
             precision = "fp16"
     else:
         precision = "fp32"
-    model = trained_mod.load(found, precision, device_map="auto" if on_gpu else None).eval()
+    model = trained_mod.load(found, precision, device_map="auto" if on_gpu else None, as_trained=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(found))
     if note := ensure_chat_template(tokenizer):
         log.warning("%s", note)
     if found.adapter:
-        what = f"LoRA adapter {found.path} on {found.base}"
+        what = f"LoRA adapter {found.path} on {found.base}" + (" in 4 bits" if found.method == "qlora" else "")
     else:
         what = f"model {target if not Path(target).expanduser().is_dir() else found.path}"
     return Loaded(model, tokenizer, f"{what}, {precision} on {'GPU' if on_gpu else 'CPU'}")

@@ -198,11 +198,18 @@ def quantization_config(plan, on_cpu: bool):
     """bitsandbytes 4-bit NF4 with double quantization for qlora, else None."""
     if plan.method != "qlora":
         return None
+    return nf4_config(torch_dtype("fp32" if on_cpu else plan.precision))
+
+
+def nf4_config(compute_dtype):
+    """QLoRA's quantization: 4-bit NF4 with double quantization, computing in ``compute_dtype``."""
     from transformers import BitsAndBytesConfig
 
-    compute = torch_dtype("fp32" if on_cpu else plan.precision)
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
     )
 
 

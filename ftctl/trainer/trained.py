@@ -4,8 +4,8 @@ A run's output directory holds its final model (fft/sft: ``config.json`` + weigh
 (lora/qlora: ``adapter_config.json``) with the tokenizer and spec.json; before the run ends it holds
 only ``checkpoint-<step>`` directories, of which the newest complete one (its manifest verified,
 ftctl.checkpoints) that holds weights is taken, with a warning naming it. An adapter is loaded onto
-the base it names (``base_model_name_or_path``; the demo model's id resolves to its local cache),
-unquantized: a QLoRA adapter goes onto the full-precision base, as merging does.
+the base it names (``base_model_name_or_path``; the demo model's id resolves to its local cache): unquantized
+for merging (a QLoRA adapter folded into the full-precision base), in 4 bits as it trained for `chat`.
 """
 
 from __future__ import annotations
@@ -46,10 +46,19 @@ class Trained:
 
     @property
     def precision(self) -> str | None:
-        """The precision the run trained in (its spec.json, beside or above a checkpoint); None: unknown."""
+        """The precision the run trained in; None: unknown."""
+        return self._planned("precision")
+
+    @property
+    def method(self) -> str | None:
+        """The run's method (fft, sft, lora, qlora); None: unknown."""
+        return self._planned("method")
+
+    def _planned(self, key: str) -> str | None:
+        """A value of the run's plan, from its spec.json (beside the weights, or above a checkpoint)."""
         for spec_file in (self.path / SPEC_FILE, self.path.parent / SPEC_FILE):
             try:
-                return json.loads(spec_file.read_text())["plan"]["precision"]
+                return json.loads(spec_file.read_text())["plan"][key]
             except (OSError, KeyError, ValueError):
                 continue
         return None
@@ -118,19 +127,25 @@ def _newest_checkpoint(run_dir: Path) -> Trained | None:
     return None
 
 
-def load(trained: Trained, precision: str, device_map=None):
+def load(trained: Trained, precision: str, device_map=None, as_trained: bool = False):
     """The model in ``precision`` (fp32/bf16/fp16): the full model, or the base with the adapter on it
-    (a PeftModel; ``merge_and_unload()`` folds it in)."""
+    (a PeftModel; ``merge_and_unload()`` folds it in). ``as_trained``: a qlora adapter's base in 4 bits as the
+    run trained it (ftctl.trainer.model.quantization_config), not unquantized."""
     from transformers import AutoModelForCausalLM
 
-    from ftctl.trainer.model import resolve_model, torch_dtype
+    from ftctl.trainer.model import nf4_config, resolve_model, torch_dtype
 
     dtype = torch_dtype(precision)
     if not trained.adapter:
         return AutoModelForCausalLM.from_pretrained(trained.path, dtype=dtype, device_map=device_map)
     from peft import PeftModel
 
-    base = AutoModelForCausalLM.from_pretrained(resolve_model(trained.base), dtype=dtype, device_map=device_map)
+    quant = {"quantization_config": nf4_config(dtype)} if as_trained and trained.method == "qlora" else {}
+    if quant and device_map is None:
+        device_map = {"": "cpu"}
+    base = AutoModelForCausalLM.from_pretrained(
+        resolve_model(trained.base), dtype=dtype, device_map=device_map, **quant
+    )
     return PeftModel.from_pretrained(base, str(trained.path))
 
 
