@@ -332,12 +332,14 @@ def absolute_paths(spec: RunSpec) -> RunSpec:
         eval_data_path=join_paths(fix(p) for p in split_paths(spec.eval_data_path)) or None,
         output_dir=fix(spec.output),
         model_name_or_path=fix(spec.model_name_or_path),
+        chat_template_path=fix(spec.chat_template_path),
     )
 
 
 def refuse_local_paths(spec: RunSpec, backend: str) -> None:
     model = spec.model_name_or_path if Path(spec.model_name_or_path).exists() else ""
-    named = [*spec.data_sources, ("--output", spec.output), ("--model", model)]
+    template = spec.chat_template_path if spec.chat_template_path and Path(spec.chat_template_path).exists() else ""
+    named = [*spec.data_sources, ("--output", spec.output), ("--model", model), ("chat_template_path", template)]
     for what, p in named:
         if p and not is_remote(p) and not p.startswith("builtin:"):
             raise FtctlError(

@@ -269,7 +269,8 @@ def data():
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", required=True, help="Model whose tokenizer and chat template to use.")
 @click.option("--max-length", type=int, default=None, help="model_max_length (default: the run default).")
-def data_check(paths, model, max_length):
+@click.option("--chat-template-path", help="A Jinja file, or a tokenizer whose chat template to use instead.")
+def data_check(paths, model, max_length, chat_template_path):
     """Per-row errors with file and row number, then token statistics (of all PATHS as one dataset)."""
     from ftctl import preflight
     from ftctl.spec import RunSpec, join_paths, split_paths
@@ -286,7 +287,12 @@ def data_check(paths, model, max_length):
     from ftctl.trainer.data import check_data
     from ftctl.trainer.model import load_tokenizer
 
-    report = check_data(path, load_tokenizer(model), max_length or RunSpec.model_max_length)
+    tokenizer = load_tokenizer(model)
+    if chat_template_path:
+        from ftctl.trainer.masks import chat_template_from
+
+        tokenizer.chat_template = chat_template_from(chat_template_path)
+    report = check_data(path, tokenizer, max_length or RunSpec.model_max_length)
     click.echo(report.render())
     if report.errors:
         sys.exit(1)

@@ -76,6 +76,7 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None) -> lis
     from concurrent.futures import ThreadPoolExecutor
 
     findings = check_gpus(plan, backend_name, detected) + check_model(spec.model_name_or_path)
+    findings += check_chat_template(spec.chat_template_path)
     with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
         data = [pool.submit(check_data, p, spec.s3_endpoint_url, f) for f, p in spec.data_sources]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
@@ -189,6 +190,28 @@ def check_model(name_or_path: str) -> list[Finding]:
                 "the job as a secret).",
             )
         ]
+    return []
+
+
+def check_chat_template(source: str | None) -> list[Finding]:
+    """chat_template_path, where it is on this machine: a Jinja file, or a model directory whose tokenizer has a
+    template (a hub id or an object-store file is read by the trainer)."""
+    if not source or storage.is_remote(source) or (HUB_ID.match(source) and not Path(source).exists()):
+        return []
+    if not Path(source).expanduser().exists():
+        return [
+            Finding(
+                ERROR,
+                f"chat_template_path {source}: no such file or directory",
+                "pass a Jinja file, a model directory or a hub id whose tokenizer has the chat template.",
+            )
+        ]
+    from ftctl.trainer.masks import chat_template_from
+
+    try:
+        chat_template_from(source)
+    except FtctlError as e:
+        return [Finding(ERROR, str(e))]
     return []
 
 

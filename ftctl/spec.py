@@ -55,6 +55,9 @@ class RunSpec:
     method: str = "lora"
     model_name_or_path: str = DEMO_MODEL
     model_params: str | None = None  # "7b", "135m": when the model's config cannot be read
+    # TRL's: a Jinja file, or a tokenizer (model directory or hub id) whose chat template to train with;
+    # default: the model's own, else FastChat's Vicuna v1.1 (trainer/masks.py)
+    chat_template_path: str | None = None
     data_path: str = DEMO_DATA  # several: comma-separated (a YAML list, --data repeated), read as one dataset
     eval_data_path: str | None = None  # held-out data in the same formats (FastChat's --eval_data_path)
     eval_split: float = 0.0  # or this fraction of data_path's rows held out (chosen with seed); 0: none

@@ -195,3 +195,51 @@ def test_a_qlora_adapter_talks_on_the_4bit_base_it_trained_on(tiny_model_dir, ti
     question = "What is the capital of France?"
     asked = chat.answer(loaded.model, loaded.tokenizer, [{"role": "user", "content": question}], chat.Decoding(8))
     assert asked == _greedy(by_hand.eval(), AutoTokenizer.from_pretrained(out), question, 8)
+
+
+TURNS = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if m['role'] == 'assistant' %}<|im_start|>"
+    "{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def test_a_run_trains_with_the_chat_template_path_it_names_and_chat_stops_at_its_end_of_turn(
+    tiny_model_dir, tiny_data, tmp_path
+):
+    """TRL's chat_template_path: a Jinja file (here one closing assistant turns with a special token that is not
+    eos, as Llama 3's <|eot_id|> is) replaces the model's template in training, is saved with the run's tokenizer,
+    and `chat` stops an answer at that token."""
+    from ftctl.preflight import check_chat_template
+    from ftctl.trainer import chat
+    from ftctl.trainer.masks import end_of_turn_ids
+    from ftctl.trainer.run import train
+
+    template = tmp_path / "turns.jinja"
+    template.write_text(TURNS)
+    assert check_chat_template(str(template)) == []
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, tmp_path / "t", "lora", lora_r=4, max_steps=1, chat_template_path=str(template)
+    )
+    out = Path(train(spec, plan, echo=lambda line: None).output_dir)
+    loaded = chat.load(str(out))
+    assert loaded.tokenizer.chat_template == TURNS  # saved with the run's tokenizer
+    start = loaded.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert end_of_turn_ids(loaded.tokenizer) == [start]
+    assert chat.stop_ids(loaded.model, loaded.tokenizer) == [loaded.tokenizer.eos_token_id, start]
+    own = chat.load(str(tiny_model_dir))  # ChatML: its turns end in eos itself
+    assert end_of_turn_ids(own.tokenizer) == [] and chat.stop_ids(own.model, own.tokenizer) == [
+        own.tokenizer.eos_token_id
+    ]
+
+
+def test_a_chat_template_path_that_holds_none_is_one_line(tmp_path, tiny_model_dir):
+    from ftctl.preflight import check_chat_template
+    from ftctl.trainer.masks import chat_template_from
+
+    (tmp_path / "plain.txt").write_text("USER: hi\n")
+    with pytest.raises(FtctlError, match="holds no Jinja"):
+        chat_template_from(str(tmp_path / "plain.txt"))
+    assert "no such file or directory" in check_chat_template(str(tmp_path / "gone.jinja"))[0].text
+    assert "holds no Jinja" in check_chat_template(str(tmp_path / "plain.txt"))[0].text
+    assert chat_template_from(str(tiny_model_dir)).startswith("{%")  # a model directory: its tokenizer's template
+    assert check_chat_template("org/some-instruct-model") == []  # a hub id: the trainer loads it

@@ -78,6 +78,26 @@ def test_sharegpt_masks_cover_assistant_content_and_end_of_turn(tmp_path, tiny_t
     assert row["labels"][-1] == IGNORE_INDEX  # the newline after the last <|im_end|> is not trained
 
 
+def test_a_chat_template_path_renders_the_rows_and_places_the_masks(tmp_path, tiny_model_dir):
+    """chat_template_path replaces the model's template: rows render with it, the loss covers its assistant turns and
+    the special token that closes them."""
+    from ftctl.trainer.masks import chat_template_from
+    from ftctl.trainer.model import load_tokenizer
+
+    template = tmp_path / "t.jinja"
+    template.write_text(
+        "{% for m in messages %}{{ m['role'] | upper }}: {{ m['content'] }}{% if m['role'] == 'assistant' %}"
+        "<|im_start|>{% endif %}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT: {% endif %}"
+    )
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    tokenizer.chat_template = chat_template_from(str(template))
+    conv = [{"from": "human", "value": "What is the code?"}, {"from": "gpt", "value": "AMBER-42."}]
+    row = only_row(write_json(tmp_path / "c.json", [{"conversations": conv}]), tokenizer)
+    assert tokenizer.decode(row["input_ids"]).startswith("USER: What is the code?ASSISTANT: ")  # Jinja trim_blocks
+    # the answer's first token took the prompt's trailing space (" AMBER"): trained all the same
+    assert trained_spans(tokenizer, row["input_ids"], row["labels"]) == [" AMBER-42.<|im_start|>"]
+
+
 def test_openai_messages_jsonl_with_content_parts(tmp_path, tiny_tokenizer):
     path = write_jsonl(
         tmp_path / "m.jsonl",

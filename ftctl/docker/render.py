@@ -40,7 +40,7 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
     cmd += ["-v", f"{_bindable(run_dir)}:{CONTAINER_RUN_DIR}"]
     # the output directory is mounted even before it exists (launch creates it): checkpoints written
     # inside the container must land on the host
-    for path in (*spec.data_paths, spec.output, spec.model_name_or_path):
+    for path in (*spec.data_paths, spec.output, spec.model_name_or_path, spec.chat_template_path or ""):
         if not is_remote(path) and (os.path.exists(path) or path == spec.output):
             p = _bindable(os.path.abspath(path))
             cmd += ["-v", f"{p}:{p}"]

@@ -111,6 +111,9 @@ def render(spec: RunSpec, plan: Plan) -> str:
     extra = {os.path.dirname(p) if os.path.isfile(p) else p for p in spec.data_paths} | {spec.output}
     if os.path.isdir(spec.model_name_or_path):
         extra.add(spec.model_name_or_path)
+    template = spec.chat_template_path or ""
+    if os.path.exists(template):
+        extra.add(os.path.dirname(template) if os.path.isfile(template) else template)
     extra = sorted(p for p in extra - {""} if os.path.isabs(p) and not is_remote(p))
     for p in extra if kind in ("apptainer", "pyxis") else ():
         if "," in p or ":" in p:

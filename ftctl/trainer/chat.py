@@ -96,9 +96,26 @@ def answer(model, tokenizer, messages: list[dict], decoding: Decoding = Decoding
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         out = model.generate(
-            **inputs, max_new_tokens=decoding.max_new_tokens, pad_token_id=pad, streamer=streamer, **sampling
+            **inputs,
+            max_new_tokens=decoding.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=stop_ids(model, tokenizer),
+            streamer=streamer,
+            **sampling,
         )
     return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def stop_ids(model, tokenizer) -> list[int]:
+    """Where an answer ends: the model's eos tokens, the tokenizer's, and the special token its chat template
+    closes an assistant turn with (a base model trained on Llama 3's template learns <|eot_id|>, which its own
+    generation config does not stop at)."""
+    from ftctl.trainer.masks import end_of_turn_ids
+
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    ids += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return list(dict.fromkeys(ids + end_of_turn_ids(tokenizer)))
 
 
 def _fit(model, tokenizer, messages: list[dict], max_new_tokens: int):

@@ -15,6 +15,7 @@ Plain-text rows are trained on entirely (bos as the tokenizer adds it, eos appen
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ftctl.errors import FtctlError
 
@@ -46,6 +47,48 @@ class Encoded:
     mask: list[int]  # 1 where the loss is computed
     length: int
     trainable_before: int  # trainable tokens before truncation
+
+
+def chat_template_from(source: str) -> str:
+    """The chat template ``source`` names (TRL's chat_template_path): a Jinja file's text (local or in object
+    storage), or the template of the tokenizer in a model directory or of a hub id."""
+    from ftctl import storage
+
+    path = Path(source).expanduser()
+    if path.is_file() or storage.is_remote(source):
+        text = storage.read_text(source) if storage.is_remote(source) else path.read_text()
+        if "{{" not in text and "{%" not in text:
+            raise FtctlError(f"chat_template_path {source}: the file holds no Jinja ({{{{ }}}} or {{% %}}).")
+        return text
+    from transformers import AutoTokenizer
+
+    from ftctl.trainer.model import resolve_model
+
+    try:
+        template = AutoTokenizer.from_pretrained(resolve_model(source)).chat_template
+    except OSError as e:
+        raise FtctlError(f"chat_template_path {source}: cannot load its tokenizer ({e}).") from None
+    if not isinstance(template, str) or not template:
+        raise FtctlError(
+            f"chat_template_path {source}: its tokenizer has no chat template (or several by name): pass a "
+            "Jinja file, or a model whose tokenizer has one."
+        )
+    return template
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The special token the chat template closes an assistant turn with, beside eos (Llama 3's <|eot_id|>,
+    ChatML's <|im_end|>): where generation stops. Empty where the turn ends in eos or in plain text."""
+    marker = "ftctl-end-of-turn-probe"
+    messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
+    try:
+        text = _render(tokenizer, messages)
+    except Exception:  # noqa: BLE001  a template that refuses this conversation closes no turn we can see
+        return []
+    after = text[text.rfind(marker) + len(marker) :].lstrip()
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"][:1] if after else []
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    return [i for i in ids if i in special and i != tokenizer.eos_token_id]
 
 
 def ensure_chat_template(tokenizer) -> str | None:
@@ -112,7 +155,10 @@ def encode_texts(
             enc = tokenizer([chunk[k] for k in chat], add_special_tokens=False, return_offsets_mapping=True)
             for k, ids, offsets in zip(chat, enc["input_ids"], enc["offset_mapping"]):
                 row_spans = chunk_spans[k]
-                mask = [int(any(a <= s < b for a, b in row_spans)) for s, _ in offsets]
+                # a token starting in a span trains, and so does one that straddles its start: where the
+                # generation prompt ends in a space ("ASSISTANT: "), byte-level BPE merges it into the answer's
+                # first token (" AMBER"), which would otherwise never be learned
+                mask = [int(any(a <= s < b or s < a < e for a, b in row_spans)) for s, e in offsets]
                 encoded[k] = (list(ids), mask)
         if plain:
             enc = tokenizer([chunk[k] for k in plain], add_special_tokens=True)

@@ -105,6 +105,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
 
     from ftctl.trainer.callbacks import MetricsCallback, PreemptionCallback
     from ftctl.trainer.data import build_datasets
+    from ftctl.trainer.masks import chat_template_from
     from ftctl.trainer.methods import apply_method
     from ftctl.trainer.model import load_model, load_tokenizer, model_kernels
     from ftctl.trainer.sft_trainer import SFTTrainer
@@ -124,6 +125,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
         tokenizer = load_tokenizer(spec.model_name_or_path)
+        if spec.chat_template_path:
+            tokenizer.chat_template = chat_template_from(spec.chat_template_path)
         args = training_args(spec, plan, procs, local_dir, load_universal=universal)
         dataset, eval_dataset = build_datasets(spec, tokenizer)
         set_seed(spec.seed)  # LoRA's initial weights
