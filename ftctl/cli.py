@@ -164,7 +164,9 @@ def launch(dry_run, **kw):
 
 
 @main.command()
-@click.option("-n", "--last", type=int, default=20, show_default=True, help="How many of the newest jobs.")
+@click.option(
+    "-n", "--last", type=click.IntRange(min=1), default=20, show_default=True, help="How many of the newest jobs."
+)
 def jobs(last):
     """The jobs launched from here, newest first, with the state each backend reports now."""
     from ftctl.backend import jobs_table
