@@ -3,6 +3,7 @@ what they refuse. The learned-fact check with the real demo model is in test_dem
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess
@@ -145,7 +146,6 @@ def test_an_outgrown_conversation_drops_its_oldest_turns(lora_run):
     "args, message",
     [
         (["{empty}"], "No model or LoRA adapter (adapter_config.json) in"),
-        (["s3://bucket/runs/r1"], "ftctl sync pull s3://bucket/runs/r1 DIR"),
         (["{empty}", "--temperature", "-1"], "--temperature -1.0: give 0 (greedy) or more."),
         (["{empty}", "--max-new-tokens", "0"], "--max-new-tokens 0: give at least 1."),
     ],
@@ -156,6 +156,33 @@ def test_chat_refuses_in_one_line(tmp_path, args, message):
     args = [a.replace("{empty}", str(tmp_path)) for a in args]
     result = CliRunner().invoke(main, ["chat", *args, "-p", "hi"])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_run_in_object_storage_talks_from_its_top_level_files(lora_run, s3_bucket):
+    """A SkyPilot run's output: its final adapter downloaded (checkpoints left where they are); a run with no final
+    adapter there yet says how to pull its checkpoints. A real S3 server on loopback (moto)."""
+    from ftctl import storage
+    from ftctl.trainer import chat
+
+    run = f"{s3_bucket}/runs/r1"
+    for file in lora_run.iterdir():
+        if file.is_file():
+            storage.put_file(str(file), f"{run}/{file.name}")
+    storage.put_file(str(lora_run / "checkpoint-3" / "ftctl-manifest.json"), f"{s3_bucket}/runs/r2/checkpoint-3/m.json")
+    remote, local = chat.load(run), chat.load(str(lora_run))
+    assert (
+        remote.what
+        == f"LoRA adapter {run} on {json.loads((lora_run / 'adapter_config.json').read_text())['base_model_name_or_path']}, fp32 on CPU"
+    )
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    decoding = chat.Decoding(8)
+    assert chat.answer(remote.model, remote.tokenizer, question, decoding) == chat.answer(
+        local.model, local.tokenizer, question, decoding
+    )
+    with pytest.raises(
+        FtctlError, match=f"holds no final model or adapter .* `ftctl sync pull {s3_bucket}/runs/r2 DIR`"
+    ):
+        chat.load(f"{s3_bucket}/runs/r2")
 
 
 def test_merge_never_overwrites(lora_run, tmp_path):
@@ -243,3 +270,22 @@ def test_a_chat_template_path_that_holds_none_is_one_line(tmp_path, tiny_model_d
     assert "holds no Jinja" in check_chat_template(str(tmp_path / "plain.txt"))[0].text
     assert chat_template_from(str(tiny_model_dir)).startswith("{%")  # a model directory: its tokenizer's template
     assert check_chat_template("org/some-instruct-model") == []  # a hub id: the trainer loads it
+
+
+def test_merge_from_and_to_object_storage_never_overwrites(lora_run, s3_bucket, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from ftctl import storage
+    from ftctl.trainer.merge import merge
+
+    run, out = f"{s3_bucket}/runs/r1", f"{s3_bucket}/merged/r1"
+    for file in lora_run.iterdir():
+        if file.is_file():
+            storage.put_file(str(file), f"{run}/{file.name}")
+    merge(run, out)
+    names = {e["name"] for e in storage.ls(out)}
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= names and "adapter_config.json" not in names
+    storage.get_dir(out, str(tmp_path / "got"))
+    AutoModelForCausalLM.from_pretrained(tmp_path / "got")  # a plain model
+    with pytest.raises(FtctlError, match="already exists and is not empty"):
+        merge(run, out)

@@ -1,8 +1,9 @@
 """``ftctl chat RUN``: talk to what a run trained, through the chat template it trained with.
 
 RUN is a run's output directory (its final model or adapter, else its newest complete checkpoint:
-ftctl.trainer.trained), one of its ``checkpoint-<step>`` directories, or a model id or directory (the
-base, to compare against). On a GPU the weights load in the run's 16-bit precision (bf16 when the
+ftctl.trainer.trained), one of its ``checkpoint-<step>`` directories, a run's output in object storage (its
+top-level files downloaded to a temporary directory), or a model id or directory (the base, to compare
+against). On a GPU the weights load in the run's 16-bit precision (bf16 when the
 run trained in fp32), spread over the GPUs there are; on CPU in fp32. An adapter stays unmerged, on its base
 as the run trained it: a qlora adapter on the 4-bit NF4 base (what it learned against, and what fits where
 the run fit).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,7 @@ class Loaded:
     model: object
     tokenizer: object
     what: str  # one line: what was loaded, in what precision, where
+    download: object = None  # the temporary directory a run in object storage was downloaded to (kept while loaded)
 
 
 def load(target: str) -> Loaded:
@@ -55,11 +58,16 @@ def load(target: str) -> Loaded:
     import torch
     from transformers import AutoTokenizer
 
+    from ftctl import storage
     from ftctl.trainer import trained as trained_mod
     from ftctl.trainer.masks import ensure_chat_template
     from ftctl.trainer.model import resolve_model
 
-    if Path(target).expanduser().is_dir() or "://" in target:
+    download = None
+    if storage.is_remote(target):  # its top-level files: the final model or adapter
+        download = tempfile.TemporaryDirectory(prefix="ftctl-chat-")
+        found = trained_mod.find(trained_mod.download_top(target, download.name))
+    elif Path(target).expanduser().is_dir() or "://" in target:
         found = trained_mod.find(target)
     else:  # a model id: the base itself
         found = trained_mod.Trained(Path(resolve_model(target)), adapter=False)
@@ -74,11 +82,12 @@ def load(target: str) -> Loaded:
     tokenizer = AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(found))
     if note := ensure_chat_template(tokenizer):
         log.warning("%s", note)
+    where = target if download or not Path(target).expanduser().is_dir() else found.path
     if found.adapter:
-        what = f"LoRA adapter {found.path} on {found.base}" + (" in 4 bits" if found.method == "qlora" else "")
+        what = f"LoRA adapter {where} on {found.base}" + (" in 4 bits" if found.method == "qlora" else "")
     else:
-        what = f"model {target if not Path(target).expanduser().is_dir() else found.path}"
-    return Loaded(model, tokenizer, f"{what}, {precision} on {'GPU' if on_gpu else 'CPU'}")
+        what = f"model {where}"
+    return Loaded(model, tokenizer, f"{what}, {precision} on {'GPU' if on_gpu else 'CPU'}", download)
 
 
 def answer(model, tokenizer, messages: list[dict], decoding: Decoding = Decoding(), streamer=None) -> str:

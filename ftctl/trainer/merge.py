@@ -37,7 +37,7 @@ def merge(run_dir_or_checkpoint: str, out_dir: str, dtype: str | None = None, en
     _refuse_existing(out_dir, endpoint_url)
     if storage.is_remote(run_dir_or_checkpoint):
         with tempfile.TemporaryDirectory(prefix="ftctl-merge-") as tmp:
-            _download_adapter(run_dir_or_checkpoint, tmp, endpoint_url)
+            trained_mod.download_top(run_dir_or_checkpoint, tmp, endpoint_url)
             return merge(tmp, out_dir, dtype, endpoint_url)
     if storage.is_remote(out_dir):
         with tempfile.TemporaryDirectory(prefix="ftctl-merged-") as tmp:
@@ -80,12 +80,3 @@ def _upload_config_last(local_dir: str, uri: str, endpoint_url: str | None) -> N
     files = storage.local_files(local_dir)
     for rel in sorted(files, key=lambda rel: rel == trained_mod.MODEL_CONFIG):
         storage.put_file(os.path.join(local_dir, rel), storage.join(uri, *rel.split("/")), endpoint_url)
-
-
-def _download_adapter(uri: str, local: str, endpoint_url: str | None) -> None:
-    """The top-level files of a remote run (its final adapter), or a remote checkpoint."""
-    for entry in storage.ls(uri, endpoint_url):
-        if entry["type"] == "file":
-            storage.get_file(
-                storage.join(uri, entry["name"]), os.path.join(local, entry["name"]), endpoint_url=endpoint_url
-            )

@@ -78,8 +78,7 @@ def find(path_or_uri: str, adapter_only: bool = False) -> Trained:
 
     if storage.is_remote(path_or_uri):
         raise FtctlError(
-            f"{path_or_uri} is in object storage: download the run first (`ftctl sync pull {path_or_uri} DIR`, "
-            "or copy its top-level files), then pass DIR."
+            f"{path_or_uri} is in object storage: download it first (trained.download_top), then pass the directory."
         )
     path = Path(path_or_uri).expanduser()
     if not path.is_dir():
@@ -157,3 +156,23 @@ def tokenizer_source(trained: Trained) -> str:
     from ftctl.trainer.model import resolve_model
 
     return resolve_model(trained.base)
+
+
+def download_top(uri: str, local: str, endpoint_url: str | None = None) -> str:
+    """The top-level files of a run in object storage (its final model or adapter, tokenizer, spec.json), or of
+    one of its checkpoints, into ``local``; returns ``local``. Its checkpoints stay where they are: a run with no
+    final model yet is pulled with `ftctl sync pull`."""
+    from ftctl import storage
+
+    with storage.storage_errors(uri, endpoint_url):
+        entries = [e for e in storage.ls(uri, endpoint_url) if e["type"] == "file"]
+        for entry in entries:
+            storage.get_file(
+                storage.join(uri, entry["name"]), str(Path(local) / entry["name"]), endpoint_url=endpoint_url
+            )
+    if not any(e["name"] in (ADAPTER_CONFIG, MODEL_CONFIG) for e in entries):
+        raise FtctlError(
+            f"{uri} holds no final model or adapter (a run still training, or not a run): `ftctl sync pull {uri} DIR` "
+            "downloads its complete checkpoints; then pass DIR."
+        )
+    return local
