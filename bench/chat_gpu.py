@@ -102,7 +102,10 @@ def run_case(method: str, model_dir: Path, data: Path, work: Path) -> dict:
     torch.cuda.empty_cache()
     row["by_hand"] = by_hand(out, model_dir, method)  # this process: the trainer's kernels (Liger) patched in
     hand = [sys.executable, __file__, "--by-hand", str(out), str(model_dir), method]
-    row["by_hand_fresh"] = subprocess.run(hand, capture_output=True, text=True, timeout=300).stdout.strip()
+    fresh = subprocess.run(hand, capture_output=True, text=True, timeout=300)
+    row.update(
+        by_hand_fresh=fresh.stdout.strip(), by_hand_fresh_rc=fresh.returncode, by_hand_fresh_err=fresh.stderr[-2000:]
+    )
     row["same_in_process"] = row["by_hand"] == mine
     row["same_fresh"] = row["by_hand_fresh"] == proc.stdout.strip()
     return row
