@@ -101,7 +101,7 @@ def run_case(method: str, model_dir: Path, data: Path, work: Path) -> dict:
     del loaded, weights
     torch.cuda.empty_cache()
     row["by_hand"] = by_hand(out, model_dir, method)  # this process: the trainer's kernels (Liger) patched in
-    hand = [sys.executable, __file__, "--by-hand", str(out), str(model_dir), method]
+    hand = [sys.executable, __file__, "--out", "/tmp", "--by-hand", str(out), str(model_dir), method]
     fresh = subprocess.run(hand, capture_output=True, text=True, timeout=300)
     row.update(
         by_hand_fresh=fresh.stdout.strip(), by_hand_fresh_rc=fresh.returncode, by_hand_fresh_err=fresh.stderr[-2000:]
