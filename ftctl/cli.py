@@ -39,9 +39,12 @@ def main(verbose):
     quiet.install(verbose)
 
 
-def run_options(fn):
-    """RUN FLAGS shared by plan / render / launch / train."""
-    options = [
+def run_options(fn=None, placement: bool = True):
+    """RUN FLAGS shared by plan / render / launch; `train`, which runs here in this process, takes all but the
+    flags of where a run is sent (``placement``)."""
+    if fn is None:
+        return lambda f: run_options(f, placement)
+    what = [
         click.option("-c", "--config", type=click.Path(dir_okay=False), help="Run description YAML."),
         click.option("--method", type=click.Choice(METHODS), help="Default: lora."),
         click.option("--gpus", help="8xA100, 2x8xH100, A100-80GB:8, H100 or cpu."),
@@ -59,6 +62,8 @@ def run_options(fn):
             help="Held-out dataset (eval_data_path), evaluated every eval_steps and at the end.",
         ),
         click.option("--output", help="Output directory or s3:// gs:// az:// URI."),
+    ]
+    where = [
         click.option("--backend", type=click.Choice(BACKENDS), help="Default: see `ftctl launch --help`."),
         click.option("--partition", help="Slurm partition."),
         click.option("--account", help="Slurm account."),
@@ -76,15 +81,15 @@ def run_options(fn):
         click.option("--cluster", help="SkyPilot cluster to launch or reuse (default: the run name)."),
         click.option("--down/--no-down", default=None, help="Tear the SkyPilot cluster down when the job ends."),
         click.option("--secret", "secrets", multiple=True, help="Env var NAME passed to the job (never its value)."),
-        click.option(
-            "-o",
-            "overrides",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Any run key, e.g. -o learning_rate=3e-4 -o max_steps=40.",
-        ),
     ]
-    for opt in reversed(options):
+    overrides = click.option(
+        "-o",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Any run key, e.g. -o learning_rate=3e-4 -o max_steps=40.",
+    )
+    for opt in reversed([*what, *(where if placement else []), overrides]):
         fn = opt(fn)
     return fn
 
@@ -210,7 +215,7 @@ def cancel(job):
 
 # ------------------------------------------------------------------------------------------ training
 @main.command()
-@run_options
+@run_options(placement=False)
 def train(**kw):
     """Run the trainer here, in this process (what torchrun runs on every node)."""
     from ftctl.backend import prepare, write_files

@@ -174,3 +174,18 @@ def test_launch_dry_run_prints_the_bytes_render_prints(backend, extra, tmp_path)
     assert b"hf_secret-value-never-printed" not in outs[0].stdout
     # a dry run writes nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_train_takes_what_to_train_not_where_to_send_it():
+    """`ftctl train` runs here, in this process: its help lists no backend's flags, and it refuses one."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    runner = CliRunner()
+    helped = runner.invoke(main, ["train", "--help"]).stdout
+    assert "--data" in helped and "-o KEY=VALUE" in helped
+    assert not any(flag in helped for flag in ("--backend", "--partition", "--spot", "--container", "--secret"))
+    assert "--partition" in runner.invoke(main, ["launch", "--help"]).stdout
+    refused = runner.invoke(main, ["train", "--partition", "gpu"])
+    assert refused.exit_code == 2 and "No such option '--partition'" in refused.output
