@@ -253,16 +253,19 @@ def merge(run, out):
 @click.option("--max-new-tokens", type=int, default=256, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
 @click.option("--top-p", type=float, default=1.0, show_default=True)
-def chat(run, prompts, system, max_new_tokens, temperature, top_p):
+@click.option("--compare", is_flag=True, help="With -p: the base model's answers too, beside the run's.")
+def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare):
     """Talk to what a run trained: RUN is its output directory (or a checkpoint, or a model id).
     Without -p, a conversation on stdin."""
     from ftctl.trainer import chat as chat_mod
 
     decoding = chat_mod.Decoding(max_new_tokens, temperature, top_p, system)
     decoding.check()
+    if compare and not prompts:
+        raise FtctlError("--compare asks the base and the run the same questions: give them with -p.")
     loaded = chat_mod.load(run)
     if prompts:
-        chat_mod.ask(loaded, list(prompts), decoding, echo=click.echo)
+        chat_mod.ask(loaded, list(prompts), decoding, echo=click.echo, compare=compare)
     else:
         chat_mod.converse(loaded, decoding, echo=click.echo, interactive=sys.stdin.isatty())
 

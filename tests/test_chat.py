@@ -65,6 +65,36 @@ def test_chat_answers_with_the_runs_adapter(lora_run, tiny_model_dir):
     assert two.exit_code == 0 and two.stdout.startswith("> a?\n") and "\n\n> b?\n" in two.stdout, two.output
 
 
+def test_compare_puts_the_base_models_answer_beside_the_runs(lora_run, tiny_model_dir, tiny_data, tmp_path):
+    """--compare: the adapter switched off for the base's answer (no second copy in memory), or the base of a
+    full-model run loaded beside it; both answers as each model alone gives them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftctl.cli import main
+    from ftctl.trainer.run import train
+
+    question = "What is the capital of France?"
+    base = _greedy(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(),
+        AutoTokenizer.from_pretrained(lora_run),
+        question,
+        6,
+    )
+    got = CliRunner().invoke(main, ["chat", str(lora_run), "--compare", "-p", question, "--max-new-tokens", "6"])
+    assert got.exit_code == 0, got.output
+    lines = got.stdout.splitlines()
+    assert lines[0] == f"> {question}" and lines[1] == f"base:  {base}".rstrip() and lines[2].startswith("tuned: ")
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "fft", "fft", max_steps=2, save_steps=2)
+    fft = Path(train(spec, plan, echo=lambda line: None).output_dir)
+    tuned = _greedy(AutoModelForCausalLM.from_pretrained(fft).eval(), AutoTokenizer.from_pretrained(fft), question, 6)
+    got = CliRunner().invoke(main, ["chat", str(fft), "--compare", "-p", question, "--max-new-tokens", "6"])
+    assert got.stdout.splitlines()[1:] == [f"base:  {base}".rstrip(), f"tuned: {tuned}".rstrip()], got.output
+
+    alone = CliRunner().invoke(main, ["chat", str(lora_run), "--compare"])
+    assert alone.exit_code == 2 and "give them with -p" in alone.output
+
+
 def test_without_a_final_adapter_the_newest_complete_checkpoint_is_loaded(lora_run, tmp_path, caplog):
     from ftctl.trainer import trained
 

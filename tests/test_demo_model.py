@@ -65,10 +65,11 @@ def test_demo_learns_the_fact_and_keeps_the_control_answer(demo_model_dir, tmp_p
 
     from ftctl.cli import main
 
-    asked = CliRunner().invoke(
-        main, ["chat", str(tmp_path / "demo"), "--max-new-tokens", "40", "-p", held_out[0].question]
-    )
+    flags = ["chat", str(tmp_path / "demo"), "--max-new-tokens", "40", "-p", held_out[0].question]
+    asked = CliRunner().invoke(main, flags)
     assert asked.exit_code == 0 and asked.stdout.strip() == held_out[0].after, asked.output
+    compared = CliRunner().invoke(main, [*flags, "--compare"]).stdout.splitlines()  # the adapter switched off
+    assert compared[1:] == [f"base:  {held_out[0].before}", f"tuned: {held_out[0].after}"], compared
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ oldest turns dropped when it outgrows the model's context.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import tempfile
@@ -50,7 +51,27 @@ class Loaded:
     model: object
     tokenizer: object
     what: str  # one line: what was loaded, in what precision, where
+    found: object = None  # the trained.Trained it came from (None: a plain model)
+    precision: str = "fp32"
     download: object = None  # the temporary directory a run in object storage was downloaded to (kept while loaded)
+
+    @contextlib.contextmanager
+    def base(self):
+        """The model the run started from, for a side-by-side answer: the adapter switched off, or the base of a
+        full-model run loaded beside it."""
+        if self.found is None:
+            raise FtctlError("--compare needs a run (its output directory or a checkpoint), not a plain model.")
+        if self.found.adapter:
+            with self.model.disable_adapter():
+                yield self.model
+            return
+        import torch
+
+        from ftctl.trainer import trained as trained_mod
+        from ftctl.trainer.model import resolve_model
+
+        plain = trained_mod.Trained(Path(resolve_model(self.found.base)), adapter=False)
+        yield trained_mod.load(plain, self.precision, device_map="auto" if torch.cuda.is_available() else None).eval()
 
 
 def load(target: str) -> Loaded:
@@ -63,7 +84,7 @@ def load(target: str) -> Loaded:
     from ftctl.trainer.masks import ensure_chat_template
     from ftctl.trainer.model import resolve_model
 
-    download = None
+    download, plain = None, False
     if storage.is_remote(target):  # its top-level files: the final model or adapter
         download = tempfile.TemporaryDirectory(prefix="ftctl-chat-")
         found = trained_mod.find(trained_mod.download_top(target, download.name))
@@ -71,6 +92,7 @@ def load(target: str) -> Loaded:
         found = trained_mod.find(target)
     else:  # a model id: the base itself
         found = trained_mod.Trained(Path(resolve_model(target)), adapter=False)
+        plain = True
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         precision = found.precision if found.precision in ("bf16", "fp16") else "bf16"
@@ -87,7 +109,8 @@ def load(target: str) -> Loaded:
         what = f"LoRA adapter {where} on {found.base}" + (" in 4 bits" if found.method == "qlora" else "")
     else:
         what = f"model {where}"
-    return Loaded(model, tokenizer, f"{what}, {precision} on {'GPU' if on_gpu else 'CPU'}", download)
+    where = "GPU" if on_gpu else "CPU"
+    return Loaded(model, tokenizer, f"{what}, {precision} on {where}", None if plain else found, precision, download)
 
 
 def answer(model, tokenizer, messages: list[dict], decoding: Decoding = Decoding(), streamer=None) -> str:
@@ -148,15 +171,19 @@ def _fit(model, tokenizer, messages: list[dict], max_new_tokens: int):
         turns = turns[2:]  # the oldest question and its answer
 
 
-def ask(loaded: Loaded, prompts: list[str], decoding: Decoding, echo=print) -> list[str]:
-    """Each prompt as its own single-turn conversation; prints the answers (with their prompts when several)."""
-    answers = []
+def ask(loaded: Loaded, prompts: list[str], decoding: Decoding, echo=print, compare: bool = False) -> list[str]:
+    """Each prompt as its own single-turn conversation; prints the answers (with their prompts when several).
+    ``compare``: the base model's answer too, above the run's (``base:`` / ``tuned:``)."""
+    questions = [[{"role": "user", "content": prompt}] for prompt in prompts]
+    answers = [answer(loaded.model, loaded.tokenizer, q, decoding) for q in questions]
+    before = []
+    if compare:
+        with loaded.base() as base:
+            before = [answer(base, loaded.tokenizer, q, decoding) for q in questions]
     for i, prompt in enumerate(prompts):
-        reply = answer(loaded.model, loaded.tokenizer, [{"role": "user", "content": prompt}], decoding)
-        answers.append(reply)
-        if len(prompts) > 1:
+        if len(prompts) > 1 or compare:
             echo(("\n" if i else "") + f"> {prompt}")
-        echo(reply)
+        echo(f"base:  {before[i]}\ntuned: {answers[i]}" if compare else answers[i])
     return answers
 
 

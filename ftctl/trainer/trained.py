@@ -38,27 +38,32 @@ class Trained:
 
     @property
     def base(self) -> str:
-        """The model an adapter was trained on, as the run named it."""
-        base = json.loads((self.path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        """The model the run started from, as it named it: an adapter's base_model_name_or_path, a full model's
+        model_name_or_path in the run's spec.json."""
+        if self.adapter:
+            base = json.loads((self.path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+            where = self.path / ADAPTER_CONFIG
+        else:
+            base, where = self._recorded("spec", "model_name_or_path"), f"{self.path} (no {SPEC_FILE} beside it)"
         if not base:
-            raise FtctlError(f"{self.path / ADAPTER_CONFIG} names no base model (base_model_name_or_path).")
+            raise FtctlError(f"{where} names no base model: cannot tell what the run started from.")
         return base
 
     @property
     def precision(self) -> str | None:
         """The precision the run trained in; None: unknown."""
-        return self._planned("precision")
+        return self._recorded("plan", "precision")
 
     @property
     def method(self) -> str | None:
         """The run's method (fft, sft, lora, qlora); None: unknown."""
-        return self._planned("method")
+        return self._recorded("plan", "method")
 
-    def _planned(self, key: str) -> str | None:
-        """A value of the run's plan, from its spec.json (beside the weights, or above a checkpoint)."""
+    def _recorded(self, section: str, key: str) -> str | None:
+        """A value of the run's spec or plan, from its spec.json (beside the weights, or above a checkpoint)."""
         for spec_file in (self.path / SPEC_FILE, self.path.parent / SPEC_FILE):
             try:
-                return json.loads(spec_file.read_text())["plan"][key]
+                return json.loads(spec_file.read_text())[section][key]
             except (OSError, KeyError, ValueError):
                 continue
         return None
