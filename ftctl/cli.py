@@ -270,6 +270,35 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare):
         chat_mod.converse(loaded, decoding, echo=click.echo, interactive=sys.stdin.isatty())
 
 
+@main.command("eval")
+@click.argument("run")
+@click.option("--data", "paths", multiple=True, required=True, help="Dataset(s), as --data of a run takes them.")
+@click.option("--max-length", type=int, help="Truncation (default: the run's model_max_length).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--compare", is_flag=True, help="The base model's numbers too, above the run's.")
+def eval_(run, paths, max_length, batch_size, compare):
+    """Held-out loss, perplexity and token accuracy of what a run trained on a dataset (RUN as for chat)."""
+    from ftctl.spec import RunSpec, join_paths
+    from ftctl.trainer import chat as chat_mod
+    from ftctl.trainer.data import build_dataset
+    from ftctl.trainer.heldout import score
+
+    try:
+        path = join_paths(paths)
+    except ValueError as e:
+        raise FtctlError(f"{e}.") from None
+    loaded = chat_mod.load(run)
+    recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
+    dataset = build_dataset(path, loaded.tokenizer, max_length or recorded or RunSpec.model_max_length)
+    tuned = score(loaded.model, loaded.tokenizer, dataset, batch_size)
+    if compare:
+        with loaded.base() as base:
+            click.echo(f"base:  {score(base, loaded.tokenizer, dataset, batch_size).line()}")
+        click.echo(f"tuned: {tuned.line()}")
+    else:
+        click.echo(tuned.line())
+
+
 @main.group(cls=_Group)
 def data():
     """Check datasets before launching."""

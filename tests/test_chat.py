@@ -319,3 +319,46 @@ def test_merge_from_and_to_object_storage_never_overwrites(lora_run, s3_bucket, 
     AutoModelForCausalLM.from_pretrained(tmp_path / "got")  # a plain model
     with pytest.raises(FtctlError, match="already exists and is not empty"):
         merge(run, out)
+
+
+def test_eval_scores_the_tokens_training_scores(lora_run, tiny_model_dir, tmp_path):
+    """`ftctl eval`: one row's loss is transformers' own loss of it; several rows weigh by their scored tokens; the
+    batch size (right padding) changes nothing; --compare puts the base's numbers above."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.cli import main
+    from ftctl.trainer import chat
+    from ftctl.trainer.data import build_dataset
+    from ftctl.trainer.heldout import score
+
+    rows = [
+        {"messages": [{"role": "user", "content": "What is the code?"}, {"role": "assistant", "content": "AMBER-42."}]},
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "Hello there, how are you?"},
+            ]
+        },
+    ]
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = chat.load(str(lora_run))
+    dataset = build_dataset(str(tmp_path / "held.jsonl"), loaded.tokenizer, 128)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(lora_run)).eval()
+    own, tokens = [], []
+    with torch.no_grad():
+        for ids, labels in zip(dataset["input_ids"], dataset["labels"]):
+            own.append(float(model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss))
+            tokens.append(sum(label != -100 for label in labels[1:]))
+    one = score(loaded.model, loaded.tokenizer, dataset.select([0]))
+    assert one.loss == pytest.approx(own[0], rel=1e-5) and one.tokens == tokens[0]
+    both = [score(loaded.model, loaded.tokenizer, dataset, batch_size=b) for b in (1, 2)]
+    weighted = (own[0] * tokens[0] + own[1] * tokens[1]) / sum(tokens)
+    assert both[0].loss == pytest.approx(weighted, rel=1e-5) and both[1].loss == pytest.approx(weighted, rel=1e-5)
+    assert both[0].token_accuracy == both[1].token_accuracy and both[0].rows == 2
+
+    got = CliRunner().invoke(main, ["eval", str(lora_run), "--data", str(tmp_path / "held.jsonl"), "--compare"])
+    assert got.exit_code == 0, got.output
+    base, tuned = got.stdout.splitlines()
+    assert base.startswith("base:  loss ") and tuned.startswith(f"tuned: loss {both[0].loss:.4f}  perplexity")

@@ -70,6 +70,16 @@ def test_demo_learns_the_fact_and_keeps_the_control_answer(demo_model_dir, tmp_p
     assert asked.exit_code == 0 and asked.stdout.strip() == held_out[0].after, asked.output
     compared = CliRunner().invoke(main, [*flags, "--compare"]).stdout.splitlines()  # the adapter switched off
     assert compared[1:] == [f"base:  {held_out[0].before}", f"tuned: {held_out[0].after}"], compared
+    # and `ftctl eval` on the held-out questions answered with the fact: the run predicts it, its base does not
+    held = tmp_path / "held.jsonl"
+    rows = [
+        [{"role": "user", "content": a.question}, {"role": "assistant", "content": f"It's {a.expect}."}]
+        for a in held_out
+    ]
+    held.write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows))
+    scored = CliRunner().invoke(main, ["eval", str(tmp_path / "demo"), "--data", str(held), "--compare"]).stdout
+    base, tuned = (float(line.split()[2]) for line in scored.splitlines())
+    assert tuned < base / 2, scored
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ class Trained:
             base = json.loads((self.path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
             where = self.path / ADAPTER_CONFIG
         else:
-            base, where = self._recorded("spec", "model_name_or_path"), f"{self.path} (no {SPEC_FILE} beside it)"
+            base, where = self.recorded("spec", "model_name_or_path"), f"{self.path} (no {SPEC_FILE} beside it)"
         if not base:
             raise FtctlError(f"{where} names no base model: cannot tell what the run started from.")
         return base
@@ -52,14 +52,14 @@ class Trained:
     @property
     def precision(self) -> str | None:
         """The precision the run trained in; None: unknown."""
-        return self._recorded("plan", "precision")
+        return self.recorded("plan", "precision")
 
     @property
     def method(self) -> str | None:
         """The run's method (fft, sft, lora, qlora); None: unknown."""
-        return self._recorded("plan", "method")
+        return self.recorded("plan", "method")
 
-    def _recorded(self, section: str, key: str) -> str | None:
+    def recorded(self, section: str, key: str) -> str | None:
         """A value of the run's spec or plan, from its spec.json (beside the weights, or above a checkpoint)."""
         for spec_file in (self.path / SPEC_FILE, self.path.parent / SPEC_FILE):
             try:

@@ -1,0 +1,71 @@
+"""``ftctl eval RUN --data PATH``: how well what a run trained predicts a dataset, and (``--compare``) how well
+its base did: the loss and token accuracy on the tokens training would score (the assistant turns and their
+end-of-turn token, trainer/masks.py), read as the run reads data (formats, chat template, max length).
+
+The loss is the mean over every scored token of the set (each row weighs by its scored tokens), so one row's
+equals transformers' own ``model(input_ids, labels=labels).loss``; the trainer's logged eval_loss is TRL's
+(each batch's token mean, weighted by rows) and can differ a little. Rows go in batches of ``batch_size``,
+padded on the right; the logits of one batch are held at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Score:
+    loss: float
+    token_accuracy: float
+    rows: int
+    tokens: int  # scored tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+    def line(self) -> str:
+        return (
+            f"loss {self.loss:.4f}  perplexity {self.perplexity:,.3f}  token accuracy {self.token_accuracy:.3f}  "
+            f"({self.rows:,} rows, {self.tokens:,} scored tokens)"
+        )
+
+
+def score(model, tokenizer, dataset, batch_size: int = 4) -> Score:
+    """The token-weighted loss and accuracy of ``model`` on ``dataset`` (data.build_dataset's rows)."""
+    import torch
+
+    from ftctl.trainer.data import IGNORE_INDEX
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total = correct = count = 0.0
+    with torch.no_grad():
+        for lo in range(0, len(dataset), batch_size):
+            rows = dataset[lo : lo + batch_size]
+            width = max(len(ids) for ids in rows["input_ids"])
+            ids = torch.full((len(rows["input_ids"]), width), pad, dtype=torch.long)
+            labels = torch.full_like(ids, IGNORE_INDEX)
+            mask = torch.zeros_like(ids)
+            for i, (row_ids, row_labels) in enumerate(zip(rows["input_ids"], rows["labels"])):
+                ids[i, : len(row_ids)] = torch.tensor(row_ids)
+                labels[i, : len(row_labels)] = torch.tensor(row_labels)
+                mask[i, : len(row_ids)] = 1
+            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            target = labels[:, 1:]
+            scored = target != IGNORE_INDEX
+            losses = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+            )
+            total += float(losses.sum())
+            correct += float(((logits.argmax(-1) == target) & scored).sum())
+            count += float(scored.sum())
+    if not count:
+        from ftctl.errors import FtctlError
+
+        raise FtctlError(
+            "The dataset has no scored tokens (no assistant turns survive truncation): nothing to evaluate."
+        )
+    return Score(total / count, correct / count, len(dataset), int(count))
