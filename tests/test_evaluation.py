@@ -34,7 +34,8 @@ def _reference_loss(model_dir, adapter_dir, eval_path, batch: int) -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ftctl.trainer.data import IGNORE_INDEX, build_dataset
+    from ftctl.trainer.data import build_dataset
+    from ftctl.trainer.heldout import pad_batch
     from ftctl.trainer.model import load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
@@ -43,14 +44,7 @@ def _reference_loss(model_dir, adapter_dir, eval_path, batch: int) -> float:
     losses, weights = [], []
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
-        width = max(map(len, chunk["input_ids"]))
-        ids = torch.full((len(chunk["input_ids"]), width), tokenizer.pad_token_id)
-        labels = torch.full_like(ids, IGNORE_INDEX)
-        mask = torch.zeros_like(ids)
-        for i, (row_ids, row_labels) in enumerate(zip(chunk["input_ids"], chunk["labels"])):
-            ids[i, : len(row_ids)] = torch.tensor(row_ids)
-            labels[i, : len(row_labels)] = torch.tensor(row_labels)
-            mask[i, : len(row_ids)] = 1
+        ids, labels, mask = pad_batch(chunk, tokenizer.pad_token_id)
         with torch.no_grad():
             losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.item())
         weights.append(len(chunk["input_ids"]))

@@ -43,16 +43,7 @@ def score(model, tokenizer, dataset, batch_size: int = 4) -> Score:
     total = correct = count = 0.0
     with torch.no_grad():
         for lo in range(0, len(dataset), batch_size):
-            rows = dataset[lo : lo + batch_size]
-            width = max(len(ids) for ids in rows["input_ids"])
-            ids = torch.full((len(rows["input_ids"]), width), pad, dtype=torch.long)
-            labels = torch.full_like(ids, IGNORE_INDEX)
-            mask = torch.zeros_like(ids)
-            for i, (row_ids, row_labels) in enumerate(zip(rows["input_ids"], rows["labels"])):
-                ids[i, : len(row_ids)] = torch.tensor(row_ids)
-                labels[i, : len(row_labels)] = torch.tensor(row_labels)
-                mask[i, : len(row_ids)] = 1
-            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+            ids, labels, mask = (t.to(device) for t in pad_batch(dataset[lo : lo + batch_size], pad))
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             target = labels[:, 1:]
             scored = target != IGNORE_INDEX
@@ -69,3 +60,21 @@ def score(model, tokenizer, dataset, batch_size: int = 4) -> Score:
             "The dataset has no scored tokens (no assistant turns survive truncation): nothing to evaluate."
         )
     return Score(total / count, correct / count, len(dataset), int(count))
+
+
+def pad_batch(rows: dict, pad_id: int):
+    """(input_ids, labels, attention_mask) tensors of a slice of data.build_dataset's rows, padded on the right
+    (labels with IGNORE_INDEX)."""
+    import torch
+
+    from ftctl.trainer.data import IGNORE_INDEX
+
+    width = max(len(ids) for ids in rows["input_ids"])
+    ids = torch.full((len(rows["input_ids"]), width), pad_id, dtype=torch.long)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    mask = torch.zeros_like(ids)
+    for i, (row_ids, row_labels) in enumerate(zip(rows["input_ids"], rows["labels"])):
+        ids[i, : len(row_ids)] = torch.tensor(row_ids)
+        labels[i, : len(row_labels)] = torch.tensor(row_labels)
+        mask[i, : len(row_ids)] = 1
+    return ids, labels, mask
