@@ -3,15 +3,16 @@
 RUN is a run's output directory (its final model or adapter, else its newest complete checkpoint:
 ftctl.trainer.trained), one of its ``checkpoint-<step>`` directories, a run's output in object storage (its
 top-level files downloaded to a temporary directory), or a model id or directory (the base, to compare
-against). On a GPU the weights load in the run's 16-bit precision (bf16 when the
-run trained in fp32), spread over the GPUs there are; on CPU in fp32. An adapter stays unmerged, on its base
+against). On a GPU the weights load in the run's 16-bit precision (bf16 when the run trained in fp32),
+spread over the GPUs there are; on CPU in fp32. An adapter stays unmerged, on its base
 as the run trained it: a qlora adapter on the 4-bit NF4 base (what it learned against, and what fits where
 the run fit).
 
 Decoding is greedy unless ``temperature`` > 0 (then sampled with ``top_p``). With prompts given
 (``-p``) each is one single-turn question and only the answers are printed; without, the lines read
 from stdin are one conversation (``/new`` starts another; an empty line or end of input stops), the
-oldest turns dropped when it outgrows the model's context.
+oldest turns dropped when it outgrows the model's context. ``--compare`` answers each prompt with the run's
+base too (:meth:`Loaded.base`); ``ftctl eval`` scores the same pair on a dataset (trainer/heldout.py).
 """
 
 from __future__ import annotations
