@@ -5,7 +5,8 @@ For each case: 4 training steps through RunSpec -> make_plan(1xH100) -> trainer.
 Llama of the 1B shape's blocks with the tiny test tokenizer's vocabulary (so every generated id decodes), then
 `ftctl chat OUT -p QUESTION` in a fresh process (rc, stdout, stderr, seconds), then in this process chat.load
 (what it says it loaded, the device and dtype of the weights) and its greedy answer against the one of the same
-weights loaded by hand (transformers + PEFT, bf16, on the GPU), and the CLI's against the by-hand one in a fresh
+weights loaded by hand (transformers + PEFT, bf16, on the GPU), `ftctl eval OUT --data DATA --compare` (the
+training rows: base and tuned loss), and the CLI's answer against the by-hand one in a fresh
 process (a process that trained has Liger's kernels patched into transformers' Llama: a random model's near-flat
 logits then pick other tokens after a few). The lora case also runs a two-turn conversation
 on stdin.
@@ -94,6 +95,13 @@ def run_case(method: str, model_dir: Path, data: Path, work: Path) -> dict:
     if method == "lora":
         talk = subprocess.run(cli, input=f"{QUESTION}\nand then?\n", capture_output=True, text=True, timeout=300)
         row.update(stdin_rc=talk.returncode, stdin_stdout=talk.stdout, stdin_stderr=talk.stderr[-2000:])
+    scored = subprocess.run(
+        [sys.executable, "-m", "ftctl.cli", "eval", str(out), "--data", str(data), "--compare"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    row.update(eval_rc=scored.returncode, eval_stdout=scored.stdout, eval_stderr=scored.stderr[-2000:])
     loaded = chat.load(str(out))
     weights = next(loaded.model.parameters())
     mine = chat.answer(loaded.model, loaded.tokenizer, [{"role": "user", "content": QUESTION}], chat.Decoding(16))
