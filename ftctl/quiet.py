@@ -39,6 +39,11 @@ HARMLESS_LOGS = (
         "Liger's optional backends (CuTe DSL, Ascend), logged by every rank of every GPU run; its Triton kernels run",
     ),
     (
+        "transformers.tokenization_utils_base",
+        r"Token indices sequence length is longer than the specified maximum sequence length",
+        "ftctl truncates rows itself, to model_max_length, and warns where that is over the model's context",
+    ),
+    (
         "DeepSpeed",
         r"Setting accelerator to CPU",
         "printed when DeepSpeed is imported on a machine without GPUs, where ftctl plans CPU runs",

@@ -93,3 +93,27 @@ def test_real_libraries_are_quiet_in_the_trainer_process():
     out = proc.stdout + proc.stderr
     assert "imported" in proc.stdout, out
     assert "gemm_4bit_forward" not in out and "Setting accelerator to CPU" not in out, out
+
+
+def test_the_tokenizers_length_warning_is_lowered_and_the_trainer_says_it_better(tiny_model_dir):
+    """transformers warns of "indexing errors" for any row longer than the tokenizer's model_max_length; ftctl
+    truncates rows itself, so the trainer says instead where model_max_length is over the model's context."""
+    from ftctl.spec import build
+    from ftctl.trainer.run import over_context
+
+    code = (
+        "from ftctl import quiet; quiet.install()\n"
+        "from transformers import AutoTokenizer\n"
+        f"t = AutoTokenizer.from_pretrained({str(tiny_model_dir)!r})\n"
+        "t('word ' * 2000)\nprint('tokenized')\n"
+    )
+    env = {k: v for k, v in subprocess_env().items() if k != "FTCTL_VERBOSE"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True)
+    assert proc.stdout.strip() == "tokenized" and "Token indices sequence length" not in proc.stderr, proc.stderr
+    spec = {"model_name_or_path": str(tiny_model_dir), "gpus": "cpu"}
+    assert over_context(build({**spec, "model_max_length": 512})) is None  # the tiny model's context
+    said = over_context(build({**spec, "model_max_length": 1024}))
+    assert (
+        said.startswith("model_max_length 1024 is over the model's context of 512 tokens")
+        and "-o model_max_length=512" in said
+    )

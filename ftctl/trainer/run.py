@@ -128,6 +128,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if spec.chat_template_path:
             tokenizer.chat_template = chat_template_from(spec.chat_template_path)
         args = training_args(spec, plan, procs, local_dir, load_universal=universal)
+        if procs.is_main and (over := over_context(spec)):
+            log.warning("%s", over)
         dataset, eval_dataset = build_datasets(spec, tokenizer)
         set_seed(spec.seed)  # LoRA's initial weights
         run.kernels = model_kernels(spec, plan, procs.on_cpu, procs.local_rank)  # attention + Liger: what really runs
@@ -335,6 +337,22 @@ def fit(run: Run) -> None:
         run.trainer.train(resume_from_checkpoint=run.resume_from)
     finally:
         gc.unfreeze()  # a process that trains again (the demo, tests) can collect this run's cycles
+
+
+def over_context(spec) -> str | None:
+    """A warning where model_max_length is over the model's context (its config's max_position_embeddings):
+    rows are truncated to model_max_length, so longer ones train at positions the model never saw."""
+    from ftctl.trainer.model import text_config
+
+    config = text_config(spec.model_name_or_path)
+    context = getattr(config, "max_position_embeddings", None) if config is not None else None
+    if not context or spec.model_max_length <= context:
+        return None
+    return (
+        f"model_max_length {spec.model_max_length} is over the model's context of {context} tokens "
+        f"(max_position_embeddings): rows longer than {context} train at positions it never saw; "
+        f"-o model_max_length={context} unless you are extending its context"
+    )
 
 
 def stopped_early(run: Run) -> bool:
