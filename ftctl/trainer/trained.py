@@ -83,7 +83,7 @@ def find(path_or_uri: str, adapter_only: bool = False) -> Trained:
 
     if storage.is_remote(path_or_uri):
         raise FtctlError(
-            f"{path_or_uri} is in object storage: download it first (trained.download_top), then pass the directory."
+            f"{path_or_uri} is in object storage: download its top-level files first, then pass that directory."
         )
     path = Path(path_or_uri).expanduser()
     if not path.is_dir():
@@ -134,7 +134,7 @@ def _newest_checkpoint(run_dir: Path) -> Trained | None:
 def load(trained: Trained, precision: str, device_map=None, as_trained: bool = False):
     """The model in ``precision`` (fp32/bf16/fp16): the full model, or the base with the adapter on it
     (a PeftModel; ``merge_and_unload()`` folds it in). ``as_trained``: a qlora adapter's base in 4 bits as the
-    run trained it (ftctl.trainer.model.quantization_config), not unquantized."""
+    run trained it (ftctl.trainer.model.nf4_config), not unquantized."""
     from transformers import AutoModelForCausalLM
 
     from ftctl.trainer.model import nf4_config, resolve_model, torch_dtype
