@@ -324,13 +324,10 @@ def data_check(paths, model, max_length, chat_template_path):
     )
 
     from ftctl.trainer.data import check_data
+    from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.model import load_tokenizer
 
-    tokenizer = load_tokenizer(model)
-    if chat_template_path:
-        from ftctl.trainer.masks import chat_template_from
-
-        tokenizer.chat_template = chat_template_from(chat_template_path)
+    tokenizer = use_chat_template(load_tokenizer(model), chat_template_path)
     report = check_data(path, tokenizer, max_length or RunSpec.model_max_length)
     click.echo(report.render())
     if report.errors:

@@ -108,12 +108,10 @@ def render(spec: RunSpec, plan: Plan) -> str:
     inner = join(torchrun_argv(spec, plan, Shell('"$FTCTL_RUN_DIR"/spec.json'), head=Shell('"$HEAD_ADDR"')))
     step = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
     # local data, output and model directories are bound into the container at the same paths
-    extra = {os.path.dirname(p) if os.path.isfile(p) else p for p in spec.data_paths} | {spec.output}
+    read = (*spec.data_paths, spec.chat_template_path or "")  # a hub id or URI is no absolute path: dropped below
+    extra = {os.path.dirname(p) if os.path.isfile(p) else p for p in read} | {spec.output}
     if os.path.isdir(spec.model_name_or_path):
         extra.add(spec.model_name_or_path)
-    template = spec.chat_template_path or ""
-    if os.path.exists(template):
-        extra.add(os.path.dirname(template) if os.path.isfile(template) else template)
     extra = sorted(p for p in extra - {""} if os.path.isabs(p) and not is_remote(p))
     for p in extra if kind in ("apptainer", "pyxis") else ():
         if "," in p or ":" in p:

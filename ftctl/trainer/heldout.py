@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ftctl.errors import FtctlError
+
 
 @dataclass(frozen=True)
 class Score:
@@ -54,8 +56,6 @@ def score(model, tokenizer, dataset, batch_size: int = 4) -> Score:
             correct += float(((logits.argmax(-1) == target) & scored).sum())
             count += float(scored.sum())
     if not count:
-        from ftctl.errors import FtctlError
-
         raise FtctlError(
             "The dataset has no scored tokens (no assistant turns survive truncation): nothing to evaluate."
         )

@@ -76,6 +76,14 @@ def chat_template_from(source: str) -> str:
     return template
 
 
+def use_chat_template(tokenizer, source: str | None):
+    """``tokenizer`` with the template ``source`` names (a run's chat_template_path) in place of its own; as it is
+    without one."""
+    if source:
+        tokenizer.chat_template = chat_template_from(source)
+    return tokenizer
+
+
 def end_of_turn_ids(tokenizer) -> list[int]:
     """The special token the chat template closes an assistant turn with, beside eos (Llama 3's <|eot_id|>,
     ChatML's <|im_end|>): where generation stops. Empty where the turn ends in eos or in plain text."""

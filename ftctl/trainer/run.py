@@ -105,7 +105,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
 
     from ftctl.trainer.callbacks import MetricsCallback, PreemptionCallback
     from ftctl.trainer.data import build_datasets
-    from ftctl.trainer.masks import chat_template_from
+    from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.methods import apply_method
     from ftctl.trainer.model import load_model, load_tokenizer, model_kernels
     from ftctl.trainer.sft_trainer import SFTTrainer
@@ -124,9 +124,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         run.resume_from = resume_point(spec, local_dir, remote_uri)
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
-        tokenizer = load_tokenizer(spec.model_name_or_path)
-        if spec.chat_template_path:
-            tokenizer.chat_template = chat_template_from(spec.chat_template_path)
+        tokenizer = use_chat_template(load_tokenizer(spec.model_name_or_path), spec.chat_template_path)
         args = training_args(spec, plan, procs, local_dir, load_universal=universal)
         if procs.is_main and (over := over_context(spec)):
             log.warning("%s", over)
