@@ -132,6 +132,11 @@ def _check_built(rec) -> str | None:
     return None
 
 
+def today() -> str:
+    """The date a build is recorded with (YYYY-MM-DD)."""
+    return datetime.date.today().isoformat()
+
+
 def record(image: str, where: str, gpus: str, cuda: str = "") -> Path:
     """Put a build first in ``built:`` (an older record of the same image goes); returns the file's path."""
     import yaml
@@ -139,7 +144,7 @@ def record(image: str, where: str, gpus: str, cuda: str = "") -> Path:
     path = config_path()
     text = path.read_text() if path.is_file() else ""
     cfg = _parse(text, path)  # a file that does not read is never overwritten
-    new = Built(image, where, gpus, __version__, datetime.date.today().isoformat(), cuda)
+    new = Built(image, where, gpus, __version__, today(), cuda)
     built = [new, *(b for b in cfg.built if (b.image, b.where) != (image, where))][:MAX_BUILT]
     block = yaml.safe_dump({"built": [dataclasses.asdict(b) for b in built]}, sort_keys=False, width=10**6)
     kept = _without_built(text)

@@ -7,7 +7,6 @@ Every test has a config directory of its own (XDG_CONFIG_HOME, set by tests/conf
 
 from __future__ import annotations
 
-import datetime
 import os
 import subprocess
 
@@ -25,7 +24,12 @@ from ftctl.slurm.backend import pyxis_image
 from tests.render_fixtures import prepared
 
 PUSHED = "ghcr.io/my-org/ftctl:t-sm80"
-TODAY = datetime.date.today().isoformat()
+TODAY = "2026-06-30"  # every record's date (the _fixed_date fixture): a suite run across midnight passes
+
+
+@pytest.fixture(autouse=True)
+def _fixed_date(monkeypatch):
+    monkeypatch.setattr(userconfig, "today", lambda: TODAY)
 
 
 def _write(text: str) -> None:
