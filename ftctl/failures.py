@@ -7,6 +7,7 @@ line to print and whether running the same command again would help.
 
 Kinds:
     config       an FtctlError (bad plan, bad data, missing credentials): a rerun reproduces it
+    memory       out of GPU memory: the message names the overrides of a plan that fits (trainer/gpu_memory.py)
     error        any other exception; the message is its last line, ``Type: message``
     interrupted  SIGTERM / SIGINT (preemption, a cancelled job, torchrun stopping the survivors)
 
@@ -23,8 +24,9 @@ from pathlib import Path
 
 from ftctl.envvars import FAILURE_DIR_ENV
 
-KINDS = ("config", "error", "interrupted")
-# which record speaks for the job: a configuration error over a crash over the ranks stopped after it
+KINDS = ("config", "memory", "error", "interrupted")
+# which record speaks for the job: a configuration error, the rank out of memory (the others fail in its
+# collectives), a crash, the ranks stopped after it
 _PRIORITY = {kind: i for i, kind in enumerate(KINDS)}
 NO_RECORD = "the trainer stopped without reporting an error (killed, out of memory, or its node was lost)"
 
@@ -62,7 +64,7 @@ def read(directory) -> list[dict]:
 def summarize(records: list[dict]) -> tuple[str, bool]:
     """(one line naming the rank that speaks for the failure and its message, whether a relaunch helps).
 
-    The record of the most telling kind (config, then error, then interrupted) and the lowest rank
+    The record of the most telling kind (config, memory, error, then interrupted) and the lowest rank
     wins: the survivors torchrun stops after one rank fails are not the cause."""
     if not records:
         return NO_RECORD, True

@@ -475,7 +475,8 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
     raise PlanError(_refusal(spec, req, shape))
 
 
-def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
+def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float | None = None) -> Plan | None:
+    """The fastest plan that fits the card (or ``capacity_gb`` a GPU, when given); None when none does."""
     seq = spec.model_max_length
     world = req.world_size
     notes: list[str] = []
@@ -492,7 +493,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
         if spec.bf16 and not t.bf16:
             notes.append(f"{t.name} has no bf16: using fp16")
         attn = plan_attention(spec.attn_implementation, gpu_flash=t.flash_attn2)
-        capacity = t.memory_gb * HEADROOM
+        capacity = capacity_gb if capacity_gb is not None else t.memory_gb * HEADROOM
     trainable = _trainable_b(method, shape, spec)
     want_global = spec.global_batch_size
     micro_choices = (
@@ -593,6 +594,23 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str) -> Plan | None:
     )
 
 
+# what the planner chooses to fit a card, and so what it may change when a run did not fit (the optimizer only
+# where the user left it to the planner)
+FIT_KNOBS = ("strategy", "gradient_checkpointing", "per_device_train_batch_size", "optim")
+
+
+def within(spec: RunSpec, plan: Plan, capacity_gb: float) -> Plan | None:
+    """The fastest plan of this run estimated to need at most ``capacity_gb`` a GPU, the planner choosing the
+    batch, checkpointing and strategy again even where the user forced them; None when none fits."""
+    free = replace(spec, strategy=None, gradient_checkpointing=None, per_device_train_batch_size=None)
+    return _fit(free, gpu_table.parse(plan.gpus), plan.model, plan.method, capacity_gb=capacity_gb)
+
+
+def overrides(old: Plan, new: Plan) -> dict[str, object]:
+    """The ``-o KEY=VALUE`` that turn plan ``old`` into ``new``."""
+    return {k: getattr(new, k) for k in FIT_KNOBS if getattr(new, k) != getattr(old, k)}
+
+
 def evaluation(spec: RunSpec) -> str | None:
     """The plan's evaluation row (trainer/run.py's evaluation_args runs it)."""
     if not spec.evaluates:
@@ -621,6 +639,9 @@ def offload_host_gb(params_b: float, world: int, per_node: int) -> float:
     return per_node * rank + 2 * params_b
 
 
+_FORCED_FIT = ("strategy", "per_device_train_batch_size", "gradient_checkpointing")  # what a user may force
+
+
 def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     method = spec.method
     if req.is_cpu and shape.params_b > CPU_MAX_PARAMS_B:
@@ -634,6 +655,18 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
             f"{spec.host_memory_gb:g} on CPU, even at micro-batch 1 with gradient checkpointing. Raise "
             f"-o host_memory_gb=N if the machine has more, or use a lighter --method (lora, qlora) or a smaller model."
         )
+    forced = {k: getattr(spec, k) for k in _FORCED_FIT if getattr(spec, k) is not None}
+    fits = _fit(replace(spec, **dict.fromkeys(forced)), req, shape, method) if forced and req.tier else None
+    if fits is not None:  # the user's batch, checkpointing or strategy is what does not fit
+        asked = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in forced.items())
+        return (
+            f"{method} of a {shape.params_b:g}B-parameter model with {asked} does not fit {req} (a "
+            f"{req.tier.name} has {req.tier.memory_gb:g} GB; ftctl plans within {HEADROOM:.0%} of it). Without "
+            f"{'it' if len(forced) == 1 else 'them'} it does: {fits.strategy}, micro-batch "
+            f"{fits.per_device_train_batch_size}, gradient checkpointing {'on' if fits.gradient_checkpointing else 'off'}"
+            f", ~{fits.memory_gb:.0f} GB/GPU (`ftctl plan` without {' and '.join(forced)} shows it)."
+        )
+    spec = replace(spec, **dict.fromkeys(_FORCED_FIT[1:]))  # the plans offered below choose their own batch
     # the leanest way this method could run on this request, to say how far off it is
     strategies = _strategies(method, req.world_size, req.nodes, spec.strategy)
     on_gpu = [s for s in strategies if s not in OFFLOAD_STRATEGIES] or strategies

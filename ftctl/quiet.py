@@ -44,6 +44,16 @@ HARMLESS_LOGS = (
         "ftctl truncates rows itself, to model_max_length, and warns where that is over the model's context",
     ),
     (
+        "datasets",
+        r"^(JAX|PyTorch|TensorFlow|Polars) version \S+ available",
+        "`datasets` names each framework it finds at import, at INFO, which the trainer logs on rank 0",
+    ),
+    (
+        "liger_kernel.transformers.monkey_patch",
+        r"^Applying Liger kernels to model instance",
+        "the trainer's own start line says whether Liger's kernels run (attention: ...; Liger kernels: on)",
+    ),
+    (
         "DeepSpeed",
         r"Setting accelerator to CPU",
         "printed when DeepSpeed is imported on a machine without GPUs, where ftctl plans CPU runs",

@@ -42,7 +42,7 @@ def test_record_without_a_directory_writes_nothing(monkeypatch):
 
 
 def test_record_refuses_an_unknown_kind(tmp_path):
-    with pytest.raises(ValueError, match="config, error, interrupted"):
+    with pytest.raises(ValueError, match="config, memory, error, interrupted"):
         failures.record("oops", "x", directory=str(tmp_path))
 
 
@@ -62,6 +62,9 @@ def test_summarize_names_the_cause_not_the_ranks_stopped_after_it():
     assert failures.summarize(records) == ("rank 3 on host-b: bad data: row 7", False)
     records = [_rec(0, "interrupted"), _rec(6, "error", "RuntimeError: CUDA error"), _rec(2, "error", "E: x")]
     assert failures.summarize(records) == ("rank 2 on host-a: E: x", False)
+    # the rank out of memory, not rank 0 failing in the collective it left
+    records = [_rec(0, "error", "DistBackendError: NCCL"), _rec(1, "memory", "out of memory on GPU 1", "host-b")]
+    assert failures.summarize(records) == ("rank 1 on host-b: out of memory on GPU 1", False)
 
 
 def test_summarize_says_a_relaunch_helps_only_after_interruptions_or_no_record():
@@ -108,6 +111,16 @@ run.train = train
 """
 
 
+OUT_OF_MEMORY = """
+import torch
+import ftctl.trainer.run as run
+from tests.test_gpu_memory import oom
+def train(*args, **kwargs):
+    raise oom(39.39, 0.21, 38.9)
+run.train = train
+"""
+
+
 def _trainer_main(prelude: str, spec_path, env):
     """``python -m ftctl.trainer --spec`` with ``prelude`` run first (it may replace the trainer's parts)."""
     import subprocess
@@ -134,6 +147,18 @@ def test_trainer_records_a_crash_as_its_last_line_without_traceback(tiny_spec, t
     assert alone.stderr.count("error: ") == 1 and "Traceback" not in alone.stderr
     [record] = failures.read(tmp_path / "f")
     assert (record["rank"], record["kind"], record["message"]) == (0, "error", "RuntimeError: boom in the trainer")
+
+
+def test_trainer_records_running_out_of_gpu_memory_with_the_plan_that_fits(tiny_model_dir, tiny_data, tmp_path):
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "lora", gpus="1xA100", model_params="1b")
+    path = write_spec(spec, plan, tmp_path / "spec.json")
+    proc = _trainer_main(OUT_OF_MEMORY, path, subprocess_env(FTCTL_FAILURE_DIR=tmp_path / "f"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    [record] = failures.read(tmp_path / "f")
+    assert record["kind"] == "memory", record
+    assert record["message"].startswith("out of memory on GPU 0 (42.3 GB): this process held 41.8 GB"), record
+    assert re.search(r"Relaunch with (-o \w+=\S+ )+\(", record["message"]), record
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in record["message"]  # PyTorch's advice, not what to change
 
 
 def test_other_ranks_leave_the_message_to_the_launcher(tiny_spec, tmp_path):

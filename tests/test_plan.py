@@ -100,6 +100,24 @@ def test_70b_fft_on_1xt4_is_refused_with_nearest_plans():
         _fits(p)
 
 
+def test_a_forced_batch_that_does_not_fit_is_named_with_the_plan_that_does():
+    with pytest.raises(PlanError) as e:
+        plan(
+            method="lora",
+            gpus="1xH100",
+            model_name_or_path="meta-llama/Llama-3.1-8B",
+            o=["per_device_train_batch_size=16", "gradient_checkpointing=false"],
+        )
+    msg = str(e.value)
+    assert msg.startswith(
+        "lora of a 8.03B-parameter model with per_device_train_batch_size=16, gradient_checkpointing=false does not "
+        "fit 1xH100 (a H100 has 80 GB; ftctl plans within 92% of it). Without them it does: single, micro-batch "
+    ), msg
+    ours = plan(method="lora", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B")
+    assert f"micro-batch {ours.per_device_train_batch_size}," in msg and f"~{ours.memory_gb:.0f} GB/GPU" in msg
+    assert "Nearest plans" not in msg  # nothing about other GPUs: the request fits
+
+
 def test_refusal_through_the_cli_exits_2_with_one_error_line():
     r = CliRunner().invoke(main, ["plan", "--method", "fft", "--gpus", "1xT4", "--model", "meta-llama/Llama-3.1-70B"])
     assert r.exit_code == 2

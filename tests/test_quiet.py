@@ -20,6 +20,10 @@ liger = logging.getLogger("liger_kernel.backends.registry")
 liger.warning("Backend impl '%s' for op '%s' could not be imported: %s: %s", "liger_kernel.ops.backends._cutedsl.rope",
               "rope", "ImportError", "cutedsl backend requires the NVIDIA CUTLASS Python DSL (CuTe DSL).")
 liger.warning("Liger's registry says something else")
+logging.getLogger("datasets").info("JAX version 0.11.2 available.")
+logging.getLogger("datasets").info("datasets says something else")
+logging.getLogger("liger_kernel.transformers.monkey_patch").info(
+    "Applying Liger kernels to model instance with model type: llama with kwargs: {'rope': True}")
 warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
 warnings.warn("some other deprecation", FutureWarning)
 warnings.warn("Argument aux_data (position 21) cannot be converted to a JitArgument for function 'cutlass___call___"
@@ -49,6 +53,8 @@ def test_known_messages_are_lowered_and_the_rest_still_prints(monkeypatch):
     assert "ERROR bitsandbytes.backends.cpu.ops: Failed to load CPU gemm_4bit_forward: and this time" in out
     assert "is_gradient_checkpointing" not in out and "some other deprecation" in out
     assert "JitArgument" not in out  # FlashAttention 4's compile
+    assert "JAX version" not in out and "datasets says something else" in out
+    assert "Applying Liger kernels" not in out  # what one H200 run printed (bench/NOTES.md v44)
     assert "TQDM_DISABLE=1" in out
 
 

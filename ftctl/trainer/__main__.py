@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     )
     failure = Failure(rank)
     failure.catch_signals()  # the trainer's PreemptionCallback takes SIGTERM over while it trains
+    plan = None
     try:
         from ftctl.trainer import distributed
 
@@ -49,6 +50,10 @@ def main(argv=None) -> int:
     except FtctlError as e:
         return failure.report("config", str(e), e.exit_code, e)
     except Exception as e:
+        from ftctl.trainer import gpu_memory
+
+        if plan is not None and gpu_memory.is_out_of_memory(e):
+            return failure.report("memory", gpu_memory.message(e, spec, plan), 1, e)
         return failure.report("error", failures.exception_line(e), 1, e)
     if rank == 0:
         print(

@@ -38,7 +38,7 @@ from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
 from ftctl.runpaths import METRICS_FILE, SPEC_FILE
 from ftctl.spec import RunSpec
-from ftctl.trainer import distributed, reshard
+from ftctl.trainer import distributed, gpu_memory, reshard
 
 if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at import time
     from ftctl.trainer.attention import Kernels
@@ -121,6 +121,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     run = Run(spec, plan, procs, local_dir, remote_uri, preemption)
     try:
         distributed.init_group(plan, procs)
+        if not procs.on_cpu and (full := gpu_memory.check_free(plan, procs.local_rank)):
+            log.warning("%s", full)
         run.resume_from = resume_point(spec, local_dir, remote_uri)
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
