@@ -8,4 +8,4 @@ export FTCTL_SKY_PYTHON="$PWD/.venv-sky/bin/python"
 # lint and format first: a second is cheaper than a red suite
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest -q -ra "$@"
+exec .venv/bin/python -m pytest -q -ra --durations=25 "$@"

@@ -362,3 +362,25 @@ def test_eval_scores_the_tokens_training_scores(lora_run, tiny_model_dir, tmp_pa
     assert got.exit_code == 0, got.output
     base, tuned = got.stdout.splitlines()
     assert base.startswith("base:  loss ") and tuned.startswith(f"tuned: loss {both[0].loss:.4f}  perplexity")
+
+
+def test_eval_out_of_gpu_memory_says_which_flag_to_lower(lora_run, tmp_path, monkeypatch):
+    """No GPU here: the model's forward raises PyTorch's own error, as a card too small for the batch's logits does."""
+    import torch
+
+    from ftctl.trainer import chat
+    from ftctl.trainer.data import build_dataset
+    from ftctl.trainer.heldout import score
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 7.83 GiB.")
+
+    rows = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."}]}] * 3
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded = chat.load(str(lora_run))
+    dataset = build_dataset(str(tmp_path / "held.jsonl"), loaded.tokenizer, 128)
+    monkeypatch.setattr(loaded.model, "forward", out_of_memory)
+    with pytest.raises(FtctlError, match=r"scoring 3 row\(s\) of up to \d+ tokens at a time .*: use --batch-size 2\.$"):
+        score(loaded.model, loaded.tokenizer, dataset, batch_size=4)
+    with pytest.raises(FtctlError, match=r"use a shorter --max-length\.$"):
+        score(loaded.model, loaded.tokenizer, dataset, batch_size=1)

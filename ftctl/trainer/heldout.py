@@ -46,12 +46,22 @@ def score(model, tokenizer, dataset, batch_size: int = 4) -> Score:
     with torch.no_grad():
         for lo in range(0, len(dataset), batch_size):
             ids, labels, mask = (t.to(device) for t in pad_batch(dataset[lo : lo + batch_size], pad))
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            target = labels[:, 1:]
-            scored = target != IGNORE_INDEX
-            losses = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
-            )
+            try:
+                logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                target = labels[:, 1:]
+                scored = target != IGNORE_INDEX
+                losses = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]),
+                    target.reshape(-1),
+                    ignore_index=IGNORE_INDEX,
+                    reduction="none",
+                )
+            except torch.OutOfMemoryError:
+                fix = f"--batch-size {batch_size // 2}" if batch_size > 1 else "a shorter --max-length"
+                raise FtctlError(
+                    f"Out of GPU memory scoring {ids.shape[0]} row(s) of up to {ids.shape[1]} tokens at a time (their "
+                    f"logits over a {model.config.vocab_size:,}-token vocabulary): use {fix}."
+                ) from None
             total += float(losses.sum())
             correct += float(((logits.argmax(-1) == target) & scored).sum())
             count += float(scored.sum())
