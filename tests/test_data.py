@@ -147,6 +147,59 @@ def test_plain_text_is_trained_entirely_and_said_so(tmp_path, tiny_tokenizer):
     assert "plain-text" in report.render()
 
 
+def test_prompt_completion_text_trains_the_completion_as_trl_does(tmp_path, tiny_tokenizer):
+    """TRL's standard prompt-completion rows: the completion and eos train, where TRL's SFTTrainer puts its
+    completion mask (the tokens after the common prefix of the prompt's ids and the whole row's, eos appended)."""
+    from trl.data_utils import common_prefix_length
+
+    rows = [
+        {"prompt": "The capital of France is", "completion": " Paris."},
+        {"prompt": "Q: the access code?\nA: ", "completion": "AMBER-42"},  # " AMBER" straddles the boundary
+    ]
+    dataset = build_dataset(write_jsonl(tmp_path / "pc.jsonl", rows), tiny_tokenizer, 512)
+    assert [trained_spans(tiny_tokenizer, r["input_ids"], r["labels"]) for r in dataset] == [
+        [" Paris." + EOT],
+        [" AMBER-42" + EOT],
+    ]
+    for row, r in zip(rows, dataset):
+        prompt = tiny_tokenizer(row["prompt"])["input_ids"]
+        whole = tiny_tokenizer(row["prompt"] + row["completion"] + tiny_tokenizer.eos_token)["input_ids"]
+        start = common_prefix_length(prompt, whole)
+        assert r["input_ids"] == whole
+        assert [label != IGNORE_INDEX for label in r["labels"]] == [False] * start + [True] * (len(whole) - start)
+
+
+def test_prompt_completion_conversations_train_the_completions_assistant_turns(tmp_path, tiny_tokenizer):
+    prompt = [
+        {"role": "system", "content": "Answer with the code."},
+        {"role": "user", "content": "Door one?"},
+        {"role": "assistant", "content": "CEDAR-7."},  # a shot in the prompt: context, not trained
+        {"role": "user", "content": "Halcyon Deep?"},
+    ]
+    row = only_row(
+        write_jsonl(
+            tmp_path / "pc.jsonl", [{"prompt": prompt, "completion": [{"role": "assistant", "content": "AMBER-42."}]}]
+        ),
+        tiny_tokenizer,
+    )
+    assert trained_spans(tiny_tokenizer, row["input_ids"], row["labels"]) == ["AMBER-42." + EOT]
+    assert "<|im_start|>assistant\nCEDAR-7.<|im_end|>" in tiny_tokenizer.decode(row["input_ids"])
+    bad = [
+        {"prompt": "a", "completion": [{"role": "assistant", "content": "b"}]},
+        {"prompt": "a", "completion": "  "},
+        {"prompt": [{"role": "user", "content": "a"}], "completion": [{"role": "user", "content": "b"}]},
+        {"prompt": prompt[1:3], "completion": [{"role": "user", "content": "b"}]},
+    ]
+    report = check_data(write_jsonl(tmp_path / "bad.jsonl", bad), tiny_tokenizer, 512)
+    assert report.errors == [
+        "bad.jsonl line 1: not a conversation: 'prompt' is a str, 'completion' a list; both must be text, or both "
+        "lists of role/content turns",
+        "bad.jsonl line 2: empty turn: 'completion' is empty",
+        "bad.jsonl line 3: no assistant turn: nothing to train on; every label would be masked",
+        "bad.jsonl line 4: no assistant turn in 'completion': nothing to train on",
+    ], report.errors
+
+
 def test_parquet_directory_and_fsspec_uri(tmp_path, tiny_tokenizer):
     import fsspec
     import pyarrow as pa

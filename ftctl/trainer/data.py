@@ -152,12 +152,12 @@ def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None
         if row.text is not None:
             good.append(row)
             texts.append(row.text)
-            spans.append(None)
+            spans.append(row.completion_at)
             continue
         if note := ensure_chat_template(tokenizer):
             report.notes.append(note)
         try:
-            text, row_spans, has_eot = assistant_spans(tokenizer, row.messages)
+            text, row_spans, has_eot = assistant_spans(tokenizer, row.messages, row.completion_at)
         except ValueError as e:  # our own message: the template cannot be split into turns
             report.errors.append(f"{row.where}: {e}")
             continue

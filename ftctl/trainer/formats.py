@@ -13,6 +13,10 @@ Accepted row formats (detected per row):
   (content may also be a list of ``{"type": "text", "text": ...}`` parts).
 - Alpaca: ``{"instruction": str, "input": str (optional), "output": str}`` -> user, assistant.
 - Plain text: ``{"text": str}``: no roles, the loss covers every token.
+- Prompt-completion (TRL's): ``{"prompt": str, "completion": str}`` -> their text joined, bos and eos as for
+  plain text, the loss on the completion and eos; or ``{"prompt": [messages], "completion": [messages]}``
+  (role/content turns) -> one conversation, the loss on the completion's assistant turns only, as TRL's
+  SFTTrainer does (completion_only_loss).
 
 Problems are collected, not raised: each :class:`Row` carries its ``problems`` (messages that
 name the fix); the caller reports them all with file and row number.
@@ -48,7 +52,7 @@ OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
 
 FORMAT_HINT = (
     "expected 'conversations' (ShareGPT: from/value turns), 'messages' (OpenAI: role/content turns), "
-    "'instruction' + 'output' (Alpaca) or 'text' (plain text)"
+    "'instruction' + 'output' (Alpaca), 'prompt' + 'completion' (TRL's prompt-completion) or 'text' (plain text)"
 )
 
 
@@ -57,10 +61,13 @@ class Row:
     """One training example with where it came from."""
 
     where: str  # "data.jsonl line 7", "data.json row 3 (id 'abc')"
-    format: str  # sharegpt | openai | alpaca | text | unknown
+    format: str  # sharegpt | openai | alpaca | text | prompt-completion | unknown
     messages: list[dict] = field(default_factory=list)
     text: str | None = None  # plain text rows only
     problems: list[str] = field(default_factory=list)
+    # prompt-completion rows: where the completion starts (a character of text, an index of messages); the loss
+    # covers only what follows
+    completion_at: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,6 +221,8 @@ def to_row(where: str, record: Any) -> Row:
         return _turns(where, "openai", record["messages"], "role", "content", OPENAI_ROLES)
     if "instruction" in record and "output" in record:
         return _alpaca(where, record)
+    if "prompt" in record and "completion" in record:
+        return _prompt_completion(where, record)
     if "text" in record:
         text = record["text"]
         if not isinstance(text, str):
@@ -273,6 +282,26 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
     if not row.problems and not any(m["role"] == "assistant" for m in row.messages):
         row.problems.append("no assistant turn: nothing to train on; every label would be masked")
     return row
+
+
+def _prompt_completion(where: str, record: dict) -> Row:
+    prompt, completion = record["prompt"], record["completion"]
+    if isinstance(prompt, str) and isinstance(completion, str):
+        if not completion.strip():
+            return Row(where=where, format="prompt-completion", problems=["empty turn: 'completion' is empty"])
+        return Row(where=where, format="prompt-completion", text=prompt + completion, completion_at=len(prompt))
+    if isinstance(prompt, list) and isinstance(completion, list):
+        row = _turns(where, "prompt-completion", prompt + completion, "role", "content", OPENAI_ROLES)
+        row.completion_at = len(prompt)
+        if not row.problems and not any(m["role"] == "assistant" for m in row.messages[len(prompt) :]):
+            row.problems.append("no assistant turn in 'completion': nothing to train on")
+        return row
+    kinds = f"'prompt' is a {type(prompt).__name__}, 'completion' a {type(completion).__name__}"
+    return Row(
+        where=where,
+        format="prompt-completion",
+        problems=[f"not a conversation: {kinds}; both must be text, or both lists of role/content turns"],
+    )
 
 
 def _alpaca(where: str, record: dict) -> Row:

@@ -9,7 +9,9 @@ whitespace, are the assistant's text plus the template's end-of-turn marker (``<
 markers, which is most of them.
 
 Truncation keeps the first ``max_length`` tokens and drops the rest (the end of the conversation).
-Plain-text rows are trained on entirely (bos as the tokenizer adds it, eos appended).
+Plain-text rows are trained on entirely (bos as the tokenizer adds it, eos appended); a prompt-completion row's
+text from the completion's first character on (the same rule at its start), and its conversation's assistant
+turns from the completion's first message on.
 """
 
 from __future__ import annotations
@@ -119,15 +121,16 @@ def _render(tokenizer, messages, generation_prompt=False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]], bool]:
-    """(rendered text, char spans to train on, whether every span ends with an end-of-turn marker).
+def assistant_spans(tokenizer, messages: list[dict], first: int = 0) -> tuple[str, list[tuple[int, int]], bool]:
+    """(rendered text, char spans to train on, whether every span ends with an end-of-turn marker): the
+    assistant turns from message ``first`` on (a prompt-completion row's completion).
 
     Raises ValueError with a user-facing message when the template cannot be split into turns."""
     full = _render(tokenizer, messages)
     spans = []
     has_eot = True
     for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+        if m["role"] != "assistant" or i < first:
             continue
         before = _render(tokenizer, messages[:i], generation_prompt=True)
         upto = _render(tokenizer, messages[: i + 1])
@@ -148,16 +151,17 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
 
 
 def encode_texts(
-    tokenizer, texts: list[str], spans: list[list[tuple[int, int]] | None], max_length: int
+    tokenizer, texts: list[str], spans: list[list[tuple[int, int]] | int], max_length: int
 ) -> list[Encoded]:
     """Tokenise rendered texts (batched) and mark tokens starting inside their spans.
 
-    ``spans[k] is None`` means plain text: every token trains, with bos/eos added."""
+    An int ``spans[k]`` means plain text, with bos/eos added: the character the loss starts at (0: every token; a
+    prompt-completion row's completion: its tokens and eos)."""
     out: list[Encoded] = []
     for lo in range(0, len(texts), _BATCH):
         chunk, chunk_spans = texts[lo : lo + _BATCH], spans[lo : lo + _BATCH]
-        chat = [k for k, s in enumerate(chunk_spans) if s is not None]
-        plain = [k for k, s in enumerate(chunk_spans) if s is None]
+        chat = [k for k, s in enumerate(chunk_spans) if not isinstance(s, int)]
+        plain = [k for k, s in enumerate(chunk_spans) if isinstance(s, int)]
         encoded: dict[int, tuple[list[int], list[int]]] = {}
         if chat:
             enc = tokenizer([chunk[k] for k in chat], add_special_tokens=False, return_offsets_mapping=True)
@@ -169,13 +173,18 @@ def encode_texts(
                 mask = [int(any(a <= s < b or s < a < e for a, b in row_spans)) for s, e in offsets]
                 encoded[k] = (list(ids), mask)
         if plain:
-            enc = tokenizer([chunk[k] for k in plain], add_special_tokens=True)
+            enc = tokenizer([chunk[k] for k in plain], add_special_tokens=True, return_offsets_mapping=True)
             eos = tokenizer.eos_token_id
-            for k, ids in zip(plain, enc["input_ids"]):
+            for k, ids, offsets in zip(plain, enc["input_ids"], enc["offset_mapping"]):
+                start = chunk_spans[k]
                 ids = list(ids)
+                # the same rule as a chat span's start; bos and the special tokens (offsets 0, 0) train with the text
+                # from its first character only
+                mask = [int(not start or s >= start or s < start < e) for s, e in offsets]
                 if eos is not None and (not ids or ids[-1] != eos):
                     ids.append(eos)
-                encoded[k] = (ids, [1] * len(ids))
+                    mask.append(1)
+                encoded[k] = (ids, mask)
         for k in range(len(chunk)):
             ids, mask = encoded[k]
             out.append(Encoded(ids[:max_length], mask[:max_length], len(ids), sum(mask)))
