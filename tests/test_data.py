@@ -200,6 +200,66 @@ def test_prompt_completion_conversations_train_the_completions_assistant_turns(t
     ], report.errors
 
 
+# A Hermes-style template (Qwen2.5's layout, trimmed): tools in the system turn, calls as <tool_call> JSON, results
+# as a user turn's <tool_response>
+TOOL_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' %}<|im_start|>assistant\n{{ m.content }}"
+    "{%- for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}<|im_end|>\n"
+    "{%- elif m.role == 'tool' %}<|im_start|>user\n<tool_response>{{ m.content }}</tool_response><|im_end|>\n"
+    "{%- else %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endif %}"
+    "{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CALL = {"type": "function", "function": {"name": "door_code", "arguments": {"station": "Halcyon Deep"}}}
+TOOLS = [{"type": "function", "function": {"name": "door_code", "parameters": {"type": "object"}}}]
+
+
+def test_tool_calls_train_and_tool_results_are_context(tmp_path, tiny_tokenizer, monkeypatch):
+    messages = [
+        {"role": "user", "content": "Open Halcyon Deep."},
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "name": "door_code", "content": "AMBER-42"},
+        {"role": "assistant", "content": "The code is AMBER-42."},
+    ]
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", TOOL_TEMPLATE)  # the fixture is shared
+    rows = [{"messages": messages, "tools": TOOLS}, {"messages": messages, "tools": json.dumps(TOOLS)}]
+    dataset = build_dataset(write_jsonl(tmp_path / "tools.jsonl", rows), tiny_tokenizer, 512)
+    call = '<tool_call>{"name": "door_code", "arguments": {"station": "Halcyon Deep"}}</tool_call>' + EOT
+    for row in dataset:
+        assert trained_spans(tiny_tokenizer, row["input_ids"], row["labels"]) == [call, "The code is AMBER-42." + EOT]
+        text = tiny_tokenizer.decode(row["input_ids"])
+        assert text.startswith('<|im_start|>system\nTools: [{"type": "function"')  # the schemas: context
+        assert "<tool_response>AMBER-42</tool_response>" in text  # the result: context
+
+
+def test_a_template_that_drops_tool_calls_is_a_row_error(tmp_path, tiny_tokenizer):
+    """The tiny tokenizer's ChatML template renders content only: the call would train an empty answer."""
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "Open it."},
+                {"role": "assistant", "content": "", "tool_calls": [CALL]},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Open it."},
+                {"role": "assistant", "content": "x", "tool_calls": [{}]},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "tools": {"a": 1}},
+    ]
+    report = check_data(write_jsonl(tmp_path / "tools.jsonl", rows), tiny_tokenizer, 512)
+    assert report.errors == [
+        "tools.jsonl line 1: the chat template does not render tool calls: turn 2's call to 'door_code' is missing "
+        "from its rendering; use a template that does (-o chat_template_path=...)",
+        "tools.jsonl line 2: turn 2 'tool_calls' must be a list of {'type': 'function', 'function': {'name': ..., "
+        "'arguments': ...}} objects",
+        "tools.jsonl line 3: 'tools' must be a list of function schemas (or its JSON), not {'a': 1}",
+    ], report.errors
+
+
 def test_parquet_directory_and_fsspec_uri(tmp_path, tiny_tokenizer):
     import fsspec
     import pyarrow as pa
@@ -358,7 +418,7 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
             {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes " * 60}]},  # 10
             "",  # 11 (blank lines are skipped)
             {"messages": [{"role": "user"}]},  # 12
-            {"messages": [{"role": "tool", "content": "42"}, {"role": "assistant", "content": "ok"}]},  # 13
+            {"messages": [{"role": "function", "content": "42"}, {"role": "assistant", "content": "ok"}]},  # 13
         ],
     )
     report = check_data(path, tiny_tokenizer, 32)
@@ -371,7 +431,7 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
         "bad.jsonl line 7: invalid JSON",
         "bad.jsonl line 8: not a conversation: 'messages' is a str",
         "bad.jsonl line 12: not a conversation: turn 1 must be an object with 'role' and 'content'",
-        "bad.jsonl line 13: unknown role 'tool' in turn 1: use one of assistant, system, user",
+        "bad.jsonl line 13: unknown role 'function' in turn 1: use one of assistant, system, tool, user",
         "bad.jsonl line 9: every label is masked after truncation to 32 tokens",
     ]
     assert len(report.errors) == len(expected_errors), report.render()

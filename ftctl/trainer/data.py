@@ -157,7 +157,7 @@ def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None
         if note := ensure_chat_template(tokenizer):
             report.notes.append(note)
         try:
-            text, row_spans, has_eot = assistant_spans(tokenizer, row.messages, row.completion_at)
+            text, row_spans, has_eot = assistant_spans(tokenizer, row.messages, row.completion_at, row.tools)
         except ValueError as e:  # our own message: the template cannot be split into turns
             report.errors.append(f"{row.where}: {e}")
             continue

@@ -9,8 +9,11 @@ Accepted row formats (detected per row):
 - Vicuna/ShareGPT: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``;
   the roles FastChat accepts are mapped (human/user -> user; gpt/assistant/chatgpt/bing/bard ->
   assistant).
-- OpenAI-style: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}``
-  (content may also be a list of ``{"type": "text", "text": ...}`` parts).
+- OpenAI-style: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}``
+  (content may also be a list of ``{"type": "text", "text": ...}`` parts). Tool use as TRL and transformers'
+  chat templates take it: an assistant turn's ``tool_calls`` (its content may then be empty), ``tool`` turns
+  with the results (context, never trained), and the row's ``tools`` (function schemas, a list or its JSON)
+  rendered by the template.
 - Alpaca: ``{"instruction": str, "input": str (optional), "output": str}`` -> user, assistant.
 - Plain text: ``{"text": str}``: no roles, the loss covers every token.
 - Prompt-completion (TRL's): ``{"prompt": str, "completion": str}`` -> their text joined, bos and eos as for
@@ -48,7 +51,9 @@ SHAREGPT_ROLES = {
     "bard": "assistant",
     "system": "system",
 }
-OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant"}
+OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+# what an OpenAI-style turn carries beside role and content, for the chat template (tool use)
+TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
 
 FORMAT_HINT = (
     "expected 'conversations' (ShareGPT: from/value turns), 'messages' (OpenAI: role/content turns), "
@@ -68,6 +73,7 @@ class Row:
     # prompt-completion rows: where the completion starts (a character of text, an index of messages); the loss
     # covers only what follows
     completion_at: int = 0
+    tools: list | None = None  # the functions a tool-use conversation's template renders
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,7 +224,7 @@ def to_row(where: str, record: Any) -> Row:
     if "conversations" in record:
         return _turns(where, "sharegpt", record["conversations"], "from", "value", SHAREGPT_ROLES)
     if "messages" in record:
-        return _turns(where, "openai", record["messages"], "role", "content", OPENAI_ROLES)
+        return _with_tools(_turns(where, "openai", record["messages"], "role", "content", OPENAI_ROLES), record)
     if "instruction" in record and "output" in record:
         return _alpaca(where, record)
     if "prompt" in record and "completion" in record:
@@ -269,18 +275,48 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
                 f"unknown role {role!r} in turn {n}: use one of {', '.join(sorted(roles))}.{did_you_mean(str(role), roles)}"
             )
             continue
+        calls = turn.get("tool_calls") if mapped == "assistant" and fmt != "sharegpt" else None
+        if calls is not None and not (isinstance(calls, list) and all(_is_call(c) for c in calls)):
+            row.problems.append(
+                f"turn {n} 'tool_calls' must be a list of {{'type': 'function', 'function': {{'name': ..., "
+                f"'arguments': ...}}}} objects"
+            )
+            continue
+        if calls and turn[text_key] is None:  # a turn that only calls tools
+            turn = {**turn, text_key: ""}
         content = _content(turn[text_key])
         if content is None:
             row.problems.append(
                 f"not a conversation: turn {n} '{text_key}' is a {type(turn[text_key]).__name__}, not text"
             )
             continue
-        if not content.strip():
+        if not content.strip() and not calls:
             row.problems.append(f"empty turn: turn {n} ({role}) has no text; remove it or fill it in")
             continue
-        row.messages.append({"role": mapped, "content": content})
+        extra = {k: turn[k] for k in TOOL_KEYS if fmt != "sharegpt" and turn.get(k) is not None}
+        row.messages.append({"role": mapped, "content": content, **extra})
     if not row.problems and not any(m["role"] == "assistant" for m in row.messages):
         row.problems.append("no assistant turn: nothing to train on; every label would be masked")
+    return row
+
+
+def _is_call(call: Any) -> bool:
+    function = call.get("function") if isinstance(call, dict) else None
+    return isinstance(function, dict) and isinstance(function.get("name"), str)
+
+
+def _with_tools(row: Row, record: dict) -> Row:
+    """``row`` with the record's ``tools``: a list of function schemas, or its JSON (as TRL reads it)."""
+    tools = record.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except ValueError:
+            tools = "unreadable JSON"
+    if tools is not None and not isinstance(tools, list):
+        row.problems.append(f"'tools' must be a list of function schemas (or its JSON), not {tools!r:.60}")
+    elif tools:
+        row.tools = tools
     return row
 
 
@@ -291,7 +327,9 @@ def _prompt_completion(where: str, record: dict) -> Row:
             return Row(where=where, format="prompt-completion", problems=["empty turn: 'completion' is empty"])
         return Row(where=where, format="prompt-completion", text=prompt + completion, completion_at=len(prompt))
     if isinstance(prompt, list) and isinstance(completion, list):
-        row = _turns(where, "prompt-completion", prompt + completion, "role", "content", OPENAI_ROLES)
+        row = _with_tools(
+            _turns(where, "prompt-completion", prompt + completion, "role", "content", OPENAI_ROLES), record
+        )
         row.completion_at = len(prompt)
         if not row.problems and not any(m["role"] == "assistant" for m in row.messages[len(prompt) :]):
             row.problems.append("no assistant turn in 'completion': nothing to train on")

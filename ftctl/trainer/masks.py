@@ -117,23 +117,26 @@ def ensure_chat_template(tokenizer) -> str | None:
     )
 
 
-def _render(tokenizer, messages, generation_prompt=False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def _render(tokenizer, messages, generation_prompt=False, tools=None) -> str:
+    return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
 
-def assistant_spans(tokenizer, messages: list[dict], first: int = 0) -> tuple[str, list[tuple[int, int]], bool]:
+def assistant_spans(
+    tokenizer, messages: list[dict], first: int = 0, tools: list | None = None
+) -> tuple[str, list[tuple[int, int]], bool]:
     """(rendered text, char spans to train on, whether every span ends with an end-of-turn marker): the
-    assistant turns from message ``first`` on (a prompt-completion row's completion).
+    assistant turns from message ``first`` on (a prompt-completion row's completion), their tool calls included.
 
-    Raises ValueError with a user-facing message when the template cannot be split into turns."""
-    full = _render(tokenizer, messages)
+    Raises ValueError with a user-facing message when the template cannot be split into turns, or drops a
+    turn's tool calls (the turn would train the model to answer with nothing)."""
+    full = _render(tokenizer, messages, tools=tools)
     spans = []
     has_eot = True
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or i < first:
             continue
-        before = _render(tokenizer, messages[:i], generation_prompt=True)
-        upto = _render(tokenizer, messages[: i + 1])
+        before = _render(tokenizer, messages[:i], generation_prompt=True, tools=tools)
+        upto = _render(tokenizer, messages[: i + 1], tools=tools)
         if not (full.startswith(before) and full.startswith(upto) and upto.startswith(before)):
             raise ValueError(
                 f"cannot place the loss mask: the chat template renders turn {i + 1} differently inside "
@@ -141,9 +144,16 @@ def assistant_spans(tokenizer, messages: list[dict], first: int = 0) -> tuple[st
                 "turn does this); start conversations with a user or system turn"
             )
         start, end = len(before), len(upto.rstrip())
+        for call in m.get("tool_calls") or ():
+            if call["function"]["name"] not in upto[start:end]:
+                raise ValueError(
+                    f"the chat template does not render tool calls: turn {i + 1}'s call to "
+                    f"{call['function']['name']!r} is missing from its rendering; use a template that does "
+                    "(-o chat_template_path=...)"
+                )
         content = m["content"].strip()
         at = upto.rfind(content, start) if content else -1
-        if at < 0 or not upto[at + len(content) : end].strip():
+        if content and (at < 0 or not upto[at + len(content) : end].strip()):
             has_eot = False
         if end > start:
             spans.append((start, end))
