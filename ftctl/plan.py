@@ -606,9 +606,14 @@ def within(spec: RunSpec, plan: Plan, capacity_gb: float) -> Plan | None:
     return _fit(free, gpu_table.parse(plan.gpus), plan.model, plan.method, capacity_gb=capacity_gb)
 
 
-def overrides(old: Plan, new: Plan) -> dict[str, object]:
-    """The ``-o KEY=VALUE`` that turn plan ``old`` into ``new``."""
-    return {k: getattr(new, k) for k in FIT_KNOBS if getattr(new, k) != getattr(old, k)}
+def overrides(spec: RunSpec, old: Plan, new: Plan) -> dict[str, object]:
+    """The ``-o KEY=VALUE`` that make the planner choose plan ``new`` for ``spec`` where it chose ``old``: the
+    knobs that differ, or all of them where with those alone it would choose otherwise on the whole card."""
+    diff = {k: getattr(new, k) for k in FIT_KNOBS if getattr(new, k) != getattr(old, k)}
+    again = _fit(replace(spec, **diff), gpu_table.parse(old.gpus), old.model, old.method)
+    if again is None or any(getattr(again, k) != getattr(new, k) for k in FIT_KNOBS):
+        return {k: getattr(new, k) for k in FIT_KNOBS}
+    return diff
 
 
 def evaluation(spec: RunSpec) -> str | None:

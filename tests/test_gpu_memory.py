@@ -70,19 +70,21 @@ def test_reads_pytorch_message():
 
 
 @pytest.mark.parametrize(
-    "method,gpus,values",
+    "method,gpus,values,missed",
     [
-        ("lora", "1xH100", {}),
-        ("qlora", "1xA10G", {}),
-        ("fft", "2xH100", {"model_name_or_path": "meta-llama/Llama-3.2-1B"}),
-        ("lora", "1xH100", {"per_device_train_batch_size": 4, "gradient_checkpointing": False}),  # forced: freed
+        ("lora", "1xH100", {}, 1.15),
+        ("qlora", "1xA10G", {}, 1.15),
+        ("fft", "2xH100", {"model_name_or_path": "meta-llama/Llama-3.2-1B"}, 1.15),
+        ("lora", "1xH100", {"per_device_train_batch_size": 4, "gradient_checkpointing": False}, 1.15),  # forced: freed
+        # checkpointing alone would let the planner take micro-batch 8 again on the whole card: the batch is named too
+        ("sft", "4xL4", {"model_name_or_path": "meta-llama/Llama-3.2-1B"}, 1.6),
     ],
 )
-def test_the_offered_plan_is_the_planners_and_needs_less(method, gpus, values):
+def test_the_offered_plan_is_the_planners_and_needs_less(method, gpus, values, missed):
     spec, plan = _run(method, gpus, **values)
     total = plan.gpu_memory_gb / GIB
-    this = 1.15 * plan.memory_gb / GIB  # the estimate missed by 15%
-    line = gpu_memory.message(oom(total, total - this - 0.4, this), spec, plan)
+    this = min(missed * plan.memory_gb / GIB, total - 0.2)  # what it held when it ran out, at most the card
+    line = gpu_memory.message(oom(total, total - this - 0.1, this), spec, plan)
     assert line.startswith(f"out of memory on GPU 0 ({plan.gpu_memory_gb:.1f} GB): this process held ")
     miss = (this + 1.96) * GIB / plan.memory_gb
     assert f"; {miss:.1f}x the plan's estimate of {plan.memory_gb:.1f} GB." in line and "other processes" not in line

@@ -90,7 +90,9 @@ def message(exc: BaseException, spec: RunSpec, plan: Plan) -> str:
             + ("free the card, or " if others else "")
             + "use more GPUs (--gpus), a lighter --method, or a shorter -o model_max_length."
         )
-    flags = " ".join(f"-o {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides(plan, fit).items())
+    flags = " ".join(
+        f"-o {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides(spec, plan, fit).items()
+    )
     batch = (
         f" (global batch {fit.global_batch_size})"
         if fit.global_batch_size != plan.global_batch_size
