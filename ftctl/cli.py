@@ -289,7 +289,7 @@ def eval_(run, paths, max_length, batch_size, compare):
         raise FtctlError(f"{e}.") from None
     loaded = chat_mod.load(run)
     recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
-    dataset = build_dataset(path, loaded.tokenizer, max_length or recorded or RunSpec.model_max_length)
+    dataset = build_dataset(path, loaded.tokenizer, max_length or recorded or RunSpec.model_max_length, held_out=True)
     tuned = score(loaded.model, loaded.tokenizer, dataset, batch_size)
     if compare:
         with loaded.base() as base:

@@ -247,7 +247,7 @@ def _check_data(path: str, endpoint_url: str | None, flag: str) -> list[Finding]
     from ftctl.trainer.formats import resolve_files
 
     try:
-        first = resolve_files(path, endpoint_url, quick=True)[0]
+        first = resolve_files(path, endpoint_url, quick=True, held_out=flag == "--eval-data")[0]
         with storage.storage_errors(first, endpoint_url):
             fs, fpath = storage.filesystem(first, endpoint_url, quick=True)
             fs.cat_file(fpath, start=0, end=1)

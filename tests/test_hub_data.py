@@ -38,6 +38,24 @@ def hub(tmp_path, monkeypatch):
     pq.write_table(pa.Table.from_pylist(_rows(15)), chat / TRAIN)
     pq.write_table(pa.Table.from_pylist(_rows(5, 15)), chat / TEST)
     (chat / "README.md").write_text("# chat\n")
+    # splits named by the dataset card, not by train/test (ultrachat_200k's layout)
+    uc = root / "datasets" / "org" / "uc"
+    (uc / "data").mkdir(parents=True)
+    for name, rows in (("train_sft-00000-of-00002", _rows(3)), ("train_sft-00001-of-00002", _rows(3, 3))):
+        pq.write_table(pa.Table.from_pylist(rows), uc / "data" / f"{name}.parquet")
+    pq.write_table(pa.Table.from_pylist(_rows(2, 6)), uc / "data" / "test_sft-00000-of-00001.parquet")
+    card = ["configs:", "- config_name: default", "  data_files:"]
+    card += [f"  - split: {n}\n    path: data/{n}-*" for n in ("train_sft", "test_sft")]
+    (uc / "README.md").write_text("---\n" + "\n".join(card) + "\n---\n# uc\n")
+    # a card whose splits the file names would not give
+    named = root / "datasets" / "org" / "named"
+    (named / "raw").mkdir(parents=True)
+    (named / "raw" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(4)))
+    (named / "raw" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(2)))
+    (named / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: raw/test.jsonl\n"
+        "  - split: test\n    path: raw/a.jsonl\n---\n"
+    )
     gated = root / "datasets" / "org" / "gated"
     gated.mkdir(parents=True)
     (gated / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(4)))
@@ -55,12 +73,32 @@ def test_one_split_by_pattern_or_the_whole_repository(hub, tiny_model_dir):
     from ftctl.trainer.model import load_tokenizer
 
     assert resolve_files(f"{CHAT}/data/train-*.parquet") == [f"{CHAT}/{TRAIN}"]
-    assert resolve_files(CHAT) == [f"{CHAT}/{TEST}", f"{CHAT}/{TRAIN}"]  # the README is no data file
+    # the repository whole: its train split for training, its test split for held-out data, never both
+    assert resolve_files(CHAT) == [f"{CHAT}/{TRAIN}"]
+    assert resolve_files(CHAT, held_out=True) == [f"{CHAT}/{TEST}"]
     assert resolve_files(f"{CHAT}/{TEST}") == [f"{CHAT}/{TEST}"]
     tokenizer = load_tokenizer(str(tiny_model_dir))
     assert len(build_dataset(f"{CHAT}/data/train-*.parquet", tokenizer, 128)) == 15
     with pytest.raises(FtctlError, match="No .json, .jsonl or .parquet file matches"):
         resolve_files(f"{CHAT}/data/validation-*.parquet")
+
+
+def test_a_repository_gives_the_split_its_dataset_card_names(hub):
+    from ftctl.trainer.formats import resolve_files
+
+    named = "hf://datasets/org/named"
+    assert resolve_files(named) == [f"{named}/raw/test.jsonl"]  # the card's train split, whatever its file's name
+    assert resolve_files(named, held_out=True) == [f"{named}/raw/a.jsonl"]
+    uc = "hf://datasets/org/uc"
+    with pytest.raises(FtctlError) as e:
+        resolve_files(uc)
+    assert str(e.value) == (
+        f"{uc} has no 'train' split; its splits: train_sft (2 files), test_sft (1 file). Name the files of the one to "
+        f"use, e.g. --data '{uc}/data/train_sft-*.parquet'."
+    )
+    assert len(resolve_files(f"{uc}/data/train_sft-*.parquet")) == 2  # the example given resolves
+    with pytest.raises(FtctlError, match=f"{uc} has no 'test' or 'validation' split; .* e.g. --eval-data '"):
+        resolve_files(uc, held_out=True)
 
 
 def test_a_missing_private_or_gated_dataset_says_to_check_the_id_and_hf_token(hub, monkeypatch):
@@ -98,7 +136,7 @@ def test_a_bare_repository_id_is_answered_with_its_hf_uri(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FtctlError) as e:
         resolve_files("HuggingFaceH4/ultrachat_200k")
-    assert "hf://datasets/HuggingFaceH4/ultrachat_200k/data/train-*.parquet" in str(e.value)
+    assert "hf://datasets/HuggingFaceH4/ultrachat_200k (its train split" in str(e.value)
 
 
 def test_local_patterns_name_files_as_the_user_spelled_them(tmp_path, monkeypatch):
@@ -126,19 +164,19 @@ def test_the_hub_is_read_not_written(tmp_path):
 
 def test_training_reads_its_data_and_held_out_data_from_the_hub(hub, tiny_model_dir, tmp_path, one_thread):
     from ftctl.preflight import check_data
+    from ftctl.trainer.data import build_datasets
+    from ftctl.trainer.model import load_tokenizer
     from ftctl.trainer.run import train
 
     assert check_data(f"{CHAT}/data/train-*.parquet") == []
+    assert check_data(CHAT, flag="--eval-data") == []
     assert "No dataset repository" in check_data("hf://datasets/org/missing/x.jsonl")[0].text
+    assert "has no 'train' split" in check_data("hf://datasets/org/uc")[0].text
+    # the same repository for both: its train split trains, its test split is held out
     spec, plan = make_run(
-        tiny_model_dir,
-        f"{CHAT}/data/train-*.parquet",
-        tmp_path / "out",
-        "lora",
-        max_steps=2,
-        eval_steps=2,
-        eval_data_path=f"{CHAT}/data/test-*.parquet",
+        tiny_model_dir, CHAT, tmp_path / "out", "lora", max_steps=2, eval_steps=2, eval_data_path=CHAT
     )
+    assert [len(d) for d in build_datasets(spec, load_tokenizer(str(tiny_model_dir)))] == [15, 5]
     result = train(spec, plan, echo=lambda line: None)
     assert result.status == "complete"
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]

@@ -129,8 +129,9 @@ def _histogram(lengths: list[int], max_length: int) -> list[tuple[str, int]]:
     return buckets[filled[0] : filled[-1] + 1] if filled else []
 
 
-def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None = None):
-    """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors)."""
+def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, held_out: bool = False):
+    """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
+    for evaluation (a Hub repository named whole gives its test split, formats.resolve_files)."""
     import datasets
 
     if not isinstance(max_length, int) or max_length < 2:
@@ -138,7 +139,7 @@ def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None
     tokenizer = _load_tokenizer(tokenizer)
     require_fast(tokenizer)
     report = DataReport(path=path, max_length=max_length)
-    files, rows = load_rows(path, endpoint_url)
+    files, rows = load_rows(path, endpoint_url, held_out)
     report.files = len(files)
 
     good: list[Row] = []
@@ -231,9 +232,10 @@ def check_data(path: str, tokenizer, max_length: int, endpoint_url: str | None =
     return prepare_data(path, tokenizer, max_length, endpoint_url)[0]
 
 
-def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | None = None):
-    """The training dataset (columns ``input_ids``, ``labels``); FtctlError listing the problems if any."""
-    report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url)
+def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, held_out: bool = False):
+    """The training dataset (columns ``input_ids``, ``labels``), or a held-out one; FtctlError listing the
+    problems if any."""
+    report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url, held_out)
     if report.errors:
         raise FtctlError(report.error_message())
     return dataset
@@ -245,7 +247,8 @@ def build_datasets(spec, tokenizer):
     every resume (drawn with the run's seed)."""
     dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url)
     if spec.eval_data_path:
-        return dataset, build_dataset(spec.eval_data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url)
+        held_out = build_dataset(spec.eval_data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, True)
+        return dataset, held_out
     if not spec.eval_split:
         return dataset, None
     held = math.ceil(spec.eval_split * len(dataset))  # datasets' own rounding of test_size

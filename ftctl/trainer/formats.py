@@ -80,12 +80,13 @@ class Row:
 # Files
 
 
-def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = False) -> list[str]:
+def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = False, held_out: bool = False) -> list[str]:
     """The data files that ``path`` names: a file, a directory (its .json/.jsonl/.parquet files,
     recursively, sorted), a glob pattern (``hf://datasets/ORG/NAME/data/train-*.parquet``: one split of a
-    Hub dataset) or ``builtin:demo``. Raises FtctlError when there are none, or when the store cannot be
-    read (one line: which failure, what to set). ``quick``: see :func:`ftctl.storage.filesystem` (the
-    preflight)."""
+    Hub dataset), a Hub dataset repository whole (``hf://datasets/ORG/NAME``: one split, :func:`_hub_split`;
+    ``held_out`` for held-out data) or ``builtin:demo``. Raises FtctlError when there are none, or when the
+    store cannot be read (one line: which failure, what to set). ``quick``: see
+    :func:`ftctl.storage.filesystem` (the preflight)."""
     from ftctl.demo import BUILTIN_DEMO, demo_data_path
 
     if path.startswith("builtin:"):
@@ -115,6 +116,8 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
             if not root.endswith(EXTENSIONS):
                 raise FtctlError(f"Cannot read {path}: data files must end in .json, .jsonl or .parquet.")
             return [path]
+        if HUB_REPOSITORY.fullmatch(path):
+            return _hub_split(fs, path, root, held_out)
         found = sorted(p for p in fs.find(root) if p.endswith(EXTENSIONS))
     if not found:
         raise FtctlError(f"The directory {path} holds no .json, .jsonl or .parquet files.")
@@ -140,13 +143,80 @@ def _matching(fs, path: str, root: str, endpoint_url: str | None, quick: bool) -
     return [storage.join(base, *posixpath.relpath(p, top).split("/")) for p in found]
 
 
+HUB_REPOSITORY = re.compile(r"hf://datasets/[\w.-]+/[\w.-]+(@[^/]+)?/?")  # a Hub dataset named whole
+# the split a repository named whole gives, by role: TRL's dataset_train_split and dataset_test_split defaults (and
+# the validation split where there is no test one)
+SPLITS = {False: ("train",), True: ("test", "validation")}
+
+
+def _hub_split(fs, path: str, root: str, held_out: bool) -> list[str]:
+    """The files of the split of a Hub dataset repository that training reads (train) or held-out data does
+    (test, else validation); a repository without it names each split's files to choose from."""
+    splits = _hub_splits(fs, path, root)
+    name = next((n for n in SPLITS[held_out] if n in splits), None)
+    if name is None and len(splits) == 1 and not held_out:
+        name = next(iter(splits))  # one split, whatever its name
+    if name is None:
+        flag = "--eval-data" if held_out else "--data"
+        listed = ", ".join(f"{k} ({len(v)} file{'s' if len(v) > 1 else ''})" for k, v in splits.items())
+        first = next(iter(splits))
+        raise FtctlError(
+            f"{path} has no {' or '.join(map(repr, SPLITS[held_out]))} split; its splits: {listed}. Name the files "
+            f"of the one to use, e.g. {flag} '{_split_pattern(path, root, first, splits[first])}'."
+        )
+    return [storage.join(path, *posixpath.relpath(p, root).split("/")) for p in splits[name]]
+
+
+def _hub_splits(fs, path: str, root: str) -> dict[str, list[str]]:
+    """split -> its data files, as `datasets` finds a Hub repository's splits: the dataset card's (its default
+    config's data_files), else by file and directory names (``train-00000-of-00002.parquet``, ``data/test/``)."""
+    import yaml
+    from datasets.data_files import _get_data_files_patterns, sanitize_patterns
+    from datasets.utils.metadata import MetadataConfigs
+
+    top = root.rstrip("/")
+    patterns = None
+    try:
+        card = fs.cat_file(f"{top}/README.md").decode() if fs.exists(f"{top}/README.md") else ""
+        head = card.split("\n---", 1)[0][4:] if card.startswith("---\n") else ""
+        configs = MetadataConfigs.from_dataset_card_data(yaml.safe_load(head) or {}) if head else None
+        default = configs.get_default_config_name() if configs else None
+        if default and configs[default].get("data_files"):
+            patterns = sanitize_patterns(configs[default]["data_files"])
+    except (ValueError, yaml.YAMLError):  # a card that does not read: its files' names decide
+        patterns = None
+    if patterns is None:
+        try:  # datasets' get_data_patterns, through this filesystem (datasets' own reads HF_ENDPOINT at its import)
+            patterns = _get_data_files_patterns(lambda pattern: fs.glob(f"{top}/{pattern}"))
+        except FileNotFoundError:  # no file it knows
+            patterns = {}
+    splits = {}
+    for split, pats in patterns.items():
+        files = sorted({f for p in pats for f in fs.glob(f"{top}/{p}") if f.endswith(EXTENSIONS)})
+        if files:
+            splits[str(split)] = files
+    if not splits:
+        raise FtctlError(f"{path} holds no .json, .jsonl or .parquet files.")
+    return splits
+
+
+def _split_pattern(path: str, root: str, split: str, files: list[str]) -> str:
+    """A pattern for a split's files (``hf://.../data/train_sft-*.parquet``), else its one file."""
+    rel = [posixpath.relpath(f, root) for f in files]
+    places = {(posixpath.dirname(r), posixpath.splitext(r)[1]) for r in rel}
+    if len(rel) > 1 and len(places) == 1 and all(posixpath.basename(r).startswith(f"{split}-") for r in rel):
+        where, ext = places.pop()
+        return storage.join(path, *[p for p in where.split("/") if p], f"{split}-*{ext}")
+    return storage.join(path, *rel[0].split("/"))
+
+
 def _hub_hint(path: str) -> str:
     """For ``ORG/NAME`` that is no local path: how to name a Hub dataset's files."""
     if storage.scheme(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
         return ""
     return (
-        f" If {path} is a dataset on the Hugging Face Hub, name its files: hf://datasets/{path}/FILES, e.g. "
-        f"hf://datasets/{path}/data/train-*.parquet for one split."
+        f" If {path} is a dataset on the Hugging Face Hub: hf://datasets/{path} (its train split; held-out data its "
+        f"test split), or its files, e.g. hf://datasets/{path}/data/train-*.parquet."
     )
 
 
@@ -185,15 +255,15 @@ class _ParseError:
     message: str
 
 
-def load_rows(path: str, endpoint_url: str | None = None) -> tuple[list[str], list[Row]]:
+def load_rows(path: str, endpoint_url: str | None = None, held_out: bool = False) -> tuple[list[str], list[Row]]:
     """(the files read, every row of them as a :class:`Row` with its problems, if any), of each dataset
     ``path`` names (several: comma-separated, :func:`ftctl.spec.split_paths`) in turn.
-    ``endpoint_url``: the S3 endpoint (see :func:`ftctl.storage.s3_endpoint`)."""
+    ``endpoint_url``: the S3 endpoint (see :func:`ftctl.storage.s3_endpoint`); ``held_out``: see resolve_files."""
     from ftctl.spec import split_paths
 
     files, rows = [], []
     for one in split_paths(path):
-        found = resolve_files(one, endpoint_url)
+        found = resolve_files(one, endpoint_url, held_out=held_out)
         files += found
         top = one.rstrip("/") + "/"
         for file in found:
