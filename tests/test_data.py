@@ -260,6 +260,33 @@ def test_a_template_that_drops_tool_calls_is_a_row_error(tmp_path, tiny_tokenize
     ], report.errors
 
 
+def test_a_directory_of_splits_gives_the_one_each_role_reads(tmp_path, tiny_tokenizer):
+    """As `datasets` reads a directory: train/test files (or directories) are splits, never read together."""
+    from ftctl.trainer.formats import resolve_files
+
+    conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    (tmp_path / "splits").mkdir()
+    for name, rows in (("train.jsonl", 3), ("test.jsonl", 1)):
+        write_jsonl(tmp_path / "splits" / name, [conv] * rows)
+    (tmp_path / "shards").mkdir()
+    for name in ("part-0.jsonl", "part-1.jsonl"):
+        write_jsonl(tmp_path / "shards" / name, [conv])
+    root = tmp_path / "splits"
+    assert resolve_files(str(root)) == [str(root / "train.jsonl")]
+    assert resolve_files(str(root), held_out=True) == [str(root / "test.jsonl")]
+    assert len(build_dataset(str(root), tiny_tokenizer, 128)) == 3
+    assert len(build_dataset(str(root), tiny_tokenizer, 128, held_out=True)) == 1
+    shards = tmp_path / "shards"  # no split names: every file, for either role
+    assert (
+        resolve_files(str(shards))
+        == resolve_files(str(shards), held_out=True)
+        == [
+            str(shards / "part-0.jsonl"),
+            str(shards / "part-1.jsonl"),
+        ]
+    )
+
+
 def test_parquet_directory_and_fsspec_uri(tmp_path, tiny_tokenizer):
     import fsspec
     import pyarrow as pa

@@ -83,8 +83,8 @@ class Row:
 def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = False, held_out: bool = False) -> list[str]:
     """The data files that ``path`` names: a file, a directory (its .json/.jsonl/.parquet files,
     recursively, sorted), a glob pattern (``hf://datasets/ORG/NAME/data/train-*.parquet``: one split of a
-    Hub dataset), a Hub dataset repository whole (``hf://datasets/ORG/NAME``: one split, :func:`_hub_split`;
-    ``held_out`` for held-out data) or ``builtin:demo``. Raises FtctlError when there are none, or when the
+    Hub dataset; ``hf://datasets/ORG/NAME``, the repository whole, is a directory), one split of a directory
+    that holds several (:func:`_split_files`; ``held_out`` for held-out data) or ``builtin:demo``. Raises FtctlError when there are none, or when the
     store cannot be read (one line: which failure, what to set). ``quick``: see
     :func:`ftctl.storage.filesystem` (the preflight)."""
     from ftctl.demo import BUILTIN_DEMO, demo_data_path
@@ -116,9 +116,7 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
             if not root.endswith(EXTENSIONS):
                 raise FtctlError(f"Cannot read {path}: data files must end in .json, .jsonl or .parquet.")
             return [path]
-        if HUB_REPOSITORY.fullmatch(path):
-            return _hub_split(fs, path, root, held_out)
-        found = sorted(p for p in fs.find(root) if p.endswith(EXTENSIONS))
+        found = _split_files(fs, path, root, held_out)
     if not found:
         raise FtctlError(f"The directory {path} holds no .json, .jsonl or .parquet files.")
     # named as the user spelled the directory, so that rows are reported relative to it
@@ -143,16 +141,20 @@ def _matching(fs, path: str, root: str, endpoint_url: str | None, quick: bool) -
     return [storage.join(base, *posixpath.relpath(p, top).split("/")) for p in found]
 
 
-HUB_REPOSITORY = re.compile(r"hf://datasets/[\w.-]+/[\w.-]+(@[^/]+)?/?")  # a Hub dataset named whole
-# the split a repository named whole gives, by role: TRL's dataset_train_split and dataset_test_split defaults (and
-# the validation split where there is no test one)
+# the split a directory or repository of several gives, by role: TRL's dataset_train_split and dataset_test_split
+# defaults (and the validation split where there is no test one)
 SPLITS = {False: ("train",), True: ("test", "validation")}
 
 
-def _hub_split(fs, path: str, root: str, held_out: bool) -> list[str]:
-    """The files of the split of a Hub dataset repository that training reads (train) or held-out data does
-    (test, else validation); a repository without it names each split's files to choose from."""
-    splits = _hub_splits(fs, path, root)
+def _split_files(fs, path: str, root: str, held_out: bool) -> list[str]:
+    """The data files of a directory (local, object storage, a Hub dataset repository): all of them, or where
+    they form several splits (train/test/validation by file or directory name, or a dataset card's configs, as
+    `datasets` finds them) the one training reads (train) or held-out data does (test, else validation); a
+    directory without it names each split's files to choose from."""
+    top = root.rstrip("/")
+    splits = _splits(fs, path, top)
+    if splits is None:
+        return sorted(p for p in fs.find(top) if p.endswith(EXTENSIONS))
     name = next((n for n in SPLITS[held_out] if n in splits), None)
     if name is None and len(splits) == 1 and not held_out:
         name = next(iter(splits))  # one split, whatever its name
@@ -162,19 +164,19 @@ def _hub_split(fs, path: str, root: str, held_out: bool) -> list[str]:
         first = next(iter(splits))
         raise FtctlError(
             f"{path} has no {' or '.join(map(repr, SPLITS[held_out]))} split; its splits: {listed}. Name the files "
-            f"of the one to use, e.g. {flag} '{_split_pattern(path, root, first, splits[first])}'."
+            f"of the one to use, e.g. {flag} '{_split_pattern(path, top, first, splits[first])}'."
         )
-    return [storage.join(path, *posixpath.relpath(p, root).split("/")) for p in splits[name]]
+    return splits[name]
 
 
-def _hub_splits(fs, path: str, root: str) -> dict[str, list[str]]:
-    """split -> its data files, as `datasets` finds a Hub repository's splits: the dataset card's (its default
-    config's data_files), else by file and directory names (``train-00000-of-00002.parquet``, ``data/test/``)."""
+def _splits(fs, path: str, top: str) -> dict[str, list[str]] | None:
+    """split -> its data files, as `datasets` finds a directory's splits: the dataset card's (README.md: its
+    default config's data_files), else by file and directory names (``train-00000-of-00002.parquet``,
+    ``data/test/``); None where they name none (every file is the one split)."""
     import yaml
-    from datasets.data_files import _get_data_files_patterns, sanitize_patterns
+    from datasets.data_files import DEFAULT_PATTERNS_ALL, _get_data_files_patterns, sanitize_patterns
     from datasets.utils.metadata import MetadataConfigs
 
-    top = root.rstrip("/")
     patterns = None
     try:
         card = fs.cat_file(f"{top}/README.md").decode() if fs.exists(f"{top}/README.md") else ""
@@ -183,21 +185,21 @@ def _hub_splits(fs, path: str, root: str) -> dict[str, list[str]]:
         default = configs.get_default_config_name() if configs else None
         if default and configs[default].get("data_files"):
             patterns = sanitize_patterns(configs[default]["data_files"])
-    except (ValueError, yaml.YAMLError):  # a card that does not read: its files' names decide
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError):  # a card that does not read: the files' names decide
         patterns = None
     if patterns is None:
         try:  # datasets' get_data_patterns, through this filesystem (datasets' own reads HF_ENDPOINT at its import)
             patterns = _get_data_files_patterns(lambda pattern: fs.glob(f"{top}/{pattern}"))
-        except FileNotFoundError:  # no file it knows
-            patterns = {}
+        except FileNotFoundError:  # no file at all
+            return None
+        if patterns == {str(k): v for k, v in DEFAULT_PATTERNS_ALL.items()}:
+            return None
     splits = {}
     for split, pats in patterns.items():
         files = sorted({f for p in pats for f in fs.glob(f"{top}/{p}") if f.endswith(EXTENSIONS)})
         if files:
             splits[str(split)] = files
-    if not splits:
-        raise FtctlError(f"{path} holds no .json, .jsonl or .parquet files.")
-    return splits
+    return splits or None
 
 
 def _split_pattern(path: str, root: str, split: str, files: list[str]) -> str:
