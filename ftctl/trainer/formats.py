@@ -82,11 +82,11 @@ class Row:
 
 def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = False, held_out: bool = False) -> list[str]:
     """The data files that ``path`` names: a file, a directory (its .json/.jsonl/.parquet files,
-    recursively, sorted), a glob pattern (``hf://datasets/ORG/NAME/data/train-*.parquet``: one split of a
-    Hub dataset; ``hf://datasets/ORG/NAME``, the repository whole, is a directory), one split of a directory
-    that holds several (:func:`_split_files`; ``held_out`` for held-out data) or ``builtin:demo``. Raises FtctlError when there are none, or when the
-    store cannot be read (one line: which failure, what to set). ``quick``: see
-    :func:`ftctl.storage.filesystem` (the preflight)."""
+    recursively, sorted; of one that holds several splits, one: :func:`_split_files`, ``held_out`` for
+    held-out data), a glob pattern (``hf://datasets/ORG/NAME/data/train-*.parquet``: one split of a Hub
+    dataset; ``hf://datasets/ORG/NAME``, the repository whole, is a directory) or ``builtin:demo``. Raises
+    FtctlError when there are none, or when the store cannot be read (one line: which failure, what to set).
+    ``quick``: see :func:`ftctl.storage.filesystem` (the preflight)."""
     from ftctl.demo import BUILTIN_DEMO, demo_data_path
 
     if path.startswith("builtin:"):
