@@ -131,7 +131,7 @@ def _histogram(lengths: list[int], max_length: int) -> list[tuple[str, int]]:
 
 def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, held_out: bool = False):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
-    for evaluation (a Hub repository named whole gives its test split, formats.resolve_files)."""
+    for evaluation (a directory of splits gives its test split, formats.resolve_files)."""
     import datasets
 
     if not isinstance(max_length, int) or max_length < 2:
