@@ -276,6 +276,7 @@ def test_a_directory_of_splits_gives_the_one_each_role_reads(tmp_path, tiny_toke
     assert resolve_files(str(root), held_out=True) == [str(root / "test.jsonl")]
     assert len(build_dataset(str(root), tiny_tokenizer, 128)) == 3
     assert len(build_dataset(str(root), tiny_tokenizer, 128, held_out=True)) == 1
+    assert f"Data {root}: 1 file(s) (train.jsonl), max length" in check_data(str(root), tiny_tokenizer, 128).render()
     shards = tmp_path / "shards"  # no split names: every file, for either role
     assert (
         resolve_files(str(shards))

@@ -26,7 +26,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ftctl.errors import FtctlError
-from ftctl.trainer.formats import Row, load_rows
+from ftctl.spec import split_paths
+from ftctl.trainer.formats import Row, file_name, load_rows
 from ftctl.trainer.masks import assistant_spans, encode_texts, ensure_chat_template, require_fast
 
 IGNORE_INDEX = -100
@@ -51,6 +52,7 @@ class DataReport:
     path: str
     max_length: int
     files: int = 0
+    read: list[str] = field(default_factory=list)  # the files' names, where the path is one directory or pattern
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -62,7 +64,10 @@ class DataReport:
 
     def render(self) -> str:
         s = self.stats
-        lines = [f"Data {self.path}: {self.files} file(s), max length {self.max_length} tokens (rows counted from 1)"]
+        shown = f" ({', '.join(self.read)})" if 0 < len(self.read) <= 3 else ""  # which split a directory gave
+        lines = [
+            f"Data {self.path}: {self.files} file(s){shown}, max length {self.max_length} tokens (rows counted from 1)"
+        ]
         for title, items in (("Errors", self.errors), ("Warnings", self.warnings)):
             if items:
                 lines.append(f"{title} ({len(items)}):")
@@ -141,6 +146,8 @@ def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None
     report = DataReport(path=path, max_length=max_length)
     files, rows = load_rows(path, endpoint_url, held_out)
     report.files = len(files)
+    if len(split_paths(path)) == 1 and files != [path]:  # a directory or pattern: which files (which split)
+        report.read = [file_name(f, path) for f in files]
 
     good: list[Row] = []
     texts: list[str] = []

@@ -267,16 +267,20 @@ def load_rows(path: str, endpoint_url: str | None = None, held_out: bool = False
     for one in split_paths(path):
         found = resolve_files(one, endpoint_url, held_out=held_out)
         files += found
-        top = one.rstrip("/") + "/"
         for file in found:
-            # Name files as the user knows them: relative to the directory given, else the base name.
-            name = file[len(top) :] if file.startswith(top) else posixpath.basename(file)
+            name = file_name(file, one)
             try:
                 for where, record in _records(file, name, endpoint_url):
                     rows.append(to_row(where, record))
             except (OSError, ValueError) as e:  # unreadable file, bad parquet, not UTF-8
                 rows.append(Row(where=name, format="unknown", problems=[f"cannot read the file: {e}"]))
     return files, rows
+
+
+def file_name(file: str, path: str) -> str:
+    """A data file named as the user knows it: relative to the directory ``path`` given, else its base name."""
+    top = path.rstrip("/") + "/"
+    return file[len(top) :] if file.startswith(top) else posixpath.basename(file)
 
 
 # --------------------------------------------------------------------------------------------
