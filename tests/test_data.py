@@ -223,7 +223,10 @@ def test_tool_calls_train_and_tool_results_are_context(tmp_path, tiny_tokenizer,
         {"role": "assistant", "content": "The code is AMBER-42."},
     ]
     monkeypatch.setattr(tiny_tokenizer, "chat_template", TOOL_TEMPLATE)  # the fixture is shared
-    rows = [{"messages": messages, "tools": TOOLS}, {"messages": messages, "tools": json.dumps(TOOLS)}]
+    # OpenAI's API gives a call's arguments as a JSON string: the template gets the object, as from the dict
+    as_string = {**CALL, "function": {**CALL["function"], "arguments": json.dumps(CALL["function"]["arguments"])}}
+    openai = [messages[0], {**messages[1], "tool_calls": [as_string]}, *messages[2:]]
+    rows = [{"messages": messages, "tools": TOOLS}, {"messages": openai, "tools": json.dumps(TOOLS)}]
     dataset = build_dataset(write_jsonl(tmp_path / "tools.jsonl", rows), tiny_tokenizer, 512)
     call = '<tool_call>{"name": "door_code", "arguments": {"station": "Halcyon Deep"}}</tool_call>' + EOT
     for row in dataset:
@@ -249,6 +252,12 @@ def test_a_template_that_drops_tool_calls_is_a_row_error(tmp_path, tiny_tokenize
             ]
         },
         {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], "tools": {"a": 1}},
+        {
+            "messages": [
+                {"role": "user", "content": "Open it."},
+                {"role": "assistant", "tool_calls": [{"function": {"name": "door_code", "arguments": "{station"}}]},
+            ]
+        },
     ]
     report = check_data(write_jsonl(tmp_path / "tools.jsonl", rows), tiny_tokenizer, 512)
     assert report.errors == [
@@ -257,6 +266,7 @@ def test_a_template_that_drops_tool_calls_is_a_row_error(tmp_path, tiny_tokenize
         "tools.jsonl line 2: turn 2 'tool_calls' must be a list of {'type': 'function', 'function': {'name': ..., "
         "'arguments': ...}} objects",
         "tools.jsonl line 3: 'tools' must be a list of function schemas (or its JSON), not {'a': 1}",
+        "tools.jsonl line 4: turn 2: a tool call's 'arguments' is a string but not JSON",
     ], report.errors
 
 

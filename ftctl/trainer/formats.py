@@ -11,7 +11,8 @@ Accepted row formats (detected per row):
   assistant).
 - OpenAI-style: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}``
   (content may also be a list of ``{"type": "text", "text": ...}`` parts). Tool use as TRL and transformers'
-  chat templates take it: an assistant turn's ``tool_calls`` (its content may then be empty), ``tool`` turns
+  chat templates take it: an assistant turn's ``tool_calls`` (its content may then be empty; ``arguments`` as
+  OpenAI's JSON string or an object, given to the template as an object), ``tool`` turns
   with the results (context, never trained), and the row's ``tools`` (function schemas, a list or its JSON)
   rendered by the template.
 - Alpaca: ``{"instruction": str, "input": str (optional), "output": str}`` -> user, assistant.
@@ -341,7 +342,7 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
     for n, turn in enumerate(turns, start=1):
         if isinstance(turn, dict) and role_key not in turn and "role" in turn:  # tolerate role/content in ShareGPT
             role_key, text_key = "role", "content"
-        if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
+        if not isinstance(turn, dict) or role_key not in turn or (text_key not in turn and "tool_calls" not in turn):
             row.problems.append(f"not a conversation: turn {n} must be an object with '{role_key}' and '{text_key}'")
             continue
         role = turn[role_key]
@@ -358,12 +359,18 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
                 f"'arguments': ...}}}} objects"
             )
             continue
-        if calls and turn[text_key] is None:  # a turn that only calls tools
+        if calls:
+            try:
+                turn = {**turn, "tool_calls": [_call(c) for c in calls]}
+            except ValueError:
+                row.problems.append(f"turn {n}: a tool call's 'arguments' is a string but not JSON")
+                continue
+        if calls and turn.get(text_key) is None:  # a turn that only calls tools
             turn = {**turn, text_key: ""}
-        content = _content(turn[text_key])
+        content = _content(turn.get(text_key))
         if content is None:
             row.problems.append(
-                f"not a conversation: turn {n} '{text_key}' is a {type(turn[text_key]).__name__}, not text"
+                f"not a conversation: turn {n} '{text_key}' is a {type(turn.get(text_key)).__name__}, not text"
             )
             continue
         if not content.strip() and not calls:
@@ -379,6 +386,17 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
 def _is_call(call: Any) -> bool:
     function = call.get("function") if isinstance(call, dict) else None
     return isinstance(function, dict) and isinstance(function.get("name"), str)
+
+
+def _call(call: dict) -> dict:
+    """A tool call with its ``arguments`` an object: OpenAI's API gives them as a JSON string, which transformers'
+    chat templates (Llama 3.1's ``| tojson``) would render as one string, quoted and escaped, for the model to
+    learn; ValueError where that string is not JSON."""
+    function = call["function"]
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        return {**call, "function": {**function, "arguments": json.loads(arguments) if arguments.strip() else {}}}
+    return call
 
 
 def _with_tools(row: Row, record: dict) -> Row:
