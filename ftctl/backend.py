@@ -444,7 +444,7 @@ def progress(ref: JobRef) -> str | None:
         lines = ref.paths.metrics.read_text().splitlines()
     except OSError:
         return None
-    step = held_out = None
+    step = held_out = best = None
     for line in lines:
         try:
             record = json.loads(line)
@@ -454,12 +454,15 @@ def progress(ref: JobRef) -> str | None:
             step = record
         elif record.get("event") == "eval":
             held_out = record
+            best = record if best is None or record["eval_loss"] < best["eval_loss"] else best
     parts = []
     if step is not None:
         rate = f"  {step['tokens_per_s']:,.0f} tok/s" if step.get("tokens_per_s") else ""
         parts.append(f"step {step['step']}  loss {step['loss']:.4f}{rate}")
     if held_out is not None:
-        parts.append(f"held-out loss {held_out['eval_loss']:.4f} at step {held_out['step']}")
+        # a later loss above the best: the run may be overfitting, and checkpoint-N is what chat/eval/merge take
+        lowest = f" (lowest {best['eval_loss']:.4f} at step {best['step']})" if best is not held_out else ""
+        parts.append(f"held-out loss {held_out['eval_loss']:.4f} at step {held_out['step']}{lowest}")
     return "; ".join(parts) or None
 
 

@@ -64,6 +64,9 @@ def test_progress_reads_the_last_step_and_held_out_loss_from_metrics(tmp_path):
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 3, "lo')
     assert progress(ref) == "step 2  loss 2.2500  1,234 tok/s; held-out loss 2.4000 at step 2"
+    rows += [{"step": 4, "loss": 2.0}, {"step": 4, "event": "eval", "eval_loss": 2.5}]  # above step 2's
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert progress(ref) == "step 4  loss 2.0000; held-out loss 2.5000 at step 4 (lowest 2.4000 at step 2)"
 
 
 # ------------------------------------------------------------------------------------------ one owner per fact

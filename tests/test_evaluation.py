@@ -66,11 +66,12 @@ def test_held_out_loss_every_eval_steps_and_at_the_end(tiny_model_dir, tiny_data
     evals = [r for r in records if r.get("event") == "eval"]
     assert [r["step"] for r in evals] == [3, 6, 7]
     assert all(math.isfinite(r["eval_loss"]) for r in evals)
-    assert [line.split("  ")[0] for line in lines if line.startswith("eval at")] == [
-        "eval at step 3",
-        "eval at step 6",
-        "eval at step 7",
-    ]
+    said = [line for line in lines if line.startswith("eval at")]
+    assert [line.split("  ")[0] for line in said] == ["eval at step 3", "eval at step 6", "eval at step 7"]
+    for i, line in enumerate(said):  # an evaluation above an earlier one names the lowest
+        lowest = min(evals[: i + 1], key=lambda r: r["eval_loss"])
+        above = lowest["eval_loss"] < evals[i]["eval_loss"]
+        assert line.endswith(f"(lowest {lowest['eval_loss']:.4f} at step {lowest['step']})") == above, line
     # the last evaluation ran on the final weights: the saved adapter, evaluated without the trainer
     reference = _reference_loss(tiny_model_dir, result.output_dir, eval_data, plan.per_device_train_batch_size)
     assert evals[-1]["eval_loss"] == pytest.approx(reference, rel=1e-4)
