@@ -193,6 +193,8 @@ def _splits(fs, path: str, top: str) -> dict[str, list[str]] | None:
             patterns = _get_data_files_patterns(lambda pattern: fs.glob(f"{top}/{pattern}"))
         except FileNotFoundError:  # no file at all
             return None
+        except ValueError as e:  # split names datasets refuses (data/train-v2-00000-of-00001.parquet)
+            raise FtctlError(f"Cannot tell the splits of {path} ({e}): name the files to read.") from None
         if patterns == {str(k): v for k, v in DEFAULT_PATTERNS_ALL.items()}:
             return None
     splits = {}
