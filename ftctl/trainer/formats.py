@@ -38,8 +38,7 @@ from typing import Any
 
 from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean
-
-EXTENSIONS = (".json", ".jsonl", ".parquet")
+from ftctl.trainer.splits import EXTENSIONS, split_files
 
 # FastChat's ShareGPT role names (fastchat/train/train.py and its data cleaning scripts).
 SHAREGPT_ROLES = {
@@ -83,8 +82,8 @@ class Row:
 
 def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = False, held_out: bool = False) -> list[str]:
     """The data files that ``path`` names: a file, a directory (its .json/.jsonl/.parquet files,
-    recursively, sorted; of one that holds several splits, one: :func:`_split_files`, ``held_out`` for
-    held-out data), a glob pattern (``hf://datasets/ORG/NAME/data/train-*.parquet``: one split of a Hub
+    recursively, sorted; of one that holds several splits, one: ``splits.split_files``, ``held_out`` for held-out
+    data), a glob pattern (``hf://datasets/ORG/NAME/data/train-*.parquet``: one split of a Hub
     dataset; ``hf://datasets/ORG/NAME``, the repository whole, is a directory) or ``builtin:demo``. Raises
     FtctlError when there are none, or when the store cannot be read (one line: which failure, what to set).
     ``quick``: see :func:`ftctl.storage.filesystem` (the preflight)."""
@@ -117,7 +116,7 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
             if not root.endswith(EXTENSIONS):
                 raise FtctlError(f"Cannot read {path}: data files must end in .json, .jsonl or .parquet.")
             return [path]
-        found = _split_files(fs, path, root, held_out)
+        found = split_files(fs, path, root, held_out)
     if not found:
         raise FtctlError(f"The directory {path} holds no .json, .jsonl or .parquet files.")
     # named as the user spelled the directory, so that rows are reported relative to it
@@ -140,79 +139,6 @@ def _matching(fs, path: str, root: str, endpoint_url: str | None, quick: bool) -
     depth = len(stored) - (len(spelled) - first)  # the same directory, in the filesystem's terms
     top, base = "/".join(stored[:depth]), "/".join(spelled[:first])
     return [storage.join(base, *posixpath.relpath(p, top).split("/")) for p in found]
-
-
-# the split a directory or repository of several gives, by role: TRL's dataset_train_split and dataset_test_split
-# defaults (and the validation split where there is no test one)
-SPLITS = {False: ("train",), True: ("test", "validation")}
-
-
-def _split_files(fs, path: str, root: str, held_out: bool) -> list[str]:
-    """The data files of a directory (local, object storage, a Hub dataset repository): all of them, or where
-    they form several splits (train/test/validation by file or directory name, or a dataset card's configs, as
-    `datasets` finds them) the one training reads (train) or held-out data does (test, else validation); a
-    directory without it names each split's files to choose from."""
-    top = root.rstrip("/")
-    splits = _splits(fs, path, top)
-    if splits is None:
-        return sorted(p for p in fs.find(top) if p.endswith(EXTENSIONS))
-    name = next((n for n in SPLITS[held_out] if n in splits), None)
-    if name is None and len(splits) == 1 and not held_out:
-        name = next(iter(splits))  # one split, whatever its name
-    if name is None:
-        flag = "--eval-data" if held_out else "--data"
-        listed = ", ".join(f"{k} ({len(v)} file{'s' if len(v) > 1 else ''})" for k, v in splits.items())
-        first = next(iter(splits))
-        raise FtctlError(
-            f"{path} has no {' or '.join(map(repr, SPLITS[held_out]))} split; its splits: {listed}. Name the files "
-            f"of the one to use, e.g. {flag} '{_split_pattern(path, top, first, splits[first])}'."
-        )
-    return splits[name]
-
-
-def _splits(fs, path: str, top: str) -> dict[str, list[str]] | None:
-    """split -> its data files, as `datasets` finds a directory's splits: the dataset card's (README.md: its
-    default config's data_files), else by file and directory names (``train-00000-of-00002.parquet``,
-    ``data/test/``); None where they name none (every file is the one split)."""
-    import yaml
-    from datasets.data_files import DEFAULT_PATTERNS_ALL, _get_data_files_patterns, sanitize_patterns
-    from datasets.utils.metadata import MetadataConfigs
-
-    patterns = None
-    try:
-        card = fs.cat_file(f"{top}/README.md").decode() if fs.exists(f"{top}/README.md") else ""
-        head = card.split("\n---", 1)[0][4:] if card.startswith("---\n") else ""
-        configs = MetadataConfigs.from_dataset_card_data(yaml.safe_load(head) or {}) if head else None
-        default = configs.get_default_config_name() if configs else None
-        if default and configs[default].get("data_files"):
-            patterns = sanitize_patterns(configs[default]["data_files"])
-    except (ValueError, yaml.YAMLError, UnicodeDecodeError):  # a card that does not read: the files' names decide
-        patterns = None
-    if patterns is None:
-        try:  # datasets' get_data_patterns, through this filesystem (datasets' own reads HF_ENDPOINT at its import)
-            patterns = _get_data_files_patterns(lambda pattern: fs.glob(f"{top}/{pattern}"))
-        except FileNotFoundError:  # no file at all
-            return None
-        except ValueError as e:  # split names datasets refuses (data/train-v2-00000-of-00001.parquet)
-            raise FtctlError(f"Cannot tell the splits of {path} ({e}): name the files to read.") from None
-        if patterns == {str(k): v for k, v in DEFAULT_PATTERNS_ALL.items()}:
-            return None
-    splits = {}
-    for split, pats in patterns.items():
-        files = sorted({f for p in pats for f in fs.glob(f"{top}/{p}") if f.endswith(EXTENSIONS)})
-        if files:
-            splits[str(split)] = files
-    return splits or None
-
-
-def _split_pattern(path: str, root: str, split: str, files: list[str]) -> str:
-    """A pattern for a split's files (``hf://.../data/train_sft-*.parquet``), else its one file."""
-    rel = [posixpath.relpath(f, root) for f in files]
-    places = {(posixpath.dirname(r), posixpath.splitext(r)[1]) for r in rel}
-    if len(rel) > 1 and len(places) == 1 and all(posixpath.basename(r).startswith(f"{split}-") for r in rel):
-        where, ext = places.pop()
-        return storage.join(path, *[p for p in where.split("/") if p], f"{split}-*{ext}")
-    return storage.join(path, *rel[0].split("/"))
 
 
 def _hub_hint(path: str) -> str:
