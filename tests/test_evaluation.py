@@ -17,7 +17,8 @@ EVAL_ROWS = 10
 
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory):
-    """Conversations of the bundled demo that the tiny training file does not hold."""
+    """The bundled demo's conversations after the tiny training file's (a few repeat one of its conversations:
+    the demo asks its facts again)."""
     from ftctl.demo import demo_data_path
 
     rows = json.loads(demo_data_path().read_text())[TINY_ROWS : TINY_ROWS + EVAL_ROWS]
@@ -103,3 +104,29 @@ def test_evaluation_settings_are_checked():
     assert "hold out data one way" in text and "eval_split=1.5" in text and "eval_steps must be at least 1" in text
     assert build({"eval_data": "held.json"}).eval_data_path == "held.json"  # the alias
     assert build({}).evaluates is False
+
+
+def test_held_out_rows_that_are_training_rows_are_said(tiny_model_dir, tiny_data, eval_data):
+    """The same file twice: every held-out row is a training row. Rows compared by their tokens, through the index
+    mapping eval_split's train_test_split leaves, a length at a time."""
+    import datasets
+
+    from ftctl.trainer.data import build_datasets, shared_rows
+    from ftctl.trainer.model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    spec, _ = make_run(tiny_model_dir, tiny_data, "/unused", "lora", eval_data_path=str(tiny_data))
+    train, held = build_datasets(spec, tokenizer)
+    assert shared_rows(train, held).startswith(f"{len(held)} of the {len(held)} held-out rows are training rows too")
+    # the demo's conversations repeat some (its facts, asked again): the held-out rows that are training rows too
+    trained = {json.dumps(r["conversations"]) for r in json.loads(tiny_data.read_text())}
+    repeated = sum(json.dumps(json.loads(line)["conversations"]) in trained for line in eval_data.open())
+    assert 0 < repeated < EVAL_ROWS
+    spec, _ = make_run(tiny_model_dir, tiny_data, "/unused", "lora", eval_data_path=str(eval_data))
+    assert shared_rows(*build_datasets(spec, tokenizer)).startswith(f"{repeated} of the {EVAL_ROWS} held-out rows")
+    rows = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5], [1, 2, 3], [6, 7, 8], [4, 5, 6]]})
+    split = rows.train_test_split(test_size=2, seed=0)
+    expected = sum(row in split["train"]["input_ids"] for row in split["test"]["input_ids"])
+    said = shared_rows(split["train"], split["test"])
+    assert (said is None) if expected == 0 else said.startswith(f"{expected} of the 2 held-out rows")
+    assert shared_rows(rows.select([0, 1]), rows.select([2, 4])).startswith("1 of the 2 held-out rows")

@@ -268,6 +268,42 @@ def build_datasets(spec, tokenizer):
     return split["train"], split["test"]
 
 
+def shared_rows(train, held_out) -> str | None:
+    """A warning where held-out rows are training rows too (the same tokens: the same file given twice, a
+    directory without split names, duplicates before eval_split): their loss measures memorising, not how the
+    model does on rows it never saw. Only the training rows of a held-out row's length are hashed."""
+    if held_out is None or not len(held_out):
+        return None
+    held = _row_digests(held_out)
+    seen = {digest for _, digest in _row_digests(train, {n for n, _ in held})}
+    same = sum(digest in seen for _, digest in held)
+    if not same:
+        return None
+    return (
+        f"{same} of the {len(held_out)} held-out rows are training rows too (the same tokens): their loss measures "
+        "memorising, not rows the model never saw; hold out other rows (a directory's test split, other files, or "
+        "the data de-duplicated before eval_split)"
+    )
+
+
+def _row_digests(dataset, lengths: set[int] | None = None) -> list[tuple[int, bytes]]:
+    """(length, digest of the token ids) of each row, or of the rows of these lengths, a batch at a time."""
+    import hashlib
+
+    import numpy as np
+    import pyarrow.compute as pc
+
+    out = []
+    for batch in dataset.with_format("arrow").iter(batch_size=4096):
+        column = batch["input_ids"]
+        counts = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        rows = range(len(counts)) if lengths is None else np.flatnonzero(np.isin(counts, list(lengths)))
+        for i in rows:
+            ids = column[int(i)].values.to_numpy(zero_copy_only=False)
+            out.append((int(counts[i]), hashlib.blake2b(ids.tobytes(), digest_size=16).digest()))
+    return out
+
+
 def packing_supported(attn_implementation: str | None) -> bool:
     """Whether packed samples stay apart under this attention implementation (trainer/attention.py)."""
     from ftctl.trainer.attention import packing_supported as supported

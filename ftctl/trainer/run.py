@@ -104,7 +104,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from ftctl.trainer.callbacks import MetricsCallback, PreemptionCallback
-    from ftctl.trainer.data import build_datasets
+    from ftctl.trainer.data import build_datasets, shared_rows
     from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.methods import apply_method
     from ftctl.trainer.model import load_model, load_tokenizer, model_kernels
@@ -131,6 +131,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if procs.is_main and (over := over_context(spec)):
             log.warning("%s", over)
         dataset, eval_dataset = build_datasets(spec, tokenizer)
+        if procs.is_main and (shared := shared_rows(dataset, eval_dataset)):
+            log.warning("%s", shared)
         set_seed(spec.seed)  # LoRA's initial weights
         run.kernels = model_kernels(spec, plan, procs.on_cpu, procs.local_rank)  # attention + Liger: what really runs
         model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank, run.kernels), spec, plan)
