@@ -130,3 +130,39 @@ def test_held_out_rows_that_are_training_rows_are_said(tiny_model_dir, tiny_data
     said = shared_rows(split["train"], split["test"])
     assert (said is None) if expected == 0 else said.startswith(f"{expected} of the 2 held-out rows")
     assert shared_rows(rows.select([0, 1]), rows.select([2, 4])).startswith("1 of the 2 held-out rows")
+
+
+@pytest.mark.parametrize("store", [False, True], ids=["local", "s3"])
+def test_the_lowest_held_out_losss_checkpoint_is_kept_beside_the_newest(
+    tiny_model_dir, tiny_data, eval_data, tmp_path, one_thread, store, request, monkeypatch
+):
+    """save_total_limit=1 with held-out data: the newest checkpoint (what a relaunch resumes from) and the lowest
+    held-out loss's (what chat, eval and merge can take) are both there at the end, locally and in the store. A
+    high learning rate makes the loss rise after its lowest."""
+    from ftctl.checkpoints import list_checkpoints
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "out"
+    uri = f"{request.getfixturevalue('s3_bucket')}/runs/best" if store else str(out)
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(out))  # where an object-store output is staged
+    spec, plan = make_run(
+        tiny_model_dir,
+        tiny_data,
+        uri,
+        "lora",
+        max_steps=4,
+        save_steps=1,
+        save_total_limit=1,
+        eval_data_path=str(eval_data),
+        learning_rate=0.2,
+    )
+    lines = []
+    assert train(spec, plan, echo=lines.append).status == "complete"
+    evals = [r for r in map(json.loads, open(out / "metrics.jsonl")) if r.get("event") == "eval"]
+    best = min(evals, key=lambda r: r["eval_loss"])
+    lowest = best["step"]
+    assert lowest < 4, evals  # the case this is about: the lowest is not the newest
+    assert sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")) == [lowest, 4]
+    if store:
+        assert [c.step for c in list_checkpoints(uri) if c.complete] == [lowest, 4]
+    assert any(line.endswith(f"(lowest {best['eval_loss']:.4f} at step {lowest})") for line in lines), lines

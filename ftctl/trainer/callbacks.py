@@ -123,7 +123,7 @@ class MetricsCallback(TrainerCallback):
         if "eval_runtime" in logs:
             parts.append(f"{logs['eval_runtime']:.1f} s")
         # above an earlier evaluation's (a resumed run's too: the history comes back with its checkpoint): the run
-        # may be overfitting, and that step's checkpoint, where it is kept, is what chat, eval and merge take
+        # may be overfitting, and that step's checkpoint (kept: run.evaluation_args) is what chat, eval and merge take
         this = (logs["eval_loss"], state.global_step)
         loss, step = min([this] + [(h["eval_loss"], h["step"]) for h in state.log_history if "eval_loss" in h])
         if loss < logs["eval_loss"]:

@@ -248,7 +248,7 @@ def training_args(
         logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=spec.save_steps,
-        save_total_limit=spec.save_total_limit,
+        save_total_limit=checkpoints_kept(spec),
         **evaluation_args(spec, plan),
         report_to=report_to(spec.report_to),
         disable_tqdm=True,
@@ -263,15 +263,29 @@ def training_args(
 
 def evaluation_args(spec: RunSpec, plan: Plan) -> dict:
     """The held-out loss every eval_steps (default: at each checkpoint) and at the end, in micro-batches of
-    the training's size (no gradients: less memory), packed as training is. Without metric functions TRL's
-    evaluation computes only the loss, through compute_loss: sft_trainer's LM head, no logits kept."""
+    the training's size (no gradients: less memory), packed as training is; the lowest one's checkpoint kept.
+    Without metric functions TRL's evaluation computes only the loss, through compute_loss: sft_trainer's LM
+    head, no logits kept."""
     if not spec.evaluates:
         return {"eval_strategy": "no"}
     return {
         "eval_strategy": "steps",
         "eval_steps": spec.eval_every,
         "per_device_eval_batch_size": plan.per_device_train_batch_size,
+        # the lowest held-out loss's checkpoint is kept beside the newest ones (transformers' rotation here,
+        # sync_callback's protection in the store): what chat, eval and merge can take
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
     }
+
+
+def checkpoints_kept(spec: RunSpec) -> int | None:
+    """Trainer's save_total_limit. With held-out data and save_total_limit=1, 2: transformers keeps the newest
+    checkpoint and the lowest held-out loss's either way, but at the end of training with a limit of 1 it deletes
+    every checkpoint but the best, a preempted run's newest too, which the relaunch resumes from."""
+    if spec.save_total_limit == 1 and spec.evaluates:
+        return 2
+    return spec.save_total_limit
 
 
 def checkpointing_args(on: bool) -> dict:
