@@ -339,7 +339,7 @@ def check_disk(spec, plan) -> list[Finding]:
         return []  # check_output says why
     free = shutil.disk_usage(base).free / 1e9
     one, final = checkpoint_gb(plan)
-    kept = max(1, spec.save_total_limit or 1)
+    kept = max(1, spec.checkpoints_kept or 1)
     what = f"{plan.method} of {plan.model.params_b:g}B parameters"
     if one + final > free:
         return [

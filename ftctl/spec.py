@@ -167,6 +167,16 @@ class RunSpec:
         """Steps between evaluations: eval_steps, else at each checkpoint."""
         return self.eval_steps or self.save_steps
 
+    @property
+    def checkpoints_kept(self) -> int | None:
+        """The Trainer's save_total_limit (None: every checkpoint). With held-out data the lowest held-out loss's
+        checkpoint is kept beside the newest, so at least 2: transformers keeps both either way, but at the end of
+        training with a limit of 1 it deletes every checkpoint but the best, a preempted run's newest too, which
+        the relaunch resumes from."""
+        if self.save_total_limit and self.evaluates:
+            return max(2, self.save_total_limit)
+        return self.save_total_limit
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

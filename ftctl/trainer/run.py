@@ -248,7 +248,7 @@ def training_args(
         logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=spec.save_steps,
-        save_total_limit=checkpoints_kept(spec),
+        save_total_limit=spec.checkpoints_kept,
         **evaluation_args(spec, plan),
         report_to=report_to(spec.report_to),
         disable_tqdm=True,
@@ -277,15 +277,6 @@ def evaluation_args(spec: RunSpec, plan: Plan) -> dict:
         "metric_for_best_model": "eval_loss",
         "greater_is_better": False,
     }
-
-
-def checkpoints_kept(spec: RunSpec) -> int | None:
-    """Trainer's save_total_limit. With held-out data and save_total_limit=1, 2: transformers keeps the newest
-    checkpoint and the lowest held-out loss's either way, but at the end of training with a limit of 1 it deletes
-    every checkpoint but the best, a preempted run's newest too, which the relaunch resumes from."""
-    if spec.save_total_limit == 1 and spec.evaluates:
-        return 2
-    return spec.save_total_limit
 
 
 def checkpointing_args(on: bool) -> dict:
