@@ -356,7 +356,13 @@ def check_disk(spec, plan) -> list[Finding]:
                 WARNING,
                 f"--output {spec.output}: {kept} checkpoints and the final model need ~{kept * one + final:.0f} GB "
                 f"({what}); {base} has {free:.0f} GB free",
-                f"lower -o save_total_limit (now {kept}), free some space, or choose a larger disk.",
+                f"lower -o save_total_limit (now {spec.save_total_limit}"
+                + (
+                    "; with held-out data the lowest loss's checkpoint is kept too"
+                    if kept > spec.save_total_limit
+                    else ""
+                )
+                + "), free some space, or choose a larger disk.",
             )
         ]
     return []

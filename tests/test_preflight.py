@@ -232,6 +232,9 @@ def test_disk_space_for_checkpoints(tmp_path, monkeypatch):
     assert check_disk(spec, plan) == []
     free(300)  # 3 checkpoints and the model: 320 GB
     assert "lower -o save_total_limit" in only(check_disk(spec, plan), WARNING)
+    one_kept = replace(spec, save_total_limit=1, eval_split=0.05)  # held-out data: the lowest loss's is kept too
+    free(200)  # 2 checkpoints and the model: 224 GB
+    assert only(check_disk(one_kept, plan), WARNING).startswith(f"--output {spec.output}: 2 checkpoints")
     free(100)
     assert "one checkpoint and the final model need" in only(check_disk(spec, plan))
     lora = make_plan(replace(spec, method="lora"))
