@@ -2,11 +2,11 @@
 the plan it offers runs.
 
 1. PyTorch's own out-of-memory text (an allocation larger than the card), read by ftctl.trainer.gpu_memory.card.
-2. Another process holds HOG GB of the GPU (a shared card); `ftctl launch --backend local` of a 1B-shape fft whose
-   plan needs more than is left: its rc, stdout, stderr (the warning before the model loads, the one error line).
+2. Another process holds HOG GB of the GPU (a shared card); `ftctl launch --backend local` of a 1B-shape run (fft,
+   lora or qlora) whose plan needs more than is left: its rc, stdout, stderr (the warning before the model loads, the one error line).
 3. The same command again with the `-o` overrides the error named, the other process still there: rc, steps, peak.
 
-    python bench/oom_gpu.py --out DIR [--hog-gb 100]
+    python bench/oom_gpu.py --out DIR [--hog-gb 100] [--method fft|lora|qlora]
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def pytorch_text() -> dict:
     return {"text": text, "card": c and {**c.__dict__, "others": c.others}}
 
 
-def launch(model: Path, data: Path, out: Path, flags: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "ftctl.cli", "launch", "--backend", "local", "--gpus", "1xH200", "--method", "fft"]
+def launch(model: Path, data: Path, out: Path, flags: list[str], method: str) -> dict:
+    cmd = [sys.executable, "-m", "ftctl.cli", "launch", "--backend", "local", "--gpus", "1xH200", "--method", method]
     cmd += ["--model", str(model), "--data", str(data), "--output", str(out)]
     for o in ["max_steps=6", "global_batch_size=16", "model_max_length=2048", "save_steps=100000", "resume=never"]:
         cmd += ["-o", o]
@@ -75,13 +75,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--hog-gb", type=float, default=100.0)
+    ap.add_argument("--method", default="fft", help="fft, lora or qlora (the 1B shape)")
     ap.add_argument("--work", default="/tmp/ftctl-oom")
     a = ap.parse_args()
     import torch
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    result = {"card": torch.cuda.get_device_name(0), "hog_gb": a.hog_gb, "pytorch": pytorch_text()}
+    result = {"card": torch.cuda.get_device_name(0), "method": a.method, "hog_gb": a.hog_gb, "pytorch": pytorch_text()}
     model, data = make_model("1b", work), make_data(work / "data.json", rows=200)
     torch.cuda.empty_cache()
     hog = subprocess.Popen([sys.executable, "-c", HOG, str(a.hog_gb)], stdout=subprocess.PIPE, text=True)
@@ -89,18 +90,19 @@ def main() -> None:
         assert hog.stdout.readline().strip() == "held"
         free, total = torch.cuda.mem_get_info(0)
         result["free_gb_before"], result["total_gb"] = round(free / 1e9, 2), round(total / 1e9, 2)
-        first = launch(model, data, work / "out-default", [])
+        first = launch(model, data, work / "out-default", [], a.method)
         result["default"] = first
         said = [line for line in (first["stderr"] + first["stdout_tail"]).splitlines() if "Relaunch with" in line]
         offered = re.findall(r"-o (\w+=\S+)", said[-1].split("Relaunch with", 1)[1].split(":")[0]) if said else []
         result["offered"] = offered
         if offered:
-            result["relaunched"] = launch(model, data, work / "out-offered", [x for o in offered for x in ("-o", o)])
+            flags = [x for o in offered for x in ("-o", o)]
+            result["relaunched"] = launch(model, data, work / "out-offered", flags, a.method)
     finally:
         hog.kill()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "oom.json").write_text(json.dumps(result, indent=1))
+    (out / f"oom-{a.method}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1)[-6000:])
 
 
