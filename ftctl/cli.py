@@ -309,7 +309,8 @@ def data():
 @click.option("--model", required=True, help="Model whose tokenizer and chat template to use.")
 @click.option("--max-length", type=int, default=None, help="model_max_length (default: the run default).")
 @click.option("--chat-template-path", help="A Jinja file, or a tokenizer whose chat template to use instead.")
-def data_check(paths, model, max_length, chat_template_path):
+@click.option("--held-out", is_flag=True, help="Read PATHS as --eval-data: a directory of splits gives its test split.")
+def data_check(paths, model, max_length, chat_template_path, held_out):
     """Per-row errors with file and row number, then token statistics (of all PATHS as one dataset)."""
     from ftctl import preflight
     from ftctl.spec import RunSpec, join_paths, split_paths
@@ -320,7 +321,8 @@ def data_check(paths, model, max_length, chat_template_path):
         raise FtctlError(f"{e}.") from None
     # a missing file or model directory is said at once, before the tokenizer loads (seconds)
     preflight.raise_if_errors(
-        [f for p in split_paths(path) for f in preflight.check_data(p)] + preflight.check_model(model)
+        [f for p in split_paths(path) for f in preflight.check_data(p, flag="--eval-data" if held_out else "--data")]
+        + preflight.check_model(model)
     )
 
     from ftctl.trainer.data import check_data
@@ -328,7 +330,7 @@ def data_check(paths, model, max_length, chat_template_path):
     from ftctl.trainer.model import load_tokenizer
 
     tokenizer = use_chat_template(load_tokenizer(model), chat_template_path)
-    report = check_data(path, tokenizer, max_length or RunSpec.model_max_length)
+    report = check_data(path, tokenizer, max_length or RunSpec.model_max_length, held_out=held_out)
     click.echo(report.render())
     if report.errors:
         sys.exit(1)

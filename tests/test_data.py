@@ -270,8 +270,11 @@ def test_a_template_that_drops_tool_calls_is_a_row_error(tmp_path, tiny_tokenize
     ], report.errors
 
 
-def test_a_directory_of_splits_gives_the_one_each_role_reads(tmp_path, tiny_tokenizer):
+def test_a_directory_of_splits_gives_the_one_each_role_reads(tmp_path, tiny_tokenizer, tiny_model_dir):
     """As `datasets` reads a directory: train/test files (or directories) are splits, never read together."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
     from ftctl.trainer.formats import resolve_files
 
     conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
@@ -287,6 +290,8 @@ def test_a_directory_of_splits_gives_the_one_each_role_reads(tmp_path, tiny_toke
     assert len(build_dataset(str(root), tiny_tokenizer, 128)) == 3
     assert len(build_dataset(str(root), tiny_tokenizer, 128, held_out=True)) == 1
     assert f"Data {root}: 1 file(s) (train.jsonl), max length" in check_data(str(root), tiny_tokenizer, 128).render()
+    got = CliRunner().invoke(main, ["data", "check", str(root), "--model", str(tiny_model_dir), "--held-out"])
+    assert got.exit_code == 0 and f"Data {root}: 1 file(s) (test.jsonl)," in got.stdout, got.output
     shards = tmp_path / "shards"  # no split names: every file, for either role
     assert (
         resolve_files(str(shards))

@@ -232,11 +232,14 @@ def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None
     return report, dataset
 
 
-def check_data(path: str, tokenizer, max_length: int, endpoint_url: str | None = None) -> DataReport:
+def check_data(
+    path: str, tokenizer, max_length: int, endpoint_url: str | None = None, held_out: bool = False
+) -> DataReport:
     """Every problem of the data at ``path`` with file and row number, then token statistics.
 
-    ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from."""
-    return prepare_data(path, tokenizer, max_length, endpoint_url)[0]
+    ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from; ``held_out``: see
+    prepare_data."""
+    return prepare_data(path, tokenizer, max_length, endpoint_url, held_out)[0]
 
 
 def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, held_out: bool = False):
