@@ -145,6 +145,7 @@ class Plan:
     asked_method: str | None = None  # the method asked for, where the local backend fell back to qlora
     host_memory_gb: float | None = None  # CPU RAM per node the plan needs (offload)
     evaluation: str | None = None  # the held-out loss: on what, how often; None: not evaluated
+    data_mix: str | None = None  # several datasets mixed by data_weights; None: each read once
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -168,6 +169,7 @@ class Plan:
             ),
             ("gradient ckpt", "on" if self.gradient_checkpointing else "off"),
             ("optimizer", f"{self.optim}, lr {self.learning_rate:g}"),
+            *([("data mix", self.data_mix)] if self.data_mix else []),
             *([("evaluation", self.evaluation)] if self.evaluation else []),
             (
                 "memory/device",
@@ -590,6 +592,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         memory={k: round(v, 2) for k, v in terms.items()},
         host_memory_gb=round(host_need, 1) if host_need else None,
         evaluation=evaluation(spec),
+        data_mix=data_mix(spec),
         notes=notes,
     )
 
@@ -622,6 +625,14 @@ def evaluation(spec: RunSpec) -> str | None:
         return None
     held = spec.eval_data_path or f"{100 * spec.eval_split:.3g}% of the training rows, held out (seed {spec.seed})"
     return f"loss every {spec.eval_every} steps and at the end, on {held}"
+
+
+def data_mix(spec: RunSpec) -> str | None:
+    """The plan's data mix row (trainer/data.py's mix does it)."""
+    if not spec.data_mix:
+        return None
+    each = ", ".join(f"{path} x{weight:g}" for path, weight in spec.data_mix)
+    return f"{each} (each one's rows that many times an epoch, drawn with seed {spec.seed})"
 
 
 def pinned_bytes(n: float) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -37,6 +38,7 @@ ALIASES = {
     "model": "model_name_or_path",
     "data": "data_path",
     "eval_data": "eval_data_path",
+    "dataset_mixer": "data_path",  # the alignment handbook's {dataset: fraction} mapping
     "output": "output_dir",
     "max_seq_length": "model_max_length",
     "max_length": "model_max_length",
@@ -59,6 +61,9 @@ class RunSpec:
     # default: the model's own, else FastChat's Vicuna v1.1 (trainer/masks.py)
     chat_template_path: str | None = None
     data_path: str = DEMO_DATA  # several: comma-separated (a YAML list, --data repeated), read as one dataset
+    # several datasets mixed: how many times each one's rows are trained on an epoch, in data_path's order
+    # (1 all of them, 0.5 half drawn with seed, 2 each twice); a YAML mapping data_path: {PATH: WEIGHT} sets both
+    data_weights: str | None = None
     eval_data_path: str | None = None  # held-out data in the same formats (FastChat's --eval_data_path)
     eval_split: float = 0.0  # or this fraction of data_path's rows held out (chosen with seed); 0: none
     eval_steps: int | None = None  # with held-out data: evaluate every N steps and at the end; default save_steps
@@ -159,6 +164,13 @@ class RunSpec:
         return [p for _, p in self.data_sources]
 
     @property
+    def data_mix(self) -> list[tuple[str, float]] | None:
+        """(dataset, weight) of each data_path dataset where data_weights mixes them; None: each once."""
+        if self.data_weights is None:
+            return None
+        return list(zip(split_paths(self.data_path), parse_weights(self.data_weights)))
+
+    @property
     def evaluates(self) -> bool:
         return bool(self.eval_data_path or self.eval_split)
 
@@ -202,6 +214,20 @@ def split_paths(value: str | None) -> list[str]:
     if "," not in value or Path(value).expanduser().exists():
         return [value]
     return [p for p in (part.strip() for part in value.split(",")) if p]
+
+
+def parse_weights(value: str) -> list[float]:
+    """data_weights' numbers; ValueError naming the one that is not a number above 0."""
+    weights = []
+    for part in value.split(","):
+        try:
+            weight = float(part)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a number") from None
+        if not (0 < weight < math.inf):
+            raise ValueError(f"{part.strip()} is not above 0 (leave a dataset out of data_path instead)")
+        weights.append(weight)
+    return weights
 
 
 def join_paths(paths) -> str:
@@ -318,6 +344,9 @@ def _coerce(key: str, value):
             raise ValueError("expects a number") from None
     if key in PATH_LISTS and isinstance(value, (list, tuple)):
         return join_paths(value)
+    if key == "data_weights":  # a YAML list, or comma-separated; none/empty: each dataset once
+        text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        return None if text.strip().lower() in ("", "none", "null") else text.replace(" ", "")
     if typ is str:
         if isinstance(value, (dict, list)):
             raise ValueError("expects a single value")
@@ -369,7 +398,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         layers.append(("-o", parse_overrides(overrides)))
     values, errors = {}, []
     for source, items in layers:
-        for raw_key, raw in items:
+        for raw_key, raw in _mixes(items):
             key = _canonical(raw_key)
             if key not in FIELDS:
                 errors.append(f"Unknown key {raw_key!r} ({source}).{did_you_mean(key, list(FIELDS) + list(ALIASES))}")
@@ -391,6 +420,17 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     spec = RunSpec(**values)
     validate(spec)
     return spec
+
+
+def _mixes(items):
+    """A run file's ``data_path: {PATH: WEIGHT, ...}`` (the alignment handbook's dataset_mixer) as data_path and
+    data_weights."""
+    for key, value in items:
+        if _canonical(key) == "data_path" and isinstance(value, dict):
+            yield key, list(value)
+            yield "data_weights", list(value.values())
+        else:
+            yield key, value
 
 
 def validate(spec: RunSpec) -> None:
@@ -470,6 +510,17 @@ def validate(spec: RunSpec) -> None:
         errors.append("eval_data_path and eval_split both set: hold out data one way, a file or a share of data_path.")
     if not 0 <= spec.eval_split < 1:
         errors.append(f"eval_split={spec.eval_split}: give the share of data_path's rows to hold out, e.g. 0.05.")
+    if spec.data_weights is not None:
+        try:
+            weights = parse_weights(spec.data_weights)
+            paths = split_paths(spec.data_path)
+            if len(weights) != len(paths):
+                raise ValueError(f"{len(weights)} weight(s) for {len(paths)} dataset(s) in data_path")
+        except ValueError as e:
+            errors.append(
+                f"data_weights={spec.data_weights}: {e}; give one number above 0 per dataset, in data_path's order "
+                "(-o data_weights=1,0.5), or none to read each once."
+            )
     for key in ("data_path", "eval_data_path", "output_dir"):
         for v in split_paths(getattr(spec, key)) if key in PATH_LISTS else [getattr(spec, key)]:
             if v and "://" in v and not (v.startswith("file://") or storage.is_remote(v)):

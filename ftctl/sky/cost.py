@@ -57,7 +57,8 @@ def train_tokens(spec: RunSpec) -> float | None:
     paths = [demo_data_path() if p.startswith("builtin:") else Path(p) for p in split_paths(spec.data_path)]
     if not all(p.is_file() for p in paths):
         return None
-    return spec.num_train_epochs * sum(p.stat().st_size for p in paths) / BYTES_PER_TOKEN
+    weights = [w for _, w in spec.data_mix] if spec.data_mix else [1.0] * len(paths)
+    return spec.num_train_epochs * sum(p.stat().st_size * w for p, w in zip(paths, weights)) / BYTES_PER_TOKEN
 
 
 def tokens_per_second(plan: Plan) -> float | None:

@@ -43,6 +43,7 @@ class DataStats:
     max_tokens: int = 0  # before truncation
     formats: dict[str, int] = field(default_factory=dict)
     histogram: list[tuple[str, int]] = field(default_factory=list)  # (bucket label, rows), lengths before truncation
+    datasets: list[tuple[str, int, int]] = field(default_factory=list)  # (path, rows, tokens) of each of several
 
 
 @dataclass
@@ -86,6 +87,10 @@ class DataReport:
             f"  trainable tokens  {s.trainable_tokens:,}{share}",
             f"  truncated rows    {s.truncated_rows:,}",
         ]
+        if s.datasets:  # what data_weights would mix
+            lines.append("  per dataset (data_path's order):")
+            width = max(len(name) for name, _, _ in s.datasets)
+            lines += [f"    {name:<{width}}  {rows:,} rows, {tokens:,} tokens" for name, rows, tokens in s.datasets]
         if s.histogram:
             lines.append("  length histogram (tokens before truncation):")
             width = max(len(label) for label, _ in s.histogram)
@@ -134,9 +139,17 @@ def _histogram(lengths: list[int], max_length: int) -> list[tuple[str, int]]:
     return buckets[filled[0] : filled[-1] + 1] if filled else []
 
 
-def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, held_out: bool = False):
+def prepare_data(
+    path: str,
+    tokenizer,
+    max_length: int,
+    endpoint_url: str | None = None,
+    held_out: bool = False,
+    sources: bool = False,
+):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
-    for evaluation (a directory of splits gives its test split, formats.resolve_files)."""
+    for evaluation (a directory of splits gives its test split, formats.resolve_files); ``sources``: a third
+    column, ``source``, says which of the datasets ``path`` names each row is from (mix)."""
     import datasets
 
     if not isinstance(max_length, int) or max_length < 2:
@@ -178,7 +191,7 @@ def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None
         spans.append(row_spans)
 
     encoded = encode_texts(tokenizer, texts, spans, max_length)
-    kept_ids, kept_labels, lengths = [], [], []
+    kept_ids, kept_labels, kept_sources, lengths = [], [], [], []
     formats: Counter = Counter()
     for row, enc in zip(good, encoded):
         trainable = sum(enc.mask)
@@ -200,6 +213,7 @@ def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None
             )
         kept_ids.append(enc.input_ids)
         kept_labels.append([t if m else IGNORE_INDEX for t, m in zip(enc.input_ids, enc.mask)])
+        kept_sources.append(row.source)
         lengths.append(enc.length)
         formats[row.format] += 1
 
@@ -218,18 +232,21 @@ def prepare_data(path: str, tokenizer, max_length: int, endpoint_url: str | None
     s.truncated_rows = sum(n > max_length for n in lengths)
     s.max_tokens = max(lengths, default=0)
     s.histogram = _histogram(lengths, max_length)
+    if len(names := split_paths(path)) > 1:
+        s.datasets = [
+            (name, kept_sources.count(i), sum(len(ids) for ids, j in zip(kept_ids, kept_sources) if j == i))
+            for i, name in enumerate(names)
+        ]
     if not kept_ids and not report.errors:
         report.errors.append(f"{path}: no rows: the data is empty")
-    dataset = datasets.Dataset.from_dict(
-        {"input_ids": kept_ids, "labels": kept_labels},
-        features=datasets.Features(
-            {
-                "input_ids": datasets.Sequence(datasets.Value("int32")),
-                "labels": datasets.Sequence(datasets.Value("int32")),
-            }
-        ),
-    )
-    return report, dataset
+    columns = {"input_ids": kept_ids, "labels": kept_labels}
+    features = {
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "labels": datasets.Sequence(datasets.Value("int32")),
+    }
+    if sources:
+        columns["source"], features["source"] = kept_sources, datasets.Value("int32")
+    return report, datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
 def check_data(
@@ -242,33 +259,68 @@ def check_data(
     return prepare_data(path, tokenizer, max_length, endpoint_url, held_out)[0]
 
 
-def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, held_out: bool = False):
+def build_dataset(
+    path: str,
+    tokenizer,
+    max_length: int,
+    endpoint_url: str | None = None,
+    held_out: bool = False,
+    sources: bool = False,
+):
     """The training dataset (columns ``input_ids``, ``labels``), or a held-out one; FtctlError listing the
     problems if any."""
-    report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url, held_out)
+    report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url, held_out, sources)
     if report.errors:
         raise FtctlError(report.error_message())
     return dataset
 
 
-def build_datasets(spec, tokenizer):
+def build_datasets(spec, tokenizer, echo=None):
     """(training dataset, held-out dataset or None) for a RunSpec: the held-out rows come from
     ``eval_data_path``, or are ``eval_split`` of the training rows, the same ones on every rank and at
-    every resume (drawn with the run's seed)."""
-    dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url)
+    every resume (drawn with the run's seed); then ``data_weights`` mixes the training rows (mix; ``echo``
+    takes the line that says how)."""
+    mixing = spec.data_mix is not None
+    dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, sources=mixing)
+    held_out = None
     if spec.eval_data_path:
         held_out = build_dataset(spec.eval_data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, True)
-        return dataset, held_out
-    if not spec.eval_split:
-        return dataset, None
-    held = math.ceil(spec.eval_split * len(dataset))  # datasets' own rounding of test_size
-    if held >= len(dataset):
-        raise FtctlError(
-            f"eval_split={spec.eval_split} of {spec.data_path}'s {len(dataset)} rows leaves none to train on: "
-            "lower it, or give held-out data with eval_data_path."
-        )
-    split = dataset.train_test_split(test_size=held, seed=spec.seed)
-    return split["train"], split["test"]
+    elif spec.eval_split:
+        held = math.ceil(spec.eval_split * len(dataset))  # datasets' own rounding of test_size
+        if held >= len(dataset):
+            raise FtctlError(
+                f"eval_split={spec.eval_split} of {spec.data_path}'s {len(dataset)} rows leaves none to train on: "
+                "lower it, or give held-out data with eval_data_path."
+            )
+        split = dataset.train_test_split(test_size=held, seed=spec.seed)
+        dataset, held_out = split["train"], split["test"].remove_columns(["source"] if mixing else [])
+    if mixing:
+        dataset, said = mix(dataset, spec.data_mix, spec.seed)
+        if echo:
+            echo(said)
+    return dataset, held_out
+
+
+def mix(dataset, weights: list[tuple[str, float]], seed: int):
+    """(the rows of each dataset ``weight`` times, the line that says so). The ``source`` column says which
+    dataset a row is from (prepare_data); 2.5 takes every row twice, then half of them drawn with ``seed``, the
+    same on every rank and after a resume. Held-out rows were split off before (build_datasets), so a row
+    repeated here is never a held-out one."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sources = np.fromiter(dataset["source"], dtype=np.int64, count=len(dataset))
+    picked, parts = [], []
+    for i, (path, weight) in enumerate(weights):
+        rows = np.flatnonzero(sources == i)
+        whole, part = divmod(weight, 1)
+        drawn = np.sort(rng.choice(rows, round(part * len(rows)), replace=False))
+        picked += [rows] * int(whole) + [drawn]
+        taken = int(whole) * len(rows) + len(drawn)
+        parts.append(f"{path} {len(rows):,} x {weight:g} = {taken:,}" + ("" if taken else " (none: raise its weight)"))
+    order = np.concatenate(picked) if picked else np.array([], dtype=int)
+    said = f"training data mixed by data_weights: {'; '.join(parts)}; {len(order):,} rows an epoch"
+    return dataset.select(order).remove_columns(["source"]), said
 
 
 def shared_rows(train, held_out) -> str | None:

@@ -74,6 +74,7 @@ class Row:
     # covers only what follows
     completion_at: int = 0
     tools: list | None = None  # the functions a tool-use conversation's template renders
+    source: int = 0  # which dataset of several (data_path's order) the row is from
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,16 +194,17 @@ def load_rows(path: str, endpoint_url: str | None = None, held_out: bool = False
     from ftctl.spec import split_paths
 
     files, rows = [], []
-    for one in split_paths(path):
+    for source, one in enumerate(split_paths(path)):
         found = resolve_files(one, endpoint_url, held_out=held_out)
         files += found
         for file in found:
             name = file_name(file, one)
             try:
                 for where, record in _records(file, name, endpoint_url):
-                    rows.append(to_row(where, record))
+                    rows.append(row := to_row(where, record))
+                    row.source = source
             except (OSError, ValueError) as e:  # unreadable file, bad parquet, not UTF-8
-                rows.append(Row(where=name, format="unknown", problems=[f"cannot read the file: {e}"]))
+                rows.append(Row(where=name, format="unknown", problems=[f"cannot read the file: {e}"], source=source))
     return files, rows
 
 

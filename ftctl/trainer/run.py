@@ -130,7 +130,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         args = training_args(spec, plan, procs, local_dir, load_universal=universal)
         if procs.is_main and (over := over_context(spec)):
             log.warning("%s", over)
-        dataset, eval_dataset = build_datasets(spec, tokenizer)
+        dataset, eval_dataset = build_datasets(spec, tokenizer, echo if procs.is_main else None)
         if procs.is_main and (shared := shared_rows(dataset, eval_dataset)):
             log.warning("%s", shared)
         set_seed(spec.seed)  # LoRA's initial weights
