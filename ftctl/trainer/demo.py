@@ -15,6 +15,7 @@ shows it).
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -136,6 +137,8 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
         f"\nFine-tuning: LoRA r={spec.lora_r}, lr {plan.learning_rate:g}, {steps} steps x "
         f"{plan.global_batch_size} conversations -> {spec.output}"
     )
+    if earlier_demo(spec.output):  # the demo's own earlier run, replaced (another run's output is refused)
+        shutil.rmtree(spec.output)
     bar = ProgressBar(echo, inplace=echo is print and sys.stdout.isatty())
     result = train(spec, plan, callbacks=[bar], echo=lambda line: None)  # the bar shows the progress
     bar.close()
@@ -148,6 +151,18 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
     echo("\n" + summary(answers))
     echo(f"Ask it yourself: {ftctl_command()} chat {shlex.quote(output_dir)}")
     return answers
+
+
+def earlier_demo(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds an earlier run of the demo (its spec.json says so)."""
+    from ftctl.runpaths import SPEC_FILE
+
+    try:
+        recorded = json.loads(Path(output_dir, SPEC_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    spec = recorded.get("spec") if isinstance(recorded, dict) else None
+    return isinstance(spec, dict) and spec.get("run_name") == demo_spec(output_dir).run_name
 
 
 def ftctl_command() -> str:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ftctl import storage
+from ftctl import checkpoints, storage
 from ftctl.envvars import STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
@@ -103,6 +103,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from transformers import set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    from ftctl.trainer import resume_settings
     from ftctl.trainer.callbacks import MetricsCallback, PreemptionCallback
     from ftctl.trainer.data import build_datasets, shared_rows
     from ftctl.trainer.masks import use_chat_template
@@ -124,6 +125,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if not procs.on_cpu and (full := gpu_memory.check_free(plan, procs.local_rank)):
             log.warning("%s", full)
         run.resume_from = resume_point(spec, local_dir, remote_uri)
+        changed = resume_settings.changes(run.resume_from, resume_settings.settings(spec, plan))
+        if changed and procs.is_main:
+            log.warning("%s", changed.line())
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
         tokenizer = use_chat_template(load_tokenizer(spec.model_name_or_path), spec.chat_template_path)
@@ -146,6 +150,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         run.sync = CheckpointSyncCallback(
             remote_uri,
             spec_hash=spec.digest(),
+            settings=resume_settings.settings(spec, plan),
             endpoint_url=spec.s3_endpoint_url,
             keep_last=spec.save_total_limit,
             upload_wait_s=spec.upload_wait_s,
@@ -166,6 +171,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 metrics,
                 distributed.sharding_check(plan.strategy),
                 *reshard.callbacks(universal),
+                *([resume_settings.ApplySettings(changed.applied)] if changed else []),
                 *callbacks,
             ],
         )
@@ -314,6 +320,7 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
     from ftctl.trainer.sync_callback import resume_checkpoint
 
     if spec.resume == "never":
+        refuse_earlier_checkpoints(spec, local_dir, remote_uri)
         return None
     if spec.resume == "auto":
         found = resume_checkpoint(local_dir, remote_uri, spec.s3_endpoint_url)
@@ -331,6 +338,23 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
             "checkpoint-<step> directory, or resume=auto."
         )
     return spec.resume
+
+
+def refuse_earlier_checkpoints(spec: RunSpec, local_dir: str, remote_uri: str | None) -> None:
+    """resume=never where output_dir holds an earlier run's checkpoints: the new run would write over them (its
+    checkpoint-N over theirs) and leave the others for a later resume=auto to mistake for its own."""
+    found = [
+        info.name
+        for uri in (local_dir, remote_uri)
+        if uri
+        for info in checkpoints.list_checkpoints(uri, endpoint_url=spec.s3_endpoint_url)
+    ]
+    if found:
+        newest = max(found, key=checkpoints.checkpoint_step)
+        raise FtctlError(
+            f"resume=never, but {spec.output} holds an earlier run's checkpoints ({newest} the newest), which this "
+            "run would write over: give another output_dir, resume=auto to continue them, or delete them first."
+        )
 
 
 # ------------------------------------------------------------------------------------------ fit

@@ -81,6 +81,7 @@ class CheckpointSyncCallback(TrainerCallback):
         remote_uri: str | None = None,
         *,
         spec_hash: str = "",
+        settings: dict | None = None,
         endpoint_url: str | None = None,
         keep_last: int | None = None,
         upload_wait_s: float = UPLOAD_WAIT_S,
@@ -90,6 +91,7 @@ class CheckpointSyncCallback(TrainerCallback):
     ):
         self.remote_uri = remote_uri
         self.spec_hash = spec_hash
+        self.settings = settings  # what the run trains with (resume_settings), recorded in each manifest
         self.endpoint_url = endpoint_url
         self.keep_last = keep_last
         self.upload_wait_s = upload_wait_s
@@ -150,11 +152,11 @@ class CheckpointSyncCallback(TrainerCallback):
             if not os.path.isdir(ckpt):
                 log.warning("on_save: %s does not exist; nothing to commit", ckpt)
             else:
-                extra = {}
+                extra = {"settings": self.settings} if self.settings else {}
                 name = checkpoints.MANIFEST
                 if self.num_nodes > 1:
                     name = checkpoints.node_manifest_name(self.node_rank)
-                    extra = {
+                    extra |= {
                         "node_rank": self.node_rank,
                         "num_nodes": self.num_nodes,
                         "attempt": self.attempt,

@@ -1,0 +1,140 @@
+"""What a relaunch changed since the checkpoint it resumes was saved.
+
+A relaunch into the same output_dir resumes its newest checkpoint (resume=auto), and transformers' Trainer
+restores the optimizer and the learning-rate schedule as they were saved: a learning_rate or weight_decay changed
+for the relaunch (the loss spiked; go on more gently) silently did not take effect. Each checkpoint's manifest
+now records the settings it was trained with (``saved``), and a resumed run compares them with its own
+(``changes``):
+
+- what the checkpoint cannot be continued under (another method, model, adapter shape or optimizer) is refused,
+  naming the values that would continue it;
+- a new learning_rate or weight_decay is put into the restored optimizer and schedule (``ApplySettings``; the
+  schedule's shape and position are kept, its peak scaled);
+- the rest (the schedule's length and warm-up, the data, the batch, the seed) take effect as they are; the log
+  says which changed, once.
+
+Micro-batch, accumulation, checkpointing and strategy are not compared: they change how a step runs, not what it
+computes (an out-of-memory relaunch resumes with smaller ones).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from transformers import TrainerCallback
+
+from ftctl import checkpoints
+from ftctl.errors import FtctlError
+
+# the checkpoint holds a model, an adapter or optimizer states that other values of these cannot load or continue
+REFUSED = ("method", "model_name_or_path", "lora_r", "lora_target_modules", "trainable_layers", "optim")
+APPLIED = ("learning_rate", "weight_decay")  # restored with the optimizer: ApplySettings puts the new ones in
+# read afresh from the run's own settings: the schedule, the clipping, the adapters' scale and dropout...
+FOLLOWED = ("max_steps", "num_train_epochs", "lr_scheduler_type", "warmup_ratio", "max_grad_norm")
+FOLLOWED += ("lora_alpha", "lora_dropout")
+# ...and which rows the steps after the checkpoint train on
+DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path", "data_path", "data_weights")
+DATA += ("eval_split", "seed")
+_ONLY = {  # compared only where the method has them
+    "lora_r": ("lora", "qlora"),
+    "lora_alpha": ("lora", "qlora"),
+    "lora_dropout": ("lora", "qlora"),
+    "lora_target_modules": ("lora", "qlora"),
+    "trainable_layers": ("sft",),
+}
+
+
+def settings(spec, plan) -> dict:
+    """The settings a checkpoint is trained with, as the run ran them (the planner's optimizer and learning rate)."""
+    values = {key: getattr(spec, key) for key in REFUSED + APPLIED + FOLLOWED + DATA}
+    values.update(learning_rate=plan.learning_rate, optim=plan.optim, packing=plan.packing)
+    return {k: v for k, v in values.items() if spec.method in _ONLY.get(k, (spec.method,))}
+
+
+def saved(checkpoint: str) -> dict | None:
+    """The settings recorded in a local checkpoint's manifest; None where it has none (written before they were)."""
+    names = [checkpoints.MANIFEST] + sorted(n for n in os.listdir(checkpoint) if n.startswith("manifest.node-"))
+    for name in names:
+        try:
+            recorded = checkpoints.read_manifest(checkpoint, name).get("settings")
+        except (OSError, ValueError):
+            continue
+        if isinstance(recorded, dict):
+            return recorded
+    return None
+
+
+@dataclass
+class Changes:
+    step: int
+    changed: dict = field(default_factory=dict)  # key: (saved, now)
+
+    @property
+    def applied(self) -> dict:
+        return {k: v for k, v in self.changed.items() if k in APPLIED}
+
+    def line(self) -> str:
+        each = ", ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in self.changed.items())
+        skipped = (
+            f" (the batches of the first {self.step} steps, of the data as it is now, are skipped as trained)"
+            if any(k in DATA for k in self.changed)
+            else ""
+        )
+        return (
+            f"checkpoint-{self.step} was saved with other settings: {each}; the run goes on from step {self.step} "
+            f"with the new ones{skipped}"
+        )
+
+
+def changes(checkpoint: str | None, now: dict) -> Changes | None:
+    """What changed since ``checkpoint`` was saved (None: nothing, or nothing recorded); FtctlError where the
+    checkpoint cannot be continued under the new settings."""
+    if checkpoint is None or (before := saved(checkpoint)) is None:
+        return None
+    changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
+    refused = [k for k in REFUSED if k in changed]
+    if refused:
+        was = ", ".join(f"{k}={_show(changed[k][0])}" for k in refused)
+        asked = ", ".join(f"{k}={_show(changed[k][1])}" for k in refused)
+        raise FtctlError(
+            f"{checkpoint} was trained with {was}; this run asks for {asked}, which cannot continue it. "
+            f"Relaunch with {' '.join(f'-o {k}={_show(changed[k][0])}' for k in refused)} to resume it, or give "
+            "another output_dir to train from the start."
+        )
+    if not changed:
+        return None
+    return Changes(checkpoints.checkpoint_step(checkpoint) or 0, changed)
+
+
+def _show(value) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class ApplySettings(TrainerCallback):
+    """Puts a resumed run's new settings into the optimizer and learning-rate schedule the Trainer restored from
+    the checkpoint (after building its own from the new settings, before on_train_begin): a new learning_rate
+    scales the schedule's peak, a new weight_decay goes to the decay parameters' group (transformers' first),
+    and the learning rate of the next step is the new schedule's at the checkpoint's step (restored, it is the
+    saved schedule's: a relaunch for more steps would take the first of them at the old schedule's end)."""
+
+    def __init__(self, applied: dict):
+        self.applied = applied
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        groups = optimizer.param_groups
+        if "learning_rate" in self.applied:
+            old, new = self.applied["learning_rate"]
+            for group in groups:
+                if "initial_lr" in group:
+                    group["initial_lr"] *= new / old
+            lr_scheduler.base_lrs = [lr * new / old for lr in lr_scheduler.base_lrs]
+        if "weight_decay" in self.applied:
+            groups[0]["weight_decay"] = self.applied["weight_decay"][1]
+        lambdas = getattr(lr_scheduler, "lr_lambdas", None)  # transformers' schedules are LambdaLR
+        if lambdas is not None:
+            now = [base * f(lr_scheduler.last_epoch) for base, f in zip(lr_scheduler.base_lrs, lambdas)]
+            for group, lr in zip(groups, now):
+                group["lr"] = lr
+            lr_scheduler._last_lr = now
+        return control

@@ -1,0 +1,154 @@
+"""A relaunch that resumes a checkpoint under changed settings: what it cannot continue is refused, a new
+learning rate or weight decay takes effect (transformers restores the saved ones), the rest is said."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import pytest
+from transformers import TrainerCallback
+
+from ftctl.errors import FtctlError
+from tests.trainer_fixtures import make_run
+
+SCHEDULE = {"lr_scheduler_type": "cosine", "warmup_ratio": 0.2, "save_steps": 3, "resume": "auto"}
+
+
+class _Decay(TrainerCallback):
+    """The optimizer's weight decay a group, as each step ran."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        self.seen.append([group["weight_decay"] for group in optimizer.param_groups])
+
+
+def _lrs(output_dir) -> dict[int, float]:
+    rows = map(json.loads, open(f"{output_dir}/metrics.jsonl"))
+    return {r["step"]: r["lr"] for r in rows if "lr" in r}
+
+
+def test_a_relaunch_trains_with_its_new_learning_rate_and_weight_decay(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, caplog
+):
+    """Saved at step 3 of a run at 1e-3 without weight decay; relaunched for 6 steps at 1e-4 with 0.1: steps 4-6
+    take the learning rates of a run that had the new settings from the start, and the decay group decays."""
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "out"
+    first = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, learning_rate=1e-3, **SCHEDULE)
+    assert train(*first, echo=lambda *_: None).status == "complete"
+    new = {"max_steps": 6, "learning_rate": 1e-4, "weight_decay": 0.1}
+    decay = _Decay()
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        resumed = train(*make_run(tiny_model_dir, tiny_data, out, "lora", **SCHEDULE, **new), [decay], lambda *_: None)
+    assert resumed.status == "complete" and resumed.global_step == 6
+    assert (
+        "checkpoint-3 was saved with other settings: learning_rate 0.001 -> 0.0001, weight_decay 0 -> 0.1, max_steps "
+        "3 -> 6; the run goes on from step 3 with the new ones\n" in caplog.text
+    )
+    scratch = tmp_path / "scratch"
+    assert train(*make_run(tiny_model_dir, tiny_data, scratch, "lora", **SCHEDULE, **new), echo=lambda *_: None)
+    expected = _lrs(scratch)
+    assert [_lrs(out)[s] for s in (4, 5, 6)] == pytest.approx([expected[s] for s in (4, 5, 6)], rel=1e-6)
+    assert _lrs(out)[4] < 1e-4 < _lrs(out)[3]  # not the saved schedule's
+    assert decay.seen == [[0.1, 0.0]] * 3  # transformers' decay group, then the one without
+
+
+def test_what_a_checkpoint_cannot_continue_under_is_refused(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    from ftctl.trainer.resume_settings import changes, settings
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "out"
+    spec, plan = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, lora_r=4, **SCHEDULE)
+    assert train(spec, plan, echo=lambda *_: None).status == "complete"
+    checkpoint = str(out / "checkpoint-3")
+    with pytest.raises(FtctlError) as e:
+        train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, lora_r=8, **SCHEDULE), echo=print)
+    assert str(e.value) == (
+        f"{checkpoint} was trained with lora_r=4; this run asks for lora_r=8, which cannot continue it. Relaunch "
+        "with -o lora_r=4 to resume it, or give another output_dir to train from the start."
+    )
+    fft = make_run(tiny_model_dir, tiny_data, out, "fft", **SCHEDULE)
+    with pytest.raises(FtctlError, match="trained with method=lora; this run asks for method=fft"):
+        changes(checkpoint, settings(*fft))
+    # how a step runs is not compared: an out-of-memory relaunch with a smaller micro-batch resumes as it was
+    assert changes(checkpoint, settings(replace(spec, per_device_train_batch_size=1, strategy="single"), plan)) is None
+    assert changes(checkpoint, settings(spec, plan)) is None
+    assert changes(None, settings(spec, plan)) is None
+
+
+def test_a_checkpoint_saved_before_settings_were_recorded_resumes_as_before(tmp_path):
+    from ftctl.checkpoints import write_manifest
+    from ftctl.trainer.resume_settings import changes
+
+    checkpoint = tmp_path / "checkpoint-5"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    write_manifest(str(checkpoint), 5, 1, "abc")
+    assert changes(str(checkpoint), {"method": "fft", "learning_rate": 1.0}) is None
+    write_manifest(str(checkpoint), 5, 1, "abc", settings={"method": "lora", "seed": 1, "data_path": "a.jsonl"})
+    said = changes(str(checkpoint), {"method": "lora", "seed": 2, "data_path": "a.jsonl", "learning_rate": 1.0})
+    assert said.changed == {"seed": (1, 2)} and not said.applied
+    assert said.line().endswith("(the batches of the first 5 steps, of the data as it is now, are skipped as trained)")
+
+
+@pytest.mark.slow
+def test_under_deepspeed_the_relaunch_takes_the_new_schedule(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    """ZeRO-2 on two CPU processes restores the optimizer and schedule through DeepSpeed's own checkpoint: the
+    relaunch's steps still take the learning rates of a run that had the new settings from the start."""
+    import tempfile
+    from pathlib import Path
+
+    from ftctl.trainer.run import train
+    from tests.trainer_fixtures import run_trainer_cli, subprocess_env, write_spec
+
+    env = subprocess_env(TORCH_EXTENSIONS_DIR=Path(tempfile.gettempdir()) / "ftctl-torch-extensions")
+    out = tmp_path / "out"
+    for i, new in enumerate(({"max_steps": 3, "learning_rate": 1e-3}, {"max_steps": 6, "learning_rate": 1e-4})):
+        spec, plan = make_run(tiny_model_dir, tiny_data, out, "fft", gpus="2xcpu", strategy="zero2", **SCHEDULE, **new)
+        done = run_trainer_cli(write_spec(spec, plan, tmp_path / f"spec-{i}.json"), nproc=2, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert "checkpoint-3 was saved with other settings: learning_rate 0.001 -> 0.0001, max_steps 3 -> 6" in done.stderr
+    scratch = make_run(
+        tiny_model_dir, tiny_data, tmp_path / "scratch", "fft", **SCHEDULE, max_steps=6, learning_rate=1e-4
+    )
+    assert train(*scratch, echo=lambda *_: None).status == "complete"
+    expected = _lrs(tmp_path / "scratch")
+    assert [_lrs(out)[s] for s in (4, 5, 6)] == pytest.approx([expected[s] for s in (4, 5, 6)], rel=1e-6)
+
+
+def test_resume_never_refuses_to_write_over_an_earlier_runs_checkpoints(
+    tiny_model_dir, tiny_data, tmp_path, one_thread
+):
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "out"
+    spec, plan = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, save_steps=3)
+    assert train(spec, plan, echo=lambda *_: None).status == "complete"
+    before = {p.name: p.read_bytes() for p in (out / "checkpoint-3").iterdir()}
+    with pytest.raises(FtctlError) as e:
+        train(spec, plan, echo=lambda *_: None)
+    assert str(e.value) == (
+        f"resume=never, but {out} holds an earlier run's checkpoints (checkpoint-3 the newest), which this run would "
+        "write over: give another output_dir, resume=auto to continue them, or delete them first."
+    )
+    assert {p.name: p.read_bytes() for p in (out / "checkpoint-3").iterdir()} == before
+
+
+def test_the_demo_replaces_only_its_own_earlier_run(tmp_path):
+    from ftctl.plan import dump_run, make_plan
+    from ftctl.runpaths import SPEC_FILE
+    from ftctl.trainer.demo import demo_spec, earlier_demo
+
+    spec = demo_spec(str(tmp_path / "demo"))
+    (tmp_path / "demo").mkdir()
+    assert not earlier_demo(spec.output)
+    (tmp_path / "demo" / SPEC_FILE).write_text(dump_run(spec, make_plan(spec, "cpu")))
+    assert earlier_demo(spec.output)
+    other = replace(spec, run_name="mine")
+    (tmp_path / "demo" / SPEC_FILE).write_text(dump_run(other, make_plan(other, "cpu")))
+    assert not earlier_demo(spec.output)
