@@ -310,7 +310,10 @@ def data():
 @click.option("--max-length", type=int, default=None, help="model_max_length (default: the run default).")
 @click.option("--chat-template-path", help="A Jinja file, or a tokenizer whose chat template to use instead.")
 @click.option("--held-out", is_flag=True, help="Read PATHS as --eval-data: a directory of splits gives its test split.")
-def data_check(paths, model, max_length, chat_template_path, held_out):
+@click.option(
+    "--show", type=click.IntRange(min=0), default=0, help="Print the first N rows as trained, the loss's tokens marked."
+)
+def data_check(paths, model, max_length, chat_template_path, held_out, show):
     """Per-row errors with file and row number, then token statistics (of all PATHS as one dataset)."""
     from ftctl import preflight
     from ftctl.spec import RunSpec, join_paths, split_paths
@@ -325,12 +328,18 @@ def data_check(paths, model, max_length, chat_template_path, held_out):
         + preflight.check_model(model)
     )
 
-    from ftctl.trainer.data import check_data
+    from ftctl.trainer.data import check_data, show_rows
     from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.model import load_tokenizer
 
     tokenizer = use_chat_template(load_tokenizer(model), chat_template_path)
-    report = check_data(path, tokenizer, max_length or RunSpec.model_max_length, held_out=held_out)
+    report = check_data(path, tokenizer, max_length or RunSpec.model_max_length, held_out=held_out, show=show)
+    if report.samples:
+        color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+        mark = (lambda t: click.style(t, fg="green", bold=True)) if color else (lambda t: f"[[{t}]]")
+        how = "in bold green" if color else "between [[ and ]]"
+        click.echo(f"The first {len(report.samples)} row(s) as trained; the tokens the loss covers {how}:")
+        click.echo(show_rows(report, tokenizer, mark) + "\n")
     click.echo(report.render())
     if report.errors:
         sys.exit(1)

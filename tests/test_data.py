@@ -689,3 +689,43 @@ def test_data_reads_through_storage_endpoint_and_errors(s3_bucket, moto_s3, monk
             build_dataset(f"{s3_bucket}/d/a.jsonl", tiny_tokenizer, 64, endpoint_url=moto_s3.endpoint)
     finally:
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_data_check_shows_rows_as_they_train(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """--show N: the first rows through the chat template, the tokens the loss covers marked, so a mask that
+    trains on the question (or on nothing) is seen before a run."""
+    import re
+
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "Which colour is the sky?"},
+                {"role": "assistant", "content": "Blue."},
+            ]
+        },
+        {"instruction": "Name a prime.", "input": "", "output": "Seven."},
+        {"text": "never shown"},
+    ]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = CliRunner().invoke(main, ["data", "check", str(data), "--model", str(tiny_model_dir), "--show", "2"])
+    assert got.exit_code == 0, got.output
+    head, _, report = got.stdout.partition("\n\nData ")
+    lines = head.splitlines()
+    assert lines[0] == "The first 2 row(s) as trained; the tokens the loss covers between [[ and ]]:"
+    assert "never shown" not in head and report.startswith(f"{data}: 1 file(s)")
+    dataset = build_dataset(str(data), tiny_tokenizer, 128)
+    for n, where in enumerate(("rows.jsonl line 1", "rows.jsonl line 2")):
+        ids, labels = dataset[n]["input_ids"], dataset[n]["labels"]
+        start = lines.index(f"{where}: {len(ids)} tokens, {sum(label != -100 for label in labels)} trained")
+        whole = tiny_tokenizer.decode(ids).rstrip("\n")  # the row's last newline ends its line
+        text = "\n".join(lines[start + 1 : start + 2 + whole.count("\n")])
+        assert text.replace("[[", "").replace("]]", "") == whole
+        trained = re.findall(r"\[\[(.*?)\]\]", text, re.S)
+        assert "".join(trained) == tiny_tokenizer.decode([t for t in labels if t != -100])
+    body = "\n".join(lines[1:])
+    assert re.findall(r"\[\[(.*?)\]\]", body, re.S)[0].startswith("Blue.") and "[[Which" not in body

@@ -58,6 +58,7 @@ class DataReport:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stats: DataStats = field(default_factory=DataStats)
+    samples: list[tuple[str, list[int], list[int]]] = field(default_factory=list)  # (where, ids, labels): show_rows
 
     @property
     def ok(self) -> bool:
@@ -146,10 +147,12 @@ def prepare_data(
     endpoint_url: str | None = None,
     held_out: bool = False,
     sources: bool = False,
+    show: int = 0,
 ):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
     for evaluation (a directory of splits gives its test split, formats.resolve_files); ``sources``: a third
-    column, ``source``, says which of the datasets ``path`` names each row is from (mix)."""
+    column, ``source``, says which of the datasets ``path`` names each row is from (mix); ``show``: the report
+    keeps the first rows without errors as they train (show_rows)."""
     import datasets
 
     if not isinstance(max_length, int) or max_length < 2:
@@ -214,6 +217,8 @@ def prepare_data(
         kept_ids.append(enc.input_ids)
         kept_labels.append([t if m else IGNORE_INDEX for t, m in zip(enc.input_ids, enc.mask)])
         kept_sources.append(row.source)
+        if len(report.samples) < show:
+            report.samples.append((row.where, kept_ids[-1], kept_labels[-1]))
         lengths.append(enc.length)
         formats[row.format] += 1
 
@@ -250,13 +255,31 @@ def prepare_data(
 
 
 def check_data(
-    path: str, tokenizer, max_length: int, endpoint_url: str | None = None, held_out: bool = False
+    path: str, tokenizer, max_length: int, endpoint_url: str | None = None, held_out: bool = False, show: int = 0
 ) -> DataReport:
     """Every problem of the data at ``path`` with file and row number, then token statistics.
 
-    ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from; ``held_out``: see
+    ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from; ``held_out``, ``show``: see
     prepare_data."""
-    return prepare_data(path, tokenizer, max_length, endpoint_url, held_out)[0]
+    return prepare_data(path, tokenizer, max_length, endpoint_url, held_out, show=show)[0]
+
+
+def show_rows(report: DataReport, tokenizer, mark) -> str:
+    """The report's sample rows as the model sees them (the chat template's text, truncated as training
+    truncates), each run of trained tokens passed through ``mark`` (``ftctl data check --show``): where the loss
+    falls, before paying for a run that learns from the wrong tokens."""
+    out = []
+    for where, ids, labels in report.samples:
+        trained = [label != IGNORE_INDEX for label in labels]
+        out.append(f"{where}: {len(ids):,} tokens, {sum(trained):,} trained")
+        text, start = [], 0
+        for i in range(1, len(ids) + 1):
+            if i == len(ids) or trained[i] != trained[start]:
+                piece = tokenizer.decode(ids[start:i])
+                text.append(mark(piece) if trained[start] else piece)
+                start = i
+        out.append("".join(text))
+    return "\n".join(out)
 
 
 def build_dataset(
