@@ -624,7 +624,12 @@ def evaluation(spec: RunSpec) -> str | None:
     if not spec.evaluates:
         return None
     held = spec.eval_data_path or f"{100 * spec.eval_split:.3g}% of the training rows, held out (seed {spec.seed})"
-    return f"loss every {spec.eval_every} steps and at the end, on {held}"
+    stop = (
+        f"; stops after {spec.early_stopping_patience} evaluations without a lower one"
+        if spec.early_stopping_patience
+        else ""
+    )
+    return f"loss every {spec.eval_every} steps and at the end, on {held}{stop}"
 
 
 def data_mix(spec: RunSpec) -> str | None:

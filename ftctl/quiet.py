@@ -54,6 +54,11 @@ HARMLESS_LOGS = (
         "the trainer's own start line says whether Liger's kernels run (attention: ...; Liger kernels: on)",
     ),
     (
+        "transformers.trainer_callback",
+        r"^Using EarlyStoppingCallback without load_best_model_at_end=True",
+        "ftctl keeps the lowest held-out loss's checkpoint and says which when it stops (early_stopping_patience)",
+    ),
+    (
         "DeepSpeed",
         r"Setting accelerator to CPU",
         "printed when DeepSpeed is imported on a machine without GPUs, where ftctl plans CPU runs",

@@ -67,6 +67,8 @@ class RunSpec:
     eval_data_path: str | None = None  # held-out data in the same formats (FastChat's --eval_data_path)
     eval_split: float = 0.0  # or this fraction of data_path's rows held out (chosen with seed); 0: none
     eval_steps: int | None = None  # with held-out data: evaluate every N steps and at the end; default save_steps
+    # with held-out data: stop once N evaluations in a row found no lower held-out loss (transformers' early stopping)
+    early_stopping_patience: int | None = None
     output_dir: str | None = None  # local path or s3:// gs:// az:// URI; default runs/<run_name>
     run_name: str | None = None  # default: ftctl-<method>-<model>
     # --- hyperparameters (FastChat / TRL / PEFT names) ---------------------------------------
@@ -469,6 +471,7 @@ def validate(spec: RunSpec) -> None:
         "cpus_per_task",
         "ddp_bucket_cap_mb",
         "eval_steps",
+        "early_stopping_patience",
     ):
         v = getattr(spec, key)
         if v is not None and v < 1:
@@ -508,6 +511,10 @@ def validate(spec: RunSpec) -> None:
         errors.append(f"container {spec.container!r} names no image after the prefix.")
     if spec.eval_data_path and spec.eval_split:
         errors.append("eval_data_path and eval_split both set: hold out data one way, a file or a share of data_path.")
+    if spec.early_stopping_patience and not spec.evaluates:
+        errors.append(
+            "early_stopping_patience stops on the held-out loss: give held-out data, --eval-data PATH or -o eval_split=0.05."
+        )
     if not 0 <= spec.eval_split < 1:
         errors.append(f"eval_split={spec.eval_split}: give the share of data_path's rows to hold out, e.g. 0.05.")
     if spec.data_weights is not None:

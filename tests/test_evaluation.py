@@ -96,6 +96,39 @@ def test_eval_split_holds_out_the_same_rows_every_time(tiny_model_dir, tiny_data
         build_datasets(replace(spec, eval_split=0.999), tokenizer)
 
 
+def test_a_run_stops_once_the_held_out_loss_stops_falling(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    """early_stopping_patience=2 at a learning rate the tiny model overshoots with: the run ends at the second
+    evaluation in a row above the lowest, says so, and keeps the lowest one's checkpoint."""
+    from ftctl.trainer.run import train
+
+    spec, plan = make_run(
+        tiny_model_dir,
+        tiny_data,
+        tmp_path / "out",
+        max_steps=12,
+        eval_split=0.25,
+        eval_steps=1,
+        save_steps=1,
+        save_total_limit=2,
+        learning_rate=0.05,
+        early_stopping_patience=2,
+    )
+    assert plan.evaluation.endswith("; stops after 2 evaluations without a lower one")
+    lines = []
+    result = train(spec, plan, echo=lines.append)
+    assert result.status == "complete" and result.global_step < 12
+    records = map(json.loads, open(f"{result.output_dir}/metrics.jsonl"))
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    lowest = min(evals, key=lambda e: e[1])
+    assert [step for step, _ in evals[-2:]] == [result.global_step - 1, result.global_step]
+    assert all(loss >= lowest[1] for _, loss in evals[-2:]) and lowest[0] == result.global_step - 2
+    assert lines[-1] == (
+        f"stopped at step {result.global_step} of 12: 2 evaluations in a row found no held-out loss below "
+        f"{lowest[1]:.4f} (step {lowest[0]}); checkpoint-{lowest[0]} holds it"
+    )
+    assert (tmp_path / "out" / f"checkpoint-{lowest[0]}").is_dir()
+
+
 def test_evaluation_settings_are_checked():
     with pytest.raises(FtctlError) as e:
         build({"eval_data_path": "held.json", "eval_split": 1.5, "eval_steps": 0})
@@ -103,6 +136,8 @@ def test_evaluation_settings_are_checked():
     assert text.startswith("3 problems")
     assert "hold out data one way" in text and "eval_split=1.5" in text and "eval_steps must be at least 1" in text
     assert build({"eval_data": "held.json"}).eval_data_path == "held.json"  # the alias
+    with pytest.raises(FtctlError, match="early_stopping_patience stops on the held-out loss: give held-out data"):
+        build({"early_stopping_patience": 3})
     assert build({}).evaluates is False
 
 

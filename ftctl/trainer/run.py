@@ -89,6 +89,8 @@ def train(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Result:
         if stopped_early(run):
             status = "preempted"
         else:
+            if run.procs.is_main and (why := held_out_stop(run)):
+                echo(why)
             save(run)
             status = "complete"  # only once the final model is written (and uploaded)
     finally:
@@ -101,7 +103,7 @@ def train(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Result:
 # ------------------------------------------------------------------------------------------ setup
 def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from transformers import set_seed
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback, ProgressCallback
 
     from ftctl.trainer import resume_settings
     from ftctl.trainer.callbacks import MetricsCallback, PreemptionCallback
@@ -172,6 +174,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 distributed.sharding_check(plan.strategy),
                 *reshard.callbacks(universal),
                 *([resume_settings.ApplySettings(changed.applied)] if changed else []),
+                *([EarlyStoppingCallback(spec.early_stopping_patience)] if spec.early_stopping_patience else []),
                 *callbacks,
             ],
         )
@@ -389,6 +392,18 @@ def over_context(spec) -> str | None:
 def stopped_early(run: Run) -> bool:
     state = run.trainer.state
     return run.preemption.preempted and state.global_step < state.max_steps
+
+
+def held_out_stop(run: Run) -> str | None:
+    """Why a run with early_stopping_patience ended before its last step, or None."""
+    state = run.trainer.state
+    if not run.spec.early_stopping_patience or state.global_step >= state.max_steps or state.best_metric is None:
+        return None
+    kept = f"; {Path(state.best_model_checkpoint).name} holds it" if state.best_model_checkpoint else ""
+    return (
+        f"stopped at step {state.global_step} of {state.max_steps}: {run.spec.early_stopping_patience} evaluations in "
+        f"a row found no held-out loss below {state.best_metric:.4f} (step {state.best_global_step}){kept}"
+    )
 
 
 # ------------------------------------------------------------------------------------------ save
