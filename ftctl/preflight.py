@@ -12,6 +12,8 @@ is asked for anything. It looks at what a launch would otherwise find out late:
 | output | local: the directory can be created and written; object store: credentials, bucket, |
 |        | write (a small marker object, put then deleted)                                     |
 | disk   | local output: room for the checkpoints the plan will write                          |
+| resume | the output's newest checkpoint can be continued under these settings (what changed  |
+|        | is said); resume=never does not write over an earlier run's                          |
 
 Each :class:`Finding` says what is wrong and what to do; :func:`raise_if_errors` turns the errors
 into one :class:`~ftctl.errors.FtctlError` that lists them all. Store requests make one attempt
@@ -80,7 +82,8 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None) -> lis
     with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
         data = [pool.submit(check_data, p, spec.s3_endpoint_url, f) for f, p in spec.data_sources]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
-        findings += [f for d in data for f in d.result()] + output.result()
+        resume = pool.submit(check_resume, spec, plan)
+        findings += [f for d in data for f in d.result()] + output.result() + resume.result()
     findings += check_disk(spec, plan)
     return sorted(findings, key=lambda f: f.level != ERROR)
 
@@ -315,6 +318,37 @@ def _check_remote_output(uri: str, endpoint_url: str | None) -> list[Finding]:
             )
         ]
     return []
+
+
+def check_resume(spec, plan) -> list[Finding]:
+    """What the trainer will find in the output when it starts (checkpoints.settings), before paying for the job:
+    a newest checkpoint these settings cannot continue, or one resume=never would write over, is an error; one
+    they change is said."""
+    if spec.resume not in ("auto", "never"):
+        return []
+    return _bounded("--output", spec.output, spec.s3_endpoint_url, lambda: _check_resume(spec, plan))
+
+
+def _check_resume(spec, plan) -> list[Finding]:
+    from ftctl.checkpoints import list_checkpoints
+    from ftctl.checkpoints.settings import compare, settings, written_over
+
+    try:
+        found = list_checkpoints(spec.output, endpoint_url=spec.s3_endpoint_url)
+    except (storage.StorageError, FtctlError, OSError):
+        return []  # check_output says what is wrong with the output
+    if spec.resume == "never":
+        said = written_over(spec.output, [info.name for info in found])
+        return [Finding(ERROR, said)] if said else []
+    newest = next((info for info in reversed(found) if info.complete), None)
+    recorded = (newest.manifest or {}).get("settings") if newest else None
+    if not isinstance(recorded, dict):
+        return []
+    try:
+        changed = compare(newest.uri, recorded, settings(spec, plan))
+    except FtctlError as e:
+        return [Finding(ERROR, str(e))]
+    return [Finding(WARNING, changed.line())] if changed else []
 
 
 # ------------------------------------------------------------------------------------------ disk

@@ -207,6 +207,45 @@ def plan_for(gpus: str, method: str = "lora", params: str = "1b"):
     return make_plan(RunSpec(method=method, gpus=gpus, model_params=params, model_name_or_path="org/model"))
 
 
+@pytest.mark.parametrize("store", [False, True], ids=["local", "s3"])
+def test_a_relaunch_is_checked_against_the_outputs_newest_checkpoint(tmp_path, store, request):
+    """Before the job is paid for: settings the newest checkpoint cannot continue under are an error, changed ones
+    are said, and resume=never does not write over it (the trainer checks the same at its start)."""
+    from ftctl.checkpoints import push, write_manifest
+    from ftctl.checkpoints.settings import settings
+    from ftctl.preflight import check_resume
+    from ftctl.spec import build
+
+    run = tmp_path / "run"
+    spec = build({"method": "lora", "lora_r": 8, "output_dir": str(run), "gpus": "1xA100", "model_params": "1b"})
+    for step in (20, 40):
+        ckpt = run / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
+        write_manifest(str(ckpt), step, 1, spec.digest(), settings=settings(spec, make_plan(spec)))
+    output = str(run)
+    if store:
+        output = f"{request.getfixturevalue('s3_bucket')}/run"
+        push(str(run), output, echo=lambda *_: None)
+    spec = replace(spec, output_dir=output)
+
+    def check(**changed):
+        new = replace(spec, **changed)
+        return check_resume(new, make_plan(new))
+
+    assert check() == []
+    assert only(check(lora_r=16)) == (
+        f"{storage.join(output, 'checkpoint-40')} was trained with lora_r=8; this run asks for lora_r=16, which "
+        "cannot continue it. Relaunch with -o lora_r=8 to resume it, or give another output_dir to train from the start."
+    )
+    assert only(check(learning_rate=1e-5), WARNING) == (
+        "checkpoint-40 was saved with other settings: learning_rate 0.0002 -> 1e-05; the run goes on from step 40 "
+        "with the new ones"
+    )
+    assert only(check(resume="never")).startswith(f"resume=never, but {output} holds an earlier run's checkpoints")
+    assert check(resume=str(run / "checkpoint-20")) == []  # a checkpoint named: the trainer reads it
+
+
 def test_gpus_asked_versus_present():
     plan = plan_for("8xA100")
     assert "this machine has no GPU" in only(check_gpus(plan, "local", detected="cpu"))

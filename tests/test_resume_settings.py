@@ -59,7 +59,7 @@ def test_a_relaunch_trains_with_its_new_learning_rate_and_weight_decay(
 
 
 def test_what_a_checkpoint_cannot_continue_under_is_refused(tiny_model_dir, tiny_data, tmp_path, one_thread):
-    from ftctl.trainer.resume_settings import changes, settings
+    from ftctl.checkpoints.settings import changes, settings
     from ftctl.trainer.run import train
 
     out = tmp_path / "out"
@@ -83,7 +83,7 @@ def test_what_a_checkpoint_cannot_continue_under_is_refused(tiny_model_dir, tiny
 
 def test_a_checkpoint_saved_before_settings_were_recorded_resumes_as_before(tmp_path):
     from ftctl.checkpoints import write_manifest
-    from ftctl.trainer.resume_settings import changes
+    from ftctl.checkpoints.settings import changes
 
     checkpoint = tmp_path / "checkpoint-5"
     checkpoint.mkdir()

@@ -303,3 +303,32 @@ class PreemptionCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_evaluate = False  # the checkpoint first: the notice is short, an evaluation may not be
         return control
+
+
+class ApplySettings(TrainerCallback):
+    """Puts a resumed run's new settings (checkpoints.settings: what changed since the checkpoint was saved) into the optimizer and learning-rate schedule the Trainer restored from
+    the checkpoint (after building its own from the new settings, before on_train_begin): a new learning_rate
+    scales the schedule's peak, a new weight_decay goes to the decay parameters' group (transformers' first),
+    and the learning rate of the next step is the new schedule's at the checkpoint's step (restored, it is the
+    saved schedule's: a relaunch for more steps would take the first of them at the old schedule's end)."""
+
+    def __init__(self, applied: dict):
+        self.applied = applied
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        groups = optimizer.param_groups
+        if "learning_rate" in self.applied:
+            old, new = self.applied["learning_rate"]
+            for group in groups:
+                if "initial_lr" in group:
+                    group["initial_lr"] *= new / old
+            lr_scheduler.base_lrs = [lr * new / old for lr in lr_scheduler.base_lrs]
+        if "weight_decay" in self.applied:
+            groups[0]["weight_decay"] = self.applied["weight_decay"][1]
+        lambdas = getattr(lr_scheduler, "lr_lambdas", None)  # transformers' schedules are LambdaLR
+        if lambdas is not None:
+            now = [base * f(lr_scheduler.last_epoch) for base, f in zip(lr_scheduler.base_lrs, lambdas)]
+            for group, lr in zip(groups, now):
+                group["lr"] = lr
+            lr_scheduler._last_lr = now
+        return control

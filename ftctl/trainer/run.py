@@ -105,8 +105,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from transformers import set_seed
     from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback, ProgressCallback
 
-    from ftctl.trainer import resume_settings
-    from ftctl.trainer.callbacks import MetricsCallback, PreemptionCallback
+    from ftctl.checkpoints import settings as checkpoint_settings
+    from ftctl.trainer.callbacks import ApplySettings, MetricsCallback, PreemptionCallback
     from ftctl.trainer.data import build_datasets, shared_rows
     from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.methods import apply_method
@@ -127,7 +127,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if not procs.on_cpu and (full := gpu_memory.check_free(plan, procs.local_rank)):
             log.warning("%s", full)
         run.resume_from = resume_point(spec, local_dir, remote_uri)
-        changed = resume_settings.changes(run.resume_from, resume_settings.settings(spec, plan))
+        changed = checkpoint_settings.changes(run.resume_from, checkpoint_settings.settings(spec, plan))
         if changed and procs.is_main:
             log.warning("%s", changed.line())
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
@@ -152,7 +152,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         run.sync = CheckpointSyncCallback(
             remote_uri,
             spec_hash=spec.digest(),
-            settings=resume_settings.settings(spec, plan),
+            settings=checkpoint_settings.settings(spec, plan),
             endpoint_url=spec.s3_endpoint_url,
             keep_last=spec.save_total_limit,
             upload_wait_s=spec.upload_wait_s,
@@ -173,7 +173,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 metrics,
                 distributed.sharding_check(plan.strategy),
                 *reshard.callbacks(universal),
-                *([resume_settings.ApplySettings(changed.applied)] if changed else []),
+                *([ApplySettings(changed.applied)] if changed else []),
                 *([EarlyStoppingCallback(spec.early_stopping_patience)] if spec.early_stopping_patience else []),
                 *callbacks,
             ],
@@ -344,20 +344,17 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
 
 
 def refuse_earlier_checkpoints(spec: RunSpec, local_dir: str, remote_uri: str | None) -> None:
-    """resume=never where output_dir holds an earlier run's checkpoints: the new run would write over them (its
-    checkpoint-N over theirs) and leave the others for a later resume=auto to mistake for its own."""
+    """resume=never where output_dir holds an earlier run's checkpoints (checkpoints.settings.written_over)."""
+    from ftctl.checkpoints.settings import written_over
+
     found = [
         info.name
         for uri in (local_dir, remote_uri)
         if uri
         for info in checkpoints.list_checkpoints(uri, endpoint_url=spec.s3_endpoint_url)
     ]
-    if found:
-        newest = max(found, key=checkpoints.checkpoint_step)
-        raise FtctlError(
-            f"resume=never, but {spec.output} holds an earlier run's checkpoints ({newest} the newest), which this "
-            "run would write over: give another output_dir, resume=auto to continue them, or delete them first."
-        )
+    if said := written_over(spec.output, found):
+        raise FtctlError(said)
 
 
 # ------------------------------------------------------------------------------------------ fit

@@ -91,7 +91,7 @@ class CheckpointSyncCallback(TrainerCallback):
     ):
         self.remote_uri = remote_uri
         self.spec_hash = spec_hash
-        self.settings = settings  # what the run trains with (resume_settings), recorded in each manifest
+        self.settings = settings  # what the run trains with (checkpoints.settings), in each manifest
         self.endpoint_url = endpoint_url
         self.keep_last = keep_last
         self.upload_wait_s = upload_wait_s

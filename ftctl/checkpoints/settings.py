@@ -1,4 +1,4 @@
-"""What a relaunch changed since the checkpoint it resumes was saved.
+"""What a checkpoint was trained with, and what a relaunch that resumes it changed.
 
 A relaunch into the same output_dir resumes its newest checkpoint (resume=auto), and transformers' Trainer
 restores the optimizer and the learning-rate schedule as they were saved: a learning_rate or weight_decay changed
@@ -8,8 +8,8 @@ now records the settings it was trained with (``saved``), and a resumed run comp
 
 - what the checkpoint cannot be continued under (another method, model, adapter shape or optimizer) is refused,
   naming the values that would continue it;
-- a new learning_rate or weight_decay is put into the restored optimizer and schedule (``ApplySettings``; the
-  schedule's shape and position are kept, its peak scaled);
+- a new learning_rate or weight_decay is put into the restored optimizer and schedule (the trainer's
+  ``callbacks.ApplySettings``; the schedule's shape and position are kept, its peak scaled);
 - the rest (the schedule's length and warm-up, the data, the batch, the seed) take effect as they are; the log
   says which changed, once.
 
@@ -22,14 +22,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from transformers import TrainerCallback
-
-from ftctl import checkpoints
+from ftctl.checkpoints.manifest import MANIFEST, checkpoint_step, read_manifest
 from ftctl.errors import FtctlError
 
 # the checkpoint holds a model, an adapter or optimizer states that other values of these cannot load or continue
 REFUSED = ("method", "model_name_or_path", "lora_r", "lora_target_modules", "trainable_layers", "optim")
-APPLIED = ("learning_rate", "weight_decay")  # restored with the optimizer: ApplySettings puts the new ones in
+APPLIED = ("learning_rate", "weight_decay")  # restored with the optimizer: callbacks.ApplySettings puts the new ones in
 # read afresh from the run's own settings: the schedule, the clipping, the adapters' scale and dropout...
 FOLLOWED = ("max_steps", "num_train_epochs", "lr_scheduler_type", "warmup_ratio", "max_grad_norm")
 FOLLOWED += ("lora_alpha", "lora_dropout")
@@ -54,10 +52,10 @@ def settings(spec, plan) -> dict:
 
 def saved(checkpoint: str) -> dict | None:
     """The settings recorded in a local checkpoint's manifest; None where it has none (written before they were)."""
-    names = [checkpoints.MANIFEST] + sorted(n for n in os.listdir(checkpoint) if n.startswith("manifest.node-"))
+    names = [MANIFEST] + sorted(n for n in os.listdir(checkpoint) if n.startswith("manifest.node-"))
     for name in names:
         try:
-            recorded = checkpoints.read_manifest(checkpoint, name).get("settings")
+            recorded = read_manifest(checkpoint, name).get("settings")
         except (OSError, ValueError):
             continue
         if isinstance(recorded, dict):
@@ -88,10 +86,15 @@ class Changes:
 
 
 def changes(checkpoint: str | None, now: dict) -> Changes | None:
-    """What changed since ``checkpoint`` was saved (None: nothing, or nothing recorded); FtctlError where the
-    checkpoint cannot be continued under the new settings."""
+    """What changed since the local ``checkpoint`` was saved (None: nothing, or nothing recorded); FtctlError where
+    it cannot be continued under the new settings."""
     if checkpoint is None or (before := saved(checkpoint)) is None:
         return None
+    return compare(checkpoint, before, now)
+
+
+def compare(checkpoint: str, before: dict, now: dict) -> Changes | None:
+    """``changes`` of settings ``before`` (a manifest's, of ``checkpoint``, local or in the store)."""
     changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
     refused = [k for k in REFUSED if k in changed]
     if refused:
@@ -104,37 +107,20 @@ def changes(checkpoint: str | None, now: dict) -> Changes | None:
         )
     if not changed:
         return None
-    return Changes(checkpoints.checkpoint_step(checkpoint) or 0, changed)
+    return Changes(checkpoint_step(checkpoint) or 0, changed)
+
+
+def written_over(output: str, names: list[str]) -> str | None:
+    """resume=never where ``output`` holds checkpoints ``names`` (an earlier run's): the new run would write over
+    them (its checkpoint-N over theirs) and leave the others for a later resume=auto to mistake for its own."""
+    if not names:
+        return None
+    newest = max(names, key=checkpoint_step)
+    return (
+        f"resume=never, but {output} holds an earlier run's checkpoints ({newest} the newest), which this run would "
+        "write over: give another output_dir, resume=auto to continue them, or delete them first."
+    )
 
 
 def _show(value) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-
-
-class ApplySettings(TrainerCallback):
-    """Puts a resumed run's new settings into the optimizer and learning-rate schedule the Trainer restored from
-    the checkpoint (after building its own from the new settings, before on_train_begin): a new learning_rate
-    scales the schedule's peak, a new weight_decay goes to the decay parameters' group (transformers' first),
-    and the learning rate of the next step is the new schedule's at the checkpoint's step (restored, it is the
-    saved schedule's: a relaunch for more steps would take the first of them at the old schedule's end)."""
-
-    def __init__(self, applied: dict):
-        self.applied = applied
-
-    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
-        groups = optimizer.param_groups
-        if "learning_rate" in self.applied:
-            old, new = self.applied["learning_rate"]
-            for group in groups:
-                if "initial_lr" in group:
-                    group["initial_lr"] *= new / old
-            lr_scheduler.base_lrs = [lr * new / old for lr in lr_scheduler.base_lrs]
-        if "weight_decay" in self.applied:
-            groups[0]["weight_decay"] = self.applied["weight_decay"][1]
-        lambdas = getattr(lr_scheduler, "lr_lambdas", None)  # transformers' schedules are LambdaLR
-        if lambdas is not None:
-            now = [base * f(lr_scheduler.last_epoch) for base, f in zip(lr_scheduler.base_lrs, lambdas)]
-            for group, lr in zip(groups, now):
-                group["lr"] = lr
-            lr_scheduler._last_lr = now
-        return control
