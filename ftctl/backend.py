@@ -270,6 +270,10 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
         estimate = b.estimate(rendered.spec, rendered.plan)
         if estimate:
             click.echo(estimate, err=True)
+        if errors := [f for f in findings if f.level == preflight.ERROR]:  # a dry run that would fail says so
+            raise FtctlError(
+                f"the launch would stop at the {len(errors)} error(s) above; the text is what it sends once fixed"
+            )
         return None
     preflight.raise_if_errors(findings)
     for f in findings:

@@ -334,8 +334,9 @@ def _check_resume(spec, plan) -> list[Finding]:
     from ftctl.checkpoints.settings import compare, settings, written_over
 
     try:
-        found = list_checkpoints(spec.output, endpoint_url=spec.s3_endpoint_url)
-    except (storage.StorageError, FtctlError, OSError):
+        with storage.storage_errors(spec.output, spec.s3_endpoint_url):
+            found = list_checkpoints(spec.output, endpoint_url=spec.s3_endpoint_url)
+    except (storage.StorageError, FtctlError, OSError, ValueError):
         return []  # check_output says what is wrong with the output
     if spec.resume == "never":
         said = written_over(spec.output, [info.name for info in found])
