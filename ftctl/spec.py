@@ -227,7 +227,9 @@ def parse_weights(value: str) -> list[float]:
         except ValueError:
             raise ValueError(f"{part.strip()!r} is not a number") from None
         if not (0 < weight < math.inf):
-            raise ValueError(f"{part.strip()} is not above 0 (leave a dataset out of data_path instead)")
+            raise ValueError(
+                f"{part.strip()} is not a finite number above 0 (to leave a dataset out, drop it from data_path)"
+            )
         weights.append(weight)
     return weights
 

@@ -52,8 +52,8 @@ def test_weights_are_read_from_a_mapping_a_list_or_a_flag():
     [
         ("2", "1 weight(s) for 2 dataset(s) in data_path"),
         ("1,x", "'x' is not a number"),
-        ("0,1", "0 is not above 0 (leave a dataset out of data_path instead)"),
-        ("1,inf", "inf is not above 0"),
+        ("0,1", "0 is not a finite number above 0 (to leave a dataset out, drop it from data_path)"),
+        ("1,inf", "inf is not a finite number above 0"),
     ],
 )
 def test_weights_that_do_not_fit_the_datasets_are_refused(weights, said):

@@ -306,9 +306,9 @@ class PreemptionCallback(TrainerCallback):
 
 
 class ApplySettings(TrainerCallback):
-    """Puts a resumed run's new settings (checkpoints.settings: what changed since the checkpoint was saved) into the optimizer and learning-rate schedule the Trainer restored from
-    the checkpoint (after building its own from the new settings, before on_train_begin): a new learning_rate
-    scales the schedule's peak, a new weight_decay goes to the decay parameters' group (transformers' first),
+    """Puts a resumed run's new settings (checkpoints.settings: what changed since the checkpoint was saved) into
+    the optimizer and learning-rate schedule the Trainer restored from the checkpoint (after building its own from
+    the new settings, before on_train_begin): a new learning_rate scales the schedule's peak, a new weight_decay goes to the decay parameters' group (transformers' first),
     and the learning rate of the next step is the new schedule's at the checkpoint's step (restored, it is the
     saved schedule's: a relaunch for more steps would take the first of them at the old schedule's end)."""
 

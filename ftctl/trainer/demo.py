@@ -138,6 +138,7 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
         f"{plan.global_batch_size} conversations -> {spec.output}"
     )
     if earlier_demo(spec.output):  # the demo's own earlier run, replaced (another run's output is refused)
+        echo(f"(replacing the earlier demo run in {spec.output})")
         shutil.rmtree(spec.output)
     bar = ProgressBar(echo, inplace=echo is print and sys.stdout.isatty())
     result = train(spec, plan, callbacks=[bar], echo=lambda line: None)  # the bar shows the progress
