@@ -152,3 +152,30 @@ def test_the_demo_replaces_only_its_own_earlier_run(tmp_path):
     other = replace(spec, run_name="mine")
     (tmp_path / "demo" / SPEC_FILE).write_text(dump_run(other, make_plan(other, "cpu")))
     assert not earlier_demo(spec.output)
+
+
+def _step_tokens(output_dir) -> dict[int, int]:
+    rows = [json.loads(line) for line in open(f"{output_dir}/metrics.jsonl")]
+    seen = {r["step"]: r["tokens"] for r in rows if "loss" in r}
+    return {step: seen[step] - seen.get(step - 1, 0) for step in seen if step - 1 in seen or step == 1}
+
+
+def test_a_relaunch_on_other_data_reads_it_from_its_start(tiny_model_dir, tiny_data, tmp_path, one_thread, caplog):
+    """Continuing a run on more data: the relaunch keeps the checkpoint's weights, optimizer and schedule and takes
+    the new data's first batches (the Trainer skips the checkpoint's batches only of the data it trained on)."""
+    from ftctl.demo import demo_data_path
+    from ftctl.trainer.run import train
+
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps(json.loads(demo_data_path().read_text())[100:160]))
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    assert train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **SCHEDULE), echo=lambda *_: None)
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        assert train(*make_run(tiny_model_dir, more, out, "lora", max_steps=6, **SCHEDULE), echo=lambda *_: None)
+    said = (
+        f"data_path {tiny_data} -> {more}; the run goes on from step 3 with the new ones (the new data from its start)"
+    )
+    assert caplog.text.count(said) == 1
+    assert train(*make_run(tiny_model_dir, more, scratch, "lora", max_steps=3, **SCHEDULE), echo=lambda *_: None)
+    resumed, first = _step_tokens(out), _step_tokens(scratch)
+    assert [resumed[s] for s in (4, 5, 6)] == [first[s] for s in (1, 2, 3)]  # the new data's first three batches

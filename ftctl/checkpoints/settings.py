@@ -11,7 +11,8 @@ now records the settings it was trained with (``saved``), and a resumed run comp
 - a new learning_rate or weight_decay is put into the restored optimizer and schedule (the trainer's
   ``callbacks.ApplySettings``; the schedule's shape and position are kept, its peak scaled);
 - the rest (the schedule's length and warm-up, the data, the batch, the seed) take effect as they are; the log
-  says which changed, once.
+  says which changed, once. Other data (data_path, data_weights) is read from its start: a relaunch on more data
+  continues the run's weights, optimizer and schedule on it.
 
 Micro-batch, accumulation, checkpointing and strategy are not compared: they change how a step runs, not what it
 computes (an out-of-memory relaunch resumes with smaller ones).
@@ -34,6 +35,7 @@ FOLLOWED += ("lora_alpha", "lora_dropout")
 # ...and which rows the steps after the checkpoint train on
 DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path", "data_path", "data_weights")
 DATA += ("eval_split", "seed")
+NEW_DATA = ("data_path", "data_weights")  # other rows: read from their start, not past the checkpoint's batches
 _ONLY = {  # compared only where the method has them
     "lora_r": ("lora", "qlora"),
     "lora_alpha": ("lora", "qlora"),
@@ -72,16 +74,23 @@ class Changes:
     def applied(self) -> dict:
         return {k: v for k, v in self.changed.items() if k in APPLIED}
 
+    @property
+    def new_data(self) -> bool:
+        """Other data: the resumed run reads it from its start (the Trainer's ignore_data_skip) instead of skipping
+        the batches the checkpoint's steps took of the data it had: continuing a run on more data."""
+        return any(k in NEW_DATA for k in self.changed)
+
     def line(self) -> str:
         each = ", ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in self.changed.items())
-        skipped = (
-            f" (the batches of the first {self.step} steps, of the data as it is now, are skipped as trained)"
-            if any(k in DATA for k in self.changed)
-            else ""
-        )
+        if self.new_data:
+            reading = " (the new data from its start)"
+        elif any(k in DATA for k in self.changed):
+            reading = f" (the batches of the first {self.step} steps, of the data as it is now, are skipped as trained)"
+        else:
+            reading = ""
         return (
             f"checkpoint-{self.step} was saved with other settings: {each}; the run goes on from step {self.step} "
-            f"with the new ones{skipped}"
+            f"with the new ones{reading}"
         )
 
 

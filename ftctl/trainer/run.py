@@ -134,6 +134,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
         tokenizer = use_chat_template(load_tokenizer(spec.model_name_or_path), spec.chat_template_path)
         args = training_args(spec, plan, procs, local_dir, load_universal=universal)
+        args.ignore_data_skip = bool(changed and changed.new_data)  # checkpoints.settings.Changes.new_data
         if procs.is_main and (over := over_context(spec)):
             log.warning("%s", over)
         dataset, eval_dataset = build_datasets(spec, tokenizer, echo if procs.is_main else None)
