@@ -289,7 +289,9 @@ def eval_(run, paths, max_length, batch_size, compare):
         raise FtctlError(f"{e}.") from None
     loaded = chat_mod.load(run)
     recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
-    dataset = build_dataset(path, loaded.tokenizer, max_length or recorded or RunSpec.model_max_length, held_out=True)
+    every = loaded.found.recorded("spec", "assistant_only_loss") is False if loaded.found else False  # as it trained
+    length = max_length or recorded or RunSpec.model_max_length
+    dataset = build_dataset(path, loaded.tokenizer, length, held_out=True, every_token=every)
     tuned = score(loaded.model, loaded.tokenizer, dataset, batch_size)
     if compare:
         with loaded.base() as base:
@@ -313,7 +315,8 @@ def data():
 @click.option(
     "--show", type=click.IntRange(min=0), default=0, help="Print the first N rows as trained, the loss's tokens marked."
 )
-def data_check(paths, model, max_length, chat_template_path, held_out, show):
+@click.option("--every-token", is_flag=True, help="The loss on every token, as -o assistant_only_loss=false trains.")
+def data_check(paths, model, max_length, chat_template_path, held_out, show, every_token):
     """Per-row errors with file and row number, then token statistics (of all PATHS as one dataset)."""
     from ftctl import preflight
     from ftctl.spec import RunSpec, join_paths, split_paths
@@ -333,7 +336,8 @@ def data_check(paths, model, max_length, chat_template_path, held_out, show):
     from ftctl.trainer.model import load_tokenizer
 
     tokenizer = use_chat_template(load_tokenizer(model), chat_template_path)
-    report = check_data(path, tokenizer, max_length or RunSpec.model_max_length, held_out=held_out, show=show)
+    length = max_length or RunSpec.model_max_length
+    report = check_data(path, tokenizer, length, held_out=held_out, show=show, every_token=every_token)
     if report.samples:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         mark = (lambda t: click.style(t, fg="green", bold=True)) if color else (lambda t: f"[[{t}]]")

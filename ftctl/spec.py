@@ -48,6 +48,7 @@ ALIASES = {
     "sbatch_arg": "sbatch_args",
     "name": "run_name",
     "use_spot": "spot",
+    "completion_only_loss": "assistant_only_loss",  # TRL's name for prompt-completion rows
 }
 
 
@@ -80,6 +81,9 @@ class RunSpec:
     lr_scheduler_type: str = "cosine"
     max_grad_norm: float = 1.0
     model_max_length: int = 2048
+    # the loss on assistant turns only (prompt-completion rows: the completion), FastChat's; false: on every token,
+    # TRL's default (its assistant_only_loss / completion_only_loss)
+    assistant_only_loss: bool = True
     global_batch_size: int = 32  # sequences per optimizer step, over all GPUs
     per_device_train_batch_size: int | None = None  # planner
     gradient_accumulation_steps: int | None = None  # planner: reaches global_batch_size

@@ -363,6 +363,16 @@ def test_eval_scores_the_tokens_training_scores(lora_run, tiny_model_dir, tmp_pa
     base, tuned = got.stdout.splitlines()
     assert base.startswith("base:  loss ") and tuned.startswith(f"tuned: loss {both[0].loss:.4f}  perplexity")
 
+    # a run trained with assistant_only_loss=false is scored on every token, as it trained
+    every = tmp_path / "every"
+    shutil.copytree(lora_run, every)
+    recorded = json.loads((every / "spec.json").read_text())
+    recorded["spec"]["assistant_only_loss"] = False
+    (every / "spec.json").write_text(json.dumps(recorded))
+    got = CliRunner().invoke(main, ["eval", str(every), "--data", str(tmp_path / "held.jsonl")])
+    scored = sum(len(ids) - 1 for ids in dataset["input_ids"])
+    assert got.exit_code == 0 and got.stdout.endswith(f"(2 rows, {scored:,} scored tokens)\n"), got.output
+
 
 def test_eval_out_of_gpu_memory_says_which_flag_to_lower(lora_run, tmp_path, monkeypatch):
     """No GPU here: the model's forward raises PyTorch's own error, as a card too small for the batch's logits does."""

@@ -729,3 +729,39 @@ def test_data_check_shows_rows_as_they_train(tiny_model_dir, tiny_tokenizer, tmp
         assert "".join(trained) == tiny_tokenizer.decode([t for t in labels if t != -100])
     body = "\n".join(lines[1:])
     assert re.findall(r"\[\[(.*?)\]\]", body, re.S)[0].startswith("Blue.") and "[[Which" not in body
+
+
+def test_assistant_only_loss_false_trains_every_token(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """TRL's default: the loss on the whole conversation (and a prompt-completion row's prompt), not only the
+    answers; the trainer, data check --every-token and --show take it."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+    from ftctl.spec import build
+    from ftctl.trainer.data import build_datasets
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "Which colour is the sky?"},
+                {"role": "assistant", "content": "Blue."},
+            ]
+        },
+        {"prompt": "The capital of France is", "completion": " Paris."},
+    ]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    answers = build_dataset(str(data), tiny_tokenizer, 128)
+    every = build_dataset(str(data), tiny_tokenizer, 128, every_token=True)
+    assert every["input_ids"] == answers["input_ids"] and every["labels"] == every["input_ids"]
+    assert all(-100 in labels for labels in answers["labels"])
+    assert build({"completion_only_loss": False}).assistant_only_loss is False  # TRL's other name
+    spec = build({"data_path": str(data), "model_max_length": 128, "assistant_only_loss": False, "eval_split": 0.5})
+    train, held = build_datasets(spec, tiny_tokenizer)
+    assert all(row["labels"] == row["input_ids"] for row in (*train, *held))
+    args = ["data", "check", str(data), "--model", str(tiny_model_dir), "--show", "1", "--every-token"]
+    got = CliRunner().invoke(main, args)
+    assert got.exit_code == 0 and "tokens, 0 trained" not in got.stdout
+    shown, n = got.stdout.splitlines(), len(every["input_ids"][0])
+    assert shown[1] == f"rows.jsonl line 1: {n} tokens, {n} trained" and shown[2].startswith("[[<|im_start|>")
+    assert f"trainable tokens  {sum(map(len, every['input_ids'])):,} (100.0%)" in got.stdout

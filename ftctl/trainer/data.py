@@ -148,11 +148,13 @@ def prepare_data(
     held_out: bool = False,
     sources: bool = False,
     show: int = 0,
+    every_token: bool = False,
 ):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
     for evaluation (a directory of splits gives its test split, formats.resolve_files); ``sources``: a third
     column, ``source``, says which of the datasets ``path`` names each row is from (mix); ``show``: the report
-    keeps the first rows without errors as they train (show_rows)."""
+    keeps the first rows without errors as they train (show_rows); ``every_token``: the loss covers every token,
+    not only the assistant turns (assistant_only_loss=false)."""
     import datasets
 
     if not isinstance(max_length, int) or max_length < 2:
@@ -176,7 +178,7 @@ def prepare_data(
         if row.text is not None:
             good.append(row)
             texts.append(row.text)
-            spans.append(row.completion_at)
+            spans.append(0 if every_token else row.completion_at)
             continue
         if note := ensure_chat_template(tokenizer):
             report.notes.append(note)
@@ -191,7 +193,7 @@ def prepare_data(
         missing_eot += not has_eot
         good.append(row)
         texts.append(text)
-        spans.append(row_spans)
+        spans.append([(0, len(text))] if every_token else row_spans)
 
     encoded = encode_texts(tokenizer, texts, spans, max_length)
     kept_ids, kept_labels, kept_sources, lengths = [], [], [], []
@@ -255,13 +257,19 @@ def prepare_data(
 
 
 def check_data(
-    path: str, tokenizer, max_length: int, endpoint_url: str | None = None, held_out: bool = False, show: int = 0
+    path: str,
+    tokenizer,
+    max_length: int,
+    endpoint_url: str | None = None,
+    held_out: bool = False,
+    show: int = 0,
+    every_token: bool = False,
 ) -> DataReport:
     """Every problem of the data at ``path`` with file and row number, then token statistics.
 
-    ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from; ``held_out``, ``show``: see
-    prepare_data."""
-    return prepare_data(path, tokenizer, max_length, endpoint_url, held_out, show=show)[0]
+    ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from; ``held_out``, ``show``,
+    ``every_token``: see prepare_data."""
+    return prepare_data(path, tokenizer, max_length, endpoint_url, held_out, show=show, every_token=every_token)[0]
 
 
 def show_rows(report: DataReport, tokenizer, mark) -> str:
@@ -289,10 +297,13 @@ def build_dataset(
     endpoint_url: str | None = None,
     held_out: bool = False,
     sources: bool = False,
+    every_token: bool = False,
 ):
     """The training dataset (columns ``input_ids``, ``labels``), or a held-out one; FtctlError listing the
     problems if any."""
-    report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url, held_out, sources)
+    report, dataset = prepare_data(
+        path, tokenizer, max_length, endpoint_url, held_out, sources, every_token=every_token
+    )
     if report.errors:
         raise FtctlError(report.error_message())
     return dataset
@@ -303,11 +314,15 @@ def build_datasets(spec, tokenizer, echo=None):
     ``eval_data_path``, or are ``eval_split`` of the training rows, the same ones on every rank and at
     every resume (drawn with the run's seed); then ``data_weights`` mixes the training rows (mix; ``echo``
     takes the line that says how)."""
-    mixing = spec.data_mix is not None
-    dataset = build_dataset(spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, sources=mixing)
+    mixing, every = spec.data_mix is not None, not spec.assistant_only_loss
+    dataset = build_dataset(
+        spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, sources=mixing, every_token=every
+    )
     held_out = None
     if spec.eval_data_path:
-        held_out = build_dataset(spec.eval_data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, True)
+        held_out = build_dataset(
+            spec.eval_data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, True, every_token=every
+        )
     elif spec.eval_split:
         held = math.ceil(spec.eval_split * len(dataset))  # datasets' own rounding of test_size
         if held >= len(dataset):
