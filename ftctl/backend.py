@@ -359,18 +359,36 @@ def run_dir_for(spec: RunSpec) -> Path:
 
 
 def write_files(rendered: Rendered) -> None:
-    """Each file written whole (temp file + rename); an existing different spec is never overwritten."""
+    """Each file written whole (temp file + rename). Over a run dir whose spec.json has other training settings:
+    where it holds checkpoints of another kind of run (checkpoints.settings.KIND) it is refused; otherwise the
+    relaunch goes ahead, says what changed and keeps the earlier spec.json in .ftctl/ (the trainer resumes the
+    newest checkpoint under the new settings, or refuses one it cannot continue: checkpoints.settings)."""
+    import click
+
+    from ftctl.checkpoints import list_checkpoints
+    from ftctl.checkpoints.settings import KIND
+
     paths = rendered.paths
     paths.root.mkdir(parents=True, exist_ok=True)
     if paths.spec.exists():
         old = json.loads(paths.spec.read_text())["spec"]
         new = json.loads(rendered.files[paths.spec.name])["spec"]
         default = RunSpec().to_dict()  # a key newer than the old spec.json: it ran with the default
-        changed = sorted(k for k in TRAINING_KEYS if old.get(k, default[k]) != new.get(k))  # where it runs may change
-        if changed:
+        was = {k: old.get(k, default[k]) for k in TRAINING_KEYS}
+        changed = sorted(k for k in TRAINING_KEYS if was[k] != new.get(k))  # where it runs may change
+        other = [k for k in changed if k in KIND]
+        if other and list_checkpoints(str(paths.root)):
             raise FtctlError(
-                f"{paths.root} already holds a run with different settings ({', '.join(changed)}). "
-                f"Choose another --output or -o run_name=..., or remove that directory."
+                f"{paths.root} holds checkpoints of a run with {', '.join(f'{k}={was[k]}' for k in other)}, which this "
+                "one cannot continue: choose another --output or -o run_name=..., or delete that directory first if "
+                "its run is not needed."
+            )
+        if changed:
+            keep = paths.earlier_spec(time.strftime("%Y%m%d-%H%M%S"))
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(paths.spec, keep)
+            click.echo(
+                f"relaunching {paths.root} with other {', '.join(changed)} (its earlier spec.json: {keep})", err=True
             )
     for name, text in rendered.files.items():
         tmp = paths.name(f".{name}.tmp")

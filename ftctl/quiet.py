@@ -59,6 +59,17 @@ HARMLESS_LOGS = (
         "ftctl keeps the lowest held-out loss's checkpoint and says which when it stops (early_stopping_patience)",
     ),
     (
+        "transformers.trainer_utils",
+        r"^Warning: The following arguments do not match the ones in the `trainer_state.json`",
+        "a relaunch with other settings: the trainer's own line says what changed and what it does with each "
+        "(checkpoints.settings)",
+    ),
+    (
+        "transformers.trainer_utils",
+        r"^mtime may not be reliable on this filesystem",
+        "checkpoints saved within a second of each other (short runs): they are ordered by step, as ftctl wants",
+    ),
+    (
         "DeepSpeed",
         r"Setting accelerator to CPU",
         "printed when DeepSpeed is imported on a machine without GPUs, where ftctl plans CPU runs",

@@ -63,6 +63,10 @@ class RunPaths:
         """Where each failing rank leaves one record (ftctl.failures), read back by the launcher."""
         return self.root / FAILURES_DIR
 
+    def earlier_spec(self, stamp: str) -> Path:
+        """Where a relaunch with other settings keeps the spec.json it replaces (backend.write_files)."""
+        return self.root / ".ftctl" / f"spec.{stamp}.json"
+
     @property
     def status_file(self) -> Path:
         """The trainer's one-word exit status for runs the launcher watches itself (local, docker)."""

@@ -27,15 +27,36 @@ def test_relaunch_with_other_placement_reuses_the_run_dir(tmp_path):
     assert not list((tmp_path / "run").glob(".*.tmp"))  # files land whole (temp file + rename)
 
 
-def test_relaunch_with_other_training_settings_is_refused(tmp_path):
+def test_relaunch_with_other_training_settings_keeps_the_earlier_spec(tmp_path, capsys):
+    """The trainer resumes the run's checkpoint under the new settings (checkpoints.settings); the launcher says what
+    changed and keeps the spec.json it replaces."""
     write_files(_prep(tmp_path))
     before = (tmp_path / "run" / "spec.json").read_text()
-    with pytest.raises(FtctlError, match="different settings \\(learning_rate\\)"):
-        write_files(_prep(tmp_path, learning_rate=1e-5))
+    write_files(_prep(tmp_path, learning_rate=1e-5))
+    kept = list((tmp_path / "run" / ".ftctl").glob("spec.*.json"))
+    assert len(kept) == 1 and kept[0].read_text() == before
+    assert (
+        capsys.readouterr().err
+        == f"relaunching {tmp_path / 'run'} with other learning_rate (its earlier spec.json: {kept[0]})\n"
+    )
+    assert '"learning_rate": 1e-05' in (tmp_path / "run" / "spec.json").read_text()
+
+
+def test_relaunch_over_checkpoints_of_another_kind_of_run_is_refused(tmp_path):
+    write_files(_prep(tmp_path))
+    write_files(_prep(tmp_path, method="qlora"))  # nothing trained there yet: nothing to protect
+    (tmp_path / "run" / "checkpoint-100").mkdir()
+    before = (tmp_path / "run" / "spec.json").read_text()
+    with pytest.raises(FtctlError) as e:
+        write_files(_prep(tmp_path, method="lora", lora_r=8))
+    assert str(e.value) == (
+        f"{tmp_path / 'run'} holds checkpoints of a run with lora_r=16, method=qlora, which this one cannot continue: choose "
+        "another --output or -o run_name=..., or delete that directory first if its run is not needed."
+    )
     assert (tmp_path / "run" / "spec.json").read_text() == before  # the first run's spec is untouched
 
 
-def test_a_spec_json_older_than_a_key_counts_it_at_its_default(tmp_path):
+def test_a_spec_json_older_than_a_key_counts_it_at_its_default(tmp_path, capsys):
     """A run dir written before a training key existed (eval_split here) is the same run relaunched."""
     import json
 
@@ -45,8 +66,9 @@ def test_a_spec_json_older_than_a_key_counts_it_at_its_default(tmp_path):
     del data["spec"]["eval_split"]
     path.write_text(json.dumps(data))
     write_files(_prep(tmp_path))
-    with pytest.raises(FtctlError, match="different settings \\(eval_split\\)"):
-        write_files(_prep(tmp_path, eval_split=0.1))
+    assert capsys.readouterr().err == "" and not (tmp_path / "run" / ".ftctl").exists()
+    write_files(_prep(tmp_path, eval_split=0.1))
+    assert "with other eval_split (its earlier spec.json: " in capsys.readouterr().err
 
 
 def test_progress_reads_the_last_step_and_held_out_loss_from_metrics(tmp_path):

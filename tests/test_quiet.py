@@ -26,6 +26,10 @@ logging.getLogger("liger_kernel.transformers.monkey_patch").info(
     "Applying Liger kernels to model instance with model type: llama with kwargs: {'rope': True}")
 logging.getLogger("transformers.trainer_callback").warning("Using EarlyStoppingCallback without "
     "load_best_model_at_end=True. Once training is finished, the best model will not be loaded automatically.")
+utils = logging.getLogger("transformers.trainer_utils")
+utils.warning("Warning: The following arguments do not match the ones in the `trainer_state.json` within the "
+    "checkpoint directory: \\n\\tlearning_rate: 0.0001 (from args) != 0.0002 (from trainer_state.json)")
+utils.warning("mtime may not be reliable on this filesystem, falling back to numerical ordering")
 warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
 warnings.warn("some other deprecation", FutureWarning)
 warnings.warn("Argument aux_data (position 21) cannot be converted to a JitArgument for function 'cutlass___call___"
@@ -57,6 +61,7 @@ def test_known_messages_are_lowered_and_the_rest_still_prints(monkeypatch):
     assert "JitArgument" not in out  # FlashAttention 4's compile
     assert "JAX version" not in out and "datasets says something else" in out
     assert "Applying Liger kernels" not in out  # what one H200 run printed (bench/NOTES.md v44)
+    assert "(from trainer_state.json)" not in out and "mtime may not be reliable" not in out
     assert "EarlyStoppingCallback" not in out  # ftctl says which checkpoint holds the lowest held-out loss
     assert "TQDM_DISABLE=1" in out
 

@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from ftctl.checkpoints.manifest import MANIFEST, checkpoint_step, read_manifest
 from ftctl.errors import FtctlError
 
+# what kind of weights a checkpoint holds: a run dir's checkpoints are another run's where these differ
+KIND = ("method", "model_name_or_path", "lora_r", "lora_target_modules", "trainable_layers")
 # the checkpoint holds a model, an adapter or optimizer states that other values of these cannot load or continue
-REFUSED = ("method", "model_name_or_path", "lora_r", "lora_target_modules", "trainable_layers", "optim")
+REFUSED = (*KIND, "optim")
 APPLIED = ("learning_rate", "weight_decay")  # restored with the optimizer: callbacks.ApplySettings puts the new ones in
 # read afresh from the run's own settings: the schedule, the clipping, the adapters' scale and dropout...
 FOLLOWED = ("max_steps", "num_train_epochs", "lr_scheduler_type", "warmup_ratio", "max_grad_norm")
