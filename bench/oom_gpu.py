@@ -97,7 +97,9 @@ def main() -> None:
         result["offered"] = offered
         if offered:
             flags = [x for o in offered for x in ("-o", o)]
-            result["relaunched"] = launch(model, data, work / "out-offered", flags, a.method)
+            # into the same output, as a user reruns the command with the -o it names (v47: before, the run dir's
+            # guard refused it, "already holds a run with different settings")
+            result["relaunched"] = launch(model, data, work / "out-default", flags, a.method)
     finally:
         hog.kill()
     out = Path(a.out)
