@@ -198,3 +198,15 @@ def test_train_takes_what_to_train_not_where_to_send_it():
     assert "--partition" in runner.invoke(main, ["launch", "--help"]).stdout
     refused = runner.invoke(main, ["train", "--partition", "gpu"])
     assert refused.exit_code == 2 and "No such option '--partition'" in refused.output
+
+
+def test_a_finished_run_says_what_to_do_with_it():
+    from ftctl.spec import build
+    from ftctl.trainer.__main__ import next_steps
+
+    said = next_steps(build({"method": "qlora", "output_dir": "runs/my run"}))
+    assert said == (
+        "next: ftctl chat 'runs/my run' -p 'A question'   ftctl eval 'runs/my run' --data HELD_OUT.jsonl --compare   "
+        "ftctl merge 'runs/my run'"
+    )
+    assert "merge" not in next_steps(build({"method": "fft", "output_dir": "s3://b/r"}))

@@ -56,11 +56,22 @@ def main(argv=None) -> int:
             return failure.report("memory", gpu_memory.message(e, spec, plan), 1, e)
         return failure.report("error", failures.exception_line(e), 1, e)
     if rank == 0:
-        print(
-            f"{result.status}: step {result.global_step}, final loss {result.final_loss}, output {spec.output}",
-            flush=True,
-        )
+        loss = "none" if result.final_loss is None else f"{result.final_loss:.4f}"
+        print(f"{result.status}: step {result.global_step}, final loss {loss}, output {spec.output}", flush=True)
+        if result.status == "complete":
+            print(next_steps(spec), flush=True)
     return 0
+
+
+def next_steps(spec) -> str:
+    """What a finished run's output is good for, as commands to copy."""
+    import shlex
+
+    out = shlex.quote(spec.output)
+    steps = [f"ftctl chat {out} -p 'A question'", f"ftctl eval {out} --data HELD_OUT.jsonl --compare"]
+    if spec.method in ("lora", "qlora"):
+        steps.append(f"ftctl merge {out}")
+    return "next: " + "   ".join(steps)
 
 
 class Failure:
