@@ -8,7 +8,7 @@ it. Recorded: the learning rates of steps 4-6 of the relaunch against the third 
 what changed, and each run's rc and seconds. The CPU suite covers single and ZeRO-2 (tests/test_resume_settings.py);
 here ZeRO-3 and FSDP2 (GPU only) restore the optimizer through their own checkpoints, and qlora's paged 8-bit AdamW.
 
-    python bench/resume_gpu.py --out DIR [--cases fft:zero3,fft:fsdp,lora:single,qlora:single]
+    python bench/resume_gpu.py --out DIR [--cases fft:zero3,fft:fsdp,lora:single,qlora:single] [--nproc 2]
 """
 
 from __future__ import annotations
@@ -57,19 +57,25 @@ def make_model(root: Path) -> Path:
     return path
 
 
-def one_run(model_dir: Path, data: Path, out: Path, method: str, overrides: list[str], work: Path) -> dict:
+def one_run(
+    model_dir: Path, data: Path, out: Path, method: str, overrides: list[str], work: Path, nproc: int = 1
+) -> dict:
     from ftctl.plan import dump_run, make_plan
     from ftctl.spec import build
 
     spec = build(
         flags=dict(
-            method=method, model_name_or_path=str(model_dir), data_path=str(data), output_dir=str(out), gpus="1xH100"
+            method=method,
+            model_name_or_path=str(model_dir),
+            data_path=str(data),
+            output_dir=str(out),
+            gpus=f"{nproc}xH100",
         ),
         overrides=[*SCHEDULE, *overrides],
     )
     path = work / f"spec-{out.name}-{len(list(work.glob('spec-*')))}.json"
     path.write_text(dump_run(spec, make_plan(spec)))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     t = time.time()
     proc = subprocess.run([*torchrun, "-m", "ftctl.trainer", "--spec", str(path)], capture_output=True, text=True)
     said = [line for line in proc.stderr.splitlines() if "was saved with other settings" in line]
@@ -81,14 +87,14 @@ def lrs(out: Path) -> dict[int, float]:
     return {r["step"]: r["lr"] for r in rows if "lr" in r}
 
 
-def run_case(case: str, model_dir: Path, data: Path, work: Path) -> dict:
+def run_case(case: str, model_dir: Path, data: Path, work: Path, nproc: int = 1) -> dict:
     method, strategy, *optim = case.split(":")
     extra = [f"strategy={strategy}", *(f"optim={o}" for o in optim)]
     out, scratch = work / case.replace(":", "-"), work / (case.replace(":", "-") + "-scratch")
-    row = {"case": case}
-    row["first"] = one_run(model_dir, data, out, method, [*extra, *FIRST], work)
-    row["relaunch"] = one_run(model_dir, data, out, method, [*extra, *AGAIN], work)
-    row["scratch"] = one_run(model_dir, data, scratch, method, [*extra, *AGAIN], work)
+    row = {"case": case, "gpus": nproc}
+    row["first"] = one_run(model_dir, data, out, method, [*extra, *FIRST], work, nproc)
+    row["relaunch"] = one_run(model_dir, data, out, method, [*extra, *AGAIN], work, nproc)
+    row["scratch"] = one_run(model_dir, data, scratch, method, [*extra, *AGAIN], work, nproc)
     if all(row[k]["rc"] == 0 for k in ("first", "relaunch", "scratch")):
         got, want = lrs(out), lrs(scratch)
         row["lr_relaunch"] = [got.get(s) for s in (4, 5, 6)]
@@ -105,6 +111,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--cases", default="fft:zero3,fft:fsdp,lora:single,qlora:single:paged_adamw_8bit")
     ap.add_argument("--work", default="/tmp/ftctl-resume")
+    ap.add_argument("--nproc", type=int, default=1, help="GPUs (processes) each run takes")
     a = ap.parse_args()
     import torch
 
@@ -115,7 +122,7 @@ def main() -> None:
     rows = []
     for case in a.cases.split(","):
         try:
-            rows.append(run_case(case, model_dir, data, work))
+            rows.append(run_case(case, model_dir, data, work, a.nproc))
         except Exception as e:  # noqa: BLE001  the other cases still run
             rows.append({"case": case, "error": f"{type(e).__name__}: {e}"})
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("first", "relaunch", "scratch")}), flush=True)
