@@ -316,6 +316,7 @@ def memory_terms(
     optim: str = "adamw_torch_fused",
     lora_dropout: float = RunSpec.lora_dropout,
     lora_r: int = RunSpec.lora_r,
+    dora: bool = False,
 ) -> dict:
     n = shape.params_b  # billions -> GB per byte/param
     wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
@@ -343,7 +344,7 @@ def memory_terms(
         method == "qlora" or (method in ("fft", "sft") and strategy in ("single", "ddp"))
     )
     adapters = method in ("lora", "qlora")
-    kernel = lora_kernels(method, strategy, shape, precision, fp32, lora_r)
+    kernel = lora_kernels(method, strategy, shape, precision, fp32, lora_r, dora)
     per_token_layer = activation_bytes(h, i, fp32_residual, adapters, adapters and lora_dropout > 0 and not kernel)
     saved_inputs = (4 if fp32_residual else 2) * h  # what a checkpointed layer keeps
     layers = shape.layers + 1  # + one layer's worth of gradients in flight during the backward
@@ -373,7 +374,9 @@ def memory_terms(
     return terms
 
 
-def lora_kernels(method: str, strategy: str, shape: ModelShape, precision: str, on_cpu: bool, lora_r: int) -> bool:
+def lora_kernels(
+    method: str, strategy: str, shape: ModelShape, precision: str, on_cpu: bool, lora_r: int, dora: bool = False
+) -> bool:
     """Whether the trainer runs LoRA's adapters through its Triton kernels: dropout + A as one kernel pair
     (trainer/lora_dropout.py), which keeps no dropped copy of each projection's input, and B's output added
     into the base's in place (trainer/lora_up.py). On GPUs, unsharded (methods.fused_adapter_output), inputs
@@ -385,9 +388,10 @@ def lora_kernels(method: str, strategy: str, shape: ModelShape, precision: str, 
     their rate to the kernels' launches. In training with a dropout each projection is one autograd node whose
     backward adds the adapter's input gradient into the base's (trainer/lora_projection.py; v15: the 8B qlora
     median step 1.059 -> 1.043 s, 8B lora 1.041 -> 1.030 s). Without dropout only the sum runs (the dropout
-    kernels need 0 < p)."""
+    kernels need 0 < p). DoRA's layers run PEFT's own forward (methods._fused_forward), so none of this."""
     return (
         method in ("lora", "qlora")
+        and not dora
         and not on_cpu
         and strategy in FUSED_ADAPTER_STRATEGIES
         and not (precision == "fp16" and method == "qlora")
@@ -532,6 +536,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
                     optim=optim,
                     lora_dropout=spec.lora_dropout,
                     lora_r=spec.lora_r,
+                    dora=spec.use_dora,
                 )
                 total = sum(terms.values())
                 host_need = (
@@ -554,7 +559,12 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     if optim == "paged_adamw_8bit" and not spec.optim:
         args = (method, strategy, shape, world, micro, seq, ckpt, trainable, req.is_cpu)
         fused = memory_terms(
-            *args, precision=precision, accum=accum, lora_dropout=spec.lora_dropout, lora_r=spec.lora_r
+            *args,
+            precision=precision,
+            accum=accum,
+            lora_dropout=spec.lora_dropout,
+            lora_r=spec.lora_r,
+            dora=spec.use_dora,
         )
         if capacity is None or sum(fused.values()) <= capacity:
             optim, terms, total = "adamw_torch_fused", fused, sum(fused.values())
@@ -577,7 +587,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         model=shape,
         precision=precision,
         weights_dtype=weights_dtype(method, strategy, precision),
-        lora_kernels=lora_kernels(method, strategy, shape, precision, req.is_cpu, spec.lora_r),
+        lora_kernels=lora_kernels(method, strategy, shape, precision, req.is_cpu, spec.lora_r, spec.use_dora),
         attn_implementation=attn,
         strategy=strategy,
         per_device_train_batch_size=micro,
@@ -707,6 +717,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
                     optim="paged_adamw_8bit" if method == "qlora" else "adamw_torch_fused",
                     lora_dropout=spec.lora_dropout,
                     lora_r=spec.lora_r,
+                    dora=spec.use_dora,
                 ).values()
             ),
             s,

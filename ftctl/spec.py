@@ -48,6 +48,8 @@ ALIASES = {
     "sbatch_arg": "sbatch_args",
     "name": "run_name",
     "use_spot": "spot",
+    "num_epochs": "num_train_epochs",
+    "max_seq_len": "model_max_length",
     "completion_only_loss": "assistant_only_loss",  # TRL's name for prompt-completion rows
 }
 
@@ -78,6 +80,7 @@ class RunSpec:
     learning_rate: float | None = None  # default per method: METHOD_LEARNING_RATE
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
+    warmup_steps: int | None = None  # instead of warmup_ratio: this many steps (transformers' name)
     lr_scheduler_type: str = "cosine"
     max_grad_norm: float = 1.0
     model_max_length: int = 2048
@@ -100,6 +103,8 @@ class RunSpec:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: str = "all-linear"
+    use_rslora: bool = False  # PEFT's: the adapters scaled by lora_alpha / sqrt(lora_r), not / lora_r
+    use_dora: bool = False  # PEFT's DoRA: a magnitude vector per projection beside the adapters (PEFT's forward runs)
     trainable_layers: int = 2  # sft: top K transformer blocks (+ head) trainable
     seed: int = 42
     logging_steps: int = 1
@@ -488,6 +493,8 @@ def validate(spec: RunSpec) -> None:
         errors.append(f"lora_dropout must be in [0, 1), not {spec.lora_dropout}.")
     if spec.preflight_min_busbw_gbps is not None and spec.preflight_min_busbw_gbps < 0:
         errors.append(f"preflight_min_busbw_gbps must be 0 or more GB/s, not {spec.preflight_min_busbw_gbps}.")
+    if spec.warmup_steps is not None and spec.warmup_steps < 0:
+        errors.append(f"warmup_steps must be 0 or more, not {spec.warmup_steps}.")
     if not 0 <= spec.warmup_ratio < 1:
         errors.append(f"warmup_ratio must be in [0, 1), not {spec.warmup_ratio}.")
     if spec.max_steps == 0 or spec.max_steps < -1:

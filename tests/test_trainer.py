@@ -604,6 +604,34 @@ def test_training_args_override_trl_cpu_defaults(tiny_model_dir, tiny_data, tmp_
         2,
         2,
     )
+    for warmup, steps in (({"warmup_ratio": 0.05}, 5), ({"warmup_ratio": 0.05, "warmup_steps": 7}, 7)):
+        spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path, "lora", **warmup)  # warmup_steps wins, as in HF
+        assert training_args(spec, plan, Processes(0, 0, 1, on_cpu=True), str(tmp_path)).get_warmup_steps(100) == steps
+
+
+def test_rslora_and_dora_as_peft_has_them(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    """use_rslora scales the adapters by alpha / sqrt(r); use_dora trains PEFT's magnitude vectors through PEFT's
+    own forward (ftctl's fused one hands a LoRA variant back), and the plan counts no LoRA kernels for it."""
+    import math
+
+    from ftctl.plan import make_plan
+    from ftctl.spec import build
+    from ftctl.trainer.methods import lora_config
+    from ftctl.trainer.run import train
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "dora", "lora", max_steps=2, use_dora=True, lora_r=4)
+    assert lora_config(spec).use_dora and not lora_config(spec).use_rslora
+    result = train(spec, plan, echo=lambda *_: None)
+    assert result.status == "complete" and math.isfinite(result.final_loss)
+    saved = json.loads((tmp_path / "dora" / "adapter_config.json").read_text())
+    assert saved["use_dora"] is True
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "dora" / "adapter_model.safetensors"), "pt") as f:
+        assert any("lora_magnitude_vector" in k for k in f.keys())
+    assert lora_config(build({"use_rslora": True, "lora_r": 16, "lora_alpha": 32})).use_rslora
+    big = {"method": "lora", "gpus": "1xH100", "model_params": "8b"}
+    assert make_plan(build(big)).lora_kernels and not make_plan(build({**big, "use_dora": True})).lora_kernels
 
 
 def test_world_size_must_match_the_plan(tiny_model_dir, tiny_data, tmp_path):

@@ -27,13 +27,13 @@ from ftctl.checkpoints.manifest import MANIFEST, checkpoint_step, read_manifest
 from ftctl.errors import FtctlError
 
 # what kind of weights a checkpoint holds: a run dir's checkpoints are another run's where these differ
-KIND = ("method", "model_name_or_path", "lora_r", "lora_target_modules", "trainable_layers")
+KIND = ("method", "model_name_or_path", "lora_r", "lora_target_modules", "use_dora", "trainable_layers")
 # the checkpoint holds a model, an adapter or optimizer states that other values of these cannot load or continue
 REFUSED = (*KIND, "optim")
 APPLIED = ("learning_rate", "weight_decay")  # restored with the optimizer: callbacks.ApplySettings puts the new ones in
 # read afresh from the run's own settings: the schedule, the clipping, the adapters' scale and dropout...
-FOLLOWED = ("max_steps", "num_train_epochs", "lr_scheduler_type", "warmup_ratio", "max_grad_norm")
-FOLLOWED += ("lora_alpha", "lora_dropout", "assistant_only_loss")
+FOLLOWED = ("max_steps", "num_train_epochs", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "max_grad_norm")
+FOLLOWED += ("lora_alpha", "lora_dropout", "use_rslora", "assistant_only_loss")
 # ...and which rows the steps after the checkpoint train on
 DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path", "data_path", "data_weights")
 DATA += ("eval_split", "seed")
@@ -43,6 +43,8 @@ _ONLY = {  # compared only where the method has them
     "lora_alpha": ("lora", "qlora"),
     "lora_dropout": ("lora", "qlora"),
     "lora_target_modules": ("lora", "qlora"),
+    "use_rslora": ("lora", "qlora"),
+    "use_dora": ("lora", "qlora"),
     "trainable_layers": ("sft",),
 }
 

@@ -202,6 +202,8 @@ def lora_config(spec):
         target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
         bias="none",
         task_type="CAUSAL_LM",
+        use_rslora=spec.use_rslora,
+        use_dora=spec.use_dora,  # a LoRA variant: _fused_forward hands such layers to PEFT's own forward
     )
 
 

@@ -243,7 +243,8 @@ def training_args(
         num_train_epochs=spec.num_train_epochs,
         learning_rate=plan.learning_rate,
         weight_decay=spec.weight_decay,
-        warmup_steps=spec.warmup_ratio,  # below 1: a fraction of the steps
+        # below 1: a fraction of the steps (warmup_ratio); warmup_steps, where set, a number of them
+        warmup_steps=spec.warmup_ratio if spec.warmup_steps is None else spec.warmup_steps,
         lr_scheduler_type=spec.lr_scheduler_type,
         max_grad_norm=spec.max_grad_norm,
         optim=plan.optim,
