@@ -54,6 +54,28 @@ ALIASES = {
 }
 
 
+_STRATEGY = (
+    "the planner chooses single, DDP, DeepSpeed ZeRO or FSDP2 and writes its config; -o strategy=NAME forces one"
+)
+# Keys of FastChat's train script, TRL and transformers that ftctl decides itself: why, instead of "unknown key".
+DECIDED = {
+    "fsdp": _STRATEGY,
+    "fsdp_config": _STRATEGY,
+    "deepspeed": _STRATEGY,
+    "evaluation_strategy": "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps",
+    "eval_strategy": "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps",
+    "save_strategy": "a checkpoint every save_steps",
+    "per_device_eval_batch_size": "the evaluation runs in micro-batches of the training's size",
+    "lazy_preprocess": "rows are checked and tokenised once, before the model loads (ftctl data check shows them)",
+    "tf32": "matmuls run in the plan's precision (bf16 or fp16 on a GPU)",
+    "load_in_4bit": "--method qlora loads the base in 4-bit NF4 with double quantization",
+    "load_in_8bit": "--method qlora trains over a 4-bit base, lora over a 16-bit one",
+    "use_liger_kernel": "Liger's kernels run where they are installed (ftctl doctor, and the run's log, say so)",
+    "dataset_text_field": "a row's format is read from its fields (text, messages, conversations, prompt/completion ...)",
+    "push_to_hub": "ftctl merge RUN writes a plain model directory; upload it with `hf upload`",
+}
+
+
 @dataclass
 class RunSpec:
     # --- what to train -----------------------------------------------------------------------
@@ -413,6 +435,9 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     for source, items in layers:
         for raw_key, raw in _mixes(items):
             key = _canonical(raw_key)
+            if key in DECIDED:
+                errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")
+                continue
             if key not in FIELDS:
                 errors.append(f"Unknown key {raw_key!r} ({source}).{did_you_mean(key, list(FIELDS) + list(ALIASES))}")
                 continue

@@ -6,7 +6,7 @@ import pytest
 
 from ftctl import spec as spec_mod
 from ftctl.errors import FtctlError
-from ftctl.spec import RunSpec, build, parse_size
+from ftctl.spec import FIELDS, RunSpec, build, parse_size
 
 
 def _yaml(tmp_path, text: str) -> str:
@@ -248,3 +248,17 @@ def test_parse_size(text, want):
 def test_parse_size_refuses(text):
     with pytest.raises(FtctlError, match="write it like 7b"):
         parse_size(text)
+
+
+def test_keys_ftctl_decides_itself_say_so_instead_of_unknown():
+    """A FastChat train command turned into a run file: its --fsdp, --tf32 and friends are explained, not 'unknown'."""
+    from ftctl.spec import DECIDED
+
+    fastchat = {"fsdp": "full_shard auto_wrap", "tf32": True, "evaluation_strategy": "no", "lazy_preprocess": True}
+    with pytest.raises(FtctlError) as e:
+        build({**fastchat, "model_max_length": 2048, "bf16": True})
+    text = str(e.value)
+    assert text.startswith("4 problems in the run description:") and "Unknown key" not in text
+    assert "'fsdp' (run file) is not set by hand here: the planner chooses single, DDP, DeepSpeed ZeRO or FSDP2" in text
+    assert f"'tf32' (run file) is not set by hand here: {DECIDED['tf32']}." in text
+    assert not set(DECIDED) & set(FIELDS)  # never a key that exists
