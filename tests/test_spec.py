@@ -119,7 +119,7 @@ def test_all_errors_are_reported_together(tmp_path):
         "bf16='maybe'",
         "true or false",
         "'warmup'",
-        "'warmup_ratio'",
+        "Did you mean 'warmup_steps'?",
         "max_steps='ten'",
     ]:
         assert part in msg, part
