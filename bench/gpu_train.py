@@ -6,6 +6,8 @@ tiny byte-level BPE (token ids < 512 do not change the cost of a step). Each cas
 same path as a real run: RunSpec -> make_plan(1xH100) -> ftctl.trainer.run.train.
 
     python bench/gpu_train.py --out results.json [--cases lora8b,qlora8b,fft1b] [--steps 30]
+
+A case may carry -o overrides after its name: ``lora8b+use_dora=true+per_device_train_batch_size=2``.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def run_case(name: str, model_dir: Path, data: Path, steps: int, work: Path) -> 
     from ftctl.spec import build
     from ftctl.trainer.run import train
 
-    method, _ = CASES[name]
+    base, *extra = name.split("+")  # lora8b+use_dora=true: a case with -o overrides
+    method, _ = CASES[base]
     spec = build(
         flags=dict(
             method=method,
@@ -105,6 +108,7 @@ def run_case(name: str, model_dir: Path, data: Path, steps: int, work: Path) -> 
             "save_steps=100000",
             "logging_steps=1",
             "resume=never",
+            *extra,
         ],
     )
     plan = make_plan(spec)
@@ -142,6 +146,8 @@ def run_case(name: str, model_dir: Path, data: Path, steps: int, work: Path) -> 
                 "gradient_checkpointing",
                 "optim",
                 "memory_gb",
+                "memory",
+                "lora_kernels",
             )
         },
         "tokens_per_s": round(tok / dt, 1),
@@ -242,7 +248,7 @@ def main() -> None:
     results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cases": []}
     if a.one:  # one case in this process: GPU memory of an earlier case cannot leak into it
         try:
-            model_dir = make_model(CASES[a.one][1], work)
+            model_dir = make_model(CASES[a.one.split("+")[0]][1], work)
             case = run_case(a.one, model_dir, data, a.steps, work)
         except Exception as e:  # record it: one failing case must not lose the others
             import traceback
