@@ -47,6 +47,12 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
     fsdp_gathered
                  fsdp: the blocks FSDP2 has all-gathered at once, the one computing and the next one
                  prefetched, in 16 bits (what lets a model whose weights fit no single GPU train sharded)
+    dora         use_dora (PEFT's DoRA layers, their own forward): each adapted projection keeps its base output and
+                 its adapters' output for the backward, 2 x 2 x (q H + k, v H/4 + o H + gate, up I + down H) = 14H
+                 + 8I bytes a token and layer beyond LoRA's; under qlora its base matmul, recomputed on the
+                 dropout's output, keeps the dequantized weights too, 2.9 B/param (dora_dequantized; 2 layers'
+                 worth under checkpointing). 8B, 2 x 2,048 tokens, no checkpointing, on an H200 (v48): lora
+                 peaked at 68.6 GB against 69.4 so counted, qlora at 81.6 against 82.2 (its 2.9 B/param fitted there)
     overhead     1.5 GB: CUDA context, allocator fragmentation, NCCL buffers
 
 A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
@@ -283,6 +289,9 @@ METHOD_STRATEGIES = {
         "FSDP2 and ZeRO-3); for a model one GPU cannot hold even in 4 bits: --method lora with -o strategy=fsdp",
     ),
 }
+# DoRA (use_dora): what PEFT's DoRA forward keeps beyond LoRA's, measured on an H200 (bench/NOTES.md v48)
+DORA_ACTIVATION_H, DORA_ACTIVATION_I = 14, 8  # bytes a token and layer, x hidden and x MLP width
+DORA_QLORA_BYTES_PER_PARAM = 2.9  # qlora: the dequantized weights its recomputed base matmul keeps
 LORA_KERNELS_MIN_B = 3.0  # see lora_kernels()
 LORA_KERNEL_MAX_RANK = 64
 
@@ -346,6 +355,8 @@ def memory_terms(
     adapters = method in ("lora", "qlora")
     kernel = lora_kernels(method, strategy, shape, precision, fp32, lora_r, dora)
     per_token_layer = activation_bytes(h, i, fp32_residual, adapters, adapters and lora_dropout > 0 and not kernel)
+    if adapters and dora:  # the module docstring: dora
+        per_token_layer += DORA_ACTIVATION_H * h + DORA_ACTIVATION_I * i
     saved_inputs = (4 if fp32_residual else 2) * h  # what a checkpointed layer keeps
     layers = shape.layers + 1  # + one layer's worth of gradients in flight during the backward
     act_per_seq = (saved_inputs * shape.layers + per_token_layer * 2) * seq if ckpt else per_token_layer * seq * layers
@@ -367,6 +378,8 @@ def memory_terms(
         terms["ddp_buckets"] = grads
     if strategy == "fsdp":  # the module docstring: fsdp_gathered
         terms["fsdp_gathered"] = 2 * 2 * n / shape.layers
+    if method == "qlora" and dora:  # the module docstring: dora
+        terms["dora_dequantized"] = DORA_QLORA_BYTES_PER_PARAM * n * (2 / shape.layers if ckpt else 1)
     if strategy in ZERO3_STRATEGIES:  # the module docstring: zero3_buffers
         terms["zero3_buffers"] = (
             wb * (2 * ZERO3_REDUCE_BUCKET + ZERO3_PREFETCH_BUCKET + min(ZERO3_MAX_LIVE, n * 1e9)) / 1e9
