@@ -52,7 +52,9 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  + 8I bytes a token and layer beyond LoRA's; under qlora its base matmul, recomputed on the
                  dropout's output, keeps the dequantized weights too, 2.9 B/param (dora_dequantized; 2 layers'
                  worth under checkpointing). 8B, 2 x 2,048 tokens, no checkpointing, on an H200 (v48): lora
-                 peaked at 68.6 GB against 69.4 so counted, qlora at 81.6 against 82.2 (its 2.9 B/param fitted there)
+                 peaked at 68.6 GB against 69.4 so counted, qlora at 81.6 against 82.2 (its 2.9 B/param fitted there).
+                 With checkpointing (8 x 2,048, v49) lora peaked at 30.0 against 36.1 (one layer's activations alive,
+                 not two), qlora at 26.5 against 27.0
     overhead     1.5 GB: CUDA context, allocator fragmentation, NCCL buffers
 
 A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
