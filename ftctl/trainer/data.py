@@ -256,20 +256,12 @@ def prepare_data(
     return report, datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
-def check_data(
-    path: str,
-    tokenizer,
-    max_length: int,
-    endpoint_url: str | None = None,
-    held_out: bool = False,
-    show: int = 0,
-    every_token: bool = False,
-) -> DataReport:
+def check_data(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, **options) -> DataReport:
     """Every problem of the data at ``path`` with file and row number, then token statistics.
 
-    ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from; ``held_out``, ``show``,
-    ``every_token``: see prepare_data."""
-    return prepare_data(path, tokenizer, max_length, endpoint_url, held_out, show=show, every_token=every_token)[0]
+    ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from; ``options``: prepare_data's
+    (held_out, show, every_token)."""
+    return prepare_data(path, tokenizer, max_length, endpoint_url, **options)[0]
 
 
 def show_rows(report: DataReport, tokenizer, mark) -> str:
@@ -290,20 +282,10 @@ def show_rows(report: DataReport, tokenizer, mark) -> str:
     return "\n".join(out)
 
 
-def build_dataset(
-    path: str,
-    tokenizer,
-    max_length: int,
-    endpoint_url: str | None = None,
-    held_out: bool = False,
-    sources: bool = False,
-    every_token: bool = False,
-):
+def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, **options):
     """The training dataset (columns ``input_ids``, ``labels``), or a held-out one; FtctlError listing the
-    problems if any."""
-    report, dataset = prepare_data(
-        path, tokenizer, max_length, endpoint_url, held_out, sources, every_token=every_token
-    )
+    problems if any. ``options``: prepare_data's (held_out, sources, every_token)."""
+    report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url, **options)
     if report.errors:
         raise FtctlError(report.error_message())
     return dataset
@@ -321,7 +303,12 @@ def build_datasets(spec, tokenizer, echo=None):
     held_out = None
     if spec.eval_data_path:
         held_out = build_dataset(
-            spec.eval_data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, True, every_token=every
+            spec.eval_data_path,
+            tokenizer,
+            spec.model_max_length,
+            spec.s3_endpoint_url,
+            held_out=True,
+            every_token=every,
         )
     elif spec.eval_split:
         held = math.ceil(spec.eval_split * len(dataset))  # datasets' own rounding of test_size
