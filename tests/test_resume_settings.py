@@ -67,7 +67,9 @@ def test_what_a_checkpoint_cannot_continue_under_is_refused(tiny_model_dir, tiny
     assert train(spec, plan, echo=lambda *_: None).status == "complete"
     checkpoint = str(out / "checkpoint-3")
     with pytest.raises(FtctlError) as e:
-        train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, lora_r=8, **SCHEDULE), echo=print)
+        train(
+            *make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, lora_r=8, **SCHEDULE), echo=lambda *_: None
+        )
     assert str(e.value) == (
         f"{checkpoint} was trained with lora_r=4; this run asks for lora_r=8, which cannot continue it. Relaunch "
         "with -o lora_r=4 to resume it, or give another output_dir to train from the start."
