@@ -307,8 +307,14 @@ def data():
 
 
 @data.command("check")
-@click.argument("paths", nargs=-1, required=True)
-@click.option("--model", required=True, help="Model whose tokenizer and chat template to use.")
+@click.argument("paths", nargs=-1)
+@click.option(
+    "-c",
+    "--config",
+    type=click.Path(dir_okay=False),
+    help="A run file: its data (and weights), model, chat template, max length and loss, as the run reads them.",
+)
+@click.option("--model", help="Model whose tokenizer and chat template to use (default: the run file's).")
 @click.option("--max-length", type=int, default=None, help="model_max_length (default: the run default).")
 @click.option("--chat-template-path", help="A Jinja file, or a tokenizer whose chat template to use instead.")
 @click.option("--held-out", is_flag=True, help="Read PATHS as --eval-data: a directory of splits gives its test split.")
@@ -316,15 +322,26 @@ def data():
     "--show", type=click.IntRange(min=0), default=0, help="Print the first N rows as trained, the loss's tokens marked."
 )
 @click.option("--every-token", is_flag=True, help="The loss on every token, as -o assistant_only_loss=false trains.")
-def data_check(paths, model, max_length, chat_template_path, held_out, show, every_token):
-    """Per-row errors with file and row number, then token statistics (of all PATHS as one dataset)."""
+def data_check(paths, config, model, max_length, chat_template_path, held_out, show, every_token):
+    """Per-row errors with file and row number, then token statistics (of all PATHS as one dataset, else of the
+    run file's data)."""
     from ftctl import preflight
-    from ftctl.spec import RunSpec, join_paths, split_paths
+    from ftctl.spec import RunSpec, build, join_paths, split_paths
 
+    run = build(config) if config else None  # flags win over the run file
+    if not paths and run is None:
+        raise FtctlError("Give the data to check (PATHS), or a run file with -c run.yaml.")
     try:
-        path = join_paths(paths)
+        path = join_paths(paths) if paths else run.data_path
     except ValueError as e:
         raise FtctlError(f"{e}.") from None
+    model = model or (run.model_name_or_path if run else None)
+    if not model:
+        raise FtctlError("--model: the model whose tokenizer and chat template the run uses (or -c run.yaml).")
+    if run:
+        max_length = max_length or run.model_max_length
+        chat_template_path = chat_template_path or run.chat_template_path
+        every_token = every_token or not run.assistant_only_loss
     # a missing file or model directory is said at once, before the tokenizer loads (seconds)
     preflight.raise_if_errors(
         [f for p in split_paths(path) for f in preflight.check_data(p, flag="--eval-data" if held_out else "--data")]
@@ -338,6 +355,8 @@ def data_check(paths, model, max_length, chat_template_path, held_out, show, eve
     tokenizer = use_chat_template(load_tokenizer(model), chat_template_path)
     length = max_length or RunSpec.model_max_length
     report = check_data(path, tokenizer, length, held_out=held_out, show=show, every_token=every_token)
+    if run and run.data_mix and not paths and not held_out:
+        report.weights = [w for _, w in run.data_mix]
     if report.samples:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         mark = (lambda t: click.style(t, fg="green", bold=True)) if color else (lambda t: f"[[{t}]]")

@@ -149,3 +149,26 @@ def test_data_check_counts_each_dataset(tiny_model_dir, two_datasets):
         [two_datasets[1], str(B_ROWS), "rows,", f"{b.tokens:,}", "tokens"],
     ]
     assert "per dataset" not in check_data(two_datasets[0], str(tiny_model_dir), 128).render()
+
+
+def test_data_check_reads_a_run_files_data_as_the_run_does(tiny_model_dir, two_datasets, tmp_path):
+    """`ftctl data check -c run.yaml`: the run file's datasets, model, max length and weights (what each gives an
+    epoch, as mix takes it); flags win over it."""
+    import yaml
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+    from ftctl.trainer.data import mixed_rows
+
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"data_path": dict(zip(two_datasets, (0.5, 2.3))), "model": str(tiny_model_dir)}))
+    got = CliRunner().invoke(main, ["data", "check", "-c", str(run), "--max-length", "128"])
+    assert got.exit_code == 0, got.output
+    lines = got.stdout.split("per dataset (data_path's order):\n")[1].splitlines()[:2]
+    assert lines[0].endswith(f"; x0.5: {mixed_rows(A_ROWS, 0.5)} rows an epoch") and mixed_rows(A_ROWS, 0.5) == 12
+    assert lines[1].endswith("; x2.3: 23 rows an epoch")  # as mix took them (test_each_datasets_rows_...)
+    assert "max length 128 tokens" in got.stdout
+    got = CliRunner().invoke(main, ["data", "check", two_datasets[0], "-c", str(run)])  # PATHS win: no weights
+    assert got.exit_code == 0 and "rows an epoch" not in got.stdout
+    got = CliRunner().invoke(main, ["data", "check"])
+    assert got.exit_code != 0 and "Give the data to check (PATHS), or a run file with -c run.yaml." in got.output

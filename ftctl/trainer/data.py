@@ -59,6 +59,7 @@ class DataReport:
     notes: list[str] = field(default_factory=list)
     stats: DataStats = field(default_factory=DataStats)
     samples: list[tuple[str, list[int], list[int]]] = field(default_factory=list)  # (where, ids, labels): show_rows
+    weights: list[float] | None = None  # data_weights of the datasets, where a run file mixes them
 
     @property
     def ok(self) -> bool:
@@ -91,7 +92,12 @@ class DataReport:
         if s.datasets:  # what data_weights would mix
             lines.append("  per dataset (data_path's order):")
             width = max(len(name) for name, _, _ in s.datasets)
-            lines += [f"    {name:<{width}}  {rows:,} rows, {tokens:,} tokens" for name, rows, tokens in s.datasets]
+            weights = self.weights or [None] * len(s.datasets)
+            lines += [
+                f"    {name:<{width}}  {rows:,} rows, {tokens:,} tokens"
+                + ("" if w is None else f"; x{w:g}: {mixed_rows(rows, w):,} rows an epoch")
+                for (name, rows, tokens), w in zip(s.datasets, weights)
+            ]
         if s.histogram:
             lines.append("  length histogram (tokens before truncation):")
             width = max(len(label) for label, _ in s.histogram)
@@ -338,14 +344,19 @@ def mix(dataset, weights: list[tuple[str, float]], seed: int):
     picked, parts = [], []
     for i, (path, weight) in enumerate(weights):
         rows = np.flatnonzero(sources == i)
-        whole, part = divmod(weight, 1)
-        drawn = np.sort(rng.choice(rows, round(part * len(rows)), replace=False))
-        picked += [rows] * int(whole) + [drawn]
-        taken = int(whole) * len(rows) + len(drawn)
+        drawn = np.sort(rng.choice(rows, mixed_rows(len(rows), weight % 1), replace=False))
+        picked += [rows] * int(weight) + [drawn]
+        taken = mixed_rows(len(rows), weight)
         parts.append(f"{path} {len(rows):,} x {weight:g} = {taken:,}" + ("" if taken else " (none: raise its weight)"))
     order = np.concatenate(picked) if picked else np.array([], dtype=int)
     said = f"training data mixed by data_weights: {'; '.join(parts)}; {len(order):,} rows an epoch"
     return dataset.select(order).remove_columns(["source"]), said
+
+
+def mixed_rows(rows: int, weight: float) -> int:
+    """How many rows a dataset of ``rows`` gives an epoch at ``weight`` (mix): every row int(weight) times, then
+    the fraction's share of them."""
+    return int(weight) * rows + round(weight % 1 * rows)
 
 
 def shared_rows(train, held_out) -> str | None:
