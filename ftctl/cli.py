@@ -364,7 +364,11 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
         click.echo(f"The first {len(report.samples)} row(s) as trained; the tokens the loss covers {how}:")
         click.echo(show_rows(report, tokenizer, mark) + "\n")
     click.echo(report.render())
-    if report.errors:
+    reports = [report]
+    if run and run.eval_data_path and not paths and not held_out:  # the run's held-out data, as it reads it
+        reports.append(check_data(run.eval_data_path, tokenizer, length, held_out=True, every_token=every_token))
+        click.echo("\nHeld-out data (eval_data_path):\n" + reports[-1].render())
+    if any(r.errors for r in reports):
         sys.exit(1)
 
 

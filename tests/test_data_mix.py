@@ -168,7 +168,11 @@ def test_data_check_reads_a_run_files_data_as_the_run_does(tiny_model_dir, two_d
     assert lines[0].endswith(f"; x0.5: {mixed_rows(A_ROWS, 0.5)} rows an epoch") and mixed_rows(A_ROWS, 0.5) == 12
     assert lines[1].endswith("; x2.3: 23 rows an epoch")  # as mix took them (test_each_datasets_rows_...)
     assert "max length 128 tokens" in got.stdout
+    run.write_text(run.read_text() + f"eval_data_path: {two_datasets[1]}\n")
+    got = CliRunner().invoke(main, ["data", "check", "-c", str(run), "--max-length", "128"])
+    held = got.stdout.split("\nHeld-out data (eval_data_path):\n")[1]
+    assert got.exit_code == 0 and held.startswith(f"Data {two_datasets[1]}: 1 file(s), max length 128 tokens")
     got = CliRunner().invoke(main, ["data", "check", two_datasets[0], "-c", str(run)])  # PATHS win: no weights
-    assert got.exit_code == 0 and "rows an epoch" not in got.stdout
+    assert got.exit_code == 0 and "rows an epoch" not in got.stdout and "Held-out" not in got.stdout
     got = CliRunner().invoke(main, ["data", "check"])
     assert got.exit_code != 0 and "Give the data to check (PATHS), or a run file with -c run.yaml." in got.output
