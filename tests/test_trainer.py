@@ -263,14 +263,15 @@ def test_qlora_trains_over_a_4bit_base(tiny_model_dir, tiny_data, tmp_path, one_
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.output_dir)
 
 
-def test_merge_gives_the_same_logits_as_the_adapter(tiny_model_dir, tiny_data, tmp_path, one_thread):
+@pytest.mark.parametrize("variant", [{}, {"use_dora": True}], ids=["lora", "dora"])
+def test_merge_gives_the_same_logits_as_the_adapter(tiny_model_dir, tiny_data, tmp_path, one_thread, variant):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from ftctl.trainer.merge import merge
 
-    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "run", "lora", lora_r=4, lora_alpha=8)
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "run", "lora", lora_r=4, lora_alpha=8, **variant)
     result = _train(spec, plan)
     out = merge(result.output_dir, str(tmp_path / "merged"))
 
