@@ -19,7 +19,10 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
     activations  per micro-batch sequence of S tokens, hidden H, MLP width I, L layers: A bytes per token
                  and layer counted tensor by tensor in activation_bytes() (varlen attention, Liger kernels,
                  a 16-bit residual stream unless under fp16, LoRA's dropout outputs); A*S*(L+1) without
-                 gradient checkpointing (+1: gradients in flight), the saved layer inputs + 2 layers with it
+                 gradient checkpointing (+1: gradients in flight), the saved layer inputs + 2 layers with it:
+                 over by ~4.4 GB (bench/NOTES.md v50: fft1b, lora8b, qlora8b at 8 x 2,048 on an H200 peaked
+                 15-24% under their plans; one recomputed layer alive, the LM head's chunks gone, fft's peak its
+                 optimizer step), on the safe side
     logits       the LM head's loss (fused_head_bytes): chunks of tokens, not the (tokens x vocab) logits
     accumulated_grads
                  with gradient accumulation only (accumulation_steps() > 1): the gradients of the micro-
