@@ -338,14 +338,15 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
     model = model or (run.model_name_or_path if run else None)
     if not model:
         raise FtctlError("--model: the model whose tokenizer and chat template the run uses (or -c run.yaml).")
+    endpoint = run.s3_endpoint_url if run else None
     if run:
         max_length = max_length or run.model_max_length
         chat_template_path = chat_template_path or run.chat_template_path
         every_token = every_token or not run.assistant_only_loss
     # a missing file or model directory is said at once, before the tokenizer loads (seconds)
+    flag = "--eval-data" if held_out else "--data"
     preflight.raise_if_errors(
-        [f for p in split_paths(path) for f in preflight.check_data(p, flag="--eval-data" if held_out else "--data")]
-        + preflight.check_model(model)
+        [f for p in split_paths(path) for f in preflight.check_data(p, endpoint, flag)] + preflight.check_model(model)
     )
 
     from ftctl.trainer.data import check_data, show_rows
@@ -354,7 +355,7 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
 
     tokenizer = use_chat_template(load_tokenizer(model), chat_template_path)
     length = max_length or RunSpec.model_max_length
-    report = check_data(path, tokenizer, length, held_out=held_out, show=show, every_token=every_token)
+    report = check_data(path, tokenizer, length, endpoint, held_out=held_out, show=show, every_token=every_token)
     if run and run.data_mix and not paths and not held_out:
         report.weights = [w for _, w in run.data_mix]
     if report.samples:
@@ -366,7 +367,9 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
     click.echo(report.render())
     reports = [report]
     if run and run.eval_data_path and not paths and not held_out:  # the run's held-out data, as it reads it
-        reports.append(check_data(run.eval_data_path, tokenizer, length, held_out=True, every_token=every_token))
+        reports.append(
+            check_data(run.eval_data_path, tokenizer, length, endpoint, held_out=True, every_token=every_token)
+        )
         click.echo("\nHeld-out data (eval_data_path):\n" + reports[-1].render())
     if any(r.errors for r in reports):
         sys.exit(1)
