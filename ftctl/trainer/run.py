@@ -127,7 +127,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if not procs.on_cpu and (full := gpu_memory.check_free(plan, procs.local_rank)):
             log.warning("%s", full)
         run.resume_from = resume_point(spec, local_dir, remote_uri)
-        changed = checkpoint_settings.changes(run.resume_from, checkpoint_settings.settings(spec, plan))
+        trained_with = checkpoint_settings.settings(spec, plan)  # recorded in each manifest; compared on resume
+        changed = checkpoint_settings.changes(run.resume_from, trained_with)
         if changed and procs.is_main:
             log.warning("%s", changed.line())
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
@@ -153,7 +154,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         run.sync = CheckpointSyncCallback(
             remote_uri,
             spec_hash=spec.digest(),
-            settings=checkpoint_settings.settings(spec, plan),
+            settings=trained_with,
             endpoint_url=spec.s3_endpoint_url,
             keep_last=spec.save_total_limit,
             upload_wait_s=spec.upload_wait_s,
@@ -349,12 +350,10 @@ def refuse_earlier_checkpoints(spec: RunSpec, local_dir: str, remote_uri: str | 
     """resume=never where output_dir holds an earlier run's checkpoints (checkpoints.settings.written_over)."""
     from ftctl.checkpoints.settings import written_over
 
-    found = [
-        info.name
-        for uri in (local_dir, remote_uri)
-        if uri
-        for info in checkpoints.list_checkpoints(uri, endpoint_url=spec.s3_endpoint_url)
-    ]
+    found = []
+    for uri in filter(None, (local_dir, remote_uri)):
+        with storage.storage_errors(uri, spec.s3_endpoint_url):  # an unreachable store: one line naming what to set
+            found += [info.name for info in checkpoints.list_checkpoints(uri, endpoint_url=spec.s3_endpoint_url)]
     if said := written_over(spec.output, found):
         raise FtctlError(said)
 
