@@ -61,7 +61,7 @@ def checkpoint_step(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _is_manifest(rel: str) -> bool:
+def is_manifest(rel: str) -> bool:
     return rel == MANIFEST or bool(_NODE_RE.match(rel))
 
 
@@ -89,7 +89,7 @@ def build_manifest(ckpt_dir: str, step: int, world_size: int, spec_hash: str, **
 
     files = []
     for rel in storage.local_files(ckpt_dir):
-        if _is_manifest(rel) or rel.endswith(".ftctl-tmp"):
+        if is_manifest(rel) or rel.endswith(".ftctl-tmp"):
             continue
         full = os.path.join(ckpt_dir, *rel.split("/"))
         files.append({"path": rel, "size": os.path.getsize(full), "sha256": sha256_file(full)})

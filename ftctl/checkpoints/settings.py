@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ftctl.checkpoints.manifest import MANIFEST, checkpoint_step, read_manifest
+from ftctl.checkpoints.manifest import MANIFEST, checkpoint_step, is_manifest, read_manifest
 from ftctl.errors import FtctlError
 
 # what kind of weights a checkpoint holds: a run dir's checkpoints are another run's where these differ
@@ -58,7 +58,7 @@ def settings(spec, plan) -> dict:
 
 def saved(checkpoint: str) -> dict | None:
     """The settings recorded in a local checkpoint's manifest; None where it has none (written before they were)."""
-    names = [MANIFEST] + sorted(n for n in os.listdir(checkpoint) if n.startswith("manifest.node-"))
+    names = sorted((n for n in os.listdir(checkpoint) if is_manifest(n)), key=lambda n: n != MANIFEST)  # merged first
     for name in names:
         try:
             recorded = read_manifest(checkpoint, name).get("settings")
