@@ -362,20 +362,20 @@ def memory_terms(
     per_token_layer = activation_bytes(h, i, fp32_residual, adapters, adapters and lora_dropout > 0 and not kernel)
     if adapters and dora:  # the module docstring: dora
         per_token_layer += DORA_ACTIVATION_H * h + DORA_ACTIVATION_I * i
-    saved_inputs = (4 if fp32_residual else 2) * h  # what a checkpointed layer keeps
-    layers = shape.layers + 1  # + one layer's worth of gradients in flight during the backward
-    act_per_seq = (saved_inputs * shape.layers + per_token_layer * 2) * seq if ckpt else per_token_layer * seq * layers
-    activations = micro * act_per_seq * wb / 2 / 1e9
+    gb = micro * seq * wb / 2 / 1e9  # bytes a token -> GB for a micro-batch
     logits = fused_head_bytes(micro * seq, h, shape.vocab) * wb / 2 / 1e9
-    terms = {
-        "weights": weights,
-        "grads": grads,
-        "optimizer": optimizer,
-        "activations": activations,
-        "logits": logits,
-        "overhead": OVERHEAD_GB,
-    }
-    if accum > 1 and strategy not in (*OFFLOAD_STRATEGIES, "zero3", "fsdp"):  # module docstring: accumulated_grads
+    accumulating = accum > 1 and strategy not in (*OFFLOAD_STRATEGIES, "zero3", "fsdp")
+    if ckpt:  # the module docstring: activations under checkpointing
+        saved = (4 if fp32_residual else 2) * h * shape.layers * gb  # each checkpointed layer's input
+        replaced = grads if strategy == "single" and not accumulating else 0.0
+        activations, logits = max(0.0, saved - replaced) + max(per_token_layer * gb, logits), 0.0
+    else:  # every layer's, + one layer's worth of gradients in flight during the backward
+        activations = per_token_layer * (shape.layers + 1) * gb
+    terms = {"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations}
+    if logits:
+        terms["logits"] = logits
+    terms["overhead"] = OVERHEAD_GB
+    if accumulating and not ckpt:  # module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
     if accum > 1 and strategy == "fsdp" and world > 1:  # the same: FSDP2's unsharded 16-bit gradients
         terms["accumulated_grads"] = wb * trainable_b
