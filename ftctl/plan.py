@@ -367,7 +367,7 @@ def memory_terms(
     accumulating = accum > 1 and strategy not in (*OFFLOAD_STRATEGIES, "zero3", "fsdp")
     if ckpt:  # the module docstring: activations under checkpointing
         saved = (4 if fp32_residual else 2) * h * shape.layers * gb  # each checkpointed layer's input
-        replaced = grads if strategy == "single" and not accumulating else 0.0
+        replaced = grads if strategy == "single" else 0.0
         activations, logits = max(0.0, saved - replaced) + max(per_token_layer * gb, logits), 0.0
     else:  # every layer's, + one layer's worth of gradients in flight during the backward
         activations = per_token_layer * (shape.layers + 1) * gb
@@ -375,7 +375,7 @@ def memory_terms(
     if logits:
         terms["logits"] = logits
     terms["overhead"] = OVERHEAD_GB
-    if accumulating and not ckpt:  # module docstring: accumulated_grads
+    if accumulating:  # module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
     if accum > 1 and strategy == "fsdp" and world > 1:  # the same: FSDP2's unsharded 16-bit gradients
         terms["accumulated_grads"] = wb * trainable_b
@@ -630,10 +630,13 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
 FIT_KNOBS = ("strategy", "gradient_checkpointing", "per_device_train_batch_size", "optim")
 
 
-def within(spec: RunSpec, plan: Plan, capacity_gb: float) -> Plan | None:
+def within(spec: RunSpec, plan: Plan, capacity_gb: float, keep_optim: bool = False) -> Plan | None:
     """The fastest plan of this run estimated to need at most ``capacity_gb`` a GPU, the planner choosing the
-    batch, checkpointing and strategy again even where the user forced them; None when none fits."""
+    batch, checkpointing and strategy again even where the user forced them; None when none fits. With
+    ``keep_optim`` the plan's optimizer stays (a checkpoint's optimizer states continue under no other)."""
     free = replace(spec, strategy=None, gradient_checkpointing=None, per_device_train_batch_size=None)
+    if keep_optim:
+        free = replace(free, optim=plan.optim)
     return _fit(free, gpu_table.parse(plan.gpus), plan.model, plan.method, capacity_gb=capacity_gb)
 
 

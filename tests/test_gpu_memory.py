@@ -118,3 +118,28 @@ def test_an_error_without_numbers_offers_a_leaner_plan():
     line = gpu_memory.message(RuntimeError("CUDA error: out of memory\nCUDA kernel errors..."), spec, plan)
     assert line.startswith("out of GPU memory (CUDA error: out of memory); the plan estimated")
     assert _relaunched(spec, line).memory_gb <= 0.8 * plan.memory_gb
+
+
+def test_a_run_with_a_checkpoint_is_offered_a_plan_that_resumes_it(tmp_path):
+    """8B qlora on an A10G: the planner's leaner plan would take bitsandbytes' paged 8-bit AdamW, whose states a
+    checkpoint saved with fused AdamW's cannot continue (the relaunch's resume would be refused). Once the output
+    holds a checkpoint, the offer keeps the optimizer and finds the memory in the batch instead."""
+    from ftctl.checkpoints import write_manifest
+    from ftctl.trainer.run import holds_checkpoint
+
+    spec, plan = _run("qlora", "1xA10G", output_dir=str(tmp_path / "run"))
+    assert plan.optim == "adamw_torch_fused"
+    exc = RuntimeError("CUDA error: out of memory")  # offered: a plan estimated at 80% of this one's
+    assert _relaunched(spec, gpu_memory.message(exc, spec, plan)).optim == "paged_adamw_8bit"
+
+    assert not holds_checkpoint(spec)
+    ckpt = tmp_path / "run" / "checkpoint-5"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text('{"global_step": 5}')
+    assert not holds_checkpoint(spec)  # no manifest: not a checkpoint a relaunch resumes
+    write_manifest(str(ckpt), 5, 1, "abc")
+    assert holds_checkpoint(spec)
+    line = gpu_memory.message(exc, spec, plan, holds_checkpoint(spec))
+    new = _relaunched(spec, line)
+    assert new.optim == plan.optim and new.memory_gb < plan.memory_gb, line
+    assert new.global_batch_size == plan.global_batch_size

@@ -53,7 +53,9 @@ def main(argv=None) -> int:
         from ftctl.trainer import gpu_memory
 
         if plan is not None and gpu_memory.is_out_of_memory(e):
-            return failure.report("memory", gpu_memory.message(e, spec, plan), 1, e)
+            from ftctl.trainer.run import holds_checkpoint
+
+            return failure.report("memory", gpu_memory.message(e, spec, plan, holds_checkpoint(spec)), 1, e)
         return failure.report("error", failures.exception_line(e), 1, e)
     if rank == 0:
         loss = "none" if result.final_loss is None else f"{result.final_loss:.4f}"

@@ -60,8 +60,9 @@ def card(text: str) -> Card | None:
     return Card(total.group(1), float(total.group(2)) * _UNITS[total.group(3)] / GB, free, _size(this), _size(asked))
 
 
-def message(exc: BaseException, spec: RunSpec, plan: Plan) -> str:
-    """The one line a run that ran out of GPU memory ends with."""
+def message(exc: BaseException, spec: RunSpec, plan: Plan, checkpointed: bool = False) -> str:
+    """The one line a run that ran out of GPU memory ends with. ``checkpointed``: the run's output holds a
+    checkpoint, which the relaunch resumes, so the offered plan keeps the optimizer (checkpoints.settings)."""
     c = card(str(exc))
     est = plan.memory_gb
     others = c.others if c and c.others >= 1 else 0.0
@@ -83,7 +84,7 @@ def message(exc: BaseException, spec: RunSpec, plan: Plan) -> str:
     else:
         said = f"out of GPU memory ({str(exc).strip().splitlines()[0][:200]}); the plan estimated {est:.1f} GB."
         capacity = 0.8 * est
-    fit = within(spec, plan, capacity)
+    fit = within(spec, plan, capacity, keep_optim=checkpointed)
     if fit is None:
         return (
             f"{said} No plan of {plan.method} on {plan.gpus} is estimated to fit in {capacity:.1f} GB: "

@@ -346,6 +346,15 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
     return spec.resume
 
 
+def holds_checkpoint(spec: RunSpec) -> bool:
+    """Whether the run's local directory holds a complete checkpoint, which a relaunch resumes (the trainer
+    saves there first, and downloads the one it resumes there)."""
+    try:
+        return any(info.complete for info in checkpoints.list_checkpoints(output_dirs(spec)[0]))
+    except OSError:
+        return False
+
+
 def refuse_earlier_checkpoints(spec: RunSpec, local_dir: str, remote_uri: str | None) -> None:
     """resume=never where output_dir holds an earlier run's checkpoints (checkpoints.settings.written_over)."""
     from ftctl.checkpoints.settings import written_over
