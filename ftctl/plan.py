@@ -19,10 +19,12 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
     activations  per micro-batch sequence of S tokens, hidden H, MLP width I, L layers: A bytes per token
                  and layer counted tensor by tensor in activation_bytes() (varlen attention, Liger kernels,
                  a 16-bit residual stream unless under fp16, LoRA's dropout outputs); A*S*(L+1) without
-                 gradient checkpointing (+1: gradients in flight), the saved layer inputs + 2 layers with it:
-                 over by ~4.4 GB (bench/NOTES.md v50: fft1b, lora8b, qlora8b at 8 x 2,048 on an H200 peaked
-                 15-24% under their plans; one recomputed layer alive, the LM head's chunks gone, fft's peak its
-                 optimizer step), on the safe side
+                 gradient checkpointing (+1: gradients in flight). With it: each layer's saved input (2H a token),
+                 less the gradients made by the time it is read (one GPU, where torch frees the gradients after
+                 each step; under DeepSpeed, FSDP and DDP they stay allocated), + ONE recomputed layer's A (or
+                 the LM head's chunk, the larger) + the head's gradient of the hidden states (6H a token). On an
+                 H200 (bench/NOTES.md v50-v52, 8 and 16 x 2,048): 1B fft 2-6% over what it measured (its peak
+                 the optimizer step: weights + gradients + Adam), 8B lora/qlora 4-7% over at 8 x 2,048, 2% at 16
     logits       the LM head's loss (fused_head_bytes): chunks of tokens, not the (tokens x vocab) logits
     accumulated_grads
                  with gradient accumulation only (accumulation_steps() > 1): the gradients of the micro-
@@ -52,12 +54,16 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  prefetched, in 16 bits (what lets a model whose weights fit no single GPU train sharded)
     dora         use_dora (PEFT's DoRA layers, their own forward): each adapted projection keeps its base output and
                  its adapters' output for the backward, 2 x 2 x (q H + k, v H/4 + o H + gate, up I + down H) = 14H
-                 + 8I bytes a token and layer beyond LoRA's; under qlora its base matmul, recomputed on the
-                 dropout's output, keeps the dequantized weights too, 2.9 B/param (dora_dequantized; 2 layers'
-                 worth under checkpointing). 8B, 2 x 2,048 tokens, no checkpointing, on an H200 (v48): lora
-                 peaked at 68.6 GB against 69.4 so counted, qlora at 81.6 against 82.2 (its 2.9 B/param fitted there).
-                 With checkpointing (8 x 2,048, v49) lora peaked at 30.0 against 36.1 (one layer's activations alive,
-                 not two), qlora at 26.5 against 27.0
+                 + 8I bytes a token and layer beyond LoRA's. Under qlora more still, fitted to what was measured
+                 (where it goes not read): 2.9 B/param without checkpointing (dora_qlora; v48, 2 x 2,048), 120H a
+                 token with it (in activations; v52, 4 and 8 x 2,048). 8B on an H200: without checkpointing lora
+                 peaked at 68.6 GB against 69.4 so counted, qlora at 81.6 against 82.2; with it (v52) lora 4%
+                 under at 8 x 2,048 and 2% under at 4, qlora within 1%
+    deepspeed_step
+                 zero2: DeepSpeed's optimizer step makes fp32 gradients of the 16-bit partition, 5 B/param of it
+                 (4 + ~1 measured), while no activation is alive: counted where it is more than the activations'
+                 terms (1B fft under ZeRO-2 on one H200, 8 x 2,048 with checkpointing: 27.3 GB, v52). ZeRO-3 does
+                 the same a sub-group (1e9 parameters) at a time: not measured, not counted
     overhead     1.5 GB: CUDA context, allocator fragmentation, NCCL buffers
 
 A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
@@ -296,7 +302,10 @@ METHOD_STRATEGIES = {
 }
 # DoRA (use_dora): what PEFT's DoRA forward keeps beyond LoRA's, measured on an H200 (bench/NOTES.md v48)
 DORA_ACTIVATION_H, DORA_ACTIVATION_I = 14, 8  # bytes a token and layer, x hidden and x MLP width
-DORA_QLORA_BYTES_PER_PARAM = 2.9  # qlora: the dequantized weights its recomputed base matmul keeps
+DORA_QLORA_BYTES_PER_PARAM = 2.9  # qlora, beyond lora's DoRA terms: fitted on v48's row, without checkpointing
+DORA_QLORA_CHECKPOINTED_H = 120  # the same with checkpointing, bytes a token x hidden: fitted on v52's two rows
+HEAD_HIDDEN_GRAD_H = 6  # the LM head's fp32 gradient of the hidden states and 16-bit copy (fused_head_bytes)
+DEEPSPEED_STEP_BYTES_PER_PARAM = 5  # ZeRO-2/3's step: its gradient partition in fp32 (4 B) + ~1 measured (v52)
 LORA_KERNELS_MIN_B = 3.0  # see lora_kernels()
 LORA_KERNEL_MAX_RANK = 64
 
@@ -368,7 +377,11 @@ def memory_terms(
     if ckpt:  # the module docstring: activations under checkpointing
         saved = (4 if fp32_residual else 2) * h * shape.layers * gb  # each checkpointed layer's input
         replaced = grads if strategy == "single" else 0.0
-        activations, logits = max(0.0, saved - replaced) + max(per_token_layer * gb, logits), 0.0
+        hidden_grad = HEAD_HIDDEN_GRAD_H * h * gb  # the head's gradient of the hidden states, alive to the end
+        one_layer = max(per_token_layer * gb, logits - hidden_grad)  # or the head's chunk, the larger
+        activations, logits = max(0.0, saved - replaced) + one_layer + hidden_grad, 0.0
+        if method == "qlora" and dora:  # the module docstring: dora
+            activations += DORA_QLORA_CHECKPOINTED_H * h * gb
     else:  # every layer's, + one layer's worth of gradients in flight during the backward
         activations = per_token_layer * (shape.layers + 1) * gb
     terms = {"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations}
@@ -383,8 +396,12 @@ def memory_terms(
         terms["ddp_buckets"] = grads
     if strategy == "fsdp":  # the module docstring: fsdp_gathered
         terms["fsdp_gathered"] = 2 * 2 * n / shape.layers
-    if method == "qlora" and dora:  # the module docstring: dora
-        terms["dora_dequantized"] = DORA_QLORA_BYTES_PER_PARAM * n * (2 / shape.layers if ckpt else 1)
+    if method == "qlora" and dora and not ckpt:  # the module docstring: dora
+        terms["dora_qlora"] = DORA_QLORA_BYTES_PER_PARAM * n
+    if strategy == "zero2":  # the module docstring: deepspeed_step
+        step = DEEPSPEED_STEP_BYTES_PER_PARAM * trainable_b / world - activations - logits
+        if step > 0:
+            terms["deepspeed_step"] = step
     if strategy in ZERO3_STRATEGIES:  # the module docstring: zero3_buffers
         terms["zero3_buffers"] = (
             wb * (2 * ZERO3_REDUCE_BUCKET + ZERO3_PREFETCH_BUCKET + min(ZERO3_MAX_LIVE, n * 1e9)) / 1e9
@@ -459,7 +476,7 @@ def fused_head_bytes(tokens: int, h: int, vocab: int) -> int:
     (tokens x vocab) logits never exist at once), the fp32 gradient of the hidden states and the 16-bit copy
     of the scored positions. (A trained head's fp32 weight gradient is the grads term's.) Where TRL's own head
     runs instead (ZeRO-3, scaled logits) its 4,096 x 32,768 tiles are smaller: this over-counts by <= 1 GB."""
-    return 2 * min(tokens, head_chunk_tokens(vocab)) * vocab + 6 * tokens * h
+    return 2 * min(tokens, head_chunk_tokens(vocab)) * vocab + HEAD_HIDDEN_GRAD_H * tokens * h
 
 
 def _strategies(method: str, world: int, nodes: int, forced: str | None) -> list[str]:
