@@ -23,15 +23,16 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  less the gradients made by the time it is read (one GPU, where torch frees the gradients after
                  each step; under DeepSpeed, FSDP and DDP they stay allocated), + ONE recomputed layer's A (or
                  the LM head's chunk, the larger) + the head's gradient of the hidden states (6H a token). On an
-                 H200 (bench/NOTES.md v50-v52, 8 and 16 x 2,048): 1B fft 2-6% over what it measured (its peak
-                 the optimizer step: weights + gradients + Adam), 8B lora/qlora 4-7% over at 8 x 2,048, 2% at 16
+                 H200 (bench/NOTES.md v50-v53, fifteen runs at 2 to 16 x 2,048): 4% under to 8% over what they
+                 measured (1B fft's peak is the optimizer step: weights + gradients + Adam)
     logits       the LM head's loss (fused_head_bytes): chunks of tokens, not the (tokens x vocab) logits
     accumulated_grads
                  with gradient accumulation only (accumulation_steps() > 1): the gradients of the micro-
                  batches so far stay alive through the next one's activations, so the grads term counts
                  again (sharded as grads is). Without accumulation they appear as the backward frees the
                  activations, a peak the terms above are calibrated to (1B fft on an H200: 8 x 1 within 2%
-                 of them; 8 x 2 peaked 4.6 GiB higher, the size of the model's fp32 gradients). Not under
+                 of them; 8 x 2 peaked 4.6 GiB higher, the size of the model's fp32 gradients; with checkpointing 4.3 GB
+                 higher, v51). Not under
                  zero3 (its gradient partitions are one buffer allocated at the start, in the peak either
                  way) nor the offloads (gradients in CPU RAM). fsdp on one GPU neither (FSDP2 at 8 x 2 peaked
                  37.2 GiB, 7.6 under a plan that counted them: its gradients accumulate in the one set it
