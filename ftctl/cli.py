@@ -277,28 +277,29 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare):
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--compare", is_flag=True, help="The base model's numbers too, above the run's.")
 def eval_(run, paths, max_length, batch_size, compare):
-    """Held-out loss, perplexity and token accuracy of what a run trained on a dataset (RUN as for chat)."""
-    from ftctl.spec import RunSpec, join_paths
+    """Held-out loss, perplexity and token accuracy of what a run trained on a dataset (RUN as for chat); of each of
+    several, then of all together."""
+    from ftctl.spec import RunSpec, join_paths, split_paths
     from ftctl.trainer import chat as chat_mod
     from ftctl.trainer.data import build_dataset
-    from ftctl.trainer.heldout import score
+    from ftctl.trainer.heldout import report, score
 
     try:
-        path = join_paths(paths)
+        names = split_paths(join_paths(paths))
     except ValueError as e:
         raise FtctlError(f"{e}.") from None
     loaded = chat_mod.load(run)
     recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
     every = loaded.found.recorded("spec", "assistant_only_loss") is False if loaded.found else False  # as it trained
     length = max_length or recorded or RunSpec.model_max_length
-    dataset = build_dataset(path, loaded.tokenizer, length, held_out=True, every_token=every)
-    tuned = score(loaded.model, loaded.tokenizer, dataset, batch_size)
+    sets = [build_dataset(name, loaded.tokenizer, length, held_out=True, every_token=every) for name in names]
+    tuned = [score(loaded.model, loaded.tokenizer, dataset, batch_size) for dataset in sets]
+    base = None
     if compare:
-        with loaded.base() as base:
-            click.echo(f"base:  {score(base, loaded.tokenizer, dataset, batch_size).line()}")
-        click.echo(f"tuned: {tuned.line()}")
-    else:
-        click.echo(tuned.line())
+        with loaded.base() as model:
+            base = [score(model, loaded.tokenizer, dataset, batch_size) for dataset in sets]
+    for line in report(names, tuned, base):
+        click.echo(line)
 
 
 @main.group(cls=_Group)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -372,6 +373,41 @@ def test_eval_scores_the_tokens_training_scores(lora_run, tiny_model_dir, tmp_pa
     got = CliRunner().invoke(main, ["eval", str(every), "--data", str(tmp_path / "held.jsonl")])
     scored = sum(len(ids) - 1 for ids in dataset["input_ids"])
     assert got.exit_code == 0 and got.stdout.endswith(f"(2 rows, {scored:,} scored tokens)\n"), got.output
+
+
+def test_eval_scores_each_dataset_then_all_together(lora_run, tmp_path):
+    """Two datasets: each scored on its own, base above tuned, then all of them, which is what the two read as one
+    file score (each row weighs by its scored tokens wherever it is)."""
+    from ftctl.cli import main
+
+    def chat_rows(*pairs):
+        return "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+            for q, a in pairs
+        )
+
+    a = chat_rows(("What is the code?", "AMBER-42."), ("hi", "Hello there, how are you?"))
+    b = chat_rows(("Name a river.", "The Danube, which runs through ten countries."))
+    (tmp_path / "a.jsonl").write_text(a)
+    (tmp_path / "b.jsonl").write_text(b)
+    (tmp_path / "ab.jsonl").write_text(a + b)
+    got = CliRunner().invoke(
+        main,
+        ["eval", str(lora_run), "--data", str(tmp_path / "a.jsonl"), "--data", str(tmp_path / "b.jsonl"), "--compare"],
+    )
+    assert got.exit_code == 0, got.output
+    lines = got.stdout.splitlines()
+    assert [line for line in lines if not line.startswith("  ")] == [
+        f"{tmp_path / n}:" for n in ("a.jsonl", "b.jsonl")
+    ] + ["all:"]
+    assert [line.split(":")[0].strip() for line in lines if line.startswith("  ")] == ["base", "tuned"] * 3
+    assert "(2 rows," in lines[2] and "(1 row," in lines[5] and "(3 rows," in lines[8]
+    one = CliRunner().invoke(main, ["eval", str(lora_run), "--data", str(tmp_path / "ab.jsonl"), "--compare"])
+    assert one.exit_code == 0, one.output
+    base, tuned = one.stdout.splitlines()
+    loss = re.compile(r"loss (\d+\.\d+)  perplexity [\d,.]+  token accuracy (\d\.\d+)  \((.*)\)")
+    assert loss.search(lines[7]).groups() == loss.search(base).groups()
+    assert loss.search(lines[8]).groups() == loss.search(tuned).groups()
 
 
 def test_eval_out_of_gpu_memory_says_which_flag_to_lower(lora_run, tmp_path, monkeypatch):

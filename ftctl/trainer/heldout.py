@@ -2,7 +2,8 @@
 its base did: the loss and token accuracy on the tokens training would score (the assistant turns and their
 end-of-turn token, trainer/masks.py), read as the run reads data (formats, chat template, max length).
 
-The loss is the mean over every scored token of the set (each row weighs by its scored tokens), so one row's
+Several datasets are scored each on its own, then together. The loss is the mean over every scored token of a set
+(each row weighs by its scored tokens), so one row's
 equals transformers' own ``model(input_ids, labels=labels).loss``; the trainer's logged eval_loss is TRL's
 (each batch's token mean, weighted by rows) and can differ a little. Rows go in batches of ``batch_size``,
 padded on the right; the logits of one batch are held at once.
@@ -30,8 +31,35 @@ class Score:
     def line(self) -> str:
         return (
             f"loss {self.loss:.4f}  perplexity {self.perplexity:,.3f}  token accuracy {self.token_accuracy:.3f}  "
-            f"({self.rows:,} rows, {self.tokens:,} scored tokens)"
+            f"({self.rows:,} row{'s' if self.rows != 1 else ''}, {self.tokens:,} scored tokens)"
         )
+
+
+def combined(scores: list[Score]) -> Score:
+    """Several datasets' scores as one: each weighs by its scored tokens, as the rows of one dataset do."""
+    tokens = sum(s.tokens for s in scores)
+    loss = sum(s.loss * s.tokens for s in scores) / tokens
+    accuracy = sum(s.token_accuracy * s.tokens for s in scores) / tokens
+    return Score(loss, accuracy, sum(s.rows for s in scores), tokens)
+
+
+def report(names: list[str], tuned: list[Score], base: list[Score] | None = None) -> list[str]:
+    """``ftctl eval``'s lines: each dataset's scores (the base's above the run's), then, for several, all of them
+    together."""
+    if len(names) > 1:
+        names = [*names, "all"]
+        tuned = [*tuned, combined(tuned)]
+        base = [*base, combined(base)] if base else None
+    lines = []
+    for i, name in enumerate(names):
+        indent = ""
+        if len(names) > 1:
+            lines.append(f"{name}:")
+            indent = "  "
+        if base:
+            lines.append(f"{indent}base:  {base[i].line()}")
+        lines.append(f"{indent}tuned: {tuned[i].line()}" if base else f"{indent}{tuned[i].line()}")
+    return lines
 
 
 def score(model, tokenizer, dataset, batch_size: int = 4) -> Score:
