@@ -32,8 +32,8 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  again (sharded as grads is). Without accumulation they appear as the backward frees the
                  activations, a peak the terms above are calibrated to (1B fft on an H200: 8 x 1 within 2%
                  of them; 8 x 2 peaked 4.6 GiB higher, the size of the model's fp32 gradients; with
-                 checkpointing 4.3 GB higher, v51). Not under zero3 (its gradient partitions are one buffer allocated at the start, in the peak either
-                 way) nor the offloads (gradients in CPU RAM). fsdp on one GPU neither (FSDP2 at 8 x 2 peaked
+                 checkpointing 4.3 GB higher, v51). Not under zero3 (its gradient partitions are one buffer
+                 allocated at the start, in the peak either way) nor the offloads (gradients in CPU RAM). fsdp on one GPU neither (FSDP2 at 8 x 2 peaked
                  37.2 GiB, 7.6 under a plan that counted them: its gradients accumulate in the one set it
                  keeps); on several, what it keeps between the micro-batches of a step (no reduce-scatter until
                  the last) is the unsharded gradients in the compute dtype, 2 B/param under bf16 (1B fft on two
@@ -305,7 +305,7 @@ DORA_ACTIVATION_H, DORA_ACTIVATION_I = 14, 8  # bytes a token and layer, x hidde
 DORA_QLORA_BYTES_PER_PARAM = 2.9  # qlora, beyond lora's DoRA terms: fitted on v48's row, without checkpointing
 DORA_QLORA_CHECKPOINTED_H = 120  # the same with checkpointing, bytes a token x hidden: fitted on v52's two rows
 HEAD_HIDDEN_GRAD_H = 6  # the LM head's fp32 gradient of the hidden states and 16-bit copy (fused_head_bytes)
-DEEPSPEED_STEP_BYTES_PER_PARAM = 5  # ZeRO-2/3's step: its gradient partition in fp32 (4 B) + ~1 measured (v52)
+DEEPSPEED_STEP_BYTES_PER_PARAM = 5  # ZeRO-2's step: its gradient partition in fp32 (4 B) + ~1 measured (v52)
 LORA_KERNELS_MIN_B = 3.0  # see lora_kernels()
 LORA_KERNEL_MAX_RANK = 64
 

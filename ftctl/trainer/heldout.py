@@ -2,11 +2,11 @@
 its base did: the loss and token accuracy on the tokens training would score (the assistant turns and their
 end-of-turn token, trainer/masks.py), read as the run reads data (formats, chat template, max length).
 
-Several datasets are scored each on its own, then together. The loss is the mean over every scored token of a set
-(each row weighs by its scored tokens), so one row's
-equals transformers' own ``model(input_ids, labels=labels).loss``; the trainer's logged eval_loss is TRL's
-(each batch's token mean, weighted by rows) and can differ a little. Rows go in batches of ``batch_size``,
-padded on the right; the logits of one batch are held at once.
+Several datasets are scored each on its own, then together. The loss is the mean over every scored token of a
+set (each row weighs by its scored tokens), so one row's equals transformers' own
+``model(input_ids, labels=labels).loss``; the trainer's logged eval_loss is TRL's (each batch's token mean,
+weighted by rows) and can differ a little. Rows go in batches of ``batch_size``, padded on the right; the logits
+of one batch are held at once.
 """
 
 from __future__ import annotations
