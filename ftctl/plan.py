@@ -37,7 +37,8 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  fsdp on one GPU neither (FSDP2 at 8 x 2 peaked 37.2 GiB, 7.6 under a plan that counted them:
                  its gradients accumulate in the one set it keeps); on several, what it keeps between the
                  micro-batches of a step (no reduce-scatter until the last) is the unsharded gradients in the
-                 compute dtype, 2 B/param under bf16 (1B fft on two H200s, 8 x 4 per GPU: 30.56 GiB against 28.26 at 8 x 1, +2.30 = 2 x 1.24e9 B)
+                 compute dtype, 2 B/param under bf16 (1B fft on two H200s, 8 x 4 per GPU: 30.56 GiB against
+                 28.26 at 8 x 1, +2.30 = 2 x 1.24e9 B)
     ddp_buckets  DDP on several processes only: its reducer's flat buckets, a copy of every gradient for
                  the all-reduce that lives from the wrap to the end (1B fft on two H200s at 8 x 1: 40.5 GiB per
                  GPU against 35.9 on one GPU). The gradients themselves are views into them (sft_trainer.py),
