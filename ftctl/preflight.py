@@ -151,28 +151,42 @@ def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Fin
 
 # ----------------------------------------------------------------------------------------- model
 def _looks_like_path(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~", ".\\")) or value in (".", "..") or value.endswith("/")
+    """A path, not a hub id: by its form, or its first part a directory here (``runs/r1`` where runs/ is)."""
+    first = value.split("/", 1)[0]
+    return (
+        value.startswith(("/", "./", "../", "~", ".\\"))
+        or value in (".", "..")
+        or value.endswith("/")
+        or ("/" in value and Path(first).is_dir())
+    )
 
 
-def check_model(name_or_path: str) -> list[Finding]:
+# what check_model's value is, by the flag or argument that gave it: what to give instead
+_MODEL_FIX = {
+    "--model": "pass a model directory (with config.json) or a hub id such as org/name.",
+    "RUN": "give a run's output directory (its --output), one of its checkpoints, or a model id such as org/name.",
+}
+
+
+def check_model(name_or_path: str, flag: str = "--model") -> list[Finding]:
     """A local model directory (with config.json), or a hub id the Hub has and lets this account read (its
     config.json, ftctl.hub). Where the Hub cannot be asked: a well-formed id, and HF_TOKEN for the families
     that gate their models."""
     value = str(name_or_path).strip()
     path = Path(value).expanduser()
-    fix = "pass a model directory (with config.json) or a hub id such as org/name."
+    fix = _MODEL_FIX[flag]
     if path.is_dir():
         if (path / "config.json").is_file():
             return []
-        return [Finding(ERROR, f"--model {value}: the directory holds no config.json, so it is not a model", fix)]
+        return [Finding(ERROR, f"{flag} {value}: the directory holds no config.json, so it is not a model", fix)]
     if path.exists():
-        return [Finding(ERROR, f"--model {value}: a file, not a model directory", fix)]
+        return [Finding(ERROR, f"{flag} {value}: a file, not a model directory", fix)]
     if storage.scheme(value):
-        return [Finding(ERROR, f"--model {value}: models load from a local directory or the hub, not a URI", fix)]
+        return [Finding(ERROR, f"{flag} {value}: models load from a local directory or the hub, not a URI", fix)]
     if _looks_like_path(value):
-        return [Finding(ERROR, f"--model {value}: no such directory", fix)]
+        return [Finding(ERROR, f"{flag} {value}: no such directory", fix)]
     if not HUB_ID.match(value) or "--" in value or ".." in value:
-        return [Finding(ERROR, f"--model {value}: no such directory, and not a hub id (org/name)", fix)]
+        return [Finding(ERROR, f"{flag} {value}: no such directory, and not a hub id (org/name)", fix)]
     from ftctl import hub
     from ftctl.spec import is_demo_model
 
@@ -182,13 +196,13 @@ def check_model(name_or_path: str) -> list[Finding]:
             return []
         except hub.HubError as e:
             if e.kind != "unreachable":
-                return [Finding(ERROR, f"--model {value}: {e}", _HUB_FIX[e.kind])]
+                return [Finding(ERROR, f"{flag} {value}: {e}", _HUB_FIX[e.kind])]
     # the Hub cannot be asked from here: what can be said without it
     if value.lower().startswith(GATED_PREFIXES) and not os.environ.get("HF_TOKEN"):
         return [
             Finding(
                 WARNING,
-                f"--model {value} is gated on the Hugging Face hub and HF_TOKEN is not set",
+                f"{flag} {value} is gated on the Hugging Face hub and HF_TOKEN is not set",
                 "export HF_TOKEN=hf_... of an account that accepted the model's licence (ftctl passes it to "
                 "the job as a secret).",
             )
@@ -331,7 +345,7 @@ def check_resume(spec, plan) -> list[Finding]:
 
 def _check_resume(spec, plan) -> list[Finding]:
     from ftctl.checkpoints import list_checkpoints
-    from ftctl.checkpoints.settings import compare, settings, written_over
+    from ftctl.checkpoints.settings import TRAINER_STATE, compare, finished, settings, written_over
 
     try:
         with storage.storage_errors(spec.output, spec.s3_endpoint_url):
@@ -342,13 +356,19 @@ def _check_resume(spec, plan) -> list[Finding]:
         said = written_over(spec.output, [info.name for info in found])
         return [Finding(ERROR, said)] if said else []
     newest = next((info for info in reversed(found) if info.complete), None)
-    recorded = (newest.manifest or {}).get("settings") if newest else None
-    if not isinstance(recorded, dict):
+    if newest is None:
         return []
+    recorded = (newest.manifest or {}).get("settings")
     try:
-        changed = compare(newest.uri, recorded, settings(spec, plan))
+        changed = compare(newest.uri, recorded, settings(spec, plan)) if isinstance(recorded, dict) else None
     except FtctlError as e:
         return [Finding(ERROR, str(e))]
+    try:
+        state = storage.read_text(storage.join(newest.uri, TRAINER_STATE), spec.s3_endpoint_url)
+    except (OSError, storage.StorageError, FtctlError):
+        state = ""  # a checkpoint without transformers' record: the trainer says what it finds
+    if done := finished(state, spec, changed):
+        return [Finding(ERROR, done)]
     return [Finding(WARNING, changed.line())] if changed else []
 
 

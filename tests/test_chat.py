@@ -189,6 +189,32 @@ def test_chat_refuses_in_one_line(tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
 
 
+def test_a_mistyped_run_is_refused_at_once(tmp_path, monkeypatch):
+    """``runs/nope`` where runs/ is a directory here is a run's path, not a hub id to look up (that took ~50 s of
+    the Hub's retries and ended in a traceback); an id the Hub cannot give is one line as well."""
+    from ftctl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for command in (["chat", "runs/nope", "-p", "hi"], ["eval", "runs/nope", "--data", "x.jsonl"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.output == (
+            "error: RUN runs/nope: no such directory; give a run's output directory (its --output), one of its "
+            "checkpoints, or a model id such as org/name.\n"
+        )
+    # the Hub read in a process of its own: huggingface_hub reads HF_HUB_OFFLINE when it is imported
+    result = subprocess.run(
+        [FTCTL, "chat", "no-such-org/no-such-model", "-p", "hi"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(HF_HUB_OFFLINE=1),
+        timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: Cannot load no-such-org/no-such-model: ") and "HF_TOKEN" in result.stderr
+
+
 def test_a_run_in_object_storage_talks_from_its_top_level_files(lora_run, s3_bucket):
     """A SkyPilot run's output: its final adapter downloaded (checkpoints left where they are); a run with no final
     adapter there yet says how to pull its checkpoints. A real S3 server on loopback (moto)."""

@@ -222,6 +222,7 @@ def test_a_relaunch_is_checked_against_the_outputs_newest_checkpoint(tmp_path, s
         ckpt = run / f"checkpoint-{step}"
         ckpt.mkdir(parents=True)
         (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
+        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 100}))
         write_manifest(str(ckpt), step, 1, spec.digest(), settings=settings(spec, make_plan(spec)))
     output = str(run)
     if store:
@@ -244,6 +245,12 @@ def test_a_relaunch_is_checked_against_the_outputs_newest_checkpoint(tmp_path, s
     )
     assert only(check(resume="never")).startswith(f"resume=never, but {output} holds an earlier run's checkpoints")
     assert check(resume=str(run / "checkpoint-20")) == []  # a checkpoint named: the trainer reads it
+    # trained to the end already: nothing is left to train (transformers' trainer_state.json, read from the store)
+    assert only(check(max_steps=40)) == (
+        f"{output} holds this run trained to step 40 of 40 (checkpoint-40): nothing is left to train. To train it "
+        "further, raise -o max_steps; to start another run, give another --output."
+    )
+    assert [f.level for f in check(max_steps=41)] == [WARNING]  # steps left: said, not refused
 
 
 def test_gpus_asked_versus_present():

@@ -58,6 +58,50 @@ def test_a_relaunch_trains_with_its_new_learning_rate_and_weight_decay(
     assert decay.seen == [[0.1, 0.0]] * 3  # transformers' decay group, then the one without
 
 
+def test_a_finished_run_is_not_trained_again(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    """The same launch again after a run finished: transformers' Trainer took one step past max_steps at the
+    schedule's end and wrote the final model again; now it is refused before anything loads (by launch's preflight
+    too), the final model untouched, and a higher max_steps trains on."""
+    from ftctl.preflight import ERROR, check_resume
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "out"
+    assert train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **SCHEDULE), echo=print).status == (
+        "complete"
+    )
+    final = (out / "adapter_model.safetensors").read_bytes()
+    said = (
+        f"{out} holds this run trained to step 3 of 3 (checkpoint-3): nothing is left to train. To train it further, "
+        "raise -o max_steps; to start another run, give another --output."
+    )
+    for changed in ({}, {"learning_rate": 1e-4}):
+        again = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **SCHEDULE, **changed)
+        with pytest.raises(FtctlError) as e:
+            train(*again, echo=lambda *_: None)
+        assert str(e.value) == said
+        assert [(f.level, f.what) for f in check_resume(*again)] == [(ERROR, said)]
+    assert (out / "adapter_model.safetensors").read_bytes() == final and not (out / "checkpoint-4").exists()
+    more = train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=4, **SCHEDULE), echo=lambda *_: None)
+    assert more.status == "complete" and more.global_step == 4
+
+
+def test_an_epoch_based_run_is_finished_at_the_total_it_saved():
+    from ftctl.checkpoints.settings import Changes, finished
+    from ftctl.spec import build
+
+    spec = build({"method": "lora", "output_dir": "runs/r"})
+    assert spec.max_steps <= 0
+    done = finished(json.dumps({"global_step": 40, "max_steps": 40}), spec, None)
+    assert done.startswith("runs/r holds this run trained to step 40 of 40") and "raise -o num_train_epochs" in done
+    assert finished(json.dumps({"global_step": 39, "max_steps": 40}), spec, None) is None
+    # the data or the epochs changed: the Trainer counts the steps an epoch has now
+    assert (
+        finished(json.dumps({"global_step": 40, "max_steps": 40}), spec, Changes(40, {"data_path": ("a", "b")})) is None
+    )
+    assert finished(json.dumps({"global_step": 40, "max_steps": 40}), spec, Changes(40, {"seed": (1, 2)})) is None
+    assert finished("", spec, None) is None and finished("{}", spec, None) is None
+
+
 def test_what_a_checkpoint_cannot_continue_under_is_refused(tiny_model_dir, tiny_data, tmp_path, one_thread):
     from ftctl.checkpoints.settings import changes, settings
     from ftctl.trainer.run import train

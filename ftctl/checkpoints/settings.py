@@ -20,6 +20,7 @@ computes (an out-of-memory relaunch resumes with smaller ones).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -38,6 +39,7 @@ FOLLOWED += ("lora_alpha", "lora_dropout", "use_rslora", "assistant_only_loss")
 DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path", "data_path", "data_weights")
 DATA += ("eval_split", "seed")
 NEW_DATA = ("data_path", "data_weights")  # other rows: read from their start, not past the checkpoint's batches
+TRAINER_STATE = "trainer_state.json"  # transformers' own record in each checkpoint: its step and the run's total
 _ONLY = {  # compared only where the method has them
     "lora_r": ("lora", "qlora"),
     "lora_alpha": ("lora", "qlora"),
@@ -137,3 +139,27 @@ def written_over(output: str, names: list[str]) -> str | None:
 
 def _show(value) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def finished(state_json: str, spec, changed: Changes | None) -> str | None:
+    """The line that refuses to resume a checkpoint (its ``trainer_state.json`` text) that has trained every step
+    of this run: transformers' Trainer would take one step past the end, at the schedule's last rate, and write the
+    final model again. None where steps are left, or where an epoch's steps may have changed (the data or the
+    batch of an epoch-based run: the Trainer counts them)."""
+    try:
+        state = json.loads(state_json)
+        step, total = int(state.get("global_step") or 0), int(state.get("max_steps") or 0)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    if spec.max_steps > 0:
+        target, more = spec.max_steps, "-o max_steps"
+    elif changed and any(k in DATA or k == "num_train_epochs" for k in changed.changed):
+        return None
+    else:
+        target, more = total, "-o num_train_epochs"
+    if not target or step < target:
+        return None
+    return (
+        f"{spec.output} holds this run trained to step {step} of {target} (checkpoint-{step}): nothing is left to "
+        f"train. To train it further, raise {more}; to start another run, give another --output."
+    )

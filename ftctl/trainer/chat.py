@@ -92,7 +92,7 @@ def load(target: str) -> Loaded:
     elif Path(target).expanduser().is_dir() or "://" in target:
         found = trained_mod.find(target)
     else:  # a model id: the base itself
-        found = trained_mod.Trained(Path(resolve_model(target)), adapter=False)
+        found = trained_mod.Trained(Path(resolve_model(target, flag="RUN")), adapter=False)
         plain = True
     on_gpu = torch.cuda.is_available()
     if on_gpu:
@@ -101,8 +101,14 @@ def load(target: str) -> Loaded:
             precision = "fp16"
     else:
         precision = "fp32"
-    model = trained_mod.load(found, precision, device_map="auto" if on_gpu else None, as_trained=True).eval()
-    tokenizer = AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(found))
+    try:
+        model = trained_mod.load(found, precision, device_map="auto" if on_gpu else None, as_trained=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(found))
+    except OSError as e:  # transformers' own: a model the Hub does not have, or cannot be reached for
+        raise FtctlError(
+            f"Cannot load {target}: {str(e).strip().splitlines()[0]} Give a run's output directory, one of its "
+            "checkpoints, or a model id this machine can read (HF_TOKEN for a gated one)."
+        ) from None
     if note := ensure_chat_template(tokenizer):
         log.warning("%s", note)
     where = target if download or not Path(target).expanduser().is_dir() else found.path

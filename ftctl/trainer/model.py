@@ -121,14 +121,15 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     )
 
 
-def resolve_model(name_or_path: str) -> str:
+def resolve_model(name_or_path: str, flag: str = "--model") -> str:
     """A path or id transformers can load: the demo model's id becomes its local directory. A
-    missing directory or a malformed id is refused first, in preflight's words (one owner)."""
+    missing directory or a malformed id is refused first, in preflight's words (one owner), naming the
+    ``flag`` that gave it."""
     if is_demo_model(name_or_path):
         return str(ensure_demo_model())
     from ftctl.preflight import check_model, raise_if_errors
 
-    raise_if_errors(check_model(name_or_path))
+    raise_if_errors(check_model(name_or_path, flag))
     return name_or_path
 
 

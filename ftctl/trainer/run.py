@@ -129,6 +129,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         run.resume_from = resume_point(spec, local_dir, remote_uri)
         trained_with = checkpoint_settings.settings(spec, plan)  # recorded in each manifest; compared on resume
         changed = checkpoint_settings.changes(run.resume_from, trained_with)
+        if run.resume_from and (done := already_trained(spec, run.resume_from, changed)):
+            raise FtctlError(done)
         if changed and procs.is_main:
             log.warning("%s", changed.line())
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
@@ -329,10 +331,7 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
         refuse_earlier_checkpoints(spec, local_dir, remote_uri)
         return None
     if spec.resume == "auto":
-        found = resume_checkpoint(local_dir, remote_uri, spec.s3_endpoint_url)
-        if found:
-            log.warning("resuming from %s", found)
-        return found
+        return resume_checkpoint(local_dir, remote_uri, spec.s3_endpoint_url)  # says which, and from where
     if storage.is_remote(spec.resume):
         raise FtctlError(
             f"resume={spec.resume}: give a local checkpoint directory, or resume=auto with "
@@ -344,6 +343,16 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
             "checkpoint-<step> directory, or resume=auto."
         )
     return spec.resume
+
+
+def already_trained(spec: RunSpec, checkpoint: str, changed) -> str | None:
+    """checkpoints.settings.finished of the local checkpoint the run would resume."""
+    from ftctl.checkpoints.settings import TRAINER_STATE, finished
+
+    try:
+        return finished(Path(checkpoint, TRAINER_STATE).read_text(), spec, changed)
+    except OSError:
+        return None
 
 
 def holds_checkpoint(spec: RunSpec) -> bool:
