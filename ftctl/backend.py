@@ -262,6 +262,8 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
     findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus())
     if dry_run:
         click.echo(f"backend: {name} ({why})", err=True)
+        for note in rendered.plan.notes:  # what the planner changed: a method that does not fit falls back to qlora
+            click.echo(f"plan: {note}", err=True)
         if rendered.image:
             click.echo(rendered.image.line, err=True)
         if findings:
@@ -426,12 +428,16 @@ def recorded_jobs() -> list[tuple[JobRef, float]]:
 
 
 def find_job(job_id: str) -> tuple[Backend, JobRef]:
+    """The job of that id launched from here; or, for a run directory here, the local run in it (a local run trains
+    in the foreground of its `ftctl launch` and records no job)."""
     for ref, _ in recorded_jobs():
         if ref.job_id == str(job_id):
             return get(ref.backend), ref
+    if RunPaths(Path(job_id).expanduser()).spec.is_file():
+        return get("local"), JobRef("local", str(job_id), str(Path(job_id).expanduser()), Path(job_id).name, job_id)
     raise FtctlError(
         f"No job {job_id!r} was launched from here (looked in {_jobs_file()}). `ftctl jobs` lists them; "
-        "`ftctl launch` prints job ids."
+        "`ftctl launch` prints job ids; a local run's directory is taken too."
     )
 
 
@@ -441,7 +447,10 @@ def jobs_table(last: int) -> str:
 
     jobs = recorded_jobs()[:last]
     if not jobs:
-        return f"No jobs launched from here yet ({_jobs_file()}): `ftctl launch` records each job it starts."
+        return (
+            f"No jobs launched from here yet ({_jobs_file()}): `ftctl launch` records each job it submits to Slurm, "
+            "SkyPilot or docker. A local run trains in the foreground instead: `ftctl status RUN_DIR` says how far it got."
+        )
 
     def state(ref: JobRef) -> str:
         try:

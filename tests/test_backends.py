@@ -91,6 +91,42 @@ def test_progress_reads_the_last_step_and_held_out_loss_from_metrics(tmp_path):
     assert progress(ref) == "step 4  loss 2.0000; held-out loss 2.5000 at step 4 (lowest 2.4000 at step 2)"
 
 
+def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
+    """A local run trains in the foreground and records no job: status and logs take its directory (how far it got,
+    finished once its final adapter is there), cancel says how to stop it; a directory that is no run is no job."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    monkeypatch.setenv("FTCTL_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "spec.json").write_text("{}")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 3, "loss": 2.5}) + "\n")
+
+    def cli(*args):
+        return CliRunner().invoke(main, list(args))
+
+    status = cli("status", "runs/r1")
+    assert status.exit_code == 0, status.output
+    assert status.stdout.startswith("runs/r1 local run, not finished: training in the terminal that launched it")
+    assert status.stdout.endswith("\nstep 3  loss 2.5000\n")
+    logs = cli("logs", "runs/r1")
+    assert (
+        logs.exit_code == 0 and "each logged step is a line of runs/r1/metrics.jsonl, the last: step 3" in logs.stdout
+    )
+    cancel = cli("cancel", "runs/r1")
+    assert cancel.exit_code == 2 and "Ctrl-C in the terminal that launched it" in cancel.output
+    (run / "adapter_config.json").write_text("{}")
+    assert cli("status", "runs/r1").stdout.startswith("runs/r1 local run, complete\n")
+    other = cli("status", "runs")
+    assert other.exit_code == 2 and "No job 'runs' was launched from here" in other.output
+    assert "A local run trains in the foreground instead" in cli("jobs").stdout
+
+
 # ------------------------------------------------------------------------------------------ one owner per fact
 def test_jobs_lists_each_job_once_newest_first_with_its_state_now(tmp_path, monkeypatch):
     """`ftctl jobs`: the newest record of a job wins, a line cut short by a crash is skipped, a backend that cannot
@@ -122,7 +158,7 @@ def test_jobs_lists_each_job_once_newest_first_with_its_state_now(tmp_path, monk
     assert rows[0] == ["JOB", "BACKEND", "RUN", "LAUNCHED", "STATE"]
     assert [r[:3] for r in rows[1:]] == [["c1", "docker", "first"], ["c2", "docker", "other"], ["7", "local", "fg"]]
     assert rows[1][5:] == ["RUNNING", "(running)"] and rows[2][5:] == ["SUCCEEDED", "exit", "0"]
-    assert " ".join(rows[3][5:]).startswith("unknown: local runs have no job queue")
+    assert " ".join(rows[3][5:]).startswith("local run, not finished")  # a local run: its directory says
     assert len(CliRunner().invoke(main, ["jobs", "-n", "1"]).stdout.splitlines()) == 2
 
 

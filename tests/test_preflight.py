@@ -241,7 +241,7 @@ def test_a_relaunch_is_checked_against_the_outputs_newest_checkpoint(tmp_path, s
     )
     assert only(check(learning_rate=1e-5), WARNING) == (
         "checkpoint-40 was saved with other settings: learning_rate 0.0002 -> 1e-05; the run goes on from step 40 "
-        "with the new ones"
+        "with the new ones; another --output starts a new run instead"
     )
     assert only(check(resume="never")).startswith(f"resume=never, but {output} holds an earlier run's checkpoints")
     assert check(resume=str(run / "checkpoint-20")) == []  # a checkpoint named: the trainer reads it

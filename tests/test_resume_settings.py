@@ -48,7 +48,8 @@ def test_a_relaunch_trains_with_its_new_learning_rate_and_weight_decay(
     assert resumed.status == "complete" and resumed.global_step == 6
     assert (
         "checkpoint-3 was saved with other settings: learning_rate 0.001 -> 0.0001, weight_decay 0 -> 0.1, max_steps "
-        "3 -> 6; the run goes on from step 3 with the new ones\n" in caplog.text
+        "3 -> 6; the run goes on from step 3 with the new ones; another --output starts a new run instead\n"
+        in caplog.text
     )
     scratch = tmp_path / "scratch"
     assert train(*make_run(tiny_model_dir, tiny_data, scratch, "lora", **SCHEDULE, **new), echo=lambda *_: None)
@@ -219,7 +220,8 @@ def test_a_relaunch_on_other_data_reads_it_from_its_start(tiny_model_dir, tiny_d
     with caplog.at_level(logging.WARNING, logger="ftctl"):
         assert train(*make_run(tiny_model_dir, more, out, "lora", max_steps=6, **SCHEDULE), echo=lambda *_: None)
     said = (
-        f"data_path {tiny_data} -> {more}; the run goes on from step 3 with the new ones (the new data from its start)"
+        f"data_path {tiny_data} -> {more}; the run goes on from step 3 with the new ones (the new data from its "
+        "start); another --output starts a new run instead"
     )
     assert caplog.text.count(said) == 1
     assert train(*make_run(tiny_model_dir, more, scratch, "lora", max_steps=3, **SCHEDULE), echo=lambda *_: None)

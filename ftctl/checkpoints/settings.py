@@ -96,7 +96,7 @@ class Changes:
             reading = ""
         return (
             f"checkpoint-{self.step} was saved with other settings: {each}; the run goes on from step {self.step} "
-            f"with the new ones{reading}"
+            f"with the new ones{reading}; another --output starts a new run instead"
         )
 
 

@@ -13,10 +13,11 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
-from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, Rendered
+from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered, progress
 from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv, trainer_env
@@ -82,7 +83,7 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
             plan = make_plan(fallback)
         except PlanError:
             raise first from None
-        why = str(first).split(" Nearest plans")[0].split(": ", 1)[-1].rstrip(".")  # without the nearest plans
+        why = str(first).split(". ")[0].split(": ", 1)[-1].rstrip(".")  # its first sentence: not its fixes
         plan.notes.insert(0, f"local: {spec.method} does not fit this machine ({why}), so qlora runs instead")
         plan.asked_method = spec.method
         return fallback, plan
@@ -118,6 +119,28 @@ class LocalBackend(Backend):
             preflight_network(rendered.spec, rendered.plan)
         run_foreground(rendered, argv(rendered.spec, rendered.plan, rendered.paths.spec))
         return None
+
+    def status(self, ref: JobRef) -> JobStatus:
+        """A local run found by its directory (backend.find_job): finished once its final model or adapter is
+        there; else stopped or still training, in the foreground of the `ftctl launch` that started it."""
+        run = Path(ref.run_dir)
+        if (run / "adapter_config.json").is_file() or (run / "config.json").is_file():
+            return JobStatus(JobState.SUCCEEDED, f"{ref.job_id} local run, complete")
+        return JobStatus(
+            JobState.UNKNOWN,
+            f"{ref.job_id} local run, not finished: training in the terminal that launched it, or stopped "
+            "(the same `ftctl launch` resumes it)",
+        )
+
+    def logs(self, ref: JobRef, follow: bool) -> None:
+        click.echo(self.status(ref).text)
+        click.echo(
+            f"A local run prints its log in the terminal that launched it; each logged step is a line of "
+            f"{ref.paths.metrics}" + (f", the last: {line}" if (line := progress(ref)) else "")
+        )
+
+    def cancel(self, ref: JobRef) -> str:
+        raise FtctlError(f"{ref.job_id} is a local run: Ctrl-C in the terminal that launched it stops it (resumable).")
 
     def doctor(self, gpus, partition) -> bool:
         from importlib.util import find_spec
