@@ -83,7 +83,7 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
             plan = make_plan(fallback)
         except PlanError:
             raise first from None
-        why = str(first).split(". ")[0].split(": ", 1)[-1].rstrip(".")  # its first sentence: not its fixes
+        why = str(first).split(" Nearest plans")[0].split(": ", 1)[-1].rstrip(".")  # without the nearest plans
         plan.notes.insert(0, f"local: {spec.method} does not fit this machine ({why}), so qlora runs instead")
         plan.asked_method = spec.method
         return fallback, plan
