@@ -722,7 +722,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     if req.is_cpu:  # small enough, but not in the RAM the spec says this machine has
         return (
             f"{method} of a {shape.params_b:g}B-parameter model does not fit host_memory_gb="
-            f"{spec.host_memory_gb:.3g} on CPU, even at micro-batch 1 with gradient checkpointing. Raise "
+            f"{round(spec.host_memory_gb, 1):g} on CPU, even at micro-batch 1 with gradient checkpointing. Raise "
             f"-o host_memory_gb=N if the machine has more, or use a lighter --method (lora, qlora) or a smaller model."
         )
     forced = {k: getattr(spec, k) for k in _FORCED_FIT if getattr(spec, k) is not None}
@@ -771,7 +771,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     if any(s in OFFLOAD_STRATEGIES for s in strategies):  # the planner's last resort, or the one forced
         host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)
         host = (
-            f"{spec.host_memory_gb:.3g} GB"
+            f"{round(spec.host_memory_gb, 1):g} GB"
             if spec.host_memory_gb
             else f"{2 * req.per_node * req.tier.memory_gb:g} GB assumed, 2x its GPUs' memory"
         )
