@@ -249,6 +249,8 @@ def test_merge_never_overwrites(lora_run, tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftover of the atomic write
     assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # not mkdtemp's private mode
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert len(set(modes.values())) == 1 and modes["model.safetensors"] & 0o044, modes  # readable as the others
     before = (out / "model.safetensors").read_bytes()
     with pytest.raises(FtctlError, match="already exists and is not empty: choose another --out"):
         merge(str(lora_run), str(out))

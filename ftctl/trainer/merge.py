@@ -59,6 +59,8 @@ def merge(run_dir_or_checkpoint: str, out_dir: str, dtype: str | None = None, en
         tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay with the renamed directory
         merged.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(adapter)).save_pretrained(tmp)
+        for file in tmp.iterdir():  # the weights came out 0600 (written through a temporary file): as the others
+            file.chmod(0o666 & ~umask)
         os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
