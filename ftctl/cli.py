@@ -228,12 +228,12 @@ def train(**kw):
 
 
 @main.command()
-@click.option("--steps", type=int, default=None, help="Training steps (default: the demo's own).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the demo's own).")
 def demo(steps):
     """Fine-tune SmolLM2-135M-Instruct on a bundled dataset on this machine; answers before and after."""
     from ftctl.trainer.demo import run_demo
 
-    run_demo(**({"steps": steps} if steps else {}))
+    run_demo(**({"steps": steps} if steps is not None else {}))
 
 
 @main.command()

@@ -206,7 +206,7 @@ def test_a_finished_run_says_what_to_do_with_it():
 
     said = next_steps(build({"method": "qlora", "output_dir": "runs/my run"}))
     assert said == (
-        "next: ftctl chat 'runs/my run' -p 'A question'   ftctl eval 'runs/my run' --data HELD_OUT.jsonl --compare   "
-        "ftctl merge 'runs/my run'"
+        "next:\n  ftctl chat 'runs/my run' -p 'A question'\n  ftctl eval 'runs/my run' --data HELD_OUT.jsonl --compare\n"
+        "  ftctl merge 'runs/my run'"
     )
     assert "merge" not in next_steps(build({"method": "fft", "output_dir": "s3://b/r"}))

@@ -192,7 +192,7 @@ def test_prompt_completion_conversations_train_the_completions_assistant_turns(t
     ]
     report = check_data(write_jsonl(tmp_path / "bad.jsonl", bad), tiny_tokenizer, 512)
     assert report.errors == [
-        "bad.jsonl line 1: not a conversation: 'prompt' is a str, 'completion' a list; both must be text, or both "
+        "bad.jsonl line 1: not a conversation: 'prompt' is a string, 'completion' a list; both must be text, or both "
         "lists of role/content turns",
         "bad.jsonl line 2: empty turn: 'completion' is empty",
         "bad.jsonl line 3: no assistant turn: nothing to train on; every label would be masked",
@@ -472,7 +472,7 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
         "bad.jsonl line 5: not a conversation: keys 'prompt', 'chosen'",
         "bad.jsonl line 6: no assistant turn",
         "bad.jsonl line 7: invalid JSON",
-        "bad.jsonl line 8: not a conversation: 'messages' is a str",
+        "bad.jsonl line 8: not a conversation: 'messages' is a string",
         "bad.jsonl line 12: not a conversation: turn 1 must be an object with 'role' and 'content'",
         "bad.jsonl line 13: unknown role 'function' in turn 1: use one of assistant, system, tool, user",
         "bad.jsonl line 9: every label is masked after truncation to 32 tokens",

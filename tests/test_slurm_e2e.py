@@ -66,7 +66,7 @@ def test_two_node_cpu_lora_run_completes_on_both_nodes(e2e, reference):
     assert (run_dir / f"status.{job}.0").read_text() == "complete\n"
     log = (run_dir / f"slurm-{job}.out").read_text()
     assert f"ftctl: job {job} attempt 0 on node[1-2] (head node1)\n" in log
-    assert f"complete: step {STEPS}, final loss " in log and "next: ftctl chat " in log
+    assert f"complete: step {STEPS}, final loss " in log and "next:\n  ftctl chat " in log
     assert "ftctl: trainer exited with 0, status complete" in log
     # both nodes ran a task of the step (each slurmd says so in its own log) ...
     hosts = e2e.cluster.run("scontrol", "show", "hostnames", "node[1-2]").stdout.split()

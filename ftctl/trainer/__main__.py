@@ -73,7 +73,7 @@ def next_steps(spec) -> str:
     steps = [f"ftctl chat {out} -p 'A question'", f"ftctl eval {out} --data HELD_OUT.jsonl --compare"]
     if spec.method in ("lora", "qlora"):
         steps.append(f"ftctl merge {out}")
-    return "next: " + "   ".join(steps)
+    return "next:\n" + "\n".join(f"  {step}" for step in steps)
 
 
 class Failure:

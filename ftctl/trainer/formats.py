@@ -223,9 +223,7 @@ def to_row(where: str, record: Any) -> Row:
     if isinstance(record, _ParseError):
         return Row(where=where, format="unknown", problems=[record.message])
     if not isinstance(record, dict):
-        return Row(
-            where=where, format="unknown", problems=[f"not a conversation: a {type(record).__name__}, {FORMAT_HINT}"]
-        )
+        return Row(where=where, format="unknown", problems=[f"not a conversation: {_kind(record)}, {FORMAT_HINT}"])
     if isinstance(record.get("id"), (str, int)):
         where = f"{where} (id {record['id']!r})"
     if "conversations" in record:
@@ -242,7 +240,7 @@ def to_row(where: str, record: Any) -> Row:
             return Row(
                 where=where,
                 format="text",
-                problems=[f"not a conversation: 'text' is a {type(text).__name__}, not a string"],
+                problems=[f"not a conversation: 'text' is {_kind(text)}, not a string"],
             )
         if not text.strip():
             return Row(where=where, format="text", problems=["empty turn: 'text' is empty"])
@@ -266,7 +264,7 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
     row = Row(where=where, format=fmt)
     container = "conversations" if fmt == "sharegpt" else "messages"
     if not isinstance(turns, list) or not turns:
-        what = "empty" if isinstance(turns, list) else f"a {type(turns).__name__}"
+        what = "empty" if isinstance(turns, list) else _kind(turns)
         row.problems.append(f"not a conversation: '{container}' is {what}, expected a list of turns")
         return row
     for n, turn in enumerate(turns, start=1):
@@ -299,9 +297,7 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
             turn = {**turn, text_key: ""}
         content = _content(turn.get(text_key))
         if content is None:
-            row.problems.append(
-                f"not a conversation: turn {n} '{text_key}' is a {type(turn.get(text_key)).__name__}, not text"
-            )
+            row.problems.append(f"not a conversation: turn {n} '{text_key}' is {_kind(turn.get(text_key))}, not text")
             continue
         if not content.strip() and not calls:
             row.problems.append(f"empty turn: turn {n} ({role}) has no text; remove it or fill it in")
@@ -358,7 +354,7 @@ def _prompt_completion(where: str, record: dict) -> Row:
         if not row.problems and not any(m["role"] == "assistant" for m in row.messages[len(prompt) :]):
             row.problems.append("no assistant turn in 'completion': nothing to train on")
         return row
-    kinds = f"'prompt' is a {type(prompt).__name__}, 'completion' a {type(completion).__name__}"
+    kinds = f"'prompt' is {_kind(prompt)}, 'completion' {_kind(completion)}"
     return Row(
         where=where,
         format="prompt-completion",
@@ -371,7 +367,7 @@ def _alpaca(where: str, record: dict) -> Row:
     parts = {k: record.get(k) if record.get(k) is not None else "" for k in ("instruction", "input", "output")}
     for k, v in parts.items():
         if not isinstance(v, str):
-            row.problems.append(f"not a conversation: '{k}' is a {type(v).__name__}, not a string")
+            row.problems.append(f"not a conversation: '{k}' is {_kind(v)}, not a string")
     if row.problems:
         return row
     for k in ("instruction", "output"):
@@ -385,3 +381,13 @@ def _alpaca(where: str, record: dict) -> Row:
         row.messages.append({"role": "system", "content": system})
     row.messages += [{"role": "user", "content": user}, {"role": "assistant", "content": parts["output"]}]
     return row
+
+
+def _kind(value) -> str:
+    """What a JSON value is, in JSON's words: "a number", "a string", "an object"..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
