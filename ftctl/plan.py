@@ -169,13 +169,15 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def table(self) -> str:
+    def table(self, model: str | None = None) -> str:
+        """The plan as rows for a terminal; ``model``: the run's model_name_or_path, named in its row."""
         rows = [
             ("method", self.method),
             ("gpus", f"{self.gpus}  ({self.world_size} process{'es' if self.world_size > 1 else ''})"),
             (
                 "model",
-                f"{self.model.params_b:g}B params ({self.model.source}), {self.trainable_params_b:.3g}B trainable",
+                (f"{model}: " if model else "")
+                + f"{self.model.params_b:g}B params ({self.model.source}), {self.trainable_params_b:.3g}B trainable",
             ),
             ("precision", self.precision),
             ("attention", describe(self.attn_implementation) + (" + packing" if self.packing else "")),

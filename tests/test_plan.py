@@ -471,6 +471,7 @@ def test_plan_table_is_readable():
     rows = dict(line.split(None, 1) for line in r.stdout.splitlines() if line and not line.startswith("note"))
     assert rows["precision"] == "bf16" and rows["method"] == "fft"
     assert "of 80 GB" in r.stdout and "sequences" in r.stdout
+    assert rows["model"].startswith("lmsys/vicuna-7b-v1.5: 6.74B params (known id)")
 
 
 def test_spec_json_round_trips(tmp_path):
