@@ -338,14 +338,16 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
         raise FtctlError(f"{e}.") from None
     model = model or (run.model_name_or_path if run else None)
     if not model:
-        raise FtctlError("--model: the model whose tokenizer and chat template the run uses (or -c run.yaml).")
+        raise FtctlError(
+            "Give --model: the model whose tokenizer and chat template the run uses (or -c run.yaml with one)."
+        )
     endpoint = run.s3_endpoint_url if run else None
     if run:
         max_length = max_length or run.model_max_length
         chat_template_path = chat_template_path or run.chat_template_path
         every_token = every_token or not run.assistant_only_loss
     # a missing file or model directory is said at once, before the tokenizer loads (seconds)
-    flag = "--eval-data" if held_out else "--data"
+    flag = "PATHS" if paths else ("--eval-data" if held_out else "--data")  # as the user gave them
     preflight.raise_if_errors(
         [f for p in split_paths(path) for f in preflight.check_data(p, endpoint, flag)] + preflight.check_model(model)
     )

@@ -34,6 +34,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ftctl import storage
@@ -143,8 +144,11 @@ def _matching(fs, path: str, root: str, endpoint_url: str | None, quick: bool) -
 
 
 def _hub_hint(path: str) -> str:
-    """For ``ORG/NAME`` that is no local path: how to name a Hub dataset's files."""
-    if storage.scheme(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+    """For ``ORG/NAME`` that is no local path (nor a file name, nor in a directory here): how to name a Hub
+    dataset's files."""
+    if storage.scheme(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path) or path.endswith(EXTENSIONS):
+        return ""
+    if Path(path.split("/")[0]).is_dir():
         return ""
     return (
         f" If {path} is a dataset on the Hugging Face Hub: hf://datasets/{path} (its train split; held-out data its "
