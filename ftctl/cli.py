@@ -180,6 +180,33 @@ def jobs(last):
 
 
 @main.command()
+@click.argument("word", required=False)
+def keys(word):
+    """Every run key (-o KEY=VALUE, or a run file's KEY: VALUE) with its default and what it does; WORD: only the
+    keys whose name or text holds it."""
+    import textwrap
+
+    from ftctl.spec import described_keys
+
+    rows = [r for r in described_keys() if not word or word.lower() in f"{r[1]} {r[3]}".lower()]
+    if not rows:
+        raise FtctlError(f"No run key mentions {word!r}: `ftctl keys` lists them all.")
+    section = None
+    for where, key, default, said in rows:
+        if where != section:
+            click.echo(("\n" if section is not None else "") + where)
+            section = where
+        click.echo(
+            textwrap.fill(
+                f"{key} = {default}" + (f"  {said}" if said else ""),
+                118,
+                initial_indent="  ",
+                subsequent_indent="      ",
+            )
+        )
+
+
+@main.command()
 @click.argument("job")
 def status(job):
     """State of a launched job; where its output is local, a second line with its last logged step."""

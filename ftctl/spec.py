@@ -79,8 +79,8 @@ DECIDED = {
 @dataclass
 class RunSpec:
     # --- what to train -----------------------------------------------------------------------
-    method: str = "lora"
-    model_name_or_path: str = DEMO_MODEL
+    method: str = "lora"  # fft | sft | lora | qlora
+    model_name_or_path: str = DEMO_MODEL  # a hub id (org/name) or a local model directory
     model_params: str | None = None  # "7b", "135m": when the model's config cannot be read
     # TRL's: a Jinja file, or a tokenizer (model directory or hub id) whose chat template to train with;
     # default: the model's own, else FastChat's Vicuna v1.1 (trainer/masks.py)
@@ -98,8 +98,8 @@ class RunSpec:
     run_name: str | None = None  # default: ftctl-<method>-<model>
     # --- hyperparameters (FastChat / TRL / PEFT names) ---------------------------------------
     num_train_epochs: float = 1.0
-    max_steps: int = -1
-    learning_rate: float | None = None  # default per method: METHOD_LEARNING_RATE
+    max_steps: int = -1  # above 0: train this many steps, whatever num_train_epochs says
+    learning_rate: float | None = None  # default per method (METHOD_LEARNING_RATE): 2e-5 fft/sft, 2e-4 lora/qlora
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     warmup_steps: int | None = None  # instead of warmup_ratio: this many steps (transformers' name)
@@ -439,7 +439,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")
                 continue
             if key not in FIELDS:
-                errors.append(f"Unknown key {raw_key!r} ({source}).{did_you_mean(key, list(FIELDS) + list(ALIASES))}")
+                hint = did_you_mean(key, list(FIELDS) + list(ALIASES)) or " `ftctl keys` lists them."
+                errors.append(f"Unknown key {raw_key!r} ({source}).{hint}")
                 continue
             try:
                 val = _coerce(key, raw)
@@ -594,3 +595,29 @@ def parse_size(text: str) -> float:
         raise FtctlError(f"--model-params {text!r}: write it like 7b, 1.5b or 135m.")
     n, unit = float(m.group(1)), m.group(2).lower()
     return n * {"b": 1.0, "m": 1e-3, "k": 1e-6, "": 1e-9 if n > 1e5 else 1.0}[unit]
+
+
+def described_keys() -> list[tuple[str, str, str, str]]:
+    """(section, key, default, what it does) of every run key, read from RunSpec's own lines and comments (one
+    owner: what `ftctl keys` prints is what the code says)."""
+    import inspect
+
+    out, section, said = [], "", []
+    for line in inspect.getsource(RunSpec).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("# ---") or re.fullmatch(r"# \w+", text):  # a section, or a backend's keys
+            section, said = text.strip("# -"), []
+        elif text.startswith("#"):
+            said.append(text.lstrip("# "))
+        elif (m := re.match(r"(\w+): [^=]+= (.+?)(?:\s+#\s*(.*))?$", text)) and m.group(1) in FIELDS:
+            default = _default_text(FIELDS[m.group(1)])
+            out.append((section, m.group(1), default, " ".join([*said, m.group(3) or ""]).strip()))
+            said = []
+        elif text.startswith(("@", "def ")):
+            break
+    return out
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return "(unset)" if value is None else json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)

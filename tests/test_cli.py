@@ -210,3 +210,22 @@ def test_a_finished_run_says_what_to_do_with_it():
         "  ftctl merge 'runs/my run'"
     )
     assert "merge" not in next_steps(build({"method": "fft", "output_dir": "s3://b/r"}))
+
+
+def test_keys_lists_every_run_key_with_its_default_and_text():
+    """`ftctl keys`: what an unknown key's error points to; read from RunSpec's own lines, so none is missing."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+    from ftctl.spec import FIELDS, described_keys
+
+    assert sorted(k for _, k, _, _ in described_keys()) == sorted(FIELDS)
+    listed = CliRunner().invoke(main, ["keys"])
+    assert listed.exit_code == 0 and "\n  lora_r = 16\n" in listed.stdout
+    assert "  method = lora  fft | sft | lora | qlora\n" in listed.stdout
+    assert "\nslurm\n  partition = (unset)\n" in listed.stdout  # a backend's keys under its name
+    one = CliRunner().invoke(main, ["keys", "dora"])
+    assert one.exit_code == 0 and one.stdout.splitlines()[1].startswith("  use_dora = false  PEFT's DoRA")
+    assert CliRunner().invoke(main, ["keys", "zzz"]).exit_code == 2
+    unknown = CliRunner().invoke(main, ["plan", "-o", "foo_bar=1"])
+    assert unknown.exit_code == 2 and "Unknown key 'foo_bar' (-o). `ftctl keys` lists them." in unknown.output

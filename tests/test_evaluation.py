@@ -96,6 +96,36 @@ def test_eval_split_holds_out_the_same_rows_every_time(tiny_model_dir, tiny_data
         build_datasets(replace(spec, eval_split=0.999), tokenizer)
 
 
+def test_eval_split_never_holds_out_a_copy_of_a_training_row(tiny_model_dir, tmp_path):
+    """Rows repeated in the data (the demo's facts, asked again; a scraped set's duplicates): eval_split holds out
+    each row with all its copies, so the held-out loss is never of rows the model trained on; rows all distinct
+    split as datasets' train_test_split does."""
+    from ftctl.trainer.data import build_datasets, shared_rows
+    from ftctl.trainer.model import load_tokenizer
+
+    def row(i):
+        return {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"a{i}"}]}
+
+    rows = [row(i) for i in range(30)] + [row(i % 5) for i in range(30)]  # rows 0-4 seven times each
+    data = tmp_path / "copies.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    said = []
+    for seed in range(6):
+        spec = build({"data_path": str(data), "eval_split": 0.2, "model_max_length": 128, "seed": seed})
+        train, held = build_datasets(spec, tokenizer, said.append)
+        assert (len(train), len(held)) == (48, 12) and shared_rows(train, held) is None
+    assert (
+        said[-1] == "eval_split: 35 of the 60 rows are copies of another; the 12 held out are none of the training rows"
+    )
+    # the same rows drawn plainly (what datasets' split gives) would have held out copies of training rows
+    import datasets
+
+    ids = [[i + 1, 7] for i in range(30)] + [[i % 5 + 1, 7] for i in range(30)]  # the rows' contents, as tokens
+    plain = datasets.Dataset.from_dict({"input_ids": ids}).train_test_split(test_size=12, seed=0)
+    assert shared_rows(plain["train"], plain["test"]) is not None
+
+
 def test_a_run_stops_once_the_held_out_loss_stops_falling(tiny_model_dir, tiny_data, tmp_path, one_thread):
     """early_stopping_patience=2 at a learning rate the tiny model overshoots with: the run ends at the second
     evaluation in a row above the lowest, says so, and keeps the lowest one's checkpoint."""

@@ -323,8 +323,20 @@ def build_datasets(spec, tokenizer, echo=None):
                 f"eval_split={spec.eval_split} of {spec.data_path}'s {len(dataset)} rows leaves none to train on: "
                 "lower it, or give held-out data with eval_data_path."
             )
-        split = dataset.train_test_split(test_size=held, seed=spec.seed)
-        dataset, held_out = split["train"], split["test"].remove_columns(["source"] if mixing else [])
+        copies = _copies(dataset)
+        if copies is None:  # every row its own: datasets' own split
+            split = dataset.train_test_split(test_size=held, seed=spec.seed)
+            dataset, held_out = split["train"], split["test"]
+        else:  # a held-out row that is a training row too measures memorising: copies go to one side together
+            train_rows, held_rows = _split_copies(copies, held, spec.seed)
+            dataset, held_out = dataset.select(train_rows), dataset.select(held_rows)
+            if echo:
+                copied = sum(len(rows) for rows in copies if len(rows) > 1)
+                echo(
+                    f"eval_split: {copied:,} of the {len(train_rows) + len(held_rows):,} rows are copies of another; "
+                    f"the {len(held_rows):,} held out are none of the training rows"
+                )
+        held_out = held_out.remove_columns(["source"] if mixing else [])
     if mixing:
         dataset, said = mix(dataset, spec.data_mix, spec.seed)
         if echo:
@@ -361,8 +373,9 @@ def mixed_rows(rows: int, weight: float) -> int:
 
 def shared_rows(train, held_out) -> str | None:
     """A warning where held-out rows are training rows too (the same tokens: the same file given twice, a
-    directory without split names, duplicates before eval_split): their loss measures memorising, not how the
-    model does on rows it never saw. Only the training rows of a held-out row's length are hashed."""
+    directory without split names; eval_split never holds out a copy, _split_copies): their loss measures
+    memorising, not how the model does on rows it never saw. Only the training rows of a held-out row's length
+    are hashed."""
     if held_out is None or not len(held_out):
         return None
     held = _row_digests(held_out)
@@ -373,8 +386,36 @@ def shared_rows(train, held_out) -> str | None:
     return (
         f"{same} of the {len(held_out)} held-out rows are training rows too (the same tokens): their loss measures "
         "memorising, not rows the model never saw; hold out other rows (a directory's test split, other files, or "
-        "the data de-duplicated before eval_split)"
+        "-o eval_split=, which keeps a row and its copies on one side)"
     )
+
+
+def _copies(dataset) -> list[list[int]] | None:
+    """The rows grouped by their tokens (a group holds a row and its copies), in order of first appearance; None
+    where no row has a copy."""
+    groups: dict[bytes, list[int]] = {}
+    for i, (_, digest) in enumerate(_row_digests(dataset)):
+        groups.setdefault(digest, []).append(i)
+    return list(groups.values()) if len(groups) < len(dataset) else None
+
+
+def _split_copies(copies: list[list[int]], held: int, seed: int) -> tuple[list[int], list[int]]:
+    """(training rows, held-out rows): groups of copies drawn with ``seed`` into the held-out side while they fit
+    in ``held`` rows, each group whole; the rest train."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(copies))
+    taken, count = [], 0
+    for g in order:
+        if count + len(copies[g]) <= held:
+            taken.append(int(g))
+            count += len(copies[g])
+            if count == held:
+                break
+    out = set(taken)
+    held_rows = sorted(i for g in taken for i in copies[g])
+    train_rows = sorted(i for g, rows in enumerate(copies) if g not in out for i in rows)
+    return train_rows, held_rows
 
 
 def _row_digests(dataset, lengths: set[int] | None = None) -> list[tuple[int, bytes]]:
