@@ -696,3 +696,26 @@ def test_s3_output_is_staged_uploaded_and_resumed_on_a_fresh_node(
     assert (tmp_path / "node-b" / f"checkpoint-{first.global_step}").is_dir()  # downloaded to resume
     names = {e["name"] for e in storage.ls(uri)}
     assert {"adapter_model.safetensors", "adapter_config.json", "spec.json", "metrics.jsonl", "checkpoint-6"} <= names
+
+
+def test_data_smaller_than_one_step_is_said(tiny_model_dir, tmp_path, one_thread, caplog):
+    """Three rows and a global batch of four: every step trains on the three (the Trainer steps at the end of each
+    epoch), a smaller batch than asked; the run says so once."""
+    import logging
+
+    from ftctl.trainer.data import too_few_sequences
+    from ftctl.trainer.run import train
+
+    rows = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(3)
+    ]
+    data = tmp_path / "three.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        done = train(*make_run(tiny_model_dir, data, tmp_path / "out", "lora", max_steps=2), echo=lambda *_: None)
+    assert done.status == "complete" and done.global_step == 2
+    said = "the training data has 3 rows, fewer than one step's global batch of 4: every step trains on all of them"
+    assert caplog.text.count(said) == 1
+    assert too_few_sequences(4, 4, False, 128) is None
+    assert too_few_sequences(5, 8, True, 2048).startswith("the training data packs into 5 sequences of up to 2,048")

@@ -452,6 +452,18 @@ def packing_supported(attn_implementation: str | None) -> bool:
 PACK_MULTIPLE = 16
 
 
+def too_few_sequences(sequences: int, global_batch: int, packed: bool, max_length: int) -> str | None:
+    """A warning where the training data makes fewer sequences than one optimizer step's global batch: every step
+    then trains on all of them, a smaller batch than asked (the Trainer steps at the end of each epoch)."""
+    if sequences >= global_batch:
+        return None
+    what = f"packs into {sequences:,} sequences of up to {max_length:,} tokens" if packed else f"has {sequences:,} rows"
+    return (
+        f"the training data {what}, fewer than one step's global batch of {global_batch}: every step trains on all "
+        "of them, a smaller batch than asked; lower -o global_batch_size, or give more data"
+    )
+
+
 def sft_dataset_config(packing: bool, max_length: int) -> dict:
     """SFTConfig keyword arguments that make SFTTrainer train on build_dataset's output as it is.
 

@@ -107,7 +107,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
 
     from ftctl.checkpoints import settings as checkpoint_settings
     from ftctl.trainer.callbacks import ApplySettings, MetricsCallback, PreemptionCallback
-    from ftctl.trainer.data import build_datasets, shared_rows
+    from ftctl.trainer.data import build_datasets, shared_rows, too_few_sequences
     from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.methods import apply_method
     from ftctl.trainer.model import load_model, load_tokenizer, model_kernels
@@ -182,6 +182,11 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 *callbacks,
             ],
         )
+        sequences = len(run.trainer.train_dataset)  # packed by TRL where the plan packs
+        if procs.is_main and (
+            few := too_few_sequences(sequences, plan.global_batch_size, plan.packing, args.max_length)
+        ):
+            log.warning("%s", few)
         for cb in (PrinterCallback, ProgressCallback):  # MetricsCallback prints the progress
             run.trainer.remove_callback(cb)
         if spec.ddp_comm_dtype == "bf16":
