@@ -415,6 +415,9 @@ def test_unknown_builtin_and_missing_paths(tmp_path, tiny_tokenizer):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(FtctlError, match=r"\.json, \.jsonl or \.parquet"):
         check_data(str(tmp_path / "x.csv"), tiny_tokenizer, 512)
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    empty = check_data(str(tmp_path / "empty.jsonl"), tiny_tokenizer, 512).render()
+    assert empty.endswith(f"Errors (1):\n  {tmp_path / 'empty.jsonl'}: no rows: the data is empty\nFAILED: 1 error(s).")
 
 
 def test_several_datasets_are_read_as_one_each_row_named_by_its_file(tmp_path, tiny_tokenizer):

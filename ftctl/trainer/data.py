@@ -80,6 +80,8 @@ class DataReport:
         if self.notes:
             lines.append("Notes:")
             lines += [f"  {note}" for note in self.notes]
+        if not s.rows and not self.ok:  # nothing read (an empty file): the errors say it all
+            return "\n".join([*lines, f"FAILED: {len(self.errors)} error(s)."])
         share = f" ({100 * s.trainable_tokens / s.tokens:.1f}%)" if s.tokens else ""
         mean = f" (mean {s.tokens / s.rows:.1f}, longest {s.max_tokens} before truncation)" if s.rows else ""
         lines += [
