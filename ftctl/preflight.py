@@ -345,7 +345,7 @@ def check_resume(spec, plan) -> list[Finding]:
 
 def _check_resume(spec, plan) -> list[Finding]:
     from ftctl.checkpoints import list_checkpoints
-    from ftctl.checkpoints.settings import TRAINER_STATE, compare, finished, settings, written_over
+    from ftctl.checkpoints.settings import TRAINER_STATE, compare, final_saved, finished, settings, written_over
 
     try:
         with storage.storage_errors(spec.output, spec.s3_endpoint_url):
@@ -367,7 +367,7 @@ def _check_resume(spec, plan) -> list[Finding]:
         state = storage.read_text(storage.join(newest.uri, TRAINER_STATE), spec.s3_endpoint_url)
     except (OSError, storage.StorageError, FtctlError):
         state = ""  # a checkpoint without transformers' record: the trainer says what it finds
-    if done := finished(state, spec, changed):
+    if (done := finished(state, spec, changed)) and final_saved(spec.output, spec.s3_endpoint_url):
         return [Finding(ERROR, done)]
     return [Finding(WARNING, changed.line())] if changed else []
 

@@ -22,6 +22,9 @@ SOURCE_DIR = "src"  # ftctl's own source, shipped with a SkyPilot task as its wo
 SLURM_LOG_PATTERN = "slurm-%j.out"  # Slurm expands %j to the job id
 LOCAL_LOG_FILE = "train.log"  # what a detached local or docker run prints
 FAILURES_DIR = ".ftctl/failures"  # one record per failing rank (ftctl.failures)
+# a finished run's output holds its final model at the top: PEFT's adapter, or a full model's config and weights
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's name; the mark of a lora/qlora output
+MODEL_CONFIG = "config.json"
 SLURM_STATUS_PATTERN = "status.{job}.{attempt}"  # per job and attempt: a requeued job starts afresh
 SLURM_STOP_PATTERN = "stop.{job}.{attempt}"
 

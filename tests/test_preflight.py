@@ -245,7 +245,11 @@ def test_a_relaunch_is_checked_against_the_outputs_newest_checkpoint(tmp_path, s
     )
     assert only(check(resume="never")).startswith(f"resume=never, but {output} holds an earlier run's checkpoints")
     assert check(resume=str(run / "checkpoint-20")) == []  # a checkpoint named: the trainer reads it
-    # trained to the end already: nothing is left to train (transformers' trainer_state.json, read from the store)
+    # trained to the end, and its final adapter saved: nothing is left to train (trainer_state.json and the adapter
+    # read from the store); without the final adapter it resumes to write it
+    assert [f.level for f in check(max_steps=40)] == [WARNING]
+    (tmp_path / "adapter_config.json").write_text("{}")
+    storage.put_file(str(tmp_path / "adapter_config.json"), storage.join(output, "adapter_config.json"))
     assert only(check(max_steps=40)) == (
         f"{output} holds this run trained to step 40 of 40 (checkpoint-40): nothing is left to train. To train it "
         "further, raise -o max_steps; to start another run, give another --output."

@@ -82,8 +82,12 @@ def test_a_finished_run_is_not_trained_again(tiny_model_dir, tiny_data, tmp_path
         assert str(e.value) == said
         assert [(f.level, f.what) for f in check_resume(*again)] == [(ERROR, said)]
     assert (out / "adapter_model.safetensors").read_bytes() == final and not (out / "checkpoint-4").exists()
-    more = train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=4, **SCHEDULE), echo=lambda *_: None)
-    assert more.status == "complete" and more.global_step == 4
+    # stopped between its last checkpoint and its final adapter: not finished, it resumes and writes the adapter
+    (out / "adapter_config.json").unlink()
+    again = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **SCHEDULE)
+    assert train(*again, echo=lambda *_: None).status == "complete" and (out / "adapter_config.json").is_file()
+    more = train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, **SCHEDULE), echo=lambda *_: None)
+    assert more.status == "complete" and more.global_step == 6
 
 
 def test_an_epoch_based_run_is_finished_at_the_total_it_saved():

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from ftctl.checkpoints.manifest import MANIFEST, checkpoint_step, is_manifest, read_manifest
 from ftctl.errors import FtctlError
+from ftctl.runpaths import ADAPTER_CONFIG, MODEL_CONFIG
 
 # what kind of weights a checkpoint holds: a run dir's checkpoints are another run's where these differ
 KIND = ("method", "model_name_or_path", "lora_r", "lora_target_modules", "use_dora", "trainable_layers")
@@ -141,11 +142,23 @@ def _show(value) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def final_saved(uri: str, endpoint_url: str | None = None) -> bool:
+    """Whether a run's output (local or in the store) holds its final model or adapter, at its top."""
+    from ftctl import storage
+
+    try:
+        return any(storage.exists(storage.join(uri, name), endpoint_url) for name in (ADAPTER_CONFIG, MODEL_CONFIG))
+    except (OSError, storage.StorageError, FtctlError):
+        return False
+
+
 def finished(state_json: str, spec, changed: Changes | None) -> str | None:
-    """The line that refuses to resume a checkpoint (its ``trainer_state.json`` text) that has trained every step
-    of this run: transformers' Trainer would take one step past the end, at the schedule's last rate, and write the
-    final model again. None where steps are left, or where an epoch's steps may have changed (the data or the
-    batch of an epoch-based run: the Trainer counts them)."""
+    """The line that refuses to resume a checkpoint (its ``trainer_state.json`` text) of a finished run (its final
+    model saved, final_saved) that has trained every step of this run: transformers' Trainer would take one step
+    past the end, at the schedule's last rate, and write the final model again. None where steps are left, or
+    where an epoch's steps may have changed (the data or the batch of an epoch-based run: the Trainer counts
+    them). A run stopped between its last checkpoint and its final model is not finished: it resumes (the Trainer
+    takes its one step more) and writes the final model."""
     try:
         state = json.loads(state_json)
         step, total = int(state.get("global_step") or 0), int(state.get("max_steps") or 0)

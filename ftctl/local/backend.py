@@ -23,7 +23,7 @@ from ftctl.errors import FtctlError
 from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv, trainer_env
 from ftctl.plan import Plan, PlanError, make_plan
 from ftctl.preflight import host_memory_gb
-from ftctl.runpaths import RunPaths
+from ftctl.runpaths import ADAPTER_CONFIG, MODEL_CONFIG, RunPaths
 from ftctl.spec import RunSpec
 
 
@@ -124,7 +124,7 @@ class LocalBackend(Backend):
         """A local run found by its directory (backend.find_job): finished once its final model or adapter is
         there; else stopped or still training, in the foreground of the `ftctl launch` that started it."""
         run = Path(ref.run_dir)
-        if (run / "adapter_config.json").is_file() or (run / "config.json").is_file():
+        if (run / ADAPTER_CONFIG).is_file() or (run / MODEL_CONFIG).is_file():
             return JobStatus(JobState.SUCCEEDED, f"{ref.job_id} local run, complete")
         return JobStatus(
             JobState.UNKNOWN,

@@ -129,7 +129,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         run.resume_from = resume_point(spec, local_dir, remote_uri)
         trained_with = checkpoint_settings.settings(spec, plan)  # recorded in each manifest; compared on resume
         changed = checkpoint_settings.changes(run.resume_from, trained_with)
-        if run.resume_from and (done := already_trained(spec, run.resume_from, changed)):
+        if run.resume_from and (done := already_trained(spec, run.resume_from, changed, local_dir, remote_uri)):
             raise FtctlError(done)
         if changed and procs.is_main:
             log.warning("%s", changed.line())
@@ -350,10 +350,12 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
     return spec.resume
 
 
-def already_trained(spec: RunSpec, checkpoint: str, changed) -> str | None:
-    """checkpoints.settings.finished of the local checkpoint the run would resume."""
-    from ftctl.checkpoints.settings import TRAINER_STATE, finished
+def already_trained(spec: RunSpec, checkpoint: str, changed, local_dir: str, remote_uri: str | None) -> str | None:
+    """checkpoints.settings.finished of the local checkpoint the run would resume, where its final model is saved."""
+    from ftctl.checkpoints.settings import TRAINER_STATE, final_saved, finished
 
+    if not any(final_saved(uri, spec.s3_endpoint_url) for uri in filter(None, (local_dir, remote_uri))):
+        return None  # stopped before its final model was written: it resumes and writes it
     try:
         return finished(Path(checkpoint, TRAINER_STATE).read_text(), spec, changed)
     except OSError:
@@ -447,7 +449,7 @@ def save(run: Run) -> None:
 def name_base_model(local_dir: str, model_name_or_path: str) -> None:
     """Make the final adapter name its base as the user did: the demo model's id instead of its local
     cache path (PEFT records the path it loaded), so merge finds it on any machine."""
-    from ftctl.trainer.trained import ADAPTER_CONFIG
+    from ftctl.runpaths import ADAPTER_CONFIG
 
     config = Path(local_dir, ADAPTER_CONFIG)
     if config.is_file():

@@ -16,12 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import FtctlError
-from ftctl.runpaths import SPEC_FILE
+from ftctl.runpaths import ADAPTER_CONFIG, MODEL_CONFIG, SPEC_FILE
 
 log = logging.getLogger(__name__)
 
-ADAPTER_CONFIG = "adapter_config.json"  # PEFT's name; the mark of a lora/qlora output
-MODEL_CONFIG = "config.json"
 # what save_pretrained writes for a full model: one file or a sharded index
 WEIGHT_FILES = (
     "model.safetensors",
