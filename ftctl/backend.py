@@ -499,7 +499,11 @@ def progress(ref: JobRef) -> str | None:
 
 def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:
     """What `ftctl plan` shows: the backend's plan when one is named (the local backend plans for this
-    machine), this machine's when no GPUs are named, else the plan for the GPUs asked for."""
-    if spec.backend or not spec.gpus:
+    machine), this machine's when no GPUs are named or --gpus cpu (its RAM, as launch checks it), else the plan
+    for the GPUs asked for."""
+    from ftctl import gpus as gpu_table
+
+    asked = gpu_table.parse(spec.gpus, spec.nodes) if spec.gpus else None
+    if spec.backend or asked is None or (asked.is_cpu and asked.nodes == 1):
         return get(spec.backend or "local").resolve(spec)
     return spec, make_plan(spec)

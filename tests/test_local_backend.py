@@ -279,3 +279,19 @@ def test_a_failing_rank_is_reported_once_without_a_resume_hint(tmp_path, tiny_mo
     errors = [line for line in proc.stderr.splitlines() if "robot" in line]
     assert len(errors) == 1, proc.stderr
     assert "resume" not in proc.stderr
+
+
+def test_plan_for_cpu_checks_this_machines_ram(monkeypatch):
+    """`ftctl plan --gpus cpu` plans for this machine's RAM, as `launch --gpus cpu` checks it (it had planned 90 GB
+    on a 24 GB machine and exited 0, where the launch refused)."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+    from ftctl.local import backend as local_backend
+
+    monkeypatch.setattr(local_backend, "host_memory_gb", lambda: 2.0)
+    args = ["plan", "--gpus", "cpu", "--method", "fft", "--model", "HuggingFaceTB/SmolLM2-1.7B-Instruct"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "does not fit host_memory_gb=2 on CPU" in refused.output, refused.output
+    monkeypatch.setattr(local_backend, "host_memory_gb", lambda: 500.0)
+    assert CliRunner().invoke(main, args).exit_code == 0
