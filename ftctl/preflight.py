@@ -184,7 +184,9 @@ def check_model(name_or_path: str, flag: str = "--model") -> list[Finding]:
     if storage.scheme(value):
         return [Finding(ERROR, f"{flag} {value}: models load from a local directory or the hub, not a URI", fix)]
     if _looks_like_path(value):
-        return [Finding(ERROR, f"{flag} {value}: no such directory", fix)]
+        first = value.split("/", 1)[0]
+        why = f" ({first}/ is a directory here, so it is read as a path)" if HUB_ID.match(value) else ""
+        return [Finding(ERROR, f"{flag} {value}: no such directory{why}", fix)]
     if not HUB_ID.match(value) or "--" in value or ".." in value:
         return [Finding(ERROR, f"{flag} {value}: no such directory, and not a hub id (org/name)", fix)]
     from ftctl import hub

@@ -200,8 +200,8 @@ def test_a_mistyped_run_is_refused_at_once(tmp_path, monkeypatch):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert result.output == (
-            "error: RUN runs/nope: no such directory; give a run's output directory (its --output), one of its "
-            "checkpoints, or a model id such as org/name.\n"
+            "error: RUN runs/nope: no such directory (runs/ is a directory here, so it is read as a path); give a "
+            "run's output directory (its --output), one of its checkpoints, or a model id such as org/name.\n"
         )
     # the Hub read in a process of its own: huggingface_hub reads HF_HUB_OFFLINE when it is imported
     result = subprocess.run(
