@@ -86,9 +86,16 @@ def test_launch_status_logs_through_the_docker_cli(docker_env, tiny_model_dir, t
     assert run[run.index("--name") + 1] == job and "ftctl:test" in run and "--detach" in run
     assert f"{hostile}/conv.json:{hostile}/conv.json" in run  # the data, mounted at its own path
     assert "HF_TOKEN" in run and not any(a.startswith("HF_TOKEN=") for a in run)  # secrets by name
-    # a second launch of the same finished run removes the ended container and resumes
-    again = ftctl(docker_env, "launch", *run_flags(tiny_model_dir, hostile / "conv.json", out), cwd=tmp_path)
-    assert "started container" in again.stdout
+    # the same launch again: the run is finished, nothing is left to train (refused before a container starts)
+    same = ftctl(
+        docker_env, "launch", *run_flags(tiny_model_dir, hostile / "conv.json", out), cwd=tmp_path, check=False
+    )
+    assert same.returncode == 2 and "nothing is left to train. To train it further, raise -o max_steps" in same.stderr
+    # more steps: the ended container is removed and the run goes on from its checkpoint
+    more = ftctl(
+        docker_env, "launch", *run_flags(tiny_model_dir, hostile / "conv.json", out, max_steps=6), cwd=tmp_path
+    )
+    assert "started container" in more.stdout
 
 
 def test_cancel_stops_a_running_container(docker_env, tiny_model_dir, tiny_data, tmp_path):
