@@ -144,7 +144,10 @@ def test_a_checkpoint_saved_before_settings_were_recorded_resumes_as_before(tmp_
     write_manifest(str(checkpoint), 5, 1, "abc", settings={"method": "lora", "seed": 1, "data_path": "a.jsonl"})
     said = changes(str(checkpoint), {"method": "lora", "seed": 2, "data_path": "a.jsonl", "learning_rate": 1.0})
     assert said.changed == {"seed": (1, 2)} and not said.applied
-    assert said.line().endswith("(the batches of the first 5 steps, of the data as it is now, are skipped as trained)")
+    assert said.line().endswith(
+        "(the batches of the first 5 steps, of the data as it is now, are skipped as trained); another --output starts "
+        "a new run instead"
+    )
 
 
 @pytest.mark.slow
