@@ -150,17 +150,6 @@ def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Fin
 
 
 # ----------------------------------------------------------------------------------------- model
-def _looks_like_path(value: str) -> bool:
-    """A path, not a hub id: by its form, or its first part a directory here (``runs/r1`` where runs/ is)."""
-    first = value.split("/", 1)[0]
-    return (
-        value.startswith(("/", "./", "../", "~", ".\\"))
-        or value in (".", "..")
-        or value.endswith("/")
-        or ("/" in value and Path(first).is_dir())
-    )
-
-
 # what check_model's value is, by the flag or argument that gave it: what to give instead
 _MODEL_FIX = {
     "--model": "pass a model directory (with config.json) or a hub id such as org/name.",
@@ -183,7 +172,7 @@ def check_model(name_or_path: str, flag: str = "--model") -> list[Finding]:
         return [Finding(ERROR, f"{flag} {value}: a file, not a model directory", fix)]
     if storage.scheme(value):
         return [Finding(ERROR, f"{flag} {value}: models load from a local directory or the hub, not a URI", fix)]
-    if _looks_like_path(value):
+    if storage.looks_like_path(value):
         first = value.split("/", 1)[0]
         why = f" ({first}/ is a directory here, so it is read as a path)" if HUB_ID.match(value) else ""
         return [Finding(ERROR, f"{flag} {value}: no such directory{why}", fix)]

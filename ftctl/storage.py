@@ -62,6 +62,18 @@ def scheme(uri: str) -> str:
     return head.lower() if sep else ""
 
 
+def looks_like_path(value: str) -> bool:
+    """A local path, not a hub id (a model's or a dataset's): by its form, or its first part a directory here
+    (``runs/r1`` where runs/ is)."""
+    first = value.split("/", 1)[0]
+    return (
+        value.startswith(("/", "./", "../", "~", ".\\"))
+        or value in (".", "..")
+        or value.endswith("/")
+        or ("/" in value and os.path.isdir(first))
+    )
+
+
 def is_remote(uri: str | os.PathLike) -> bool:
     """True for an object-store URI (s3://, gs://, az://), False for a local path or file://."""
     return scheme(str(uri)) in REMOTE_SCHEMES

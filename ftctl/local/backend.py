@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import click
 
@@ -23,7 +22,7 @@ from ftctl.errors import FtctlError
 from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv, trainer_env
 from ftctl.plan import Plan, PlanError, make_plan
 from ftctl.preflight import host_memory_gb
-from ftctl.runpaths import ADAPTER_CONFIG, MODEL_CONFIG, RunPaths
+from ftctl.runpaths import RunPaths
 from ftctl.spec import RunSpec
 
 
@@ -123,8 +122,9 @@ class LocalBackend(Backend):
     def status(self, ref: JobRef) -> JobStatus:
         """A local run found by its directory (backend.find_job): finished once its final model or adapter is
         there; else stopped or still training, in the foreground of the `ftctl launch` that started it."""
-        run = Path(ref.run_dir)
-        if (run / ADAPTER_CONFIG).is_file() or (run / MODEL_CONFIG).is_file():
+        from ftctl.checkpoints.settings import final_saved
+
+        if final_saved(ref.run_dir):
             return JobStatus(JobState.SUCCEEDED, f"{ref.job_id} local run, complete")
         return JobStatus(
             JobState.UNKNOWN,

@@ -34,7 +34,6 @@ import posixpath
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ftctl import storage
@@ -148,7 +147,7 @@ def _hub_hint(path: str) -> str:
     dataset's files."""
     if storage.scheme(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path) or path.endswith(EXTENSIONS):
         return ""
-    if Path(path.split("/")[0]).is_dir():
+    if storage.looks_like_path(path):
         return ""
     return (
         f" If {path} is a dataset on the Hugging Face Hub: hf://datasets/{path} (its train split; held-out data its "
