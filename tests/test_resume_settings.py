@@ -8,6 +8,8 @@ import logging
 from dataclasses import replace
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from ftctl.errors import FtctlError
@@ -82,10 +84,16 @@ def test_a_finished_run_is_not_trained_again(tiny_model_dir, tiny_data, tmp_path
         assert str(e.value) == said
         assert [(f.level, f.what) for f in check_resume(*again)] == [(ERROR, said)]
     assert (out / "adapter_model.safetensors").read_bytes() == final and not (out / "checkpoint-4").exists()
-    # stopped between its last checkpoint and its final adapter: not finished, it resumes and writes the adapter
+    # stopped between its last checkpoint and its final adapter: not finished, it resumes and writes the adapter,
+    # checkpoint-3's, without the step past max_steps transformers took there
     (out / "adapter_config.json").unlink()
+    (out / "adapter_model.safetensors").unlink()
     again = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **SCHEDULE)
-    assert train(*again, echo=lambda *_: None).status == "complete" and (out / "adapter_config.json").is_file()
+    resumed = train(*again, echo=lambda *_: None)
+    assert resumed.status == "complete" and resumed.global_step == 3 and (out / "adapter_config.json").is_file()
+    final, saved = (load_file(d / "adapter_model.safetensors") for d in (out, out / "checkpoint-3"))
+    assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in saved)
+    assert max(_lrs(out)) == 3 and not (out / "checkpoint-4").exists()
     more = train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, **SCHEDULE), echo=lambda *_: None)
     assert more.status == "complete" and more.global_step == 6
 

@@ -157,8 +157,8 @@ def finished(state_json: str, spec, changed: Changes | None) -> str | None:
     model saved, final_saved) that has trained every step of this run: transformers' Trainer would take one step
     past the end, at the schedule's last rate, and write the final model again. None where steps are left, or
     where an epoch's steps may have changed (the data or the batch of an epoch-based run: the Trainer counts
-    them). A run stopped between its last checkpoint and its final model is not finished: it resumes (the Trainer
-    takes its one step more) and writes the final model."""
+    them). A run stopped between its last checkpoint and its final model is not finished: it resumes, takes no step
+    (sft_trainer.SFTTrainer._run_epoch) and writes the final model."""
     try:
         state = json.loads(state_json)
         step, total = int(state.get("global_step") or 0), int(state.get("max_steps") or 0)

@@ -225,6 +225,14 @@ class SFTTrainer(TrlSFTTrainer):
                 with contextlib.suppress(Exception):  # the GPU may be what failed
                     self._write_late_log()
 
+    def _run_epoch(self, *args, **kwargs):
+        # A resumed checkpoint of the run's last step (stopped before its final model was saved): transformers
+        # checks max_steps only after a step, so it would take one more at the schedule's end ("step 6/5").
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _maybe_log_save_evaluate(
         self, tr_loss, grad_norm, model, trial, epoch, ignore_keys_for_eval, start_time, learning_rate=None
     ):
