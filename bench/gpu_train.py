@@ -1,7 +1,7 @@
 """Throughput and peak memory of ftctl's trainer on one GPU (run on the device machine, not in CI).
 
 Random-initialised models from configs (no hub): a Llama-3.1-8B shape for lora/qlora, a Llama-3.2-1B
-shape for fft; synthetic ShareGPT conversations of ~1,000-2,000 tokens; the tokenizer is the tests'
+(fft1b) or -3B (fft3b) shape for fft; synthetic ShareGPT conversations of ~1,000-2,000 tokens; the tokenizer is the tests'
 tiny byte-level BPE (token ids < 512 do not change the cost of a step). Each case goes through the
 same path as a real run: RunSpec -> make_plan(1xH100) -> ftctl.trainer.run.train.
 
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,6 +34,17 @@ SHAPES = {
         rope_theta=500000.0,
         max_position_embeddings=8192,
     ),
+    "3b": dict(  # Llama-3.2-3B's
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500000.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
     "1b": dict(
         hidden_size=2048,
         intermediate_size=8192,
@@ -45,7 +57,7 @@ SHAPES = {
         tie_word_embeddings=True,
     ),
 }
-CASES = {"lora8b": ("lora", "8b"), "qlora8b": ("qlora", "8b"), "fft1b": ("fft", "1b")}
+CASES = {"lora8b": ("lora", "8b"), "qlora8b": ("qlora", "8b"), "fft1b": ("fft", "1b"), "fft3b": ("fft", "3b")}
 
 
 def make_model(shape: str, root: Path) -> Path:
@@ -82,7 +94,7 @@ def make_data(path: Path, rows: int = 400) -> Path:
     return path
 
 
-def run_case(name: str, model_dir: Path, data: Path, steps: int, work: Path) -> dict:
+def run_case(name: str, model_dir: Path, data: Path, steps: int, work: Path, checkpoint: bool = True) -> dict:
     import torch
     from transformers import TrainerCallback
 
@@ -123,9 +135,13 @@ def run_case(name: str, model_dir: Path, data: Path, steps: int, work: Path) -> 
             self.t.append(time.time())
             self.tokens.append(state.num_input_tokens_seen)
 
+    class NoCheckpoint(TrainerCallback):  # --no-checkpoint: a 3B fft's last checkpoint is ~50 GB of a 64 GB disk
+        def on_step_end(self, args, state, control, **kw):
+            control.should_save = False
+
     clock = Clock()
     torch.cuda.reset_peak_memory_stats()
-    result = train(spec, plan, callbacks=[clock])
+    result = train(spec, plan, callbacks=[clock] if checkpoint else [clock, NoCheckpoint()])
     warm = 5  # the first steps include compilation and allocator warm-up
     dt = clock.t[-1] - clock.t[warm - 1]
     tok = clock.tokens[-1] - clock.tokens[warm - 1]
@@ -238,6 +254,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--work", default="/tmp/ftctl-bench")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--no-checkpoint", action="store_true", help="no checkpoint at the end (the final model still)")
     ap.add_argument("--gpus", type=int, default=1, help="several GPUs: cases like fft1b-ddp, fft1b-zero2")
     a = ap.parse_args()
     import torch
@@ -249,7 +266,7 @@ def main() -> None:
     if a.one:  # one case in this process: GPU memory of an earlier case cannot leak into it
         try:
             model_dir = make_model(CASES[a.one.split("+")[0]][1], work)
-            case = run_case(a.one, model_dir, data, a.steps, work)
+            case = run_case(a.one, model_dir, data, a.steps, work, checkpoint=not a.no_checkpoint)
         except Exception as e:  # record it: one failing case must not lose the others
             import traceback
 
@@ -268,10 +285,12 @@ def main() -> None:
     for name in a.cases.split(","):
         one = work / f"{name}.json"
         one.unlink(missing_ok=True)
+        flags = ["--one", name, "--out", str(one), "--steps", str(a.steps), "--work", str(work)]
         subprocess.run(
-            [sys.executable, __file__, "--one", name, "--out", str(one), "--steps", str(a.steps), "--work", str(work)],
+            [sys.executable, __file__, *flags, *(["--no-checkpoint"] if a.no_checkpoint else [])],
             env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"},
         )
+        shutil.rmtree(work / name, ignore_errors=True)  # a 1B fft's output is ~20 GB: the next case needs the disk
         results["cases"].append(json.loads(one.read_text()) if one.exists() else {"case": name, "error": "crashed"})
         Path(a.out).write_text(json.dumps(results, indent=2))
         print(json.dumps(results["cases"][-1]), flush=True)
