@@ -2,9 +2,9 @@
 """A stand-in ``docker`` for a machine without a docker engine (this one): it records its argv and
 runs the container's command as a local process, so the docker backend's own code goes end to end.
 
-What it emulates, nothing more: ``run --detach --name N [-v HOST:CTR] [-e K[=V]] [-w DIR] IMAGE CMD...``
-(CMD runs here with container paths mapped back to their host paths, the -e environment, and output
-to a log), ``inspect --format ... N`` (created/running/exited and the exit code), ``logs [--follow] N``,
+What it emulates, nothing more: ``run --detach --name N [--user UID:GID] [-v HOST:CTR] [-e K[=V]] [-w DIR]
+IMAGE CMD...`` (CMD runs here with container paths mapped back to their host paths, the -e environment,
+output to a log, and, run as root, as --user's uid or else the image's USER, ``$FAKE_IMAGE_USER``), ``inspect --format ... N`` (created/running/exited and the exit code), ``logs [--follow] N``,
 ``stop [--time S] N`` (SIGTERM to the process group, SIGKILL after S seconds) and ``rm N``. The image
 is ignored: the command runs with this machine's python (first on PATH). State lives in
 ``$FAKE_DOCKER_STATE``; each call is appended to ``$FAKE_LOG`` as JSON.
@@ -21,6 +21,8 @@ from pathlib import Path
 STATE = Path(os.environ["FAKE_DOCKER_STATE"])
 TAKES_VALUE = {
     "--name",
+    "--user",
+    "-u",
     "-v",
     "--volume",
     "-e",
@@ -92,8 +94,12 @@ def main(args):
                     return h + p[len(c) :]
             return p
 
-        for key in [k for k, v in env.items() if isinstance(v, str) and v.startswith("/ftctl/")]:
+        for key in [k for k, v in env.items() if isinstance(v, str) and v.startswith("/")]:
             env[key] = host(env[key])
+        # the container's user: --user, else the image's USER (FAKE_IMAGE_USER), as docker runs it
+        user = dict(opts).get("--user") or dict(opts).get("-u") or os.environ.get("FAKE_IMAGE_USER")
+        uid, _, gid = (user or "").partition(":")
+        as_user = {"user": int(uid), "group": int(gid or uid), "extra_groups": []} if user and os.getuid() == 0 else {}
         argv = [host(a) for a in pos[1:]]
         d = STATE / name
         if d.exists():
@@ -109,7 +115,13 @@ def main(args):
             *argv,
         ]
         proc = subprocess.Popen(
-            wrapper, cwd=host(workdir), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            wrapper,
+            cwd=host(workdir),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **as_user,
         )
         (d / "pid").write_text(str(proc.pid))
         print(name)

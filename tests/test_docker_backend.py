@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,8 +38,12 @@ def docker_env(tmp_path):
         "FAKE_DOCKER_STATE": str(tmp_path / "docker-state"),
         "FAKE_LOG": str(tmp_path / "docker.log"),
         "FTCTL_HOME": str(tmp_path / "home"),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
         "OMP_NUM_THREADS": "1",
+        # a container without --user runs as the image's USER (the fake switches to it when run as root)
+        "FAKE_IMAGE_USER": re.search(r"^USER (\S+)", (REPO / "docker" / "Dockerfile").read_text(), re.M)[1],
     }
+    env.pop("HF_HOME", None)
     return env
 
 
@@ -85,6 +90,13 @@ def test_launch_status_logs_through_the_docker_cli(docker_env, tiny_model_dir, t
     run = next(c for c in calls if c[0] == "run")
     assert run[run.index("--name") + 1] == job and "ftctl:test" in run and "--detach" in run
     assert f"{hostile}/conv.json:{hostile}/conv.json" in run  # the data, mounted at its own path
+    mounts = [run[i + 1] for i, a in enumerate(run) if a == "-v"]
+    assert [m for m in mounts if str(out) in m] == [f"{out}:{out}"]  # the run dir is the output: mounted once
+    # as the launching user (the image's uid 1000 could not write a root-owned output), with the host's caches
+    assert run[run.index("--user") + 1] == f"{os.getuid()}:{os.getgid()}"
+    cache = tmp_path / "cache"
+    assert f"{cache}:{cache}" in mounts and f"HF_HOME={cache}/huggingface" in run
+    assert (cache / "huggingface").is_dir() and (cache / "ftctl" / "container-home").is_dir()
     assert "HF_TOKEN" in run and not any(a.startswith("HF_TOKEN=") for a in run)  # secrets by name
     # the same launch again: the run is finished, nothing is left to train (refused before a container starts)
     same = ftctl(

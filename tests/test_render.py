@@ -568,7 +568,12 @@ GOLDEN_CONFIG = {
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
-def test_rendered_text_matches_golden(name):
+def test_rendered_text_matches_golden(name, monkeypatch):
+    # docker's user and caches are the launching host's: name them independently of the machine
+    monkeypatch.setattr(docker_render, "host_user", lambda: (1000, 1000, "user"))
+    monkeypatch.setenv("HOME", "/fixed/home")
+    for var in ("XDG_CACHE_HOME", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
     if name in GOLDEN_CONFIG:
         text, built = GOLDEN_CONFIG[name]
         userconfig.config_path().parent.mkdir(parents=True)

@@ -11,6 +11,7 @@ recorded for the run's GPUs (built here or pushed), else ``default_image`` (what
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 
@@ -80,6 +81,8 @@ class DockerBackend(Backend):
         name = rendered.spec.name
         if _inspect(name):  # an ended container of an earlier attempt: the run dir keeps its checkpoints
             _run([_docker(), "rm", name])
+        for path in docker_render.host_caches().dirs():
+            os.makedirs(path, exist_ok=True)
         proc = _run(["sh", str(rendered.paths.docker_script)])
         if proc.returncode != 0:
             raise FtctlError(f"docker run failed: {_last_line(proc)}")

@@ -1,8 +1,19 @@
-"""Render the ``docker run`` command for a plan on this docker host (one node)."""
+"""Render the ``docker run`` command for a plan on this docker host (one node).
+
+Every host path the run reads or writes is mounted at its own path (the run dir, the data, a local output,
+model and chat template), so a path means the same inside as out. The container runs as the user who
+launches it (``--user UID:GID``): the image's own user (uid 1000) could not write a run dir another uid owns,
+and the checkpoints it wrote would not be that user's. That user has no home in the image, so the host's
+caches come in instead (host_caches): the Hugging Face cache (HF_HOME: a model is downloaded once, not once a
+run), the cache root for what compiles at run time (DeepSpeed's ops under XDG_CACHE_HOME; Triton's under
+HOME, ``<cache root>/ftctl/container-home``), and USER for the libraries that ask for a user name.
+"""
 
 from __future__ import annotations
 
+import getpass
 import os
+from dataclasses import dataclass
 
 from ftctl.docker.image import default_image
 from ftctl.errors import FtctlError
@@ -11,7 +22,31 @@ from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 from ftctl.storage import is_remote
 
-CONTAINER_RUN_DIR = "/ftctl/run"
+
+@dataclass(frozen=True)
+class HostCaches:
+    root: str  # XDG_CACHE_HOME, else ~/.cache
+    hf_home: str  # HF_HOME, else <root>/huggingface (huggingface_hub's own resolution)
+    home: str  # the container's HOME: <root>/ftctl/container-home
+
+    def dirs(self) -> tuple[str, ...]:
+        """What the launch creates before docker runs (docker would create a missing one, owned by root)."""
+        return (self.root, self.hf_home, self.home)
+
+
+def host_caches() -> HostCaches:
+    root = os.path.abspath(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+    hf_home = os.path.abspath(os.path.expanduser(os.environ.get("HF_HOME") or os.path.join(root, "huggingface")))
+    return HostCaches(root, hf_home, os.path.join(root, "ftctl", "container-home"))
+
+
+def host_user() -> tuple[int, int, str]:
+    """The launching user: uid, gid, name (the container runs as them)."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = str(os.getuid())
+    return os.getuid(), os.getgid(), name
 
 
 def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
@@ -22,12 +57,16 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
         raise FtctlError(f"--container {spec.container!r}: the docker backend runs docker images (docker:IMAGE).")
     image = image or default_image(plan.tier)
     run_dir = os.path.abspath(run_dir)
+    uid, gid, user = host_user()
+    caches = host_caches()
     cmd = [
         "docker",
         "run",
         "--detach",
         "--name",
         spec.name,
+        "--user",
+        f"{uid}:{gid}",
         "--ipc=host",
         "--network=host",
         "--ulimit",
@@ -37,20 +76,31 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
     ]
     if plan.tier:
         cmd += ["--gpus", "all" if plan.gpus_per_node > 1 else "1"]
-    cmd += ["-v", f"{_bindable(run_dir)}:{CONTAINER_RUN_DIR}"]
     # the output directory is mounted even before it exists (launch creates it): checkpoints written
     # inside the container must land on the host
+    paths = [run_dir, caches.root, caches.hf_home]
     for path in (*spec.data_paths, spec.output, spec.model_name_or_path, spec.chat_template_path or ""):
         if not is_remote(path) and (os.path.exists(path) or path == spec.output):
-            p = _bindable(os.path.abspath(path))
-            cmd += ["-v", f"{p}:{p}"]
-    for k, v in sorted(trainer_env(spec).items()):
+            paths.append(os.path.abspath(path))
+    for path in _outermost(paths):
+        cmd += ["-v", f"{_bindable(path)}:{path}"]
+    env = {"HOME": caches.home, "XDG_CACHE_HOME": caches.root, "HF_HOME": caches.hf_home, "USER": user}
+    for k, v in sorted({**env, **trainer_env(spec)}.items()):
         cmd += ["-e", f"{k}={v}"]
     for name in spec.secrets:
         cmd += ["-e", name]  # value passed from this environment by docker, never written
-    cmd += ["-w", CONTAINER_RUN_DIR, image]
-    cmd += torchrun_argv(spec, plan, f"{CONTAINER_RUN_DIR}/spec.json", head="127.0.0.1")
+    cmd += ["-w", run_dir, image]
+    cmd += torchrun_argv(spec, plan, os.path.join(run_dir, "spec.json"), head="127.0.0.1")
     return cmd
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """Each path once, none inside another that is mounted (the output is often the run dir)."""
+    kept: list[str] = []
+    for path in paths:
+        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
+            kept = [k for k in kept if not k.startswith(path.rstrip("/") + "/")] + [path]
+    return kept
 
 
 def _bindable(path: str) -> str:
