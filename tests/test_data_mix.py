@@ -87,7 +87,7 @@ def test_each_datasets_rows_are_taken_weight_times(tiny_model_dir, two_datasets)
 
 def test_held_out_rows_are_drawn_before_the_mix(tiny_model_dir, two_datasets):
     """eval_split holds out the rows it holds out without weights, and a row the mix repeats is never one of them."""
-    from ftctl.trainer.data import build_dataset, build_datasets
+    from ftctl.trainer.data import all_held_out, build_dataset, build_datasets
     from ftctl.trainer.model import load_tokenizer
 
     tokenizer = load_tokenizer(str(tiny_model_dir))
@@ -95,6 +95,7 @@ def test_held_out_rows_are_drawn_before_the_mix(tiny_model_dir, two_datasets):
     plain = build({"data_path": list(two_datasets), "eval_split": 0.2, "model_max_length": 128, "seed": 5})
     train_plain, held_plain = build_datasets(plain, tokenizer)
     train, held = build_datasets(replace(plain, data_weights="1,3"), tokenizer)
+    held, held_plain = all_held_out(held), all_held_out(held_plain)  # each dataset's held-out rows
     assert _rows(held) == _rows(held_plain) and held.column_names == ["input_ids", "labels"]
     assert len(held) == 7 and not set(_rows(held)) & set(_rows(train))
     assert Counter(_rows(train)) == {row: 3 if row in b else 1 for row in _rows(train_plain)}

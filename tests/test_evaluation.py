@@ -79,6 +79,51 @@ def test_held_out_loss_every_eval_steps_and_at_the_end(tiny_model_dir, tiny_data
     assert evals[0]["eval_loss"] != evals[-1]["eval_loss"]  # the adapter moved between them
 
 
+def test_several_held_out_datasets_are_evaluated_each_and_together(
+    tiny_model_dir, tiny_data, eval_data, tmp_path, one_thread
+):
+    """Two held-out files: each one's loss (eval_<name>_loss, the same as evaluating that file alone) and all of
+    them together (eval_loss: what the lowest checkpoint and early stopping read), one record and one line."""
+    from ftctl.trainer.run import train
+
+    rows = eval_data.read_text().splitlines(keepends=True)
+    chat, facts = tmp_path / "chat.jsonl", tmp_path / "facts.v2.jsonl"
+    chat.write_text("".join(rows[:4]))
+    facts.write_text("".join(rows[4:]))
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, tmp_path / "out", "lora", max_steps=4, eval_steps=2, eval_data_path=[chat, facts]
+    )
+    lines = []
+    result = train(spec, plan, echo=lines.append)
+    assert result.status == "complete"
+    evals = [r for r in map(json.loads, open(f"{result.output_dir}/metrics.jsonl")) if r.get("event") == "eval"]
+    assert [r["step"] for r in evals] == [2, 4]  # one record an evaluation, not one a dataset
+    last = evals[-1]
+    for name, path in (("chat", chat), ("facts", facts)):  # each as if evaluated alone, on the final adapter
+        reference = _reference_loss(tiny_model_dir, result.output_dir, path, plan.per_device_train_batch_size)
+        assert last[f"eval_{name}_loss"] == pytest.approx(reference, rel=1e-4)
+    both = sorted((last["eval_chat_loss"], last["eval_facts_loss"]))
+    assert both[0] < last["eval_loss"] < both[1]
+    if not plan.packing:  # each dataset weighs by its sequences: here its rows
+        assert last["eval_loss"] == pytest.approx((last["eval_chat_loss"] * 4 + last["eval_facts_loss"] * 6) / 10)
+    said = [line for line in lines if line.startswith("eval at step 4")]
+    assert said == [
+        f"eval at step 4  loss {last['eval_loss']:.4f} (chat {last['eval_chat_loss']:.4f}, facts "
+        f"{last['eval_facts_loss']:.4f})  " + said[0].split(")  ", 1)[1]
+    ]
+
+
+def test_eval_split_of_several_datasets_holds_out_rows_of_each(tiny_model_dir, tiny_data, eval_data):
+    from ftctl.trainer.data import all_held_out, build_datasets
+    from ftctl.trainer.model import load_tokenizer
+
+    spec = build({"data_path": [str(tiny_data), str(eval_data)], "eval_split": 0.5, "model_max_length": 128})
+    train, held = build_datasets(spec, load_tokenizer(str(tiny_model_dir)))
+    assert list(held) == ["conversations", "held-out"] and all(len(rows) for rows in held.values())
+    assert train.column_names == all_held_out(held).column_names == ["input_ids", "labels"]
+    assert len(train) + len(all_held_out(held)) == TINY_ROWS + EVAL_ROWS
+
+
 def test_eval_split_holds_out_the_same_rows_every_time(tiny_model_dir, tiny_data):
     from ftctl.trainer.data import build_dataset, build_datasets
     from ftctl.trainer.model import load_tokenizer

@@ -4,7 +4,8 @@
   ``<output>/metrics.jsonl`` (step, loss, lr, grad_norm, tokens_per_s, tokens, epoch, time) and
   prints a progress line: ``step 12/30  loss 1.234  lr 2.9e-04  grad 0.87  1,234 tok/s  ETA 0:00:36``;
   an evaluation is an ``"event": "eval"`` record (eval_loss, eval_mean_token_accuracy, ...) and a line
-  ``eval at step 12  loss 1.301  token accuracy 0.612  0.8 s``.
+  ``eval at step 12  loss 1.301  token accuracy 0.612  0.8 s`` (several held-out datasets: ``loss 1.301 (chat
+  1.254, code 1.402)``, all of them and each one).
   The file holds one row per step: a run that resumes from the checkpoint of step N first drops the
   rows after N (the steps it will replay); a run that starts over keeps only its own start record.
 - :class:`ProgressBar` (the demo): ``[####----] step 12/30  loss 1.234  ETA 0:41`` redrawn in place.
@@ -21,6 +22,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -33,6 +35,7 @@ from ftctl.trainer import distributed
 log = logging.getLogger(__name__)
 
 PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+DATASET_LOSS = re.compile(r"eval_(.+)_loss")  # one held-out dataset's of several (sft_trainer.evaluate)
 
 
 class MetricsCallback(TrainerCallback):
@@ -118,6 +121,8 @@ class MetricsCallback(TrainerCallback):
     @staticmethod
     def _eval_line(logs: dict, state) -> str:
         parts = [f"eval at step {state.global_step}", f"loss {logs['eval_loss']:.4f}"]
+        if each := [f"{key[5:-5]} {value:.4f}" for key, value in logs.items() if DATASET_LOSS.fullmatch(key)]:
+            parts[-1] += f" ({', '.join(each)})"  # several held-out datasets: each one's (sft_trainer.evaluate)
         if "eval_mean_token_accuracy" in logs:
             parts.append(f"token accuracy {logs['eval_mean_token_accuracy']:.3f}")
         if "eval_runtime" in logs:

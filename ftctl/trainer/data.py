@@ -22,6 +22,8 @@ passes ``use_cache=False``.)
 from __future__ import annotations
 
 import math
+import posixpath
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -300,24 +302,27 @@ def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | Non
 
 
 def build_datasets(spec, tokenizer, echo=None):
-    """(training dataset, held-out dataset or None) for a RunSpec: the held-out rows come from
-    ``eval_data_path``, or are ``eval_split`` of the training rows, the same ones on every rank and at
-    every resume (drawn with the run's seed); then ``data_weights`` mixes the training rows (mix; ``echo``
-    takes the line that says how)."""
+    """(training dataset, held-out data or None) for a RunSpec: the held-out rows come from ``eval_data_path``,
+    or are ``eval_split`` of the training rows, the same ones on every rank and at every resume (drawn with the
+    run's seed); then ``data_weights`` mixes the training rows (mix; ``echo`` takes the line that says how).
+    Held-out rows of several datasets (several eval_data_path, or eval_split of several data_path) are a dict
+    of them by held_out_names: the trainer evaluates each (eval_<name>_loss) and all of them (eval_loss)."""
     mixing, every = spec.data_mix is not None, not spec.assistant_only_loss
+    paths = split_paths(spec.data_path)
+    by_source = mixing or (spec.eval_split > 0 and len(paths) > 1)
     dataset = build_dataset(
-        spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, sources=mixing, every_token=every
+        spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, sources=by_source, every_token=every
     )
     held_out = None
     if spec.eval_data_path:
-        held_out = build_dataset(
-            spec.eval_data_path,
-            tokenizer,
-            spec.model_max_length,
-            spec.s3_endpoint_url,
-            held_out=True,
-            every_token=every,
-        )
+        eval_paths = split_paths(spec.eval_data_path)
+        sets = [
+            build_dataset(
+                path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, held_out=True, every_token=every
+            )
+            for path in eval_paths
+        ]
+        held_out = dict(zip(held_out_names(eval_paths), sets)) if len(sets) > 1 else sets[0]
     elif spec.eval_split:
         held = math.ceil(spec.eval_split * len(dataset))  # datasets' own rounding of test_size
         if held >= len(dataset):
@@ -338,12 +343,49 @@ def build_datasets(spec, tokenizer, echo=None):
                     f"eval_split: {copied:,} of the {len(train_rows) + len(held_rows):,} rows are copies of another; "
                     f"the {len(held_rows):,} held out are none of the training rows"
                 )
-        held_out = held_out.remove_columns(["source"] if mixing else [])
+        if len(paths) > 1:
+            held_out = _by_source(held_out, held_out_names(paths))
+        elif by_source:
+            held_out = held_out.remove_columns(["source"])
     if mixing:
         dataset, said = mix(dataset, spec.data_mix, spec.seed)
         if echo:
             echo(said)
+    elif by_source:
+        dataset = dataset.remove_columns(["source"])
     return dataset, held_out
+
+
+def held_out_names(paths: list[str]) -> list[str]:
+    """Short, distinct names of datasets, for metric keys (eval_<name>_loss): a file's name without its extension,
+    a Hub dataset's or a directory's last part."""
+    names: list[str] = []
+    for i, path in enumerate(paths):
+        last = posixpath.basename(path.rstrip("/")).split(".")[0]
+        base = re.sub(r"[^A-Za-z0-9_-]+", "_", last).strip("_") or f"data{i + 1}"
+        name, n = base, 2
+        while name in names:
+            name, n = f"{base}_{n}", n + 1
+        names.append(name)
+    return names
+
+
+def _by_source(held_out, names: list[str]):
+    """eval_split's held-out rows of several datasets, by dataset (those it holds rows of); one: as it is."""
+    sources = held_out["source"]
+    held_out = held_out.remove_columns(["source"])
+    sets = {name: [r for r, s in enumerate(sources) if s == i] for i, name in enumerate(names)}
+    sets = {name: held_out.select(rows) for name, rows in sets.items() if rows}
+    return sets if len(sets) > 1 else held_out
+
+
+def all_held_out(held_out):
+    """The held-out rows as one dataset (build_datasets may give a dict of several), or None."""
+    if isinstance(held_out, dict):
+        import datasets
+
+        return datasets.concatenate_datasets(list(held_out.values()))
+    return held_out
 
 
 def mix(dataset, weights: list[tuple[str, float]], seed: int):
@@ -378,6 +420,7 @@ def shared_rows(train, held_out) -> str | None:
     directory without split names; eval_split never holds out a copy, _split_copies): their loss measures
     memorising, not how the model does on rows it never saw. Only the training rows of a held-out row's length
     are hashed."""
+    held_out = all_held_out(held_out)
     if held_out is None or not len(held_out):
         return None
     held = _row_digests(held_out)

@@ -29,6 +29,7 @@ neither the 1B fft peak nor its speed moved measurably (bench/NOTES.md, v6).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -224,6 +225,35 @@ class SFTTrainer(TrlSFTTrainer):
             if self._late is not None:
                 with contextlib.suppress(Exception):  # the GPU may be what failed
                     self._write_late_log()
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Several held-out datasets (a dict, data.build_datasets) as ONE evaluation: each one's loss
+        (``eval_<name>_loss``) and all of them together (``eval_loss``: each weighs by its sequences, as one
+        evaluation of all the rows would), logged once and handed to the callbacks once (transformers' own loop
+        logs each dataset apart and has no eval_loss, which the best checkpoint and early stopping read)."""
+        sets = self.eval_dataset if eval_dataset is None else eval_dataset
+        if not isinstance(sets, dict):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        start, metrics, sequences = time.time(), {}, {}
+        for name, data in sets.items():
+            prefix = f"{metric_key_prefix}_{name}"
+            output = self.evaluation_loop(
+                self.get_eval_dataloader(name if eval_dataset is None else data),
+                description="Evaluation",
+                prediction_loss_only=True,
+                ignore_keys=ignore_keys,
+                metric_key_prefix=prefix,
+            )
+            metrics[f"{prefix}_loss"] = output.metrics[f"{prefix}_loss"]
+            sequences[name] = output.num_samples
+        total = sum(sequences.values())
+        metrics[f"{metric_key_prefix}_loss"] = (
+            sum(metrics[f"{metric_key_prefix}_{name}_loss"] * n for name, n in sequences.items()) / total
+        )
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def _run_epoch(self, *args, **kwargs):
         # A resumed checkpoint of the run's last step (stopped before its final model was saved): transformers
