@@ -231,7 +231,16 @@ def _bounded(flag: str, uri: str, endpoint_url: str | None, check) -> list[Findi
     if not storage.is_remote(uri):
         return check()
     box: list = []
-    worker = threading.Thread(target=lambda: box.append(check()), daemon=True, name=f"preflight {flag}")
+
+    def run() -> None:
+        try:
+            box.append(check())
+        except FtctlError as e:  # e.g. the store's package is not installed: its own line, not a timeout
+            box.append([Finding(ERROR, f"{flag} {uri}: {e}")])
+        except Exception as e:  # anything else the check did not expect: said, never a thread's traceback
+            box.append([Finding(ERROR, f"{flag} {uri}: {type(e).__name__}: {e}")])
+
+    worker = threading.Thread(target=run, daemon=True, name=f"preflight {flag}")
     worker.start()
     worker.join(store_deadline_s())
     if box:

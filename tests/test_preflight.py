@@ -177,6 +177,22 @@ def test_remote_output_silent_endpoint_times_out(s3_env, monkeypatch):
         server.close()
 
 
+def test_a_store_whose_package_is_missing_is_said_not_timed_out(monkeypatch, capsys):
+    """gs:// without gcsfs: the check's own line (it had died in its thread: a traceback, then a timeout)."""
+    import fsspec
+
+    def missing(protocol):
+        raise ImportError(f"no {protocol}")
+
+    monkeypatch.setattr(fsspec, "get_filesystem_class", missing)
+    start = time.monotonic()
+    text = only(check_output("gs://b/x"))
+    assert text.startswith("--output gs://b/x: 'gs://b/x/") and text.endswith(
+        "needs the gcsfs package: pip install gcsfs"
+    )
+    assert time.monotonic() - start < 5 and "Traceback" not in capsys.readouterr().err
+
+
 def test_read_only_bucket(s3_bucket, moto_s3):
     """moto enforces bucket policies: a Deny on PutObject makes the bucket read-only."""
     bucket = s3_bucket.split("://")[1]
