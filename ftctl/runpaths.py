@@ -75,6 +75,11 @@ class RunPaths:
         """The trainer's one-word exit status for runs the launcher watches itself (local, docker)."""
         return self.root / ".ftctl" / "status"
 
+    @property
+    def launcher_log(self) -> Path:
+        """torchrun's own failure report, held back from the terminal (local.backend.run_filtered)."""
+        return self.root / ".ftctl" / "launcher.log"
+
     def slurm_log(self, job: str) -> Path:
         return self.root / SLURM_LOG_PATTERN.replace("%j", str(job))
 

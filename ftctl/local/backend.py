@@ -8,11 +8,13 @@ once, with its own error line (ftctl.failures); the resume hint follows only int
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
@@ -237,24 +239,49 @@ def preflight_network(spec: RunSpec, plan: Plan) -> None:
 
 def network_check(gpus: str, nodes: int | None, min_busbw_gbps: float = 0.0) -> int:
     """``ftctl doctor --network``: the probe with as many processes as --gpus/--nodes make, all on this machine
-    (one per GPU; on CPU one per node), through torchrun. Its exit code (3: below ``min_busbw_gbps``)."""
-    from ftctl.gpus import parse
+    (one per GPU; on CPU one per node), through torchrun. Its exit code: 3 below ``min_busbw_gbps``; torchrun's
+    own failure report is held back (FTCTL_DEBUG=1 shows it), the probe's lines say what happened."""
+    import tempfile
 
-    req = parse(gpus, nodes)
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(req.world_size),
-        "-m",
-        "ftctl.trainer.netcheck",
-        "--min-busbw-gbps",
-        f"{min_busbw_gbps:g}",
-    ]
-    click.echo(f"all-reduce across {req.world_size} process(es) of {req} on this machine", err=True)
-    return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    from ftctl.gpus import parse
+    from ftctl.trainer.netcheck import BELOW_THRESHOLD_EXIT
+
+    req, here = parse(gpus, nodes), parse(local_gpus())
+    if req.tier and (not here.tier or req.gpus_per_node > here.gpus_per_node):
+        has = f"{here.gpus_per_node}x{here.tier}" if here.tier else "no GPU"
+        raise FtctlError(
+            f"--gpus {gpus}: this machine has {has}, and doctor --network measures its own processes. Run "
+            "it on a host with those GPUs, or launch with --preflight (the job measures its nodes first)."
+        )
+    if req.world_size < 2:
+        raise FtctlError(
+            f"{req.world_size} process: an all-reduce needs two to measure; give --nodes 2 (CPU: one process a "
+            "node) or --gpus 2xTYPE."
+        )
+    with tempfile.TemporaryDirectory(prefix="ftctl-netcheck-") as tmp:
+        result = os.path.join(tmp, "result.json")
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(req.world_size),
+            "-m",
+            "ftctl.trainer.netcheck",
+            "--min-busbw-gbps",
+            f"{min_busbw_gbps:g}",
+            "--threshold-name=--min-busbw-gbps",
+            "--json",
+            result,
+        ]
+        click.echo(f"all-reduce across {req.world_size} process(es) of {req} on this machine", err=True)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        rc = run_filtered(cmd, env, Path(tmp) / "launcher.log")
+        if os.path.exists(result):
+            with open(result) as f:
+                return 0 if json.load(f).get("ok") else BELOW_THRESHOLD_EXIT
+    return rc or 1
 
 
 def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
@@ -274,18 +301,17 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
         FAILURE_DIR_ENV: str(paths.failures),
         STATUS_ENV: str(paths.status_file),
     }
-    rc = run_filtered(cmd, env, paths)
+    rc = run_filtered(cmd, env, paths.launcher_log)
     if rc != 0:
         raise FtctlError(failure_message(paths, rc))
 
 
-def run_filtered(cmd: list[str], env: dict, paths: RunPaths) -> int:
+def run_filtered(cmd: list[str], env: dict, held: Path) -> int:
     """Run ``cmd``; stdout passes through, and so does stderr until torchrun's own failure report
     starts (its log lines and ChildFailedError traceback repeat what the failing rank recorded). What
-    is held back is kept in ``.ftctl/launcher.log``; FTCTL_DEBUG=1 prints everything."""
+    is held back is kept in ``held``; FTCTL_DEBUG=1 prints everything."""
     if os.environ.get("FTCTL_DEBUG"):
         return subprocess.call(cmd, env=env)
-    held = paths.root / ".ftctl" / "launcher.log"
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
     holding = False
     with held.open("w") as keep:
@@ -315,7 +341,7 @@ def failure_message(paths: RunPaths, rc: int) -> str:
     if records:
         message, resumable = failures.summarize(records)
     else:
-        held = paths.root / ".ftctl" / "launcher.log"
+        held = paths.launcher_log
         tail = held.read_text().strip().splitlines()[-15:] if held.exists() else []
         if tail:
             click.echo("\n".join(tail), err=True)

@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=None, help="timed all-reduces (default 20 GPU, 5 CPU)")
     parser.add_argument("--min-busbw-gbps", type=float, default=0.0, help="exit 3 below this bus bandwidth")
     parser.add_argument("--json", help="rank 0 writes the result here as JSON")
+    parser.add_argument("--threshold-name", default=f"-o {THRESHOLD_KEY}", help="the floor's name in the message")
     args = parser.parse_args(argv)
 
     import torch
@@ -146,8 +147,8 @@ def main(argv=None) -> int:
         if not ok:
             print(
                 f"netcheck: FAILED: bus bandwidth {busbw:.2f} GB/s is below {args.min_busbw_gbps:g} GB/s "
-                f"({THRESHOLD_KEY}): the job stops before training. Check the interface above (NCCL_SOCKET_IFNAME, "
-                f"-o socket_ifname=...), InfiniBand/EFA drivers, or lower -o {THRESHOLD_KEY}=...",
+                f"({args.threshold_name}). Check the interface above (NCCL_SOCKET_IFNAME, -o socket_ifname=...), "
+                f"InfiniBand/EFA drivers, or lower {args.threshold_name}.",
                 file=sys.stderr,
                 flush=True,
             )
