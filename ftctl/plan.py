@@ -20,11 +20,12 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  and layer counted tensor by tensor in activation_bytes() (varlen attention, Liger kernels,
                  a 16-bit residual stream unless under fp16, LoRA's dropout outputs); A*S*(L+1) without
                  gradient checkpointing (+1: gradients in flight). With it: each layer's saved input (2H a token),
-                 less the gradients made by the time it is read (one GPU, where torch frees the gradients after
-                 each step; under DeepSpeed, FSDP and DDP they stay allocated), + ONE recomputed layer's A (or
-                 the LM head's chunk, the larger) + the head's gradient of the hidden states (6H a token). On an
-                 H200 (bench/NOTES.md v50-v53, fifteen runs at 2 to 16 x 2,048): 4% under to 8% over what they
-                 measured (1B fft's peak is the optimizer step: weights + gradients + Adam)
+                 less the gradients made by the time it is read (one GPU and FSDP2, whose gradients are freed
+                 after each step; under DeepSpeed and DDP's buckets they stay allocated), + ONE recomputed layer's
+                 A (or the LM head's chunk, the larger) + the head's gradient of the hidden states (6H a token). On
+                 an H200 (bench/NOTES.md v50-v54, eighteen runs at 1 to 16 x 2,048): 4% under to 8% over what they
+                 measured (1B fft's peak is the optimizer step: weights + gradients + Adam; ZeRO-3's step on a
+                 partition over DeepSpeed's 1e9-parameter sub-group, 3B, is as large as its buffers: -1%)
     logits       the LM head's loss (fused_head_bytes): chunks of tokens, not the (tokens x vocab) logits
     accumulated_grads
                  with gradient accumulation only (accumulation_steps() > 1): the gradients of the micro-
@@ -379,7 +380,7 @@ def memory_terms(
     accumulating = accum > 1 and strategy not in (*OFFLOAD_STRATEGIES, "zero3", "fsdp")
     if ckpt:  # the module docstring: activations under checkpointing
         saved = (4 if fp32_residual else 2) * h * shape.layers * gb  # each checkpointed layer's input
-        replaced = grads if strategy == "single" else 0.0
+        replaced = grads if strategy in ("single", "fsdp") else 0.0  # FSDP2's sharded gradients: set to None too
         hidden_grad = HEAD_HIDDEN_GRAD_H * h * gb  # the head's gradient of the hidden states, alive to the end
         one_layer = max(per_token_layer * gb, logits - hidden_grad)  # or the head's chunk, the larger
         activations, logits = max(0.0, saved - replaced) + one_layer + hidden_grad, 0.0

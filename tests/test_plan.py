@@ -665,6 +665,11 @@ CHECKPOINTED_PEAKS = [
     ("fft", "meta-llama/Llama-3.2-1B", 16, 16, ["strategy=zero2"], 25.39),
     ("lora", "meta-llama/Llama-3.1-8B", 16, 16, [], 29.46),
     ("qlora", "meta-llama/Llama-3.1-8B", 2, 2, ["use_dora=true"], 11.35),
+    # v54: FSDP2 on one GPU (its gradients freed after each step: they replace the saved inputs, as one GPU's do),
+    # and ZeRO-3's step on a partition of 3.2 of DeepSpeed's 1e9-parameter sub-groups
+    ("fft", "meta-llama/Llama-3.2-1B", 8, 8, ["strategy=fsdp"], 19.99),
+    ("fft", "meta-llama/Llama-3.2-3B", 1, 8, ["strategy=zero3"], 54.50),
+    ("fft", "meta-llama/Llama-3.2-3B", 8, 8, ["strategy=zero3"], 54.50),
 ]
 
 
