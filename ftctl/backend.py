@@ -261,6 +261,10 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
     b = get(name)
     findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus())
     if dry_run:
+        try:  # what the backend itself would refuse (read-only: an image missing, a daemon down, a partition too small)
+            b.check(rendered)
+        except FtctlError as e:
+            findings.append(preflight.Finding(preflight.ERROR, str(e)))
         click.echo(f"backend: {name} ({why})", err=True)
         for note in rendered.plan.notes:  # what the planner changed: a method that does not fit falls back to qlora
             click.echo(f"plan: {note}", err=True)

@@ -4,9 +4,11 @@ runs the container's command as a local process, so the docker backend's own cod
 
 What it emulates, nothing more: ``run --detach --name N [--user UID:GID] [-v HOST:CTR] [-e K[=V]] [-w DIR]
 IMAGE CMD...`` (CMD runs here with container paths mapped back to their host paths, the -e environment,
-output to a log, and, run as root, as --user's uid or else the image's USER, ``$FAKE_IMAGE_USER``), ``inspect --format ... N`` (created/running/exited and the exit code), ``logs [--follow] N``,
-``stop [--time S] N`` (SIGTERM to the process group, SIGKILL after S seconds) and ``rm N``. The image
-is ignored: the command runs with this machine's python (first on PATH). State lives in
+output to a log, and, run as root, as --user's uid or else the image's USER, ``$FAKE_IMAGE_USER``),
+``inspect --format ... N`` (created/running/exited and the exit code), ``logs [--follow] N``, ``stop
+[--time S] N`` (SIGTERM to the process group, SIGKILL after S seconds), ``rm N`` and ``version`` (a daemon's;
+with ``$FAKE_DOCKER_DAEMON_DOWN`` set every verb fails, as a CLI without its daemon does). The image is
+ignored: the command runs with this machine's python (first on PATH). State lives in
 ``$FAKE_DOCKER_STATE``; each call is appended to ``$FAKE_LOG`` as JSON.
 """
 
@@ -77,6 +79,12 @@ def main(args):
     log_call(args)
     cmd, rest = args[0], args[1:]
     opts, pos = parse(rest)
+    if os.environ.get("FAKE_DOCKER_DAEMON_DOWN"):  # the CLI installed, its daemon not running: every verb fails
+        print("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?")
+        return 1
+    if cmd == "version":
+        print("27.3.1")
+        return 0
     if cmd == "run":
         name = dict(opts)["--name"]
         mounts = [v.split(":", 1) for k, v in opts if k in ("-v", "--volume")]

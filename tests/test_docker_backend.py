@@ -132,6 +132,23 @@ def test_missing_docker_is_one_line(tmp_path, tiny_model_dir, tiny_data):
     assert proc.stderr.strip() == "error: docker is not installed here: install Docker Engine, or use --backend local."
 
 
+def test_a_daemon_that_does_not_answer_is_said_by_doctor_dry_run_and_launch(
+    docker_env, tiny_model_dir, tiny_data, tmp_path
+):
+    """The docker CLI without its daemon: every docker call fails, so `image inspect` cannot tell a missing image
+    from an unreachable daemon; the daemon is asked first, and --dry-run asks it too."""
+    down = {**docker_env, "FAKE_DOCKER_DAEMON_DOWN": "1"}
+    flags = run_flags(tiny_model_dir, tiny_data, tmp_path / "o")
+    flags[flags.index("--container") + 1] = "docker:ghcr.io/x/img:1"  # would be pulled: only the daemon refuses
+    said = "docker is installed but its daemon does not answer (Cannot connect to the Docker daemon at "
+    for args in (["launch", *flags], ["launch", *flags, "--dry-run"]):
+        proc = ftctl(down, *args, check=False, cwd=tmp_path)
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    doctor = ftctl(down, "doctor", "--backend", "docker", check=False)
+    assert doctor.returncode != 0 and said in doctor.stdout
+    assert ftctl(docker_env, "doctor", "--backend", "docker", check=False).stdout.startswith("docker:  daemon 27.3.1")
+
+
 @pytest.mark.parametrize("cuda, flavour", [("12.2", "cu126"), ("13.0", "cu130")])
 def test_the_hosts_driver_picks_the_images_cuda(docker_env, tmp_path, cuda, flavour):
     """A host with an H100 under driver 535 (CUDA 12.2) cannot run the CUDA 13 image: the docker backend names

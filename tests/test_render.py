@@ -350,6 +350,21 @@ def test_docker_hostile_values_arrive_intact(hostile_paths, tmp_path):
     assert argv[argv.index("HF_TOKEN") - 1] == "-e"
 
 
+def test_docker_takes_the_plans_gpus_not_the_hosts(monkeypatch):
+    """2 of an 8-GPU host: `--gpus 2`, or the first two CUDA_VISIBLE_DEVICES names (never `all`)."""
+
+    def gpus(n):
+        args = dict(backend="docker", gpus=f"{n}xA100", model_name_or_path=MODEL, output_dir="/fixed/out")
+        prep = prepared(**args)
+        argv = docker_render.argv(prep.spec, prep.plan, "/fixed/out")
+        return argv[argv.index("--gpus") + 1]
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert (gpus(1), gpus(2), gpus(8)) == ("1", "2", "8")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,5")
+    assert gpus(2) == '"device=2,3"'
+
+
 # ------------------------------------------------------------------------------------------ sky
 @pytest.mark.parametrize("h", HOSTILE, ids=range(len(HOSTILE)))
 def test_sky_run_section_hostile_values_arrive_intact(h, tmp_path):
@@ -572,7 +587,7 @@ def test_rendered_text_matches_golden(name, monkeypatch):
     # docker's user and caches are the launching host's: name them independently of the machine
     monkeypatch.setattr(docker_render, "host_user", lambda: (1000, 1000, "user"))
     monkeypatch.setenv("HOME", "/fixed/home")
-    for var in ("XDG_CACHE_HOME", "HF_HOME"):
+    for var in ("XDG_CACHE_HOME", "HF_HOME", "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(var, raising=False)
     if name in GOLDEN_CONFIG:
         text, built = GOLDEN_CONFIG[name]

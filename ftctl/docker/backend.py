@@ -61,6 +61,7 @@ class DockerBackend(Backend):
 
     def check(self, rendered: Rendered) -> None:
         docker = _docker()
+        _daemon(docker)
         image = rendered.image.ref
         if rendered.image.source in ("default", "local"):  # a registry's image is pulled by docker run
             if _run([docker, "image", "inspect", image]).returncode != 0:
@@ -118,9 +119,17 @@ class DockerBackend(Backend):
         return f"cancelled {ref.job_id}"
 
     def doctor(self, gpus, partition) -> bool:
-        found = shutil.which("docker") is not None
-        click.echo(f"docker:  {'found' if found else 'not installed'}")
-        return found
+        docker = shutil.which("docker")
+        if not docker:
+            click.echo("docker:  not installed (install Docker Engine)")
+            return False
+        try:
+            version = _daemon(docker)
+        except FtctlError as e:
+            click.echo(f"docker:  {e}")
+            return False
+        click.echo(f"docker:  daemon {version}")
+        return True
 
 
 def _docker() -> str:
@@ -128,6 +137,18 @@ def _docker() -> str:
     if not path:
         raise FtctlError("docker is not installed here: install Docker Engine, or use --backend local.")
     return path
+
+
+def _daemon(docker: str) -> str:
+    """The docker daemon's version; FtctlError where the CLI cannot reach it (every other docker call would fail
+    for that reason, and say something else: an image `docker image inspect` cannot see is not missing)."""
+    proc = _run([docker, "version", "--format", "{{.Server.Version}}"])
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise FtctlError(
+            f"docker is installed but its daemon does not answer ({_last_line(proc)}): start it (systemctl start "
+            "docker), or give your user access to its socket (the docker group)."
+        )
+    return proc.stdout.strip()
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:

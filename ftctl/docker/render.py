@@ -74,8 +74,10 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
         "--ulimit",
         "stack=67108864",
     ]
-    if plan.tier:
-        cmd += ["--gpus", "all" if plan.gpus_per_node > 1 else "1"]
+    if plan.tier:  # the GPUs the plan runs on, not every one of the host's: CUDA_VISIBLE_DEVICES picks them
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        picked = visible.split(",")[: plan.gpus_per_node] if visible else []
+        cmd += ["--gpus", f'"device={",".join(picked)}"' if picked else str(plan.gpus_per_node)]
     # the output directory is mounted even before it exists (launch creates it): checkpoints written
     # inside the container must land on the host
     paths = [run_dir, caches.root, caches.hf_home]
