@@ -36,6 +36,11 @@ class GpuTier:
     def sky_name(self) -> str:
         return self.name
 
+    @property
+    def a_card(self) -> str:
+        """'an A100', 'a T4': the name as a sentence says it (the letter's sound)."""
+        return f"{'an' if self.name[0] in 'AEFHILMNORSX' else 'a'} {self.name}"
+
 
 # The one table of GPU facts. Memory is what the card reports (80 GB cards show ~79.6 GiB).
 TIERS: dict[str, GpuTier] = {

@@ -715,16 +715,23 @@ def offload_host_gb(params_b: float, world: int, per_node: int) -> float:
 _FORCED_FIT = ("strategy", "per_device_train_batch_size", "gradient_checkpointing")  # what a user may force
 
 
+def _a_model(shape: ModelShape) -> str:
+    """'an 8.03B-parameter model', 'a 70.6B-parameter model' (eight, eleven and eighteen start with a vowel)."""
+    size = f"{shape.params_b:g}"
+    article = "an" if re.match(r"8|1[18](\D|$)", size) else "a"
+    return f"{article} {size}B-parameter model"
+
+
 def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     method = spec.method
     if req.is_cpu and shape.params_b > CPU_MAX_PARAMS_B:
         return (
-            f"{method} of a {shape.params_b:g}B-parameter model on CPU would take days a step: ftctl runs "
+            f"{method} of {_a_model(shape)} on CPU would take days a step: ftctl runs "
             f"models up to {CPU_MAX_PARAMS_B:g}B on CPU. Ask for a GPU, e.g. --gpus 1xA100 --method qlora."
         )
     if req.is_cpu:  # small enough, but not in the RAM the spec says this machine has
         return (
-            f"{method} of a {shape.params_b:g}B-parameter model does not fit host_memory_gb="
+            f"{method} of {_a_model(shape)} does not fit host_memory_gb="
             f"{round(spec.host_memory_gb, 1):g} on CPU, even at micro-batch 1 with gradient checkpointing. Raise "
             f"-o host_memory_gb=N if the machine has more, or use a lighter --method (lora, qlora) or a smaller model."
         )
@@ -733,8 +740,8 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     if fits is not None:  # the user's batch, checkpointing or strategy is what does not fit
         asked = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in forced.items())
         return (
-            f"{method} of a {shape.params_b:g}B-parameter model with {asked} does not fit {req} (a "
-            f"{req.tier.name} has {req.tier.memory_gb:g} GB; ftctl plans within {HEADROOM:.0%} of it). Without "
+            f"{method} of {_a_model(shape)} with {asked} does not fit {req} "
+            f"({req.tier.a_card} has {req.tier.memory_gb:g} GB; ftctl plans within {HEADROOM:.0%} of it). Without "
             f"{'it' if len(forced) == 1 else 'them'} it does: {fits.strategy}, micro-batch "
             f"{fits.per_device_train_batch_size}, gradient checkpointing {'on' if fits.gradient_checkpointing else 'off'}"
             f", ~{fits.memory_gb:.0f} GB/GPU (`ftctl plan` without {' and '.join(forced)} shows it)."
@@ -767,9 +774,9 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         for s in on_gpu
     )
     msg = (
-        f"{method} of a {shape.params_b:g}B-parameter model does not fit {req}: the leanest plan "
-        f"({strategy}, micro-batch 1, gradient checkpointing) needs about {need:.0f} GB per GPU and a "
-        f"{req.tier.name} has {req.tier.memory_gb:g} GB."
+        f"{method} of {_a_model(shape)} does not fit {req}: the leanest plan "
+        f"({strategy}, micro-batch 1, gradient checkpointing) needs about {need:.0f} GB per GPU and "
+        f"{req.tier.a_card} has {req.tier.memory_gb:g} GB."
     )
     if any(s in OFFLOAD_STRATEGIES for s in strategies):  # the planner's last resort, or the one forced
         host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)
@@ -783,12 +790,20 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
             f"{host} (-o host_memory_gb=N if it has more)."
         )
     hints = []
+    # nearest first: another method on the GPUs asked for (lora's base shards, qlora's does not), then this method
+    # on other GPUs, then qlora on other GPUs
+    here = None
+    for other in [m for m in ("lora", "qlora") if m != method]:
+        here = _fit(replace(spec, method=other, strategy=None), req, shape, other)
+        if here is not None:
+            hints.append(f"--method {other} on these {req} ({here.strategy}, ~{here.memory_gb:.0f} GB/GPU)")
+            break
     same = _nearest(spec, shape, method, req)
     if same:
         hints.append(f"--gpus {same.gpus} --method {method} ({same.strategy}, ~{same.memory_gb:.0f} GB/GPU)")
-    if method != "qlora":
+    if method != "qlora" and (here is None or here.method != "qlora"):
         q = _nearest(spec, shape, "qlora", req)
-        if q:
+        if q and q.gpus != str(req):
             hints.append(f"--gpus {q.gpus} --method qlora (~{q.memory_gb:.0f} GB/GPU)")
     if hints:
         msg += " Nearest plans that fit: " + "; or ".join(hints) + "."

@@ -186,7 +186,7 @@ def test_fallback_on_one_h200_host_says_what_offload_would_need():
     assert spec.method == plan.method == "qlora" and plan.asked_method == "fft"
     note = plan.notes[0]
     assert "fft does not fit this machine" in note and "qlora runs instead" in note
-    assert "a H200 has 141 GB" in note and "~172 GB of host RAM per node, which has 135.1 GB" in note
+    assert "an H200 has 141 GB" in note and "~172 GB of host RAM per node, which has 135.1 GB" in note
 
 
 @pytest.mark.slow

@@ -100,6 +100,19 @@ def test_70b_fft_on_1xt4_is_refused_with_nearest_plans():
         _fits(p)
 
 
+@pytest.mark.parametrize("method,other", [("fft", "lora"), ("qlora", "lora")])
+def test_a_method_that_fits_the_gpus_asked_for_comes_first(method, other):
+    """70B on 8xA100: fft's leanest plan needs ~150 GB a GPU, qlora's 4-bit base is not sharded (49 GB); lora's base
+    shards with FSDP2 and fits these GPUs: offered before other GPUs, and it really fits."""
+    with pytest.raises(PlanError) as e:
+        plan(method=method, gpus="8xA100", model_name_or_path="meta-llama/Llama-3.1-70B")
+    first = str(e.value).split("Nearest plans that fit: ")[1].split("; or ")[0]
+    assert first.startswith(f"--method {other} on these 8xA100 (fsdp, ~"), first
+    p = plan(method=other, gpus="8xA100", model_name_or_path="meta-llama/Llama-3.1-70B")
+    assert p.strategy == "fsdp" and first.endswith(f"~{p.memory_gb:.0f} GB/GPU)")
+    _fits(p)
+
+
 def test_a_forced_batch_that_does_not_fit_is_named_with_the_plan_that_does():
     with pytest.raises(PlanError) as e:
         plan(
@@ -110,8 +123,8 @@ def test_a_forced_batch_that_does_not_fit_is_named_with_the_plan_that_does():
         )
     msg = str(e.value)
     assert msg.startswith(
-        "lora of a 8.03B-parameter model with per_device_train_batch_size=16, gradient_checkpointing=false does not "
-        "fit 1xH100 (a H100 has 80 GB; ftctl plans within 92% of it). Without them it does: single, micro-batch "
+        "lora of an 8.03B-parameter model with per_device_train_batch_size=16, gradient_checkpointing=false does not "
+        "fit 1xH100 (an H100 has 80 GB; ftctl plans within 92% of it). Without them it does: single, micro-batch "
     ), msg
     ours = plan(method="lora", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B")
     assert f"micro-batch {ours.per_device_train_batch_size}," in msg and f"~{ours.memory_gb:.0f} GB/GPU" in msg
@@ -144,11 +157,14 @@ def test_8b_lora_on_1xl4():
     assert 16 < p.memory_gb <= 24 * HEADROOM
 
 
-def test_8b_fft_does_not_fit_l4_but_qlora_on_the_same_gpu_is_suggested():
+def test_8b_fft_does_not_fit_l4_but_lora_on_the_same_gpu_is_suggested():
     with pytest.raises(PlanError) as e:
         plan(method="fft", gpus="1xL4", model_name_or_path="meta-llama/Llama-3.1-8B")
-    assert "--gpus 1xL4 --method qlora" in str(e.value)
-    assert "L4 has 24 GB" in str(e.value)
+    assert "Nearest plans that fit: --method lora on these 1xL4 (single, ~" in str(e.value)
+    assert "an L4 has 24 GB" in str(e.value)
+    with pytest.raises(PlanError) as e:  # where lora does not fit either, qlora on the same GPU
+        plan(method="fft", gpus="1xT4", model_name_or_path="meta-llama/Llama-3.1-8B")
+    assert "Nearest plans that fit: --method qlora on these 1xT4 (single, ~" in str(e.value)
 
 
 def test_multi_node_plans_shard_or_replicate():
