@@ -100,10 +100,24 @@ class ModelShape:
     vocab: int
     source: str  # where the numbers came from
     intermediate: int = 0  # MLP width; 0: 4 * hidden
+    kv_dim: int = 0  # the k and v projections' width (key-value heads x head dim); 0: hidden (no GQA)
 
     @property
     def mlp(self) -> int:
         return self.intermediate or 4 * self.hidden
+
+    def projections(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of a decoder layer's linear projections, by their usual (Llama's) names."""
+        h, i, kv = self.hidden, self.mlp, self.kv_dim or self.hidden
+        return {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
 
 # Shapes of common models, for ids whose config.json is not on this machine.
@@ -269,7 +283,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     mlp = 3 * h * inter * experts
     embed = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
     params = (layers * (attn + mlp) + embed) / 1e9
-    return ModelShape(round(params, 4), h, layers, vocab, source, inter)
+    return ModelShape(round(params, 4), h, layers, vocab, source, inter, kv * head_dim)
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -279,9 +293,13 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
     if method == "sft":
         per_layer = (shape.params_b - shape.vocab * shape.hidden / 1e9) / shape.layers
         return min(shape.params_b, spec.trainable_layers * per_layer + shape.vocab * shape.hidden / 1e9)
-    # LoRA on every linear projection of every layer: r * (in + out) per projection; ~7 projections
-    # with in+out ~ 2H..(H+I); 4.5 * 2H is a good average for Llama shapes.
-    return shape.layers * 7 * spec.lora_r * 2 * shape.hidden * 1.6 / 1e9
+    # LoRA: r * (in + out) for each targeted projection of every layer (all-linear: all seven; a name that is not
+    # one of Llama's: 2H, an attention projection's)
+    sizes = shape.projections()
+    names = spec.lora_target_modules.strip()
+    targets = list(sizes) if names == "all-linear" else [t.strip() for t in names.split(",") if t.strip()]
+    per_layer = sum(sum(sizes.get(t, (shape.hidden, shape.hidden))) for t in targets)
+    return shape.layers * spec.lora_r * per_layer / 1e9
 
 
 DEEPSPEED_STRATEGIES = ("zero2", "zero2_offload", "zero3", "zero3_offload")

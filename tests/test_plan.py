@@ -702,3 +702,21 @@ def test_checkpointed_plans_hold_what_an_h200_measured(method, model, micro, glo
     )
     measured = peak_gib * 2**30 / 1e9
     assert -0.05 <= p.memory_gb / measured - 1 <= 0.08, (p.memory_gb, measured, p.memory)
+
+
+@pytest.mark.parametrize("targets", ["all-linear", "q_proj,v_proj", "gate_proj,down_proj"])
+def test_lora_trainable_parameters_are_peft_s_count(tiny_model_dir, targets):
+    """The plan's trainable count is the adapters PEFT makes for lora_target_modules, GQA's narrower k and v too
+    (it had counted seven projections of 2H whatever the targets: 6.7x over for q_proj,v_proj)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.spec import build
+    from ftctl.trainer.methods import lora_config
+
+    spec = build(
+        {"method": "lora", "gpus": "cpu", "model_name_or_path": str(tiny_model_dir), "lora_target_modules": targets}
+    )
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_config(spec))
+    trained = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert make_plan(spec).trainable_params_b * 1e9 == pytest.approx(trained, rel=1e-6)
