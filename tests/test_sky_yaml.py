@@ -188,3 +188,16 @@ def test_validator_refuses_broken_tasks(matrix):
         rec = results[str(f)]
         assert not rec["ok"], f"{reason}: accepted"
         assert reason in rec["error"], (reason, rec["error"])
+
+
+def test_the_nodes_install_what_the_run_uses_beyond_the_train_extra():
+    """report_to=wandb and a gs:// or az:// path need wandb, gcsfs, adlfs: the train extra brings only s3fs."""
+
+    def setup(*overrides, output="s3://b/runs/x"):
+        prep = prepared(list(overrides), backend="sky", gpus="1xL4", model_params="1b", output_dir=output)
+        return yaml.safe_load(prep.text)["setup"].splitlines()[-1]
+
+    plain = setup()
+    assert "'s3fs>=2024.1'" in plain and not any(p in plain for p in ("wandb", "gcsfs", "adlfs"))
+    used = setup("report_to=wandb", "data_path=az://c/conv.jsonl", output="gs://b/runs/x")
+    assert all(f"'{r}'" in used for r in ("wandb>=0.18", "gcsfs>=2024.1", "adlfs>=2024.1", "s3fs>=2024.1"))

@@ -46,10 +46,20 @@ class _Block(str):
 yaml.SafeDumper.add_representer(_Block, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", str(s), style="|"))
 
 
-def train_requirements() -> list[str]:
-    """ftctl's ``train`` extra, as its installed metadata pins it (pyproject.toml is the one owner)."""
+def run_requirements(spec: RunSpec) -> list[str]:
+    """What a node needs for this run, as ftctl's installed metadata pins it (pyproject.toml is the one owner): the
+    ``train`` extra, and ``wandb`` for report_to=wandb, ``gcs`` / ``azure`` where a path is in that store (the
+    train extra brings only s3fs)."""
+    extras = {"train"}
+    if "wandb" in spec.report_to:
+        extras.add("wandb")
+    schemes = {p.split("://", 1)[0].lower() for p in (*spec.data_paths, spec.output) if "://" in p}
+    extras |= {"gcs" for s in schemes if s in ("gs", "gcs")} | {
+        "azure" for s in schemes if s in ("az", "abfs", "abfss")
+    }
     reqs = importlib.metadata.requires("ftctl") or []
-    return sorted(r.split(";")[0].strip() for r in reqs if 'extra == "train"' in r)
+    wanted = {f'extra == "{e}"' for e in extras}
+    return sorted({r.split(";")[0].strip() for r in reqs if any(w in r for w in wanted)})
 
 
 def autostop_minutes(spec: RunSpec) -> int | None:
@@ -114,7 +124,7 @@ def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
     }
     if spec.secrets:
         task["secrets"] = {name: None for name in spec.secrets}
-    install = [WORKDIR_ON_PATH, join(["python3", "-m", "ftctl.sky.node_stack", *gpu_arg, *train_requirements()])]
+    install = [WORKDIR_ON_PATH, join(["python3", "-m", "ftctl.sky.node_stack", *gpu_arg, *run_requirements(spec)])]
     task["setup"] = _Block("\n".join([*spec.setup, *install]) + "\n")
     task["run"] = _Block("\n".join(run_lines) + "\n")
     header = f"# Rendered by ftctl {__version__}: {plan.method} on {plan.gpus}. Launch: ftctl launch --backend sky\n"
