@@ -23,6 +23,7 @@ from ftctl.errors import FtctlError, did_you_mean
 
 METHODS = ("fft", "sft", "lora", "qlora")
 BACKENDS = ("local", "slurm", "sky", "docker")
+RUNS_HERE = ("local", "docker")  # backends whose trainer runs on this machine: a path it reads is this machine's
 STRATEGIES = ("single", "ddp", "zero2", "zero2_offload", "zero3", "zero3_offload", "fsdp")
 DDP_COMM_DTYPES = ("fp32", "bf16")
 ATTENTION = ("varlen", "flash_attention_2", "sdpa", "eager")  # varlen: see ftctl/trainer/attention.py
@@ -32,6 +33,10 @@ DEMO_DATA = "builtin:demo"
 # Learning rates that work for each method (FastChat uses 2e-5 for full fine-tuning; QLoRA paper 2e-4).
 METHOD_LEARNING_RATE = {"fft": 2e-5, "sft": 2e-5, "lora": 2e-4, "qlora": 2e-4}
 SECRETS = ["HF_TOKEN", "WANDB_API_KEY"]
+REPORT_TO = ("none", "tensorboard", "wandb")
+# Names of environment variables that hold credentials (HF_TOKEN, AWS_SECRET_ACCESS_KEY, OPENAI_API_KEY, PGPASSWORD):
+# a word ending in TOKEN, SECRET, PASSWORD or PASSWD, or a name ending in _KEY or APIKEY; not TOKENIZERS_PARALLELISM.
+CREDENTIAL_NAME = re.compile(r"(?:^|_)[A-Z0-9]*(?:TOKEN|SECRET|PASSWORD|PASSWD)(?:_|$)|(?:_KEY|APIKEY)$", re.IGNORECASE)
 
 # Other names users type for the same key.
 ALIASES = {
@@ -73,6 +78,17 @@ DECIDED = {
     "use_liger_kernel": "Liger's kernels run where they are installed (ftctl doctor, and the run's log, say so)",
     "dataset_text_field": "a row's format is read from its fields (text, messages, conversations, prompt/completion ...)",
     "push_to_hub": "ftctl merge RUN writes a plain model directory; upload it with `hf upload`",
+    "use_peft": "--method lora (or qlora, over a 4-bit base) trains PEFT adapters; fft and sft train the weights",
+    "torch_dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
+    "weights load in; -o bf16=true or -o fp16=true forces one",
+    "dataset_name": "a Hub dataset is a data_path, --data hf://datasets/ORG/NAME (or its files, "
+    "hf://datasets/ORG/NAME/FILES)",
+    "model_revision": "a hub id loads its main revision; for another, download it (hf download ORG/NAME --revision REV "
+    "--local-dir DIR) and pass --model DIR",
+    "trust_remote_code": "models load with transformers' own code, never a repository's (remote code stays off): "
+    "use a model whose architecture your transformers supports",
+    "lora_modules_to_save": "lora and qlora train only the adapters (no modules_to_save); to train the head too use "
+    "--method sft (the top trainable_layers blocks and the head) or fft",
 }
 
 
@@ -124,7 +140,7 @@ class RunSpec:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"
+    lora_target_modules: str = "all-linear"  # or projections' names, comma-separated (q_proj,v_proj; a YAML list)
     use_rslora: bool = False  # PEFT's: the adapters scaled by lora_alpha / sqrt(lora_r), not / lora_r
     use_dora: bool = False  # PEFT's DoRA: a magnitude vector per projection beside the adapters (PEFT's forward runs)
     trainable_layers: int = 2  # sft: top K transformer blocks (+ head) trainable
@@ -132,8 +148,8 @@ class RunSpec:
     logging_steps: int = 1
     save_steps: int = 100
     save_total_limit: int = 3  # local and remote checkpoints kept (plus the final one)
-    report_to: str = "none"  # none | tensorboard | wandb (comma-separated)
-    resume: str = "auto"  # auto | never | PATH of a checkpoint
+    report_to: str = "none"  # none | tensorboard | wandb (comma-separated, or a YAML list)
+    resume: str = "auto"  # auto | never | PATH of a checkpoint-<step> directory where the job runs
     # --- hardware ----------------------------------------------------------------------------
     gpus: str | None = None  # see ftctl/gpus.py; default: what the local machine has
     nodes: int | None = None
@@ -237,6 +253,7 @@ def is_demo_model(name_or_path: str) -> bool:
 
 
 PATH_LISTS = ("data_path", "eval_data_path")  # several datasets: comma-separated, a YAML list, a repeated flag
+COMMA_LISTS = ("lora_target_modules", "report_to", "data_weights")  # comma-separated values; a YAML list is joined
 
 
 def split_paths(value: str | None) -> list[str]:
@@ -344,14 +361,14 @@ def _coerce(key: str, value):
             return [v for v in (s.strip() for s in parts) if v]
         if isinstance(value, (list, tuple)):
             return [str(v) for v in value]
-        raise ValueError("expects a list")
+        raise ValueError(f"expects a list: {key}: [A, B] in a run file")
     if origin is dict:
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
         if isinstance(value, str) and "=" in value:
             k, v = value.split("=", 1)
             return {k: v}
-        raise ValueError("expects KEY=VALUE pairs")
+        raise ValueError(f"expects NAME=VALUE pairs: {key}: {{NAME: VALUE}} in a run file, -o {key}=NAME=VALUE")
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -379,11 +396,17 @@ def _coerce(key: str, value):
             raise ValueError("expects a number") from None
     if key in PATH_LISTS and isinstance(value, (list, tuple)):
         return join_paths(value)
-    if key == "data_weights":  # a YAML list, or comma-separated; none/empty: each dataset once
-        text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    if key in COMMA_LISTS and isinstance(value, (list, tuple)):
+        if any(isinstance(v, (dict, list, tuple)) for v in value):
+            raise ValueError(f"expects a list of single values, e.g. {key}: [a, b] or {key}: a,b")
+        value = ",".join(str(v).strip() for v in value)
+    if key == "data_weights":  # none/empty: each dataset once
+        text = str(value)
         return None if text.strip().lower() in ("", "none", "null") else text.replace(" ", "")
     if typ is str:
-        if isinstance(value, (dict, list)):
+        if isinstance(value, list):
+            raise ValueError(f"expects a single value, not a list: write {key}: VALUE (-o {key}=VALUE)")
+        if isinstance(value, dict):
             raise ValueError("expects a single value")
         return str(value)
     raise ValueError(f"unsupported type {typ}")  # pragma: no cover
@@ -439,13 +462,14 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")
                 continue
             if key not in FIELDS:
-                hint = did_you_mean(key, list(FIELDS) + list(ALIASES)) or " `ftctl keys` lists them."
+                hint = _suggest_key(key) or " `ftctl keys` lists them."
                 errors.append(f"Unknown key {raw_key!r} ({source}).{hint}")
                 continue
             try:
                 val = _coerce(key, raw)
-            except ValueError as e:
-                errors.append(f"{key}={raw!r} ({source}): {e}.")
+            except ValueError as e:  # secrets and env may hold a credential: their values are never repeated
+                said = key if key in ("secrets", "env") else f"{key}={raw!r}"
+                errors.append(f"{said} ({source}): {e}.")
                 continue
             typ, _ = _base_type(_HINTS[key])
             if typing.get_origin(typ) is list and source != "run file":
@@ -459,6 +483,15 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     spec = RunSpec(**values)
     validate(spec)
     return spec
+
+
+def _suggest_key(word: str) -> str:
+    """' Did you mean ...?' for an unknown key: the closest key, or an alias where ``word`` is a near-typo of the
+    alias itself (an alias stands for another key: use_peft is no misspelling of use_spot)."""
+    import difflib
+
+    near = [a for a in ALIASES if difflib.SequenceMatcher(None, word, a).ratio() >= 0.85]
+    return did_you_mean(word, [*FIELDS, *near])
 
 
 def _mixes(items):
@@ -530,13 +563,35 @@ def validate(spec: RunSpec) -> None:
     if spec.bf16 and spec.fp16:
         errors.append("bf16 and fp16 are both on: choose one (or neither and let the planner choose).")
     for s in spec.secrets:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s):
-            errors.append(
-                f"secret {s!r} is not an environment variable NAME: pass the name (--secret HF_TOKEN), never the value."
-            )
+        if not _ENV_NAME.fullmatch(s):
+            name, eq, _ = s.partition("=")  # NAME=VALUE: the value is never repeated
+            if eq and _ENV_NAME.fullmatch(name.strip()):
+                errors.append(
+                    f"secret {name.strip()}=...: pass the name alone (--secret {name.strip()}) and export its value "
+                    "where you launch; a secret's value is never written into the job's files."
+                )
+            else:
+                errors.append(
+                    "a secret is not an environment variable NAME (it is not repeated here, in case it is a value): "
+                    "pass the name (--secret HF_TOKEN), never the value."
+                )
     for k in spec.env:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+        if not _ENV_NAME.fullmatch(k):
             errors.append(f"env {k!r} is not a valid environment variable name.")
+        elif is_secret_name(k, spec.secrets):
+            errors.append(
+                f"env {k} is a secret, and env values are written into the rendered job files and spec.json: "
+                f"export {k} where you launch and pass --secret {k} instead (secrets pass by name only)."
+            )
+    if spec.model_params:
+        try:
+            parse_size(spec.model_params)
+        except FtctlError as e:
+            errors.append(str(e))
+    try:
+        report_integrations(spec.report_to)
+    except FtctlError as e:
+        errors.append(str(e))
     if spec.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", spec.run_name):
         errors.append(
             f"run_name {spec.run_name!r}: use letters, digits, '.', '_' and '-' (at most 63), "
@@ -576,10 +631,60 @@ def validate(spec: RunSpec) -> None:
         storage.require_writable(spec.output, "output_dir")
     except FtctlError as e:
         errors.append(str(e))
-    if spec.resume not in ("auto", "never") and not spec.resume.strip():
-        errors.append("resume must be auto, never or the path of a checkpoint.")
+    if said := resume_problem(spec.resume, here=spec.backend in RUNS_HERE):
+        errors.append(said)
     if errors:
         raise FtctlError(_join(errors))
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_secret_name(name: str, secrets=()) -> bool:
+    """Whether environment variable ``name`` holds a credential: one of the run's ``secrets``, a store's
+    (storage.SECRET_ENV), or a name like one (CREDENTIAL_NAME)."""
+    return name in secrets or name.upper() in storage.SECRET_ENV or bool(CREDENTIAL_NAME.search(name))
+
+
+def report_integrations(value: str) -> list[str]:
+    """report_to's integrations, none left out; FtctlError for a name ftctl does not know. The one check: spec
+    validation says it before a job is paid for, the trainer asks here too (then that each one's package is
+    installed)."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    for name in names:
+        if name not in REPORT_TO:
+            raise FtctlError(
+                f"report_to={name!r}: use none, tensorboard or wandb (comma-separated).{did_you_mean(name, REPORT_TO)}"
+            )
+    return [n for n in names if n != "none"]
+
+
+def resume_problem(value: str, here: bool) -> str | None:
+    """What is wrong with ``resume=VALUE`` (None: nothing): auto, never, or a checkpoint directory on the machine
+    that trains. ``here``: that machine is this one, so the directory must hold transformers' trainer_state.json
+    (the trainer asks with here=True); elsewhere (a cluster's own filesystem) only its form is checked: a directory
+    named checkpoint-<step>, or one that is a checkpoint here. The one check of the trainer and spec validation."""
+    if value in ("auto", "never"):
+        return None
+    if not value.strip():
+        return "resume must be auto, never or the path of a checkpoint."
+    if storage.is_remote(value):
+        return (
+            f"resume={value}: give a local checkpoint directory, or resume=auto with "
+            "output_dir set to the run's URI to take its newest complete checkpoint."
+        )
+    if Path(value, "trainer_state.json").expanduser().is_file():
+        return None
+    if here:
+        why = "no trainer_state.json"
+    elif re.fullmatch(r"checkpoint-\d+", Path(value).name):
+        return None  # it may be there only on the cluster
+    else:
+        why = "not named checkpoint-<step>"
+    return (
+        f"resume={value} is not auto, never or a checkpoint directory ({why}): pass a checkpoint-<step> directory, "
+        "or resume=auto."
+    )
 
 
 def _join(errors: list[str]) -> str:
@@ -594,14 +699,22 @@ def parse_size(text: str) -> float:
     if not m:
         raise FtctlError(f"--model-params {text!r}: write it like 7b, 1.5b or 135m.")
     n, unit = float(m.group(1)), m.group(2).lower()
+    if n <= 0:
+        raise FtctlError(
+            f"--model-params {text!r}: a model has more than 0 parameters; write its size like 7b or 135m."
+        )
     return n * {"b": 1.0, "m": 1e-3, "k": 1e-6, "": 1e-9 if n > 1e5 else 1.0}[unit]
 
 
 def described_keys() -> list[tuple[str, str, str, str]]:
     """(section, key, default, what it does) of every run key, read from RunSpec's own lines and comments (one
-    owner: what `ftctl keys` prints is what the code says)."""
+    owner: what `ftctl keys` prints is what the code says); what it does starts with the key's other names
+    (ALIASES), ``(also: max_seq_length, max_length)``, so that `ftctl keys WORD` finds a key by them too."""
     import inspect
 
+    also = {}
+    for alias, key in ALIASES.items():
+        also.setdefault(key, []).append(alias)
     out, section, said = [], "", []
     for line in inspect.getsource(RunSpec).splitlines()[1:]:
         text = line.strip()
@@ -611,7 +724,8 @@ def described_keys() -> list[tuple[str, str, str, str]]:
             said.append(text.lstrip("# "))
         elif (m := re.match(r"(\w+): [^=]+= (.+?)(?:\s+#\s*(.*))?$", text)) and m.group(1) in FIELDS:
             default = _default_text(FIELDS[m.group(1)])
-            out.append((section, m.group(1), default, " ".join([*said, m.group(3) or ""]).strip()))
+            names = f"(also: {', '.join(also[m.group(1)])})" if m.group(1) in also else ""
+            out.append((section, m.group(1), default, " ".join(filter(None, [names, *said, m.group(3)])).strip()))
             said = []
         elif text.startswith(("@", "def ")):
             break

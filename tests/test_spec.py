@@ -262,3 +262,155 @@ def test_keys_ftctl_decides_itself_say_so_instead_of_unknown():
     assert "'fsdp' (run file) is not set by hand here: the planner chooses single, DDP, DeepSpeed ZeRO or FSDP2" in text
     assert f"'tf32' (run file) is not set by hand here: {DECIDED['tf32']}." in text
     assert not set(DECIDED) & set(FIELDS)  # never a key that exists
+
+
+# --- secrets pass by name only ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name, flags",
+    [
+        ("HF_TOKEN", None),  # a default secret
+        ("WANDB_API_KEY", None),
+        ("MY_CREDENTIAL", {"secrets": ["MY_CREDENTIAL"]}),  # one of the run's --secret names
+        ("AWS_SECRET_ACCESS_KEY", None),  # names that look like credentials
+        ("AWS_ACCESS_KEY_ID", None),  # a store's (storage.SECRET_ENV)
+        ("OPENAI_API_KEY", None),
+        ("GITHUB_TOKEN", None),
+        ("PGPASSWORD", None),
+        ("CLIENT_SECRET", None),
+    ],
+)
+def test_a_secret_in_env_is_refused_without_echoing_its_value(name, flags):
+    """-o env=HF_TOKEN=... would be written in plain text into the sbatch/SkyPilot YAML and spec.json."""
+    with pytest.raises(FtctlError) as e:
+        build(None, flags, [f"env={name}=s3cr3t-value"])
+    msg = str(e.value)
+    assert msg == (
+        f"env {name} is a secret, and env values are written into the rendered job files and spec.json: "
+        f"export {name} where you launch and pass --secret {name} instead (secrets pass by name only)."
+    )
+    assert "s3cr3t" not in msg
+    with pytest.raises(FtctlError, match=f"pass --secret {name} instead"):  # a run file's env: the same
+        build({"env": {name: "s3cr3t-value"}, **(flags or {})})
+
+
+def test_plain_env_names_that_mention_tokens_pass():
+    env = ["TOKENIZERS_PARALLELISM=true", "MAX_NEW_TOKENS=64", "OMP_NUM_THREADS=4", "WANDB_PROJECT=p", "HF_HOME=/h"]
+    s = build(None, None, [f"env={e}" for e in env])
+    assert s.env == dict(e.split("=", 1) for e in env)
+
+
+@pytest.mark.parametrize(
+    "config, over, want",
+    [
+        (None, ["secret=HF_TOKEN=hf_abc"], "secret HF_TOKEN=...: pass the name alone (--secret HF_TOKEN)"),
+        (None, ["secret=hf_abc-123"], "a secret is not an environment variable NAME"),
+        (None, ["env=hf_abc"], "env (-o): expects NAME=VALUE pairs"),
+        ({"secrets": {"HF_TOKEN": "hf_abc"}}, None, "secrets (run file): expects a list"),
+    ],
+)
+def test_a_secret_value_is_never_echoed(config, over, want):
+    with pytest.raises(FtctlError) as e:
+        build(config, None, over)
+    assert want in str(e.value) and "hf_abc" not in str(e.value)
+
+
+# --- report_to and resume: refused before a job starts, in the trainer's words -------------------------------------
+def test_report_to_is_checked_before_the_job():
+    with pytest.raises(FtctlError) as e:
+        build(None, None, ["report_to=mlflow"])
+    assert str(e.value) == "report_to='mlflow': use none, tensorboard or wandb (comma-separated)."
+    with pytest.raises(FtctlError, match="report_to='tensorbord'.*Did you mean 'tensorboard'"):
+        build(None, None, ["report_to=wandb,tensorbord"])
+    assert build(None, None, ["report_to=wandb, tensorboard"]).report_to == "wandb, tensorboard"
+    assert spec_mod.report_integrations("none") == [] and spec_mod.report_integrations("wandb,none") == ["wandb"]
+
+
+def test_resume_is_checked_before_the_job(tmp_path):
+    with pytest.raises(FtctlError) as e:
+        build(None, None, ["resume=maybe"])
+    assert str(e.value) == (
+        "resume=maybe is not auto, never or a checkpoint directory (not named checkpoint-<step>): pass a "
+        "checkpoint-<step> directory, or resume=auto."
+    )
+    with pytest.raises(FtctlError, match="resume=s3://b/r/checkpoint-2: give a local checkpoint directory"):
+        build(None, None, ["resume=s3://b/r/checkpoint-2"])
+    # where the job runs elsewhere the checkpoint may exist there only: its form is checked, not its existence
+    on_cluster = "/scratch/me/runs/r/checkpoint-200"
+    assert build(None, {"backend": "slurm"}, [f"resume={on_cluster}"]).resume == on_cluster
+    assert build(None, None, [f"resume={on_cluster}"]).resume == on_cluster  # backend chosen later
+    # where it runs here, the directory must be a checkpoint here
+    with pytest.raises(FtctlError, match=r"checkpoint-200 is not auto, never .*\(no trainer_state.json\)"):
+        build(None, {"backend": "local"}, [f"resume={on_cluster}"])
+    ckpt = tmp_path / "best"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text("{}")
+    for backend in ("local", "slurm"):  # a checkpoint here, whatever its name
+        assert build(None, {"backend": backend}, [f"resume={ckpt}"]).resume == str(ckpt)
+
+
+# --- YAML lists for comma-separated keys --------------------------------------------------------------------------
+def test_yaml_lists_of_comma_separated_keys_are_joined(tmp_path):
+    s = build(_yaml(tmp_path, "lora_target_modules: [q_proj, v_proj]\nreport_to: [wandb, tensorboard]\n"))
+    assert s.lora_target_modules == "q_proj,v_proj" and s.report_to == "wandb,tensorboard"
+    with pytest.raises(FtctlError) as e:
+        build(_yaml(tmp_path, "gpus: [8xA100]\n"))
+    assert (
+        str(e.value)
+        == "gpus=['8xA100'] (run file): expects a single value, not a list: write gpus: VALUE (-o gpus=VALUE)."
+    )
+    with pytest.raises(FtctlError, match=r"expects NAME=VALUE pairs: env: \{NAME: VALUE\} in a run file"):
+        build(_yaml(tmp_path, "env: [A=1]\n"))
+
+
+# --- keys users bring from TRL / transformers ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "key, words",
+    [
+        ("use_peft", "--method lora (or qlora"),
+        ("torch_dtype", "the planner chooses the precision"),
+        ("dataset_name", "--data hf://datasets/ORG/NAME"),
+        ("model_revision", "hf download ORG/NAME --revision REV --local-dir DIR) and pass --model DIR"),
+        ("trust_remote_code", "remote code stays off"),
+        ("lora_modules_to_save", "train only the adapters (no modules_to_save)"),
+    ],
+)
+def test_trl_keys_are_explained_not_mistaken_for_an_alias(key, words):
+    with pytest.raises(FtctlError) as e:
+        build(None, None, [f"{key}=x"])
+    assert str(e.value).startswith(f"'{key}' (-o) is not set by hand here: ") and words in str(e.value)
+    assert "Did you mean" not in str(e.value)
+    assert key not in spec_mod.ALIASES
+
+
+def test_an_alias_is_suggested_only_for_a_near_typo_of_it():
+    with pytest.raises(FtctlError, match="Did you mean 'max_seq_length'"):
+        build(None, None, ["max_seq_lenght=1"])
+    with pytest.raises(FtctlError) as e:
+        build(None, None, ["use_pfft=1"])  # not 'use_spot': an alias for another key (spot)
+    assert "use_spot" not in str(e.value)
+
+
+# --- ftctl keys shows and finds aliases ---------------------------------------------------------------------------
+def test_keys_show_and_find_aliases():
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    said = {key: text for _, key, _, text in spec_mod.described_keys()}
+    assert said["model_max_length"].startswith("(also: max_seq_length, max_length, max_seq_len)")
+    for alias, key in spec_mod.ALIASES.items():
+        assert alias in said[key].split(")")[0], alias
+    found = CliRunner().invoke(main, ["keys", "max_seq_length"])
+    assert found.exit_code == 0 and "model_max_length = 2048  (also: max_seq_length" in found.stdout
+
+
+# --- model size ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["0b", "0", "0.0m"])
+def test_a_model_of_no_parameters_is_refused(text):
+    want = f"--model-params {text!r}: a model has more than 0 parameters; write its size like 7b or 135m."
+    with pytest.raises(FtctlError) as e:
+        parse_size(text)
+    assert str(e.value) == want
+    with pytest.raises(FtctlError) as e:  # at spec validation, with the run's other problems
+        build(None, {"model_params": text})
+    assert str(e.value) == want

@@ -254,6 +254,7 @@ def test_docker_checks_a_local_image_is_here_but_lets_docker_pull_a_pushed_one(m
     asked = []
     monkeypatch.setattr(docker_backend, "_docker", lambda: "docker")
     monkeypatch.setattr(docker_backend, "_inspect", lambda name: None)
+    monkeypatch.setattr(docker_backend, "_daemon", lambda docker: "27.3.1")  # a daemon that answers
     monkeypatch.setattr(
         docker_backend, "_run", lambda argv: asked.append(argv) or subprocess.CompletedProcess(argv, 1, "", "")
     )

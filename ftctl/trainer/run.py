@@ -315,11 +315,11 @@ def checkpointing_args(on: bool) -> dict:
 def report_to(value: str) -> list[str]:
     import importlib.util
 
-    wanted = [v.strip() for v in value.split(",") if v.strip() and v.strip() != "none"]
+    from ftctl.spec import report_integrations
+
+    wanted = report_integrations(value)  # spec validation's check: a name ftctl does not know
     for name in wanted:
-        if name not in ("tensorboard", "wandb"):
-            raise FtctlError(f"report_to={name!r}: use none, tensorboard or wandb (comma-separated).")
-        module = "tensorboard" if name == "tensorboard" else "wandb"
+        module = name  # each integration's package has its name
         if importlib.util.find_spec(module) is None:
             raise FtctlError(
                 f"report_to={name} needs the {module} package: pip install {module} "
@@ -337,16 +337,10 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
         return None
     if spec.resume == "auto":
         return resume_checkpoint(local_dir, remote_uri, spec.s3_endpoint_url)  # says which, and from where
-    if storage.is_remote(spec.resume):
-        raise FtctlError(
-            f"resume={spec.resume}: give a local checkpoint directory, or resume=auto with "
-            "output_dir set to the run's URI to take its newest complete checkpoint."
-        )
-    if not Path(spec.resume, "trainer_state.json").is_file():
-        raise FtctlError(
-            f"resume={spec.resume} is not a checkpoint directory (no trainer_state.json): pass a "
-            "checkpoint-<step> directory, or resume=auto."
-        )
+    from ftctl.spec import resume_problem
+
+    if said := resume_problem(spec.resume, here=True):
+        raise FtctlError(said)
     return spec.resume
 
 
