@@ -49,6 +49,14 @@ def test_doctor_says_what_a_varlen_plan_runs_here(monkeypatch):
     assert proc.returncode == 0, proc.stderr
     assert "attention:   sdpa (no CUDA GPU here)" in proc.stdout
     import torch
+    import transformers
+
+    assert f"transformers {transformers.__version__}\n" in proc.stdout  # versions, to compare with constraints.txt
+    # what it was asked for is checked, never dropped: GPUs this machine lacks, a Slurm partition
+    asked = ftctl("doctor", "--gpus", "8xA100")
+    assert asked.returncode == 1 and "asked:   8xA100: not on this machine" in asked.stdout
+    partition = ftctl("doctor", "--partition", "gpu")
+    assert partition.returncode == 2 and "add --backend slurm" in partition.stderr
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))

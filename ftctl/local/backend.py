@@ -145,24 +145,50 @@ class LocalBackend(Backend):
         raise FtctlError(f"{ref.job_id} is a local run: Ctrl-C in the terminal that launched it stops it (resumable).")
 
     def doctor(self, gpus, partition) -> bool:
+        from importlib import metadata
         from importlib.util import find_spec
 
+        from ftctl.gpus import parse
+
+        if partition:
+            raise FtctlError("--partition is a Slurm partition: add --backend slurm (this checks this machine).")
         click.echo(f"python:  {sys.version.split()[0]} ({sys.executable})")
         gpus_here = local_gpus()
         click.echo(f"gpus:    {gpus_here}")
+        ok = True
+        if gpus:  # what was asked for, against this machine
+            req, here = parse(gpus), parse(gpus_here)
+            enough = not req.tier or (here.tier == req.tier and here.gpus_per_node >= req.per_node and req.nodes == 1)
+            click.echo(f"asked:   {gpus}: {'here' if enough else 'not on this machine'}")
+            ok = enough
         if gpus_here != "cpu":
             click.echo(f"driver:  {driver_line(gpus_here)}")
         mem = host_memory_gb()
         click.echo(f"memory:  {mem:.0f} GB" if mem else "memory:  unknown")
-        ok = True
-        for mod in ("torch", "transformers", "trl", "peft", "bitsandbytes", "deepspeed", "flash_attn"):
+        for mod, dist in DOCTOR_PACKAGES:
             found = find_spec(mod) is not None
-            click.echo(f"{mod:<13}{'ok' if found else 'missing'}")
+            try:
+                version = metadata.version(dist) if found else "missing"
+            except metadata.PackageNotFoundError:
+                version = "ok"
+            click.echo(f"{mod:<13}{version}")
             ok = ok and (found or mod in ("deepspeed", "flash_attn", "bitsandbytes"))
         if find_spec("torch") is not None:
             click.echo(f"attention:   {varlen_here()}")
             ok = ok and cuda_sees(gpus_here)
         return ok
+
+
+# what doctor reports, module and distribution: the versions to compare with constraints.txt
+DOCTOR_PACKAGES = (
+    ("torch", "torch"),
+    ("transformers", "transformers"),
+    ("trl", "trl"),
+    ("peft", "peft"),
+    ("bitsandbytes", "bitsandbytes"),
+    ("deepspeed", "deepspeed"),
+    ("flash_attn", "flash-attn"),
+)
 
 
 def driver_line(gpus_here: str) -> str:
