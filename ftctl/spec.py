@@ -633,11 +633,42 @@ def validate(spec: RunSpec) -> None:
         errors.append(str(e))
     if said := resume_problem(spec.resume, here=spec.backend in RUNS_HERE):
         errors.append(said)
+    if spec.time:
+        try:
+            limit = slurm_time_s(spec.time)
+        except ValueError:
+            errors.append(
+                f"time={spec.time!r}: Slurm reads minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (12 hours: "
+                "12:00:00), or UNLIMITED."
+            )
+        else:
+            if limit is not None and limit <= spec.signal_lead_s:
+                errors.append(
+                    f"time={spec.time} is not longer than signal_lead_s={spec.signal_lead_s}: the job would be told to "
+                    "checkpoint and requeue before it trains; raise --time, or lower -o signal_lead_s."
+                )
     if errors:
         raise FtctlError(_join(errors))
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def slurm_time_s(text: str) -> int | None:
+    """Seconds of a Slurm time limit (sbatch --time's forms), None for UNLIMITED/INFINITE; ValueError otherwise."""
+    text = text.strip()
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days, dash, rest = text.rpartition("-") if "-" in text else ("", "", text)
+    if not re.fullmatch(r"\d+(:\d+){0,2}", rest) or (dash and not days.isdigit()):
+        raise ValueError(text)
+    parts = [int(p) for p in rest.split(":")]
+    if dash:  # D-HH, D-HH:MM, D-HH:MM:SS
+        h, m, sec = (parts + [0, 0])[:3]
+        return ((int(days) * 24 + h) * 60 + m) * 60 + sec
+    if len(parts) == 3:  # HH:MM:SS
+        return (parts[0] * 60 + parts[1]) * 60 + parts[2]
+    return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)  # minutes, MM:SS
 
 
 def is_secret_name(name: str, secrets=()) -> bool:

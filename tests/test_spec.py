@@ -414,3 +414,22 @@ def test_a_model_of_no_parameters_is_refused(text):
     with pytest.raises(FtctlError) as e:  # at spec validation, with the run's other problems
         build(None, {"model_params": text})
     assert str(e.value) == want
+
+
+@pytest.mark.parametrize(
+    "time,seconds", [("60", 3600), ("30:15", 1815), ("12:00:00", 43200), ("1-12:30", 131400), ("UNLIMITED", None)]
+)
+def test_slurm_time_limits_read_as_sbatch_reads_them(time, seconds):
+    from ftctl.spec import slurm_time_s
+
+    assert slurm_time_s(time) == seconds
+    assert build({"time": time}).time == time
+
+
+def test_a_time_limit_sbatch_refuses_or_too_short_to_train_is_said_before_the_job():
+    with pytest.raises(FtctlError) as e:
+        build({"time": "12h"})
+    assert str(e.value).startswith("time='12h': Slurm reads minutes, MM:SS, HH:MM:SS, D-HH")
+    with pytest.raises(FtctlError, match=r"time=00:01:00 is not longer than signal_lead_s=120: .* raise --time"):
+        build({"time": "00:01:00"})
+    assert build({"time": "00:01:00", "signal_lead_s": 30}).signal_lead_s == 30
