@@ -241,8 +241,8 @@ def test_refusals_are_one_line_with_slurms_words(e2e, tiny_model_dir):
     )
     msg = launch("--sbatch-arg=--gres=bogus:1")
     assert "sbatch refused job.sbatch: Invalid generic resource (gres) specification — " in msg
-    msg = launch("--time", "abc")
-    assert "sbatch refused job.sbatch: Invalid --time specification" in msg
+    msg = launch("--time", "abc")  # a form sbatch refuses ("Invalid --time specification"): said before it
+    assert msg.startswith("error: time='abc': Slurm reads minutes, MM:SS, HH:MM:SS")
     msg = launch(env={**e2e.env, "PATH": str(e2e.scratch)})
     assert msg.startswith("error: `sbatch` is not on PATH")
     msg = launch(run_name="a b")
