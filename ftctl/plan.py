@@ -534,6 +534,10 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
     shape = model_shape(spec.model_name_or_path, spec.model_params)
     plan = _fit(spec, req, shape, spec.method)
     if plan is not None:
+        read = Path(spec.model_name_or_path, "config.json")
+        if spec.model_params and read.is_file():  # the size given wins; say so where the model's own is readable
+            real = _shape_from_config(json.loads(read.read_text()), str(read)).params_b
+            plan.notes.append(f"--model-params {spec.model_params} planned instead of {read}'s {real:g}B")
         return plan
     raise PlanError(_refusal(spec, req, shape))
 
@@ -549,6 +553,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             return None
         if method == "qlora":
             notes.append("qlora on CPU: bitsandbytes 4-bit runs, paged optimizers fall back to plain ones")
+        if spec.bf16 or spec.fp16:
+            notes.append(f"CPU trains in fp32: {'bf16' if spec.bf16 else 'fp16'}=true is not used here")
         capacity = spec.host_memory_gb * HEADROOM if spec.host_memory_gb else None  # RAM is the device memory
     else:
         t = req.tier
@@ -556,6 +562,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         if spec.bf16 and not t.bf16:
             notes.append(f"{t.name} has no bf16: using fp16")
         attn = plan_attention(spec.attn_implementation, gpu_flash=t.flash_attn2)
+        if attn in ("varlen", "flash_attention_2") and not t.flash_attn2:
+            notes.append(f"{t.name} runs no FlashAttention kernel (Ampere and newer do): {attn} gives way to SDPA")
         capacity = capacity_gb if capacity_gb is not None else t.memory_gb * HEADROOM
     trainable = _trainable_b(method, shape, spec)
     want_global = spec.global_batch_size

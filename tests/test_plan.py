@@ -720,3 +720,20 @@ def test_lora_trainable_parameters_are_peft_s_count(tiny_model_dir, targets):
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_config(spec))
     trained = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     assert make_plan(spec).trainable_params_b * 1e9 == pytest.approx(trained, rel=1e-6)
+
+
+def test_what_the_plan_does_not_use_is_noted(tiny_model_dir):
+    """A size given for a model whose config is readable, bf16 on CPU, FlashAttention on a T4: planned as asked
+    where it can be, and said."""
+    sized = plan(method="lora", gpus="1xA100", model_name_or_path=str(tiny_model_dir), o=["model_params=7b"])
+    assert sized.model.params_b == 7 and any(
+        n.startswith(f"--model-params 7b planned instead of {tiny_model_dir}/config.json's ") for n in sized.notes
+    )
+    assert (
+        "CPU trains in fp32: bf16=true is not used here"
+        in plan(method="lora", gpus="cpu", model_name_or_path=str(tiny_model_dir), o=["bf16=true"]).notes
+    )
+    t4 = plan(
+        method="qlora", gpus="1xT4", model_name_or_path="meta-llama/Llama-3.2-1B", o=["attn_implementation=varlen"]
+    )
+    assert "T4 runs no FlashAttention kernel (Ampere and newer do): varlen gives way to SDPA" in t4.notes
