@@ -216,9 +216,11 @@ def test_container_bind_paths_with_separators_are_refused(container, sep, tmp_pa
 @pytest.mark.parametrize("key", ["partition", "account", "qos", "time"])
 @pytest.mark.parametrize("value", ["gpu a", "gpu;touch PWNED", "$(touch PWNED)", "a\nb", "'gpu'", 'g"pu', "`x`"])
 def test_values_slurm_parses_itself_are_refused(key, value):
-    with pytest.raises(FtctlError, match="Slurm reads #SBATCH values itself") as e:
+    # a time limit is read first as one (spec.slurm_time_s): none of these is
+    said = "Slurm reads minutes, MM:SS" if key == "time" else "Slurm reads #SBATCH values itself"
+    with pytest.raises(FtctlError, match=said) as e:
         prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out", **{key: value})
-    assert f"--{key}" in str(e.value)
+    assert (f"time={value!r}" if key == "time" else f"--{key}") in str(e.value)
 
 
 @pytest.mark.parametrize(
