@@ -412,9 +412,9 @@ def test_unknown_builtin_and_missing_paths(tmp_path, tiny_tokenizer):
         check_data("builtin:nope", tiny_tokenizer, 512)
     with pytest.raises(FtctlError, match="No data at"):
         check_data(str(tmp_path / "missing.json"), tiny_tokenizer, 512)
-    (tmp_path / "x.csv").write_text("a,b\n")
+    (tmp_path / "x.txt").write_text("a,b\n")  # CSV: test_csv_is_one_problem_that_says_how_to_convert_it
     with pytest.raises(FtctlError, match=r"\.json, \.jsonl or \.parquet"):
-        check_data(str(tmp_path / "x.csv"), tiny_tokenizer, 512)
+        check_data(str(tmp_path / "x.txt"), tiny_tokenizer, 512)
     (tmp_path / "empty.jsonl").write_text("\n\n")
     empty = check_data(str(tmp_path / "empty.jsonl"), tiny_tokenizer, 512).render()
     assert empty.endswith(f"Errors (1):\n  {tmp_path / 'empty.jsonl'}: no rows: the data is empty\nFAILED: 1 error(s).")
@@ -522,6 +522,107 @@ def test_json_list_rows_are_numbered_with_ids(tmp_path, tiny_tokenizer):
     )
 
 
+def test_leading_assistant_turns_are_left_out_as_fastchat_does(tmp_path, tiny_tokenizer):
+    """A conversation's assistant turns before its first user turn (a greeting) answer nothing: they are left out,
+    the rest trains, and the report says how many rows; one left with nothing to train on is a row error, never
+    transformers' "Cannot apply chat template to an empty conversation"."""
+    q, a = {"role": "user", "content": "Code?"}, {"role": "assistant", "content": "AMBER-42."}
+    hello = {"role": "assistant", "content": "Hello there!"}
+    path = write_jsonl(
+        tmp_path / "lead.jsonl",
+        [
+            {
+                "conversations": [
+                    {"from": "gpt", "value": "Hello there!"},
+                    {"from": "human", "value": "Code?"},
+                    {"from": "gpt", "value": "AMBER-42."},
+                ]
+            },  # 1
+            {"messages": [hello, hello, q, a]},  # 2
+            {"messages": [{"role": "system", "content": "Be terse."}, hello, q, a]},  # 3: the system turn stays
+            {"messages": [q, a]},  # 4
+            {"messages": [hello]},  # 5
+            {"messages": [hello, q]},  # 6
+            {"messages": [{"role": "system", "content": "Be terse."}, hello]},  # 7: a system turn prompts it
+            {"prompt": [], "completion": [a]},  # 8
+        ],
+    )
+    report, dataset = prepare_data(path, tiny_tokenizer, 512)
+    assert report.errors == [
+        "lead.jsonl line 5: no user turn: the conversation starts with the assistant's, with nothing to answer; add "
+        "the user's turn before it, or give the row as plain text ({'text': ...})",
+        "lead.jsonl line 6: no assistant turn after a user turn: nothing to train on (assistant turns before the "
+        "first user turn answer nothing and are left out); add the assistant's answer, or remove the row",
+        "lead.jsonl line 8: the conversation starts with an assistant turn, with nothing to answer: start it with a "
+        "user (or system) turn",
+    ]
+    assert report.notes == [
+        "3 conversation(s) start with the assistant's turn: the assistant turns before the first user turn answer "
+        "nothing and are left out (as FastChat's training does); the rest trains"
+    ]
+    texts = [tiny_tokenizer.decode(r["input_ids"]) for r in dataset]
+    assert [trained_spans(tiny_tokenizer, r["input_ids"], r["labels"]) for r in dataset] == [
+        ["AMBER-42." + EOT]
+    ] * 4 + [["Hello there!" + EOT]]
+    assert texts[0] == texts[1] == texts[3] and "Hello" not in texts[0]
+    assert texts[2].startswith("<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nCode?")
+    assert "empty conversation" not in report.render()
+
+
+def test_a_file_not_in_utf8_names_its_lines_and_how_to_convert_it(tmp_path, tiny_tokenizer):
+    good = json.dumps({"text": "ok"}).encode()
+    latin = json.dumps({"text": "café"}, ensure_ascii=False).encode("latin-1")
+    (tmp_path / "l1.jsonl").write_bytes(b"\n".join([good, latin, good, latin]) + b"\n")
+    report = check_data(str(tmp_path / "l1.jsonl"), tiny_tokenizer, 64)
+    assert report.errors == [
+        "l1.jsonl line 2: not UTF-8 text (byte 0xe9 at column 14): convert the file to UTF-8, e.g. iconv -f latin1 "
+        "-t utf-8 l1.jsonl > l1.utf8.jsonl",
+        "l1.jsonl line 4: not UTF-8 text (byte 0xe9 at column 14)",
+    ]
+    assert report.stats.rows == 2  # the other rows are checked
+    (tmp_path / "l1.json").write_bytes(b"[" + good + b",\n" + latin + b"]")
+    assert check_data(str(tmp_path / "l1.json"), tiny_tokenizer, 64).errors == [
+        "l1.json line 2: not UTF-8 text (byte 0xe9 at column 14): convert the file to UTF-8, e.g. iconv -f latin1 "
+        "-t utf-8 l1.json > l1.utf8.json"
+    ]
+
+
+def test_a_jsonl_file_holding_a_json_list_is_read_as_one(tmp_path, tiny_tokenizer):
+    """As a .json file holding JSON Lines is read as such; its rows are numbered as a .json list's."""
+    path = write_json(tmp_path / "list.jsonl", [{"text": "a"}, {"text": "b"}, {"txt": "c"}])
+    report = check_data(path, tiny_tokenizer, 64)
+    assert report.stats.rows == 2 and len(report.errors) == 1
+    assert report.errors[0].startswith("list.jsonl row 3: not a conversation: keys 'txt'")
+    # a broken list is one error where the JSON breaks, not one a line
+    (tmp_path / "broken.jsonl").write_text('[\n{"text": "a"},\n{"text": ]\n')
+    assert check_data(str(tmp_path / "broken.jsonl"), tiny_tokenizer, 64).errors == [
+        "broken.jsonl line 3: invalid JSON: Expecting value (column 10)"
+    ]
+
+
+def test_csv_is_one_problem_that_says_how_to_convert_it(tmp_path, tiny_tokenizer):
+    (tmp_path / "csv.jsonl").write_text("instruction,output\n" + "hi,hello\n" * 50)
+    assert check_data(str(tmp_path / "csv.jsonl"), tiny_tokenizer, 64).errors == [
+        "csv.jsonl line 1: this file looks like CSV, not JSON (its first line is 'instruction,output'): ftctl reads "
+        "JSON Lines (.jsonl, one object a line), JSON (.json, a list of objects) and Parquet; convert it to JSON "
+        'Lines with columns a format names (instruction/output, prompt/completion, text), e.g. python -c "import '
+        "pandas as pd; pd.read_csv('csv.jsonl').to_json('csv.converted.jsonl', orient='records', lines=True, "
+        'force_ascii=False)"'
+    ]
+    (tmp_path / "t.json").write_text("prompt\tcompletion\nhi\thello\n")
+    (error,) = check_data(str(tmp_path / "t.json"), tiny_tokenizer, 64).errors
+    assert error.startswith("t.json line 1: this file looks like TSV") and "read_csv('t.json', sep='\\t')" in error
+    (tmp_path / "actually.csv").write_text("instruction,output\nhi,hello\n")
+    with pytest.raises(FtctlError) as e:
+        check_data(str(tmp_path / "actually.csv"), tiny_tokenizer, 64)
+    assert str(e.value) == (
+        f"Cannot read {tmp_path / 'actually.csv'}: ftctl reads .json, .jsonl and .parquet files, not CSV; convert it "
+        "to JSON Lines with columns a format names (instruction/output, prompt/completion, text), e.g. python -c "
+        "\"import pandas as pd; pd.read_csv('actually.csv').to_json('actually.jsonl', orient='records', lines=True, "
+        'force_ascii=False)"'
+    )
+
+
 def test_template_refusal_is_a_row_error(tmp_path, tiny_tokenizer):
     import copy
 
@@ -547,6 +648,7 @@ def test_template_refusal_is_a_row_error(tmp_path, tiny_tokenizer):
     assert error.startswith(
         "s.json row 1: the model's chat template refused this conversation: System role not supported"
     )
+    assert error.endswith("(turns: system, user, assistant)")  # what about the conversation it refused
 
 
 def test_tokenizer_without_template_gets_vicuna_and_says_so(tmp_path, tiny_tokenizer):

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from ftctl.errors import FtctlError
 from ftctl.spec import split_paths
 from ftctl.trainer.formats import Row, file_name, load_rows
-from ftctl.trainer.masks import assistant_spans, encode_texts, ensure_chat_template, require_fast
+from ftctl.trainer.masks import MaskError, assistant_spans, encode_texts, ensure_chat_template, require_fast
 
 IGNORE_INDEX = -100
 _SHOWN = 50  # problems listed by render(); the FtctlError lists fewer
@@ -194,11 +194,14 @@ def prepare_data(
             report.notes.append(note)
         try:
             text, row_spans, has_eot = assistant_spans(tokenizer, row.messages, row.completion_at, row.tools)
-        except ValueError as e:  # our own message: the template cannot be split into turns
+        except MaskError as e:  # our own message: the template cannot be split into turns
             report.errors.append(f"{row.where}: {e}")
             continue
         except Exception as e:  # jinja2 TemplateError and friends: the template refused the conversation
-            report.errors.append(f"{row.where}: the model's chat template refused this conversation: {e}")
+            roles = ", ".join(m["role"] for m in row.messages)
+            report.errors.append(
+                f"{row.where}: the model's chat template refused this conversation: {e} (turns: {roles})"
+            )
             continue
         missing_eot += not has_eot
         good.append(row)
@@ -208,6 +211,7 @@ def prepare_data(
     encoded = encode_texts(tokenizer, texts, spans, max_length)
     kept_ids, kept_labels, kept_sources, lengths = [], [], [], []
     formats: Counter = Counter()
+    leading = 0  # rows trained without the assistant turns before their first user turn (formats: dropped)
     for row, enc in zip(good, encoded):
         trainable = sum(enc.mask)
         if enc.trainable_before == 0:
@@ -233,11 +237,17 @@ def prepare_data(
             report.samples.append((row.where, kept_ids[-1], kept_labels[-1]))
         lengths.append(enc.length)
         formats[row.format] += 1
+        leading += row.dropped > 0
 
     if missing_eot:
         report.warnings.append(
             f"the chat template puts no end-of-turn token after assistant turns ({missing_eot} rows): "
             "the model will not learn to stop; use a template that ends turns with the eos token"
+        )
+    if leading:
+        report.notes.append(
+            f"{leading} conversation(s) start with the assistant's turn: the assistant turns before the first user "
+            "turn answer nothing and are left out (as FastChat's training does); the rest trains"
         )
     if formats.get("text"):
         report.notes.append(f"{formats['text']} plain-text row(s) have no roles: the loss covers every token of them")

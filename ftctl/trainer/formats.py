@@ -1,9 +1,10 @@
 """Training data files -> rows of chat messages.
 
-Reads .json (a list of rows, or JSON Lines under a .json name), .jsonl and .parquet files, local or
-on object storage (through :mod:`ftctl.storage`: s3://, gs://, az://, file://), a directory of such files, or
-``builtin:demo`` (the bundled demo dataset). Every row becomes a :class:`Row`: a list of messages
-``{"role": "system"|"user"|"assistant", "content": str}``, or plain text (trained on entirely).
+Reads .json and .jsonl files (a list of rows, or JSON Lines, under either name; UTF-8: a line that is not is a
+problem, and so is, once, a file that is CSV) and .parquet files, local or on object storage (through
+:mod:`ftctl.storage`: s3://, gs://, az://, file://), a directory of such files, or ``builtin:demo`` (the bundled
+demo dataset). Every row becomes a :class:`Row`: a list of messages ``{"role": "system"|"user"|"assistant",
+"content": str}``, or plain text (trained on entirely).
 
 Accepted row formats (detected per row):
 - Vicuna/ShareGPT: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``;
@@ -22,12 +23,17 @@ Accepted row formats (detected per row):
   (role/content turns) -> one conversation, the loss on the completion's assistant turns only, as TRL's
   SFTTrainer does (completion_only_loss).
 
+A conversation's assistant turns before its first user turn are left out (FastChat's train script drops a
+leading non-human turn the same way; the :class:`Row` counts them in ``dropped``); prompt-completion rows are
+kept as given.
+
 Problems are collected, not raised: each :class:`Row` carries its ``problems`` (messages that
 name the fix); the caller reports them all with file and row number.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import posixpath
@@ -75,6 +81,7 @@ class Row:
     completion_at: int = 0
     tools: list | None = None  # the functions a tool-use conversation's template renders
     source: int = 0  # which dataset of several (data_path's order) the row is from
+    dropped: int = 0  # assistant turns before the first user turn, left out
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,6 +121,10 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
                 f"(data/*.jsonl) or builtin:demo.{_hub_hint(path)}"
             )
         if not is_dir:
+            if root.lower().endswith((".csv", ".tsv")):
+                what, sep = ("TSV", "\t") if root.lower().endswith(".tsv") else ("CSV", ",")
+                how = _convert(path, sep)
+                raise FtctlError(f"Cannot read {path}: ftctl reads .json, .jsonl and .parquet files, not {what}; {how}")
             if not root.endswith(EXTENSIONS):
                 raise FtctlError(f"Cannot read {path}: data files must end in .json, .jsonl or .parquet.")
             return [path]
@@ -156,7 +167,7 @@ def _hub_hint(path: str) -> str:
 
 
 def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[str, Any]]:
-    """(where, record) for every record of one file; undecodable lines yield (where, ParseError)."""
+    """(where, record) for every record of one file; what cannot be read yields (where, ParseError)."""
     with storage.storage_errors(file, endpoint_url), storage.open_file(file, "rb", endpoint_url) as f:
         if file.endswith(".parquet"):
             import pyarrow.parquet as pq
@@ -164,25 +175,93 @@ def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[s
             for i, record in enumerate(pq.read_table(f).to_pylist()):
                 yield f"{name} row {i + 1}", record
             return
-        raw = f.read()
-    text = raw.decode("utf-8-sig")
-    if file.endswith(".json") and text.lstrip()[:1] == "[":
+        raw = f.read().removeprefix(codecs.BOM_UTF8)
+    if raw.lstrip()[:1] == b"[":  # a JSON list of rows: a .json file's, or a .jsonl file that holds one
+        records = None
         try:
-            records = json.loads(text)
+            records = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            if file.endswith(".json"):
+                line, start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
+                yield f"{name} line {line}", _ParseError(_not_utf8(raw, e.start, start, name))
+                return
         except json.JSONDecodeError as e:
-            yield f"{name} line {e.lineno}", _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
+            if file.endswith(".json") or not _is_json(raw.lstrip().splitlines()[0]):
+                yield f"{name} line {e.lineno}", _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
+                return
+        if records is not None:  # else JSON Lines whose first row is a list: each line is said
+            for i, record in enumerate(records):
+                yield f"{name} row {i + 1}", record
             return
-        for i, record in enumerate(records):
-            yield f"{name} row {i + 1}", record
-        return
-    # JSON Lines (also accepted under a .json name, as `datasets` does).
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    yield from _json_lines(raw, name)
+
+
+def _json_lines(raw: bytes, name: str) -> Iterator[tuple[str, Any]]:
+    """JSON Lines (also accepted under a .json name, as `datasets` does); a file that is CSV by its first line is
+    one problem, not one a line."""
+    first, hinted = True, False
+    for lineno, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
+        where = f"{name} line {lineno}"
         try:
-            yield f"{name} line {lineno}", json.loads(line)
+            yield where, json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield where, _ParseError(_not_utf8(line, e.start, 0, None if hinted else name))
+            hinted = True
         except json.JSONDecodeError as e:
-            yield f"{name} line {lineno}", _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
+            if first and (sep := _csv_separator(line.decode("utf-8"))):
+                yield where, _ParseError(_looks_like_csv(line.decode("utf-8").strip(), name, sep))
+                return
+            yield where, _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
+        first = False
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _not_utf8(raw: bytes, at: int, line_start: int, name: str | None) -> str:
+    """The problem of a line that is not UTF-8 at byte ``at`` of ``raw``; with ``name``, how to convert the file."""
+    problem = f"not UTF-8 text (byte 0x{raw[at]:02x} at column {at - line_start + 1})"
+    if name is None:
+        return problem
+    encoding = "utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "latin1"
+    base = posixpath.basename(name)
+    stem, ext = posixpath.splitext(base)
+    return f"{problem}: convert the file to UTF-8, e.g. iconv -f {encoding} -t utf-8 {base} > {stem}.utf8{ext}"
+
+
+def _looks_like_csv(header: str, name: str, sep: str) -> str:
+    what = "CSV" if sep == "," else "TSV"
+    return (
+        f"this file looks like {what}, not JSON (its first line is {header[:60]!r}): ftctl reads JSON Lines (.jsonl, "
+        f"one object a line), JSON (.json, a list of objects) and Parquet; {_convert(name, sep)}"
+    )
+
+
+def _csv_separator(line: str) -> str | None:
+    """The separator of what looks like a CSV or TSV header line (names between commas or tabs, no JSON)."""
+    if any(c in line for c in "{}[]"):
+        return None
+    return "\t" if "\t" in line else "," if "," in line else None
+
+
+def _convert(name: str, sep: str = ",") -> str:
+    """How to turn a CSV/TSV file into JSON Lines ftctl reads (its columns named as a format's fields)."""
+    base = posixpath.basename(name)
+    out = posixpath.splitext(base)[0] + ".jsonl"
+    out = out if out != base else out.replace(".jsonl", ".converted.jsonl")
+    option = ", sep='\\t'" if sep == "\t" else ""
+    return (
+        f"convert it to JSON Lines with columns a format names (instruction/output, prompt/completion, text), e.g. "
+        f"python -c \"import pandas as pd; pd.read_csv('{base}'{option}).to_json('{out}', orient='records', "
+        f'lines=True, force_ascii=False)"'
+    )
 
 
 @dataclass
@@ -307,9 +386,36 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
             continue
         extra = {k: turn[k] for k in TOOL_KEYS if fmt != "sharegpt" and turn.get(k) is not None}
         row.messages.append({"role": mapped, "content": content, **extra})
-    if not row.problems and not any(m["role"] == "assistant" for m in row.messages):
+    if row.problems:
+        return row
+    if not any(m["role"] == "assistant" for m in row.messages):
         row.problems.append("no assistant turn: nothing to train on; every label would be masked")
+    elif fmt != "prompt-completion":  # its prompt is as TRL's user gave it
+        _drop_leading_answers(row)
     return row
+
+
+def _drop_leading_answers(row: Row) -> None:
+    """Leave out the assistant turns before the first user turn (a system turn stays), as FastChat's train script
+    drops a conversation's leading non-human turn: they answer nothing. Without a user turn a system turn may prompt
+    them (kept), and nothing may (a problem)."""
+    roles = [m["role"] for m in row.messages]
+    if "user" not in roles:
+        if roles[0] == "assistant":
+            row.problems.append(
+                "no user turn: the conversation starts with the assistant's, with nothing to answer; add the user's "
+                "turn before it, or give the row as plain text ({'text': ...})"
+            )
+        return
+    first_user = roles.index("user")
+    kept = [m for i, m in enumerate(row.messages) if i > first_user or m["role"] != "assistant"]
+    row.dropped = len(row.messages) - len(kept)
+    row.messages = kept
+    if "assistant" not in roles[first_user:]:
+        row.problems.append(
+            "no assistant turn after a user turn: nothing to train on (assistant turns before the first user turn "
+            "answer nothing and are left out); add the assistant's answer, or remove the row"
+        )
 
 
 def _is_call(call: Any) -> bool:

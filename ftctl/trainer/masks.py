@@ -117,6 +117,10 @@ def ensure_chat_template(tokenizer) -> str | None:
     )
 
 
+class MaskError(ValueError):
+    """A conversation the loss mask cannot be placed on; its message says why, for the row's error line."""
+
+
 def _render(tokenizer, messages, generation_prompt=False, tools=None) -> str:
     return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
@@ -127,18 +131,23 @@ def assistant_spans(
     """(rendered text, char spans to train on, whether every span ends with an end-of-turn marker): the
     assistant turns from message ``first`` on (a prompt-completion row's completion), their tool calls included.
 
-    Raises ValueError with a user-facing message when the template cannot be split into turns, or drops a
-    turn's tool calls (the turn would train the model to answer with nothing)."""
+    Raises MaskError with a user-facing message when a trained turn has nothing before it, the template cannot be
+    split into turns, or drops a turn's tool calls (the turn would train the model to answer with nothing)."""
     full = _render(tokenizer, messages, tools=tools)
     spans = []
     has_eot = True
     for i, m in enumerate(messages):
         if m["role"] != "assistant" or i < first:
             continue
+        if i == 0:  # transformers refuses to render the empty conversation before it
+            raise MaskError(
+                "the conversation starts with an assistant turn, with nothing to answer: start it with a user (or "
+                "system) turn"
+            )
         before = _render(tokenizer, messages[:i], generation_prompt=True, tools=tools)
         upto = _render(tokenizer, messages[: i + 1], tools=tools)
         if not (full.startswith(before) and full.startswith(upto) and upto.startswith(before)):
-            raise ValueError(
+            raise MaskError(
                 f"cannot place the loss mask: the chat template renders turn {i + 1} differently inside "
                 "the whole conversation than on its own (a conversation starting with an assistant "
                 "turn does this); start conversations with a user or system turn"
@@ -146,7 +155,7 @@ def assistant_spans(
         start, end = len(before), len(upto.rstrip())
         for call in m.get("tool_calls") or ():
             if call["function"]["name"] not in upto[start:end]:
-                raise ValueError(
+                raise MaskError(
                     f"the chat template does not render tool calls: turn {i + 1}'s call to "
                     f"{call['function']['name']!r} is missing from its rendering; use a template that does "
                     "(-o chat_template_path=...)"
