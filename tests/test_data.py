@@ -870,3 +870,20 @@ def test_assistant_only_loss_false_trains_every_token(tiny_model_dir, tiny_token
     shown, n = got.stdout.splitlines(), len(every["input_ids"][0])
     assert shown[1] == f"rows.jsonl line 1: {n} tokens, {n} trained" and shown[2].startswith("[[<|im_start|>")
     assert f"trainable tokens  {sum(map(len, every['input_ids'])):,} (100.0%)" in got.stdout
+
+
+def test_an_unreachable_hub_is_one_line_at_once(tmp_path, monkeypatch):
+    """A hub id whose tokenizer is not cached, with no Hub to reach: one line in seconds (huggingface_hub's
+    download had retried for ~50 s, printing each retry)."""
+    import time
+
+    from ftctl.trainer.model import load_tokenizer
+    from tests.s3_fixtures import free_port
+
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    start = time.monotonic()
+    with pytest.raises(FtctlError) as e:
+        load_tokenizer("Org/Not-Cached-7B")
+    assert str(e.value).startswith("Cannot load the tokenizer of 'Org/Not-Cached-7B': the Hub (http://127.0.0.1:")
+    assert "did not answer" in str(e.value) and time.monotonic() - start < 10

@@ -23,6 +23,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ftctl import hub
 from ftctl.errors import FtctlError
 from ftctl.spec import DEMO_MODEL, is_demo_model
 
@@ -138,6 +139,14 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
     path = resolve_model(name_or_path)
+    if hub.HUB_ID.match(path) and not Path(path).exists():  # the Hub asked once, quickly: its download's retries
+        try:  # took ~50 s of log lines to say an unreachable Hub
+            hub.model_config(path)
+        except hub.HubError as e:
+            raise FtctlError(
+                f"Cannot load the tokenizer of {name_or_path!r}: {e}. Pass a local model directory, or a model id "
+                "this machine can download (HF_TOKEN for gated models, HF_ENDPOINT for a mirror)."
+            ) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as e:
