@@ -99,7 +99,7 @@ class RunSpec:
     model_name_or_path: str = DEMO_MODEL  # a hub id (org/name) or a local model directory
     model_params: str | None = None  # "7b", "135m": when the model's config cannot be read
     # TRL's: a Jinja file, or a tokenizer (model directory or hub id) whose chat template to train with;
-    # default: the model's own, else FastChat's Vicuna v1.1 (trainer/masks.py)
+    # default: the model's own, else FastChat's Vicuna v1.1 template
     chat_template_path: str | None = None
     data_path: str = DEMO_DATA  # several: comma-separated (a YAML list, --data repeated), read as one dataset
     # several datasets mixed: how many times each one's rows are trained on an epoch, in data_path's order
@@ -115,7 +115,7 @@ class RunSpec:
     # --- hyperparameters (FastChat / TRL / PEFT names) ---------------------------------------
     num_train_epochs: float = 1.0
     max_steps: int = -1  # above 0: train this many steps, whatever num_train_epochs says
-    learning_rate: float | None = None  # default per method (METHOD_LEARNING_RATE): 2e-5 fft/sft, 2e-4 lora/qlora
+    learning_rate: float | None = None  # default per method: 2e-5 fft/sft, 2e-4 lora/qlora
     weight_decay: float = 0.0
     warmup_ratio: float = 0.03
     warmup_steps: int | None = None  # instead of warmup_ratio: this many steps (transformers' name)
@@ -133,7 +133,8 @@ class RunSpec:
     fp16: bool | None = None  # planner (tier)
     attn_implementation: str | None = None  # planner: varlen / flash_attention_2 / sdpa / eager
     packing: bool | None = None  # planner: on where attention honours sample boundaries
-    strategy: str | None = None  # planner: one of STRATEGIES
+    # default: the planner's, the cheapest that fits: single, ddp, zero2, fsdp, zero3, zero2_offload, zero3_offload
+    strategy: str | None = None
     ddp_bucket_cap_mb: int | None = None  # DDP's gradient buckets (MB); default: torch's 25
     ddp_comm_dtype: str | None = None  # DDP's gradient all-reduce: fp32 (default) or bf16 (accelerate's comm hook)
     optim: str | None = None  # planner: adamw_torch_fused; paged_adamw_8bit for qlora on a tight GPU
@@ -151,11 +152,13 @@ class RunSpec:
     report_to: str = "none"  # none | tensorboard | wandb (comma-separated, or a YAML list)
     resume: str = "auto"  # auto | never | PATH of a checkpoint-<step> directory where the job runs
     # --- hardware ----------------------------------------------------------------------------
-    gpus: str | None = None  # see ftctl/gpus.py; default: what the local machine has
-    nodes: int | None = None
+    gpus: str | None = None  # 8xA100, 2x8xH100 (nodes x GPUs x type), A100-80GB:8, H100, cpu; default: this machine's
+    nodes: int | None = None  # nodes of the run (or NxGxTYPE in gpus); on CPU one process each
     host_memory_gb: float | None = None  # CPU RAM per node, for offload plans; default 2x GPU memory
     # --- backend options -----------------------------------------------------------------------
-    backend: str | None = None  # default: ftctl.backend.choose_backend
+    # local | slurm | sky | docker; default: FTCTL_BACKEND or the config file's, else local where this machine has
+    # the GPUs asked for, else sky with a cloud enabled
+    backend: str | None = None
     container: str | None = None  # docker:IMAGE | apptainer:IMAGE | pyxis:IMAGE (bare IMAGE = docker)
     secrets: list[str] = field(default_factory=lambda: list(SECRETS))  # env var NAMES, never values
     env: dict[str, str] = field(default_factory=dict)  # plain (non-secret) environment
@@ -164,13 +167,15 @@ class RunSpec:
     rdzv_port: int = 29500
     upload_wait_s: int = 600  # how long the end of a run waits for the last checkpoint's upload
     preflight_network: bool = False  # the job first all-reduces across its processes (ftctl.trainer.netcheck)
-    preflight_min_busbw_gbps: float | None = None  # and stops below this bus bandwidth (GB/s); default: launch.py
+    # and stops below this bus bandwidth (GB/s); default: 1 on GPUs (a 1 GbE interface picked by mistake gives
+    # ~0.1), 0 on CPU (the processes only have to meet)
+    preflight_min_busbw_gbps: float | None = None
     # slurm
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
     time: str | None = None  # Slurm time limit, e.g. 12:00:00
-    cpus_per_task: int | None = None
+    cpus_per_task: int | None = None  # Slurm's; default: 8 a GPU (at most 96), 2 on CPU
     sbatch_args: list[str] = field(default_factory=list)  # passed through: "--mem=64G"
     signal_lead_s: int = 120  # USR2 this many seconds before the time limit
     max_requeues: int = 5
@@ -178,8 +183,8 @@ class RunSpec:
     # sky
     spot: bool = False  # a managed job (sky.jobs.launch) whose job_recovery restarts it after preemption
     infra: str | None = None  # SkyPilot's infra string, passed through: aws, gcp/us-central1, k8s, slurm/NAME
-    cloud: str | None = None
-    region: str | None = None
+    cloud: str | None = None  # a cloud SkyPilot has enabled (aws, gcp, azure ...); or infra
+    region: str | None = None  # that cloud's region
     disk_size: int = 256
     cluster: str | None = None  # SkyPilot cluster to launch or reuse (sky.exec when it is up); default run name
     down: bool = False  # tear the cluster down when the job ends
