@@ -68,7 +68,8 @@ def test_zero3_offload_two_processes_match_one_process(tiny_model_dir, tiny_data
     """ZeRO-3 with parameters and optimizer states offloaded to CPU RAM (DeepSpeed's CPU Adam), and with
     gradient checkpointing: a block's parameters gathered again for its recompute in the backward (the
     blocks are DeepSpeed leaf modules, distributed.zero3_leaf_blocks). The held-out loss at the end is
-    evaluated on both processes' shards of the weights."""
+    evaluated on both processes' shards of the weights, of two held-out datasets (here the same rows twice: the
+    same loss each, and together)."""
     spec, plan = _run(
         tiny_model_dir,
         tiny_data,
@@ -77,7 +78,7 @@ def test_zero3_offload_two_processes_match_one_process(tiny_model_dir, tiny_data
         strategy="zero3_offload",
         save_steps=100,
         gradient_checkpointing=True,
-        eval_data_path=str(tiny_data),
+        eval_data_path=[str(tiny_data), str(tiny_data)],
         eval_steps=STEPS,
     )
     assert plan.gradient_checkpointing
@@ -90,6 +91,8 @@ def test_zero3_offload_two_processes_match_one_process(tiny_model_dir, tiny_data
     records = map(json.loads, (tmp_path / "out" / "metrics.jsonl").read_text().splitlines())
     evals = [r for r in records if r.get("event") == "eval"]
     assert [r["step"] for r in evals] == [STEPS] and 0 < evals[0]["eval_loss"] < losses[1]
+    each = evals[0]["eval_conversations_loss"], evals[0]["eval_conversations_2_loss"]
+    assert each[0] == pytest.approx(each[1], rel=1e-5) and evals[0]["eval_loss"] == pytest.approx(each[0], rel=1e-5)
 
 
 @pytest.mark.slow
