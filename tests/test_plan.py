@@ -686,6 +686,10 @@ CHECKPOINTED_PEAKS = [
     ("fft", "meta-llama/Llama-3.2-1B", 8, 8, ["strategy=fsdp"], 19.99),
     ("fft", "meta-llama/Llama-3.2-3B", 1, 8, ["strategy=zero3"], 54.50),
     ("fft", "meta-llama/Llama-3.2-3B", 8, 8, ["strategy=zero3"], 54.50),
+    # v55: LoRA over an FSDP2-sharded base (PEFT's forward, not the fused one), and FSDP2 with accumulation
+    ("lora", "meta-llama/Llama-3.1-8B", 8, 8, ["strategy=fsdp"], 23.94),
+    ("lora", "meta-llama/Llama-3.1-8B", 4, 8, ["strategy=fsdp"], 20.00),
+    ("fft", "meta-llama/Llama-3.2-1B", 4, 8, ["strategy=fsdp"], 19.85),
 ]
 
 
