@@ -374,9 +374,10 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
         chat_template_path = chat_template_path or run.chat_template_path
         every_token = every_token or not run.assistant_only_loss
     # a missing file or model directory is said at once, before the tokenizer loads (seconds)
-    flag = "PATHS" if paths else ("--eval-data" if held_out else "--data")  # as the user gave them
+    flag = "" if paths else ("--eval-data" if held_out else "--data")  # as the user gave them
     preflight.raise_if_errors(
-        [f for p in split_paths(path) for f in preflight.check_data(p, endpoint, flag)] + preflight.check_model(model)
+        [f for p in split_paths(path) for f in preflight.check_data(p, endpoint, flag, held_out)]
+        + preflight.check_model(model)
     )
 
     from ftctl.trainer.data import check_data, show_rows

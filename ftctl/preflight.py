@@ -230,15 +230,16 @@ def _bounded(flag: str, uri: str, endpoint_url: str | None, check) -> list[Findi
     forever; the daemon thread left waiting does not keep the process alive)."""
     if not storage.is_remote(uri):
         return check()
+    said = f"{flag} {uri}" if flag else uri
     box: list = []
 
     def run() -> None:
         try:
             box.append(check())
         except FtctlError as e:  # e.g. the store's package is not installed: its own line, not a timeout
-            box.append([Finding(ERROR, f"{flag} {uri}: {e}")])
+            box.append([Finding(ERROR, f"{said}: {e}")])
         except Exception as e:  # anything else the check did not expect: said, never a thread's traceback
-            box.append([Finding(ERROR, f"{flag} {uri}: {type(e).__name__}: {e}")])
+            box.append([Finding(ERROR, f"{said}: {type(e).__name__}: {e}")])
 
     worker = threading.Thread(target=run, daemon=True, name=f"preflight {flag}")
     worker.start()
@@ -246,7 +247,7 @@ def _bounded(flag: str, uri: str, endpoint_url: str | None, check) -> list[Findi
     if box:
         return box[0]
     err = storage.storage_error("timeout", uri, endpoint_url)
-    return [Finding(ERROR, f"{flag} {uri}: {err.what}", err.fix)]
+    return [Finding(ERROR, f"{said}: {err.what}", err.fix)]
 
 
 def store_deadline_s() -> float:
@@ -254,26 +255,31 @@ def store_deadline_s() -> float:
     return 1.5 * storage.S3_CONNECT_TIMEOUT
 
 
-def check_data(path: str, endpoint_url: str | None = None, flag: str = "--data") -> list[Finding]:
+def check_data(
+    path: str, endpoint_url: str | None = None, flag: str = "--data", held_out: bool | None = None
+) -> list[Finding]:
     """The data is there (a file, a directory of data files, an object, builtin:demo) and its first
-    file can be read."""
-    return _bounded(flag, path, endpoint_url, lambda: _check_data(path, endpoint_url, flag))
+    file can be read. ``flag``: what gave it, to start each line ("" for a command's own argument);
+    ``held_out``: read as held-out data (a directory's test split), by default where the flag is --eval-data."""
+    held_out = flag == "--eval-data" if held_out is None else held_out
+    return _bounded(flag, path, endpoint_url, lambda: _check_data(path, endpoint_url, flag, held_out))
 
 
-def _check_data(path: str, endpoint_url: str | None, flag: str) -> list[Finding]:
+def _check_data(path: str, endpoint_url: str | None, flag: str, held_out: bool) -> list[Finding]:
     from ftctl.trainer.formats import resolve_files
 
+    said = f"{flag} {path}" if flag else path
     try:
-        first = resolve_files(path, endpoint_url, quick=True, held_out=flag == "--eval-data")[0]
+        first = resolve_files(path, endpoint_url, quick=True, held_out=held_out)[0]
         with storage.storage_errors(first, endpoint_url):
             fs, fpath = storage.filesystem(first, endpoint_url, quick=True)
             fs.cat_file(fpath, start=0, end=1)
     except storage.StorageError as e:
-        return [Finding(ERROR, f"{flag} {path}: {e.what}", e.fix)]
+        return [Finding(ERROR, f"{said}: {e.what}", e.fix)]
     except FtctlError as e:
-        return [Finding(ERROR, f"{flag}: {e}")]
+        return [Finding(ERROR, f"{flag}: {e}" if flag else str(e))]
     except OSError as e:
-        return [Finding(ERROR, f"{flag} {path}: cannot read {first} ({e})", "check its permissions.")]
+        return [Finding(ERROR, f"{said}: cannot read {first} ({e})", "check its permissions.")]
     return []
 
 

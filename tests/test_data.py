@@ -887,3 +887,22 @@ def test_an_unreachable_hub_is_one_line_at_once(tmp_path, monkeypatch):
         load_tokenizer("Org/Not-Cached-7B")
     assert str(e.value).startswith("Cannot load the tokenizer of 'Org/Not-Cached-7B': the Hub (http://127.0.0.1:")
     assert "did not answer" in str(e.value) and time.monotonic() - start < 10
+
+
+def test_data_check_of_held_out_splits_alone(tmp_path, tiny_model_dir):
+    """A directory holding a test and a validation split, no train: `data check DIR --held-out` reads its test split
+    (the check before the tokenizer loads read it as training data, and refused it); without --held-out it is
+    refused, in words that do not name click's parameter (PATHS)."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    (tmp_path / "only-test").mkdir()
+    write_jsonl(tmp_path / "only-test" / "test.jsonl", [conv] * 2)
+    write_jsonl(tmp_path / "only-test" / "validation.jsonl", [conv])
+    args = ["data", "check", str(tmp_path / "only-test"), "--model", str(tiny_model_dir)]
+    got = CliRunner().invoke(main, [*args, "--held-out"])
+    assert got.exit_code == 0 and "(test.jsonl)" in got.output, got.output
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code != 0 and "has no 'train' split" in refused.output and "PATHS" not in refused.output
