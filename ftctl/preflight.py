@@ -84,8 +84,24 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None) -> lis
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
         resume = pool.submit(check_resume, spec, plan)
         findings += [f for d in data for f in d.result()] + output.result() + resume.result()
-    findings += check_disk(spec, plan)
+    findings += check_disk(spec, plan) + check_secrets(spec)
     return sorted(findings, key=lambda f: f.level != ERROR)
+
+
+def check_secrets(spec) -> list[Finding]:
+    """Secrets pass by name from this environment: one asked for with --secret, or wandb's key where the run reports
+    to wandb, that is not set here would reach the job as nothing (HF_TOKEN unset is usual: public models)."""
+    from ftctl.spec import SECRETS
+
+    wanted = [s for s in spec.secrets if s not in SECRETS]
+    offline = "offline" in (spec.env.get("WANDB_MODE"), os.environ.get("WANDB_MODE"))
+    if "wandb" in spec.report_to and "WANDB_API_KEY" in spec.secrets and not offline:
+        wanted.append("WANDB_API_KEY")
+    return [
+        Finding(WARNING, f"secret {name} is not set here, so the job gets none", f"export {name} before the launch.")
+        for name in wanted
+        if not os.environ.get(name)
+    ]
 
 
 def raise_if_errors(findings: list[Finding]) -> None:

@@ -362,3 +362,19 @@ def test_data_check_says_missing_file_and_model_dir_before_loading_anything(tmp_
     assert "No data at missing.json" in r.stderr and "--model ./missing-dir: no such directory" in r.stderr
     assert "Repo id" not in r.stderr
     assert time.monotonic() - start < 5  # no tokenizer, no transformers
+
+
+def test_a_secret_asked_for_but_not_set_here_is_a_warning(monkeypatch):
+    """--secret NAME, or wandb's key for report_to=wandb, not set where the launch runs: the job would get none."""
+    from ftctl.preflight import check_secrets
+    from ftctl.spec import build
+
+    for name in ("MY_TOKEN", "WANDB_API_KEY", "WANDB_MODE", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    spec = build({"secrets": ["HF_TOKEN", "WANDB_API_KEY", "MY_TOKEN"], "report_to": "wandb"})
+    said = check_secrets(spec)
+    assert levels(said) == [WARNING, WARNING]  # HF_TOKEN unset is usual: public models
+    assert said[0].text == "secret MY_TOKEN is not set here, so the job gets none; export MY_TOKEN before the launch."
+    assert "WANDB_API_KEY" in said[1].text
+    monkeypatch.setenv("MY_TOKEN", "x")
+    assert check_secrets(build({"secrets": ["MY_TOKEN"], "report_to": "wandb", "env": {"WANDB_MODE": "offline"}})) == []
