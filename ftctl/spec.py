@@ -441,8 +441,25 @@ def load_yaml(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FtctlError(f"Run file {path!r} does not exist. Pass an existing YAML file with -c.")
+
+    class Loader(yaml.SafeLoader):  # a key written twice is said, not the last one taken silently
+        pass
+
+    def mapping(loader, node):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node)
+            if key in seen:
+                raise FtctlError(
+                    f"{path} line {key_node.start_mark.line + 1}: {key!r} is set twice (first on line {seen[key]}): "
+                    "keep one."
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return loader.construct_mapping(node)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.load(p.read_text(), Loader=Loader) or {}  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise FtctlError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):

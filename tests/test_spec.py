@@ -433,3 +433,14 @@ def test_a_time_limit_sbatch_refuses_or_too_short_to_train_is_said_before_the_jo
     with pytest.raises(FtctlError, match=r"time=00:01:00 is not longer than signal_lead_s=120: .* raise --time"):
         build({"time": "00:01:00"})
     assert build({"time": "00:01:00", "signal_lead_s": 30}).signal_lead_s == 30
+
+
+def test_a_key_written_twice_in_a_run_file_is_said(tmp_path):
+    """YAML takes the last of a key written twice, silently; the run file says which and where."""
+    run = tmp_path / "run.yaml"
+    run.write_text("method: lora\nlora_r: 8\nenv:\n  A: '1'\nlora_r: 16\n")
+    with pytest.raises(FtctlError) as e:
+        build(str(run))
+    assert str(e.value) == f"{run} line 5: 'lora_r' is set twice (first on line 2): keep one."
+    run.write_text("method: lora\nlora_r: 8\nenv:\n  A: '1'\n")
+    assert build(str(run)).lora_r == 8 and build(str(run)).env == {"A": "1"}
