@@ -459,7 +459,7 @@ def load_yaml(path: str) -> dict:
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     try:
-        data = yaml.load(p.read_text(), Loader=Loader) or {}  # noqa: S506 (a SafeLoader)
+        data = yaml.load(p.read_text(), Loader=Loader) or {}  # a SafeLoader
     except yaml.YAMLError as e:
         raise FtctlError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
