@@ -268,9 +268,15 @@ def demo(steps):
 @click.option("--out", help="Where to write the merged model (default: RUN/merged).")
 def merge(run, out):
     """Merge a LoRA/QLoRA adapter into its base: a standard safetensors model directory."""
+    import shlex
+
     from ftctl.trainer.merge import merge as do_merge
 
-    click.echo(do_merge(run, out or os.path.join(run, "merged")))
+    merged = do_merge(run, out or os.path.join(run, "merged"))
+    size = sum(f.stat().st_size for f in merged.glob("*.safetensors"))
+    said = f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+    click.echo(f"merged into {merged} ({said} of weights): a plain transformers model, no PEFT needed")
+    click.echo(f"next:\n  ftctl chat {shlex.quote(str(merged))} -p 'A question'")
 
 
 @main.command()

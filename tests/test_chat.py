@@ -458,3 +458,19 @@ def test_eval_out_of_gpu_memory_says_which_flag_to_lower(lora_run, tmp_path, mon
         score(loaded.model, loaded.tokenizer, dataset, batch_size=4)
     with pytest.raises(FtctlError, match=r"use a shorter --max-length\.$"):
         score(loaded.model, loaded.tokenizer, dataset, batch_size=1)
+
+
+def test_merge_through_the_cli_says_what_it_wrote(lora_run, tmp_path):
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    out = tmp_path / "m"
+    got = CliRunner().invoke(main, ["merge", str(lora_run), "--out", str(out)])
+    assert got.exit_code == 0, got.output
+    size = (out / "model.safetensors").stat().st_size / 1e6  # the tiny model's: MB
+    assert got.stdout.splitlines()[-3:] == [
+        f"merged into {out} ({size:.1f} MB of weights): a plain transformers model, no PEFT needed",
+        "next:",
+        f"  ftctl chat {out} -p 'A question'",
+    ]
