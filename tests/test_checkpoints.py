@@ -421,5 +421,8 @@ def test_sync_ls_push_pull(remote, tmp_path):
     got = C.pull(remote, str(dest), echo=lines.append)
     assert sorted(os.listdir(dest)) == ["checkpoint-1", "checkpoint-2"]
     assert len(got) == 2 and all(C.verify(p) == [] for p in got)
+    again = []
+    assert C.pull(remote, str(dest), echo=again.append) == []  # nothing new: it says why
+    assert again == [f"already in {dest}, complete: checkpoint-1, checkpoint-2"]
     C.pull(remote, str(dest), include_incomplete=True, echo=lines.append)
     assert (dest / "checkpoint-3" / "optimizer.pt").exists()

@@ -81,9 +81,10 @@ def pull(
 def _pull(uri: str, local_dir: str, include_incomplete: bool, endpoint_url: str | None, echo) -> list:
     os.makedirs(local_dir, exist_ok=True)
     local = {c.name for c in list_checkpoints(local_dir) if c.complete}
-    got = []
+    got, present = [], []
     for c in list_checkpoints(uri, endpoint_url=endpoint_url):
         if c.name in local:
+            present.append(c.name)
             continue
         if c.complete:
             problems = download_checkpoint(c.uri, local_dir, c.manifest, endpoint_url)
@@ -97,4 +98,6 @@ def _pull(uri: str, local_dir: str, include_incomplete: bool, endpoint_url: str 
             continue
         echo(f"pulled {c.uri} -> {os.path.join(local_dir, c.name)}")
         got.append(os.path.join(local_dir, c.name))
+    if present:  # a second pull says why it pulled nothing
+        echo(f"already in {local_dir}, complete: {', '.join(present)}")
     return got
