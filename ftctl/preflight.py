@@ -84,8 +84,23 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None) -> lis
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
         resume = pool.submit(check_resume, spec, plan)
         findings += [f for d in data for f in d.result()] + output.result() + resume.result()
-    findings += check_disk(spec, plan) + check_secrets(spec)
+    findings += check_disk(spec, plan) + check_secrets(spec) + check_demo_defaults(spec, backend_name)
     return sorted(findings, key=lambda f: f.level != ERROR)
+
+
+def check_demo_defaults(spec, backend_name: str) -> list[Finding]:
+    """A job sent elsewhere (a cluster, a cloud) that names no model or no data trains the demo's: said, since
+    there it costs a queue wait or money (here it is the demo, on purpose)."""
+    from ftctl.spec import DEMO_DATA, is_demo_model
+
+    if backend_name == "local":
+        return []
+    said = []
+    if is_demo_model(spec.model_name_or_path):
+        said.append(Finding(WARNING, f"no --model: the job trains the demo's {spec.model_name_or_path}"))
+    if spec.data_path == DEMO_DATA:
+        said.append(Finding(WARNING, "no --data: the job trains on the demo's bundled conversations (builtin:demo)"))
+    return said
 
 
 def check_secrets(spec) -> list[Finding]:

@@ -378,3 +378,17 @@ def test_a_secret_asked_for_but_not_set_here_is_a_warning(monkeypatch):
     assert "WANDB_API_KEY" in said[1].text
     monkeypatch.setenv("MY_TOKEN", "x")
     assert check_secrets(build({"secrets": ["MY_TOKEN"], "report_to": "wandb", "env": {"WANDB_MODE": "offline"}})) == []
+
+
+def test_a_job_sent_elsewhere_without_model_or_data_is_told_it_trains_the_demo():
+    from ftctl.preflight import check_demo_defaults
+    from ftctl.spec import build
+
+    spec = build({})
+    said = [f.text for f in check_demo_defaults(spec, "slurm")]
+    assert said == [
+        f"no --model: the job trains the demo's {spec.model_name_or_path}",
+        "no --data: the job trains on the demo's bundled conversations (builtin:demo)",
+    ]
+    assert check_demo_defaults(spec, "local") == []  # the demo, on purpose
+    assert check_demo_defaults(build({"model_name_or_path": "org/m", "data_path": "d.jsonl"}), "sky") == []
