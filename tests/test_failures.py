@@ -207,3 +207,22 @@ def test_two_ranks_with_bad_data_leave_one_record_each_and_one_message(tiny_mode
     assert "ftctl/trainer" not in ours, ours
     for noise in HARMLESS:
         assert noise not in ours, (noise, ours)
+
+
+def test_the_trainers_lines_are_one_write_each(monkeypatch):
+    """The launcher relays the trainer's stderr a line at a time beside its stdout: a line written in two parts (print
+    under PYTHONUNBUFFERED) had a log record land between its text and its newline."""
+    import io
+
+    from ftctl.trainer import __main__ as trainer_main
+
+    writes = []
+
+    class Out(io.StringIO):
+        def write(self, s):
+            writes.append(s)
+            return len(s)
+
+    monkeypatch.setattr("sys.stdout", Out())
+    trainer_main._say("attention: sdpa; Liger kernels: off")
+    assert writes == ["attention: sdpa; Liger kernels: off\n"]

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
 
         spec, plan = load_run(args.spec)
         one_gpu_per_process(plan)
-        result = train(spec, plan, echo=(lambda line: print(line, flush=True)) if rank == 0 else (lambda line: None))
+        result = train(spec, plan, echo=_say if rank == 0 else (lambda line: None))
         distributed.shutdown()
     except FtctlError as e:
         return failure.report("config", str(e), e.exit_code, e)
@@ -63,6 +63,13 @@ def main(argv=None) -> int:
         if result.status == "complete":
             print(next_steps(spec), flush=True)
     return 0
+
+
+def _say(line: str) -> None:
+    """A line to stdout in one write: under PYTHONUNBUFFERED print writes the text and its newline apart, and the
+    launcher's relay of stderr (a log record) could land between them, on the same line."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def next_steps(spec) -> str:
