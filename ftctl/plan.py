@@ -186,16 +186,20 @@ class Plan:
 
     def table(self, model: str | None = None) -> str:
         """The plan as rows for a terminal; ``model``: the run's model_name_or_path, named in its row."""
+        source = self.model.source  # its config.json: said once where the model's path is named already
+        if model and source == str(Path(model, "config.json")):
+            source = "its config.json"
+        hopper = self.tier is not None and gpu_table.TIERS[self.tier].compute_capability >= (9, 0)
         rows = [
             ("method", self.method),
             ("gpus", f"{self.gpus}  ({self.world_size} process{'es' if self.world_size > 1 else ''})"),
             (
                 "model",
                 (f"{model}: " if model else "")
-                + f"{self.model.params_b:g}B params ({self.model.source}), {self.trainable_params_b:.3g}B trainable",
+                + f"{self.model.params_b:g}B params ({source}), {self.trainable_params_b:.3g}B trainable",
             ),
             ("precision", self.precision),
-            ("attention", describe(self.attn_implementation) + (" + packing" if self.packing else "")),
+            ("attention", describe(self.attn_implementation, hopper) + (" + packing" if self.packing else "")),
             ("strategy", self.strategy),
             (
                 "batch",

@@ -741,3 +741,11 @@ def test_what_the_plan_does_not_use_is_noted(tiny_model_dir):
         method="qlora", gpus="1xT4", model_name_or_path="meta-llama/Llama-3.2-1B", o=["attn_implementation=varlen"]
     )
     assert "T4 runs no FlashAttention kernel (Ampere and newer do): varlen gives way to SDPA" in t4.notes
+
+
+def test_the_table_names_what_these_gpus_run_and_a_path_once(tiny_model_dir):
+    ampere = plan(method="lora", gpus="1xA100", model_name_or_path="meta-llama/Llama-3.2-1B").table()
+    hopper = plan(method="lora", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.2-1B").table()
+    assert "FlashAttention 4" not in ampere and "FlashAttention 4 if installed" in hopper
+    here = plan(method="lora", gpus="cpu", model_name_or_path=str(tiny_model_dir)).table(str(tiny_model_dir))
+    assert f"{tiny_model_dir}: " in here and "(its config.json)" in here and here.count(str(tiny_model_dir)) == 1

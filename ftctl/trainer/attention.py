@@ -84,13 +84,11 @@ def packing_supported(attn: str | None) -> bool:
     return (attn or SDPA) in VARLEN_ATTENTION | MASKED_ATTENTION
 
 
-def describe(attn: str) -> str:
-    """The plan table's words for an attention name."""
+def describe(attn: str, hopper_or_newer: bool = True) -> str:
+    """The plan table's words for an attention name (FlashAttention 4 only named where the GPUs run it)."""
     if attn == VARLEN:
-        return (
-            "varlen (exact per-document FlashAttention kernels: FlashAttention 4 if installed (Hopper, Blackwell), "
-            "else flash-attn, else torch varlen_attn)"
-        )
+        fa4 = "FlashAttention 4 if installed (Hopper, Blackwell), else " if hopper_or_newer else ""
+        return f"varlen (exact per-document FlashAttention kernels: {fa4}flash-attn, else torch varlen_attn)"
     return attn
 
 
