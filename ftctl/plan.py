@@ -120,24 +120,24 @@ class ModelShape:
         }
 
 
-# Shapes of common models, for ids whose config.json is not on this machine.
+# Shapes of common models, for ids whose config.json is not on this machine (kv_dim: GQA's k/v width; none: MHA).
 KNOWN_MODELS = {
-    "huggingfacetb/smollm2-135m-instruct": ModelShape(0.135, 576, 30, 49152, "known id", 1536),
+    "huggingfacetb/smollm2-135m-instruct": ModelShape(0.135, 576, 30, 49152, "known id", 1536, 192),
     "huggingfacetb/smollm2-1.7b-instruct": ModelShape(1.71, 2048, 24, 49152, "known id", 8192),
     "lmsys/vicuna-7b-v1.5": ModelShape(6.74, 4096, 32, 32000, "known id", 11008),
     "lmsys/vicuna-13b-v1.5": ModelShape(13.0, 5120, 40, 32000, "known id", 13824),
     "meta-llama/llama-2-7b-hf": ModelShape(6.74, 4096, 32, 32000, "known id", 11008),
     "meta-llama/llama-2-13b-hf": ModelShape(13.0, 5120, 40, 32000, "known id", 13824),
-    "meta-llama/llama-2-70b-hf": ModelShape(69.0, 8192, 80, 32000, "known id", 28672),
-    "meta-llama/llama-3.2-1b": ModelShape(1.24, 2048, 16, 128256, "known id", 8192),
-    "meta-llama/llama-3.2-3b": ModelShape(3.21, 3072, 28, 128256, "known id", 8192),
-    "meta-llama/llama-3.1-8b": ModelShape(8.03, 4096, 32, 128256, "known id", 14336),
-    "meta-llama/llama-3.1-70b": ModelShape(70.6, 8192, 80, 128256, "known id", 28672),
-    "meta-llama/llama-3.3-70b-instruct": ModelShape(70.6, 8192, 80, 128256, "known id", 28672),
-    "mistralai/mistral-7b-v0.1": ModelShape(7.24, 4096, 32, 32000, "known id", 14336),
-    "qwen/qwen2.5-0.5b": ModelShape(0.49, 896, 24, 151936, "known id", 4864),
-    "qwen/qwen2.5-7b": ModelShape(7.62, 3584, 28, 152064, "known id", 18944),
-    "qwen/qwen2.5-72b": ModelShape(72.7, 8192, 80, 152064, "known id", 29568),
+    "meta-llama/llama-2-70b-hf": ModelShape(69.0, 8192, 80, 32000, "known id", 28672, 1024),
+    "meta-llama/llama-3.2-1b": ModelShape(1.24, 2048, 16, 128256, "known id", 8192, 512),
+    "meta-llama/llama-3.2-3b": ModelShape(3.21, 3072, 28, 128256, "known id", 8192, 1024),
+    "meta-llama/llama-3.1-8b": ModelShape(8.03, 4096, 32, 128256, "known id", 14336, 1024),
+    "meta-llama/llama-3.1-70b": ModelShape(70.6, 8192, 80, 128256, "known id", 28672, 1024),
+    "meta-llama/llama-3.3-70b-instruct": ModelShape(70.6, 8192, 80, 128256, "known id", 28672, 1024),
+    "mistralai/mistral-7b-v0.1": ModelShape(7.24, 4096, 32, 32000, "known id", 14336, 1024),
+    "qwen/qwen2.5-0.5b": ModelShape(0.49, 896, 24, 151936, "known id", 4864, 128),
+    "qwen/qwen2.5-7b": ModelShape(7.62, 3584, 28, 152064, "known id", 18944, 512),
+    "qwen/qwen2.5-72b": ModelShape(72.7, 8192, 80, 152064, "known id", 29568, 1024),
 }
 
 
