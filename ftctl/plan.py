@@ -540,8 +540,12 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
     if plan is not None:
         read = Path(spec.model_name_or_path, "config.json")
         if spec.model_params and read.is_file():  # the size given wins; say so where the model's own is readable
-            real = _shape_from_config(json.loads(read.read_text()), str(read)).params_b
-            plan.notes.append(f"--model-params {spec.model_params} planned instead of {read}'s {real:g}B")
+            try:
+                real = _shape_from_config(json.loads(read.read_text()), str(read)).params_b
+            except (FtctlError, ValueError, OSError):  # unreadable: what --model-params is for, nothing to say
+                real = None
+            if real:
+                plan.notes.append(f"--model-params {spec.model_params} planned instead of {read}'s {real:g}B")
         return plan
     raise PlanError(_refusal(spec, req, shape))
 

@@ -34,9 +34,11 @@ DEMO_DATA = "builtin:demo"
 METHOD_LEARNING_RATE = {"fft": 2e-5, "sft": 2e-5, "lora": 2e-4, "qlora": 2e-4}
 SECRETS = ["HF_TOKEN", "WANDB_API_KEY"]
 REPORT_TO = ("none", "tensorboard", "wandb")
-# Names of environment variables that hold credentials (HF_TOKEN, AWS_SECRET_ACCESS_KEY, OPENAI_API_KEY, PGPASSWORD):
-# a word ending in TOKEN, SECRET, PASSWORD or PASSWD, or a name ending in _KEY or APIKEY; not TOKENIZERS_PARALLELISM.
-CREDENTIAL_NAME = re.compile(r"(?:^|_)[A-Z0-9]*(?:TOKEN|SECRET|PASSWORD|PASSWD)(?:_|$)|(?:_KEY|APIKEY)$", re.IGNORECASE)
+# Names of environment variables that hold credentials (HF_TOKEN, GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY, OPENAI_API_KEY,
+# PGPASSWORD): a name that ends in TOKEN, SECRET, PASSWORD or PASSWD, or in _KEY or APIKEY; not HF_TOKEN_PATH,
+# TIKTOKEN_CACHE_DIR or PAD_TOKEN_ID (they end in another word), nor a flag's value (0/1/true/false: is_secret_name).
+CREDENTIAL_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|_KEY|APIKEY)$", re.IGNORECASE)
+FLAG_VALUES = ("", "0", "1", "true", "false", "yes", "no", "on", "off")  # HF_HUB_DISABLE_IMPLICIT_TOKEN=1: no secret
 
 # Other names users type for the same key.
 ALIASES = {
@@ -448,6 +450,8 @@ def load_yaml(path: str) -> dict:
     def mapping(loader, node):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *common`: keys written after it override, as YAML says
+                continue
             key = loader.construct_object(key_node)
             if key in seen:
                 raise FtctlError(
@@ -600,7 +604,7 @@ def validate(spec: RunSpec) -> None:
     for k in spec.env:
         if not _ENV_NAME.fullmatch(k):
             errors.append(f"env {k!r} is not a valid environment variable name.")
-        elif is_secret_name(k, spec.secrets):
+        elif is_secret_name(k, spec.secrets, spec.env[k]):
             errors.append(
                 f"env {k} is a secret, and env values are written into the rendered job files and spec.json: "
                 f"export {k} where you launch and pass --secret {k} instead (secrets pass by name only)."
@@ -677,9 +681,10 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def slurm_time_s(text: str) -> int | None:
-    """Seconds of a Slurm time limit (sbatch --time's forms), None for UNLIMITED/INFINITE; ValueError otherwise."""
+    """Seconds of a Slurm time limit (sbatch --time's forms), None for none (UNLIMITED, INFINITE, 0); ValueError
+    otherwise."""
     text = text.strip()
-    if text.upper() in ("UNLIMITED", "INFINITE"):
+    if text.upper() in ("UNLIMITED", "INFINITE") or re.fullmatch(r"0+", text):  # sbatch reads 0 as no limit
         return None
     days, dash, rest = text.rpartition("-") if "-" in text else ("", "", text)
     if not re.fullmatch(r"\d+(:\d+){0,2}", rest) or (dash and not days.isdigit()):
@@ -693,10 +698,12 @@ def slurm_time_s(text: str) -> int | None:
     return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)  # minutes, MM:SS
 
 
-def is_secret_name(name: str, secrets=()) -> bool:
+def is_secret_name(name: str, secrets=(), value: str | None = None) -> bool:
     """Whether environment variable ``name`` holds a credential: one of the run's ``secrets``, a store's
-    (storage.SECRET_ENV), or a name like one (CREDENTIAL_NAME)."""
-    return name in secrets or name.upper() in storage.SECRET_ENV or bool(CREDENTIAL_NAME.search(name))
+    (storage.SECRET_ENV), or a name like one (CREDENTIAL_NAME) whose ``value`` is not a flag's."""
+    if name in secrets or name.upper() in storage.SECRET_ENV:
+        return True
+    return bool(CREDENTIAL_NAME.search(name)) and (value is None or value.strip().lower() not in FLAG_VALUES)
 
 
 def report_integrations(value: str) -> list[str]:

@@ -726,13 +726,19 @@ def test_lora_trainable_parameters_are_peft_s_count(tiny_model_dir, targets):
     assert make_plan(spec).trainable_params_b * 1e9 == pytest.approx(trained, rel=1e-6)
 
 
-def test_what_the_plan_does_not_use_is_noted(tiny_model_dir):
+def test_what_the_plan_does_not_use_is_noted(tiny_model_dir, tmp_path):
     """A size given for a model whose config is readable, bf16 on CPU, FlashAttention on a T4: planned as asked
     where it can be, and said."""
     sized = plan(method="lora", gpus="1xA100", model_name_or_path=str(tiny_model_dir), o=["model_params=7b"])
     assert sized.model.params_b == 7 and any(
         n.startswith(f"--model-params 7b planned instead of {tiny_model_dir}/config.json's ") for n in sized.notes
     )
+    for unread in ('{"model_type": "weird"}', "not json"):  # what --model-params is for: planned, nothing said
+        odd = tmp_path / f"odd-{len(unread)}"
+        odd.mkdir()
+        (odd / "config.json").write_text(unread)
+        p = plan(method="lora", gpus="1xA100", model_name_or_path=str(odd), o=["model_params=7b"])
+        assert p.model.params_b == 7 and not p.notes
     assert (
         "CPU trains in fp32: bf16=true is not used here"
         in plan(method="lora", gpus="cpu", model_name_or_path=str(tiny_model_dir), o=["bf16=true"]).notes

@@ -295,6 +295,8 @@ def test_a_secret_in_env_is_refused_without_echoing_its_value(name, flags):
 
 def test_plain_env_names_that_mention_tokens_pass():
     env = ["TOKENIZERS_PARALLELISM=true", "MAX_NEW_TOKENS=64", "OMP_NUM_THREADS=4", "WANDB_PROJECT=p", "HF_HOME=/h"]
+    env += ["TIKTOKEN_CACHE_DIR=/c", "HF_TOKEN_PATH=/t", "HF_HUB_DISABLE_IMPLICIT_TOKEN=1", "PAD_TOKEN_ID=0"]
+    env += ["PASSWORD_STORE_DIR=/p"]  # a credential's word, then another: a setting, not a secret
     s = build(None, None, [f"env={e}" for e in env])
     assert s.env == dict(e.split("=", 1) for e in env)
 
@@ -433,6 +435,7 @@ def test_a_time_limit_sbatch_refuses_or_too_short_to_train_is_said_before_the_jo
     with pytest.raises(FtctlError, match=r"time=00:01:00 is not longer than signal_lead_s=120: .* raise --time"):
         build({"time": "00:01:00"})
     assert build({"time": "00:01:00", "signal_lead_s": 30}).signal_lead_s == 30
+    assert build({"time": "0"}).time == "0"  # sbatch's "no limit"
 
 
 def test_a_key_written_twice_in_a_run_file_is_said(tmp_path):
@@ -444,3 +447,6 @@ def test_a_key_written_twice_in_a_run_file_is_said(tmp_path):
     assert str(e.value) == f"{run} line 5: 'lora_r' is set twice (first on line 2): keep one."
     run.write_text("method: lora\nlora_r: 8\nenv:\n  A: '1'\n")
     assert build(str(run)).lora_r == 8 and build(str(run)).env == {"A": "1"}
+    # YAML's merge key is no key written twice: what follows it overrides what it brings
+    run.write_text("env:\n  <<: {A: '1', B: '2'}\n  A: '3'\n")
+    assert build(str(run)).env == {"A": "3", "B": "2"}
