@@ -23,7 +23,7 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  less the gradients made by the time it is read (one GPU and FSDP2, whose gradients are freed
                  after each step; under DeepSpeed and DDP's buckets they stay allocated), + ONE recomputed layer's
                  A (or the LM head's chunk, the larger) + the head's gradient of the hidden states (6H a token). On
-                 an H200 (bench/NOTES.md v50-v54, eighteen runs at 1 to 16 x 2,048): 4% under to 8% over what they
+                 an H200 (bench/NOTES.md from v50; tests/test_plan.py holds each run): 4% under to 8% over what they
                  measured (1B fft's peak is the optimizer step: weights + gradients + Adam; ZeRO-3's step on a
                  partition over DeepSpeed's 1e9-parameter sub-group, 3B, is as large as its buffers: -1%)
     logits       the LM head's loss (fused_head_bytes): chunks of tokens, not the (tokens x vocab) logits

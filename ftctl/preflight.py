@@ -90,10 +90,10 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None) -> lis
 
 def check_demo_defaults(spec, backend_name: str) -> list[Finding]:
     """A job sent elsewhere (a cluster, a cloud) that names no model or no data trains the demo's: said, since
-    there it costs a queue wait or money (here it is the demo, on purpose)."""
+    there it costs a queue wait or money (here, local or docker, it is the demo, on purpose)."""
     from ftctl.spec import DEMO_DATA, is_demo_model
 
-    if backend_name == "local":
+    if backend_name in ("local", "docker"):  # this machine's GPUs: the demo costs nothing more
         return []
     said = []
     if is_demo_model(spec.model_name_or_path):
@@ -109,8 +109,10 @@ def check_secrets(spec) -> list[Finding]:
     from ftctl.spec import SECRETS
 
     wanted = [s for s in spec.secrets if s not in SECRETS]
-    offline = "offline" in (spec.env.get("WANDB_MODE"), os.environ.get("WANDB_MODE"))
-    if "wandb" in spec.report_to and "WANDB_API_KEY" in spec.secrets and not offline:
+    keyless = {"offline", "disabled"} & {spec.env.get("WANDB_MODE"), os.environ.get("WANDB_MODE")}
+    netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc")  # `wandb login` keeps its key there
+    logged_in = netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
+    if "wandb" in spec.report_to and "WANDB_API_KEY" in spec.secrets and not keyless and not logged_in:
         wanted.append("WANDB_API_KEY")
     return [
         Finding(WARNING, f"secret {name} is not set here, so the job gets none", f"export {name} before the launch.")

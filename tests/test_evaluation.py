@@ -276,3 +276,13 @@ def test_the_lowest_held_out_losss_checkpoint_is_kept_beside_the_newest(
     if store:
         assert [c.step for c in list_checkpoints(uri) if c.complete] == [lowest, 4]
     assert any(line.endswith(f"(lowest {best['eval_loss']:.4f} at step {lowest})") for line in lines), lines
+
+
+def test_the_eval_line_names_datasets_not_trls_aux_loss():
+    from types import SimpleNamespace
+
+    from ftctl.trainer.callbacks import MetricsCallback
+
+    state = SimpleNamespace(global_step=4, log_history=[])
+    logs = {"eval_loss": 2.0, "eval_chat_loss": 1.5, "eval_code_loss": 2.5, "eval_aux_loss": 0.01}
+    assert MetricsCallback._eval_line(logs, state) == "eval at step 4  loss 2.0000 (chat 1.5000, code 2.5000)"

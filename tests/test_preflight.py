@@ -364,13 +364,14 @@ def test_data_check_says_missing_file_and_model_dir_before_loading_anything(tmp_
     assert time.monotonic() - start < 5  # no tokenizer, no transformers
 
 
-def test_a_secret_asked_for_but_not_set_here_is_a_warning(monkeypatch):
+def test_a_secret_asked_for_but_not_set_here_is_a_warning(monkeypatch, tmp_path):
     """--secret NAME, or wandb's key for report_to=wandb, not set where the launch runs: the job would get none."""
     from ftctl.preflight import check_secrets
     from ftctl.spec import build
 
     for name in ("MY_TOKEN", "WANDB_API_KEY", "WANDB_MODE", "HF_TOKEN"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent/netrc")
     spec = build({"secrets": ["HF_TOKEN", "WANDB_API_KEY", "MY_TOKEN"], "report_to": "wandb"})
     said = check_secrets(spec)
     assert levels(said) == [WARNING, WARNING]  # HF_TOKEN unset is usual: public models
@@ -378,6 +379,10 @@ def test_a_secret_asked_for_but_not_set_here_is_a_warning(monkeypatch):
     assert "WANDB_API_KEY" in said[1].text
     monkeypatch.setenv("MY_TOKEN", "x")
     assert check_secrets(build({"secrets": ["MY_TOKEN"], "report_to": "wandb", "env": {"WANDB_MODE": "offline"}})) == []
+    netrc = tmp_path / "netrc"  # `wandb login` keeps the key there, where the job reads it too
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password k\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert check_secrets(build({"report_to": "wandb"})) == []
 
 
 def test_a_job_sent_elsewhere_without_model_or_data_is_told_it_trains_the_demo():
@@ -390,5 +395,5 @@ def test_a_job_sent_elsewhere_without_model_or_data_is_told_it_trains_the_demo()
         f"no --model: the job trains the demo's {spec.model_name_or_path}",
         "no --data: the job trains on the demo's bundled conversations (builtin:demo)",
     ]
-    assert check_demo_defaults(spec, "local") == []  # the demo, on purpose
+    assert check_demo_defaults(spec, "local") == check_demo_defaults(spec, "docker") == []  # the demo, on purpose
     assert check_demo_defaults(build({"model_name_or_path": "org/m", "data_path": "d.jsonl"}), "sky") == []

@@ -352,6 +352,27 @@ def test_docker_hostile_values_arrive_intact(hostile_paths, tmp_path):
     assert argv[argv.index("HF_TOKEN") - 1] == "-e"
 
 
+def test_docker_keeps_the_users_groups_and_mounts_a_checkpoint_to_resume(monkeypatch, tmp_path):
+    """--user drops a user's other groups (data a project group reads): --group-add each; resume=PATH of another
+    run's checkpoint is a path the trainer reads, mounted as the others."""
+    checkpoint = tmp_path / "old" / "checkpoint-5"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    monkeypatch.setattr(docker_render, "host_user", lambda: (1000, 1000, "user", (27, 1001)))
+    prep = prepared(
+        backend="docker",
+        gpus="1xA100",
+        model_name_or_path=MODEL,
+        output_dir=str(tmp_path / "o"),
+        resume=str(checkpoint),
+    )
+    argv = docker_render.argv(prep.spec, prep.plan, str(tmp_path / "o"))
+    assert argv[argv.index("--user") : argv.index("--user") + 6] == [
+        "--user", "1000:1000", "--group-add", "27", "--group-add", "1001"
+    ]  # fmt: skip
+    assert f"{checkpoint}:{checkpoint}" in argv
+
+
 def test_docker_takes_the_plans_gpus_not_the_hosts(monkeypatch):
     """2 of an 8-GPU host: `--gpus 2`, or the first two CUDA_VISIBLE_DEVICES names (never `all`)."""
 
@@ -365,6 +386,10 @@ def test_docker_takes_the_plans_gpus_not_the_hosts(monkeypatch):
     assert (gpus(1), gpus(2), gpus(8)) == ("1", "2", "8")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,5")
     assert gpus(2) == '"device=2,3"'
+    for fewer in ("2,3,5", "-1"):  # fewer than torchrun starts processes: refused, not a rank without its GPU
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", fewer)
+        with pytest.raises(FtctlError, match=f"CUDA_VISIBLE_DEVICES={fewer} leaves fewer than the 4 GPUs"):
+            gpus(4)
 
 
 # ------------------------------------------------------------------------------------------ sky
@@ -587,7 +612,7 @@ GOLDEN_CONFIG = {
 @pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
 def test_rendered_text_matches_golden(name, monkeypatch):
     # docker's user and caches are the launching host's: name them independently of the machine
-    monkeypatch.setattr(docker_render, "host_user", lambda: (1000, 1000, "user"))
+    monkeypatch.setattr(docker_render, "host_user", lambda: (1000, 1000, "user", ()))
     monkeypatch.setenv("HOME", "/fixed/home")
     for var in ("XDG_CACHE_HOME", "HF_HOME", "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(var, raising=False)

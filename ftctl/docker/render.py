@@ -40,13 +40,14 @@ def host_caches() -> HostCaches:
     return HostCaches(root, hf_home, os.path.join(root, "ftctl", "container-home"))
 
 
-def host_user() -> tuple[int, int, str]:
-    """The launching user: uid, gid, name (the container runs as them)."""
+def host_user() -> tuple[int, int, str, tuple[int, ...]]:
+    """The launching user: uid, gid, name and other groups (the container runs as them: data a project group may
+    read stays readable)."""
     try:
         name = getpass.getuser()
     except (KeyError, OSError):
         name = str(os.getuid())
-    return os.getuid(), os.getgid(), name
+    return os.getuid(), os.getgid(), name, tuple(sorted(set(os.getgroups()) - {os.getgid()}))
 
 
 def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
@@ -57,7 +58,7 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
         raise FtctlError(f"--container {spec.container!r}: the docker backend runs docker images (docker:IMAGE).")
     image = image or default_image(plan.tier)
     run_dir = os.path.abspath(run_dir)
-    uid, gid, user = host_user()
+    uid, gid, user, groups = host_user()
     caches = host_caches()
     cmd = [
         "docker",
@@ -67,6 +68,7 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
         spec.name,
         "--user",
         f"{uid}:{gid}",
+        *(a for g in groups for a in ("--group-add", str(g))),
         "--ipc=host",
         "--network=host",
         "--ulimit",
@@ -75,13 +77,19 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
         "stack=67108864",
     ]
     if plan.tier:  # the GPUs the plan runs on, not every one of the host's: CUDA_VISIBLE_DEVICES picks them
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-        picked = visible.split(",")[: plan.gpus_per_node] if visible else []
+        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        if visible and (len(visible) < plan.gpus_per_node or "-1" in visible):
+            raise FtctlError(
+                f"CUDA_VISIBLE_DEVICES={','.join(visible)} leaves fewer than the {plan.gpus_per_node} GPUs the plan "
+                "runs on: unset it, or name that many."
+            )
+        picked = visible[: plan.gpus_per_node]
         cmd += ["--gpus", f'"device={",".join(picked)}"' if picked else str(plan.gpus_per_node)]
     # the output directory is mounted even before it exists (launch creates it): checkpoints written
     # inside the container must land on the host
     paths = [run_dir, caches.root, caches.hf_home]
-    for path in (*spec.data_paths, spec.output, spec.model_name_or_path, spec.chat_template_path or ""):
+    resume = spec.resume if spec.resume not in ("auto", "never") else ""  # a checkpoint of another run's
+    for path in (*spec.data_paths, spec.output, spec.model_name_or_path, spec.chat_template_path or "", resume):
         if not is_remote(path) and (os.path.exists(path) or path == spec.output):
             paths.append(os.path.abspath(path))
     for path in _outermost(paths):

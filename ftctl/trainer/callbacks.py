@@ -35,7 +35,8 @@ from ftctl.trainer import distributed
 log = logging.getLogger(__name__)
 
 PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
-DATASET_LOSS = re.compile(r"eval_(.+)_loss")  # one held-out dataset's of several (sft_trainer.evaluate)
+# one held-out dataset's of several (sft_trainer.evaluate); not TRL's eval_aux_loss (a mixture of experts' router)
+DATASET_LOSS = re.compile(r"eval_(?!aux_loss$)(.+)_loss")
 
 
 class MetricsCallback(TrainerCallback):
