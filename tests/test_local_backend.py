@@ -57,6 +57,11 @@ def test_doctor_says_what_a_varlen_plan_runs_here(monkeypatch):
     assert asked.returncode == 1 and "asked:   8xA100: not on this machine" in asked.stdout
     partition = ftctl("doctor", "--partition", "gpu")
     assert partition.returncode == 2 and "add --backend slurm" in partition.stderr
+    for other in ("docker", "sky"):  # nor there: only Slurm has partitions
+        refused = ftctl("doctor", "--backend", other, "--partition", "gpu")
+        assert refused.returncode == 2 and f"add --backend slurm (this checks {other})" in refused.stderr
+    sky = ftctl("doctor", "--backend", "sky", "--gpus", "8xA100")
+    assert sky.returncode == 2 and "`ftctl launch --backend sky --gpus 8xA100 --dry-run`" in sky.stderr
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))

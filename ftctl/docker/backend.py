@@ -119,6 +119,11 @@ class DockerBackend(Backend):
         return f"cancelled {ref.job_id}"
 
     def doctor(self, gpus, partition) -> bool:
+        from ftctl.local.backend import gpus_here_say, refuse_partition
+
+        refuse_partition(partition, self.name)
+        if gpus and not gpus_here_say(gpus):
+            return False
         docker = shutil.which("docker")
         if not docker:
             click.echo("docker:  not installed (install Docker Engine)")

@@ -148,19 +148,11 @@ class LocalBackend(Backend):
         from importlib import metadata
         from importlib.util import find_spec
 
-        from ftctl.gpus import parse
-
-        if partition:
-            raise FtctlError("--partition is a Slurm partition: add --backend slurm (this checks this machine).")
+        refuse_partition(partition, self.name)
         click.echo(f"python:  {sys.version.split()[0]} ({sys.executable})")
         gpus_here = local_gpus()
         click.echo(f"gpus:    {gpus_here}")
-        ok = True
-        if gpus:  # what was asked for, against this machine
-            req, here = parse(gpus), parse(gpus_here)
-            enough = not req.tier or (here.tier == req.tier and here.gpus_per_node >= req.per_node and req.nodes == 1)
-            click.echo(f"asked:   {gpus}: {'here' if enough else 'not on this machine'}")
-            ok = enough
+        ok = gpus_here_say(gpus, gpus_here) if gpus else True
         if gpus_here != "cpu":
             click.echo(f"driver:  {driver_line(gpus_here)}")
         mem = host_memory_gb()
@@ -177,6 +169,22 @@ class LocalBackend(Backend):
             click.echo(f"attention:   {varlen_here()}")
             ok = ok and cuda_sees(gpus_here)
         return ok
+
+
+def refuse_partition(partition: str | None, backend: str) -> None:
+    """doctor's --partition outside Slurm: refused, never dropped."""
+    if partition:
+        raise FtctlError(f"--partition is a Slurm partition: add --backend slurm (this checks {backend}).")
+
+
+def gpus_here_say(gpus: str, gpus_here: str | None = None) -> bool:
+    """doctor's --gpus against this machine's (local, docker): a line, and whether they are here."""
+    from ftctl.gpus import parse
+
+    req, here = parse(gpus), parse(gpus_here or local_gpus())
+    enough = not req.tier or (here.tier == req.tier and here.gpus_per_node >= req.per_node and req.nodes == 1)
+    click.echo(f"asked:   {gpus}: {'here' if enough else 'not on this machine'}")
+    return enough
 
 
 # what doctor reports, module and distribution: the versions to compare with constraints.txt

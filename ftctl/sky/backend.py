@@ -176,6 +176,14 @@ class SkyBackend(Backend):
         return cost.describe(best, spec, plan)
 
     def doctor(self, gpus, partition) -> bool:
+        from ftctl.local.backend import refuse_partition
+
+        refuse_partition(partition, self.name)
+        if gpus:
+            raise FtctlError(
+                f"doctor --backend sky checks SkyPilot's setup, not where {gpus} is offered: `ftctl launch --backend "
+                f"sky --gpus {gpus} --dry-run` asks SkyPilot's optimizer and says the price."
+            )
         why = self.available()
         click.echo(f"skypilot: {'ready (' + str(bridge.where()) + ')' if why is True else why}")
         return why is True
