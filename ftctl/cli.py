@@ -46,7 +46,7 @@ def run_options(fn=None, placement: bool = True):
         return lambda f: run_options(f, placement)
     what = [
         click.option("-c", "--config", type=click.Path(dir_okay=False), help="Run description YAML."),
-        click.option("--method", type=click.Choice(METHODS), help="Default: lora."),
+        click.option("--method", type=click.Choice(METHODS, case_sensitive=False), help="Default: lora."),
         click.option("--gpus", help="8xA100, 2x8xH100, A100-80GB:8, H100 or cpu."),
         click.option("--nodes", type=int, help="Number of nodes (also 2x8xH100)."),
         click.option("--model", help="Model id or local directory (model_name_or_path)."),

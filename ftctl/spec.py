@@ -537,7 +537,8 @@ def validate(spec: RunSpec) -> None:
     def choice(key, allowed):
         v = getattr(spec, key)
         if v is not None and v not in allowed:
-            errors.append(f"{key}={v!r} is not one of {', '.join(allowed)}.{did_you_mean(str(v), allowed)}")
+            hint = did_you_mean(str(v).lower(), allowed) or did_you_mean(str(v), allowed)  # LoRA: lora
+            errors.append(f"{key}={v!r} is not one of {', '.join(allowed)}.{hint}")
 
     choice("method", METHODS)
     choice("backend", BACKENDS)

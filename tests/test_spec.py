@@ -450,3 +450,8 @@ def test_a_key_written_twice_in_a_run_file_is_said(tmp_path):
     # YAML's merge key is no key written twice: what follows it overrides what it brings
     run.write_text("env:\n  <<: {A: '1', B: '2'}\n  A: '3'\n")
     assert build(str(run)).env == {"A": "3", "B": "2"}
+
+
+def test_a_method_in_other_case_is_pointed_at():
+    with pytest.raises(FtctlError, match="method='LoRA' is not one of fft, sft, lora, qlora. Did you mean 'lora'"):
+        build({"method": "LoRA"})
