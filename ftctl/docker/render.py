@@ -1,7 +1,7 @@
 """Render the ``docker run`` command for a plan on this docker host (one node).
 
 Every host path the run reads or writes is mounted at its own path (the run dir, the data, a local output,
-model and chat template), so a path means the same inside as out. The container runs as the user who
+model, chat template and checkpoint to resume), so a path means the same inside as out. The container runs as the user who
 launches it (``--user UID:GID``): the image's own user (uid 1000) could not write a run dir another uid owns,
 and the checkpoints it wrote would not be that user's. That user has no home in the image, so the host's
 caches come in instead (host_caches): the Hugging Face cache (HF_HOME: a model is downloaded once, not once a
