@@ -173,6 +173,7 @@ class Backend:
 
     def submit(self, rendered: Rendered) -> JobRef | None:
         self.check(rendered)
+        refuse_a_second_job(rendered)
         write_files(rendered)
         ref = self.send(rendered)
         if rendered.image:  # once sent: a refusal stays the one line that says why
@@ -261,10 +262,11 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
     b = get(name)
     findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus())
     if dry_run:
-        try:  # what the backend itself would refuse (read-only: an image missing, a daemon down, a partition too small)
-            b.check(rendered)
-        except FtctlError as e:
-            findings.append(preflight.Finding(preflight.ERROR, str(e)))
+        for check in (b.check, refuse_a_second_job):  # read-only: an image missing, a daemon down, a job still there
+            try:
+                check(rendered)
+            except FtctlError as e:
+                findings.append(preflight.Finding(preflight.ERROR, str(e)))
         click.echo(f"backend: {name} ({why})", err=True)
         for note in rendered.plan.notes:  # what the planner changed: a method that does not fit falls back to qlora
             click.echo(f"plan: {note}", err=True)
@@ -366,13 +368,14 @@ def run_dir_for(spec: RunSpec) -> Path:
 
 def write_files(rendered: Rendered) -> None:
     """Each file written whole (temp file + rename). Over a run dir whose spec.json has other training settings:
-    where it holds checkpoints of another kind of run (checkpoints.settings.KIND) it is refused; otherwise the
+    where it holds checkpoints of another kind of run (checkpoints.settings.KIND), or of a run on other data that
+    resume=auto would silently continue (checkpoints.settings.NEW_DATA), it is refused; otherwise the
     relaunch goes ahead, says what changed and keeps the earlier spec.json in .ftctl/ (the trainer resumes the
     newest checkpoint under the new settings, or refuses one it cannot continue: checkpoints.settings)."""
     import click
 
     from ftctl.checkpoints import list_checkpoints
-    from ftctl.checkpoints.settings import KIND
+    from ftctl.checkpoints.settings import KIND, NEW_DATA
 
     paths = rendered.paths
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -389,6 +392,14 @@ def write_files(rendered: Rendered) -> None:
                 "one cannot continue: choose another --output or -o run_name=..., or delete that directory first if "
                 "its run is not needed."
             )
+        data = [k for k in changed if k in NEW_DATA]
+        held = [c for c in list_checkpoints(str(paths.root)) if c.complete] if data else []
+        if held and rendered.spec.resume == "auto":  # a new experiment would silently continue the last one
+            raise FtctlError(
+                f"{paths.root} holds {held[-1].name} of a run trained on {', '.join(f'{k}={was[k]}' for k in data)}; "
+                f"this launch names other data. To go on training that run on it: -o resume={held[-1].uri}. For a new "
+                "run: another --output (or -o run_name=...)."
+            )
         if changed:
             keep = paths.earlier_spec(time.strftime("%Y%m%d-%H%M%S"))
             keep.parent.mkdir(parents=True, exist_ok=True)
@@ -400,6 +411,28 @@ def write_files(rendered: Rendered) -> None:
         tmp = paths.name(f".{name}.tmp")
         tmp.write_text(text)
         os.replace(tmp, paths.name(name))
+
+
+def refuse_a_second_job(rendered: Rendered) -> None:
+    """Refuse a launch into the run directory (or object-store output) of a job launched from here that is still
+    queued or running: both would write the same checkpoints and metrics, and the new spec.json would replace the
+    one the first job reads when it is requeued. Only those jobs are asked for their state."""
+    same = [
+        ref
+        for ref, _ in recorded_jobs()
+        if Path(ref.run_dir) == rendered.run_dir or (is_remote(ref.output) and ref.output == rendered.spec.output)
+    ]
+    for ref in same:
+        try:
+            state = get(ref.backend).status(ref)
+        except FtctlError:  # its backend cannot say now (a cluster down): not known to be running
+            continue
+        if state.state in (JobState.PENDING, JobState.RUNNING):
+            raise FtctlError(
+                f"job {ref.job_id} ({ref.backend}: {state.text.removeprefix(f'{ref.job_id} ')}) is still training "
+                f"into {ref.output}; a second job there would write the same checkpoints. Wait for it, "
+                f"`ftctl cancel {ref.job_id}`, or choose another --output (or -o run_name=...)."
+            )
 
 
 # ------------------------------------------------------------------------------------------ jobs

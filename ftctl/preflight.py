@@ -97,9 +97,13 @@ def check_demo_defaults(spec, backend_name: str) -> list[Finding]:
         return []
     said = []
     if is_demo_model(spec.model_name_or_path):
-        said.append(Finding(WARNING, f"no --model: the job trains the demo's {spec.model_name_or_path}"))
+        said.append(
+            Finding(WARNING, f"the model is the demo's {spec.model_name_or_path} (the default without --model)")
+        )
     if spec.data_path == DEMO_DATA:
-        said.append(Finding(WARNING, "no --data: the job trains on the demo's bundled conversations (builtin:demo)"))
+        said.append(
+            Finding(WARNING, "the data is the demo's bundled conversations (builtin:demo, the default without --data)")
+        )
     return said
 
 

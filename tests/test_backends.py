@@ -2,7 +2,7 @@
 
 import pytest
 
-from ftctl.backend import prepare, write_files
+from ftctl.backend import JobRef, prepare, write_files
 from ftctl.errors import FtctlError
 from ftctl.spec import build
 
@@ -54,6 +54,60 @@ def test_relaunch_over_checkpoints_of_another_kind_of_run_is_refused(tmp_path):
         "another --output or -o run_name=..., or delete that directory first if its run is not needed."
     )
     assert (tmp_path / "run" / "spec.json").read_text() == before  # the first run's spec is untouched
+
+
+def test_a_relaunch_on_other_data_over_checkpoints_asks_for_the_checkpoint_by_name(tmp_path):
+    """Every run of a method and model defaults to one output dir: a new experiment on other data would silently go
+    on from the last one's adapter. Continuing on new data is said with resume=<checkpoint>; the schedule's length
+    (max_steps) changes freely; a checkpoint without its manifest (a save that died) holds nothing to continue."""
+    from ftctl.checkpoints import write_manifest
+    from tests.s3_fixtures import make_checkpoint
+
+    write_files(_prep(tmp_path))
+    run = tmp_path / "run"
+    make_checkpoint(run, 5)
+    write_files(_prep(tmp_path, data_path="s3://b/other.json"))  # no manifest: not complete, nothing to continue
+    write_manifest(str(run / "checkpoint-5"), 5, 1, "h")
+    write_files(_prep(tmp_path, data_path="s3://b/other.json", max_steps=99))
+    with pytest.raises(FtctlError) as e:
+        write_files(_prep(tmp_path, data_path="s3://b/third.json"))
+    assert str(e.value) == (
+        f"{run} holds checkpoint-5 of a run trained on data_path=s3://b/other.json; this launch names other data. To go "
+        f"on training that run on it: -o resume={run / 'checkpoint-5'}. For a new run: another --output (or -o "
+        "run_name=...)."
+    )
+    write_files(_prep(tmp_path, data_path="s3://b/third.json", resume=str(run / "checkpoint-5")))
+    assert '"data_path": "s3://b/third.json"' in (run / "spec.json").read_text()
+
+
+def test_a_launch_into_the_run_of_a_job_still_queued_or_running_is_refused(tmp_path, monkeypatch):
+    """Two jobs writing one run's checkpoints interleave them (a user saw 78 metrics rows for 40 steps); a finished
+    job's directory is relaunched (it resumes), and a job whose backend cannot answer does not block."""
+    from ftctl.backend import JobState, JobStatus, record_job, refuse_a_second_job
+    from ftctl.docker.backend import DockerBackend
+
+    monkeypatch.setenv("FTCTL_HOME", str(tmp_path / "home"))
+    rendered = _prep(tmp_path)
+    states = {}
+    monkeypatch.setattr(DockerBackend, "status", lambda self, ref: states[ref.job_id])
+    for job, run_dir in (("c1", rendered.run_dir), ("c2", tmp_path / "other")):
+        record_job(JobRef("docker", job, str(run_dir), "n", str(run_dir)))
+    states["c2"] = JobStatus(JobState.RUNNING, "c2 RUNNING (running)")  # another run's: not asked about
+    for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.PREEMPTED):
+        states["c1"] = JobStatus(state, f"c1 {state.value}")
+        refuse_a_second_job(rendered)
+    states["c1"] = JobStatus(JobState.RUNNING, "c1 RUNNING (running)")
+    with pytest.raises(FtctlError) as e:
+        refuse_a_second_job(rendered)
+    assert str(e.value) == (
+        f"job c1 (docker: RUNNING (running)) is still training into {rendered.run_dir}; a second job there would write "
+        "the same checkpoints. Wait for it, `ftctl cancel c1`, or choose another --output (or -o run_name=...)."
+    )
+    remote = _prep(tmp_path, output_dir="s3://b/runs/r1")  # an object-store output: the same URI is the same run
+    record_job(JobRef("docker", "c3", str(tmp_path / "elsewhere"), "n", "s3://b/runs/r1"))
+    states["c3"] = JobStatus(JobState.PENDING, "c3 PENDING (created)")
+    with pytest.raises(FtctlError, match="job c3 "):
+        refuse_a_second_job(remote)
 
 
 def test_a_spec_json_older_than_a_key_counts_it_at_its_default(tmp_path, capsys):

@@ -12,7 +12,9 @@ now records the settings it was trained with (``saved``), and a resumed run comp
   ``callbacks.ApplySettings``; the schedule's shape and position are kept, its peak scaled);
 - the rest (the schedule's length and warm-up, the data, the batch, the seed) take effect as they are; the log
   says which changed, once. Other data (data_path, data_weights) is read from its start: a relaunch on more data
-  continues the run's weights, optimizer and schedule on it.
+  continues the run's weights, optimizer and schedule on it. The launcher asks for that by name (resume=<checkpoint>):
+  with resume=auto it refuses other data over a run's checkpoints (backend.write_files), since every run of a
+  method and model shares one default output dir and a new experiment would silently go on from the last.
 
 Micro-batch, accumulation, checkpointing and strategy are not compared: they change how a step runs, not what it
 computes (an out-of-memory relaunch resumes with smaller ones).
