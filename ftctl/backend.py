@@ -191,6 +191,10 @@ class Backend:
     def logs(self, ref: JobRef, follow: bool) -> None:
         self.status(ref)
 
+    def log_tail(self, ref: JobRef) -> str:
+        """The end of the job's log (its last lines), for what `ftctl status` says of a failure; "" where none."""
+        return ""
+
     def cancel(self, ref: JobRef) -> str:
         self.status(ref)
         return ""
@@ -503,6 +507,19 @@ def jobs_table(last: int) -> str:
         rows.append((ref.job_id, ref.backend, ref.name, when, text))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows)
+
+
+def status_lines(job: str) -> list[str]:
+    """What `ftctl status JOB` prints: the backend's state line; a failed job's error as the trainer said it (its
+    log's ``error:`` line, not only an exit code); the last logged step where the run directory holds it."""
+    from ftctl import failures
+
+    b, ref = find_job(job)
+    state = b.status(ref)
+    lines = [state.text]
+    if state.state is JobState.FAILED and (why := failures.error_line(b.log_tail(ref))):
+        lines.append(f"{failures.ERROR_PREFIX}{why}")
+    return [*lines, *filter(None, [progress(ref)])]
 
 
 def progress(ref: JobRef) -> str | None:

@@ -209,14 +209,10 @@ def keys(word):
 @main.command()
 @click.argument("job")
 def status(job):
-    """State of a launched job; where its output is local, a second line with its last logged step."""
-    from ftctl.backend import find_job, progress
+    """State of a launched job (a failed one: the trainer's error); where its output is local, its last logged step."""
+    from ftctl.backend import status_lines
 
-    b, ref = find_job(job)
-    click.echo(b.status(ref).text)
-    line = progress(ref)
-    if line:
-        click.echo(line)
+    click.echo("\n".join(status_lines(job)))
 
 
 @main.command()

@@ -78,3 +78,14 @@ def exception_line(exc: BaseException) -> str:
     import traceback
 
     return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+ERROR_PREFIX = "error: "  # the trainer's one line where no launcher reports its records (trainer/__main__.py)
+
+
+def error_line(log_tail: str) -> str | None:
+    """The trainer's last ``error: ...`` line in a job's log (its end), without the prefix; None without one. What
+    ``ftctl status`` says of a failed Slurm or docker job instead of the exit code alone (torchrun's traceback that
+    follows it in the log repeats it)."""
+    lines = [line for line in log_tail.splitlines() if line.startswith(ERROR_PREFIX)]
+    return lines[-1][len(ERROR_PREFIX) :].strip() if lines else None

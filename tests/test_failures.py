@@ -81,6 +81,25 @@ def test_exception_line_is_type_and_message():
         assert failures.exception_line(e) == "KeyError: 'missing'"
 
 
+def test_a_failed_jobs_status_says_the_trainers_error_not_only_its_exit_code(tmp_path, monkeypatch):
+    """`ftctl status` of a failed Slurm or docker job: the trainer's own line from the log's end (the last one; the
+    traceback torchrun prints after it is not the cause), only for a failed job."""
+    from ftctl.backend import JobRef, JobState, JobStatus, record_job, status_lines
+    from ftctl.docker.backend import DockerBackend
+
+    log = "step 1\nerror: No data at /mnt/x.json\nerror: rank 1: Cannot read /mnt/x.json\nTraceback (most recent...\n"
+    assert failures.error_line(log) == "rank 1: Cannot read /mnt/x.json"
+    assert failures.error_line("Traceback\n  error: indented is not the trainer's\n") is None
+    monkeypatch.setenv("FTCTL_HOME", str(tmp_path))
+    record_job(JobRef("docker", "c1", str(tmp_path / "run"), "n", str(tmp_path / "run")))
+    state = JobStatus(JobState.FAILED, "c1 FAILED exit 1")
+    monkeypatch.setattr(DockerBackend, "status", lambda self, ref: state)
+    monkeypatch.setattr(DockerBackend, "log_tail", lambda self, ref: log)
+    assert status_lines("c1") == ["c1 FAILED exit 1", "error: rank 1: Cannot read /mnt/x.json"]
+    state = JobStatus(JobState.SUCCEEDED, "c1 SUCCEEDED exit 0")
+    assert status_lines("c1") == ["c1 SUCCEEDED exit 0"]
+
+
 # ------------------------------------------------------------------------------------------ the trainer's side
 def test_trainer_records_a_config_error_and_leaves_the_message_to_the_launcher(tmp_path):
     bad = tmp_path / "spec.json"

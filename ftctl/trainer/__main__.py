@@ -102,7 +102,7 @@ class Failure:
         if os.environ.get("FTCTL_DEBUG"):
             raise exc
         if self.prints:
-            print(f"error: {message}", file=sys.stderr, flush=True)
+            print(f"{failures.ERROR_PREFIX}{message}", file=sys.stderr, flush=True)
         return exit_code
 
     def record(self, kind: str, message: str) -> None:
