@@ -76,6 +76,12 @@ class RunPaths:
         return self.root / ".ftctl" / "status"
 
     @property
+    def train_lock(self) -> Path:
+        """Held (flock) by the rank 0 trainer writing into this directory, so a second one stops at once
+        (trainer.run.only_trainer); it names its holder."""
+        return self.root / ".ftctl" / "train.lock"
+
+    @property
     def launcher_log(self) -> Path:
         """torchrun's own failure report, held back from the terminal (local.backend.run_filtered)."""
         return self.root / ".ftctl" / "launcher.log"

@@ -56,6 +56,34 @@ def test_fft_trains_every_weight_and_saves_a_plain_model(tiny_model_dir, tiny_da
     assert spec_json["spec"]["method"] == "fft"
 
 
+def test_a_second_trainer_into_a_run_dir_stops_at_once_naming_the_first(
+    tiny_model_dir, tiny_data, tmp_path, monkeypatch
+):
+    """Two jobs launched into one output wrote checkpoint-N and metrics.jsonl in turn (a user saw 78 rows for 40
+    steps): rank 0 holds the directory while it trains; the second stops before loading anything."""
+    import re
+    import socket
+
+    from ftctl.trainer.run import only_trainer, train
+
+    out = tmp_path / "out"
+    spec, plan = make_run(tiny_model_dir, tiny_data, out, "lora")
+    with only_trainer(str(out)):
+        with pytest.raises(FtctlError) as e:
+            train(spec, plan)
+    assert re.fullmatch(
+        rf"{out} is being trained into by pid {os.getpid()} on {re.escape(socket.gethostname())} since [0-9: -]+: a "
+        "second run there would write the same checkpoints. Wait for it to end \\(or stop it\\), or give this run "
+        "another --output.",
+        str(e.value),
+    ), str(e.value)
+    assert sorted(p.name for p in out.iterdir()) == [".ftctl"]  # nothing written
+    with only_trainer(str(out)):  # released with the first run
+        monkeypatch.setenv("RANK", "1")  # the other ranks leave it to rank 0
+        with only_trainer(str(out)):
+            pass
+
+
 def test_wandb_offline_logs_with_no_network(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))

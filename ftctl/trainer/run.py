@@ -21,13 +21,16 @@ Output directory layout (local, or staged locally and mirrored to the object-sto
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 import json
 import logging
 import os
 import re
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,7 +39,7 @@ from ftctl import checkpoints, storage
 from ftctl.envvars import STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
-from ftctl.runpaths import METRICS_FILE, SPEC_FILE
+from ftctl.runpaths import METRICS_FILE, SPEC_FILE, RunPaths
 from ftctl.spec import RunSpec
 from ftctl.trainer import distributed, gpu_memory, reshard
 
@@ -78,6 +81,40 @@ class Run:
 # ------------------------------------------------------------------------------------------ entry
 def train(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Result:
     """Train ``spec`` as ``plan`` says, in this process (one rank of torchrun, or alone)."""
+    with only_trainer(output_dirs(spec)[0]):
+        return _train(spec, plan, callbacks, echo)
+
+
+@contextmanager
+def only_trainer(local_dir: str):
+    """Rank 0 holds the run directory's lock while it trains: a second run into the same directory (two launches
+    of one run, a job requeued while a stray attempt still runs) stops at once, naming the first, instead of both
+    writing checkpoint-N and metrics.jsonl in turn. A file system without locks (some NFS mounts) is not refused."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    path = RunPaths(Path(local_dir)).train_lock
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise FtctlError(
+                f"{local_dir} is being trained into by {holder}: a second run there would write the same "
+                "checkpoints. Wait for it to end (or stop it), or give this run another --output."
+            ) from None
+        except OSError as e:  # ENOLCK: no lock daemon behind this mount
+            log.warning("cannot lock %s (%s): two runs into it would not be stopped", path, e.strerror or e)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        yield
+
+
+def _train(spec: RunSpec, plan: Plan, callbacks, echo) -> Result:
     try:
         run = setup(spec, plan, callbacks, echo)
     except BaseException:
