@@ -245,3 +245,33 @@ def test_the_trainers_lines_are_one_write_each(monkeypatch):
     monkeypatch.setattr("sys.stdout", Out())
     trainer_main._say("attention: sdpa; Liger kernels: off")
     assert writes == ["attention: sdpa; Liger kernels: off\n"]
+
+
+def test_torchrun_says_a_failed_rank_in_one_line_and_drops_the_exit_barrier_race(tmp_path, caplog):
+    """The launch line's torchrun (ftctl.trainer.torchrun): a rank that failed has said why; torchrun's ~40-line
+    ChildFailedError report after it becomes one line; a finished multi-node run's exit barrier race
+    (pytorch#69520: 'Error waiting on exit barrier' and its traceback on every node but the store's) is dropped."""
+    import logging
+    import subprocess
+    import sys
+
+    from ftctl.trainer.torchrun import NOISY_LOGGERS, drop_exit_noise
+
+    script = tmp_path / "fails.py"
+    script.write_text("import sys\nprint('error: No data at /mnt/x.json', file=sys.stderr)\nsys.exit(3)\n")
+    argv = [sys.executable, "-m", "ftctl.trainer.torchrun", "--standalone", "--nproc-per-node", "1", str(script)]
+    proc = subprocess.run(argv, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("error: No data at /mnt/x.json") == 1
+    assert f"ftctl: torchrun: rank 0 on {socket.gethostname()} exited with 3; its error is above" in proc.stderr
+
+    drop_exit_noise()
+    api, rendezvous = (logging.getLogger(name) for name in NOISY_LOGGERS)
+    with caplog.at_level(logging.INFO):
+        api.error("Error waiting on exit barrier. Elapsed: %s seconds", 0.02)
+        rendezvous.warning(
+            "The node 'node2_5350_0' has failed to shutdown the rendezvous 'r' due to an error of type X."
+        )
+        api.error("[default] Worker group FAILED. 3/3 attempts left")  # anything else passes
+    assert [r.getMessage() for r in caplog.records] == ["[default] Worker group FAILED. 3/3 attempts left"]
