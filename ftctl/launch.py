@@ -1,9 +1,11 @@
 """The one launch line every backend runs on every node, and shell quoting.
 
     torchrun --nnodes N --nproc-per-node G --rdzv-backend c10d --rdzv-endpoint HEAD:PORT \\
-             --rdzv-id RUN -m ftctl.trainer --spec SPEC
+             --rdzv-id RUN[-JOB] -m ftctl.trainer --spec SPEC
 
-The c10d rendezvous assigns node ranks, so the line is the same on every node.
+The c10d rendezvous assigns node ranks, so the line is the same on every node. Where jobs may share a node
+(Slurm), the backend passes a port and a job tag of the job's own (Shell variables), so two jobs never meet in
+one rendezvous; elsewhere it is spec.rdzv_port and the run name.
 
 User values are always quoted with ``shlex.quote``; intentional shell (``"$HEAD_ADDR"``) is marked
 ``Shell`` and passes through untouched, so no value a user typed is ever interpolated by hand.
@@ -36,9 +38,23 @@ def nproc_per_node(plan: Plan) -> int:
     return plan.gpus_per_node if plan.tier else 1
 
 
-def torchrun_argv(spec: RunSpec, plan: Plan, spec_path, head, python: str | None = None) -> list:
-    """The launch line. ``head`` is usually a Shell variable of the backend."""
+def torchrun_argv(spec: RunSpec, plan: Plan, spec_path, head, python: str | None = None, port=None, job=None) -> list:
+    """The launch line. ``head`` is usually a Shell variable of the backend; ``port`` (default spec.rdzv_port)
+    and ``job`` (a tag appended to the rendezvous id) are the job's own where several jobs may share a node."""
+    return [
+        *_torchrun(spec, plan, head, python, port, _rdzv_id(spec.name, job)),
+        "-m",
+        "ftctl.trainer",
+        "--spec",
+        spec_path,
+    ]
+
+
+def _torchrun(spec: RunSpec, plan: Plan, head, python: str | None, port, rdzv_id) -> list:
+    """torchrun and its options, up to the module it runs: the launch line's and the network preflight's."""
     torchrun = [python, "-m", "torch.distributed.run"] if python else ["torchrun"]
+    port = spec.rdzv_port if port is None else port
+    shell = isinstance(head, Shell) or isinstance(port, Shell)
     return [
         *torchrun,
         "--nnodes",
@@ -48,14 +64,15 @@ def torchrun_argv(spec: RunSpec, plan: Plan, spec_path, head, python: str | None
         "--rdzv-backend",
         "c10d",
         "--rdzv-endpoint",
-        Shell(f"{q(head)}:{spec.rdzv_port}") if isinstance(head, Shell) else f"{head}:{spec.rdzv_port}",
+        Shell(f"{q(head)}:{q(port)}") if shell else f"{head}:{port}",
         "--rdzv-id",
-        spec.name,
-        "-m",
-        "ftctl.trainer",
-        "--spec",
-        spec_path,
+        rdzv_id,
     ]
+
+
+def _rdzv_id(name: str, job):
+    """The rendezvous id: ``name``, with the job's tag where one is given (Shell: ``NAME-"$SLURM_JOB_ID"``)."""
+    return name if job is None else Shell(f"{q(name)}-{q(job)}")
 
 
 NETCHECK_MODULE = "ftctl.trainer.netcheck"
@@ -71,13 +88,11 @@ def preflight_threshold(spec: RunSpec, plan: Plan) -> float:
     return GPU_MIN_BUSBW_GBPS if plan.tier else 0.0
 
 
-def netcheck_argv(spec: RunSpec, plan: Plan, head, python: str | None = None) -> list:
-    """The network preflight: the launch line's torchrun shape (same nodes, processes, rendezvous) running
-    the all-reduce probe instead of the trainer, stopping below ``preflight_min_busbw_gbps``."""
-    argv = torchrun_argv(spec, plan, "", head, python)
-    argv[argv.index("--rdzv-id") + 1] = f"{spec.name}-netcheck"
+def netcheck_argv(spec: RunSpec, plan: Plan, head, python: str | None = None, port=None, job=None) -> list:
+    """The network preflight: the launch line's torchrun shape (same nodes, processes, rendezvous endpoint; an id
+    of its own) running the all-reduce probe instead of the trainer, stopping below ``preflight_min_busbw_gbps``."""
     return [
-        *argv[: argv.index("-m", 3)],
+        *_torchrun(spec, plan, head, python, port, _rdzv_id(f"{spec.name}-netcheck", job)),
         "-m",
         NETCHECK_MODULE,
         "--min-busbw-gbps",

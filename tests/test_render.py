@@ -166,9 +166,9 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path):
         "--rdzv-backend",
         "c10d",
         "--rdzv-endpoint",
-        "node1:29500",
+        "node1:29742",  # rdzv_port + SLURM_JOB_ID % 1000
         "--rdzv-id",
-        prep.spec.name,
+        f"{prep.spec.name}-4242",
         "-m",
         "ftctl.trainer",
         "--spec",
@@ -201,6 +201,32 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path):
         assert not any(a.startswith("--container") for a in srun)
 
 
+def test_two_slurm_jobs_on_one_node_have_a_rendezvous_each(tmp_path):
+    """Two 1-GPU jobs on one 8-GPU node: each torchrun (and its network preflight) listens on a port and joins a
+    rendezvous id of its own job, so the second never joins the first's TCPStore; the preflight has an id apart
+    from the training's, at the same port."""
+    prep = prepared(
+        ["preflight_network=true"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/o"
+    )
+    fakes = fake_bin(tmp_path / "bin")
+    seen = {}
+    for job in ("4242", "5243", "6242"):
+        log = tmp_path / f"calls{job}.jsonl"
+        env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": job, "SLURM_JOB_NODELIST": "node1"}
+        r = run_bash(prep.text, cwd=tmp_path, fakes=fakes, log=log, env=env)
+        assert r.returncode == 0, r.stderr
+        probe, train = [c["argv"] for c in read_log(log) if c["prog"] == "torchrun"]
+        assert probe[probe.index("-m") + 1] == "ftctl.trainer.netcheck"
+        seen[job] = [(a[a.index("--rdzv-endpoint") + 1], a[a.index("--rdzv-id") + 1]) for a in (probe, train)]
+    name = prep.spec.name
+    assert seen["4242"] == [("node1:29742", f"{name}-netcheck-4242"), ("node1:29742", f"{name}-4242")]
+    assert seen["5243"] == [("node1:29743", f"{name}-netcheck-5243"), ("node1:29743", f"{name}-5243")]
+    # job ids 1000 apart share a port: their ids still keep them apart
+    assert seen["6242"] == [("node1:29742", f"{name}-netcheck-6242"), ("node1:29742", f"{name}-6242")]
+    with pytest.raises(FtctlError, match=r"rdzv_port=65000: .* use -o rdzv_port=64536 or less"):
+        prepared(["rdzv_port=65000"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
+
+
 @pytest.mark.parametrize("container", ["apptainer", "pyxis"])
 @pytest.mark.parametrize("sep", [",", ":"])
 def test_container_bind_paths_with_separators_are_refused(container, sep, tmp_path):
@@ -229,6 +255,53 @@ def test_values_slurm_parses_itself_are_refused(key, value):
 def test_sbatch_args_that_slurm_would_misread_are_refused(arg):
     with pytest.raises(FtctlError, match="sbatch-arg|Slurm reads"):
         prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out", sbatch_args=[arg])
+
+
+@pytest.mark.parametrize(
+    ("arg", "own", "said"),
+    [
+        ("--nodes=3", "nodes", "use --nodes (or --gpus NxGxTYPE), which torchrun's --nnodes follows"),
+        ("--node=3", "nodes", "use --nodes"),  # sbatch takes an unambiguous abbreviation too
+        ("--no-requeue", "no-requeue", "-o max_requeues=N says how often a preempted job is requeued (0: never)"),
+        ("--requeue", "requeue", "-o max_requeues=N"),
+        ("--signal=B:USR1@60", "signal", "use -o signal_lead_s=N"),
+        ("--time=1:00:00", "time", "use --time"),
+        ("--gpus=2", "gpus", "use --gpus"),
+        ("--gpus-per-node=a100:2", "gpus-per-node", "use --gpus"),
+        ("--gpus-per-task=1", "gpus-per-task", "use --gpus"),
+        ("--gres=gpu:a100:2", "gpus-per-node", "use --gpus"),
+        ("--ntasks-per-node=8", "ntasks-per-node", "ftctl runs one task a node"),
+        ("--ntasks=8", "ntasks", "ftctl runs one task a node"),
+        (
+            "--output=/tmp/x.out",
+            "output",
+            "every attempt appends to slurm-JOBID.out in the run directory, where `ftctl logs` reads it",
+        ),
+        ("--open-mode=truncate", "open-mode", "every attempt appends to slurm-JOBID.out"),
+        ("--job-name=x", "job-name", "name the run with -o run_name=NAME"),
+        ("--partition=gpu", "partition", "use --partition"),
+        ("--account=lab", "account", "use --account"),
+        ("--qos=high", "qos", "use --qos"),
+        ("--cpus-per-task=4", "cpus-per-task", "use -o cpus_per_task=N"),
+    ],
+)
+def test_sbatch_args_that_override_ftctls_own_directives_are_refused(arg, own, said):
+    """Slurm takes the last of two values: --sbatch-arg=--nodes=3 would start 3 nodes for a torchrun of --nnodes 1,
+    --no-requeue would end preemption's requeue. Each is refused with the flag or key that sets it."""
+    with pytest.raises(FtctlError) as e:
+        prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out", sbatch_args=[arg])
+    assert str(e.value).startswith(
+        f"--sbatch-arg={arg}: ftctl writes #SBATCH --{own} itself, and this would override it; "
+    )
+    assert f"; {said}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sbatch_args_ftctl_does_not_write_pass_through():
+    args = ["--mem=64G", "--exclusive", "--constraint=a100|h100", "--gres=nvme:1", "--nodelist=n1", "--time-min=60"]
+    text = prepared(
+        backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out", sbatch_args=args
+    ).text
+    assert all(f"\n#SBATCH {a}\n" in text for a in args)
 
 
 @pytest.mark.parametrize("name", ["my run", "a;b", "$(touch PWNED)", "-lead", "x" * 64, "a\nb"])

@@ -8,13 +8,15 @@ jobs of this module run one after the other:
     preempted run   the same run, USR2 to the batch shell after its first checkpoint: it checkpoints,
                     is requeued, resumes and ends with the reference run's losses
     cancel          a running 2-node job is cancelled and its processes are gone
-    hostile paths   model, data and output paths with quotes, $(...), ; and a newline
+    hostile paths   model, data and output paths with quotes, $(...), ; and a newline; beside it, on the
+                    same node at the same time, a second job with a rendezvous of its own
     errors          Slurm's refusals and ftctl's own: one line, non-zero exit, no traceback
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -178,7 +180,9 @@ HOSTILE_DIR = "h 'q' \"dq\" $(touch PWNED) `touch PWNED`; touch PWNED & #x\nnewl
 
 
 @pytest.mark.slow
-def test_hostile_paths_survive_a_real_sbatch(e2e, tiny_model_dir):
+def test_hostile_paths_survive_a_real_sbatch_beside_another_job_on_its_node(e2e, tiny_model_dir):
+    """A 1-node run with hostile paths, and at the same time on the same node a second run: each job's torchrun
+    has a rendezvous port and id of its own (at one port, the second would join the first's TCPStore)."""
     base = e2e.scratch / HOSTILE_DIR
     base.mkdir()
     model = base / "model $(touch PWNED)"
@@ -186,11 +190,18 @@ def test_hostile_paths_survive_a_real_sbatch(e2e, tiny_model_dir):
     data = base / "data;touch PWNED 'x'.json"
     shutil.copy(demo_data_path(), data)
     out = base / 'out "o" $(touch PWNED)'
-    job = e2e.launch(*run_args(model, out, nodes=1, max_steps=2, save_steps=2, data=data), cwd=base)
+    one_node = dict(nodes=1, max_steps=2, save_steps=2, cpus_per_task=1)
+    job = e2e.launch(*run_args(model, out, data=data, **one_node), "--sbatch-arg=--nodelist=node1", cwd=base)
+    beside = e2e.scratch / "beside"
+    other = e2e.launch(
+        *run_args(tiny_model_dir, beside, run_name="beside", **one_node), "--sbatch-arg=--nodelist=node1"
+    )
     try:
         final = e2e.wait_finished(job, 120)
+        other_final = e2e.wait_finished(other, 120)
     finally:
         e2e.scancel(job)
+        e2e.scancel(other)
     log = e2e.ftctl("logs", job).stdout
     assert final == f"{job} COMPLETED on node1 exit 0", log
     assert (out / f"slurm-{job}.out").read_text() == log
@@ -200,6 +211,14 @@ def test_hostile_paths_survive_a_real_sbatch(e2e, tiny_model_dir):
     spec = json.loads((out / "spec.json").read_text())["spec"]
     assert (spec["model_name_or_path"], spec["data_path"], spec["output_dir"]) == (str(model), str(data), str(out))
     assert not list(e2e.scratch.rglob("PWNED")) and not Path("PWNED").exists()
+    # the second job ran on node1 while the first did (where the node has a CPU for each), and completed too
+    assert other_final == f"{other} COMPLETED on node1 exit 0", (beside / f"slurm-{other}.out").read_text()
+    if len(os.sched_getaffinity(0)) >= 2:  # the test cluster's nodes have this machine's CPUs
+        (start, end), (other_start, other_end) = (
+            e2e.cluster.run("squeue", "-h", "-t", "all", "-j", j, "-o", "%S|%e").stdout.strip().split("|")
+            for j in (job, other)
+        )
+        assert other_start < end and start < other_end  # ISO times: they overlapped
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -237,8 +256,8 @@ def test_refusals_are_one_line_with_slurms_words(e2e, tiny_model_dir):
     # accepted by sbatch but never started: refused by ftctl, which asks the cluster first
     msg = launch(nodes=3)
     assert msg.startswith(
-        "error: Slurm would accept this job and leave it pending forever: 3 nodes asked for, "
-        "but partition 'debug' has 2"
+        "error: Slurm cannot run this job as asked: 3 nodes asked for, but partition 'debug' has 2: "
+        "Slurm would leave the job pending forever (PartitionConfig); ask for at most 2 (--nodes)"
     )
     msg = launch("--sbatch-arg=--gres=bogus:1")
     assert "sbatch refused job.sbatch: Invalid generic resource (gres) specification — " in msg

@@ -259,6 +259,12 @@ def test_sbatch_missing_or_unreachable(slurm, tmp_path):
     assert "SLURM_CONF=" in one_line_error(script, tmp_path, env)
     assert time.monotonic() - start < 1  # sbatch itself would retry for 60 s
 
+    # no SLURM_CONF and no slurm.conf: sbatch finds no controller (it looks for one in DNS)
+    env = {k: v for k, v in slurm.env.items() if k != "SLURM_CONF"}
+    msg = one_line_error(script, tmp_path, env)
+    assert msg.startswith("sbatch could not reach the Slurm controller (Could not establish a configuration source; ")
+    assert "SLURM_CONF is not set): point SLURM_CONF at the cluster's slurm.conf" in msg
+
     # munge unreachable: the same cluster's config with the munge socket moved away
     conf = tmp_path / "slurm.conf"
     conf.write_text(
@@ -288,6 +294,13 @@ def test_doctor_on_the_real_cluster(slurm):
     assert doctor(nodes=2).ok
     assert doctor(partition="gpu", gpus_per_node=2, gpu_type="tiny").ok
     assert doctor(partition="gpu", gpus_per_node=1, gpu_type="TINY").ok
+    # the type a request names, as the partition's GRES spells it (launch asks for it: SlurmBackend.check)
+    assert doctor(partition="gpu", gpus_per_node=1, gpu_type="TINY").gres_type == "tiny"
+    # CPUs a task above every node's (sinfo %c); a time limit within the partition's (infinite)
+    cpus = gpu.nodes[0].cpus
+    assert cpus > 0 and doctor(partition="gpu", cpus_per_task=cpus, time="30-00:00:00").ok
+    many = doctor(partition="gpu", cpus_per_task=cpus + 1)
+    assert many.never_runs == many.problems and f"use -o cpus_per_task={cpus}" in many.problems[0]
 
     problems = doctor(partition="debg").problems
     assert problems == ["unknown partition 'debg' Did you mean 'debug'? This cluster has: debug, gpu"]
@@ -317,10 +330,11 @@ def test_doctor_on_the_real_cluster(slurm):
 def test_what_doctor_accepts_runs_and_what_it_flags_fails(slurm, tmp_path):
     """The stand-in GPUs are real gres to Slurm: a job asking for them gets CUDA_VISIBLE_DEVICES;
     the same request on the CPU partition is refused by sbatch, as doctor says."""
-    assert doctor(partition="gpu", gpus_per_node=2).ok
-    script = write_script(
+    report = doctor(partition="gpu", gpus_per_node=2, gpu_type="tiny")
+    assert report.ok and report.gres_type == "tiny"
+    script = write_script(  # the typed request launch renders where the GRES names the type
         tmp_path / "gpu.sbatch",
-        ["--partition=gpu", "--gpus-per-node=2", "--output=gpu.out"],
+        ["--partition=gpu", f"--gpus-per-node={report.gres_type}:2", "--output=gpu.out"],
         'echo "cvd=$CUDA_VISIBLE_DEVICES host=$(hostname)"',
     )
     job = scheduler.submit(script, cwd=tmp_path)

@@ -83,28 +83,38 @@ class SlurmBackend(Backend):
             return f"pyxis:{pyxis_image(found.ref)}"
         return f"apptainer:docker://{found.ref}"
 
-    def render(self, spec, plan, paths, spec_json):
-        text = slurm_render.render(spec, plan)
+    def render(self, spec, plan, paths, spec_json, gres_type: str | None = None):
+        text = slurm_render.render(spec, plan, gres_type)
         return text, {paths.spec.name: spec_json, paths.sbatch.name: text}
 
     def check(self, rendered: Rendered) -> None:
-        """Refuse only what sbatch would accept but never start (more nodes than the partition has);
-        everything else is left to sbatch, in Slurm's own words (a node down now may come back)."""
+        """Refuse what sbatch would accept but never start (more nodes, CPUs or a longer time than the partition
+        has), or refuse in words that do not say what to change (no such GPUs, too few CPUs or too little RAM on
+        every node); other problems are left to sbatch, in Slurm's own words (a node down now may come back).
+        Where the partition names the plan's GPU type in its GRES, the script asks for that type (a100:8): only
+        here, where sinfo said it, so ``ftctl render`` shows the request without it."""
         image = rendered.image
         if image and image.source == "sif" and not Path(image.ref).is_file():
             raise FtctlError(
                 f"{image.ref}, the .sif `ftctl build --apptainer` recorded, is gone: build it again, or pass "
                 f"--container none (or another --container)."
             )
-        if shutil.which("sinfo"):
-            plan = rendered.plan
-            slurm_doctor.doctor(
-                partition=rendered.spec.partition,
-                nodes=plan.nodes,
-                gpus_per_node=plan.gpus_per_node if plan.tier else None,
-                gpu_type=plan.tier,
-                memory_gb=slurm_render.memory_request_gb(rendered.spec, plan),
-            ).raise_if_never_runs()
+        if not shutil.which("sinfo"):
+            return
+        spec, plan = rendered.spec, rendered.plan
+        report = slurm_doctor.doctor(
+            partition=spec.partition,
+            nodes=plan.nodes,
+            gpus_per_node=plan.gpus_per_node if plan.tier else None,
+            gpu_type=plan.tier,
+            memory_gb=slurm_render.memory_request_gb(spec, plan),
+            cpus_per_task=slurm_render.cpus_per_task(spec, plan),
+            time=spec.time,
+        )
+        report.raise_if_never_runs()
+        if report.gres_type:
+            spec_json = rendered.files[rendered.paths.spec.name]
+            rendered.text, rendered.files = self.render(spec, plan, rendered.paths, spec_json, report.gres_type)
 
     def send(self, rendered: Rendered) -> JobRef:
         paths = rendered.paths
@@ -120,8 +130,9 @@ class SlurmBackend(Backend):
         return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe())
 
     def logs(self, ref: JobRef, follow: bool) -> None:
-        # the script writes slurm-JOB.out in the run dir; else (--sbatch-arg=--output=...) ask Slurm
-        # (scontrol cannot print a path holding a newline, and forgets a job after MinJobAge)
+        # the script writes slurm-JOB.out in the run dir; else (an --sbatch-arg=--chdir, a job of an older ftctl
+        # that took --output) ask Slurm (scontrol cannot print a path holding a newline, and forgets a job after
+        # MinJobAge)
         path = ref.paths.slurm_log(ref.job_id)
         if not path.exists():
             path = scheduler.stdout_path(ref.job_id) or path
@@ -137,10 +148,12 @@ class SlurmBackend(Backend):
         from ftctl import gpus as gpu_table
 
         req = gpu_table.parse(gpus) if gpus else None
+        per_node = req.per_node if req and req.tier else None
         report = slurm_doctor.doctor(
             partition=partition,
-            gpus_per_node=req.per_node if req and req.tier else None,
+            gpus_per_node=per_node,
             gpu_type=req.tier.name if req and req.tier else None,
+            cpus_per_task=slurm_render.default_cpus_per_task(per_node) if req else None,
         )
         click.echo(report.format())
         return report.ok

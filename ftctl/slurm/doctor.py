@@ -1,5 +1,5 @@
 """`ftctl doctor --backend slurm`: is Slurm reachable, what does the cluster offer, and would a
-request for a partition / nodes / GPUs fit it — said before an expensive submit.
+request for a partition / nodes / GPUs / CPUs / memory / time fit it — said before an expensive submit.
 
 The facts come from ``sinfo`` (one row per node and partition), so they are what the controller
 reports now, including nodes that are down or drained.
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ftctl.errors import FtctlError, did_you_mean
 from ftctl.slurm.scheduler import command_error, run_command, slurm_env
+from ftctl.spec import slurm_time_s
 
 # node states in which a node will not take a job soon
 _UNUSABLE = (
@@ -80,6 +81,29 @@ class PartitionInfo:
         )
 
     @property
+    def time_limit_s(self) -> int | None:
+        """The partition's time limit in seconds; None when it has none (infinite) or sinfo's text is not a time."""
+        try:
+            return slurm_time_s(self.time_limit)
+        except ValueError:
+            return None
+
+    @property
+    def gpu_types(self) -> list[str]:
+        """The GPU types its nodes' GRES name ('' for untyped GRES: gpu:8)."""
+        return sorted({t for n in self.nodes for t in n.gpus})
+
+    def types_of(self, gpu_type: str) -> list[str]:
+        """Its GRES GPU types that could be ftctl's ``gpu_type`` (an untyped one cannot be told apart, so it could)."""
+        return [t for t in self.gpu_types if _same_gpu(t, gpu_type)]
+
+    def gres_type(self, gpu_type: str) -> str | None:
+        """The type name a request for ``gpu_type`` asks for here: the one GRES type that names it, where every GPU
+        of the partition has a type name; None where nothing is known (untyped GRES) or no one name is."""
+        matching = self.types_of(gpu_type)
+        return matching[0] if len(matching) == 1 and "" not in self.gpu_types else None
+
+    @property
     def memory_summary(self) -> str:
         """The nodes' RAM, as -o host_memory_gb takes it (GB, rounded down)."""
         gbs = sorted({math.floor(n.memory_gb) for n in self.nodes})
@@ -95,8 +119,10 @@ class DoctorReport:
     message: str = ""  # why it is not reachable
     partitions: list[PartitionInfo] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    # the problems sbatch would accept and then leave pending forever (launch refuses these)
+    # the problems with which the job never runs (launch refuses these): sbatch would accept it and leave it pending
+    # forever, or refuse it in words that do not say what to change
     never_runs: list[str] = field(default_factory=list)
+    gres_type: str | None = None  # the chosen partition's GRES type name for the request's GPU (where one names it)
 
     @property
     def ok(self) -> bool:
@@ -121,14 +147,13 @@ class DoctorReport:
         return "\n".join(lines)
 
     def raise_if_never_runs(self) -> None:
-        """What launch checks before sbatch: requests Slurm accepts but can never start. Other
-        problems (an unknown partition, a bad gres) are left to sbatch, whose own words are clearer,
-        and nodes that are down now may come back."""
+        """What launch checks before sbatch: requests this cluster can never start. Other problems (an unknown
+        partition) are left to sbatch, whose own words are clear, and nodes that are down now may come back."""
         if self.never_runs:
             raise FtctlError(
-                "Slurm would accept this job and leave it pending forever: "
+                "Slurm cannot run this job as asked: "
                 + "; ".join(self.never_runs)
-                + ". Ask for less, or check `ftctl doctor --backend slurm`."
+                + ". `ftctl doctor --backend slurm` shows what each partition has."
             )
 
     def raise_for_problems(self) -> None:
@@ -146,9 +171,11 @@ def doctor(
     nodes: int | None = None,
     env: Mapping[str, str] | None = None,
     memory_gb: float | None = None,
+    cpus_per_task: int | None = None,
+    time: str | None = None,
 ) -> DoctorReport:
-    """What the cluster offers, and the problems a request (partition, nodes, GPUs per node,
-    GPU type, host memory a node) would meet. Never raises for the cluster's state; look at
+    """What the cluster offers, and the problems a request (partition, nodes, GPUs per node, GPU type, host
+    memory a node, CPUs a task, time limit) would meet. Never raises for the cluster's state; look at
     ``report.problems``."""
     environ = slurm_env(env)
     sbatch = shutil.which("sbatch", path=environ.get("PATH"))
@@ -166,29 +193,98 @@ def doctor(
     if proc.returncode != 0:
         return DoctorReport(sbatch=sbatch, reachable=False, message=str(command_error("sinfo", "failed", proc)))
     report = DoctorReport(sbatch=sbatch, reachable=True, partitions=_parse_sinfo(proc.stdout))
-    report.problems = _problems(report.partitions, partition, gpus_per_node, gpu_type, nodes, report.never_runs)
-    if memory_gb:
-        report.problems += _memory_problems(report.partitions, partition, memory_gb, report.never_runs)
+    chosen, report.problems = _choose(report.partitions, partition)
+    if chosen is None:
+        return report
+    report.never_runs = [
+        *_node_problems(chosen, nodes),
+        *(_gpu_problems(chosen, report.partitions, gpus_per_node, gpu_type, nodes or 1) if gpus_per_node else []),
+        *(_memory_problems(chosen, memory_gb) if memory_gb else []),
+        *(_cpu_problems(chosen, cpus_per_task) if cpus_per_task else []),
+        *(_time_problems(chosen, time) if time else []),
+    ]
+    report.problems = _state_problems(chosen) + report.never_runs
+    report.gres_type = chosen.gres_type(gpu_type) if gpus_per_node and gpu_type else None
     return report
 
 
-def _memory_problems(
-    partitions: list[PartitionInfo], partition: str | None, memory_gb: float, never_runs: list[str]
-) -> list[str]:
+def _choose(partitions: list[PartitionInfo], partition: str | None) -> tuple[PartitionInfo | None, list[str]]:
+    """The partition a job goes to (``partition``, else the cluster's default), or None and why not."""
+    names = [p.name for p in partitions]
+    if not partitions:
+        return None, ["the cluster reports no partitions (sinfo printed nothing)"]
+    if partition is None:
+        chosen = next((p for p in partitions if p.default), None)
+        if chosen is None:
+            return None, [f"the cluster has no default partition: pass --partition (one of {', '.join(names)})"]
+        return chosen, []
+    chosen = next((p for p in partitions if p.name == partition), None)
+    if chosen is None:
+        return None, [
+            f"unknown partition {partition!r}{did_you_mean(partition, names)} This cluster has: {', '.join(names)}"
+        ]
+    return chosen, []
+
+
+def _state_problems(chosen: PartitionInfo) -> list[str]:
+    """A partition not up or without a node that can run jobs now: said, not refused (they may come back)."""
+    problems = []
+    if not chosen.available:
+        problems.append(f"partition {chosen.name!r} is not up (sinfo avail column)")
+    if not any(n.usable for n in chosen.nodes):
+        problems.append(
+            f"partition {chosen.name!r} has no node that can run jobs now ("
+            + ", ".join(f"{n.name} {n.state}" for n in chosen.nodes)
+            + ")"
+        )
+    return problems
+
+
+def _node_problems(chosen: PartitionInfo, nodes: int | None) -> list[str]:
+    if not nodes or nodes <= len(chosen.nodes):
+        return []
+    return [
+        f"{nodes} nodes asked for, but partition {chosen.name!r} has {len(chosen.nodes)}: Slurm would leave the job "
+        f"pending forever (PartitionConfig); ask for at most {len(chosen.nodes)} (--nodes), or pass another --partition"
+    ]
+
+
+def _memory_problems(chosen: PartitionInfo, memory_gb: float) -> list[str]:
     """An offload plan's --mem above every node of the partition: sbatch would refuse it ("Requested node
     configuration is not available") without saying that the plan asked for it, or what to do."""
-    chosen = next((p for p in partitions if (p.name == partition if partition else p.default)), None)
-    if chosen is None or not chosen.nodes:  # said already
+    if not chosen.nodes:
         return []
     most = max(n.memory_gb for n in chosen.nodes)
     if memory_gb <= most:
         return []
-    never_runs.append(
+    return [
         f"the plan offloads the optimizer to CPU RAM and needs ~{memory_gb:.0f} GB of it a node (--mem), but "
         f"partition {chosen.name!r} has at most {most:.0f} GB a node; plan for those nodes with "
         f"-o host_memory_gb={math.floor(most)} (ftctl then picks what fits, or says nothing does)"
-    )
-    return never_runs[-1:]
+    ]
+
+
+def _cpu_problems(chosen: PartitionInfo, cpus_per_task: int) -> list[str]:
+    """--cpus-per-task above every node of the partition: sbatch would refuse it ("Requested node configuration
+    is not available") without saying that ftctl chose the number (8 a GPU unless told)."""
+    most = max((n.cpus for n in chosen.nodes), default=0)
+    if not most or cpus_per_task <= most:  # sinfo said no CPU count: nothing known
+        return []
+    return [
+        f"--cpus-per-task={cpus_per_task} asked for (-o cpus_per_task, else 8 a GPU), but partition {chosen.name!r} "
+        f"has at most {most} CPUs a node; use -o cpus_per_task={most}"
+    ]
+
+
+def _time_problems(chosen: PartitionInfo, time: str) -> list[str]:
+    """--time above the partition's limit: sbatch accepts it and the job waits forever (PartitionTimeLimit)."""
+    limit, asked = chosen.time_limit_s, slurm_time_s(time)
+    if limit is None or (asked is not None and asked <= limit):
+        return []
+    return [
+        f"--time {time} is longer than partition {chosen.name!r} allows ({chosen.time_limit}): Slurm would leave "
+        f"the job pending forever (PartitionTimeLimit); use --time {chosen.time_limit} or less"
+    ]
 
 
 def parse_gres(gres: str) -> dict[str, int]:
@@ -224,77 +320,31 @@ def _parse_sinfo(text: str) -> list[PartitionInfo]:
     return list(partitions.values())
 
 
-def _problems(
-    partitions: list[PartitionInfo],
-    partition: str | None,
-    gpus_per_node: int | None,
-    gpu_type: str | None,
-    nodes: int | None,
-    never_runs: list[str],
-) -> list[str]:
-    names = [p.name for p in partitions]
-    if not partitions:
-        return ["the cluster reports no partitions (sinfo printed nothing)"]
-    if partition is None:
-        chosen = next((p for p in partitions if p.default), None)
-        if chosen is None:
-            return [f"the cluster has no default partition: pass --partition (one of {', '.join(names)})"]
-    else:
-        chosen = next((p for p in partitions if p.name == partition), None)
-        if chosen is None:
-            return [
-                f"unknown partition {partition!r}{did_you_mean(partition, names)} This cluster has: {', '.join(names)}"
-            ]
-    problems: list[str] = []
-    if not chosen.available:
-        problems.append(f"partition {chosen.name!r} is not up (sinfo avail column)")
-    usable = [n for n in chosen.nodes if n.usable]
-    if not usable:
-        problems.append(
-            f"partition {chosen.name!r} has no node that can run jobs now ("
-            + ", ".join(f"{n.name} {n.state}" for n in chosen.nodes)
-            + ")"
-        )
-    if nodes and nodes > len(chosen.nodes):
-        problems.append(
-            f"{nodes} nodes asked for, but partition {chosen.name!r} has "
-            f"{len(chosen.nodes)}; Slurm would leave the job pending forever "
-            "(PartitionConfig)"
-        )
-        never_runs.append(problems[-1])
-    if gpus_per_node:
-        problems += _gpu_problems(chosen, partitions, gpus_per_node, gpu_type, nodes or 1)
-    return problems
-
-
 def _gpu_problems(
     chosen: PartitionInfo, partitions: list[PartitionInfo], per_node: int, gpu_type: str | None, nodes: int
 ) -> list[str]:
+    """A GPU request the partition cannot meet: sbatch would refuse it (no GPUs, too many a node) without saying
+    where there are some, or run it on GPUs of another type (ftctl asks for a type only where the GRES names it)."""
     with_gpus = [p for p in partitions if any(n.gpus for n in p.nodes)]
     elsewhere = ", ".join(f"{p.name} ({p.gpu_summary})" for p in with_gpus if p is not chosen)
     if not any(n.gpus for n in chosen.nodes):
         where = (
-            f"; partitions with GPUs: {elsewhere}"
+            f"; partitions with GPUs: {elsewhere} (--partition NAME)"
             if elsewhere
             else "; no partition of this cluster has GPUs (use --gpus cpu)"
         )
         return [f"partition {chosen.name!r} has no GPUs (no gpu gres on its nodes){where}"]
-    if gpu_type:
-        types = sorted({t for n in chosen.nodes for t in n.gpus})
-        matching = [t for t in types if _same_gpu(t, gpu_type)]
-        if not matching:
-            return [
-                f"partition {chosen.name!r} has no {gpu_type} GPUs; its GPU types: "
-                f"{', '.join(t or '(untyped)' for t in types)}"
-                + (f"; other partitions: {elsewhere}" if elsewhere else "")
-            ]
+    matching = chosen.types_of(gpu_type) if gpu_type else chosen.gpu_types
+    if not matching:
+        return [
+            f"partition {chosen.name!r} has no {gpu_type} GPUs; its GPU types: "
+            f"{', '.join(t or '(untyped)' for t in chosen.gpu_types)}"
+            + (f"; other partitions: {elsewhere}" if elsewhere else "")
+            + "; ask for a GPU it has (--gpus), or pass another --partition"
+        ]
 
-        def count(node: NodeInfo) -> int:
-            return sum(c for t, c in node.gpus.items() if t in matching)
-    else:
-
-        def count(node: NodeInfo) -> int:
-            return node.gpu_count
+    def count(node: NodeInfo) -> int:
+        return sum(c for t, c in node.gpus.items() if t in matching)
 
     most = max(count(n) for n in chosen.nodes)
     if per_node > most:

@@ -55,6 +55,33 @@ def _sbatch_value(key: str, value) -> str:
     return text
 
 
+_ONE_TASK = "ftctl runs one task a node, whose torchrun starts that node's processes (--gpus says how many)"
+_ONE_LOG = "every attempt appends to slurm-JOBID.out in the run directory, where `ftctl logs` reads it"
+_REQUEUE = "-o max_requeues=N says how often a preempted job is requeued (0: never)"
+# the #SBATCH options ftctl writes itself, and how each is set: an --sbatch-arg naming one would override it (the
+# last one wins), so it is refused
+OWN_OPTIONS = {
+    "job-name": "name the run with -o run_name=NAME",
+    "nodes": "use --nodes (or --gpus NxGxTYPE), which torchrun's --nnodes follows",
+    "ntasks": _ONE_TASK,
+    "ntasks-per-node": _ONE_TASK,
+    "gpus": "use --gpus",
+    "gpus-per-node": "use --gpus",
+    "gpus-per-task": "use --gpus",
+    "gpus-per-socket": "use --gpus",
+    "cpus-per-task": "use -o cpus_per_task=N",
+    "partition": "use --partition",
+    "account": "use --account",
+    "qos": "use --qos",
+    "time": "use --time",
+    "output": _ONE_LOG,
+    "open-mode": _ONE_LOG,
+    "requeue": _REQUEUE,
+    "no-requeue": _REQUEUE,
+    "signal": "use -o signal_lead_s=N (USR2 that many seconds before the time limit)",
+}
+
+
 def _extra_arg(arg: str) -> str:
     if not arg.startswith("--") or "\n" in arg or " " in arg.strip():
         raise FtctlError(
@@ -62,18 +89,43 @@ def _extra_arg(arg: str) -> str:
             f"(no spaces or newlines: Slurm does not shell-parse #SBATCH lines)."
         )
     key, _, val = arg[2:].partition("=")
+    _refuse_own_option(arg, key, val)
     return f"--{_sbatch_value('sbatch-arg', key)}" + (f"={_sbatch_value(key, val)}" if val else "")
 
 
-def sbatch_directives(spec: RunSpec, plan: Plan) -> list[str]:
+def _refuse_own_option(arg: str, key: str, val: str) -> None:
+    """An --sbatch-arg naming an option ftctl writes (sbatch also takes an unambiguous abbreviation of it), or a
+    GPU gres, is refused with the flag or key that sets it."""
+    own = key if key in OWN_OPTIONS else next((o for o in OWN_OPTIONS if len(key) > 2 and o.startswith(key)), None)
+    if own is None and key == "gres" and any(g.startswith("gpu") for g in val.split(",")):
+        own = "gpus-per-node"
+    if own is not None:
+        raise FtctlError(
+            f"--sbatch-arg={arg}: ftctl writes #SBATCH --{own} itself, and this would override it; {OWN_OPTIONS[own]}."
+        )
+
+
+def cpus_per_task(spec: RunSpec, plan: Plan) -> int:
+    """The job's --cpus-per-task: -o cpus_per_task, else 8 a GPU (at most 96), 2 on CPU."""
+    return spec.cpus_per_task or default_cpus_per_task(plan.gpus_per_node if plan.tier else None)
+
+
+def default_cpus_per_task(gpus_per_node: int | None) -> int:
+    return min(8 * gpus_per_node, 96) if gpus_per_node else 2
+
+
+def sbatch_directives(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> list[str]:
+    """The #SBATCH options; ``gres_type``: the partition's name for the plan's GPU, where the cluster said it
+    (launch asks sinfo: SlurmBackend.check), else the request names no type."""
     d = [
         f"--job-name={_sbatch_value('run-name', spec.name)}",
         f"--nodes={plan.nodes}",
         "--ntasks-per-node=1",
     ]
     if plan.tier:
-        d.append(f"--gpus-per-node={plan.gpus_per_node}")
-    d.append(f"--cpus-per-task={spec.cpus_per_task or (min(8 * plan.gpus_per_node, 96) if plan.tier else 2)}")
+        typed = f"{_sbatch_value('gres', gres_type)}:" if gres_type else ""
+        d.append(f"--gpus-per-node={typed}{plan.gpus_per_node}")
+    d.append(f"--cpus-per-task={cpus_per_task(spec, plan)}")
     for key in ("partition", "account", "qos", "time"):
         value = getattr(spec, key)
         if value:
@@ -98,14 +150,28 @@ def memory_request_gb(spec: RunSpec, plan: Plan) -> float | None:
     return plan.host_memory_gb
 
 
-def render(spec: RunSpec, plan: Plan) -> str:
+# the rendezvous of the job's own (launch.torchrun_argv): jobs that share a node never meet at one port or id
+_HEAD, _PORT, _JOB = Shell('"$HEAD_ADDR"'), Shell('"$RDZV_PORT"'), Shell('"$SLURM_JOB_ID"')
+PORT_SPREAD = 1000  # RDZV_PORT = rdzv_port + SLURM_JOB_ID % PORT_SPREAD
+
+
+def _port_line(spec: RunSpec) -> str:
+    if spec.rdzv_port + PORT_SPREAD - 1 > 65535:
+        raise FtctlError(
+            f"rdzv_port={spec.rdzv_port}: a Slurm job listens on rdzv_port + (job id % {PORT_SPREAD}), past the "
+            f"last port (65535); use -o rdzv_port={65535 - PORT_SPREAD + 1} or less."
+        )
+    return f"RDZV_PORT=$(({spec.rdzv_port} + SLURM_JOB_ID % {PORT_SPREAD}))"
+
+
+def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
     kind, image = container_kind(spec)
     if kind == "docker":
         raise FtctlError(
             f"--container {spec.container!r}: on Slurm say how to run it: apptainer:{image} (apptainer exec) "
             f"or pyxis:{image} (srun --container-image)."
         )
-    inner = join(torchrun_argv(spec, plan, Shell('"$FTCTL_RUN_DIR"/spec.json'), head=Shell('"$HEAD_ADDR"')))
+    inner = join(torchrun_argv(spec, plan, Shell('"$FTCTL_RUN_DIR"/spec.json'), _HEAD, port=_PORT, job=_JOB))
     step = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
     # local data, output and model directories are bound into the container at the same paths
     read = (*spec.data_paths, spec.chat_template_path or "")  # a hub id or URI is no absolute path: dropped below
@@ -139,7 +205,7 @@ def render(spec: RunSpec, plan: Plan) -> str:
         ]
     preflight = []
     if spec.preflight_network:  # the same srun step shape, the probe in place of the trainer
-        probe = join(netcheck_argv(spec, plan, head=Shell('"$HEAD_ADDR"')))
+        probe = join(netcheck_argv(spec, plan, _HEAD, port=_PORT, job=_JOB))
         preflight = preflight_lines(join([*step, "bash", "-c", probe]), spec, plan)
     step += ["bash", "-c", inner]
 
@@ -151,7 +217,7 @@ def render(spec: RunSpec, plan: Plan) -> str:
             "\n", " "
         ),
         "# Submit from the run directory (it holds spec.json): ftctl launch --backend slurm does that.",
-        *[f"#SBATCH {d}" for d in sbatch_directives(spec, plan)],
+        *[f"#SBATCH {d}" for d in sbatch_directives(spec, plan, gres_type)],
         "set -uo pipefail",
         "",
         'FTCTL_RUN_DIR="$SLURM_SUBMIT_DIR"',
@@ -165,6 +231,9 @@ def render(spec: RunSpec, plan: Plan) -> str:
         "",
         'HEAD_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export HEAD_ADDR",
+        "# a rendezvous port of this job's own: two jobs on one node would otherwise share one",
+        _port_line(spec),
+        "export RDZV_PORT",
         'echo "ftctl: job $SLURM_JOB_ID attempt $ATTEMPT on $SLURM_JOB_NODELIST (head $HEAD_ADDR)"',
         "",
         f'on_signal() {{ echo "ftctl: USR2 (time limit or preemption): checkpointing"; touch "${STOP_ENV}"; }}',

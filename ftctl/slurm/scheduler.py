@@ -78,14 +78,14 @@ _HINTS = (
         "the munge daemon is not running or not reachable on this host: Slurm cannot "
         "authenticate; start munged or submit from the cluster's login node",
     ),
-    (
-        "unable to contact slurm controller",
-        "slurmctld is down or unreachable from this host: check `scontrol ping` and SLURM_CONF",
-    ),
     ("configuration file", "point SLURM_CONF at the cluster's slurm.conf"),
     ("account", "pass --account with an account you may charge (`sacctmgr show assoc user=$USER`)"),
     ("qos", "pass a QOS you may use (`sacctmgr show assoc user=$USER format=qos`)"),
 )
+
+# Slurm's words when a command never reached a controller: no configuration found (SLURM_CONF unset, no slurm.conf,
+# no DNS SRV record), or a slurmctld that does not answer. Said by run_command, for every command alike.
+_UNREACHABLE = ("could not establish a configuration source", "unable to contact slurm controller")
 
 
 @dataclass(frozen=True)
@@ -273,12 +273,29 @@ def run_command(
         # Slurm would retry reading it for 60 s before failing
         raise FtctlError(f"SLURM_CONF={conf} does not exist; point it at the cluster's slurm.conf or unset it")
     try:
-        return subprocess.run([exe, *argv[1:]], env=environ, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([exe, *argv[1:]], env=environ, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise FtctlError(
             f"`{' '.join(argv[:2])}` did not answer within {timeout:.0f} s: "
             "slurmctld is slow or unreachable; check `scontrol ping`"
         ) from None
+    if proc.returncode != 0:
+        _raise_if_unreachable(argv[0], proc, conf)
+    return proc
+
+
+def _raise_if_unreachable(command: str, proc: subprocess.CompletedProcess, conf: str | None) -> None:
+    """A command that never reached a controller: said as that, with what to do, whichever command it was (and
+    with no job id, so a list of jobs can say it once)."""
+    said = next(
+        (part for part in _one_line(proc.stderr).split("; ") if any(u in part.lower() for u in _UNREACHABLE)), ""
+    )
+    if said:
+        where = f"SLURM_CONF={conf}" if conf else "SLURM_CONF is not set"
+        raise FtctlError(
+            f"{command} could not reach the Slurm controller ({said}; {where}): point SLURM_CONF at the cluster's "
+            "slurm.conf or run ftctl on the cluster's login node; `ftctl doctor --backend slurm` checks the connection"
+        )
 
 
 def _one_line(stderr: str) -> str:

@@ -1,0 +1,236 @@
+"""What launch learns from the cluster before sbatch, against fake Slurm commands (no cluster): what a partition
+can never run (SlurmBackend.check, ftctl.slurm.doctor) and a controller that cannot be reached
+(ftctl.slurm.scheduler). The real cluster's side of these is in tests/test_slurm_scheduler.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftctl.backend import get, launch
+from ftctl.errors import FtctlError
+from ftctl.slurm import scheduler
+from ftctl.slurm.doctor import PartitionInfo, doctor
+from tests.render_fixtures import make_spec, prepared
+
+MODEL = "meta-llama/Llama-3.2-1B"
+# sinfo --Node --format '%P|%N|%t|%c|%m|%l|%a|%G' of a cluster: CPUs, MiB, time limit, GRES a node
+SINFO = """\
+cpu*|c1|idle|32|256000|infinite|up|(null)
+cpu*|c2|idle|32|256000|infinite|up|(null)
+gpu|g1|idle|64|512000|1-00:00:00|up|gpu:a100:8(S:0-1)
+gpu|g2|mix|64|512000|1-00:00:00|up|gpu:a100:8(S:0-1)
+small|s1|idle|32|512000|12:00:00|up|gpu:a100:8
+mixed|m1|idle|96|1024000|UNLIMITED|up|gpu:h100:4(S:0),gpu:nvidia_a100-sxm4-80gb:4(S:1)
+untyped|u1|idle|64|512000|30:00|up|gpu:8
+"""
+# what Slurm 22.05's commands print, and exit 1, when SLURM_CONF is unset and there is no slurm.conf
+NO_CONFIG = """\
+{cmd}: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host
+{cmd}: error: fetch_config: DNS SRV lookup failed
+{cmd}: error: _establish_config_source: failed to fetch config
+{cmd}: fatal: Could not establish a configuration source
+"""
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    """Fake sinfo (printing SINFO) and sbatch first on PATH, no SLURM_CONF."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sinfo.out").write_text(SINFO)
+    _script(bin_dir / "sinfo", f"cat {bin_dir / 'sinfo.out'}")
+    _script(bin_dir / "sbatch", "echo 'sbatch: error: not this test' >&2; exit 1")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    return bin_dir
+
+
+def _script(path, body: str) -> None:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+def _checked(overrides=(), **flags):
+    rendered = prepared(overrides, backend="slurm", model_name_or_path=MODEL, output_dir="/fixed/out", **flags)
+    get("slurm").check(rendered)
+    return rendered
+
+
+def _refused(overrides=(), **flags) -> str:
+    with pytest.raises(FtctlError) as e:
+        _checked(overrides, **flags)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith("Slurm cannot run this job as asked: ")
+    assert message.endswith(". `ftctl doctor --backend slurm` shows what each partition has.")
+    return message
+
+
+# ------------------------------------------------------------------------------ what never runs
+def test_more_cpus_a_task_than_any_node_has_is_refused_with_the_key_to_change(cluster):
+    # 8 GPUs: ftctl's default is 8 CPUs a GPU (64); partition small's nodes have 32
+    msg = _refused(gpus="8xA100", partition="small")
+    assert "--cpus-per-task=64 asked for (-o cpus_per_task, else 8 a GPU), but partition 'small' has at most 32 " in msg
+    assert msg.endswith("use -o cpus_per_task=32. `ftctl doctor --backend slurm` shows what each partition has.")
+    assert "-o cpus_per_task=64" in _refused(["cpus_per_task=65"], gpus="8xA100", partition="gpu")
+    _checked(["cpus_per_task=32"], gpus="8xA100", partition="small")
+    _checked(gpus="8xA100", partition="gpu")  # 64 of 64
+
+
+def test_a_gpu_plan_on_a_partition_without_gpus_is_refused(cluster):
+    msg = _refused(gpus="1xA100")  # the default partition: cpu
+    assert "partition 'cpu' has no GPUs (no gpu gres on its nodes); partitions with GPUs: gpu (gpu:a100:8)" in msg
+    assert "(--partition NAME)" in msg
+    _checked(gpus="cpu", nodes=2)
+
+
+@pytest.mark.parametrize(
+    ("partition", "time", "refused"),
+    [
+        ("gpu", "1-00:00:01", True),
+        ("gpu", "24:00:00", False),
+        ("gpu", "UNLIMITED", True),  # no limit asked for, where the partition has one
+        ("untyped", "31", True),  # minutes, against sinfo's 30:00 (MM:SS)
+        ("untyped", "30", False),
+        ("mixed", "30-00:00:00", False),  # UNLIMITED
+    ],
+)
+def test_a_time_limit_longer_than_the_partitions_is_refused(cluster, partition, time, refused):
+    if not refused:
+        _checked(gpus="1xH100" if partition != "gpu" else "1xA100", partition=partition, time=time)
+        return
+    msg = _refused(gpus="1xA100", partition=partition, time=time)
+    limit = {"gpu": "1-00:00:00", "untyped": "30:00"}[partition]
+    assert f"--time {time} is longer than partition {partition!r} allows ({limit})" in msg
+    assert f"(PartitionTimeLimit); use --time {limit} or less" in msg
+
+
+def test_a_gpu_type_the_partition_lacks_is_refused_unless_its_gres_names_no_type(cluster):
+    msg = _refused(gpus="8xH100", partition="gpu")
+    assert "partition 'gpu' has no H100 GPUs; its GPU types: a100; other partitions: " in msg
+    assert "mixed (gpu:h100:4, gpu:nvidia_a100-sxm4-80gb:4)" in msg
+    # the same as `ftctl doctor` says
+    assert doctor(partition="gpu", gpus_per_node=8, gpu_type="H100").problems[0] in msg
+    # untyped GRES: nothing is known, nothing refused, no type asked for
+    assert "#SBATCH --gpus-per-node=8\n" in _checked(gpus="8xH100", partition="untyped").text
+
+
+def test_too_many_nodes_says_pending_forever_once(cluster):
+    msg = _refused(gpus="cpu", nodes=3)
+    assert msg.count("forever") == 1
+    assert "3 nodes asked for, but partition 'cpu' has 2: Slurm would leave the job pending forever" in msg
+    assert "ask for at most 2 (--nodes), or pass another --partition" in msg
+
+
+def test_every_refusal_is_said_at_once(cluster):
+    msg = _refused(["cpus_per_task=100"], gpus="8xH100", nodes=3, partition="gpu", time="2-00:00:00")
+    for said in ("3 nodes asked for", "has no H100 GPUs", "--cpus-per-task=100", "--time 2-00:00:00 is longer"):
+        assert said in msg
+
+
+# --------------------------------------------------------------------------- the GPU type asked for
+@pytest.mark.parametrize(
+    ("gpus", "partition", "asked"),
+    [
+        ("8xA100", "gpu", "a100:8"),
+        ("4xA100-80GB", "mixed", "nvidia_a100-sxm4-80gb:4"),
+        ("4xH100", "mixed", "h100:4"),
+        ("8xA100", "untyped", "8"),  # nothing known: as rendered offline
+    ],
+)
+def test_launch_asks_for_the_gpu_type_as_the_partition_names_it(cluster, gpus, partition, asked):
+    offline = prepared(backend="slurm", gpus=gpus, partition=partition, model_name_or_path=MODEL, output_dir="/o")
+    assert f"#SBATCH --gpus-per-node={gpus.split('x')[0]}\n" in offline.text  # `ftctl render`: no cluster asked
+    rendered = _checked(gpus=gpus, partition=partition)
+    assert f"#SBATCH --gpus-per-node={asked}\n" in rendered.text
+    assert rendered.files[rendered.paths.sbatch.name] == rendered.text  # what is written and sent
+    assert rendered.text == offline.text.replace(
+        f"--gpus-per-node={gpus.split('x')[0]}\n", f"--gpus-per-node={asked}\n"
+    )
+
+
+def test_launch_dry_run_prints_the_typed_request_it_would_send(cluster, capsys, tmp_path):
+    spec = make_spec(
+        backend="slurm", gpus="8xA100", partition="gpu", model_name_or_path=MODEL, output_dir=str(tmp_path)
+    )
+    launch(spec, dry_run=True)
+    assert "#SBATCH --gpus-per-node=a100:8\n" in capsys.readouterr().out
+
+
+def test_partition_time_limits_in_sinfos_forms():
+    def limit(text):
+        return PartitionInfo("p", True, True, text).time_limit_s
+
+    assert limit("1-00:00:00") == 86400
+    assert limit("2-12:00:00") == 216000
+    assert limit("30:00") == 1800  # MM:SS
+    assert limit("1:00:00") == 3600
+    assert limit("infinite") is None and limit("UNLIMITED") is None
+    assert limit("n/a") is None  # not a time: nothing known
+
+
+def test_gres_type_needs_one_named_type():
+    from ftctl.slurm.doctor import NodeInfo
+
+    def partition(*gres):
+        nodes = [NodeInfo(f"n{i}", "idle", 8, 1000, g) for i, g in enumerate(gres)]
+        return PartitionInfo("p", True, True, "infinite", nodes)
+
+    assert partition({"a100": 8}).gres_type("A100") == "a100"
+    assert partition({"a100": 8}, {"v100": 8}).gres_type("A100") == "a100"
+    assert partition({"a100": 4}, {"A100": 4}).gres_type("A100") is None  # two names for it: no one to ask for
+    assert partition({"a100": 8}, {"": 8}).gres_type("A100") is None  # an untyped node may be one too
+    assert partition({"": 8}).gres_type("A100") is None
+    assert partition({"v100": 8}).gres_type("A100") is None
+
+
+# ---------------------------------------------------------------------------- controller not reached
+@pytest.fixture
+def no_controller(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for cmd in ("sbatch", "squeue", "sacct", "scancel", "scontrol", "sinfo"):
+        (bin_dir / f"{cmd}.err").write_text(NO_CONFIG.format(cmd=cmd))
+        _script(bin_dir / cmd, f"cat {bin_dir / (cmd + '.err')} >&2; exit 1")
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    return bin_dir
+
+
+UNREACHED = (
+    " could not reach the Slurm controller (Could not establish a configuration source; SLURM_CONF is not set): "
+    "point SLURM_CONF at the cluster's slurm.conf or run ftctl on the cluster's login node; "
+    "`ftctl doctor --backend slurm` checks the connection"
+)
+
+
+def test_a_controller_never_reached_is_said_as_that_by_every_command(no_controller, tmp_path):
+    script = tmp_path / "job.sbatch"
+    script.write_text("#!/bin/bash\ntrue\n")
+    with pytest.raises(FtctlError) as e:
+        scheduler.submit(script, cwd=tmp_path)
+    assert str(e.value) == "sbatch" + UNREACHED
+    for call in (lambda: scheduler.status("12"), lambda: scheduler.status("13"), lambda: scheduler.cancel("12")):
+        with pytest.raises(FtctlError) as e:
+            call()
+        assert str(e.value) == "squeue" + UNREACHED  # the same words for every job: a list can say it once
+    for argv in (["scancel", "12"], ["sacct", "-j", "12"], ["scontrol", "show", "job", "12"]):
+        with pytest.raises(FtctlError) as e:
+            scheduler.run_command(argv)
+        assert str(e.value) == argv[0] + UNREACHED
+    report = doctor()
+    assert not report.reachable and report.message == "sinfo" + UNREACHED
+
+
+def test_a_controller_that_does_not_answer_names_slurm_conf(no_controller, tmp_path, monkeypatch):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=x\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    (no_controller / "squeue.err").write_text(
+        "squeue: error: slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"
+    )
+    with pytest.raises(FtctlError) as e:
+        scheduler.status("12")
+    assert str(e.value).startswith(
+        "squeue could not reach the Slurm controller (slurm_load_jobs error: Unable to contact slurm controller "
+        f"(connect failure); SLURM_CONF={conf}): point SLURM_CONF at"
+    )
