@@ -183,12 +183,12 @@ def jobs(last):
 @click.argument("word", required=False)
 def keys(word):
     """Every run key (-o KEY=VALUE, or a run file's KEY: VALUE) with its default and what it does; WORD: only the
-    keys whose name or text holds it."""
+    keys whose name, section or text holds it."""
     import textwrap
 
     from ftctl.spec import described_keys
 
-    rows = [r for r in described_keys() if not word or word.lower() in f"{r[1]} {r[3]}".lower()]
+    rows = [r for r in described_keys() if not word or word.lower() in f"{r[0]} {r[1]} {r[3]}".lower()]
     if not rows:
         raise FtctlError(f"No run key mentions {word!r}: `ftctl keys` lists them all.")
     section = None

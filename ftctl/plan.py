@@ -864,7 +864,8 @@ def _nearest(spec: RunSpec, shape: ModelShape, method: str, req) -> Plan | None:
         if (name, per, nodes) == (req.tier.name, req.per_node, req.nodes) and method == spec.method:
             continue
         r = gpu_table.GpuRequest(gpu_table.TIERS[name], per, nodes)
-        p = _fit(replace(spec, method=method, strategy=None), r, shape, method)
+        # other GPUs are other machines: their host memory is theirs, not the -o host_memory_gb of the one asked for
+        p = _fit(replace(spec, method=method, strategy=None, host_memory_gb=None), r, shape, method)
         if p is not None:
             return p
     return None

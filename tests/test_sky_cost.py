@@ -121,16 +121,21 @@ def test_render_and_help_never_import_skypilot_even_where_it_is_installed(cost_e
         assert proc.stderr.strip().endswith("SKY-ABSENT"), (args, proc.stderr)
 
 
-def test_every_skypilot_job_state_maps_onto_an_ftctl_state(cost_env):
+def test_ftctls_tables_of_skypilot_words_match_the_installed_skypilot(cost_env):
+    """Every job state maps onto an ftctl state; the clouds render checks --infra / -o cloud against are
+    SkyPilot's (render imports no SkyPilot: the list is a constant)."""
     code = (
-        "import sky\nfrom ftctl.sky.backend import SKY_STATES\n"
+        "import sky\nfrom sky.utils import registry\nfrom ftctl.sky.backend import SKY_STATES\n"
+        "from ftctl.sky.render import SKY_CLOUD_ALIASES, SKY_CLOUDS\n"
         "words = [s.value for s in sky.JobStatus] + [s.value for s in sky.jobs.ManagedJobStatus]\n"
         "print(sorted(w for w in words if w not in SKY_STATES))\n"
+        "clouds = registry.CLOUD_REGISTRY\n"
+        "print(sorted(set(clouds) ^ set(SKY_CLOUDS)), clouds._aliases == SKY_CLOUD_ALIASES)\n"
     )
     proc = subprocess.run(
         [str(sky_bin() / "python"), "-c", code], capture_output=True, text=True, timeout=120, env=cost_env
     )
-    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+    assert proc.stdout.split("\n")[:2] == ["[]", "[] True"], proc.stdout + proc.stderr
 
 
 def test_offload_plans_are_priced_on_instances_with_their_host_memory(cost_env):

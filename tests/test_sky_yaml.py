@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from ftctl.plan import PlanError
+from ftctl.sky import render as sky_render
 from ftctl.spec import SECRETS
 from tests.render_fixtures import prepared, sky_validate
 
@@ -25,7 +26,7 @@ SECRET_VALUE = "hf_some-secret-value-1234"
 
 # (flags, -o overrides) beyond the product: nodes from --nodes, containers, clouds, bucket mounts, secrets
 EXTRA = [
-    (dict(method="fft", gpus="8xA100", nodes=4, spot=True), []),
+    (dict(method="fft", gpus="8xA100", nodes=4, spot=True), ["max_requeues=2"]),
     (dict(method="lora", gpus="H100:4", container="docker:nvcr.io/nvidia/pytorch:24.07-py3"), []),
     (dict(method="qlora", gpus="1xT4", secrets=["MY_TOKEN"]), ["cloud=gcp", "region=us-central1"]),
     (dict(method="sft", gpus="2x8xH200", spot=True), ["disk_size=1024", "run_name=sft-h200"]),
@@ -140,10 +141,14 @@ def test_tasks_ask_for_what_the_plan_says(matrix):
         assert s["num_nodes"] == plan.nodes, f
         assert s["accelerators"] == [{plan.tier: plan.gpus_per_node}], f
         assert s["use_spot"] == [bool(flags.get("spot"))], f
-        if flags.get("spot"):
+        if flags.get("spot"):  # restarts after the job's own failures: none unless -o max_requeues
             assert s["job_recovery"][0]["strategy"] == "EAGER_NEXT_REGION"
+            assert s["job_recovery"][0]["max_restarts_on_errors"] == (2 if flags.get("nodes") == 4 else 0), f
         else:
             assert not s["job_recovery"][0]
+        # the disk holds what the run stages there (the model, checkpoints, the final model), at least 256 GB
+        assert s["disk_size"] == [prep.spec.disk_size], f
+        assert prep.spec.disk_size >= max(256, sky_render.disk_needed_gb(prep.spec, plan)), f
         assert s["name"] == prep.spec.name
         need = plan.host_memory_gb  # offload plans only (plan.offload_host_gb)
         assert s["memory"] == [f"{math.ceil(need * 1e9 / 2**30)}+" if need else None], f  # GiB
@@ -171,6 +176,9 @@ def test_extras_reach_the_task(matrix):
     # SkyPilot keeps image_id per region; None (any region) becomes "null" in JSON
     assert [list(i.values()) for i in by_gpus["H100:4"]["image_id"]] == [["docker:nvcr.io/nvidia/pytorch:24.07-py3"]]
     assert by_gpus["2x8xH200"]["disk_size"] == [1024]
+    # -o cloud and -o region: one infra, which SkyPilot takes (it refuses infra beside cloud or region)
+    t4 = next(yaml.safe_load(Path(f).read_text()) for (flags, _), f in zip(cases, files) if flags["gpus"] == "1xT4")
+    assert t4["resources"]["infra"] == "gcp/us-central1" and not {"cloud", "region"} & set(t4["resources"])
     assert by_gpus["4xL40S"]["envs"]["WANDB_PROJECT"] == "ftctl"
     assert by_gpus["4xL40S"]["envs"]["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
     # --preflight: the probe in the training's torchrun shape runs first on every node, and stops the job

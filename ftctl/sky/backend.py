@@ -1,7 +1,8 @@
 """The SkyPilot backend: the rendered task handed to SkyPilot's Python SDK.
 
     launch   sky.launch (idle autostop, or --down) of cluster --cluster / the run name; sky.exec when
-             --cluster names one that is up; --spot: sky.jobs.launch, a managed job with job_recovery
+             --cluster names one that is up; --spot: sky.jobs.launch of a managed job named after the run, with
+             job_recovery (no --cluster, --down or idle_minutes: SkyPilot launches and tears down its clusters)
     status / logs / cancel / down    sky.job_status / tail_logs / cancel / down, or sky.jobs.*
 
 The image (``image_id: docker:REF``): --container, else the user's config: ``image:``, else the newest
@@ -55,6 +56,7 @@ class SkyBackend(Backend):
         frozenset(
             {
                 "spot",
+                "max_requeues",  # a managed job's restarts after its own failures (render.restarts_on_errors)
                 "infra",
                 "cloud",
                 "region",
@@ -70,6 +72,12 @@ class SkyBackend(Backend):
     )
     needs_local_paths = False  # the cloud's machines cannot see this one's files
     no_image = "installing ftctl from the shipped source"  # the workdir; see ftctl/sky/render.py
+
+    def resolve(self, spec):
+        """The plan, and the spec as SkyPilot runs it (ftctl/sky/render.py settle): one infra, the disk sized, a
+        managed job's restarts on errors; what SkyPilot would ignore is refused."""
+        spec, plan = super().resolve(spec)
+        return sky_render.settle(spec, plan), plan
 
     def render(self, spec, plan, paths, spec_json):
         text = sky_render.render(spec, plan, spec_json)

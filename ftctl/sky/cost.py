@@ -39,13 +39,13 @@ def memory_request(plan: Plan) -> str | None:
 
 
 def resources(spec: RunSpec, plan: Plan) -> dict:
-    """The resources section SkyPilot's optimizer prices (as the task YAML asks)."""
+    """The resources section SkyPilot's optimizer prices (as the task YAML asks), of a spec SkyBackend.resolve
+    settled (cloud and region folded into infra)."""
     res: dict = {"accelerators": f"{plan.tier}:{plan.gpus_per_node}", "use_spot": bool(spec.spot)}
     if memory_request(plan):
         res["memory"] = memory_request(plan)
-    for key in ("infra", "cloud", "region"):
-        if getattr(spec, key):
-            res[key] = getattr(spec, key)
+    if spec.infra:
+        res["infra"] = spec.infra
     return res
 
 

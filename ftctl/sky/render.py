@@ -11,21 +11,28 @@ made), holding a torch the node has, else installing the torch build for the CUD
 Secrets are declared by name under ``secrets:`` (SkyPilot asks for their values at launch, from the
 launching environment); their values never appear here. Spot runs become managed jobs with
 ``job_recovery``; the trainer restores from the output bucket when the job restarts elsewhere.
+
+:func:`settle` is what SkyPilot would otherwise find out late, or not at all (SkyBackend.resolve runs it): one
+``infra`` of --infra, -o cloud and -o region; the node's disk sized for what the run stages there; a managed job's
+restarts after its own failures; and every option that would be ignored refused, all at once.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
+from dataclasses import replace
 
 import yaml
 
 from ftctl import __version__
-from ftctl.errors import FtctlError
+from ftctl.errors import FtctlError, did_you_mean
 from ftctl.launch import Shell, container_kind, join, preflight_shell, torchrun_argv, trainer_env
 from ftctl.plan import Plan
+from ftctl.preflight import checkpoint_gb
 from ftctl.sky.cost import memory_request
-from ftctl.spec import RunSpec
+from ftctl.spec import FIELDS, RunSpec
 
 RUN_DIR = "~/ftctl-run"  # on the nodes: one directory per run name, for its spec.json
 HEREDOC = "FTCTL_SPEC_EOF"
@@ -37,6 +44,25 @@ WORKDIR_ON_PATH = (
 CPU_INFRAS = ("slurm", "k8s", "kubernetes", "ssh")
 # Infras where SkyPilot 0.14 has no idle autostop (Slurm: only for pyxis container clusters).
 NO_AUTOSTOP_INFRAS = ("slurm",)
+# The clouds and infras SkyPilot 0.14.1 knows, and their other names: sky.utils.registry.CLOUD_REGISTRY's (render
+# imports no SkyPilot; tests/test_sky_cost.py checks both against the installed one). "*" in infra is any cloud.
+SKY_CLOUDS = (
+    *("aws", "azure", "cudo", "do", "fluidstack", "gcp", "hyperbolic", "ibm", "kubernetes", "lambda", "mithril"),
+    *("nebius", "oci", "paperspace", "primeintellect", "runpod", "scp", "seeweb", "shadeform", "slurm", "ssh"),
+    *("vast", "verda", "vsphere", "yotta"),
+)
+SKY_CLOUD_ALIASES = {"k8s": "kubernetes", "digitalocean": "do"}
+WHOLE_REST_INFRAS = ("k8s", "kubernetes", "ssh")  # all after "k8s/" is one context name, slashes and all
+# A GPU node's disk (GiB, SkyPilot's disk_size): what the run stages there, at least SkyPilot's own default.
+MIN_DISK_GB = 256
+DISK_STEP_GB = 64  # the size asked for is rounded up to a multiple of this
+DOWNLOAD_BYTES = 2  # a parameter of the model as the hub serves it (16-bit safetensors)
+DISK_HEADROOM_GB = 100  # the VM's OS image, a docker image, the node's Python packages, caches and logs
+# A managed job's restarts after failing on a healthy cluster (max_restarts_on_errors) when -o max_requeues is not
+# given: none. Preemptions are recovered whatever this says; a failure of the job itself (bad data, missing
+# credentials, out of memory) recurs on a new node, and torchrun exits 1 for every one of them, so no exit code
+# tells a passing fault apart (recover_on_exit_codes would restart on it without limit).
+SPOT_RESTARTS_ON_ERRORS = 0
 
 
 class _Block(str):
@@ -62,6 +88,151 @@ def run_requirements(spec: RunSpec) -> list[str]:
     return sorted({r.split(";")[0].strip() for r in reqs if any(w in r for w in wanted)})
 
 
+def given(spec: RunSpec, key: str) -> bool:
+    """Whether the run sets ``key``: anything but RunSpec's default (as ftctl.backend reads a set key)."""
+    return getattr(spec, key) != FIELDS[key].default
+
+
+def settle(spec: RunSpec, plan: Plan) -> RunSpec:
+    """``spec`` as SkyPilot runs it (what SkyBackend.resolve returns): cloud and region folded into infra, the
+    disk sized, a managed job's restarts after its own failures; FtctlError naming every option it would refuse or
+    ignore."""
+    deciders = {
+        "infra": lambda: infra(spec),
+        "disk_size": lambda: disk_size(spec, plan),
+        "max_requeues": lambda: restarts_on_errors(spec),
+    }
+    problems, values = [], {}
+    for key, decide in deciders.items():
+        try:
+            values[key] = decide()
+        except FtctlError as e:
+            problems.append(str(e))
+    problems += ignored_options(spec)
+    if len(problems) > 1:
+        raise FtctlError(
+            f"{len(problems)} problems with the SkyPilot options:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+    if problems:
+        raise FtctlError(problems[0])
+    return replace(spec, cloud=None, region=None, **values)
+
+
+def infra(spec: RunSpec) -> str | None:
+    """The one ``infra`` of --infra, -o cloud and -o region (SkyPilot takes infra or cloud/region, never both):
+    gcp with us-east1 is gcp/us-east1. FtctlError for a cloud SkyPilot does not know, a contradiction, or a region
+    without its cloud."""
+    cloud, region, zone = _split(spec.infra) if spec.infra else (spec.cloud, None, None)
+    if cloud is None:
+        if spec.region:
+            raise FtctlError(f"-o region={spec.region} needs its cloud: --infra CLOUD/{spec.region} (e.g. gcp).")
+        return None
+    _known_cloud(cloud, f"--infra {spec.infra}" if spec.infra else f"-o cloud={spec.cloud}")
+    if spec.infra and spec.cloud and _cloud_name(spec.cloud) != _cloud_name(cloud):
+        raise FtctlError(
+            f"--infra {spec.infra} and -o cloud={spec.cloud} name two clouds: drop -o cloud, or pass --infra "
+            f"{spec.cloud} instead."
+        )
+    if spec.region and region and spec.region != region:
+        raise FtctlError(
+            f"--infra {spec.infra} and -o region={spec.region} name two regions: give the region in --infra "
+            f"({cloud}/{spec.region}) and drop -o region."
+        )
+    return "/".join(filter(None, [cloud, region or spec.region, zone]))
+
+
+def _split(text: str) -> tuple[str, str | None, str | None]:
+    """(cloud, region, zone) of an infra string, as SkyPilot's InfraInfo.from_str splits it."""
+    cloud, *rest = [p.strip() for p in text.strip().strip("/").split("/")]
+    if cloud.lower() in WHOLE_REST_INFRAS:
+        return cloud, "/".join(rest) or None, None
+    return cloud, (rest[0] if rest else None), "/".join(rest[1:]) or None
+
+
+def _cloud_name(cloud: str) -> str:
+    return SKY_CLOUD_ALIASES.get(cloud.lower(), cloud.lower())
+
+
+def _known_cloud(cloud: str, said: str) -> None:
+    if _cloud_name(cloud) not in (*SKY_CLOUDS, "*"):
+        hint = (
+            did_you_mean(cloud.lower(), [*SKY_CLOUDS, *SKY_CLOUD_ALIASES]) or f" SkyPilot's: {', '.join(SKY_CLOUDS)}."
+        )
+        raise FtctlError(f"{said}: SkyPilot 0.14 knows no cloud {cloud!r}.{hint}")
+
+
+def disk_needed_gb(spec: RunSpec, plan: Plan) -> float:
+    """GiB a node's disk holds at most: the model's download, the checkpoints staged there before their upload
+    (save_total_limit's, plus the next one, written before the oldest is deleted), the final model, and headroom for
+    the image and packages. The one formula of a node's disk."""
+    one, final = checkpoint_gb(plan)
+    staged = ((spec.checkpoints_kept or 1) + 1) * one
+    return (plan.model.params_b * DOWNLOAD_BYTES + staged + final) * 1e9 / 2**30 + DISK_HEADROOM_GB
+
+
+def disk_size(spec: RunSpec, plan: Plan) -> int:
+    """disk_size of a GPU node: -o disk_size where given, refused below what the run stages there (a full disk is
+    found out hours in, when a checkpoint cannot be written); else that, rounded up, at least MIN_DISK_GB."""
+    if plan.tier is None:  # a CPU job asks for no disk (on k8s it would be an ephemeral-storage request)
+        return spec.disk_size
+    need = disk_needed_gb(spec, plan)
+    enough = max(MIN_DISK_GB, math.ceil(need / DISK_STEP_GB) * DISK_STEP_GB)
+    if not given(spec, "disk_size"):
+        return enough
+    if spec.disk_size < need:
+        one, _ = checkpoint_gb(plan)
+        raise FtctlError(
+            f"disk_size={spec.disk_size} GB is too small for {plan.method} of {plan.model.params_b:g}B parameters: "
+            f"a node stages ~{need:.0f} GB (the model, {(spec.checkpoints_kept or 1) + 1} checkpoints of ~{one:.0f} "
+            f"GB, the final model, {DISK_HEADROOM_GB} GB for the image and packages): -o disk_size={enough}, or "
+            "lower -o save_total_limit, or leave disk_size out to have it sized."
+        )
+    return spec.disk_size
+
+
+def restarts_on_errors(spec: RunSpec) -> int:
+    """max_requeues as SkyPilot reads it: a managed job's max_restarts_on_errors, SPOT_RESTARTS_ON_ERRORS unless
+    given. A cluster job keeps the spec's (ignored_options refuses one given there)."""
+    if spec.max_requeues is not None and spec.max_requeues < 0:
+        raise FtctlError(f"max_requeues={spec.max_requeues}: give 0 or more restarts.")
+    if spec.spot and not given(spec, "max_requeues"):
+        return SPOT_RESTARTS_ON_ERRORS
+    return spec.max_requeues
+
+
+def ignored_options(spec: RunSpec) -> list[str]:
+    """What SkyPilot would ignore of what the run sets, each with its fix (the README's promise: refused, never
+    ignored)."""
+    out = []
+    if spec.spot:
+        why = "--spot runs a managed job on clusters SkyPilot launches for it and tears down when it ends"
+        if spec.cluster:
+            out.append(
+                f"--cluster {spec.cluster}: {why}, never on a named cluster: drop --cluster (-o run_name=NAME names "
+                "the job), or drop --spot to run on that cluster."
+            )
+        if spec.down:
+            out.append(f"--down: {why}: drop --down.")
+        if given(spec, "idle_minutes"):
+            out.append(f"-o idle_minutes={spec.idle_minutes}: {why}: drop it.")
+        return out
+    if given(spec, "max_requeues"):
+        out.append(
+            f"-o max_requeues={spec.max_requeues} bounds a managed job's restarts after its own failures: add --spot, "
+            "or drop it (a job on a cluster is not restarted)."
+        )
+    if given(spec, "idle_minutes") and spec.down:
+        out.append(
+            f"-o idle_minutes={spec.idle_minutes} with --down: the cluster is torn down when the job ends: choose one."
+        )
+    elif given(spec, "idle_minutes") and infra_kind(spec) in NO_AUTOSTOP_INFRAS:
+        out.append(
+            f"-o idle_minutes={spec.idle_minutes}: SkyPilot 0.14 has no idle autostop on --infra {spec.infra}: drop "
+            "it, and tear the cluster down with --down or `ftctl down JOB`."
+        )
+    return out
+
+
 def autostop_minutes(spec: RunSpec) -> int | None:
     """The idle autostop a launched cluster gets: none with --down, nor where the infra has none."""
     return None if spec.down or infra_kind(spec) in NO_AUTOSTOP_INFRAS else spec.idle_minutes
@@ -72,15 +243,32 @@ def infra_kind(spec: RunSpec) -> str | None:
     return where.split("/")[0].strip().lower() if where else None
 
 
+def docker_image(spec: RunSpec) -> str | None:
+    """The docker image --container names (SkyPilot's image_id: docker:IMAGE), None for none; FtctlError for an
+    apptainer or pyxis one, pointing at its docker form where it has one (a .sif or squashfs file has none)."""
+    kind, image = container_kind(spec)
+    if kind in (None, "docker"):
+        return image
+    if kind == "apptainer" and image.startswith("docker://"):
+        ref = image.removeprefix("docker://")
+    elif kind == "pyxis" and not image.startswith(("/", ".")):
+        ref = image.replace("#", "/", 1)  # enroot's REGISTRY#IMAGE
+    else:
+        raise FtctlError(
+            f"--container {spec.container}: SkyPilot runs docker images (image_id: docker:REF), and {image} is a "
+            "file a cloud node cannot run: push an image to a registry (ftctl build --push) and pass --container "
+            "docker:REF, or --container none to install the trainer's stack on the node."
+        )
+    raise FtctlError(f"--container {spec.container}: SkyPilot runs docker images: pass --container docker:{ref}.")
+
+
 def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
     if plan.tier is None and infra_kind(spec) not in CPU_INFRAS:
         raise FtctlError(
             "--gpus cpu on SkyPilot needs an infra whose nodes take CPU jobs: --infra slurm/CLUSTER or --infra "
             "k8s; on a cloud ask for GPUs, e.g. --gpus 1xL4."
         )
-    kind, image = container_kind(spec)
-    if kind not in (None, "docker"):
-        raise FtctlError(f"--container {spec.container!r}: SkyPilot runs docker images: use docker:{image}.")
+    image = docker_image(spec)
     resources: dict = {}
     if spec.infra:
         resources["infra"] = spec.infra
@@ -94,10 +282,6 @@ def render(spec: RunSpec, plan: Plan, spec_json: str) -> str:
     if spec.spot:
         resources["use_spot"] = plan.tier is not None  # a Slurm/k8s CPU job has no spot market
         resources["job_recovery"] = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": spec.max_requeues}
-    if spec.cloud:
-        resources["cloud"] = spec.cloud
-    if spec.region:
-        resources["region"] = spec.region
     if image:
         resources["image_id"] = f"docker:{image}"
     spec_path = f"{RUN_DIR}/{spec.name}/spec.json"
