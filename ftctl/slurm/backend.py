@@ -19,6 +19,7 @@ import click
 from ftctl import userconfig
 from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered
 from ftctl.errors import FtctlError
+from ftctl.failures import tail
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm import scheduler
@@ -112,6 +113,8 @@ class SlurmBackend(Backend):
             time=spec.time,
         )
         report.raise_if_never_runs()
+        for doubt in report.doubts:
+            click.echo(f"warning: {doubt}", err=True)
         if report.gres_type:
             spec_json = rendered.files[rendered.paths.spec.name]
             rendered.text, rendered.files = self.render(spec, plan, rendered.paths, spec_json, report.gres_type)
@@ -130,13 +133,17 @@ class SlurmBackend(Backend):
         return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe())
 
     def logs(self, ref: JobRef, follow: bool) -> None:
+        scheduler.logs(ref.job_id, follow=follow, path=self._log(ref))
+
+    def log_tail(self, ref: JobRef) -> str:
+        return tail(self._log(ref))
+
+    def _log(self, ref: JobRef) -> Path:
         # the script writes slurm-JOB.out in the run dir; else (an --sbatch-arg=--chdir, a job of an older ftctl
         # that took --output) ask Slurm (scontrol cannot print a path holding a newline, and forgets a job after
         # MinJobAge)
         path = ref.paths.slurm_log(ref.job_id)
-        if not path.exists():
-            path = scheduler.stdout_path(ref.job_id) or path
-        scheduler.logs(ref.job_id, follow=follow, path=path)
+        return path if path.exists() else scheduler.stdout_path(ref.job_id) or path
 
     def cancel(self, ref: JobRef) -> str:
         before = scheduler.cancel(ref.job_id)

@@ -123,6 +123,7 @@ class DoctorReport:
     # forever, or refuse it in words that do not say what to change
     never_runs: list[str] = field(default_factory=list)
     gres_type: str | None = None  # the chosen partition's GRES type name for the request's GPU (where one names it)
+    doubts: list[str] = field(default_factory=list)  # problems launch warns of: its GPUs may be others than planned
 
     @property
     def ok(self) -> bool:
@@ -203,7 +204,8 @@ def doctor(
         *(_cpu_problems(chosen, cpus_per_task) if cpus_per_task else []),
         *(_time_problems(chosen, time) if time else []),
     ]
-    report.problems = _state_problems(chosen) + report.never_runs
+    report.doubts = _gpu_type_doubts(chosen, report.partitions, gpu_type) if gpus_per_node and gpu_type else []
+    report.problems = _state_problems(chosen) + report.never_runs + report.doubts
     report.gres_type = chosen.gres_type(gpu_type) if gpus_per_node and gpu_type else None
     return report
 
@@ -324,7 +326,7 @@ def _gpu_problems(
     chosen: PartitionInfo, partitions: list[PartitionInfo], per_node: int, gpu_type: str | None, nodes: int
 ) -> list[str]:
     """A GPU request the partition cannot meet: sbatch would refuse it (no GPUs, too many a node) without saying
-    where there are some, or run it on GPUs of another type (ftctl asks for a type only where the GRES names it)."""
+    where there are some (GPUs of another type: _gpu_type_doubts)."""
     with_gpus = [p for p in partitions if any(n.gpus for n in p.nodes)]
     elsewhere = ", ".join(f"{p.name} ({p.gpu_summary})" for p in with_gpus if p is not chosen)
     if not any(n.gpus for n in chosen.nodes):
@@ -334,14 +336,8 @@ def _gpu_problems(
             else "; no partition of this cluster has GPUs (use --gpus cpu)"
         )
         return [f"partition {chosen.name!r} has no GPUs (no gpu gres on its nodes){where}"]
-    matching = chosen.types_of(gpu_type) if gpu_type else chosen.gpu_types
-    if not matching:
-        return [
-            f"partition {chosen.name!r} has no {gpu_type} GPUs; its GPU types: "
-            f"{', '.join(t or '(untyped)' for t in chosen.gpu_types)}"
-            + (f"; other partitions: {elsewhere}" if elsewhere else "")
-            + "; ask for a GPU it has (--gpus), or pass another --partition"
-        ]
+    # GPUs whose GRES type names none of the tier's names may still be those GPUs (a site's own name): counted
+    matching = (chosen.types_of(gpu_type) if gpu_type else []) or chosen.gpu_types
 
     def count(node: NodeInfo) -> int:
         return sum(c for t, c in node.gpus.items() if t in matching)
@@ -359,6 +355,22 @@ def _gpu_problems(
             f"{chosen.name!r} has {len(fitting)} such node(s)"
         ]
     return []
+
+
+def _gpu_type_doubts(chosen: PartitionInfo, partitions: list[PartitionInfo], gpu_type: str) -> list[str]:
+    """GRES type names, none of which names the GPU the plan is for: said by doctor and as launch's warning, not
+    refused (sites name their GPUs as they like: 'ampere' may well be A100s)."""
+    if not any(n.gpus for n in chosen.nodes) or chosen.types_of(gpu_type):
+        return []
+    elsewhere = ", ".join(
+        f"{p.name} ({p.gpu_summary})" for p in partitions if p is not chosen and any(n.gpus for n in p.nodes)
+    )
+    return [
+        f"partition {chosen.name!r} has no {gpu_type} GPUs; its GPU types: "
+        f"{', '.join(t or '(untyped)' for t in chosen.gpu_types)}"
+        + (f"; other partitions: {elsewhere}" if elsewhere else "")
+        + f"; the plan is for {gpu_type}: ask for the GPU it has (--gpus), or pass another --partition"
+    ]
 
 
 def _same_gpu(gres_type: str, wanted: str) -> bool:
