@@ -83,6 +83,16 @@ def exception_line(exc: BaseException) -> str:
 ERROR_PREFIX = "error: "  # the trainer's one line where no launcher reports its records (trainer/__main__.py)
 
 
+def tail(path, size: int = 64 * 1024) -> str:
+    """The last ``size`` bytes of a log file as text; "" where it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def error_line(log_tail: str) -> str | None:
     """The trainer's last ``error: ...`` line in a job's log (its end), without the prefix; None without one. What
     ``ftctl status`` says of a failed Slurm or docker job instead of the exit code alone (torchrun's traceback that

@@ -38,8 +38,14 @@ def nproc_per_node(plan: Plan) -> int:
     return plan.gpus_per_node if plan.tier else 1
 
 
+# torchrun through ftctl.trainer.torchrun: its failure report and the exit-barrier race of a finished multi-node run
+# left out of the job's log; python3 is the torchrun's where a venv, conda env or image puts both on PATH
+QUIET_TORCHRUN = "python3"
+
+
 def torchrun_argv(spec: RunSpec, plan: Plan, spec_path, head, python: str | None = None, port=None, job=None) -> list:
-    """The launch line. ``head`` is usually a Shell variable of the backend; ``port`` (default spec.rdzv_port)
+    """The launch line. ``head`` is usually a Shell variable of the backend; ``python`` runs torchrun as a module
+    (QUIET_TORCHRUN: ftctl's quiet torchrun), else the ``torchrun`` on PATH; ``port`` (default spec.rdzv_port)
     and ``job`` (a tag appended to the rendezvous id) are the job's own where several jobs may share a node."""
     return [
         *_torchrun(spec, plan, head, python, port, _rdzv_id(spec.name, job)),
@@ -52,7 +58,8 @@ def torchrun_argv(spec: RunSpec, plan: Plan, spec_path, head, python: str | None
 
 def _torchrun(spec: RunSpec, plan: Plan, head, python: str | None, port, rdzv_id) -> list:
     """torchrun and its options, up to the module it runs: the launch line's and the network preflight's."""
-    torchrun = [python, "-m", "torch.distributed.run"] if python else ["torchrun"]
+    module = "ftctl.trainer.torchrun" if python == QUIET_TORCHRUN else "torch.distributed.run"
+    torchrun = [python, "-m", module] if python else ["torchrun"]
     port = spec.rdzv_port if port is None else port
     shell = isinstance(head, Shell) or isinstance(port, Shell)
     return [

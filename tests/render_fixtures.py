@@ -1,7 +1,8 @@
 """Helpers for the rendering tests: build a spec and prepare it in-process, fake scheduler/launcher
 programs that record their argv, hostile values, the SkyPilot validator subprocess.
 
-The fakes stand in only for what cannot run here (srun, apptainer, docker, a GPU torchrun): each is a
+The fakes stand in only for what cannot run here (srun, apptainer, docker, a GPU torchrun, also as ``python3 -m
+ftctl.trainer.torchrun``): each is a
 small Python script that appends ``{"prog", "argv", "cwd", "env"}`` as one JSON line to
 ``$FAKE_LOG`` and then does the least its real namesake would do for the script to go on (srun and
 apptainer run the command they wrap, scontrol prints host names, torchrun writes ``complete`` to the
@@ -80,6 +81,10 @@ _FAKE = """\
 import json, os, sys
 prog = os.path.basename(sys.argv[0])
 args = sys.argv[1:]
+if prog == "python3":  # ftctl's quiet torchrun (launch.QUIET_TORCHRUN) is torchrun; any other python3 is python
+    if args[:2] != ["-m", "ftctl.trainer.torchrun"]:
+        os.execv(sys.executable, [sys.executable, *args])
+    prog, args = "torchrun", args[2:]
 env = {{k: v for k, v in os.environ.items() if k.startswith(("FTCTL_", "HOSTILE", "SLURM_", "SKYPILOT_"))
        or k in ("HEAD_ADDR", "OMP_NUM_THREADS")}}
 with open(os.environ["FAKE_LOG"], "a") as fh:
@@ -100,7 +105,7 @@ elif prog == "torchrun":
 """
 
 
-def fake_bin(directory: Path, names=("srun", "scontrol", "apptainer", "torchrun", "docker")) -> Path:
+def fake_bin(directory: Path, names=("srun", "scontrol", "apptainer", "torchrun", "python3", "docker")) -> Path:
     """A directory of recording fakes; put it first on PATH."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in names:

@@ -100,6 +100,15 @@ def test_a_failed_jobs_status_says_the_trainers_error_not_only_its_exit_code(tmp
     assert status_lines("c1") == ["c1 SUCCEEDED exit 0"]
 
 
+def test_a_slurm_jobs_log_tail_is_the_end_of_its_log_in_the_run_dir(tmp_path):
+    from ftctl.backend import JobRef
+    from ftctl.slurm.backend import SlurmBackend
+
+    (tmp_path / "slurm-42.out").write_text("x" * 100_000 + "\nerror: Cannot read /mnt/x.json\nftctl: torchrun: ...\n")
+    said = SlurmBackend().log_tail(JobRef("slurm", "42", str(tmp_path), "n", str(tmp_path)))
+    assert len(said) == 64 * 1024 and failures.error_line(said) == "Cannot read /mnt/x.json"
+
+
 # ------------------------------------------------------------------------------------------ the trainer's side
 def test_trainer_records_a_config_error_and_leaves_the_message_to_the_launcher(tmp_path):
     bad = tmp_path / "spec.json"
