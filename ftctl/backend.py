@@ -469,10 +469,15 @@ def recorded_jobs() -> list[tuple[JobRef, float]]:
 
 
 def find_job(job_id: str) -> tuple[Backend, JobRef]:
-    """The job of that id launched from here; or, for a run directory here, the local run in it (a local run trains
-    in the foreground of its `ftctl launch` and records no job)."""
-    for ref, _ in recorded_jobs():
+    """The job of that id launched from here; or, for a run directory here, the newest job launched into it, else the
+    local run in it (a local run trains in the foreground of its `ftctl launch` and records no job)."""
+    jobs = recorded_jobs()
+    for ref, _ in jobs:
         if ref.job_id == str(job_id):
+            return get(ref.backend), ref
+    run_dir = Path(job_id).expanduser().resolve()
+    for ref, _ in jobs:  # newest first
+        if Path(ref.run_dir) == run_dir:
             return get(ref.backend), ref
     if RunPaths(Path(job_id).expanduser()).spec.is_file():
         return get("local"), JobRef("local", str(job_id), str(Path(job_id).expanduser()), Path(job_id).name, job_id)
@@ -501,12 +506,16 @@ def jobs_table(last: int) -> str:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         states = list(pool.map(state, [ref for ref, _ in jobs]))
-    rows = [("JOB", "BACKEND", "RUN", "LAUNCHED", "STATE")]
+    # a reason that is the same for several jobs (the cluster unreachable) is said once, below the table
+    shared = [why for why in dict.fromkeys(states) if why.startswith("unknown: ") and states.count(why) > 1]
+    rows = [("JOB", "BACKEND", "OUTPUT", "LAUNCHED", "STATE")]  # the output tells runs apart, not their name
     for (ref, launched), text in zip(jobs, states):
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(launched)) if launched else "?"
-        rows.append((ref.job_id, ref.backend, ref.name, when, text))
+        said = f"unknown ({shared.index(text) + 1} below)" if text in shared else text
+        rows.append((ref.job_id, ref.backend, ref.output, when, said))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows)
+    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows]
+    return "\n".join(table + [f"({i}) {why.removeprefix('unknown: ')}" for i, why in enumerate(shared, 1)])
 
 
 def status_lines(job: str) -> list[str]:

@@ -179,6 +179,12 @@ def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
     other = cli("status", "runs")
     assert other.exit_code == 2 and "No job 'runs' was launched from here" in other.output
     assert "A local run trains in the foreground instead" in cli("jobs").stdout
+    # a directory a Slurm (or docker, SkyPilot) job was launched into stands for that job, the newest one
+    from ftctl.backend import find_job, record_job
+
+    for job in ("41", "42"):
+        record_job(JobRef("slurm", job, str(run), "r1", str(run)))
+    assert find_job("runs/r1")[1].job_id == "42" and find_job(str(run))[1].backend == "slurm"
 
 
 # ------------------------------------------------------------------------------------------ one owner per fact
@@ -199,7 +205,7 @@ def test_jobs_lists_each_job_once_newest_first_with_its_state_now(tmp_path, monk
 
     def rec(job, name, t, backend="docker"):
         return json.dumps(
-            dict(backend=backend, job_id=job, run_dir=str(tmp_path / name), name=name, output="o", time=t)
+            dict(backend=backend, job_id=job, run_dir=str(tmp_path / name), name="n", output=name, time=t)
         )
 
     lines = [rec("7", "fg", 100, "local"), rec("c1", "old-name", 200), rec("c2", "other", 300), rec("c1", "first", 400)]
@@ -209,11 +215,19 @@ def test_jobs_lists_each_job_once_newest_first_with_its_state_now(tmp_path, monk
     out = CliRunner().invoke(main, ["jobs"])
     assert out.exit_code == 0, out.output
     rows = [line.split() for line in out.stdout.splitlines()]
-    assert rows[0] == ["JOB", "BACKEND", "RUN", "LAUNCHED", "STATE"]
+    assert rows[0] == ["JOB", "BACKEND", "OUTPUT", "LAUNCHED", "STATE"]
     assert [r[:3] for r in rows[1:]] == [["c1", "docker", "first"], ["c2", "docker", "other"], ["7", "local", "fg"]]
     assert rows[1][5:] == ["RUNNING", "(running)"] and rows[2][5:] == ["SUCCEEDED", "exit", "0"]
     assert " ".join(rows[3][5:]).startswith("local run, not finished")  # a local run: its directory says
     assert len(CliRunner().invoke(main, ["jobs", "-n", "1"]).stdout.splitlines()) == 2
+
+    def unreachable(self, ref):
+        raise FtctlError("squeue could not reach the Slurm controller (...): point SLURM_CONF at ...")
+
+    monkeypatch.setattr(DockerBackend, "status", unreachable)  # one reason for every job: said once
+    out = CliRunner().invoke(main, ["jobs"]).stdout.splitlines()
+    assert [line.split()[-3:] for line in out[1:3]] == [["unknown", "(1", "below)"]] * 2
+    assert out[-1] == "(1) squeue could not reach the Slurm controller (...): point SLURM_CONF at ..."
 
 
 def test_several_datasets_reach_every_backend_each_checked_and_bound(tmp_path, monkeypatch):
