@@ -85,7 +85,28 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None) -> lis
         resume = pool.submit(check_resume, spec, plan)
         findings += [f for d in data for f in d.result()] + output.result() + resume.result()
     findings += check_disk(spec, plan) + check_secrets(spec) + check_demo_defaults(spec, backend_name)
+    findings += check_endpoint_reach(spec, backend_name)
     return sorted(findings, key=lambda f: f.level != ERROR)
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+
+
+def check_endpoint_reach(spec, backend_name: str) -> list[Finding]:
+    """An S3 endpoint on this machine's loopback (a MinIO or moto for tests) answers the checks here, but a job on
+    other machines (a cluster's nodes, a cloud's VMs) reaches its own loopback instead."""
+    from urllib.parse import urlsplit
+
+    endpoint = storage.s3_endpoint(spec.s3_endpoint_url)
+    if backend_name in ("local", "docker") or not endpoint or urlsplit(endpoint).hostname not in LOOPBACK:
+        return []
+    return [
+        Finding(
+            WARNING,
+            f"the S3 endpoint {endpoint} is this machine's loopback: the job's {backend_name} nodes reach their own",
+            "give an address they can reach (-o s3_endpoint_url=http://HOST:PORT).",
+        )
+    ]
 
 
 def check_demo_defaults(spec, backend_name: str) -> list[Finding]:

@@ -397,3 +397,19 @@ def test_a_job_sent_elsewhere_without_model_or_data_is_told_it_trains_the_demo()
     ]
     assert check_demo_defaults(spec, "local") == check_demo_defaults(spec, "docker") == []  # the demo, on purpose
     assert check_demo_defaults(build({"model_name_or_path": "org/m", "data_path": "d.jsonl"}), "sky") == []
+
+
+def test_an_s3_endpoint_on_this_machines_loopback_is_said_for_jobs_on_other_machines(monkeypatch):
+    from ftctl.preflight import check_endpoint_reach
+    from ftctl.spec import build
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://localhost:9000")  # taken where -o s3_endpoint_url is not set
+    [said] = check_endpoint_reach(build({}), "sky")
+    assert str(said) == (
+        "warning: the S3 endpoint http://localhost:9000 is this machine's loopback: the job's sky nodes reach their "
+        "own; give an address they can reach (-o s3_endpoint_url=http://HOST:PORT)."
+    )
+    assert check_endpoint_reach(build({"s3_endpoint_url": "http://127.0.0.1:1"}), "slurm")
+    assert check_endpoint_reach(build({}), "local") == check_endpoint_reach(build({}), "docker") == []  # host network
+    assert check_endpoint_reach(build({"s3_endpoint_url": "http://10.0.0.5:9000"}), "sky") == []
