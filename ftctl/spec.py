@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -35,9 +36,15 @@ METHOD_LEARNING_RATE = {"fft": 2e-5, "sft": 2e-5, "lora": 2e-4, "qlora": 2e-4}
 SECRETS = ["HF_TOKEN", "WANDB_API_KEY"]
 REPORT_TO = ("none", "tensorboard", "wandb")
 # Names of environment variables that hold credentials (HF_TOKEN, GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY, OPENAI_API_KEY,
-# PGPASSWORD): a name that ends in TOKEN, SECRET, PASSWORD or PASSWD, or in _KEY or APIKEY; not HF_TOKEN_PATH,
-# TIKTOKEN_CACHE_DIR or PAD_TOKEN_ID (they end in another word), nor a flag's value (0/1/true/false: is_secret_name).
-CREDENTIAL_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|_KEY|APIKEY)$", re.IGNORECASE)
+# PGPASSWORD, GPG_PASSPHRASE, DB_PASS, MYSQL_PWD): a name that ends in TOKEN, SECRET, PASSWORD, PASSWD or PASSPHRASE,
+# in _KEY or APIKEY, or in the word PASS or PWD after a '_'; not HF_TOKEN_PATH, TIKTOKEN_CACHE_DIR or PAD_TOKEN_ID
+# (they end in another word), BYPASS (PASS inside a word), PWD or OLDPWD (the shell's working directories), nor a
+# flag's value (0/1/true/false: is_secret_name).
+CREDENTIAL_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|_KEY|APIKEY|(?:^|_)PASS|_PWD)$", re.I)
+# A credential itself, as against a variable's name (words: HF_TOKEN, WANDB_API_KEY): a run of 16 or more letters
+# and digits with both in it: Hugging Face's hf_..., GitHub's ghp_... and github_pat_..., an AWS key id (AKIA...),
+# W&B's 40 hex digits (OpenAI's sk-... is no variable name at all).
+TOKEN_RUN = re.compile(r"[A-Za-z0-9]{16,}")
 FLAG_VALUES = ("", "0", "1", "true", "false", "yes", "no", "on", "off")  # HF_HUB_DISABLE_IMPLICIT_TOKEN=1: no secret
 
 # Other names users type for the same key.
@@ -218,6 +225,13 @@ class RunSpec:
     @property
     def data_paths(self) -> list[str]:
         return [p for _, p in self.data_sources]
+
+    @property
+    def remote_uris(self) -> list[str]:
+        """Every object-store URI the job reads or writes: its data, held-out data, chat template, output and
+        checkpoint to resume."""
+        paths = [*self.data_paths, self.chat_template_path, self.output, self.resume]
+        return [p for p in paths if p and storage.is_remote(p)]
 
     @property
     def data_mix(self) -> list[tuple[str, float]] | None:
@@ -589,19 +603,7 @@ def validate(spec: RunSpec) -> None:
         errors.append("num_train_epochs must be positive.")
     if spec.bf16 and spec.fp16:
         errors.append("bf16 and fp16 are both on: choose one (or neither and let the planner choose).")
-    for s in spec.secrets:
-        if not _ENV_NAME.fullmatch(s):
-            name, eq, _ = s.partition("=")  # NAME=VALUE: the value is never repeated
-            if eq and _ENV_NAME.fullmatch(name.strip()):
-                errors.append(
-                    f"secret {name.strip()}=...: pass the name alone (--secret {name.strip()}) and export its value "
-                    "where you launch; a secret's value is never written into the job's files."
-                )
-            else:
-                errors.append(
-                    "a secret is not an environment variable NAME (it is not repeated here, in case it is a value): "
-                    "pass the name (--secret HF_TOKEN), never the value."
-                )
+    errors += filter(None, (secret_problem(s) for s in spec.secrets))
     for k in spec.env:
         if not _ENV_NAME.fullmatch(k):
             errors.append(f"env {k!r} is not a valid environment variable name.")
@@ -697,6 +699,34 @@ def slurm_time_s(text: str) -> int | None:
     if len(parts) == 3:  # HH:MM:SS
         return (parts[0] * 60 + parts[1]) * 60 + parts[2]
     return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)  # minutes, MM:SS
+
+
+def secret_problem(name: str, environ: typing.Mapping[str, str] | None = None) -> str | None:
+    """What is wrong with ``--secret NAME`` (None: nothing), said without repeating it: it may be the credential
+    itself (``--secret $HF_TOKEN``), which would be written into the job's files and spec.json. Refused: what is no
+    variable name; the value of a variable set in ``environ`` (one not itself set there); the shape of a token
+    (looks_like_token)."""
+    environ = os.environ if environ is None else environ
+    fix = "pass the variable's name, e.g. --secret HF_TOKEN (its value is taken from where you launch, never written)."
+    if not _ENV_NAME.fullmatch(name):
+        var, eq, _ = name.partition("=")  # NAME=VALUE: the value is never repeated
+        if eq and _ENV_NAME.fullmatch(var.strip()):
+            return (
+                f"secret {var.strip()}=...: pass the name alone (--secret {var.strip()}) and export its value where "
+                "you launch; a secret's value is never written into the job's files."
+            )
+        return f"a secret is not an environment variable NAME (it is not repeated here, in case it is a value): {fix}"
+    holders = sorted(k for k, v in environ.items() if v == name) if name not in environ else []
+    if holders:
+        return f"a secret is the value of {', '.join(holders)} (set here), not a variable's name: {fix}"
+    if looks_like_token(name):
+        return f"a secret looks like a token (16 or more letters and digits in a run), not a variable's name: {fix}"
+    return None
+
+
+def looks_like_token(text: str) -> bool:
+    """Whether ``text`` has the shape of a credential rather than a variable's name (TOKEN_RUN)."""
+    return any(re.search(r"\d", run) and re.search(r"[A-Za-z]", run) for run in TOKEN_RUN.findall(text))
 
 
 def is_secret_name(name: str, secrets=(), value: str | None = None) -> bool:

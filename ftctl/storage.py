@@ -15,8 +15,9 @@ in ftctl that reads or writes checkpoints or datasets goes through it.
 
 Credentials come only from each store's standard chain (for S3: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws/*``, instance
-roles; for the Hub: ``HF_TOKEN``, and ``HF_ENDPOINT`` for a mirror). ftctl never passes, logs or
-writes them (store errors it logs go through :func:`redact`). The S3 endpoint for S3-compatible stores is the
+roles; for the Hub: ``HF_TOKEN``, and ``HF_ENDPOINT`` for a mirror). ftctl never logs or writes them
+(store errors it logs go through :func:`redact`); a job elsewhere gets those it needs by name
+(:func:`job_env`, :func:`home_credentials`). The S3 endpoint for S3-compatible stores is the
 ``endpoint_url`` argument, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (the variables
 boto3 itself reads).
 
@@ -466,6 +467,57 @@ SECRET_ENV = (
     "AZURE_CLIENT_SECRET",
     "HF_TOKEN",
 )
+
+
+#: per fsspec protocol: the variables of its credential chain (and its endpoint and region) that a job reaching
+#: the store must find set, as they are where it is launched; a name ending in ``*`` stands for every name it begins
+JOB_ENV = {
+    "s3": (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONFIG_FILE",
+    ),
+    "gcs": ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT"),
+    "abfs": ("AZURE_STORAGE_*", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID"),
+    "hf": ("HF_TOKEN", "HF_ENDPOINT"),
+}
+#: of those, the ones whose value is the path of a file of this machine
+PATH_ENV = ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "GOOGLE_APPLICATION_CREDENTIALS")
+#: the ones that mean this machine's files: those paths, and a profile of ~/.aws (AWS_PROFILE). A job that cannot see
+#: the files must not get them: boto3 fails on a profile it cannot find even where AWS_ACCESS_KEY_ID is set.
+FILE_ENV = ("AWS_PROFILE", *PATH_ENV)
+#: per fsspec protocol: where its credentials live in a home directory, when no variable names them (aws configure,
+#: gcloud auth application-default login)
+HOME_CREDENTIALS = {"s3": ".aws", "gcs": ".config/gcloud"}
+
+
+def job_env(uris, files: bool, environ=None) -> list[str]:
+    """The NAMES (never values) of the credential variables set here that a job reaching the object stores of
+    ``uris`` needs, sorted: it passes them by name (docker's ``-e NAME``, SkyPilot's secrets). ``files``: the job
+    sees this machine's credential files (docker mounts them); without, FILE_ENV is left out."""
+    environ = os.environ if environ is None else environ
+    wanted = {name for p in _protocols(uris) for name in JOB_ENV.get(p, ())}
+    names = {n for n in environ if n in wanted or any(w.endswith("*") and n.startswith(w[:-1]) for w in wanted)}
+    return sorted(n for n in names if environ[n] and (files or n not in FILE_ENV))
+
+
+def home_credentials(uris, home: str | None = None) -> list[str]:
+    """The directories of this machine's home holding credentials of the stores of ``uris`` (~/.aws ...) that
+    exist, as paths relative to the home."""
+    home = home or os.path.expanduser("~")
+    rels = sorted({HOME_CREDENTIALS[p] for p in _protocols(uris) if p in HOME_CREDENTIALS})
+    return [rel for rel in rels if os.path.isdir(os.path.join(home, rel))]
+
+
+def _protocols(uris) -> set[str]:
+    return {REMOTE_SCHEMES[scheme(u)][0] for u in uris if u and is_remote(u)}
 
 
 def redact(text: str) -> str:

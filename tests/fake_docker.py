@@ -2,14 +2,19 @@
 """A stand-in ``docker`` for a machine without a docker engine (this one): it records its argv and
 runs the container's command as a local process, so the docker backend's own code goes end to end.
 
-What it emulates, nothing more: ``run --detach --name N [--user UID:GID] [-v HOST:CTR] [-e K[=V]] [-w DIR]
-IMAGE CMD...`` (CMD runs here with container paths mapped back to their host paths, the -e environment,
-output to a log, and, run as root, as --user's uid or else the image's USER, ``$FAKE_IMAGE_USER``),
-``inspect --format ... N`` (created/running/exited and the exit code), ``logs [--follow] N``, ``stop
-[--time S] N`` (SIGTERM to the process group, SIGKILL after S seconds), ``rm N`` and ``version`` (a daemon's;
-with ``$FAKE_DOCKER_DAEMON_DOWN`` set every verb fails, as a CLI without its daemon does). The image is
-ignored: the command runs with this machine's python (first on PATH). State lives in
-``$FAKE_DOCKER_STATE``; each call is appended to ``$FAKE_LOG`` as JSON.
+What it emulates, nothing more: ``run --detach --name N [--user UID:GID] [-v HOST:CTR[:ro]] [-e K[=V]] [-w DIR]
+IMAGE CMD...`` (CMD runs here with container paths mapped back to their host paths, output to a log, and, run as
+root, as --user's uid or else the image's USER, ``$FAKE_IMAGE_USER``), ``inspect --format ... N``
+(created/running/exited and the exit code), ``logs [--follow] [--tail N] N``, ``stop [--time S] N`` (SIGTERM to
+the process group, SIGKILL after S seconds), ``rm N``, ``version`` and ``info --format '{{json .}}'`` (a daemon's:
+its runtimes are runc and ``$FAKE_DOCKER_RUNTIMES``, comma-separated; with ``$FAKE_DOCKER_DAEMON_DOWN`` set every
+verb fails, as a CLI without its daemon does). The image is ignored: the command runs with this machine's python
+(first on PATH). State lives in ``$FAKE_DOCKER_STATE``; each call is appended to ``$FAKE_LOG`` as JSON.
+
+The container's environment is what a docker engine gives it, not this process's: the image's (``PATH``, this
+machine's, whose python stands in for the image's; ``$FAKE_IMAGE_ENV``, JSON, for more), docker's own (HOSTNAME,
+HOME=/), then ``-e NAME=VALUE`` and ``-e NAME`` (the value of NAME here, where it is set) in order. So what the
+docker backend does not pass by name is not there, as in a real container.
 """
 
 import json
@@ -37,6 +42,7 @@ TAKES_VALUE = {
     "-t",
     "--format",
     "-f",
+    "--tail",
 }
 
 
@@ -75,6 +81,19 @@ def state(name):
         return "exited", 137
 
 
+def container_env(pairs, name):
+    """The container's environment: the image's, docker's own, then each -e in order (as dockerd builds it)."""
+    env = {"PATH": os.environ["PATH"], **json.loads(os.environ.get("FAKE_IMAGE_ENV") or "{}")}
+    env.update(HOSTNAME=name[:12], HOME="/")
+    for pair in pairs:
+        key, eq, val = pair.partition("=")
+        if eq:
+            env[key] = val
+        elif key in os.environ:  # -e NAME: the CLI's own value, and nothing where it has none
+            env[key] = os.environ[key]
+    return env
+
+
 def main(args):
     log_call(args)
     cmd, rest = args[0], args[1:]
@@ -85,15 +104,15 @@ def main(args):
     if cmd == "version":
         print("27.3.1")
         return 0
+    if cmd == "info":
+        runtimes = ["runc", *filter(None, os.environ.get("FAKE_DOCKER_RUNTIMES", "").split(","))]
+        info = {"ServerVersion": "27.3.1", "Runtimes": {r: {"path": r} for r in runtimes}, "CDISpecDirs": []}
+        print(json.dumps(info))
+        return 0
     if cmd == "run":
         name = dict(opts)["--name"]
-        mounts = [v.split(":", 1) for k, v in opts if k in ("-v", "--volume")]
-        env = dict(os.environ)
-        for k, v in opts:
-            if k in ("-e", "--env"):
-                key, eq, val = v.partition("=")
-                if eq:
-                    env[key] = val
+        mounts = [v.split(":")[:2] for k, v in opts if k in ("-v", "--volume")]
+        env = container_env([v for k, v in opts if k in ("-e", "--env")], name)
         workdir = dict(opts).get("-w", "/")
 
         def host(p):
@@ -143,6 +162,9 @@ def main(args):
         print(f"{st[0]} {st[1]}")
     elif cmd == "logs":
         path, pos_ = STATE / name / "log", 0
+        if "--tail" in dict(opts):  # the last N lines, then (with --follow) what comes
+            data, n = path.read_bytes(), int(dict(opts)["--tail"])
+            pos_ = len(data) - sum(len(line) for line in (data.splitlines(keepends=True)[-n:] if n else []))
         while True:
             data = path.read_bytes()
             sys.stdout.write(data[pos_:].decode(errors="replace"))

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from ftctl.docker import image
+from tests.render_fixtures import prepared
+from tests.s3_fixtures import FAKE_KEY_ID, FAKE_SECRET, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FTCTL = str(Path(sys.executable).parent / "ftctl")
@@ -67,9 +69,22 @@ def wait_state(env, job, states, timeout=240):
 def run_flags(model, data, out, **o):
     flags = ["--backend", "docker", "--gpus", "cpu", "--method", "lora", "--model", str(model), "--data", str(data)]
     flags += ["--output", str(out), "--container", "docker:ftctl:test"]
-    for k, v in {"max_steps": 4, "save_steps": 2, "global_batch_size": 2, "model_max_length": 64, **o}.items():
+    # the container has only what the run passes (as from a docker engine): one thread, as this test's processes
+    o = {
+        "max_steps": 4,
+        "save_steps": 2,
+        "global_batch_size": 2,
+        "model_max_length": 64,
+        "env": "OMP_NUM_THREADS=1",
+        **o,
+    }
+    for k, v in o.items():
         flags += ["-o", f"{k}={v}"]
     return flags
+
+
+def docker_calls(env) -> list[list[str]]:
+    return [json.loads(line)["argv"] for line in Path(env["FAKE_LOG"]).read_text().splitlines()]
 
 
 def test_launch_status_logs_through_the_docker_cli(docker_env, tiny_model_dir, tiny_data, tmp_path):
@@ -120,7 +135,7 @@ def test_cancel_stops_a_running_container(docker_env, tiny_model_dir, tiny_data,
     assert ftctl(docker_env, "cancel", job).stdout.strip() == f"cancelled {job}"
     assert "RUNNING" not in ftctl(docker_env, "status", job).stdout
     listed = ftctl(docker_env, "jobs").stdout.splitlines()
-    assert listed[1].split()[:3] == [job, "docker", "long-run"] and "RUNNING" not in listed[1], listed
+    assert listed[1].split()[:3] == [job, "docker", str(out)] and "RUNNING" not in listed[1], listed
 
 
 def test_missing_docker_is_one_line(tmp_path, tiny_model_dir, tiny_data):
@@ -169,3 +184,95 @@ def test_the_hosts_driver_picks_the_images_cuda(docker_env, tmp_path, cuda, flav
         f"error: the image {image.default_image('H100', cuda=flavour)} is not on this docker host: build it with "
         f"`{build}` (or pull it), or pass --container docker:IMAGE."
     )
+
+
+def test_an_object_store_output_gets_the_launchs_credentials_by_name(
+    docker_env, s3_bucket, moto_s3, tiny_model_dir, tiny_data, tmp_path
+):
+    """--output s3://...: the container gets the store's variables set where ftctl launches (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, the region and endpoint) by name, and writes its checkpoints there. A docker engine
+    gives a container nothing else (the fake neither): without them it failed "Unable to locate credentials"."""
+    env = {k: v for k, v in docker_env.items() if not k.startswith("AWS_")}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("AWS_")})  # s3_bucket's, set after docker_env
+    flags = run_flags(
+        tiny_model_dir, tiny_data, f"{s3_bucket}/run", max_steps=2, run_name="s3-run", rdzv_port=free_port()
+    )
+    job = ftctl(env, "launch", *flags, cwd=tmp_path).stdout.split("started container ", 1)[1].split()[0]
+    line = wait_state(env, job, ["SUCCEEDED", "FAILED"])
+    assert line.startswith(f"{job} SUCCEEDED"), ftctl(env, "logs", job).stdout
+    bucket = s3_bucket.split("://", 1)[1]
+    keys = [o["Key"] for o in moto_s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert "run/adapter_config.json" in keys, keys
+    run = next(c for c in docker_calls(env) if c[0] == "run")
+    passed = [run[i + 1] for i, a in enumerate(run) if a == "-e"]
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        assert name in passed  # by name: docker takes the value from the launching environment
+    # never a value, in the docker command or any file of the run
+    written = [(tmp_path / "runs" / "s3-run" / n).read_text() for n in ("docker-run.sh", "spec.json")]
+    for text in (*written, json.dumps(run)):
+        assert FAKE_SECRET not in text and FAKE_KEY_ID not in text
+
+
+def test_credential_files_are_mounted_read_only(monkeypatch, tmp_path):
+    """Where a store is reached through files, not variables: ~/.aws at the container's HOME (a profile names one
+    of its sections, so AWS_PROFILE goes along), a file GOOGLE_APPLICATION_CREDENTIALS names at its own path."""
+    home = tmp_path / "home"
+    (home / ".aws").mkdir(parents=True)
+    key = tmp_path / "sa.json"
+    key.write_text("{}")
+    for var in [v for v in os.environ if v.startswith(("AWS_", "GOOGLE_"))]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("AWS_PROFILE", "team")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    args = dict(backend="docker", gpus="cpu", model_name_or_path="ftctl-test/tiny", model_params="70k")
+    r = prepared(data_path="gs://b/data.jsonl", output_dir="s3://b/run", **args)
+    container_home = tmp_path / "cache" / "ftctl" / "container-home"
+    assert f" -v {home}/.aws:{container_home}/.aws:ro " in r.text
+    assert f" -v {key}:{key}:ro " in r.text and f" -e GOOGLE_APPLICATION_CREDENTIALS={key} " in r.text
+    assert " -e AWS_PROFILE " in r.text
+    local = prepared(data_path=str(tmp_path), output_dir=str(tmp_path / "o"), **args).text  # no store: nothing
+    assert ".aws" not in local and "AWS_PROFILE" not in local and "GOOGLE" not in local
+
+
+def test_status_of_a_failed_container_says_the_trainers_error(docker_env, tmp_path, monkeypatch):
+    """`ftctl status` of a failed container: the trainer's error line, not only the exit code, although
+    torchrun's ChildFailedError report follows it at the end of the log."""
+    from ftctl.backend import JobRef, record_job
+
+    report = "\n".join(
+        ["E0101 torch/distributed/elastic/multiprocessing/api.py:882] failed (exitcode: 1) local_rank: 0"]
+        + ["Traceback (most recent call last):"]
+        + [f'  File "/opt/venv/lib/python3.12/site-packages/torch/x{i}.py", line {i}, in f' for i in range(30)]
+        + ["torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ", "=" * 40]
+    )
+    script = tmp_path / "fail.py"  # what the trainer and torchrun print when a rank fails on its data
+    script.write_text(
+        f"import sys\nprint('training')\nprint('error: No rows in /data/x.jsonl', file=sys.stderr)\n"
+        f"print({report!r}, file=sys.stderr)\nsys.exit(1)\n"
+    )
+    name = "failing-run"
+    run = ["run", "--detach", "--name", name, "--user", f"{os.getuid()}:{os.getgid()}", "ftctl:test"]
+    fake = [sys.executable, str(REPO / "tests" / "fake_docker.py")]
+    subprocess.run([*fake, *run, sys.executable, str(script)], env=docker_env, check=True)
+    monkeypatch.setenv("FTCTL_HOME", docker_env["FTCTL_HOME"])
+    record_job(JobRef("docker", name, str(tmp_path), name, str(tmp_path)))
+    lines = wait_state(docker_env, name, ["SUCCEEDED", "FAILED"]).splitlines()
+    assert lines[:2] == [f"{name} FAILED exit 1", "error: No rows in /data/x.jsonl"]
+
+
+def test_doctor_checks_the_nvidia_runtime_for_gpus(docker_env):
+    """--gpus fails without the NVIDIA Container Toolkit (could not select device driver ""): doctor says so
+    where the run would use GPUs (those of this host, without --gpus), and not for a CPU run. nvidia-smi is a
+    stand-in for a host with an H100."""
+    smi = Path(docker_env["PATH"].split(":")[0]) / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\n")
+    smi.chmod(0o755)
+    without = ftctl(docker_env, "doctor", "--backend", "docker", check=False)
+    said = "gpus:    docker has no NVIDIA container runtime, so --gpus fails: install the NVIDIA Container Toolkit"
+    assert without.returncode != 0 and said in without.stdout, without.stdout + without.stderr
+    with_it = ftctl({**docker_env, "FAKE_DOCKER_RUNTIMES": "nvidia"}, "doctor", "--backend", "docker")
+    assert "gpus:    the NVIDIA container runtime (nvidia)" in with_it.stdout
+    assert ["info", "--format", "{{json .}}"] in docker_calls(docker_env)
+    assert "gpus:" not in ftctl(docker_env, "doctor", "--backend", "docker", "--gpus", "cpu").stdout

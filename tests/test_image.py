@@ -54,6 +54,18 @@ def test_hadolint_passes(path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_the_flash_attn_wheel_is_left_in_no_layer():
+    """COPY --from=builder of the wheels, then rm in a later RUN, kept the wheel in the COPY's layer: the runtime
+    bind-mounts them from the builder for the one RUN that installs them (BuildKit, as the syntax line asks)."""
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    assert re.match(r"# syntax=docker/dockerfile:1\.\d+\n", text)
+    runtime = text.split(" AS runtime\n", 1)[1]
+    assert "COPY --from=builder" not in runtime
+    (install,) = [run for run in runtime.split("\nRUN ")[1:] if "/tmp/wheels" in run]
+    assert install.startswith("--mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels ")
+    assert not re.search(r"rm -rf[^\n]*/tmp/wheels", install)  # a read-only mount: nothing to remove
+
+
 def test_compile_script_is_valid_bash_and_executable():
     script = ROOT / "docker" / "build-flash-attn.sh"
     assert os.access(script, os.X_OK)

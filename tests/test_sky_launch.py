@@ -9,7 +9,9 @@ in the test's SkyPilot environment; see tests/sky/site/sitecustomize.py).
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -48,7 +50,7 @@ class Sky:
     def run_args(self, model, data, output, nodes=2, **overrides) -> list[str]:
         args = ["--backend", "sky", "--infra", self.infra.infra, "--gpus", "cpu", "--nodes", str(nodes)]
         args += ["--method", "lora", "--model", str(model), "--model-params", "70k", "--data", data, "--output", output]
-        args += ["--secret", "AWS_ACCESS_KEY_ID", "--secret", "AWS_SECRET_ACCESS_KEY"]
+        # no --secret AWS_...: the bucket's credentials set here go to the job by themselves (sdk.store_secrets)
         args += ["-o", f"s3_endpoint_url={self.s3.endpoint}", "-o", "env=AWS_DEFAULT_REGION=us-east-1", *self.hf_env]
         for k, v in {**TRAIN, **overrides}.items():
             args += ["-o", f"{k}={v}"]
@@ -117,7 +119,7 @@ def test_launch_two_nodes_status_logs_cancel_down(sky, sky_infra, sky_s3):
         o["Key"] for o in sky_s3.client().list_objects_v2(Bucket=sky.bucket, Prefix="runs/lora/").get("Contents", [])
     ]
     assert any(k.endswith("manifest.json") for k in keys), keys
-    # the credentials went as SkyPilot secrets, by name: no value in anything written here
+    # the credentials went as SkyPilot secrets (no --secret named them), by name: no value in anything written here
     run_dir = sky.cwd / "runs" / "sky-lora"
     for f in run_dir.glob("*.*"):
         assert FAKE_SECRET not in f.read_text(), f
@@ -197,3 +199,59 @@ def test_managed_job_cancel(sky, sky_infra):
     sky.wait(job, ("CANCELLED",), timeout=180)
     assert "managed job" in sky.ftctl("down", job, check=False).stderr
     print(f"[t] managed cancel {time.monotonic() - t0:.0f}s", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------------ without a launch
+def test_the_object_stores_credentials_go_as_secrets_by_name(monkeypatch, tmp_path, capsys):
+    """sdk.launch, with SkyPilot a stand-in that records the task it is given: the AWS variables set here reach
+    the job as secrets, by value only there (never the YAML); the endpoint -o s3_endpoint_url already sets is
+    not one; AWS_PROFILE (a section of ~/.aws, which the nodes lack) is left out, and said."""
+    import types
+
+    from ftctl.backend import write_files
+    from ftctl.sky import sdk
+    from tests.render_fixtures import prepared
+    from tests.s3_fixtures import FAKE_KEY_ID
+
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(var)
+    env = {"AWS_ACCESS_KEY_ID": FAKE_KEY_ID, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET, "AWS_REGION": "eu-west-1"}
+    env.update(AWS_ENDPOINT_URL="http://elsewhere:9000", AWS_PROFILE="team")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)
+    r = prepared(["s3_endpoint_url=http://minio:9000"], backend="sky", gpus="1xL4", output_dir="s3://b/run")
+    write_files(r)
+    given = []
+
+    def from_yaml_config(config, secrets_overrides=None):
+        given.append((config, dict(secrets_overrides or [])))
+        return types.SimpleNamespace(workdir=None)
+
+    fake = types.SimpleNamespace(Task=types.SimpleNamespace(from_yaml_config=from_yaml_config))
+    fake.launch, fake.stream_and_get = (lambda task, **kw: task), (lambda request: (7, None))
+    monkeypatch.setitem(sys.modules, "sky", fake)
+    out = sdk.launch(str(r.paths.task), None, "c", False, False, False, None, secrets=list(r.spec.secrets))
+    assert out["job_id"] == 7
+    ((config, secrets),) = given
+    assert secrets == {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_SECRET_ACCESS_KEY")}
+    assert config["envs"]["AWS_ENDPOINT_URL"] == "http://minio:9000"  # the run's own, not this shell's
+    assert "not passed to the job, the nodes lack this machine's files: AWS_PROFILE" in capsys.readouterr().err
+    for f in r.paths.root.glob("*.*"):
+        assert FAKE_SECRET not in f.read_text() and FAKE_KEY_ID not in f.read_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sky") is not None, reason="SkyPilot is installed in this python")
+def test_a_python_without_skypilot_is_named_with_the_fix(monkeypatch):
+    """FTCTL_SKY_PYTHON=/usr/bin/python3 (any python without SkyPilot) said only "No module named 'sky'"."""
+    from ftctl.errors import FtctlError
+    from ftctl.sky import bridge
+
+    monkeypatch.setenv("FTCTL_SKY_PYTHON", sys.executable)  # the trainer's python: no SkyPilot there
+    with pytest.raises(FtctlError) as e:
+        bridge.call("available")
+    assert str(e.value) == (
+        f"SkyPilot: FTCTL_SKY_PYTHON={sys.executable} has no SkyPilot (no module named 'sky'): install it there "
+        f"({sys.executable} -m pip install 'ftctl[sky]'), point FTCTL_SKY_PYTHON at the python of a venv with "
+        "ftctl[sky], or unset it to use .venv-sky (scripts/setup.sh makes it)."
+    )

@@ -297,8 +297,69 @@ def test_plain_env_names_that_mention_tokens_pass():
     env = ["TOKENIZERS_PARALLELISM=true", "MAX_NEW_TOKENS=64", "OMP_NUM_THREADS=4", "WANDB_PROJECT=p", "HF_HOME=/h"]
     env += ["TIKTOKEN_CACHE_DIR=/c", "HF_TOKEN_PATH=/t", "HF_HUB_DISABLE_IMPLICIT_TOKEN=1", "PAD_TOKEN_ID=0"]
     env += ["PASSWORD_STORE_DIR=/p"]  # a credential's word, then another: a setting, not a secret
+    # PWD and OLDPWD are the shell's working directories; PASS inside a word (BYPASS) is no password; a PASS that
+    # is a switch (1/true) holds no secret either
+    env += ["PWD=/work", "OLDPWD=/home", "HTTP_PROXY_BYPASS=*.local", "COMPASS_HEADING=north", "SKIP_PASS=1"]
     s = build(None, None, [f"env={e}" for e in env])
     assert s.env == dict(e.split("=", 1) for e in env)
+
+
+@pytest.mark.parametrize("name", ["DB_PASS", "SMTP_PASS", "MYSQL_PWD", "DB_PWD", "GPG_PASSPHRASE", "PASS"])
+def test_password_names_of_other_spellings_are_secrets(name):
+    """-o env=DB_PASS=hunter2 would be written in plain text like PASSWORD's spelling."""
+    with pytest.raises(FtctlError) as e:
+        build(None, None, [f"env={name}=hunter2"])
+    assert f"pass --secret {name} instead" in str(e.value) and "hunter2" not in str(e.value)
+
+
+TOKEN = "hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567"  # the shape of a Hugging Face token
+
+
+@pytest.mark.parametrize(
+    "value, said",
+    [
+        (TOKEN, "a secret looks like a token"),
+        ("ghp_0123456789abcdefABCDEF0123456789abcd", "a secret looks like a token"),
+        ("AKIAFTCTLTESTKEY0001", "a secret looks like a token"),  # an AWS key id: upper case, as a name is
+        ("f0123456789abcdef0123456789abcdef0123456", "a secret looks like a token"),  # W&B's 40 hex digits
+        ("sk-proj-AbCd0123", "a secret is not an environment variable NAME"),
+    ],
+)
+def test_a_secret_given_as_its_value_is_refused_without_echoing_it(value, said, monkeypatch):
+    """`--secret $HF_TOKEN` (the value, not the name) would be written into the task YAML's secrets and
+    spec.json, and docker's -e."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(FtctlError) as e:
+        build(None, {"secrets": [value]})
+    assert said in str(e.value) and "pass the variable's name, e.g. --secret HF_TOKEN" in str(e.value)
+    assert value not in str(e.value)
+
+
+def test_a_secret_that_is_the_value_of_a_variable_names_the_variable(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_CRED", "Opensesame")  # no token's shape: only its being a value gives it away
+    with pytest.raises(FtctlError) as e:
+        build(None, None, ["secret=Opensesame"])
+    assert str(e.value) == (
+        "a secret is the value of MY_SERVICE_CRED (set here), not a variable's name: pass the variable's name, "
+        "e.g. --secret HF_TOKEN (its value is taken from where you launch, never written)."
+    )
+    monkeypatch.setenv("Opensesame", "x")  # a variable of that name is set: a name, whatever else holds it
+    assert build(None, None, ["secret=Opensesame"]).secrets[-1] == "Opensesame"
+
+
+def test_render_refuses_a_secret_value_and_writes_nothing(monkeypatch, tmp_path):
+    """The user's report, through the command line: ftctl render --backend sky|docker --secret $HF_TOKEN."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.chdir(tmp_path)
+    for backend, gpus in (("sky", "1xL4"), ("docker", "cpu")):
+        args = ["render", "--backend", backend, "--gpus", gpus, "--output", str(tmp_path / "o"), "--secret", TOKEN]
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2 and "a secret is the value of HF_TOKEN (set here)" in r.output, r.output
+        assert TOKEN not in r.output and not list(tmp_path.rglob("*.json"))
 
 
 @pytest.mark.parametrize(

@@ -159,3 +159,42 @@ def test_store_error_kinds(s3_env, monkeypatch):
     with pytest.raises(KeyError):  # anything else passes through unchanged
         with storage.storage_errors(uri):
             raise KeyError("x")
+
+
+def test_job_env_names_the_credentials_a_jobs_stores_need(tmp_path):
+    """Which variables of the launching environment a job reaching its URIs needs, by name: the stores' own
+    (an S3 bucket: AWS_*, Azure: AZURE_STORAGE_* ...), those set (non-empty) only; what names a file of this
+    machine only where the job sees its files (docker), never elsewhere (a SkyPilot node)."""
+    environ = {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_SESSION_TOKEN": "",  # set but empty: as unset
+        "AWS_REGION": "eu-west-1",
+        "AWS_PROFILE": "team",
+        "AWS_EC2_METADATA_DISABLED": "true",  # boto3's own setting, no credential
+        "GOOGLE_APPLICATION_CREDENTIALS": "/keys/sa.json",
+        "AZURE_STORAGE_ACCOUNT_NAME": "acct",
+        "AZURE_STORAGE_SAS_TOKEN": "sv=x",
+        "HF_TOKEN": "hf",
+        "HOME": "/root",
+    }
+    s3 = ["s3://b/run", "/local/data.jsonl"]
+    assert storage.job_env(s3, files=False, environ=environ) == [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_REGION",
+        "AWS_SECRET_ACCESS_KEY",
+    ]
+    assert storage.job_env(s3, files=True, environ=environ) == [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_SECRET_ACCESS_KEY",
+    ]
+    assert storage.job_env(["gs://b/d.jsonl"], files=False, environ=environ) == []
+    assert storage.job_env(["gcs://b/d.jsonl"], files=True, environ=environ) == ["GOOGLE_APPLICATION_CREDENTIALS"]
+    az = storage.job_env(["az://c/run", "hf://datasets/o/n/f.json"], files=False, environ=environ)
+    assert az == ["AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_SAS_TOKEN", "HF_TOKEN"]
+    assert storage.job_env(["/local/out", "file:///x", "builtin:demo", None], files=True, environ=environ) == []
+    (tmp_path / ".aws").mkdir()
+    assert storage.home_credentials(s3, home=str(tmp_path)) == [".aws"]
+    assert storage.home_credentials(["gs://b/x"], home=str(tmp_path)) == []  # no ~/.config/gcloud here

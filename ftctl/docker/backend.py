@@ -1,8 +1,10 @@
 """The docker backend: one container on this docker host, detached, watched through the docker CLI.
 
 ``launch`` runs the rendered ``docker run -d --name RUN ...`` (the job id is the container's name);
-``status`` reads ``docker inspect``, ``logs`` is ``docker logs [-f]``, ``cancel`` is ``docker stop``
-(SIGTERM: the trainer checkpoints at the next step boundary within the grace period).
+``status`` reads ``docker inspect`` (and, for a failed container, the trainer's error line from the end of
+``docker logs``: log_tail), ``logs`` is ``docker logs [-f]``, ``cancel`` is ``docker stop`` (SIGTERM: the trainer
+checkpoints at the next step boundary within the grace period). ``doctor`` checks the daemon, and for GPUs its
+NVIDIA container runtime.
 
 The image: --container, else ``image:`` in the user's config, else the newest image ``ftctl build``
 recorded for the run's GPUs (built here or pushed), else ``default_image`` (what ``ftctl build`` names).
@@ -11,9 +13,11 @@ recorded for the run's GPUs (built here or pushed), else ``default_image`` (what
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import click
 
@@ -24,6 +28,12 @@ from ftctl.errors import FtctlError
 from ftctl.torch_builds import node_driver_cuda
 
 STOP_GRACE_S = 120  # docker stop's wait between SIGTERM and SIGKILL: time for one checkpoint
+LOG_TAIL_LINES = 200  # of a failed container's log, read for the trainer's error line: torchrun's report follows it
+# --gpus needs the NVIDIA Container Toolkit; without it docker says: could not select device driver "" ...
+GPU_RUNTIME_FIX = (
+    "install the NVIDIA Container Toolkit, then `sudo nvidia-ctk runtime configure --runtime=docker && sudo "
+    "systemctl restart docker`"
+)
 
 
 class DockerBackend(Backend):
@@ -82,11 +92,13 @@ class DockerBackend(Backend):
         name = rendered.spec.name
         if _inspect(name):  # an ended container of an earlier attempt: the run dir keeps its checkpoints
             _run([_docker(), "rm", name])
-        for path in docker_render.host_caches().dirs():
+        caches = docker_render.host_caches()
+        for path in [*caches.dirs(), *(inside for _, inside in docker_render.home_mounts(rendered.spec, caches))]:
             os.makedirs(path, exist_ok=True)
         proc = _run(["sh", str(rendered.paths.docker_script)])
         if proc.returncode != 0:
-            raise FtctlError(f"docker run failed: {_last_line(proc)}")
+            fix = f": {GPU_RUNTIME_FIX}" if "could not select device driver" in _last_line(proc) else ""
+            raise FtctlError(f"docker run failed: {_last_line(proc)}{fix}")
         click.echo(f"started container {name}")
         click.echo(f"  run dir:     {rendered.paths.root}")
         click.echo(f"  log:         ftctl logs -f {name}")
@@ -109,6 +121,11 @@ class DockerBackend(Backend):
     def logs(self, ref: JobRef, follow: bool) -> None:
         subprocess.call([_docker(), "logs", *(["--follow"] if follow else []), ref.job_id])
 
+    def log_tail(self, ref: JobRef) -> str:
+        """The container's last LOG_TAIL_LINES lines (its output, then its errors); "" once it is removed."""
+        proc = _run([_docker(), "logs", "--tail", str(LOG_TAIL_LINES), ref.job_id])
+        return proc.stdout + proc.stderr if proc.returncode == 0 else ""
+
     def cancel(self, ref: JobRef) -> str:
         before = self.status(ref)
         if before.state.finished or before.state is JobState.UNKNOWN:
@@ -119,7 +136,8 @@ class DockerBackend(Backend):
         return f"cancelled {ref.job_id}"
 
     def doctor(self, gpus, partition) -> bool:
-        from ftctl.local.backend import gpus_here_say, refuse_partition
+        from ftctl.gpus import parse
+        from ftctl.local.backend import gpus_here_say, local_gpus, refuse_partition
 
         refuse_partition(partition, self.name)
         if gpus and not gpus_here_say(gpus):
@@ -134,7 +152,13 @@ class DockerBackend(Backend):
             click.echo(f"docker:  {e}")
             return False
         click.echo(f"docker:  daemon {version}")
-        return True
+        if not (parse(gpus).tier if gpus else local_gpus() != "cpu"):  # a CPU run needs no GPU runtime
+            return True
+        runtime = _gpu_runtime(docker)
+        click.echo(
+            f"gpus:    {runtime or f'docker has no NVIDIA container runtime, so --gpus fails: {GPU_RUNTIME_FIX}'}"
+        )
+        return runtime is not None
 
 
 def _docker() -> str:
@@ -154,6 +178,19 @@ def _daemon(docker: str) -> str:
             "docker), or give your user access to its socket (the docker group)."
         )
     return proc.stdout.strip()
+
+
+def _gpu_runtime(docker: str) -> str | None:
+    """How the daemon gives a container GPUs (--gpus): its NVIDIA runtime, or an NVIDIA spec in its CDI directories;
+    None: neither (the NVIDIA Container Toolkit is not set up)."""
+    try:
+        info = json.loads(_run([docker, "info", "--format", "{{json .}}"]).stdout or "{}")
+    except ValueError:
+        info = {}
+    if "nvidia" in (info.get("Runtimes") or {}):
+        return "the NVIDIA container runtime (nvidia)"
+    specs = [p for d in info.get("CDISpecDirs") or [] for p in sorted(Path(d).glob("nvidia*"))]
+    return f"NVIDIA's CDI devices ({specs[0]})" if specs else None
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:

@@ -7,6 +7,11 @@ and the checkpoints it wrote would not be that user's. That user has no home in 
 caches come in instead (host_caches): the Hugging Face cache (HF_HOME: a model is downloaded once, not once a
 run), the cache root for what compiles at run time (DeepSpeed's ops under XDG_CACHE_HOME; Triton's under
 HOME, ``<cache root>/ftctl/container-home``), and USER for the libraries that ask for a user name.
+
+Secrets pass by name (``-e NAME``: docker takes the value from the launching environment, never written), the
+run's own and the credentials its object stores need that are set here (storage.job_env: AWS_ACCESS_KEY_ID ...).
+Where a store is reached through credential files instead, they come in read-only: the home's (~/.aws,
+~/.config/gcloud) at the container's HOME, a file a variable names (GOOGLE_APPLICATION_CREDENTIALS) at its own path.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from ftctl.errors import FtctlError
 from ftctl.launch import container_kind, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
-from ftctl.storage import is_remote
+from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
 
 
 @dataclass(frozen=True)
@@ -95,13 +100,33 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
     for path in _outermost(paths):
         cmd += ["-v", f"{_bindable(path)}:{path}"]
     env = {"HOME": caches.home, "XDG_CACHE_HOME": caches.root, "HF_HOME": caches.hf_home, "USER": user}
-    for k, v in sorted({**env, **trainer_env(spec)}.items()):
+    env.update(trainer_env(spec))
+    files, names = store_credentials(spec, {*env, *spec.secrets})
+    for host, inside in [*home_mounts(spec, caches), *((f, f) for f in files.values() if os.path.isfile(f))]:
+        cmd += ["-v", f"{_bindable(host)}:{_bindable(inside)}:ro"]
+    for k, v in sorted({**env, **files}.items()):
         cmd += ["-e", f"{k}={v}"]
-    for name in spec.secrets:
+    for name in [*spec.secrets, *names]:
         cmd += ["-e", name]  # value passed from this environment by docker, never written
     cmd += ["-w", run_dir, image]
     cmd += torchrun_argv(spec, plan, os.path.join(run_dir, "spec.json"), head="127.0.0.1")
     return cmd
+
+
+def store_credentials(spec: RunSpec, passed) -> tuple[dict[str, str], list[str]]:
+    """The credential variables of the run's object stores set here (storage.job_env) that are not ``passed``
+    already: those naming a file (storage.PATH_ENV) with its absolute path (the file is mounted there), and the
+    others' names."""
+    names = [n for n in job_env(spec.remote_uris, files=True) if n not in passed]
+    files = {n: os.path.abspath(os.path.expanduser(os.environ[n])) for n in names if n in PATH_ENV}
+    return files, [n for n in names if n not in files]
+
+
+def home_mounts(spec: RunSpec, caches: HostCaches) -> list[tuple[str, str]]:
+    """(host, container) directories of this home's store credentials (~/.aws ...) that the run's object stores may
+    be reached with, mounted read-only at the container's HOME (launch creates the mount points: HostCaches)."""
+    home = os.path.expanduser("~")
+    return [(os.path.join(home, rel), os.path.join(caches.home, rel)) for rel in home_credentials(spec.remote_uris)]
 
 
 def _outermost(paths: list[str]) -> list[str]:

@@ -18,13 +18,32 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _sky():
     os.environ.setdefault("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")
-    import sky
-
+    try:
+        import sky
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "sky":
+            raise
+        raise ModuleNotFoundError(not_installed(sys.executable, os.environ.get("FTCTL_SKY_PYTHON"))) from None
     return sky
+
+
+def not_installed(python: str, chosen: str | None) -> str:
+    """What to do where ``python``, the one ftctl runs SkyPilot with (``chosen``: $FTCTL_SKY_PYTHON), lacks it."""
+    install = f"install it there ({python} -m pip install 'ftctl[sky]')"
+    if chosen:
+        return (
+            f"FTCTL_SKY_PYTHON={chosen} has no SkyPilot (no module named 'sky'): {install}, point FTCTL_SKY_PYTHON "
+            "at the python of a venv with ftctl[sky], or unset it to use .venv-sky (scripts/setup.sh makes it)."
+        )
+    return (
+        f"{python}, the python ftctl runs SkyPilot with, has no SkyPilot (no module named 'sky'): {install}, or set "
+        "FTCTL_SKY_PYTHON to the python of a venv with ftctl[sky]."
+    )
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -63,7 +82,9 @@ def launch(
     with open(task_yaml) as fh:
         config = yaml.safe_load(fh)
     # secrets travel by name in the YAML; their values are taken from this environment here, into
-    # SkyPilot's secrets (never the YAML). One not set here is left out, not sent empty.
+    # SkyPilot's secrets (never the YAML), with the credentials of the run's object stores set here. One not set
+    # here is left out, not sent empty.
+    secrets = [*secrets, *(n for n in store_secrets(task_yaml, config.get("envs") or {}) if n not in secrets)]
     values = [(name, os.environ[name]) for name in secrets if name in os.environ]
     missing = sorted(set(secrets) - {name for name, _ in values})
     if missing:
@@ -85,6 +106,30 @@ def launch(
         sky.launch(task, cluster_name=cluster, idle_minutes_to_autostop=idle_minutes, down=down)
     )
     return {"job_id": int(job_id), "cluster": cluster, "managed": False, "reused": False}
+
+
+def store_secrets(task_yaml: str, envs) -> list[str]:
+    """The credentials of the run's object stores that are set here (storage.job_env: AWS_ACCESS_KEY_ID ...) and
+    not in the task's ``envs`` (-o s3_endpoint_url's AWS_ENDPOINT_URL), by name: the run is read from the spec.json
+    beside ``task_yaml`` (ftctl.runpaths). What names a file of this machine (AWS_PROFILE, GOOGLE_APPLICATION_
+    CREDENTIALS) is no use on the nodes: a note says so."""
+    from ftctl import storage
+    from ftctl.runpaths import RunPaths
+    from ftctl.spec import RunSpec
+
+    try:
+        spec = RunSpec(**json.loads(RunPaths(Path(task_yaml).parent).spec.read_text())["spec"])
+    except (OSError, ValueError, KeyError, TypeError):  # a task of no run of ftctl's
+        return []
+    names = [n for n in storage.job_env(spec.remote_uris, files=False) if n not in envs]
+    files = sorted(set(storage.job_env(spec.remote_uris, files=True)) - set(names) - set(envs))
+    if files:
+        print(
+            f"ftctl: not passed to the job, the nodes lack this machine's files: {', '.join(files)} (export the "
+            'store\'s keys instead; for a profile: eval "$(aws configure export-credentials --format env)")',
+            file=sys.stderr,
+        )
+    return names
 
 
 def _cluster_up(sky, cluster: str) -> bool:
