@@ -308,3 +308,16 @@ def test_plan_for_cpu_checks_this_machines_ram(monkeypatch):
     assert refused.exit_code == 2 and "does not fit host_memory_gb=2 on CPU" in refused.output, refused.output
     monkeypatch.setattr(local_backend, "host_memory_gb", lambda: 500.0)
     assert CliRunner().invoke(main, args).exit_code == 0
+
+
+def test_doctor_compares_the_gpus_asked_for_with_this_machines(monkeypatch, capsys):
+    """On a GPU host (faked here: none on this machine) doctor --gpus and doctor --network answer, never a traceback."""
+    import ftctl.local.backend as local
+    from ftctl.errors import FtctlError
+
+    monkeypatch.setattr(local, "local_gpus", lambda: "8xH100")
+    assert local.gpus_here_say("1xH100") and capsys.readouterr().out == "asked:   1xH100: here\n"
+    assert not local.gpus_here_say("2xA100") and not local.gpus_here_say("2x8xH100")
+    for asked in ("2xA100", "16xH100"):
+        with pytest.raises(FtctlError, match=f"--gpus {asked}: this machine has 8xH100, and doctor --network"):
+            local.network_check(asked, None)

@@ -182,7 +182,7 @@ def gpus_here_say(gpus: str, gpus_here: str | None = None) -> bool:
     from ftctl.gpus import parse
 
     req, here = parse(gpus), parse(gpus_here or local_gpus())
-    enough = not req.tier or (here.tier == req.tier and here.gpus_per_node >= req.per_node and req.nodes == 1)
+    enough = not req.tier or (here.tier == req.tier and here.per_node >= req.per_node and req.nodes == 1)
     click.echo(f"asked:   {gpus}: {'here' if enough else 'not on this machine'}")
     return enough
 
@@ -281,8 +281,8 @@ def network_check(gpus: str, nodes: int | None, min_busbw_gbps: float = 0.0) -> 
     from ftctl.trainer.netcheck import BELOW_THRESHOLD_EXIT
 
     req, here = parse(gpus, nodes), parse(local_gpus())
-    if req.tier and (not here.tier or req.gpus_per_node > here.gpus_per_node):
-        has = f"{here.gpus_per_node}x{here.tier}" if here.tier else "no GPU"
+    if req.tier and (not here.tier or here.tier != req.tier or req.per_node > here.per_node):
+        has = str(here) if here.tier else "no GPU"
         raise FtctlError(
             f"--gpus {gpus}: this machine has {has}, and doctor --network measures its own processes. Run "
             "it on a host with those GPUs, or launch with --preflight (the job measures its nodes first)."
