@@ -1,20 +1,25 @@
 """GPU tiers and the ``--gpus`` grammar.
 
-Forms accepted (case-insensitive type names):
+Forms accepted:
 
     8xA100        8 GPUs on one node
     2x8xH100      2 nodes x 8 GPUs each
     A100-80GB:8   SkyPilot's form, one node
+    gpu:a100:8    Slurm's (--gres=gpu:TYPE:N), one node; gpu:a100 for one GPU
     H100          one GPU
     cpu           no GPU at all (with --nodes N for several nodes): gloo on CPU
+
+A type is read as Slurm and nvidia-smi write it too (see :func:`tier`): ``nvidia_a100-sxm4-80gb``,
+``Tesla V100-SXM2-32GB``, ``nvidia_geforce_rtx_3090``, ``quadro_rtx_8000``, in any case.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 
-from ftctl.errors import FtctlError, did_you_mean
+from ftctl.errors import FtctlError
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,7 @@ class GpuTier:
     compute_capability: tuple[int, int]
     bf16: bool
     flash_attn2: bool
+    peak_tflops: float  # dense bf16 (fp16 where no bf16) tensor TFLOPS, FP32 accumulate, no sparsity
     flash_attn3: bool = False
 
     # docker build: TORCH_CUDA_ARCH_LIST for this tier
@@ -42,37 +48,56 @@ class GpuTier:
         return f"{'an' if self.name[0] in 'AEFHILMNORSX' else 'a'} {self.name}"
 
 
-# The one table of GPU facts. Memory is what the card reports (80 GB cards show ~79.6 GiB).
+# The one table of GPU facts. Memory is what the card reports (80 GB cards show ~79.6 GiB). bf16 and
+# FlashAttention 2 from sm80 (Ampere) on; Volta and Turing train in fp16 on SDPA. Pascal (P100, sm60) is left
+# out: the trainer's Triton kernels (LoRA, the LM head, Liger) need sm70. TFLOPS from NVIDIA's data sheets
+# (dense, the sparse figure halved) or, for GeForce and Quadro cards, its architecture whitepapers (Turing,
+# Ampere GA102, Ada: "FP16 Tensor TFLOPS with FP32 Accumulate", which GeForce cards run at half rate).
+# The order matters only where ftctl.local.backend.local_gpus cannot read nvidia-smi's name with tier() and matches
+# it by substring among cards of its memory: A10G before A10, L40S before L40, V100S before V100-32GB.
 TIERS: dict[str, GpuTier] = {
     t.name: t
     for t in [
-        GpuTier("T4", 16, (7, 5), bf16=False, flash_attn2=False),
-        GpuTier("V100", 16, (7, 0), bf16=False, flash_attn2=False),
-        GpuTier("V100-32GB", 32, (7, 0), bf16=False, flash_attn2=False),
-        GpuTier("A10G", 24, (8, 6), bf16=True, flash_attn2=True),
-        GpuTier("L4", 24, (8, 9), bf16=True, flash_attn2=True),
-        GpuTier("L40S", 48, (8, 9), bf16=True, flash_attn2=True),
-        GpuTier("RTX3090", 24, (8, 6), bf16=True, flash_attn2=True),
-        GpuTier("RTX4090", 24, (8, 9), bf16=True, flash_attn2=True),
-        GpuTier("A100", 40, (8, 0), bf16=True, flash_attn2=True),
-        GpuTier("A100-80GB", 80, (8, 0), bf16=True, flash_attn2=True),
-        GpuTier("H100", 80, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True),
-        GpuTier("H200", 141, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True),
-        GpuTier("B200", 180, (10, 0), bf16=True, flash_attn2=True),
+        # Pascal and older: not planned (above)
+        # Volta, sm70
+        GpuTier("V100", 16, (7, 0), bf16=False, flash_attn2=False, peak_tflops=125),  # V100 SXM2 sheet
+        GpuTier("V100S", 32, (7, 0), bf16=False, flash_attn2=False, peak_tflops=130),  # V100S PCIe sheet
+        GpuTier("V100-32GB", 32, (7, 0), bf16=False, flash_attn2=False, peak_tflops=125),  # V100 SXM2 sheet
+        # Turing, sm75
+        GpuTier("T4", 16, (7, 5), bf16=False, flash_attn2=False, peak_tflops=65),  # T4 sheet
+        GpuTier("RTX2080Ti", 11, (7, 5), bf16=False, flash_attn2=False, peak_tflops=53.8),  # whitepaper, ref. clock
+        GpuTier("TITANRTX", 24, (7, 5), bf16=False, flash_attn2=False, peak_tflops=130),  # TITAN RTX page
+        GpuTier("RTX6000", 24, (7, 5), bf16=False, flash_attn2=False, peak_tflops=130.5),  # Quadro RTX 6000 sheet
+        GpuTier("RTX8000", 48, (7, 5), bf16=False, flash_attn2=False, peak_tflops=130.5),  # Quadro RTX 8000 sheet
+        # Ampere, sm80 and sm86
+        GpuTier("A30", 24, (8, 0), bf16=True, flash_attn2=True, peak_tflops=165),  # A30 sheet
+        GpuTier("A100", 40, (8, 0), bf16=True, flash_attn2=True, peak_tflops=312),  # A100 sheet
+        GpuTier("A100-80GB", 80, (8, 0), bf16=True, flash_attn2=True, peak_tflops=312),  # A100 sheet
+        GpuTier("A10G", 24, (8, 6), bf16=True, flash_attn2=True, peak_tflops=70),  # AWS's figure; NVIDIA has none
+        GpuTier("A10", 24, (8, 6), bf16=True, flash_attn2=True, peak_tflops=125),  # A10 sheet
+        GpuTier("A40", 48, (8, 6), bf16=True, flash_attn2=True, peak_tflops=149.7),  # A40 sheet
+        GpuTier("RTX3090", 24, (8, 6), bf16=True, flash_attn2=True, peak_tflops=71),  # GA102 whitepaper
+        GpuTier("RTXA4000", 16, (8, 6), bf16=True, flash_attn2=True, peak_tflops=76.7),  # RTX A4000 sheet
+        GpuTier("RTXA5000", 24, (8, 6), bf16=True, flash_attn2=True, peak_tflops=111.1),  # RTX A5000 sheet
+        GpuTier("RTXA6000", 48, (8, 6), bf16=True, flash_attn2=True, peak_tflops=154.8),  # RTX A6000 sheet
+        # Ada, sm89
+        GpuTier("L4", 24, (8, 9), bf16=True, flash_attn2=True, peak_tflops=121),  # L4 sheet
+        GpuTier("L40S", 48, (8, 9), bf16=True, flash_attn2=True, peak_tflops=362),  # L40S sheet
+        GpuTier("L40", 48, (8, 9), bf16=True, flash_attn2=True, peak_tflops=181),  # L40 sheet
+        GpuTier("RTX4090", 24, (8, 9), bf16=True, flash_attn2=True, peak_tflops=165),  # Ada whitepaper
+        GpuTier("RTX6000-Ada", 48, (8, 9), bf16=True, flash_attn2=True, peak_tflops=364.2),  # Ada whitepaper
+        # Hopper, sm90; Blackwell, sm100
+        GpuTier("H100", 80, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True, peak_tflops=989),  # H100 SXM sheet
+        GpuTier("H200", 141, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True, peak_tflops=989),  # H200 sheet
+        GpuTier("B200", 180, (10, 0), bf16=True, flash_attn2=True, peak_tflops=2250),  # HGX B200 sheet, per GPU
     ]
 }
 
-_ALIASES = {
-    "A100-40GB": "A100",
-    "A100_80GB": "A100-80GB",
-    "A10080GB": "A100-80GB",
-    "RTX-3090": "RTX3090",
-    "RTX-4090": "RTX4090",
-    "H100-80GB": "H100",
-    "V100-16GB": "V100",
-}
+# what plan's refusals offer as GPUs that would fit: the clouds' common cards (the others only where asked for)
+SUGGESTED = frozenset({"T4", "V100", "V100-32GB", "A10G", "L4", "L40S", "RTX3090", "RTX4090", "A100", "A100-80GB"})
+SUGGESTED |= {"H100", "H200", "B200"}
 
-FORMS = "8xA100, 2x8xH100 (nodes x gpus x type), A100-80GB:8, H100, or cpu"
+FORMS = "8xA100, 2x8xH100 (nodes x gpus x type), A100-80GB:8, gpu:a100:8 (Slurm's), H100, or cpu"
 
 
 @dataclass(frozen=True)
@@ -96,17 +121,61 @@ class GpuRequest:
         return f"{head}{self.per_node}x{self.tier.name}"
 
 
+# words of a GPU's name that do not tell its model: vendor, brand, form factor, memory kind
+_NOISE = re.compile(r"nvidia|tesla|geforce|quadro|sxm\d?|pcie|nvl|fhhl|hbm\d?e?|generation")
+_MEMORY = re.compile(r"(\d+)gb")
+_MIG = re.compile(r"\d+g\.\d+gb")  # a MIG slice: nvidia_a100_3g.20gb
+
+
+def _model(name: str) -> tuple[str, int | None]:
+    """A GPU's model and the memory its name says (None where it says none): its words without the
+    vendor, brand and form-factor ones, joined, and a leading 'rtx' dropped. 'nvidia_a100-sxm4-80gb' and
+    'A100-80GB' -> ('a100', 80); 'NVIDIA RTX 6000 Ada Generation' and 'RTX6000-Ada' -> ('6000ada', None)."""
+    words = [w for w in re.split(r"[\s_\-]+", name.strip().lower()) if w and not _NOISE.fullmatch(w)]
+    memory = next((int(m.group(1)) for w in words if (m := _MEMORY.fullmatch(w))), None)
+    model = "".join(w for w in words if not _MEMORY.fullmatch(w)).removeprefix("rtx")
+    return model, memory
+
+
+_MODELS = {name: _model(name) for name in TIERS}
+
+
+def same_model(gpu_name: str, tier_name: str) -> bool:
+    """Whether a GPU's name as Slurm's GRES or nvidia-smi writes it is the model of ftctl's tier, whatever memory
+    either says (a cluster's 'a100' GRES may hold its 80 GB cards): 'a10' is no A100, 'l40s' no L40."""
+    return _model(gpu_name)[0] == _MODELS[tier_name][0]
+
+
 def tier(name: str) -> GpuTier:
-    key = name.strip().upper()
-    key = _ALIASES.get(key, key)
-    for t in TIERS.values():
-        if t.name.upper() == key:
-            return t
-    raise FtctlError(f"Unknown GPU type {name!r}.{did_you_mean(name.upper(), TIERS)} Known types: {', '.join(TIERS)}.")
+    """The tier a GPU type names: ftctl's name, or Slurm's and nvidia-smi's for the same card, in any case.
+    Vendor, brand and form-factor words (nvidia, tesla, geforce, quadro, sxm4, pcie...) are left out and a
+    leading RTX is optional; a memory word (80gb) picks the model's largest tier with no more memory than that,
+    none picks the tier named without one (A100 is the 40 GB card)."""
+    if _MIG.search(name.lower()):
+        raise FtctlError(f"GPU type {name!r} is a MIG slice of a GPU: ftctl plans whole GPUs (gpu:a100:1).")
+    model, memory = _model(name)
+    same = [TIERS[n] for n, (m, _) in _MODELS.items() if m == model]
+    if memory is None:
+        found = next((t for t in same if _MODELS[t.name][1] is None), None)
+    else:
+        found = max((t for t in same if t.memory_gb <= memory), key=lambda t: t.memory_gb, default=None)
+    if found:
+        return found
+    if same:
+        sizes = ", ".join(f"{t.name} {t.memory_gb:g} GB" for t in same)
+        raise FtctlError(f"GPU type {name!r} says {memory} GB, less than ftctl's {sizes}: name a smaller card.")
+    keys = {m + (f"{gb}gb" if gb else ""): n for n, (m, gb) in _MODELS.items()}
+    # a typo, not another card: MI300X is not an RTX3090 (the 0.6 of errors.did_you_mean would say it is)
+    close = difflib.get_close_matches(model + (f"{memory}gb" if memory else ""), keys, n=1, cutoff=0.7)
+    raise FtctlError(
+        f"Unknown GPU type {name!r}.{f' Did you mean {keys[close[0]]!r}?' if close else ''} Known types: "
+        f"{', '.join(TIERS)} (or their names as Slurm and nvidia-smi write them: nvidia_a100-sxm4-80gb). A card "
+        "not listed: name a listed one of its generation or older with no more memory, and ftctl plans for that."
+    )
 
 
-_NXT = re.compile(r"^(?:(\d+)[xX])?(?:(\d+)[xX])?([A-Za-z][\w\-]*)$")
-_SKY = re.compile(r"^([A-Za-z][\w\-]*):(\d+)$")
+_NXT = re.compile(r"^(?:(\d+)[xX])?(?:(\d+)[xX])?([A-Za-z][\w.\-]*)$")
+_SKY = re.compile(r"^([A-Za-z][\w.\-]*):(\d+)$")
 
 
 def parse(spec: str, nodes: int | None = None) -> GpuRequest:
@@ -119,6 +188,12 @@ def parse(spec: str, nodes: int | None = None) -> GpuRequest:
     if m_cpu:
         n = int(m_cpu.group(1)) if m_cpu.group(1) else None
         return GpuRequest(None, 1, _merge_nodes(n, nodes, spec))
+    text = re.sub(r"^gpu:", "", text, flags=re.IGNORECASE)  # Slurm's gres: gpu:a100:8
+    if text.isdigit():
+        raise FtctlError(
+            f"--gpus {spec!r} names no GPU type, and ftctl plans for one: gpu:TYPE:{text} or {text}xTYPE "
+            f"(`sinfo -o %G` lists the cluster's). Known types: {', '.join(TIERS)}."
+        )
     m = _SKY.match(text)
     if m:
         count, form_nodes, name = int(m.group(2)), None, m.group(1)

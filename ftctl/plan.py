@@ -854,7 +854,7 @@ def _nearest(spec: RunSpec, shape: ModelShape, method: str, req) -> Plan | None:
         if p is not None:
             return p
     candidates = []
-    for t in gpu_table.TIERS.values():
+    for t in (t for t in gpu_table.TIERS.values() if t.name in gpu_table.SUGGESTED | {req.tier.name}):
         for nodes in (1, 2, 4):
             for per in (1, 2, 4, 8):
                 if nodes > 1 and per < 8:

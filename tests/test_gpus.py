@@ -28,6 +28,15 @@ from ftctl.errors import FtctlError
         ("CPU", 3, (None, 1, 3)),
         ("2xcpu", None, (None, 1, 2)),
         ("2xcpu", 2, (None, 1, 2)),
+        # Slurm's gres and --gpus forms, with the type names Slurm's NVML autodetection gives
+        ("gpu:a100:2", None, ("A100", 2, 1)),
+        ("GPU:A40:4", 2, ("A40", 4, 2)),
+        ("gpu:nvidia_a100-sxm4-80gb:8", None, ("A100-80GB", 8, 1)),
+        ("gpu:rtx_a6000", None, ("RTXA6000", 1, 1)),
+        ("nvidia_l40s:4", None, ("L40S", 4, 1)),
+        ("2xnvidia_a100_80gb_pcie", None, ("A100-80GB", 2, 1)),
+        ("2x4xtesla_v100-sxm2-32gb", None, ("V100-32GB", 4, 2)),
+        ("2xA40", None, ("A40", 2, 1)),
     ],
 )
 def test_accepted_forms(text, nodes, want):
@@ -74,7 +83,17 @@ def test_malformed_strings_show_forms_and_types(text):
 
 
 @pytest.mark.parametrize(
-    "text, close", [("8xA1000", "A100"), ("8xH10", "H100"), ("L40", "L40S"), ("2x8xB100", None), ("4xMI300X", None)]
+    "text, close",
+    [
+        ("8xA1000", "A100"),
+        ("8xH10", "H100"),
+        ("RTXA600", "RTXA6000"),
+        ("a100-80:2", "A100-80GB"),  # a memory without its GB
+        ("2x8xB100", None),  # None: either way
+        ("4xMI300X", False),  # False: none; another card is not a typo (no RTX3090 offered)
+        ("tesla_p100-pcie-16gb", False),  # Pascal is not planned (the trainer's Triton kernels need sm70)
+        ("nvidia_gh200_480gb", False),
+    ],
 )
 def test_unknown_types_list_known_types(text, close):
     with pytest.raises(FtctlError) as e:
@@ -84,8 +103,102 @@ def test_unknown_types_list_known_types(text, close):
     assert "Known types: " in msg
     for name in gpus.TIERS:
         assert name in msg
+    if close is False:
+        assert "Did you mean" not in msg
     if close:
         assert f"Did you mean {close!r}" in msg
+    # how to go on: Slurm's names are read, and a card not listed has a stand-in
+    assert "nvidia_a100-sxm4-80gb" in msg and "of its generation or older with no more memory" in msg
+
+
+@pytest.mark.parametrize(
+    "name, want",
+    [
+        # Slurm's AutoDetect=nvml names (nvidia-smi's, lower case, spaces as underscores)
+        ("nvidia_a100-sxm4-80gb", "A100-80GB"),
+        ("nvidia_a100-sxm4-40gb", "A100"),
+        ("nvidia_a100-pcie-40gb", "A100"),
+        ("nvidia_a100_80gb_pcie", "A100-80GB"),
+        ("tesla_v100-sxm2-32gb", "V100-32GB"),
+        ("tesla_v100-sxm2-16gb", "V100"),
+        ("tesla_v100s-pcie-32gb", "V100S"),
+        ("tesla_t4", "T4"),
+        ("nvidia_geforce_rtx_3090", "RTX3090"),
+        ("nvidia_geforce_rtx_4090", "RTX4090"),
+        ("nvidia_geforce_rtx_2080_ti", "RTX2080Ti"),
+        ("nvidia_titan_rtx", "TITANRTX"),
+        ("nvidia_rtx_a6000", "RTXA6000"),
+        ("nvidia_rtx_a5000", "RTXA5000"),
+        ("nvidia_rtx_a4000", "RTXA4000"),
+        ("nvidia_rtx_6000_ada_generation", "RTX6000-Ada"),
+        ("quadro_rtx_8000", "RTX8000"),
+        ("quadro_rtx_6000", "RTX6000"),
+        ("nvidia_a40", "A40"),
+        ("nvidia_a30", "A30"),
+        ("nvidia_a10", "A10"),
+        ("nvidia_a10g", "A10G"),
+        ("nvidia_l4", "L4"),
+        ("nvidia_l40", "L40"),
+        ("nvidia_l40s", "L40S"),
+        ("nvidia_h100_80gb_hbm3", "H100"),
+        ("nvidia_h100_pcie", "H100"),
+        ("nvidia_h100_nvl", "H100"),  # 94 GB planned as the 80 GB card: no more memory than it has
+        ("nvidia_h200", "H200"),
+        ("nvidia_b200", "B200"),
+        # nvidia-smi's own spelling
+        ("NVIDIA A100-SXM4-80GB", "A100-80GB"),
+        ("Tesla V100-PCIE-32GB", "V100-32GB"),
+        ("NVIDIA RTX 6000 Ada Generation", "RTX6000-Ada"),
+        ("Quadro RTX 8000", "RTX8000"),
+        # what admins and users write: any case, with or without RTX and separators
+        ("a100_80gb", "A100-80GB"),
+        ("A100-40GB", "A100"),
+        ("a6000", "RTXA6000"),
+        ("rtx_a6000", "RTXA6000"),
+        ("RTX-A6000", "RTXA6000"),
+        ("rtx8000", "RTX8000"),
+        ("rtx_3090", "RTX3090"),
+        ("RTX-4090", "RTX4090"),
+        ("rtx2080ti", "RTX2080Ti"),
+        ("titan_rtx", "TITANRTX"),
+        ("rtx6000ada", "RTX6000-Ada"),
+        ("H100-80GB", "H100"),
+        ("v100-16gb", "V100"),
+        ("L40S", "L40S"),
+    ],
+)
+def test_slurm_and_nvidia_smi_names(name, want):
+    assert gpus.tier(name).name == want
+    assert gpus.parse(f"gpu:{name.replace(' ', '_')}:2").tier.name == want
+
+
+def test_every_tier_reads_back_by_its_name_in_any_case():
+    for name, t in gpus.TIERS.items():
+        assert gpus.tier(name) is t and gpus.tier(name.lower()) is t and gpus.tier(name.upper()) is t
+        assert gpus.parse(str(gpus.GpuRequest(t, 8, 2))) == gpus.GpuRequest(t, 8, 2)
+    models = [gpus._model(n) for n in gpus.TIERS]
+    assert len(set(models)) == len(models)  # no two tiers read as one card
+
+
+def test_a_memory_word_picks_the_largest_variant_with_no_more_memory():
+    assert gpus.tier("a100_80gb").name == "A100-80GB" and gpus.tier("a100_40gb").name == "A100"
+    assert gpus.tier("a100_96gb").name == "A100-80GB"  # never more than the card has
+    assert gpus.tier("v100_32gb").name == "V100-32GB" and gpus.tier("v100").name == "V100"
+    with pytest.raises(FtctlError, match="says 20 GB, less than ftctl's A100 40 GB, A100-80GB 80 GB"):
+        gpus.tier("a100_20gb")
+
+
+def test_a_mig_slice_is_refused_as_one():
+    with pytest.raises(FtctlError, match="MIG slice of a GPU: ftctl plans whole GPUs") as e:
+        gpus.parse("gpu:nvidia_a100_3g.20gb:1")
+    assert "Accepted forms" in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["gpu:2", "GPU:8", "4"])
+def test_a_count_without_a_type_asks_for_the_type(text):
+    with pytest.raises(FtctlError, match="names no GPU type") as e:
+        gpus.parse(text)
+    assert "gpu:TYPE:" in str(e.value) and "sinfo" in str(e.value) and "A40" in str(e.value)
 
 
 @pytest.mark.parametrize("text", ["0xA100", "17xA100", "A100:0", "2x0xH100"])
@@ -120,6 +233,50 @@ def test_tier_table_holds_the_required_tiers():
         assert t.memory_gb >= 16
         assert t.sky_name == name
         assert t.compute_capability >= (7, 0)
+
+
+# the university cluster cards: (memory GB, compute capability, bf16 and FlashAttention 2, dense TFLOPS)
+CLUSTER_CARDS = {
+    "A40": (48, (8, 6), True, 149.7),
+    "RTXA6000": (48, (8, 6), True, 154.8),
+    "RTXA5000": (24, (8, 6), True, 111.1),
+    "RTXA4000": (16, (8, 6), True, 76.7),
+    "A30": (24, (8, 0), True, 165),
+    "A10": (24, (8, 6), True, 125),
+    "A10G": (24, (8, 6), True, 70),
+    "L40": (48, (8, 9), True, 181),
+    "L40S": (48, (8, 9), True, 362),
+    "RTX6000-Ada": (48, (8, 9), True, 364.2),
+    "RTX3090": (24, (8, 6), True, 71),
+    "RTX8000": (48, (7, 5), False, 130.5),
+    "RTX6000": (24, (7, 5), False, 130.5),
+    "RTX2080Ti": (11, (7, 5), False, 53.8),
+    "TITANRTX": (24, (7, 5), False, 130),
+    "V100S": (32, (7, 0), False, 130),
+    "V100-32GB": (32, (7, 0), False, 125),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLUSTER_CARDS))
+def test_cluster_cards(name):
+    t = gpus.TIERS[name]
+    memory, capability, ampere, tflops = CLUSTER_CARDS[name]
+    assert (t.memory_gb, t.compute_capability, t.bf16, t.flash_attn2, t.peak_tflops) == (
+        memory,
+        capability,
+        ampere,
+        ampere,
+        tflops,
+    )
+    assert not t.flash_attn3
+
+
+def test_features_follow_the_compute_capability():
+    for t in gpus.TIERS.values():
+        assert t.compute_capability >= (7, 0)  # no Pascal: the trainer's Triton kernels need sm70
+        assert t.bf16 == t.flash_attn2 == (t.compute_capability >= (8, 0)), t.name
+        assert t.flash_attn3 == (t.compute_capability[0] == 9), t.name
+        assert t.peak_tflops > 0
 
 
 def test_tier_facts():

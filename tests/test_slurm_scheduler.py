@@ -536,3 +536,5 @@ def test_doctor_matches_gpu_types_as_clusters_name_them():
     assert _same_gpu("", "H100")  # untyped gres (gpu:8) cannot be told apart: not flagged
     assert not _same_gpu("tiny", "A100")
     assert not _same_gpu("h100", "A100")
+    assert not _same_gpu("a100", "A10") and not _same_gpu("l40s", "L40") and not _same_gpu("v100s", "V100")
+    assert _same_gpu("a6000", "RTXA6000") and _same_gpu("tesla_v100-sxm2-32gb", "V100")

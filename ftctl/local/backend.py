@@ -48,6 +48,10 @@ def local_gpus() -> str:
     from ftctl import gpus as gpu_table
 
     name, mem = rows[0].rsplit(",", 1)
+    try:  # the name as nvidia-smi writes it: "NVIDIA A100-SXM4-80GB", "Tesla V100S-PCIE-32GB"
+        return f"{len(rows)}x{gpu_table.tier(name).name}"
+    except FtctlError:  # a card ftctl does not list: the nearest in memory whose name it shares
+        pass
     mem_gb = float(mem) / 1024
     known = sorted(gpu_table.TIERS.values(), key=lambda t: abs(t.memory_gb - mem_gb))
     for t in known:

@@ -12,22 +12,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ftctl.gpus import TIERS
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec, split_paths
 
-# dense bf16 (fp16 where no bf16) peak TFLOPS per GPU, from the vendors' data sheets
-PEAK_TFLOPS = {
-    "T4": 65,
-    "V100": 125,
-    "A10G": 70,
-    "L4": 121,
-    "RTX4090": 165,
-    "L40S": 362,
-    "A100": 312,
-    "A100-80GB": 312,
-    "H100": 989,
-    "H200": 989,
-}
 MFU = 0.35
 BYTES_PER_TOKEN = 4
 
@@ -62,9 +50,9 @@ def train_tokens(spec: RunSpec) -> float | None:
 
 
 def tokens_per_second(plan: Plan) -> float | None:
-    peak = PEAK_TFLOPS.get(plan.tier or "")
-    if not peak:
+    if not plan.tier:
         return None
+    peak = TIERS[plan.tier].peak_tflops  # dense bf16 (fp16 where no bf16), the vendors' data sheets
     per_token = (6 if plan.method in ("fft", "sft") else 4) * plan.model.params_b * 1e9
     return plan.world_size * peak * 1e12 * MFU / per_token
 

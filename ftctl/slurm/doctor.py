@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError, did_you_mean
 from ftctl.slurm.scheduler import command_error, run_command, slurm_env
 from ftctl.spec import slurm_time_s
@@ -374,17 +375,10 @@ def _gpu_type_doubts(chosen: PartitionInfo, partitions: list[PartitionInfo], gpu
 
 
 def _same_gpu(gres_type: str, wanted: str) -> bool:
-    """Could gres type ``gres_type`` be the ftctl tier ``wanted``? 'A100' matches a100, A100,
-    nvidia_a100-sxm4-80gb; 'A100-80GB' matches those too (clusters rarely name the memory). An
-    untyped gres ('gpu:8') cannot be told apart, so it is not flagged."""
-
-    def norm(s: str) -> str:
-        return re.sub(r"[^a-z0-9]", "", s.lower())
-
-    if not gres_type:
-        return True
-    base = re.sub(r"[-_]?\d+gb$", "", wanted.lower())
-    return norm(wanted) in norm(gres_type) or norm(base) in norm(gres_type)
+    """Could gres type ``gres_type`` be the ftctl tier ``wanted``? The same model as gpus.tier reads names ('A100'
+    matches a100, A100, nvidia_a100-sxm4-80gb; 'A100-80GB' those too: clusters rarely name the memory; 'a10' is
+    no A100). An untyped gres ('gpu:8') cannot be told apart, so it is not flagged."""
+    return not gres_type or gpu_table.same_model(gres_type, wanted)
 
 
 def _int(raw: str) -> int:
