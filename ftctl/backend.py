@@ -320,14 +320,13 @@ def prepare(spec: RunSpec) -> Rendered:
     spec = replace(spec, backend=name)
     backend = get(name)
     refuse_foreign_options(spec, backend)
+    if not backend.needs_local_paths:  # before the plan, which would first ask a --model URI's size
+        refuse_local_paths(spec, name)
     spec, plan = backend.resolve(spec)
     image = backend.image(spec, plan)
     if image and image.container and not spec.container:
         spec = replace(spec, container=image.container)
-    if backend.needs_local_paths:
-        spec = absolute_paths(spec)
-    else:
-        refuse_local_paths(spec, name)
+    spec = absolute_paths(spec)  # the paths here: what the preflight reads, and what a backend ships
     paths = RunPaths(run_dir_for(spec))
     spec_json = dump_run(spec, plan)
     text, files = backend.render(spec, plan, paths, spec_json)
@@ -353,14 +352,29 @@ def absolute_paths(spec: RunSpec) -> RunSpec:
 
 
 def refuse_local_paths(spec: RunSpec, backend: str) -> None:
-    model = spec.model_name_or_path if Path(spec.model_name_or_path).exists() else ""
-    template = spec.chat_template_path if spec.chat_template_path and Path(spec.chat_template_path).exists() else ""
-    named = [*spec.data_sources, ("--output", spec.output), ("--model", model), ("chat_template_path", template)]
-    for what, p in named:
-        if p and not is_remote(p) and not p.startswith("builtin:"):
+    """For a backend whose machines cannot see this one's files (it ships the local inputs with the task): the output
+    must be an object store, a dataset named here a file or directory to ship, and a model a directory or a Hub id."""
+    from ftctl.storage import scheme
+
+    output = spec.output
+    if not is_remote(output):
+        raise FtctlError(
+            f"--output {output!r} is a local path: on --backend {backend} the checkpoints would stay on the machines "
+            "it starts, and go with them: use an object-store URI (s3://bucket/path, gs://...)."
+        )
+    model = spec.model_name_or_path
+    if scheme(model):
+        raise FtctlError(
+            f"--model {model!r}: models load from a directory or a Hub id, not a URI. --backend {backend} ships a "
+            "local model directory with the task: download it here and pass --model DIR; or push it to a private Hub "
+            "repo and pass --model ORG/NAME --secret HF_TOKEN."
+        )
+    for what, p in spec.data_sources:
+        if not is_remote(p) and not p.startswith("builtin:") and not Path(p).expanduser().exists():
             raise FtctlError(
-                f"{what} {p!r} is a local path, which the machines --backend {backend} starts cannot see: use "
-                f"an object-store URI (s3://bucket/path, gs://...)."
+                f"{what} {p!r} is a local path that is no file or directory here, and --backend {backend} ships only "
+                "those with the task (for a pattern, pass its directory): check it, or use an object-store URI "
+                "(s3://bucket/path, gs://...)."
             )
 
 

@@ -16,3 +16,6 @@ THREADS_ENV = "FTCTL_CPU_THREADS"
 # A mirror of torch's wheel index (the folder holding its cu126/, cu128/, cpu/ ...), where a SkyPilot node's setup
 # installs torch from (ftctl.torch_builds, ftctl.sky.node_stack); set with -o env=FTCTL_TORCH_INDEX=URL.
 TORCH_INDEX_ENV = "FTCTL_TORCH_INDEX"
+# The base model as the user named it where the job loads a copy from elsewhere (a SkyPilot task's shipped
+# --model directory): what the final adapter records as its base, so chat/eval/merge find it where it was launched.
+BASE_MODEL_ENV = "FTCTL_BASE_MODEL"

@@ -253,8 +253,10 @@ def test_several_datasets_reach_every_backend_each_checked_and_bound(tmp_path, m
     found = [f.text for f in preflight.preflight(spec, make_plan(spec), "slurm") if "No data" in f.text]
     assert [t.split(":")[0] for t in found] == ["--data", "--eval-data"] and "missing.jsonl" in found[0]
     flags = ["render", "--backend", "sky", "--gpus", "1xA100", "--data", "s3://b/x.jsonl", "--data", "a.jsonl"]
-    refused = CliRunner().invoke(main, [*flags, "--output", "s3://b/o"])
-    assert refused.exit_code == 2 and "--data 'a.jsonl' is a local path" in refused.output
+    shipped = CliRunner().invoke(main, [*flags, "--output", "s3://b/o"])  # a local dataset ships with the task
+    assert shipped.exit_code == 0 and f": {(tmp_path / 'a.jsonl').resolve()}\n" in shipped.output
+    refused = CliRunner().invoke(main, [*flags[:-1], "missing.jsonl", "--output", "s3://b/o"])
+    assert refused.exit_code == 2 and "--data 'missing.jsonl' is a local path that is no file" in refused.output
 
 
 def test_s3a_output_is_remote_on_every_backend(tmp_path, monkeypatch):

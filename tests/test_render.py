@@ -570,8 +570,8 @@ def test_held_out_data_is_bound_into_containers_as_the_training_data_is(tmp_path
     assert f"--bind {shlex.quote(str(train.parent))}" in slurm.text
     docker = prepared(backend="docker", **common, output_dir=str(tmp_path / "b"))
     assert shlex.quote(f"{held}:{held}") in docker.text
-    with pytest.raises(FtctlError, match="--eval-data .* is a local path"):
-        prepared(backend="sky", **dict(common, data_path="s3://b/conv.json"), output_dir="s3://b/r")
+    sky = prepared(backend="sky", **dict(common, data_path="s3://b/conv.json"), output_dir="s3://b/r")
+    assert str(held.resolve()) in yaml.safe_load(sky.text)["file_mounts"].values()  # shipped with the task
 
 
 def test_docker_mounts_the_output_before_it_exists(tmp_path):

@@ -5,7 +5,9 @@ real SkyPilot read the rendered tasks)."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -15,7 +17,7 @@ from ftctl.cli import main
 from ftctl.errors import FtctlError
 from ftctl.preflight import checkpoint_gb
 from ftctl.sky import render as sky_render
-from tests.render_fixtures import prepared
+from tests.render_fixtures import prepared, write_model_config
 
 MODEL = "meta-llama/Llama-3.1-8B"
 
@@ -158,3 +160,87 @@ def test_the_nearest_plans_do_not_carry_the_host_memory_to_other_machines():
         return re.search(r"--gpus \S+ --method fft", str(e.value)).group(0)
 
     assert nearest_fft("host_memory_gb=1800") == nearest_fft()
+
+
+# ------------------------------------------------------------------------------------------ local inputs
+def _model(root: Path, size: int = 0) -> Path:
+    """A model directory here (Llama-3.2-1B's config) whose weights file has ``size`` bytes (sparse)."""
+    model = write_model_config(root / "my-model")
+    with (model / "model.safetensors").open("wb") as f:
+        f.truncate(size)
+    return model
+
+
+def test_the_output_must_be_an_object_store_and_a_model_uri_is_told_what_loads(tmp_path):
+    """The inputs ship; the output cannot (the machines' disks go with them). A --model URI loads nowhere: the
+    refusal names what does (a directory here, shipped; a Hub id), not another URI."""
+    with pytest.raises(FtctlError, match=r"--output '/tmp/x' is a local path: .* use an object-store URI"):
+        sky(output_dir="/tmp/x")
+    with pytest.raises(FtctlError) as e:
+        sky(model_name_or_path="s3://b/m", model_params="1b")
+    said = str(e.value)
+    assert "ships a local model directory" in said and "--secret HF_TOKEN" in said and "object-store" not in said
+    with pytest.raises(FtctlError, match=r"--data 'nothere.jsonl' is a local path that is no file or directory here"):
+        sky(data_path="nothere.jsonl")
+
+
+def test_inputs_skypilot_would_not_ship_intact_are_refused_all_at_once(tmp_path):
+    """SkyPilot 0.14 quotes a file_mounts source as Python's repr into a shell line (a path with ' and $ runs what
+    follows the $), substitutes the task's envs into it, and copies symbolic links as links."""
+    bad = [tmp_path / "o'brien $(touch PWNED)", tmp_path / "back\\slash", tmp_path / "x$TOKENIZERS_PARALLELISM"]
+    for p in bad:
+        p.mkdir()
+        (p / "a.jsonl").write_text("{}\n")
+    linked = _model(tmp_path)
+    (linked / "model.safetensors").unlink()
+    (linked / "model.safetensors").symlink_to(tmp_path / "blobs" / "abc")
+    with pytest.raises(FtctlError) as e:
+        sky(data_path=[str(p) for p in bad], model_name_or_path=str(linked))
+    said = str(e.value)
+    assert said.startswith("4 local inputs SkyPilot would not ship intact:"), said
+    assert "o'brien" in said and "back\\\\slash" in said and "replaces $TOKENIZERS_PARALLELISM" in said
+    assert "holds symbolic links ('model.safetensors')" in said and "--local-dir" in said
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_a_shipped_directory_lands_anew_once_its_files_change(tmp_path):
+    """SkyPilot's rsync keeps in a reused cluster's copy what the directory no longer holds: another name then."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a", "b"):
+        (data / f"{name}.jsonl").write_text("{}\n")
+
+    def on_node() -> str:
+        return json.loads(sky(data_path=str(data)).files["spec.json"])["spec"]["data_path"]
+
+    before = on_node()
+    assert on_node() == before and before.endswith("-data")
+    (data / "b.jsonl").unlink()
+    assert on_node() != before
+
+
+def test_the_shipped_model_is_sized_once_with_how_it_travels(tmp_path, monkeypatch, capsys):
+    """A model directory can be many GB: the task says how big and how it travels (to each node; a managed job's
+    through SkyPilot's jobs controller), and so does launch, which also sends it by sky.launch where it would reuse
+    the cluster by sky.exec (which syncs no file_mounts)."""
+    from ftctl.sky import bridge
+    from ftctl.sky.backend import SkyBackend
+
+    model = _model(tmp_path, 15 * 2**30)
+    (tmp_path / "chats.jsonl").write_text("{}\n")
+    args = dict(gpus="2x8xA100", model_name_or_path=str(model), data_path=str(tmp_path / "chats.jsonl"))
+    note = sky(**args).text.splitlines()[1]
+    assert note.startswith("# file_mounts: 2 local input(s), 15.0 GiB, the --model directory 15.0 GiB: ")
+    assert "copies them to each of the 2 nodes at launch" in note and "--secret HF_TOKEN" in note
+    assert "jobs controller" in sky(**args, spot=True).text.splitlines()[1]
+
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    monkeypatch.setattr(
+        bridge, "call", lambda op, **kw: calls.append(kw) or {"managed": False, "job_id": 3, "cluster": "dev"}
+    )
+    SkyBackend().send(sky(**args, cluster="dev"))
+    assert calls[0]["reuse"] is False and calls[0]["cluster"] == "dev"
+    assert note.removeprefix("# ") in capsys.readouterr().err
+    SkyBackend().send(sky(cluster="dev"))  # nothing shipped: the cluster is reused when up
+    assert calls[1]["reuse"] is True

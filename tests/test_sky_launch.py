@@ -89,6 +89,12 @@ def sky(sky_infra, sky_s3, tiny_model_dir, tmp_path_factory):
 
     s.data = f"s3://{s.bucket}/data/{HOSTILE}.json"
     sky_s3.client().put_object(Bucket=s.bucket, Key=f"data/{HOSTILE}.json", Body=demo_data_path().read_bytes())
+    # the first launch's inputs are this machine's files: they travel with the task (file_mounts), names and all
+    s.local_model = s.cwd / "my model"
+    shutil.copytree(tiny_model_dir, s.local_model)
+    s.local_data = s.cwd / "in put" / 'a"=0" $(touch PWNED);x.json'
+    s.local_data.parent.mkdir()
+    s.local_data.write_bytes(demo_data_path().read_bytes())
     yield s
     # whatever a failed test left must not hold the Slurm nodes the later test modules need
     sky_infra.sky("jobs", "cancel", "-a", "-y")
@@ -98,7 +104,7 @@ def sky(sky_infra, sky_s3, tiny_model_dir, tmp_path_factory):
 def test_launch_two_nodes_status_logs_cancel_down(sky, sky_infra, sky_s3):
     t0 = time.monotonic()
     out = f"s3://{sky.bucket}/runs/lora"
-    args = sky.run_args(sky.model, sky.data, out, run_name="sky-lora")
+    args = sky.run_args(sky.local_model, str(sky.local_data), out, run_name="sky-lora")
     job = sky.launch(*args, "--cluster", CLUSTER, "--preflight")
     assert job.startswith(f"{CLUSTER}/"), job
     line = sky.wait(job, ("SUCCEEDED", "FAILED", "CANCELLED", "UNKNOWN"), timeout=300)
@@ -123,9 +129,13 @@ def test_launch_two_nodes_status_logs_cancel_down(sky, sky_infra, sky_s3):
     run_dir = sky.cwd / "runs" / "sky-lora"
     for f in run_dir.glob("*.*"):
         assert FAKE_SECRET not in f.read_text(), f
-    # the hostile data path arrived intact in the spec the nodes ran
+    # the local model directory and data file reached the nodes as file_mounts, where the nodes' spec.json names them
     shipped = list(sky_infra.base.glob("home/.sky_clusters/*/ftctl-run/sky-lora/spec.json"))
-    assert shipped and json.loads(shipped[0].read_text())["spec"]["data_path"] == sky.data
+    node = json.loads(shipped[0].read_text())["spec"]
+    assert node["data_path"].startswith("./inputs/") and node["model_name_or_path"].startswith("./inputs/"), node
+    assert (shipped[0].parent / node["data_path"]).read_bytes() == sky.local_data.read_bytes()
+    assert (shipped[0].parent / node["model_name_or_path"] / "config.json").is_file()
+    assert not list(sky.cwd.rglob("PWNED"))
 
     # a second, long run on the same cluster (sky.exec), cancelled while it runs
     long_job = sky.launch(

@@ -7,7 +7,9 @@ matrix plus files the validator must refuse, so the ~2 s ``import sky`` is paid 
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -16,8 +18,8 @@ import yaml
 
 from ftctl.plan import PlanError
 from ftctl.sky import render as sky_render
-from ftctl.spec import SECRETS
-from tests.render_fixtures import prepared, sky_validate
+from ftctl.spec import SECRETS, split_paths
+from tests.render_fixtures import prepared, sky_python, sky_validate, write_model_config
 
 METHODS = ("fft", "sft", "lora", "qlora")
 GPUS = ("1xL4", "8xA100", "2x8xH100", "A100-80GB:8")
@@ -209,3 +211,111 @@ def test_the_nodes_install_what_the_run_uses_beyond_the_train_extra():
     assert "'s3fs>=2024.1'" in plain and not any(p in plain for p in ("wandb", "gcsfs", "adlfs"))
     used = setup("report_to=wandb", "data_path=az://c/conv.jsonl", output="gs://b/runs/x")
     assert all(f"'{r}'" in used for r in ("wandb>=0.18", "gcsfs>=2024.1", "adlfs>=2024.1", "s3fs>=2024.1"))
+
+
+# ------------------------------------------------------------------------------------------ local inputs
+# Run in SkyPilot's venv: the task as SkyPilot reads it (its file_mounts after its own env substitution and path
+# checks), then each source through SkyPilot's own rsync line (LocalProcessCommandRunner: the quoting every runner's
+# rsync shares) into a directory here, for the test to compare.
+_SKY_SHIPS = """
+import json, os, sys
+from tests.sky_validate import _import_sky, validate_task_yaml
+sky = _import_sky()
+from sky.utils.command_runner import LocalProcessCommandRunner
+text = open(sys.argv[1]).read()
+validate_task_yaml(text)
+task = sky.Task.from_yaml_str(text)
+task.expand_and_validate_file_mounts()
+copied = {}
+os.makedirs(sys.argv[2])  # as SkyPilot's mkdir -p before its rsync
+for i, (dst, src) in enumerate(sorted(task.file_mounts.items())):
+    copied[dst] = os.path.join(sys.argv[2], str(i))
+    LocalProcessCommandRunner().rsync(src, copied[dst], up=True, stream_logs=False)
+print(json.dumps({"file_mounts": task.file_mounts, "copied": copied}))
+"""
+
+
+def _hostile_inputs(root: Path) -> dict[str, Path]:
+    """A data file, a data directory, held-out data, a chat template and a model directory, each under a name of
+    render_fixtures.HOSTILE that SkyPilot's rsync line carries (shipped() refuses the others)."""
+    made = {
+        "data": root / "$(touch PWNED)" / "a 0.jsonl",
+        "data_dir": root / "x;touch PWNED;y",
+        "eval": root / "a'; echo foo" / "held.jsonl",
+        "template": root / 'a"=0"' / "t.jinja",
+        "model": root / "`touch PWNED`" / "my model",
+    }
+    row = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    for key in ("data", "eval"):
+        made[key].parent.mkdir(parents=True)
+        made[key].write_text(row + "\n")
+    made["data_dir"].mkdir()
+    (made["data_dir"] / "part-0.jsonl").write_text(row + "\n")
+    made["template"].parent.mkdir()
+    made["template"].write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    write_model_config(made["model"])
+    return made
+
+
+def test_local_inputs_ship_as_file_mounts_where_the_nodes_spec_names_them(tmp_path, monkeypatch):
+    """--data (a file and a directory), --eval-data, chat_template_path and a --model directory here, under hostile
+    names: each is a file_mounts source at its absolute path here, landing where the spec.json of the run section
+    names it (from the run's directory, where the trainer runs); SkyPilot reads the task offline, and its own rsync
+    line copies every source intact, running nothing of its name."""
+    monkeypatch.chdir(tmp_path)
+    made = _hostile_inputs(tmp_path / "in")
+    prep = prepared(
+        backend="sky",
+        gpus="2x1xL4",
+        model_name_or_path=str(made["model"]),
+        data_path=[str(made["data"]), str(made["data_dir"])],
+        eval_data_path=str(made["eval"]),
+        chat_template_path=str(made["template"]),
+        output_dir="s3://b/runs/x",
+    )
+    task = yaml.safe_load(prep.text)
+    mounts = task["file_mounts"]
+    assert sorted(mounts.values()) == sorted(str(p.resolve()) for p in made.values())
+    # the preflight reads the paths here; the nodes read spec.json's, which the run section ships (the same bytes
+    # as the run directory's spec.json)
+    assert prep.spec.data_path == f"{made['data'].resolve()},{made['data_dir'].resolve()}"
+    run = task["run"]
+    shipped = json.loads(re.search(r"<<'(\w+)'\n(.*?)\n\1\n", run, re.S).group(2))
+    assert shipped == json.loads(prep.files["spec.json"])
+    node = shipped["spec"]
+    named = {
+        "data": split_paths(node["data_path"])[0],
+        "data_dir": split_paths(node["data_path"])[1],
+        "eval": node["eval_data_path"],
+        "template": node["chat_template_path"],
+        "model": node["model_name_or_path"],
+    }
+    run_dir = f"~/ftctl-run/{prep.spec.name}"
+    assert node["run_name"] == prep.spec.name == "ftctl-lora-my-model"  # not the shipped directory's name
+    for key, path in named.items():
+        assert path.startswith("./inputs/"), path
+        assert mounts[f"{run_dir}/{path.removeprefix('./')}"] == str(made[key].resolve()), key
+    assert f"\ncd {run_dir}  #" in "\n" + run.split("cat > ")[0]  # before the trainer starts
+    assert "file_mounts: 5 local input(s)" in prep.text.splitlines()[1]
+    # the adapter names its base as launched, not as the nodes load it (chat/eval/merge run here)
+    assert task["envs"]["FTCTL_BASE_MODEL"] == str(made["model"].resolve())
+
+    f = tmp_path / "task.yaml"
+    f.write_text(prep.text)
+    out = subprocess.run(
+        [sky_python(), "-c", _SKY_SHIPS, str(f), str(tmp_path / "copied")],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    sky = json.loads(out.stdout.splitlines()[-1])
+    assert sky["file_mounts"] == mounts
+    for dst, src in mounts.items():
+        copy = Path(sky["copied"][dst])
+        if Path(src).is_dir():
+            assert sorted(p.name for p in copy.iterdir()) == sorted(p.name for p in Path(src).iterdir()), src
+        else:
+            assert copy.read_bytes() == Path(src).read_bytes(), src
+    assert not list(tmp_path.rglob("PWNED")) and not (Path(__file__).resolve().parents[1] / "PWNED").exists()

@@ -111,17 +111,18 @@ def test_sft_trains_only_the_top_blocks_and_head(tiny_model_dir, tiny_data, tmp_
     assert not any(k.startswith(("model.layers.0.", "model.embed_tokens.")) for k in changed)
 
 
-def test_lora_trains_an_adapter_that_peft_loads(tiny_model_dir, tiny_data, tmp_path, one_thread):
+def test_lora_trains_an_adapter_that_peft_loads(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "lora", lora_r=4, lora_alpha=8)
+    monkeypatch.setenv("FTCTL_BASE_MODEL", "/where/it/was/launched")  # a SkyPilot task loads a shipped copy
     result = _train(spec, plan)
 
     assert result.status == "complete" and math.isfinite(result.final_loss)
     config = json.loads(Path(result.output_dir, "adapter_config.json").read_text())
-    assert config["r"] == 4 and config["base_model_name_or_path"] == str(tiny_model_dir)
+    assert config["r"] == 4 and config["base_model_name_or_path"] == "/where/it/was/launched"
     # all linear projections of both blocks carry adapters (target all-linear, the head excluded)
     assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {
         "q_proj",

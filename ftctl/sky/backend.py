@@ -1,8 +1,10 @@
 """The SkyPilot backend: the rendered task handed to SkyPilot's Python SDK.
 
     launch   sky.launch (idle autostop, or --down) of cluster --cluster / the run name; sky.exec when
-             --cluster names one that is up; --spot: sky.jobs.launch of a managed job named after the run, with
-             job_recovery (no --cluster, --down or idle_minutes: SkyPilot launches and tears down its clusters)
+             --cluster names one that is up, unless the task ships local inputs (sky.exec syncs no file_mounts;
+             sky.launch onto that cluster syncs them, and runs the setup again); --spot: sky.jobs.launch of a
+             managed job named after the run, with job_recovery (no --cluster, --down or idle_minutes: SkyPilot
+             launches and tears down its clusters)
     status / logs / cancel / down    sky.job_status / tail_logs / cancel / down, or sky.jobs.*
 
 The image (``image_id: docker:REF``): --container, else the user's config: ``image:``, else the newest
@@ -23,6 +25,7 @@ import click
 
 from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered
 from ftctl.errors import FtctlError
+from ftctl.plan import dump_run
 from ftctl.sky import bridge
 from ftctl.sky import render as sky_render
 
@@ -70,7 +73,7 @@ class SkyBackend(Backend):
         )
         | PREFLIGHT_KEYS
     )
-    needs_local_paths = False  # the cloud's machines cannot see this one's files
+    needs_local_paths = False  # the cloud's machines cannot see this one's files: local inputs ship with the task
     no_image = "installing ftctl from the shipped source"  # the workdir; see ftctl/sky/render.py
 
     def resolve(self, spec):
@@ -80,7 +83,12 @@ class SkyBackend(Backend):
         return sky_render.settle(spec, plan), plan
 
     def render(self, spec, plan, paths, spec_json):
-        text = sky_render.render(spec, plan, spec_json)
+        """The task YAML, and the spec.json the nodes read: each local input named where the task ships it
+        (ftctl/sky/render.py shipped); ``spec`` keeps the paths here, for the preflight."""
+        inputs = sky_render.shipped(spec)
+        node = sky_render.on_node(spec, inputs)
+        spec_json = dump_run(node, plan) if inputs else spec_json
+        text = sky_render.render(node, plan, spec_json, inputs)
         return text, {paths.spec.name: spec_json, paths.task.name: text}
 
     def available(self) -> bool | str:
@@ -99,15 +107,18 @@ class SkyBackend(Backend):
         spec, paths = rendered.spec, rendered.paths
         source = stage_source(paths.source)
         cluster = spec.cluster or spec.name
+        inputs = sky_render.shipped(spec)
         how = "managed job" if spec.spot else f"cluster {cluster}"
         click.echo(f"launching {spec.name} through SkyPilot ({how}); task: {paths.task}", err=True)
+        if note := sky_render.shipping_note(spec, rendered.plan, inputs):
+            click.echo(note, err=True)
         out = bridge.call(
             "launch",
             task_yaml=str(paths.task),
             workdir=str(source),
             cluster=cluster,
             managed=spec.spot,
-            reuse=spec.cluster is not None,
+            reuse=spec.cluster is not None and not inputs,  # sky.exec syncs no file_mounts: sky.launch does
             down=spec.down,
             idle_minutes=sky_render.autostop_minutes(spec),
             secrets=list(spec.secrets),

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftctl import checkpoints, storage
-from ftctl.envvars import STATUS_ENV
+from ftctl.envvars import BASE_MODEL_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
 from ftctl.runpaths import METRICS_FILE, SPEC_FILE, RunPaths
@@ -467,7 +467,7 @@ def save(run: Run) -> None:
     with the checkpoints' retries. Raises when it is not in the store within upload_wait_s."""
     run.trainer.save_model(run.local_dir)
     if run.procs.is_main:
-        name_base_model(run.local_dir, run.spec.model_name_or_path)
+        name_base_model(run.local_dir, os.environ.get(BASE_MODEL_ENV) or run.spec.model_name_or_path)
         if not run.sync.upload_final(run.local_dir):
             raise FtctlError(
                 f"the final model was saved in {run.local_dir} but not uploaded to {run.remote_uri} within "
