@@ -187,14 +187,16 @@ class RunSpec:
     cpus_per_task: int | None = None  # Slurm's; default: 8 a GPU (at most 96), 2 on CPU
     sbatch_args: list[str] = field(default_factory=list)  # passed through: "--mem=64G"
     signal_lead_s: int = 120  # USR2 this many seconds before the time limit
-    max_requeues: int = 5
+    # Slurm: requeues after preemption or the time limit (unset: 5); SkyPilot --spot: restarts after the job's own
+    # failure, max_restarts_on_errors (unset: 0; preemptions are recovered whatever it says)
+    max_requeues: int | None = None
     socket_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
     # sky
     spot: bool = False  # a managed job (sky.jobs.launch) whose job_recovery restarts it after preemption
     infra: str | None = None  # SkyPilot's infra string, passed through: aws, gcp/us-central1, k8s, slurm/NAME
     cloud: str | None = None  # a cloud SkyPilot has enabled (aws, gcp, azure ...); or infra
     region: str | None = None  # that cloud's region
-    disk_size: int = 256
+    disk_size: int | None = None  # GB of each node's disk; unset: what the run stages there, at least 256
     cluster: str | None = None  # SkyPilot cluster to launch or reuse (sky.exec when it is up); default run name
     down: bool = False  # tear the cluster down when the job ends
     idle_minutes: int = 30  # idle autostop of a launched cluster (ignored with down)
@@ -569,7 +571,6 @@ def validate(spec: RunSpec) -> None:
         "logging_steps",
         "save_steps",
         "save_total_limit",
-        "disk_size",
         "rdzv_port",
         "idle_minutes",
     ):
@@ -580,6 +581,7 @@ def validate(spec: RunSpec) -> None:
         "gradient_accumulation_steps",
         "nodes",
         "cpus_per_task",
+        "disk_size",
         "ddp_bucket_cap_mb",
         "eval_steps",
         "early_stopping_patience",

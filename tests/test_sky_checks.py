@@ -139,7 +139,6 @@ def test_a_container_skypilot_cannot_run_points_at_its_docker_form_or_says_there
 
 
 # ------------------------------------------------------------------------------------------ beside ftctl/sky
-@pytest.mark.xfail(strict=True, reason="RunSpec's max_requeues / disk_size defaults are values, not None (spec.py)")
 def test_a_value_given_equal_to_the_old_default_is_taken_as_given():
     assert resources(sky(["max_requeues=5"], spot=True))["job_recovery"]["max_restarts_on_errors"] == 5
     with pytest.raises(FtctlError, match="disk_size=256 GB is too small"):

@@ -58,6 +58,7 @@ def _sbatch_value(key: str, value) -> str:
 
 _ONE_TASK = "ftctl runs one task a node, whose torchrun starts that node's processes (--gpus says how many)"
 _ONE_LOG = "every attempt appends to slurm-JOBID.out in the run directory, where `ftctl logs` reads it"
+MAX_REQUEUES = 5  # a preempted or timed-out job's requeues where -o max_requeues is unset
 _REQUEUE = "-o max_requeues=N says how often a preempted job is requeued (0: never)"
 # the #SBATCH options ftctl writes itself, and how each is set: an --sbatch-arg naming one would override it (the
 # last one wins), so it is refused
@@ -166,6 +167,7 @@ def _port_line(spec: RunSpec) -> str:
 
 
 def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
+    requeues = MAX_REQUEUES if spec.max_requeues is None else spec.max_requeues
     kind, image = container_kind(spec)
     if kind == "docker":
         raise FtctlError(
@@ -249,11 +251,11 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         f'STATUS=$(cat "${STATUS_ENV}" 2>/dev/null || echo failed)',
         'echo "ftctl: trainer exited with $RC, status $STATUS"',
         'if [ "$STATUS" = preempted ]; then',
-        f'  if [ "$ATTEMPT" -lt {spec.max_requeues} ]; then',
+        f'  if [ "$ATTEMPT" -lt {requeues} ]; then',
         '    echo "ftctl: requeueing job $SLURM_JOB_ID"',
         '    scontrol requeue "$SLURM_JOB_ID" && exit 0',
         "  fi",
-        f'  echo "ftctl: not requeueing: {spec.max_requeues} requeues reached (-o max_requeues=N)"',
+        f'  echo "ftctl: not requeueing: {requeues} requeues reached (-o max_requeues=N)"',
         "  exit 1",
         "fi",
         'exit "$RC"',
