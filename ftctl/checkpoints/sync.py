@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- sync ls / push / pull
 
 
-def _human(n: int) -> str:
+def human_size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -32,7 +32,7 @@ def ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print
         echo(f"no checkpoints under {uri}")
     for c in found:
         state = "complete" if c.complete else "incomplete"
-        line = f"{c.name:<24} step {c.step:<8} {state:<10} {_human(c.size):>10}"
+        line = f"{c.name:<24} step {c.step:<8} {state:<10} {human_size(c.size):>10}"
         if c.problems:
             line += "  " + "; ".join(c.problems[:2])
         echo(line)

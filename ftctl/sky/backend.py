@@ -27,6 +27,7 @@ from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, 
 from ftctl.errors import FtctlError
 from ftctl.plan import dump_run
 from ftctl.sky import bridge
+from ftctl.sky import inputs as sky_inputs
 from ftctl.sky import render as sky_render
 
 # SkyPilot's words -> ftctl's states: cluster jobs (sky.JobStatus) and managed jobs (sky.jobs.ManagedJobStatus)
@@ -85,8 +86,8 @@ class SkyBackend(Backend):
     def render(self, spec, plan, paths, spec_json):
         """The task YAML, and the spec.json the nodes read: each local input named where the task ships it
         (ftctl/sky/render.py shipped); ``spec`` keeps the paths here, for the preflight."""
-        inputs = sky_render.shipped(spec)
-        node = sky_render.on_node(spec, inputs)
+        inputs = sky_inputs.shipped(spec)
+        node = sky_inputs.on_node(spec, inputs)
         spec_json = dump_run(node, plan) if inputs else spec_json
         text = sky_render.render(node, plan, spec_json, inputs)
         return text, {paths.spec.name: spec_json, paths.task.name: text}
@@ -107,10 +108,10 @@ class SkyBackend(Backend):
         spec, paths = rendered.spec, rendered.paths
         source = stage_source(paths.source)
         cluster = spec.cluster or spec.name
-        inputs = sky_render.shipped(spec)
+        inputs = sky_inputs.shipped(spec)
         how = "managed job" if spec.spot else f"cluster {cluster}"
         click.echo(f"launching {spec.name} through SkyPilot ({how}); task: {paths.task}", err=True)
-        if note := sky_render.shipping_note(spec, rendered.plan, inputs):
+        if note := sky_inputs.shipping_note(spec, rendered.plan, inputs):
             click.echo(note, err=True)
         out = bridge.call(
             "launch",

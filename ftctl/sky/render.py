@@ -23,30 +23,23 @@ restarts after its own failures; and every option that would be ignored refused,
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import math
-import os
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import yaml
 
 from ftctl import __version__
-from ftctl.envvars import BASE_MODEL_ENV
 from ftctl.errors import FtctlError, did_you_mean
 from ftctl.launch import Shell, container_kind, join, preflight_shell, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.preflight import checkpoint_gb
 from ftctl.sky.cost import memory_request
-from ftctl.spec import FIELDS, RunSpec, join_paths, split_paths
-from ftctl.storage import scheme
+from ftctl.sky.inputs import Shipped, node_dir, shipping_note
+from ftctl.spec import FIELDS, RunSpec
 
-RUN_DIR = "~/ftctl-run"  # on the nodes: one directory per run name, for its spec.json and the inputs shipped
-INPUTS = "inputs"  # in a run's directory on the nodes: the local inputs the task ships (file_mounts)
 HEREDOC = "FTCTL_SPEC_EOF"
 REMOTE_WORKDIR = "$HOME/sky_workdir"  # where SkyPilot syncs a task's workdir (~/sky_workdir)
 WORKDIR_ON_PATH = (
@@ -272,155 +265,6 @@ def docker_image(spec: RunSpec) -> str | None:
             "docker:REF, or --container none to install the trainer's stack on the node."
         )
     raise FtctlError(f"--container {spec.container}: SkyPilot runs docker images: pass --container docker:{ref}.")
-
-
-# ------------------------------------------------------------------------------------------ inputs
-@dataclass(frozen=True)
-class Shipped:
-    """A local input the task ships: ``local``, its absolute path here (the file_mounts source), lands in ``mount``
-    on every node; the nodes' spec.json names it ``node``, relative to the run's directory there."""
-
-    flags: tuple[str, ...]  # what names it: --data, --eval-data, chat_template_path, --model
-    local: str
-    node: str  # ./inputs/<digest>-<name>: a path, never read as a Hub id
-    mount: str  # ~/ftctl-run/RUN/inputs/<digest>-<name>
-    size: int  # bytes
-
-
-def shipped(spec: RunSpec) -> list[Shipped]:
-    """Each input of ``spec`` that is a file or directory here, as the task ships it (in the order the spec names
-    them, each once). Its name on the node is the digest of its path (and of a directory's file names and sizes:
-    SkyPilot's rsync keeps on a reused cluster what a directory no longer holds) and its name, in letters a shell
-    line of SkyPilot's takes unquoted. FtctlError naming every one SkyPilot would not ship intact."""
-    envs = trainer_env(spec)
-    out, problems = [], []
-    for local, flags in local_inputs(spec).items():
-        size, listing, links = _tree(local)
-        problems += _unshippable(f"{flags[0]} {local!r}", local, envs, links)
-        digest = hashlib.sha256("\n".join([local, listing]).encode()).hexdigest()[:8]
-        name = f"{digest}-{_plain(Path(local).name)}"
-        out.append(Shipped(tuple(flags), local, f"./{INPUTS}/{name}", f"{node_dir(spec)}/{INPUTS}/{name}", size))
-    if len(problems) > 1:
-        raise FtctlError(
-            f"{len(problems)} local inputs SkyPilot would not ship intact:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
-    if problems:
-        raise FtctlError(problems[0])
-    return out
-
-
-def node_dir(spec: RunSpec) -> str:
-    """The run's directory on every node: its spec.json, the inputs shipped, and the trainer's working directory."""
-    return f"{RUN_DIR}/{spec.name}"
-
-
-def local_inputs(spec: RunSpec) -> dict[str, list[str]]:
-    """{absolute path here: the flags that name it} of the inputs of ``spec`` that are files or directories here."""
-    named = [*spec.data_sources, ("chat_template_path", spec.chat_template_path), ("--model", spec.model_name_or_path)]
-    found: dict[str, list[str]] = {}
-    for flag, p in named:
-        if here := _here(p):
-            found.setdefault(here, []).append(flag)
-    return found
-
-
-def _here(path: str | None) -> str | None:
-    """The absolute path of ``path`` where it names a file or directory of this machine (no URI, no builtin:)."""
-    if not path or scheme(path) or path.startswith("builtin:") or not Path(path).expanduser().exists():
-        return None
-    return str(Path(path).expanduser().resolve())
-
-
-def on_node(spec: RunSpec, inputs: list[Shipped]) -> RunSpec:
-    """``spec`` as the nodes read it: each shipped input named where it lands; the run keeps its name (a model
-    directory's name gives the default one)."""
-    if not inputs:
-        return spec
-    where = {s.local: s.node for s in inputs}
-
-    def node(p):
-        return where.get(_here(p), p)
-
-    model = node(spec.model_name_or_path)
-    env = {**spec.env, BASE_MODEL_ENV: spec.model_name_or_path} if model != spec.model_name_or_path else spec.env
-    return replace(
-        spec,
-        run_name=spec.name,
-        env=env,
-        data_path=join_paths(node(p) for p in split_paths(spec.data_path)),
-        eval_data_path=join_paths(node(p) for p in split_paths(spec.eval_data_path)) or None,
-        chat_template_path=node(spec.chat_template_path),
-        model_name_or_path=model,
-    )
-
-
-def _tree(path: str) -> tuple[int, str, list[str]]:
-    """(bytes, one line of name and size per file, the symbolic links inside) of a file or directory."""
-    if not os.path.isdir(path):
-        return os.path.getsize(path), "", []
-    size, rows, links = 0, [], []
-    for root, dirs, files in os.walk(path):  # a link to a directory is listed, not followed
-        for name in dirs + files:
-            full = os.path.join(root, name)
-            rel = os.path.relpath(full, path)
-            if os.path.islink(full):
-                links.append(rel)
-            elif os.path.isfile(full):
-                size += (n := os.path.getsize(full))
-                rows.append(f"{rel}\t{n}")
-    return size, "\n".join(sorted(rows)), sorted(links)
-
-
-def _unshippable(said: str, path: str, envs: dict[str, str], links: list[str]) -> list[str]:
-    """Why SkyPilot 0.14 would not ship ``path`` intact. Its rsync line quotes a source as Python's repr does
-    (sky/utils/command_runner.py), a shell word only where that is the path verbatim in single quotes, or in double
-    quotes without $ or `; it replaces $NAME in file_mounts with the task's env NAME (sky/task.py); it copies a
-    symbolic link as a link (rsync -a), and a managed job's bucket upload leaves it out."""
-    quoted = repr(path)
-    problems = []
-    if quoted[1:-1] != path or (quoted[0] == '"' and set("$`") & set(path)):
-        problems.append(
-            f"{said}: SkyPilot writes a file_mounts source into a shell line as Python quotes it, which breaks on (or "
-            "runs) a backslash, a control character, or ' with $ or `: copy it to a path without them."
-        )
-    if named := sorted({n for n in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", path) if n in envs}):
-        problems.append(
-            f"{said}: SkyPilot replaces ${named[0]} in a file_mounts path with the task's env {named[0]}: copy it to a "
-            "path without it."
-        )
-    if links:
-        more = f" and {len(links) - 1} more" if len(links) > 1 else ""
-        problems.append(
-            f"{said} holds symbolic links ({links[0]!r}{more}), which SkyPilot does not copy as files: pass a "
-            "directory of the files themselves (a model from the Hub's cache: hf download ORG/NAME --local-dir DIR)."
-        )
-    return problems
-
-
-def _plain(name: str) -> str:
-    """``name`` in letters, digits, '.', '_' and '-' (SkyPilot runs ``mkdir -p DEST`` unquoted)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:48] or "input"
-
-
-def shipping_note(spec: RunSpec, plan: Plan, inputs: Sequence[Shipped]) -> str | None:
-    """One line: how much the task ships and how it travels (a model directory can be many GB); None: nothing."""
-    if not inputs:
-        return None
-    from ftctl.checkpoints.sync import _human
-
-    model = next((s for s in inputs if "--model" in s.flags), None)
-    what = f"{len(inputs)} local input(s), {_human(sum(s.size for s in inputs))}"
-    if model:
-        what += f", the --model directory {_human(model.size)}"
-    nodes = f"each of the {plan.nodes} nodes" if plan.nodes > 1 else "the node"
-    how = (
-        f"SkyPilot uploads them for its jobs controller (to jobs.bucket, else a bucket of its own, where a cloud's "
-        f"object storage is enabled) and copies them to {nodes} at each start and recovery"
-        if spec.spot
-        else f"SkyPilot copies them to {nodes} at launch"
-    )
-    hub = "; a model on the Hub (a private repo and --secret HF_TOKEN) downloads on the nodes instead" if model else ""
-    return f"file_mounts: {what}: {how}{hub}."
 
 
 def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] = ()) -> str:
