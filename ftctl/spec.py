@@ -18,6 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean
@@ -606,6 +607,11 @@ def validate(spec: RunSpec) -> None:
     if spec.bf16 and spec.fp16:
         errors.append("bf16 and fp16 are both on: choose one (or neither and let the planner choose).")
     errors += filter(None, (secret_problem(s) for s in spec.secrets))
+    if spec.s3_endpoint_url and urlsplit(spec.s3_endpoint_url).password is not None:
+        errors.append(  # it would be written into the job's files as it is
+            "s3_endpoint_url holds a user and password (not repeated here): give the endpoint alone "
+            "(http://HOST:PORT) and the keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY where you launch."
+        )
     for k in spec.env:
         if not _ENV_NAME.fullmatch(k):
             errors.append(f"env {k!r} is not a valid environment variable name.")

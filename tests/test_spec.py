@@ -516,3 +516,11 @@ def test_a_key_written_twice_in_a_run_file_is_said(tmp_path):
 def test_a_method_in_other_case_is_pointed_at():
     with pytest.raises(FtctlError, match="method='LoRA' is not one of fft, sft, lora, qlora. Did you mean 'lora'"):
         build({"method": "LoRA"})
+
+
+def test_an_endpoint_with_a_password_in_it_is_refused_without_echoing_it():
+    """The endpoint is written into the rendered files and spec.json as it is: a user:pass in it would be too."""
+    with pytest.raises(FtctlError) as e:
+        build({"s3_endpoint_url": "https://minio:s3cr3t-pw@store.lab:9000"})
+    assert "s3cr3t-pw" not in str(e.value) and "s3_endpoint_url holds a user and password" in str(e.value)
+    assert build({"s3_endpoint_url": "https://store.lab:9000"}).s3_endpoint_url == "https://store.lab:9000"
