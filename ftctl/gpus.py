@@ -143,7 +143,7 @@ _MODELS = {name: _model(name) for name in TIERS}
 def same_model(gpu_name: str, tier_name: str) -> bool:
     """Whether a GPU's name as Slurm's GRES or nvidia-smi writes it is the model of ftctl's tier, whatever memory
     either says (a cluster's 'a100' GRES may hold its 80 GB cards): 'a10' is no A100, 'l40s' no L40."""
-    return _model(gpu_name)[0] == _MODELS[tier_name][0]
+    return _model(gpu_name)[0] == _model(tier_name)[0]
 
 
 def tier(name: str) -> GpuTier:
