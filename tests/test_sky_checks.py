@@ -243,3 +243,5 @@ def test_the_shipped_model_is_sized_once_with_how_it_travels(tmp_path, monkeypat
     assert note.removeprefix("# ") in capsys.readouterr().err
     SkyBackend().send(sky(cluster="dev"))  # nothing shipped: the cluster is reused when up
     assert calls[1]["reuse"] is True
+    SkyBackend().send(sky(cluster="dev", down=True))  # --down on an up cluster: sky.launch sets its autodown
+    assert calls[2]["reuse"] is False and calls[2]["down"] is True

@@ -119,7 +119,9 @@ class SkyBackend(Backend):
             workdir=str(source),
             cluster=cluster,
             managed=spec.spot,
-            reuse=spec.cluster is not None and not inputs,  # sky.exec syncs no file_mounts: sky.launch does
+            # sky.exec syncs no file_mounts and sets no autodown (its down= does nothing: SkyPilot 0.14 sets autostop
+            # only in sky.launch's stages): sky.launch does both, and reuses the cluster when it is up
+            reuse=spec.cluster is not None and not inputs and not spec.down,
             down=spec.down,
             idle_minutes=sky_render.autostop_minutes(spec),
             secrets=list(spec.secrets),
