@@ -664,6 +664,8 @@ def validate(spec: RunSpec) -> None:
             if v and "://" in v and not (v.startswith("file://") or storage.is_remote(v)):
                 schemes = ", ".join(sorted(f"{s}://" for s in storage.REMOTE_SCHEMES))
                 errors.append(f"{key}={v!r}: unknown storage scheme; use a local path, file:// or one of {schemes}.")
+            elif v and (meant := storage.misspelt_uri(v)):
+                errors.append(f"{key}={v!r} would be a local path: did you mean {meant}?")
     try:
         storage.require_writable(spec.output, "output_dir")
     except FtctlError as e:

@@ -48,6 +48,8 @@ REMOTE_SCHEMES = {
     "abfss": ("abfs", "adlfs"),
     "hf": ("hf", "huggingface_hub"),
 }
+#: the package -> ftctl's extra that installs it (pyproject.toml); s3fs and huggingface_hub come with ftctl[train]
+PACKAGE_EXTRAS = {"gcsfs": "gcs", "adlfs": "azure"}
 #: schemes ftctl reads data from but never writes to (outputs, checkpoints, merged models)
 READ_ONLY_SCHEMES = {"hf"}
 
@@ -61,6 +63,15 @@ def scheme(uri: str) -> str:
     """The URI scheme in lower case ('' for a plain path)."""
     head, sep, _ = str(uri).partition("://")
     return head.lower() if sep else ""
+
+
+def misspelt_uri(value: str) -> str | None:
+    """``s3:/bucket/key`` or ``gs:bucket``: a store's scheme without its two slashes, which would otherwise be read
+    as a local directory named ``s3:``. The URI meant, or None."""
+    head, sep, rest = str(value).partition(":")
+    if sep and not rest.startswith("//") and (head.lower() in REMOTE_SCHEMES or head.lower() == "file"):
+        return f"{head}://{rest.lstrip('/')}" if head.lower() != "file" else f"file:///{rest.lstrip('/')}"
+    return None
 
 
 def looks_like_path(value: str) -> bool:
@@ -114,7 +125,10 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
 
         cls = fsspec.get_filesystem_class(protocol)
     except ImportError as exc:
-        raise FtctlError(f"{uri!r} needs the {package} package: pip install {package}") from exc
+        install = (
+            f"pip install 'ftctl[{PACKAGE_EXTRAS[package]}]'" if package in PACKAGE_EXTRAS else f"pip install {package}"
+        )
+        raise FtctlError(f"{uri!r} needs the {package} package: {install}") from exc
     path = uri.split("://", 1)[1].strip("/")
     if protocol == "s3":
         client_kwargs = {}

@@ -188,7 +188,7 @@ def test_a_store_whose_package_is_missing_is_said_not_timed_out(monkeypatch, cap
     start = time.monotonic()
     text = only(check_output("gs://b/x"))
     assert text.startswith("--output gs://b/x: 'gs://b/x/") and text.endswith(
-        "needs the gcsfs package: pip install gcsfs"
+        "needs the gcsfs package: pip install 'ftctl[gcs]'"
     )
     assert time.monotonic() - start < 5 and "Traceback" not in capsys.readouterr().err
 

@@ -214,6 +214,9 @@ def test_run_file_problems(tmp_path):
         (["num_train_epochs=0"], "num_train_epochs must be positive"),
         (["nodes=0"], "nodes must be at least 1"),
         (["attn_implementation=flash"], "attn_implementation='flash'"),
+        (["output_dir=s3:/b/runs/x"], r"output_dir='s3:/b/runs/x' would be a local path: did you mean s3://b/runs/x\?"),
+        (["data_path=gs:b/chats.jsonl"], r"did you mean gs://b/chats.jsonl\?"),
+        (["data_path=a.jsonl,file:/tmp/b.jsonl"], r"did you mean file:///tmp/b.jsonl\?"),
     ],
 )
 def test_validation(over, words):
