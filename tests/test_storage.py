@@ -42,7 +42,7 @@ def test_unknown_scheme_says_what_works():
 
 @pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs is installed")
 def test_missing_store_package_says_how_to_install():
-    with pytest.raises(FtctlError, match="pip install gcsfs"):
+    with pytest.raises(FtctlError, match=r"needs the gcsfs package: pip install 'ftctl\[gcs\]'"):
         storage.filesystem("gs://bucket/run")
 
 
