@@ -38,17 +38,18 @@ def nproc_per_node(plan: Plan) -> int:
     return plan.gpus_per_node if plan.tier else 1
 
 
-# torchrun through ftctl.trainer.torchrun: its failure report and the exit-barrier race of a finished multi-node run
-# left out of the job's log; python3 is the torchrun's where a venv, conda env or image puts both on PATH
-QUIET_TORCHRUN = "python3"
+# the python of a node's or an image's PATH: the torchrun's where a venv, conda env or image puts both on PATH
+PATH_PYTHON = "python3"
 
 
-def torchrun_argv(spec: RunSpec, plan: Plan, spec_path, head, python: str | None = None, port=None, job=None) -> list:
-    """The launch line. ``head`` is usually a Shell variable of the backend; ``python`` runs torchrun as a module
-    (QUIET_TORCHRUN: ftctl's quiet torchrun), else the ``torchrun`` on PATH; ``port`` (default spec.rdzv_port)
-    and ``job`` (a tag appended to the rendezvous id) are the job's own where several jobs may share a node."""
+def torchrun_argv(spec: RunSpec, plan: Plan, spec_path, head, python=None, quiet=False, port=None, job=None) -> list:
+    """The launch line. ``head`` is usually a Shell variable of the backend; ``python`` (a path or a Shell word)
+    runs torchrun as a module, else the ``torchrun`` on PATH runs; ``quiet``: ftctl's torchrun (ftctl.trainer.
+    torchrun: a failed rank in one line, no exit-barrier race of a finished multi-node run), with ``python``;
+    ``port`` (default spec.rdzv_port) and ``job`` (a tag appended to the rendezvous id) are the job's own where
+    several jobs may share a node."""
     return [
-        *_torchrun(spec, plan, head, python, port, _rdzv_id(spec.name, job)),
+        *_torchrun(spec, plan, head, python, quiet, port, _rdzv_id(spec.name, job)),
         "-m",
         "ftctl.trainer",
         "--spec",
@@ -56,9 +57,10 @@ def torchrun_argv(spec: RunSpec, plan: Plan, spec_path, head, python: str | None
     ]
 
 
-def _torchrun(spec: RunSpec, plan: Plan, head, python: str | None, port, rdzv_id) -> list:
+def _torchrun(spec: RunSpec, plan: Plan, head, python, quiet: bool, port, rdzv_id) -> list:
     """torchrun and its options, up to the module it runs: the launch line's and the network preflight's."""
-    module = "ftctl.trainer.torchrun" if python == QUIET_TORCHRUN else "torch.distributed.run"
+    assert python or not quiet, "ftctl's quiet torchrun runs as a module: name its python"
+    module = "ftctl.trainer.torchrun" if quiet else "torch.distributed.run"
     torchrun = [python, "-m", module] if python else ["torchrun"]
     port = spec.rdzv_port if port is None else port
     shell = isinstance(head, Shell) or isinstance(port, Shell)
@@ -95,11 +97,11 @@ def preflight_threshold(spec: RunSpec, plan: Plan) -> float:
     return GPU_MIN_BUSBW_GBPS if plan.tier else 0.0
 
 
-def netcheck_argv(spec: RunSpec, plan: Plan, head, python: str | None = None, port=None, job=None) -> list:
+def netcheck_argv(spec: RunSpec, plan: Plan, head, python=None, quiet=False, port=None, job=None) -> list:
     """The network preflight: the launch line's torchrun shape (same nodes, processes, rendezvous endpoint; an id
     of its own) running the all-reduce probe instead of the trainer, stopping below ``preflight_min_busbw_gbps``."""
     return [
-        *_torchrun(spec, plan, head, python, port, _rdzv_id(f"{spec.name}-netcheck", job)),
+        *_torchrun(spec, plan, head, python, quiet, port, _rdzv_id(f"{spec.name}-netcheck", job)),
         "-m",
         NETCHECK_MODULE,
         "--min-busbw-gbps",
@@ -125,12 +127,13 @@ def preflight_lines(command: str, spec: RunSpec, plan: Plan) -> list[str]:
     ]
 
 
-def preflight_shell(spec: RunSpec, plan: Plan, head) -> list[str]:
+def preflight_shell(spec: RunSpec, plan: Plan, head, python=None, quiet=False) -> list[str]:
     """The preflight's shell lines for a script that runs the launch line directly on every node (SkyPilot's
-    run section: ``head`` is its Shell variable); [] unless preflight_network is set."""
+    run section: ``head`` is its Shell variable; ``python`` and ``quiet`` as the launch line's); [] unless
+    preflight_network is set."""
     if not spec.preflight_network:
         return []
-    return preflight_lines(join(netcheck_argv(spec, plan, head)), spec, plan)
+    return preflight_lines(join(netcheck_argv(spec, plan, head, python, quiet)), spec, plan)
 
 
 def trainer_env(spec: RunSpec, inherited: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -81,7 +81,10 @@ _FAKE = """\
 import json, os, sys
 prog = os.path.basename(sys.argv[0])
 args = sys.argv[1:]
-if prog == "python3":  # ftctl's quiet torchrun (launch.QUIET_TORCHRUN) is torchrun; any other python3 is python
+if prog == "python3" and args == ["-m", "ftctl.sky.node_stack", "--print-python"]:
+    print(sys.argv[0])  # a SkyPilot node's run python: this fake's python3, as where the torchrun's python is python3
+    sys.exit(0)
+if prog == "python3":  # ftctl's quiet torchrun (launch.torchrun_argv, quiet) is torchrun; any other python3 is python
     if args[:2] != ["-m", "ftctl.trainer.torchrun"]:
         os.execv(sys.executable, [sys.executable, *args])
     prog, args = "torchrun", args[2:]

@@ -121,7 +121,9 @@ def _check_ftctl(task, summary: dict, text: str) -> None:
         errors.append(f"declared secrets {sorted(declared)} came through as {sorted(summary['secrets'])}")
 
     run = task.run if isinstance(task.run, str) else ""
-    lines = [ln for ln in run.splitlines() if ln.strip().startswith("torchrun ")]
+    lines = [  # torchrun on PATH, or ftctl's (python -m ftctl.trainer.torchrun), with torchrun's arguments
+        ln for ln in run.splitlines() if ln.strip().startswith("torchrun ") or " -m ftctl.trainer.torchrun " in ln
+    ]
     training = [ln for ln in lines if " -m ftctl.trainer --spec " in ln]
     if len(training) != 1:
         errors.append(f"the run section should hold one torchrun line of the trainer, found {len(training)}")

@@ -231,6 +231,9 @@ def test_the_stack_goes_to_the_python_of_the_torchrun_on_path(node, tmp_path):
     assert f"ftctl: {cluster_python}: torch 2.99.0+cu128 is held" in done.stdout
     assert _version(cluster_python, "peft") == "0.99.0" and _version(cluster_python, "torch") == "2.99.0+cu128"
     assert _version(base / "venv" / "bin" / "python", "peft") is None  # the setup's own python is left alone
+    # the run section asks the same question: ftctl's torchrun starts in that python
+    assert _stack((base, env), "--print-python").stdout.strip() == str(cluster_python)
+    assert _stack(node, "--print-python").stdout.strip() == str(base / "venv" / "bin" / "python")  # no torchrun
 
 
 def test_two_nodes_sharing_one_environment_take_turns(node, tmp_path):

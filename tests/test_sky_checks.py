@@ -6,7 +6,9 @@ real SkyPilot read the rendered tasks)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -245,3 +247,15 @@ def test_the_shipped_model_is_sized_once_with_how_it_travels(tmp_path, monkeypat
     assert calls[1]["reuse"] is True
     SkyBackend().send(sky(cluster="dev", down=True))  # --down on an up cluster: sky.launch sets its autodown
     assert calls[2]["reuse"] is False and calls[2]["down"] is True
+
+
+def test_doctor_names_the_sky_command_that_exists_here():
+    """SkyPilot in a venv of its own (.venv-sky) is not on PATH: the fix says that venv's `sky`, not a bare one."""
+    from tests.render_fixtures import REPO, sky_python
+
+    ask = [sky_python(), "-c", "from ftctl.sky.sdk import sky_cli; print(sky_cli())"]
+    sky_bin = Path(sky_python()).parent
+    apart = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    assert subprocess.run(ask, env=apart, capture_output=True, text=True).stdout.strip() == str(sky_bin / "sky")
+    on_path = {**apart, "PATH": f"{sky_bin}:/usr/bin:/bin"}
+    assert subprocess.run(ask, env=on_path, capture_output=True, text=True).stdout.strip() == "sky"

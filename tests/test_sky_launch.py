@@ -50,7 +50,7 @@ class Sky:
     def run_args(self, model, data, output, nodes=2, **overrides) -> list[str]:
         args = ["--backend", "sky", "--infra", self.infra.infra, "--gpus", "cpu", "--nodes", str(nodes)]
         args += ["--method", "lora", "--model", str(model), "--model-params", "70k", "--data", data, "--output", output]
-        # no --secret AWS_...: the bucket's credentials set here go to the job by themselves (sdk.store_secrets)
+        # no --secret AWS_...: the bucket's credentials set here go to the job by themselves (sky.backend.job_secrets)
         args += ["-o", f"s3_endpoint_url={self.s3.endpoint}", "-o", "env=AWS_DEFAULT_REGION=us-east-1", *self.hf_env]
         for k, v in {**TRAIN, **overrides}.items():
             args += ["-o", f"{k}={v}"]
@@ -215,13 +215,15 @@ def test_managed_job_cancel(sky, sky_infra):
 
 # ------------------------------------------------------------------------------------------ without a launch
 def test_the_object_stores_credentials_go_as_secrets_by_name(monkeypatch, tmp_path, capsys):
-    """sdk.launch, with SkyPilot a stand-in that records the task it is given: the AWS variables set here reach
-    the job as secrets, by value only there (never the YAML); the endpoint -o s3_endpoint_url already sets is
-    not one; AWS_PROFILE (a section of ~/.aws, which the nodes lack) is left out, and said."""
+    """The secrets SkyBackend.send names, through sdk.launch with SkyPilot a stand-in that records the task it is
+    given: the AWS variables set here reach the job as secrets, by value only there (never the YAML); the endpoint
+    -o s3_endpoint_url already sets is not one; AWS_PROFILE (a section of ~/.aws, which the nodes lack) is left
+    out, and said."""
     import types
 
     from ftctl.backend import write_files
     from ftctl.sky import sdk
+    from ftctl.sky.backend import job_secrets
     from tests.render_fixtures import prepared
     from tests.s3_fixtures import FAKE_KEY_ID
 
@@ -243,7 +245,7 @@ def test_the_object_stores_credentials_go_as_secrets_by_name(monkeypatch, tmp_pa
     fake = types.SimpleNamespace(Task=types.SimpleNamespace(from_yaml_config=from_yaml_config))
     fake.launch, fake.stream_and_get = (lambda task, **kw: task), (lambda request: (7, None))
     monkeypatch.setitem(sys.modules, "sky", fake)
-    out = sdk.launch(str(r.paths.task), None, "c", False, False, False, None, secrets=list(r.spec.secrets))
+    out = sdk.launch(str(r.paths.task), None, "c", False, False, False, None, secrets=job_secrets(r.spec))
     assert out["job_id"] == 7
     ((config, secrets),) = given
     assert secrets == {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_SECRET_ACCESS_KEY")}

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from ftctl.docker.image import default_image
 from ftctl.errors import FtctlError
-from ftctl.launch import QUIET_TORCHRUN, container_kind, join, torchrun_argv, trainer_env
+from ftctl.launch import PATH_PYTHON, container_kind, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
@@ -109,7 +109,9 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
     for name in [*spec.secrets, *names]:
         cmd += ["-e", name]  # value passed from this environment by docker, never written
     cmd += ["-w", run_dir, image]
-    cmd += torchrun_argv(spec, plan, os.path.join(run_dir, "spec.json"), head="127.0.0.1", python=QUIET_TORCHRUN)
+    cmd += torchrun_argv(
+        spec, plan, os.path.join(run_dir, "spec.json"), head="127.0.0.1", python=PATH_PYTHON, quiet=True
+    )
     return cmd
 
 

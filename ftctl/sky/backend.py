@@ -23,12 +23,32 @@ from pathlib import Path
 
 import click
 
+from ftctl import storage
 from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered
 from ftctl.errors import FtctlError
+from ftctl.launch import trainer_env
 from ftctl.plan import dump_run
 from ftctl.sky import bridge
 from ftctl.sky import inputs as sky_inputs
 from ftctl.sky import render as sky_render
+
+
+def job_secrets(spec) -> list[str]:
+    """The NAMES the job gets as SkyPilot secrets (each value read from this environment at launch, never written):
+    --secret's, and the credentials of the run's object stores set here (storage.job_env: AWS_ACCESS_KEY_ID ...)
+    that the task's envs do not set (-o s3_endpoint_url's AWS_ENDPOINT_URL). What names a file of this machine
+    (AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) is no use on the nodes: a note says so."""
+    taken = {*spec.secrets, *trainer_env(spec)}
+    store = [n for n in storage.job_env(spec.remote_uris, files=False) if n not in taken]
+    files = sorted(set(storage.job_env(spec.remote_uris, files=True)) - set(store) - taken)
+    if files:
+        click.echo(
+            f"ftctl: not passed to the job, the nodes lack this machine's files: {', '.join(files)} (export the "
+            'store\'s keys instead; for a profile: eval "$(aws configure export-credentials --format env)")',
+            err=True,
+        )
+    return [*spec.secrets, *store]
+
 
 # SkyPilot's words -> ftctl's states: cluster jobs (sky.JobStatus) and managed jobs (sky.jobs.ManagedJobStatus)
 SKY_STATES = {
@@ -124,7 +144,7 @@ class SkyBackend(Backend):
             reuse=spec.cluster is not None and not inputs and not spec.down,
             down=spec.down,
             idle_minutes=sky_render.autostop_minutes(spec),
-            secrets=list(spec.secrets),
+            secrets=job_secrets(spec),
         )
         managed = bool(out["managed"])
         job = f"managed/{out['job_id']}" if managed else f"{cluster}/{out['job_id']}"

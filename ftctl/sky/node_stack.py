@@ -1,6 +1,7 @@
 """The trainer's stack on a SkyPilot node: what a task's setup runs on every node before the run.
 
     python3 -m ftctl.sky.node_stack [--gpu TIER] REQUIREMENT...
+    python3 -m ftctl.sky.node_stack --print-python   (the run section's: the python that runs ftctl's torchrun)
 
 The stack goes where the run will look for it: the python of the ``torchrun`` on the node's PATH (an image's,
 a cluster environment's), else the python running this. (SkyPilot 0.14 runs setup and run in ~/sky-user-env
@@ -41,8 +42,16 @@ SCRIPT_PYTHON = re.compile(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m ftctl.sky.node_stack", description=__doc__)
     parser.add_argument("--gpu", help="the plan's GPU tier (as in --gpus); none for a CPU plan")
-    parser.add_argument("requirements", nargs="+", help="ftctl's train extra, as pinned by its metadata")
+    parser.add_argument(
+        "--print-python", action="store_true", help="print the python the stack goes to (the run's) and stop"
+    )
+    parser.add_argument("requirements", nargs="*", help="ftctl's train extra, as pinned by its metadata")
     args = parser.parse_args(argv)
+    if args.print_python:
+        print(target_python())
+        return 0
+    if not args.requirements:
+        parser.error("name the requirements to install")
     try:
         capability = TIERS[args.gpu].compute_capability if args.gpu else None
         install(target_python(), args.requirements, capability, gpu=bool(args.gpu))

@@ -41,6 +41,9 @@ from ftctl.sky.inputs import Shipped, node_dir, shipping_note
 from ftctl.spec import FIELDS, RunSpec
 
 HEREDOC = "FTCTL_SPEC_EOF"
+# the run's python on a node: the one of the torchrun on its PATH, where the setup put the stack (node_stack)
+NODE_PYTHON_VAR = "FTCTL_PYTHON"
+NODE_PYTHON = Shell(f'"${NODE_PYTHON_VAR}"')
 REMOTE_WORKDIR = "$HOME/sky_workdir"  # where SkyPilot syncs a task's workdir (~/sky_workdir)
 WORKDIR_ON_PATH = (
     f'export PYTHONPATH="{REMOTE_WORKDIR}${{PYTHONPATH:+:$PYTHONPATH}}"  # ftctl\'s source, shipped as the workdir'
@@ -304,8 +307,9 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
         HEREDOC,
         'HEAD_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n 1)',
         'echo "ftctl: node $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES, $SKYPILOT_NUM_GPUS_PER_NODE GPUs, head $HEAD_ADDR"',
-        *preflight_shell(spec, plan, Shell('"$HEAD_ADDR"')),
-        join(torchrun_argv(spec, plan, Shell(spec_path), head=Shell('"$HEAD_ADDR"'))),
+        f"{NODE_PYTHON_VAR}=$(python3 -m ftctl.sky.node_stack --print-python)  # the python the setup stocked",
+        *preflight_shell(spec, plan, Shell('"$HEAD_ADDR"'), python=NODE_PYTHON, quiet=True),
+        join(torchrun_argv(spec, plan, Shell(spec_path), head=Shell('"$HEAD_ADDR"'), python=NODE_PYTHON, quiet=True)),
     ]
     task: dict = {
         "name": spec.name,

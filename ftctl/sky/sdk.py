@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import sys
-from pathlib import Path
 
 
 def _sky():
@@ -46,6 +47,16 @@ def not_installed(python: str, chosen: str | None) -> str:
     )
 
 
+def sky_cli() -> str:
+    """How to call SkyPilot's own command line: ``sky`` where the one on PATH is this environment's, else its path
+    (SkyPilot in a venv of its own, .venv-sky, is not on PATH)."""
+    here = os.path.join(os.path.dirname(sys.executable), "sky")
+    on_path = shutil.which("sky")
+    if on_path and (not os.path.exists(here) or os.path.realpath(on_path) == os.path.realpath(here)):
+        return "sky"
+    return shlex.quote(here) if os.path.exists(here) else "sky"
+
+
 # ------------------------------------------------------------------------------------------ checks
 def available() -> dict:
     """{"ok": bool, "why": str}: an API server answers and has a cloud or infra enabled."""
@@ -55,11 +66,11 @@ def available() -> dict:
     url = server_common.get_server_url()
     info = server_common.get_api_server_status(url)
     if str(getattr(info.status, "value", info.status)).lower() != "healthy":
-        return {"ok": False, "why": f"no SkyPilot API server answers at {url} (start one: sky api start; sky check)"}
+        return {"ok": False, "why": f"no SkyPilot API server answers at {url} (start one: {sky_cli()} api start)"}
     sky = _sky()
     clouds = [str(c) for c in sky.get(sky.enabled_clouds())]
     if not clouds:
-        return {"ok": False, "why": "SkyPilot has no cloud or infra enabled (run: sky check)"}
+        return {"ok": False, "why": f"SkyPilot has no cloud or infra enabled (run: {sky_cli()} check)"}
     return {"ok": True, "why": f"SkyPilot has {', '.join(clouds)} enabled"}
 
 
@@ -81,10 +92,8 @@ def launch(
 
     with open(task_yaml) as fh:
         config = yaml.safe_load(fh)
-    # secrets travel by name in the YAML; their values are taken from this environment here, into
-    # SkyPilot's secrets (never the YAML), with the credentials of the run's object stores set here. One not set
-    # here is left out, not sent empty.
-    secrets = [*secrets, *(n for n in store_secrets(task_yaml, config.get("envs") or {}) if n not in secrets)]
+    # secrets travel by name (the YAML declares --secret's); their values are taken from this environment here,
+    # into SkyPilot's secrets (never the YAML). One not set here is left out, not sent empty.
     values = [(name, os.environ[name]) for name in secrets if name in os.environ]
     missing = sorted(set(secrets) - {name for name, _ in values})
     if missing:
@@ -106,30 +115,6 @@ def launch(
         sky.launch(task, cluster_name=cluster, idle_minutes_to_autostop=idle_minutes, down=down)
     )
     return {"job_id": int(job_id), "cluster": cluster, "managed": False, "reused": False}
-
-
-def store_secrets(task_yaml: str, envs) -> list[str]:
-    """The credentials of the run's object stores that are set here (storage.job_env: AWS_ACCESS_KEY_ID ...) and
-    not in the task's ``envs`` (-o s3_endpoint_url's AWS_ENDPOINT_URL), by name: the run is read from the spec.json
-    beside ``task_yaml`` (ftctl.runpaths). What names a file of this machine (AWS_PROFILE, GOOGLE_APPLICATION_
-    CREDENTIALS) is no use on the nodes: a note says so."""
-    from ftctl import storage
-    from ftctl.runpaths import RunPaths
-    from ftctl.spec import RunSpec
-
-    try:
-        spec = RunSpec(**json.loads(RunPaths(Path(task_yaml).parent).spec.read_text())["spec"])
-    except (OSError, ValueError, KeyError, TypeError):  # a task of no run of ftctl's
-        return []
-    names = [n for n in storage.job_env(spec.remote_uris, files=False) if n not in envs]
-    files = sorted(set(storage.job_env(spec.remote_uris, files=True)) - set(names) - set(envs))
-    if files:
-        print(
-            f"ftctl: not passed to the job, the nodes lack this machine's files: {', '.join(files)} (export the "
-            'store\'s keys instead; for a profile: eval "$(aws configure export-credentials --format env)")',
-            file=sys.stderr,
-        )
-    return names
 
 
 def _cluster_up(sky, cluster: str) -> bool:

@@ -22,7 +22,7 @@ import re
 from ftctl import __version__
 from ftctl.errors import FtctlError
 from ftctl.launch import (
-    QUIET_TORCHRUN,
+    PATH_PYTHON,
     STATUS_ENV,
     STOP_ENV,
     Shell,
@@ -175,7 +175,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
             f"or pyxis:{image} (srun --container-image)."
         )
     spec_path = Shell('"$FTCTL_RUN_DIR"/spec.json')
-    inner = join(torchrun_argv(spec, plan, spec_path, _HEAD, python=QUIET_TORCHRUN, port=_PORT, job=_JOB))
+    inner = join(torchrun_argv(spec, plan, spec_path, _HEAD, python=PATH_PYTHON, quiet=True, port=_PORT, job=_JOB))
     step = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
     # local data, output and model directories are bound into the container at the same paths
     read = (*spec.data_paths, spec.chat_template_path or "")  # a hub id or URI is no absolute path: dropped below
@@ -209,7 +209,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         ]
     preflight = []
     if spec.preflight_network:  # the same srun step shape, the probe in place of the trainer
-        probe = join(netcheck_argv(spec, plan, _HEAD, python=QUIET_TORCHRUN, port=_PORT, job=_JOB))
+        probe = join(netcheck_argv(spec, plan, _HEAD, python=PATH_PYTHON, quiet=True, port=_PORT, job=_JOB))
         preflight = preflight_lines(join([*step, "bash", "-c", probe]), spec, plan)
     step += ["bash", "-c", inner]
 
