@@ -233,7 +233,8 @@ def check_model(name_or_path: str, flag: str = "--model") -> list[Finding]:
     if storage.looks_like_path(value):
         first = value.split("/", 1)[0]
         why = f" ({first}/ is a directory here, so it is read as a path)" if HUB_ID.match(value) else ""
-        return [Finding(ERROR, f"{flag} {value}: no such directory{why}", fix)]
+        elsewhere = storage.not_on_this_node(value)  # a Slurm node: the path may be the login node's
+        return [Finding(ERROR, f"{flag} {value}: no such directory{why}", elsewhere or fix)]
     if not HUB_ID.match(value) or "--" in value or ".." in value:
         return [Finding(ERROR, f"{flag} {value}: no such directory, and not a hub id (org/name)", fix)]
     from ftctl import hub

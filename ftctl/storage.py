@@ -74,6 +74,18 @@ def misspelt_uri(value: str) -> str | None:
     return None
 
 
+def not_on_this_node(path: str) -> str:
+    """For a local ``path`` missing where a Slurm job runs on a node other than the host it was submitted from:
+    what to do, as a clause (it may exist only there: its /tmp, a local disk); else ''."""
+    submit, node = os.environ.get("SLURM_SUBMIT_HOST", ""), os.environ.get("SLURMD_NODENAME", "")
+    if scheme(path) or not submit or not node or submit.split(".")[0] == node.split(".")[0]:
+        return ""
+    return (
+        f"this node ({node}) does not see it; if it is on {submit}, where the job was submitted, put it on a "
+        "filesystem the nodes share (home, project or scratch space), not /tmp or a local disk."
+    )
+
+
 def looks_like_path(value: str) -> bool:
     """A local path, not a hub id (a model's or a dataset's): by its form, or its first part a directory here
     (``runs/r1`` where runs/ is)."""

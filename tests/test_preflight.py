@@ -4,6 +4,7 @@ protocol server (moto_server) for the object-store checks."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -100,6 +101,22 @@ def test_trainer_refuses_a_missing_model_directory_in_preflight_words(tmp_path):
 
     with pytest.raises(FtctlError, match="no such directory"):
         resolve_model(str(tmp_path / "missing-dir"))
+
+
+def test_a_path_missing_on_a_slurm_node_says_it_may_be_the_submit_hosts(tmp_path, monkeypatch):
+    """The trainer on a Slurm node other than the one the job came from: a data file or model directory it cannot
+    see is likely on the login node's /tmp or disk (the launch's preflight saw it there)."""
+    from ftctl.trainer.model import resolve_model
+
+    monkeypatch.setenv("SLURM_SUBMIT_HOST", "login1.hpc.example.edu")
+    monkeypatch.setenv("SLURMD_NODENAME", "gpu017")
+    where = r"this node \(gpu017\) does not see it; if it is on login1.hpc.example.edu, where the job was submitted"
+    assert re.search(rf"No data at .*missing\.json: {where}", only(check_data(str(tmp_path / "missing.json"))))
+    with pytest.raises(FtctlError, match=rf"no such directory; {where}"):
+        resolve_model(str(tmp_path / "missing-dir"))
+    assert storage.not_on_this_node("s3://b/missing.json") == ""  # a URI is no node's own
+    monkeypatch.setenv("SLURMD_NODENAME", "login1")  # a job on the host it came from: the usual advice
+    assert "give a .json" in only(check_data(str(tmp_path / "missing.json")))
 
 
 # ------------------------------------------------------------------------------------------- data

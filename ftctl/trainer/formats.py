@@ -116,6 +116,8 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
         if not exists:
             if not storage.bucket_exists(path, endpoint_url, quick=quick):
                 raise storage.storage_error("no-bucket", path, endpoint_url)
+            if elsewhere := storage.not_on_this_node(path):  # a Slurm node: the path may be the login node's
+                raise FtctlError(f"No data at {path}: {elsewhere}")
             raise FtctlError(
                 f"No data at {path}: give a .json, .jsonl or .parquet file, a directory of them, a pattern "
                 f"(data/*.jsonl) or builtin:demo.{_hub_hint(path)}"
