@@ -393,9 +393,12 @@ def write_files(rendered: Rendered) -> None:
     import click
 
     from ftctl.checkpoints import list_checkpoints
-    from ftctl.checkpoints.settings import KIND, NEW_DATA
+    from ftctl.checkpoints.settings import KIND, NEW_DATA, other_data
+    from ftctl.preflight import foreign_output
 
     paths = rendered.paths
+    if said := foreign_output(paths.root, paths.root):  # `ftctl train` has no preflight: said here too
+        raise FtctlError(said)
     paths.root.mkdir(parents=True, exist_ok=True)
     if paths.spec.exists():
         old = json.loads(paths.spec.read_text())["spec"]
@@ -413,11 +416,7 @@ def write_files(rendered: Rendered) -> None:
         data = [k for k in changed if k in NEW_DATA]
         held = [c for c in list_checkpoints(str(paths.root)) if c.complete] if data else []
         if held and rendered.spec.resume == "auto":  # a new experiment would silently continue the last one
-            raise FtctlError(
-                f"{paths.root} holds {held[-1].name} of a run trained on {', '.join(f'{k}={was[k]}' for k in data)}; "
-                f"this launch names other data. To go on training that run on it: -o resume={held[-1].uri}. For a new "
-                "run: another --output (or -o run_name=...)."
-            )
+            raise FtctlError(other_data(paths.root, held[-1].name, held[-1].uri, {k: was[k] for k in data}))
         if changed:
             keep = paths.earlier_spec(time.strftime("%Y%m%d-%H%M%S"))
             keep.parent.mkdir(parents=True, exist_ok=True)

@@ -360,10 +360,27 @@ def _existing_ancestor(path: str) -> str:
     return path
 
 
+def foreign_output(path, uri) -> str | None:
+    """What is wrong with a local output directory that holds files of no run (runpaths.foreign_files): the run
+    would write its model, README.md, checkpoints and metrics among them, replacing those of the same names."""
+    from ftctl.runpaths import foreign_files
+
+    names = foreign_files(path)
+    if not names:
+        return None
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (
+        f"--output {uri} holds files of no ftctl run ({shown}): the run would write its model, README.md, "
+        "checkpoints and metrics among them, replacing any of the same name. Choose a new or empty directory."
+    )
+
+
 def _check_local_output(path: str, uri: str) -> list[Finding]:
     fix = "choose another --output, or fix the permissions."
     if os.path.exists(path) and not os.path.isdir(path):
         return [Finding(ERROR, f"--output {uri}: {path} is a file, not a directory", fix)]
+    if said := foreign_output(path, uri):
+        return [Finding(ERROR, said)]
     base = _existing_ancestor(path)
     if not os.path.isdir(base):
         return [Finding(ERROR, f"--output {uri}: cannot create it, {base} is a file", fix)]
@@ -410,7 +427,16 @@ def check_resume(spec, plan) -> list[Finding]:
 
 def _check_resume(spec, plan) -> list[Finding]:
     from ftctl.checkpoints import list_checkpoints
-    from ftctl.checkpoints.settings import TRAINER_STATE, compare, final_saved, finished, settings, written_over
+    from ftctl.checkpoints.settings import (
+        NEW_DATA,
+        TRAINER_STATE,
+        compare,
+        final_saved,
+        finished,
+        other_data,
+        settings,
+        written_over,
+    )
 
     try:
         with storage.storage_errors(spec.output, spec.s3_endpoint_url):
@@ -428,6 +454,9 @@ def _check_resume(spec, plan) -> list[Finding]:
         changed = compare(newest.uri, recorded, settings(spec, plan)) if isinstance(recorded, dict) else None
     except FtctlError as e:
         return [Finding(ERROR, str(e))]
+    if changed and changed.new_data and spec.resume == "auto":  # as backend.write_files: an explicit resume= only
+        was = {k: old for k, (old, _) in changed.changed.items() if k in NEW_DATA}
+        return [Finding(ERROR, other_data(spec.output, newest.name, newest.uri, was))]
     try:
         state = storage.read_text(storage.join(newest.uri, TRAINER_STATE), spec.s3_endpoint_url)
     except (OSError, storage.StorageError, FtctlError):

@@ -10,6 +10,7 @@ Nobody else spells these names: backends, the trainer and the tests ask this mod
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,19 @@ ADAPTER_CONFIG = "adapter_config.json"  # PEFT's name; the mark of a lora/qlora 
 MODEL_CONFIG = "config.json"
 SLURM_STATUS_PATTERN = "status.{job}.{attempt}"  # per job and attempt: a requeued job starts afresh
 SLURM_STOP_PATTERN = "stop.{job}.{attempt}"
+
+
+def foreign_files(root) -> list[str]:
+    """The names in the directory ``root`` (sorted, hidden ones left out) where it holds files but no run of
+    ftctl's (no spec.json, no .ftctl/): [] for a missing or empty directory, or a run's."""
+    root = Path(root)
+    try:
+        names = sorted(n for n in os.listdir(root) if not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    if not names or (root / SPEC_FILE).exists() or (root / ".ftctl").is_dir():
+        return []
+    return names
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,35 @@ def test_trainer_refuses_a_missing_model_directory_in_preflight_words(tmp_path):
         resolve_model(str(tmp_path / "missing-dir"))
 
 
+def test_an_output_holding_files_of_no_run_is_refused_before_anything_is_written(tmp_path):
+    """--output proj where proj holds the user's README.md: the run's model card would have replaced it."""
+    from ftctl.backend import prepare, write_files
+    from ftctl.spec import build
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / ".git").mkdir()  # hidden names are no run's files: an empty directory still
+    assert check_output(str(proj)) == []
+    (proj / "README.md").write_text("my notes")
+    said = (
+        f"--output {proj} holds files of no ftctl run (README.md): the run would write its model, README.md, "
+        "checkpoints and metrics among them, replacing any of the same name. Choose a new or empty directory."
+    )
+    assert only(check_output(str(proj))) == said
+    rendered = prepare(build({"method": "lora", "gpus": "1xA100", "backend": "slurm", "output_dir": str(proj)}))
+    with pytest.raises(FtctlError, match="holds files of no ftctl run"):  # `ftctl train` goes straight here
+        write_files(rendered)
+    assert (
+        sorted(p.name for p in proj.iterdir()) == [".git", "README.md"]
+        and (proj / "README.md").read_text() == "my notes"
+    )
+    write_files(
+        prepare(build({"method": "lora", "gpus": "1xA100", "backend": "slurm", "output_dir": str(tmp_path / "r")}))
+    )
+    (tmp_path / "r" / "notes.txt").write_text("x")  # a run's own directory: relaunched as before
+    assert check_output(str(tmp_path / "r")) == []
+
+
 def test_a_path_missing_on_a_slurm_node_says_it_may_be_the_submit_hosts(tmp_path, monkeypatch):
     """The trainer on a Slurm node other than the one the job came from: a data file or model directory it cannot
     see is likely on the login node's /tmp or disk (the launch's preflight saw it there)."""
@@ -278,6 +307,13 @@ def test_a_relaunch_is_checked_against_the_outputs_newest_checkpoint(tmp_path, s
     )
     assert only(check(resume="never")).startswith(f"resume=never, but {output} holds an earlier run's checkpoints")
     assert check(resume=str(run / "checkpoint-20")) == []  # a checkpoint named: the trainer reads it
+    # other data with resume=auto: a new experiment that would go on from this one (refused by --dry-run too)
+    assert only(check(data_path="other.jsonl")) == (
+        f"{output} holds checkpoint-40 of a run trained on data_path=builtin:demo; this launch names other data. To "
+        f"go on training that run on it: -o resume={storage.join(output, 'checkpoint-40')}. For a new run: another "
+        "--output (or -o run_name=...)."
+    )
+    assert check(data_path="other.jsonl", resume=storage.join(output, "checkpoint-40")) == []
     # trained to the end, and its final adapter saved: nothing is left to train (trainer_state.json and the adapter
     # read from the store); without the final adapter it resumes to write it
     assert [f.level for f in check(max_steps=40)] == [WARNING]

@@ -103,6 +103,16 @@ class Changes:
         )
 
 
+def other_data(output, checkpoint: str, checkpoint_uri: str, was: dict) -> str:
+    """The refusal of other data over ``checkpoint`` of ``output`` with resume=auto (a new experiment would
+    silently go on from the last one); ``was``: the data settings it was trained with."""
+    return (
+        f"{output} holds {checkpoint} of a run trained on {', '.join(f'{k}={_show(v)}' for k, v in was.items())}; "
+        f"this launch names other data. To go on training that run on it: -o resume={checkpoint_uri}. For a new "
+        "run: another --output (or -o run_name=...)."
+    )
+
+
 def changes(checkpoint: str | None, now: dict) -> Changes | None:
     """What changed since the local ``checkpoint`` was saved (None: nothing, or nothing recorded); FtctlError where
     it cannot be continued under the new settings."""
