@@ -166,8 +166,32 @@ def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
 
     status = cli("status", "runs/r1")
     assert status.exit_code == 0, status.output
-    assert status.stdout.startswith("runs/r1 local run, not finished: training in the terminal that launched it")
+    assert status.stdout.startswith("runs/r1 local run, stopped before the end (the same `ftctl launch` resumes it)")
     assert status.stdout.endswith("\nstep 3  loss 2.5000\n")
+    # a trainer holds the run's lock (trainer/run.only_trainer): training now, and by whom
+    import fcntl
+
+    from ftctl import failures
+    from ftctl.runpaths import RunPaths
+
+    paths = RunPaths(run)
+    paths.train_lock.parent.mkdir(parents=True)
+    with open(paths.train_lock, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 7 on here since 2026-12-02 10:00:00\n")
+        held.flush()
+        assert cli("status", "runs/r1").stdout.startswith(
+            "runs/r1 local run, training (pid 7 on here since 2026-12-02 10:00:00)\n"
+        )
+    # it failed on its data: the trainer's status word and record say so, and a relaunch would not help
+    paths.status_file.write_text("failed\n")
+    failures.record("config", "No data at x.json: give a .json file", str(paths.failures))
+    assert (
+        cli("status", "runs/r1").stdout.startswith("runs/r1 local run, failed\nerror: rank 0 on ")
+        and "No data at x.json" in cli("status", "runs/r1").stdout
+    )
+    failures.record("interrupted", "stopped by Ctrl-C", str(paths.failures))  # rank 0's record, now an interruption
+    assert "stopped before the end" in cli("status", "runs/r1").stdout
     logs = cli("logs", "runs/r1")
     assert (
         logs.exit_code == 0 and "each logged step is a line of runs/r1/metrics.jsonl, the last: step 3" in logs.stdout
@@ -218,7 +242,7 @@ def test_jobs_lists_each_job_once_newest_first_with_its_state_now(tmp_path, monk
     assert rows[0] == ["JOB", "BACKEND", "OUTPUT", "LAUNCHED", "STATE"]
     assert [r[:3] for r in rows[1:]] == [["c1", "docker", "first"], ["c2", "docker", "other"], ["7", "local", "fg"]]
     assert rows[1][5:] == ["RUNNING", "(running)"] and rows[2][5:] == ["SUCCEEDED", "exit", "0"]
-    assert " ".join(rows[3][5:]).startswith("local run, not finished")  # a local run: its directory says
+    assert " ".join(rows[3][5:]).startswith("local run, stopped before the end")  # a local run: its directory says
     assert len(CliRunner().invoke(main, ["jobs", "-n", "1"]).stdout.splitlines()) == 2
 
     def unreachable(self, ref):

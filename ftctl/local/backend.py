@@ -8,6 +8,7 @@ once, with its own error line (ftctl.failures); the resume hint follows only int
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from ftctl import failures
 from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered, progress
 from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
@@ -127,16 +129,29 @@ class LocalBackend(Backend):
 
     def status(self, ref: JobRef) -> JobStatus:
         """A local run found by its directory (backend.find_job): finished once its final model or adapter is
-        there; else stopped or still training, in the foreground of the `ftctl launch` that started it."""
+        there; training while a trainer holds its lock (trainer/run.only_trainer); failed where its trainer said so
+        (its status file and failure records); else stopped, and the same `ftctl launch` resumes it."""
         from ftctl.checkpoints.settings import final_saved
 
         if final_saved(ref.run_dir):
             return JobStatus(JobState.SUCCEEDED, f"{ref.job_id} local run, complete")
+        if holder := training_now(ref.paths):
+            return JobStatus(JobState.RUNNING, f"{ref.job_id} local run, training ({holder})")
+        try:
+            word = ref.paths.status_file.read_text().strip()
+        except OSError:
+            word = ""
+        records = failures.read(ref.paths.failures)
+        if word == "failed" and records and not failures.summarize(records)[1]:  # not an interruption: a relaunch
+            return JobStatus(JobState.FAILED, f"{ref.job_id} local run, failed")  # would fail the same way
         return JobStatus(
-            JobState.UNKNOWN,
-            f"{ref.job_id} local run, not finished: training in the terminal that launched it, or stopped "
-            "(the same `ftctl launch` resumes it)",
+            JobState.UNKNOWN, f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` resumes it)"
         )
+
+    def log_tail(self, ref: JobRef) -> str:
+        """The failure as the trainer recorded it (a local run prints its log in its terminal, and keeps none)."""
+        records = failures.read(ref.paths.failures)
+        return f"{failures.ERROR_PREFIX}{failures.summarize(records)[0]}\n" if records else ""
 
     def logs(self, ref: JobRef, follow: bool) -> None:
         click.echo(self.status(ref).text)
@@ -322,6 +337,22 @@ def network_check(gpus: str, nodes: int | None, min_busbw_gbps: float = 0.0) -> 
     return rc or 1
 
 
+def training_now(paths: RunPaths) -> str | None:
+    """Who trains into the run directory now (the lock's holder: "pid N on HOST since ..."), or None."""
+    try:
+        fh = open(paths.train_lock)
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "another process"
+        except OSError:  # no locks on this file system: not known
+            return None
+        return None
+
+
 def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     """Run the trainer here and wait; one message for a failure, whichever rank it came from."""
     paths: RunPaths = rendered.paths
@@ -332,6 +363,7 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     )
     shutil.rmtree(paths.failures, ignore_errors=True)
     paths.failures.mkdir(parents=True, exist_ok=True)
+    paths.status_file.unlink(missing_ok=True)  # an earlier attempt's word is not this one's
     env = {
         **os.environ,
         **trainer_env(rendered.spec, inherited=os.environ),
