@@ -637,6 +637,10 @@ def test_training_args_override_trl_cpu_defaults(tiny_model_dir, tiny_data, tmp_
     for warmup, steps in (({"warmup_ratio": 0.05}, 5), ({"warmup_ratio": 0.05, "warmup_steps": 7}, 7)):
         spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path, "lora", **warmup)  # warmup_steps wins, as in HF
         assert training_args(spec, plan, Processes(0, 0, 1, on_cpu=True), str(tmp_path)).get_warmup_steps(100) == steps
+    # warmup_ratio rounds down: a run shorter than 1/ratio steps has no warm-up step, whose learning rate is 0
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path, "lora", warmup_ratio=0.03)
+    args = training_args(spec, plan, Processes(0, 0, 1, on_cpu=True), str(tmp_path))
+    assert [args.get_warmup_steps(n) for n in (1, 33, 34, 100)] == [0, 0, 1, 3]
 
 
 def test_rslora_and_dora_as_peft_has_them(tiny_model_dir, tiny_data, tmp_path, one_thread):

@@ -273,9 +273,8 @@ def training_args(
 ):
     """SFTConfig from the spec and plan. TRL's defaults that hurt on CPU (bf16, gradient
     checkpointing, max_length 1024) are always set explicitly from the plan."""
-    from trl import SFTConfig
-
     from ftctl.trainer.data import sft_dataset_config
+    from ftctl.trainer.sft_trainer import SFTConfig
 
     strategy = distributed.strategy_args(plan, procs, load_universal)
     checkpointing = plan.gradient_checkpointing and "fsdp" not in strategy  # FSDP checkpoints itself
