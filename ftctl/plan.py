@@ -256,9 +256,13 @@ def model_shape(model: str, model_params: str | None = None) -> ModelShape:
     known = _KNOWN.get(_base_id(model))
     if known:
         return known
-    from ftctl import hub
+    from ftctl import hub, storage
 
-    if not hub.HUB_ID.match(model) or Path(model).exists():
+    if not hub.HUB_ID.match(model) or Path(model).exists() or storage.looks_like_path(model):
+        from ftctl.preflight import ERROR, check_model
+
+        for problem in (f for f in check_model(model) if f.level == ERROR):  # what is wrong with it, in its words
+            raise FtctlError(problem.text)
         raise FtctlError(
             f"Cannot tell the size of model {model!r}: it is not a model directory with a config.json, nor a hub "
             f"id (org/name). Pass a model directory, or its size, e.g. --model-params 7b."

@@ -209,6 +209,10 @@ def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Fin
 
 # ----------------------------------------------------------------------------------------- model
 # what check_model's value is, by the flag or argument that gave it: what to give instead
+# a model directory's tokenizer, as transformers' tokenizers save or ship it: tokenizer.json, tokenizer_config.json,
+# tokenizer.model (sentencepiece), vocab.json + merges.txt, vocab.txt, spiece.model, *.tiktoken
+TOKENIZER_FILES = ("tokenizer", "vocab", "spiece", "sentencepiece")
+TOKENIZER_SUFFIXES = (".tiktoken",)
 _MODEL_FIX = {
     "--model": "pass a model directory (with config.json) or a hub id such as org/name.",
     "RUN": "give a run's output directory (its --output), one of its checkpoints, or a model id such as org/name.",
@@ -223,9 +227,18 @@ def check_model(name_or_path: str, flag: str = "--model") -> list[Finding]:
     path = Path(value).expanduser()
     fix = _MODEL_FIX[flag]
     if path.is_dir():
-        if (path / "config.json").is_file():
-            return []
-        return [Finding(ERROR, f"{flag} {value}: the directory holds no config.json, so it is not a model", fix)]
+        if not (path / "config.json").is_file():
+            return [Finding(ERROR, f"{flag} {value}: the directory holds no config.json, so it is not a model", fix)]
+        if not any(n.startswith(TOKENIZER_FILES) or n.endswith(TOKENIZER_SUFFIXES) for n in os.listdir(path)):
+            return [
+                Finding(
+                    ERROR,
+                    f"{flag} {value}: the directory holds a model but no tokenizer (tokenizer.json, tokenizer.model or "
+                    "vocabulary files)",
+                    "save the tokenizer beside it (tokenizer.save_pretrained(DIR)), or copy its tokenizer files there.",
+                )
+            ]
+        return []
     if path.exists():
         return [Finding(ERROR, f"{flag} {value}: a file, not a model directory", fix)]
     if storage.scheme(value):

@@ -221,6 +221,24 @@ def test_config_json_without_shape_asks_for_model_params(tmp_path):
         model_shape(str(d))
 
 
+def test_a_model_path_that_is_not_there_is_said_before_its_size(tmp_path, monkeypatch):
+    """`--model ./models/my-llama` (a typo, or not downloaded yet): "no such directory", not "pass --model-params",
+    which the user then gave only to be told the directory is missing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "empty").mkdir(parents=True)
+    for model, said in (
+        ("./models/my-llama", "--model ./models/my-llama: no such directory; "),
+        (
+            "models/nope",
+            "--model models/nope: no such directory (models/ is a directory here, so it is read as a path)",
+        ),
+        ("models/empty", "--model models/empty: the directory holds no config.json, so it is not a model; "),
+    ):
+        with pytest.raises(FtctlError) as e:
+            model_shape(model)
+        assert str(e.value).startswith(said), e.value
+
+
 def test_model_params_for_unknown_ids():
     with pytest.raises(FtctlError, match="--model-params 7b"):
         plan(gpus="1xA100", model_name_or_path="someone/unknown-model")

@@ -41,6 +41,7 @@ def model_dir(tmp_path) -> Path:
     d = tmp_path / "my-model"
     d.mkdir()
     (d / "config.json").write_text("{}")
+    (d / "tokenizer.json").write_text("{}")
     return d
 
 
@@ -86,6 +87,18 @@ def test_model_directory_or_hub_id(tmp_path, model_dir, monkeypatch):
     assert "holds no config.json" in only(check_model(str(tmp_path / "empty")))
     assert "a file, not a model directory" in only(check_model(str(model_dir / "config.json")))
     assert "not a URI" in only(check_model("s3://bucket/model"))
+    # weights without their tokenizer: said before the job (the trainer's tokenizer load said it in transformers'
+    # words, about sentencepiece); any of the tokenizer files transformers saves or ships will do
+    (model_dir / "tokenizer.json").unlink()
+    assert only(check_model(str(model_dir))) == (
+        f"--model {model_dir}: the directory holds a model but no tokenizer (tokenizer.json, tokenizer.model or "
+        "vocabulary files); save the tokenizer beside it (tokenizer.save_pretrained(DIR)), or copy its tokenizer "
+        "files there."
+    )
+    for name in ("tokenizer.model", "vocab.json", "qwen.tiktoken"):
+        (model_dir / name).write_text("x")
+        assert check_model(str(model_dir)) == [], name
+        (model_dir / name).unlink()
 
 
 def test_gated_model_wants_hf_token(monkeypatch):
