@@ -181,9 +181,10 @@ def prepare_data(
     texts: list[str] = []
     spans: list = []
     missing_eot = 0
+    problems: list[tuple[Row, str]] = []  # (row, what is wrong with it): report.errors, _problem_lines
     for row in rows:
         if row.problems:
-            report.errors += [f"{row.where}: {p}" for p in row.problems]
+            problems += [(row, p) for p in row.problems]
             continue
         if row.text is not None:
             good.append(row)
@@ -195,13 +196,11 @@ def prepare_data(
         try:
             text, row_spans, has_eot = assistant_spans(tokenizer, row.messages, row.completion_at, row.tools)
         except MaskError as e:  # our own message: the template cannot be split into turns
-            report.errors.append(f"{row.where}: {e}")
+            problems.append((row, str(e)))
             continue
         except Exception as e:  # jinja2 TemplateError and friends: the template refused the conversation
             roles = ", ".join(m["role"] for m in row.messages)
-            report.errors.append(
-                f"{row.where}: the model's chat template refused this conversation: {e} (turns: {roles})"
-            )
+            problems.append((row, f"the model's chat template refused this conversation: {e} (turns: {roles})"))
             continue
         missing_eot += not has_eot
         good.append(row)
@@ -215,14 +214,15 @@ def prepare_data(
     for row, enc in zip(good, encoded):
         trainable = sum(enc.mask)
         if enc.trainable_before == 0:
-            report.errors.append(
-                f"{row.where}: every label is masked: the rendered conversation has no assistant tokens"
-            )
+            problems.append((row, "every label is masked: the rendered conversation has no assistant tokens"))
             continue
         if trainable == 0:
-            report.errors.append(
-                f"{row.where}: every label is masked after truncation to {max_length} tokens "
-                f"(the row has {enc.length}; its assistant turns start later): shorten it or raise model_max_length"
+            problems.append(
+                (
+                    row,
+                    f"every label is masked after truncation to {max_length} tokens (the row has {enc.length}; its "
+                    "assistant turns start later): shorten it or raise model_max_length",
+                )
             )
             continue
         if enc.length > max_length:
@@ -264,6 +264,7 @@ def prepare_data(
             (name, kept_sources.count(i), sum(len(ids) for ids, j in zip(kept_ids, kept_sources) if j == i))
             for i, name in enumerate(names)
         ]
+    report.errors = _problem_lines(problems, len(rows))
     if not kept_ids and not report.errors:
         report.errors.append(f"{path}: no rows: the data is empty")
     columns = {"input_ids": kept_ids, "labels": kept_labels}
@@ -274,6 +275,49 @@ def prepare_data(
     if sources:
         columns["source"], features["source"] = kept_sources, datasets.Value("int32")
     return report, datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def _problem_lines(problems: list[tuple[Row, str]], rows: int) -> list[str]:
+    """report.errors: "WHERE: problem" for a problem of one row; a problem several rows share, word for word (a
+    file of rows whose fields no format knows), is one line where its first row's would be, naming its rows
+    (_rows_named), not one line a row."""
+    by_problem: dict[str, list[Row]] = {}
+    for row, problem in problems:
+        same = by_problem.setdefault(problem, [])
+        if not same or same[-1] is not row:  # a row with the same problem twice is one row
+            same.append(row)
+    lines = []
+    for problem, same in by_problem.items():
+        if len(same) == 1 or any(row.at is None for row in same):
+            lines += [f"{row.where}: {problem}" for row in same]
+        else:
+            lines.append(f"{_rows_named(same, rows)}: {problem}")
+    return lines
+
+
+def _rows_named(rows: list[Row], total: int, shown: int = 5) -> str:
+    """Where several rows are, by file, their numbers as runs, the first ``shown`` runs of them:
+    "qa.jsonl lines 1-1000 (all 1,000 rows)", "a.jsonl lines 2, 7-9 and 3 more (7 rows)"."""
+    numbers: dict[tuple[str, str], list[int]] = {}
+    for row in rows:
+        name, unit, n = row.at
+        numbers.setdefault((name, unit), []).append(n)
+    parts, hidden = [], 0
+    for (name, unit), found in numbers.items():
+        runs: list[list[int]] = []
+        for n in sorted(set(found)):
+            if runs and n == runs[-1][1] + 1:
+                runs[-1][1] = n
+            else:
+                runs.append([n, n])
+        said = [f"{lo}-{hi}" if hi > lo else f"{lo}" for lo, hi in runs[:shown]]
+        hidden += sum(hi - lo + 1 for lo, hi in runs[shown:])
+        shown -= len(said)
+        if said:
+            parts.append(f"{name} {unit}s {', '.join(said)}")
+    more = f" and {hidden:,} more" if hidden else ""
+    count = f"all {len(rows):,} rows" if len(rows) == total else f"{len(rows):,} rows"
+    return f"{', '.join(parts)}{more} ({count})"
 
 
 def check_data(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, **options) -> DataReport:
@@ -338,7 +382,7 @@ def build_datasets(spec, tokenizer, echo=None):
         if held >= len(dataset):
             raise FtctlError(
                 f"eval_split={spec.eval_split} of {spec.data_path}'s {len(dataset)} rows leaves none to train on: "
-                "lower it, or give held-out data with eval_data_path."
+                f"lower it, give held-out data with --eval-data FILE, or train without evaluation: -o eval_split=0."
             )
         copies = _copies(dataset)
         if copies is None:  # every row its own: datasets' own split
@@ -346,6 +390,8 @@ def build_datasets(spec, tokenizer, echo=None):
             dataset, held_out = split["train"], split["test"]
         else:  # a held-out row that is a training row too measures memorising: copies go to one side together
             train_rows, held_rows = _split_copies(copies, held, spec.seed)
+            if not held_rows:
+                raise FtctlError(_nothing_held_out(spec, copies, held))
             dataset, held_out = dataset.select(train_rows), dataset.select(held_rows)
             if echo:
                 copied = sum(len(rows) for rows in copies if len(rows) > 1)
@@ -471,6 +517,23 @@ def _split_copies(copies: list[list[int]], held: int, seed: int) -> tuple[list[i
     held_rows = sorted(i for g in taken for i in copies[g])
     train_rows = sorted(i for g, rows in enumerate(copies) if g not in out for i in rows)
     return train_rows, held_rows
+
+
+def _nothing_held_out(spec, copies: list[list[int]], held: int) -> str:
+    """Why eval_split held out no row (_split_copies: every row has more copies than it holds), and the fix: the
+    eval_split that holds the fewest copies out (where some remain to train on), held-out data of its own, or none.
+    Said before training, not as the Trainer's missing eval_loss at the first evaluation."""
+    rows, fewest = sum(map(len, copies)), min(map(len, copies))
+    why = (
+        f"eval_split={spec.eval_split} holds out {held} of the {rows} rows of {spec.data_path}, but every row there "
+        f"has copies (each is one of {fewest} or more alike) and a row goes to one side with its copies, so that no "
+        "held-out row is a training row: none is held out to evaluate on"
+    )
+    other = "held-out data with --eval-data FILE, or train without evaluation: -o eval_split=0."
+    larger = math.ceil(100 * fewest / rows) / 100  # holds out `fewest` rows
+    if len(copies) > 1 and math.ceil(larger * rows) < rows:
+        return f"{why}. Raise it to -o eval_split={larger:g}, give {other}"
+    return f"{why}. Give {other}"
 
 
 def _row_digests(dataset, lengths: set[int] | None = None) -> list[tuple[int, bytes]]:

@@ -82,6 +82,8 @@ class Row:
     tools: list | None = None  # the functions a tool-use conversation's template renders
     source: int = 0  # which dataset of several (data_path's order) the row is from
     dropped: int = 0  # assistant turns before the first user turn, left out
+    # (file name, "line" | "row", number) that ``where`` says; None for a whole file (one that cannot be read)
+    at: tuple[str, str, int] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,14 +170,15 @@ def _hub_hint(path: str) -> str:
     )
 
 
-def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[str, Any]]:
-    """(where, record) for every record of one file; what cannot be read yields (where, ParseError)."""
+def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[str, int, Any]]:
+    """("line" | "row", its number, record) for every record of one file; what cannot be read yields a
+    ParseError for the record."""
     with storage.storage_errors(file, endpoint_url), storage.open_file(file, "rb", endpoint_url) as f:
         if file.endswith(".parquet"):
             import pyarrow.parquet as pq
 
             for i, record in enumerate(pq.read_table(f).to_pylist()):
-                yield f"{name} row {i + 1}", record
+                yield "row", i + 1, record
             return
         raw = f.read().removeprefix(codecs.BOM_UTF8)
     if raw.lstrip()[:1] == b"[":  # a JSON list of rows: a .json file's, or a .jsonl file that holds one
@@ -185,37 +188,36 @@ def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[s
         except UnicodeDecodeError as e:
             if file.endswith(".json"):
                 line, start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
-                yield f"{name} line {line}", _ParseError(_not_utf8(raw, e.start, start, name))
+                yield "line", line, _ParseError(_not_utf8(raw, e.start, start, name))
                 return
         except json.JSONDecodeError as e:
             if file.endswith(".json") or not _is_json(raw.lstrip().splitlines()[0]):
-                yield f"{name} line {e.lineno}", _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
+                yield "line", e.lineno, _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
                 return
         if records is not None:  # else JSON Lines whose first row is a list: each line is said
             for i, record in enumerate(records):
-                yield f"{name} row {i + 1}", record
+                yield "row", i + 1, record
             return
     yield from _json_lines(raw, name)
 
 
-def _json_lines(raw: bytes, name: str) -> Iterator[tuple[str, Any]]:
+def _json_lines(raw: bytes, name: str) -> Iterator[tuple[str, int, Any]]:
     """JSON Lines (also accepted under a .json name, as `datasets` does); a file that is CSV by its first line is
     one problem, not one a line."""
     first, hinted = True, False
     for lineno, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
-        where = f"{name} line {lineno}"
         try:
-            yield where, json.loads(line.decode("utf-8"))
+            yield "line", lineno, json.loads(line.decode("utf-8"))
         except UnicodeDecodeError as e:
-            yield where, _ParseError(_not_utf8(line, e.start, 0, None if hinted else name))
+            yield "line", lineno, _ParseError(_not_utf8(line, e.start, 0, None if hinted else name))
             hinted = True
         except json.JSONDecodeError as e:
             if first and (sep := _csv_separator(line.decode("utf-8"))):
-                yield where, _ParseError(_looks_like_csv(line.decode("utf-8").strip(), name, sep))
+                yield "line", lineno, _ParseError(_looks_like_csv(line.decode("utf-8").strip(), name, sep))
                 return
-            yield where, _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
+            yield "line", lineno, _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
         first = False
 
 
@@ -284,9 +286,9 @@ def load_rows(path: str, endpoint_url: str | None = None, held_out: bool = False
         for file in found:
             name = file_name(file, one)
             try:
-                for where, record in _records(file, name, endpoint_url):
-                    rows.append(row := to_row(where, record))
-                    row.source = source
+                for unit, number, record in _records(file, name, endpoint_url):
+                    rows.append(row := to_row(f"{name} {unit} {number}", record))
+                    row.source, row.at = source, (name, unit, number)
             except (OSError, ValueError) as e:  # unreadable file, bad parquet, not UTF-8
                 rows.append(Row(where=name, format="unknown", problems=[f"cannot read the file: {e}"], source=source))
     return files, rows

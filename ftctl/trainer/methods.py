@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from ftctl.errors import FtctlError
+from ftctl.errors import FtctlError, did_you_mean
 from ftctl.plan import FUSED_ADAPTER_STRATEGIES
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def apply_method(model, spec, plan):
             model = prepare_kbit(model, plan)
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(spec))
+        model = get_peft_model(model, lora_config(spec, model))
         if plan.precision in ("bf16", "fp16"):
             adapter_inputs_as_is(model)
         if plan.strategy in FUSED_ADAPTER_STRATEGIES:
@@ -191,20 +191,67 @@ def hidden_states_in_autocast_dtype(model):
     return model.get_input_embeddings().register_forward_hook(cast)
 
 
-def lora_config(spec):
+def lora_config(spec, model=None):
+    """PEFT's LoraConfig of the spec; with ``model``, its target modules checked against it (lora_targets)."""
     from peft import LoraConfig
 
-    targets = spec.lora_target_modules.strip()
     return LoraConfig(
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
         lora_dropout=spec.lora_dropout,
-        target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        target_modules=lora_targets(spec, model),
         bias="none",
         task_type="CAUSAL_LM",
         use_rslora=spec.use_rslora,
         use_dora=spec.use_dora,  # a LoRA variant: _fused_forward hands such layers to PEFT's own forward
     )
+
+
+def lora_targets(spec, model=None) -> str | list[str]:
+    """lora_target_modules as PEFT takes it: "all-linear", or the list of names. With ``model``, every name must
+    match one of its modules as PEFT matches them (the module's name, or its end after a dot: q_proj matches
+    model.layers.0.self_attn.q_proj): PEFT silently leaves out a name that matches nothing beside one that matches
+    (a typo trains fewer adapters than asked), and where none matches fails with a dump of every module. A name
+    that matches nothing is refused here, before the adapters are made, with the model's linear layers to name."""
+    value = spec.lora_target_modules.strip()
+    if value == "all-linear":
+        return value
+    names = list(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+    if not names or "all-linear" in names:
+        raise FtctlError(
+            f"lora_target_modules={spec.lora_target_modules!r}: give all-linear (alone: every linear layer but the "
+            "output head) or the names of the layers to adapt, comma-separated, e.g. "
+            "-o lora_target_modules=q_proj,v_proj."
+        )
+    if model is None:
+        return names
+    modules = [name for name, _ in model.named_modules()]
+    missing = [t for t in names if not any(m == t or m.endswith(f".{t}") for m in modules)]
+    if missing:
+        linear = linear_layer_names(model)
+        which = " or ".join(map(repr, missing))
+        hints = "".join(did_you_mean(t, linear) for t in missing)
+        raise FtctlError(
+            f"lora_target_modules: no module of {spec.model_name_or_path} is named {which}.{hints} Its linear "
+            f"layers: {', '.join(linear)}; name some of them, comma-separated (-o lora_target_modules=q_proj,v_proj), "
+            "or give all-linear for every one but the output head."
+        )
+    return names
+
+
+def linear_layer_names(model) -> list[str]:
+    """The names (their last part, as lora_target_modules takes them) of the model's linear layers, in the model's
+    order: q_proj, k_proj, ... lm_head. bitsandbytes' 4-bit layers are torch Linear layers; GPT-2's Conv1D counts."""
+    import torch
+
+    kinds: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        kinds += (Conv1D,)
+    except ImportError:  # pragma: no cover - transformers always has it
+        pass
+    return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, kinds)))
 
 
 def transformer_blocks(model):
