@@ -420,6 +420,10 @@ def _coerce(key: str, value):
             raise ValueError("expects a number") from None
     if key in PATH_LISTS and isinstance(value, (list, tuple)):
         return join_paths(value)
+    if key == "lora_target_modules" and not all(
+        isinstance(v, str) for v in (value if isinstance(value, (list, tuple)) else [value])
+    ):
+        raise ValueError("expects layer names: all-linear, q_proj,v_proj, or a YAML list of names")
     if key in COMMA_LISTS and isinstance(value, (list, tuple)):
         if any(isinstance(v, (dict, list, tuple)) for v in value):
             raise ValueError(f"expects a list of single values, e.g. {key}: [a, b] or {key}: a,b")
@@ -563,6 +567,13 @@ def validate(spec: RunSpec) -> None:
     choice("ddp_comm_dtype", DDP_COMM_DTYPES)
     choice("attn_implementation", ATTENTION)
     choice("lr_scheduler_type", ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"))
+    if spec.method in ("lora", "qlora"):  # their form; the names the model has are checked by the trainer
+        from ftctl.trainer.methods import lora_targets
+
+        try:
+            lora_targets(spec)
+        except FtctlError as e:
+            errors.append(str(e))
     for key in (
         "global_batch_size",
         "model_max_length",

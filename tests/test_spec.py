@@ -167,6 +167,10 @@ def test_yaml_types_are_checked(tmp_path):
         build(_yaml(tmp_path, "model_name_or_path: {a: 1}\n"))
     with pytest.raises(FtctlError, match="method=None.*may not be empty"):
         build(_yaml(tmp_path, "method:\n"))
+    for value in ("5", "[q_proj, 7]"):  # read as layer names "5": PEFT's error and a dump of every module, in the job
+        with pytest.raises(FtctlError, match=r"lora_target_modules=.* \(run file\): expects layer names"):
+            build(_yaml(tmp_path, f"lora_target_modules: {value}\n"))
+    assert build(_yaml(tmp_path, "lora_target_modules: [q_proj, v_proj]\n")).lora_target_modules == "q_proj,v_proj"
 
 
 def test_coercions():
@@ -217,6 +221,8 @@ def test_run_file_problems(tmp_path):
         (["output_dir=s3:/b/runs/x"], r"output_dir='s3:/b/runs/x' would be a local path: did you mean s3://b/runs/x\?"),
         (["data_path=gs:b/chats.jsonl"], r"did you mean gs://b/chats.jsonl\?"),
         (["data_path=a.jsonl,file:/tmp/b.jsonl"], r"did you mean file:///tmp/b.jsonl\?"),
+        (["lora_target_modules=all-linear,q_proj"], r"give all-linear \(alone"),
+        (["lora_target_modules=,"], r"lora_target_modules=',': give all-linear"),
     ],
 )
 def test_validation(over, words):
