@@ -344,7 +344,9 @@ def data():
     type=click.Path(dir_okay=False),
     help="A run file: its data (and weights), model, chat template, max length and loss, as the run reads them.",
 )
-@click.option("--model", help="Model whose tokenizer and chat template to use (default: the run file's).")
+@click.option(
+    "--model", help="Model whose tokenizer and chat template to use (default: the run file's, else launch's default)."
+)
 @click.option("--max-length", type=int, default=None, help="model_max_length (default: the run default).")
 @click.option("--chat-template-path", help="A Jinja file, or a tokenizer whose chat template to use instead.")
 @click.option("--held-out", is_flag=True, help="Read PATHS as --eval-data: a directory of splits gives its test split.")
@@ -365,11 +367,10 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
         path = join_paths(paths) if paths else run.data_path
     except ValueError as e:
         raise FtctlError(f"{e}.") from None
-    model = model or (run.model_name_or_path if run else None)
-    if not model:
-        raise FtctlError(
-            "Give --model: the model whose tokenizer and chat template the run uses (or -c run.yaml with one)."
-        )
+    if not model and not run:  # launch's default model, as a launch without --model would train
+        model = RunSpec().model_name_or_path
+        click.echo(f"checking with the tokenizer and chat template of {model} (launch's default; --model for yours)")
+    model = model or run.model_name_or_path
     endpoint = run.s3_endpoint_url if run else None
     if run:
         max_length = max_length or run.model_max_length

@@ -906,3 +906,18 @@ def test_data_check_of_held_out_splits_alone(tmp_path, tiny_model_dir):
     assert got.exit_code == 0 and "(test.jsonl)" in got.output, got.output
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code != 0 and "has no 'train' split" in refused.output and "PATHS" not in refused.output
+
+
+def test_data_check_without_a_model_takes_launchs_default_and_says_so(tmp_path):
+    """`ftctl data check FILE` as a launch without --model would train: the default model's tokenizer (it refused)."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+    from ftctl.spec import RunSpec
+
+    got = CliRunner().invoke(main, ["data", "check", str(tmp_path / "missing.jsonl")])  # stops at the data, cheaply
+    assert got.output.startswith(
+        f"checking with the tokenizer and chat template of {RunSpec().model_name_or_path} (launch's default; "
+        "--model for yours)\n"
+    )
+    assert got.exit_code == 2 and "No data at" in got.output and "Give --model" not in got.output
