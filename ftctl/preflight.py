@@ -352,7 +352,32 @@ def _check_data(path: str, endpoint_url: str | None, flag: str, held_out: bool) 
         return [Finding(ERROR, f"{flag}: {e}" if flag else str(e))]
     except OSError as e:
         return [Finding(ERROR, f"{said}: cannot read {first} ({e})", "check its permissions.")]
-    return []
+    return _row_problems(path, said, held_out)
+
+
+# local data up to this size is read whole before the job: the problems of its rows (invalid JSON, fields of no
+# format ftctl reads) are said at launch, not by the trainer after the job waited in a queue or a GPU was paid for
+ROW_CHECK_BYTES = 64 * 2**20
+
+
+def _row_problems(path: str, said: str, held_out: bool) -> list[Finding]:
+    """The rows' own problems, as the trainer would list them (those the tokenizer finds, the chat template's, are
+    left to `ftctl data check`): local files of ROW_CHECK_BYTES in all at most."""
+    from ftctl.spec import split_paths
+    from ftctl.trainer.data import problem_lines
+    from ftctl.trainer.formats import load_rows, resolve_files
+
+    if path.startswith("builtin:") or any(storage.scheme(p) not in ("", "file") for p in split_paths(path)):
+        return []
+    files = [f for p in split_paths(path) for f in resolve_files(p, held_out=held_out)]
+    if sum(os.path.getsize(storage.filesystem(f)[1]) for f in files) > ROW_CHECK_BYTES:
+        return []
+    _, rows = load_rows(path, held_out=held_out)
+    lines = problem_lines([(row, problem) for row in rows for problem in row.problems], len(rows))
+    if not lines:
+        return []
+    shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
+    return [Finding(ERROR, f"{said}: {shown}", f"`ftctl data check {path}` lists every row's problem.")]
 
 
 # ---------------------------------------------------------------------------------------- output

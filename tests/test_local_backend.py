@@ -271,8 +271,13 @@ def test_local_fallback_runs_qlora_and_says_so_everywhere(tmp_path, tiny_model_d
 
 
 def test_a_failing_rank_is_reported_once_without_a_resume_hint(tmp_path, tiny_model_dir):
+    """A problem only the trainer finds (the tokenizer's: the answer lies past model_max_length; the launch's
+    preflight reads the rows' own problems), said once."""
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{"conversations": [{"from": "robot", "value": "hi"}]}]))
+    long_question = " ".join(["why"] * 200)
+    bad.write_text(
+        json.dumps([{"conversations": [{"from": "human", "value": long_question}, {"from": "gpt", "value": "robot"}]}])
+    )
     proc = ftctl(
         "launch",
         "--backend",
@@ -287,9 +292,11 @@ def test_a_failing_rank_is_reported_once_without_a_resume_hint(tmp_path, tiny_mo
         str(tmp_path / "o"),
         "-o",
         "max_steps=2",
+        "-o",
+        "model_max_length=32",
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "robot" in line]
+    errors = [line for line in proc.stderr.splitlines() if "every label is masked after truncation" in line]
     assert len(errors) == 1, proc.stderr
     assert "resume" not in proc.stderr
 

@@ -162,6 +162,22 @@ def test_a_path_missing_on_a_slurm_node_says_it_may_be_the_submit_hosts(tmp_path
 
 
 # ------------------------------------------------------------------------------------------- data
+def test_the_rows_own_problems_are_said_before_the_job(tmp_path, monkeypatch):
+    """A broken line, fields of no known format: said at launch (and by --dry-run), as the trainer would list them,
+    not once a queued job or a paid GPU reached its data; data too large to read whole is left to the trainer."""
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(40)))
+    said = only(check_data(str(qa)))
+    assert said.startswith(f"--data {qa}: qa.jsonl lines 1-40 (all 40 rows): not a conversation: keys 'question', ")
+    assert said.endswith(f"; `ftctl data check {qa}` lists every row's problem.")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(CONV) + "\n" + '{"messages": [oops\n')
+    assert "broken.jsonl line 2: invalid JSON" in only(check_data(str(broken)))
+    assert check_data(str(broken), flag="--eval-data", held_out=False) != []  # held-out data too
+    monkeypatch.setattr(preflight, "ROW_CHECK_BYTES", 10)
+    assert check_data(str(broken)) == []  # larger than read before the job: the trainer says it
+
+
 def test_local_data(tmp_path):
     assert check_data("builtin:demo") == []
     (tmp_path / "d.jsonl").write_text(json.dumps(CONV) + "\n")

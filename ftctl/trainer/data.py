@@ -181,7 +181,7 @@ def prepare_data(
     texts: list[str] = []
     spans: list = []
     missing_eot = 0
-    problems: list[tuple[Row, str]] = []  # (row, what is wrong with it): report.errors, _problem_lines
+    problems: list[tuple[Row, str]] = []  # (row, what is wrong with it): report.errors, problem_lines
     for row in rows:
         if row.problems:
             problems += [(row, p) for p in row.problems]
@@ -264,7 +264,7 @@ def prepare_data(
             (name, kept_sources.count(i), sum(len(ids) for ids, j in zip(kept_ids, kept_sources) if j == i))
             for i, name in enumerate(names)
         ]
-    report.errors = _problem_lines(problems, len(rows))
+    report.errors = problem_lines(problems, len(rows))
     if not kept_ids and not report.errors:
         report.errors.append(f"{path}: no rows: the data is empty")
     columns = {"input_ids": kept_ids, "labels": kept_labels}
@@ -277,7 +277,7 @@ def prepare_data(
     return report, datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
-def _problem_lines(problems: list[tuple[Row, str]], rows: int) -> list[str]:
+def problem_lines(problems: list[tuple[Row, str]], rows: int) -> list[str]:
     """report.errors: "WHERE: problem" for a problem of one row; a problem several rows share, word for word (a
     file of rows whose fields no format knows), is one line where its first row's would be, naming its rows
     (_rows_named), not one line a row."""
