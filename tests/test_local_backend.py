@@ -328,3 +328,21 @@ def test_doctor_compares_the_gpus_asked_for_with_this_machines(monkeypatch, caps
     for asked in ("2xA100", "16xH100"):
         with pytest.raises(FtctlError, match=f"--gpus {asked}: this machine has 8xH100, and doctor --network"):
             local.network_check(asked, None)
+
+
+def test_an_interrupted_run_says_whether_a_relaunch_resumes_or_starts_again(tmp_path):
+    """Ctrl-C while the model loaded said "resume from the last checkpoint" where none was saved yet."""
+    from ftctl import failures
+    from ftctl.checkpoints import write_manifest
+    from ftctl.local.backend import failure_message
+    from ftctl.runpaths import RunPaths
+    from tests.s3_fixtures import make_checkpoint
+
+    paths = RunPaths(tmp_path / "run")
+    failures.record(
+        "interrupted", "interrupted by SIGINT (preempted, cancelled, or its job stopped)", str(paths.failures)
+    )
+    said = failure_message(paths, 130, str(paths.root))
+    assert said.endswith("Run the same `ftctl launch` again to start it again (no checkpoint was saved yet).")
+    write_manifest(str(make_checkpoint(paths.root, 2)), 2, 1, "h")
+    assert failure_message(paths, 130, str(paths.root)).endswith("again to resume from the last checkpoint.")

@@ -373,7 +373,10 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     }
     rc = run_filtered(cmd, env, paths.launcher_log)
     if rc != 0:
-        raise FtctlError(failure_message(paths, rc))
+        error = FtctlError(failure_message(paths, rc, rendered.spec.output))
+        if any(r["kind"] == "interrupted" and "SIGINT" in r["message"] for r in failures.read(paths.failures)):
+            error.exit_code = 130  # Ctrl-C, as a shell reports it
+        raise error
 
 
 def run_filtered(cmd: list[str], env: dict, held: Path) -> int:
@@ -404,8 +407,8 @@ def _torchrun_report(line: str) -> bool:
     )
 
 
-def failure_message(paths: RunPaths, rc: int) -> str:
-    from ftctl import failures
+def failure_message(paths: RunPaths, rc: int, output: str) -> str:
+    from ftctl.checkpoints import list_checkpoints
 
     records = failures.read(paths.failures)
     if records:
@@ -418,5 +421,10 @@ def failure_message(paths: RunPaths, rc: int) -> str:
         message = f"training exited with code {rc}" + (f" (signal {-rc})" if rc < 0 else "")
         resumable = True  # killed from outside, or a node went away: a relaunch resumes
     if resumable:
-        message += ". Run the same `ftctl launch` again to resume from the last checkpoint."
+        try:
+            saved = any(c.complete for c in list_checkpoints(output))
+        except (FtctlError, OSError):  # the store cannot say now: the relaunch will
+            saved = True
+        again = "resume from the last checkpoint" if saved else "start it again (no checkpoint was saved yet)"
+        message += f". Run the same `ftctl launch` again to {again}."
     return message
