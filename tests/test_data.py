@@ -78,6 +78,30 @@ def test_sharegpt_masks_cover_assistant_content_and_end_of_turn(tmp_path, tiny_t
     assert row["labels"][-1] == IGNORE_INDEX  # the newline after the last <|im_end|> is not trained
 
 
+def test_an_openai_assistant_turn_of_weight_0_is_context_not_trained(tmp_path, tiny_tokenizer):
+    """OpenAI's fine-tuning format: weight 0 on an assistant turn leaves it out of the loss (it was trained)."""
+    msgs = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "A bad answer.", "weight": 0},
+        {"role": "user", "content": "Try again"},
+        {"role": "assistant", "content": "A good answer.", "weight": 1},
+    ]
+    row = only_row(write_json(tmp_path / "w.json", [{"messages": msgs}]), tiny_tokenizer)
+    assert trained_spans(tiny_tokenizer, row["input_ids"], row["labels"]) == ["A good answer." + EOT]
+    assert "A bad answer." in tiny_tokenizer.decode(row["input_ids"])  # still the context of the next turn
+    bad = [
+        {"messages": [msgs[0], {**msgs[1], "weight": 0.5}]},
+        {"messages": [{**msgs[0], "weight": 0}, msgs[3]]},
+        {"messages": msgs[:2]},
+    ]
+    report = check_data(write_json(tmp_path / "bad.json", bad), tiny_tokenizer, 512)
+    assert [e.split(": ", 1)[1] for e in report.errors] == [
+        "turn 2 'weight' is 0.5: OpenAI's fine-tuning format gives an assistant turn weight 0 (not trained) or 1",
+        "turn 1 'weight' is 0: OpenAI's fine-tuning format gives an assistant turn weight 0 (not trained) or 1",
+        "every assistant turn has weight 0: nothing to train on; give one weight 1, or drop the row",
+    ]
+
+
 def test_a_chat_template_path_renders_the_rows_and_places_the_masks(tmp_path, tiny_model_dir):
     """chat_template_path replaces the model's template: rows render with it, the loss covers its assistant turns and
     the special token that closes them."""

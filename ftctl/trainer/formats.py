@@ -15,7 +15,8 @@ Accepted row formats (detected per row):
   chat templates take it: an assistant turn's ``tool_calls`` (its content may then be empty; ``arguments`` as
   OpenAI's JSON string or an object, given to the template as an object), ``tool`` turns
   with the results (context, never trained), and the row's ``tools`` (function schemas, a list or its JSON)
-  rendered by the template.
+  rendered by the template. An assistant turn's ``weight`` (OpenAI's fine-tuning format): 0 leaves it out of
+  the loss (context, as a user turn is), 1 (or none) trains it.
 - Alpaca: ``{"instruction": str, "input": str (optional), "output": str}`` -> user, assistant.
 - Plain text: ``{"text": str}``: no roles, the loss covers every token.
 - Prompt-completion (TRL's): ``{"prompt": str, "completion": str}`` -> their text joined, bos and eos as for
@@ -389,11 +390,24 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
             row.problems.append(f"empty turn: turn {n} ({role}) has no text; remove it or fill it in")
             continue
         extra = {k: turn[k] for k in TOOL_KEYS if fmt != "sharegpt" and turn.get(k) is not None}
+        if fmt != "sharegpt" and (weight := turn.get("weight")) is not None:
+            if mapped != "assistant" or weight not in (0, 1) or isinstance(weight, bool):
+                row.problems.append(
+                    f"turn {n} 'weight' is {weight!r}: OpenAI's fine-tuning format gives an assistant turn weight 0 "
+                    "(not trained) or 1"
+                )
+                continue
+            if weight == 0:
+                extra["weight"] = 0  # masks.assistant_spans leaves it out of the loss
         row.messages.append({"role": mapped, "content": content, **extra})
     if row.problems:
         return row
     if not any(m["role"] == "assistant" for m in row.messages):
         row.problems.append("no assistant turn: nothing to train on; every label would be masked")
+    elif not any(m["role"] == "assistant" and m.get("weight") != 0 for m in row.messages):
+        row.problems.append(
+            "every assistant turn has weight 0: nothing to train on; give one weight 1, or drop the row"
+        )
     elif fmt != "prompt-completion":  # its prompt is as TRL's user gave it
         _drop_leading_answers(row)
     return row

@@ -129,7 +129,8 @@ def assistant_spans(
     tokenizer, messages: list[dict], first: int = 0, tools: list | None = None
 ) -> tuple[str, list[tuple[int, int]], bool]:
     """(rendered text, char spans to train on, whether every span ends with an end-of-turn marker): the
-    assistant turns from message ``first`` on (a prompt-completion row's completion), their tool calls included.
+    assistant turns from message ``first`` on (a prompt-completion row's completion), their tool calls included,
+    but those of weight 0.
 
     Raises MaskError with a user-facing message when a trained turn has nothing before it, the template cannot be
     split into turns, or drops a turn's tool calls (the turn would train the model to answer with nothing)."""
@@ -137,7 +138,7 @@ def assistant_spans(
     spans = []
     has_eot = True
     for i, m in enumerate(messages):
-        if m["role"] != "assistant" or i < first:
+        if m["role"] != "assistant" or i < first or m.get("weight") == 0:  # weight 0: OpenAI's "not trained"
             continue
         if i == 0:  # transformers refuses to render the empty conversation before it
             raise MaskError(
