@@ -379,7 +379,7 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
     # a missing file or model directory is said at once, before the tokenizer loads (seconds)
     flag = "" if paths else ("--eval-data" if held_out else "--data")  # as the user gave them
     preflight.raise_if_errors(
-        [f for p in split_paths(path) for f in preflight.check_data(p, endpoint, flag, held_out)]
+        [f for p in split_paths(path) for f in preflight.check_data(p, endpoint, flag, held_out, rows=False)]
         + preflight.check_model(model)
     )
 

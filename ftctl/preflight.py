@@ -8,12 +8,13 @@ is asked for anything. It looks at what a launch would otherwise find out late:
 | gpus   | local and docker: the GPUs asked for against what ``nvidia-smi`` shows              |
 | model  | a local directory with config.json, or a well-formed hub id ``org/name``; HF_TOKEN  |
 |        | for the gated families                                                              |
-| data   | the file, directory or object is there and its first file can be read               |
+| data   | the file, directory or object is there and its first file can be read; local data   |
+|        | up to ROW_CHECK_BYTES: its rows' own problems (invalid JSON, fields of no format)   |
 | output | local: the directory can be created and written; object store: credentials, bucket, |
 |        | write (a small marker object, put then deleted)                                     |
 | disk   | local output: room for the checkpoints the plan will write                          |
 | resume | the output's newest checkpoint can be continued under these settings (what changed  |
-|        | is said); resume=never does not write over an earlier run's                          |
+|        | is said); resume=never does not write over an earlier run's                         |
 
 Each :class:`Finding` says what is wrong and what to do; :func:`raise_if_errors` turns the errors
 into one :class:`~ftctl.errors.FtctlError` that lists them all. Store requests make one attempt
@@ -328,16 +329,17 @@ def store_deadline_s() -> float:
 
 
 def check_data(
-    path: str, endpoint_url: str | None = None, flag: str = "--data", held_out: bool | None = None
+    path: str, endpoint_url: str | None = None, flag: str = "--data", held_out: bool | None = None, rows: bool = True
 ) -> list[Finding]:
     """The data is there (a file, a directory of data files, an object, builtin:demo) and its first
     file can be read. ``flag``: what gave it, to start each line ("" for a command's own argument);
-    ``held_out``: read as held-out data (a directory's test split), by default where the flag is --eval-data."""
+    ``held_out``: read as held-out data (a directory's test split), by default where the flag is --eval-data;
+    ``rows``: the rows' own problems too (_row_problems), where `ftctl data check` does not list them itself."""
     held_out = flag == "--eval-data" if held_out is None else held_out
-    return _bounded(flag, path, endpoint_url, lambda: _check_data(path, endpoint_url, flag, held_out))
+    return _bounded(flag, path, endpoint_url, lambda: _check_data(path, endpoint_url, flag, held_out, rows))
 
 
-def _check_data(path: str, endpoint_url: str | None, flag: str, held_out: bool) -> list[Finding]:
+def _check_data(path: str, endpoint_url: str | None, flag: str, held_out: bool, rows: bool) -> list[Finding]:
     from ftctl.trainer.formats import resolve_files
 
     said = f"{flag} {path}" if flag else path
@@ -352,7 +354,7 @@ def _check_data(path: str, endpoint_url: str | None, flag: str, held_out: bool) 
         return [Finding(ERROR, f"{flag}: {e}" if flag else str(e))]
     except OSError as e:
         return [Finding(ERROR, f"{said}: cannot read {first} ({e})", "check its permissions.")]
-    return _row_problems(path, said, held_out)
+    return _row_problems(path, said, held_out) if rows else []
 
 
 # local data up to this size is read whole before the job: the problems of its rows (invalid JSON, fields of no
