@@ -6,8 +6,8 @@ is asked for anything. It looks at what a launch would otherwise find out late:
 | check  | what it asks                                                                        |
 |--------|-------------------------------------------------------------------------------------|
 | gpus   | local and docker: the GPUs asked for against what ``nvidia-smi`` shows              |
-| model  | a local directory with config.json, or a well-formed hub id ``org/name``; HF_TOKEN  |
-|        | for the gated families                                                              |
+| model  | a local directory with config.json and tokenizer files, or a well-formed hub id     |
+|        | ``org/name``; HF_TOKEN for the gated families                                       |
 | data   | the file, directory or object is there and its first file can be read; local data   |
 |        | up to ROW_CHECK_BYTES: its rows' own problems (invalid JSON, fields of no format)   |
 | output | local: the directory can be created and written; object store: credentials, bucket, |
