@@ -132,8 +132,9 @@ class RunSpec:
     lr_scheduler_type: str = "cosine"
     max_grad_norm: float = 1.0
     model_max_length: int = 2048
-    # the loss on assistant turns only (prompt-completion rows: the completion), FastChat's; false: on every token,
-    # TRL's default (its assistant_only_loss / completion_only_loss)
+    # the loss on assistant turns only (prompt-completion rows: the completion), FastChat's and TRL's for
+    # prompt-completion rows (completion_only_loss); false: on every token, TRL's default for conversations
+    # (assistant_only_loss=False)
     assistant_only_loss: bool = True
     global_batch_size: int = 32  # sequences per optimizer step, over all GPUs
     per_device_train_batch_size: int | None = None  # planner
