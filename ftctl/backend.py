@@ -272,10 +272,11 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
             except FtctlError as e:
                 findings.append(preflight.Finding(preflight.ERROR, str(e)))
         click.echo(f"backend: {name} ({why})", err=True)
-        for note in rendered.plan.notes:  # what the planner changed: a method that does not fit falls back to qlora
-            click.echo(f"plan: {note}", err=True)
         if rendered.image:
             click.echo(rendered.image.line, err=True)
+        click.echo(rendered.plan.table(rendered.spec.model_name_or_path), err=True)  # what `ftctl plan` says
+        for note in rendered.plan.notes:  # what the planner changed: a method that does not fit falls back to qlora
+            click.echo(f"plan: {note}", err=True)
         if findings:
             click.echo(preflight.render(findings), err=True)
         click.echo(rendered.text, nl=False)

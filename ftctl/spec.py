@@ -553,6 +553,21 @@ def _mixes(items):
             yield key, value
 
 
+def lora_target_names(value: str) -> str | list[str]:
+    """lora_target_modules as PEFT takes it: "all-linear", or the list of names (once each); FtctlError for none,
+    or all-linear beside names."""
+    value = value.strip()
+    if value == "all-linear":
+        return value
+    names = list(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+    if not names or "all-linear" in names:
+        raise FtctlError(
+            f"lora_target_modules={value!r}: give all-linear (alone: every linear layer but the output head) or the "
+            "names of the layers to adapt, comma-separated, e.g. -o lora_target_modules=q_proj,v_proj."
+        )
+    return names
+
+
 def validate(spec: RunSpec) -> None:
     errors = []
 
@@ -569,10 +584,8 @@ def validate(spec: RunSpec) -> None:
     choice("attn_implementation", ATTENTION)
     choice("lr_scheduler_type", ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"))
     if spec.method in ("lora", "qlora"):  # their form; the names the model has are checked by the trainer
-        from ftctl.trainer.methods import lora_targets
-
         try:
-            lora_targets(spec)
+            lora_target_names(spec.lora_target_modules)
         except FtctlError as e:
             errors.append(str(e))
     for key in (

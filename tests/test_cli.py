@@ -178,6 +178,7 @@ def test_launch_dry_run_prints_the_bytes_render_prints(backend, extra, tmp_path)
     else:
         assert outs[1].returncode == 0, outs[1].stderr.decode()
     assert b"Traceback" not in outs[1].stderr and b"Exception" not in outs[1].stderr
+    assert b"\nmethod         lora\n" in outs[1].stderr and b"\nmemory/device  " in outs[1].stderr  # the plan too
     assert outs[0].stdout == outs[1].stdout
     assert len(outs[0].stdout) > 100
     assert b"hf_secret-value-never-printed" not in outs[0].stdout

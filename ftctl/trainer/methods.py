@@ -213,17 +213,10 @@ def lora_targets(spec, model=None) -> str | list[str]:
     model.layers.0.self_attn.q_proj): PEFT silently leaves out a name that matches nothing beside one that matches
     (a typo trains fewer adapters than asked), and where none matches fails with a dump of every module. A name
     that matches nothing is refused here, before the adapters are made, with the model's linear layers to name."""
-    value = spec.lora_target_modules.strip()
-    if value == "all-linear":
-        return value
-    names = list(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
-    if not names or "all-linear" in names:
-        raise FtctlError(
-            f"lora_target_modules={spec.lora_target_modules!r}: give all-linear (alone: every linear layer but the "
-            "output head) or the names of the layers to adapt, comma-separated, e.g. "
-            "-o lora_target_modules=q_proj,v_proj."
-        )
-    if model is None:
+    from ftctl.spec import lora_target_names
+
+    names = lora_target_names(spec.lora_target_modules)
+    if model is None or names == "all-linear":
         return names
     modules = [name for name, _ in model.named_modules()]
     missing = [t for t in names if not any(m == t or m.endswith(f".{t}") for m in modules)]
