@@ -127,7 +127,7 @@ class RunSpec:
     max_steps: int = -1  # above 0: train this many steps, whatever num_train_epochs says
     learning_rate: float | None = None  # default per method: 2e-5 fft/sft, 2e-4 lora/qlora
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.03
+    warmup_ratio: float = 0.03  # of the steps, rounded down (transformers rounds up): none in a run under 34 steps
     warmup_steps: int | None = None  # instead of warmup_ratio: this many steps (transformers' name)
     lr_scheduler_type: str = "cosine"
     max_grad_norm: float = 1.0
