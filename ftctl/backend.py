@@ -264,7 +264,8 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
     name, why = choose_backend(spec)
     rendered = prepare(replace(spec, backend=name))
     b = get(name)
-    findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus())
+    on_nodes = RunSpec(**json.loads(rendered.files[rendered.paths.spec.name])["spec"])  # as the trainer reads it
+    findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus(), on_nodes)
     if dry_run:
         for check in (b.check, refuse_a_second_job):  # read-only: an image missing, a daemon down, a job still there
             try:
@@ -274,9 +275,7 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
         click.echo(f"backend: {name} ({why})", err=True)
         if rendered.image:
             click.echo(rendered.image.line, err=True)
-        click.echo(rendered.plan.table(rendered.spec.model_name_or_path), err=True)  # what `ftctl plan` says
-        for note in rendered.plan.notes:  # what the planner changed: a method that does not fit falls back to qlora
-            click.echo(f"plan: {note}", err=True)
+        click.echo(rendered.plan.table(rendered.spec.model_name_or_path), err=True)  # `ftctl plan`'s, notes too
         if findings:
             click.echo(preflight.render(findings), err=True)
         click.echo(rendered.text, nl=False)

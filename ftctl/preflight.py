@@ -29,6 +29,7 @@ docker runs.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 import threading
@@ -73,9 +74,11 @@ class Finding:
         return f"{self.level}: {self.text}"
 
 
-def preflight(spec, plan, backend_name: str, detected: str | None = None) -> list[Finding]:
+def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nodes=None) -> list[Finding]:
     """Every problem a launch of ``spec`` as ``plan`` on ``backend_name`` would hit, errors first.
-    ``detected``: this machine's GPUs in --gpus form, for backends that run here (None: not checked)."""
+    ``detected``: this machine's GPUs in --gpus form, for backends that run here (None: not checked);
+    ``on_nodes``: the spec the trainer reads where it differs (SkyPilot's names its shipped inputs), which the
+    checkpoints' recorded settings are compared with."""
     from concurrent.futures import ThreadPoolExecutor
 
     findings = check_gpus(plan, backend_name, detected) + check_model(spec.model_name_or_path)
@@ -83,7 +86,7 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None) -> lis
     with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
         data = [pool.submit(check_data, p, spec.s3_endpoint_url, f) for f, p in spec.data_sources]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
-        resume = pool.submit(check_resume, spec, plan)
+        resume = pool.submit(check_resume, on_nodes or spec, plan)
         findings += [f for d in data for f in d.result()] + output.result() + resume.result()
     findings += check_disk(spec, plan) + check_secrets(spec) + check_demo_defaults(spec, backend_name)
     findings += check_endpoint_reach(spec, backend_name)
@@ -357,29 +360,33 @@ def _check_data(path: str, endpoint_url: str | None, flag: str, held_out: bool, 
     return _row_problems(path, said, held_out) if rows else []
 
 
-# local data up to this size is read whole before the job: the problems of its rows (invalid JSON, fields of no
+# local data up to this size (each dataset of data_path) is read whole before the job: the problems of its rows (invalid JSON, fields of no
 # format ftctl reads) are said at launch, not by the trainer after the job waited in a queue or a GPU was paid for
 ROW_CHECK_BYTES = 64 * 2**20
 
 
 def _row_problems(path: str, said: str, held_out: bool) -> list[Finding]:
     """The rows' own problems, as the trainer would list them (those the tokenizer finds, the chat template's, are
-    left to `ftctl data check`): local files of ROW_CHECK_BYTES in all at most."""
+    left to `ftctl data check`): a local dataset of ROW_CHECK_BYTES at most."""
     from ftctl.spec import split_paths
     from ftctl.trainer.data import problem_lines
     from ftctl.trainer.formats import load_rows, resolve_files
 
     if path.startswith("builtin:") or any(storage.scheme(p) not in ("", "file") for p in split_paths(path)):
         return []
-    files = [f for p in split_paths(path) for f in resolve_files(p, held_out=held_out)]
-    if sum(os.path.getsize(storage.filesystem(f)[1]) for f in files) > ROW_CHECK_BYTES:
-        return []
-    _, rows = load_rows(path, held_out=held_out)
+    try:
+        files = [f for p in split_paths(path) for f in resolve_files(p, held_out=held_out)]
+        if sum(os.path.getsize(storage.filesystem(f)[1]) for f in files) > ROW_CHECK_BYTES:
+            return []
+        _, rows = load_rows(path, held_out=held_out)
+    except (OSError, FtctlError) as e:  # a file gone or unreadable since the first check: said, not raised
+        return [Finding(ERROR, f"{said}: cannot read it ({e})", "check the files and their permissions.")]
     lines = problem_lines([(row, problem) for row in rows for problem in row.problems], len(rows))
     if not lines:
         return []
     shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
-    return [Finding(ERROR, f"{said}: {shown}", f"`ftctl data check {path}` lists every row's problem.")]
+    check = shlex.join(["ftctl", "data", "check", path, *(["--held-out"] if held_out else [])])
+    return [Finding(ERROR, f"{said}: {shown}", f"`{check}` lists every row's problem.")]
 
 
 # ---------------------------------------------------------------------------------------- output

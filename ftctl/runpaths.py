@@ -30,13 +30,17 @@ SLURM_STATUS_PATTERN = "status.{job}.{attempt}"  # per job and attempt: a requeu
 SLURM_STOP_PATTERN = "stop.{job}.{attempt}"
 
 
+# a job script's own logs in the output before ftctl starts (#SBATCH --output=$OUT/slurm-%j.out): no user's work
+LOG_SUFFIXES = (".out", ".err", ".log")
+
+
 def foreign_files(root) -> list[str]:
-    """The names in the directory ``root`` (sorted, hidden ones left out) where it holds files but no run of
-    ftctl's (no spec.json, no .ftctl/): [] for a missing or empty directory, or a run's."""
+    """The names in the directory ``root`` (sorted; hidden ones and logs left out) where it holds files but no run
+    of ftctl's (no spec.json, no .ftctl/): [] for a missing or empty directory, or a run's."""
     root = Path(root)
     try:
-        names = sorted(n for n in os.listdir(root) if not n.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
+        names = sorted(n for n in os.listdir(root) if not n.startswith(".") and not n.endswith(LOG_SUFFIXES))
+    except OSError:  # missing, a file, not readable: the output check says what is wrong
         return []
     if not names or (root / SPEC_FILE).exists() or (root / ".ftctl").is_dir():
         return []

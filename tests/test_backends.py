@@ -192,6 +192,9 @@ def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
     )
     failures.record("interrupted", "stopped by Ctrl-C", str(paths.failures))  # rank 0's record, now an interruption
     assert "stopped before the end" in cli("status", "runs/r1").stdout
+    paths.status_file.write_text("complete\n")  # an object-store output's final model is in the store, not here
+    assert cli("status", "runs/r1").stdout.startswith("runs/r1 local run, complete\n")
+    paths.status_file.unlink()
     logs = cli("logs", "runs/r1")
     assert (
         logs.exit_code == 0 and "each logged step is a line of runs/r1/metrics.jsonl, the last: step 3" in logs.stdout

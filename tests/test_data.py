@@ -98,7 +98,7 @@ def test_an_openai_assistant_turn_of_weight_0_is_context_not_trained(tmp_path, t
     assert [e.split(": ", 1)[1] for e in report.errors] == [
         "turn 2 'weight' is 0.5: OpenAI's fine-tuning format gives an assistant turn weight 0 (not trained) or 1",
         "turn 1 'weight' is 0: OpenAI's fine-tuning format gives an assistant turn weight 0 (not trained) or 1",
-        "every assistant turn has weight 0: nothing to train on; give one weight 1, or drop the row",
+        "every label is masked: its assistant turns all have weight 0; give one weight 1",
     ]
 
 

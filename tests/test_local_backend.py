@@ -336,13 +336,15 @@ def test_an_interrupted_run_says_whether_a_relaunch_resumes_or_starts_again(tmp_
     from ftctl.checkpoints import write_manifest
     from ftctl.local.backend import failure_message
     from ftctl.runpaths import RunPaths
+    from ftctl.spec import RunSpec
     from tests.s3_fixtures import make_checkpoint
 
     paths = RunPaths(tmp_path / "run")
     failures.record(
         "interrupted", "interrupted by SIGINT (preempted, cancelled, or its job stopped)", str(paths.failures)
     )
-    said = failure_message(paths, 130, str(paths.root))
+    spec = RunSpec(output_dir=str(paths.root))
+    said = failure_message(paths, 130, spec)
     assert said.endswith("Run the same `ftctl launch` again to start it again (no checkpoint was saved yet).")
     write_manifest(str(make_checkpoint(paths.root, 2)), 2, 1, "h")
-    assert failure_message(paths, 130, str(paths.root)).endswith("again to resume from the last checkpoint.")
+    assert failure_message(paths, 130, spec).endswith("again to resume from the last checkpoint.")

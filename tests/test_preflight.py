@@ -124,6 +124,7 @@ def test_an_output_holding_files_of_no_run_is_refused_before_anything_is_written
     proj = tmp_path / "proj"
     proj.mkdir()
     (proj / ".git").mkdir()  # hidden names are no run's files: an empty directory still
+    (proj / "slurm-7.out").write_text("a job script's own log, written before ftctl train starts")
     assert check_output(str(proj)) == []
     (proj / "README.md").write_text("my notes")
     said = (
@@ -134,10 +135,8 @@ def test_an_output_holding_files_of_no_run_is_refused_before_anything_is_written
     rendered = prepare(build({"method": "lora", "gpus": "1xA100", "backend": "slurm", "output_dir": str(proj)}))
     with pytest.raises(FtctlError, match="holds files of no ftctl run"):  # `ftctl train` goes straight here
         write_files(rendered)
-    assert (
-        sorted(p.name for p in proj.iterdir()) == [".git", "README.md"]
-        and (proj / "README.md").read_text() == "my notes"
-    )
+    assert sorted(p.name for p in proj.iterdir()) == [".git", "README.md", "slurm-7.out"]
+    assert (proj / "README.md").read_text() == "my notes"
     write_files(
         prepare(build({"method": "lora", "gpus": "1xA100", "backend": "slurm", "output_dir": str(tmp_path / "r")}))
     )
@@ -176,6 +175,17 @@ def test_the_rows_own_problems_are_said_before_the_job(tmp_path, monkeypatch):
     assert check_data(str(broken), flag="--eval-data", held_out=False) != []  # held-out data too
     monkeypatch.setattr(preflight, "ROW_CHECK_BYTES", 10)
     assert check_data(str(broken)) == []  # larger than read before the job: the trainer says it
+    monkeypatch.undo()
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "train.jsonl").write_text(json.dumps({"question": "q"}) + "\n")
+    (split / "test.jsonl").write_text(json.dumps({"question": "q"}) + "\n")
+    assert f"`ftctl data check {split} --held-out`" in only(check_data(str(split), flag="--eval-data"))
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "a.jsonl").write_text(json.dumps(CONV) + "\n")
+    (gone / "b.jsonl").symlink_to(tmp_path / "nowhere.jsonl")  # listed, not readable: a finding, not a traceback
+    assert "cannot read" in only(check_data(str(gone)))
 
 
 def test_local_data(tmp_path):

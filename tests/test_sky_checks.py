@@ -259,3 +259,34 @@ def test_doctor_names_the_sky_command_that_exists_here():
     assert subprocess.run(ask, env=apart, capture_output=True, text=True).stdout.strip() == str(sky_bin / "sky")
     on_path = {**apart, "PATH": f"{sky_bin}:/usr/bin:/bin"}
     assert subprocess.run(ask, env=on_path, capture_output=True, text=True).stdout.strip() == "sky"
+
+
+def test_a_relaunch_with_shipped_inputs_is_checked_as_its_nodes_read_it(tmp_path, s3_bucket, monkeypatch, capsys):
+    """The nodes' spec.json names the shipped copy of a local --data (./inputs/...), and so do the checkpoints'
+    recorded settings: the relaunch's preflight compares those, or the same launch again reads as other data."""
+    from ftctl import backend
+    from ftctl.checkpoints import push, write_manifest
+    from ftctl.checkpoints.settings import settings
+    from ftctl.sky.backend import SkyBackend
+    from ftctl.spec import RunSpec, build
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FTCTL_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(SkyBackend, "estimate", lambda self, spec, plan: None)  # SkyPilot's optimizer: not asked
+    data = tmp_path / "chats.jsonl"
+    data.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
+    )
+    values = dict(backend="sky", method="lora", gpus="1xL4", model_name_or_path=MODEL, data_path=str(data))
+    spec = build({**values, "output_dir": f"{s3_bucket}/run"})
+    rendered = backend.prepare(spec)
+    node = RunSpec(**json.loads(rendered.files["spec.json"])["spec"])
+    assert node.data_path.startswith("./inputs/")
+    ckpt = tmp_path / "stage" / "checkpoint-4"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 4, "max_steps": 100}))
+    write_manifest(str(ckpt), 4, 1, node.digest(), settings=settings(node, rendered.plan))
+    push(str(tmp_path / "stage"), f"{s3_bucket}/run", echo=lambda *_: None)
+    assert backend.launch(spec, dry_run=True) is None  # no error: the same launch again resumes
+    assert "names other data" not in capsys.readouterr().err

@@ -133,14 +133,14 @@ class LocalBackend(Backend):
         (its status file and failure records); else stopped, and the same `ftctl launch` resumes it."""
         from ftctl.checkpoints.settings import final_saved
 
-        if final_saved(ref.run_dir):
-            return JobStatus(JobState.SUCCEEDED, f"{ref.job_id} local run, complete")
-        if holder := training_now(ref.paths):
-            return JobStatus(JobState.RUNNING, f"{ref.job_id} local run, training ({holder})")
         try:
             word = ref.paths.status_file.read_text().strip()
         except OSError:
             word = ""
+        if word == "complete" or final_saved(ref.run_dir):  # an object-store output's final model is in the store
+            return JobStatus(JobState.SUCCEEDED, f"{ref.job_id} local run, complete")
+        if holder := training_now(trainer_paths(ref)):
+            return JobStatus(JobState.RUNNING, f"{ref.job_id} local run, training ({holder})")
         records = failures.read(ref.paths.failures)
         if word == "failed" and records and not failures.summarize(records)[1]:  # not an interruption: a relaunch
             return JobStatus(JobState.FAILED, f"{ref.job_id} local run, failed")  # would fail the same way
@@ -337,6 +337,18 @@ def network_check(gpus: str, nodes: int | None, min_busbw_gbps: float = 0.0) -> 
     return rc or 1
 
 
+def trainer_paths(ref: JobRef) -> RunPaths:
+    """Where the trainer of a local run writes and holds its lock: the run directory, or for an object-store output
+    the directory it stages the run in (trainer.run.output_dirs)."""
+    from ftctl.trainer.run import output_dirs
+
+    try:
+        spec = RunSpec(**json.loads(ref.paths.spec.read_text())["spec"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ref.paths
+    return RunPaths(Path(output_dirs(spec)[0]))
+
+
 def training_now(paths: RunPaths) -> str | None:
     """Who trains into the run directory now (the lock's holder: "pid N on HOST since ..."), or None."""
     try:
@@ -373,7 +385,7 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     }
     rc = run_filtered(cmd, env, paths.launcher_log)
     if rc != 0:
-        error = FtctlError(failure_message(paths, rc, rendered.spec.output))
+        error = FtctlError(failure_message(paths, rc, rendered.spec))
         if any(r["kind"] == "interrupted" and "SIGINT" in r["message"] for r in failures.read(paths.failures)):
             error.exit_code = 130  # Ctrl-C, as a shell reports it
         raise error
@@ -407,7 +419,7 @@ def _torchrun_report(line: str) -> bool:
     )
 
 
-def failure_message(paths: RunPaths, rc: int, output: str) -> str:
+def failure_message(paths: RunPaths, rc: int, spec: RunSpec) -> str:
     from ftctl.checkpoints import list_checkpoints
 
     records = failures.read(paths.failures)
@@ -422,7 +434,7 @@ def failure_message(paths: RunPaths, rc: int, output: str) -> str:
         resumable = True  # killed from outside, or a node went away: a relaunch resumes
     if resumable:
         try:
-            saved = any(c.complete for c in list_checkpoints(output))
+            saved = any(c.complete for c in list_checkpoints(spec.output, endpoint_url=spec.s3_endpoint_url))
         except (FtctlError, OSError):  # the store cannot say now: the relaunch will
             saved = True
         again = "resume from the last checkpoint" if saved else "start it again (no checkpoint was saved yet)"

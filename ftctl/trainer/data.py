@@ -214,7 +214,13 @@ def prepare_data(
     for row, enc in zip(good, encoded):
         trainable = sum(enc.mask)
         if enc.trainable_before == 0:
-            problems.append((row, "every label is masked: the rendered conversation has no assistant tokens"))
+            weighted = row.messages and any(m.get("weight") == 0 for m in row.messages)  # OpenAI's "not trained"
+            why = (
+                "its assistant turns all have weight 0; give one weight 1"
+                if weighted
+                else "the rendered conversation has no assistant tokens"
+            )
+            problems.append((row, f"every label is masked: {why}"))
             continue
         if trainable == 0:
             problems.append(

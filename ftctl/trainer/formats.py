@@ -404,10 +404,6 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
         return row
     if not any(m["role"] == "assistant" for m in row.messages):
         row.problems.append("no assistant turn: nothing to train on; every label would be masked")
-    elif not any(m["role"] == "assistant" and m.get("weight") != 0 for m in row.messages):
-        row.problems.append(
-            "every assistant turn has weight 0: nothing to train on; give one weight 1, or drop the row"
-        )
     elif fmt != "prompt-completion":  # its prompt is as TRL's user gave it
         _drop_leading_answers(row)
     return row

@@ -97,7 +97,7 @@ def only_trainer(local_dir: str):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(fh)
         except BlockingIOError:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
@@ -112,6 +112,19 @@ def only_trainer(local_dir: str):
         fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         fh.flush()
         yield
+
+
+def _lock(fh, tries: int = 20) -> None:
+    """flock the run's lock, waiting up to a second: `ftctl status` takes it for an instant to ask whether a trainer
+    holds it (local.backend.training_now). BlockingIOError where another trainer holds it."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05)
 
 
 def _train(spec: RunSpec, plan: Plan, callbacks, echo) -> Result:

@@ -29,6 +29,7 @@ neither the 1B fft peak nor its speed moved measurably (bench/NOTES.md, v6).
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -62,10 +63,10 @@ class SFTConfig(TrlSFTConfig):
     def get_warmup_steps(self, num_training_steps: int) -> int:
         """warmup_ratio's steps rounded down, not up as transformers does: its linear warm-up gives the first step a
         learning rate of 0, so under 34 steps warmup_ratio=0.03 wasted one (a 1-step run on a small file trained
-        nothing). Used by the Trainer's scheduler and by DeepSpeed's "auto" warm-up alike."""
+        nothing). The Trainer's scheduler asks it (ftctl's DeepSpeed configs leave the schedule to the Trainer)."""
         if self.warmup_steps >= 1:
             return int(self.warmup_steps)
-        return int(num_training_steps * self.warmup_steps)
+        return math.floor(num_training_steps * self.warmup_steps + 1e-9)  # 0.29 x 100 is 28.999...
 
 
 class SFTTrainer(TrlSFTTrainer):
