@@ -152,7 +152,7 @@ def test_launch_asks_for_the_gpu_type_as_the_partition_names_it(cluster, gpus, p
 
 def test_launch_dry_run_prints_the_typed_request_it_would_send(cluster, capsys, tmp_path):
     spec = make_spec(
-        backend="slurm", gpus="8xA100", partition="gpu", model_name_or_path=MODEL, output_dir=str(tmp_path)
+        backend="slurm", gpus="8xA100", partition="gpu", model_name_or_path=MODEL, output_dir=str(tmp_path / "run")
     )
     launch(spec, dry_run=True)
     assert "#SBATCH --gpus-per-node=a100:8\n" in capsys.readouterr().out
