@@ -360,8 +360,9 @@ def _check_data(path: str, endpoint_url: str | None, flag: str, held_out: bool, 
     return _row_problems(path, said, held_out) if rows else []
 
 
-# local data up to this size (each dataset of data_path) is read whole before the job: the problems of its rows (invalid JSON, fields of no
-# format ftctl reads) are said at launch, not by the trainer after the job waited in a queue or a GPU was paid for
+# local data up to this size (each dataset of data_path) is read whole before the job: the problems of its rows
+# (invalid JSON, fields of no format ftctl reads) are said at launch, not by the trainer after the job waited in a
+# queue or a GPU was paid for
 ROW_CHECK_BYTES = 64 * 2**20
 
 
