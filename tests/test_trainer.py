@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -408,19 +407,20 @@ def test_ddp_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path
 
 @pytest.mark.slow
 def test_deepspeed_zero2_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, single_process_losses):
-    """DeepSpeed ZeRO-2 on CPU (gloo) with the config generated from the plan. Its shm op compiles once
-    (~30-60 s cold, g++ + ninja) into a cache under the temp dir that later runs reuse (~40 s warm)."""
-    cache = Path(tempfile.gettempdir()) / "ftctl-torch-extensions"
+    """DeepSpeed ZeRO-2 on CPU (gloo) with the config generated from the plan. Nothing compiles: DeepSpeed's
+    shared-memory all-reduce for CPU groups (25-45 s of g++ on 2 cores) is left out (distributed.py)."""
+    ops = tmp_path / "torch-extensions"
     losses = _two_process_losses(
         tiny_model_dir,
         tiny_data,
         tmp_path,
         strategy="zero2",
-        env=subprocess_env(TORCH_EXTENSIONS_DIR=cache),
+        env=subprocess_env(TORCH_EXTENSIONS_DIR=ops),
         eval_data_path=str(tiny_data),
         eval_steps=4,
     )
     _assert_same_losses(losses, single_process_losses)
+    assert not ops.exists() or not any(ops.iterdir()), list(ops.iterdir())
     assert (tmp_path / "out" / "model.safetensors").is_file()
     records = map(json.loads, (tmp_path / "out" / "metrics.jsonl").read_text().splitlines())
     assert [r["step"] for r in records if r.get("event") == "eval"] == [4]

@@ -162,6 +162,10 @@ def init_group(plan, procs: Processes) -> None:
     _group_of_one_env()
     import deepspeed
 
+    if procs.on_cpu:
+        # DeepSpeed's CPU group compiles its shared-memory all-reduce first (g++, 25-45 s on 2 cores, once per
+        # install), which only its tensor-parallel inference calls (and which falls back to gloo's without it)
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="gloo" if procs.on_cpu else "nccl")
 
 
