@@ -283,7 +283,12 @@ def merge(run, out):
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--compare", is_flag=True, help="With -p: the base model's answers too, beside the run's.")
-def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare):
+@click.option(
+    "--plain-text/--chat-template",
+    default=None,
+    help="Continue each prompt as written, or wrap it in the chat template [default: as the run trained].",
+)
+def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare, plain_text):
     """Talk to what a run trained: RUN is its output directory (or a checkpoint, or a model id).
     Without -p, a conversation on stdin."""
     from ftctl.trainer import chat as chat_mod
@@ -292,7 +297,7 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare):
     decoding.check()
     if compare and not prompts:
         raise FtctlError("--compare asks the base and the run the same questions: give them with -p.")
-    loaded = chat_mod.load(run)
+    loaded = chat_mod.load(run, plain_text)
     if prompts:
         chat_mod.ask(loaded, list(prompts), decoding, echo=click.echo, compare=compare)
     else:

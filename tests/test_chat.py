@@ -57,6 +57,7 @@ def test_chat_answers_with_the_runs_adapter(lora_run, tiny_model_dir):
         timeout=300,
     )
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert not json.loads((lora_run / "metrics.jsonl").read_text().splitlines()[0])["plain_text"]  # conversations
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(lora_run)).eval()
     assert proc.stdout.strip() == _greedy(tuned, AutoTokenizer.from_pretrained(lora_run), question, 12)
 
@@ -129,6 +130,61 @@ def test_a_full_model_run_loads_as_itself(tiny_model_dir, tiny_data, tmp_path):
         trained.find(str(out), adapter_only=True)
 
 
+def test_a_run_on_plain_text_is_prompted_with_plain_text(tiny_model_dir, tmp_path, monkeypatch):
+    """Text rows (and prompt-completion strings) train without the chat template: `ftctl chat` continues the
+    prompt as written, as they trained (its metrics.jsonl says so), each line of a conversation on its own.
+    --chat-template and --plain-text choose either way; --system needs a template. A run on conversations
+    keeps the template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftctl.cli import main
+    from ftctl.runpaths import METRICS_FILE, PLAIN_TEXT
+    from ftctl.trainer import chat
+    from ftctl.trainer.run import train
+
+    data = tmp_path / "notes.jsonl"
+    rows = [{"text": f"Note {i}: the boiler is checked every {i + 2} days."} for i in range(6)]
+    rows += [{"prompt": "The boiler is", "completion": " checked weekly."}] * 2
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec, plan = make_run(tiny_model_dir, data, tmp_path / "run", "fft", max_steps=2, save_steps=2)
+    out = Path(train(spec, plan, echo=lambda line: None).output_dir)
+    starts = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines() if '"start"' in line]
+    assert [r[PLAIN_TEXT] for r in starts] == [True]
+    loaded = chat.load(str(out))
+    assert loaded.plain_text and loaded.what.endswith("plain text: prompts continued as written"), loaded.what
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    inputs = tokenizer("The boiler is", return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    raw = tokenizer.decode(ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    runner = CliRunner()
+    asked = runner.invoke(main, ["chat", str(out), "-p", "The boiler is", "--max-new-tokens", "6"])
+    assert asked.exit_code == 0 and asked.stdout.strip() == raw, asked.output
+    templated = runner.invoke(
+        main, ["chat", str(out), "-p", "The boiler is", "--max-new-tokens", "6", "--chat-template"]
+    )
+    assert templated.exit_code == 0 and templated.stdout.strip() == _greedy(model, tokenizer, "The boiler is", 6)
+    assert asked.stdout != templated.stdout  # the two prompts differ, and so do their continuations
+    system = runner.invoke(main, ["chat", str(out), "-p", "The boiler is", "--system", "Be brief."])
+    assert system.exit_code == 2 and "--chat-template" in system.output and "Traceback" not in system.output
+
+    seen = []
+    real = chat.answer
+
+    def spy(model, tokenizer, messages, decoding=chat.Decoding(), streamer=None, plain_text=False):
+        seen.append(([m["content"] for m in messages], plain_text))
+        return real(model, tokenizer, messages, decoding, streamer, plain_text)
+
+    monkeypatch.setattr(chat, "answer", spy)
+    lines = iter(["one", "two", ""])
+    chat.converse(
+        loaded, chat.Decoding(max_new_tokens=2), read=lambda p: next(lines), echo=lambda s: None, interactive=False
+    )
+    assert seen == [(["one"], True), (["two"], True)]  # no history: each line continued on its own
+
+
 def test_a_conversation_on_stdin_keeps_its_turns_until_new(lora_run, monkeypatch):
     from ftctl.trainer import chat
 
@@ -136,9 +192,9 @@ def test_a_conversation_on_stdin_keeps_its_turns_until_new(lora_run, monkeypatch
     seen = []
     real = chat.answer
 
-    def spy(model, tokenizer, messages, decoding=chat.Decoding(), streamer=None):
+    def spy(model, tokenizer, messages, decoding=chat.Decoding(), streamer=None, plain_text=False):
         seen.append([m["content"] for m in messages])
-        return real(model, tokenizer, messages, decoding, streamer)
+        return real(model, tokenizer, messages, decoding, streamer, plain_text)
 
     monkeypatch.setattr(chat, "answer", spy)
     lines = iter(["first?", "second?", "/new", "third?", "", "never read"])

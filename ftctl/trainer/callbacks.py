@@ -199,7 +199,7 @@ class ProgressBar(TrainerCallback):
 def truncate_metrics(path: str, step: int) -> None:
     """Keep the rows of steps up to ``step``, the checkpoint a run resumes from: the steps after it are
     replayed and logged again. ``step`` 0 (starting over): only the step-0 rows at the end of the file
-    stay, the ones this run wrote before its first step (run.record_kernels). Rewritten atomically."""
+    stay, the ones this run wrote before its first step (run.record_start). Rewritten atomically."""
     if not os.path.exists(path):
         return
     with open(path) as f:

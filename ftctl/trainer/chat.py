@@ -13,6 +13,11 @@ Decoding is greedy unless ``temperature`` > 0 (then sampled with ``top_p``). Wit
 from stdin are one conversation (``/new`` starts another; an empty line or end of input stops), the
 oldest turns dropped when it outgrows the model's context. ``--compare`` answers each prompt with the run's
 base too (:meth:`Loaded.base`); ``ftctl eval`` scores the same pair on a dataset (trainer/heldout.py).
+
+A run that trained on plain text only (``text`` rows, prompt-completion strings: no roles, no chat template;
+its metrics.jsonl says, trained.Trained.plain_text) is prompted as it trained: each prompt is continued as
+written (the tokenizer's bos first), with no template and no conversation history. ``--plain-text`` and
+``--chat-template`` choose either way for any model (a merged run, a base model).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class Loaded:
     found: object = None  # the trained.Trained it came from (None: a plain model)
     precision: str = "fp32"
     download: object = None  # the temporary directory a run in object storage was downloaded to (kept while loaded)
+    plain_text: bool = False  # prompts continued as written, without the chat template
 
     @contextlib.contextmanager
     def base(self):
@@ -75,8 +81,9 @@ class Loaded:
         yield trained_mod.load(plain, self.precision, device_map="auto" if torch.cuda.is_available() else None).eval()
 
 
-def load(target: str) -> Loaded:
-    """The model (with its adapter) and tokenizer of a run, a checkpoint, or a plain model."""
+def load(target: str, plain_text: bool | None = None) -> Loaded:
+    """The model (with its adapter) and tokenizer of a run, a checkpoint, or a plain model. ``plain_text``:
+    prompt without the chat template (None: as the run trained)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -109,7 +116,8 @@ def load(target: str) -> Loaded:
             f"Cannot load {target}: {str(e).strip().splitlines()[0]} Give a run's output directory, one of its "
             "checkpoints, or a model id this machine can read (HF_TOKEN for a gated one)."
         ) from None
-    if note := ensure_chat_template(tokenizer):
+    plain_text = found.plain_text if plain_text is None else plain_text
+    if not plain_text and (note := ensure_chat_template(tokenizer)):
         log.warning("%s", note)
     where = target if download or not Path(target).expanduser().is_dir() else found.path
     if found.adapter:
@@ -117,16 +125,28 @@ def load(target: str) -> Loaded:
     else:
         what = f"model {where}"
     where = "GPU" if on_gpu else "CPU"
-    return Loaded(model, tokenizer, f"{what}, {precision} on {where}", None if plain else found, precision, download)
+    what = f"{what}, {precision} on {where}" + (", plain text: prompts continued as written" if plain_text else "")
+    return Loaded(model, tokenizer, what, None if plain else found, precision, download, plain_text)
 
 
-def answer(model, tokenizer, messages: list[dict], decoding: Decoding = Decoding(), streamer=None) -> str:
-    """The model's next assistant turn after ``messages`` (a system message from ``decoding`` first)."""
+def answer(
+    model, tokenizer, messages: list[dict], decoding: Decoding = Decoding(), streamer=None, plain_text: bool = False
+) -> str:
+    """The model's next assistant turn after ``messages`` (a system message from ``decoding`` first); with
+    ``plain_text`` the continuation of the last message's text, as written."""
     import torch
 
-    if decoding.system:
-        messages = [{"role": "system", "content": decoding.system}, *messages]
-    inputs = _fit(model, tokenizer, messages, decoding.max_new_tokens)
+    if plain_text:
+        if decoding.system:
+            raise FtctlError(
+                "--system is a chat template's turn, and this model is prompted with plain text (it trained on "
+                "plain text): write it into the prompt, or pass --chat-template."
+            )
+        inputs = _plain(model, tokenizer, messages[-1]["content"], decoding.max_new_tokens)
+    else:
+        if decoding.system:
+            messages = [{"role": "system", "content": decoding.system}, *messages]
+        inputs = _fit(model, tokenizer, messages, decoding.max_new_tokens)
     sampling = (
         {"do_sample": True, "temperature": decoding.temperature, "top_p": decoding.top_p}
         if decoding.temperature > 0
@@ -157,6 +177,22 @@ def stop_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(ids + end_of_turn_ids(tokenizer)))
 
 
+def _plain(model, tokenizer, text: str, max_new_tokens: int):
+    """A prompt encoded as plain-text rows train (bos as the tokenizer adds it; no eos after it)."""
+    inputs = tokenizer(text, return_tensors="pt")
+    length = inputs["input_ids"].shape[1]
+    if length and tokenizer.eos_token_id is not None and inputs["input_ids"][0, -1] == tokenizer.eos_token_id:
+        inputs = {k: v[:, :-1] for k, v in inputs.items()}
+        length -= 1
+    limit = getattr(model.config, "max_position_embeddings", None) or sys.maxsize
+    if length + max_new_tokens > limit:
+        raise FtctlError(
+            f"The prompt is {length} tokens and the continuation may take {max_new_tokens}, more than the model's "
+            f"context of {limit}: shorten it or lower --max-new-tokens."
+        )
+    return {k: v.to(model.device) for k, v in inputs.items()}
+
+
 def _fit(model, tokenizer, messages: list[dict], max_new_tokens: int):
     """The encoded prompt, its oldest turns dropped (never the system message, never the last question)
     until it and the answer fit the model's context."""
@@ -182,11 +218,12 @@ def ask(loaded: Loaded, prompts: list[str], decoding: Decoding, echo=print, comp
     """Each prompt as its own single-turn conversation; prints the answers (with their prompts when several).
     ``compare``: the base model's answer too, above the run's (``base:`` / ``tuned:``)."""
     questions = [[{"role": "user", "content": prompt}] for prompt in prompts]
-    answers = [answer(loaded.model, loaded.tokenizer, q, decoding) for q in questions]
+    plain = loaded.plain_text
+    answers = [answer(loaded.model, loaded.tokenizer, q, decoding, plain_text=plain) for q in questions]
     before = []
     if compare:
         with loaded.base() as base:
-            before = [answer(base, loaded.tokenizer, q, decoding) for q in questions]
+            before = [answer(base, loaded.tokenizer, q, decoding, plain_text=plain) for q in questions]
     for i, prompt in enumerate(prompts):
         if len(prompts) > 1 or compare:
             echo(("\n" if i else "") + f"> {prompt}")
@@ -195,9 +232,11 @@ def ask(loaded: Loaded, prompts: list[str], decoding: Decoding, echo=print, comp
 
 
 def converse(loaded: Loaded, decoding: Decoding, read=input, echo=print, interactive: bool = True) -> None:
-    """One conversation on the lines ``read`` returns, until an empty line or end of input."""
+    """One conversation on the lines ``read`` returns, until an empty line or end of input (plain text: each
+    line continued on its own)."""
     if interactive:
-        echo(f"{loaded.what}. {NEW_CONVERSATION} starts over; an empty line or Ctrl-D ends.")
+        how = "each line is continued on its own" if loaded.plain_text else f"{NEW_CONVERSATION} starts over"
+        echo(f"{loaded.what}. {how[0].upper()}{how[1:]}; an empty line or Ctrl-D ends.")
     messages: list[dict] = []
     while True:
         try:
@@ -206,14 +245,15 @@ def converse(loaded: Loaded, decoding: Decoding, read=input, echo=print, interac
             break
         if not line:
             break
-        if line == NEW_CONVERSATION:
+        if line == NEW_CONVERSATION or loaded.plain_text:
             messages = []
+        if line == NEW_CONVERSATION:
             continue
         messages.append({"role": "user", "content": line})
         streamer = _streamer(loaded.tokenizer) if interactive else None
         if interactive:
             print("model> ", end="", flush=True)
-        reply = answer(loaded.model, loaded.tokenizer, messages, decoding, streamer)
+        reply = answer(loaded.model, loaded.tokenizer, messages, decoding, streamer, loaded.plain_text)
         if streamer is None:
             echo(reply + ("" if interactive else "\n"))
         messages.append({"role": "assistant", "content": reply})

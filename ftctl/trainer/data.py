@@ -44,6 +44,7 @@ class DataStats:
     truncated_rows: int = 0
     max_tokens: int = 0  # before truncation
     formats: dict[str, int] = field(default_factory=dict)
+    plain: int = 0  # rows trained as plain text, without the chat template (text; prompt-completion strings)
     histogram: list[tuple[str, int]] = field(default_factory=list)  # (bucket label, rows), lengths before truncation
     datasets: list[tuple[str, int, int]] = field(default_factory=list)  # (path, rows, tokens) of each of several
 
@@ -210,6 +211,7 @@ def prepare_data(
     encoded = encode_texts(tokenizer, texts, spans, max_length)
     kept_ids, kept_labels, kept_sources, lengths = [], [], [], []
     formats: Counter = Counter()
+    s = report.stats
     leading = 0  # rows trained without the assistant turns before their first user turn (formats: dropped)
     for row, enc in zip(good, encoded):
         trainable = sum(enc.mask)
@@ -243,6 +245,7 @@ def prepare_data(
             report.samples.append((row.where, kept_ids[-1], kept_labels[-1]))
         lengths.append(enc.length)
         formats[row.format] += 1
+        s.plain += row.text is not None
         leading += row.dropped > 0
 
     if missing_eot:
@@ -258,7 +261,6 @@ def prepare_data(
     if formats.get("text"):
         report.notes.append(f"{formats['text']} plain-text row(s) have no roles: the loss covers every token of them")
     report.notes = list(dict.fromkeys(report.notes))
-    s = report.stats
     s.rows, s.formats = len(kept_ids), dict(formats)
     s.tokens = sum(map(len, kept_ids))
     s.trainable_tokens = sum(t != IGNORE_INDEX for labels in kept_labels for t in labels)
@@ -352,26 +354,36 @@ def show_rows(report: DataReport, tokenizer, mark) -> str:
     return "\n".join(out)
 
 
-def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, **options):
+def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, stats=None, **options):
     """The training dataset (columns ``input_ids``, ``labels``), or a held-out one; FtctlError listing the
-    problems if any. ``options``: prepare_data's (held_out, sources, every_token)."""
+    problems if any. ``options``: prepare_data's (held_out, sources, every_token); ``stats``: a list its
+    DataStats is appended to."""
     report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url, **options)
     if report.errors:
         raise FtctlError(report.error_message())
+    if stats is not None:
+        stats.append(report.stats)
     return dataset
 
 
-def build_datasets(spec, tokenizer, echo=None):
+def build_datasets(spec, tokenizer, echo=None, stats=None):
     """(training dataset, held-out data or None) for a RunSpec: the held-out rows come from ``eval_data_path``,
     or are ``eval_split`` of the training rows, the same ones on every rank and at every resume (drawn with the
     run's seed); then ``data_weights`` mixes the training rows (mix; ``echo`` takes the line that says how).
     Held-out rows of several datasets (several eval_data_path, or eval_split of several data_path) are a dict
-    of them by held_out_names: the trainer evaluates each (eval_<name>_loss) and all of them (eval_loss)."""
+    of them by held_out_names: the trainer evaluates each (eval_<name>_loss) and all of them (eval_loss).
+    ``stats``: a list the training rows' DataStats is appended to."""
     mixing, every = spec.data_mix is not None, not spec.assistant_only_loss
     paths = split_paths(spec.data_path)
     by_source = mixing or (spec.eval_split > 0 and len(paths) > 1)
     dataset = build_dataset(
-        spec.data_path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, sources=by_source, every_token=every
+        spec.data_path,
+        tokenizer,
+        spec.model_max_length,
+        spec.s3_endpoint_url,
+        stats=stats,
+        sources=by_source,
+        every_token=every,
     )
     held_out = None
     if spec.eval_data_path:

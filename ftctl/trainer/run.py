@@ -39,7 +39,7 @@ from ftctl import checkpoints, storage
 from ftctl.envvars import BASE_MODEL_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
-from ftctl.runpaths import METRICS_FILE, SPEC_FILE, RunPaths
+from ftctl.runpaths import METRICS_FILE, PLAIN_TEXT, SPEC_FILE, RunPaths
 from ftctl.spec import RunSpec
 from ftctl.trainer import distributed, gpu_memory, reshard
 
@@ -190,7 +190,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         args.ignore_data_skip = bool(changed and changed.new_data)  # checkpoints.settings.Changes.new_data
         if procs.is_main and (over := over_context(spec)):
             log.warning("%s", over)
-        dataset, eval_dataset = build_datasets(spec, tokenizer, echo if procs.is_main else None)
+        trained_rows: list = []  # the training rows' DataStats
+        dataset, eval_dataset = build_datasets(spec, tokenizer, echo if procs.is_main else None, trained_rows)
         if procs.is_main and (shared := shared_rows(dataset, eval_dataset)):
             log.warning("%s", shared)
         set_seed(spec.seed)  # LoRA's initial weights
@@ -214,7 +215,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         )
         metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo)
         if procs.is_main:
-            record_kernels(os.path.join(local_dir, METRICS_FILE), run.kernels, echo)
+            plain = all(s.plain == s.rows for s in trained_rows)
+            record_start(os.path.join(local_dir, METRICS_FILE), run.kernels, plain, echo)
         run.trainer = SFTTrainer(
             model=model,
             args=args,
@@ -256,13 +258,16 @@ def cuda_allocator_defaults() -> None:
     os.environ.setdefault(CUDA_ALLOC_ENV, "expandable_segments:True")
 
 
-def record_kernels(metrics_path: str, kernels, echo=print) -> None:
+def record_start(metrics_path: str, kernels, plain_text: bool, echo=print) -> None:
     """Say in the run's log, and in metrics.jsonl (an ``"event": "start"`` record), which attention and
-    layer kernels run: the plan can only name what the GPU tier allows."""
+    layer kernels run: the plan can only name what the GPU tier allows. The record also says whether every
+    training row was plain text, trained without the chat template (``plain_text``: what `ftctl chat` prompts
+    the run with, trained.Trained.plain_text)."""
     echo(f"attention: {kernels.attention}; Liger kernels: {'on' if kernels.liger else 'off'}")
     with open(metrics_path, "a") as f:
         # step 0: kept when a resumed run drops the rows after its checkpoint (callbacks.truncate_metrics)
         record = {"step": 0, "event": "start", "time": round(time.time(), 3), **kernels.record()}
+        record[PLAIN_TEXT] = plain_text
         f.write(json.dumps(record) + "\n")
 
 

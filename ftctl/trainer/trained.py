@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import FtctlError
-from ftctl.runpaths import ADAPTER_CONFIG, MODEL_CONFIG, SPEC_FILE
+from ftctl.runpaths import ADAPTER_CONFIG, METRICS_FILE, MODEL_CONFIG, PLAIN_TEXT, SPEC_FILE
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,19 @@ class Trained:
         """The run's method (fft, sft, lora, qlora); None: unknown."""
         return self.recorded("plan", "method")
 
+    @property
+    def plain_text(self) -> bool:
+        """Every row the run trained on was plain text, without the chat template (its metrics.jsonl's last
+        "start" record says, run.record_start); False where unknown."""
+        for metrics in (self.path / METRICS_FILE, self.path.parent / METRICS_FILE):
+            try:
+                lines = metrics.read_text().splitlines()
+            except OSError:
+                continue
+            starts = [r for r in map(_record, lines) if r.get("event") == "start"]
+            return bool(starts and starts[-1].get(PLAIN_TEXT))
+        return False
+
     def recorded(self, section: str, key: str) -> str | None:
         """A value of the run's spec or plan, from its spec.json (beside the weights, or above a checkpoint)."""
         for spec_file in (self.path / SPEC_FILE, self.path.parent / SPEC_FILE):
@@ -65,6 +78,14 @@ class Trained:
             except (OSError, KeyError, ValueError):
                 continue
         return None
+
+
+def _record(line: str) -> dict:
+    try:
+        record = json.loads(line)
+    except ValueError:  # a line cut short by a stopped run
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _holds_adapter(path: Path) -> bool:
