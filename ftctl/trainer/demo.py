@@ -29,9 +29,10 @@ DEMO_STEPS = 30
 DEMO_OUTPUT = "runs/ftctl-demo"
 MAX_NEW_TOKENS = 40
 # The header's estimate, for 2 CPU cores (scaled by the cores here, up to 8): seconds per training step,
-# and seconds for the rest (loading the model, six greedy answers). The bar then shows the real ETA.
-SECONDS_PER_STEP_2_CORES = 4.0
-SECONDS_OTHER_2_CORES = 60.0
+# and seconds for the rest (loading the model, six greedy answers). The bar then shows the real ETA. Measured
+# on an idle 2-core machine (session 27): 30 steps in 60 s, 88 s in all; a busy one takes longer.
+SECONDS_PER_STEP_2_CORES = 2.0
+SECONDS_OTHER_2_CORES = 30.0
 # The demo's recipe. Seen on this model and dataset (greedy answers after training): LoRA r=8 (alpha 32,
 # the spec default), lr 3e-4 held constant after a one-step warmup, batch 4: both held-out questions
 # answered with the fact from step 20 on, the control answer unchanged. With a cosine decay the same
