@@ -235,8 +235,8 @@ def converse(loaded: Loaded, decoding: Decoding, read=input, echo=print, interac
     """One conversation on the lines ``read`` returns, until an empty line or end of input (plain text: each
     line continued on its own)."""
     if interactive:
-        how = "each line is continued on its own" if loaded.plain_text else f"{NEW_CONVERSATION} starts over"
-        echo(f"{loaded.what}. {how[0].upper()}{how[1:]}; an empty line or Ctrl-D ends.")
+        how = "Each line is continued on its own" if loaded.plain_text else f"{NEW_CONVERSATION} starts over"
+        echo(f"{loaded.what}. {how}; an empty line or Ctrl-D ends.")
     messages: list[dict] = []
     while True:
         try:
