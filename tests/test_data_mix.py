@@ -119,9 +119,9 @@ def test_the_plan_and_the_cost_estimate_take_the_weights(two_datasets):
     assert f"data mix       {two_datasets[0]} x1, {two_datasets[1]} x2.5 (each one's rows that many times" in (
         make_plan(spec).table()
     )
-    once = train_tokens(replace(spec, data_weights=None))
+    once = train_tokens(replace(spec, data_weights=None), make_plan(spec))
     sizes = [len(open(p, "rb").read()) for p in two_datasets]
-    assert train_tokens(spec) == pytest.approx(once * (sizes[0] + 2.5 * sizes[1]) / sum(sizes))
+    assert train_tokens(spec, make_plan(spec)) == pytest.approx(once * (sizes[0] + 2.5 * sizes[1]) / sum(sizes))
 
 
 def test_a_mixed_run_trains_and_records_its_weights(tiny_model_dir, two_datasets, tmp_path, one_thread):

@@ -61,6 +61,20 @@ def test_plan_prices_the_cheapest_instance(cost_env, gpus, flags, expected):
     assert "$" in total and "tokens/s" in total, total
 
 
+def test_the_estimate_takes_the_batch_the_plan_makes():
+    """TRL's and FastChat's way to the batch (per_device_train_batch_size x gradient_accumulation_steps x GPUs) is
+    what the estimate counts, not global_batch_size's default of 32."""
+    from ftctl.plan import make_plan
+    from ftctl.sky.cost import train_tokens
+    from ftctl.spec import build
+
+    values = {"gpus": "8xA100", "model_params": "7b", "max_steps": 1000, "model_max_length": 2048}
+    spec = build({**values, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 8})
+    plan = make_plan(spec)
+    assert plan.global_batch_size == 256
+    assert train_tokens(spec, plan) == 1000 * 256 * 2048
+
+
 def test_unknown_accelerator_gets_skypilots_own_message(cost_env):
     proc = ftctl(cost_env, "plan", "--backend", "sky", "--gpus", "8xH100", *RUN)
     assert proc.returncode != 0

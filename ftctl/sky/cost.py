@@ -37,9 +37,11 @@ def resources(spec: RunSpec, plan: Plan) -> dict:
     return res
 
 
-def train_tokens(spec: RunSpec) -> float | None:
+def train_tokens(spec: RunSpec, plan: Plan) -> float | None:
+    """Tokens the run trains on (at most: every sequence full): max_steps of the plan's batch (what
+    per_device_train_batch_size and gradient_accumulation_steps make it), else the local data's epochs."""
     if spec.max_steps > 0:
-        return float(spec.max_steps * spec.global_batch_size * spec.model_max_length)
+        return float(spec.max_steps * plan.global_batch_size * spec.model_max_length)
     from ftctl.demo import demo_data_path
 
     paths = [demo_data_path() if p.startswith("builtin:") else Path(p) for p in split_paths(spec.data_path)]
@@ -66,7 +68,7 @@ def describe(best: dict, spec: RunSpec, plan: Plan) -> str:
         f"{'cheapest':<14} {' '.join(where)}{' (spot)' if best['spot'] else ''}: "
         f"${best['hourly_per_node']:.2f}/h per node, ${hourly:.2f}/h for {plan.nodes} node{'s' * (plan.nodes > 1)}"
     )
-    tokens, rate = train_tokens(spec), tokens_per_second(plan)
+    tokens, rate = train_tokens(spec, plan), tokens_per_second(plan)
     if tokens is None or rate is None:
         why = (
             "the dataset is not local (set -o max_steps)" if tokens is None else f"no throughput figure for {plan.tier}"
