@@ -504,8 +504,16 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         layers.append(("-o", parse_overrides(overrides)))
     values, errors = {}, []
     for source, items in layers:
+        named: dict[str, str] = {}  # key -> the name this layer gave it first
         for raw_key, raw in _mixes(items):
             key = _canonical(raw_key)
+            if named.setdefault(key, raw_key) != raw_key:  # two names of one key: which one wins is a guess
+                errors.append(
+                    f"{named[key]!r} and {raw_key!r} ({source}) are both {key} here"
+                    f"{' (TRL names it completion_only_loss for prompt-completion rows)' * (key == 'assistant_only_loss')}"
+                    ": keep one."
+                )
+                continue
             if key in DECIDED:
                 errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")
                 continue
@@ -545,6 +553,11 @@ def _suggest_key(word: str) -> str:
 def _mixes(items):
     """A run file's ``data_path: {PATH: WEIGHT, ...}`` (the alignment handbook's dataset_mixer) as data_path and
     data_weights."""
+    weighted = [k for k, v in items if _canonical(k) == "data_path" and isinstance(v, dict)]
+    if weighted and (named := [k for k, _ in items if _canonical(k) == "data_weights"]):
+        raise FtctlError(
+            f"{weighted[0]!r} is a mapping of datasets to weights, and {named[0]!r} gives weights too: keep one."
+        )
     for key, value in items:
         if _canonical(key) == "data_path" and isinstance(value, dict):
             yield key, list(value)

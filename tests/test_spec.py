@@ -508,6 +508,27 @@ def test_a_time_limit_sbatch_refuses_or_too_short_to_train_is_said_before_the_jo
     assert build({"time": "0"}).time == "0"  # sbatch's "no limit"
 
 
+def test_two_names_of_one_key_are_said_not_the_last_taken():
+    """lr and learning_rate, TRL's completion_only_loss beside assistant_only_loss, a data_path mapping beside
+    data_weights: one layer naming a key twice is refused (which one wins would be a guess); -o repeating a
+    list or mapping key adds to it, as before; a later layer overrides an earlier one under another name."""
+    with pytest.raises(FtctlError) as e:
+        build({"learning_rate": 1e-4, "lr": 2e-4, "max_seq_length": 512, "model_max_length": 1024})
+    assert str(e.value).splitlines() == [
+        "2 problems in the run description:",
+        "  - 'learning_rate' and 'lr' (run file) are both learning_rate here: keep one.",
+        "  - 'max_seq_length' and 'model_max_length' (run file) are both model_max_length here: keep one.",
+    ]
+    with pytest.raises(FtctlError, match="TRL names it completion_only_loss for prompt-completion rows"):
+        build({"assistant_only_loss": True, "completion_only_loss": False})
+    with pytest.raises(FtctlError, match="'data_path' is a mapping of datasets to weights, and 'data_weights'"):
+        build({"data_path": {"a.jsonl": 1}, "data_weights": [2]})
+    with pytest.raises(FtctlError, match=r"'lr' and 'learning_rate' \(-o\)"):
+        build(None, None, ["lr=1e-4", "learning_rate=2e-4"])
+    assert build(None, None, ["env=A=1", "env=B=2"]).env == {"A": "1", "B": "2"}
+    assert build({"lr": 1e-4}, None, ["learning_rate=2e-4"]).learning_rate == 2e-4
+
+
 def test_a_key_written_twice_in_a_run_file_is_said(tmp_path):
     """YAML takes the last of a key written twice, silently; the run file says which and where."""
     run = tmp_path / "run.yaml"
