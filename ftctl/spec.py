@@ -130,6 +130,9 @@ class RunSpec:
     warmup_ratio: float = 0.03  # of the steps, rounded down (transformers rounds up): none in a run under 34 steps
     warmup_steps: int | None = None  # instead of warmup_ratio: this many steps (transformers' name)
     lr_scheduler_type: str = "cosine"
+    # transformers' lr_scheduler_kwargs: cosine_with_min_lr's floor (min_lr_rate, of the peak rate, or min_lr),
+    # num_cycles of cosine and cosine_with_min_lr (-o lr_scheduler_kwargs=min_lr_rate=0.1)
+    lr_scheduler_kwargs: dict[str, str] = field(default_factory=dict)
     max_grad_norm: float = 1.0
     model_max_length: int = 2048
     # the loss on assistant turns only (prompt-completion rows: the completion), FastChat's and TRL's for
@@ -541,6 +544,48 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     return spec
 
 
+# transformers' schedulers ftctl offers, and the lr_scheduler_kwargs each takes
+SCHEDULER_KWARGS = {
+    "linear": (),
+    "cosine": ("num_cycles",),
+    "constant": (),
+    "constant_with_warmup": (),
+    "cosine_with_min_lr": ("min_lr_rate", "min_lr", "num_cycles"),
+}
+
+
+def scheduler_kwargs(spec: RunSpec) -> dict[str, float]:
+    """lr_scheduler_kwargs as transformers takes them (numbers)."""
+    return {k: float(v) for k, v in spec.lr_scheduler_kwargs.items()}
+
+
+def _scheduler_kwargs_problems(spec: RunSpec) -> list[str]:
+    takes = SCHEDULER_KWARGS.get(spec.lr_scheduler_type)
+    if takes is None:  # an unknown scheduler: said by its own check
+        return []
+    problems = []
+    for name, value in spec.lr_scheduler_kwargs.items():
+        if name not in takes:
+            offered = f"it takes {', '.join(takes)}" if takes else "it takes none"
+            problems.append(f"lr_scheduler_kwargs {name} is no argument of {spec.lr_scheduler_type}: {offered}.")
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            problems.append(f"lr_scheduler_kwargs {name}={value!r}: give a number.")
+            continue
+        if not math.isfinite(number) or number < 0:
+            problems.append(f"lr_scheduler_kwargs {name}={value}: give a finite number of at least 0.")
+    if spec.lr_scheduler_type == "cosine_with_min_lr":
+        floors = [k for k in ("min_lr_rate", "min_lr") if k in spec.lr_scheduler_kwargs]
+        if len(floors) != 1:
+            problems.append(
+                "lr_scheduler_type=cosine_with_min_lr decays to a floor: give it once, as a share of the peak rate "
+                "(-o lr_scheduler_kwargs=min_lr_rate=0.1) or a rate (-o lr_scheduler_kwargs=min_lr=1e-6)."
+            )
+    return problems
+
+
 def _suggest_key(word: str) -> str:
     """' Did you mean ...?' for an unknown key: the closest key, or an alias where ``word`` is a near-typo of the
     alias itself (an alias stands for another key: use_peft is no misspelling of use_spot)."""
@@ -595,7 +640,8 @@ def validate(spec: RunSpec) -> None:
     choice("strategy", STRATEGIES)
     choice("ddp_comm_dtype", DDP_COMM_DTYPES)
     choice("attn_implementation", ATTENTION)
-    choice("lr_scheduler_type", ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr"))
+    choice("lr_scheduler_type", tuple(SCHEDULER_KWARGS))
+    errors += _scheduler_kwargs_problems(spec)
     if spec.method in ("lora", "qlora"):  # their form; the names the model has are checked by the trainer
         try:
             lora_target_names(spec.lora_target_modules)

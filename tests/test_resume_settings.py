@@ -242,3 +242,16 @@ def test_a_relaunch_on_other_data_reads_it_from_its_start(tiny_model_dir, tiny_d
     assert train(*make_run(tiny_model_dir, more, scratch, "lora", max_steps=3, **SCHEDULE), echo=lambda *_: None)
     resumed, first = _step_tokens(out), _step_tokens(scratch)
     assert [resumed[s] for s in (4, 5, 6)] == [first[s] for s in (1, 2, 3)]  # the new data's first three batches
+
+
+def test_cosine_with_min_lr_decays_to_the_floor_its_kwargs_give(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    """transformers' cosine_with_min_lr needs lr_scheduler_kwargs (it raised at the first step without them): the
+    run file's min_lr_rate reaches it, and the rate stops at that share of the peak."""
+    from ftctl.trainer.run import train
+
+    floor = {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.5}}
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "lora", max_steps=4, save_steps=4, **floor)
+    assert train(spec, plan, echo=lambda *_: None).status == "complete"
+    lrs = _lrs(tmp_path / "out")
+    assert lrs[1] == pytest.approx(1e-3) and lrs[4] < lrs[3] < lrs[2] < lrs[1], lrs
+    assert min(lrs.values()) >= 5e-4 * (1 - 1e-6), lrs

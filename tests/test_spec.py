@@ -554,3 +554,17 @@ def test_an_endpoint_with_a_password_in_it_is_refused_without_echoing_it():
         build({"s3_endpoint_url": "https://minio:s3cr3t-pw@store.lab:9000"})
     assert "s3cr3t-pw" not in str(e.value) and "s3_endpoint_url holds a user and password" in str(e.value)
     assert build({"s3_endpoint_url": "https://store.lab:9000"}).s3_endpoint_url == "https://store.lab:9000"
+
+
+def test_scheduler_arguments_are_checked_against_the_scheduler():
+    """cosine_with_min_lr without its floor raised in transformers at the first step, after the GPUs were paid for."""
+    with pytest.raises(FtctlError, match=r"cosine_with_min_lr decays to a floor: .*min_lr_rate=0.1"):
+        build({"lr_scheduler_type": "cosine_with_min_lr"})
+    spec = build({"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": 0.1}})
+    from ftctl.spec import scheduler_kwargs
+
+    assert scheduler_kwargs(spec) == {"min_lr_rate": 0.1}
+    with pytest.raises(FtctlError, match="min_lr_rate is no argument of linear: it takes none"):
+        build(None, None, ["lr_scheduler_type=linear", "lr_scheduler_kwargs=min_lr_rate=0.1"])
+    with pytest.raises(FtctlError, match="num_cycles='half': give a number"):
+        build(None, None, ["lr_scheduler_kwargs=num_cycles=half"])

@@ -36,7 +36,8 @@ KIND = ("method", "model_name_or_path", "lora_r", "lora_target_modules", "use_do
 REFUSED = (*KIND, "optim")
 APPLIED = ("learning_rate", "weight_decay")  # restored with the optimizer: callbacks.ApplySettings puts the new ones in
 # read afresh from the run's own settings: the schedule, the clipping, the adapters' scale and dropout...
-FOLLOWED = ("max_steps", "num_train_epochs", "lr_scheduler_type", "warmup_ratio", "warmup_steps", "max_grad_norm")
+FOLLOWED = ("max_steps", "num_train_epochs", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps")
+FOLLOWED += ("max_grad_norm",)
 FOLLOWED += ("lora_alpha", "lora_dropout", "use_rslora", "assistant_only_loss")
 # ...and which rows the steps after the checkpoint train on
 DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path", "data_path", "data_weights")

@@ -40,7 +40,7 @@ from ftctl.envvars import BASE_MODEL_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
 from ftctl.runpaths import METRICS_FILE, PLAIN_TEXT, SPEC_FILE, RunPaths
-from ftctl.spec import RunSpec
+from ftctl.spec import RunSpec, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, reshard
 
 if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at import time
@@ -308,6 +308,7 @@ def training_args(
         # below 1: a fraction of the steps (warmup_ratio); warmup_steps, where set, a number of them
         warmup_steps=spec.warmup_ratio if spec.warmup_steps is None else spec.warmup_steps,
         lr_scheduler_type=spec.lr_scheduler_type,
+        lr_scheduler_kwargs=scheduler_kwargs(spec),
         max_grad_norm=spec.max_grad_norm,
         optim=plan.optim,
         ddp_bucket_cap_mb=spec.ddp_bucket_cap_mb,
