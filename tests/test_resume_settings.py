@@ -255,3 +255,22 @@ def test_cosine_with_min_lr_decays_to_the_floor_its_kwargs_give(tiny_model_dir, 
     lrs = _lrs(tmp_path / "out")
     assert lrs[1] == pytest.approx(1e-3) and lrs[4] < lrs[3] < lrs[2] < lrs[1], lrs
     assert min(lrs.values()) >= 5e-4 * (1 - 1e-6), lrs
+
+
+def test_a_requeued_slurm_job_under_resume_never_continues_its_own_checkpoints(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch
+):
+    """resume=never refuses an earlier run's checkpoints; a requeued attempt of the job (SLURM_RESTART_COUNT > 0)
+    finds its own first attempt's, and goes on from them instead of failing the requeue."""
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "out"
+    never = {"resume": "never", "save_steps": 3}
+    assert train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **never), echo=lambda *_: None)
+    with pytest.raises(FtctlError, match="resume=never, but .* holds an earlier run's checkpoints"):
+        train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, **never), echo=lambda *_: None)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    said = []
+    resumed = train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, **never), echo=said.append)
+    assert resumed.status == "complete" and resumed.global_step == 6
+    assert sorted(_lrs(out)) == [1, 2, 3, 4, 5, 6]  # steps 4-6 after the first attempt's 1-3: not trained again

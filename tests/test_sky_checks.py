@@ -121,6 +121,14 @@ def test_what_a_managed_job_would_ignore_is_refused_all_at_once():
     assert "--down: --spot" in said and "-o idle_minutes=10: --spot" in said
 
 
+def test_a_managed_job_that_would_refuse_its_own_checkpoints_after_recovery_is_refused():
+    """--spot with resume=never: the recovered task's trainer would find the checkpoints the job saved before it was
+    preempted and stop, as for another run's."""
+    with pytest.raises(FtctlError, match=r"resume=never with --spot: a recovered job .* use resume=auto"):
+        sky(["resume=never"], spot=True)
+    assert sky(["resume=auto"], spot=True)
+
+
 def test_an_idle_autostop_that_would_never_happen_is_refused():
     with pytest.raises(FtctlError, match="idle_minutes=10 with --down"):
         sky(["idle_minutes=10"], down=True)

@@ -223,6 +223,12 @@ def ignored_options(spec: RunSpec) -> list[str]:
             out.append(f"--down: {why}: drop --down.")
         if given(spec, "idle_minutes"):
             out.append(f"-o idle_minutes={spec.idle_minutes}: {why}: drop it.")
+        if spec.resume == "never":
+            out.append(
+                "-o resume=never with --spot: a recovered job runs the same task again, whose resume=never would "
+                "refuse the checkpoints the job saved before and fail: use resume=auto, with an --output no other run "
+                "wrote to."
+            )
         return out
     if given(spec, "max_requeues"):
         out.append(

@@ -20,6 +20,7 @@ import os
 import re
 
 from ftctl import __version__
+from ftctl.envvars import SLURM_RESTART_ENV
 from ftctl.errors import FtctlError
 from ftctl.launch import (
     PATH_PYTHON,
@@ -225,7 +226,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "set -uo pipefail",
         "",
         'FTCTL_RUN_DIR="$SLURM_SUBMIT_DIR"',
-        "ATTEMPT=${SLURM_RESTART_COUNT:-0}",
+        f"ATTEMPT=${{{SLURM_RESTART_ENV}:-0}}",
         f'export {STATUS_ENV}="$FTCTL_RUN_DIR/{SLURM_STATUS_PATTERN.format(**_PER_ATTEMPT)}"',
         f'export {STOP_ENV}="$FTCTL_RUN_DIR/{SLURM_STOP_PATTERN.format(**_PER_ATTEMPT)}"',
         "export FTCTL_RUN_DIR",
