@@ -115,11 +115,21 @@ def check_endpoint_reach(spec, backend_name: str) -> list[Finding]:
 
 def check_demo_defaults(spec, backend_name: str) -> list[Finding]:
     """A job sent elsewhere (a cluster, a cloud) that names no model or no data trains the demo's: said, since
-    there it costs a queue wait or money (here, local or docker, it is the demo, on purpose)."""
+    there it costs a queue wait or money. Here (local or docker) the demo model on the demo data is the demo, on
+    purpose; a model of the user's on the demo data is a --data left out, and said."""
     from ftctl.spec import DEMO_DATA, is_demo_model
 
     if backend_name in ("local", "docker"):  # this machine's GPUs: the demo costs nothing more
-        return []
+        if spec.data_path != DEMO_DATA or is_demo_model(spec.model_name_or_path):
+            return []
+        return [
+            Finding(
+                WARNING,
+                f"{spec.model_name_or_path} trains on the demo's bundled conversations (builtin:demo, the default "
+                "without --data)",
+                "give your data with --data PATH.",
+            )
+        ]
     said = []
     if is_demo_model(spec.model_name_or_path):
         said.append(

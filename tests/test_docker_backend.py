@@ -177,7 +177,10 @@ def test_the_hosts_driver_picks_the_images_cuda(docker_env, tmp_path, cuda, flav
     )
     smi.chmod(0o755)
     flags = ["--backend", "docker", "--gpus", "1xH100", "--method", "lora", "--model", "meta-llama/Llama-3.2-1B"]
-    proc = ftctl({**docker_env, "HF_TOKEN": "x"}, "launch", *flags, "--output", str(tmp_path / "o"), check=False)
+    data = tmp_path / "chats.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}\n')
+    flags += ["--data", str(data), "--output", str(tmp_path / "o")]
+    proc = ftctl({**docker_env, "HF_TOKEN": "x"}, "launch", *flags, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     build = "ftctl build --gpus H100" + (" --cuda cu126" if flavour == "cu126" else "")
     assert proc.stderr.strip() == (

@@ -436,9 +436,10 @@ def test_every_problem_reported_together(tmp_path, s3_env, moto_s3, monkeypatch)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     spec = replace(spec, gpus="1xA100", data_path="builtin:demo", eval_data_path=None)
     findings = preflight.preflight(spec, make_plan(spec), "local", detected="1xA100")
-    assert levels(findings) == [WARNING]
+    assert levels(findings) == [WARNING, WARNING]
     preflight.raise_if_errors(findings)  # warnings pass
     assert preflight.render(findings).startswith("warning: --model meta-llama/Llama-3.1-8B is gated")
+    assert "meta-llama/Llama-3.1-8B trains on the demo's bundled conversations" in preflight.render(findings)
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -489,6 +490,12 @@ def test_a_job_sent_elsewhere_without_model_or_data_is_told_it_trains_the_demo()
     ]
     assert check_demo_defaults(spec, "local") == check_demo_defaults(spec, "docker") == []  # the demo, on purpose
     assert check_demo_defaults(build({"model_name_or_path": "org/m", "data_path": "d.jsonl"}), "sky") == []
+    # here, a model of the user's with no --data is a --data left out, not the demo
+    (mine,) = check_demo_defaults(build({"model_name_or_path": "org/m"}), "docker")
+    assert mine.text == (
+        "org/m trains on the demo's bundled conversations (builtin:demo, the default without --data); give your "
+        "data with --data PATH."
+    )
 
 
 def test_an_s3_endpoint_on_this_machines_loopback_is_said_for_jobs_on_other_machines(monkeypatch):
