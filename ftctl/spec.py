@@ -29,6 +29,17 @@ RUNS_HERE = ("local", "docker")  # backends whose trainer runs on this machine: 
 STRATEGIES = ("single", "ddp", "zero2", "zero2_offload", "zero3", "zero3_offload", "fsdp")
 DDP_COMM_DTYPES = ("fp32", "bf16")
 ATTENTION = ("varlen", "flash_attention_2", "sdpa", "eager")  # varlen: see ftctl/trainer/attention.py
+# transformers' OptimizerNames (the launcher has no transformers to ask; tests/test_spec.py compares the two)
+OPTIMIZERS = (
+    *("adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor"),
+    *("adamw_anyprecision", "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit"),
+    *("adamw_8bit", "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit"),
+    *("paged_ademamix_32bit", "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit", "rmsprop"),
+    *("rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor"),
+    *("galore_adamw_layerwise", "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo"),
+    *("grokadamw", "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw"),
+    *("apollo_adamw_layerwise", "stable_adamw"),
+)
 
 DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_DATA = "builtin:demo"
@@ -640,6 +651,13 @@ def validate(spec: RunSpec) -> None:
     choice("strategy", STRATEGIES)
     choice("ddp_comm_dtype", DDP_COMM_DTYPES)
     choice("attn_implementation", ATTENTION)
+    if spec.optim is not None and spec.optim not in OPTIMIZERS:
+        hint = did_you_mean(spec.optim.lower(), OPTIMIZERS)
+        errors.append(
+            f"optim={spec.optim!r} is no optimizer transformers knows.{hint} Among its names (OptimizerNames): "
+            "adamw_torch_fused, adamw_torch, paged_adamw_8bit, adamw_8bit, adafactor, sgd; unset, the planner takes "
+            "adamw_torch_fused (qlora: paged_adamw_8bit)."
+        )
     choice("lr_scheduler_type", tuple(SCHEDULER_KWARGS))
     errors += _scheduler_kwargs_problems(spec)
     if spec.method in ("lora", "qlora"):  # their form; the names the model has are checked by the trainer

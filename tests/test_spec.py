@@ -568,3 +568,16 @@ def test_scheduler_arguments_are_checked_against_the_scheduler():
         build(None, None, ["lr_scheduler_type=linear", "lr_scheduler_kwargs=min_lr_rate=0.1"])
     with pytest.raises(FtctlError, match="num_cycles='half': give a number"):
         build(None, None, ["lr_scheduler_kwargs=num_cycles=half"])
+
+
+def test_an_optimizer_transformers_does_not_know_is_refused_before_the_job():
+    """optim=bogus passed plan and --dry-run and failed in the trainer (transformers' OptimizerNames); the names
+    ftctl checks against are transformers' own, all of them."""
+    from transformers.training_args import OptimizerNames
+
+    from ftctl.spec import OPTIMIZERS
+
+    assert set(OPTIMIZERS) == {o.value for o in OptimizerNames}
+    with pytest.raises(FtctlError, match=r"optim='paged_adamw8bit' is no optimizer .* Did you mean 'paged_adamw_8bit'"):
+        build({"optim": "paged_adamw8bit"})
+    assert build({"optim": "adafactor"}).optim == "adafactor"
