@@ -77,6 +77,23 @@ ALIASES = {
     "num_epochs": "num_train_epochs",
     "max_seq_len": "model_max_length",
     "completion_only_loss": "assistant_only_loss",  # TRL's name for prompt-completion rows
+    "r": "lora_r",  # PEFT's LoraConfig
+    "target_modules": "lora_target_modules",  # PEFT's LoraConfig
+    "lora_rank": "lora_r",
+    "micro_batch_size": "per_device_train_batch_size",  # axolotl's
+    "base_model": "model_name_or_path",  # axolotl's
+    "model_id": "model_name_or_path",
+    "model_path": "model_name_or_path",
+}
+# Unknown keys whose nearest spelling means something else: what they are here.
+MEANT = {
+    "freeze_layers": "--method sft trains the top trainable_layers blocks and the head, the rest frozen.",
+    "q_lora": "FastChat's flag is --method qlora here.",
+    "dataset": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list).",
+    "datasets": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list).",
+    "train_file": "The training data is data_path.",
+    "batch_size": "Sequences per GPU are per_device_train_batch_size; per optimizer step, global_batch_size.",
+    "train_batch_size": "Sequences per GPU are per_device_train_batch_size; per optimizer step, global_batch_size.",
 }
 
 
@@ -532,7 +549,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")
                 continue
             if key not in FIELDS:
-                hint = _suggest_key(key) or " `ftctl keys` lists them."
+                hint = f" {MEANT[key]}" if key in MEANT else _suggest_key(key) or " `ftctl keys` lists them."
                 errors.append(f"Unknown key {raw_key!r} ({source}).{hint}")
                 continue
             try:

@@ -581,3 +581,21 @@ def test_an_optimizer_transformers_does_not_know_is_refused_before_the_job():
     with pytest.raises(FtctlError, match=r"optim='paged_adamw8bit' is no optimizer .* Did you mean 'paged_adamw_8bit'"):
         build({"optim": "paged_adamw8bit"})
     assert build({"optim": "adafactor"}).optim == "adafactor"
+
+
+def test_pefts_and_axolotls_names_are_taken_and_misleading_neighbours_are_explained():
+    """r and target_modules (PEFT's LoraConfig), micro_batch_size and base_model (axolotl's) are their keys here;
+    freeze_layers, q_lora, dataset and batch_size were answered with a spelling neighbour of another meaning
+    (trainable_layers, lora_r, data_weights, global_batch_size)."""
+    spec = build({"r": 8, "target_modules": ["q_proj", "v_proj"], "micro_batch_size": 2, "base_model": "org/m"})
+    assert (spec.lora_r, spec.lora_target_modules, spec.per_device_train_batch_size) == (8, "q_proj,v_proj", 2)
+    assert spec.model_name_or_path == "org/m"
+    for key, said in [
+        ("freeze_layers", "--method sft trains the top trainable_layers blocks"),
+        ("q_lora", "--method qlora"),
+        ("dataset", "Datasets are data_path"),
+        ("batch_size", "per_device_train_batch_size; per optimizer step, global_batch_size"),
+    ]:
+        with pytest.raises(FtctlError) as e:
+            build({key: 1})
+        assert said in str(e.value) and "Did you mean" not in str(e.value), str(e.value)
