@@ -171,17 +171,23 @@ class Backend:
         """Hand the written run dir to the backend; a JobRef to record, or None for a foreground run."""
         raise NotImplementedError
 
+    def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
+        """What `launch` prints of a sent job (its id, run dir, logs, checkpoints), once it is recorded."""
+        return []
+
     def submit(self, rendered: Rendered) -> JobRef | None:
+        import click
+
         self.check(rendered)
         refuse_a_second_job(rendered)
         write_files(rendered)
         ref = self.send(rendered)
-        if rendered.image:  # once sent: a refusal stays the one line that says why
-            import click
-
-            click.echo(rendered.image.line, err=True)
-        if ref is not None:
+        if ref is not None:  # recorded before anything is printed: `launch ... | head -1` closing the pipe lost it
             record_job(ref)
+            for line in self.announce(rendered, ref):
+                click.echo(line)
+        if rendered.image:  # once sent: a refusal stays the one line that says why
+            click.echo(rendered.image.line, err=True)
         return ref
 
     # ---------------------------------------------------------------------------------- watch

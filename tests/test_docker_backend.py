@@ -87,6 +87,21 @@ def docker_calls(env) -> list[list[str]]:
     return [json.loads(line)["argv"] for line in Path(env["FAKE_LOG"]).read_text().splitlines()]
 
 
+def test_a_launch_whose_output_pipe_closes_is_still_recorded(docker_env, tiny_model_dir, tiny_data, tmp_path):
+    """`ftctl launch ... | head -0`: the job was sent, then printing it failed on the closed pipe before it was
+    recorded; `status` of its run dir then called it a local run and `cancel` left it running."""
+    out = tmp_path / "out"
+    flags = run_flags(tiny_model_dir, tiny_data, out, max_steps=100000, save_steps=100000)
+    launch = subprocess.Popen(
+        [FTCTL, "launch", *flags], env=docker_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    launch.stdout.close()  # the reader is gone before ftctl prints anything
+    launch.wait(timeout=300)
+    jobs = ftctl(docker_env, "jobs").stdout
+    assert str(out) in jobs, jobs
+    assert ftctl(docker_env, "cancel", str(out)).stdout.startswith("cancelled")
+
+
 def test_launch_status_logs_through_the_docker_cli(docker_env, tiny_model_dir, tiny_data, tmp_path):
     hostile = tmp_path / 'it\'s a "data" dir $(touch PWNED)'
     hostile.mkdir()

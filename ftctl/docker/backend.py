@@ -99,11 +99,15 @@ class DockerBackend(Backend):
         if proc.returncode != 0:
             fix = f": {GPU_RUNTIME_FIX}" if "could not select device driver" in _last_line(proc) else ""
             raise FtctlError(f"docker run failed: {_last_line(proc)}{fix}")
-        click.echo(f"started container {name}")
-        click.echo(f"  run dir:     {rendered.paths.root}")
-        click.echo(f"  log:         ftctl logs -f {name}")
-        click.echo(f"  checkpoints: {rendered.spec.output}")
         return JobRef("docker", name, str(rendered.paths.root), name, rendered.spec.output)
+
+    def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
+        return [
+            f"started container {ref.job_id}",
+            f"  run dir:     {rendered.paths.root}",
+            f"  log:         ftctl logs -f {ref.job_id}",
+            f"  checkpoints: {rendered.spec.output}",
+        ]
 
     def status(self, ref: JobRef) -> JobStatus:
         state = _inspect(ref.job_id)

@@ -156,10 +156,13 @@ class SkyBackend(Backend):
             spec.output,
             extra={"cluster": out["cluster"], "sky_job_id": out["job_id"], "managed": managed},
         )
-        click.echo(f"submitted SkyPilot job {job}" + ("" if managed else f" on cluster {cluster}"))
-        click.echo(f"  run dir:     {paths.root}")
-        click.echo(f"  logs:        ftctl logs -f {job}")
-        click.echo(f"  checkpoints: {spec.output}")
+        return ref
+
+    def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
+        spec, job, managed = rendered.spec, ref.job_id, ref.extra["managed"]
+        said = [f"submitted SkyPilot job {job}" + ("" if managed else f" on cluster {spec.cluster or spec.name}")]
+        said += [f"  run dir:     {rendered.paths.root}", f"  logs:        ftctl logs -f {job}"]
+        said.append(f"  checkpoints: {spec.output}")
         if not managed:
             idle = sky_render.autostop_minutes(spec)
             when = (
@@ -169,8 +172,8 @@ class SkyBackend(Backend):
                 if idle
                 else "stays up (this infra has no idle autostop)"
             )
-            click.echo(f"  cluster:     {when}; ftctl down {job}")
-        return ref
+            said.append(f"  cluster:     {when}; ftctl down {job}")
+        return said
 
     # ---------------------------------------------------------------------------------- watch
     def _args(self, ref: JobRef) -> dict:

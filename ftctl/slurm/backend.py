@@ -122,11 +122,15 @@ class SlurmBackend(Backend):
     def send(self, rendered: Rendered) -> JobRef:
         paths = rendered.paths
         job = scheduler.submit(paths.sbatch, cwd=paths.root)
-        click.echo(f"submitted Slurm job {job}")
-        click.echo(f"  run dir:     {paths.root}")
-        click.echo(f"  log:         {paths.slurm_log(job)}   (ftctl logs -f {job})")
-        click.echo(f"  checkpoints: {rendered.spec.output}")
         return JobRef("slurm", job, str(paths.root), rendered.spec.name, rendered.spec.output)
+
+    def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
+        return [
+            f"submitted Slurm job {ref.job_id}",
+            f"  run dir:     {rendered.paths.root}",
+            f"  log:         {rendered.paths.slurm_log(ref.job_id)}   (ftctl logs -f {ref.job_id})",
+            f"  checkpoints: {rendered.spec.output}",
+        ]
 
     def status(self, ref: JobRef) -> JobStatus:
         s = scheduler.status(ref.job_id)
