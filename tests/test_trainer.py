@@ -752,3 +752,26 @@ def test_data_smaller_than_one_step_is_said(tiny_model_dir, tmp_path, one_thread
     assert caplog.text.count(said) == 1
     assert too_few_sequences(4, 4, False, 128) is None
     assert too_few_sequences(5, 8, True, 2048).startswith("the training data packs into 5 sequences of up to 2,048")
+
+
+@pytest.mark.slow
+def test_one_process_under_torchrun_asks_ddp_for_no_unused_parameter_search(tiny_model_dir, tiny_data, tmp_path):
+    """A one-node, one-process Slurm job runs torchrun with one process, which transformers wraps in DDP: with
+    find_unused_parameters left on, every step walked the graph for unused parameters and said so in the log."""
+    import subprocess
+    import sys
+
+    from tests.trainer_fixtures import REPO
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "lora", max_steps=2, save_steps=100)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"]
+    proc = subprocess.run(
+        [*torchrun, "-m", "ftctl.trainer", "--spec", str(write_spec(spec, plan, tmp_path / "spec.json"))],
+        env=subprocess_env(FTCTL_VERBOSE="1"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "did not find any unused parameters" not in proc.stdout + proc.stderr

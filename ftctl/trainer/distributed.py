@@ -277,10 +277,11 @@ def fsdp_settings(plan, on_cpu: bool) -> dict:
 
 def strategy_args(plan, procs: Processes, load_universal: bool = False) -> dict:
     """TrainingArguments keywords for the plan's strategy on this machine."""
-    args: dict = {"use_cpu": procs.on_cpu}
+    # every trainable parameter takes part in each step (lora's frozen base is no DDP parameter): no extra autograd
+    # walk for unused ones, also where torchrun starts one process (transformers wraps it in DDP too)
+    args: dict = {"use_cpu": procs.on_cpu, "ddp_find_unused_parameters": False}
     if procs.world_size > 1:
         args["ddp_backend"] = "gloo" if procs.on_cpu else "nccl"
-        args["ddp_find_unused_parameters"] = False
     ds = deepspeed_config(plan, procs.on_cpu, load_universal)
     if ds is not None:
         args["deepspeed"] = ds
