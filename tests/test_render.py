@@ -84,7 +84,7 @@ def test_every_sbatch_passes_bash_n(method, tmp_path):
         assert ("--nv" in prep.text) == (cname == "apptainer" and gpus != "cpu")
         if extras:
             assert "#SBATCH --partition=gpu\n" in prep.text and "#SBATCH --mem=64G\n" in prep.text
-            assert "\nmodule load cuda/12.4\n" in prep.text
+            assert "\n{ module load cuda/12.4\n} || " in prep.text
         n += 1
     assert n == len(SLURM_GPUS) * len(CONTAINERS) * 2
 
@@ -225,6 +225,23 @@ def test_two_slurm_jobs_on_one_node_have_a_rendezvous_each(tmp_path):
     assert seen["6242"] == [("node1:29742", f"{name}-netcheck-6242"), ("node1:29742", f"{name}-6242")]
     with pytest.raises(FtctlError, match=r"rdzv_port=65000: .* use -o rdzv_port=64536 or less"):
         prepared(["rdzv_port=65000"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
+
+
+def test_a_failing_setup_line_stops_the_slurm_job_before_training(tmp_path):
+    """A missing activate script (or a failed `module load`) was skipped and the job trained on with another
+    python; now the job ends there, says so, and leaves its status word; setup that succeeds runs on as before."""
+    fakes = fake_bin(tmp_path / "bin")
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node1"}
+    flags = dict(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/o")
+    bad = prepared(["setup=echo first", "setup=source /no/such/venv/bin/activate", "setup=echo never"], **flags)
+    r = run_bash(bad.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "bad.jsonl", env=env)
+    assert r.returncode != 0 and "first" in r.stdout and "never" not in r.stdout, (r.stdout, r.stderr)
+    assert "ftctl: a setup line failed" in r.stdout + r.stderr
+    assert not [c for c in read_log(tmp_path / "bad.jsonl") if c["prog"] == "torchrun"]
+    assert (tmp_path / "status.77.0").read_text().strip() == "failed"
+    good = prepared(["setup=echo first", "setup=true"], **flags)
+    r = run_bash(good.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "good.jsonl", env=env)
+    assert r.returncode == 0 and [c for c in read_log(tmp_path / "good.jsonl") if c["prog"] == "torchrun"], r.stderr
 
 
 @pytest.mark.parametrize("container", ["apptainer", "pyxis"])

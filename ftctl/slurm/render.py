@@ -158,6 +158,21 @@ _HEAD, _PORT, _JOB = Shell('"$HEAD_ADDR"'), Shell('"$RDZV_PORT"'), Shell('"$SLUR
 PORT_SPREAD = 1000  # RDZV_PORT = rdzv_port + SLURM_JOB_ID % PORT_SPREAD
 
 
+def _setup_lines(spec: RunSpec) -> list[str]:
+    """The user's setup lines (module load, activating a venv), each ending the job when it fails: a missing
+    activate script was skipped and the job trained with another python. A line runs in the script's own shell (an
+    activation stays), closed on a line of its own (a comment at its end closes nothing)."""
+    lines = ["# setup (-o setup=...): the job ends at the first line that fails"] if spec.setup else []
+    for line in spec.setup:
+        said = q(f"ftctl: a setup line failed: {line}")
+        lines += [
+            f"{{ {line}",
+            f'}} || {{ RC=$?; echo {said} "(exit $RC): not training; fix -o setup=..."; '
+            f'[ -z "${{{STATUS_ENV}:-}}" ] || echo failed > "${STATUS_ENV}"; exit "$RC"; }}',
+        ]
+    return lines
+
+
 def _port_line(spec: RunSpec) -> str:
     if spec.rdzv_port + PORT_SPREAD - 1 > 65535:
         raise FtctlError(
@@ -232,7 +247,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "export FTCTL_RUN_DIR",
         *env_lines,
         f"# secrets come from the submitting environment, by name only: {secrets}",
-        *[line for line in spec.setup],
+        *_setup_lines(spec),
         "",
         'HEAD_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export HEAD_ADDR",
