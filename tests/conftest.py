@@ -25,3 +25,13 @@ def _user_config_home(tmp_path_factory, monkeypatch):
     """Every test reads and writes an empty user config of its own, never ~/.config/ftctl/config.yaml:
     an `image:` or a `built:` record there would change what renders, and `ftctl build` records in it."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+
+
+@pytest.fixture(autouse=True)
+def _activated_environment(monkeypatch):
+    """Every test runs as from the README's activated venv (`source .venv/bin/activate`): this interpreter's bin
+    directory first on PATH, where a Slurm job without a container finds its python3 (slurm/backend.py refuses a
+    PATH whose python3 lacks ftctl). Tests of another PATH set their own."""
+    from tests.slurm_fixtures import _venv_path
+
+    monkeypatch.setenv("PATH", _venv_path())

@@ -4,6 +4,9 @@ can never run (SlurmBackend.check, ftctl.slurm.doctor) and a controller that can
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from ftctl.backend import get, launch
@@ -11,6 +14,8 @@ from ftctl.errors import FtctlError
 from ftctl.slurm import scheduler
 from ftctl.slurm.doctor import PartitionInfo, doctor
 from tests.render_fixtures import make_spec, prepared
+
+VENV_BIN = Path(sys.executable).parent
 
 MODEL = "meta-llama/Llama-3.2-1B"
 # sinfo --Node --format '%P|%N|%t|%c|%m|%l|%a|%G' of a cluster: CPUs, MiB, time limit, GRES a node
@@ -40,7 +45,7 @@ def cluster(tmp_path, monkeypatch):
     (bin_dir / "sinfo.out").write_text(SINFO)
     _script(bin_dir / "sinfo", f"cat {bin_dir / 'sinfo.out'}")
     _script(bin_dir / "sbatch", "echo 'sbatch: error: not this test' >&2; exit 1")
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{VENV_BIN}:/usr/bin:/bin")  # the venv activated, as the README has it
     monkeypatch.delenv("SLURM_CONF", raising=False)
     return bin_dir
 
@@ -193,7 +198,7 @@ def no_controller(tmp_path, monkeypatch):
     for cmd in ("sbatch", "squeue", "sacct", "scancel", "scontrol", "sinfo"):
         (bin_dir / f"{cmd}.err").write_text(NO_CONFIG.format(cmd=cmd))
         _script(bin_dir / cmd, f"cat {bin_dir / (cmd + '.err')} >&2; exit 1")
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{VENV_BIN}:/usr/bin:/bin")  # the venv activated, as the README has it
     monkeypatch.delenv("SLURM_CONF", raising=False)
     return bin_dir
 
@@ -236,3 +241,24 @@ def test_a_controller_that_does_not_answer_names_slurm_conf(no_controller, tmp_p
         "squeue could not reach the Slurm controller (slurm_load_jobs error: Unable to contact slurm controller "
         f"(connect failure); SLURM_CONF={conf}): point SLURM_CONF at"
     )
+
+
+def test_a_path_python_without_ftctl_is_refused_before_the_queue_wait(cluster, tmp_path):
+    """`.venv/bin/ftctl launch` without activating the venv: the job ran python3 of the exported PATH, which had
+    no ftctl, and failed on its node after the queue wait. Refused at submit with how to fix it; a setup line
+    (which may activate an environment) or a container is left to do its work."""
+    from ftctl.slurm.backend import SlurmBackend
+
+    (cluster / "python3").write_text("#!/bin/sh\nexit 1\n")  # first on PATH: a python3 without ftctl
+    (cluster / "python3").chmod(0o755)
+    flags = dict(
+        backend="slurm", gpus="cpu", model_name_or_path="org/m", model_params="1b", output_dir=str(tmp_path / "o")
+    )
+    rendered = prepared(**flags)
+    with pytest.raises(FtctlError) as e:
+        SlurmBackend().check(rendered)
+    assert str(e.value).startswith(f"the job runs python3 of this shell's PATH ({cluster}/python3), which lacks")
+    assert f"source {VENV_BIN}/activate" in str(e.value)
+    SlurmBackend().check(prepared(["setup=module load py"], **flags))
+    (cluster / "python3").unlink()  # the venv's python3 next on PATH: the environment activated
+    SlurmBackend().check(rendered)

@@ -12,6 +12,8 @@ torchrun and ftctl of the submitting environment, on the shared filesystem, as b
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -20,6 +22,7 @@ from ftctl import userconfig
 from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered
 from ftctl.errors import FtctlError
 from ftctl.failures import tail
+from ftctl.launch import PATH_PYTHON, container_kind
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm import scheduler
@@ -51,6 +54,22 @@ SLURM_STATES = {
     "REVOKED": JobState.CANCELLED,
     "PREEMPTED": JobState.PREEMPTED,
 }
+
+
+def path_python_lacks_ftctl() -> str | None:
+    """Without a container the job runs ``python3`` of the PATH sbatch exports (this shell's): where that one has
+    no ftctl or torch (`.venv/bin/ftctl launch` without activating the venv), the job would fail on its node after
+    the queue wait. None where it has both."""
+    found = shutil.which(PATH_PYTHON)
+    probe = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('ftctl') and u.find_spec('torch') else 1)"
+    if found and subprocess.run([found, "-c", probe], capture_output=True, timeout=60).returncode == 0:
+        return None
+    here = Path(sys.executable).parent
+    return (
+        f"the job runs {PATH_PYTHON} of this shell's PATH ({found or 'none'}), which lacks ftctl or torch: activate "
+        f"this environment first (source {here / 'activate'}), or add -o setup='source {here / 'activate'}' (or "
+        "your cluster's module load), or pass --container."
+    )
 
 
 class SlurmBackend(Backend):
@@ -100,8 +119,11 @@ class SlurmBackend(Backend):
                 f"{image.ref}, the .sif `ftctl build --apptainer` recorded, is gone: build it again, or pass "
                 f"--container none (or another --container)."
             )
-        if not shutil.which("sinfo"):
+        if not shutil.which("sinfo"):  # no Slurm here: sbatch says so
             return
+        in_container = container_kind(rendered.spec)[0] is not None
+        if not in_container and not rendered.spec.setup and (said := path_python_lacks_ftctl()):
+            raise FtctlError(said)
         spec, plan = rendered.spec, rendered.plan
         report = slurm_doctor.doctor(
             partition=spec.partition,
