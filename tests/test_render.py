@@ -193,7 +193,7 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path):
         got = [ap[i + 1] for i, a in enumerate(ap[: ap.index("bash")]) if a == "--bind"]
         assert got == [str(run_dir), *binds]
     elif container == "pyxis":
-        assert f"--container-image={image}" in srun
+        assert f"--container-image={image.replace('ghcr.io/', 'ghcr.io#', 1)}" in srun  # enroot's registry form
         mounts = ",".join(f"{p}:{p}" for p in [str(run_dir), *binds])
         assert f"--container-mounts={mounts}" in srun
     else:

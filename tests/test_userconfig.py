@@ -20,7 +20,7 @@ from ftctl.cli import main
 from ftctl.docker import build as image_build
 from ftctl.docker import image
 from ftctl.errors import FtctlError
-from ftctl.slurm.backend import pyxis_image
+from ftctl.slurm.render import pyxis_image
 from tests.render_fixtures import prepared
 
 PUSHED = "ghcr.io/my-org/ftctl:t-sm80"
@@ -276,10 +276,23 @@ def test_docker_checks_a_local_image_is_here_but_lets_docker_pull_a_pushed_one(m
         ("nvcr.io#nvidia/pytorch:24.07-py3", "nvcr.io#nvidia/pytorch:24.07-py3"),
         ("myname/ftctl:t", "myname/ftctl:t"),  # Docker Hub: enroot's default registry
         ("ubuntu:24.04", "ubuntu:24.04"),
+        ("docker://ghcr.io/org/ftctl:t", "docker://ghcr.io#org/ftctl:t"),
+        ("docker://ubuntu:24.04", "docker://ubuntu:24.04"),
     ],
 )
 def test_pyxis_image_names_the_registry_as_enroot_reads_it(ref, enroot):
     assert pyxis_image(ref) == enroot
+
+
+def test_a_pyxis_container_given_by_hand_is_named_as_enroot_reads_it_too():
+    """--container pyxis:ghcr.io/org/ftctl:t was rendered as it was given, which enroot pulls from Docker Hub
+    (only images ftctl recorded were converted)."""
+    from tests.render_fixtures import prepared
+
+    text = prepared(
+        backend="slurm", gpus="1xA100", model_params="1b", output_dir="/o", container="pyxis:ghcr.io/org/ftctl:t"
+    ).text
+    assert "--container-image=ghcr.io#org/ftctl:t" in text and "ghcr.io/org" not in text
 
 
 # ------------------------------------------------------------------------------------------ the stderr line

@@ -100,7 +100,7 @@ class SlurmBackend(Backend):
         if found.source == "sif":
             return f"apptainer:{found.ref}"
         if userconfig.load().slurm_container == "pyxis":
-            return f"pyxis:{pyxis_image(found.ref)}"
+            return f"pyxis:{slurm_render.pyxis_image(found.ref)}"
         return f"apptainer:docker://{found.ref}"
 
     def render(self, spec, plan, paths, spec_json, gres_type: str | None = None):
@@ -190,12 +190,3 @@ class SlurmBackend(Backend):
         )
         click.echo(report.format())
         return report.ok
-
-
-def pyxis_image(ref: str) -> str:
-    """A docker reference as enroot reads it: ``ghcr.io/org/ftctl:T`` -> ``ghcr.io#org/ftctl:T`` (without
-    the ``#``, enroot takes the first part for a Docker Hub name)."""
-    head, sep, rest = ref.partition("/")
-    if "#" in ref or not sep or not ("." in head or ":" in head or head == "localhost"):
-        return ref
-    return f"{head}#{rest}"

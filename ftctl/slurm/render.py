@@ -182,6 +182,18 @@ def _port_line(spec: RunSpec) -> str:
     return f"RDZV_PORT=$(({spec.rdzv_port} + SLURM_JOB_ID % {PORT_SPREAD}))"
 
 
+def pyxis_image(ref: str) -> str:
+    """A docker reference as enroot reads it: ``ghcr.io/org/ftctl:T`` -> ``ghcr.io#org/ftctl:T`` (without
+    the ``#``, enroot takes the first part for a Docker Hub name); enroot's ``docker://`` URI form the same way."""
+    scheme, found, path = ref.partition("://")
+    if found:
+        return f"{scheme}://{pyxis_image(path)}"
+    head, sep, rest = ref.partition("/")
+    if "#" in ref or not sep or not ("." in head or ":" in head or head == "localhost"):
+        return ref
+    return f"{head}#{rest}"
+
+
 def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
     requeues = MAX_REQUEUES if spec.max_requeues is None else spec.max_requeues
     kind, image = container_kind(spec)
@@ -208,7 +220,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
     if kind == "pyxis":
         mounts = ",".join(f"{p}:{p}" for p in extra)
         step += [
-            f"--container-image={image}",
+            f"--container-image={pyxis_image(image)}",  # a registry's image as enroot reads it, never Docker Hub's
             Shell('--container-mounts="$FTCTL_RUN_DIR":"$FTCTL_RUN_DIR"' + (f",{q(mounts)}" if mounts else "")),
             "--no-container-mount-home",
         ]
