@@ -408,7 +408,7 @@ def test_s3_directory_through_fsspec(s3_bucket, tiny_tokenizer):  # noqa: F811
     report = check_data(f"{s3_bucket}/data", tiny_tokenizer, 64)
     assert report.files == 2 and report.stats.rows == 3
     assert report.errors == [
-        "a.jsonl line 2: unknown role 'robot' in turn 1: use one of assistant, bard, bing, chatgpt, gpt, human, system, user."
+        "a.jsonl line 2: unknown role 'robot' in turn 1: use one of assistant, bard, bing, chatgpt, gpt, human, system, user"
     ]
     dataset = build_dataset(f"{s3_bucket}/data/more/b.json", tiny_tokenizer, 64)
     assert trained_spans(tiny_tokenizer, dataset[0]["input_ids"], dataset[0]["labels"]) == ["Hello." + EOT]
@@ -493,7 +493,7 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
     )
     report = check_data(path, tiny_tokenizer, 32)
     expected_errors = [
-        "bad.jsonl line 2: unknown role 'gtp' in turn 2: use one of assistant, bard, bing, chatgpt, gpt, human, system, user. Did you mean 'gpt'?",
+        "bad.jsonl line 2: unknown role 'gtp' in turn 2: use one of assistant, bard, bing, chatgpt, gpt, human, system, user (did you mean 'gpt'?)",
         "bad.jsonl line 3: empty turn: turn 2 (gpt) has no text",
         "bad.jsonl line 4: not a conversation: a list",
         "bad.jsonl line 5: not a conversation: keys 'prompt', 'chosen'",

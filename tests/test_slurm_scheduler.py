@@ -303,7 +303,7 @@ def test_doctor_on_the_real_cluster(slurm):
     assert many.never_runs == many.problems and f"use -o cpus_per_task={cpus}" in many.problems[0]
 
     problems = doctor(partition="debg").problems
-    assert problems == ["unknown partition 'debg' Did you mean 'debug'? This cluster has: debug, gpu"]
+    assert problems == ["unknown partition 'debg': this cluster has debug, gpu. Did you mean 'debug'?"]
     (problem,) = doctor(gpus_per_node=1).problems
     assert "partition 'debug' has no GPUs" in problem and "gpu (gpu:tiny:2)" in problem
     (problem,) = doctor(partition="gpu", gpus_per_node=8).problems

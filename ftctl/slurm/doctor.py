@@ -224,7 +224,7 @@ def _choose(partitions: list[PartitionInfo], partition: str | None) -> tuple[Par
     chosen = next((p for p in partitions if p.name == partition), None)
     if chosen is None:
         return None, [
-            f"unknown partition {partition!r}{did_you_mean(partition, names)} This cluster has: {', '.join(names)}"
+            f"unknown partition {partition!r}: this cluster has {', '.join(names)}.{did_you_mean(partition, names)}"
         ]
     return chosen, []
 

@@ -363,8 +363,10 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
         role = turn[role_key]
         mapped = roles.get(role.lower()) if isinstance(role, str) else None
         if mapped is None:
+            hint = did_you_mean(str(role), roles).strip()  # the problems of a row are joined with "; "
             row.problems.append(
-                f"unknown role {role!r} in turn {n}: use one of {', '.join(sorted(roles))}.{did_you_mean(str(role), roles)}"
+                f"unknown role {role!r} in turn {n}: use one of {', '.join(sorted(roles))}"
+                + (f" ({hint[0].lower()}{hint[1:]})" if hint else "")
             )
             continue
         calls = turn.get("tool_calls") if mapped == "assistant" and fmt != "sharegpt" else None
