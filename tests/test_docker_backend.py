@@ -100,6 +100,11 @@ def test_a_launch_whose_output_pipe_closes_is_still_recorded(docker_env, tiny_mo
     jobs = ftctl(docker_env, "jobs").stdout
     assert str(out) in jobs, jobs
     assert ftctl(docker_env, "cancel", str(out)).stdout.startswith("cancelled")
+    # another run of the same name (the same model, another --output) took the container's name: the first run's
+    # ended container was removed and its job record lost. Refused, with the flag that names this one apart.
+    other = ftctl(docker_env, "launch", *run_flags(tiny_model_dir, tiny_data, tmp_path / "other"), check=False)
+    assert other.returncode == 2 and f"is the run in {out} (" in other.stderr, other.stderr
+    assert "-o run_name=NAME" in other.stderr and str(out) in ftctl(docker_env, "jobs").stdout
 
 
 def test_launch_status_logs_through_the_docker_cli(docker_env, tiny_model_dir, tiny_data, tmp_path):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from ftctl.backend import Backend, ImageChoice, JobRef, JobState, JobStatus, Rendered
+from ftctl.backend import Backend, ImageChoice, JobRef, JobState, JobStatus, Rendered, recorded_jobs
 from ftctl.docker import render as docker_render
 from ftctl.docker.image import build_command, default_image, flavour_for
 from ftctl.errors import FtctlError
@@ -81,11 +81,20 @@ class DockerBackend(Backend):
                     f"the image {image} is not on this docker host: build it with `{build}` (or pull it), or pass "
                     "--container docker:IMAGE."
                 )
-        state = _inspect(rendered.spec.name)
+        name = rendered.spec.name
+        state = _inspect(name)
+        other = next(
+            (ref.run_dir for ref, _ in recorded_jobs() if ref.backend == self.name and ref.job_id == name), None
+        )
+        if state and other and Path(other) != rendered.run_dir:  # the container (and its job record) of another run
+            raise FtctlError(
+                f"container {name} is the run in {other} ({state[0]}), and this run would take its name: give this "
+                f"one another with -o run_name=NAME."
+            )
         if state and state[0] in ("running", "created", "restarting", "paused"):
             raise FtctlError(
-                f"container {rendered.spec.name} is already {state[0]}: `ftctl logs -f {rendered.spec.name}` "
-                f"follows it, `ftctl cancel {rendered.spec.name}` stops it."
+                f"container {name} is already {state[0]}: `ftctl logs -f {name}` follows it, `ftctl cancel {name}` "
+                "stops it."
             )
 
     def send(self, rendered: Rendered) -> JobRef:
