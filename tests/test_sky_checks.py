@@ -250,7 +250,11 @@ def test_the_shipped_model_is_sized_once_with_how_it_travels(tmp_path, monkeypat
     )
     SkyBackend().send(sky(**args, cluster="dev"))
     assert calls[0]["reuse"] is False and calls[0]["cluster"] == "dev"
-    assert note.removeprefix("# ") in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert note.removeprefix("# ") in err
+    # what the task YAML does not hold, said as it is sent: the workdir, and the idle autostop
+    (said,) = [line for line in err.splitlines() if line.startswith("with the task, through SkyPilot's SDK: ")]
+    assert f"workdir {calls[0]['workdir']} (ftctl's source)" in said and f"{calls[0]['idle_minutes']} idle" in said
     SkyBackend().send(sky(cluster="dev"))  # nothing shipped: the cluster is reused when up
     assert calls[1]["reuse"] is True
     SkyBackend().send(sky(cluster="dev", down=True))  # --down on an up cluster: sky.launch sets its autodown

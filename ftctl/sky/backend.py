@@ -133,6 +133,13 @@ class SkyBackend(Backend):
         click.echo(f"launching {spec.name} through SkyPilot ({how}); task: {paths.task}", err=True)
         if note := sky_inputs.shipping_note(spec, rendered.plan, inputs):
             click.echo(note, err=True)
+        secrets, idle = job_secrets(spec), sky_render.autostop_minutes(spec)
+        beside = [f"workdir {source} (ftctl's source)"]
+        if store := [n for n in secrets if n not in spec.secrets]:
+            beside.append(f"the object store's {', '.join(store)} as secrets, by name")
+        if idle and not spec.spot:
+            beside.append(f"autostop after {idle} idle minutes")
+        click.echo(f"with the task, through SkyPilot's SDK: {'; '.join(beside)}", err=True)
         out = bridge.call(
             "launch",
             task_yaml=str(paths.task),
@@ -143,8 +150,8 @@ class SkyBackend(Backend):
             # only in sky.launch's stages): sky.launch does both, and reuses the cluster when it is up
             reuse=spec.cluster is not None and not inputs and not spec.down,
             down=spec.down,
-            idle_minutes=sky_render.autostop_minutes(spec),
-            secrets=job_secrets(spec),
+            idle_minutes=idle,
+            secrets=secrets,
         )
         managed = bool(out["managed"])
         job = f"managed/{out['job_id']}" if managed else f"{cluster}/{out['job_id']}"
