@@ -526,6 +526,27 @@ def _strategies(method: str, world: int, nodes: int, forced: str | None) -> list
 
 
 # ------------------------------------------------------------------------------------------ plan
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora")
+
+
+def unused_settings(spec: RunSpec, method: str) -> list[str]:
+    """Notes for settings the run gives that do nothing here (a lora run file relaunched with --method fft)."""
+    from ftctl.spec import FIELDS
+
+    def given(keys):
+        said = {k: getattr(spec, k) for k in keys if getattr(spec, k) != FIELDS[k].default}
+        return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in said.items()]
+
+    notes = []
+    if method not in ("lora", "qlora") and (lora := given(LORA_KEYS)):
+        notes.append(f"{', '.join(lora)}: LoRA settings, unused by {method} (it trains no adapters)")
+    if method != "sft" and (layers := given(("trainable_layers",))):
+        notes.append(f"{layers[0]}: sft's, unused by {method}")
+    if not spec.eval_data_path and not spec.eval_split and (steps := given(("eval_steps",))):
+        notes.append(f"{steps[0]}: no held-out data to evaluate (--eval-data FILE, or -o eval_split=0.05)")
+    return notes
+
+
 def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
     """The plan for spec on its --gpus (or ``gpus``); raises PlanError naming the nearest fit."""
     req = gpu_table.parse(gpus or spec.gpus or "cpu", spec.nodes)
@@ -648,6 +669,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     real_global = micro * accum * world
     if real_global != want_global and not spec.gradient_accumulation_steps:
         notes.append(f"global batch {want_global} rounded to {real_global} ({micro} x {accum} x {world})")
+    notes += unused_settings(spec, method)
     if strategy == "zero2_offload":
         notes.append("optimizer offloaded to CPU RAM (DeepSpeed's CPU Adam): each step waits for it")
     if strategy == "zero3_offload":

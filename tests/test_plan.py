@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -773,3 +774,17 @@ def test_the_table_names_what_these_gpus_run_and_a_path_once(tiny_model_dir):
     assert "FlashAttention 4" not in ampere and "FlashAttention 4 if installed" in hopper
     here = plan(method="lora", gpus="cpu", model_name_or_path=str(tiny_model_dir)).table(str(tiny_model_dir))
     assert f"{tiny_model_dir}: " in here and "(its config.json)" in here and here.count(str(tiny_model_dir)) == 1
+
+
+def test_settings_that_do_nothing_for_the_method_are_noted():
+    """A lora run file relaunched with --method fft: its lora_r and use_dora, an sft's trainable_layers and an
+    eval_steps without held-out data were dropped without a word."""
+    from ftctl.spec import build
+
+    spec = build({"method": "fft", "gpus": "8xA100", "model_params": "7b", "lora_r": 64, "use_dora": True})
+    notes = make_plan(replace(spec, trainable_layers=4, eval_steps=50)).notes
+    assert "lora_r=64, use_dora=true: LoRA settings, unused by fft (it trains no adapters)" in notes
+    assert "trainable_layers=4: sft's, unused by fft" in notes
+    assert "eval_steps=50: no held-out data to evaluate (--eval-data FILE, or -o eval_split=0.05)" in notes
+    lora = build({"method": "lora", "gpus": "8xA100", "model_params": "7b", "lora_r": 64, "eval_split": 0.1})
+    assert not [n for n in make_plan(replace(lora, eval_steps=50)).notes if "unused" in n or "held-out" in n]
