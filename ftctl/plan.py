@@ -101,6 +101,7 @@ class ModelShape:
     source: str  # where the numbers came from
     intermediate: int = 0  # MLP width; 0: 4 * hidden
     kv_dim: int = 0  # the k and v projections' width (key-value heads x head dim); 0: hidden (no GQA)
+    context: int = 0  # max_position_embeddings of its config; 0: not read
 
     @property
     def mlp(self) -> int:
@@ -291,7 +292,8 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     mlp = 3 * h * inter * experts
     embed = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
     params = (layers * (attn + mlp) + embed) / 1e9
-    return ModelShape(round(params, 4), h, layers, vocab, source, inter, kv * head_dim)
+    context = cfg.get("max_position_embeddings") or 0
+    return ModelShape(round(params, 4), h, layers, vocab, source, inter, kv * head_dim, int(context))
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -670,6 +672,11 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     if real_global != want_global and not spec.gradient_accumulation_steps:
         notes.append(f"global batch {want_global} rounded to {real_global} ({micro} x {accum} x {world})")
     notes += unused_settings(spec, method)
+    if shape.context and spec.model_max_length > shape.context:  # the trainer says it too, after the queue wait
+        notes.append(
+            f"model_max_length {spec.model_max_length} is over the model's context of {shape.context} tokens: "
+            f"-o model_max_length={shape.context} unless you are extending its context"
+        )
     if strategy == "zero2_offload":
         notes.append("optimizer offloaded to CPU RAM (DeepSpeed's CPU Adam): each step waits for it")
     if strategy == "zero3_offload":

@@ -788,3 +788,17 @@ def test_settings_that_do_nothing_for_the_method_are_noted():
     assert "eval_steps=50: no held-out data to evaluate (--eval-data FILE, or -o eval_split=0.05)" in notes
     lora = build({"method": "lora", "gpus": "8xA100", "model_params": "7b", "lora_r": 64, "eval_split": 0.1})
     assert not [n for n in make_plan(replace(lora, eval_steps=50)).notes if "unused" in n or "held-out" in n]
+
+
+def test_a_max_length_over_the_models_context_is_noted_before_the_job(tmp_path):
+    """Said by the trainer only, on the node after the queue wait; the plan (and so --dry-run) says it now where the
+    model's config.json is read."""
+    from ftctl.spec import build
+
+    write_model_config(tmp_path, max_position_embeddings=512)
+    spec = build({"model_name_or_path": str(tmp_path), "gpus": "1xA100", "model_max_length": 2048})
+    assert (
+        "model_max_length 2048 is over the model's context of 512 tokens: -o model_max_length=512 unless you are "
+        "extending its context"
+    ) in make_plan(spec).notes
+    assert not [n for n in make_plan(replace(spec, model_max_length=512)).notes if "context" in n]
