@@ -19,5 +19,8 @@ TORCH_INDEX_ENV = "FTCTL_TORCH_INDEX"
 # The base model as the user named it where the job loads a copy from elsewhere (a SkyPilot task's shipped
 # --model directory): what the final adapter records as its base, so chat/eval/merge find it where it was launched.
 BASE_MODEL_ENV = "FTCTL_BASE_MODEL"
-# Slurm's count of a job's requeues (0 or unset: its first attempt): a requeued attempt continues what the job saved.
+# Slurm's count of a job's requeues (0 or unset: its first attempt)...
 SLURM_RESTART_ENV = "SLURM_RESTART_COUNT"
+# ...as ftctl's Slurm script passes it to the trainer (not inherited by another run started inside an allocation):
+# a requeued attempt continues the checkpoints its job saved, also under resume=never.
+ATTEMPT_ENV = "FTCTL_ATTEMPT"

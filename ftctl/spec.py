@@ -419,6 +419,8 @@ def _coerce(key: str, value):
             return [str(v) for v in value]
         raise ValueError(f"expects a list: {key}: [A, B] in a run file")
     if origin is dict:
+        if isinstance(value, str) and value.strip().lower() in ("none", "null", "{}"):
+            return {}  # a later layer's `-o KEY=none` clears what an earlier one set
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
         if isinstance(value, str) and "=" in value:
@@ -538,7 +540,11 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         named: dict[str, str] = {}  # key -> the name this layer gave it first
         for raw_key, raw in _mixes(items):
             key = _canonical(raw_key)
-            if named.setdefault(key, raw_key) != raw_key:  # two names of one key: which one wins is a guess
+            adds = (
+                source != "run file" and key in FIELDS and typing.get_origin(_base_type(_HINTS[key])[0]) in (list, dict)
+            )
+            spelt = raw_key.strip().replace("-", "_")
+            if named.setdefault(key, spelt) != spelt and not adds:  # two names of one key: which one wins is a guess
                 errors.append(
                     f"{named[key]!r} and {raw_key!r} ({source}) are both {key} here"
                     f"{' (TRL names it completion_only_loss for prompt-completion rows)' * (key == 'assistant_only_loss')}"
@@ -562,7 +568,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             if typing.get_origin(typ) is list and source != "run file":
                 base = values.get(key, FIELDS[key].default_factory())
                 val = base + [v for v in val if v not in base]  # flags/-o add to the list
-            elif typing.get_origin(typ) is dict and key in values:
+            elif typing.get_origin(typ) is dict and key in values and val:
                 val = {**values[key], **val}
             values[key] = val
     if errors:
@@ -595,7 +601,10 @@ def _scheduler_kwargs_problems(spec: RunSpec) -> list[str]:
     for name, value in spec.lr_scheduler_kwargs.items():
         if name not in takes:
             offered = f"it takes {', '.join(takes)}" if takes else "it takes none"
-            problems.append(f"lr_scheduler_kwargs {name} is no argument of {spec.lr_scheduler_type}: {offered}.")
+            problems.append(
+                f"lr_scheduler_kwargs {name} is no argument of {spec.lr_scheduler_type}: {offered} "
+                "(-o lr_scheduler_kwargs=none clears a run file's)."
+            )
             continue
         try:
             number = float(value)
@@ -609,7 +618,8 @@ def _scheduler_kwargs_problems(spec: RunSpec) -> list[str]:
         if len(floors) != 1:
             problems.append(
                 "lr_scheduler_type=cosine_with_min_lr decays to a floor: give it once, as a share of the peak rate "
-                "(-o lr_scheduler_kwargs=min_lr_rate=0.1) or a rate (-o lr_scheduler_kwargs=min_lr=1e-6)."
+                "(-o lr_scheduler_kwargs=min_lr_rate=0.1) or a rate (-o lr_scheduler_kwargs=min_lr=1e-6); "
+                "-o lr_scheduler_kwargs=none first clears a run file's."
             )
     return problems
 

@@ -239,7 +239,9 @@ def test_a_failing_setup_line_stops_the_slurm_job_before_training(tmp_path):
     assert "ftctl: a setup line failed" in r.stdout + r.stderr
     assert not [c for c in read_log(tmp_path / "bad.jsonl") if c["prog"] == "torchrun"]
     assert (tmp_path / "status.77.0").read_text().strip() == "failed"
-    good = prepared(["setup=echo first", "setup=true"], **flags)
+    with pytest.raises(FtctlError, match=r"setup line 'module load \\\\' continues on the next"):
+        prepared(["setup=module load \\"], **flags)
+    good = prepared(["setup=echo first", "setup=# a comment", "setup=", "setup=true"], **flags)
     r = run_bash(good.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "good.jsonl", env=env)
     assert r.returncode == 0 and [c for c in read_log(tmp_path / "good.jsonl") if c["prog"] == "torchrun"], r.stderr
 

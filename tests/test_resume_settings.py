@@ -260,8 +260,8 @@ def test_cosine_with_min_lr_decays_to_the_floor_its_kwargs_give(tiny_model_dir, 
 def test_a_requeued_slurm_job_under_resume_never_continues_its_own_checkpoints(
     tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch
 ):
-    """resume=never refuses an earlier run's checkpoints; a requeued attempt of the job (SLURM_RESTART_COUNT > 0)
-    finds its own first attempt's, and goes on from them instead of failing the requeue."""
+    """resume=never refuses an earlier run's checkpoints; a requeued attempt of the job (its script passes Slurm's
+    SLURM_RESTART_COUNT as FTCTL_ATTEMPT) finds its own first attempt's, and goes on from them instead of failing."""
     from ftctl.trainer.run import train
 
     out = tmp_path / "out"
@@ -269,7 +269,10 @@ def test_a_requeued_slurm_job_under_resume_never_continues_its_own_checkpoints(
     assert train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **never), echo=lambda *_: None)
     with pytest.raises(FtctlError, match="resume=never, but .* holds an earlier run's checkpoints"):
         train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, **never), echo=lambda *_: None)
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # Slurm's alone (a run started inside a requeued allocation)
+    with pytest.raises(FtctlError, match="resume=never, but .* holds an earlier run's checkpoints"):
+        train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, **never), echo=lambda *_: None)
+    monkeypatch.setenv("FTCTL_ATTEMPT", "1")
     said = []
     resumed = train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, **never), echo=said.append)
     assert resumed.status == "complete" and resumed.global_step == 6

@@ -526,6 +526,7 @@ def test_two_names_of_one_key_are_said_not_the_last_taken():
     with pytest.raises(FtctlError, match=r"'lr' and 'learning_rate' \(-o\)"):
         build(None, None, ["lr=1e-4", "learning_rate=2e-4"])
     assert build(None, None, ["env=A=1", "env=B=2"]).env == {"A": "1", "B": "2"}
+    assert build(None, None, ["secret=A", "secrets=B"]).secrets[-2:] == ["A", "B"]  # -o's lists add up
     assert build({"lr": 1e-4}, None, ["learning_rate=2e-4"]).learning_rate == 2e-4
 
 
@@ -568,6 +569,13 @@ def test_scheduler_arguments_are_checked_against_the_scheduler():
         build(None, None, ["lr_scheduler_type=linear", "lr_scheduler_kwargs=min_lr_rate=0.1"])
     with pytest.raises(FtctlError, match="num_cycles='half': give a number"):
         build(None, None, ["lr_scheduler_kwargs=num_cycles=half"])
+    # a run file's floor, cleared by -o for another scheduler or another floor
+    floor = {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr": 1e-6}}
+    with pytest.raises(FtctlError, match=r"min_lr is no argument of linear: .*lr_scheduler_kwargs=none clears"):
+        build(floor, None, ["lr_scheduler_type=linear"])
+    assert build(floor, None, ["lr_scheduler_type=linear", "lr_scheduler_kwargs=none"]).lr_scheduler_kwargs == {}
+    again = build(floor, None, ["lr_scheduler_kwargs=none", "lr_scheduler_kwargs=min_lr_rate=0.1"])
+    assert again.lr_scheduler_kwargs == {"min_lr_rate": "0.1"}
 
 
 def test_an_optimizer_transformers_does_not_know_is_refused_before_the_job():

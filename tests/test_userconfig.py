@@ -278,6 +278,8 @@ def test_docker_checks_a_local_image_is_here_but_lets_docker_pull_a_pushed_one(m
         ("ubuntu:24.04", "ubuntu:24.04"),
         ("docker://ghcr.io/org/ftctl:t", "docker://ghcr.io#org/ftctl:t"),
         ("docker://ubuntu:24.04", "docker://ubuntu:24.04"),
+        ("./img.sqsh", "./img.sqsh"),  # a squashfs file
+        ("/shared/imgs/x.sqsh", "/shared/imgs/x.sqsh"),
     ],
 )
 def test_pyxis_image_names_the_registry_as_enroot_reads_it(ref, enroot):

@@ -138,7 +138,7 @@ class SkyBackend(Backend):
         if store := [n for n in secrets if n not in spec.secrets]:
             beside.append(f"the object store's {', '.join(store)} as secrets, by name")
         if idle and not spec.spot:
-            beside.append(f"autostop after {idle} idle minutes")
+            beside.append(f"autostop after {idle} idle minutes (where sky.launch starts or updates the cluster)")
         click.echo(f"with the task, through SkyPilot's SDK: {'; '.join(beside)}", err=True)
         out = bridge.call(
             "launch",

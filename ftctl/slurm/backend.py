@@ -62,8 +62,11 @@ def path_python_lacks_ftctl() -> str | None:
     the queue wait. None where it has both."""
     found = shutil.which(PATH_PYTHON)
     probe = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('ftctl') and u.find_spec('torch') else 1)"
-    if found and subprocess.run([found, "-c", probe], capture_output=True, timeout=60).returncode == 0:
-        return None
+    try:  # from / : `python3 -c` puts the working directory on sys.path, where a checkout's ftctl/ would answer
+        if found and subprocess.run([found, "-c", probe], capture_output=True, timeout=60, cwd="/").returncode == 0:
+            return None
+    except (OSError, subprocess.TimeoutExpired):
+        pass
     here = Path(sys.executable).parent
     return (
         f"the job runs {PATH_PYTHON} of this shell's PATH ({found or 'none'}), which lacks ftctl or torch: activate "

@@ -20,7 +20,7 @@ import os
 import re
 
 from ftctl import __version__
-from ftctl.envvars import SLURM_RESTART_ENV
+from ftctl.envvars import ATTEMPT_ENV, SLURM_RESTART_ENV
 from ftctl.errors import FtctlError
 from ftctl.launch import (
     PATH_PYTHON,
@@ -164,6 +164,11 @@ def _setup_lines(spec: RunSpec) -> list[str]:
     activation stays), closed on a line of its own (a comment at its end closes nothing)."""
     lines = ["# setup (-o setup=...): the job ends at the first line that fails"] if spec.setup else []
     for line in spec.setup:
+        if not line.strip() or line.lstrip().startswith("#"):
+            lines.append(line)  # nothing to run: as it is (a brace would close nothing after a comment)
+            continue
+        if line.rstrip().endswith("\\"):
+            raise FtctlError(f"setup line {line!r} continues on the next: give each command whole, one line each.")
         said = q(f"ftctl: a setup line failed: {line}")
         lines += [
             f"{{ {line}",
@@ -185,6 +190,8 @@ def _port_line(spec: RunSpec) -> str:
 def pyxis_image(ref: str) -> str:
     """A docker reference as enroot reads it: ``ghcr.io/org/ftctl:T`` -> ``ghcr.io#org/ftctl:T`` (without
     the ``#``, enroot takes the first part for a Docker Hub name); enroot's ``docker://`` URI form the same way."""
+    if ref.startswith(("/", ".", "~")):  # a squashfs file, not a registry's image
+        return ref
     scheme, found, path = ref.partition("://")
     if found:
         return f"{scheme}://{pyxis_image(path)}"
@@ -254,6 +261,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "",
         'FTCTL_RUN_DIR="$SLURM_SUBMIT_DIR"',
         f"ATTEMPT=${{{SLURM_RESTART_ENV}:-0}}",
+        f'export {ATTEMPT_ENV}="$ATTEMPT"',
         f'export {STATUS_ENV}="$FTCTL_RUN_DIR/{SLURM_STATUS_PATTERN.format(**_PER_ATTEMPT)}"',
         f'export {STOP_ENV}="$FTCTL_RUN_DIR/{SLURM_STOP_PATTERN.format(**_PER_ATTEMPT)}"',
         "export FTCTL_RUN_DIR",

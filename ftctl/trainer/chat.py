@@ -139,8 +139,8 @@ def answer(
     if plain_text:
         if decoding.system:
             raise FtctlError(
-                "--system is a chat template's turn, and this model is prompted with plain text (it trained on "
-                "plain text): write it into the prompt, or pass --chat-template."
+                "--system is a chat template's turn, and the prompts go without a template here (--plain-text, or a "
+                "run that trained on plain text): write it into the prompt, or pass --chat-template."
             )
         inputs = _plain(model, tokenizer, messages[-1]["content"], decoding.max_new_tokens)
     else:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftctl import checkpoints, storage
-from ftctl.envvars import BASE_MODEL_ENV, SLURM_RESTART_ENV, STATUS_ENV
+from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
 from ftctl.runpaths import METRICS_FILE, PLAIN_TEXT, SPEC_FILE, RunPaths
@@ -387,7 +387,7 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
     """The checkpoint to resume from: newest complete one (resume=auto), none (never), or a path."""
     from ftctl.trainer.sync_callback import resume_checkpoint
 
-    if spec.resume == "never" and int(os.environ.get(SLURM_RESTART_ENV) or 0) > 0:
+    if spec.resume == "never" and int(os.environ.get(ATTEMPT_ENV) or 0) > 0:
         # a requeued Slurm job: its first attempt refused any earlier run's checkpoints; these are the job's own
         return resume_checkpoint(local_dir, remote_uri, spec.s3_endpoint_url)
     if spec.resume == "never":
