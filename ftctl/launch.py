@@ -17,6 +17,7 @@ import shlex
 from collections.abc import Mapping
 
 from ftctl.envvars import STATUS_ENV, STOP_ENV, THREADS_ENV  # noqa: F401  (re-exported for the renderers)
+from ftctl.failures import ERROR_PREFIX
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 
@@ -118,7 +119,7 @@ def preflight_lines(command: str, spec: RunSpec, plan: Plan) -> list[str]:
         "PREFLIGHT_RC=0",
         f"{command} || PREFLIGHT_RC=$?",  # also under set -e (SkyPilot's run section)
         'if [ "$PREFLIGHT_RC" -ne 0 ]; then',
-        f'  echo "ftctl: network preflight failed (exit $PREFLIGHT_RC): not training. Either the bus bandwidth is '
+        f'  echo "{ERROR_PREFIX}network preflight failed (exit $PREFLIGHT_RC): not training. Either the bus bandwidth is '
         f"below preflight_min_busbw_gbps={threshold} GB/s or the processes could not reach each other: see the "
         f'netcheck lines above (-o socket_ifname=IFACE picks the interface; -o preflight_min_busbw_gbps=N)."',
         f'  [ -z "${{{STATUS_ENV}:-}}" ] || echo failed > "${STATUS_ENV}"',

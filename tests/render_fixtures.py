@@ -92,6 +92,9 @@ env = {{k: v for k, v in os.environ.items() if k.startswith(("FTCTL_", "HOSTILE"
        or k in ("HEAD_ADDR", "OMP_NUM_THREADS")}}
 with open(os.environ["FAKE_LOG"], "a") as fh:
     fh.write(json.dumps({{"prog": prog, "argv": args, "cwd": os.getcwd(), "env": env}}) + "\\n")
+if prog in os.environ.get("FAKE_FAIL", "").split(","):  # a program that fails (a container that cannot start)
+    print(prog + ": failed", file=sys.stderr)
+    sys.exit(3)
 if prog == "scontrol":
     if args[:2] == ["show", "hostnames"]:
         print("node1\\nnode2")

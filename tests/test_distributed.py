@@ -528,7 +528,7 @@ def test_slurm_preflight_runs_across_both_nodes_and_stops_a_slow_network(e2e, ti
     finally:
         e2e.scancel(job)
     log = e2e.ftctl("logs", job).stdout
-    assert "netcheck: FAILED: bus bandwidth" in log and "ftctl: network preflight failed" in log, log[-3000:]
+    assert "netcheck: FAILED: bus bandwidth" in log and "error: network preflight failed" in log, log[-3000:]
     assert "step 1/2" not in log
 
 

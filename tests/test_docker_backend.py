@@ -124,7 +124,7 @@ def test_launch_status_logs_through_the_docker_cli(docker_env, tiny_model_dir, t
     calls = [json.loads(line)["argv"] for line in Path(docker_env["FAKE_LOG"]).read_text().splitlines()]
     run = next(c for c in calls if c[0] == "run")
     assert run[run.index("--name") + 1] == job and "ftctl:test" in run and "--detach" in run
-    assert f"{hostile}/conv.json:{hostile}/conv.json" in run  # the data, mounted at its own path
+    assert f"{hostile}/conv.json:{hostile}/conv.json:ro" in run  # the data, at its own path, read-only
     mounts = [run[i + 1] for i, a in enumerate(run) if a == "-v"]
     assert [m for m in mounts if str(out) in m] == [f"{out}:{out}"]  # the run dir is the output: mounted once
     # as the launching user (the image's uid 1000 could not write a root-owned output), with the host's caches

@@ -19,7 +19,7 @@ import sys
 import pytest
 import yaml
 
-from ftctl import userconfig
+from ftctl import failures, userconfig
 from ftctl.backend import write_files
 from ftctl.docker import render as docker_render
 from ftctl.errors import FtctlError
@@ -236,7 +236,8 @@ def test_a_failing_setup_line_stops_the_slurm_job_before_training(tmp_path):
     bad = prepared(["setup=echo first", "setup=source /no/such/venv/bin/activate", "setup=echo never"], **flags)
     r = run_bash(bad.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "bad.jsonl", env=env)
     assert r.returncode != 0 and "first" in r.stdout and "never" not in r.stdout, (r.stdout, r.stderr)
-    assert "ftctl: a setup line failed" in r.stdout + r.stderr
+    said = failures.error_line(r.stdout + r.stderr)  # what `ftctl status` says of the failed job
+    assert said == "a setup line failed: source /no/such/venv/bin/activate (exit 1): not training; fix -o setup=..."
     assert not [c for c in read_log(tmp_path / "bad.jsonl") if c["prog"] == "torchrun"]
     assert (tmp_path / "status.77.0").read_text().strip() == "failed"
     with pytest.raises(FtctlError, match=r"setup line 'module load \\\\' continues on the next"):
@@ -244,6 +245,19 @@ def test_a_failing_setup_line_stops_the_slurm_job_before_training(tmp_path):
     good = prepared(["setup=echo first", "setup=# a comment", "setup=", "setup=true"], **flags)
     r = run_bash(good.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "good.jsonl", env=env)
     assert r.returncode == 0 and [c for c in read_log(tmp_path / "good.jsonl") if c["prog"] == "torchrun"], r.stderr
+
+
+def test_a_slurm_step_that_fails_before_the_trainer_says_so(tmp_path):
+    """srun or the container failing before the trainer started (an image that cannot be pulled) left the job's
+    status at "exit 3": the script says what failed, in the line `ftctl status` reads."""
+    fakes = fake_bin(tmp_path / "bin")
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "78", "SLURM_JOB_NODELIST": "node1"}
+    prep = prepared(["container=apptainer:/img/ftctl.sif"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL)
+    r = run_bash(prep.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "log.jsonl", env={**env, "FAKE_FAIL": "apptainer"})
+    assert r.returncode == 3 and "apptainer: failed" in r.stderr, (r.stdout, r.stderr)
+    assert failures.error_line(r.stdout + r.stderr).startswith("the job step exited with 3 before the trainer said how")
+    r = run_bash(prep.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "ok.jsonl", env=env)  # the trainer said it
+    assert r.returncode == 0 and failures.error_line(r.stdout + r.stderr) is None, (r.stdout, r.stderr)
 
 
 @pytest.mark.parametrize("container", ["apptainer", "pyxis"])
@@ -435,8 +449,7 @@ def test_docker_hostile_values_arrive_intact(hostile_paths, tmp_path):
         (call,) = read_log(log)
         assert call["argv"] == expected[1:]
     argv = expected
-    for p in (model, data, out):
-        assert f"{p}:{p}" in argv
+    assert f"{model}:{model}:ro" in argv and f"{data}:{data}:ro" in argv and f"{out}:{out}" in argv
     assert f"HOSTILE_ENV={h}" in argv
     assert f"ghcr.io/x/img{h}" in argv
     assert argv[argv.index("--gpus") + 1] == "1"
@@ -588,7 +601,7 @@ def test_held_out_data_is_bound_into_containers_as_the_training_data_is(tmp_path
     assert f"--bind {shlex.quote(str(held.parent))}" in slurm.text
     assert f"--bind {shlex.quote(str(train.parent))}" in slurm.text
     docker = prepared(backend="docker", **common, output_dir=str(tmp_path / "b"))
-    assert shlex.quote(f"{held}:{held}") in docker.text
+    assert shlex.quote(f"{held}:{held}:ro") in docker.text
     sky = prepared(backend="sky", **dict(common, data_path="s3://b/conv.json"), output_dir="s3://b/r")
     assert str(held.resolve()) in yaml.safe_load(sky.text)["file_mounts"].values()  # shipped with the task
 
@@ -598,6 +611,30 @@ def test_docker_mounts_the_output_before_it_exists(tmp_path):
     prep = prepared(backend="docker", gpus="1xA100", model_name_or_path=MODEL, output_dir=str(out))
     assert not out.exists()
     assert shlex.quote(f"{out}:{out}") in prep.text
+
+
+def test_docker_mounts_the_runs_inputs_read_only(tmp_path):
+    """The data, a local model and a chat template are the user's: mounted read-only (they were writable to
+    anything in the container); what the run writes (output, run dir, a checkpoint to resume) stays writable, and an
+    input inside the output is reached through the output's mount."""
+    model = write_model_config(tmp_path / "model")
+    (model / "tokenizer.json").write_text("{}")
+    data = tmp_path / "data" / "conv.jsonl"
+    data.parent.mkdir()
+    data.write_text("")
+    template = tmp_path / "output" / "template.jinja"
+    template.parent.mkdir()
+    template.write_text("{{ messages }}")
+    over = [f"chat_template_path={template}"]
+    prep = prepared(
+        over, backend="docker", gpus="1xA100", model_name_or_path=str(model), data_path=str(data),
+        output_dir=str(tmp_path / "output"),
+    )  # fmt: skip
+    argv = shlex.split(prep.text)
+    volumes = [a for before, a in zip(argv, argv[1:]) if before == "-v"]
+    assert f"{model}:{model}:ro" in volumes and f"{data}:{data}:ro" in volumes
+    assert f"{tmp_path / 'output'}:{tmp_path / 'output'}" in volumes
+    assert not [v for v in volumes if v.startswith(str(template))]
 
 
 # ------------------------------------------------------------------------------------------ golden

@@ -151,13 +151,13 @@ def test_usr2_checkpoints_requeues_resumes_and_ends_with_the_reference_loss(e2e,
     assert any(line.startswith(f"{job} PENDING") and line.endswith("restarts 1") for line in seen), seen
 
     # the first attempt: the trap asked for a checkpoint, both ranks stopped at the same step
-    stopped = int(log.split("preempted: step ", 1)[1].split(",")[0])
+    stopped = int(log.split("stopped: step ", 1)[1].split(",")[0])
     assert 4 < stopped < STEPS
     first, second = log.split(f"ftctl: job {job} attempt 1 on node[1-2]", 1)  # --open-mode=append
     assert first.startswith(f"ftctl: job {job} attempt 0 on node[1-2]")
     assert "ftctl: USR2 (time limit or preemption): checkpointing" in first
     for rank in (0, 1):
-        assert f"[rank {rank}] ftctl.trainer.callbacks: preempted at step {stopped}:" in first
+        assert f"[rank {rank}] ftctl.trainer.callbacks: stopping at step {stopped} (" in first
     assert "ftctl: trainer exited with 0, status preempted" in first
     assert f"ftctl: requeueing job {job}" in first
     assert (run_dir / f"status.{job}.0").read_text() == "preempted\n"

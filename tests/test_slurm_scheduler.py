@@ -7,6 +7,7 @@ import io
 import shlex
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -127,6 +128,25 @@ def test_logs_follow_prints_until_the_job_ends(slurm, tmp_path):
     st = scheduler.status(job)
     assert (st.state, st.exit_code, st.reason) == ("FAILED", 3, "NonZeroExitCode")
     assert "exit 3" in st.describe()
+
+
+def test_logs_follow_of_a_pending_job_says_it_waits(slurm, tmp_path, capsys):
+    """Following a job still in the queue printed nothing at all until it started: now one line says why it
+    waits, and it ends when the job does (cancelled here before it ever starts)."""
+    script = write_script(tmp_path / "later.sbatch", ["--output=later.log", "--begin=now+1hour"], "echo never\n")
+    job = scheduler.submit(script, cwd=tmp_path)
+    follower = threading.Thread(target=scheduler.logs, args=(job,), kwargs=dict(follow=True, poll_s=0.2))
+    follower.start()
+    try:
+        deadline, said = time.monotonic() + 30, ""
+        while "its log follows" not in said and time.monotonic() < deadline:
+            time.sleep(0.2)
+            said += capsys.readouterr().err
+        assert f"ftctl: job {job} PENDING (BeginTime): its log follows once it starts" in said, said
+    finally:
+        slurm.run("scancel", job, check=False)
+    follower.join(30)
+    assert not follower.is_alive()
 
 
 def test_status_of_unknown_and_malformed_job_ids(slurm):

@@ -1,7 +1,8 @@
 """Render the ``docker run`` command for a plan on this docker host (one node).
 
 Every host path the run reads or writes is mounted at its own path (the run dir, the data, a local output,
-model, chat template and checkpoint to resume), so a path means the same inside as out. The container runs as the user who
+model, chat template and checkpoint to resume), so a path means the same inside as out; what it only reads (data,
+model, chat template) read-only. The container runs as the user who
 launches it (``--user UID:GID``): the image's own user (uid 1000) could not write a run dir another uid owns,
 and the checkpoints it wrote would not be that user's. That user has no home in the image, so the host's
 caches come in instead (host_caches): the Hugging Face cache (HF_HOME: a model is downloaded once, not once a
@@ -92,13 +93,12 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
         cmd += ["--gpus", f'"device={",".join(picked)}"' if picked else str(plan.gpus_per_node)]
     # the output directory is mounted even before it exists (launch creates it): checkpoints written
     # inside the container must land on the host
-    paths = [run_dir, caches.root, caches.hf_home]
-    resume = spec.resume if spec.resume not in ("auto", "never") else ""  # a checkpoint of another run's
-    for path in (*spec.data_paths, spec.output, spec.model_name_or_path, spec.chat_template_path or "", resume):
-        if not is_remote(path) and (os.path.exists(path) or path == spec.output):
-            paths.append(os.path.abspath(path))
-    for path in _outermost(paths):
-        cmd += ["-v", f"{_bindable(path)}:{path}"]
+    # a checkpoint of another run's to resume is written too (reshard.to_universal converts it in place)
+    resume = spec.resume if spec.resume not in ("auto", "never") else ""
+    written = [run_dir, caches.root, caches.hf_home, *_here(spec.output, resume, output=spec.output)]
+    read = _here(*spec.data_paths, spec.model_name_or_path, spec.chat_template_path or "")
+    for path, mode in _mounts(written, read):
+        cmd += ["-v", f"{_bindable(path)}:{path}{mode}"]
     env = {"HOME": caches.home, "XDG_CACHE_HOME": caches.root, "HF_HOME": caches.hf_home, "USER": user}
     env.update(trainer_env(spec))
     files, names = store_credentials(spec, {*env, *spec.secrets})
@@ -131,12 +131,29 @@ def home_mounts(spec: RunSpec, caches: HostCaches) -> list[tuple[str, str]]:
     return [(os.path.join(home, rel), os.path.join(caches.home, rel)) for rel in home_credentials(spec.remote_uris)]
 
 
+def _here(*paths: str, output: str = "") -> list[str]:
+    """The local paths among ``paths`` that exist (the output even before it does: launch creates it), absolute."""
+    return [os.path.abspath(p) for p in paths if not is_remote(p) and (os.path.exists(p) or (p and p == output))]
+
+
+def _mounts(written: list[str], read: list[str]) -> list[tuple[str, str]]:
+    """(path, mode) of each mount: what the run writes read-write, its inputs (data, model, chat template)
+    read-only, so nothing in the container can change them; an input inside a written path is reached there."""
+    rw = _outermost(written)
+    ro = [p for p in _outermost(read) if not any(_inside(p, k) for k in rw)]
+    return [(p, "") for p in rw] + [(p, ":ro") for p in ro]
+
+
+def _inside(path: str, other: str) -> bool:
+    return path == other or path.startswith(other.rstrip("/") + "/")
+
+
 def _outermost(paths: list[str]) -> list[str]:
     """Each path once, none inside another that is mounted (the output is often the run dir)."""
     kept: list[str] = []
     for path in paths:
-        if not any(path == k or path.startswith(k.rstrip("/") + "/") for k in kept):
-            kept = [k for k in kept if not k.startswith(path.rstrip("/") + "/")] + [path]
+        if not any(_inside(path, k) for k in kept):
+            kept = [k for k in kept if not _inside(k, path)] + [path]
     return kept
 
 

@@ -22,6 +22,7 @@ import re
 from ftctl import __version__
 from ftctl.envvars import ATTEMPT_ENV, SLURM_RESTART_ENV
 from ftctl.errors import FtctlError
+from ftctl.failures import ERROR_PREFIX
 from ftctl.launch import (
     PATH_PYTHON,
     STATUS_ENV,
@@ -169,7 +170,7 @@ def _setup_lines(spec: RunSpec) -> list[str]:
             continue
         if line.rstrip().endswith("\\"):
             raise FtctlError(f"setup line {line!r} continues on the next: give each command whole, one line each.")
-        said = q(f"ftctl: a setup line failed: {line}")
+        said = q(f"{ERROR_PREFIX}a setup line failed: {line}")  # `ftctl status` says it (failures.error_line)
         lines += [
             f"{{ {line}",
             f'}} || {{ RC=$?; echo {said} "(exit $RC): not training; fix -o setup=..."; '
@@ -284,6 +285,10 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "# wait returns early when a signal arrives; wait again until the step really ends",
         'while true; do wait "$STEP_PID"; RC=$?; kill -0 "$STEP_PID" 2>/dev/null || break; done',
         "",
+        f'if [ "$RC" -ne 0 ] && [ ! -s "${STATUS_ENV}" ]; then',
+        f'  echo "{ERROR_PREFIX}the job step exited with $RC before the trainer said how it ended (srun or the '
+        'container failed, or the trainer was killed): see the lines above"',
+        "fi",
         f'STATUS=$(cat "${STATUS_ENV}" 2>/dev/null || echo failed)',
         'echo "ftctl: trainer exited with $RC, status $STATUS"',
         'if [ "$STATUS" = preempted ]; then',
@@ -291,7 +296,8 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         '    echo "ftctl: requeueing job $SLURM_JOB_ID"',
         '    scontrol requeue "$SLURM_JOB_ID" && exit 0',
         "  fi",
-        f'  echo "ftctl: not requeueing: {requeues} requeues reached (-o max_requeues=N)"',
+        f'  echo "{ERROR_PREFIX}not requeueing: {requeues} requeues reached (-o max_requeues=N); the same ftctl '
+        'launch resumes from the last checkpoint"',
         "  exit 1",
         "fi",
         'exit "$RC"',

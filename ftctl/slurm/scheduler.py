@@ -227,6 +227,7 @@ def logs(
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     offset = 0
     last_check = 0.0
+    waiting = None  # the wait last said (a pending job's follow printed nothing until it started)
     while True:
         offset = _copy_new(log, offset, out, decoder)
         if not follow:
@@ -239,9 +240,13 @@ def logs(
         now = time.monotonic()
         if now - last_check >= max(poll_s, 1.0) or last_check == 0.0:
             last_check = now
-            if status(job_id, env).finished:
+            state = status(job_id, env)
+            if state.finished:
                 _copy_new(log, offset, out, decoder)
                 return log
+            if offset == 0 and not log.exists() and state.describe() != waiting:
+                waiting = state.describe()
+                print(f"ftctl: job {waiting}: its log follows once it starts (Ctrl-C stops following)", file=sys.stderr)
         time.sleep(poll_s)
 
 

@@ -59,7 +59,9 @@ def main(argv=None) -> int:
         return failure.report("error", failures.exception_line(e), 1, e)
     if rank == 0:
         loss = "none" if result.final_loss is None else f"{result.final_loss:.4f}"
-        print(f"{result.status}: step {result.global_step}, final loss {loss}, output {spec.output}", flush=True)
+        # "stopped", not the status word "preempted": a cancel sends the same signal as a preemption
+        said = "stopped" if result.status == "preempted" else result.status
+        print(f"{said}: step {result.global_step}, final loss {loss}, output {spec.output}", flush=True)
         if result.status == "complete":
             print(next_steps(spec), flush=True)
     return 0

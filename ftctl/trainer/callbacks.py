@@ -303,7 +303,8 @@ class PreemptionCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self._vote(self.stop_requested()):
             if not self.preempted:
-                log.warning("preempted at step %d: saving a checkpoint and stopping", state.global_step)
+                # the signal's name, not "preempted": a cancel (scancel, docker stop) sends the same SIGTERM
+                log.warning("stopping at step %d (%s): saving a checkpoint first", state.global_step, self.received)
             self.preempted = True
             control.should_save = True
             control.should_training_stop = True
