@@ -110,7 +110,11 @@ def _spec(kw: dict, backend: str | None = None):
         flags["backend"] = backend
     for key in ("setup", "sbatch_args", "secrets"):
         flags[key] = list(flags.get(key) or [])
-    return spec_mod.build(config, flags, overrides)
+    notes: list[str] = []
+    spec = spec_mod.build(config, flags, overrides, notes)
+    for note in notes:
+        click.echo(f"note: {note}.", err=True)
+    return spec
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -186,9 +190,13 @@ def keys(word):
     keys whose name, section or text holds it."""
     import textwrap
 
-    from ftctl.spec import described_keys
+    from ftctl.spec import described_keys, not_a_key
 
     rows = [r for r in described_keys() if not word or word.lower() in f"{r[0]} {r[1]} {r[3]}".lower()]
+    if word and (said := not_a_key(word)):
+        click.echo(said + "\n" * bool(rows))
+        if not rows:
+            return
     if not rows:
         raise FtctlError(f"No run key mentions {word!r}: `ftctl keys` lists them all.")
     section = None

@@ -127,7 +127,35 @@ DECIDED = {
     "use a model whose architecture your transformers supports",
     "lora_modules_to_save": "lora and qlora train only the adapters (no modules_to_save); to train the head too use "
     "--method sft (the top trainable_layers blocks and the head) or fft",
+    "fsdp_transformer_layer_cls_to_wrap": "FSDP2 (strategy=fsdp) wraps each decoder layer itself",
 }
+# DECIDED keys set to what ftctl does anyway (a FastChat or TRL recipe copied whole): accepted with a note, any other
+# value refused as above. None: any value.
+AGREES = {
+    "evaluation_strategy": ("no", "steps"),
+    "eval_strategy": ("no", "steps"),
+    "save_strategy": ("steps",),
+    "per_device_eval_batch_size": None,
+    "lazy_preprocess": None,
+    "tf32": None,
+    "fsdp": ("", "false", "no"),
+    "fsdp_transformer_layer_cls_to_wrap": None,
+    "dataset_text_field": ("text",),
+    "trust_remote_code": ("false",),
+    "push_to_hub": ("false",),
+}
+
+
+def _agrees(key: str, raw) -> bool:
+    accepted = AGREES.get(key, ())
+    return accepted is None or str(raw).strip().lower() in accepted
+
+
+def _fsdp_strategy(raw) -> bool:
+    """FastChat's --fsdp "full_shard auto_wrap": the FSDP full sharding ftctl runs as strategy=fsdp (FSDP2's
+    fully_shard). Its other modes (offload, shard_grad_op, hybrid) are refused as DECIDED says."""
+    words = str(raw).lower().split()
+    return "full_shard" in words and set(words) <= {"full_shard", "auto_wrap"}
 
 
 @dataclass
@@ -526,8 +554,9 @@ def load_yaml(path: str) -> dict:
     return data
 
 
-def build(config: str | dict | None = None, flags: dict | None = None, overrides=None) -> RunSpec:
-    """YAML (path or dict) < flags < -o overrides. All errors are reported together."""
+def build(config: str | dict | None = None, flags: dict | None = None, overrides=None, notes=None) -> RunSpec:
+    """YAML (path or dict) < flags < -o overrides. All errors are reported together; ``notes`` (a list) gets a line
+    for each key taken as it reads here (AGREES, FastChat's fsdp)."""
     layers = []
     if config is not None:
         layers.append(("run file", list((load_yaml(config) if isinstance(config, str) else config).items())))
@@ -538,8 +567,13 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     values, errors = {}, []
     for source, items in layers:
         named: dict[str, str] = {}  # key -> the name this layer gave it first
+        agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
         for raw_key, raw in _mixes(items):
             key = _canonical(raw_key)
+            if key == "fsdp" and _fsdp_strategy(raw):
+                key, raw = "strategy", "fsdp"
+                said = f"{raw_key!r} ({source}): FSDP's full sharding is strategy=fsdp here (FSDP2, each layer sharded)"
+                notes is None or notes.append(said)
             adds = (
                 source != "run file" and key in FIELDS and typing.get_origin(_base_type(_HINTS[key])[0]) in (list, dict)
             )
@@ -552,7 +586,10 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 )
                 continue
             if key in DECIDED:
-                errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")
+                if _agrees(key, raw):
+                    agreed.append(raw_key)
+                else:
+                    errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")
                 continue
             if key not in FIELDS:
                 hint = f" {MEANT[key]}" if key in MEANT else _suggest_key(key) or " `ftctl keys` lists them."
@@ -571,6 +608,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             elif typing.get_origin(typ) is dict and key in values and val:
                 val = {**values[key], **val}
             values[key] = val
+        if agreed and notes is not None:
+            notes.append(f"{', '.join(agreed)} ({source}): left to ftctl, which does what the values given ask")
     if errors:
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)
@@ -960,6 +999,28 @@ def described_keys() -> list[tuple[str, str, str, str]]:
         elif text.startswith(("@", "def ")):
             break
     return out
+
+
+def not_a_key(word: str) -> str | None:
+    """What `ftctl keys WORD` says of a FastChat, TRL or PEFT key that is not one here (DECIDED, MEANT); None else."""
+    key = word.strip().replace("-", "_")
+    if key in MEANT:
+        return f"{key} is not a run key here. {MEANT[key]}"
+    if key not in DECIDED:
+        return None
+    accepted = AGREES.get(key, ())
+    if key == "fsdp":
+        return (
+            f"fsdp is not a run key: {DECIDED[key]}; FastChat's fsdp: 'full_shard auto_wrap' is read as strategy=fsdp."
+        )
+    taken = (
+        " (a run file's may stay: any value is what ftctl does anyway)"
+        if accepted is None
+        else f" (a run file's {key}: {' or '.join(repr(v) for v in accepted)} may stay: ftctl does that anyway)"
+        if accepted
+        else ""
+    )
+    return f"{key} is not a run key: ftctl decides it; {DECIDED[key]}{taken}."
 
 
 def _default_text(f: dataclasses.Field) -> str:

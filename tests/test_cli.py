@@ -228,5 +228,11 @@ def test_keys_lists_every_run_key_with_its_default_and_text():
     one = CliRunner().invoke(main, ["keys", "dora"])
     assert one.exit_code == 0 and one.stdout.splitlines()[1].startswith("  use_dora = false  PEFT's DoRA")
     assert CliRunner().invoke(main, ["keys", "zzz"]).exit_code == 2
+    # a FastChat or TRL key ftctl decides itself is explained, not "no run key mentions it"
+    tf32 = CliRunner().invoke(main, ["keys", "tf32"])
+    assert tf32.exit_code == 0 and tf32.stdout.startswith("tf32 is not a run key: ftctl decides it; matmuls run in")
+    assert "may stay" in tf32.stdout
+    fsdp = CliRunner().invoke(main, ["keys", "fsdp"]).stdout
+    assert "'full_shard auto_wrap' is read as strategy=fsdp" in fsdp and "\n  strategy = (unset)" in fsdp
     unknown = CliRunner().invoke(main, ["plan", "-o", "foo_bar=1"])
     assert unknown.exit_code == 2 and "Unknown key 'foo_bar' (-o). `ftctl keys` lists them." in unknown.output

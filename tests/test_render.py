@@ -253,7 +253,9 @@ def test_a_slurm_step_that_fails_before_the_trainer_says_so(tmp_path):
     fakes = fake_bin(tmp_path / "bin")
     env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "78", "SLURM_JOB_NODELIST": "node1"}
     prep = prepared(["container=apptainer:/img/ftctl.sif"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL)
-    r = run_bash(prep.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "log.jsonl", env={**env, "FAKE_FAIL": "apptainer"})
+    r = run_bash(
+        prep.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "log.jsonl", env={**env, "FAKE_FAIL": "apptainer"}
+    )
     assert r.returncode == 3 and "apptainer: failed" in r.stderr, (r.stdout, r.stderr)
     assert failures.error_line(r.stdout + r.stderr).startswith("the job step exited with 3 before the trainer said how")
     r = run_bash(prep.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "ok.jsonl", env=env)  # the trainer said it

@@ -260,17 +260,41 @@ def test_parse_size_refuses(text):
 
 
 def test_keys_ftctl_decides_itself_say_so_instead_of_unknown():
-    """A FastChat train command turned into a run file: its --fsdp, --tf32 and friends are explained, not 'unknown'."""
-    from ftctl.spec import DECIDED
+    """A FastChat train command turned into a run file: its --fsdp, --tf32 and friends are taken with a note where
+    they ask for what ftctl does anyway (the file was refused whole, seven problems), explained where they ask for
+    something else, never 'unknown'."""
+    from ftctl.spec import AGREES, DECIDED
 
-    fastchat = {"fsdp": "full_shard auto_wrap", "tf32": True, "evaluation_strategy": "no", "lazy_preprocess": True}
+    fastchat = {
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+        "tf32": True,
+        "evaluation_strategy": "no",
+        "save_strategy": "steps",
+        "per_device_eval_batch_size": 2,
+        "lazy_preprocess": True,
+        "model_max_length": 2048,
+        "bf16": True,
+    }
+    notes = []
+    spec = build(fastchat, notes=notes)
+    assert spec.strategy == "fsdp" and spec.model_max_length == 2048
+    assert notes == [
+        "'fsdp' (run file): FSDP's full sharding is strategy=fsdp here (FSDP2, each layer sharded)",
+        "fsdp_transformer_layer_cls_to_wrap, tf32, evaluation_strategy, save_strategy, per_device_eval_batch_size, "
+        "lazy_preprocess (run file): left to ftctl, which does what the values given ask",
+    ]
+    assert build({"fsdp": ""}).strategy is None  # FastChat's default: no FSDP asked
+    other = {"fsdp": "full_shard auto_wrap offload", "save_strategy": "epoch", "evaluation_strategy": "epoch"}
     with pytest.raises(FtctlError) as e:
-        build({**fastchat, "model_max_length": 2048, "bf16": True})
+        build({**other, "deepspeed": "ds.json", "model_max_length": 2048})
     text = str(e.value)
     assert text.startswith("4 problems in the run description:") and "Unknown key" not in text
     assert "'fsdp' (run file) is not set by hand here: the planner chooses single, DDP, DeepSpeed ZeRO or FSDP2" in text
-    assert f"'tf32' (run file) is not set by hand here: {DECIDED['tf32']}." in text
-    assert not set(DECIDED) & set(FIELDS)  # never a key that exists
+    assert f"'save_strategy' (run file) is not set by hand here: {DECIDED['save_strategy']}." in text
+    with pytest.raises(FtctlError, match="'strategy' and 'fsdp' .* are both strategy here: keep one"):
+        build({"strategy": "zero3", "fsdp": "full_shard"})
+    assert not set(DECIDED) & set(FIELDS) and set(AGREES) <= set(DECIDED)  # never a key that exists
 
 
 # --- secrets pass by name only ------------------------------------------------------------------------------------
