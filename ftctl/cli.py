@@ -45,7 +45,8 @@ def run_options(fn=None, placement: bool = True):
     if fn is None:
         return lambda f: run_options(f, placement)
     what = [
-        click.option("-c", "--config", type=click.Path(dir_okay=False), help="Run description YAML."),
+        click.argument("run_file", required=False, type=click.Path(dir_okay=False)),  # as -c, axolotl's way
+        click.option("-c", "--config", type=click.Path(dir_okay=False), help="Run description YAML (or RUN_FILE)."),
         click.option("--method", type=click.Choice(METHODS, case_sensitive=False), help="Default: lora."),
         click.option("--gpus", help="8xA100, 2x8xH100, A100-80GB:8, H100 or cpu."),
         click.option("--nodes", type=int, help="Number of nodes (also 2x8xH100)."),
@@ -97,7 +98,10 @@ def run_options(fn=None, placement: bool = True):
 def _spec(kw: dict, backend: str | None = None):
     from ftctl import spec as spec_mod
 
-    config = kw.pop("config", None)
+    config, run_file = kw.pop("config", None), kw.pop("run_file", None)
+    if config and run_file and config != run_file:
+        raise FtctlError(f"Two run files, {run_file} and -c {config}: give one (merge them, or set keys with -o).")
+    config = config or run_file
     overrides = kw.pop("overrides", ())
     flags = {
         "model_name_or_path": kw.pop("model", None),

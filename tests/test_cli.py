@@ -213,6 +213,25 @@ def test_a_finished_run_says_what_to_do_with_it():
     assert "merge" not in next_steps(build({"method": "fft", "output_dir": "s3://b/r"}))
 
 
+def test_the_run_file_may_be_the_first_argument(tmp_path):
+    """`ftctl plan run.yaml` (axolotl's `axolotl train config.yml`) reads it as -c does; two different ones are one
+    error, not a guess."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    run = tmp_path / "run.yaml"
+    run.write_text("method: fft\nlr: 3e-5\n")
+    args = ["--gpus", "1xA100", "--model-params", "1b", "--model", "x/y", "--json"]
+    by_flag = CliRunner().invoke(main, ["plan", "-c", str(run), *args])
+    positional = CliRunner().invoke(main, ["plan", str(run), *args])
+    assert by_flag.exit_code == 0 and positional.stdout == by_flag.stdout and '"method": "fft"' in by_flag.stdout
+    other = tmp_path / "other.yaml"
+    other.write_text("method: lora\n")
+    two = CliRunner().invoke(main, ["plan", str(run), "-c", str(other), *args])
+    assert two.exit_code == 2 and "Two run files" in two.output and "Traceback" not in two.output
+
+
 def test_keys_lists_every_run_key_with_its_default_and_text():
     """`ftctl keys`: what an unknown key's error points to; read from RunSpec's own lines, so none is missing."""
     from click.testing import CliRunner
