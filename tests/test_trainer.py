@@ -110,6 +110,20 @@ def test_sft_trains_only_the_top_blocks_and_head(tiny_model_dir, tiny_data, tmp_
     assert not any(k.startswith(("model.layers.0.", "model.embed_tokens.")) for k in changed)
 
 
+def test_the_model_card_of_a_hub_base_and_an_object_store_output():
+    """A Hub id is the card's base_model and linked; a whole model loads with pipeline; an object store's output is
+    loaded from the directory it is pulled to, said so."""
+    from ftctl.spec import RunSpec
+    from ftctl.trainer import model_card
+
+    spec = RunSpec(method="fft", model_name_or_path="Org/Base-1B", output_dir="s3://b/runs/r1", run_name="r1")
+    card = model_card.text(spec, "Org/Base-1B", adapter=False)
+    assert "base_model: Org/Base-1B" in card and "library_name: transformers" in card
+    assert "A full fine-tune of [Org/Base-1B](https://huggingface.co/Org/Base-1B)" in card and "# r1\n" in card
+    assert 'pipeline("text-generation", model="DIR")' in card and "ftctl sync pull s3://b/runs/r1 DIR" in card
+    assert "ftctl merge" not in card
+
+
 def test_lora_trains_an_adapter_that_peft_loads(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):
     import torch
     from peft import PeftModel
@@ -122,6 +136,11 @@ def test_lora_trains_an_adapter_that_peft_loads(tiny_model_dir, tiny_data, tmp_p
     assert result.status == "complete" and math.isfinite(result.final_loss)
     config = json.loads(Path(result.output_dir, "adapter_config.json").read_text())
     assert config["r"] == 4 and config["base_model_name_or_path"] == "/where/it/was/launched"
+    # the card names that base, as a path (TRL's read "a fine-tuned version of [None]"), and loads the output
+    card = Path(result.output_dir, "README.md").read_text()
+    assert "A LoRA adapter of `/where/it/was/launched`" in card and "None" not in card
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{result.output_dir}")' in card
+    assert "library_name: peft" in card and "base_model:" not in card  # the Hub's field takes a Hub id only
     # all linear projections of both blocks carry adapters (target all-linear, the head excluded)
     assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {
         "q_proj",

@@ -22,6 +22,7 @@ Output directory layout (local, or staged locally and mirrored to the object-sto
 from __future__ import annotations
 
 import fcntl
+import functools
 import gc
 import hashlib
 import json
@@ -41,7 +42,8 @@ from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
 from ftctl.runpaths import METRICS_FILE, PLAIN_TEXT, SPEC_FILE, RunPaths
 from ftctl.spec import RunSpec, scheduler_kwargs
-from ftctl.trainer import distributed, gpu_memory, reshard
+from ftctl.trainer import distributed, gpu_memory, model_card, reshard
+from ftctl.trainer.methods import ADAPTER_METHODS
 
 if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at import time
     from ftctl.trainer.attention import Kernels
@@ -234,6 +236,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 *callbacks,
             ],
         )
+        adapter = spec.method in ADAPTER_METHODS
+        run.trainer.card = functools.partial(model_card.write, spec=spec, base=base_name(spec), adapter=adapter)
         sequences = len(run.trainer.train_dataset)  # packed by TRL where the plan packs
         if procs.is_main and (
             few := too_few_sequences(sequences, plan.global_batch_size, plan.packing, args.max_length)
@@ -488,7 +492,8 @@ def save(run: Run) -> None:
     with the checkpoints' retries. Raises when it is not in the store within upload_wait_s."""
     run.trainer.save_model(run.local_dir)
     if run.procs.is_main:
-        name_base_model(run.local_dir, os.environ.get(BASE_MODEL_ENV) or run.spec.model_name_or_path)
+        name_base_model(run.local_dir, base_name(run.spec))
+        run.trainer.create_model_card()  # after PEFT's, which rewrote the card's metadata with its local base path
         if not run.sync.upload_final(run.local_dir):
             raise FtctlError(
                 f"the final model was saved in {run.local_dir} but not uploaded to {run.remote_uri} within "
@@ -496,6 +501,11 @@ def save(run: Run) -> None:
                 f"{run.remote_uri}`."
             )
     distributed.barrier()
+
+
+def base_name(spec: RunSpec) -> str:
+    """The base model as the user named it (a SkyPilot node loads a shipped one from its inputs/ copy)."""
+    return os.environ.get(BASE_MODEL_ENV) or spec.model_name_or_path
 
 
 def name_base_model(local_dir: str, model_name_or_path: str) -> None:

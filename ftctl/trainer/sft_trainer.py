@@ -71,6 +71,14 @@ class SFTConfig(TrlSFTConfig):
 
 class SFTTrainer(TrlSFTTrainer):
     defer_logs: bool | None = None  # a step's log written at the next step's end; None: on CUDA
+    card = None  # writes the run's README.md into a directory (model_card.write); None: TRL's card
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """ftctl's card (trainer/model_card.py) where the run gave one: TRL's names a local base "None"."""
+        if self.card is None:
+            return super().create_model_card(model_name, dataset_name, tags)
+        if self.is_world_process_zero():
+            self.card(self.args.output_dir)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -1,0 +1,80 @@
+"""The run's README.md: a Hugging Face model card that says what was trained from what, and how to use it.
+
+TRL's card (written at each checkpoint) is made for a model pushed to the Hub: a base in a local directory, or the
+demo model loaded from its cache, read "a fine-tuned version of [None](https://huggingface.co/None)", and its
+quick start loaded ``model="None"``. This one names the base as the run did (a Hub id is linked and is the card's
+``base_model``; a local directory is named as a path) and loads the output where the run wrote it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from ftctl import __version__
+from ftctl.hub import HUB_ID
+from ftctl.spec import RunSpec
+from ftctl.storage import is_remote
+
+README = "README.md"
+
+
+def hub_id(base: str) -> str | None:
+    """The base as a Hub id, None where it is a local directory (or anything else)."""
+    return base if HUB_ID.match(base) and not Path(base).exists() else None
+
+
+def text(spec: RunSpec, base: str, adapter: bool) -> str:
+    """The card of a run of ``spec`` from ``base`` (the model as the user named it), its final model an adapter
+    (lora, qlora) or a whole model (fft, sft)."""
+    linked = hub_id(base)
+    where = spec.output if not is_remote(spec.output) else "DIR"  # an object store's output: its local copy
+    data = ModelCardData(
+        base_model=linked,
+        library_name="peft" if adapter else "transformers",
+        pipeline_tag="text-generation",
+        tags=["ftctl", spec.method, "trl", "sft", *(["lora"] if adapter else [])],
+    )
+    origin = f"[{base}](https://huggingface.co/{base})" if linked else f"`{base}`"
+    loads = (
+        f'from peft import AutoPeftModelForCausalLM\n\nmodel = AutoPeftModelForCausalLM.from_pretrained("{where}")'
+        if adapter
+        else f'from transformers import pipeline\n\ngenerator = pipeline("text-generation", model="{where}")'
+    )
+    commands = f'ftctl chat {where} -p "A question"'
+    if adapter:
+        commands += f"\nftctl merge {where}   # the base with the adapter merged in: a plain model"
+    fetched = f"\n(`ftctl sync pull {spec.output} DIR` first.)\n" if where == "DIR" else ""
+    body = f"""
+# {spec.run_name or Path(spec.output).name}
+
+{_method(spec.method)} of {origin} with ftctl {__version__} (TRL's SFTTrainer),
+on `{spec.data_path}`. The run's settings are in `spec.json` beside this card; each logged step is a line of
+`metrics.jsonl`.
+
+## Use it
+{fetched}
+```bash
+{commands}
+```
+
+```python
+{loads}
+```
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _method(method: str) -> str:
+    return {
+        "fft": "A full fine-tune",
+        "sft": "A fine-tune of the top layers",
+        "lora": "A LoRA adapter",
+        "qlora": "A QLoRA adapter (trained over the 4-bit base)",
+    }[method]
+
+
+def write(directory: str, spec: RunSpec, base: str, adapter: bool) -> None:
+    """The card into ``directory``, replacing TRL's or PEFT's (written at each checkpoint and with the final model)."""
+    ModelCard(text(spec, base, adapter)).save(str(Path(directory, README)))
