@@ -31,6 +31,7 @@ from enum import Enum
 from pathlib import Path
 from typing import ClassVar
 
+from ftctl import gpus as gpu_table
 from ftctl import userconfig
 from ftctl.errors import FtctlError
 from ftctl.launch import container_kind
@@ -313,6 +314,12 @@ def choose_backend(spec: RunSpec) -> tuple[str, str]:
     sky_why = get("sky").available()
     if sky_why is True:
         return "sky", "this machine lacks those GPUs and SkyPilot has a cloud enabled"
+    req = gpu_table.parse(spec.gpus, spec.nodes)
+    if req.is_cpu:  # 2xcpu: nodes of one process each, as 2x8xH100 is nodes x GPUs
+        raise FtctlError(
+            f"--gpus {spec.gpus}{f' --nodes {spec.nodes}' * bool(spec.nodes)} asks for {req.nodes} nodes of one CPU process each: here, --gpus cpu (one process); "
+            "across nodes, --backend slurm or sky."
+        )
     raise FtctlError(
         f"No backend given, and this machine does not have --gpus {spec.gpus}. Choose one: --backend slurm "
         f"(a cluster), --backend sky (a cloud: {sky_why}), --backend docker, or --backend local with the GPUs "
@@ -583,8 +590,6 @@ def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:
     """What `ftctl plan` shows: the backend's plan when one is named (the local backend plans for this
     machine), this machine's when no GPUs are named or --gpus cpu (its RAM, as launch checks it), else the plan
     for the GPUs asked for."""
-    from ftctl import gpus as gpu_table
-
     asked = gpu_table.parse(spec.gpus, spec.nodes) if spec.gpus else None
     if spec.backend or asked is None or (asked.is_cpu and asked.nodes == 1):
         return get(spec.backend or "local").resolve(spec)

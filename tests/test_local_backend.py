@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ftctl.errors import FtctlError
+
 FTCTL = str(Path(sys.executable).parent / "ftctl")
 
 
@@ -37,6 +39,20 @@ def test_launch_without_backend_refuses_gpus_this_machine_lacks_before_starting_
     assert all(b in proc.stderr for b in ("--backend slurm", "--backend sky", "--backend docker"))
     assert not (tmp_path / "runs").exists()  # nothing written, nothing started
     assert time.time() - start < 20
+
+
+def test_cpu_nodes_without_a_backend_say_what_2xcpu_means(monkeypatch, tmp_path):
+    """2xcpu is two nodes of one process (nodes x GPUs, as 2x8xH100): read as "two processes here" it was answered
+    "this machine does not have --gpus 2xcpu"."""
+    from ftctl.backend import choose_backend
+    from ftctl.spec import RunSpec
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("FTCTL_BACKEND", raising=False)
+    for gpus, nodes, said in [("2xcpu", None, "--gpus 2xcpu asks"), ("cpu", 3, "--gpus cpu --nodes 3 asks for 3")]:
+        with pytest.raises(FtctlError, match=f"{said}.* nodes of one CPU process each: here, --gpus cpu"):
+            choose_backend(RunSpec(gpus=gpus, nodes=nodes))
+    assert choose_backend(RunSpec(gpus="cpu"))[0] == "local"
 
 
 def test_doctor_says_what_a_varlen_plan_runs_here(monkeypatch):
