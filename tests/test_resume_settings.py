@@ -61,6 +61,23 @@ def test_a_relaunch_trains_with_its_new_learning_rate_and_weight_decay(
     assert decay.seen == [[0.1, 0.0]] * 3  # transformers' decay group, then the one without
 
 
+def test_a_relaunch_logs_and_saves_at_its_own_intervals(tiny_model_dir, tiny_data, tmp_path, one_thread, caplog):
+    """transformers restores logging_steps and save_steps from the checkpoint's trainer_state.json: a relaunch
+    with -o save_steps=1 to checkpoint more often went on at the old interval, and said only max_steps changed."""
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "out"
+    every = {"resume": "auto", "save_total_limit": 10}
+    first = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=2, save_steps=2, logging_steps=2, **every)
+    assert train(*first, echo=lambda *_: None).status == "complete"
+    again = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=4, save_steps=1, logging_steps=1, **every)
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        assert train(*again, echo=lambda *_: None).status == "complete"
+    assert "save_steps 2 -> 1, logging_steps 2 -> 1" in caplog.text
+    assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-2", "checkpoint-3", "checkpoint-4"}
+    assert sorted(_lrs(out)) == [2, 3, 4]  # step 1 by the first interval, then every step
+
+
 def test_a_finished_run_is_not_trained_again(tiny_model_dir, tiny_data, tmp_path, one_thread):
     """The same launch again after a run finished: transformers' Trainer took one step past max_steps at the
     schedule's end and wrote the final model again; now it is refused before anything loads (by launch's preflight

@@ -39,6 +39,7 @@ APPLIED = ("learning_rate", "weight_decay")  # restored with the optimizer: call
 FOLLOWED = ("max_steps", "num_train_epochs", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps")
 FOLLOWED += ("max_grad_norm",)
 FOLLOWED += ("lora_alpha", "lora_dropout", "use_rslora", "assistant_only_loss")
+FOLLOWED += ("save_steps", "logging_steps", "eval_steps")  # transformers restores them: callbacks.StepsAsGiven
 # ...and which rows the steps after the checkpoint train on
 DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path", "data_path", "data_weights")
 DATA += ("eval_split", "seed")

@@ -312,6 +312,16 @@ class PreemptionCallback(TrainerCallback):
         return control
 
 
+class StepsAsGiven(TrainerCallback):
+    """The run's own logging, evaluation and checkpoint intervals on a resume: transformers restores them from the
+    checkpoint's trainer_state.json (its warning goes to its own logger), so a relaunch with -o save_steps=2 to
+    checkpoint more often went on saving at the old interval."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
+        return control
+
+
 class ApplySettings(TrainerCallback):
     """Puts a resumed run's new settings (checkpoints.settings: what changed since the checkpoint was saved) into
     the optimizer and learning-rate schedule the Trainer restored from the checkpoint (after building its own from

@@ -158,7 +158,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback, ProgressCallback
 
     from ftctl.checkpoints import settings as checkpoint_settings
-    from ftctl.trainer.callbacks import ApplySettings, MetricsCallback, PreemptionCallback
+    from ftctl.trainer.callbacks import ApplySettings, MetricsCallback, PreemptionCallback, StepsAsGiven
     from ftctl.trainer.data import build_datasets, shared_rows, too_few_sequences
     from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.methods import apply_method
@@ -231,6 +231,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 metrics,
                 distributed.sharding_check(plan.strategy),
                 *reshard.callbacks(universal),
+                StepsAsGiven(),
                 *([ApplySettings(changed.applied)] if changed else []),
                 *([EarlyStoppingCallback(spec.early_stopping_patience)] if spec.early_stopping_patience else []),
                 *callbacks,
