@@ -37,7 +37,7 @@ from ftctl.errors import FtctlError
 from ftctl.launch import container_kind
 from ftctl.plan import Plan, dump_run, make_plan
 from ftctl.runpaths import RunPaths
-from ftctl.spec import BACKENDS, FIELDS, TRAINING_KEYS, RunSpec, join_paths, split_paths
+from ftctl.spec import BACKENDS, FIELDS, RUNS_HERE, TRAINING_KEYS, RunSpec, join_paths, resume_problem, split_paths
 from ftctl.storage import is_remote
 
 # name -> "module:class", imported on first use (importing SkyPilot alone costs seconds)
@@ -240,14 +240,22 @@ def backend_options() -> dict[str, frozenset[str]]:
     return {name: get(name).options for name in REGISTRY}
 
 
-def refuse_foreign_options(spec: RunSpec, backend: Backend) -> None:
-    """A key of another backend set to anything but its default is an error, with the accepted list."""
+def refuse_foreign_options(spec: RunSpec, backend: Backend, why: str = "--backend") -> None:
+    """A key of another backend set to anything but its default is an error, with the accepted list; ``why`` the
+    backend was chosen (choose_backend): one the user did not name is said to be the default's."""
     foreign = set().union(*backend_options().values()) - backend.options
     wrong = sorted(k for k in foreign if getattr(spec, k) != _default(k))
     if wrong:
         owners = {k: [n for n, opts in backend_options().items() if k in opts] for k in wrong}
         said = ", ".join(f"{k} ({'/'.join(owners[k])})" for k in wrong)
         accepted = ", ".join(sorted(backend.options)) or "none beyond the common run keys"
+        if why != "--backend":
+            mine = sorted({o for k in wrong for o in owners[k]})
+            raise FtctlError(
+                f"{', '.join(wrong)} {'is an option' if len(wrong) == 1 else 'are options'} of --backend {' or '.join(mine)}, and "
+                f"no --backend was given, so this run goes to {backend.name} ({why}): add --backend {mine[0]}, or "
+                f"remove {'it' if len(wrong) == 1 else 'them'}."
+            )
         raise FtctlError(
             f"--backend {backend.name} does not take {said}: remove {'it' if len(wrong) == 1 else 'them'}, or "
             f"choose the backend {'it belongs' if len(wrong) == 1 else 'they belong'} to. "
@@ -269,7 +277,7 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
     from ftctl import preflight
 
     name, why = choose_backend(spec)
-    rendered = prepare(replace(spec, backend=name))
+    rendered = prepare(replace(spec, backend=name), why)
     b = get(name)
     on_nodes = RunSpec(**json.loads(rendered.files[rendered.paths.spec.name])["spec"])  # as the trainer reads it
     findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus(), on_nodes)
@@ -306,6 +314,13 @@ def choose_backend(spec: RunSpec) -> tuple[str, str]:
     has the GPUs asked for (or none were named), else SkyPilot with a cloud enabled, else a refusal."""
     if spec.backend:
         return spec.backend, "--backend"
+    name, why = _choose(spec)
+    if name in RUNS_HERE and (said := resume_problem(spec.resume, here=True)):
+        raise FtctlError(said)  # validated before a backend was chosen: as one that runs elsewhere
+    return name, why
+
+
+def _choose(spec: RunSpec) -> tuple[str, str]:
     configured = os.environ.get("FTCTL_BACKEND") or userconfig.load().backend
     if configured:
         return configured, ("FTCTL_BACKEND" if os.environ.get("FTCTL_BACKEND") else str(userconfig.config_path()))
@@ -327,12 +342,14 @@ def choose_backend(spec: RunSpec) -> tuple[str, str]:
     )
 
 
-def prepare(spec: RunSpec) -> Rendered:
-    """Resolve, plan and render ``spec`` for its backend: what ``render`` prints and ``launch`` sends."""
-    name, _ = choose_backend(spec)
+def prepare(spec: RunSpec, why: str | None = None) -> Rendered:
+    """Resolve, plan and render ``spec`` for its backend: what ``render`` prints and ``launch`` sends; ``why``: how
+    launch chose the backend it names (choose_backend)."""
+    name, chosen = choose_backend(spec)
+    why = why or chosen
     spec = replace(spec, backend=name)
     backend = get(name)
-    refuse_foreign_options(spec, backend)
+    refuse_foreign_options(spec, backend, why)
     if not backend.needs_local_paths:  # before the plan, which would first ask a --model URI's size
         refuse_local_paths(spec, name)
     spec, plan = backend.resolve(spec)

@@ -322,6 +322,18 @@ def test_options_of_another_backend_are_refused_with_the_accepted_list(tmp_path,
     assert f"--backend {backend} does not take {refused}" in msg and f"{backend} accepts:" in msg
 
 
+def test_options_of_a_backend_not_named_say_to_name_it(tmp_path, monkeypatch):
+    """--time without --backend went to this machine and was answered "--backend local does not take time", a
+    backend the user never named."""
+    monkeypatch.setenv("FTCTL_BACKEND", "local")  # what the user's config may say: not named on the command line
+    with pytest.raises(FtctlError) as e:
+        _prep(tmp_path, backend=None, gpus=None, time="1:00:00", partition="gpu")
+    assert str(e.value).startswith(
+        "partition, time are options of --backend slurm, and no --backend was given, so this run goes to local "
+        "(FTCTL_BACKEND): add --backend slurm, or remove them."
+    )
+
+
 def test_every_slurm_state_maps_onto_one_job_state():
     from ftctl.backend import JobState
     from ftctl.slurm.backend import SLURM_STATES

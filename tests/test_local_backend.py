@@ -55,6 +55,17 @@ def test_cpu_nodes_without_a_backend_say_what_2xcpu_means(monkeypatch, tmp_path)
     assert choose_backend(RunSpec(gpus="cpu"))[0] == "local"
 
 
+def test_a_missing_checkpoint_to_resume_is_refused_when_the_backend_is_this_machine_by_default(tmp_path):
+    """The run description is checked before a backend is chosen, as for a cluster (a checkpoint-<step> path may be
+    there only): once this machine is chosen it must be here (a dry run passed, the launch failed in the trainer)."""
+    from ftctl.backend import choose_backend
+    from ftctl.spec import build
+
+    spec = build({"resume": str(tmp_path / "checkpoint-99")})
+    with pytest.raises(FtctlError, match=r"checkpoint-99 is not .* \(no trainer_state.json\)"):
+        choose_backend(spec)
+
+
 def test_doctor_says_what_a_varlen_plan_runs_here(monkeypatch):
     """The local doctor names the attention the trainer would run (here: no GPU, sdpa), and on a Hopper GPU
     without FlashAttention 4 says how to get it (the GPU is the outermost boundary: none here)."""
