@@ -82,7 +82,7 @@ from pathlib import Path
 
 from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError
-from ftctl.spec import STRATEGIES, RunSpec, parse_size
+from ftctl.spec import FIELDS, STRATEGIES, RunSpec, parse_size
 from ftctl.trainer.attention import default_packing, describe, plan_attention
 
 HEADROOM = 0.92
@@ -533,7 +533,6 @@ LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use
 
 def unused_settings(spec: RunSpec, method: str) -> list[str]:
     """Notes for settings the run gives that do nothing here (a lora run file relaunched with --method fft)."""
-    from ftctl.spec import FIELDS
 
     def given(keys):
         said = {k: getattr(spec, k) for k in keys if getattr(spec, k) != FIELDS[k].default}
@@ -671,6 +670,11 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     real_global = micro * accum * world
     if real_global != want_global and not spec.gradient_accumulation_steps:
         notes.append(f"global batch {want_global} rounded to {real_global} ({micro} x {accum} x {world})")
+    elif real_global != spec.global_batch_size != FIELDS["global_batch_size"].default:  # both given: accumulation's
+        notes.append(
+            f"global_batch_size={spec.global_batch_size} unused: gradient_accumulation_steps={accum} makes the batch "
+            f"{real_global} ({micro} x {accum} x {world}); leave one of them out"
+        )
     notes += unused_settings(spec, method)
     if shape.context and spec.model_max_length > shape.context:  # the trainer says it too, after the queue wait
         notes.append(

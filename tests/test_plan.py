@@ -788,6 +788,17 @@ def test_settings_that_do_nothing_for_the_method_are_noted():
     assert "eval_steps=50: no held-out data to evaluate (--eval-data FILE, or -o eval_split=0.05)" in notes
     lora = build({"method": "lora", "gpus": "8xA100", "model_params": "7b", "lora_r": 64, "eval_split": 0.1})
     assert not [n for n in make_plan(replace(lora, eval_steps=50)).notes if "unused" in n or "held-out" in n]
+    # all three of the batch given (axolotl's and FastChat's files often do): accumulation's batch, said
+    both = replace(lora, per_device_train_batch_size=4, gradient_accumulation_steps=2, global_batch_size=64)
+    agreed = make_plan(both)  # 4 x 2 x 8 GPUs is 64: they agree
+    assert agreed.global_batch_size == 64 and not [n for n in agreed.notes if "global_batch_size" in n]
+    one = make_plan(replace(both, gpus="1xA100"))
+    assert (
+        "global_batch_size=64 unused: gradient_accumulation_steps=2 makes the batch 8 (4 x 2 x 1); leave one of "
+        "them out"
+        in one.notes
+        and one.global_batch_size == 8
+    )
 
 
 def test_a_max_length_over_the_models_context_is_noted_before_the_job(tmp_path):
