@@ -440,6 +440,8 @@ def _coerce(key: str, value):
         return None
     origin = typing.get_origin(typ)
     if origin is list:
+        if _clears(value):
+            return []  # a later layer's `-o KEY=none` clears what an earlier one set (or the default secrets)
         if isinstance(value, str):  # secrets=A,B is a list of names; other lists take one item per flag
             parts = value.split(",") if key == "secrets" else [value]
             return [v for v in (s.strip() for s in parts) if v]
@@ -447,7 +449,7 @@ def _coerce(key: str, value):
             return [str(v) for v in value]
         raise ValueError(f"expects a list: {key}: [A, B] in a run file")
     if origin is dict:
-        if isinstance(value, str) and value.strip().lower() in ("none", "null", "{}"):
+        if _clears(value):
             return {}  # a later layer's `-o KEY=none` clears what an earlier one set
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
@@ -500,6 +502,13 @@ def _coerce(key: str, value):
             raise ValueError("expects a single value")
         return str(value)
     raise ValueError(f"unsupported type {typ}")  # pragma: no cover
+
+
+def _clears(value) -> bool:
+    """`-o KEY=none` of a list or mapping key: empties it, instead of adding an item named none."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:  # a flag given once: --secret none
+        value = value[0]
+    return isinstance(value, str) and value.strip().lower() in ("none", "null", "[]", "{}")
 
 
 def _canonical(key: str) -> str:
@@ -602,7 +611,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 errors.append(f"{said} ({source}): {e}.")
                 continue
             typ, _ = _base_type(_HINTS[key])
-            if typing.get_origin(typ) is list and source != "run file":
+            if typing.get_origin(typ) is list and source != "run file" and not _clears(raw):
                 base = values.get(key, FIELDS[key].default_factory())
                 val = base + [v for v in val if v not in base]  # flags/-o add to the list
             elif typing.get_origin(typ) is dict and key in values and val:

@@ -54,6 +54,12 @@ def test_list_flags_add_to_the_list():
     assert s.sbatch_args == ["--mem=64G", "--nodelist=n1,n2"]
     # a run file replaces a list's default
     assert build({"secrets": []}).secrets == []
+    # none clears, as it does a mapping's (it was an item: a setup line `none` that failed the job, a secret "none")
+    run = {"setup": ["module load cuda/12.4"], "sbatch_args": ["--mem=64G"]}
+    cleared = build(run, None, ["setup=none", "sbatch_arg=null"])
+    assert cleared.setup == [] and cleared.sbatch_args == []
+    assert build(run, None, ["setup=none", "setup=module load cuda/12.6"]).setup == ["module load cuda/12.6"]
+    assert build(None, {"secrets": ["none"]}).secrets == [] and build(None, None, ["secrets=none"]).secrets == []
 
 
 def test_env_pairs_merge():
