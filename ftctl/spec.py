@@ -81,6 +81,9 @@ ALIASES = {
     "target_modules": "lora_target_modules",  # PEFT's LoraConfig
     "lora_rank": "lora_r",
     "micro_batch_size": "per_device_train_batch_size",  # axolotl's
+    "sequence_len": "model_max_length",  # axolotl's
+    "val_set_size": "eval_split",  # axolotl's
+    "adapter": "method",  # axolotl's adapter: lora | qlora
     "base_model": "model_name_or_path",  # axolotl's
     "model_id": "model_name_or_path",
     "model_path": "model_name_or_path",
@@ -89,6 +92,8 @@ ALIASES = {
 MEANT = {
     "freeze_layers": "--method sft trains the top trainable_layers blocks and the head, the rest frozen.",
     "q_lora": "FastChat's flag is --method qlora here.",
+    "train_on_inputs": "axolotl's train_on_inputs: false is assistant_only_loss: true here (the default); true is "
+    "assistant_only_loss: false (the loss on every token).",
     "dataset": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list).",
     "datasets": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list).",
     "train_file": "The training data is data_path.",
@@ -108,7 +113,6 @@ DECIDED = {
     "evaluation_strategy": "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps",
     "eval_strategy": "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps",
     "save_strategy": "a checkpoint every save_steps",
-    "per_device_eval_batch_size": "the evaluation runs in micro-batches of the training's size",
     "lazy_preprocess": "rows are checked and tokenised once, before the model loads (ftctl data check shows them)",
     "tf32": "matmuls run in the plan's precision (bf16 or fp16 on a GPU)",
     "load_in_4bit": "--method qlora loads the base in 4-bit NF4 with double quantization",
@@ -135,7 +139,6 @@ AGREES = {
     "evaluation_strategy": ("no", "steps"),
     "eval_strategy": ("no", "steps"),
     "save_strategy": ("steps",),
-    "per_device_eval_batch_size": None,
     "lazy_preprocess": None,
     "tf32": None,
     "fsdp": ("", "false", "no"),
@@ -174,6 +177,8 @@ class RunSpec:
     eval_data_path: str | None = None  # held-out data in the same formats (FastChat's --eval_data_path)
     eval_split: float = 0.0  # or this fraction of data_path's rows held out (chosen with seed); 0: none
     eval_steps: int | None = None  # with held-out data: evaluate every N steps and at the end; default save_steps
+    # sequences per GPU in an evaluation's micro-batch; default: the training's, which the plan fits (no gradients)
+    per_device_eval_batch_size: int | None = None
     # with held-out data: stop once N evaluations in a row found no lower held-out loss (transformers' early stopping)
     early_stopping_patience: int | None = None
     output_dir: str | None = None  # local path or s3:// gs:// az:// URI; default runs/<run_name>
@@ -386,6 +391,7 @@ _PLACEMENT_KEYS = {
     "save_steps",
     "eval_data_path",
     "eval_steps",
+    "per_device_eval_batch_size",
     "save_total_limit",
     "gpus",
     "nodes",
@@ -762,6 +768,7 @@ def validate(spec: RunSpec) -> None:
         "disk_size",
         "ddp_bucket_cap_mb",
         "eval_steps",
+        "per_device_eval_batch_size",
         "early_stopping_patience",
     ):
         v = getattr(spec, key)

@@ -242,7 +242,7 @@ def test_keys_lists_every_run_key_with_its_default_and_text():
     assert sorted(k for _, k, _, _ in described_keys()) == sorted(FIELDS)
     listed = CliRunner().invoke(main, ["keys"])
     assert listed.exit_code == 0 and "\n  lora_r = 16  (also: r, lora_rank)\n" in listed.stdout
-    assert "  method = lora  fft | sft | lora | qlora\n" in listed.stdout
+    assert "  method = lora  (also: adapter) fft | sft | lora | qlora\n" in listed.stdout
     assert "\nslurm\n  partition = (unset)\n" in listed.stdout  # a backend's keys under its name
     one = CliRunner().invoke(main, ["keys", "dora"])
     assert one.exit_code == 0 and one.stdout.splitlines()[1].startswith("  use_dora = false  PEFT's DoRA")

@@ -216,6 +216,20 @@ def test_evaluation_settings_are_checked():
     assert build({}).evaluates is False
 
 
+def test_the_evaluation_batch_is_the_trainings_unless_given():
+    """FastChat's per_device_eval_batch_size was taken and ignored ("left to ftctl"): it is the evaluation's
+    micro-batch now; without it, the training's, which the plan fits."""
+    from ftctl.plan import make_plan
+    from ftctl.trainer.run import evaluation_args
+
+    spec = build({"eval_split": 0.1, "gpus": "1xA100", "model_params": "1b", "per_device_train_batch_size": 4})
+    assert evaluation_args(spec, make_plan(spec))["per_device_eval_batch_size"] == 4
+    given = build({**dict(eval_split=0.1, gpus="1xA100", model_params="1b"), "per_device_eval_batch_size": 16})
+    assert evaluation_args(given, make_plan(given))["per_device_eval_batch_size"] == 16
+    with pytest.raises(FtctlError, match="per_device_eval_batch_size must be at least 1, not 0"):
+        build({"per_device_eval_batch_size": 0})
+
+
 def test_held_out_rows_that_are_training_rows_are_said(tiny_model_dir, tiny_data, eval_data):
     """The same file twice: every held-out row is a training row. Rows compared by their tokens, through the index
     mapping eval_split's train_test_split leaves, a length at a time."""

@@ -284,11 +284,11 @@ def test_keys_ftctl_decides_itself_say_so_instead_of_unknown():
     }
     notes = []
     spec = build(fastchat, notes=notes)
-    assert spec.strategy == "fsdp" and spec.model_max_length == 2048
+    assert spec.strategy == "fsdp" and spec.model_max_length == 2048 and spec.per_device_eval_batch_size == 2
     assert notes == [
         "'fsdp' (run file): FSDP's full sharding is strategy=fsdp here (FSDP2, each layer sharded)",
-        "fsdp_transformer_layer_cls_to_wrap, tf32, evaluation_strategy, save_strategy, per_device_eval_batch_size, "
-        "lazy_preprocess (run file): left to ftctl, which does what the values given ask",
+        "fsdp_transformer_layer_cls_to_wrap, tf32, evaluation_strategy, save_strategy, lazy_preprocess (run file): "
+        "left to ftctl, which does what the values given ask",
     ]
     assert build({"fsdp": ""}).strategy is None  # FastChat's default: no FSDP asked
     other = {"fsdp": "full_shard auto_wrap offload", "save_strategy": "epoch", "evaluation_strategy": "epoch"}
@@ -493,13 +493,24 @@ def test_an_alias_is_suggested_only_for_a_near_typo_of_it():
 
 
 # --- ftctl keys shows and finds aliases ---------------------------------------------------------------------------
+def test_an_axolotl_run_file_reads_as_written():
+    """axolotl's names for the keys ftctl has; train_on_inputs (the inverse of a key) says which value is which."""
+    axolotl = {"base_model": "o/m", "adapter": "qlora", "sequence_len": 1024, "val_set_size": 0.05}
+    spec = build({**axolotl, "micro_batch_size": 2})
+    assert (spec.method, spec.model_max_length, spec.eval_split, spec.per_device_train_batch_size) == (
+        "qlora", 1024, 0.05, 2
+    )  # fmt: skip
+    with pytest.raises(FtctlError, match="train_on_inputs: false is assistant_only_loss: true here"):
+        build({**axolotl, "train_on_inputs": False})
+
+
 def test_keys_show_and_find_aliases():
     from click.testing import CliRunner
 
     from ftctl.cli import main
 
     said = {key: text for _, key, _, text in spec_mod.described_keys()}
-    assert said["model_max_length"].startswith("(also: max_seq_length, max_length, max_seq_len)")
+    assert said["model_max_length"].startswith("(also: max_seq_length, max_length, max_seq_len, sequence_len)")
     for alias, key in spec_mod.ALIASES.items():
         assert alias in said[key].split(")")[0], alias
     found = CliRunner().invoke(main, ["keys", "max_seq_length"])

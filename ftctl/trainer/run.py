@@ -342,7 +342,8 @@ def training_args(
 
 def evaluation_args(spec: RunSpec, plan: Plan) -> dict:
     """The held-out loss every eval_steps (default: at each checkpoint) and at the end, in micro-batches of
-    the training's size (no gradients: less memory), packed as training is; the lowest one's checkpoint kept.
+    per_device_eval_batch_size (default the training's: no gradients, less memory), packed as training is; the
+    lowest one's checkpoint kept.
     Without metric functions TRL's evaluation computes only the loss, through compute_loss: sft_trainer's LM
     head, no logits kept."""
     if not spec.evaluates:
@@ -350,7 +351,7 @@ def evaluation_args(spec: RunSpec, plan: Plan) -> dict:
     return {
         "eval_strategy": "steps",
         "eval_steps": spec.eval_every,
-        "per_device_eval_batch_size": plan.per_device_train_batch_size,
+        "per_device_eval_batch_size": spec.per_device_eval_batch_size or plan.per_device_train_batch_size,
         # the lowest held-out loss's checkpoint is kept beside the newest ones (transformers' rotation here,
         # sync_callback's protection in the store): what chat, eval and merge can take
         "metric_for_best_model": "eval_loss",
