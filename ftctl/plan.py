@@ -241,6 +241,10 @@ class PlanError(FtctlError):
     pass
 
 
+class DoesNotFit(PlanError):
+    """No plan of the method fits the GPUs (a local run falls back to qlora); other PlanErrors are the settings'."""
+
+
 # ------------------------------------------------------------------------------------------ shape
 def model_shape(model: str, model_params: str | None = None) -> ModelShape:
     """Model size from --model-params, its config.json (a local directory), a known id (or a tuned variant of
@@ -562,6 +566,11 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
             f"strategy={spec.strategy} is not one ftctl runs {spec.method} with ({', '.join(allowed)}): {why}."
         )
     shape = model_shape(spec.model_name_or_path, spec.model_params)
+    if spec.method == "sft" and shape.source != "--model-params" and spec.trainable_layers > shape.layers:
+        raise PlanError(  # the trainer's words (methods.py), before the job instead of on its node
+            f"trainable_layers={spec.trainable_layers} but the model has {shape.layers} blocks: use at most "
+            f"{shape.layers} (or method fft to train everything)."
+        )
     plan = _fit(spec, req, shape, spec.method)
     if plan is not None:
         read = Path(spec.model_name_or_path, "config.json")
@@ -573,7 +582,7 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
             if real:
                 plan.notes.append(f"--model-params {spec.model_params} planned instead of {read}'s {real:g}B")
         return plan
-    raise PlanError(_refusal(spec, req, shape))
+    raise DoesNotFit(_refusal(spec, req, shape))
 
 
 def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float | None = None) -> Plan | None:

@@ -229,6 +229,20 @@ def test_fallback_on_one_h200_host_says_what_offload_would_need():
     assert "an H200 has 141 GB" in note and "~172 GB of host RAM per node, which has 135.1 GB" in note
 
 
+def test_fallback_is_for_a_plan_that_does_not_fit_not_for_a_setting_in_error(tiny_model_dir):
+    """A setting's own error (a strategy lora never runs with, trainable_layers past the model's blocks) was taken for
+    "does not fit here" and the run went on as qlora, with a note."""
+    from ftctl.local.backend import fallback_plan
+    from ftctl.spec import build
+
+    base = dict(model_name_or_path=str(tiny_model_dir), gpus="1xH200", host_memory_gb=100.0)
+    with pytest.raises(FtctlError, match="strategy=zero3 is not one ftctl runs lora with"):
+        fallback_plan(build({**base, "method": "lora", "strategy": "zero3"}))
+    with pytest.raises(FtctlError, match="trainable_layers=5 but the model has 2 blocks: use at most 2"):
+        fallback_plan(build({**base, "method": "sft", "trainable_layers": 5}))
+    assert fallback_plan(build({**base, "method": "sft", "trainable_layers": 2}))[1].method == "sft"
+
+
 @pytest.mark.slow
 def test_local_fallback_runs_qlora_and_says_so_everywhere(tmp_path, tiny_model_dir, tiny_data):
     """The local backend falls back to qlora when the method asked for does not fit this machine:

@@ -24,7 +24,7 @@ from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, 
 from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv, trainer_env
-from ftctl.plan import Plan, PlanError, make_plan
+from ftctl.plan import DoesNotFit, Plan, PlanError, make_plan
 from ftctl.preflight import host_memory_gb
 from ftctl.runpaths import RunPaths
 from ftctl.spec import RunSpec
@@ -82,7 +82,7 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
     strategy), so the trainer, every message and spec.json agree with the plan."""
     try:
         return spec, make_plan(spec)
-    except PlanError as first:
+    except DoesNotFit as first:  # a setting's own error (trainable_layers past the model's blocks) stays one
         if spec.method == "qlora":
             raise
         fallback = replace(spec, method="qlora", learning_rate=None, optim=None, strategy=None)
