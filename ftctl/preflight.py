@@ -28,6 +28,7 @@ docker runs.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -82,7 +83,7 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nod
     from concurrent.futures import ThreadPoolExecutor
 
     findings = check_gpus(plan, backend_name, detected) + check_model(spec.model_name_or_path)
-    findings += check_chat_template(spec.chat_template_path)
+    findings += check_chat_template(spec.chat_template_path) + check_lora_targets(spec)
     with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
         data = [pool.submit(check_data, p, spec.s3_endpoint_url, f) for f, p in spec.data_sources]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
@@ -285,6 +286,50 @@ def check_model(name_or_path: str, flag: str = "--model") -> list[Finding]:
             )
         ]
     return []
+
+
+def check_lora_targets(spec) -> list[Finding]:
+    """lora_target_modules named one by one, matched against the model's modules as the trainer matches them
+    (methods.lora_targets), on a model built on the meta device from its config.json (a local directory's, or the
+    Hub's where it answers): a typo was said only by the trainer, on a cluster after the queue wait. Nothing is
+    said where the config cannot be read (check_model says why)."""
+    from ftctl.spec import lora_target_names
+
+    if spec.method not in ("lora", "qlora") or lora_target_names(spec.lora_target_modules) == "all-linear":
+        return []
+    config = _model_config(spec.model_name_or_path)
+    if config is None:
+        return []
+    try:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from ftctl.trainer.methods import lora_targets
+
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+        lora_targets(spec, model)
+    except FtctlError as e:
+        return [Finding(ERROR, str(e))]
+    except Exception:  # an architecture this transformers does not build: the trainer's own error says it
+        return []
+    return []
+
+
+def _model_config(name_or_path: str) -> dict | None:
+    """The model's config.json as a dict, None where it cannot be read here."""
+    from ftctl import hub
+    from ftctl.spec import is_demo_model
+
+    local = Path(name_or_path).expanduser() / "config.json"
+    try:
+        if local.is_file():
+            return json.loads(local.read_text())
+        if HUB_ID.match(name_or_path) and not is_demo_model(name_or_path):  # the demo's is built here, no Hub
+            return hub.model_config(name_or_path)  # asked already by check_model: cached
+    except (OSError, ValueError, hub.HubError):
+        pass
+    return None
 
 
 def check_chat_template(source: str | None) -> list[Finding]:

@@ -101,6 +101,20 @@ def test_model_directory_or_hub_id(tmp_path, model_dir, monkeypatch):
         (model_dir / name).unlink()
 
 
+def test_lora_target_modules_are_matched_against_the_models_modules_before_the_job(tiny_model_dir):
+    """A typo in lora_target_modules was said by the trainer only, on a cluster after the queue wait: the preflight
+    builds the model on the meta device from its config.json and says it in the trainer's words."""
+    from ftctl.spec import build
+
+    spec = build({"model_name_or_path": str(tiny_model_dir), "lora_target_modules": "q_prj,v_proj"})
+    (found,) = preflight.check_lora_targets(spec)
+    assert found.level == ERROR and "no module of" in found.what and "Did you mean 'q_proj'?" in found.what
+    assert preflight.check_lora_targets(build({**vars(spec), "lora_target_modules": ["q_proj", "v_proj"]})) == []
+    assert preflight.check_lora_targets(build({**vars(spec), "method": "fft"})) == []  # no adapters
+    unread = build({"model_name_or_path": "org/unread", "lora_target_modules": "q_prj", "model_params": "1b"})
+    assert preflight.check_lora_targets(unread) == []  # no config to build it from: the trainer checks
+
+
 def test_gated_model_wants_hf_token(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     text = only(check_model("meta-llama/Llama-3.1-8B"), WARNING)
