@@ -26,6 +26,28 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except click.NoSuchOption as e:  # FastChat's --learning_rate 2e-5: a run key, which goes with -o here
+            takes_keys = e.ctx is not None and any(p.name == "overrides" for p in e.ctx.command.params)
+            if takes_keys and (said := _run_key_hint(e.option_name, e.ctx.command)):
+                e.message, e.possibilities = f"No such option: {e.option_name}. {said}", None
+            raise
+
+
+def _run_key_hint(option: str, command: click.Command) -> str | None:
+    """What an unknown --OPTION that names a run key (or one ftctl decides) is here: the command's flag for it
+    where it has one (--model_name_or_path: --model), else -o."""
+    from ftctl.spec import FIELDS, canonical_key, not_a_key
+
+    word = option.lstrip("-")
+    key = canonical_key(word)
+    if key not in FIELDS:
+        return not_a_key(word)
+    flags = [p.opts[0] for p in command.params if isinstance(p, click.Option) and _FLAG_KEYS.get(p.name, p.name) == key]
+    from ftctl.backend import backend_options
+
+    if not flags and key in set().union(*backend_options().values()):  # `train --partition`: where it is not sent
+        return None
+    return f"{key} is a run key: {flags[0] + ' VALUE, or ' if flags else ''}-o {key}=VALUE (or {key}: VALUE in a run file)."
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -95,6 +117,10 @@ def run_options(fn=None, placement: bool = True):
     return fn
 
 
+# run flags named otherwise than their run key
+_FLAG_KEYS = {"model": "model_name_or_path", "data": "data_path", "eval_data": "eval_data_path", "output": "output_dir"}
+
+
 def _spec(kw: dict, backend: str | None = None):
     from ftctl import spec as spec_mod
 
@@ -103,13 +129,7 @@ def _spec(kw: dict, backend: str | None = None):
         raise FtctlError(f"Two run files, {run_file} and -c {config}: give one (merge them, or set keys with -o).")
     config = config or run_file
     overrides = kw.pop("overrides", ())
-    flags = {
-        "model_name_or_path": kw.pop("model", None),
-        "data_path": kw.pop("data", None),
-        "eval_data_path": kw.pop("eval_data", None),
-        "output_dir": kw.pop("output", None),
-        **kw,
-    }
+    flags = {key: kw.pop(name, None) for name, key in _FLAG_KEYS.items()} | kw
     if backend and not flags.get("backend"):
         flags["backend"] = backend
     for key in ("setup", "sbatch_args", "secrets"):

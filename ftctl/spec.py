@@ -517,7 +517,8 @@ def _clears(value) -> bool:
     return isinstance(value, str) and value.strip().lower() in ("none", "null", "[]", "{}")
 
 
-def _canonical(key: str) -> str:
+def canonical_key(key: str) -> str:
+    """The run key a name means: model -> model_name_or_path, --max-seq-length -> model_max_length."""
     k = key.strip().replace("-", "_")
     return ALIASES.get(k, k)
 
@@ -584,7 +585,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         named: dict[str, str] = {}  # key -> the name this layer gave it first
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
         for raw_key, raw in _mixes(items):
-            key = _canonical(raw_key)
+            key = canonical_key(raw_key)
             if key == "fsdp" and _fsdp_strategy(raw):
                 key, raw = "strategy", "fsdp"
                 said = f"{raw_key!r} ({source}): FSDP's full sharding is strategy=fsdp here (FSDP2, each layer sharded)"
@@ -690,13 +691,13 @@ def _suggest_key(word: str) -> str:
 def _mixes(items):
     """A run file's ``data_path: {PATH: WEIGHT, ...}`` (the alignment handbook's dataset_mixer) as data_path and
     data_weights."""
-    weighted = [k for k, v in items if _canonical(k) == "data_path" and isinstance(v, dict)]
-    if weighted and (named := [k for k, _ in items if _canonical(k) == "data_weights"]):
+    weighted = [k for k, v in items if canonical_key(k) == "data_path" and isinstance(v, dict)]
+    if weighted and (named := [k for k, _ in items if canonical_key(k) == "data_weights"]):
         raise FtctlError(
             f"{weighted[0]!r} is a mapping of datasets to weights, and {named[0]!r} gives weights too: keep one."
         )
     for key, value in items:
-        if _canonical(key) == "data_path" and isinstance(value, dict):
+        if canonical_key(key) == "data_path" and isinstance(value, dict):
             yield key, list(value)
             yield "data_weights", list(value.values())
         else:

@@ -213,6 +213,29 @@ def test_a_finished_run_says_what_to_do_with_it():
     assert "merge" not in next_steps(build({"method": "fft", "output_dir": "s3://b/r"}))
 
 
+def test_a_fastchat_flag_says_how_its_key_is_given_here():
+    """`--learning_rate 2e-5`, pasted from a FastChat train command, was "No such option" and nothing more."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    def said(*args):
+        r = CliRunner().invoke(main, list(args))
+        assert r.exit_code == 2 and "Traceback" not in r.output
+        return r.output.strip().splitlines()[-1]
+
+    assert said("plan", "--learning_rate", "2e-5").endswith(
+        "No such option: --learning_rate. learning_rate is a run key: -o learning_rate=VALUE (or learning_rate: VALUE "
+        "in a run file)."
+    )
+    assert "model_name_or_path is a run key: --model VALUE, or -o model_name_or_path=VALUE" in said(
+        "launch", "--model_name_or_path", "x"
+    )
+    assert "tf32 is not a run key: ftctl decides it" in said("render", "--tf32", "True")
+    assert said("plan", "--bogus").startswith("Error: No such option '--bogus'")  # click's own words otherwise
+    assert "run key" not in said("chat", "RUN", "--learning_rate", "1")  # chat takes no run keys
+
+
 def test_the_run_file_may_be_the_first_argument(tmp_path):
     """`ftctl plan run.yaml` (axolotl's `axolotl train config.yml`) reads it as -c does; two different ones are one
     error, not a guess."""
