@@ -324,16 +324,22 @@ def _choose(spec: RunSpec) -> tuple[str, str]:
     configured = os.environ.get("FTCTL_BACKEND") or userconfig.load().backend
     if configured:
         return configured, ("FTCTL_BACKEND" if os.environ.get("FTCTL_BACKEND") else str(userconfig.config_path()))
-    if not spec.gpus or get("local").has_gpus(spec):
+    req = gpu_table.parse(spec.gpus or "cpu", spec.nodes)
+    if req.nodes == 1 and (not spec.gpus or get("local").has_gpus(spec)):
         return "local", "this machine has the GPUs asked for" if spec.gpus else "no --gpus: this machine"
     sky_why = get("sky").available()
     if sky_why is True:
         return "sky", "this machine lacks those GPUs and SkyPilot has a cloud enabled"
-    req = gpu_table.parse(spec.gpus, spec.nodes)
+    if not spec.gpus:  # --nodes 2 alone: the local backend said it runs on one machine, a backend never named
+        raise FtctlError(
+            f"--nodes {req.nodes} asks for {req.nodes} nodes, and this machine is one: --backend slurm, or sky (a "
+            f"cloud: {sky_why}), with --gpus for each node (cpu, 8xA100 ...)."
+        )
     if req.is_cpu:  # 2xcpu: nodes of one process each, as 2x8xH100 is nodes x GPUs
         raise FtctlError(
-            f"--gpus {spec.gpus}{f' --nodes {spec.nodes}' * bool(spec.nodes)} asks for {req.nodes} nodes of one CPU process each: here, --gpus cpu (one process); "
-            "across nodes, --backend slurm or sky."
+            f"--gpus {spec.gpus}{f' --nodes {spec.nodes}' * bool(spec.nodes)} asks for {req.nodes} nodes of one CPU "
+            f"process each, and this machine is one: here, --gpus cpu (one process); across nodes, --backend slurm or "
+            f"sky (a cloud: {sky_why})."
         )
     raise FtctlError(
         f"No backend given, and this machine does not have --gpus {spec.gpus}. Choose one: --backend slurm "

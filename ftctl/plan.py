@@ -684,6 +684,11 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             f"global_batch_size={spec.global_batch_size} unused: gradient_accumulation_steps={accum} makes the batch "
             f"{real_global} ({micro} x {accum} x {world}); leave one of them out"
         )
+    if (spec.per_device_eval_batch_size or 0) > micro and spec.evaluates:
+        notes.append(
+            f"per_device_eval_batch_size={spec.per_device_eval_batch_size} is over the training's micro-batch of "
+            f"{micro}, which the memory estimate is for: an evaluation may run out of memory"
+        )
     notes += unused_settings(spec, method)
     if shape.context and spec.model_max_length > shape.context:  # the trainer says it too, after the queue wait
         notes.append(

@@ -136,8 +136,8 @@ DECIDED = {
 # DECIDED keys set to what ftctl does anyway (a FastChat or TRL recipe copied whole): accepted with a note, any other
 # value refused as above. None: any value.
 AGREES = {
-    "evaluation_strategy": ("no", "steps"),
-    "eval_strategy": ("no", "steps"),
+    "evaluation_strategy": ("no", "false", "steps"),  # as the held-out data says: build's _evaluation_asked
+    "eval_strategy": ("no", "false", "steps"),
     "save_strategy": ("steps",),
     "lazy_preprocess": None,
     "tf32": None,
@@ -151,7 +151,30 @@ AGREES = {
 
 def _agrees(key: str, raw) -> bool:
     accepted = AGREES.get(key, ())
-    return accepted is None or str(raw).strip().lower() in accepted
+    return accepted is None or _word(raw) in accepted
+
+
+def _word(raw) -> str:
+    """A value as AGREES lists it: YAML's unquoted no is False, "false" here."""
+    return str(raw).lower() if isinstance(raw, bool) else str(raw).strip().lower()
+
+
+def _evaluation_asked(spec, asked: dict[str, str]) -> list[str]:
+    """FastChat's evaluation_strategy (TRL's eval_strategy) against the held-out data the run has: "no" beside
+    held-out data, or "steps" without any, asks for what the run would not do."""
+    errors = []
+    for name, word in asked.items():
+        if word == "steps" and not spec.evaluates:
+            errors.append(
+                f"{name}: steps, without held-out data: give it (--eval-data FILE, or -o eval_split=0.05), or leave "
+                f"{name} out."
+            )
+        elif word != "steps" and spec.evaluates:
+            errors.append(
+                f"{name}: no, beside held-out data (eval_data_path or eval_split), which is evaluated every "
+                f"eval_steps: leave one of them out."
+            )
+    return errors
 
 
 def _fsdp_strategy(raw) -> bool:
@@ -581,11 +604,14 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if overrides:
         layers.append(("-o", parse_overrides(overrides)))
     values, errors = {}, []
+    evaluation: dict[str, str] = {}  # evaluation_strategy as given: checked against the held-out data below
     for source, items in layers:
         named: dict[str, str] = {}  # key -> the name this layer gave it first
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
         for raw_key, raw in _mixes(items):
             key = canonical_key(raw_key)
+            if raw_key.strip() == "adapter" and raw in (None, ""):  # axolotl's full fine-tune leaves it empty
+                raw = "fft"
             if key == "fsdp" and _fsdp_strategy(raw):
                 key, raw = "strategy", "fsdp"
                 said = f"{raw_key!r} ({source}): FSDP's full sharding is strategy=fsdp here (FSDP2, each layer sharded)"
@@ -604,6 +630,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             if key in DECIDED:
                 if _agrees(key, raw):
                     agreed.append(raw_key)
+                    if key in ("evaluation_strategy", "eval_strategy"):
+                        evaluation[raw_key] = _word(raw)
                 else:
                     errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")
                 continue
@@ -629,6 +657,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if errors:
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)
+    if said := _evaluation_asked(spec, evaluation):
+        raise FtctlError(_join(said))
     validate(spec)
     return spec
 

@@ -107,7 +107,7 @@ elif prog == "torchrun":
     status = os.environ.get("FTCTL_STATUS_FILE")
     if status:
         with open(status, "w") as fh:
-            fh.write("complete")
+            fh.write(os.environ.get("FAKE_STATUS", "complete"))  # the trainer's word: preempted to requeue
 """
 
 

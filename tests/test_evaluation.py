@@ -226,6 +226,9 @@ def test_the_evaluation_batch_is_the_trainings_unless_given():
     assert evaluation_args(spec, make_plan(spec))["per_device_eval_batch_size"] == 4
     given = build({**dict(eval_split=0.1, gpus="1xA100", model_params="1b"), "per_device_eval_batch_size": 16})
     assert evaluation_args(given, make_plan(given))["per_device_eval_batch_size"] == 16
+    assert any(
+        n.startswith("per_device_eval_batch_size=16 is over the training's micro-batch") for n in make_plan(given).notes
+    )
     with pytest.raises(FtctlError, match="per_device_eval_batch_size must be at least 1, not 0"):
         build({"per_device_eval_batch_size": 0})
 

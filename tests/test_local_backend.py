@@ -50,17 +50,21 @@ def test_cpu_nodes_without_a_backend_say_what_2xcpu_means(monkeypatch, tmp_path)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.delenv("FTCTL_BACKEND", raising=False)
     for gpus, nodes, said in [("2xcpu", None, "--gpus 2xcpu asks"), ("cpu", 3, "--gpus cpu --nodes 3 asks for 3")]:
-        with pytest.raises(FtctlError, match=f"{said}.* nodes of one CPU process each: here, --gpus cpu"):
+        with pytest.raises(FtctlError, match=f"{said}.* nodes of one CPU process each, and this machine is one: here"):
             choose_backend(RunSpec(gpus=gpus, nodes=nodes))
+    with pytest.raises(FtctlError, match="--nodes 2 asks for 2 nodes, and this machine is one: --backend slurm"):
+        choose_backend(RunSpec(nodes=2))  # it was "--backend local runs on this machine only", never named
     assert choose_backend(RunSpec(gpus="cpu"))[0] == "local"
 
 
-def test_a_missing_checkpoint_to_resume_is_refused_when_the_backend_is_this_machine_by_default(tmp_path):
+def test_a_missing_checkpoint_to_resume_is_refused_when_the_backend_is_this_machine_by_default(tmp_path, monkeypatch):
     """The run description is checked before a backend is chosen, as for a cluster (a checkpoint-<step> path may be
     there only): once this machine is chosen it must be here (a dry run passed, the launch failed in the trainer)."""
     from ftctl.backend import choose_backend
     from ftctl.spec import build
 
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("FTCTL_BACKEND", raising=False)
     spec = build({"resume": str(tmp_path / "checkpoint-99")})
     with pytest.raises(FtctlError, match=r"checkpoint-99 is not .* \(no trainer_state.json\)"):
         choose_backend(spec)

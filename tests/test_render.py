@@ -247,9 +247,10 @@ def test_a_failing_setup_line_stops_the_slurm_job_before_training(tmp_path):
     assert r.returncode == 0 and [c for c in read_log(tmp_path / "good.jsonl") if c["prog"] == "torchrun"], r.stderr
 
 
-def test_a_slurm_step_that_fails_before_the_trainer_says_so(tmp_path):
+def test_a_slurm_job_that_ends_without_the_trainers_error_says_why(tmp_path):
     """srun or the container failing before the trainer started (an image that cannot be pulled) left the job's
-    status at "exit 3": the script says what failed, in the line `ftctl status` reads."""
+    status at "exit 3": the script says what failed, in the line `ftctl status` reads; so do a requeue Slurm refuses
+    and the last requeue allowed."""
     fakes = fake_bin(tmp_path / "bin")
     env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "78", "SLURM_JOB_NODELIST": "node1"}
     prep = prepared(["container=apptainer:/img/ftctl.sif"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL)
@@ -260,6 +261,17 @@ def test_a_slurm_step_that_fails_before_the_trainer_says_so(tmp_path):
     assert failures.error_line(r.stdout + r.stderr).startswith("the job step exited with 3 before the trainer said how")
     r = run_bash(prep.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "ok.jsonl", env=env)  # the trainer said it
     assert r.returncode == 0 and failures.error_line(r.stdout + r.stderr) is None, (r.stdout, r.stderr)
+    # preempted: a requeue Slurm refuses is said as such, not as the requeue limit
+    stopped = {**env, "FAKE_STATUS": "preempted", "SLURM_JOB_ID": "79"}
+    r = run_bash(
+        prep.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "rq.jsonl", env={**stopped, "FAKE_FAIL": "scontrol"}
+    )
+    assert r.returncode == 1 and failures.error_line(r.stdout).startswith("scontrol requeue failed (exit 3;"), r.stdout
+    last = {**stopped, "SLURM_JOB_ID": "80", "SLURM_RESTART_COUNT": "5"}
+    r = run_bash(prep.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "last.jsonl", env=last)
+    assert r.returncode == 1 and failures.error_line(r.stdout).startswith("not requeueing: 5 requeues reached"), (
+        r.stdout
+    )
 
 
 @pytest.mark.parametrize("container", ["apptainer", "pyxis"])

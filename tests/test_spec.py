@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from ftctl import spec as spec_mod
 from ftctl.errors import FtctlError
@@ -291,6 +292,12 @@ def test_keys_ftctl_decides_itself_say_so_instead_of_unknown():
         "left to ftctl, which does what the values given ask",
     ]
     assert build({"fsdp": ""}).strategy is None  # FastChat's default: no FSDP asked
+    assert build(yaml.safe_load("eval_strategy: no\npush_to_hub: no")).evaluates is False  # YAML's no is False
+    with pytest.raises(FtctlError, match="evaluation_strategy: no, beside held-out data"):
+        build({"evaluation_strategy": "no", "eval_split": 0.1})  # the note would have said it does as asked
+    with pytest.raises(FtctlError, match="eval_strategy: steps, without held-out data: give it"):
+        build({"eval_strategy": "steps"})
+    assert build({"eval_strategy": "steps", "eval_data_path": "held.jsonl"}).evaluates
     other = {"fsdp": "full_shard auto_wrap offload", "save_strategy": "epoch", "evaluation_strategy": "epoch"}
     with pytest.raises(FtctlError) as e:
         build({**other, "deepspeed": "ds.json", "model_max_length": 2048})
@@ -500,6 +507,7 @@ def test_an_axolotl_run_file_reads_as_written():
     assert (spec.method, spec.model_max_length, spec.eval_split, spec.per_device_train_batch_size) == (
         "qlora", 1024, 0.05, 2
     )  # fmt: skip
+    assert build(yaml.safe_load("adapter:\nbase_model: o/m\n")).method == "fft"  # axolotl's full fine-tune
     with pytest.raises(FtctlError, match="train_on_inputs: false is assistant_only_loss: true here"):
         build({**axolotl, "train_on_inputs": False})
 

@@ -117,11 +117,17 @@ def test_the_model_card_of_a_hub_base_and_an_object_store_output():
     from ftctl.trainer import model_card
 
     spec = RunSpec(method="fft", model_name_or_path="Org/Base-1B", output_dir="s3://b/runs/r1", run_name="r1")
-    card = model_card.text(spec, "Org/Base-1B", adapter=False)
+    card = model_card.text(spec, "Org/Base-1B", adapter=False, local_dir="/cache/r1")
     assert "base_model: Org/Base-1B" in card and "library_name: transformers" in card
     assert "A full fine-tune of [Org/Base-1B](https://huggingface.co/Org/Base-1B)" in card and "# r1\n" in card
     assert 'pipeline("text-generation", model="DIR")' in card and "ftctl sync pull s3://b/runs/r1 DIR" in card
     assert "ftctl merge" not in card
+    # a local output is loaded from its absolute path (file:// and a relative --output were written as given)
+    here = RunSpec(method="lora", output_dir="file:///tmp/o")
+    card = model_card.text(here, "./models/llama", adapter=True, local_dir="/tmp/o")
+    assert 'from_pretrained("/tmp/o")' in card and "ftctl chat /tmp/o " in card and "file:" not in card
+    assert "A LoRA adapter of `./models/llama`" in card and "base_model" not in card
+    assert model_card.hub_id("Org/Base-1B") == "Org/Base-1B" and model_card.hub_id("./o/m") is None
 
 
 def test_lora_trains_an_adapter_that_peft_loads(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):

@@ -295,6 +295,9 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         f'  if [ "$ATTEMPT" -lt {requeues} ]; then',
         '    echo "ftctl: requeueing job $SLURM_JOB_ID"',
         '    scontrol requeue "$SLURM_JOB_ID" && exit 0',
+        f'    echo "{ERROR_PREFIX}scontrol requeue failed (exit $?; its words above): the job stopped at its checkpoint; '
+        'the same ftctl launch resumes it"',
+        "    exit 1",
         "  fi",
         f'  echo "{ERROR_PREFIX}not requeueing: {requeues} requeues reached (-o max_requeues=N); the same ftctl '
         'launch resumes from the last checkpoint"',

@@ -304,7 +304,8 @@ class PreemptionCallback(TrainerCallback):
         if self._vote(self.stop_requested()):
             if not self.preempted:
                 # the signal's name, not "preempted": a cancel (scancel, docker stop) sends the same SIGTERM
-                log.warning("stopping at step %d (%s): saving a checkpoint first", state.global_step, self.received)
+                why = self.received or "another rank was asked to stop"
+                log.warning("stopping at step %d (%s): saving a checkpoint first", state.global_step, why)
             self.preempted = True
             control.should_save = True
             control.should_training_stop = True

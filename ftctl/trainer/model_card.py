@@ -15,21 +15,21 @@ from huggingface_hub import ModelCard, ModelCardData
 from ftctl import __version__
 from ftctl.hub import HUB_ID
 from ftctl.spec import RunSpec
-from ftctl.storage import is_remote
+from ftctl.storage import is_remote, looks_like_path
 
 README = "README.md"
 
 
 def hub_id(base: str) -> str | None:
     """The base as a Hub id, None where it is a local directory (or anything else)."""
-    return base if HUB_ID.match(base) and not Path(base).exists() else None
+    return base if HUB_ID.match(base) and not Path(base).exists() and not looks_like_path(base) else None
 
 
-def text(spec: RunSpec, base: str, adapter: bool) -> str:
+def text(spec: RunSpec, base: str, adapter: bool, local_dir: str) -> str:
     """The card of a run of ``spec`` from ``base`` (the model as the user named it), its final model an adapter
-    (lora, qlora) or a whole model (fft, sft)."""
+    (lora, qlora) or a whole model (fft, sft), written in ``local_dir`` (an object store's output: staged there)."""
     linked = hub_id(base)
-    where = spec.output if not is_remote(spec.output) else "DIR"  # an object store's output: its local copy
+    where = str(Path(local_dir).resolve()) if not is_remote(spec.output) else "DIR"  # a store's: its local copy
     data = ModelCardData(
         base_model=linked,
         library_name="peft" if adapter else "transformers",
@@ -77,4 +77,4 @@ def _method(method: str) -> str:
 
 def write(directory: str, spec: RunSpec, base: str, adapter: bool) -> None:
     """The card into ``directory``, replacing TRL's or PEFT's (written at each checkpoint and with the final model)."""
-    ModelCard(text(spec, base, adapter)).save(str(Path(directory, README)))
+    ModelCard(text(spec, base, adapter, directory)).save(str(Path(directory, README)))
