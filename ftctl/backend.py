@@ -25,6 +25,7 @@ import dataclasses
 import importlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -118,6 +119,7 @@ class Backend:
     name: ClassVar[str]
     options: ClassVar[frozenset[str]] = frozenset()  # run keys of this backend (beyond the common ones)
     needs_local_paths: ClassVar[bool] = True  # False where the job runs on machines that cannot see ours
+    queues: ClassVar[bool] = True  # send hands the job to a scheduler; False: it runs here, in the foreground
     no_image: ClassVar[str | None] = None  # what runs when there is no image; None: this backend runs none
 
     # ---------------------------------------------------------------------------------- image
@@ -181,8 +183,13 @@ class Backend:
 
         self.check(rendered)
         refuse_a_second_job(rendered)
-        write_files(rendered)
-        ref = self.send(rendered)
+        put_back = write_files(rendered)
+        try:
+            ref = self.send(rendered)
+        except BaseException:
+            if self.queues:  # not sent: the run dir as it was (a job there may still read its spec.json)
+                put_back()
+            raise
         if ref is not None:  # recorded before anything is printed: `launch ... | head -1` closing the pipe lost it
             record_job(ref)
             for line in self.announce(rendered, ref):
@@ -420,12 +427,13 @@ def run_dir_for(spec: RunSpec) -> Path:
     return Path(out if not is_remote(out) else Path("runs") / spec.name).expanduser().resolve()
 
 
-def write_files(rendered: Rendered) -> None:
+def write_files(rendered: Rendered):
     """Each file written whole (temp file + rename). Over a run dir whose spec.json has other training settings:
     where it holds checkpoints of another kind of run (checkpoints.settings.KIND), or of a run on other data that
     resume=auto would silently continue (checkpoints.settings.NEW_DATA), it is refused; otherwise the
     relaunch goes ahead, says what changed and keeps the earlier spec.json in .ftctl/ (the trainer resumes the
-    newest checkpoint under the new settings, or refuses one it cannot continue: checkpoints.settings)."""
+    newest checkpoint under the new settings, or refuses one it cannot continue: checkpoints.settings).
+    Returns what puts the run dir back as it was, for a launch that is then not sent (sbatch refusing it)."""
     import click
 
     from ftctl.checkpoints import list_checkpoints
@@ -435,7 +443,10 @@ def write_files(rendered: Rendered) -> None:
     paths = rendered.paths
     if said := foreign_output(paths.root, paths.root):  # `ftctl train` has no preflight: said here too
         raise FtctlError(said)
+    created = not paths.root.exists()
     paths.root.mkdir(parents=True, exist_ok=True)
+    before = {name: _text_or_none(paths.name(name)) for name in rendered.files}
+    kept: list[Path] = []
     if paths.spec.exists():
         old = json.loads(paths.spec.read_text())["spec"]
         new = json.loads(rendered.files[paths.spec.name])["spec"]
@@ -457,13 +468,40 @@ def write_files(rendered: Rendered) -> None:
             keep = paths.earlier_spec(time.strftime("%Y%m%d-%H%M%S"))
             keep.parent.mkdir(parents=True, exist_ok=True)
             os.replace(paths.spec, keep)
+            kept.append(keep)
             click.echo(
                 f"relaunching {paths.root} with other {', '.join(changed)} (its earlier spec.json: {keep})", err=True
             )
     for name, text in rendered.files.items():
-        tmp = paths.name(f".{name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, paths.name(name))
+        _write_whole(paths.name(name), text)
+
+    def put_back() -> None:
+        for name, text in before.items():
+            if text is None:
+                paths.name(name).unlink(missing_ok=True)
+            else:
+                _write_whole(paths.name(name), text)
+        for keep in kept:
+            keep.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(paths.root, ignore_errors=True)  # it held only what this launch wrote
+        elif kept:
+            click.echo(f"{paths.root}: its spec.json put back (the launch was not sent)", err=True)
+
+    return put_back
+
+
+def _text_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _write_whole(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def refuse_a_second_job(rendered: Rendered) -> None:

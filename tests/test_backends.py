@@ -1,5 +1,8 @@
 """The run directory launch writes: whole files, and never a silent overwrite of another run."""
 
+import sys
+from pathlib import Path
+
 import pytest
 
 from ftctl.backend import JobRef, prepare, write_files
@@ -25,6 +28,27 @@ def test_relaunch_with_other_placement_reuses_the_run_dir(tmp_path):
     write_files(_prep(tmp_path, partition="b", time="01:00:00"))  # where it runs may change: resume
     assert "--partition=b" in (tmp_path / "run" / "job.sbatch").read_text()
     assert not list((tmp_path / "run").glob(".*.tmp"))  # files land whole (temp file + rename)
+
+
+def test_a_launch_that_is_not_sent_leaves_the_run_dir_as_it_was(tmp_path, monkeypatch):
+    """sbatch refusing (or not reaching) the cluster left the relaunch's spec.json in the run dir, where the job
+    still running there read it at its requeue: an unsent launch puts the files back, and a new run dir goes."""
+    from ftctl.backend import get
+
+    write_files(_prep(tmp_path))
+    run = tmp_path / "run"
+    before = {p.relative_to(run): p.read_text() for p in run.rglob("*") if p.is_file()}
+    fakes = tmp_path / "bin"  # no sinfo on this PATH: the cluster is not asked; sbatch refuses
+    fakes.mkdir()
+    (fakes / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: a' >&2\nexit 1\n")
+    (fakes / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fakes}:{Path(sys.executable).parent}")
+    with pytest.raises(FtctlError, match="invalid partition"):
+        get("slurm").submit(_prep(tmp_path, learning_rate=1e-5, partition="a"))
+    assert {p.relative_to(run): p.read_text() for p in run.rglob("*") if p.is_file()} == before
+    with pytest.raises(FtctlError, match="invalid partition"):
+        get("slurm").submit(_prep(tmp_path, output_dir=str(tmp_path / "fresh")))
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_relaunch_with_other_training_settings_keeps_the_earlier_spec(tmp_path, capsys):
