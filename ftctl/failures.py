@@ -17,6 +17,7 @@ lost): the run resumes from its newest complete checkpoint.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -81,6 +82,11 @@ def exception_line(exc: BaseException) -> str:
 
 
 ERROR_PREFIX = "error: "  # the trainer's one line where no launcher reports its records (trainer/__main__.py)
+# the quiet torchrun's line for a rank that died without a word (trainer/torchrun.py): the cause, where the other
+# ranks' errors (a peer's connection reset) are its effects
+KILLED = "was killed by"
+KILLED_HINT = " (SIGKILL: often the node's out-of-memory killer); a relaunch resumes from the last checkpoint"
+SHOWN_LINES = 8  # of a multi-line error (a data file's rows): the rest is in the log
 
 
 def tail(path, size: int = 64 * 1024) -> str:
@@ -94,8 +100,15 @@ def tail(path, size: int = 64 * 1024) -> str:
 
 
 def error_line(log_tail: str) -> str | None:
-    """The trainer's last ``error: ...`` line in a job's log (its end), without the prefix; None without one. What
-    ``ftctl status`` says of a failed Slurm or docker job instead of the exit code alone (torchrun's traceback that
-    follows it in the log repeats it)."""
-    lines = [line for line in log_tail.splitlines() if line.startswith(ERROR_PREFIX)]
-    return lines[-1][len(ERROR_PREFIX) :].strip() if lines else None
+    """The last ``error: ...`` of a job's log (its end), without the prefix, with the indented lines that go on
+    with it (a data file's rows: at most SHOWN_LINES); a rank killed without a word first, being the cause the
+    other ranks' errors follow from. None without one. What ``ftctl status`` says of a failed Slurm or docker job
+    instead of the exit code alone (torchrun's traceback that follows it in the log repeats it)."""
+    lines = log_tail.splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith(ERROR_PREFIX)]
+    if not said:
+        return None
+    first = ([i for i in said if KILLED in lines[i]] or said)[-1]
+    more = list(itertools.takewhile(lambda line: line[:1].isspace() and line.strip(), lines[first + 1 :]))
+    shown = more[:SHOWN_LINES] + [f"  ... {len(more) - SHOWN_LINES} more in the job's log"] * (len(more) > SHOWN_LINES)
+    return "\n".join([lines[first][len(ERROR_PREFIX) :].strip(), *shown])

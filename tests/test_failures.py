@@ -90,6 +90,15 @@ def test_a_failed_jobs_status_says_the_trainers_error_not_only_its_exit_code(tmp
     log = "step 1\nerror: No data at /mnt/x.json\nerror: rank 1: Cannot read /mnt/x.json\nTraceback (most recent...\n"
     assert failures.error_line(log) == "rank 1: Cannot read /mnt/x.json"
     assert failures.error_line("Traceback\n  error: indented is not the trainer's\n") is None
+    # a rank killed without a word is the cause; its peer's connection error, logged after it, an effect
+    killed = f"error: rank 1 on node2 {failures.KILLED} SIGKILL{failures.KILLED_HINT}"
+    two_nodes = f"step 3\n{killed}\nerror: RuntimeError: [gloo] Read error: Connection reset by peer\n"
+    assert failures.error_line(two_nodes) == killed.removeprefix("error: ")
+    # a multi-line error (a data file's rows) keeps its indented lines, up to SHOWN_LINES
+    rows = "".join(f"  - long.jsonl line {i}: longer than model_max_length\n" for i in range(1, 12))
+    said = failures.error_line(f"error: 11 problem(s) in the training data: fix or remove these rows:\n{rows}done\n")
+    assert said.splitlines()[1] == "  - long.jsonl line 1: longer than model_max_length"
+    assert len(said.splitlines()) == 1 + failures.SHOWN_LINES + 1 and said.endswith("... 3 more in the job's log")
     monkeypatch.setenv("FTCTL_HOME", str(tmp_path))
     record_job(JobRef("docker", "c1", str(tmp_path / "run"), "n", str(tmp_path / "run")))
     state = JobStatus(JobState.FAILED, "c1 FAILED exit 1")

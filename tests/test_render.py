@@ -247,6 +247,25 @@ def test_a_failing_setup_line_stops_the_slurm_job_before_training(tmp_path):
     assert r.returncode == 0 and [c for c in read_log(tmp_path / "good.jsonl") if c["prog"] == "torchrun"], r.stderr
 
 
+def test_usr2_during_the_setup_lines_is_a_checkpoint_request_not_the_jobs_end(tmp_path):
+    """Slurm's USR2 (a time limit's or a preemption's notice) while a setup line ran ended the batch shell, by bash's
+    default action: no checkpoint, no requeue, an empty log. The trap is set before them now."""
+    import signal
+    import time
+
+    fakes = fake_bin(tmp_path / "bin")
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "81", "SLURM_JOB_NODELIST": "node1"}
+    prep = prepared(["setup=sleep 2"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
+    full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(tmp_path / "log.jsonl"), "HOME": str(tmp_path), **env}
+    proc = subprocess.Popen(["bash", "-c", prep.text], cwd=tmp_path, env=full, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "USR2 (time limit or preemption): checkpointing" in out, out
+    assert (tmp_path / "stop.81.0").exists()  # what the trainer reads at its first step: save, stop, requeue
+    assert [c for c in read_log(tmp_path / "log.jsonl") if c["prog"] == "torchrun"]
+
+
 def test_a_slurm_job_that_ends_without_the_trainers_error_says_why(tmp_path):
     """srun or the container failing before the trainer started (an image that cannot be pulled) left the job's
     status at "exit 3": the script says what failed, in the line `ftctl status` reads; so do a requeue Slurm refuses
@@ -269,7 +288,7 @@ def test_a_slurm_job_that_ends_without_the_trainers_error_says_why(tmp_path):
     assert r.returncode == 1 and failures.error_line(r.stdout).startswith("scontrol requeue failed (exit 3;"), r.stdout
     last = {**stopped, "SLURM_JOB_ID": "80", "SLURM_RESTART_COUNT": "5"}
     r = run_bash(prep.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "last.jsonl", env=last)
-    assert r.returncode == 1 and failures.error_line(r.stdout).startswith("not requeueing: 5 requeues reached"), (
+    assert r.returncode == 1 and failures.error_line(r.stdout).startswith("not requeueing: max_requeues=5 reached"), (
         r.stdout
     )
 

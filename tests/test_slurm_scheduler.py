@@ -147,6 +147,7 @@ def test_logs_follow_of_a_pending_job_says_it_waits(slurm, tmp_path, capsys):
         slurm.run("scancel", job, check=False)
     follower.join(30)
     assert not follower.is_alive()
+    assert f"ftctl: job {job} CANCELLED" in capsys.readouterr().err  # and it said the job ended without output
 
 
 def test_status_of_unknown_and_malformed_job_ids(slurm):
@@ -169,6 +170,12 @@ def test_sacct_fallback_reads_the_jobcomp_file(slurm, tmp_path):
     assert plain.returncode != 0 and "accounting storage is disabled" in plain.stderr
     st = scheduler._sacct_status(job, None)
     assert (st.state, st.exit_code, st.source) == ("COMPLETED", 0, "sacct -c")
+    # a job cancelled before it started: the jobcomp file's NodeList is "(null)", which was said as its nodes
+    later = scheduler.submit(write_script(tmp_path / "later.sbatch", ["--begin=now+1hour"], "exit 0"), cwd=tmp_path)
+    slurm.run("scancel", later)
+    slurm.wait_done(later, 30)
+    st = scheduler._sacct_status(later, None)
+    assert st.state == "CANCELLED" and " on " not in st.describe(), st.describe()
 
 
 # ---------------------------------------------------------------------------- hostile values

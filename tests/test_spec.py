@@ -47,6 +47,13 @@ def test_config_as_dict_and_later_override_wins():
     assert s.lora_r == 3
 
 
+def test_max_requeues_is_zero_or_more():
+    """-1 was taken and acted as 0 ("not requeueing: -1 requeues reached")."""
+    assert build({"max_requeues": 0}).max_requeues == 0
+    with pytest.raises(FtctlError, match="max_requeues must be 0 .never requeue. or more, not -1"):
+        build({"max_requeues": -1})
+
+
 def test_list_flags_add_to_the_list():
     s = build({"secrets": ["HF_TOKEN"]}, {"secrets": ["MY_KEY"]}, ["secret=OTHER_KEY"])
     assert s.secrets == ["HF_TOKEN", "MY_KEY", "OTHER_KEY"]

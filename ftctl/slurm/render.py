@@ -268,6 +268,8 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "export FTCTL_RUN_DIR",
         *env_lines,
         f"# secrets come from the submitting environment, by name only: {secrets}",
+        f'on_signal() {{ echo "ftctl: USR2 (time limit or preemption): checkpointing"; touch "${STOP_ENV}"; }}',
+        "trap on_signal USR2  # before the setup lines: a signal during them would end the job unsaved",
         *_setup_lines(spec),
         "",
         'HEAD_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
@@ -277,8 +279,6 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "export RDZV_PORT",
         'echo "ftctl: job $SLURM_JOB_ID attempt $ATTEMPT on $SLURM_JOB_NODELIST (head $HEAD_ADDR)"',
         "",
-        f'on_signal() {{ echo "ftctl: USR2 (time limit or preemption): checkpointing"; touch "${STOP_ENV}"; }}',
-        "trap on_signal USR2",
         *preflight,
         join(step) + " &",
         "STEP_PID=$!",
@@ -287,7 +287,8 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "",
         f'if [ "$RC" -ne 0 ] && [ ! -s "${STATUS_ENV}" ]; then',
         f'  echo "{ERROR_PREFIX}the job step exited with $RC before the trainer said how it ended (srun or the '
-        'container failed, or the trainer was killed): see the lines above"',
+        "container failed, or the trainer was killed: out of memory?); the log has the details (ftctl logs "
+        '$SLURM_JOB_ID); the same ftctl launch resumes from the last checkpoint"',
         "fi",
         f'STATUS=$(cat "${STATUS_ENV}" 2>/dev/null || echo failed)',
         'echo "ftctl: trainer exited with $RC, status $STATUS"',
@@ -299,8 +300,8 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         'the same ftctl launch resumes it"',
         "    exit 1",
         "  fi",
-        f'  echo "{ERROR_PREFIX}not requeueing: {requeues} requeues reached (-o max_requeues=N); the same ftctl '
-        'launch resumes from the last checkpoint"',
+        f'  echo "{ERROR_PREFIX}not requeueing: max_requeues={requeues} reached (-o max_requeues=N); the same '
+        'ftctl launch resumes from the last checkpoint"',
         "  exit 1",
         "fi",
         'exit "$RC"',

@@ -242,7 +242,8 @@ def logs(
             last_check = now
             state = status(job_id, env)
             if state.finished:
-                _copy_new(log, offset, out, decoder)
+                if not _copy_new(log, offset, out, decoder) and not log.exists():
+                    print(f"ftctl: job {state.describe()}: it ended before it wrote any output", file=sys.stderr)
                 return log
             if offset == 0 and not log.exists() and state.describe() != waiting:
                 waiting = state.describe()
@@ -379,7 +380,7 @@ def _sacct_status(job_id: str, env) -> JobStatus | None:
         return JobStatus(
             job_id=job_id,
             state=state,
-            nodes=row[2].strip() if len(row) > 2 else "",
+            nodes=row[2].strip() if len(row) > 2 and row[2].strip() not in ("(null)", "None assigned") else "",
             reason=reason,
             exit_code=code,
             signal=sig,
