@@ -615,6 +615,9 @@ def status_lines(job: str) -> list[str]:
     lines = [state.text]
     if state.state is JobState.FAILED and (why := failures.error_line(b.log_tail(ref))):
         lines.append(f"{failures.ERROR_PREFIX}{why}")
+    newest = next((r for r, _ in recorded_jobs() if Path(r.run_dir) == Path(ref.run_dir)), ref)
+    if newest.job_id != ref.job_id:  # the run dir's metrics.jsonl goes on with the later job's steps
+        return [*lines, f"(job {newest.job_id} went on in {ref.run_dir} since: ftctl status {newest.job_id})"]
     return [*lines, *filter(None, [progress(ref)])]
 
 

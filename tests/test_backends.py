@@ -169,6 +169,23 @@ def test_progress_reads_the_last_step_and_held_out_loss_from_metrics(tmp_path):
     assert progress(ref) == "step 4  loss 2.0000; held-out loss 2.5000 at step 4 (lowest 2.4000 at step 2)"
 
 
+def test_an_earlier_jobs_status_points_at_the_later_job_of_its_run_dir(tmp_path, monkeypatch):
+    """`ftctl status 1` of a job relaunched into the same output as job 7 showed job 7's last step."""
+    import json
+
+    from ftctl.backend import JobRef, JobState, JobStatus, record_job, status_lines
+    from ftctl.docker.backend import DockerBackend
+
+    monkeypatch.setenv("FTCTL_HOME", str(tmp_path))
+    for job in ("c1", "c7"):
+        record_job(JobRef("docker", job, str(tmp_path / "run"), "n", str(tmp_path / "run")))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps({"step": 8, "loss": 1.5}) + "\n")
+    monkeypatch.setattr(DockerBackend, "status", lambda self, ref: JobStatus(JobState.SUCCEEDED, f"{ref.job_id} done"))
+    assert status_lines("c7") == ["c7 done", "step 8  loss 1.5000"]
+    assert status_lines("c1") == ["c1 done", f"(job c7 went on in {tmp_path / 'run'} since: ftctl status c7)"]
+
+
 def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
     """A local run trains in the foreground and records no job: status and logs take its directory (how far it got,
     finished once its final adapter is there), cancel says how to stop it; a directory that is no run is no job."""
