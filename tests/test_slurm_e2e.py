@@ -277,12 +277,14 @@ def test_doctor_through_the_cli(e2e):
     # every node's RealMemory is the same share of this machine's (tests/slurm/start-cluster.sh), in MiB
     real_mb = re.search(r"RealMemory=(\d+)", e2e.cluster.run("scontrol", "show", "node", "node1").stdout)
     node_gb = int(int(real_mb.group(1)) * 2**20 / 1e9)
+    cpus = re.search(r"CPUTot=(\d+)", e2e.cluster.run("scontrol", "show", "node", "node1").stdout).group(1)
     assert lines == [
         f"sbatch: {shutil.which('sbatch', path=e2e.env['PATH'])}",
         "controller: reachable",
-        f"partition debug (default): 2 node(s) [node1 STATE, node2 STATE], no GPUs, {node_gb} GB RAM a node, "
-        "time limit infinite",
-        f"partition gpu: 1 node(s) [node3 STATE], gpu:tiny:2, {node_gb} GB RAM a node, time limit infinite",
+        f"partition debug (default): 2 node(s) [node1 STATE, node2 STATE], no GPUs, {cpus} CPUs a node, {node_gb} GB "
+        "RAM a node, time limit infinite",
+        f"partition gpu: 1 node(s) [node3 STATE], gpu:tiny:2, {cpus} CPUs a node, {node_gb} GB RAM a node, time limit "
+        "infinite",
     ]
     proc = e2e.ftctl("doctor", "--backend", "slurm", "--partition", "debg", check=False)
     assert proc.returncode == 1

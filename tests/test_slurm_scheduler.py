@@ -351,7 +351,8 @@ def test_doctor_on_the_real_cluster(slurm):
     (problem,) = big.problems
     assert big.never_runs == [problem] and f"has at most {node_gb:.0f} GB a node" in problem
     assert f"-o host_memory_gb={int(node_gb)}" in problem
-    assert f"gpu:tiny:2, {int(node_gb)} GB RAM a node," in report.format()  # what -o host_memory_gb can take
+    said = f"gpu:tiny:2, {gpu.nodes[0].cpus} CPUs a node, {int(node_gb)} GB RAM a node,"  # what -o cpus_per_task
+    assert said in report.format()  # and -o host_memory_gb can take
 
 
 def test_what_doctor_accepts_runs_and_what_it_flags_fails(slurm, tmp_path):
@@ -417,6 +418,7 @@ def test_a_partitions_ram_is_said_in_gb_as_host_memory_gb_takes_it():
         "1-2147 GB RAM a node"
     )
     assert PartitionInfo("p", True, True, "1:00:00").memory_summary == "RAM unknown"
+    assert PartitionInfo("p", True, True, "1:00:00", [node(1000), node(1000)]).cpu_summary == "8 CPUs a node"
 
 
 # ------------------------------------------------------------------------------------ requeue

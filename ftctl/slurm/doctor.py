@@ -105,6 +105,14 @@ class PartitionInfo:
         return matching[0] if len(matching) == 1 and "" not in self.gpu_types else None
 
     @property
+    def cpu_summary(self) -> str:
+        """The nodes' CPUs, as -o cpus_per_task takes them (a task's at most)."""
+        counts = sorted({n.cpus for n in self.nodes if n.cpus})
+        if not counts:
+            return "CPUs unknown"
+        return f"{counts[0] if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'} CPUs a node"
+
+    @property
     def memory_summary(self) -> str:
         """The nodes' RAM, as -o host_memory_gb takes it (GB, rounded down)."""
         gbs = sorted({math.floor(n.memory_gb) for n in self.nodes})
@@ -143,7 +151,7 @@ class DoctorReport:
             lines.append(
                 f"partition {p.name}{' (default)' if p.default else ''}"
                 f"{'' if p.available else ' [not up]'}: {len(p.nodes)} node(s) "
-                f"[{states}], {p.gpu_summary}, {p.memory_summary}, time limit {p.time_limit}"
+                f"[{states}], {p.gpu_summary}, {p.cpu_summary}, {p.memory_summary}, time limit {p.time_limit}"
             )
         lines += [f"problem: {problem}" for problem in self.problems]
         return "\n".join(lines)
