@@ -9,7 +9,8 @@ is asked for anything. It looks at what a launch would otherwise find out late:
 | model  | a local directory with config.json and tokenizer files, or a well-formed hub id     |
 |        | ``org/name``; HF_TOKEN for the gated families                                       |
 | data   | the file, directory or object is there and its first file can be read; local data   |
-|        | up to ROW_CHECK_BYTES: its rows' own problems (invalid JSON, fields of no format)   |
+|        | up to ROW_CHECK_BYTES: its rows' own problems (invalid JSON, fields of no format);  |
+|        | before a Slurm job, up to TOKENIZE_BYTES: its rows through the tokenizer            |
 | output | local: the directory can be created and written; object store: credentials, bucket, |
 |        | write (a small marker object, put then deleted)                                     |
 | disk   | local output: room for the checkpoints the plan will write                          |
@@ -89,6 +90,8 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nod
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
         resume = pool.submit(check_resume, on_nodes or spec, plan)
         findings += [f for d in data for f in d.result()] + output.result() + resume.result()
+    if backend_name == "slurm" and not any(f.level == ERROR for f in findings):  # a queue wait before the trainer
+        findings += check_tokenized(spec)
     findings += check_disk(spec, plan) + check_secrets(spec) + check_demo_defaults(spec, backend_name)
     findings += check_endpoint_reach(spec, backend_name)
     return sorted(findings, key=lambda f: f.level != ERROR)
@@ -419,6 +422,61 @@ def _check_data(path: str, endpoint_url: str | None, flag: str, held_out: bool, 
 # (invalid JSON, fields of no format ftctl reads) are said at launch, not by the trainer after the job waited in a
 # queue or a GPU was paid for
 ROW_CHECK_BYTES = 64 * 2**20
+
+
+# local training data up to this size is also tokenized before a Slurm job (check_tokenized): a few seconds here
+# against a queue wait
+TOKENIZE_BYTES = 16 * 2**20
+
+
+def check_tokenized(spec) -> list[Finding]:
+    """The training rows through the model's tokenizer and chat template as the trainer takes them (trainer/data.py):
+    a template that refuses a row's roles, rows with nothing left to train after model_max_length, failed the job
+    on its node after the queue wait. Where the data is local and at most TOKENIZE_BYTES, and the tokenizer is here
+    (a local model directory, or a hub id in this machine's Hugging Face cache); else the trainer says it."""
+    from ftctl.spec import split_paths
+
+    paths = split_paths(spec.data_path)
+    if spec.data_path.startswith("builtin:") or any(storage.scheme(p) not in ("", "file") for p in paths):
+        return []
+    try:
+        from ftctl.trainer.formats import resolve_files
+
+        files = [f for p in paths for f in resolve_files(p)]
+        if sum(os.path.getsize(storage.filesystem(f)[1]) for f in files) > TOKENIZE_BYTES or not _tokenizer_here(
+            spec.model_name_or_path
+        ):
+            return []
+        from ftctl.trainer.data import check_data
+        from ftctl.trainer.masks import use_chat_template
+        from ftctl.trainer.model import load_tokenizer
+
+        tokenizer = use_chat_template(load_tokenizer(spec.model_name_or_path), spec.chat_template_path)
+        report = check_data(spec.data_path, tokenizer, spec.model_max_length, every_token=not spec.assistant_only_loss)
+    except (OSError, FtctlError, ImportError):  # unreadable here, or no tokenizer: the trainer's own check stands
+        return []
+    if report.ok:
+        return []
+    model = shlex.quote(spec.model_name_or_path)
+    return [
+        Finding(
+            ERROR,
+            report.error_message(),
+            f"`ftctl data check {shlex.quote(spec.data_path)} --model {model} --max-length {spec.model_max_length}` "
+            "lists every row and shows what the loss covers.",
+        )
+    ]
+
+
+def _tokenizer_here(model: str) -> bool:
+    """The model's tokenizer loads without a download: a local directory, or a hub id in the Hugging Face cache."""
+    if Path(model).expanduser().is_dir():
+        return True
+    if not HUB_ID.match(model):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model, "tokenizer_config.json"), str)
 
 
 def _row_problems(path: str, said: str, held_out: bool) -> list[Finding]:

@@ -115,6 +115,22 @@ def test_lora_target_modules_are_matched_against_the_models_modules_before_the_j
     assert preflight.check_lora_targets(unread) == []  # no config to build it from: the trainer checks
 
 
+def test_a_slurm_jobs_rows_go_through_the_tokenizer_before_the_queue_wait(tiny_model_dir, tiny_data, tmp_path):
+    """Rows with nothing left to train after model_max_length (or a template that refuses their roles) failed the
+    job on its node: before a Slurm job, local data of TOKENIZE_BYTES at most is tokenized as the trainer does."""
+    from ftctl.spec import build
+
+    long = tmp_path / "long.jsonl"
+    row = {"messages": [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]}
+    long.write_text((json.dumps(row) + "\n") * 3)
+    spec = build({"model_name_or_path": str(tiny_model_dir), "data_path": str(long), "model_max_length": 64})
+    (found,) = preflight.check_tokenized(spec)
+    assert found.level == ERROR and "every label is masked after truncation to 64 tokens" in found.what
+    assert f"ftctl data check {long} --model {tiny_model_dir} --max-length 64" in found.fix
+    assert preflight.check_tokenized(build({**vars(spec), "data_path": str(tiny_data)})) == []
+    assert preflight.check_tokenized(build({**vars(spec), "model_name_or_path": "org/not-cached"})) == []
+
+
 def test_gated_model_wants_hf_token(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     text = only(check_model("meta-llama/Llama-3.1-8B"), WARNING)
