@@ -186,8 +186,8 @@ class Backend:
         put_back = write_files(rendered)
         try:
             ref = self.send(rendered)
-        except BaseException:
-            if self.queues:  # not sent: the run dir as it was (a job there may still read its spec.json)
+        except FtctlError:  # refused, not sent (Ctrl-C during a cloud launch may have sent it: left as written)
+            if self.queues:  # the run dir as it was (a job there may still read its spec.json)
                 put_back()
             raise
         if ref is not None:  # recorded before anything is printed: `launch ... | head -1` closing the pipe lost it
