@@ -34,7 +34,7 @@ from typing import ClassVar
 
 from ftctl import gpus as gpu_table
 from ftctl import userconfig
-from ftctl.errors import FtctlError
+from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import container_kind
 from ftctl.plan import Plan, dump_run, make_plan
 from ftctl.runpaths import RunPaths
@@ -119,7 +119,6 @@ class Backend:
     name: ClassVar[str]
     options: ClassVar[frozenset[str]] = frozenset()  # run keys of this backend (beyond the common ones)
     needs_local_paths: ClassVar[bool] = True  # False where the job runs on machines that cannot see ours
-    queues: ClassVar[bool] = True  # send hands the job to a scheduler; False: it runs here, in the foreground
     no_image: ClassVar[str | None] = None  # what runs when there is no image; None: this backend runs none
 
     # ---------------------------------------------------------------------------------- image
@@ -186,9 +185,8 @@ class Backend:
         put_back = write_files(rendered)
         try:
             ref = self.send(rendered)
-        except FtctlError:  # refused, not sent (Ctrl-C during a cloud launch may have sent it: left as written)
-            if self.queues:  # the run dir as it was (a job there may still read its spec.json)
-                put_back()
+        except NotSent:  # refused where it was sent: the run dir as it was (a job there may still read its spec.json)
+            put_back()  # anything else (no answer, a Ctrl-C during a cloud launch) may have sent it: left as written
             raise
         if ref is not None:  # recorded before anything is printed: `launch ... | head -1` closing the pipe lost it
             record_job(ref)
@@ -443,7 +441,7 @@ def write_files(rendered: Rendered):
     paths = rendered.paths
     if said := foreign_output(paths.root, paths.root):  # `ftctl train` has no preflight: said here too
         raise FtctlError(said)
-    created = not paths.root.exists()
+    created = next((d for d in [*reversed(paths.root.parents), paths.root] if not d.exists()), None)  # the top one
     paths.root.mkdir(parents=True, exist_ok=True)
     before = {name: _text_or_none(paths.name(name)) for name in rendered.files}
     kept: list[Path] = []
@@ -484,7 +482,7 @@ def write_files(rendered: Rendered):
         for keep in kept:
             keep.unlink(missing_ok=True)
         if created:
-            shutil.rmtree(paths.root, ignore_errors=True)  # it held only what this launch wrote
+            shutil.rmtree(created, ignore_errors=True)  # it held only what this launch wrote
         elif kept:
             click.echo(f"{paths.root}: its spec.json put back (the launch was not sent)", err=True)
 
@@ -615,9 +613,9 @@ def status_lines(job: str) -> list[str]:
     lines = [state.text]
     if state.state is JobState.FAILED and (why := failures.error_line(b.log_tail(ref))):
         lines.append(f"{failures.ERROR_PREFIX}{why}")
-    newest = next((r for r, _ in recorded_jobs() if Path(r.run_dir) == Path(ref.run_dir)), ref)
-    if newest.job_id != ref.job_id:  # the run dir's metrics.jsonl goes on with the later job's steps
-        return [*lines, f"(job {newest.job_id} went on in {ref.run_dir} since: ftctl status {newest.job_id})"]
+    later = next((r for r, _ in recorded_jobs() if r.output == ref.output and r.run_dir == ref.run_dir), ref)
+    if later.job_id != ref.job_id and not is_remote(ref.output):  # metrics.jsonl goes on with the later job's steps
+        return [*lines, f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})"]
     return [*lines, *filter(None, [progress(ref)])]
 
 

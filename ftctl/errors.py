@@ -12,6 +12,15 @@ class FtctlError(Exception):
     exit_code = 2
 
 
+class NotSent(FtctlError):
+    """A job refused where it was sent (sbatch, docker run said no): nothing runs it, so the launch's files in its run
+    dir are put back. A scheduler that did not answer may have taken the job: that is a plain FtctlError."""
+
+
+class NoAnswer(FtctlError):
+    """A command that did not answer in time: whether it acted is not known."""
+
+
 def did_you_mean(word: str, choices) -> str:
     """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
     import difflib

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -85,8 +86,15 @@ ERROR_PREFIX = "error: "  # the trainer's one line where no launcher reports its
 # the quiet torchrun's line for a rank that died without a word (trainer/torchrun.py): the cause, where the other
 # ranks' errors (a peer's connection reset) are its effects
 KILLED = "was killed by"
-KILLED_HINT = " (SIGKILL: often the node's out-of-memory killer); a relaunch resumes from the last checkpoint"
 SHOWN_LINES = 8  # of a multi-line error (a data file's rows): the rest is in the log
+# the Slurm script's first line of each attempt (slurm/render.py; its log is appended to across requeues)
+ATTEMPT_LINE = "ftctl: job {job} attempt {attempt}"
+
+
+def killed_line(where: str, signal_name: str) -> str:
+    """The quiet torchrun's line for a rank that died of a signal without a word of its own."""
+    why = " (often the node's out-of-memory killer)" if signal_name == "SIGKILL" else ""
+    return f"{ERROR_PREFIX}{where} {KILLED} {signal_name}{why}; a relaunch resumes from the last checkpoint"
 
 
 def tail(path, size: int = 64 * 1024) -> str:
@@ -105,6 +113,9 @@ def error_line(log_tail: str) -> str | None:
     other ranks' errors follow from. None without one. What ``ftctl status`` says of a failed Slurm or docker job
     instead of the exit code alone (torchrun's traceback that follows it in the log repeats it)."""
     lines = log_tail.splitlines()
+    attempt = re.compile(re.escape(ATTEMPT_LINE).replace(r"\{job\}", r"\S+").replace(r"\{attempt\}", r"\d+"))
+    starts = [i for i, line in enumerate(lines) if attempt.match(line)]
+    lines = lines[starts[-1] :] if starts else lines  # the last attempt's: an earlier one's error is history
     said = [i for i, line in enumerate(lines) if line.startswith(ERROR_PREFIX)]
     if not said:
         return None

@@ -47,8 +47,13 @@ def test_a_launch_that_is_not_sent_leaves_the_run_dir_as_it_was(tmp_path, monkey
         get("slurm").submit(_prep(tmp_path, learning_rate=1e-5, partition="a"))
     assert {p.relative_to(run): p.read_text() for p in run.rglob("*") if p.is_file()} == before
     with pytest.raises(FtctlError, match="invalid partition"):
-        get("slurm").submit(_prep(tmp_path, output_dir=str(tmp_path / "fresh")))
-    assert not (tmp_path / "fresh").exists()
+        get("slurm").submit(_prep(tmp_path, output_dir=str(tmp_path / "fresh" / "run")))
+    assert not (tmp_path / "fresh").exists()  # with the parent the launch made for it
+    # an answer that is no job id: sbatch may have taken the job, so what it reads stays
+    (fakes / "sbatch").write_text("#!/bin/sh\necho 'Submitted batch job 42 on cluster main'\n")
+    with pytest.raises(FtctlError, match="instead of a job id"):
+        get("slurm").submit(_prep(tmp_path, learning_rate=1e-5, partition="a"))
+    assert '"learning_rate": 1e-05' in (run / "spec.json").read_text()
 
 
 def test_relaunch_with_other_training_settings_keeps_the_earlier_spec(tmp_path, capsys):
@@ -183,7 +188,10 @@ def test_an_earlier_jobs_status_points_at_the_later_job_of_its_run_dir(tmp_path,
     (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps({"step": 8, "loss": 1.5}) + "\n")
     monkeypatch.setattr(DockerBackend, "status", lambda self, ref: JobStatus(JobState.SUCCEEDED, f"{ref.job_id} done"))
     assert status_lines("c7") == ["c7 done", "step 8  loss 1.5000"]
-    assert status_lines("c1") == ["c1 done", f"(job c7 went on in {tmp_path / 'run'} since: ftctl status c7)"]
+    assert status_lines("c1") == ["c1 done", f"(job c7 was launched into {tmp_path / 'run'} since: ftctl status c7)"]
+    for job, output in (("s1", "s3://b/r1"), ("s2", "s3://b/r2")):  # one run dir, two outputs: two runs
+        record_job(JobRef("docker", job, str(tmp_path / "store-run"), "n", output))
+    assert status_lines("s1") == ["s1 done"]
 
 
 def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):

@@ -91,9 +91,14 @@ def test_a_failed_jobs_status_says_the_trainers_error_not_only_its_exit_code(tmp
     assert failures.error_line(log) == "rank 1: Cannot read /mnt/x.json"
     assert failures.error_line("Traceback\n  error: indented is not the trainer's\n") is None
     # a rank killed without a word is the cause; its peer's connection error, logged after it, an effect
-    killed = f"error: rank 1 on node2 {failures.KILLED} SIGKILL{failures.KILLED_HINT}"
+    killed = failures.killed_line("rank 1 on node2", "SIGKILL")
+    assert "out-of-memory" in killed and "out-of-memory" not in failures.killed_line("rank 0 on n1", "SIGSEGV")
     two_nodes = f"step 3\n{killed}\nerror: RuntimeError: [gloo] Read error: Connection reset by peer\n"
     assert failures.error_line(two_nodes) == killed.removeprefix("error: ")
+    # only the last attempt's (a requeued job's log is appended to): the first attempt's kill is history
+    attempt = failures.ATTEMPT_LINE.format(job=7, attempt=1)
+    requeued = f"{two_nodes}{attempt} on node[1-2] (head node1)\nerror: No data at /x.json\n"
+    assert failures.error_line(requeued) == "No data at /x.json"
     # a multi-line error (a data file's rows) keeps its indented lines, up to SHOWN_LINES
     rows = "".join(f"  - long.jsonl line {i}: longer than model_max_length\n" for i in range(1, 12))
     said = failures.error_line(f"error: 11 problem(s) in the training data: fix or remove these rows:\n{rows}done\n")

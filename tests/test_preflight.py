@@ -126,7 +126,18 @@ def test_a_slurm_jobs_rows_go_through_the_tokenizer_before_the_queue_wait(tiny_m
     spec = build({"model_name_or_path": str(tiny_model_dir), "data_path": str(long), "model_max_length": 64})
     (found,) = preflight.check_tokenized(spec)
     assert found.level == ERROR and "every label is masked after truncation to 64 tokens" in found.what
-    assert f"ftctl data check {long} --model {tiny_model_dir} --max-length 64" in found.fix
+    assert f"ftctl data check {long} --model {tiny_model_dir} --max-length 64 --show 2`" in found.fix
+    refusing = tmp_path / "refusing.jinja"  # a template that refuses every row: said in the command it suggests
+    refusing.write_text("{{ raise_exception('roles must alternate') }}")
+    over = {"assistant_only_loss": False, "chat_template_path": str(refusing), "data_path": str(tiny_data)}
+    (refused,) = preflight.check_tokenized(build({**vars(spec), **over}))
+    assert refused.fix.endswith(
+        f"--chat-template-path {refusing} --every-token` lists every row and shows what it trains."
+    )
+    broken = tmp_path / "broken-model"  # a tokenizer this machine cannot load: the trainer's to say, no traceback
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "tokenizer.json").write_text("{not json")
+    assert preflight.check_tokenized(build({**vars(spec), "model_name_or_path": str(broken)})) == []
     assert preflight.check_tokenized(build({**vars(spec), "data_path": str(tiny_data)})) == []
     assert preflight.check_tokenized(build({**vars(spec), "model_name_or_path": "org/not-cached"})) == []
 

@@ -255,10 +255,13 @@ def test_usr2_during_the_setup_lines_is_a_checkpoint_request_not_the_jobs_end(tm
 
     fakes = fake_bin(tmp_path / "bin")
     env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "81", "SLURM_JOB_NODELIST": "node1"}
-    prep = prepared(["setup=sleep 2"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
+    setup = ["setup=touch started; sleep 2"]
+    prep = prepared(setup, backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
     full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(tmp_path / "log.jsonl"), "HOME": str(tmp_path), **env}
     proc = subprocess.Popen(["bash", "-c", prep.text], cwd=tmp_path, env=full, stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:  # the setup line is running
+        time.sleep(0.05)
     proc.send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "USR2 (time limit or preemption): checkpointing" in out, out

@@ -24,7 +24,7 @@ import click
 from ftctl.backend import Backend, ImageChoice, JobRef, JobState, JobStatus, Rendered, recorded_jobs
 from ftctl.docker import render as docker_render
 from ftctl.docker.image import build_command, default_image, flavour_for
-from ftctl.errors import FtctlError
+from ftctl.errors import FtctlError, NotSent
 from ftctl.torch_builds import node_driver_cuda
 
 STOP_GRACE_S = 120  # docker stop's wait between SIGTERM and SIGKILL: time for one checkpoint
@@ -107,7 +107,7 @@ class DockerBackend(Backend):
         proc = _run(["sh", str(rendered.paths.docker_script)])
         if proc.returncode != 0:
             fix = f": {GPU_RUNTIME_FIX}" if "could not select device driver" in _last_line(proc) else ""
-            raise FtctlError(f"docker run failed: {_last_line(proc)}{fix}")
+            raise NotSent(f"docker run failed: {_last_line(proc)}{fix}")
         return JobRef("docker", name, str(rendered.paths.root), name, rendered.spec.output)
 
     def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:

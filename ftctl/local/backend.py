@@ -99,7 +99,6 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
 class LocalBackend(Backend):
     name = "local"
     options = PREFLIGHT_KEYS
-    queues = False
 
     def detected_gpus(self) -> str | None:
         return local_gpus()

@@ -22,7 +22,7 @@ import re
 from ftctl import __version__
 from ftctl.envvars import ATTEMPT_ENV, SLURM_RESTART_ENV
 from ftctl.errors import FtctlError
-from ftctl.failures import ERROR_PREFIX
+from ftctl.failures import ATTEMPT_LINE, ERROR_PREFIX
 from ftctl.launch import (
     PATH_PYTHON,
     STATUS_ENV,
@@ -277,7 +277,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "# a rendezvous port of this job's own: two jobs on one node would otherwise share one",
         _port_line(spec),
         "export RDZV_PORT",
-        'echo "ftctl: job $SLURM_JOB_ID attempt $ATTEMPT on $SLURM_JOB_NODELIST (head $HEAD_ADDR)"',
+        f'echo "{ATTEMPT_LINE.format(job="$SLURM_JOB_ID", attempt="$ATTEMPT")} on $SLURM_JOB_NODELIST (head $HEAD_ADDR)"',
         "",
         *preflight,
         join(step) + " &",

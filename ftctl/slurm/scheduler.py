@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from ftctl.errors import FtctlError
+from ftctl.errors import FtctlError, NoAnswer, NotSent
 
 COMMAND_TIMEOUT_S = 60
 FINISHED_STATES = frozenset(
@@ -145,9 +145,16 @@ def submit(script_path: str | os.PathLike, cwd: str | os.PathLike, env: Mapping[
         raise FtctlError(
             f"batch script {str(script)!r} does not exist; render it first (`ftctl render --backend slurm ...`)"
         )
-    proc = run_command(["sbatch", "--parsable", str(script.resolve())], env, cwd=cwd)
+    try:
+        proc = run_command(["sbatch", "--parsable", str(script.resolve())], env, cwd=cwd)
+    except NoAnswer as e:
+        raise FtctlError(
+            f"{e}. The job may have been submitted all the same: `squeue --me` before launching again."
+        ) from None
+    except FtctlError as e:  # not installed, no controller to reach: never sent
+        raise NotSent(str(e)) from None
     if proc.returncode != 0:
-        raise command_error("sbatch", f"refused {script.name}", proc)
+        raise NotSent(str(command_error("sbatch", f"refused {script.name}", proc)))
     out = proc.stdout.strip().splitlines()
     job_id = out[-1].split(";")[0].strip() if out else ""
     if not _JOB_ID.match(job_id):
@@ -281,7 +288,7 @@ def run_command(
     try:
         proc = subprocess.run([exe, *argv[1:]], env=environ, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise FtctlError(
+        raise NoAnswer(
             f"`{' '.join(argv[:2])}` did not answer within {timeout:.0f} s: "
             "slurmctld is slow or unreachable; check `scontrol ping`"
         ) from None

@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 
-from ftctl.failures import ERROR_PREFIX, KILLED, KILLED_HINT
+from ftctl.failures import killed_line
 
 # what torchrun logs at the end of a finished multi-node run (the exit barrier race above)
 EXIT_NOISE = ("Error waiting on exit barrier", "has failed to shutdown the rendezvous")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         rank, failure = e.get_first_failure()
         code, where = failure.exitcode, f"rank {rank} on {socket.gethostname()}"
         if code < 0:  # no line of its own: killed (SIGKILL: often the host's out-of-memory killer)
-            print(f"{ERROR_PREFIX}{where} {KILLED} {failure.signal_name()}{KILLED_HINT}", file=sys.stderr, flush=True)
+            print(killed_line(where, failure.signal_name()), file=sys.stderr, flush=True)
             return 128 - code
         say(f"{where} exited with {code}; its error is above")
         return code
