@@ -447,16 +447,18 @@ def check_tokenized(spec) -> list[Finding]:
             spec.model_name_or_path
         ):
             return []
+        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         from ftctl.trainer.data import check_data
         from ftctl.trainer.masks import use_chat_template
-        from ftctl.trainer.model import load_tokenizer
 
         was = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "Token indices sequence length is longer than ...": the report says it
         try:
-            tokenizer = use_chat_template(load_tokenizer(spec.model_name_or_path), spec.chat_template_path)
+            # transformers' own load (trainer.model's asks preflight.check_model first): local, or the HF cache
+            tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(spec.model_name_or_path))
+            tokenizer = use_chat_template(tokenizer, spec.chat_template_path)
             every = not spec.assistant_only_loss
             report = check_data(spec.data_path, tokenizer, spec.model_max_length, every_token=every)
         finally:
