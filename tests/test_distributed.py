@@ -493,7 +493,8 @@ def test_the_preflight_runs_the_probe_in_the_training_steps_shape(tiny_model_dir
     lines = render(spec, plan).splitlines()
     probe = next(i for i, x in enumerate(lines) if "-m ftctl.trainer.netcheck" in x)
     train = next(i for i, x in enumerate(lines) if "-m ftctl.trainer --spec" in x)
-    assert lines.index("trap on_signal USR2") < probe < train
+    trap = next(i for i, x in enumerate(lines) if x.startswith("trap on_signal USR2"))
+    assert trap < probe < train
     shape = lines[train].split(" -m ftctl.trainer")[0].replace(f"--rdzv-id {spec.name}", "")
     assert lines[probe].split(" -m ftctl.trainer")[0].replace(f"--rdzv-id {spec.name}-netcheck", "") == shape
     # on CPU it checks that the processes meet; the exit status is kept under set -e too

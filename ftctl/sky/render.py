@@ -201,8 +201,6 @@ def disk_size(spec: RunSpec, plan: Plan) -> int:
 def restarts_on_errors(spec: RunSpec) -> int:
     """max_requeues as SkyPilot reads it: a managed job's max_restarts_on_errors, SPOT_RESTARTS_ON_ERRORS unless
     given. A cluster job keeps the spec's (ignored_options refuses one given there)."""
-    if spec.max_requeues is not None and spec.max_requeues < 0:
-        raise FtctlError(f"max_requeues={spec.max_requeues}: give 0 or more restarts.")
     if spec.spot and not given(spec, "max_requeues"):
         return SPOT_RESTARTS_ON_ERRORS
     return spec.max_requeues
