@@ -5,7 +5,8 @@
 
 The c10d rendezvous assigns node ranks, so the line is the same on every node. Where jobs may share a node
 (Slurm), the backend passes a port and a job tag of the job's own (Shell variables), so two jobs never meet in
-one rendezvous; elsewhere it is spec.rdzv_port and the run name.
+one rendezvous; a run on this host alone (local, docker: ``head=None``) rendezvous on a free port of its own
+(``--standalone``) unless it sets rdzv_port; elsewhere it is spec.rdzv_port and the run name.
 
 User values are always quoted with ``shlex.quote``; intentional shell (``"$HEAD_ADDR"``) is marked
 ``Shell`` and passes through untouched, so no value a user typed is ever interpolated by hand.
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from ftctl.envvars import STATUS_ENV, STOP_ENV, THREADS_ENV  # noqa: F401  (re-exported for the renderers)
 from ftctl.failures import ERROR_PREFIX
 from ftctl.plan import Plan
-from ftctl.spec import RunSpec
+from ftctl.spec import FIELDS, RunSpec
 
 
 class Shell(str):
@@ -48,7 +49,7 @@ def torchrun_argv(spec: RunSpec, plan: Plan, spec_path, head, python=None, quiet
     runs torchrun as a module, else the ``torchrun`` on PATH runs; ``quiet``: ftctl's torchrun (ftctl.trainer.
     torchrun: a failed rank in one line, no exit-barrier race of a finished multi-node run), with ``python``;
     ``port`` (default spec.rdzv_port) and ``job`` (a tag appended to the rendezvous id) are the job's own where
-    several jobs may share a node."""
+    several jobs may share a node; ``head=None``: the run is this host's alone (standalone)."""
     return [
         *_torchrun(spec, plan, head, python, quiet, port, _rdzv_id(spec.name, job)),
         "-m",
@@ -63,14 +64,19 @@ def _torchrun(spec: RunSpec, plan: Plan, head, python, quiet: bool, port, rdzv_i
     assert python or not quiet, "ftctl's quiet torchrun runs as a module: name its python"
     module = "ftctl.trainer.torchrun" if quiet else "torch.distributed.run"
     torchrun = [python, "-m", module] if python else ["torchrun"]
+    procs = ["--nnodes", str(plan.nodes), "--nproc-per-node", str(nproc_per_node(plan))]
+    if head is None:
+        assert plan.nodes == 1, "a run on this host alone has one node"
+        if port is None and spec.rdzv_port == FIELDS["rdzv_port"].default:
+            # a free port of its own: on one fixed port, a second run on this host joined the first's store
+            # (torchrun tries it as a client when the port is taken) and failed when that run ended
+            return [*torchrun, "--standalone", *procs]
+        head = "127.0.0.1"
     port = spec.rdzv_port if port is None else port
     shell = isinstance(head, Shell) or isinstance(port, Shell)
     return [
         *torchrun,
-        "--nnodes",
-        str(plan.nodes),
-        "--nproc-per-node",
-        str(nproc_per_node(plan)),
+        *procs,
         "--rdzv-backend",
         "c10d",
         "--rdzv-endpoint",

@@ -393,3 +393,43 @@ def test_an_interrupted_run_says_whether_a_relaunch_resumes_or_starts_again(tmp_
     assert said.endswith("Run the same `ftctl launch` again to start it again (no checkpoint was saved yet).")
     write_manifest(str(make_checkpoint(paths.root, 2)), 2, 1, "h")
     assert failure_message(paths, 130, spec).endswith("again to resume from the last checkpoint.")
+
+
+WORKER = """
+import sys, time
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+for _ in range(int(sys.argv[1])):
+    time.sleep(0.5)
+    dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_two_runs_on_one_host_each_meet_on_a_port_of_their_own(tmp_path):
+    """A run on this host alone (local on GPUs, docker) took 127.0.0.1:29500 for its rendezvous: a second one
+    there joined the first's c10d store (torchrun takes a taken port for its own run's) and failed when the first
+    ended. Both launch lines take a free port each (torchrun --standalone) unless the run sets rdzv_port."""
+    from ftctl.docker.render import argv as docker_argv
+    from ftctl.local.backend import argv as local_argv
+    from tests.render_fixtures import prepared
+
+    r = prepared(backend="local", gpus="2xA100", output_dir=str(tmp_path / "o"))
+    line = local_argv(r.spec, r.plan, "spec.json")
+    assert "--standalone" in line and "--rdzv-endpoint" not in line
+    r = prepared(["rdzv_port=29611"], backend="local", gpus="2xA100", output_dir=str(tmp_path / "o"))
+    assert "127.0.0.1:29611" in local_argv(r.spec, r.plan, "spec.json")
+
+    r = prepared(backend="docker", gpus="cpu", output_dir=str(tmp_path / "o"))
+    line = docker_argv(r.spec, r.plan, str(tmp_path / "run"))
+    torchrun = line[line.index("ftctl.trainer.torchrun") - 2 : line.index("ftctl.trainer", line.index("--nnodes")) - 1]
+    assert "--standalone" in torchrun
+    (tmp_path / "w.py").write_text(WORKER)
+    cmd = [sys.executable, *torchrun[1:], str(tmp_path / "w.py")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([*cmd, "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1)  # the first has its store by now
+    second = subprocess.run([*cmd, "12"], env=env, capture_output=True, text=True, timeout=120)
+    assert first.wait(timeout=60) == 0, first.stdout.read()
+    assert second.returncode == 0, second.stderr  # it went on after the first run ended

@@ -109,9 +109,7 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
     for name in [*spec.secrets, *names]:
         cmd += ["-e", name]  # value passed from this environment by docker, never written
     cmd += ["-w", run_dir, image]
-    cmd += torchrun_argv(
-        spec, plan, os.path.join(run_dir, "spec.json"), head="127.0.0.1", python=PATH_PYTHON, quiet=True
-    )
+    cmd += torchrun_argv(spec, plan, os.path.join(run_dir, "spec.json"), head=None, python=PATH_PYTHON, quiet=True)
     return cmd
 
 

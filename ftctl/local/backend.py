@@ -269,11 +269,11 @@ def varlen_here() -> str:
 def argv(spec: RunSpec, plan: Plan, spec_path) -> list[str]:
     if plan.world_size == 1:
         return [sys.executable, "-m", "ftctl.trainer", "--spec", str(spec_path)]
-    return torchrun_argv(spec, plan, str(spec_path), head="127.0.0.1", python=sys.executable)
+    return torchrun_argv(spec, plan, str(spec_path), head=None, python=sys.executable)
 
 
 def preflight_argv(spec: RunSpec, plan: Plan) -> list:
-    return netcheck_argv(spec, plan, head="127.0.0.1", python=sys.executable)
+    return netcheck_argv(spec, plan, head=None, python=sys.executable)
 
 
 def preflight_network(spec: RunSpec, plan: Plan) -> None:
