@@ -514,6 +514,20 @@ def test_docker_keeps_the_users_groups_and_mounts_a_checkpoint_to_resume(monkeyp
     assert f"{checkpoint}:{checkpoint}" in argv
 
 
+def test_docker_mounts_the_hub_cache_this_host_keeps_apart(monkeypatch, tmp_path):
+    """HF_HUB_CACHE (or HF_DATASETS_CACHE ...) set here, outside HF_HOME: the container got HF_HOME only, so a
+    model cached there was downloaded again into HF_HOME/hub."""
+    for var in docker_render.HF_CACHE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "big" / "hub"))
+    prep = prepared(backend="docker", gpus="1xA100", model_name_or_path=MODEL, output_dir=str(tmp_path / "o"))
+    argv = docker_render.argv(prep.spec, prep.plan, str(tmp_path / "o"))
+    hub = tmp_path / "big" / "hub"
+    assert f"{hub}:{hub}" in argv and f"HF_HUB_CACHE={hub}" in argv
+    assert str(hub) in docker_render.host_caches().dirs()  # created before docker runs (else root's)
+    assert not any("HF_DATASETS_CACHE" in a for a in argv)  # only what is set here
+
+
 def test_docker_takes_the_plans_gpus_not_the_hosts(monkeypatch):
     """2 of an 8-GPU host: `--gpus 2`, or the first two CUDA_VISIBLE_DEVICES names (never `all`)."""
 
@@ -779,7 +793,7 @@ def test_rendered_text_matches_golden(name, monkeypatch):
     # docker's user and caches are the launching host's: name them independently of the machine
     monkeypatch.setattr(docker_render, "host_user", lambda: (1000, 1000, "user", ()))
     monkeypatch.setenv("HOME", "/fixed/home")
-    for var in ("XDG_CACHE_HOME", "HF_HOME", "CUDA_VISIBLE_DEVICES"):
+    for var in ("XDG_CACHE_HOME", "HF_HOME", "CUDA_VISIBLE_DEVICES", *docker_render.HF_CACHE_VARS):
         monkeypatch.delenv(var, raising=False)
     if name in GOLDEN_CONFIG:
         text, built = GOLDEN_CONFIG[name]

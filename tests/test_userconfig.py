@@ -313,3 +313,17 @@ def test_render_and_dry_run_say_which_image_and_why(tmp_path, monkeypatch):
     local = CliRunner().invoke(main, ["render", "--backend", "local", "--gpus", "cpu", "--output", str(tmp_path)])
     assert local.exit_code == 0 and local.stderr == ""  # the local backend runs no image
     assert not os.listdir(tmp_path)
+
+
+def test_a_build_for_v100_and_h100_serves_both(monkeypatch):
+    """`ftctl build --gpus V100,H100` compiled flash-attn for H100 only and recorded "H100": its V100 runs (no
+    flash-attn 2: the generic image's rule) found no image and took the default one, never built. The build holds
+    the generic image's architectures too, and its record names every tier."""
+    _fake_build(monkeypatch)
+    plan = image_build.commands("V100,H100", push="ghcr.io/my-org")
+    assert "-cu126-" in plan.image and plan.image.endswith("-sm80_90")  # V100's flavour, A100 + H100's code
+    image_build.build(plan)
+    (rec,) = userconfig.load().built
+    assert (rec.gpus, rec.cuda) == ("V100,A100,H100", "cu126")
+    for gpus in ("8xV100", "8xH100", "8xA100"):
+        assert _prep("sky", gpus).image.ref == plan.image, gpus

@@ -91,7 +91,9 @@ def commands(
     for k, v in args.items():
         argv += ["--build-arg", f"{k}={v}"]
     argv += ["--tag", ref, "--push" if push else "--load", str(ctx)]
-    tiers = ",".join(t.name for t in image.tiers_of(gpus))
+    # the tiers named (a V100 too, which runs the image without flash-attn) and those flash-attn is built for
+    served = {t.name: t for t in (*image.named_tiers(gpus), *image.tiers_of(gpus))}.values()
+    tiers = ",".join(t.name for t in sorted(served, key=image.tier_order))
     plan = BuildPlan(image=ref, context=ctx, docker=argv, gpus=tiers, pushed=bool(push), cuda=cuda)
     if apptainer:
         sif = Path(f"{image.REPOSITORY}-{tag}.sif").resolve()

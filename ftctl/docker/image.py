@@ -71,7 +71,7 @@ class Pins:
         build = torch_builds.by_name(self.cuda_short)
         if build is None:  # a CUDA torch_builds does not list: no claim either way
             return True
-        return all(build.runs_on(t.compute_capability) for t in _named_tiers(gpus)) and (
+        return all(build.runs_on(t.compute_capability) for t in named_tiers(gpus)) and (
             driver_cuda is None or build.runs_under(driver_cuda)
         )
 
@@ -121,7 +121,7 @@ def flavour_for(gpus, driver_cuda: tuple[int, int] | None = None) -> str:
     for name, p in flavours().items():
         if p.serves(gpus, driver_cuda):
             return name
-    names = ", ".join(t.name for t in _named_tiers(gpus)) or "CPU"
+    names = ", ".join(t.name for t in named_tiers(gpus)) or "CPU"
     under = f" under a driver for CUDA {driver_cuda[0]}.{driver_cuda[1]}" if driver_cuda else ""
     raise FtctlError(
         f"no flavour of ftctl's image ({', '.join(flavours())}) runs on {names}{under}: update the NVIDIA driver, "
@@ -136,17 +136,21 @@ def build_command(gpus, cuda: str) -> str:
 
 
 def tiers_of(gpus: str | GpuTier | Iterable[GpuTier | str] | None) -> tuple[GpuTier, ...]:
-    """``"A100,H100"``, ``"8xH100"``, a tier, several, or None (CPU) → the tiers the image's flash-attn is built for."""
-    out: list[GpuTier] = []
-    for t in _named_tiers(gpus):
-        if t.flash_attn2 and t not in out:
-            out.append(t)
-    if not out:  # only T4 or CPU: the generic image
-        out = [tier(n) for n in GENERIC_TIERS]
-    return tuple(sorted(out, key=lambda t: (t.compute_capability, t.name)))
+    """``"A100,H100"``, ``"8xH100"``, a tier, several, or None (CPU) → the tiers the image's flash-attn is built for.
+    A tier without flash-attn 2 (T4, V100) or CPU runs the generic image, so its tiers come in too: an image built
+    for V100,H100 serves a V100 run as the default image would."""
+    named = named_tiers(gpus)
+    out = [t for t in named if t.flash_attn2]
+    if len(out) < len(named) or not named:
+        out += [tier(n) for n in GENERIC_TIERS]
+    return tuple(sorted({t.name: t for t in out}.values(), key=tier_order))
 
 
-def _named_tiers(gpus) -> list[GpuTier]:
+def tier_order(t: GpuTier) -> tuple:
+    return (t.compute_capability, t.name)
+
+
+def named_tiers(gpus) -> list[GpuTier]:
     if gpus is None:
         items: list = []
     elif isinstance(gpus, GpuTier):
@@ -274,7 +278,7 @@ def build_args(
     """The ``--build-arg`` values of docker/Dockerfile for these tiers and flavour (sorted by name)."""
     p = pins_ or pins(cuda=cuda or flavour_for(gpus))
     if not p.serves(gpus):
-        names = ", ".join(t.name for t in _named_tiers(gpus) if not p.serves(t))
+        names = ", ".join(t.name for t in named_tiers(gpus) if not p.serves(t))
         raise FtctlError(
             f"torch's {p.cuda_short} build has no kernels for {names}: build with --cuda {flavour_for(gpus)} (or "
             "leave --cuda out)."

@@ -6,7 +6,7 @@ model, chat template) read-only. The container runs as the user who
 launches it (``--user UID:GID``): the image's own user (uid 1000) could not write a run dir another uid owns,
 and the checkpoints it wrote would not be that user's. That user has no home in the image, so the host's
 caches come in instead (host_caches): the Hugging Face cache (HF_HOME: a model is downloaded once, not once a
-run), the cache root for what compiles at run time (DeepSpeed's ops under XDG_CACHE_HOME; Triton's under
+run; and HF_HUB_CACHE, HF_DATASETS_CACHE, HF_XET_CACHE where this host keeps them apart), the cache root for what compiles at run time (DeepSpeed's ops under XDG_CACHE_HOME; Triton's under
 HOME, ``<cache root>/ftctl/container-home``), and USER for the libraries that ask for a user name.
 
 Secrets pass by name (``-e NAME``: docker takes the value from the launching environment, never written), the
@@ -28,22 +28,31 @@ from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
 
+# Hugging Face caches a host may keep apart from HF_HOME (the hub's models, datasets, xet chunks): where one is
+# set here, the container gets it at its own path, or it would download again into HF_HOME
+HF_CACHE_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_XET_CACHE")
+
 
 @dataclass(frozen=True)
 class HostCaches:
     root: str  # XDG_CACHE_HOME, else ~/.cache
     hf_home: str  # HF_HOME, else <root>/huggingface (huggingface_hub's own resolution)
     home: str  # the container's HOME: <root>/ftctl/container-home
+    hf_apart: tuple[tuple[str, str], ...] = ()  # (variable, path) of the HF_CACHE_VARS set here
+
+    def env(self) -> dict[str, str]:
+        return {"HOME": self.home, "XDG_CACHE_HOME": self.root, "HF_HOME": self.hf_home, **dict(self.hf_apart)}
 
     def dirs(self) -> tuple[str, ...]:
         """What the launch creates before docker runs (docker would create a missing one, owned by root)."""
-        return (self.root, self.hf_home, self.home)
+        return (self.root, self.hf_home, self.home, *(path for _, path in self.hf_apart))
 
 
 def host_caches() -> HostCaches:
     root = os.path.abspath(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
     hf_home = os.path.abspath(os.path.expanduser(os.environ.get("HF_HOME") or os.path.join(root, "huggingface")))
-    return HostCaches(root, hf_home, os.path.join(root, "ftctl", "container-home"))
+    apart = tuple((v, os.path.abspath(os.path.expanduser(os.environ[v]))) for v in HF_CACHE_VARS if os.environ.get(v))
+    return HostCaches(root, hf_home, os.path.join(root, "ftctl", "container-home"), apart)
 
 
 def host_user() -> tuple[int, int, str, tuple[int, ...]]:
@@ -95,11 +104,11 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
     # inside the container must land on the host
     # a checkpoint of another run's to resume is written too (reshard.to_universal converts it in place)
     resume = spec.resume if spec.resume not in ("auto", "never") else ""
-    written = [run_dir, caches.root, caches.hf_home, *_here(spec.output, resume, output=spec.output)]
+    written = [run_dir, *caches.dirs(), *_here(spec.output, resume, output=spec.output)]
     read = _here(*spec.data_paths, spec.model_name_or_path, spec.chat_template_path or "")
     for path, mode in _mounts(written, read):
         cmd += ["-v", f"{_bindable(path)}:{path}{mode}"]
-    env = {"HOME": caches.home, "XDG_CACHE_HOME": caches.root, "HF_HOME": caches.hf_home, "USER": user}
+    env = {**caches.env(), "USER": user}
     env.update(trainer_env(spec))
     files, names = store_credentials(spec, {*env, *spec.secrets})
     for host, inside in [*home_mounts(spec, caches), *((f, f) for f in files.values() if os.path.isfile(f))]:
