@@ -69,8 +69,22 @@ class Sky:
             line = self.ftctl("status", job).stdout.strip()
             if any(f" {w}" in line for w in words):
                 return line
+            if " FAILED" in line:  # it will not become what is wanted: say why now
+                break
             time.sleep(2)
-        raise AssertionError(f"{job}: still {line!r} after {timeout} s, wanted {words}")
+        raise AssertionError(f"{job}: {line!r} after {timeout} s at most, wanted {words}\n{self.why(job)}")
+
+    def why(self, job: str) -> str:
+        """What SkyPilot logged of a job that went wrong: a managed job's controller log, else the job's."""
+        if job.startswith("managed/"):
+            args = ["jobs", "logs", "--controller", "--no-follow", job.split("/")[1]]
+        else:
+            args = ["logs", "--no-follow", *job.split("/")]
+        try:
+            proc = self.infra.sky(*args, timeout=60)
+        except subprocess.TimeoutExpired:
+            return f"sky {' '.join(args)} did not answer in 60 s"
+        return f"sky {' '.join(args)}:\n{(proc.stdout + proc.stderr)[-6000:]}"
 
 
 @pytest.fixture(scope="module")
