@@ -54,6 +54,37 @@ def test_hadolint_passes(path):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def instructions(path: Path) -> list[str]:
+    """A Dockerfile's instructions, continuation lines joined, comments left out."""
+    out, line = [], ""
+    for raw in path.read_text().splitlines():
+        if raw.lstrip().startswith("#") or not raw.strip():
+            continue
+        line += raw.rstrip("\\").strip() + " "
+        if not raw.rstrip().endswith("\\"):
+            out.append(line.strip())
+            line = ""
+    return out
+
+
+def test_a_build_for_other_gpus_reuses_the_apt_and_torch_layers():
+    """Every RUN after an ARG sees it, and a changed value misses the cache there: with the GPU-dependent ARGs on
+    top of each stage, a build for other GPUs installed apt's packages and torch again. They come after."""
+    a100, h100 = image.build_args("A100"), image.build_args("H100")
+    per_gpu = {k for k in a100 if a100[k] != h100.get(k)}
+    assert {"FLASH_ATTN_CUDA_ARCHS", "TORCH_CUDA_ARCH_LIST"} <= per_gpu
+    installs, scope = 0, set()
+    for step in instructions(ROOT / "docker" / "Dockerfile"):
+        if step.startswith("FROM "):
+            scope = set()
+        elif step.startswith("ARG "):
+            scope.add(step.split()[1].split("=")[0])
+        elif step.startswith("RUN ") and ("apt-get install" in step or '"torch==${TORCH_VERSION}"' in step):
+            assert not scope & per_gpu, f"{sorted(scope & per_gpu)} in scope of: {step[:80]}"
+            installs += 1
+    assert installs == 4  # apt's and torch's, in the builder and the runtime
+
+
 def test_the_flash_attn_wheel_is_left_in_no_layer():
     """COPY --from=builder of the wheels, then rm in a later RUN, kept the wheel in the COPY's layer: the runtime
     bind-mounts them from the builder for the one RUN that installs them (BuildKit, as the syntax line asks)."""
