@@ -6,8 +6,9 @@ model, chat template) read-only. The container runs as the user who
 launches it (``--user UID:GID``): the image's own user (uid 1000) could not write a run dir another uid owns,
 and the checkpoints it wrote would not be that user's. That user has no home in the image, so the host's
 caches come in instead (host_caches): the Hugging Face cache (HF_HOME: a model is downloaded once, not once a
-run; and HF_HUB_CACHE, HF_DATASETS_CACHE, HF_XET_CACHE where this host keeps them apart), the cache root for what compiles at run time (DeepSpeed's ops under XDG_CACHE_HOME; Triton's under
-HOME, ``<cache root>/ftctl/container-home``), and USER for the libraries that ask for a user name.
+run; and HF_HUB_CACHE, HF_DATASETS_CACHE, HF_XET_CACHE where this host keeps them apart), the cache root for what
+compiles at run time (DeepSpeed's ops under XDG_CACHE_HOME; Triton's under HOME, ``<cache root>/ftctl/container-
+home``), and USER for the libraries that ask for a user name.
 
 Secrets pass by name (``-e NAME``: docker takes the value from the launching environment, never written), the
 run's own and the credentials its object stores need that are set here (storage.job_env: AWS_ACCESS_KEY_ID ...).
