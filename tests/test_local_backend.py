@@ -408,9 +408,9 @@ dist.destroy_process_group()
 
 
 def test_two_runs_on_one_host_each_meet_on_a_port_of_their_own(tmp_path):
-    """A run on this host alone (local on GPUs, docker) took 127.0.0.1:29500 for its rendezvous: a second one
-    there joined the first's c10d store (torchrun takes a taken port for its own run's) and failed when the first
-    ended. Both launch lines take a free port each (torchrun --standalone) unless the run sets rdzv_port."""
+    """A run on one host (local on GPUs, docker, a one-node SkyPilot job) took port 29500 for its rendezvous: a
+    second one there joined the first's c10d store (torchrun takes a taken port for its own run's) and failed when
+    the first ended. Each takes a free port of its own (torchrun --standalone) unless the run sets rdzv_port."""
     from ftctl.docker.render import argv as docker_argv
     from ftctl.local.backend import argv as local_argv
     from tests.render_fixtures import prepared
@@ -420,6 +420,11 @@ def test_two_runs_on_one_host_each_meet_on_a_port_of_their_own(tmp_path):
     assert "--standalone" in line and "--rdzv-endpoint" not in line
     r = prepared(["rdzv_port=29611"], backend="local", gpus="2xA100", output_dir=str(tmp_path / "o"))
     assert "127.0.0.1:29611" in local_argv(r.spec, r.plan, "spec.json")
+
+    # a one-node SkyPilot job too (two jobs may share a reused cluster's node); several nodes meet at the head's
+    assert "--standalone" in prepared(backend="sky", gpus="1xL4", output_dir="s3://b/o").text
+    two = prepared(backend="sky", gpus="8xA100", nodes=2, output_dir="s3://b/o").text
+    assert "--standalone" not in two and '--rdzv-endpoint "$HEAD_ADDR":29500' in two
 
     r = prepared(backend="docker", gpus="cpu", output_dir=str(tmp_path / "o"))
     line = docker_argv(r.spec, r.plan, str(tmp_path / "run"))

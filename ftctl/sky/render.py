@@ -300,6 +300,9 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
     spec_path = f"{node_dir(spec)}/spec.json"
 
     gpu_arg = ["--gpu", plan.tier] if plan.tier else []
+    # one node: a rendezvous of the job's own on a free port (launch: two jobs sharing a reused cluster's node met
+    # at one port, and the second failed when the first ended); several: the head node's
+    head = Shell('"$HEAD_ADDR"') if plan.nodes > 1 else None
     payload = json.dumps(json.loads(spec_json), sort_keys=True, separators=(",", ":"))
     run_lines = [
         "set -euo pipefail",
@@ -312,8 +315,8 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
         'HEAD_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n 1)',
         'echo "ftctl: node $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES, $SKYPILOT_NUM_GPUS_PER_NODE GPUs, head $HEAD_ADDR"',
         f"{NODE_PYTHON_VAR}=$(python3 -m ftctl.sky.node_stack --print-python)  # the python the setup stocked",
-        *preflight_shell(spec, plan, Shell('"$HEAD_ADDR"'), python=NODE_PYTHON, quiet=True),
-        join(torchrun_argv(spec, plan, Shell(spec_path), head=Shell('"$HEAD_ADDR"'), python=NODE_PYTHON, quiet=True)),
+        *preflight_shell(spec, plan, head, python=NODE_PYTHON, quiet=True),
+        join(torchrun_argv(spec, plan, Shell(spec_path), head=head, python=NODE_PYTHON, quiet=True)),
     ]
     task: dict = {
         "name": spec.name,
