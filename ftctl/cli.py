@@ -465,7 +465,7 @@ def sync_ls(uri):
 @click.argument("local_dir")
 @click.argument("uri")
 def sync_push(local_dir, uri):
-    """Upload a run's complete checkpoints."""
+    """Upload a run's complete checkpoints, and its final model where it has one."""
     from ftctl.checkpoints import push
 
     push(local_dir, uri)

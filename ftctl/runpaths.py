@@ -27,6 +27,9 @@ FAILURES_DIR = ".ftctl/failures"  # one record per failing rank (ftctl.failures)
 # a finished run's output holds its final model at the top: PEFT's adapter, or a full model's config and weights
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's name; the mark of a lora/qlora output
 MODEL_CONFIG = "config.json"
+# ... and its config is the mark that it is whole: written (and uploaded) after every other file of it
+FINAL_MARKS = (ADAPTER_CONFIG, MODEL_CONFIG)
+FINAL_STAGING = ".ftctl/final"  # where the trainer saves the final model before it moves up, its config last
 SLURM_STATUS_PATTERN = "status.{job}.{attempt}"  # per job and attempt: a requeued job starts afresh
 SLURM_STOP_PATTERN = "stop.{job}.{attempt}"
 

@@ -426,3 +426,96 @@ def test_sync_ls_push_pull(remote, tmp_path):
     assert again == [f"already in {dest}, complete: checkpoint-1, checkpoint-2"]
     C.pull(remote, str(dest), include_incomplete=True, echo=lines.append)
     assert (dest / "checkpoint-3" / "optimizer.pt").exists()
+
+
+# ------------------------------------------------------------------ the final model
+def _final_model(run: Path, weights: bytes = b"w" * 4096) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "model.safetensors").write_bytes(weights)
+    (run / "tokenizer.json").write_text("{}")
+    (run / "config.json").write_text('{"model_type": "llama"}')
+    (run / "spec.json").write_text("{}")
+
+
+def test_the_final_model_is_whole_in_the_store_before_its_config_says_so(remote, tmp_path, monkeypatch):
+    """The config (the mark of a finished run: final_saved) went up in sorted order, before the weights: a run
+    stopped during its final upload held a config without weights, and its relaunch refused as finished. An
+    earlier final model's config is withdrawn first, and the config goes last."""
+    from ftctl.checkpoints import upload
+    from ftctl.checkpoints.settings import final_saved
+
+    storage.put_file(__file__, storage.join(remote, "config.json"))  # an earlier final model's
+    run = tmp_path / "run"
+    _final_model(run)
+    sent, put = [], upload._put
+
+    def watched(fs, local, uri):
+        if uri.endswith("model.safetensors"):
+            assert not final_saved(remote)  # nothing vouches for the weights while they go up
+        sent.append(uri.rsplit("/", 1)[1])
+        put(fs, local, uri)
+
+    monkeypatch.setattr(upload, "_put", watched)
+    up = C.Uploader(remote, **FAST)
+    up.submit_final(str(run))
+    assert up.wait(60)
+    up.close()
+    assert sent[-1] == "config.json" and "model.safetensors" in sent
+    assert final_saved(remote)
+
+
+def test_a_final_model_moves_up_with_its_config_last(tmp_path, monkeypatch):
+    """Saved aside and moved up: a run stopped while saving left a config beside half its weights."""
+    from ftctl.checkpoints.settings import final_saved
+    from ftctl.trainer import run as run_mod
+
+    top, staging = tmp_path / "out", tmp_path / "out" / ".ftctl" / "final"
+    _final_model(top, b"old")
+    _final_model(staging, b"new" * 100)
+    replace = os.replace
+
+    def stopped(src, dst):
+        if str(src).endswith("model.safetensors"):
+            raise KeyboardInterrupt  # the run stopped here
+        replace(src, dst)
+
+    monkeypatch.setattr(run_mod.os, "replace", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.publish_final(str(staging), str(top))
+    assert not final_saved(str(top))  # the earlier config went first: nothing says "finished"
+    monkeypatch.setattr(run_mod.os, "replace", replace)
+    run_mod.publish_final(str(staging), str(top))
+    assert final_saved(str(top)) and (top / "model.safetensors").read_bytes() == b"new" * 100
+    assert not staging.exists()
+
+
+def test_sync_push_finishes_a_final_upload_that_timed_out(remote, tmp_path):
+    """The trainer's message after a final upload ran out of time says `ftctl sync push LOCAL URI`, which sent the
+    checkpoints only: the final model stayed in a cache that goes with the node."""
+    from ftctl.checkpoints.settings import final_saved
+
+    run = tmp_path / "run"
+    committed(run, 1)
+    _final_model(run)
+    lines = []
+    sent = C.push(str(run), remote, echo=lines.append)
+    assert sent == [storage.join(remote, "checkpoint-1"), remote]
+    assert lines[-1] == f"pushed the final model -> {remote}" and final_saved(remote)
+    assert storage.file_sizes(remote)["model.safetensors"] == 4096
+    assert C.push(str(run), remote, echo=lines.append) == []  # already there
+
+
+def test_a_final_model_only_on_this_node_is_not_a_finished_run(remote, tmp_path):
+    """A run whose output is in the store is finished when the store holds its final model: one saved in the node's
+    cache but not uploaded (stopped during the upload) resumes and uploads it."""
+    from ftctl.spec import RunSpec
+    from ftctl.trainer.run import already_trained
+
+    local = tmp_path / "cache"
+    _final_model(local)
+    ckpt = local / "checkpoint-4"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": 4, "max_steps": 4}))
+    spec = RunSpec(max_steps=4, output_dir=remote)
+    assert already_trained(spec, str(ckpt), None, str(local), remote) is None
+    assert "nothing is left to train" in already_trained(spec, str(ckpt), None, str(local), None)  # a local output

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from ftctl.checkpoints.manifest import MANIFEST, checkpoint_step, is_manifest, read_manifest
 from ftctl.errors import FtctlError
-from ftctl.runpaths import ADAPTER_CONFIG, MODEL_CONFIG
+from ftctl.runpaths import FINAL_MARKS
 
 # what kind of weights a checkpoint holds: a run dir's checkpoints are another run's where these differ
 KIND = ("method", "model_name_or_path", "lora_r", "lora_target_modules", "use_dora", "trainable_layers")
@@ -157,11 +157,12 @@ def _show(value) -> str:
 
 
 def final_saved(uri: str, endpoint_url: str | None = None) -> bool:
-    """Whether a run's output (local or in the store) holds its final model or adapter, at its top."""
+    """Whether a run's output (local or in the store) holds its final model or adapter, whole, at its top: its
+    config, written and uploaded after every other file of it (runpaths.FINAL_MARKS)."""
     from ftctl import storage
 
     try:
-        return any(storage.exists(storage.join(uri, name), endpoint_url) for name in (ADAPTER_CONFIG, MODEL_CONFIG))
+        return any(storage.exists(storage.join(uri, name), endpoint_url) for name in FINAL_MARKS)
     except (OSError, storage.StorageError, FtctlError):
         return False
 

@@ -8,7 +8,8 @@ import os
 from ftctl import storage
 from ftctl.checkpoints.manifest import MANIFEST
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints
-from ftctl.checkpoints.upload import upload_checkpoint
+from ftctl.checkpoints.upload import final_files, upload_checkpoint
+from ftctl.runpaths import FINAL_MARKS
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print
 
 def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=print) -> list:
     """Upload every complete local checkpoint not already complete in the store (files first,
-    manifest last). Incomplete local ones are skipped with a warning. Returns what was sent."""
+    manifest last), then the run's final model where it has one and the store lacks it (its config last).
+    Incomplete local ones are skipped with a warning. Returns what was sent."""
     storage.require_writable(uri, "ftctl sync push to")
     with storage.storage_errors(uri, endpoint_url):
         return _push(local_run_dir, uri, endpoint_url, echo)
@@ -62,7 +64,28 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo) -> list:
         upload_checkpoint(c.uri, dest, endpoint_url=endpoint_url)
         echo(f"pushed {c.name} -> {dest}")
         sent.append(dest)
+    if _push_final(local_run_dir, uri, endpoint_url):
+        echo(f"pushed the final model -> {uri}")
+        sent.append(uri)
     return sent
+
+
+def _push_final(local_run_dir: str, uri: str, endpoint_url: str | None) -> bool:
+    """The run's top-level files (final model, tokenizer, spec.json, metrics), as the trainer uploads them: what
+    vouches for an earlier final model withdrawn first, its config last. False where there is no final model
+    here, or the store holds these files already."""
+    files = final_files(local_run_dir)
+    if not any(rel in FINAL_MARKS for rel in files):
+        return False
+    there = storage.file_sizes(uri, endpoint_url)
+    local = {rel: os.path.getsize(os.path.join(local_run_dir, *rel.split("/"))) for rel in files}
+    if all(there.get(rel) == size for rel, size in local.items()):
+        return False
+    for mark in FINAL_MARKS:
+        storage.rm(storage.join(uri, mark), endpoint_url=endpoint_url)
+    for rel in files:
+        storage.put_file(os.path.join(local_run_dir, *rel.split("/")), storage.join(uri, *rel.split("/")), endpoint_url)
+    return True
 
 
 def pull(

@@ -32,6 +32,7 @@ from ftctl.checkpoints.manifest import (
     read_manifest,
 )
 from ftctl.checkpoints.resume import list_checkpoints
+from ftctl.runpaths import FINAL_MARKS
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +92,14 @@ def prune(remote_uri: str, keep_last: int, protect=(), endpoint_url: str | None 
 
 def final_files(local_dir: str) -> list[str]:
     """The run's top-level files: all but the checkpoints (uploaded as they are saved) and ftctl's
-    hidden working dirs."""
+    hidden working dirs; the final model's config last (FINAL_MARKS: in the store, it says the model is whole)."""
     out = []
     for rel in storage.local_files(local_dir):
         top = rel.split("/", 1)[0]
         if top.startswith(".") or (top.startswith(CHECKPOINT_PREFIX) and "/" in rel):
             continue
         out.append(rel)
-    return out
+    return sorted(out, key=lambda rel: rel in FINAL_MARKS)
 
 
 @dataclass
@@ -294,6 +295,10 @@ class Uploader:
         if self._fs is None:
             self._fs, _ = storage.filesystem(self.remote_uri, self.endpoint_url)
         if job.final:
+            if not job.started:  # an earlier final model's config would vouch for the files about to be replaced
+                for mark in FINAL_MARKS:
+                    storage.rm(storage.join(self.remote_uri, mark), endpoint_url=self.endpoint_url)
+                job.started = True
             for rel in final_files(job.local):
                 if rel not in job.done:
                     _put(

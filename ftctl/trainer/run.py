@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -40,7 +41,7 @@ from ftctl import checkpoints, storage
 from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
-from ftctl.runpaths import METRICS_FILE, PLAIN_TEXT, SPEC_FILE, RunPaths
+from ftctl.runpaths import FINAL_MARKS, FINAL_STAGING, METRICS_FILE, PLAIN_TEXT, SPEC_FILE, RunPaths
 from ftctl.spec import RunSpec, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, model_card, reshard
 from ftctl.trainer.methods import ADAPTER_METHODS
@@ -412,8 +413,8 @@ def already_trained(spec: RunSpec, checkpoint: str, changed, local_dir: str, rem
     """checkpoints.settings.finished of the local checkpoint the run would resume, where its final model is saved."""
     from ftctl.checkpoints.settings import TRAINER_STATE, final_saved, finished
 
-    if not any(final_saved(uri, spec.s3_endpoint_url) for uri in filter(None, (local_dir, remote_uri))):
-        return None  # stopped before its final model was written: it resumes and writes it
+    if not final_saved(remote_uri or local_dir, spec.s3_endpoint_url):  # where the run's output is: its store
+        return None  # stopped before its final model was written (or uploaded): it resumes and writes it
     try:
         return finished(Path(checkpoint, TRAINER_STATE).read_text(), spec, changed)
     except OSError:
@@ -491,10 +492,17 @@ def held_out_stop(run: Run) -> str | None:
 def save(run: Run) -> None:
     """The final model (fft/sft) or adapter (lora/qlora) with its tokenizer at the top of the output
     dir; all ranks take part (ZeRO-3 gathers the shards), rank 0 writes; each node's uploader sends it
-    with the checkpoints' retries. Raises when it is not in the store within upload_wait_s."""
-    run.trainer.save_model(run.local_dir)
+    with the checkpoints' retries. Raises when it is not in the store within upload_wait_s.
+
+    It is saved aside and moved up with its config last (publish_final): a run stopped while saving left a config
+    beside half its weights, which said the run had finished."""
+    staging = os.path.join(run.local_dir, FINAL_STAGING)
     if run.procs.is_main:
-        name_base_model(run.local_dir, base_name(run.spec))
+        shutil.rmtree(staging, ignore_errors=True)
+    run.trainer.save_model(staging)
+    if run.procs.is_main:
+        name_base_model(staging, base_name(run.spec))
+        publish_final(staging, run.local_dir)
         run.trainer.create_model_card()  # after PEFT's, which rewrote the card's metadata with its local base path
         if not run.sync.upload_final(run.local_dir):
             raise FtctlError(
@@ -503,6 +511,19 @@ def save(run: Run) -> None:
                 f"{run.remote_uri}`."
             )
     distributed.barrier()
+
+
+def publish_final(staging: str, top: str) -> None:
+    """Move the final model saved in ``staging`` to the top of the output, its config (the mark of a final model:
+    checkpoints.settings.final_saved) last, after an earlier one's config is gone."""
+    for mark in FINAL_MARKS:
+        Path(top, mark).unlink(missing_ok=True)
+    for name in sorted(os.listdir(staging), key=lambda name: name in FINAL_MARKS):
+        target = os.path.join(top, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
+    os.rmdir(staging)
 
 
 def base_name(spec: RunSpec) -> str:
