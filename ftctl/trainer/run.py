@@ -213,6 +213,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             settings=trained_with,
             endpoint_url=spec.s3_endpoint_url,
             keep_last=spec.save_total_limit,
+            rotate=spec.checkpoints_kept,
             upload_wait_s=spec.upload_wait_s,
             shared_filesystem=remote_uri is None,
         )
@@ -328,7 +329,7 @@ def training_args(
         logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=spec.save_steps,
-        save_total_limit=spec.checkpoints_kept,
+        save_total_limit=None,  # the sync callback rotates, once the new checkpoint is complete
         **evaluation_args(spec, plan),
         report_to=report_to(spec.report_to),
         disable_tqdm=True,

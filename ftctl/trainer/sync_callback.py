@@ -2,10 +2,11 @@
 
 ``transformers.Trainer._save_checkpoint`` (5.x) writes, in this order: the model (and adapter /
 tokenizer) files, optimizer + scheduler, scaler, the per-rank ``rng_state*.pth``, then
-``trainer_state.json`` (main process), then rotates old checkpoints (``save_total_limit``), and
-only then calls ``on_save`` on every rank. Rank 0 does not wait for the other ranks' rng files,
-so ``on_save`` first holds a barrier; after it, every file of the checkpoint is on disk and the
-manifest is written (by the main process of each node), then handed to the :class:`Uploader`.
+``trainer_state.json`` (main process), then rotates old checkpoints (``save_total_limit``: ftctl gives it
+None and rotates here, after the manifest), and only then calls ``on_save`` on every rank. Rank 0 does not
+wait for the other ranks' rng files, so ``on_save`` first holds a barrier; after it, every file of the
+checkpoint is on disk and the manifest is written (by the main process of each node), then handed to the
+:class:`Uploader`, and older checkpoints beyond ``rotate`` are deleted.
 
 Usage in the trainer::
 
@@ -25,6 +26,7 @@ import shutil
 import uuid
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 
 from ftctl import checkpoints
 from ftctl.spec import RunSpec
@@ -73,7 +75,10 @@ class CheckpointSyncCallback(TrainerCallback):
     ``remote_uri`` None keeps checkpoints local (manifests are still written, so local resume
     never takes a partial checkpoint). ``keep_last`` prunes the store to the newest K complete
     checkpoints plus the best one. ``shared_filesystem`` says that all nodes see one output
-    directory (then node 0 alone uploads).
+    directory (then node 0 alone uploads). ``rotate``: the Trainer's save_total_limit, applied to the
+    local directory here, once the new checkpoint's manifest is written (the Trainer deletes older
+    checkpoints before on_save: with a limit of 1, a run stopped while the manifest's hashes were taken
+    had no complete checkpoint left, and its relaunch started from step 0).
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class CheckpointSyncCallback(TrainerCallback):
         settings: dict | None = None,
         endpoint_url: str | None = None,
         keep_last: int | None = None,
+        rotate: int | None = None,
         upload_wait_s: float = UPLOAD_WAIT_S,
         shared_filesystem: bool = False,
         backoff: tuple[float, float] = (1.0, 60.0),
@@ -94,6 +100,7 @@ class CheckpointSyncCallback(TrainerCallback):
         self.settings = settings  # what the run trains with (checkpoints.settings), in each manifest
         self.endpoint_url = endpoint_url
         self.keep_last = keep_last
+        self.rotate = rotate
         self.upload_wait_s = upload_wait_s
         self.node_rank, self.num_nodes = node_topology(shared_filesystem)
         self.backoff = backoff
@@ -166,6 +173,8 @@ class CheckpointSyncCallback(TrainerCallback):
                     if state.best_model_checkpoint:
                         self.uploader.protected = {os.path.basename(state.best_model_checkpoint)}
                     self.uploader.submit(ckpt)
+                # as the Trainer would have, now that the new one is complete (each node its own directory)
+                rotate_checkpoints(args.output_dir, self.rotate, state.best_model_checkpoint, use_mtime=True)
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
