@@ -137,6 +137,17 @@ def test_an_idle_autostop_that_would_never_happen_is_refused():
     assert sky(["idle_minutes=10"]).spec.idle_minutes == 10
 
 
+@pytest.mark.parametrize("infra", ["k8s", "kubernetes/ctx", "ssh/pool", "slurm/c"])
+def test_no_autostop_is_asked_of_an_infra_without_one(infra):
+    """Kubernetes and SSH node pools have no autostop in SkyPilot 0.14 (clouds/kubernetes.py): a launch that asked
+    for the default 30 idle minutes was refused there, whatever the run. Their clusters stay up until ftctl down."""
+    from ftctl.sky.render import autostop_minutes
+
+    prep = sky(infra=infra, gpus="cpu", model_name_or_path="HuggingFaceTB/SmolLM2-135M")
+    assert autostop_minutes(prep.spec) is None
+    assert autostop_minutes(sky().spec) == 30  # a cloud's
+
+
 # ------------------------------------------------------------------------------------------ container
 def test_a_container_skypilot_cannot_run_points_at_its_docker_form_or_says_there_is_none():
     with pytest.raises(FtctlError) as e:

@@ -50,8 +50,10 @@ WORKDIR_ON_PATH = (
 )
 # Infras whose nodes can run a CPU-only job (`--gpus cpu`); clouds are asked for GPUs.
 CPU_INFRAS = ("slurm", "k8s", "kubernetes", "ssh")
-# Infras where SkyPilot 0.14 has no idle autostop (Slurm: only for pyxis container clusters).
-NO_AUTOSTOP_INFRAS = ("slurm",)
+# Infras where SkyPilot 0.14 has no idle autostop (Slurm: only for pyxis container clusters): its cloud refuses a
+# launch that asks for one (clouds/*.py, AUTOSTOP among the unsupported features; Kubernetes and SSH say so when
+# asked), so none is asked for there
+NO_AUTOSTOP_INFRAS = ("slurm", "k8s", "kubernetes", "ssh", "hyperbolic", "primeintellect", "verda", "yotta")
 # The clouds and infras SkyPilot 0.14.1 knows, and their other names: sky.utils.registry.CLOUD_REGISTRY's (render
 # imports no SkyPilot; tests/test_sky_cost.py checks both against the installed one). "*" in infra is any cloud.
 SKY_CLOUDS = (
