@@ -313,3 +313,11 @@ def test_a_relaunch_with_shipped_inputs_is_checked_as_its_nodes_read_it(tmp_path
     push(str(tmp_path / "stage"), f"{s3_bucket}/run", echo=lambda *_: None)
     assert backend.launch(spec, dry_run=True) is None  # no error: the same launch again resumes
     assert "names other data" not in capsys.readouterr().err
+
+
+def test_spot_on_a_slurm_cluster_is_a_managed_job_on_its_gpus():
+    """Slurm has no spot instances (SkyPilot refuses use_spot there): --spot with GPUs on --infra slurm asked for
+    them and was refused at launch. It runs a managed job, recovered after a preemption, on the cluster's GPUs."""
+    prep = sky(infra="slurm/c", gpus="1xH100", spot=True)
+    assert resources(prep)["use_spot"] is False and "job_recovery" in resources(prep)
+    assert resources(sky(gpus="1xH100", spot=True))["use_spot"] is True  # a cloud's

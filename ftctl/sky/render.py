@@ -54,6 +54,8 @@ CPU_INFRAS = ("slurm", "k8s", "kubernetes", "ssh")
 # launch that asks for one (clouds/*.py, AUTOSTOP among the unsupported features; Kubernetes and SSH say so when
 # asked), so none is asked for there
 NO_AUTOSTOP_INFRAS = ("slurm", "k8s", "kubernetes", "ssh", "hyperbolic", "primeintellect", "verda", "yotta")
+# Infras with no spot market (clouds/slurm.py, ssh.py: SPOT_INSTANCE unsupported), where --spot is the managed job
+NO_SPOT_INFRAS = ("slurm", "ssh")
 # The clouds and infras SkyPilot 0.14.1 knows, and their other names: sky.utils.registry.CLOUD_REGISTRY's (render
 # imports no SkyPilot; tests/test_sky_cost.py checks both against the installed one). "*" in infra is any cloud.
 SKY_CLOUDS = (
@@ -295,7 +297,9 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
         if memory_request(plan):  # an offload plan (plan.offload_host_gb)
             resources["memory"] = memory_request(plan)
     if spec.spot:
-        resources["use_spot"] = plan.tier is not None  # a Slurm/k8s CPU job has no spot market
+        # a managed job for its recovery; spot instances where there is a market (SkyPilot refuses use_spot on a
+        # Slurm cluster or an SSH pool, and a CPU job on one)
+        resources["use_spot"] = plan.tier is not None and infra_kind(spec) not in NO_SPOT_INFRAS
         resources["job_recovery"] = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": spec.max_requeues}
     if image:
         resources["image_id"] = f"docker:{image}"
