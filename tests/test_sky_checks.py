@@ -19,7 +19,7 @@ from ftctl.cli import main
 from ftctl.errors import FtctlError
 from ftctl.preflight import checkpoint_gb
 from ftctl.sky import render as sky_render
-from tests.render_fixtures import prepared, write_model_config
+from tests.render_fixtures import prepared, sky_python, write_model_config
 
 MODEL = "meta-llama/Llama-3.1-8B"
 
@@ -321,3 +321,33 @@ def test_spot_on_a_slurm_cluster_is_a_managed_job_on_its_gpus():
     prep = sky(infra="slurm/c", gpus="1xH100", spot=True)
     assert resources(prep)["use_spot"] is False and "job_recovery" in resources(prep)
     assert resources(sky(gpus="1xH100", spot=True))["use_spot"] is True  # a cloud's
+
+
+def _skypilot_leaves_out(path: Path) -> list[str]:
+    """What SkyPilot itself (its installed 0.14) leaves out of a directory it ships."""
+    code = "import sys, json; from sky.data import storage_utils as s; print(json.dumps(s.get_excluded_files(sys.argv[1])))"
+    out = subprocess.run([sky_python(), "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_what_a_git_repository_ignores_is_not_left_out_unsaid(tmp_path):
+    """A managed job's upload leaves out what the git repository around a shipped directory ignores: a project's
+    `*.safetensors` took the model's weights, its `checkpoints/` took ftctl's own source package (the run dir, src/
+    included, is made inside the project). The input is refused with the fix; ftctl's source holds a .skyignore."""
+    from ftctl.sky.backend import stage_source
+    from ftctl.sky.inputs import SKYIGNORE, git_ignored
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("*.safetensors\ncheckpoints/\n")
+    model = _model(tmp_path, size=16)
+    assert git_ignored(str(model)) == _skypilot_leaves_out(model) == ["model.safetensors"]
+    with pytest.raises(
+        FtctlError, match=r"--model '.*my-model' is in a git repository that ignores 'model.safetensors'"
+    ):
+        sky(model_name_or_path=str(model))
+    (model / SKYIGNORE).write_text("")  # the fix the message gives
+    assert sky(model_name_or_path=str(model)) and _skypilot_leaves_out(model) == []
+
+    src = stage_source(tmp_path / "runs" / "r" / "src")
+    assert (src / "ftctl" / "checkpoints").is_dir() and _skypilot_leaves_out(src) == []

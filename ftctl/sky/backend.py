@@ -251,4 +251,7 @@ def stage_source(dest: Path) -> Path:
     for name in SOURCE_FILES:
         if (pkg.parent / name).is_file():
             shutil.copy2(pkg.parent / name, dest / name)
+    # empty: SkyPilot reads it instead of the git rules of a repository the run dir is in (a .gitignore's
+    # checkpoints/ left ftctl/checkpoints out of what a managed job shipped)
+    (dest / sky_inputs.SKYIGNORE).write_text("")
     return dest

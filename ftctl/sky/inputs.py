@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -135,6 +136,13 @@ def _unshippable(said: str, path: str, envs: dict[str, str], links: list[str]) -
             f"{said}: SkyPilot replaces ${named[0]} in a file_mounts path with the task's env {named[0]}: copy it to a "
             "path without it."
         )
+    if ignored := git_ignored(path):
+        more = f" and {len(ignored) - 1} more" if len(ignored) > 1 else ""
+        problems.append(
+            f"{said} is in a git repository that ignores {ignored[0]!r}{more} under it, which SkyPilot leaves out of "
+            f"what it ships (its .gitignore rules): put an empty {SKYIGNORE} file in it (SkyPilot reads that "
+            "instead), or copy it out of the repository."
+        )
     if links:
         more = f" and {len(links) - 1} more" if len(links) > 1 else ""
         problems.append(
@@ -142,6 +150,29 @@ def _unshippable(said: str, path: str, envs: dict[str, str], links: list[str]) -
             "directory of the files themselves (a model from the Hub's cache: hf download ORG/NAME --local-dir DIR)."
         )
     return problems
+
+
+SKYIGNORE = ".skyignore"  # in a directory SkyPilot ships: what it leaves out, read instead of git's rules
+
+
+def git_ignored(path: str) -> list[str]:
+    """What SkyPilot 0.14 leaves out of the directory ``path`` when it ships it (sky/data/storage_utils.py,
+    get_excluded_files): where it holds no .skyignore, what git ignores under it, as ``git ls-files`` lists it;
+    nothing where git is missing, ``path`` is in no repository, or the repository ignores all of it."""
+    if not os.path.isdir(path) or os.path.exists(os.path.join(path, SKYIGNORE)):
+        return []
+    try:
+        out = subprocess.run(
+            ["git", "-c", "safe.directory=*", "-C", path, "ls-files", "-z", "--others", "--ignored"]
+            + ["--exclude-standard", "--directory"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    items = out.stdout.split("\0")[:-1] if out.returncode == 0 else []
+    return [] if "./" in items else items
 
 
 def _plain(name: str) -> str:
