@@ -18,6 +18,7 @@ import shlex
 from collections.abc import Mapping
 
 from ftctl.envvars import STATUS_ENV, STOP_ENV, THREADS_ENV  # noqa: F401  (re-exported for the renderers)
+from ftctl.errors import FtctlError
 from ftctl.failures import ERROR_PREFIX
 from ftctl.plan import Plan
 from ftctl.spec import FIELDS, RunSpec
@@ -89,6 +90,27 @@ def _torchrun(spec: RunSpec, plan: Plan, head, python, quiet: bool, port, rdzv_i
 def _rdzv_id(name: str, job):
     """The rendezvous id: ``name``, with the job's tag where one is given (Shell: ``NAME-"$SLURM_JOB_ID"``)."""
     return name if job is None else Shell(f"{q(name)}-{q(job)}")
+
+
+def setup_lines(spec: RunSpec) -> list[str]:
+    """The user's setup lines (module load, activating a venv), each ending the job when it fails: a missing
+    activate script was skipped and the job trained with another python. A line runs in the script's own shell (an
+    activation stays), closed on a line of its own (a comment at its end closes nothing). The Slurm script's, and
+    SkyPilot's setup and run sections' (each a script of its own)."""
+    lines = ["# setup (-o setup=...): the job ends at the first line that fails"] if spec.setup else []
+    for line in spec.setup:
+        if not line.strip() or line.lstrip().startswith("#"):
+            lines.append(line)  # nothing to run: as it is (a brace would close nothing after a comment)
+            continue
+        if line.rstrip().endswith("\\"):
+            raise FtctlError(f"setup line {line!r} continues on the next: give each command whole, one line each.")
+        said = q(f"{ERROR_PREFIX}a setup line failed: {line}")  # `ftctl status` says it (failures.error_line)
+        lines += [
+            f"{{ {line}",
+            f'}} || {{ RC=$?; echo {said} "(exit $RC): not training; fix -o setup=..."; '
+            f'[ -z "${{{STATUS_ENV}:-}}" ] || echo failed > "${STATUS_ENV}"; exit "$RC"; }}',
+        ]
+    return lines
 
 
 NETCHECK_MODULE = "ftctl.trainer.netcheck"

@@ -319,3 +319,26 @@ def test_local_inputs_ship_as_file_mounts_where_the_nodes_spec_names_them(tmp_pa
         else:
             assert copy.read_bytes() == Path(src).read_bytes(), src
     assert not list(tmp_path.rglob("PWNED")) and not (Path(__file__).resolve().parents[1] / "PWNED").exists()
+
+
+def test_the_setup_lines_hold_where_the_training_runs():
+    """SkyPilot runs its setup section as a script of its own: `-o setup='module load ...'` or a venv's activation
+    there was gone when the run section started the trainer, and a failing line was passed over. Both sections run
+    them, each ending at the first that fails, as the Slurm script does."""
+
+    def sections(lines):
+        task = yaml.safe_load(prepared(list(lines), backend="sky", gpus="1xL4", output_dir="s3://b/o").text)
+        run = task["run"].splitlines()
+        head = run[: next(i for i, x in enumerate(run) if x.startswith("mkdir -p"))]  # up to the trainer's work
+        return task["setup"], "\n".join([*head, 'echo "mark=${FTCTL_TEST_MARK:-unset}"'])
+
+    setup, run = sections(["setup=export FTCTL_TEST_MARK=from-setup"])
+    assert "export FTCTL_TEST_MARK=from-setup" in setup
+    done = subprocess.run(["bash", "-c", run], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "mark=from-setup" in done.stdout, done.stderr
+
+    setup, run = sections(["setup=false", "setup=export FTCTL_TEST_MARK=never"])
+    for script in (setup.split("python3 -m ftctl.sky.node_stack")[0], run):
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 1 and "mark=" not in done.stdout
+        assert "error: a setup line failed: false (exit 1): not training; fix -o setup=..." in done.stdout

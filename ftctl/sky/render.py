@@ -33,7 +33,7 @@ import yaml
 
 from ftctl import __version__
 from ftctl.errors import FtctlError, did_you_mean
-from ftctl.launch import Shell, container_kind, join, preflight_shell, torchrun_argv, trainer_env
+from ftctl.launch import Shell, container_kind, join, preflight_shell, setup_lines, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.preflight import checkpoint_gb
 from ftctl.sky.cost import memory_request
@@ -313,6 +313,9 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
     run_lines = [
         "set -euo pipefail",
         WORKDIR_ON_PATH,
+        # the setup lines again: SkyPilot runs its setup section as a script of its own, so what they load or
+        # activate (module load, a venv) was gone here
+        *setup_lines(spec),
         f"mkdir -p {node_dir(spec)}",
         f"cd {node_dir(spec)}  # the trainer's working directory: spec.json names the shipped inputs from here",
         f"cat > {spec_path} <<'{HEREDOC}'",
@@ -335,7 +338,7 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
     if inputs:
         task["file_mounts"] = {s.mount: s.local for s in inputs}
     install = [WORKDIR_ON_PATH, join(["python3", "-m", "ftctl.sky.node_stack", *gpu_arg, *run_requirements(spec)])]
-    task["setup"] = _Block("\n".join([*spec.setup, *install]) + "\n")
+    task["setup"] = _Block("\n".join([*setup_lines(spec), *install]) + "\n")
     task["run"] = _Block("\n".join(run_lines) + "\n")
     header = f"# Rendered by ftctl {__version__}: {plan.method} on {plan.gpus}. Launch: ftctl launch --backend sky\n"
     if note := shipping_note(spec, plan, inputs):

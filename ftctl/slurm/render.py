@@ -33,6 +33,7 @@ from ftctl.launch import (
     netcheck_argv,
     preflight_lines,
     q,
+    setup_lines,
     torchrun_argv,
     trainer_env,
 )
@@ -159,26 +160,6 @@ _HEAD, _PORT, _JOB = Shell('"$HEAD_ADDR"'), Shell('"$RDZV_PORT"'), Shell('"$SLUR
 PORT_SPREAD = 1000  # RDZV_PORT = rdzv_port + SLURM_JOB_ID % PORT_SPREAD
 
 
-def _setup_lines(spec: RunSpec) -> list[str]:
-    """The user's setup lines (module load, activating a venv), each ending the job when it fails: a missing
-    activate script was skipped and the job trained with another python. A line runs in the script's own shell (an
-    activation stays), closed on a line of its own (a comment at its end closes nothing)."""
-    lines = ["# setup (-o setup=...): the job ends at the first line that fails"] if spec.setup else []
-    for line in spec.setup:
-        if not line.strip() or line.lstrip().startswith("#"):
-            lines.append(line)  # nothing to run: as it is (a brace would close nothing after a comment)
-            continue
-        if line.rstrip().endswith("\\"):
-            raise FtctlError(f"setup line {line!r} continues on the next: give each command whole, one line each.")
-        said = q(f"{ERROR_PREFIX}a setup line failed: {line}")  # `ftctl status` says it (failures.error_line)
-        lines += [
-            f"{{ {line}",
-            f'}} || {{ RC=$?; echo {said} "(exit $RC): not training; fix -o setup=..."; '
-            f'[ -z "${{{STATUS_ENV}:-}}" ] || echo failed > "${STATUS_ENV}"; exit "$RC"; }}',
-        ]
-    return lines
-
-
 def _port_line(spec: RunSpec) -> str:
     if spec.rdzv_port + PORT_SPREAD - 1 > 65535:
         raise FtctlError(
@@ -270,7 +251,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         f"# secrets come from the submitting environment, by name only: {secrets}",
         f'on_signal() {{ echo "ftctl: USR2 (time limit or preemption): checkpointing"; touch "${STOP_ENV}"; }}',
         "trap on_signal USR2  # before the setup lines: a signal during them would end the job unsaved",
-        *_setup_lines(spec),
+        *setup_lines(spec),
         "",
         'HEAD_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export HEAD_ADDR",
