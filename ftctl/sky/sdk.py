@@ -127,7 +127,19 @@ def status(cluster: str | None, job_id: int, managed: bool) -> dict:
     """{"status": SkyPilot's word or "GONE", "detail": str}."""
     sky = _sky()
     if managed:
-        records = sky.get(sky.jobs.queue(refresh=False, skip_finished=False, all_users=True, job_ids=[job_id]))
+        # failure_reason is not among the queue's default fields (sky.jobs.constants.DEFAULT_MANAGED_JOB_FIELDS)
+        fields = ["job_id", "status", "recovery_count", "failure_reason"]
+        try:
+            asked = sky.jobs.queue_v2(
+                refresh=False, skip_finished=False, all_users=True, job_ids=[job_id], fields=fields
+            )
+            records = sky.get(asked)[0]
+        except sky.exceptions.ClusterNotUpError:  # refresh=True would start it (a VM of its own, on a cloud)
+            return {
+                "status": "GONE",
+                "detail": "SkyPilot's jobs controller is stopped (it stops once no managed job runs): `sky jobs queue "
+                "--refresh` starts it and lists how each job ended",
+            }
         for r in records:
             if int(_get(r, "job_id")) == job_id:
                 st = _get(r, "status")
@@ -138,8 +150,15 @@ def status(cluster: str | None, job_id: int, managed: bool) -> dict:
                     "recoveries": _get(r, "recovery_count"),
                 }
         return {"status": "GONE", "detail": f"no managed job {job_id} in `sky jobs queue`"}
-    if not sky.get(sky.status([cluster])):
-        return {"status": "GONE", "detail": f"cluster {cluster} is gone (torn down or autostopped)"}
+    records = sky.get(sky.status([cluster]))
+    if not records:
+        return {"status": "GONE", "detail": f"cluster {cluster} is gone (torn down)"}
+    if (word := str(getattr(records[0]["status"], "value", records[0]["status"]))) != "UP":  # its jobs are not read
+        return {
+            "status": "GONE",
+            "detail": f"cluster {cluster} is {word.lower()} (autostopped once idle?): `sky start {cluster}` reads "
+            "its jobs",
+        }
     statuses = sky.get(sky.job_status(cluster, [job_id]))
     st = statuses.get(job_id, statuses.get(str(job_id)))
     return {"status": str(getattr(st, "value", st)) if st is not None else "GONE", "detail": f"on cluster {cluster}"}
