@@ -241,8 +241,7 @@ def test_a_shipped_directory_lands_anew_once_its_files_change(tmp_path):
 
 def test_the_shipped_model_is_sized_once_with_how_it_travels(tmp_path, monkeypatch, capsys):
     """A model directory can be many GB: the task says how big and how it travels (to each node; a managed job's
-    through SkyPilot's jobs controller), and so does launch, which also sends it by sky.launch where it would reuse
-    the cluster by sky.exec (which syncs no file_mounts)."""
+    through SkyPilot's jobs controller), and so does launch."""
     from ftctl.sky import bridge
     from ftctl.sky.backend import SkyBackend
 
@@ -260,16 +259,14 @@ def test_the_shipped_model_is_sized_once_with_how_it_travels(tmp_path, monkeypat
         bridge, "call", lambda op, **kw: calls.append(kw) or {"managed": False, "job_id": 3, "cluster": "dev"}
     )
     SkyBackend().send(sky(**args, cluster="dev"))
-    assert calls[0]["reuse"] is False and calls[0]["cluster"] == "dev"
+    assert calls[0]["cluster"] == "dev" and "reuse" not in calls[0]  # sky.launch, up or not: setup runs
     err = capsys.readouterr().err
     assert note.removeprefix("# ") in err
     # what the task YAML does not hold, said as it is sent: the workdir, and the idle autostop
     (said,) = [line for line in err.splitlines() if line.startswith("with the task, through SkyPilot's SDK: ")]
     assert f"workdir {calls[0]['workdir']} (ftctl's source)" in said and f"{calls[0]['idle_minutes']} idle" in said
-    SkyBackend().send(sky(cluster="dev"))  # nothing shipped: the cluster is reused when up
-    assert calls[1]["reuse"] is True
     SkyBackend().send(sky(cluster="dev", down=True))  # --down on an up cluster: sky.launch sets its autodown
-    assert calls[2]["reuse"] is False and calls[2]["down"] is True
+    assert calls[1]["down"] is True
 
 
 def test_doctor_names_the_sky_command_that_exists_here():

@@ -153,7 +153,7 @@ def test_launch_two_nodes_status_logs_cancel_down(sky, sky_infra, sky_s3):
     assert (shipped[0].parent / node["model_name_or_path"] / "config.json").is_file()
     assert not list(sky.cwd.rglob("PWNED"))
 
-    # a second, long run on the same cluster (sky.exec), cancelled while it runs
+    # a second, long run on the same cluster, reused (sky.launch), cancelled while it runs
     long_job = sky.launch(
         *sky.run_args(
             sky.model,

@@ -1,8 +1,7 @@
 """The SkyPilot backend: the rendered task handed to SkyPilot's Python SDK.
 
-    launch   sky.launch (idle autostop, or --down) of cluster --cluster / the run name; sky.exec when
-             --cluster names one that is up, unless the task ships local inputs (sky.exec syncs no file_mounts;
-             sky.launch onto that cluster syncs them, and runs the setup again); --spot: sky.jobs.launch of a
+    launch   sky.launch (idle autostop, or --down) of cluster --cluster / the run name, reused when up (its
+             setup runs again, for what this run needs; sky.exec would run none); --spot: sky.jobs.launch of a
              managed job named after the run, with job_recovery (no --cluster, --down or idle_minutes: SkyPilot
              launches and tears down its clusters)
     status / logs / cancel / down    sky.job_status / tail_logs / cancel / down, or sky.jobs.*
@@ -146,9 +145,6 @@ class SkyBackend(Backend):
             workdir=str(source),
             cluster=cluster,
             managed=spec.spot,
-            # sky.exec syncs no file_mounts and sets no autodown (its down= does nothing: SkyPilot 0.14 sets autostop
-            # only in sky.launch's stages): sky.launch does both, and reuses the cluster when it is up
-            reuse=spec.cluster is not None and not inputs and not spec.down,
             down=spec.down,
             idle_minutes=idle,
             secrets=secrets,

@@ -80,13 +80,14 @@ def launch(
     workdir: str | None,
     cluster: str,
     managed: bool,
-    reuse: bool,
     down: bool,
     idle_minutes: int | None,
     secrets: list[str],
 ) -> dict:
-    """Launch the task: a managed job (``managed``), ``sky.exec`` on the running cluster ``cluster``
-    (``reuse``), else ``sky.launch`` of that cluster with an idle autostop (or ``down``)."""
+    """Launch the task: a managed job (``managed``), else ``sky.launch`` on the cluster ``cluster`` with an idle
+    autostop (or ``down``). An up cluster is reused by sky.launch too, never sky.exec: that runs no setup (what
+    this run needs beyond an earlier run's, wandb or gcsfs, was missing, and its -o setup lines were dropped),
+    syncs no file_mounts and sets no autodown."""
     sky = _sky()
     import yaml
 
@@ -108,18 +109,10 @@ def launch(
     if managed:
         job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=cluster))
         return {"job_id": int(job_ids[0]), "cluster": None, "managed": True}
-    if reuse and _cluster_up(sky, cluster):
-        job_id, _ = sky.stream_and_get(sky.exec(task, cluster_name=cluster))
-        return {"job_id": int(job_id), "cluster": cluster, "managed": False, "reused": True}
     job_id, _ = sky.stream_and_get(
         sky.launch(task, cluster_name=cluster, idle_minutes_to_autostop=idle_minutes, down=down)
     )
-    return {"job_id": int(job_id), "cluster": cluster, "managed": False, "reused": False}
-
-
-def _cluster_up(sky, cluster: str) -> bool:
-    records = sky.get(sky.status([cluster]))
-    return any(str(getattr(r["status"], "value", r["status"])) == "UP" for r in records)
+    return {"job_id": int(job_id), "cluster": cluster, "managed": False}
 
 
 # ------------------------------------------------------------------------------------------ watch
