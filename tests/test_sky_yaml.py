@@ -211,6 +211,8 @@ def test_the_nodes_install_what_the_run_uses_beyond_the_train_extra():
     assert "'s3fs>=2024.1'" in plain and not any(p in plain for p in ("wandb", "gcsfs", "adlfs"))
     used = setup("report_to=wandb", "data_path=az://c/conv.jsonl", output="gs://b/runs/x")
     assert all(f"'{r}'" in used for r in ("wandb>=0.18", "gcsfs>=2024.1", "adlfs>=2024.1", "s3fs>=2024.1"))
+    # the trainer reads a chat template from its store too (it was left out: gcsfs missing on the node)
+    assert "gcsfs" in setup("chat_template_path=gs://b/t.jinja")
 
 
 # ------------------------------------------------------------------------------------------ local inputs

@@ -91,7 +91,7 @@ def run_requirements(spec: RunSpec) -> list[str]:
     extras = {"train"}
     if "wandb" in spec.report_to:
         extras.add("wandb")
-    schemes = {p.split("://", 1)[0].lower() for p in (*spec.data_paths, spec.output) if "://" in p}
+    schemes = {p.split("://", 1)[0].lower() for p in spec.remote_uris}  # the chat template and resume= too
     extras |= {"gcs" for s in schemes if s in ("gs", "gcs")} | {
         "azure" for s in schemes if s in ("az", "abfs", "abfss")
     }
