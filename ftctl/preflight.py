@@ -586,10 +586,36 @@ def _check_remote_output(uri: str, endpoint_url: str | None) -> list[Finding]:
 def check_resume(spec, plan) -> list[Finding]:
     """What the trainer will find in the output when it starts (checkpoints.settings), before paying for the job:
     a newest checkpoint these settings cannot continue, or one resume=never would write over, is an error; one
-    they change is said."""
-    if spec.resume not in ("auto", "never"):
+    they change is said. resume=PATH: checkpoints past PATH's step in the output are an error (check_resume_path)."""
+    check = _check_resume if spec.resume in ("auto", "never") else _check_resume_path
+    return _bounded("--output", spec.output, spec.s3_endpoint_url, lambda: check(spec, plan))
+
+
+def _check_resume_path(spec, plan) -> list[Finding]:
+    """resume=PATH goes back to PATH's step: later checkpoints in the output would be written over by the run's own
+    saves (checkpoint-N again), and a requeued or recovered attempt, which goes on from the run's own checkpoints
+    past PATH (trainer.run.resume_point), could not tell them apart."""
+    from ftctl.checkpoints import checkpoint_step, list_checkpoints
+
+    try:
+        with storage.storage_errors(spec.output, spec.s3_endpoint_url):
+            found = list_checkpoints(spec.output, endpoint_url=spec.s3_endpoint_url)
+    except (storage.StorageError, FtctlError, OSError, ValueError):
+        return []  # check_output says what is wrong with the output
+    step = checkpoint_step(spec.resume) or 0
+    later = [info.name for info in found if info.step > step]
+    if not later:
         return []
-    return _bounded("--output", spec.output, spec.s3_endpoint_url, lambda: _check_resume(spec, plan))
+    more = f" and {len(later) - 1} more" if len(later) > 1 else ""
+    return [
+        Finding(
+            ERROR,
+            f"resume={spec.resume} goes back to step {step}, but {spec.output} holds later checkpoints ({later[-1]}"
+            f"{more}). To continue them (a relaunch after an interruption), use resume=auto; to go back, move them "
+            "out of it (or delete them), or give another --output: this run would write over them, and a requeue "
+            "could not tell them from its own.",
+        )
+    ]
 
 
 def _check_resume(spec, plan) -> list[Finding]:

@@ -519,3 +519,17 @@ def test_a_final_model_only_on_this_node_is_not_a_finished_run(remote, tmp_path)
     spec = RunSpec(max_steps=4, output_dir=remote)
     assert already_trained(spec, str(ckpt), None, str(local), remote) is None
     assert "nothing is left to train" in already_trained(spec, str(ckpt), None, str(local), None)  # a local output
+
+
+def test_a_requeue_of_a_run_that_went_back_goes_on_from_its_own_checkpoints(tmp_path):
+    """resume=PATH was read again by every requeued (Slurm) or recovered (SkyPilot) attempt: each went back to
+    PATH, losing what the job had trained since (and transformers' rotation had often deleted PATH by then)."""
+    from ftctl.spec import RunSpec
+    from ftctl.trainer.run import resume_point
+
+    out = tmp_path / "out"
+    back = committed(out, 100)
+    spec = RunSpec(resume=str(back), output_dir=str(out))
+    assert resume_point(spec, str(out), None) == str(back)  # the first attempt
+    committed(out, 150)  # the job saved once, then was preempted
+    assert resume_point(spec, str(out), None) == str(out / "checkpoint-150")

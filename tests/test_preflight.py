@@ -386,7 +386,11 @@ def test_a_relaunch_is_checked_against_the_outputs_newest_checkpoint(tmp_path, s
         "with the new ones; another --output starts a new run instead"
     )
     assert only(check(resume="never")).startswith(f"resume=never, but {output} holds an earlier run's checkpoints")
-    assert check(resume=str(run / "checkpoint-20")) == []  # a checkpoint named: the trainer reads it
+    assert check(resume=str(run / "checkpoint-40")) == []  # a checkpoint named: the trainer reads it
+    # one before the newest: the run would write over checkpoint-40, and a requeue could not tell it from its own
+    back = only(check(resume=str(run / "checkpoint-20")))
+    assert back.startswith(f"resume={run / 'checkpoint-20'} goes back to step 20, but {output} holds later ")
+    assert "(checkpoint-40). To continue them (a relaunch after an interruption), use resume=auto" in back
     # other data with resume=auto: a new experiment that would go on from this one (refused by --dry-run too)
     assert only(check(data_path="other.jsonl")) == (
         f"{output} holds checkpoint-40 of a run trained on data_path=builtin:demo; this launch names other data. To "

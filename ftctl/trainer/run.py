@@ -407,6 +407,18 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
 
     if said := resume_problem(spec.resume, here=True):
         raise FtctlError(said)
+    # a requeued or recovered attempt goes on from the job's own checkpoints past the one named, not back to it
+    # (launch refuses an output holding later ones before the first: preflight.check_resume_path)
+    named = checkpoints.checkpoint_step(spec.resume) or 0
+    past = [
+        c
+        for uri in filter(None, (local_dir, remote_uri))
+        for c in checkpoints.list_checkpoints(uri, endpoint_url=spec.s3_endpoint_url)
+        if c.complete and c.step > named
+    ]
+    if past and (own := resume_checkpoint(local_dir, remote_uri, spec.s3_endpoint_url)):
+        log.info("resume=%s: this run went on past it, to %s: resuming there", spec.resume, os.path.basename(own))
+        return own
     return spec.resume
 
 
