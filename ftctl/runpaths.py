@@ -16,6 +16,9 @@ from pathlib import Path
 
 SPEC_FILE = "spec.json"  # the run description and its plan (ftctl.plan.dump_run)
 METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step, written by the trainer's rank 0
+# its rows up to a checkpoint's step, saved in the checkpoint: a run resumed on another node (a recovered spot VM)
+# keeps them
+CHECKPOINT_METRICS = "ftctl-metrics.jsonl"
 PLAIN_TEXT = "plain_text"  # metrics.jsonl's "start" record: every training row was plain text (no chat template)
 SBATCH_FILE = "job.sbatch"
 TASK_FILE = "task.yaml"

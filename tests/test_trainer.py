@@ -754,6 +754,10 @@ def test_s3_output_is_staged_uploaded_and_resumed_on_a_fresh_node(
     assert (tmp_path / "node-b" / f"checkpoint-{first.global_step}").is_dir()  # downloaded to resume
     names = {e["name"] for e in storage.ls(uri)}
     assert {"adapter_model.safetensors", "adapter_config.json", "spec.json", "metrics.jsonl", "checkpoint-6"} <= names
+    # the metrics of node a's steps came with its checkpoint: the store's metrics.jsonl has every step once (it had
+    # node b's only, from the checkpoint on)
+    rows = [json.loads(line) for line in storage.read_text(storage.join(uri, "metrics.jsonl")).splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
 
 def test_data_smaller_than_one_step_is_said(tiny_model_dir, tmp_path, one_thread, caplog):

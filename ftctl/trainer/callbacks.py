@@ -30,6 +30,7 @@ import time
 from transformers import TrainerCallback
 
 from ftctl.envvars import STOP_ENV
+from ftctl.runpaths import CHECKPOINT_METRICS
 from ftctl.trainer import distributed
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,10 @@ DATASET_LOSS = re.compile(r"eval_(?!aux_loss$)(.+)_loss")
 class MetricsCallback(TrainerCallback):
     """Metrics JSONL in the output dir and one progress line per logging step (main process only)."""
 
-    def __init__(self, path: str, echo=print):
+    def __init__(self, path: str, echo=print, resumed_from: str | None = None):
         self.path = path
         self.echo = echo
+        self.resumed_from = resumed_from  # the checkpoint the run resumes, whose rows a fresh node's file lacks
         self._t0 = None
         self._step0 = 0
         self._tokens_last = 0
@@ -62,6 +64,8 @@ class MetricsCallback(TrainerCallback):
         self._step0 = state.global_step  # > 0 when resumed
         self._tokens_last = state.num_input_tokens_seen
         if state.is_world_process_zero:
+            if self.resumed_from and state.global_step > 0:
+                restore_metrics(self.path, os.path.join(self.resumed_from, CHECKPOINT_METRICS))
             truncate_metrics(self.path, state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -194,6 +198,27 @@ class ProgressBar(TrainerCallback):
             sys.stdout.write("\n")
             sys.stdout.flush()
             self._drawn = False
+
+
+def restore_metrics(path: str, saved: str) -> None:
+    """Put the rows a checkpoint saved (``saved``) before this run's where ``path`` holds none of a step yet: the
+    run resumes on a node without its earlier rows (a recovered spot VM, a fresh cache). Rewritten atomically."""
+    try:
+        with open(saved) as f:
+            rows = f.readlines()
+    except OSError:
+        return
+    lines = []
+    if os.path.exists(path):
+        with open(path) as f:
+            lines = f.readlines()
+    if any(_step_of(line) > 0 for line in lines):
+        return  # this node kept them
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(line if line.endswith("\n") else line + "\n" for line in [*rows, *lines])
+    os.replace(tmp, path)
+    log.debug("metrics: %d row(s) restored from %s", len(rows), saved)
 
 
 def truncate_metrics(path: str, step: int) -> None:

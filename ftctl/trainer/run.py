@@ -217,7 +217,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             upload_wait_s=spec.upload_wait_s,
             shared_filesystem=remote_uri is None,
         )
-        metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo)
+        metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo, resumed_from=run.resume_from)
         if procs.is_main:
             plain = all(s.plain == s.rows for s in trained_rows)
             record_start(os.path.join(local_dir, METRICS_FILE), run.kernels, plain, echo)

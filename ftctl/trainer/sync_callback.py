@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from ftctl import checkpoints
+from ftctl.runpaths import CHECKPOINT_METRICS, METRICS_FILE
 from ftctl.spec import RunSpec
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,9 @@ class CheckpointSyncCallback(TrainerCallback):
             if not os.path.isdir(ckpt):
                 log.warning("on_save: %s does not exist; nothing to commit", ckpt)
             else:
+                metrics = os.path.join(args.output_dir, METRICS_FILE)  # rank 0's, written in this thread
+                if os.path.isfile(metrics):
+                    shutil.copyfile(metrics, os.path.join(ckpt, CHECKPOINT_METRICS))
                 extra = {"settings": self.settings} if self.settings else {}
                 name = checkpoints.MANIFEST
                 if self.num_nodes > 1:
