@@ -512,6 +512,7 @@ def save(run: Run) -> None:
     staging = os.path.join(run.local_dir, FINAL_STAGING)
     if run.procs.is_main:
         shutil.rmtree(staging, ignore_errors=True)
+    distributed.barrier()  # gone before any rank writes there (a DeepSpeed save writes every rank's shards)
     run.trainer.save_model(staging)
     if run.procs.is_main:
         name_base_model(staging, base_name(run.spec))
