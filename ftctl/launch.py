@@ -96,8 +96,15 @@ def setup_lines(spec: RunSpec) -> list[str]:
     """The user's setup lines (module load, activating a venv), each ending the job when it fails: a missing
     activate script was skipped and the job trained with another python. A line runs in the script's own shell (an
     activation stays), closed on a line of its own (a comment at its end closes nothing). The Slurm script's, and
-    SkyPilot's setup and run sections' (each a script of its own)."""
-    lines = ["# setup (-o setup=...): the job ends at the first line that fails"] if spec.setup else []
+    SkyPilot's setup and run sections' (each a script of its own), so a line must be safe to run again (a requeue
+    runs it again too). They run without nounset, whatever the script's (an activate script, or export
+    LD_LIBRARY_PATH=/x:$LD_LIBRARY_PATH, reads unset variables: under set -u bash ended the script unsaid)."""
+    if not spec.setup:
+        return []
+    lines = [
+        "# setup (-o setup=...): the job ends at the first line that fails",
+        'FTCTL_NOUNSET="${-//[^u]/}"; set +u',
+    ]
     for line in spec.setup:
         if not line.strip() or line.lstrip().startswith("#"):
             lines.append(line)  # nothing to run: as it is (a brace would close nothing after a comment)
@@ -110,7 +117,7 @@ def setup_lines(spec: RunSpec) -> list[str]:
             f'}} || {{ RC=$?; echo {said} "(exit $RC): not training; fix -o setup=..."; '
             f'[ -z "${{{STATUS_ENV}:-}}" ] || echo failed > "${STATUS_ENV}"; exit "$RC"; }}',
         ]
-    return lines
+    return [*lines, '[ -z "$FTCTL_NOUNSET" ] || set -u']
 
 
 NETCHECK_MODULE = "ftctl.trainer.netcheck"

@@ -533,3 +533,8 @@ def test_a_requeue_of_a_run_that_went_back_goes_on_from_its_own_checkpoints(tmp_
     assert resume_point(spec, str(out), None) == str(back)  # the first attempt
     committed(out, 150)  # the job saved once, then was preempted
     assert resume_point(spec, str(out), None) == str(out / "checkpoint-150")
+    # an object-store output: only its own checkpoints count, not what this node's cache holds of an older run
+    cache, store = tmp_path / "cache", f"file://{tmp_path}/store/run"
+    committed(cache, 900)
+    spec = RunSpec(resume=str(back), output_dir=store)
+    assert resume_point(spec, str(cache), store) == str(back)

@@ -343,6 +343,11 @@ def test_what_a_git_repository_ignores_is_not_left_out_unsaid(tmp_path):
         FtctlError, match=r"--model '.*my-model' is in a git repository that ignores 'model.safetensors'"
     ):
         sky(model_name_or_path=str(model))
+    # what `hf download --local-dir` keeps beside the files, ignoring itself, is no loss
+    (model / ".cache" / "huggingface").mkdir(parents=True)
+    (model / ".cache" / "huggingface" / ".gitignore").write_text("*\n")
+    (model / ".cache" / "huggingface" / "download").mkdir()
+    assert git_ignored(str(model)) == ["model.safetensors"]
     (model / SKYIGNORE).write_text("")  # the fix the message gives
     assert sky(model_name_or_path=str(model)) and _skypilot_leaves_out(model) == []
 

@@ -334,10 +334,13 @@ def test_the_setup_lines_hold_where_the_training_runs():
         head = run[: next(i for i, x in enumerate(run) if x.startswith("mkdir -p"))]  # up to the trainer's work
         return task["setup"], "\n".join([*head, 'echo "mark=${FTCTL_TEST_MARK:-unset}"'])
 
-    setup, run = sections(["setup=export FTCTL_TEST_MARK=from-setup"])
-    assert "export FTCTL_TEST_MARK=from-setup" in setup
+    # a line that reads an unset variable, as an activate script or `export PATH=...:$X` does: the run section's
+    # set -u would end it unsaid
+    setup, run = sections(["setup=export FTCTL_TEST_MARK=from-setup$FTCTL_NOT_SET"])
+    assert "export FTCTL_TEST_MARK=from-setup$FTCTL_NOT_SET" in setup
     done = subprocess.run(["bash", "-c", run], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "mark=from-setup" in done.stdout, done.stderr
+    assert "set -u" in run.splitlines()[-2]  # and nounset is back for ftctl's own lines
 
     setup, run = sections(["setup=false", "setup=export FTCTL_TEST_MARK=never"])
     for script in (setup.split("python3 -m ftctl.sky.node_stack")[0], run):

@@ -804,3 +804,25 @@ def test_one_process_under_torchrun_asks_ddp_for_no_unused_parameter_search(tiny
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "did not find any unused parameters" not in proc.stdout + proc.stderr
+
+
+def test_checkpoints_beyond_save_total_limit_go_once_the_next_is_complete(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch
+):
+    """With save_total_limit=1 the Trainer deleted the previous checkpoint before on_save wrote the new one's
+    manifest: a run stopped there had no complete checkpoint, and its relaunch started from step 0."""
+    from ftctl import checkpoints as C
+    from ftctl.trainer import sync_callback
+
+    out, write = tmp_path / "o", sync_callback.checkpoints.write_manifest
+    complete_then = []
+
+    def watched(ckpt, *args, **kwargs):
+        complete_then.append([c.step for c in C.list_checkpoints(str(out)) if c.complete])
+        return write(ckpt, *args, **kwargs)
+
+    monkeypatch.setattr(sync_callback.checkpoints, "write_manifest", watched)
+    spec, plan = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, save_steps=2, save_total_limit=1)
+    assert _train(spec, plan).status == "complete"
+    assert complete_then == [[], [2], [4]]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]

@@ -152,6 +152,7 @@ def _unshippable(said: str, path: str, envs: dict[str, str], links: list[str]) -
     return problems
 
 
+HF_LOCAL_CACHE = ".cache/huggingface"  # in a directory `hf download --local-dir` wrote: its metadata
 SKYIGNORE = ".skyignore"  # in a directory SkyPilot ships: what it leaves out, read instead of git's rules
 
 
@@ -172,7 +173,10 @@ def git_ignored(path: str) -> list[str]:
     except (OSError, subprocess.TimeoutExpired):
         return []
     items = out.stdout.split("\0")[:-1] if out.returncode == 0 else []
-    return [] if "./" in items else items
+    if "./" in items:
+        return []
+    # `hf download --local-dir`'s own bookkeeping ignores itself (.cache/huggingface/.gitignore: *): no loss
+    return [i for i in items if i.rstrip("/") not in (".cache", HF_LOCAL_CACHE) and not i.startswith(HF_LOCAL_CACHE)]
 
 
 def _plain(name: str) -> str:

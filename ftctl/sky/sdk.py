@@ -146,13 +146,12 @@ def status(cluster: str | None, job_id: int, managed: bool) -> dict:
     records = sky.get(sky.status([cluster]))
     if not records:
         return {"status": "GONE", "detail": f"cluster {cluster} is gone (torn down)"}
-    if (word := str(getattr(records[0]["status"], "value", records[0]["status"]))) != "UP":  # its jobs are not read
-        return {
-            "status": "GONE",
-            "detail": f"cluster {cluster} is {word.lower()} (autostopped once idle?): `sky start {cluster}` reads "
-            "its jobs",
-        }
-    statuses = sky.get(sky.job_status(cluster, [job_id]))
+    word = str(getattr(records[0]["status"], "value", records[0]["status"]))
+    try:
+        statuses = sky.get(sky.job_status(cluster, [job_id]))
+    except sky.exceptions.ClusterNotUpError:  # stopped (autostopped once idle), or INIT while a launch updates it
+        how = f"`sky start {cluster}` reads its jobs" if word == "STOPPED" else "its jobs are read once it is up"
+        return {"status": "GONE", "detail": f"cluster {cluster} is {word.lower()}: {how}"}
     st = statuses.get(job_id, statuses.get(str(job_id)))
     return {"status": str(getattr(st, "value", st)) if st is not None else "GONE", "detail": f"on cluster {cluster}"}
 

@@ -408,17 +408,15 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
     if said := resume_problem(spec.resume, here=True):
         raise FtctlError(said)
     # a requeued or recovered attempt goes on from the job's own checkpoints past the one named, not back to it
-    # (launch refuses an output holding later ones before the first: preflight.check_resume_path)
+    # (launch refuses an output holding later ones before the first: preflight.check_resume_path). The output's
+    # only: a node's cache of an object-store output may hold an older run's
     named = checkpoints.checkpoint_step(spec.resume) or 0
-    past = [
-        c
-        for uri in filter(None, (local_dir, remote_uri))
-        for c in checkpoints.list_checkpoints(uri, endpoint_url=spec.s3_endpoint_url)
-        if c.complete and c.step > named
-    ]
+    listed = checkpoints.list_checkpoints(remote_uri or local_dir, endpoint_url=spec.s3_endpoint_url)
+    past = [c.step for c in listed if c.complete and c.step > named]
     if past and (own := resume_checkpoint(local_dir, remote_uri, spec.s3_endpoint_url)):
-        log.info("resume=%s: this run went on past it, to %s: resuming there", spec.resume, os.path.basename(own))
-        return own
+        if checkpoints.checkpoint_step(own) == max(past):
+            log.info("resume=%s: this run went on past it, to %s: resuming there", spec.resume, os.path.basename(own))
+            return own
     return spec.resume
 
 
