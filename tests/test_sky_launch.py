@@ -259,7 +259,9 @@ def test_the_object_stores_credentials_go_as_secrets_by_name(monkeypatch, tmp_pa
     fake = types.SimpleNamespace(Task=types.SimpleNamespace(from_yaml_config=from_yaml_config))
     fake.launch, fake.stream_and_get = (lambda task, **kw: task), (lambda request: (7, None))
     monkeypatch.setitem(sys.modules, "sky", fake)
-    out = sdk.launch(str(r.paths.task), None, "c", False, False, False, None, secrets=job_secrets(r.spec))
+    out = sdk.launch(
+        str(r.paths.task), None, "c", managed=False, down=False, idle_minutes=None, secrets=job_secrets(r.spec)
+    )
     assert out["job_id"] == 7
     ((config, secrets),) = given
     assert secrets == {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_SECRET_ACCESS_KEY")}
