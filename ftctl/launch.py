@@ -5,8 +5,8 @@
 
 The c10d rendezvous assigns node ranks, so the line is the same on every node. Where jobs may share a node
 (Slurm), the backend passes a port and a job tag of the job's own (Shell variables), so two jobs never meet in
-one rendezvous; a run on this host alone (local, docker: ``head=None``) rendezvous on a free port of its own
-(``--standalone``) unless it sets rdzv_port; elsewhere it is spec.rdzv_port and the run name.
+one rendezvous; a run on one host (local, docker, a one-node SkyPilot job: ``head=None``) rendezvous on a free
+port of its own (``--standalone``) unless it sets rdzv_port; elsewhere it is spec.rdzv_port and the run name.
 
 User values are always quoted with ``shlex.quote``; intentional shell (``"$HEAD_ADDR"``) is marked
 ``Shell`` and passes through untouched, so no value a user typed is ever interpolated by hand.
