@@ -20,11 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 6
 
 
-def train_tiny(output_dir, remote_uri, stop_at=None, resume=None, max_steps=MAX_STEPS, rotate=None):
+def train_tiny(output_dir, remote_uri, stop_at=None, resume=None, max_steps=MAX_STEPS):
     """Train a random LlamaForCausalLM (hidden 64, 2 layers, vocab 256) on random tokens, saving
-    every 2 steps through the callback; stop early at ``stop_at`` (a preemption). ``rotate``: the callback keeps
-    that many checkpoints (as ftctl's trainer runs it), else the Trainer keeps 1. Returns (per-step losses, final
-    parameters, the callback)."""
+    every 2 steps through the callback; stop early at ``stop_at`` (a preemption). Returns
+    (per-step losses, final parameters, the callback)."""
     import torch
     from transformers import (
         LlamaConfig,
@@ -57,7 +56,7 @@ def train_tiny(output_dir, remote_uri, stop_at=None, resume=None, max_steps=MAX_
             if state.global_step == stop_at:
                 control.should_training_stop = True
 
-    sync = CheckpointSyncCallback(remote_uri, spec_hash="spec-123", backoff=(0.1, 0.5), upload_wait_s=60, rotate=rotate)
+    sync = CheckpointSyncCallback(remote_uri, spec_hash="spec-123", backoff=(0.1, 0.5), upload_wait_s=60)
     args = TrainingArguments(
         output_dir=str(output_dir),
         max_steps=max_steps,
@@ -72,7 +71,7 @@ def train_tiny(output_dir, remote_uri, stop_at=None, resume=None, max_steps=MAX_
         dataloader_num_workers=0,
         report_to=[],
         disable_tqdm=True,
-        save_total_limit=None if rotate else 1,
+        save_total_limit=1,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[sync, Preempt()])
     trainer.train(resume_from_checkpoint=resume)
@@ -178,22 +177,3 @@ def test_kill_9_of_the_trainer_before_the_manifest(s3_bucket, tmp_path, caplog):
     assert resume_checkpoint(str(run), remote) == str(run / "checkpoint-2")
     assert resume_checkpoint(str(tmp_path / "fresh"), remote) == str(tmp_path / "fresh" / "checkpoint-2")
     assert [c.step for c in C.list_checkpoints(remote) if c.complete] == [2]
-
-
-def test_a_complete_checkpoint_is_left_while_the_next_one_is_committed(tmp_path, monkeypatch):
-    """The Trainer deletes the checkpoints beyond save_total_limit before on_save writes the new one's manifest
-    (hashing every file: minutes for a full model): with a limit of 1, a run stopped there had no complete
-    checkpoint, and its relaunch started from step 0. ftctl rotates after the manifest."""
-    from ftctl.trainer import sync_callback
-
-    out, write = tmp_path / "out", sync_callback.checkpoints.write_manifest
-    complete_then = []
-
-    def watched(ckpt, *args, **kwargs):
-        complete_then.append([c.step for c in C.list_checkpoints(str(out)) if c.complete])
-        return write(ckpt, *args, **kwargs)
-
-    monkeypatch.setattr(sync_callback.checkpoints, "write_manifest", watched)
-    train_tiny(out, None, rotate=1)
-    assert complete_then == [[], [2], [4]]  # at each commit, the one before is still there
-    assert sorted(os.listdir(out)) == ["checkpoint-6"]  # and rotated once the new one is complete
