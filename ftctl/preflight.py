@@ -588,20 +588,27 @@ def check_resume(spec, plan) -> list[Finding]:
     a newest checkpoint these settings cannot continue, or one resume=never would write over, is an error; one
     they change is said. resume=PATH: checkpoints past PATH's step in the output are an error (check_resume_path)."""
     check = _check_resume if spec.resume in ("auto", "never") else _check_resume_path
-    return _bounded("--output", spec.output, spec.s3_endpoint_url, lambda: check(spec, plan))
+    return _bounded("--output", spec.output, spec.s3_endpoint_url, lambda: _with_checkpoints(check, spec, plan))
 
 
-def _check_resume_path(spec, plan) -> list[Finding]:
-    """resume=PATH goes back to PATH's step: later checkpoints in the output would be written over by the run's own
-    saves (checkpoint-N again), and a requeued or recovered attempt, which goes on from the run's own checkpoints
-    past PATH (trainer.run.resume_point), could not tell them apart."""
-    from ftctl.checkpoints import checkpoint_step, list_checkpoints
+def _with_checkpoints(check, spec, plan) -> list[Finding]:
+    """``check(spec, plan, found)`` with the output's checkpoints listed; [] where they cannot be."""
+    from ftctl.checkpoints import list_checkpoints
 
     try:
         with storage.storage_errors(spec.output, spec.s3_endpoint_url):
             found = list_checkpoints(spec.output, endpoint_url=spec.s3_endpoint_url)
     except (storage.StorageError, FtctlError, OSError, ValueError):
         return []  # check_output says what is wrong with the output
+    return check(spec, plan, found)
+
+
+def _check_resume_path(spec, plan, found) -> list[Finding]:
+    """resume=PATH goes back to PATH's step: later checkpoints in the output would be written over by the run's own
+    saves (checkpoint-N again), and a requeued or recovered attempt, which goes on from the run's own checkpoints
+    past PATH (trainer.run.resume_point), could not tell them apart."""
+    from ftctl.checkpoints import checkpoint_step
+
     step = checkpoint_step(spec.resume) or 0
     later = [info.name for info in found if info.step > step]
     if not later:
@@ -618,8 +625,7 @@ def _check_resume_path(spec, plan) -> list[Finding]:
     ]
 
 
-def _check_resume(spec, plan) -> list[Finding]:
-    from ftctl.checkpoints import list_checkpoints
+def _check_resume(spec, plan, found) -> list[Finding]:
     from ftctl.checkpoints.settings import (
         NEW_DATA,
         TRAINER_STATE,
@@ -631,11 +637,6 @@ def _check_resume(spec, plan) -> list[Finding]:
         written_over,
     )
 
-    try:
-        with storage.storage_errors(spec.output, spec.s3_endpoint_url):
-            found = list_checkpoints(spec.output, endpoint_url=spec.s3_endpoint_url)
-    except (storage.StorageError, FtctlError, OSError, ValueError):
-        return []  # check_output says what is wrong with the output
     if spec.resume == "never":
         said = written_over(spec.output, [info.name for info in found])
         return [Finding(ERROR, said)] if said else []
