@@ -6,6 +6,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -666,6 +668,28 @@ def test_training_args_override_trl_cpu_defaults(tiny_model_dir, tiny_data, tmp_
     spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path, "lora", warmup_ratio=0.03)
     args = training_args(spec, plan, Processes(0, 0, 1, on_cpu=True), str(tmp_path))
     assert [args.get_warmup_steps(n) for n in (1, 33, 34, 100)] == [0, 0, 1, 3]
+
+
+def test_collectives_outwait_the_uploads_at_the_end_of_a_run(tiny_model_dir, tiny_data, tmp_path):
+    """Rank 0 waits up to upload_wait_s for the final model's upload while the others wait in a barrier: the
+    process group must wait longer (torch's 30 minutes killed the run mid-upload with upload_wait_s=3600)."""
+    from ftctl.trainer.distributed import Processes
+    from ftctl.trainer.run import training_args
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path, "lora", upload_wait_s=3600)
+    assert training_args(spec, plan, Processes(0, 0, 1, on_cpu=True), str(tmp_path)).ddp_timeout == 1800 + 3600
+    # DeepSpeed's group is started before TrainingArguments, by ftctl: the same timeout (a process of its own)
+    probe = (
+        "import torch, torch.distributed as dist\n"
+        "from types import SimpleNamespace\n"
+        "from ftctl.trainer import distributed as d\n"
+        "d.init_group(SimpleNamespace(strategy='zero3'), d.Processes(0, 0, 1, on_cpu=True), d.collective_timeout_s(3600))\n"
+        "backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device('cpu'))\n"
+        "print('timeout', backend.options._timeout.total_seconds())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    assert "timeout 5400.0" in out.stdout, out.stderr[-2000:]
 
 
 def test_rslora_and_dora_as_peft_has_them(tiny_model_dir, tiny_data, tmp_path, one_thread):

@@ -146,7 +146,19 @@ def cpu_threads() -> str | None:
     return f"cpu threads: {threads} a process ({cores} cores / {local} on this node; OMP_NUM_THREADS overrides)"
 
 
-def init_group(plan, procs: Processes) -> None:
+#: how long torch lets a collective wait for the slowest process (its default process-group timeout)
+TORCH_COLLECTIVE_TIMEOUT_S = 1800
+
+
+def collective_timeout_s(upload_wait_s: float) -> int:
+    """The run's process-group timeout: torch's 30 minutes plus upload_wait_s. At the end of a run every node
+    first waits (up to upload_wait_s) for its checkpoint uploads, then rank 0 for the final model's while the
+    others wait in a barrier: with upload_wait_s past ~25 minutes the others' barrier timed out, and torchrun
+    killed rank 0 in the middle of the final model's upload."""
+    return int(TORCH_COLLECTIVE_TIMEOUT_S + upload_wait_s)
+
+
+def init_group(plan, procs: Processes, timeout_s: int = TORCH_COLLECTIVE_TIMEOUT_S) -> None:
     """Before TrainingArguments, what the sharding strategies need of a process group.
 
     DeepSpeed's group: ZeRO-3 builds the model already sharded (zero.Init), which needs the group up, and
@@ -166,7 +178,9 @@ def init_group(plan, procs: Processes) -> None:
         # DeepSpeed's CPU group compiles its shared-memory all-reduce first (g++, 25-45 s on 2 cores, once per
         # install), which only its tensor-parallel inference calls (and which falls back to gloo's without it)
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="gloo" if procs.on_cpu else "nccl")
+    from datetime import timedelta
+
+    deepspeed.init_distributed(dist_backend="gloo" if procs.on_cpu else "nccl", timeout=timedelta(seconds=timeout_s))
 
 
 def _group_of_one_env() -> None:

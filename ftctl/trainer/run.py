@@ -176,7 +176,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     preemption.install()  # from here on a signal stops the run cleanly at the first step boundary
     run = Run(spec, plan, procs, local_dir, remote_uri, preemption)
     try:
-        distributed.init_group(plan, procs)
+        distributed.init_group(plan, procs, distributed.collective_timeout_s(spec.upload_wait_s))
         if not procs.on_cpu and (full := gpu_memory.check_free(plan, procs.local_rank)):
             log.warning("%s", full)
         run.resume_from = resume_point(spec, local_dir, remote_uri)
@@ -319,6 +319,7 @@ def training_args(
         max_grad_norm=spec.max_grad_norm,
         optim=plan.optim,
         ddp_bucket_cap_mb=spec.ddp_bucket_cap_mb,
+        ddp_timeout=distributed.collective_timeout_s(spec.upload_wait_s),  # the group TrainingArguments starts
         per_device_train_batch_size=plan.per_device_train_batch_size,
         gradient_accumulation_steps=plan.gradient_accumulation_steps,
         **checkpointing_args(checkpointing),
