@@ -87,6 +87,23 @@ def _torchrun(spec: RunSpec, plan: Plan, head, python, quiet: bool, port, rdzv_i
     ]
 
 
+#: the port a job's rendezvous listens on, set by job_port_line
+JOB_PORT = Shell('"$RDZV_PORT"')
+PORT_SPREAD = 1000  # RDZV_PORT = rdzv_port + (a number of the job's) % PORT_SPREAD
+
+
+def job_port_line(spec: RunSpec, number: str, who: str) -> str:
+    """The shell line that sets RDZV_PORT for a multi-node job on a shared cluster: rdzv_port plus ``number``
+    (shell arithmetic on the scheduler's job id) mod PORT_SPREAD, so jobs sharing a head node listen apart (on one
+    port, the second joined the first's store and failed when it ended). ``who``: the job, for the message."""
+    if spec.rdzv_port + PORT_SPREAD - 1 > 65535:
+        raise FtctlError(
+            f"rdzv_port={spec.rdzv_port}: {who} listens on rdzv_port + (job id % {PORT_SPREAD}), past the "
+            f"last port (65535); use -o rdzv_port={65535 - PORT_SPREAD + 1} or less."
+        )
+    return f"RDZV_PORT=$(({spec.rdzv_port} + {number} % {PORT_SPREAD}))"
+
+
 def _rdzv_id(name: str, job):
     """The rendezvous id: ``name``, with the job's tag where one is given (Shell: ``NAME-"$SLURM_JOB_ID"``)."""
     return name if job is None else Shell(f"{q(name)}-{q(job)}")
@@ -163,13 +180,13 @@ def preflight_lines(command: str, spec: RunSpec, plan: Plan) -> list[str]:
     ]
 
 
-def preflight_shell(spec: RunSpec, plan: Plan, head, python=None, quiet=False) -> list[str]:
+def preflight_shell(spec: RunSpec, plan: Plan, head, python=None, quiet=False, port=None, job=None) -> list[str]:
     """The preflight's shell lines for a script that runs the launch line directly on every node (SkyPilot's
-    run section: ``head`` is its Shell variable; ``python`` and ``quiet`` as the launch line's); [] unless
-    preflight_network is set."""
+    run section: ``head`` is its Shell variable; ``python``, ``quiet``, ``port`` and ``job`` as the launch
+    line's); [] unless preflight_network is set."""
     if not spec.preflight_network:
         return []
-    return preflight_lines(join(netcheck_argv(spec, plan, head, python, quiet)), spec, plan)
+    return preflight_lines(join(netcheck_argv(spec, plan, head, python, quiet, port, job)), spec, plan)
 
 
 def trainer_env(spec: RunSpec, inherited: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -574,6 +574,7 @@ def test_sky_run_section_hostile_values_arrive_intact(h, tmp_path):
             "SKYPILOT_NODE_RANK": "1",
             "SKYPILOT_NUM_NODES": "2",
             "SKYPILOT_NUM_GPUS_PER_NODE": "8",
+            "SKYPILOT_TASK_ID": "sky-2026-12-03-10-00-00-123456_c_3",
         },
     )
     assert r.returncode == 0, r.stderr
@@ -589,9 +590,9 @@ def test_sky_run_section_hostile_values_arrive_intact(h, tmp_path):
         "--rdzv-backend",
         "c10d",
         "--rdzv-endpoint",
-        "10.0.0.7:29500",
+        "10.0.0.7:30484",  # rdzv_port + cksum(SKYPILOT_TASK_ID) % 1000 (717276984)
         "--rdzv-id",
-        prep.spec.name,
+        f"{prep.spec.name}-sky-2026-12-03-10-00-00-123456_c_3",
         "-m",
         "ftctl.trainer",
         "--spec",

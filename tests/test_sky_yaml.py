@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ftctl.errors import FtctlError
 from ftctl.plan import PlanError
 from ftctl.sky import render as sky_render
 from ftctl.spec import SECRETS, split_paths
@@ -347,3 +348,30 @@ def test_the_setup_lines_hold_where_the_training_runs():
         done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
         assert done.returncode == 1 and "mark=" not in done.stdout
         assert "error: a setup line failed: false (exit 1): not training; fix -o setup=..." in done.stdout
+
+
+def test_multi_node_jobs_of_one_cluster_meet_apart():
+    """Jobs of a reused cluster may run at once (each asks for some of its GPUs): every multi-node job met at
+    "$HEAD_ADDR":29500, and a second one joined the first's store and failed when it ended. Each listens on
+    rdzv_port + its task id's checksum % 1000, the same on all its nodes, under a rendezvous id of its own."""
+    task = yaml.safe_load(prepared([], backend="sky", gpus="2x8xH100", output_dir="s3://b/o").text)
+    run = task["run"].splitlines()
+    port_lines = run[next(i for i, x in enumerate(run) if x.startswith("HEAD_ADDR=")) :][:3]
+    assert port_lines[-1] == "export RDZV_PORT"
+    launch = next(x for x in run if "-m ftctl.trainer " in x)
+    assert '--rdzv-endpoint "$HEAD_ADDR":"$RDZV_PORT"' in launch and '-"$SKYPILOT_TASK_ID" ' in launch
+
+    def port(task_id):
+        script = "set -euo pipefail\n" + "\n".join(port_lines) + '\necho "$HEAD_ADDR $RDZV_PORT"'
+        env = {"PATH": "/usr/bin:/bin", "SKYPILOT_NODE_IPS": "10.0.0.7\n10.0.0.8", "SKYPILOT_TASK_ID": task_id}
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env)
+        assert done.returncode == 0, done.stderr
+        head, got = done.stdout.split()
+        assert head == "10.0.0.7" and 29500 <= int(got) < 30500
+        return int(got)
+
+    first, second = (port(f"sky-2026-12-03-10-00-00-123456_mycluster_{n}") for n in (3, 4))
+    assert first != second and port("sky-2026-12-03-10-00-00-123456_mycluster_3") == first  # every node agrees
+    # the spread must stay below the last port: said before anything is rendered
+    with pytest.raises(FtctlError, match=r"a SkyPilot job listens on .* use -o rdzv_port=64536 or less"):
+        prepared(["rdzv_port=65000"], backend="sky", gpus="2x8xH100", output_dir="s3://b/o")

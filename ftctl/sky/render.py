@@ -33,7 +33,17 @@ import yaml
 
 from ftctl import __version__
 from ftctl.errors import FtctlError, did_you_mean
-from ftctl.launch import Shell, container_kind, join, preflight_shell, setup_lines, torchrun_argv, trainer_env
+from ftctl.launch import (
+    JOB_PORT,
+    Shell,
+    container_kind,
+    job_port_line,
+    join,
+    preflight_shell,
+    setup_lines,
+    torchrun_argv,
+    trainer_env,
+)
 from ftctl.plan import Plan
 from ftctl.preflight import checkpoint_gb
 from ftctl.sky.cost import memory_request
@@ -44,6 +54,8 @@ HEREDOC = "FTCTL_SPEC_EOF"
 # the run's python on a node: the one of the torchrun on its PATH, where the setup put the stack (node_stack)
 NODE_PYTHON_VAR = "FTCTL_PYTHON"
 NODE_PYTHON = Shell(f'"${NODE_PYTHON_VAR}"')
+# a number of the job's for its rendezvous port (launch.job_port_line): SkyPilot's task id, the same on every node
+TASK_NUMBER = '$(printf %s "$SKYPILOT_TASK_ID" | cksum | cut -d " " -f 1)'
 REMOTE_WORKDIR = "$HOME/sky_workdir"  # where SkyPilot syncs a task's workdir (~/sky_workdir)
 WORKDIR_ON_PATH = (
     f'export PYTHONPATH="{REMOTE_WORKDIR}${{PYTHONPATH:+:$PYTHONPATH}}"  # ftctl\'s source, shipped as the workdir'
@@ -307,8 +319,11 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
 
     gpu_arg = ["--gpu", plan.tier] if plan.tier else []
     # one node: a rendezvous of the job's own on a free port (launch: two jobs sharing a reused cluster's node met
-    # at one port, and the second failed when the first ended); several: the head node's
+    # at one port, and the second failed when the first ended); several: the head node's, on a port of the job's own
+    # (its SkyPilot task id's checksum spread as Slurm's job id: jobs of a reused cluster may run at once)
     head = Shell('"$HEAD_ADDR"') if plan.nodes > 1 else None
+    port, job = (JOB_PORT, Shell('"$SKYPILOT_TASK_ID"')) if head else (None, None)
+    port_lines = [job_port_line(spec, TASK_NUMBER, "a SkyPilot job"), "export RDZV_PORT"] if head else []
     payload = json.dumps(json.loads(spec_json), sort_keys=True, separators=(",", ":"))
     run_lines = [
         "set -euo pipefail",
@@ -322,10 +337,13 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
         payload,
         HEREDOC,
         'HEAD_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n 1)',
+        *port_lines,
         'echo "ftctl: node $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES, $SKYPILOT_NUM_GPUS_PER_NODE GPUs, head $HEAD_ADDR"',
         f"{NODE_PYTHON_VAR}=$(python3 -m ftctl.sky.node_stack --print-python)  # the python the setup stocked",
-        *preflight_shell(spec, plan, head, python=NODE_PYTHON, quiet=True),
-        join(torchrun_argv(spec, plan, Shell(spec_path), head=head, python=NODE_PYTHON, quiet=True)),
+        *preflight_shell(spec, plan, head, python=NODE_PYTHON, quiet=True, port=port, job=job),
+        join(
+            torchrun_argv(spec, plan, Shell(spec_path), head=head, python=NODE_PYTHON, quiet=True, port=port, job=job)
+        ),
     ]
     task: dict = {
         "name": spec.name,

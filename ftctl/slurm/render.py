@@ -24,11 +24,13 @@ from ftctl.envvars import ATTEMPT_ENV, SLURM_RESTART_ENV
 from ftctl.errors import FtctlError
 from ftctl.failures import ATTEMPT_LINE, ERROR_PREFIX
 from ftctl.launch import (
+    JOB_PORT,
     PATH_PYTHON,
     STATUS_ENV,
     STOP_ENV,
     Shell,
     container_kind,
+    job_port_line,
     join,
     netcheck_argv,
     preflight_lines,
@@ -156,17 +158,7 @@ def memory_request_gb(spec: RunSpec, plan: Plan) -> float | None:
 
 
 # the rendezvous of the job's own (launch.torchrun_argv): jobs that share a node never meet at one port or id
-_HEAD, _PORT, _JOB = Shell('"$HEAD_ADDR"'), Shell('"$RDZV_PORT"'), Shell('"$SLURM_JOB_ID"')
-PORT_SPREAD = 1000  # RDZV_PORT = rdzv_port + SLURM_JOB_ID % PORT_SPREAD
-
-
-def _port_line(spec: RunSpec) -> str:
-    if spec.rdzv_port + PORT_SPREAD - 1 > 65535:
-        raise FtctlError(
-            f"rdzv_port={spec.rdzv_port}: a Slurm job listens on rdzv_port + (job id % {PORT_SPREAD}), past the "
-            f"last port (65535); use -o rdzv_port={65535 - PORT_SPREAD + 1} or less."
-        )
-    return f"RDZV_PORT=$(({spec.rdzv_port} + SLURM_JOB_ID % {PORT_SPREAD}))"
+_HEAD, _PORT, _JOB = Shell('"$HEAD_ADDR"'), JOB_PORT, Shell('"$SLURM_JOB_ID"')
 
 
 def pyxis_image(ref: str) -> str:
@@ -256,7 +248,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         'HEAD_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export HEAD_ADDR",
         "# a rendezvous port of this job's own: two jobs on one node would otherwise share one",
-        _port_line(spec),
+        job_port_line(spec, "SLURM_JOB_ID", "a Slurm job"),
         "export RDZV_PORT",
         f'echo "{ATTEMPT_LINE.format(job="$SLURM_JOB_ID", attempt="$ATTEMPT")} on $SLURM_JOB_NODELIST (head $HEAD_ADDR)"',
         "",
