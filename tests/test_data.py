@@ -932,6 +932,31 @@ def test_data_check_of_held_out_splits_alone(tmp_path, tiny_model_dir):
     assert refused.exit_code != 0 and "has no 'train' split" in refused.output and "PATHS" not in refused.output
 
 
+def test_a_directory_of_split_files_and_others_is_refused_not_read_in_part(tmp_path):
+    """`datasets` reads only the files whose names name a split: a directory of data.jsonl and val.jsonl trained on
+    val.jsonl alone, and one of chats_2023/2024.jsonl and test_cases.jsonl on test_cases.jsonl alone (its one split,
+    taken whatever its name). Both are refused, naming the files left out; a lone held-out split never trains."""
+    from ftctl.trainer.formats import resolve_files
+
+    conv = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    for name, files in {"d2": ("data", "val"), "dd": ("chats_2023", "chats_2024", "test_cases")}.items():
+        (tmp_path / name).mkdir()
+        for f in files:
+            write_jsonl(tmp_path / name / f"{f}.jsonl", [conv])
+    with pytest.raises(FtctlError, match=r"mixes the files of splits \(validation \(1 file\)\) with files that name "):
+        resolve_files(str(tmp_path / "d2"))
+    with pytest.raises(FtctlError) as e:
+        resolve_files(str(tmp_path / "dd"), held_out=True)
+    assert "name none (chats_2023.jsonl, chats_2024.jsonl)" in str(e.value)
+    assert f"e.g. --eval-data '{tmp_path / 'dd' / 'chats_2023.jsonl'}'" in str(e.value)
+    (tmp_path / "dd" / "chats_2023.jsonl").unlink()
+    (tmp_path / "dd" / "chats_2024.jsonl").unlink()
+    with pytest.raises(FtctlError, match="has no 'train' split; its splits: test"):  # not trained on as its one split
+        resolve_files(str(tmp_path / "dd"))
+    assert resolve_files(str(tmp_path / "dd"), held_out=True) == [str(tmp_path / "dd" / "test_cases.jsonl")]
+    assert len(resolve_files(str(tmp_path / "d2" / "*.jsonl"))) == 2  # what to name instead reads both
+
+
 def test_data_check_without_a_model_takes_launchs_default_and_says_so(tmp_path):
     """`ftctl data check FILE` as a launch without --model would train: the default model's tokenizer (it refused)."""
     from click.testing import CliRunner

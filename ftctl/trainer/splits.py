@@ -29,15 +29,28 @@ def split_files(fs, path: str, root: str, held_out: bool) -> list[str]:
     `datasets` finds them) the one training reads (train) or held-out data does (test, else validation); a
     directory without it names each split's files to choose from."""
     top = root.rstrip("/")
-    splits = _splits(fs, path, top)
+    splits, by_names = _splits(fs, path, top)
+    if splits is None or by_names:
+        every = sorted(p for p in fs.find(top) if p.endswith(EXTENSIONS))
     if splits is None:
-        return sorted(p for p in fs.find(top) if p.endswith(EXTENSIONS))
+        return every
+    flag = "--eval-data" if held_out else "--data"
+    listed = ", ".join(f"{k} ({len(v)} file{'s' if len(v) > 1 else ''})" for k, v in splits.items())
+    named = {f for files in splits.values() for f in files}
+    if by_names and (left := [posixpath.relpath(f, top) for f in every if f not in named]):
+        # `datasets` reads only the files whose names name a split: a directory of data.jsonl and val.jsonl trained
+        # on val.jsonl alone
+        some = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        raise FtctlError(
+            f"{path} mixes the files of splits ({listed}) with files that name none ({some}): only the splits' "
+            "files would be read. "
+            f"Name the files to read, e.g. {flag} '{storage.join(path, *left[0].split('/'))}' (a pattern reads "
+            "several), or rename them (train.jsonl, test.jsonl ...)."
+        )
     name = next((n for n in SPLITS[held_out] if n in splits), None)
-    if name is None and len(splits) == 1 and not held_out:
-        name = next(iter(splits))  # one split, whatever its name
+    if name is None and len(splits) == 1 and not held_out and not set(splits) & set(SPLITS[True]):
+        name = next(iter(splits))  # one split, whatever its name (a dataset card's train_sft), but not a held-out one
     if name is None:
-        flag = "--eval-data" if held_out else "--data"
-        listed = ", ".join(f"{k} ({len(v)} file{'s' if len(v) > 1 else ''})" for k, v in splits.items())
         first = next(iter(splits))
         raise FtctlError(
             f"{path} has no {' or '.join(map(repr, SPLITS[held_out]))} split; its splits: {listed}. Name the files "
@@ -46,10 +59,10 @@ def split_files(fs, path: str, root: str, held_out: bool) -> list[str]:
     return splits[name]
 
 
-def _splits(fs, path: str, top: str) -> dict[str, list[str]] | None:
-    """split -> its data files, as `datasets` finds a directory's splits: the dataset card's (README.md: its
-    default config's data_files), else by file and directory names (``train-00000-of-00002.parquet``,
-    ``data/test/``); None where they name none (every file is the one split)."""
+def _splits(fs, path: str, top: str) -> tuple[dict[str, list[str]] | None, bool]:
+    """(split -> its data files, whether the files' names gave them), as `datasets` finds a directory's splits:
+    the dataset card's (README.md: its default config's data_files), else by file and directory names
+    (``train-00000-of-00002.parquet``, ``data/test/``); None where they name none (every file is the one split)."""
     import yaml
     from datasets.data_files import DEFAULT_PATTERNS_ALL, _get_data_files_patterns, sanitize_patterns
     from datasets.utils.metadata import MetadataConfigs
@@ -68,17 +81,20 @@ def _splits(fs, path: str, top: str) -> dict[str, list[str]] | None:
         try:  # datasets' get_data_patterns, through this filesystem (datasets' own reads HF_ENDPOINT at its import)
             patterns = _get_data_files_patterns(lambda pattern: fs.glob(f"{top}/{pattern}"))
         except FileNotFoundError:  # no file at all
-            return None
+            return None, True
         except ValueError as e:  # split names datasets refuses (data/train-v2-00000-of-00001.parquet)
             raise FtctlError(f"Cannot tell the splits of {path} ({e}): name the files to read.") from None
         if patterns == {str(k): v for k, v in DEFAULT_PATTERNS_ALL.items()}:
-            return None
+            return None, True
+        by_names = True
+    else:
+        by_names = False
     splits = {}
     for split, pats in patterns.items():
         files = sorted({f for p in pats for f in fs.glob(f"{top}/{p}") if f.endswith(EXTENSIONS)})
         if files:
             splits[str(split)] = files
-    return splits or None
+    return splits or None, by_names
 
 
 def _split_pattern(path: str, root: str, split: str, files: list[str]) -> str:
