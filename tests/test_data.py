@@ -78,8 +78,9 @@ def test_sharegpt_masks_cover_assistant_content_and_end_of_turn(tmp_path, tiny_t
     assert row["labels"][-1] == IGNORE_INDEX  # the newline after the last <|im_end|> is not trained
 
 
-def test_an_openai_assistant_turn_of_weight_0_is_context_not_trained(tmp_path, tiny_tokenizer):
-    """OpenAI's fine-tuning format: weight 0 on an assistant turn leaves it out of the loss (it was trained)."""
+def test_an_assistant_turn_of_weight_0_is_context_not_trained(tmp_path, tiny_tokenizer):
+    """OpenAI's fine-tuning format (and ShareGPT's as axolotl reads it): weight 0 on an assistant turn leaves it out
+    of the loss (it was trained)."""
     msgs = [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "A bad answer.", "weight": 0},
@@ -96,10 +97,18 @@ def test_an_openai_assistant_turn_of_weight_0_is_context_not_trained(tmp_path, t
     ]
     report = check_data(write_json(tmp_path / "bad.json", bad), tiny_tokenizer, 512)
     assert [e.split(": ", 1)[1] for e in report.errors] == [
-        "turn 2 'weight' is 0.5: OpenAI's fine-tuning format gives an assistant turn weight 0 (not trained) or 1",
-        "turn 1 'weight' is 0: OpenAI's fine-tuning format gives an assistant turn weight 0 (not trained) or 1",
+        "turn 2 'weight' is 0.5: an assistant turn's weight is 0 (not trained) or 1, as OpenAI's fine-tuning format "
+        "gives it",
+        "turn 1 'weight' is 0: an assistant turn's weight is 0 (not trained) or 1, as OpenAI's fine-tuning format "
+        "gives it",
         "every label is masked: its assistant turns all have weight 0; give one weight 1",
     ]
+    # ShareGPT turns carry the same key in the wild (axolotl reads it): it was passed over, and the bad answer trained
+    conv = [
+        {"from": m["role"].replace("assistant", "gpt"), "value": m["content"], "weight": m.get("weight")} for m in msgs
+    ]
+    row = only_row(write_json(tmp_path / "s.json", [{"conversations": conv}]), tiny_tokenizer)
+    assert trained_spans(tiny_tokenizer, row["input_ids"], row["labels"]) == ["A good answer." + EOT]
 
 
 def test_a_chat_template_path_renders_the_rows_and_places_the_masks(tmp_path, tiny_model_dir):
