@@ -131,6 +131,115 @@ def test_a_chat_template_path_renders_the_rows_and_places_the_masks(tmp_path, ti
     assert trained_spans(tokenizer, row["input_ids"], row["labels"]) == [" AMBER-42.<|im_start|>"]
 
 
+# Templates that render an earlier turn otherwise once later turns follow (written here after the behaviour of the
+# models' own): the thinking gate of Qwen3's (an empty <think> block before the answer after the last user turn, an
+# earlier turn's thinking dropped, tool calls as <tool_call> blocks), Phi-3's (eos closes the whole conversation) and
+# Mistral v0.3's (the system prompt inside the last user turn).
+THINK_GATE = (
+    "{%- set ns = namespace(last=0) %}{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last = loop.index0 %}"
+    "{%- endif %}{%- endfor %}{%- for m in messages %}{%- set c = m.content %}{%- if m.role == 'assistant' %}"
+    "{%- set r = '' %}{%- if '</think>' in c %}{%- set r = c.split('</think>')[0].split('<think>')[-1].strip('\\n') %}"
+    "{%- set c = c.split('</think>')[-1].lstrip('\\n') %}{%- endif %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if loop.index0 > ns.last and (loop.last or r) %}{{- '<think>\\n' + r + '\\n</think>\\n\\n' }}{%- endif %}"
+    "{{- c }}{%- for t in m.tool_calls or [] %}{{- '\\n' if c or not loop.first }}<tool_call>{{ t.function.name }}"
+    "</tool_call>{%- endfor %}{{- '<|im_end|>\\n' }}{%- elif m.role == 'tool' %}"
+    "{{- '<|im_start|>user\\n<tool_response>' + c + '</tool_response><|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + m.role + '\\n' + c + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+EOS_AT_END = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+SYSTEM_IN_LAST_USER = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set sys = messages[0]['content'] %}{%- set ms = messages[1:] %}"
+    "{%- else %}{%- set ms = messages %}{%- endif %}{%- for m in ms %}{%- if m['role'] == 'user' %}"
+    "{%- if loop.index0 == ms|length - 2 and sys is defined %}{{- '[INST] ' + sys + '\\n\\n' + m['content'] + '[/INST]' }}"
+    "{%- else %}{{- '[INST] ' + m['content'] + '[/INST]' }}{%- endif %}"
+    "{%- else %}{{- ' ' + m['content']|trim + eos_token }}{%- endif %}{%- endfor %}"
+)
+
+
+@pytest.mark.parametrize("template", ["think-gate", "eos-at-end", "system-in-last-user"])
+def test_templates_that_render_earlier_turns_otherwise_still_mask_every_answer(tmp_path, tiny_tokenizer, template):
+    """Every multi-turn row of Qwen3's, Phi-3's or Mistral v0.3's template was refused ("renders turn 3 differently
+    inside the whole conversation"): the turns of the whole rendering are found, and each answer trains with the
+    token that closes it, nothing of a user turn, a header or a thinking block the template writes itself."""
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = {
+        "think-gate": THINK_GATE,
+        "eos-at-end": EOS_AT_END,
+        "system-in-last-user": SYSTEM_IN_LAST_USER,
+    }[template]
+    close = "<|im_end|>"  # the tiny tokenizer's eos and end of turn alike
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello there"},
+                {"role": "user", "content": "Code?"},
+                {"role": "assistant", "content": "AMBER-42"},
+                {"role": "user", "content": "Again?"},
+                {"role": "assistant", "content": "AMBER-42 again"},
+            ]
+        }
+    ]
+    if template == "think-gate":
+        call = {"type": "function", "function": {"name": "lookup_code", "arguments": {}}}
+        rows += [
+            {  # reasoning in the data: an earlier turn's is dropped by the template, the last one's trains
+                "messages": [
+                    {"role": "user", "content": "2+2?"},
+                    {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"},
+                    {"role": "user", "content": "3+3?"},
+                    {"role": "assistant", "content": "<think>\nadd again\n</think>\n\n6"},
+                ]
+            },
+            {  # an agent's turns after the last user turn: a call alone, then the answer
+                "messages": [
+                    {"role": "user", "content": "Code?"},
+                    {"role": "assistant", "content": "", "tool_calls": [call]},
+                    {"role": "tool", "content": "AMBER-42"},
+                    {"role": "assistant", "content": "It is AMBER-42."},
+                ]
+            },
+        ]
+    report, dataset = prepare_data(write_json(tmp_path / "t.json", rows), tokenizer, 512)
+    assert report.ok and not report.warnings, (report.errors, report.warnings)
+    spans = [trained_spans(tokenizer, row["input_ids"], row["labels"]) for row in dataset]
+    lead = " " if template == "system-in-last-user" else ""  # the space after [/INST] starts the answer's token
+    assert [s.strip() for s in spans[0]] == [f"{a}{close}" for a in ("Hello there", "AMBER-42", "AMBER-42 again")]
+    assert all(s.startswith(lead) for s in spans[0])
+    if template == "think-gate":
+        assert spans[1] == ["4" + close, "add again\n</think>\n\n6" + close]
+        assert spans[2] == ["<tool_call>lookup_code</tool_call>" + close, "It is AMBER-42." + close]
+
+
+def test_a_template_whose_turns_end_in_plain_text_is_said_to_never_stop(tmp_path, tiny_tokenizer):
+    """Another model's template (-o chat_template_path: Llama 3's <|eot_id|> on a ChatML tokenizer) closes a turn
+    with text the tokenizer splits into ordinary tokens: the model would learn it as text and never stop. Said, with
+    what to use instead (nothing was said: some text followed each answer)."""
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = (
+        "{%- for m in messages %}{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] "
+        "+ '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant"
+        "<|end_header_id|>\\n\\n' }}{%- endif %}"
+    )
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    report, _ = prepare_data(write_json(tmp_path / "t.json", [{"messages": conv}]), tokenizer, 512)
+    pieces = len(tokenizer("<|eot_id|>", add_special_tokens=False)["input_ids"])
+    assert pieces > 1 and report.warnings == [
+        f"after an assistant turn the chat template writes '<|eot_id|>' ({pieces} ordinary tokens of this tokenizer), "
+        "no special token: the model will not learn to stop. Use a template whose turns end with one of the "
+        f"tokenizer's own ({tokenizer.eos_token!r} is its eos) (1 rows)"
+    ]
+
+
 def test_openai_messages_jsonl_with_content_parts(tmp_path, tiny_tokenizer):
     path = write_jsonl(
         tmp_path / "m.jsonl",
@@ -706,6 +815,23 @@ def test_tokenizer_without_template_gets_vicuna_and_says_so(tmp_path, tiny_token
     assert report.ok and any("Vicuna" in n for n in report.notes)
     text = tokenizer.decode(dataset[0]["input_ids"])
     assert text.endswith("USER: Hi ASSISTANT: Hello<|im_end|>USER: Code? ASSISTANT: AMBER-42<|im_end|>")
+    assert trained_spans(tokenizer, dataset[0]["input_ids"], dataset[0]["labels"]) == [
+        " Hello" + EOT,
+        " AMBER-42" + EOT,
+    ]
+    assert dataset[0]["input_ids"][0] != tokenizer.bos_token_id  # a tokenizer that adds no bos gets none
+
+    # a base tokenizer that starts every text with bos (Llama's, Vicuna's): its conversations start with it too, as
+    # FastChat's train script tokenizes them (they had none, while the plain-text rows beside them had one)
+    from tokenizers import processors
+
+    bos = tokenizer.convert_ids_to_tokens(0)
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template, tokenizer.bos_token = None, bos
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, 0)])
+    assert tokenizer("x")["input_ids"][0] == 0
+    report, dataset = prepare_data(path, tokenizer, 512)
+    assert report.ok and dataset[0]["input_ids"][0] == 0 and dataset[0]["input_ids"][1] != 0  # once
     assert trained_spans(tokenizer, dataset[0]["input_ids"], dataset[0]["labels"]) == [
         " Hello" + EOT,
         " AMBER-42" + EOT,

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from ftctl.errors import FtctlError
 from ftctl.spec import split_paths
 from ftctl.trainer.formats import Row, file_name, load_rows
-from ftctl.trainer.masks import MaskError, assistant_spans, encode_texts, ensure_chat_template, require_fast
+from ftctl.trainer.masks import (
+    MaskError,
+    assistant_spans,
+    encode_texts,
+    ensure_chat_template,
+    require_fast,
+    turn_close_problem,
+)
 
 IGNORE_INDEX = -100
 _SHOWN = 50  # problems listed by render(); the FtctlError lists fewer
@@ -250,7 +257,9 @@ def prepare_data(
 
     if missing_eot:
         report.warnings.append(
-            f"the chat template puts no end-of-turn token after assistant turns ({missing_eot} rows): "
+            f"{turn_close_problem(tokenizer)} ({missing_eot} rows)"
+            if turn_close_problem(tokenizer)
+            else f"the chat template puts no end-of-turn token after assistant turns ({missing_eot} rows): "
             "the model will not learn to stop; use a template that ends turns with the eos token"
         )
     if leading:

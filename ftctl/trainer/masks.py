@@ -6,7 +6,10 @@ conversation up to the turn before it with the generation prompt (``P``) and up 
 whitespace, are the assistant's text plus the template's end-of-turn marker (``<|im_end|>``,
 ``<|eot_id|>``, ``</s>``...). A token is trained on when its first character lies in such a span
 (fast tokenizers' offset mappings). This works with templates that lack ``{% generation %}``
-markers, which is most of them.
+markers, which is most of them. Templates that render an earlier turn otherwise once later turns follow (Qwen3
+drops its thinking, Mistral v0.3 moves the system prompt into the last user turn, Phi-3 ends the conversation with
+eos) are not prefixes: there the whole conversation is rendered again with the turn's text replaced, where the two
+differ is the turn's text, and its span runs on over its tool calls to its end-of-turn token.
 
 Truncation keeps the first ``max_length`` tokens and drops the rest (the end of the conversation).
 Plain-text rows are trained on entirely (bos as the tokenizer adds it, eos appended); a prompt-completion row's
@@ -16,6 +19,7 @@ turns from the completion's first message on.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +43,7 @@ VICUNA_TEMPLATE = (
 )
 
 _BATCH = 512
+_PROBE = "\0ftctl-turn-probe\0"  # a turn's text no template writes, to find where it writes the real one
 
 
 @dataclass
@@ -89,16 +94,48 @@ def use_chat_template(tokenizer, source: str | None):
 def end_of_turn_ids(tokenizer) -> list[int]:
     """The special token the chat template closes an assistant turn with, beside eos (Llama 3's <|eot_id|>,
     ChatML's <|im_end|>): where generation stops. Empty where the turn ends in eos or in plain text."""
-    marker = "ftctl-end-of-turn-probe"
-    messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
-    try:
-        text = _render(tokenizer, messages)
-    except Exception:  # noqa: BLE001  a template that refuses this conversation closes no turn we can see
-        return []
-    after = text[text.rfind(marker) + len(marker) :].lstrip()
-    ids = tokenizer(after, add_special_tokens=False)["input_ids"][:1] if after else []
-    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-    return [i for i in ids if i in special and i != tokenizer.eos_token_id]
+    first = _turn_close(tokenizer)[0]
+    return [first] if first is not None and first != tokenizer.eos_token_id else []
+
+
+_CLOSES: dict = {}  # (tokenizer id, chat template) -> _turn_close's answer: one probe a template, not one a row
+
+
+def _turn_close(tokenizer) -> tuple[int | None, str | None, str]:
+    """(the id and text of the special token the chat template writes right after an assistant turn's text, or
+    None, None where it writes none, or None, "" where the probe's conversation is refused; what it writes there, up
+    to the first line break)."""
+    key = (id(tokenizer), getattr(tokenizer, "chat_template", None))
+    if key not in _CLOSES:
+        marker = "ftctl-end-of-turn-probe"
+        messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
+        try:
+            text = _render(tokenizer, messages)
+        except Exception:  # noqa: BLE001  a template that refuses this conversation: what closes a turn is unknown
+            _CLOSES[key] = (None, "", "")
+            return _CLOSES[key]
+        after = text[text.rfind(marker) + len(marker) :].lstrip()
+        ids = tokenizer(after, add_special_tokens=False)["input_ids"][:1] if after else []
+        special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+        first = ids[0] if ids and ids[0] in special else None
+        close = tokenizer.decode([first]) if first is not None else None
+        _CLOSES[key] = (first, close if close and after.startswith(close) else None, after.split("\n", 1)[0])
+    return _CLOSES[key]
+
+
+def turn_close_problem(tokenizer) -> str | None:
+    """Why the model would not learn to stop, where the chat template closes an assistant turn with no special
+    token of this tokenizer (a template of another model's, -o chat_template_path: Llama 3's <|eot_id|> on a
+    ChatML tokenizer is 8 ordinary tokens, learned as text, and generation never stops); None where it does."""
+    first, close, written = _turn_close(tokenizer)
+    if first is not None or close == "":  # it closes turns, or what it writes is unknown
+        return None
+    pieces = len(tokenizer(written, add_special_tokens=False)["input_ids"]) if written else 0
+    what = f"writes {written!r} ({pieces} ordinary tokens of this tokenizer)" if written else "writes nothing"
+    return (
+        f"after an assistant turn the chat template {what}, no special token: the model will not learn to stop. Use "
+        f"a template whose turns end with one of the tokenizer's own ({tokenizer.eos_token!r} is its eos)"
+    )
 
 
 def ensure_chat_template(tokenizer) -> str | None:
@@ -110,7 +147,9 @@ def ensure_chat_template(tokenizer) -> str | None:
             "The tokenizer has neither a chat template nor an eos token, so assistant turns cannot be "
             "ended: use a model whose tokenizer defines a chat template, or plain-text rows ({'text': ...})."
         )
-    tokenizer.chat_template = VICUNA_TEMPLATE
+    bos = tokenizer.bos_token_id
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [bos]  # chat rows are tokenized without it
+    tokenizer.chat_template = ("{{ bos_token }}" if adds_bos else "") + VICUNA_TEMPLATE  # as FastChat's rows start
     return (
         "the tokenizer has no chat template: conversations are rendered with FastChat's Vicuna v1.1 "
         f"template (USER: ... ASSISTANT: ...{tokenizer.eos_token}), saved with the tokenizer"
@@ -128,46 +167,80 @@ def _render(tokenizer, messages, generation_prompt=False, tools=None) -> str:
 def assistant_spans(
     tokenizer, messages: list[dict], first: int = 0, tools: list | None = None
 ) -> tuple[str, list[tuple[int, int]], bool]:
-    """(rendered text, char spans to train on, whether every span ends with an end-of-turn marker): the
+    """(rendered text, char spans to train on, whether every span ends with the template's end-of-turn token or eos): the
     assistant turns from message ``first`` on (a prompt-completion row's completion), their tool calls included,
     but those of weight 0.
 
     Raises MaskError with a user-facing message when a trained turn has nothing before it, the template cannot be
     split into turns, or drops a turn's tool calls (the turn would train the model to answer with nothing)."""
     full = _render(tokenizer, messages, tools=tools)
-    spans = []
-    has_eot = True
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant" or i < first or m.get("weight") == 0:  # weight 0: OpenAI's "not trained"
-            continue
-        if i == 0:  # transformers refuses to render the empty conversation before it
-            raise MaskError(
-                "the conversation starts with an assistant turn, with nothing to answer: start it with a user (or "
-                "system) turn"
-            )
-        before = _render(tokenizer, messages[:i], generation_prompt=True, tools=tools)
-        upto = _render(tokenizer, messages[: i + 1], tools=tools)
-        if not (full.startswith(before) and full.startswith(upto) and upto.startswith(before)):
-            raise MaskError(
-                f"cannot place the loss mask: the chat template renders turn {i + 1} differently inside "
-                "the whole conversation than on its own (a conversation starting with an assistant "
-                "turn does this); start conversations with a user or system turn"
-            )
-        start, end = len(before), len(upto.rstrip())
+    trained = [
+        i
+        for i, m in enumerate(messages)
+        if m["role"] == "assistant" and i >= first and m.get("weight") != 0  # weight 0: OpenAI's "not trained"
+    ]
+    if trained and trained[0] == 0:  # transformers refuses to render the empty conversation before it
+        raise MaskError(
+            "the conversation starts with an assistant turn, with nothing to answer: start it with a user (or "
+            "system) turn"
+        )
+    try:
+        spans = [_prefix_span(tokenizer, messages, i, tools, full) for i in trained]
+    except _NotAPrefix:
+        spans = _found_spans(tokenizer, full, messages, trained, tools)
+    has_eot, ends = True, tuple(x for x in (_turn_close(tokenizer)[1], tokenizer.eos_token) if x)
+    for i, (start, end) in zip(trained, spans):
+        m = messages[i]
         for call in m.get("tool_calls") or ():
-            if call["function"]["name"] not in upto[start:end]:
+            if call["function"]["name"] not in full[start:end]:
                 raise MaskError(
                     f"the chat template does not render tool calls: turn {i + 1}'s call to "
                     f"{call['function']['name']!r} is missing from its rendering; use a template that does "
                     "(-o chat_template_path=...)"
                 )
-        content = m["content"].strip()
-        at = upto.rfind(content, start) if content else -1
-        if content and (at < 0 or not upto[at + len(content) : end].strip()):
-            has_eot = False
-        if end > start:
-            spans.append((start, end))
-    return full, spans, has_eot
+        said = full[start:end].rstrip()
+        if said and not (ends and said.endswith(ends)):
+            has_eot = False  # the model would not learn to stop (data.py warns: turn_close_problem)
+    return full, [(start, end) for start, end in spans if end > start], has_eot
+
+
+class _NotAPrefix(Exception):
+    """The chat template renders an earlier turn otherwise once later turns follow."""
+
+
+def _prefix_span(tokenizer, messages, i, tools, full) -> tuple[int, int]:
+    """Turn i's span: from the end of the conversation before it with the generation prompt to the end of the
+    conversation up to it (both prefixes of the whole rendering), less trailing whitespace."""
+    before = _render(tokenizer, messages[:i], generation_prompt=True, tools=tools)
+    upto = _render(tokenizer, messages[: i + 1], tools=tools)
+    if not (full.startswith(before) and full.startswith(upto) and upto.startswith(before)):
+        raise _NotAPrefix
+    return len(before), len(upto.rstrip())
+
+
+def _found_spans(tokenizer, full: str, messages: list[dict], trained: list[int], tools) -> list[tuple[int, int]]:
+    """The trained turns' spans where the template's renderings are not prefixes of the whole: the conversation is
+    rendered again with turn i's text replaced, and where the two renderings differ is that text as the template
+    writes it (trimmed, its thinking dropped...); the span runs on over its tool calls to the end-of-turn token."""
+    close = _turn_close(tokenizer)[1]
+    spans = []
+    for i in trained:
+        m = messages[i]
+        other = _render(tokenizer, [*messages[:i], {**m, "content": _PROBE}, *messages[i + 1 :]], tools=tools)
+        start = len(os.path.commonprefix([full, other]))
+        end = len(full) - len(os.path.commonprefix([full[start:][::-1], other[start:][::-1]]))
+        if end == start and m["content"].strip() and not m.get("tool_calls"):
+            raise MaskError(
+                f"cannot place the loss mask: the chat template leaves turn {i + 1}'s text out of the whole "
+                "conversation's rendering; use a template that renders every turn (-o chat_template_path=...)"
+            )
+        calls = [c["function"]["name"] for c in m.get("tool_calls") or ()]
+        if close and (at := full.find(close, end)) >= 0:
+            gap = full[end:at]  # nothing but the turn's tool calls before its end of turn: never the next turn
+            if not gap.strip() or (calls and all(name in gap for name in calls)):
+                end = at + len(close)
+        spans.append((start, end))
+    return spans
 
 
 def encode_texts(
