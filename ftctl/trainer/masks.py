@@ -98,14 +98,14 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     return [first] if first is not None and first != tokenizer.eos_token_id else []
 
 
-_CLOSES: dict = {}  # (tokenizer id, chat template) -> _turn_close's answer: one probe a template, not one a row
+_CLOSES: dict = {}  # (tokenizer, chat template) -> _turn_close's answer: one probe a template, not one a row
 
 
 def _turn_close(tokenizer) -> tuple[int | None, str | None, str]:
     """(the id and text of the special token the chat template writes right after an assistant turn's text, or
     None, None where it writes none, or None, "" where the probe's conversation is refused; what it writes there, up
     to the first line break)."""
-    key = (id(tokenizer), getattr(tokenizer, "chat_template", None))
+    key = (id(tokenizer), len(tokenizer), tokenizer.eos_token, getattr(tokenizer, "chat_template", None))
     if key not in _CLOSES:
         marker = "ftctl-end-of-turn-probe"
         messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
