@@ -424,7 +424,7 @@ def test_two_runs_on_one_host_each_meet_on_a_port_of_their_own(tmp_path):
     # a one-node SkyPilot job too (two jobs may share a reused cluster's node); several nodes meet at the head's
     assert "--standalone" in prepared(backend="sky", gpus="1xL4", output_dir="s3://b/o").text
     two = prepared(backend="sky", gpus="8xA100", nodes=2, output_dir="s3://b/o").text
-    assert "--standalone" not in two and '--rdzv-endpoint "$HEAD_ADDR":29500' in two
+    assert "--standalone" not in two and '--rdzv-endpoint "$HEAD_ADDR":"$RDZV_PORT"' in two  # the job's own
 
     r = prepared(backend="docker", gpus="cpu", output_dir=str(tmp_path / "o"))
     line = docker_argv(r.spec, r.plan, str(tmp_path / "run"))
@@ -438,3 +438,34 @@ def test_two_runs_on_one_host_each_meet_on_a_port_of_their_own(tmp_path):
     second = subprocess.run([*cmd, "12"], env=env, capture_output=True, text=True, timeout=120)
     assert first.wait(timeout=60) == 0, first.stdout.read()
     assert second.returncode == 0, second.stderr  # it went on after the first run ended
+
+
+def test_stopping_the_launcher_stops_the_trainer_with_a_checkpoint(tmp_path, tiny_model_dir, tiny_data):
+    """`kill PID` of `ftctl launch` (or `timeout 600 ftctl launch ...`) left the trainer training alone, its output
+    into a closed pipe; a second launch into the run then cleared the running one's records before the trainer's
+    lock refused it. The launcher passes SIGTERM on: the trainer saves at its step boundary and the launcher says
+    so; a second launch is refused while a trainer holds the run, its records untouched."""
+    out = tmp_path / "run"
+    args = ["launch", "--backend", "local", "--gpus", "cpu", "--model", str(tiny_model_dir), "--data", str(tiny_data)]
+    args += ["--output", str(out), "-o", "max_steps=400", "-o", "save_steps=1000", "-o", "model_max_length=64"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen([FTCTL, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.5)
+    (out / ".ftctl" / "failures" / "mark").write_text("the running run's")
+    second = ftctl(*args)
+    assert second.returncode != 0 and "is being trained into by pid" in second.stderr, second.stderr
+    assert (out / ".ftctl" / "failures" / "mark").exists()  # its records were left alone
+    launcher.terminate()  # SIGTERM to the launcher alone, as `kill PID` sends it
+    _, stderr = launcher.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    assert launcher.returncode == 143 and "error: stopped (SIGTERM to ftctl launch): the trainer saved" in stderr, (
+        stderr
+    )
+    saved = [p.name for p in out.glob("checkpoint-*") if (p / "ftctl-manifest.json").is_file()]
+    assert saved and int(saved[0].split("-")[1]) < 400  # stopped early, with a checkpoint to resume
+    alive = subprocess.run(["pgrep", "-f", str(out / "spec.json")], capture_output=True, text=True).stdout
+    assert not alive.strip(), alive  # no trainer left behind

@@ -8,10 +8,12 @@ once, with its own error line (ftctl.failures); the resume hint follows only int
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -373,6 +375,13 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     click.echo(
         f"running {rendered.plan.method} on {rendered.plan.gpus}; checkpoints in {rendered.spec.output}", err=True
     )
+    from ftctl.trainer.run import output_dirs
+
+    if holder := training_now(RunPaths(Path(output_dirs(rendered.spec)[0]))):  # before its records are cleared
+        raise FtctlError(
+            f"{rendered.spec.output} is being trained into by {holder}: a second run there would write the same "
+            "checkpoints. Wait for it to end (or stop it), or give this run another --output."
+        )
     shutil.rmtree(paths.failures, ignore_errors=True)
     paths.failures.mkdir(parents=True, exist_ok=True)
     paths.status_file.unlink(missing_ok=True)  # an earlier attempt's word is not this one's
@@ -384,6 +393,13 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
         STATUS_ENV: str(paths.status_file),
     }
     rc = run_filtered(cmd, env, paths.launcher_log)
+    if rc in STOPPED and not failures.read(paths.failures):  # passed on to a trainer that stopped as asked
+        error = FtctlError(
+            f"stopped ({signal.Signals(rc - 128).name} to ftctl launch): the trainer saved a checkpoint at its step "
+            "boundary first; the same `ftctl launch` resumes it."
+        )
+        error.exit_code = rc
+        raise error
     if rc != 0:
         error = FtctlError(failure_message(paths, rc, rendered.spec))
         if any(r["kind"] == "interrupted" and "SIGINT" in r["message"] for r in failures.read(paths.failures)):
@@ -396,19 +412,51 @@ def run_filtered(cmd: list[str], env: dict, held: Path) -> int:
     starts (its log lines and ChildFailedError traceback repeat what the failing rank recorded). What
     is held back is kept in ``held``; FTCTL_DEBUG=1 prints everything."""
     if os.environ.get("FTCTL_DEBUG"):
-        return subprocess.call(cmd, env=env)
+        proc = subprocess.Popen(cmd, env=env)
+        with _forwarding_signals(proc) as got:
+            rc = proc.wait()
+        return rc or (128 + got[0] if got else 0)
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
-    holding = False
-    with held.open("w") as keep:
+    holding, kept = False, []
+    with _forwarding_signals(proc) as got:
         for line in proc.stderr:
             if not holding and _torchrun_report(line):
                 holding = True
             if holding:
-                keep.write(line)
+                kept.append(line)
             else:
                 sys.stderr.write(line)
                 sys.stderr.flush()
-    return proc.wait()
+        rc = proc.wait()
+    try:
+        held.write_text("".join(kept))
+    except OSError as e:  # a full disk (what the run may have failed of): the failure's message comes first
+        click.echo(f"warning: cannot keep torchrun's report in {held}: {e.strerror or e}", err=True)
+    return rc or (128 + got[0] if got else 0)  # stopped as asked, with a checkpoint: still not a finished run
+
+
+FORWARDED = (signal.SIGTERM, signal.SIGHUP)
+STOPPED = tuple(128 + s for s in FORWARDED)  # run_filtered's exit code where the launcher passed one on
+
+
+@contextlib.contextmanager
+def _forwarding_signals(proc: subprocess.Popen):
+    """SIGTERM or SIGHUP to the launcher (`kill PID`, `timeout`, a closed terminal) goes to the trainer as SIGTERM: it
+    stops at its next step boundary with a checkpoint, and the launcher says so. The trainer went on alone, its
+    output into a closed pipe. Yields the signals received."""
+    got: list[int] = []
+
+    def forward(signum, frame):
+        got.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    before = {s: signal.signal(s, forward) for s in FORWARDED}
+    try:
+        yield got
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _torchrun_report(line: str) -> bool:
