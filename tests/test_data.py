@@ -632,12 +632,16 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
     )
     assert report.stats.rows == 2 and report.stats.truncated_rows == 1
     rendered = report.render()
-    assert "Errors (10):" in rendered and "Warnings (1):" in rendered and "FAILED: 10 error(s)" in rendered
+    assert (
+        "Errors (10):" in rendered
+        and "Warnings (1):" in rendered
+        and "FAILED: 10 of 12 rows with errors (10 listed)" in rendered
+    )
 
     with pytest.raises(FtctlError) as e:
         build_dataset(path, tiny_tokenizer, 32)
     message = str(e.value)
-    assert message.startswith(f"10 problem(s) in the training data {path}")
+    assert message.startswith(f"10 of 12 rows with errors (10 listed) in the data {path}")
     for line in report.errors:
         assert line in message
 

@@ -241,11 +241,11 @@ def test_two_ranks_with_bad_data_leave_one_record_each_and_one_message(tiny_mode
     assert any(r["kind"] == "config" and "unknown role 'alien'" in r["message"] for r in records), records
     line, resumable = failures.summarize(records)
     assert resumable is False
-    assert re.match(r"rank [01] on \S+: 1 problem\(s\) in the training data .*bad\.json", line), line
+    assert re.match(r"rank [01] on \S+: 1 of \d+ rows with errors \(1 listed\) in the data .*bad\.json", line), line
     assert "unknown role 'alien'" in line
     # the ranks themselves: at most rank 0's one line, no trainer traceback, none of the harmless chatter
     ours = proc.stdout + proc.stderr
-    assert ours.count("problem(s) in the training data") <= 1, ours
+    assert ours.count("rows with errors (1 listed) in the data") <= 1, ours
     assert "ftctl/trainer" not in ours, ours
     for noise in HARMLESS:
         assert noise not in ours, (noise, ours)

@@ -97,7 +97,7 @@ def test_rows_whose_fields_no_format_knows_are_one_line(tmp_path, tiny_tokenizer
     with pytest.raises(FtctlError) as e:
         build_dataset(data, tiny_tokenizer, 64)
     assert str(e.value).splitlines() == [
-        f"1 problem(s) in the training data {data}; fix or remove these rows:",
+        f"1,000 of 1,000 rows with errors (1 listed) in the data {data}; fix or remove these rows:",
         f"  {report.errors[0]}",
     ]
 
@@ -146,7 +146,7 @@ def test_data_check_says_a_format_problem_once(tmp_path, tiny_model_dir):
     assert got.exit_code == 1
     assert "Errors (1):\n  qa.jsonl lines 1-60 (60 rows): not a conversation: keys 'question', 'answer'" in got.stdout
     assert got.stdout.count("expected 'conversations'") == 1 and "more" not in got.stdout
-    assert "FAILED: 1 error(s)" in got.stdout
+    assert "FAILED: 60 of 61 rows with errors (1 listed)" in got.stdout  # rows, not error lines
 
 
 # ------------------------------------------------------------------------------------------ lora_target_modules

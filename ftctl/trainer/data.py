@@ -65,6 +65,7 @@ class DataReport:
     files: int = 0
     read: list[str] = field(default_factory=list)  # the files' names, where the path is one directory or pattern
     errors: list[str] = field(default_factory=list)
+    bad_rows: int = 0  # the rows the errors are about (one error line may name many)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stats: DataStats = field(default_factory=DataStats)
@@ -91,7 +92,7 @@ class DataReport:
             lines.append("Notes:")
             lines += [f"  {note}" for note in self.notes]
         if not s.rows and not self.ok:  # nothing read (an empty file): the errors say it all
-            return "\n".join([*lines, f"FAILED: {len(self.errors)} error(s)."])
+            return "\n".join([*lines, f"FAILED: {self._failed()}."])
         share = f" ({100 * s.trainable_tokens / s.tokens:.1f}%)" if s.tokens else ""
         mean = f" (mean {s.tokens / s.rows:.1f}, longest {s.max_tokens} before truncation)" if s.rows else ""
         lines += [
@@ -116,15 +117,19 @@ class DataReport:
             top = max(n for _, n in s.histogram) or 1
             for label, n in s.histogram:
                 lines.append(f"    {label:>{width}} | {'#' * math.ceil(40 * n / top):<40} {n:,}")
-        lines.append(
-            "OK: ready to train." if self.ok else f"FAILED: {len(self.errors)} error(s); fix or remove those rows."
-        )
+        lines.append("OK: ready to train." if self.ok else f"FAILED: {self._failed()}; fix or remove those rows.")
         return "\n".join(lines)
+
+    def _failed(self) -> str:
+        """How many rows the errors are about (an error line names all the rows that share it)."""
+        if not self.bad_rows:
+            return f"{len(self.errors)} error(s)"
+        return f"{self.bad_rows:,} of {self.bad_rows + self.stats.rows:,} rows with errors ({len(self.errors)} listed)"
 
     def error_message(self) -> str:
         """The FtctlError text build_dataset raises: the first errors and how to see them all."""
         shown = 20
-        lines = [f"{len(self.errors)} problem(s) in the training data {self.path}; fix or remove these rows:"]
+        lines = [f"{self._failed()} in the data {self.path}; fix or remove these rows:"]
         lines += [f"  {e}" for e in self.errors[:shown]]
         if len(self.errors) > shown:
             lines.append(
@@ -282,6 +287,7 @@ def prepare_data(
             for i, name in enumerate(names)
         ]
     report.errors = problem_lines(problems, len(rows))
+    report.bad_rows = len({id(row) for row, _ in problems})
     if not kept_ids and not report.errors:
         report.errors.append(f"{path}: no rows: the data is empty")
     columns = {"input_ids": kept_ids, "labels": kept_labels}
