@@ -294,3 +294,26 @@ def test_a_requeued_slurm_job_under_resume_never_continues_its_own_checkpoints(
     resumed = train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=6, **never), echo=said.append)
     assert resumed.status == "complete" and resumed.global_step == 6
     assert sorted(_lrs(out)) == [1, 2, 3, 4, 5, 6]  # steps 4-6 after the first attempt's 1-3: not trained again
+
+
+def test_a_relaunch_measuring_the_held_out_loss_otherwise_starts_its_lowest_afresh(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, caplog
+):
+    """Continued on other data with eval_split, the held-out rows are others: the checkpoint's lowest loss was
+    kept as the best (and compared by early stopping) against losses of another set. It starts afresh, said once."""
+    from ftctl.demo import demo_data_path
+    from ftctl.trainer.run import train
+
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps(json.loads(demo_data_path().read_text())[100:160]))
+    out = tmp_path / "out"
+    held = {"eval_split": 0.2, "early_stopping_patience": 5}
+    assert train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **held, **SCHEDULE), echo=print)
+    before = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["best_metric"]
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        assert train(*make_run(tiny_model_dir, more, out, "lora", max_steps=6, **held, **SCHEDULE), echo=print)
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    evals = {row["step"]: row["eval_loss"] for row in state["log_history"] if "eval_loss" in row}
+    assert before is not None and state["best_metric"] == evals[6] != before  # the new set's, not the old one's
+    assert state["best_model_checkpoint"].endswith("checkpoint-6")
+    assert caplog.text.count("the held-out loss is measured otherwise now (data_path changed)") == 1

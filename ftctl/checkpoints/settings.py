@@ -40,10 +40,13 @@ FOLLOWED = ("max_steps", "num_train_epochs", "lr_scheduler_type", "lr_scheduler_
 FOLLOWED += ("max_grad_norm",)
 FOLLOWED += ("lora_alpha", "lora_dropout", "use_rslora", "assistant_only_loss")
 FOLLOWED += ("save_steps", "logging_steps", "eval_steps")  # transformers restores them: callbacks.StepsAsGiven
+FOLLOWED += ("eval_data_path",)
 # ...and which rows the steps after the checkpoint train on
 DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path", "data_path", "data_weights")
 DATA += ("eval_split", "seed")
 NEW_DATA = ("data_path", "data_weights")  # other rows: read from their start, not past the checkpoint's batches
+# what the held-out loss is measured with besides its rows: the tokens scored, how they are cut and packed
+MEASURE = ("model_max_length", "chat_template_path", "assistant_only_loss", "packing")
 TRAINER_STATE = "trainer_state.json"  # transformers' own record in each checkpoint: its step and the run's total
 _ONLY = {  # compared only where the method has them
     "lora_r": ("lora", "qlora"),
@@ -90,6 +93,13 @@ class Changes:
         """Other data: the resumed run reads it from its start (the Trainer's ignore_data_skip) instead of skipping
         the batches the checkpoint's steps took of the data it had: continuing a run on more data."""
         return any(k in NEW_DATA for k in self.changed)
+
+    def held_out(self, eval_data_path) -> list[str]:
+        """The changed settings that measure the held-out loss otherwise (other rows, or the same rows scored
+        otherwise): the checkpoint's lowest one compares with nothing measured now. ``eval_data_path``: the run's
+        (its rows are held out of data_path where it has none)."""
+        rows = ("eval_data_path",) if eval_data_path else ("data_path", "eval_split", "seed", "eval_data_path")
+        return [k for k in self.changed if k in rows + MEASURE]
 
     def line(self) -> str:
         each = ", ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in self.changed.items())

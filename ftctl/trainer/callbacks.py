@@ -348,6 +348,33 @@ class StepsAsGiven(TrainerCallback):
         return control
 
 
+class NewHeldOut(TrainerCallback):
+    """A resumed run whose held-out loss is measured otherwise (checkpoints.settings.Changes.held_out: other rows,
+    or the same scored otherwise) starts its lowest one afresh. The checkpoint's was measured on the other: the best
+    checkpoint kept, the "lowest" the log shows and early stopping compared the losses of two measures. ``stopping``:
+    the run's EarlyStoppingCallback, whose count of evaluations without a new lowest starts again too."""
+
+    def __init__(self, changed: list[str], stopping=None):
+        self.changed, self.stopping = changed, stopping
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.best_metric is not None and state.is_world_process_zero:
+            log.warning(
+                "the held-out loss is measured otherwise now (%s changed): the lowest before, %.4f (%s), is not "
+                "compared with the new ones; the lowest starts afresh",
+                ", ".join(self.changed),
+                state.best_metric,
+                os.path.basename(state.best_model_checkpoint or "")
+                or f"step {getattr(state, 'best_global_step', '?')}",
+            )
+        state.best_metric = state.best_model_checkpoint = None
+        if hasattr(state, "best_global_step"):
+            state.best_global_step = None
+        if self.stopping is not None:
+            self.stopping.early_stopping_patience_counter = 0
+        return control
+
+
 class ApplySettings(TrainerCallback):
     """Puts a resumed run's new settings (checkpoints.settings: what changed since the checkpoint was saved) into
     the optimizer and learning-rate schedule the Trainer restored from the checkpoint (after building its own from

@@ -159,7 +159,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback, ProgressCallback
 
     from ftctl.checkpoints import settings as checkpoint_settings
-    from ftctl.trainer.callbacks import ApplySettings, MetricsCallback, PreemptionCallback, StepsAsGiven
+    from ftctl.trainer.callbacks import ApplySettings, MetricsCallback, NewHeldOut, PreemptionCallback, StepsAsGiven
     from ftctl.trainer.data import build_datasets, shared_rows, too_few_sequences
     from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.methods import apply_method
@@ -221,6 +221,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if procs.is_main:
             plain = all(s.plain == s.rows for s in trained_rows)
             record_start(os.path.join(local_dir, METRICS_FILE), run.kernels, plain, echo)
+        stopping = [EarlyStoppingCallback(spec.early_stopping_patience)] if spec.early_stopping_patience else []
+        held_out = changed.held_out(spec.eval_data_path) if changed and spec.evaluates else []
         run.trainer = SFTTrainer(
             model=model,
             args=args,
@@ -235,7 +237,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 *reshard.callbacks(universal),
                 StepsAsGiven(),
                 *([ApplySettings(changed.applied)] if changed else []),
-                *([EarlyStoppingCallback(spec.early_stopping_patience)] if spec.early_stopping_patience else []),
+                *stopping,
+                *([NewHeldOut(held_out, *stopping)] if held_out else []),
                 *callbacks,
             ],
         )
