@@ -298,12 +298,12 @@ def merge(run, out):
     """Merge a LoRA/QLoRA adapter into its base: a standard safetensors model directory."""
     import shlex
 
+    from ftctl import storage
     from ftctl.trainer.merge import merge as do_merge
 
     merged = do_merge(run, out or os.path.join(run, "merged"))
-    size = sum(f.stat().st_size for f in merged.glob("*.safetensors"))
-    said = f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
-    click.echo(f"merged into {merged} ({said} of weights): a plain transformers model, no PEFT needed")
+    size = storage.size_text(sum(f.stat().st_size for f in merged.glob("*.safetensors")))
+    click.echo(f"merged into {merged} ({size} of weights): a plain transformers model, no PEFT needed")
     click.echo(f"next:\n  ftctl chat {shlex.quote(str(merged))} -p 'A question'")
 
 

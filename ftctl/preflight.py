@@ -688,8 +688,8 @@ def check_disk(spec, plan) -> list[Finding]:
         return [
             Finding(
                 ERROR,
-                f"--output {spec.output}: one checkpoint and the final model need ~{one + final:.0f} GB ({what}); "
-                f"{base} has {free:.0f} GB free",
+                f"--output {spec.output}: one checkpoint and the final model need ~{storage.size_text((one + final) * 1e9)} "
+                f"({what}); {base} has {storage.size_text(free * 1e9)} free",
                 "free some space or choose --output on a larger disk (or an object store).",
             )
         ]
@@ -697,8 +697,8 @@ def check_disk(spec, plan) -> list[Finding]:
         return [
             Finding(
                 WARNING,
-                f"--output {spec.output}: {kept} checkpoints and the final model need ~{kept * one + final:.0f} GB "
-                f"({what}); {base} has {free:.0f} GB free",
+                f"--output {spec.output}: {kept} checkpoints and the final model need "
+                f"~{storage.size_text((kept * one + final) * 1e9)} ({what}); {base} has {storage.size_text(free * 1e9)} free",
                 f"lower -o save_total_limit (now {spec.save_total_limit}"
                 + (
                     "; with held-out data the lowest loss's checkpoint is kept too"

@@ -229,6 +229,11 @@ def ls(uri: str | os.PathLike, endpoint_url: str | None = None) -> list[dict]:
     return sorted(out, key=lambda e: e["name"])
 
 
+def size_text(nbytes: float) -> str:
+    """A size as people read it: "1.2 GB", "31.4 MB" (a disk's free space or a model's below 1 GB was "0 GB")."""
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
+
+
 def file_sizes(uri: str | os.PathLike, endpoint_url: str | None = None) -> dict[str, int]:
     """``{relative path: size}`` of every file below ``uri`` (recursively; '/'-separated). An absent
     directory has none; an absent bucket is a :class:`StorageError` ('no-bucket')."""
