@@ -301,10 +301,15 @@ def merge(run, out):
     from ftctl import storage
     from ftctl.trainer.merge import merge as do_merge
 
-    merged = do_merge(run, out or os.path.join(run, "merged"))
+    merged = do_merge(run, out or os.path.join(run, "merged"), echo=_progress)
     size = storage.size_text(sum(f.stat().st_size for f in merged.glob("*.safetensors")))
     click.echo(f"merged into {merged} ({size} of weights): a plain transformers model, no PEFT needed")
     click.echo(f"next:\n  ftctl chat {shlex.quote(str(merged))} -p 'A question'")
+
+
+def _progress(line: str) -> None:
+    """What a slow step is doing, on stderr (stdout holds the answers, the numbers, the merged model's path)."""
+    click.echo(line, err=True)
 
 
 @main.command()
@@ -329,7 +334,7 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare, plai
     decoding.check()
     if compare and not prompts:
         raise FtctlError("--compare asks the base and the run the same questions: give them with -p.")
-    loaded = chat_mod.load(run, plain_text)
+    loaded = chat_mod.load(run, plain_text, echo=_progress)
     if prompts:
         chat_mod.ask(loaded, list(prompts), decoding, echo=click.echo, compare=compare)
     else:
@@ -354,7 +359,7 @@ def eval_(run, paths, max_length, batch_size, compare):
         names = split_paths(join_paths(paths))
     except ValueError as e:
         raise FtctlError(f"{e}.") from None
-    loaded = chat_mod.load(run)
+    loaded = chat_mod.load(run, echo=_progress)
     recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
     every = loaded.found.recorded("spec", "assistant_only_loss") is False if loaded.found else False  # as it trained
     length = max_length or recorded or RunSpec.model_max_length

@@ -44,7 +44,7 @@ def _greedy(model, tokenizer, question: str, max_new_tokens: int) -> str:
 
 
 def test_chat_answers_with_the_runs_adapter(lora_run, tiny_model_dir):
-    """As a user runs it: stdout is the answer alone (script-friendly), stderr quiet."""
+    """As a user runs it: stdout is the answer alone (script-friendly), stderr what loads."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -56,7 +56,10 @@ def test_chat_answers_with_the_runs_adapter(lora_run, tiny_model_dir):
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    # stderr: what loads, one line (no library chatter)
+    assert proc.returncode == 0 and proc.stderr.splitlines() == [
+        f"loading the LoRA adapter {lora_run} on {tiny_model_dir}, fp32 on CPU ..."
+    ], proc.stderr
     assert not json.loads((lora_run / "metrics.jsonl").read_text().splitlines()[0])["plain_text"]  # conversations
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(lora_run)).eval()
     assert proc.stdout.strip() == _greedy(tuned, AutoTokenizer.from_pretrained(lora_run), question, 12)
@@ -65,6 +68,8 @@ def test_chat_answers_with_the_runs_adapter(lora_run, tiny_model_dir):
 
     two = CliRunner().invoke(main, ["chat", str(lora_run), "-p", "a?", "-p", "b?", "--max-new-tokens", "3"])
     assert two.exit_code == 0 and two.stdout.startswith("> a?\n") and "\n\n> b?\n" in two.stdout, two.output
+    # what is loading is said first, on stderr (a 7B model on CPU was minutes of silence)
+    assert two.stderr.startswith(f"loading the LoRA adapter {lora_run} on "), two.stderr
 
 
 def test_compare_puts_the_base_models_answer_beside_the_runs(lora_run, tiny_model_dir, tiny_data, tmp_path):
@@ -268,7 +273,8 @@ def test_a_mistyped_run_is_refused_at_once(tmp_path, monkeypatch):
         timeout=300,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.startswith("error: Cannot load no-such-org/no-such-model: ") and "HF_TOKEN" in result.stderr
+    said = result.stderr.splitlines()[-1]
+    assert said.startswith("error: Cannot load no-such-org/no-such-model: ") and "HF_TOKEN" in said
 
 
 def test_a_run_in_object_storage_talks_from_its_top_level_files(lora_run, s3_bucket):
@@ -525,6 +531,7 @@ def test_merge_through_the_cli_says_what_it_wrote(lora_run, tmp_path):
     got = CliRunner().invoke(main, ["merge", str(lora_run), "--out", str(out)])
     assert got.exit_code == 0, got.output
     size = (out / "model.safetensors").stat().st_size / 1e6  # the tiny model's: MB
+    assert got.stderr.startswith(f"merging the LoRA adapter {lora_run} into "), got.stderr
     assert got.stdout.splitlines()[-3:] == [
         f"merged into {out} ({size:.1f} MB of weights): a plain transformers model, no PEFT needed",
         "next:",

@@ -81,9 +81,10 @@ class Loaded:
         yield trained_mod.load(plain, self.precision, device_map="auto" if torch.cuda.is_available() else None).eval()
 
 
-def load(target: str, plain_text: bool | None = None) -> Loaded:
+def load(target: str, plain_text: bool | None = None, echo=None) -> Loaded:
     """The model (with its adapter) and tokenizer of a run, a checkpoint, or a plain model. ``plain_text``:
-    prompt without the chat template (None: as the run trained)."""
+    prompt without the chat template (None: as the run trained); ``echo`` is told what is loading, before the
+    weights are read (a 7B model on CPU takes minutes)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -108,6 +109,16 @@ def load(target: str, plain_text: bool | None = None) -> Loaded:
             precision = "fp16"
     else:
         precision = "fp32"
+    plain_text = found.plain_text if plain_text is None else plain_text
+    where = target if download or not Path(target).expanduser().is_dir() else found.path
+    if found.adapter:
+        what = f"LoRA adapter {where} on {found.base}" + (" in 4 bits" if found.method == "qlora" else "")
+    else:
+        what = f"model {where}"
+    where = "GPU" if on_gpu else "CPU"
+    what = f"{what}, {precision} on {where}" + (", plain text: prompts continued as written" if plain_text else "")
+    if echo:
+        echo(f"loading the {what} ...")
     try:
         model = trained_mod.load(found, precision, device_map="auto" if on_gpu else None, as_trained=True).eval()
         tokenizer = AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(found))
@@ -116,16 +127,8 @@ def load(target: str, plain_text: bool | None = None) -> Loaded:
             f"Cannot load {target}: {str(e).strip().splitlines()[0]} Give a run's output directory, one of its "
             "checkpoints, or a model id this machine can read (HF_TOKEN for a gated one)."
         ) from None
-    plain_text = found.plain_text if plain_text is None else plain_text
     if not plain_text and (note := ensure_chat_template(tokenizer)):
         log.warning("%s", note)
-    where = target if download or not Path(target).expanduser().is_dir() else found.path
-    if found.adapter:
-        what = f"LoRA adapter {where} on {found.base}" + (" in 4 bits" if found.method == "qlora" else "")
-    else:
-        what = f"model {where}"
-    where = "GPU" if on_gpu else "CPU"
-    what = f"{what}, {precision} on {where}" + (", plain text: prompts continued as written" if plain_text else "")
     return Loaded(model, tokenizer, what, None if plain else found, precision, download, plain_text)
 
 

@@ -27,9 +27,12 @@ from ftctl.trainer.model import DTYPES
 log = logging.getLogger(__name__)
 
 
-def merge(run_dir_or_checkpoint: str, out_dir: str, dtype: str | None = None, endpoint_url: str | None = None) -> Path:
+def merge(
+    run_dir_or_checkpoint: str, out_dir: str, dtype: str | None = None, endpoint_url: str | None = None, echo=None
+) -> Path:
     """Merge the adapter of a lora/qlora run into its base; write a safetensors model + tokenizer to
-    ``out_dir`` (a local path or object-store URI). Returns the directory written."""
+    ``out_dir`` (a local path or object-store URI). Returns the directory written. ``echo`` is told what is
+    loading, before the base's weights are read."""
     quiet.install()  # before transformers, peft and bitsandbytes are imported
     if dtype is not None and dtype not in DTYPES:
         raise FtctlError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
@@ -38,10 +41,10 @@ def merge(run_dir_or_checkpoint: str, out_dir: str, dtype: str | None = None, en
     if storage.is_remote(run_dir_or_checkpoint):
         with tempfile.TemporaryDirectory(prefix="ftctl-merge-") as tmp:
             trained_mod.download_top(run_dir_or_checkpoint, tmp, endpoint_url)
-            return merge(tmp, out_dir, dtype, endpoint_url)
+            return merge(tmp, out_dir, dtype, endpoint_url, echo)
     if storage.is_remote(out_dir):
         with tempfile.TemporaryDirectory(prefix="ftctl-merged-") as tmp:
-            merge(run_dir_or_checkpoint, os.path.join(tmp, "merged"), dtype)
+            merge(run_dir_or_checkpoint, os.path.join(tmp, "merged"), dtype, echo=echo)
             _upload_config_last(os.path.join(tmp, "merged"), out_dir, endpoint_url)
         return Path(out_dir)
 
@@ -49,6 +52,8 @@ def merge(run_dir_or_checkpoint: str, out_dir: str, dtype: str | None = None, en
 
     adapter = trained_mod.find(run_dir_or_checkpoint, adapter_only=True)
     precision = dtype or adapter.precision or "fp32"
+    if echo:
+        echo(f"merging the LoRA adapter {adapter.path} into {adapter.base} ({precision}) ...")
     merged = trained_mod.load(adapter, precision).merge_and_unload()
     out = Path(out_dir).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
