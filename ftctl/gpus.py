@@ -165,6 +165,16 @@ def tier(name: str) -> GpuTier:
         sizes = ", ".join(f"{t.name} {t.memory_gb:g} GB" for t in same)
         raise FtctlError(f"GPU type {name!r} says {memory} GB, less than ftctl's {sizes}: name a smaller card.")
     keys = {m + (f"{gb}gb" if gb else ""): n for n, (m, gb) in _MODELS.items()}
+    if _OLDER.fullmatch(model):  # P100 was "did you mean V100?": a newer card
+        raise FtctlError(
+            f"GPU type {name!r} is older than every card ftctl plans for (Volta's V100 is the oldest): train on a "
+            "listed card, or on cpu."
+        )
+    if (reversed_form := _REVERSED.fullmatch(name.strip())) and reversed_form.group(1).lower() in {
+        n.lower() for n in TIERS
+    }:
+        count, card = reversed_form.group(2), tier(reversed_form.group(1)).name
+        raise FtctlError(f"GPU type {name!r}: the count comes first, --gpus {count}x{card} ({card}:{count} too).")
     # a typo, not another card: MI300X is not an RTX3090 (the 0.6 of errors.did_you_mean would say it is)
     close = difflib.get_close_matches(model + (f"{memory}gb" if memory else ""), keys, n=1, cutoff=0.7)
     raise FtctlError(
@@ -173,6 +183,10 @@ def tier(name: str) -> GpuTier:
         "not listed: name a listed one of its generation or older with no more memory, and ftctl plans for that."
     )
 
+
+# cards before Volta (Pascal, Maxwell, Kepler) and the GeForce 10 series: a typo's nearest listed card is newer
+_OLDER = re.compile(r"[pkm]\d{1,3}|gtx\d+.*|titanx.*")
+_REVERSED = re.compile(r"([A-Za-z][\w.\-]*?)[xX](\d+)")  # a100x8: the count after the type
 
 _NXT = re.compile(r"^(?:(\d+)[xX])?(?:(\d+)[xX])?([A-Za-z][\w.\-]*)$")
 _SKY = re.compile(r"^([A-Za-z][\w.\-]*):(\d+)$")
@@ -195,6 +209,11 @@ def parse(spec: str, nodes: int | None = None) -> GpuRequest:
             f"(`sinfo -o %G` lists the cluster's). Known types: {', '.join(TIERS)}."
         )
     m = _SKY.match(text)
+    if m and m.group(1).lower() == "cpu":
+        raise FtctlError(
+            f"--gpus {spec!r}: a CPU run is --gpus cpu (its processes take the node's cores) or Nxcpu for N nodes, "
+            f"e.g. --gpus {m.group(2)}xcpu."
+        )
     if m:
         count, form_nodes, name = int(m.group(2)), None, m.group(1)
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ftctl import gpus
@@ -91,7 +93,6 @@ def test_malformed_strings_show_forms_and_types(text):
         ("a100-80:2", "A100-80GB"),  # a memory without its GB
         ("2x8xB100", None),  # None: either way
         ("4xMI300X", False),  # False: none; another card is not a typo (no RTX3090 offered)
-        ("tesla_p100-pcie-16gb", False),  # Pascal is not planned (the trainer's Triton kernels need sm70)
         ("nvidia_gh200_480gb", False),
     ],
 )
@@ -109,6 +110,32 @@ def test_unknown_types_list_known_types(text, close):
         assert f"Did you mean {close!r}" in msg
     # how to go on: Slurm's names are read, and a card not listed has a stand-in
     assert "nvidia_a100-sxm4-80gb" in msg and "of its generation or older with no more memory" in msg
+
+
+@pytest.mark.parametrize("text", ["1xP100", "tesla_p100-pcie-16gb", "gpu:p40:2", "K80", "8xGTX1080Ti", "M60"])
+def test_cards_older_than_volta_are_said_to_be_older_not_offered_a_newer_one(text):
+    """Pascal and older are not planned (the trainer's Triton kernels need sm70): P100 was "did you mean V100?"."""
+    with pytest.raises(FtctlError) as e:
+        gpus.parse(text)
+    assert "is older than every card ftctl plans for (Volta's V100 is the oldest)" in str(e.value)
+    assert "Did you mean" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("a100x8", "the count comes first, --gpus 8xA100 (A100:8 too)"),  # was "did you mean A100?", the 8 lost
+        ("H100x2", "the count comes first, --gpus 2xH100 (H100:2 too)"),
+        (
+            "cpu:2",
+            "a CPU run is --gpus cpu (its processes take the node's cores) or Nxcpu for N nodes, e.g. --gpus 2xcpu",
+        ),
+    ],
+)
+def test_a_count_after_the_type_is_answered_with_the_form_that_reads(text, said):
+    with pytest.raises(FtctlError, match=re.escape(said)):
+        gpus.parse(text)
+    assert gpus.parse(said.split("--gpus ")[-1].split(" ")[0].rstrip(".")).per_node in (8, 2, 1)
 
 
 @pytest.mark.parametrize(
