@@ -299,9 +299,10 @@ def merge(run, out):
     import shlex
 
     from ftctl import storage
+    from ftctl.runpaths import MERGED_DIR
     from ftctl.trainer.merge import merge as do_merge
 
-    merged = do_merge(run, out or os.path.join(run, "merged"), echo=_progress)
+    merged = do_merge(run, out or os.path.join(run, MERGED_DIR), echo=_progress)
     size = storage.size_text(sum(f.stat().st_size for f in merged.glob("*.safetensors")))
     click.echo(f"merged into {merged} ({size} of weights): a plain transformers model, no PEFT needed")
     click.echo(f"next:\n  ftctl chat {shlex.quote(str(merged))} -p 'A question'")

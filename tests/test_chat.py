@@ -322,6 +322,30 @@ def test_merge_never_overwrites(lora_run, tmp_path):
     assert (merge(str(lora_run), str(empty)) / "model.safetensors").is_file()  # an empty directory is fine
 
 
+def test_a_merge_of_an_adapter_trained_on_since_is_said_to_be_stale(tiny_model_dir, tiny_data, tmp_path, caplog):
+    """RUN/merged kept the weights of the adapter it was merged from after the run trained on, and nothing said so:
+    `ftctl chat RUN/merged` answered with the old ones. The trainer says it when it saves the new adapter, and
+    merge's refusal names it."""
+    import logging
+
+    from ftctl.runpaths import MERGE_RECORD, MERGED_DIR
+    from ftctl.trainer.merge import merge
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "run"
+    assert train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=2, save_steps=2), echo=lambda _: None)
+    merged = merge(str(out), str(out / MERGED_DIR))
+    assert json.loads((merged / MERGE_RECORD).read_text())["adapter"] == str(out.resolve())
+    with pytest.raises(FtctlError, match="already exists and is not empty"):  # the same adapter: nothing stale
+        merge(str(out), str(merged))
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        spec, plan = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=4, save_steps=2, resume="auto")
+        assert train(spec, plan, echo=lambda _: None)
+    assert f"{merged} holds a merge of this run's adapter as it was before it trained on" in caplog.text
+    with pytest.raises(FtctlError, match=r"holds the merge of this adapter as it was on .*; the run has trained on "):
+        merge(str(out), str(merged))
+
+
 def test_a_qlora_adapter_talks_on_the_4bit_base_it_trained_on(tiny_model_dir, tiny_data, tmp_path):
     """What it learned against, and what fits where the run fit; merge still folds it into the full base."""
     import bitsandbytes as bnb

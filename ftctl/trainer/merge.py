@@ -6,21 +6,27 @@ loads it). The base is loaded unquantized in the precision the run trained in (a
 merged into the full-precision base, not the 4-bit one), so the output is an ordinary safetensors
 directory that ``AutoModelForCausalLM.from_pretrained`` loads with no PEFT and no bitsandbytes.
 
-Nothing is overwritten: an output that exists and is not empty is refused. A local output is written
+Nothing is overwritten: an output that exists and is not empty is refused (saying so where it holds a merge of the
+same adapter from before the run trained on: its ``ftctl-merge.json`` records the adapter's digest). A local output is written
 into a hidden sibling and renamed into place whole; an object-store output gets its config.json last,
 so a loader that finds it finds the weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from ftctl import quiet, storage
+from ftctl.checkpoints.manifest import sha256_file
 from ftctl.errors import FtctlError
+from ftctl.runpaths import MERGE_RECORD
 from ftctl.trainer import trained as trained_mod
 from ftctl.trainer.model import DTYPES
 
@@ -37,7 +43,7 @@ def merge(
     if dtype is not None and dtype not in DTYPES:
         raise FtctlError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
     storage.require_writable(out_dir, "merge output")
-    _refuse_existing(out_dir, endpoint_url)
+    _refuse_existing(out_dir, endpoint_url, run_dir_or_checkpoint)
     if storage.is_remote(run_dir_or_checkpoint):
         with tempfile.TemporaryDirectory(prefix="ftctl-merge-") as tmp:
             trained_mod.download_top(run_dir_or_checkpoint, tmp, endpoint_url)
@@ -64,6 +70,8 @@ def merge(
         tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay with the renamed directory
         merged.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(adapter)).save_pretrained(tmp)
+        record = {"adapter": str(adapter.path.resolve()), "adapter_digest": adapter_digest(adapter.path)}
+        (tmp / MERGE_RECORD).write_text(json.dumps({**record, "merged_at": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
         for file in tmp.iterdir():  # the weights came out 0600 (written through a temporary file): as the others
             file.chmod(0o666 & ~umask)
         os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)
@@ -73,14 +81,40 @@ def merge(
     return out
 
 
-def _refuse_existing(out_dir: str, endpoint_url: str | None) -> None:
+def _refuse_existing(out_dir: str, endpoint_url: str | None, run: str) -> None:
     if storage.is_remote(out_dir):
         taken = bool(storage.ls(out_dir, endpoint_url))
     else:
         out = Path(out_dir).expanduser()
         taken = out.exists() and (not out.is_dir() or any(out.iterdir()))
-    if taken:
-        raise FtctlError(f"{out_dir} already exists and is not empty: choose another --out, or remove it first.")
+    if not taken:
+        return
+    if not storage.is_remote(out_dir) and (stale := _stale_merge(out, run)):
+        raise FtctlError(f"{out_dir} {stale}: remove it (rm -r {out_dir}) and merge again, or choose another --out.")
+    raise FtctlError(f"{out_dir} already exists and is not empty: choose another --out, or remove it first.")
+
+
+def adapter_digest(path: Path) -> str:
+    """One sha256 of an adapter's files (its config and weights): what a merge was made from."""
+    h = hashlib.sha256()
+    for file in sorted(p for p in Path(path).glob("adapter_*") if p.is_file()):
+        h.update(f"{file.name} {sha256_file(str(file))}\n".encode())
+    return h.hexdigest()
+
+
+def _stale_merge(out: Path, run: str) -> str | None:
+    """Why the merge in ``out`` is not of ``run``'s adapter as it is now (trained on since), else None."""
+    try:
+        record = json.loads((out / MERGE_RECORD).read_text())
+        adapter = trained_mod.find(run, adapter_only=True).path
+    except (OSError, ValueError, FtctlError):
+        return None
+    if record.get("adapter") != str(adapter.resolve()) or record.get("adapter_digest") == adapter_digest(adapter):
+        return None
+    return (
+        f"holds the merge of this adapter as it was on {record.get('merged_at', 'an earlier day')}; the run has "
+        "trained on since"
+    )
 
 
 def _upload_config_last(local_dir: str, uri: str, endpoint_url: str | None) -> None:

@@ -41,7 +41,16 @@ from ftctl import checkpoints, storage
 from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run
-from ftctl.runpaths import FINAL_MARKS, FINAL_STAGING, METRICS_FILE, PLAIN_TEXT, SPEC_FILE, RunPaths
+from ftctl.runpaths import (
+    FINAL_MARKS,
+    FINAL_STAGING,
+    MERGE_RECORD,
+    MERGED_DIR,
+    METRICS_FILE,
+    PLAIN_TEXT,
+    SPEC_FILE,
+    RunPaths,
+)
 from ftctl.spec import RunSpec, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, model_card, reshard
 from ftctl.trainer.methods import ADAPTER_METHODS
@@ -519,6 +528,13 @@ def save(run: Run) -> None:
     if run.procs.is_main:
         name_base_model(staging, base_name(run.spec))
         publish_final(staging, run.local_dir)
+        if Path(run.local_dir, MERGED_DIR, MERGE_RECORD).is_file():  # `ftctl merge RUN` of the adapter before
+            log.warning(
+                "%s holds a merge of this run's adapter as it was before it trained on: remove it, then `ftctl merge "
+                "%s` again",
+                os.path.join(run.local_dir, MERGED_DIR),
+                run.local_dir,
+            )
         run.trainer.create_model_card()  # after PEFT's, which rewrote the card's metadata with its local base path
         if not run.sync.upload_final(run.local_dir):
             raise FtctlError(
