@@ -33,6 +33,9 @@ MODEL_CONFIG = "config.json"
 # ... and its config is the mark that it is whole: written (and uploaded) after every other file of it
 FINAL_MARKS = (ADAPTER_CONFIG, MODEL_CONFIG)
 FINAL_STAGING = ".ftctl/final"  # where the trainer saves the final model before it moves up, its config last
+# where an object-store output is staged: the checkpoints its store committed, a name a line (resume: one the store
+# no longer holds is an earlier run's, the output deleted or replaced since)
+UPLOADED_RECORD = ".ftctl/uploaded"
 MERGED_DIR = "merged"  # `ftctl merge RUN` writes RUN/merged by default
 MERGE_RECORD = "ftctl-merge.json"  # in a merged model: the adapter it was merged from, and its digest
 SLURM_STATUS_PATTERN = "status.{job}.{attempt}"  # per job and attempt: a requeued job starts afresh

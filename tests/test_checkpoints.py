@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -141,6 +142,33 @@ def test_remote_newer_than_local_is_downloaded(remote, tmp_path):
     committed(local, 2)
     assert C.latest_complete(str(local), remote) == str(local / "checkpoint-4")
     assert C.verify(str(local / "checkpoint-4")) == []
+
+
+def test_a_nodes_copies_of_an_output_deleted_or_replaced_in_the_store_are_not_resumed(remote, tmp_path, caplog):
+    """The node stages an object-store output in its cache: after the output was deleted in the store (to start
+    over) or replaced by another run's, resume=auto went on from the cache's checkpoints of the earlier run. Those the
+    store committed and no longer holds are set aside, and a copy of the store's checkpoint-N with other files gives
+    way to the store's; a checkpoint the store never had (its upload cut short) is still resumed."""
+    run = tmp_path / "cache"
+    upload_all(remote, committed(run, 2), committed(run, 4))
+    assert C.uploaded(str(run)) == {"checkpoint-2", "checkpoint-4"}
+    unsent = committed(run, 6)  # saved here, stopped before its upload
+    assert C.latest_complete(str(run), remote) == str(unsent)  # as before: this node's newest work is kept
+    storage.rm(remote, recursive=True)  # the user deletes the output to start over
+    shutil.rmtree(unsent)
+    caplog.set_level(logging.WARNING)
+    assert C.latest_complete(str(run), remote) is None  # from scratch, not from the deleted run's checkpoint-4
+    assert "checkpoint-2, checkpoint-4: uploaded to" in caplog.text and "not resumed" in caplog.text
+    assert not list(run.glob("checkpoint-*")) and len(list((run / C.QUARANTINE_DIR).iterdir())) == 2  # kept aside
+    assert C.uploaded(str(run)) == set()
+
+    # replaced: another machine's run wrote checkpoint-2 with other weights; this node's old copy gives way
+    upload_all(remote, committed(tmp_path / "elsewhere", 2))
+    committed(run, 2)  # this node's, of the earlier run (never uploaded from here: no record)
+    theirs = C.read_manifest(storage.join(remote, "checkpoint-2"))
+    got = C.latest_complete(str(run), remote)
+    assert got == str(run / "checkpoint-2") and C.read_manifest(got) == theirs
+    assert "checkpoint-2 here is not the store's" in caplog.text
 
 
 def test_nothing_anywhere_starts_from_scratch(remote, tmp_path):

@@ -26,7 +26,13 @@ from ftctl.checkpoints.manifest import (
     verify,
     write_manifest,
 )
-from ftctl.checkpoints.resume import CheckpointInfo, download_checkpoint, latest_complete, list_checkpoints
+from ftctl.checkpoints.resume import (
+    CheckpointInfo,
+    download_checkpoint,
+    latest_complete,
+    list_checkpoints,
+    uploaded,
+)
 from ftctl.checkpoints.sync import ls, pull, push
 from ftctl.checkpoints.upload import Uploader, final_files, prune, upload_checkpoint
 
@@ -46,6 +52,7 @@ __all__ = [
     "download_checkpoint",
     "final_files",
     "latest_complete",
+    "uploaded",
     "list_checkpoints",
     "ls",
     "node_manifest_name",

@@ -8,7 +8,9 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ftctl import storage
 from ftctl.checkpoints.manifest import (
@@ -23,6 +25,7 @@ from ftctl.checkpoints.manifest import (
     verify,
 )
 from ftctl.errors import FtctlError
+from ftctl.runpaths import UPLOADED_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,8 @@ def _list_remote_or_fail(remote_uri: str, endpoint_url=None, attempts: int = 3):
 def _quarantine(path: str, why: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     dest = os.path.join(parent, QUARANTINE_DIR, f"{os.path.basename(path)}-{int(time.time())}")
+    if os.path.exists(dest):  # one of the same name set aside this second
+        dest += f"-{uuid.uuid4().hex[:8]}"
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     os.replace(path, dest)
     log.warning("moved %s to %s (%s)", path, dest, why)
@@ -155,6 +160,29 @@ def download_checkpoint(
     return []
 
 
+def _other_files(here: CheckpointInfo, there: CheckpointInfo) -> bool:
+    """Whether two complete copies of one checkpoint name hold other files (sha256s): two runs' checkpoint-N."""
+    if not (here.complete and there.complete and here.manifest and there.manifest):
+        return False
+    return {(f["path"], f["sha256"]) for f in here.manifest["files"]} != {
+        (f["path"], f["sha256"]) for f in there.manifest["files"]
+    }
+
+
+def uploaded(local_dir: str) -> set[str]:
+    """The checkpoints of the run staged in ``local_dir`` that its store committed (upload.remember_uploaded)."""
+    try:
+        return set(Path(local_dir, UPLOADED_RECORD).read_text().split())
+    except OSError:
+        return set()
+
+
+def forget_uploaded(local_dir: str, names: set[str]) -> None:
+    path = Path(local_dir, UPLOADED_RECORD)
+    kept = sorted(uploaded(local_dir) - names, key=checkpoint_step)
+    path.write_text("".join(f"{name}\n" for name in kept))
+
+
 def latest_complete(local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None) -> str | None:
     """The local path of the newest complete, verified checkpoint, or None.
 
@@ -162,13 +190,30 @@ def latest_complete(local_dir: str, remote_uri: str | None = None, endpoint_url:
     ``remote_uri``, those in the store; for each step from the newest down, a local copy that
     verifies (sha256) wins, else the remote one is downloaded and verified. Every incomplete or
     corrupted checkpoint passed over is logged as a warning naming it; broken local ones are moved
-    to ``<local_dir>/.ftctl-quarantine`` so the resumed run can save that step afresh.
+    to ``<local_dir>/.ftctl-quarantine`` so the resumed run can save that step afresh. Where the store's output was
+    deleted or replaced since (a local copy newer than the store's newest that its store once committed, or a
+    local copy of the store's checkpoint-N with other files), the local copies are an earlier run's: not taken.
     """
     os.makedirs(local_dir, exist_ok=True)
     local = {c.step: c for c in list_checkpoints(local_dir)}
     remote = {}
     if remote_uri:
         remote = {c.step: c for c in _list_remote_or_fail(remote_uri, endpoint_url)}
+        # the output in the store deleted or replaced since: the node's copies are an earlier run's, never this one's
+        newest, sent = max(remote, default=-1), uploaded(local_dir)
+        if gone := [local.pop(s).uri for s in sorted(local) if s > newest and local[s].name in sent]:
+            log.warning(
+                "%s: uploaded to %s before, and the store no longer holds them (its output deleted or replaced "
+                "since): an earlier run's, not resumed",
+                ", ".join(os.path.basename(g) for g in gone),
+                remote_uri,
+            )
+            for uri in gone:
+                _quarantine(uri, f"gone from {remote_uri}")
+            forget_uploaded(local_dir, {os.path.basename(g) for g in gone})
+        for s in [s for s in local if s in remote and _other_files(local[s], remote[s])]:
+            log.warning("%s here is not the store's (another run's since): the store's is taken", local[s].name)
+            del local[s]  # the store's is downloaded and replaces it (download_checkpoint quarantines this one)
     for step in sorted(set(local) | set(remote), reverse=True):
         reasons = []
         if step in local:

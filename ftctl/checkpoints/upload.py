@@ -32,7 +32,7 @@ from ftctl.checkpoints.manifest import (
     read_manifest,
 )
 from ftctl.checkpoints.resume import list_checkpoints
-from ftctl.runpaths import FINAL_MARKS
+from ftctl.runpaths import FINAL_MARKS, UPLOADED_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,17 @@ def upload_checkpoint(
     commit_point("remote-manifest", os.path.basename(ckpt_uri.rstrip("/")))
     _put(fs, os.path.join(local_ckpt, manifest_name), storage.join(ckpt_uri, manifest_name))
     return manifest
+
+
+def remember_uploaded(local_dir: str, name: str) -> None:
+    """Note that the store holds checkpoint ``name`` of the run staged in ``local_dir`` (resume.uploaded_before)."""
+    path = os.path.join(local_dir, UPLOADED_RECORD)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as f:
+            f.write(f"{name}\n")
+    except OSError as e:  # a note for a later resume: never a reason to stop uploading
+        log.warning("cannot note the upload of %s in %s: %s", name, path, e)
 
 
 def prune(remote_uri: str, keep_last: int, protect=(), endpoint_url: str | None = None) -> list[str]:
@@ -322,6 +333,7 @@ class Uploader:
             upload_checkpoint(job.local, ckpt_uri, self.manifest_name, self.endpoint_url, job.done, self._fs)
             job.uploaded = True
             job.attempt_no = 0
+            remember_uploaded(os.path.dirname(job.original), job.name)
             if self.num_nodes == 1:
                 log.info(
                     "committed %s (%.0f s after it was saved)",
