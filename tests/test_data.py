@@ -103,9 +103,15 @@ def test_an_assistant_turn_of_weight_0_is_context_not_trained(tmp_path, tiny_tok
         "gives it",
         "every label is masked: its assistant turns all have weight 0; give one weight 1",
     ]
-    # ShareGPT turns carry the same key in the wild (axolotl reads it): it was passed over, and the bad answer trained
+    # ShareGPT turns carry the same key in the wild (axolotl reads it): it was passed over, and the bad answer trained.
+    # SlimOrca's human turns say 0.0 and its gpt turns 1.0: taken as they are (a human turn never trains)
     conv = [
-        {"from": m["role"].replace("assistant", "gpt"), "value": m["content"], "weight": m.get("weight")} for m in msgs
+        {
+            "from": m["role"].replace("assistant", "gpt").replace("user", "human"),
+            "value": m["content"],
+            "weight": float(m.get("weight", 1)) if m["role"] == "assistant" else 0.0,
+        }
+        for m in msgs
     ]
     row = only_row(write_json(tmp_path / "s.json", [{"conversations": conv}]), tiny_tokenizer)
     assert trained_spans(tiny_tokenizer, row["input_ids"], row["labels"]) == ["A good answer." + EOT]
@@ -224,6 +230,8 @@ def test_a_template_whose_turns_end_in_plain_text_is_said_to_never_stop(tmp_path
     what to use instead (nothing was said: some text followed each answer)."""
     import copy
 
+    from ftctl.trainer.masks import end_of_turn_ids
+
     tokenizer = copy.deepcopy(tiny_tokenizer)
     tokenizer.chat_template = (
         "{%- for m in messages %}{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] "
@@ -231,7 +239,11 @@ def test_a_template_whose_turns_end_in_plain_text_is_said_to_never_stop(tmp_path
         "<|end_header_id|>\\n\\n' }}{%- endif %}"
     )
     conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-    report, _ = prepare_data(write_json(tmp_path / "t.json", [{"messages": conv}]), tokenizer, 512)
+    path = write_json(tmp_path / "t.json", [{"messages": conv}])
+    several = copy.deepcopy(tiny_tokenizer)  # templates by name (Hermes 3, Command R): a dict, read as before
+    several.chat_template = {"default": tiny_tokenizer.chat_template, "tool_use": tiny_tokenizer.chat_template}
+    assert prepare_data(path, several, 512)[0].ok and end_of_turn_ids(several) == end_of_turn_ids(tiny_tokenizer)
+    report, _ = prepare_data(path, tokenizer, 512)
     pieces = len(tokenizer("<|eot_id|>", add_special_tokens=False)["input_ids"])
     assert pieces > 1 and report.warnings == [
         f"after an assistant turn the chat template writes '<|eot_id|>' ({pieces} ordinary tokens of this tokenizer), "

@@ -392,7 +392,10 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
             row.problems.append(f"empty turn: turn {n} ({role}) has no text; remove it or fill it in")
             continue
         extra = {k: turn[k] for k in TOOL_KEYS if fmt != "sharegpt" and turn.get(k) is not None}
-        if (weight := turn.get("weight")) is not None:  # OpenAI's format, and ShareGPT files as axolotl reads them
+        weight = turn.get("weight")
+        if fmt == "sharegpt" and mapped != "assistant":
+            weight = None  # SlimOrca's human turns say 0.0: they are never trained anyway
+        if weight is not None:  # OpenAI's format, and ShareGPT files as axolotl reads them
             if mapped != "assistant" or weight not in (0, 1) or isinstance(weight, bool):
                 row.problems.append(
                     f"turn {n} 'weight' is {weight!r}: an assistant turn's weight is 0 (not trained) or 1, as OpenAI's "

@@ -19,6 +19,7 @@ turns from the completion's first message on.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,8 @@ def _turn_close(tokenizer) -> tuple[int | None, str | None, str]:
     """(the id and text of the special token the chat template writes right after an assistant turn's text, or
     None, None where it writes none, or None, "" where the probe's conversation is refused; what it writes there, up
     to the first line break)."""
-    key = (id(tokenizer), len(tokenizer), tokenizer.eos_token, getattr(tokenizer, "chat_template", None))
+    template = getattr(tokenizer, "chat_template", None)  # a dict where a tokenizer has several by name
+    key = (id(tokenizer), len(tokenizer), tokenizer.eos_token, json.dumps(template, sort_keys=True))
     if key not in _CLOSES:
         marker = "ftctl-end-of-turn-probe"
         messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
