@@ -101,6 +101,12 @@ class RunPaths:
         return self.root / ".ftctl" / f"spec.{stamp}.json"
 
     @property
+    def stop_file(self) -> Path:
+        """Created by a local run's launcher to stop its trainer at the next step boundary, with a
+        checkpoint ($FTCTL_STOP_FILE: torchrun, signalled, kills its workers mid-save after 30 s)."""
+        return self.root / ".ftctl" / "stop"
+
+    @property
     def status_file(self) -> Path:
         """The trainer's one-word exit status for runs the launcher watches itself (local, docker)."""
         return self.root / ".ftctl" / "status"

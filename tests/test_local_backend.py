@@ -442,9 +442,9 @@ def test_two_runs_on_one_host_each_meet_on_a_port_of_their_own(tmp_path):
 
 def test_stopping_the_launcher_stops_the_trainer_with_a_checkpoint(tmp_path, tiny_model_dir, tiny_data):
     """`kill PID` of `ftctl launch` (or `timeout 600 ftctl launch ...`) left the trainer training alone, its output
-    into a closed pipe; a second launch into the run then cleared the running one's records before the trainer's
-    lock refused it. The launcher passes SIGTERM on: the trainer saves at its step boundary and the launcher says
-    so; a second launch is refused while a trainer holds the run, its records untouched."""
+    into a closed pipe; a second launch into the run then cleared the running one's records (and replaced its
+    spec.json) before the trainer's lock refused it. The launcher passes SIGTERM on: the trainer saves at its step
+    boundary and the launcher says so; a second launch is refused while a trainer holds the run, nothing touched."""
     out = tmp_path / "run"
     args = ["launch", "--backend", "local", "--gpus", "cpu", "--model", str(tiny_model_dir), "--data", str(tiny_data)]
     args += ["--output", str(out), "-o", "max_steps=400", "-o", "save_steps=1000", "-o", "model_max_length=64"]
@@ -456,15 +456,19 @@ def test_stopping_the_launcher_stops_the_trainer_with_a_checkpoint(tmp_path, tin
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
         time.sleep(0.5)
     (out / ".ftctl" / "failures" / "mark").write_text("the running run's")
-    second = ftctl(*args)
+    spec_before = (out / "spec.json").read_text()
+    second = ftctl(*args, "-o", "learning_rate=0.00001")
     assert second.returncode != 0 and "is being trained into by pid" in second.stderr, second.stderr
-    assert (out / ".ftctl" / "failures" / "mark").exists()  # its records were left alone
+    assert (out / ".ftctl" / "failures" / "mark").exists()  # its records were left alone, and its spec.json
+    assert (out / "spec.json").read_text() == spec_before and not list((out / ".ftctl").glob("spec.*.json"))
     launcher.terminate()  # SIGTERM to the launcher alone, as `kill PID` sends it
     _, stderr = launcher.communicate(timeout=120)
     assert "Traceback" not in stderr, stderr
     assert launcher.returncode == 143 and "error: stopped (SIGTERM to ftctl launch): the trainer saved" in stderr, (
         stderr
     )
+    # through the trainer's stop file, as a Slurm job's: torchrun, signalled, kills its workers mid-save after 30 s
+    assert f"{out / '.ftctl' / 'stop'} exists: saving a checkpoint at the next step" in stderr
     saved = [p.name for p in out.glob("checkpoint-*") if (p / "ftctl-manifest.json").is_file()]
     assert saved and int(saved[0].split("-")[1]) < 400  # stopped early, with a checkpoint to resume
     alive = subprocess.run(["pgrep", "-f", str(out / "spec.json")], capture_output=True, text=True).stdout

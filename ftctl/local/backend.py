@@ -23,7 +23,7 @@ import click
 
 from ftctl import failures
 from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered, progress
-from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV
+from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV, STOP_ENV
 from ftctl.errors import FtctlError
 from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv, trainer_env
 from ftctl.plan import DoesNotFit, Plan, PlanError, make_plan
@@ -122,6 +122,17 @@ class LocalBackend(Backend):
     def render(self, spec, plan, paths, spec_json):
         probe = join(preflight_argv(spec, plan)) + " && \\\n" if spec.preflight_network and plan.world_size > 1 else ""
         return probe + join(argv(spec, plan, paths.spec)) + "\n", {paths.spec.name: spec_json}
+
+    def check(self, rendered: Rendered) -> None:
+        """A run a trainer holds now (its lock): refused before the launch writes its spec.json or clears its records
+        (the trainer's own lock refused it only after both)."""
+        from ftctl.trainer.run import output_dirs
+
+        if holder := training_now(RunPaths(Path(output_dirs(rendered.spec)[0]))):
+            raise FtctlError(
+                f"{rendered.spec.output} is being trained into by {holder}: a second run there would write the same "
+                "checkpoints. Wait for it to end (or stop it), or give this run another --output."
+            )
 
     def send(self, rendered: Rendered) -> JobRef | None:
         if rendered.spec.preflight_network:
@@ -375,24 +386,19 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     click.echo(
         f"running {rendered.plan.method} on {rendered.plan.gpus}; checkpoints in {rendered.spec.output}", err=True
     )
-    from ftctl.trainer.run import output_dirs
-
-    if holder := training_now(RunPaths(Path(output_dirs(rendered.spec)[0]))):  # before its records are cleared
-        raise FtctlError(
-            f"{rendered.spec.output} is being trained into by {holder}: a second run there would write the same "
-            "checkpoints. Wait for it to end (or stop it), or give this run another --output."
-        )
     shutil.rmtree(paths.failures, ignore_errors=True)
     paths.failures.mkdir(parents=True, exist_ok=True)
     paths.status_file.unlink(missing_ok=True)  # an earlier attempt's word is not this one's
+    paths.stop_file.unlink(missing_ok=True)
     env = {
         **os.environ,
         **trainer_env(rendered.spec, inherited=os.environ),
         "PYTHONUNBUFFERED": "1",
         FAILURE_DIR_ENV: str(paths.failures),
         STATUS_ENV: str(paths.status_file),
+        STOP_ENV: str(paths.stop_file),
     }
-    rc = run_filtered(cmd, env, paths.launcher_log)
+    rc = run_filtered(cmd, env, paths.launcher_log, stop_file=paths.stop_file)
     if rc in STOPPED and not failures.read(paths.failures):  # passed on to a trainer that stopped as asked
         error = FtctlError(
             f"stopped ({signal.Signals(rc - 128).name} to ftctl launch): the trainer saved a checkpoint at its step "
@@ -407,18 +413,19 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
         raise error
 
 
-def run_filtered(cmd: list[str], env: dict, held: Path) -> int:
+def run_filtered(cmd: list[str], env: dict, held: Path, stop_file: Path | None = None) -> int:
     """Run ``cmd``; stdout passes through, and so does stderr until torchrun's own failure report
     starts (its log lines and ChildFailedError traceback repeat what the failing rank recorded). What
-    is held back is kept in ``held``; FTCTL_DEBUG=1 prints everything."""
+    is held back is kept in ``held``; FTCTL_DEBUG=1 prints everything. ``stop_file``: the trainer's
+    ($FTCTL_STOP_FILE), which SIGTERM or SIGHUP to this process creates (_forwarding_signals)."""
     if os.environ.get("FTCTL_DEBUG"):
         proc = subprocess.Popen(cmd, env=env)
-        with _forwarding_signals(proc) as got:
+        with _forwarding_signals(proc, stop_file) as got:
             rc = proc.wait()
         return rc or (128 + got[0] if got else 0)
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
     holding, kept = False, []
-    with _forwarding_signals(proc) as got:
+    with _forwarding_signals(proc, stop_file) as got:
         for line in proc.stderr:
             if not holding and _torchrun_report(line):
                 holding = True
@@ -440,15 +447,21 @@ STOPPED = tuple(128 + s for s in FORWARDED)  # run_filtered's exit code where th
 
 
 @contextlib.contextmanager
-def _forwarding_signals(proc: subprocess.Popen):
-    """SIGTERM or SIGHUP to the launcher (`kill PID`, `timeout`, a closed terminal) goes to the trainer as SIGTERM: it
-    stops at its next step boundary with a checkpoint, and the launcher says so. The trainer went on alone, its
-    output into a closed pipe. Yields the signals received."""
+def _forwarding_signals(proc: subprocess.Popen, stop_file: Path | None):
+    """SIGTERM or SIGHUP to the launcher (`kill PID`, `timeout`) stops the trainer at its next step boundary with a
+    checkpoint, and the launcher says so; it trained on alone, its output into a closed pipe. Through ``stop_file``
+    (the trainer's $FTCTL_STOP_FILE, as a Slurm job's): torchrun, signalled, gives its workers 30 s and kills them
+    mid-save. A second signal, or one without a stop file, goes to the child as SIGTERM. Yields the signals."""
     got: list[int] = []
 
     def forward(signum, frame):
         got.append(signum)
-        if proc.poll() is None:
+        if proc.poll() is not None:
+            return
+        if stop_file is not None and len(got) == 1:
+            stop_file.parent.mkdir(parents=True, exist_ok=True)
+            stop_file.touch()
+        else:
             proc.send_signal(signal.SIGTERM)
 
     before = {s: signal.signal(s, forward) for s in FORWARDED}
