@@ -1107,6 +1107,16 @@ def test_a_directory_of_split_files_and_others_is_refused_not_read_in_part(tmp_p
     assert resolve_files(str(tmp_path / "dd"), held_out=True) == [str(tmp_path / "dd" / "test_cases.jsonl")]
     assert len(resolve_files(str(tmp_path / "d2" / "*.jsonl"))) == 2  # what to name instead reads both
 
+    # what `datasets` passes over is no file that names no split: a notebook's checkpoint copies, its metadata
+    (tmp_path / "nb" / ".ipynb_checkpoints").mkdir(parents=True)
+    for name in ("train.jsonl", "test.jsonl", ".ipynb_checkpoints/train-checkpoint.jsonl", "dataset_infos.json"):
+        write_jsonl(tmp_path / "nb" / name, [conv])
+    assert resolve_files(str(tmp_path / "nb")) == [str(tmp_path / "nb" / "train.jsonl")]  # not the copy either
+    (tmp_path / "nb" / "train.jsonl").unlink()
+    (tmp_path / "nb" / "test.jsonl").unlink()
+    with pytest.raises(FtctlError, match="holds no .json, .jsonl or .parquet files"):  # the copy is not data
+        resolve_files(str(tmp_path / "nb"))
+
 
 def test_data_check_without_a_model_takes_launchs_default_and_says_so(tmp_path):
     """`ftctl data check FILE` as a launch without --model would train: the default model's tokenizer (it refused)."""

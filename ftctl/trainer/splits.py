@@ -31,7 +31,7 @@ def split_files(fs, path: str, root: str, held_out: bool) -> list[str]:
     top = root.rstrip("/")
     splits, by_names = _splits(fs, path, top)
     if splits is None or by_names:
-        every = sorted(p for p in fs.find(top) if p.endswith(EXTENSIONS))
+        every = _data_files(fs, top)
     if splits is None:
         return every
     flag = "--eval-data" if held_out else "--data"
@@ -57,6 +57,26 @@ def split_files(fs, path: str, root: str, held_out: bool) -> list[str]:
             f"of the one to use, e.g. {flag} '{_split_pattern(path, top, first, splits[first])}'."
         )
     return splits[name]
+
+
+def _data_files(fs, top: str) -> list[str]:
+    """The data files below ``top`` as `datasets` reads a directory (_read_as_data)."""
+    return sorted(p for p in fs.find(top) if _read_as_data(p, top))
+
+
+def _read_as_data(path: str, top: str) -> bool:
+    """A data file of the directory ``top`` as `datasets` takes one: not a hidden one or one in a hidden or ``__``
+    directory (.ipynb_checkpoints/, __pycache__/), nor its own metadata (dataset_info.json, state.json ...)."""
+    from datasets import config
+
+    meta = {
+        config.DATASETDICT_JSON_FILENAME,
+        config.DATASET_STATE_JSON_FILENAME,
+        config.DATASET_INFO_FILENAME,
+        config.DATASETDICT_INFOS_FILENAME,
+    }
+    parts = posixpath.relpath(path, top).split("/")
+    return path.endswith(EXTENSIONS) and parts[-1] not in meta and not any(p.startswith((".", "__")) for p in parts)
 
 
 def _splits(fs, path: str, top: str) -> tuple[dict[str, list[str]] | None, bool]:
@@ -91,7 +111,7 @@ def _splits(fs, path: str, top: str) -> tuple[dict[str, list[str]] | None, bool]
         by_names = False
     splits = {}
     for split, pats in patterns.items():
-        files = sorted({f for p in pats for f in fs.glob(f"{top}/{p}") if f.endswith(EXTENSIONS)})
+        files = sorted({f for p in pats for f in fs.glob(f"{top}/{p}") if _read_as_data(f, top)})
         if files:
             splits[str(split)] = files
     return splits or None, by_names
