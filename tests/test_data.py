@@ -658,6 +658,21 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
         assert line in message
 
 
+def test_the_failure_counts_rows_not_error_lines_and_no_rows_of_a_file_that_does_not_parse(tmp_path, tiny_tokenizer):
+    """FAILED said 21 errors of a file whose 193 rows had them (a line names all the rows that share a problem); a
+    JSON list that does not parse is one error, no row of it read (it said "1 of 1 rows")."""
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    path = write_jsonl(tmp_path / "m.jsonl", [{"question": "q", "answer": "a"}] * 5 + [good] * 2)
+    assert (
+        check_data(path, tiny_tokenizer, 64)
+        .render()
+        .endswith("FAILED: 5 of 7 rows with errors (1 listed); fix or remove those rows.")
+    )
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"messages": [')
+    assert check_data(str(broken), tiny_tokenizer, 64).render().endswith("FAILED: 1 error(s).")
+
+
 def test_json_list_rows_are_numbered_with_ids(tmp_path, tiny_tokenizer):
     path = write_json(
         tmp_path / "conv.json",

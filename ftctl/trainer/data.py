@@ -287,7 +287,7 @@ def prepare_data(
             for i, name in enumerate(names)
         ]
     report.errors = problem_lines(problems, len(rows))
-    report.bad_rows = len({id(row) for row, _ in problems})
+    report.bad_rows = len({id(row) for row, _ in problems if row.at is not None})  # not a file that cannot be read
     if not kept_ids and not report.errors:
         report.errors.append(f"{path}: no rows: the data is empty")
     columns = {"input_ids": kept_ids, "labels": kept_labels}

@@ -189,11 +189,11 @@ def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[s
         except UnicodeDecodeError as e:
             if file.endswith(".json"):
                 line, start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
-                yield "line", line, _ParseError(_not_utf8(raw, e.start, start, name))
+                yield "line", line, _ParseError(_not_utf8(raw, e.start, start, name), whole_file=True)
                 return
         except json.JSONDecodeError as e:
             if file.endswith(".json") or not _is_json(raw.lstrip().splitlines()[0]):
-                yield "line", e.lineno, _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
+                yield "line", e.lineno, _ParseError(f"invalid JSON: {e.msg} (column {e.colno})", whole_file=True)
                 return
         if records is not None:  # else JSON Lines whose first row is a list: each line is said
             for i, record in enumerate(records):
@@ -272,6 +272,7 @@ def _convert(name: str, sep: str = ",") -> str:
 @dataclass
 class _ParseError:
     message: str
+    whole_file: bool = False  # a JSON list that does not parse: none of its rows is read
 
 
 def load_rows(path: str, endpoint_url: str | None = None, held_out: bool = False) -> tuple[list[str], list[Row]]:
@@ -289,7 +290,8 @@ def load_rows(path: str, endpoint_url: str | None = None, held_out: bool = False
             try:
                 for unit, number, record in _records(file, name, endpoint_url):
                     rows.append(row := to_row(f"{name} {unit} {number}", record))
-                    row.source, row.at = source, (name, unit, number)
+                    whole = isinstance(record, _ParseError) and record.whole_file  # no row of it was read
+                    row.source, row.at = source, None if whole else (name, unit, number)
             except (OSError, ValueError) as e:  # unreadable file, bad parquet, not UTF-8
                 rows.append(Row(where=name, format="unknown", problems=[f"cannot read the file: {e}"], source=source))
     return files, rows
