@@ -140,7 +140,7 @@ def test_a_chat_template_path_renders_the_rows_and_places_the_masks(tmp_path, ti
 # Templates that render an earlier turn otherwise once later turns follow (written here after the behaviour of the
 # models' own): the thinking gate of Qwen3's (an empty <think> block before the answer after the last user turn, an
 # earlier turn's thinking dropped, tool calls as <tool_call> blocks), Phi-3's (eos closes the whole conversation) and
-# Mistral v0.3's (the system prompt inside the last user turn).
+# Mistral v0.3's (the system prompt inside the last user turn); and one that has no generation prompt (Alpaca's).
 THINK_GATE = (
     "{%- set ns = namespace(last=0) %}{%- for m in messages %}{%- if m.role == 'user' %}{%- set ns.last = loop.index0 %}"
     "{%- endif %}{%- endfor %}{%- for m in messages %}{%- set c = m.content %}{%- if m.role == 'assistant' %}"
@@ -157,6 +157,11 @@ EOS_AT_END = (
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}{% endif %}"
 )
+NO_GENERATION_PROMPT = (  # an Alpaca-style template: the response header is written with the turn, never alone
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ '### Instruction:\\n' + m['content'] + '\\n\\n' }}"
+    "{% elif m['role'] == 'assistant' %}{{ '### Response:\\n' + m['content'] + eos_token + '\\n\\n' }}{% endif %}"
+    "{% endfor %}"
+)
 SYSTEM_IN_LAST_USER = (
     "{%- if messages[0]['role'] == 'system' %}{%- set sys = messages[0]['content'] %}{%- set ms = messages[1:] %}"
     "{%- else %}{%- set ms = messages %}{%- endif %}{%- for m in ms %}{%- if m['role'] == 'user' %}"
@@ -166,11 +171,12 @@ SYSTEM_IN_LAST_USER = (
 )
 
 
-@pytest.mark.parametrize("template", ["think-gate", "eos-at-end", "system-in-last-user"])
+@pytest.mark.parametrize("template", ["think-gate", "eos-at-end", "system-in-last-user", "no-generation-prompt"])
 def test_templates_that_render_earlier_turns_otherwise_still_mask_every_answer(tmp_path, tiny_tokenizer, template):
     """Every multi-turn row of Qwen3's, Phi-3's or Mistral v0.3's template was refused ("renders turn 3 differently
-    inside the whole conversation"): the turns of the whole rendering are found, and each answer trains with the
-    token that closes it, nothing of a user turn, a header or a thinking block the template writes itself."""
+    inside the whole conversation"), and a template without a generation prompt trained its response header: the
+    turns of the whole rendering are found, and each answer trains with the token that closes it, nothing of a user
+    turn, a header or a thinking block the template writes itself."""
     import copy
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
@@ -178,6 +184,7 @@ def test_templates_that_render_earlier_turns_otherwise_still_mask_every_answer(t
         "think-gate": THINK_GATE,
         "eos-at-end": EOS_AT_END,
         "system-in-last-user": SYSTEM_IN_LAST_USER,
+        "no-generation-prompt": NO_GENERATION_PROMPT,  # its header was trained with the answer
     }[template]
     close = "<|im_end|>"  # the tiny tokenizer's eos and end of turn alike
     rows = [

@@ -8,8 +8,9 @@ whitespace, are the assistant's text plus the template's end-of-turn marker (``<
 (fast tokenizers' offset mappings). This works with templates that lack ``{% generation %}``
 markers, which is most of them. Templates that render an earlier turn otherwise once later turns follow (Qwen3
 drops its thinking, Mistral v0.3 moves the system prompt into the last user turn, Phi-3 ends the conversation with
-eos) are not prefixes: there the whole conversation is rendered again with the turn's text replaced, where the two
-differ is the turn's text, and its span runs on over its tool calls to its end-of-turn token.
+eos) are not prefixes, and one without a generation prompt (Alpaca's) writes the turn's header with it: there the
+whole conversation is rendered again with the turn's text replaced, where the two differ is the turn's text, and its
+span runs on over its tool calls to its end-of-turn token.
 
 Truncation keeps the first ``max_length`` tokens and drops the rest (the end of the conversation).
 Plain-text rows are trained on entirely (bos as the tokenizer adds it, eos appended); a prompt-completion row's
@@ -95,43 +96,53 @@ def use_chat_template(tokenizer, source: str | None):
 def end_of_turn_ids(tokenizer) -> list[int]:
     """The special token the chat template closes an assistant turn with, beside eos (Llama 3's <|eot_id|>,
     ChatML's <|im_end|>): where generation stops. Empty where the turn ends in eos or in plain text."""
-    first = _turn_close(tokenizer)[0]
+    first = _probe(tokenizer).close_id
     return [first] if first is not None and first != tokenizer.eos_token_id else []
 
 
-_CLOSES: dict = {}  # (tokenizer, chat template) -> _turn_close's answer: one probe a template, not one a row
+_PROBES: dict = {}  # (tokenizer, chat template) -> _Probe: one probe a template, not one a row
 
 
-def _turn_close(tokenizer) -> tuple[int | None, str | None, str]:
-    """(the id and text of the special token the chat template writes right after an assistant turn's text, or
-    None, None where it writes none, or None, "" where the probe's conversation is refused; what it writes there, up
-    to the first line break)."""
+@dataclass(frozen=True)
+class _Probe:
+    """What a chat template writes around an assistant turn, found once by rendering a probe conversation."""
+
+    close_id: int | None  # the special token right after a turn's text; None where there is none (or unknown)
+    close: str | None  # its text; None where there is none, "" where the probe's conversation is refused
+    written: str  # what the template writes after a turn's text, up to the first line break
+    prompts: bool  # its generation prompt adds text ("ASSISTANT:"); an Alpaca-style one may write nothing
+
+
+def _probe(tokenizer) -> _Probe:
     template = getattr(tokenizer, "chat_template", None)  # a dict where a tokenizer has several by name
     key = (id(tokenizer), len(tokenizer), tokenizer.eos_token, json.dumps(template, sort_keys=True))
-    if key not in _CLOSES:
+    if key not in _PROBES:
         marker = "ftctl-end-of-turn-probe"
         messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
         try:
             text = _render(tokenizer, messages)
+            prompts = _render(tokenizer, messages[:1], generation_prompt=True) != _render(tokenizer, messages[:1])
         except Exception:  # noqa: BLE001  a template that refuses this conversation: what closes a turn is unknown
-            _CLOSES[key] = (None, "", "")
-            return _CLOSES[key]
+            _PROBES[key] = _Probe(None, "", "", True)
+            return _PROBES[key]
         after = text[text.rfind(marker) + len(marker) :].lstrip()
         ids = tokenizer(after, add_special_tokens=False)["input_ids"][:1] if after else []
         special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
         first = ids[0] if ids and ids[0] in special else None
         close = tokenizer.decode([first]) if first is not None else None
-        _CLOSES[key] = (first, close if close and after.startswith(close) else None, after.split("\n", 1)[0])
-    return _CLOSES[key]
+        close = close if close and after.startswith(close) else None
+        _PROBES[key] = _Probe(first, close, after.split("\n", 1)[0], prompts)
+    return _PROBES[key]
 
 
 def turn_close_problem(tokenizer) -> str | None:
     """Why the model would not learn to stop, where the chat template closes an assistant turn with no special
     token of this tokenizer (a template of another model's, -o chat_template_path: Llama 3's <|eot_id|> on a
     ChatML tokenizer is 8 ordinary tokens, learned as text, and generation never stops); None where it does."""
-    first, close, written = _turn_close(tokenizer)
-    if first is not None or close == "":  # it closes turns, or what it writes is unknown
+    probe = _probe(tokenizer)
+    if probe.close_id is not None or probe.close == "":  # it closes turns, or what it writes is unknown
         return None
+    written = probe.written
     pieces = len(tokenizer(written, add_special_tokens=False)["input_ids"]) if written else 0
     what = f"writes {written!r} ({pieces} ordinary tokens of this tokenizer)" if written else "writes nothing"
     return (
@@ -187,10 +198,12 @@ def assistant_spans(
             "system) turn"
         )
     try:
+        if not _probe(tokenizer).prompts:  # the turn's header is the template's, not the generation prompt's
+            raise _NotAPrefix
         spans = [_prefix_span(tokenizer, messages, i, tools, full) for i in trained]
     except _NotAPrefix:
         spans = _found_spans(tokenizer, full, messages, trained, tools)
-    has_eot, ends = True, tuple(x for x in (_turn_close(tokenizer)[1], tokenizer.eos_token) if x)
+    has_eot, ends = True, tuple(x for x in (_probe(tokenizer).close, tokenizer.eos_token) if x)
     for i, (start, end) in zip(trained, spans):
         m = messages[i]
         for call in m.get("tool_calls") or ():
@@ -224,7 +237,7 @@ def _found_spans(tokenizer, full: str, messages: list[dict], trained: list[int],
     """The trained turns' spans where the template's renderings are not prefixes of the whole: the conversation is
     rendered again with turn i's text replaced, and where the two renderings differ is that text as the template
     writes it (trimmed, its thinking dropped...); the span runs on over its tool calls to the end-of-turn token."""
-    close = _turn_close(tokenizer)[1]
+    close = _probe(tokenizer).close
     spans = []
     for i in trained:
         m = messages[i]
