@@ -184,9 +184,9 @@ def tier(name: str) -> GpuTier:
     )
 
 
-# cards before Volta (Pascal, Maxwell, Kepler: P100, M60, K80, GeForce GTX 9xx/10xx, TITAN X): a typo's nearest
+# cards before Volta (Pascal, Maxwell, Kepler: P100, M60, K80, GeForce GTX 6xx-10xx, TITAN X): a typo's nearest
 # listed card is newer (GTX 16xx is Turing, as the listed T4)
-_OLDER = re.compile(r"[pkm]\d{1,3}|gtx(9\d\d|10\d\d).*|titanx.*")
+_OLDER = re.compile(r"[pkm]\d{1,3}|gtx([6-9]\d\d|10\d\d).*|titanx.*")
 _REVERSED = re.compile(r"([A-Za-z][\w.\-]*?)[xX](\d+)")  # a100x8: the count after the type
 
 _NXT = re.compile(r"^(?:(\d+)[xX])?(?:(\d+)[xX])?([A-Za-z][\w.\-]*)$")

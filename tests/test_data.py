@@ -231,6 +231,47 @@ def test_templates_that_render_earlier_turns_otherwise_still_mask_every_answer(t
         assert spans[2] == ["<tool_call>lookup_code</tool_call>" + close, "It is AMBER-42." + close]
 
 
+def test_templates_the_prefix_path_masks_keep_their_spans(tmp_path, tiny_tokenizer):
+    """Llama 2's template writes the answer's leading space with the user turn, and has no generation prompt: its
+    spans are the prefix renderings' as ever (the space token trains). A template that refuses a lone user turn
+    without a generation prompt still closes turns with its token (the probe said none: a false "never stops")."""
+    import copy
+
+    from ftctl.trainer.masks import end_of_turn_ids
+
+    conv = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello friend"},
+        {"role": "user", "content": "Help?"},
+        {"role": "assistant", "content": "Sure thing"},
+    ]
+    path = write_json(tmp_path / "t.json", [{"messages": conv}])
+    llama2 = copy.deepcopy(tiny_tokenizer)
+    llama2.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+        "{% else %}{{ ' ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
+    )
+    report, dataset = prepare_data(path, llama2, 512)
+    assert report.ok and not report.warnings
+    assert trained_spans(llama2, dataset[0]["input_ids"], dataset[0]["labels"]) == [
+        " Hello friend" + EOT,
+        " Sure thing" + EOT,
+    ]
+    strict = copy.deepcopy(tiny_tokenizer)  # turns closed by a special token not eos; no lone user turn rendered
+    close = strict.convert_ids_to_tokens(1)  # <|im_start|>: special, not eos
+    assert close != strict.eos_token
+    strict.chat_template = (
+        "{% if messages[-1]['role'] != 'assistant' and not add_generation_prompt %}"
+        "{{ raise_exception('end on the assistant') }}{% endif %}"
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '" + close + "' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    report, dataset = prepare_data(path, strict, 512)
+    assert report.ok and not report.warnings and end_of_turn_ids(strict) == [1]
+    spans = trained_spans(strict, dataset[0]["input_ids"], dataset[0]["labels"])
+    assert [s.strip() for s in spans] == ["Hello friend" + close, "Sure thing" + close]  # the prefix path's
+
+
 def test_a_template_whose_turns_end_in_plain_text_is_said_to_never_stop(tmp_path, tiny_tokenizer):
     """Another model's template (-o chat_template_path: Llama 3's <|eot_id|> on a ChatML tokenizer) closes a turn
     with text the tokenizer splits into ordinary tokens: the model would learn it as text and never stop. Said, with

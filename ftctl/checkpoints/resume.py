@@ -172,15 +172,19 @@ def _other_files(here: CheckpointInfo, there: CheckpointInfo) -> bool:
 def uploaded(local_dir: str) -> set[str]:
     """The checkpoints of the run staged in ``local_dir`` that its store committed (upload.remember_uploaded)."""
     try:
-        return set(Path(local_dir, UPLOADED_RECORD).read_text().split())
+        names = Path(local_dir, UPLOADED_RECORD).read_text().split()
     except OSError:
         return set()
+    return {name for name in names if checkpoint_step(name) is not None}  # not a line an append left cut short
 
 
 def forget_uploaded(local_dir: str, names: set[str]) -> None:
     path = Path(local_dir, UPLOADED_RECORD)
     kept = sorted(uploaded(local_dir) - names, key=checkpoint_step)
-    path.write_text("".join(f"{name}\n" for name in kept))
+    try:
+        path.write_text("".join(f"{name}\n" for name in kept))
+    except OSError as e:  # the checkpoints are set aside already: the note only spares a later resume the question
+        log.warning("cannot rewrite %s: %s", path, e)
 
 
 def latest_complete(local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None) -> str | None:

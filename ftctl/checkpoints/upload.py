@@ -78,7 +78,7 @@ def upload_checkpoint(
 
 
 def remember_uploaded(local_dir: str, name: str) -> None:
-    """Note that the store holds checkpoint ``name`` of the run staged in ``local_dir`` (resume.uploaded_before)."""
+    """Note that the store holds checkpoint ``name`` of the run staged in ``local_dir`` (resume.uploaded)."""
     path = os.path.join(local_dir, UPLOADED_RECORD)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -126,9 +126,7 @@ class LocalBackend(Backend):
     def check(self, rendered: Rendered) -> None:
         """A run a trainer holds now (its lock): refused before the launch writes its spec.json or clears its records
         (the trainer's own lock refused it only after both)."""
-        from ftctl.trainer.run import output_dirs
-
-        if holder := training_now(RunPaths(Path(output_dirs(rendered.spec)[0]))):
+        if holder := training_now(trainer_paths_of(rendered.spec)):
             raise FtctlError(
                 f"{rendered.spec.output} is being trained into by {holder}: a second run there would write the same "
                 "checkpoints. Wait for it to end (or stop it), or give this run another --output."
@@ -350,16 +348,29 @@ def network_check(gpus: str, nodes: int | None, min_busbw_gbps: float = 0.0) -> 
     return rc or 1
 
 
-def trainer_paths(ref: JobRef) -> RunPaths:
-    """Where the trainer of a local run writes and holds its lock: the run directory, or for an object-store output
-    the directory it stages the run in (trainer.run.output_dirs)."""
+def _said(paths: RunPaths) -> str:
+    """The trainer's one word on how it ended (its status file), "" where it left none."""
+    try:
+        return paths.status_file.read_text().strip()
+    except OSError:
+        return ""
+
+
+def trainer_paths_of(spec: RunSpec) -> RunPaths:
+    """Where the trainer of a run writes and holds its lock: the run directory, or for an object-store output the
+    directory it stages the run in (trainer.run.output_dirs)."""
     from ftctl.trainer.run import output_dirs
 
+    return RunPaths(Path(output_dirs(spec)[0]))
+
+
+def trainer_paths(ref: JobRef) -> RunPaths:
+    """trainer_paths_of a local run found by its directory (its spec.json's run; the directory itself without one)."""
     try:
         spec = RunSpec(**json.loads(ref.paths.spec.read_text())["spec"])
     except (OSError, ValueError, KeyError, TypeError):
         return ref.paths
-    return RunPaths(Path(output_dirs(spec)[0]))
+    return trainer_paths_of(spec)
 
 
 def training_now(paths: RunPaths) -> str | None:
@@ -389,16 +400,20 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     shutil.rmtree(paths.failures, ignore_errors=True)
     paths.failures.mkdir(parents=True, exist_ok=True)
     paths.status_file.unlink(missing_ok=True)  # an earlier attempt's word is not this one's
-    paths.stop_file.unlink(missing_ok=True)
+    # the trainer's own directory's (runs into other object-store outputs share a run dir's name, not it)
+    stop_file = trainer_paths_of(rendered.spec).stop_file
+    stop_file.unlink(missing_ok=True)
     env = {
         **os.environ,
         **trainer_env(rendered.spec, inherited=os.environ),
         "PYTHONUNBUFFERED": "1",
         FAILURE_DIR_ENV: str(paths.failures),
         STATUS_ENV: str(paths.status_file),
-        STOP_ENV: str(paths.stop_file),
+        STOP_ENV: str(stop_file),
     }
-    rc = run_filtered(cmd, env, paths.launcher_log, stop_file=paths.stop_file)
+    rc = run_filtered(cmd, env, paths.launcher_log, stop_file=stop_file)
+    if rc in STOPPED and _said(paths) == "complete":  # the signal came after the last step: nothing was cut short
+        return
     if rc in STOPPED and not failures.read(paths.failures):  # passed on to a trainer that stopped as asked
         error = FtctlError(
             f"stopped ({signal.Signals(rc - 128).name} to ftctl launch): the trainer saved a checkpoint at its step "
@@ -448,8 +463,9 @@ STOPPED = tuple(128 + s for s in FORWARDED)  # run_filtered's exit code where th
 
 @contextlib.contextmanager
 def _forwarding_signals(proc: subprocess.Popen, stop_file: Path | None):
-    """SIGTERM or SIGHUP to the launcher (`kill PID`, `timeout`) stops the trainer at its next step boundary with a
-    checkpoint, and the launcher says so; it trained on alone, its output into a closed pipe. Through ``stop_file``
+    """SIGTERM or SIGHUP to the launcher alone (`kill PID`) stops the trainer at its next step boundary with a
+    checkpoint, and the launcher says so; it trained on alone, its output into a closed pipe. (A signal to the whole
+    process group, `timeout`'s or a closed terminal's, reaches the trainer itself, as before.) Through ``stop_file``
     (the trainer's $FTCTL_STOP_FILE, as a Slurm job's): torchrun, signalled, gives its workers 30 s and kills them
     mid-save. A second signal, or one without a stop file, goes to the child as SIGTERM. Yields the signals."""
     got: list[int] = []

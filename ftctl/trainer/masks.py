@@ -110,7 +110,9 @@ class _Probe:
     close_id: int | None  # the special token right after a turn's text; None where there is none (or unknown)
     close: str | None  # its text; None where there is none, "" where the probe's conversation is refused
     written: str  # what the template writes after a turn's text, up to the first line break
-    prompts: bool  # its generation prompt adds text ("ASSISTANT:"); an Alpaca-style one may write nothing
+    # it writes an assistant turn's header with the turn's text, not as a generation prompt (Alpaca's "### Response:"
+    # comes with the answer): the prefix renderings would put the header in the answer's span
+    header_with_turn: bool
 
 
 def _probe(tokenizer) -> _Probe:
@@ -121,17 +123,23 @@ def _probe(tokenizer) -> _Probe:
         messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
         try:
             text = _render(tokenizer, messages)
-            prompts = _render(tokenizer, messages[:1], generation_prompt=True) != _render(tokenizer, messages[:1])
         except Exception:  # noqa: BLE001  a template that refuses this conversation: what closes a turn is unknown
-            _PROBES[key] = _Probe(None, "", "", True)
+            _PROBES[key] = _Probe(None, "", "", False)
             return _PROBES[key]
+        header_with_turn = False
+        try:
+            asked = _render(tokenizer, messages[:1], generation_prompt=True)
+            if asked == _render(tokenizer, messages[:1]) and text.startswith(asked):  # no generation prompt
+                header_with_turn = bool(text[len(asked) : text.find(marker)].strip())  # Llama 2's " " is none
+        except Exception:  # noqa: BLE001  a template that refuses a lone user turn: its prefixes are tried as ever
+            pass
         after = text[text.rfind(marker) + len(marker) :].lstrip()
         ids = tokenizer(after, add_special_tokens=False)["input_ids"][:1] if after else []
         special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
         first = ids[0] if ids and ids[0] in special else None
         close = tokenizer.decode([first]) if first is not None else None
         close = close if close and after.startswith(close) else None
-        _PROBES[key] = _Probe(first, close, after.split("\n", 1)[0], prompts)
+        _PROBES[key] = _Probe(first, close, after.split("\n", 1)[0], header_with_turn)
     return _PROBES[key]
 
 
@@ -198,7 +206,7 @@ def assistant_spans(
             "system) turn"
         )
     try:
-        if not _probe(tokenizer).prompts:  # the turn's header is the template's, not the generation prompt's
+        if _probe(tokenizer).header_with_turn:
             raise _NotAPrefix
         spans = [_prefix_span(tokenizer, messages, i, tools, full) for i in trained]
     except _NotAPrefix:

@@ -66,17 +66,17 @@ def _data_files(fs, top: str) -> list[str]:
 
 def _read_as_data(path: str, top: str) -> bool:
     """A data file of the directory ``top`` as `datasets` takes one: not a hidden one or one in a hidden or ``__``
-    directory (.ipynb_checkpoints/, __pycache__/), nor its own metadata (dataset_info.json, state.json ...)."""
+    directory (.ipynb_checkpoints/, __pycache__/), nor its own metadata (dataset_info.json ...)."""
     from datasets import config
 
-    meta = {
-        config.DATASETDICT_JSON_FILENAME,
-        config.DATASET_STATE_JSON_FILENAME,
-        config.DATASET_INFO_FILENAME,
-        config.DATASETDICT_INFOS_FILENAME,
-    }
-    parts = posixpath.relpath(path, top).split("/")
-    return path.endswith(EXTENSIONS) and parts[-1] not in meta and not any(p.startswith((".", "__")) for p in parts)
+    meta = {config.DATASETDICT_JSON_FILENAME, config.DATASET_INFO_FILENAME, config.DATASETDICT_INFOS_FILENAME}
+    *dirs, name = posixpath.relpath(path, top).split("/")
+    return (
+        path.endswith(EXTENSIONS)
+        and name not in meta
+        and not name.startswith(".")
+        and not any(d.startswith((".", "__")) for d in dirs)
+    )
 
 
 def _splits(fs, path: str, top: str) -> tuple[dict[str, list[str]] | None, bool]:
