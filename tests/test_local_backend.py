@@ -473,3 +473,17 @@ def test_stopping_the_launcher_stops_the_trainer_with_a_checkpoint(tmp_path, tin
     assert saved and int(saved[0].split("-")[1]) < 400  # stopped early, with a checkpoint to resume
     alive = subprocess.run(["pgrep", "-f", str(out / "spec.json")], capture_output=True, text=True).stdout
     assert not alive.strip(), alive  # no trainer left behind
+
+
+def test_torchruns_report_that_cannot_be_kept_is_a_warning_not_a_traceback(tmp_path, capsys):
+    """A disk that filled during a checkpoint: keeping torchrun's held-back report raised OSError out of the
+    launcher, a traceback in place of the trainer's own error line."""
+    from ftctl.local.backend import run_filtered
+
+    report = "Traceback (most recent call last):\n  torch.distributed.elastic ... ChildFailedError\n"
+    cmd = [sys.executable, "-c", f"import sys; sys.stderr.write({report!r}); sys.exit(3)"]
+    unwritable = tmp_path / "no-such-dir" / "launcher.log"
+    assert run_filtered(cmd, dict(os.environ), unwritable) == 3
+    err = capsys.readouterr().err
+    assert f"warning: cannot keep torchrun's report in {unwritable}: No such file or directory" in err
+    assert "ChildFailedError" not in err  # held back, as before
