@@ -262,8 +262,8 @@ def prepare_data(
 
     if missing_eot:
         report.warnings.append(
-            f"{turn_close_problem(tokenizer)} ({missing_eot} rows)"
-            if turn_close_problem(tokenizer)
+            f"{problem} ({missing_eot} rows)"
+            if (problem := turn_close_problem(tokenizer))
             else f"the chat template puts no end-of-turn token after assistant turns ({missing_eot} rows): "
             "the model will not learn to stop; use a template that ends turns with the eos token"
         )
