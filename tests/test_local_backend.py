@@ -475,6 +475,46 @@ def test_stopping_the_launcher_stops_the_trainer_with_a_checkpoint(tmp_path, tin
     assert not alive.strip(), alive  # no trainer left behind
 
 
+def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path, tiny_model_dir, tiny_data):
+    """An ssh session that dropped: its shell sends SIGHUP to the job's process group, the launcher and the trainer
+    both, and every write to the terminal fails from then on (EIO). The trainer died at once, every step since its
+    last checkpoint lost. Now it saves at its next step boundary and stops; what either would say goes nowhere, and
+    the run's own records say how it ended."""
+    import signal
+
+    from ftctl.runpaths import RunPaths
+
+    out = tmp_path / "run"
+    args = ["launch", "--backend", "local", "--gpus", "cpu", "--model", str(tiny_model_dir), "--data", str(tiny_data)]
+    args += ["--output", str(out), "-o", "max_steps=400", "-o", "save_steps=1000", "-o", "model_max_length=64"]
+    master, terminal = os.openpty()
+    os.set_blocking(master, False)
+    launcher = subprocess.Popen(
+        [FTCTL, *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,  # a process group of its own, as a shell's job
+    )
+    os.close(terminal)
+    seen, metrics, deadline = b"", out / "metrics.jsonl", time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert launcher.poll() is None and time.monotonic() < deadline, seen.decode(errors="replace")
+        try:
+            seen += os.read(master, 65536)  # the terminal's reader: a full one would block the writers
+        except BlockingIOError:
+            time.sleep(0.5)
+    os.close(master)  # the terminal is gone: writes to it fail (EIO)
+    os.killpg(launcher.pid, signal.SIGHUP)  # what the shell does to its job as its terminal closes
+    assert launcher.wait(timeout=120) == 128 + signal.SIGHUP
+    saved = [p.name for p in out.glob("checkpoint-*") if (p / "ftctl-manifest.json").is_file()]
+    assert saved and int(saved[0].split("-")[1]) < 400, sorted(p.name for p in out.iterdir())
+    assert RunPaths(out).status_file.read_text().strip() == "preempted"  # stopped with a checkpoint, not failed
+    alive = subprocess.run(["pgrep", "-f", str(out / "spec.json")], capture_output=True, text=True).stdout
+    assert not alive.strip(), alive
+
+
 def test_torchruns_report_that_cannot_be_kept_is_a_warning_not_a_traceback(tmp_path, capsys):
     """A disk that filled during a checkpoint: keeping torchrun's held-back report raised OSError out of the
     launcher, a traceback in place of the trainer's own error line."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from ftctl import failures
+from ftctl import failures, terminal
 from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered, progress
 from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV, STOP_ENV
 from ftctl.errors import FtctlError
@@ -447,14 +447,22 @@ def run_filtered(cmd: list[str], env: dict, held: Path, stop_file: Path | None =
             if holding:
                 kept.append(line)
             else:
-                sys.stderr.write(line)
-                sys.stderr.flush()
+                _echo(line)
         rc = proc.wait()
     try:
         held.write_text("".join(kept))
     except OSError as e:  # a full disk (what the run may have failed of): the failure's message comes first
         click.echo(f"warning: cannot keep torchrun's report in {held}: {e.strerror or e}", err=True)
     return rc or (128 + got[0] if got else 0)  # stopped as asked, with a checkpoint: still not a finished run
+
+
+def _echo(line: str) -> None:
+    """Pass a line of the trainer's on; a closed terminal (EIO until its SIGHUP is handled) does not stop the run."""
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except OSError:
+        pass
 
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)
@@ -465,13 +473,18 @@ STOPPED = tuple(128 + s for s in FORWARDED)  # run_filtered's exit code where th
 def _forwarding_signals(proc: subprocess.Popen, stop_file: Path | None):
     """SIGTERM or SIGHUP to the launcher alone (`kill PID`) stops the trainer at its next step boundary with a
     checkpoint, and the launcher says so; it trained on alone, its output into a closed pipe. (A signal to the whole
-    process group, `timeout`'s or a closed terminal's, reaches the trainer itself, as before.) Through ``stop_file``
-    (the trainer's $FTCTL_STOP_FILE, as a Slurm job's): torchrun, signalled, gives its workers 30 s and kills them
-    mid-save. A second signal, or one without a stop file, goes to the child as SIGTERM. Yields the signals."""
+    process group, `timeout`'s or a closed terminal's, reaches the trainer itself too, which stops the same way.)
+    Through ``stop_file`` (the trainer's $FTCTL_STOP_FILE, as a Slurm job's): torchrun, signalled, gives its workers
+    30 s and kills them mid-save. A second signal, or one without a stop file, goes to the child as SIGTERM. After
+    SIGHUP the launcher's terminal is gone: what it passes on and says goes to /dev/null (ftctl.terminal), the run's
+    records say how it ended (`ftctl status`). Yields the signals."""
     got: list[int] = []
+    ttys = terminal.ttys()
 
     def forward(signum, frame):
         got.append(signum)
+        if signum == signal.SIGHUP:
+            terminal.hang_up(ttys)
         if proc.poll() is not None:
             return
         if stop_file is not None and len(got) == 1:

@@ -14,11 +14,11 @@ import signal
 import sys
 import threading
 
-from ftctl import failures, quiet
+from ftctl import failures, quiet, terminal
 from ftctl.envvars import FAILURE_DIR_ENV
 from ftctl.errors import FtctlError
 
-INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def main(argv=None) -> int:
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
     )
     failure = Failure(rank)
-    failure.catch_signals()  # the trainer's PreemptionCallback takes SIGTERM over while it trains
+    failure.catch_signals()  # the trainer's PreemptionCallback takes SIGTERM and SIGHUP over while it trains
     plan = None
     try:
         from ftctl.trainer import distributed
@@ -91,6 +91,7 @@ class Failure:
     def __init__(self, rank: int):
         self.rank = rank
         self.recorded = False
+        self._ttys: tuple[int, ...] = ()
 
     @property
     def prints(self) -> bool:
@@ -120,11 +121,14 @@ class Failure:
     def catch_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set handlers (the trainer called from a test's thread)
+        self._ttys = terminal.ttys()
         for sig in INTERRUPT_SIGNALS:
             signal.signal(sig, self._interrupted)
 
     def _interrupted(self, signum, frame) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:  # its terminal closed: saying so there would fail
+            terminal.hang_up(self._ttys)
         if not self.recorded:  # a rank stopped by torchrun after failing itself keeps its own record
             self.record("interrupted", f"interrupted by {name} (preempted, cancelled, or its job stopped)")
             write_failed_status()

@@ -9,8 +9,8 @@
   The file holds one row per step: a run that resumes from the checkpoint of step N first drops the
   rows after N (the steps it will replay); a run that starts over keeps only its own start record.
 - :class:`ProgressBar` (the demo): ``[####----] step 12/30  loss 1.234  ETA 0:41`` redrawn in place.
-- :class:`PreemptionCallback`: SIGUSR2 (what Slurm's ``--signal=B:USR2@lead`` sends) or SIGTERM
-  (spot reclaim, torchrun forwarding) asks for a checkpoint at a step boundary; every rank agrees on
+- :class:`PreemptionCallback`: SIGUSR2 (what Slurm's ``--signal=B:USR2@lead`` sends), SIGTERM
+  (spot reclaim, torchrun forwarding) or SIGHUP (a closed terminal) asks for a checkpoint at a step boundary; every rank agrees on
   it (one all-reduce per optimizer step, read a step later: distributed.StopVote, so with several
   processes the checkpoint is the step after the request's), the Trainer saves and stops. The trainer
   then waits for the checkpoint's upload and reports ``preempted``.
@@ -29,13 +29,14 @@ import time
 
 from transformers import TrainerCallback
 
+from ftctl import terminal
 from ftctl.envvars import STOP_ENV
 from ftctl.runpaths import CHECKPOINT_METRICS
 from ftctl.trainer import distributed
 
 log = logging.getLogger(__name__)
 
-PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGHUP)
 # one held-out dataset's of several (sft_trainer.evaluate); not TRL's eval_aux_loss (a mixture of experts' router)
 DATASET_LOSS = re.compile(r"eval_(?!aux_loss$)(.+)_loss")
 
@@ -289,7 +290,7 @@ def peak_gpu_memory_gib() -> float | None:
 
 
 class PreemptionCallback(TrainerCallback):
-    """SIGUSR2 / SIGTERM -> save a checkpoint at the next step boundary and stop cleanly.
+    """SIGUSR2 / SIGTERM / SIGHUP -> save a checkpoint at the next step boundary and stop cleanly.
 
     :meth:`install` the handlers before loading the model (a signal during loading counts too),
     :meth:`uninstall` at the end. ``preempted`` says whether the run stopped for a signal."""
@@ -299,9 +300,11 @@ class PreemptionCallback(TrainerCallback):
         self.received: str | None = None
         self.preempted = False
         self._previous: dict = {}
+        self._ttys: tuple[int, ...] = ()
         self._vote = distributed.StopVote()  # every rank stops at the same step (a step after the request)
 
     def install(self) -> None:
+        self._ttys = terminal.ttys()
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
 
@@ -311,6 +314,8 @@ class PreemptionCallback(TrainerCallback):
         self._previous.clear()
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGHUP:  # its terminal closed: the checkpoint must not fail on a log line
+            terminal.hang_up(self._ttys)
         if self.received is None:
             self.received = signal.Signals(signum).name
             log.warning("%s received: saving a checkpoint at the next step, then stopping", self.received)
