@@ -382,8 +382,8 @@ class Trigger(TrainerCallback):
             return
         if MODE == "usr2-one-rank" and RANK == 1:
             os.kill(os.getpid(), signal.SIGUSR2)   # only rank 1 is told
-        elif MODE == "sigterm-torchrun" and RANK == 0:
-            os.kill(os.getppid(), signal.SIGTERM)  # torchrun forwards it to every rank
+        elif MODE in ("sigterm-torchrun", "sigterm-ftctl-torchrun") and RANK == 0:
+            os.kill(os.getppid(), signal.SIGTERM)  # torchrun forwards it to every rank; ftctl's, the stop file
         elif MODE == "stop-file" and RANK == 0:
             Path(os.environ["FTCTL_STOP_FILE"]).touch()
 
@@ -398,21 +398,33 @@ sys.exit(main(["--spec", sys.argv[3]]))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["usr2-one-rank", "sigterm-torchrun", "stop-file"])
+@pytest.mark.parametrize("mode", ["usr2-one-rank", "sigterm-torchrun", "stop-file", "sigterm-ftctl-torchrun"])
 def test_every_rank_saves_the_same_step_when_stopped(tiny_model_dir, tiny_data, tmp_path, mode):
     """DDP on 2 processes: however the stop arrives (one rank signalled, torchrun terminated, the stop
-    file), both ranks stop after the same step and write their parts of one checkpoint."""
+    file, ftctl's torchrun terminated), both ranks stop after the same step and write their parts of one
+    checkpoint. ftctl's torchrun (every backend's launch line) does not signal its workers, which torchrun kills
+    30 s later, often mid-save: it asks them through a stop file of its own (the job set none here)."""
     out = tmp_path / "out"
     spec, plan = _run(tiny_model_dir, tiny_data, out, gpus="2xcpu", max_steps=200, save_steps=1000)
     spec_path = write_spec(spec, plan, tmp_path / "spec.json")
     runner = tmp_path / "runner.py"
     runner.write_text(SIGNAL_RUNNER)
     env = subprocess_env(FTCTL_STOP_FILE=tmp_path / "stop", FTCTL_STATUS_FILE=tmp_path / "status")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(runner)]
+    torchrun = "torch.distributed.run"
+    if mode == "sigterm-ftctl-torchrun":
+        torchrun = "ftctl.trainer.torchrun"
+        del env["FTCTL_STOP_FILE"]
+    cmd = [sys.executable, "-m", torchrun, "--standalone", "--nproc-per-node=2", str(runner)]
     proc = subprocess.run(
         [*cmd, mode, str(out), str(spec_path)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
     )
-    if mode != "sigterm-torchrun":  # torchrun itself exits non-zero when it is terminated
+    if mode == "sigterm-ftctl-torchrun":
+        assert proc.returncode == 143 and "ftctl: torchrun: stopped by SIGTERM: the workers saved" in proc.stderr, (
+            proc.stderr
+        )
+        assert "exists: saving a checkpoint at the next step" in proc.stderr, proc.stderr[-4000:]
+        assert "SIGTERM received" not in proc.stderr  # no worker was signalled
+    elif mode != "sigterm-torchrun":  # torchrun itself exits non-zero when it is terminated
         assert proc.returncode == 0, proc.stderr[-4000:]
 
     steps = {json.loads((tmp_path / f"rank{r}.json").read_text())["step"] for r in (0, 1)}

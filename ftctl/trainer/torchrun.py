@@ -9,16 +9,29 @@ SkyPilot task and the docker container run it, without what a user takes for a c
 - A worker that failed has printed its own one ``error:`` line (ftctl.trainer.__main__); torchrun's ~40-line
   ChildFailedError report after it says nothing more. One line instead, naming the rank and its exit code.
 
+- SIGTERM or SIGHUP to torchrun (`docker stop`, a cancelled or preempted Slurm job, `timeout`, a closed terminal):
+  torchrun sends its workers the signal and kills them 30 s later, often in the middle of the checkpoint they
+  started. Here the first such signal asks the workers to stop through their stop file ($FTCTL_STOP_FILE, one of
+  this process's own where the job set none): each saves at its next step boundary and exits, for as long as that
+  takes. A second signal stops them at once, as torchrun does.
+
 FTCTL_DEBUG=1 keeps all of torchrun's output.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import signal
 import socket
 import sys
+import tempfile
+from pathlib import Path
 
+from ftctl import terminal
+from ftctl.envvars import STOP_ENV
 from ftctl.failures import killed_line
 
 # what torchrun logs at the end of a finished multi-node run (the exit barrier race above)
@@ -27,6 +40,7 @@ NOISY_LOGGERS = (
     "torch.distributed.elastic.agent.server.api",
     "torch.distributed.elastic.rendezvous.dynamic_rendezvous",
 )
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class DropExitNoise(logging.Filter):
@@ -56,8 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         os.environ["TORCH_CPP_LOG_LEVEL"] = caller
     drop_exit_noise()
+    args = parse_args(argv if argv is not None else sys.argv[1:])
+    stopped = stop_through_file(SignalException)
+    # torchrun's agent handles the rest of its signals (where it has --signals-to-handle; an older one all of them)
+    if hasattr(args, "signals_to_handle"):
+        names = [n for n in args.signals_to_handle.split(",") if n.strip() not in {s.name for s in STOP_SIGNALS}]
+        args.signals_to_handle = ",".join(names)
     try:
-        run(parse_args(argv if argv is not None else sys.argv[1:]))
+        run(args)
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         code, where = failure.exitcode, f"rank {rank} on {socket.gethostname()}"
@@ -69,7 +89,37 @@ def main(argv: list[str] | None = None) -> int:
     except SignalException as e:  # the job cancelled, preempted or out of time: the workers were stopped
         say(f"stopped by {e.sigval.name}")
         return 128 + int(e.sigval)
+    if stopped:  # the workers stopped as asked, with a checkpoint: still not a finished run
+        say(f"stopped by {stopped[0].name}: the workers saved a checkpoint first")
+        return 128 + int(stopped[0])
     return 0
+
+
+def stop_through_file(signal_exception) -> list[signal.Signals]:
+    """STOP_SIGNALS: the first touches the workers' stop file (set here where the job set none: the workers inherit
+    it), a second raises torch's ``signal_exception`` as torchrun's own handler does (its agent stops the workers).
+    Returns the signals received, as they arrive."""
+    path = os.environ.get(STOP_ENV)
+    if not path:
+        own = tempfile.mkdtemp(prefix="ftctl-torchrun-")
+        atexit.register(shutil.rmtree, own, ignore_errors=True)
+        path = os.environ[STOP_ENV] = os.path.join(own, "stop")
+    ttys = terminal.ttys()
+    got: list[signal.Signals] = []
+
+    def on_signal(signum, frame):
+        got.append(signal.Signals(signum))
+        if signum == signal.SIGHUP:  # its terminal closed: what it says goes nowhere
+            terminal.hang_up(ttys)
+        if len(got) > 1:
+            raise signal_exception(f"Process {os.getpid()} got signal: {signum}", sigval=got[-1])
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).touch()
+        say(f"{got[0].name}: the workers save a checkpoint at their next step, then stop (again: stop them now)")
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
+    return got
 
 
 def say(line: str) -> None:
