@@ -141,9 +141,11 @@ _MODELS = {name: _model(name) for name in TIERS}
 
 
 def same_model(gpu_name: str, tier_name: str) -> bool:
-    """Whether a GPU's name as Slurm's GRES or nvidia-smi writes it is the model of ftctl's tier, whatever memory
-    either says (a cluster's 'a100' GRES may hold its 80 GB cards): 'a10' is no A100, 'l40s' no L40."""
-    return _model(gpu_name)[0] == _model(tier_name)[0]
+    """Whether a GPU's name as Slurm's GRES or nvidia-smi writes it could be ftctl's tier: the same model ('a10' is
+    no A100, 'l40s' no L40), with at least the tier's memory where the name says its memory (a cluster's 'a100'
+    GRES may hold its 80 GB cards; 'a100-40gb' is no A100-80GB: a plan for 80 GB runs out of memory there)."""
+    model, memory = _model(gpu_name)
+    return model == _model(tier_name)[0] and (memory is None or memory >= TIERS[tier_name].memory_gb)
 
 
 def tier(name: str) -> GpuTier:

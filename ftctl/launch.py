@@ -14,7 +14,9 @@ User values are always quoted with ``shlex.quote``; intentional shell (``"$HEAD_
 
 from __future__ import annotations
 
+import re
 import shlex
+import subprocess
 from collections.abc import Mapping
 
 from ftctl.envvars import STATUS_ENV, STOP_ENV, THREADS_ENV  # noqa: F401  (re-exported for the renderers)
@@ -115,12 +117,15 @@ def setup_lines(spec: RunSpec) -> list[str]:
     activation stays), closed on a line of its own (a comment at its end closes nothing). The Slurm script's, and
     SkyPilot's setup and run sections' (each a script of its own), so a line must be safe to run again (a requeue
     runs it again too). They run without nounset, whatever the script's (an activate script, or export
-    LD_LIBRARY_PATH=/x:$LD_LIBRARY_PATH, reads unset variables: under set -u bash ended the script unsaid)."""
+    LD_LIBRARY_PATH=/x:$LD_LIBRARY_PATH, reads unset variables: under set -u bash ended the script unsaid), and the
+    script's own errexit and nounset come back after them (a `set -e` line made the Slurm script exit at the wait
+    that its time-limit signal interrupts: no checkpoint, no requeue). A line bash cannot parse is refused here,
+    not after the queue wait."""
     if not spec.setup:
         return []
     lines = [
         "# setup (-o setup=...): the job ends at the first line that fails",
-        'FTCTL_NOUNSET="${-//[^u]/}"; set +u',
+        'FTCTL_SET="$-"; set +u',
     ]
     for line in spec.setup:
         if not line.strip() or line.lstrip().startswith("#"):
@@ -129,12 +134,26 @@ def setup_lines(spec: RunSpec) -> list[str]:
         if line.rstrip().endswith("\\"):
             raise FtctlError(f"setup line {line!r} continues on the next: give each command whole, one line each.")
         said = q(f"{ERROR_PREFIX}a setup line failed: {line}")  # `ftctl status` says it (failures.error_line)
-        lines += [
+        block = [
             f"{{ {line}",
             f'}} || {{ RC=$?; echo {said} "(exit $RC): not training; fix -o setup=..."; '
             f'[ -z "${{{STATUS_ENV}:-}}" ] || echo failed > "${STATUS_ENV}"; exit "$RC"; }}',
         ]
-    return [*lines, '[ -z "$FTCTL_NOUNSET" ] || set -u']
+        _parses(line, "\n".join(block))
+        lines += block
+    return [*lines, 'case "$FTCTL_SET" in *e*) set -e ;; *) set +e ;; esac; case "$FTCTL_SET" in *u*) set -u ;; esac']
+
+
+def _parses(line: str, block: str) -> None:
+    """Refuse a setup line that bash cannot parse (`echo a &&`, `if true; then`), with bash's words for the line."""
+    for text in (line, block):
+        checked = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
+        if checked.returncode != 0:
+            said = re.sub(r"^bash: (line \d+: )?", "", (checked.stderr.strip().splitlines() or [""])[0])
+            raise FtctlError(
+                f"setup line {line!r} is not a whole shell command (bash: {said}): give each command whole, one line "
+                "each."
+            )
 
 
 NETCHECK_MODULE = "ftctl.trainer.netcheck"

@@ -104,10 +104,13 @@ elif prog == "srun":  # ftctl writes srun's own options as --key=value: the comm
 elif prog == "apptainer":  # exec [options] IMAGE bash -c ...
     os.execvp("bash", args[args.index("bash"):])
 elif prog == "torchrun":
+    import time
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))  # training
     status = os.environ.get("FTCTL_STATUS_FILE")
+    stopped = os.path.exists(os.environ.get("FTCTL_STOP_FILE", "/no/such/file"))
     if status:
-        with open(status, "w") as fh:
-            fh.write(os.environ.get("FAKE_STATUS", "complete"))  # the trainer's word: preempted to requeue
+        with open(status, "w") as fh:  # the trainer's word: preempted to requeue
+            fh.write("preempted" if stopped else os.environ.get("FAKE_STATUS", "complete"))
 """
 
 

@@ -157,12 +157,8 @@ def _remove_tmp_leftovers(since: float) -> None:
 
 
 @pytest.fixture(scope="session")
-def sky_infra(slurm_cluster, tmp_path_factory):
-    if not (sky_bin() / "sky").exists():
-        pytest.fail(f"SkyPilot's venv {sky_bin().parent} has no `sky`: run scripts/setup.sh (or set FTCTL_SKY_PYTHON)")
-    py310 = _py310()
-    if py310 is None:
-        pytest.fail("SkyPilot's node runtime needs a python3.10 (pyenv 3.10 or python3.10 on PATH)")
+def sky_tools():
+    """What SkyPilot runs on this machine: rsync (its file mounts) and sshd (its Slurm infra), from apt if missing."""
     if not (shutil.which("rsync") and Path("/usr/sbin/sshd").exists()):
         subprocess.run(
             ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "openssh-server", "rsync"],
@@ -171,6 +167,15 @@ def sky_infra(slurm_cluster, tmp_path_factory):
             capture_output=True,
             timeout=600,
         )
+
+
+@pytest.fixture(scope="session")
+def sky_infra(slurm_cluster, sky_tools, tmp_path_factory):
+    if not (sky_bin() / "sky").exists():
+        pytest.fail(f"SkyPilot's venv {sky_bin().parent} has no `sky`: run scripts/setup.sh (or set FTCTL_SKY_PYTHON)")
+    py310 = _py310()
+    if py310 is None:
+        pytest.fail("SkyPilot's node runtime needs a python3.10 (pyenv 3.10 or python3.10 on PATH)")
     slot = slurm_cluster.slot
     base = Path(f"/tmp/ftctl-sky-{slot}")
     shutil.rmtree(base, ignore_errors=True)

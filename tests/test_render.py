@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -269,6 +270,39 @@ def test_usr2_during_the_setup_lines_is_a_checkpoint_request_not_the_jobs_end(tm
     assert [c for c in read_log(tmp_path / "log.jsonl") if c["prog"] == "torchrun"]
 
 
+def test_a_set_e_setup_line_does_not_end_the_job_at_its_time_limit_signal(tmp_path):
+    """`-o setup='set -e'` (a habit of scripts) stayed on for the rest of the Slurm script: the USR2 that interrupts
+    its wait for the step (wait returns 140) ended the batch shell there, the trainer killed mid-checkpoint and the
+    job never requeued. The script's own errexit comes back after the setup lines."""
+    import signal
+    import time
+
+    fakes = fake_bin(tmp_path / "bin")
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "82", "SLURM_JOB_NODELIST": "node1", "FAKE_SLEEP": "2"}
+    prep = prepared(["setup=set -e"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
+    log = tmp_path / "log.jsonl"
+    full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(log), "HOME": str(tmp_path), **env}
+    proc = subprocess.Popen(["bash", "-c", prep.text], cwd=tmp_path, env=full, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not [c for c in read_log(log) if c["prog"] == "torchrun"] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the step is training
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "ftctl: requeueing job 82" in out, out
+    assert [c["argv"] for c in read_log(log) if c["prog"] == "scontrol"][-1] == ["requeue", "82"]
+
+
+def test_a_setup_line_bash_cannot_parse_is_refused_before_the_queue_wait():
+    """`-o setup='echo a &&'` rendered, was submitted, and failed on the node after the queue wait with no error line
+    for `ftctl status`. Refused at render, with bash's words for the line."""
+    flags = dict(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
+    for line, said in [("echo a &&", "unexpected end of file"), ('echo "x', "looking for matching")]:
+        with pytest.raises(FtctlError, match=f"setup line {re.escape(repr(line))} is not a whole shell command") as e:
+            prepared([f"setup={line}"], **flags)
+        assert said in str(e.value) and "\n" not in str(e.value)
+    assert "echo a && echo b" in prepared(["setup=echo a && echo b"], **flags).text
+
+
 def test_a_slurm_job_that_ends_without_the_trainers_error_says_why(tmp_path):
     """srun or the container failing before the trainer started (an image that cannot be pulled) left the job's
     status at "exit 3": the script says what failed, in the line `ftctl status` reads; so do a requeue Slurm refuses
@@ -341,6 +375,9 @@ def test_sbatch_args_that_slurm_would_misread_are_refused(arg):
         ("--gres=gpu:a100:2", "gpus-per-node", "use --gpus"),
         ("--ntasks-per-node=8", "ntasks-per-node", "ftctl runs one task a node"),
         ("--ntasks=8", "ntasks", "ftctl runs one task a node"),
+        ("--tasks-per-node=2", "tasks-per-node", "ftctl runs one task a node"),
+        ("--error=err-%j.txt", "error", "every attempt appends to slurm-JOBID.out"),
+        ("--array=0-3", "array", "one job trains one run: several array tasks"),
         (
             "--output=/tmp/x.out",
             "output",

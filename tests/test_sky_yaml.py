@@ -260,7 +260,7 @@ def _hostile_inputs(root: Path) -> dict[str, Path]:
     return made
 
 
-def test_local_inputs_ship_as_file_mounts_where_the_nodes_spec_names_them(tmp_path, monkeypatch):
+def test_local_inputs_ship_as_file_mounts_where_the_nodes_spec_names_them(tmp_path, monkeypatch, sky_tools):
     """--data (a file and a directory), --eval-data, chat_template_path and a --model directory here, under hostile
     names: each is a file_mounts source at its absolute path here, landing where the spec.json of the run section
     names it (from the run's directory, where the trainer runs); SkyPilot reads the task offline, and its own rsync

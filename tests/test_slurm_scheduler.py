@@ -567,3 +567,6 @@ def test_doctor_matches_gpu_types_as_clusters_name_them():
     assert not _same_gpu("h100", "A100")
     assert not _same_gpu("a100", "A10") and not _same_gpu("l40s", "L40") and not _same_gpu("v100s", "V100")
     assert _same_gpu("a6000", "RTXA6000") and _same_gpu("tesla_v100-sxm2-32gb", "V100")
+    # a name that says less memory than the plan's card is not it: the 80 GB plan ran out of memory on 40 GB cards
+    assert not _same_gpu("nvidia_a100-sxm4-40gb", "A100-80GB") and not _same_gpu("v100-16gb", "V100-32GB")
+    assert _same_gpu("a100-80gb", "A100-80GB") and _same_gpu("nvidia_h100_80gb_hbm3", "H100")

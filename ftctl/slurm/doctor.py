@@ -384,8 +384,8 @@ def _gpu_type_doubts(chosen: PartitionInfo, partitions: list[PartitionInfo], gpu
 
 def _same_gpu(gres_type: str, wanted: str) -> bool:
     """Could gres type ``gres_type`` be the ftctl tier ``wanted``? The same model as gpus.tier reads names ('A100'
-    matches a100, A100, nvidia_a100-sxm4-80gb; 'A100-80GB' those too: clusters rarely name the memory; 'a10' is
-    no A100). An untyped gres ('gpu:8') cannot be told apart, so it is not flagged."""
+    matches a100, A100, nvidia_a100-sxm4-80gb; 'A100-80GB' those too, but not a100-40gb: clusters rarely name the
+    memory; 'a10' is no A100). An untyped gres ('gpu:8') cannot be told apart, so it is not flagged."""
     return not gres_type or gpu_table.same_model(gres_type, wanted)
 
 

@@ -72,6 +72,7 @@ OWN_OPTIONS = {
     "nodes": "use --nodes (or --gpus NxGxTYPE), which torchrun's --nnodes follows",
     "ntasks": _ONE_TASK,
     "ntasks-per-node": _ONE_TASK,
+    "tasks-per-node": _ONE_TASK,  # sbatch's other name for --ntasks-per-node
     "gpus": "use --gpus",
     "gpus-per-node": "use --gpus",
     "gpus-per-task": "use --gpus",
@@ -82,7 +83,9 @@ OWN_OPTIONS = {
     "qos": "use --qos",
     "time": "use --time",
     "output": _ONE_LOG,
+    "error": _ONE_LOG + " (the trainer's error lines too)",
     "open-mode": _ONE_LOG,
+    "array": "one job trains one run: several array tasks would train into one output at once; launch a run each",
     "requeue": _REQUEUE,
     "no-requeue": _REQUEUE,
     "signal": "use -o signal_lead_s=N (USR2 that many seconds before the time limit)",
@@ -185,7 +188,9 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         )
     spec_path = Shell('"$FTCTL_RUN_DIR"/spec.json')
     inner = join(torchrun_argv(spec, plan, spec_path, _HEAD, python=PATH_PYTHON, quiet=True, port=_PORT, job=_JOB))
-    step = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1"]
+    # the job's CPUs for the step's task: from Slurm 22.05 to 23.02 srun does not take them from sbatch's, and the
+    # step (torchrun, every rank, their data loaders) ran on one core
+    step = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", f"--cpus-per-task={cpus_per_task(spec, plan)}"]
     # local data, output and model directories are bound into the container at the same paths
     read = (*spec.data_paths, spec.chat_template_path or "")  # a hub id or URI is no absolute path: dropped below
     extra = {os.path.dirname(p) if os.path.isfile(p) else p for p in read} | {spec.output}
