@@ -517,6 +517,35 @@ def test_a_final_model_moves_up_with_its_config_last(tmp_path, monkeypatch):
     assert not staging.exists()
 
 
+def test_sync_says_what_is_wrong_with_its_paths_and_writes_nothing(s3_bucket, tmp_path, monkeypatch):
+    """`ftctl sync push run s3:/b/run` wrote a local directory `s3:` and said "pushed"; a push from a missing
+    directory and a pull from an empty prefix said nothing and exited 0 (the pull made an empty directory); a pull
+    into a file was a traceback. Each is one message now, and nothing is written."""
+    from ftctl.errors import FtctlError
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    committed(run, 1)
+    misspelt = s3_bucket.replace("s3://", "s3:/") + "/run"
+    for call in (lambda: C.push(str(run), misspelt), lambda: C.pull(misspelt, "got"), lambda: C.ls(misspelt)):
+        with pytest.raises(FtctlError, match=f"would be a local path: did you mean {s3_bucket}/run"):
+            call()
+    assert not (tmp_path / "s3:").exists()
+    with pytest.raises(FtctlError, match="no-such: no such directory to push from"):
+        C.push(str(tmp_path / "no-such"), f"{s3_bucket}/run")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FtctlError, match="nothing to push: .*empty holds no checkpoint-N and no final model"):
+        C.push(str(tmp_path / "empty"), f"{s3_bucket}/run")
+    with pytest.raises(FtctlError, match=f"no checkpoints under {s3_bucket}/typo: nothing to pull"):
+        C.pull(f"{s3_bucket}/typo", str(tmp_path / "got"))
+    assert not (tmp_path / "got").exists()
+    C.push(str(run), f"{s3_bucket}/run", echo=lambda line: None)
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(FtctlError, match="a-file is a file: pull into a directory"):
+        C.pull(f"{s3_bucket}/run", str(tmp_path / "a-file"))
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
 def test_sync_push_finishes_a_final_upload_that_timed_out(remote, tmp_path):
     """The trainer's message after a final upload ran out of time says `ftctl sync push LOCAL URI`, which sent the
     checkpoints only: the final model stayed in a cache that goes with the node."""

@@ -9,6 +9,7 @@ from ftctl import storage
 from ftctl.checkpoints.manifest import MANIFEST
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints
 from ftctl.checkpoints.upload import final_files, upload_checkpoint
+from ftctl.errors import FtctlError
 from ftctl.runpaths import FINAL_MARKS
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,16 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
+def _spelt(*where: str) -> None:
+    """``s3:/bucket/run`` is a local directory named ``s3:``: a push there wrote here and said "pushed"."""
+    for path in where:
+        if meant := storage.misspelt_uri(path):
+            raise FtctlError(f"{path!r} would be a local path: did you mean {meant}?")
+
+
 def ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print) -> list:
     """Print each checkpoint under ``uri``: step, complete/incomplete, size, and problems."""
+    _spelt(uri)
     with storage.storage_errors(uri, endpoint_url):
         found = list_checkpoints(uri, deep=deep, endpoint_url=endpoint_url)
     if not found:
@@ -44,15 +53,21 @@ def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=pri
     """Upload every complete local checkpoint not already complete in the store (files first,
     manifest last), then the run's final model where it has one and the store lacks it (its config last).
     Incomplete local ones are skipped with a warning. Returns what was sent."""
+    _spelt(local_run_dir, uri)
+    if not os.path.isdir(local_run_dir):
+        raise FtctlError(f"{local_run_dir}: no such directory to push from (a run's output directory).")
     storage.require_writable(uri, "ftctl sync push to")
     with storage.storage_errors(uri, endpoint_url):
         return _push(local_run_dir, uri, endpoint_url, echo)
 
 
 def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo) -> list:
+    here = list_checkpoints(local_run_dir, deep=True)
+    if not here and not any(rel in FINAL_MARKS for rel in final_files(local_run_dir)):
+        raise FtctlError(f"nothing to push: {local_run_dir} holds no checkpoint-N and no final model.")
     remote = {c.name: c for c in list_checkpoints(uri, endpoint_url=endpoint_url)}
     sent = []
-    for c in list_checkpoints(local_run_dir, deep=True):
+    for c in here:
         if not c.complete:
             log.warning("not pushing %s: %s", c.uri, "; ".join(c.problems))
             continue
@@ -97,15 +112,25 @@ def pull(
 ) -> list:
     """Download the complete checkpoints under ``uri`` (verified by sha256) that are not complete
     in ``local_dir`` yet; with ``include_incomplete``, incomplete ones too, as they are."""
+    _spelt(uri, local_dir)
+    if os.path.exists(local_dir) and not os.path.isdir(local_dir):
+        raise FtctlError(f"{local_dir} is a file: pull into a directory (it is created where missing).")
     with storage.storage_errors(uri, endpoint_url):
-        return _pull(uri, local_dir, include_incomplete, endpoint_url, echo)
+        there = list_checkpoints(uri, endpoint_url=endpoint_url)
+    if not there:
+        raise FtctlError(f"no checkpoints under {uri}: nothing to pull (`ftctl sync ls` lists what a store holds).")
+    try:
+        os.makedirs(local_dir, exist_ok=True)
+    except OSError as e:
+        raise FtctlError(f"cannot create {local_dir}: {e.strerror or e}") from None
+    with storage.storage_errors(uri, endpoint_url):
+        return _pull(there, local_dir, include_incomplete, endpoint_url, echo)
 
 
-def _pull(uri: str, local_dir: str, include_incomplete: bool, endpoint_url: str | None, echo) -> list:
-    os.makedirs(local_dir, exist_ok=True)
+def _pull(there: list, local_dir: str, include_incomplete: bool, endpoint_url: str | None, echo) -> list:
     local = {c.name for c in list_checkpoints(local_dir) if c.complete}
     got, present = [], []
-    for c in list_checkpoints(uri, endpoint_url=endpoint_url):
+    for c in there:
         if c.name in local:
             present.append(c.name)
             continue
