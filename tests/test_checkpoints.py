@@ -204,6 +204,38 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def test_without_hard_links_a_checkpoint_uploads_in_place_and_one_gone_blocks_nothing(tmp_path, monkeypatch):
+    """A file system without hard links (gcsfuse, s3fs-fuse, blobfuse): each checkpoint uploads from its own
+    directory. The trainer's rotation deleted one under its upload, whose retries (FileNotFoundError, forever) held
+    every later checkpoint and the final model out of the store. Rotation waits while one uploads in place, and a
+    checkpoint gone from the disk is given up at once."""
+    import errno
+
+    from ftctl.checkpoints import upload
+
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    put = upload._put
+
+    def slow_put(*args):
+        time.sleep(0.2)
+        put(*args)
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(upload, "_put", slow_put)
+    remote, run = f"file://{tmp_path}/store/run", tmp_path / "run"
+    up = C.Uploader(remote, **FAST)
+    up.submit(str(committed(run, 1)))
+    assert up.uploading_in_place()  # what the trainer's rotation asks before deleting old checkpoints
+    shutil.rmtree(run / "checkpoint-1")  # deleted under its upload anyway
+    up.submit(str(committed(run, 2)))
+    assert up.wait(30), up.pending()
+    assert not up.uploading_in_place()
+    up.close()
+    assert [c.name for c in C.list_checkpoints(remote) if c.complete] == ["checkpoint-2"]
+
+
 @pytest.mark.parametrize("point", ["local-manifest", "remote-manifest"])
 def test_kill_9_between_files_and_manifest_leaves_nothing_resumable(point, s3_bucket, tmp_path):
     """A real SIGKILL, made deterministic by FTCTL_TEST_HOLD: the child holds at ``point`` for

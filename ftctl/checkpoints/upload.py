@@ -217,6 +217,12 @@ class Uploader:
         with self._cond:
             return [j.name for j in self._pending]
 
+    def uploading_in_place(self) -> bool:
+        """Whether a checkpoint that could not be hard-linked is still being uploaded from its own directory: the
+        trainer's rotation must not delete it under the upload."""
+        with self._cond:
+            return any(j.local == j.original for j in self._pending if not j.final)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every submitted checkpoint is committed, at most ``timeout`` seconds.
         Logs how long it waited and, if the limit passed, what was left. True when all done."""
@@ -259,8 +265,8 @@ class Uploader:
         except OSError as exc:
             shutil.rmtree(staged, ignore_errors=True)
             log.warning(
-                "cannot hard-link %s (%s); uploading it in place: keep save_total_limit "
-                "high enough that it is not rotated away first",
+                "cannot hard-link %s (%s); uploading it in place (older checkpoints are rotated away only once "
+                "it is uploaded)",
                 ckpt_dir,
                 exc,
             )
@@ -280,6 +286,11 @@ class Uploader:
                         break
                     self._closed.wait(self.poll_interval)  # other nodes not there yet
                 except Exception as exc:  # noqa: BLE001 - store errors of every kind
+                    if isinstance(exc, FileNotFoundError) and not os.path.isdir(job.local):
+                        # gone from this disk (deleted by hand): no retry brings it back, and every checkpoint
+                        # after it waited behind it, the final model too
+                        log.error("%s is gone before its upload to %s: not uploaded", job.local, self.remote_uri)
+                        break
                     job.attempt_no += 1
                     base, cap = self.backoff
                     delay = min(cap, base * 2 ** (job.attempt_no - 1)) * random.uniform(0.8, 1.2)

@@ -177,8 +177,10 @@ class CheckpointSyncCallback(TrainerCallback):
                     if state.best_model_checkpoint:
                         self.uploader.protected = {os.path.basename(state.best_model_checkpoint)}
                     self.uploader.submit(ckpt)
-                # as the Trainer would have, now that the new one is complete (each node its own directory)
-                rotate_checkpoints(args.output_dir, self.rotate, state.best_model_checkpoint, use_mtime=True)
+                # as the Trainer would have, now that the new one is complete (each node its own directory); not
+                # while a checkpoint is uploaded from its own directory (no hard links here): a later save catches up
+                if self.uploader is None or not self.uploader.uploading_in_place():
+                    rotate_checkpoints(args.output_dir, self.rotate, state.best_model_checkpoint, use_mtime=True)
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
