@@ -99,13 +99,20 @@ class ModelShape:
     layers: int
     vocab: int
     source: str  # where the numbers came from
-    intermediate: int = 0  # MLP width; 0: 4 * hidden
+    intermediate: int = 0  # MLP width a token passes through (an MoE's: its active experts'); 0: 4 * hidden
     kv_dim: int = 0  # the k and v projections' width (key-value heads x head dim); 0: hidden (no GQA)
     context: int = 0  # max_position_embeddings of its config; 0: not read
+    experts: int = 0  # an MoE's routed experts, of all its layers together; 0: dense (see _shape_from_config)
+    expert_mlp: int = 0  # one routed expert's MLP width
 
     @property
     def mlp(self) -> int:
         return self.intermediate or 4 * self.hidden
+
+    @property
+    def expert_params_b(self) -> float:
+        """The routed experts' weights (gate, up and down of each), billions."""
+        return 3 * self.experts * self.hidden * self.expert_mlp / 1e9
 
     def projections(self) -> dict[str, tuple[int, int]]:
         """(in, out) of a decoder layer's linear projections, by their usual (Llama's) names."""
@@ -281,6 +288,20 @@ def model_shape(model: str, model_params: str | None = None) -> ModelShape:
 
 
 def _shape_from_config(cfg: dict, source: str) -> ModelShape:
+    """A model's shape from its config.json. Counted: attention (GQA, or DeepSeek's multi-head latent attention:
+    kv_lora_rank, q_lora_rank), a gated MLP per layer, embeddings (twice untied); norms and biases left out.
+
+    Mixture-of-experts models (Mixtral, Qwen2/3-MoE, DeepSeek-V2/V3): an MoE layer holds the routed experts
+    (num_local_experts, num_experts or n_routed_experts) of width moe_intermediate_size (else intermediate_size),
+    their router, and shared experts (shared_expert_intermediate_size, or n_shared_experts x the expert width); the
+    other layers are dense at intermediate_size (DeepSeek's first first_k_dense_replace layers, Qwen's
+    mlp_only_layers and those off its decoder_sparse_step). Within 0.1% of the weights transformers 5.24 builds
+    for Qwen3-30B-A3B (30.5B), DeepSeek-V2-Lite (15.7B), Mixtral-8x7B (46.7B) and Qwen1.5-MoE-A2.7B (14.3B).
+    A token passes through num_experts_per_tok experts and the shared ones: that width is ``intermediate``, what
+    the activations are counted for. In transformers 5 the experts are fused 3D parameters, not nn.Linear:
+    bitsandbytes leaves them 16-bit under qlora (memory_terms), and PEFT 0.21's all-linear adapts them as
+    gate_up at rank 2r and down at r beside the attention's projections, r x (3H + 5I) an expert (_trainable_b;
+    on Qwen2-MoE itself PEFT leaves them out, and this over-counts)."""
     cfg = cfg.get("text_config", cfg)
     h = cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model")
     layers = cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg.get("num_layers")
@@ -291,13 +312,27 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     kv = cfg.get("num_key_value_heads", heads)
     head_dim = cfg.get("head_dim") or h // heads
     inter = cfg.get("intermediate_size", 4 * h)
-    experts = cfg.get("num_local_experts") or cfg.get("num_experts") or 1
     attn = h * head_dim * heads * 2 + h * head_dim * kv * 2
-    mlp = 3 * h * inter * experts
+    if rank := cfg.get("kv_lora_rank"):  # DeepSeek's latent attention
+        nope, rope, v = cfg.get("qk_nope_head_dim", 0), cfg.get("qk_rope_head_dim", 0), cfg.get("v_head_dim", 0)
+        q_rank = cfg.get("q_lora_rank")
+        q = h * q_rank + q_rank * heads * (nope + rope) if q_rank else h * heads * (nope + rope)
+        attn = q + h * (rank + rope) + rank * heads * (nope + v) + heads * v * h
+    experts = cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts") or 0
+    expert_mlp = cfg.get("moe_intermediate_size") or inter
+    shared = cfg.get("shared_expert_intermediate_size") or (cfg.get("n_shared_experts") or 0) * expert_mlp
+    step, dense = cfg.get("decoder_sparse_step") or 1, set(cfg.get("mlp_only_layers") or ())
+    first = cfg.get("first_k_dense_replace") or 0
+    moe = sum(experts > 1 and i >= first and i not in dense and (i + 1) % step == 0 for i in range(layers))
+    mlp = 3 * h * inter * (layers - moe) + moe * h * (3 * (experts * expert_mlp + shared) + experts)
     embed = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
-    params = (layers * (attn + mlp) + embed) / 1e9
+    params = (layers * attn + mlp + embed) / 1e9
     context = cfg.get("max_position_embeddings") or 0
-    return ModelShape(round(params, 4), h, layers, vocab, source, inter, kv * head_dim, int(context))
+    shape = ModelShape(round(params, 4), h, layers, vocab, source, inter, kv * head_dim, int(context))
+    if not moe:
+        return shape
+    active = (cfg.get("num_experts_per_tok") or 1) * expert_mlp + shared
+    return replace(shape, intermediate=active, experts=experts * moe, expert_mlp=expert_mlp)
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -307,13 +342,17 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
     if method == "sft":
         per_layer = (shape.params_b - shape.vocab * shape.hidden / 1e9) / shape.layers
         return min(shape.params_b, spec.trainable_layers * per_layer + shape.vocab * shape.hidden / 1e9)
-    # LoRA: r * (in + out) for each targeted projection of every layer (all-linear: all seven; a name that is not
-    # one of Llama's: 2H, an attention projection's)
+    # LoRA: r * (in + out) for each targeted projection of every layer (all-linear: all seven, or an MoE's attention
+    # and its experts, _shape_from_config; a name that is not one of Llama's: 2H, an attention projection's)
     sizes = shape.projections()
     names = spec.lora_target_modules.strip()
-    targets = list(sizes) if names == "all-linear" else [t.strip() for t in names.split(",") if t.strip()]
+    every = names == "all-linear"
+    targets = list(sizes) if every else [t.strip() for t in names.split(",") if t.strip()]
+    if every and shape.experts:
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
     per_layer = sum(sum(sizes.get(t, (shape.hidden, shape.hidden))) for t in targets)
-    return shape.layers * spec.lora_r * per_layer / 1e9
+    experts = shape.experts * (3 * shape.hidden + 5 * shape.expert_mlp) if every else 0
+    return spec.lora_r * (shape.layers * per_layer + experts) / 1e9
 
 
 DEEPSPEED_STRATEGIES = ("zero2", "zero2_offload", "zero3", "zero3_offload")
@@ -379,7 +418,10 @@ def memory_terms(
 ) -> dict:
     n = shape.params_b  # billions -> GB per byte/param
     wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
-    weights = {"qlora": 0.56 * n + wb * shape.vocab * shape.hidden / 1e9}.get(method, wb * n)
+    # qlora: 4-bit but for the embeddings and head, and an MoE's fused experts, which bitsandbytes leaves 16-bit
+    weights = {"qlora": 0.56 * n + wb * shape.vocab * shape.hidden / 1e9 + (wb - 0.56) * shape.expert_params_b}.get(
+        method, wb * n
+    )
     grads = wb * trainable_b
     optimizer = ((2 if "8bit" in optim else 8) + (0 if fp32 else 4)) * trainable_b
     if not fp32 and method in ("fft", "sft") and strategy not in DEEPSPEED_STRATEGIES:
@@ -564,6 +606,12 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
     if spec.strategy and spec.strategy not in allowed:
         raise PlanError(
             f"strategy={spec.strategy} is not one ftctl runs {spec.method} with ({', '.join(allowed)}): {why}."
+        )
+    if req.is_cpu and spec.strategy == "fsdp":  # the trainer's refusal (distributed.fsdp_settings), before the job
+        sharded = " or -o strategy=zero3 to shard (DeepSpeed ZeRO-3 over gloo)" if "zero3" in allowed else ""
+        raise PlanError(
+            "strategy=fsdp does not run on CPU (accelerate's FSDP2 would train unsharded): leave strategy "
+            f"unset{sharded}."
         )
     shape = model_shape(spec.model_name_or_path, spec.model_params)
     if spec.method == "sft" and shape.source != "--model-params" and spec.trainable_layers > shape.layers:
@@ -860,8 +908,9 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     )
     msg = (
         f"{method} of {_a_model(shape)} does not fit {req}: the leanest plan "
-        f"({strategy}, micro-batch 1, gradient checkpointing) needs about {need:.0f} GB per GPU and "
-        f"{req.tier.a_card} has {req.tier.memory_gb:g} GB."
+        f"({strategy}, micro-batch 1, gradient checkpointing) needs about {need:.1f} GB per GPU; "
+        f"{req.tier.a_card} has {req.tier.memory_gb:g} GB and ftctl plans within {HEADROOM:.0%} of it "
+        f"({HEADROOM * req.tier.memory_gb:.1f} GB)."
     )
     if any(s in OFFLOAD_STRATEGIES for s in strategies):  # the planner's last resort, or the one forced
         host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)

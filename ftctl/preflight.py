@@ -213,15 +213,18 @@ def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Fin
                 f"use --gpus {have} (or leave --gpus out to plan for what is here), or {elsewhere}.",
             )
         ]
-    if asked != have.tier.name:
-        return [
-            Finding(
-                WARNING,
-                f"--gpus {plan.gpus} plans for {asked}; this machine has {have}",
-                f"use --gpus {plan.gpus_per_node}x{have.tier.name} so that memory and precision are planned "
-                "for the GPUs that will run it.",
-            )
-        ]
+    if asked != have.tier.name:  # an error where the plan counts on more memory or on bf16 than the GPUs here have
+        planned, here = gpus.TIERS[asked], have.tier
+        fix = (
+            f"use --gpus {plan.gpus_per_node}x{here.name} so that memory and precision are planned for the GPUs that "
+            "will run it."
+        )
+        if here.memory_gb < planned.memory_gb:
+            said = f"--gpus {plan.gpus} plans for {planned.memory_gb:g} GB a GPU; this machine has {have}"
+            return [Finding(ERROR, f"{said}, {here.memory_gb:g} GB each", fix)]
+        if plan.precision == "bf16" and not here.bf16:
+            return [Finding(ERROR, f"--gpus {plan.gpus} plans bf16; this machine has {have}, without bf16", fix)]
+        return [Finding(WARNING, f"--gpus {plan.gpus} plans for {asked}; this machine has {have}", fix)]
     return []
 
 

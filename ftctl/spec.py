@@ -300,7 +300,11 @@ class RunSpec:
 
     @property
     def output(self) -> str:
-        return self.output_dir or str(Path("runs") / self.name)
+        """Where the run writes: output_dir, else runs/<name>. A store's URI without a trailing slash: s3://b/x/ is
+        s3://b/x (its cache directory, its one-trainer lock and its jobs were another run's, and two trainers
+        pruned each other's checkpoints)."""
+        out = self.output_dir or str(Path("runs") / self.name)
+        return out.rstrip("/") if storage.is_remote(out) else out
 
     @property
     def lr(self) -> float:
@@ -819,8 +823,24 @@ def validate(spec: RunSpec) -> None:
         errors.append(f"warmup_ratio must be in [0, 1), not {spec.warmup_ratio}.")
     if spec.max_steps == 0 or spec.max_steps < -1:
         errors.append("max_steps must be a positive number of steps, or -1 to train num_train_epochs.")
-    if spec.num_train_epochs <= 0:
-        errors.append("num_train_epochs must be positive.")
+    if not 0 < spec.num_train_epochs < math.inf:  # nan too
+        errors.append(
+            f"num_train_epochs must be positive and finite, not {spec.num_train_epochs} (to train a number of steps: "
+            "-o max_steps=N)."
+        )
+    if not 0 <= spec.max_grad_norm < math.inf:
+        errors.append(
+            f"max_grad_norm must be 0 (no clipping) or a finite number above, not {spec.max_grad_norm}; typical: 1.0."
+        )
+    if not 0 <= spec.weight_decay < math.inf:
+        errors.append(
+            f"weight_decay must be 0 (none) or a finite number above, not {spec.weight_decay}; typical: 0 to 0.1."
+        )
+    if spec.host_memory_gb is not None and not 0 < spec.host_memory_gb < math.inf:
+        errors.append(
+            f"host_memory_gb must be the GB of CPU RAM a node has, above 0, not {spec.host_memory_gb} (leave it out "
+            "to assume twice its GPUs' memory)."
+        )
     if spec.bf16 and spec.fp16:
         errors.append("bf16 and fp16 are both on: choose one (or neither and let the planner choose).")
     errors += filter(None, (secret_problem(s) for s in spec.secrets))

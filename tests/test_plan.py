@@ -101,6 +101,13 @@ def test_70b_fft_on_1xt4_is_refused_with_nearest_plans():
         _fits(p)
 
 
+def test_a_refusal_says_the_memory_it_plans_within():
+    """16.4 GB needed against a 16 GB card read "needs about 16 GB ... has 16 GB": the 92% it plans within is said."""
+    with pytest.raises(PlanError) as e:
+        plan(method="lora", gpus="V100", model_name_or_path="meta-llama/Llama-2-7b-hf")
+    assert "needs about 16.4 GB per GPU; a V100 has 16 GB and ftctl plans within 92% of it (14.7 GB)." in str(e.value)
+
+
 @pytest.mark.parametrize("method,other", [("fft", "lora"), ("qlora", "lora")])
 def test_a_method_that_fits_the_gpus_asked_for_comes_first(method, other):
     """70B on 8xA100: fft's leanest plan needs ~150 GB a GPU, qlora's 4-bit base is not sharded (49 GB); lora's base
@@ -481,6 +488,17 @@ def test_cpu_plans():
     assert q.optim == "adamw_torch_fused" and any("CPU" in n for n in q.notes)  # no paged 8-bit states on CPU
 
 
+def test_fsdp_on_cpu_is_refused_by_the_plan():
+    """The trainer refuses FSDP on CPU (distributed.fsdp_settings): the plan says so first, not a plan that fits."""
+    with pytest.raises(PlanError) as e:
+        plan(gpus="cpu", method="lora", o=["strategy=fsdp"])
+    assert str(e.value) == (
+        "strategy=fsdp does not run on CPU (accelerate's FSDP2 would train unsharded): leave strategy unset."
+    )
+    with pytest.raises(PlanError, match=r"leave strategy unset or -o strategy=zero3 to shard"):
+        plan(gpus="cpu", method="fft", o=["strategy=fsdp"])
+
+
 def test_cpu_refuses_big_models():
     with pytest.raises(PlanError, match="on CPU") as e:
         plan(gpus="cpu", model_name_or_path="lmsys/vicuna-7b-v1.5")
@@ -743,6 +761,72 @@ def test_lora_trainable_parameters_are_peft_s_count(tiny_model_dir, targets):
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora_config(spec))
     trained = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     assert make_plan(spec).trainable_params_b * 1e9 == pytest.approx(trained, rel=1e-6)
+
+
+# mixture-of-experts shapes, from the models' published config.json (numbers only), and their published sizes
+MOE_CONFIGS = {
+    "Qwen3-30B-A3B": (30.5, dict(model_type="qwen3_moe", hidden_size=2048, num_hidden_layers=48, num_experts=128,
+        num_experts_per_tok=8, moe_intermediate_size=768, intermediate_size=6144, vocab_size=151936,
+        num_attention_heads=32, num_key_value_heads=4, head_dim=128, tie_word_embeddings=False)),
+    "DeepSeek-V2-Lite": (15.7, dict(model_type="deepseek_v2", hidden_size=2048, num_hidden_layers=27,
+        n_routed_experts=64, n_shared_experts=2, num_experts_per_tok=6, moe_intermediate_size=1408,
+        intermediate_size=10944, first_k_dense_replace=1, vocab_size=102400, q_lora_rank=None, kv_lora_rank=512,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, num_attention_heads=16, num_key_value_heads=16,
+        tie_word_embeddings=False)),
+    "Mixtral-8x7B": (46.7, dict(model_type="mixtral", hidden_size=4096, num_hidden_layers=32, num_local_experts=8,
+        num_experts_per_tok=2, intermediate_size=14336, vocab_size=32000, num_attention_heads=32,
+        num_key_value_heads=8, tie_word_embeddings=False)),
+    "Qwen1.5-MoE-A2.7B": (14.3, dict(model_type="qwen2_moe", hidden_size=2048, num_hidden_layers=24, num_experts=60,
+        num_experts_per_tok=4, moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+        intermediate_size=5632, vocab_size=151936, num_attention_heads=16, num_key_value_heads=16,
+        tie_word_embeddings=False)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MOE_CONFIGS)
+def test_moe_models_are_sized_by_their_experts(tmp_path, name):
+    """An MoE's size counts its routed experts at their own width, shared experts and dense layers (it had multiplied
+    intermediate_size by the experts: Qwen3-30B-A3B 233B, DeepSeek-V2-Lite 2.7B); its LoRA adapters are PEFT's
+    all-linear ones, which adapt the experts; its activations are its active experts'."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ftctl.spec import build
+    from ftctl.trainer.methods import lora_config
+
+    published, cfg = MOE_CONFIGS[name]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    shape = model_shape(str(tmp_path))
+    assert shape.params_b == pytest.approx(published, rel=0.03)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))
+    assert shape.params_b * 1e9 == pytest.approx(sum(p.numel() for p in model.parameters()), rel=0.001)
+    experts = cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
+    shared = cfg.get("shared_expert_intermediate_size") or cfg.get("n_shared_experts", 0) * experts
+    assert shape.intermediate == cfg["num_experts_per_tok"] * experts + shared
+
+    # lora_dropout 0: PEFT adapts fused experts without dropout only (ParamWrapper refuses a dropout)
+    spec = build({"method": "lora", "gpus": "1xH200", "model_name_or_path": str(tmp_path), "lora_dropout": 0})
+    trained = sum(p.numel() for p in get_peft_model(model, lora_config(spec)).parameters() if p.requires_grad)
+    if cfg["model_type"] == "qwen2_moe":  # PEFT 0.21 leaves Qwen2-MoE's own experts out (_shape_from_config)
+        assert make_plan(spec).trainable_params_b * 1e9 > trained
+    else:  # the routers' adapters (0.2%) left out
+        assert make_plan(spec).trainable_params_b * 1e9 == pytest.approx(trained, rel=0.01)
+
+
+def test_moe_qlora_keeps_its_experts_in_16_bits_and_a_24_gb_card_is_refused(tmp_path):
+    """bitsandbytes quantizes nn.Linear layers only: transformers 5's fused experts stay 16-bit under qlora. And
+    DeepSeek-V2-Lite's 15.7B (31 GB in bf16) is refused on a 24 GB card (sized at 2.7B it was planned, and OOMed)."""
+    (tmp_path / "config.json").write_text(json.dumps(MOE_CONFIGS["DeepSeek-V2-Lite"][1]))
+    shape = model_shape(str(tmp_path))
+    q = memory_terms("qlora", "single", shape, 1, 1, 2048, True, 0.1)
+    assert q["weights"] == pytest.approx(
+        0.56 * shape.params_b + 2 * shape.vocab * shape.hidden / 1e9 + 1.44 * shape.expert_params_b
+    )
+    assert shape.expert_params_b == pytest.approx(26 * 64 * 3 * 2048 * 1408 / 1e9)
+    with pytest.raises(PlanError, match="does not fit 1xRTX4090"):
+        plan(method="lora", gpus="1xRTX4090", model_name_or_path=str(tmp_path))
 
 
 def test_what_the_plan_does_not_use_is_noted(tiny_model_dir, tmp_path):

@@ -4,6 +4,7 @@ protocol server (moto_server) for the object-store checks."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -419,6 +420,26 @@ def test_gpus_asked_versus_present():
     assert check_gpus(plan_for("2xH200"), "local", detected="2xH200") == []
     assert "--gpus 1xH200" in only(check_gpus(plan_for("1xA100"), "local", detected="1xH200"), WARNING)
     assert check_gpus(plan_for("cpu"), "local", detected="cpu") == []
+    # less memory than planned, or no bf16 where it plans bf16: the run would fail there, an error
+    assert only(check_gpus(plan_for("1xA100-80GB"), "local", detected="1xRTX4090")) == (
+        "--gpus 1xA100-80GB plans for 80 GB a GPU; this machine has 1xRTX4090, 24 GB each; use --gpus 1xRTX4090 so "
+        "that memory and precision are planned for the GPUs that will run it."
+    )
+    assert "plans bf16; this machine has 1xTITANRTX, without bf16" in only(
+        check_gpus(plan_for("1xRTX4090"), "docker", detected="1xTITANRTX")
+    )
+
+
+def test_a_local_launch_on_a_smaller_gpu_than_planned_is_refused(tmp_path):
+    """nvidia-smi (a stand-in) lists an RTX 4090; --gpus 1xA100-80GB was planned for 80 GB: the launch stops."""
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\necho "NVIDIA GeForce RTX 4090, 24564"\n')
+    smi.chmod(0o755)
+    args = ["launch", "--dry-run", "--backend", "local", "--gpus", "1xA100-80GB", "--model-params", "1b"]
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    r = subprocess.run([str(FTCTL), *args], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "error: --gpus 1xA100-80GB plans for 80 GB a GPU; this machine has 1xRTX4090, 24 GB each" in r.stderr
 
 
 def test_disk_space_for_checkpoints(tmp_path, monkeypatch):

@@ -230,6 +230,13 @@ def test_run_file_problems(tmp_path):
         (["max_steps=0"], "max_steps must be"),
         (["warmup_ratio=1"], "warmup_ratio must be in"),
         (["num_train_epochs=0"], "num_train_epochs must be positive"),
+        (["num_train_epochs=nan"], r"num_train_epochs must be positive and finite, not nan \(to train a number"),
+        (["num_train_epochs=inf"], "num_train_epochs must be positive and finite, not inf"),
+        (["max_grad_norm=-1"], r"max_grad_norm must be 0 \(no clipping\) or a finite number above, not -1.0"),
+        (["max_grad_norm=nan"], "max_grad_norm must be 0"),
+        (["weight_decay=-5"], r"weight_decay must be 0 \(none\) or a finite number above, not -5.0; typical: 0 to 0.1"),
+        (["host_memory_gb=-10"], r"host_memory_gb must be the GB of CPU RAM a node has, above 0, not -10.0 \(leave"),
+        (["host_memory_gb=0"], "host_memory_gb must be the GB of CPU RAM a node has, above 0, not 0.0"),
         (["nodes=0"], "nodes must be at least 1"),
         (["attn_implementation=flash"], "attn_implementation='flash'"),
         (["output_dir=s3:/b/runs/x"], r"output_dir='s3:/b/runs/x' would be a local path: did you mean s3://b/runs/x\?"),
@@ -663,3 +670,14 @@ def test_pefts_and_axolotls_names_are_taken_and_misleading_neighbours_are_explai
         with pytest.raises(FtctlError) as e:
             build({key: 1})
         assert said in str(e.value) and "Did you mean" not in str(e.value), str(e.value)
+
+
+def test_a_store_output_with_a_trailing_slash_is_the_same_run():
+    """s3://b/x/ and s3://b/x were two runs to ftctl: two cache directories, two one-trainer locks, two jobs; a
+    second trainer started into the first's output, and each pruned the other's checkpoints."""
+    from ftctl.trainer.run import output_dirs
+
+    plain, slashed = RunSpec(output_dir="s3://b/runs/x"), RunSpec(output_dir="s3://b/runs/x/")
+    assert slashed.output == plain.output == "s3://b/runs/x"
+    assert output_dirs(slashed) == output_dirs(plain)
+    assert RunSpec(output_dir="runs/x/").output == "runs/x/"  # a local path is read by the file system
