@@ -292,6 +292,29 @@ def test_a_set_e_setup_line_does_not_end_the_job_at_its_time_limit_signal(tmp_pa
     assert [c["argv"] for c in read_log(log) if c["prog"] == "scontrol"][-1] == ["requeue", "82"]
 
 
+def test_sigterm_to_the_batch_script_checkpoints_and_does_not_requeue(tmp_path):
+    """A cancel, or a preemption at a site that sends SIGTERM and not the --signal one, reached the batch shell,
+    which died at once: the job ended, its step killed mid-step with no checkpoint, its GraceTime unused. The
+    script asks the trainer for its checkpoint, waits for it, and leaves requeueing to Slurm (a cancel is meant)."""
+    import signal
+    import time
+
+    fakes = fake_bin(tmp_path / "bin")
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "83", "SLURM_JOB_NODELIST": "node1", "FAKE_SLEEP": "2"}
+    prep = prepared([], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
+    log = tmp_path / "log.jsonl"
+    full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(log), "HOME": str(tmp_path), **env}
+    proc = subprocess.Popen(["bash", "-c", prep.text], cwd=tmp_path, env=full, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not [c for c in read_log(log) if c["prog"] == "torchrun"] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the step is training
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "ftctl: TERM (the job cancelled, or preempted): checkpointing" in out, out
+    assert "ftctl: trainer exited with 0, status preempted" in out  # it waited for the step's checkpoint
+    assert (tmp_path / "stop.83.0").exists() and not [c for c in read_log(log) if c["argv"][:1] == ["requeue"]]
+
+
 def test_a_setup_line_bash_cannot_parse_is_refused_before_the_queue_wait():
     """`-o setup='echo a &&'` rendered, was submitted, and failed on the node after the queue wait with no error line
     for `ftctl status`. Refused at render, with bash's words for the line."""

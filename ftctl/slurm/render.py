@@ -11,6 +11,11 @@ file the trainer polls at every step boundary (all ranks agree on the step), the
 checkpoint, writes ``preempted`` to its status file and exits; the script then requeues the job
 (``scontrol requeue``) unless it finished or SLURM_RESTART_COUNT reached max_requeues. With
 ``--open-mode=append`` every attempt writes to the same log.
+
+SIGTERM (a cancel, or a preemption whose site does not send the --signal one: Slurm then gives the job its
+GraceTime before SIGKILL) asks for the same checkpoint, and the script waits for it: a batch shell that died at
+once ended the job and its step then. It does not requeue the job: a cancel is meant, and a preemption that
+requeues is requeued by Slurm itself.
 """
 
 from __future__ import annotations
@@ -248,6 +253,10 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         f"# secrets come from the submitting environment, by name only: {secrets}",
         f'on_signal() {{ echo "ftctl: USR2 (time limit or preemption): checkpointing"; touch "${STOP_ENV}"; }}',
         "trap on_signal USR2  # before the setup lines: a signal during them would end the job unsaved",
+        'TERMINATED=""',
+        'on_term() { echo "ftctl: TERM (the job cancelled, or preempted): checkpointing, not requeueing"; '
+        f'TERMINATED=1; touch "${STOP_ENV}"; }}',
+        "trap on_term TERM",
         *setup_lines(spec),
         "",
         'HEAD_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
@@ -270,6 +279,10 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "fi",
         f'STATUS=$(cat "${STATUS_ENV}" 2>/dev/null || echo failed)',
         'echo "ftctl: trainer exited with $RC, status $STATUS"',
+        'if [ "$STATUS" = preempted ] && [ -n "$TERMINATED" ]; then',
+        '  echo "ftctl: stopped by TERM at the checkpoint above; the same ftctl launch resumes it"',
+        "  exit 143",
+        "fi",
         'if [ "$STATUS" = preempted ]; then',
         f'  if [ "$ATTEMPT" -lt {requeues} ]; then',
         '    echo "ftctl: requeueing job $SLURM_JOB_ID"',
