@@ -148,6 +148,11 @@ def same_model(gpu_name: str, tier_name: str) -> bool:
     return model == _model(tier_name)[0] and (memory is None or memory >= TIERS[tier_name].memory_gb)
 
 
+def older_than_listed(name: str) -> bool:
+    """Whether a GPU's name is a card older than every listed one (Pascal and older: P100, GTX 1080, K80)."""
+    return bool(_OLDER.fullmatch(_model(name)[0]))
+
+
 def tier(name: str) -> GpuTier:
     """The tier a GPU type names: ftctl's name, or Slurm's and nvidia-smi's for the same card, in any case.
     Vendor, brand and form-factor words (nvidia, tesla, geforce, quadro, sxm4, pcie...) are left out and a
@@ -167,7 +172,7 @@ def tier(name: str) -> GpuTier:
         sizes = ", ".join(f"{t.name} {t.memory_gb:g} GB" for t in same)
         raise FtctlError(f"GPU type {name!r} says {memory} GB, less than ftctl's {sizes}: name a smaller card.")
     keys = {m + (f"{gb}gb" if gb else ""): n for n, (m, gb) in _MODELS.items()}
-    if _OLDER.fullmatch(model):  # P100 was "did you mean V100?": a newer card
+    if older_than_listed(name):  # P100 was "did you mean V100?": a newer card
         raise FtctlError(
             f"GPU type {name!r} is older than every card ftctl plans for (Volta's V100 is the oldest): train on a "
             "listed card, or on cpu."

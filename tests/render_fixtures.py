@@ -110,7 +110,7 @@ elif prog == "torchrun":
     stopped = os.path.exists(os.environ.get("FTCTL_STOP_FILE", "/no/such/file"))
     if status:
         with open(status, "w") as fh:  # the trainer's word: preempted to requeue
-            fh.write("preempted" if stopped else os.environ.get("FAKE_STATUS", "complete"))
+            fh.write(os.environ.get("FAKE_STATUS") or ("preempted" if stopped else "complete"))
 """
 
 

@@ -80,6 +80,27 @@ SMI = [
 ]
 
 
+@pytest.mark.parametrize(
+    "smi_name, mib, want",
+    [
+        ("NVIDIA GH200 480GB", 97871, "1xH100"),
+        ("NVIDIA GeForce RTX 5090", 32607, "1xRTX4090"),
+        ("NVIDIA X1", 4096, "1xT4"),
+        ("Tesla P100-PCIE-16GB", 16280, "cpu"),  # older than every listed card: nothing here to train on
+    ],
+)
+def test_an_unlisted_card_is_planned_as_a_listed_one_with_no_more_memory(smi_name, mib, want, monkeypatch):
+    """A GH200 (96 GB) was planned as an H200 (141 GB: its name inside the GH200's) and ran out of memory; an RTX
+    5090 as a V100S (nearest in memory: fp16, no FlashAttention). The newest listed card with no more memory, the
+    largest of those."""
+    from ftctl.local import backend as local
+
+    monkeypatch.setattr(local.shutil, "which", lambda _: "/usr/bin/nvidia-smi")
+    out = f"{smi_name}, {mib}\n"
+    monkeypatch.setattr(local.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, stdout=out))
+    assert local.local_gpus() == want
+
+
 @pytest.mark.parametrize("smi_name, mib, want", SMI)
 def test_nvidia_smi_names_read_as_their_tier(smi_name, mib, want, monkeypatch):
     from ftctl.local import backend as local

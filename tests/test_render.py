@@ -313,6 +313,16 @@ def test_sigterm_to_the_batch_script_checkpoints_and_does_not_requeue(tmp_path):
     assert proc.returncode == 143 and "ftctl: TERM (the job cancelled, or preempted): checkpointing" in out, out
     assert "ftctl: trainer exited with 0, status preempted" in out  # it waited for the step's checkpoint
     assert (tmp_path / "stop.83.0").exists() and not [c for c in read_log(log) if c["argv"][:1] == ["requeue"]]
+    # before the trainer's first step (loading the model): stopped, not a step that "failed before the trainer said"
+    env |= {"SLURM_JOB_ID": "84", "FAKE_STATUS": "failed"}
+    full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(log), "HOME": str(tmp_path), **env}
+    proc = subprocess.Popen(["bash", "-c", prep.text], cwd=tmp_path, env=full, stdout=subprocess.PIPE, text=True)
+    while len([c for c in read_log(log) if c["prog"] == "torchrun"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "ftctl: stopped by TERM (exit 0) before a checkpoint of this attempt" in out, out
+    assert "error:" not in out
 
 
 def test_a_setup_line_bash_cannot_parse_is_refused_before_the_queue_wait():

@@ -54,14 +54,22 @@ def local_gpus() -> str:
     name, mem = rows[0].rsplit(",", 1)
     try:  # the name as nvidia-smi writes it: "NVIDIA A100-SXM4-80GB", "Tesla V100S-PCIE-32GB"
         return f"{len(rows)}x{gpu_table.tier(name).name}"
-    except FtctlError:  # a card ftctl does not list: the nearest in memory whose name it shares
+    except FtctlError:  # a card ftctl does not list (a GH200, an RTX 5090): planned as one it lists
         pass
-    mem_gb = float(mem) / 1024
-    known = sorted(gpu_table.TIERS.values(), key=lambda t: abs(t.memory_gb - mem_gb))
-    for t in known:
-        if t.name.split("-")[0].replace("RTX", "") in name.upper().replace(" ", ""):
-            return f"{len(rows)}x{t.name}"
-    return f"{len(rows)}x{known[0].name}"
+    if gpu_table.older_than_listed(name):  # Pascal and older: nothing here ftctl trains on but the CPU
+        return "cpu"
+    return f"{len(rows)}x{_listed_like(name, float(mem) / 1024).name}"
+
+
+def _listed_like(name: str, mem_gb: float):
+    """The listed card to plan an unlisted (newer) one as: of those with no more memory (nvidia-smi's MiB run ~2%
+    under a card's nominal GB), one of its model, else the newest, the largest of those. The nearest in memory, or
+    a name inside its name, planned a GH200 (96 GB) as an H200 (141 GB, out of memory), an RTX 5090 as a V100S."""
+    from ftctl import gpus as gpu_table
+
+    fits = [t for t in gpu_table.TIERS.values() if t.memory_gb <= mem_gb * 1.03] or [gpu_table.TIERS["T4"]]
+    same = [t for t in fits if gpu_table.same_model(name, t.name)]
+    return max(same or fits, key=lambda t: (t.compute_capability, t.memory_gb, t.peak_tflops))
 
 
 def has_gpus(gpus: str, nodes: int | None = None) -> bool:

@@ -272,6 +272,11 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "# wait returns early when a signal arrives; wait again until the step really ends",
         'while true; do wait "$STEP_PID"; RC=$?; kill -0 "$STEP_PID" 2>/dev/null || break; done',
         "",
+        f'if [ -n "$TERMINATED" ] && ! grep -qxE "complete|preempted" "${STATUS_ENV}" 2>/dev/null; then',
+        '  echo "ftctl: stopped by TERM (exit $RC) before a checkpoint of this attempt; the same ftctl launch resumes '
+        'from the last one"',
+        "  exit 143",
+        "fi",
         f'if [ "$RC" -ne 0 ] && [ ! -s "${STATUS_ENV}" ]; then',
         f'  echo "{ERROR_PREFIX}the job step exited with $RC before the trainer said how it ended (srun or the '
         "container failed, or the trainer was killed: out of memory?); the log has the details (ftctl logs "
