@@ -815,6 +815,30 @@ def test_moe_models_are_sized_by_their_experts(tmp_path, name):
         assert make_plan(spec).trainable_params_b * 1e9 == pytest.approx(trained, rel=0.01)
 
 
+def test_moe_lora_trains_with_the_default_dropout_and_refuses_one_set_for_its_experts(tmp_path):
+    """PEFT's adapters of fused expert weights (transformers 5's Qwen3-MoE) take no dropout: every MoE LoRA run with
+    the default lora_dropout stopped at the model's wrapping with PEFT's ValueError. The default becomes 0 there; a
+    dropout the run set is one message with the two ways on."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ftctl.spec import build
+    from ftctl.trainer.methods import apply_method
+
+    cfg = dict(model_type="qwen3_moe", hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+               num_experts_per_tok=2, vocab_size=256)  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    spec = build({"method": "lora", "gpus": "cpu", "model_name_or_path": str(tmp_path)})
+    model = apply_method(AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg)), spec, make_plan(spec))
+    assert any("experts" in n and p.requires_grad for n, p in model.named_parameters())
+    ids = torch.randint(0, 256, (2, 8))
+    model(input_ids=ids, labels=ids).loss.backward()  # it trains
+    set_by_run = build({"method": "lora", "gpus": "cpu", "model_name_or_path": str(tmp_path), "lora_dropout": 0.1})
+    with pytest.raises(FtctlError, match=r"lora_dropout=0.1: all-linear adapts .*fused expert weights.*lora_dropout=0"):
+        apply_method(AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg)), set_by_run, make_plan(set_by_run))
+
+
 def test_moe_qlora_keeps_its_experts_in_16_bits_and_a_24_gb_card_is_refused(tmp_path):
     """bitsandbytes quantizes nn.Linear layers only: transformers 5's fused experts stay 16-bit under qlora. And
     DeepSeek-V2-Lite's 15.7B (31 GB in bf16) is refused on a 24 GB card (sized at 2.7B it was planned, and OOMed)."""

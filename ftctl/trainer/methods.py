@@ -192,19 +192,41 @@ def hidden_states_in_autocast_dtype(model):
 
 
 def lora_config(spec, model=None):
-    """PEFT's LoraConfig of the spec; with ``model``, its target modules checked against it (lora_targets)."""
+    """PEFT's LoraConfig of the spec; with ``model``, its target modules checked against it (lora_targets) and its
+    dropout against its experts (adapter_dropout)."""
     from peft import LoraConfig
 
     return LoraConfig(
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
-        lora_dropout=spec.lora_dropout,
+        lora_dropout=adapter_dropout(spec, model),
         target_modules=lora_targets(spec, model),
         bias="none",
         task_type="CAUSAL_LM",
         use_rslora=spec.use_rslora,
         use_dora=spec.use_dora,  # a LoRA variant: _fused_forward hands such layers to PEFT's own forward
     )
+
+
+def adapter_dropout(spec, model=None) -> float:
+    """lora_dropout, but 0 where all-linear adapts a mixture of experts' fused expert weights (transformers 5's
+    Qwen3-MoE, Mixtral, DeepSeek: 3-D parameters, not nn.Linear): PEFT's adapter for them (ParamWrapper) takes no
+    dropout, and every MoE LoRA run with the default 0.05 stopped at the model's wrapping. A dropout the run set
+    itself is refused there instead, with the two ways on."""
+    from ftctl.spec import FIELDS, lora_target_names
+
+    if not spec.lora_dropout or model is None or lora_target_names(spec.lora_target_modules) != "all-linear":
+        return spec.lora_dropout
+    if not any(len(getattr(p, "ds_shape", p.shape)) == 3 for p in model.parameters()):  # ZeRO-3's: flat
+        return spec.lora_dropout
+    if spec.lora_dropout != FIELDS["lora_dropout"].default:
+        raise FtctlError(
+            f"lora_dropout={spec.lora_dropout:g}: all-linear adapts {spec.model_name_or_path}'s fused expert weights, "
+            "which PEFT's LoRA trains without dropout: -o lora_dropout=0, or adapt the attention alone "
+            "(-o lora_target_modules=q_proj,k_proj,v_proj,o_proj)."
+        )
+    log.info("lora_dropout 0: PEFT's adapters of a mixture of experts' fused expert weights take no dropout")
+    return 0.0
 
 
 def lora_targets(spec, model=None) -> str | list[str]:
