@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -857,6 +858,7 @@ def validate(spec: RunSpec) -> None:
                 f"env {k} is a secret, and env values are written into the rendered job files and spec.json: "
                 f"export {k} where you launch and pass --secret {k} instead (secrets pass by name only)."
             )
+    errors += filter(None, (setup_secret_problem(line, spec.secrets) for line in spec.setup))
     if spec.model_params:
         try:
             parse_size(spec.model_params)
@@ -968,6 +970,36 @@ def secret_problem(name: str, environ: typing.Mapping[str, str] | None = None) -
         return f"a secret is the value of {', '.join(holders)} (set here), not a variable's name: {fix}"
     if looks_like_token(name):
         return f"a secret looks like a token (16 or more letters and digits in a run), not a variable's name: {fix}"
+    return None
+
+
+_CREDENTIAL_OPTION = re.compile(r"--?(?:token|api[-_]?key|password|passwd|secret)", re.I)
+
+
+def setup_secret_problem(line: str, secrets=()) -> str | None:
+    """What writes a credential into the job's files in a setup line (None: nothing): ``export HF_TOKEN=hf_...``,
+    ``huggingface-cli login --token hf_...``, ``wandb login KEY``. Setup lines are written into the rendered script,
+    spec.json and, where one fails, the job's log; the value is not repeated here. A ``$VARIABLE`` is a reference,
+    not a value."""
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError:  # unbalanced quotes: refused as a shell line elsewhere (launch.setup_lines)
+        return None
+    written = "a value (not repeated here), which would be written into the job's files"
+    by_name = "(secrets pass by name, never written)"
+    for i, word in enumerate(words):
+        name, eq, value = word.partition("=")
+        literal = bool(value) and "$" not in value
+        if eq and _ENV_NAME.fullmatch(name) and literal and is_secret_name(name, secrets, value):
+            return f"setup line sets {name} to {written}: export {name} where you launch and pass --secret {name} {by_name}."
+        after = value if eq else (words[i + 1] if i + 1 < len(words) else "")
+        option = name if eq else word
+        credential = _CREDENTIAL_OPTION.fullmatch(option) or (option == "login" and looks_like_token(after))
+        if credential and after and "$" not in after and not after.startswith("-"):
+            return (
+                f'setup line gives {option} {written}: write a variable there ("$HF_TOKEN"), export it where you '
+                f"launch and pass --secret with its name {by_name}."
+            )
     return None
 
 

@@ -681,3 +681,38 @@ def test_a_store_output_with_a_trailing_slash_is_the_same_run():
     assert slashed.output == plain.output == "s3://b/runs/x"
     assert output_dirs(slashed) == output_dirs(plain)
     assert RunSpec(output_dir="runs/x/").output == "runs/x/"  # a local path is read by the file system
+
+
+TOKEN = "hf_" + "AbCdEfGh12345678IjKl"  # the shape of a token, not one
+
+
+@pytest.mark.parametrize(
+    "line, said",
+    [
+        (f"export HF_TOKEN={TOKEN}", "setup line sets HF_TOKEN to a value (not repeated here)"),
+        (f"WANDB_API_KEY={TOKEN} python3 -c pass", "setup line sets WANDB_API_KEY to a value"),
+        (f"huggingface-cli login --token {TOKEN}", "setup line gives --token a value (not repeated here)"),
+        (f"huggingface-cli login --token={TOKEN}", "setup line gives --token a value"),
+        (f"wandb login {TOKEN}", "setup line gives login a value"),
+    ],
+)
+def test_a_credential_in_a_setup_line_is_refused(line, said):
+    """The README says secrets pass by name only, but `-o setup='export HF_TOKEN=hf_...'` (the usual first try) was
+    written into job.sbatch, spec.json and, where the line failed, the job's log."""
+    with pytest.raises(FtctlError) as e:
+        build({"setup": [line]})
+    assert said in str(e.value) and TOKEN not in str(e.value) and "--secret" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'huggingface-cli login --token "$HF_TOKEN"',
+        "export HF_TOKEN=$MY_HF_TOKEN",
+        "export HF_HUB_DISABLE_IMPLICIT_TOKEN=1",
+        "pip install git+https://github.com/o/r@3f2a9c1d3f2a9c1d3f2a9c1d3f2a9c1d3f2a9c1d",
+        "source /opt/venv/bin/activate",
+    ],
+)
+def test_setup_lines_that_name_a_credential_by_reference_are_taken(line):
+    assert build({"setup": [line]}).setup == [line]
