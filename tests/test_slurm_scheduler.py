@@ -159,6 +159,29 @@ def test_status_of_unknown_and_malformed_job_ids(slurm):
         scheduler.cancel("987654")
 
 
+def test_a_job_slurm_forgot_is_said_from_its_scripts_status_files(slurm, tmp_path):
+    """On a cluster without accounting a job is forgotten MinJobAge (300 s) after it ends: `ftctl status` then said
+    "Slurm has no record of job N ... check the job id" of a job that completed, and `ftctl logs -f` printed its log
+    and failed the same way. The job's script wrote how each attempt ended in the run directory."""
+    import io
+
+    from ftctl.backend import JobRef, JobState
+    from ftctl.slurm.backend import SlurmBackend
+
+    ref = JobRef(backend="slurm", job_id="987654", run_dir=str(tmp_path), name="r", output=str(tmp_path))
+    with pytest.raises(FtctlError, match="no record of job 987654"):  # nothing written: a wrong id, as before
+        SlurmBackend().status(ref)
+    (tmp_path / "status.987654.0").write_text("preempted\n")  # requeued once, then it finished
+    (tmp_path / "status.987654.1").write_text("complete\n")
+    said = SlurmBackend().status(ref)
+    assert said.state == JobState.SUCCEEDED and said.text.startswith("987654 complete (attempt 1, as its script")
+    log = tmp_path / "slurm-987654.out"
+    log.write_text("ftctl: trainer exited with 0, status complete\n")
+    out = io.StringIO()
+    assert scheduler.logs("987654", follow=True, path=log, out=out, poll_s=0.01) == log
+    assert out.getvalue() == log.read_text()
+
+
 def test_sacct_fallback_reads_the_jobcomp_file(slurm, tmp_path):
     """When squeue no longer knows a job (MinJobAge passed), status asks sacct; without slurmdbd
     plain sacct fails and `sacct -c` reads the jobcomp file. Called directly here: the test

@@ -23,6 +23,7 @@ from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, 
 from ftctl.errors import FtctlError
 from ftctl.failures import tail
 from ftctl.launch import PATH_PYTHON, container_kind
+from ftctl.runpaths import SLURM_STATUS_PATTERN
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm import scheduler
@@ -54,6 +55,34 @@ SLURM_STATES = {
     "REVOKED": JobState.CANCELLED,
     "PREEMPTED": JobState.PREEMPTED,
 }
+
+
+# the job script's word for how an attempt ended (the trainer's) -> the job's state, for a job Slurm has forgotten
+SCRIPT_STATES = {"complete": JobState.SUCCEEDED, "failed": JobState.FAILED, "preempted": JobState.PREEMPTED}
+
+
+def said_by_script(ref: JobRef) -> JobStatus | None:
+    """How the job's last attempt ended, as its script wrote it in the run directory (status.JOB.ATTEMPT), for a
+    job Slurm no longer remembers: one that ended over MinJobAge ago on a cluster without accounting. None where no
+    attempt wrote one."""
+    found = {}
+    for path in Path(ref.run_dir).glob(SLURM_STATUS_PATTERN.format(job=ref.job_id, attempt="*")):
+        attempt = path.name.rsplit(".", 1)[1]
+        if attempt.isdigit():
+            found[int(attempt)] = path
+    if not found:
+        return None
+    last = max(found)
+    try:
+        word = found[last].read_text().strip()
+    except OSError:
+        return None
+    if word not in SCRIPT_STATES:
+        return None
+    return JobStatus(
+        SCRIPT_STATES[word],
+        f"{ref.job_id} {word} (attempt {last}, as its script wrote it: Slurm no longer remembers the job)",
+    )
 
 
 def path_python_lacks_ftctl() -> str | None:
@@ -158,7 +187,13 @@ class SlurmBackend(Backend):
         ]
 
     def status(self, ref: JobRef) -> JobStatus:
-        s = scheduler.status(ref.job_id)
+        try:
+            s = scheduler.status(ref.job_id)
+        except scheduler.NoRecord:
+            said = said_by_script(ref)
+            if said is None:
+                raise
+            return said
         return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe())
 
     def logs(self, ref: JobRef, follow: bool) -> None:

@@ -171,12 +171,17 @@ def status(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
     if found is None:
         found = _sacct_status(job_id, env)
     if found is None:
-        raise FtctlError(
+        raise NoRecord(
             f"Slurm has no record of job {job_id}: it is not in squeue and this "
             "cluster keeps no accounting for it (sacct); check the job id "
             "(`squeue --me`)"
         )
     return found
+
+
+class NoRecord(FtctlError):
+    """Slurm knows nothing of the job: a wrong id, or one that ended before MinJobAge on a cluster without
+    accounting (the job's own status files may still say how it ended)."""
 
 
 def cancel(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
@@ -247,7 +252,13 @@ def logs(
         now = time.monotonic()
         if now - last_check >= max(poll_s, 1.0) or last_check == 0.0:
             last_check = now
-            state = status(job_id, env)
+            try:
+                state = status(job_id, env)
+            except NoRecord:  # the log is there: a job that ended and was forgotten (no accounting), not running
+                if not log.exists():
+                    raise
+                _copy_new(log, offset, out, decoder)
+                return log
             if state.finished:
                 if not _copy_new(log, offset, out, decoder) and not log.exists():
                     print(f"ftctl: job {state.describe()}: it ended before it wrote any output", file=sys.stderr)
