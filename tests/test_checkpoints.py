@@ -568,7 +568,7 @@ def test_sync_says_what_is_wrong_with_its_paths_and_writes_nothing(s3_bucket, tm
     (tmp_path / "empty").mkdir()
     with pytest.raises(FtctlError, match="nothing to push: .*empty holds no checkpoint-N and no final model"):
         C.push(str(tmp_path / "empty"), f"{s3_bucket}/run")
-    with pytest.raises(FtctlError, match=f"no checkpoints under {s3_bucket}/typo: nothing to pull"):
+    with pytest.raises(FtctlError, match=f"no checkpoints and no final model under {s3_bucket}/typo: nothing to pull"):
         C.pull(f"{s3_bucket}/typo", str(tmp_path / "got"))
     assert not (tmp_path / "got").exists()
     C.push(str(run), f"{s3_bucket}/run", echo=lambda line: None)
@@ -592,6 +592,28 @@ def test_sync_push_finishes_a_final_upload_that_timed_out(remote, tmp_path):
     assert lines[-1] == f"pushed the final model -> {remote}" and final_saved(remote)
     assert storage.file_sizes(remote)["model.safetensors"] == 4096
     assert C.push(str(run), remote, echo=lines.append) == []  # already there
+
+
+def test_sync_pull_brings_the_final_model_and_never_replaces_a_local_one(remote, tmp_path):
+    """`ftctl sync pull` brought the checkpoints only: the model card's own `from_pretrained(DIR)` then failed, and
+    `ftctl chat DIR` took an older checkpoint. It brings the final model too, never over another one here."""
+    run = tmp_path / "run"
+    committed(run, 1)
+    _final_model(run)
+    C.push(str(run), remote, echo=lambda line: None)
+    got, lines = tmp_path / "got", []
+    C.pull(remote, str(got), echo=lines.append)
+    assert lines[-1] == f"pulled the final model -> {got}"
+    assert (got / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    assert (got / "config.json").is_file() and not list(got.glob("*.ftctl-part"))
+    C.pull(remote, str(got), echo=lines.append)
+    assert lines[-1] == f"already in {got}: the final model"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"mine")
+    C.pull(remote, str(other), echo=lines.append)
+    assert lines[-1].startswith(f"not pulling the final model: {other / 'model.safetensors'} is another file")
+    assert (other / "model.safetensors").read_bytes() == b"mine" and not (other / "config.json").exists()
 
 
 def test_a_final_model_only_on_this_node_is_not_a_finished_run(remote, tmp_path):

@@ -6,7 +6,7 @@ import logging
 import os
 
 from ftctl import storage
-from ftctl.checkpoints.manifest import MANIFEST
+from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints
 from ftctl.checkpoints.upload import final_files, upload_checkpoint
 from ftctl.errors import FtctlError
@@ -111,20 +111,29 @@ def pull(
     echo=print,
 ) -> list:
     """Download the complete checkpoints under ``uri`` (verified by sha256) that are not complete
-    in ``local_dir`` yet; with ``include_incomplete``, incomplete ones too, as they are."""
+    in ``local_dir`` yet; with ``include_incomplete``, incomplete ones too, as they are; then the run's final model
+    where the store has one (_pull_final)."""
     _spelt(uri, local_dir)
     if os.path.exists(local_dir) and not os.path.isdir(local_dir):
         raise FtctlError(f"{local_dir} is a file: pull into a directory (it is created where missing).")
     with storage.storage_errors(uri, endpoint_url):
         there = list_checkpoints(uri, endpoint_url=endpoint_url)
-    if not there:
-        raise FtctlError(f"no checkpoints under {uri}: nothing to pull (`ftctl sync ls` lists what a store holds).")
+        final = any(storage.exists(storage.join(uri, mark), endpoint_url) for mark in FINAL_MARKS)
+    if not there and not final:
+        raise FtctlError(
+            f"no checkpoints and no final model under {uri}: nothing to pull (`ftctl sync ls` lists what a store "
+            "holds)."
+        )
     try:
         os.makedirs(local_dir, exist_ok=True)
     except OSError as e:
         raise FtctlError(f"cannot create {local_dir}: {e.strerror or e}") from None
     with storage.storage_errors(uri, endpoint_url):
-        return _pull(there, local_dir, include_incomplete, endpoint_url, echo)
+        got = _pull(there, local_dir, include_incomplete, endpoint_url, echo)
+        said = _pull_final(uri, local_dir, endpoint_url) if final else ""
+    if said:
+        echo(said)
+    return got
 
 
 def _pull(there: list, local_dir: str, include_incomplete: bool, endpoint_url: str | None, echo) -> list:
@@ -149,3 +158,31 @@ def _pull(there: list, local_dir: str, include_incomplete: bool, endpoint_url: s
     if present:  # a second pull says why it pulled nothing
         echo(f"already in {local_dir}, complete: {', '.join(present)}")
     return got
+
+
+def _pull_final(uri: str, local_dir: str, endpoint_url: str | None) -> str:
+    """The run's final model and its other top-level files (what _push_final sends), where the store holds a whole
+    one (its config, uploaded last: FINAL_MARKS) and ``local_dir`` lacks them: each lands under a temporary name
+    first, the config last. A file ``local_dir`` holds with other contents is never replaced: then nothing is
+    pulled, and the line says which. Returns the line to say ('' where the store has no final model)."""
+    there = {
+        rel: size
+        for rel, size in storage.file_sizes(uri, endpoint_url).items()
+        if not rel.startswith(".") and not (rel.startswith(CHECKPOINT_PREFIX) and "/" in rel)
+    }
+    if not any(rel in FINAL_MARKS for rel in there):
+        return ""
+    here = {rel: os.path.join(local_dir, *rel.split("/")) for rel in there}
+    differ = [rel for rel, path in here.items() if os.path.exists(path) and os.path.getsize(path) != there[rel]]
+    if differ:
+        return f"not pulling the final model: {here[differ[0]]} is another file than the store's; pull into a new directory"
+    missing = sorted(
+        (rel for rel, path in here.items() if not os.path.exists(path)), key=lambda rel: rel in FINAL_MARKS
+    )
+    if not missing:
+        return f"already in {local_dir}: the final model"
+    for rel in missing:
+        part = here[rel] + ".ftctl-part"
+        storage.get_file(storage.join(uri, *rel.split("/")), part, endpoint_url)
+        os.replace(part, here[rel])
+    return f"pulled the final model -> {local_dir}"
