@@ -7,9 +7,10 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                    DeepSpeed (which keeps its fp32 masters in the optimizer); qlora: 0.56 B/param (NF4
                    with double quantisation, 4.5 bits, embeddings and head kept in 16 bits); lora: 2 B/param
     grads        per trainable param: 4 B (fp32 masters) or 2 B (DeepSpeed, lora/qlora)
-    optimizer    per trainable param: AdamW's two moments, fp32 (8 B) or 8-bit (2 B: bitsandbytes' paged
-                 8-bit AdamW, which qlora falls back to when fused AdamW's do not fit), plus 4 B for an fp32
-                 copy the weights term does not hold (DeepSpeed's masters, LoRA's fp32 adapters)
+    optimizer    per trainable param: optimizer_state_bytes (AdamW's two moments, fp32 (8 B) or 8-bit (2 B:
+                 bitsandbytes' paged 8-bit AdamW, which qlora falls back to when fused AdamW's do not fit); Lion's
+                 one, SGD's none), plus 4 B for an fp32 copy the weights term does not hold (DeepSpeed's masters,
+                 LoRA's fp32 adapters)
     sharding     ddp/single: all of it on every GPU; zero2: grads + optimizer / world;
                  zero3 and fsdp: weights + grads + optimizer / world; zero2_offload (ZeRO-Offload): weights +
                  grads / world, the optimizer in CPU RAM; zero3_offload: optimizer and weights live in CPU
@@ -357,6 +358,19 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
 
 DEEPSPEED_STRATEGIES = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 ZERO3_STRATEGIES = ("zero3", "zero3_offload")  # DeepSpeed stage 3: parameters sharded (the others are stage 2)
+def optimizer_state_bytes(optim: str) -> float:
+    """Bytes of optimizer state a trainable parameter holds on the GPU, by transformers' optim name: AdamW's two
+    fp32 moments (8), 8-bit ones (2: adamw_8bit, paged_adamw_8bit); Lion's one moment (4; 8-bit: 1); Adafactor's
+    factored second moment and SGD without momentum (about none). fft planned 8 B for adamw_8bit, and so offloaded
+    a 1B model's optimizer to CPU RAM on a 24 GB card where the 8-bit states fit."""
+    name = optim.lower()
+    if "sgd" in name or "adafactor" in name:
+        return 0.0
+    if "lion" in name:
+        return 1.0 if "8bit" in name else 4.0
+    return 2.0 if "8bit" in name else 8.0
+
+
 OFFLOAD_STRATEGIES = ("zero2_offload", "zero3_offload")  # optimizer states in CPU RAM (offload_host_gb)
 PROCESS_HOST_GB = 6.0  # a trainer process's own host memory before DeepSpeed's buffers (5-6.5 GB, v30)
 # where the trainer runs its own LoRA forward (methods.fused_adapter_output; sharded parameters are
@@ -423,11 +437,12 @@ def memory_terms(
         method, wb * n
     )
     grads = wb * trainable_b
-    optimizer = ((2 if "8bit" in optim else 8) + (0 if fp32 else 4)) * trainable_b
+    states = optimizer_state_bytes(optim)
+    optimizer = (states + (0 if fp32 else 4)) * trainable_b
     if not fp32 and method in ("fft", "sft") and strategy not in DEEPSPEED_STRATEGIES:
         # fft/sft outside DeepSpeed: the trainer loads fp32 masters (see weights_dtype), so weights and
-        # grads take 4 B/param and AdamW adds only its two fp32 moments
-        weights, grads, optimizer = 4 * n, 4 * trainable_b, 8 * trainable_b
+        # grads take 4 B/param and the optimizer adds only its states (AdamW's two fp32 moments: 8 B)
+        weights, grads, optimizer = 4 * n, 4 * trainable_b, states * trainable_b
     if strategy == "zero2":
         grads, optimizer = grads / world, optimizer / world
     elif strategy == "zero2_offload":
@@ -743,6 +758,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             f"model_max_length {spec.model_max_length} is over the model's context of {shape.context} tokens: "
             f"-o model_max_length={shape.context} unless you are extending its context"
         )
+    if strategy in OFFLOAD_STRATEGIES and spec.optim and "adam" not in spec.optim.lower():
+        notes.append(f"optim={spec.optim} is not what runs: an offloaded optimizer is DeepSpeed's CPU Adam")
     if strategy == "zero2_offload":
         notes.append("optimizer offloaded to CPU RAM (DeepSpeed's CPU Adam): each step waits for it")
     if strategy == "zero3_offload":

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from ftctl.cli import main
 from ftctl.errors import FtctlError
 from ftctl.gpus import TIERS
-from ftctl.plan import HEADROOM, PlanError, dump_run, load_run, make_plan, memory_terms, model_shape
+from ftctl.plan import HEADROOM, OFFLOAD_STRATEGIES, PlanError, dump_run, load_run, make_plan, memory_terms, model_shape
 from tests.render_fixtures import make_spec, write_model_config
 
 
@@ -921,3 +921,15 @@ def test_a_max_length_over_the_models_context_is_noted_before_the_job(tmp_path):
         "extending its context"
     ) in make_plan(spec).notes
     assert not [n for n in make_plan(replace(spec, model_max_length=512)).notes if "context" in n]
+
+
+def test_an_8bit_or_stateless_optimizer_is_counted_as_what_it_holds():
+    """fft counted AdamW's 8 B of fp32 moments whatever -o optim said: adamw_8bit on a 24 GB card was planned with
+    its optimizer offloaded to CPU RAM (DeepSpeed's CPU Adam, the 8-bit optimizer never run) where its 2 B fit."""
+    args = dict(method="fft", gpus="1xRTX4090", model_name_or_path="meta-llama/Llama-3.2-1B")
+    p = plan(**args, optim="adamw_8bit")
+    assert p.strategy == "single" and p.optim == "adamw_8bit"
+    assert p.memory["optimizer"] == pytest.approx(2 * p.trainable_params_b, rel=0.01)
+    assert plan(**args).strategy in OFFLOAD_STRATEGIES  # fused AdamW's 8 B: offloaded, as before
+    sgd = plan(**args, optim="sgd")
+    assert sgd.memory.get("optimizer", 0) == 0 and sgd.strategy == "single"
