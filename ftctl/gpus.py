@@ -211,6 +211,10 @@ def parse(spec: str, nodes: int | None = None) -> GpuRequest:
         n = int(m_cpu.group(1)) if m_cpu.group(1) else None
         return GpuRequest(None, 1, _merge_nodes(n, nodes, spec))
     text = re.sub(r"^gpu:", "", text, flags=re.IGNORECASE)  # Slurm's gres: gpu:a100:8
+    text = re.sub(r"^(\d+)\s*[xX]\s*(?:(\d+)\s*[xX]\s*)?", lambda m: "x".join(filter(None, m.groups())) + "x", text)
+    text = re.sub(r"\s+", "-", text)  # "8 x A100", "RTX 4090": as 8xA100, RTX-4090
+    if text.isdigit() and (cards := [n for n, (model, _) in _MODELS.items() if model == text]):
+        raise FtctlError(f"--gpus {spec!r} reads as a count of GPUs of no type: for the card, --gpus 1x{cards[0]}.")
     if text.isdigit():
         raise FtctlError(
             f"--gpus {spec!r} names no GPU type, and ftctl plans for one: gpu:TYPE:{text} or {text}xTYPE "

@@ -39,6 +39,11 @@ from ftctl.errors import FtctlError
         ("2xnvidia_a100_80gb_pcie", None, ("A100-80GB", 2, 1)),
         ("2x4xtesla_v100-sxm2-32gb", None, ("V100-32GB", 4, 2)),
         ("2xA40", None, ("A40", 2, 1)),
+        # spaces, as a card's name is written ("Cannot read" them before)
+        ("RTX 4090", None, ("RTX4090", 1, 1)),
+        ("8 x A100", None, ("A100", 8, 1)),
+        ("2 x 8 x H100", None, ("H100", 8, 2)),
+        ("NVIDIA A100 80GB", None, ("A100-80GB", 1, 1)),
     ],
 )
 def test_accepted_forms(text, nodes, want):
@@ -316,3 +321,11 @@ def test_tier_facts():
     assert T["A100"].cuda_arch == "8.0" and T["H100"].cuda_arch == "9.0" and T["T4"].cuda_arch == "7.5"
     assert (T["T4"].memory_gb, T["A100"].memory_gb, T["A100-80GB"].memory_gb, T["H100"].memory_gb) == (16, 40, 80, 80)
     assert T["H200"].memory_gb > T["H100"].memory_gb
+
+
+def test_a_cards_number_alone_is_answered_with_the_card():
+    """`--gpus 4090` read as 4090 GPUs of no type, with gpu:TYPE:4090 offered."""
+    with pytest.raises(
+        FtctlError, match=r"--gpus '4090' reads as a count of GPUs of no type: for the card, --gpus 1xRTX4090"
+    ):
+        gpus.parse("4090")
