@@ -1,7 +1,8 @@
 """Throughput and peak memory of ftctl's trainer on one GPU (run on the device machine, not in CI).
 
 Random-initialised models from configs (no hub): a Llama-3.1-8B shape for lora/qlora, a Llama-3.2-1B
-(fft1b) or -3B (fft3b) shape for fft; synthetic ShareGPT conversations of ~1,000-2,000 tokens; the tokenizer is the tests'
+(fft1b) or -3B (fft3b) shape for fft, a Qwen3-30B-A3B shape with 16 of its 48 layers (a mixture of experts,
+10.6B parameters) for loramoe/qloramoe; synthetic ShareGPT conversations of ~1,000-2,000 tokens; the tokenizer is the tests'
 tiny byte-level BPE (token ids < 512 do not change the cost of a step). Each case goes through the
 same path as a real run: RunSpec -> make_plan(1xH100) -> ftctl.trainer.run.train.
 
@@ -56,23 +57,48 @@ SHAPES = {
         max_position_embeddings=8192,
         tie_word_embeddings=True,
     ),
+    "moe": dict(  # Qwen3-30B-A3B's, 16 of its 48 layers: a 21 GB bf16 checkpoint on the device's 64 GB disk
+        model_type="qwen3_moe",
+        hidden_size=2048,
+        intermediate_size=6144,
+        moe_intermediate_size=768,
+        num_experts=128,
+        num_experts_per_tok=8,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        head_dim=128,
+        vocab_size=151936,
+        rope_theta=1000000.0,
+        max_position_embeddings=40960,
+        tie_word_embeddings=False,
+    ),
 }
-CASES = {"lora8b": ("lora", "8b"), "qlora8b": ("qlora", "8b"), "fft1b": ("fft", "1b"), "fft3b": ("fft", "3b")}
+CASES = {
+    "lora8b": ("lora", "8b"),
+    "qlora8b": ("qlora", "8b"),
+    "fft1b": ("fft", "1b"),
+    "fft3b": ("fft", "3b"),
+    "loramoe": ("lora", "moe"),
+    "qloramoe": ("qlora", "moe"),
+}
 
 
-def make_model(shape: str, root: Path) -> Path:
+def make_model(shape: str, root: Path, device: str = "cuda") -> Path:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from tests.tiny_fixtures import make_tiny_tokenizer
 
-    path = root / f"llama-{shape}"
+    fields = dict(SHAPES[shape])
+    kind = fields.pop("model_type", "llama")
+    path = root / f"{kind}-{shape}"
     if (path / "config.json").exists():
         return path
-    cfg = LlamaConfig(**SHAPES[shape], bos_token_id=None, eos_token_id=0, pad_token_id=0)
+    cfg = AutoConfig.for_model(kind, **fields, bos_token_id=None, eos_token_id=0, pad_token_id=0)
     t = time.time()
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
     model.save_pretrained(path)
     make_tiny_tokenizer().save_pretrained(path)
     del model

@@ -358,6 +358,8 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
 
 DEEPSPEED_STRATEGIES = ("zero2", "zero2_offload", "zero3", "zero3_offload")
 ZERO3_STRATEGIES = ("zero3", "zero3_offload")  # DeepSpeed stage 3: parameters sharded (the others are stage 2)
+
+
 def optimizer_state_bytes(optim: str) -> float:
     """Bytes of optimizer state a trainable parameter holds on the GPU, by transformers' optim name: AdamW's two
     fp32 moments (8), 8-bit ones (2: adamw_8bit, paged_adamw_8bit); Lion's one moment (4; 8-bit: 1); Adafactor's

@@ -814,6 +814,8 @@ def validate(spec: RunSpec) -> None:
         errors.append(f"learning_rate={spec.learning_rate} is outside (0, 1); typical: 2e-5 (fft) to 2e-4 (lora).")
     if not 0 <= spec.lora_dropout < 1:
         errors.append(f"lora_dropout must be in [0, 1), not {spec.lora_dropout}.")
+    if spec.signal_lead_s < 0:
+        errors.append(f"signal_lead_s must be 0 or more seconds before the time limit, not {spec.signal_lead_s}.")
     if spec.max_requeues is not None and spec.max_requeues < 0:
         errors.append(f"max_requeues must be 0 (never requeue) or more, not {spec.max_requeues}.")
     if spec.preflight_min_busbw_gbps is not None and spec.preflight_min_busbw_gbps < 0:

@@ -358,6 +358,7 @@ def test_doctor_on_the_real_cluster(slurm):
     assert "partition 'debug' has no GPUs" in problem and "gpu (gpu:tiny:2)" in problem
     (problem,) = doctor(partition="gpu", gpus_per_node=8).problems
     assert "8 GPUs per node asked for, but partition 'gpu' has at most 2" in problem
+    assert problem.endswith(": --gpus 4x2xTYPE spreads them over nodes")  # the form that would run
     (problem,) = doctor(partition="gpu", gpus_per_node=1, gpu_type="A100").problems
     assert "has no A100 GPUs; its GPU types: tiny" in problem
     (problem,) = doctor(nodes=3).problems

@@ -716,3 +716,9 @@ def test_a_credential_in_a_setup_line_is_refused(line, said):
 )
 def test_setup_lines_that_name_a_credential_by_reference_are_taken(line):
     assert build({"setup": [line]}).setup == [line]
+
+
+def test_a_negative_signal_lead_is_refused():
+    """-o signal_lead_s=-5 rendered #SBATCH --signal=B:USR2@-5, for sbatch to refuse after the render."""
+    with pytest.raises(FtctlError, match="signal_lead_s must be 0 or more seconds before the time limit, not -5"):
+        build({"signal_lead_s": -5})

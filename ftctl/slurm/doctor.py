@@ -353,9 +353,14 @@ def _gpu_problems(
 
     most = max(count(n) for n in chosen.nodes)
     if per_node > most:
+        split = (
+            f": --gpus {nodes * per_node // most}x{most}x{gpu_type or 'TYPE'} spreads them over nodes"
+            if most and (nodes * per_node) % most == 0
+            else ""
+        )
         return [
             f"{per_node} GPUs per node asked for, but partition {chosen.name!r} has at most "
-            f"{most} per node ({chosen.gpu_summary})"
+            f"{most} per node ({chosen.gpu_summary}){split}"
         ]
     fitting = [n for n in chosen.nodes if count(n) >= per_node]
     if len(fitting) < nodes <= len(chosen.nodes):  # too few nodes at all: said already
