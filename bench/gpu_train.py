@@ -8,7 +8,8 @@ same path as a real run: RunSpec -> make_plan(1xH100) -> ftctl.trainer.run.train
 
     python bench/gpu_train.py --out results.json [--cases lora8b,qlora8b,fft1b] [--steps 30]
 
-A case may carry -o overrides after its name: ``lora8b+use_dora=true+per_device_train_batch_size=2``.
+A case may carry -o overrides after its name: ``lora8b+use_dora=true+per_device_train_batch_size=2``
+(a list's commas as semicolons: ``loramoe+lora_target_modules=q_proj;v_proj``).
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def run_case(name: str, model_dir: Path, data: Path, steps: int, work: Path, che
     from ftctl.trainer.run import train
 
     base, *extra = name.split("+")  # lora8b+use_dora=true: a case with -o overrides
+    extra = [e.replace(";", ",") for e in extra]  # --cases splits on commas
     method, _ = CASES[base]
     spec = build(
         flags=dict(

@@ -78,7 +78,7 @@ def test_a_relaunch_logs_and_saves_at_its_own_intervals(tiny_model_dir, tiny_dat
     assert sorted(_lrs(out)) == [2, 3, 4]  # step 1 by the first interval, then every step
 
 
-def test_a_finished_run_is_not_trained_again(tiny_model_dir, tiny_data, tmp_path, one_thread):
+def test_a_finished_run_is_not_trained_again(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):
     """The same launch again after a run finished: transformers' Trainer took one step past max_steps at the
     schedule's end and wrote the final model again; now it is refused before anything loads (by launch's preflight
     too), the final model untouched, and a higher max_steps trains on."""
@@ -101,6 +101,16 @@ def test_a_finished_run_is_not_trained_again(tiny_model_dir, tiny_data, tmp_path
         assert str(e.value) == said
         assert [(f.level, f.what) for f in check_resume(*again)] == [(ERROR, said)]
     assert (out / "adapter_model.safetensors").read_bytes() == final and not (out / "checkpoint-4").exists()
+    # a Slurm job requeued after its run finished (its node failed as it ended): complete, not a FAILED job
+    status = tmp_path / "status"
+    monkeypatch.setenv("FTCTL_ATTEMPT", "1")
+    monkeypatch.setenv("FTCTL_STATUS_FILE", str(status))
+    said = []
+    again = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **SCHEDULE)
+    assert train(*again, echo=said.append).status == "complete" and status.read_text() == "complete\n"
+    assert said == ["an earlier attempt of this job finished the run at step 3: nothing is left to train"]
+    assert (out / "adapter_model.safetensors").read_bytes() == final
+    monkeypatch.delenv("FTCTL_ATTEMPT")
     # stopped between its last checkpoint and its final adapter: not finished, it resumes and writes the adapter,
     # checkpoint-3's, without the step past max_steps transformers took there
     (out / "adapter_config.json").unlink()

@@ -139,9 +139,23 @@ def _lock(fh, tries: int = 20) -> None:
             time.sleep(0.05)
 
 
+class Finished(Exception):
+    """A requeued attempt of a job whose earlier attempt finished the run (Slurm requeues a job whose node failed as
+    it ended): nothing is left to train, and nothing failed. It said FAILED of a finished model."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
 def _train(spec: RunSpec, plan: Plan, callbacks, echo) -> Result:
     try:
         run = setup(spec, plan, callbacks, echo)
+    except Finished as done:
+        distributed.shutdown()
+        write_status("complete")
+        echo(f"an earlier attempt of this job finished the run at step {done.step}: nothing is left to train")
+        return Result("complete", output_dirs(spec)[0], done.step, None)
     except BaseException:
         write_status("failed")
         raise
@@ -192,6 +206,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         trained_with = checkpoint_settings.settings(spec, plan)  # recorded in each manifest; compared on resume
         changed = checkpoint_settings.changes(run.resume_from, trained_with)
         if run.resume_from and (done := already_trained(spec, run.resume_from, changed, local_dir, remote_uri)):
+            if int(os.environ.get(ATTEMPT_ENV) or 0) > 0:  # the job's own run, finished by an earlier attempt
+                raise Finished(checkpoints.checkpoint_step(run.resume_from) or 0)
             raise FtctlError(done)
         if changed and procs.is_main:
             log.warning("%s", changed.line())
