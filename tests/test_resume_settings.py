@@ -228,6 +228,27 @@ def test_resume_never_refuses_to_write_over_an_earlier_runs_checkpoints(
     assert {p.name: p.read_bytes() for p in (out / "checkpoint-3").iterdir()} == before
 
 
+def test_resume_never_into_a_store_output_deleted_since_starts_afresh(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch, s3_bucket
+):
+    """An object-store output deleted (`ftctl sync ls`: no checkpoints) and trained again with resume=never was
+    refused, naming checkpoints only this machine's hidden cache of it still held. The store's are what count; the
+    cache's copies are set aside (moved, not deleted)."""
+    from ftctl import storage
+    from ftctl.checkpoints.resume import QUARANTINE_DIR
+    from ftctl.trainer.run import train
+
+    cache, store = tmp_path / "cache", f"{s3_bucket}/never"
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(cache))
+    run = make_run(tiny_model_dir, tiny_data, store, "lora", max_steps=3, save_steps=3, resume="never")
+    assert train(*run, echo=lambda *_: None).status == "complete" and (cache / "checkpoint-3").is_dir()
+    with pytest.raises(FtctlError, match=f"{store} holds an earlier run's checkpoints"):
+        train(*run, echo=lambda *_: None)  # the store holds them: refused, as before
+    storage.rm(store, recursive=True)
+    assert train(*run, echo=lambda *_: None).status == "complete"
+    assert list((cache / QUARANTINE_DIR).glob("checkpoint-3-*"))  # the earlier copy, set aside
+
+
 def test_the_demo_replaces_only_its_own_earlier_run(tmp_path):
     from ftctl.plan import dump_run, make_plan
     from ftctl.runpaths import SPEC_FILE

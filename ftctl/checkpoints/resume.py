@@ -187,6 +187,14 @@ def forget_uploaded(local_dir: str, names: set[str]) -> None:
         log.warning("cannot rewrite %s: %s", path, e)
 
 
+def set_aside(paths: list[str], why: str, local_dir: str) -> None:
+    """Move ``local_dir``'s checkpoint copies ``paths`` to its quarantine (nothing is deleted): an earlier run's that
+    its store no longer holds; no longer counted as uploaded."""
+    for path in paths:
+        _quarantine(path, why)
+    forget_uploaded(local_dir, {os.path.basename(p) for p in paths})
+
+
 def latest_complete(local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None) -> str | None:
     """The local path of the newest complete, verified checkpoint, or None.
 
@@ -212,9 +220,7 @@ def latest_complete(local_dir: str, remote_uri: str | None = None, endpoint_url:
                 ", ".join(os.path.basename(g) for g in gone),
                 remote_uri,
             )
-            for uri in gone:
-                _quarantine(uri, f"gone from {remote_uri}")
-            forget_uploaded(local_dir, {os.path.basename(g) for g in gone})
+            set_aside(gone, f"gone from {remote_uri}", local_dir)
         for s in [s for s in local if s in remote and _other_files(local[s], remote[s])]:
             log.warning("%s here is not the store's (another run's since): the store's is taken", local[s].name)
             del local[s]  # the store's is downloaded and replaces it (download_checkpoint quarantines this one)

@@ -472,14 +472,17 @@ def holds_checkpoint(spec: RunSpec) -> bool:
 
 def refuse_earlier_checkpoints(spec: RunSpec, local_dir: str, remote_uri: str | None) -> None:
     """resume=never where output_dir holds an earlier run's checkpoints (checkpoints.settings.written_over)."""
+    from ftctl.checkpoints.resume import set_aside
     from ftctl.checkpoints.settings import written_over
 
-    found = []
-    for uri in filter(None, (local_dir, remote_uri)):
-        with storage.storage_errors(uri, spec.s3_endpoint_url):  # an unreachable store: one line naming what to set
-            found += [info.name for info in checkpoints.list_checkpoints(uri, endpoint_url=spec.s3_endpoint_url)]
+    where = remote_uri or local_dir  # an object-store output's checkpoints are the store's
+    with storage.storage_errors(where, spec.s3_endpoint_url):  # an unreachable store: one line naming what to set
+        found = [info.name for info in checkpoints.list_checkpoints(where, endpoint_url=spec.s3_endpoint_url)]
     if said := written_over(spec.output, found):
         raise FtctlError(said)
+    if remote_uri:  # this machine's copies of checkpoints the store no longer holds (its output deleted): not taken
+        cached = [c.uri for c in checkpoints.list_checkpoints(local_dir)]
+        set_aside(cached, f"not in {remote_uri}, and resume=never", local_dir)
 
 
 # ------------------------------------------------------------------------------------------ fit
