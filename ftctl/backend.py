@@ -320,7 +320,7 @@ def choose_backend(spec: RunSpec) -> tuple[str, str]:
     if spec.backend:
         return spec.backend, "--backend"
     name, why = _choose(spec)
-    if name in RUNS_HERE and (said := resume_problem(spec.resume, here=True)):
+    if name in RUNS_HERE and (said := resume_problem(spec.resume, here=True, output=spec.output)):
         raise FtctlError(said)  # validated before a backend was chosen: as one that runs elsewhere
     return name, why
 

@@ -911,7 +911,7 @@ def validate(spec: RunSpec) -> None:
         storage.require_writable(spec.output, "output_dir")
     except FtctlError as e:
         errors.append(str(e))
-    if said := resume_problem(spec.resume, here=spec.backend in RUNS_HERE):
+    if said := resume_problem(spec.resume, here=spec.backend in RUNS_HERE, output=spec.output):
         errors.append(said)
     if spec.time:
         try:
@@ -1031,19 +1031,23 @@ def report_integrations(value: str) -> list[str]:
     return [n for n in names if n != "none"]
 
 
-def resume_problem(value: str, here: bool) -> str | None:
-    """What is wrong with ``resume=VALUE`` (None: nothing): auto, never, or a checkpoint directory on the machine
-    that trains. ``here``: that machine is this one, so the directory must hold transformers' trainer_state.json
-    (the trainer asks with here=True); elsewhere (a cluster's own filesystem) only its form is checked: a directory
+def resume_problem(value: str, here: bool, output: str = "") -> str | None:
+    """What is wrong with ``resume=VALUE`` (None: nothing): auto, never, a checkpoint of the run's own object-store
+    ``output`` (output/checkpoint-N: the trainer downloads it), or a checkpoint directory on the machine that
+    trains. ``here``: that machine is this one, so the directory must hold transformers' trainer_state.json (the
+    trainer asks with here=True); elsewhere (a cluster's own filesystem) only its form is checked: a directory
     named checkpoint-<step>, or one that is a checkpoint here. The one check of the trainer and spec validation."""
     if value in ("auto", "never"):
         return None
     if not value.strip():
         return "resume must be auto, never or the path of a checkpoint."
     if storage.is_remote(value):
+        if storage.is_remote(output) and re.fullmatch(re.escape(output.rstrip("/")) + r"/checkpoint-\d+/?", value):
+            return None
         return (
-            f"resume={value}: give a local checkpoint directory, or resume=auto with "
-            "output_dir set to the run's URI to take its newest complete checkpoint."
+            f"resume={value}: a checkpoint in object storage is resumed from the run's own output_dir "
+            "(resume=OUTPUT/checkpoint-N, or resume=auto for its newest); another run's: `ftctl sync pull` it, "
+            "then resume=DIR/checkpoint-N."
         )
     if Path(value, "trainer_state.json").expanduser().is_file():
         return None

@@ -249,6 +249,34 @@ def test_resume_never_into_a_store_output_deleted_since_starts_afresh(
     assert list((cache / QUARANTINE_DIR).glob("checkpoint-3-*"))  # the earlier copy, set aside
 
 
+def test_a_store_run_goes_on_on_new_data_from_its_checkpoint_as_the_refusal_says(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch, s3_bucket
+):
+    """Other data into an object-store output: launch's refusal offered -o resume=<the store's checkpoint URI>, which
+    spec validation then refused (a remote resume), leaving no way on. A checkpoint of the run's own store output is
+    a resume= that the trainer downloads; another store's is refused, saying how to pull it."""
+    import shutil
+
+    from ftctl.preflight import ERROR, check_resume
+    from ftctl.trainer.run import train
+
+    store = f"{s3_bucket}/newdata"
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "cache"))
+    assert train(*make_run(tiny_model_dir, tiny_data, store, "lora", max_steps=3, save_steps=3)).status == "complete"
+    other = tmp_path / "other.jsonl"
+    shutil.copy(tiny_data, other)
+    refused = check_resume(*make_run(tiny_model_dir, other, store, "lora", max_steps=5, save_steps=5, resume="auto"))
+    assert [f.level for f in refused] == [ERROR] and f"-o resume={store}/checkpoint-3." in refused[0].what
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "another-node"))  # a node without the cached copy
+    said = []
+    on = make_run(tiny_model_dir, other, store, "lora", max_steps=5, save_steps=5, resume=f"{store}/checkpoint-3")
+    result = train(*on, echo=said.append)
+    assert result.status == "complete" and result.global_step == 5
+    assert (tmp_path / "another-node" / "checkpoint-3" / "adapter_model.safetensors").is_file()  # downloaded
+    with pytest.raises(FtctlError, match=r"resumed from the run's own output_dir \(resume=OUTPUT/checkpoint-N"):
+        make_run(tiny_model_dir, other, store, "lora", resume=f"{s3_bucket}/elsewhere/checkpoint-3")
+
+
 def test_the_demo_replaces_only_its_own_earlier_run(tmp_path):
     from ftctl.plan import dump_run, make_plan
     from ftctl.runpaths import SPEC_FILE

@@ -455,8 +455,10 @@ def test_resume_is_checked_before_the_job(tmp_path):
         "resume=maybe is not auto, never or a checkpoint directory (not named checkpoint-<step>): pass a "
         "checkpoint-<step> directory, or resume=auto."
     )
-    with pytest.raises(FtctlError, match="resume=s3://b/r/checkpoint-2: give a local checkpoint directory"):
+    with pytest.raises(FtctlError, match="resume=s3://b/r/checkpoint-2: a checkpoint in object storage is resumed"):
         build(None, None, ["resume=s3://b/r/checkpoint-2"])
+    own = build(None, {"output_dir": "s3://b/r/"}, ["resume=s3://b/r/checkpoint-2"])  # the run's own store output's
+    assert own.resume == "s3://b/r/checkpoint-2"
     # where the job runs elsewhere the checkpoint may exist there only: its form is checked, not its existence
     on_cluster = "/scratch/me/runs/r/checkpoint-200"
     assert build(None, {"backend": "slurm"}, [f"resume={on_cluster}"]).resume == on_cluster

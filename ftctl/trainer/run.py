@@ -422,7 +422,7 @@ def report_to(value: str) -> list[str]:
 
 def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str | None:
     """The checkpoint to resume from: newest complete one (resume=auto), none (never), or a path."""
-    from ftctl.trainer.sync_callback import resume_checkpoint
+    from ftctl.trainer.sync_callback import named_checkpoint, resume_checkpoint
 
     if spec.resume == "never" and int(os.environ.get(ATTEMPT_ENV) or 0) > 0:
         # a requeued Slurm job: its first attempt refused any earlier run's checkpoints; these are the job's own
@@ -434,7 +434,7 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
         return resume_checkpoint(local_dir, remote_uri, spec.s3_endpoint_url)  # says which, and from where
     from ftctl.spec import resume_problem
 
-    if said := resume_problem(spec.resume, here=True):
+    if said := resume_problem(spec.resume, here=True, output=spec.output):
         raise FtctlError(said)
     # a requeued or recovered attempt goes on from the job's own checkpoints past the one named, not back to it
     # (launch refuses an output holding later ones before the first: preflight.check_resume_path). The output's
@@ -446,6 +446,8 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
         if checkpoints.checkpoint_step(own) == max(past):
             log.info("resume=%s: this run went on past it, to %s: resuming there", spec.resume, os.path.basename(own))
             return own
+    if storage.is_remote(spec.resume):  # one of the output's own in the store (resume_problem): downloaded here
+        return named_checkpoint(local_dir, spec.resume, listed, spec.s3_endpoint_url)
     return spec.resume
 
 

@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from ftctl import checkpoints
+from ftctl.errors import FtctlError
 from ftctl.runpaths import CHECKPOINT_METRICS, METRICS_FILE
 from ftctl.spec import RunSpec
 
@@ -49,6 +50,31 @@ def node_topology(shared_filesystem: bool = False) -> tuple[int, int]:
     rank = os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK")
     node = int(rank) if rank is not None else int(os.environ.get("RANK", "0")) // local_world
     return node, num_nodes
+
+
+def named_checkpoint(local_dir: str, uri: str, listed: list, endpoint_url: str | None = None) -> str:
+    """The local path of checkpoint ``uri`` of the run's store (resume=OUTPUT/checkpoint-N), downloaded and verified
+    where this node lacks a verified copy; ``listed``: the store's checkpoints. FtctlError where the store holds no
+    complete one of that name. Safe from every process of a node at once (resume_checkpoint's lock)."""
+    name = uri.rstrip("/").rsplit("/", 1)[1]
+    found = next((c for c in listed if c.name == name), None)
+    if found is None or not found.complete:
+        why = "; ".join(found.problems) if found else "not there"
+        raise FtctlError(f"resume={uri}: not a complete checkpoint of the store ({why}): `ftctl sync ls` lists them.")
+    path = os.path.join(local_dir, name)
+    os.makedirs(local_dir, exist_ok=True)
+    with open(os.path.join(local_dir, ".ftctl-resume.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.path.isdir(path) and not checkpoints.verify(path, deep=True):
+                return path
+            problems = checkpoints.download_checkpoint(found.uri, local_dir, found.manifest, endpoint_url)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    if problems:
+        raise FtctlError(f"resume={uri}: its download did not verify ({'; '.join(problems)}).")
+    log.info("resuming from %s (downloaded from %s, verified)", path, found.uri)
+    return path
 
 
 def resume_checkpoint(local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None) -> str | None:
