@@ -616,6 +616,26 @@ def test_sync_pull_brings_the_final_model_and_never_replaces_a_local_one(remote,
     assert (other / "model.safetensors").read_bytes() == b"mine" and not (other / "config.json").exists()
 
 
+def test_sync_push_never_replaces_another_runs_checkpoints_or_final_model(remote, tmp_path):
+    """`ftctl sync push` of one run into a URI holding another's replaced its checkpoint-N and final model, exit 0:
+    the store then mixed two runs, and a resume took the other's checkpoints under this one's spec."""
+    from ftctl.errors import FtctlError
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    committed(first, 1), _final_model(first)
+    C.push(str(first), remote, echo=lambda line: None)
+    stored = {c.name: c.manifest["files"] for c in C.list_checkpoints(remote)}
+    committed(second, 1), committed(second, 2)
+    with pytest.raises(FtctlError, match=f"{remote} holds another checkpoint-1 than {second}: nothing pushed"):
+        C.push(str(second), remote)
+    assert {c.name: c.manifest["files"] for c in C.list_checkpoints(remote)} == stored  # checkpoint-2 not sent either
+    shutil.rmtree(second)
+    _final_model(second, weights=b"v" * 5000)
+    with pytest.raises(FtctlError, match=f"{remote} holds another final model than {second}: not replaced"):
+        C.push(str(second), remote)
+    assert storage.file_sizes(remote)["model.safetensors"] == 4096
+
+
 def test_a_final_model_only_on_this_node_is_not_a_finished_run(remote, tmp_path):
     """A run whose output is in the store is finished when the store holds its final model: one saved in the node's
     cache but not uploaded (stopped during the upload) resumes and uploads it."""

@@ -66,6 +66,20 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo) -> list:
     if not here and not any(rel in FINAL_MARKS for rel in final_files(local_run_dir)):
         raise FtctlError(f"nothing to push: {local_run_dir} holds no checkpoint-N and no final model.")
     remote = {c.name: c for c in list_checkpoints(uri, endpoint_url=endpoint_url)}
+    clash = [
+        c.name
+        for c in here
+        if c.complete
+        and (r := remote.get(c.name)) is not None
+        and r.complete
+        and r.manifest["files"] != c.manifest["files"]
+    ]
+    if clash:  # another run's (or this one's trained again): replacing it would lose it, and mix two runs
+        more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
+        raise FtctlError(
+            f"{uri} holds another {clash[0]}{more} than {local_run_dir}: nothing pushed. Push into another URI, or "
+            f"delete {'them' if more else 'it'} from the store first (`ftctl sync ls {uri}` lists its checkpoints)."
+        )
     sent = []
     for c in here:
         if not c.complete:
@@ -96,6 +110,12 @@ def _push_final(local_run_dir: str, uri: str, endpoint_url: str | None) -> bool:
     local = {rel: os.path.getsize(os.path.join(local_run_dir, *rel.split("/"))) for rel in files}
     if all(there.get(rel) == size for rel, size in local.items()):
         return False
+    model = [rel for rel in local if rel in FINAL_MARKS or rel.endswith((".safetensors", ".bin"))]
+    if any(there.get(m) for m in FINAL_MARKS) and any(there.get(rel, local[rel]) != local[rel] for rel in model):
+        raise FtctlError(
+            f"{uri} holds another final model than {local_run_dir}: not replaced. Push into another URI, or delete "
+            "its final model from the store first."
+        )
     for mark in FINAL_MARKS:
         storage.rm(storage.join(uri, mark), endpoint_url=endpoint_url)
     for rel in files:
