@@ -198,3 +198,19 @@ def test_job_env_names_the_credentials_a_jobs_stores_need(tmp_path):
     (tmp_path / ".aws").mkdir()
     assert storage.home_credentials(s3, home=str(tmp_path)) == [".aws"]
     assert storage.home_credentials(["gs://b/x"], home=str(tmp_path)) == []  # no ~/.config/gcloud here
+
+
+def test_resuming_a_named_checkpoint_into_an_unreachable_store_is_one_line(s3_bucket, tmp_path, monkeypatch):
+    """resume=PATH with an object-store output whose endpoint is down ended in botocore's EndpointConnectionError
+    as the error line, naming nothing to set."""
+    from ftctl.spec import RunSpec
+    from ftctl.trainer.run import resume_point
+
+    ckpt = tmp_path / "checkpoint-2"
+    ckpt.mkdir()
+    (ckpt / "trainer_state.json").write_text('{"global_step": 2}')
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    spec = RunSpec(resume=str(ckpt), output_dir=f"{s3_bucket}/run")
+    with pytest.raises(FtctlError, match="Cannot reach the S3 endpoint") as e:
+        resume_point(spec, str(tmp_path / "cache"), spec.output)
+    assert "botocore" not in str(e.value)

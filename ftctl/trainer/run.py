@@ -440,7 +440,8 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
     # (launch refuses an output holding later ones before the first: preflight.check_resume_path). The output's
     # only: a node's cache of an object-store output may hold an older run's
     named = checkpoints.checkpoint_step(spec.resume) or 0
-    listed = checkpoints.list_checkpoints(remote_uri or local_dir, endpoint_url=spec.s3_endpoint_url)
+    with storage.storage_errors(remote_uri or local_dir, spec.s3_endpoint_url):  # one line naming what to set
+        listed = checkpoints.list_checkpoints(remote_uri or local_dir, endpoint_url=spec.s3_endpoint_url)
     past = [c.step for c in listed if c.complete and c.step > named]
     if past and (own := resume_checkpoint(local_dir, remote_uri, spec.s3_endpoint_url)):
         if checkpoints.checkpoint_step(own) == max(past):
