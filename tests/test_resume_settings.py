@@ -267,12 +267,16 @@ def test_a_store_run_goes_on_on_new_data_from_its_checkpoint_as_the_refusal_says
     shutil.copy(tiny_data, other)
     refused = check_resume(*make_run(tiny_model_dir, other, store, "lora", max_steps=5, save_steps=5, resume="auto"))
     assert [f.level for f in refused] == [ERROR] and f"-o resume={store}/checkpoint-3." in refused[0].what
-    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "another-node"))  # a node without the cached copy
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "another-node"))  # a node whose cache holds another run's
+    from ftctl.checkpoints import write_manifest
+    from tests.s3_fixtures import make_checkpoint
+
+    write_manifest(str(make_checkpoint(tmp_path / "another-node", 3)), 3, 1, "an earlier run's")
     said = []
     on = make_run(tiny_model_dir, other, store, "lora", max_steps=5, save_steps=5, resume=f"{store}/checkpoint-3")
     result = train(*on, echo=said.append)
     assert result.status == "complete" and result.global_step == 5
-    assert (tmp_path / "another-node" / "checkpoint-3" / "adapter_model.safetensors").is_file()  # downloaded
+    assert (tmp_path / "another-node" / "checkpoint-3" / "adapter_model.safetensors").is_file()  # the store's
     with pytest.raises(FtctlError, match=r"resumed from the run's own output_dir \(resume=OUTPUT/checkpoint-N"):
         make_run(tiny_model_dir, other, store, "lora", resume=f"{s3_bucket}/elsewhere/checkpoint-3")
 

@@ -177,3 +177,20 @@ def test_kill_9_of_the_trainer_before_the_manifest(s3_bucket, tmp_path, caplog):
     assert resume_checkpoint(str(run), remote) == str(run / "checkpoint-2")
     assert resume_checkpoint(str(tmp_path / "fresh"), remote) == str(tmp_path / "fresh" / "checkpoint-2")
     assert [c.step for c in C.list_checkpoints(remote) if c.complete] == [2]
+
+
+def test_rotation_keeps_checkpoints_uploading_in_place_and_rotates_the_rest(tmp_path):
+    """Without hard links each checkpoint uploads from its own directory, and the one just saved always is: rotation
+    that waited for no in-place upload never ran, and every checkpoint stayed on the disk. The busy ones are kept,
+    the others rotate as transformers would."""
+    from ftctl.trainer.sync_callback import rotate_around
+
+    for step in (10, 20, 30, 40, 50, 60):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    rotate_around(str(tmp_path), 2, None, {"checkpoint-60"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-50", "checkpoint-60"]
+    (tmp_path / "checkpoint-70").mkdir()
+    rotate_around(str(tmp_path), 2, str(tmp_path / "checkpoint-50"), {"checkpoint-50", "checkpoint-70"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-50", "checkpoint-60", "checkpoint-70"]
+    rotate_around(str(tmp_path), 1, None, {"checkpoint-60"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-60", "checkpoint-70"]

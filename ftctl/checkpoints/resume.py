@@ -192,7 +192,8 @@ def set_aside(paths: list[str], why: str, local_dir: str) -> None:
     its store no longer holds; no longer counted as uploaded."""
     for path in paths:
         _quarantine(path, why)
-    forget_uploaded(local_dir, {os.path.basename(p) for p in paths})
+    if paths and (sent := {os.path.basename(p) for p in paths} & uploaded(local_dir)):
+        forget_uploaded(local_dir, sent)
 
 
 def latest_complete(local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None) -> str | None:

@@ -217,11 +217,11 @@ class Uploader:
         with self._cond:
             return [j.name for j in self._pending]
 
-    def uploading_in_place(self) -> bool:
-        """Whether a checkpoint that could not be hard-linked is still being uploaded from its own directory: the
-        trainer's rotation must not delete it under the upload."""
+    def uploading_in_place(self) -> set[str]:
+        """The checkpoints that could not be hard-linked and are still being uploaded from their own directories:
+        the trainer's rotation must not delete them under the upload."""
         with self._cond:
-            return any(j.local == j.original for j in self._pending if not j.final)
+            return {j.name for j in self._pending if not j.final and j.local == j.original}
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every submitted checkpoint is committed, at most ``timeout`` seconds.

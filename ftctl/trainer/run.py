@@ -477,15 +477,18 @@ def refuse_earlier_checkpoints(spec: RunSpec, local_dir: str, remote_uri: str | 
     """resume=never where output_dir holds an earlier run's checkpoints (checkpoints.settings.written_over)."""
     from ftctl.checkpoints.resume import set_aside
     from ftctl.checkpoints.settings import written_over
+    from ftctl.trainer.sync_callback import resume_lock
 
     where = remote_uri or local_dir  # an object-store output's checkpoints are the store's
     with storage.storage_errors(where, spec.s3_endpoint_url):  # an unreachable store: one line naming what to set
         found = [info.name for info in checkpoints.list_checkpoints(where, endpoint_url=spec.s3_endpoint_url)]
     if said := written_over(spec.output, found):
         raise FtctlError(said)
-    if remote_uri:  # this machine's copies of checkpoints the store no longer holds (its output deleted): not taken
-        cached = [c.uri for c in checkpoints.list_checkpoints(local_dir)]
-        set_aside(cached, f"not in {remote_uri}, and resume=never", local_dir)
+    if remote_uri and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        # this node's copies of checkpoints the store no longer holds (its output deleted): set aside once a node
+        with resume_lock(local_dir):
+            cached = [c.uri for c in checkpoints.list_checkpoints(local_dir)]
+            set_aside(cached, f"not in {remote_uri}, and resume=never", local_dir)
 
 
 # ------------------------------------------------------------------------------------------ fit

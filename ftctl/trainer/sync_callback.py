@@ -19,6 +19,7 @@ Usage in the trainer::
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 #: seconds the end of a run waits for the last checkpoint's upload before giving up (logged)
 UPLOAD_WAIT_S = RunSpec.upload_wait_s  # the one default lives in the spec
+RESUME_LOCK = ".ftctl-resume.lock"  # in a run's local directory: resume_lock
 
 
 def node_topology(shared_filesystem: bool = False) -> tuple[int, int]:
@@ -52,6 +54,20 @@ def node_topology(shared_filesystem: bool = False) -> tuple[int, int]:
     return node, num_nodes
 
 
+def rotate_around(output_dir: str, limit: int | None, best: str | None, busy: set[str]) -> None:
+    """transformers' rotate_checkpoints (the newest ``limit`` kept, and ``best``), leaving ``busy`` ones alone."""
+    if not limit:
+        return
+    found = sorted(
+        (p for p in os.listdir(output_dir) if checkpoints.checkpoint_step(p) is not None),
+        key=lambda p: checkpoints.checkpoint_step(p),
+    )
+    keep = {*found[-limit:], *busy, os.path.basename(best) if best else ""}
+    for name in found:
+        if name not in keep:
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
 def named_checkpoint(local_dir: str, uri: str, listed: list, endpoint_url: str | None = None) -> str:
     """The local path of checkpoint ``uri`` of the run's store (resume=OUTPUT/checkpoint-N), downloaded and verified
     where this node lacks a verified copy; ``listed``: the store's checkpoints. FtctlError where the store holds no
@@ -62,15 +78,15 @@ def named_checkpoint(local_dir: str, uri: str, listed: list, endpoint_url: str |
         why = "; ".join(found.problems) if found else "not there"
         raise FtctlError(f"resume={uri}: not a complete checkpoint of the store ({why}): `ftctl sync ls` lists them.")
     path = os.path.join(local_dir, name)
-    os.makedirs(local_dir, exist_ok=True)
-    with open(os.path.join(local_dir, ".ftctl-resume.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with resume_lock(local_dir):
         try:
-            if os.path.isdir(path) and not checkpoints.verify(path, deep=True):
-                return path
-            problems = checkpoints.download_checkpoint(found.uri, local_dir, found.manifest, endpoint_url)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            here = checkpoints.read_manifest(path)
+        except (OSError, ValueError):  # none here, or not a manifest
+            here = None
+        # this node's copy where it is the store's (an earlier run's of that name is replaced: download_checkpoint)
+        if here and here["files"] == found.manifest["files"] and not checkpoints.verify(path, deep=True):
+            return path
+        problems = checkpoints.download_checkpoint(found.uri, local_dir, found.manifest, endpoint_url)
     if problems:
         raise FtctlError(f"resume={uri}: its download did not verify ({'; '.join(problems)}).")
     log.info("resuming from %s (downloaded from %s, verified)", path, found.uri)
@@ -85,13 +101,20 @@ def resume_checkpoint(local_dir: str, remote_uri: str | None = None, endpoint_ur
     process of a node at once (a file lock serialises them). Leftovers of a killed run's upload
     staging are removed. Raises FtctlError when the store cannot be listed.
     """
+    with resume_lock(local_dir):
+        for leftover in (checkpoints.STAGING_DIR, checkpoints.DOWNLOAD_DIR):
+            shutil.rmtree(os.path.join(local_dir, leftover), ignore_errors=True)
+        return checkpoints.latest_complete(local_dir, remote_uri, endpoint_url)
+
+
+@contextlib.contextmanager
+def resume_lock(local_dir: str):
+    """Held while a node's processes choose, download or set aside checkpoints in ``local_dir``: one at a time."""
     os.makedirs(local_dir, exist_ok=True)
-    with open(os.path.join(local_dir, ".ftctl-resume.lock"), "w") as lock:
+    with open(os.path.join(local_dir, RESUME_LOCK), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            for leftover in (checkpoints.STAGING_DIR, checkpoints.DOWNLOAD_DIR):
-                shutil.rmtree(os.path.join(local_dir, leftover), ignore_errors=True)
-            return checkpoints.latest_complete(local_dir, remote_uri, endpoint_url)
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -203,9 +226,11 @@ class CheckpointSyncCallback(TrainerCallback):
                     if state.best_model_checkpoint:
                         self.uploader.protected = {os.path.basename(state.best_model_checkpoint)}
                     self.uploader.submit(ckpt)
-                # as the Trainer would have, now that the new one is complete (each node its own directory); not
-                # while a checkpoint is uploaded from its own directory (no hard links here): a later save catches up
-                if self.uploader is None or not self.uploader.uploading_in_place():
+                # as the Trainer would have, now that the new one is complete (each node its own directory)
+                busy = self.uploader.uploading_in_place() if self.uploader is not None else set()
+                if busy:  # uploaded from their own directories (no hard links here): kept until they are in
+                    rotate_around(args.output_dir, self.rotate, state.best_model_checkpoint, busy)
+                else:
                     rotate_checkpoints(args.output_dir, self.rotate, state.best_model_checkpoint, use_mtime=True)
         return control
 
