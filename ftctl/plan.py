@@ -28,6 +28,12 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  measured (1B fft's peak is the optimizer step: weights + gradients + Adam; ZeRO-3's step on a
                  partition over DeepSpeed's 1e9-parameter sub-group, 3B, is as large as its buffers: -1%)
     logits       the LM head's loss (fused_head_bytes): chunks of tokens, not the (tokens x vocab) logits
+    expert_copies
+                 where LoRA adapts a mixture of experts' fused expert weights (all-linear: adapts_experts), PEFT's
+                 ParamWrapper folds the adapter into a copy of each layer's expert stack every forward and the
+                 backward keeps them all: the experts' weights once more in 16 bits (bench/NOTES.md v57: 19.3 GB
+                 of a 10.6B Qwen3-MoE on an H200; with it the plan is within -1%/+3% of the peak). Under gradient
+                 checkpointing one layer's, as its forward runs again in the backward (inferred, not measured)
     accumulated_grads
                  with gradient accumulation only (accumulation_steps() > 1): the gradients of the micro-
                  batches so far stay alive through the next one's activations, so the grads term counts
@@ -337,6 +343,11 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
 
 
 # ------------------------------------------------------------------------------------------ memory
+def adapts_experts(method: str, shape: ModelShape, spec: RunSpec) -> bool:
+    """Whether LoRA adapts a mixture of experts' fused expert weights: all-linear on a shape with experts."""
+    return method in ("lora", "qlora") and bool(shape.experts) and spec.lora_target_modules.strip() == "all-linear"
+
+
 def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
     if method == "fft":
         return shape.params_b
@@ -431,6 +442,7 @@ def memory_terms(
     lora_dropout: float = RunSpec.lora_dropout,
     lora_r: int = RunSpec.lora_r,
     dora: bool = False,
+    expert_adapters: bool = False,
 ) -> dict:
     n = shape.params_b  # billions -> GB per byte/param
     wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
@@ -483,6 +495,8 @@ def memory_terms(
     if logits:
         terms["logits"] = logits
     terms["overhead"] = OVERHEAD_GB
+    if expert_adapters:  # module docstring: expert_copies
+        terms["expert_copies"] = wb * shape.expert_params_b / (shape.layers if ckpt else 1)
     if accumulating:  # module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
     if accum > 1 and strategy == "fsdp" and world > 1:  # the same: FSDP2's unsharded 16-bit gradients
@@ -710,6 +724,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
                     lora_dropout=spec.lora_dropout,
                     lora_r=spec.lora_r,
                     dora=spec.use_dora,
+                    expert_adapters=adapts_experts(method, shape, spec),
                 )
                 total = sum(terms.values())
                 host_need = (
@@ -738,6 +753,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             lora_dropout=spec.lora_dropout,
             lora_r=spec.lora_r,
             dora=spec.use_dora,
+            expert_adapters=adapts_experts(method, shape, spec),
         )
         if capacity is None or sum(fused.values()) <= capacity:
             optim, terms, total = "adamw_torch_fused", fused, sum(fused.values())
@@ -919,6 +935,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
                     lora_dropout=spec.lora_dropout,
                     lora_r=spec.lora_r,
                     dora=spec.use_dora,
+                    expert_adapters=adapts_experts(method, shape, spec),
                 ).values()
             ),
             s,

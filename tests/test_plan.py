@@ -933,3 +933,24 @@ def test_an_8bit_or_stateless_optimizer_is_counted_as_what_it_holds():
     assert plan(**args).strategy in OFFLOAD_STRATEGIES  # fused AdamW's 8 B: offloaded, as before
     sgd = plan(**args, optim="sgd")
     assert sgd.memory.get("optimizer", 0) == 0 and sgd.strategy == "single"
+
+
+# bench/NOTES.md v57: Qwen3-30B-A3B's shape with 16 of its 48 layers, trained on an H200 by bench/gpu_train.py
+MOE_BENCH = dict(model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+                 num_experts=128, num_experts_per_tok=8, num_hidden_layers=16, num_attention_heads=32,
+                 num_key_value_heads=4, head_dim=128, vocab_size=151936, max_position_embeddings=40960,
+                 tie_word_embeddings=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "method, targets, measured_gb",
+    [("lora", "all-linear", 66.00), ("qlora", "all-linear", 62.90), ("lora", "q_proj,k_proj,v_proj,o_proj", 42.31)],
+)
+def test_moe_lora_is_planned_as_its_h200_peak(tmp_path, method, targets, measured_gb):
+    """The plan was 19 GB under the peak where all-linear adapts the experts (46.3 against 66.0 GB): PEFT folds the
+    adapters into a copy of every layer's expert stack, which the backward keeps (expert_copies)."""
+    (tmp_path / "config.json").write_text(json.dumps(MOE_BENCH))
+    o = ["global_batch_size=8", "model_max_length=2048", f"lora_target_modules={targets}"]
+    p = plan(method=method, gpus="1xH100", model_name_or_path=str(tmp_path), o=o)
+    assert (p.per_device_train_batch_size, p.gradient_checkpointing) == (8, False)  # the measured run's
+    assert p.memory_gb == pytest.approx(measured_gb, rel=0.05)
