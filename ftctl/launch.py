@@ -136,7 +136,10 @@ def setup_lines(spec: RunSpec) -> list[str]:
         said = q(f"{ERROR_PREFIX}a setup line failed: {line}")  # `ftctl status` says it (failures.error_line)
         block = [
             f"{{ {line}",
-            f'}} || {{ RC=$?; echo {said} "(exit $RC): not training; fix -o setup=..."; '
+            # a line killed by the job's TERM (the Slurm script's trap sets TERMINATED) is no broken line
+            f'}} || {{ RC=$?; [ -z "${{TERMINATED:-}}" ] || {{ echo "ftctl: stopped by TERM during the setup '
+            'lines"; exit 143; }; '
+            f'echo {said} "(exit $RC): not training; fix -o setup=..."; '
             f'[ -z "${{{STATUS_ENV}:-}}" ] || echo failed > "${STATUS_ENV}"; exit "$RC"; }}',
         ]
         _parses(line, "\n".join(block))

@@ -325,6 +325,28 @@ def test_sigterm_to_the_batch_script_checkpoints_and_does_not_requeue(tmp_path):
     assert "error:" not in out
 
 
+def test_a_term_during_a_setup_line_is_a_stop_not_a_broken_line(tmp_path):
+    """A cancel or preemption while a setup line ran (a long pip install) killed it, and the script said "a setup
+    line failed ... fix -o setup=" and wrote the status failed: `ftctl status` blamed the user's line."""
+    import signal
+    import time
+
+    fakes = fake_bin(tmp_path / "bin")
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "85", "SLURM_JOB_NODELIST": "node1"}
+    prep = prepared(["setup=touch started; sleep 20"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL)
+    full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(tmp_path / "log.jsonl"), "HOME": str(tmp_path), **env}
+    proc = subprocess.Popen(
+        ["bash", "-c", prep.text], cwd=tmp_path, env=full, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # as Slurm signals every process of the job
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "ftctl: stopped by TERM during the setup lines" in out, out
+    assert "error:" not in out and not (tmp_path / "status.85.0").exists()
+
+
 def test_a_setup_line_bash_cannot_parse_is_refused_before_the_queue_wait():
     """`-o setup='echo a &&'` rendered, was submitted, and failed on the node after the queue wait with no error line
     for `ftctl status`. Refused at render, with bash's words for the line."""
