@@ -85,7 +85,7 @@ SMI = [
     [
         ("NVIDIA GH200 480GB", 97871, "1xH100"),
         ("NVIDIA GeForce RTX 5090", 32607, "1xRTX4090"),
-        ("NVIDIA X1", 4096, "1xT4"),
+        ("NVIDIA GeForce RTX 4060", 8188, "cpu"),  # less memory than any listed card: none planned over it
         ("Tesla P100-PCIE-16GB", 16280, "cpu"),  # older than every listed card: nothing here to train on
     ],
 )

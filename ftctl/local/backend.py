@@ -56,20 +56,20 @@ def local_gpus() -> str:
         return f"{len(rows)}x{gpu_table.tier(name).name}"
     except FtctlError:  # a card ftctl does not list (a GH200, an RTX 5090): planned as one it lists
         pass
-    if gpu_table.older_than_listed(name):  # Pascal and older: nothing here ftctl trains on but the CPU
-        return "cpu"
-    return f"{len(rows)}x{_listed_like(name, float(mem) / 1024).name}"
+    like = None if gpu_table.older_than_listed(name) else _listed_like(name, float(mem) / 1024)
+    return f"{len(rows)}x{like.name}" if like else "cpu"  # Pascal and older, or less memory than any listed card
 
 
 def _listed_like(name: str, mem_gb: float):
     """The listed card to plan an unlisted (newer) one as: of those with no more memory (nvidia-smi's MiB run ~2%
-    under a card's nominal GB), one of its model, else the newest, the largest of those. The nearest in memory, or
-    a name inside its name, planned a GH200 (96 GB) as an H200 (141 GB, out of memory), an RTX 5090 as a V100S."""
+    under a card's nominal GB), one of its model, else the newest, the largest of those; None where every listed
+    card has more (an 8 GB card). The nearest in memory, or a name inside its name, planned a GH200 (96 GB) as an
+    H200 (141 GB, out of memory), an RTX 5090 as a V100S."""
     from ftctl import gpus as gpu_table
 
-    fits = [t for t in gpu_table.TIERS.values() if t.memory_gb <= mem_gb * 1.03] or [gpu_table.TIERS["T4"]]
+    fits = [t for t in gpu_table.TIERS.values() if t.memory_gb <= mem_gb * 1.03]
     same = [t for t in fits if gpu_table.same_model(name, t.name)]
-    return max(same or fits, key=lambda t: (t.compute_capability, t.memory_gb, t.peak_tflops))
+    return max(same or fits, key=lambda t: (t.compute_capability, t.memory_gb, t.peak_tflops), default=None)
 
 
 def has_gpus(gpus: str, nodes: int | None = None) -> bool:
