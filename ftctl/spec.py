@@ -975,7 +975,7 @@ def secret_problem(name: str, environ: typing.Mapping[str, str] | None = None) -
     return None
 
 
-_CREDENTIAL_OPTION = re.compile(r"--?(?:token|api[-_]?key|password|passwd|secret)", re.I)
+_CREDENTIAL_OPTION = re.compile(r"--?(?:token|api[-_]?key|password|passwd)", re.I)
 
 
 def setup_secret_problem(line: str, secrets=()) -> str | None:
@@ -991,12 +991,13 @@ def setup_secret_problem(line: str, secrets=()) -> str | None:
     by_name = "(secrets pass by name, never written)"
     for i, word in enumerate(words):
         name, eq, value = word.partition("=")
-        literal = bool(value) and "$" not in value
+        literal = bool(value) and "$" not in value and not value.startswith(("/", "~", "./"))  # a path: a key's file
         if eq and _ENV_NAME.fullmatch(name) and literal and is_secret_name(name, secrets, value):
             return f"setup line sets {name} to {written}: export {name} where you launch and pass --secret {name} {by_name}."
         after = value if eq else (words[i + 1] if i + 1 < len(words) else "")
         option = name if eq else word
-        credential = _CREDENTIAL_OPTION.fullmatch(option) or (option == "login" and looks_like_token(after))
+        token = looks_like_token(after) and "." not in after  # not a registry's host name
+        credential = _CREDENTIAL_OPTION.fullmatch(option) or (option == "login" and token)
         if credential and after and "$" not in after and not after.startswith("-"):
             return (
                 f'setup line gives {option} {written}: write a variable there ("$HF_TOKEN"), export it where you '

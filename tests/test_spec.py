@@ -714,6 +714,10 @@ def test_a_credential_in_a_setup_line_is_refused(line, said):
         "export HF_HUB_DISABLE_IMPLICIT_TOKEN=1",
         "pip install git+https://github.com/o/r@3f2a9c1d3f2a9c1d3f2a9c1d3f2a9c1d3f2a9c1d",
         "source /opt/venv/bin/activate",
+        "export GIT_SSH_KEY=~/.ssh/id_ed25519",  # a key's file, not a key
+        "export SIGNING_KEY=/etc/keys/sign.pem",
+        "docker build --secret id=hf,env=HF_TOKEN .",  # BuildKit's way of passing one by name
+        "docker login myregistry2024westeurope.azurecr.io",
     ],
 )
 def test_setup_lines_that_name_a_credential_by_reference_are_taken(line):

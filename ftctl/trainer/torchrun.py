@@ -70,14 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         os.environ["TORCH_CPP_LOG_LEVEL"] = caller
     drop_exit_noise()
-    args = parse_args(argv if argv is not None else sys.argv[1:])
     stopped = stop_through_file(SignalException)
-    # torchrun's agent handles the rest of its signals (where it has --signals-to-handle; an older one all of them)
-    if hasattr(args, "signals_to_handle"):
-        names = [n for n in args.signals_to_handle.split(",") if n.strip() not in {s.name for s in STOP_SIGNALS}]
-        args.signals_to_handle = ",".join(names)
     try:
-        run(args)
+        run(parse_args(argv if argv is not None else sys.argv[1:]))
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         code, where = failure.exitcode, f"rank {rank} on {socket.gethostname()}"
@@ -98,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
 def stop_through_file(signal_exception) -> list[signal.Signals]:
     """STOP_SIGNALS: the first touches the workers' stop file (set here where the job set none: the workers inherit
     it), a second raises torch's ``signal_exception`` as torchrun's own handler does (its agent stops the workers).
-    Returns the signals received, as they arrive."""
+    torchrun installs its handler when it starts the workers, by name from its module, for every torch version:
+    that name is this handler for STOP_SIGNALS, torchrun's own for the others (SIGINT, SIGQUIT). Returns the
+    signals received, as they arrive."""
+    from torch.distributed.elastic.multiprocessing import api as elastic
+
     path = os.environ.get(STOP_ENV)
     if not path:
         own = tempfile.mkdtemp(prefix="ftctl-torchrun-")
@@ -117,6 +116,12 @@ def stop_through_file(signal_exception) -> list[signal.Signals]:
         Path(path).touch()
         say(f"{got[0].name}: the workers save a checkpoint at their next step, then stop (again: stop them now)")
 
+    torchs = elastic._terminate_process_handler
+
+    def dispatch(signum, frame):
+        (on_signal if signum in STOP_SIGNALS else torchs)(signum, frame)
+
+    elastic._terminate_process_handler = dispatch
     for sig in STOP_SIGNALS:
         signal.signal(sig, on_signal)
     return got
