@@ -633,7 +633,17 @@ def test_sync_push_never_replaces_another_runs_checkpoints_or_final_model(remote
     _final_model(second, weights=b"v" * 5000)
     with pytest.raises(FtctlError, match=f"{remote} holds another final model than {second}: not replaced"):
         C.push(str(second), remote)
-    assert storage.file_sizes(remote)["model.safetensors"] == 4096
+    # another fine-tune of the same base: every file of its final model the same size, its spec.json another
+    _final_model(second, weights=b"v" * 4096)
+    (second / "spec.json").write_text('{"spec": {"learning_rate": 0.001}}')
+    with pytest.raises(FtctlError, match=f"{remote} holds another final model than {second}: not replaced"):
+        C.push(str(second), remote)
+    assert storage.read_bytes(storage.join(remote, "model.safetensors")) == b"w" * 4096
+    lines = []
+    C.pull(remote, str(second), echo=lines.append)  # and not pulled over it either
+    assert (
+        lines[-1].startswith("not pulling the final model") and (second / "model.safetensors").read_bytes()[:1] == b"v"
+    )
 
 
 def test_a_final_model_only_on_this_node_is_not_a_finished_run(remote, tmp_path):

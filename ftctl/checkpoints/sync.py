@@ -10,7 +10,7 @@ from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints
 from ftctl.checkpoints.upload import final_files, upload_checkpoint
 from ftctl.errors import FtctlError
-from ftctl.runpaths import FINAL_MARKS
+from ftctl.runpaths import FINAL_MARKS, SPEC_FILE
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,10 @@ def _push_final(local_run_dir: str, uri: str, endpoint_url: str | None) -> bool:
     if all(there.get(rel) == size for rel, size in local.items()):
         return False
     model = [rel for rel in local if rel in FINAL_MARKS or rel.endswith((".safetensors", ".bin"))]
-    if any(there.get(m) for m in FINAL_MARKS) and any(there.get(rel, local[rel]) != local[rel] for rel in model):
+    other = any(there.get(rel, local[rel]) != local[rel] for rel in model) or not _same_spec(
+        local_run_dir, uri, endpoint_url
+    )
+    if any(there.get(m) for m in FINAL_MARKS) and other:
         raise FtctlError(
             f"{uri} holds another final model than {local_run_dir}: not replaced. Push into another URI, or delete "
             "its final model from the store first."
@@ -156,6 +159,16 @@ def pull(
     return got
 
 
+def _same_spec(local_dir: str, uri: str, endpoint_url: str | None) -> bool:
+    """Whether the run here and the store's are one run, as far as their spec.json say (two fine-tunes of one base
+    model have final models of the same sizes): False where both have one and they differ."""
+    mine, theirs = os.path.join(local_dir, SPEC_FILE), storage.join(uri, SPEC_FILE)
+    if not os.path.isfile(mine) or not storage.exists(theirs, endpoint_url):
+        return True
+    with open(mine, encoding="utf-8") as f:
+        return f.read() == storage.read_text(theirs, endpoint_url)
+
+
 def _pull(there: list, local_dir: str, include_incomplete: bool, endpoint_url: str | None, echo) -> list:
     local = {c.name for c in list_checkpoints(local_dir) if c.complete}
     got, present = [], []
@@ -194,6 +207,8 @@ def _pull_final(uri: str, local_dir: str, endpoint_url: str | None) -> str:
         return ""
     here = {rel: os.path.join(local_dir, *rel.split("/")) for rel in there}
     differ = [rel for rel, path in here.items() if os.path.exists(path) and os.path.getsize(path) != there[rel]]
+    if not differ and not _same_spec(local_dir, uri, endpoint_url):
+        differ = [SPEC_FILE]
     if differ:
         return f"not pulling the final model: {here[differ[0]]} is another file than the store's; pull into a new directory"
     missing = sorted(
