@@ -139,10 +139,13 @@ def test_cpu_threads_share_the_cores_among_the_nodes_processes(monkeypatch):
 def test_fsdp_on_cpu_is_refused_not_silently_ddp(tiny_model_dir, tiny_data, tmp_path):
     """accelerate's FSDP2 on CPU runs plain DDP without a word: ftctl refuses it and names the way that
     does shard on CPU; on GPU it configures FSDP2 and checks at the first step that it really sharded."""
+    from ftctl.plan import PlanError
     from ftctl.trainer.distributed import Processes, strategy_args
 
-    _, plan = _run(tiny_model_dir, tiny_data, tmp_path, gpus="2xcpu", strategy="fsdp")
-    with pytest.raises(FtctlError, match="strategy=zero3"):
+    with pytest.raises(PlanError, match="strategy=fsdp does not run on CPU.*-o strategy=zero3"):  # before the job
+        _run(tiny_model_dir, tiny_data, tmp_path, gpus="2xcpu", strategy="fsdp")
+    _, plan = _run(tiny_model_dir, tiny_data, tmp_path, gpus="2xA100", strategy="fsdp")
+    with pytest.raises(FtctlError, match="strategy=zero3"):  # and the trainer, for a GPU plan on CPU processes
         strategy_args(plan, Processes(0, 0, 2, on_cpu=True))
 
 

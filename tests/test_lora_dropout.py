@@ -45,9 +45,11 @@ def test_the_mask_keeps_one_minus_p_and_depends_on_the_seed(checks):
 def test_the_adapters_run_the_kernels_in_training_and_checkpointing_recomputes_the_same_masks(checks, model):
     m = checks[model]
     # training: one node a projection (7 projections x 2 blocks), B's sum inside it; eval has no dropout:
-    # the base, A and B's sum added in place (bitsandbytes' CPU inference path hands back a view: addmm)
+    # the base, A and B's sum added in place where the base's output is a tensor of its own (lora_up.usable), else
+    # addmm: bitsandbytes' CPU 4-bit inference path handed back a view in one fresh install, its own tensor in a later
+    # one, at the same pinned versions (an unpinned dependency drifted; which one is not known)
     assert m["train_calls"] == 14 and m["eval_calls"] == 0 and m["train_sums"] == 0
-    assert m["eval_sums"] == (14 if model == "model" else 0)
+    assert m["eval_sums"] == 14 if model == "model" else m["eval_sums"] in (0, 14)
     assert m["checkpointed_calls"] == 28  # forward + recompute
     assert m["adapter_grads"] == 28 and m["grads_nonzero"]
     assert m["checkpointed_max_rel"] == 0.0  # the recompute drew the same masks

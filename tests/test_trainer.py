@@ -739,8 +739,8 @@ def test_deepspeed_configs_come_from_the_plan(tiny_model_dir, tiny_data, tmp_pat
     assert z3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     _, plan = make_run(tiny_model_dir, tiny_data, tmp_path, gpus="2xcpu", strategy="ddp")
     assert deepspeed_config(plan, on_cpu=True) is None
-    _, plan = make_run(tiny_model_dir, tiny_data, tmp_path, gpus="2xcpu", strategy="fsdp")
-    with pytest.raises(FtctlError, match="zero3"):
+    _, plan = make_run(tiny_model_dir, tiny_data, tmp_path, gpus="2xA100", strategy="fsdp")
+    with pytest.raises(FtctlError, match="zero3"):  # a GPU plan run on CPU processes (the plan refuses fsdp on CPU)
         fsdp_settings(plan, on_cpu=True)
     fsdp = fsdp_settings(plan, on_cpu=False)
     assert fsdp["fsdp_config"]["version"] == 2 and "full_shard" in fsdp["fsdp"]
