@@ -270,26 +270,33 @@ def test_usr2_during_the_setup_lines_is_a_checkpoint_request_not_the_jobs_end(tm
     assert [c for c in read_log(tmp_path / "log.jsonl") if c["prog"] == "torchrun"]
 
 
+def _signalled_while_training(tmp_path, prep, env: dict, sig) -> tuple[int, str, list]:
+    """Run a rendered Slurm script with the fakes (their torchrun trains FAKE_SLEEP seconds), send ``sig`` to the
+    batch shell once the step is training; (exit code, stdout, the fakes' records)."""
+    import time
+
+    fakes, log = fake_bin(tmp_path / "bin"), tmp_path / f"log.{env['SLURM_JOB_ID']}.jsonl"
+    full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(log), "HOME": str(tmp_path), "FAKE_SLEEP": "2", **env}
+    proc = subprocess.Popen(["bash", "-c", prep.text], cwd=tmp_path, env=full, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not [c for c in read_log(log) if c["prog"] == "torchrun"] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the step is training
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    return proc.returncode, out, read_log(log)
+
+
 def test_a_set_e_setup_line_does_not_end_the_job_at_its_time_limit_signal(tmp_path):
     """`-o setup='set -e'` (a habit of scripts) stayed on for the rest of the Slurm script: the USR2 that interrupts
     its wait for the step (wait returns 140) ended the batch shell there, the trainer killed mid-checkpoint and the
     job never requeued. The script's own errexit comes back after the setup lines."""
     import signal
-    import time
 
-    fakes = fake_bin(tmp_path / "bin")
-    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "82", "SLURM_JOB_NODELIST": "node1", "FAKE_SLEEP": "2"}
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "82", "SLURM_JOB_NODELIST": "node1"}
     prep = prepared(["setup=set -e"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
-    log = tmp_path / "log.jsonl"
-    full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(log), "HOME": str(tmp_path), **env}
-    proc = subprocess.Popen(["bash", "-c", prep.text], cwd=tmp_path, env=full, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not [c for c in read_log(log) if c["prog"] == "torchrun"] and time.monotonic() < deadline:
-        time.sleep(0.05)  # the step is training
-    proc.send_signal(signal.SIGUSR2)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and "ftctl: requeueing job 82" in out, out
-    assert [c["argv"] for c in read_log(log) if c["prog"] == "scontrol"][-1] == ["requeue", "82"]
+    rc, out, records = _signalled_while_training(tmp_path, prep, env, signal.SIGUSR2)
+    assert rc == 0 and "ftctl: requeueing job 82" in out, out
+    assert [c["argv"] for c in records if c["prog"] == "scontrol"][-1] == ["requeue", "82"]
 
 
 def test_sigterm_to_the_batch_script_checkpoints_and_does_not_requeue(tmp_path):
@@ -297,31 +304,17 @@ def test_sigterm_to_the_batch_script_checkpoints_and_does_not_requeue(tmp_path):
     which died at once: the job ended, its step killed mid-step with no checkpoint, its GraceTime unused. The
     script asks the trainer for its checkpoint, waits for it, and leaves requeueing to Slurm (a cancel is meant)."""
     import signal
-    import time
 
-    fakes = fake_bin(tmp_path / "bin")
-    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "83", "SLURM_JOB_NODELIST": "node1", "FAKE_SLEEP": "2"}
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "83", "SLURM_JOB_NODELIST": "node1"}
     prep = prepared([], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
-    log = tmp_path / "log.jsonl"
-    full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(log), "HOME": str(tmp_path), **env}
-    proc = subprocess.Popen(["bash", "-c", prep.text], cwd=tmp_path, env=full, stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not [c for c in read_log(log) if c["prog"] == "torchrun"] and time.monotonic() < deadline:
-        time.sleep(0.05)  # the step is training
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 143 and "ftctl: TERM (the job cancelled, or preempted): checkpointing" in out, out
+    rc, out, records = _signalled_while_training(tmp_path, prep, env, signal.SIGTERM)
+    assert rc == 143 and "ftctl: TERM (the job cancelled, or preempted): checkpointing" in out, out
     assert "ftctl: trainer exited with 0, status preempted" in out  # it waited for the step's checkpoint
-    assert (tmp_path / "stop.83.0").exists() and not [c for c in read_log(log) if c["argv"][:1] == ["requeue"]]
+    assert (tmp_path / "stop.83.0").exists() and not [c for c in records if c["argv"][:1] == ["requeue"]]
     # before the trainer's first step (loading the model): stopped, not a step that "failed before the trainer said"
     env |= {"SLURM_JOB_ID": "84", "FAKE_STATUS": "failed"}
-    full = {"PATH": f"{fakes}:/usr/bin:/bin", "FAKE_LOG": str(log), "HOME": str(tmp_path), **env}
-    proc = subprocess.Popen(["bash", "-c", prep.text], cwd=tmp_path, env=full, stdout=subprocess.PIPE, text=True)
-    while len([c for c in read_log(log) if c["prog"] == "torchrun"]) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 143 and "ftctl: stopped by TERM (exit 0) before a checkpoint of this attempt" in out, out
+    rc, out, _ = _signalled_while_training(tmp_path, prep, env, signal.SIGTERM)
+    assert rc == 143 and "ftctl: stopped by TERM (exit 0) before a checkpoint of this attempt" in out, out
     assert "error:" not in out
 
 
