@@ -515,6 +515,68 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path, tiny_model_
     assert not alive.strip(), alive
 
 
+RELAY = """
+import os, sys
+from pathlib import Path
+from ftctl.local.backend import run_filtered
+sys.exit(run_filtered(sys.argv[3:], dict(os.environ), Path(sys.argv[1]), stop_file=Path(sys.argv[2])))
+"""
+
+
+def test_a_closed_terminal_stops_a_two_process_run_with_a_checkpoint(tmp_path, tiny_model_dir, tiny_data):
+    """A local run of several GPUs, as on a workstation: torchrun, signalled with the launcher by the closed
+    terminal's SIGHUP, killed its workers 30 s later, often mid-checkpoint, and the launcher said "training exited with
+    code 1". The launcher runs ftctl's torchrun: the workers stop at their next step with a checkpoint, their writes
+    to the dead terminal ignored (in sessions of their own, they get no SIGHUP), and the run is said stopped."""
+    import signal
+
+    from ftctl.local.backend import argv
+    from ftctl.runpaths import RunPaths
+    from tests.render_fixtures import prepared
+    from tests.trainer_fixtures import make_run, write_spec
+
+    gpus = prepared(backend="local", gpus="2xA100", output_dir=str(tmp_path / "o"))
+    assert "ftctl.trainer.torchrun" in argv(gpus.spec, gpus.plan, "spec.json")  # ftctl's, as the other backends'
+    out = tmp_path / "run"
+    spec, plan = make_run(tiny_model_dir, tiny_data, out, "lora", gpus="2xcpu", max_steps=400, save_steps=1000)
+    path = write_spec(spec, plan, tmp_path / "spec.json")  # 2xcpu: two processes, here on one host as on GPUs
+    cmd = [sys.executable, "-m", "ftctl.trainer.torchrun", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "ftctl.trainer", "--spec", str(path)]
+    (tmp_path / "relay.py").write_text(RELAY)
+    stop = tmp_path / "stop"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "FTCTL_STOP_FILE": str(stop),
+        "FTCTL_STATUS_FILE": str(tmp_path / "st"),
+    }
+    master, terminal = os.openpty()
+    os.set_blocking(master, False)
+    launcher = subprocess.Popen(
+        [sys.executable, str(tmp_path / "relay.py"), str(tmp_path / "held.log"), str(stop), *cmd],
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    seen, metrics, deadline = b"", out / "metrics.jsonl", time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert launcher.poll() is None and time.monotonic() < deadline, seen.decode(errors="replace")
+        try:
+            seen += os.read(master, 65536)
+        except BlockingIOError:
+            time.sleep(0.5)
+    os.close(master)
+    os.killpg(launcher.pid, signal.SIGHUP)  # the launcher and torchrun: the shell's job
+    assert launcher.wait(timeout=120) == 128 + signal.SIGHUP
+    saved = [p.name for p in out.glob("checkpoint-*") if (p / "ftctl-manifest.json").is_file()]
+    assert saved and int(saved[0].split("-")[1]) < 400, sorted(p.name for p in out.iterdir())
+    assert (tmp_path / "st").read_text().strip() == "preempted"
+    assert RunPaths(out).metrics.is_file()
+
+
 def test_torchruns_report_that_cannot_be_kept_is_a_warning_not_a_traceback(tmp_path, capsys):
     """A disk that filled during a checkpoint: keeping torchrun's held-back report raised OSError out of the
     launcher, a traceback in place of the trainer's own error line."""

@@ -288,7 +288,7 @@ def varlen_here() -> str:
 def argv(spec: RunSpec, plan: Plan, spec_path) -> list[str]:
     if plan.world_size == 1:
         return [sys.executable, "-m", "ftctl.trainer", "--spec", str(spec_path)]
-    return torchrun_argv(spec, plan, str(spec_path), head=None, python=sys.executable)
+    return torchrun_argv(spec, plan, str(spec_path), head=None, python=sys.executable, quiet=True)
 
 
 def preflight_argv(spec: RunSpec, plan: Plan) -> list:

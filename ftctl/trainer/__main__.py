@@ -61,17 +61,21 @@ def main(argv=None) -> int:
         loss = "none" if result.final_loss is None else f"{result.final_loss:.4f}"
         # "stopped", not the status word "preempted": a cancel sends the same signal as a preemption
         said = "stopped" if result.status == "preempted" else result.status
-        print(f"{said}: step {result.global_step}, final loss {loss}, output {spec.output}", flush=True)
+        _say(f"{said}: step {result.global_step}, final loss {loss}, output {spec.output}")
         if result.status == "complete":
-            print(next_steps(spec), flush=True)
+            _say(next_steps(spec))
     return 0
 
 
 def _say(line: str) -> None:
     """A line to stdout in one write: under PYTHONUNBUFFERED print writes the text and its newline apart, and the
-    launcher's relay of stderr (a log record) could land between them, on the same line."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    launcher's relay of stderr (a log record) could land between them, on the same line. A closed terminal (EIO:
+    torchrun's workers, in sessions of their own, get no SIGHUP to stop writing to it) does not end the run."""
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except OSError:
+        pass
 
 
 def next_steps(spec) -> str:
