@@ -490,7 +490,7 @@ def _requeue_roundtrip(slurm, tmp_path, sbatch: list[str], send_signal: bool) ->
             assert time.monotonic() < deadline, (seen[-3:], log.read_text())
             seen.append(scheduler.status(job))
             time.sleep(0.2)
-        assert any(st.state == "PENDING" and st.restarts == 1 for st in seen), seen
+        assert any(st.restarts == 1 for st in seen), seen  # requeued (its PENDING may pass between two polls)
     finally:
         slurm.run("scancel", job, check=False)
     elapsed = time.monotonic() - start
