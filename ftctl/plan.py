@@ -385,6 +385,7 @@ def optimizer_state_bytes(optim: str) -> float:
 
 
 OFFLOAD_STRATEGIES = ("zero2_offload", "zero3_offload")  # optimizer states in CPU RAM (offload_host_gb)
+HOST_RAM_PER_GPU_MEMORY = 2  # a node's RAM where host_memory_gb is not given: 2x its GPUs' memory (cloud GPU VMs)
 PROCESS_HOST_GB = 6.0  # a trainer process's own host memory before DeepSpeed's buffers (5-6.5 GB, v30)
 # where the trainer runs its own LoRA forward (methods.fused_adapter_output; sharded parameters are
 # gathered by module hooks that it would bypass)
@@ -695,7 +696,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         else [m for m in ((4, 2, 1) if req.is_cpu else (16, 8, 4, 2, 1)) if m * world <= max(want_global, world)] or [1]
     )
     ckpt_choices = [spec.gradient_checkpointing] if spec.gradient_checkpointing is not None else [False, True]
-    host_gb = spec.host_memory_gb or (2 * req.per_node * req.tier.memory_gb if req.tier else None)
+    host_gb = spec.host_memory_gb or assumed_host_gb(req)
     # torch's fused AdamW (on CPU as well: SmolLM2-135M fft 1.95 -> 1.79 s a step on 2 cores, the same
     # losses). qlora on GPUs is planned with bitsandbytes' paged 8-bit AdamW, the leanest, and then takes
     # fused AdamW where its fp32 states fit at the same micro-batch: on an H200 the paged optimizer's
@@ -782,6 +783,11 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         notes.append("optimizer offloaded to CPU RAM (DeepSpeed's CPU Adam): each step waits for it")
     if strategy == "zero3_offload":
         notes.append("optimizer and weights offloaded to CPU RAM: expect slow steps")
+    if host_need and not spec.host_memory_gb and host_gb:
+        notes.append(
+            f"host memory: each node is assumed to have {host_gb:g} GB of RAM ({HOST_RAM_PER_GPU_MEMORY}x its GPUs' "
+            f"memory) for the offload's {host_need:.0f}: -o host_memory_gb=N if it has less"
+        )
     packing = spec.packing if spec.packing is not None else default_packing(attn)
     return Plan(
         method=method,
@@ -864,6 +870,11 @@ def pinned_bytes(n: float) -> float:
     """Host memory a page-locked buffer of ``n`` bytes takes: torch's caching host allocator rounds each block
     up to a power of two (on the device machine's torch 2.11 a 4.94 GB fp32 buffer took 8.96 GB)."""
     return 2.0 ** math.ceil(math.log2(n)) if n > 1 else n
+
+
+def assumed_host_gb(req: gpu_table.GpuRequest) -> float | None:
+    """A node's RAM where the run does not say it (host_memory_gb): HOST_RAM_PER_GPU_MEMORY x its GPUs' memory."""
+    return HOST_RAM_PER_GPU_MEMORY * req.per_node * req.tier.memory_gb if req.tier else None
 
 
 def offload_host_gb(params_b: float, world: int, per_node: int) -> float:
@@ -953,7 +964,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         host = (
             f"{round(spec.host_memory_gb, 1):g} GB"
             if spec.host_memory_gb
-            else f"{2 * req.per_node * req.tier.memory_gb:g} GB assumed, 2x its GPUs' memory"
+            else f"{assumed_host_gb(req):g} GB assumed, {HOST_RAM_PER_GPU_MEMORY}x its GPUs' memory"
         )
         msg += (
             f" Offloading the optimizer to CPU RAM would need ~{host_need:.0f} GB of host RAM per node, which has "

@@ -51,9 +51,12 @@ def test_7b_fft_single_a100_80gb_needs_offload():
     assert p.host_memory_gb == pytest.approx(2 * 2**35 / 1e9 + 2**34 / 1e9 + 8 * 6.74 + 6 + 2 * 6.74, rel=0.01)
     assert p.memory["optimizer"] == 0 and p.memory["weights"] == pytest.approx(2 * 6.74, rel=0.01)
     assert any("offload" in n for n in p.notes)
+    # the node's RAM was not given: the plan says what it assumed (2x the GPU's 80 GB) and how to say otherwise
+    assert any("assumed to have 160 GB of RAM" in n and "-o host_memory_gb=N" in n for n in p.notes), p.notes
     # a 30B model's 16-bit weights and gradients (120 GB) do not fit an 80 GB GPU: its weights go too
     p = plan(method="fft", gpus="1xA100-80GB", model_params="30b", o=["host_memory_gb=1024"])
     assert p.strategy == "zero3_offload" and p.memory["weights"] < 5  # ~2 layers
+    assert not any("assumed" in n for n in p.notes), p.notes  # given, not assumed
 
 
 def test_offload_host_memory_against_the_h200_runs(tmp_path):
