@@ -8,4 +8,6 @@ export FTCTL_SKY_PYTHON="$PWD/.venv-sky/bin/python"
 # lint and format first: a second is cheaper than a red suite
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest -q -ra --durations=25 "$@"
+# two workers (pytest-xdist): the Slurm and SkyPilot tests, which mostly wait on jobs, on one; the rest on the
+# other (tests/conftest.py groups them)
+exec .venv/bin/python -m pytest -q -ra --durations=25 -n 2 --dist loadgroup --no-loadscope-reorder "$@"

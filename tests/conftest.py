@@ -35,3 +35,19 @@ def _activated_environment(monkeypatch):
     from tests.slurm_fixtures import _venv_path
 
     monkeypatch.setenv("PATH", _venv_path())
+
+
+CLUSTER_FIXTURE = "slurm_cluster"  # tests/slurm_fixtures.py: under it the Slurm tests and SkyPilot's (sky_infra)
+
+
+def pytest_collection_modifyitems(config, items):
+    """For pytest-xdist's loadgroup (scripts/test.sh runs two workers): every test on the Slurm cluster goes
+    to one worker, first, as one unit (one cluster per run, and its tests mostly wait on jobs while the other
+    worker trains); the rest go a module at a time (its module fixtures are built once)."""
+    on_cluster = [item for item in items if CLUSTER_FIXTURE in getattr(item, "fixturenames", ())]
+    rest = [item for item in items if CLUSTER_FIXTURE not in getattr(item, "fixturenames", ())]
+    for item in on_cluster:
+        item.add_marker(pytest.mark.xdist_group("slurm-cluster"))
+    for item in rest:
+        item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
+    items[:] = on_cluster + rest
