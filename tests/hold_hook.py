@@ -2,7 +2,7 @@
 
 ``FTCTL_TEST_HOLD=<point>:<checkpoint>:<file>`` makes the process, on reaching ``point``
 (``local-manifest``: all files saved, manifest not yet written; ``remote-manifest``: all files
-uploaded, manifest not yet uploaded) for the checkpoint named ``checkpoint``, create ``file`` and
+uploaded, manifest not yet uploaded) for the checkpoint named ``checkpoint`` (``*``: the first), create ``file`` and
 wait until it is deleted, so a test can SIGKILL it or stop the store at exactly that moment.
 Production code only calls ``ftctl.checkpoints.HOOKS``, which is empty outside the tests.
 """
@@ -18,7 +18,7 @@ def hold(point: str, name: str) -> None:
     if not spec:
         return
     want_point, want_name, ready = spec.split(":", 2)
-    if want_point != point or want_name != name or ready in _HELD:
+    if want_point != point or want_name not in (name, "*") or ready in _HELD:
         return
     _HELD.add(ready)
     with open(ready, "w") as f:

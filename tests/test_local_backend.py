@@ -475,6 +475,43 @@ def test_stopping_the_launcher_stops_the_trainer_with_a_checkpoint(tmp_path, tin
     assert not alive.strip(), alive  # no trainer left behind
 
 
+def test_a_second_signal_to_the_launcher_stops_the_run_at_once(tmp_path, tiny_model_dir, tiny_data):
+    """`kill PID` twice (a user who will not wait for the checkpoint; a supervisor's second request): the first asks
+    for the checkpoint at the step boundary, the second stops the trainer where it is, as Ctrl-C does; here in the
+    middle of writing that checkpoint (held there: its files written, its manifest not), which stays incomplete.
+    Before, the second changed nothing: the trainer went on writing the checkpoint, however long that took."""
+    out, ready = tmp_path / "run", tmp_path / "saving"
+    args = ["launch", "--backend", "local", "--gpus", "cpu", "--model", str(tiny_model_dir), "--data", str(tiny_data)]
+    args += ["--output", str(out), "-o", "max_steps=400", "-o", "save_steps=1000", "-o", "model_max_length=64"]
+    repo = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "FTCTL_TEST_HOLD": f"local-manifest:*:{ready}",
+        "PYTHONPATH": f"{repo / 'tests' / 'hold'}:{repo}",  # the hold hook, in the trainer
+    }
+    launcher = subprocess.Popen([FTCTL, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.5)
+    launcher.terminate()  # the first: a checkpoint at the step boundary
+    while not ready.exists():  # the trainer is writing it, held before its manifest
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.05)
+    launcher.terminate()  # the second: now
+    _, stderr = launcher.communicate(timeout=60)
+    assert "Traceback" not in stderr, stderr
+    assert launcher.returncode == 143, stderr
+    assert "error: stopped at once (SIGTERM again to ftctl launch): the checkpoint of the step it was on is lost" in (
+        stderr
+    )
+    assert ready.exists()  # nobody let it go on: it was stopped in the hold
+    assert list(out.glob("checkpoint-*")) and not list(out.glob("checkpoint-*/ftctl-manifest.json"))
+    alive = subprocess.run(["pgrep", "-f", str(out / "spec.json")], capture_output=True, text=True).stdout
+    assert not alive.strip(), alive
+
+
 def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path, tiny_model_dir, tiny_data):
     """An ssh session that dropped: its shell sends SIGHUP to the job's process group, the launcher and the trainer
     both, and every write to the terminal fails from then on (EIO). The trainer died at once, every step since its

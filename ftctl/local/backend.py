@@ -419,9 +419,17 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
         STATUS_ENV: str(paths.status_file),
         STOP_ENV: str(stop_file),
     }
-    rc = run_filtered(cmd, env, paths.launcher_log, stop_file=stop_file)
+    got: list[int] = []
+    rc = run_filtered(cmd, env, paths.launcher_log, stop_file=stop_file, signals=got)
     if rc in STOPPED and _said(paths) == "complete":  # the signal came after the last step: nothing was cut short
         return
+    if len(got) > 1 and _said(paths) not in ("complete", "preempted"):  # its checkpoint came first otherwise
+        error = FtctlError(
+            f"stopped at once ({signal.Signals(got[-1]).name} again to ftctl launch): the checkpoint of the step it "
+            "was on is lost; the same `ftctl launch` resumes from the last complete one."
+        )
+        error.exit_code = 128 + got[0]
+        raise error
     if rc in STOPPED and not failures.read(paths.failures):  # passed on to a trainer that stopped as asked
         error = FtctlError(
             f"stopped ({signal.Signals(rc - 128).name} to ftctl launch): the trainer saved a checkpoint at its step "
@@ -436,19 +444,22 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
         raise error
 
 
-def run_filtered(cmd: list[str], env: dict, held: Path, stop_file: Path | None = None) -> int:
+def run_filtered(
+    cmd: list[str], env: dict, held: Path, stop_file: Path | None = None, signals: list[int] | None = None
+) -> int:
     """Run ``cmd``; stdout passes through, and so does stderr until torchrun's own failure report
     starts (its log lines and ChildFailedError traceback repeat what the failing rank recorded). What
     is held back is kept in ``held``; FTCTL_DEBUG=1 prints everything. ``stop_file``: the trainer's
-    ($FTCTL_STOP_FILE), which SIGTERM or SIGHUP to this process creates (_forwarding_signals)."""
+    ($FTCTL_STOP_FILE), which SIGTERM or SIGHUP to this process creates (_forwarding_signals); ``signals``: a list
+    the signals this process received are appended to."""
     if os.environ.get("FTCTL_DEBUG"):
         proc = subprocess.Popen(cmd, env=env)
-        with _forwarding_signals(proc, stop_file) as got:
+        with _forwarding_signals(proc, stop_file, signals) as got:
             rc = proc.wait()
         return rc or (128 + got[0] if got else 0)
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
     holding, kept = False, []
-    with _forwarding_signals(proc, stop_file) as got:
+    with _forwarding_signals(proc, stop_file, signals) as got:
         for line in proc.stderr:
             if not holding and _torchrun_report(line):
                 holding = True
@@ -478,15 +489,16 @@ STOPPED = tuple(128 + s for s in FORWARDED)  # run_filtered's exit code where th
 
 
 @contextlib.contextmanager
-def _forwarding_signals(proc: subprocess.Popen, stop_file: Path | None):
+def _forwarding_signals(proc: subprocess.Popen, stop_file: Path | None, got: list[int] | None = None):
     """SIGTERM or SIGHUP to the launcher alone (`kill PID`) stops the trainer at its next step boundary with a
     checkpoint, and the launcher says so; it trained on alone, its output into a closed pipe. (A signal to the whole
     process group, `timeout`'s or a closed terminal's, reaches the trainer itself too, which stops the same way.)
     Through ``stop_file`` (the trainer's $FTCTL_STOP_FILE, as a Slurm job's): torchrun, signalled, gives its workers
-    30 s and kills them mid-save. A second signal, or one without a stop file, goes to the child as SIGTERM. After
+    30 s and kills them mid-save. Without a stop file the signal goes to the child as SIGTERM. A second signal stops
+    the child at once, as Ctrl-C does (SIGINT to it; the step it trained, or its checkpoint, is lost). After
     SIGHUP the launcher's terminal is gone: what it passes on and says goes to /dev/null (ftctl.terminal), the run's
     records say how it ended (`ftctl status`). Yields the signals."""
-    got: list[int] = []
+    got = [] if got is None else got
     ttys = terminal.ttys()
 
     def forward(signum, frame):
@@ -495,7 +507,9 @@ def _forwarding_signals(proc: subprocess.Popen, stop_file: Path | None):
             terminal.hang_up(ttys)
         if proc.poll() is not None:
             return
-        if stop_file is not None and len(got) == 1:
+        if len(got) > 1:  # again: stop it now, as Ctrl-C does (ftctl's torchrun: its own shutdown)
+            proc.send_signal(signal.SIGINT)
+        elif stop_file is not None:
             stop_file.parent.mkdir(parents=True, exist_ok=True)
             stop_file.touch()
         else:

@@ -308,7 +308,8 @@ def peak_gpu_memory_gib() -> float | None:
 
 
 class PreemptionCallback(TrainerCallback):
-    """SIGUSR2 / SIGTERM / SIGHUP -> save a checkpoint at the next step boundary and stop cleanly.
+    """SIGUSR2 / SIGTERM / SIGHUP -> save a checkpoint at the next step boundary and stop cleanly; a second
+    signal stops the run at once, through the handler that was there before (torch's and Slurm's convention).
 
     :meth:`install` the handlers before loading the model (a signal during loading counts too),
     :meth:`uninstall` at the end. ``preempted`` says whether the run stopped for a signal."""
@@ -320,6 +321,7 @@ class PreemptionCallback(TrainerCallback):
         self._previous: dict = {}
         self._ttys: tuple[int, ...] = ()
         self._vote = distributed.StopVote()  # every rank stops at the same step (a step after the request)
+        self._signalled = False  # a signal came (the stop file is not one): the next one stops the run at once
 
     def install(self) -> None:
         self._ttys = terminal.ttys()
@@ -334,7 +336,13 @@ class PreemptionCallback(TrainerCallback):
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGHUP:  # its terminal closed: the checkpoint must not fail on a log line
             terminal.hang_up(self._ttys)
-        if self.received is None:
+        if self._signalled:  # a second signal (torchrun's shutdown, `kill` again): stop now, as before training
+            previous = self._previous.get(signum)
+            if callable(previous):  # the trainer's own: it records how the run ended, then exits
+                previous(signum, frame)
+            sys.exit(128 + signum)
+        self._signalled = True
+        if self.received is None:  # not after the stop file: the first signal still waits for that checkpoint
             self.received = signal.Signals(signum).name
             log.warning("%s received: saving a checkpoint at the next step, then stopping", self.received)
 
