@@ -9,5 +9,5 @@ export FTCTL_SKY_PYTHON="$PWD/.venv-sky/bin/python"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 # two workers (pytest-xdist): the Slurm and SkyPilot tests, which mostly wait on jobs, on one; the rest on the
-# other (tests/conftest.py groups them)
-exec .venv/bin/python -m pytest -q -ra --durations=25 -n 2 --dist loadgroup --no-loadscope-reorder "$@"
+# other, a module at a time (tests/conftest.py's scheduler)
+exec .venv/bin/python -m pytest -q -ra --durations=25 -n 2 "$@"

@@ -38,16 +38,32 @@ def _activated_environment(monkeypatch):
 
 
 CLUSTER_FIXTURE = "slurm_cluster"  # tests/slurm_fixtures.py: under it the Slurm tests and SkyPilot's (sky_infra)
+# the modules of every test on the Slurm cluster (checked at collection): under pytest-xdist one worker runs them
+CLUSTER_MODULES = ("test_sky_launch", "test_slurm_e2e", "test_slurm_scheduler")
 
 
 def pytest_collection_modifyitems(config, items):
-    """For pytest-xdist's loadgroup (scripts/test.sh runs two workers): every test on the Slurm cluster goes
-    to one worker, first, as one unit (one cluster per run, and its tests mostly wait on jobs while the other
-    worker trains); the rest go a module at a time (its module fixtures are built once)."""
+    """The Slurm cluster's tests first: under pytest-xdist (scripts/test.sh) one worker starts on them while the
+    other trains (they mostly wait on jobs). A test on the cluster outside CLUSTER_MODULES would start a second
+    cluster in the other worker: refused here."""
     on_cluster = [item for item in items if CLUSTER_FIXTURE in getattr(item, "fixturenames", ())]
-    rest = [item for item in items if CLUSTER_FIXTURE not in getattr(item, "fixturenames", ())]
-    for item in on_cluster:
-        item.add_marker(pytest.mark.xdist_group("slurm-cluster"))
-    for item in rest:
-        item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
-    items[:] = on_cluster + rest
+    strays = sorted({item.module.__name__ for item in on_cluster} - {f"tests.{m}" for m in CLUSTER_MODULES})
+    if strays:
+        raise pytest.UsageError(f"{', '.join(strays)}: tests on the Slurm cluster; add to CLUSTER_MODULES (conftest)")
+    items[:] = on_cluster + [item for item in items if item not in on_cluster]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Whole modules to a worker (their module fixtures are built once), the cluster's modules as one unit,
+    in collection order (the cluster's first). pytest-xdist's own loadgroup cannot: it renames the tests'
+    node ids, which pytest 9 no longer reads back."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "slurm-cluster" if module.removesuffix(".py").split("/")[-1] in CLUSTER_MODULES else module
+
+    config.option.loadscopereorder = False
+    return ByModule(config, log)

@@ -520,34 +520,6 @@ def test_the_preflight_runs_the_probe_in_the_training_steps_shape(tiny_model_dir
     assert "netcheck" not in render(spec, plan)
 
 
-@pytest.mark.slow
-def test_slurm_preflight_runs_across_both_nodes_and_stops_a_slow_network(e2e, tiny_model_dir):
-    """``ftctl launch --preflight`` on the real 2-node cluster: the probe runs as a step of the job across
-    both nodes, then training; with a floor no network reaches, the job stops before training."""
-    from tests.slurm_e2e_fixtures import run_args
-
-    job = e2e.launch(
-        *run_args(tiny_model_dir, e2e.scratch / "preflight", run_name="preflight", max_steps=2), "--preflight"
-    )
-    try:
-        assert " COMPLETED" in e2e.wait_finished(job, 180)
-    finally:
-        e2e.scancel(job)
-    log = e2e.ftctl("logs", job).stdout
-    assert "netcheck: 2 processes on 2 node(s) (gloo)" in log, log[-3000:]
-    assert log.index("netcheck: 2 processes") < log.index("step 1/2")
-
-    args = run_args(tiny_model_dir, e2e.scratch / "slow", run_name="slow", max_steps=2)
-    job = e2e.launch(*args, "--preflight", "-o", "preflight_min_busbw_gbps=100000")
-    try:
-        assert " FAILED" in e2e.wait_finished(job, 180)
-    finally:
-        e2e.scancel(job)
-    log = e2e.ftctl("logs", job).stdout
-    assert "netcheck: FAILED: bus bandwidth" in log and "error: network preflight failed" in log, log[-3000:]
-    assert "step 1/2" not in log
-
-
 def test_bf16_all_reduce_sets_accelerates_comm_hook_on_the_trainers_ddp_handler():
     """-o ddp_comm_dtype=bf16 (GPU only: torch's hook refuses CPU builds, plan.py refuses it on CPU): the hook is
     set on the handler the Trainer built (keeping its other settings), or on a new one."""

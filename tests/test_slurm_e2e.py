@@ -232,6 +232,32 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 
 
 # ------------------------------------------------------------------------------- 5. errors
+@pytest.mark.slow
+def test_slurm_preflight_runs_across_both_nodes_and_stops_a_slow_network(e2e, tiny_model_dir):
+    """``ftctl launch --preflight`` on the real 2-node cluster: the probe runs as a step of the job across
+    both nodes, then training; with a floor no network reaches, the job stops before training."""
+    job = e2e.launch(
+        *run_args(tiny_model_dir, e2e.scratch / "preflight", run_name="preflight", max_steps=2), "--preflight"
+    )
+    try:
+        assert " COMPLETED" in e2e.wait_finished(job, 180)
+    finally:
+        e2e.scancel(job)
+    log = e2e.ftctl("logs", job).stdout
+    assert "netcheck: 2 processes on 2 node(s) (gloo)" in log, log[-3000:]
+    assert log.index("netcheck: 2 processes") < log.index("step 1/2")
+
+    args = run_args(tiny_model_dir, e2e.scratch / "slow", run_name="slow", max_steps=2)
+    job = e2e.launch(*args, "--preflight", "-o", "preflight_min_busbw_gbps=100000")
+    try:
+        assert " FAILED" in e2e.wait_finished(job, 180)
+    finally:
+        e2e.scancel(job)
+    log = e2e.ftctl("logs", job).stdout
+    assert "netcheck: FAILED: bus bandwidth" in log and "error: network preflight failed" in log, log[-3000:]
+    assert "step 1/2" not in log
+
+
 def test_refusals_are_one_line_with_slurms_words(e2e, tiny_model_dir):
     before = e2e.cluster.run("squeue", "-h", "-t", "all", "-o", "%i").stdout.split()
 
