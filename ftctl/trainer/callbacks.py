@@ -61,6 +61,7 @@ class MetricsCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = time.time()
+        self._eta_from = None
         self._marks = _Marks()
         self._start = self._marks.now()
         self._step0 = state.global_step  # > 0 when resumed
@@ -177,7 +178,7 @@ class ProgressBar(TrainerCallback):
         self._drawn = False
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._t0, self._step0 = time.time(), state.global_step
+        self._t0, self._step0, self._first = time.time(), state.global_step, None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
