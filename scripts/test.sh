@@ -8,6 +8,4 @@ export FTCTL_SKY_PYTHON="$PWD/.venv-sky/bin/python"
 # lint and format first: a second is cheaper than a red suite
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-# two workers (pytest-xdist): the Slurm and SkyPilot tests, which mostly wait on jobs, on one; the rest on the
-# other, a module at a time (tests/conftest.py's scheduler)
-exec .venv/bin/python -m pytest -q -ra --durations=25 -n 2 "$@"
+exec .venv/bin/python -m pytest -q -ra --durations=25 "$@"

@@ -35,35 +35,3 @@ def _activated_environment(monkeypatch):
     from tests.slurm_fixtures import _venv_path
 
     monkeypatch.setenv("PATH", _venv_path())
-
-
-CLUSTER_FIXTURE = "slurm_cluster"  # tests/slurm_fixtures.py: under it the Slurm tests and SkyPilot's (sky_infra)
-# the modules of every test on the Slurm cluster (checked at collection): under pytest-xdist one worker runs them
-CLUSTER_MODULES = ("test_sky_launch", "test_slurm_e2e", "test_slurm_scheduler")
-
-
-def pytest_collection_modifyitems(config, items):
-    """The Slurm cluster's tests first: under pytest-xdist (scripts/test.sh) one worker starts on them while the
-    other trains (they mostly wait on jobs). A test on the cluster outside CLUSTER_MODULES would start a second
-    cluster in the other worker: refused here."""
-    on_cluster = [item for item in items if CLUSTER_FIXTURE in getattr(item, "fixturenames", ())]
-    strays = sorted({item.module.__name__ for item in on_cluster} - {f"tests.{m}" for m in CLUSTER_MODULES})
-    if strays:
-        raise pytest.UsageError(f"{', '.join(strays)}: tests on the Slurm cluster; add to CLUSTER_MODULES (conftest)")
-    items[:] = on_cluster + [item for item in items if item not in on_cluster]
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """Whole modules to a worker (their module fixtures are built once), the cluster's modules as one unit,
-    in collection order (the cluster's first). pytest-xdist's own loadgroup cannot: it renames the tests'
-    node ids, which pytest 9 no longer reads back."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ByModule(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "slurm-cluster" if module.removesuffix(".py").split("/")[-1] in CLUSTER_MODULES else module
-
-    config.option.loadscopereorder = False
-    return ByModule(config, log)
