@@ -33,7 +33,15 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  ParamWrapper folds the adapter into a copy of each layer's expert stack every forward and the
                  backward keeps them all: the experts' weights once more in 16 bits (bench/NOTES.md v57: 19.3 GB
                  of a 10.6B Qwen3-MoE on an H200; with it the plan is within -1%/+3% of the peak). Under gradient
-                 checkpointing one layer's, as its forward runs again in the backward (inferred, not measured)
+                 checkpointing one layer's, as its forward runs again in the backward (v58: within 1%)
+    expert_activations
+                 a mixture of experts whose experts run transformers' own forward (grouped_mm: a model type Liger
+                 does not patch, or on CPU) rather than Liger's fused experts: each routed copy of a token keeps its
+                 gathered input and its experts' output (2H + 2H) and gate_up's output and the gated product
+                 (4I' + 2I', I' one expert's width), top-k copies a token, in every MoE layer; one layer's under
+                 gradient checkpointing. Liger's experts keep none of it beyond what the activations term counts
+                 (v57: within 1%). v59, Qwen3-MoE's shape without Liger on an H200: 93.35 GB against 92.44 planned
+                 (28.2 GB more than Liger's peak), checkpointed 32.39 against 31.89
     accumulated_grads
                  with gradient accumulation only (accumulation_steps() > 1): the gradients of the micro-
                  batches so far stay alive through the next one's activations, so the grads term counts
@@ -90,7 +98,7 @@ from pathlib import Path
 from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError
 from ftctl.spec import FIELDS, STRATEGIES, RunSpec, parse_size
-from ftctl.trainer.attention import default_packing, describe, plan_attention
+from ftctl.trainer.attention import LIGER_MODEL_TYPES, default_packing, describe, plan_attention
 
 HEADROOM = 0.92
 # DeepSpeed's defaults for ZeRO-3 (elements), which ftctl's config leaves as they are (distributed.py)
@@ -111,6 +119,9 @@ class ModelShape:
     context: int = 0  # max_position_embeddings of its config; 0: not read
     experts: int = 0  # an MoE's routed experts, of all its layers together; 0: dense (see _shape_from_config)
     expert_mlp: int = 0  # one routed expert's MLP width
+    top_k: int = 0  # experts a token is routed to in an MoE layer
+    moe_layers: int = 0  # layers with routed experts
+    model_type: str = ""  # its config's (the text model's): which kernels the trainer runs on it
 
     @property
     def mlp(self) -> int:
@@ -335,11 +346,15 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     embed = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
     params = (layers * attn + mlp + embed) / 1e9
     context = cfg.get("max_position_embeddings") or 0
-    shape = ModelShape(round(params, 4), h, layers, vocab, source, inter, kv * head_dim, int(context))
+    kind = cfg.get("model_type") or ""
+    shape = ModelShape(round(params, 4), h, layers, vocab, source, inter, kv * head_dim, int(context), model_type=kind)
     if not moe:
         return shape
-    active = (cfg.get("num_experts_per_tok") or 1) * expert_mlp + shared
-    return replace(shape, intermediate=active, experts=experts * moe, expert_mlp=expert_mlp)
+    top_k = cfg.get("num_experts_per_tok") or 1
+    active = top_k * expert_mlp + shared
+    return replace(
+        shape, intermediate=active, experts=experts * moe, expert_mlp=expert_mlp, top_k=top_k, moe_layers=moe
+    )
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -498,6 +513,9 @@ def memory_terms(
     terms["overhead"] = OVERHEAD_GB
     if expert_adapters:  # module docstring: expert_copies
         terms["expert_copies"] = wb * shape.expert_params_b / (shape.layers if ckpt else 1)
+    if shape.experts and (fp32 or shape.model_type not in LIGER_MODEL_TYPES):  # module docstring: expert_activations
+        routed = shape.top_k * (4 * h + 6 * shape.expert_mlp) * gb
+        terms["expert_activations"] = routed * (1 if ckpt else shape.moe_layers)
     if accumulating:  # module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
     if accum > 1 and strategy == "fsdp" and world > 1:  # the same: FSDP2's unsharded 16-bit gradients
