@@ -514,8 +514,7 @@ def memory_terms(
     if expert_adapters:  # module docstring: expert_copies
         terms["expert_copies"] = wb * shape.expert_params_b / (shape.layers if ckpt else 1)
     if shape.experts and (fp32 or shape.model_type not in LIGER_MODEL_TYPES):  # module docstring: expert_activations
-        routed = shape.top_k * (4 * h + 6 * shape.expert_mlp) * gb
-        terms["expert_activations"] = routed * (1 if ckpt else shape.moe_layers)
+        terms["expert_activations"] = expert_activations_gb(shape, micro * seq, wb, ckpt)
     if accumulating:  # module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
     if accum > 1 and strategy == "fsdp" and world > 1:  # the same: FSDP2's unsharded 16-bit gradients
@@ -535,6 +534,31 @@ def memory_terms(
             wb * (2 * ZERO3_REDUCE_BUCKET + ZERO3_PREFETCH_BUCKET + min(ZERO3_MAX_LIVE, n * 1e9)) / 1e9
         )
     return terms
+
+
+def expert_activations_gb(shape: ModelShape, tokens: int, wb: int, ckpt: bool) -> float:
+    """The module docstring's expert_activations for a micro-batch of ``tokens`` (``wb``: bytes an element)."""
+    per_token = shape.top_k * (4 * shape.hidden + 6 * shape.expert_mlp) * wb // 2
+    return per_token * tokens * (1 if ckpt else shape.moe_layers) / 1e9
+
+
+def experts_without_liger(plan: Plan, seq: int, liger: bool) -> str | None:
+    """What the trainer says where the plan counted Liger's fused experts (a GPU plan for a type Liger patches)
+    and Liger does not run (liger-kernel not installed beside the trainer): the experts then keep
+    expert_activations, which the plan left out."""
+    shape = plan.model
+    if liger or not shape.experts or plan.tier is None or "expert_activations" in plan.memory:
+        return None
+    micro, ckpt = plan.per_device_train_batch_size, plan.gradient_checkpointing
+    more = expert_activations_gb(shape, micro * seq, 2, ckpt)
+    fix = "pip install liger-kernel beside the trainer"
+    if not ckpt:
+        fix += f", or -o gradient_checkpointing=true ({expert_activations_gb(shape, micro * seq, 2, True):.1f} GB then)"
+    return (
+        f"Liger's kernels are off here (liger-kernel not installed?): this mixture of experts runs transformers' own "
+        f"experts forward, which keeps ~{more:.1f} GB a GPU more than the plan's {plan.memory_gb:.1f} (it counted "
+        f"Liger's fused experts). If the step runs out of memory: {fix}."
+    )
 
 
 def lora_kernels(

@@ -975,3 +975,31 @@ def test_moe_experts_outside_liger_are_planned_as_their_h200_peak(tmp_path, meth
     h100 = plan(method=method, gpus="1xH100", model_name_or_path=str(tmp_path), o=o[:2])
     _fits(h100)
     assert h100.per_device_train_batch_size < 8 or h100.gradient_checkpointing
+
+
+def test_a_gpu_without_liger_says_what_the_experts_keep_beyond_the_plan(tmp_path):
+    """A GPU plan for a type Liger patches counts its fused experts; where liger-kernel is not installed beside the
+    trainer, the step keeps v59's 27 GB more (an OOM the plan did not foresee): the trainer says so and the fix."""
+    from ftctl.plan import experts_without_liger
+
+    (tmp_path / "config.json").write_text(json.dumps(MOE_BENCH))
+    o = ["global_batch_size=8", "model_max_length=2048"]
+    p = plan(method="lora", gpus="1xH200", model_name_or_path=str(tmp_path), o=o)
+    assert experts_without_liger(p, 2048, liger=True) is None
+    assert experts_without_liger(p, 2048, liger=False) == (
+        "Liger's kernels are off here (liger-kernel not installed?): this mixture of experts runs transformers' own "
+        "experts forward, which keeps ~26.8 GB a GPU more than the plan's 65.6 (it counted Liger's fused experts). "
+        "If the step runs out of memory: pip install liger-kernel beside the trainer, or -o gradient_checkpointing=true "
+        "(1.7 GB then)."
+    )
+    # counted already: a type Liger does not patch, or a CPU plan (no Liger there); a dense model has no experts
+    (tmp_path / "config.json").write_text(json.dumps({**MOE_BENCH, "model_type": "qwen2_moe"}))
+    assert (
+        experts_without_liger(plan(method="lora", gpus="1xH200", model_name_or_path=str(tmp_path), o=o), 2048, False)
+        is None
+    )
+    small = {**MOE_BENCH, "hidden_size": 128, "moe_intermediate_size": 64, "num_experts": 8, "vocab_size": 1000}
+    (tmp_path / "config.json").write_text(json.dumps(small))
+    on_cpu = plan(method="lora", gpus="cpu", model_name_or_path=str(tmp_path), o=o)
+    assert on_cpu.memory["expert_activations"] > 0 and experts_without_liger(on_cpu, 2048, False) is None
+    assert experts_without_liger(plan(method="lora", gpus="1xH200", model_params="8b", o=o), 2048, False) is None

@@ -184,12 +184,14 @@ def _slurm_jobs_of(sky_infra, name: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if name in line]
 
 
-def test_managed_job_recovers_from_a_lost_node_and_resumes(sky, sky_infra, sky_s3):
+def test_managed_job_recovers_from_a_lost_node_resumes_and_is_cancelled(sky, sky_infra, sky_s3):
     """--spot: a managed job (sky.jobs.launch). Its Slurm allocation is cancelled mid-run (the node is
-    lost): the jobs controller relaunches it and the trainer resumes from the bucket's last checkpoint."""
+    lost): the jobs controller relaunches it and the trainer resumes from its last checkpoint and saves later
+    ones. Then `ftctl cancel` ends the managed job, and `ftctl down` says a managed job has no cluster to down.
+    (One managed job for both: each SkyPilot provision here costs about a minute of the suite.)"""
     t0 = time.monotonic()
     args = sky.run_args(sky.model, sky.data, f"s3://{sky.bucket}/runs/managed", nodes=1, run_name="sky-managed")
-    job = sky.launch(*args, "--spot", "-o", "max_steps=120", "-o", "save_steps=10")
+    job = sky.launch(*args, "--spot", "-o", "max_steps=100000", "-o", "save_steps=10")
     assert job.startswith("managed/"), job
     s3 = sky_s3.client()
 
@@ -199,32 +201,31 @@ def test_managed_job_recovers_from_a_lost_node_and_resumes(sky, sky_infra, sky_s
             {int(m.group(1)) for k in keys if (m := re.search(rf"checkpoint-(\d+)/{re.escape(MANIFEST)}$", k))}
         )
 
-    deadline = time.monotonic() + 300
-    while not complete_steps() and time.monotonic() < deadline:
-        time.sleep(2)
-    before = complete_steps()
-    assert before, sky.ftctl("logs", job).stdout
+    def wait_for_step(step: int, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while not (steps := complete_steps()) or steps[-1] < step:
+            assert time.monotonic() < deadline, f"no checkpoint {step} in {timeout} s: {steps}\n{sky.why(job)}"
+            time.sleep(2)
+        return steps
+
+    before = wait_for_step(1, timeout=300)
     allocations = _slurm_jobs_of(sky_infra, "sky-managed")
     assert allocations, sky_infra.cluster.run("squeue", "-h", "-o", "%i %j %T").stdout
     sky_infra.cluster.run("scancel", *allocations)  # the node is gone, as a preempted VM
     print(f"[t] managed: node lost at step {before[-1]} after {time.monotonic() - t0:.0f}s", file=sys.stderr)
-    line = sky.wait(job, ("SUCCEEDED", "FAILED", "CANCELLED"), timeout=420)
+    # the relaunched trainer resumed and saved two checkpoints later than any the lost node could have
+    # (on its way out it may save the step it was on: SIGTERM)
+    wait_for_step(before[-1] + 20, timeout=420)
+    line = sky.ftctl("status", job).stdout.strip()
     logs = sky.ftctl("logs", job).stdout
-    assert " SUCCEEDED" in line and "recovered" in line, f"{line}\n{logs}"
+    assert " RUNNING" in line and "recovered" in line, f"{line}\n{logs}"
     assert "resuming from" in logs, logs
-    assert complete_steps()[-1] == 120
-    print(f"[t] managed recovered+SUCCEEDED {time.monotonic() - t0:.0f}s", file=sys.stderr)
+    print(f"[t] managed: recovered and resumed {time.monotonic() - t0:.0f}s", file=sys.stderr)
 
-
-def test_managed_job_cancel(sky, sky_infra):
-    t0 = time.monotonic()
-    args = sky.run_args(sky.model, sky.data, f"s3://{sky.bucket}/runs/m-long", nodes=1, run_name="sky-m-long")
-    job = sky.launch(*args, "--spot", "-o", "max_steps=100000", "-o", "save_steps=100000")
-    sky.wait(job, ("RUNNING",), timeout=240)
     assert sky.ftctl("cancel", job).stdout.strip() == f"cancelled {job}"
     sky.wait(job, ("CANCELLED",), timeout=180)
     assert "managed job" in sky.ftctl("down", job, check=False).stderr
-    print(f"[t] managed cancel {time.monotonic() - t0:.0f}s", file=sys.stderr)
+    print(f"[t] managed cancelled {time.monotonic() - t0:.0f}s", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------------ without a launch
