@@ -121,6 +121,20 @@ def test_launch_two_nodes_status_logs_cancel_down(sky, sky_infra, sky_s3):
     args = sky.run_args(sky.local_model, str(sky.local_data), out, run_name="sky-lora")
     job = sky.launch(*args, "--cluster", CLUSTER, "--preflight")
     assert job.startswith(f"{CLUSTER}/"), job
+    # a second, long run on the same cluster, reused (sky.launch), sent while the first runs; cancelled below
+    long_job = sky.launch(
+        *sky.run_args(
+            sky.model,
+            sky.data,
+            f"s3://{sky.bucket}/runs/long",
+            run_name="sky-long",
+            max_steps=100000,
+            save_steps=100000,
+        ),
+        "--cluster",
+        CLUSTER,
+    )
+    assert long_job.startswith(f"{CLUSTER}/") and long_job != job
     line = sky.wait(job, ("SUCCEEDED", "FAILED", "CANCELLED", "UNKNOWN"), timeout=300)
     print(f"[t] launch..SUCCEEDED {time.monotonic() - t0:.0f}s", file=sys.stderr)
     logs = sky.ftctl("logs", "-f", job).stdout  # follows to the end of a finished job
@@ -153,20 +167,7 @@ def test_launch_two_nodes_status_logs_cancel_down(sky, sky_infra, sky_s3):
     assert (shipped[0].parent / node["model_name_or_path"] / "config.json").is_file()
     assert not list(sky.cwd.rglob("PWNED"))
 
-    # a second, long run on the same cluster, reused (sky.launch), cancelled while it runs
-    long_job = sky.launch(
-        *sky.run_args(
-            sky.model,
-            sky.data,
-            f"s3://{sky.bucket}/runs/long",
-            run_name="sky-long",
-            max_steps=100000,
-            save_steps=100000,
-        ),
-        "--cluster",
-        CLUSTER,
-    )
-    assert long_job.startswith(f"{CLUSTER}/") and long_job != job
+    # the second run, cancelled while it runs
     sky.wait(long_job, ("RUNNING",), timeout=180)
     print(f"[t] second run RUNNING {time.monotonic() - t0:.0f}s", file=sys.stderr)
     assert sky.ftctl("cancel", long_job).stdout.strip() == f"cancelled {long_job}"
