@@ -27,6 +27,13 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  an H200 (bench/NOTES.md from v50; tests/test_plan.py holds each run): 4% under to 8% over what they
                  measured (1B fft's peak is the optimizer step: weights + gradients + Adam; ZeRO-3's step on a
                  partition over DeepSpeed's 1e9-parameter sub-group, 3B, is as large as its buffers: -1%)
+                 Outside Liger (a model type it does not patch, on a GPU), transformers' own layers keep more, A +
+                 unfused_layer_bytes(): LlamaRMSNorm's fp32 copy of its input (4H where Liger keeps the 16-bit
+                 input), and with its weight trained (fft/sft) its normalised output, and the SwiGLU's silu(gate)
+                 beside gate, up and their product (+2I). Counted 4H + 2I for lora/qlora, 8H + 2I for fft: v60 on an
+                 H200, Llama shapes with and without Liger in one call, measured +43.6 kB a token and layer for 8B
+                 lora (counted 45.1) and +43.1 for 1B fft, which the plan takes (13H + 2I; the count is 1.3x short
+                 there, unexplained). Not on CPU (fp32: no upcast copies; not measured)
     logits       the LM head's loss (fused_head_bytes): chunks of tokens, not the (tokens x vocab) logits
     expert_copies
                  where LoRA adapts a mixture of experts' fused expert weights (all-linear: adapts_experts), PEFT's
@@ -40,8 +47,8 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  gathered input and its experts' output (2H + 2H) and gate_up's output and the gated product
                  (4I' + 2I', I' one expert's width), top-k copies a token, in every MoE layer; one layer's under
                  gradient checkpointing. Liger's experts keep none of it beyond what the activations term counts
-                 (v57: within 1%). v59, Qwen3-MoE's shape without Liger on an H200: 93.35 GB against 92.44 planned
-                 (28.2 GB more than Liger's peak), checkpointed 32.39 against 31.89
+                 (v57: within 1%). v59, Qwen3-MoE's shape without Liger on an H200: 93.35 GB against 94.72 planned
+                 (27.3 GB more than Liger's peak; with the norms' term above), checkpointed 32.39 against 31.99
     accumulated_grads
                  with gradient accumulation only (accumulation_steps() > 1): the gradients of the micro-
                  batches so far stay alive through the next one's activations, so the grads term counts
@@ -100,6 +107,8 @@ from ftctl.errors import FtctlError
 from ftctl.spec import FIELDS, STRATEGIES, RunSpec, parse_size
 from ftctl.trainer.attention import LIGER_MODEL_TYPES, default_packing, describe, plan_attention
 
+UNFUSED_ADAPTERS_H = 4  # activations outside Liger, a token and layer: lora/qlora's norms (module docstring)
+UNFUSED_WEIGHTS_H = 13  # fft/sft's (the norms' weights train), fitted: the count says 8
 HEADROOM = 0.92
 # DeepSpeed's defaults for ZeRO-3 (elements), which ftctl's config leaves as they are (distributed.py)
 ZERO3_REDUCE_BUCKET, ZERO3_PREFETCH_BUCKET, ZERO3_MAX_LIVE = 5e8, 5e7, 1e9
@@ -492,6 +501,9 @@ def memory_terms(
     adapters = method in ("lora", "qlora")
     kernel = lora_kernels(method, strategy, shape, precision, fp32, lora_r, dora)
     per_token_layer = activation_bytes(h, i, fp32_residual, adapters, adapters and lora_dropout > 0 and not kernel)
+    liger = liger_layers(shape, fp32)
+    if not liger and not fp32:  # the module docstring: activations outside Liger (on CPU: not measured)
+        per_token_layer += unfused_layer_bytes(shape, adapters)
     if adapters and dora:  # the module docstring: dora
         per_token_layer += DORA_ACTIVATION_H * h + DORA_ACTIVATION_I * i
     gb = micro * seq * wb / 2 / 1e9  # bytes a token -> GB for a micro-batch
@@ -513,7 +525,7 @@ def memory_terms(
     terms["overhead"] = OVERHEAD_GB
     if expert_adapters:  # module docstring: expert_copies
         terms["expert_copies"] = wb * shape.expert_params_b / (shape.layers if ckpt else 1)
-    if shape.experts and (fp32 or shape.model_type not in LIGER_MODEL_TYPES):  # module docstring: expert_activations
+    if shape.experts and not liger:  # module docstring: expert_activations
         terms["expert_activations"] = expert_activations_gb(shape, micro * seq, wb, ckpt)
     if accumulating:  # module docstring: accumulated_grads
         terms["accumulated_grads"] = grads
@@ -536,28 +548,46 @@ def memory_terms(
     return terms
 
 
+def liger_layers(shape: ModelShape, on_cpu: bool) -> bool:
+    """Whether the plan counts Liger's layer kernels for this model: on a GPU, for the types Liger patches
+    (attention.LIGER_MODEL_TYPES; a shape read without a type, a known id or --model-params, is taken as
+    Llama's, as the known ids are)."""
+    return not on_cpu and (not shape.model_type or shape.model_type in LIGER_MODEL_TYPES)
+
+
+def unfused_layer_bytes(shape: ModelShape, adapters: bool) -> int:
+    """The module docstring's activations outside Liger: what transformers' own layers keep beyond Liger's, a
+    token and layer in 16 bits (an MoE's experts are expert_activations')."""
+    return (UNFUSED_ADAPTERS_H if adapters else UNFUSED_WEIGHTS_H) * shape.hidden + (
+        0 if shape.experts else 2 * shape.mlp
+    )
+
+
 def expert_activations_gb(shape: ModelShape, tokens: int, wb: int, ckpt: bool) -> float:
     """The module docstring's expert_activations for a micro-batch of ``tokens`` (``wb``: bytes an element)."""
     per_token = shape.top_k * (4 * shape.hidden + 6 * shape.expert_mlp) * wb // 2
     return per_token * tokens * (1 if ckpt else shape.moe_layers) / 1e9
 
 
-def experts_without_liger(plan: Plan, seq: int, liger: bool) -> str | None:
-    """What the trainer says where the plan counted Liger's fused experts (a GPU plan for a type Liger patches)
-    and Liger does not run (liger-kernel not installed beside the trainer): the experts then keep
-    expert_activations, which the plan left out."""
+def without_liger(plan: Plan, seq: int, liger: bool) -> str | None:
+    """What the trainer says where the plan counted Liger's kernels (a GPU plan for a type Liger patches) and
+    Liger does not run (liger-kernel not installed beside the trainer): transformers' own layers keep more."""
     shape = plan.model
-    if liger or not shape.experts or plan.tier is None or "expert_activations" in plan.memory:
+    if liger or plan.tier is None or not liger_layers(shape, on_cpu=False):
         return None
-    micro, ckpt = plan.per_device_train_batch_size, plan.gradient_checkpointing
-    more = expert_activations_gb(shape, micro * seq, 2, ckpt)
+    tokens, adapters = plan.per_device_train_batch_size * seq, plan.method in ("lora", "qlora")
+
+    def more(ckpt: bool) -> float:
+        layers = unfused_layer_bytes(shape, adapters) * tokens * (1 if ckpt else shape.layers + 1) / 1e9
+        return layers + (expert_activations_gb(shape, tokens, 2, ckpt) if shape.experts else 0.0)
+
     fix = "pip install liger-kernel beside the trainer"
-    if not ckpt:
-        fix += f", or -o gradient_checkpointing=true ({expert_activations_gb(shape, micro * seq, 2, True):.1f} GB then)"
+    if not plan.gradient_checkpointing:
+        fix += f", or -o gradient_checkpointing=true ({more(True):.1f} GB then)"
     return (
-        f"Liger's kernels are off here (liger-kernel not installed?): this mixture of experts runs transformers' own "
-        f"experts forward, which keeps ~{more:.1f} GB a GPU more than the plan's {plan.memory_gb:.1f} (it counted "
-        f"Liger's fused experts). If the step runs out of memory: {fix}."
+        f"Liger's kernels are off here (liger-kernel not installed?): transformers' own layers keep "
+        f"~{more(plan.gradient_checkpointing):.1f} GB a GPU more than the plan's {plan.memory_gb:.1f}, which counted "
+        f"Liger's. If the step runs out of memory: {fix}."
     )
 
 

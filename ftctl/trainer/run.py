@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 from ftctl import checkpoints, storage
 from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
-from ftctl.plan import Plan, dump_run, experts_without_liger
+from ftctl.plan import Plan, dump_run, without_liger
 from ftctl.runpaths import (
     FINAL_MARKS,
     FINAL_STAGING,
@@ -224,7 +224,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             log.warning("%s", shared)
         set_seed(spec.seed)  # LoRA's initial weights
         run.kernels = model_kernels(spec, plan, procs.on_cpu, procs.local_rank)  # attention + Liger: what really runs
-        if procs.is_main and (unplanned := experts_without_liger(plan, spec.model_max_length, run.kernels.liger)):
+        if procs.is_main and (unplanned := without_liger(plan, spec.model_max_length, run.kernels.liger)):
             log.warning("%s", unplanned)
         model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank, run.kernels), spec, plan)
         leaves = distributed.zero3_leaf_blocks(model, plan.strategy)
