@@ -2,8 +2,8 @@
 
 Random-initialised models from configs (no hub): a Llama-3.1-8B shape for lora/qlora, a Llama-3.2-1B
 (fft1b) or -3B (fft3b) shape for fft, a Qwen3-30B-A3B shape with 16 of its 48 layers (a mixture of experts,
-10.6B parameters) for loramoe/qloramoe; synthetic ShareGPT conversations of ~1,000-2,000 tokens; the tokenizer is the tests'
-tiny byte-level BPE (token ids < 512 do not change the cost of a step). Each case goes through the
+10.6B parameters) for loramoe/qloramoe, Phi-3-mini's for loraphi3; synthetic ShareGPT conversations of ~1,000-2,000
+tokens; the tokenizer is the tests' tiny byte-level BPE (token ids < 512 do not change the cost of a step). Each case goes through the
 same path as a real run: RunSpec -> make_plan(1xH100) -> ftctl.trainer.run.train.
 
     python bench/gpu_train.py --out results.json [--cases lora8b,qlora8b,fft1b] [--steps 30]
@@ -74,6 +74,18 @@ SHAPES = {
         max_position_embeddings=40960,
         tie_word_embeddings=False,
     ),
+    "phi3": dict(  # Phi-3-mini's (3.8B): a type ftctl applies no Liger kernels to (fused qkv_proj and gate_up_proj)
+        model_type="phi3",
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32064,
+        rope_theta=10000.0,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    ),
 }
 CASES = {
     "lora8b": ("lora", "8b"),
@@ -82,6 +94,7 @@ CASES = {
     "fft3b": ("fft", "3b"),
     "loramoe": ("lora", "moe"),
     "qloramoe": ("qlora", "moe"),
+    "loraphi3": ("lora", "phi3"),
 }
 
 
