@@ -33,7 +33,8 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  beside gate, up and their product (+2I). Counted 4H + 2I for lora/qlora, 8H + 2I for fft: v60 on an
                  H200, Llama shapes with and without Liger in one call, measured +43.6 kB a token and layer for 8B
                  lora (counted 45.1) and +43.1 for 1B fft, which the plan takes (13H + 2I; the count is 1.3x short
-                 there, unexplained). Not on CPU (fp32: no upcast copies; not measured)
+                 there, unexplained). Not on CPU (fp32: no upcast copies; not measured). K/V wider than a
+                 quarter of the heads (multi-head models) adds kv_width_bytes()
     logits       the LM head's loss (fused_head_bytes): chunks of tokens, not the (tokens x vocab) logits
     expert_copies
                  where LoRA adapts a mixture of experts' fused expert weights (all-linear: adapts_experts), PEFT's
@@ -159,10 +160,10 @@ class ModelShape:
 KNOWN_MODELS = {
     "huggingfacetb/smollm2-135m-instruct": ModelShape(0.135, 576, 30, 49152, "known id", 1536, 192),
     "huggingfacetb/smollm2-1.7b-instruct": ModelShape(1.71, 2048, 24, 49152, "known id", 8192),
-    "lmsys/vicuna-7b-v1.5": ModelShape(6.74, 4096, 32, 32000, "known id", 11008),
-    "lmsys/vicuna-13b-v1.5": ModelShape(13.0, 5120, 40, 32000, "known id", 13824),
-    "meta-llama/llama-2-7b-hf": ModelShape(6.74, 4096, 32, 32000, "known id", 11008),
-    "meta-llama/llama-2-13b-hf": ModelShape(13.0, 5120, 40, 32000, "known id", 13824),
+    "lmsys/vicuna-7b-v1.5": ModelShape(6.74, 4096, 32, 32000, "known id", 11008, 4096),
+    "lmsys/vicuna-13b-v1.5": ModelShape(13.0, 5120, 40, 32000, "known id", 13824, 5120),
+    "meta-llama/llama-2-7b-hf": ModelShape(6.74, 4096, 32, 32000, "known id", 11008, 4096),
+    "meta-llama/llama-2-13b-hf": ModelShape(13.0, 5120, 40, 32000, "known id", 13824, 5120),
     "meta-llama/llama-2-70b-hf": ModelShape(69.0, 8192, 80, 32000, "known id", 28672, 1024),
     "meta-llama/llama-3.2-1b": ModelShape(1.24, 2048, 16, 128256, "known id", 8192, 512),
     "meta-llama/llama-3.2-3b": ModelShape(3.21, 3072, 28, 128256, "known id", 8192, 1024),
@@ -501,6 +502,7 @@ def memory_terms(
     adapters = method in ("lora", "qlora")
     kernel = lora_kernels(method, strategy, shape, precision, fp32, lora_r, dora)
     per_token_layer = activation_bytes(h, i, fp32_residual, adapters, adapters and lora_dropout > 0 and not kernel)
+    per_token_layer += kv_width_bytes(shape)
     liger = liger_layers(shape, fp32)
     if not liger and not fp32:  # the module docstring: activations outside Liger (on CPU: not measured)
         per_token_layer += unfused_layer_bytes(shape, adapters)
@@ -546,6 +548,14 @@ def memory_terms(
             wb * (2 * ZERO3_REDUCE_BUCKET + ZERO3_PREFETCH_BUCKET + min(ZERO3_MAX_LIVE, n * 1e9)) / 1e9
         )
     return terms
+
+
+def kv_width_bytes(shape: ModelShape) -> int:
+    """activation_bytes() counts attention's k and v at a quarter of the heads (Llama-3's GQA); a model with wider
+    K/V (multi-head: Llama-2-7B, Vicuna, Phi-3) keeps 2 x 2kv a token and layer where 2 x 2H/4 is counted. v61,
+    Phi-3-mini's shape (32 KV heads) on an H200: 6H a token and layer over the plan before this term. Narrower K/V
+    is left at the quarter (not measured); a shape without its K/V width (--model-params) too."""
+    return max(0, 4 * shape.kv_dim - shape.hidden)
 
 
 def liger_layers(shape: ModelShape, on_cpu: bool) -> bool:

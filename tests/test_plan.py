@@ -1030,3 +1030,25 @@ def test_a_gpu_without_liger_says_what_its_layers_keep_beyond_the_plan(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(small))
     on_cpu = plan(method="lora", gpus="cpu", model_name_or_path=str(tmp_path), o=o)
     assert on_cpu.memory["expert_activations"] > 0 and without_liger(on_cpu, 2048, False) is None
+
+
+def test_a_multi_head_model_outside_liger_is_planned_near_its_h200_peak(tmp_path):
+    """bench/NOTES.md v61: Phi-3-mini's shape (32 KV heads, a type ftctl applies no Liger to) peaked at 46.80 GB for
+    lora at 4 x 2,048 without checkpointing, where the plan said 34.12 (1.37x): the unfused layers (v60) and the K/V
+    width attention keeps (kv_width_bytes) bring it within 6%; the fused qkv buffer's share is left (not counted)."""
+    config = dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096)  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    o = ["global_batch_size=8", "model_max_length=2048", "per_device_train_batch_size=4"]
+    p = plan(method="lora", gpus="1xH200", model_name_or_path=str(tmp_path), o=[*o, "gradient_checkpointing=false"])
+    assert 46.80 * 0.94 <= p.memory_gb <= 46.80
+    checkpointed = plan(
+        method="lora", gpus="1xH200", model_name_or_path=str(tmp_path), o=[*o, "gradient_checkpointing=true"]
+    )
+    assert checkpointed.memory_gb == pytest.approx(11.24, rel=0.1)
+    # the same shape with Llama-3's quarter of the heads for K/V is planned as before
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 8}))
+    narrow = plan(
+        method="lora", gpus="1xH200", model_name_or_path=str(tmp_path), o=[*o, "gradient_checkpointing=false"]
+    )
+    assert narrow.memory_gb < p.memory_gb - 2
