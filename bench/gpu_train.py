@@ -2,8 +2,9 @@
 
 Random-initialised models from configs (no hub): a Llama-3.1-8B shape for lora/qlora, a Llama-3.2-1B
 (fft1b) or -3B (fft3b) shape for fft, a Qwen3-30B-A3B shape with 16 of its 48 layers (a mixture of experts,
-10.6B parameters) for loramoe/qloramoe, Phi-3-mini's for loraphi3; synthetic ShareGPT conversations of ~1,000-2,000
-tokens; the tokenizer is the tests' tiny byte-level BPE (token ids < 512 do not change the cost of a step). Each case goes through the
+10.6B parameters) for loramoe/qloramoe, Phi-3-mini's for loraphi3, Gemma-2-2B's for loragemma2 (its
+attention's soft cap removed: loragemma2nocap); synthetic ShareGPT conversations of 2,300-5,600 tokens
+(every row cut to the 2,048 of model_max_length); the tokenizer is the tests' tiny byte-level BPE (token ids < 512 do not change the cost of a step). Each case goes through the
 same path as a real run: RunSpec -> make_plan(1xH100) -> ftctl.trainer.run.train.
 
     python bench/gpu_train.py --out results.json [--cases lora8b,qlora8b,fft1b] [--steps 30]
@@ -86,7 +87,22 @@ SHAPES = {
         max_position_embeddings=4096,
         tie_word_embeddings=False,
     ),
+    "gemma2": dict(  # Gemma-2-2B's (2.6B): outside Liger, soft-capped attention logits (eager under sdpa)
+        model_type="gemma2",
+        hidden_size=2304,
+        intermediate_size=9216,
+        num_hidden_layers=26,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        vocab_size=256000,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+    ),
 }
+SHAPES["gemma2nocap"] = dict(SHAPES["gemma2"], attn_logit_softcapping=None)  # torch's varlen kernels run it
 CASES = {
     "lora8b": ("lora", "8b"),
     "qlora8b": ("qlora", "8b"),
@@ -95,6 +111,8 @@ CASES = {
     "loramoe": ("lora", "moe"),
     "qloramoe": ("qlora", "moe"),
     "loraphi3": ("lora", "phi3"),
+    "loragemma2": ("lora", "gemma2"),
+    "loragemma2nocap": ("lora", "gemma2nocap"),
 }
 
 

@@ -36,6 +36,12 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  there, unexplained). Not on CPU (fp32: no upcast copies; not measured). K/V wider than a
                  quarter of the heads (multi-head models) adds kv_width_bytes()
     logits       the LM head's loss (fused_head_bytes): chunks of tokens, not the (tokens x vocab) logits
+    attention_scores
+                 where transformers' eager attention runs (asked for, or a model that soft-caps its attention
+                 logits, Gemma 2, where sdpa would: attention.keeps_scores), each head's (S x S) scores are written
+                 out: a layer keeps softmax's fp32 output, its 16-bit copy (matmul's input) and the soft cap's tanh
+                 output (attention_scores_gb), in every layer without checkpointing, in the one recomputed with
+                 it; + the layer's gradients in the backward and the additive (S x S) mask
     expert_copies
                  where LoRA adapts a mixture of experts' fused expert weights (all-linear: adapts_experts), PEFT's
                  ParamWrapper folds the adapter into a copy of each layer's expert stack every forward and the
@@ -106,7 +112,14 @@ from pathlib import Path
 from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError
 from ftctl.spec import FIELDS, STRATEGIES, RunSpec, parse_size
-from ftctl.trainer.attention import LIGER_MODEL_TYPES, default_packing, describe, plan_attention
+from ftctl.trainer.attention import (
+    EAGER,
+    LIGER_MODEL_TYPES,
+    default_packing,
+    describe,
+    keeps_scores,
+    plan_attention,
+)
 
 UNFUSED_ADAPTERS_H = 4  # activations outside Liger, a token and layer: lora/qlora's norms (module docstring)
 UNFUSED_WEIGHTS_H = 13  # fft/sft's (the norms' weights train), fitted: the count says 8
@@ -132,10 +145,16 @@ class ModelShape:
     top_k: int = 0  # experts a token is routed to in an MoE layer
     moe_layers: int = 0  # layers with routed experts
     model_type: str = ""  # its config's (the text model's): which kernels the trainer runs on it
+    heads: int = 0  # attention (query) heads; 0: not read, hidden / 128 (Llama's head width)
+    attn_softcap: bool = False  # soft-caps its attention logits (attn_logit_softcapping: Gemma 2)
 
     @property
     def mlp(self) -> int:
         return self.intermediate or 4 * self.hidden
+
+    @property
+    def attention_heads(self) -> int:
+        return self.heads or max(1, self.hidden // 128)
 
     @property
     def expert_params_b(self) -> float:
@@ -157,23 +176,27 @@ class ModelShape:
 
 
 # Shapes of common models, for ids whose config.json is not on this machine (kv_dim: GQA's k/v width; none: MHA).
+_GEMMA2 = dict(model_type="gemma2", attn_softcap=True)
 KNOWN_MODELS = {
-    "huggingfacetb/smollm2-135m-instruct": ModelShape(0.135, 576, 30, 49152, "known id", 1536, 192),
-    "huggingfacetb/smollm2-1.7b-instruct": ModelShape(1.71, 2048, 24, 49152, "known id", 8192),
+    "huggingfacetb/smollm2-135m-instruct": ModelShape(0.135, 576, 30, 49152, "known id", 1536, 192, heads=9),
+    "huggingfacetb/smollm2-1.7b-instruct": ModelShape(1.71, 2048, 24, 49152, "known id", 8192, heads=32),
     "lmsys/vicuna-7b-v1.5": ModelShape(6.74, 4096, 32, 32000, "known id", 11008, 4096),
     "lmsys/vicuna-13b-v1.5": ModelShape(13.0, 5120, 40, 32000, "known id", 13824, 5120),
     "meta-llama/llama-2-7b-hf": ModelShape(6.74, 4096, 32, 32000, "known id", 11008, 4096),
     "meta-llama/llama-2-13b-hf": ModelShape(13.0, 5120, 40, 32000, "known id", 13824, 5120),
     "meta-llama/llama-2-70b-hf": ModelShape(69.0, 8192, 80, 32000, "known id", 28672, 1024),
-    "meta-llama/llama-3.2-1b": ModelShape(1.24, 2048, 16, 128256, "known id", 8192, 512),
+    "meta-llama/llama-3.2-1b": ModelShape(1.24, 2048, 16, 128256, "known id", 8192, 512, heads=32),
     "meta-llama/llama-3.2-3b": ModelShape(3.21, 3072, 28, 128256, "known id", 8192, 1024),
     "meta-llama/llama-3.1-8b": ModelShape(8.03, 4096, 32, 128256, "known id", 14336, 1024),
     "meta-llama/llama-3.1-70b": ModelShape(70.6, 8192, 80, 128256, "known id", 28672, 1024),
     "meta-llama/llama-3.3-70b-instruct": ModelShape(70.6, 8192, 80, 128256, "known id", 28672, 1024),
     "mistralai/mistral-7b-v0.1": ModelShape(7.24, 4096, 32, 32000, "known id", 14336, 1024),
-    "qwen/qwen2.5-0.5b": ModelShape(0.49, 896, 24, 151936, "known id", 4864, 128),
+    "qwen/qwen2.5-0.5b": ModelShape(0.49, 896, 24, 151936, "known id", 4864, 128, heads=14),
     "qwen/qwen2.5-7b": ModelShape(7.62, 3584, 28, 152064, "known id", 18944, 512),
     "qwen/qwen2.5-72b": ModelShape(72.7, 8192, 80, 152064, "known id", 29568, 1024),
+    "google/gemma-2-2b": ModelShape(2.61, 2304, 26, 256000, "known id", 9216, 1024, 8192, **_GEMMA2, heads=8),
+    "google/gemma-2-9b": ModelShape(9.24, 3584, 42, 256000, "known id", 14336, 2048, 8192, **_GEMMA2, heads=16),
+    "google/gemma-2-27b": ModelShape(27.2, 4608, 46, 256000, "known id", 36864, 2048, 8192, **_GEMMA2, heads=32),
 }
 
 
@@ -357,7 +380,19 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     params = (layers * attn + mlp + embed) / 1e9
     context = cfg.get("max_position_embeddings") or 0
     kind = cfg.get("model_type") or ""
-    shape = ModelShape(round(params, 4), h, layers, vocab, source, inter, kv * head_dim, int(context), model_type=kind)
+    shape = ModelShape(
+        round(params, 4),
+        h,
+        layers,
+        vocab,
+        source,
+        inter,
+        kv * head_dim,
+        int(context),
+        model_type=kind,
+        heads=heads,
+        attn_softcap=bool(cfg.get("attn_logit_softcapping")),
+    )
     if not moe:
         return shape
     top_k = cfg.get("num_experts_per_tok") or 1
@@ -469,6 +504,7 @@ def memory_terms(
     lora_r: int = RunSpec.lora_r,
     dora: bool = False,
     expert_adapters: bool = False,
+    scores: bool = False,
 ) -> dict:
     n = shape.params_b  # billions -> GB per byte/param
     wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
@@ -524,6 +560,8 @@ def memory_terms(
     terms = {"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations}
     if logits:
         terms["logits"] = logits
+    if scores:  # module docstring: attention_scores
+        terms["attention_scores"] = attention_scores_gb(shape, micro, seq, wb, ckpt)
     terms["overhead"] = OVERHEAD_GB
     if expert_adapters:  # module docstring: expert_copies
         terms["expert_copies"] = wb * shape.expert_params_b / (shape.layers if ckpt else 1)
@@ -548,6 +586,16 @@ def memory_terms(
             wb * (2 * ZERO3_REDUCE_BUCKET + ZERO3_PREFETCH_BUCKET + min(ZERO3_MAX_LIVE, n * 1e9)) / 1e9
         )
     return terms
+
+
+def attention_scores_gb(shape: ModelShape, micro: int, seq: int, wb: int, ckpt: bool) -> float:
+    """The module docstring's attention_scores: eager attention's (S x S) scores of ``micro`` sequences, ``wb``
+    bytes an element of the compute dtype (on fp32 softmax's output is the matmul's input: one copy)."""
+    saved = 4 + (wb if wb < 4 else 0) + (wb if shape.attn_softcap else 0)  # a score, a head and layer
+    in_flight = 2 * 4 + wb  # the backward's gradients of one layer's scores: softmax's in fp32, probs' in 16 bits
+    elements = micro * seq * seq
+    layers = 1 if ckpt else shape.layers
+    return elements * (shape.attention_heads * (saved * layers + in_flight) + wb) / 1e9
 
 
 def kv_width_bytes(shape: ModelShape) -> int:
@@ -747,13 +795,30 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
     raise DoesNotFit(_refusal(spec, req, shape))
 
 
+def _attention(spec: RunSpec, req, shape: ModelShape) -> tuple[str, bool]:
+    """The plan's attention, and whether what runs for it keeps each head's (S x S) scores (eager attention)."""
+    flash = not req.is_cpu and req.tier.flash_attn2
+    attn = plan_attention(spec.attn_implementation, flash, shape.attn_softcap)
+    return attn, keeps_scores(attn, flash, shape.attn_softcap)
+
+
 def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float | None = None) -> Plan | None:
     """The fastest plan that fits the card (or ``capacity_gb`` a GPU, when given); None when none does."""
     seq = spec.model_max_length
     world = req.world_size
     notes: list[str] = []
+    attn, scores = _attention(spec, req, shape)
+    if scores and shape.attn_softcap and attn != EAGER:
+        notes.append(
+            f"{req.tier.name if req.tier else 'CPU'} runs no FlashAttention kernel and this model soft-caps its "
+            f"attention logits, which SDPA cannot: eager attention, its (S x S) scores counted"
+        )
+    elif scores and shape.attn_softcap and spec.attn_implementation != EAGER:
+        notes.append(
+            "this model soft-caps its attention logits, which SDPA cannot: eager attention, its (S x S) scores counted"
+        )
     if req.is_cpu:
-        precision, attn = "fp32", plan_attention(spec.attn_implementation, gpu_flash=False)
+        precision = "fp32"
         if shape.params_b > CPU_MAX_PARAMS_B:
             return None
         if method == "qlora":
@@ -766,8 +831,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         precision = "bf16" if t.bf16 and not spec.fp16 and spec.bf16 is not False else "fp16"
         if spec.bf16 and not t.bf16:
             notes.append(f"{t.name} has no bf16: using fp16")
-        attn = plan_attention(spec.attn_implementation, gpu_flash=t.flash_attn2)
-        if attn in ("varlen", "flash_attention_2") and not t.flash_attn2:
+        if attn in ("varlen", "flash_attention_2") and not t.flash_attn2 and not scores:
             notes.append(f"{t.name} runs no FlashAttention kernel (Ampere and newer do): {attn} gives way to SDPA")
         capacity = capacity_gb if capacity_gb is not None else t.memory_gb * HEADROOM
     trainable = _trainable_b(method, shape, spec)
@@ -808,6 +872,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
                     lora_r=spec.lora_r,
                     dora=spec.use_dora,
                     expert_adapters=adapts_experts(method, shape, spec),
+                    scores=scores,
                 )
                 total = sum(terms.values())
                 host_need = (
@@ -837,6 +902,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             lora_r=spec.lora_r,
             dora=spec.use_dora,
             expert_adapters=adapts_experts(method, shape, spec),
+            scores=scores,
         )
         if capacity is None or sum(fused.values()) <= capacity:
             optim, terms, total = "adamw_torch_fused", fused, sum(fused.values())
@@ -1029,6 +1095,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
                     lora_r=spec.lora_r,
                     dora=spec.use_dora,
                     expert_adapters=adapts_experts(method, shape, spec),
+                    scores=_attention(spec, req, shape)[1],
                 ).values()
             ),
             s,

@@ -3,7 +3,7 @@
 The planner (no torch on the launcher) can only know whether the GPU tier runs FlashAttention
 kernels; the trainer knows what is installed. Both ask this module:
 
-    plan_attention(requested, gpu_flash)  -> "varlen" | "sdpa" | what the user asked   (plan time)
+    plan_attention(requested, gpu_flash, softcap)  -> "varlen" | "sdpa" | "eager" | what the user asked   (plan time)
     resolve(planned, model_type, on_cpu, shape=...)  -> Kernels(attn_implementation, attention, liger)   (run time)
 
 ``varlen`` in a plan means exact per-document attention through FlashAttention's variable-length
@@ -66,12 +66,20 @@ LIGER_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", 
 
 
 # ------------------------------------------------------------------------------------ plan time
-def plan_attention(requested: str | None, gpu_flash: bool) -> str:
+def plan_attention(requested: str | None, gpu_flash: bool, softcap: bool = False) -> str:
     """What the plan names: the user's choice, else ``varlen`` where the GPU runs FlashAttention
-    kernels (Ampere and newer), else ``sdpa`` (T4/V100, CPU)."""
-    if requested:
-        return requested
-    return VARLEN if gpu_flash else SDPA
+    kernels (Ampere and newer), else ``sdpa`` (T4/V100, CPU); ``eager`` where that is sdpa and the model
+    soft-caps its attention logits (Gemma 2), which sdpa cannot (as ``resolve`` does at run time)."""
+    name = requested or (VARLEN if gpu_flash else SDPA)
+    return EAGER if softcap and name == SDPA else name
+
+
+def keeps_scores(planned: str, gpu_flash: bool, softcap: bool) -> bool:
+    """Whether the attention that runs for a plan's writes out each head's (S x S) scores (transformers' eager
+    attention): asked for, or where a soft-capped model would run sdpa, a varlen plan's too on a GPU that runs
+    no FlashAttention kernel (``resolve``)."""
+    runs = SDPA if planned in (VARLEN, FLASH_ATTN) and not gpu_flash else planned
+    return plan_attention(runs, gpu_flash, softcap) == EAGER
 
 
 def default_packing(attn: str) -> bool:
