@@ -1052,3 +1052,52 @@ def test_a_multi_head_model_outside_liger_is_planned_near_its_h200_peak(tmp_path
         method="lora", gpus="1xH200", model_name_or_path=str(tmp_path), o=[*o, "gradient_checkpointing=false"]
     )
     assert narrow.memory_gb < p.memory_gb - 2
+
+
+# bench/NOTES.md v62: Gemma-2-2B's shape (bench/gpu_train.py), trained on an H200 with and without eager attention
+GEMMA2_2B = dict(model_type="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                 num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000,
+                 attn_logit_softcapping=50.0, final_logit_softcapping=30.0, max_position_embeddings=8192,
+                 tie_word_embeddings=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "method, config, varlen_gb, eager_gb",
+    [
+        ("lora", {**GEMMA2_2B, "attn_logit_softcapping": None}, 24.34, 34.79),
+        ("fft", {**LLAMA_1B, "model_type": "llama"}, 29.13, 56.32),
+    ],
+)
+def test_eager_attention_s_scores_are_planned_as_their_h200_peak(tmp_path, method, config, varlen_gb, eager_gb):
+    """v62, one call, 2 x 2,048 tokens: eager attention writes out each head's (S x S) scores, 10.4 GB more for
+    Gemma-2-2B's shape and 27.2 GB more (1.9x) for Llama-3.2-1B's (32 heads), which the plan did not count."""
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    o = ["global_batch_size=8", "model_max_length=2048", "per_device_train_batch_size=2"]
+    o += ["gradient_checkpointing=false"]
+    varlen = plan(method=method, gpus="1xH200", model_name_or_path=str(tmp_path), o=o)
+    eager = plan(method=method, gpus="1xH200", model_name_or_path=str(tmp_path), o=[*o, "attn_implementation=eager"])
+    assert "attention_scores" not in varlen.memory and eager.attn_implementation == "eager"
+    assert varlen_gb <= varlen.memory_gb <= varlen_gb * 1.1 and eager_gb <= eager.memory_gb <= eager_gb * 1.1
+    assert eager.memory_gb - varlen.memory_gb == pytest.approx(eager_gb - varlen_gb, rel=0.1)
+
+
+def test_a_soft_capped_model_is_planned_with_the_eager_attention_it_runs(tmp_path):
+    """Gemma 2 soft-caps its attention logits, which sdpa cannot: on sdpa's GPUs (T4, V100) and the CPU it runs eager
+    attention (attention.resolve), whose scores the plan counts, and says why. v62: the soft cap's tanh keeps 3.49 GB
+    more at 2 x 2,048 (38.28 GB; the plan 39.35); checkpointed at 4 x 2,048 9.59 GB, the plan 11.79 (safe side)."""
+    (tmp_path / "config.json").write_text(json.dumps(GEMMA2_2B))
+    o = ["global_batch_size=8", "model_max_length=2048", "attn_implementation=eager"]
+    for micro, ckpt, measured, over in ((2, "false", 38.28, 1.05), (4, "true", 9.59, 1.25)):
+        row = [*o, f"per_device_train_batch_size={micro}", f"gradient_checkpointing={ckpt}"]
+        assert measured <= plan(method="lora", gpus="1xH200", model_name_or_path=str(tmp_path), o=row).memory_gb
+        assert plan(method="lora", gpus="1xH200", model_name_or_path=str(tmp_path), o=row).memory_gb <= measured * over
+    t4 = plan(method="qlora", gpus="1xT4", model_name_or_path="google/gemma-2-2b-it")  # a known id: no Hub request
+    assert t4.attn_implementation == "eager" and t4.memory["attention_scores"] > 0 and t4.model.attn_softcap
+    assert any("soft-caps its attention logits, which SDPA cannot" in n for n in t4.notes)
+    asked = plan(method="qlora", gpus="1xT4", model_name_or_path="google/gemma-2-2b-it", o=["attn_implementation=varlen"])
+    assert asked.memory["attention_scores"] > 0 and any("T4 runs no FlashAttention kernel" in n for n in asked.notes)
+    # Ampere and newer run varlen kernels (flash-attn, FlashAttention 4): no scores; nor on a model without the cap
+    a100 = plan(method="qlora", gpus="1xA100", model_name_or_path="google/gemma-2-2b-it")
+    assert a100.attn_implementation == "varlen" and "attention_scores" not in a100.memory
+    llama_t4 = plan(method="qlora", gpus="1xT4", model_name_or_path="meta-llama/Llama-3.2-1B")
+    assert llama_t4.attn_implementation == "sdpa" and "attention_scores" not in llama_t4.memory
