@@ -1094,7 +1094,9 @@ def test_a_soft_capped_model_is_planned_with_the_eager_attention_it_runs(tmp_pat
     t4 = plan(method="qlora", gpus="1xT4", model_name_or_path="google/gemma-2-2b-it")  # a known id: no Hub request
     assert t4.attn_implementation == "eager" and t4.memory["attention_scores"] > 0 and t4.model.attn_softcap
     assert any("soft-caps its attention logits, which SDPA cannot" in n for n in t4.notes)
-    asked = plan(method="qlora", gpus="1xT4", model_name_or_path="google/gemma-2-2b-it", o=["attn_implementation=varlen"])
+    asked = plan(
+        method="qlora", gpus="1xT4", model_name_or_path="google/gemma-2-2b-it", o=["attn_implementation=varlen"]
+    )
     assert asked.memory["attention_scores"] > 0 and any("T4 runs no FlashAttention kernel" in n for n in asked.notes)
     # Ampere and newer run varlen kernels (flash-attn, FlashAttention 4): no scores; nor on a model without the cap
     a100 = plan(method="qlora", gpus="1xA100", model_name_or_path="google/gemma-2-2b-it")
