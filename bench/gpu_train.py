@@ -2,9 +2,10 @@
 
 Random-initialised models from configs (no hub): a Llama-3.1-8B shape for lora/qlora, a Llama-3.2-1B
 (fft1b) or -3B (fft3b) shape for fft, a Qwen3-30B-A3B shape with 16 of its 48 layers (a mixture of experts,
-10.6B parameters) for loramoe/qloramoe, Phi-3-mini's for loraphi3, Gemma-2-2B's for loragemma2 (its
-attention's soft cap removed: loragemma2nocap); synthetic ShareGPT conversations of 2,300-5,600 tokens
-(every row cut to the 2,048 of model_max_length); the tokenizer is the tests' tiny byte-level BPE (token ids < 512 do not change the cost of a step). Each case goes through the
+10.6B parameters) for loramoe/qloramoe, Phi-3-mini's for loraphi3, Gemma-2-2B's for loragemma2 (its attention's
+soft cap removed: loragemma2nocap), Gemma-2B's (loragemma) and Gemma-3-1B's (loragemma3); synthetic ShareGPT
+conversations of 2,300-5,600 tokens (every row cut to the 2,048 of model_max_length); the tokenizer is the tests'
+tiny byte-level BPE (token ids < 512 do not change the cost of a step). Each case goes through the
 same path as a real run: RunSpec -> make_plan(1xH100) -> ftctl.trainer.run.train.
 
     python bench/gpu_train.py --out results.json [--cases lora8b,qlora8b,fft1b] [--steps 30]
@@ -103,6 +104,29 @@ SHAPES = {
     ),
 }
 SHAPES["gemma2nocap"] = dict(SHAPES["gemma2"], attn_logit_softcapping=None)  # torch's varlen kernels run it
+SHAPES["gemma"] = dict(  # Gemma-2B's (Gemma 1)
+    model_type="gemma",
+    hidden_size=2048,
+    intermediate_size=16384,
+    num_hidden_layers=18,
+    num_attention_heads=8,
+    num_key_value_heads=1,
+    head_dim=256,
+    vocab_size=256000,
+    max_position_embeddings=8192,
+)
+SHAPES["gemma3"] = dict(  # Gemma-3-1B's (text only): sliding windows of 512 in five layers of six
+    model_type="gemma3_text",
+    hidden_size=1152,
+    intermediate_size=6912,
+    num_hidden_layers=26,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=256,
+    vocab_size=262144,
+    sliding_window=512,
+    max_position_embeddings=32768,
+)
 CASES = {
     "lora8b": ("lora", "8b"),
     "qlora8b": ("qlora", "8b"),
@@ -113,6 +137,8 @@ CASES = {
     "loraphi3": ("lora", "phi3"),
     "loragemma2": ("lora", "gemma2"),
     "loragemma2nocap": ("lora", "gemma2nocap"),
+    "loragemma": ("lora", "gemma"),
+    "loragemma3": ("lora", "gemma3"),
 }
 
 

@@ -61,8 +61,12 @@ VARLEN_ATTENTION = frozenset({VARLEN, FLASH_ATTN, "flash_attention_3", TORCH_VAR
 # Attentions that keep them apart through transformers' block-diagonal mask built from the restarting
 # position_ids: exact, but the (tokens x tokens) mask costs memory and time, so packing is opt-in.
 MASKED_ATTENTION = frozenset({SDPA, EAGER, "flex_attention"})
-# model_type values whose Liger patch covers RoPE, RMSNorm and SwiGLU the way Llama's does
-LIGER_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "granite", "olmo2"})
+# model_type values whose Liger patch covers RoPE, RMSNorm and the gated MLP (SwiGLU; GeGLU for Gemma) the way
+# Llama's does; Gemma's and Phi-3's measured against transformers' own layers (bench/NOTES.md v63)
+LIGER_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "granite", "olmo2"}
+    | {"gemma", "gemma2", "gemma3_text", "phi3"}
+)
 
 
 # ------------------------------------------------------------------------------------ plan time
