@@ -29,7 +29,7 @@ All varlen kernels take the per-document boundaries (``cu_seq_lens_q/k`` int32, 
 int) that TRL's padding-free collator computes once per batch on the CPU; they reach every layer as
 model kwargs, so no layer derives them from ``position_ids`` (a host sync per layer).
 
-Liger's layer kernels (RoPE, RMSNorm, SwiGLU) are applied to Llama/Mistral/Qwen-like models on CUDA
+Liger's layer kernels (RoPE, RMSNorm, SwiGLU or GeGLU) are applied to the types of LIGER_MODEL_TYPES on CUDA
 when liger-kernel is installed. The head's cross-entropy is ftctl's (lm_head.py: TRL's fused-head kernels,
 the gradients taken in the forward; TRL's own head where it cannot run): the (tokens x vocab) logits never
 exist in full, so Liger's own fused linear cross-entropy is not used.
