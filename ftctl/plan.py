@@ -144,7 +144,7 @@ class ModelShape:
     expert_mlp: int = 0  # one routed expert's MLP width
     top_k: int = 0  # experts a token is routed to in an MoE layer
     moe_layers: int = 0  # layers with routed experts
-    model_type: str = ""  # its config's (the text model's): which kernels the trainer runs on it
+    model_type: str = ""  # its config's (a multimodal model's own, not its text model's): which kernels run on it
     heads: int = 0  # attention (query) heads; 0: not read, hidden / 128 (Llama's head width)
     attn_softcap: bool = False  # soft-caps its attention logits (attn_logit_softcapping: Gemma 2)
 
@@ -353,6 +353,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     bitsandbytes leaves them 16-bit under qlora (memory_terms), and PEFT 0.21's all-linear adapts them as
     gate_up at rank 2r and down at r beside the attention's projections, r x (3H + 5I) an expert (_trainable_b;
     on Qwen2-MoE itself PEFT leaves them out, and this over-counts)."""
+    kind = cfg.get("model_type") or ""  # a multimodal model's own (Liger's patch is chosen by it: liger_layers)
     cfg = cfg.get("text_config", cfg)
     h = cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model")
     layers = cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg.get("num_layers")
@@ -379,7 +380,6 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     embed = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
     params = (layers * attn + mlp + embed) / 1e9
     context = cfg.get("max_position_embeddings") or 0
-    kind = cfg.get("model_type") or ""
     shape = ModelShape(
         round(params, 4),
         h,

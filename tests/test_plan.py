@@ -1135,3 +1135,26 @@ def test_gemma_and_phi3_are_planned_with_the_liger_kernels_they_run(tmp_path, co
     (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": OUTSIDE_LIGER}))
     unfused = plan(method="lora", gpus="1xH200", model_name_or_path=str(tmp_path), o=o).memory_gb
     assert 0.92 * without <= unfused <= 1.08 * without
+
+
+def test_a_multimodal_wrapper_of_a_liger_type_is_planned_and_run_without_liger(tmp_path):
+    """Liger's patch is chosen by the loaded model's own type: a multimodal model (Gemma 3's gemma3, Mistral 3's
+    mistral3) is not the text model LIGER_MODEL_TYPES names and was not measured wrapped, so neither the plan nor the
+    trainer counts Liger's kernels for it (before, the trainer said "Liger kernels: on" for mistral3, which Liger's
+    dispatch skips, and the plan counted them)."""
+    from transformers import Gemma3Config
+
+    from ftctl.trainer.model import liger_model_type
+    from tests.tiny_fixtures import make_tiny_tokenizer
+
+    text = {k: v for k, v in V63_ROWS[3][0].items() if k != "model_type"}
+    Gemma3Config(text_config=text).save_pretrained(tmp_path)
+    make_tiny_tokenizer().save_pretrained(tmp_path)  # a model directory, as the trainer reads one
+    o = ["global_batch_size=8", "model_max_length=2048", "per_device_train_batch_size=8"]
+    o += ["gradient_checkpointing=false"]
+    wrapped = plan(method="lora", gpus="1xH200", model_name_or_path=str(tmp_path), o=o)
+    assert liger_model_type(str(tmp_path)) == wrapped.model.model_type == "gemma3"
+    (tmp_path / "config.json").write_text(json.dumps(V63_ROWS[3][0]))
+    alone = plan(method="lora", gpus="1xH200", model_name_or_path=str(tmp_path), o=o)
+    assert liger_model_type(str(tmp_path)) == alone.model.model_type == "gemma3_text"
+    assert wrapped.memory_gb - alone.memory_gb > 5  # v63: 10.9 GB more without Liger's kernels

@@ -179,7 +179,7 @@ def model_kernels(spec, plan, on_cpu: bool, local_rank: int = 0):
     cfg = text_config(spec.model_name_or_path)
     return resolve(
         plan.attn_implementation,
-        getattr(cfg, "model_type", None),
+        liger_model_type(spec.model_name_or_path),
         on_cpu,
         packed=plan.packing,
         shape=AttentionShape.of(cfg, DTYPES[plan.precision]) if cfg is not None else None,
@@ -187,9 +187,16 @@ def model_kernels(spec, plan, on_cpu: bool, local_rank: int = 0):
     )
 
 
-def model_type(name_or_path: str) -> str | None:
-    """``model_type`` from the model's config (None when it cannot be read)."""
-    return getattr(text_config(name_or_path), "model_type", None)
+def liger_model_type(name_or_path: str) -> str | None:
+    """The ``model_type`` Liger's patch is chosen by: the whole model's (a multimodal model's own, e.g. gemma3 or
+    mistral3, not its language model's, which LIGER_MODEL_TYPES may hold but was not measured wrapped), as
+    plan.ModelShape.model_type; None when it cannot be read."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model(name_or_path)).model_type
+    except (OSError, ValueError):
+        return None
 
 
 def text_config(name_or_path: str):
