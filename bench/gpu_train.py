@@ -139,6 +139,9 @@ CASES = {
     "loragemma2nocap": ("lora", "gemma2nocap"),
     "loragemma": ("lora", "gemma"),
     "loragemma3": ("lora", "gemma3"),
+    "fftgemma3": ("fft", "gemma3"),
+    "fftgemma2nocap": ("fft", "gemma2nocap"),
+    "fftgemma": ("fft", "gemma"),
 }
 
 
