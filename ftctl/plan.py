@@ -315,7 +315,7 @@ def model_shape(model: str, model_params: str | None = None) -> ModelShape:
         return ModelShape(n, hidden, layers, 32000, "--model-params")
     cfg_path = Path(model) / "config.json"
     if cfg_path.is_file():
-        return _shape_from_config(json.loads(cfg_path.read_text()), f"{cfg_path}")
+        return _shape_from_config(read_config(cfg_path), f"{cfg_path}")
     known = _KNOWN.get(_base_id(model))
     if known:
         return known
@@ -338,6 +338,33 @@ def model_shape(model: str, model_params: str | None = None) -> ModelShape:
         ) from None
 
 
+def read_config(path: Path) -> dict:
+    """A model's config.json, or one line saying what is wrong with it (an interrupted download, a hand edit)."""
+    fix = "re-download the model or fix the file, or pass its size, e.g. --model-params 7b."
+    try:
+        cfg = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FtctlError(f"{path} is not valid JSON ({e}): {fix}") from None
+    if not isinstance(cfg, dict):
+        raise FtctlError(f"{path} holds a JSON {type(cfg).__name__}, not a model's config (an object): {fix}")
+    return cfg
+
+
+def _size(cfg: dict, source: str, *keys: str, default: int = 0) -> int:
+    """The first of ``keys`` that ``cfg`` sets (null is unset, as transformers reads it), a positive whole number."""
+    for key in keys:
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise FtctlError(
+                f"{source}: {key} is {value!r}, not a positive whole number: fix it, or pass the model's size, "
+                f"e.g. --model-params 7b."
+            )
+        return value
+    return default
+
+
 def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     """A model's shape from its config.json. Counted: attention (GQA, or DeepSeek's multi-head latent attention:
     kv_lora_rank, q_lora_rank), a gated MLP per layer, embeddings (twice untied); norms and biases left out.
@@ -354,16 +381,16 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     gate_up at rank 2r and down at r beside the attention's projections, r x (3H + 5I) an expert (_trainable_b;
     on Qwen2-MoE itself PEFT leaves them out, and this over-counts)."""
     kind = cfg.get("model_type") or ""  # a multimodal model's own (Liger's patch is chosen by it: liger_layers)
-    cfg = cfg.get("text_config", cfg)
-    h = cfg.get("hidden_size") or cfg.get("n_embd") or cfg.get("d_model")
-    layers = cfg.get("num_hidden_layers") or cfg.get("n_layer") or cfg.get("num_layers")
-    vocab = cfg.get("vocab_size", 32000)
+    cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    h = _size(cfg, source, "hidden_size", "n_embd", "d_model")
+    layers = _size(cfg, source, "num_hidden_layers", "n_layer", "num_layers")
+    vocab = _size(cfg, source, "vocab_size", default=32000)
     if not h or not layers:
         raise FtctlError(f"{source} has no hidden_size/num_hidden_layers: pass --model-params 7b.")
-    heads = cfg.get("num_attention_heads", max(1, h // 64))
-    kv = cfg.get("num_key_value_heads", heads)
-    head_dim = cfg.get("head_dim") or h // heads
-    inter = cfg.get("intermediate_size", 4 * h)
+    heads = _size(cfg, source, "num_attention_heads", default=max(1, h // 64))
+    kv = _size(cfg, source, "num_key_value_heads", default=heads)  # null in Phi-2's: multi-head
+    head_dim = _size(cfg, source, "head_dim", default=h // heads)
+    inter = _size(cfg, source, "intermediate_size", default=4 * h)
     attn = h * head_dim * heads * 2 + h * head_dim * kv * 2
     if rank := cfg.get("kv_lora_rank"):  # DeepSeek's latent attention
         nope, rope, v = cfg.get("qk_nope_head_dim", 0), cfg.get("qk_rope_head_dim", 0), cfg.get("v_head_dim", 0)
@@ -379,7 +406,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     mlp = 3 * h * inter * (layers - moe) + moe * h * (3 * (experts * expert_mlp + shared) + experts)
     embed = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
     params = (layers * attn + mlp + embed) / 1e9
-    context = cfg.get("max_position_embeddings") or 0
+    context = _size(cfg, source, "max_position_embeddings")
     shape = ModelShape(
         round(params, 4),
         h,
@@ -388,7 +415,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
         source,
         inter,
         kv * head_dim,
-        int(context),
+        context,
         model_type=kind,
         heads=heads,
         attn_softcap=bool(cfg.get("attn_logit_softcapping")),
@@ -786,7 +813,7 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
         read = Path(spec.model_name_or_path, "config.json")
         if spec.model_params and read.is_file():  # the size given wins; say so where the model's own is readable
             try:
-                real = _shape_from_config(json.loads(read.read_text()), str(read)).params_b
+                real = _shape_from_config(read_config(read), str(read)).params_b
             except (FtctlError, ValueError, OSError):  # unreadable: what --model-params is for, nothing to say
                 real = None
             if real:

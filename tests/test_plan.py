@@ -1173,3 +1173,33 @@ def test_full_fine_tuning_of_the_gemma_types_is_planned_with_liger(tmp_path, con
     o = ["global_batch_size=8", "model_max_length=2048", f"per_device_train_batch_size={micro}"]
     p = plan(method="fft", gpus="1xH200", model_name_or_path=str(tmp_path), o=[*o, "gradient_checkpointing=false"])
     assert p.strategy == "single" and 0.97 * measured_gb <= p.memory_gb <= 1.08 * measured_gb
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ('{"model_type": "llama", ', "is not valid JSON (Expecting property name"),  # an interrupted download
+        ("[1, 2]", "holds a JSON list, not a model's config"),
+        ('{"hidden_size": "4096", "num_hidden_layers": 2}', "hidden_size is '4096', not a positive whole number"),
+        ('{"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 0}', "num_attention_heads is 0"),
+        ('{"hidden_size": 64, "num_hidden_layers": 2, "max_position_embeddings": "big"}', "max_position_embeddings"),
+    ],
+)
+def test_a_malformed_config_json_is_one_line_that_says_what_is_wrong(tmp_path, text, says):
+    (tmp_path / "config.json").write_text(text)
+    r = CliRunner().invoke(main, ["plan", "--gpus", "1xA100", "--method", "lora", "--model", str(tmp_path)])
+    assert r.exit_code == 2 and says in r.output and "--model-params 7b" in r.output
+    assert r.output.count("\n") == 1 and isinstance(r.exception, SystemExit)  # one line, no traceback
+
+
+def test_null_fields_of_a_config_json_take_transformers_defaults(tmp_path):
+    """microsoft/phi-2's config.json says "num_key_value_heads": null (multi-head); a null vocabulary or MLP width
+    or a null text_config is unset too. Each was a TypeError traceback from plan, launch and render."""
+    phi2 = dict(model_type="phi", hidden_size=2560, intermediate_size=10240, num_attention_heads=32,
+                num_hidden_layers=32, num_key_value_heads=None, vocab_size=51200, max_position_embeddings=2048)  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(phi2))
+    assert model_shape(str(tmp_path)).kv_dim == 2560
+    (tmp_path / "config.json").write_text(json.dumps({**phi2, "vocab_size": None, "intermediate_size": None}))
+    assert (model_shape(str(tmp_path)).vocab, model_shape(str(tmp_path)).mlp) == (32000, 4 * 2560)
+    (tmp_path / "config.json").write_text(json.dumps({**phi2, "model_type": "llava", "text_config": None}))
+    assert model_shape(str(tmp_path)).hidden == 2560
