@@ -881,6 +881,10 @@ def validate(spec: RunSpec) -> None:
         and not spec.container.split(":", 1)[1].strip()
     ):
         errors.append(f"container {spec.container!r} names no image after the prefix.")
+    if not split_paths(spec.data_path):  # --data "$DATA" with DATA unset: found here, not after the queue's wait
+        errors.append(
+            f"data_path {spec.data_path!r} names no data: give a file, a directory, a pattern, a URI or builtin:demo."
+        )
     if spec.eval_data_path and spec.eval_split:
         errors.append("eval_data_path and eval_split both set: hold out data one way, a file or a share of data_path.")
     if spec.early_stopping_patience and not spec.evaluates:

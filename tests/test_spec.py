@@ -728,3 +728,11 @@ def test_a_negative_signal_lead_is_refused():
     """-o signal_lead_s=-5 rendered #SBATCH --signal=B:USR2@-5, for sbatch to refuse after the render."""
     with pytest.raises(FtctlError, match="signal_lead_s must be 0 or more seconds before the time limit, not -5"):
         build({"signal_lead_s": -5})
+
+
+@pytest.mark.parametrize("value", ["", " , ", ","])
+def test_a_data_path_that_names_no_data_is_refused_before_the_job(value):
+    """`--data "$DATA"` with DATA unset passed plan, the preflight and --dry-run, and the trainer then said
+    "1 error(s) in the data ; ...: no rows" after the queue's wait, leaving a run directory behind."""
+    with pytest.raises(FtctlError, match="names no data: give a file, a directory, a pattern, a URI or builtin:demo"):
+        build(None, {"data_path": value})
