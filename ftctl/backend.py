@@ -39,7 +39,7 @@ from ftctl.launch import container_kind
 from ftctl.plan import Plan, dump_run, make_plan
 from ftctl.runpaths import RunPaths
 from ftctl.spec import BACKENDS, FIELDS, RUNS_HERE, TRAINING_KEYS, RunSpec, join_paths, resume_problem, split_paths
-from ftctl.storage import is_remote
+from ftctl.storage import is_remote, local_path
 
 # name -> "module:class", imported on first use (importing SkyPilot alone costs seconds)
 REGISTRY = {
@@ -560,12 +560,12 @@ def find_job(job_id: str) -> tuple[Backend, JobRef]:
     for ref, _ in jobs:
         if ref.job_id == str(job_id):
             return get(ref.backend), ref
-    run_dir = Path(job_id).expanduser().resolve()
+    given = Path(local_path(str(job_id))).expanduser()  # file:///a/b: the run directory /a/b
     for ref, _ in jobs:  # newest first
-        if Path(ref.run_dir) == run_dir:
+        if Path(ref.run_dir) == given.resolve():
             return get(ref.backend), ref
-    if RunPaths(Path(job_id).expanduser()).spec.is_file():
-        return get("local"), JobRef("local", str(job_id), str(Path(job_id).expanduser()), Path(job_id).name, job_id)
+    if RunPaths(given).spec.is_file():
+        return get("local"), JobRef("local", str(job_id), str(given), given.name, str(given))
     raise FtctlError(
         f"No job {job_id!r} was launched from here (looked in {_jobs_file()}). `ftctl jobs` lists them; "
         "`ftctl launch` prints job ids; a local run's directory is taken too."

@@ -303,9 +303,10 @@ class RunSpec:
     def output(self) -> str:
         """Where the run writes: output_dir, else runs/<name>. A store's URI without a trailing slash: s3://b/x/ is
         s3://b/x (its cache directory, its one-trainer lock and its jobs were another run's, and two trainers
-        pruned each other's checkpoints)."""
+        pruned each other's checkpoints). A file:// URI is the local path it names (launch, status and the docker
+        volume read it as one)."""
         out = self.output_dir or str(Path("runs") / self.name)
-        return out.rstrip("/") if storage.is_remote(out) else out
+        return out.rstrip("/") if storage.is_remote(out) else storage.local_path(out)
 
     @property
     def lr(self) -> float:

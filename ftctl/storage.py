@@ -98,6 +98,11 @@ def looks_like_path(value: str) -> bool:
     )
 
 
+def local_path(uri: str) -> str:
+    """The local path a ``file://`` URI names (``file:///a/b`` is ``/a/b``); any other value as it is."""
+    return uri.split("://", 1)[1] if scheme(uri) in ("file", "local") else uri
+
+
 def is_remote(uri: str | os.PathLike) -> bool:
     """True for an object-store URI (s3://, gs://, az://), False for a local path or file://."""
     return scheme(str(uri)) in REMOTE_SCHEMES
@@ -121,8 +126,7 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
     if kind in ("", "file", "local"):
         import fsspec
 
-        path = uri.split("://", 1)[1] if kind else uri
-        return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path))
+        return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(local_path(uri)))
     if kind == "memory":  # fsspec's in-process filesystem (tests, notebooks): never seen by another process
         import fsspec
 

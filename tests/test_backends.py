@@ -261,6 +261,16 @@ def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
     for job in ("41", "42"):
         record_job(JobRef("slurm", job, str(run), "r1", str(run)))
     assert find_job("runs/r1")[1].job_id == "42" and find_job(str(run))[1].backend == "slurm"
+    assert find_job(f"file://{run}")[1].job_id == "42"  # a file:// URI is the directory it names
+
+
+def test_a_file_uri_output_is_the_local_directory_it_names(tmp_path):
+    """`--output file:///a/b` wrote the run to ./file:/a/b (the trainer stripped the scheme, the launcher did not):
+    status and sync disagreed, and the docker render refused the ':' in its volume."""
+    from ftctl.backend import run_dir_for
+
+    spec = build(None, {"output_dir": f"file://{tmp_path}/r 1", "backend": "local", "gpus": "cpu"})
+    assert spec.output == f"{tmp_path}/r 1" and run_dir_for(spec) == tmp_path / "r 1"
 
 
 # ------------------------------------------------------------------------------------------ one owner per fact

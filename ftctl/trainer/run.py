@@ -312,8 +312,7 @@ def output_dirs(spec: RunSpec) -> tuple[str, str | None]:
     """(local directory, remote URI or None). A remote output is staged in a local directory."""
     out = spec.output
     if not storage.is_remote(out):
-        local = os.path.abspath(os.path.expanduser(out.split("://", 1)[1] if out.startswith("file://") else out))
-        return local, None
+        return os.path.abspath(os.path.expanduser(out)), None
     from ftctl.trainer.model import cache_dir
 
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", out.split("://", 1)[1]).strip("-")[:80]
