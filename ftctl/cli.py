@@ -294,7 +294,12 @@ def demo(steps):
 @main.command()
 @click.argument("run")
 @click.option("--out", help="Where to write the merged model (default: RUN/merged).")
-def merge(run, out):
+@click.option(
+    "--base",
+    help="Merge into this model instead of the adapter's base: the unquantized model a pre-quantized base "
+    "(a *-bnb-4bit, GPTQ or AWQ model) was made from.",
+)
+def merge(run, out, base):
     """Merge a LoRA/QLoRA adapter into its base: a standard safetensors model directory."""
     import shlex
 
@@ -302,7 +307,7 @@ def merge(run, out):
     from ftctl.runpaths import MERGED_DIR
     from ftctl.trainer.merge import merge as do_merge
 
-    merged = do_merge(run, out or os.path.join(run, MERGED_DIR), echo=_progress)
+    merged = do_merge(run, out or os.path.join(run, MERGED_DIR), echo=_progress, base=base)
     size = storage.size_text(sum(f.stat().st_size for f in merged.glob("*.safetensors")))
     click.echo(f"merged into {merged} ({size} of weights): a plain transformers model, no PEFT needed")
     click.echo(f"next:\n  ftctl chat {shlex.quote(str(merged))} -p 'A question'")

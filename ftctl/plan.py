@@ -147,6 +147,7 @@ class ModelShape:
     model_type: str = ""  # its config's (a multimodal model's own, not its text model's): which kernels run on it
     heads: int = 0  # attention (query) heads; 0: not read, hidden / 128 (Llama's head width)
     attn_softcap: bool = False  # soft-caps its attention logits (attn_logit_softcapping: Gemma 2)
+    quantized: str = ""  # how its weights are stored where not in 16/32 bits (quantization_config), e.g. "bitsandbytes 4-bit"
 
     @property
     def mlp(self) -> int:
@@ -350,6 +351,16 @@ def read_config(path: Path) -> dict:
     return cfg
 
 
+def stored_quantization(cfg: dict) -> str:
+    """How a config.json says its weights are stored, where quantized (a Hub *-bnb-4bit, GPTQ or AWQ model):
+    "bitsandbytes 4-bit", "gptq" ...; "" for 16/32-bit weights."""
+    q = cfg.get("quantization_config")
+    if not isinstance(q, dict):
+        return ""
+    bits = " 4-bit" if q.get("load_in_4bit") else " 8-bit" if q.get("load_in_8bit") else ""
+    return f"{q.get('quant_method') or 'quantized'}{bits}"
+
+
 def _size(cfg: dict, source: str, *keys: str, default: int = 0) -> int:
     """The first of ``keys`` that ``cfg`` sets (null is unset, as transformers reads it), a positive whole number."""
     for key in keys:
@@ -381,6 +392,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     gate_up at rank 2r and down at r beside the attention's projections, r x (3H + 5I) an expert (_trainable_b;
     on Qwen2-MoE itself PEFT leaves them out, and this over-counts)."""
     kind = cfg.get("model_type") or ""  # a multimodal model's own (Liger's patch is chosen by it: liger_layers)
+    quantized = stored_quantization(cfg)
     cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
     h = _size(cfg, source, "hidden_size", "n_embd", "d_model")
     layers = _size(cfg, source, "num_hidden_layers", "n_layer", "num_layers")
@@ -419,6 +431,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
         model_type=kind,
         heads=heads,
         attn_softcap=bool(cfg.get("attn_logit_softcapping")),
+        quantized=quantized,
     )
     if not moe:
         return shape
@@ -803,6 +816,12 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
             f"unset{sharded}."
         )
     shape = model_shape(spec.model_name_or_path, spec.model_params)
+    if spec.method in ("fft", "sft") and shape.quantized:  # found by the trainer after the model's load, before
+        raise PlanError(
+            f"{spec.model_name_or_path} is stored quantized ({shape.quantized}): {spec.method} trains its weights, "
+            "which needs them in 16 bits. Use --method qlora or lora (adapters over the quantized weights), or the "
+            "unquantized model it was made from."
+        )
     if spec.method == "sft" and shape.source != "--model-params" and spec.trainable_layers > shape.layers:
         raise PlanError(  # the trainer's words (methods.py), before the job instead of on its node
             f"trainable_layers={spec.trainable_layers} but the model has {shape.layers} blocks: use at most "

@@ -561,3 +561,29 @@ def test_merge_through_the_cli_says_what_it_wrote(lora_run, tmp_path):
         "next:",
         f"  ftctl chat {out} -p 'A question'",
     ]
+
+
+def test_merge_into_a_pre_quantized_base_says_to_merge_into_the_model_it_was_made_from(
+    lora_run, tiny_model_dir, tmp_path
+):
+    """An adapter trained over a *-bnb-4bit base: transformers cannot save merged 4-bit weights as a plain model (a
+    NotImplementedError traceback after the whole load); the merge names --base, which takes the unquantized model."""
+    import json
+    import shutil
+
+    from ftctl.trainer.merge import merge
+
+    quantized = tmp_path / "base-bnb-4bit"
+    shutil.copytree(tiny_model_dir, quantized)  # its config.json says 4-bit: what the merge reads first
+    config = json.loads((quantized / "config.json").read_text())
+    q = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    (quantized / "config.json").write_text(json.dumps({**config, "quantization_config": q}))
+    run = shutil.copytree(lora_run, tmp_path / "run over 4-bit")
+    adapter_config = json.loads((run / "adapter_config.json").read_text())
+    (run / "adapter_config.json").write_text(json.dumps({**adapter_config, "base_model_name_or_path": str(quantized)}))
+    with pytest.raises(
+        FtctlError, match=r"stored quantized \(bitsandbytes 4-bit\).*ftctl merge '.*run over 4-bit' --base"
+    ):
+        merge(str(run), str(tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
+    assert (merge(str(run), str(tmp_path / "m"), base=str(tiny_model_dir)) / "model.safetensors").is_file()

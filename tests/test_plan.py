@@ -1203,3 +1203,14 @@ def test_null_fields_of_a_config_json_take_transformers_defaults(tmp_path):
     assert (model_shape(str(tmp_path)).vocab, model_shape(str(tmp_path)).mlp) == (32000, 4 * 2560)
     (tmp_path / "config.json").write_text(json.dumps({**phi2, "model_type": "llava", "text_config": None}))
     assert model_shape(str(tmp_path)).hidden == 2560
+
+
+def test_full_fine_tuning_of_a_pre_quantized_model_is_refused_before_the_job(tmp_path):
+    """A *-bnb-4bit (or GPTQ, AWQ) model: fft was planned, passed the preflight and failed in the trainer after the
+    model's load ("only Tensors of floating point dtype can require gradients")."""
+    q = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (tmp_path / "config.json").write_text(json.dumps({**LLAMA_1B, "model_type": "llama", "quantization_config": q}))
+    for method in ("fft", "sft"):
+        with pytest.raises(PlanError, match=r"stored quantized \(bitsandbytes 4-bit\): .* Use --method qlora or lora"):
+            plan(method=method, gpus="1xA100", model_name_or_path=str(tmp_path))
+    assert plan(method="qlora", gpus="1xA100", model_name_or_path=str(tmp_path)).model.quantized == "bitsandbytes 4-bit"

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -34,11 +35,16 @@ log = logging.getLogger(__name__)
 
 
 def merge(
-    run_dir_or_checkpoint: str, out_dir: str, dtype: str | None = None, endpoint_url: str | None = None, echo=None
+    run_dir_or_checkpoint: str,
+    out_dir: str,
+    dtype: str | None = None,
+    endpoint_url: str | None = None,
+    echo=None,
+    base: str | None = None,
 ) -> Path:
-    """Merge the adapter of a lora/qlora run into its base; write a safetensors model + tokenizer to
-    ``out_dir`` (a local path or object-store URI). Returns the directory written. ``echo`` is told what is
-    loading, before the base's weights are read."""
+    """Merge the adapter of a lora/qlora run into its base (or ``base``: the unquantized model a pre-quantized base
+    was made from); write a safetensors model + tokenizer to ``out_dir`` (a local path or object-store URI).
+    Returns the directory written. ``echo`` is told what is loading, before the base's weights are read."""
     quiet.install()  # before transformers, peft and bitsandbytes are imported
     if dtype is not None and dtype not in DTYPES:
         raise FtctlError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
@@ -47,20 +53,22 @@ def merge(
     if storage.is_remote(run_dir_or_checkpoint):
         with tempfile.TemporaryDirectory(prefix="ftctl-merge-") as tmp:
             trained_mod.download_top(run_dir_or_checkpoint, tmp, endpoint_url)
-            return merge(tmp, out_dir, dtype, endpoint_url, echo)
+            return merge(tmp, out_dir, dtype, endpoint_url, echo, base)
     if storage.is_remote(out_dir):
         with tempfile.TemporaryDirectory(prefix="ftctl-merged-") as tmp:
-            merge(run_dir_or_checkpoint, os.path.join(tmp, "merged"), dtype, echo=echo)
+            merge(run_dir_or_checkpoint, os.path.join(tmp, "merged"), dtype, echo=echo, base=base)
             _upload_config_last(os.path.join(tmp, "merged"), out_dir, endpoint_url)
         return Path(out_dir)
 
     from transformers import AutoTokenizer
 
     adapter = trained_mod.find(run_dir_or_checkpoint, adapter_only=True)
+    into = base or adapter.base
+    _refuse_quantized(into, run_dir_or_checkpoint)
     precision = dtype or adapter.precision or "fp32"
     if echo:
-        echo(f"merging the LoRA adapter {adapter.path} into {adapter.base} ({precision}) ...")
-    merged = trained_mod.load(adapter, precision).merge_and_unload()
+        echo(f"merging the LoRA adapter {adapter.path} into {into} ({precision}) ...")
+    merged = trained_mod.load(adapter, precision, base=base).merge_and_unload()
     out = Path(out_dir).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -92,6 +100,21 @@ def _refuse_existing(out_dir: str, endpoint_url: str | None, run: str) -> None:
     if not storage.is_remote(out_dir) and (stale := _stale_merge(out, run)):
         raise FtctlError(f"{out_dir} {stale}: remove it (rm -r {out_dir}) and merge again, or choose another --out.")
     raise FtctlError(f"{out_dir} already exists and is not empty: choose another --out, or remove it first.")
+
+
+def _refuse_quantized(base: str, run: str) -> None:
+    """A base stored quantized (a Hub *-bnb-4bit model, GPTQ, AWQ): its weights cannot take the adapter and be saved
+    as a plain model (transformers cannot write merged 4-bit weights back); the model it was made from can."""
+    from ftctl.plan import model_shape
+    from ftctl.trainer.model import resolve_model
+
+    quantized = model_shape(resolve_model(base)).quantized
+    if quantized:
+        raise FtctlError(
+            f"the adapter's base {base} is stored quantized ({quantized}): a merge into it cannot be saved as a plain "
+            f"model. Merge into the unquantized model it was made from: ftctl merge {shlex.quote(run)} --base ORG/NAME (or its "
+            "directory)."
+        )
 
 
 def adapter_digest(path: Path) -> str:

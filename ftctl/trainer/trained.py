@@ -150,10 +150,11 @@ def _newest_checkpoint(run_dir: Path) -> Trained | None:
     return None
 
 
-def load(trained: Trained, precision: str, device_map=None, as_trained: bool = False):
+def load(trained: Trained, precision: str, device_map=None, as_trained: bool = False, base: str | None = None):
     """The model in ``precision`` (fp32/bf16/fp16): the full model, or the base with the adapter on it
     (a PeftModel; ``merge_and_unload()`` folds it in). ``as_trained``: a qlora adapter's base in 4 bits as the
-    run trained it (ftctl.trainer.model.nf4_config), not unquantized."""
+    run trained it (ftctl.trainer.model.nf4_config), not unquantized. ``base``: another base than the adapter's
+    (the unquantized model a pre-quantized base was made from)."""
     from transformers import AutoModelForCausalLM
 
     from ftctl.trainer.model import nf4_config, resolve_model, torch_dtype
@@ -166,10 +167,10 @@ def load(trained: Trained, precision: str, device_map=None, as_trained: bool = F
     quant = {"quantization_config": nf4_config(dtype)} if as_trained and trained.method == "qlora" else {}
     if quant and device_map is None:
         device_map = {"": "cpu"}
-    base = AutoModelForCausalLM.from_pretrained(
-        resolve_model(trained.base), dtype=dtype, device_map=device_map, **quant
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model(base or trained.base), dtype=dtype, device_map=device_map, **quant
     )
-    return PeftModel.from_pretrained(base, str(trained.path))
+    return PeftModel.from_pretrained(model, str(trained.path))
 
 
 def tokenizer_source(trained: Trained) -> str:
