@@ -117,6 +117,9 @@ DECIDED = {
     "lazy_preprocess": "rows are checked and tokenised once, before the model loads (ftctl data check shows them)",
     "tf32": "matmuls run in the plan's precision (bf16 or fp16 on a GPU)",
     "load_in_4bit": "--method qlora loads the base in 4-bit NF4 with double quantization",
+    "bnb_4bit_quant_type": "--method qlora loads the base in 4-bit NF4 with double quantization",
+    "use_bnb_nested_quant": "--method qlora loads the base in 4-bit NF4 with double quantization",
+    "bnb_4bit_use_double_quant": "--method qlora loads the base in 4-bit NF4 with double quantization",
     "load_in_8bit": "--method qlora trains over a 4-bit base, lora over a 16-bit one",
     "use_liger_kernel": "Liger's kernels run where they are installed (ftctl doctor, and the run's log, say so)",
     "dataset_text_field": "a row's format is read from its fields (text, messages, conversations, prompt/completion ...)",
@@ -147,6 +150,19 @@ AGREES = {
     "dataset_text_field": ("text",),
     "trust_remote_code": ("false",),
     "push_to_hub": ("false",),
+}
+
+
+# DECIDED keys whose value agrees with some methods only (TRL's QLoRA recipe: use_peft, load_in_4bit ...): accepted
+# with a note where the run's method is one of them, refused as above where it is not
+_ADAPTERS, _WEIGHTS, _QLORA = ("lora", "qlora"), ("fft", "sft"), ("qlora",)
+METHOD_AGREES = {
+    "use_peft": {"true": _ADAPTERS, "false": _WEIGHTS},
+    "load_in_4bit": {"true": _QLORA, "false": (*_WEIGHTS, "lora")},
+    "load_in_8bit": {"false": (*_WEIGHTS, *_ADAPTERS)},
+    "bnb_4bit_quant_type": {"nf4": _QLORA},
+    "use_bnb_nested_quant": {"true": _QLORA},
+    "bnb_4bit_use_double_quant": {"true": _QLORA},
 }
 
 
@@ -611,6 +627,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         layers.append(("-o", parse_overrides(overrides)))
     values, errors = {}, []
     evaluation: dict[str, str] = {}  # evaluation_strategy as given: checked against the held-out data below
+    by_method: dict[str, tuple[str, str]] = {}  # METHOD_AGREES keys as given: checked against the method below
     for source, items in layers:
         named: dict[str, str] = {}  # key -> the name this layer gave it first
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
@@ -634,10 +651,12 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 )
                 continue
             if key in DECIDED:
-                if _agrees(key, raw):
+                if _agrees(key, raw) or _word(raw) in METHOD_AGREES.get(key, {}):
                     agreed.append(raw_key)
                     if key in ("evaluation_strategy", "eval_strategy"):
                         evaluation[raw_key] = _word(raw)
+                    if key in METHOD_AGREES:
+                        by_method[f"{raw_key!r} ({source})"] = (key, _word(raw))
                 else:
                     errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")
                 continue
@@ -663,7 +682,12 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if errors:
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)
-    if said := _evaluation_asked(spec, evaluation):
+    said = _evaluation_asked(spec, evaluation) + [
+        f"{name}: {word} asks for --method {' or '.join(METHOD_AGREES[key][word])}, not {spec.method}: {DECIDED[key]}."
+        for name, (key, word) in by_method.items()
+        if spec.method not in METHOD_AGREES[key][word]
+    ]
+    if said:
         raise FtctlError(_join(said))
     validate(spec)
     return spec

@@ -736,3 +736,24 @@ def test_a_data_path_that_names_no_data_is_refused_before_the_job(value):
     "1 error(s) in the data ; ...: no rows" after the queue's wait, leaving a run directory behind."""
     with pytest.raises(FtctlError, match="names no data: give a file, a directory, a pattern, a URI or builtin:demo"):
         build(None, {"data_path": value})
+
+
+def test_trl_s_qlora_recipe_keys_are_taken_where_the_method_does_what_they_ask():
+    """TRL's sft.py QLoRA recipe (use_peft, load_in_4bit, bnb_4bit_quant_type, use_bnb_nested_quant) was refused
+    with --method qlora, which does exactly that; the same keys beside a method that does not are refused, saying
+    which method they ask for."""
+    recipe = {"use_peft": True, "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True}
+    notes: list[str] = []
+    assert build({"method": "qlora", **recipe}, notes=notes).method == "qlora"
+    assert notes == [
+        "use_peft, load_in_4bit, bnb_4bit_quant_type, use_bnb_nested_quant (run file): left to ftctl, which does what "
+        "the values given ask"
+    ]
+    assert build({"method": "lora", "use_peft": True, "load_in_4bit": False}).method == "lora"
+    with pytest.raises(FtctlError) as refused:
+        build({"method": "fft", **recipe})
+    said = str(refused.value)
+    assert "'use_peft' (run file): true asks for --method lora or qlora, not fft" in said
+    assert "'bnb_4bit_quant_type' (run file): nf4 asks for --method qlora, not fft" in said
+    with pytest.raises(FtctlError, match="'bnb_4bit_quant_type' .* is not set by hand here"):
+        build({"method": "qlora", "bnb_4bit_quant_type": "fp4"})  # ftctl's 4 bits are NF4
