@@ -166,6 +166,11 @@ METHOD_AGREES = {
 }
 
 
+def _text(value) -> str:
+    """A YAML or Python value as a shell would take it: true/false in lower case, null empty."""
+    return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _agrees(key: str, raw) -> bool:
     accepted = AGREES.get(key, ())
     return accepted is None or _word(raw) in accepted
@@ -502,8 +507,8 @@ def _coerce(key: str, value):
     if origin is dict:
         if _clears(value):
             return {}  # a later layer's `-o KEY=none` clears what an earlier one set
-        if isinstance(value, dict):
-            return {str(k): str(v) for k, v in value.items()}
+        if isinstance(value, dict):  # a run file's are its text as written (load_yaml); a dict given in Python:
+            return {str(k): _text(v) for k, v in value.items()}
         if isinstance(value, str) and "=" in value:
             k, v = value.split("=", 1)
             return {k: v}
@@ -606,13 +611,28 @@ def load_yaml(path: str) -> dict:
         return loader.construct_mapping(node)
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    text = p.read_text()
     try:
-        data = yaml.load(p.read_text(), Loader=Loader) or {}  # a SafeLoader
+        data = yaml.load(text, Loader=Loader) or {}  # a SafeLoader
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         raise FtctlError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise FtctlError(f"{path} must hold a mapping of key: value (like 'method: lora'), not {type(data).__name__}.")
+    top = root.value if isinstance(root, yaml.MappingNode) else []  # an empty file: none
+    for key_node, value_node in top:  # NAME: VALUE pairs (env) as written: true, 010 and 1e3 stay so
+        key = key_node.value
+        if _is_pairs(key) and isinstance(value_node, yaml.MappingNode) and key in data:
+            pairs = value_node.value  # (a `<<: *common` merge in it: left as the loader built it)
+            if all(isinstance(v, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge" for k, v in pairs):
+                data[key] = {k.value: v.value for k, v in pairs}
     return data
+
+
+def _is_pairs(key) -> bool:
+    """A key whose value is NAME=VALUE pairs of text (env, lr_scheduler_kwargs)."""
+    field = canonical_key(str(key))
+    return field in FIELDS and typing.get_origin(_base_type(_HINTS[field])[0]) is dict
 
 
 def build(config: str | dict | None = None, flags: dict | None = None, overrides=None, notes=None) -> RunSpec:

@@ -757,3 +757,19 @@ def test_trl_s_qlora_recipe_keys_are_taken_where_the_method_does_what_they_ask()
     assert "'bnb_4bit_quant_type' (run file): nf4 asks for --method qlora, not fft" in said
     with pytest.raises(FtctlError, match="'bnb_4bit_quant_type' .* is not set by hand here"):
         build({"method": "qlora", "bnb_4bit_quant_type": "fp4"})  # ftctl's 4 bits are NF4
+
+
+def test_env_values_of_a_run_file_are_taken_as_written(tmp_path):
+    """YAML's `FLAG: true`, `OCT: 010` and `RATIO: 1e-3` became True, 8 and 0.001 through str(), an empty value the
+    word None: a job that compares "true" or reads a umask got something else."""
+    run = tmp_path / "run.yaml"
+    run.write_text("env:\n  FLAG: true\n  OCT: 010\n  RATIO: 1e-3\n  EMPTY:\n  SAID: 'True'\n  PORT: 8080\n")
+    assert build(str(run)).env == {
+        "FLAG": "true",
+        "OCT": "010",
+        "RATIO": "1e-3",
+        "EMPTY": "",
+        "SAID": "True",
+        "PORT": "8080",
+    }
+    assert build({"env": {"FLAG": False, "EMPTY": None}}).env == {"FLAG": "false", "EMPTY": ""}  # a dict from Python
