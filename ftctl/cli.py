@@ -350,7 +350,7 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare, plai
 @main.command("eval")
 @click.argument("run")
 @click.option("--data", "paths", multiple=True, required=True, help="Dataset(s), as --data of a run takes them.")
-@click.option("--max-length", type=int, help="Truncation (default: the run's model_max_length).")
+@click.option("--max-length", type=click.IntRange(min=2), help="Truncation (default: the run's model_max_length).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--compare", is_flag=True, help="The base model's numbers too, above the run's.")
 def eval_(run, paths, max_length, batch_size, compare):
@@ -359,12 +359,15 @@ def eval_(run, paths, max_length, batch_size, compare):
     from ftctl.spec import RunSpec, join_paths, split_paths
     from ftctl.trainer import chat as chat_mod
     from ftctl.trainer.data import build_dataset
+    from ftctl.trainer.formats import resolve_files
     from ftctl.trainer.heldout import report, score
 
     try:
         names = split_paths(join_paths(paths))
     except ValueError as e:
         raise FtctlError(f"{e}.") from None
+    for name in names:  # a typo is said before the model's load (minutes for a 7B model on CPU)
+        resolve_files(name, held_out=True)
     loaded = chat_mod.load(run, echo=_progress)
     recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
     every = loaded.found.recorded("spec", "assistant_only_loss") is False if loaded.found else False  # as it trained
@@ -395,7 +398,9 @@ def data():
 @click.option(
     "--model", help="Model whose tokenizer and chat template to use (default: the run file's, else launch's default)."
 )
-@click.option("--max-length", type=int, default=None, help="model_max_length (default: the run default).")
+@click.option(
+    "--max-length", type=click.IntRange(min=2), default=None, help="model_max_length (default: the run default)."
+)
 @click.option("--chat-template-path", help="A Jinja file, or a tokenizer whose chat template to use instead.")
 @click.option("--held-out", is_flag=True, help="Read PATHS as --eval-data: a directory of splits gives its test split.")
 @click.option(

@@ -278,3 +278,24 @@ def test_keys_lists_every_run_key_with_its_default_and_text():
     assert "'full_shard auto_wrap' is read as strategy=fsdp" in fsdp and "\n  strategy = (unset)" in fsdp
     unknown = CliRunner().invoke(main, ["plan", "-o", "foo_bar=1"])
     assert unknown.exit_code == 2 and "Unknown key 'foo_bar' (-o). `ftctl keys` lists them." in unknown.output
+
+
+def test_eval_says_a_missing_data_path_before_it_loads_the_model(tmp_path):
+    """The model loaded first (minutes for a 7B on CPU), then the typo in --data was said; now the data path is read
+    first: here the run does not even exist, and the data's message is what comes back."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    got = CliRunner().invoke(main, ["eval", str(tmp_path / "no-run"), "--data", str(tmp_path / "nothere.jsonl")])
+    assert got.exit_code == 2 and f"No data at {tmp_path / 'nothere.jsonl'}" in got.output
+
+
+@pytest.mark.parametrize("command", [["eval", "RUN", "--data", "d.jsonl"], ["data", "check", "d.jsonl"]])
+def test_a_max_length_of_0_is_refused_not_taken_as_the_default(command):
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    got = CliRunner().invoke(main, [*command, "--max-length", "0"])
+    assert got.exit_code == 2 and "'--max-length': 0 is not in the range x>=2" in got.output
