@@ -879,6 +879,11 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         precision = "bf16" if t.bf16 and not spec.fp16 and spec.bf16 is not False else "fp16"
         if spec.bf16 and not t.bf16:
             notes.append(f"{t.name} has no bf16: using fp16")
+        if spec.bf16 is False and not spec.fp16 and t.bf16:  # transformers would train in fp32 here
+            notes.append(
+                "bf16=false: training in fp16 (ftctl trains on GPUs in 16 bits, not fp32; fp16 is less stable than "
+                "bf16): leave bf16 out for bf16, or -o fp16=true to say fp16"
+            )
         if attn in ("varlen", "flash_attention_2") and not t.flash_attn2 and not scores:
             notes.append(f"{t.name} runs no FlashAttention kernel (Ampere and newer do): {attn} gives way to SDPA")
         capacity = capacity_gb if capacity_gb is not None else t.memory_gb * HEADROOM

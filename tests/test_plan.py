@@ -1214,3 +1214,14 @@ def test_full_fine_tuning_of_a_pre_quantized_model_is_refused_before_the_job(tmp
         with pytest.raises(PlanError, match=r"stored quantized \(bitsandbytes 4-bit\): .* Use --method qlora or lora"):
             plan(method=method, gpus="1xA100", model_name_or_path=str(tmp_path))
     assert plan(method="qlora", gpus="1xA100", model_name_or_path=str(tmp_path)).model.quantized == "bitsandbytes 4-bit"
+
+
+def test_bf16_false_on_a_bf16_card_says_it_trains_in_fp16():
+    """transformers trains in fp32 where bf16=False and fp16 is unset; ftctl trains GPUs in 16 bits and took fp16
+    without a word."""
+    p = plan(method="lora", gpus="1xA100", model_name_or_path="meta-llama/Llama-3.2-1B", o=["bf16=false"])
+    assert p.precision == "fp16" and any(n.startswith("bf16=false: training in fp16") for n in p.notes)
+    said = plan(
+        method="lora", gpus="1xA100", model_name_or_path="meta-llama/Llama-3.2-1B", o=["bf16=false", "fp16=true"]
+    )
+    assert said.precision == "fp16" and not any("bf16=false" in n for n in said.notes)
