@@ -249,7 +249,7 @@ def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
         logs.exit_code == 0 and "each logged step is a line of runs/r1/metrics.jsonl, the last: step 3" in logs.stdout
     )
     cancel = cli("cancel", "runs/r1")
-    assert cancel.exit_code == 2 and "Ctrl-C in the terminal that launched it" in cancel.output
+    assert cancel.exit_code == 2 and "is a local run that is not training now: nothing to cancel" in cancel.output
     (run / "adapter_config.json").write_text("{}")
     assert cli("status", "runs/r1").stdout.startswith("runs/r1 local run, complete\n")
     other = cli("status", "runs")

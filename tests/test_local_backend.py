@@ -475,6 +475,35 @@ def test_stopping_the_launcher_stops_the_trainer_with_a_checkpoint(tmp_path, tin
     assert not alive.strip(), alive  # no trainer left behind
 
 
+def test_ftctl_cancel_of_a_local_run_stops_it_with_a_checkpoint_and_status_names_it(
+    tmp_path, tiny_model_dir, tiny_data
+):
+    """A local run training in another terminal (tmux, nohup): `ftctl cancel RUN_DIR` said to press Ctrl-C there, the
+    way that loses the checkpoint being written. It asks the trainer to stop at its step boundary (its stop file, as
+    `kill` of the launcher does); the launcher says so and exits as a stopped run; status names the checkpoint a
+    relaunch resumes from (the step it shows can be past it)."""
+    out = tmp_path / "run"
+    args = ["launch", "--backend", "local", "--gpus", "cpu", "--model", str(tiny_model_dir), "--data", str(tiny_data)]
+    args += ["--output", str(out), "-o", "max_steps=400", "-o", "save_steps=1000", "-o", "model_max_length=64"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen([FTCTL, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.5)
+    cancel = ftctl("cancel", str(out))
+    assert cancel.returncode == 0 and "to stop: it saves a checkpoint at its next step and exits" in cancel.stdout
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143 and "error: stopped (ftctl cancel): the trainer saved a checkpoint" in stderr
+    saved = sorted(int(p.parent.name.split("-")[1]) for p in out.glob("checkpoint-*/ftctl-manifest.json"))
+    status = ftctl("status", str(out)).stdout
+    assert (
+        saved and f"stopped before the end (the same `ftctl launch` resumes it from checkpoint-{saved[-1]})" in status
+    )
+    again = ftctl("cancel", str(out))
+    assert again.returncode == 2 and "is a local run that is not training now: nothing to cancel" in again.stderr
+
+
 def test_a_second_signal_to_the_launcher_stops_the_run_at_once(tmp_path, tiny_model_dir, tiny_data):
     """`kill PID` twice (a user who will not wait for the checkpoint; a supervisor's second request): the first asks
     for the checkpoint at the step boundary, the second stops the trainer where it is, as Ctrl-C does; here in the

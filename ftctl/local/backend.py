@@ -30,6 +30,7 @@ from ftctl.plan import DoesNotFit, Plan, PlanError, make_plan
 from ftctl.preflight import host_memory_gb
 from ftctl.runpaths import RunPaths
 from ftctl.spec import RunSpec
+from ftctl.storage import is_remote
 
 
 def local_gpus() -> str:
@@ -164,7 +165,8 @@ class LocalBackend(Backend):
         if word == "failed" and records and not failures.summarize(records)[1]:  # not an interruption: a relaunch
             return JobStatus(JobState.FAILED, f"{ref.job_id} local run, failed")  # would fail the same way
         return JobStatus(
-            JobState.UNKNOWN, f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` resumes it)"
+            JobState.UNKNOWN,
+            f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` resumes it{_resumes_from(ref)})",
         )
 
     def log_tail(self, ref: JobRef) -> str:
@@ -180,7 +182,17 @@ class LocalBackend(Backend):
         )
 
     def cancel(self, ref: JobRef) -> str:
-        raise FtctlError(f"{ref.job_id} is a local run: Ctrl-C in the terminal that launched it stops it (resumable).")
+        """A local run training in another terminal stops as `kill` of its `ftctl launch` stops it: at its next step
+        boundary, with a checkpoint, through the trainer's stop file."""
+        paths = trainer_paths(ref)
+        if not (holder := training_now(paths)):
+            raise FtctlError(f"{ref.job_id} is a local run that is not training now: nothing to cancel.")
+        paths.stop_file.parent.mkdir(parents=True, exist_ok=True)
+        paths.stop_file.touch()
+        return (
+            f"asked {ref.job_id} ({holder}) to stop: it saves a checkpoint at its next step and exits; the same "
+            "`ftctl launch` resumes it"
+        )
 
     def doctor(self, gpus, partition) -> bool:
         from importlib import metadata
@@ -372,6 +384,21 @@ def trainer_paths_of(spec: RunSpec) -> RunPaths:
     return RunPaths(Path(output_dirs(spec)[0]))
 
 
+def _resumes_from(ref: JobRef) -> str:
+    """' from checkpoint-N': the newest complete checkpoint of a local output (one being saved when the run stopped
+    is set aside by the relaunch); '' where there is none, or the output is in object storage."""
+    from ftctl.checkpoints.resume import list_checkpoints
+
+    try:
+        spec = RunSpec(**json.loads(ref.paths.spec.read_text())["spec"])
+        if is_remote(spec.output):
+            return ""
+        done = [c for c in list_checkpoints(str(ref.run_dir)) if c.complete]
+    except (OSError, ValueError, KeyError, TypeError, FtctlError):
+        return ""
+    return f" from {done[-1].name}" if done else " from the start"
+
+
 def trainer_paths(ref: JobRef) -> RunPaths:
     """trainer_paths_of a local run found by its directory (its spec.json's run; the directory itself without one)."""
     try:
@@ -436,6 +463,13 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
             "boundary first; the same `ftctl launch` resumes it."
         )
         error.exit_code = rc
+        raise error
+    if rc == 0 and not got and _said(paths) == "preempted":  # its stop file, touched by `ftctl cancel RUN_DIR`
+        error = FtctlError(
+            "stopped (ftctl cancel): the trainer saved a checkpoint at its step boundary first; the same "
+            "`ftctl launch` resumes it."
+        )
+        error.exit_code = 128 + signal.SIGTERM  # as a `kill` of this launch ends: stopped as asked, not finished
         raise error
     if rc != 0:
         error = FtctlError(failure_message(paths, rc, rendered.spec))
