@@ -142,6 +142,9 @@ CASES = {
     "fftgemma3": ("fft", "gemma3"),
     "fftgemma2nocap": ("fft", "gemma2nocap"),
     "fftgemma": ("fft", "gemma"),
+    "qloragemma2": ("qlora", "gemma2"),
+    "qloragemma2nocap": ("qlora", "gemma2nocap"),
+    "qloragemma3": ("qlora", "gemma3"),
 }
 
 
