@@ -1225,3 +1225,16 @@ def test_bf16_false_on_a_bf16_card_says_it_trains_in_fp16():
         method="lora", gpus="1xA100", model_name_or_path="meta-llama/Llama-3.2-1B", o=["bf16=false", "fp16=true"]
     )
     assert said.precision == "fp16" and not any("bf16=false" in n for n in said.notes)
+
+
+@pytest.mark.parametrize(
+    "config, micro, measured_gb",
+    [({**GEMMA2_2B, "attn_logit_softcapping": None}, 2, 17.21), (V63_ROWS[3][0], 8, 38.84)],
+    ids=["gemma2", "gemma3_text"],
+)
+def test_qlora_of_the_gemma_types_is_planned_with_liger(tmp_path, config, micro, measured_gb):
+    """v65: QLoRA (bitsandbytes NF4 base, fused AdamW) of the same shapes under Liger's kernels, on an H200."""
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    o = ["global_batch_size=8", "model_max_length=2048", f"per_device_train_batch_size={micro}"]
+    p = plan(method="qlora", gpus="1xH100", model_name_or_path=str(tmp_path), o=[*o, "gradient_checkpointing=false"])
+    assert p.optim == "adamw_torch_fused" and 0.97 * measured_gb <= p.memory_gb <= 1.12 * measured_gb
