@@ -147,9 +147,7 @@ class ModelShape:
     model_type: str = ""  # its config's (a multimodal model's own, not its text model's): which kernels run on it
     heads: int = 0  # attention (query) heads; 0: not read, hidden / 128 (Llama's head width)
     attn_softcap: bool = False  # soft-caps its attention logits (attn_logit_softcapping: Gemma 2)
-    quantized: str = (
-        ""  # how its weights are stored where not in 16/32 bits (quantization_config), e.g. "bitsandbytes 4-bit"
-    )
+    quantized: str = ""  # how its weights are stored, where quantized (stored_quantization): "bitsandbytes 4-bit"
 
     @property
     def mlp(self) -> int:
