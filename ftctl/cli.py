@@ -434,6 +434,7 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
     preflight.raise_if_errors(
         [f for p in split_paths(path) for f in preflight.check_data(p, endpoint, flag, held_out, rows=False)]
         + preflight.check_model(model)
+        + preflight.check_chat_template(chat_template_path)
     )
 
     from ftctl.trainer.data import check_data, show_rows

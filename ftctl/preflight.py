@@ -338,10 +338,18 @@ def _model_config(name_or_path: str) -> dict | None:
     return None
 
 
+TEMPLATE_SUFFIXES = (".jinja", ".jinja2", ".j2")  # a chat template's file, never a hub id (org/name)
+
+
 def check_chat_template(source: str | None) -> list[Finding]:
     """chat_template_path, where it is on this machine: a Jinja file, or a model directory whose tokenizer has a
     template (a hub id or an object-store file is read by the trainer)."""
-    if not source or storage.is_remote(source) or (HUB_ID.match(source) and not Path(source).exists()):
+    named_file = Path(source or "").suffix.lower() in TEMPLATE_SUFFIXES  # templates/chat.jinja: no hub id
+    if (
+        not source
+        or storage.is_remote(source)
+        or (HUB_ID.match(source) and not named_file and not Path(source).exists())
+    ):
         return []
     if not Path(source).expanduser().exists():
         return [

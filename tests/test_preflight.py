@@ -582,3 +582,20 @@ def test_an_s3_endpoint_on_this_machines_loopback_is_said_for_jobs_on_other_mach
     assert check_endpoint_reach(build({"s3_endpoint_url": "http://127.0.0.1:1"}), "slurm")
     assert check_endpoint_reach(build({}), "local") == check_endpoint_reach(build({}), "docker") == []  # host network
     assert check_endpoint_reach(build({"s3_endpoint_url": "http://10.0.0.5:9000"}), "sky") == []
+
+
+def test_a_mistyped_template_file_in_a_directory_is_said_before_the_job(tmp_path):
+    """templates/chat.jinja looks like a hub id (ORG/NAME), which the preflight left to the trainer: a typo was found
+    after the queue's wait, in words about connecting to huggingface.co. A Jinja file's name is never a hub id."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+    from ftctl.preflight import ERROR, check_chat_template
+
+    (found,) = check_chat_template("templates/chat.jinja")
+    assert found.level == ERROR and found.text.startswith("chat_template_path templates/chat.jinja: no such file")
+    assert check_chat_template("meta-llama/Llama-3.1-8B-Instruct") == []  # a hub id: the trainer reads it
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a"}\n')
+    got = CliRunner().invoke(main, ["data", "check", str(data), "--chat-template-path", str(tmp_path / "nope.jinja")])
+    assert got.exit_code == 2 and f"chat_template_path {tmp_path / 'nope.jinja'}: no such file" in got.output
