@@ -307,10 +307,14 @@ def merge(run, out, base):
     from ftctl.runpaths import MERGED_DIR
     from ftctl.trainer.merge import merge as do_merge
 
-    merged = do_merge(run, out or os.path.join(run, MERGED_DIR), echo=_progress, base=base)
-    size = storage.size_text(sum(f.stat().st_size for f in merged.glob("*.safetensors")))
-    click.echo(f"merged into {merged} ({size} of weights): a plain transformers model, no PEFT needed")
-    click.echo(f"next:\n  ftctl chat {shlex.quote(str(merged))} -p 'A question'")
+    target = out or storage.join(run, MERGED_DIR)
+    merged = do_merge(run, target, echo=_progress, base=base)
+    where = target if storage.is_remote(target) else str(merged)  # a URI stays one (a Path folds its //)
+    weights = sum(size for rel, size in storage.file_sizes(where).items() if rel.endswith(".safetensors"))
+    click.echo(
+        f"merged into {where} ({storage.size_text(weights)} of weights): a plain transformers model, no PEFT needed"
+    )
+    click.echo(f"next:\n  ftctl chat {shlex.quote(where)} -p 'A question'")
 
 
 def _progress(line: str) -> None:

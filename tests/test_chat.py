@@ -418,16 +418,22 @@ def test_a_chat_template_path_that_holds_none_is_one_line(tmp_path, tiny_model_d
 
 
 def test_merge_from_and_to_object_storage_never_overwrites(lora_run, s3_bucket, tmp_path):
+    from click.testing import CliRunner
     from transformers import AutoModelForCausalLM
 
     from ftctl import storage
+    from ftctl.cli import main
     from ftctl.trainer.merge import merge
 
     run, out = f"{s3_bucket}/runs/r1", f"{s3_bucket}/merged/r1"
     for file in lora_run.iterdir():
         if file.is_file():
             storage.put_file(str(file), f"{run}/{file.name}")
-    merge(run, out)
+    got = CliRunner().invoke(main, ["merge", run, "--out", out])  # what it says: the URI whole, the store's size
+    assert got.exit_code == 0 and got.stderr.startswith(f"merging the LoRA adapter {run} into "), got.output
+    size = storage.file_sizes(out)["model.safetensors"] / 1e6
+    assert size > 0.1 and f"merged into {out} ({size:.1f} MB of weights)" in got.stdout, got.stdout
+    assert f"ftctl chat {out} -p" in got.stdout
     names = {e["name"] for e in storage.ls(out)}
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= names and "adapter_config.json" not in names
     storage.get_dir(out, str(tmp_path / "got"))

@@ -41,10 +41,12 @@ def merge(
     endpoint_url: str | None = None,
     echo=None,
     base: str | None = None,
+    named: str | None = None,
 ) -> Path:
     """Merge the adapter of a lora/qlora run into its base (or ``base``: the unquantized model a pre-quantized base
     was made from); write a safetensors model + tokenizer to ``out_dir`` (a local path or object-store URI).
-    Returns the directory written. ``echo`` is told what is loading, before the base's weights are read."""
+    Returns the directory written. ``echo`` is told what is loading, before the base's weights are read (the
+    adapter ``named`` so, where it was downloaded from there)."""
     quiet.install()  # before transformers, peft and bitsandbytes are imported
     if dtype is not None and dtype not in DTYPES:
         raise FtctlError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
@@ -53,10 +55,10 @@ def merge(
     if storage.is_remote(run_dir_or_checkpoint):
         with tempfile.TemporaryDirectory(prefix="ftctl-merge-") as tmp:
             trained_mod.download_top(run_dir_or_checkpoint, tmp, endpoint_url)
-            return merge(tmp, out_dir, dtype, endpoint_url, echo, base)
+            return merge(tmp, out_dir, dtype, endpoint_url, echo, base, named=run_dir_or_checkpoint)
     if storage.is_remote(out_dir):
         with tempfile.TemporaryDirectory(prefix="ftctl-merged-") as tmp:
-            merge(run_dir_or_checkpoint, os.path.join(tmp, "merged"), dtype, echo=echo, base=base)
+            merge(run_dir_or_checkpoint, os.path.join(tmp, "merged"), dtype, echo=echo, base=base, named=named)
             _upload_config_last(os.path.join(tmp, "merged"), out_dir, endpoint_url)
         return Path(out_dir)
 
@@ -67,7 +69,7 @@ def merge(
     _refuse_quantized(into, run_dir_or_checkpoint)
     precision = dtype or adapter.precision or "fp32"
     if echo:
-        echo(f"merging the LoRA adapter {adapter.path} into {into} ({precision}) ...")
+        echo(f"merging the LoRA adapter {named or adapter.path} into {into} ({precision}) ...")
     merged = trained_mod.load(adapter, precision, base=base).merge_and_unload()
     out = Path(out_dir).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
