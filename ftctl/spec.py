@@ -88,15 +88,17 @@ ALIASES = {
     "base_model": "model_name_or_path",  # axolotl's
     "model_id": "model_name_or_path",
     "model_path": "model_name_or_path",
+    "optimizer": "optim",  # axolotl's
+    "sample_packing": "packing",  # axolotl's
+    "lr_scheduler": "lr_scheduler_type",  # axolotl's
 }
 # Unknown keys whose nearest spelling means something else: what they are here.
 MEANT = {
     "freeze_layers": "--method sft trains the top trainable_layers blocks and the head, the rest frozen.",
     "q_lora": "FastChat's flag is --method qlora here.",
-    "train_on_inputs": "axolotl's train_on_inputs: false is assistant_only_loss: true here (the default); true is "
-    "assistant_only_loss: false (the loss on every token).",
     "dataset": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list).",
-    "datasets": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list).",
+    "datasets": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list; axolotl's "
+    "[{path: ..., type: ...}] is taken as it).",
     "train_file": "The training data is data_path.",
     "batch_size": "Sequences per GPU are per_device_train_batch_size; per optimizer step, global_batch_size.",
     "train_batch_size": "Sequences per GPU are per_device_train_batch_size; per optimizer step, global_batch_size.",
@@ -106,6 +108,8 @@ MEANT = {
 _STRATEGY = (
     "the planner chooses single, DDP, DeepSpeed ZeRO or FSDP2 and writes its config; -o strategy=NAME forces one"
 )
+_ATTENTION = "the plan chooses the attention (varlen FlashAttention kernels, else SDPA); -o attn_implementation=NAME"
+_WANDB = "W&B logging is -o report_to=wandb, its project -o env=WANDB_PROJECT=NAME (the key: --secret WANDB_API_KEY)"
 # Keys of FastChat's train script, TRL and transformers that ftctl decides itself: why, instead of "unknown key".
 DECIDED = {
     "fsdp": _STRATEGY,
@@ -136,6 +140,26 @@ DECIDED = {
     "lora_modules_to_save": "lora and qlora train only the adapters (no modules_to_save); to train the head too use "
     "--method sft (the top trainable_layers blocks and the head) or fft",
     "fsdp_transformer_layer_cls_to_wrap": "FSDP2 (strategy=fsdp) wraps each decoder layer itself",
+    # axolotl's (its example files list many of them, empty)
+    "strict": "ftctl checks the run description itself",
+    "dataset_prepared_path": "rows are checked and tokenised once, before the model loads, and not kept",
+    "pad_to_sequence_len": "packing fills each sequence (packing=true); unpacked batches pad to their longest row",
+    "group_by_length": "batches are drawn at random (packing fills them)",
+    "local_rank": "torchrun gives each process its rank",
+    "xformers_attention": _ATTENTION,
+    "flash_attention": _ATTENTION,
+    "sdp_attention": _ATTENTION,
+    "debug": "FTCTL_DEBUG=1 shows a failure's traceback",
+    "special_tokens": "the tokenizer's own special tokens and chat template are used (chat_template_path for another)",
+    "evals_per_epoch": "held-out data is evaluated every eval_steps",
+    "saves_per_epoch": "a checkpoint every save_steps",
+    "wandb_project": _WANDB,
+    "wandb_entity": _WANDB,
+    "wandb_watch": _WANDB,
+    "wandb_name": _WANDB,
+    "wandb_log_model": _WANDB,
+    "resume_from_checkpoint": "resume=auto continues output_dir's newest checkpoint; -o resume=PATH another",
+    "lora_model_dir": "lora and qlora train new adapters (a stopped run resumes its own: resume=auto)",
 }
 # DECIDED keys set to what ftctl does anyway (a FastChat or TRL recipe copied whole): accepted with a note, any other
 # value refused as above. None: any value.
@@ -150,7 +174,17 @@ AGREES = {
     "dataset_text_field": ("text",),
     "trust_remote_code": ("false",),
     "push_to_hub": ("false",),
-}
+    "deepspeed": ("false", "no"),
+    "strict": None,
+    "dataset_prepared_path": None,
+    "pad_to_sequence_len": None,
+    "group_by_length": ("false",),
+    "local_rank": None,
+    "xformers_attention": ("false",),
+    "flash_attention": ("true",),
+    "sdp_attention": ("false",),
+    "debug": ("false",),
+}  # and any DECIDED key left empty (YAML's null, as axolotl's example files write them): it asks for nothing
 
 
 # DECIDED keys whose value agrees with some methods only (TRL's QLoRA recipe: use_peft, load_in_4bit ...): accepted
@@ -173,7 +207,7 @@ def _text(value) -> str:
 
 def _agrees(key: str, raw) -> bool:
     accepted = AGREES.get(key, ())
-    return accepted is None or _word(raw) in accepted
+    return raw is None or raw == "" or accepted is None or _word(raw) in accepted
 
 
 def _word(raw) -> str:
@@ -514,14 +548,7 @@ def _coerce(key: str, value):
             return {k: v}
         raise ValueError(f"expects NAME=VALUE pairs: {key}: {{NAME: VALUE}} in a run file, -o {key}=NAME=VALUE")
     if typ is bool:
-        if isinstance(value, bool):
-            return value
-        s = str(value).strip().lower()
-        if s in ("1", "true", "yes", "on"):
-            return True
-        if s in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("expects true or false")
+        return _as_bool(value)
     if typ is int:
         if isinstance(value, bool):
             raise ValueError("expects a whole number")
@@ -653,6 +680,15 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
         for raw_key, raw in _mixes(items):
             key = canonical_key(raw_key)
+            try:
+                key, raw = _axolotl(key, raw)
+            except ValueError as e:
+                errors.append(f"{raw_key!r} ({source}): {e}.")
+                continue
+            if raw_key.strip() == "datasets" and key == "data_path" and notes is not None:
+                notes.append(
+                    f"datasets ({source}): their paths are data_path; each row's format is read from its fields"
+                )
             if raw_key.strip() == "adapter" and raw in (None, ""):  # axolotl's full fine-tune leaves it empty
                 raw = "fft"
             if key == "fsdp" and _fsdp_strategy(raw):
@@ -766,6 +802,39 @@ def _suggest_key(word: str) -> str:
 
     near = [a for a in ALIASES if difflib.SequenceMatcher(None, word, a).ratio() >= 0.85]
     return did_you_mean(word, [*FIELDS, *near])
+
+
+def _as_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expects true or false")
+
+
+def _axolotl(key: str, raw):
+    """axolotl's keys that are another key here, their values turned: train_on_inputs (assistant_only_loss's
+    opposite), lora_target_linear (all-linear), datasets ([{path, type}]: each row's format is read from its
+    fields; a path that is no file here is a Hub dataset, hf://datasets/ORG/NAME). Others as they are."""
+    if key == "train_on_inputs":
+        return "assistant_only_loss", not _as_bool(raw)
+    if key == "lora_target_linear":
+        if not _as_bool(raw):
+            raise ValueError("false: name the modules instead, lora_target_modules: [q_proj, v_proj]")
+        return "lora_target_modules", "all-linear"
+    if key == "datasets" and isinstance(raw, list) and raw and all(isinstance(d, dict) and d.get("path") for d in raw):
+        from ftctl.hub import HUB_ID
+
+        def where(path: str) -> str:
+            file = Path(path).suffix.lower() in (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow")
+            here = "://" in path or file or Path(path).expanduser().exists() or storage.looks_like_path(path)
+            return path if here or not HUB_ID.match(path) else f"hf://datasets/{path}"
+
+        return "data_path", [where(str(d["path"])) for d in raw]
+    return key, raw
 
 
 def _mixes(items):

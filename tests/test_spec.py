@@ -517,15 +517,14 @@ def test_an_alias_is_suggested_only_for_a_near_typo_of_it():
 
 # --- ftctl keys shows and finds aliases ---------------------------------------------------------------------------
 def test_an_axolotl_run_file_reads_as_written():
-    """axolotl's names for the keys ftctl has; train_on_inputs (the inverse of a key) says which value is which."""
+    """axolotl's names for the keys ftctl has; train_on_inputs is assistant_only_loss's inverse."""
     axolotl = {"base_model": "o/m", "adapter": "qlora", "sequence_len": 1024, "val_set_size": 0.05}
     spec = build({**axolotl, "micro_batch_size": 2})
     assert (spec.method, spec.model_max_length, spec.eval_split, spec.per_device_train_batch_size) == (
         "qlora", 1024, 0.05, 2
     )  # fmt: skip
     assert build(yaml.safe_load("adapter:\nbase_model: o/m\n")).method == "fft"  # axolotl's full fine-tune
-    with pytest.raises(FtctlError, match="train_on_inputs: false is assistant_only_loss: true here"):
-        build({**axolotl, "train_on_inputs": False})
+    assert build({**axolotl, "train_on_inputs": False}).assistant_only_loss is True
 
 
 def test_keys_show_and_find_aliases():
@@ -773,3 +772,82 @@ def test_env_values_of_a_run_file_are_taken_as_written(tmp_path):
         "PORT": "8080",
     }
     assert build({"env": {"FLAG": False, "EMPTY": None}}).env == {"FLAG": "false", "EMPTY": ""}  # a dict from Python
+
+
+AXOLOTL_QLORA = """\
+base_model: meta-llama/Llama-3.1-8B
+load_in_8bit: false
+load_in_4bit: true
+strict: false
+datasets:
+  - path: data/chats.jsonl
+    type: chat_template
+  - path: mhenrichsen/alpaca_2k_test
+    type: alpaca
+dataset_prepared_path:
+val_set_size: 0.05
+output_dir: ./outputs/qlora-out
+adapter: qlora
+lora_model_dir:
+sequence_len: 4096
+sample_packing: true
+pad_to_sequence_len: true
+lora_r: 32
+lora_alpha: 16
+lora_dropout: 0.05
+lora_target_linear: true
+wandb_project:
+wandb_entity:
+gradient_accumulation_steps: 4
+micro_batch_size: 2
+num_epochs: 4
+optimizer: paged_adamw_32bit
+lr_scheduler: cosine
+learning_rate: 0.0002
+train_on_inputs: false
+group_by_length: false
+bf16: auto
+fp16:
+tf32: false
+gradient_checkpointing: true
+resume_from_checkpoint:
+local_rank:
+logging_steps: 1
+xformers_attention:
+flash_attention: true
+warmup_steps: 10
+debug:
+deepspeed:
+weight_decay: 0.0
+fsdp:
+fsdp_config:
+special_tokens:
+"""
+
+
+def test_an_axolotl_example_file_is_taken_as_it_is_written(tmp_path):
+    """axolotl's example QLoRA file (examples/llama-3/qlora.yml's keys) was refused twenty ways: its empty fsdp:,
+    deepspeed:, wandb_project: ... (YAML null asks for nothing), train_on_inputs: false (the default here, said so
+    and refused), lora_target_linear, optimizer, lr_scheduler, sample_packing and datasets: [{path, type}]."""
+    run = tmp_path / "qlora.yml"
+    run.write_text(AXOLOTL_QLORA)
+    notes: list[str] = []
+    spec = build(str(run), notes=notes)
+    assert (spec.method, spec.model_max_length, spec.per_device_train_batch_size, spec.eval_split) == (
+        "qlora",
+        4096,
+        2,
+        0.05,
+    )
+    assert spec.data_path == "data/chats.jsonl,hf://datasets/mhenrichsen/alpaca_2k_test"
+    assert spec.lora_target_modules == "all-linear" and spec.assistant_only_loss is True and spec.packing is True
+    assert (spec.optim, spec.lr_scheduler_type) == ("paged_adamw_32bit", "cosine")
+    assert "datasets (run file): their paths are data_path; each row's format is read from its fields" in notes
+    assert any(n.startswith("load_in_8bit, load_in_4bit, strict, dataset_prepared_path") for n in notes)
+    assert build({"train_on_inputs": True}).assistant_only_loss is False  # the loss on every token
+    with pytest.raises(FtctlError, match="'lora_target_linear' .*: false: name the modules instead"):
+        build({"lora_target_linear": False})
+    with pytest.raises(
+        FtctlError, match="'flash_attention' .* is not set by hand here: the plan chooses the attention"
+    ):
+        build({"flash_attention": False})
