@@ -1194,3 +1194,21 @@ def test_data_check_without_a_model_takes_launchs_default_and_says_so(tmp_path):
         "--model for yours)\n"
     )
     assert got.exit_code == 2 and "No data at" in got.output and "Give --model" not in got.output
+
+
+def test_a_few_rows_whose_answers_lie_past_the_max_length_are_left_out_with_a_warning(tmp_path, tiny_tokenizer):
+    """One long row in a corpus stopped the whole run ("fix or remove these rows"): a few (at most 1%) are left out,
+    each named in a warning (axolotl drops them; FastChat trains them with no label, which teaches nothing); more than
+    that is max_length too short for the data, an error as before."""
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    long = {"messages": [{"role": "user", "content": "word " * 60}, {"role": "assistant", "content": "ok"}]}
+    path = write_jsonl(tmp_path / "d.jsonl", [good] * 150 + [long])
+    report, dataset = prepare_data(path, tiny_tokenizer, 32)
+    assert report.ok and len(dataset) == 150 and report.stats.rows == 150
+    (said,) = [w for w in report.warnings if "every label is masked" in w]
+    assert said.startswith("d.jsonl line 151: every label is masked after truncation to 32 tokens (the row has ")
+    assert said.endswith("left out, shorten it or raise model_max_length")
+    crowded = write_jsonl(tmp_path / "e.jsonl", [good] * 98 + [long] * 2)
+    assert [e for e in prepare_data(crowded, tiny_tokenizer, 32, held_out=True)[0].errors if "masked" in e][0].endswith(
+        "shorten it or raise model_max_length (ftctl eval: --max-length)"
+    )

@@ -163,6 +163,11 @@ def _histogram(lengths: list[int], max_length: int) -> list[tuple[str, int]]:
     return buckets[filled[0] : filled[-1] + 1] if filled else []
 
 
+# rows whose every trained token lies past max_length, left out with a warning where they are at most this share of
+# the rows (a few long ones in a large corpus); more than that, they are errors: max_length is too short for the data
+DROP_PAST_THE_END = 0.01
+
+
 def prepare_data(
     path: str,
     tokenizer,
@@ -225,6 +230,7 @@ def prepare_data(
     formats: Counter = Counter()
     s = report.stats
     leading = 0  # rows trained without the assistant turns before their first user turn (formats: dropped)
+    past_the_end: list[tuple[Row, int]] = []  # (row, its tokens): every trained token after max_length
     for row, enc in zip(good, encoded):
         trainable = sum(enc.mask)
         if enc.trainable_before == 0:
@@ -237,13 +243,7 @@ def prepare_data(
             problems.append((row, f"every label is masked: {why}"))
             continue
         if trainable == 0:
-            problems.append(
-                (
-                    row,
-                    f"every label is masked after truncation to {max_length} tokens (the row has {enc.length}; its "
-                    "assistant turns start later): shorten it or raise model_max_length",
-                )
-            )
+            past_the_end.append((row, enc.length))
             continue
         if enc.length > max_length:
             report.warnings.append(
@@ -260,6 +260,21 @@ def prepare_data(
         s.plain += row.text is not None
         leading += row.dropped > 0
 
+    if past_the_end:  # a few such rows in a large corpus are dropped (axolotl drops them); more: max_length is short
+        few = len(past_the_end) <= DROP_PAST_THE_END * len(rows) and kept_ids
+        raise_it = "raise model_max_length" + (" (ftctl eval: --max-length)" if held_out else "")
+        cut = [
+            (
+                row,
+                f"every label is masked after truncation to {max_length} tokens (the row has {length}; its assistant "
+                f"turns start later): {'left out, ' if few else ''}shorten it or {raise_it}",
+            )
+            for row, length in past_the_end
+        ]
+        if few:
+            report.warnings += problem_lines(cut, len(rows))
+        else:
+            problems += cut
     if missing_eot:
         report.warnings.append(
             f"{problem} ({missing_eot} rows)"
