@@ -22,6 +22,7 @@ shared filesystem, docker runs ``default_image``. :func:`prepare` writes the cho
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import os
@@ -420,9 +421,13 @@ def refuse_local_paths(spec: RunSpec, backend: str) -> None:
 
 
 def run_dir_for(spec: RunSpec) -> Path:
-    """Where launch writes spec.json, the script and logs: the output dir when local, else runs/<name>."""
+    """Where launch writes spec.json, the script and logs: the output dir when local, else runs/<run_name>, or
+    without one runs/<name>-<digest of the output> (runs into other outputs, a sweep's, each their own: one
+    directory was every such run's, and the second was refused or taken for a relaunch of the first)."""
     out = spec.output
-    return Path(out if not is_remote(out) else Path("runs") / spec.name).expanduser().resolve()
+    if not is_remote(out):
+        return Path(out).expanduser().resolve()
+    return (Path("runs") / (spec.run_name or f"{spec.name}-{hashlib.sha256(out.encode()).hexdigest()[:8]}")).resolve()
 
 
 def write_files(rendered: Rendered):
@@ -560,6 +565,17 @@ def find_job(job_id: str) -> tuple[Backend, JobRef]:
     for ref, _ in jobs:
         if ref.job_id == str(job_id):
             return get(ref.backend), ref
+    if is_remote(str(job_id)):  # an object-store output: the newest job into it, else a local run's directory here
+        for ref, _ in jobs:
+            if ref.output == str(job_id).rstrip("/"):
+                return get(ref.backend), ref
+        for spec_file in sorted(Path("runs").glob("*/spec.json"), key=lambda f: f.stat().st_mtime, reverse=True):
+            try:
+                output = json.loads(spec_file.read_text())["spec"]["output_dir"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if output and output.rstrip("/") == str(job_id).rstrip("/"):
+                return find_job(str(spec_file.parent))
     given = Path(local_path(str(job_id))).expanduser()  # file:///a/b: the run directory /a/b
     for ref, _ in jobs:  # newest first
         if Path(ref.run_dir) == given.resolve():

@@ -3,7 +3,8 @@
 The run directory is where ``ftctl launch`` writes what it sends (spec.json, the sbatch script, the
 task YAML, the docker script) and where the job leaves its logs, status and stop files. With a local
 ``--output`` it is the output directory itself, so the trainer's files (metrics.jsonl, checkpoints)
-sit beside them; with an object-store output it is ``runs/<run name>`` under the working directory.
+sit beside them; with an object-store output it is under ``runs/`` of the working directory
+(backend.run_dir_for: the run's run_name, else its name and a digest of the output).
 
 Nobody else spells these names: backends, the trainer and the tests ask this module.
 """

@@ -1,5 +1,6 @@
 """The run directory launch writes: whole files, and never a silent overwrite of another run."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -458,3 +459,22 @@ def test_no_module_imports_upward():
                     problems.append(f"{me} imports {dep}")
     problems += [f"{a} and {b} import each other" for a, b in edges if (b, a) in edges and a < b]
     assert not problems
+
+
+def test_runs_into_other_object_store_outputs_have_run_directories_of_their_own(tmp_path, monkeypatch):
+    """A sweep from one directory, each point into its own s3:// output: every such run shared runs/<name>, so the
+    second was refused ("choose another --output", given already) or taken for a relaunch of the first; and
+    `ftctl status s3://...` of a local run found nothing."""
+    from ftctl.backend import find_job, run_dir_for
+
+    monkeypatch.chdir(tmp_path)
+    one, two = (build(None, {"output_dir": f"s3://b/sweep/lr{i}", "backend": "local", "gpus": "cpu"}) for i in (1, 2))
+    assert run_dir_for(one) != run_dir_for(two) and run_dir_for(one).parent == tmp_path / "runs"
+    assert run_dir_for(one).name.startswith(f"{one.name}-") and run_dir_for(one) == run_dir_for(one)
+    named = build(None, {"output_dir": "s3://b/sweep/lr3", "run_name": "lr3", "gpus": "cpu"})
+    assert run_dir_for(named) == tmp_path / "runs" / "lr3"  # a run's own name is its directory's
+    run_dir_for(two).mkdir(parents=True)
+    (run_dir_for(two) / "spec.json").write_text(json.dumps({"spec": {"output_dir": "s3://b/sweep/lr2"}}))
+    assert Path(find_job("s3://b/sweep/lr2/")[1].run_dir).resolve() == run_dir_for(two)
+    with pytest.raises(FtctlError, match="No job 's3://b/sweep/lr1' was launched from here"):
+        find_job("s3://b/sweep/lr1")

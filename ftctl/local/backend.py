@@ -430,7 +430,9 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     for note in rendered.plan.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(
-        f"running {rendered.plan.method} on {rendered.plan.gpus}; checkpoints in {rendered.spec.output}", err=True
+        f"running {rendered.plan.method} on {rendered.plan.gpus}; checkpoints in {rendered.spec.output}"
+        + (f" (its run directory here: {rendered.run_dir})" if is_remote(rendered.spec.output) else ""),
+        err=True,
     )
     shutil.rmtree(paths.failures, ignore_errors=True)
     paths.failures.mkdir(parents=True, exist_ok=True)
