@@ -680,6 +680,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
         for raw_key, raw in _mixes(items):
             key = canonical_key(raw_key)
+            if raw is None and key in ("train_on_inputs", "lora_target_linear"):  # left empty: it asks for nothing
+                continue
             try:
                 key, raw = _axolotl(key, raw)
             except ValueError as e:
@@ -711,7 +713,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                     agreed.append(raw_key)
                     if key in ("evaluation_strategy", "eval_strategy"):
                         evaluation[raw_key] = _word(raw)
-                    if key in METHOD_AGREES:
+                    if _word(raw) in METHOD_AGREES.get(key, {}):  # (left empty, it asks for nothing)
                         by_method[f"{raw_key!r} ({source})"] = (key, _word(raw))
                 else:
                     errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")

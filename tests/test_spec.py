@@ -845,6 +845,8 @@ def test_an_axolotl_example_file_is_taken_as_it_is_written(tmp_path):
     assert "datasets (run file): their paths are data_path; each row's format is read from its fields" in notes
     assert any(n.startswith("load_in_8bit, load_in_4bit, strict, dataset_prepared_path") for n in notes)
     assert build({"train_on_inputs": True}).assistant_only_loss is False  # the loss on every token
+    empty = {"load_in_8bit": None, "use_peft": None, "train_on_inputs": None, "lora_target_linear": None}
+    assert build({"method": "lora", **empty}).assistant_only_loss is True  # left empty, each asks for nothing
     with pytest.raises(FtctlError, match="'lora_target_linear' .*: false: name the modules instead"):
         build({"lora_target_linear": False})
     with pytest.raises(
