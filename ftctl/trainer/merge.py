@@ -66,7 +66,7 @@ def merge(
 
     adapter = trained_mod.find(run_dir_or_checkpoint, adapter_only=True)
     into = base or adapter.base
-    _refuse_quantized(into, run_dir_or_checkpoint)
+    _refuse_quantized(into, named or run_dir_or_checkpoint)
     precision = dtype or adapter.precision or "fp32"
     if echo:
         echo(f"merging the LoRA adapter {named or adapter.path} into {into} ({precision}) ...")
@@ -107,10 +107,13 @@ def _refuse_existing(out_dir: str, endpoint_url: str | None, run: str) -> None:
 def _refuse_quantized(base: str, run: str) -> None:
     """A base stored quantized (a Hub *-bnb-4bit model, GPTQ, AWQ): its weights cannot take the adapter and be saved
     as a plain model (transformers cannot write merged 4-bit weights back); the model it was made from can."""
-    from ftctl.plan import model_shape
+    from ftctl.plan import read_config, stored_quantization
     from ftctl.trainer.model import resolve_model
 
-    quantized = model_shape(resolve_model(base)).quantized
+    try:
+        quantized = stored_quantization(read_config(Path(resolve_model(base), "config.json")))
+    except (FtctlError, OSError):  # no config.json to read here: the load says what is wrong, as before
+        quantized = ""
     if quantized:
         raise FtctlError(
             f"the adapter's base {base} is stored quantized ({quantized}): a merge into it cannot be saved as a plain "
