@@ -257,6 +257,7 @@ def test_a_mistyped_run_is_refused_at_once(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
+    (tmp_path / "x.jsonl").write_text('{"text": "a"}\n')  # eval reads its data path first (before any model loads)
     for command in (["chat", "runs/nope", "-p", "hi"], ["eval", "runs/nope", "--data", "x.jsonl"]):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
