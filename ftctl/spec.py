@@ -96,6 +96,9 @@ ALIASES = {
 MEANT = {
     "freeze_layers": "--method sft trains the top trainable_layers blocks and the head, the rest frozen.",
     "q_lora": "FastChat's flag is --method qlora here.",
+    "train_on_inputs": "axolotl's train_on_inputs is read as assistant_only_loss's opposite: false (the default here) "
+    "is assistant_only_loss: true; true is the loss on every token.",
+    "lora_target_linear": "axolotl's lora_target_linear: true is read as lora_target_modules: all-linear (the default).",
     "dataset": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list).",
     "datasets": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list; axolotl's "
     "[{path: ..., type: ...}] is taken as it).",
