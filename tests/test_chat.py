@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -315,8 +316,10 @@ def test_merge_never_overwrites(lora_run, tmp_path):
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert len(set(modes.values())) == 1 and modes["model.safetensors"] & 0o044, modes  # readable as the others
     before = (out / "model.safetensors").read_bytes()
-    with pytest.raises(FtctlError, match="already exists and is not empty: choose another --out"):
+    with pytest.raises(FtctlError, match="holds the merge of this adapter as it is now .*: nothing to merge again"):
         merge(str(lora_run), str(out))
+    with pytest.raises(FtctlError, match="already exists and is not empty: choose another --out"):
+        merge(str(lora_run / "checkpoint-3"), str(out))  # another adapter's
     assert (out / "model.safetensors").read_bytes() == before
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -337,7 +340,7 @@ def test_a_merge_of_an_adapter_trained_on_since_is_said_to_be_stale(tiny_model_d
     assert train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=2, save_steps=2), echo=lambda _: None)
     merged = merge(str(out), str(out / MERGED_DIR))
     assert json.loads((merged / MERGE_RECORD).read_text())["adapter"] == str(out.resolve())
-    with pytest.raises(FtctlError, match="already exists and is not empty"):  # the same adapter: nothing stale
+    with pytest.raises(FtctlError, match="as it is now"):  # the same adapter: nothing stale
         merge(str(out), str(merged))
     with caplog.at_level(logging.WARNING, logger="ftctl"):
         spec, plan = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=4, save_steps=2, resume="auto")
@@ -418,7 +421,7 @@ def test_a_chat_template_path_that_holds_none_is_one_line(tmp_path, tiny_model_d
     assert check_chat_template("org/some-instruct-model") == []  # a hub id: the trainer loads it
 
 
-def test_merge_from_and_to_object_storage_never_overwrites(lora_run, s3_bucket, tmp_path):
+def test_merge_from_and_to_object_storage_never_overwrites(lora_run, s3_bucket, tmp_path, caplog):
     from click.testing import CliRunner
     from transformers import AutoModelForCausalLM
 
@@ -439,8 +442,23 @@ def test_merge_from_and_to_object_storage_never_overwrites(lora_run, s3_bucket, 
     assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= names and "adapter_config.json" not in names
     storage.get_dir(out, str(tmp_path / "got"))
     AutoModelForCausalLM.from_pretrained(tmp_path / "got")  # a plain model
-    with pytest.raises(FtctlError, match="already exists and is not empty"):
+    with pytest.raises(FtctlError, match=f"{out} holds the merge of this adapter as it is now"):
         merge(run, out)
+    # the run trained on (another adapter in the store): the merge there is named stale, and left as it was
+    before = storage.read_bytes(f"{out}/model.safetensors")
+    storage.put_file(str(lora_run / "checkpoint-3" / "adapter_model.safetensors"), f"{run}/adapter_model.safetensors")
+    with pytest.raises(FtctlError, match="as it was on .*; the run has trained on since: delete it from the store"):
+        merge(run, out)
+    assert storage.read_bytes(f"{out}/model.safetensors") == before
+    # RUN/merged in the store: a run that trains on says so when it saves its new adapter (it looked at its node only)
+    from ftctl.trainer.run import warn_stale_merge
+
+    merge(run, f"{run}/merged")
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        warn_stale_merge(
+            SimpleNamespace(remote_uri=run, local_dir=str(tmp_path), spec=SimpleNamespace(s3_endpoint_url=None))
+        )
+    assert f"{run}/merged holds a merge of this run's adapter as it was before it trained on" in caplog.text
 
 
 def test_eval_scores_the_tokens_training_scores(lora_run, tiny_model_dir, tmp_path):

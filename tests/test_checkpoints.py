@@ -277,6 +277,20 @@ def test_kill_9_between_files_and_manifest_leaves_nothing_resumable(point, s3_bu
     assert C.latest_complete(str(fresh), remote) == str(fresh / "checkpoint-1")
     if point == "local-manifest":
         assert C.latest_complete(str(run), remote) == str(run / "checkpoint-1")
+        return
+    # the killed machine's copy of checkpoint-2 is complete: its relaunch resumes there and sends it again (it stayed
+    # cut short in the store for good, and an attempt on another machine would have gone back to checkpoint-1)
+    from types import SimpleNamespace
+
+    from ftctl.trainer.sync_callback import CheckpointSyncCallback
+
+    resumed = C.latest_complete(str(run), remote)
+    assert resumed == str(run / "checkpoint-2")
+    sync = CheckpointSyncCallback(remote, resumed=resumed, **FAST)
+    sync.on_train_begin(SimpleNamespace(output_dir=str(run)), SimpleNamespace(is_world_process_zero=True), None)
+    assert sync.wait_for_uploads(60)
+    sync.close()
+    assert [c.step for c in C.list_checkpoints(remote, deep=True) if c.complete] == [1, 2]
 
 
 # ------------------------------------------------------------------ store outage
@@ -395,6 +409,20 @@ def test_retention_keeps_last_k_plus_best(remote, tmp_path):
     assert [c.step for c in C.list_checkpoints(remote)] == [1, 4, 5]
 
 
+def test_a_checkpoint_cut_short_in_the_store_is_deleted_once_a_later_one_is_committed(remote, tmp_path, caplog):
+    """checkpoint-2's upload was cut short (files, no manifest) and the run went on from checkpoint-1 with saves at
+    other steps: nothing would ever replace it. It goes when a later one is committed (a retention limit or not);
+    one newer than every complete checkpoint is the upload the run redoes next: left."""
+    run = tmp_path / "run"
+    upload_all(remote, committed(run, 1), committed(run, 2), committed(run, 4))
+    for step in (2, 4):
+        storage.rm(f"{remote}/checkpoint-{step}/{C.MANIFEST}")
+    caplog.set_level(logging.INFO)
+    upload_all(remote, committed(run, 3))
+    assert [(c.step, c.complete) for c in C.list_checkpoints(remote)] == [(1, True), (3, True), (4, False)]
+    assert any("checkpoint-2: no ftctl-manifest.json" in r.getMessage() for r in caplog.records)
+
+
 def test_two_nodes_commit_once_both_manifests_are_up(remote, tmp_path):
     """Each node holds only its own shards; node 0 commits the merge when node 1 is done."""
     shared = {"config.json": b'{"a": 1}'}
@@ -453,6 +481,36 @@ def test_two_nodes_commit_once_both_manifests_are_up(remote, tmp_path):
 
 
 # ------------------------------------------------------------------ sync ls / push / pull
+
+
+def test_sync_push_keeps_the_runs_retention_in_the_store(remote, tmp_path):
+    """A run whose last uploads did not land (the store holds checkpoint-1..2, this node 3..4): a push left four where
+    the run keeps two (save_total_limit). It sends the newest two and deletes the older, as the run's uploader would,
+    keeping the best one; a store holding another run's checkpoints loses none."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    upload_all(remote, committed(run, 1), committed(run, 2))
+    shutil.rmtree(run / "checkpoint-1")
+    best = json.dumps({"global_step": 4, "best_model_checkpoint": str(run / "checkpoint-1")}).encode()
+    committed(run, 3), committed(run, 4, files={"trainer_state.json": best})
+    (run / "spec.json").write_text(json.dumps({"spec": {"save_total_limit": 2}}))
+    lines = []
+    sent = C.push(str(run), remote, echo=lines.append)
+    assert [s.rsplit("/", 1)[1] for s in sent] == ["checkpoint-3", "checkpoint-4"]
+    assert [c.step for c in C.list_checkpoints(remote)] == [1, 3, 4]
+    assert lines[-1] == f"deleted {remote}/checkpoint-2: the run keeps its 2 newest (save_total_limit)", lines
+    shutil.rmtree(run / "checkpoint-4")
+    committed(run, 0)  # older than the two newest: not sent to be deleted
+    assert C.push(str(run), remote, echo=lines.append) == []
+    assert lines[-2:] == [
+        f"not pushing checkpoint-{step}: older than the 2 newest the run keeps (save_total_limit)" for step in (0, 2)
+    ]
+    assert [c.step for c in C.list_checkpoints(remote)] == [1, 3, 4]
+
+    ckpt = make_checkpoint(other, 9)  # another run's (another spec_hash): the store's are not this push's to delete
+    C.write_manifest(str(ckpt), 9, world_size=1, spec_hash="another")
+    (other / "spec.json").write_text(json.dumps({"spec": {"save_total_limit": 1}}))
+    C.push(str(other), remote, echo=lines.append)
+    assert [c.step for c in C.list_checkpoints(remote)] == [1, 3, 4, 9]
 
 
 def test_sync_ls_push_pull(remote, tmp_path):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 
 from ftctl import storage
 from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints
-from ftctl.checkpoints.upload import final_files, upload_checkpoint
+from ftctl.checkpoints.upload import final_files, prune, upload_checkpoint
 from ftctl.errors import FtctlError
 from ftctl.runpaths import FINAL_MARKS, SPEC_FILE
 
@@ -80,6 +82,8 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo) -> list:
             f"{uri} holds another {clash[0]}{more} than {local_run_dir}: nothing pushed. Push into another URI, or "
             f"delete {'them' if more else 'it'} from the store first (`ftctl sync ls {uri}` lists its checkpoints)."
         )
+    keep, best = _retention(local_run_dir, here, remote, endpoint_url)
+    kept = _kept_names(here, remote, keep, best)
     sent = []
     for c in here:
         if not c.complete:
@@ -88,15 +92,50 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo) -> list:
         r = remote.get(c.name)
         if r is not None and r.complete and r.manifest["files"] == c.manifest["files"]:
             continue
+        if c.name not in kept:
+            echo(f"not pushing {c.name}: older than the {keep} newest the run keeps (save_total_limit)")
+            continue
         dest = storage.join(uri, c.name)
         storage.rm(storage.join(dest, MANIFEST), endpoint_url=endpoint_url)
         upload_checkpoint(c.uri, dest, endpoint_url=endpoint_url)
         echo(f"pushed {c.name} -> {dest}")
         sent.append(dest)
+    if keep:  # what the run's own uploader does after each checkpoint: the store keeps the newest `keep` and the best
+        for gone in prune(uri, keep, {best} - {None}, endpoint_url):
+            echo(f"deleted {gone}: the run keeps its {keep} newest (save_total_limit)")
     if _push_final(local_run_dir, uri, endpoint_url):
         echo(f"pushed the final model -> {uri}")
         sent.append(uri)
     return sent
+
+
+def _retention(local_run_dir: str, here: list, remote: dict, endpoint_url: str | None) -> tuple[int | None, str | None]:
+    """(save_total_limit of the run in ``local_run_dir``, its best checkpoint's name) where the store holds only that
+    run's checkpoints (every manifest of its spec_hash); (None, None) where it holds another's, or the run keeps all."""
+    from ftctl.checkpoints.settings import TRAINER_STATE
+
+    done = [c for c in here if c.complete] + [r for r in remote.values() if r.complete]
+    try:
+        keep = json.loads(Path(local_run_dir, SPEC_FILE).read_text())["spec"]["save_total_limit"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+    if not keep or not done or len({c.manifest.get("spec_hash") for c in done}) != 1:
+        return None, None
+    newest = max(done, key=lambda c: c.step)  # its trainer_state.json names the lowest held-out loss's checkpoint
+    try:
+        best = json.loads(storage.read_text(storage.join(newest.uri, TRAINER_STATE), endpoint_url))
+        best = best.get("best_model_checkpoint")
+    except (OSError, ValueError, AttributeError, FtctlError):
+        best = None
+    return int(keep), os.path.basename(best) if best else None
+
+
+def _kept_names(here: list, remote: dict, keep: int | None, best: str | None) -> set[str]:
+    """The checkpoints the store keeps after a push: the newest ``keep`` complete ones here or there, and the best."""
+    names = {c.name: c.step for c in here if c.complete} | {n: r.step for n, r in remote.items() if r.complete}
+    if not keep:
+        return set(names)
+    return {*sorted(names, key=names.get)[-keep:], best} - {None}
 
 
 def _push_final(local_run_dir: str, uri: str, endpoint_url: str | None) -> bool:

@@ -88,17 +88,26 @@ def remember_uploaded(local_dir: str, name: str) -> None:
         log.warning("cannot note the upload of %s in %s: %s", name, path, e)
 
 
-def prune(remote_uri: str, keep_last: int, protect=(), endpoint_url: str | None = None) -> list[str]:
-    """Delete complete checkpoints in the store beyond the newest ``keep_last``, except those
-    named in ``protect`` (the best one). The manifest goes first, so a half-done delete is an
-    incomplete checkpoint, never a broken complete one. Returns the URIs deleted."""
-    complete = [c for c in list_checkpoints(remote_uri, endpoint_url=endpoint_url) if c.complete]
-    doomed = [c for c in complete[: max(0, len(complete) - keep_last)] if c.name not in protect]
+def prune(remote_uri: str, keep_last: int | None, protect=(), endpoint_url: str | None = None) -> list[str]:
+    """Delete complete checkpoints in the store beyond the newest ``keep_last`` (None: none), except those named in
+    ``protect`` (the best one), and every checkpoint older than the newest complete one whose upload (or deletion)
+    was cut short: no manifest, so nothing resumes from it, and no later upload of its step comes to replace it.
+    The manifest goes first, so a half-done delete is an incomplete checkpoint, never a broken complete one.
+    Returns the URIs deleted."""
+    found = list_checkpoints(remote_uri, endpoint_url=endpoint_url)
+    complete = [c for c in found if c.complete]
+    beyond = complete[: max(0, len(complete) - keep_last)] if keep_last else []
+    doomed = [c for c in beyond if c.name not in protect]
     for c in doomed:
         storage.rm(storage.join(c.uri, MANIFEST), endpoint_url=endpoint_url)
         storage.rm(c.uri, recursive=True, endpoint_url=endpoint_url)
         log.info("retention: deleted %s (keeping the last %d)", c.uri, keep_last)
-    return [c.uri for c in doomed]
+    newest = complete[-1] if complete else None
+    cut_short = [c for c in found if newest and c.step < newest.step and c.manifest is None]
+    for c in cut_short:
+        storage.rm(c.uri, recursive=True, endpoint_url=endpoint_url)
+        log.info("deleted %s: %s, and %s is complete", c.uri, c.problems[0], newest.name)
+    return [c.uri for c in doomed + cut_short]
 
 
 def final_files(local_dir: str) -> list[str]:
@@ -356,8 +365,7 @@ class Uploader:
                 return True
             if not self._commit_nodes(job, ckpt_uri):
                 return False
-        if self.keep_last:
-            prune(self.remote_uri, self.keep_last, self.protected, self.endpoint_url)
+        prune(self.remote_uri, self.keep_last, self.protected, self.endpoint_url)
         return True
 
     def _commit_nodes(self, job: _Job, ckpt_uri: str) -> bool:

@@ -51,7 +51,7 @@ def merge(
     if dtype is not None and dtype not in DTYPES:
         raise FtctlError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
     storage.require_writable(out_dir, "merge output")
-    _refuse_existing(out_dir, endpoint_url, run_dir_or_checkpoint)
+    _refuse_existing(out_dir, endpoint_url, run_dir_or_checkpoint, named)
     if storage.is_remote(run_dir_or_checkpoint):
         with tempfile.TemporaryDirectory(prefix="ftctl-merge-") as tmp:
             trained_mod.download_top(run_dir_or_checkpoint, tmp, endpoint_url)
@@ -80,7 +80,7 @@ def merge(
         tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay with the renamed directory
         merged.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(adapter)).save_pretrained(tmp)
-        record = {"adapter": str(adapter.path.resolve()), "adapter_digest": adapter_digest(adapter.path)}
+        record = {"adapter": named or str(adapter.path.resolve()), "adapter_digest": adapter_digest(adapter.path)}
         (tmp / MERGE_RECORD).write_text(json.dumps({**record, "merged_at": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
         for file in tmp.iterdir():  # the weights came out 0600 (written through a temporary file): as the others
             file.chmod(0o666 & ~umask)
@@ -91,7 +91,9 @@ def merge(
     return out
 
 
-def _refuse_existing(out_dir: str, endpoint_url: str | None, run: str) -> None:
+def _refuse_existing(out_dir: str, endpoint_url: str | None, run: str, named: str | None = None) -> None:
+    """An output that exists and is not empty is refused, saying where it holds a merge of this adapter from before
+    the run trained on (``named``: the run's URI, whose adapter was downloaded to ``run``)."""
     if storage.is_remote(out_dir):
         taken = bool(storage.ls(out_dir, endpoint_url))
     else:
@@ -99,9 +101,36 @@ def _refuse_existing(out_dir: str, endpoint_url: str | None, run: str) -> None:
         taken = out.exists() and (not out.is_dir() or any(out.iterdir()))
     if not taken:
         return
-    if not storage.is_remote(out_dir) and (stale := _stale_merge(out, run)):
-        raise FtctlError(f"{out_dir} {stale}: remove it (rm -r {out_dir}) and merge again, or choose another --out.")
-    raise FtctlError(f"{out_dir} already exists and is not empty: choose another --out, or remove it first.")
+    record = _merge_record(out_dir, endpoint_url)
+    if record and storage.is_remote(run) and record.get("adapter") == run:
+        return  # a merge of this run in the store's adapter: said once the adapter is downloaded and its digest known
+    remove = "delete it from the store" if storage.is_remote(out_dir) else f"remove it (rm -r {shlex.quote(out_dir)})"
+    state = _merge_state(record, run, named) if record else None
+    when = record.get("merged_at", "before") if record else ""
+    if state == "current":
+        raise FtctlError(
+            f"{out_dir} holds the merge of this adapter as it is now (made {when}): nothing to merge again."
+        )
+    if state == "stale":
+        raise FtctlError(
+            f"{out_dir} holds the merge of this adapter as it was on {when}; the run has trained on since: {remove} "
+            "and merge again, or choose another --out."
+        )
+    raise FtctlError(f"{out_dir} already exists and is not empty: choose another --out, or {remove} first.")
+
+
+def _merge_record(out_dir: str, endpoint_url: str | None) -> dict | None:
+    """The ``ftctl-merge.json`` of a merge in ``out_dir`` (a path or URI), None where there is none."""
+    try:
+        text = (
+            storage.read_text(storage.join(out_dir, MERGE_RECORD), endpoint_url)
+            if storage.is_remote(out_dir)
+            else (Path(out_dir).expanduser() / MERGE_RECORD).read_text()
+        )
+        record = json.loads(text)
+    except (OSError, ValueError, FtctlError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _refuse_quantized(base: str, run: str) -> None:
@@ -130,19 +159,16 @@ def adapter_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _stale_merge(out: Path, run: str) -> str | None:
-    """Why the merge in ``out`` is not of ``run``'s adapter as it is now (trained on since), else None."""
+def _merge_state(record: dict, run: str, named: str | None = None) -> str | None:
+    """Whether the merge ``record`` is of ``run``'s adapter (``named``, where that was downloaded) as it is now
+    ("current"), or as it was before the run trained on ("stale"); None where it is of another adapter."""
     try:
-        record = json.loads((out / MERGE_RECORD).read_text())
         adapter = trained_mod.find(run, adapter_only=True).path
-    except (OSError, ValueError, FtctlError):
+    except (OSError, FtctlError):
         return None
-    if record.get("adapter") != str(adapter.resolve()) or record.get("adapter_digest") == adapter_digest(adapter):
+    if record.get("adapter") != (named or str(adapter.resolve())):
         return None
-    return (
-        f"holds the merge of this adapter as it was on {record.get('merged_at', 'an earlier day')}; the run has "
-        "trained on since"
-    )
+    return "current" if record.get("adapter_digest") == adapter_digest(adapter) else "stale"
 
 
 def _upload_config_last(local_dir: str, uri: str, endpoint_url: str | None) -> None:

@@ -243,6 +243,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             rotate=spec.checkpoints_kept,
             upload_wait_s=spec.upload_wait_s,
             shared_filesystem=remote_uri is None,
+            resumed=run.resume_from,
         )
         metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo, resumed_from=run.resume_from)
         if procs.is_main:
@@ -539,6 +540,23 @@ def held_out_stop(run: Run) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ save
+def warn_stale_merge(run: Run) -> None:
+    """`ftctl merge RUN` of the adapter before it trained on left RUN/merged (here, or in the run's store), which
+    chat and eval would take for what it learned."""
+    where = storage.join(run.remote_uri or run.local_dir, MERGED_DIR)
+    try:
+        there = storage.exists(storage.join(where, MERGE_RECORD), run.spec.s3_endpoint_url)
+    except (OSError, FtctlError):  # the store's own errors: the final model's upload next says what is wrong
+        return
+    if there:
+        log.warning(
+            "%s holds a merge of this run's adapter as it was before it trained on: remove it, then `ftctl merge %s` "
+            "again",
+            where,
+            run.remote_uri or run.local_dir,
+        )
+
+
 def save(run: Run) -> None:
     """The final model (fft/sft) or adapter (lora/qlora) with its tokenizer at the top of the output
     dir; all ranks take part (ZeRO-3 gathers the shards), rank 0 writes; each node's uploader sends it
@@ -554,13 +572,7 @@ def save(run: Run) -> None:
     if run.procs.is_main:
         name_base_model(staging, base_name(run.spec))
         publish_final(staging, run.local_dir)
-        if Path(run.local_dir, MERGED_DIR, MERGE_RECORD).is_file():  # `ftctl merge RUN` of the adapter before
-            log.warning(
-                "%s holds a merge of this run's adapter as it was before it trained on: remove it, then `ftctl merge "
-                "%s` again",
-                os.path.join(run.local_dir, MERGED_DIR),
-                run.local_dir,
-            )
+        warn_stale_merge(run)
         run.trainer.create_model_card()  # after PEFT's, which rewrote the card's metadata with its local base path
         if not run.sync.upload_final(run.local_dir):
             raise FtctlError(

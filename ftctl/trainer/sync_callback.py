@@ -29,7 +29,7 @@ import uuid
 from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
-from ftctl import checkpoints
+from ftctl import checkpoints, storage
 from ftctl.errors import FtctlError
 from ftctl.runpaths import CHECKPOINT_METRICS, METRICS_FILE
 from ftctl.spec import RunSpec
@@ -144,8 +144,10 @@ class CheckpointSyncCallback(TrainerCallback):
         shared_filesystem: bool = False,
         backoff: tuple[float, float] = (1.0, 60.0),
         poll_interval: float = 5.0,
+        resumed: str | None = None,
     ):
         self.remote_uri = remote_uri
+        self.resumed = resumed  # the checkpoint the run resumes from (resume_point)
         self.spec_hash = spec_hash
         self.settings = settings  # what the run trains with (checkpoints.settings), in each manifest
         self.endpoint_url = endpoint_url
@@ -201,6 +203,28 @@ class CheckpointSyncCallback(TrainerCallback):
                 backoff=self.backoff,
                 poll_interval=self.poll_interval,
             )
+            self._send_resumed(args.output_dir)
+
+    def _send_resumed(self, output_dir: str) -> None:
+        """Upload the run's own checkpoint it resumes from where the store lacks a complete copy: a run killed while
+        uploading it resumes from its verified local copy, and the store's would stay cut short for good (a later
+        attempt on another node would go back to an older one)."""
+        if not self.resumed or self.num_nodes > 1:  # a node's own copy of a multi-node checkpoint is never complete
+            return
+        path = os.path.abspath(self.resumed)
+        if os.path.dirname(path) != os.path.abspath(output_dir):  # resume=PATH elsewhere: not this run's to send
+            return
+        name = os.path.basename(path)
+        try:
+            problems = checkpoints.verify(
+                storage.join(self.remote_uri, name), deep=False, endpoint_url=self.endpoint_url
+            )
+        except Exception as exc:  # noqa: BLE001 - the store's own errors: the next save's upload retries and says
+            log.warning("cannot check %s in %s: %s", name, self.remote_uri, storage.redact(str(exc)))
+            return
+        if problems:
+            log.warning("%s is not complete in %s (%s): uploading it again", name, self.remote_uri, problems[0])
+            self.uploader.submit(path)
 
     def on_save(self, args, state, control, **kwargs):
         self._barrier()  # every rank's files (rng_state_<rank>.pth, shards) are written
