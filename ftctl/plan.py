@@ -791,7 +791,7 @@ def unused_settings(spec: RunSpec, method: str) -> list[str]:
         notes.append(f"{', '.join(lora)}: LoRA settings, unused by {method} (it trains no adapters)")
     if method != "sft" and (layers := given(("trainable_layers",))):
         notes.append(f"{layers[0]}: sft's, unused by {method}")
-    if not spec.eval_data_path and not spec.eval_split and (steps := given(("eval_steps",))):
+    if not spec.eval_data_path and not spec.eval_split and (steps := given(("eval_steps", "evals_per_epoch"))):
         notes.append(f"{steps[0]}: no held-out data to evaluate (--eval-data FILE, or -o eval_split=0.05)")
     return notes
 
@@ -1054,7 +1054,7 @@ def evaluation(spec: RunSpec) -> str | None:
         if spec.early_stopping_patience
         else ""
     )
-    return f"loss every {spec.eval_every} steps and at the end, on {held}{stop}"
+    return f"loss {spec.eval_when} and at the end, on {held}{stop}"
 
 
 def data_mix(spec: RunSpec) -> str | None:

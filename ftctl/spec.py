@@ -154,8 +154,6 @@ DECIDED = {
     "sdp_attention": _ATTENTION,
     "debug": "FTCTL_DEBUG=1 shows a failure's traceback",
     "special_tokens": "the tokenizer's own special tokens and chat template are used (chat_template_path for another)",
-    "evals_per_epoch": "held-out data is evaluated every eval_steps",
-    "saves_per_epoch": "a checkpoint every save_steps",
     "wandb_project": _WANDB,
     "wandb_entity": _WANDB,
     "wandb_watch": _WANDB,
@@ -259,6 +257,7 @@ class RunSpec:
     eval_data_path: str | None = None  # held-out data in the same formats (FastChat's --eval_data_path)
     eval_split: float = 0.0  # or this fraction of data_path's rows held out (chosen with seed); 0: none
     eval_steps: int | None = None  # with held-out data: evaluate every N steps and at the end; default save_steps
+    evals_per_epoch: int | None = None  # or N times an epoch, at even steps through it (axolotl's; eval_steps counted)
     # sequences per GPU in an evaluation's micro-batch; default: the training's, which the plan fits (no gradients)
     per_device_eval_batch_size: int | None = None
     # with held-out data: stop once N evaluations in a row found no lower held-out loss (transformers' early stopping)
@@ -305,6 +304,7 @@ class RunSpec:
     seed: int = 42
     logging_steps: int = 1
     save_steps: int = 100
+    saves_per_epoch: int | None = None  # or N checkpoints an epoch, at even steps through it (axolotl's)
     save_total_limit: int = 3  # local and remote checkpoints kept (plus the final one)
     report_to: str = "none"  # none | tensorboard | wandb (comma-separated, or a YAML list)
     resume: str = "auto"  # auto | never | PATH of a checkpoint-<step> directory where the job runs
@@ -401,8 +401,18 @@ class RunSpec:
 
     @property
     def eval_every(self) -> int:
-        """Steps between evaluations: eval_steps, else at each checkpoint."""
+        """Steps between evaluations: eval_steps, else at each checkpoint (the trainer counts the per-epoch ones from
+        the epoch's steps: callbacks.StepsAsGiven)."""
         return self.eval_steps or self.save_steps
+
+    @property
+    def eval_when(self) -> str:
+        """When the held-out loss is measured, in words (besides at the end)."""
+        if self.evals_per_epoch:
+            return f"{self.evals_per_epoch} times an epoch"
+        if self.eval_steps or not self.saves_per_epoch:
+            return f"every {self.eval_every} steps"
+        return f"at each checkpoint ({self.saves_per_epoch} an epoch)"
 
     @property
     def checkpoints_kept(self) -> int | None:
@@ -476,8 +486,10 @@ _PLACEMENT_KEYS = {
     "report_to",
     "logging_steps",
     "save_steps",
+    "saves_per_epoch",
     "eval_data_path",
     "eval_steps",
+    "evals_per_epoch",
     "per_device_eval_batch_size",
     "save_total_limit",
     "gpus",
@@ -923,12 +935,17 @@ def validate(spec: RunSpec) -> None:
         "disk_size",
         "ddp_bucket_cap_mb",
         "eval_steps",
+        "evals_per_epoch",
+        "saves_per_epoch",
         "per_device_eval_batch_size",
         "early_stopping_patience",
     ):
         v = getattr(spec, key)
         if v is not None and v < 1:
             errors.append(f"{key} must be at least 1, not {v}.")
+    for per_epoch, steps, default in (("saves_per_epoch", "save_steps", 100), ("evals_per_epoch", "eval_steps", None)):
+        if getattr(spec, per_epoch) is not None and getattr(spec, steps) not in (None, default):
+            errors.append(f"{steps} and {per_epoch} both given: keep one (a checkpoint every N steps, or N an epoch).")
     if spec.learning_rate is not None and not (0 < spec.learning_rate < 1):
         errors.append(f"learning_rate={spec.learning_rate} is outside (0, 1); typical: 2e-5 (fft) to 2e-4 (lora).")
     if not 0 <= spec.lora_dropout < 1:

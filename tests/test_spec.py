@@ -819,6 +819,8 @@ warmup_steps: 10
 debug:
 deepspeed:
 weight_decay: 0.0
+evals_per_epoch: 4
+saves_per_epoch: 1
 fsdp:
 fsdp_config:
 special_tokens:
@@ -842,6 +844,9 @@ def test_an_axolotl_example_file_is_taken_as_it_is_written(tmp_path):
     assert spec.data_path == "data/chats.jsonl,hf://datasets/mhenrichsen/alpaca_2k_test"
     assert spec.lora_target_modules == "all-linear" and spec.assistant_only_loss is True and spec.packing is True
     assert (spec.optim, spec.lr_scheduler_type) == ("paged_adamw_32bit", "cosine")
+    assert (spec.saves_per_epoch, spec.evals_per_epoch) == (1, 4)
+    with pytest.raises(FtctlError, match="save_steps and saves_per_epoch both given: keep one"):
+        build({"save_steps": 50, "saves_per_epoch": 2})
     assert "datasets (run file): their paths are data_path; each row's format is read from its fields" in notes
     assert any(n.startswith("load_in_8bit, load_in_4bit, strict, dataset_prepared_path") for n in notes)
     assert build({"train_on_inputs": True}).assistant_only_loss is False  # the loss on every token

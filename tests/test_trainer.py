@@ -878,3 +878,23 @@ def test_checkpoints_beyond_save_total_limit_go_once_the_next_is_complete(
     assert _train(spec, plan).status == "complete"
     assert complete_then == [[], [2], [4]]
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
+
+
+def test_saves_and_evals_per_epoch_are_counted_from_the_epochs_steps(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    """axolotl's saves_per_epoch and evals_per_epoch (its example files set both): refused before, they are the
+    optimizer steps of an epoch as the Trainer counts them, split evenly; without eval_steps the held-out loss
+    follows the checkpoints."""
+    out = tmp_path / "run"
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, out, "lora", max_steps=-1, num_train_epochs=1, saves_per_epoch=2,
+        evals_per_epoch=3, eval_split=0.25, save_total_limit=5, save_steps=100,
+    )  # fmt: skip
+    assert plan.evaluation.startswith("loss 3 times an epoch and at the end")
+    assert _train(spec, plan).status == "complete"
+    steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    last = json.loads((out / f"checkpoint-{steps[-1]}" / "trainer_state.json").read_text())
+    per_epoch = last["max_steps"]
+    assert per_epoch >= 6, last  # enough steps to tell the intervals apart
+    assert steps == sorted({*range(per_epoch // 2, per_epoch + 1, per_epoch // 2), per_epoch}), steps
+    every = list(range(per_epoch // 3, per_epoch + 1, per_epoch // 3))
+    assert [r["step"] for r in last["log_history"] if "eval_loss" in r][: len(every)] == every

@@ -40,6 +40,7 @@ FOLLOWED = ("max_steps", "num_train_epochs", "lr_scheduler_type", "lr_scheduler_
 FOLLOWED += ("max_grad_norm",)
 FOLLOWED += ("lora_alpha", "lora_dropout", "use_rslora", "assistant_only_loss")
 FOLLOWED += ("save_steps", "logging_steps", "eval_steps")  # transformers restores them: callbacks.StepsAsGiven
+FOLLOWED += ("saves_per_epoch", "evals_per_epoch")
 FOLLOWED += ("eval_data_path",)
 # ...and which rows the steps after the checkpoint train on
 DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path", "data_path", "data_weights")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -373,10 +374,37 @@ class PreemptionCallback(TrainerCallback):
 class StepsAsGiven(TrainerCallback):
     """The run's own logging, evaluation and checkpoint intervals on a resume: transformers restores them from the
     checkpoint's trainer_state.json (its warning goes to its own logger), so a relaunch with -o save_steps=2 to
-    checkpoint more often went on saving at the old interval."""
+    checkpoint more often went on saving at the old interval. ``saves_per_epoch``/``evals_per_epoch`` (axolotl's):
+    the intervals from the optimizer steps of an epoch, as the Trainer counts them (evaluations follow the
+    checkpoints unless ``eval_steps`` is given)."""
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def __init__(self, saves_per_epoch: int | None = None, evals_per_epoch: int | None = None, eval_steps=None):
+        self.saves, self.evals, self.eval_steps = saves_per_epoch, evals_per_epoch, eval_steps
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         state.compute_steps(args, state.max_steps)
+        if not (self.saves or self.evals):
+            return control
+        try:
+            batches = len(train_dataloader)
+        except TypeError:  # no length: the Trainer's own count of an epoch
+            batches = state.max_steps * args.gradient_accumulation_steps / max(1, state.num_train_epochs)
+        per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
+        if self.saves:
+            state.save_steps = max(1, per_epoch // self.saves)
+        if self.evals:
+            state.eval_steps = max(1, per_epoch // self.evals)
+        elif not self.eval_steps:
+            state.eval_steps = state.save_steps  # at each checkpoint, as without saves_per_epoch
+        if state.is_world_process_zero:
+            log.info(
+                "%d optimizer steps an epoch: %s",
+                per_epoch,
+                ", ".join(
+                    [f"a checkpoint every {state.save_steps} steps"] * bool(self.saves)
+                    + [f"held-out loss every {state.eval_steps} steps"] * bool(self.evals)
+                ),
+            )
         return control
 
 

@@ -263,7 +263,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 metrics,
                 distributed.sharding_check(plan.strategy),
                 *reshard.callbacks(universal),
-                StepsAsGiven(),
+                StepsAsGiven(spec.saves_per_epoch, spec.evals_per_epoch, spec.eval_steps),
                 *([ApplySettings(changed.applied)] if changed else []),
                 *stopping,
                 *([NewHeldOut(held_out, *stopping)] if held_out else []),
