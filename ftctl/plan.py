@@ -111,7 +111,7 @@ from pathlib import Path
 
 from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError
-from ftctl.spec import FIELDS, STRATEGIES, RunSpec, parse_size
+from ftctl.spec import FIELDS, LORA_KEYS, STRATEGIES, RunSpec, parse_size
 from ftctl.trainer.attention import (
     EAGER,
     LIGER_MODEL_TYPES,
@@ -776,7 +776,6 @@ def _strategies(method: str, world: int, nodes: int, forced: str | None) -> list
 
 
 # ------------------------------------------------------------------------------------------ plan
-LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora")
 
 
 def unused_settings(spec: RunSpec, method: str) -> list[str]:

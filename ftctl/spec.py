@@ -95,7 +95,6 @@ ALIASES = {
 # Unknown keys whose nearest spelling means something else: what they are here.
 MEANT = {
     "freeze_layers": "--method sft trains the top trainable_layers blocks and the head, the rest frozen.",
-    "q_lora": "FastChat's flag is --method qlora here.",
     "train_on_inputs": "axolotl's train_on_inputs is read as assistant_only_loss's opposite: false (the default here) "
     "is assistant_only_loss: true; true is the loss on every token.",
     "lora_target_linear": "axolotl's lora_target_linear: true is read as lora_target_modules: all-linear (the default).",
@@ -161,6 +160,24 @@ DECIDED = {
     "wandb_log_model": _WANDB,
     "resume_from_checkpoint": "resume=auto continues output_dir's newest checkpoint; -o resume=PATH another",
     "lora_model_dir": "lora and qlora train new adapters (a stopped run resumes its own: resume=auto)",
+    "model_type": "the model's architecture is read from its config.json",
+    "tokenizer_type": "the tokenizer is the model's own (AutoTokenizer), with its chat template",
+    "lora_fan_in_fan_out": "PEFT reads each layer's orientation from the model (fan_in_fan_out: GPT-2's Conv1D)",
+    "eval_table_size": "the held-out loss and token accuracy are measured; no table of generations",
+    "q_lora": "--method qlora trains adapters over a 4-bit base, lora over a 16-bit one",
+    "flash_attn": _ATTENTION,
+    "logging_strategy": "the loss is logged every logging_steps",
+    "gradient_checkpointing_kwargs": "gradient checkpointing (-o gradient_checkpointing=true; the plan chooses it) "
+    "runs non-reentrant (use_reentrant: false)",
+    "lora_task_type": "lora and qlora train a causal LM's adapters (task_type CAUSAL_LM)",
+    "task_type": "lora and qlora train a causal LM's adapters (task_type CAUSAL_LM)",
+    "bnb_4bit_compute_dtype": "--method qlora computes in the plan's precision (bf16; fp16 on cards without it)",
+    "dataset_num_proc": "rows are checked and tokenised once, before the model loads",
+    "dataset_train_split": "a Hub dataset's train split is read (its files for others: hf://datasets/ORG/NAME/FILES)",
+    "save_only_model": "checkpoints keep the optimizer and scheduler, so a stopped run resumes where it was",
+    "eval_on_start": "the held-out loss is measured every eval_steps and at the end",
+    "logging_dir": "TensorBoard's logs go to the run directory's runs/ (-o report_to=tensorboard)",
+    "neftune_noise_alpha": "NEFTune's noise on the embeddings is not offered",
 }
 # DECIDED keys set to what ftctl does anyway (a FastChat or TRL recipe copied whole): accepted with a note, any other
 # value refused as above. None: any value.
@@ -185,9 +202,27 @@ AGREES = {
     "flash_attention": ("true",),
     "sdp_attention": ("false",),
     "debug": ("false",),
+    "torch_dtype": ("auto", "bfloat16", "bf16"),  # TRL's recipes: what a bf16 plan loads (the plan says where not)
+    "use_liger_kernel": ("true",),
+    "model_type": None,
+    "tokenizer_type": None,
+    "lora_fan_in_fan_out": ("false",),
+    "eval_table_size": ("0",),
+    "flash_attn": ("true",),
+    "logging_strategy": ("steps",),
+    "gradient_checkpointing_kwargs": ("{'use_reentrant': false}",),
+    "lora_task_type": ("causal_lm",),
+    "task_type": ("causal_lm",),
+    "dataset_num_proc": None,
+    "dataset_train_split": ("train",),
+    "save_only_model": ("false",),
+    "eval_on_start": ("false",),
+    "neftune_noise_alpha": ("0",),
 }  # and any DECIDED key left empty (YAML's null, as axolotl's example files write them): it asks for nothing
 
 
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora")
+LORA_LEAST_LR = 1e-4  # a run file's rate below this, with no method given, is full fine-tuning's: build asks which
 # DECIDED keys whose value agrees with some methods only (TRL's QLoRA recipe: use_peft, load_in_4bit ...): accepted
 # with a note where the run's method is one of them, refused as above where it is not
 _ADAPTERS, _WEIGHTS, _QLORA = ("lora", "qlora"), ("fft", "sft"), ("qlora",)
@@ -198,6 +233,8 @@ METHOD_AGREES = {
     "bnb_4bit_quant_type": {"nf4": _QLORA},
     "use_bnb_nested_quant": {"true": _QLORA},
     "bnb_4bit_use_double_quant": {"true": _QLORA},
+    "bnb_4bit_compute_dtype": {"bfloat16": _QLORA, "bf16": _QLORA},
+    "q_lora": {"true": _QLORA, "false": ("lora",)},  # FastChat's train_lora.py
 }
 
 
@@ -209,6 +246,16 @@ def _text(value) -> str:
 def _agrees(key: str, raw) -> bool:
     accepted = AGREES.get(key, ())
     return raw is None or raw == "" or accepted is None or _word(raw) in accepted
+
+
+def _method_meant(given: dict[str, tuple[str, str]]) -> str | None:
+    """The method METHOD_AGREES keys as given ask for together (use_peft: true and load_in_4bit: true: qlora; TRL
+    without use_peft: fft), None where they ask for none or none was given."""
+    allowed = None
+    for key, word in given.values():
+        methods = METHOD_AGREES[key][word]
+        allowed = [m for m in (methods if allowed is None else allowed) if m in methods]
+    return allowed[0] if allowed else None
 
 
 def _word(raw) -> str:
@@ -687,7 +734,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         layers.append(("flag", [(k, v) for k, v in flags.items() if v is not None and v != () and v != []]))
     if overrides:
         layers.append(("-o", parse_overrides(overrides)))
-    values, errors = {}, []
+    values, errors, sources = {}, [], {}
     evaluation: dict[str, str] = {}  # evaluation_strategy as given: checked against the held-out data below
     by_method: dict[str, tuple[str, str]] = {}  # METHOD_AGREES keys as given: checked against the method below
     for source, items in layers:
@@ -708,6 +755,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 )
             if raw_key.strip() == "adapter" and raw in (None, ""):  # axolotl's full fine-tune leaves it empty
                 raw = "fft"
+            if raw is None and key in FIELDS and not _base_type(_HINTS[key])[1]:
+                continue  # left empty (axolotl's example files list keys so): it asks for nothing
             if key == "fsdp" and _fsdp_strategy(raw):
                 key, raw = "strategy", "fsdp"
                 said = f"{raw_key!r} ({source}): FSDP's full sharding is strategy=fsdp here (FSDP2, each layer sharded)"
@@ -750,8 +799,24 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             elif typing.get_origin(typ) is dict and key in values and val:
                 val = {**values[key], **val}
             values[key] = val
+            sources[key] = source
         if agreed and notes is not None:
             notes.append(f"{', '.join(agreed)} ({source}): left to ftctl, which does what the values given ask")
+    if "method" not in values:  # TRL's use_peft/load_in_4bit and FastChat's q_lora say which method
+        if meant := _method_meant(by_method):
+            values["method"] = meant
+            notes is None or notes.append(f"method {meant}: what {', '.join(by_method)} ask for")
+        elif (
+            sources.get("learning_rate") == "run file"
+            and (values["learning_rate"] or 1) < LORA_LEAST_LR
+            and not any(k in values for k in LORA_KEYS)  # FastChat's train_lora.sh trains LoRA at 2e-5: it says lora_r
+        ):
+            errors.append(
+                f"learning_rate={values['learning_rate']:g} (run file) with no method given: lora, the default, trains "
+                "adapters at "
+                "1e-4 to 2e-4, and this rate is full fine-tuning's (FastChat's train script, TRL without use_peft): "
+                "give --method fft to train every weight, or --method lora to train adapters at this rate."
+            )
     if errors:
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)

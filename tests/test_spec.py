@@ -179,8 +179,9 @@ def test_yaml_types_are_checked(tmp_path):
         build(_yaml(tmp_path, "lora_r: [1, 2]\n"))
     with pytest.raises(FtctlError, match="model_name_or_path.*expects a single value"):
         build(_yaml(tmp_path, "model_name_or_path: {a: 1}\n"))
-    with pytest.raises(FtctlError, match="method=None.*may not be empty"):
-        build(_yaml(tmp_path, "method:\n"))
+    # left empty, a key asks for nothing (axolotl's example files list lora_target_modules: so), a run file's or not
+    empty = build(_yaml(tmp_path, "method:\nlora_target_modules:\nlora_target_linear: true\n"))
+    assert (empty.method, empty.lora_target_modules) == ("lora", "all-linear")
     for value in ("5", "[q_proj, 7]"):  # read as layer names "5": PEFT's error and a dump of every module, in the job
         with pytest.raises(FtctlError, match=r"lora_target_modules=.* \(run file\): expects layer names"):
             build(_yaml(tmp_path, f"lora_target_modules: {value}\n"))
@@ -858,3 +859,68 @@ def test_an_axolotl_example_file_is_taken_as_it_is_written(tmp_path):
         FtctlError, match="'flash_attention' .* is not set by hand here: the plan chooses the attention"
     ):
         build({"flash_attention": False})
+
+
+def test_trl_and_fastchat_recipes_say_their_method_and_what_ftctl_decides(tmp_path):
+    """TRL's `trl sft --use_peft --load_in_4bit` is QLoRA, and without use_peft a full fine-tune; FastChat's q_lora
+    likewise. With no method given they chose lora (the default) and refused what they said. A FastChat full
+    fine-tuning file (learning_rate 2e-5, no LoRA key, no method) trained LoRA adapters at a full fine-tune's rate,
+    said by one word in the plan. Keys of their recipes that ask for what ftctl does are taken with a note."""
+    notes: list[str] = []
+    qlora = build({"use_peft": True, "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, notes=notes)
+    assert qlora.method == "qlora" and any(n.startswith("method qlora: what 'use_peft' (run file)") for n in notes)
+    assert build({"use_peft": False}).method == "fft"  # TRL without PEFT trains every weight
+    assert build({"q_lora": True}).method == "qlora" and build({"q_lora": False}).method == "lora"
+    assert build({"use_peft": True, "method": "qlora"}).method == "qlora"  # given: the method said wins, as before
+    with pytest.raises(FtctlError, match="'load_in_4bit' .*: true asks for --method qlora, not lora"):
+        build({"method": "lora", "load_in_4bit": True})
+    fastchat = _yaml(tmp_path, "learning_rate: 2e-5\nfsdp: full_shard auto_wrap\nmodel_max_length: 2048\n")
+    with pytest.raises(
+        FtctlError, match=r"learning_rate=2e-05 \(run file\) with no method given: .* give --method fft"
+    ):
+        build(fastchat)
+    assert build(fastchat, {"method": "fft"}).learning_rate == 2e-5
+    assert build(_yaml(tmp_path, "learning_rate: 2e-5\nlora_r: 8\n")).method == "lora"  # FastChat's train_lora.sh
+    recipe = {
+        "torch_dtype": "bfloat16",
+        "use_liger_kernel": True,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+        "lora_task_type": "CAUSAL_LM",
+        "logging_strategy": "steps",
+        "dataset_num_proc": 8,
+        "model_type": "LlamaForCausalLM",
+        "tokenizer_type": "LlamaTokenizer",
+        "eval_table_size": None,
+        "lora_fan_in_fan_out": None,
+    }
+    notes = []
+    build(recipe, notes=notes)
+    assert any(n.startswith("torch_dtype, use_liger_kernel, gradient_checkpointing_kwargs") for n in notes), notes
+    for key, value, said in [
+        ("torch_dtype", "float32", "the planner chooses the precision"),
+        ("gradient_checkpointing_kwargs", {"use_reentrant": True}, "gradient checkpointing .* runs non-reentrant"),
+        ("save_only_model", True, "checkpoints keep the optimizer"),
+        ("flash_attn", False, "the plan chooses the attention"),
+        ("model_type", None, None),
+    ]:
+        if said is None:
+            build({key: value})
+            continue
+        with pytest.raises(FtctlError, match=f"'{key}' .* is not set by hand here: {said}"):
+            build({key: value})
+
+
+def test_axolotls_llama2_qlora_example_reads_as_written(tmp_path):
+    """examples/llama-2/qlora.yml word for word (the dataset's path aside) was refused eight ways: model_type and
+    tokenizer_type, an empty lora_target_modules beside lora_target_linear, lora_fan_in_fan_out, eval_table_size,
+    evals_per_epoch and saves_per_epoch."""
+    text = AXOLOTL_QLORA.replace("base_model: meta-llama/Llama-3.1-8B\n", "base_model: NousResearch/Llama-2-7b-hf\n")
+    text = text.replace("lora_target_linear: true\n", "lora_target_modules:\nlora_target_linear: true\n")
+    run = tmp_path / "qlora.yml"
+    run.write_text(
+        "model_type: LlamaForCausalLM\ntokenizer_type: LlamaTokenizer\n"
+        + text
+        + "lora_fan_in_fan_out:\neval_table_size:\n"
+    )
+    spec = build(str(run))
+    assert (spec.method, spec.lora_target_modules, spec.saves_per_epoch) == ("qlora", "all-linear", 1)
