@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -537,6 +538,44 @@ def test_a_second_signal_to_the_launcher_stops_the_run_at_once(tmp_path, tiny_mo
     )
     assert ready.exists()  # nobody let it go on: it was stopped in the hold
     assert list(out.glob("checkpoint-*")) and not list(out.glob("checkpoint-*/ftctl-manifest.json"))
+    alive = subprocess.run(["pgrep", "-f", str(out / "spec.json")], capture_output=True, text=True).stdout
+    assert not alive.strip(), alive
+
+
+@pytest.mark.parametrize("to", ["group", "launcher"])
+def test_ctrl_c_stops_the_run_at_once_and_says_what_a_relaunch_resumes(to, tmp_path, tiny_model_dir, tiny_data):
+    """Ctrl-C (SIGINT to the shell's job: the launcher and the trainer) printed "interrupted" alone; SIGINT to the
+    launcher alone (`kill -INT PID`) ended it with a KeyboardInterrupt and left the trainer training unseen. Now
+    either stops the trainer where it is, and the launcher says which checkpoint the same launch resumes from."""
+    import signal
+
+    out = tmp_path / "run"
+    args = ["launch", "--backend", "local", "--gpus", "cpu", "--model", str(tiny_model_dir), "--data", str(tiny_data)]
+    args += ["--output", str(out), "-o", "max_steps=400", "-o", "save_steps=2", "-o", "model_max_length=64"]
+    launcher = subprocess.Popen(
+        [FTCTL, *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a shell's job
+    )
+    deadline = time.monotonic() + 300
+    while not list(out.glob("checkpoint-*/ftctl-manifest.json")):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.2)
+    if to == "group":
+        os.killpg(launcher.pid, signal.SIGINT)
+    else:
+        launcher.send_signal(signal.SIGINT)
+    _, stderr = launcher.communicate(timeout=120)
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert launcher.returncode == 130, stderr
+    said = re.search(r"error: stopped at once \(Ctrl-C\); the steps since (checkpoint-\d+) are lost: the same", stderr)
+    assert said and (out / said.group(1) / "ftctl-manifest.json").is_file(), stderr
+    assert f"`ftctl cancel {out}`" in stderr
+    last = max(int(p.parent.name.split("-")[1]) for p in out.glob("checkpoint-*/ftctl-manifest.json"))
+    assert said.group(1) == f"checkpoint-{last}" and last < 400
     alive = subprocess.run(["pgrep", "-f", str(out / "spec.json")], capture_output=True, text=True).stdout
     assert not alive.strip(), alive
 

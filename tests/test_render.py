@@ -450,8 +450,26 @@ def test_sbatch_args_that_override_ftctls_own_directives_are_refused(arg, own, s
     assert f"; {said}" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("arg", ["--export=NONE", "--export=HF_HOME,PATH", "--export=nil"])
+def test_an_export_that_drops_the_shells_environment_is_refused(arg, monkeypatch):
+    """--export=NONE started the job without the PATH whose python3 runs the trainer, or the secrets it names
+    (HF_TOKEN): it failed on the node, minutes later, with "ftctl: not found" or a 401. SBATCH_EXPORT=NONE in the
+    launching shell (some clusters' profiles set it) did the same from outside the script."""
+    from ftctl.backend import get
+
+    with pytest.raises(FtctlError) as e:
+        prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out", sbatch_args=[arg])
+    assert str(e.value).startswith(f"--sbatch-arg={arg}: the job would start without this shell's environment")
+    assert "--sbatch-arg=--export=ALL,NAME=VALUE" in str(e.value)
+    prep = prepared(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out")
+    monkeypatch.setenv("SBATCH_EXPORT", "NONE")
+    with pytest.raises(FtctlError, match=r"^SBATCH_EXPORT=NONE: the job would start .*; or `unset SBATCH_EXPORT`"):
+        get("slurm").check(prep)
+
+
 def test_sbatch_args_ftctl_does_not_write_pass_through():
     args = ["--mem=64G", "--exclusive", "--constraint=a100|h100", "--gres=nvme:1", "--nodelist=n1", "--time-min=60"]
+    args += ["--export=ALL,NCCL_DEBUG=INFO"]
     text = prepared(
         backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out", sbatch_args=args
     ).text

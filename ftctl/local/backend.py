@@ -16,6 +16,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -449,9 +451,20 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
         STOP_ENV: str(stop_file),
     }
     got: list[int] = []
-    rc = run_filtered(cmd, env, paths.launcher_log, stop_file=stop_file, signals=got)
+    rc = run_filtered(
+        cmd,
+        env,
+        paths.launcher_log,
+        stop_file=stop_file,
+        signals=got,
+        heard=lambda: bool(failures.read(paths.failures)),
+    )
     if rc in STOPPED and _said(paths) == "complete":  # the signal came after the last step: nothing was cut short
         return
+    if got and got[0] == signal.SIGINT and rc != 0:  # Ctrl-C: the trainer stopped where it was
+        error = FtctlError(_ctrl_c_message(rendered.spec, paths))
+        error.exit_code = 128 + signal.SIGINT
+        raise error
     if len(got) > 1 and _said(paths) not in ("complete", "preempted"):  # its checkpoint came first otherwise
         error = FtctlError(
             f"stopped at once ({signal.Signals(got[-1]).name} again to ftctl launch): the checkpoint of the step it "
@@ -481,21 +494,26 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
 
 
 def run_filtered(
-    cmd: list[str], env: dict, held: Path, stop_file: Path | None = None, signals: list[int] | None = None
+    cmd: list[str],
+    env: dict,
+    held: Path,
+    stop_file: Path | None = None,
+    signals: list[int] | None = None,
+    heard: Callable[[], bool] | None = None,
 ) -> int:
     """Run ``cmd``; stdout passes through, and so does stderr until torchrun's own failure report
     starts (its log lines and ChildFailedError traceback repeat what the failing rank recorded). What
     is held back is kept in ``held``; FTCTL_DEBUG=1 prints everything. ``stop_file``: the trainer's
     ($FTCTL_STOP_FILE), which SIGTERM or SIGHUP to this process creates (_forwarding_signals); ``signals``: a list
-    the signals this process received are appended to."""
+    the signals this process received are appended to; ``heard``: whether the child has said it was interrupted."""
     if os.environ.get("FTCTL_DEBUG"):
         proc = subprocess.Popen(cmd, env=env)
-        with _forwarding_signals(proc, stop_file, signals) as got:
+        with _forwarding_signals(proc, stop_file, signals, heard) as got:
             rc = proc.wait()
         return rc or (128 + got[0] if got else 0)
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
     holding, kept = False, []
-    with _forwarding_signals(proc, stop_file, signals) as got:
+    with _forwarding_signals(proc, stop_file, signals, heard) as got:
         for line in proc.stderr:
             if not holding and _torchrun_report(line):
                 holding = True
@@ -522,10 +540,16 @@ def _echo(line: str) -> None:
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)
 STOPPED = tuple(128 + s for s in FORWARDED)  # run_filtered's exit code where the launcher passed one on
+CTRL_C_GRACE_S = 3.0  # how long a child has to say it heard a SIGINT before the launcher passes its own on
 
 
 @contextlib.contextmanager
-def _forwarding_signals(proc: subprocess.Popen, stop_file: Path | None, got: list[int] | None = None):
+def _forwarding_signals(
+    proc: subprocess.Popen,
+    stop_file: Path | None,
+    got: list[int] | None = None,
+    heard: Callable[[], bool] | None = None,
+):
     """SIGTERM or SIGHUP to the launcher alone (`kill PID`) stops the trainer at its next step boundary with a
     checkpoint, and the launcher says so; it trained on alone, its output into a closed pipe. (A signal to the whole
     process group, `timeout`'s or a closed terminal's, reaches the trainer itself too, which stops the same way.)
@@ -533,9 +557,16 @@ def _forwarding_signals(proc: subprocess.Popen, stop_file: Path | None, got: lis
     30 s and kills them mid-save. Without a stop file the signal goes to the child as SIGTERM. A second signal stops
     the child at once, as Ctrl-C does (SIGINT to it; the step it trained, or its checkpoint, is lost). After
     SIGHUP the launcher's terminal is gone: what it passes on and says goes to /dev/null (ftctl.terminal), the run's
-    records say how it ended (`ftctl status`). Yields the signals."""
+    records say how it ended (`ftctl status`). SIGINT stops the child at once: a terminal's Ctrl-C reaches it
+    itself; one sent to the launcher alone (`kill -INT PID`) is passed on where the child has not said (``heard``)
+    it was interrupted within CTRL_C_GRACE_S. The launcher waits for the child either way, to say how it ended (it
+    raised KeyboardInterrupt and left the trainer running unseen). Yields the signals."""
     got = [] if got is None else got
     ttys = terminal.ttys()
+
+    def pass_on_unheard():
+        if proc.poll() is None and not (heard is not None and heard()):
+            proc.send_signal(signal.SIGINT)
 
     def forward(signum, frame):
         got.append(signum)
@@ -545,13 +576,17 @@ def _forwarding_signals(proc: subprocess.Popen, stop_file: Path | None, got: lis
             return
         if len(got) > 1:  # again: stop it now, as Ctrl-C does (ftctl's torchrun: its own shutdown)
             proc.send_signal(signal.SIGINT)
+        elif signum == signal.SIGINT:
+            timer = threading.Timer(CTRL_C_GRACE_S, pass_on_unheard)
+            timer.daemon = True
+            timer.start()
         elif stop_file is not None:
             stop_file.parent.mkdir(parents=True, exist_ok=True)
             stop_file.touch()
         else:
             proc.send_signal(signal.SIGTERM)
 
-    before = {s: signal.signal(s, forward) for s in FORWARDED}
+    before = {s: signal.signal(s, forward) for s in (*FORWARDED, signal.SIGINT)}
     try:
         yield got
     finally:
@@ -564,6 +599,26 @@ def _torchrun_report(line: str) -> bool:
         "torch/distributed/elastic" in line
         or "torch.distributed.elastic" in line
         or line.startswith("Traceback (most recent call last)")
+    )
+
+
+def _ctrl_c_message(spec: RunSpec, paths: RunPaths) -> str:
+    """What Ctrl-C cost, and how the run goes on (or stops with a checkpoint next time)."""
+    from ftctl.checkpoints import list_checkpoints
+
+    try:
+        saved = [c for c in list_checkpoints(spec.output, endpoint_url=spec.s3_endpoint_url) if c.complete]
+    except (FtctlError, OSError):  # the store cannot say now: the relaunch will
+        saved = None
+    if saved is None:
+        again = "the same `ftctl launch` resumes from the last checkpoint"
+    elif saved:
+        again = f"the steps since {saved[-1].name} are lost: the same `ftctl launch` resumes from it"
+    else:
+        again = "nothing was saved yet: the same `ftctl launch` starts it again"
+    return (
+        f"stopped at once (Ctrl-C); {again}. To stop with a checkpoint of the step it is on, send SIGTERM instead "
+        f"(`kill PID`) or run `ftctl cancel {paths.root}`."
     )
 
 

@@ -11,6 +11,7 @@ torchrun and ftctl of the submitting environment, on the shared filesystem, as b
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -145,6 +146,12 @@ class SlurmBackend(Backend):
         every node); other problems are left to sbatch, in Slurm's own words (a node down now may come back).
         Where the partition names the plan's GPU type in its GRES, the script asks for that type (a100:8): only
         here, where sinfo said it, so ``ftctl render`` shows the request without it."""
+        if "SBATCH_EXPORT" in os.environ and (
+            why := slurm_render.export_refused(
+                os.environ["SBATCH_EXPORT"], f"SBATCH_EXPORT={os.environ['SBATCH_EXPORT']}"
+            )
+        ):
+            raise FtctlError(f"{why}; or `unset SBATCH_EXPORT` (here it overrides the script's own lines).")
         image = rendered.image
         if image and image.source == "sif" and not Path(image.ref).is_file():
             raise FtctlError(

@@ -108,9 +108,23 @@ def _extra_arg(arg: str) -> str:
     return f"--{_sbatch_value('sbatch-arg', key)}" + (f"={_sbatch_value(key, val)}" if val else "")
 
 
+def export_refused(value: str, given: str) -> str | None:
+    """Why a job may not be submitted with sbatch's --export ``value`` (``given``: where it was set), None where it
+    keeps the submitting shell's environment (ALL, or ALL,VAR=VALUE ...)."""
+    if value.strip().upper().split(",")[0] == "ALL":
+        return None
+    return (
+        f"{given}: the job would start without this shell's environment, and it runs in it (python3 of its PATH, "
+        "HF_TOKEN and the other secrets it names, CUDA and module settings); add variables with "
+        "--sbatch-arg=--export=ALL,NAME=VALUE, or set them with -o setup=..."
+    )
+
+
 def _refuse_own_option(arg: str, key: str, val: str) -> None:
     """An --sbatch-arg naming an option ftctl writes (sbatch also takes an unambiguous abbreviation of it), or a
-    GPU gres, is refused with the flag or key that sets it."""
+    GPU gres, is refused with the flag or key that sets it; so is an --export that drops the environment."""
+    if len(key) > 2 and "export".startswith(key) and (why := export_refused(val, f"--sbatch-arg={arg}")):
+        raise FtctlError(why)
     own = key if key in OWN_OPTIONS else next((o for o in OWN_OPTIONS if len(key) > 2 and o.startswith(key)), None)
     if own is None and key == "gres" and any(g.startswith("gpu") for g in val.split(",")):
         own = "gpus-per-node"
