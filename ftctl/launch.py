@@ -14,6 +14,7 @@ User values are always quoted with ``shlex.quote``; intentional shell (``"$HEAD_
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -225,6 +226,19 @@ def trainer_env(spec: RunSpec, inherited: Mapping[str, str] | None = None) -> di
         env["AWS_ENDPOINT_URL"] = spec.s3_endpoint_url
     env.update(spec.env)
     return env
+
+
+# Hugging Face caches a host may keep apart from HF_HOME (the hub's models, datasets, xet chunks): where one is
+# set, a container gets it at its own path, or it would download again into HF_HOME
+HF_CACHE_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_XET_CACHE")
+
+
+def hf_caches(env: Mapping[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """HF_HOME as huggingface_hub resolves it from ``env`` (else XDG_CACHE_HOME's, else ~/.cache's huggingface/),
+    and the HF_CACHE_VARS ``env`` sets apart from it: (variable, path)."""
+    root = env.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    hf_home = os.path.abspath(os.path.expanduser(env.get("HF_HOME") or os.path.join(root, "huggingface")))
+    return hf_home, tuple((v, os.path.abspath(os.path.expanduser(env[v]))) for v in HF_CACHE_VARS if env.get(v))
 
 
 def container_kind(spec: RunSpec) -> tuple[str | None, str | None]:

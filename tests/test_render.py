@@ -24,6 +24,7 @@ from ftctl import failures, userconfig
 from ftctl.backend import write_files
 from ftctl.docker import render as docker_render
 from ftctl.errors import FtctlError
+from ftctl.launch import HF_CACHE_VARS
 from tests.render_fixtures import (
     GOLDEN,
     HOSTILE,
@@ -125,8 +126,10 @@ def _no_injection(tmp_path, result) -> None:
 
 @pytest.mark.parametrize("container", list(CONTAINERS))
 @pytest.mark.parametrize("hostile_paths", HOSTILE, indirect=True, ids=range(len(HOSTILE)))
-def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path):
+def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path, monkeypatch):
     h, model, data, out = hostile_paths
+    hf_home = tmp_path / "hf"  # outside the home: bound into either container, and made before the step
+    monkeypatch.setenv("HF_HOME", str(hf_home))
     image = None
     if container != "none":
         image = f"docker://ghcr.io/x/img{h}"
@@ -185,7 +188,8 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path):
         str(out),
     )
 
-    binds = sorted({str(model), str(data.parent), str(out)})
+    binds = sorted({str(model), str(data.parent), str(out)} | ({str(hf_home)} if container != "none" else set()))
+    assert hf_home.is_dir() == (container != "none")
     srun = calls["srun"]["argv"]
     if container == "apptainer":
         ap = calls["apptainer"]["argv"]
@@ -620,7 +624,7 @@ def test_docker_keeps_the_users_groups_and_mounts_a_checkpoint_to_resume(monkeyp
 def test_docker_mounts_the_hub_cache_this_host_keeps_apart(monkeypatch, tmp_path):
     """HF_HUB_CACHE (or HF_DATASETS_CACHE ...) set here, outside HF_HOME: the container got HF_HOME only, so a
     model cached there was downloaded again into HF_HOME/hub."""
-    for var in docker_render.HF_CACHE_VARS:
+    for var in HF_CACHE_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "big" / "hub"))
     prep = prepared(backend="docker", gpus="1xA100", model_name_or_path=MODEL, output_dir=str(tmp_path / "o"))
@@ -629,6 +633,30 @@ def test_docker_mounts_the_hub_cache_this_host_keeps_apart(monkeypatch, tmp_path
     assert f"{hub}:{hub}" in argv and f"HF_HUB_CACHE={hub}" in argv
     assert str(hub) in docker_render.host_caches().dirs()  # created before docker runs (else root's)
     assert not any("HF_DATASETS_CACHE" in a for a in argv)  # only what is set here
+
+
+@pytest.mark.parametrize("kind", ["apptainer", "pyxis"])
+def test_slurm_containers_get_the_hub_caches_and_pyxis_the_homes_store_credentials(kind, monkeypatch, tmp_path):
+    """pyxis binds no home: every run, and every requeue, downloaded the model again into the container, and a run
+    into s3:// found no ~/.aws. apptainer binds the home only: an HF_HUB_CACHE under /scratch was not there."""
+    home = tmp_path / "home"
+    (home / ".aws").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("XDG_CACHE_HOME", "HF_HOME", *HF_CACHE_VARS):
+        monkeypatch.delenv(var, raising=False)
+    hub = tmp_path / "scratch" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    prep = prepared(
+        backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="s3://b/r1", container=f"{kind}:img.sif"
+    )
+    line = next(ln for ln in prep.text.splitlines() if ln.startswith("srun"))
+    hf_home = home / ".cache" / "huggingface"
+    if kind == "pyxis":
+        assert f",{hf_home}:{hf_home}," in line and f",{hub}:{hub}" in line and f",{home}/.aws:{home}/.aws:ro" in line
+        assert f"\nmkdir -p {hf_home} {hub}  # the Hugging Face caches" in prep.text
+    else:
+        assert f" --bind {hub} " in line and str(hf_home) not in line and ".aws" not in line  # its home is bound
+        assert f"\nmkdir -p {hub}  # the Hugging Face caches" in prep.text
 
 
 def test_docker_takes_the_plans_gpus_not_the_hosts(monkeypatch):
@@ -897,7 +925,7 @@ def test_rendered_text_matches_golden(name, monkeypatch):
     # docker's user and caches are the launching host's: name them independently of the machine
     monkeypatch.setattr(docker_render, "host_user", lambda: (1000, 1000, "user", ()))
     monkeypatch.setenv("HOME", "/fixed/home")
-    for var in ("XDG_CACHE_HOME", "HF_HOME", "CUDA_VISIBLE_DEVICES", *docker_render.HF_CACHE_VARS):
+    for var in ("XDG_CACHE_HOME", "HF_HOME", "CUDA_VISIBLE_DEVICES", *HF_CACHE_VARS):
         monkeypatch.delenv(var, raising=False)
     if name in GOLDEN_CONFIG:
         text, built = GOLDEN_CONFIG[name]

@@ -24,14 +24,10 @@ from dataclasses import dataclass
 
 from ftctl.docker.image import default_image
 from ftctl.errors import FtctlError
-from ftctl.launch import PATH_PYTHON, container_kind, join, torchrun_argv, trainer_env
+from ftctl.launch import PATH_PYTHON, container_kind, hf_caches, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
-
-# Hugging Face caches a host may keep apart from HF_HOME (the hub's models, datasets, xet chunks): where one is
-# set here, the container gets it at its own path, or it would download again into HF_HOME
-HF_CACHE_VARS = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_XET_CACHE")
 
 
 @dataclass(frozen=True)
@@ -51,8 +47,7 @@ class HostCaches:
 
 def host_caches() -> HostCaches:
     root = os.path.abspath(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
-    hf_home = os.path.abspath(os.path.expanduser(os.environ.get("HF_HOME") or os.path.join(root, "huggingface")))
-    apart = tuple((v, os.path.abspath(os.path.expanduser(os.environ[v]))) for v in HF_CACHE_VARS if os.environ.get(v))
+    hf_home, apart = hf_caches(os.environ)
     return HostCaches(root, hf_home, os.path.join(root, "ftctl", "container-home"), apart)
 
 

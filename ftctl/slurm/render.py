@@ -35,6 +35,7 @@ from ftctl.launch import (
     STOP_ENV,
     Shell,
     container_kind,
+    hf_caches,
     job_port_line,
     join,
     netcheck_argv,
@@ -47,7 +48,7 @@ from ftctl.launch import (
 from ftctl.plan import Plan
 from ftctl.runpaths import SLURM_LOG_PATTERN, SLURM_STATUS_PATTERN, SLURM_STOP_PATTERN
 from ftctl.spec import RunSpec
-from ftctl.storage import is_remote
+from ftctl.storage import home_credentials, is_remote
 
 # the per-attempt file names of ftctl.runpaths, spelled with the batch script's own variables
 _PER_ATTEMPT = {"job": "$SLURM_JOB_ID", "attempt": "$ATTEMPT"}
@@ -183,6 +184,22 @@ def memory_request_gb(spec: RunSpec, plan: Plan) -> float | None:
 _HEAD, _PORT, _JOB = Shell('"$HEAD_ADDR"'), JOB_PORT, Shell('"$SLURM_JOB_ID"')
 
 
+def container_homes(spec: RunSpec, kind: str | None) -> tuple[list[str], list[str]]:
+    """What of the launching user's home an apptainer or pyxis container gets bound at its own path: the Hugging
+    Face caches the job's environment names (a model is downloaded once, not once a run: pyxis binds no home, and
+    apptainer binds the home only, not an HF_HOME under /scratch), and for pyxis the home's credentials of the run's
+    object stores (~/.aws ...). The job runs in the launching shell's environment (--export=ALL), so the paths
+    resolved here are the job's."""
+    if kind not in ("apptainer", "pyxis"):
+        return [], []
+    hf_home, apart = hf_caches({**os.environ, **spec.env})
+    caches = sorted({hf_home, *(path for _, path in apart)})
+    home = os.path.expanduser("~")
+    if kind == "apptainer":  # its home is bound already
+        return [p for p in caches if not (p + "/").startswith(home.rstrip("/") + "/")], []
+    return caches, [os.path.join(home, rel) for rel in home_credentials(spec.remote_uris)]
+
+
 def pyxis_image(ref: str) -> str:
     """A docker reference as enroot reads it: ``ghcr.io/org/ftctl:T`` -> ``ghcr.io#org/ftctl:T`` (without
     the ``#``, enroot takes the first part for a Docker Hub name); enroot's ``docker://`` URI form the same way."""
@@ -216,14 +233,16 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
     if os.path.isdir(spec.model_name_or_path):
         extra.add(spec.model_name_or_path)
     extra = sorted(p for p in extra - {""} if os.path.isabs(p) and not is_remote(p))
-    for p in extra if kind in ("apptainer", "pyxis") else ():
+    caches, credentials = container_homes(spec, kind)
+    for p in [*extra, *caches, *credentials] if kind in ("apptainer", "pyxis") else ():
         if "," in p or ":" in p:
             raise FtctlError(
                 f"{p!r}: {kind} reads ',' and ':' in a bind path as separators, so this path cannot "
                 f"be bound into the container. Rename it, or move it under a path without them."
             )
+    extra = sorted({*extra, *caches})
     if kind == "pyxis":
-        mounts = ",".join(f"{p}:{p}" for p in extra)
+        mounts = ",".join([*(f"{p}:{p}" for p in extra), *(f"{p}:{p}:ro" for p in credentials)])
         step += [
             f"--container-image={pyxis_image(image)}",  # a registry's image as enroot reads it, never Docker Hub's
             Shell('--container-mounts="$FTCTL_RUN_DIR":"$FTCTL_RUN_DIR"' + (f",{q(mounts)}" if mounts else "")),
@@ -272,6 +291,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         f'TERMINATED=1; touch "${STOP_ENV}"; }}',
         "trap on_term TERM",
         *setup_lines(spec),
+        *([f"mkdir -p {join(caches)}  # the Hugging Face caches, bound into the container"] if caches else []),
         "",
         'HEAD_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export HEAD_ADDR",
