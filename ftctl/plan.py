@@ -110,7 +110,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ftctl import gpus as gpu_table
-from ftctl.errors import FtctlError
+from ftctl.errors import FtctlError, did_you_mean
 from ftctl.spec import FIELDS, LORA_KEYS, STRATEGIES, RunSpec, parse_size
 from ftctl.trainer.attention import (
     EAGER,
@@ -334,8 +334,16 @@ def model_shape(model: str, model_params: str | None = None) -> ModelShape:
     try:
         return _shape_from_config(hub.model_config(model), f"{model} on the Hub")
     except hub.HubError as e:
+        known = ""
+        if e.kind == "unreachable":  # offline (a login node, an air-gapped cluster): what plans without the Hub
+            known = (
+                " The ids sized without it (and their -Instruct, -chat, -it variants): "
+                + ", ".join(sorted(KNOWN_MODELS))
+                + "."
+            )
         raise FtctlError(
-            f"Cannot tell the size of model {model!r}: {e}. Or pass its size, e.g. --model-params 7b."
+            f"Cannot tell the size of model {model!r}: {e}.{did_you_mean(_base_id(model), _KNOWN)} Or pass its "
+            f"size, e.g. --model-params 7b.{known}"
         ) from None
 
 

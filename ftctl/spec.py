@@ -950,6 +950,24 @@ def lora_target_names(value: str) -> str | list[str]:
     return names
 
 
+PATH_KEYS = ("model_name_or_path", "chat_template_path", "data_path", "eval_data_path", "output_dir", "resume")
+_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _unexpanded_variables(spec: RunSpec) -> list[str]:
+    """A path naming a shell variable ($SCRATCH/runs/r1, from a run file or a quoted -o): ftctl expands none, so it
+    would have made a directory named $SCRATCH (and a Slurm job's variables are not this shell's)."""
+    errors = []
+    for key in PATH_KEYS:
+        for v in split_paths(getattr(spec, key)) if key in PATH_LISTS else [getattr(spec, key)]:
+            if v and (found := _VARIABLE.search(v)) and not Path(v).exists():
+                errors.append(
+                    f"{key}={v!r} names ${found.group(1)}, and ftctl expands no variables: write the path itself, "
+                    f'or give it on the command line, where your shell expands it (-o {key}="{v}").'
+                )
+    return errors
+
+
 def validate(spec: RunSpec) -> None:
     errors = []
 
@@ -1112,6 +1130,7 @@ def validate(spec: RunSpec) -> None:
                 errors.append(f"{key}={v!r}: unknown storage scheme; use a local path, file:// or one of {schemes}.")
             elif v and (meant := storage.misspelt_uri(v)):
                 errors.append(f"{key}={v!r} would be a local path: did you mean {meant}?")
+    errors += _unexpanded_variables(spec)
     try:
         storage.require_writable(spec.output, "output_dir")
     except FtctlError as e:

@@ -220,11 +220,16 @@ def test_plan_sizes_a_hub_model_from_its_config_on_the_hub(hub, tmp_path, monkey
     assert model_shape("org/gated").layers == 28 and hub.authorizations[-1] == "Bearer hf_test"
     with pytest.raises(FtctlError, match="the Hub has no model repository of that name \\(check the id\\)"):
         model_shape("acme/no-such-model")
+    with pytest.raises(FtctlError, match="the Hub has no model .* Did you mean 'meta-llama/llama-3.1-8b'\\?"):
+        model_shape("meta-llama/Llama-3-8B")  # a typo of a known id: named
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{s.getsockname()[1]}")
-    with pytest.raises(FtctlError, match="did not answer \\(ConnectError\\). Or pass its size, e.g. --model-params"):
+    with pytest.raises(
+        FtctlError, match="did not answer \\(ConnectError\\). Or pass its size, e.g. --model-params"
+    ) as e:
         model_shape("acme/other-7b")
+    assert "The ids sized without it (and their -Instruct, -chat, -it variants): google/gemma-2-27b," in str(e.value)
     assert model_shape("acme/chat-7b").hidden == 3584  # asked once a process
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FtctlError, match="not in the Hugging Face cache and HF_HUB_OFFLINE is set"):

@@ -924,3 +924,17 @@ def test_axolotls_llama2_qlora_example_reads_as_written(tmp_path):
     )
     spec = build(str(run))
     assert (spec.method, spec.lora_target_modules, spec.saves_per_epoch) == ("qlora", "all-linear", 1)
+
+
+def test_a_path_naming_a_shell_variable_is_refused_with_how_to_give_it(tmp_path):
+    """output_dir: $SCRATCH/runs/r1 in a run file made a directory named '$SCRATCH' in the working directory, and
+    trained there: checkpoints nobody looked for, on the small home quota."""
+    with pytest.raises(FtctlError) as e:
+        build(_yaml(tmp_path, "output_dir: $SCRATCH/runs/r1\ndata_path: [a.json, '${DATA}/b.json']\n"))
+    said = str(e.value)
+    assert "output_dir='$SCRATCH/runs/r1' names $SCRATCH, and ftctl expands no variables" in said
+    assert '(-o output_dir="$SCRATCH/runs/r1")' in said
+    assert "data_path='${DATA}/b.json' names $DATA" in said
+    real = tmp_path / "cost$1"  # a path that is there as written is taken
+    real.mkdir()
+    assert build(flags={"output_dir": str(real)}).output_dir == str(real)
