@@ -744,14 +744,17 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             key = canonical_key(raw_key)
             if raw is None and key in ("train_on_inputs", "lora_target_linear"):  # left empty: it asks for nothing
                 continue
+            given = raw
             try:
                 key, raw = _axolotl(key, raw)
             except ValueError as e:
                 errors.append(f"{raw_key!r} ({source}): {e}.")
                 continue
             if raw_key.strip() == "datasets" and key == "data_path" and notes is not None:
+                unread = dataset_keys_unread(given)
                 notes.append(
                     f"datasets ({source}): their paths are data_path; each row's format is read from its fields"
+                    + (f" (not from their {', '.join(unread)})" if unread else "")
                 )
             if raw_key.strip() == "adapter" and raw in (None, ""):  # axolotl's full fine-tune leaves it empty
                 raw = "fft"
@@ -910,6 +913,12 @@ def _axolotl(key: str, raw):
     if key == "datasets" and isinstance(raw, list) and raw and all(isinstance(d, dict) and d.get("path") for d in raw):
         from ftctl.hub import HUB_ID
 
+        refused = [
+            f"{d['path']}'s {k}: {v!r}: {why}" for d in raw for k, v in d.items() if (why := _dataset_refuses(k, v))
+        ]
+        if refused:
+            raise ValueError("; ".join(refused))
+
         def where(path: str) -> str:
             file = Path(path).suffix.lower() in (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow")
             here = "://" in path or file or Path(path).expanduser().exists() or storage.looks_like_path(path)
@@ -917,6 +926,41 @@ def _axolotl(key: str, raw):
 
         return "data_path", [where(str(d["path"])) for d in raw]
     return key, raw
+
+
+# the keys of an axolotl dataset entry that choose which rows, or which of their tokens, are trained, with the
+# values that ask for what ftctl does (None: none) and how to say what they ask for here
+_DATASET_KEYS = {
+    "split": (
+        ("train",),
+        "a Hub dataset's train split is read; for another, name its files (hf://datasets/ORG/NAME/FILES)",
+    ),
+    "name": ((), "name the configuration's files instead (hf://datasets/ORG/NAME/CONFIG/*.parquet)"),
+    "data_files": ((), "name the files in path (hf://datasets/ORG/NAME/FILES, or a local path)"),
+    "field": ((), "give a file whose rows are the records themselves (JSON lines, or a JSON list)"),
+    "revision": ((), "name it in the path: hf://datasets/ORG/NAME@REVISION/FILES"),
+    "roles_to_train": (
+        (("assistant",), ("gpt",)),
+        "the assistant's turns are trained (train_on_inputs: true trains every token)",
+    ),
+    "train_on_eos": (("turn",), "each assistant turn is trained with the token that ends it, as axolotl's turn"),
+}
+
+
+def _dataset_refuses(key: str, value) -> str | None:
+    """Why an axolotl dataset entry's ``key: value`` asks for other rows or tokens than ftctl trains, None where it
+    does not (or is one ftctl does not read: the note says which)."""
+    if key not in _DATASET_KEYS:
+        return None
+    agrees, how = _DATASET_KEYS[key]
+    word = tuple(_word(v) for v in value) if isinstance(value, list) else _word(value)
+    return None if value is None or word in agrees else how
+
+
+def dataset_keys_unread(raw) -> list[str]:
+    """The keys of axolotl's dataset entries that ftctl does not read (type, ds_type, field_messages ...): each
+    row's format is read from its fields."""
+    return sorted({k for d in raw if isinstance(d, dict) for k in d} - {"path", *_DATASET_KEYS})
 
 
 def _mixes(items):

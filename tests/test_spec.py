@@ -848,7 +848,18 @@ def test_an_axolotl_example_file_is_taken_as_it_is_written(tmp_path):
     assert (spec.saves_per_epoch, spec.evals_per_epoch) == (1, 4)
     with pytest.raises(FtctlError, match="save_steps and saves_per_epoch both given: keep one"):
         build({"save_steps": 50, "saves_per_epoch": 2})
-    assert "datasets (run file): their paths are data_path; each row's format is read from its fields" in notes
+    assert (
+        "datasets (run file): their paths are data_path; each row's format is read from its fields (not from their type)"
+        in notes
+    )
+    chats = {"path": "c.jsonl", "type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"]}
+    said: list[str] = []
+    build({"datasets": [{**chats, "train_on_eos": "turn", "split": "train"}]}, notes=said)  # as ftctl does anyway
+    assert "each row's format is read from its fields (not from their field_messages, type)" in said[0]
+    with pytest.raises(FtctlError) as e:  # other rows or tokens than ftctl would train: dropped, they trained those
+        build({"datasets": [{**chats, "roles_to_train": ["user", "assistant"], "split": "test"}]})
+    assert "c.jsonl's split: 'test': a Hub dataset's train split is read; for another, name its files" in str(e.value)
+    assert "c.jsonl's roles_to_train: ['user', 'assistant']: the assistant's turns are trained" in str(e.value)
     assert any(n.startswith("load_in_8bit, load_in_4bit, strict, dataset_prepared_path") for n in notes)
     assert build({"train_on_inputs": True}).assistant_only_loss is False  # the loss on every token
     empty = {"load_in_8bit": None, "use_peft": None, "train_on_inputs": None, "lora_target_linear": None}
