@@ -861,7 +861,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     world = req.world_size
     notes: list[str] = []
     attn, scores = _attention(spec, req, shape)
-    if scores and shape.attn_softcap and attn != EAGER:
+    asked = spec.attn_implementation
+    if scores and shape.attn_softcap and asked in ("varlen", "flash_attention_2"):
         notes.append(
             f"{req.tier.name if req.tier else 'CPU'} runs no FlashAttention kernel and this model soft-caps its "
             f"attention logits, which SDPA cannot: eager attention, its (S x S) scores counted"
@@ -889,8 +890,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
                 "bf16=false: training in fp16 (ftctl trains on GPUs in 16 bits, not fp32; fp16 is less stable than "
                 "bf16): leave bf16 out for bf16, or -o fp16=true to say fp16"
             )
-        if attn in ("varlen", "flash_attention_2") and not t.flash_attn2 and not scores:
-            notes.append(f"{t.name} runs no FlashAttention kernel (Ampere and newer do): {attn} gives way to SDPA")
+        if asked in ("varlen", "flash_attention_2") and not t.flash_attn2 and not scores:
+            notes.append(f"{t.name} runs no FlashAttention kernel (Ampere and newer do): {asked} gives way to SDPA")
         capacity = capacity_gb if capacity_gb is not None else t.memory_gb * HEADROOM
     trainable = _trainable_b(method, shape, spec)
     want_global = spec.global_batch_size

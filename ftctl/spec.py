@@ -823,11 +823,15 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if errors:
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)
-    said = _evaluation_asked(spec, evaluation) + [
-        f"{name}: {word} asks for --method {' or '.join(METHOD_AGREES[key][word])}, not {spec.method}: {DECIDED[key]}."
-        for name, (key, word) in by_method.items()
-        if spec.method not in METHOD_AGREES[key][word]
-    ]
+    said = (
+        _evaluation_asked(spec, evaluation)
+        + _unexpanded_variables(spec, [k for k in PATH_KEYS if sources.get(k) == "run file"])
+        + [
+            f"{name}: {word} asks for --method {' or '.join(METHOD_AGREES[key][word])}, not {spec.method}: {DECIDED[key]}."
+            for name, (key, word) in by_method.items()
+            if spec.method not in METHOD_AGREES[key][word]
+        ]
+    )
     if said:
         raise FtctlError(_join(said))
     validate(spec)
@@ -998,11 +1002,12 @@ PATH_KEYS = ("model_name_or_path", "chat_template_path", "data_path", "eval_data
 _VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def _unexpanded_variables(spec: RunSpec) -> list[str]:
-    """A path naming a shell variable ($SCRATCH/runs/r1, from a run file or a quoted -o): ftctl expands none, so it
-    would have made a directory named $SCRATCH (and a Slurm job's variables are not this shell's)."""
+def _unexpanded_variables(spec: RunSpec, keys) -> list[str]:
+    """A run file's path (``keys``) naming a shell variable ($SCRATCH/runs/r1): ftctl expands none, so it would have
+    made a directory named $SCRATCH (and a Slurm job's variables are not this shell's). On the command line the shell
+    has expanded them: a $ left there was quoted on purpose."""
     errors = []
-    for key in PATH_KEYS:
+    for key in keys:
         for v in split_paths(getattr(spec, key)) if key in PATH_LISTS else [getattr(spec, key)]:
             if v and (found := _VARIABLE.search(v)) and not Path(v).exists():
                 errors.append(
@@ -1174,7 +1179,6 @@ def validate(spec: RunSpec) -> None:
                 errors.append(f"{key}={v!r}: unknown storage scheme; use a local path, file:// or one of {schemes}.")
             elif v and (meant := storage.misspelt_uri(v)):
                 errors.append(f"{key}={v!r} would be a local path: did you mean {meant}?")
-    errors += _unexpanded_variables(spec)
     try:
         storage.require_writable(spec.output, "output_dir")
     except FtctlError as e:

@@ -1105,6 +1105,15 @@ def test_a_soft_capped_model_is_planned_with_the_eager_attention_it_runs(tmp_pat
     assert a100.attn_implementation == "varlen" and "attention_scores" not in a100.memory
     llama_t4 = plan(method="qlora", gpus="1xT4", model_name_or_path="meta-llama/Llama-3.2-1B")
     assert llama_t4.attn_implementation == "sdpa" and "attention_scores" not in llama_t4.memory
+    # asked for where no FlashAttention kernel runs: the table named flash_attention_2 (+ packing), SDPA ran
+    v100 = plan(
+        method="lora",
+        gpus="1xV100",
+        model_name_or_path="meta-llama/Llama-3.2-1B",
+        o=["attn_implementation=flash_attention_2"],
+    )
+    assert (v100.attn_implementation, v100.packing) == ("sdpa", False) and asked.attn_implementation == "eager"
+    assert "V100 runs no FlashAttention kernel (Ampere and newer do): flash_attention_2 gives way to SDPA" in v100.notes
 
 
 # bench/NOTES.md v63: lora of these shapes at micro-batches of 2, 4, 4 and 8 x 2,048 tokens on an H200, in one call

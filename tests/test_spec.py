@@ -946,6 +946,8 @@ def test_a_path_naming_a_shell_variable_is_refused_with_how_to_give_it(tmp_path)
     assert "output_dir='$SCRATCH/runs/r1' names $SCRATCH, and ftctl expands no variables" in said
     assert '(-o output_dir="$SCRATCH/runs/r1")' in said
     assert "data_path='${DATA}/b.json' names $DATA" in said
-    real = tmp_path / "cost$1"  # a path that is there as written is taken
+    real = tmp_path / "cost$HOME"  # a path that is there as written is taken
     real.mkdir()
-    assert build(flags={"output_dir": str(real)}).output_dir == str(real)
+    assert build(_yaml(tmp_path, f"output_dir: {real}\n")).output_dir == str(real)
+    quoted = str(tmp_path / "new$HOME")  # on the command line the shell expands: a $ left there was quoted
+    assert build(flags={"output_dir": quoted}).output_dir == quoted

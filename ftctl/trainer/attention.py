@@ -72,9 +72,12 @@ LIGER_MODEL_TYPES = frozenset(
 # ------------------------------------------------------------------------------------ plan time
 def plan_attention(requested: str | None, gpu_flash: bool, softcap: bool = False) -> str:
     """What the plan names: the user's choice, else ``varlen`` where the GPU runs FlashAttention
-    kernels (Ampere and newer), else ``sdpa`` (T4/V100, CPU); ``eager`` where that is sdpa and the model
+    kernels (Ampere and newer), else ``sdpa`` (T4/V100, CPU; also where varlen or flash_attention_2 was asked
+    for there: what runs, as ``resolve`` would fall back); ``eager`` where that is sdpa and the model
     soft-caps its attention logits (Gemma 2), which sdpa cannot (as ``resolve`` does at run time)."""
     name = requested or (VARLEN if gpu_flash else SDPA)
+    if name in (VARLEN, FLASH_ATTN) and not gpu_flash:
+        name = SDPA
     return EAGER if softcap and name == SDPA else name
 
 
@@ -82,8 +85,7 @@ def keeps_scores(planned: str, gpu_flash: bool, softcap: bool) -> bool:
     """Whether the attention that runs for a plan's writes out each head's (S x S) scores (transformers' eager
     attention): asked for, or where a soft-capped model would run sdpa, a varlen plan's too on a GPU that runs
     no FlashAttention kernel (``resolve``)."""
-    runs = SDPA if planned in (VARLEN, FLASH_ATTN) and not gpu_flash else planned
-    return plan_attention(runs, gpu_flash, softcap) == EAGER
+    return plan_attention(planned, gpu_flash, softcap) == EAGER
 
 
 def default_packing(attn: str) -> bool:
