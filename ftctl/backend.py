@@ -288,14 +288,14 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
     on_nodes = RunSpec(**json.loads(rendered.files[rendered.paths.spec.name])["spec"])  # as the trainer reads it
     findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus(), on_nodes)
     if dry_run:
+        click.echo(f"backend: {name} ({why})", err=True)
+        if rendered.image:
+            click.echo(rendered.image.line, err=True)
         for check in (b.check, refuse_a_second_job):  # read-only: an image missing, a daemon down, a job still there
             try:
                 check(rendered)
             except FtctlError as e:
                 findings.append(preflight.Finding(preflight.ERROR, str(e)))
-        click.echo(f"backend: {name} ({why})", err=True)
-        if rendered.image:
-            click.echo(rendered.image.line, err=True)
         click.echo(rendered.plan.table(rendered.spec.model_name_or_path), err=True)  # `ftctl plan`'s, notes too
         if findings:
             click.echo(preflight.render(findings), err=True)

@@ -248,6 +248,23 @@ def test_slurm_refuses_a_recorded_sif_that_is_gone(tmp_path):
         get("slurm").check(prep)
 
 
+def test_slurm_refuses_an_apptainer_file_that_is_not_here_and_says_what_a_dry_run_off_the_cluster_skips(
+    tmp_path, monkeypatch, capsys
+):
+    """--container apptainer:/shared/img.sif with a typo was submitted, queued, and failed on the node (apptainer:
+    "could not open image"). And a dry run on a laptop said nothing of the partition checks it could not make."""
+    missing = tmp_path / "imgs" / "ftctl.sif"
+    with pytest.raises(FtctlError, match=f"--container apptainer:{missing}: no such file here; the nodes run it"):
+        get("slurm").check(_prep("slurm", "8xA100", container=f"apptainer:{missing}"))
+    missing.parent.mkdir()
+    missing.write_bytes(b"sif")
+    monkeypatch.setenv("PATH", str(tmp_path / "imgs"))  # no sinfo
+    get("slurm").check(_prep("slurm", "8xA100", container=f"apptainer:{missing}"))
+    get("slurm").check(_prep("slurm", "8xA100", container="apptainer:docker://ghcr.io/x/ftctl:t"))  # pulled there
+    said = capsys.readouterr().err
+    assert said.startswith("note: no Slurm on this machine (sinfo is not on PATH): the partition's nodes, GPUs")
+
+
 def test_docker_checks_a_local_image_is_here_but_lets_docker_pull_a_pushed_one(monkeypatch):
     from ftctl.docker import backend as docker_backend
 

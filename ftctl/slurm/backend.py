@@ -158,9 +158,21 @@ class SlurmBackend(Backend):
                 f"{image.ref}, the .sif `ftctl build --apptainer` recorded, is gone: build it again, or pass "
                 f"--container none (or another --container)."
             )
+        kind, ref = container_kind(rendered.spec)
+        if kind == "apptainer" and "://" not in ref and not Path(ref).expanduser().is_file():
+            raise FtctlError(
+                f"--container apptainer:{ref}: no such file here; the nodes run it from a filesystem they share with "
+                "this machine: give its path there (or a registry's image, apptainer:docker://REF; `ftctl build "
+                "--apptainer` writes a .sif)."
+            )
         if not shutil.which("sinfo"):  # no Slurm here: sbatch says so
+            click.echo(
+                "note: no Slurm on this machine (sinfo is not on PATH): the partition's nodes, GPUs, CPUs, memory "
+                "and time limit are checked where `ftctl launch` submits it, on the login node",
+                err=True,
+            )
             return
-        in_container = container_kind(rendered.spec)[0] is not None
+        in_container = kind is not None
         if not in_container and not rendered.spec.setup and (said := path_python_lacks_ftctl()):
             raise FtctlError(said)
         spec, plan = rendered.spec, rendered.plan
