@@ -517,6 +517,8 @@ def refuse_a_second_job(rendered: Rendered) -> None:
         if Path(ref.run_dir) == rendered.run_dir or (is_remote(ref.output) and ref.output == rendered.spec.output)
     ]
     for ref in same:
+        if ref.backend == rendered.spec.backend == "local":  # its own check asked the run directory's lock
+            continue
         try:
             state = get(ref.backend).status(ref)
         except FtctlError:  # its backend cannot say now (a cluster down): not known to be running
@@ -559,8 +561,8 @@ def recorded_jobs() -> list[tuple[JobRef, float]]:
 
 
 def find_job(job_id: str) -> tuple[Backend, JobRef]:
-    """The job of that id launched from here; or, for a run directory here, the newest job launched into it, else the
-    local run in it (a local run trains in the foreground of its `ftctl launch` and records no job)."""
+    """The job of that id launched from here (a local run's id is its run directory); or, for a run directory here,
+    the newest job launched into it, else the local run in it (one an older ftctl trained, which recorded none)."""
     jobs = recorded_jobs()
     for ref, _ in jobs:
         if ref.job_id == str(job_id):
@@ -596,7 +598,7 @@ def jobs_table(last: int) -> str:
     if not jobs:
         return (
             f"No jobs launched from here yet ({_jobs_file()}): `ftctl launch` records each job it submits to Slurm, "
-            "SkyPilot or docker. A local run trains in the foreground instead: `ftctl status RUN_DIR` says how far it got."
+            "SkyPilot or docker, and each run it trains here."
         )
 
     def state(ref: JobRef) -> str:

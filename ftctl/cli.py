@@ -21,7 +21,7 @@ class _Group(click.Group):
         except FtctlError as e:
             if os.environ.get("FTCTL_DEBUG"):
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"{e.prefix}{e}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

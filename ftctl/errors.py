@@ -10,6 +10,14 @@ class FtctlError(Exception):
     """A user-facing error: bad input, an unfit plan, a scheduler refusal."""
 
     exit_code = 2
+    prefix = "error: "  # what the command line prints before the message
+
+
+class Stopped(FtctlError):
+    """A run stopped as asked (Ctrl-C, a signal, `ftctl cancel`) before its end: no error, but not finished either
+    (a non-zero exit); the message says what a relaunch resumes."""
+
+    prefix = ""
 
 
 class NotSent(FtctlError):

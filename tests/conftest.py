@@ -23,8 +23,10 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def _user_config_home(tmp_path_factory, monkeypatch):
     """Every test reads and writes an empty user config of its own, never ~/.config/ftctl/config.yaml:
-    an `image:` or a `built:` record there would change what renders, and `ftctl build` records in it."""
+    an `image:` or a `built:` record there would change what renders, and `ftctl build` records in it; and a jobs
+    record of its own (every launch records its job, a local run too)."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+    monkeypatch.setenv("FTCTL_HOME", str(tmp_path_factory.mktemp("ftctl-home")))  # the jobs record: not ~/.ftctl's
 
 
 @pytest.fixture(autouse=True)

@@ -196,7 +196,7 @@ def test_an_earlier_jobs_status_points_at_the_later_job_of_its_run_dir(tmp_path,
 
 
 def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
-    """A local run trains in the foreground and records no job: status and logs take its directory (how far it got,
+    """A local run an older ftctl trained recorded no job (nor a log): status and logs take its directory (how far it got,
     finished once its final adapter is there), cancel says how to stop it; a directory that is no run is no job."""
     import json
 
@@ -255,7 +255,7 @@ def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
     assert cli("status", "runs/r1").stdout.startswith("runs/r1 local run, complete\n")
     other = cli("status", "runs")
     assert other.exit_code == 2 and "No job 'runs' was launched from here" in other.output
-    assert "A local run trains in the foreground instead" in cli("jobs").stdout
+    assert "and each run it trains here" in cli("jobs").stdout  # a directory an older ftctl trained: not recorded
     # a directory a Slurm (or docker, SkyPilot) job was launched into stands for that job, the newest one
     from ftctl.backend import find_job, record_job
 

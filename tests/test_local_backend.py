@@ -465,9 +465,7 @@ def test_stopping_the_launcher_stops_the_trainer_with_a_checkpoint(tmp_path, tin
     launcher.terminate()  # SIGTERM to the launcher alone, as `kill PID` sends it
     _, stderr = launcher.communicate(timeout=120)
     assert "Traceback" not in stderr, stderr
-    assert launcher.returncode == 143 and "error: stopped (SIGTERM to ftctl launch): the trainer saved" in stderr, (
-        stderr
-    )
+    assert launcher.returncode == 143 and "\nstopped (SIGTERM to ftctl launch): the trainer saved" in stderr, stderr
     # through the trainer's stop file, as a Slurm job's: torchrun, signalled, kills its workers mid-save after 30 s
     assert f"{out / '.ftctl' / 'stop'} exists: saving a checkpoint at the next step" in stderr
     saved = [p.name for p in out.glob("checkpoint-*") if (p / "ftctl-manifest.json").is_file()]
@@ -492,10 +490,22 @@ def test_ftctl_cancel_of_a_local_run_stops_it_with_a_checkpoint_and_status_names
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
         time.sleep(0.5)
+    # from another terminal: `ftctl jobs` lists the run (it recorded none), `ftctl logs -f` follows what it prints
+    follower = subprocess.Popen(
+        [FTCTL, "logs", "-f", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    jobs = ftctl("jobs").stdout
+    assert f"\n{out}  local    {out}  " in jobs and "  local run, training (pid " in jobs, jobs
     cancel = ftctl("cancel", str(out))
     assert cancel.returncode == 0 and "to stop: it saves a checkpoint at its next step and exits" in cancel.stdout
-    _, stderr = launcher.communicate(timeout=120)
-    assert launcher.returncode == 143 and "error: stopped (ftctl cancel): the trainer saved a checkpoint" in stderr
+    stdout, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 143 and "\nstopped (ftctl cancel): the trainer saved a checkpoint" in stderr
+    assert "error:" not in stderr  # stopped as asked: no error, though not finished (the exit code)
+    followed, said = follower.communicate(timeout=60)  # it ends with the run
+    assert followed.startswith("ftctl: launched ") and "stopped: step " in followed, followed
+    assert stdout.strip().splitlines()[-1] in followed  # the trainer's stdout and stderr, both kept
+    assert "local run, stopped before the end" in said
+    assert ftctl("logs", str(out)).stdout == followed  # without -f: what it printed
     saved = sorted(int(p.parent.name.split("-")[1]) for p in out.glob("checkpoint-*/ftctl-manifest.json"))
     status = ftctl("status", str(out)).stdout
     assert (
@@ -533,9 +543,7 @@ def test_a_second_signal_to_the_launcher_stops_the_run_at_once(tmp_path, tiny_mo
     _, stderr = launcher.communicate(timeout=60)
     assert "Traceback" not in stderr, stderr
     assert launcher.returncode == 143, stderr
-    assert "error: stopped at once (SIGTERM again to ftctl launch): the checkpoint of the step it was on is lost" in (
-        stderr
-    )
+    assert "\nstopped at once (SIGTERM again to ftctl launch): the checkpoint of the step it was on is lost" in (stderr)
     assert ready.exists()  # nobody let it go on: it was stopped in the hold
     assert list(out.glob("checkpoint-*")) and not list(out.glob("checkpoint-*/ftctl-manifest.json"))
     alive = subprocess.run(["pgrep", "-f", str(out / "spec.json")], capture_output=True, text=True).stdout
@@ -571,7 +579,7 @@ def test_ctrl_c_stops_the_run_at_once_and_says_what_a_relaunch_resumes(to, tmp_p
     _, stderr = launcher.communicate(timeout=120)
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
     assert launcher.returncode == 130, stderr
-    said = re.search(r"error: stopped at once \(Ctrl-C\); the steps since (checkpoint-\d+) are lost: the same", stderr)
+    said = re.search(r"\nstopped at once \(Ctrl-C\); the steps since (checkpoint-\d+) are lost: the same", stderr)
     assert said and (out / said.group(1) / "ftctl-manifest.json").is_file(), stderr
     assert f"`ftctl cancel {out}`" in stderr
     last = max(int(p.parent.name.split("-")[1]) for p in out.glob("checkpoint-*/ftctl-manifest.json"))

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,10 +25,12 @@ from pathlib import Path
 import click
 
 from ftctl import failures, terminal
-from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered, progress
+from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered, progress, record_job
 from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV, STOP_ENV
-from ftctl.errors import FtctlError
+from ftctl.errors import FtctlError, Stopped
 from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv, trainer_env
+from ftctl.logfile import copy_new, new_decoder
+from ftctl.logfile import follow as follow_log
 from ftctl.plan import DoesNotFit, Plan, PlanError, make_plan
 from ftctl.preflight import host_memory_gb
 from ftctl.runpaths import RunPaths
@@ -144,8 +147,12 @@ class LocalBackend(Backend):
             )
 
     def send(self, rendered: Rendered) -> JobRef | None:
+        """Trains in the foreground; recorded first, so that `ftctl jobs` lists it and `ftctl logs -f RUN_DIR`
+        follows it from another terminal while it trains."""
         if rendered.spec.preflight_network:
             preflight_network(rendered.spec, rendered.plan)
+        spec, root = rendered.spec, str(rendered.paths.root)
+        record_job(JobRef("local", root, root, spec.name, spec.output))
         run_foreground(rendered, argv(rendered.spec, rendered.plan, rendered.paths.spec))
         return None
 
@@ -172,16 +179,27 @@ class LocalBackend(Backend):
         )
 
     def log_tail(self, ref: JobRef) -> str:
-        """The failure as the trainer recorded it (a local run prints its log in its terminal, and keeps none)."""
+        """The failure as the trainer recorded it: its one line (the log, train.log, has torchrun's report besides)."""
         records = failures.read(ref.paths.failures)
         return f"{failures.ERROR_PREFIX}{failures.summarize(records)[0]}\n" if records else ""
 
     def logs(self, ref: JobRef, follow: bool) -> None:
-        click.echo(self.status(ref).text)
-        click.echo(
-            f"A local run prints its log in the terminal that launched it; each logged step is a line of "
-            f"{ref.paths.metrics}" + (f", the last: {line}" if (line := progress(ref)) else "")
-        )
+        """What the run printed in the terminal that launched it, kept in its run directory (train.log); with
+        ``follow``, what it prints next, until its trainer lets the run directory go."""
+        log = ref.paths.local_log
+        if not log.is_file():  # a run of an ftctl that kept no log
+            click.echo(self.status(ref).text)
+            click.echo(
+                f"This run printed its log in the terminal that launched it; each logged step is a line of "
+                f"{ref.paths.metrics}" + (f", the last: {line}" if (line := progress(ref)) else "")
+            )
+            return
+        if not follow:
+            copy_new(log, 0, sys.stdout, new_decoder())
+            return
+        paths = trainer_paths(ref)
+        follow_log(log, lambda: training_now(paths) is not None, sys.stdout)
+        click.echo(self.status(ref).text, err=True)
 
     def cancel(self, ref: JobRef) -> str:
         """A local run training in another terminal stops as `kill` of its `ftctl launch` stops it: at its next step
@@ -458,29 +476,30 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
         stop_file=stop_file,
         signals=got,
         heard=lambda: bool(failures.read(paths.failures)),
+        log=paths.local_log,
     )
     if rc in STOPPED and _said(paths) == "complete":  # the signal came after the last step: nothing was cut short
         return
     if got and got[0] == signal.SIGINT and rc != 0:  # Ctrl-C: the trainer stopped where it was
-        error = FtctlError(_ctrl_c_message(rendered.spec, paths))
+        error = Stopped(_ctrl_c_message(rendered.spec, paths))
         error.exit_code = 128 + signal.SIGINT
         raise error
     if len(got) > 1 and _said(paths) not in ("complete", "preempted"):  # its checkpoint came first otherwise
-        error = FtctlError(
+        error = Stopped(
             f"stopped at once ({signal.Signals(got[-1]).name} again to ftctl launch): the checkpoint of the step it "
             "was on is lost; the same `ftctl launch` resumes from the last complete one."
         )
         error.exit_code = 128 + got[0]
         raise error
     if rc in STOPPED and not failures.read(paths.failures):  # passed on to a trainer that stopped as asked
-        error = FtctlError(
+        error = Stopped(
             f"stopped ({signal.Signals(rc - 128).name} to ftctl launch): the trainer saved a checkpoint at its step "
             "boundary first; the same `ftctl launch` resumes it."
         )
         error.exit_code = rc
         raise error
     if rc == 0 and not got and _said(paths) == "preempted":  # its stop file, touched by `ftctl cancel RUN_DIR`
-        error = FtctlError(
+        error = Stopped(
             "stopped (ftctl cancel): the trainer saved a checkpoint at its step boundary first; the same "
             "`ftctl launch` resumes it."
         )
@@ -500,28 +519,38 @@ def run_filtered(
     stop_file: Path | None = None,
     signals: list[int] | None = None,
     heard: Callable[[], bool] | None = None,
+    log: Path | None = None,
 ) -> int:
     """Run ``cmd``; stdout passes through, and so does stderr until torchrun's own failure report
     starts (its log lines and ChildFailedError traceback repeat what the failing rank recorded). What
     is held back is kept in ``held``; FTCTL_DEBUG=1 prints everything. ``stop_file``: the trainer's
     ($FTCTL_STOP_FILE), which SIGTERM or SIGHUP to this process creates (_forwarding_signals); ``signals``: a list
-    the signals this process received are appended to; ``heard``: whether the child has said it was interrupted."""
+    the signals this process received are appended to; ``heard``: whether the child has said it was interrupted;
+    ``log``: a file what passes through (both streams) is appended to, for `ftctl logs` from another terminal."""
     if os.environ.get("FTCTL_DEBUG"):
         proc = subprocess.Popen(cmd, env=env)
         with _forwarding_signals(proc, stop_file, signals, heard) as got:
             rc = proc.wait()
         return rc or (128 + got[0] if got else 0)
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    piped = subprocess.PIPE if log is not None else None
+    proc = subprocess.Popen(cmd, env=env, stdout=piped, stderr=subprocess.PIPE, text=True, errors="replace")
     holding, kept = False, []
-    with _forwarding_signals(proc, stop_file, signals, heard) as got:
+    with _Tee(log) as tee, _forwarding_signals(proc, stop_file, signals, heard) as got:
+        relay = None
+        if proc.stdout is not None:
+            relay = threading.Thread(target=_relay, args=(proc.stdout, sys.stdout, tee), daemon=True)
+            relay.start()
         for line in proc.stderr:
             if not holding and _torchrun_report(line):
                 holding = True
             if holding:
                 kept.append(line)
             else:
-                _echo(line)
+                _echo(line, sys.stderr)
+                tee(line)
         rc = proc.wait()
+        if relay is not None:
+            relay.join()
     try:
         held.write_text("".join(kept))
     except OSError as e:  # a full disk (what the run may have failed of): the failure's message comes first
@@ -529,13 +558,56 @@ def run_filtered(
     return rc or (128 + got[0] if got else 0)  # stopped as asked, with a checkpoint: still not a finished run
 
 
-def _echo(line: str) -> None:
+def _echo(line: str, stream) -> None:
     """Pass a line of the trainer's on; a closed terminal (EIO until its SIGHUP is handled) does not stop the run."""
     try:
-        sys.stderr.write(line)
-        sys.stderr.flush()
+        stream.write(line)
+        stream.flush()
     except OSError:
         pass
+
+
+def _relay(source, stream, tee) -> None:
+    for line in source:
+        _echo(line, stream)
+        tee(line)
+
+
+class _Tee:
+    """Appends lines to a run's log (a relaunch's after the last's, under a line saying when), from the threads that
+    pass the trainer's two streams on; a log that cannot be written is said once and left, the run goes on."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.fh, self.lock = path, None, threading.Lock()
+
+    def __enter__(self):
+        if self.path is not None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.fh = open(self.path, "a", buffering=1, encoding="utf-8", errors="replace")
+                self.fh.write(f"ftctl: launched {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            except OSError as e:
+                self._lost(e)
+        return self
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            if self.fh is None:
+                return
+            try:
+                self.fh.write(line)
+            except OSError as e:  # a full disk: the run's own failure, if it is one, comes first
+                self._lost(e)
+
+    def _lost(self, e: OSError) -> None:
+        click.echo(f"warning: cannot keep the run's log in {self.path}: {e.strerror or e}", err=True)
+        self.__exit__()
+
+    def __exit__(self, *exc):
+        if self.fh is not None:
+            with contextlib.suppress(OSError):
+                self.fh.close()
+            self.fh = None
 
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP)

@@ -12,7 +12,6 @@ controller's memory for ``MinJobAge``, 300 s by default), then ``sacct`` (needs 
 
 from __future__ import annotations
 
-import codecs
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from ftctl.errors import FtctlError, NoAnswer, NotSent
+from ftctl.logfile import copy_new, new_decoder
 
 COMMAND_TIMEOUT_S = 60
 FINISHED_STATES = frozenset(
@@ -236,12 +236,12 @@ def logs(
             f"Slurm no longer knows where job {job_id} wrote its output; look for "
             f"slurm-{job_id}.out in the job's run directory"
         )
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder = new_decoder()
     offset = 0
     last_check = 0.0
     waiting = None  # the wait last said (a pending job's follow printed nothing until it started)
     while True:
-        offset = _copy_new(log, offset, out, decoder)
+        offset = copy_new(log, offset, out, decoder)
         if not follow:
             if offset == 0 and not log.exists():
                 raise FtctlError(
@@ -257,10 +257,10 @@ def logs(
             except NoRecord:  # the log is there: a job that ended and was forgotten (no accounting), not running
                 if not log.exists():
                     raise
-                _copy_new(log, offset, out, decoder)
+                copy_new(log, offset, out, decoder)
                 return log
             if state.finished:
-                if not _copy_new(log, offset, out, decoder) and not log.exists():
+                if not copy_new(log, offset, out, decoder) and not log.exists():
                     print(f"ftctl: job {state.describe()}: it ended before it wrote any output", file=sys.stderr)
                 return log
             if offset == 0 and not log.exists() and state.describe() != waiting:
@@ -427,19 +427,3 @@ def _int(raw: str) -> int | None:
         return int(raw.strip())
     except (ValueError, AttributeError):
         return None
-
-
-def _copy_new(path: Path, offset: int, out: IO[str], decoder) -> int:
-    """Write what was appended to ``path`` since ``offset``; returns the new offset. The
-    incremental decoder keeps a UTF-8 character split between two reads whole."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read()
-    except FileNotFoundError:
-        return offset
-    text = decoder.decode(data)
-    if text:
-        out.write(text)
-        out.flush()
-    return offset + len(data)
