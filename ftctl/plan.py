@@ -334,16 +334,12 @@ def model_shape(model: str, model_params: str | None = None) -> ModelShape:
     try:
         return _shape_from_config(hub.model_config(model), f"{model} on the Hub")
     except hub.HubError as e:
+        meant = did_you_mean(_base_id(model), _KNOWN) if e.kind == "missing" else ""  # a known id mistyped?
         known = ""
         if e.kind == "unreachable":  # offline (a login node, an air-gapped cluster): what plans without the Hub
-            known = (
-                " The ids sized without it (and their -Instruct, -chat, -it variants): "
-                + ", ".join(sorted(KNOWN_MODELS))
-                + "."
-            )
+            known = f" The ids sized without it (and their -Instruct, -chat, -it variants): {', '.join(sorted(KNOWN_MODELS))}."
         raise FtctlError(
-            f"Cannot tell the size of model {model!r}: {e}.{did_you_mean(_base_id(model), _KNOWN)} Or pass its "
-            f"size, e.g. --model-params 7b.{known}"
+            f"Cannot tell the size of model {model!r}: {e}.{meant} Or pass its size, e.g. --model-params 7b.{known}"
         ) from None
 
 

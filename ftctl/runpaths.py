@@ -26,7 +26,7 @@ TASK_FILE = "task.yaml"
 DOCKER_FILE = "docker-run.sh"
 SOURCE_DIR = "src"  # ftctl's own source, shipped with a SkyPilot task as its workdir
 SLURM_LOG_PATTERN = "slurm-%j.out"  # Slurm expands %j to the job id
-LOCAL_LOG_FILE = "train.log"  # what a detached local or docker run prints
+LOCAL_LOG_FILE = "train.log"  # what a local run prints, both streams (ftctl logs RUN_DIR)
 FAILURES_DIR = ".ftctl/failures"  # one record per failing rank (ftctl.failures)
 # a finished run's output holds its final model at the top: PEFT's adapter, or a full model's config and weights
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's name; the mark of a lora/qlora output
