@@ -447,6 +447,17 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
 
 
 # ------------------------------------------------------------------------------------------ memory
+def experts_stay_16bit(method: str, shape: ModelShape) -> str:
+    """Why qlora of a mixture of experts weighs so much more than its 4 bits a parameter ("" where it does not)."""
+    if method != "qlora" or not shape.experts:
+        return ""
+    return (
+        f"the experts stay 16-bit under qlora ({shape.expert_params_b:.1f}B of the {shape.params_b:.1f}B parameters, "
+        f"{2 * shape.expert_params_b:.0f} GB): transformers 5 fuses them into 3D parameters, which bitsandbytes does "
+        "not quantize; the attention and dense layers are 4-bit"
+    )
+
+
 def adapts_experts(method: str, shape: ModelShape, spec: RunSpec) -> bool:
     """Whether LoRA adapts a mixture of experts' fused expert weights: all-linear on a shape with experts."""
     return method in ("lora", "qlora") and bool(shape.experts) and spec.lora_target_modules.strip() == "all-linear"
@@ -857,6 +868,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     world = req.world_size
     notes: list[str] = []
     attn, scores = _attention(spec, req, shape)
+    if said := experts_stay_16bit(method, shape):
+        notes.append(said)
     asked = spec.attn_implementation
     if scores and shape.attn_softcap and asked in ("varlen", "flash_attention_2"):
         notes.append(
@@ -1163,6 +1176,8 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         f"{req.tier.a_card} has {req.tier.memory_gb:g} GB and ftctl plans within {HEADROOM:.0%} of it "
         f"({HEADROOM * req.tier.memory_gb:.1f} GB)."
     )
+    if said := experts_stay_16bit(method, shape):
+        msg += f" {said[0].upper()}{said[1:]}."
     if any(s in OFFLOAD_STRATEGIES for s in strategies):  # the planner's last resort, or the one forced
         host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)
         host = (

@@ -854,6 +854,12 @@ def test_moe_qlora_keeps_its_experts_in_16_bits_and_a_24_gb_card_is_refused(tmp_
     assert shape.expert_params_b == pytest.approx(26 * 64 * 3 * 2048 * 1408 / 1e9)
     with pytest.raises(PlanError, match="does not fit 1xRTX4090"):
         plan(method="lora", gpus="1xRTX4090", model_name_or_path=str(tmp_path))
+    # said: a user counts 4 bits a parameter, ~8 GB for 15.7B, and took the plan's 26 GB for a mistake
+    said = f"the experts stay 16-bit under qlora ({shape.expert_params_b:.1f}B of the 15.7B parameters, 29 GB)"
+    assert any(n.startswith(said) for n in plan(method="qlora", gpus="1xA100", model_name_or_path=str(tmp_path)).notes)
+    with pytest.raises(PlanError, match=r"does not fit 1xT4: .* The experts stay 16-bit under qlora \("):
+        plan(method="qlora", gpus="1xT4", model_name_or_path=str(tmp_path))
+    assert not plan(method="lora", gpus="1xH100", model_name_or_path=str(tmp_path)).notes  # lora's are 16-bit anyway
 
 
 def test_what_the_plan_does_not_use_is_noted(tiny_model_dir, tmp_path):
