@@ -323,18 +323,35 @@ def check_lora_targets(spec) -> list[Finding]:
 
 
 def _model_config(name_or_path: str) -> dict | None:
-    """The model's config.json as a dict, None where it cannot be read here."""
+    """The model's config.json as a dict: a local directory's (the demo model's once built), else the Hub's, else
+    for a known id one of its architecture's layer (what its modules are named); None where none can be had."""
     from ftctl import hub
+    from ftctl.plan import known_shape
     from ftctl.spec import is_demo_model
 
     local = Path(name_or_path).expanduser() / "config.json"
+    if is_demo_model(name_or_path):  # built here from its wheel, never asked of the Hub
+        from ftctl.trainer.model import demo_model_dir
+
+        local = demo_model_dir() / "config.json"
     try:
         if local.is_file():
             return json.loads(local.read_text())
-        if HUB_ID.match(name_or_path) and not is_demo_model(name_or_path):  # the demo's is built here, no Hub
+        if HUB_ID.match(name_or_path) and not is_demo_model(name_or_path):
             return hub.model_config(name_or_path)  # asked already by check_model: cached
     except (OSError, ValueError, hub.HubError):
         pass
+    if shape := known_shape(name_or_path):  # offline, or the demo model not built yet
+        heads = shape.attention_heads
+        return {
+            "model_type": shape.model_type or "llama",  # Llama's module names: Mistral's, Qwen 2's, Vicuna's too
+            "hidden_size": shape.hidden,
+            "intermediate_size": shape.mlp,
+            "num_hidden_layers": 1,
+            "num_attention_heads": heads,
+            "num_key_value_heads": max(1, heads * (shape.kv_dim or shape.hidden) // shape.hidden),
+            "vocab_size": shape.vocab,
+        }
     return None
 
 
