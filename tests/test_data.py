@@ -839,9 +839,9 @@ def test_csv_is_one_problem_that_says_how_to_convert_it(tmp_path, tiny_tokenizer
     assert str(e.value) == (
         f"Cannot read {tmp_path / 'actually.csv'}: ftctl reads .json, .jsonl and .parquet files, not CSV; convert it "
         "to JSON Lines with columns a format names (instruction/output, prompt/completion, text), e.g. python -c "
-        "\"import pandas as pd; pd.read_csv('actually.csv').to_json('actually.jsonl', orient='records', lines=True, "
-        'force_ascii=False)"'
-    )
+        f"\"import pandas as pd; pd.read_csv('{tmp_path / 'actually.csv'}').to_json('{tmp_path / 'actually.jsonl'}', "
+        "orient='records', lines=True, force_ascii=False)\""
+    )  # the path as given, not its name alone: run from elsewhere, that named no file
 
 
 def test_template_refusal_is_a_row_error(tmp_path, tiny_tokenizer):

@@ -258,13 +258,13 @@ def _csv_separator(line: str) -> str | None:
 
 def _convert(name: str, sep: str = ",") -> str:
     """How to turn a CSV/TSV file into JSON Lines ftctl reads (its columns named as a format's fields)."""
-    base = posixpath.basename(name)
-    out = posixpath.splitext(base)[0] + ".jsonl"
-    out = out if out != base else out.replace(".jsonl", ".converted.jsonl")
+    here = name if "://" not in name else posixpath.basename(name)  # a store's file: converted into this directory
+    out = posixpath.splitext(here)[0] + ".jsonl"
+    out = out if out != here else out.replace(".jsonl", ".converted.jsonl")
     option = ", sep='\\t'" if sep == "\t" else ""
     return (
         f"convert it to JSON Lines with columns a format names (instruction/output, prompt/completion, text), e.g. "
-        f"python -c \"import pandas as pd; pd.read_csv('{base}'{option}).to_json('{out}', orient='records', "
+        f"python -c \"import pandas as pd; pd.read_csv('{name}'{option}).to_json('{out}', orient='records', "
         f'lines=True, force_ascii=False)"'
     )
 
