@@ -70,6 +70,12 @@ HARMLESS_LOGS = (
         "checkpoints saved within a second of each other (short runs): they are ordered by step, as ftctl wants",
     ),
     (
+        "transformers.trainer",
+        r"^There were missing keys in the checkpoint model loaded: \['lm_head\.weight'\]\.$",
+        "a model whose output head is its embeddings (tie_word_embeddings: SmolLM2, Llama 3.2 1B/3B, Gemma) saves "
+        "them once, and the resumed model shares them again: its first loss is the one the run would have had",
+    ),
+    (
         "DeepSpeed",
         r"Setting accelerator to CPU",
         "printed when DeepSpeed is imported on a machine without GPUs, where ftctl plans CPU runs",
