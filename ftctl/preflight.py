@@ -30,6 +30,7 @@ docker runs.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -93,6 +94,7 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nod
     if backend_name == "slurm" and not any(f.level == ERROR for f in findings):  # a queue wait before the trainer
         findings += check_tokenized(spec)
     findings += check_disk(spec, plan) + check_secrets(spec) + check_demo_defaults(spec, backend_name)
+    findings += check_signal_lead(spec, plan) if backend_name == "slurm" else []
     findings += check_endpoint_reach(spec, backend_name)
     return sorted(findings, key=lambda f: f.level != ERROR)
 
@@ -698,6 +700,32 @@ def checkpoint_gb(plan) -> tuple[float, float]:
     else:  # lora/qlora save the adapters only
         weights = WEIGHT_BYTES * trainable
     return weights + OPTIMIZER_BYTES * trainable, weights
+
+
+SHARED_FS_GBPS = 1.0  # what a cluster's shared filesystem (NFS, Lustre, GPFS) writes for one job, assumed
+STEP_MARGIN_S = 60  # the step under way when the signal comes, finished before the save
+
+
+def check_signal_lead(spec, plan) -> list[Finding]:
+    """Slurm's USR2 comes signal_lead_s before the time limit: the step under way ends, then the checkpoint is written
+    (and sent to an object-store output), before Slurm kills the job at its limit. A full fine-tune's checkpoint
+    (fp32 weights and two optimizer moments: 96 GB for 8B) may take longer than the default 120 s to write."""
+    one, _ = checkpoint_gb(plan)
+    writes = 2 if storage.is_remote(spec.output) else 1  # staged on the node, then uploaded
+    need = writes * one / SHARED_FS_GBPS + STEP_MARGIN_S
+    if need <= spec.signal_lead_s:
+        return []
+    lead = math.ceil(need / 60) * 60
+    return [
+        Finding(
+            WARNING,
+            f"a checkpoint of this run is ~{storage.size_text(one * 1e9)}: "
+            + ("written and uploaded" if writes > 1 else "written")
+            + f" at {SHARED_FS_GBPS:g} GB/s after the step under way ends, it needs ~{need:.0f} s; Slurm's USR2 comes "
+            f"signal_lead_s={spec.signal_lead_s} s before the time limit, and at the limit the job is killed, mid-save",
+            f"give it more: -o signal_lead_s={lead}.",
+        )
+    ]
 
 
 def check_disk(spec, plan) -> list[Finding]:

@@ -612,3 +612,23 @@ def test_a_mistyped_template_file_in_a_directory_is_said_before_the_job(tmp_path
     data.write_text('{"text": "a"}\n')
     got = CliRunner().invoke(main, ["data", "check", str(data), "--chat-template-path", str(tmp_path / "nope.jinja")])
     assert got.exit_code == 2 and f"chat_template_path {tmp_path / 'nope.jinja'}: no such file" in got.output
+
+
+def test_a_checkpoint_that_takes_longer_to_write_than_slurms_signal_lead_is_said():
+    """USR2 comes signal_lead_s (120 s) before the time limit; 8B fft's checkpoint (fp32 weights and two moments,
+    ~96 GB) took longer than that to write on a cluster's shared filesystem, and the job was killed mid-save at its
+    limit: every step since the last checkpoint lost, each time limit."""
+    from ftctl.preflight import check_signal_lead
+    from ftctl.spec import build
+
+    def said(**keys):
+        spec = build({"model_name_or_path": "meta-llama/Llama-3.1-8B", "gpus": "8xA100-80GB", **keys})
+        return check_signal_lead(spec, make_plan(spec))
+
+    (found,) = said(method="fft", output_dir="/shared/runs/r1")
+    assert found.level == WARNING and found.what.startswith("a checkpoint of this run is ~96.4 GB: written at 1 GB/s")
+    assert found.fix == "give it more: -o signal_lead_s=180."
+    (uploaded,) = said(method="fft", output_dir="s3://b/r1")  # written on the node, then sent: twice the time
+    assert "written and uploaded" in uploaded.what and uploaded.fix == "give it more: -o signal_lead_s=300."
+    assert said(method="fft", output_dir="/shared/runs/r1", signal_lead_s=180) == []
+    assert said(method="lora", output_dir="/shared/runs/r1") == []  # adapters: a few hundred MB
