@@ -1202,6 +1202,15 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         if here is not None:
             hints.append(f"--method {other} on these {req} ({here.strategy}, ~{here.memory_gb:.0f} GB/GPU)")
             break
+    length = spec.model_max_length // 2
+    while length >= MIN_HINTED_LENGTH:  # the activations are what does not fit: shorter rows on these GPUs
+        if shorter := _fit(replace(spec, model_max_length=length), req, shape, method):
+            hints.append(
+                f"-o model_max_length={length} on these {req} ({shorter.strategy}, ~{shorter.memory_gb:.0f} GB/GPU; "
+                "longer rows are cut to it)"
+            )
+            break
+        length //= 2
     same = _nearest(spec, shape, method, req)
     if same:
         hints.append(f"--gpus {same.gpus} --method {method} ({same.strategy}, ~{same.memory_gb:.0f} GB/GPU)")
@@ -1214,6 +1223,9 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     else:
         msg += " Nothing up to 4 nodes of 8 GPUs fits: use a smaller model."
     return msg
+
+
+MIN_HINTED_LENGTH = 512  # the shortest model_max_length a plan that does not fit suggests
 
 
 def _nearest(spec: RunSpec, shape: ModelShape, method: str, req) -> Plan | None:

@@ -111,6 +111,19 @@ def test_a_refusal_says_the_memory_it_plans_within():
     assert "needs about 16.4 GB per GPU; a V100 has 16 GB and ftctl plans within 92% of it (14.7 GB)." in str(e.value)
 
 
+def test_rows_too_long_for_the_gpus_asked_for_are_answered_with_the_length_that_fits():
+    """qlora of 8B at 131,072 tokens on an L4: what does not fit is the activations of one row, and the hints named
+    bigger GPUs only. The longest model_max_length (halved) that fits these GPUs comes first, and it really fits."""
+    with pytest.raises(PlanError) as e:
+        plan(method="qlora", gpus="1xL4", model_name_or_path="meta-llama/Llama-3.1-8B", o=["model_max_length=131072"])
+    first = str(e.value).split("Nearest plans that fit: ")[1].split("; or ")[0]
+    assert first.startswith("-o model_max_length=32768 on these 1xL4 (single, ~"), first
+    _fits(plan(method="qlora", gpus="1xL4", model_name_or_path="meta-llama/Llama-3.1-8B", o=["model_max_length=32768"]))
+    with pytest.raises(PlanError) as e:  # the weights alone do not fit: no length helps, none is said
+        plan(method="fft", gpus="1xA100", model_name_or_path="meta-llama/Llama-3.1-8B")
+    assert "model_max_length" not in str(e.value)
+
+
 @pytest.mark.parametrize("method,other", [("fft", "lora"), ("qlora", "lora")])
 def test_a_method_that_fits_the_gpus_asked_for_comes_first(method, other):
     """70B on 8xA100: fft's leanest plan needs ~150 GB a GPU, qlora's 4-bit base is not sharded (49 GB); lora's base
