@@ -121,6 +121,7 @@ from ftctl.trainer.attention import (
     plan_attention,
 )
 
+OFFLOADED_OPTIMIZER = "DeepSpeed's CPU AdamW, fp32"  # what runs under an offload strategy (trainer.distributed)
 UNFUSED_ADAPTERS_H = 4  # activations outside Liger, a token and layer: lora/qlora's norms (module docstring)
 UNFUSED_WEIGHTS_H = 13  # fft/sft's (the norms' weights train), fitted: the count says 8
 HEADROOM = 0.92
@@ -272,7 +273,10 @@ class Plan:
                 f"accumulation x {self.world_size} = {self.global_batch_size} sequences",
             ),
             ("gradient ckpt", "on" if self.gradient_checkpointing else "off"),
-            ("optimizer", f"{self.optim}, lr {self.learning_rate:g}"),
+            (
+                "optimizer",
+                f"{OFFLOADED_OPTIMIZER if self.strategy in OFFLOAD_STRATEGIES else self.optim}, lr {self.learning_rate:g}",
+            ),
             *([("data mix", self.data_mix)] if self.data_mix else []),
             *([("evaluation", self.evaluation)] if self.evaluation else []),
             (
@@ -997,8 +1001,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             f"model_max_length {spec.model_max_length} is over the model's context of {shape.context} tokens: "
             f"-o model_max_length={shape.context} unless you are extending its context"
         )
-    if strategy in OFFLOAD_STRATEGIES and spec.optim and "adam" not in spec.optim.lower():
-        notes.append(f"optim={spec.optim} is not what runs: an offloaded optimizer is DeepSpeed's CPU Adam")
+    if strategy in OFFLOAD_STRATEGIES and spec.optim and spec.optim not in ("adamw_torch", "adamw_torch_fused"):
+        notes.append(f"optim={spec.optim} is not what runs: an offloaded optimizer is {OFFLOADED_OPTIMIZER}")
     if strategy == "zero2_offload":
         notes.append("optimizer offloaded to CPU RAM (DeepSpeed's CPU Adam): each step waits for it")
     if strategy == "zero3_offload":

@@ -51,6 +51,15 @@ def test_7b_fft_single_a100_80gb_needs_offload():
     assert p.host_memory_gb == pytest.approx(2 * 2**35 / 1e9 + 2**34 / 1e9 + 8 * 6.74 + 6 + 2 * 6.74, rel=0.01)
     assert p.memory["optimizer"] == 0 and p.memory["weights"] == pytest.approx(2 * 6.74, rel=0.01)
     assert any("offload" in n for n in p.notes)
+    # the table named adamw_torch_fused, and an 8-bit optim given was taken without a word: DeepSpeed's runs
+    assert "optimizer      DeepSpeed's CPU AdamW, fp32, lr " in p.table("m")
+    given = plan(
+        method="fft",
+        gpus="1xA100-80GB",
+        model_name_or_path="lmsys/vicuna-7b-v1.5",
+        o=["optim=adamw_8bit", "strategy=zero2_offload"],
+    )
+    assert "optim=adamw_8bit is not what runs: an offloaded optimizer is DeepSpeed's CPU AdamW, fp32" in given.notes
     # the node's RAM was not given: the plan says what it assumed (2x the GPU's 80 GB) and how to say otherwise
     assert any("assumed to have 160 GB of RAM" in n and "-o host_memory_gb=N" in n for n in p.notes), p.notes
     # a 30B model's 16-bit weights and gradients (120 GB) do not fit an 80 GB GPU: its weights go too
