@@ -1247,6 +1247,8 @@ def secret_problem(name: str, environ: typing.Mapping[str, str] | None = None) -
     return None
 
 
+# the variable a tool's login reads its credential from, named in the fix for a credential written in a setup line
+_TOOL_SECRETS = {"wandb": "WANDB_API_KEY", "huggingface-cli": "HF_TOKEN", "hf": "HF_TOKEN"}
 _CREDENTIAL_OPTION = re.compile(r"--?(?:token|api[-_]?key|password|passwd)", re.I)
 
 
@@ -1271,9 +1273,10 @@ def setup_secret_problem(line: str, secrets=()) -> str | None:
         token = looks_like_token(after) and "." not in after  # not a registry's host name
         credential = _CREDENTIAL_OPTION.fullmatch(option) or (option == "login" and token)
         if credential and after and "$" not in after and not after.startswith("-"):
+            var = next((v for tool, v in _TOOL_SECRETS.items() if tool in words), "TOKEN")
             return (
-                f'setup line gives {option} {written}: write a variable there ("$HF_TOKEN"), export it where you '
-                f"launch and pass --secret with its name {by_name}."
+                f'setup line gives {option} {written}: write a variable there ("${var}"), export it where you '
+                f"launch and pass --secret {var} {by_name}."
             )
     return None
 

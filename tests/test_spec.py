@@ -693,9 +693,12 @@ TOKEN = "hf_" + "AbCdEfGh12345678IjKl"  # the shape of a token, not one
     [
         (f"export HF_TOKEN={TOKEN}", "setup line sets HF_TOKEN to a value (not repeated here)"),
         (f"WANDB_API_KEY={TOKEN} python3 -c pass", "setup line sets WANDB_API_KEY to a value"),
-        (f"huggingface-cli login --token {TOKEN}", "setup line gives --token a value (not repeated here)"),
-        (f"huggingface-cli login --token={TOKEN}", "setup line gives --token a value"),
-        (f"wandb login {TOKEN}", "setup line gives login a value"),
+        (f"huggingface-cli login --token {TOKEN}", "setup line gives --token a value (not repeated here), which "),
+        (
+            f"huggingface-cli login --token={TOKEN}",
+            '("$HF_TOKEN"), export it where you launch and pass --secret HF_TOKEN',
+        ),
+        (f"wandb login {TOKEN}", '("$WANDB_API_KEY"), export it where you launch and pass --secret WANDB_API_KEY'),
     ],
 )
 def test_a_credential_in_a_setup_line_is_refused(line, said):
