@@ -211,11 +211,6 @@ def _base_id(model: str) -> str:
 _KNOWN = {_base_id(k): v for k, v in KNOWN_MODELS.items()}
 
 
-def known_shape(model: str) -> ModelShape | None:
-    """The shape of a known id (or of its tuned variants), None for any other."""
-    return _KNOWN.get(_base_id(model))
-
-
 @dataclass
 class Plan:
     method: str
@@ -326,7 +321,7 @@ def model_shape(model: str, model_params: str | None = None) -> ModelShape:
     cfg_path = Path(model) / "config.json"
     if cfg_path.is_file():
         return _shape_from_config(read_config(cfg_path), f"{cfg_path}")
-    if known := known_shape(model):
+    if known := _KNOWN.get(_base_id(model)):
         return known
     from ftctl import hub, storage
 

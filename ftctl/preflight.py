@@ -85,7 +85,7 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nod
     from concurrent.futures import ThreadPoolExecutor
 
     findings = check_gpus(plan, backend_name, detected) + check_model(spec.model_name_or_path)
-    findings += check_chat_template(spec.chat_template_path) + check_lora_targets(spec)
+    findings += check_chat_template(spec.chat_template_path) + check_lora_targets(spec, plan.model)
     with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
         data = [pool.submit(check_data, p, spec.s3_endpoint_url, f) for f, p in spec.data_sources]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
@@ -296,7 +296,7 @@ def check_model(name_or_path: str, flag: str = "--model") -> list[Finding]:
     return []
 
 
-def check_lora_targets(spec) -> list[Finding]:
+def check_lora_targets(spec, shape=None) -> list[Finding]:
     """lora_target_modules named one by one, matched against the model's modules as the trainer matches them
     (methods.lora_targets), on a model built on the meta device from its config.json (a local directory's, or the
     Hub's where it answers): a typo was said only by the trainer, on a cluster after the queue wait. Nothing is
@@ -305,7 +305,7 @@ def check_lora_targets(spec) -> list[Finding]:
 
     if spec.method not in ("lora", "qlora") or lora_target_names(spec.lora_target_modules) == "all-linear":
         return []
-    config = _model_config(spec.model_name_or_path)
+    config = _model_config(spec.model_name_or_path, shape)
     if config is None:
         return []
     try:
@@ -324,29 +324,25 @@ def check_lora_targets(spec) -> list[Finding]:
     return []
 
 
-def _model_config(name_or_path: str) -> dict | None:
-    """The model's config.json as a dict: a local directory's (the demo model's once built), else the Hub's, else
-    for a known id one of its architecture's layer (what its modules are named); None where none can be had."""
+def _model_config(name_or_path: str, shape=None) -> dict | None:
+    """The model's config.json as a dict: a local directory's, else the Hub's, else for a known id (``shape``, the
+    plan's: the demo model before it is built, a known id offline) one of its architecture's layer, which names its
+    modules; None where none can be had."""
     from ftctl import hub
-    from ftctl.plan import known_shape
     from ftctl.spec import is_demo_model
 
     local = Path(name_or_path).expanduser() / "config.json"
-    if is_demo_model(name_or_path):  # built here from its wheel, never asked of the Hub
-        from ftctl.trainer.model import demo_model_dir
-
-        local = demo_model_dir() / "config.json"
     try:
         if local.is_file():
             return json.loads(local.read_text())
-        if HUB_ID.match(name_or_path) and not is_demo_model(name_or_path):
+        if HUB_ID.match(name_or_path) and not is_demo_model(name_or_path):  # the demo's is built here, no Hub
             return hub.model_config(name_or_path)  # asked already by check_model: cached
     except (OSError, ValueError, hub.HubError):
         pass
-    if shape := known_shape(name_or_path):  # offline, or the demo model not built yet
+    if shape is not None and shape.source == "known id":
         heads = shape.attention_heads
         return {
-            "model_type": shape.model_type or "llama",  # Llama's module names: Mistral's, Qwen 2's, Vicuna's too
+            "model_type": shape.model_type or "llama",  # Llama's module names: SmolLM2's, Mistral's, Qwen 2's too
             "hidden_size": shape.hidden,
             "intermediate_size": shape.mlp,
             "num_hidden_layers": 1,

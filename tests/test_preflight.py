@@ -102,23 +102,19 @@ def test_model_directory_or_hub_id(tmp_path, model_dir, monkeypatch):
         (model_dir / name).unlink()
 
 
-def test_lora_target_modules_are_matched_against_the_models_modules_before_the_job(
-    tiny_model_dir, tmp_path, monkeypatch
-):
+def test_lora_target_modules_are_matched_against_the_models_modules_before_the_job(tiny_model_dir, monkeypatch):
     """A typo in lora_target_modules was said by the trainer only, on a cluster after the queue wait: the preflight
     builds the model on the meta device from its config.json and says it in the trainer's words. Without a config
     to read (the demo model not built yet, a known id offline) it builds a layer of the known shape's architecture:
-    the demo's dry run said nothing of a typo."""
+    the demo's dry run said nothing of a typo (the plan's known shape, passed in)."""
     from ftctl.spec import DEMO_MODEL, build
 
-    monkeypatch.setenv("FTCTL_CACHE", str(tmp_path / "cache"))  # the demo model not built
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for model in (DEMO_MODEL, "meta-llama/Llama-3.1-8B-Instruct", "google/gemma-2-9b-it"):
-        (found,) = preflight.check_lora_targets(build({"model_name_or_path": model, "lora_target_modules": "q_prj"}))
-        assert f"no module of {model} is named 'q_prj'. Did you mean 'q_proj'?" in found.what
-        assert (
-            preflight.check_lora_targets(build({"model_name_or_path": model, "lora_target_modules": "down_proj"})) == []
-        )
+        for targets, found in (("q_prj", 1), ("down_proj", 0)):
+            spec = build({"model_name_or_path": model, "lora_target_modules": targets, "gpus": "1xH100"})
+            said = preflight.check_lora_targets(spec, make_plan(spec).model)
+            assert len(said) == found and all(f"no module of {model} is named 'q_prj'. Did you" in f.what for f in said)
 
     spec = build({"model_name_or_path": str(tiny_model_dir), "lora_target_modules": "q_prj,v_proj"})
     (found,) = preflight.check_lora_targets(spec)
