@@ -4,6 +4,8 @@ job writes (a Slurm job's slurm-JOB.out, a local run's train.log)."""
 from __future__ import annotations
 
 import codecs
+import contextlib
+import fcntl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +30,24 @@ def copy_new(path: Path, offset: int, out: IO[str], decoder) -> int:
         out.write(text)
         out.flush()
     return offset + len(data)
+
+
+def hold(fh) -> None:
+    """Mark an open log as being written (an exclusive flock its writer keeps until it closes it): see ``held``."""
+    with contextlib.suppress(OSError):  # no locks on this file system: followers go by the trainer's own lock
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def held(path: Path) -> bool:
+    """Whether a writer holds ``path`` (``hold``): a run's launcher, from before its model loads to its last line."""
+    try:
+        with open(path, "rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def follow(path: Path, writing: Callable[[], bool], out: IO[str], poll_s: float = 0.5) -> None:

@@ -702,3 +702,27 @@ def test_torchruns_report_that_cannot_be_kept_is_a_warning_not_a_traceback(tmp_p
     err = capsys.readouterr().err
     assert f"warning: cannot keep torchrun's report in {unwritable}: No such file or directory" in err
     assert "ChildFailedError" not in err  # held back, as before
+
+
+def test_a_log_being_written_is_followed_from_before_the_trainer_holds_its_run(tmp_path):
+    """`ftctl logs -f RUN_DIR` right after the launch (the model still loading, no trainer holding the run yet)
+    printed the first lines and stopped: the launcher holds its log while it writes it, and that is followed."""
+    import io
+    import threading
+
+    from ftctl.logfile import follow, held, hold
+
+    log = tmp_path / "train.log"
+    log.write_text("ftctl: launched\n")
+    assert not held(log)
+    with open(log, "a", buffering=1) as fh:
+        hold(fh)
+        assert held(log)
+        out = io.StringIO()
+        follower = threading.Thread(target=follow, args=(log, lambda: held(log), out, 0.05))
+        follower.start()
+        time.sleep(1.5)  # past follow's first ask of whether the log is written
+        fh.write("step 1/2  loss 1.0\n")
+    follower.join(timeout=10)
+    assert not follower.is_alive() and out.getvalue() == "ftctl: launched\nstep 1/2  loss 1.0\n"
+    assert not held(log)

@@ -29,7 +29,7 @@ from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, 
 from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV, STOP_ENV
 from ftctl.errors import FtctlError, Stopped
 from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv, trainer_env
-from ftctl.logfile import copy_new, new_decoder
+from ftctl.logfile import copy_new, held, hold, new_decoder
 from ftctl.logfile import follow as follow_log
 from ftctl.plan import DoesNotFit, Plan, PlanError, make_plan
 from ftctl.preflight import host_memory_gb
@@ -185,7 +185,7 @@ class LocalBackend(Backend):
 
     def logs(self, ref: JobRef, follow: bool) -> None:
         """What the run printed in the terminal that launched it, kept in its run directory (train.log); with
-        ``follow``, what it prints next, until its trainer lets the run directory go."""
+        ``follow``, what it prints next, for as long as its launcher writes it (from before the model loads)."""
         log = ref.paths.local_log
         if not log.is_file():  # a run of an ftctl that kept no log
             click.echo(self.status(ref).text)
@@ -198,7 +198,7 @@ class LocalBackend(Backend):
             copy_new(log, 0, sys.stdout, new_decoder())
             return
         paths = trainer_paths(ref)
-        follow_log(log, lambda: training_now(paths) is not None, sys.stdout)
+        follow_log(log, lambda: held(log) or training_now(paths) is not None, sys.stdout)
         click.echo(self.status(ref).text, err=True)
 
     def cancel(self, ref: JobRef) -> str:
@@ -585,6 +585,7 @@ class _Tee:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.fh = open(self.path, "a", buffering=1, encoding="utf-8", errors="replace")
+                hold(self.fh)  # `ftctl logs -f` follows while it is held
                 self.fh.write(f"ftctl: launched {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             except OSError as e:
                 self._lost(e)
