@@ -249,7 +249,7 @@ def test_slurm_refuses_a_recorded_sif_that_is_gone(tmp_path):
 
 
 def test_slurm_refuses_an_apptainer_file_that_is_not_here_and_says_what_a_dry_run_off_the_cluster_skips(
-    tmp_path, monkeypatch, capsys
+    tmp_path, monkeypatch
 ):
     """--container apptainer:/shared/img.sif with a typo was submitted, queued, and failed on the node (apptainer:
     "could not open image"). And a dry run on a laptop said nothing of the partition checks it could not make."""
@@ -259,9 +259,10 @@ def test_slurm_refuses_an_apptainer_file_that_is_not_here_and_says_what_a_dry_ru
     missing.parent.mkdir()
     missing.write_bytes(b"sif")
     monkeypatch.setenv("PATH", str(tmp_path / "imgs"))  # no sinfo
-    get("slurm").check(_prep("slurm", "8xA100", container=f"apptainer:{missing}"))
+    prep = _prep("slurm", "8xA100", container=f"apptainer:{missing}")
+    get("slurm").check(prep)
     get("slurm").check(_prep("slurm", "8xA100", container="apptainer:docker://ghcr.io/x/ftctl:t"))  # pulled there
-    said = capsys.readouterr().err
+    said = get("slurm").estimate(prep.spec, prep.plan)  # what `plan` and a dry run print last
     assert said.startswith("note: no Slurm on this machine (sinfo is not on PATH): the partition's nodes, GPUs")
 
 

@@ -165,12 +165,7 @@ class SlurmBackend(Backend):
                 "this machine: give its path there (or a registry's image, apptainer:docker://REF; `ftctl build "
                 "--apptainer` writes a .sif)."
             )
-        if not shutil.which("sinfo"):  # no Slurm here: sbatch says so
-            click.echo(
-                "note: no Slurm on this machine (sinfo is not on PATH): the partition's nodes, GPUs, CPUs, memory "
-                "and time limit are checked where `ftctl launch` submits it, on the login node",
-                err=True,
-            )
+        if not shutil.which("sinfo"):  # no Slurm here: sbatch says so (and a dry run, that nothing was checked)
             return
         in_container = kind is not None
         if not in_container and not rendered.spec.setup and (said := path_python_lacks_ftctl()):
@@ -191,6 +186,15 @@ class SlurmBackend(Backend):
         if report.gres_type:
             spec_json = rendered.files[rendered.paths.spec.name]
             rendered.text, rendered.files = self.render(spec, plan, rendered.paths, spec_json, report.gres_type)
+
+    def estimate(self, spec, plan) -> str | None:
+        """A plan or dry run off the cluster (a laptop): what could not be checked here."""
+        if shutil.which("sinfo"):
+            return None
+        return (
+            "note: no Slurm on this machine (sinfo is not on PATH): the partition's nodes, GPUs, CPUs, memory and "
+            "time limit are checked where `ftctl launch` submits the job, on the cluster's login node"
+        )
 
     def send(self, rendered: Rendered) -> JobRef:
         paths = rendered.paths
