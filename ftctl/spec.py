@@ -933,7 +933,7 @@ def _axolotl(key: str, raw):
 
 
 # the keys of an axolotl dataset entry that choose which rows, or which of their tokens, are trained, with the
-# values that ask for what ftctl does (None: none) and how to say what they ask for here
+# values that ask for what ftctl does (an empty tuple: none does) and how to ask for what they want here
 _DATASET_KEYS = {
     "split": (
         ("train",),
