@@ -31,6 +31,11 @@ class HubError(Exception):
 
 
 @functools.lru_cache(maxsize=32)
+def offline() -> bool:
+    """Whether HF_HUB_OFFLINE asks huggingface_hub for its cache only (its own reading of the variable)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def model_config(repo_id: str) -> dict:
     """The model's config.json as a dict."""
     from huggingface_hub import try_to_load_from_cache
@@ -39,7 +44,7 @@ def model_config(repo_id: str) -> dict:
     if isinstance(cached, str):
         with open(cached) as f:
             return json.load(f)
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if offline():
         raise HubError("it is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
     import httpx
     from huggingface_hub import get_token

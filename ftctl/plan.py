@@ -111,7 +111,7 @@ from pathlib import Path
 
 from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError, did_you_mean
-from ftctl.spec import FIELDS, LORA_KEYS, STRATEGIES, RunSpec, parse_size
+from ftctl.spec import FIELDS, LORA_KEYS, STRATEGIES, RunSpec, lora_target_names, parse_size
 from ftctl.trainer.attention import (
     EAGER,
     LIGER_MODEL_TYPES,
@@ -477,7 +477,7 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
     sizes = shape.projections()
     names = spec.lora_target_modules.strip()
     every = names == "all-linear"
-    targets = list(sizes) if every else [t.strip() for t in names.split(",") if t.strip()]
+    targets = list(sizes) if every else lora_target_names(names)
     if every and shape.experts:
         targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
     per_layer = sum(sum(sizes.get(t, (shape.hidden, shape.hidden))) for t in targets)

@@ -984,12 +984,13 @@ def _mixes(items):
 
 
 def lora_target_names(value: str) -> str | list[str]:
-    """lora_target_modules as PEFT takes it: "all-linear", or the list of names (once each); FtctlError for none,
-    or all-linear beside names."""
+    """lora_target_modules as PEFT takes it: "all-linear", or the list of names (once each; apart by commas, or by
+    spaces as TRL's `--lora_target_modules q_proj v_proj` gives them: no module's name holds one); FtctlError for
+    none, or all-linear beside names."""
     value = value.strip()
     if value == "all-linear":
         return value
-    names = list(dict.fromkeys(t.strip() for t in value.split(",") if t.strip()))
+    names = list(dict.fromkeys(t for t in re.split(r"[,\s]+", value) if t))
     if not names or "all-linear" in names:
         raise FtctlError(
             f"lora_target_modules={value!r}: give all-linear (alone: every linear layer but the output head) or the "

@@ -35,6 +35,7 @@ import os
 import posixpath
 from typing import IO, Any
 
+from ftctl import hub
 from ftctl.errors import FtctlError
 
 #: URI scheme -> (fsspec protocol, the pip package that provides it)
@@ -328,6 +329,7 @@ class StorageError(FtctlError):
 
 #: what :func:`store_error` tells apart
 ERROR_KINDS = ("no-credentials", "bad-credentials", "no-bucket", "denied", "timeout", "unreachable", "bad-endpoint")
+ERROR_KINDS += ("offline",)  # HF_HUB_OFFLINE beside an hf:// URI, which is read from the Hub itself
 
 #: per fsspec protocol: (what to set for credentials, the same in short, what its buckets are called)
 _STORE_HINTS = {
@@ -422,6 +424,11 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
         )
         messages["unreachable"] = (f"Cannot reach {where} for {uri}", network)
         messages["timeout"] = (f"{where} did not answer in time for {uri}", network)
+        messages["offline"] = (
+            f"HF_HUB_OFFLINE is set, and {uri} is read from {where} itself (its files are listed there)",
+            "unset HF_HUB_OFFLINE where the Hub can be reached (the job's machines too), or download the files "
+            "(hf download ORG/NAME --repo-type dataset --local-dir DIR) and give their path.",
+        )
     what, fix = messages[kind]
     return StorageError(kind, redact(what), redact(fix))
 
@@ -438,6 +445,8 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
         chain.append(e)
         e = e.__cause__ or e.__context__
     names = {cls.__name__ for e in chain for cls in type(e).__mro__}
+    if "OfflineModeIsEnabled" in names:
+        return storage_error("offline", uri, endpoint_url)
     responses = [getattr(e, "response", None) for e in chain]  # botocore's are dicts; httpx's are not
     codes = {str(r.get("Error", {}).get("Code", "")) for r in responses if isinstance(r, dict)} - {""}
     text = " ".join(str(e) for e in chain).lower()
@@ -477,6 +486,8 @@ def bucket_exists(uri: str | os.PathLike, endpoint_url: str | None = None, quick
     """Whether the bucket (container) of an object-store URI exists; True for anything else."""
     if not is_remote(uri):
         return True
+    if REMOTE_SCHEMES.get(scheme(uri), ("",))[0] == "hf" and hub.offline():  # its exists() would answer False
+        raise storage_error("offline", uri, endpoint_url)
     fs, _ = filesystem(uri, endpoint_url, quick=quick)
     bucket = _container(os.fspath(uri))
     if not hasattr(fs, "call_s3"):

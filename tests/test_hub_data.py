@@ -130,6 +130,17 @@ def test_the_hub_unreachable_is_one_line(hub, monkeypatch):
         resolve_files(f"{CHAT}/{TRAIN}")
 
 
+def test_a_hub_dataset_under_hf_hub_offline_says_so(monkeypatch):
+    """HF_HUB_OFFLINE=1 (a login node without internet; `trl` users set it): hf://datasets/... is listed on the Hub
+    itself, and the check said "No dataset repository ..., or it is private or gated", sending them to check the id."""
+    from ftctl.preflight import check_data
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (found,) = check_data(f"{CHAT}/{TRAIN}", None, "--data")
+    assert found.what.startswith(f"--data {CHAT}/{TRAIN}: HF_HUB_OFFLINE is set, and {CHAT}/{TRAIN} is read from")
+    assert "No dataset repository" not in found.what and "unset HF_HUB_OFFLINE" in found.fix
+
+
 def test_a_bare_repository_id_is_answered_with_its_hf_uri(tmp_path, monkeypatch):
     from ftctl.trainer.formats import resolve_files
 

@@ -954,3 +954,17 @@ def test_a_path_naming_a_shell_variable_is_refused_with_how_to_give_it(tmp_path)
     assert build(_yaml(tmp_path, f"output_dir: {real}\n")).output_dir == str(real)
     quoted = str(tmp_path / "new$HOME")  # on the command line the shell expands: a $ left there was quoted
     assert build(flags={"output_dir": quoted}).output_dir == quoted
+
+
+def test_lora_target_modules_apart_by_spaces_as_trls_flag_gives_them():
+    """TRL's `--lora_target_modules q_proj k_proj v_proj` (nargs) copied into -o or a run file was one name, 'q_proj
+    k_proj v_proj', which no module has: the launch stopped at it."""
+    from ftctl.spec import lora_target_names
+
+    assert lora_target_names("q_proj k_proj v_proj") == ["q_proj", "k_proj", "v_proj"]
+    assert lora_target_names("q_proj, v_proj,q_proj") == ["q_proj", "v_proj"]
+    assert build({"lora_target_modules": "q_proj v_proj"}).lora_target_modules == "q_proj v_proj"
+    from ftctl.plan import make_plan
+
+    spaced, commas = (build({"lora_target_modules": t, "gpus": "1xA100"}) for t in ("q_proj v_proj", "q_proj,v_proj"))
+    assert make_plan(spaced).trainable_params_b == make_plan(commas).trainable_params_b  # planned as the same two
