@@ -826,6 +826,11 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
         raise PlanError(
             f"strategy={spec.strategy} is not one ftctl runs {spec.method} with ({', '.join(allowed)}): {why}."
         )
+    if spec.strategy == "single" and req.world_size > 1:  # transformers wraps several processes in DDP all the same
+        raise PlanError(
+            f"strategy=single runs one process, and --gpus {req} starts {req.world_size}, which train as DDP (each a "
+            "replica, its buckets counted): -o strategy=ddp, or leave strategy unset."
+        )
     if req.is_cpu and spec.strategy == "fsdp":  # the trainer's refusal (distributed.fsdp_settings), before the job
         sharded = " or -o strategy=zero3 to shard (DeepSpeed ZeRO-3 over gloo)" if "zero3" in allowed else ""
         raise PlanError(

@@ -1129,6 +1129,12 @@ def validate(spec: RunSpec) -> None:
                 f"env {k} is a secret, and env values are written into the rendered job files and spec.json: "
                 f"export {k} where you launch and pass --secret {k} instead (secrets pass by name only)."
             )
+        elif found := _VARIABLE.search(spec.env[k]):  # PATH=/opt/bin:$PATH became a PATH of two words, no /usr/bin
+            errors.append(
+                f"env {k}={spec.env[k]!r} names ${found.group(1)}, and env values are taken as written (no variable "
+                f"is expanded): extend it in a setup line, where the job's shell expands it: "
+                f"-o setup='export {k}={spec.env[k]}'."
+            )
     errors += filter(None, (setup_secret_problem(line, spec.secrets) for line in spec.setup))
     if spec.model_params:
         try:

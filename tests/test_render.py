@@ -554,8 +554,13 @@ def test_offload_plans_ask_for_the_host_memory_they_need(backend):
     plain = prepared(**{**args, "model_name_or_path": MODEL})
     assert plain.plan.host_memory_gb is None and "--mem" not in plain.text and "memory:" not in plain.text
     if backend == "slurm":
-        own = prepared(sbatch_args=["--mem-per-cpu=30G"], **args).text
+        own = prepared(sbatch_args=["--mem-per-cpu=30G"], **args).text  # 8 CPUs a GPU: 240 GiB
         assert "#SBATCH --mem-per-cpu=30G" in own and "--mem=" not in own
+        assert "#SBATCH --mem=0\n" in prepared(sbatch_args=["--mem=0"], **args).text  # all of the node's
+        # one below what the offload keeps in host RAM was written as given: the job died in the OOM killer
+        for low in ("--mem=64G", "--mem=65536", "--mem-per-cpu=4G"):
+            with pytest.raises(FtctlError, match=f"--sbatch-arg={low}: the zero2_offload plan keeps ~.* --mem={gib}G"):
+                prepared(sbatch_args=[low], **args)
 
 
 def test_docker_container_mode_is_refused_on_slurm():

@@ -174,10 +174,31 @@ def sbatch_directives(spec: RunSpec, plan: Plan, gres_type: str | None = None) -
 
 def memory_request_gb(spec: RunSpec, plan: Plan) -> float | None:
     """The memory (GB a node) the job asks for with ``--mem``: an offload plan's host RAM
-    (plan.offload_host_gb), unless the user asked for memory in an --sbatch-arg."""
-    if not plan.host_memory_gb or any(a.lstrip("-").startswith("mem") for a in spec.sbatch_args):
+    (plan.offload_host_gb), unless the user asked for memory in an --sbatch-arg (refused below that)."""
+    if not plan.host_memory_gb:
         return None
+    for arg in spec.sbatch_args:
+        key, _, value = arg.lstrip("-").partition("=")
+        if key in ("mem", "mem-per-cpu"):
+            per = cpus_per_task(spec, plan) if key == "mem-per-cpu" else 1
+            asked = _slurm_mb(value) * per / 1e3 * 2**20 / 1e6  # Slurm's M is MiB
+            if 0 < asked < plan.host_memory_gb:  # --mem=0: all of the node's
+                need = math.ceil(plan.host_memory_gb * 1e9 / 2**30)
+                raise FtctlError(
+                    f"--sbatch-arg={arg}: the {plan.strategy} plan keeps ~{plan.host_memory_gb:.0f} GB a node in host "
+                    f"RAM (the optimizer offloaded), more than that asks for: give at least --mem={need}G, or leave "
+                    "--mem out (ftctl asks for it)."
+                )
+            return None
     return plan.host_memory_gb
+
+
+def _slurm_mb(value: str) -> float:
+    """A Slurm memory size in its MiB (no unit: MiB; K, M, G, T); 0 where it is not one."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", value.strip().upper())
+    if not m:
+        return 0
+    return float(m.group(1)) * {"K": 2**-10, "": 1, "M": 1, "G": 2**10, "T": 2**20}[m.group(2)]
 
 
 # the rendezvous of the job's own (launch.torchrun_argv): jobs that share a node never meet at one port or id
