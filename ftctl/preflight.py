@@ -93,7 +93,8 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nod
         findings += [f for d in data for f in d.result()] + output.result() + resume.result()
     if backend_name == "slurm" and not any(f.level == ERROR for f in findings):  # a queue wait before the trainer
         findings += check_tokenized(spec)
-    findings += check_disk(spec, plan) + check_secrets(spec) + check_demo_defaults(spec, backend_name)
+    findings += check_disk(spec, plan) + check_secrets(spec) + check_env_values(spec)
+    findings += check_demo_defaults(spec, backend_name)
     findings += check_signal_lead(spec, plan) if backend_name == "slurm" else []
     findings += check_endpoint_reach(spec, backend_name)
     return sorted(findings, key=lambda f: f.level != ERROR)
@@ -146,6 +147,22 @@ def check_demo_defaults(spec, backend_name: str) -> list[Finding]:
             Finding(WARNING, "the data is the demo's bundled conversations (builtin:demo, the default without --data)")
         )
     return said
+
+
+def check_env_values(spec) -> list[Finding]:
+    """An env value naming a variable is written as it is (-o env=PATH=/opt/bin:$PATH: the job's PATH lost /usr/bin
+    and its srun, python3 were not found): said, with the setup line whose shell expands it."""
+    from ftctl.spec import VARIABLE
+
+    return [
+        Finding(
+            WARNING,
+            f"env {k}={v!r} names ${found.group(1)}, and env values are taken as written (no variable is expanded)",
+            f"to extend it, give a setup line instead, where the job's shell expands it: -o setup='export {k}={v}'.",
+        )
+        for k, v in spec.env.items()
+        if (found := VARIABLE.search(v))
+    ]
 
 
 def check_secrets(spec) -> list[Finding]:

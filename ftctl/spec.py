@@ -1000,7 +1000,7 @@ def lora_target_names(value: str) -> str | list[str]:
 
 
 PATH_KEYS = ("model_name_or_path", "chat_template_path", "data_path", "eval_data_path", "output_dir", "resume")
-_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
+VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def _unexpanded_variables(spec: RunSpec, keys) -> list[str]:
@@ -1010,7 +1010,7 @@ def _unexpanded_variables(spec: RunSpec, keys) -> list[str]:
     errors = []
     for key in keys:
         for v in split_paths(getattr(spec, key)) if key in PATH_LISTS else [getattr(spec, key)]:
-            if v and (found := _VARIABLE.search(v)) and not Path(v).exists():
+            if v and (found := VARIABLE.search(v)) and not Path(v).exists():
                 errors.append(
                     f"{key}={v!r} names ${found.group(1)}, and ftctl expands no variables: write the path itself, "
                     f'or give it on the command line, where your shell expands it (-o {key}="{v}").'
@@ -1128,12 +1128,6 @@ def validate(spec: RunSpec) -> None:
             errors.append(
                 f"env {k} is a secret, and env values are written into the rendered job files and spec.json: "
                 f"export {k} where you launch and pass --secret {k} instead (secrets pass by name only)."
-            )
-        elif found := _VARIABLE.search(spec.env[k]):  # PATH=/opt/bin:$PATH became a PATH of two words, no /usr/bin
-            errors.append(
-                f"env {k}={spec.env[k]!r} names ${found.group(1)}, and env values are taken as written (no variable "
-                f"is expanded): extend it in a setup line, where the job's shell expands it: "
-                f"-o setup='export {k}={spec.env[k]}'."
             )
     errors += filter(None, (setup_secret_problem(line, spec.secrets) for line in spec.setup))
     if spec.model_params:

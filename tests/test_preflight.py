@@ -628,3 +628,16 @@ def test_a_checkpoint_that_takes_longer_to_write_than_slurms_signal_lead_is_said
     assert "written and uploaded" in uploaded.what and uploaded.fix == "give it more: -o signal_lead_s=300."
     assert said(method="fft", output_dir="/shared/runs/r1", signal_lead_s=180) == []
     assert said(method="lora", output_dir="/shared/runs/r1") == []  # adapters: a few hundred MB
+
+
+def test_an_env_value_naming_a_variable_is_said_with_the_setup_line_that_expands_it():
+    """-o env=PATH=/opt/bin:$PATH was written as export PATH='/opt/bin:$PATH' before the job's srun and python3:
+    the job lost /usr/bin and failed with "command not found". Taken as written (a value may hold a $), and said."""
+    from ftctl.preflight import check_env_values
+    from ftctl.spec import build
+
+    said = check_env_values(build({"env": {"PATH": "/opt/bin:$PATH", "NCCL_DEBUG": "INFO", "PRICE": "5$"}}))
+    assert [f.what for f in said] == [
+        "env PATH='/opt/bin:$PATH' names $PATH, and env values are taken as written (no variable is expanded)"
+    ]
+    assert said[0].level == WARNING and said[0].fix.endswith("-o setup='export PATH=/opt/bin:$PATH'.")
