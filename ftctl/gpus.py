@@ -123,7 +123,7 @@ class GpuRequest:
 
 # words of a GPU's name that do not tell its model: vendor, brand, form factor, memory kind
 _NOISE = re.compile(r"nvidia|tesla|geforce|quadro|sxm\d?|pcie|nvl|fhhl|hbm\d?e?|generation")
-_MEMORY = re.compile(r"(\d+)gb")
+_MEMORY = re.compile(r"(\d+)g(?:i?b)?")  # 80gb, and as people write it: 80g, 80gib
 _MIG = re.compile(r"\d+g\.\d+gb")  # a MIG slice: nvidia_a100_3g.20gb
 
 
@@ -184,11 +184,19 @@ def tier(name: str) -> GpuTier:
         raise FtctlError(f"GPU type {name!r}: the count comes first, --gpus {count}x{card} ({card}:{count} too).")
     # a typo, not another card: MI300X is not an RTX3090 (the 0.6 of errors.did_you_mean would say it is)
     close = difflib.get_close_matches(model + (f"{memory}gb" if memory else ""), keys, n=1, cutoff=0.7)
+    if close and _renumbered(close[0], model + (f"{memory}gb" if memory else "")):
+        close = []  # another number is another card (H800 is no H200, which has more memory), not a typo
     raise FtctlError(
         f"Unknown GPU type {name!r}.{f' Did you mean {keys[close[0]]!r}?' if close else ''} Known types: "
         f"{', '.join(TIERS)} (or their names as Slurm and nvidia-smi write them: nvidia_a100-sxm4-80gb). A card "
         "not listed: name a listed one of its generation or older with no more memory, and ftctl plans for that."
     )
+
+
+def _renumbered(a: str, b: str) -> bool:
+    """Whether two names hold other numbers of one length (800 and 200: two cards), not a digit more or less (A1000
+    for A100: a typo)."""
+    return any(x != y and len(x) == len(y) for x, y in zip(re.findall(r"\d+", a), re.findall(r"\d+", b)))
 
 
 # cards before Volta (Pascal, Maxwell, Kepler: P100, M60, K80, GeForce GTX 6xx-10xx, TITAN X): a typo's nearest

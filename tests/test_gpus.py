@@ -99,6 +99,8 @@ def test_malformed_strings_show_forms_and_types(text):
         ("2x8xB100", None),  # None: either way
         ("4xMI300X", False),  # False: none; another card is not a typo (no RTX3090 offered)
         ("nvidia_gh200_480gb", False),
+        ("H800", False),  # another number, another card: the H200 has more memory than the H800's 80 GB
+        ("A6000Ti", None),
     ],
 )
 def test_unknown_types_list_known_types(text, close):
@@ -216,6 +218,9 @@ def test_a_memory_word_picks_the_largest_variant_with_no_more_memory():
     assert gpus.tier("a100_80gb").name == "A100-80GB" and gpus.tier("a100_40gb").name == "A100"
     assert gpus.tier("a100_96gb").name == "A100-80GB"  # never more than the card has
     assert gpus.tier("v100_32gb").name == "V100-32GB" and gpus.tier("v100").name == "V100"
+    # as people write them: 80g, 40G, 32gib (a100-40g was "Did you mean 'A100-80GB'?": twice its memory)
+    assert gpus.tier("a100-80g").name == "A100-80GB" and gpus.tier("A100-40G").name == "A100"
+    assert gpus.tier("v100-32gib").name == "V100-32GB"
     with pytest.raises(FtctlError, match="says 20 GB, less than ftctl's A100 40 GB, A100-80GB 80 GB"):
         gpus.tier("a100_20gb")
 
