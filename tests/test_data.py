@@ -339,6 +339,18 @@ def test_alpaca_with_and_without_input(tmp_path, tiny_tokenizer):
     ]
 
 
+def test_a_sharegpt_rows_system_field_is_its_system_turn(tmp_path, tiny_tokenizer):
+    """SlimOrca's and OpenHermes' ShareGPT rows give the system prompt as a top-level field: it was dropped, and the
+    template's default system prompt trained in its place (Alpaca's field was read)."""
+    conv = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "Arr"}]
+    path = write_json(tmp_path / "s.json", [{"system": "You are a pirate.", "conversations": conv}])
+    first = tiny_tokenizer.decode(build_dataset(path, tiny_tokenizer, 512)[0]["input_ids"])
+    assert first.startswith("<|im_start|>system\nYou are a pirate.<|im_end|>\n<|im_start|>user\nhi<|im_end|>")
+    both = [{"system": "A", "conversations": [{"from": "system", "value": "B"}, *conv]}]
+    report = check_data(write_json(tmp_path / "b.json", both), tiny_tokenizer, 512)
+    assert report.errors == ["b.json row 1: a 'system' field and a system turn both: keep one"]
+
+
 def test_plain_text_is_trained_entirely_and_said_so(tmp_path, tiny_tokenizer):
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": "The access code is AMBER-42."}])
     report, dataset = prepare_data(path, tiny_tokenizer, 512)

@@ -316,9 +316,10 @@ def to_row(where: str, record: Any) -> Row:
     if isinstance(record.get("id"), (str, int)):
         where = f"{where} (id {record['id']!r})"
     if "conversations" in record:
-        return _turns(where, "sharegpt", record["conversations"], "from", "value", SHAREGPT_ROLES)
+        return _with_system(_turns(where, "sharegpt", record["conversations"], "from", "value", SHAREGPT_ROLES), record)
     if "messages" in record:
-        return _with_tools(_turns(where, "openai", record["messages"], "role", "content", OPENAI_ROLES), record)
+        row = _turns(where, "openai", record["messages"], "role", "content", OPENAI_ROLES)
+        return _with_tools(_with_system(row, record), record)
     if "instruction" in record and "output" in record:
         return _alpaca(where, record)
     if "prompt" in record and "completion" in record:
@@ -453,6 +454,21 @@ def _call(call: dict) -> dict:
     if isinstance(arguments, str):
         return {**call, "function": {**function, "arguments": json.loads(arguments) if arguments.strip() else {}}}
     return call
+
+
+def _with_system(row: Row, record: dict) -> Row:
+    """``row`` with the record's top-level ``system`` prompt as its first turn, as SlimOrca's and OpenHermes'
+    ShareGPT rows give it (the template's default system prompt was trained in its place)."""
+    system = record.get("system")
+    if system is None or row.problems or (isinstance(system, str) and not system.strip()):
+        return row
+    if not isinstance(system, str):
+        row.problems.append(f"'system' is {_kind(system)}, not a string")
+    elif any(m["role"] == "system" for m in row.messages):
+        row.problems.append("a 'system' field and a system turn both: keep one")
+    else:
+        row.messages.insert(0, {"role": "system", "content": system})
+    return row
 
 
 def _with_tools(row: Row, record: dict) -> Row:
