@@ -30,12 +30,12 @@ class HubError(Exception):
         self.kind = kind
 
 
-@functools.lru_cache(maxsize=32)
 def offline() -> bool:
     """Whether HF_HUB_OFFLINE asks huggingface_hub for its cache only (its own reading of the variable)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+@functools.lru_cache(maxsize=32)
 def model_config(repo_id: str) -> dict:
     """The model's config.json as a dict."""
     from huggingface_hub import try_to_load_from_cache

@@ -445,7 +445,7 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
         chain.append(e)
         e = e.__cause__ or e.__context__
     names = {cls.__name__ for e in chain for cls in type(e).__mro__}
-    if "OfflineModeIsEnabled" in names:
+    if "OfflineModeIsEnabled" in names or (_is_hf(uri) and hub.offline()):  # whatever failed, offline is why
         return storage_error("offline", uri, endpoint_url)
     responses = [getattr(e, "response", None) for e in chain]  # botocore's are dicts; httpx's are not
     codes = {str(r.get("Error", {}).get("Code", "")) for r in responses if isinstance(r, dict)} - {""}
@@ -482,11 +482,15 @@ def storage_errors(uri: str | os.PathLike, endpoint_url: str | None = None):
         raise err from exc
 
 
+def _is_hf(uri) -> bool:
+    return REMOTE_SCHEMES.get(scheme(os.fspath(uri)), ("",))[0] == "hf"
+
+
 def bucket_exists(uri: str | os.PathLike, endpoint_url: str | None = None, quick: bool = False) -> bool:
     """Whether the bucket (container) of an object-store URI exists; True for anything else."""
     if not is_remote(uri):
         return True
-    if REMOTE_SCHEMES.get(scheme(uri), ("",))[0] == "hf" and hub.offline():  # its exists() would answer False
+    if _is_hf(uri) and hub.offline():  # its exists() would answer False
         raise storage_error("offline", uri, endpoint_url)
     fs, _ = filesystem(uri, endpoint_url, quick=quick)
     bucket = _container(os.fspath(uri))
