@@ -861,6 +861,11 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
                 real = None
             if real:
                 plan.notes.append(f"--model-params {spec.model_params} planned instead of {read}'s {real:g}B")
+        elif spec.model_params and (known := _KNOWN.get(_base_id(spec.model_name_or_path))):
+            plan.notes.append(
+                f"--model-params {spec.model_params} planned instead of {spec.model_name_or_path}'s known shape "
+                f"({known.params_b:g}B, its {known.vocab:,}-token vocabulary): leave it out to plan that"
+            )
         return plan
     raise DoesNotFit(_refusal(spec, req, shape))
 

@@ -140,7 +140,7 @@ def check_demo_defaults(spec, backend_name: str) -> list[Finding]:
     said = []
     if is_demo_model(spec.model_name_or_path):
         said.append(
-            Finding(WARNING, f"the model is the demo's {spec.model_name_or_path} (the default without --model)")
+            Finding(WARNING, f"the model is the demo's {spec.model_name_or_path} (what trains without --model)")
         )
     if spec.data_path == DEMO_DATA:
         said.append(

@@ -887,6 +887,8 @@ def test_moe_qlora_keeps_its_experts_in_16_bits_and_a_24_gb_card_is_refused(tmp_
 def test_what_the_plan_does_not_use_is_noted(tiny_model_dir, tmp_path):
     """A size given for a model whose config is readable, bf16 on CPU, FlashAttention on a T4: planned as asked
     where it can be, and said."""
+    known = plan(method="lora", gpus="1xA100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["model_params=7b"])
+    assert "--model-params 7b planned instead of meta-llama/Llama-3.1-8B's known shape (8.03B" in known.notes[0]
     sized = plan(method="lora", gpus="1xA100", model_name_or_path=str(tiny_model_dir), o=["model_params=7b"])
     assert sized.model.params_b == 7 and any(
         n.startswith(f"--model-params 7b planned instead of {tiny_model_dir}/config.json's ") for n in sized.notes

@@ -564,7 +564,7 @@ def test_a_job_sent_elsewhere_without_model_or_data_is_told_it_trains_the_demo()
     spec = build({})
     said = [f.text for f in check_demo_defaults(spec, "slurm")]
     assert said == [
-        f"the model is the demo's {spec.model_name_or_path} (the default without --model)",
+        f"the model is the demo's {spec.model_name_or_path} (what trains without --model)",
         "the data is the demo's bundled conversations (builtin:demo, the default without --data)",
     ]
     assert check_demo_defaults(spec, "local") == check_demo_defaults(spec, "docker") == []  # the demo, on purpose
