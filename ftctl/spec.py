@@ -823,6 +823,12 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if errors:
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)
+    if notes is not None and spec.time and re.fullmatch(r"\d{1,2}:\d{2}", spec.time.strip()):
+        minutes, seconds = spec.time.strip().split(":")
+        notes.append(
+            f"time={spec.time}: Slurm reads MM:SS, {int(minutes)} minutes {int(seconds)} seconds; "
+            f"{int(minutes)} hours is --time {int(minutes)}:00:00"
+        )
     said = (
         _evaluation_asked(spec, evaluation)
         + _unexpanded_variables(spec, [k for k in PATH_KEYS if sources.get(k) == "run file"])
@@ -1197,8 +1203,9 @@ def validate(spec: RunSpec) -> None:
         else:
             if limit is not None and limit <= spec.signal_lead_s:
                 errors.append(
-                    f"time={spec.time} is not longer than signal_lead_s={spec.signal_lead_s}: the job would be told to "
-                    "checkpoint and requeue before it trains; raise --time, or lower -o signal_lead_s."
+                    f"time={spec.time} ({limit:g} s, as Slurm reads it) is not longer than signal_lead_s="
+                    f"{spec.signal_lead_s}: the job would be told to checkpoint and requeue before it trains; raise "
+                    "--time (12 hours: 12:00:00), or lower -o signal_lead_s."
                 )
     if errors:
         raise FtctlError(_join(errors))

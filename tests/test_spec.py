@@ -567,8 +567,11 @@ def test_a_time_limit_sbatch_refuses_or_too_short_to_train_is_said_before_the_jo
     with pytest.raises(FtctlError) as e:
         build({"time": "12h"})
     assert str(e.value).startswith("time='12h': Slurm reads minutes, MM:SS, HH:MM:SS, D-HH")
-    with pytest.raises(FtctlError, match=r"time=00:01:00 is not longer than signal_lead_s=120: .* raise --time"):
+    with pytest.raises(FtctlError, match=r"time=00:01:00 \(60 s, as Slurm reads it\) is not longer than signal_lead_s"):
         build({"time": "00:01:00"})
+    notes: list[str] = []  # 12:00 meant as 12 hours is 12 minutes to Slurm: found at the first requeue
+    assert build({"time": "12:00"}, notes=notes).time == "12:00"
+    assert "time=12:00: Slurm reads MM:SS, 12 minutes 0 seconds; 12 hours is --time 12:00:00" in notes
     assert build({"time": "00:01:00", "signal_lead_s": 30}).signal_lead_s == 30
     assert build({"time": "0"}).time == "0"  # sbatch's "no limit"
 
