@@ -241,11 +241,16 @@ def hf_caches(env: Mapping[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]
     return hf_home, tuple((v, os.path.abspath(os.path.expanduser(env[v]))) for v in HF_CACHE_VARS if env.get(v))
 
 
+CONTAINER_ALIASES = {"singularity": "apptainer", "enroot": "pyxis"}  # the older name, the runtime beneath
+
+
 def container_kind(spec: RunSpec) -> tuple[str | None, str | None]:
-    """('docker'|'apptainer'|'pyxis'|None, image); ``none`` (or empty) is no container."""
+    """('docker'|'apptainer'|'pyxis'|None, image); ``none`` (or empty) is no container; singularity: is apptainer:,
+    enroot: pyxis:."""
     if not spec.container or spec.container.strip().lower() == "none":
         return None, None
     kind, _, image = spec.container.partition(":")
+    kind = CONTAINER_ALIASES.get(kind, kind)
     if kind in ("docker", "apptainer", "pyxis") and image:
         return kind, image
     return "docker", spec.container

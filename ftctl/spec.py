@@ -808,7 +808,9 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if "method" not in values:  # TRL's use_peft/load_in_4bit and FastChat's q_lora say which method
         if meant := _method_meant(by_method):
             values["method"] = meant
-            notes is None or notes.append(f"method {meant}: what {', '.join(by_method)} ask for")
+            notes is None or notes.append(
+                f"method {meant}: what {', '.join(by_method)} {'asks' if len(by_method) == 1 else 'ask'} for"
+            )
         elif (
             sources.get("learning_rate") == "run file"
             and (values["learning_rate"] or 1) < LORA_LEAST_LR
@@ -1082,9 +1084,12 @@ def validate(spec: RunSpec) -> None:
         v = getattr(spec, key)
         if v is not None and v < 1:
             errors.append(f"{key} must be at least 1, not {v}.")
-    for per_epoch, steps, default in (("saves_per_epoch", "save_steps", 100), ("evals_per_epoch", "eval_steps", None)):
+    for per_epoch, steps, default, what in (
+        ("saves_per_epoch", "save_steps", 100, "a checkpoint"),
+        ("evals_per_epoch", "eval_steps", None, "a held-out loss"),
+    ):
         if getattr(spec, per_epoch) is not None and getattr(spec, steps) not in (None, default):
-            errors.append(f"{steps} and {per_epoch} both given: keep one (a checkpoint every N steps, or N an epoch).")
+            errors.append(f"{steps} and {per_epoch} both given: keep one ({what} every N steps, or N an epoch).")
     if spec.learning_rate is not None and not (0 < spec.learning_rate < 1):
         errors.append(f"learning_rate={spec.learning_rate} is outside (0, 1); typical: 2e-5 (fft) to 2e-4 (lora).")
     if not 0 <= spec.lora_dropout < 1:
@@ -1152,7 +1157,7 @@ def validate(spec: RunSpec) -> None:
         )
     if (
         spec.container
-        and spec.container.split(":", 1)[0] in ("apptainer", "pyxis", "docker")
+        and spec.container.split(":", 1)[0] in ("apptainer", "pyxis", "docker", "singularity", "enroot")
         and not spec.container.split(":", 1)[1].strip()
     ):
         errors.append(f"container {spec.container!r} names no image after the prefix.")

@@ -111,7 +111,8 @@ def _parse(text: str, path: Path) -> UserConfig:
         else:
             built.append(Built(**{k: str(v) for k, v in rec.items()}))
     if errors:
-        raise FtctlError(f"{path}: " + "; ".join(e.rstrip(".") for e in errors) + ". Fix it by hand.")
+        said = "; ".join(e.rstrip(".") for e in errors)
+        raise FtctlError(f"{path}: {said}{'' if said.endswith('?') else '.'} Fix it by hand.")
     return UserConfig(backend, image, runtime, tuple(built))
 
 

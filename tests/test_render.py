@@ -563,6 +563,15 @@ def test_offload_plans_ask_for_the_host_memory_they_need(backend):
                 prepared(sbatch_args=[low], **args)
 
 
+def test_singularity_and_enroot_prefixes_are_apptainer_and_pyxis():
+    """--container singularity:/x.sif was read as a docker image and answered "say how to run it:
+    apptainer:singularity:/x.sif"; enroot: likewise."""
+    sif = prepared(backend="slurm", gpus="1xA100", output_dir="/fixed/out", container="singularity:docker://x/y:1")
+    assert " apptainer exec --nv " in sif.text and " docker://x/y:1 bash -c " in sif.text
+    sqsh = prepared(backend="slurm", gpus="1xA100", output_dir="/fixed/out", container="enroot:/images/x.sqsh")
+    assert "--container-image=/images/x.sqsh" in sqsh.text
+
+
 def test_docker_container_mode_is_refused_on_slurm():
     with pytest.raises(FtctlError, match="apptainer:img.*pyxis:img"):
         prepared(
