@@ -204,6 +204,14 @@ KNOWN_MODELS = {
 }
 
 
+def _count(billions: float) -> str:
+    """A parameter count as people say it: 8.03B, 41.9M, 922K."""
+    for scale, unit in ((1, "B"), (1e-3, "M"), (1e-6, "K")):
+        if billions >= scale:
+            return f"{billions / scale:.3g}{unit}"
+    return f"{billions * 1e9:.0f}"
+
+
 def _base_id(model: str) -> str:
     """A hub id without the suffixes of its tuned variants, which keep the base's shape (Llama-3.1-8B-Instruct,
     Llama-2-7b-chat-hf, gemma-2-9b-it), lower-cased: the key of the known shapes."""
@@ -259,7 +267,7 @@ class Plan:
             (
                 "model",
                 (f"{model}: " if model else "")
-                + f"{self.model.params_b:g}B params ({source}), {self.trainable_params_b:.3g}B trainable",
+                + f"{self.model.params_b:g}B params ({source}), {_count(self.trainable_params_b)} trainable",
             ),
             ("precision", self.precision),
             ("attention", describe(self.attn_implementation, hopper) + (" + packing" if self.packing else "")),
