@@ -681,6 +681,13 @@ def load_yaml(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FtctlError(f"Run file {path!r} does not exist. Pass an existing YAML file with -c.")
+    if p.suffix.lower() in (".jsonl", ".parquet", ".csv", ".tsv", ".arrow") or (
+        p.suffix.lower() == ".json" and p.read_text(errors="replace").lstrip().startswith("[")
+    ):  # `data check` takes its data so: an easy mix-up
+        raise FtctlError(
+            f"{path} looks like data, not a run file (YAML of run keys: what -c, or a file given without a flag, "
+            f"takes): give the data with --data {path}."
+        )
 
     class Loader(yaml.SafeLoader):  # a key written twice is said, not the last one taken silently
         pass

@@ -971,3 +971,17 @@ def test_lora_target_modules_apart_by_spaces_as_trls_flag_gives_them():
 
     spaced, commas = (build({"lora_target_modules": t, "gpus": "1xA100"}) for t in ("q_proj v_proj", "q_proj,v_proj"))
     assert make_plan(spaced).trainable_params_b == make_plan(commas).trainable_params_b  # planned as the same two
+
+
+def test_data_given_where_a_run_file_goes_says_to_give_it_with_data(tmp_path):
+    """`ftctl plan data.jsonl` (as `ftctl data check data.jsonl` takes it) said the file "is not valid YAML"."""
+    rows = tmp_path / "chats.jsonl"
+    rows.write_text('{"text": "a"}\n')
+    listed = tmp_path / "chats.json"
+    listed.write_text('[{"text": "a"}]')
+    for path in (rows, listed):
+        with pytest.raises(FtctlError, match=f"looks like data, not a run file .* give the data with --data {path}"):
+            build(str(path))
+    run = tmp_path / "run.json"  # a run file may be written in JSON: a mapping
+    run.write_text('{"method": "qlora"}')
+    assert build(str(run)).method == "qlora"
