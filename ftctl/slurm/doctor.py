@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError, did_you_mean
-from ftctl.slurm.scheduler import command_error, run_command, slurm_env
+from ftctl.slurm.scheduler import DOCTOR_HINT, command_error, run_command, slurm_env
 from ftctl.spec import slurm_time_s
 
 # node states in which a node will not take a job soon
@@ -199,7 +199,7 @@ def doctor(
     try:
         proc = run_command(["sinfo", "--noheader", "--Node", "--format", _SINFO_FORMAT], environ)
     except FtctlError as exc:
-        return DoctorReport(sbatch=sbatch, reachable=False, message=str(exc))
+        return DoctorReport(sbatch=sbatch, reachable=False, message=str(exc).removesuffix(DOCTOR_HINT))
     if proc.returncode != 0:
         return DoctorReport(sbatch=sbatch, reachable=False, message=str(command_error("sinfo", "failed", proc)))
     report = DoctorReport(sbatch=sbatch, reachable=True, partitions=_parse_sinfo(proc.stdout))

@@ -318,8 +318,11 @@ def _raise_if_unreachable(command: str, proc: subprocess.CompletedProcess, conf:
         where = f"SLURM_CONF={conf}" if conf else "SLURM_CONF is not set"
         raise FtctlError(
             f"{command} could not reach the Slurm controller ({said}; {where}): point SLURM_CONF at the cluster's "
-            "slurm.conf or run ftctl on the cluster's login node; `ftctl doctor --backend slurm` checks the connection"
+            f"slurm.conf or run ftctl on the cluster's login node{DOCTOR_HINT}"
         )
+
+
+DOCTOR_HINT = "; `ftctl doctor --backend slurm` checks the connection"  # left out where doctor says it
 
 
 def _one_line(stderr: str) -> str:
