@@ -39,7 +39,17 @@ from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import container_kind
 from ftctl.plan import Plan, dump_run, make_plan
 from ftctl.runpaths import RunPaths
-from ftctl.spec import BACKENDS, FIELDS, RUNS_HERE, TRAINING_KEYS, RunSpec, join_paths, resume_problem, split_paths
+from ftctl.spec import (
+    BACKENDS,
+    FIELDS,
+    RUNS_HERE,
+    TRAINING_KEYS,
+    RunSpec,
+    as_run,
+    join_paths,
+    resume_problem,
+    split_paths,
+)
 from ftctl.storage import is_remote, local_path
 
 # name -> "module:class", imported on first use (importing SkyPilot alone costs seconds)
@@ -454,8 +464,8 @@ def write_files(rendered: Rendered):
         old = json.loads(paths.spec.read_text())["spec"]
         new = json.loads(rendered.files[paths.spec.name])["spec"]
         default = RunSpec().to_dict()  # a key newer than the old spec.json: it ran with the default
-        was = {k: old.get(k, default[k]) for k in TRAINING_KEYS}
-        changed = sorted(k for k in TRAINING_KEYS if was[k] != new.get(k))  # where it runs may change
+        was = {k: as_run(k, old.get(k, default[k])) for k in TRAINING_KEYS}
+        changed = sorted(k for k in TRAINING_KEYS if was[k] != as_run(k, new.get(k)))  # where it runs may change
         other = [k for k in changed if k in KIND]
         if other and list_checkpoints(str(paths.root)):
             raise FtctlError(

@@ -745,7 +745,7 @@ def lora_kernels(
 
 def accumulation_steps(spec: RunSpec, micro: int, world: int) -> int:
     """Gradient accumulation steps for a micro-batch: as asked, else enough to reach the global batch."""
-    return spec.gradient_accumulation_steps or max(1, math.ceil(spec.global_batch_size / (micro * world)))
+    return spec.gradient_accumulation_steps or max(1, math.ceil(spec.global_batch / (micro * world)))
 
 
 def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool, dropout_copies: bool = True) -> int:
@@ -926,7 +926,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             notes.append(f"{t.name} runs no FlashAttention kernel (Ampere and newer do): {asked} gives way to SDPA")
         capacity = capacity_gb if capacity_gb is not None else t.memory_gb * HEADROOM
     trainable = _trainable_b(method, shape, spec)
-    want_global = spec.global_batch_size
+    want_global = spec.global_batch
     micro_choices = (
         [spec.per_device_train_batch_size]
         if spec.per_device_train_batch_size
@@ -1000,7 +1000,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     real_global = micro * accum * world
     if real_global != want_global and not spec.gradient_accumulation_steps:
         notes.append(f"global batch {want_global} rounded to {real_global} ({micro} x {accum} x {world})")
-    elif real_global != spec.global_batch_size != FIELDS["global_batch_size"].default:  # both given: accumulation's
+    elif spec.global_batch_size not in (None, real_global):  # both given: accumulation's
         notes.append(
             f"global_batch_size={spec.global_batch_size} unused: gradient_accumulation_steps={accum} makes the batch "
             f"{real_global} ({micro} x {accum} x {world}); leave one of them out"

@@ -44,6 +44,18 @@ OPTIMIZERS = (
 
 DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_DATA = "builtin:demo"
+# the defaults of keys that another key replaces (None in RunSpec: given or not is known, and a conflict said)
+GLOBAL_BATCH_SIZE = 32  # without gradient_accumulation_steps
+SAVE_STEPS = 100  # without saves_per_epoch
+WARMUP_RATIO = 0.03  # without warmup_steps
+IMPLIED = {"global_batch_size": GLOBAL_BATCH_SIZE, "save_steps": SAVE_STEPS, "warmup_ratio": WARMUP_RATIO}
+
+
+def as_run(key: str, value):
+    """A key's value as the run takes it: an IMPLIED key not given, at its default (runs record and compare these)."""
+    return IMPLIED[key] if value is None and key in IMPLIED else value
+
+
 # Learning rates that work for each method (FastChat uses 2e-5 for full fine-tuning; QLoRA paper 2e-4).
 METHOD_LEARNING_RATE = {"fft": 2e-5, "sft": 2e-5, "lora": 2e-4, "qlora": 2e-4}
 SECRETS = ["HF_TOKEN", "WANDB_API_KEY"]
@@ -316,7 +328,7 @@ class RunSpec:
     max_steps: int = -1  # above 0: train this many steps, whatever num_train_epochs says
     learning_rate: float | None = None  # default per method: 2e-5 fft/sft, 2e-4 lora/qlora
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.03  # of the steps, rounded down (transformers rounds up): none in a run under 34 steps
+    warmup_ratio: float | None = None  # of the steps, rounded down (transformers rounds up): none under 34 steps
     warmup_steps: int | None = None  # instead of warmup_ratio: this many steps (transformers' name)
     lr_scheduler_type: str = "cosine"
     # transformers' lr_scheduler_kwargs: cosine_with_min_lr's floor (min_lr_rate, of the peak rate, or min_lr),
@@ -328,7 +340,7 @@ class RunSpec:
     # prompt-completion rows (completion_only_loss); false: on every token, TRL's default for conversations
     # (assistant_only_loss=False)
     assistant_only_loss: bool = True
-    global_batch_size: int = 32  # sequences per optimizer step, over all GPUs
+    global_batch_size: int | None = None  # sequences per optimizer step, over all GPUs
     per_device_train_batch_size: int | None = None  # planner
     gradient_accumulation_steps: int | None = None  # planner: reaches global_batch_size
     gradient_checkpointing: bool | None = None  # planner
@@ -350,7 +362,7 @@ class RunSpec:
     trainable_layers: int = 2  # sft: top K transformer blocks (+ head) trainable
     seed: int = 42
     logging_steps: int = 1
-    save_steps: int = 100
+    save_steps: int | None = None  # a checkpoint every N steps
     saves_per_epoch: int | None = None  # or N checkpoints an epoch, at even steps through it (axolotl's)
     save_total_limit: int = 3  # local and remote checkpoints kept (plus the final one)
     report_to: str = "none"  # none | tensorboard | wandb (comma-separated, or a YAML list)
@@ -450,7 +462,24 @@ class RunSpec:
     def eval_every(self) -> int:
         """Steps between evaluations: eval_steps, else at each checkpoint (the trainer counts the per-epoch ones from
         the epoch's steps: callbacks.StepsAsGiven)."""
-        return self.eval_steps or self.save_steps
+        return self.eval_steps or self.checkpoint_every
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step wanted (gradient_accumulation_steps, where given, decides it: plan.py)."""
+        return self.global_batch_size or GLOBAL_BATCH_SIZE
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Steps between checkpoints (saves_per_epoch's are counted by the trainer: callbacks.StepsAsGiven)."""
+        return self.save_steps or SAVE_STEPS
+
+    @property
+    def warmup(self) -> float:
+        """transformers' warmup_steps: below 1 a fraction of the steps (warmup_ratio), else a number of them."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return WARMUP_RATIO if self.warmup_ratio is None else self.warmup_ratio
 
     @property
     def eval_when(self) -> str:
@@ -1062,13 +1091,11 @@ def validate(spec: RunSpec) -> None:
         except FtctlError as e:
             errors.append(str(e))
     for key in (
-        "global_batch_size",
         "model_max_length",
         "lora_r",
         "lora_alpha",
         "trainable_layers",
         "logging_steps",
-        "save_steps",
         "save_total_limit",
         "rdzv_port",
         "idle_minutes",
@@ -1076,6 +1103,8 @@ def validate(spec: RunSpec) -> None:
         if getattr(spec, key) < 1:
             errors.append(f"{key} must be at least 1, not {getattr(spec, key)}.")
     for key in (
+        "global_batch_size",
+        "save_steps",
         "per_device_train_batch_size",
         "gradient_accumulation_steps",
         "nodes",
@@ -1091,12 +1120,14 @@ def validate(spec: RunSpec) -> None:
         v = getattr(spec, key)
         if v is not None and v < 1:
             errors.append(f"{key} must be at least 1, not {v}.")
-    for per_epoch, steps, default, what in (
-        ("saves_per_epoch", "save_steps", 100, "a checkpoint"),
-        ("evals_per_epoch", "eval_steps", None, "a held-out loss"),
+    for per_epoch, steps, what in (
+        ("saves_per_epoch", "save_steps", "a checkpoint"),
+        ("evals_per_epoch", "eval_steps", "a held-out loss"),
     ):
-        if getattr(spec, per_epoch) is not None and getattr(spec, steps) not in (None, default):
+        if getattr(spec, per_epoch) is not None and getattr(spec, steps) is not None:
             errors.append(f"{steps} and {per_epoch} both given: keep one ({what} every N steps, or N an epoch).")
+    if spec.warmup_steps is not None and spec.warmup_ratio is not None:
+        errors.append("warmup_steps and warmup_ratio both given: keep one (a number of steps, or a share of them).")
     if spec.learning_rate is not None and not (0 < spec.learning_rate < 1):
         errors.append(f"learning_rate={spec.learning_rate} is outside (0, 1); typical: 2e-5 (fft) to 2e-4 (lora).")
     if not 0 <= spec.lora_dropout < 1:
@@ -1109,7 +1140,7 @@ def validate(spec: RunSpec) -> None:
         errors.append(f"preflight_min_busbw_gbps must be 0 or more GB/s, not {spec.preflight_min_busbw_gbps}.")
     if spec.warmup_steps is not None and spec.warmup_steps < 0:
         errors.append(f"warmup_steps must be 0 or more, not {spec.warmup_steps}.")
-    if not 0 <= spec.warmup_ratio < 1:
+    if spec.warmup_ratio is not None and not 0 <= spec.warmup_ratio < 1:
         errors.append(f"warmup_ratio must be in [0, 1), not {spec.warmup_ratio}.")
     if spec.max_steps == 0 or spec.max_steps < -1:
         errors.append("max_steps must be a positive number of steps, or -1 to train num_train_epochs.")
@@ -1428,4 +1459,5 @@ def not_a_key(word: str) -> str | None:
 
 def _default_text(f: dataclasses.Field) -> str:
     value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    value = IMPLIED.get(f.name, value)
     return "(unset)" if value is None else json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)

@@ -153,6 +153,13 @@ def test_a_spec_json_older_than_a_key_counts_it_at_its_default(tmp_path, capsys)
     assert capsys.readouterr().err == "" and not (tmp_path / "run" / ".ftctl").exists()
     write_files(_prep(tmp_path, eval_split=0.1))
     assert "with other eval_split (its earlier spec.json: " in capsys.readouterr().err
+    # written when global_batch_size, save_steps and warmup_ratio held their defaults, not "not given" (None)
+    data = json.loads(path.read_text())
+    assert data["spec"]["global_batch_size"] is None
+    data["spec"].update(global_batch_size=32, save_steps=100, warmup_ratio=0.03)
+    path.write_text(json.dumps(data))
+    write_files(_prep(tmp_path, eval_split=0.1))
+    assert capsys.readouterr().err == ""
 
 
 def test_progress_reads_the_last_step_and_held_out_loss_from_metrics(tmp_path):

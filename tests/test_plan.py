@@ -940,6 +940,9 @@ def test_settings_that_do_nothing_for_the_method_are_noted():
         in one.notes
         and one.global_batch_size == 8
     )
+    # given at its default value, it is still given: 32 asked, 4 x 4 x 8 = 128 made
+    asked = make_plan(replace(both, global_batch_size=32, gradient_accumulation_steps=4))
+    assert asked.global_batch_size == 128 and any(n.startswith("global_batch_size=32 unused") for n in asked.notes)
 
 
 def test_a_max_length_over_the_models_context_is_noted_before_the_job(tmp_path):

@@ -852,8 +852,14 @@ def test_an_axolotl_example_file_is_taken_as_it_is_written(tmp_path):
     assert spec.lora_target_modules == "all-linear" and spec.assistant_only_loss is True and spec.packing is True
     assert (spec.optim, spec.lr_scheduler_type) == ("paged_adamw_32bit", "cosine")
     assert (spec.saves_per_epoch, spec.evals_per_epoch) == (1, 4)
-    with pytest.raises(FtctlError, match="save_steps and saves_per_epoch both given: keep one"):
-        build({"save_steps": 50, "saves_per_epoch": 2})
+    # a value equal to the default is given all the same (it was read as not given, and lost silently)
+    for given in ({"save_steps": 50, "saves_per_epoch": 2}, {"save_steps": 100, "saves_per_epoch": 2}):
+        with pytest.raises(FtctlError, match="save_steps and saves_per_epoch both given: keep one"):
+            build(given)
+    with pytest.raises(FtctlError, match="warmup_steps and warmup_ratio both given: keep one"):
+        build({"warmup_steps": 10, "warmup_ratio": 0.03})
+    assert (build({}).warmup, build({"warmup_steps": 10}).warmup, build({"warmup_ratio": 0.1}).warmup) == (0.03, 10, 0.1)
+    assert (build({}).checkpoint_every, build({}).global_batch) == (100, 32)
     assert (
         "datasets (run file): their paths are data_path; each row's format is read from its fields (not from their type)"
         in notes

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from ftctl.checkpoints.manifest import MANIFEST, checkpoint_step, is_manifest, read_manifest
 from ftctl.errors import FtctlError
 from ftctl.runpaths import FINAL_MARKS
+from ftctl.spec import as_run
 
 # what kind of weights a checkpoint holds: a run dir's checkpoints are another run's where these differ
 KIND = ("method", "model_name_or_path", "lora_r", "lora_target_modules", "use_dora", "trainable_layers")
@@ -62,7 +63,7 @@ _ONLY = {  # compared only where the method has them
 
 def settings(spec, plan) -> dict:
     """The settings a checkpoint is trained with, as the run ran them (the planner's optimizer and learning rate)."""
-    values = {key: getattr(spec, key) for key in REFUSED + APPLIED + FOLLOWED + DATA}
+    values = {key: as_run(key, getattr(spec, key)) for key in REFUSED + APPLIED + FOLLOWED + DATA}
     values.update(learning_rate=plan.learning_rate, optim=plan.optim, packing=plan.packing)
     return {k: v for k, v in values.items() if spec.method in _ONLY.get(k, (spec.method,))}
 

@@ -342,8 +342,7 @@ def training_args(
         num_train_epochs=spec.num_train_epochs,
         learning_rate=plan.learning_rate,
         weight_decay=spec.weight_decay,
-        # below 1: a fraction of the steps (warmup_ratio); warmup_steps, where set, a number of them
-        warmup_steps=spec.warmup_ratio if spec.warmup_steps is None else spec.warmup_steps,
+        warmup_steps=spec.warmup,
         lr_scheduler_type=spec.lr_scheduler_type,
         lr_scheduler_kwargs=scheduler_kwargs(spec),
         max_grad_norm=spec.max_grad_norm,
@@ -359,7 +358,7 @@ def training_args(
         # a NaN loss is logged as NaN (the filter would hide it, and its check waits on the GPU every step)
         logging_nan_inf_filter=False,
         save_strategy="steps",
-        save_steps=spec.save_steps,
+        save_steps=spec.checkpoint_every,
         save_total_limit=None,  # the sync callback rotates, once the new checkpoint is complete
         **evaluation_args(spec, plan),
         report_to=report_to(spec.report_to),
