@@ -65,7 +65,16 @@ REPORT_TO = ("none", "tensorboard", "wandb")
 # in _KEY or APIKEY, or in the word PASS or PWD after a '_'; not HF_TOKEN_PATH, TIKTOKEN_CACHE_DIR or PAD_TOKEN_ID
 # (they end in another word), BYPASS (PASS inside a word), PWD or OLDPWD (the shell's working directories), nor a
 # flag's value (0/1/true/false: is_secret_name).
-CREDENTIAL_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|_KEY|APIKEY|(?:^|_)PASS|_PWD)$", re.I)
+CREDENTIAL_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|_KEY|APIKEY|(?:^|_)PASS|_PWD|_PAT)$", re.I)
+# A credential inside a value, whatever its name: the prefixes of Hugging Face's, GitHub's, GitLab's, OpenAI's,
+# Slack's tokens and AWS's key ids, and a URL's password (https://user:PASSWORD@host; a $VARIABLE there is a reference)
+CREDENTIAL_VALUE = {
+    "a URL's password": re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@$]+:[^/\s@$]+@"),
+    "a token": re.compile(
+        r"(?<![A-Za-z0-9_-])(?:(?:hf|gh[opusr])_[A-Za-z0-9]{20,}|github_pat_\w{20,}|glpat-[\w-]{20,}"
+        r"|xox[abprs]-[A-Za-z0-9-]{10,}|sk-[\w-]{20,}|AKIA[0-9A-Z]{16})"
+    ),
+}
 # A credential itself, as against a variable's name (words: HF_TOKEN, WANDB_API_KEY): a run of 16 or more letters
 # and digits with both in it: Hugging Face's hf_..., GitHub's ghp_... and github_pat_..., an AWS key id (AKIA...),
 # W&B's 40 hex digits (OpenAI's sk-... is no variable name at all).
@@ -1178,6 +1187,11 @@ def validate(spec: RunSpec) -> None:
                 f"env {k} is a secret, and env values are written into the rendered job files and spec.json: "
                 f"export {k} where you launch and pass --secret {k} instead (secrets pass by name only)."
             )
+        elif what := credential_in(spec.env[k]):
+            errors.append(
+                f"env {k} holds {what} (not repeated here), and env values are written into the rendered job files "
+                f"and spec.json: export {k} where you launch and pass --secret {k} instead (secrets pass by name only)."
+            )
     errors += filter(None, (setup_secret_problem(line, spec.secrets) for line in spec.setup))
     if spec.model_params:
         try:
@@ -1308,12 +1322,12 @@ def setup_secret_problem(line: str, secrets=()) -> str | None:
     ``huggingface-cli login --token hf_...``, ``wandb login KEY``. Setup lines are written into the rendered script,
     spec.json and, where one fails, the job's log; the value is not repeated here. A ``$VARIABLE`` is a reference,
     not a value."""
+    written = "a value (not repeated here), which would be written into the job's files"
+    by_name = "(secrets pass by name, never written)"
     try:
         words = shlex.split(line, comments=True)
     except ValueError:  # unbalanced quotes: refused as a shell line elsewhere (launch.setup_lines)
-        return None
-    written = "a value (not repeated here), which would be written into the job's files"
-    by_name = "(secrets pass by name, never written)"
+        words = []
     for i, word in enumerate(words):
         name, eq, value = word.partition("=")
         literal = bool(value) and "$" not in value and not value.startswith(("/", "~", "./"))  # a path: a key's file
@@ -1329,7 +1343,18 @@ def setup_secret_problem(line: str, secrets=()) -> str | None:
                 f'setup line gives {option} {written}: write a variable there ("${var}"), export it where you '
                 f"launch and pass --secret {var} {by_name}."
             )
+    if what := credential_in(line):
+        fix = "https://USER:$GIT_TOKEN@HOST/..." if what == "a URL's password" else '"$TOKEN"'
+        return (
+            f"setup line holds {what} (not repeated here), which would be written into the job's files: write a "
+            f"variable there ({fix}), export it where you launch and pass --secret with its name {by_name}."
+        )
     return None
+
+
+def credential_in(text: str) -> str | None:
+    """What credential ``text`` holds by its shape (CREDENTIAL_VALUE), in words; None: none seen."""
+    return next((what for what, shape in CREDENTIAL_VALUE.items() if shape.search(text)), None)
 
 
 def looks_like_token(text: str) -> bool:

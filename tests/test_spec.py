@@ -365,6 +365,44 @@ def test_plain_env_names_that_mention_tokens_pass():
     assert s.env == dict(e.split("=", 1) for e in env)
 
 
+@pytest.mark.parametrize(
+    "env, said",
+    [
+        ("GITHUB_PAT=ghp_0123456789abcdefABCDEF0123456789abcd", "is a secret"),  # a name in _PAT
+        ("MY_CRED=ghp_0123456789abcdefABCDEF0123456789abcd", "holds a token"),  # any name: the value's shape
+        ("HUB=hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567", "holds a token"),
+        ("DATABASE_URL=postgres://app:hunter2secret@db:5432/x", "holds a URL's password"),
+    ],
+)
+def test_an_env_value_shaped_like_a_credential_is_refused_without_echoing_it(env, said):
+    """-o env=GITHUB_PAT=ghp_... and -o env=DATABASE_URL=postgres://user:pw@... were written as they are."""
+    with pytest.raises(FtctlError) as e:
+        build(None, None, [f"env={env}"])
+    name, value = env.split("=", 1)
+    assert said in str(e.value) and f"pass --secret {name} instead" in str(e.value)
+    assert value not in str(e.value) and "hunter2" not in str(e.value)
+    # a URL without a password, or with a variable for it, and a path list are no credential
+    plain = ["DATABASE_URL=postgres://app@db:5432/x", "GIT_URL=https://me:$GIT_TOKEN@github.com/o/r"]
+    plain += ["PIP_INDEX_URL=http://mirror:8080/simple", "LD_LIBRARY_PATH=/opt/lib:/usr/lib", "X=hf_transfer"]
+    assert build(None, None, [f"env={e}" for e in plain]).env == dict(e.split("=", 1) for e in plain)
+
+
+@pytest.mark.parametrize(
+    "line, said",
+    [
+        ("git clone https://me:ghp_0123456789abcdefABCDEF0123456789abcd@github.com/o/r /tmp/r", "a URL's password"),
+        ("pip install git+https://oauth2:glpat-abcdefghij0123456789@gitlab.com/o/r", "a URL's password"),
+        ("curl -H 'Authorization: Bearer hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567' https://x/y", "a token"),
+    ],
+)
+def test_a_setup_line_holding_a_credential_is_refused_without_echoing_it(line, said):
+    with pytest.raises(FtctlError) as e:
+        build(None, {"setup": [line]})
+    assert f"setup line holds {said} (not repeated here)" in str(e.value)
+    assert "0123456789" not in str(e.value) and "AbCdEf" not in str(e.value)
+    assert build(None, {"setup": ["git clone https://me:$GIT_TOKEN@github.com/o/r /tmp/r"]}).setup
+
+
 @pytest.mark.parametrize("name", ["DB_PASS", "SMTP_PASS", "MYSQL_PWD", "DB_PWD", "GPG_PASSPHRASE", "PASS"])
 def test_password_names_of_other_spellings_are_secrets(name):
     """-o env=DB_PASS=hunter2 would be written in plain text like PASSWORD's spelling."""
@@ -858,7 +896,11 @@ def test_an_axolotl_example_file_is_taken_as_it_is_written(tmp_path):
             build(given)
     with pytest.raises(FtctlError, match="warmup_steps and warmup_ratio both given: keep one"):
         build({"warmup_steps": 10, "warmup_ratio": 0.03})
-    assert (build({}).warmup, build({"warmup_steps": 10}).warmup, build({"warmup_ratio": 0.1}).warmup) == (0.03, 10, 0.1)
+    assert (build({}).warmup, build({"warmup_steps": 10}).warmup, build({"warmup_ratio": 0.1}).warmup) == (
+        0.03,
+        10,
+        0.1,
+    )
     assert (build({}).checkpoint_every, build({}).global_batch) == (100, 32)
     assert (
         "datasets (run file): their paths are data_path; each row's format is read from its fields (not from their type)"
