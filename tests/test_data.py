@@ -534,6 +534,19 @@ def test_parquet_directory_and_fsspec_uri(tmp_path, tiny_tokenizer):
     report = check_data(str(data), tiny_tokenizer, 512)
     assert report.ok and report.files == 2 and report.stats.rows == 3
     assert report.stats.formats == {"sharegpt": 2, "openai": 1}
+    assert not [n for n in report.notes if n.startswith("not read")]
+    # files that look like data and are not read are named (they were left out without a word)
+    (data / "sub" / "more.csv").write_text("instruction,output\nQ,A\n")
+    (data / "notes.txt").write_text("Q A")
+    (data / ".hidden").mkdir()
+    (data / ".hidden" / "x.csv").write_text("a\n")
+    report = check_data(str(data), tiny_tokenizer, 512)
+    assert (
+        report.files == 2
+        and "not read: notes.txt, sub/more.csv: ftctl reads .json, .jsonl and .parquet" in "\n".join(report.notes)
+    )
+    for name in ("sub/more.csv", "notes.txt", ".hidden/x.csv"):
+        (data / name).unlink()
     write_jsonl(data / "sub" / "bad.jsonl", [{"text": ""}])
     assert check_data(str(data), tiny_tokenizer, 512).errors == ["sub/bad.jsonl line 1: empty turn: 'text' is empty"]
     (data / "sub" / "bad.jsonl").unlink()

@@ -38,6 +38,7 @@ from ftctl.trainer.masks import (
     require_fast,
     turn_close_problem,
 )
+from ftctl.trainer.splits import unread_files
 
 IGNORE_INDEX = -100
 _SHOWN = 50  # problems listed by render(); the FtctlError lists fewer
@@ -194,6 +195,11 @@ def prepare_data(
     report.files = len(files)
     if len(split_paths(path)) == 1 and files != [path]:  # a directory or pattern: which files (which split)
         report.read = [file_name(f, path) for f in files]
+    if unread := unread_files(path):
+        some = ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else "")
+        report.notes.append(
+            f"not read: {some}: ftctl reads .json, .jsonl and .parquet (`ftctl data check` of a CSV file says how to convert it)"
+        )
 
     good: list[Row] = []
     texts: list[str] = []

@@ -17,6 +17,8 @@ from ftctl import storage
 from ftctl.errors import FtctlError
 
 EXTENSIONS = (".json", ".jsonl", ".parquet")  # the data files ftctl reads
+# files a directory of data may hold that ftctl does not read, named where one is left out (unread_files)
+NOT_READ = (".csv", ".tsv", ".txt", ".arrow", ".gz", ".zst", ".bz2", ".xz", ".zip", ".xlsx")
 
 # the split a directory or repository of several gives, by role: TRL's dataset_train_split and dataset_test_split
 # defaults (and the validation split where there is no test one)
@@ -62,6 +64,21 @@ def split_files(fs, path: str, root: str, held_out: bool) -> list[str]:
 def _data_files(fs, top: str) -> list[str]:
     """The data files below ``top`` as `datasets` reads a directory (_read_as_data)."""
     return sorted(p for p in fs.find(top) if _read_as_data(p, top))
+
+
+def unread_files(path: str) -> list[str]:
+    """The files of a local directory ``path`` that look like data and are not read (NOT_READ: data.csv beside
+    data.jsonl), relative to it; [] for anything else."""
+    import os
+
+    if not os.path.isdir(path):
+        return []
+    found = []
+    for here, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
+        rel = os.path.relpath(here, path)
+        found += [os.path.normpath(os.path.join(rel, f)) for f in sorted(files) if f.lower().endswith(NOT_READ)]
+    return found
 
 
 def _read_as_data(path: str, top: str) -> bool:
