@@ -28,6 +28,12 @@ the same steps are comparable:
                             beside ddp; combines with @profile (<case>@env:...@profile)
     <case>@o:K=V[;K=V]      the case with more run options (-o K=V), e.g. ddp@o:ddp_comm_dtype=bf16 beside ddp
 
+--save-at N: every case saves checkpoint-N (not only resume sources, which save at N instead of steps // 2),
+and its row records, before its output is deleted, what is on disk: ckpt_files {path in checkpoint-N: bytes}
+(DeepSpeed's ranks and global_step* grouped as rank_* and global_step*), ckpt_bytes, ckpt_bytes_per_param
+(over the model's parameter count), and final_files, final_bytes, final_bytes_per_param for the rest of the
+output dir (the final model, its tokenizer, metrics.jsonl, spec.json).
+
 First the network probe across both GPUs (python -m ftctl.trainer.netcheck; --no-netcheck skips it). Writes,
 after every case (a run cut short still leaves its rows):
 
@@ -271,6 +277,28 @@ def wait(running: list[Running], timeout: float) -> dict[str, object]:
     return codes
 
 
+def files_of(d: Path) -> dict[str, int]:
+    """{path relative to d: bytes} of every file under d but checkpoint-* dirs (DeepSpeed's per-rank, per-step
+    names grouped: rank_*, global_step*)."""
+    files: dict[str, int] = {}
+    for p in sorted(d.rglob("*")):
+        rel = p.relative_to(d).as_posix()
+        if p.is_file() and not re.match(r"checkpoint-\d+/", rel):
+            key = re.sub(r"global_step\d+", "global_step*", re.sub(r"rank_\d+", "rank_*", rel))
+            files[key] = files.get(key, 0) + p.stat().st_size
+    return files
+
+
+def disk_row(out: Path, save_step: int, n_params: int) -> dict:
+    """What a case left on disk: checkpoint-<save_step> and the rest of its output dir (the final model)."""
+    row: dict = {}
+    ckpt = out / f"checkpoint-{save_step}"
+    for key, files in (("ckpt", files_of(ckpt) if ckpt.is_dir() else {}), ("final", files_of(out))):
+        total = sum(files.values())
+        row |= {f"{key}_files": files, f"{key}_bytes": total, f"{key}_bytes_per_param": round(total / n_params, 3)}
+    return row
+
+
 def read_row(r: Running, rc, save_step: int | None, logs: Path) -> dict:
     wall = round(time.time() - r.t0, 1)
     shutil.copy(r.log, logs / r.log.name)
@@ -380,6 +408,7 @@ COLUMNS += [
     "peak_gib",
     "plan_peak_gib",
 ]
+COLUMNS += ["ckpt_bytes_per_param", "final_bytes_per_param"]
 COLUMNS += ["final_loss", "wall_s", "concurrent_with", "call"]
 
 
@@ -517,6 +546,7 @@ def main() -> None:
         default=GLOBAL_BATCH,
         help=f"rows a step in every case (single:weak half of it); a multiple of {2 * MICRO}: more accumulation",
     )
+    ap.add_argument("--save-at", type=int, help="every case saves checkpoint-N; rows record its files and bytes")
     ap.add_argument("--work", default="/tmp/ftctl-bench-cpu" if CPU else "/tmp/ftctl-bench")
     ap.add_argument("--no-netcheck", action="store_true", help="skip the all-reduce probe across both GPUs")
     ap.add_argument("--plot", help="a multi_gpu.json to draw (no GPU needed)")
@@ -536,7 +566,8 @@ def main() -> None:
     scale = a.global_batch // GLOBAL_BATCH  # 16 -> 1; 64 -> 4: 8 x 8 on one GPU, 8 x 4 on each of two
     groups = [[replace(c, global_batch=c.global_batch * scale) for c in g] for g in groups]
     sources = {c.source for g in groups for c in g if c.source}
-    save_step = a.steps // 2  # the checkpoint a resume case starts from (10 of 20)
+    save_step = a.save_at or a.steps // 2  # the checkpoint a resume case starts from (10 of 20)
+    saves = {c.name for g in groups for c in g if a.save_at or c.name in sources}
     import torch
 
     out, work = Path(a.out), Path(a.work)
@@ -575,17 +606,19 @@ def main() -> None:
                 row = {"case": case.name, "gpus": case.gpus, "method": case.method, "strategy": case.asked}
                 rows.append({**row, "error": why, **({"concurrent_with": others[0]} if others else {})})
                 continue
-            opts = overrides(case, a.steps, save_step if case.name in sources else None, resume, slot)
+            opts = overrides(case, a.steps, save_step if case.name in saves else None, resume, slot)
             print(f"--- {case.name} on {case.gpus} GPU(s){' with ' + others[0] if others else ''}, {left:.0f} s left")
             running.append(start(case, slot, len(group) > 1, opts, model, data, work))
         timeout = min(left, RESUME_TIMEOUT_S if any(r.case.source for r in running) else CASE_TIMEOUT_S)
         codes = wait(running, timeout)
         for r in running:
-            row = read_row(r, codes[r.case.name], save_step if r.case.name in sources else None, logs)
+            row = read_row(r, codes[r.case.name], save_step if r.case.name in saves else None, logs)
+            if a.save_at:
+                row |= disk_row(r.out, save_step, n_params)
             if len(running) > 1:
                 row["concurrent_with"] = next(x.case.name for x in running if x is not r)
             row["disk_free_gib"] = round(shutil.disk_usage(work).free / 2**30, 1)
-            print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "plan", "times")})[:1500], flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("losses", "plan", "times")})[:2500], flush=True)
             rows.append(row)
         finish(rows, card, n_params)
         write(out, result)
