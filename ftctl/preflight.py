@@ -56,8 +56,8 @@ _HUB_FIX = {
     "(ftctl passes it to the job as a secret).",
 }
 #: bytes a checkpoint holds per parameter: fp32 weights (fft/sft load fp32 masters) and, per
-#: trainable parameter, fp32 gradients' optimizer state (Adam: two moments)
-WEIGHT_BYTES, OPTIMIZER_BYTES = 4, 8
+#: trainable parameter, the optimizer state (Adam: two fp32 moments); DeepSpeed's keeps its fp32 masters too
+WEIGHT_BYTES, OPTIMIZER_BYTES, ZERO_OPTIMIZER_BYTES = 4, 8, 12
 
 
 @dataclass(frozen=True)
@@ -705,14 +705,30 @@ def _check_resume(spec, plan, found) -> list[Finding]:
 
 # ------------------------------------------------------------------------------------------ disk
 def checkpoint_gb(plan) -> tuple[float, float]:
-    """(one checkpoint, the final model) in GB, estimated from the plan: weights are saved in fp32,
-    the optimizer state (two fp32 moments) for the trainable parameters only."""
+    """(one checkpoint, the final model) in GB, estimated from the plan; the optimizer state is the trainable
+    parameters'. lora/qlora save the adapters: fp32, two moments. fft/sft, as measured on an H200 in bf16 (1B fft,
+    bench/NOTES.md v66; P the parameters, T the trainable ones):
+
+        single, ddp   model.safetensors (fp32 masters) 4P + optimizer.pt 8T                    final 4P
+        fsdp          model.safetensors 4P + pytorch_model_fsdp.bin 4P + optimizer.bin 8T     final 4P
+        zero2         model.safetensors 2P + global_step*/mp_rank_*_model_states.pt 2P
+                      + the ranks' optim_states (fp32 masters, two moments) 12T                final 2P
+        zero3         model.safetensors 2P (gathered) + optim_states 12T                       final 2P
+
+    (DeepSpeed's 16-bit weights are fp32 on CPU: measured there, 4P each.) A model whose LM head shares the
+    embedding's weight saved it twice under fsdp and zero2 (+4 and +2 bytes a vocabulary x hidden entry), not
+    counted."""
     trainable = plan.trainable_params_b
-    if plan.method in ("fft", "sft"):
-        weights = WEIGHT_BYTES * plan.model.params_b
-    else:  # lora/qlora save the adapters only
+    if plan.method not in ("fft", "sft"):  # the adapters only
         weights = WEIGHT_BYTES * trainable
-    return weights + OPTIMIZER_BYTES * trainable, weights
+        return weights + OPTIMIZER_BYTES * trainable, weights
+    params = plan.model.params_b
+    if plan.strategy.startswith(("zero2", "zero3")):
+        sixteen = 2 if plan.precision in ("bf16", "fp16") else 4
+        files = 1 if plan.strategy.startswith("zero3") else 2
+        return files * sixteen * params + ZERO_OPTIMIZER_BYTES * trainable, sixteen * params
+    files = 2 if plan.strategy == "fsdp" else 1
+    return files * WEIGHT_BYTES * params + OPTIMIZER_BYTES * trainable, WEIGHT_BYTES * params
 
 
 SHARED_FS_GBPS = 1.0  # what a cluster's shared filesystem (NFS, Lustre, GPFS) writes for one job, assumed
@@ -722,7 +738,7 @@ STEP_MARGIN_S = 60  # the step under way when the signal comes, finished before 
 def check_signal_lead(spec, plan) -> list[Finding]:
     """Slurm's USR2 comes signal_lead_s before the time limit: the step under way ends, then the checkpoint is written
     (and sent to an object-store output), before Slurm kills the job at its limit. A full fine-tune's checkpoint
-    (fp32 weights and two optimizer moments: 96 GB for 8B) may take longer than the default 120 s to write."""
+    (under ZeRO-2, 16-bit weights twice, fp32 masters and two moments: 128 GB for 8B, checkpoint_gb) may take longer than the default 120 s to write."""
     one, _ = checkpoint_gb(plan)
     writes = 2 if storage.is_remote(spec.output) else 1  # staged on the node, then uploaded
     need = writes * one / SHARED_FS_GBPS + STEP_MARGIN_S

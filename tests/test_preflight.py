@@ -455,7 +455,13 @@ def test_disk_space_for_checkpoints(tmp_path, monkeypatch):
     spec = RunSpec(method="fft", gpus="8xH100", model_params="8b", output_dir=str(tmp_path / "run"))
     plan = make_plan(spec)
     one, final = preflight.checkpoint_gb(plan)
-    assert one == 96 and final == 32  # fp32 weights and two Adam moments: 12 bytes a parameter; 4 for the model
+    assert plan.strategy == "zero2" and (one, final) == (128, 16)  # 16-bit weights twice, fp32 masters, two moments
+    # by strategy, as measured on an H200 (bench/NOTES.md v66): FSDP2 writes the model twice, ZeRO keeps fp32 masters
+    each = {s: preflight.checkpoint_gb(make_plan(replace(spec, strategy=s))) for s in ("zero3", "fsdp")}
+    each["single"] = preflight.checkpoint_gb(make_plan(replace(spec, gpus="1xH200", model_params="1b")))
+    assert each == {"zero3": (112, 16), "fsdp": (128, 32), "single": (12, 4)}
+    on_cpu = make_plan(replace(spec, gpus="cpu", model_params="135m", strategy="zero3"))
+    assert preflight.checkpoint_gb(on_cpu) == pytest.approx((0.135 * 16, 0.135 * 4))  # measured on CPU: fp32 there
 
     def free(gb):
         usage = shutil.disk_usage(tmp_path)._replace(free=int(gb * 1e9))
@@ -463,10 +469,10 @@ def test_disk_space_for_checkpoints(tmp_path, monkeypatch):
 
     free(10_000)
     assert check_disk(spec, plan) == []
-    free(300)  # 3 checkpoints and the model: 320 GB
+    free(300)  # 3 checkpoints and the model: 400 GB
     assert "lower -o save_total_limit" in only(check_disk(spec, plan), WARNING)
     one_kept = replace(spec, save_total_limit=1, eval_split=0.05)  # held-out data: the lowest loss's is kept too
-    free(200)  # 2 checkpoints and the model: 224 GB
+    free(200)  # 2 checkpoints and the model: 272 GB
     assert only(check_disk(one_kept, plan), WARNING).startswith(f"--output {spec.output}: 2 checkpoints")
     free(100)
     assert "one checkpoint and the final model need" in only(check_disk(spec, plan))
@@ -611,8 +617,8 @@ def test_a_mistyped_template_file_in_a_directory_is_said_before_the_job(tmp_path
 
 
 def test_a_checkpoint_that_takes_longer_to_write_than_slurms_signal_lead_is_said():
-    """USR2 comes signal_lead_s (120 s) before the time limit; 8B fft's checkpoint (fp32 weights and two moments,
-    ~96 GB) took longer than that to write on a cluster's shared filesystem, and the job was killed mid-save at its
+    """USR2 comes signal_lead_s (120 s) before the time limit; 8B fft's checkpoint (ZeRO-2's: 16-bit weights twice,
+    fp32 masters and two moments, ~128 GB) took longer than that to write on a cluster's shared filesystem, and the job was killed mid-save at its
     limit: every step since the last checkpoint lost, each time limit."""
     from ftctl.preflight import check_signal_lead
     from ftctl.spec import build
@@ -622,11 +628,11 @@ def test_a_checkpoint_that_takes_longer_to_write_than_slurms_signal_lead_is_said
         return check_signal_lead(spec, make_plan(spec))
 
     (found,) = said(method="fft", output_dir="/shared/runs/r1")
-    assert found.level == WARNING and found.what.startswith("a checkpoint of this run is ~96.4 GB: written at 1 GB/s")
-    assert found.fix == "give it more: -o signal_lead_s=180."
+    assert found.level == WARNING and found.what.startswith("a checkpoint of this run is ~128.5 GB: written at 1 GB/s")
+    assert found.fix == "give it more: -o signal_lead_s=240."
     (uploaded,) = said(method="fft", output_dir="s3://b/r1")  # written on the node, then sent: twice the time
-    assert "written and uploaded" in uploaded.what and uploaded.fix == "give it more: -o signal_lead_s=300."
-    assert said(method="fft", output_dir="/shared/runs/r1", signal_lead_s=180) == []
+    assert "written and uploaded" in uploaded.what and uploaded.fix == "give it more: -o signal_lead_s=360."
+    assert said(method="fft", output_dir="/shared/runs/r1", signal_lead_s=240) == []
     assert said(method="lora", output_dir="/shared/runs/r1") == []  # adapters: a few hundred MB
 
 

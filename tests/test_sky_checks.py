@@ -68,7 +68,7 @@ def test_the_disk_holds_the_model_the_staged_checkpoints_and_the_final_model():
 
 
 def test_a_disk_too_small_for_the_run_is_refused_with_the_size_it_needs():
-    with pytest.raises(FtctlError, match=r"disk_size=300 GB is too small for fft .* -o disk_size=512, or lower"):
+    with pytest.raises(FtctlError, match=r"disk_size=300 GB is too small for fft .* -o disk_size=640, or lower"):
         sky(["disk_size=300"], method="fft")
     assert resources(sky(["disk_size=1024"], method="fft"))["disk_size"] == 1024
 

@@ -707,6 +707,12 @@ def failure_message(paths: RunPaths, rc: int, spec: RunSpec) -> str:
         if tail:
             click.echo("\n".join(tail), err=True)
         message = f"training exited with code {rc}" + (f" (signal {-rc})" if rc < 0 else "")
+        if rc == -signal.SIGKILL:  # nothing recorded: no Python exception; what sends SIGKILL unasked is the OOM killer
+            message += (
+                ": killed, most often by the kernel's out-of-memory killer (`dmesg` or `journalctl -k` says); "
+                "lower -o per_device_train_batch_size or -o model_max_length, or set -o host_memory_gb to what is "
+                "free, which the plan fits"
+            )
         resumable = True  # killed from outside, or a node went away: a relaunch resumes
     if resumable:
         try:
