@@ -96,6 +96,12 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  terms (1B fft under ZeRO-2 on one H200, 8 x 2,048 with checkpointing: 27.3 GB, v52). ZeRO-3 does
                  the same a sub-group (1e9 parameters) at a time: not measured, not counted
     overhead     1.5 GB: CUDA context, allocator fragmentation, NCCL buffers
+    on CPU       (fp32, no Liger, torch's CPU kernels) the activations and logits as counted for a GPU in 32 bits,
+                 times CPU_ACTIVATION_FACTOR: measured on this project's 2-core machine, the process's peak RSS for
+                 one step of SmolLM2-135M's shape at 2,048-token rows (torch 2.13, sdpa) was 1.2-1.8x the plan at
+                 micro-batch 1 and 1.75-2.2x at 2 (fft 7.2 and 14.2 GB, lora 10.1 and 20.0 GB); lora at 4, planned
+                 at 15.3 GB, was killed at the machine's 24 GB. Not understood term by term (a bare forward and
+                 backward of the same shape keeps 2-3 GB a sequence less than the trainer): fitted on those four
 
 A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
 "GPU performance" holds them against measured peaks (bench/).
@@ -128,6 +134,7 @@ HEADROOM = 0.92
 # DeepSpeed's defaults for ZeRO-3 (elements), which ftctl's config leaves as they are (distributed.py)
 ZERO3_REDUCE_BUCKET, ZERO3_PREFETCH_BUCKET, ZERO3_MAX_LIVE = 5e8, 5e7, 1e9
 OVERHEAD_GB = 1.5
+CPU_ACTIVATION_FACTOR = 2.7  # the module docstring: on CPU
 CPU_MAX_PARAMS_B = 2.0  # larger models are refused on CPU: days a step
 
 
@@ -626,6 +633,9 @@ def memory_terms(
     else:  # every layer's, + one layer's worth of gradients in flight during the backward
         activations = per_token_layer * (shape.layers + 1) * gb
     terms = {"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations}
+    if fp32:  # the module docstring: on CPU
+        activations, logits = CPU_ACTIVATION_FACTOR * activations, CPU_ACTIVATION_FACTOR * logits
+        terms["activations"] = activations
     if logits:
         terms["logits"] = logits
     if scores:  # module docstring: attention_scores

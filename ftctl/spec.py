@@ -870,6 +870,10 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if errors:
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)
+    if notes is not None and spec.warmup_steps is not None and spec.warmup_ratio is not None:
+        notes.append(
+            f"warmup_ratio={spec.warmup_ratio:g} unused: warmup_steps={spec.warmup_steps} wins (as in transformers)"
+        )
     if notes is not None and spec.time and re.fullmatch(r"\d{1,2}:\d{2}", spec.time.strip()):
         minutes, seconds = spec.time.strip().split(":")
         notes.append(
@@ -1135,8 +1139,6 @@ def validate(spec: RunSpec) -> None:
     ):
         if getattr(spec, per_epoch) is not None and getattr(spec, steps) is not None:
             errors.append(f"{steps} and {per_epoch} both given: keep one ({what} every N steps, or N an epoch).")
-    if spec.warmup_steps is not None and spec.warmup_ratio is not None:
-        errors.append("warmup_steps and warmup_ratio both given: keep one (a number of steps, or a share of them).")
     if spec.learning_rate is not None and not (0 < spec.learning_rate < 1):
         errors.append(f"learning_rate={spec.learning_rate} is outside (0, 1); typical: 2e-5 (fft) to 2e-4 (lora).")
     if not 0 <= spec.lora_dropout < 1:

@@ -396,6 +396,18 @@ def test_an_interrupted_run_says_whether_a_relaunch_resumes_or_starts_again(tmp_
     assert failure_message(paths, 130, spec).endswith("again to resume from the last checkpoint.")
 
 
+def test_a_trainer_killed_unasked_names_the_out_of_memory_killer(tmp_path):
+    """A CPU run the kernel's OOM killer stopped said only "training exited with code -9 (signal 9)"."""
+    from ftctl.local.backend import failure_message
+    from ftctl.runpaths import RunPaths
+    from ftctl.spec import RunSpec
+
+    paths = RunPaths(tmp_path / "run")
+    said = failure_message(paths, -9, RunSpec(output_dir=str(paths.root)))
+    assert said.startswith("training exited with code -9 (signal 9): killed, most often by the kernel's out-of-memory")
+    assert "-o per_device_train_batch_size" in said and "out-of-memory" not in failure_message(paths, -15, RunSpec())
+
+
 WORKER = """
 import sys, time
 import torch.distributed as dist

@@ -77,7 +77,8 @@ def test_every_sbatch_passes_bash_n(method, tmp_path):
                 sbatch_args=["--mem=64G", "--exclusive", "--constraint=a100|h100"],
                 setup=["module load cuda/12.4", 'source "/opt/my env/bin/activate"'],
             )
-        prep = prepared(["env=WANDB_PROJECT=it's mine", "socket_ifname=ib0"] if extras else [], **flags)
+        more = ["env=WANDB_PROJECT=it's mine", "socket_ifname=ib0"] + ["host_memory_gb=64"] * (gpus == "cpu")
+        prep = prepared(more if extras else [], **flags)  # a CPU plan within --mem (memory_request_gb)
         f = tmp_path / f"{n}.sbatch"
         f.write_text(prep.text)
         _bash_n(f)
@@ -561,6 +562,20 @@ def test_offload_plans_ask_for_the_host_memory_they_need(backend):
         for low in ("--mem=64G", "--mem=65536", "--mem-per-cpu=4G"):
             with pytest.raises(FtctlError, match=f"--sbatch-arg={low}: the zero2_offload plan keeps ~.* --mem={gib}G"):
                 prepared(sbatch_args=[low], **args)
+
+
+def test_a_cpu_job_asks_slurm_for_the_memory_its_plan_needs():
+    """A CPU job asked for no memory: a partition's DefMemPerCPU gave it a few GB and the OOM killer stopped it."""
+    args = dict(backend="slurm", method="lora", gpus="cpu", nodes=2, output_dir="/fixed/out")
+    r = prepared(**args)
+    gib = math.ceil(r.plan.memory_gb * 1e9 / 2**30)  # one process a node
+    assert r.plan.tier is None and f"#SBATCH --mem={gib}G\n" in r.text
+    with pytest.raises(
+        FtctlError, match=r"--mem=8G: the ddp plan keeps ~.* \(training on CPU\).* -o host_memory_gb=8\."
+    ):
+        prepared(sbatch_args=["--mem=8G"], **args)
+    within = prepared(["host_memory_gb=8"], sbatch_args=["--mem=8G"], **args)
+    assert within.plan.memory_gb <= 8 and "#SBATCH --mem=8G\n" in within.text
 
 
 def test_singularity_and_enroot_prefixes_are_apptainer_and_pyxis():

@@ -411,7 +411,9 @@ def test_launch_refuses_an_offload_plan_whose_memory_no_node_has(slurm):
         backend="slurm", method="fft", gpus="1xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5", partition="gpu"
     )
     assert rendered.plan.strategy == "zero2_offload" and "#SBATCH --mem=" in rendered.text
-    with pytest.raises(FtctlError, match=r"needs ~\d+ GB of it a node \(--mem\), but partition 'gpu' has at most"):
+    with pytest.raises(
+        FtctlError, match=r"needs ~\d+ GB of CPU RAM a node \(--mem: .*\), but partition 'gpu' has at most"
+    ):
         get("slurm").check(rendered)
 
 

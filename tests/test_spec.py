@@ -894,8 +894,9 @@ def test_an_axolotl_example_file_is_taken_as_it_is_written(tmp_path):
     for given in ({"save_steps": 50, "saves_per_epoch": 2}, {"save_steps": 100, "saves_per_epoch": 2}):
         with pytest.raises(FtctlError, match="save_steps and saves_per_epoch both given: keep one"):
             build(given)
-    with pytest.raises(FtctlError, match="warmup_steps and warmup_ratio both given: keep one"):
-        build({"warmup_steps": 10, "warmup_ratio": 0.03})
+    said: list[str] = []
+    assert build({"warmup_steps": 10, "warmup_ratio": 0.03}, notes=said).warmup == 10  # transformers' way, said
+    assert said == ["warmup_ratio=0.03 unused: warmup_steps=10 wins (as in transformers)"]
     assert (build({}).warmup, build({"warmup_steps": 10}).warmup, build({"warmup_ratio": 0.1}).warmup) == (
         0.03,
         10,

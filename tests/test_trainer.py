@@ -887,7 +887,7 @@ def test_saves_and_evals_per_epoch_are_counted_from_the_epochs_steps(tiny_model_
     out = tmp_path / "run"
     spec, plan = make_run(
         tiny_model_dir, tiny_data, out, "lora", max_steps=-1, num_train_epochs=1, saves_per_epoch=2,
-        evals_per_epoch=3, eval_split=0.25, save_total_limit=5, save_steps=100,
+        evals_per_epoch=3, eval_split=0.25, save_total_limit=5, save_steps=None,
     )  # fmt: skip
     assert plan.evaluation.startswith("loss 3 times an epoch and at the end")
     assert _train(spec, plan).status == "complete"

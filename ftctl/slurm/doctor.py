@@ -261,7 +261,7 @@ def _node_problems(chosen: PartitionInfo, nodes: int | None) -> list[str]:
 
 
 def _memory_problems(chosen: PartitionInfo, memory_gb: float) -> list[str]:
-    """An offload plan's --mem above every node of the partition: sbatch would refuse it ("Requested node
+    """An offload or CPU plan's --mem above every node of the partition: sbatch would refuse it ("Requested node
     configuration is not available") without saying that the plan asked for it, or what to do."""
     if not chosen.nodes:
         return []
@@ -269,7 +269,7 @@ def _memory_problems(chosen: PartitionInfo, memory_gb: float) -> list[str]:
     if memory_gb <= most:
         return []
     return [
-        f"the plan offloads the optimizer to CPU RAM and needs ~{memory_gb:.0f} GB of it a node (--mem), but "
+        f"the plan needs ~{memory_gb:.0f} GB of CPU RAM a node (--mem: an offloaded optimizer, or training on CPU), but "
         f"partition {chosen.name!r} has at most {most:.0f} GB a node; plan for those nodes with "
         f"-o host_memory_gb={math.floor(most)} (ftctl then picks what fits, or says nothing does)"
     ]

@@ -174,23 +174,26 @@ def sbatch_directives(spec: RunSpec, plan: Plan, gres_type: str | None = None) -
 
 def memory_request_gb(spec: RunSpec, plan: Plan) -> float | None:
     """The memory (GB a node) the job asks for with ``--mem``: an offload plan's host RAM
-    (plan.offload_host_gb), unless the user asked for memory in an --sbatch-arg (refused below that)."""
-    if not plan.host_memory_gb:
+    (plan.offload_host_gb), a CPU plan's processes' memory (a partition's DefMemPerCPU gave a CPU job a few GB and the
+    OOM killer stopped it), unless the user asked for memory in an --sbatch-arg (refused below that)."""
+    need = plan.host_memory_gb or (plan.memory_gb * plan.world_size / plan.nodes if plan.tier is None else None)
+    if not need:
         return None
     for arg in spec.sbatch_args:
         key, _, value = arg.lstrip("-").partition("=")
         if key in ("mem", "mem-per-cpu"):
             per = cpus_per_task(spec, plan) if key == "mem-per-cpu" else 1
             asked = _slurm_mb(value) * per / 1e3 * 2**20 / 1e6  # Slurm's M is MiB
-            if 0 < asked < plan.host_memory_gb:  # --mem=0: all of the node's
-                need = math.ceil(plan.host_memory_gb * 1e9 / 2**30)
+            if 0 < asked < need:  # --mem=0: all of the node's
+                why = "training on CPU" if plan.tier is None else "the optimizer offloaded"
                 raise FtctlError(
-                    f"--sbatch-arg={arg}: the {plan.strategy} plan keeps ~{plan.host_memory_gb:.0f} GB a node in host "
-                    f"RAM (the optimizer offloaded), more than that asks for: give at least --mem={need}G, or leave "
-                    "--mem out (ftctl asks for it)."
+                    f"--sbatch-arg={arg}: the {plan.strategy} plan keeps ~{need:.0f} GB a node in host RAM ({why}), "
+                    f"more than that asks for: give at least --mem={math.ceil(need * 1e9 / 2**30)}G, or leave --mem "
+                    "out (ftctl asks for it)"
+                    + (f", or plan within it: -o host_memory_gb={math.floor(asked)}." if plan.tier is None else ".")
                 )
             return None
-    return plan.host_memory_gb
+    return need
 
 
 def _slurm_mb(value: str) -> float:
