@@ -199,6 +199,23 @@ DECIDED = {
     "eval_on_start": "the held-out loss is measured every eval_steps and at the end",
     "logging_dir": "TensorBoard's logs go to the run directory's runs/ (-o report_to=tensorboard)",
     "neftune_noise_alpha": "NEFTune's noise on the embeddings is not offered",
+    # TRL's and transformers' (TRL 1.x and transformers 5 spell torch_dtype dtype)
+    "dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
+    "weights load in; -o bf16=true or -o fp16=true forces one",
+    "eos_token": "each turn ends as the model's chat template ends it, with the tokenizer's own tokens "
+    "(chat_template_path for another template; `ftctl data check --show 1` shows a row as it trains)",
+    "padding_free": "packed batches (packing: the plan's where its attention keeps rows apart) run padding-free; "
+    "unpacked ones pad to their longest row: -o packing=true or false",
+    "packing_strategy": "packing places whole rows best-fit decreasing (TRL's bfd); rows longer than "
+    "model_max_length are cut, not split across sequences",
+    "dataloader_num_workers": "rows are tokenised once, before training; batches are drawn from memory",
+    "remove_unused_columns": "the rows are tokenised by ftctl, which keeps only what trains",
+    "ddp_find_unused_parameters": "every trainable parameter takes part in each step: DDP does not look for unused "
+    "ones",
+    "do_train": "ftctl launch trains",
+    "do_eval": "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps",
+    "overwrite_output_dir": "a relaunch into the same --output resumes its run (resume=auto); -o resume=never starts "
+    "it anew over its checkpoints, another --output beside them",
 }
 # DECIDED keys set to what ftctl does anyway (a FastChat or TRL recipe copied whole): accepted with a note, any other
 # value refused as above. None: any value.
@@ -239,6 +256,15 @@ AGREES = {
     "save_only_model": ("false",),
     "eval_on_start": ("false",),
     "neftune_noise_alpha": ("0",),
+    "dtype": ("auto", "bfloat16", "bf16"),
+    "padding_free": ("true",),
+    "packing_strategy": ("bfd",),
+    "dataloader_num_workers": None,
+    "remove_unused_columns": None,
+    "ddp_find_unused_parameters": ("false",),
+    "do_train": ("true",),
+    "do_eval": ("true", "false"),  # as the held-out data says: build's _evaluation_asked
+    "overwrite_output_dir": ("false",),
 }  # and any DECIDED key left empty (YAML's null, as axolotl's example files write them): it asks for nothing
 
 
@@ -289,15 +315,15 @@ def _evaluation_asked(spec, asked: dict[str, str]) -> list[str]:
     held-out data, or "steps" without any, asks for what the run would not do."""
     errors = []
     for name, word in asked.items():
-        if word == "steps" and not spec.evaluates:
+        if word in ("steps", "true") and not spec.evaluates:  # do_eval's true
             errors.append(
-                f"{name}: steps, without held-out data: give it (--eval-data FILE, or -o eval_split=0.05), or leave "
+                f"{name}: {word}, without held-out data: give it (--eval-data FILE, or -o eval_split=0.05), or leave "
                 f"{name} out."
             )
-        elif word != "steps" and spec.evaluates:
+        elif word not in ("steps", "true") and spec.evaluates:
             errors.append(
-                f"{name}: no, beside held-out data (eval_data_path or eval_split), which is evaluated every "
-                f"eval_steps: leave one of them out."
+                f"{name}: {'false' if word == 'false' else 'no'}, beside held-out data (eval_data_path or eval_split), "
+                "which is evaluated every eval_steps: leave one of them out."
             )
     return errors
 
@@ -823,7 +849,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             if key in DECIDED:
                 if _agrees(key, raw) or _word(raw) in METHOD_AGREES.get(key, {}):
                     agreed.append(raw_key)
-                    if key in ("evaluation_strategy", "eval_strategy"):
+                    if key in ("evaluation_strategy", "eval_strategy", "do_eval"):
                         evaluation[raw_key] = _word(raw)
                     if _word(raw) in METHOD_AGREES.get(key, {}):  # (left empty, it asks for nothing)
                         by_method[f"{raw_key!r} ({source})"] = (key, _word(raw))
@@ -902,6 +928,17 @@ SCHEDULER_KWARGS = {
     "constant": (),
     "constant_with_warmup": (),
     "cosine_with_min_lr": ("min_lr_rate", "min_lr", "num_cycles"),
+}
+
+
+# transformers' schedulers not offered, and what to take instead (their nearest spelling is another schedule)
+SCHEDULERS_NOT_OFFERED = {
+    "cosine_with_restarts": "restarts are not offered; cosine decays once (-o lr_scheduler_kwargs=num_cycles=N: N "
+    "whole waves, up again each time), cosine_with_min_lr to a floor",
+    "polynomial": "not offered; linear is its power 1, cosine_with_min_lr decays to a floor",
+    "inverse_sqrt": "not offered; take cosine, or constant_with_warmup",
+    "reduce_lr_on_plateau": "not offered (it needs an evaluation every step); take cosine",
+    "warmup_stable_decay": "not offered; take constant_with_warmup or cosine_with_min_lr",
 }
 
 
@@ -1096,7 +1133,12 @@ def validate(spec: RunSpec) -> None:
             "adamw_torch_fused, adamw_torch, paged_adamw_8bit, adamw_8bit, adafactor, sgd; unset, the planner takes "
             "adamw_torch_fused (qlora: paged_adamw_8bit)."
         )
-    choice("lr_scheduler_type", tuple(SCHEDULER_KWARGS))
+    if spec.lr_scheduler_type in SCHEDULERS_NOT_OFFERED:  # the nearest spelling would be another schedule
+        errors.append(
+            f"lr_scheduler_type={spec.lr_scheduler_type!r}: {SCHEDULERS_NOT_OFFERED[spec.lr_scheduler_type]}."
+        )
+    else:
+        choice("lr_scheduler_type", tuple(SCHEDULER_KWARGS))
     errors += _scheduler_kwargs_problems(spec)
     if spec.method in ("lora", "qlora"):  # their form; the names the model has are checked by the trainer
         try:

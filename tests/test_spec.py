@@ -1034,3 +1034,29 @@ def test_data_given_where_a_run_file_goes_says_to_give_it_with_data(tmp_path):
     run = tmp_path / "run.json"  # a run file may be written in JSON: a mapping
     run.write_text('{"method": "qlora"}')
     assert build(str(run)).method == "qlora"
+
+
+def test_trl_keys_ftctl_decides_are_explained_not_unknown():
+    """TRL's dtype, eos_token, padding_free, do_eval ... were "Unknown key" with nothing more; packing_strategy and
+    overwrite_output_dir got a "Did you mean" for another key (strategy, output_dir)."""
+    notes: list[str] = []
+    given = {"dtype": "bfloat16", "padding_free": True, "packing_strategy": "bfd", "dataloader_num_workers": 4}
+    build({**given, "remove_unused_columns": False, "ddp_find_unused_parameters": False, "do_train": True}, notes=notes)
+    assert any(n.startswith("dtype, padding_free, packing_strategy, dataloader_num_workers") for n in notes), notes
+    for key, value, said in [
+        ("eos_token", "<|im_end|>", "each turn ends as the model's chat template ends it"),
+        ("packing_strategy", "wrapped", "packing places whole rows best-fit decreasing"),
+        ("overwrite_output_dir", True, "a relaunch into the same --output resumes its run"),
+        ("dtype", "float32", "the planner chooses the precision"),
+    ]:
+        with pytest.raises(FtctlError) as e:
+            build({key: value})
+        assert f"'{key}' (run file) is not set by hand here: {said}" in str(e.value) and "Did you mean" not in str(
+            e.value
+        )
+    with pytest.raises(FtctlError, match="do_eval: true, without held-out data: give it"):
+        build({"do_eval": True})
+    assert build({"do_eval": True, "eval_split": 0.1}).evaluates
+    with pytest.raises(FtctlError) as e:
+        build({"lr_scheduler_type": "cosine_with_restarts"})
+    assert "restarts are not offered" in str(e.value) and "Did you mean" not in str(e.value)
