@@ -123,6 +123,9 @@ _FLAG_KEYS = {"model": "model_name_or_path", "data": "data_path", "eval_data": "
 
 def _spec(kw: dict, backend: str | None = None):
     from ftctl import spec as spec_mod
+    from ftctl import userconfig
+
+    userconfig.load()  # its problems stop plan and render too, not only the launch that reads it
 
     config, run_file = kw.pop("config", None), kw.pop("run_file", None)
     if config and run_file and config != run_file:

@@ -115,6 +115,12 @@ def test_invalid_config_is_one_line_from_the_command_line():
         f"error: {userconfig.config_path()}: slurm_container 'singularity' is not one of apptainer, pyxis. "
         f"Fix it by hand.\n"
     )
+    _write("backend: slrum\n")  # plan exited 0 with it: only launch read the file
+    r = CliRunner().invoke(main, ["plan", "--gpus", "1xA100"])
+    assert r.exit_code == 2 and r.stderr == (
+        f"error: {userconfig.config_path()}: backend 'slrum' is not one of local, slurm, sky, docker. Did you mean "
+        "'slurm'? Fix it by hand.\n"
+    )
 
 
 # ------------------------------------------------------------------------------------------ ftctl build
