@@ -269,7 +269,11 @@ class Plan:
             source = "its config.json"
         hopper = self.tier is not None and gpu_table.TIERS[self.tier].compute_capability >= (9, 0)
         rows = [
-            ("method", self.method),
+            (
+                "method",
+                self.method
+                + (f"  (not {self.asked_method}: it does not fit here, see the note)" if self.asked_method else ""),
+            ),
             ("gpus", f"{self.gpus}  ({self.world_size} process{'es' if self.world_size > 1 else ''})"),
             (
                 "model",

@@ -231,6 +231,7 @@ def test_fallback_on_one_h200_host_says_what_offload_would_need():
     assert spec.method == plan.method == "qlora" and plan.asked_method == "fft"
     note = plan.notes[0]
     assert "fft does not fit this machine" in note and "qlora runs instead" in note
+    assert plan.table().splitlines()[0].endswith("qlora  (not fft: it does not fit here, see the note)")  # not last
     assert "an H200 has 141 GB" in note and "~172 GB of host RAM per node, which has 135.1 GB" in note
 
 
