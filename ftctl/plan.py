@@ -1147,6 +1147,19 @@ def offload_host_gb(params_b: float, world: int, per_node: int) -> float:
 _FORCED_FIT = ("strategy", "per_device_train_batch_size", "gradient_checkpointing")  # what a user may force
 
 
+def _accumulation_cost(spec: RunSpec, req, shape: ModelShape) -> str:
+    """Where FSDP2 across GPUs accumulates gradients (the accumulated_grads term), what that costs, in words: the
+    reason a smaller micro-batch with more accumulation may not fit where a larger one without it does."""
+    micro = spec.per_device_train_batch_size or 1
+    if spec.strategy != "fsdp" or req.world_size < 2 or accumulation_steps(spec, micro, req.world_size) < 2:
+        return ""
+    gb = 2 * _trainable_b(spec.method, shape, spec)
+    return (
+        f": accumulating gradients, FSDP2 keeps each GPU's whole 16-bit gradients between micro-batches (~{gb:.1f} GB "
+        "here); fewer accumulation steps at a larger micro-batch, or -o strategy=zero3, keep them sharded"
+    )
+
+
 def _a_model(shape: ModelShape) -> str:
     """'an 8.03B-parameter model', 'a 70.6B-parameter model' (eight, eleven and eighteen start with a vowel)."""
     size = f"{shape.params_b:g}"
@@ -1168,15 +1181,29 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
             f"-o host_memory_gb=N if the machine has more, or use a lighter --method (lora, qlora) or a smaller model."
         )
     forced = {k: getattr(spec, k) for k in _FORCED_FIT if getattr(spec, k) is not None}
-    fits = _fit(replace(spec, **dict.fromkeys(forced)), req, shape, method) if forced and req.tier else None
+    relaxed = replace(spec, **dict.fromkeys(forced))
+    kept = ""
+    if spec.per_device_train_batch_size and spec.gradient_accumulation_steps:  # the user's global batch, kept
+        batch = spec.per_device_train_batch_size * spec.gradient_accumulation_steps * req.world_size
+        relaxed, kept = replace(relaxed, gradient_accumulation_steps=None, global_batch_size=batch), f" x {batch} "
+    fits = _fit(relaxed, req, shape, method) if forced and req.tier else None
     if fits is not None:  # the user's batch, checkpointing or strategy is what does not fit
         asked = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in forced.items())
+        without = " and ".join(forced) + (
+            " and gradient_accumulation_steps, with -o global_batch_size=" if kept else ""
+        )
         return (
             f"{method} of {_a_model(shape)} with {asked} does not fit {req} "
-            f"({req.tier.a_card} has {req.tier.memory_gb:g} GB; ftctl plans within {HEADROOM:.0%} of it). Without "
-            f"{'it' if len(forced) == 1 else 'them'} it does: {fits.strategy}, micro-batch "
-            f"{fits.per_device_train_batch_size}, gradient checkpointing {'on' if fits.gradient_checkpointing else 'off'}"
-            f", ~{fits.memory_gb:.0f} GB/GPU (`ftctl plan` without {' and '.join(forced)} shows it)."
+            f"({req.tier.a_card} has {req.tier.memory_gb:g} GB; ftctl plans within {HEADROOM:.0%} of it)"
+            f"{_accumulation_cost(spec, req, shape)}. Without {'it' if len(forced) == 1 else 'them'} it does: "
+            f"{fits.strategy}, micro-batch {fits.per_device_train_batch_size}"
+            + (
+                f" x {fits.gradient_accumulation_steps} accumulation (the same {fits.global_batch_size} sequences a step)"
+                if kept
+                else ""
+            )
+            + f", gradient checkpointing {'on' if fits.gradient_checkpointing else 'off'}, ~{fits.memory_gb:.0f} GB/GPU "
+            f"(`ftctl plan` without {without}{fits.global_batch_size if kept else ''} shows it)."
         )
     spec = replace(spec, **dict.fromkeys(_FORCED_FIT[1:]))  # the plans offered below choose their own batch
     # the leanest way this method could run on this request, to say how far off it is

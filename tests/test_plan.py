@@ -164,6 +164,29 @@ def test_a_forced_batch_that_does_not_fit_is_named_with_the_plan_that_does():
     assert "Nearest plans" not in msg  # nothing about other GPUs: the request fits
 
 
+def test_fastchats_vicuna_recipe_names_fsdps_accumulation_and_keeps_its_global_batch():
+    """FastChat's Vicuna-7B recipe (4xA100 40GB, FSDP, micro-batch 2 x 16 accumulation) was refused without the
+    cause (FSDP2 accumulating keeps whole 16-bit gradients), and the plan offered kept the 16 at micro-batch 4:
+    256 sequences a step where the recipe trains 128."""
+    with pytest.raises(PlanError) as e:
+        plan(
+            method="fft",
+            gpus="4xA100",
+            model_name_or_path="lmsys/vicuna-7b-v1.5",
+            o=["strategy=fsdp", "per_device_train_batch_size=2", "gradient_accumulation_steps=16"],
+        )
+    msg = str(e.value)
+    assert "FSDP2 keeps each GPU's whole 16-bit gradients between micro-batches (~13.5 GB here)" in msg
+    offered = plan(method="fft", gpus="4xA100", model_name_or_path="lmsys/vicuna-7b-v1.5", o=["global_batch_size=128"])
+    assert offered.global_batch_size == 128
+    assert (
+        f"micro-batch {offered.per_device_train_batch_size} x {offered.gradient_accumulation_steps} accumulation (the "
+        "same 128 sequences a step)"
+        in msg
+        and "with -o global_batch_size=128 shows it" in msg
+    )
+
+
 def test_refusal_through_the_cli_exits_2_with_one_error_line():
     r = CliRunner().invoke(main, ["plan", "--method", "fft", "--gpus", "1xT4", "--model", "meta-llama/Llama-3.1-70B"])
     assert r.exit_code == 2
