@@ -306,7 +306,9 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
                 check(rendered)
             except FtctlError as e:
                 findings.append(preflight.Finding(preflight.ERROR, str(e)))
-        click.echo(rendered.plan.table(rendered.spec.model_name_or_path), err=True)  # `ftctl plan`'s, notes too
+        click.echo(
+            rendered.plan.table(rendered.spec.model_name_or_path, rendered.spec.model_max_length), err=True
+        )  # `ftctl plan`'s, notes too
         if findings:
             click.echo(preflight.render(findings), err=True)
         click.echo(rendered.text, nl=False)

@@ -262,8 +262,9 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def table(self, model: str | None = None) -> str:
-        """The plan as rows for a terminal; ``model``: the run's model_name_or_path, named in its row."""
+    def table(self, model: str | None = None, max_length: int | None = None) -> str:
+        """The plan as rows for a terminal; ``model``: the run's model_name_or_path, named in its row; ``max_length``:
+        its model_max_length, the sequences' length in the batch row."""
         source = self.model.source  # its config.json: said once where the model's path is named already
         if model and source == str(Path(model, "config.json")):
             source = "its config.json"
@@ -286,7 +287,8 @@ class Plan:
             (
                 "batch",
                 f"{self.per_device_train_batch_size} per device x {self.gradient_accumulation_steps} "
-                f"accumulation x {self.world_size} = {self.global_batch_size} sequences",
+                f"accumulation x {self.world_size} = {self.global_batch_size} sequences"
+                + (f" of {'' if self.packing else 'up to '}{max_length:,} tokens" if max_length else ""),
             ),
             ("gradient ckpt", "on" if self.gradient_checkpointing else "off"),
             (

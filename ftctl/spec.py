@@ -671,6 +671,10 @@ def _coerce(key: str, value):
             return {str(k): _text(v) for k, v in value.items()}
         if isinstance(value, str) and "=" in value:
             k, v = value.split("=", 1)
+            # -o env=A=1,B=2 set A to "1,B=2": one pair a -o (a value may hold commas: CUDA_VISIBLE_DEVICES=0,1, and
+            # PYTORCH_CUDA_ALLOC_CONF's lower-case options)
+            if re.search(r",\s*[A-Z_][A-Z0-9_]*=" if key == "env" else r",\s*[A-Za-z_]\w*=", v):
+                raise ValueError(f"one NAME=VALUE a -o, a comma is part of the value: -o {key}=A=1 -o {key}=B=2")
             return {k: v}
         raise ValueError(f"expects NAME=VALUE pairs: {key}: {{NAME: VALUE}} in a run file, -o {key}=NAME=VALUE")
     if typ is bool:

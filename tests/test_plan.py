@@ -571,7 +571,7 @@ def test_plan_table_is_readable():
     assert r.exit_code == 0, r.output
     rows = dict(line.split(None, 1) for line in r.stdout.splitlines() if line and not line.startswith("note"))
     assert rows["precision"] == "bf16" and rows["method"] == "fft"
-    assert "of 80 GB" in r.stdout and "sequences" in r.stdout
+    assert "of 80 GB" in r.stdout and rows["batch"].endswith(" sequences of 2,048 tokens")  # packed: full
     assert rows["model"].startswith("lmsys/vicuna-7b-v1.5: 6.74B params (known id)")
 
 
