@@ -102,7 +102,9 @@ def test_cloud_and_region_are_folded_into_one_infra(flags, overrides, infra):
         ({"infra": "awss"}, [], "--infra awss: SkyPilot 0.14 knows no cloud 'awss'. Did you mean 'aws'?"),
         ({}, ["cloud=gcpp"], "-o cloud=gcpp: SkyPilot 0.14 knows no cloud 'gcpp'. Did you mean 'gcp'?"),
         ({}, ["cloud=zzz"], "SkyPilot's: aws, azure,"),
-        ({}, ["region=us-east1"], "-o region=us-east1 needs its cloud: --infra CLOUD/us-east1"),
+        ({}, ["region=us-east1"], "-o region=us-east1 needs its cloud: --infra gcp/us-east1"),
+        ({}, ["region=us-east-1"], "-o region=us-east-1 needs its cloud: --infra aws/us-east-1"),  # AWS's spelling
+        ({}, ["region=westeurope"], "-o region=westeurope needs its cloud: --infra azure/westeurope"),
     ],
 )
 def test_contradicting_or_unknown_clouds_are_refused_in_one_line(flags, overrides, said):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -142,6 +143,19 @@ def settle(spec: RunSpec, plan: Plan) -> RunSpec:
     return replace(spec, cloud=None, region=None, **values)
 
 
+# the shapes of the clouds' region names, for the --infra a region without its cloud is offered
+_REGION_CLOUDS = (
+    (re.compile(r"[a-z]{2}(-gov)?-[a-z]+-\d"), "aws"),  # us-east-1, eu-west-2, us-gov-west-1
+    (re.compile(r"[a-z]+-[a-z]+\d+"), "gcp"),  # us-east1, europe-west4
+    (re.compile(r"[a-z]+"), "azure"),  # eastus, westeurope
+)
+
+
+def _region_cloud(region: str) -> str:
+    """The cloud whose region names look like ``region`` (CLOUD where none does)."""
+    return next((cloud for shape, cloud in _REGION_CLOUDS if shape.fullmatch(region.strip().lower())), "CLOUD")
+
+
 def infra(spec: RunSpec) -> str | None:
     """The one ``infra`` of --infra, -o cloud and -o region (SkyPilot takes infra or cloud/region, never both):
     gcp with us-east1 is gcp/us-east1. FtctlError for a cloud SkyPilot does not know, a contradiction, or a region
@@ -149,7 +163,9 @@ def infra(spec: RunSpec) -> str | None:
     cloud, region, zone = _split(spec.infra) if spec.infra else (spec.cloud, None, None)
     if cloud is None:
         if spec.region:
-            raise FtctlError(f"-o region={spec.region} needs its cloud: --infra CLOUD/{spec.region} (e.g. gcp).")
+            raise FtctlError(
+                f"-o region={spec.region} needs its cloud: --infra {_region_cloud(spec.region)}/{spec.region}."
+            )
         return None
     _known_cloud(cloud, f"--infra {spec.infra}" if spec.infra else f"-o cloud={spec.cloud}")
     if spec.infra and spec.cloud and _cloud_name(spec.cloud) != _cloud_name(cloud):
