@@ -183,6 +183,25 @@ def test_a_checkpoint_saved_before_settings_were_recorded_resumes_as_before(tmp_
         "(the batches of the first 5 steps, of the data as it is now, are skipped as trained); another --output starts "
         "a new run instead"
     )
+    # another GPU count made another global batch: the rows skipped are not the rows trained, said with the numbers
+    write_manifest(str(checkpoint), 5, 1, "abc", settings={"global_batch_size": 32})
+    said = changes(str(checkpoint), {"global_batch_size": 48})
+    assert (
+        "(the first 5 steps are skipped as trained at 48 sequences a step: 240 sequences where 160 were trained; "
+        in (said.line())
+        and "-o global_batch_size=32 with a GPU count that makes it" in said.line()
+    )
+
+
+def test_the_settings_record_the_global_batch_the_run_makes():
+    """Not the one asked for: 32 asked of 3 processes at micro-batch 4 makes 36, which a resume compares."""
+    from ftctl.checkpoints.settings import settings
+    from ftctl.plan import make_plan
+    from ftctl.spec import build
+
+    spec = build({"gpus": "3xA100", "model_params": "1b", "per_device_train_batch_size": 4})
+    plan = make_plan(spec)
+    assert plan.global_batch_size == 36 and settings(spec, plan)["global_batch_size"] == 36
 
 
 @pytest.mark.slow

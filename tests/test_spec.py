@@ -1067,5 +1067,8 @@ def test_two_pairs_in_one_dict_override_are_refused_not_read_as_one_value():
     for o in ("env=NCCL_DEBUG=INFO,WANDB_PROJECT=p", "lr_scheduler_kwargs=min_lr_rate=0.1,num_cycles=1"):
         with pytest.raises(FtctlError, match="one NAME=VALUE a -o, a comma is part of the value"):
             build(None, None, [o])
-    commas = ["env=CUDA_VISIBLE_DEVICES=0,1", "env=PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,max_split_size_mb:64"]
+    commas = [
+        "env=CUDA_VISIBLE_DEVICES=0,1",
+        "env=PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,max_split_size_mb:64",
+    ]
     assert build(None, None, commas).env["CUDA_VISIBLE_DEVICES"] == "0,1"

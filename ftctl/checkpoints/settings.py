@@ -64,7 +64,14 @@ _ONLY = {  # compared only where the method has them
 def settings(spec, plan) -> dict:
     """The settings a checkpoint is trained with, as the run ran them (the planner's optimizer and learning rate)."""
     values = {key: as_run(key, getattr(spec, key)) for key in REFUSED + APPLIED + FOLLOWED + DATA}
-    values.update(learning_rate=plan.learning_rate, optim=plan.optim, packing=plan.packing)
+    # the global batch the run makes (micro-batch x accumulation x processes), not the one asked for: resumed on
+    # another GPU count it may differ, and the rows the checkpoint's steps trained are skipped at the new size
+    values.update(
+        learning_rate=plan.learning_rate,
+        optim=plan.optim,
+        packing=plan.packing,
+        global_batch_size=plan.global_batch_size,
+    )
     return {k: v for k, v in values.items() if spec.method in _ONLY.get(k, (spec.method,))}
 
 
@@ -107,6 +114,13 @@ class Changes:
         each = ", ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in self.changed.items())
         if self.new_data:
             reading = " (the new data from its start)"
+        elif "global_batch_size" in self.changed:
+            was, now = self.changed["global_batch_size"]
+            reading = (
+                f" (the first {self.step} steps are skipped as trained at {now} sequences a step: {self.step * now:,} "
+                f"sequences where {self.step * was:,} were trained; -o global_batch_size={was} with a GPU count that "
+                "makes it continues where the run was)"
+            )
         elif any(k in DATA for k in self.changed):
             reading = f" (the batches of the first {self.step} steps, of the data as it is now, are skipped as trained)"
         else:
