@@ -102,6 +102,7 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  micro-batch 1 and 1.75-2.2x at 2 (fft 7.2 and 14.2 GB, lora 10.1 and 20.0 GB); lora at 4, planned
                  at 15.3 GB, was killed at the machine's 24 GB. Not understood term by term (a bare forward and
                  backward of the same shape keeps 2-3 GB a sequence less than the trainer): fitted on those four
+                 runs, each planned 0-33% over its peak (tests/test_plan.py holds them)
 
 A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
 "GPU performance" holds them against measured peaks (bench/).
@@ -1184,10 +1185,10 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         )
     forced = {k: getattr(spec, k) for k in _FORCED_FIT if getattr(spec, k) is not None}
     relaxed = replace(spec, **dict.fromkeys(forced))
-    kept = ""
-    if spec.per_device_train_batch_size and spec.gradient_accumulation_steps:  # the user's global batch, kept
+    kept = bool(spec.per_device_train_batch_size and spec.gradient_accumulation_steps)  # the user's global batch
+    if kept:
         batch = spec.per_device_train_batch_size * spec.gradient_accumulation_steps * req.world_size
-        relaxed, kept = replace(relaxed, gradient_accumulation_steps=None, global_batch_size=batch), f" x {batch} "
+        relaxed = replace(relaxed, gradient_accumulation_steps=None, global_batch_size=batch)
     fits = _fit(relaxed, req, shape, method) if forced and req.tier else None
     if fits is not None:  # the user's batch, checkpointing or strategy is what does not fit
         asked = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in forced.items())

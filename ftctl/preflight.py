@@ -738,7 +738,8 @@ STEP_MARGIN_S = 60  # the step under way when the signal comes, finished before 
 def check_signal_lead(spec, plan) -> list[Finding]:
     """Slurm's USR2 comes signal_lead_s before the time limit: the step under way ends, then the checkpoint is written
     (and sent to an object-store output), before Slurm kills the job at its limit. A full fine-tune's checkpoint
-    (under ZeRO-2, 16-bit weights twice, fp32 masters and two moments: 128 GB for 8B, checkpoint_gb) may take longer than the default 120 s to write."""
+    (under ZeRO-2, 16-bit weights twice, fp32 masters and two moments: 128 GB for 8B, checkpoint_gb) may take longer
+    than the default 120 s to write."""
     one, _ = checkpoint_gb(plan)
     writes = 2 if storage.is_remote(spec.output) else 1  # staged on the node, then uploaded
     need = writes * one / SHARED_FS_GBPS + STEP_MARGIN_S
