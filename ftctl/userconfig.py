@@ -30,6 +30,7 @@ from pathlib import Path
 from ftctl import __version__
 from ftctl.errors import FtctlError, did_you_mean
 from ftctl.gpus import parse
+from ftctl.launch import CONTAINER_ALIASES
 from ftctl.spec import BACKENDS
 
 SLURM_CONTAINERS = ("apptainer", "pyxis")
@@ -91,6 +92,7 @@ def _parse(text: str, path: Path) -> UserConfig:
         raw.get("image"),
         raw.get("slurm_container") or UserConfig.slurm_container,
     )
+    runtime = CONTAINER_ALIASES.get(runtime, runtime)  # singularity is apptainer, enroot pyxis (as --container says)
     if backend is not None and backend not in BACKENDS:
         errors.append(f"backend {backend!r} is not one of {', '.join(BACKENDS)}.{did_you_mean(str(backend), BACKENDS)}")
     if image is not None and not (isinstance(image, str) and _IMAGE.match(image) and "://" not in image):

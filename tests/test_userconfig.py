@@ -108,12 +108,13 @@ def test_invalid_values_are_one_error_naming_each():
 
 
 def test_invalid_config_is_one_line_from_the_command_line():
-    _write("slurm_container: singularity\n")
+    _write("slurm_container: singularity\n")  # apptainer's older name
+    assert userconfig.load().slurm_container == "apptainer"
+    _write("slurm_container: podman\n")
     r = CliRunner().invoke(main, ["render", "--backend", "slurm", "--gpus", "1xA100", "--output", "/fixed/out"])
     assert r.exit_code == 2
     assert r.stderr == (
-        f"error: {userconfig.config_path()}: slurm_container 'singularity' is not one of apptainer, pyxis. "
-        f"Fix it by hand.\n"
+        f"error: {userconfig.config_path()}: slurm_container 'podman' is not one of apptainer, pyxis. Fix it by hand.\n"
     )
     _write("backend: slrum\n")  # plan exited 0 with it: only launch read the file
     r = CliRunner().invoke(main, ["plan", "--gpus", "1xA100"])
