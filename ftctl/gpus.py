@@ -89,6 +89,9 @@ TIERS: dict[str, GpuTier] = {
         # Hopper, sm90; Blackwell, sm100
         GpuTier("H100", 80, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True, peak_tflops=989),  # H100 SXM sheet
         GpuTier("H200", 141, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True, peak_tflops=989),  # H200 sheet
+        GpuTier("H800", 80, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True, peak_tflops=989),  # H100's die
+        # Grace Hopper: the 96 GB HBM3 module (the 144 GB HBM3e one plans within it)
+        GpuTier("GH200", 96, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True, peak_tflops=989),  # GH200 sheet
         GpuTier("B200", 180, (10, 0), bf16=True, flash_attn2=True, peak_tflops=2250),  # HGX B200 sheet, per GPU
     ]
 }
@@ -148,6 +151,11 @@ def same_model(gpu_name: str, tier_name: str) -> bool:
     return model == _model(tier_name)[0] and (memory is None or memory >= TIERS[tier_name].memory_gb)
 
 
+_NOT_CUDA = re.compile(
+    r"(amd[-_ ]?)?(instinct[-_ ]?)?mi\d{2,3}|(intel[-_ ]?)?(gaudi|max\d)|tpu|trainium|inferentia|radeon"
+)
+
+
 def older_than_listed(name: str) -> bool:
     """Whether a GPU's name is a card older than every listed one (Pascal and older: P100, GTX 1080, K80)."""
     return bool(_OLDER.fullmatch(_model(name)[0]))
@@ -172,6 +180,11 @@ def tier(name: str) -> GpuTier:
         sizes = ", ".join(f"{t.name} {t.memory_gb:g} GB" for t in same)
         raise FtctlError(f"GPU type {name!r} says {memory} GB, less than ftctl's {sizes}: name a smaller card.")
     keys = {m + (f"{gb}gb" if gb else ""): n for n, (m, gb) in _MODELS.items()}
+    if _NOT_CUDA.match(name.strip().lower()):  # MI300X was "Unknown GPU type ... name a listed one"
+        raise FtctlError(
+            f"GPU type {name!r} is no NVIDIA card: ftctl trains with CUDA (NVIDIA GPUs) or on cpu; AMD's, Intel's "
+            "and TPUs are not planned."
+        )
     if older_than_listed(name):  # P100 was "did you mean V100?": a newer card
         raise FtctlError(
             f"GPU type {name!r} is older than every card ftctl plans for (Volta's V100 is the oldest): train on a "

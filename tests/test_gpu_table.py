@@ -76,6 +76,8 @@ SMI = [
     ("NVIDIA RTX 6000 Ada Generation", 49140, "RTX6000-Ada"),
     ("NVIDIA H100 80GB HBM3", 81559, "H100"),
     ("NVIDIA H200", 143771, "H200"),
+    ("NVIDIA GH200 480GB", 97871, "GH200"),  # its name beside the H200's, and 45 GB less memory
+    ("NVIDIA H800", 81559, "H800"),
     ("NVIDIA B200", 183359, "B200"),
 ]
 
@@ -83,7 +85,7 @@ SMI = [
 @pytest.mark.parametrize(
     "smi_name, mib, want",
     [
-        ("NVIDIA GH200 480GB", 97871, "1xH100"),
+        ("NVIDIA GH200 144G HBM3e", 146831, "1xGH200"),  # the larger GH200: planned as the listed 96 GB one
         ("NVIDIA GeForce RTX 5090", 32607, "1xRTX4090"),
         ("NVIDIA GeForce RTX 4060", 8188, "cpu"),  # less memory than any listed card: none planned over it
         ("Tesla P100-PCIE-16GB", 16280, "cpu"),  # older than every listed card: nothing here to train on

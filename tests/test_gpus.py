@@ -89,6 +89,13 @@ def test_malformed_strings_show_forms_and_types(text):
     assert "cpu" in msg
 
 
+def test_cards_that_are_not_nvidias_are_said_to_be_none():
+    """An AMD Instinct (or a Gaudi, a TPU) was "Unknown GPU type ... name a listed one of its generation"."""
+    for text in ("4xMI300X", "8xMI250", "gaudi2", "tpu-v5e"):
+        with pytest.raises(FtctlError, match="is no NVIDIA card: ftctl trains with CUDA"):
+            gpus.parse(text)
+
+
 @pytest.mark.parametrize(
     "text, close",
     [
@@ -97,9 +104,8 @@ def test_malformed_strings_show_forms_and_types(text):
         ("RTXA600", "RTXA6000"),
         ("a100-80:2", "A100-80GB"),  # a memory without its GB
         ("2x8xB100", None),  # None: either way
-        ("4xMI300X", False),  # False: none; another card is not a typo (no RTX3090 offered)
-        ("nvidia_gh200_480gb", False),
-        ("H800", False),  # another number, another card: the H200 has more memory than the H800's 80 GB
+        ("8xH300", False),  # False: none; another number, another card (not a typo of the H200)
+        ("2xRTX5090", False),
         ("A6000Ti", None),
     ],
 )
