@@ -93,7 +93,7 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nod
         findings += [f for d in data for f in d.result()] + output.result() + resume.result()
     if backend_name == "slurm" and not any(f.level == ERROR for f in findings):  # a queue wait before the trainer
         findings += check_tokenized(spec)
-    findings += check_disk(spec, plan) + check_secrets(spec) + check_env_values(spec)
+    findings += check_disk(spec, plan) + check_secrets(spec) + check_env_values(spec, backend_name)
     findings += check_demo_defaults(spec, backend_name)
     findings += check_signal_lead(spec, plan) if backend_name == "slurm" else []
     findings += check_endpoint_reach(spec, backend_name)
@@ -149,16 +149,28 @@ def check_demo_defaults(spec, backend_name: str) -> list[Finding]:
     return said
 
 
-def check_env_values(spec) -> list[Finding]:
+def check_env_values(spec, backend_name: str = "slurm") -> list[Finding]:
     """An env value naming a variable is written as it is (-o env=PATH=/opt/bin:$PATH: the job's PATH lost /usr/bin
-    and its srun, python3 were not found): said, with the setup line whose shell expands it."""
+    and its srun, python3 were not found): said, with what expands it on ``backend_name``: a setup line of the job's
+    shell (slurm, sky), the launching shell (local: the run inherits it), the value written out (docker)."""
+    import shlex
+
     from ftctl.spec import VARIABLE
+
+    def fix(k: str, v: str) -> str:
+        export = f'export {k}="{v}"'  # double quotes: one value, its $NAME expanded
+        if backend_name == "local":
+            return f"the run inherits this shell's environment: {export} before the launch instead."
+        if backend_name == "docker":
+            return f"the container gets the value as written: give it whole (-o env={k}=...), or set it in the image."
+        line = shlex.quote(export)  # one word of the launching shell
+        return f"to extend it, give a setup line instead, where the job's shell expands it: -o setup={line}."
 
     return [
         Finding(
             WARNING,
             f"env {k}={v!r} names ${found.group(1)}, and env values are taken as written (no variable is expanded)",
-            f"to extend it, give a setup line instead, where the job's shell expands it: -o setup='export {k}={v}'.",
+            fix(k, v),
         )
         for k, v in spec.env.items()
         if (found := VARIABLE.search(v))

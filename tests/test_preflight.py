@@ -646,4 +646,9 @@ def test_an_env_value_naming_a_variable_is_said_with_the_setup_line_that_expands
     assert [f.what for f in said] == [
         "env PATH='/opt/bin:$PATH' names $PATH, and env values are taken as written (no variable is expanded)"
     ]
-    assert said[0].level == WARNING and said[0].fix.endswith("-o setup='export PATH=/opt/bin:$PATH'.")
+    assert said[0].level == WARNING and said[0].fix.endswith("""-o setup='export PATH="/opt/bin:$PATH"'.""")
+    # what expands it where the run goes: local and docker take no setup line (the advice was refused there)
+    spaced = build({"env": {"FOO": "a b$c"}})
+    assert check_env_values(spaced)[0].fix.endswith("""-o setup='export FOO="a b$c"'.""")  # one value, not two
+    assert 'export FOO="a b$c" before the launch' in check_env_values(spaced, "local")[0].fix
+    assert "setup" not in check_env_values(spaced, "docker")[0].fix
