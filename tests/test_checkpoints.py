@@ -133,6 +133,9 @@ def test_local_newer_incomplete_is_quarantined_and_older_local_wins(tmp_path, ca
     assert any("checkpoint-4" in r.getMessage() for r in caplog.records)
     assert not (run / "checkpoint-4").exists()
     assert len(os.listdir(run / C.QUARANTINE_DIR)) == 1
+    # kept, not deleted, and said with its size and how to remove it (it was never pruned, and never said)
+    moved = next(r.getMessage() for r in caplog.records if "moved" in r.getMessage())
+    assert " kept, never read again: rm -r " in moved and str(run / C.QUARANTINE_DIR) in moved
 
 
 def test_remote_newer_than_local_is_downloaded(remote, tmp_path):

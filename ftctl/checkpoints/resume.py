@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import time
 import uuid
@@ -117,7 +118,11 @@ def _quarantine(path: str, why: str) -> None:
         dest += f"-{uuid.uuid4().hex[:8]}"
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     os.replace(path, dest)
-    log.warning("moved %s to %s (%s)", path, dest, why)
+    size = sum(f.stat().st_size for f in Path(dest).rglob("*") if f.is_file()) if os.path.isdir(dest) else 0
+    log.warning(
+        "moved %s to %s (%s; %s kept, never read again: rm -r %s where it is not wanted)",
+        path, dest, why, storage.size_text(size), shlex.quote(os.path.dirname(dest)),
+    )  # fmt: skip
 
 
 def download_checkpoint(

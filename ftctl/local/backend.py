@@ -486,8 +486,8 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
         raise error
     if len(got) > 1 and _said(paths) not in ("complete", "preempted"):  # its checkpoint came first otherwise
         error = Stopped(
-            f"stopped at once ({signal.Signals(got[-1]).name} again to ftctl launch): the checkpoint of the step it "
-            "was on is lost; the same `ftctl launch` resumes from the last complete one."
+            f"stopped at once ({signal.Signals(got[-1]).name} again to ftctl launch), its checkpoint unfinished; "
+            f"{_goes_on(rendered.spec)}."
         )
         error.exit_code = 128 + got[0]
         raise error
@@ -677,6 +677,14 @@ def _torchrun_report(line: str) -> bool:
 
 def _ctrl_c_message(spec: RunSpec, paths: RunPaths) -> str:
     """What Ctrl-C cost, and how the run goes on (or stops with a checkpoint next time)."""
+    return (
+        f"stopped at once (Ctrl-C); {_goes_on(spec)}. To stop with a checkpoint of the step it is on, send SIGTERM "
+        f"instead (`kill PID`) or run `ftctl cancel {paths.root}`."
+    )
+
+
+def _goes_on(spec: RunSpec) -> str:
+    """What a stop at once lost since the last complete checkpoint, which the same launch resumes (named)."""
     from ftctl.checkpoints import list_checkpoints
 
     try:
@@ -689,10 +697,7 @@ def _ctrl_c_message(spec: RunSpec, paths: RunPaths) -> str:
         again = f"the steps since {saved[-1].name} are lost: the same `ftctl launch` resumes from it"
     else:
         again = "nothing was saved yet: the same `ftctl launch` starts it again"
-    return (
-        f"stopped at once (Ctrl-C); {again}. To stop with a checkpoint of the step it is on, send SIGTERM instead "
-        f"(`kill PID`) or run `ftctl cancel {paths.root}`."
-    )
+    return again
 
 
 def failure_message(paths: RunPaths, rc: int, spec: RunSpec) -> str:
