@@ -169,7 +169,7 @@ class Backend:
     def resolve(self, spec: RunSpec) -> tuple[RunSpec, Plan]:
         """The spec with what this backend fills in, and its plan (the local backend may fall back)."""
         if not spec.gpus:
-            raise FtctlError(f"--gpus is required for --backend {self.name} (e.g. --gpus 8xA100, or cpu on Slurm).")
+            raise FtctlError(f"--gpus is required for --backend {self.name} (e.g. --gpus 8xA100, or --gpus cpu).")
         return spec, make_plan(spec)
 
     def render(self, spec: RunSpec, plan: Plan, paths: RunPaths, spec_json: str) -> tuple[str, dict[str, str]]:
@@ -412,9 +412,14 @@ def refuse_local_paths(spec: RunSpec, backend: str) -> None:
 
     output = spec.output
     if not is_remote(output):
+        said = (
+            f"--output {output!r} is a local path"
+            if spec.output_dir
+            else f"without --output the run goes to {output!r}"
+        )
         raise FtctlError(
-            f"--output {output!r} is a local path: on --backend {backend} the checkpoints would stay on the machines "
-            "it starts, and go with them: use an object-store URI (s3://bucket/path, gs://...)."
+            f"{said}: on --backend {backend} the checkpoints would stay on the machines it starts, and go with them: "
+            "give --output an object-store URI (s3://bucket/path, gs://...)."
         )
     model = spec.model_name_or_path
     if scheme(model):

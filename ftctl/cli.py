@@ -16,6 +16,8 @@ class _Group(click.Group):
     """User errors print one message and exit non-zero; FTCTL_DEBUG=1 shows the traceback."""
 
     def invoke(self, ctx):
+        # a call for help is answered whatever the config file holds (main checks it for every other command)
+        ctx.meta["help"] = bool({"-h", "--help"} & {*getattr(ctx, "_protected_args", ()), *ctx.args})
         try:
             return super().invoke(ctx)
         except FtctlError as e:
@@ -56,9 +58,11 @@ def _run_key_hint(option: str, command: click.Command) -> str | None:
 def main(verbose):
     """Fine-tune causal language models wherever the GPUs are: fft, sft, lora, qlora on a SkyPilot cloud,
     a Slurm cluster, a docker host or this machine. Start with `ftctl demo`."""
-    from ftctl import quiet
+    from ftctl import quiet, userconfig
 
     quiet.install(verbose)
+    if not click.get_current_context().meta.get("help"):  # a config file's problem stops every other command
+        userconfig.load()
 
 
 def run_options(fn=None, placement: bool = True):
@@ -87,7 +91,11 @@ def run_options(fn=None, placement: bool = True):
         click.option("--output", help="Output directory or s3:// gs:// az:// URI."),
     ]
     where = [
-        click.option("--backend", type=click.Choice(BACKENDS), help="Default: see `ftctl launch --help`."),
+        click.option(
+            "--backend",
+            type=click.Choice(BACKENDS),
+            help="Where it runs. Default: FTCTL_BACKEND, the config file's backend:, else local where this machine can train.",
+        ),
         click.option("--partition", help="Slurm partition."),
         click.option("--account", help="Slurm account."),
         click.option("--qos", help="Slurm QOS."),
@@ -97,7 +105,11 @@ def run_options(fn=None, placement: bool = True):
             help="docker:IMAGE, apptainer:IMAGE, pyxis:IMAGE, or none. Default: image: in the user config, "
             "else what `ftctl build` recorded.",
         ),
-        click.option("--setup", multiple=True, help="Shell line run before training (module load cuda/12.4)."),
+        click.option(
+            "--setup",
+            multiple=True,
+            help="Shell line the job runs before training (module load cuda/12.4); slurm and sky.",
+        ),
         click.option("--sbatch-arg", "sbatch_args", multiple=True, help="Extra #SBATCH option, e.g. --mem=64G."),
         click.option("--spot/--no-spot", default=None, help="SkyPilot managed job on spot, recovered when preempted."),
         click.option("--infra", help="SkyPilot infra: aws, gcp/us-central1, k8s, slurm/CLUSTER."),
@@ -123,9 +135,6 @@ _FLAG_KEYS = {"model": "model_name_or_path", "data": "data_path", "eval_data": "
 
 def _spec(kw: dict, backend: str | None = None):
     from ftctl import spec as spec_mod
-    from ftctl import userconfig
-
-    userconfig.load()  # its problems stop plan and render too, not only the launch that reads it
 
     config, run_file = kw.pop("config", None), kw.pop("run_file", None)
     if config and run_file and config != run_file:

@@ -35,3 +35,13 @@ def did_you_mean(word: str, choices) -> str:
 
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def yaml_problem(e) -> str:
+    """A YAML parser's error in one line: where (line, column) and what (PyYAML's message spans several lines, and
+    its first one, "while parsing a flow node", says neither)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return f"{where}{what}" + (f" ({context})" if context else "")

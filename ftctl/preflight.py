@@ -600,7 +600,7 @@ def foreign_output(path, uri) -> str | None:
 def _check_local_output(path: str, uri: str) -> list[Finding]:
     fix = "choose another --output, or fix the permissions."
     if os.path.exists(path) and not os.path.isdir(path):
-        return [Finding(ERROR, f"--output {uri}: {path} is a file, not a directory", fix)]
+        return [Finding(ERROR, f"--output {uri}: {path} is a file, not a directory", "choose another --output.")]
     if said := foreign_output(path, uri):
         return [Finding(ERROR, said)]
     base = _existing_ancestor(path)

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ftctl import storage
-from ftctl.errors import FtctlError, did_you_mean
+from ftctl.errors import FtctlError, did_you_mean, yaml_problem
 
 METHODS = ("fft", "sft", "lora", "qlora")
 BACKENDS = ("local", "slurm", "sky", "docker")
@@ -780,7 +780,7 @@ def load_yaml(path: str) -> dict:
         data = yaml.load(text, Loader=Loader) or {}  # a SafeLoader
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        raise FtctlError(f"{path} is not valid YAML: {e}") from None
+        raise FtctlError(f"{path} is not valid YAML: {yaml_problem(e)}.") from None
     if not isinstance(data, dict):
         raise FtctlError(f"{path} must hold a mapping of key: value (like 'method: lora'), not {type(data).__name__}.")
     top = root.value if isinstance(root, yaml.MappingNode) else []  # an empty file: none

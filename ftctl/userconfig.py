@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl import __version__
-from ftctl.errors import FtctlError, did_you_mean
+from ftctl.errors import FtctlError, did_you_mean, yaml_problem
 from ftctl.gpus import parse
 from ftctl.launch import CONTAINER_ALIASES
 from ftctl.spec import BACKENDS
@@ -80,7 +80,7 @@ def _parse(text: str, path: Path) -> UserConfig:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise FtctlError(f"{path} is not valid YAML: {e}") from None
+        raise FtctlError(f"{path} is not valid YAML: {yaml_problem(e)}.") from None
     if not isinstance(raw, dict):
         raise FtctlError(f"{path} must hold a mapping of key: value (like 'backend: slurm'), not {type(raw).__name__}.")
     errors = []

@@ -321,6 +321,11 @@ def test_merge_never_overwrites(lora_run, tmp_path):
     with pytest.raises(FtctlError, match="already exists and is not empty: choose another --out"):
         merge(str(lora_run / "checkpoint-3"), str(out))  # another adapter's
     assert (out / "model.safetensors").read_bytes() == before
+    data = tmp_path / "chats.jsonl"  # --out naming a file (the training data): it was offered `rm -r chats.jsonl`
+    data.write_text('{"text": "x"}\n')
+    with pytest.raises(FtctlError, match=r"--out .*chats.jsonl is a file, not a directory: choose another --out") as e:
+        merge(str(lora_run), str(data))
+    assert "rm -r" not in str(e.value) and data.read_text() == '{"text": "x"}\n'
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (merge(str(lora_run), str(empty)) / "model.safetensors").is_file()  # an empty directory is fine

@@ -213,6 +213,16 @@ def test_a_finished_run_says_what_to_do_with_it():
     assert "merge" not in next_steps(build({"method": "fft", "output_dir": "s3://b/r"}))
 
 
+def test_a_run_trained_on_over_its_merge_says_to_remove_it_first(tmp_path):
+    """The run's next: lines offered `ftctl merge RUN`, which is refused while RUN/merged holds the earlier merge."""
+    from ftctl.spec import build
+    from ftctl.trainer.__main__ import next_steps
+
+    (tmp_path / "merged").mkdir()
+    said = next_steps(build({"method": "lora", "output_dir": str(tmp_path)}))
+    assert said.endswith(f"\n  rm -r {tmp_path / 'merged'} && ftctl merge {tmp_path}")
+
+
 def test_a_fastchat_flag_says_how_its_key_is_given_here():
     """`--learning_rate 2e-5`, pasted from a FastChat train command, was "No such option" and nothing more."""
     from click.testing import CliRunner

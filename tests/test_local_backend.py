@@ -559,6 +559,15 @@ def test_a_second_signal_to_the_launcher_stops_the_run_at_once(tmp_path, tiny_mo
     assert "\nstopped at once (SIGTERM again to ftctl launch), its checkpoint unfinished; nothing was saved yet" in (
         stderr
     )  # the last complete checkpoint the same launch resumes from is named where there is one
+    assert (
+        (out / "train.log")
+        .read_text()
+        .endswith(
+            "ftctl: stopped at once (SIGTERM again to ftctl launch), its "
+            "checkpoint unfinished; nothing was saved yet: the same "
+            "`ftctl launch` starts it again.\n"
+        )
+    )  # `ftctl logs` says why
     assert ready.exists()  # nobody let it go on: it was stopped in the hold
     assert list(out.glob("checkpoint-*")) and not list(out.glob("checkpoint-*/ftctl-manifest.json"))
     alive = subprocess.run(["pgrep", "-f", str(out / "spec.json")], capture_output=True, text=True).stdout

@@ -196,8 +196,10 @@ def _model(root: Path, size: int = 0) -> Path:
 def test_the_output_must_be_an_object_store_and_a_model_uri_is_told_what_loads(tmp_path):
     """The inputs ship; the output cannot (the machines' disks go with them). A --model URI loads nowhere: the
     refusal names what does (a directory here, shipped; a Hub id), not another URI."""
-    with pytest.raises(FtctlError, match=r"--output '/tmp/x' is a local path: .* use an object-store URI"):
+    with pytest.raises(FtctlError, match=r"--output '/tmp/x' is a local path: .* give --output an object-store URI"):
         sky(output_dir="/tmp/x")
+    with pytest.raises(FtctlError, match=r"^without --output the run goes to 'runs/.*': on --backend sky"):
+        sky(output_dir=None)  # it blamed an --output the user never gave
     with pytest.raises(FtctlError) as e:
         sky(model_name_or_path="s3://b/m", model_params="1b")
     said = str(e.value)

@@ -86,9 +86,12 @@ def test_record_after_a_hand_edited_built_block_keeps_the_other_keys():
 
 def test_a_config_that_does_not_read_is_never_overwritten():
     _write("backend: [unclosed\n")
-    with pytest.raises(FtctlError, match="is not valid YAML"):
+    with pytest.raises(FtctlError, match="is not valid YAML: line 2, column 1: expected ',' or ']'"):  # where
         userconfig.record(PUSHED, "pushed", "A100")
     assert userconfig.config_path().read_text() == "backend: [unclosed\n"
+    r = CliRunner().invoke(main, ["jobs"])  # it stops every command (jobs and status ran on), but a call for help
+    assert r.exit_code == 2 and "is not valid YAML" in r.stderr
+    assert CliRunner().invoke(main, ["jobs", "--help"]).exit_code == 0
 
 
 # ------------------------------------------------------------------------------------------ invalid values

@@ -175,7 +175,7 @@ class LocalBackend(Backend):
             return JobStatus(JobState.FAILED, f"{ref.job_id} local run, failed")  # would fail the same way
         return JobStatus(
             JobState.UNKNOWN,
-            f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` resumes it{_resumes_from(ref)})",
+            f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` {_resumes_from(ref)})",
         )
 
     def log_tail(self, ref: JobRef) -> str:
@@ -405,18 +405,19 @@ def trainer_paths_of(spec: RunSpec) -> RunPaths:
 
 
 def _resumes_from(ref: JobRef) -> str:
-    """' from checkpoint-N': the newest complete checkpoint of a local output (one being saved when the run stopped
-    is set aside by the relaunch); '' where there is none, or the output is in object storage."""
+    """What the same launch does: 'resumes it from checkpoint-N', the newest complete checkpoint of a local output
+    (one being saved when the run stopped is set aside by the relaunch), 'starts it again' where there is none;
+    'resumes it' where that cannot be told here (the output is in object storage)."""
     from ftctl.checkpoints.resume import list_checkpoints
 
     try:
         spec = RunSpec(**json.loads(ref.paths.spec.read_text())["spec"])
         if is_remote(spec.output):
-            return ""
+            return "resumes it"
         done = [c for c in list_checkpoints(str(ref.run_dir)) if c.complete]
     except (OSError, ValueError, KeyError, TypeError, FtctlError):
-        return ""
-    return f" from {done[-1].name}" if done else " from the start"
+        return "resumes it"
+    return f"resumes it from {done[-1].name}" if done else "starts it again: nothing was saved"
 
 
 def trainer_paths(ref: JobRef) -> RunPaths:
@@ -483,14 +484,14 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     if got and got[0] == signal.SIGINT and rc != 0:  # Ctrl-C: the trainer stopped where it was
         error = Stopped(_ctrl_c_message(rendered.spec, paths))
         error.exit_code = 128 + signal.SIGINT
-        raise error
+        raise _logged(paths, error)
     if len(got) > 1 and _said(paths) not in ("complete", "preempted"):  # its checkpoint came first otherwise
         error = Stopped(
             f"stopped at once ({signal.Signals(got[-1]).name} again to ftctl launch), its checkpoint unfinished; "
             f"{_goes_on(rendered.spec)}."
         )
         error.exit_code = 128 + got[0]
-        raise error
+        raise _logged(paths, error)
     if rc in STOPPED and not failures.read(paths.failures):  # passed on to a trainer that stopped as asked
         error = Stopped(
             f"stopped ({signal.Signals(rc - 128).name} to ftctl launch): the trainer saved a checkpoint at its step "
@@ -673,6 +674,14 @@ def _torchrun_report(line: str) -> bool:
         or "torch.distributed.elastic" in line
         or line.startswith("Traceback (most recent call last)")
     )
+
+
+def _logged(paths: RunPaths, error: Stopped) -> Stopped:
+    """``error``, its words also at the end of the run's train.log: `ftctl logs RUN` says why a run stopped at once
+    (the trainer, stopped where it was, wrote no word of it)."""
+    with contextlib.suppress(OSError), open(paths.local_log, "a", encoding="utf-8") as fh:
+        fh.write(f"ftctl: {error}\n")
+    return error
 
 
 def _ctrl_c_message(spec: RunSpec, paths: RunPaths) -> str:

@@ -61,7 +61,8 @@ def main(argv=None) -> int:
         loss = "none" if result.final_loss is None else f"{result.final_loss:.4f}"
         # "stopped", not the status word "preempted": a cancel sends the same signal as a preemption
         said = "stopped" if result.status == "preempted" else result.status
-        _say(f"{said}: step {result.global_step}, final loss {loss}, output {spec.output}")
+        last = "final" if result.status == "complete" else "last"
+        _say(f"{said}: step {result.global_step}, {last} loss {loss}, output {spec.output}")
         if result.status == "complete":
             _say(next_steps(spec))
     return 0
@@ -82,10 +83,13 @@ def next_steps(spec) -> str:
     """What a finished run's output is good for, as commands to copy."""
     import shlex
 
+    from ftctl.runpaths import MERGED_DIR
+
     out = shlex.quote(spec.output)
     steps = [f"ftctl chat {out} -p 'A question'", f"ftctl eval {out} --data HELD_OUT.jsonl --compare"]
-    if spec.method in ("lora", "qlora"):
-        steps.append(f"ftctl merge {out}")
+    if spec.method in ("lora", "qlora"):  # over an earlier merge, which the run has trained on since: it first
+        merged = os.path.join(spec.output, MERGED_DIR)
+        steps.append(f"rm -r {shlex.quote(merged)} && " * os.path.isdir(merged) + f"ftctl merge {out}")
     return "next:\n" + "\n".join(f"  {step}" for step in steps)
 
 

@@ -116,6 +116,8 @@ def _refuse_existing(out_dir: str, endpoint_url: str | None, run: str, named: st
             f"{out_dir} holds the merge of this adapter as it was on {when}; the run has trained on since: {remove} "
             "and merge again, or choose another --out."
         )
+    if not storage.is_remote(out_dir) and not out.is_dir():  # a file (the training data, say): never `rm -r` advice
+        raise FtctlError(f"--out {out_dir} is a file, not a directory: choose another --out (a new directory).")
     raise FtctlError(f"{out_dir} already exists and is not empty: choose another --out, or {remove} first.")
 
 
