@@ -728,8 +728,8 @@ def checkpoint_gb(plan) -> tuple[float, float]:
         zero3         model.safetensors 2P (gathered) + optim_states 12T                       final 2P
 
     (DeepSpeed's 16-bit weights are fp32 on CPU: measured there, 4P each.) A model whose LM head shares the
-    embedding's weight saved it twice under fsdp and zero2 (+4 and +2 bytes a vocabulary x hidden entry), not
-    counted."""
+    embedding's weight saved it twice under fsdp and zero2 (+4 and +2 bytes a vocabulary x hidden entry); the
+    trainer now leaves the copy out (sft_trainer.untied_copy_dropped)."""
     trainable = plan.trainable_params_b
     if plan.method not in ("fft", "sft"):  # the adapters only
         weights = WEIGHT_BYTES * trainable

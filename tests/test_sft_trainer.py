@@ -213,3 +213,30 @@ def test_a_step_keeps_every_module_training_without_walking_the_model(
     result = train(spec, plan, callbacks=[EvalOne()], echo=lambda line: None)
     assert result.status == "complete"
     assert seen and all(seen)  # the module ran in training mode in every forward, the second step's too
+
+
+def test_a_tied_heads_second_copy_is_left_out_of_a_gathered_state_dict():
+    """Under ZeRO-2 and FSDP2 the Trainer's gathered state dict holds a tied LM head and its embedding as two
+    tensors, and model.safetensors held the embedding twice (bench/NOTES.md v66)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftctl.trainer.sft_trainer import untied_copy_dropped
+
+    def model(tied: bool):
+        config = LlamaConfig(
+            vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=1, tie_word_embeddings=tied,
+        )  # fmt: skip
+        return LlamaForCausalLM(config)
+
+    tied = model(True)
+    gathered = {k: v.clone() for k, v in tied.state_dict().items()}  # two tensors, as a gather makes them
+    assert "lm_head.weight" in gathered and "lm_head.weight" not in untied_copy_dropped(tied, gathered)
+    assert set(untied_copy_dropped(tied, gathered)) == set(gathered) - {"lm_head.weight"}
+    gathered["lm_head.weight"] = gathered["lm_head.weight"] + 1  # not a copy: kept
+    assert untied_copy_dropped(tied, gathered) is gathered
+    untied = model(False)
+    own = {k: v.clone() for k, v in untied.state_dict().items()}
+    own["lm_head.weight"] = own["model.embed_tokens.weight"].clone()  # equal by chance, but its own weight
+    assert untied_copy_dropped(untied, own) is own
+    assert untied_copy_dropped(tied, {}) == {}  # a rank's empty share (ZeRO-3's non-writers): nothing to drop
