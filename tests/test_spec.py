@@ -1072,3 +1072,11 @@ def test_two_pairs_in_one_dict_override_are_refused_not_read_as_one_value():
         "env=PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,max_split_size_mb:64",
     ]
     assert build(None, None, commas).env["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+def test_a_run_file_that_is_not_yaml_says_where(tmp_path):
+    """PyYAML's first line ("while parsing a flow sequence") said neither where nor what."""
+    bad = tmp_path / "run.yaml"
+    bad.write_text("method: lora\nlora_target_modules: [q_proj, v_proj\n")
+    with pytest.raises(FtctlError, match=r"run.yaml is not valid YAML: line 3, column 1: expected ',' or ']'"):
+        build(str(bad))
