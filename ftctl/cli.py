@@ -58,10 +58,12 @@ def _run_key_hint(option: str, command: click.Command) -> str | None:
 def main(verbose):
     """Fine-tune causal language models wherever the GPUs are: fft, sft, lora, qlora on a SkyPilot cloud,
     a Slurm cluster, a docker host or this machine. Start with `ftctl demo`."""
-    from ftctl import quiet, userconfig
+    from ftctl import quiet
 
     quiet.install(verbose)
     if not click.get_current_context().meta.get("help"):  # a config file's problem stops every other command
+        from ftctl import userconfig
+
         userconfig.load()
 
 

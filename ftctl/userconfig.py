@@ -30,7 +30,6 @@ from pathlib import Path
 from ftctl import __version__
 from ftctl.errors import FtctlError, did_you_mean, yaml_problem
 from ftctl.gpus import parse
-from ftctl.launch import CONTAINER_ALIASES
 from ftctl.spec import BACKENDS
 
 SLURM_CONTAINERS = ("apptainer", "pyxis")
@@ -92,6 +91,8 @@ def _parse(text: str, path: Path) -> UserConfig:
         raw.get("image"),
         raw.get("slurm_container") or UserConfig.slurm_container,
     )
+    from ftctl.launch import CONTAINER_ALIASES  # (the planner behind it: only where a config is read)
+
     runtime = CONTAINER_ALIASES.get(runtime, runtime)  # singularity is apptainer, enroot pyxis (as --container says)
     if backend is not None and backend not in BACKENDS:
         errors.append(f"backend {backend!r} is not one of {', '.join(BACKENDS)}.{did_you_mean(str(backend), BACKENDS)}")
