@@ -224,11 +224,38 @@ def test_templates_that_render_earlier_turns_otherwise_still_mask_every_answer(t
     assert report.ok and not report.warnings, (report.errors, report.warnings)
     spans = [trained_spans(tokenizer, row["input_ids"], row["labels"]) for row in dataset]
     lead = " " if template == "system-in-last-user" else ""  # the space after [/INST] starts the answer's token
-    assert [s.strip() for s in spans[0]] == [f"{a}{close}" for a in ("Hello there", "AMBER-42", "AMBER-42 again")]
+    gate = "<think>\n\n</think>\n\n" if template == "think-gate" else ""  # written before the last answer: trained
+    assert [s.strip() for s in spans[0]] == [
+        f"{a}{close}" for a in ("Hello there", "AMBER-42", gate + "AMBER-42 again")
+    ]
     assert all(s.startswith(lead) for s in spans[0])
     if template == "think-gate":
-        assert spans[1] == ["4" + close, "add again\n</think>\n\n6" + close]
-        assert spans[2] == ["<tool_call>lookup_code</tool_call>" + close, "It is AMBER-42." + close]
+        assert spans[1] == ["4" + close, "<think>\nadd again\n</think>\n\n6" + close]
+        assert spans[2] == ["<tool_call>lookup_code</tool_call>" + close, gate + "It is AMBER-42." + close]
+
+
+def test_qwen3s_thinking_block_trains_alike_after_one_turn_and_after_several(tmp_path, tiny_tokenizer):
+    """The same last answer trained its <think> opener (or the empty block the template writes for an answer
+    without thinking) in a one-turn row, and left it untrained after an earlier exchange (the template drops that
+    turn's thinking, so the turn was found by its text): the model never learned to open its thinking itself. Both
+    train it now, as TRL's Qwen3 training template does."""
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = THINK_GATE
+    earlier = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"}]
+    last = [{"role": "user", "content": "3+3?"}]
+    rows = [
+        {"messages": [*prefix, *last, {"role": "assistant", "content": answer}]}
+        for answer in ("<think>\nadd again\n</think>\n\n6", "6")
+        for prefix in ([], earlier)
+    ]
+    report, dataset = prepare_data(write_json(tmp_path / "t.json", rows), tokenizer, 512)
+    assert report.ok, report.errors
+    last_spans = [trained_spans(tokenizer, row["input_ids"], row["labels"])[-1] for row in dataset]
+    assert last_spans == 2 * ["<think>\nadd again\n</think>\n\n6<|im_end|>"] + 2 * [
+        "<think>\n\n</think>\n\n6<|im_end|>"
+    ]
 
 
 def test_templates_the_prefix_path_masks_keep_their_spans(tmp_path, tiny_tokenizer):

@@ -10,7 +10,9 @@ markers, which is most of them. Templates that render an earlier turn otherwise 
 drops its thinking, Mistral v0.3 moves the system prompt into the last user turn, Phi-3 ends the conversation with
 eos) are not prefixes, and one without a generation prompt (Alpaca's) writes the turn's header with it: there the
 whole conversation is rendered again with the turn's text replaced, where the two differ is the turn's text, and its
-span runs on over its tool calls to its end-of-turn token.
+span runs on over its tool calls to its end-of-turn token; it starts where the generation prompt ends, where that is a
+prefix of the whole, as on the prefix path (what the template writes after the prompt, Qwen3's ``<think>`` block,
+trains in a one-turn row and a longer one alike).
 
 Truncation keeps the first ``max_length`` tokens and drops the rest (the end of the conversation).
 Plain-text rows are trained on entirely (bos as the tokenizer adds it, eos appended); a prompt-completion row's
@@ -244,14 +246,18 @@ def _prefix_span(tokenizer, messages, i, tools, full) -> tuple[int, int]:
 def _found_spans(tokenizer, full: str, messages: list[dict], trained: list[int], tools) -> list[tuple[int, int]]:
     """The trained turns' spans where the template's renderings are not prefixes of the whole: the conversation is
     rendered again with turn i's text replaced, and where the two renderings differ is that text as the template
-    writes it (trimmed, its thinking dropped...); the span runs on over its tool calls to the end-of-turn token."""
-    close = _probe(tokenizer).close
+    writes it (trimmed, its thinking dropped...), from the generation prompt's end where that is a prefix of the whole;
+    the span runs on over its tool calls to the end-of-turn token."""
+    probe = _probe(tokenizer)
+    close = probe.close
     spans = []
     for i in trained:
         m = messages[i]
         other = _render(tokenizer, [*messages[:i], {**m, "content": _PROBE}, *messages[i + 1 :]], tools=tools)
         start = len(os.path.commonprefix([full, other]))
         end = len(full) - len(os.path.commonprefix([full[start:][::-1], other[start:][::-1]]))
+        if not probe.header_with_turn and (asked := _generation_prompt_end(tokenizer, full, messages[:i], tools)):
+            start = min(start, asked)  # what the template writes after its prompt trains, as on the prefix path
         if end == start and m["content"].strip() and not m.get("tool_calls"):
             raise MaskError(
                 f"cannot place the loss mask: the chat template leaves turn {i + 1}'s text out of the whole "
@@ -264,6 +270,17 @@ def _found_spans(tokenizer, full: str, messages: list[dict], trained: list[int],
                 end = at + len(close)
         spans.append((start, end))
     return spans
+
+
+def _generation_prompt_end(tokenizer, full: str, before: list[dict], tools) -> int | None:
+    """Where the generation prompt after ``before`` ends in the whole rendering ``full``, where that rendering is a
+    prefix of it (Qwen3's thinking gate: the ``<think>`` block it writes before the last answer trains, as a one-turn
+    row's does and TRL's Qwen3 training template has it); None where it is not."""
+    try:
+        asked = _render(tokenizer, before, generation_prompt=True, tools=tools)
+    except Exception:  # noqa: BLE001  a template that refuses the conversation cut there: the found start stands
+        return None
+    return len(asked) if full.startswith(asked) else None
 
 
 def encode_texts(
