@@ -1030,6 +1030,10 @@ def _axolotl(key: str, raw):
     return key, raw
 
 
+# the fields a data row's turn says whether it trains in, true or false, beside OpenAI's weight (0 or 1), which the
+# data reader (trainer.formats) honours: axolotl's message_field_training default, its other usual name, ms-swift's
+TRAIN_FLAGS = ("training", "train", "loss")
+
 # the keys of an axolotl dataset entry that choose which rows, or which of their tokens, are trained, with the
 # values that ask for what ftctl does (an empty tuple: none does) and how to ask for what they want here
 _DATASET_KEYS = {
@@ -1046,6 +1050,15 @@ _DATASET_KEYS = {
         "the assistant's turns are trained (train_on_inputs: true trains every token)",
     ),
     "train_on_eos": (("turn",), "each assistant turn is trained with the token that ends it, as axolotl's turn"),
+    "message_field_training": (
+        TRAIN_FLAGS,
+        f"a turn says whether it trains in a field named {', '.join(TRAIN_FLAGS)} (true or false) or OpenAI's "
+        "weight (0 or 1): rename the field in the data",
+    ),
+    "chat_template": (
+        ("tokenizer_default",),
+        "give the template as a file or a model: -o chat_template_path=FILE.jinja (or a model directory or id)",
+    ),
 }
 
 

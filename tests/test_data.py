@@ -92,17 +92,27 @@ def test_an_assistant_turn_of_weight_0_is_context_not_trained(tmp_path, tiny_tok
     assert "A bad answer." in tiny_tokenizer.decode(row["input_ids"])  # still the context of the next turn
     bad = [
         {"messages": [msgs[0], {**msgs[1], "weight": 0.5}]},
-        {"messages": [{**msgs[0], "weight": 0}, msgs[3]]},
+        {"messages": [{**msgs[0], "weight": 1}, msgs[3]]},
         {"messages": msgs[:2]},
+        {"messages": [msgs[0], {**msgs[3], "training": "no"}]},
+        {"messages": [msgs[0], {**msgs[3], "weight": 1, "loss": False}]},
     ]
     report = check_data(write_json(tmp_path / "bad.json", bad), tiny_tokenizer, 512)
     assert [e.split(": ", 1)[1] for e in report.errors] == [
-        "turn 2 'weight' is 0.5: an assistant turn's weight is 0 (not trained) or 1, as OpenAI's fine-tuning format "
-        "gives it",
-        "turn 1 'weight' is 0: an assistant turn's weight is 0 (not trained) or 1, as OpenAI's fine-tuning format "
-        "gives it",
+        "turn 2 (assistant) 'weight' is 0.5: an assistant turn's weight is 0 (not trained) or 1, as OpenAI's "
+        "fine-tuning format gives it",
+        "turn 1 (user) says 'weight': 1, and only assistant turns are trained (a user turn is context; "
+        "train_on_inputs: true trains every token)",
+        "turn 2 (assistant) 'training' is 'no': give true (trained) or false (context, not trained)",
+        "turn 2 (assistant) says 'weight': 1 and 'loss': false: keep one",
         "every label is masked: its assistant turns all have weight 0; give one weight 1",
     ]
+    # axolotl's message_field_training (training), its other usual name and ms-swift's per-turn flag: they were
+    # passed over without a word, and the answers they mark as context trained
+    for flag in ("training", "train", "loss"):
+        flagged = [msgs[0], {**msgs[1], flag: False}, msgs[2], {**msgs[3], flag: True}, {**msgs[2], flag: False}]
+        row = only_row(write_json(tmp_path / f"{flag}.json", [{"messages": [*flagged, msgs[3]]}]), tiny_tokenizer)
+        assert trained_spans(tiny_tokenizer, row["input_ids"], row["labels"]) == 2 * ["A good answer." + EOT]
     # ShareGPT turns carry the same key in the wild (axolotl reads it): it was passed over, and the bad answer trained.
     # SlimOrca's human turns say 0.0 and its gpt turns 1.0: taken as they are (a human turn never trains)
     conv = [

@@ -915,6 +915,19 @@ def test_an_axolotl_example_file_is_taken_as_it_is_written(tmp_path):
         build({"datasets": [{**chats, "roles_to_train": ["user", "assistant"], "split": "test"}]})
     assert "c.jsonl's split: 'test': a Hub dataset's train split is read; for another, name its files" in str(e.value)
     assert "c.jsonl's roles_to_train: ['user', 'assistant']: the assistant's turns are trained" in str(e.value)
+    said = []  # a turn's training flag by a name the data reader honours, the tokenizer's own template: as ftctl does
+    build(
+        {"datasets": [{**chats, "message_field_training": "train", "chat_template": "tokenizer_default"}]}, notes=said
+    )
+    with pytest.raises(FtctlError) as e:  # a flag the reader would pass over (its turns trained), another template
+        build({"datasets": [{**chats, "message_field_training": "keep", "chat_template": "llama3"}]})
+    assert (
+        "c.jsonl's message_field_training: 'keep': a turn says whether it trains in a field named training, train"
+        in (str(e.value))
+    )
+    assert "c.jsonl's chat_template: 'llama3': give the template as a file or a model: -o chat_template_path=" in (
+        str(e.value)
+    )
     assert any(n.startswith("load_in_8bit, load_in_4bit, strict, dataset_prepared_path") for n in notes)
     assert build({"train_on_inputs": True}).assistant_only_loss is False  # the loss on every token
     empty = {"load_in_8bit": None, "use_peft": None, "train_on_inputs": None, "lora_target_linear": None}

@@ -16,7 +16,8 @@ Accepted row formats (detected per row):
   OpenAI's JSON string or an object, given to the template as an object), ``tool`` turns
   with the results (context, never trained), and the row's ``tools`` (function schemas, a list or its JSON)
   rendered by the template. An assistant turn's ``weight`` (OpenAI's fine-tuning format): 0 leaves it out of
-  the loss (context, as a user turn is), 1 (or none) trains it.
+  the loss (context, as a user turn is), 1 (or none) trains it; ``training``, ``train`` or ``loss`` (axolotl's
+  message_field_training, ms-swift's) false does the same, true trains it.
 - Alpaca: ``{"instruction": str, "input": str (optional), "output": str}`` -> user, assistant.
 - Plain text: ``{"text": str}``: no roles, the loss covers every token.
 - Prompt-completion (TRL's): ``{"prompt": str, "completion": str}`` -> their text joined, bos and eos as for
@@ -45,6 +46,7 @@ from typing import Any
 
 from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean
+from ftctl.spec import TRAIN_FLAGS
 from ftctl.trainer.splits import EXTENSIONS, split_files
 
 # FastChat's ShareGPT role names (fastchat/train/train.py and its data cleaning scripts).
@@ -395,18 +397,12 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
             row.problems.append(f"empty turn: turn {n} ({role}) has no text; remove it or fill it in")
             continue
         extra = {k: turn[k] for k in TOOL_KEYS if fmt != "sharegpt" and turn.get(k) is not None}
-        weight = turn.get("weight")
-        if fmt == "sharegpt" and mapped != "assistant":
-            weight = None  # SlimOrca's human turns say 0.0: they are never trained anyway
-        if weight is not None:  # OpenAI's format, and ShareGPT files as axolotl reads them
-            if mapped != "assistant" or weight not in (0, 1) or isinstance(weight, bool):
-                row.problems.append(
-                    f"turn {n} 'weight' is {weight!r}: an assistant turn's weight is 0 (not trained) or 1, as OpenAI's "
-                    "fine-tuning format gives it"
-                )
-                continue
-            if weight == 0:
-                extra["weight"] = 0  # masks.assistant_spans leaves it out of the loss
+        weight, problem = _turn_weight(turn, mapped, fmt)
+        if problem:
+            row.problems.append(f"turn {n} ({role}) {problem}")
+            continue
+        if weight == 0:
+            extra["weight"] = 0  # masks.assistant_spans leaves it out of the loss
         row.messages.append({"role": mapped, "content": content, **extra})
     if row.problems:
         return row
@@ -415,6 +411,40 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
     elif fmt != "prompt-completion":  # its prompt is as TRL's user gave it
         _drop_leading_answers(row)
     return row
+
+
+def _turn_weight(turn: dict, role: str, fmt: str) -> tuple[int | None, str | None]:
+    """(0 where ``turn`` says it is not trained, else None; the problem with what it says). An assistant turn's
+    weight is 0 or 1, its TRAIN_FLAGS true or false; a user's or system's turn trains never, and may say so."""
+    said = {}
+    weight = turn.get("weight")
+    if weight is not None and not (fmt == "sharegpt" and role != "assistant"):  # SlimOrca's human turns say 0.0
+        if weight not in (0, 1) or isinstance(weight, bool):
+            return (
+                None,
+                f"'weight' is {weight!r}: an assistant turn's weight is 0 (not trained) or 1, as OpenAI's fine-tuning format gives it",
+            )
+        said["weight"] = int(weight)
+    for flag in TRAIN_FLAGS:
+        value = turn.get(flag)
+        if value is None:
+            continue
+        if not isinstance(value, bool):
+            return None, f"'{flag}' is {value!r}: give true (trained) or false (context, not trained)"
+        said[flag] = int(value)
+    if role != "assistant":
+        trains = [k for k, v in said.items() if v]
+        if trains:
+            return None, (
+                f"says '{trains[0]}': {said[trains[0]]}, and only assistant turns are trained (a {role} turn is "
+                "context; train_on_inputs: true trains every token)"
+            )
+        return None, None
+    if len(set(said.values())) > 1:
+        return None, "says " + " and ".join(
+            f"'{k}': {json.dumps(bool(v) if k != 'weight' else v)}" for k, v in said.items()
+        ) + ": keep one"
+    return (0 if said and not next(iter(said.values())) else None), None
 
 
 def _drop_leading_answers(row: Row) -> None:
