@@ -376,6 +376,48 @@ def test_alpaca_with_and_without_input(tmp_path, tiny_tokenizer):
     ]
 
 
+def test_llama_factorys_alpaca_history_is_the_turns_before(tmp_path, tiny_tokenizer):
+    """LLaMA-Factory's multi-turn Alpaca rows give the earlier exchanges as history: they were dropped without a
+    word, and the last answer trained with its context gone."""
+    row = {"instruction": "And in France?", "output": "Paris.", "history": [["Capital of Germany?", "Berlin."]]}
+    path = write_json(tmp_path / "h.json", [row, {**row, "history": [["Capital of Germany?"]]}])
+    report, dataset = prepare_data(path, tiny_tokenizer, 512)
+    text = tiny_tokenizer.decode(dataset[0]["input_ids"])
+    assert (
+        "user\nCapital of Germany?<|im_end|>\n<|im_start|>assistant\nBerlin.<|im_end|>\n<|im_start|>user\nAnd" in text
+    )
+    assert trained_spans(tiny_tokenizer, dataset[0]["input_ids"], dataset[0]["labels"]) == [
+        "Berlin." + EOT,
+        "Paris." + EOT,
+    ]
+    assert len(report.errors) == 1 and "'history' must be a list of [question, answer] pairs" in report.errors[0]
+
+
+def test_another_trainers_rows_are_refused_saying_how_to_train_on_them(tmp_path, tiny_tokenizer):
+    """A KTO row's undesirable completion (label false) trained as one to imitate, without a word; preference and
+    prompt-only rows got the generic "not a conversation". OpenAI's developer role is its system role."""
+    rows = [
+        {"prompt": "How do I make a cake?", "completion": "BAD", "label": False},
+        {"prompt": "Q", "chosen": "good", "rejected": "bad"},
+        {"prompt": [{"role": "user", "content": "Q"}]},
+        {"prompt": "Q", "completion": "GOOD", "label": True},
+        {
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "A"},
+            ]
+        },
+    ]
+    report, dataset = prepare_data(write_json(tmp_path / "k.json", rows), tiny_tokenizer, 512)
+    errors = [e.split(": ", 1)[1] for e in report.errors]
+    assert errors[0].startswith("'label' is false: a KTO row marking its completion undesirable")
+    assert errors[1].startswith("preference data (DPO: 'chosen' and 'rejected'): ftctl trains supervised fine-tuning")
+    assert errors[2].startswith("a 'prompt' without a 'completion' (RL data): nothing to train on")
+    assert len(errors) == 3 and len(dataset) == 2
+    assert tiny_tokenizer.decode(dataset[1]["input_ids"]).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
 def test_a_sharegpt_rows_system_field_is_its_system_turn(tmp_path, tiny_tokenizer):
     """SlimOrca's and OpenHermes' ShareGPT rows give the system prompt as a top-level field: it was dropped, and the
     template's default system prompt trained in its place (Alpaca's field was read)."""
@@ -736,7 +778,7 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
         "bad.jsonl line 2: unknown role 'gtp' in turn 2: use one of assistant, bard, bing, chatgpt, gpt, human, system, user (did you mean 'gpt'?)",
         "bad.jsonl line 3: empty turn: turn 2 (gpt) has no text",
         "bad.jsonl line 4: not a conversation: a list",
-        "bad.jsonl line 5: not a conversation: keys 'prompt', 'chosen'",
+        "bad.jsonl line 5: preference data (DPO: 'chosen' and 'rejected')",
         "bad.jsonl line 6: no assistant turn",
         "bad.jsonl line 7: invalid JSON",
         "bad.jsonl line 8: not a conversation: 'messages' is a string",

@@ -18,12 +18,15 @@ Accepted row formats (detected per row):
   rendered by the template. An assistant turn's ``weight`` (OpenAI's fine-tuning format): 0 leaves it out of
   the loss (context, as a user turn is), 1 (or none) trains it; ``training``, ``train`` or ``loss`` (axolotl's
   message_field_training, ms-swift's) false does the same, true trains it.
-- Alpaca: ``{"instruction": str, "input": str (optional), "output": str}`` -> user, assistant.
+- Alpaca: ``{"instruction": str, "input": str (optional), "output": str}`` -> user, assistant; LLaMA-Factory's
+  ``history`` ([[question, answer], ...]) as the turns before them, trained.
 - Plain text: ``{"text": str}``: no roles, the loss covers every token.
 - Prompt-completion (TRL's): ``{"prompt": str, "completion": str}`` -> their text joined, bos and eos as for
   plain text, the loss on the completion and eos; or ``{"prompt": [messages], "completion": [messages]}``
   (role/content turns) -> one conversation, the loss on the completion's assistant turns only, as TRL's
   SFTTrainer does (completion_only_loss).
+Another trainer's rows are refused, saying how to make SFT rows of them: preference rows (chosen/rejected), KTO's
+undesirable ones (label false) and prompts without a completion: SFT would learn what they hold not to imitate.
 
 A conversation's assistant turns before its first user turn are left out (FastChat's train script drops a
 leading non-human turn the same way; the :class:`Row` counts them in ``dropped``); prompt-completion rows are
@@ -60,7 +63,8 @@ SHAREGPT_ROLES = {
     "bard": "assistant",
     "system": "system",
 }
-OPENAI_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+# developer: OpenAI's newer name for the system role (its o-series models' chat format)
+OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 # what an OpenAI-style turn carries beside role and content, for the chat template (tool use)
 TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
 
@@ -324,6 +328,8 @@ def to_row(where: str, record: Any) -> Row:
         return _with_tools(_with_system(row, record), record)
     if "instruction" in record and "output" in record:
         return _alpaca(where, record)
+    if problem := _not_sft(record):
+        return Row(where=where, format="unknown", problems=[problem])
     if "prompt" in record and "completion" in record:
         return _prompt_completion(where, record)
     if "text" in record:
@@ -339,6 +345,24 @@ def to_row(where: str, record: Any) -> Row:
         return Row(where=where, format="text", text=text)
     keys = ", ".join(map(repr, record)) or "none"
     return Row(where=where, format="unknown", problems=[f"not a conversation: keys {keys}; {FORMAT_HINT}"])
+
+
+def _not_sft(record: dict) -> str | None:
+    """Why a row of another trainer's data (TRL's preference, KTO or prompt-only rows) is none to imitate: SFT would
+    learn every completion it holds, the rejected and undesirable ones too."""
+    if {"chosen", "rejected"} & set(record):
+        return (
+            "preference data (DPO: 'chosen' and 'rejected'): ftctl trains supervised fine-tuning, on answers to "
+            "imitate; give each row's chosen conversation as its 'messages' (or 'prompt' + its chosen 'completion')"
+        )
+    if "prompt" in record and "completion" in record and record.get("label") is False:
+        return (
+            "'label' is false: a KTO row marking its completion undesirable, which supervised fine-tuning would "
+            "learn; leave such rows out (a row with label true trains)"
+        )
+    if "prompt" in record and not {"completion", "text"} & set(record):
+        return "a 'prompt' without a 'completion' (RL data): nothing to train on; add the answer as 'completion'"
+    return None
 
 
 def _content(value: Any) -> str | None:
@@ -555,8 +579,21 @@ def _alpaca(where: str, record: dict) -> Row:
     system = record.get("system")
     if isinstance(system, str) and system.strip():
         row.messages.append({"role": "system", "content": system})
+    history = record.get("history") or []  # LLaMA-Factory's earlier turns: [[query, response], ...], trained
+    if not (isinstance(history, list) and all(_is_exchange(h) for h in history)):
+        row.problems.append(
+            "'history' must be a list of [question, answer] pairs of strings (the earlier turns, as LLaMA-Factory's "
+            "Alpaca format gives them)"
+        )
+        return row
+    for question, answer in history:
+        row.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     row.messages += [{"role": "user", "content": user}, {"role": "assistant", "content": parts["output"]}]
     return row
+
+
+def _is_exchange(pair: Any) -> bool:
+    return isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) and t.strip() for t in pair)
 
 
 def _kind(value) -> str:
