@@ -783,7 +783,7 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
         "bad.jsonl line 7: invalid JSON",
         "bad.jsonl line 8: not a conversation: 'messages' is a string",
         "bad.jsonl line 12: not a conversation: turn 1 must be an object with 'role' and 'content'",
-        "bad.jsonl line 13: unknown role 'function' in turn 1: use one of assistant, system, tool, user",
+        "bad.jsonl line 13: unknown role 'function' in turn 1: use one of assistant, developer, system, tool, user",
         "bad.jsonl line 9: every label is masked after truncation to 32 tokens",
     ]
     assert len(report.errors) == len(expected_errors), report.render()
