@@ -240,3 +240,19 @@ def test_a_tied_heads_second_copy_is_left_out_of_a_gathered_state_dict():
     own["lm_head.weight"] = own["model.embed_tokens.weight"].clone()  # equal by chance, but its own weight
     assert untied_copy_dropped(untied, own) is own
     assert untied_copy_dropped(tied, {}) == {}  # a rank's empty share (ZeRO-3's non-writers): nothing to drop
+
+
+def test_a_packed_rows_tokens_seen_count_its_end_of_turn_tokens():
+    """Padding-free packed batches have no attention mask: the tokens were counted as those that are not the pad
+    token, and SmolLM's pad is its <|im_end|>, which closes every turn: 104 tokens counted of 114 trained."""
+    import torch
+
+    from ftctl.trainer.sft_trainer import non_padding_tokens
+
+    eot = 2  # pad and end of turn alike
+    ids = torch.tensor([[5, 6, eot, 7, 8, 9, eot, eot, eot]])
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 0, 0]])  # two samples, then two padding tokens (position 0)
+    assert non_padding_tokens({"input_ids": ids, "position_ids": positions}, ids, eot).item() == 7
+    masked = {"input_ids": ids, "attention_mask": torch.tensor([[1] * 7 + [0, 0]])}
+    assert non_padding_tokens(masked, ids, eot).item() == 7
+    assert non_padding_tokens({"input_ids": ids}, ids, 9).item() == 8 and non_padding_tokens({}, ids, None) is None

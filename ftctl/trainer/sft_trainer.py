@@ -213,12 +213,10 @@ class SFTTrainer(TrlSFTTrainer):
         if self.args.include_num_input_tokens_seen == "no" or name not in inputs:
             return super()._track_num_input_tokens(inputs)
         ids, pad = inputs[name], getattr(self.processing_class, "pad_token_id", None)
-        non_padding = self.args.include_num_input_tokens_seen == "non_padding"
-        if non_padding and "attention_mask" in inputs:
-            tokens = inputs["attention_mask"].sum()
-        elif non_padding and pad is not None:
-            tokens = (ids != pad).sum()
-        else:
+        tokens = None
+        if self.args.include_num_input_tokens_seen == "non_padding":
+            tokens = non_padding_tokens(inputs, ids, pad)
+        if tokens is None:
             tokens = _count(ids.numel(), ids.device)
         self._add("tokens_seen", self.accelerator.gather(tokens.to(torch.int64)).sum())
 
@@ -389,6 +387,20 @@ class SFTTrainer(TrlSFTTrainer):
         finally:  # as it was for this step (on_log clears should_log)
             self.state.global_step, self.state.epoch = step, epoch
             self.control.should_log = should_log
+
+
+def non_padding_tokens(inputs: dict, ids: torch.Tensor, pad: int | None) -> torch.Tensor | None:
+    """The tokens of a batch that are no padding, counted on its device: its attention mask's; a padding-free packed
+    row's up to its last sample's last token (the padding after it has position 0: data.packed_padding), since
+    the pad token is often the model's eos or end of turn (SmolLM's <|im_end|>), which every sample holds; else
+    those that are not the pad token. None where none of these tells."""
+    if "attention_mask" in inputs:
+        return inputs["attention_mask"].sum()
+    positions = inputs.get("position_ids")
+    if positions is not None and positions.shape[0] == 1:
+        at = torch.arange(1, positions.shape[1] + 1, device=positions.device)
+        return (at * (positions[0] != 0)).max()
+    return (ids != pad).sum() if pad is not None else None
 
 
 def _count(n: int, device) -> torch.Tensor:
