@@ -740,3 +740,91 @@ def test_a_requeue_of_a_run_that_went_back_goes_on_from_its_own_checkpoints(tmp_
     committed(cache, 900)
     spec = RunSpec(resume=str(back), output_dir=store)
     assert resume_point(spec, str(cache), store) == str(back)
+
+
+# ------------------------------------------------------------------ multi-node copies (explore6 B2, B5)
+
+
+def two_node_save(shared: Path | None, tmp_path: Path, step: int = 8, attempt: str = "att-1") -> list[Path]:
+    """Node 0 and node 1 save checkpoint-<step> as on_save does: each its files, then its manifest.node-<k>.json;
+    into one directory (``shared``: a shared home) or each into its own (node-local disks). Returns the dirs."""
+    dirs = [shared or tmp_path / "node0", shared or tmp_path / "node1"]
+    mine = [{"trainer_state.json": b"{}", "model.safetensors": b"w" * 999}, {"rng_state_1.pth": b"r1" * 77}]
+    for d, files in zip(dirs, mine):
+        make_checkpoint(d, step, files={"config.json": b'{"a": 1}', **files})
+    for k, d in enumerate(dirs):
+        C.write_manifest(
+            str(d / f"checkpoint-{step}"), step, 2, "h", name=C.node_manifest_name(k), node_rank=k, num_nodes=2,
+            attempt=attempt,
+        )  # fmt: skip
+    return dirs
+
+
+def commit_two_nodes(remote: str, dirs: list[Path], step: int = 8, attempt: str = "att-1") -> None:
+    ups = [C.Uploader(remote, node_rank=k, num_nodes=2, attempt=attempt, **FAST) for k in (0, 1)]
+    for up, d in zip(ups, dirs):
+        up.submit(str(d / f"checkpoint-{step}"))
+    assert all(up.wait(30) for up in ups)
+    for up in ups:
+        up.close()
+
+
+def test_a_committed_multi_node_copy_on_a_shared_disk_resumes_here(remote, tmp_path, caplog):
+    """Both nodes staged into one shared home: the copy holds every node's files and manifest but not the merged
+    ftctl-manifest.json, which only the store got. Every resume set it aside (one checkpoint's size each time) and
+    downloaded it again."""
+    run = tmp_path / "home-cache"
+    two_node_save(run, tmp_path)
+    commit_two_nodes(remote, [run, run])
+    assert not (run / "checkpoint-8" / C.MANIFEST).exists()
+    caplog.set_level(logging.INFO)
+    assert C.latest_complete(str(run), remote) == str(run / "checkpoint-8")
+    assert "local, verified: committed by its 2 nodes' manifests" in caplog.text
+    assert "downloaded" not in caplog.text and not (run / C.QUARANTINE_DIR).exists()
+    store = C.read_manifest(storage.join(remote, "checkpoint-8"))
+    assert C.read_manifest(str(run / "checkpoint-8"))["files"] == store["files"]  # this copy's commit too now
+    assert C.latest_complete(str(run), remote) == str(run / "checkpoint-8") and not (run / C.QUARANTINE_DIR).exists()
+
+
+def test_a_stop_checkpoint_the_store_did_not_commit_resumes_from_the_shared_disk(remote, tmp_path, caplog):
+    """B5: the job was killed while node 0 waited for node 1's upload; the shared copy holds every node's files and
+    manifest of one attempt: resumed, not set aside for the older committed one. One node's manifest of another
+    attempt, or a file that does not match, is a real partial: passed over and set aside."""
+    run = tmp_path / "home-cache"
+    two_node_save(run, tmp_path, step=4)
+    commit_two_nodes(remote, [run, run], step=4)
+    two_node_save(run, tmp_path, step=6)  # saved; the job killed before any upload
+    assert C.latest_complete(str(run), remote) == str(run / "checkpoint-6")
+    assert C.verify(str(run / "checkpoint-6")) == []
+
+    two_node_save(run, tmp_path, step=8)
+    C.write_manifest(str(run / "checkpoint-8"), 8, 2, "h", name=C.node_manifest_name(1), node_rank=1, num_nodes=2,
+                     attempt="att-0")  # fmt: skip
+    two_node_save(run, tmp_path, step=10)
+    (run / "checkpoint-10" / "rng_state_1.pth").write_bytes(b"xx" * 77)  # same size, other bytes
+    caplog.set_level(logging.WARNING)
+    assert C.latest_complete(str(run), remote) == str(run / "checkpoint-6")
+    assert "checkpoint-10: local" in caplog.text and "sha256" in caplog.text
+    assert "checkpoint-8: local" in caplog.text and "no ftctl-manifest.json" in caplog.text
+    assert len(list((run / C.QUARANTINE_DIR).iterdir())) == 2
+
+
+def test_a_nodes_own_share_of_a_committed_checkpoint_is_completed_not_set_aside(remote, tmp_path, caplog):
+    """Node-local disks: each node's copy holds its own files only. Resuming downloads the others' files and keeps
+    its own (hard links, no second copy), and nothing is set aside: its files are the store's."""
+    dirs = two_node_save(None, tmp_path)
+    commit_two_nodes(remote, dirs)
+    own = (dirs[1] / "checkpoint-8" / "rng_state_1.pth").stat().st_ino
+    caplog.set_level(logging.INFO)
+    for d in dirs:
+        assert C.latest_complete(str(d), remote) == str(d / "checkpoint-8")
+        assert C.verify(str(d / "checkpoint-8")) == [] and not (d / C.QUARANTINE_DIR).exists()
+    assert (dirs[1] / "checkpoint-8" / "rng_state_1.pth").stat().st_ino == own
+    assert "(2 file(s) of this copy kept)" in caplog.text  # node 1: config, its rng state; node 0: config, model, state
+    assert "(3 file(s) of this copy kept)" in caplog.text
+    # a share whose file differs from the store's is a real mismatch: set aside, never overwritten
+    (dirs[1] / "checkpoint-8" / C.MANIFEST).unlink()
+    (dirs[1] / "checkpoint-8" / "rng_state_1.pth").write_bytes(b"zz")
+    assert C.latest_complete(str(dirs[1]), remote) == str(dirs[1] / "checkpoint-8")
+    (aside,) = (dirs[1] / C.QUARANTINE_DIR).iterdir()
+    assert (aside / "rng_state_1.pth").read_bytes() == b"zz"

@@ -145,6 +145,49 @@ def read_manifest(ckpt: str, name: str = MANIFEST, endpoint_url: str | None = No
     return data
 
 
+def merge_nodes(manifests: dict[int, dict]) -> tuple[dict, list[str]]:
+    """The ``ftctl-manifest.json`` of a multi-node checkpoint from its nodes' manifests of one attempt (node k ->
+    ``manifest.node-<k>.json``): every node's files, node 0's entry where two nodes wrote a path differently. Returns
+    it and those paths (the uploader sends node 0's copy of them again)."""
+    files: dict[str, dict] = {}
+    rewrite = []
+    for k in sorted(manifests, reverse=True):  # node 0 last: its copy wins
+        for entry in manifests[k]["files"]:
+            prev = files.get(entry["path"])
+            if prev is not None and prev["sha256"] != entry["sha256"] and k == 0:
+                rewrite.append(entry["path"])
+            files[entry["path"]] = entry
+    merged = dict(manifests[0])
+    merged.pop("node_rank", None)
+    merged["files"] = [files[p] for p in sorted(files)]
+    return merged, rewrite
+
+
+def nodes_committed(ckpt_dir: str) -> dict | None:
+    """The merged manifest of a local multi-node checkpoint that holds the manifest of every node of one attempt, else
+    None. Each node writes its own after every file of the checkpoint is on disk (the on_save barrier) and lists its
+    files with sizes and sha256: on a disk the nodes share, all of them together are the commit node 0 uploads."""
+    try:
+        names = os.listdir(ckpt_dir)
+    except OSError:
+        return None
+    found = {}
+    for name in names:
+        if m := _NODE_RE.match(name):
+            try:
+                found[int(m.group(1))] = read_manifest(ckpt_dir, name)
+            except (OSError, ValueError, UnicodeDecodeError):
+                return None
+    first = found.get(0)
+    if first is None or not isinstance(first.get("num_nodes"), int) or first["num_nodes"] < 2:
+        return None
+    nodes = range(first["num_nodes"])
+    keys = ("attempt", "num_nodes", "step")
+    if not first.get("attempt") or any(k not in found or any(found[k].get(x) != first[x] for x in keys) for k in nodes):
+        return None  # a node's manifest missing, or one of another attempt at this step
+    return merge_nodes({k: found[k] for k in nodes})[0]
+
+
 def _check_files(manifest: dict, sizes: dict[str, int]) -> list[str]:
     problems = []
     for entry in manifest["files"]:

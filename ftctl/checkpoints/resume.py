@@ -22,7 +22,10 @@ from ftctl.checkpoints.manifest import (
     _verify_against,
     _write_json_atomic,
     checkpoint_step,
+    is_manifest,
+    nodes_committed,
     read_manifest,
+    sha256_file,
     verify,
 )
 from ftctl.errors import FtctlError
@@ -44,6 +47,7 @@ class CheckpointInfo:
     uri: str
     size: int = 0
     manifest: dict | None = field(default=None, repr=False)
+    by_nodes: bool = False  # ``manifest`` merged from its nodes' manifests (nodes_committed): no ftctl-manifest.json
 
     @property
     def name(self) -> str:
@@ -141,10 +145,15 @@ def download_checkpoint(
             return [f"no {MANIFEST} (incomplete: stopped before it was committed)"]
     tmp = os.path.join(local_dir, DOWNLOAD_DIR, name)
     shutil.rmtree(tmp, ignore_errors=True)
+    final = os.path.join(local_dir, name)
     fs, _ = storage.filesystem(ckpt_uri, endpoint_url)
+    kept = set()  # files of this node's copy that are the store's (its own share of the checkpoint): not downloaded
     try:
         for entry in manifest["files"]:
             parts = entry["path"].split("/")
+            if _same_file(os.path.join(final, *parts), entry, os.path.join(tmp, *parts)):
+                kept.add(entry["path"])
+                continue
             storage.get_file(storage.join(ckpt_uri, *parts), os.path.join(tmp, *parts), fs=fs)
     except FileNotFoundError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -154,10 +163,19 @@ def download_checkpoint(
     if problems:
         shutil.rmtree(tmp, ignore_errors=True)
         return problems
-    final = os.path.join(local_dir, name)
     if os.path.exists(final):
-        _quarantine(final, f"replaced by the complete copy from {ckpt_uri}")
-    os.replace(tmp, final)
+        if _only(final, kept):  # every file of it is in the new copy: nothing of it is lost
+            old = tmp + ".old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+            if kept:
+                log.info("%s: completed from %s (%d file(s) of this copy kept)", final, ckpt_uri, len(kept))
+        else:
+            _quarantine(final, f"replaced by the complete copy from {ckpt_uri}")
+    if not os.path.exists(final):
+        os.replace(tmp, final)
     try:
         os.rmdir(os.path.dirname(tmp))
     except OSError:
@@ -165,9 +183,30 @@ def download_checkpoint(
     return []
 
 
+def _same_file(path: str, entry: dict, link: str) -> bool:
+    """Whether ``path`` holds the file a manifest entry lists (size, then sha256); then hard-linked (or copied) to
+    ``link``."""
+    try:
+        if os.path.getsize(path) != entry["size"] or sha256_file(path) != entry["sha256"]:
+            return False
+    except OSError:
+        return False
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    try:
+        os.link(path, link)
+    except OSError:
+        shutil.copyfile(path, link)
+    return True
+
+
+def _only(ckpt_dir: str, kept: set[str]) -> bool:
+    """Whether every file of ``ckpt_dir`` is one of ``kept`` or a manifest."""
+    return all(rel in kept or is_manifest(rel) for rel in storage.local_files(ckpt_dir))
+
+
 def _other_files(here: CheckpointInfo, there: CheckpointInfo) -> bool:
     """Whether two complete copies of one checkpoint name hold other files (sha256s): two runs' checkpoint-N."""
-    if not (here.complete and there.complete and here.manifest and there.manifest):
+    if not ((here.complete or here.by_nodes) and there.complete and here.manifest and there.manifest):
         return False
     return {(f["path"], f["sha256"]) for f in here.manifest["files"]} != {
         (f["path"], f["sha256"]) for f in there.manifest["files"]
@@ -201,19 +240,29 @@ def set_aside(paths: list[str], why: str, local_dir: str) -> None:
         forget_uploaded(local_dir, sent)
 
 
-def latest_complete(local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None) -> str | None:
+def latest_complete(
+    local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None, step: int | None = None
+) -> str | None:
     """The local path of the newest complete, verified checkpoint, or None.
 
     Candidates are the local ``checkpoint-*`` directories of ``local_dir`` and, with
     ``remote_uri``, those in the store; for each step from the newest down, a local copy that
-    verifies (sha256) wins, else the remote one is downloaded and verified. Every incomplete or
+    verifies (sha256) wins, else the remote one is downloaded and verified. A local copy of a multi-node checkpoint
+    without ftctl-manifest.json counts where it holds every node's manifest of one attempt and their files
+    (nodes_committed: a disk the nodes share); it then gets the merged manifest. Every incomplete or
     corrupted checkpoint passed over is logged as a warning naming it; broken local ones are moved
     to ``<local_dir>/.ftctl-quarantine`` so the resumed run can save that step afresh. Where the store's output was
     deleted or replaced since (a local copy newer than the store's newest that its store once committed, or a
     local copy of the store's checkpoint-N with other files), the local copies are an earlier run's: not taken.
+
+    ``step``: only checkpoint-<step>, which another process chose (a node of its own disk follows rank 0); local
+    copies of later steps are passed over as above, and FtctlError says why where it cannot be had here.
     """
     os.makedirs(local_dir, exist_ok=True)
     local = {c.step: c for c in list_checkpoints(local_dir)}
+    for c in local.values():
+        if c.manifest is None and (merged := nodes_committed(c.uri)):
+            c.manifest, c.by_nodes = merged, True
     remote = {}
     if remote_uri:
         remote = {c.step: c for c in _list_remote_or_fail(remote_uri, endpoint_url)}
@@ -230,23 +279,48 @@ def latest_complete(local_dir: str, remote_uri: str | None = None, endpoint_url:
         for s in [s for s in local if s in remote and _other_files(local[s], remote[s])]:
             log.warning("%s here is not the store's (another run's since): the store's is taken", local[s].name)
             del local[s]  # the store's is downloaded and replaces it (download_checkpoint quarantines this one)
-    for step in sorted(set(local) | set(remote), reverse=True):
+    reasons = []
+    for s in sorted(set(local) | set(remote), reverse=True):
+        if step is not None and s < step:
+            break
+        if step is not None and s > step:  # this node's share of a checkpoint the run did not commit
+            if s in local and os.path.isdir(local[s].uri):
+                log.warning(
+                    "skipping %s: newer than %s%d, which the run resumes", local[s].uri, CHECKPOINT_PREFIX, step
+                )
+                _quarantine(local[s].uri, "incomplete")
+            continue
         reasons = []
-        if step in local:
-            problems = verify(local[step].uri, deep=True)
+        if s in local:
+            c = local[s]
+            problems = _verify_against(c.uri, c.manifest, deep=True) if c.by_nodes else verify(c.uri, deep=True)
             if not problems:
-                log.info("resuming from %s (local, verified)", local[step].uri)
-                return local[step].uri
-            reasons.append(f"local {local[step].uri}: {'; '.join(problems)}")
-        if step in remote:
-            r = remote[step]
+                if c.by_nodes:  # the commit the store got, on this copy too
+                    _write_json_atomic(os.path.join(c.uri, MANIFEST), c.manifest)
+                    log.info(
+                        "resuming from %s (local, verified: committed by its %d nodes' manifests)",
+                        c.uri,
+                        c.manifest["num_nodes"],
+                    )
+                else:
+                    log.info("resuming from %s (local, verified)", c.uri)
+                return c.uri
+            reasons.append(f"local {c.uri}: {'; '.join(problems)}")
+        if s in remote:
+            r = remote[s]
             problems = r.problems or download_checkpoint(r.uri, local_dir, r.manifest, endpoint_url)
             if not problems:
                 path = os.path.join(local_dir, r.name)
                 log.info("resuming from %s (downloaded from %s, verified)", path, r.uri)
                 return path
             reasons.append(f"remote {r.uri}: {'; '.join(problems)}")
-        log.warning("skipping %s%d: %s", CHECKPOINT_PREFIX, step, " | ".join(reasons))
-        if step in local and os.path.isdir(local[step].uri):
-            _quarantine(local[step].uri, "incomplete or corrupted")
+        log.warning("skipping %s%d: %s", CHECKPOINT_PREFIX, s, " | ".join(reasons))
+        if s in local and os.path.isdir(local[s].uri):
+            _quarantine(local[s].uri, "incomplete or corrupted")
+    if step is not None:
+        raise FtctlError(
+            f"rank 0 resumes from {CHECKPOINT_PREFIX}{step}, and {local_dir} has no verified copy of it"
+            + (f" nor can it be downloaded ({' | '.join(reasons)})" if reasons else f" and {remote_uri} none")
+            + ": give every node the run's output directory or an object-store --output."
+        )
     return None

@@ -28,6 +28,7 @@ from ftctl.checkpoints.manifest import (
     _check_files,
     _write_json_atomic,
     commit_point,
+    merge_nodes,
     node_manifest_name,
     read_manifest,
 )
@@ -382,21 +383,10 @@ class Uploader:
         if missing:
             log.info("%s: waiting for the manifests of node(s) %s", ckpt_uri, missing)
             return False
-        files: dict[str, dict] = {}
-        rewrite = []
-        for k in sorted(manifests, reverse=True):  # node 0 last: its copy wins
-            for entry in manifests[k]["files"]:
-                prev = files.get(entry["path"])
-                if prev is not None and prev["sha256"] != entry["sha256"] and k == 0:
-                    rewrite.append(entry["path"])
-                files[entry["path"]] = entry
+        merged, rewrite = merge_nodes(manifests)
         for rel in rewrite:  # a file two nodes wrote differently: node 0's copy, re-sent now
             parts = rel.split("/")
             _put(self._fs, os.path.join(job.local, *parts), storage.join(ckpt_uri, *parts))
-        merged = dict(manifests[0])
-        for key in ("node_rank",):
-            merged.pop(key, None)
-        merged["files"] = [files[p] for p in sorted(files)]
         problems = _check_files(merged, storage.file_sizes(ckpt_uri, self.endpoint_url))
         if problems:
             raise OSError(f"files listed by the node manifests are not in the store: {problems[:3]}")
