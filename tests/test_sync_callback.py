@@ -194,3 +194,48 @@ def test_rotation_keeps_checkpoints_uploading_in_place_and_rotates_the_rest(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-50", "checkpoint-60", "checkpoint-70"]
     rotate_around(str(tmp_path), 1, None, {"checkpoint-60"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-60", "checkpoint-70"]
+
+
+@pytest.mark.parametrize("disk", ["shared", "node-local"])
+def test_one_process_per_directory_chooses_and_the_others_take_its_choice(disk, s3_bucket, tmp_path, monkeypatch):
+    """Four processes on two nodes (threads here, with torchrun's store: a real TCPStore). Both nodes staged into one
+    shared home and were seen racing (rank 1 set checkpoint-135 aside while rank 0 chose it): now rank 0 alone chooses
+    there; on node-local disks node 1's local rank 0 gets rank 0's checkpoint for its own disk."""
+    import threading
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from ftctl.checkpoints import latest_complete
+    from ftctl.trainer import sync_callback as S
+    from tests.test_checkpoints import commit_two_nodes, two_node_save
+
+    remote = s3_bucket + "/run"
+    dirs = two_node_save(tmp_path / "home" if disk == "shared" else None, tmp_path)
+    commit_two_nodes(remote, dirs)
+    calls = []
+
+    def counted(local_dir, *a, **kw):
+        calls.append((local_dir, kw.get("step")))
+        return latest_complete(local_dir, *a, **kw)
+
+    monkeypatch.setattr(S.checkpoints, "latest_complete", counted)
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(seconds=30))
+    got = {}
+
+    def process(rank):
+        store = dist.TCPStore("127.0.0.1", server.port, is_master=False, timeout=timedelta(seconds=30))
+        peers = S.Peers(dist.PrefixStore("t", store), rank, rank % 2, 4)
+        got[rank] = S.resume_checkpoint(str(dirs[rank // 2]), remote, peers=peers)
+
+    threads = [threading.Thread(target=process, args=(r,)) for r in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert got == {r: str(dirs[r // 2] / "checkpoint-8") for r in range(4)}
+    if disk == "shared":
+        assert calls == [(str(dirs[0]), None)]
+    else:
+        assert sorted(calls, key=str) == [(str(dirs[0]), None), (str(dirs[1]), 8)]
+    assert not list(dirs[0].glob(S.MARK + "*")) and not list(dirs[0].glob(".ftctl-quarantine"))

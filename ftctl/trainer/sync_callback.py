@@ -21,15 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
+import json
 import logging
 import os
 import shutil
+import time
 import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
-from ftctl import checkpoints, storage
+from ftctl import checkpoints, failures, storage
 from ftctl.errors import FtctlError
 from ftctl.runpaths import CHECKPOINT_METRICS, METRICS_FILE
 from ftctl.spec import RunSpec
@@ -68,17 +74,20 @@ def rotate_around(output_dir: str, limit: int | None, best: str | None, busy: se
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
-def named_checkpoint(local_dir: str, uri: str, listed: list, endpoint_url: str | None = None) -> str:
+def named_checkpoint(
+    local_dir: str, uri: str, listed: list, endpoint_url: str | None = None, peers: Peers | None = None
+) -> str:
     """The local path of checkpoint ``uri`` of the run's store (resume=OUTPUT/checkpoint-N), downloaded and verified
     where this node lacks a verified copy; ``listed``: the store's checkpoints. FtctlError where the store holds no
-    complete one of that name. Safe from every process of a node at once (resume_checkpoint's lock)."""
+    complete one of that name. Call it from every process: one per directory does it (one_per_directory)."""
     name = uri.rstrip("/").rsplit("/", 1)[1]
     found = next((c for c in listed if c.name == name), None)
     if found is None or not found.complete:
         why = "; ".join(found.problems) if found else "not there"
         raise FtctlError(f"resume={uri}: not a complete checkpoint of the store ({why}): `ftctl sync ls` lists them.")
-    path = os.path.join(local_dir, name)
-    with resume_lock(local_dir):
+
+    def fetch(_chosen=None) -> str:
+        path = os.path.join(local_dir, name)
         try:
             here = checkpoints.read_manifest(path)
         except (OSError, ValueError):  # none here, or not a manifest
@@ -87,24 +96,134 @@ def named_checkpoint(local_dir: str, uri: str, listed: list, endpoint_url: str |
         if here and here["files"] == found.manifest["files"] and not checkpoints.verify(path, deep=True):
             return path
         problems = checkpoints.download_checkpoint(found.uri, local_dir, found.manifest, endpoint_url)
-    if problems:
-        raise FtctlError(f"resume={uri}: its download did not verify ({'; '.join(problems)}).")
-    log.info("resuming from %s (downloaded from %s, verified)", path, found.uri)
-    return path
+        if problems:
+            raise FtctlError(f"resume={uri}: its download did not verify ({'; '.join(problems)}).")
+        log.info("resuming from %s (downloaded from %s, verified)", path, found.uri)
+        return path
+
+    return one_per_directory(local_dir, fetch, fetch, peers)
 
 
-def resume_checkpoint(local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None) -> str | None:
+def resume_checkpoint(
+    local_dir: str, remote_uri: str | None = None, endpoint_url: str | None = None, peers: Peers | None = None
+) -> str | None:
     """The local path of the checkpoint to pass to ``Trainer.train(resume_from_checkpoint=)``.
 
     The newest complete, sha256-verified checkpoint of ``local_dir`` or ``remote_uri``
-    (downloaded when only the store has it); None to start from scratch. Safe to call from every
-    process of a node at once (a file lock serialises them). Leftovers of a killed run's upload
+    (downloaded when only the store has it); None to start from scratch. Call it from every process: one per
+    directory chooses, the others wait and take its choice (one_per_directory). Leftovers of a killed run's upload
     staging are removed. Raises FtctlError when the store cannot be listed.
     """
-    with resume_lock(local_dir):
+
+    def clear() -> None:
         for leftover in (checkpoints.STAGING_DIR, checkpoints.DOWNLOAD_DIR):
             shutil.rmtree(os.path.join(local_dir, leftover), ignore_errors=True)
+
+    def choose() -> str | None:
+        clear()
         return checkpoints.latest_complete(local_dir, remote_uri, endpoint_url)
+
+    def follow(name: str | None) -> str | None:  # rank 0's choice, on a disk of this node's own
+        clear()
+        if name is None:
+            return None
+        return checkpoints.latest_complete(local_dir, remote_uri, endpoint_url, step=checkpoints.checkpoint_step(name))
+
+    return one_per_directory(local_dir, choose, follow, peers)
+
+
+@dataclass
+class Peers:
+    """This process among the processes of a multi-node run, and the store they share (torchrun's)."""
+
+    store: object
+    rank: int
+    local_rank: int
+    world_size: int
+    calls: itertools.count = field(default_factory=itertools.count)
+
+    @classmethod
+    def of_torchrun(cls) -> Peers | None:
+        """From torchrun's environment, where the processes are on several nodes; else None."""
+        global _PEERS
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= int(os.environ.get("LOCAL_WORLD_SIZE", str(world))):
+            return None
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # not torchrun's: its store is not up yet
+            log.warning("no torchrun store: each node's processes choose their checkpoint themselves")
+            return None
+        if _PEERS is None:
+            import torch.distributed as dist
+
+            store = dist.TCPStore(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=PEER_WAIT
+            )
+            restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            _PEERS = cls(dist.PrefixStore(f"ftctl-resume/{restart}", store), int(os.environ["RANK"]),
+                         int(os.environ["LOCAL_RANK"]), world)  # fmt: skip
+        return _PEERS
+
+
+_PEERS: Peers | None = None
+PEER_WAIT = timedelta(hours=24)  # what the other processes wait for rank 0's choice (a download of 128 GB...)
+SEEN_WAIT_S = 600  # what rank 0 waits for every process to look for its mark before removing it
+MARK = ".ftctl-resume-"  # + a token: rank 0's mark in the directory it chose in
+
+
+def one_per_directory(local_dir: str, choose, follow, peers: Peers | None = None):
+    """The checkpoint the run resumes from, chosen, downloaded or set aside by one process per directory.
+
+    Rank 0 runs ``choose()`` (the checkpoint's local path, or None) and leaves a mark in ``local_dir``. Every other
+    process that sees the mark shares rank 0's directory (a shared home): it takes rank 0's result. On a node that
+    does not see it (a disk of its own: node-local /tmp), the node's local rank 0 runs ``follow(name)`` for rank 0's
+    checkpoint name and the node's other processes take its result. An error of the process that chooses is raised
+    in those that wait for it. One process (no torchrun store): ``choose()``, one process of the node at a time."""
+    peers = peers or Peers.of_torchrun()
+    if peers is None:
+        with resume_lock(local_dir):
+            return choose()
+    key = f"{next(peers.calls)}/"
+    if peers.rank == 0:
+        token = uuid.uuid4().hex
+        mark = os.path.join(local_dir, MARK + token)
+        try:
+            with resume_lock(local_dir):
+                path = choose()
+                Path(mark).touch()
+        except BaseException as exc:
+            peers.store.set(key + "chosen", json.dumps({"error": failure_line(exc)}))
+            raise
+        peers.store.set(key + "chosen", json.dumps({"name": path and os.path.basename(path), "token": token}))
+        deadline = time.monotonic() + SEEN_WAIT_S
+        while peers.store.add(key + "seen", 0) < peers.world_size - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        Path(mark).unlink(missing_ok=True)
+        return path
+    chosen = json.loads(peers.store.get(key + "chosen"))
+    shared = "error" not in chosen and os.path.exists(os.path.join(local_dir, MARK + chosen["token"]))
+    peers.store.add(key + "seen", 1)
+    if "error" in chosen:
+        raise FtctlError(f"rank 0: {chosen['error']}")
+    if shared:
+        return os.path.join(local_dir, chosen["name"]) if chosen["name"] else None
+    node = f"{key}node-{peers.rank - peers.local_rank}"  # torchrun numbers a node's processes together
+    if peers.local_rank == 0:
+        try:
+            with resume_lock(local_dir):
+                path = follow(chosen["name"])
+        except BaseException as exc:
+            peers.store.set(node, json.dumps({"error": failure_line(exc)}))
+            raise
+        peers.store.set(node, json.dumps({"path": path}))
+        return path
+    said = json.loads(peers.store.get(node))
+    if "error" in said:
+        raise FtctlError(f"local rank 0 of this node: {said['error']}")
+    return said["path"]
+
+
+def failure_line(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, FtctlError) else failures.exception_line(exc)
 
 
 @contextlib.contextmanager
