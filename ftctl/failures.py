@@ -17,10 +17,12 @@ lost): the run resumes from its newest complete checkpoint.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -73,6 +75,38 @@ def summarize(records: list[dict]) -> tuple[str, bool]:
     first = min(records, key=lambda r: (_PRIORITY[r["kind"]], int(r.get("rank", 0))))
     where = f"rank {first.get('rank', '?')} on {first.get('host') or 'unknown host'}"
     return f"{where}: {first['message']}", first["kind"] == "interrupted"
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+ZIP_WRITER = "inline_container.cc"  # torch.save's writer: a write that failed is "unexpected pos N vs M" there
+
+
+def disk_full(exc: BaseException, directory: str, need_bytes: float, fix: str) -> str | None:
+    """The one line for a save into ``directory`` that failed for want of room, or None: an OSError ENOSPC (or EDQUOT)
+    in ``exc``'s chain, or torch.save's failed write where the disk holds less than one save (``need_bytes``). It
+    names the directory, its free space, what one save needs and ``fix``."""
+    full, seen = None, exc
+    while seen is not None and full is None:
+        if isinstance(seen, OSError) and seen.errno in FULL:
+            full = seen
+        seen = seen.__cause__ or seen.__context__
+    if full is not None and getattr(full, "filename", None):
+        directory = os.path.dirname(os.path.abspath(str(full.filename)))
+    base = os.path.abspath(directory)
+    while not os.path.isdir(base) and os.path.dirname(base) != base:
+        base = os.path.dirname(base)
+    try:
+        free = shutil.disk_usage(base).free
+    except OSError:
+        return None
+    if full is None and not (isinstance(exc, RuntimeError) and ZIP_WRITER in str(exc) and free < need_bytes):
+        return None
+    from ftctl.storage import size_text
+
+    return (
+        f"no space left on the disk of {directory}: saving failed with {size_text(free)} free, and one save needs "
+        f"~{size_text(need_bytes)}; {fix}"
+    )
 
 
 def exception_line(exc: BaseException) -> str:

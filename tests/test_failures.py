@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
+import subprocess
 
 import pytest
 
@@ -298,3 +300,47 @@ def test_torchrun_says_a_failed_rank_in_one_line_and_drops_the_exit_barrier_race
         )
         api.error("[default] Worker group FAILED. 3/3 attempts left")  # anything else passes
     assert [r.getMessage() for r in caplog.records] == ["[default] Worker group FAILED. 3/3 attempts left"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KB tmpfs (root only): a save into it runs out of room for real."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_save_onto_a_full_disk_says_so_in_one_line(small_disk, monkeypatch):
+    """explore6 B3: torch.save onto a full disk said only "[enforce fail at inline_container.cc:672] . unexpected pos
+    64 vs 0". The line names the directory, its free space, what one checkpoint needs and the fix."""
+    import types
+
+    import torch
+
+    import ftctl.preflight
+    from ftctl.errors import FtctlError
+    from ftctl.trainer.run import room_to_save
+
+    monkeypatch.setattr(ftctl.preflight, "checkpoint_gb", lambda plan: (0.002, 0.001))  # the plan's estimate: 2 MB
+    run = types.SimpleNamespace(plan=None, remote_uri=None, local_dir=str(small_disk))
+    ckpt = small_disk / "checkpoint-5"
+    ckpt.mkdir()
+    with pytest.raises(FtctlError) as got, room_to_save(run, final=False):
+        torch.save(torch.zeros(100_000), ckpt / "optimizer.pt")  # 400 KB
+    line = str(got.value)
+    assert "inline_container" in str(got.value.__cause__)  # what torch says of it
+    assert line.startswith(f"no space left on the disk of {small_disk}: saving failed with ")
+    assert "one save needs ~2.0 MB; free some space or choose --output on a larger disk" in line
+    assert "\n" not in line
+
+    (ckpt / "optimizer.pt").unlink()
+    run.remote_uri = "s3://bucket/run"  # staged in the node's cache: the fix is a larger disk for the staging
+    with pytest.raises(FtctlError, match=r"small: .*set FTCTL_LOCAL_DIR to a directory on a larger disk"):
+        with room_to_save(run, final=True):
+            (ckpt / "model.safetensors").write_bytes(b"w" * 200_000)  # OSError ENOSPC
+
+    with pytest.raises(RuntimeError, match="not about disks"), room_to_save(run, final=False):
+        raise RuntimeError("not about disks")

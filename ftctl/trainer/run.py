@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ftctl import checkpoints, storage
+from ftctl import checkpoints, failures, storage
 from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run, without_liger
@@ -500,7 +500,8 @@ def fit(run: Run) -> None:
     gc.collect()
     gc.freeze()
     try:
-        run.trainer.train(resume_from_checkpoint=run.resume_from)
+        with room_to_save(run, final=False):  # its checkpoints
+            run.trainer.train(resume_from_checkpoint=run.resume_from)
     finally:
         gc.unfreeze()  # a process that trains again (the demo, tests) can collect this run's cycles
 
@@ -567,7 +568,8 @@ def save(run: Run) -> None:
     if run.procs.is_main:
         shutil.rmtree(staging, ignore_errors=True)
     distributed.barrier()  # gone before any rank writes there (a DeepSpeed save writes every rank's shards)
-    run.trainer.save_model(staging)
+    with room_to_save(run, final=True):
+        run.trainer.save_model(staging)
     if run.procs.is_main:
         name_base_model(staging, base_name(run.spec))
         publish_final(staging, run.local_dir)
@@ -580,6 +582,28 @@ def save(run: Run) -> None:
                 f"{run.remote_uri}`."
             )
     distributed.barrier()
+
+
+@contextmanager
+def room_to_save(run: Run, final: bool):
+    """A save that failed for want of disk space (torch.save says only "unexpected pos N vs M") as one line naming the
+    directory, its free space, the size of one checkpoint (or the final model) and the fix (failures.disk_full)."""
+    try:
+        yield
+    except Exception as exc:
+        from ftctl.preflight import checkpoint_gb
+
+        need = checkpoint_gb(run.plan)[1 if final else 0] * 1e9
+        fix = (
+            f"free some space there, or set {LOCAL_DIR_ENV} to a directory on a larger disk (the run is staged there "
+            "before its upload)"
+            if run.remote_uri
+            else "free some space or choose --output on a larger disk (or an object store); the run resumes from its "
+            "last complete checkpoint"
+        )
+        if line := failures.disk_full(exc, run.local_dir, need, fix):
+            raise FtctlError(line) from exc
+        raise
 
 
 def publish_final(staging: str, top: str) -> None:
