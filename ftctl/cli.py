@@ -464,6 +464,13 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
     report = check_data(path, tokenizer, length, endpoint, held_out=held_out, show=show, every_token=every_token)
     if run and run.data_mix and not paths and not held_out:
         report.weights = [w for _, w in run.data_mix]
+    if run and not paths and not held_out and not report.errors:  # what the run makes of these rows
+        from ftctl.trainer.data import eval_split_leaves_none, weights_leave_out
+
+        if not run.eval_data_path and (problem := eval_split_leaves_none(run.eval_split, report.stats.rows, path)):
+            report.errors.append(problem)
+        if run.data_mix:
+            report.errors += weights_leave_out([(p, n) for p, n, _ in report.stats.datasets], run.data_mix)
     if report.samples:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         mark = (lambda t: click.style(t, fg="green", bold=True)) if color else (lambda t: f"[[{t}]]")

@@ -93,6 +93,7 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nod
         findings += [f for d in data for f in d.result()] + output.result() + resume.result()
     if backend_name == "slurm" and not any(f.level == ERROR for f in findings):  # a queue wait before the trainer
         findings += check_tokenized(spec)
+    findings += check_row_counts(spec) if not any(f.level == ERROR for f in findings) else []
     findings += check_disk(spec, plan) + check_secrets(spec) + check_env_values(spec, backend_name)
     findings += check_demo_defaults(spec, backend_name)
     findings += check_signal_lead(spec, plan) if backend_name == "slurm" else []
@@ -557,11 +558,42 @@ def _row_problems(path: str, said: str, held_out: bool) -> list[Finding]:
     except (OSError, FtctlError) as e:  # a file gone or unreadable since the first check: said, not raised
         return [Finding(ERROR, f"{said}: cannot read it ({e})", "check the files and their permissions.")]
     lines = problem_lines([(row, problem) for row in rows for problem in row.problems], len(rows))
+    if not rows:
+        return [Finding(ERROR, f"{said}: no rows: the data is empty", "give a file with rows (a JSON object a line).")]
     if not lines:
         return []
     shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
     check = shlex.join(["ftctl", "data", "check", path, *(["--held-out"] if held_out else [])])
     return [Finding(ERROR, f"{said}: {shown}", f"`{check}` lists every row's problem.")]
+
+
+# eval_split leaves no training row, and a data weight gives a dataset none, only of a few rows: data up to this
+# size is counted before the job
+FEW_ROWS_BYTES = 2**20
+
+
+def check_row_counts(spec) -> list[Finding]:
+    """eval_split of the training rows that leaves none to train on (a one-row file: any share is the row) stopped
+    the trainer after the job's queue wait, and a data weight that gives its dataset no row an epoch (0.01 of 20
+    rows) left it out without a word: said here, where the local data is small enough to count."""
+    from ftctl.spec import split_paths
+    from ftctl.trainer.data import eval_split_leaves_none, weights_leave_out
+    from ftctl.trainer.formats import load_rows, resolve_files
+
+    asks = (spec.eval_split and not spec.eval_data_path) or spec.data_mix
+    paths = split_paths(spec.data_path)
+    if not asks or spec.data_path.startswith("builtin:") or any(storage.scheme(p) not in ("", "file") for p in paths):
+        return []
+    try:
+        files = [f for p in paths for f in resolve_files(p)]
+        if sum(os.path.getsize(storage.filesystem(f)[1]) for f in files) > FEW_ROWS_BYTES:
+            return []
+        rows = [sum(not row.problems for row in load_rows(p)[1]) for p in paths]
+    except (OSError, FtctlError):  # said by check_data
+        return []
+    problems = [eval_split_leaves_none(spec.eval_split, sum(rows), spec.data_path)] if not spec.eval_data_path else []
+    problems += weights_leave_out(list(zip(paths, rows)), spec.data_mix) if spec.data_mix else []
+    return [Finding(ERROR, p) for p in problems if p]
 
 
 # ---------------------------------------------------------------------------------------- output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,24 @@ def test_data_check_reads_a_run_files_data_as_the_run_does(tiny_model_dir, two_d
     assert got.exit_code == 0 and "rows an epoch" not in got.stdout and "Held-out" not in got.stdout
     got = CliRunner().invoke(main, ["data", "check"])
     assert got.exit_code != 0 and "Give the data to check (PATHS), or a run file with -c run.yaml." in got.output
+
+
+def test_data_check_of_a_run_file_says_what_its_split_and_weights_leave(tiny_model_dir, two_datasets, tmp_path):
+    """`ftctl data check -c` said OK to an eval_split that leaves no training row and to a weight that gives its
+    dataset none an epoch; the trainer stopped on the one, and left the other dataset out."""
+    import yaml
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(json.loads(Path(two_datasets[0]).read_text())[0]) + "\n")  # its first row alone
+    run = tmp_path / "run.yaml"
+    run.write_text(yaml.safe_dump({"data_path": str(one), "eval_split": 0.05, "model": str(tiny_model_dir)}))
+    got = CliRunner().invoke(main, ["data", "check", "-c", str(run), "--max-length", "128"])
+    assert got.exit_code == 1, got.stdout
+    assert f"eval_split=0.05 of {one}'s 1 row leaves none to train on" in got.stdout
+    tiny = 0.5 / B_ROWS  # rounds to no row of the second dataset
+    run.write_text(yaml.safe_dump({"data_path": dict(zip(two_datasets, (1, tiny))), "model": str(tiny_model_dir)}))
+    got = CliRunner().invoke(main, ["data", "check", "-c", str(run), "--max-length", "128"])
+    assert got.exit_code == 1 and f"data_weights: {two_datasets[1]}'s {B_ROWS} rows x {tiny:g} give none" in got.stdout

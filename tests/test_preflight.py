@@ -248,6 +248,35 @@ def test_local_data(tmp_path):
     assert "holds no .json" in only(check_data(str(tmp_path / "empty")))
 
 
+def test_data_with_no_rows_and_a_split_that_leaves_none_are_said_before_the_job(tmp_path):
+    """An empty (or blank-lines) file and eval_split of a one-row file passed the dry run: the trainer stopped on
+    them after the queue wait. "lower it" cannot help a one-row file."""
+    for text in ("", "\n\n  \n"):
+        (tmp_path / "e.jsonl").write_text(text)
+        assert only(check_data(str(tmp_path / "e.jsonl"))).startswith(f"--data {tmp_path}/e.jsonl: no rows: the data")
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps(CONV) + "\n")
+    spec = RunSpec(data_path=str(one), eval_split=0.05)
+    assert only(preflight.check_row_counts(spec)) == (
+        f"eval_split=0.05 of {one}'s 1 row leaves none to train on: give held-out data with --eval-data FILE, or "
+        "train without evaluation: -o eval_split=0"
+    )
+    one.write_text(2 * (json.dumps(CONV) + "\n"))
+    assert "of " + str(one) + "'s 2 rows leaves none to train on: lower it below 0.5, give" in only(
+        preflight.check_row_counts(replace(spec, eval_split=0.6))
+    )
+    assert preflight.check_row_counts(replace(spec, eval_split=0.5)) == []  # one row held out, one trained
+    assert preflight.check_row_counts(replace(spec, eval_data_path=str(one))) == []  # held-out data of its own
+    many = tmp_path / "many.jsonl"
+    many.write_text(20 * (json.dumps(CONV) + "\n"))
+    mixed = RunSpec(data_path=f"{one},{many}", data_weights="1,0.01")  # 20 x 0.01 rounds to no row: it was said
+    assert only(preflight.check_row_counts(mixed)) == (
+        f"data_weights: {many}'s 20 rows x 0.01 give none an epoch: raise its weight above 0.025, or leave it out of "
+        "data_path"
+    )
+    assert preflight.check_row_counts(replace(mixed, data_weights="1,0.03")) == []
+
+
 def test_remote_data(s3_bucket, forget_credentials):
     with storage.open_file(f"{s3_bucket}/data/a.jsonl", "wb") as f:
         f.write((json.dumps(CONV) + "\n").encode())

@@ -402,6 +402,18 @@ def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | Non
     return dataset
 
 
+def eval_split_leaves_none(eval_split: float, rows: int, data_path: str) -> str | None:
+    """Why holding ``eval_split`` of ``rows`` training rows out leaves none to train on (rounded up, as datasets'
+    test_size is); None where some are left."""
+    if not eval_split or math.ceil(eval_split * rows) < rows:
+        return None
+    lower = f"lower it below {1 - 1 / rows:.2g}, " if rows > 1 else ""  # one row: any share of it is the row
+    return (
+        f"eval_split={eval_split} of {data_path}'s {rows} row{'s' * (rows != 1)} leaves none to train on: {lower}give "
+        "held-out data with --eval-data FILE, or train without evaluation: -o eval_split=0"
+    )
+
+
 def build_datasets(spec, tokenizer, echo=None, stats=None):
     """(training dataset, held-out data or None) for a RunSpec: the held-out rows come from ``eval_data_path``,
     or are ``eval_split`` of the training rows, the same ones on every rank and at every resume (drawn with the
@@ -433,11 +445,8 @@ def build_datasets(spec, tokenizer, echo=None, stats=None):
         held_out = dict(zip(held_out_names(eval_paths), sets)) if len(sets) > 1 else sets[0]
     elif spec.eval_split:
         held = math.ceil(spec.eval_split * len(dataset))  # datasets' own rounding of test_size
-        if held >= len(dataset):
-            raise FtctlError(
-                f"eval_split={spec.eval_split} of {spec.data_path}'s {len(dataset)} rows leaves none to train on: "
-                f"lower it, give held-out data with --eval-data FILE, or train without evaluation: -o eval_split=0."
-            )
+        if problem := eval_split_leaves_none(spec.eval_split, len(dataset), spec.data_path):
+            raise FtctlError(problem + ".")
         copies = _copies(dataset)
         if copies is None:  # every row its own: datasets' own split
             split = dataset.train_test_split(test_size=held, seed=spec.seed)
@@ -517,6 +526,17 @@ def mix(dataset, weights: list[tuple[str, float]], seed: int):
     order = np.concatenate(picked) if picked else np.array([], dtype=int)
     said = f"training data mixed by data_weights: {'; '.join(parts)}; {len(order):,} rows an epoch"
     return dataset.select(order).remove_columns(["source"]), said
+
+
+def weights_leave_out(datasets: list[tuple[str, int]], weights: list[tuple[str, float]]) -> list[str]:
+    """The datasets (path, rows) whose data_weights give them no row an epoch (a weight of 0 is refused as such:
+    leave the dataset out instead)."""
+    return [
+        f"data_weights: {path}'s {rows:,} row{'s' * (rows != 1)} x {weight:g} give none an epoch: raise its weight "
+        f"above {0.5 / rows:.2g}, or leave it out of data_path"
+        for (path, rows), (_, weight) in zip(datasets, weights)
+        if rows and not mixed_rows(rows, weight)
+    ]
 
 
 def mixed_rows(rows: int, weight: float) -> int:
