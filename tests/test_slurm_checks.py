@@ -239,9 +239,37 @@ def test_a_controller_that_does_not_answer_names_slurm_conf(no_controller, tmp_p
     with pytest.raises(FtctlError) as e:
         scheduler.status("12")
     assert str(e.value).startswith(
-        "squeue could not reach the Slurm controller (slurm_load_jobs error: Unable to contact slurm controller "
-        f"(connect failure); SLURM_CONF={conf}): point SLURM_CONF at"
+        "the Slurm controller does not answer (slurm_load_jobs error: Unable to contact slurm controller "
+        f"(connect failure); SLURM_CONF={conf}): slurmctld is down or restarting, or this host cannot reach it"
     )
+    conf = tmp_path / "two.conf"  # the answer of the first is remembered for a while (by SLURM_CONF)
+    conf.write_text("SlurmctldHost=ctl1(10.0.0.1)\nSlurmctldHost=ctl2\nSlurmctldPort=7000 # a comment\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    with pytest.raises(FtctlError, match=r"^the Slurm controller at ctl1:7000 \(10.0.0.1\), ctl2:7000 does not answer"):
+        scheduler.status("13")
+
+
+def test_an_unknown_partition_is_refused_naming_the_clusters(cluster, tmp_path, capsys):
+    """sbatch refused it only after the launch wrote its files, and a dry run said nothing and exited 0."""
+    msg = _refused(gpus="cpu", partition="cpuu")
+    assert (
+        "no partition 'cpuu' on this cluster (its partitions: cpu, gpu, small, mixed, untyped): pass --partition cpu"
+        in msg
+    )
+    spec = make_spec(
+        backend="slurm", gpus="cpu", partition="nosuch", model_name_or_path=MODEL, output_dir=str(tmp_path / "r")
+    )
+    with pytest.raises(FtctlError, match="the launch would stop at the 1 error"):
+        launch(spec, dry_run=True)
+    assert (
+        "no partition 'nosuch' on this cluster (its partitions: cpu, gpu, small, mixed, untyped): pass --partition NAME"
+        in capsys.readouterr().err
+    )
+    # one sinfo lists only with --all (Hidden=YES) is left to sbatch
+    (cluster / "sinfo").write_text(
+        f'#!/bin/sh\ncase "$*" in *--all*) echo hush ;; *) cat {cluster / "sinfo.out"} ;; esac\n'
+    )
+    _checked(gpus="cpu", partition="hush")
 
 
 def test_a_path_python_without_ftctl_is_refused_before_the_queue_wait(cluster, tmp_path):

@@ -273,10 +273,10 @@ def test_refusals_are_one_line_with_slurms_words(e2e, tiny_model_dir):
     msg = launch("--partition", "de bug")
     assert msg.startswith("error: --partition 'de bug': Slurm reads #SBATCH values itself")
     # Slurm's own refusals, in its words, with what to do
-    msg = launch("--partition", "nope")
+    msg = launch("--partition", "nope")  # one the cluster lacks: refused before sbatch, as the dry run says it
     assert msg.startswith(
-        "error: sbatch refused job.sbatch: invalid partition specified: nope; "
-        "Batch job submission failed: Invalid partition name specified — "
+        "error: Slurm cannot run this job as asked: no partition 'nope' on this cluster (its partitions: debug, gpu): "
+        "pass --partition NAME"
     )
     assert "ftctl doctor --backend slurm" in msg
     # accepted by sbatch but never started: refused by ftctl, which asks the cluster first

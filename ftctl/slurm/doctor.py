@@ -157,8 +157,8 @@ class DoctorReport:
         return "\n".join(lines)
 
     def raise_if_never_runs(self) -> None:
-        """What launch checks before sbatch: requests this cluster can never start. Other problems (an unknown
-        partition) are left to sbatch, whose own words are clear, and nodes that are down now may come back."""
+        """What launch checks before sbatch: requests this cluster can never start, and a partition it does not have
+        (one sinfo lists only with --all is left to sbatch). Nodes that are down now may come back."""
         if self.never_runs:
             raise FtctlError(
                 "Slurm cannot run this job as asked: "
@@ -205,6 +205,8 @@ def doctor(
     report = DoctorReport(sbatch=sbatch, reachable=True, partitions=_parse_sinfo(proc.stdout))
     chosen, report.problems = _choose(report.partitions, partition)
     if chosen is None:
+        if partition and report.partitions and not _hidden(partition, environ):
+            report.never_runs = [_no_such_partition(partition, report.partitions)]
         return report
     report.never_runs = [
         *_node_problems(chosen, nodes),
@@ -235,6 +237,27 @@ def _choose(partitions: list[PartitionInfo], partition: str | None) -> tuple[Par
             f"unknown partition {partition!r}: this cluster has {', '.join(names)}.{did_you_mean(partition, names)}"
         ]
     return chosen, []
+
+
+def _hidden(partition: str, environ: Mapping[str, str]) -> bool:
+    """Whether ``partition`` is one sinfo lists only with --all (Hidden=YES, or not the user's groups'): sbatch may
+    still take it, so it is left to sbatch. True where sinfo cannot say (nothing refused on a guess)."""
+    try:
+        proc = run_command(["sinfo", "--all", "--noheader", "--format", "%R"], environ)
+    except FtctlError:
+        return True
+    return proc.returncode != 0 or partition in proc.stdout.split()
+
+
+def _no_such_partition(partition: str, partitions: list[PartitionInfo]) -> str:
+    """What launch (and its dry run) says of a partition the cluster does not have: sbatch refuses it after the
+    launch wrote its files, a dry run said nothing."""
+    import difflib
+
+    names = [p.name for p in partitions]
+    close = difflib.get_close_matches(partition, names, n=1, cutoff=0.6)
+    fix = f"pass --partition {close[0]}" if close else "pass --partition NAME"
+    return f"no partition {partition!r} on this cluster (its partitions: {', '.join(names)}): {fix}"
 
 
 def _state_problems(chosen: PartitionInfo) -> list[str]:

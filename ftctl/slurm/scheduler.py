@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -85,7 +86,12 @@ _HINTS = (
 
 # Slurm's words when a command never reached a controller: no configuration found (SLURM_CONF unset, no slurm.conf,
 # no DNS SRV record), or a slurmctld that does not answer. Said by run_command, for every command alike.
-_UNREACHABLE = ("could not establish a configuration source", "unable to contact slurm controller")
+_NO_CONFIG = "could not establish a configuration source"
+_NO_ANSWER = "unable to contact slurm controller"
+_UNREACHABLE = (_NO_CONFIG, _NO_ANSWER)
+DEFAULT_CONF = "/etc/slurm/slurm.conf"
+PING_TIMEOUT_S = 30  # scontrol ping waits MessageTimeout (10 s by default) for a controller host that is gone
+ANSWER_MEMO_S = 30  # how long a process takes the controller's last answer (or silence) as still true
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,25 @@ def status(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
     return found
 
 
+def jobs_in(directory: str | os.PathLike, env: Mapping[str, str] | None = None) -> list[JobStatus]:
+    """Slurm's queued and running jobs (of any user it lists) that were submitted from ``directory``, their working
+    directory: ftctl submits from the run dir, so these are the jobs that read its spec.json when they start or are
+    requeued, whoever launched them (another FTCTL_HOME, a colleague, sbatch by hand). ``reason`` holds the user."""
+    proc = run_command(
+        ["squeue", "--noheader", "--all", "--Format", "JobID:|,State:|,NodeList:|,UserName:|,WorkDir:|"], env
+    )
+    if proc.returncode != 0:
+        raise command_error("squeue", "could not list the queue", proc)
+    here = os.path.realpath(directory)
+    found = []
+    for line in proc.stdout.splitlines():
+        cols = line.split("|")
+        if len(cols) >= 5 and os.path.realpath(cols[4]) == here and cols[1].strip() not in FINISHED_STATES:
+            job, state, nodes, user = (c.strip() for c in cols[:4])
+            found.append(JobStatus(job_id=job, state=state, nodes=nodes, reason=f"user {user}"))
+    return found
+
+
 class NoRecord(FtctlError):
     """Slurm knows nothing of the job: a wrong id, or one that ended before MinJobAge on a cluster without
     accounting (the job's own status files may still say how it ended)."""
@@ -195,6 +220,17 @@ def cancel(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
     if proc.returncode != 0 or "error" in proc.stderr.lower():
         raise command_error("scancel", f"could not cancel job {before.job_id}", proc)
     return before
+
+
+def kill_wait_s(env: Mapping[str, str] | None = None) -> int:
+    """Slurm's KillWait (`scontrol show config`): how long after a cancel's SIGTERM a job is killed; Slurm's default
+    (30 s) where the controller does not say."""
+    try:
+        proc = run_command(["scontrol", "show", "config"], env)
+    except FtctlError:
+        return 30
+    found = re.search(r"^KillWait\s*=\s*(\d+)", proc.stdout, re.MULTILINE)
+    return int(found.group(1)) if found else 30
 
 
 def stdout_path(job_id: str, env: Mapping[str, str] | None = None) -> Path | None:
@@ -296,30 +332,126 @@ def run_command(
     if conf and not Path(conf).is_file():
         # Slurm would retry reading it for 60 s before failing
         raise FtctlError(f"SLURM_CONF={conf} does not exist; point it at the cluster's slurm.conf or unset it")
+    key = (conf, shutil.which("scontrol", path=environ.get("PATH")))
+    _first_contact(key, environ)
     try:
         proc = subprocess.run([exe, *argv[1:]], env=environ, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise NoAnswer(
+        error = NoAnswer(
             f"`{' '.join(argv[:2])}` did not answer within {timeout:.0f} s: "
             "slurmctld is slow or unreachable; check `scontrol ping`"
-        ) from None
+        )
+        _remember(key, error)
+        raise error from None
     if proc.returncode != 0:
-        _raise_if_unreachable(argv[0], proc, conf)
+        _raise_if_unreachable(argv[0], proc, conf, key)
     return proc
 
 
-def _raise_if_unreachable(command: str, proc: subprocess.CompletedProcess, conf: str | None) -> None:
+# The controller's answer, per cluster (SLURM_CONF, scontrol) and process: (when, None | the error that says it does
+# not answer). A controller that does not answer costs each command ~9 s (squeue --jobs: 18 s), so after one such
+# answer the next commands say it at once: `ftctl jobs` asked once for each job it lists and took 54 s.
+_ANSWERS: dict[tuple, tuple[float, FtctlError | None]] = {}
+_CONTACT = threading.Lock()
+
+
+def _first_contact(key: tuple, environ: Mapping[str, str]) -> None:
+    """Before a process's first command to a cluster (and again once its last answer is ANSWER_MEMO_S old): `scontrol
+    ping`, which says at once (a refused connection) that no controller answers; then FtctlError without waiting for
+    the command. Concurrent callers (`ftctl jobs` asks for its jobs at once) wait for that one ping."""
+    with _CONTACT:
+        when, error = _ANSWERS.get(key, (0.0, None))
+        if time.monotonic() - when < ANSWER_MEMO_S:
+            if error is not None:
+                raise type(error)(str(error))
+            return
+        error = _ping(environ, key[0])
+        _ANSWERS[key] = (time.monotonic(), error)
+    if error is not None:
+        raise error
+
+
+def _remember(key: tuple, error: FtctlError) -> None:
+    with _CONTACT:
+        _ANSWERS[key] = (time.monotonic(), error)
+
+
+def _ping(environ: Mapping[str, str], conf: str | None) -> FtctlError | None:
+    """The error to say where `scontrol ping` reports every controller DOWN; None where one is UP, or where ping says
+    nothing clear (no scontrol, no configuration: the command itself then says why)."""
+    exe = shutil.which("scontrol", path=environ.get("PATH"))
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run([exe, "ping"], env=dict(environ), capture_output=True, text=True, timeout=PING_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return not_answering(f"`scontrol ping` did not answer within {PING_TIMEOUT_S} s", conf)
+    except OSError:
+        return None
+    states = re.findall(r"Slurmctld\((\w+)\) at (\S+) is (UP|DOWN)", proc.stdout)
+    if not states or any(state == "UP" for _, _, state in states):
+        return None
+    if any(
+        word in proc.stderr.lower() for word in ("munge", "auth", "credential")
+    ):  # DOWN to a ping it could not sign:
+        return None  # the command says what is wrong (munge not running), not ping's DOWN
+    said = ", ".join(f"{role} {host} DOWN" for role, host, _ in states)
+    return not_answering(f"`scontrol ping`: {said}", conf)
+
+
+def controller_address(conf: str | None) -> str | None:
+    """The controllers slurm.conf names, 'HOST:PORT' (its address in brackets where it gives one), read from the file
+    (SLURM_CONF, else Slurm's default path); None where there is none to read (a configless client)."""
+    try:
+        text = Path(conf or DEFAULT_CONF).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    hosts, port = [], "6817"  # Slurm's default SlurmctldPort
+    for line in text.splitlines():
+        key, sep, value = line.split("#", 1)[0].partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not sep or not value:
+            continue
+        if key in ("slurmctldhost", "controlmachine"):
+            hosts.append(value)
+        elif key == "slurmctldport":
+            port = value
+    if not hosts:
+        return None
+    named = [re.match(r"([^(\s]+)\s*(?:\(([^)]*)\))?", h) for h in hosts]
+    return ", ".join(f"{m[1]}:{port}" + (f" ({m[2]})" if m[2] else "") for m in named if m)
+
+
+def not_answering(said: str, conf: str | None) -> FtctlError:
+    """A controller that does not answer (down, restarting, or out of this host's reach): said with where it is,
+    and no command or job id, so a list of jobs can say it once."""
+    where = controller_address(conf)
+    at = f" at {where}" if where else ""
+    return FtctlError(
+        f"the Slurm controller{at} does not answer ({said}; {f'SLURM_CONF={conf}' if conf else 'SLURM_CONF is not set'}"
+        "): slurmctld is down or restarting, or this host cannot reach it (or SLURM_CONF names another cluster's); "
+        "try again in a while (`scontrol ping` says when it answers), or ask the cluster's admins"
+    )
+
+
+def _raise_if_unreachable(command: str, proc: subprocess.CompletedProcess, conf: str | None, key=None) -> None:
     """A command that never reached a controller: said as that, with what to do, whichever command it was (and
-    with no job id, so a list of jobs can say it once)."""
+    with no job id, so a list of jobs can say it once). One that does not answer is remembered (_first_contact)."""
     said = next(
         (part for part in _one_line(proc.stderr).split("; ") if any(u in part.lower() for u in _UNREACHABLE)), ""
     )
-    if said:
-        where = f"SLURM_CONF={conf}" if conf else "SLURM_CONF is not set"
-        raise FtctlError(
-            f"{command} could not reach the Slurm controller ({said}; {where}): point SLURM_CONF at the cluster's "
-            f"slurm.conf or run ftctl on the cluster's login node{DOCTOR_HINT}"
-        )
+    if not said:
+        return
+    if _NO_ANSWER in said.lower():
+        error = not_answering(said, conf)
+        if key is not None:
+            _remember(key, error)
+        raise error
+    where = f"SLURM_CONF={conf}" if conf else "SLURM_CONF is not set"
+    raise FtctlError(
+        f"{command} could not reach the Slurm controller ({said}; {where}): point SLURM_CONF at the cluster's "
+        f"slurm.conf or run ftctl on the cluster's login node{DOCTOR_HINT}"
+    )
 
 
 DOCTOR_HINT = "; `ftctl doctor --backend slurm` checks the connection"  # left out where doctor says it
