@@ -22,6 +22,7 @@ shared filesystem, docker runs ``default_image``. :func:`prepare` writes the cho
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import importlib
 import json
@@ -221,6 +222,11 @@ class Backend:
     def cancel(self, ref: JobRef) -> str:
         self.status(ref)
         return ""
+
+    def stop_note(self, ref: JobRef) -> str | None:
+        """For a cancelled job: whether its trainer saved a checkpoint as it stopped, and where the same launch goes
+        on; None where this backend's state line says it already."""
+        return None
 
     def down(self, ref: JobRef) -> str:
         raise FtctlError(f"`ftctl down` tears down SkyPilot clusters; job {ref.job_id} ran on {self.name}.")
@@ -546,6 +552,23 @@ def refuse_a_second_job(rendered: Rendered) -> None:
                 f"into {ref.output}; a second job there would write the same checkpoints. Wait for it, "
                 f"`ftctl cancel {ref.job_id}`, or choose another --output (or -o run_name=...)."
             )
+    if rendered.spec.backend != "local":  # the local backend's own check asked it
+        refuse_a_held_run_dir(rendered)
+
+
+def refuse_a_held_run_dir(rendered: Rendered) -> None:
+    """A run directory whose trainer holds its lock now (trainer.run.only_trainer: a flock on the shared disk, which
+    the kernel lets go when the trainer's process ends, however it ends), whoever launched it (another FTCTL_HOME or
+    machine, a colleague, sbatch by hand): refused before the launch writes anything there. The second job was
+    refused by that lock only once it ran, after its launch had replaced the spec.json the first job resumes from
+    when requeued. A lock left by a job that ended is not held: the relaunch goes ahead."""
+    if holder := training_now(trainer_paths_of(rendered.spec)):
+        raise FtctlError(
+            f"{rendered.spec.output} is being trained into by {holder} (a job launched from elsewhere, or by hand): "
+            "launching into it now would replace the spec.json that job resumes from when it is requeued. Wait for it "
+            "to end, stop it (`ftctl cancel JOB` where it was launched, or `scancel JOB` on Slurm), or give this run "
+            "another --output (or -o run_name=...)."
+        )
 
 
 # ------------------------------------------------------------------------------------------ jobs
@@ -648,6 +671,8 @@ def status_lines(job: str) -> list[str]:
     lines = [state.text]
     if state.state is JobState.FAILED and (why := failures.error_line(b.log_tail(ref))):
         lines.append(f"{failures.ERROR_PREFIX}{why}")
+    if state.state is JobState.CANCELLED and (note := b.stop_note(ref)):
+        lines.append(note)
     later = next((r for r, _ in recorded_jobs() if r.output == ref.output and r.run_dir == ref.run_dir), ref)
     if later.job_id != ref.job_id and not is_remote(ref.output):  # metrics.jsonl goes on with the later job's steps
         return [*lines, f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})"]
@@ -691,3 +716,44 @@ def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:
     if spec.backend or asked is None or (asked.is_cpu and asked.nodes == 1):
         return get(spec.backend or "local").resolve(spec)
     return spec, make_plan(spec)
+
+
+# ------------------------------------------------------------------------------------------ a run's trainer
+def trainer_paths_of(spec: RunSpec) -> RunPaths:
+    """Where the trainer of a run writes and holds its lock: the run directory, or for an object-store output the
+    directory it stages the run in (trainer.run.output_dirs)."""
+    from ftctl.trainer.run import output_dirs
+
+    return RunPaths(Path(output_dirs(spec)[0]))
+
+
+def resumes_from(ref: JobRef) -> str:
+    """What the same launch does: 'resumes it from checkpoint-N', the newest complete checkpoint of a local output
+    (one being saved when the run stopped is set aside by the relaunch), 'starts it again' where there is none;
+    'resumes it' where that cannot be told here (the output is in object storage)."""
+    from ftctl.checkpoints.resume import list_checkpoints
+
+    try:
+        spec = RunSpec(**json.loads(ref.paths.spec.read_text())["spec"])
+        if is_remote(spec.output):
+            return "resumes it"
+        done = [c for c in list_checkpoints(str(ref.run_dir)) if c.complete]
+    except (OSError, ValueError, KeyError, TypeError, FtctlError):
+        return "resumes it"
+    return f"resumes it from {done[-1].name}" if done else "starts it again: nothing was saved"
+
+
+def training_now(paths: RunPaths) -> str | None:
+    """Who trains into the run directory now (the lock's holder: "pid N on HOST since ..."), or None."""
+    try:
+        fh = open(paths.train_lock)
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "another process"
+        except OSError:  # no locks on this file system: not known
+            return None
+        return None

@@ -9,7 +9,6 @@ once, with its own error line (ftctl.failures); the resume hint follows only int
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -25,7 +24,19 @@ from pathlib import Path
 import click
 
 from ftctl import failures, terminal
-from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered, progress, record_job
+from ftctl.backend import (
+    PREFLIGHT_KEYS,
+    Backend,
+    JobRef,
+    JobState,
+    JobStatus,
+    Rendered,
+    progress,
+    record_job,
+    resumes_from,
+    trainer_paths_of,
+    training_now,
+)
 from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV, STOP_ENV
 from ftctl.errors import FtctlError, Stopped
 from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv, trainer_env
@@ -175,7 +186,7 @@ class LocalBackend(Backend):
             return JobStatus(JobState.FAILED, f"{ref.job_id} local run, failed")  # would fail the same way
         return JobStatus(
             JobState.UNKNOWN,
-            f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` {_resumes_from(ref)})",
+            f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` {resumes_from(ref)})",
         )
 
     def log_tail(self, ref: JobRef) -> str:
@@ -396,30 +407,6 @@ def _said(paths: RunPaths) -> str:
         return ""
 
 
-def trainer_paths_of(spec: RunSpec) -> RunPaths:
-    """Where the trainer of a run writes and holds its lock: the run directory, or for an object-store output the
-    directory it stages the run in (trainer.run.output_dirs)."""
-    from ftctl.trainer.run import output_dirs
-
-    return RunPaths(Path(output_dirs(spec)[0]))
-
-
-def _resumes_from(ref: JobRef) -> str:
-    """What the same launch does: 'resumes it from checkpoint-N', the newest complete checkpoint of a local output
-    (one being saved when the run stopped is set aside by the relaunch), 'starts it again' where there is none;
-    'resumes it' where that cannot be told here (the output is in object storage)."""
-    from ftctl.checkpoints.resume import list_checkpoints
-
-    try:
-        spec = RunSpec(**json.loads(ref.paths.spec.read_text())["spec"])
-        if is_remote(spec.output):
-            return "resumes it"
-        done = [c for c in list_checkpoints(str(ref.run_dir)) if c.complete]
-    except (OSError, ValueError, KeyError, TypeError, FtctlError):
-        return "resumes it"
-    return f"resumes it from {done[-1].name}" if done else "starts it again: nothing was saved"
-
-
 def trainer_paths(ref: JobRef) -> RunPaths:
     """trainer_paths_of a local run found by its directory (its spec.json's run; the directory itself without one)."""
     try:
@@ -427,22 +414,6 @@ def trainer_paths(ref: JobRef) -> RunPaths:
     except (OSError, ValueError, KeyError, TypeError):
         return ref.paths
     return trainer_paths_of(spec)
-
-
-def training_now(paths: RunPaths) -> str | None:
-    """Who trains into the run directory now (the lock's holder: "pid N on HOST since ..."), or None."""
-    try:
-        fh = open(paths.train_lock)
-    except OSError:
-        return None
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return fh.read().strip() or "another process"
-        except OSError:  # no locks on this file system: not known
-            return None
-        return None
 
 
 def run_foreground(rendered: Rendered, cmd: list[str]) -> None:

@@ -15,12 +15,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from ftctl import userconfig
-from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered
+from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered, recorded_jobs, resumes_from
 from ftctl.errors import FtctlError
 from ftctl.failures import tail
 from ftctl.launch import PATH_PYTHON, container_kind
@@ -58,6 +59,8 @@ SLURM_STATES = {
 }
 
 
+CANCEL_MARGIN_S = 15  # how much longer than KillWait `ftctl cancel` waits for the job to end
+
 # the job script's word for how an attempt ended (the trainer's) -> the job's state, for a job Slurm has forgotten
 SCRIPT_STATES = {"complete": JobState.SUCCEEDED, "failed": JobState.FAILED, "preempted": JobState.PREEMPTED}
 
@@ -84,6 +87,30 @@ def said_by_script(ref: JobRef) -> JobStatus | None:
         SCRIPT_STATES[word],
         f"{ref.job_id} {word} (attempt {last}, as its script wrote it: Slurm no longer remembers the job)",
     )
+
+
+def refuse_jobs_there(rendered: Rendered) -> None:
+    """A job Slurm holds (queued or running) that was submitted from this run dir, whoever launched it: a relaunch
+    there replaced the spec.json (and job.sbatch) that job reads when it starts or is requeued, so a running job went
+    on with the other launch's settings. Refused before anything is written; a controller that cannot say is left to
+    sbatch, which says it."""
+    if not rendered.paths.root.is_dir():
+        return
+    try:
+        jobs = scheduler.jobs_in(rendered.paths.root)
+    except FtctlError:
+        return
+    mine = {ref.job_id for ref, _ in recorded_jobs() if ref.backend == "slurm"}  # refuse_a_second_job names these
+    jobs = [j for j in jobs if j.job_id not in mine]
+    if jobs:
+        said = "; ".join(j.describe().replace(f" ({j.reason})", f", {j.reason}") for j in jobs)
+        first = jobs[0].job_id
+        raise FtctlError(
+            f"Slurm job {said} was submitted from {rendered.paths.root} and reads its spec.json when it starts or is "
+            f"requeued: this launch would replace it, and that job would go on with these settings. Wait for it to "
+            f"end, stop it (`ftctl cancel {first}` where it was launched, or `scancel {first}`), or choose another "
+            "--output (or -o run_name=...)."
+        )
 
 
 def path_python_lacks_ftctl() -> str | None:
@@ -167,6 +194,7 @@ class SlurmBackend(Backend):
             )
         if not shutil.which("sinfo"):  # no Slurm here: sbatch says so (and a dry run, that nothing was checked)
             return
+        refuse_jobs_there(rendered)
         in_container = kind is not None
         if not in_container and not rendered.spec.setup and (said := path_python_lacks_ftctl()):
             raise FtctlError(said)
@@ -233,10 +261,59 @@ class SlurmBackend(Backend):
         return path if path.exists() else scheduler.stdout_path(ref.job_id) or path
 
     def cancel(self, ref: JobRef) -> str:
+        """scancel, then wait (bounded: Slurm's KillWait and a margin) for the job to end, to say whether its trainer
+        saved a checkpoint as it stopped: it saves at its next step boundary, and Slurm kills it KillWait (30 s by
+        default) after the cancel, so a step longer than that saves nothing."""
         before = scheduler.cancel(ref.job_id)
         if before.finished:
             return f"job {ref.job_id} had already ended: {before.describe()}"
-        return f"cancelled {ref.job_id}"
+        if before.state not in ("RUNNING", "COMPLETING", "SUSPENDED", "CONFIGURING", "STOPPED", "SIGNALING"):
+            return f"cancelled {ref.job_id} ({before.state}: it had not started){self._goes_on(ref)}"
+        kill_wait = scheduler.kill_wait_s()
+        click.echo(
+            f"waiting for job {ref.job_id} to stop: its trainer saves a checkpoint at its next step boundary, if that "
+            f"comes within Slurm's KillWait ({kill_wait} s)",
+            err=True,
+        )
+        deadline = time.monotonic() + kill_wait + CANCEL_MARGIN_S
+        while time.monotonic() < deadline:
+            try:
+                if scheduler.status(ref.job_id).finished:
+                    return f"cancelled {ref.job_id}: {self.stop_note(ref)}"
+            except FtctlError:
+                break
+            time.sleep(1)
+        return (
+            f"cancelled {ref.job_id}; it is still stopping: `ftctl status {ref.job_id}` says once it ended whether it "
+            "saved a checkpoint"
+        )
+
+    def stop_note(self, ref: JobRef) -> str | None:
+        """Whether the cancelled job's trainer saved a checkpoint as it stopped (its last attempt's status file says
+        preempted), and where the same launch goes on from."""
+        if not ref.paths.slurm_log(ref.job_id).exists():
+            return f"it never started{self._goes_on(ref)}"
+        attempts = sorted(
+            (int(p.name.rsplit(".", 1)[1]), p)
+            for p in ref.paths.root.glob(SLURM_STATUS_PATTERN.format(job=ref.job_id, attempt="*"))
+            if p.name.rsplit(".", 1)[1].isdigit()
+        )
+        try:
+            word = attempts[-1][1].read_text().strip() if attempts else ""
+        except OSError:
+            word = ""
+        if word == "complete":
+            return None
+        if word == "preempted":
+            return f"its trainer saved a checkpoint as it stopped{self._goes_on(ref)}"
+        return (
+            "no checkpoint was saved as it stopped (its trainer saves at a step boundary, and Slurm killed it at "
+            f"KillWait first, or it was not training yet){self._goes_on(ref)}"
+        )
+
+    @staticmethod
+    def _goes_on(ref: JobRef) -> str:
+        return f": the same `ftctl launch` {resumes_from(ref)}"
 
     def doctor(self, gpus, partition) -> bool:
         from ftctl import gpus as gpu_table
