@@ -622,7 +622,8 @@ def test_parquet_directory_and_fsspec_uri(tmp_path, tiny_tokenizer):
     report = check_data(str(data), tiny_tokenizer, 512)
     assert (
         report.files == 2
-        and "not read: notes.txt, sub/more.csv: ftctl reads .json, .jsonl and .parquet" in "\n".join(report.notes)
+        and "not read: notes.txt, sub/more.csv: ftctl reads .json, .jsonl (.gz), .parquet or .arrow"
+        in "\n".join(report.notes)
     )
     for name in ("sub/more.csv", "notes.txt", ".hidden/x.csv"):
         (data / name).unlink()
@@ -719,7 +720,7 @@ def test_unknown_builtin_and_missing_paths(tmp_path, tiny_tokenizer):
     with pytest.raises(FtctlError, match="No data at"):
         check_data(str(tmp_path / "missing.json"), tiny_tokenizer, 512)
     (tmp_path / "x.txt").write_text("a,b\n")  # CSV: test_csv_is_one_problem_that_says_how_to_convert_it
-    with pytest.raises(FtctlError, match=r"\.json, \.jsonl or \.parquet"):
+    with pytest.raises(FtctlError, match=r"\.json, \.jsonl \(\.gz\), \.parquet or \.arrow"):
         check_data(str(tmp_path / "x.txt"), tiny_tokenizer, 512)
     (tmp_path / "empty.jsonl").write_text("\n\n")
     empty = check_data(str(tmp_path / "empty.jsonl"), tiny_tokenizer, 512).render()
@@ -941,7 +942,7 @@ def test_csv_is_one_problem_that_says_how_to_convert_it(tmp_path, tiny_tokenizer
     with pytest.raises(FtctlError) as e:
         check_data(str(tmp_path / "actually.csv"), tiny_tokenizer, 64)
     assert str(e.value) == (
-        f"Cannot read {tmp_path / 'actually.csv'}: ftctl reads .json, .jsonl and .parquet files, not CSV; convert it "
+        f"Cannot read {tmp_path / 'actually.csv'}: ftctl reads .json, .jsonl (.gz), .parquet or .arrow files, not CSV; convert it "
         "to JSON Lines with columns a format names (instruction/output, prompt/completion, text), e.g. python -c "
         f"\"import pandas as pd; pd.read_csv('{tmp_path / 'actually.csv'}').to_json('{tmp_path / 'actually.jsonl'}', "
         "orient='records', lines=True, force_ascii=False)\""
@@ -1281,7 +1282,9 @@ def test_a_directory_of_split_files_and_others_is_refused_not_read_in_part(tmp_p
     assert resolve_files(str(tmp_path / "nb")) == [str(tmp_path / "nb" / "train.jsonl")]  # not the copy either
     (tmp_path / "nb" / "train.jsonl").unlink()
     (tmp_path / "nb" / "test.jsonl").unlink()
-    with pytest.raises(FtctlError, match="holds no .json, .jsonl or .parquet files"):  # the copy is not data
+    with pytest.raises(
+        FtctlError, match=r"holds no .json, .jsonl \(.gz\), .parquet or .arrow files"
+    ):  # the copy is not data
         resolve_files(str(tmp_path / "nb"))
 
 
@@ -1316,3 +1319,30 @@ def test_a_few_rows_whose_answers_lie_past_the_max_length_are_left_out_with_a_wa
     assert [e for e in prepare_data(crowded, tiny_tokenizer, 32, held_out=True)[0].errors if "masked" in e][0].endswith(
         "shorten it or raise model_max_length (ftctl eval: --max-length)"
     )
+
+
+def test_saved_datasets_gzipped_json_and_a_pretty_printed_row_are_read(tmp_path, tiny_tokenizer):
+    """A `datasets` save_to_disk directory was read through its state.json (11 "invalid JSON" errors, the .arrow
+    file "not read"); .jsonl.gz and .JSONL were refused; one row written with indent=2 was 12 broken lines."""
+    import gzip
+
+    import datasets
+
+    rows = [
+        {"messages": [{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": f"A{i}"}]}
+        for i in range(3)
+    ]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    split = {"train": rows, "test": rows[:1]}
+    datasets.DatasetDict({k: datasets.Dataset.from_list(v) for k, v in split.items()}).save_to_disk(
+        str(tmp_path / "dd")
+    )
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    (tmp_path / "UP.JSONL").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "pretty.json").write_text(json.dumps(rows[0], indent=2))
+    for name, held_out, count in [
+        ("saved", False, 3), ("dd", False, 3), ("dd", True, 1), ("c.jsonl.gz", False, 3), ("UP.JSONL", False, 3),
+        ("pretty.json", False, 1),
+    ]:  # fmt: skip
+        report = check_data(str(tmp_path / name), tiny_tokenizer, 64, held_out=held_out)
+        assert report.ok and not report.notes and report.stats.rows == count, (name, report.render())

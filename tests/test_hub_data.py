@@ -79,7 +79,7 @@ def test_one_split_by_pattern_or_the_whole_repository(hub, tiny_model_dir):
     assert resolve_files(f"{CHAT}/{TEST}") == [f"{CHAT}/{TEST}"]
     tokenizer = load_tokenizer(str(tiny_model_dir))
     assert len(build_dataset(f"{CHAT}/data/train-*.parquet", tokenizer, 128)) == 15
-    with pytest.raises(FtctlError, match="No .json, .jsonl or .parquet file matches"):
+    with pytest.raises(FtctlError, match=r"No .json, .jsonl \(.gz\), .parquet or .arrow file matches"):
         resolve_files(f"{CHAT}/data/validation-*.parquet")
 
 

@@ -38,7 +38,7 @@ from ftctl.trainer.masks import (
     require_fast,
     turn_close_problem,
 )
-from ftctl.trainer.splits import unread_files
+from ftctl.trainer.splits import KINDS, unread_files
 
 IGNORE_INDEX = -100
 _SHOWN = 50  # problems listed by render(); the FtctlError lists fewer
@@ -198,7 +198,7 @@ def prepare_data(
     if unread := unread_files(path):
         some = ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else "")
         report.notes.append(
-            f"not read: {some}: ftctl reads .json, .jsonl and .parquet (`ftctl data check` of a CSV file says how to convert it)"
+            f"not read: {some}: ftctl reads {KINDS} (`ftctl data check` of a CSV file says how to convert it)"
         )
 
     good: list[Row] = []

@@ -1,9 +1,9 @@
 """Training data files -> rows of chat messages.
 
-Reads .json and .jsonl files (a list of rows, or JSON Lines, under either name; UTF-8: a line that is not is a
-problem, and so is, once, a file that is CSV) and .parquet files, local or on object storage (through
-:mod:`ftctl.storage`: s3://, gs://, az://, file://), a directory of such files, or ``builtin:demo`` (the bundled
-demo dataset). Every row becomes a :class:`Row`: a list of messages ``{"role": "system"|"user"|"assistant",
+Reads .json and .jsonl files (a list of rows, JSON Lines, or one row over several lines, under either name,
+gzipped too; UTF-8: a line that is not is a problem, and so is, once, a file that is CSV), .parquet files and the
+.arrow files of a `datasets` save_to_disk directory, local or on object storage (through :mod:`ftctl.storage`: s3://,
+gs://, az://, file://), a directory of such files, or ``builtin:demo`` (the bundled demo dataset). Every row becomes a :class:`Row`: a list of messages ``{"role": "system"|"user"|"assistant",
 "content": str}``, or plain text (trained on entirely).
 
 Accepted row formats (detected per row):
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import codecs
 import glob
+import gzip
 import json
 import posixpath
 import re
@@ -50,7 +51,7 @@ from typing import Any
 from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean
 from ftctl.spec import TRAIN_FLAGS
-from ftctl.trainer.splits import EXTENSIONS, split_files
+from ftctl.trainer.splits import KINDS, is_data_file, split_files
 
 # FastChat's ShareGPT role names (fastchat/train/train.py and its data cleaning scripts).
 SHAREGPT_ROLES = {
@@ -128,20 +129,20 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
             if elsewhere := storage.not_on_this_node(path):  # a Slurm node: the path may be the login node's
                 raise FtctlError(f"No data at {path}: {elsewhere}")
             raise FtctlError(
-                f"No data at {path}: give a .json, .jsonl or .parquet file, a directory of them, a pattern "
+                f"No data at {path}: give a {KINDS} file, a directory of them, a pattern "
                 f"(data/*.jsonl) or builtin:demo.{_hub_hint(path)}"
             )
         if not is_dir:
             if root.lower().endswith((".csv", ".tsv")):
                 what, sep = ("TSV", "\t") if root.lower().endswith(".tsv") else ("CSV", ",")
                 how = _convert(path, sep)
-                raise FtctlError(f"Cannot read {path}: ftctl reads .json, .jsonl and .parquet files, not {what}; {how}")
-            if not root.endswith(EXTENSIONS):
-                raise FtctlError(f"Cannot read {path}: data files must end in .json, .jsonl or .parquet.")
+                raise FtctlError(f"Cannot read {path}: ftctl reads {KINDS} files, not {what}; {how}")
+            if not is_data_file(root):
+                raise FtctlError(f"Cannot read {path}: data files must end in {KINDS}.")
             return [path]
         found = split_files(fs, path, root, held_out)
     if not found:
-        raise FtctlError(f"The directory {path} holds no .json, .jsonl or .parquet files.")
+        raise FtctlError(f"The directory {path} holds no {KINDS} files.")
     # named as the user spelled the directory, so that rows are reported relative to it
     top = root.rstrip("/")
     return [storage.join(path, *posixpath.relpath(p, top).split("/")) for p in found]
@@ -150,13 +151,13 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
 def _matching(fs, path: str, root: str, endpoint_url: str | None, quick: bool) -> list[str]:
     """The data files a glob pattern matches, named as the user spelled the pattern's directory."""
     try:
-        found = sorted(p for p in fs.glob(root) if p.endswith(EXTENSIONS))
+        found = sorted(p for p in fs.glob(root) if is_data_file(p))
     except FileNotFoundError:  # the Hub's answer for a repository it does not show
         found = []
     if not found:
         if not storage.bucket_exists(path, endpoint_url, quick=quick):
             raise storage.storage_error("no-bucket", path, endpoint_url)
-        raise FtctlError(f"No .json, .jsonl or .parquet file matches {path}.")
+        raise FtctlError(f"No {KINDS} file matches {path}.")
     spelled, stored = path.split("/"), root.split("/")
     first = next(i for i, part in enumerate(spelled) if glob.has_magic(part))
     depth = len(stored) - (len(spelled) - first)  # the same directory, in the filesystem's terms
@@ -167,7 +168,7 @@ def _matching(fs, path: str, root: str, endpoint_url: str | None, quick: bool) -
 def _hub_hint(path: str) -> str:
     """For ``ORG/NAME`` that is no local path (nor a file name, nor in a directory here): how to name a Hub
     dataset's files."""
-    if storage.scheme(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path) or path.endswith(EXTENSIONS):
+    if storage.scheme(path) or not re.fullmatch(r"[\w.-]+/[\w.-]+", path) or is_data_file(path):
         return ""
     if storage.looks_like_path(path):
         return ""
@@ -180,30 +181,42 @@ def _hub_hint(path: str) -> str:
 def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[str, int, Any]]:
     """("line" | "row", its number, record) for every record of one file; what cannot be read yields a
     ParseError for the record."""
+    kind = file.lower()
     with storage.storage_errors(file, endpoint_url), storage.open_file(file, "rb", endpoint_url) as f:
-        if file.endswith(".parquet"):
+        if kind.endswith((".parquet", ".arrow")):
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            for i, record in enumerate(pq.read_table(f).to_pylist()):
+            table = pq.read_table(f) if kind.endswith(".parquet") else pa.ipc.open_stream(f).read_all()
+            for i, record in enumerate(table.to_pylist()):
                 yield "row", i + 1, record
             return
-        raw = f.read().removeprefix(codecs.BOM_UTF8)
+        raw = gzip.decompress(f.read()) if kind.endswith(".gz") else f.read()
+        raw = raw.removeprefix(codecs.BOM_UTF8)
     if raw.lstrip()[:1] == b"[":  # a JSON list of rows: a .json file's, or a .jsonl file that holds one
         records = None
         try:
             records = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            if file.endswith(".json"):
+            if kind.endswith((".json", ".json.gz")):
                 line, start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
                 yield "line", line, _ParseError(_not_utf8(raw, e.start, start, name), whole_file=True)
                 return
         except json.JSONDecodeError as e:
-            if file.endswith(".json") or not _is_json(raw.lstrip().splitlines()[0]):
+            if kind.endswith((".json", ".json.gz")) or not _is_json(raw.lstrip().splitlines()[0]):
                 yield "line", e.lineno, _ParseError(f"invalid JSON: {e.msg} (column {e.colno})", whole_file=True)
                 return
         if records is not None:  # else JSON Lines whose first row is a list: each line is said
             for i, record in enumerate(records):
                 yield "row", i + 1, record
+            return
+    if raw.lstrip()[:1] == b"{" and not _is_json(raw.lstrip().splitlines()[0]):  # one object over several lines
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):  # JSON Lines with a broken first line: each line is said
+            record = None
+        if isinstance(record, dict):
+            yield "row", 1, record
             return
     yield from _json_lines(raw, name)
 

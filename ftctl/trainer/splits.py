@@ -16,9 +16,18 @@ import posixpath
 from ftctl import storage
 from ftctl.errors import FtctlError
 
-EXTENSIONS = (".json", ".jsonl", ".parquet")  # the data files ftctl reads
+# the data files ftctl reads, in any case: JSON (gzipped too), Parquet, and the Arrow files of a `datasets`
+# save_to_disk directory
+EXTENSIONS = (".json", ".jsonl", ".json.gz", ".jsonl.gz", ".parquet", ".arrow")
+KINDS = ".json, .jsonl (.gz), .parquet or .arrow"  # EXTENSIONS, as messages name them
 # files a directory of data may hold that ftctl does not read, named where one is left out (unread_files)
-NOT_READ = (".csv", ".tsv", ".txt", ".arrow", ".gz", ".zst", ".bz2", ".xz", ".zip", ".xlsx")
+NOT_READ = (".csv", ".tsv", ".txt", ".gz", ".zst", ".bz2", ".xz", ".zip", ".xlsx")
+
+
+def is_data_file(name: str) -> bool:
+    """A file ftctl reads as data, by its name (EXTENSIONS, in any case)."""
+    return name.lower().endswith(EXTENSIONS)
+
 
 # the split a directory or repository of several gives, by role: TRL's dataset_train_split and dataset_test_split
 # defaults (and the validation split where there is no test one)
@@ -77,7 +86,11 @@ def unread_files(path: str) -> list[str]:
     for here, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__")))
         rel = os.path.relpath(here, path)
-        found += [os.path.normpath(os.path.join(rel, f)) for f in sorted(files) if f.lower().endswith(NOT_READ)]
+        found += [
+            os.path.normpath(os.path.join(rel, f))
+            for f in sorted(files)
+            if f.lower().endswith(NOT_READ) and not is_data_file(f)
+        ]
     return found
 
 
@@ -86,10 +99,15 @@ def _read_as_data(path: str, top: str) -> bool:
     directory (.ipynb_checkpoints/, __pycache__/), nor its own metadata (dataset_info.json ...)."""
     from datasets import config
 
-    meta = {config.DATASETDICT_JSON_FILENAME, config.DATASET_INFO_FILENAME, config.DATASETDICT_INFOS_FILENAME}
+    meta = {
+        config.DATASETDICT_JSON_FILENAME,
+        config.DATASET_INFO_FILENAME,
+        config.DATASETDICT_INFOS_FILENAME,
+        config.DATASET_STATE_JSON_FILENAME,  # save_to_disk's state.json beside its .arrow files
+    }
     *dirs, name = posixpath.relpath(path, top).split("/")
     return (
-        path.endswith(EXTENSIONS)
+        is_data_file(path)
         and name not in meta
         and not name.startswith(".")
         and not any(d.startswith((".", "__")) for d in dirs)
