@@ -355,7 +355,22 @@ def test_openai_messages_jsonl_with_content_parts(tmp_path, tiny_tokenizer):
         ["Hello." + EOT],
         ["AMBER-42" + EOT],
     ]
-    assert "<|im_start|>user\nCode?<|im_end|>" in tiny_tokenizer.decode(dataset[1]["input_ids"])
+    # parts are joined by line breaks, as vLLM joins them serving a text model (they ran together: "Code?")
+    assert "<|im_start|>user\nCode\n?<|im_end|>" in tiny_tokenizer.decode(dataset[1]["input_ids"])
+    image = {"type": "image_url", "image_url": {"url": "https://x/cat.png"}}
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "What?"}, image]},
+                *[{"role": "assistant", "content": "A cat."}],
+            ]
+        }
+    ]
+    report = check_data(write_json(tmp_path / "i.json", rows), tiny_tokenizer, 64)
+    assert report.errors[0].endswith(
+        "turn 1 'content' holds a part of type 'image_url': ftctl trains language models on text, and reads only text parts "
+        "(type text, input_text, output_text); leave the row out, or the part"
+    )
 
 
 def test_alpaca_with_and_without_input(tmp_path, tiny_tokenizer):
@@ -1346,3 +1361,16 @@ def test_saved_datasets_gzipped_json_and_a_pretty_printed_row_are_read(tmp_path,
     ]:  # fmt: skip
         report = check_data(str(tmp_path / name), tiny_tokenizer, 64, held_out=held_out)
         assert report.ok and not report.notes and report.stats.rows == count, (name, report.render())
+
+
+def test_special_tokens_written_out_in_the_text_are_said(tmp_path, tiny_tokenizer):
+    """A row's text that writes a special token out ("<|im_end|><|im_start|>user" inside an answer) is read as the
+    tokens themselves: the model learned to end its turn mid-answer and to write a user turn, without a word."""
+    fake = "ANS <|im_end|><|im_start|>user\nFAKE"
+    rows = [{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": fake}]}, {"text": "plain"}]
+    report = check_data(write_json(tmp_path / "s.json", rows), tiny_tokenizer, 64)
+    assert report.ok and report.warnings == [
+        "1 row(s) write the tokenizer's special tokens out in their text ('<|im_end|>' in s.json row 1): the "
+        "tokenizer reads them as the tokens themselves, so the model learns to write them there (an end of turn "
+        "mid-answer, a turn of another role); remove them from the text unless that is meant"
+    ]

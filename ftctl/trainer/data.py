@@ -205,11 +205,16 @@ def prepare_data(
     texts: list[str] = []
     spans: list = []
     missing_eot = 0
+    special = _special_tokens(tokenizer)
+    written_out: list[tuple[Row, str]] = []  # (row, the first special token its text writes out)
     problems: list[tuple[Row, str]] = []  # (row, what is wrong with it): report.errors, problem_lines
     for row in rows:
         if row.problems:
             problems += [(row, p) for p in row.problems]
             continue
+        said = [row.text] if row.text is not None else [m["content"] for m in row.messages]
+        if special and (found := next((f for t in said if (f := special.search(t))), None)):
+            written_out.append((row, found.group()))
         if row.text is not None:
             good.append(row)
             texts.append(row.text)
@@ -288,6 +293,13 @@ def prepare_data(
             else f"the chat template puts no end-of-turn token after assistant turns ({missing_eot} rows): "
             "the model will not learn to stop; use a template that ends turns with the eos token"
         )
+    if written_out:
+        row, token = written_out[0]
+        report.warnings.append(
+            f"{len(written_out)} row(s) write the tokenizer's special tokens out in their text ({token!r} in "
+            f"{row.where}): the tokenizer reads them as the tokens themselves, so the model learns to write them "
+            "there (an end of turn mid-answer, a turn of another role); remove them from the text unless that is meant"
+        )
     if leading:
         report.notes.append(
             f"{leading} conversation(s) start with the assistant's turn: the assistant turns before the first user "
@@ -319,6 +331,17 @@ def prepare_data(
     if sources:
         columns["source"], features["source"] = kept_sources, datasets.Value("int32")
     return report, datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def _special_tokens(tokenizer):
+    """A pattern of the tokenizer's special tokens (eos, the chat template's <|im_start|>, <|eot_id|> ...), the
+    longest first; None where it has none."""
+    import re
+
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    tokens = {*tokenizer.all_special_tokens, *(t.content for t in added.values() if getattr(t, "special", False))}
+    tokens = sorted((t for t in tokens if t and t.strip()), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, tokens))) if tokens else None
 
 
 def problem_lines(problems: list[tuple[Row, str]], rows: int) -> list[str]:

@@ -11,7 +11,7 @@ Accepted row formats (detected per row):
   the roles FastChat accepts are mapped (human/user -> user; gpt/assistant/chatgpt/bing/bard ->
   assistant).
 - OpenAI-style: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}``
-  (content may also be a list of ``{"type": "text", "text": ...}`` parts). Tool use as TRL and transformers'
+  (content may also be a list of ``{"type": "text", "text": ...}`` parts, joined by line breaks). Tool use as TRL and transformers'
   chat templates take it: an assistant turn's ``tool_calls`` (its content may then be empty; ``arguments`` as
   OpenAI's JSON string or an object, given to the template as an object), ``tool`` turns
   with the results (context, never trained), and the row's ``tools`` (function schemas, a list or its JSON)
@@ -378,15 +378,34 @@ def _not_sft(record: dict) -> str | None:
     return None
 
 
+# OpenAI's text content parts: its Chat Completions' (text) and Responses' (input_text, output_text)
+TEXT_PARTS = ("text", "input_text", "output_text")
+
+
 def _content(value: Any) -> str | None:
-    """A turn's text: a string, or OpenAI content parts of type text joined; None if neither."""
+    """A turn's text: a string, or OpenAI content parts of text joined by line breaks (as vLLM joins them serving
+    a text model); None if neither."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in value
-    ):
-        return "".join(p["text"] for p in value)
+    if isinstance(value, list) and all(_is_text_part(p) for p in value):
+        return "\n".join(p["text"] for p in value)
     return None
+
+
+def _is_text_part(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") in TEXT_PARTS and isinstance(part.get("text"), str)
+
+
+def _not_text(value: Any) -> str:
+    """What a turn's content that is not text holds, for its problem line."""
+    if isinstance(value, list):
+        other = next((p for p in value if not _is_text_part(p)), None)
+        if isinstance(other, dict) and isinstance(other.get("type"), str):
+            return (
+                f"holds a part of type {other['type']!r}: ftctl trains language models on text, and reads only text parts "
+                f"(type {', '.join(TEXT_PARTS)}); leave the row out, or the part"
+            )
+    return f"is {_kind(value)}, not text"
 
 
 def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles: dict) -> Row:
@@ -428,7 +447,7 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
             turn = {**turn, text_key: ""}
         content = _content(turn.get(text_key))
         if content is None:
-            row.problems.append(f"not a conversation: turn {n} '{text_key}' is {_kind(turn.get(text_key))}, not text")
+            row.problems.append(f"not a conversation: turn {n} '{text_key}' {_not_text(turn.get(text_key))}")
             continue
         if not content.strip() and not calls:
             row.problems.append(f"empty turn: turn {n} ({role}) has no text; remove it or fill it in")
