@@ -1002,6 +1002,14 @@ def _as_bool(value) -> bool:
     raise ValueError("expects true or false")
 
 
+# axolotl's keys that are another key here with their values turned (_axolotl), as `ftctl keys` names them
+TURNED = {
+    "train_on_inputs": ("assistant_only_loss", "train_on_inputs: its opposite"),
+    "lora_target_linear": ("lora_target_modules", "lora_target_linear: true is all-linear"),
+    "datasets": ("data_path", "datasets: [{path, type}], axolotl's"),
+}
+
+
 def _axolotl(key: str, raw):
     """axolotl's keys that are another key here, their values turned: train_on_inputs (assistant_only_loss's
     opposite), lora_target_linear (all-linear), datasets ([{path, type}]: each row's format is read from its
@@ -1504,6 +1512,8 @@ def described_keys() -> list[tuple[str, str, str, str]]:
     also = {}
     for alias, key in ALIASES.items():
         also.setdefault(key, []).append(alias)
+    for key, said in TURNED.values():
+        also.setdefault(key, []).append(said)
     out, section, said = [], "", []
     for line in inspect.getsource(RunSpec).splitlines()[1:]:
         text = line.strip()

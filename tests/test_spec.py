@@ -577,6 +577,14 @@ def test_keys_show_and_find_aliases():
         assert alias in said[key].split(")")[0], alias
     found = CliRunner().invoke(main, ["keys", "max_seq_length"])
     assert found.exit_code == 0 and "model_max_length = 2048  (also: max_seq_length" in found.stdout
+    # axolotl's keys read as another one here: `ftctl keys train_on` found nothing
+    found = CliRunner().invoke(main, ["keys", "train_on"])
+    assert found.exit_code == 0 and "assistant_only_loss = true  (also: completion_only_loss, train_on_inputs" in (
+        found.stdout
+    )
+    assert {key for key, _ in spec_mod.TURNED.values()} == {"assistant_only_loss", "lora_target_modules", "data_path"}
+    for name in spec_mod.TURNED:  # each is what _axolotl turns
+        assert spec_mod._axolotl(name, True if name != "datasets" else [{"path": "a.jsonl"}])[0] != name
 
 
 # --- model size ---------------------------------------------------------------------------------------------------
