@@ -313,8 +313,14 @@ def test_sigterm_to_the_batch_script_checkpoints_and_does_not_requeue(tmp_path):
     env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "83", "SLURM_JOB_NODELIST": "node1"}
     prep = prepared([], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
     rc, out, records = _signalled_while_training(tmp_path, prep, env, signal.SIGTERM)
-    assert rc == 143 and "ftctl: TERM (the job cancelled, or preempted): checkpointing" in out, out
+    assert rc == 143 and "ftctl: TERM (a cancel, a requeue or a preemption): checkpointing" in out, out
+    assert "not requeueing" not in out  # Slurm's own requeue (scontrol requeue, a node failure) follows a TERM too
     assert "ftctl: trainer exited with 0, status preempted" in out  # it waited for the step's checkpoint
+    # the line says what happens next either way: Slurm's requeue resumes by itself, a cancel by the same launch
+    assert (
+        "ftctl: stopped by TERM at the checkpoint above; where Slurm requeues this job (a requeue, a node failure, a "
+        "preemption) it resumes by itself, else (a cancel) the same ftctl launch resumes it"
+    ) in out, out
     assert (tmp_path / "stop.83.0").exists() and not [c for c in records if c["argv"][:1] == ["requeue"]]
     # before the trainer's first step (loading the model): stopped, not a step that "failed before the trainer said"
     env |= {"SLURM_JOB_ID": "84", "FAKE_STATUS": "failed"}

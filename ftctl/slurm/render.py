@@ -15,7 +15,8 @@ checkpoint, writes ``preempted`` to its status file and exits; the script then r
 SIGTERM (a cancel, or a preemption whose site does not send the --signal one: Slurm then gives the job its
 GraceTime before SIGKILL) asks for the same checkpoint, and the script waits for it: a batch shell that died at
 once ended the job and its step then. It does not requeue the job: a cancel is meant, and a preemption that
-requeues is requeued by Slurm itself.
+requeues, ``scontrol requeue`` and a node failure are requeued by Slurm itself; the script cannot tell which, so its
+log says what follows either way.
 """
 
 from __future__ import annotations
@@ -71,6 +72,12 @@ _ONE_TASK = "ftctl runs one task a node, whose torchrun starts that node's proce
 _ONE_LOG = "every attempt appends to slurm-JOBID.out in the run directory, where `ftctl logs` reads it"
 MAX_REQUEUES = 5  # a preempted or timed-out job's requeues where -o max_requeues is unset
 _REQUEUE = "-o max_requeues=N says how often a preempted job is requeued (0: never)"
+# what follows a TERM: the script cannot tell a cancel from Slurm's own requeue (scontrol requeue, a node failure, a
+# preemption that requeues), which starts the job again by itself
+_AFTER_TERM = (
+    "where Slurm requeues this job (a requeue, a node failure, a preemption) it resumes by itself, else (a cancel) "
+    "the same ftctl launch resumes it"
+)
 # the #SBATCH options ftctl writes itself, and how each is set: an --sbatch-arg naming one would override it (the
 # last one wins), so it is refused
 OWN_OPTIONS = {
@@ -311,7 +318,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         f'on_signal() {{ echo "ftctl: USR2 (time limit or preemption): checkpointing"; touch "${STOP_ENV}"; }}',
         "trap on_signal USR2  # before the setup lines: a signal during them would end the job unsaved",
         'TERMINATED=""',
-        'on_term() { echo "ftctl: TERM (the job cancelled, or preempted): checkpointing, not requeueing"; '
+        'on_term() { echo "ftctl: TERM (a cancel, a requeue or a preemption): checkpointing"; '
         f'TERMINATED=1; touch "${STOP_ENV}"; }}',
         "trap on_term TERM",
         *setup_lines(spec),
@@ -331,8 +338,8 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         'while true; do wait "$STEP_PID"; RC=$?; kill -0 "$STEP_PID" 2>/dev/null || break; done',
         "",
         f'if [ -n "$TERMINATED" ] && ! grep -qxE "complete|preempted" "${STATUS_ENV}" 2>/dev/null; then',
-        '  echo "ftctl: stopped by TERM (exit $RC) before a checkpoint of this attempt; the same ftctl launch resumes '
-        'from the last one"',
+        f'  echo "ftctl: stopped by TERM (exit $RC) before a checkpoint of this attempt; {_AFTER_TERM} from the last '
+        'one"',
         "  exit 143",
         "fi",
         f'if [ "$RC" -ne 0 ] && [ ! -s "${STATUS_ENV}" ]; then',
@@ -343,7 +350,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         f'STATUS=$(cat "${STATUS_ENV}" 2>/dev/null || echo failed)',
         'echo "ftctl: trainer exited with $RC, status $STATUS"',
         'if [ "$STATUS" = preempted ] && [ -n "$TERMINATED" ]; then',
-        '  echo "ftctl: stopped by TERM at the checkpoint above; the same ftctl launch resumes it"',
+        f'  echo "ftctl: stopped by TERM at the checkpoint above; {_AFTER_TERM}"',
         "  exit 143",
         "fi",
         'if [ "$STATUS" = preempted ]; then',
