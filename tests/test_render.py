@@ -387,6 +387,23 @@ def test_a_slurm_job_that_ends_without_the_trainers_error_says_why(tmp_path):
     assert r.returncode == 1 and failures.error_line(r.stdout).startswith("not requeueing: max_requeues=5 reached"), (
         r.stdout
     )
+    # a too-short --time cuts every attempt, and more requeues do not lengthen one: the line names --time first
+    said = failures.error_line(r.stdout)
+    assert "each attempt is cut by the time limit (the partition's default: --time), raise --time, or allow" in said
+    timed = prepared(
+        ["max_requeues=1", "signal_lead_s=60"],
+        backend="slurm",
+        gpus="1xA100",
+        model_name_or_path=MODEL,
+        time="00:02:00",
+    )
+    r = run_bash(
+        timed.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "timed.jsonl", env={**last, "SLURM_JOB_ID": "81"}
+    )
+    assert failures.error_line(r.stdout) == (
+        "not requeueing: max_requeues=1 reached; where each attempt is cut by the time limit (--time 00:02:00), raise "
+        "--time, or allow more requeues with -o max_requeues=N; the same ftctl launch resumes from the last checkpoint"
+    ), r.stdout
 
 
 @pytest.mark.parametrize("container", ["apptainer", "pyxis"])

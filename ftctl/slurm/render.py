@@ -247,6 +247,8 @@ def pyxis_image(ref: str) -> str:
 
 def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
     requeues = MAX_REQUEUES if spec.max_requeues is None else spec.max_requeues
+    # a USR2 at every attempt: mostly its time limit (a too-short --time), which more requeues do not lengthen
+    cut_by = f"--time {_sbatch_value('time', spec.time)}" if spec.time else "the partition's default: --time"
     kind, image = container_kind(spec)
     if kind == "docker":
         raise FtctlError(
@@ -361,8 +363,9 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         'the same ftctl launch resumes it"',
         "    exit 1",
         "  fi",
-        f'  echo "{ERROR_PREFIX}not requeueing: max_requeues={requeues} reached (-o max_requeues=N); the same '
-        'ftctl launch resumes from the last checkpoint"',
+        f'  echo "{ERROR_PREFIX}not requeueing: max_requeues={requeues} reached; where each attempt is cut by the time '
+        f"limit ({cut_by}), raise --time, or allow more requeues with -o max_requeues=N; the same ftctl launch resumes "
+        'from the last checkpoint"',
         "  exit 1",
         "fi",
         'exit "$RC"',
