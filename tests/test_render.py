@@ -1010,3 +1010,20 @@ def test_golden_mismatch_shows_a_unified_diff(monkeypatch):
     assert f"--- tests/golden/{name}" in msg and "+++ rendered now" in msg
     assert "\n-#SBATCH --nodes=1\n" in msg and "\n+#SBATCH --nodes=7\n" in msg
     assert "UPDATE_GOLDEN=1" in msg
+
+
+def test_the_slurm_script_names_the_object_stores_credentials_by_name_only(monkeypatch):
+    """With --output s3://... the script's comment named HF_TOKEN and WANDB_API_KEY only, though the job needs the
+    AWS keys from the submitting environment too (it gets them through --export=ALL): each store's names are listed,
+    never a value, whatever is set where it is rendered."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sekrit-value-1234")
+    flags = dict(backend="slurm", gpus="1xA100", model_name_or_path=MODEL)
+    text = prepared([], **flags, data_path="gs://b/conv.json", output_dir="s3://b/o").text
+    assert "sekrit-value-1234" not in text
+    s3 = next(line for line in text.splitlines() if line.startswith("# so do s3's"))
+    assert s3.startswith(
+        "# so do s3's credentials, endpoint and region, where set there: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_SESSION_TOKEN, "
+    )
+    assert "# so do gcs's credentials, endpoint and region, where set there: GOOGLE_APPLICATION_CREDENTIALS" in text
+    assert "# so do" not in prepared([], **flags, output_dir="/f/o").text

@@ -49,7 +49,7 @@ from ftctl.launch import (
 from ftctl.plan import Plan
 from ftctl.runpaths import SLURM_LOG_PATTERN, SLURM_STATUS_PATTERN, SLURM_STOP_PATTERN
 from ftctl.spec import RunSpec
-from ftctl.storage import home_credentials, is_remote
+from ftctl.storage import JOB_ENV, REMOTE_SCHEMES, home_credentials, is_remote, scheme
 
 # the per-attempt file names of ftctl.runpaths, spelled with the batch script's own variables
 _PER_ATTEMPT = {"job": "$SLURM_JOB_ID", "attempt": "$ATTEMPT"}
@@ -231,6 +231,18 @@ def container_homes(spec: RunSpec, kind: str | None) -> tuple[list[str], list[st
     return caches, [os.path.join(home, rel) for rel in home_credentials(spec.remote_uris)]
 
 
+def store_access(spec: RunSpec) -> list[str]:
+    """A comment line for each object store of the run's URIs: the variables of its credential chain, endpoint and
+    region (storage.JOB_ENV), by name only, that the job reads from the submitting environment (--export=ALL) where
+    they are set there, as it reads the secrets. Written whatever is set here (a dry run is read elsewhere)."""
+    lines = []
+    for protocol in sorted({REMOTE_SCHEMES[scheme(u)][0] for u in spec.remote_uris}):
+        names = [n for n in JOB_ENV.get(protocol, ()) if n not in spec.secrets]
+        if names:
+            lines.append(f"# so do {protocol}'s credentials, endpoint and region, where set there: {', '.join(names)}")
+    return lines
+
+
 def pyxis_image(ref: str) -> str:
     """A docker reference as enroot reads it: ``ghcr.io/org/ftctl:T`` -> ``ghcr.io#org/ftctl:T`` (without
     the ``#``, enroot takes the first part for a Docker Hub name); enroot's ``docker://`` URI form the same way."""
@@ -317,6 +329,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "export FTCTL_RUN_DIR",
         *env_lines,
         f"# secrets come from the submitting environment, by name only: {secrets}",
+        *store_access(spec),
         f'on_signal() {{ echo "ftctl: USR2 (time limit or preemption): checkpointing"; touch "${STOP_ENV}"; }}',
         "trap on_signal USR2  # before the setup lines: a signal during them would end the job unsaved",
         'TERMINATED=""',
