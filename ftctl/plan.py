@@ -1105,7 +1105,12 @@ def evaluation(spec: RunSpec) -> str | None:
     """The plan's evaluation row (trainer/run.py's evaluation_args runs it)."""
     if not spec.evaluates:
         return None
-    held = spec.eval_data_path or f"{100 * spec.eval_split:.3g}% of the training rows, held out (seed {spec.seed})"
+    share = (
+        f"{100 * spec.eval_split:.3g}% of the training rows"
+        if spec.eval_split < 1
+        else f"{spec.eval_split:.0f} training rows"
+    )
+    held = spec.eval_data_path or f"{share}, held out (seed {spec.seed})"
     stop = (
         f"; stops after {spec.early_stopping_patience} evaluations without a lower one"
         if spec.early_stopping_patience

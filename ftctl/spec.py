@@ -349,7 +349,7 @@ class RunSpec:
     # (1 all of them, 0.5 half drawn with seed, 2 each twice); a YAML mapping data_path: {PATH: WEIGHT} sets both
     data_weights: str | None = None
     eval_data_path: str | None = None  # held-out data in the same formats (FastChat's --eval_data_path)
-    eval_split: float = 0.0  # or this fraction of data_path's rows held out (chosen with seed); 0: none
+    eval_split: float = 0.0  # or this share of data_path's rows held out (below 1; 1 or more: that many rows), chosen with seed; 0: none
     eval_steps: int | None = None  # with held-out data: evaluate every N steps and at the end; default save_steps
     evals_per_epoch: int | None = None  # or N times an epoch, at even steps through it (axolotl's; eval_steps counted)
     # sequences per GPU in an evaluation's micro-batch; default: the training's, which the plan fits (no gradients)
@@ -1292,8 +1292,11 @@ def validate(spec: RunSpec) -> None:
         errors.append(
             "early_stopping_patience stops on the held-out loss: give held-out data, --eval-data PATH or -o eval_split=0.05."
         )
-    if not 0 <= spec.eval_split < 1:
-        errors.append(f"eval_split={spec.eval_split}: give the share of data_path's rows to hold out, e.g. 0.05.")
+    if spec.eval_split < 0 or (spec.eval_split >= 1 and spec.eval_split != int(spec.eval_split)):
+        errors.append(
+            f"eval_split={spec.eval_split:g}: give the share of data_path's rows to hold out (below 1, e.g. 0.05) or "
+            "their number (a whole number, e.g. 100)."
+        )
     if spec.data_weights is not None:
         try:
             weights = parse_weights(spec.data_weights)

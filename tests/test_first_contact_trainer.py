@@ -211,3 +211,19 @@ def test_a_lora_run_with_a_target_typo_stops_before_training(tiny_model_dir, tin
     with pytest.raises(FtctlError, match="no module of .* is named 'q_prj'. Did you mean 'q_proj'?"):
         train(spec, plan, echo=lambda _: None)
     assert not (out / "metrics.jsonl").exists() and not list(out.glob("checkpoint-*"))
+
+
+def test_eval_split_of_one_or_more_is_a_count_of_rows(tmp_path, tiny_tokenizer):
+    """axolotl's val_set_size: 2 (a whole number: that many rows, as datasets' test_size) was refused naming
+    eval_split; a share stays a share."""
+    from ftctl.trainer.data import build_datasets, eval_split_leaves_none
+
+    data = write_jsonl(tmp_path / "d.jsonl", [chat(i) for i in range(10)])
+    train, held = build_datasets(build({"data_path": data, "val_set_size": 2, "model_max_length": 64}), tiny_tokenizer)
+    assert (len(train), len(held)) == (8, 2)
+    train, held = build_datasets(build({"data_path": data, "eval_split": 0.25, "model_max_length": 64}), tiny_tokenizer)
+    assert (len(train), len(held)) == (7, 3)  # rounded up, as datasets' test_size
+    for bad in (1.5, -0.1):
+        with pytest.raises(FtctlError, match=r"or their number \(a whole number, e.g. 100\)"):
+            build({"data_path": data, "eval_split": bad})
+    assert "lower it below 10 rows" in eval_split_leaves_none(10, 10, data)

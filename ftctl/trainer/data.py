@@ -425,12 +425,20 @@ def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | Non
     return dataset
 
 
+def held_out_rows(eval_split: float, rows: int) -> int:
+    """The rows eval_split holds out of ``rows``, as datasets' test_size takes it: a share (below 1), rounded up, or
+    a count of rows (1 or more: axolotl's val_set_size: 100)."""
+    return int(eval_split) if eval_split >= 1 else math.ceil(eval_split * rows)
+
+
 def eval_split_leaves_none(eval_split: float, rows: int, data_path: str) -> str | None:
-    """Why holding ``eval_split`` of ``rows`` training rows out leaves none to train on (rounded up, as datasets'
-    test_size is); None where some are left."""
-    if not eval_split or math.ceil(eval_split * rows) < rows:
+    """Why holding ``eval_split`` of ``rows`` training rows out leaves none to train on; None where some are
+    left."""
+    if not eval_split or held_out_rows(eval_split, rows) < rows:
         return None
     lower = f"lower it below {1 - 1 / rows:.2g}, " if rows > 1 else ""  # one row: any share of it is the row
+    if eval_split >= 1:
+        lower = f"lower it below {rows} rows, " if rows > 1 else ""
     return (
         f"eval_split={eval_split} of {data_path}'s {rows} row{'s' * (rows != 1)} leaves none to train on: {lower}give "
         "held-out data with --eval-data FILE, or train without evaluation: -o eval_split=0"
@@ -467,7 +475,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None):
         ]
         held_out = dict(zip(held_out_names(eval_paths), sets)) if len(sets) > 1 else sets[0]
     elif spec.eval_split:
-        held = math.ceil(spec.eval_split * len(dataset))  # datasets' own rounding of test_size
+        held = held_out_rows(spec.eval_split, len(dataset))
         if problem := eval_split_leaves_none(spec.eval_split, len(dataset), spec.data_path):
             raise FtctlError(problem + ".")
         copies = _copies(dataset)
