@@ -790,13 +790,15 @@ def check_signal_lead(spec, plan) -> list[Finding]:
     if need <= spec.signal_lead_s:
         return []
     lead = math.ceil(need / 60) * 60
+    write = need - STEP_MARGIN_S
     return [
         Finding(
             WARNING,
-            f"a checkpoint of this run is ~{storage.size_text(one * 1e9)}: "
+            f"the save at Slurm's USR2 needs ~{need:.0f} s: the step under way ends (up to {STEP_MARGIN_S} s, "
+            f"assumed), then a checkpoint of ~{storage.size_text(one * 1e9)} is "
             + ("written and uploaded" if writes > 1 else "written")
-            + f" at {SHARED_FS_GBPS:g} GB/s after the step under way ends, it needs ~{need:.0f} s; Slurm's USR2 comes "
-            f"signal_lead_s={spec.signal_lead_s} s before the time limit, and at the limit the job is killed, mid-save",
+            + f" at {SHARED_FS_GBPS:g} GB/s ({write:.0f} s); USR2 comes signal_lead_s={spec.signal_lead_s} s before "
+            "the time limit, and at the limit the job is killed, mid-save",
             f"give it more: -o signal_lead_s={lead}.",
         )
     ]

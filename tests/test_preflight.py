@@ -657,7 +657,10 @@ def test_a_checkpoint_that_takes_longer_to_write_than_slurms_signal_lead_is_said
         return check_signal_lead(spec, make_plan(spec))
 
     (found,) = said(method="fft", output_dir="/shared/runs/r1")
-    assert found.level == WARNING and found.what.startswith("a checkpoint of this run is ~128.5 GB: written at 1 GB/s")
+    assert found.level == WARNING and found.what.startswith(
+        "the save at Slurm's USR2 needs ~188 s: the step under way ends (up to 60 s, assumed), then a checkpoint of "
+        "~128.5 GB is written at 1 GB/s (128 s)"
+    )  # the step's 60 s were said as the checkpoint's: "a checkpoint of 0.4 MB ... needs ~60 s"
     assert found.fix == "give it more: -o signal_lead_s=240."
     (uploaded,) = said(method="fft", output_dir="s3://b/r1")  # written on the node, then sent: twice the time
     assert "written and uploaded" in uploaded.what and uploaded.fix == "give it more: -o signal_lead_s=360."
