@@ -494,33 +494,42 @@ def sync():
     """Checkpoints in object storage: ls, push, pull."""
 
 
+_endpoint = click.option(
+    "--endpoint-url",
+    help="The S3 endpoint (MinIO, Ceph, a cloud's S3 API), as a run's -o s3_endpoint_url; default: AWS_ENDPOINT_URL, else AWS.",
+)
+
+
 @sync.command("ls")
 @click.argument("uri")
-def sync_ls(uri):
+@_endpoint
+def sync_ls(uri, endpoint_url):
     """List checkpoints at URI (complete or not)."""
     from ftctl.checkpoints import ls
 
-    ls(uri)
+    ls(uri, endpoint_url=endpoint_url)
 
 
 @sync.command("push")
 @click.argument("local_dir")
 @click.argument("uri")
-def sync_push(local_dir, uri):
+@_endpoint
+def sync_push(local_dir, uri, endpoint_url):
     """Upload a run's complete checkpoints, and its final model where it has one."""
     from ftctl.checkpoints import push
 
-    push(local_dir, uri)
+    push(local_dir, uri, endpoint_url=endpoint_url)
 
 
 @sync.command("pull")
 @click.argument("uri")
 @click.argument("local_dir")
-def sync_pull(uri, local_dir):
+@_endpoint
+def sync_pull(uri, local_dir, endpoint_url):
     """Download complete checkpoints."""
     from ftctl.checkpoints import pull
 
-    pull(uri, local_dir)
+    pull(uri, local_dir, endpoint_url=endpoint_url)
 
 
 @main.command()

@@ -384,7 +384,7 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
     if protocol == "s3":
         endpoint = s3_endpoint(endpoint_url)
         where = f"the S3 endpoint {endpoint}" if endpoint else "AWS S3 (no endpoint set)"
-        endpoint_fix = "-o s3_endpoint_url=URL or AWS_ENDPOINT_URL"
+        endpoint_fix = "-o s3_endpoint_url=URL (ftctl sync: --endpoint-url URL) or AWS_ENDPOINT_URL"
     elif protocol == "hf":
         endpoint = os.environ.get("HF_ENDPOINT")
         where = f"the Hugging Face Hub at {endpoint}" if endpoint else "the Hugging Face Hub"

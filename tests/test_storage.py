@@ -121,6 +121,10 @@ def test_sync_store_errors_are_one_line(s3_bucket, moto_s3, tmp_path):
     line = one_line_error(sync_cli("ls", "s3://no-such-bucket-q/run", env=env))
     assert "No bucket 'no-such-bucket-q'" in line and moto_s3.endpoint in line
 
+    # the endpoint as a flag, as a run's -o s3_endpoint_url: the error named -o, which sync did not take
+    unset = {k: v for k, v in env.items() if k != "AWS_ENDPOINT_URL"}
+    named = sync_cli("ls", f"{s3_bucket}/run", "--endpoint-url", moto_s3.endpoint, env=unset)
+    assert named.returncode == 0 and "no checkpoints under" in named.stdout, named.stderr
     dead = {**env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
     line = one_line_error(sync_cli("pull", f"{s3_bucket}/run", str(tmp_path / "got"), env=dead))
     assert "Cannot reach the S3 endpoint" in line and "AWS_ENDPOINT_URL" in line
