@@ -333,7 +333,7 @@ def test_a_template_whose_turns_end_in_plain_text_is_said_to_never_stop(tmp_path
     assert pieces > 1 and report.warnings == [
         f"after an assistant turn the chat template writes '<|eot_id|>' ({pieces} ordinary tokens of this tokenizer), "
         "no special token: the model will not learn to stop. Use a template whose turns end with one of the "
-        f"tokenizer's own ({tokenizer.eos_token!r} is its eos) (1 rows)"
+        f"tokenizer's own ({tokenizer.eos_token!r} is its eos) (1 row)"
     ]
 
 

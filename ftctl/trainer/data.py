@@ -288,9 +288,10 @@ def prepare_data(
             problems += cut
     if missing_eot:
         report.warnings.append(
-            f"{problem} ({missing_eot} rows)"
+            f"{problem} ({missing_eot} row{'s' * (missing_eot != 1)})"
             if (problem := turn_close_problem(tokenizer))
-            else f"the chat template puts no end-of-turn token after assistant turns ({missing_eot} rows): "
+            else f"the chat template puts no end-of-turn token after assistant turns ({missing_eot} row"
+            f"{'s' * (missing_eot != 1)}): "
             "the model will not learn to stop; use a template that ends turns with the eos token"
         )
     if written_out:
