@@ -475,6 +475,12 @@ def test_prompt_completion_text_trains_the_completion_as_trl_does(tmp_path, tiny
         start = common_prefix_length(prompt, whole)
         assert r["input_ids"] == whole
         assert [label != IGNORE_INDEX for label in r["labels"]] == [False] * start + [True] * (len(whole) - start)
+    report = check_data(str(tmp_path / "pc.jsonl"), tiny_tokenizer, 512)  # said, as TRL warns of it
+    assert report.notes == [
+        "1 prompt-completion row(s) meet inside one token (the first: pc.jsonl line 2): the token that holds the "
+        "prompt's end and the completion's start trains with the completion, as in TRL; to keep them apart, start "
+        "the completion with the space a prompt ends in (' Paris', not 'is ' + 'Paris')"
+    ]
 
 
 def test_prompt_completion_conversations_train_the_completions_assistant_turns(tmp_path, tiny_tokenizer):

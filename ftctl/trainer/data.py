@@ -241,6 +241,7 @@ def prepare_data(
     formats: Counter = Counter()
     s = report.stats
     leading = 0  # rows trained without the assistant turns before their first user turn (formats: dropped)
+    joined: list[Row] = []  # prompt-completion rows whose prompt and completion meet inside one token
     past_the_end: list[tuple[Row, int]] = []  # (row, its tokens): every trained token after max_length
     for row, enc in zip(good, encoded):
         trainable = sum(enc.mask)
@@ -270,6 +271,8 @@ def prepare_data(
         formats[row.format] += 1
         s.plain += row.text is not None
         leading += row.dropped > 0
+        if enc.joined:
+            joined.append(row)
 
     if past_the_end:  # a few such rows in a large corpus are dropped (axolotl drops them); more: max_length is short
         few = len(past_the_end) <= DROP_PAST_THE_END * len(rows) and kept_ids
@@ -305,6 +308,12 @@ def prepare_data(
         report.notes.append(
             f"{leading} conversation(s) start with the assistant's turn: the assistant turns before the first user "
             "turn answer nothing and are left out (as FastChat's training does); the rest trains"
+        )
+    if joined:
+        report.notes.append(
+            f"{len(joined)} prompt-completion row(s) meet inside one token (the first: {joined[0].where}): the token "
+            "that holds the prompt's end and the completion's start trains with the completion, as in TRL; to keep "
+            "them apart, start the completion with the space a prompt ends in (' Paris', not 'is ' + 'Paris')"
         )
     if formats.get("text"):
         report.notes.append(f"{formats['text']} plain-text row(s) have no roles: the loss covers every token of them")

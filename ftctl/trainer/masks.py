@@ -58,6 +58,7 @@ class Encoded:
     mask: list[int]  # 1 where the loss is computed
     length: int
     trainable_before: int  # trainable tokens before truncation
+    joined: bool = False  # a prompt-completion row's text: one token holds the prompt's end and the completion's start
 
 
 def chat_template_from(source: str) -> str:
@@ -296,6 +297,7 @@ def encode_texts(
         chat = [k for k, s in enumerate(chunk_spans) if not isinstance(s, int)]
         plain = [k for k, s in enumerate(chunk_spans) if isinstance(s, int)]
         encoded: dict[int, tuple[list[int], list[int]]] = {}
+        joined: set[int] = set()
         if chat:
             enc = tokenizer([chunk[k] for k in chat], add_special_tokens=False, return_offsets_mapping=True)
             for k, ids, offsets in zip(chat, enc["input_ids"], enc["offset_mapping"]):
@@ -314,13 +316,15 @@ def encode_texts(
                 # the same rule as a chat span's start; bos and the special tokens (offsets 0, 0) train with the text
                 # from its first character only
                 mask = [int(not start or s >= start or s < start < e) for s, e in offsets]
+                if start and any(s < start < e for s, e in offsets):
+                    joined.add(k)
                 if eos is not None and (not ids or ids[-1] != eos):
                     ids.append(eos)
                     mask.append(1)
                 encoded[k] = (ids, mask)
         for k in range(len(chunk)):
             ids, mask = encoded[k]
-            out.append(Encoded(ids[:max_length], mask[:max_length], len(ids), sum(mask)))
+            out.append(Encoded(ids[:max_length], mask[:max_length], len(ids), sum(mask), k in joined))
     return out
 
 
