@@ -199,3 +199,15 @@ def test_data_check_of_a_run_file_says_what_its_split_and_weights_leave(tiny_mod
     run.write_text(yaml.safe_dump({"data_path": dict(zip(two_datasets, (1, tiny))), "model": str(tiny_model_dir)}))
     got = CliRunner().invoke(main, ["data", "check", "-c", str(run), "--max-length", "128"])
     assert got.exit_code == 1 and f"data_weights: {two_datasets[1]}'s {B_ROWS} rows x {tiny:g} give none" in got.stdout
+
+
+def test_a_dataset_given_twice_is_said(two_datasets, tiny_model_dir):
+    """`--data a --data a` trained a's rows twice an epoch without a word."""
+    from ftctl.trainer.data import check_data
+
+    report = check_data(f"{two_datasets[0]},{two_datasets[0]}", str(tiny_model_dir), 128)
+    assert report.ok and report.warnings == [
+        f"{two_datasets[0]} given more than once: its rows train as many times an epoch; give it once (data_weights "
+        "repeats a dataset on purpose: -o data_weights=...)"
+    ]
+    assert check_data(",".join(two_datasets), str(tiny_model_dir), 128).warnings == []

@@ -195,6 +195,12 @@ def prepare_data(
     report.files = len(files)
     if len(split_paths(path)) == 1 and files != [path]:  # a directory or pattern: which files (which split)
         report.read = [file_name(f, path) for f in files]
+    named = split_paths(path)
+    if twice := sorted({p for p in named if named.count(p) > 1}):
+        report.warnings.append(
+            f"{', '.join(twice)} given more than once: its rows train as many times an epoch; give it once (data_weights "
+            "repeats a dataset on purpose: -o data_weights=...)"
+        )
     if unread := unread_files(path):
         some = ", ".join(unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else "")
         report.notes.append(
