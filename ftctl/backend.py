@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import importlib
 import json
+import math
 import os
 import shutil
 import time
@@ -81,6 +82,10 @@ class JobState(Enum):
 class JobStatus:
     state: JobState
     text: str  # one line for a terminal, in the backend's own words ("42 RUNNING on node[1-2]")
+    note: str | None = None  # a line more for `ftctl status`: what to do about how it ended, where the backend knows
+    # when its latest attempt started and (None while it runs) ended, where the backend says: `ftctl status` shows the
+    # run's steps only where a trainer started training within it (progress)
+    ran: tuple[float, float | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -547,8 +552,9 @@ def refuse_a_second_job(rendered: Rendered) -> None:
         except FtctlError:  # its backend cannot say now (a cluster down): not known to be running
             continue
         if state.state in (JobState.PENDING, JobState.RUNNING):
+            doing = "is queued to train" if state.state is JobState.PENDING else "is still training"
             raise FtctlError(
-                f"job {ref.job_id} ({ref.backend}: {state.text.removeprefix(f'{ref.job_id} ')}) is still training "
+                f"job {ref.job_id} ({ref.backend}: {state.text.removeprefix(f'{ref.job_id} ')}) {doing} "
                 f"into {ref.output}; a second job there would write the same checkpoints. Wait for it, "
                 f"`ftctl cancel {ref.job_id}`, or choose another --output (or -o run_name=...)."
             )
@@ -671,32 +677,43 @@ def status_lines(job: str) -> list[str]:
     lines = [state.text]
     if state.state is JobState.FAILED and (why := failures.error_line(b.log_tail(ref))):
         lines.append(f"{failures.ERROR_PREFIX}{why}")
+    if state.note:
+        lines.append(state.note)
     if state.state is JobState.CANCELLED and (note := b.stop_note(ref)):
         lines.append(note)
     later = next((r for r, _ in recorded_jobs() if r.output == ref.output and r.run_dir == ref.run_dir), ref)
     if later.job_id != ref.job_id and not is_remote(ref.output):  # metrics.jsonl goes on with the later job's steps
         return [*lines, f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})"]
-    return [*lines, *filter(None, [progress(ref)])]
+    return [*lines, *filter(None, [progress(ref, state.ran)])]
 
 
-def progress(ref: JobRef) -> str | None:
+def progress(ref: JobRef, ran: tuple[float, float | None] | None = None) -> str | None:
     """The run's last logged step and its last held-out loss, from the trainer's metrics.jsonl where the run
-    directory holds it (a local or shared output; an object-store output keeps it on the node). None: nothing yet."""
+    directory holds it (a local or shared output; an object-store output keeps it on the node). None: nothing yet.
+
+    ``ran`` (when the job's latest attempt started and ended): None where the job's trainer wrote no "start" record
+    within it, its trainer never trained: the steps are another job's (one that held the run directory's lock, which
+    refused this one). A metrics.jsonl without start records (an older ftctl's) is shown as it is."""
     try:
         lines = ref.paths.metrics.read_text().splitlines()
     except OSError:
         return None
     step = held_out = best = None
+    starts = []
     for line in lines:
         try:
             record = json.loads(line)
         except ValueError:  # the line the trainer is writing
             continue
+        if record.get("event") == "start" and isinstance(record.get("time"), (int, float)):
+            starts.append(record["time"])
         if "loss" in record:
             step = record
         elif record.get("event") == "eval":
             held_out = record
             best = record if best is None or record["eval_loss"] < best["eval_loss"] else best
+    if ran is not None and starts and not any(ran[0] <= t <= (ran[1] or math.inf) for t in starts):
+        return None
     parts = []
     if step is not None:
         rate = f"  {step['tokens_per_s']:,.0f} tok/s" if step.get("tokens_per_s") else ""

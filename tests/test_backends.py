@@ -136,8 +136,9 @@ def test_a_launch_into_the_run_of_a_job_still_queued_or_running_is_refused(tmp_p
     remote = _prep(tmp_path, output_dir="s3://b/runs/r1")  # an object-store output: the same URI is the same run
     record_job(JobRef("docker", "c3", str(tmp_path / "elsewhere"), "n", "s3://b/runs/r1"))
     states["c3"] = JobStatus(JobState.PENDING, "c3 PENDING (created)")
-    with pytest.raises(FtctlError, match="job c3 "):
+    with pytest.raises(FtctlError, match="job c3 ") as e:
         refuse_a_second_job(remote)
+    assert "job c3 (docker: PENDING (created)) is queued to train into s3://b/runs/r1; " in str(e.value)  # not training
 
 
 def test_a_spec_json_older_than_a_key_counts_it_at_its_default(tmp_path, capsys):

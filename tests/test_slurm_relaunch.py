@@ -113,7 +113,8 @@ def test_a_launch_into_a_run_dir_a_queued_job_was_submitted_from_is_refused(slur
         assert (run / "spec.json").read_text() == spec_json
         # a job of this launcher's own registry is named by refuse_a_second_job, in its words
         record_job(JobRef("slurm", job, str(run), "n", str(run)))
-        with pytest.raises(FtctlError, match=f"job {job} \\(slurm: .*\\) is still training into"):
+        # queued (PENDING, it has not started yet) or training, as the job is by now
+        with pytest.raises(FtctlError, match=f"job {job} \\(slurm: .*\\) (is queued to train|is still training) into"):
             get("slurm").submit(other)
     finally:
         slurm.run("scancel", job, check=False)

@@ -70,6 +70,8 @@ def test_two_nodes_run_srun_and_the_venv_python(slurm, tmp_path):
     assert py == [[node, sys.prefix] for node in slurm.nodes]
     st = scheduler.status(job)
     assert (st.state, st.nodes, st.exit_code, st.finished) == ("COMPLETED", "node[1-2]", 0, True)
+    # when it ran, in this host's clock (`ftctl status` tells the job's own trainer steps from another job's by it)
+    assert st.started is not None and st.ended is not None and time.time() - 120 < st.started <= st.ended <= time.time()
 
 
 def test_status_logs_and_cancel_of_a_running_job(slurm, tmp_path):

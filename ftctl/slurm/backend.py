@@ -245,7 +245,15 @@ class SlurmBackend(Backend):
             if said is None:
                 raise
             return said
-        return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe())
+        note = None
+        if s.reason == "JobLaunchFailure":  # its describe() leaves an ended job's reason out
+            note = (
+                f"Slurm could not start the job on {s.nodes or 'its node'} (JobLaunchFailure): often the run dir "
+                f"({ref.run_dir}, where {ref.paths.slurm_log(ref.job_id).name} is written) is not writable there or "
+                "not on a filesystem the nodes see; that node's slurmd log says why"
+            )
+        ran = (s.started, s.ended) if s.started is not None else None
+        return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe(), note, ran)
 
     def logs(self, ref: JobRef, follow: bool) -> None:
         scheduler.logs(ref.job_id, follow=follow, path=self._log(ref))

@@ -102,7 +102,8 @@ class JobStatus:
     ``nodes`` is Slurm's node list (``node[1-2]``), empty while pending; ``reason`` why it waits
     or why it ended (empty when Slurm says None); ``exit_code`` / ``signal`` of the batch script
     once finished; ``restarts`` how often it was requeued (None where the source does not say);
-    ``source`` which command answered.
+    ``source`` which command answered; ``started`` / ``ended`` when its latest attempt started and,
+    once finished, ended (seconds since the epoch; None where Slurm does not say).
     """
 
     job_id: str
@@ -113,6 +114,8 @@ class JobStatus:
     signal: int | None = None
     restarts: int | None = None
     source: str = "squeue"
+    started: float | None = None
+    ended: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -123,7 +126,7 @@ class JobStatus:
         text = f"{self.job_id} {self.state}"
         if self.nodes:
             text += f" on {self.nodes}"
-        if self.reason:
+        if self.reason and not self.finished:  # an ended job's is the last pending one's (Resources), or its state
             text += f" ({self.reason})"
         if self.finished and self.exit_code is not None:
             text += f" exit {self.exit_code}"
@@ -280,6 +283,8 @@ def logs(
         offset = copy_new(log, offset, out, decoder)
         if not follow:
             if offset == 0 and not log.exists():
+                if (ended := _ended(job_id, env)) is not None:
+                    raise FtctlError(f"job {ended.describe()}: it ended before it wrote any output ({log})")
                 raise FtctlError(
                     f"job {job_id}'s output file {str(log)!r} does not exist (yet): "
                     "the job may still be pending; try `ftctl logs -f`"
@@ -306,6 +311,15 @@ def logs(
 
 
 # ---------------------------------------------------------------------------- internals
+def _ended(job_id: str, env) -> JobStatus | None:
+    """The job's status where Slurm says it has ended; None where it has not, or cannot say."""
+    try:
+        found = status(job_id, env)
+    except FtctlError:
+        return None
+    return found if found.finished else None
+
+
 def _check_id(job_id: str) -> str:
     job_id = str(job_id).strip()
     if not _JOB_ID.match(job_id):
@@ -484,7 +498,7 @@ def command_error(command: str, what: str, proc: subprocess.CompletedProcess) ->
 
 
 def _squeue_status(job_id: str, env) -> JobStatus | None:
-    fields = "JobID:|,State:|,NodeList:|,Reason:|,RestartCnt:|,exit_code:|"
+    fields = "JobID:|,State:|,NodeList:|,Reason:|,RestartCnt:|,exit_code:|,StartTime:|,EndTime:|"
     proc = run_command(["squeue", "--noheader", "--states=all", "--jobs", job_id, "--Format", fields], env)
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():
@@ -506,12 +520,14 @@ def _squeue_status(job_id: str, env) -> JobStatus | None:
                 signal=sig,
                 restarts=_int(cols[4]),
                 source="squeue",
+                started=_when(cols[6]) if len(cols) > 6 else None,
+                ended=_when(cols[7]) if finished and len(cols) > 7 else None,  # a running job's: its time limit
             )
     return None
 
 
 def _sacct_status(job_id: str, env) -> JobStatus | None:
-    fields = "JobIDRaw,State,NodeList,ExitCode,Reason"
+    fields = "JobIDRaw,State,NodeList,ExitCode,Reason,Start,End"
     for argv, source in (
         (["sacct", "--noheader", "--parsable2", "--allocations", "--jobs", job_id, "--format", fields], "sacct"),
         (
@@ -530,6 +546,7 @@ def _sacct_status(job_id: str, env) -> JobStatus | None:
         state = (row[1].split() or ["UNKNOWN"])[0] if len(row) > 1 else "UNKNOWN"
         code, sig = _exit_pair(row[3]) if len(row) > 3 else (None, None)
         reason = row[4].strip() if len(row) > 4 and row[4].strip() != "None" else ""
+        finished = state in FINISHED_STATES
         return JobStatus(
             job_id=job_id,
             state=state,
@@ -539,8 +556,18 @@ def _sacct_status(job_id: str, env) -> JobStatus | None:
             signal=sig,
             restarts=None,
             source=source,
+            started=_when(row[5]) if len(row) > 5 else None,
+            ended=_when(row[6]) if finished and len(row) > 6 else None,
         )
     return None
+
+
+def _when(raw: str) -> float | None:
+    """A time as squeue and sacct print it (2026-01-15T10:11:12, this host's local time); None for N/A, Unknown."""
+    try:
+        return time.mktime(time.strptime(raw.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 def _wait_status(raw: str) -> tuple[int | None, int | None]:

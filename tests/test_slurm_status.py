@@ -1,0 +1,100 @@
+"""What `ftctl status` and `ftctl logs` say of a Slurm job, against fake Slurm commands (no cluster): squeue prints
+the line a test gives it, as Slurm 22.05's `squeue --Format ...:|` does. The real cluster's side is in
+tests/test_slurm_scheduler.py and tests/test_slurm_relaunch.py."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from ftctl.backend import JobRef, record_job, status_lines
+from ftctl.errors import FtctlError
+from ftctl.slurm import scheduler
+
+T0 = 1_700_000_000  # the holder's trainer starts here
+
+
+def _at(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
+
+
+@pytest.fixture
+def squeue(tmp_path, monkeypatch):
+    """Fake squeue (it prints what the test writes with ``say``) and scontrol (no controller host to ping; it forgot
+    every job), first on PATH; the jobs record in its own FTCTL_HOME."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    out = bin_dir / "squeue.out"
+    for name, body in (
+        ("squeue", f"cat {out}"),
+        ("scontrol", 'case "$1" in ping) exit 0;; esac; echo "Invalid job id specified" >&2; exit 1'),
+    ):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    monkeypatch.setenv("FTCTL_HOME", str(tmp_path / "home"))
+    scheduler._ANSWERS.clear()
+
+    def say(job, state, nodes="", reason="None", exit_code=0, signal=0, start=None, end=None):
+        wait_status = (exit_code << 8) | signal
+        started, ended = (_at(t) if t is not None else "N/A" for t in (start, end))
+        out.write_text(f"{job}|{state}|{nodes}|{reason}|0|{wait_status}|{started}|{ended}|\n")
+
+    return say
+
+
+def test_an_ended_jobs_stale_pending_reason_is_left_out(squeue):
+    """A job cancelled while pending showed `28 CANCELLED (Resources) exit 0`: why it waited, not why it ended."""
+    squeue("28", "CANCELLED", reason="Resources")
+    assert scheduler.status("28").describe() == "28 CANCELLED exit 0"
+    squeue("29", "PENDING", reason="Resources")
+    assert scheduler.status("29").describe() == "29 PENDING (Resources)"
+
+
+def test_logs_of_a_job_that_ended_without_output_says_so(squeue, tmp_path):
+    """`ftctl logs 17` of a job that failed before it wrote slurm-17.out said it "may still be pending"."""
+    log = tmp_path / "run" / "slurm-17.out"
+    squeue("17", "FAILED", nodes="node2", reason="JobLaunchFailure", exit_code=15, signal=53)
+    with pytest.raises(FtctlError) as e:
+        scheduler.logs("17", path=log)
+    assert str(e.value) == f"job 17 FAILED on node2 exit 15 signal 53: it ended before it wrote any output ({log})"
+    squeue("18", "PENDING", reason="Priority")
+    with pytest.raises(FtctlError, match="the job may still be pending; try `ftctl logs -f`"):
+        scheduler.logs("18", path=tmp_path / "run" / "slurm-18.out")
+
+
+def test_status_of_a_job_slurm_could_not_start_says_where_to_look(squeue, tmp_path):
+    """A run dir the nodes could not write (read-only there) showed `17 FAILED on node2 (JobLaunchFailure) exit 15
+    signal 53` and nothing else: slurm-17.out is opened before the script runs, so there is no log to read either."""
+    run = tmp_path / "run"
+    run.mkdir()
+    record_job(JobRef("slurm", "17", str(run), "r", str(run)))
+    squeue("17", "FAILED", nodes="node2", reason="JobLaunchFailure", exit_code=15, signal=53)
+    assert status_lines("17") == [
+        "17 FAILED on node2 exit 15 signal 53",
+        f"Slurm could not start the job on node2 (JobLaunchFailure): often the run dir ({run}, where slurm-17.out is "
+        "written) is not writable there or not on a filesystem the nodes see; that node's slurmd log says why",
+    ]
+
+
+def test_status_of_a_job_whose_trainer_never_trained_shows_no_step(squeue, tmp_path):
+    """Job 30, refused at the trainer's lock (exit 2) while job 29 of another FTCTL_HOME trained into the same
+    directory, showed job 29's `step 122 loss 5.7702`. The run's metrics are a job's own where its trainer wrote a
+    "start" record while the job ran."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"step": 0, "event": "start", "time": T0 + 20}]
+    rows += [{"step": s, "loss": 6.0 - s / 100, "time": T0 + 20 + s} for s in range(1, 123)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record_job(JobRef("slurm", "30", str(run), "r", str(run)))
+    squeue("30", "FAILED", nodes="node1", exit_code=2, start=T0 + 60, end=T0 + 68)
+    assert status_lines("30") == ["30 FAILED on node1 exit 2"]
+    squeue("30", "RUNNING", nodes="node1", start=T0 + 60, end=T0 + 3600)  # loading its model: no step of its own yet
+    assert status_lines("30") == ["30 RUNNING on node1"]
+    squeue("30", "RUNNING", nodes="node1", start=T0, end=T0 + 3600)  # the trainer that wrote these rows is its own
+    assert status_lines("30") == ["30 RUNNING on node1", "step 122  loss 4.7800"]
+    squeue("30", "FAILED", nodes="node1", exit_code=1, start=T0, end=T0 + 200)
+    assert status_lines("30")[-1] == "step 122  loss 4.7800"
