@@ -424,6 +424,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     on Qwen2-MoE itself PEFT leaves them out, and this over-counts)."""
     kind = cfg.get("model_type") or ""  # a multimodal model's own (Liger's patch is chosen by it: liger_layers)
     quantized = stored_quantization(cfg)
+    cfg = _filled(cfg)
     cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
     h = _size(cfg, source, "hidden_size", "n_embd", "d_model")
     layers = _size(cfg, source, "num_hidden_layers", "n_layer", "num_layers")
@@ -471,6 +472,34 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     return replace(
         shape, intermediate=active, experts=experts * moe, expert_mlp=expert_mlp, top_k=top_k, moe_layers=moe
     )
+
+
+# the keys of a config.json the shape is read from that many leave to their config class's defaults
+SHAPE_KEYS = (
+    "vocab_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
+    "tie_word_embeddings", "max_position_embeddings",
+)  # fmt: skip
+
+
+def _filled(cfg: dict) -> dict:
+    """config.json with the keys it leaves out as transformers fills them: its model type's config class's defaults
+    (Gemma 3's checkpoints name five keys of their text model: its 262,208-token vocabulary, tied embeddings and
+    8 heads come from Gemma3TextConfig; read with Llama's defaults, 32,000, untied and 40, a 27B plan was 2.4 GB
+    under what the run needs). As it is where nothing is missing, or transformers does not know the type."""
+    text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    if not (kind := cfg.get("model_type")) or all(k in text for k in SHAPE_KEYS):
+        return cfg
+    try:
+        from transformers import CONFIG_MAPPING
+
+        given = {k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version", "auto_map")}
+        full = CONFIG_MAPPING[kind](**given).to_dict()
+    except Exception:  # noqa: BLE001  a type this transformers does not know, or values its class refuses
+        return cfg
+    filled = {**full, **cfg}
+    if text is not cfg and isinstance(full.get("text_config"), dict):
+        filled["text_config"] = {**full["text_config"], **text}
+    return filled
 
 
 # ------------------------------------------------------------------------------------------ memory

@@ -1035,8 +1035,16 @@ def test_moe_experts_outside_liger_are_planned_as_their_h200_peak(tmp_path, meth
 
 # bench/NOTES.md v60: the gpu_train shapes (Llama-3.1-8B's, Llama-3.2-1B's), trained on an H200 without Liger
 OUTSIDE_LIGER = "cohere"  # a model type ftctl applies no Liger kernels to: how the rows without Liger ran
-LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192)  # fmt: skip
+LLAMA_8B = dict(
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    vocab_size=128256,
+    max_position_embeddings=8192,
+    tie_word_embeddings=False,
+)  # fmt: skip  (its config.json says so: cohere's class would tie them)
 LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                 num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, tie_word_embeddings=True)  # fmt: skip
 
@@ -1318,3 +1326,21 @@ def test_a_cpu_plan_holds_the_peaks_measured_on_cpu(method, measured):
         assert peak <= make_plan(spec).memory_gb <= 1.4 * peak  # fft at 1: 9.6 planned
     on_24gb = make_plan(build({"method": "lora", "gpus": "cpu", "host_memory_gb": 24}))
     assert on_24gb.per_device_train_batch_size <= 2
+
+
+def test_a_config_that_leaves_keys_to_transformers_is_read_with_its_classs_defaults(tmp_path):
+    """Gemma 3's checkpoints name five keys of their text model (google/gemma-3-4b-it's config.json, below): the rest
+    were read with Llama's defaults (32,000 tokens, untied, 40 heads), and a 27B qlora plan was 2.4 GB under what the
+    run needs on an L4. transformers fills them from Gemma3TextConfig: 262,208 tokens, tied, 8 heads of 256."""
+    from ftctl.plan import _shape_from_config
+
+    text = {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text", "num_hidden_layers": 34,
+            "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024}  # fmt: skip
+    config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "text_config": text,
+              "vision_config": {"hidden_size": 1152, "model_type": "siglip_vision_model"}}  # fmt: skip
+    shape = _shape_from_config(config, "gemma-3-4b-it")
+    assert (shape.vocab, shape.heads, shape.kv_dim, shape.context) == (262208, 8, 4 * 256, 131072)
+    assert shape.params_b == pytest.approx(3.88, abs=0.01)  # its text model, tied (transformers builds 3.88B)
+    gemma2 = {"model_type": "gemma2", "hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
+              "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 256000}  # fmt: skip
+    assert _shape_from_config(gemma2, "gemma-2-9b").params_b == pytest.approx(9.24, abs=0.01)  # tied: no key said so
