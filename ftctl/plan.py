@@ -136,6 +136,9 @@ HEADROOM = 0.92
 ZERO3_REDUCE_BUCKET, ZERO3_PREFETCH_BUCKET, ZERO3_MAX_LIVE = 5e8, 5e7, 1e9
 OVERHEAD_GB = 1.5
 CPU_ACTIVATION_FACTOR = 2.7  # the module docstring: on CPU
+# model types whose activations overflow fp16, trained in bf16 (Gemma 2 and 3; Unsloth's report of infinities on
+# T4, V100 and RTX 20xx cards): a plan in fp16 says so
+FP16_OVERFLOWS = ("gemma2", "gemma3", "gemma3_text")
 CPU_MAX_PARAMS_B = 2.0  # larger models are refused on CPU: days a step
 
 
@@ -967,6 +970,12 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             notes.append(
                 "bf16=false: training in fp16 (ftctl trains on GPUs in 16 bits, not fp32; fp16 is less stable than "
                 "bf16): leave bf16 out for bf16, or -o fp16=true to say fp16"
+            )
+        if precision == "fp16" and shape.model_type in FP16_OVERFLOWS:
+            notes.append(
+                f"{t.name} has no bf16, and Gemma 2 and 3's activations overflow fp16 (infinities on T4, V100 and RTX "
+                "20xx cards, as Unsloth reported): the losses may turn to nan; a card with bf16 (Ampere or newer: "
+                "A10G, L4, A100, H100) trains it as it was trained"
             )
         if asked in ("varlen", "flash_attention_2") and not t.flash_attn2 and not scores:
             notes.append(f"{t.name} runs no FlashAttention kernel (Ampere and newer do): {asked} gives way to SDPA")

@@ -1344,3 +1344,14 @@ def test_a_config_that_leaves_keys_to_transformers_is_read_with_its_classs_defau
     gemma2 = {"model_type": "gemma2", "hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
               "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 256000}  # fmt: skip
     assert _shape_from_config(gemma2, "gemma-2-9b").params_b == pytest.approx(9.24, abs=0.01)  # tied: no key said so
+
+
+def test_gemma_in_fp16_is_said_to_overflow():
+    """Gemma 2 and 3 on a card without bf16 (T4, V100) were planned in fp16 without a word; their activations
+    overflow it (nan losses after the GPU was paid for)."""
+    said = "Gemma 2 and 3's activations overflow fp16"
+    assert any(said in n for n in plan(method="qlora", gpus="1xT4", model_name_or_path="google/gemma-2-9b").notes)
+    assert not any(said in n for n in plan(method="qlora", gpus="1xA10G", model_name_or_path="google/gemma-2-9b").notes)
+    assert not any(
+        said in n for n in plan(method="qlora", gpus="1xT4", model_name_or_path="lmsys/vicuna-7b-v1.5").notes
+    )
