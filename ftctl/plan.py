@@ -1297,7 +1297,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         )
         msg += (
             f" Offloading the optimizer to CPU RAM would need ~{host_need:.0f} GB of host RAM per node, which has "
-            f"{host} (-o host_memory_gb=N if it has more)."
+            f"{host} (-o host_memory_gb={math.ceil(host_need)} if it has that much)."
         )
     hints = []
     # nearest first: another method on the GPUs asked for (lora's base shards, qlora's does not), then this method
