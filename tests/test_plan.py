@@ -1355,3 +1355,12 @@ def test_gemma_in_fp16_is_said_to_overflow():
     assert not any(
         said in n for n in plan(method="qlora", gpus="1xT4", model_name_or_path="lmsys/vicuna-7b-v1.5").notes
     )
+
+
+def test_a_refusal_for_want_of_host_ram_names_the_amount_that_would_do():
+    """ "-o host_memory_gb=N if it has more" left the user to work out N (8B fft on one H100: ZeRO-Offload's 172 GB)."""
+    with pytest.raises(PlanError) as e:
+        plan(method="fft", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B")
+    assert "would need ~172 GB of host RAM per node" in str(e.value)
+    assert "(-o host_memory_gb=173 if it has that much)" in str(e.value)
+    assert plan(method="fft", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["host_memory_gb=173"])
