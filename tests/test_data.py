@@ -89,6 +89,10 @@ def test_an_assistant_turn_of_weight_0_is_context_not_trained(tmp_path, tiny_tok
     ]
     row = only_row(write_json(tmp_path / "w.json", [{"messages": msgs}]), tiny_tokenizer)
     assert trained_spans(tiny_tokenizer, row["input_ids"], row["labels"]) == ["A good answer." + EOT]
+    every = check_data(str(tmp_path / "w.json"), tiny_tokenizer, 512, every_token=True)  # it trains them: said
+    assert "1 row(s) have assistant turns of weight 0 (or training: false): the loss covers every token" in (
+        "\n".join(every.notes)
+    )
     assert "A bad answer." in tiny_tokenizer.decode(row["input_ids"])  # still the context of the next turn
     bad = [
         {"messages": [msgs[0], {**msgs[1], "weight": 0.5}]},

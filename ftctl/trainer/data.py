@@ -315,6 +315,11 @@ def prepare_data(
             f"{leading} conversation(s) start with the assistant's turn: the assistant turns before the first user "
             "turn answer nothing and are left out (as FastChat's training does); the rest trains"
         )
+    if every_token and (weighted := sum(any(m.get("weight") == 0 for m in row.messages) for row in good)):
+        report.notes.append(
+            f"{weighted} row(s) have assistant turns of weight 0 (or training: false): the loss covers every token "
+            "here (assistant_only_loss=false), theirs too"
+        )
     if joined:
         report.notes.append(
             f"{len(joined)} prompt-completion row(s) meet inside one token (the first: {joined[0].where}): the token "
