@@ -1288,6 +1288,8 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     )
     if said := experts_stay_16bit(method, shape):
         msg += f" {said[0].upper()}{said[1:]}."
+    if method == "qlora" and req.world_size > 1:  # the GPUs asked for do not add up for it: say why
+        msg += f" Each GPU holds all of qlora's base: {METHOD_STRATEGIES['qlora'][1]}."
     if any(s in OFFLOAD_STRATEGIES for s in strategies):  # the planner's last resort, or the one forced
         host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)
         host = (

@@ -1364,3 +1364,12 @@ def test_a_refusal_for_want_of_host_ram_names_the_amount_that_would_do():
     assert "would need ~172 GB of host RAM per node" in str(e.value)
     assert "(-o host_memory_gb=173 if it has that much)" in str(e.value)
     assert plan(method="fft", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["host_memory_gb=173"])
+
+
+def test_a_qlora_refusal_on_several_gpus_says_its_base_is_not_sharded():
+    """70B qlora on 2x24 GB cards: "needs about 46.5 GB per GPU" read as a wrong sum of the two cards; why each GPU
+    holds the whole 4-bit base was said only where -o strategy=fsdp was forced."""
+    with pytest.raises(PlanError) as e:
+        plan(method="qlora", gpus="2xRTX4090", model_name_or_path="meta-llama/Llama-2-70b-hf")
+    assert "Each GPU holds all of qlora's base: its 4-bit base is not sharded" in str(e.value)
+    assert "--method lora with -o strategy=fsdp" in str(e.value)
