@@ -1002,7 +1002,7 @@ def _as_bool(value) -> bool:
     raise ValueError("expects true or false")
 
 
-# axolotl's keys that are another key here with their values turned (_axolotl), as `ftctl keys` names them
+# axolotl's keys that are another key here with their values turned (_axolotl): the key, and how `ftctl keys` names them
 TURNED = {
     "train_on_inputs": ("assistant_only_loss", "train_on_inputs: its opposite"),
     "lora_target_linear": ("lora_target_modules", "lora_target_linear: true is all-linear"),
@@ -1015,11 +1015,11 @@ def _axolotl(key: str, raw):
     opposite), lora_target_linear (all-linear), datasets ([{path, type}]: each row's format is read from its
     fields; a path that is no file here is a Hub dataset, hf://datasets/ORG/NAME). Others as they are."""
     if key == "train_on_inputs":
-        return "assistant_only_loss", not _as_bool(raw)
+        return TURNED["train_on_inputs"][0], not _as_bool(raw)
     if key == "lora_target_linear":
         if not _as_bool(raw):
             raise ValueError("false: name the modules instead, lora_target_modules: [q_proj, v_proj]")
-        return "lora_target_modules", "all-linear"
+        return TURNED["lora_target_linear"][0], "all-linear"
     if key == "datasets" and isinstance(raw, list) and raw and all(isinstance(d, dict) and d.get("path") for d in raw):
         from ftctl.hub import HUB_ID
 
@@ -1034,7 +1034,7 @@ def _axolotl(key: str, raw):
             here = "://" in path or file or Path(path).expanduser().exists() or storage.looks_like_path(path)
             return path if here or not HUB_ID.match(path) else f"hf://datasets/{path}"
 
-        return "data_path", [where(str(d["path"])) for d in raw]
+        return TURNED["datasets"][0], [where(str(d["path"])) for d in raw]
     return key, raw
 
 

@@ -357,8 +357,6 @@ def prepare_data(
 def _special_tokens(tokenizer):
     """A pattern of the tokenizer's special tokens (eos, the chat template's <|im_start|>, <|eot_id|> ...), the
     longest first; None where it has none."""
-    import re
-
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     tokens = {*tokenizer.all_special_tokens, *(t.content for t in added.values() if getattr(t, "special", False))}
     tokens = sorted((t for t in tokens if t and t.strip()), key=len, reverse=True)
@@ -457,9 +455,8 @@ def eval_split_leaves_none(eval_split: float, rows: int, data_path: str) -> str 
     left."""
     if not eval_split or held_out_rows(eval_split, rows) < rows:
         return None
-    lower = f"lower it below {1 - 1 / rows:.2g}, " if rows > 1 else ""  # one row: any share of it is the row
-    if eval_split >= 1:
-        lower = f"lower it below {rows} rows, " if rows > 1 else ""
+    below = f"{rows} rows" if eval_split >= 1 else f"{1 - 1 / rows:.2g}"
+    lower = f"lower it below {below}, " if rows > 1 else ""  # one row: any share of it is the row
     return (
         f"eval_split={eval_split} of {data_path}'s {rows} row{'s' * (rows != 1)} leaves none to train on: {lower}give "
         "held-out data with --eval-data FILE, or train without evaluation: -o eval_split=0"
