@@ -239,3 +239,71 @@ def test_one_process_per_directory_chooses_and_the_others_take_its_choice(disk, 
     else:
         assert sorted(calls, key=str) == [(str(dirs[0]), None), (str(dirs[1]), 8)]
     assert not list(dirs[0].glob(S.MARK + "*")) and not list(dirs[0].glob(".ftctl-quarantine"))
+
+
+def test_a_multi_node_stop_checkpoint_the_store_did_not_commit_is_committed_by_the_resumed_run(
+    s3_bucket, tmp_path, monkeypatch, caplog
+):
+    """Two nodes of a shared home saved their stop checkpoint-8 (each its manifest of one attempt) and the job was
+    killed while uploading it: the store holds node 1's share and manifest, not the commit. The relaunch resumes from
+    the shared copy (every node's manifest) and sent nothing: the store's newest stayed checkpoint-4, where a later
+    attempt on fresh nodes went back to. Now each node sends its share again and node 0 commits the merge."""
+    import threading
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from ftctl import storage
+    from ftctl.trainer import sync_callback as S
+    from tests.test_checkpoints import commit_two_nodes, two_node_save
+
+    remote, home = s3_bucket + "/run", tmp_path / "home"
+    two_node_save(home, tmp_path, step=4)
+    commit_two_nodes(remote, [home, home], step=4)
+    two_node_save(home, tmp_path, step=8, attempt="att-2")
+    ckpt = home / "checkpoint-8"
+    for rel in ("rng_state_1.pth", C.node_manifest_name(1)):  # the upload cut short: node 0's share is not in
+        storage.put_file(str(ckpt / rel), storage.join(remote, "checkpoint-8", rel))
+    assert [(c.step, c.complete) for c in C.list_checkpoints(remote)] == [(4, True), (8, False)]
+
+    server = dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(seconds=30))
+    got = {}
+
+    def process(rank):  # four processes on two nodes (threads, with torchrun's store)
+        store = dist.TCPStore("127.0.0.1", server.port, is_master=False, timeout=timedelta(seconds=30))
+        got[rank] = S.resume_checkpoint(
+            str(home), remote, peers=S.Peers(dist.PrefixStore("t", store), rank, rank % 2, 4)
+        )
+
+    threads = [threading.Thread(target=process, args=(r,)) for r in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert got == {r: str(ckpt) for r in range(4)}
+
+    caplog.set_level(logging.INFO)
+    args, state, control = TrainingArguments(output_dir=str(home), report_to=[]), TrainerState(), TrainerControl()
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    syncs = []
+    for node in (0, 1):  # each node's local rank 0, as torchrun numbers it
+        monkeypatch.setenv("GROUP_RANK", str(node))
+        syncs.append(S.CheckpointSyncCallback(remote, spec_hash="h", backoff=(0.1, 0.5), poll_interval=0.1,
+                                              resumed=got[2 * node]))  # fmt: skip
+    assert [(s.node_rank, s.num_nodes) for s in syncs] == [(0, 2), (1, 2)]
+    for sync in syncs:
+        sync.on_train_begin(args, state, control)
+    assert all([sync.wait_for_uploads(30) for sync in syncs])
+    for sync in syncs:
+        sync.close()
+
+    assert [(c.step, c.complete) for c in C.list_checkpoints(remote, deep=True)] == [(4, True), (8, True)]
+    stored = C.read_manifest(storage.join(remote, "checkpoint-8"))
+    assert (stored["attempt"], stored["num_nodes"]) == ("att-2", 2)
+    assert stored["files"] == C.read_manifest(str(ckpt))["files"]
+    assert {"model.safetensors", "rng_state_1.pth"} <= {f["path"] for f in stored["files"]}  # both nodes' files
+    assert "checkpoint-8 is not complete in" in caplog.text and "committed" in caplog.text
+    fresh = tmp_path / "fresh-node"  # a spot job that comes back elsewhere
+    assert C.latest_complete(str(fresh), remote) == str(fresh / "checkpoint-8")

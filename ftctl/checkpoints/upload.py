@@ -134,6 +134,7 @@ class _Job:
     started: bool = False
     uploaded: bool = False
     final: bool = False  # the run's top-level files (final model, spec.json, metrics), not a checkpoint
+    attempt: str | None = None  # the attempt of its node manifests (a resumed run's checkpoint); None: the uploader's
 
 
 class Uploader:
@@ -188,10 +189,13 @@ class Uploader:
 
     # -- caller side (never raises, never blocks on the store)
 
-    def submit(self, ckpt_dir: str) -> None:
-        """Queue a checkpoint directory whose manifest (``manifest_name``) is written."""
+    def submit(self, ckpt_dir: str, attempt: str | None = None) -> None:
+        """Queue a checkpoint directory whose manifest (``manifest_name``) is written. ``attempt``: the attempt its
+        node manifests are of where it is not this uploader's (a checkpoint of an earlier attempt, sent again by
+        the run resumed from it): node 0 commits it once every node's manifest of that attempt is in."""
         try:
             job = self._stage(ckpt_dir)
+            job.attempt = attempt
         except Exception as exc:  # noqa: BLE001 - the training step must go on
             log.error("cannot queue %s for upload: %s", ckpt_dir, storage.redact(str(exc)))
             return
@@ -371,13 +375,14 @@ class Uploader:
 
     def _commit_nodes(self, job: _Job, ckpt_uri: str) -> bool:
         """Node 0: merge every node's manifest into ftctl-manifest.json once all are there."""
+        attempt = job.attempt or self.attempt
         names = {e["name"] for e in storage.ls(ckpt_uri, self.endpoint_url)}
         manifests = {}
         for k in range(self.num_nodes):
             if node_manifest_name(k) not in names:
                 continue
             m = read_manifest(ckpt_uri, node_manifest_name(k), self.endpoint_url)
-            if m.get("attempt") == self.attempt:
+            if m.get("attempt") == attempt:
                 manifests[k] = m
         missing = [k for k in range(self.num_nodes) if k not in manifests]
         if missing:

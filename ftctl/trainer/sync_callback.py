@@ -327,8 +327,11 @@ class CheckpointSyncCallback(TrainerCallback):
     def _send_resumed(self, output_dir: str) -> None:
         """Upload the run's own checkpoint it resumes from where the store lacks a complete copy: a run killed while
         uploading it resumes from its verified local copy, and the store's would stay cut short for good (a later
-        attempt on another node would go back to an older one)."""
-        if not self.resumed or self.num_nodes > 1:  # a node's own copy of a multi-node checkpoint is never complete
+        attempt on another node would go back to an older one). On several nodes each node sends its own share
+        again, with its manifest of the attempt that saved it, and node 0 commits the merge once every node's is in
+        (as at a save): a stop checkpoint of a shared home whose upload was cut short (latest_complete took it by its
+        nodes' manifests)."""
+        if not self.resumed:
             return
         path = os.path.abspath(self.resumed)
         if os.path.dirname(path) != os.path.abspath(output_dir):  # resume=PATH elsewhere: not this run's to send
@@ -339,11 +342,23 @@ class CheckpointSyncCallback(TrainerCallback):
                 storage.join(self.remote_uri, name), deep=False, endpoint_url=self.endpoint_url
             )
         except Exception as exc:  # noqa: BLE001 - the store's own errors: the next save's upload retries and says
-            log.warning("cannot check %s in %s: %s", name, self.remote_uri, storage.redact(str(exc)))
+            if self.num_nodes == 1:
+                log.warning("cannot check %s in %s: %s", name, self.remote_uri, storage.redact(str(exc)))
+                return
+            # node 0 may be sending its share and waiting for this node's: sent again (the same files), never left out
+            problems = [f"cannot check it: {storage.redact(str(exc))}"]
+        if not problems:
             return
-        if problems:
-            log.warning("%s is not complete in %s (%s): uploading it again", name, self.remote_uri, problems[0])
-            self.uploader.submit(path)
+        attempt = None
+        if self.num_nodes > 1:
+            try:
+                attempt = checkpoints.read_manifest(path, checkpoints.node_manifest_name(self.node_rank))["attempt"]
+            except (OSError, ValueError, KeyError) as exc:  # a copy downloaded from the store holds no node manifest
+                log.warning("%s is not complete in %s (%s), and node %d holds no share of it to send (%s)",
+                            name, self.remote_uri, problems[0], self.node_rank, exc)  # fmt: skip
+                return
+        log.warning("%s is not complete in %s (%s): uploading it again", name, self.remote_uri, problems[0])
+        self.uploader.submit(path, attempt=attempt)
 
     def on_save(self, args, state, control, **kwargs):
         self._barrier()  # every rank's files (rng_state_<rank>.pth, shards) are written
