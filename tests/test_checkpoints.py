@@ -828,3 +828,33 @@ def test_a_nodes_own_share_of_a_committed_checkpoint_is_completed_not_set_aside(
     assert C.latest_complete(str(dirs[1]), remote) == str(dirs[1] / "checkpoint-8")
     (aside,) = (dirs[1] / C.QUARANTINE_DIR).iterdir()
     assert (aside / "rng_state_1.pth").read_bytes() == b"zz"
+
+
+def test_two_nodes_setting_aside_one_shared_homes_copies_both_go_on(tmp_path, caplog):
+    """resume=never into a store output deleted since: each node's local rank 0 sets its cache's copies aside under
+    the resume lock, and two nodes of a shared home do it in one directory. Where that lock holds on each node only
+    (a client-local flock: BeeGFS by default, Lustre's localflock) both list the copies, and the second node's move
+    of one the first had moved raised FileNotFoundError: that node's trainer failed at its start. A copy gone while
+    it is listed is likewise no error."""
+    from ftctl.checkpoints.resume import set_aside, uploaded
+    from ftctl.checkpoints.upload import remember_uploaded
+
+    home = tmp_path / "home-cache"
+    for step in (4, 8):
+        committed(home, step)
+        remember_uploaded(str(home), f"checkpoint-{step}")
+    seen = [[c.uri for c in C.list_checkpoints(str(home))] for _node in (0, 1)]  # both list before either moves
+    caplog.set_level(logging.INFO)
+    for cached in seen:
+        set_aside(cached, "not in s3://b/run, and resume=never", str(home))
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (home / C.QUARANTINE_DIR).iterdir()) == [
+        "checkpoint-4",
+        "checkpoint-8",
+    ]
+    assert C.list_checkpoints(str(home)) == [] and uploaded(str(home)) == set()
+    assert "set aside already (by another process of" in caplog.text
+
+    vanished = make_checkpoint(home, 12)  # its manifest removed between the listing and its read
+    os.symlink(home / "moved-away", vanished / C.MANIFEST)
+    (c,) = C.list_checkpoints(str(home))
+    assert not c.complete and c.problems == [f"gone while it was listed ({C.MANIFEST})"]

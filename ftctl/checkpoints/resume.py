@@ -82,6 +82,8 @@ def list_checkpoints(uri: str, deep: bool = False, endpoint_url: str | None = No
             try:
                 manifest = read_manifest(ckpt_uri, endpoint_url=endpoint_url)
                 problems = _verify_against(ckpt_uri, manifest, deep, endpoint_url, sizes)
+            except FileNotFoundError as exc:  # gone since it was listed (set aside by another node, or retention's)
+                problems = [f"gone while it was listed ({os.path.basename(str(exc.filename or MANIFEST))})"]
             except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
                 problems = [f"unreadable {MANIFEST}: {exc}"]
         out.append(
@@ -121,7 +123,14 @@ def _quarantine(path: str, why: str) -> None:
     if os.path.exists(dest):  # one of the same name set aside this second
         dest += f"-{uuid.uuid4().hex[:8]}"
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    os.replace(path, dest)
+    try:
+        os.replace(path, dest)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise
+        # another node of a shared home set it aside after this one listed it (a lock that holds on each node only)
+        log.info("%s: set aside already (by another process of %s)", path, parent)
+        return
     size = sum(f.stat().st_size for f in Path(dest).rglob("*") if f.is_file()) if os.path.isdir(dest) else 0
     log.warning(
         "moved %s to %s (%s; %s kept, never read again: rm -r %s where it is not wanted)",
