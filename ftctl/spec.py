@@ -112,6 +112,12 @@ ALIASES = {
     "optimizer": "optim",  # axolotl's
     "sample_packing": "packing",  # axolotl's
     "lr_scheduler": "lr_scheduler_type",  # axolotl's
+    "cutoff_len": "model_max_length",  # LLaMA-Factory's
+    "val_size": "eval_split",  # LLaMA-Factory's
+    "freeze_trainable_layers": "trainable_layers",  # LLaMA-Factory's finetuning_type: freeze
+    "lora_target": "lora_target_modules",  # LLaMA-Factory's (all: every linear layer)
+    "lora_modules": "lora_target_modules",  # the QLoRA paper's qlora.py (all: every linear layer)
+    "eval_dataset_size": "eval_split",  # qlora.py's: a number of rows held out
 }
 # Unknown keys whose nearest spelling means something else: what they are here.
 MEANT = {
@@ -119,7 +125,17 @@ MEANT = {
     "train_on_inputs": "axolotl's train_on_inputs is read as assistant_only_loss's opposite: false (the default here) "
     "is assistant_only_loss: true; true is the loss on every token.",
     "lora_target_linear": "axolotl's lora_target_linear: true is read as lora_target_modules: all-linear (the default).",
-    "dataset": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list).",
+    "dataset": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list); "
+    "LLaMA-Factory's names entries of its dataset_info.json: give their file_name files (data_path: "
+    "[data/identity.json, data/alpaca_en_demo.json]) or hf_hub_url datasets (hf://datasets/ORG/NAME).",
+    "max_samples": "Not offered: every row of data_path trains; to train on fewer, cut the file "
+    "(head -n 1000 data.jsonl > part.jsonl) and give that.",
+    "max_eval_samples": "Not offered: every held-out row is evaluated; cut the file, or hold out fewer with "
+    "eval_split: N (a number of rows).",
+    "source_max_len": "qlora.py cuts the prompt and the answer apart; ftctl cuts each row at model_max_length: give "
+    "model_max_length (their sum, e.g. 528 for 16 and 512) and leave both out.",
+    "target_max_len": "qlora.py cuts the prompt and the answer apart; ftctl cuts each row at model_max_length: give "
+    "model_max_length (their sum, e.g. 528 for 16 and 512) and leave both out.",
     "datasets": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list; axolotl's "
     "[{path: ..., type: ...}] is taken as it).",
     "train_file": "The training data is data_path.",
@@ -133,14 +149,23 @@ _STRATEGY = (
 )
 _ATTENTION = "the plan chooses the attention (varlen FlashAttention kernels, else SDPA); -o attn_implementation=NAME"
 _WANDB = "W&B logging is -o report_to=wandb, its project -o env=WANDB_PROJECT=NAME (the key: --secret WANDB_API_KEY)"
+_EVALUATED = (
+    "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps, or evals_per_epoch: N times an "
+    "epoch (epoch's: evals_per_epoch: 1)"
+)
+_PAD = "padding carries no loss: batches pad with the tokenizer's pad token, else its eos, to a multiple of 16 tokens"
+_PACKED_EVAL = "the held-out loss is each token's, packed or not (packed where the training packs)"
+_ADAM = "AdamW runs with transformers' betas (0.9, 0.999) and epsilon 1e-8"
+_WATCHDOG = "axolotl's loss watchdog is not offered: a run whose loss climbs goes on (ftctl logs -f shows the loss)"
 # Keys of FastChat's train script, TRL and transformers that ftctl decides itself: why, instead of "unknown key".
 DECIDED = {
     "fsdp": _STRATEGY,
     "fsdp_config": _STRATEGY,
-    "deepspeed": _STRATEGY,
-    "evaluation_strategy": "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps",
-    "eval_strategy": "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps",
-    "save_strategy": "a checkpoint every save_steps",
+    "deepspeed": f"{_STRATEGY}; a DeepSpeed config of ZeRO stage 2 or 3 is read as strategy=zero2 or zero3 (with CPU "
+    "offload: zero2_offload, zero3_offload)",
+    "evaluation_strategy": _EVALUATED,
+    "eval_strategy": _EVALUATED,
+    "save_strategy": "a checkpoint every save_steps, or saves_per_epoch: N times an epoch (epoch's: saves_per_epoch: 1)",
     "lazy_preprocess": "rows are checked and tokenised once, before the model loads (ftctl data check shows them)",
     "tf32": "matmuls run in the plan's precision (bf16 or fp16 on a GPU)",
     "load_in_4bit": "--method qlora loads the base in 4-bit NF4 with double quantization",
@@ -154,8 +179,6 @@ DECIDED = {
     "use_peft": "--method lora (or qlora, over a 4-bit base) trains PEFT adapters; fft and sft train the weights",
     "torch_dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
     "weights load in; -o bf16=true or -o fp16=true forces one",
-    "dataset_name": "a Hub dataset is a data_path, --data hf://datasets/ORG/NAME (or its files, "
-    "hf://datasets/ORG/NAME/FILES)",
     "model_revision": "a hub id loads its main revision; for another, download it (hf download ORG/NAME --revision REV "
     "--local-dir DIR) and pass --model DIR",
     "trust_remote_code": "models load with transformers' own code, never a repository's (remote code stays off): "
@@ -173,7 +196,8 @@ DECIDED = {
     "flash_attention": _ATTENTION,
     "sdp_attention": _ATTENTION,
     "debug": "FTCTL_DEBUG=1 shows a failure's traceback",
-    "special_tokens": "the tokenizer's own special tokens and chat template are used (chat_template_path for another)",
+    "special_tokens": "the tokenizer's own special tokens and chat template are used (chat_template_path for another; "
+    "a pad_token alone may stay: padding carries no loss)",
     "wandb_project": _WANDB,
     "wandb_entity": _WANDB,
     "wandb_watch": _WANDB,
@@ -216,7 +240,57 @@ DECIDED = {
     "do_eval": "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps",
     "overwrite_output_dir": "a relaunch into the same --output resumes its run (resume=auto); -o resume=never starts "
     "it anew over its checkpoints, another --output beside them",
+    "dataset_test_split": "held-out data is --eval-data (a Hub dataset's test split: its files, "
+    "hf://datasets/ORG/NAME/FILES) or -o eval_split=0.05",
+    "dataset_config": "name the configuration's files instead (hf://datasets/ORG/NAME/CONFIG/*.parquet)",
+    "dataset_streaming": "rows are read and tokenised once, before training",
+    "pad_token": _PAD,
+    "pad_to_multiple_of": _PAD,
+    "eval_packing": _PACKED_EVAL,
+    "loss_type": "the loss is the mean cross-entropy over the trained tokens (TRL's nll)",
+    "activation_offloading": "activations are the plan's to fit: gradient checkpointing where they do not "
+    "(-o gradient_checkpointing=true)",
+    "gradient_checkpointing_use_reentrant": "gradient checkpointing (-o gradient_checkpointing=true; the plan "
+    "chooses it) runs non-reentrant (use_reentrant: false)",
+    "adam_beta1": _ADAM,
+    "adam_beta2": _ADAM,
+    "adam_epsilon": _ADAM,
+    # axolotl's
+    "eval_sample_packing": _PACKED_EVAL,
+    "loss_watchdog_threshold": _WATCHDOG,
+    "loss_watchdog_patience": _WATCHDOG,
+    # LLaMA-Factory's
+    "stage": "ftctl trains supervised fine-tuning (LLaMA-Factory's stage: sft); pre-training and reward or preference "
+    "training (pt, rm, ppo, dpo, kto) are not offered",
+    "finetuning_type": "LLaMA-Factory's finetuning_type is --method: lora (qlora with quantization_bit: 4), full is "
+    "fft; freeze's nearest is sft, which trains the top trainable_layers blocks and the output head too: give "
+    "method: sft for that",
+    "quantization_bit": "--method qlora trains over a 4-bit base (bitsandbytes NF4), lora over a 16-bit one",
+    "quantization_method": "--method qlora quantizes the base with bitsandbytes (quantization_bit: 4)",
+    "template": "ftctl trains with the model's own chat template (FastChat's Vicuna v1.1 where it has none), not "
+    "LLaMA-Factory's named ones: leave template out for the model's own, or give chat_template_path: a Jinja file or "
+    "a model whose template it is (meta-llama/Meta-Llama-3-8B-Instruct for llama3)",
+    "dataset_dir": "datasets are data_path, their files named (LLaMA-Factory's dataset names are not read)",
+    "overwrite_cache": "rows are tokenised once a run, not cached",
+    "preprocessing_num_workers": "rows are checked and tokenised once, before the model loads",
+    "plot_loss": "the loss is in the run's metrics.jsonl (ftctl status shows the last; -o report_to=tensorboard plots "
+    "it)",
+    "ddp_timeout": "the processes' collectives keep torch's timeout",
+    "enable_liger_kernel": "Liger's kernels run where they are installed (ftctl doctor, and the run's log, say so)",
+    "use_unsloth": "Unsloth's kernels are not used; Liger's run where they are installed",
+    # the QLoRA paper's qlora.py
+    "bits": "--method qlora trains over a 4-bit base, lora over a 16-bit one",
+    "double_quant": "--method qlora loads the base in 4-bit NF4 with double quantization",
+    "quant_type": "--method qlora loads the base in 4-bit NF4 with double quantization",
+    "full_finetune": "--method fft trains every weight; lora and qlora train adapters",
+    "data_seed": "seed draws the data's order and held-out rows too",
+    "do_mmlu_eval": "no MMLU evaluation runs; the held-out loss is measured (--eval-data, or -o eval_split=0.05)",
+    "max_new_tokens": "no text is generated while training (ftctl chat RUN does afterwards)",
+    "max_memory_MB": "the plan fits each GPU's memory",
 }
+# DECIDED keys that ask for something ftctl does not offer, harmless to the weights trained: taken with a note that
+# says they are left out (axolotl's example files set them)
+LEFT_OUT = ("loss_watchdog_threshold", "loss_watchdog_patience")
 # DECIDED keys set to what ftctl does anyway (a FastChat or TRL recipe copied whole): accepted with a note, any other
 # value refused as above. None: any value.
 AGREES = {
@@ -246,7 +320,7 @@ AGREES = {
     "tokenizer_type": None,
     "lora_fan_in_fan_out": ("false",),
     "eval_table_size": ("0",),
-    "flash_attn": ("true",),
+    "flash_attn": ("true", "auto", "fa2"),  # LLaMA-Factory's auto | fa2 | sdpa | disabled
     "logging_strategy": ("steps",),
     "gradient_checkpointing_kwargs": ("{'use_reentrant': false}",),
     "lora_task_type": ("causal_lm",),
@@ -265,6 +339,33 @@ AGREES = {
     "do_train": ("true",),
     "do_eval": ("true", "false"),  # as the held-out data says: build's _evaluation_asked
     "overwrite_output_dir": ("false",),
+    "dataset_test_split": ("test",),  # TRL's default, read only where it evaluates (eval_strategy asks for data)
+    "dataset_streaming": ("false",),
+    "pad_token": None,
+    "pad_to_multiple_of": None,
+    "eval_packing": None,
+    "loss_type": ("nll",),
+    "activation_offloading": ("false",),
+    "gradient_checkpointing_use_reentrant": ("false",),
+    "adam_beta1": ("0.9",),
+    "adam_beta2": ("0.999",),
+    "adam_epsilon": ("1e-08", "1e-8"),
+    "eval_sample_packing": None,
+    "loss_watchdog_threshold": None,
+    "loss_watchdog_patience": None,
+    "stage": ("sft",),
+    "quantization_method": ("bitsandbytes", "bnb"),  # (LLaMA-Factory's default, read where quantization_bit is)
+    "dataset_dir": None,  # LLaMA-Factory's dataset names are refused, saying what to write
+    "overwrite_cache": None,
+    "preprocessing_num_workers": None,
+    "plot_loss": None,
+    "ddp_timeout": None,
+    "enable_liger_kernel": ("true",),
+    "use_unsloth": ("false",),
+    "data_seed": None,
+    "do_mmlu_eval": ("false",),
+    "max_new_tokens": None,
+    "max_memory_MB": None,
 }  # and any DECIDED key left empty (YAML's null, as axolotl's example files write them): it asks for nothing
 
 
@@ -282,7 +383,18 @@ METHOD_AGREES = {
     "bnb_4bit_use_double_quant": {"true": _QLORA},
     "bnb_4bit_compute_dtype": {"bfloat16": _QLORA, "bf16": _QLORA},
     "q_lora": {"true": _QLORA, "false": ("lora",)},  # FastChat's train_lora.py
+    "finetuning_type": {"lora": _ADAPTERS, "full": ("fft",), "freeze": ("sft",)},  # LLaMA-Factory's
+    "quantization_bit": {"4": _QLORA},
+    "bits": {"4": _QLORA, "16": (*_WEIGHTS, "lora")},  # qlora.py's
+    "double_quant": {"true": _QLORA},
+    "quant_type": {"nf4": _QLORA},
+    "full_finetune": {"true": ("fft",), "false": _ADAPTERS},
 }
+# LLaMA-Factory's LoRA defaults (its lora_alpha: twice lora_r), taken where a file with its finetuning_type leaves them
+LLAMA_FACTORY_LORA = {"lora_r": 8, "lora_dropout": 0.0}
+# METHOD_AGREES values that do not choose the method where none is given (they are refused, saying which to give):
+# LLaMA-Factory's freeze trains the top blocks alone, sft the output head too
+NOT_CHOSEN = {("finetuning_type", "freeze")}
 
 
 def _text(value) -> str:
@@ -292,6 +404,8 @@ def _text(value) -> str:
 
 def _agrees(key: str, raw) -> bool:
     accepted = AGREES.get(key, ())
+    if key == "special_tokens" and isinstance(raw, dict) and set(raw) <= {"pad_token"}:
+        return True  # axolotl's pad_token alone (its Llama 3 examples): padding carries no loss
     return raw is None or raw == "" or accepted is None or _word(raw) in accepted
 
 
@@ -300,6 +414,8 @@ def _method_meant(given: dict[str, tuple[str, str]]) -> str | None:
     without use_peft: fft), None where they ask for none or none was given."""
     allowed = None
     for key, word in given.values():
+        if (key, word) in NOT_CHOSEN:
+            continue
         methods = METHOD_AGREES[key][word]
         allowed = [m for m in (methods if allowed is None else allowed) if m in methods]
     return allowed[0] if allowed else None
@@ -328,10 +444,33 @@ def _evaluation_asked(spec, asked: dict[str, str]) -> list[str]:
     return errors
 
 
+def _deepspeed_strategy(raw) -> tuple[str, str] | None:
+    """The strategy a DeepSpeed config is (axolotl's deepspeed_configs/zero3_bf16.json, LLaMA-Factory's
+    examples/deepspeed/ds_z3_config.json), and where that was read: its zero_optimization where the file is here,
+    else its name (zero3, z3, offload). None where no ZeRO stage 2 or 3 is seen (refused as DECIDED says)."""
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    path = Path(raw.strip()).expanduser()
+    if path.is_file():
+        try:
+            zero = json.loads(path.read_text())["zero_optimization"]
+            stage, how = zero["stage"], f"its zero_optimization (stage {zero['stage']})"
+            offload = any(
+                (zero.get(k) or {}).get("device") in ("cpu", "nvme") for k in ("offload_optimizer", "offload_param")
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+    elif m := re.search(r"(?:^|[^a-z])(?:zero|z)_?([0-3])(?!\d)", path.name.lower()):
+        stage, offload, how = int(m.group(1)), "offload" in path.name.lower(), "its name"
+    else:
+        return None
+    return (f"zero{stage}{'_offload' if offload else ''}", how) if stage in (2, 3) else None
+
+
 def _fsdp_strategy(raw) -> bool:
     """FastChat's --fsdp "full_shard auto_wrap": the FSDP full sharding ftctl runs as strategy=fsdp (FSDP2's
     fully_shard). Its other modes (offload, shard_grad_op, hybrid) are refused as DECIDED says."""
-    words = str(raw).lower().split()
+    words = " ".join(map(str, raw) if isinstance(raw, list) else [str(raw)]).lower().split()  # axolotl's: a list
     return "full_shard" in words and set(words) <= {"full_shard", "auto_wrap"}
 
 
@@ -549,6 +688,13 @@ def is_demo_model(name_or_path: str) -> bool:
     return str(name_or_path).strip().rstrip("/").lower() == DEMO_MODEL.lower()
 
 
+# what an int key given as transformers' share of the training's steps (save_steps: 0.1) is written as here
+SHARE_OF_STEPS = {
+    "save_steps": "give a number of steps, or saves_per_epoch: N (N checkpoints an epoch)",
+    "eval_steps": "give a number of steps, or evals_per_epoch: N (N evaluations an epoch)",
+    "logging_steps": "give a number of steps",
+    "warmup_steps": "give warmup_ratio: the share instead",
+}
 PATH_LISTS = ("data_path", "eval_data_path")  # several datasets: comma-separated, a YAML list, a repeated flag
 COMMA_LISTS = ("lora_target_modules", "report_to", "data_weights")  # comma-separated values; a YAML list is joined
 
@@ -687,7 +833,19 @@ def _coerce(key: str, value):
         try:
             return int(str(value).strip())
         except ValueError:
+            pass
+        try:  # "16.0" from -o, and YAML's 1e3 (a string in YAML 1.1)
+            number = float(str(value).strip())
+        except ValueError:
             raise ValueError("expects a whole number") from None
+        if number.is_integer():
+            return int(number)
+        if key in SHARE_OF_STEPS and 0 < number < 1:
+            raise ValueError(
+                f"expects a number of steps; transformers' share of the training's steps (below 1) is not read here: "
+                f"{SHARE_OF_STEPS[key]}"
+            )
+        raise ValueError("expects a whole number")
     if typ is float:
         if isinstance(value, bool):
             raise ValueError("expects a number")
@@ -697,6 +855,8 @@ def _coerce(key: str, value):
             raise ValueError("expects a number") from None
     if key in PATH_LISTS and isinstance(value, (list, tuple)):
         return join_paths(value)
+    if key in COMMA_LISTS and isinstance(value, str) and re.fullmatch(r"\s*\[.*\]\s*", value):  # -o KEY=[a, b]
+        value = [v.strip().strip("'\"") for v in value.strip()[1:-1].split(",") if v.strip()]
     if key == "lora_target_modules" and not all(
         isinstance(v, str) for v in (value if isinstance(value, (list, tuple)) else [value])
     ):
@@ -705,6 +865,8 @@ def _coerce(key: str, value):
         if any(isinstance(v, (dict, list, tuple)) for v in value):
             raise ValueError(f"expects a list of single values, e.g. {key}: [a, b] or {key}: a,b")
         value = ",".join(str(v).strip() for v in value)
+    if key == "lora_target_modules" and str(value).strip().lower() == "all":
+        value = "all-linear"  # LLaMA-Factory's lora_target: all, qlora.py's --lora_modules all
     if key == "data_weights":  # none/empty: each dataset once
         text = str(value)
         return None if text.strip().lower() in ("", "none", "null") else text.replace(" ", "")
@@ -815,9 +977,10 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     for source, items in layers:
         named: dict[str, str] = {}  # key -> the name this layer gave it first
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
+        left_out: list[str] = []  # and LEFT_OUT ones
         for raw_key, raw in _mixes(items):
             key = canonical_key(raw_key)
-            if raw is None and key in ("train_on_inputs", "lora_target_linear"):  # left empty: it asks for nothing
+            if raw is None and key in TURNED and key != "datasets":  # left empty: it asks for nothing
                 continue
             given = raw
             try:
@@ -825,6 +988,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             except ValueError as e:
                 errors.append(f"{raw_key!r} ({source}): {e}.")
                 continue
+            if raw_key.strip() == "dataset_name" and raw and notes is not None:
+                notes.append(f"dataset_name ({source}): data_path {raw}")
             if raw_key.strip() == "datasets" and key == "data_path" and notes is not None:
                 unread = dataset_keys_unread(given)
                 notes.append(
@@ -839,6 +1004,13 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 key, raw = "strategy", "fsdp"
                 said = f"{raw_key!r} ({source}): FSDP's full sharding is strategy=fsdp here (FSDP2, each layer sharded)"
                 notes is None or notes.append(said)
+            elif key == "deepspeed" and (zero := _deepspeed_strategy(raw)):
+                key, raw = "strategy", zero[0]
+                said = (
+                    f"{raw_key!r} ({source}): strategy={zero[0]} here, as {zero[1]} says; ftctl writes its own DeepSpeed "
+                    "config, the file's other settings are the run's keys"
+                )
+                notes is None or notes.append(said)
             adds = (
                 source != "run file" and key in FIELDS and typing.get_origin(_base_type(_HINTS[key])[0]) in (list, dict)
             )
@@ -852,7 +1024,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 continue
             if key in DECIDED:
                 if _agrees(key, raw) or _word(raw) in METHOD_AGREES.get(key, {}):
-                    agreed.append(raw_key)
+                    (left_out if key in LEFT_OUT and raw is not None else agreed).append(raw_key)
                     if key in ("evaluation_strategy", "eval_strategy", "do_eval"):
                         evaluation[raw_key] = _word(raw)
                     if _word(raw) in METHOD_AGREES.get(key, {}):  # (left empty, it asks for nothing)
@@ -880,6 +1052,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             sources[key] = source
         if agreed and notes is not None:
             notes.append(f"{', '.join(agreed)} ({source}): left to ftctl, which does what the values given ask")
+        if left_out and notes is not None:
+            notes.append(f"{', '.join(left_out)} ({source}): left out, {DECIDED[canonical_key(left_out[0])]}")
     if "method" not in values:  # TRL's use_peft/load_in_4bit and FastChat's q_lora say which method
         if meant := _method_meant(by_method):
             values["method"] = meant
@@ -896,6 +1070,16 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 "adapters at "
                 "1e-4 to 2e-4, and this rate is full fine-tuning's (FastChat's train script, TRL without use_peft): "
                 "give --method fft to train every weight, or --method lora to train adapters at this rate."
+            )
+    if any(k == "finetuning_type" for k, _ in by_method.values()) and values.get("method", "lora") in _ADAPTERS:
+        taken = {k: v for k, v in LLAMA_FACTORY_LORA.items() if k not in values}
+        if "lora_alpha" not in values:
+            taken["lora_alpha"] = 2 * values.get("lora_r", LLAMA_FACTORY_LORA["lora_r"])
+        values.update(taken)
+        if taken and notes is not None:
+            notes.append(
+                f"{', '.join(f'{k} {v:g}' for k, v in taken.items())}: LLaMA-Factory's defaults, which a run file with "
+                "its finetuning_type trains with where it leaves them out"
             )
     if errors:
         raise FtctlError(_join(errors))
@@ -1007,35 +1191,45 @@ TURNED = {
     "train_on_inputs": ("assistant_only_loss", "train_on_inputs: its opposite"),
     "lora_target_linear": ("lora_target_modules", "lora_target_linear: true is all-linear"),
     "datasets": ("data_path", "datasets: [{path, type}], axolotl's"),
+    "dataset_name": ("data_path", "dataset_name: ORG/NAME, TRL's Hub dataset"),
+    "train_on_source": ("assistant_only_loss", "train_on_source: its opposite, qlora.py's"),
 }
 
 
 def _axolotl(key: str, raw):
-    """axolotl's keys that are another key here, their values turned: train_on_inputs (assistant_only_loss's
-    opposite), lora_target_linear (all-linear), datasets ([{path, type}]: each row's format is read from its
-    fields; a path that is no file here is a Hub dataset, hf://datasets/ORG/NAME). Others as they are."""
+    """axolotl's (and TRL's, qlora.py's) keys that are another key here, their values turned: train_on_inputs and
+    train_on_source (assistant_only_loss's opposite), lora_target_linear (all-linear), datasets ([{path, type}]: each
+    row's format is read from its fields; a path that is no file here is a Hub dataset, hf://datasets/ORG/NAME), TRL's
+    dataset_name (the same). Others as they are."""
     if key == "train_on_inputs":
         return TURNED["train_on_inputs"][0], not _as_bool(raw)
     if key == "lora_target_linear":
         if not _as_bool(raw):
             raise ValueError("false: name the modules instead, lora_target_modules: [q_proj, v_proj]")
         return TURNED["lora_target_linear"][0], "all-linear"
+    if key == "train_on_source":
+        return TURNED["train_on_source"][0], not _as_bool(raw)
+    if key == "dataset_name":
+        return TURNED["dataset_name"][0], _dataset_at(str(raw)) if isinstance(raw, str) else raw
     if key == "datasets" and isinstance(raw, list) and raw and all(isinstance(d, dict) and d.get("path") for d in raw):
-        from ftctl.hub import HUB_ID
-
         refused = [
             f"{d['path']}'s {k}: {v!r}: {why}" for d in raw for k, v in d.items() if (why := _dataset_refuses(k, v))
         ]
         if refused:
             raise ValueError("; ".join(refused))
 
-        def where(path: str) -> str:
-            file = Path(path).suffix.lower() in (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow")
-            here = "://" in path or file or Path(path).expanduser().exists() or storage.looks_like_path(path)
-            return path if here or not HUB_ID.match(path) else f"hf://datasets/{path}"
-
-        return TURNED["datasets"][0], [where(str(d["path"])) for d in raw]
+        return TURNED["datasets"][0], [_dataset_at(str(d["path"])) for d in raw]
     return key, raw
+
+
+def _dataset_at(path: str) -> str:
+    """axolotl's dataset path, TRL's dataset_name, as data_path: a file, a URI or a path as it is, ORG/NAME that is
+    none of them a Hub dataset (hf://datasets/ORG/NAME)."""
+    from ftctl.hub import HUB_ID
+
+    file = Path(path).suffix.lower() in (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow")
+    here = "://" in path or file or Path(path).expanduser().exists() or storage.looks_like_path(path)
+    return path if here or not HUB_ID.match(path) else f"hf://datasets/{path}"
 
 
 # the fields a data row's turn says whether it trains in, true or false, beside OpenAI's weight (0 or 1), which the

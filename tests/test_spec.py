@@ -532,7 +532,6 @@ def test_yaml_lists_of_comma_separated_keys_are_joined(tmp_path):
     [
         ("use_peft", "--method lora (or qlora"),
         ("torch_dtype", "the planner chooses the precision"),
-        ("dataset_name", "--data hf://datasets/ORG/NAME"),
         ("model_revision", "hf download ORG/NAME --revision REV --local-dir DIR) and pass --model DIR"),
         ("trust_remote_code", "remote code stays off"),
         ("lora_modules_to_save", "train only the adapters (no modules_to_save)"),
@@ -572,7 +571,9 @@ def test_keys_show_and_find_aliases():
     from ftctl.cli import main
 
     said = {key: text for _, key, _, text in spec_mod.described_keys()}
-    assert said["model_max_length"].startswith("(also: max_seq_length, max_length, max_seq_len, sequence_len)")
+    assert said["model_max_length"].startswith(
+        "(also: max_seq_length, max_length, max_seq_len, sequence_len, cutoff_len)"
+    )
     for alias, key in spec_mod.ALIASES.items():
         assert alias in said[key].split(")")[0], alias
     found = CliRunner().invoke(main, ["keys", "max_seq_length"])
@@ -1101,3 +1102,238 @@ def test_a_run_file_that_is_not_yaml_says_where(tmp_path):
     bad.write_text("method: lora\nlora_target_modules: [q_proj, v_proj\n")
     with pytest.raises(FtctlError, match=r"run.yaml is not valid YAML: line 3, column 1: expected ',' or ']'"):
         build(str(bad))
+
+
+# --- explore8: other tools' run files as they are written ---------------------------------------------------------
+AXOLOTL_QLORA_1B = """\
+base_model: NousResearch/Llama-3.2-1B
+load_in_8bit: false
+load_in_4bit: true
+datasets:
+  - path: teknium/GPT4-LLM-Cleaned
+    type: alpaca
+dataset_prepared_path: last_run_prepared
+val_set_size: 0.1
+output_dir: ./outputs/qlora-out
+adapter: qlora
+lora_model_dir:
+sequence_len: 2048
+sample_packing: true
+eval_sample_packing: true
+lora_r: 32
+lora_alpha: 16
+lora_dropout: 0.05
+lora_target_modules:
+  - gate_proj
+  - q_proj
+wandb_project:
+gradient_accumulation_steps: 4
+micro_batch_size: 2
+num_epochs: 1
+optimizer: adamw_bnb_8bit
+lr_scheduler: cosine
+learning_rate: 0.0002
+bf16: auto
+tf32: false
+gradient_checkpointing: true
+resume_from_checkpoint:
+logging_steps: 1
+attn_implementation: flash_attention_2
+loss_watchdog_threshold: 5.0
+loss_watchdog_patience: 3
+warmup_ratio: 0.1
+evals_per_epoch: 4
+saves_per_epoch: 1
+weight_decay: 0.0
+special_tokens:
+  pad_token: "<|end_of_text|>"
+"""
+
+
+def test_axolotls_llama3_qlora_1b_example_reads_as_written(tmp_path):
+    """axolotl's examples/llama-3/qlora-1b.yml was refused four ways although the README says axolotl's example files
+    launch as written: eval_sample_packing ('did you mean eval_split?'), the loss watchdog's two keys, and
+    special_tokens holding only a pad_token (padding carries no loss)."""
+    notes: list[str] = []
+    spec = build(_yaml(tmp_path, AXOLOTL_QLORA_1B), notes=notes)
+    assert (spec.method, spec.eval_split, spec.optim, spec.lora_target_modules) == (
+        "qlora", 0.1, "adamw_bnb_8bit", "gate_proj,q_proj"
+    )  # fmt: skip
+    assert any(n.startswith("loss_watchdog_threshold, loss_watchdog_patience (run file): left out, ") for n in notes)
+    assert any("eval_sample_packing" in n and "special_tokens" in n for n in notes)
+    with pytest.raises(FtctlError, match="'special_tokens' .* a pad_token alone may stay"):
+        build({"special_tokens": {"pad_token": "<pad>", "eos_token": "<|eot_id|>"}})  # an eos changes what trains
+
+
+LLAMA_FACTORY_QLORA = """\
+### model
+model_name_or_path: meta-llama/Meta-Llama-3-8B-Instruct
+quantization_bit: 4
+quantization_method: bitsandbytes
+### method
+stage: sft
+do_train: true
+finetuning_type: lora
+lora_target: all
+### dataset
+data_path: data/identity.json
+cutoff_len: 2048
+overwrite_cache: true
+preprocessing_num_workers: 16
+### output
+output_dir: saves/llama3-8b/lora/sft
+logging_steps: 10
+save_steps: 500
+plot_loss: true
+### train
+per_device_train_batch_size: 1
+gradient_accumulation_steps: 8
+learning_rate: 1.0e-4
+num_train_epochs: 3.0
+lr_scheduler_type: cosine
+warmup_ratio: 0.1
+bf16: true
+ddp_timeout: 180000000
+### eval
+val_size: 0.1
+per_device_eval_batch_size: 1
+eval_strategy: steps
+eval_steps: 500
+"""
+
+
+def test_a_llama_factory_run_file_trains_what_it_says(tmp_path):
+    """LLaMA-Factory's examples/train_qlora/llama3_lora_sft_otfq.yaml: none of its method keys were read (stage was
+    answered 'did you mean strategy?', lora_target 'lora_target_modules?', which took all as a module's name).
+    finetuning_type and quantization_bit are the method, lora_target: all is all-linear, cutoff_len and val_size
+    are model_max_length and eval_split, and LLaMA-Factory's LoRA defaults (rank 8, alpha twice it, no dropout) are
+    what its file trains with."""
+    notes: list[str] = []
+    spec = build(_yaml(tmp_path, LLAMA_FACTORY_QLORA), notes=notes)
+    assert (spec.method, spec.lora_target_modules, spec.model_max_length, spec.eval_split) == (
+        "qlora", "all-linear", 2048, 0.1
+    )  # fmt: skip
+    assert (spec.lora_r, spec.lora_alpha, spec.lora_dropout) == (8, 16, 0.0)
+    assert "lora_r 8, lora_dropout 0, lora_alpha 16: LLaMA-Factory's defaults" in " ".join(notes)
+    given = build({"finetuning_type": "lora", "lora_rank": 32, "lora_alpha": 8, "lora_dropout": 0.1})
+    assert (given.method, given.lora_r, given.lora_alpha, given.lora_dropout) == ("lora", 32, 8, 0.1)
+    assert build({"finetuning_type": "lora", "lora_rank": 32}).lora_alpha == 64
+    assert build({"finetuning_type": "full", "learning_rate": 1e-5}).method == "fft"
+    freeze = {"finetuning_type": "freeze", "freeze_trainable_layers": 4}
+    with pytest.raises(FtctlError, match="freeze asks for --method sft, not lora: .*output head too: give method: sft"):
+        build(freeze)  # LLaMA-Factory's freeze trains the blocks alone: sft trains the head too
+    assert (build({**freeze, "method": "sft"}).trainable_layers, build({**freeze, "method": "sft"}).method) == (
+        4,
+        "sft",
+    )
+    for key, value, said in [
+        ("stage", "dpo", "pre-training and reward or preference training (pt, rm, ppo, dpo, kto) are not offered"),
+        ("template", "llama3", "chat_template_path: a Jinja file or a model whose template it is"),
+        ("dataset", "identity,alpaca_en_demo", "give their file_name files"),
+        ("max_samples", 1000, "cut the file"),
+        ("quantization_bit", 8, "--method qlora trains over a 4-bit base"),
+    ]:
+        with pytest.raises(FtctlError) as e:
+            build({key: value})
+        assert said in str(e.value) and "Did you mean" not in str(e.value), str(e.value)
+
+
+def test_the_qlora_papers_run_file_is_its_qlora():
+    """qlora.py's arguments (its guanaco scripts): bits, double_quant, quant_type and full_finetune say the method,
+    lora_modules: all is all-linear, eval_dataset_size a number of held-out rows (it was answered 'did you mean
+    eval_data_path?'), train_on_source assistant_only_loss's opposite."""
+    qlora = {"bits": 4, "double_quant": True, "quant_type": "nf4", "full_finetune": False, "lora_modules": "all"}
+    spec = build({**qlora, "eval_dataset_size": 1024, "train_on_source": False, "adam_beta2": 0.999})
+    assert (spec.method, spec.lora_target_modules, spec.eval_split, spec.assistant_only_loss) == (
+        "qlora", "all-linear", 1024, True
+    )  # fmt: skip
+    assert build({"train_on_source": True}).assistant_only_loss is False
+    assert build({"full_finetune": True, "bits": 16, "learning_rate": 1e-5}).method == "fft"
+    with pytest.raises(FtctlError, match="'bits' \\(run file\\): 4 asks for --method qlora, not lora"):
+        build({"bits": 4, "method": "lora"})
+    with pytest.raises(FtctlError, match="give model_max_length \\(their sum"):
+        build({"target_max_len": 512})
+
+
+@pytest.mark.parametrize(
+    "config, overrides",
+    [
+        ({"lora_target_modules": "all"}, []),
+        ({"lora_target": "all"}, []),
+        ({"lora_target_modules": ["all"]}, []),
+        (None, ["lora_target_modules=all"]),
+    ],
+)
+def test_lora_target_all_is_every_linear_layer(config, overrides):
+    """LLaMA-Factory's and qlora.py's `all` was taken as the name of a module (found at preflight, if at all)."""
+    assert build(config, None, overrides).lora_target_modules == "all-linear"
+
+
+def test_a_yaml_list_given_with_o_is_the_list():
+    """-o lora_target_modules=[q_proj,v_proj] trained modules named '[q_proj' and 'v_proj]'."""
+    spec = build(None, None, ["lora_target_modules=[q_proj, 'v_proj']", "report_to=[wandb,tensorboard]"])
+    assert (spec.lora_target_modules, spec.report_to) == ("q_proj,v_proj", "wandb,tensorboard")
+    assert spec_mod.lora_target_names(spec.lora_target_modules) == ["q_proj", "v_proj"]
+
+
+def test_axolotls_fsdp_list_is_fsdp_as_fastchats_string_is():
+    notes: list[str] = []
+    assert build({"fsdp": ["full_shard", "auto_wrap"], "method": "fft"}, notes=notes).strategy == "fsdp"
+    assert notes[0].startswith("'fsdp' (run file): FSDP's full sharding is strategy=fsdp")
+    with pytest.raises(FtctlError, match="'fsdp' \\(run file\\) is not set by hand here"):
+        build({"fsdp": ["full_shard", "offload"]})
+
+
+def test_a_deepspeed_config_is_the_strategy_of_its_zero_stage(tmp_path):
+    """axolotl's deepspeed: deepspeed_configs/zero3_bf16.json and LLaMA-Factory's ds_z3_config.json were refused with
+    '-o strategy=NAME forces one', which did not say which."""
+    import json
+
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}))
+    notes: list[str] = []
+    assert build({"deepspeed": str(ds)}, notes=notes).strategy == "zero2_offload"
+    assert "as its zero_optimization (stage 2) says" in notes[0]
+    assert build({"deepspeed": "deepspeed_configs/zero3_bf16.json"}).strategy == "zero3"  # not here: its name
+    assert build({"deepspeed": "examples/deepspeed/ds_z3_offload_config.json"}).strategy == "zero3_offload"
+    with pytest.raises(FtctlError, match="ZeRO stage 2 or 3 is read as strategy=zero2 or zero3"):
+        build({"deepspeed": "zero1.json"})
+    with pytest.raises(FtctlError, match="'deepspeed' and 'strategy' .* are both strategy here: keep one"):
+        build({"deepspeed": "zero3.json", "strategy": "fsdp"})
+
+
+@pytest.mark.parametrize(
+    "pair, said",
+    [
+        ("save_steps=0.1", "or saves_per_epoch: N"),
+        ("eval_steps=0.25", "or evals_per_epoch: N"),
+        ("warmup_steps=0.1", "give warmup_ratio: the share instead"),
+    ],
+)
+def test_a_share_of_the_steps_is_refused_saying_what_to_write(pair, said):
+    """transformers reads save_steps: 0.1 as a share of the training's steps; it was 'expects a whole number'."""
+    with pytest.raises(FtctlError, match="transformers' share of the training's steps") as e:
+        build(None, None, [pair])
+    assert said in str(e.value)
+
+
+def test_whole_numbers_written_as_decimals_are_taken(tmp_path):
+    """-o lora_alpha=16.0 was refused while a run file's 16.0 was taken; YAML reads 1e3 as a string."""
+    assert build(None, None, ["lora_alpha=16.0"]).lora_alpha == 16
+    assert build(_yaml(tmp_path, "max_steps: 1e3\n")).max_steps == 1000
+
+
+def test_trls_keys_are_taken_where_they_ask_for_what_ftctl_does():
+    """TRL's dataset_name is its data_path (as axolotl's datasets path is); its SFTConfig's defaults written out
+    (eval_packing, pad_token, loss_type: nll ...) were unknown keys, some with a misleading neighbour."""
+    notes: list[str] = []
+    spec = build({"dataset_name": "trl-lib/Capybara", "dataset_test_split": "test", "loss_type": "nll"}, notes=notes)
+    assert spec.data_path == "hf://datasets/trl-lib/Capybara"
+    assert "dataset_name (run file): data_path hf://datasets/trl-lib/Capybara" in notes
+    build({"eval_packing": False, "pad_token": "<|endoftext|>", "gradient_checkpointing_use_reentrant": False})
+    for key, value in [("loss_type", "dft"), ("activation_offloading", True), ("dataset_config", "en")]:
+        with pytest.raises(FtctlError) as e:
+            build({key: value})
+        assert "is not set by hand here" in str(e.value) and "Did you mean" not in str(e.value)
+    with pytest.raises(FtctlError, match="'save_strategy' .* or saves_per_epoch: N times an epoch"):
+        build({"save_strategy": "epoch"})
