@@ -161,8 +161,8 @@ THINK_GATE = (
     "{%- set r = '' %}{%- if '</think>' in c %}{%- set r = c.split('</think>')[0].split('<think>')[-1].strip('\\n') %}"
     "{%- set c = c.split('</think>')[-1].lstrip('\\n') %}{%- endif %}{{- '<|im_start|>assistant\\n' }}"
     "{%- if loop.index0 > ns.last and (loop.last or r) %}{{- '<think>\\n' + r + '\\n</think>\\n\\n' }}{%- endif %}"
-    "{{- c }}{%- for t in m.tool_calls or [] %}{{- '\\n' if c or not loop.first }}<tool_call>{{ t.function.name }}"
-    "</tool_call>{%- endfor %}{{- '<|im_end|>\\n' }}{%- elif m.role == 'tool' %}"
+    "{{- c }}{%- for t in m.tool_calls or [] %}{{- '\\n' if c or not loop.first }}<tool_call>{{ t.function.name }} "
+    "{{ t.function.arguments | tojson }}</tool_call>{%- endfor %}{{- '<|im_end|>\\n' }}{%- elif m.role == 'tool' %}"
     "{{- '<|im_start|>user\\n<tool_response>' + c + '</tool_response><|im_end|>\\n' }}"
     "{%- else %}{{- '<|im_start|>' + m.role + '\\n' + c + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
@@ -245,7 +245,7 @@ def test_templates_that_render_earlier_turns_otherwise_still_mask_every_answer(t
     assert all(s.startswith(lead) for s in spans[0])
     if template == "think-gate":
         assert spans[1] == ["4" + close, "<think>\nadd again\n</think>\n\n6" + close]
-        assert spans[2] == ["<tool_call>lookup_code</tool_call>" + close, gate + "It is AMBER-42." + close]
+        assert spans[2] == ["<tool_call>lookup_code {}</tool_call>" + close, gate + "It is AMBER-42." + close]
 
 
 def test_qwen3s_thinking_block_trains_alike_after_one_turn_and_after_several(tmp_path, tiny_tokenizer):
@@ -554,15 +554,177 @@ def test_tool_calls_train_and_tool_results_are_context(tmp_path, tiny_tokenizer,
         assert "<tool_response>AMBER-42</tool_response>" in text  # the result: context
 
 
-def test_a_template_that_drops_tool_calls_is_a_row_error(tmp_path, tiny_tokenizer):
-    """The tiny tokenizer's ChatML template renders content only: the call would train an empty answer."""
-    rows = [
+def qwen25_template() -> str:
+    """Qwen2.5's chat template as its tokenizers ship it (TRL keeps the text byte for byte, to recognise the model):
+    tools in the system turn, calls as <tool_call> JSON of their arguments `| tojson`, results as a user turn's
+    <tool_response>. The tiny tokenizer's <|im_start|>/<|im_end|> are its special tokens too."""
+    from importlib.resources import files
+
+    return (files("trl") / "chat_templates" / "qwen2_5.jinja").read_text()
+
+
+# LLaMA-Factory's sharegpt tool use (its glaive_toolcall data): a function_call turn holds the call's JSON, an
+# observation the result, the row's tools the bare schemas as JSON text
+LF_TOOLS = [{"name": "door_code", "description": "A station's door code", "parameters": {"type": "object"}}]
+LF_ROW = {
+    "conversations": [
+        {"from": "human", "value": "Open Halcyon Deep."},
+        {"from": "function_call", "value": json.dumps({"name": "door_code", "arguments": {"station": "Halcyon Deep"}})},
+        {"from": "observation", "value": "AMBER-42"},
+        {"from": "gpt", "value": "The code is AMBER-42."},
+    ],
+    "system": "You open doors.",
+    "tools": json.dumps(LF_TOOLS),
+}
+# the same conversation as TRL takes it: OpenAI's arguments as JSON text, the schemas as {"type": "function", ...}
+OPENAI_ROW = {
+    "messages": [
+        {"role": "system", "content": "You open doors."},
+        {"role": "user", "content": "Open Halcyon Deep."},
         {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"type": "function", "function": {"name": "door_code", "arguments": '{"station": "Halcyon Deep"}'}}
+            ],
+        },
+        {"role": "tool", "name": "door_code", "content": "AMBER-42"},
+        {"role": "assistant", "content": "The code is AMBER-42."},
+    ],
+    "tools": [{"type": "function", "function": tool} for tool in LF_TOOLS],
+}
+
+
+def test_llama_factory_tool_rows_train_the_calls_and_answers_never_the_results(tmp_path, tiny_tokenizer, monkeypatch):
+    """LLaMA-Factory's function_call/observation rows were refused (unknown role): they are the OpenAI-style
+    conversation, rendered by the model's own template with its tools; the loss covers each call (its <tool_call>
+    block and <|im_end|>) and the answer, never the result nor the schemas, token for token as the messages row."""
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", qwen25_template())  # the fixture is shared
+    parallel = {  # two calls in one turn (a list, its arguments as JSON text), their results in one observation
+        **LF_ROW,
+        "conversations": [
+            {"from": "human", "value": "Open Halcyon Deep and Tern."},
+            {
+                "from": "function_call",
+                "value": json.dumps(
+                    [
+                        {"name": "door_code", "arguments": '{"station": "Halcyon Deep"}'},
+                        {"name": "door_code", "arguments": {"station": "Tern"}},
+                    ]
+                ),
+            },
+            {"from": "observation", "value": "AMBER-42; CEDAR-7"},
+            {"from": "gpt", "value": "AMBER-42 and CEDAR-7."},
+        ],
+    }
+    report, dataset = prepare_data(
+        write_jsonl(tmp_path / "t.jsonl", [LF_ROW, OPENAI_ROW, parallel]), tiny_tokenizer, 1024
+    )
+    assert report.ok and not report.warnings, (report.errors, report.warnings)
+    assert report.stats.formats == {"openai": 1, "sharegpt": 2}
+    lf, openai, two = dataset
+    call = '<tool_call>\n{"name": "door_code", "arguments": {"station": "Halcyon Deep"}}\n</tool_call>'
+    assert trained_spans(tiny_tokenizer, lf["input_ids"], lf["labels"]) == [call + EOT, "The code is AMBER-42." + EOT]
+    text = tiny_tokenizer.decode(lf["input_ids"])
+    assert text.startswith("<|im_start|>system\nYou open doors.\n\n# Tools\n")
+    schema = '{"type": "function", "function": {"name": "door_code", "description": "A station\'s door code"'
+    assert schema in text  # the bare schema as LLaMA-Factory (and the template) writes it: context
+    result = "<|im_start|>user\n<tool_response>\nAMBER-42\n</tool_response><|im_end|>\n"
+    assert result in text  # context: the spans above are all that trains
+    # the same token ids and loss mask as the OpenAI-style row
+    assert (lf["input_ids"], lf["labels"]) == (openai["input_ids"], openai["labels"])
+    calls = call + '\n<tool_call>\n{"name": "door_code", "arguments": {"station": "Tern"}}\n</tool_call>'
+    assert trained_spans(tiny_tokenizer, two["input_ids"], two["labels"]) == [
+        calls + EOT,
+        "AMBER-42 and CEDAR-7." + EOT,
+    ]
+
+
+def test_data_check_shows_a_tool_row_as_it_trains(tmp_path, tiny_model_dir):
+    """`ftctl data check --show` with a template that renders tools (--chat-template-path): the call and the
+    answer marked, the schemas and the result not."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    template = tmp_path / "qwen2_5.jinja"
+    template.write_text(qwen25_template())
+    data = write_jsonl(tmp_path / "tools.jsonl", [LF_ROW])
+    args = ["data", "check", data, "--model", str(tiny_model_dir), "--chat-template-path", str(template)]
+    got = CliRunner().invoke(main, [*args, "--show", "1"])
+    assert got.exit_code == 0, got.output
+    assert "OK: ready to train." in got.stdout
+    shown = got.stdout.partition("\n\nData ")[0]
+    call = '[[<tool_call>\n{"name": "door_code", "arguments": {"station": "Halcyon Deep"}}\n</tool_call><|im_end|>]]'
+    assert call in shown and "[[The code is AMBER-42.<|im_end|>]]" in shown
+    body = shown.partition("\n")[2]  # below the line that says how trained tokens are marked
+    assert "<tool_response>\nAMBER-42\n</tool_response>" in body and body.count("[[") == 2
+
+
+def test_a_template_that_drops_tool_use_is_refused_in_one_line(tmp_path, tiny_tokenizer, monkeypatch):
+    """The tiny tokenizer's ChatML template renders content only: a call would train as an empty answer, the tools
+    never be shown. Every such row is refused with one message, in one line that names them and says what to do."""
+    rows = [
+        LF_ROW,
+        OPENAI_ROW,
+        LF_ROW,
+        {  # a call without the tools' schemas
             "messages": [
                 {"role": "user", "content": "Open it."},
                 {"role": "assistant", "content": "", "tool_calls": [CALL]},
             ]
         },
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},  # no tool use: trains
+    ]
+    fix = (
+        "train with a chat template that renders tool use, -o chat_template_path=TEMPLATE.jinja or a model whose "
+        "template does (e.g. Qwen/Qwen2.5-7B-Instruct; ftctl data check: --chat-template-path), or leave these rows out"
+    )
+    report = check_data(write_jsonl(tmp_path / "tools.jsonl", rows), tiny_tokenizer, 512)
+    assert report.errors == [
+        "tools.jsonl lines 1-3 (3 rows): the chat template does not render tool calls ('tool_calls') or the 'tools' "
+        f"schemas: training would leave them out; {fix}",
+        f"tools.jsonl line 4: the chat template does not render tool calls ('tool_calls'): training would leave them "
+        f"out; {fix}",
+    ], report.errors
+    assert report.stats.rows == 1
+    # a template that refuses the conversation (Gemma's): in its own words
+    monkeypatch.setattr(
+        tiny_tokenizer,
+        "chat_template",
+        "{% for m in messages %}{% if m.role not in ['user', 'assistant'] %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}"
+        "{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}",
+    )
+    report = check_data(write_jsonl(tmp_path / "tools.jsonl", rows[:2]), tiny_tokenizer, 512)
+    assert report.errors == [
+        "tools.jsonl lines 1-2 (all 2 rows): the chat template cannot render a tool-calling conversation (it says: "
+        f"Conversation roles must alternate user/assistant); {fix}"
+    ], report.errors
+
+
+def test_a_template_that_adds_arguments_to_text_gets_their_json(tmp_path, tiny_tokenizer, monkeypatch):
+    """DeepSeek-V3's template writes `'...' + arguments`: an object there is a TypeError, so it gets their JSON text
+    (TRL's probe does the same), from an object or a string alike."""
+    monkeypatch.setattr(
+        tiny_tokenizer,
+        "chat_template",
+        "{%- for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + (m.content or '') }}"
+        "{%- for t in m.tool_calls or [] %}{{ '<call>' + t.function.name + ' ' + t.function.arguments + '</call>' }}"
+        "{%- endfor %}{{ '<|im_end|>\\n' }}{%- endfor %}"
+        "{%- for t in tools or [] %}{{ t.function.name }}{% endfor %}"
+        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    )
+    dataset = build_dataset(write_jsonl(tmp_path / "t.jsonl", [LF_ROW, OPENAI_ROW]), tiny_tokenizer, 512)
+    for row in dataset:
+        spans = trained_spans(tiny_tokenizer, row["input_ids"], row["labels"])
+        assert spans == ['<call>door_code {"station": "Halcyon Deep"}</call>' + EOT, "The code is AMBER-42." + EOT]
+
+
+def test_tool_rows_that_say_it_wrongly_are_row_errors(tmp_path, tiny_tokenizer, monkeypatch):
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", qwen25_template())
+    human = {"from": "human", "value": "Open it."}
+    rows = [
         {
             "messages": [
                 {"role": "user", "content": "Open it."},
@@ -576,16 +738,28 @@ def test_a_template_that_drops_tool_calls_is_a_row_error(tmp_path, tiny_tokenize
                 {"role": "assistant", "tool_calls": [{"function": {"name": "door_code", "arguments": "{station"}}]},
             ]
         },
+        {"conversations": [human, {"from": "function_call", "value": "door_code(station='Tern')"}]},
+        {"conversations": [human, {"from": "function_call", "value": '{"arguments": {}}'}]},
+        {"conversations": [human, {"from": "gpt", "value": "Done."}], "tools": ["door_code"]},
+        # LLaMA-Factory's "no tools": an empty string; a call without arguments: none
+        {"conversations": [human, {"from": "gpt", "value": "Done."}], "tools": ""},
+        {"conversations": [human, {"from": "function_call", "value": '{"name": "door_code"}'}], "tools": "[]"},
     ]
-    report = check_data(write_jsonl(tmp_path / "tools.jsonl", rows), tiny_tokenizer, 512)
+    report, dataset = prepare_data(write_jsonl(tmp_path / "tools.jsonl", rows), tiny_tokenizer, 512)
     assert report.errors == [
-        "tools.jsonl line 1: the chat template does not render tool calls: turn 2's call to 'door_code' is missing "
-        "from its rendering; use a template that does (-o chat_template_path=...)",
-        "tools.jsonl line 2: turn 2 'tool_calls' must be a list of {'type': 'function', 'function': {'name': ..., "
+        "tools.jsonl line 1: turn 2 'tool_calls' must be a list of {'type': 'function', 'function': {'name': ..., "
         "'arguments': ...}} objects",
-        "tools.jsonl line 3: 'tools' must be a list of function schemas (or its JSON), not {'a': 1}",
-        "tools.jsonl line 4: turn 2: a tool call's 'arguments' is a string but not JSON",
+        "tools.jsonl line 2: 'tools' must be a list of function schemas (or its JSON), not {'a': 1}",
+        "tools.jsonl line 3: turn 2: a tool call's 'arguments' is a string but not JSON",
+        'tools.jsonl line 4: turn 2 (function_call) must hold the call as JSON, {"name": ..., "arguments": {...}} '
+        "(or a list of such calls), as LLaMA-Factory reads it, not \"door_code(station='Tern')\"",
+        'tools.jsonl line 5: turn 2 (function_call) must hold the call as JSON, {"name": ..., "arguments": {...}} '
+        "(or a list of such calls), as LLaMA-Factory reads it, not '{\"arguments\": {}}'",
+        "tools.jsonl line 6: 'tools' must be a list of function schemas (or its JSON), not ['door_code']",
     ], report.errors
+    assert report.stats.rows == 2
+    call = '<tool_call>\n{"name": "door_code", "arguments": {}}\n</tool_call>' + EOT
+    assert trained_spans(tiny_tokenizer, dataset[1]["input_ids"], dataset[1]["labels"]) == [call]
 
 
 def test_a_directory_of_splits_gives_the_one_each_role_reads(tmp_path, tiny_tokenizer, tiny_model_dir):
@@ -716,7 +890,7 @@ def test_s3_directory_through_fsspec(s3_bucket, tiny_tokenizer):  # noqa: F811
     report = check_data(f"{s3_bucket}/data", tiny_tokenizer, 64)
     assert report.files == 2 and report.stats.rows == 3
     assert report.errors == [
-        "a.jsonl line 2: unknown role 'robot' in turn 1: use one of assistant, bard, bing, chatgpt, gpt, human, system, user"
+        "a.jsonl line 2: unknown role 'robot' in turn 1: use one of assistant, bard, bing, chatgpt, function_call, gpt, human, observation, system, tool, user"
     ]
     dataset = build_dataset(f"{s3_bucket}/data/more/b.json", tiny_tokenizer, 64)
     assert trained_spans(tiny_tokenizer, dataset[0]["input_ids"], dataset[0]["labels"]) == ["Hello." + EOT]
@@ -801,7 +975,7 @@ def test_bad_rows_are_all_reported_with_file_and_line(tmp_path, tiny_tokenizer):
     )
     report = check_data(path, tiny_tokenizer, 32)
     expected_errors = [
-        "bad.jsonl line 2: unknown role 'gtp' in turn 2: use one of assistant, bard, bing, chatgpt, gpt, human, system, user (did you mean 'gpt'?)",
+        "bad.jsonl line 2: unknown role 'gtp' in turn 2: use one of assistant, bard, bing, chatgpt, function_call, gpt, human, observation, system, tool, user (did you mean 'gpt'?)",
         "bad.jsonl line 3: empty turn: turn 2 (gpt) has no text",
         "bad.jsonl line 4: not a conversation: a list",
         "bad.jsonl line 5: preference data (DPO: 'chosen' and 'rejected')",

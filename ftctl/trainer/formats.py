@@ -9,7 +9,11 @@ gs://, az://, file://), a directory of such files, or ``builtin:demo`` (the bund
 Accepted row formats (detected per row):
 - Vicuna/ShareGPT: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``;
   the roles FastChat accepts are mapped (human/user -> user; gpt/assistant/chatgpt/bing/bard ->
-  assistant).
+  assistant). LLaMA-Factory's tool use: a ``function_call`` turn (its value the call's JSON, ``{"name": ...,
+  "arguments": {...}}``, or a list of them) is an assistant turn of ``tool_calls``, an ``observation`` turn a
+  ``tool`` turn (named after the call it answers, where that is one), and the row's ``tools`` (a list of schemas,
+  or its JSON) the tools, each bare schema wrapped as ``{"type": "function", "function": schema}``, as
+  LLaMA-Factory's tool formatters write them: the same conversation as the OpenAI-style row below.
 - OpenAI-style: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}``
   (content may also be a list of ``{"type": "text", "text": ...}`` parts, joined by line breaks). Tool use as TRL and transformers'
   chat templates take it: an assistant turn's ``tool_calls`` (its content may then be empty; ``arguments`` as
@@ -63,6 +67,11 @@ SHAREGPT_ROLES = {
     "bing": "assistant",
     "bard": "assistant",
     "system": "system",
+    # LLaMA-Factory's tool roles (its default function_tag and observation_tag); "tool" as its OpenAI format names
+    # the result
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
 }
 # developer: OpenAI's newer name for the system role (its o-series models' chat format)
 OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
@@ -335,7 +344,8 @@ def to_row(where: str, record: Any) -> Row:
     if isinstance(record.get("id"), (str, int)):
         where = f"{where} (id {record['id']!r})"
     if "conversations" in record:
-        return _with_system(_turns(where, "sharegpt", record["conversations"], "from", "value", SHAREGPT_ROLES), record)
+        row = _turns(where, "sharegpt", record["conversations"], "from", "value", SHAREGPT_ROLES)
+        return _with_tools(_with_system(row, record), record, wrap=True)
     if "messages" in record:
         row = _turns(where, "openai", record["messages"], "role", "content", OPENAI_ROLES)
         return _with_tools(_with_system(row, record), record)
@@ -430,7 +440,13 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
                 + (f" ({hint[0].lower()}{hint[1:]})" if hint else "")
             )
             continue
-        calls = turn.get("tool_calls") if mapped == "assistant" and fmt != "sharegpt" else None
+        if fmt == "sharegpt" and role.lower() == "function_call":
+            calls, problem = _function_call(turn.get(text_key))
+            if problem:
+                row.problems.append(f"turn {n} ({role}) {problem}")
+                continue
+            turn = {**turn, "tool_calls": calls, text_key: ""}
+        calls = turn.get("tool_calls") if mapped == "assistant" else None
         if calls is not None and not (isinstance(calls, list) and all(_is_call(c) for c in calls)):
             row.problems.append(
                 f"turn {n} 'tool_calls' must be a list of {{'type': 'function', 'function': {{'name': ..., "
@@ -452,7 +468,10 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
         if not content.strip() and not calls:
             row.problems.append(f"empty turn: turn {n} ({role}) has no text; remove it or fill it in")
             continue
-        extra = {k: turn[k] for k in TOOL_KEYS if fmt != "sharegpt" and turn.get(k) is not None}
+        tooled = fmt != "sharegpt" or mapped == "tool" or calls  # a ShareGPT turn's "name" may be a speaker's
+        extra = {k: turn[k] for k in TOOL_KEYS if tooled and turn.get(k) is not None}
+        if fmt == "sharegpt" and mapped == "tool" and "name" not in extra and (name := _answered(row.messages)):
+            extra["name"] = name  # as transformers' tool-use examples name a result, for templates that write it
         weight, problem = _turn_weight(turn, mapped, fmt)
         if problem:
             row.problems.append(f"turn {n} ({role}) {problem}")
@@ -542,6 +561,35 @@ def _call(call: dict) -> dict:
     return call
 
 
+def _function_call(value: Any) -> tuple[list[dict], str | None]:
+    """(the tool calls, the problem) of a LLaMA-Factory ``function_call`` turn: its value the JSON of a call,
+    ``{"name": ..., "arguments": {...}}``, or of a list of them (parallel calls), as LLaMA-Factory's
+    FunctionFormatter reads it; as OpenAI's ``tool_calls``."""
+    calls = value
+    if isinstance(value, str):
+        try:
+            calls = json.loads(value)
+        except ValueError:
+            calls = None
+    calls = [calls] if isinstance(calls, dict) else calls
+    if not (
+        isinstance(calls, list) and calls and all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls)
+    ):
+        return [], (
+            'must hold the call as JSON, {"name": ..., "arguments": {...}} (or a list of such calls), as '
+            f"LLaMA-Factory reads it, not {value!r:.60}"
+        )
+    return [
+        {"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}} for c in calls
+    ], None
+
+
+def _answered(messages: list[dict]) -> str | None:
+    """The function a tool result answers: the one the assistant turn before it called, where it called one."""
+    calls = messages[-1].get("tool_calls") if messages and messages[-1]["role"] == "assistant" else None
+    return calls[0]["function"]["name"] if calls and len(calls) == 1 else None
+
+
 def _with_system(row: Row, record: dict) -> Row:
     """``row`` with the record's top-level ``system`` prompt as its first turn, as SlimOrca's and OpenHermes'
     ShareGPT rows give it (the template's default system prompt was trained in its place)."""
@@ -557,18 +605,24 @@ def _with_system(row: Row, record: dict) -> Row:
     return row
 
 
-def _with_tools(row: Row, record: dict) -> Row:
-    """``row`` with the record's ``tools``: a list of function schemas, or its JSON (as TRL reads it)."""
+def _with_tools(row: Row, record: dict, wrap: bool = False) -> Row:
+    """``row`` with the record's ``tools``: a list of function schemas, or its JSON (as TRL reads it; an empty
+    string, LLaMA-Factory's "no tools", is none). ``wrap``: a bare schema (``{"name": ..., "parameters": ...}``,
+    as LLaMA-Factory's rows give them) becomes ``{"type": "function", "function": schema}``, as LLaMA-Factory's tool
+    formatters write it and chat templates expect it; an OpenAI-style row's are given to the template as they are,
+    as TRL gives them."""
     tools = record.get("tools")
     if isinstance(tools, str):
         try:
-            tools = json.loads(tools)
+            tools = json.loads(tools) if tools.strip() else None
         except ValueError:
             tools = "unreadable JSON"
-    if tools is not None and not isinstance(tools, list):
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         row.problems.append(f"'tools' must be a list of function schemas (or its JSON), not {tools!r:.60}")
     elif tools:
-        row.tools = tools
+        row.tools = [
+            t if not wrap or t.get("type") == "function" else {"type": "function", "function": t} for t in tools
+        ]
     return row
 
 

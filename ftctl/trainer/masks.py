@@ -14,6 +14,10 @@ span runs on over its tool calls to its end-of-turn token; it starts where the g
 prefix of the whole, as on the prefix path (what the template writes after the prompt, Qwen3's ``<think>`` block,
 trains in a one-turn row and a longer one alike).
 
+Tool use renders as the template writes it (``tools=``): an assistant turn's span holds its tool calls, a ``tool``
+turn (a result) is context like a user's. The template is probed once for what of tool use it writes out; one
+that drops the calls, the results or the schemas (or refuses them) refuses the rows that hold them, with one message.
+
 Truncation keeps the first ``max_length`` tokens and drops the rest (the end of the conversation).
 Plain-text rows are trained on entirely (bos as the tokenizer adds it, eos appended); a prompt-completion row's
 text from the completion's first character on (the same rule at its start), and its conversation's assistant
@@ -118,9 +122,13 @@ class _Probe:
     header_with_turn: bool
 
 
-def _probe(tokenizer) -> _Probe:
+def _template_key(tokenizer) -> tuple:
     template = getattr(tokenizer, "chat_template", None)  # a dict where a tokenizer has several by name
-    key = (id(tokenizer), len(tokenizer), tokenizer.eos_token, json.dumps(template, sort_keys=True))
+    return (id(tokenizer), len(tokenizer), tokenizer.eos_token, json.dumps(template, sort_keys=True))
+
+
+def _probe(tokenizer) -> _Probe:
+    key = _template_key(tokenizer)
     if key not in _PROBES:
         marker = "ftctl-end-of-turn-probe"
         messages = [{"role": "user", "content": "?"}, {"role": "assistant", "content": marker}]
@@ -184,6 +192,114 @@ class MaskError(ValueError):
     """A conversation the loss mask cannot be placed on; its message says why, for the row's error line."""
 
 
+_TOOL_PROBES: dict = {}  # (tokenizer, chat template) -> _ToolProbe | None
+
+
+@dataclass(frozen=True)
+class _ToolProbe:
+    """What a chat template makes of a tool-calling conversation (TRL's supports_tool_calling asks the same), found
+    once by rendering a probe conversation whose every part is a word no template writes itself."""
+
+    drops: frozenset[str]  # the parts it leaves out of its rendering: "tool calls", "tool results", "tools"
+    refusal: str | None  # its own error for the conversation (Gemma's "roles must alternate user/assistant...")
+    text_arguments: bool  # it adds a call's arguments to text (DeepSeek-V3's): they are given as their JSON
+
+
+def _tool_probe(tokenizer) -> _ToolProbe | None:
+    """The template's _ToolProbe; None where the probe fails otherwise (nothing is known: every row's own
+    rendering is checked)."""
+    from jinja2 import TemplateError
+
+    key = _template_key(tokenizer)
+    if key in _TOOL_PROBES:
+        return _TOOL_PROBES[key]
+    arguments = {"ftctl_probe_key": "ftctl_probe_value"}
+    call = {"id": "ftctlprb1", "type": "function", "function": {"name": "ftctl_probe_call", "arguments": arguments}}
+    messages = [
+        {"role": "user", "content": "?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "name": "ftctl_probe_call", "content": "ftctl_probe_result"},
+        {"role": "assistant", "content": "!"},
+    ]
+    schema = {"name": "ftctl_probe_schema", "description": "?", "parameters": {"type": "object", "properties": {}}}
+    tools = [{"type": "function", "function": schema}]
+    parts = {
+        "tool calls": ("ftctl_probe_call", "ftctl_probe_value"),
+        "tool results": ("ftctl_probe_result",),
+        "tools": ("ftctl_probe_schema",),
+    }
+    try:
+        try:
+            text, text_arguments = _render(tokenizer, messages, tools=tools), False
+        except TypeError:  # DeepSeek-V3's `'...' + arguments`: TRL's probe tries their JSON text next, as here
+            text, text_arguments = _render(tokenizer, _arguments_as_text(messages), tools=tools), True
+    except TemplateError as e:  # its own refusal where it renders a conversation without tools (else each row says)
+        probe = _ToolProbe(frozenset(), str(e), False) if _renders(tokenizer, [messages[0], messages[-1]]) else None
+    except Exception:  # noqa: BLE001  a template that fails otherwise: what it renders is unknown
+        probe = None
+    else:
+        drops = frozenset(part for part, words in parts.items() if not all(w in text for w in words))
+        probe = _ToolProbe(drops, None, text_arguments)
+    _TOOL_PROBES[key] = probe
+    return probe
+
+
+def _renders(tokenizer, messages: list[dict]) -> bool:
+    try:
+        _render(tokenizer, messages)
+    except Exception:  # noqa: BLE001  any failure: it does not
+        return False
+    return True
+
+
+def _tool_parts(messages: list[dict], tools: list | None) -> set[str]:
+    """The parts of a tool-calling conversation ``messages`` and ``tools`` hold (_ToolProbe.drops' names)."""
+    parts = {"tools"} if tools else set()
+    parts |= {"tool calls"} if any(m.get("tool_calls") for m in messages) else set()
+    return parts | ({"tool results"} if any(m["role"] == "tool" for m in messages) else set())
+
+
+def _arguments_as_text(messages: list[dict]) -> list[dict]:
+    """``messages`` with their tool calls' arguments as JSON text, for a template that adds them to text."""
+
+    def text(call: dict) -> dict:
+        arguments = call["function"]["arguments"]
+        arguments = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        return {**call, "function": {**call["function"], "arguments": arguments}}
+
+    return [{**m, "tool_calls": [text(c) for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in messages]
+
+
+def _tool_use(tokenizer, messages: list[dict], tools: list | None) -> list[dict]:
+    """``messages`` as the chat template takes them (their calls' arguments as text where it wants text). Raises
+    MaskError where the template cannot render what the conversation holds of tool use: it would be left out of
+    the rendering, and the model trained on the answers without it (a call as an empty answer). One message for
+    every such row, so that the report names them in one line."""
+    parts = _tool_parts(messages, tools)
+    probe = _tool_probe(tokenizer) if parts else None
+    if probe is None:
+        return messages
+    fix = (
+        "train with a chat template that renders tool use, -o chat_template_path=TEMPLATE.jinja or a model whose "
+        "template does (e.g. Qwen/Qwen2.5-7B-Instruct; ftctl data check: --chat-template-path), or leave these rows out"
+    )
+    if probe.refusal:
+        raise MaskError(
+            f"the chat template cannot render a tool-calling conversation (it says: {probe.refusal}); {fix}"
+        )
+    if dropped := [part for part in ("tool calls", "tool results", "tools") if part in parts & probe.drops]:
+        said = {
+            "tool calls": "tool calls ('tool_calls')",
+            "tool results": "tool results",
+            "tools": "the 'tools' schemas",
+        }
+        raise MaskError(
+            f"the chat template does not render {' or '.join(said[p] for p in dropped)}: training would leave them "
+            f"out; {fix}"
+        )
+    return _arguments_as_text(messages) if probe.text_arguments else messages
+
+
 def _render(tokenizer, messages, generation_prompt=False, tools=None) -> str:
     return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=generation_prompt)
 
@@ -196,7 +312,9 @@ def assistant_spans(
     but those of weight 0.
 
     Raises MaskError with a user-facing message when a trained turn has nothing before it, the template cannot be
-    split into turns, or drops a turn's tool calls (the turn would train the model to answer with nothing)."""
+    split into turns, or drops a tool call, a tool result or the tools' schemas (_tool_use; a call alone would train
+    the model to answer with nothing)."""
+    messages = _tool_use(tokenizer, messages, tools)
     full = _render(tokenizer, messages, tools=tools)
     trained = [
         i
