@@ -530,7 +530,8 @@ class RunSpec:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_target_modules: str = "all-linear"  # or projections' names, comma-separated (q_proj,v_proj; a YAML list)
+    # or projections' names, comma-separated (q_proj,v_proj; a YAML list); all (LLaMA-Factory's) is all-linear
+    lora_target_modules: str = "all-linear"
     use_rslora: bool = False  # PEFT's: the adapters scaled by lora_alpha / sqrt(lora_r), not / lora_r
     use_dora: bool = False  # PEFT's DoRA: a magnitude vector per projection beside the adapters (PEFT's forward runs)
     trainable_layers: int = 2  # sft: top K transformer blocks (+ head) trainable

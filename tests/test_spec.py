@@ -1267,6 +1267,8 @@ def test_the_qlora_papers_run_file_is_its_qlora():
 def test_lora_target_all_is_every_linear_layer(config, overrides):
     """LLaMA-Factory's and qlora.py's `all` was taken as the name of a module (found at preflight, if at all)."""
     assert build(config, None, overrides).lora_target_modules == "all-linear"
+    said = {key: text for _, key, _, text in spec_mod.described_keys()}
+    assert "all (LLaMA-Factory's) is all-linear" in said["lora_target_modules"]  # ftctl keys says so
 
 
 def test_a_yaml_list_given_with_o_is_the_list():
