@@ -25,12 +25,27 @@ from ftctl.errors import FtctlError
 @dataclass(frozen=True)
 class GpuTier:
     name: str  # ftctl's name, also SkyPilot's accelerator name
-    memory_gb: float  # usable device memory
+    memory_gb: float  # the memory it is sold with and names say (80 of A100-80GB); GiB, as the makers count
+    total_gib: float  # what PyTorch reports of it ("a total capacity of 79.11 GiB"): what a run can have
     compute_capability: tuple[int, int]
-    bf16: bool
-    flash_attn2: bool
     peak_tflops: float  # dense bf16 (fp16 where no bf16) tensor TFLOPS, FP32 accumulate, no sparsity
-    flash_attn3: bool = False
+
+    @property
+    def bf16(self) -> bool:
+        return self.compute_capability >= (8, 0)  # Ampere on; Volta and Turing train in fp16
+
+    @property
+    def flash_attn2(self) -> bool:
+        return self.compute_capability >= (8, 0)
+
+    @property
+    def flash_attn3(self) -> bool:
+        return self.compute_capability[0] == 9  # Hopper's kernels
+
+    @property
+    def capacity_gb(self) -> float:
+        """Its memory in the plan's unit (1e9 bytes, plan.memory_terms): what the plan fits within."""
+        return self.total_gib * 2**30 / 1e9
 
     # docker build: TORCH_CUDA_ARCH_LIST for this tier
     @property
@@ -48,8 +63,13 @@ class GpuTier:
         return f"{'an' if self.name[0] in 'AEFHILMNORSX' else 'a'} {self.name}"
 
 
-# The one table of GPU facts. Memory is what the card reports (80 GB cards show ~79.6 GiB). bf16 and
-# FlashAttention 2 from sm80 (Ampere) on; Volta and Turing train in fp16 on SDPA. Pascal (P100, sm60) is left
+# The one table of GPU facts: name, the GB it is sold with, the GiB PyTorch reports of it, compute capability, peak
+# TFLOPS. PyTorch's total (its out-of-memory message's "total capacity", what torch.cuda.mem_get_info says) is what a
+# run can have: the sold 80 "GB" are GiB, 85.9e9 bytes, of which the driver keeps some (an H100 reports 79.1 GiB,
+# 84.9e9 bytes). The totals are from PyTorch's messages in issue threads that name the card, the lowest where driver
+# generations differ (a T4: 14.75 GiB on older drivers, 14.56 on 535 and newer), the 48 GB Ada and Ampere cards' with
+# ECC on; the H200's measured (bench/NOTES.md); TITAN RTX, Quadro RTX 6000, RTX A5000, A10 and A40 are estimated
+# from their siblings' (no thread names them). bf16 and FlashAttention 2 from sm80 (Ampere) on; Volta and Turing train in fp16 on SDPA. Pascal (P100, sm60) is left
 # out: the trainer's Triton kernels (LoRA, the LM head, Liger) need sm70. TFLOPS from NVIDIA's data sheets
 # (dense, the sparse figure halved) or, for GeForce and Quadro cards, its architecture whitepapers (Turing,
 # Ampere GA102, Ada: "FP16 Tensor TFLOPS with FP32 Accumulate", which GeForce cards run at half rate).
@@ -60,39 +80,39 @@ TIERS: dict[str, GpuTier] = {
     for t in [
         # Pascal and older: not planned (above)
         # Volta, sm70
-        GpuTier("V100", 16, (7, 0), bf16=False, flash_attn2=False, peak_tflops=125),  # V100 SXM2 sheet
-        GpuTier("V100S", 32, (7, 0), bf16=False, flash_attn2=False, peak_tflops=130),  # V100S PCIe sheet
-        GpuTier("V100-32GB", 32, (7, 0), bf16=False, flash_attn2=False, peak_tflops=125),  # V100 SXM2 sheet
+        GpuTier("V100", 16, 15.75, (7, 0), 125),  # V100 SXM2 sheet
+        GpuTier("V100S", 32, 31.74, (7, 0), 130),  # V100S PCIe sheet
+        GpuTier("V100-32GB", 32, 31.74, (7, 0), 125),  # V100 SXM2 sheet
         # Turing, sm75
-        GpuTier("T4", 16, (7, 5), bf16=False, flash_attn2=False, peak_tflops=65),  # T4 sheet
-        GpuTier("RTX2080Ti", 11, (7, 5), bf16=False, flash_attn2=False, peak_tflops=53.8),  # whitepaper, ref. clock
-        GpuTier("TITANRTX", 24, (7, 5), bf16=False, flash_attn2=False, peak_tflops=130),  # TITAN RTX page
-        GpuTier("RTX6000", 24, (7, 5), bf16=False, flash_attn2=False, peak_tflops=130.5),  # Quadro RTX 6000 sheet
-        GpuTier("RTX8000", 48, (7, 5), bf16=False, flash_attn2=False, peak_tflops=130.5),  # Quadro RTX 8000 sheet
+        GpuTier("T4", 16, 14.56, (7, 5), 65),  # T4 sheet
+        GpuTier("RTX2080Ti", 11, 10.73, (7, 5), 53.8),  # whitepaper, ref. clock
+        GpuTier("TITANRTX", 24, 23.6, (7, 5), 130),  # TITAN RTX page
+        GpuTier("RTX6000", 24, 23.6, (7, 5), 130.5),  # Quadro RTX 6000 sheet
+        GpuTier("RTX8000", 48, 47.46, (7, 5), 130.5),  # Quadro RTX 8000 sheet
         # Ampere, sm80 and sm86
-        GpuTier("A30", 24, (8, 0), bf16=True, flash_attn2=True, peak_tflops=165),  # A30 sheet
-        GpuTier("A100", 40, (8, 0), bf16=True, flash_attn2=True, peak_tflops=312),  # A100 sheet
-        GpuTier("A100-80GB", 80, (8, 0), bf16=True, flash_attn2=True, peak_tflops=312),  # A100 sheet
-        GpuTier("A10G", 24, (8, 6), bf16=True, flash_attn2=True, peak_tflops=70),  # AWS's figure; NVIDIA has none
-        GpuTier("A10", 24, (8, 6), bf16=True, flash_attn2=True, peak_tflops=125),  # A10 sheet
-        GpuTier("A40", 48, (8, 6), bf16=True, flash_attn2=True, peak_tflops=149.7),  # A40 sheet
-        GpuTier("RTX3090", 24, (8, 6), bf16=True, flash_attn2=True, peak_tflops=71),  # GA102 whitepaper
-        GpuTier("RTXA4000", 16, (8, 6), bf16=True, flash_attn2=True, peak_tflops=76.7),  # RTX A4000 sheet
-        GpuTier("RTXA5000", 24, (8, 6), bf16=True, flash_attn2=True, peak_tflops=111.1),  # RTX A5000 sheet
-        GpuTier("RTXA6000", 48, (8, 6), bf16=True, flash_attn2=True, peak_tflops=154.8),  # RTX A6000 sheet
+        GpuTier("A30", 24, 23.53, (8, 0), 165),  # A30 sheet
+        GpuTier("A100", 40, 39.38, (8, 0), 312),  # A100 sheet
+        GpuTier("A100-80GB", 80, 79.14, (8, 0), 312),  # A100 sheet
+        GpuTier("A10G", 24, 21.98, (8, 6), 70),  # AWS's figure; NVIDIA has none
+        GpuTier("A10", 24, 21.98, (8, 6), 125),  # A10 sheet
+        GpuTier("A40", 48, 44.34, (8, 6), 149.7),  # A40 sheet
+        GpuTier("RTX3090", 24, 23.68, (8, 6), 71),  # GA102 whitepaper
+        GpuTier("RTXA4000", 16, 15.61, (8, 6), 76.7),  # RTX A4000 sheet
+        GpuTier("RTXA5000", 24, 23.6, (8, 6), 111.1),  # RTX A5000 sheet
+        GpuTier("RTXA6000", 48, 47.4, (8, 6), 154.8),  # RTX A6000 sheet
         # Ada, sm89
-        GpuTier("L4", 24, (8, 9), bf16=True, flash_attn2=True, peak_tflops=121),  # L4 sheet
-        GpuTier("L40S", 48, (8, 9), bf16=True, flash_attn2=True, peak_tflops=362),  # L40S sheet
-        GpuTier("L40", 48, (8, 9), bf16=True, flash_attn2=True, peak_tflops=181),  # L40 sheet
-        GpuTier("RTX4090", 24, (8, 9), bf16=True, flash_attn2=True, peak_tflops=165),  # Ada whitepaper
-        GpuTier("RTX6000-Ada", 48, (8, 9), bf16=True, flash_attn2=True, peak_tflops=364.2),  # Ada whitepaper
+        GpuTier("L4", 24, 22.03, (8, 9), 121),  # L4 sheet
+        GpuTier("L40S", 48, 44.39, (8, 9), 362),  # L40S sheet
+        GpuTier("L40", 48, 44.39, (8, 9), 181),  # L40 sheet
+        GpuTier("RTX4090", 24, 23.64, (8, 9), 165),  # Ada whitepaper
+        GpuTier("RTX6000-Ada", 48, 44.43, (8, 9), 364.2),  # Ada whitepaper
         # Hopper, sm90; Blackwell, sm100
-        GpuTier("H100", 80, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True, peak_tflops=989),  # H100 SXM sheet
-        GpuTier("H200", 141, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True, peak_tflops=989),  # H200 sheet
-        GpuTier("H800", 80, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True, peak_tflops=989),  # H100's die
+        GpuTier("H100", 80, 79.1, (9, 0), 989),  # H100 SXM sheet
+        GpuTier("H200", 141, 139.8, (9, 0), 989),  # H200 sheet
+        GpuTier("H800", 80, 79.1, (9, 0), 989),  # H100's die
         # Grace Hopper: the 96 GB HBM3 module (the 144 GB HBM3e one plans within it)
-        GpuTier("GH200", 96, (9, 0), bf16=True, flash_attn2=True, flash_attn3=True, peak_tflops=989),  # GH200 sheet
-        GpuTier("B200", 180, (10, 0), bf16=True, flash_attn2=True, peak_tflops=2250),  # HGX B200 sheet, per GPU
+        GpuTier("GH200", 96, 94.5, (9, 0), 989),  # GH200 sheet
+        GpuTier("B200", 180, 178.35, (10, 0), 2250),  # HGX B200 sheet, per GPU
     ]
 }
 

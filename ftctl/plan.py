@@ -237,7 +237,7 @@ class Plan:
     method: str
     gpus: str  # normalised --gpus
     tier: str | None  # None on CPU
-    gpu_memory_gb: float | None
+    gpu_memory_gb: float | None  # what a GPU holds as PyTorch reports it (gpus.GpuTier.capacity_gb); None on CPU
     nodes: int
     gpus_per_node: int
     world_size: int
@@ -304,7 +304,7 @@ class Plan:
             (
                 "memory/device",
                 f"{self.memory_gb:.1f} GB est."
-                + (f" of {self.gpu_memory_gb:g} GB" if self.gpu_memory_gb else "")
+                + (f" of {self.gpu_memory_gb:.1f} GB" if self.gpu_memory_gb else "")
                 + "  ("
                 + ", ".join(f"{k} {v:.1f}" for k, v in self.memory.items())
                 + ")",
@@ -910,6 +910,8 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
         )
     plan = _fit(spec, req, shape, spec.method)
     if plan is not None:
+        if said := _kept_on_gpu(spec, req, shape, plan):
+            plan.notes.append(said)
         read = Path(spec.model_name_or_path, "config.json")
         if spec.model_params and read.is_file():  # the size given wins; say so where the model's own is readable
             try:
@@ -925,6 +927,38 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
             )
         return plan
     raise DoesNotFit(_refusal(spec, req, shape))
+
+
+def _kept_on_gpu(spec: RunSpec, req, shape: ModelShape, plan: Plan) -> str | None:
+    """Where the planner offloads the optimizer only because of its own choices, what keeps it on the GPU: a global
+    batch with no accumulation (whose fp32 gradient buffer is what did not fit: a 4B fft on one 80 GB card), or 8-bit
+    AdamW states. None where the plan is on the GPU, or the run asked for its strategy."""
+    if plan.strategy not in OFFLOAD_STRATEGIES or spec.strategy:
+        return None
+    on_gpu = [s for s in _strategies(spec.method, req.world_size, req.nodes, None) if s not in OFFLOAD_STRATEGIES]
+
+    def first(**changes) -> Plan | None:
+        return next(
+            (p for s in on_gpu if (p := _fit(replace(spec, strategy=s, **changes), req, shape, spec.method))), None
+        )
+
+    offers = []
+    if not spec.global_batch_size and not spec.gradient_accumulation_steps:  # the default batch, not the run's
+        smaller = [b for b in (16, 8, 4, 2, 1) if req.world_size <= b < plan.global_batch_size]
+        if fits := next((p for b in smaller if (p := first(global_batch_size=b))), None):
+            offers.append(
+                f"-o global_batch_size={fits.global_batch_size} (~{fits.memory_gb:.0f} GB/GPU, {fits.strategy})"
+            )
+    if not spec.optim and (fits := first(optim="adamw_8bit")):
+        offers.append(
+            f"-o optim=adamw_8bit (bitsandbytes' 8-bit AdamW states; ~{fits.memory_gb:.0f} GB/GPU, {fits.strategy})"
+        )
+    if not offers:
+        return None
+    return (
+        f"the optimizer is offloaded ({plan.strategy}) only because it does not fit beside the rest: "
+        f"{' or '.join(offers)} keeps everything on the GPU, without the wait on the CPU each step"
+    )
 
 
 def _attention(spec: RunSpec, req, shape: ModelShape) -> tuple[str, bool]:
@@ -979,7 +1013,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             )
         if asked in ("varlen", "flash_attention_2") and not t.flash_attn2 and not scores:
             notes.append(f"{t.name} runs no FlashAttention kernel (Ampere and newer do): {asked} gives way to SDPA")
-        capacity = capacity_gb if capacity_gb is not None else t.memory_gb * HEADROOM
+        capacity = capacity_gb if capacity_gb is not None else t.capacity_gb * HEADROOM
     trainable = _trainable_b(method, shape, spec)
     want_global = spec.global_batch
     micro_choices = (
@@ -1087,7 +1121,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         method=method,
         gpus=str(req),
         tier=req.tier.name if req.tier else None,
-        gpu_memory_gb=req.tier.memory_gb if req.tier else None,
+        gpu_memory_gb=round(req.tier.capacity_gb, 2) if req.tier else None,
         nodes=req.nodes,
         gpus_per_node=req.per_node,
         world_size=world,
@@ -1206,6 +1240,11 @@ def _accumulation_cost(spec: RunSpec, req, shape: ModelShape) -> str:
     )
 
 
+def _holds(t: gpu_table.GpuTier) -> str:
+    """'an H100 has 84.9 GB (79.11 GiB as PyTorch reports it)': a refusal's card, in the plan's unit and PyTorch's."""
+    return f"{t.a_card} has {t.capacity_gb:.1f} GB ({t.total_gib:g} GiB as PyTorch reports it)"
+
+
 def _a_model(shape: ModelShape) -> str:
     """'an 8.03B-parameter model', 'a 70.6B-parameter model' (eight, eleven and eighteen start with a vowel)."""
     size = f"{shape.params_b:g}"
@@ -1240,7 +1279,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         )
         return (
             f"{method} of {_a_model(shape)} with {asked} does not fit {req} "
-            f"({req.tier.a_card} has {req.tier.memory_gb:g} GB; ftctl plans within {HEADROOM:.0%} of it)"
+            f"({_holds(req.tier)}; ftctl plans within {HEADROOM:.0%} of it)"
             f"{_accumulation_cost(spec, req, shape)}. Without {'it' if len(forced) == 1 else 'them'} it does: "
             f"{fits.strategy}, micro-batch {fits.per_device_train_batch_size}"
             + (
@@ -1283,8 +1322,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     msg = (
         f"{method} of {_a_model(shape)} does not fit {req}: the leanest plan "
         f"({strategy}, micro-batch 1, gradient checkpointing) needs about {need:.1f} GB per GPU; "
-        f"{req.tier.a_card} has {req.tier.memory_gb:g} GB and ftctl plans within {HEADROOM:.0%} of it "
-        f"({HEADROOM * req.tier.memory_gb:.1f} GB)."
+        f"{_holds(req.tier)} and ftctl plans within {HEADROOM:.0%} of it ({HEADROOM * req.tier.capacity_gb:.1f} GB)."
     )
     if said := experts_stay_16bit(method, shape):
         msg += f" {said[0].upper()}{said[1:]}."

@@ -84,8 +84,9 @@ def test_the_offered_plan_is_the_planners_and_needs_less(method, gpus, values, m
     spec, plan = _run(method, gpus, **values)
     total = plan.gpu_memory_gb / GIB
     this = min(missed * plan.memory_gb / GIB, total - 0.2)  # what it held when it ran out, at most the card
-    line = gpu_memory.message(oom(total, total - this - 0.1, this), spec, plan)
-    assert line.startswith(f"out of memory on GPU 0 ({plan.gpu_memory_gb:.1f} GB): this process held ")
+    exc = oom(total, total - this - 0.1, this)
+    line = gpu_memory.message(exc, spec, plan)
+    assert line.startswith(f"out of memory on GPU 0 ({gpu_memory.card(str(exc)).total:.1f} GB): this process held ")
     miss = (this + 1.96) * GIB / plan.memory_gb
     assert f"; {miss:.1f}x the plan's estimate of {plan.memory_gb:.1f} GB." in line and "other processes" not in line
     new = _relaunched(spec, line)
@@ -121,7 +122,7 @@ def test_an_error_without_numbers_offers_a_leaner_plan():
 
 
 def test_a_run_with_a_checkpoint_is_offered_a_plan_that_resumes_it(tmp_path):
-    """13B qlora on an A10G that other processes hold 8 GB of: the planner's leaner plan would take bitsandbytes'
+    """13B qlora on an A10G that other processes hold 10.25 GB of: the planner's leaner plan would take bitsandbytes'
     paged 8-bit AdamW, whose states a checkpoint saved with fused AdamW's cannot continue (the relaunch's resume
     would be refused). Once the output holds a checkpoint, the offer keeps the optimizer and finds the memory in
     the batch instead."""
@@ -130,7 +131,7 @@ def test_a_run_with_a_checkpoint_is_offered_a_plan_that_resumes_it(tmp_path):
 
     spec, plan = _run("qlora", "1xA10G", output_dir=str(tmp_path / "run"), model_name_or_path="lmsys/vicuna-13b-v1.5")
     assert plan.optim == "adamw_torch_fused"
-    total, others, this = plan.gpu_memory_gb / GIB, 8 / GIB, 10 / GIB
+    total, others, this = plan.gpu_memory_gb / GIB, 10.25 / GIB, 10 / GIB
     exc = oom(total, total - others - this, this)
     assert _relaunched(spec, gpu_memory.message(exc, spec, plan)).optim == "paged_adamw_8bit"
 

@@ -19,7 +19,7 @@ VOLTA_AND_TURING = sorted(n for n, t in gpus.TIERS.items() if t.compute_capabili
 def test_ampere_and_newer_plan_bf16_and_varlen(name):
     p = make_plan(make_spec([], method="qlora", gpus=f"1x{name}", model_params="1b"))
     assert (p.tier, p.precision, p.attn_implementation) == (name, "bf16", "varlen")
-    assert p.gpu_memory_gb == gpus.TIERS[name].memory_gb
+    assert p.gpu_memory_gb == round(gpus.TIERS[name].capacity_gb, 2)
 
 
 @pytest.mark.parametrize("name", VOLTA_AND_TURING)
@@ -31,7 +31,7 @@ def test_volta_and_turing_plan_fp16_and_sdpa(name):
 
 def test_a_slurm_name_plans_as_its_tier():
     p = make_plan(make_spec([], method="lora", gpus="gpu:nvidia_a100-sxm4-80gb:2", model_params="1b"))
-    assert (p.gpus, p.gpu_memory_gb, p.precision) == ("2xA100-80GB", 80, "bf16")
+    assert (p.gpus, p.gpu_memory_gb, p.precision) == ("2xA100-80GB", 84.98, "bf16")
 
 
 def test_a_refusal_offers_the_clouds_common_gpus_or_the_one_asked_for():
@@ -80,6 +80,13 @@ SMI = [
     ("NVIDIA H800", 81559, "H800"),
     ("NVIDIA B200", 183359, "B200"),
 ]
+
+
+def test_pytorchs_total_of_each_card_is_under_what_nvidia_smi_lists():
+    """The plan fits within PyTorch's total of a card (gpus.GpuTier.total_gib), which the driver's reserve keeps under
+    nvidia-smi's memory.total: a total above it would plan for memory no run gets."""
+    for _, mib, want in SMI:
+        assert gpus.TIERS[want].total_gib * 1024 <= mib, want
 
 
 @pytest.mark.parametrize(

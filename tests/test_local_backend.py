@@ -232,7 +232,10 @@ def test_fallback_on_one_h200_host_says_what_offload_would_need():
     note = plan.notes[0]
     assert "fft does not fit this machine" in note and "qlora runs instead" in note
     assert plan.table().splitlines()[0].endswith("qlora  (not fft: it does not fit here, see the note)")  # not last
-    assert "an H200 has 141 GB" in note and "~172 GB of host RAM per node, which has 135.1 GB" in note
+    assert (
+        "an H200 has 150.1 GB (139.8 GiB as PyTorch reports it)" in note
+        and "~172 GB of host RAM per node, which has 135.1 GB" in note
+    )
 
 
 def test_fallback_is_for_a_plan_that_does_not_fit_not_for_a_setting_in_error(tiny_model_dir):

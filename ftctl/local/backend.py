@@ -77,14 +77,14 @@ def local_gpus() -> str:
     return f"{len(rows)}x{like.name}" if like else "cpu"  # Pascal and older, or less memory than any listed card
 
 
-def _listed_like(name: str, mem_gb: float):
-    """The listed card to plan an unlisted (newer) one as: of those with no more memory (nvidia-smi's MiB run ~2%
-    under a card's nominal GB), one of its model, else the newest, the largest of those; None where every listed
-    card has more (an 8 GB card). The nearest in memory, or a name inside its name, planned a GH200 (96 GB) as an
+def _listed_like(name: str, mem_gib: float):
+    """The listed card to plan an unlisted (newer) one as: of those with no more memory (PyTorch's total of it, a
+    few hundred MiB under nvidia-smi's), one of its model, else the newest, the largest of those; None where every
+    listed card has more (an 8 GB card). The nearest in memory, or a name inside its name, planned a GH200 (96 GB) as an
     H200 (141 GB, out of memory), an RTX 5090 as a V100S."""
     from ftctl import gpus as gpu_table
 
-    fits = [t for t in gpu_table.TIERS.values() if t.memory_gb <= mem_gb * 1.03]
+    fits = [t for t in gpu_table.TIERS.values() if t.total_gib <= mem_gib]
     same = [t for t in fits if gpu_table.same_model(name, t.name)]
     return max(same or fits, key=lambda t: (t.compute_capability, t.memory_gb, t.peak_tflops), default=None)
 
