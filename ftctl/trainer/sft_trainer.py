@@ -29,6 +29,7 @@ neither the 1B fft peak nor its speed moved measurably (bench/NOTES.md, v6).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections import defaultdict
@@ -38,11 +39,14 @@ import torch
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, is_peft_model
 from transformers import Trainer
 from transformers.trainer_pt_utils import nested_gather
+from transformers.trainer_utils import SchedulerType
 from trl import SFTConfig as TrlSFTConfig
 from trl import SFTTrainer as TrlSFTTrainer
 
 from ftctl.trainer import lm_head
 from ftctl.trainer.distributed import local, to_host_later
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,6 +64,17 @@ class _LateLog:
 
 
 class SFTConfig(TrlSFTConfig):
+    def __post_init__(self):
+        """lr_scheduler_type=constant with a warm-up trains transformers' constant_with_warmup: its own constant
+        schedule ignores warmup_steps without a word, so qlora.py's run file (constant, warmup_ratio 0.03) trained
+        its first steps at the full rate while the file said they warm up. Here warm-up is a key of its own, the
+        schedule's shape what comes after it (SFTTrainer.create_scheduler says so in the log); warmup_ratio 0 gives
+        transformers' constant, what qlora.py itself ran."""
+        super().__post_init__()
+        self.warmed_constant = self.lr_scheduler_type == SchedulerType.CONSTANT and self.warmup_steps > 0
+        if self.warmed_constant:
+            self.lr_scheduler_type = SchedulerType.CONSTANT_WITH_WARMUP
+
     def get_warmup_steps(self, num_training_steps: int) -> int:
         """warmup_ratio's steps rounded down, not up as transformers does: its linear warm-up gives the first step a
         learning rate of 0, so under 34 steps warmup_ratio=0.03 wasted one (a 1-step run on a small file trained
@@ -115,6 +130,20 @@ class SFTTrainer(TrlSFTTrainer):
         self.data_collator = lm_head.counting_scored(self.data_collator)
         if self.defer_logs is None:
             self.defer_logs = self.args.device.type == "cuda"
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        made = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        if made and getattr(self.args, "warmed_constant", False) and warmup and self.is_world_process_zero():
+            log.info(
+                "lr_scheduler_type=constant: the learning rate warms up over %d of the %d steps, then stays constant "
+                "(transformers' constant_with_warmup; its constant, which qlora.py ran, skips the warm-up: "
+                "-o warmup_ratio=0 for that)",
+                warmup,
+                num_training_steps,
+            )
+        return scheduler
 
     def _build_accelerator_args(self, **kwargs) -> dict:
         args = super()._build_accelerator_args(**kwargs)
