@@ -266,9 +266,10 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def table(self, model: str | None = None, max_length: int | None = None) -> str:
+    def table(self, model: str | None = None, max_length: int | None = None, lora_dropout: float | None = None) -> str:
         """The plan as rows for a terminal; ``model``: the run's model_name_or_path, named in its row; ``max_length``:
-        its model_max_length, the sequences' length in the batch row."""
+        its model_max_length, the sequences' length in the batch row; ``lora_dropout``: its lora_dropout (at 0 the
+        dropout kernels do not run)."""
         source = self.model.source  # its config.json: said once where the model's path is named already
         if model and source == str(Path(model, "config.json")):
             source = "its config.json"
@@ -317,7 +318,9 @@ class Plan:
                 -1,
                 (
                     "lora kernels",
-                    "dropout + A in one kernel pair (no dropped copy kept), B's sum in place, one autograd node a "
+                    "B's sum in place (lora_dropout 0: no dropout to fuse)"
+                    if lora_dropout == 0
+                    else "dropout + A in one kernel pair (no dropped copy kept), B's sum in place, one autograd node a "
                     "projection",
                 ),
             )
@@ -1094,6 +1097,16 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             f"global_batch_size={spec.global_batch_size} unused: gradient_accumulation_steps={accum} makes the batch "
             f"{real_global} ({micro} x {accum} x {world}); leave one of them out"
         )
+    if (
+        spec.per_device_train_batch_size
+        and not (spec.gradient_accumulation_steps or spec.global_batch_size)
+        and accum > 1
+    ):
+        notes.append(  # a FastChat or TRL run file's batch: there it is the step's, at accumulation 1
+            f"per_device_train_batch_size={micro} without gradient_accumulation_steps: ftctl accumulates {accum} of "
+            f"them to its global batch of {real_global} (transformers and TRL step after each: -o "
+            "gradient_accumulation_steps=1 for that)"
+        )
     if (spec.per_device_eval_batch_size or 0) > micro and spec.evaluates:
         notes.append(
             f"per_device_eval_batch_size={spec.per_device_eval_batch_size} is over the training's micro-batch of "
@@ -1117,6 +1130,12 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             f"memory) for the offload's {host_need:.0f}: -o host_memory_gb=N if it has less"
         )
     packing = spec.packing if spec.packing is not None else default_packing(attn)
+    if packing and spec.packing is None and (spec.per_device_train_batch_size or spec.gradient_accumulation_steps):
+        notes.append(  # the batch of another tool's run file, which counted conversations
+            f"packing: each of the {real_global} sequences a step is a {spec.model_max_length:,}-token row of several "
+            "conversations, so an epoch takes fewer steps than one conversation a sequence (FastChat's, TRL's and "
+            "axolotl's default: -o packing=false for that)"
+        )
     return Plan(
         method=method,
         gpus=str(req),

@@ -1410,3 +1410,33 @@ def test_a_qlora_refusal_on_several_gpus_says_its_base_is_not_sharded():
         plan(method="qlora", gpus="2xRTX4090", model_name_or_path="meta-llama/Llama-2-70b-hf")
     assert "Each GPU holds all of qlora's base: its 4-bit base is not sharded" in str(e.value)
     assert "--method lora with -o strategy=fsdp" in str(e.value)
+
+
+def test_another_tools_batch_says_how_ftctl_counts_it():
+    """A FastChat or TRL run file's per_device_train_batch_size is the step's batch there (accumulation 1, one
+    conversation a sequence); ftctl accumulated it to 32 packed rows without a word: far fewer, larger steps."""
+    p = plan(
+        method="lora", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["per_device_train_batch_size=4"]
+    )
+    assert (p.per_device_train_batch_size, p.gradient_accumulation_steps, p.packing) == (4, 8, True)
+    assert any(
+        "per_device_train_batch_size=4 without gradient_accumulation_steps: ftctl accumulates 8" in n for n in p.notes
+    )
+    assert any(n.startswith("packing: each of the 32 sequences a step is a 2,048-token row") for n in p.notes)
+    said = plan(
+        method="lora",
+        gpus="1xH100",
+        model_name_or_path="meta-llama/Llama-3.1-8B",
+        o=["per_device_train_batch_size=4", "gradient_accumulation_steps=1", "packing=true"],
+    )
+    assert not any(n.startswith(("per_device_train_batch_size", "packing:")) for n in said.notes)
+    ours = plan(method="lora", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B")  # ftctl's own batch
+    assert not any(n.startswith(("per_device_train_batch_size", "packing:")) for n in ours.notes)
+
+
+def test_the_lora_kernels_row_says_no_dropout_kernel_at_dropout_0():
+    p = plan(method="lora", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["lora_dropout=0"])
+    assert p.lora_kernels
+    row = next(r for r in p.table(lora_dropout=0).splitlines() if r.startswith("lora kernels"))
+    assert "no dropout to fuse" in row and "dropout + A" not in row
+    assert "dropout + A in one kernel pair" in p.table(lora_dropout=0.05)
