@@ -238,8 +238,8 @@ DECIDED = {
     "ones",
     "do_train": "ftctl launch trains",
     "do_eval": "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps",
-    "overwrite_output_dir": "a relaunch into the same --output resumes its run (resume=auto); -o resume=never starts "
-    "it anew over its checkpoints, another --output beside them",
+    "overwrite_output_dir": "a relaunch into the same --output resumes its run (resume=auto); a new run goes to "
+    "another --output (ftctl never writes a run over an earlier one's checkpoints: resume=never there is refused)",
     "dataset_test_split": "held-out data is --eval-data (a Hub dataset's test split: its files, "
     "hf://datasets/ORG/NAME/FILES) or -o eval_split=0.05",
     "dataset_config": "name the configuration's files instead (hf://datasets/ORG/NAME/CONFIG/*.parquet)",
