@@ -86,6 +86,9 @@ class JobStatus:
     # when its latest attempt started and (None while it runs) ended, where the backend says: `ftctl status` shows the
     # run's steps only where a trainer started training within it (progress)
     ran: tuple[float, float | None] | None = None
+    # what the "start" record of the job's own trainer holds (Slurm: its job id), where the backend knows it: the steps
+    # shown are those its trainer logged; a start record that names no job falls back to ``ran`` (progress)
+    own_start: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -224,7 +227,10 @@ class Backend:
         """The end of the job's log (its last lines), for what `ftctl status` says of a failure; "" where none."""
         return ""
 
-    def cancel(self, ref: JobRef) -> str:
+    # what `ftctl cancel` takes beyond the job here (Slurm: now, wait_s); another backend's job refuses them
+    cancel_options: frozenset[str] = frozenset()
+
+    def cancel(self, ref: JobRef, **options) -> str:
         self.status(ref)
         return ""
 
@@ -687,35 +693,49 @@ def status_lines(job: str) -> list[str]:
     later = next((r for r, _ in recorded_jobs() if r.output == ref.output and r.run_dir == ref.run_dir), ref)
     if later.job_id != ref.job_id and not is_remote(ref.output):  # metrics.jsonl goes on with the later job's steps
         return [*lines, f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})"]
-    return [*lines, *filter(None, [progress(ref, state.ran)])]
+    return [*lines, *filter(None, [progress(ref, state.ran, state.own_start)])]
 
 
-def progress(ref: JobRef, ran: tuple[float, float | None] | None = None) -> str | None:
+def progress(ref: JobRef, ran: tuple[float, float | None] | None = None, own: dict | None = None) -> str | None:
     """The run's last logged step and its last held-out loss, from the trainer's metrics.jsonl where the run
     directory holds it (a local or shared output; an object-store output keeps it on the node). None: nothing yet.
 
-    ``ran`` (when the job's latest attempt started and ended): None where the job's trainer wrote no "start" record
-    within it, its trainer never trained: the steps are another job's (one that held the run directory's lock, which
-    refused this one). A metrics.jsonl without start records (an older ftctl's) is shown as it is."""
+    Only the rows of the job's own trainers count: each "start" record begins a trainer's rows (one trains there at a
+    time: the run directory's lock). ``own``: what a start record of the job's holds (Slurm: {"slurm_job_id": "42"});
+    a start record without those keys (an older ftctl's) is the job's where it was written within ``ran`` (when the
+    job's latest attempt started and ended), or where neither is known. None where no trainer of the job trained: the
+    steps are another job's (one that held the run directory's lock, which refused this one). A metrics.jsonl without
+    start records (an older ftctl's) is shown as it is."""
     try:
         lines = ref.paths.metrics.read_text().splitlines()
     except OSError:
         return None
+
+    def mine(start: dict) -> bool:
+        if own and all(key in start for key in own):
+            return all(start[key] == value for key, value in own.items())
+        when = start.get("time")
+        return ran is None or (isinstance(when, (int, float)) and ran[0] <= when <= (ran[1] or math.inf))
+
     step = held_out = best = None
-    starts = []
+    counts = True  # the rows before any start record: an older ftctl's, shown as they are
+    started = ours = False
     for line in lines:
         try:
             record = json.loads(line)
         except ValueError:  # the line the trainer is writing
             continue
-        if record.get("event") == "start" and isinstance(record.get("time"), (int, float)):
-            starts.append(record["time"])
-        if "loss" in record:
+        if record.get("event") == "start":
+            counts = mine(record)
+            started, ours = True, ours or counts
+        elif not counts:
+            continue
+        elif "loss" in record:
             step = record
         elif record.get("event") == "eval":
             held_out = record
             best = record if best is None or record["eval_loss"] < best["eval_loss"] else best
-    if ran is not None and starts and not any(ran[0] <= t <= (ran[1] or math.inf) for t in starts):
+    if started and not ours:
         return None
     parts = []
     if step is not None:

@@ -277,12 +277,32 @@ def logs(job, follow):
 
 @main.command()
 @click.argument("job")
-def cancel(job):
-    """Cancel a launched job."""
+@click.option(
+    "--now",
+    is_flag=True,
+    help="Slurm: cancel at once, without asking the trainer for a checkpoint first (it saves one only where its "
+    "step ends within Slurm's KillWait).",
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.IntRange(min=0),
+    metavar="SECONDS",
+    help="Slurm: how long to wait for the trainer's checkpoint before cancelling all the same (default: the run's "
+    "signal_lead_s).",
+)
+def cancel(job, now, wait_s):
+    """Cancel a launched job (on Slurm: its trainer saves a checkpoint first, and the job is not requeued)."""
     from ftctl.backend import find_job
 
+    if now and wait_s is not None:
+        raise click.UsageError("--now cancels without waiting for a checkpoint: pass --now or --wait, not both.")
     b, ref = find_job(job)
-    click.echo(b.cancel(ref))
+    given = {name: value for name, value in (("now", now), ("wait_s", wait_s)) if value not in (False, None)}
+    if refused := sorted(given.keys() - b.cancel_options):
+        flags = ", ".join("--" + name.removesuffix("_s") for name in refused)
+        raise click.UsageError(f"{flags}: job {ref.job_id} runs on {b.name}, whose cancel takes no such option.")
+    click.echo(b.cancel(ref, **given))
 
 
 # ------------------------------------------------------------------------------------------ training

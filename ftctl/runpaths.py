@@ -21,6 +21,10 @@ METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step, written by th
 # keeps them
 CHECKPOINT_METRICS = "ftctl-metrics.jsonl"
 PLAIN_TEXT = "plain_text"  # metrics.jsonl's "start" record: every training row was plain text (no chat template)
+# ... and, for a trainer that runs in a Slurm job, that job's id and its attempt (SLURM_RESTART_COUNT: 0 before a
+# requeue): `ftctl status`/`cancel` tell the job's own trainer from another job's into the same run directory
+START_SLURM_JOB = "slurm_job_id"
+START_SLURM_ATTEMPT = "slurm_restart_count"
 SBATCH_FILE = "job.sbatch"
 TASK_FILE = "task.yaml"
 DOCKER_FILE = "docker-run.sh"

@@ -114,7 +114,7 @@ def test_status_and_logs_of_running_and_finished_jobs(e2e, reference):
 
 
 @pytest.mark.slow
-def test_cancel_stops_a_running_two_node_job(e2e, tiny_model_dir):
+def test_cancel_now_stops_a_running_two_node_job(e2e, tiny_model_dir):
     run_dir = e2e.scratch / "cancelled"
     job = e2e.launch(*run_args(tiny_model_dir, run_dir, run_name="cancelled", max_steps=5000))
     try:
@@ -122,7 +122,7 @@ def test_cancel_stops_a_running_two_node_job(e2e, tiny_model_dir):
         # torchrun and its worker on each node (their command lines name the run dir's spec.json)
         spec = str(run_dir / "spec.json")
         wait_until(lambda: len(processes_mentioning(spec)) >= 4, 60, "torchrun + trainer on 2 nodes")
-        out = e2e.ftctl("cancel", job).stdout  # it waits for the job to end, then says what a relaunch does
+        out = e2e.ftctl("cancel", "--now", job).stdout  # it waits for the job to end, then says what a relaunch does
         assert out.startswith(f"cancelled {job}: no checkpoint was saved as it stopped") and out.endswith(
             "the same `ftctl launch` starts it again: nothing was saved\n"
         )
@@ -132,6 +132,54 @@ def test_cancel_stops_a_running_two_node_job(e2e, tiny_model_dir):
         e2e.scancel(job)
     assert not list(run_dir.glob("checkpoint-*"))
     assert e2e.ftctl("cancel", job).stdout.startswith(f"job {job} had already ended: {job} CANCELLED")
+
+
+@pytest.mark.slow
+def test_cancel_saves_a_checkpoint_first_and_the_job_is_not_requeued(e2e, tiny_model_dir):
+    """`ftctl cancel` of a training job: USR1 to its batch shell alone asks the trainer (both ranks) for a checkpoint
+    at its next step, with no KillWait running (a plain scancel saved nothing where a step outlasted it: B4); the
+    script then cancels its own job instead of requeueing it. The trainer's start record names the job, so `ftctl
+    status` shows the job's own steps (P7)."""
+    run_dir = e2e.scratch / "cancel-saves"
+    job = e2e.launch(*run_args(tiny_model_dir, run_dir, run_name="cancel-saves", max_steps=5000, save_steps=1000))
+    try:
+        trained = run_dir / "metrics.jsonl"
+        wait_until(lambda: trained.exists() and len(metrics(run_dir)) >= 3, 120, "three steps trained")
+        proc = e2e.ftctl("cancel", job, timeout=180)
+        final = e2e.wait_finished(job, 30)
+        time.sleep(10)  # a requeued job starts again ~7 s after its requeue here (tests/slurm_fixtures.py)
+        state = e2e.cluster.state(job)
+    finally:
+        e2e.scancel(job)
+    log = (run_dir / f"slurm-{job}.out").read_text()
+    stopped = int(log.split("stopping at step ", 1)[1].split(" ", 1)[0])
+    assert proc.stdout == (
+        f"cancelled {job}: its trainer saved a checkpoint as it stopped: the same `ftctl launch` resumes it from "
+        f"checkpoint-{stopped}\n"
+    ), (proc.stderr, log[-3000:])
+    assert proc.stderr.startswith(f"asked job {job}'s trainer for a checkpoint at its next step boundary; waiting up")
+    # a committed checkpoint at the step it reached, the only one (save_steps=1000)
+    assert [p.name for p in run_dir.glob("checkpoint-*")] == [f"checkpoint-{stopped}"]
+    assert (run_dir / f"checkpoint-{stopped}" / "ftctl-manifest.json").is_file()
+    assert metrics(run_dir)[-1]["step"] == stopped
+    assert (run_dir / f"status.{job}.0").read_text() == "preempted\n"
+    # the batch shell alone got the request (torchrun and srun would have died of USR1); both ranks stopped together
+    assert "ftctl: cancel asked (ftctl cancel): checkpointing, then the job ends, not requeued" in log
+    for rank in (0, 1):
+        assert f"[rank {rank}] ftctl.trainer.callbacks: stopping at step {stopped} (" in log
+    assert "ftctl: trainer exited with 0, status preempted" in log
+    assert f"cancelling job {job}, not requeueing it" in log and "requeueing job" not in log
+    # the job is gone, not requeued
+    assert final.startswith(f"{job} CANCELLED on node[1-2]") and "restarts" not in final, final
+    assert state == "CANCELLED" and not (run_dir / f"status.{job}.1").exists()
+    assert not processes_mentioning(str(run_dir / "spec.json"))
+    # its trainer's start record names the job and its attempt; status shows its steps
+    starts = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"start"' in line]
+    assert [(r["slurm_job_id"], r["slurm_restart_count"]) for r in starts] == [(job, 0)]
+    assert e2e.ftctl("status", job).stdout.splitlines()[1:] == [
+        f"its trainer saved a checkpoint as it stopped: the same `ftctl launch` resumes it from checkpoint-{stopped}",
+        f"step {stopped}  loss " + e2e.ftctl("status", job).stdout.split(f"step {stopped}  loss ", 1)[1].strip(),
+    ]
 
 
 # ------------------------------------------------------------------------------- 3. preemption

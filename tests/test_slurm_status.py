@@ -98,3 +98,67 @@ def test_status_of_a_job_whose_trainer_never_trained_shows_no_step(squeue, tmp_p
     assert status_lines("30") == ["30 RUNNING on node1", "step 122  loss 4.7800"]
     squeue("30", "FAILED", nodes="node1", exit_code=1, start=T0, end=T0 + 200)
     assert status_lines("30")[-1] == "step 122  loss 4.7800"
+
+
+def _metrics(run, *trainers) -> None:
+    """metrics.jsonl of trainers that took the run directory in turn: (start record, (first, last) step)."""
+    rows = []
+    for start, (first, last) in trainers:
+        rows.append({"step": 0, "event": "start", **start})
+        rows += [{"step": s, "loss": 6.0 - s / 100, "time": start["time"] + s} for s in range(first, last + 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_status_matches_the_jobs_own_trainer_by_its_job_id(squeue, tmp_path, monkeypatch):
+    """P7 (explore6): the steps were a job's where any start record fell within the job's start and end, as squeue
+    says them: job 30, refused at job 29's lock, showed job 29's steps once job 29's requeued attempt started while
+    job 30 waited at the lock; and job 29 showed the steps of job 31, launched from another FTCTL_HOME later. The
+    trainer names its Slurm job in its start record; a record without it (an older ftctl's) is matched by time."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _metrics(
+        run,
+        ({"time": T0 + 20, "slurm_job_id": "29", "slurm_restart_count": 0}, (1, 78)),
+        ({"time": T0 + 200, "slurm_job_id": "29", "slurm_restart_count": 1}, (79, 122)),  # requeued
+        ({"time": T0 + 900, "slurm_job_id": "31", "slurm_restart_count": 0}, (123, 140)),
+    )
+    record_job(JobRef("slurm", "30", str(run), "r", str(run)))
+    # job 30 ran from T0+190 to T0+210, refused at the lock: job 29's second attempt started within that
+    squeue("30", "FAILED", nodes="node2", exit_code=2, start=T0 + 190, end=T0 + 210)
+    assert status_lines("30") == ["30 FAILED on node2 exit 2"]
+    # job 29, launched from another FTCTL_HOME: its own last step (its second attempt's), not job 31's
+    monkeypatch.setenv("FTCTL_HOME", str(tmp_path / "home29"))
+    record_job(JobRef("slurm", "29", str(run), "r", str(run)))
+    squeue("29", "FAILED", nodes="node1", exit_code=1, start=T0 + 200, end=T0 + 400)
+    assert status_lines("29")[-1] == "step 122  loss 4.7800"
+    squeue("29", "RUNNING", nodes="node1", start=T0 + 5000, end=T0 + 9000)  # clocks apart: the id still says it
+    assert status_lines("29") == ["29 RUNNING on node1", "step 122  loss 4.7800"]
+    # an older ftctl's start records name no job: the time window, as before
+    _metrics(run, ({"time": T0 + 20}, (1, 78)), ({"time": T0 + 200, "slurm_job_id": "31"}, (79, 90)))
+    squeue("29", "FAILED", nodes="node1", exit_code=1, start=T0, end=T0 + 100)
+    assert status_lines("29")[-1] == "step 78  loss 5.2200"
+    squeue("29", "FAILED", nodes="node1", exit_code=1, start=T0 + 150, end=T0 + 300)
+    assert status_lines("29") == ["29 FAILED on node1 exit 1"]  # the window holds only job 31's start
+
+
+def test_record_start_names_the_slurm_job_and_attempt(tmp_path, monkeypatch):
+    """The trainer's start record in a Slurm job (what the reader above matches on); none outside one."""
+    from types import SimpleNamespace
+
+    from ftctl.trainer.run import record_start
+
+    kernels = SimpleNamespace(attention="sdpa", liger=False, record=lambda: {"attn_implementation": "sdpa"})
+    path = tmp_path / "metrics.jsonl"
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    record_start(str(path), kernels, False, echo=lambda line: None)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    record_start(str(path), kernels, False, echo=lambda line: None)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    record_start(str(path), kernels, False, echo=lambda line: None)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r.get("slurm_job_id"), r.get("slurm_restart_count")) for r in records] == [
+        (None, None),
+        ("42", 0),
+        ("42", 2),
+    ]

@@ -11,6 +11,7 @@ torchrun and ftctl of the submitting environment, on the shared filesystem, as b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,10 +26,12 @@ from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, 
 from ftctl.errors import FtctlError
 from ftctl.failures import tail
 from ftctl.launch import PATH_PYTHON, container_kind
-from ftctl.runpaths import SLURM_STATUS_PATTERN
+from ftctl.runpaths import SLURM_STATUS_PATTERN, START_SLURM_ATTEMPT, START_SLURM_JOB
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm import scheduler
+from ftctl.spec import RunSpec
+from ftctl.storage import is_remote
 
 # Slurm's words -> ftctl's states (as torchx's SLURM_STATES -> AppState)
 SLURM_STATES = {
@@ -60,6 +63,8 @@ SLURM_STATES = {
 
 
 CANCEL_MARGIN_S = 15  # how much longer than KillWait `ftctl cancel` waits for the job to end
+# a job's states while its batch script runs (it takes a signal)
+RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "SUSPENDED", "CONFIGURING", "STOPPED", "SIGNALING"})
 
 # the job script's word for how an attempt ended (the trainer's) -> the job's state, for a job Slurm has forgotten
 SCRIPT_STATES = {"complete": JobState.SUCCEEDED, "failed": JobState.FAILED, "preempted": JobState.PREEMPTED}
@@ -86,7 +91,26 @@ def said_by_script(ref: JobRef) -> JobStatus | None:
     return JobStatus(
         SCRIPT_STATES[word],
         f"{ref.job_id} {word} (attempt {last}, as its script wrote it: Slurm no longer remembers the job)",
+        own_start={START_SLURM_JOB: ref.job_id},
     )
+
+
+def starts_in(metrics: Path) -> list[dict]:
+    """The "start" records of a run's metrics.jsonl, one a trainer that started training there (trainer.run.
+    record_start: in a Slurm job, with its job id and attempt); [] where there is none to read."""
+    try:
+        lines = metrics.read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # the line the trainer is writing
+            continue
+        if isinstance(record, dict) and record.get("event") == "start":
+            found.append(record)
+    return found
 
 
 def refuse_jobs_there(rendered: Rendered) -> None:
@@ -152,6 +176,7 @@ class SlurmBackend(Backend):
         | PREFLIGHT_KEYS
     )
     no_image = "the nodes run this environment's torchrun and ftctl (shared filesystem)"
+    cancel_options = frozenset({"now", "wait_s"})
 
     def image_kinds(self) -> tuple[str, ...]:
         return ("sif", "pushed") if userconfig.load().slurm_container == "apptainer" else ("pushed",)
@@ -253,7 +278,8 @@ class SlurmBackend(Backend):
                 "not on a filesystem the nodes see; that node's slurmd log says why"
             )
         ran = (s.started, s.ended) if s.started is not None else None
-        return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe(), note, ran)
+        own = {START_SLURM_JOB: ref.job_id}  # what its trainer's start record says (a trainer of this ftctl's)
+        return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe(), note, ran, own)
 
     def logs(self, ref: JobRef, follow: bool) -> None:
         scheduler.logs(ref.job_id, follow=follow, path=self._log(ref))
@@ -268,19 +294,94 @@ class SlurmBackend(Backend):
         path = ref.paths.slurm_log(ref.job_id)
         return path if path.exists() else scheduler.stdout_path(ref.job_id) or path
 
-    def cancel(self, ref: JobRef) -> str:
+    def cancel(self, ref: JobRef, now: bool = False, wait_s: int | None = None) -> str:
+        """Ask the job's trainer for a checkpoint first, then end the job without a requeue: USR1 to its batch shell
+        alone, whose trap touches the trainer's stop file (it saves at its next step boundary) and, once the trainer
+        stopped at that checkpoint, cancels its own job. Waits up to ``wait_s`` (the run's signal_lead_s, the time it
+        gives a checkpoint before its time limit) for the job to end; then, or with ``now``, or where there is no
+        progress to keep (its trainer has not started training in this attempt), a plain scancel: Slurm kills the
+        trainer KillWait after its SIGTERM, so it saves only at a step boundary that comes sooner."""
+        before = scheduler.status(ref.job_id)
+        if before.finished:
+            return f"job {ref.job_id} had already ended: {before.describe()}"
+        if before.state != "RUNNING":  # queued, or its batch script not (or no longer) running: nothing to ask
+            return self._cancel_now(ref)
+        why_not = "--now" if now else self._nothing_to_ask(ref, before)
+        if why_not is not None:
+            return self._cancel_now(ref, why_not)
+        wait_s = self._checkpoint_wait_s(ref) if wait_s is None else wait_s
+        try:
+            if not scheduler.signal_batch(ref.job_id, slurm_render.CANCEL_SIGNAL):
+                return self._ended(ref, scheduler.status(ref.job_id))
+        except FtctlError as e:  # Slurm refused the signal (its batch step not up yet ...): the cancel all the same
+            return self._cancel_now(ref, f"its script could not be asked for a checkpoint: {e}")
+        click.echo(
+            f"asked job {ref.job_id}'s trainer for a checkpoint at its next step boundary; waiting up to {wait_s} s "
+            f"for it, then the job ends, not requeued (`ftctl cancel --now {ref.job_id}` cancels it at once)",
+            err=True,
+        )
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            s = scheduler.status(ref.job_id)
+            if s.finished:
+                return self._ended(ref, s)
+            if s.state not in RUNNING_STATES:  # requeued meanwhile (its time limit's USR2 came first): not again
+                return self._cancel_now(ref, "it was requeued meanwhile")
+            time.sleep(1)
+        return self._cancel_now(
+            ref, f"no checkpoint within {wait_s} s (`ftctl cancel --wait SECONDS` gives its trainer longer)"
+        )
+
+    def _ended(self, ref: JobRef, s: scheduler.JobStatus) -> str:
+        """What `cancel` says of a job that ended after its trainer was asked for a checkpoint."""
+        if s.state == "CANCELLED":
+            return f"cancelled {ref.job_id}: {self.stop_note(ref)}"
+        if s.state == "COMPLETED":
+            return f"job {ref.job_id} finished training before it could stop: {s.describe()}"
+        return f"job {s.describe()} as it stopped: `ftctl status {ref.job_id}` says why{self._goes_on(ref)}"
+
+    def _nothing_to_ask(self, ref: JobRef, running: scheduler.JobStatus) -> str | None:
+        """Why the job is cancelled at once rather than asked for a checkpoint first: its script has no trap for the
+        request (an older ftctl rendered it: the signal would end it unsaved), or a run dir that holds the run's
+        metrics.jsonl has no start record of this attempt's trainer (still loading: nothing since the last
+        checkpoint to save). None: ask."""
+        try:
+            script = ref.paths.sbatch.read_text()
+        except OSError:
+            script = ""
+        if slurm_render.CANCEL_TRAP not in script:
+            return f"its script ({ref.paths.sbatch.name}, an older ftctl's) cannot ask its trainer for a checkpoint"
+        if is_remote(ref.output):  # the trainer's metrics are on the node that stages the run: not known here
+            return None
+        attempt = running.restarts or 0
+        if not any(
+            start.get(START_SLURM_JOB) == ref.job_id and start.get(START_SLURM_ATTEMPT) == attempt
+            for start in starts_in(ref.paths.metrics)
+        ):
+            return "its trainer had not started training: nothing since the last checkpoint to save"
+        return None
+
+    @staticmethod
+    def _checkpoint_wait_s(ref: JobRef) -> int:
+        try:
+            return RunSpec(**json.loads(ref.paths.spec.read_text())["spec"]).signal_lead_s
+        except (OSError, ValueError, KeyError, TypeError, FtctlError):
+            return RunSpec().signal_lead_s
+
+    def _cancel_now(self, ref: JobRef, why: str | None = None) -> str:
         """scancel, then wait (bounded: Slurm's KillWait and a margin) for the job to end, to say whether its trainer
         saved a checkpoint as it stopped: it saves at its next step boundary, and Slurm kills it KillWait (30 s by
         default) after the cancel, so a step longer than that saves nothing."""
+        said = f" ({why})" if why else ""
         before = scheduler.cancel(ref.job_id)
         if before.finished:
             return f"job {ref.job_id} had already ended: {before.describe()}"
-        if before.state not in ("RUNNING", "COMPLETING", "SUSPENDED", "CONFIGURING", "STOPPED", "SIGNALING"):
+        if before.state not in RUNNING_STATES:
             return f"cancelled {ref.job_id} ({before.state}: it had not started){self._goes_on(ref)}"
         kill_wait = scheduler.kill_wait_s()
         click.echo(
-            f"waiting for job {ref.job_id} to stop: its trainer saves a checkpoint at its next step boundary, if that "
-            f"comes within Slurm's KillWait ({kill_wait} s)",
+            f"cancelled job {ref.job_id} at once{said}; waiting for it to stop: its trainer saves a checkpoint at its "
+            f"next step boundary, if that comes within Slurm's KillWait ({kill_wait} s)",
             err=True,
         )
         deadline = time.monotonic() + kill_wait + CANCEL_MARGIN_S

@@ -17,6 +17,11 @@ GraceTime before SIGKILL) asks for the same checkpoint, and the script waits for
 once ended the job and its step then. It does not requeue the job: a cancel is meant, and a preemption that
 requeues, ``scontrol requeue`` and a node failure are requeued by Slurm itself; the script cannot tell which, so its
 log says what follows either way.
+
+``ftctl cancel`` sends USR1 to this script alone first (``scancel --signal=USR1 --batch``: Slurm 22.05 signals the
+batch shell only, not its srun nor the job's steps; ``--full`` would reach torchrun, which dies of a USR signal):
+the same checkpoint through the stop file, with no KillWait running, and then the script cancels its own job instead
+of requeueing it.
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ def _sbatch_value(key: str, value) -> str:
 _ONE_TASK = "ftctl runs one task a node, whose torchrun starts that node's processes (--gpus says how many)"
 _ONE_LOG = "every attempt appends to slurm-JOBID.out in the run directory, where `ftctl logs` reads it"
 MAX_REQUEUES = 5  # a preempted or timed-out job's requeues where -o max_requeues is unset
+# what `ftctl cancel` sends the batch shell: checkpoint, then cancel the job (USR2 is the time limit's: requeue)
+CANCEL_SIGNAL = "USR1"
+CANCEL_TRAP = f"trap on_cancel {CANCEL_SIGNAL}"  # a script without it (an older ftctl's) dies of the signal
 _REQUEUE = "-o max_requeues=N says how often a preempted job is requeued (0: never)"
 # what follows a TERM: the script cannot tell a cancel from Slurm's own requeue (scontrol requeue, a node failure, a
 # preemption that requeues), which starts the job again by itself
@@ -336,6 +344,10 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         'on_term() { echo "ftctl: TERM (a cancel, a requeue or a preemption): checkpointing"; '
         f'TERMINATED=1; touch "${STOP_ENV}"; }}',
         "trap on_term TERM",
+        'CANCELLING=""',
+        'on_cancel() { echo "ftctl: cancel asked (ftctl cancel): checkpointing, then the job ends, not requeued"; '
+        f'CANCELLING=1; touch "${STOP_ENV}"; }}',
+        CANCEL_TRAP,
         *setup_lines(spec),
         *([f"mkdir -p {join(caches)}  # the Hugging Face caches, bound into the container"] if caches else []),
         "",
@@ -366,6 +378,13 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         'echo "ftctl: trainer exited with $RC, status $STATUS"',
         'if [ "$STATUS" = preempted ] && [ -n "$TERMINATED" ]; then',
         f'  echo "ftctl: stopped by TERM at the checkpoint above; {_AFTER_TERM}"',
+        "  exit 143",
+        "fi",
+        'if [ "$STATUS" = preempted ] && [ -n "$CANCELLING" ]; then',
+        '  echo "ftctl: stopped at the checkpoint above, as ftctl cancel asked: cancelling job $SLURM_JOB_ID, not '
+        'requeueing it; the same ftctl launch resumes it"',
+        "  trap '' TERM  # the cancel's own TERM: nothing is left to save",
+        '  scancel "$SLURM_JOB_ID"',
         "  exit 143",
         "fi",
         'if [ "$STATUS" = preempted ]; then',

@@ -225,6 +225,18 @@ def cancel(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
     return before
 
 
+def signal_batch(job_id: str, signal: str, env: Mapping[str, str] | None = None) -> bool:
+    """``scancel --signal=SIGNAL --batch JOB``: the job's batch shell alone gets it (Slurm 22.05: not its children,
+    srun among them, nor the job's steps), for its trap. False where the job had ended meanwhile."""
+    job_id = _check_id(job_id)
+    proc = run_command(["scancel", f"--signal={signal}", "--batch", job_id], env)
+    if "already completing or completed" in proc.stderr:
+        return False
+    if proc.returncode != 0 or "error" in proc.stderr.lower():
+        raise command_error("scancel", f"could not signal job {job_id}", proc)
+    return True
+
+
 def kill_wait_s(env: Mapping[str, str] | None = None) -> int:
     """Slurm's KillWait (`scontrol show config`): how long after a cancel's SIGTERM a job is killed; Slurm's default
     (30 s) where the controller does not say."""

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftctl import checkpoints, failures, storage
-from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, STATUS_ENV
+from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, SLURM_RESTART_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run, without_liger
 from ftctl.runpaths import (
@@ -49,6 +49,8 @@ from ftctl.runpaths import (
     METRICS_FILE,
     PLAIN_TEXT,
     SPEC_FILE,
+    START_SLURM_ATTEMPT,
+    START_SLURM_JOB,
     RunPaths,
 )
 from ftctl.spec import RunSpec, scheduler_kwargs
@@ -300,12 +302,16 @@ def record_start(metrics_path: str, kernels, plain_text: bool, echo=print) -> No
     """Say in the run's log, and in metrics.jsonl (an ``"event": "start"`` record), which attention and
     layer kernels run: the plan can only name what the GPU tier allows. The record also says whether every
     training row was plain text, trained without the chat template (``plain_text``: what `ftctl chat` prompts
-    the run with, trained.Trained.plain_text)."""
+    the run with, trained.Trained.plain_text). In a Slurm job it names the job and its attempt: the rows after it
+    are that job's (`ftctl status JOB` shows them; a job refused at another's lock wrote none)."""
     echo(f"attention: {kernels.attention}; Liger kernels: {'on' if kernels.liger else 'off'}")
     with open(metrics_path, "a") as f:
         # step 0: kept when a resumed run drops the rows after its checkpoint (callbacks.truncate_metrics)
         record = {"step": 0, "event": "start", "time": round(time.time(), 3), **kernels.record()}
         record[PLAIN_TEXT] = plain_text
+        if job := os.environ.get("SLURM_JOB_ID"):
+            record[START_SLURM_JOB] = job
+            record[START_SLURM_ATTEMPT] = int(os.environ.get(SLURM_RESTART_ENV) or 0)
         f.write(json.dumps(record) + "\n")
 
 
