@@ -1394,8 +1394,10 @@ MIN_HINTED_LENGTH = 512  # the shortest model_max_length a plan that does not fi
 
 
 def _nearest(spec: RunSpec, shape: ModelShape, method: str, req) -> Plan | None:
-    """The fitting request with the least total GPU memory, preferring the requested tier; for another
-    method, the request as asked comes first (qlora on the same GPUs is nearer than qlora on a T4)."""
+    """The fitting request with the least total GPU memory, preferring the requested tier, and one that keeps the
+    optimizer on the GPUs where any does (an 8B fft asked of one H100 was offered 4xA10G with ZeRO-3 offload, each
+    step waiting on the CPU, before 2xH100); for another method, the request as asked comes first (qlora on the same
+    GPUs is nearer than qlora on a T4)."""
     if method != spec.method:
         p = _fit(replace(spec, method=method, strategy=None), req, shape, method)
         if p is not None:
@@ -1407,15 +1409,17 @@ def _nearest(spec: RunSpec, shape: ModelShape, method: str, req) -> Plan | None:
                 if nodes > 1 and per < 8:
                     continue
                 candidates.append((t.memory_gb * per * nodes, t.name != req.tier.name, t.name, per, nodes))
+    offloaded = None  # the first fit that offloads: offered where nothing fits on the GPUs alone
     for _, _, name, per, nodes in sorted(candidates):
         if (name, per, nodes) == (req.tier.name, req.per_node, req.nodes) and method == spec.method:
             continue
         r = gpu_table.GpuRequest(gpu_table.TIERS[name], per, nodes)
         # other GPUs are other machines: their host memory is theirs, not the -o host_memory_gb of the one asked for
         p = _fit(replace(spec, method=method, strategy=None, host_memory_gb=None), r, shape, method)
-        if p is not None:
+        if p is not None and p.strategy not in OFFLOAD_STRATEGIES:
             return p
-    return None
+        offloaded = offloaded or p
+    return offloaded
 
 
 # ------------------------------------------------------------------------------------------ run file

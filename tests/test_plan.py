@@ -1440,3 +1440,13 @@ def test_the_lora_kernels_row_says_no_dropout_kernel_at_dropout_0():
     row = next(r for r in p.table(lora_dropout=0).splitlines() if r.startswith("lora kernels"))
     assert "no dropout to fuse" in row and "dropout + A" not in row
     assert "dropout + A in one kernel pair" in p.table(lora_dropout=0.05)
+
+
+def test_a_refusal_offers_gpus_that_keep_the_optimizer_on_them_first():
+    """An 8B fft asked of one H100 was offered 4xA10G with ZeRO-3 offload (the least GPU memory, each step waiting on
+    the CPU's Adam) before 2xH100, which hold it all. Offloading plans are offered only where nothing else fits."""
+    with pytest.raises(PlanError) as e:
+        plan(method="fft", gpus="1xH100", model_name_or_path="x", model_params="8b")
+    assert "--gpus 2xH100 --method fft (fsdp," in str(e.value) and "offload, ~" not in str(e.value)
+    offered = plan(method="fft", gpus="2xH100", model_name_or_path="x", model_params="8b")
+    assert offered.strategy not in OFFLOAD_STRATEGIES
