@@ -233,12 +233,16 @@ def deepspeed_config(plan, on_cpu: bool, load_universal: bool = False) -> dict |
         zero["offload_optimizer"] = dict(offload)
         if plan.strategy == "zero3_offload":
             zero["offload_param"] = dict(offload)
-        # offloaded optimizer states need DeepSpeed's CPU Adam
-        config["optimizer"] = {
-            "type": "AdamW",
-            "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
-        }
+        # offloaded optimizer states need DeepSpeed's CPU Adam: the Trainer builds it over its own parameter groups
+        # (SFTTrainer.get_optimizer_cls_and_kwargs). An "optimizer" section here had DeepSpeed build it over every
+        # parameter in one group, and weight_decay decayed the norms and biases every other strategy exempts.
     return config
+
+
+def offloads_optimizer(deepspeed: dict | str | None) -> bool:
+    """Whether TrainingArguments' ``deepspeed`` (deepspeed_config's dict) keeps the optimizer states in CPU RAM."""
+    zero = deepspeed.get("zero_optimization", {}) if isinstance(deepspeed, dict) else {}
+    return zero.get("offload_optimizer", {}).get("device") == "cpu"
 
 
 def zero3_leaf_blocks(model, strategy: str) -> list[str]:

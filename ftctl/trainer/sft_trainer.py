@@ -44,7 +44,7 @@ from trl import SFTConfig as TrlSFTConfig
 from trl import SFTTrainer as TrlSFTTrainer
 
 from ftctl.trainer import lm_head
-from ftctl.trainer.distributed import local, to_host_later
+from ftctl.trainer.distributed import local, offloads_optimizer, to_host_later
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,23 @@ class SFTTrainer(TrlSFTTrainer):
                 num_training_steps,
             )
         return scheduler
+
+    @staticmethod
+    def get_optimizer_cls_and_kwargs(args, model=None):
+        """The offload strategies' optimizer: DeepSpeed's CPU AdamW (fp32 states in CPU RAM), built by the Trainer
+        over its parameter groups, so that weight_decay leaves the norms and biases alone as under every other
+        strategy (from the DeepSpeed config's optimizer section it decayed them: one group of every parameter)."""
+        if not offloads_optimizer(args.deepspeed):
+            return Trainer.get_optimizer_cls_and_kwargs(args, model)
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        betas = (args.adam_beta1, args.adam_beta2)
+        return DeepSpeedCPUAdam, {
+            "lr": args.learning_rate,
+            "betas": betas,
+            "eps": args.adam_epsilon,
+            "adamw_mode": True,
+        }
 
     def _build_accelerator_args(self, **kwargs) -> dict:
         args = super()._build_accelerator_args(**kwargs)
