@@ -141,6 +141,10 @@ MEANT = {
     "train_file": "The training data is data_path.",
     "batch_size": "Sequences per GPU are per_device_train_batch_size; per optimizer step, global_batch_size.",
     "train_batch_size": "Sequences per GPU are per_device_train_batch_size; per optimizer step, global_batch_size.",
+    "model_init_kwargs": "TRL's model_init_kwargs is read key by key, as a mapping (model_init_kwargs: {torch_dtype: "
+    "bfloat16}): torch_dtype, attn_implementation, trust_remote_code, revision ...; ftctl loads the model itself.",
+    "dataset_kwargs": "TRL's dataset_kwargs is read key by key, as a mapping (dataset_kwargs: {skip_prepare_dataset: "
+    "false}); ftctl prepares the rows itself.",
 }
 
 
@@ -165,7 +169,9 @@ DECIDED = {
     "offload: zero2_offload, zero3_offload)",
     "evaluation_strategy": _EVALUATED,
     "eval_strategy": _EVALUATED,
-    "save_strategy": "a checkpoint every save_steps, or saves_per_epoch: N times an epoch (epoch's: saves_per_epoch: 1)",
+    "save_strategy": "a checkpoint every save_steps, or saves_per_epoch: N times an epoch (epoch is read as "
+    "saves_per_epoch: 1; no is left out: a stopped or preempted run resumes from its checkpoints, save_total_limit "
+    "bounds how many are kept)",
     "lazy_preprocess": "rows are checked and tokenised once, before the model loads (ftctl data check shows them)",
     "tf32": "matmuls run in the plan's precision (bf16 or fp16 on a GPU)",
     "load_in_4bit": "--method qlora loads the base in 4-bit NF4 with double quantization",
@@ -287,10 +293,48 @@ DECIDED = {
     "do_mmlu_eval": "no MMLU evaluation runs; the held-out loss is measured (--eval-data, or -o eval_split=0.05)",
     "max_new_tokens": "no text is generated while training (ftctl chat RUN does afterwards)",
     "max_memory_MB": "the plan fits each GPU's memory",
+    # TRL's model_init_kwargs (from_pretrained's arguments) and dataset_kwargs, read key by key (NESTED)
+    "use_cache": "training keeps no KV cache (it is generation's: ftctl chat RUN)",
+    "low_cpu_mem_usage": "how the weights load is ftctl's (it changes nothing that trains)",
+    "device_map": "the plan places the model: a copy, or a shard (strategy), on each process's GPU",
+    "quantization_config": "--method qlora loads the base in 4-bit NF4 with double quantization (bitsandbytes), lora "
+    "over a 16-bit one",
+    "skip_prepare_dataset": "ftctl prepares every row itself (its format read from its fields, the chat template "
+    "applied, tokenised, the loss masked); rows tokenised elsewhere (input_ids) are not read: give them as text, "
+    "messages or prompt/completion",
+    "add_special_tokens": "rows are tokenised with the special tokens their format takes (the chat template's; plain "
+    "text and prompt-completion rows: bos and eos)",
+    "append_concat_token": "packed rows are kept apart, each ending as its format ends it (eos)",
 }
 # DECIDED keys that ask for something ftctl does not offer, harmless to the weights trained: taken with a note that
 # says they are left out (axolotl's example files set them)
 LEFT_OUT = ("loss_watchdog_threshold", "loss_watchdog_patience")
+# transformers' save_strategy and eval_strategy epoch: once an epoch, at its end (axolotl's per-epoch keys at 1);
+# where the same layer gives save_steps or eval_steps too, epoch wins, as in transformers
+PER_EPOCH = {
+    "save_strategy": "saves_per_epoch",
+    "eval_strategy": "evals_per_epoch",
+    "evaluation_strategy": "evals_per_epoch",
+}
+STEPS_OF = {"saves_per_epoch": "save_steps", "evals_per_epoch": "eval_steps"}
+# TRL's names of model_max_length, whose null is "no truncation" there (not "asks for nothing": 2048 here)
+NO_TRUNCATION = ("max_length", "max_seq_length")
+# TRL's mappings of another call's arguments, each of their keys read as a key here (model_init_kwargs.revision is
+# model_revision): SFTConfig's model_init_kwargs (from_pretrained's) and dataset_kwargs (the dataset preparation's)
+NESTED = {
+    "model_init_kwargs": {
+        **{k: k for k in ("torch_dtype", "dtype", "attn_implementation", "trust_remote_code", "use_cache")},
+        **{k: k for k in ("low_cpu_mem_usage", "device_map", "quantization_config")},
+        "revision": "model_revision",
+    },
+    "dataset_kwargs": {k: k for k in ("skip_prepare_dataset", "add_special_tokens", "append_concat_token")},
+}
+NESTED_UNREAD = {
+    "model_init_kwargs": "ftctl loads the model itself, in the plan's dtype and attention; of model_init_kwargs it "
+    "reads " + ", ".join(NESTED["model_init_kwargs"]),
+    "dataset_kwargs": "ftctl prepares the rows itself; of dataset_kwargs it reads "
+    + ", ".join(NESTED["dataset_kwargs"]),
+}
 # DECIDED keys set to what ftctl does anyway (a FastChat or TRL recipe copied whole): accepted with a note, any other
 # value refused as above. None: any value.
 AGREES = {
@@ -366,6 +410,12 @@ AGREES = {
     "do_mmlu_eval": ("false",),
     "max_new_tokens": None,
     "max_memory_MB": None,
+    "model_revision": ("main",),  # TRL's ModelConfig default (the alignment handbook's recipes write it out)
+    "use_cache": None,
+    "low_cpu_mem_usage": None,
+    "skip_prepare_dataset": ("false",),
+    "add_special_tokens": ("true",),  # TRL's default
+    "append_concat_token": ("true",),  # TRL's default
 }  # and any DECIDED key left empty (YAML's null, as axolotl's example files write them): it asks for nothing
 
 
@@ -426,20 +476,35 @@ def _word(raw) -> str:
     return str(raw).lower() if isinstance(raw, bool) else str(raw).strip().lower()
 
 
-def _evaluation_asked(spec, asked: dict[str, str]) -> list[str]:
-    """FastChat's evaluation_strategy (TRL's eval_strategy) against the held-out data the run has: "no" beside
-    held-out data, or "steps" without any, asks for what the run would not do."""
+LAYERS = ("run file", "flag", "-o")  # build's layers, later ones winning
+
+
+def _evaluation_asked(spec, asked: dict[str, tuple[str, str]], sources: dict[str, str], notes=None) -> list[str]:
+    """FastChat's evaluation_strategy (TRL's eval_strategy) against the held-out data the run has: "steps" or "epoch"
+    without any asks for what the run would not do; "no" beside held-out data the same layer or a later one gives
+    too (a share of the rows held out and never measured, or a file not read: which was meant is a guess). Held-out
+    data a later layer gives wins, noted (FastChat's --evaluation_strategy no, then --eval-data on the command
+    line)."""
     errors = []
-    for name, word in asked.items():
-        if word in ("steps", "true") and not spec.evaluates:  # do_eval's true
+    held_out = [k for k in ("eval_data_path", "eval_split") if getattr(spec, k)]
+    for name, (word, source) in asked.items():
+        if word in ("steps", "true", "epoch") and not spec.evaluates:  # do_eval's true
             errors.append(
                 f"{name}: {word}, without held-out data: give it (--eval-data FILE, or -o eval_split=0.05), or leave "
                 f"{name} out."
             )
-        elif word not in ("steps", "true") and spec.evaluates:
+        elif word in ("steps", "true", "epoch"):
+            continue
+        elif spec.evaluates and all(LAYERS.index(sources[k]) > LAYERS.index(source) for k in held_out):
+            notes is None or notes.append(
+                f"{name}: {word} ({source}) gives way to {', '.join(f'{k} ({sources[k]})' for k in held_out)}: the "
+                f"held-out loss is measured {spec.eval_when} and at the end"
+            )
+        elif spec.evaluates:
             errors.append(
                 f"{name}: {'false' if word == 'false' else 'no'}, beside held-out data (eval_data_path or eval_split), "
-                "which is evaluated every eval_steps: leave one of them out."
+                f"which is evaluated {spec.eval_when}: leave {name} out to measure it, or the held-out data out "
+                "(-o eval_split=0, no --eval-data) to train without."
             )
     return errors
 
@@ -888,9 +953,33 @@ def _clears(value) -> bool:
 
 
 def canonical_key(key: str) -> str:
-    """The run key a name means: model -> model_name_or_path, --max-seq-length -> model_max_length."""
+    """The run key a name means: model -> model_name_or_path, --max-seq-length -> model_max_length,
+    model_init_kwargs.revision -> model_revision (NESTED; one it does not read stays as it is)."""
     k = key.strip().replace("-", "_")
+    outer, dot, inner = k.partition(".")
+    if dot and outer in NESTED:
+        return NESTED[outer].get(inner, k)
     return ALIASES.get(k, k)
+
+
+def _nested(items):
+    """TRL's model_init_kwargs and dataset_kwargs (a mapping, or its JSON/YAML text from -o) as one key each:
+    model_init_kwargs.torch_dtype ... Left empty they ask for nothing; another value is left to be refused."""
+    import yaml
+
+    for key, value in items:
+        if canonical_key(key) not in NESTED:
+            yield key, value
+            continue
+        if isinstance(value, str) and value.strip().startswith("{"):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        if isinstance(value, dict):
+            yield from ((f"{canonical_key(key)}.{k}", v) for k, v in value.items())
+        elif value not in (None, ""):
+            yield key, value
 
 
 def parse_overrides(pairs) -> list[tuple[str, str]]:
@@ -973,13 +1062,16 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if overrides:
         layers.append(("-o", parse_overrides(overrides)))
     values, errors, sources = {}, [], {}
-    evaluation: dict[str, str] = {}  # evaluation_strategy as given: checked against the held-out data below
+    evaluation: dict[str, tuple[str, str]] = {}  # evaluation_strategy as given, and where: checked against the
+    # held-out data below
+    from_epoch: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch an earlier layer's strategy: epoch set
     by_method: dict[str, tuple[str, str]] = {}  # METHOD_AGREES keys as given: checked against the method below
     for source, items in layers:
         named: dict[str, str] = {}  # key -> the name this layer gave it first
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
         left_out: list[str] = []  # and LEFT_OUT ones
-        for raw_key, raw in _mixes(items):
+        epochly: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch this layer's save_strategy: epoch set
+        for raw_key, raw in _mixes(list(_nested(items))):
             key = canonical_key(raw_key)
             if raw is None and key in TURNED and key != "datasets":  # left empty: it asks for nothing
                 continue
@@ -999,8 +1091,28 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 )
             if raw_key.strip() == "adapter" and raw in (None, ""):  # axolotl's full fine-tune leaves it empty
                 raw = "fft"
+            if raw_key.strip() in NO_TRUNCATION and (raw is None or _word(raw) in ("none", "null")):
+                errors.append(
+                    f"{raw_key!r} ({source}): null is TRL's 'no truncation'; ftctl cuts each row at model_max_length "
+                    "(and packs rows up to it), so it takes a number: give the model's context (its config's "
+                    "max_position_embeddings) or your longest row's tokens (ftctl data check shows them)."
+                )
+                continue
             if raw is None and key in FIELDS and not _base_type(_HINTS[key])[1]:
                 continue  # left empty (axolotl's example files list keys so): it asks for nothing
+            if key == "save_strategy" and _word(raw) in ("no", "false"):
+                notes is None or notes.append(
+                    f"{raw_key!r} ({source}): no is left out: checkpoints are written all the same, every save_steps "
+                    "(or saves_per_epoch), as a stopped or preempted run resumes from them; save_total_limit bounds "
+                    "how many are kept"
+                )
+                continue
+            if key in PER_EPOCH and _word(raw) == "epoch":
+                if key != "save_strategy":
+                    evaluation[raw_key] = ("epoch", source)
+                key, raw = PER_EPOCH[key], 1
+                epochly[key] = raw_key
+                notes is None or notes.append(f"{raw_key!r} ({source}): epoch is {key}=1 here (at each epoch's end)")
             if key == "fsdp" and _fsdp_strategy(raw):
                 key, raw = "strategy", "fsdp"
                 said = f"{raw_key!r} ({source}): FSDP's full sharding is strategy=fsdp here (FSDP2, each layer sharded)"
@@ -1027,11 +1139,14 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 if _agrees(key, raw) or _word(raw) in METHOD_AGREES.get(key, {}):
                     (left_out if key in LEFT_OUT and raw is not None else agreed).append(raw_key)
                     if key in ("evaluation_strategy", "eval_strategy", "do_eval"):
-                        evaluation[raw_key] = _word(raw)
+                        evaluation[raw_key] = (_word(raw), source)
                     if _word(raw) in METHOD_AGREES.get(key, {}):  # (left empty, it asks for nothing)
                         by_method[f"{raw_key!r} ({source})"] = (key, _word(raw))
                 else:
                     errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")
+                continue
+            if (outer := key.partition("."))[1] and outer[0] in NESTED_UNREAD:  # a model_init_kwargs key not read
+                errors.append(f"{raw_key!r} ({source}) is not offered: {NESTED_UNREAD[outer[0]]}.")
                 continue
             if key not in FIELDS:
                 hint = f" {MEANT[key]}" if key in MEANT else _suggest_key(key) or " `ftctl keys` lists them."
@@ -1051,6 +1166,14 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 val = {**values[key], **val}
             values[key] = val
             sources[key] = source
+        for per_epoch, steps in STEPS_OF.items():  # the later layer's wins; in one layer epoch, as in transformers
+            if per_epoch in epochly and steps in values:
+                said = f"{steps}={values.pop(steps)} unused: {epochly[per_epoch]}: epoch ({source}) wins"
+                notes is None or notes.append(said + (", as in transformers" if sources[steps] == source else ""))
+            elif steps in named and sources.get(per_epoch) != source and per_epoch in from_epoch:
+                values.pop(per_epoch)
+                notes is None or notes.append(f"{from_epoch.pop(per_epoch)} unused: {steps} ({source}) wins")
+        from_epoch.update({k: f"{raw_key}: epoch ({source})" for k, raw_key in epochly.items()})
         if agreed and notes is not None:
             notes.append(f"{', '.join(agreed)} ({source}): left to ftctl, which does what the values given ask")
         if left_out and notes is not None:
@@ -1096,7 +1219,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             f"{int(minutes)} hours is --time {int(minutes)}:00:00"
         )
     said = (
-        _evaluation_asked(spec, evaluation)
+        _evaluation_asked(spec, evaluation, sources, notes)
         + _unexpanded_variables(spec, [k for k in PATH_KEYS if sources.get(k) == "run file"])
         + [
             f"{name}: {word} asks for --method {' or '.join(METHOD_AGREES[key][word])}, not {spec.method}: {DECIDED[key]}."

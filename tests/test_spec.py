@@ -313,11 +313,11 @@ def test_keys_ftctl_decides_itself_say_so_instead_of_unknown():
     with pytest.raises(FtctlError, match="eval_strategy: steps, without held-out data: give it"):
         build({"eval_strategy": "steps"})
     assert build({"eval_strategy": "steps", "eval_data_path": "held.jsonl"}).evaluates
-    other = {"fsdp": "full_shard auto_wrap offload", "save_strategy": "epoch", "evaluation_strategy": "epoch"}
+    other = {"fsdp": "full_shard auto_wrap offload", "save_strategy": "best"}
     with pytest.raises(FtctlError) as e:
         build({**other, "deepspeed": "ds.json", "model_max_length": 2048})
     text = str(e.value)
-    assert text.startswith("4 problems in the run description:") and "Unknown key" not in text
+    assert text.startswith("3 problems in the run description:") and "Unknown key" not in text
     assert "'fsdp' (run file) is not set by hand here: the planner chooses single, DDP, DeepSpeed ZeRO or FSDP2" in text
     assert f"'save_strategy' (run file) is not set by hand here: {DECIDED['save_strategy']}." in text
     with pytest.raises(FtctlError, match="'strategy' and 'fsdp' .* are both strategy here: keep one"):
@@ -1338,4 +1338,116 @@ def test_trls_keys_are_taken_where_they_ask_for_what_ftctl_does():
             build({key: value})
         assert "is not set by hand here" in str(e.value) and "Did you mean" not in str(e.value)
     with pytest.raises(FtctlError, match="'save_strategy' .* or saves_per_epoch: N times an epoch"):
-        build({"save_strategy": "epoch"})
+        build({"save_strategy": "best"})
+
+
+def test_transformers_epoch_strategies_are_once_an_epoch():
+    """save_strategy: epoch / eval_strategy: epoch (transformers, TRL, the alignment handbook) were refused; they are
+    saves_per_epoch / evals_per_epoch 1. save_steps or eval_steps beside them in one file is unused, as in
+    transformers; across layers the later one wins."""
+    notes: list[str] = []
+    spec = build({"save_strategy": "epoch", "save_steps": 500}, notes=notes)
+    assert (spec.saves_per_epoch, spec.save_steps) == (1, None)
+    assert notes == [
+        "'save_strategy' (run file): epoch is saves_per_epoch=1 here (at each epoch's end)",
+        "save_steps=500 unused: save_strategy: epoch (run file) wins, as in transformers",
+    ]
+    spec = build({"eval_strategy": "epoch", "eval_steps": 20, "eval_split": 0.1})
+    assert (spec.evals_per_epoch, spec.eval_steps, spec.eval_when) == (1, None, "1 times an epoch")
+    assert build({"evaluation_strategy": "epoch", "eval_data_path": "held.jsonl"}).evals_per_epoch == 1
+    with pytest.raises(FtctlError, match="eval_strategy: epoch, without held-out data: give it"):
+        build({"eval_strategy": "epoch"})
+    notes = []
+    spec = build({"save_strategy": "epoch"}, None, ["save_steps=50"], notes=notes)
+    assert (spec.saves_per_epoch, spec.save_steps) == (None, 50)
+    assert "save_strategy: epoch (run file) unused: save_steps (-o) wins" in notes
+    spec = build({"save_steps": 50}, None, ["save_strategy=epoch"])
+    assert (spec.saves_per_epoch, spec.save_steps) == (1, None)
+    with pytest.raises(FtctlError, match="'save_strategy' and 'saves_per_epoch' .* are both saves_per_epoch"):
+        build({"save_strategy": "epoch", "saves_per_epoch": 2})
+    assert "epoch is read as saves_per_epoch: 1" in spec_mod.not_a_key("save_strategy")
+
+
+def test_save_strategy_no_is_taken_saying_checkpoints_are_written_all_the_same():
+    """The alignment handbook's save_strategy: "no" was refused; ftctl checkpoints for resume whatever it says, so it
+    is left out with a note naming save_total_limit (a YAML no is false)."""
+    notes: list[str] = []
+    assert build(yaml.safe_load("save_strategy: no\nsave_total_limit: 1"), notes=notes).save_total_limit == 1
+    assert notes == [
+        "'save_strategy' (run file): no is left out: checkpoints are written all the same, every save_steps (or "
+        "saves_per_epoch), as a stopped or preempted run resumes from them; save_total_limit bounds how many are kept"
+    ]
+    with pytest.raises(FtctlError, match="is not set by hand here"):
+        build({"save_strategy": "best"})
+
+
+def test_eval_strategy_no_gives_way_to_held_out_data_a_later_layer_gives():
+    """FastChat's script says --evaluation_strategy no; its run file with --eval-data on the command line was refused
+    ('leave one of them out'): the later layer wins, noted. In one layer, or no given after the data, which was meant
+    is a guess: refused, saying both fixes."""
+    notes: list[str] = []
+    spec = build({"evaluation_strategy": "no"}, {"eval_data_path": "held.jsonl"}, notes=notes)
+    assert spec.evaluates
+    assert (
+        "evaluation_strategy: no (run file) gives way to eval_data_path (flag): the held-out loss is measured every "
+        "100 steps and at the end" in notes
+    )
+    assert build({"eval_strategy": False}, None, ["eval_split=0.05"]).eval_split == 0.05
+    for config, overrides in [
+        ({"eval_strategy": "no", "eval_split": 0.1}, None),
+        ({"eval_split": 0.1}, ["eval_strategy=no"]),
+    ]:
+        with pytest.raises(FtctlError, match="leave eval_strategy out to measure it, or the held-out data out"):
+            build(config, None, overrides)
+
+
+@pytest.mark.parametrize(
+    "config, overrides",
+    [({"max_length": None}, None), ({"max_seq_length": None}, None), (None, ["max_length=null"])],
+)
+def test_trls_null_max_length_is_refused_not_trained_at_2048(config, overrides):
+    """TRL's max_length: null is "no truncation"; it was read as "asks for nothing" and trained at 2048, silently."""
+    with pytest.raises(FtctlError, match="null is TRL's 'no truncation'.* it takes a number"):
+        build(config, None, overrides)
+
+
+def test_an_empty_sequence_len_still_asks_for_nothing():
+    """axolotl's and LLaMA-Factory's own defaults are 2048, as here: their empty keys stay taken."""
+    assert build({"sequence_len": None, "cutoff_len": None}).model_max_length == 2048
+
+
+def test_trls_model_init_kwargs_and_dataset_kwargs_are_read_key_by_key():
+    """TRL's SFTConfig model_init_kwargs got "Did you mean 'model_params'?", dataset_kwargs "'data_weights'?": each
+    of their keys is read as the key it is here (torch_dtype, attn_implementation, revision: model_revision ...),
+    taken where it asks for what ftctl does, refused saying why where not."""
+    notes: list[str] = []
+    spec = build(
+        {
+            "model_init_kwargs": {"torch_dtype": "bfloat16", "attn_implementation": "sdpa", "use_cache": False},
+            "dataset_kwargs": {"skip_prepare_dataset": False},
+            "model_revision": "main",
+        },
+        notes=notes,
+    )
+    assert spec.attn_implementation == "sdpa"
+    assert notes == [
+        "model_init_kwargs.torch_dtype, model_init_kwargs.use_cache, dataset_kwargs.skip_prepare_dataset, "
+        "model_revision (run file): left to ftctl, which does what the values given ask"
+    ]
+    assert build(None, None, ['model_init_kwargs={"attn_implementation": "eager"}']).attn_implementation == "eager"
+    assert build({"model_init_kwargs": None, "dataset_kwargs": {}}) == RunSpec()
+    with pytest.raises(FtctlError) as e:
+        build(
+            {
+                "model_init_kwargs": {"revision": "v2", "trust_remote_code": True, "rope_scaling": {}},
+                "dataset_kwargs": {"skip_prepare_dataset": True},
+            }
+        )
+    text = str(e.value)
+    assert text.startswith("4 problems") and "Did you mean" not in text
+    assert "'model_init_kwargs.revision' (run file) is not set by hand here: a hub id loads its main revision" in text
+    assert "'model_init_kwargs.rope_scaling' (run file) is not offered: ftctl loads the model itself" in text
+    assert "'dataset_kwargs.skip_prepare_dataset' (run file) is not set by hand here: ftctl prepares every row" in text
+    with pytest.raises(FtctlError, match="'model_init_kwargs.attn_implementation' and 'attn_implementation'"):
+        build({"model_init_kwargs": {"attn_implementation": "sdpa"}, "attn_implementation": "eager"})
+    assert "read key by key" in spec_mod.not_a_key("model_init_kwargs")
