@@ -324,9 +324,7 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
             except FtctlError as e:
                 findings.append(preflight.Finding(preflight.ERROR, str(e)))
         click.echo(
-            rendered.plan.table(
-                rendered.spec.model_name_or_path, rendered.spec.model_max_length, rendered.spec.lora_dropout
-            ),
+            rendered.plan.table(rendered.spec),
             err=True,
         )  # `ftctl plan`'s, notes too
         if findings:

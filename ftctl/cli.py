@@ -171,10 +171,7 @@ def plan(as_json, **kw):
 
         click.echo(json.dumps({**p.to_dict(), **({"cost": estimate} if estimate else {})}, indent=2))
     else:
-        click.echo(
-            p.table(spec.model_name_or_path, spec.model_max_length, spec.lora_dropout)
-            + (f"\n{estimate}" if estimate else "")
-        )
+        click.echo(p.table(spec) + (f"\n{estimate}" if estimate else ""))
 
 
 _preflight_option = click.option(

@@ -215,11 +215,18 @@ KNOWN_MODELS = {
 }
 
 
+def _schedule(spec: RunSpec) -> str:
+    """'cosine after 3% warmup', 'linear after 100 warmup steps', 'constant, no warmup': the rate's schedule."""
+    w = spec.warmup
+    warmup = "no warmup" if not w else f"{w:.0%} warmup" if w < 1 else f"{int(w)} warmup steps"
+    return f"{spec.lr_scheduler_type}, {warmup}" if not w else f"{spec.lr_scheduler_type} after {warmup}"
+
+
 def _count(billions: float) -> str:
-    """A parameter count as people say it: 8.03B, 41.9M, 922K."""
+    """A parameter count as people say it, to three figures: 8.03B, 46.7B (not 46.7025B), 1B (0.9998B), 41.9M."""
     for scale, unit in ((1, "B"), (1e-3, "M"), (1e-6, "K")):
-        if billions >= scale:
-            return f"{billions / scale:.3g}{unit}"
+        if float(f"{billions / scale:.3g}") >= 1:
+            return f"{float(f'{billions / scale:.3g}'):g}{unit}"
     return f"{billions * 1e9:.0f}"
 
 
@@ -266,10 +273,10 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def table(self, model: str | None = None, max_length: int | None = None, lora_dropout: float | None = None) -> str:
-        """The plan as rows for a terminal; ``model``: the run's model_name_or_path, named in its row; ``max_length``:
-        its model_max_length, the sequences' length in the batch row; ``lora_dropout``: its lora_dropout (at 0 the
-        dropout kernels do not run)."""
+    def table(self, spec: RunSpec | None = None) -> str:
+        """The plan as rows for a terminal; with the run's ``spec``, its model named in its row, its model_max_length in
+        the batch row, its schedule in the optimizer row, and the lora kernels as its lora_dropout runs them."""
+        model, max_length = (spec.model_name_or_path, spec.model_max_length) if spec else (None, None)
         source = self.model.source  # its config.json: said once where the model's path is named already
         if model and source == str(Path(model, "config.json")):
             source = "its config.json"
@@ -284,7 +291,7 @@ class Plan:
             (
                 "model",
                 (f"{model}: " if model else "")
-                + f"{self.model.params_b:g}B params ({source}), {_count(self.trainable_params_b)} trainable",
+                + f"{_count(self.model.params_b)} params ({source}), {_count(self.trainable_params_b)} trainable",
             ),
             ("precision", self.precision),
             ("attention", describe(self.attn_implementation, hopper) + (" + packing" if self.packing else "")),
@@ -298,7 +305,8 @@ class Plan:
             ("gradient ckpt", "on" if self.gradient_checkpointing else "off"),
             (
                 "optimizer",
-                f"{OFFLOADED_OPTIMIZER if self.strategy in OFFLOAD_STRATEGIES else self.optim}, lr {self.learning_rate:g}",
+                f"{OFFLOADED_OPTIMIZER if self.strategy in OFFLOAD_STRATEGIES else self.optim}, lr {self.learning_rate:g}"
+                + (f", {_schedule(spec)}" if spec else ""),
             ),
             *([("data mix", self.data_mix)] if self.data_mix else []),
             *([("evaluation", self.evaluation)] if self.evaluation else []),
@@ -319,7 +327,7 @@ class Plan:
                 (
                     "lora kernels",
                     "B's sum in place (lora_dropout 0: no dropout to fuse)"
-                    if lora_dropout == 0
+                    if spec and spec.lora_dropout == 0
                     else "dropout + A in one kernel pair (no dropped copy kept), B's sum in place, one autograd node a "
                     "projection",
                 ),
@@ -893,6 +901,9 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
             f"strategy=single runs one process, and --gpus {req} starts {req.world_size}, which train as DDP (each a "
             "replica, its buckets counted): -o strategy=ddp, or leave strategy unset."
         )
+    one_replica = spec.strategy == "ddp" and req.world_size == 1
+    if one_replica:  # one process is no replica of others: planned as what runs (no DDP buckets counted)
+        spec = replace(spec, strategy="single")
     if req.is_cpu and spec.strategy == "fsdp":  # the trainer's refusal (distributed.fsdp_settings), before the job
         sharded = " or -o strategy=zero3 to shard (DeepSpeed ZeRO-3 over gloo)" if "zero3" in allowed else ""
         raise PlanError(
@@ -913,6 +924,8 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
         )
     plan = _fit(spec, req, shape, spec.method)
     if plan is not None:
+        if one_replica:
+            plan.notes.append(f"strategy=ddp on {req}: one process, which trains as single (DDP needs two or more)")
         if said := _kept_on_gpu(spec, req, shape, plan):
             plan.notes.append(said)
         read = Path(spec.model_name_or_path, "config.json")
@@ -1266,9 +1279,9 @@ def _holds(t: gpu_table.GpuTier) -> str:
 
 def _a_model(shape: ModelShape) -> str:
     """'an 8.03B-parameter model', 'a 70.6B-parameter model' (eight, eleven and eighteen start with a vowel)."""
-    size = f"{shape.params_b:g}"
+    size = _count(shape.params_b)
     article = "an" if re.match(r"8|1[18](\D|$)", size) else "a"
-    return f"{article} {size}B-parameter model"
+    return f"{article} {size}-parameter model"
 
 
 def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:

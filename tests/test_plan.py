@@ -52,7 +52,7 @@ def test_7b_fft_single_a100_80gb_needs_offload():
     assert p.memory["optimizer"] == 0 and p.memory["weights"] == pytest.approx(2 * 6.74, rel=0.01)
     assert any("offload" in n for n in p.notes)
     # the table named adamw_torch_fused, and an 8-bit optim given was taken without a word: DeepSpeed's runs
-    assert "optimizer      DeepSpeed's CPU AdamW, fp32, lr " in p.table("m")
+    assert "optimizer      DeepSpeed's CPU AdamW, fp32, lr " in p.table()
     given = plan(
         method="fft",
         gpus="1xA100-80GB",
@@ -973,7 +973,8 @@ def test_the_table_names_what_these_gpus_run_and_a_path_once(tiny_model_dir):
     ampere = plan(method="lora", gpus="1xA100", model_name_or_path="meta-llama/Llama-3.2-1B").table()
     hopper = plan(method="lora", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.2-1B").table()
     assert "FlashAttention 4" not in ampere and "FlashAttention 4 if installed" in hopper
-    here = plan(method="lora", gpus="cpu", model_name_or_path=str(tiny_model_dir)).table(str(tiny_model_dir))
+    spec = make_spec([], method="lora", gpus="cpu", model_name_or_path=str(tiny_model_dir))
+    here = make_plan(spec).table(spec)
     assert f"{tiny_model_dir}: " in here and "(its config.json)" in here and here.count(str(tiny_model_dir)) == 1
 
 
@@ -1437,9 +1438,10 @@ def test_another_tools_batch_says_how_ftctl_counts_it():
 def test_the_lora_kernels_row_says_no_dropout_kernel_at_dropout_0():
     p = plan(method="lora", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["lora_dropout=0"])
     assert p.lora_kernels
-    row = next(r for r in p.table(lora_dropout=0).splitlines() if r.startswith("lora kernels"))
+    spec = make_spec(["lora_dropout=0"], method="lora", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B")
+    row = next(r for r in p.table(spec).splitlines() if r.startswith("lora kernels"))
     assert "no dropout to fuse" in row and "dropout + A" not in row
-    assert "dropout + A in one kernel pair" in p.table(lora_dropout=0.05)
+    assert "dropout + A in one kernel pair" in p.table(replace(spec, lora_dropout=0.05))
 
 
 def test_a_refusal_offers_gpus_that_keep_the_optimizer_on_them_first():
@@ -1450,3 +1452,29 @@ def test_a_refusal_offers_gpus_that_keep_the_optimizer_on_them_first():
     assert "--gpus 2xH100 --method fft (fsdp," in str(e.value) and "offload, ~" not in str(e.value)
     offered = plan(method="fft", gpus="2xH100", model_name_or_path="x", model_params="8b")
     assert offered.strategy not in OFFLOAD_STRATEGIES
+
+
+@pytest.mark.parametrize(
+    "o, said",
+    [
+        ([], "cosine after 3% warmup"),
+        (["lr_scheduler_type=linear", "warmup_steps=100"], "linear after 100 warmup steps"),
+        (["lr_scheduler_type=constant", "warmup_ratio=0"], "constant, no warmup"),
+    ],
+)
+def test_the_optimizer_row_says_the_rates_schedule(o, said):
+    """The schedule was said nowhere before training (qlora.py's constant rate warms up here: trainer.sft_trainer)."""
+    spec = make_spec(o, method="lora", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B")
+    row = next(r for r in make_plan(spec).table(spec).splitlines() if r.startswith("optimizer"))
+    assert row.endswith(f", lr 0.0002, {said}")
+
+
+def test_ddp_on_one_gpu_is_planned_as_single():
+    """-o strategy=ddp on one GPU was shown as ddp (one process, no replica), its buckets counted."""
+    p = plan(method="lora", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["strategy=ddp"])
+    assert p.strategy == "single" and "ddp_buckets" not in p.memory
+    assert any(n.startswith("strategy=ddp on 1xH100: one process") for n in p.notes)
+    assert (
+        plan(method="lora", gpus="2xH100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["strategy=ddp"]).strategy
+        == "ddp"
+    )
