@@ -293,6 +293,13 @@ DECIDED = {
     "do_mmlu_eval": "no MMLU evaluation runs; the held-out loss is measured (--eval-data, or -o eval_split=0.05)",
     "max_new_tokens": "no text is generated while training (ftctl chat RUN does afterwards)",
     "max_memory_MB": "the plan fits each GPU's memory",
+    # the alignment handbook's recipes (TRL)
+    "use_flash_attention_2": _ATTENTION,
+    "dataset_splits": "a Hub dataset's train split is read; for another, name its files (data_path: "
+    "hf://datasets/ORG/NAME/data/train_sft-*.parquet), and the held-out split's as eval_data_path",
+    "hub_model_id": "ftctl merge RUN writes a plain model directory; upload it with `hf upload`",
+    "hub_strategy": "ftctl merge RUN writes a plain model directory; upload it with `hf upload`",
+    "log_level": "the trainer's log is ftctl's (ftctl logs RUN); FTCTL_DEBUG=1 shows a failure's traceback",
     # TRL's model_init_kwargs (from_pretrained's arguments) and dataset_kwargs, read key by key (NESTED)
     "use_cache": "training keeps no KV cache (it is generation's: ftctl chat RUN)",
     "low_cpu_mem_usage": "how the weights load is ftctl's (it changes nothing that trains)",
@@ -411,6 +418,10 @@ AGREES = {
     "max_new_tokens": None,
     "max_memory_MB": None,
     "model_revision": ("main",),  # TRL's ModelConfig default (the alignment handbook's recipes write it out)
+    "use_flash_attention_2": ("true",),
+    "hub_model_id": None,  # nothing without push_to_hub (refused but false)
+    "hub_strategy": None,
+    "log_level": None,
     "use_cache": None,
     "low_cpu_mem_usage": None,
     "skip_prepare_dataset": ("false",),

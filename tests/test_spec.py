@@ -1451,3 +1451,25 @@ def test_trls_model_init_kwargs_and_dataset_kwargs_are_read_key_by_key():
     with pytest.raises(FtctlError, match="'model_init_kwargs.attn_implementation' and 'attn_implementation'"):
         build({"model_init_kwargs": {"attn_implementation": "sdpa"}, "attn_implementation": "eager"})
     assert "read key by key" in spec_mod.not_a_key("model_init_kwargs")
+
+
+def test_the_alignment_handbooks_recipe_keys_say_what_they_are():
+    """The alignment handbook's SFT recipes (zephyr-7b-beta config_full.yaml): use_flash_attention_2, hub_model_id,
+    hub_strategy, log_level and dataset_splits were unknown keys, two with a misleading neighbour ('data_weights?',
+    'strategy?')."""
+    notes: list[str] = []
+    build(
+        {"use_flash_attention_2": True, "hub_model_id": "zephyr-7b-sft-full", "hub_strategy": "every_save"},
+        {"log_level": "info"},
+        notes=notes,
+    )
+    assert notes == [
+        "use_flash_attention_2, hub_model_id, hub_strategy (run file): left to ftctl, which does what the values given "
+        "ask",
+        "log_level (flag): left to ftctl, which does what the values given ask",
+    ]
+    with pytest.raises(FtctlError) as e:
+        build({"dataset_splits": ["train_sft", "test_sft"], "use_flash_attention_2": False})
+    text = str(e.value)
+    assert "Did you mean" not in text and "name its files (data_path: hf://datasets/ORG/NAME/data/train_sft-" in text
+    assert "'use_flash_attention_2' (run file) is not set by hand here: the plan chooses the attention" in text
