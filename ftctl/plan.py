@@ -1396,10 +1396,15 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         q = _nearest(spec, shape, "qlora", req)
         if q and q.gpus != str(req):
             hints.append(f"--gpus {q.gpus} --method qlora (~{q.memory_gb:.0f} GB/GPU)")
+    if shape.context and spec.model_max_length > shape.context:  # as a fitted plan's note says it
+        msg += (
+            f" model_max_length {spec.model_max_length} is over the model's context of {shape.context} tokens: "
+            f"-o model_max_length={shape.context} unless you are extending its context."
+        )
     if hints:
         msg += " Nearest plans that fit: " + "; or ".join(hints) + "."
     else:
-        msg += " Nothing up to 4 nodes of 8 GPUs fits: use a smaller model."
+        msg += " Nothing up to 4 nodes of 8 GPUs fits: use a smaller model or shorter rows (-o model_max_length)."
     return msg
 
 

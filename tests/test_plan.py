@@ -1478,3 +1478,16 @@ def test_ddp_on_one_gpu_is_planned_as_single():
         plan(method="lora", gpus="2xH100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["strategy=ddp"]).strategy
         == "ddp"
     )
+
+
+def test_a_refusal_at_a_length_over_the_models_context_says_so():
+    """131,072 tokens, 4x Qwen2.5-72B's context, ended in "use a smaller model": the context note fitted plans have
+    was not said where nothing fits."""
+    with pytest.raises(PlanError) as e:
+        plan(method="fft", gpus="1xT4", model_name_or_path="Qwen/Qwen2.5-72B", o=["model_max_length=131072"])
+    assert "model_max_length 131072 is over the model's context of 32768 tokens: -o model_max_length=32768" in str(
+        e.value
+    )
+    with pytest.raises(PlanError) as e:
+        plan(method="fft", gpus="1xT4", model_name_or_path="Qwen/Qwen2.5-72B")
+    assert "over the model's context" not in str(e.value)
