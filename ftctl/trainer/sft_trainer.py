@@ -147,20 +147,17 @@ class SFTTrainer(TrlSFTTrainer):
 
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):
-        """The offload strategies' optimizer: DeepSpeed's CPU AdamW (fp32 states in CPU RAM), built by the Trainer
-        over its parameter groups, so that weight_decay leaves the norms and biases alone as under every other
-        strategy (from the DeepSpeed config's optimizer section it decayed them: one group of every parameter)."""
+        """The offload strategies' optimizer: torch's AdamW over the Trainer's parameter groups, which accelerate
+        turns into DeepSpeed's CPU AdamW (fp32 states in CPU RAM) with those groups (accelerate.utils.deepspeed.
+        map_pytorch_optim_to_deepspeed), so that weight_decay leaves the norms and biases alone as under every
+        other strategy (from the DeepSpeed config's optimizer section it decayed them: one group of every
+        parameter). AdamW itself, whatever ``optim`` says: accelerate maps any other optimizer (DeepSpeed's CPU
+        Adam given directly, an 8-bit AdamW) to CPU Adam with its weight decay added to the gradients (Adam's L2,
+        not AdamW's): a 1B fft at weight_decay 0.1 then barely trained (bench/NOTES.md v71)."""
         if not offloads_optimizer(args.deepspeed):
             return Trainer.get_optimizer_cls_and_kwargs(args, model)
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
         betas = (args.adam_beta1, args.adam_beta2)
-        return DeepSpeedCPUAdam, {
-            "lr": args.learning_rate,
-            "betas": betas,
-            "eps": args.adam_epsilon,
-            "adamw_mode": True,
-        }
+        return torch.optim.AdamW, {"lr": args.learning_rate, "betas": betas, "eps": args.adam_epsilon}
 
     def _build_accelerator_args(self, **kwargs) -> dict:
         args = super()._build_accelerator_args(**kwargs)
