@@ -375,7 +375,8 @@ def model_shape(model: str, model_params: str | None = None) -> ModelShape:
     try:
         return _shape_from_config(hub.model_config(model), f"{model} on the Hub")
     except hub.HubError as e:
-        meant = did_you_mean(_base_id(model), _KNOWN) if e.kind == "missing" else ""  # a known id mistyped?
+        # a known id mistyped? (offline too: the known ids are here)
+        meant = did_you_mean(_base_id(model), _KNOWN) if e.kind in ("missing", "unreachable") else ""
         known = ""
         if e.kind == "unreachable":  # offline (a login node, an air-gapped cluster): what plans without the Hub
             known = f" The ids sized without it (and their -Instruct, -chat, -it variants): {', '.join(sorted(KNOWN_MODELS))}."

@@ -246,6 +246,8 @@ def test_plan_sizes_a_hub_model_from_its_config_on_the_hub(hub, tmp_path, monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FtctlError, match="not in the Hugging Face cache and HF_HUB_OFFLINE is set"):
         model_shape("acme/third-7b")
+    with pytest.raises(FtctlError, match="HF_HUB_OFFLINE is set. Did you mean 'meta-llama/llama-3.1-8b'\\?"):
+        model_shape("meta-llama/Llama-3.1-8b-instrut")  # offline, a known id mistyped: the known ids are here
     hub_mod.model_config.cache_clear()
 
 
