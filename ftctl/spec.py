@@ -569,7 +569,8 @@ class RunSpec:
     evals_per_epoch: int | None = None  # or N times an epoch, at even steps through it (axolotl's; eval_steps counted)
     # sequences per GPU in an evaluation's micro-batch; default: the training's, which the plan fits (no gradients)
     per_device_eval_batch_size: int | None = None
-    # with held-out data: stop once N evaluations in a row found no lower held-out loss (transformers' early stopping)
+    # with held-out data: stop once N evaluations in a row found no lower held-out loss (transformers' early stopping);
+    # the final model is the last step's, the checkpoint of the lowest held-out loss is kept (the stop line names it)
     early_stopping_patience: int | None = None
     output_dir: str | None = None  # local path or s3:// gs:// az:// URI; default runs/<run_name>
     run_name: str | None = None  # default: ftctl-<method>-<model>
@@ -580,6 +581,8 @@ class RunSpec:
     weight_decay: float = 0.0
     warmup_ratio: float | None = None  # of the steps, rounded down (transformers rounds up): none under 34 steps
     warmup_steps: int | None = None  # instead of warmup_ratio: this many steps (transformers' name)
+    # the rate after the warm-up; constant too (transformers' constant skips warmup_ratio: constant_with_warmup
+    # here, -o warmup_ratio=0 for none, as qlora.py trained)
     lr_scheduler_type: str = "cosine"
     # transformers' lr_scheduler_kwargs: cosine_with_min_lr's floor (min_lr_rate, of the peak rate, or min_lr),
     # num_cycles of cosine and cosine_with_min_lr (-o lr_scheduler_kwargs=min_lr_rate=0.1)
@@ -610,7 +613,9 @@ class RunSpec:
     lora_target_modules: str = "all-linear"
     use_rslora: bool = False  # PEFT's: the adapters scaled by lora_alpha / sqrt(lora_r), not / lora_r
     use_dora: bool = False  # PEFT's DoRA: a magnitude vector per projection beside the adapters (PEFT's forward runs)
-    trainable_layers: int = 2  # sft: top K transformer blocks (+ head) trainable
+    # sft: top K transformer blocks trainable, and the output head (in a model that ties it to the input embedding,
+    # as SmolLM2 does, that embedding is the head and trains too)
+    trainable_layers: int = 2
     seed: int = 42
     logging_steps: int = 1
     save_steps: int | None = None  # a checkpoint every N steps
