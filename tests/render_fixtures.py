@@ -124,6 +124,22 @@ def fake_bin(directory: Path, names=("srun", "scontrol", "apptainer", "torchrun"
     return directory
 
 
+def fake_slurm(bin_dir: Path, monkeypatch, scripts: dict[str, str], home: Path) -> Path:
+    """Shell scripts in the place of Slurm's commands (name -> body), first on PATH; no cluster's SLURM_CONF, the
+    answers ftctl.slurm.scheduler keeps forgotten, the jobs recorded in FTCTL_HOME ``home``."""
+    from ftctl.slurm import scheduler
+
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    monkeypatch.setenv("FTCTL_HOME", str(home))
+    scheduler._ANSWERS.clear()
+    return bin_dir
+
+
 def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 

@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from ftctl.backend import JobRef, record_job
 from ftctl.cli import main
-from ftctl.slurm import render, scheduler
+from ftctl.slurm import render
 from ftctl.slurm.backend import SlurmBackend
+from tests.render_fixtures import fake_slurm
 
 JOB = "42"
 
@@ -26,18 +27,13 @@ def cluster(tmp_path, monkeypatch):
     bin_dir.mkdir()
     state, calls = bin_dir / "state", bin_dir / "scancel.calls"
     state.write_text("RUNNING")
-    for name, body in (
-        ("squeue", f'echo "{JOB}|$(cat {state})|node1|None|0|0|N/A|N/A|"'),
+    scripts = {
+        "squeue": f'echo "{JOB}|$(cat {state})|node1|None|0|0|N/A|N/A|"',
         # a signal leaves the job running; a plain scancel ends it
-        ("scancel", f'echo "$*" >> {calls}; case "$1" in --signal=*) ;; *) echo CANCELLED > {state};; esac'),
-        ("scontrol", 'case "$1" in ping) exit 0;; show) echo "KillWait                = 1 sec";; esac'),
-    ):
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.delenv("SLURM_CONF", raising=False)
-    monkeypatch.setenv("FTCTL_HOME", str(tmp_path / "home"))
-    scheduler._ANSWERS.clear()
+        "scancel": f'echo "$*" >> {calls}; case "$1" in --signal=*) ;; *) echo CANCELLED > {state};; esac',
+        "scontrol": 'case "$1" in ping) exit 0;; show) echo "KillWait                = 1 sec";; esac',
+    }
+    fake_slurm(bin_dir, monkeypatch, scripts, tmp_path / "home")
     run = tmp_path / "run"
     run.mkdir()
     (run / "job.sbatch").write_text(f"#!/bin/bash\n{render.CANCEL_TRAP}\n")

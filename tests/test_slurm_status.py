@@ -12,6 +12,7 @@ import pytest
 from ftctl.backend import JobRef, record_job, status_lines
 from ftctl.errors import FtctlError
 from ftctl.slurm import scheduler
+from tests.render_fixtures import fake_slurm
 
 T0 = 1_700_000_000  # the holder's trainer starts here
 
@@ -25,18 +26,12 @@ def squeue(tmp_path, monkeypatch):
     """Fake squeue (it prints what the test writes with ``say``) and scontrol (no controller host to ping; it forgot
     every job), first on PATH; the jobs record in its own FTCTL_HOME."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
     out = bin_dir / "squeue.out"
-    for name, body in (
-        ("squeue", f"cat {out}"),
-        ("scontrol", 'case "$1" in ping) exit 0;; esac; echo "Invalid job id specified" >&2; exit 1'),
-    ):
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-    monkeypatch.delenv("SLURM_CONF", raising=False)
-    monkeypatch.setenv("FTCTL_HOME", str(tmp_path / "home"))
-    scheduler._ANSWERS.clear()
+    scripts = {
+        "squeue": f"cat {out}",
+        "scontrol": 'case "$1" in ping) exit 0;; esac; echo "Invalid job id specified" >&2; exit 1',
+    }
+    fake_slurm(bin_dir, monkeypatch, scripts, tmp_path / "home")
 
     def say(job, state, nodes="", reason="None", exit_code=0, signal=0, start=None, end=None):
         wait_status = (exit_code << 8) | signal
