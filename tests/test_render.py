@@ -588,7 +588,8 @@ def test_offload_plans_ask_for_the_host_memory_they_need(backend):
 
 
 def test_a_cpu_job_asks_slurm_for_the_memory_its_plan_needs():
-    """A CPU job asked for no memory: a partition's DefMemPerCPU gave it a few GB and the OOM killer stopped it."""
+    """A CPU job asked for no memory: a partition's DefMemPerCPU gave it a few GB and the OOM killer stopped it.
+    SkyPilot's CPU task asks the same (tests/test_sky_yaml.py)."""
     args = dict(backend="slurm", method="lora", gpus="cpu", nodes=2, output_dir="/fixed/out")
     r = prepared(**args)
     gib = math.ceil(r.plan.memory_gb * 1e9 / 2**30)  # one process a node
@@ -927,6 +928,15 @@ GOLDEN_CASES = {
         output_dir=f"{S3}/runs/f",
     ),
     "sky-qlora-1xL4.yaml": dict(backend="sky", method="qlora", gpus="1xL4", output_dir=f"{S3}/runs/g"),
+    "sky-lora-cpu-k8s-nodes2.yaml": dict(
+        backend="sky",
+        method="lora",
+        gpus="cpu",
+        nodes=2,
+        infra="k8s",
+        model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
+        output_dir=f"{S3}/runs/q",
+    ),
     "sky-lora-8xA100-docker.yaml": dict(
         backend="sky",
         method="lora",

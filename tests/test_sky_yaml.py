@@ -375,3 +375,34 @@ def test_multi_node_jobs_of_one_cluster_meet_apart():
     # the spread must stay below the last port: said before anything is rendered
     with pytest.raises(FtctlError, match=r"a SkyPilot job listens on .* use -o rdzv_port=64536 or less"):
         prepared(["rdzv_port=65000"], backend="sky", gpus="2x8xH100", output_dir="s3://b/o")
+
+
+# ------------------------------------------------------------------------------------------ CPU tasks
+# Run in SkyPilot's venv: the resources of a task as SkyPilot reads them (the matrix's validator asks for one GPU).
+_SKY_RESOURCES = """
+import json, sys
+from tests.sky_validate import _import_sky
+task = _import_sky().Task.from_yaml_str(sys.stdin.read())
+print(json.dumps([{"cpus": r.cpus, "memory": r.memory, "accelerators": r.accelerators} for r in task.resources]))
+"""
+
+
+@pytest.mark.parametrize("infra", ["k8s", "slurm/c"])
+def test_a_cpu_task_asks_for_the_memory_its_plan_needs(infra):
+    """A CPU task asked `cpus: 1+` and no memory, though its plan keeps tens of GB a node in RAM: a small Kubernetes
+    pod would be OOM-killed. It asks what Slurm's --mem asks for the same run (slurm.render.node_memory_gb), in GiB
+    as SkyPilot counts memory:, and SkyPilot reads it so."""
+    flags = dict(method="lora", gpus="cpu", nodes=2, model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+    task = prepared(backend="sky", infra=infra, output_dir="s3://b/o", **flags)
+    mem = re.search(r"^#SBATCH --mem=(\d+)G$", prepared(backend="slurm", **flags).text, re.M)[1]
+    assert int(mem) >= 10  # this plan's processes' memory: one GiB would not hold it
+    proc = subprocess.run(
+        [sky_python(), "-c", _SKY_RESOURCES],
+        input=task.text,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [{"cpus": "1+", "memory": f"{mem}+", "accelerators": None}]

@@ -9,11 +9,11 @@ for full updates, 4 x params for adapters, which skip the weight gradients). A r
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ftctl.gpus import TIERS
 from ftctl.plan import Plan
+from ftctl.slurm.render import gib, node_memory_gb
 from ftctl.spec import RunSpec, split_paths
 
 MFU = 0.35
@@ -21,9 +21,11 @@ BYTES_PER_TOKEN = 4
 
 
 def memory_request(plan: Plan) -> str | None:
-    """SkyPilot's ``memory:`` (GiB, as its catalogs list instances) for an offload plan: an instance with at
-    least the host RAM it needs."""
-    return f"{math.ceil(plan.host_memory_gb * 1e9 / 2**30)}+" if plan.host_memory_gb else None
+    """SkyPilot's ``memory:`` (GiB, as its catalogs list instances and Kubernetes pods ask) for a plan that keeps
+    something in host RAM (an offload plan, a CPU plan): a node with at least what it needs, as Slurm's --mem asks
+    (slurm.render.node_memory_gb, the one owner of that number)."""
+    need = node_memory_gb(plan)
+    return f"{gib(need)}+" if need else None
 
 
 def resources(spec: RunSpec, plan: Plan) -> dict:

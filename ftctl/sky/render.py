@@ -322,8 +322,8 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
     else:
         resources["accelerators"] = f"{plan.tier}:{plan.gpus_per_node}"
         resources["disk_size"] = spec.disk_size
-        if memory_request(plan):  # an offload plan (plan.offload_host_gb)
-            resources["memory"] = memory_request(plan)
+    if memory_request(plan):  # an offload plan's host RAM, a CPU plan's processes' memory
+        resources["memory"] = memory_request(plan)
     if spec.spot:
         # a managed job for its recovery; spot instances where there is a market (SkyPilot refuses use_spot on a
         # Slurm cluster or an SSH pool, and a CPU job on one)

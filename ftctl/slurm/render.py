@@ -182,16 +182,28 @@ def sbatch_directives(spec: RunSpec, plan: Plan, gres_type: str | None = None) -
         f"--signal=B:USR2@{spec.signal_lead_s}",
     ]
     if memory_request_gb(spec, plan):
-        d.append(f"--mem={math.ceil(memory_request_gb(spec, plan) * 1e9 / 2**30)}G")  # Slurm's G is GiB
+        d.append(f"--mem={gib(memory_request_gb(spec, plan))}G")
     d += [_extra_arg(a) for a in spec.sbatch_args]
     return d
 
 
+def node_memory_gb(plan: Plan) -> float | None:
+    """The host RAM (GB, 1e9 B) a node of ``plan`` needs, None where it keeps nothing there: an offload plan's
+    (plan.offload_host_gb), a CPU plan's processes' memory. The one owner of that number: Slurm's --mem and
+    SkyPilot's memory: ask for it (sky.cost.memory_request), where a partition's DefMemPerCPU or a small Kubernetes
+    pod would give a CPU job a few GB and the OOM killer stop it."""
+    return plan.host_memory_gb or (plan.memory_gb * plan.world_size / plan.nodes if plan.tier is None else None)
+
+
+def gib(gb: float) -> int:
+    """``gb`` (1e9 B) in whole GiB, rounded up: the unit of Slurm's G and of SkyPilot's memory:."""
+    return math.ceil(gb * 1e9 / 2**30)
+
+
 def memory_request_gb(spec: RunSpec, plan: Plan) -> float | None:
-    """The memory (GB a node) the job asks for with ``--mem``: an offload plan's host RAM
-    (plan.offload_host_gb), a CPU plan's processes' memory (a partition's DefMemPerCPU gave a CPU job a few GB and the
-    OOM killer stopped it), unless the user asked for memory in an --sbatch-arg (refused below that)."""
-    need = plan.host_memory_gb or (plan.memory_gb * plan.world_size / plan.nodes if plan.tier is None else None)
+    """The memory (GB a node) the job asks for with ``--mem``: :func:`node_memory_gb`, unless the user asked for
+    memory in an --sbatch-arg (refused below that)."""
+    need = node_memory_gb(plan)
     if not need:
         return None
     for arg in spec.sbatch_args:
@@ -203,7 +215,7 @@ def memory_request_gb(spec: RunSpec, plan: Plan) -> float | None:
                 why = "training on CPU" if plan.tier is None else "the optimizer offloaded"
                 raise FtctlError(
                     f"--sbatch-arg={arg}: the {plan.strategy} plan keeps ~{need:.0f} GB a node in host RAM ({why}), "
-                    f"more than that asks for: give at least --mem={math.ceil(need * 1e9 / 2**30)}G, or leave --mem "
+                    f"more than that asks for: give at least --mem={gib(need)}G, or leave --mem "
                     "out (ftctl asks for it)"
                     + (f", or plan within it: -o host_memory_gb={math.floor(asked)}." if plan.tier is None else ".")
                 )
