@@ -58,7 +58,7 @@ def test_the_disk_holds_the_model_the_staged_checkpoints_and_the_final_model():
     prep = sky(method="fft")
     one, final = checkpoint_gb(prep.plan)
     assert one > 90
-    need = sky_render.disk_needed_gb(prep.spec, prep.plan)
+    need = sky_render.disk_needed_gib(prep.spec, prep.plan)
     assert need * 2**30 / 1e9 > 4 * one + final + 16  # GiB, SkyPilot's unit
     size = resources(prep)["disk_size"]
     assert size == prep.spec.disk_size and size >= need and size % 64 == 0 and size < need + 64
@@ -68,9 +68,27 @@ def test_the_disk_holds_the_model_the_staged_checkpoints_and_the_final_model():
 
 
 def test_a_disk_too_small_for_the_run_is_refused_with_the_size_it_needs():
-    with pytest.raises(FtctlError, match=r"disk_size=300 GB is too small for fft .* -o disk_size=640, or lower"):
+    with pytest.raises(
+        FtctlError, match=r"disk_size=300 \(GiB, SkyPilot's unit\) is too small for fft .* -o disk_size=640, or lower"
+    ):
         sky(["disk_size=300"], method="fft")
     assert resources(sky(["disk_size=1024"], method="fft"))["disk_size"] == 1024
+
+
+def test_a_disk_refusal_says_every_size_in_the_one_unit_it_names():
+    """It said "a node stages ~609 GB" (GiB, SkyPilot's disk_size unit) beside "checkpoints of ~128 GB" (1e9 B, the
+    plan's): each size is GiB now, named so, and the parts add up to the total."""
+    prep = sky(method="fft")
+    with pytest.raises(FtctlError) as e:
+        sky(["disk_size=300"], method="fft")
+    said = str(e.value)
+    one, _ = checkpoint_gb(prep.plan)
+    need = sky_render.disk_needed_gib(prep.spec, prep.plan)
+    m = re.search(r"a node stages ~(\d+) GiB \((.*?)\): ", said)
+    assert m and int(m[1]) == round(need) and " GB" not in said, said
+    parts = [int(n) for n in re.findall(r"~(\d+) for ", m[2])]
+    assert len(parts) == 4 and abs(sum(parts) - need) <= 2, said
+    assert f"4 checkpoints of ~{one * 1e9 / 2**30:.0f}" in m[2] and f"~{one:.0f}" not in said, said
 
 
 # ------------------------------------------------------------------------------------------ infra
@@ -164,7 +182,7 @@ def test_a_container_skypilot_cannot_run_points_at_its_docker_form_or_says_there
 # ------------------------------------------------------------------------------------------ beside ftctl/sky
 def test_a_value_given_equal_to_the_old_default_is_taken_as_given():
     assert resources(sky(["max_requeues=5"], spot=True))["job_recovery"]["max_restarts_on_errors"] == 5
-    with pytest.raises(FtctlError, match="disk_size=256 GB is too small"):
+    with pytest.raises(FtctlError, match=r"disk_size=256 \(GiB, SkyPilot's unit\) is too small"):
         sky(["disk_size=256"], method="fft")
 
 

@@ -151,7 +151,7 @@ def test_tasks_ask_for_what_the_plan_says(matrix):
             assert not s["job_recovery"][0]
         # the disk holds what the run stages there (the model, checkpoints, the final model), at least 256 GB
         assert s["disk_size"] == [prep.spec.disk_size], f
-        assert prep.spec.disk_size >= max(256, sky_render.disk_needed_gb(prep.spec, plan)), f
+        assert prep.spec.disk_size >= max(256, sky_render.disk_needed_gib(prep.spec, plan)), f
         assert s["name"] == prep.spec.name
         need = plan.host_memory_gb  # offload plans only (plan.offload_host_gb)
         assert s["memory"] == [f"{math.ceil(need * 1e9 / 2**30)}+" if need else None], f  # GiB

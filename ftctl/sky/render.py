@@ -78,11 +78,12 @@ SKY_CLOUDS = (
 )
 SKY_CLOUD_ALIASES = {"k8s": "kubernetes", "digitalocean": "do"}
 WHOLE_REST_INFRAS = ("k8s", "kubernetes", "ssh")  # all after "k8s/" is one context name, slashes and all
-# A GPU node's disk (GiB, SkyPilot's disk_size): what the run stages there, at least SkyPilot's own default.
-MIN_DISK_GB = 256
-DISK_STEP_GB = 64  # the size asked for is rounded up to a multiple of this
+# A GPU node's disk in GiB, SkyPilot's unit of disk_size (the plan's sizes are GB, 1e9 B): what the run stages
+# there, at least SkyPilot's own default.
+MIN_DISK_GIB = 256
+DISK_STEP_GIB = 64  # the size asked for is rounded up to a multiple of this
 DOWNLOAD_BYTES = 2  # a parameter of the model as the hub serves it (16-bit safetensors)
-DISK_HEADROOM_GB = 100  # the VM's OS image, a docker image, the node's Python packages, caches and logs
+DISK_HEADROOM_GIB = 100  # the VM's OS image, a docker image, the node's Python packages, caches and logs
 # A managed job's restarts after failing on a healthy cluster (max_restarts_on_errors) when -o max_requeues is not
 # given: none. Preemptions are recovered whatever this says; a failure of the job itself (bad data, missing
 # credentials, out of memory) recurs on a new node, and torchrun exits 1 for every one of them, so no exit code
@@ -201,31 +202,44 @@ def _known_cloud(cloud: str, said: str) -> None:
         raise FtctlError(f"{said}: SkyPilot 0.14 knows no cloud {cloud!r}.{hint}")
 
 
-def disk_needed_gb(spec: RunSpec, plan: Plan) -> float:
-    """GiB a node's disk holds at most: the model's download, the checkpoints staged there before their upload
-    (save_total_limit's, plus the next one, written before the oldest is deleted), the final model, and headroom for
-    the image and packages. The one formula of a node's disk."""
+def disk_needed_gib(spec: RunSpec, plan: Plan) -> float:
+    """GiB a node's disk holds at most (:func:`disk_parts_gib`'s sum): the one formula of a node's disk."""
+    return sum(size for _, size in disk_parts_gib(spec, plan))
+
+
+def disk_parts_gib(spec: RunSpec, plan: Plan) -> list[tuple[str, float]]:
+    """What a node's disk holds at most, each (what, GiB): the model's download, the checkpoints staged there before
+    their upload (save_total_limit's, plus the next one, written before the oldest is deleted), the final model, and
+    headroom for the image and packages."""
     one, final = checkpoint_gb(plan)
-    staged = ((spec.checkpoints_kept or 1) + 1) * one
-    return (plan.model.params_b * DOWNLOAD_BYTES + staged + final) * 1e9 / 2**30 + DISK_HEADROOM_GB
+    kept = (spec.checkpoints_kept or 1) + 1
+    return [
+        ("the model's download", _gib(plan.model.params_b * DOWNLOAD_BYTES)),
+        (f"{kept} checkpoints of ~{_gib(one):.0f}", kept * _gib(one)),
+        ("the final model", _gib(final)),
+        ("the image and packages", DISK_HEADROOM_GIB),
+    ]
+
+
+def _gib(gb: float) -> float:
+    return gb * 1e9 / 2**30
 
 
 def disk_size(spec: RunSpec, plan: Plan) -> int:
-    """disk_size of a GPU node: -o disk_size where given, refused below what the run stages there (a full disk is
-    found out hours in, when a checkpoint cannot be written); else that, rounded up, at least MIN_DISK_GB."""
+    """disk_size (GiB) of a GPU node: -o disk_size where given, refused below what the run stages there (a full disk
+    is found out hours in, when a checkpoint cannot be written); else that, rounded up, at least MIN_DISK_GIB."""
     if plan.tier is None:  # a CPU job asks for no disk (on k8s it would be an ephemeral-storage request)
         return spec.disk_size
-    need = disk_needed_gb(spec, plan)
-    enough = max(MIN_DISK_GB, math.ceil(need / DISK_STEP_GB) * DISK_STEP_GB)
+    need = disk_needed_gib(spec, plan)
+    enough = max(MIN_DISK_GIB, math.ceil(need / DISK_STEP_GIB) * DISK_STEP_GIB)
     if not given(spec, "disk_size"):
         return enough
     if spec.disk_size < need:
-        one, _ = checkpoint_gb(plan)
+        parts = ", ".join(f"~{size:.0f} for {what}" for what, size in disk_parts_gib(spec, plan))
         raise FtctlError(
-            f"disk_size={spec.disk_size} GB is too small for {plan.method} of {plan.model.params_b:g}B parameters: "
-            f"a node stages ~{need:.0f} GB (the model, {(spec.checkpoints_kept or 1) + 1} checkpoints of ~{one:.0f} "
-            f"GB, the final model, {DISK_HEADROOM_GB} GB for the image and packages): -o disk_size={enough}, or "
-            "lower -o save_total_limit, or leave disk_size out to have it sized."
+            f"-o disk_size={spec.disk_size} (GiB, SkyPilot's unit) is too small for {plan.method} of "
+            f"{plan.model.params_b:g}B parameters: a node stages ~{need:.0f} GiB ({parts}): -o disk_size="
+            f"{enough}, or lower -o save_total_limit, or leave disk_size out to have it sized."
         )
     return spec.disk_size
 
