@@ -249,6 +249,42 @@ def test_a_controller_that_does_not_answer_names_slurm_conf(no_controller, tmp_p
         scheduler.status("13")
 
 
+@pytest.mark.parametrize("controller", ["no slurm.conf", "down"])
+def test_a_dry_run_that_cannot_reach_the_controller_says_the_partition_was_not_checked(
+    controller, no_controller, tmp_path, monkeypatch, capsys
+):
+    """With Slurm's commands here but no controller answering (no SLURM_CONF on a machine with slurm-client, or
+    slurmctld down), a dry run said nothing of the partition it could not check: that was said only where sinfo is
+    missing. It is said once, with why; a controller that answers gives no such note."""
+    if controller == "down":
+        conf = tmp_path / "slurm.conf"
+        conf.write_text("SlurmctldHost=ctl(10.0.0.1)\n")
+        monkeypatch.setenv("SLURM_CONF", str(conf))
+        _script(no_controller / "scontrol", "echo 'Slurmctld(primary) at ctl is DOWN'")
+        (no_controller / "sinfo.err").write_text(
+            "sinfo: error: slurm_load_partitions: Unable to contact slurm controller (connect failure)\n"
+        )
+    spec = make_spec(
+        backend="slurm", gpus="cpu", partition="cpu", model_name_or_path=MODEL, output_dir=str(tmp_path / "run")
+    )
+    launch(spec, dry_run=True)
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "not checked" in line]
+    assert len(said) == 1, err
+    assert said[0].startswith(
+        "note: partition cpu's nodes, GPUs, CPUs, memory and time limit were not checked: "
+        + ("sinfo could not reach the Slurm controller" if controller != "down" else "the Slurm controller at ctl")
+    ), said
+
+
+def test_a_dry_run_the_cluster_answered_says_nothing_was_left_unchecked(cluster, tmp_path, capsys):
+    spec = make_spec(
+        backend="slurm", gpus="cpu", partition="cpu", model_name_or_path=MODEL, output_dir=str(tmp_path / "run")
+    )
+    launch(spec, dry_run=True)
+    assert "not checked" not in capsys.readouterr().err
+
+
 def test_an_unknown_partition_is_refused_naming_the_clusters(cluster, tmp_path, capsys):
     """sbatch refused it only after the launch wrote its files, and a dry run said nothing and exited 0."""
     msg = _refused(gpus="cpu", partition="cpuu")

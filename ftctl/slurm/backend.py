@@ -241,13 +241,20 @@ class SlurmBackend(Backend):
             rendered.text, rendered.files = self.render(spec, plan, rendered.paths, spec_json, report.gres_type)
 
     def estimate(self, spec, plan) -> str | None:
-        """A plan or dry run off the cluster (a laptop): what could not be checked here."""
-        if shutil.which("sinfo"):
+        """A plan or dry run where the cluster cannot be asked: what could not be checked here, and why (no Slurm on
+        this machine, a laptop; or a controller that does not answer, asked as check() asks it: one sinfo, after a
+        `scontrol ping` remembered from check() in a dry run)."""
+        partition = f"partition {spec.partition}" if spec.partition else "the partition"
+        unchecked = f"{partition}'s nodes, GPUs, CPUs, memory and time limit"
+        if not shutil.which("sinfo"):
+            return (
+                f"note: no Slurm on this machine (sinfo is not on PATH): {unchecked} are checked where `ftctl launch` "
+                "submits the job, on the cluster's login node"
+            )
+        report = slurm_doctor.doctor()
+        if report.reachable:
             return None
-        return (
-            "note: no Slurm on this machine (sinfo is not on PATH): the partition's nodes, GPUs, CPUs, memory and "
-            "time limit are checked where `ftctl launch` submits the job, on the cluster's login node"
-        )
+        return f"note: {unchecked} were not checked: {report.message}"
 
     def send(self, rendered: Rendered) -> JobRef:
         paths = rendered.paths
