@@ -253,18 +253,22 @@ def test_chat_refuses_in_one_line(tmp_path, args, message):
 
 def test_a_mistyped_run_is_refused_at_once(tmp_path, monkeypatch):
     """``runs/nope`` where runs/ is a directory here is a run's path, not a hub id to look up (that took ~50 s of
-    the Hub's retries and ended in a traceback); an id the Hub cannot give is one line as well."""
+    the Hub's retries and ended in a traceback), and is said as `ftctl merge` says it; an id the Hub cannot give is
+    one line as well."""
     from ftctl.cli import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     (tmp_path / "x.jsonl").write_text('{"text": "a"}\n')  # eval reads its data path first (before any model loads)
-    for command in (["chat", "runs/nope", "-p", "hi"], ["eval", "runs/nope", "--data", "x.jsonl"]):
+    for command in (
+        ["chat", "runs/nope", "-p", "hi"],
+        ["eval", "runs/nope", "--data", "x.jsonl"],
+        ["merge", "runs/nope"],
+    ):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert result.output == (
-            "error: RUN runs/nope: no such directory (runs/ is a directory here, so it is read as a path); give a "
-            "run's output directory (its --output), one of its checkpoints, or a model id such as org/name.\n"
+            "error: runs/nope is not a directory: pass the output directory of a run (or a checkpoint-* in it).\n"
         )
     # the Hub read in a process of its own: huggingface_hub reads HF_HUB_OFFLINE when it is imported
     result = subprocess.run(
@@ -277,6 +281,57 @@ def test_a_mistyped_run_is_refused_at_once(tmp_path, monkeypatch):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     said = result.stderr.splitlines()[-1]
     assert said.startswith("error: Cannot load no-such-org/no-such-model: ") and "HF_TOKEN" in said
+
+
+@pytest.mark.parametrize("run", ["./runs/r1", "runs/r1/checkpoint-4", "~/no-such-ftctl-run"])
+def test_a_missing_run_that_is_a_path_by_its_form_is_said_as_merge_says_it(run, tmp_path, monkeypatch):
+    """`ftctl chat runs/r1` was looked up on the Hub where `ftctl merge` said it is not a directory: a path by its
+    form (./, /, ~, more parts than ORG/NAME) is never a model id."""
+    from ftctl.cli import main
+
+    def no_hub(repo_id):
+        raise AssertionError(f"{repo_id} was looked up on the Hub")
+
+    monkeypatch.setattr("ftctl.hub.model_config", no_hub)
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    said = {CliRunner().invoke(main, [cmd, run, *args]).output for cmd, args in (("chat", ["-p", "hi"]), ("merge", []))}
+    assert len(said) == 1 and said.pop().endswith(
+        " is not a directory: pass the output directory of a run (or a checkpoint-* in it).\n"
+    )
+
+
+def test_an_org_name_that_is_neither_a_directory_nor_a_model_says_both(tmp_path, monkeypatch):
+    """runs/my-lora-run typed in another directory than the run's is a model id by its form (ORG/NAME, no runs/
+    here): it is looked up, and where that fails the error says it is not a directory here either."""
+    from ftctl.cli import main
+    from ftctl.hub import HubError
+
+    def missing(repo_id):
+        raise HubError("the Hub has no model repository of that name (check the id)", "missing")
+
+    monkeypatch.setattr("ftctl.hub.model_config", missing)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["chat", "runs/my-lora-run", "-p", "hi"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output == (
+        f"error: Cannot load runs/my-lora-run: it is not a directory here (in {tmp_path}), and as a model id: the Hub "
+        "has no model repository of that name (check the id); check the id as huggingface.co spells it (org/name), or "
+        "pass a local model directory.\n"
+    )
+    # the Hub out of reach: transformers' own words, after the same
+    result = subprocess.run(
+        [FTCTL, "chat", "runs/my-lora-run", "-p", "hi"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(HF_HUB_OFFLINE=1),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    said = result.stderr.splitlines()[-1]
+    assert said.startswith(
+        f"error: Cannot load runs/my-lora-run: it is not a directory here (in {tmp_path}), and as a model id: "
+    ), said
 
 
 def test_a_run_in_object_storage_talks_from_its_top_level_files(lora_run, s3_bucket):

@@ -91,17 +91,15 @@ def load(target: str, plain_text: bool | None = None, echo=None) -> Loaded:
     from ftctl import storage
     from ftctl.trainer import trained as trained_mod
     from ftctl.trainer.masks import ensure_chat_template
-    from ftctl.trainer.model import resolve_model
 
     download, plain = None, False
     if storage.is_remote(target):  # its top-level files: the final model or adapter
         download = tempfile.TemporaryDirectory(prefix="ftctl-chat-")
         found = trained_mod.find(trained_mod.download_top(target, download.name))
-    elif Path(target).expanduser().is_dir() or "://" in target:
-        found = trained_mod.find(target)
-    else:  # a model id: the base itself
-        found = trained_mod.Trained(Path(resolve_model(target, flag="RUN")), adapter=False)
-        plain = True
+    elif Path(target).expanduser().is_dir() or "://" in target or _path_shaped(target):
+        found = trained_mod.find(target)  # a directory that is not there is said as merge says it
+    else:  # ORG/NAME, no directory here: a model id, the base itself
+        found, plain = _model_id(target), True
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         precision = found.precision if found.precision in ("bf16", "fp16") else "bf16"
@@ -124,12 +122,42 @@ def load(target: str, plain_text: bool | None = None, echo=None) -> Loaded:
         tokenizer = AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(found))
     except OSError as e:  # transformers' own: a model the Hub does not have, or cannot be reached for
         raise FtctlError(
-            f"Cannot load {target}: {str(e).strip().splitlines()[0]} Give a run's output directory, one of its "
-            "checkpoints, or a model id this machine can read (HF_TOKEN for a gated one)."
+            f"Cannot load {target}: {_not_here() if plain else ''}{str(e).strip().splitlines()[0]} Give a run's "
+            "output directory, one of its checkpoints, or a model id this machine can read (HF_TOKEN for a gated one)."
         ) from None
     if not plain_text and (note := ensure_chat_template(tokenizer)):
         log.warning("%s", note)
     return Loaded(model, tokenizer, what, None if plain else found, precision, download, plain_text)
+
+
+def _path_shaped(target: str) -> bool:
+    """A local path by its form (storage.looks_like_path: ./, /, ~, its first part a directory here), or more parts
+    than a model id's ORG/NAME: never looked up on the Hub."""
+    from ftctl import storage
+    from ftctl.hub import HUB_ID
+
+    return storage.looks_like_path(target) or ("/" in target and not HUB_ID.match(target))
+
+
+def _model_id(target: str):
+    """The base model ``target`` names (trained.Trained) where it is neither a directory here nor a path by its form;
+    one the Hub does not give is said as not a directory too (_not_here)."""
+    from ftctl.trainer import trained as trained_mod
+    from ftctl.trainer.model import resolve_model
+
+    try:
+        return trained_mod.Trained(Path(resolve_model(target, flag="RUN")), adapter=False)
+    except FtctlError as e:
+        why = str(e).removeprefix(f"RUN {target}: ")  # check_model's "FLAG VALUE: why; fix"
+        if why.startswith("no such directory"):  # not a model id either: said already
+            raise
+        raise FtctlError(f"Cannot load {target}: {_not_here()}{why}") from None
+
+
+def _not_here() -> str:
+    """An ORG/NAME is a run's path as well as a model id (runs/r1 typed in another directory than the run's): one
+    that loads as neither is said as both."""
+    return f"it is not a directory here (in {Path.cwd()}), and as a model id: "
 
 
 def answer(
