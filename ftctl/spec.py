@@ -659,7 +659,7 @@ class RunSpec:
     infra: str | None = None  # SkyPilot's infra string, passed through: aws, gcp/us-central1, k8s, slurm/NAME
     cloud: str | None = None  # a cloud SkyPilot has enabled (aws, gcp, azure ...); or infra
     region: str | None = None  # that cloud's region
-    disk_size: int | None = None  # GB of each node's disk; unset: what the run stages there, at least 256
+    disk_size: int | None = None  # GiB of each node's disk (SkyPilot's unit); unset: what the run stages, at least 256
     cluster: str | None = None  # SkyPilot cluster to launch or reuse (sky.launch either way); default run name
     down: bool = False  # tear the cluster down when the job ends
     idle_minutes: int = 30  # idle autostop of a launched cluster (ignored with down)
