@@ -1274,7 +1274,7 @@ def _accumulation_cost(spec: RunSpec, req, shape: ModelShape) -> str:
 
 
 def _holds(t: gpu_table.GpuTier) -> str:
-    """'an H100 has 84.9 GB (79.11 GiB as PyTorch reports it)': a refusal's card, in the plan's unit and PyTorch's."""
+    """'an H100 has 84.9 GB (79.1 GiB as PyTorch reports it)': a refusal's card, in the plan's unit and PyTorch's."""
     return f"{t.a_card} has {t.capacity_gb:.1f} GB ({t.total_gib:g} GiB as PyTorch reports it)"
 
 
