@@ -17,6 +17,7 @@ import pytest
 import ftctl
 from ftctl import checkpoints as C
 from ftctl import storage
+from ftctl.runpaths import MODEL_CONFIG
 from tests.s3_fixtures import MotoS3, assert_logs_clean, assert_no_secrets, make_checkpoint
 
 FAST = dict(backoff=(0.1, 0.5), poll_interval=0.1)
@@ -807,6 +808,35 @@ def test_a_stop_checkpoint_the_store_did_not_commit_resumes_from_the_shared_disk
     assert "checkpoint-10: local" in caplog.text and "sha256" in caplog.text
     assert "checkpoint-8: local" in caplog.text and "no ftctl-manifest.json" in caplog.text
     assert len(list((run / C.QUARANTINE_DIR).iterdir())) == 2
+
+
+def test_a_share_that_never_comes_leaves_its_checkpoint_uncommitted_and_the_uploads_go_on(remote, tmp_path, caplog):
+    """A resumed run sends again its stop checkpoint-8 the store did not commit, node 0 its share (of the attempt that
+    saved it); node 1 sends none (it holds none, or died). Node 0 waited for node 1's manifest for as long as it ran,
+    and every upload queued behind it with it: checkpoint-12, then the final model, whose upload the run then failed
+    for. Now, peer_wait_s after its own share is in, checkpoint-8 stays uncommitted (never a half checkpoint marked
+    complete), a warning names node 1, and the uploads after it go on."""
+    dirs = two_node_save(None, tmp_path, step=8, attempt="att-0")
+    two_node_save(None, tmp_path, step=12)
+    (dirs[0] / MODEL_CONFIG).write_text('{"final": true}')
+    up0 = C.Uploader(remote, node_rank=0, num_nodes=2, attempt="att-1", peer_wait_s=1.0, **FAST)
+    up1 = C.Uploader(remote, node_rank=1, num_nodes=2, attempt="att-1", **FAST)
+    caplog.set_level(logging.INFO)
+    up0.submit(str(dirs[0] / "checkpoint-8"), attempt="att-0")
+    for up, d in zip((up0, up1), dirs):
+        up.submit(str(d / "checkpoint-12"))
+    up0.submit_final(str(dirs[0]))
+    start = time.monotonic()
+    assert up1.wait(30) and up0.wait(30)
+    assert time.monotonic() - start < 15
+    up0.close(), up1.close()
+    # checkpoint-8 was never committed: the retention after checkpoint-12 deleted it as a cut-short upload
+    assert [(c.step, c.complete) for c in C.list_checkpoints(remote, deep=True)] == [(12, True)]
+    assert "checkpoint-8: no ftctl-manifest.json (incomplete" in caplog.text
+    assert json.loads(storage.read_text(storage.join(remote, MODEL_CONFIG))) == {"final": True}
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "checkpoint-8: node(s) 1 sent no share of it within" in said and "left uncommitted" in said
+    assert C.latest_complete(str(tmp_path / "fresh"), remote) == str(tmp_path / "fresh" / "checkpoint-12")
 
 
 def test_a_nodes_own_share_of_a_committed_checkpoint_is_completed_not_set_aside(remote, tmp_path, caplog):

@@ -4,7 +4,10 @@ with retries and backoff, never stopping training; multi-node commits merged by 
 Multi-node runs without a shared filesystem (DeepSpeed ZeRO-3 writes per-rank shards, and each
 node holds only its own): every node uploads its files and then ``manifest.node-<k>.json``; node 0
 writes ``ftctl-manifest.json`` (the merge) once every node's manifest of the same attempt is in
-the store. Node 0 polls for them from its upload thread; training never waits.
+the store. Node 0 polls for them from its upload thread; training never waits. A node whose share does not come
+within ``peer_wait_s`` of node 0's own (it died, or holds none to send again) leaves that checkpoint uncommitted,
+said with the node's number, and node 0's uploads go on with the next: they waited behind it for good, the final
+model too.
 """
 
 from __future__ import annotations
@@ -135,6 +138,7 @@ class _Job:
     uploaded: bool = False
     final: bool = False  # the run's top-level files (final model, spec.json, metrics), not a checkpoint
     attempt: str | None = None  # the attempt of its node manifests (a resumed run's checkpoint); None: the uploader's
+    shared_at: float | None = None  # when this node's own share was in the store (node 0 waits for the others' then)
 
 
 class Uploader:
@@ -148,7 +152,9 @@ class Uploader:
     Multi-node (``num_nodes > 1``, no shared filesystem): each node's uploader sends its files
     and ``manifest.node-<k>.json``; node 0's then waits (polling, in its thread) for every
     node's manifest of the same ``attempt`` and commits the merged ``ftctl-manifest.json``.
-    ``attempt`` must be the same string on every node of one run (the trainer broadcasts it).
+    ``attempt`` must be the same string on every node of one run (the trainer broadcasts it). A node's manifest not
+    in ``peer_wait_s`` after node 0's own share (None: as long as the uploader runs) leaves the checkpoint
+    uncommitted, with a warning naming the node, and the queue goes on.
 
     Retention (node 0): with ``keep_last``, after each commit only the newest ``keep_last``
     complete checkpoints stay in the store, plus those named by ``protect()``.
@@ -165,6 +171,7 @@ class Uploader:
         keep_last: int | None = None,
         backoff: tuple[float, float] = (1.0, 60.0),
         poll_interval: float = 5.0,
+        peer_wait_s: float | None = None,
     ):
         self.remote_uri = remote_uri.rstrip("/")
         self.endpoint_url = endpoint_url
@@ -174,6 +181,7 @@ class Uploader:
         self.keep_last = keep_last
         self.backoff = backoff
         self.poll_interval = poll_interval
+        self.peer_wait_s = peer_wait_s
         self.protected: set[str] = set()
         self._queue: queue.Queue[_Job] = queue.Queue()
         self._pending: list[_Job] = []
@@ -357,6 +365,7 @@ class Uploader:
         if not job.uploaded:
             upload_checkpoint(job.local, ckpt_uri, self.manifest_name, self.endpoint_url, job.done, self._fs)
             job.uploaded = True
+            job.shared_at = time.time()
             job.attempt_no = 0
             remember_uploaded(os.path.dirname(job.original), job.name)
             if self.num_nodes == 1:
@@ -374,7 +383,8 @@ class Uploader:
         return True
 
     def _commit_nodes(self, job: _Job, ckpt_uri: str) -> bool:
-        """Node 0: merge every node's manifest into ftctl-manifest.json once all are there."""
+        """Node 0: merge every node's manifest into ftctl-manifest.json once all are there. True: done (committed, or
+        given up: a node's manifest not in within peer_wait_s of node 0's share); False: poll again."""
         attempt = job.attempt or self.attempt
         names = {e["name"] for e in storage.ls(ckpt_uri, self.endpoint_url)}
         manifests = {}
@@ -386,8 +396,19 @@ class Uploader:
                 manifests[k] = m
         missing = [k for k in range(self.num_nodes) if k not in manifests]
         if missing:
-            log.info("%s: waiting for the manifests of node(s) %s", ckpt_uri, missing)
-            return False
+            waited = time.time() - job.shared_at
+            if self.peer_wait_s is None or waited < self.peer_wait_s:
+                log.info("%s: waiting for the manifests of node(s) %s", ckpt_uri, missing)
+                return False
+            log.warning(
+                "%s: node(s) %s sent no share of it within %.0f s of node 0's (the node died, or holds none to send): "
+                "left uncommitted (no %s), so nothing resumes from it; uploading the checkpoints after it",
+                ckpt_uri,
+                ", ".join(map(str, missing)),
+                waited,
+                MANIFEST,
+            )
+            return True
         merged, rewrite = merge_nodes(manifests)
         for rel in rewrite:  # a file two nodes wrote differently: node 0's copy, re-sent now
             parts = rel.split("/")

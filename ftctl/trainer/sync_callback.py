@@ -247,7 +247,9 @@ class CheckpointSyncCallback(TrainerCallback):
     directory (then node 0 alone uploads). ``rotate``: the Trainer's save_total_limit, applied to the
     local directory here, once the new checkpoint's manifest is written (the Trainer deletes older
     checkpoints before on_save: with a limit of 1, a run stopped while the manifest's hashes were taken
-    had no complete checkpoint left, and its relaunch started from step 0).
+    had no complete checkpoint left, and its relaunch started from step 0). ``upload_wait_s``: what the end of a run
+    waits for its uploads, and node 0 for another node's share of a checkpoint once its own is in (then it leaves
+    that checkpoint uncommitted and goes on with the next).
     """
 
     def __init__(
@@ -321,6 +323,7 @@ class CheckpointSyncCallback(TrainerCallback):
                 keep_last=self.keep_last,
                 backoff=self.backoff,
                 poll_interval=self.poll_interval,
+                peer_wait_s=self.upload_wait_s,  # a node's share not in by then will not come: the queue goes on
             )
             self._send_resumed(args.output_dir)
 
