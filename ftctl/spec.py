@@ -453,6 +453,28 @@ METHOD_AGREES = {
 }
 # LLaMA-Factory's LoRA defaults (its lora_alpha: twice lora_r), taken where a file with its finetuning_type leaves them
 LLAMA_FACTORY_LORA = {"lora_r": 8, "lora_dropout": 0.0}
+# Other tools' defaults that change what trains, taken where a run file in that tool's vocabulary (a key only it has,
+# VOCABULARY) leaves the key out, noted: its user's file trains as it did there. TRL's SFTConfig cuts at 1024 tokens
+# (max_length; older TRL's max_seq_length: min(the tokenizer's, 1024)) and keeps transformers' linear schedule without
+# warm-up; LoRA in TRL adapts PEFT's default modules (q_proj, v_proj in Llama, Qwen, Mistral, Gemma), FastChat's
+# train_lora.py its own (the same two, at rank 8, alpha 16).
+VOCABULARY = {
+    "TRL": (
+        *("dataset_name", "use_peft", "dataset_text_field", "completion_only_loss", "dataset_train_split"),
+        *("dataset_test_split", "dataset_config", "dataset_streaming", "eos_token", "pad_token", "padding_free"),
+        *("packing_strategy", "eval_packing", "loss_type", "activation_offloading", "use_bnb_nested_quant"),
+        *("model_init_kwargs", "dataset_kwargs", "dataset_mixer", "dataset_splits"),  # (the alignment handbook's: TRL)
+    ),
+    "FastChat": ("q_lora",),  # its train_lora.py's
+}
+TOOL_DEFAULTS = {
+    "TRL": {"model_max_length": 1024, "lr_scheduler_type": "linear", "warmup_ratio": 0.0},
+    "FastChat": {},
+}
+TOOL_LORA_DEFAULTS = {  # (where the run trains adapters)
+    "TRL": {"lora_target_modules": "q_proj,v_proj"},
+    "FastChat": {"lora_r": 8, "lora_alpha": 16, "lora_target_modules": "q_proj,v_proj"},
+}
 # METHOD_AGREES values that do not choose the method where none is given (they are refused, saying which to give):
 # LLaMA-Factory's freeze trains the top blocks alone, sft the output head too
 NOT_CHOSEN = {("finetuning_type", "freeze")}
@@ -518,6 +540,65 @@ def _evaluation_asked(spec, asked: dict[str, tuple[str, str]], sources: dict[str
                 "(-o eval_split=0, no --eval-data) to train without."
             )
     return errors
+
+
+def _vocabularies(layers) -> dict[str, list[str]]:
+    """The tools (VOCABULARY) whose own keys the run file has, and those keys: TRL's dataset_name or use_peft,
+    FastChat's q_lora."""
+    given = [  # (left empty, a key asks for nothing)
+        str(k).strip().replace("-", "_")
+        for source, items in layers
+        if source == "run file"
+        for k, v in items
+        if v not in (None, "", {}, [])
+    ]
+    found = {tool: [k for k in given if k in keys] for tool, keys in VOCABULARY.items()}
+    return {tool: keys for tool, keys in found.items() if keys}
+
+
+def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> None:
+    """Each of ``tools``' defaults (TOOL_DEFAULTS; TOOL_LORA_DEFAULTS where the run trains adapters) that no layer
+    gave, into ``values``, noted with ftctl's own and how to keep it. ``tools``: the tool, and its keys the run file
+    has."""
+    for tool, keys in tools.items():
+        defaults = dict(TOOL_DEFAULTS[tool])
+        if values.get("method", FIELDS["method"].default) in _ADAPTERS:
+            defaults.update(TOOL_LORA_DEFAULTS[tool])
+        taken = {k: v for k, v in defaults.items() if k not in values}
+        if "warmup_steps" in values:  # it replaces warmup_ratio
+            taken.pop("warmup_ratio", None)
+        values.update(taken)
+        if taken and notes is not None:
+            said = ", ".join(f"{k} {_number(v)}" for k, v in taken.items())
+            ours = " ".join(f"-o {k}={_number(as_run(k, FIELDS[k].default))}" for k in taken)
+            notes.append(
+                f"{said}: {tool}'s defaults, which a run file in its vocabulary ({', '.join(keys)}) trains with where it "
+                f"leaves them out; ftctl's own: {ours}"
+            )
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _evaluated_every_logging(spec, given: dict, asked: dict[str, tuple[str, str]], sources: dict[str, str]) -> str:
+    """transformers' eval_strategy: steps without eval_steps evaluates every logging_steps (TrainingArguments'
+    __post_init__): where a layer gives logging_steps, ``spec``'s eval_steps is it; where none does, what is said is
+    when the held-out loss is measured here instead (transformers' logging_steps being its own). ``given``: the keys
+    the layers gave. Returns the note ('' where there is none)."""
+    named = next((f"{name} ({source})" for name, (word, source) in asked.items() if word == "steps"), None)
+    if not named or not spec.evaluates or "eval_steps" in given or "evals_per_epoch" in given:
+        return ""
+    if "logging_steps" not in given:
+        return (
+            f"{named} without eval_steps: the held-out loss is measured {spec.eval_when} here; transformers measures "
+            "it every logging_steps (its default 500, TRL's 10): -o eval_steps=N for another"
+        )
+    spec.eval_steps = spec.logging_steps
+    return (
+        f"eval_steps {spec.eval_steps}: {named} without eval_steps evaluates every logging_steps "
+        f"({sources['logging_steps']}), as in transformers; -o eval_steps=N for another"
+    )
 
 
 def _deepspeed_strategy(raw) -> tuple[str, str] | None:
@@ -588,6 +669,7 @@ class RunSpec:
     # num_cycles of cosine and cosine_with_min_lr (-o lr_scheduler_kwargs=min_lr_rate=0.1)
     lr_scheduler_kwargs: dict[str, str] = field(default_factory=dict)
     max_grad_norm: float = 1.0
+    # tokens a row is cut at (and packed up to); a run file in TRL's vocabulary that leaves it out: TRL's, noted
     model_max_length: int = 2048
     # the loss on assistant turns only (prompt-completion rows: the completion), FastChat's and TRL's for
     # prompt-completion rows (completion_only_loss); false: on every token, TRL's default for conversations
@@ -1154,7 +1236,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             if key in DECIDED:
                 if _agrees(key, raw) or _word(raw) in METHOD_AGREES.get(key, {}):
                     (left_out if key in LEFT_OUT and raw is not None else agreed).append(raw_key)
-                    if key in ("evaluation_strategy", "eval_strategy", "do_eval"):
+                    if key in ("evaluation_strategy", "eval_strategy", "do_eval") and raw not in (None, ""):
                         evaluation[raw_key] = (_word(raw), source)
                     if _word(raw) in METHOD_AGREES.get(key, {}):  # (left empty, it asks for nothing)
                         by_method[f"{raw_key!r} ({source})"] = (key, _word(raw))
@@ -1221,9 +1303,12 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 f"{', '.join(f'{k} {v:g}' for k, v in taken.items())}: LLaMA-Factory's defaults, which a run file with "
                 "its finetuning_type trains with where it leaves them out"
             )
+    _tool_defaults(values, _vocabularies(layers), notes)
     if errors:
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)
+    if (said := _evaluated_every_logging(spec, values, evaluation, sources)) and notes is not None:
+        notes.append(said)
     if notes is not None and spec.warmup_steps is not None and spec.warmup_ratio is not None:
         notes.append(
             f"warmup_ratio={spec.warmup_ratio:g} unused: warmup_steps={spec.warmup_steps} wins (as in transformers)"

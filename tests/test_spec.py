@@ -798,10 +798,11 @@ def test_trl_s_qlora_recipe_keys_are_taken_where_the_method_does_what_they_ask()
     recipe = {"use_peft": True, "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True}
     notes: list[str] = []
     assert build({"method": "qlora", **recipe}, notes=notes).method == "qlora"
-    assert notes == [
+    assert notes[0] == (
         "use_peft, load_in_4bit, bnb_4bit_quant_type, use_bnb_nested_quant (run file): left to ftctl, which does what "
         "the values given ask"
-    ]
+    )
+    assert notes[1].startswith("model_max_length 1024, lr_scheduler_type linear, warmup_ratio 0, ")  # TRL's defaults
     assert build({"method": "lora", "use_peft": True, "load_in_4bit": False}).method == "lora"
     with pytest.raises(FtctlError) as refused:
         build({"method": "fft", **recipe})
@@ -1430,10 +1431,10 @@ def test_trls_model_init_kwargs_and_dataset_kwargs_are_read_key_by_key():
         notes=notes,
     )
     assert spec.attn_implementation == "sdpa"
-    assert notes == [
+    assert notes[0] == (
         "model_init_kwargs.torch_dtype, model_init_kwargs.use_cache, dataset_kwargs.skip_prepare_dataset, "
         "model_revision (run file): left to ftctl, which does what the values given ask"
-    ]
+    )
     assert build(None, None, ['model_init_kwargs={"attn_implementation": "eager"}']).attn_implementation == "eager"
     assert build({"model_init_kwargs": None, "dataset_kwargs": {}}) == RunSpec()
     with pytest.raises(FtctlError) as e:
@@ -1473,3 +1474,87 @@ def test_the_alignment_handbooks_recipe_keys_say_what_they_are():
     text = str(e.value)
     assert "Did you mean" not in text and "name its files (data_path: hf://datasets/ORG/NAME/data/train_sft-" in text
     assert "'use_flash_attention_2' (run file) is not set by hand here: the plan chooses the attention" in text
+
+
+TRL_SFT_LORA = """\
+model_name_or_path: Qwen/Qwen2-0.5B
+dataset_name: trl-lib/Capybara
+learning_rate: 2.0e-4
+num_train_epochs: 1
+packing: true
+per_device_train_batch_size: 2
+gradient_accumulation_steps: 8
+gradient_checkpointing: true
+eval_strategy: steps
+eval_steps: 100
+use_peft: true
+lora_r: 32
+lora_alpha: 16
+output_dir: Qwen2-0.5B-SFT
+"""
+
+
+def test_a_trl_run_file_trains_with_trls_defaults_where_it_leaves_them_out(tmp_path):
+    """TRL's sft.py LoRA example (its flags as YAML) trained at 2048 tokens, where TRL's SFTConfig cuts at 1024
+    (max_length; older TRL's max_seq_length at most 1024 too), on a cosine schedule after 3% warm-up where TRL's is
+    linear without, and adapted every linear layer where TRL's LoRA adapts PEFT's default q_proj and v_proj: twice the
+    tokens, another schedule, eight times the adapters, without a word. A file in TRL's vocabulary takes TRL's, noted
+    with ftctl's own; what a layer gives wins, and a file without TRL's keys keeps ftctl's."""
+    notes: list[str] = []
+    spec = build(_yaml(tmp_path, TRL_SFT_LORA), None, ["eval_split=0.05"], notes=notes)
+    assert (spec.model_max_length, spec.lr_scheduler_type, spec.warmup, spec.lora_target_modules) == (
+        1024, "linear", 0.0, "q_proj,v_proj"
+    )  # fmt: skip
+    assert (
+        "model_max_length 1024, lr_scheduler_type linear, warmup_ratio 0, lora_target_modules q_proj,v_proj: TRL's "
+        "defaults, which a run file in its vocabulary (dataset_name, use_peft) trains with where it leaves them out; "
+        "ftctl's own: -o model_max_length=2048 -o lr_scheduler_type=cosine -o warmup_ratio=0.03 "
+        "-o lora_target_modules=all-linear"
+    ) in notes
+    kept = build(_yaml(tmp_path, TRL_SFT_LORA + "max_length: 4096\nwarmup_steps: 10\n"), None, ["eval_split=0.05"])
+    assert (kept.model_max_length, kept.warmup_ratio, kept.warmup_steps) == (4096, None, 10)
+    assert build({"dataset_name": "trl-lib/Capybara"}, None, ["model_max_length=2048"]).model_max_length == 2048
+    full = build({"use_peft": False, "learning_rate": 2e-5, "method": "fft"})
+    assert (full.model_max_length, full.lora_target_modules) == (1024, "all-linear")  # no adapters: no LoRA default
+    assert build({"data_path": "a.jsonl", "learning_rate": 2e-4}) == RunSpec(data_path="a.jsonl", learning_rate=2e-4)
+    assert build({"dataset_kwargs": {}}).model_max_length == 2048  # left empty, it asks for nothing
+
+
+def test_a_fastchat_lora_run_file_adapts_what_fastchats_does():
+    """FastChat's train_lora.py (its README's QLoRA command, q_lora: true) adapts q_proj and v_proj at rank 8 unless
+    told; ftctl adapted every linear layer, silently another run. Its LoRA defaults are taken where it leaves them out."""
+    notes: list[str] = []
+    spec = build({"q_lora": True, "lora_dropout": 0.05, "learning_rate": 2e-5}, notes=notes)
+    assert (spec.method, spec.lora_r, spec.lora_alpha, spec.lora_target_modules) == ("qlora", 8, 16, "q_proj,v_proj")
+    assert any(
+        n.startswith("lora_r 8, lora_alpha 16, lora_target_modules q_proj,v_proj: FastChat's defaults") for n in notes
+    )
+    given = build({"q_lora": False, "lora_r": 64, "lora_target_modules": ["q_proj", "k_proj"]})
+    assert (given.method, given.lora_r, given.lora_alpha, given.lora_target_modules) == (
+        "lora", 64, 16, "q_proj,k_proj"
+    )  # fmt: skip
+
+
+def test_eval_strategy_steps_without_eval_steps_evaluates_every_logging_steps():
+    """transformers' eval_strategy: steps without eval_steps evaluates every logging_steps (TrainingArguments'
+    __post_init__); ftctl measured the held-out loss every save_steps instead (100 where the file said 10). Where a
+    layer gives logging_steps, eval_steps is it; where none does, a note says when it is measured here."""
+    notes: list[str] = []
+    asked = {"eval_strategy": "steps", "eval_split": 0.1, "logging_steps": 10, "save_steps": 500}
+    spec = build(asked, notes=notes)
+    assert (spec.eval_steps, spec.eval_every, spec.save_steps) == (10, 10, 500)
+    assert (
+        "eval_steps 10: eval_strategy (run file) without eval_steps evaluates every logging_steps (run file), as in "
+        "transformers; -o eval_steps=N for another"
+    ) in notes
+    assert build({**asked, "evaluation_strategy": "steps"} | {"eval_strategy": None}).eval_steps == 10  # FastChat's
+    assert build(asked, None, ["eval_steps=50"]).eval_steps == 50
+    assert build({**asked, "evals_per_epoch": 2}).eval_steps is None
+    assert build({k: v for k, v in asked.items() if k != "eval_strategy"}).eval_steps is None  # ftctl's: save_steps
+    notes.clear()
+    unsaid = build({"eval_strategy": "steps", "eval_split": 0.1}, notes=notes)
+    assert unsaid.eval_steps is None and unsaid.eval_every == 100
+    assert (
+        "eval_strategy (run file) without eval_steps: the held-out loss is measured every 100 steps here; transformers "
+        "measures it every logging_steps (its default 500, TRL's 10): -o eval_steps=N for another"
+    ) in notes
