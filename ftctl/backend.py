@@ -466,7 +466,9 @@ def run_dir_for(spec: RunSpec) -> Path:
 
 
 def write_files(rendered: Rendered):
-    """Each file written whole (temp file + rename). Over a run dir whose spec.json has other training settings:
+    """Each file written whole: every one into its temp file first, then all renamed into place, so a full disk or an
+    unwritable directory is one line saying so, and the run dir is left as it was (no file half-written, no spec.json
+    moved aside without its successor). Over a run dir whose spec.json has other training settings:
     where it holds checkpoints of another kind of run (checkpoints.settings.KIND), or of a run on other data that
     resume=auto would silently continue (checkpoints.settings.NEW_DATA), it is refused; otherwise the
     relaunch goes ahead, says what changed and keeps the earlier spec.json in .ftctl/ (the trainer resumes the
@@ -482,9 +484,8 @@ def write_files(rendered: Rendered):
     if said := foreign_output(paths.root, paths.root):  # `ftctl train` has no preflight: said here too
         raise FtctlError(said)
     created = next((d for d in [*reversed(paths.root.parents), paths.root] if not d.exists()), None)  # the top one
-    paths.root.mkdir(parents=True, exist_ok=True)
     before = {name: _text_or_none(paths.name(name)) for name in rendered.files}
-    kept: list[Path] = []
+    keep, changed = None, []
     if paths.spec.exists():
         old = json.loads(paths.spec.read_text())["spec"]
         new = json.loads(rendered.files[paths.spec.name])["spec"]
@@ -504,14 +505,14 @@ def write_files(rendered: Rendered):
             raise FtctlError(other_data(paths.root, held[-1].name, held[-1].uri, {k: was[k] for k in data}))
         if changed:
             keep = paths.earlier_spec(time.strftime("%Y%m%d-%H%M%S"))
-            keep.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(paths.spec, keep)
-            kept.append(keep)
-            click.echo(
-                f"relaunching {paths.root} with other {', '.join(changed)} (its earlier spec.json: {keep})", err=True
-            )
-    for name, text in rendered.files.items():
-        _write_whole(paths.name(name), text)
+    staged = _stage(paths, rendered.files, keep, created)
+    if keep is not None:
+        os.replace(paths.spec, keep)
+        click.echo(
+            f"relaunching {paths.root} with other {', '.join(changed)} (its earlier spec.json: {keep})", err=True
+        )
+    for path, tmp in staged.items():
+        os.replace(tmp, path)
 
     def put_back() -> None:
         for name, text in before.items():
@@ -519,14 +520,60 @@ def write_files(rendered: Rendered):
                 paths.name(name).unlink(missing_ok=True)
             else:
                 _write_whole(paths.name(name), text)
-        for keep in kept:
+        if keep is not None:
             keep.unlink(missing_ok=True)
         if created:
             shutil.rmtree(created, ignore_errors=True)  # it held only what this launch wrote
-        elif kept:
+        elif keep is not None:
             click.echo(f"{paths.root}: its spec.json put back (the launch was not sent)", err=True)
 
     return put_back
+
+
+def _stage(paths: RunPaths, files: dict[str, str], keep: Path | None, created: Path | None) -> dict[Path, Path]:
+    """Every file of the run written into its temp file beside it ({path: temp}), and the directory of ``keep``
+    made; on a full disk (or any write refused) nothing is left of them, ``created`` removed, and one line says
+    why."""
+    staged: dict[Path, Path] = {}
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            path = paths.name(name)
+            staged[path] = _temp_of(path)
+            staged[path].write_text(text)
+        if keep is not None:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        if created:
+            shutil.rmtree(created, ignore_errors=True)  # it held only what this launch wrote
+        raise FtctlError(_unwritable(paths.root, e)) from e
+    return staged
+
+
+def _unwritable(root: Path, e: OSError) -> str:
+    """The line for a run dir whose files cannot be written: a full disk with its free space, else the system's
+    words."""
+    from ftctl.failures import FULL
+    from ftctl.storage import size_text
+
+    if e.errno in FULL:
+        try:
+            free = f" ({size_text(shutil.disk_usage(_existing(root)).free)} free)"
+        except OSError:
+            free = ""
+        return (
+            f"no space left on the disk of {root}{free} to write the run's files (spec.json, the job's script): "
+            "free some space there and launch again; nothing in the run dir was changed."
+        )
+    return f"cannot write the run's files in {root}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 def _text_or_none(path: Path) -> str | None:
@@ -536,9 +583,17 @@ def _text_or_none(path: Path) -> str | None:
         return None
 
 
+def _temp_of(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
 def _write_whole(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp = _temp_of(path)
+    try:
+        tmp.write_text(text)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.slurm_e2e_fixtures",
     "tests.trainer_fixtures",
     "tests.sky_fixtures",
+    "tests.disk_fixtures",
 ]
 
 

@@ -72,6 +72,23 @@ def test_relaunch_with_other_training_settings_keeps_the_earlier_spec(tmp_path, 
     assert '"learning_rate": 1e-05' in (tmp_path / "run" / "spec.json").read_text()
 
 
+def test_a_launch_onto_a_full_disk_says_so_and_leaves_the_run_dir_as_it_was(small_disk):
+    """A relaunch onto a full disk moved the earlier spec.json aside, then failed writing the new one: a traceback,
+    an empty .spec.json.tmp and no spec.json in the run dir. Every file is written before any is replaced."""
+    from tests.disk_fixtures import fill
+
+    write_files(_prep(small_disk))
+    run = small_disk / "run"
+    before = {p.relative_to(run): p.read_text() for p in run.rglob("*") if p.is_file()}
+    fill(small_disk)
+    with pytest.raises(FtctlError, match=rf"^no space left on the disk of {run} \(0.0 MB free\) to write the run's"):
+        write_files(_prep(small_disk, learning_rate=1e-5))  # a relaunch with other settings
+    assert {p.relative_to(run): p.read_text() for p in run.rglob("*") if p.is_file()} == before
+    with pytest.raises(FtctlError, match="nothing in the run dir was changed"):
+        write_files(_prep(small_disk, output_dir=str(small_disk / "new" / "run")))
+    assert not (small_disk / "new").exists()
+
+
 def test_relaunch_over_checkpoints_of_another_kind_of_run_is_refused(tmp_path):
     write_files(_prep(tmp_path))
     write_files(_prep(tmp_path, method="qlora"))  # nothing trained there yet: nothing to protect

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
-import subprocess
 
 import pytest
 
@@ -300,17 +298,6 @@ def test_torchrun_says_a_failed_rank_in_one_line_and_drops_the_exit_barrier_race
         )
         api.error("[default] Worker group FAILED. 3/3 attempts left")  # anything else passes
     assert [r.getMessage() for r in caplog.records] == ["[default] Worker group FAILED. 3/3 attempts left"]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 KB tmpfs (root only): a save into it runs out of room for real."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)]).returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_save_onto_a_full_disk_says_so_in_one_line(small_disk, monkeypatch):
