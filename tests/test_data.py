@@ -752,9 +752,9 @@ def test_tool_rows_that_say_it_wrongly_are_row_errors(tmp_path, tiny_tokenizer, 
         "tools.jsonl line 2: 'tools' must be a list of function schemas (or its JSON), not {'a': 1}",
         "tools.jsonl line 3: turn 2: a tool call's 'arguments' is a string but not JSON",
         'tools.jsonl line 4: turn 2 (function_call) must hold the call as JSON, {"name": ..., "arguments": {...}} '
-        "(or a list of such calls), as LLaMA-Factory reads it, not \"door_code(station='Tern')\"",
+        "(or a list of such calls), after the turn's text or in <tool_call> tags, as LLaMA-Factory reads it, not \"door_code(station='Tern')\"",
         'tools.jsonl line 5: turn 2 (function_call) must hold the call as JSON, {"name": ..., "arguments": {...}} '
-        "(or a list of such calls), as LLaMA-Factory reads it, not '{\"arguments\": {}}'",
+        "(or a list of such calls), after the turn's text or in <tool_call> tags, as LLaMA-Factory reads it, not '{\"arguments\": {}}'",
         "tools.jsonl line 6: 'tools' must be a list of function schemas (or its JSON), not ['door_code']",
     ], report.errors
     assert report.stats.rows == 2

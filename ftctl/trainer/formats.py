@@ -10,16 +10,19 @@ Accepted row formats (detected per row):
 - Vicuna/ShareGPT: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}``;
   the roles FastChat accepts are mapped (human/user -> user; gpt/assistant/chatgpt/bing/bard ->
   assistant). LLaMA-Factory's tool use: a ``function_call`` turn (its value the call's JSON, ``{"name": ...,
-  "arguments": {...}}``, or a list of them) is an assistant turn of ``tool_calls``, an ``observation`` turn a
-  ``tool`` turn (named after the call it answers, where that is one), and the row's ``tools`` (a list of schemas,
-  or its JSON) the tools, each bare schema wrapped as ``{"type": "function", "function": schema}``, as
-  LLaMA-Factory's tool formatters write them: the same conversation as the OpenAI-style row below.
+  "arguments": {...}}``, or a list of them, after the turn's text or in ``<tool_call>`` tags) is an assistant turn
+  of ``tool_calls`` (and that text), an ``observation`` turn a ``tool`` turn (named after the call it answers, where
+  that is one), and the row's ``tools`` (a list of schemas, or its JSON) the tools, each bare schema wrapped as
+  ``{"type": "function", "function": schema}``, as LLaMA-Factory's tool formatters write them: the same
+  conversation as the OpenAI-style row below. A file that LLaMA-Factory's dataset_info.json beside it names is
+  read as its entry says (its columns and tags renamed to these).
 - OpenAI-style: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}``
   (content may also be a list of ``{"type": "text", "text": ...}`` parts, joined by line breaks). Tool use as TRL and transformers'
   chat templates take it: an assistant turn's ``tool_calls`` (its content may then be empty; ``arguments`` as
   OpenAI's JSON string or an object, given to the template as an object), ``tool`` turns
   with the results (context, never trained), and the row's ``tools`` (function schemas, a list or its JSON)
-  rendered by the template. An assistant turn's ``weight`` (OpenAI's fine-tuning format): 0 leaves it out of
+  rendered by the template. A call without an ``id`` gets one, and a result without a ``tool_call_id`` its call's,
+  as Mistral's templates need them. An assistant turn's ``weight`` (OpenAI's fine-tuning format): 0 leaves it out of
   the loss (context, as a user turn is), 1 (or none) trains it; ``training``, ``train`` or ``loss`` (axolotl's
   message_field_training, ms-swift's) false does the same, true trains it.
 - Alpaca: ``{"instruction": str, "input": str (optional), "output": str}`` -> user, assistant; LLaMA-Factory's
@@ -45,9 +48,11 @@ from __future__ import annotations
 import codecs
 import glob
 import gzip
+import hashlib
 import json
 import posixpath
 import re
+import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,6 +146,9 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
                 f"No data at {path}: give a {KINDS} file, a directory of them, a pattern "
                 f"(data/*.jsonl) or builtin:demo.{_hub_hint(path)}"
             )
+        info = posixpath.join(root.rstrip("/"), LF_INFO) if is_dir else root
+        if posixpath.basename(info) == LF_INFO and (entries := _llama_factory_entries(fs, info)):
+            raise _llama_factory_directory(path if is_dir else posixpath.dirname(path) or ".", entries, held_out)
         if not is_dir:
             if root.lower().endswith((".csv", ".tsv")):
                 what, sep = ("TSV", "\t") if root.lower().endswith(".tsv") else ("CSV", ",")
@@ -309,15 +317,19 @@ def load_rows(path: str, endpoint_url: str | None = None, held_out: bool = False
     ``endpoint_url``: the S3 endpoint (see :func:`ftctl.storage.s3_endpoint`); ``held_out``: see resolve_files."""
     from ftctl.spec import split_paths
 
-    files, rows = [], []
+    files, rows, seen = [], [], {}
     for source, one in enumerate(split_paths(path)):
         found = resolve_files(one, endpoint_url, held_out=held_out)
         files += found
         for file in found:
             name = file_name(file, one)
+            mapped, problem = _llama_factory_mapping(file, endpoint_url, seen)
+            if problem:
+                rows.append(Row(where=name, format="unknown", problems=[problem], source=source))
+                continue
             try:
                 for unit, number, record in _records(file, name, endpoint_url):
-                    rows.append(row := to_row(f"{name} {unit} {number}", record))
+                    rows.append(row := to_row(f"{name} {unit} {number}", mapped(record) if mapped else record))
                     whole = isinstance(record, _ParseError) and record.whole_file  # no row of it was read
                     row.source, row.at = source, None if whole else (name, unit, number)
             except (OSError, ValueError) as e:  # unreadable file, bad parquet, not UTF-8
@@ -329,6 +341,146 @@ def file_name(file: str, path: str) -> str:
     """A data file named as the user knows it: relative to the directory ``path`` given, else its base name."""
     top = path.rstrip("/") + "/"
     return file[len(top) :] if file.startswith(top) else posixpath.basename(file)
+
+
+# LLaMA-Factory's dataset_info.json: its datasets by name, each a file (file_name) or elsewhere, with how to read its
+# rows: formatting, columns (a field -> the record's column) and tags (a turn's keys and roles -> the data's)
+LF_INFO = "dataset_info.json"
+LF_SOURCES = {"file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name"}
+# its columns and tags where an entry gives none (its parser's DatasetAttr)
+LF_DEFAULTS = {
+    "prompt": "instruction",
+    "query": "input",
+    "response": "output",
+    "messages": "conversations",
+    "role_tag": "from",
+    "content_tag": "value",
+    "user_tag": "human",
+    "assistant_tag": "gpt",
+    "observation_tag": "observation",
+    "function_tag": "function_call",
+    "system_tag": "system",
+}
+# the fields of each formatting as ftctl's rows name them (the formats above)
+_SHAREGPT_TAGS = {k: v for k, v in LF_DEFAULTS.items() if k.endswith("_tag")}
+LF_NAMES = {
+    "alpaca": {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+        "history": "history",
+        "system": "system",
+        "tools": "tools",
+    },
+    "sharegpt": {"messages": "conversations", "system": "system", "tools": "tools", **_SHAREGPT_TAGS},
+    "openai": {
+        "messages": "messages",
+        "system": "system",
+        "tools": "tools",
+        **_SHAREGPT_TAGS,
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "observation_tag": "tool",
+    },
+}
+# what an entry reads that ftctl does not train on: (its keys or columns, why)
+LF_NOT_SFT = (
+    (
+        ("ranking", "chosen", "rejected", "kto_tag"),
+        "preference data (DPO or KTO), and ftctl trains supervised fine-tuning: make SFT rows of it (each row's chosen "
+        "answer as its last assistant turn) in a file of their own",
+    ),
+    (("images", "videos", "audios"), "images, video or audio, and ftctl trains language models on text"),
+)
+
+
+def _llama_factory_entries(fs, info: str) -> dict | None:
+    """The datasets LLaMA-Factory's dataset_info.json at ``info`` (a path on ``fs``) names, where it is one (a
+    `datasets` save_to_disk directory's is not); None where there is none."""
+    try:
+        entries = json.loads(fs.cat_file(info)) if fs.isfile(info) else None
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(entries, dict) and entries):
+        return None
+    return entries if all(isinstance(e, dict) and LF_SOURCES & set(e) for e in entries.values()) else None
+
+
+def _llama_factory_directory(directory: str, entries: dict, held_out: bool) -> FtctlError:
+    """The refusal of LLaMA-Factory's data directory (or its dataset_info.json) as data: its datasets are chosen by
+    name, and ftctl reads files."""
+    files = [(name, e["file_name"]) for name, e in entries.items() if isinstance(e.get("file_name"), str)]
+    some = ", ".join(f"{name} ({file})" for name, file in files[:3]) + (
+        f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+    )
+    example = storage.join(directory, files[0][1] if files else "FILE.json")
+    return FtctlError(
+        f"{directory} is LLaMA-Factory's data directory: its {LF_INFO} names {len(entries)} datasets ({some}), which "
+        f"ftctl does not read by name. Give the files of those to train on, e.g. "
+        f"{'--eval-data' if held_out else '--data'} {example} (several: comma-separated); each is read as its entry "
+        f"in {LF_INFO} says (formatting, columns, tags)."
+    )
+
+
+def _llama_factory_mapping(file: str, endpoint_url: str | None, seen: dict) -> tuple[Any, str | None]:
+    """(a function that gives a record of ``file`` in ftctl's names, None where they are its own already; the
+    problem) from the entry of LLaMA-Factory's dataset_info.json beside ``file`` that names it (file_name): its
+    columns and its turns' keys and roles renamed, as LLaMA-Factory reads them (a ``dialog`` column of
+    ``speaker``/``text`` turns by ``USER``/``BOT``: ``conversations`` of ``from``/``value`` turns by human/gpt).
+    ``seen``: the entries already read, by directory."""
+    directory = posixpath.dirname(file)
+    if directory not in seen:
+        try:
+            fs, root = storage.filesystem(storage.join(directory, LF_INFO) if directory else LF_INFO, endpoint_url)
+            seen[directory] = _llama_factory_entries(fs, root) or {}
+        except (OSError, ValueError, FtctlError):  # no such file to read: the rows are read as they are
+            seen[directory] = {}
+    base = posixpath.basename(file)
+    named = [(n, e) for n, e in seen[directory].items() if posixpath.normpath(str(e.get("file_name", ""))) == base]
+    if not named:
+        return None, None
+    name, entry = named[0]
+    formatting = entry.get("formatting", "alpaca")
+    said = f"{LF_INFO}'s entry {name!r} reads {base}"
+    if formatting not in LF_NAMES:
+        return None, f"{said} as {formatting!r}: ftctl reads {', '.join(LF_NAMES)} (LLaMA-Factory's formattings)"
+    given = {**(entry.get("columns") or {}), **(entry.get("tags") or {})}
+    asked = {k for k, v in {**entry, **given}.items() if v}
+    for keys, why in LF_NOT_SFT:
+        if found := [k for k in keys if k in asked]:
+            return None, f"{said} with {', '.join(found)}: {why}"
+    ours = LF_NAMES[formatting]
+    theirs = {k: v for k, v in {**LF_DEFAULTS, **given}.items() if k in ours and isinstance(v, str)}
+    renamed = {k: (theirs[k], ours[k]) for k in theirs if theirs[k] != ours[k]}  # field: (their name, ours)
+    columns = dict(v for k, v in renamed.items() if not k.endswith("_tag"))
+    keys = dict(v for k, v in renamed.items() if k in ("role_tag", "content_tag"))
+    roles = dict(v for k, v in renamed.items() if k.endswith("_tag") and k not in ("role_tag", "content_tag"))
+    if not renamed:
+        return None, None
+    return lambda record: _renamed(record, columns, ours.get("messages"), keys, roles), None
+
+
+def _renamed(record: Any, columns: dict, turns: str | None, keys: dict, roles: dict) -> Any:
+    """``record`` with its ``columns`` renamed, and where it has ``turns`` their ``keys`` and role names
+    (``roles``)."""
+    if not isinstance(record, dict):
+        return record
+    record = {columns.get(k, k): v for k, v in record.items()}
+    if turns and isinstance(record.get(turns), list) and (keys or roles):
+        record[turns] = [_renamed_turn(t, keys, roles) for t in record[turns]]
+    return record
+
+
+def _renamed_turn(turn: Any, keys: dict, roles: dict) -> Any:
+    if not isinstance(turn, dict):
+        return turn
+    turn = {keys.get(k, k): v for k, v in turn.items()}
+    for key in ("from", "role"):
+        if isinstance(turn.get(key), str):
+            turn[key] = roles.get(turn[key], turn[key])
+    return turn
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,11 +593,11 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
             )
             continue
         if fmt == "sharegpt" and role.lower() == "function_call":
-            calls, problem = _function_call(turn.get(text_key))
+            said, calls, problem = _function_call(turn.get(text_key))
             if problem:
                 row.problems.append(f"turn {n} ({role}) {problem}")
                 continue
-            turn = {**turn, "tool_calls": calls, text_key: ""}
+            turn = {**turn, "tool_calls": calls, text_key: said}
         calls = turn.get("tool_calls") if mapped == "assistant" else None
         if calls is not None and not (isinstance(calls, list) and all(_is_call(c) for c in calls)):
             row.problems.append(
@@ -481,6 +633,7 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
         row.messages.append({"role": mapped, "content": content, **extra})
     if row.problems:
         return row
+    _with_call_ids(row.messages)
     if not any(m["role"] == "assistant" for m in row.messages):
         row.problems.append("no assistant turn: nothing to train on; every label would be masked")
     elif fmt != "prompt-completion":  # its prompt is as TRL's user gave it
@@ -561,27 +714,88 @@ def _call(call: dict) -> dict:
     return call
 
 
-def _function_call(value: Any) -> tuple[list[dict], str | None]:
-    """(the tool calls, the problem) of a LLaMA-Factory ``function_call`` turn: its value the JSON of a call,
-    ``{"name": ..., "arguments": {...}}``, or of a list of them (parallel calls), as LLaMA-Factory's
-    FunctionFormatter reads it; as OpenAI's ``tool_calls``."""
-    calls = value
-    if isinstance(value, str):
-        try:
-            calls = json.loads(value)
-        except ValueError:
-            calls = None
+def _function_call(value: Any) -> tuple[str, list[dict], str | None]:
+    """(the turn's text, its tool calls, the problem) of a LLaMA-Factory ``function_call`` turn: its value the JSON of
+    a call, ``{"name": ..., "arguments": {...}}``, or of a list of them (parallel calls), as LLaMA-Factory's
+    FunctionFormatter reads it; as OpenAI's ``tool_calls``. Text before the JSON (reasoning; LLaMA-Factory's
+    thought_words, a ``<think>`` block) or around ``<tool_call>`` blocks of it (its tool_call_words) is the turn's
+    text, which LLaMA-Factory writes before the calls and the chat template writes as the turn's content."""
+    said, calls = _split_call(value) if isinstance(value, str) else ("", value)
     calls = [calls] if isinstance(calls, dict) else calls
     if not (
         isinstance(calls, list) and calls and all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls)
     ):
-        return [], (
-            'must hold the call as JSON, {"name": ..., "arguments": {...}} (or a list of such calls), as '
-            f"LLaMA-Factory reads it, not {value!r:.60}"
+        return (
+            "",
+            [],
+            (
+                'must hold the call as JSON, {"name": ..., "arguments": {...}} (or a list of such calls), after the turn\'s '
+                f"text or in <tool_call> tags, as LLaMA-Factory reads it, not {value!r:.60}"
+            ),
         )
-    return [
-        {"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}} for c in calls
-    ], None
+    return (
+        said,
+        [{"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}} for c in calls],
+        None,
+    )
+
+
+# LLaMA-Factory's tool_call_words (its templates' default): a function_call turn's call between them, its text around
+TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+
+def _split_call(value: str) -> tuple[str, Any]:
+    """(the text, the JSON value of the calls; None where there is none) of a function_call turn's value: its
+    ``<tool_call>`` blocks' JSON, else the JSON that ends it (from the first ``{`` or ``[`` that starts it)."""
+    if blocks := TOOL_CALL_BLOCK.findall(value):
+        try:
+            found = [json.loads(block) for block in blocks]
+        except ValueError:
+            return value, None
+        return TOOL_CALL_BLOCK.sub("", value).strip(), [c for f in found for c in (f if isinstance(f, list) else [f])]
+    for at, char in enumerate(value):
+        if char in "{[":
+            try:
+                return value[:at].strip(), json.loads(value[at:])
+            except ValueError:
+                continue
+    return value, None
+
+
+CALL_ID_CHARS = string.ascii_letters + string.digits
+CALL_ID_LENGTH = 9  # Mistral's templates refuse a call id, or a result's tool_call_id, of another length
+
+
+def _with_call_ids(messages: list[dict]) -> None:
+    """Give every tool call an ``id`` and every tool result the ``tool_call_id`` of the call it answers, where the
+    data gives none (LLaMA-Factory's rows never do): Mistral's templates refuse a call without an id of 9 letters and
+    digits and a result without its call's; others ignore them, or name a result's function by them (Gemma 4's). An
+    id is drawn from the call's place in the row, name and arguments, so that a row renders alike in every run; the
+    results after an assistant turn answer its calls in order."""
+    answered: list[str] = []  # the ids of the calls the last assistant turn made that no result has answered yet
+    n = 0
+    for m in messages:
+        if m["role"] == "assistant":
+            calls = m.get("tool_calls") or []
+            for k, call in enumerate(calls):
+                if not call.get("id"):
+                    calls[k] = {**call, "id": _call_id(n + k, call)}
+            n += len(calls)
+            answered = [call["id"] for call in calls]
+        elif m["role"] == "tool":
+            if m.get("tool_call_id") is None and answered:
+                m["tool_call_id"] = answered[0]
+            if m.get("tool_call_id") in answered:
+                answered.remove(m["tool_call_id"])
+
+
+def _call_id(n: int, call: dict) -> str:
+    """A tool call's id of CALL_ID_LENGTH letters and digits, from its place ``n`` among the row's calls and what it
+    calls."""
+    function = call["function"]
+    said = json.dumps([n, function["name"], function.get("arguments")], sort_keys=True, default=str)
+    digest = hashlib.sha256(said.encode()).digest()
+    return "".join(CALL_ID_CHARS[b % len(CALL_ID_CHARS)] for b in digest[:CALL_ID_LENGTH])
 
 
 def _answered(messages: list[dict]) -> str | None:

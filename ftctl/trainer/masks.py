@@ -192,6 +192,7 @@ class MaskError(ValueError):
     """A conversation the loss mask cannot be placed on; its message says why, for the row's error line."""
 
 
+ESCAPED_QUOTE = "&#34;"  # a quote as Jinja's Markup escapes it
 _TOOL_PROBES: dict = {}  # (tokenizer, chat template) -> _ToolProbe | None
 
 
@@ -202,7 +203,9 @@ class _ToolProbe:
 
     drops: frozenset[str]  # the parts it leaves out of its rendering: "tool calls", "tool results", "tools"
     refusal: str | None  # its own error for the conversation (Gemma's "roles must alternate user/assistant...")
-    text_arguments: bool  # it adds a call's arguments to text (DeepSeek-V3's): they are given as their JSON
+    # it adds a call's arguments to text (DeepSeek-V3's), or escapes what it adds them to (Mistral's, `'...' +
+    # arguments|tojson|safe`, which writes &#34; for every quote before them): they are given as their JSON
+    text_arguments: bool
 
 
 def _tool_probe(tokenizer) -> _ToolProbe | None:
@@ -231,6 +234,8 @@ def _tool_probe(tokenizer) -> _ToolProbe | None:
     try:
         try:
             text, text_arguments = _render(tokenizer, messages, tools=tools), False
+            if ESCAPED_QUOTE in text:  # Markup, `|safe`, escaping the text it is added to
+                raise TypeError
         except TypeError:  # DeepSeek-V3's `'...' + arguments`: TRL's probe tries their JSON text next, as here
             text, text_arguments = _render(tokenizer, _arguments_as_text(messages), tools=tools), True
     except TemplateError as e:  # its own refusal where it renders a conversation without tools (else each row says)
