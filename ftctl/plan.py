@@ -1147,8 +1147,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     if packing and spec.packing is None and (spec.per_device_train_batch_size or spec.gradient_accumulation_steps):
         notes.append(  # the batch of another tool's run file, which counted conversations
             f"packing: each of the {real_global} sequences a step is a {spec.model_max_length:,}-token row of several "
-            "conversations, so an epoch takes fewer steps than one conversation a sequence (FastChat's, TRL's and "
-            "axolotl's default: -o packing=false for that)"
+            "conversations, so an epoch takes fewer steps than one conversation a sequence (FastChat's, TRL's, "
+            "axolotl's and LLaMA-Factory's default: -o packing=false for that)"
         )
     return Plan(
         method=method,

@@ -1239,6 +1239,18 @@ def test_a_llama_factory_run_file_trains_what_it_says(tmp_path):
         assert said in str(e.value) and "Did you mean" not in str(e.value), str(e.value)
 
 
+def test_a_llama_factory_run_files_plan_names_it_beside_packing_it_did_not_ask_for(tmp_path):
+    """LLaMA-Factory's sft leaves packing off (its packing: None is on for pre-training only), as FastChat, TRL and
+    axolotl do: the plan's note on packing that a batch of conversations did not ask for named those three only."""
+    from ftctl.plan import make_plan
+
+    spec = build(
+        _yaml(tmp_path, LLAMA_FACTORY_QLORA), {"gpus": "1xH100", "model_name_or_path": "meta-llama/Llama-3.1-8B"}
+    )
+    said = [n for n in make_plan(spec).notes if n.startswith("packing: each of the 8 sequences")]
+    assert said and "LLaMA-Factory's default: -o packing=false" in said[0], make_plan(spec).notes
+
+
 def test_the_qlora_papers_run_file_is_its_qlora():
     """qlora.py's arguments (its guanaco scripts): bits, double_quant, quant_type and full_finetune say the method,
     lora_modules: all is all-linear, eval_dataset_size a number of held-out rows (it was answered 'did you mean
