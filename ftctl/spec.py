@@ -601,10 +601,22 @@ def _evaluated_every_logging(spec, given: dict, asked: dict[str, tuple[str, str]
     )
 
 
+# FastChat's DeepSpeed configs (playground/, which its README's commands pass), by name: their names say the stage
+# only (s2, s3), their zero_optimization offloads to CPU (s2 the optimizer, s3 the weights too; the lora_ ones of
+# its earlier versions the same)
+FASTCHAT_DEEPSPEED = {
+    "deepspeed_config_s2.json": "zero2_offload",
+    "deepspeed_config_s3.json": "zero3_offload",
+    "deepspeed_config_lora_s2.json": "zero2_offload",
+    "deepspeed_config_lora_s3.json": "zero3_offload",
+}
+
+
 def _deepspeed_strategy(raw) -> tuple[str, str] | None:
     """The strategy a DeepSpeed config is (axolotl's deepspeed_configs/zero3_bf16.json, LLaMA-Factory's
     examples/deepspeed/ds_z3_config.json), and where that was read: its zero_optimization where the file is here,
-    else its name (zero3, z3, offload). None where no ZeRO stage 2 or 3 is seen (refused as DECIDED says)."""
+    else its name (zero3, z3, offload; FastChat's as FASTCHAT_DEEPSPEED says). None where no ZeRO stage 2 or 3 is
+    seen (refused as DECIDED says)."""
     if not isinstance(raw, str) or not raw.strip():
         return None
     path = Path(raw.strip()).expanduser()
@@ -617,11 +629,31 @@ def _deepspeed_strategy(raw) -> tuple[str, str] | None:
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+    elif zero := FASTCHAT_DEEPSPEED.get(path.name.lower()):
+        return zero, "its name (FastChat's playground file, CPU offload)"
     elif m := re.search(r"(?:^|[^a-z])(?:zero|z)_?([0-3])(?!\d)", path.name.lower()):
         stage, offload, how = int(m.group(1)), "offload" in path.name.lower(), "its name"
     else:
         return None
     return (f"zero{stage}{'_offload' if offload else ''}", how) if stage in (2, 3) else None
+
+
+def _zero_for_adapters(values: dict, sources: dict, asked: tuple[str, tuple[str, str], str], notes=None) -> None:
+    """A DeepSpeed config's ZeRO strategy where the run trains adapters (FastChat's train_lora.py, which its README
+    runs with playground/deepspeed_config_s2.json or s3): adapters are not trained under ZeRO here, so the strategy is
+    left to the plan, noted, in place of the config's. ``asked``: the key and layer, (strategy, how it was read), and
+    the note that took it; ``sources``: each key's layer, as build keeps them."""
+    method = values.get("method", FIELDS["method"].default)
+    if method not in _ADAPTERS:
+        return
+    name, (zero, how), said = asked
+    del values["strategy"], sources["strategy"]
+    if notes is not None:
+        notes.remove(said)
+        notes.append(
+            f"{name}: left out: {how} says {zero}, and {method} trains its adapters without ZeRO here, in the "
+            "strategy the plan chooses (-o strategy=NAME forces one)"
+        )
 
 
 def _fsdp_strategy(raw) -> bool:
@@ -1160,6 +1192,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if overrides:
         layers.append(("-o", parse_overrides(overrides)))
     values, errors, sources = {}, [], {}
+    zero_asked = None  # the last DeepSpeed config read as a ZeRO strategy: its layer, its key, (strategy, how), note
     evaluation: dict[str, tuple[str, str]] = {}  # evaluation_strategy as given, and where: checked against the
     # held-out data below
     from_epoch: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch an earlier layer's strategy: epoch set
@@ -1222,6 +1255,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                     "config, the file's other settings are the run's keys"
                 )
                 notes is None or notes.append(said)
+                zero_asked = (source, f"{raw_key!r} ({source})", zero, said)
             adds = (
                 source != "run file" and key in FIELDS and typing.get_origin(_base_type(_HINTS[key])[0]) in (list, dict)
             )
@@ -1293,6 +1327,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 "1e-4 to 2e-4, and this rate is full fine-tuning's (FastChat's train script, TRL without use_peft): "
                 "give --method fft to train every weight, or --method lora to train adapters at this rate."
             )
+    if zero_asked and sources.get("strategy") == zero_asked[0]:  # (no later layer gave the strategy)
+        _zero_for_adapters(values, sources, zero_asked[1:], notes)
     if any(k == "finetuning_type" for k, _ in by_method.values()) and values.get("method", "lora") in _ADAPTERS:
         taken = {k: v for k, v in LLAMA_FACTORY_LORA.items() if k not in values}
         if "lora_alpha" not in values:

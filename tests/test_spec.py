@@ -1307,14 +1307,43 @@ def test_a_deepspeed_config_is_the_strategy_of_its_zero_stage(tmp_path):
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}))
     notes: list[str] = []
-    assert build({"deepspeed": str(ds)}, notes=notes).strategy == "zero2_offload"
+    fft = {"method": "fft"}  # (adapters train without ZeRO: test_fastchats_deepspeed_configs_are_read_by_their_names)
+    assert build({**fft, "deepspeed": str(ds)}, notes=notes).strategy == "zero2_offload"
     assert "as its zero_optimization (stage 2) says" in notes[0]
-    assert build({"deepspeed": "deepspeed_configs/zero3_bf16.json"}).strategy == "zero3"  # not here: its name
-    assert build({"deepspeed": "examples/deepspeed/ds_z3_offload_config.json"}).strategy == "zero3_offload"
+    assert build({**fft, "deepspeed": "deepspeed_configs/zero3_bf16.json"}).strategy == "zero3"  # not here: its name
+    assert build({**fft, "deepspeed": "examples/deepspeed/ds_z3_offload_config.json"}).strategy == "zero3_offload"
     with pytest.raises(FtctlError, match="ZeRO stage 2 or 3 is read as strategy=zero2 or zero3"):
         build({"deepspeed": "zero1.json"})
     with pytest.raises(FtctlError, match="'deepspeed' and 'strategy' .* are both strategy here: keep one"):
         build({"deepspeed": "zero3.json", "strategy": "fsdp"})
+
+
+def test_fastchats_deepspeed_configs_are_read_by_their_names():
+    """FastChat's README passes --deepspeed playground/deepspeed_config_s2.json (s3 for ZeRO-3): refused where the
+    file is not here, the name saying s2, not zero2. Both files offload to CPU (s2 the optimizer, s3 the weights too).
+    Its README passes them to train_lora.py: adapters, which ftctl trains without ZeRO, so there the plan chooses."""
+    notes: list[str] = []
+    fft = {"method": "fft", "deepspeed": "playground/deepspeed_config_s2.json"}
+    assert build(fft, notes=notes).strategy == "zero2_offload"
+    assert "strategy=zero2_offload here, as its name (FastChat's playground file, CPU offload) says" in notes[0]
+    fft["deepspeed"] = "/data/FastChat/playground/deepspeed_config_s3.json"
+    assert build(fft).strategy == "zero3_offload"
+    assert build({**fft, "deepspeed": "deepspeed_config_lora_s2.json"}).strategy == "zero2_offload"  # earlier name
+    notes.clear()
+    qlora = build({"q_lora": True, "deepspeed": "playground/deepspeed_config_s2.json"}, notes=notes)
+    assert (qlora.method, qlora.strategy) == ("qlora", None)
+    assert (
+        "'deepspeed' (run file): left out: its name (FastChat's playground file, CPU offload) says zero2_offload, "
+        "and qlora trains its adapters without ZeRO here" in " ".join(notes)
+    )
+    assert not any("strategy=zero2_offload here" in n for n in notes)
+    from ftctl.plan import make_plan
+
+    assert make_plan(qlora, "1xH100").strategy == "single"  # was: zero2_offload is not one ftctl runs qlora with
+    assert build({"deepspeed": "zero3.json"}).strategy is None  # lora, the default, the same
+    with_strategy = build({"deepspeed": "zero3.json"}, overrides=["strategy=ddp"])
+    assert with_strategy.strategy == "ddp"
+    assert build({"deepspeed": "zero3.json"}, overrides=["strategy=zero3"]).strategy == "zero3"  # forced: as asked
 
 
 @pytest.mark.parametrize(
