@@ -47,7 +47,11 @@ def record(kind: str, message: str, directory: str | None = None) -> Path | None
     path = Path(directory, f"rank-{rank}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data) + "\n")
+    try:
+        tmp.write_text(json.dumps(data) + "\n")
+    except OSError:  # a full disk (what the run may have failed of): no empty record left behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path
 
@@ -78,6 +82,7 @@ def summarize(records: list[dict]) -> tuple[str, bool]:
 
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
+RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # std::io::Error's Display, as safetensors raises it
 ZIP_WRITER = "inline_container.cc"  # torch.save's writer: a write that failed is "unexpected pos N vs M" there
 
 
@@ -87,7 +92,7 @@ def disk_full(exc: BaseException, directory: str, need_bytes: float, fix: str) -
     names the directory, its free space, what one save needs and ``fix``."""
     full, seen = None, exc
     while seen is not None and full is None:
-        if isinstance(seen, OSError) and seen.errno in FULL:
+        if (isinstance(seen, OSError) and seen.errno in FULL) or _rust_errno(seen) in FULL:
             full = seen
         seen = seen.__cause__ or seen.__context__
     if full is not None and getattr(full, "filename", None):
@@ -107,6 +112,13 @@ def disk_full(exc: BaseException, directory: str, need_bytes: float, fix: str) -
         f"no space left on the disk of {directory}: saving failed with {size_text(free)} free, and one save needs "
         f"~{size_text(need_bytes)}; {fix}"
     )
+
+
+def _rust_errno(exc: BaseException) -> int | None:
+    """The errno a Rust library's error names in its words: safetensors' write onto a full disk raises
+    SafetensorError "... I/O error: No space left on device (os error 28)", no OSError."""
+    m = RUST_OS_ERROR.search(str(exc))
+    return int(m.group(1)) if m else None
 
 
 def exception_line(exc: BaseException) -> str:

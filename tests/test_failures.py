@@ -329,5 +329,43 @@ def test_a_save_onto_a_full_disk_says_so_in_one_line(small_disk, monkeypatch):
         with room_to_save(run, final=True):
             (ckpt / "model.safetensors").write_bytes(b"w" * 200_000)  # OSError ENOSPC
 
+    from safetensors.torch import save_file
+
+    with pytest.raises(FtctlError, match=rf"^no space left on the disk of {small_disk}: saving failed with "):
+        with room_to_save(run, final=True):  # safetensors raises its own error, "... (os error 28)", no OSError
+            save_file({"w": torch.zeros(100_000)}, str(ckpt / "model.safetensors"))
+
     with pytest.raises(RuntimeError, match="not about disks"), room_to_save(run, final=False):
         raise RuntimeError("not about disks")
+
+
+def test_a_trainer_whose_disk_fills_up_says_so_in_one_line_to_its_launcher(tiny_model_dir, tiny_data, small_disk):
+    """The run dir's disk full at the first checkpoint, where the launcher's failure records and status file are too:
+    the status write raised (a traceback, the error never said; the Slurm script then blamed srun or the OOM
+    killer), the record's empty temp file stayed, and the record lost, the launcher said only 'exited with code 2'.
+    Now the trainer's one line is printed for the launcher to pass on, and nothing half-written is left."""
+    spec, plan = make_run(tiny_model_dir, tiny_data, small_disk / "run", max_steps=3)
+    spec_path = write_spec(spec, plan, small_disk.parent / "spec.json")
+    records, status = small_disk / ".ftctl" / "failures", small_disk / ".ftctl" / "status"
+    env = subprocess_env(FTCTL_FAILURE_DIR=records, FTCTL_STATUS_FILE=status)
+    proc = _trainer_main(FILL_BEFORE_SAVING.format(disk=str(small_disk)), spec_path, env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: no space left on the disk of {small_disk / 'run'}: saving failed with 0.0 MB"), line
+    assert not list(small_disk.rglob("*.tmp")) and not list(records.glob("*")) and not status.exists()
+
+
+FILL_BEFORE_SAVING = """
+from pathlib import Path
+from transformers import TrainerCallback
+import ftctl.trainer.run as run
+from tests.disk_fixtures import fill
+
+class Fill(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            fill(Path({disk!r}))
+
+_train = run.train
+run.train = lambda spec, plan, callbacks=(), echo=print: _train(spec, plan, [*callbacks, Fill()], echo)
+"""

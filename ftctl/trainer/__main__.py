@@ -99,6 +99,7 @@ class Failure:
     def __init__(self, rank: int):
         self.rank = rank
         self.recorded = False
+        self.unheard = False  # its record could not be written (a full disk): the launcher will not say it
         self._ttys: tuple[int, ...] = ()
 
     @property
@@ -112,7 +113,7 @@ class Failure:
         write_failed_status()
         if os.environ.get("FTCTL_DEBUG"):
             raise exc
-        if self.prints:
+        if self.prints or self.unheard:
             print(f"{failures.ERROR_PREFIX}{message}", file=sys.stderr, flush=True)
         return exit_code
 
@@ -123,8 +124,8 @@ class Failure:
         self.recorded = True
         try:
             failures.record(kind, message)
-        except OSError as e:
-            print(f"warning: could not write the failure record: {e}", file=sys.stderr, flush=True)
+        except OSError:  # a full disk: its line is printed instead (report), for the launcher to pass on
+            self.unheard = True
 
     def catch_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -140,7 +141,7 @@ class Failure:
         if not self.recorded:  # a rank stopped by torchrun after failing itself keeps its own record
             self.record("interrupted", f"interrupted by {name} (preempted, cancelled, or its job stopped)")
             write_failed_status()
-            if self.prints:
+            if self.prints or self.unheard:
                 print(f"interrupted by {name}", file=sys.stderr, flush=True)
         sys.exit(128 + signum)
 

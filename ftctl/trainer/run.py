@@ -660,6 +660,18 @@ def cleanup(run: Run, status: str) -> None:
 def write_status(status: str) -> None:
     """One word in ``$FTCTL_STATUS_FILE`` (rank 0): the Slurm script requeues on ``preempted``."""
     path = os.environ.get(STATUS_ENV)
-    if path and int(os.environ.get("RANK", "0")) == 0:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(status + "\n")
+    if not path or int(os.environ.get("RANK", "0")) != 0:
+        return
+    tmp = Path(f"{path}.tmp")
+    try:  # whole or not at all: an empty status file read as no word (and its OSError hid the run's own error)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(status + "\n")
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk: the run's error is said by its caller, the status is not needed for that
+        tmp.unlink(missing_ok=True)
+        if (status, path) not in _UNWRITTEN:  # the failed run's cleanup and its report both write "failed"
+            _UNWRITTEN.add((status, path))
+            log.warning("cannot write the run's status %r to %s: %s", status, path, e.strerror or e)
+
+
+_UNWRITTEN: set[tuple[str, str]] = set()
