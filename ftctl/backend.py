@@ -833,7 +833,26 @@ def resumes_from(ref: JobRef) -> str:
         done = [c for c in list_checkpoints(str(ref.run_dir)) if c.complete]
     except (OSError, ValueError, KeyError, TypeError, FtctlError):
         return "resumes it"
-    return f"resumes it from {done[-1].name}" if done else "starts it again: nothing was saved"
+    if not done:
+        return "starts it again: nothing was saved"
+    return f"resumes it from {done[-1].name}" + (f" {room}" if (room := no_room(ref.run_dir, done[-1].size)) else "")
+
+
+def no_room(run_dir: Path, checkpoint_bytes: int) -> str | None:
+    """'once its disk has room ...' where the disk of a local run dir holds less than one more checkpoint of
+    ``checkpoint_bytes`` (the run most likely stopped of it, and a relaunch would, at its next save), else None."""
+    from ftctl.storage import size_text
+
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        return None
+    if free >= checkpoint_bytes:
+        return None
+    return (
+        f"once its disk has room for another checkpoint: {size_text(free)} free of the {size_text(checkpoint_bytes)} "
+        "one takes"
+    )
 
 
 def training_now(paths: RunPaths) -> str | None:

@@ -89,6 +89,32 @@ def test_a_launch_onto_a_full_disk_says_so_and_leaves_the_run_dir_as_it_was(smal
     assert not (small_disk / "new").exists()
 
 
+def test_a_stopped_run_whose_disk_cannot_hold_another_checkpoint_says_so(small_disk):
+    """A run stopped of a full disk said only that the same launch resumes it, which failed again at its next save:
+    status says it resumes once its disk has room, with the free space and what a checkpoint takes."""
+    from ftctl.checkpoints import write_manifest
+    from ftctl.local.backend import LocalBackend
+    from tests.disk_fixtures import fill
+
+    write_files(_prep(small_disk))
+    run = small_disk / "run"
+    ckpt = run / "checkpoint-2"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"w" * 10_000)
+    write_manifest(str(ckpt), 2, 1, "digest")
+    ref = JobRef("local", str(run), str(run), "r", str(run))
+    assert LocalBackend().status(ref).text.endswith("(the same `ftctl launch` resumes it from checkpoint-2)")
+    fill(small_disk)
+    assert (
+        LocalBackend()
+        .status(ref)
+        .text.endswith(
+            "resumes it from checkpoint-2 once its disk has room for another checkpoint: 0.0 MB free of the 0.0 MB one "
+            "takes)"
+        )
+    )
+
+
 def test_relaunch_over_checkpoints_of_another_kind_of_run_is_refused(tmp_path):
     write_files(_prep(tmp_path))
     write_files(_prep(tmp_path, method="qlora"))  # nothing trained there yet: nothing to protect

@@ -31,6 +31,7 @@ from ftctl.backend import (
     JobState,
     JobStatus,
     Rendered,
+    no_room,
     progress,
     record_job,
     resumes_from,
@@ -701,9 +702,15 @@ def failure_message(paths: RunPaths, rc: int, spec: RunSpec) -> str:
         resumable = True  # killed from outside, or a node went away: a relaunch resumes
     if resumable:
         try:
-            saved = any(c.complete for c in list_checkpoints(spec.output, endpoint_url=spec.s3_endpoint_url))
+            done = [c for c in list_checkpoints(spec.output, endpoint_url=spec.s3_endpoint_url) if c.complete]
         except (FtctlError, OSError):  # the store cannot say now: the relaunch will
-            saved = True
-        again = "resume from the last checkpoint" if saved else "start it again (no checkpoint was saved yet)"
+            done = None
+        again = (
+            "resume from the last checkpoint"
+            if done is None or done
+            else "start it again (no checkpoint was saved yet)"
+        )
+        if done and not is_remote(spec.output) and (room := no_room(paths.root, done[-1].size)):
+            again += f" {room}"
         message += f". Run the same `ftctl launch` again to {again}."
     return message
