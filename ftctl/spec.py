@@ -475,6 +475,15 @@ TOOL_LORA_DEFAULTS = {  # (where the run trains adapters)
     "TRL": {"lora_target_modules": "q_proj,v_proj"},
     "FastChat": {"lora_r": 8, "lora_alpha": 16, "lora_target_modules": "q_proj,v_proj"},
 }
+# Other tools' defaults ftctl does not take (its own is a documented choice), noted where a run file in that tool's
+# vocabulary leaves the key out: what ftctl's does, and how to have the tool's
+TOOL_DEFAULTS_NOT_TAKEN = {
+    "TRL": {
+        "assistant_only_loss": "ftctl trains a conversation's assistant turns only (a prompt-completion row's "
+        "completion, as TRL does); TRL trains a conversation's every token (its assistant_only_loss false), as "
+        "-o assistant_only_loss=false does here"
+    },
+}
 # METHOD_AGREES values that do not choose the method where none is given (they are refused, saying which to give):
 # LLaMA-Factory's freeze trains the top blocks alone, sft the output head too
 NOT_CHOSEN = {("finetuning_type", "freeze")}
@@ -558,7 +567,8 @@ def _vocabularies(layers) -> dict[str, list[str]]:
 
 def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> None:
     """Each of ``tools``' defaults (TOOL_DEFAULTS; TOOL_LORA_DEFAULTS where the run trains adapters) that no layer
-    gave, into ``values``, noted with ftctl's own and how to keep it. ``tools``: the tool, and its keys the run file
+    gave, into ``values``, noted with ftctl's own and how to keep it; those ftctl does not take
+    (TOOL_DEFAULTS_NOT_TAKEN) noted with the tool's and how to have it. ``tools``: the tool, and its keys the run file
     has."""
     for tool, keys in tools.items():
         defaults = dict(TOOL_DEFAULTS[tool])
@@ -575,6 +585,12 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
                 f"{said}: {tool}'s defaults, which a run file in its vocabulary ({', '.join(keys)}) trains with where it "
                 f"leaves them out; ftctl's own: {ours}"
             )
+        for key, why in TOOL_DEFAULTS_NOT_TAKEN.get(tool, {}).items():
+            if key not in values and notes is not None:
+                ours = _text(as_run(key, FIELDS[key].default))
+                notes.append(
+                    f"{key} {ours}, ftctl's default, in a run file in {tool}'s vocabulary ({', '.join(keys)}): {why}"
+                )
 
 
 def _number(value) -> str:

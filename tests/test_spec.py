@@ -1561,6 +1561,26 @@ def test_a_trl_run_file_trains_with_trls_defaults_where_it_leaves_them_out(tmp_p
     assert build({"dataset_kwargs": {}}).model_max_length == 2048  # left empty, it asks for nothing
 
 
+def test_a_trl_run_file_that_leaves_assistant_only_loss_out_is_told_ftctls_differs(tmp_path):
+    """TRL trains a conversation's every token unless told (assistant_only_loss false), ftctl its assistant turns only:
+    a TRL user's file trained another loss without a word. ftctl's default stays; a note says how to have TRL's."""
+    notes: list[str] = []
+    spec = build(_yaml(tmp_path, TRL_SFT_LORA), None, ["eval_split=0.05"], notes=notes)
+    assert spec.assistant_only_loss is True
+    said = [n for n in notes if n.startswith("assistant_only_loss true, ftctl's default, in a run file in TRL's")]
+    assert said and "TRL trains a conversation's every token" in said[0] and "-o assistant_only_loss=false" in said[0]
+    for given in ({"completion_only_loss": True}, {"assistant_only_loss": False}):
+        notes.clear()
+        build({**yaml.safe_load(TRL_SFT_LORA), **given, "eval_split": 0.05}, notes=notes)
+        assert not any(n.startswith("assistant_only_loss") for n in notes), notes
+    notes.clear()
+    build(_yaml(tmp_path, TRL_SFT_LORA), None, ["eval_split=0.05", "assistant_only_loss=false"], notes=notes)
+    assert not any(n.startswith("assistant_only_loss") for n in notes)
+    notes.clear()
+    build({"data_path": "a.jsonl"}, notes=notes)  # not TRL's vocabulary: nothing to say
+    assert not any(n.startswith("assistant_only_loss") for n in notes)
+
+
 def test_a_fastchat_lora_run_file_adapts_what_fastchats_does():
     """FastChat's train_lora.py (its README's QLoRA command, q_lora: true) adapts q_proj and v_proj at rank 8 unless
     told; ftctl adapted every linear layer, silently another run. Its LoRA defaults are taken where it leaves them out."""
