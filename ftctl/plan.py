@@ -102,7 +102,12 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  micro-batch 1 and 1.75-2.2x at 2 (fft 7.2 and 14.2 GB, lora 10.1 and 20.0 GB); lora at 4, planned
                  at 15.3 GB, was killed at the machine's 24 GB. Not understood term by term (a bare forward and
                  backward of the same shape keeps 2-3 GB a sequence less than the trainer): fitted on those four
-                 runs, each planned 0-33% over its peak (tests/test_plan.py holds them)
+                 runs, each planned 0-33% over its peak (tests/test_plan.py holds them). A sequence's activations
+                 are GBs there (10 a 2,048-token row of that 135M lora) and a larger micro-batch buys no speed: 4
+                 layers of its shape, fft, one thread, CPU time a token: 2 x 2,048 and 1 x 2,048 within 1%; 8 x 256
+                 9% faster than 1 x 256. A CPU plan takes the leanest micro-batch of at least CPU_MICRO_TOKENS tokens
+                 (a smaller one where that does not fit), which is also what a Slurm or SkyPilot CPU node is asked for
+                 (--mem, memory:) where host_memory_gb does not bound it: the largest, 4, asked 93 GB for 1B lora
 
 A plan fits when the total is at most 92% of the card's memory. The numbers are estimates: issue
 "GPU performance" holds them against measured peaks (bench/).
@@ -140,6 +145,7 @@ CPU_ACTIVATION_FACTOR = 2.7  # the module docstring: on CPU
 # T4, V100 and RTX 20xx cards): a plan in fp16 says so
 FP16_OVERFLOWS = ("gemma2", "gemma3", "gemma3_text")
 CPU_MAX_PARAMS_B = 2.0  # larger models are refused on CPU: days a step
+CPU_MICRO_TOKENS = 2048  # a CPU plan's micro-batch: the leanest of at least this many tokens (_cpu_micro_batch)
 
 
 @dataclass(frozen=True)
@@ -1033,11 +1039,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         capacity = capacity_gb if capacity_gb is not None else t.capacity_gb * HEADROOM
     trainable = _trainable_b(method, shape, spec)
     want_global = spec.global_batch
-    micro_choices = (
-        [spec.per_device_train_batch_size]
-        if spec.per_device_train_batch_size
-        else [m for m in ((4, 2, 1) if req.is_cpu else (16, 8, 4, 2, 1)) if m * world <= max(want_global, world)] or [1]
-    )
+    micro_choices = _micro_choices(spec, req, want_global)
     ckpt_choices = [spec.gradient_checkpointing] if spec.gradient_checkpointing is not None else [False, True]
     host_gb = spec.host_memory_gb or assumed_host_gb(req)
     # torch's fused AdamW (on CPU as well: SmolLM2-135M fft 1.95 -> 1.79 s a step on 2 cores, the same
@@ -1104,6 +1106,11 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         if capacity is None or sum(fused.values()) <= capacity:
             optim, terms, total = "adamw_torch_fused", fused, sum(fused.values())
     real_global = micro * accum * world
+    if req.is_cpu and not spec.per_device_train_batch_size and micro < max(_micro_sizes(req, want_global)):
+        notes.append(
+            f"micro-batch {micro} x {accum} accumulation: on CPU a larger one trains no faster at {seq:,}-token rows, "
+            "and each sequence more takes GBs of RAM"
+        )
     if real_global != want_global and not spec.gradient_accumulation_steps:
         notes.append(f"global batch {want_global} rounded to {real_global} ({micro} x {accum} x {world})")
     elif spec.global_batch_size not in (None, real_global):  # both given: accumulation's
@@ -1179,6 +1186,29 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         data_mix=data_mix(spec),
         notes=notes,
     )
+
+
+def _micro_sizes(req, want_global: int) -> list[int]:
+    """The micro-batches the planner tries, largest first: those whose processes together make at most the global
+    batch."""
+    sizes = (4, 2, 1) if req.is_cpu else (16, 8, 4, 2, 1)
+    return [m for m in sizes if m * req.world_size <= max(want_global, req.world_size)] or [1]
+
+
+def _micro_choices(spec: RunSpec, req, want_global: int) -> list[int]:
+    """The micro-batches _fit tries in turn, the first that fits taken: the run's own, else the largest first (a GPU
+    runs a larger one faster). On CPU none larger than _cpu_micro_batch: a larger one trains no faster and adds its
+    sequences' activations to the RAM a node needs (module docstring: on CPU)."""
+    if spec.per_device_train_batch_size:
+        return [spec.per_device_train_batch_size]
+    sizes = _micro_sizes(req, want_global)
+    return [m for m in sizes if m <= _cpu_micro_batch(spec, sizes)] if req.is_cpu else sizes
+
+
+def _cpu_micro_batch(spec: RunSpec, sizes: list[int]) -> int:
+    """The largest micro-batch a CPU plan takes: the leanest of ``sizes`` with at least CPU_MICRO_TOKENS tokens (rows
+    enough for the matrix multiplies to keep the cores busy), the largest where none has that many."""
+    return next((m for m in reversed(sizes) if m * spec.model_max_length >= CPU_MICRO_TOKENS), sizes[0])
 
 
 # what the planner chooses to fit a card, and so what it may change when a run did not fit (the optimizer only

@@ -1366,6 +1366,31 @@ def test_a_cpu_plan_holds_the_peaks_measured_on_cpu(method, measured):
     assert on_24gb.per_device_train_batch_size <= 2
 
 
+def test_a_cpu_plan_takes_the_leanest_micro_batch_of_a_full_row():
+    """On CPU a sequence's activations are GBs and a larger micro-batch trains no faster: the plan takes the leanest
+    micro-batch of at least 2,048 tokens. Where the node's RAM is not known (a Slurm or SkyPilot CPU node, whose --mem
+    and memory: ask for the plan) it took the largest, 4 x 2,048: 1B lora asked for 93 GB, ckpt off."""
+    one_b = dict(method="lora", gpus="cpu", model_name_or_path="meta-llama/Llama-3.2-1B")
+    p = plan(**one_b)
+    assert (p.per_device_train_batch_size, p.gradient_accumulation_steps, p.gradient_checkpointing) == (1, 32, False)
+    assert 25 < p.memory_gb < 35, p.memory_gb
+    assert "micro-batch 1 x 32 accumulation: on CPU a larger one trains no faster at 2,048-token rows" in " ".join(
+        p.notes
+    )
+    # rows of 512 tokens: 4 of them make 2,048
+    assert plan(**one_b, o=["model_max_length=512"]).per_device_train_batch_size == 4
+    # the e2e Slurm run's 128-token rows, global batch 4 on two nodes: the largest there is, 2, no note
+    tiny = plan(**one_b, nodes=2, o=["model_max_length=128", "global_batch_size=4"])
+    assert (tiny.per_device_train_batch_size, tiny.gradient_accumulation_steps, tiny.notes) == (2, 1, [])
+    # RAM known and short of that: checkpointing at micro-batch 1 (4 x 2,048 with it planned 15.6 GB here)
+    known = plan(**one_b, o=["host_memory_gb=24"])
+    assert (known.per_device_train_batch_size, known.gradient_checkpointing) == (1, True) and known.memory_gb < 12
+    # a micro-batch the run gives is the run's, without a note
+    given = plan(**one_b, o=["per_device_train_batch_size=4"])
+    assert (given.per_device_train_batch_size, given.memory_gb > 80) == (4, True)
+    assert not any("micro-batch" in n for n in given.notes)
+
+
 def test_a_config_that_leaves_keys_to_transformers_is_read_with_its_classs_defaults(tmp_path):
     """Gemma 3's checkpoints name five keys of their text model (google/gemma-3-4b-it's config.json, below): the rest
     were read with Llama's defaults (32,000 tokens, untied, 40 heads), and a 27B qlora plan was 2.4 GB under what the
