@@ -386,6 +386,17 @@ def test_merge_never_overwrites(lora_run, tmp_path):
     assert (merge(str(lora_run), str(empty)) / "model.safetensors").is_file()  # an empty directory is fine
 
 
+def test_a_merge_onto_a_full_disk_says_so_in_one_line_and_leaves_nothing(lora_run, small_disk):
+    """safetensors' own error ("I/O error: No space left on device (os error 28)") came out as a traceback."""
+    from ftctl.trainer.merge import merge
+
+    with pytest.raises(FtctlError) as got:
+        merge(str(lora_run), str(small_disk / "merged"))  # 0.6 MB of weights onto 64 KB
+    assert str(got.value).startswith(f"no space left on the disk of {small_disk}: saving failed with 0.1 MB free, and ")
+    assert str(got.value).endswith("one save needs ~0.6 MB; free some space there or choose --out on another disk")
+    assert not list(small_disk.iterdir())  # nor a hidden partial merge
+
+
 def test_a_merge_of_an_adapter_trained_on_since_is_said_to_be_stale(tiny_model_dir, tiny_data, tmp_path, caplog):
     """RUN/merged kept the weights of the adapter it was merged from after the run trained on, and nothing said so:
     `ftctl chat RUN/merged` answered with the old ones. The trainer says it when it saves the new adapter, and

@@ -22,9 +22,10 @@ import shlex
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from ftctl import quiet, storage
+from ftctl import failures, quiet, storage
 from ftctl.checkpoints.manifest import sha256_file
 from ftctl.errors import FtctlError
 from ftctl.runpaths import MERGE_RECORD
@@ -32,6 +33,8 @@ from ftctl.trainer import trained as trained_mod
 from ftctl.trainer.model import DTYPES
 
 log = logging.getLogger(__name__)
+
+STAGED_PREFIX = "ftctl-merged-"  # where a merge into an object store is written first
 
 
 def merge(
@@ -57,7 +60,7 @@ def merge(
             trained_mod.download_top(run_dir_or_checkpoint, tmp, endpoint_url)
             return merge(tmp, out_dir, dtype, endpoint_url, echo, base, named=run_dir_or_checkpoint)
     if storage.is_remote(out_dir):
-        with tempfile.TemporaryDirectory(prefix="ftctl-merged-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=STAGED_PREFIX) as tmp:
             merge(run_dir_or_checkpoint, os.path.join(tmp, "merged"), dtype, echo=echo, base=base, named=named)
             _upload_config_last(os.path.join(tmp, "merged"), out_dir, endpoint_url)
         return Path(out_dir)
@@ -78,10 +81,12 @@ def merge(
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay with the renamed directory
-        merged.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(adapter)).save_pretrained(tmp)
-        record = {"adapter": named or str(adapter.path.resolve()), "adapter_digest": adapter_digest(adapter.path)}
-        (tmp / MERGE_RECORD).write_text(json.dumps({**record, "merged_at": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+        with room_to_save(out, tmp, merged):
+            merged.save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(adapter)).save_pretrained(tmp)
+            record = {"adapter": named or str(adapter.path.resolve()), "adapter_digest": adapter_digest(adapter.path)}
+            text = json.dumps({**record, "merged_at": time.strftime("%Y-%m-%d %H:%M")}) + "\n"
+            (tmp / MERGE_RECORD).write_text(text)
         for file in tmp.iterdir():  # the weights came out 0600 (written through a temporary file): as the others
             file.chmod(0o666 & ~umask)
         os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)
@@ -89,6 +94,23 @@ def merge(
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("merged %s into %s (%s) -> %s", adapter.path, adapter.base, precision, out)
     return out
+
+
+@contextmanager
+def room_to_save(out: Path, tmp: Path, model):
+    """A merge that failed for want of disk space (safetensors says only "I/O error: No space left on device") as one
+    line naming the disk, its free space once the partial merge is gone, and what the merged model needs
+    (failures.disk_full)."""
+    try:
+        yield
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        need = sum(p.numel() * p.element_size() for p in model.parameters())
+        staged = out.parent.name.startswith(STAGED_PREFIX)  # an object-store --out, written here first
+        fix = "set TMPDIR to a directory on a larger disk" if staged else "choose --out on another disk"
+        if line := failures.disk_full(exc, str(out.parent), need, f"free some space there or {fix}"):
+            raise FtctlError(line.replace(str(tmp), str(out.parent))) from exc
+        raise
 
 
 def _refuse_existing(out_dir: str, endpoint_url: str | None, run: str, named: str | None = None) -> None:
