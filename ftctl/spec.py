@@ -233,7 +233,8 @@ DECIDED = {
     "dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
     "weights load in; -o bf16=true or -o fp16=true forces one",
     "eos_token": "each turn ends as the model's chat template ends it, with the tokenizer's own tokens "
-    "(chat_template_path for another template; `ftctl data check --show 1` shows a row as it trains)",
+    "(chat_template_path for another template; `ftctl data check --show 1` shows a row as it trains); TRL's eos_token "
+    "is taken where it is the tokenizer's eos, or the chat template ends assistant turns with it already",
     "padding_free": "packed batches (packing: the plan's where its attention keeps rows apart) run padding-free; "
     "unpacked ones pad to their longest row: -o packing=true or false",
     "packing_strategy": "packing places whole rows best-fit decreasing (TRL's bfd); rows longer than "
@@ -670,6 +671,76 @@ def _zero_for_adapters(values: dict, sources: dict, asked: tuple[str, tuple[str,
             f"{name}: left out: {how} says {zero}, and {method} trains its adapters without ZeRO here, in the "
             "strategy the plan chooses (-o strategy=NAME forces one)"
         )
+
+
+def _eos_token_problem(spec, name: str, token: str, notes=None) -> str | None:
+    """TRL's eos_token (its sft.py example's '<|im_end|>' for Qwen2's ChatML template) where ftctl ends each turn as the
+    chat template ends it: taken, noted, where it is the tokenizer's eos or the template writes it (it ends turns with
+    it already, so a conversation trains as in TRL); else why not (None where taken). Read from the tokenizer's files
+    (tokenizer_config.json, chat_template.jinja) without transformers: a model directory, the Hugging Face cache, or
+    chat_template_path's Jinja file."""
+    model, named = spec.model_name_or_path, spec.chat_template_path
+    files = _tokenizer_files(model)  # (its template, its eos); None: not readable here
+    if files and files[1] == token:
+        notes is None or notes.append(f"{name}: {token!r} taken: it is {model}'s eos already")
+        return None
+    read = _tokenizer_files(named) if named else files
+    whose = f"chat_template_path {named}'s" if named else f"{model}'s"
+    if read and read[0] and token in read[0]:
+        eos = f" ({files[1]!r})" if files and files[1] else ""
+        notes is None or notes.append(
+            f"{name}: {token!r} taken: {whose} chat template ends turns with it already, so a conversation trains as in "
+            f"TRL; plain-text and prompt-completion rows end with the tokenizer's eos{eos}, not with it"
+        )
+        return None
+    if read:
+        writes = "never writes it" if read[0] else "is none (FastChat's Vicuna one ends turns with the eos)"
+        return (
+            f"{name}: {token!r}: {whose} chat template {writes}, so no assistant turn would end with it: ftctl ends "
+            "each turn as the template does. Leave eos_token out, or give chat_template_path: a template whose turns "
+            "end with it."
+        )
+    unread = named or model
+    return (
+        f"{name}: {token!r} is taken only where the chat template ends assistant turns with it, and {unread}'s is not "
+        "on this machine to read (no model directory or Jinja file, not in the Hugging Face cache): download its "
+        f"tokenizer (hf download {unread} --include 'tokenizer*' --include 'chat_template*') and run this again, or "
+        "leave eos_token out (each turn ends as the template ends it)."
+    )
+
+
+def _tokenizer_files(source: str) -> tuple[str | None, str | None] | None:
+    """The chat template and eos token of a tokenizer as its files on this machine give them: a Jinja file's text
+    (chat_template_path's; no eos), a model directory's or a hub id's in the Hugging Face cache (tokenizer_config.json,
+    chat_template.jinja); None where they cannot be read here (a template by name: all of them, one text)."""
+    from ftctl.hub import HUB_ID
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.read_text(errors="replace"), None
+
+    def read(name: str) -> str | None:
+        if path.is_dir():
+            return (path / name).read_text(errors="replace") if (path / name).is_file() else None
+        if not HUB_ID.match(source):
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, name)
+        return Path(cached).read_text(errors="replace") if isinstance(cached, str) else None
+
+    try:
+        config = json.loads(read("tokenizer_config.json") or "null")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    template = config.get("chat_template") or read("chat_template.jinja")
+    if isinstance(template, list):  # several by name
+        template = "\n".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
+    eos = config.get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    return (template if isinstance(template, str) else None), (eos if isinstance(eos, str) else None)
 
 
 def _fsdp_strategy(raw) -> bool:
@@ -1209,6 +1280,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         layers.append(("-o", parse_overrides(overrides)))
     values, errors, sources = {}, [], {}
     zero_asked = None  # the last DeepSpeed config read as a ZeRO strategy: its layer, its key, (strategy, how), note
+    eos_asked = None  # TRL's eos_token as the last layer gave it: the key and layer, the token
     evaluation: dict[str, tuple[str, str]] = {}  # evaluation_strategy as given, and where: checked against the
     # held-out data below
     from_epoch: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch an earlier layer's strategy: epoch set
@@ -1282,6 +1354,9 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                     f"{' (TRL names it completion_only_loss for prompt-completion rows)' * (key == 'assistant_only_loss')}"
                     ": keep one."
                 )
+                continue
+            if key == "eos_token" and raw not in (None, ""):  # checked against the chat template below
+                eos_asked = (f"{raw_key!r} ({source})", str(raw))
                 continue
             if key in DECIDED:
                 if _agrees(key, raw) or _word(raw) in METHOD_AGREES.get(key, {}):
@@ -1372,7 +1447,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             f"{int(minutes)} hours is --time {int(minutes)}:00:00"
         )
     said = (
-        _evaluation_asked(spec, evaluation, sources, notes)
+        ([problem] if eos_asked and (problem := _eos_token_problem(spec, *eos_asked, notes)) else [])
+        + _evaluation_asked(spec, evaluation, sources, notes)
         + _unexpanded_variables(spec, [k for k in PATH_KEYS if sources.get(k) == "run file"])
         + [
             f"{name}: {word} asks for --method {' or '.join(METHOD_AGREES[key][word])}, not {spec.method}: {DECIDED[key]}."

@@ -1061,13 +1061,13 @@ def test_data_given_where_a_run_file_goes_says_to_give_it_with_data(tmp_path):
 
 def test_trl_keys_ftctl_decides_are_explained_not_unknown():
     """TRL's dtype, eos_token, padding_free, do_eval ... were "Unknown key" with nothing more; packing_strategy and
-    overwrite_output_dir got a "Did you mean" for another key (strategy, output_dir)."""
+    overwrite_output_dir got a "Did you mean" for another key (strategy, output_dir). (eos_token: checked against the
+    chat template, test_trls_eos_token_is_taken_where_the_chat_template_ends_turns_with_it.)"""
     notes: list[str] = []
     given = {"dtype": "bfloat16", "padding_free": True, "packing_strategy": "bfd", "dataloader_num_workers": 4}
     build({**given, "remove_unused_columns": False, "ddp_find_unused_parameters": False, "do_train": True}, notes=notes)
     assert any(n.startswith("dtype, padding_free, packing_strategy, dataloader_num_workers") for n in notes), notes
     for key, value, said in [
-        ("eos_token", "<|im_end|>", "each turn ends as the model's chat template ends it"),
         ("packing_strategy", "wrapped", "packing places whole rows best-fit decreasing"),
         ("overwrite_output_dir", True, "a relaunch into the same --output resumes its run"),
         ("dtype", "float32", "the planner chooses the precision"),
@@ -1579,6 +1579,67 @@ def test_a_trl_run_file_that_leaves_assistant_only_loss_out_is_told_ftctls_diffe
     notes.clear()
     build({"data_path": "a.jsonl"}, notes=notes)  # not TRL's vocabulary: nothing to say
     assert not any(n.startswith("assistant_only_loss") for n in notes)
+
+
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LLAMA3 = "{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>' + m['content'] + '<|eot_id|>' }}{% endfor %}"
+
+
+def _tokenizer_dir(where, template: str | None, eos: str, in_jinja: bool = False):
+    """A model directory's tokenizer files as a ChatML or Llama 3 model ships them (the template in
+    tokenizer_config.json, or in chat_template.jinja as transformers 5 saves it)."""
+    import json
+
+    where.mkdir(parents=True)
+    config = {"eos_token": {"content": eos, "special": True}}
+    if template and in_jinja:
+        (where / "chat_template.jinja").write_text(template)
+    elif template:
+        config["chat_template"] = template
+    (where / "tokenizer_config.json").write_text(json.dumps(config))
+    return str(where)
+
+
+def test_trls_eos_token_is_taken_where_the_chat_template_ends_turns_with_it(tmp_path, monkeypatch):
+    """TRL's sft.py example gives eos_token: '<|im_end|>' for Qwen2-0.5B (whose eos is <|endoftext|>, its ChatML
+    template ending each turn with <|im_end|>): refused, though the template ends turns with it already. Taken there,
+    noted; refused where the template never writes it, and where its files cannot be read here, saying why."""
+    qwen = _tokenizer_dir(tmp_path / "qwen2", CHATML, "<|endoftext|>")
+    trl = {"model_name_or_path": qwen, "dataset_name": "trl-lib/Capybara", "eos_token": "<|im_end|>"}
+    notes: list[str] = []
+    build(trl, notes=notes)
+    assert (
+        f"'eos_token' (run file): '<|im_end|>' taken: {qwen}'s chat template ends turns with it already, so a "
+        "conversation trains as in TRL; plain-text and prompt-completion rows end with the tokenizer's eos "
+        "('<|endoftext|>'), not with it"
+    ) in notes
+    saved = _tokenizer_dir(tmp_path / "saved", CHATML, "<|endoftext|>", in_jinja=True)
+    assert build({**trl, "model_name_or_path": saved}).model_name_or_path == saved
+    assert build({**trl, "eos_token": "<|endoftext|>"}).model_name_or_path == qwen  # its own eos
+    llama = _tokenizer_dir(tmp_path / "llama3", LLAMA3, "<|end_of_text|>")
+    with pytest.raises(FtctlError, match=f"'<|im_end|>': {llama}'s chat template never writes it, .* give "
+                       "chat_template_path: a template whose turns end with it"):  # fmt: skip
+        build({**trl, "model_name_or_path": llama})
+    template = tmp_path / "chatml.jinja"
+    template.write_text(CHATML)
+    assert build({**trl, "model_name_or_path": llama, "chat_template_path": str(template)}).chat_template_path
+    base = _tokenizer_dir(tmp_path / "base", None, "</s>")
+    with pytest.raises(FtctlError, match="chat template is none .FastChat's Vicuna one ends turns with the eos."):
+        build({**trl, "model_name_or_path": base})
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(FtctlError) as e:
+        build({**trl, "model_name_or_path": "Qwen/Qwen2-0.5B"})
+    assert "Qwen/Qwen2-0.5B's is not on this machine to read" in str(e.value)
+    assert "hf download Qwen/Qwen2-0.5B --include 'tokenizer*' --include 'chat_template*')" in str(e.value)
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2-0.5B" / "snapshots" / "abc"
+    _tokenizer_dir(snapshot, CHATML, "<|endoftext|>")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("abc")
+    assert build({**trl, "model_name_or_path": "Qwen/Qwen2-0.5B"}).model_name_or_path == "Qwen/Qwen2-0.5B"  # cached
+    assert build({**trl, "eos_token": None}).model_name_or_path == qwen  # left empty, it asks for nothing
 
 
 def test_a_fastchat_lora_run_file_adapts_what_fastchats_does():
