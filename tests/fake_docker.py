@@ -5,10 +5,11 @@ runs the container's command as a local process, so the docker backend's own cod
 What it emulates, nothing more: ``run --detach --name N [--user UID:GID] [-v HOST:CTR[:ro]] [-e K[=V]] [-w DIR]
 IMAGE CMD...`` (CMD runs here with container paths mapped back to their host paths, output to a log, and, run as
 root, as --user's uid or else the image's USER, ``$FAKE_IMAGE_USER``), ``inspect --format ... N``
-(created/running/exited and the exit code), ``logs [--follow] [--tail N] N``, ``stop [--time S] N`` (SIGTERM to
-the process group, SIGKILL after S seconds), ``rm N``, ``version`` and ``info --format '{{json .}}'`` (a daemon's:
-its runtimes are runc and ``$FAKE_DOCKER_RUNTIMES``, comma-separated; with ``$FAKE_DOCKER_DAEMON_DOWN`` set every
-verb fails, as a CLI without its daemon does). The image is ignored: the command runs with this machine's python
+(created/running/exited and the exit code: 128+N for a command a signal N ended), ``logs [--follow] [--tail N] N``,
+``stop [--time S] N`` (SIGTERM to the command, the container's PID 1, which ignores it without a handler of its
+own as a container's init does; SIGKILL to all of its processes after S seconds), ``rm N``, ``version`` and ``info
+--format '{{json .}}'`` (a daemon's: its runtimes are runc and ``$FAKE_DOCKER_RUNTIMES``, comma-separated; with
+``$FAKE_DOCKER_DAEMON_DOWN`` set every verb fails, as a CLI without its daemon does). The image is ignored: the command runs with this machine's python
 (first on PATH). State lives in ``$FAKE_DOCKER_STATE``; each call is appended to ``$FAKE_LOG`` as JSON.
 
 The container's environment is what a docker engine gives it, not this process's: the image's (``PATH``, this
@@ -75,10 +76,37 @@ def state(name):
     if rc.exists():
         return "exited", int(rc.read_text())
     try:
-        os.kill(pid, 0)
-        return "running", 0
-    except ProcessLookupError:
-        return "exited", 137
+        zombie = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"  # dead, and no init reaps it
+    except OSError:
+        zombie = True
+    return ("exited", 137) if zombie else ("running", 0)
+
+
+def catches(pid, sig):
+    """Whether process ``pid`` has a handler of its own for ``sig`` (the kernel delivers a signal from outside a
+    container to its PID 1 only then)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught, 16) >> (sig - 1) & 1)
+
+
+def descendants(pid):
+    """``pid`` and every process it started, and they started (a container's processes)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
 
 
 def container_env(pairs, name):
@@ -134,11 +162,13 @@ def main(args):
             return 125
         d.mkdir(parents=True)
         out = open(d / "log", "w")
-        wrapper = [
+        wrapper = [  # runs the command, notes its pid (the container's PID 1), then its exit code as docker says it
             sys.executable,
             "-c",
-            "import subprocess,sys; rc=subprocess.call(sys.argv[2:]); open(sys.argv[1],'w').write(str(rc))",
+            "import subprocess,sys; p=subprocess.Popen(sys.argv[3:]); open(sys.argv[2],'w').write(str(p.pid)); "
+            "rc=p.wait(); open(sys.argv[1],'w').write(str(128-rc if rc<0 else rc))",
             str(d / "rc"),
+            str(d / "init"),
             *argv,
         ]
         proc = subprocess.Popen(
@@ -177,15 +207,21 @@ def main(args):
             time.sleep(0.2)
     elif cmd == "stop":
         pid = int((STATE / name / "pid").read_text())
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        init = STATE / name / "init"
+        if init.exists() and catches(int(init.read_text()), signal.SIGTERM):
+            try:
+                os.kill(int(init.read_text()), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         deadline = time.time() + float(dict(opts).get("--time", 10))
         while state(name)[0] == "running" and time.time() < deadline:
             time.sleep(0.2)
-        if state(name)[0] == "running":
-            os.killpg(pid, signal.SIGKILL)
+        if state(name)[0] == "running":  # the whole container: torchrun's workers run in sessions of their own
+            for proc in descendants(pid):
+                try:
+                    os.kill(proc, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         print(name)
     elif cmd == "rm":
         import shutil

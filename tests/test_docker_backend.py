@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ftctl.docker import image
+from ftctl.spec import RunSpec
 from tests.render_fixtures import prepared
 from tests.s3_fixtures import FAKE_KEY_ID, FAKE_SECRET, free_port
 
@@ -99,7 +100,8 @@ def test_a_launch_whose_output_pipe_closes_is_still_recorded(docker_env, tiny_mo
     launch.wait(timeout=300)
     jobs = ftctl(docker_env, "jobs").stdout
     assert str(out) in jobs, jobs
-    assert ftctl(docker_env, "cancel", str(out)).stdout.startswith("cancelled")
+    # --now: its torchrun has no SIGTERM handler yet, and a container's PID 1 ignores the signal then
+    assert ftctl(docker_env, "cancel", "--now", str(out)).stdout.startswith("cancelled")
     # another run of the same name (the same model, another --output) took the container's name: the first run's
     # ended container was removed and its job record lost. Refused, with the flag that names this one apart.
     other = ftctl(docker_env, "launch", *run_flags(tiny_model_dir, tiny_data, tmp_path / "other"), check=False)
@@ -152,10 +154,76 @@ def test_cancel_stops_a_running_container(docker_env, tiny_model_dir, tiny_data,
     wait_state(docker_env, job, ["RUNNING"])
     refused = ftctl(docker_env, "launch", *flags, cwd=tmp_path, check=False)
     assert refused.returncode != 0 and "already running" in refused.stderr and "Traceback" not in refused.stderr
-    assert ftctl(docker_env, "cancel", job).stdout.strip() == f"cancelled {job}"
-    assert "RUNNING" not in ftctl(docker_env, "status", job).stdout
+    training(out, 1)  # docker stop's SIGTERM reaches torchrun's handler (a container's PID 1 ignores it before)
+    cancel = ftctl(docker_env, "cancel", "--wait", "60", job)
+    (saved,) = [c.name for c in out.glob("checkpoint-*")]
+    goes_on = f"the same `ftctl launch` resumes it from {saved}"
+    assert cancel.stdout.strip() == f"cancelled {job}: its trainer saved a checkpoint as it stopped: {goes_on}"
+    assert ["stop", "--time", "60", job] in docker_calls(docker_env) and "waiting up to 60 s" in cancel.stderr
+    status = ftctl(docker_env, "status", job).stdout.splitlines()
+    assert status[:2] == [
+        f"{job} CANCELLED (stopped, exit 143)",
+        f"its trainer saved a checkpoint as it stopped: {goes_on}",
+    ]
     listed = ftctl(docker_env, "jobs").stdout.splitlines()
     assert listed[1].split()[:3] == [job, "docker", str(out)] and "RUNNING" not in listed[1], listed
+    # --now: docker kills it at once, nothing saved, none of its processes left to save one later
+    ftctl(docker_env, "launch", *flags, cwd=tmp_path)
+    training(out, 2)
+    now = ftctl(docker_env, "cancel", "--now", job)
+    assert now.stdout.strip() == f"cancelled {job}: no checkpoint was saved as it stopped (--now): {goes_on}"
+    assert ["stop", "--time", "0", job] in docker_calls(docker_env) and not now.stderr
+    assert ftctl(docker_env, "status", job).stdout.startswith(f"{job} CANCELLED (killed, exit 137)\nno checkpoint")
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(out).encode() in _read(p)]
+    assert [c.name for c in out.glob("checkpoint-*")] == [saved]
+
+
+def test_cancel_gives_the_trainer_its_grace_then_docker_kills_it(docker_env, tmp_path, monkeypatch):
+    """docker stop's grace: the run's signal_lead_s unless --wait says; a trainer that stops within it (torchrun's
+    exit after its workers' checkpoint) saved one, one that does not is killed and saved none. Containers of a
+    stand-in trainer, which stops on SIGTERM or does not."""
+    from ftctl.backend import JobRef, record_job
+
+    monkeypatch.setenv("FTCTL_HOME", docker_env["FTCTL_HOME"])
+    fake = [sys.executable, str(REPO / "tests" / "fake_docker.py")]
+    for name, on_term in (("stops", "sys.exit(143)"), ("stays", "None")):
+        script = tmp_path / f"{name}.py"
+        script.write_text(
+            "import signal, sys, time\n"
+            f"signal.signal(signal.SIGTERM, lambda *a: {on_term})\n"
+            "print('training', flush=True)\n"
+            "time.sleep(600)\n"
+        )
+        run = ["run", "--detach", "--name", name, "--user", f"{os.getuid()}:{os.getgid()}", "ftctl:test"]
+        subprocess.run([*fake, *run, sys.executable, str(script)], env=docker_env, check=True)
+        record_job(JobRef("docker", name, str(tmp_path / name), name, str(tmp_path / name)))
+        while "training" not in (Path(docker_env["FAKE_DOCKER_STATE"]) / name / "log").read_text():
+            time.sleep(0.1)
+    stops = ftctl(docker_env, "cancel", "stops")
+    assert f"waiting up to {RunSpec.signal_lead_s} s for it, then docker kills it" in stops.stderr
+    assert stops.stdout.startswith("cancelled stops: its trainer saved a checkpoint as it stopped: the same")
+    stays = ftctl(docker_env, "cancel", "--wait", "1", "stays")
+    said = "no checkpoint was saved as it stopped (none within 1 s: `ftctl cancel --wait SECONDS` gives its trainer"
+    assert stays.stdout.startswith(f"cancelled stays: {said}")
+    assert ftctl(docker_env, "status", "stays").stdout.startswith("stays CANCELLED (killed, exit 137)")
+
+
+def training(out: Path, trainers: int, timeout: float = 240) -> None:
+    """Until the run's ``trainers``-th trainer has started training (its start record in metrics.jsonl)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().count('"event": "start"') >= trainers:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no trainer {trainers} started in {out}")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def test_missing_docker_is_one_line(tmp_path, tiny_model_dir, tiny_data):

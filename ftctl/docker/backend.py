@@ -2,9 +2,12 @@
 
 ``launch`` runs the rendered ``docker run -d --name RUN ...`` (the job id is the container's name);
 ``status`` reads ``docker inspect`` (and, for a failed container, the trainer's error line from the end of
-``docker logs``: log_tail), ``logs`` is ``docker logs [-f]``, ``cancel`` is ``docker stop`` (SIGTERM: the trainer
-checkpoints at the next step boundary within the grace period). ``doctor`` checks the daemon, and for GPUs its
-NVIDIA container runtime.
+``docker logs``: log_tail), ``logs`` is ``docker logs [-f]``, ``cancel`` is ``docker stop --time GRACE``: SIGTERM to
+the container's torchrun, whose workers save a checkpoint at their next step boundary and stop; docker kills the
+container if that has not come within GRACE (``--wait``; ``--now``: 0, killed at once, nothing saved). How it ended
+is its exit code: STOPPED_EXIT (stopped at a checkpoint) or KILLED_EXIT, without an error line of the trainer's in
+its log (a rank the host killed says one), is a cancelled container; ``status`` and ``cancel`` say whether it saved
+a checkpoint (stop_note). ``doctor`` checks the daemon, and for GPUs its NVIDIA container runtime.
 
 The image: --container, else ``image:`` in the user's config, else the newest image ``ftctl build``
 recorded for the run's GPUs (built here or pushed), else ``default_image`` (what ``ftctl build`` names).
@@ -16,18 +19,25 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import click
 
-from ftctl.backend import Backend, ImageChoice, JobRef, JobState, JobStatus, Rendered, recorded_jobs
+from ftctl import failures
+from ftctl.backend import Backend, ImageChoice, JobRef, JobState, JobStatus, Rendered, recorded_jobs, resumes_from
 from ftctl.docker import render as docker_render
 from ftctl.docker.image import build_command, default_image, flavour_for
 from ftctl.errors import FtctlError, NotSent
+from ftctl.spec import RunSpec
 from ftctl.torch_builds import node_driver_cuda
 
-STOP_GRACE_S = 120  # docker stop's wait between SIGTERM and SIGKILL: time for one checkpoint
+# docker stop's wait between SIGTERM and SIGKILL (`ftctl cancel --wait`): the time for the step under way and one
+# checkpoint, which Slurm's time limit gives a run too (signal_lead_s, a Slurm key: a docker run has its default)
+STOP_GRACE_S = RunSpec.signal_lead_s
+STOPPED_EXIT = 128 + signal.SIGTERM  # ftctl.trainer.torchrun's, its workers stopped at a checkpoint after a SIGTERM
+KILLED_EXIT = 128 + signal.SIGKILL  # docker's SIGKILL: stop's grace ran out, or --now
 LOG_TAIL_LINES = 200  # of a failed container's log, read for the trainer's error line: torchrun's report follows it
 # --gpus needs the NVIDIA Container Toolkit; without it docker says: could not select device driver "" ...
 GPU_RUNTIME_FIX = (
@@ -39,6 +49,7 @@ GPU_RUNTIME_FIX = (
 class DockerBackend(Backend):
     name = "docker"
     options = frozenset({"container"})
+    cancel_options = frozenset({"now", "wait_s"})
     no_image = "the default image"  # never said: a docker run always has one (see image())
 
     def image(self, spec, plan) -> ImageChoice:
@@ -123,6 +134,9 @@ class DockerBackend(Backend):
         if state is None:
             return JobStatus(JobState.UNKNOWN, f"{ref.job_id} not found (removed from this docker host)")
         word, code = state
+        if word == "exited" and self._stopped(ref, code):
+            how = "stopped" if code == STOPPED_EXIT else "killed"
+            return JobStatus(JobState.CANCELLED, f"{ref.job_id} {JobState.CANCELLED.value} ({how}, exit {code})")
         if word == "exited":
             st = JobState.SUCCEEDED if code == 0 else JobState.FAILED
             return JobStatus(st, f"{ref.job_id} {st.value} exit {code}")
@@ -139,14 +153,50 @@ class DockerBackend(Backend):
         proc = _run([_docker(), "logs", "--tail", str(LOG_TAIL_LINES), ref.job_id])
         return proc.stdout + proc.stderr if proc.returncode == 0 else ""
 
-    def cancel(self, ref: JobRef) -> str:
+    def cancel(self, ref: JobRef, now: bool = False, wait_s: int | None = None) -> str:
+        """``docker stop``: SIGTERM, its trainer saves a checkpoint at its next step boundary and stops; docker kills
+        the container after ``wait_s`` (STOP_GRACE_S) where that has not come, at once with ``now``. Says whether a
+        checkpoint was saved, as stop_note does."""
         before = self.status(ref)
         if before.state.finished or before.state is JobState.UNKNOWN:
             return f"job {ref.job_id} had already ended: {before.text}"
-        proc = _run([_docker(), "stop", "--time", str(STOP_GRACE_S), ref.job_id])
+        grace = 0 if now else STOP_GRACE_S if wait_s is None else wait_s
+        if grace:
+            click.echo(
+                f"asked container {ref.job_id}'s trainer for a checkpoint at its next step boundary; waiting up to "
+                f"{grace} s for it, then docker kills it (`ftctl cancel --now {ref.job_id}` stops it at once)",
+                err=True,
+            )
+        proc = _run([_docker(), "stop", "--time", str(grace), ref.job_id])
         if proc.returncode != 0:
             raise FtctlError(f"docker stop {ref.job_id} failed: {_last_line(proc)}")
-        return f"cancelled {ref.job_id}"
+        after = self.status(ref)
+        if after.state is JobState.SUCCEEDED:
+            return f"job {ref.job_id} finished training before it could stop: {after.text}"
+        if after.state is not JobState.CANCELLED:
+            return f"job {after.text} as it stopped: `ftctl status {ref.job_id}` says why"
+        killed = "--now" if now else f"none within {grace} s: `ftctl cancel --wait SECONDS` gives its trainer longer"
+        return f"cancelled {ref.job_id}: {self._saved(ref, killed)}"
+
+    def stop_note(self, ref: JobRef) -> str | None:
+        return self._saved(ref, "docker killed it before its trainer's next step boundary, or it was not training yet")
+
+    def _saved(self, ref: JobRef, killed: str) -> str | None:
+        """Whether the cancelled container's trainer saved a checkpoint as it stopped (its exit code), and where the
+        same launch goes on from; ``killed``: why not, where docker killed it. None: not a cancelled container."""
+        state = _inspect(ref.job_id)
+        if state is None or state[0] != "exited" or not self._stopped(ref, state[1]):
+            return None
+        goes_on = f": the same `ftctl launch` {resumes_from(ref)}"
+        if state[1] == STOPPED_EXIT:
+            return f"its trainer saved a checkpoint as it stopped{goes_on}"
+        return f"no checkpoint was saved as it stopped ({killed}){goes_on}"
+
+    def _stopped(self, ref: JobRef, code: int) -> bool:
+        """Whether a container that exited with ``code`` was stopped from outside (docker stop or kill): STOPPED_EXIT
+        or KILLED_EXIT without an error line of the trainer's (a rank the host's out-of-memory killer ended says
+        one, and torchrun then exits with KILLED_EXIT too)."""
+        return code in (STOPPED_EXIT, KILLED_EXIT) and failures.error_line(self.log_tail(ref)) is None
 
     def doctor(self, gpus, partition) -> bool:
         from ftctl.gpus import parse
