@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -395,6 +396,31 @@ def test_a_merge_onto_a_full_disk_says_so_in_one_line_and_leaves_nothing(lora_ru
     assert str(got.value).startswith(f"no space left on the disk of {small_disk}: saving failed with 0.1 MB free, and ")
     assert str(got.value).endswith("one save needs ~0.6 MB; free some space there or choose --out on another disk")
     assert not list(small_disk.iterdir())  # nor a hidden partial merge
+
+
+def test_a_merge_removes_the_partial_merge_a_killed_one_left_beside_its_out(lora_run, tmp_path, caplog):
+    """A merge killed while writing left RUN/.merged.XXXX, a model's size, hidden and never read. The next merge
+    removes such leftovers, saying so, and leaves alone the one a merge writes now (it holds it locked)."""
+    import fcntl
+
+    from ftctl.trainer.merge import merge
+
+    left = tmp_path / ".merged.partial-killed1"  # what a merge killed at its weights leaves
+    left.mkdir()
+    (left / "model.safetensors").write_bytes(b"w" * 1000)
+    busy = tmp_path / ".merged.partial-running"  # another merge's, writing now
+    busy.mkdir()
+    fd = os.open(busy, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ftctl.trainer.merge"):
+            out = merge(str(lora_run), str(tmp_path / "merged"))
+    finally:
+        os.close(fd)
+    assert (out / "model.safetensors").is_file()
+    assert not left.exists() and busy.is_dir()
+    assert f"removed {left} (0.0 MB): a merge stopped before it finished left it" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".merged.partial-running", "merged"]
 
 
 def test_a_merge_of_an_adapter_trained_on_since_is_said_to_be_stale(tiny_model_dir, tiny_data, tmp_path, caplog):

@@ -8,12 +8,14 @@ directory that ``AutoModelForCausalLM.from_pretrained`` loads with no PEFT and n
 
 Nothing is overwritten: an output that exists and is not empty is refused (saying so where it holds a merge of the
 same adapter from before the run trained on: its ``ftctl-merge.json`` records the adapter's digest). A local output is written
-into a hidden sibling and renamed into place whole; an object-store output gets its config.json last,
+into a hidden sibling and renamed into place whole (one a killed merge left is removed by the next); an object-store output gets its config.json last,
 so a loader that finds it finds the weights.
 """
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -35,6 +37,7 @@ from ftctl.trainer.model import DTYPES
 log = logging.getLogger(__name__)
 
 STAGED_PREFIX = "ftctl-merged-"  # where a merge into an object store is written first
+PARTIAL = ".partial-"  # .<out>.partial-XXXX: a merge being written beside its --out (partial_merge)
 
 
 def merge(
@@ -76,8 +79,7 @@ def merge(
     merged = trained_mod.load(adapter, precision, base=base).merge_and_unload()
     out = Path(out_dir).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with partial_merge(out) as tmp:
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay with the renamed directory
@@ -90,10 +92,44 @@ def merge(
         for file in tmp.iterdir():  # the weights came out 0600 (written through a temporary file): as the others
             file.chmod(0o666 & ~umask)
         os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("merged %s into %s (%s) -> %s", adapter.path, adapter.base, precision, out)
     return out
+
+
+@contextmanager
+def partial_merge(out: Path):
+    """The hidden directory beside ``out`` a merge is written in, renamed to ``out`` when whole; held (flock) while
+    it is written. Those no merge holds, which a killed merge left (a model's size each, never read), are removed
+    first, said."""
+    prefix = f".{out.name}{PARTIAL}"
+    for old in sorted(out.parent.glob(f"{glob.escape(prefix)}*")):
+        _remove_unheld(old)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp
+    finally:
+        os.close(fd)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_unheld(old: Path) -> None:
+    try:
+        fd = os.open(old, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a merge writes it now (or the filesystem takes no locks: left as it is)
+        os.close(fd)
+        return
+    try:
+        size = sum(f.stat().st_size for f in old.rglob("*") if f.is_file())
+        shutil.rmtree(old, ignore_errors=True)
+        log.warning("removed %s (%s): a merge stopped before it finished left it", old, storage.size_text(size))
+    finally:
+        os.close(fd)
 
 
 @contextmanager
