@@ -250,9 +250,11 @@ def test_zero3_resumes_on_another_world_size_and_continues_the_curve(
 ):
     """2 processes write checkpoint-3; 1 process resumes it (universal conversion), stops after step 4 and
     saves; 2 processes resume that one and finish. Every loss stays within 1% of the uninterrupted
-    2-process run (the global batch is the same; the per-rank data order may differ)."""
+    2-process run (the global batch is the same; the per-rank data order may differ). The norms' group stays
+    undecayed: DeepSpeed's universal load gives every group the first's settings, weight decay too."""
     straight = tmp_path / "straight"
-    spec, plan = _run(tiny_model_dir, tiny_data, straight, gpus="2xcpu", strategy="zero3")
+    decayed = {"weight_decay": 0.1}
+    spec, plan = _run(tiny_model_dir, tiny_data, straight, gpus="2xcpu", strategy="zero3", **decayed)
     proc = _torchrun(spec, plan, tmp_path, nproc=2)
     assert "zero3: parameters gathered a block at a time (LlamaDecoderLayer)" in proc.stdout  # one hook a block
     reference = losses_by_step(straight)
@@ -266,9 +268,21 @@ def test_zero3_resumes_on_another_world_size_and_continues_the_curve(
     shutil.copy(straight / "metrics.jsonl", out / "metrics.jsonl")
     stop = tmp_path / "stop"
     stop.touch()  # the 1-process run stops after its first step and saves checkpoint-4
-    spec1, plan1 = _run(tiny_model_dir, tiny_data, out, strategy="zero3", resume="auto")
+    spec1, plan1 = _run(tiny_model_dir, tiny_data, out, strategy="zero3", resume="auto", **decayed)
     assert (plan1.world_size, plan1.gradient_accumulation_steps) == (1, 2)
-    _torchrun(spec1, plan1, tmp_path, nproc=1, env={"FTCTL_STOP_FILE": stop}, name="spec1.json")
+    decays = tmp_path / "decays.json"
+    prelude = (
+        "import json\n"
+        "from transformers import TrainerCallback\n"
+        "class Decays(TrainerCallback):\n"
+        "    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):\n"
+        f"        open({str(decays)!r}, 'w').write(json.dumps([g['weight_decay'] for g in optimizer.param_groups]))\n"
+        "CALLBACKS = [Decays()]\n"
+    )
+    env = subprocess_env(**DS_ENV, FTCTL_STOP_FILE=stop)
+    proc = run_trainer_cli(write_spec(spec1, plan1, tmp_path / "spec1.json"), env=env, prelude=prelude)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert json.loads(decays.read_text()) == [0.1, 0.0]
     assert (out / "checkpoint-3" / "global_step3_universal").is_dir()
     assert (out / "checkpoint-3" / "latest_universal").read_text() == "global_step3_universal"
     manifest = json.loads((out / "checkpoint-4" / "ftctl-manifest.json").read_text())
@@ -276,7 +290,7 @@ def test_zero3_resumes_on_another_world_size_and_continues_the_curve(
     assert not (out / "model.safetensors").exists()  # preempted, not finished
 
     stop.unlink()
-    spec2, plan2 = _run(tiny_model_dir, tiny_data, out, gpus="2xcpu", strategy="zero3", resume="auto")
+    spec2, plan2 = _run(tiny_model_dir, tiny_data, out, gpus="2xcpu", strategy="zero3", resume="auto", **decayed)
     _torchrun(spec2, plan2, tmp_path, nproc=2, name="spec2.json")
     assert (out / "checkpoint-4" / "global_step4_universal").is_dir()  # 1 -> 2 converted too
     resumed = losses_by_step(out)
@@ -324,6 +338,74 @@ def test_optimizer_steps_follow_their_parameters_after_a_universal_load():
     assert steps_on_device(outer) == 1
     assert inner.state[p]["step"].device.type == "meta"
     assert steps_on_device(outer) == 0  # already there
+
+
+def _offload_checkpoint(ckpt, config_optimizer: bool, stage: int = 2):
+    """A ZeRO checkpoint of 2 processes, converted to DeepSpeed's universal one already (reshard.to_universal
+    reuses it): the model states' config, its schedule, the optimizer's settings of one parameter group."""
+    import torch
+
+    tag = ckpt / "global_step2"
+    tag.mkdir(parents=True)
+    (ckpt / "latest").write_text("global_step2")
+    for rank in (0, 1):
+        (tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    config = {"zero_optimization": {"stage": stage, "offload_optimizer": {"device": "cpu"}}}
+    if config_optimizer:  # what ftctl's offload strategies gave DeepSpeed before 2674431
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": 1e-3, "weight_decay": 0.1}}
+    schedule = {"base_lrs": [1e-3], "last_epoch": 2, "_last_lr": [5e-4], "lr_lambdas": [{}]}
+    torch.save({"ds_config": config, "lr_scheduler": schedule, "module": {}}, tag / "mp_rank_00_model_states.pt")
+    zero = ckpt / "global_step2_universal" / "zero"
+    zero.mkdir(parents=True)
+    group = {"lr": 5e-4, "weight_decay": 0.1, "initial_lr": 1e-3, "params": [0]}
+    torch.save({"zero_stage": stage, "param_groups": [group]}, zero / "optimizer_state.pt")
+    (ckpt / "latest_universal").write_text("global_step2_universal")
+    return zero / "optimizer_state.pt"
+
+
+def test_an_old_offload_checkpoint_resumes_into_the_trainers_two_groups(tmp_path):
+    """An ftctl before 2674431 had DeepSpeed build the offload strategies' optimizer from its config: one group of
+    every parameter, and the schedule in DeepSpeed's state. Its ZeRO shards do not load into the Trainer's two
+    groups (DeepSpeed's traceback: "parameter-alignment layout does not match" under ZeRO-2, "a different number of
+    parameter groups" under ZeRO-3), so it resumes through the universal checkpoint, whose states are a parameter's
+    each: given two groups (ZeRO-2 loads them group by group), the second without weight decay. A 2-process
+    zero2_offload and zero3_offload checkpoint of that ftctl resumed so (on an older commit by hand): every
+    optimizer state carried over (the exp_avg sums of both ranks equal), the losses within 1e-4 of the old
+    ftctl's own resume."""
+    import torch
+
+    from ftctl.trainer.distributed import Processes
+    from ftctl.trainer.reshard import prepare, saved_schedule
+    from ftctl.trainer.sft_trainer import each_group
+
+    class Plan:
+        strategy = "zero2_offload"
+
+    old = tmp_path / "old" / "checkpoint-2"
+    state = _offload_checkpoint(old, config_optimizer=True)
+    assert prepare(str(old), Plan, Processes(0, 0, 2, on_cpu=True)) is True  # the same world size
+    groups = torch.load(state, weights_only=False)["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0] and groups[1]["initial_lr"] == 1e-3
+    assert prepare(str(old), Plan, Processes(0, 0, 2, on_cpu=True)) is True  # resumed again: split once
+    assert len(torch.load(state, weights_only=False)["param_groups"]) == 2
+    schedule = saved_schedule(str(old))  # no scheduler.pt: DeepSpeed ran it
+    assert each_group(schedule, 2) == {
+        **schedule,
+        "base_lrs": [1e-3] * 2,
+        "_last_lr": [5e-4] * 2,
+        "lr_lambdas": [{}, {}],
+    }
+
+    Plan.strategy = "zero3_offload"  # ZeRO-3 loads its states whatever the groups: its large file left as it is
+    stage3 = _offload_checkpoint(tmp_path / "old3" / "checkpoint-2", config_optimizer=True, stage=3)
+    assert prepare(str(stage3.parents[2]), Plan, Processes(0, 0, 2, on_cpu=True)) is True
+    assert len(torch.load(stage3, weights_only=False)["param_groups"]) == 1
+
+    Plan.strategy = "zero2_offload"  # this ftctl's own checkpoint: DeepSpeed loads its shards as they are
+    new = tmp_path / "new" / "checkpoint-2"
+    state = _offload_checkpoint(new, config_optimizer=False)
+    assert prepare(str(new), Plan, Processes(0, 0, 2, on_cpu=True)) is False
+    assert len(torch.load(state, weights_only=False)["param_groups"]) == 1
 
 
 def test_a_failed_conversion_says_how_to_resume(tmp_path):

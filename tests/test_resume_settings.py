@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -399,3 +400,54 @@ def test_a_relaunch_measuring_the_held_out_loss_otherwise_starts_its_lowest_afre
     assert before is not None and state["best_metric"] == evals[6] != before  # the new set's, not the old one's
     assert state["best_model_checkpoint"].endswith("checkpoint-6")
     assert caplog.text.count("the held-out loss is measured otherwise now (data_path changed)") == 1
+
+
+def _stopped_at(out, step: int) -> None:
+    """The run as if preempted after saving checkpoint-<step>: its later checkpoints and final adapter gone."""
+    for ckpt in out.glob("checkpoint-*"):
+        if int(ckpt.name.split("-")[1]) > step:
+            shutil.rmtree(ckpt)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (out / name).unlink()
+
+
+def test_a_constant_rate_saved_without_its_warm_up_goes_on_at_the_full_rate(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, caplog
+):
+    """lr_scheduler_type=constant with a warm-up warms up since abece96; an ftctl before it trained the full rate
+    from step 1 (transformers' constant). Its checkpoint saved within what is now the warm-up resumed warming up
+    again: 1e-3 for 5 steps, then 8.3e-4 at step 6 (an older commit's checkpoint-4 resumed by hand). It goes on at
+    the full rate, as the run trained; this ftctl's own checkpoint within the warm-up goes on warming up."""
+    from ftctl.trainer.run import train
+    from tests.trainer_fixtures import losses_by_step
+
+    quiet = {"echo": lambda *_: None}
+    each = {"lr_scheduler_type": "constant", "max_steps": 8, "save_steps": 2, "save_total_limit": 10, "resume": "auto"}
+    old = tmp_path / "old"  # what the older ftctl trained: the full rate from step 1
+    assert train(*make_run(tiny_model_dir, tiny_data, old, "lora", warmup_ratio=0.0, **each), **quiet)
+    full, losses = _lrs(old), losses_by_step(old)
+    assert set(full.values()) == {1e-3}
+    _stopped_at(old, 4)
+    manifest = old / "checkpoint-4" / "ftctl-manifest.json"
+    record = json.loads(manifest.read_text())
+    record["settings"]["warmup_ratio"] = 0.75  # it recorded the run's warm-up, which it did not train
+    manifest.write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        assert train(*make_run(tiny_model_dir, tiny_data, old, "lora", warmup_ratio=0.75, **each), **quiet)
+    assert (
+        "checkpoint-4 trained its 4 steps at the full learning rate (lr_scheduler_type=constant without the warm-up, "
+        "as an ftctl before 4 Dec 2026 ran it): the run goes on at the full rate, not warming up again" in caplog.text
+    )
+    assert "other settings" not in caplog.text
+    assert _lrs(old) == full
+    assert [losses_by_step(old)[s] for s in range(5, 9)] == pytest.approx([losses[s] for s in range(5, 9)], rel=1e-5)
+
+    new = tmp_path / "new"
+    assert train(*make_run(tiny_model_dir, tiny_data, new, "lora", warmup_ratio=0.75, **each), **quiet)
+    warming = _lrs(new)
+    assert warming[4] < warming[6] < warming[7] == 1e-3
+    _stopped_at(new, 4)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        assert train(*make_run(tiny_model_dir, tiny_data, new, "lora", warmup_ratio=0.75, **each), **quiet)
+    assert "full learning rate" not in caplog.text and _lrs(new) == pytest.approx(warming, rel=1e-9)

@@ -18,7 +18,9 @@ The world size that wrote a checkpoint is the manifest's ``world_size`` (ftctl.c
 manifest, the count of DeepSpeed's per-rank optimizer files. One process converts each copy of the
 checkpoint: global rank 0 when all nodes share the output directory, local rank 0 of each node when every
 node resumed its own downloaded copy. The resumed loss continues the curve closely, not bit for bit (the
-tests see 2e-4 relative on CPU).
+tests see 2e-4 relative on CPU). A zero2_offload/zero3_offload checkpoint of an ftctl before 2674431 (DeepSpeed
+built its optimizer, one parameter group) goes the same way at any world size, into the Trainer's two groups
+(config_optimizer, split_group).
 
 DeepSpeed's universal load (ZeRO-3) restores the optimizer's ``step`` as the CPU tensor the conversion
 saved, which torch's fused AdamW (the plan's optimizer on GPUs) refuses beside CUDA states: the first step
@@ -81,18 +83,72 @@ def prepare(ckpt: str | None, plan, procs: distributed.Processes, shared_filesys
             raise FtctlError(f"{ckpt} has DeepSpeed shards but no readable 'latest' file: it cannot be resumed.")
         return False  # written by a non-DeepSpeed strategy: the Trainer loads its whole tensors
     saved = saved_world_size(ckpt)
-    if saved is None or saved == procs.world_size:
+    regroup = config_optimizer(ckpt, tag)
+    if not regroup and (saved is None or saved == procs.world_size):
         return False
-    log.warning(
-        "%s was written by %d processes and this run has %d: resuming through DeepSpeed's universal checkpoint",
-        ckpt,
-        saved,
-        procs.world_size,
-    )
+    if not regroup:
+        log.warning(
+            "%s was written by %d processes and this run has %d: resuming through DeepSpeed's universal checkpoint",
+            ckpt,
+            saved,
+            procs.world_size,
+        )
     if procs.is_main or (not shared_filesystem and procs.local_rank == 0):
-        to_universal(ckpt, tag)
+        universal = to_universal(ckpt, tag)
+        if regroup:
+            split_group(universal)
+            log.warning(
+                "%s: its optimizer was DeepSpeed's over every parameter in one group (the offload strategies of an "
+                "ftctl before 4 Dec 2026): resumed through DeepSpeed's universal checkpoint into the Trainer's two "
+                "groups; from here on the norms and biases are not decayed, as under every other strategy",
+                ckpt,
+            )
     distributed.barrier()
     return True
+
+
+def _model_states(ckpt: str, tag: str) -> dict | None:
+    """DeepSpeed's model states of ``ckpt/<tag>`` (rank 0's), memory-mapped: its weights are not read."""
+    import torch
+
+    names = sorted(glob.glob(os.path.join(ckpt, tag, "*mp_rank_00_model_states.pt")))
+    return torch.load(names[0], map_location="cpu", mmap=True, weights_only=False) if names else None
+
+
+def config_optimizer(ckpt: str, tag: str) -> bool:
+    """Whether DeepSpeed built ``ckpt``'s optimizer from the "optimizer" section of its config: ftctl's
+    zero2_offload and zero3_offload before 2674431 (4 Dec 2026). That optimizer holds every parameter in one group
+    and DeepSpeed ran the learning-rate schedule (no scheduler.pt: saved_schedule); now the Trainer builds it over
+    its two groups (the norms and biases undecayed), which ZeRO's per-rank shards of one group do not load into
+    (DeepSpeed: "parameter-alignment layout does not match", or "a different number of parameter groups")."""
+    states = _model_states(ckpt, tag)
+    return bool(states and "optimizer" in (states.get("ds_config") or {}))
+
+
+def split_group(universal: str) -> None:
+    """Give a universal checkpoint of one parameter group (config_optimizer) the Trainer's two: ZeRO-2 loads the
+    parameters' states group by group, the run's beside the saved ones, and the second (the norms') would get
+    none. Its settings are the first's without weight decay. ZeRO-3 loads every group's states whatever the saved
+    groups (and gives each group the first's settings: SFTTrainer._load_optimizer_and_scheduler puts the run's
+    weight decay back)."""
+    import torch
+
+    path = os.path.join(universal, "zero", "optimizer_state.pt")
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    groups = state["param_groups"]
+    if int(state.get("zero_stage", 0)) >= 3 or len(groups) != 1:
+        return
+    state["param_groups"] = [groups[0], {**groups[0], "weight_decay": 0.0}]
+    torch.save(state, path + ".ftctl-tmp")
+    os.replace(path + ".ftctl-tmp", path)
+
+
+def saved_schedule(ckpt: str) -> dict | None:
+    """The learning-rate schedule's state that DeepSpeed saved in ``ckpt`` where it ran the schedule
+    (config_optimizer's checkpoints, which hold no scheduler.pt); None where it did not."""
+    tag = deepspeed_tag(ckpt)
+    states = _model_states(ckpt, tag) if tag else None
+    return states.get("lr_scheduler") if states else None
 
 
 def to_universal(ckpt: str, tag: str) -> str:

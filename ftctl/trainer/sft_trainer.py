@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -38,12 +39,13 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, is_peft_model
 from transformers import Trainer
+from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import SchedulerType
 from trl import SFTConfig as TrlSFTConfig
 from trl import SFTTrainer as TrlSFTTrainer
 
-from ftctl.trainer import lm_head
+from ftctl.trainer import lm_head, reshard
 from ftctl.trainer.distributed import local, offloads_optimizer, to_host_later
 
 log = logging.getLogger(__name__)
@@ -158,6 +160,50 @@ class SFTTrainer(TrlSFTTrainer):
             return Trainer.get_optimizer_cls_and_kwargs(args, model)
         betas = (args.adam_beta1, args.adam_beta2)
         return torch.optim.AdamW, {"lr": args.learning_rate, "betas": betas, "eps": args.adam_epsilon}
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        self._decays = [group["weight_decay"] for group in optimizer.param_groups]  # kept across a resume
+        return optimizer
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """The checkpoint's schedule (and, without DeepSpeed, its optimizer), then each group's weight decay as this
+        run built it: DeepSpeed's universal load under ZeRO-3 gives every group the first's, and the norms were
+        decayed again. A DeepSpeed checkpoint without scheduler.pt (an old offload run's, reshard.config_optimizer)
+        has the schedule in DeepSpeed's state: taken from there, for each of the run's groups."""
+        if checkpoint is None:
+            return
+        kept = None
+        if self.is_deepspeed_enabled and not os.path.isfile(os.path.join(checkpoint, SCHEDULER_NAME)):
+            kept = reshard.saved_schedule(checkpoint)
+        if kept is None:
+            super()._load_optimizer_and_scheduler(checkpoint)
+        else:
+            self.lr_scheduler.load_state_dict(each_group(kept, len(self.optimizer.param_groups)))
+        for group, decay in zip(self.optimizer.param_groups, getattr(self, "_decays", ())):
+            group["weight_decay"] = decay
+        self._keep_full_rate(checkpoint)
+
+    def _keep_full_rate(self, checkpoint: str) -> None:
+        """lr_scheduler_type=constant warms up (SFTConfig.warmed_constant); an ftctl before 4 Dec 2026 (abece96)
+        trained it at the full rate from the first step. Its checkpoint saved within the warm-up (the rate full
+        where this schedule's is not) goes on at the full rate: warming up again from there, its resumed steps
+        dropped below the rate its earlier ones had."""
+        scheduler = self.lr_scheduler
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        if not (getattr(self.args, "warmed_constant", False) and lambdas and scheduler.last_epoch > 0):
+            return
+        full = all(math.isclose(lr, base) for lr, base in zip(scheduler.get_last_lr(), scheduler.base_lrs))
+        if not full or lambdas[0](scheduler.last_epoch) >= 1:
+            return
+        scheduler.lr_lambdas = [_full_rate] * len(lambdas)
+        if self.is_world_process_zero():
+            log.warning(
+                "%s trained its %d steps at the full learning rate (lr_scheduler_type=constant without the warm-up, "
+                "as an ftctl before 4 Dec 2026 ran it): the run goes on at the full rate, not warming up again",
+                os.path.basename(checkpoint.rstrip("/")),
+                scheduler.last_epoch,
+            )
 
     def _build_accelerator_args(self, **kwargs) -> dict:
         args = super()._build_accelerator_args(**kwargs)
@@ -430,6 +476,21 @@ class SFTTrainer(TrlSFTTrainer):
         finally:  # as it was for this step (on_log clears should_log)
             self.state.global_step, self.state.epoch = step, epoch
             self.control.should_log = should_log
+
+
+def _full_rate(step: int) -> float:
+    return 1.0
+
+
+def each_group(state: dict, groups: int) -> dict:
+    """A LambdaLR state saved for one parameter group (reshard.saved_schedule), for ``groups`` of them: its
+    base rate and last rate each group's (loaded as it is, the groups after the first kept their rate)."""
+    if len(state["base_lrs"]) != 1 or groups == 1:
+        return state
+    return {
+        **state,
+        **{key: list(state[key]) * groups for key in ("base_lrs", "_last_lr", "lr_lambdas") if key in state},
+    }
 
 
 def non_padding_tokens(inputs: dict, ids: torch.Tensor, pad: int | None) -> torch.Tensor | None:
