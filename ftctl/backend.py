@@ -52,7 +52,7 @@ from ftctl.spec import (
     resume_problem,
     split_paths,
 )
-from ftctl.storage import is_remote, local_path
+from ftctl.storage import is_remote, local_path, temp_beside, write_whole
 
 # name -> "module:class", imported on first use (importing SkyPilot alone costs seconds)
 REGISTRY = {
@@ -485,9 +485,19 @@ def write_files(rendered: Rendered):
         raise FtctlError(said)
     created = next((d for d in [*reversed(paths.root.parents), paths.root] if not d.exists()), None)  # the top one
     before = {name: _text_or_none(paths.name(name)) for name in rendered.files}
-    keep, changed = None, []
+    keep, said, old = None, "", None
     if paths.spec.exists():
-        old = json.loads(paths.spec.read_text())["spec"]
+        try:
+            old = json.loads(paths.spec.read_text())["spec"]
+        except (ValueError, KeyError, TypeError):  # cut short by a kill or a full disk, or not ftctl's
+            old = None
+        if not isinstance(old, dict):
+            old, keep = None, paths.earlier_spec(time.strftime("%Y%m%d-%H%M%S"))
+            said = (
+                f"relaunching {paths.root}, whose spec.json could not be read (cut short?; kept as {keep}): the "
+                "trainer compares the settings its checkpoints were saved with"
+            )
+    if old is not None:
         new = json.loads(rendered.files[paths.spec.name])["spec"]
         default = RunSpec().to_dict()  # a key newer than the old spec.json: it ran with the default
         was = {k: as_run(k, old.get(k, default[k])) for k in TRAINING_KEYS}
@@ -505,12 +515,11 @@ def write_files(rendered: Rendered):
             raise FtctlError(other_data(paths.root, held[-1].name, held[-1].uri, {k: was[k] for k in data}))
         if changed:
             keep = paths.earlier_spec(time.strftime("%Y%m%d-%H%M%S"))
+            said = f"relaunching {paths.root} with other {', '.join(changed)} (its earlier spec.json: {keep})"
     staged = _stage(paths, rendered.files, keep, created)
     if keep is not None:
         os.replace(paths.spec, keep)
-        click.echo(
-            f"relaunching {paths.root} with other {', '.join(changed)} (its earlier spec.json: {keep})", err=True
-        )
+        click.echo(said, err=True)
     for path, tmp in staged.items():
         os.replace(tmp, path)
 
@@ -519,7 +528,7 @@ def write_files(rendered: Rendered):
             if text is None:
                 paths.name(name).unlink(missing_ok=True)
             else:
-                _write_whole(paths.name(name), text)
+                write_whole(paths.name(name), text)
         if keep is not None:
             keep.unlink(missing_ok=True)
         if created:
@@ -539,7 +548,7 @@ def _stage(paths: RunPaths, files: dict[str, str], keep: Path | None, created: P
         paths.root.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
             path = paths.name(name)
-            staged[path] = _temp_of(path)
+            staged[path] = temp_beside(path)
             staged[path].write_text(text)
         if keep is not None:
             keep.parent.mkdir(parents=True, exist_ok=True)
@@ -581,20 +590,6 @@ def _text_or_none(path: Path) -> str | None:
         return path.read_text()
     except FileNotFoundError:
         return None
-
-
-def _temp_of(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
-def _write_whole(path: Path, text: str) -> None:
-    tmp = _temp_of(path)
-    try:
-        tmp.write_text(text)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
 
 
 def refuse_a_second_job(rendered: Rendered) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+from pathlib import Path
 from typing import IO, Any
 
 from ftctl import hub
@@ -102,6 +103,24 @@ def looks_like_path(value: str) -> bool:
 def local_path(uri: str) -> str:
     """The local path a ``file://`` URI names (``file:///a/b`` is ``/a/b``); any other value as it is."""
     return uri.split("://", 1)[1] if scheme(uri) in ("file", "local") else uri
+
+
+def temp_beside(path: Path) -> Path:
+    """Where a file is written before it is renamed into place (write_whole): a hidden sibling."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def write_whole(path: str | os.PathLike, text: str) -> None:
+    """``text`` into ``path`` whole or not at all (a kill or a full disk mid-write leaves the earlier file as it was,
+    and no temp file)."""
+    path = Path(path)
+    tmp = temp_beside(path)
+    try:
+        tmp.write_text(text)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def is_remote(uri: str | os.PathLike) -> bool:

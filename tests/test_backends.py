@@ -115,6 +115,22 @@ def test_a_stopped_run_whose_disk_cannot_hold_another_checkpoint_says_so(small_d
     )
 
 
+def test_a_relaunch_over_a_spec_json_cut_short_keeps_it_and_goes_on(tmp_path, capsys):
+    """A spec.json cut short (a trainer killed or out of disk while rewriting it, before it wrote it whole) made every
+    later launch into the run dir a JSONDecodeError traceback. It is kept aside, said, and the launch goes on."""
+    write_files(_prep(tmp_path))
+    spec = tmp_path / "run" / "spec.json"
+    cut = spec.read_text()[:1000]
+    spec.write_text(cut)
+    write_files(_prep(tmp_path, learning_rate=1e-5))
+    [kept] = (tmp_path / "run" / ".ftctl").glob("spec.*.json")
+    assert kept.read_text() == cut and '"learning_rate": 1e-05' in spec.read_text()
+    assert capsys.readouterr().err == (
+        f"relaunching {tmp_path / 'run'}, whose spec.json could not be read (cut short?; kept as {kept}): the trainer "
+        "compares the settings its checkpoints were saved with\n"
+    )
+
+
 def test_relaunch_over_checkpoints_of_another_kind_of_run_is_refused(tmp_path):
     write_files(_prep(tmp_path))
     write_files(_prep(tmp_path, method="qlora"))  # nothing trained there yet: nothing to protect

@@ -355,6 +355,26 @@ def test_a_trainer_whose_disk_fills_up_says_so_in_one_line_to_its_launcher(tiny_
     assert not list(small_disk.rglob("*.tmp")) and not list(records.glob("*")) and not status.exists()
 
 
+def test_a_trainer_starting_on_a_full_disk_leaves_the_runs_spec_json_whole(tiny_model_dir, tiny_data, small_disk):
+    """The trainer rewrote the run dir's spec.json in place (truncated, then written): on a full disk, or killed
+    then, the file a requeued job reads was left cut short. It is written whole or not at all."""
+    import os
+
+    from tests.disk_fixtures import fill
+
+    run = small_disk / "run"
+    run.mkdir()
+    earlier = write_spec(*make_run(tiny_model_dir, tiny_data, run, learning_rate=5e-4), run / "spec.json").read_text()
+    setup = ["true " + "x" * 2000]  # this attempt's spec is a page longer than the earlier one
+    spec, plan = make_run(tiny_model_dir, tiny_data, run, max_steps=3, setup=setup)  # written elsewhere
+    spec_path = write_spec(spec, plan, small_disk.parent / "spec.json")
+    assert len(earlier) < 4096 < spec_path.stat().st_size
+    os.truncate(filler := fill(small_disk), filler.stat().st_size - 4096)  # a page left: the trainer's lock file
+    proc = run_trainer_cli(spec_path)
+    assert proc.returncode == 1 and proc.stderr.endswith("error: OSError: [Errno 28] No space left on device\n")
+    assert (run / "spec.json").read_text() == earlier and not list(run.glob(".*.tmp"))
+
+
 FILL_BEFORE_SAVING = """
 from pathlib import Path
 from transformers import TrainerCallback

@@ -232,8 +232,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         leaves = distributed.zero3_leaf_blocks(model, plan.strategy)
         if leaves and procs.is_main:
             echo(f"{plan.strategy}: parameters gathered a block at a time ({', '.join(leaves)})")
-        if procs.is_main:
-            Path(local_dir, SPEC_FILE).write_text(dump_run(spec, plan))
+        if procs.is_main and _text_or_none(Path(local_dir, SPEC_FILE)) != (text := dump_run(spec, plan)):
+            storage.write_whole(Path(local_dir, SPEC_FILE), text)  # the file a requeued job reads: never cut short
         # a local output seen by several nodes is one shared directory (every node read spec.json
         # from the run dir): node 0 commits each checkpoint's ftctl-manifest.json for all of them
         run.sync = CheckpointSyncCallback(
@@ -289,6 +289,13 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         preemption.uninstall()
         raise
     return run
+
+
+def _text_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def cuda_allocator_defaults() -> None:
@@ -662,13 +669,10 @@ def write_status(status: str) -> None:
     path = os.environ.get(STATUS_ENV)
     if not path or int(os.environ.get("RANK", "0")) != 0:
         return
-    tmp = Path(f"{path}.tmp")
     try:  # whole or not at all: an empty status file read as no word (and its OSError hid the run's own error)
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(status + "\n")
-        os.replace(tmp, path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        storage.write_whole(path, status + "\n")
     except OSError as e:  # a full disk: the run's error is said by its caller, the status is not needed for that
-        tmp.unlink(missing_ok=True)
         if (status, path) not in _UNWRITTEN:  # the failed run's cleanup and its report both write "failed"
             _UNWRITTEN.add((status, path))
             log.warning("cannot write the run's status %r to %s: %s", status, path, e.strerror or e)
