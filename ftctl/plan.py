@@ -578,6 +578,9 @@ def optimizer_state_bytes(optim: str) -> float:
 
 OFFLOAD_STRATEGIES = ("zero2_offload", "zero3_offload")  # optimizer states in CPU RAM (offload_host_gb)
 HOST_RAM_PER_GPU_MEMORY = 2  # a node's RAM where host_memory_gb is not given: 2x its GPUs' memory (cloud GPU VMs)
+# backends whose node is picked by the RAM its plan asks for, so no assumption bounds an offload plan there: SkyPilot
+# takes a VM with the task's memory: (sky.cost.memory_request), or says none has it (SkyBackend.estimate and check)
+NODE_PICKED_BY_RAM = ("sky",)
 PROCESS_HOST_GB = 6.0  # a trainer process's own host memory before DeepSpeed's buffers (5-6.5 GB, v30)
 # where the trainer runs its own LoRA forward (methods.fused_adapter_output; sharded parameters are
 # gathered by module hooks that it would bypass)
@@ -1041,7 +1044,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     want_global = spec.global_batch
     micro_choices = _micro_choices(spec, req, want_global)
     ckpt_choices = [spec.gradient_checkpointing] if spec.gradient_checkpointing is not None else [False, True]
-    host_gb = spec.host_memory_gb or assumed_host_gb(req)
+    host_gb = spec.host_memory_gb or assumed_host_gb(spec, req)
     # torch's fused AdamW (on CPU as well: SmolLM2-135M fft 1.95 -> 1.79 s a step on 2 cores, the same
     # losses). qlora on GPUs is planned with bitsandbytes' paged 8-bit AdamW, the leanest, and then takes
     # fused AdamW where its fp32 states fit at the same micro-batch: on an H200 the paged optimizer's
@@ -1145,11 +1148,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         notes.append("optimizer offloaded to CPU RAM (DeepSpeed's CPU Adam): each step waits for it")
     if strategy == "zero3_offload":
         notes.append("optimizer and weights offloaded to CPU RAM: expect slow steps")
-    if host_need and not spec.host_memory_gb and host_gb:
-        notes.append(
-            f"host memory: each node is assumed to have {host_gb:g} GB of RAM ({HOST_RAM_PER_GPU_MEMORY}x its GPUs' "
-            f"memory) for the offload's {host_need:.0f}: -o host_memory_gb=N if it has less"
-        )
+    if host_need and not spec.host_memory_gb:
+        notes.append(_host_note(spec, host_gb, host_need))
     packing = spec.packing if spec.packing is not None else default_packing(attn)
     if packing and spec.packing is None and (spec.per_device_train_batch_size or spec.gradient_accumulation_steps):
         notes.append(  # the batch of another tool's run file, which counted conversations
@@ -1268,9 +1268,24 @@ def pinned_bytes(n: float) -> float:
     return 2.0 ** math.ceil(math.log2(n)) if n > 1 else n
 
 
-def assumed_host_gb(req: gpu_table.GpuRequest) -> float | None:
-    """A node's RAM where the run does not say it (host_memory_gb): HOST_RAM_PER_GPU_MEMORY x its GPUs' memory."""
-    return HOST_RAM_PER_GPU_MEMORY * req.per_node * req.tier.memory_gb if req.tier else None
+def assumed_host_gb(spec: RunSpec, req: gpu_table.GpuRequest) -> float | None:
+    """A node's RAM where the run does not say it (host_memory_gb): HOST_RAM_PER_GPU_MEMORY x its GPUs' memory; None
+    (no bound) where the backend picks the node by the RAM the plan asks for (NODE_PICKED_BY_RAM), or on CPU."""
+    if spec.backend in NODE_PICKED_BY_RAM or not req.tier:
+        return None
+    return HOST_RAM_PER_GPU_MEMORY * req.per_node * req.tier.memory_gb
+
+
+def _host_note(spec: RunSpec, host_gb: float | None, need: float) -> str:
+    """What an offload plan whose node's RAM the run does not give takes it to be: picked for the plan, or assumed."""
+    if host_gb is None:
+        return (
+            f"host memory: the offload needs {need:.0f} GB of RAM a node: SkyPilot picks a VM with that much (memory:)"
+        )
+    return (
+        f"host memory: each node is assumed to have {host_gb:g} GB of RAM ({HOST_RAM_PER_GPU_MEMORY}x its GPUs' "
+        f"memory) for the offload's {need:.0f}: -o host_memory_gb=N if it has less"
+    )
 
 
 def offload_host_gb(params_b: float, world: int, per_node: int) -> float:
@@ -1392,16 +1407,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     if method == "qlora" and req.world_size > 1:  # the GPUs asked for do not add up for it: say why
         msg += f" Each GPU holds all of qlora's base: {METHOD_STRATEGIES['qlora'][1]}."
     if any(s in OFFLOAD_STRATEGIES for s in strategies):  # the planner's last resort, or the one forced
-        host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)
-        host = (
-            f"{round(spec.host_memory_gb, 1):g} GB"
-            if spec.host_memory_gb
-            else f"{assumed_host_gb(req):g} GB assumed, {HOST_RAM_PER_GPU_MEMORY}x its GPUs' memory"
-        )
-        msg += (
-            f" Offloading the optimizer to CPU RAM would need ~{host_need:.0f} GB of host RAM per node, which has "
-            f"{host} (-o host_memory_gb={math.ceil(host_need)} if it has that much)."
-        )
+        msg += _offload_refused(spec, req, shape, [s for s in strategies if s in OFFLOAD_STRATEGIES])
     hints = []
     # nearest first: another method on the GPUs asked for (lora's base shards, qlora's does not), then this method
     # on other GPUs, then qlora on other GPUs
@@ -1415,14 +1421,14 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     while length >= MIN_HINTED_LENGTH:  # the activations are what does not fit: shorter rows on these GPUs
         if shorter := _fit(replace(spec, model_max_length=length), req, shape, method):
             hints.append(
-                f"-o model_max_length={length} on these {req} ({shorter.strategy}, ~{shorter.memory_gb:.0f} GB/GPU; "
+                f"-o model_max_length={length} on these {req} ({shorter.strategy}, {_sizes(shorter)}; "
                 "longer rows are cut to it)"
             )
             break
         length //= 2
     same = _nearest(spec, shape, method, req)
     if same:
-        hints.append(f"--gpus {same.gpus} --method {method} ({same.strategy}, ~{same.memory_gb:.0f} GB/GPU)")
+        hints.append(f"--gpus {same.gpus} --method {method} ({same.strategy}, {_sizes(same)})")
     if method != "qlora" and (here is None or here.method != "qlora"):
         q = _nearest(spec, shape, "qlora", req)
         if q and q.gpus != str(req):
@@ -1437,6 +1443,31 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     else:
         msg += " Nothing up to 4 nodes of 8 GPUs fits: use a smaller model or shorter rows (-o model_max_length)."
     return msg
+
+
+def _sizes(p: Plan) -> str:
+    """'~71 GB/GPU' of a plan a refusal offers; an offload plan's host RAM too ('~14 GB/GPU, ~2086 GB of RAM a node'):
+    where no RAM bounds it (NODE_PICKED_BY_RAM), it may be more than any machine has."""
+    host = f", ~{p.host_memory_gb:.0f} GB of RAM a node" if p.host_memory_gb else ""
+    return f"~{p.memory_gb:.0f} GB/GPU{host}"
+
+
+def _offload_refused(spec: RunSpec, req, shape: ModelShape, offloads: list[str]) -> str:
+    """Why offloading to CPU RAM (``offloads``, the strategies tried) did not make a refused plan fit: the node's RAM,
+    given or assumed; or, where the backend picks the node by its RAM (no bound), the GPUs all the same."""
+    host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)
+    assumed = assumed_host_gb(spec, req)
+    if not spec.host_memory_gb and assumed is None:
+        return f" Offloading to CPU RAM ({', '.join(offloads)}) does not make it fit the GPUs either."
+    if spec.host_memory_gb:
+        host = f"{round(spec.host_memory_gb, 1):g} GB"
+    else:
+        host = f"{assumed:g} GB assumed, {HOST_RAM_PER_GPU_MEMORY}x its GPUs' memory"
+    picked = "" if spec.backend else "; with --backend sky, SkyPilot picks a VM with that much"
+    return (
+        f" Offloading the optimizer to CPU RAM would need ~{host_need:.0f} GB of host RAM per node, which has "
+        f"{host} (-o host_memory_gb={math.ceil(host_need)} if it has that much{picked})."
+    )
 
 
 MIN_HINTED_LENGTH = 512  # the shortest model_max_length a plan that does not fit suggests

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -1425,8 +1426,21 @@ def test_a_refusal_for_want_of_host_ram_names_the_amount_that_would_do():
     with pytest.raises(PlanError) as e:
         plan(method="fft", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B")
     assert "would need ~172 GB of host RAM per node" in str(e.value)
-    assert "(-o host_memory_gb=173 if it has that much)" in str(e.value)
+    # no backend given: the node is assumed; SkyPilot's would be picked with that RAM (tests/test_sky_checks.py)
+    said = "(-o host_memory_gb=173 if it has that much; with --backend sky, SkyPilot picks a VM with that much)"
+    assert said in str(e.value)
     assert plan(method="fft", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B", o=["host_memory_gb=173"])
+
+
+def test_where_skypilot_picks_the_vm_an_offload_refused_is_for_the_gpus():
+    """On SkyPilot no node's RAM is assumed (plan.NODE_PICKED_BY_RAM): a refusal that tried offloading says the GPUs
+    did not hold it even so, never a RAM it took the node to have ('None GB assumed')."""
+    with pytest.raises(PlanError) as e:
+        plan(backend="sky", method="fft", gpus="1xT4", model_name_or_path="meta-llama/Llama-3.1-70B")
+    assert "Offloading to CPU RAM (zero2_offload, zero3_offload) does not make it fit the GPUs either." in str(e.value)
+    assert "assumed" not in str(e.value) and "host_memory_gb" not in str(e.value)
+    # an offered plan that offloads says the RAM it needs, which no RAM bounds here
+    assert re.search(r"on these 1xT4 \(zero3_offload, ~\d+ GB/GPU, ~\d{4} GB of RAM a node;", str(e.value)), e.value
 
 
 def test_a_qlora_refusal_on_several_gpus_says_its_base_is_not_sharded():

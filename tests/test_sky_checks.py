@@ -192,14 +192,29 @@ def test_keys_sky_lists_every_sky_key():
 
 
 def test_the_nearest_plans_do_not_carry_the_host_memory_to_other_machines():
-    """-o host_memory_gb is the RAM of the machines asked for: a plan on other GPUs assumes theirs."""
+    """-o host_memory_gb is the RAM of the machines asked for: a plan on other GPUs takes theirs (on SkyPilot, a VM
+    picked for the RAM the plan asks for)."""
 
     def nearest_fft(*overrides) -> str:
         with pytest.raises(FtctlError) as e:
             sky(overrides, method="fft", model_name_or_path="meta-llama/Llama-3.1-70B")
         return re.search(r"--gpus \S+ --method fft", str(e.value)).group(0)
 
-    assert nearest_fft("host_memory_gb=1800") == nearest_fft()
+    assert nearest_fft("host_memory_gb=1800") == nearest_fft("host_memory_gb=730")  # a2-highgpu-8g's 680 GiB
+
+
+def test_an_offload_plan_on_skypilot_is_bounded_by_no_assumed_ram():
+    """The node's RAM where the run does not give it was taken as 2x its GPUs' memory, and 8B fft on one H100
+    (ZeRO-Offload's 172 GB) refused though single-H100 VMs have 200-320 GB: SkyPilot picks a VM by the task's
+    memory: (tests/test_sky_cost.py: or says none has it). Slurm's nodes are still assumed to have 2x."""
+    args = dict(method="fft", gpus="1xH100", model_name_or_path="meta-llama/Llama-3.1-8B")
+    r = sky(**args)
+    assert r.plan.strategy == "zero2_offload" and r.plan.host_memory_gb == pytest.approx(172.2, abs=0.1)
+    assert resources(r)["memory"] == "161+"  # GiB
+    said = "host memory: the offload needs 172 GB of RAM a node: SkyPilot picks a VM with that much (memory:)"
+    assert said in r.plan.notes and not any("assumed" in n for n in r.plan.notes), r.plan.notes
+    with pytest.raises(FtctlError, match=r"which has 160 GB assumed, 2x its GPUs' memory \(-o host_memory_gb=173 "):
+        prepared(backend="slurm", output_dir="/fixed/out", **args)
 
 
 # ------------------------------------------------------------------------------------------ local inputs

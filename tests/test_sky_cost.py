@@ -2,7 +2,8 @@
 the launcher environment, offline: the catalog is the checked-in fixture tests/sky/catalog (hand-placed
 CSVs under $HOME/.sky/catalogs/v8 are never re-fetched) and the enabled clouds are set to GCP by the
 test's sitecustomize (a cloud account cannot exist here: the one thing replaced, at SkyPilot's own
-`get_cached_enabled_clouds_or_refresh`). The two A100:8 GPU price rows of the fixture are made up.
+`get_cached_enabled_clouds_or_refresh`). The two A100:8 GPU price rows of the fixture are made up, and so is its
+H100:1 row (its host, a3-highgpu-1g with 234 GiB, is SkyPilot's catalog's).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_fixtures import FAKE_KEY_ID, FAKE_SECRET
 from tests.sky_fixtures import HERE, sky_bin
 
 FTCTL = str(Path(sys.executable).parent / "ftctl")
@@ -159,6 +161,44 @@ def test_offload_plans_are_priced_on_instances_with_their_host_memory(cost_env):
     fits = ftctl(cost_env, *args, "--model-params", "13b", "-o", "strategy=zero2_offload", "-o", "max_steps=10")
     assert fits.returncode == 0, fits.stderr
     assert "a2-highgpu-8g" in fits.stdout and "host memory" in fits.stdout, fits.stdout
-    big = ftctl(cost_env, *args, "--model-params", "70b", "-o", "host_memory_gb=4000", "-o", "max_steps=10")
+    big = ftctl(cost_env, *args, "--model-params", "70b", "-o", "max_steps=10")
     assert big.returncode != 0 and "Traceback" not in big.stderr
-    assert re.search(r"does not contain any instances satisfying.*mem=\d+\+", big.stderr), big.stderr
+    assert re.search(r"^error: no VM with 8xA100 and \d+ GiB of RAM in the catalogs", big.stderr), big.stderr
+    assert "a2-highgpu-8g, has 680 GiB: -o host_memory_gb=730 plans within it" in big.stderr, big.stderr
+
+
+H100 = ["--method", "fft", "--gpus", "1xH100", "--output", "s3://b/o", "-o", "max_steps=10"]
+
+
+def test_an_offload_plan_gets_a_vm_with_its_ram_or_is_told_none_has_it(cost_env):
+    """The node's RAM is not assumed on SkyPilot (it was 2x the GPUs': 8B fft on one H100, whose ZeRO-Offload needs
+    172 GB, was refused at 160): the task asks memory: for it and SkyPilot's optimizer picks the VM, here GCP's
+    a3-highgpu-1g (234 GiB); where no VM with those GPUs has it (13B's 308 GB), one line says so, which VM comes
+    nearest, and the -o host_memory_gb that plans within it, whose refusal names the nearest plans that fit."""
+    fits = ftctl(cost_env, "plan", "--backend", "sky", *H100, "--model", "meta-llama/Llama-3.1-8B")
+    assert fits.returncode == 0, fits.stderr
+    assert "host memory    172 GB per node for offload" in fits.stdout
+    assert "SkyPilot picks a VM with that much (memory:)" in fits.stdout
+    assert "cheapest       GCP us-central1 a3-highgpu-1g: $10.98/h per node" in fits.stdout, fits.stdout
+    none = ftctl(cost_env, "plan", "--backend", "sky", *H100, "--model-params", "13b")
+    said = (
+        "error: no VM with 1xH100 and 287 GiB of RAM in the catalogs of SkyPilot's enabled clouds (memory: 287+): the "
+        "zero2_offload plan keeps ~308 GB a node in host RAM, its optimizer offloaded. The cheapest VM with 1xH100, "
+        "GCP a3-highgpu-1g, has 234 GiB: -o host_memory_gb=251 plans within it"
+    )
+    assert none.returncode == 2 and none.stderr.startswith(said), none.stderr
+    within = ftctl(cost_env, "plan", "--backend", "sky", *H100, "--model-params", "13b", "-o", "host_memory_gb=251")
+    assert within.returncode == 2 and "which has 251 GB" in within.stderr and "Nearest plans that fit" in within.stderr
+
+
+def test_a_launch_no_vm_can_hold_is_refused_before_skypilot_is_asked(cost_env, moto_s3, tmp_path):
+    """sky.launch would answer it in SkyPilot's words ('... satisfying the request: 1x <Cloud>(mem=287+, {'H100': 1})'),
+    the plan's unsaid; the launch says the dry run's line and leaves no run directory."""
+    bucket = moto_s3.make_bucket()
+    env = {**cost_env, "AWS_ACCESS_KEY_ID": FAKE_KEY_ID, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET}
+    env["SKYPILOT_API_SERVER_ENDPOINT"] = "http://127.0.0.1:9"  # nothing to launch on, were it asked
+    args = [*H100[:4], "--output", f"s3://{bucket}/o", "-o", f"s3_endpoint_url={moto_s3.endpoint}"]
+    proc = ftctl(env, "launch", "--backend", "sky", *args, "--model-params", "13b", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "error: no VM with 1xH100 and 287 GiB of RAM" in proc.stderr, proc.stderr
+    assert not list(tmp_path.rglob("task.yaml")), list(tmp_path.rglob("*"))

@@ -24,10 +24,10 @@ import click
 
 from ftctl import storage
 from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered
-from ftctl.errors import FtctlError
+from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import trainer_env
 from ftctl.plan import dump_run
-from ftctl.sky import bridge
+from ftctl.sky import bridge, cost
 from ftctl.sky import inputs as sky_inputs
 from ftctl.sky import render as sky_render
 
@@ -125,6 +125,10 @@ class SkyBackend(Backend):
     # ---------------------------------------------------------------------------------- send
     def send(self, rendered: Rendered) -> JobRef:
         spec, paths = rendered.spec, rendered.paths
+        try:
+            for_host_ram(spec, rendered.plan)
+        except FtctlError as e:  # nothing was sent
+            raise NotSent(str(e)) from None
         source = stage_source(paths.source)
         cluster = spec.cluster or spec.name
         inputs = sky_inputs.shipped(spec)
@@ -218,10 +222,7 @@ class SkyBackend(Backend):
         """The cheapest cloud/region/instance, its hourly price and the run's estimated total (GPU runs)."""
         if plan.tier is None:
             return None
-        from ftctl.sky import cost
-
-        best = bridge.call("optimize", resources=cost.resources(spec, plan), num_nodes=plan.nodes)
-        return cost.describe(best, spec, plan)
+        return cost.describe(cheapest(spec, plan), spec, plan)
 
     def doctor(self, gpus, partition) -> bool:
         from ftctl.local.backend import refuse_partition
@@ -235,6 +236,22 @@ class SkyBackend(Backend):
         why = self.available()
         click.echo(f"skypilot: {'ready (' + str(bridge.where()) + ')' if why is True else why}")
         return why is True
+
+
+def cheapest(spec, plan) -> dict:
+    """SkyPilot's optimizer's cheapest instance for a GPU plan (ftctl.sky.sdk.optimize); FtctlError where no VM with
+    its GPUs has the host RAM it asks for (memory:, an offload plan's), saying what to do."""
+    best = bridge.call("optimize", resources=cost.resources(spec, plan), num_nodes=plan.nodes)
+    if "no_vm" in best:
+        raise FtctlError(cost.no_vm(best, spec, plan))
+    return best
+
+
+def for_host_ram(spec, plan) -> None:
+    """Before a launch: FtctlError where no VM with the plan's GPUs has the host RAM it asks for (an offload plan;
+    sky.launch would say it in SkyPilot's words, without the plan's). Nothing asked for, nothing checked."""
+    if plan.tier is not None and cost.memory_request(plan):
+        cheapest(spec, plan)
 
 
 def stage_source(dest: Path) -> Path:

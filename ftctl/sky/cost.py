@@ -9,6 +9,7 @@ for full updates, 4 x params for adapters, which skip the weight gradients). A r
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ftctl.gpus import TIERS
@@ -26,6 +27,22 @@ def memory_request(plan: Plan) -> str | None:
     (slurm.render.node_memory_gb, the one owner of that number)."""
     need = node_memory_gb(plan)
     return f"{gib(need)}+" if need else None
+
+
+def no_vm(answer: dict, spec: RunSpec, plan: Plan) -> str:
+    """What to do where SkyPilot's optimizer found no instance with the GPUs and the RAM a plan asks for (``answer``:
+    ftctl.sky.sdk.optimize's no_vm), in the plan's words: the cheapest instance of those GPUs, and its RAM to plan
+    within."""
+    need, gpus = node_memory_gb(plan), f"{plan.gpus_per_node}x{plan.tier}"
+    where = f"on --infra {spec.infra}" if spec.infra else "in the catalogs of SkyPilot's enabled clouds"
+    other = answer["without_memory"]
+    within = math.floor(other["memory_gib"] * 2**30 / 1e9)  # as -o host_memory_gb takes it: GB, rounded down
+    return (
+        f"no VM with {gpus} and {gib(need)} GiB of RAM {where} (memory: {memory_request(plan)}): the "
+        f"{plan.strategy} plan keeps ~{need:.0f} GB a node in host RAM, its optimizer offloaded. The cheapest VM "
+        f"with {gpus}, {other['cloud']} {other['instance_type']}, has {other['memory_gib']:g} GiB: -o "
+        f"host_memory_gb={within} plans within it (ftctl then names the nearest plans that fit)."
+    )
 
 
 def resources(spec: RunSpec, plan: Plan) -> dict:

@@ -190,18 +190,34 @@ def down(cluster: str) -> dict:
 # ------------------------------------------------------------------------------------------ cost
 def optimize(resources: dict, num_nodes: int) -> dict:
     """The cheapest cloud/region/instance for ``resources`` (a task YAML's resources section), from
-    SkyPilot's optimizer and catalog, in this process (no API server): hourly price per node."""
+    SkyPilot's optimizer and catalog, in this process (no API server): hourly price per node, the instance's RAM.
+    Where no instance with the rest of the request has the ``memory:`` asked for: {"no_vm": SkyPilot's words,
+    "without_memory": the cheapest instance of the rest}."""
     sky = _sky()
+    try:
+        return _cheapest(sky, resources, num_nodes)
+    except sky.exceptions.NoCloudAccessError as e:  # no cloud enabled here: a price is unknown, not an error
+        return {"unavailable": _message(e)}
+    except sky.exceptions.ResourcesUnavailableError as e:
+        if "memory" not in resources:
+            raise
+        rest = {k: v for k, v in resources.items() if k != "memory"}
+        try:
+            without = _cheapest(sky, rest, num_nodes)
+        except sky.exceptions.ResourcesUnavailableError:  # nor without it: the GPUs themselves, in SkyPilot's words
+            raise e from None
+        return {"no_vm": _message(e), "without_memory": without}
+
+
+def _cheapest(sky, resources: dict, num_nodes: int) -> dict:
     from sky import optimizer
 
     with sky.Dag() as dag:
         task = sky.Task(name="ftctl-plan", run="true", num_nodes=num_nodes)
         task.set_resources(sky.Resources.from_yaml_config(resources))
-    try:
-        dag = optimizer.Optimizer.optimize(dag, quiet=True)
-    except sky.exceptions.NoCloudAccessError as e:  # no cloud enabled here: a price is unknown, not an error
-        return {"unavailable": _message(e)}
+    dag = optimizer.Optimizer.optimize(dag, quiet=True)
     best = dag.tasks[0].best_resources
+    _, memory = best.cloud.get_vcpus_mem_from_instance_type(best.instance_type)
     return {
         "cloud": str(best.cloud),
         "region": best.region,
@@ -210,6 +226,7 @@ def optimize(resources: dict, num_nodes: int) -> dict:
         "spot": bool(best.use_spot),
         "hourly_per_node": float(best.get_cost(3600)),
         "accelerators": best.accelerators,
+        "memory_gib": memory,
     }
 
 
