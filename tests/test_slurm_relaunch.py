@@ -4,6 +4,7 @@ holding the run dir's lock as the trainer does, a step that outlasts KillWait.""
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import sys
@@ -218,3 +219,82 @@ def test_a_dry_run_says_a_partition_the_cluster_does_not_have(slurm, tmp_path, c
         capsys.readouterr().err
     )
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------- explore11: an object-store output
+def _commit_to_store(bucket: str, run: Path, step: int, created_unix: float | None = None) -> None:
+    """checkpoint-<step> committed to ``bucket``/r1 as the trainer's uploader commits it (its files, then its
+    manifest); ``created_unix``: when its manifest says it was written."""
+    from ftctl.checkpoints import MANIFEST, upload_checkpoint, write_manifest
+    from tests.s3_fixtures import make_checkpoint
+
+    ckpt = make_checkpoint(run / "staged", step)
+    manifest = write_manifest(str(ckpt), step, world_size=1, spec_hash="h")
+    if created_unix is not None:
+        (ckpt / MANIFEST).write_text(json.dumps({**manifest, "created_unix": created_unix}))
+    upload_checkpoint(str(ckpt), f"{bucket}/r1/checkpoint-{step}")
+
+
+def test_cancel_of_a_store_run_says_whether_the_stop_checkpoint_reached_the_store(
+    slurm, s3_bucket, tmp_path, monkeypatch
+):
+    """A run into object storage: the trainer writes `preempted` once it saved its stop checkpoint on the node, also
+    where its upload then did not finish (the store down for upload_wait_s, or Slurm's SIGKILL at KillWait after a
+    TERM). `cancel` and `status` said "saved a checkpoint ...: the same launch resumes it", and the relaunch on a
+    fresh node started from the store's older one, or from step 0 (explore11, on the 2-node cluster with the store
+    down). They now say what the store holds: the stop's checkpoint where this attempt committed one."""
+    run = tmp_path / "run"
+    run.mkdir()
+    out = f"{s3_bucket}/r1"
+    _commit_to_store(s3_bucket, tmp_path, 4, created_unix=time.time() - 3600)  # an earlier job's
+    stopped = f'echo preempted > "$SLURM_SUBMIT_DIR/status.{"$SLURM_JOB_ID"}.0"; exit 143'
+
+    job = _stand_in_trainer(slurm, run, stopped)  # its upload never came
+    ref = JobRef("slurm", job, str(run), "n", out)
+    record_job(ref)
+    slurm.wait_state(job, "RUNNING")
+    _wait_for(lambda: (run / f"slurm-{job}.out").exists())
+    said = get("slurm").cancel(ref)
+    assert said == (
+        f"cancelled {job}: its trainer saved a checkpoint as it stopped, but its upload to {out} did not finish "
+        f"(`ftctl logs {job}` says why): the same `ftctl launch` resumes it only on a node whose disk still holds "
+        "that copy, elsewhere from checkpoint-4 there"
+    )
+    assert status_lines(job)[1] == said.removeprefix(f"cancelled {job}: ")
+
+    job = _stand_in_trainer(slurm, run, stopped)
+    ref = JobRef("slurm", job, str(run), "n", out)
+    record_job(ref)
+    slurm.wait_state(job, "RUNNING")
+    _wait_for(lambda: (run / f"slurm-{job}.out").exists())
+    _commit_to_store(s3_bucket, tmp_path, 9)  # its stop checkpoint, committed while it ran
+    said = get("slurm").cancel(ref)
+    assert said == (
+        f"cancelled {job}: its trainer saved a checkpoint as it stopped: the same `ftctl launch` resumes it from "
+        f"checkpoint-9 in {out}"
+    )
+    # the store not answering now: one line, no traceback (botocore's error went through)
+    from tests.s3_fixtures import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    assert status_lines(job)[1].startswith(
+        f"its trainer saved a checkpoint as it stopped; whether {out} holds it cannot be said now (Cannot reach the S3 "
+    )
+
+
+def test_cancel_of_a_requeued_job_waiting_to_start_again_says_it_ran(slurm, tmp_path):
+    """A job requeued (its time limit's USR2, `scontrol requeue`, a preemption) waits PENDING for its next attempt:
+    `cancel` then said "(PENDING: it had not started)" of a job that had trained and checkpointed (explore11)."""
+    run = tmp_path / "run"
+    write_files(prepared(**_flags(run)))
+    job = _sbatch(slurm, run, "sleep 300\n", "--requeue")
+    ref = JobRef("slurm", job, str(run), "n", str(run))
+    record_job(ref)
+    slurm.wait_state(job, "RUNNING")
+    slurm.run("scontrol", "requeue", job)
+    slurm.wait_state(job, "PENDING")
+    said = get("slurm").cancel(ref)
+    assert said == (
+        f"cancelled {job} (PENDING after 1 requeue: its next attempt had not started): the same `ftctl launch` "
+        "starts it again: nothing was saved"
+    )

@@ -12,6 +12,7 @@ torchrun and ftctl of the submitting environment, on the shared filesystem, as b
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -31,7 +32,7 @@ from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm import scheduler
 from ftctl.spec import RunSpec
-from ftctl.storage import is_remote
+from ftctl.storage import is_remote, storage_errors
 
 # Slurm's words -> ftctl's states (as torchx's SLURM_STATES -> AppState)
 SLURM_STATES = {
@@ -62,6 +63,9 @@ SLURM_STATES = {
 }
 
 
+# Slurm's end time of a job is its controller's clock, a manifest's created_unix its node's: a stop checkpoint's
+# manifest written just before its job ended may read a little after it (whole seconds there, NTP skew)
+STOP_CLOCK_SLACK_S = 10
 CANCEL_MARGIN_S = 15  # how much longer than KillWait `ftctl cancel` waits for the job to end
 # a job's states while its batch script runs (it takes a signal)
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "SUSPENDED", "CONFIGURING", "STOPPED", "SIGNALING"})
@@ -153,6 +157,66 @@ def path_python_lacks_ftctl() -> str | None:
         f"the job runs {PATH_PYTHON} of this shell's PATH ({found or 'none'}), which lacks ftctl or torch: activate "
         f"this environment first (source {here / 'activate'}), or add -o setup='source {here / 'activate'}' (or "
         "your cluster's module load), or pass --container."
+    )
+
+
+def not_started(s: scheduler.JobStatus) -> str:
+    """A job cancelled while it waited: queued, or requeued (an attempt of it ran, and may have saved a checkpoint)
+    and not started again."""
+    if not s.restarts:
+        return f"{s.state}: it had not started"
+    return f"{s.state} after {s.restarts} requeue{'s' if s.restarts > 1 else ''}: its next attempt had not started"
+
+
+def spec_of(ref: JobRef) -> RunSpec:
+    """The run's spec as its spec.json holds it; the defaults where it cannot be read."""
+    try:
+        return RunSpec(**json.loads(ref.paths.spec.read_text())["spec"])
+    except (OSError, ValueError, KeyError, TypeError, FtctlError):
+        return RunSpec()
+
+
+def stop_in_store(ref: JobRef) -> str:
+    """What `cancel` and `status` say of a job into an object-store output whose trainer stopped at a checkpoint
+    (its status file says preempted): that checkpoint counts once the store committed it, as a relaunch on a fresh
+    node resumes only what the store holds. The trainer writes preempted whether or not its upload finished (the store
+    down for upload_wait_s, or Slurm's SIGKILL at KillWait after a TERM): a committed checkpoint there is the stop's
+    where its manifest was written while the job's last attempt ran."""
+    from ftctl.checkpoints import list_checkpoints
+
+    endpoint = spec_of(ref).s3_endpoint_url
+    try:
+        with storage_errors(ref.output, endpoint):  # the store's own errors (botocore's ...) as one line
+            done = [c for c in list_checkpoints(ref.output, endpoint_url=endpoint) if c.complete]
+    except (OSError, FtctlError) as e:
+        why = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
+        return (
+            f"its trainer saved a checkpoint as it stopped; whether {ref.output} holds it cannot be said now ({why}): "
+            "the same `ftctl launch` resumes the newest checkpoint committed there"
+        )
+    try:
+        s = scheduler.status(ref.job_id)
+        ran = (s.started, s.ended)
+    except FtctlError:  # forgotten (no accounting, over MinJobAge): when its attempt ran is not known
+        ran = (None, None)
+
+    def of_the_stop(c) -> bool:  # its manifest written while the job's last attempt ran (a later job's are not)
+        when = (c.manifest or {}).get("created_unix")
+        if ran[0] is None:
+            return True
+        return isinstance(when, (int, float)) and ran[0] <= when <= (ran[1] or math.inf) + STOP_CLOCK_SLACK_S
+
+    newest = done[-1] if done else None
+    if any(of_the_stop(c) for c in done):
+        return (
+            f"its trainer saved a checkpoint as it stopped: the same `ftctl launch` resumes it from {newest.name} in "
+            f"{ref.output}"
+        )
+    goes_on = f"from {newest.name} there" if newest else "from the start"
+    return (
+        f"its trainer saved a checkpoint as it stopped, but its upload to {ref.output} did not finish (`ftctl logs "
+        f"{ref.job_id}` says why): the same `ftctl launch` resumes it only on a node whose disk still holds that copy, "
+        f"elsewhere {goes_on}"
     )
 
 
@@ -370,10 +434,7 @@ class SlurmBackend(Backend):
 
     @staticmethod
     def _checkpoint_wait_s(ref: JobRef) -> int:
-        try:
-            return RunSpec(**json.loads(ref.paths.spec.read_text())["spec"]).signal_lead_s
-        except (OSError, ValueError, KeyError, TypeError, FtctlError):
-            return RunSpec().signal_lead_s
+        return spec_of(ref).signal_lead_s
 
     def _cancel_now(self, ref: JobRef, why: str | None = None) -> str:
         """scancel, then wait (bounded: Slurm's KillWait and a margin) for the job to end, to say whether its trainer
@@ -384,7 +445,7 @@ class SlurmBackend(Backend):
         if before.finished:
             return f"job {ref.job_id} had already ended: {before.describe()}"
         if before.state not in RUNNING_STATES:
-            return f"cancelled {ref.job_id} ({before.state}: it had not started){self._goes_on(ref)}"
+            return f"cancelled {ref.job_id} ({not_started(before)}){self._goes_on(ref)}"
         kill_wait = scheduler.kill_wait_s()
         click.echo(
             f"cancelled job {ref.job_id} at once{said}; waiting for it to stop: its trainer saves a checkpoint at its "
@@ -421,6 +482,8 @@ class SlurmBackend(Backend):
         if word == "complete":
             return None
         if word == "preempted":
+            if is_remote(ref.output):
+                return stop_in_store(ref)
             return f"its trainer saved a checkpoint as it stopped{self._goes_on(ref)}"
         return (
             "no checkpoint was saved as it stopped (its trainer saves at a step boundary, and Slurm killed it at "
