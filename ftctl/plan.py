@@ -123,7 +123,7 @@ from pathlib import Path
 
 from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError, did_you_mean
-from ftctl.spec import FIELDS, LORA_KEYS, STRATEGIES, RunSpec, lora_target_names, parse_size
+from ftctl.spec import FIELDS, LORA_KEYS, METHOD_STRATEGIES, RunSpec, lora_target_names, parse_size
 from ftctl.trainer.attention import (
     EAGER,
     LIGER_MODEL_TYPES,
@@ -585,19 +585,6 @@ PROCESS_HOST_GB = 6.0  # a trainer process's own host memory before DeepSpeed's 
 # where the trainer runs its own LoRA forward (methods.fused_adapter_output; sharded parameters are
 # gathered by module hooks that it would bypass)
 FUSED_ADAPTER_STRATEGIES = ("single", "ddp")
-# The strategies the trainer runs each method under, and why not the others: a forced one outside them is refused
-# before anything starts (FSDP2 of a uint8 4-bit base crashes or, bypassed, trains on destroyed quantization
-# states: loss 0, grad norm NaN, accelerate#3983).
-METHOD_STRATEGIES = {
-    "fft": (STRATEGIES, ""),
-    "sft": (("single", "ddp", "zero2", "zero3"), "sft's frozen blocks and trained top run under DDP or ZeRO-2/3"),
-    "lora": (("single", "ddp", "fsdp"), "LoRA runs under DDP, or FSDP2 where its frozen base must be sharded"),
-    "qlora": (
-        ("single", "ddp"),
-        "its 4-bit base is not sharded (bitsandbytes' packed uint8 weights lose their quantization state under "
-        "FSDP2 and ZeRO-3); for a model one GPU cannot hold even in 4 bits: --method lora with -o strategy=fsdp",
-    ),
-}
 # DoRA (use_dora): what PEFT's DoRA forward keeps beyond LoRA's, measured on an H200 (bench/NOTES.md v48)
 DORA_ACTIVATION_H, DORA_ACTIVATION_I = 14, 8  # bytes a token and layer, x hidden and x MLP width
 DORA_QLORA_BYTES_PER_PARAM = 2.9  # qlora, beyond lora's DoRA terms: fitted on v48's row, without checkpointing

@@ -28,6 +28,19 @@ METHODS = ("fft", "sft", "lora", "qlora")
 BACKENDS = ("local", "slurm", "sky", "docker")
 RUNS_HERE = ("local", "docker")  # backends whose trainer runs on this machine: a path it reads is this machine's
 STRATEGIES = ("single", "ddp", "zero2", "zero2_offload", "zero3", "zero3_offload", "fsdp")
+# The strategies the trainer runs each method under, and why not the others: a forced one outside them is refused
+# before anything starts (FSDP2 of a uint8 4-bit base crashes or, bypassed, trains on destroyed quantization
+# states: loss 0, grad norm NaN, accelerate#3983).
+METHOD_STRATEGIES = {
+    "fft": (STRATEGIES, ""),
+    "sft": (("single", "ddp", "zero2", "zero3"), "sft's frozen blocks and trained top run under DDP or ZeRO-2/3"),
+    "lora": (("single", "ddp", "fsdp"), "LoRA runs under DDP, or FSDP2 where its frozen base must be sharded"),
+    "qlora": (
+        ("single", "ddp"),
+        "its 4-bit base is not sharded (bitsandbytes' packed uint8 weights lose their quantization state under "
+        "FSDP2 and ZeRO-3); for a model one GPU cannot hold even in 4 bits: --method lora with -o strategy=fsdp",
+    ),
+}
 DDP_COMM_DTYPES = ("fp32", "bf16")
 ATTENTION = ("varlen", "flash_attention_2", "sdpa", "eager")  # varlen: see ftctl/trainer/attention.py
 # transformers' OptimizerNames (the launcher has no transformers to ask; tests/test_spec.py compares the two)
@@ -655,21 +668,21 @@ def _deepspeed_strategy(raw) -> tuple[str, str] | None:
     return (f"zero{stage}{'_offload' if offload else ''}", how) if stage in (2, 3) else None
 
 
-def _zero_for_adapters(values: dict, sources: dict, asked: tuple[str, tuple[str, str], str], notes=None) -> None:
-    """A DeepSpeed config's ZeRO strategy where the run trains adapters (FastChat's train_lora.py, which its README
-    runs with playground/deepspeed_config_s2.json or s3): adapters are not trained under ZeRO here, so the strategy is
-    left to the plan, noted, in place of the config's. ``asked``: the key and layer, (strategy, how it was read), and
+def _zero_not_for_method(values: dict, sources: dict, asked: tuple[str, tuple[str, str], str], notes=None) -> None:
+    """A DeepSpeed config's ZeRO strategy where the method does not train under it (METHOD_STRATEGIES: FastChat's
+    train_lora.py, which its README runs with playground/deepspeed_config_s2.json or s3): the strategy is left to the
+    plan, noted, in place of the config's. ``asked``: the key and layer, (strategy, how it was read), and
     the note that took it; ``sources``: each key's layer, as build keeps them."""
-    method = values.get("method", FIELDS["method"].default)
-    if method not in _ADAPTERS:
+    method, (zero, how) = values.get("method", FIELDS["method"].default), asked[1]
+    if zero in METHOD_STRATEGIES[method][0]:
         return
-    name, (zero, how), said = asked
+    name, said = asked[0], asked[2]
     del values["strategy"], sources["strategy"]
     if notes is not None:
         notes.remove(said)
         notes.append(
-            f"{name}: left out: {how} says {zero}, and {method} trains its adapters without ZeRO here, in the "
-            "strategy the plan chooses (-o strategy=NAME forces one)"
+            f"{name}: left out: {how} says {zero}, which {method} does not train under here "
+            f"({METHOD_STRATEGIES[method][1]}): the plan chooses the strategy (-o strategy=NAME forces one)"
         )
 
 
@@ -1419,7 +1432,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 "give --method fft to train every weight, or --method lora to train adapters at this rate."
             )
     if zero_asked and sources.get("strategy") == zero_asked[0]:  # (no later layer gave the strategy)
-        _zero_for_adapters(values, sources, zero_asked[1:], notes)
+        _zero_not_for_method(values, sources, zero_asked[1:], notes)
     if any(k == "finetuning_type" for k, _ in by_method.values()) and values.get("method", "lora") in _ADAPTERS:
         taken = {k: v for k, v in LLAMA_FACTORY_LORA.items() if k not in values}
         if "lora_alpha" not in values:

@@ -1334,13 +1334,18 @@ def test_fastchats_deepspeed_configs_are_read_by_their_names():
     assert (qlora.method, qlora.strategy) == ("qlora", None)
     assert (
         "'deepspeed' (run file): left out: its name (FastChat's playground file, CPU offload) says zero2_offload, "
-        "and qlora trains its adapters without ZeRO here" in " ".join(notes)
+        "which qlora does not train under here (its 4-bit base is not sharded" in " ".join(notes)
     )
     assert not any("strategy=zero2_offload here" in n for n in notes)
     from ftctl.plan import make_plan
 
     assert make_plan(qlora, "1xH100").strategy == "single"  # was: zero2_offload is not one ftctl runs qlora with
     assert build({"deepspeed": "zero3.json"}).strategy is None  # lora, the default, the same
+    # sft trains under ZeRO-2/3 but not offloaded: left to the plan too, saying why
+    notes.clear()
+    assert build({"method": "sft", "deepspeed": "playground/deepspeed_config_s3.json"}, notes=notes).strategy is None
+    assert "which sft does not train under here (sft's frozen blocks" in " ".join(notes)
+    assert build({"method": "sft", "deepspeed": "zero3.json"}).strategy == "zero3"
     with_strategy = build({"deepspeed": "zero3.json"}, overrides=["strategy=ddp"])
     assert with_strategy.strategy == "ddp"
     assert build({"deepspeed": "zero3.json"}, overrides=["strategy=zero3"]).strategy == "zero3"  # forced: as asked
