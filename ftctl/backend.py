@@ -739,7 +739,7 @@ def status_lines(job: str) -> list[str]:
     if state.state is JobState.CANCELLED and (note := b.stop_note(ref)):
         lines.append(note)
     later = next((r for r, _ in recorded_jobs() if r.output == ref.output and r.run_dir == ref.run_dir), ref)
-    if later.job_id != ref.job_id and not is_remote(ref.output):  # metrics.jsonl goes on with the later job's steps
+    if later.job_id != ref.job_id:  # the run goes on in the later job (and a run dir's metrics.jsonl with its steps)
         return [*lines, f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})"]
     return [*lines, *filter(None, [progress(ref, state.ran, state.own_start)])]
 

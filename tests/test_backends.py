@@ -260,6 +260,10 @@ def test_an_earlier_jobs_status_points_at_the_later_job_of_its_run_dir(tmp_path,
     for job, output in (("s1", "s3://b/r1"), ("s2", "s3://b/r2")):  # one run dir, two outputs: two runs
         record_job(JobRef("docker", job, str(tmp_path / "store-run"), "n", output))
     assert status_lines("s1") == ["s1 done"]
+    # the same run into object storage relaunched: the earlier job's line (a cancel's "the same launch resumes it")
+    # was all its status said, after the later job had resumed it, even finished it (explore11)
+    record_job(JobRef("docker", "s3", str(tmp_path / "store-run"), "n", "s3://b/r1"))
+    assert status_lines("s1") == ["s1 done", "(job s3 was launched into s3://b/r1 since: ftctl status s3)"]
 
 
 def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
