@@ -95,8 +95,9 @@ def disk_full(exc: BaseException, directory: str, need_bytes: float, fix: str) -
         if (isinstance(seen, OSError) and seen.errno in FULL) or _rust_errno(seen) in FULL:
             full = seen
         seen = seen.__cause__ or seen.__context__
-    if full is not None and getattr(full, "filename", None):
-        directory = os.path.dirname(os.path.abspath(str(full.filename)))
+    written = getattr(full, "filename2", None) or getattr(full, "filename", None)  # a copy's: its destination
+    if written:
+        directory = os.path.dirname(os.path.abspath(str(written)))
     base = os.path.abspath(directory)
     while not os.path.isdir(base) and os.path.dirname(base) != base:
         base = os.path.dirname(base)

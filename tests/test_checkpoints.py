@@ -888,3 +888,18 @@ def test_two_nodes_setting_aside_one_shared_homes_copies_both_go_on(tmp_path, ca
     os.symlink(home / "moved-away", vanished / C.MANIFEST)
     (c,) = C.list_checkpoints(str(home))
     assert not c.complete and c.problems == [f"gone while it was listed ({C.MANIFEST})"]
+
+
+def test_a_pull_onto_a_full_disk_says_so_and_leaves_no_partial_download(tmp_path, small_disk):
+    """`ftctl sync pull` (and a resume downloading its checkpoint) onto a full disk was a traceback naming the source
+    file, and left the partial download taking the disk's room in .ftctl-download/."""
+    store = tmp_path / "store"
+    ckpt = make_checkpoint(store, 4, {"model.safetensors": os.urandom(100_000)})  # more than the 64 KB disk
+    C.write_manifest(str(ckpt), 4, 1, "h")
+    with pytest.raises(ftctl.errors.FtctlError) as got:
+        C.pull(f"file://{store}", str(small_disk / "run"), echo=lambda line: None)
+    assert str(got.value) == (
+        f"no space left on the disk of {small_disk / 'run'}: saving failed with 0.1 MB free, and one save needs "
+        "~0.1 MB; free some space there to download checkpoint-4"
+    )
+    assert [p.name for p in small_disk.rglob("*")] == ["run"]

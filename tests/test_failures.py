@@ -335,6 +335,14 @@ def test_a_save_onto_a_full_disk_says_so_in_one_line(small_disk, monkeypatch):
         with room_to_save(run, final=True):  # safetensors raises its own error, "... (os error 28)", no OSError
             save_file({"w": torch.zeros(100_000)}, str(ckpt / "model.safetensors"))
 
+    import shutil
+
+    source = small_disk.parent / "big.bin"  # a copy's error names its source first: the disk is its destination's
+    source.write_bytes(b"w" * 200_000)
+    with pytest.raises(FtctlError, match=rf"^no space left on the disk of {ckpt}: saving failed with "):
+        with room_to_save(run, final=True):
+            shutil.copyfile(source, ckpt / "copied.bin")
+
     with pytest.raises(RuntimeError, match="not about disks"), room_to_save(run, final=False):
         raise RuntimeError("not about disks")
 

@@ -3,6 +3,7 @@ one (broken local ones are quarantined, remote ones downloaded and verified firs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftctl import storage
+from ftctl import failures, storage
 from ftctl.checkpoints.manifest import (
     CHECKPOINT_PREFIX,
     DOWNLOAD_DIR,
@@ -167,6 +168,15 @@ def download_checkpoint(
     except FileNotFoundError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return [f"a file vanished while downloading: {exc}"]
+    except OSError as exc:  # a full disk: one line, and no partial download left taking its room
+        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(tmp))
+        need = sum(entry["size"] for entry in manifest["files"])
+        said = OSError(exc.errno, exc.strerror)  # named by local_dir, not by the partial file just removed
+        if line := failures.disk_full(said, local_dir, need, f"free some space there to download {name}"):
+            raise FtctlError(line) from exc
+        raise
     _write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
     problems = _verify_against(tmp, manifest, deep=True, check_step=False)
     if problems:
