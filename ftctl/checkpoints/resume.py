@@ -172,10 +172,7 @@ def download_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(tmp))
-        need = sum(entry["size"] for entry in manifest["files"])
-        said = OSError(exc.errno, exc.strerror)  # named by local_dir, not by the partial file just removed
-        if line := failures.disk_full(said, local_dir, need, f"free some space there to download {name}"):
-            raise FtctlError(line) from exc
+        no_room(exc, local_dir, sum(entry["size"] for entry in manifest["files"]), f"download {name}")
         raise
     _write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
     problems = _verify_against(tmp, manifest, deep=True, check_step=False)
@@ -200,6 +197,14 @@ def download_checkpoint(
     except OSError:
         pass
     return []
+
+
+def no_room(exc: OSError, local_dir: str, need: int, what: str) -> None:
+    """Raise the one line of a download into ``local_dir`` that failed for want of room (failures.disk_full), named
+    by ``local_dir``, not by the partial file its caller removed; return where ``exc`` is no full disk."""
+    said = OSError(exc.errno, exc.strerror)
+    if line := failures.disk_full(said, local_dir, need, f"free some space there to {what}"):
+        raise FtctlError(line) from exc
 
 
 def _same_file(path: str, entry: dict, link: str) -> bool:

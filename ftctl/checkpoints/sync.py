@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ftctl import storage
 from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST
-from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints
+from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints, no_room
 from ftctl.checkpoints.upload import final_files, prune, upload_checkpoint
 from ftctl.errors import FtctlError
 from ftctl.runpaths import FINAL_MARKS, SPEC_FILE
@@ -257,6 +257,11 @@ def _pull_final(uri: str, local_dir: str, endpoint_url: str | None) -> str:
         return f"already in {local_dir}: the final model"
     for rel in missing:
         part = here[rel] + ".ftctl-part"
-        storage.get_file(storage.join(uri, *rel.split("/")), part, endpoint_url)
+        try:
+            storage.get_file(storage.join(uri, *rel.split("/")), part, endpoint_url)
+        except OSError as exc:  # a full disk: one line, and no partial file left taking its room
+            Path(part).unlink(missing_ok=True)
+            no_room(exc, local_dir, sum(there[rel] for rel in missing), "pull the final model")
+            raise
         os.replace(part, here[rel])
     return f"pulled the final model -> {local_dir}"
