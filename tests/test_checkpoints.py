@@ -909,3 +909,15 @@ def test_a_pull_onto_a_full_disk_says_so_and_leaves_no_partial_download(tmp_path
     with pytest.raises(ftctl.errors.FtctlError, match="; free some space there to pull the final model$"):
         C.pull(f"file://{store}", str(small_disk / "run"), echo=lambda line: None)
     assert [p.name for p in small_disk.rglob("*")] == ["run"]  # no part of the weights, nor a config saying done
+
+
+def test_a_push_to_a_file_store_on_a_full_disk_says_so_and_commits_nothing(tmp_path, small_disk):
+    """`ftctl sync push` into a file:// store on a full disk was a traceback; what it sent is no checkpoint."""
+    ckpt = make_checkpoint(tmp_path / "run", 4, {"model.safetensors": os.urandom(100_000)})
+    C.write_manifest(str(ckpt), 4, 1, "h")
+    with pytest.raises(ftctl.errors.FtctlError) as got:
+        C.push(str(tmp_path / "run"), f"file://{small_disk}/store", echo=lambda line: None)
+    assert str(got.value).startswith(f"no space left on the disk of {small_disk}/store: saving failed with ")
+    assert str(got.value).endswith("one save needs ~0.1 MB; free some space there to push the run")
+    [there] = C.list_checkpoints(f"file://{small_disk}/store")
+    assert not there.complete

@@ -60,7 +60,13 @@ def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=pri
         raise FtctlError(f"{local_run_dir}: no such directory to push from (a run's output directory).")
     storage.require_writable(uri, "ftctl sync push to")
     with storage.storage_errors(uri, endpoint_url):
-        return _push(local_run_dir, uri, endpoint_url, echo)
+        try:
+            return _push(local_run_dir, uri, endpoint_url, echo)
+        except OSError as exc:  # a file:// store on a full disk: what it got is uncommitted (no manifest)
+            if not storage.is_remote(uri):
+                sizes = [c.size for c in list_checkpoints(local_run_dir) if c.complete]
+                no_room(exc, storage.local_path(uri), max(sizes, default=0), "push the run")
+            raise
 
 
 def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo) -> list:
