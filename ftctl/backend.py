@@ -516,7 +516,8 @@ def write_files(rendered: Rendered):
         if changed:
             keep = paths.earlier_spec(time.strftime("%Y%m%d-%H%M%S"))
             said = f"relaunching {paths.root} with other {', '.join(changed)} (its earlier spec.json: {keep})"
-    staged = _stage(paths, rendered.files, keep, created)
+    new = {name: text for name, text in rendered.files.items() if before[name] != text}  # a relaunch's same files stay
+    staged = _stage(paths, new, keep, created)
     if keep is not None:
         os.replace(paths.spec, keep)
         click.echo(said, err=True)
@@ -836,6 +837,9 @@ def resumes_from(ref: JobRef) -> str:
 def no_room(run_dir: Path, checkpoint_bytes: int) -> str | None:
     """'once its disk has room ...' where the disk of a local run dir holds less than one more checkpoint of
     ``checkpoint_bytes`` (the run most likely stopped of it, and a relaunch would, at its next save), else None."""
+    import shlex
+
+    from ftctl.checkpoints.manifest import QUARANTINE_DIR
     from ftctl.storage import size_text
 
     try:
@@ -844,10 +848,14 @@ def no_room(run_dir: Path, checkpoint_bytes: int) -> str | None:
         return None
     if free >= checkpoint_bytes:
         return None
-    return (
+    said = (
         f"once its disk has room for another checkpoint: {size_text(free)} free of the {size_text(checkpoint_bytes)} "
-        "one takes"
     )
+    said += "one takes"
+    quarantine = Path(run_dir, QUARANTINE_DIR)  # resume sets the saves that failed aside there, never deletes them
+    if set_aside := sum(f.stat().st_size for f in quarantine.rglob("*") if f.is_file()):
+        said += f"; rm -r {shlex.quote(str(quarantine))} frees {size_text(set_aside)} (the partial ones set aside)"
+    return said
 
 
 def training_now(paths: RunPaths) -> str | None:

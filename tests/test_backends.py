@@ -84,6 +84,7 @@ def test_a_launch_onto_a_full_disk_says_so_and_leaves_the_run_dir_as_it_was(smal
     with pytest.raises(FtctlError, match=rf"^no space left on the disk of {run} \(0.0 MB free\) to write the run's"):
         write_files(_prep(small_disk, learning_rate=1e-5))  # a relaunch with other settings
     assert {p.relative_to(run): p.read_text() for p in run.rglob("*") if p.is_file()} == before
+    write_files(_prep(small_disk))  # the same launch again: its files are there already, nothing to write
     with pytest.raises(FtctlError, match="nothing in the run dir was changed"):
         write_files(_prep(small_disk, output_dir=str(small_disk / "new" / "run")))
     assert not (small_disk / "new").exists()
@@ -104,14 +105,13 @@ def test_a_stopped_run_whose_disk_cannot_hold_another_checkpoint_says_so(small_d
     write_manifest(str(ckpt), 2, 1, "digest")
     ref = JobRef("local", str(run), str(run), "r", str(run))
     assert LocalBackend().status(ref).text.endswith("(the same `ftctl launch` resumes it from checkpoint-2)")
+    (run / ".ftctl-quarantine" / "checkpoint-4-1").mkdir(parents=True)  # a partial save that resume set aside
+    (run / ".ftctl-quarantine" / "checkpoint-4-1" / "model.safetensors").write_bytes(b"w" * 8000)
     fill(small_disk)
-    assert (
-        LocalBackend()
-        .status(ref)
-        .text.endswith(
-            "resumes it from checkpoint-2 once its disk has room for another checkpoint: 0.0 MB free of the 0.0 MB one "
-            "takes)"
-        )
+    said = LocalBackend().status(ref).text
+    assert said.endswith(
+        "resumes it from checkpoint-2 once its disk has room for another checkpoint: 0.0 MB free of the 0.0 MB one "
+        f"takes; rm -r {run / '.ftctl-quarantine'} frees 0.0 MB (the partial ones set aside))"
     )
 
 
