@@ -511,6 +511,20 @@ def test_resume_replaces_the_metrics_rows_of_replayed_steps(tiny_model_dir, tiny
     assert all(r["time"] > first[5]["time"] for r in rows[3:])  # after it: the replayed run's rows
 
 
+def test_metrics_rewritten_on_a_full_disk_stay_as_they_were(small_disk):
+    """A resume that rewrites metrics.jsonl on a full disk left its partial metrics.jsonl.tmp behind."""
+    from ftctl.trainer.callbacks import truncate_metrics
+    from tests.disk_fixtures import fill
+
+    path = small_disk / "metrics.jsonl"
+    rows = "".join(json.dumps({"step": step, "loss": 1.0, "pad": "x" * 3000}) + "\n" for step in (1, 2, 3))
+    path.write_text(rows)
+    fill(small_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        truncate_metrics(str(path), 2)
+    assert path.read_text() == rows and sorted(p.name for p in small_disk.iterdir()) == ["filler", "metrics.jsonl"]
+
+
 def test_truncate_metrics_keeps_the_rows_up_to_the_resume_step(tmp_path):
     from ftctl.trainer.callbacks import truncate_metrics
 

@@ -30,7 +30,7 @@ import time
 
 from transformers import TrainerCallback
 
-from ftctl import terminal
+from ftctl import storage, terminal
 from ftctl.envvars import STOP_ENV
 from ftctl.runpaths import CHECKPOINT_METRICS
 from ftctl.trainer import distributed
@@ -215,7 +215,7 @@ class ProgressBar(TrainerCallback):
 
 def restore_metrics(path: str, saved: str) -> None:
     """Put the rows a checkpoint saved (``saved``) before this run's where ``path`` holds none of a step yet: the
-    run resumes on a node without its earlier rows (a recovered spot VM, a fresh cache). Rewritten atomically."""
+    run resumes on a node without its earlier rows (a recovered spot VM, a fresh cache). Written whole (storage.write_whole)."""
     try:
         with open(saved) as f:
             rows = f.readlines()
@@ -227,17 +227,14 @@ def restore_metrics(path: str, saved: str) -> None:
             lines = f.readlines()
     if any(_step_of(line) > 0 for line in lines):
         return  # this node kept them
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(line if line.endswith("\n") else line + "\n" for line in [*rows, *lines])
-    os.replace(tmp, path)
+    storage.write_whole(path, "".join(line if line.endswith("\n") else line + "\n" for line in [*rows, *lines]))
     log.debug("metrics: %d row(s) restored from %s", len(rows), saved)
 
 
 def truncate_metrics(path: str, step: int) -> None:
     """Keep the rows of steps up to ``step``, the checkpoint a run resumes from: the steps after it are
     replayed and logged again. ``step`` 0 (starting over): only the step-0 rows at the end of the file
-    stay, the ones this run wrote before its first step (run.record_start). Rewritten atomically."""
+    stay, the ones this run wrote before its first step (run.record_start). Written whole (storage.write_whole)."""
     if not os.path.exists(path):
         return
     with open(path) as f:
@@ -251,10 +248,7 @@ def truncate_metrics(path: str, step: int) -> None:
         kept = lines[first:]
     if len(kept) == len(lines):
         return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(line if line.endswith("\n") else line + "\n" for line in kept)
-    os.replace(tmp, path)
+    storage.write_whole(path, "".join(line if line.endswith("\n") else line + "\n" for line in kept))
     log.debug("metrics: dropped %d row(s) after step %d of %s", len(lines) - len(kept), step, path)
 
 
