@@ -903,6 +903,10 @@ def test_a_pull_onto_a_full_disk_says_so_and_leaves_no_partial_download(tmp_path
         "~0.1 MB; free some space there to download checkpoint-4"
     )
     assert [p.name for p in small_disk.rglob("*")] == ["run"]
+    C.write_manifest(str(make_checkpoint(store, 4, {"model.safetensors": b"w" * 65536})), 4, 1, "h")  # the disk's size
+    with pytest.raises(ftctl.errors.FtctlError, match="free some space there to download checkpoint-4$"):
+        C.pull(f"file://{store}", str(small_disk / "run"), echo=lambda line: None)  # the files fit, its manifest not
+    assert [p.name for p in small_disk.rglob("*")] == ["run"]
     shutil.rmtree(ckpt)  # the store's final model alone, larger than the disk too
     (store / "model.safetensors").write_bytes(os.urandom(100_000))
     (store / MODEL_CONFIG).write_text("{}")

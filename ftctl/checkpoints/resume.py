@@ -165,6 +165,7 @@ def download_checkpoint(
                 kept.add(entry["path"])
                 continue
             storage.get_file(storage.join(ckpt_uri, *parts), os.path.join(tmp, *parts), fs=fs)
+        _write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
     except FileNotFoundError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return [f"a file vanished while downloading: {exc}"]
@@ -174,7 +175,6 @@ def download_checkpoint(
             os.rmdir(os.path.dirname(tmp))
         no_room(exc, local_dir, sum(entry["size"] for entry in manifest["files"]), f"download {name}")
         raise
-    _write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
     problems = _verify_against(tmp, manifest, deep=True, check_step=False)
     if problems:
         shutil.rmtree(tmp, ignore_errors=True)
