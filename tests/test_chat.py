@@ -398,6 +398,15 @@ def test_a_merge_onto_a_full_disk_says_so_in_one_line_and_leaves_nothing(lora_ru
     assert not list(small_disk.iterdir())  # nor a hidden partial merge
 
 
+def test_a_merge_into_a_read_only_directory_says_so_in_one_line(lora_run, small_disk):
+    """mkdtemp's OSError came out as a traceback (after the base had loaded, which takes minutes for a large one)."""
+    from ftctl.trainer.merge import merge
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(FtctlError, match=rf"^cannot write the merge into {small_disk}: Read-only file system; choose "):
+        merge(str(lora_run), str(small_disk / "merged"))
+
+
 def test_a_merge_removes_the_partial_merge_a_killed_one_left_beside_its_out(lora_run, tmp_path, caplog):
     """A merge killed while writing left RUN/.merged.XXXX, a model's size, hidden and never read. The next merge
     removes such leftovers, saying so, and leaves alone the one a merge writes now (it holds it locked)."""

@@ -76,10 +76,9 @@ def merge(
     precision = dtype or adapter.precision or "fp32"
     if echo:
         echo(f"merging the LoRA adapter {named or adapter.path} into {into} ({precision}) ...")
-    merged = trained_mod.load(adapter, precision, base=base).merge_and_unload()
     out = Path(out_dir).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with partial_merge(out) as tmp:
+    with partial_merge(out) as tmp:  # made before the base loads: an --out that cannot be written is said at once
+        merged = trained_mod.load(adapter, precision, base=base).merge_and_unload()
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay with the renamed directory
@@ -102,12 +101,17 @@ def partial_merge(out: Path):
     it is written. Those no merge holds, which a killed merge left (a model's size each, never read), are removed
     first, said."""
     prefix = f".{out.name}{PARTIAL}"
-    for old in sorted(out.parent.glob(f"{glob.escape(prefix)}*")):
-        _remove_unheld(old)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    except OSError as e:
+        raise FtctlError(f"cannot write the merge into {out.parent}: {e.strerror or e}; choose another --out.") from e
     fd = os.open(tmp, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        for old in sorted(out.parent.glob(f"{glob.escape(prefix)}*")):
+            if old != tmp:
+                _remove_unheld(old)
         yield tmp
     finally:
         os.close(fd)
