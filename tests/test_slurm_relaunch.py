@@ -5,6 +5,7 @@ holding the run dir's lock as the trainer does, a step that outlasts KillWait.""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -258,7 +259,7 @@ def test_cancel_of_a_store_run_says_whether_the_stop_checkpoint_reached_the_stor
     assert said == (
         f"cancelled {job}: its trainer saved a checkpoint as it stopped, but its upload to {out} did not finish "
         f"(`ftctl logs {job}` says why): the same `ftctl launch` resumes it only on a node whose disk still holds "
-        "that copy, elsewhere from checkpoint-4 there"
+        f"that copy, elsewhere resumes it from checkpoint-4 in {out}"
     )
     assert status_lines(job)[1] == said.removeprefix(f"cancelled {job}: ")
 
@@ -273,11 +274,25 @@ def test_cancel_of_a_store_run_says_whether_the_stop_checkpoint_reached_the_stor
         f"cancelled {job}: its trainer saved a checkpoint as it stopped: the same `ftctl launch` resumes it from "
         f"checkpoint-9 in {out}"
     )
+    saved = job
+    # killed at KillWait before it wrote its status (a TERM: `cancel --now`, a preemption): "the same `ftctl launch`
+    # resumes it" said nothing of what; a fresh node resumes the store's newest
+    job = _stand_in_trainer(slurm, run, "echo TERM: still in a long step")
+    ref = JobRef("slurm", job, str(run), "n", out)
+    record_job(ref)
+    slurm.wait_state(job, "RUNNING")
+    _wait_for(lambda: (run / f"slurm-{job}.out").exists())
+    assert get("slurm").cancel(ref).endswith(f": the same `ftctl launch` resumes it from checkpoint-9 in {out}")
     # the store not answering now: one line, no traceback (botocore's error went through)
     from tests.s3_fixtures import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-    assert status_lines(job)[1].startswith(
+    assert status_lines(job)[1].endswith(
+        f": the same `ftctl launch` resumes it from the newest checkpoint committed to {out} (Cannot reach the S3 "
+        f"endpoint {os.environ['AWS_ENDPOINT_URL']} for {out}: check -o s3_endpoint_url=URL (ftctl sync: "
+        "--endpoint-url URL) or AWS_ENDPOINT_URL (is the store running there?) and the network)"
+    )
+    assert status_lines(saved)[1].startswith(
         f"its trainer saved a checkpoint as it stopped; whether {out} holds it cannot be said now (Cannot reach the S3 "
     )
 

@@ -176,23 +176,53 @@ def spec_of(ref: JobRef) -> RunSpec:
         return RunSpec()
 
 
+def committed_in_store(ref: JobRef) -> list:
+    """The complete checkpoints of a run's object-store output, oldest first (checkpoints.list_checkpoints); a
+    store that does not answer is one FtctlError line."""
+    from ftctl.checkpoints import list_checkpoints
+
+    endpoint = spec_of(ref).s3_endpoint_url
+    with storage_errors(ref.output, endpoint):  # the store's own errors (botocore's ...) as one line
+        return [c for c in list_checkpoints(ref.output, endpoint_url=endpoint) if c.complete]
+
+
+def resumes_from_store(ref: JobRef, done: list) -> str:
+    """What the same launch does with a run into object storage, on a fresh node: resumes the store's newest
+    committed checkpoint (``done``). (A node whose disk kept a newer one of the run resumes that instead.)"""
+    if not done:
+        return f"starts it again: {ref.output} holds no committed checkpoint"
+    return f"resumes it from {done[-1].name} in {ref.output}"
+
+
+def _unreachable(e: Exception) -> str:
+    return str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
+
+
+def goes_on(ref: JobRef) -> str:
+    """': the same `ftctl launch` resumes it ...' (backend.resumes_from), for an object-store output from what the
+    store holds (a fresh node has no copy of its own)."""
+    if not is_remote(ref.output):
+        does = resumes_from(ref)
+    else:
+        try:
+            does = resumes_from_store(ref, committed_in_store(ref))
+        except (OSError, FtctlError) as e:
+            does = f"resumes it from the newest checkpoint committed to {ref.output} ({_unreachable(e)})"
+    return f": the same `ftctl launch` {does}"
+
+
 def stop_in_store(ref: JobRef) -> str:
     """What `cancel` and `status` say of a job into an object-store output whose trainer stopped at a checkpoint
     (its status file says preempted): that checkpoint counts once the store committed it, as a relaunch on a fresh
     node resumes only what the store holds. The trainer writes preempted whether or not its upload finished (the store
     down for upload_wait_s, or Slurm's SIGKILL at KillWait after a TERM): a committed checkpoint there is the stop's
     where its manifest was written while the job's last attempt ran."""
-    from ftctl.checkpoints import list_checkpoints
-
-    endpoint = spec_of(ref).s3_endpoint_url
     try:
-        with storage_errors(ref.output, endpoint):  # the store's own errors (botocore's ...) as one line
-            done = [c for c in list_checkpoints(ref.output, endpoint_url=endpoint) if c.complete]
+        done = committed_in_store(ref)
     except (OSError, FtctlError) as e:
-        why = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
         return (
-            f"its trainer saved a checkpoint as it stopped; whether {ref.output} holds it cannot be said now ({why}): "
-            "the same `ftctl launch` resumes the newest checkpoint committed there"
+            f"its trainer saved a checkpoint as it stopped; whether {ref.output} holds it cannot be said now "
+            f"({_unreachable(e)}): the same `ftctl launch` resumes the newest checkpoint committed there"
         )
     try:
         s = scheduler.status(ref.job_id)
@@ -206,17 +236,12 @@ def stop_in_store(ref: JobRef) -> str:
             return True
         return isinstance(when, (int, float)) and ran[0] <= when <= (ran[1] or math.inf) + STOP_CLOCK_SLACK_S
 
-    newest = done[-1] if done else None
     if any(of_the_stop(c) for c in done):
-        return (
-            f"its trainer saved a checkpoint as it stopped: the same `ftctl launch` resumes it from {newest.name} in "
-            f"{ref.output}"
-        )
-    goes_on = f"from {newest.name} there" if newest else "from the start"
+        return f"its trainer saved a checkpoint as it stopped: the same `ftctl launch` {resumes_from_store(ref, done)}"
     return (
         f"its trainer saved a checkpoint as it stopped, but its upload to {ref.output} did not finish (`ftctl logs "
         f"{ref.job_id}` says why): the same `ftctl launch` resumes it only on a node whose disk still holds that copy, "
-        f"elsewhere {goes_on}"
+        f"elsewhere {resumes_from_store(ref, done)}"
     )
 
 
@@ -492,7 +517,7 @@ class SlurmBackend(Backend):
 
     @staticmethod
     def _goes_on(ref: JobRef) -> str:
-        return f": the same `ftctl launch` {resumes_from(ref)}"
+        return goes_on(ref)
 
     def doctor(self, gpus, partition) -> bool:
         from ftctl import gpus as gpu_table
