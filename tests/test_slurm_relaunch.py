@@ -258,7 +258,7 @@ def test_cancel_of_a_store_run_says_whether_the_stop_checkpoint_reached_the_stor
     said = get("slurm").cancel(ref)
     assert said == (
         f"cancelled {job}: its trainer saved a checkpoint as it stopped, but its upload to {out} did not finish "
-        f"(`ftctl logs {job}` says why): the same `ftctl launch` resumes it only on a node whose disk still holds "
+        f"(`ftctl logs {job}` says why): the same `ftctl launch` resumes it only on nodes whose disk still holds "
         f"that copy, elsewhere resumes it from checkpoint-4 in {out}"
     )
     assert status_lines(job)[1] == said.removeprefix(f"cancelled {job}: ")
@@ -282,7 +282,40 @@ def test_cancel_of_a_store_run_says_whether_the_stop_checkpoint_reached_the_stor
     record_job(ref)
     slurm.wait_state(job, "RUNNING")
     _wait_for(lambda: (run / f"slurm-{job}.out").exists())
-    assert get("slurm").cancel(ref).endswith(f": the same `ftctl launch` resumes it from checkpoint-9 in {out}")
+    assert get("slurm").cancel(ref) == (
+        f"cancelled {job}: no checkpoint of its stop reached {out} (its trainer saves at a step boundary, then "
+        "uploads, and Slurm killed it at KillWait first, or it was not training yet): the same `ftctl launch` resumes "
+        f"it from checkpoint-9 in {out}"
+    )
+    # a disk the nodes share with this machine (a home; here FTCTL_LOCAL_DIR, which the job takes from this
+    # environment) where the trainer staged the run: a whole checkpoint there newer than the store's is what the
+    # relaunch resumes on those nodes, and sends to the store (it said "starts it again" of a run it resumed)
+    from ftctl.checkpoints import write_manifest
+    from ftctl.runpaths import UPLOADED_RECORD
+    from tests.s3_fixtures import make_checkpoint
+
+    disk = tmp_path / "node-disk"
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(disk))
+    make_checkpoint(disk, 12)  # no manifest: never whole, never resumed
+    write_manifest(str(make_checkpoint(disk, 11)), 11, world_size=1, spec_hash="h")
+    assert status_lines(job)[1].endswith(
+        f": the same `ftctl launch` resumes it from {disk / 'checkpoint-11'} on nodes that share this disk (not in "
+        f"{out} yet: it sends it there); elsewhere resumes it from checkpoint-9 in {out}"
+    )
+    (disk / UPLOADED_RECORD).parent.mkdir()
+    (disk / UPLOADED_RECORD).write_text("checkpoint-11\n")  # the store had it, and holds it no longer: not resumed
+    assert status_lines(job)[1].endswith(f": the same `ftctl launch` resumes it from checkpoint-9 in {out}")
+    # ... unless the store holds it uncommitted: a node's share sent (recorded as sent), the commit never came
+    # (SIGKILL at KillWait): the relaunch there resumes it (as on the 2-node cluster: explore11)
+    from ftctl.checkpoints import upload_checkpoint
+
+    share = make_checkpoint(tmp_path / "share", 11)
+    write_manifest(str(share), 11, world_size=1, spec_hash="h", name="manifest.node-0.json")
+    upload_checkpoint(str(share), f"{out}/checkpoint-11", "manifest.node-0.json")
+    assert status_lines(job)[1].endswith(
+        f"resumes it from {disk / 'checkpoint-11'} on nodes that share this disk (not in "
+        f"{out} yet: it sends it there); elsewhere resumes it from checkpoint-9 in {out}"
+    )
     # the store not answering now: one line, no traceback (botocore's error went through)
     from tests.s3_fixtures import free_port
 

@@ -176,22 +176,58 @@ def spec_of(ref: JobRef) -> RunSpec:
         return RunSpec()
 
 
-def committed_in_store(ref: JobRef) -> list:
-    """The complete checkpoints of a run's object-store output, oldest first (checkpoints.list_checkpoints); a
-    store that does not answer is one FtctlError line."""
+def in_store(ref: JobRef) -> list:
+    """The checkpoints of a run's object-store output, complete or not, oldest first (checkpoints.list_checkpoints);
+    a store that does not answer is one FtctlError line."""
     from ftctl.checkpoints import list_checkpoints
 
     endpoint = spec_of(ref).s3_endpoint_url
     with storage_errors(ref.output, endpoint):  # the store's own errors (botocore's ...) as one line
-        return [c for c in list_checkpoints(ref.output, endpoint_url=endpoint) if c.complete]
+        return list_checkpoints(ref.output, endpoint_url=endpoint)
 
 
-def resumes_from_store(ref: JobRef, done: list) -> str:
-    """What the same launch does with a run into object storage, on a fresh node: resumes the store's newest
-    committed checkpoint (``done``). (A node whose disk kept a newer one of the run resumes that instead.)"""
-    if not done:
-        return f"starts it again: {ref.output} holds no committed checkpoint"
-    return f"resumes it from {done[-1].name} in {ref.output}"
+def kept_on_disk(ref: JobRef, listed: list) -> Path | None:
+    """A checkpoint of the run newer than the store's newest committed one (of ``listed``) in the directory its trainer
+    stages the run in, where this machine sees that directory (backend.trainer_paths_of: a home the nodes share): whole
+    there (its manifest, or every node's: checkpoints.manifest.nodes_committed), so a relaunch on those nodes resumes
+    it and sends it to the store (checkpoints.resume.latest_complete). One its node sent to the store before (resume.
+    uploaded), newer than any the store holds now, is an earlier run's, never resumed (the output replaced since).
+    None: no such copy seen here."""
+    from ftctl.backend import trainer_paths_of
+    from ftctl.checkpoints import MANIFEST, checkpoint_step, uploaded
+    from ftctl.checkpoints.manifest import nodes_committed
+
+    root = trainer_paths_of(RunSpec(output_dir=ref.output)).root  # where it is staged follows the output alone
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return None
+    done = max((c.step for c in listed if c.complete), default=-1)
+    there, sent = max((c.step for c in listed), default=-1), uploaded(str(root))
+    later = [
+        (step, n)
+        for n in names
+        if (step := checkpoint_step(n)) is not None and step > done and not (step > there and n in sent)
+    ]
+    for _, name in sorted(later, reverse=True):
+        if (root / name / MANIFEST).is_file() or nodes_committed(str(root / name)):
+            return root / name
+    return None
+
+
+def resumes_from_store(ref: JobRef, done: list, kept: Path | None) -> str:
+    """What the same launch does with a run into object storage: resumes the store's newest committed checkpoint
+    (``done``), all a fresh node has; on nodes whose disk kept a newer one (``kept``: kept_on_disk), that one."""
+    if done:
+        in_store = f"resumes it from {done[-1].name} in {ref.output}"
+    else:
+        in_store = f"starts it again: {ref.output} holds no committed checkpoint"
+    if kept is None:
+        return in_store
+    return (
+        f"resumes it from {kept} on nodes that share this disk (not in {ref.output} yet: it sends it there); "
+        f"elsewhere {in_store}"
+    )
 
 
 def _unreachable(e: Exception) -> str:
@@ -205,7 +241,8 @@ def goes_on(ref: JobRef) -> str:
         does = resumes_from(ref)
     else:
         try:
-            does = resumes_from_store(ref, committed_in_store(ref))
+            listed = in_store(ref)
+            does = resumes_from_store(ref, [c for c in listed if c.complete], kept_on_disk(ref, listed))
         except (OSError, FtctlError) as e:
             does = f"resumes it from the newest checkpoint committed to {ref.output} ({_unreachable(e)})"
     return f": the same `ftctl launch` {does}"
@@ -218,7 +255,7 @@ def stop_in_store(ref: JobRef) -> str:
     down for upload_wait_s, or Slurm's SIGKILL at KillWait after a TERM): a committed checkpoint there is the stop's
     where its manifest was written while the job's last attempt ran."""
     try:
-        done = committed_in_store(ref)
+        listed = in_store(ref)
     except (OSError, FtctlError) as e:
         return (
             f"its trainer saved a checkpoint as it stopped; whether {ref.output} holds it cannot be said now "
@@ -236,12 +273,16 @@ def stop_in_store(ref: JobRef) -> str:
             return True
         return isinstance(when, (int, float)) and ran[0] <= when <= (ran[1] or math.inf) + STOP_CLOCK_SLACK_S
 
+    done = [c for c in listed if c.complete]
+    kept = kept_on_disk(ref, listed)
+    does = resumes_from_store(ref, done, kept)
     if any(of_the_stop(c) for c in done):
-        return f"its trainer saved a checkpoint as it stopped: the same `ftctl launch` {resumes_from_store(ref, done)}"
+        return f"its trainer saved a checkpoint as it stopped: the same `ftctl launch` {does}"
+    if kept is None:  # the nodes' disk not seen here: a relaunch resumes that copy only where that disk is
+        does = f"resumes it only on nodes whose disk still holds that copy, elsewhere {does}"
     return (
         f"its trainer saved a checkpoint as it stopped, but its upload to {ref.output} did not finish (`ftctl logs "
-        f"{ref.job_id}` says why): the same `ftctl launch` resumes it only on a node whose disk still holds that copy, "
-        f"elsewhere {resumes_from_store(ref, done)}"
+        f"{ref.job_id}` says why): the same `ftctl launch` {does}"
     )
 
 
@@ -510,6 +551,11 @@ class SlurmBackend(Backend):
             if is_remote(ref.output):
                 return stop_in_store(ref)
             return f"its trainer saved a checkpoint as it stopped{self._goes_on(ref)}"
+        if is_remote(ref.output):  # it may have saved one on its nodes' disk, and been killed as it uploaded it
+            return (
+                f"no checkpoint of its stop reached {ref.output} (its trainer saves at a step boundary, then uploads, "
+                f"and Slurm killed it at KillWait first, or it was not training yet){self._goes_on(ref)}"
+            )
         return (
             "no checkpoint was saved as it stopped (its trainer saves at a step boundary, and Slurm killed it at "
             f"KillWait first, or it was not training yet){self._goes_on(ref)}"
