@@ -516,8 +516,8 @@ def write_files(rendered: Rendered):
         if changed:
             keep = paths.earlier_spec(time.strftime("%Y%m%d-%H%M%S"))
             said = f"relaunching {paths.root} with other {', '.join(changed)} (its earlier spec.json: {keep})"
-    new = {name: text for name, text in rendered.files.items() if before[name] != text}  # a relaunch's same files stay
-    staged = _stage(paths, new, keep, created)
+    differ = {name: text for name, text in rendered.files.items() if before[name] != text}  # the same ones stay
+    staged = _stage(paths, differ, keep, created)
     if keep is not None:
         os.replace(paths.spec, keep)
         click.echo(said, err=True)
@@ -526,12 +526,12 @@ def write_files(rendered: Rendered):
 
     def put_back() -> None:
         for name, text in before.items():
-            if text is None:
+            if keep is not None and paths.name(name) == paths.spec:
+                os.replace(keep, paths.spec)  # the earlier spec.json, byte for byte (one cut short too)
+            elif text is None:
                 paths.name(name).unlink(missing_ok=True)
-            else:
+            elif name in differ:
                 write_whole(paths.name(name), text)
-        if keep is not None:
-            keep.unlink(missing_ok=True)
         if created:
             shutil.rmtree(created, ignore_errors=True)  # it held only what this launch wrote
         elif keep is not None:
@@ -589,7 +589,7 @@ def _existing(path: Path) -> Path:
 def _text_or_none(path: Path) -> str | None:
     try:
         return path.read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, UnicodeDecodeError):  # none, or not text (a spec.json cut mid-character)
         return None
 
 

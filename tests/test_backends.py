@@ -129,6 +129,11 @@ def test_a_relaunch_over_a_spec_json_cut_short_keeps_it_and_goes_on(tmp_path, ca
         f"relaunching {tmp_path / 'run'}, whose spec.json could not be read (cut short?; kept as {kept}): the trainer "
         "compares the settings its checkpoints were saved with\n"
     )
+    spec.write_bytes(b'{"spec": {"learning_rate": \xc3')  # cut in the middle of a character
+    put_back = write_files(_prep(tmp_path, learning_rate=1e-5))
+    assert '"learning_rate": 1e-05' in spec.read_text()
+    put_back()  # a launch that was not sent: the earlier spec.json again, byte for byte
+    assert spec.read_bytes() == b'{"spec": {"learning_rate": \xc3'
 
 
 def test_relaunch_over_checkpoints_of_another_kind_of_run_is_refused(tmp_path):
