@@ -173,7 +173,7 @@ def download_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(tmp))
-        no_room(exc, local_dir, sum(entry["size"] for entry in manifest["files"]), f"download {name}")
+        raise_if_full(exc, local_dir, sum(entry["size"] for entry in manifest["files"]), f"download {name}")
         raise
     problems = _verify_against(tmp, manifest, deep=True, check_step=False)
     if problems:
@@ -199,7 +199,7 @@ def download_checkpoint(
     return []
 
 
-def no_room(exc: OSError, local_dir: str, need: int, what: str) -> None:
+def raise_if_full(exc: OSError, local_dir: str, need: int, what: str) -> None:
     """Raise the one line of a download into ``local_dir`` that failed for want of room (failures.disk_full), named
     by ``local_dir``, not by the partial file its caller removed; return where ``exc`` is no full disk."""
     said = OSError(exc.errno, exc.strerror)

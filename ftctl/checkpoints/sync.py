@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ftctl import storage
 from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST
-from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints, no_room
+from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints, raise_if_full
 from ftctl.checkpoints.upload import final_files, prune, upload_checkpoint
 from ftctl.errors import FtctlError
 from ftctl.runpaths import FINAL_MARKS, SPEC_FILE
@@ -65,7 +65,7 @@ def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=pri
         except OSError as exc:  # a file:// store on a full disk: what it got is uncommitted (no manifest)
             if not storage.is_remote(uri):
                 sizes = [c.size for c in list_checkpoints(local_run_dir) if c.complete]
-                no_room(exc, storage.local_path(uri), max(sizes, default=0), "push the run")
+                raise_if_full(exc, storage.local_path(uri), max(sizes, default=0), "push the run")
             raise
 
 
@@ -267,7 +267,7 @@ def _pull_final(uri: str, local_dir: str, endpoint_url: str | None) -> str:
             storage.get_file(storage.join(uri, *rel.split("/")), part, endpoint_url)
         except OSError as exc:  # a full disk: one line, and no partial file left taking its room
             Path(part).unlink(missing_ok=True)
-            no_room(exc, local_dir, sum(there[rel] for rel in missing), "pull the final model")
+            raise_if_full(exc, local_dir, sum(there[rel] for rel in missing), "pull the final model")
             raise
         os.replace(part, here[rel])
     return f"pulled the final model -> {local_dir}"
