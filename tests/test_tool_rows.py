@@ -159,10 +159,20 @@ def test_a_file_llama_factorys_dataset_info_names_is_read_as_its_entry_says(tmp_
     )
     report, (dialog,) = prepare_data(str(data / "dialogs.jsonl"), tiny_tokenizer, 1024)
     assert report.ok, report.errors
+    applied = (  # `ftctl data check` says which entry renamed what
+        "dataset_info.json's entry 'dialogs' applied to dialogs.jsonl: formatting sharegpt; renames columns "
+        "dialog -> conversations, functions -> tools, sys -> system; turn keys speaker -> from, text -> value; roles "
+        "USER -> human, BOT -> gpt, RESULT -> observation, CALL -> function_call"
+    )
+    assert applied in report.notes and applied in report.render(), report.notes
     _, (lf,) = prepare_data(write_jsonl(tmp_path / "lf.jsonl", [LF_ROW]), tiny_tokenizer, 1024)
     assert (dialog["input_ids"], dialog["labels"]) == (lf["input_ids"], lf["labels"])  # LF_ROW in other names
     report, (qa,) = prepare_data(str(data / "qa.jsonl"), tiny_tokenizer, 1024)
     assert trained_spans(tiny_tokenizer, qa["input_ids"], qa["labels"]) == ["AMBER-42." + EOT]
+    assert report.notes == [
+        "dataset_info.json's entry 'qa' applied to qa.jsonl: formatting alpaca; renames columns question -> "
+        "instruction, answer -> output"
+    ], report.notes
     report, (chat,) = prepare_data(str(data / "chat.jsonl"), tiny_tokenizer, 1024)
     assert trained_spans(tiny_tokenizer, chat["input_ids"], chat["labels"]) == ["Hello." + EOT]
     report, _ = prepare_data(str(data / "pairs.jsonl"), tiny_tokenizer, 1024)
@@ -173,7 +183,8 @@ def test_a_file_llama_factorys_dataset_info_names_is_read_as_its_entry_says(tmp_
     ], report.errors
     # a file no entry names is read as it is
     write_jsonl(data / "other.jsonl", [{"instruction": "Open it.", "output": "Done."}])
-    assert prepare_data(str(data / "other.jsonl"), tiny_tokenizer, 1024)[0].ok
+    report, _ = prepare_data(str(data / "other.jsonl"), tiny_tokenizer, 1024)
+    assert report.ok and not any("dataset_info.json" in note for note in report.notes), report.notes
 
     said = (
         f"{data} is LLaMA-Factory's data directory: its dataset_info.json names 5 datasets (dialogs (dialogs.jsonl), "

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from ftctl.errors import FtctlError
 from ftctl.spec import split_paths
-from ftctl.trainer.formats import Row, file_name, load_rows
+from ftctl.trainer.formats import Row, file_name, llama_factory_notes, load_rows
 from ftctl.trainer.masks import (
     MaskError,
     assistant_spans,
@@ -195,6 +195,7 @@ def prepare_data(
     report.files = len(files)
     if len(split_paths(path)) == 1 and files != [path]:  # a directory or pattern: which files (which split)
         report.read = [file_name(f, path) for f in files]
+    report.notes += llama_factory_notes(files, endpoint_url)
     named = split_paths(path)
     if twice := sorted({p for p in named if named.count(p) > 1}):
         report.warnings.append(

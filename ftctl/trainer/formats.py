@@ -15,7 +15,7 @@ Accepted row formats (detected per row):
   that is one), and the row's ``tools`` (a list of schemas, or its JSON) the tools, each bare schema wrapped as
   ``{"type": "function", "function": schema}``, as LLaMA-Factory's tool formatters write them: the same
   conversation as the OpenAI-style row below. A file that LLaMA-Factory's dataset_info.json beside it names is
-  read as its entry says (its columns and tags renamed to these).
+  read as its entry says (its columns and tags renamed to these; `ftctl data check` names the entry and the renames).
 - OpenAI-style: ``{"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]}``
   (content may also be a list of ``{"type": "text", "text": ...}`` parts, joined by line breaks). Tool use as TRL and transformers'
   chat templates take it: an assistant turn's ``tool_calls`` (its content may then be empty; ``arguments`` as
@@ -323,7 +323,7 @@ def load_rows(path: str, endpoint_url: str | None = None, held_out: bool = False
         files += found
         for file in found:
             name = file_name(file, one)
-            mapped, problem = _llama_factory_mapping(file, endpoint_url, seen)
+            mapped, problem, _ = _llama_factory_mapping(file, endpoint_url, seen)
             if problem:
                 rows.append(Row(where=name, format="unknown", problems=[problem], source=source))
                 continue
@@ -424,12 +424,19 @@ def _llama_factory_directory(directory: str, entries: dict, held_out: bool) -> F
     )
 
 
-def _llama_factory_mapping(file: str, endpoint_url: str | None, seen: dict) -> tuple[Any, str | None]:
+def llama_factory_notes(files: list[str], endpoint_url: str | None = None) -> list[str]:
+    """One line for each of ``files`` that an entry of LLaMA-Factory's dataset_info.json beside it is read by
+    (load_rows): which entry, its formatting and what it renames (``ftctl data check`` says it)."""
+    seen: dict = {}
+    return [note for file in files if (note := _llama_factory_mapping(file, endpoint_url, seen)[2])]
+
+
+def _llama_factory_mapping(file: str, endpoint_url: str | None, seen: dict) -> tuple[Any, str | None, str | None]:
     """(a function that gives a record of ``file`` in ftctl's names, None where they are its own already; the
-    problem) from the entry of LLaMA-Factory's dataset_info.json beside ``file`` that names it (file_name): its
-    columns and its turns' keys and roles renamed, as LLaMA-Factory reads them (a ``dialog`` column of
-    ``speaker``/``text`` turns by ``USER``/``BOT``: ``conversations`` of ``from``/``value`` turns by human/gpt).
-    ``seen``: the entries already read, by directory."""
+    problem; the note that says which entry was applied and how) from the entry of LLaMA-Factory's dataset_info.json
+    beside ``file`` that names it (file_name): its columns and its turns' keys and roles renamed, as LLaMA-Factory
+    reads them (a ``dialog`` column of ``speaker``/``text`` turns by ``USER``/``BOT``: ``conversations`` of
+    ``from``/``value`` turns by human/gpt). ``seen``: the entries already read, by directory."""
     directory = posixpath.dirname(file)
     if directory not in seen:
         try:
@@ -440,26 +447,34 @@ def _llama_factory_mapping(file: str, endpoint_url: str | None, seen: dict) -> t
     base = posixpath.basename(file)
     named = [(n, e) for n, e in seen[directory].items() if posixpath.normpath(str(e.get("file_name", ""))) == base]
     if not named:
-        return None, None
+        return None, None, None
     name, entry = named[0]
     formatting = entry.get("formatting", "alpaca")
     said = f"{LF_INFO}'s entry {name!r} reads {base}"
     if formatting not in LF_NAMES:
-        return None, f"{said} as {formatting!r}: ftctl reads {', '.join(LF_NAMES)} (LLaMA-Factory's formattings)"
+        return None, f"{said} as {formatting!r}: ftctl reads {', '.join(LF_NAMES)} (LLaMA-Factory's formattings)", None
     given = {**(entry.get("columns") or {}), **(entry.get("tags") or {})}
     asked = {k for k, v in {**entry, **given}.items() if v}
     for keys, why in LF_NOT_SFT:
         if found := [k for k in keys if k in asked]:
-            return None, f"{said} with {', '.join(found)}: {why}"
+            return None, f"{said} with {', '.join(found)}: {why}", None
     ours = LF_NAMES[formatting]
     theirs = {k: v for k, v in {**LF_DEFAULTS, **given}.items() if k in ours and isinstance(v, str)}
     renamed = {k: (theirs[k], ours[k]) for k in theirs if theirs[k] != ours[k]}  # field: (their name, ours)
     columns = dict(v for k, v in renamed.items() if not k.endswith("_tag"))
     keys = dict(v for k, v in renamed.items() if k in ("role_tag", "content_tag"))
     roles = dict(v for k, v in renamed.items() if k.endswith("_tag") and k not in ("role_tag", "content_tag"))
+    renames = [
+        f"{what} " + ", ".join(f"{a} -> {b}" for a, b in names.items())
+        for what, names in (("columns", columns), ("turn keys", keys), ("roles", roles))
+        if names
+    ]
+    note = f"{LF_INFO}'s entry {name!r} applied to {base}: formatting {formatting}; " + (
+        f"renames {'; '.join(renames)}" if renames else "its names are ftctl's own: nothing to rename"
+    )
     if not renamed:
-        return None, None
-    return lambda record: _renamed(record, columns, ours.get("messages"), keys, roles), None
+        return None, None, note
+    return lambda record: _renamed(record, columns, ours.get("messages"), keys, roles), None, note
 
 
 def _renamed(record: Any, columns: dict, turns: str | None, keys: dict, roles: dict) -> Any:
