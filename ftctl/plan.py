@@ -891,7 +891,8 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
     allowed, why = METHOD_STRATEGIES[spec.method]
     if spec.strategy and spec.strategy not in allowed:
         raise PlanError(
-            f"strategy={spec.strategy} is not one ftctl runs {spec.method} with ({', '.join(allowed)}): {why}."
+            f"strategy={spec.strategy} is not one ftctl runs {spec.method} with ({', '.join(allowed)}): {why}. With "
+            f"{spec.method}, leave strategy unset: the plan chooses."
         )
     if spec.strategy == "single" and req.world_size > 1:  # transformers wraps several processes in DDP all the same
         raise PlanError(
@@ -1039,8 +1040,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     optim = spec.optim or ("paged_adamw_8bit" if method == "qlora" and not req.is_cpu else "adamw_torch_fused")
     best = None
     strategies = _strategies(method, world, req.nodes, spec.strategy)
-    if req.is_cpu:  # offloading to CPU RAM from the CPU gains nothing; FSDP2 needs GPUs (distributed.py)
-        strategies = [s for s in strategies if s not in (*OFFLOAD_STRATEGIES, "fsdp")] or strategies
+    if req.is_cpu:
+        strategies = _on_cpu(strategies)
     for strategy in strategies:
         for ckpt in ckpt_choices:
             for micro in micro_choices:
@@ -1175,6 +1176,12 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     )
 
 
+def _on_cpu(strategies: list[str]) -> list[str]:
+    """Those of ``strategies`` a CPU run takes, where any: offloading to CPU RAM from the CPU gains nothing, FSDP2
+    needs GPUs (distributed.py)."""
+    return [s for s in strategies if s not in (*OFFLOAD_STRATEGIES, "fsdp")] or strategies
+
+
 def _micro_sizes(req, want_global: int) -> list[int]:
     """The micro-batches the planner tries, largest first: those whose processes together make at most the global
     batch."""
@@ -1290,6 +1297,29 @@ def offload_host_gb(params_b: float, world: int, per_node: int) -> float:
 
 
 _FORCED_FIT = ("strategy", "per_device_train_batch_size", "gradient_checkpointing")  # what a user may force
+# the methods that take less memory than each (qlora's 4-bit base the least): those a refusal on CPU may offer
+LIGHTER_METHODS = {"fft": ("lora", "qlora"), "sft": ("lora", "qlora"), "lora": ("qlora",), "qlora": ()}
+
+
+def _forced(spec: RunSpec) -> dict:
+    """The settings of _FORCED_FIT the run gives, which the planner does not choose then."""
+    return {k: getattr(spec, k) for k in _FORCED_FIT if getattr(spec, k) is not None}
+
+
+def _settings(said: dict) -> str:
+    """'per_device_train_batch_size=4, gradient_checkpointing=false', as -o takes them."""
+    return ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in said.items())
+
+
+_LEANEST = {"per_device_train_batch_size": 1, "gradient_checkpointing": True}  # the leanest plan's, as refusals say
+
+
+def _leanest(strategy: str, forced: dict) -> str:
+    """'(zero3, micro-batch 1, gradient checkpointing; leaner than the per_device_train_batch_size=4 asked)': the
+    leanest plan a refusal names, and those of the run's forced settings it differs from."""
+    heavier = {k: v for k, v in forced.items() if v != {**_LEANEST, "strategy": strategy}[k]}
+    asked = f"; leaner than the {_settings(heavier)} asked" if heavier else ""
+    return f"({strategy}, micro-batch 1, gradient checkpointing{asked})"
 
 
 def _accumulation_cost(spec: RunSpec, req, shape: ModelShape) -> str:
@@ -1325,12 +1355,8 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
             f"models up to {CPU_MAX_PARAMS_B:g}B on CPU. Ask for a GPU, e.g. --gpus 1xA100 --method qlora."
         )
     if req.is_cpu:  # small enough, but not in the RAM the spec says this machine has
-        return (
-            f"{method} of {_a_model(shape)} does not fit host_memory_gb="
-            f"{round(spec.host_memory_gb, 1):g} on CPU, even at micro-batch 1 with gradient checkpointing. Raise "
-            f"-o host_memory_gb=N if the machine has more, or use a lighter --method (lora, qlora) or a smaller model."
-        )
-    forced = {k: getattr(spec, k) for k in _FORCED_FIT if getattr(spec, k) is not None}
+        return _cpu_refusal(spec, req, shape)
+    forced = _forced(spec)
     relaxed = replace(spec, **dict.fromkeys(forced))
     kept = bool(spec.per_device_train_batch_size and spec.gradient_accumulation_steps)  # the user's global batch
     if kept:
@@ -1338,7 +1364,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         relaxed = replace(relaxed, gradient_accumulation_steps=None, global_batch_size=batch)
     fits = _fit(relaxed, req, shape, method) if forced and req.tier else None
     if fits is not None:  # the user's batch, checkpointing or strategy is what does not fit
-        asked = ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in forced.items())
+        asked = _settings(forced)
         without = " and ".join(forced) + (
             " and gradient_accumulation_steps, with -o global_batch_size=" if kept else ""
         )
@@ -1385,8 +1411,8 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         for s in on_gpu
     )
     msg = (
-        f"{method} of {_a_model(shape)} does not fit {req}: the leanest plan "
-        f"({strategy}, micro-batch 1, gradient checkpointing) needs about {need:.1f} GB per GPU; "
+        f"{method} of {_a_model(shape)} does not fit {req}: the leanest plan {_leanest(strategy, forced)} needs "
+        f"about {need:.1f} GB per GPU; "
         f"{_holds(req.tier)} and ftctl plans within {HEADROOM:.0%} of it ({HEADROOM * req.tier.capacity_gb:.1f} GB)."
     )
     if said := experts_stay_16bit(method, shape):
@@ -1430,6 +1456,39 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     else:
         msg += " Nothing up to 4 nodes of 8 GPUs fits: use a smaller model or shorter rows (-o model_max_length)."
     return msg
+
+
+def _cpu_refusal(spec: RunSpec, req, shape: ModelShape) -> str:
+    """Why nothing fits the RAM the run gives this machine (host_memory_gb) on CPU: the run's own micro-batch or
+    checkpointing where the planner's choice fits, else what the leanest plan needs, and the lighter methods that
+    fit."""
+    method, model = spec.method, _a_model(shape)
+    ram = f"host_memory_gb={round(spec.host_memory_gb, 1):g} on CPU"
+    forced = _forced(spec)
+    free = replace(spec, **dict.fromkeys(_FORCED_FIT))
+    if forced and (fits := _fit(free, req, shape, method)):
+        return (
+            f"{method} of {model} with {_settings(forced)} does not fit {ram}. Without "
+            f"{'it' if len(forced) == 1 else 'them'} it does: {fits.strategy}, micro-batch "
+            f"{fits.per_device_train_batch_size}, gradient checkpointing {'on' if fits.gradient_checkpointing else 'off'}"
+            f", ~{fits.memory_gb:.1f} GB (`ftctl plan` without {' and '.join(forced)} shows it)."
+        )
+    leanest = replace(free, per_device_train_batch_size=1, gradient_checkpointing=True, host_memory_gb=None)
+    runnable = _on_cpu(_strategies(method, req.world_size, req.nodes, None))
+    need, strategy = min((_fit(replace(leanest, strategy=s), req, shape, method).memory_gb, s) for s in runnable)
+    enough = math.ceil((need + 0.005) / HEADROOM)  # need is rounded to 0.01 GB: the RAM named must fit it unrounded
+    lighter = [
+        f"--method {other} (~{p.memory_gb:.1f} GB)"
+        for other in LIGHTER_METHODS[method]
+        if (p := _fit(replace(free, method=other), req, shape, other))
+    ]
+    return (
+        f"{method} of {model} does not fit {ram}: the leanest plan {_leanest(strategy, forced)} needs about "
+        f"{need:.1f} GB, and ftctl plans within {HEADROOM:.0%} of the RAM. "
+        f"Use -o host_memory_gb={enough} if the machine has that much"
+        + (f", {' or '.join(lighter)}" if lighter else "")
+        + ", or a smaller model."
+    )
 
 
 def _sizes(p: Plan) -> str:

@@ -409,6 +409,7 @@ def test_a_forced_strategy_the_method_never_runs_under_is_refused(method, strate
     with pytest.raises(PlanError, match=f"strategy={strategy} is not one ftctl runs {method} with") as e:
         plan(method=method, gpus="4xRTX4090", model_params="7b", o=[f"strategy={strategy}"])
     assert why in str(e.value)
+    assert str(e.value).endswith(f". With {method}, leave strategy unset: the plan chooses.")  # what to do
     for method, (allowed, _) in METHOD_STRATEGIES.items():  # each planner choice is one the method runs under
         for s in {"single", "ddp", "fsdp", "zero2", "zero3"} & set(allowed):
             p = plan(
@@ -583,6 +584,56 @@ def test_fsdp_on_cpu_is_refused_by_the_plan():
     )
     with pytest.raises(PlanError, match=r"leave strategy unset or -o strategy=zero3 to shard"):
         plan(gpus="cpu", method="fft", o=["strategy=fsdp"])
+
+
+def test_a_cpu_refusal_says_what_was_tried_and_offers_only_lighter_methods_that_fit():
+    """Where nothing fit host_memory_gb on CPU, the refusal said 'even at micro-batch 1 with gradient checkpointing'
+    of a run that forced micro-batch 4 without it, and offered 'a lighter --method (lora, qlora)' to a lora run and to
+    a qlora one (nothing is lighter), fitting or not."""
+    one_b = dict(gpus="cpu", model_name_or_path="meta-llama/Llama-3.2-1B")
+    forced = ["per_device_train_batch_size=4", "gradient_checkpointing=false"]
+    with pytest.raises(PlanError) as e:  # the run's own batch is what does not fit
+        plan(method="lora", **one_b, o=["host_memory_gb=12", *forced])
+    assert str(e.value) == (
+        "lora of a 1.24B-parameter model with per_device_train_batch_size=4, gradient_checkpointing=false does not "
+        "fit host_memory_gb=12 on CPU. Without them it does: single, micro-batch 1, gradient checkpointing on, ~10.2 "
+        "GB (`ftctl plan` without per_device_train_batch_size and gradient_checkpointing shows it)."
+    )
+    with pytest.raises(PlanError) as e:  # nothing of lora fits: the leanest plan, which is not the one asked
+        plan(method="lora", **one_b, o=["host_memory_gb=8", *forced])
+    assert str(e.value) == (
+        "lora of a 1.24B-parameter model does not fit host_memory_gb=8 on CPU: the leanest plan (single, micro-batch "
+        "1, gradient checkpointing; leaner than the per_device_train_batch_size=4, gradient_checkpointing=false asked) "
+        "needs about 10.2 GB, and ftctl plans within 92% of the RAM. Use -o host_memory_gb=12 if the machine has that "
+        "much, --method qlora (~7.0 GB), or a smaller model."
+    )
+    assert plan(method="lora", **one_b, o=["host_memory_gb=12"]).memory_gb == pytest.approx(10.2, abs=0.05)  # it fits
+    assert plan(method="qlora", **one_b, o=["host_memory_gb=8"]).memory_gb == pytest.approx(7.0, abs=0.05)
+    with pytest.raises(PlanError) as e:  # what is lighter and fits, lightest last
+        plan(method="fft", **one_b, o=["host_memory_gb=12"])
+    assert str(e.value).endswith(", --method lora (~10.2 GB) or --method qlora (~7.0 GB), or a smaller model.")
+    with pytest.raises(PlanError) as e:
+        plan(method="lora", **one_b, o=["host_memory_gb=6"])  # qlora does not fit either: not offered
+    assert str(e.value).endswith("Use -o host_memory_gb=12 if the machine has that much, or a smaller model.")
+    with pytest.raises(PlanError) as e:
+        plan(method="qlora", **one_b, o=["host_memory_gb=1"])  # nothing is lighter than qlora
+    assert "--method" not in str(e.value) and "host_memory_gb=8 " in str(e.value)
+    with pytest.raises(PlanError) as e:  # two nodes: ZeRO is leaner than the DDP asked
+        plan(method="fft", nodes=2, **one_b, o=["host_memory_gb=4", "strategy=ddp"])
+    assert "(zero2, micro-batch 1, gradient checkpointing; leaner than the strategy=ddp asked)" in str(e.value)
+
+
+def test_a_gpu_refusal_says_its_leanest_plan_is_not_the_batch_asked():
+    seventy = dict(method="lora", gpus="1xT4", model_name_or_path="meta-llama/Llama-3.1-70B")
+    with pytest.raises(PlanError) as e:
+        plan(**seventy, o=["per_device_train_batch_size=4", "gradient_checkpointing=false"])
+    assert (
+        "the leanest plan (single, micro-batch 1, gradient checkpointing; leaner than the per_device_train_batch_size=4"
+        ", gradient_checkpointing=false asked) needs about 149.0 GB per GPU"
+    ) in str(e.value)
+    with pytest.raises(PlanError) as e:  # the leanest plan's own settings forced: nothing to set apart
+        plan(**seventy, o=["per_device_train_batch_size=1", "gradient_checkpointing=true"])
+    assert "the leanest plan (single, micro-batch 1, gradient checkpointing) needs" in str(e.value)
 
 
 def test_cpu_refuses_big_models():
