@@ -111,7 +111,11 @@ def test_no_plan_fits_what_is_left():
     total = plan.gpu_memory_gb / GIB
     line = gpu_memory.message(oom(total, 0.1, 2.0), spec, plan)  # others hold all but 2 GiB
     assert "No plan of fft on 2xH100 is estimated to fit in 2.1 GB: free the card, or use more GPUs" in line, line
+    assert "--method lora, or a shorter" in line, line
     assert within(spec, plan, 1.0) is None
+    spec, plan = _run("qlora", "1xH100", model_name_or_path="meta-llama/Llama-3.2-1B")  # nothing is lighter
+    line = gpu_memory.message(oom(plan.gpu_memory_gb / GIB, 0.1, 0.5), spec, plan)
+    assert "No plan of qlora" in line and "--method" not in line, line
 
 
 def test_an_error_without_numbers_offers_a_leaner_plan():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ftctl.plan import HEADROOM, Plan, overrides, within
+from ftctl.plan import HEADROOM, LIGHTER_METHODS, Plan, overrides, within
 from ftctl.spec import RunSpec
 
 GB = 1e9  # the plan's unit
@@ -89,7 +89,9 @@ def message(exc: BaseException, spec: RunSpec, plan: Plan, checkpointed: bool = 
         return (
             f"{said} No plan of {plan.method} on {plan.gpus} is estimated to fit in {capacity:.1f} GB: "
             + ("free the card, or " if others else "")
-            + "use more GPUs (--gpus), a lighter --method, or a shorter -o model_max_length."
+            + "use more GPUs (--gpus), "
+            + "".join(f"--method {m}, " for m in LIGHTER_METHODS[plan.method][:1])
+            + "or a shorter -o model_max_length."
         )
     flags = " ".join(
         f"-o {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides(spec, plan, fit).items()
