@@ -197,10 +197,10 @@ def kept_on_disk(ref: JobRef, listed: list) -> Path | None:
     from ftctl.checkpoints import MANIFEST, checkpoint_step, uploaded
     from ftctl.checkpoints.manifest import nodes_committed
 
-    root = trainer_paths_of(RunSpec(output_dir=ref.output)).root  # where it is staged follows the output alone
     try:
+        root = trainer_paths_of(RunSpec(output_dir=ref.output)).root  # where it is staged follows the output alone
         names = os.listdir(root)
-    except OSError:
+    except (OSError, FtctlError):
         return None
     done = max((c.step for c in listed if c.complete), default=-1)
     there, sent = max((c.step for c in listed), default=-1), uploaded(str(root))
