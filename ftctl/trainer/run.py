@@ -152,7 +152,8 @@ class Finished(Exception):
 
 def _train(spec: RunSpec, plan: Plan, callbacks, echo) -> Result:
     try:
-        run = setup(spec, plan, callbacks, echo)
+        with room_to_save(plan, *output_dirs(spec), final=False):  # its spec.json, records, a checkpoint downloaded
+            run = setup(spec, plan, callbacks, echo)
     except Finished as done:
         distributed.shutdown()
         write_status("complete")
@@ -513,7 +514,7 @@ def fit(run: Run) -> None:
     gc.collect()
     gc.freeze()
     try:
-        with room_to_save(run, final=False):  # its checkpoints
+        with room_to_save(run.plan, run.local_dir, run.remote_uri, final=False):  # its checkpoints
             run.trainer.train(resume_from_checkpoint=run.resume_from)
     finally:
         gc.unfreeze()  # a process that trains again (the demo, tests) can collect this run's cycles
@@ -581,7 +582,7 @@ def save(run: Run) -> None:
     if run.procs.is_main:
         shutil.rmtree(staging, ignore_errors=True)
     distributed.barrier()  # gone before any rank writes there (a DeepSpeed save writes every rank's shards)
-    with room_to_save(run, final=True):
+    with room_to_save(run.plan, run.local_dir, run.remote_uri, final=True):
         run.trainer.save_model(staging)
     if run.procs.is_main:
         name_base_model(staging, base_name(run.spec))
@@ -598,23 +599,25 @@ def save(run: Run) -> None:
 
 
 @contextmanager
-def room_to_save(run: Run, final: bool):
+def room_to_save(plan: Plan, local_dir: str, remote_uri: str | None, final: bool):
     """A save that failed for want of disk space (torch.save says only "unexpected pos N vs M") as one line naming the
     directory, its free space, the size of one checkpoint (or the final model) and the fix (failures.disk_full)."""
     try:
         yield
+    except FtctlError:  # said already (a download's own disk-full line among them)
+        raise
     except Exception as exc:
         from ftctl.preflight import checkpoint_gb
 
-        need = checkpoint_gb(run.plan)[1 if final else 0] * 1e9
+        need = checkpoint_gb(plan)[1 if final else 0] * 1e9
         fix = (
             f"free some space there, or set {LOCAL_DIR_ENV} to a directory on a larger disk (the run is staged there "
             "before its upload)"
-            if run.remote_uri
+            if remote_uri
             else "free some space or choose --output on a larger disk (or an object store); the run resumes from its "
             "last complete checkpoint"
         )
-        if line := failures.disk_full(exc, run.local_dir, need, fix):
+        if line := failures.disk_full(exc, local_dir, need, fix):
             raise FtctlError(line) from exc
         raise
 
