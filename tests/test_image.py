@@ -307,14 +307,40 @@ def test_build_command_golden(golden, args, monkeypatch, tmp_path):
 
 def test_dry_run_is_what_build_runs(monkeypatch, tmp_path):
     """--dry-run prints exactly the argv that build() hands to subprocess."""
+    monkeypatch.chdir(tmp_path)
     plan = image_build.commands("H100", push="ghcr.io/my-org", apptainer=True)
     ran = []
     monkeypatch.setattr(image_build, "check_tools", lambda p: None)
+    real_run = subprocess.run
     monkeypatch.setattr(
-        image_build.subprocess, "run", lambda argv: ran.append(argv) or subprocess.CompletedProcess(argv, 0)
+        image_build.subprocess, "run", lambda argv: ran.append(argv) or _apptainer_writes(argv, 0, real_run)
     )
     image_build.build(plan)
     assert "\n".join(join(a) for a in ran) + "\n" == plan.text()
+    assert plan.sif.read_text() == "built" and not image_build.partial(plan.sif).exists()
+
+
+def _apptainer_writes(argv, rc, real_run=subprocess.run):
+    """A stand-in build: apptainer writes its output file (whole where rc is 0, a part of it else)."""
+    if argv[0] == "mv":  # (the real one: build() runs it)
+        return real_run(argv)
+    if argv[0] != "apptainer":
+        return subprocess.CompletedProcess(argv, 0)
+    Path(argv[3]).write_text("built" if rc == 0 else "bui")
+    return subprocess.CompletedProcess(argv, rc)
+
+
+def test_a_failed_apptainer_build_keeps_the_earlier_sif(monkeypatch, tmp_path):
+    """apptainer build --force wrote the tag's .sif in place: a failed rebuild lost the one that worked."""
+    monkeypatch.chdir(tmp_path)
+    plan = image_build.commands("H100", push="ghcr.io/my-org", apptainer=True)
+    plan.sif.write_text("earlier")
+    monkeypatch.setattr(image_build, "check_tools", lambda p: None)
+    real_run = subprocess.run
+    monkeypatch.setattr(image_build.subprocess, "run", lambda argv: _apptainer_writes(argv, 255, real_run))
+    with pytest.raises(FtctlError, match="`apptainer build` failed"):
+        image_build.build(plan)
+    assert plan.sif.read_text() == "earlier" and not image_build.partial(plan.sif).exists()
 
 
 def test_bad_values_are_one_line_errors():

@@ -37,11 +37,15 @@ class BuildPlan:
     pushed: bool = False
     cuda: str = ""  # the flavour, as recorded: torch's build (cu130)
 
+    def steps(self) -> list[list[str]]:
+        """The commands build() runs, in order: the image, then its .sif built beside it and moved into place once
+        whole (a failed build leaves the tag's earlier .sif as it was)."""
+        if not self.apptainer:
+            return [self.docker]
+        return [self.docker, self.apptainer, ["mv", "-f", str(partial(self.sif)), str(self.sif)]]
+
     def text(self) -> str:
-        lines = [join(self.docker)]
-        if self.apptainer:
-            lines.append(join(self.apptainer))
-        return "\n".join(lines) + "\n"
+        return "".join(join(argv) + "\n" for argv in self.steps())
 
 
 def source_root() -> Path | None:
@@ -99,8 +103,13 @@ def commands(
         sif = Path(f"{image.REPOSITORY}-{tag}.sif").resolve()
         # a pushed image is pulled from its registry; a loaded one is read from the local engine
         source = f"docker://{ref}" if push else f"docker-daemon://{ref}"
-        plan = replace(plan, apptainer=["apptainer", "build", "--force", str(sif), source], sif=sif)
+        plan = replace(plan, apptainer=["apptainer", "build", "--force", str(partial(sif)), source], sif=sif)
     return plan
+
+
+def partial(sif: Path) -> Path:
+    """Where apptainer builds ``sif`` before build() moves it into place."""
+    return sif.with_name(sif.name + ".part")
 
 
 def check_tools(plan: BuildPlan) -> None:
@@ -135,11 +144,13 @@ def _quiet(argv: list[str]) -> int:
 
 def build(plan: BuildPlan) -> None:
     check_tools(plan)
-    for argv in [plan.docker] + ([plan.apptainer] if plan.apptainer else []):
+    for argv in plan.steps():
         click.echo(f"+ {join(argv)}", err=True)
         rc = subprocess.run(argv).returncode
         if rc != 0:
-            raise FtctlError(f"`{argv[0]} {argv[1]}` failed (exit {rc}): the lines above say why.")
+            if plan.sif:
+                partial(plan.sif).unlink(missing_ok=True)
+            raise FtctlError(f"`{join(argv[:2])}` failed (exit {rc}): the lines above say why.")
     where = "pushed" if plan.pushed else "loaded into the local docker engine"
     click.echo(f"{plan.image} ({where})")
     path = userconfig.record(plan.image, "pushed" if plan.pushed else "local", plan.gpus, plan.cuda)

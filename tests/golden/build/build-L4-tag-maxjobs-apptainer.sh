@@ -1,2 +1,3 @@
 docker buildx build --file {ROOT}/docker/Dockerfile --target runtime --platform linux/amd64 --build-arg CUDA_VERSION=13.0.1 --build-arg FA4_REQUIREMENT= --build-arg FLASH_ATTN_CUDA_ARCHS=80 --build-arg FLASH_ATTN_VERSION=2.8.3.post2 --build-arg FTCTL_VERSION=0.1.0 --build-arg MAX_JOBS=6 --build-arg TORCH_CUDA_ARCH_LIST=8.9 --build-arg TORCH_INDEX_URL= --build-arg TORCH_VERSION=2.13.0 --build-arg UBUNTU_VERSION=24.04 --tag ghcr.io/ftctl/ftctl:l4-test --load {ROOT}
-apptainer build --force {CWD}/ftctl-l4-test.sif docker-daemon://ghcr.io/ftctl/ftctl:l4-test
+apptainer build --force {CWD}/ftctl-l4-test.sif.part docker-daemon://ghcr.io/ftctl/ftctl:l4-test
+mv -f {CWD}/ftctl-l4-test.sif.part {CWD}/ftctl-l4-test.sif
