@@ -140,8 +140,12 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
         f"{plan.global_batch_size} conversations -> {spec.output}"
     )
     if earlier_demo(spec.output):  # the demo's own earlier run, replaced (another run's output is refused)
-        echo(f"(replacing the earlier demo run in {spec.output})")
-        shutil.rmtree(spec.output)
+        kept = replace_earlier_demo(spec.output)
+        echo(
+            f"(replacing the earlier demo run in {spec.output}"
+            + (f"; kept {', '.join(kept)}: merged from it, yours to remove" if kept else "")
+            + ")"
+        )
     bar = ProgressBar(echo, inplace=echo is print and sys.stdout.isatty())
     result = train(spec, plan, callbacks=[bar], echo=lambda line: None)  # the bar shows the progress
     bar.close()
@@ -154,6 +158,22 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
     echo("\n" + summary(answers))
     echo(f"Ask it yourself: {ftctl_command()} chat {shlex.quote(output_dir)}")
     return answers
+
+
+def replace_earlier_demo(output_dir: str) -> list[str]:
+    """Remove the demo's earlier run from ``output_dir`` but for the models merged from it there (`ftctl merge`, which
+    the demo's README suggests, writes RUN/merged): the user's, not the demo's. Returns those kept, as paths."""
+    from ftctl.runpaths import MERGE_RECORD
+
+    kept = []
+    for entry in sorted(Path(output_dir).iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and (entry / MERGE_RECORD).is_file():
+            kept.append(str(entry))
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return kept
 
 
 def earlier_demo(output_dir: str) -> bool:
