@@ -770,6 +770,82 @@ def commit_two_nodes(remote: str, dirs: list[Path], step: int = 8, attempt: str 
         up.close()
 
 
+def _committed_at(remote: str, step: int = 8, limit: float = 30) -> float:
+    """time.monotonic() once checkpoint-<step> is committed in the store (its ftctl-manifest.json is there)."""
+    deadline = time.monotonic() + limit
+    while not storage.exists(storage.join(remote, f"checkpoint-{step}", C.MANIFEST)):
+        assert time.monotonic() < deadline, "never committed"
+        time.sleep(0.02)
+    return time.monotonic()
+
+
+def test_a_stop_commits_as_soon_as_the_last_share_is_in(remote, tmp_path):
+    """F3 (explore11): node 0 looked for node 1's share every poll_interval (5 s), so each 2-node checkpoint committed
+    ~5 s after it was saved; at a TERM (KillWait 5 s) every share was in the store and the commit never came. Now node
+    0 looks at intervals doubling from FIRST_POLL_S, and every HURRY_POLL_S while a stop waits for its uploads."""
+    import threading
+
+    dirs = two_node_save(None, tmp_path, step=8)
+    two_node_save(None, tmp_path, step=12)
+    ups = [C.Uploader(remote, node_rank=k, num_nodes=2, attempt="att-1", backoff=(0.1, 0.5)) for k in (0, 1)]
+    assert ups[0].poll_interval == 5.0  # the default, as the trainer runs it
+    try:
+        # no waiter (a save during training): node 1's share lands ~1 s after node 0's
+        start = time.monotonic()
+        ups[0].submit(str(dirs[0] / "checkpoint-8"))
+        time.sleep(1.0)
+        ups[1].submit(str(dirs[1] / "checkpoint-8"))
+        assert _committed_at(remote, 8) - start < 4.0  # node 0's next look was 5 s after its first
+        assert ups[0].wait(30) and ups[1].wait(30)
+
+        # a stop: node 0 waits for its uploads (wait_for_uploads); node 1's share lands ~3.5 s after node 0's, when
+        # node 0's doubling intervals are at 3.2 s
+        ups[0].submit(str(dirs[0] / "checkpoint-12"))
+        landed = {}
+
+        def node1():
+            time.sleep(3.2)
+            ups[1].submit(str(dirs[1] / "checkpoint-12"))
+            assert ups[1].wait(30)
+            landed["at"] = time.monotonic()
+
+        t = threading.Thread(target=node1)
+        t.start()
+        assert ups[0].wait(30)
+        done = time.monotonic()
+        t.join(30)
+        assert done - landed["at"] < 1.0
+    finally:
+        for up in ups:
+            up.close()
+    assert [(c.step, c.complete) for c in C.list_checkpoints(remote)] == [(8, True), (12, True)]
+
+
+def test_a_wait_that_runs_out_still_commits_a_checkpoint_whose_shares_are_all_in(remote, tmp_path, monkeypatch):
+    """At a stop node 0 must not exit before committing a checkpoint whose every share is in the store: its wait
+    ending between node 1's share and node 0's next look left it uncommitted. The wait looks once more after its
+    limit."""
+    from ftctl.checkpoints import upload
+
+    monkeypatch.setattr(upload, "FIRST_POLL_S", 60.0)  # node 0 looks once, then not for a minute
+    dirs = two_node_save(None, tmp_path, step=8)
+    up0 = C.Uploader(remote, node_rank=0, num_nodes=2, attempt="att-1", backoff=(0.1, 0.5), poll_interval=60)
+    up1 = C.Uploader(remote, node_rank=1, num_nodes=2, attempt="att-1", backoff=(0.1, 0.5))
+    try:
+        up0.submit(str(dirs[0] / "checkpoint-8"))
+        deadline = time.monotonic() + 30
+        while not storage.exists(storage.join(remote, "checkpoint-8", C.node_manifest_name(0))):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)  # node 0 looked, and pauses
+        up1.submit(str(dirs[1] / "checkpoint-8"))
+        assert up1.wait(30)
+        assert up0.wait(0)  # a limit already over
+    finally:
+        up0.close(), up1.close()
+    assert C.list_checkpoints(remote)[0].complete
+
+
 def test_a_committed_multi_node_copy_on_a_shared_disk_resumes_here(remote, tmp_path, caplog):
     """Both nodes staged into one shared home: the copy holds every node's files and manifest but not the merged
     ftctl-manifest.json, which only the store got. Every resume set it aside (one checkpoint's size each time) and

@@ -4,8 +4,10 @@ with retries and backoff, never stopping training; multi-node commits merged by 
 Multi-node runs without a shared filesystem (DeepSpeed ZeRO-3 writes per-rank shards, and each
 node holds only its own): every node uploads its files and then ``manifest.node-<k>.json``; node 0
 writes ``ftctl-manifest.json`` (the merge) once every node's manifest of the same attempt is in
-the store. Node 0 polls for them from its upload thread; training never waits. A node whose share does not come
-within ``peer_wait_s`` of node 0's own (it died, or holds none to send again) leaves that checkpoint uncommitted,
+the store. Node 0 looks for them from its upload thread, right after its own share is in, then at intervals that double
+from ``FIRST_POLL_S`` to ``poll_interval``, and every ``HURRY_POLL_S`` while someone waits for the uploads (a stop: the
+commit must come as soon as the last share lands, within Slurm's KillWait); training never waits. A node whose share
+does not come within ``peer_wait_s`` of node 0's own (it died, or holds none to send again) leaves that checkpoint uncommitted,
 said with the node's number, and node 0's uploads go on with the next: they waited behind it for good, the final
 model too.
 """
@@ -39,6 +41,10 @@ from ftctl.checkpoints.resume import list_checkpoints
 from ftctl.runpaths import FINAL_MARKS, UPLOADED_RECORD
 
 log = logging.getLogger(__name__)
+
+FIRST_POLL_S = 0.2  # node 0's first interval between looks for the other nodes' shares; doubled up to poll_interval
+HURRY_POLL_S = 0.2  # node 0's interval between those looks while someone waits for the uploads (a stop)
+LAST_LOOK_S = 5.0  # what a wait that ran out still gives node 0 for one more look at them (and the commit)
 
 
 # ---------------------------------------------------------------- upload
@@ -139,6 +145,8 @@ class _Job:
     final: bool = False  # the run's top-level files (final model, spec.json, metrics), not a checkpoint
     attempt: str | None = None  # the attempt of its node manifests (a resumed run's checkpoint); None: the uploader's
     shared_at: float | None = None  # when this node's own share was in the store (node 0 waits for the others' then)
+    polls: int = 0  # node 0's looks for the other nodes' shares so far
+    looked: float = -1.0  # time.monotonic() at the start of node 0's last finished look for them
 
 
 class Uploader:
@@ -187,6 +195,7 @@ class Uploader:
         self._pending: list[_Job] = []
         self._cond = threading.Condition()
         self._closed = threading.Event()
+        self._waiting = 0  # callers in wait(): node 0 looks for the other nodes' shares every HURRY_POLL_S meanwhile
         self._fs = None
         self._thread = threading.Thread(target=self._run, name="ftctl-uploader", daemon=True)
         self._thread.start()
@@ -247,12 +256,24 @@ class Uploader:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every submitted checkpoint is committed, at most ``timeout`` seconds.
-        Logs how long it waited and, if the limit passed, what was left. True when all done."""
-        start = time.time()
+        Logs how long it waited and, if the limit passed, what was left. True when all done.
+
+        Node 0 looks for the other nodes' shares every HURRY_POLL_S meanwhile, and once more after the limit (at
+        most LAST_LOOK_S): a checkpoint whose shares are all in by then is committed before the caller goes on (and
+        its process exits, at a stop)."""
+        start = time.monotonic()
         with self._cond:
-            self._cond.wait_for(lambda: not self._pending, timeout)
+            self._waiting += 1
+            self._cond.notify_all()  # a worker pausing between its looks looks again now
+            try:
+                self._cond.wait_for(lambda: not self._pending, timeout)
+                if timeout is not None and self._pending and self._awaits_peers(self._pending[0]):
+                    deadline = start + timeout
+                    self._cond.wait_for(lambda: not self._pending or self._pending[0].looked >= deadline, LAST_LOOK_S)
+            finally:
+                self._waiting -= 1
             left = [j.name for j in self._pending]
-        waited = time.time() - start
+        waited = time.monotonic() - start
         if left:
             log.warning(
                 "gave up waiting for checkpoint uploads to %s after %.1f s; not uploaded: %s",
@@ -268,6 +289,8 @@ class Uploader:
         """Wait up to ``timeout`` for pending uploads, then stop the thread."""
         ok = self.wait(timeout) if timeout != 0 else not self.pending()
         self._closed.set()
+        with self._cond:
+            self._cond.notify_all()  # a worker pausing between its looks
         self._queue.put(None)
         self._thread.join(timeout=5)
         return ok
@@ -306,7 +329,7 @@ class Uploader:
                 try:
                     if self._attempt(job):
                         break
-                    self._closed.wait(self.poll_interval)  # other nodes not there yet
+                    self._pause(job)  # other nodes' shares not there yet
                 except Exception as exc:  # noqa: BLE001 - store errors of every kind
                     if isinstance(exc, FileNotFoundError) and not os.path.isdir(job.local):
                         # gone from this disk (deleted by hand): no retry brings it back, and every checkpoint
@@ -333,6 +356,25 @@ class Uploader:
             with self._cond:
                 self._pending.remove(job)
                 self._cond.notify_all()
+
+    def _awaits_peers(self, job: _Job) -> bool:
+        """Node 0 has its own share of ``job`` in the store and waits for the other nodes'."""
+        return self.num_nodes > 1 and self.node_rank == 0 and not job.final and job.uploaded
+
+    def _pause(self, job: _Job) -> None:
+        """Between node 0's looks for the other nodes' shares: FIRST_POLL_S doubled at each look up to
+        poll_interval, and HURRY_POLL_S at most while someone waits (wait: a stop, the end of the run)."""
+        seconds = min(self.poll_interval, FIRST_POLL_S * 2**job.polls)
+        job.polls += 1
+        start = time.monotonic()
+        with self._cond:
+            self._cond.notify_all()  # a wait past its limit sees this look
+            while not self._closed.is_set():
+                limit = min(seconds, HURRY_POLL_S) if self._waiting else seconds
+                elapsed = time.monotonic() - start
+                if elapsed >= limit:
+                    return
+                self._cond.wait(limit - elapsed)
 
     def _attempt(self, job: _Job) -> bool:
         """One try; True when the job is finished, False to poll again later."""
@@ -386,6 +428,7 @@ class Uploader:
         """Node 0: merge every node's manifest into ftctl-manifest.json once all are there. True: done (committed, or
         given up: a node's manifest not in within peer_wait_s of node 0's share); False: poll again."""
         attempt = job.attempt or self.attempt
+        looking = time.monotonic()
         names = {e["name"] for e in storage.ls(ckpt_uri, self.endpoint_url)}
         manifests = {}
         for k in range(self.num_nodes):
@@ -395,10 +438,12 @@ class Uploader:
             if m.get("attempt") == attempt:
                 manifests[k] = m
         missing = [k for k in range(self.num_nodes) if k not in manifests]
+        job.looked = looking
         if missing:
             waited = time.time() - job.shared_at
             if self.peer_wait_s is None or waited < self.peer_wait_s:
-                log.info("%s: waiting for the manifests of node(s) %s", ckpt_uri, missing)
+                if not job.polls:  # said once: node 0 looks again every HURRY_POLL_S at a stop
+                    log.info("%s: waiting for the manifests of node(s) %s", ckpt_uri, missing)
                 return False
             log.warning(
                 "%s: node(s) %s sent no share of it within %.0f s of node 0's (the node died, or holds none to send): "
