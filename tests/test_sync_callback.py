@@ -307,3 +307,61 @@ def test_a_multi_node_stop_checkpoint_the_store_did_not_commit_is_committed_by_t
     assert "checkpoint-8 is not complete in" in caplog.text and "committed" in caplog.text
     fresh = tmp_path / "fresh-node"  # a spot job that comes back elsewhere
     assert C.latest_complete(str(fresh), remote) == str(fresh / "checkpoint-8")
+
+
+def test_a_stop_whose_checkpoint_did_not_reach_the_store_says_so_and_its_requeue_says_it_starts_again(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, s3_env, monkeypatch, caplog
+):
+    """F5 (explore11): the store down at a USR2, the stop's upload gave up, and the trainer said only 'stopped ...;
+    resume with the same output dir'; the requeued attempt on a fresh node printed 'step 1/20' with no line saying
+    why. Now the stop is one error line naming the checkpoint and the directory holding it, metrics.jsonl records
+    it as not in the store, and the requeued attempt says it starts from step 0. The status word stays preempted
+    (the batch script requeues on it: resumed from the kept copy where the nodes share that disk)."""
+    import signal
+
+    from transformers import TrainerCallback
+
+    from ftctl.trainer.run import train
+    from tests.s3_fixtures import MotoS3
+    from tests.trainer_fixtures import make_run
+
+    server = MotoS3(tmp_path / "moto")
+    server.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+        bucket = server.make_bucket()
+
+        class StoreDownThenSignal(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step == 2:
+                    server.kill()
+                    os.kill(os.getpid(), signal.SIGUSR2)
+
+        uri = f"s3://{bucket}/runs/tiny"
+        spec, plan = make_run(tiny_model_dir, tiny_data, uri, "lora", max_steps=4, save_steps=100, resume="auto",
+                              lora_r=4, lora_alpha=8, upload_wait_s=2)  # fmt: skip
+        status = tmp_path / "status"
+        monkeypatch.setenv("FTCTL_STATUS_FILE", str(status))
+        monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "node-a"))
+        caplog.set_level(logging.INFO)
+        first = train(spec, plan, callbacks=[StoreDownThenSignal()], echo=lambda *_: None)
+        assert first.status == "preempted" and status.read_text().strip() == "preempted"
+        name = f"checkpoint-{first.global_step}"
+        kept = tmp_path / "node-a" / name
+        assert C.verify(str(kept)) == []
+        (said,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert f"but its {name} did not reach {uri}" in said and f"it is kept in {kept}" in said
+        assert "resume with the same output dir" not in caplog.text
+        rows = [json.loads(line) for line in (tmp_path / "node-a" / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["event"] == "stop" and (rows[-1]["checkpoint"], rows[-1]["in_store"]) == (name, False)
+
+        server.restart(replay=False)  # the store back, empty; the requeued attempt on a fresh node
+        server.make_bucket(bucket)
+        caplog.clear()
+        monkeypatch.setenv("FTCTL_ATTEMPT", "1")
+        monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "node-b"))
+        second = train(spec, plan, echo=lambda *_: None)
+        assert second.status == "complete"
+        assert f"attempt 1 of this job starts from step 0: neither {uri} nor {tmp_path / 'node-b'} holds" in caplog.text
+    finally:
+        server.kill()

@@ -206,6 +206,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if not procs.on_cpu and (full := gpu_memory.check_free(plan, procs.local_rank)):
             log.warning("%s", full)
         run.resume_from = resume_point(spec, local_dir, remote_uri)
+        if procs.is_main and (again := starts_again(run.resume_from, local_dir, remote_uri)):
+            log.warning("%s", again)
         trained_with = checkpoint_settings.settings(spec, plan)  # recorded in each manifest; compared on resume
         changed = checkpoint_settings.changes(run.resume_from, trained_with)
         if run.resume_from and (done := already_trained(spec, run.resume_from, changed, local_dir, remote_uri)):
@@ -656,15 +658,65 @@ def name_base_model(local_dir: str, model_name_or_path: str) -> None:
 # ------------------------------------------------------------------------------------------ cleanup
 def cleanup(run: Run, status: str) -> None:
     run.preemption.uninstall()
+    if status == "preempted" and run.procs.is_main:
+        say_stop(run)  # before the uploader closes: it knows what the store committed
     if run.sync is not None:
         run.sync.close()
-    if status == "preempted" and run.procs.is_main:
-        log.warning(
-            "stopped on %s after saving step %d; resume with the same output dir",
-            run.preemption.received,
-            run.trainer.state.global_step,
-        )
     write_status(status)
+
+
+def say_stop(run: Run) -> None:
+    """Rank 0 at a stop: where its checkpoint is, in the log and in metrics.jsonl (a "stop" record: its checkpoint,
+    and for an object-store output whether the store committed it). The status word stays ``preempted`` either way
+    and the job is requeued: on a disk the nodes share (a home) the requeued attempt resumes the kept copy and sends
+    it; elsewhere it starts from the store's newest committed checkpoint, which it says (starts_again), and a job
+    not requeued would have to start there too. A stop checkpoint the store did not commit is one error line."""
+    step = run.trainer.state.global_step
+    name = f"{checkpoints.CHECKPOINT_PREFIX}{step}"
+    unsent = run.remote_uri is not None and name in run.sync.unsent()
+    record = {"step": step, "event": "stop", "time": round(time.time(), 3), "signal": run.preemption.received}
+    record |= {"checkpoint": name} | ({"in_store": not unsent} if run.remote_uri else {})
+    try:
+        with open(os.path.join(run.local_dir, METRICS_FILE), "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:  # a full disk: the log below still says it
+        log.warning("cannot record the stop in %s: %s", METRICS_FILE, e.strerror or e)
+    if not unsent:
+        log.warning(
+            "stopped on %s after saving step %d; resume with the same output dir", run.preemption.received, step
+        )
+        return
+    log.error(
+        "stopped on %s at step %d, but its %s did not reach %s (not committed within upload_wait_s=%s: the warnings "
+        "above say why); it is kept in %s: a requeue or the same `ftctl launch` resumes it where that directory is "
+        "seen (nodes sharing this disk) and sends it, elsewhere starts from the newest checkpoint committed in %s "
+        "(step 0 if none) and trains those steps again",
+        run.preemption.received,
+        step,
+        name,
+        run.remote_uri,
+        run.spec.upload_wait_s,
+        os.path.join(run.local_dir, name),
+        run.remote_uri,
+    )
+
+
+def starts_again(resume_from: str | None, local_dir: str, remote_uri: str | None) -> str | None:
+    """What a requeued or recovered attempt (ATTEMPT_ENV > 0) that finds no checkpoint to resume says: an earlier
+    attempt trained, and its steps are trained again (its stop checkpoint may be on another node's disk, its upload
+    cut short: say_stop said so in its log)."""
+    attempt = int(os.environ.get(ATTEMPT_ENV) or 0)
+    if resume_from is not None or attempt == 0:
+        return None
+    none = (
+        f"neither {remote_uri} nor {local_dir} holds a complete checkpoint"
+        if remote_uri
+        else f"{local_dir} holds no complete checkpoint"
+    )
+    return (
+        f"attempt {attempt} of this job starts from step 0: {none}, so what the earlier attempt trained is trained "
+        "again (where its stop checkpoint's upload did not finish, its log says so)"
+    )
 
 
 def write_status(status: str) -> None:

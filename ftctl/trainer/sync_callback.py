@@ -407,6 +407,11 @@ class CheckpointSyncCallback(TrainerCallback):
         self.uploader.submit_final(local_dir)
         return self.uploader.wait(self.upload_wait_s)
 
+    def unsent(self) -> list[str]:
+        """The checkpoints queued for upload that the store has not committed (none without a store); ask before
+        ``close``."""
+        return self.uploader.pending() if self.uploader is not None else []
+
     def close(self) -> None:
         if self.uploader is not None:
             self.uploader.close(0)
