@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ftctl import checkpoints as C
-from tests.s3_fixtures import assert_logs_clean, assert_no_secrets
+from tests.s3_fixtures import assert_logs_clean, assert_no_secrets, make_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 6
@@ -365,3 +365,55 @@ def test_a_stop_whose_checkpoint_did_not_reach_the_store_says_so_and_its_requeue
         assert f"attempt 1 of this job starts from step 0: neither {uri} nor {tmp_path / 'node-b'} holds" in caplog.text
     finally:
         server.kill()
+
+
+@pytest.mark.parametrize("disk", ["shared", "node-local"])
+def test_nodes_that_stage_into_one_directory_send_each_file_once(disk, s3_bucket, tmp_path, monkeypatch):
+    """F9 (explore11): on a home the nodes share, every node stages into one ~/.cache/ftctl/runs/<slug>, and each
+    listed every file of the checkpoint in its manifest and uploaded it: every file once per node. Now the first node
+    of a directory lists and sends its files, the others their manifest only; nodes with a disk of their own each
+    send their own, as before. Either way the store's commit holds every file and a fresh node resumes it."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from ftctl import storage
+    from ftctl.checkpoints import upload
+    from ftctl.checkpoints.manifest import is_manifest, nodes_committed
+    from ftctl.trainer import sync_callback as S
+
+    remote = s3_bucket + "/run"
+    dirs = [tmp_path / "home"] * 2 if disk == "shared" else [tmp_path / "node0", tmp_path / "node1"]
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    # rank 0's attempt, as the trainer broadcasts it (torch.distributed is not started in this one process)
+    monkeypatch.setattr(S.CheckpointSyncCallback, "_agree_on_attempt", lambda self: "att-1")
+    sent = []
+    put = upload._put
+    monkeypatch.setattr(upload, "_put", lambda fs, local, uri: (sent.append(uri), put(fs, local, uri)))
+    syncs, state, control = [], TrainerState(global_step=8), TrainerControl()
+    for node, d in enumerate(dirs):  # each node's local rank 0, as torchrun numbers it
+        d.mkdir(exist_ok=True)
+        monkeypatch.setenv("GROUP_RANK", str(node))
+        sync = S.CheckpointSyncCallback(remote, spec_hash="h", backoff=(0.1, 0.5), poll_interval=0.1)
+        sync.on_train_begin(TrainingArguments(output_dir=str(d), report_to=[]), state, control)
+        syncs.append(sync)
+    assert [s.lists_files for s in syncs] == [True, disk == "node-local"]
+    mine = [{"model.safetensors": b"w" * 999, "rng_state_0.pth": b"r0" * 50}, {"rng_state_1.pth": b"r1" * 77}]
+    for d, files in zip(dirs, mine):  # every rank's files written (the on_save barrier)
+        make_checkpoint(d, 8, files={"config.json": b'{"a": 1}', **files})
+    for node, (sync, d) in enumerate(zip(syncs, dirs)):
+        monkeypatch.setenv("GROUP_RANK", str(node))
+        sync.on_save(TrainingArguments(output_dir=str(d), report_to=[]), state, control)
+    assert all([sync.wait_for_uploads(30) for sync in syncs])
+    for sync in syncs:
+        sync.close()
+
+    files = sorted(uri.rsplit("/checkpoint-8/", 1)[1] for uri in sent if not is_manifest(uri.rsplit("/", 1)[1]))
+    every = ["config.json", "model.safetensors", "rng_state_0.pth", "rng_state_1.pth"]
+    assert files == (every if disk == "shared" else sorted([*every, "config.json"]))  # node-local: each its config
+    stored = C.read_manifest(storage.join(remote, "checkpoint-8"))
+    assert sorted(f["path"] for f in stored["files"]) == every
+    node1 = C.read_manifest(storage.join(remote, "checkpoint-8"), C.node_manifest_name(1))
+    assert [f["path"] for f in node1["files"]] == ([] if disk == "shared" else ["config.json", "rng_state_1.pth"])
+    assert C.latest_complete(str(tmp_path / "fresh"), remote) == str(tmp_path / "fresh" / "checkpoint-8")
+    if disk == "shared":  # the shared copy is committed by its nodes' manifests too (a stop the store did not get)
+        assert nodes_committed(str(dirs[0] / "checkpoint-8"))["files"] == stored["files"]

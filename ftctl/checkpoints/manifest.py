@@ -83,12 +83,13 @@ def _sha256_stream(f) -> str:
 # ---------------------------------------------------------------- manifests
 
 
-def build_manifest(ckpt_dir: str, step: int, world_size: int, spec_hash: str, **extra) -> dict:
-    """The manifest of every file now in ``ckpt_dir`` (manifests themselves excluded)."""
+def build_manifest(ckpt_dir: str, step: int, world_size: int, spec_hash: str, with_files: bool = True, **extra) -> dict:
+    """The manifest of every file now in ``ckpt_dir`` (manifests themselves excluded); ``with_files`` False: of none
+    (a node's empty share where the nodes stage into one directory and another node lists its files)."""
     import ftctl
 
     files = []
-    for rel in storage.local_files(ckpt_dir):
+    for rel in storage.local_files(ckpt_dir) if with_files else ():
         if is_manifest(rel) or rel.endswith(".ftctl-tmp"):
             continue
         full = os.path.join(ckpt_dir, *rel.split("/"))

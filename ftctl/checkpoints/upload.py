@@ -302,7 +302,11 @@ class Uploader:
             raise FileNotFoundError(f"{ckpt_dir} has no {self.manifest_name}: write it first")
         staged = os.path.join(os.path.dirname(ckpt_dir), STAGING_DIR, f"{name}-{uuid.uuid4().hex[:8]}")
         try:
-            for rel in storage.local_files(ckpt_dir):
+            # what this node sends, and no other file: nodes that stage into one directory write their manifests
+            # there at once (another's .ftctl-tmp is gone by the time it would be linked)
+            with open(os.path.join(ckpt_dir, self.manifest_name), "rb") as f:
+                listed = [e["path"] for e in json.loads(f.read())["files"]]
+            for rel in [*listed, self.manifest_name]:
                 src = os.path.join(ckpt_dir, *rel.split("/"))
                 dst = os.path.join(staged, *rel.split("/"))
                 os.makedirs(os.path.dirname(dst), exist_ok=True)

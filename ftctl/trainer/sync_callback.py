@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 #: seconds the end of a run waits for the last checkpoint's upload before giving up (logged)
 UPLOAD_WAIT_S = RunSpec.upload_wait_s  # the one default lives in the spec
 RESUME_LOCK = ".ftctl-resume.lock"  # in a run's local directory: resume_lock
+NODE_MARK = ".ftctl-node-"  # + attempt + "-" + node rank: a node stages into this directory (lists_files)
 
 
 def node_topology(shared_filesystem: bool = False) -> tuple[int, int]:
@@ -280,6 +281,7 @@ class CheckpointSyncCallback(TrainerCallback):
         self.poll_interval = poll_interval
         self.uploader: checkpoints.Uploader | None = None
         self.attempt: str | None = None
+        self.lists_files = True  # this node's manifest lists (and it uploads) the checkpoint's files: lists_files
 
     # -- helpers
 
@@ -311,8 +313,30 @@ class CheckpointSyncCallback(TrainerCallback):
 
     # -- Trainer events
 
+    def lists_files_of(self, output_dir: str, writes: bool) -> bool:
+        """Whether this node's manifests list the checkpoints' files (and it uploads them): where nodes stage into
+        one directory (a home they share, ~/.cache/ftctl/runs/...), only the first of them; the others' manifests list
+        none (merge_nodes: the first's files). Each uploaded every file of the directory, once per node, and its
+        manifest listed them all. Every node where each has a disk of its own. ``writes``: this process writes
+        this node's manifests; every process takes part (a barrier)."""
+        mark = f"{NODE_MARK}{self.attempt}-"
+        if writes:
+            with contextlib.suppress(OSError):
+                for name in os.listdir(output_dir):  # an earlier attempt's, on this disk
+                    if name.startswith(NODE_MARK) and not name.startswith(mark):
+                        with contextlib.suppress(OSError):
+                            os.unlink(os.path.join(output_dir, name))
+            Path(output_dir, f"{mark}{self.node_rank}").touch()
+        self._barrier()  # every node's mark is written
+        return not any(Path(output_dir, f"{mark}{k}").exists() for k in range(self.node_rank))
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.attempt = self._agree_on_attempt()
+        if self.num_nodes > 1:
+            self.lists_files = self.lists_files_of(args.output_dir, self._writes(state))
+            if self._writes(state) and not self.lists_files:
+                log.info("node %d stages into the directory of a node before it: that node sends the checkpoints' "
+                         "files, this one its manifest only", self.node_rank)  # fmt: skip
         if self.remote_uri and self._writes(state) and self.uploader is None:
             self.uploader = checkpoints.Uploader(
                 self.remote_uri,
@@ -381,6 +405,7 @@ class CheckpointSyncCallback(TrainerCallback):
                         "node_rank": self.node_rank,
                         "num_nodes": self.num_nodes,
                         "attempt": self.attempt,
+                        "with_files": self.lists_files,
                     }
                 checkpoints.write_manifest(ckpt, state.global_step, args.world_size, self.spec_hash, name=name, **extra)
                 if self.uploader is not None:
