@@ -234,6 +234,17 @@ class Backend:
         self.status(ref)
         return ""
 
+    def trainer_paths(self, ref: JobRef) -> RunPaths | None:
+        """Where the job's trainer writes (metrics.jsonl, checkpoints, its lock), as this machine names it: the run
+        directory of a local output; for an object-store output the directory it stages the run in (trainer_paths_of),
+        which this machine sees only where it shares that disk (a home the nodes share). None: it cannot be named."""
+        if not is_remote(ref.output):
+            return ref.paths
+        try:
+            return trainer_paths_of(run_spec(ref))
+        except (OSError, FtctlError):
+            return None
+
     def stop_note(self, ref: JobRef) -> str | None:
         """For a cancelled job: whether its trainer saved a checkpoint as it stopped, and where the same launch goes
         on; None where this backend's state line says it already."""
@@ -742,40 +753,71 @@ def status_lines(job: str) -> list[str]:
     later = next((r for r, _ in recorded_jobs() if r.output == ref.output and r.run_dir == ref.run_dir), ref)
     if later.job_id != ref.job_id:  # the run goes on in the later job (and a run dir's metrics.jsonl with its steps)
         return [*lines, f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})"]
-    return [*lines, *filter(None, [progress(ref, state.ran, state.own_start)])]
+    metrics = paths.metrics if (paths := b.trainer_paths(ref)) else None
+    return [*lines, *filter(None, [progress(ref, state.ran, state.own_start, metrics)])]
 
 
-def progress(ref: JobRef, ran: tuple[float, float | None] | None = None, own: dict | None = None) -> str | None:
-    """The run's last logged step and its last held-out loss, from the trainer's metrics.jsonl where the run
-    directory holds it (a local or shared output; an object-store output keeps it on the node). None: nothing yet.
-
-    Only the rows of the job's own trainers count: each "start" record begins a trainer's rows (one trains there at a
-    time: the run directory's lock). ``own``: what a start record of the job's holds (Slurm: {"slurm_job_id": "42"});
-    a start record without those keys (an older ftctl's) is the job's where it was written within ``ran`` (when the
-    job's latest attempt started and ended), or where neither is known. None where no trainer of the job trained: the
-    steps are another job's (one that held the run directory's lock, which refused this one). A metrics.jsonl without
-    start records (an older ftctl's) is shown as it is."""
+def metrics_records(metrics: Path) -> list[dict] | None:
+    """The records of a run's metrics.jsonl, in order: a logged step's, an eval's, a trainer's "start" (trainer.run.
+    record_start: one a trainer that started training there, in a Slurm job with its job id and attempt). The line the
+    trainer is writing is left out; None where there is no file to read."""
     try:
-        lines = ref.paths.metrics.read_text().splitlines()
+        lines = metrics.read_text().splitlines()
     except OSError:
         return None
-
-    def mine(start: dict) -> bool:
-        if own and all(key in start for key in own):
-            return all(start[key] == value for key, value in own.items())
-        when = start.get("time")
-        return ran is None or (isinstance(when, (int, float)) and ran[0] <= when <= (ran[1] or math.inf))
-
-    step = held_out = best = None
-    counts = True  # the rows before any start record: an older ftctl's, shown as they are
-    started = ours = False
+    records = []
     for line in lines:
         try:
             record = json.loads(line)
         except ValueError:  # the line the trainer is writing
             continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def starts_in(metrics: Path) -> list[dict]:
+    """The "start" records of a run's metrics.jsonl; [] where there is none to read."""
+    return [r for r in metrics_records(metrics) or [] if r.get("event") == "start"]
+
+
+def own_start(start: dict, ran: tuple[float, float | None] | None, own: dict | None) -> bool:
+    """Whether a "start" record is a trainer of the job's: ``own`` is what such a record holds (Slurm: its job id and
+    attempt); one without those keys (an older ftctl's, or a backend that names none: docker) where it was written
+    within ``ran`` (when the job's latest attempt started and ended), or where neither is known."""
+    if own and all(key in start for key in own):
+        return all(start[key] == value for key, value in own.items())
+    when = start.get("time")
+    return ran is None or (isinstance(when, (int, float)) and ran[0] <= when <= (ran[1] or math.inf))
+
+
+def not_training_yet(paths: RunPaths, ran: tuple[float, float | None] | None, own: dict | None) -> bool:
+    """Whether the job's trainer in ``paths`` (its run or staging directory, as this machine sees it) has not started
+    training: no start record of its own there. `cancel` then stops it at once: a trainer still loading cannot save,
+    and waiting for a checkpoint would wait the whole grace."""
+    return not any(own_start(start, ran, own) for start in starts_in(paths.metrics))
+
+
+def progress(
+    ref: JobRef, ran: tuple[float, float | None] | None = None, own: dict | None = None, metrics: Path | None = None
+) -> str | None:
+    """The run's last logged step and its last held-out loss, from the trainer's metrics.jsonl (``metrics``, else the
+    run directory's) where this machine sees it (a local or shared output; an object-store output's staging dir where
+    this machine shares its disk: Backend.trainer_paths). None: nothing yet.
+
+    Only the rows of the job's own trainers count (own_start): each "start" record begins a trainer's rows (one trains
+    there at a time: the run directory's lock). None where no trainer of the job trained: the steps are another job's
+    (one that held the run directory's lock, which refused this one). A metrics.jsonl without start records (an older
+    ftctl's) is shown as it is."""
+    records = metrics_records(metrics or ref.paths.metrics)
+    if records is None:
+        return None
+    step = held_out = best = None
+    counts = True  # the rows before any start record: an older ftctl's, shown as they are
+    started = ours = False
+    for record in records:
         if record.get("event") == "start":
-            counts = mine(record)
+            counts = own_start(record, ran, own)
             started, ours = True, ours or counts
         elif not counts:
             continue
@@ -808,12 +850,32 @@ def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:
 
 
 # ------------------------------------------------------------------------------------------ a run's trainer
-def trainer_paths_of(spec: RunSpec) -> RunPaths:
+def trainer_paths_of(spec: RunSpec, env: dict[str, str] | None = None) -> RunPaths:
     """Where the trainer of a run writes and holds its lock: the run directory, or for an object-store output the
-    directory it stages the run in (trainer.run.output_dirs)."""
+    directory it stages the run in (trainer.run.output_dirs). ``env``: what the trainer's environment sets that this
+    one may not (docker: the container's HOME), which names that directory."""
     from ftctl.trainer.run import output_dirs
 
-    return RunPaths(Path(output_dirs(spec)[0]))
+    if not env:
+        return RunPaths(Path(output_dirs(spec)[0]))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # output_dirs reads its environment (FTCTL_LOCAL_DIR, FTCTL_CACHE, HOME)
+    try:
+        return RunPaths(Path(output_dirs(spec)[0]))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_spec(ref: JobRef) -> RunSpec:
+    """The job's spec as its run dir's spec.json holds it; where that cannot be read, one of its output alone."""
+    try:
+        return RunSpec(**json.loads(ref.paths.spec.read_text())["spec"])
+    except (OSError, ValueError, KeyError, TypeError, FtctlError):
+        return RunSpec(output_dir=ref.output)
 
 
 def resumes_from(ref: JobRef) -> str:

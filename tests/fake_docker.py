@@ -5,7 +5,8 @@ runs the container's command as a local process, so the docker backend's own cod
 What it emulates, nothing more: ``run --detach --name N [--user UID:GID] [-v HOST:CTR[:ro]] [-e K[=V]] [-w DIR]
 IMAGE CMD...`` (CMD runs here with container paths mapped back to their host paths, output to a log, and, run as
 root, as --user's uid or else the image's USER, ``$FAKE_IMAGE_USER``), ``inspect --format ... N``
-(created/running/exited and the exit code: 128+N for a command a signal N ended), ``logs [--follow] [--tail N] N``,
+(its ``.State.Status``: created/running/exited, ``.State.ExitCode``: 128+N for a command a signal N ended,
+``.State.StartedAt`` and ``.State.FinishedAt`` in docker's RFC 3339 form, its zero time for never), ``logs [--follow] [--tail N] N``,
 ``stop [--time S] N`` (SIGTERM to the command, the container's PID 1, which ignores it without a handler of its
 own as a container's init does; SIGKILL to all of its processes after S seconds), ``rm N``, ``version`` and ``info
 --format '{{json .}}'`` (a daemon's: its runtimes are runc and ``$FAKE_DOCKER_RUNTIMES``, comma-separated; with
@@ -80,6 +81,30 @@ def state(name):
     except OSError:
         zombie = True
     return ("exited", 137) if zombie else ("running", 0)
+
+
+ZERO_TIME = "0001-01-01T00:00:00Z"  # docker's "never"
+
+
+def rfc3339(unix):
+    """A Unix time as docker prints one: 2026-12-04T10:11:12.123456789Z."""
+    ns = round(unix * 1e9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+
+
+def inspected(fmt, name, st):
+    """``inspect --format FMT``'s line: the State fields it names, as docker fills them in."""
+    d = STATE / name
+    rc = d / "rc"
+    fields = {
+        "Status": st[0],
+        "ExitCode": str(st[1]),
+        "StartedAt": rfc3339(float((d / "started").read_text())),
+        "FinishedAt": rfc3339(rc.stat().st_mtime) if rc.exists() else ZERO_TIME,
+    }
+    for key, value in fields.items():
+        fmt = fmt.replace("{{.State." + key + "}}", value)
+    return fmt
 
 
 def catches(pid, sig):
@@ -161,6 +186,7 @@ def main(args):
             print(f'Conflict. The container name "/{name}" is already in use', file=sys.stderr)
             return 125
         d.mkdir(parents=True)
+        (d / "started").write_text(repr(time.time()))
         out = open(d / "log", "w")
         wrapper = [  # runs the command, notes its pid (the container's PID 1), then its exit code as docker says it
             sys.executable,
@@ -189,7 +215,7 @@ def main(args):
         print(f"Error: No such container: {name}", file=sys.stderr)
         return 1
     if cmd == "inspect":
-        print(f"{st[0]} {st[1]}")
+        print(inspected(dict(opts).get("--format", "{{.State.Status}} {{.State.ExitCode}}"), name, st))
     elif cmd == "logs":
         path, pos_ = STATE / name / "log", 0
         if "--tail" in dict(opts):  # the last N lines, then (with --follow) what comes

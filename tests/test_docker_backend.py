@@ -180,23 +180,32 @@ def test_cancel_stops_a_running_container(docker_env, tiny_model_dir, tiny_data,
 
 def test_cancel_gives_the_trainer_its_grace_then_docker_kills_it(docker_env, tmp_path, monkeypatch):
     """docker stop's grace: the run's signal_lead_s unless --wait says; a trainer that stops within it (torchrun's
-    exit after its workers' checkpoint) saved one, one that does not is killed and saved none. Containers of a
-    stand-in trainer, which stops on SIGTERM or does not."""
+    exit after its workers' checkpoint) saved one, one that does not is killed and saved none. A trainer that has not
+    started training (no start record of its own in metrics.jsonl: one still loading cannot save) is stopped at once:
+    it waited the whole grace (120 s), a container's torchrun ignoring SIGTERM until it takes it. Containers of a
+    stand-in trainer, which stops on SIGTERM or does not, and writes its start record or not."""
     from ftctl.backend import JobRef, record_job
 
     monkeypatch.setenv("FTCTL_HOME", docker_env["FTCTL_HOME"])
     fake = [sys.executable, str(REPO / "tests" / "fake_docker.py")]
-    for name, on_term in (("stops", "sys.exit(143)"), ("stays", "None")):
+    earlier = json.dumps({"step": 0, "event": "start", "time": time.time() - 3600})  # an earlier container's trainer
+    for name, on_term, starts in (("stops", "sys.exit(143)", True), ("stays", "None", True), ("loads", "None", False)):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        (run_dir / "metrics.jsonl").write_text(earlier + "\n")
         script = tmp_path / f"{name}.py"
         script.write_text(
-            "import signal, sys, time\n"
+            "import json, signal, sys, time\n"
             f"signal.signal(signal.SIGTERM, lambda *a: {on_term})\n"
+            f"if {starts}:\n"
+            f"    with open({str(run_dir / 'metrics.jsonl')!r}, 'a') as f:\n"
+            "        f.write(json.dumps({'step': 0, 'event': 'start', 'time': time.time()}) + '\\n')\n"
             "print('training', flush=True)\n"
             "time.sleep(600)\n"
         )
         run = ["run", "--detach", "--name", name, "--user", f"{os.getuid()}:{os.getgid()}", "ftctl:test"]
         subprocess.run([*fake, *run, sys.executable, str(script)], env=docker_env, check=True)
-        record_job(JobRef("docker", name, str(tmp_path / name), name, str(tmp_path / name)))
+        record_job(JobRef("docker", name, str(run_dir), name, str(run_dir)))
         while "training" not in (Path(docker_env["FAKE_DOCKER_STATE"]) / name / "log").read_text():
             time.sleep(0.1)
     stops = ftctl(docker_env, "cancel", "stops")
@@ -206,6 +215,14 @@ def test_cancel_gives_the_trainer_its_grace_then_docker_kills_it(docker_env, tmp
     said = "no checkpoint was saved as it stopped (none within 1 s: `ftctl cancel --wait SECONDS` gives its trainer"
     assert stays.stdout.startswith(f"cancelled stays: {said}")
     assert ftctl(docker_env, "status", "stays").stdout.startswith("stays CANCELLED (killed, exit 137)")
+    started = time.monotonic()
+    loads = ftctl(docker_env, "cancel", "loads")
+    assert time.monotonic() - started < 10 and ["stop", "--time", "0", "loads"] in docker_calls(docker_env)
+    assert loads.stdout.strip() == (
+        "cancelled loads: no checkpoint was saved as it stopped (its trainer had not started training: nothing since "
+        "the last checkpoint to save): the same `ftctl launch` resumes it"  # (no spec.json: what from, not known)
+    )
+    assert not loads.stderr
 
 
 def training(out: Path, trainers: int, timeout: float = 240) -> None:
@@ -294,6 +311,8 @@ def test_an_object_store_output_gets_the_launchs_credentials_by_name(
     bucket = s3_bucket.split("://", 1)[1]
     keys = [o["Key"] for o in moto_s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert "run/adapter_config.json" in keys, keys
+    # its steps, from where the container's trainer staged the run (under its HOME: this host's cache)
+    assert ftctl(env, "status", job).stdout.splitlines()[1].startswith("step 2  loss ")
     run = next(c for c in docker_calls(env) if c[0] == "run")
     passed = [run[i + 1] for i, a in enumerate(run) if a == "-e"]
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):

@@ -346,3 +346,62 @@ def test_cancel_of_a_requeued_job_waiting_to_start_again_says_it_ran(slurm, tmp_
         f"cancelled {job} (PENDING after 1 requeue: its next attempt had not started): the same `ftctl launch` "
         "starts it again: nothing was saved"
     )
+
+
+def test_cancel_of_a_store_run_whose_trainer_is_loading_on_a_shared_disk_is_at_once(
+    slurm, s3_bucket, tmp_path, monkeypatch, capsys
+):
+    """A run into object storage keeps its metrics.jsonl in the staging dir on its nodes: `cancel` always asked for a
+    checkpoint, and waited signal_lead_s (120 s) of a trainer still loading, which cannot save (explore11 F7). Where
+    this machine shares that disk (a home; here FTCTL_LOCAL_DIR, which the job takes from this environment) and a
+    trainer holds its lock without a start record of this attempt, it is cancelled at once; one that started training
+    is asked, and `status` shows its steps from there (F6: it showed none)."""
+    from ftctl.slurm.render import CANCEL_TRAP
+
+    run, disk = tmp_path / "run", tmp_path / "node-disk"
+    run.mkdir()
+    (run / "job.sbatch").write_text(f"#!/bin/bash\n{CANCEL_TRAP}\n")  # a script that takes the request
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(disk))
+    lock, metrics = disk / ".ftctl" / "train.lock", disk / "metrics.jsonl"
+    lock.parent.mkdir(parents=True)
+    trainer = tmp_path / "trainer.py"  # holds the lock as trainer.run.only_trainer; a start record once it trains
+    trainer.write_text(
+        "import fcntl, json, os, sys, time\n"
+        "fh = open(sys.argv[1], 'a+')\n"
+        "fcntl.flock(fh, fcntl.LOCK_EX)\n"
+        "fh.seek(0); fh.truncate(); fh.write(f'pid {os.getpid()} since now\\n'); fh.flush()\n"
+        "if sys.argv[3] == 'trains':\n"
+        "    start = {'step': 0, 'event': 'start', 'time': time.time(), 'slurm_job_id': os.environ['SLURM_JOB_ID'],\n"
+        "             'slurm_restart_count': 0}\n"
+        "    with open(sys.argv[2], 'a') as f:\n"
+        "        f.write(json.dumps(start) + '\\n' + json.dumps({'step': 3, 'loss': 1.5}) + '\\n')\n"
+        "time.sleep(300)\n"
+    )
+
+    def job(how: str) -> JobRef:
+        lock.unlink(missing_ok=True)
+        argv = " ".join(shlex.quote(str(a)) for a in (sys.executable, trainer, lock, metrics, how))
+        ref = JobRef(
+            "slurm",
+            _sbatch(slurm, run, f"trap 'echo asked' USR1\n{argv} &\nwhile true; do sleep 0.2; done\n"),
+            str(run),
+            "n",
+            f"{s3_bucket}/r1",
+        )
+        record_job(ref)
+        slurm.wait_state(ref.job_id, "RUNNING")
+        _wait_for(lambda: lock.exists() and "since now" in lock.read_text())
+        return ref
+
+    loading = job("loads")
+    said = get("slurm").cancel(loading)
+    assert said.startswith(f"cancelled {loading.job_id}: no checkpoint of its stop reached {s3_bucket}/r1"), said
+    err = capsys.readouterr().err
+    assert "at once (its trainer had not started training: nothing since the last checkpoint to save)" in err
+    assert "asked job" not in err
+
+    training = job("trains")
+    _wait_for(lambda: metrics.exists() and f'"slurm_job_id": "{training.job_id}"' in metrics.read_text())
+    assert status_lines(training.job_id)[1:] == ["step 3  loss 1.5000"]
+    get("slurm").cancel(training, wait_s=0)
+    assert f"asked job {training.job_id}'s trainer for a checkpoint" in capsys.readouterr().err

@@ -4,7 +4,8 @@
 ``status`` reads ``docker inspect`` (and, for a failed container, the trainer's error line from the end of
 ``docker logs``: log_tail), ``logs`` is ``docker logs [-f]``, ``cancel`` is ``docker stop --time GRACE``: SIGTERM to
 the container's torchrun, whose workers save a checkpoint at their next step boundary and stop; docker kills the
-container if that has not come within GRACE (``--wait``; ``--now``: 0, killed at once, nothing saved). How it ended
+container if that has not come within GRACE (``--wait``; ``--now``: 0, killed at once, nothing saved; 0 too where
+its trainer has not started training: no start record of its own in metrics.jsonl, nothing to save). How it ended
 is its exit code: STOPPED_EXIT (stopped at a checkpoint) or KILLED_EXIT, without an error line of the trainer's in
 its log (a rank the host killed says one), is a cancelled container; ``status`` and ``cancel`` say whether it saved
 a checkpoint (stop_note). ``doctor`` checks the daemon, and for GPUs its NVIDIA container runtime.
@@ -18,19 +19,37 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
 from ftctl import failures
-from ftctl.backend import Backend, ImageChoice, JobRef, JobState, JobStatus, Rendered, recorded_jobs, resumes_from
+from ftctl.backend import (
+    Backend,
+    ImageChoice,
+    JobRef,
+    JobState,
+    JobStatus,
+    Rendered,
+    not_training_yet,
+    recorded_jobs,
+    resumes_from,
+    run_spec,
+    trainer_paths_of,
+)
 from ftctl.docker import render as docker_render
 from ftctl.docker.image import build_command, default_image, flavour_for
 from ftctl.errors import FtctlError, NotSent
+from ftctl.launch import trainer_env
+from ftctl.runpaths import RunPaths
 from ftctl.spec import RunSpec
+from ftctl.storage import is_remote
 from ftctl.torch_builds import node_driver_cuda
 
 # docker stop's wait between SIGTERM and SIGKILL (`ftctl cancel --wait`): the time for the step under way and one
@@ -99,12 +118,12 @@ class DockerBackend(Backend):
         )
         if state and other and Path(other) != rendered.run_dir:  # the container (and its job record) of another run
             raise FtctlError(
-                f"container {name} is the run in {other} ({state[0]}), and this run would take its name: give this "
+                f"container {name} is the run in {other} ({state.word}), and this run would take its name: give this "
                 f"one another with -o run_name=NAME."
             )
-        if state and state[0] in ("running", "created", "restarting", "paused"):
+        if state and state.word in ("running", "created", "restarting", "paused"):
             raise FtctlError(
-                f"container {name} is already {state[0]}: `ftctl logs -f {name}` follows it, `ftctl cancel {name}` "
+                f"container {name} is already {state.word}: `ftctl logs -f {name}` follows it, `ftctl cancel {name}` "
                 "stops it."
             )
 
@@ -133,17 +152,30 @@ class DockerBackend(Backend):
         state = _inspect(ref.job_id)
         if state is None:
             return JobStatus(JobState.UNKNOWN, f"{ref.job_id} not found (removed from this docker host)")
-        word, code = state
+        word, code, ran = state.word, state.code, state.ran
         if word == "exited" and self._stopped(ref, code):
             how = "stopped" if code == STOPPED_EXIT else "killed"
-            return JobStatus(JobState.CANCELLED, f"{ref.job_id} {JobState.CANCELLED.value} ({how}, exit {code})")
+            return JobStatus(
+                JobState.CANCELLED, f"{ref.job_id} {JobState.CANCELLED.value} ({how}, exit {code})", ran=ran
+            )
         if word == "exited":
             st = JobState.SUCCEEDED if code == 0 else JobState.FAILED
-            return JobStatus(st, f"{ref.job_id} {st.value} exit {code}")
+            return JobStatus(st, f"{ref.job_id} {st.value} exit {code}", ran=ran)
         st = {"created": JobState.PENDING, "running": JobState.RUNNING, "restarting": JobState.RUNNING}.get(
             word, JobState.UNKNOWN
         )
-        return JobStatus(st, f"{ref.job_id} {st.value} ({word})")
+        return JobStatus(st, f"{ref.job_id} {st.value} ({word})", ran=ran)
+
+    def trainer_paths(self, ref: JobRef) -> RunPaths | None:
+        """The run dir of a local output; an object-store output's staging dir as the container names it (its HOME is
+        this host's caches.home, its environment the run's: docker.render), a path of this host's (mounted there)."""
+        if not is_remote(ref.output):
+            return ref.paths
+        spec = run_spec(ref)
+        try:
+            return trainer_paths_of(spec, {**docker_render.host_caches().env(), **trainer_env(spec)})
+        except (OSError, FtctlError):
+            return None
 
     def logs(self, ref: JobRef, follow: bool) -> None:
         subprocess.call([_docker(), "logs", *(["--follow"] if follow else []), ref.job_id])
@@ -160,7 +192,8 @@ class DockerBackend(Backend):
         before = self.status(ref)
         if before.state.finished or before.state is JobState.UNKNOWN:
             return f"job {ref.job_id} had already ended: {before.text}"
-        grace = 0 if now else STOP_GRACE_S if wait_s is None else wait_s
+        at_once = "--now" if now else self._nothing_to_ask(ref, before)
+        grace = 0 if at_once else STOP_GRACE_S if wait_s is None else wait_s
         if grace:
             click.echo(
                 f"asked container {ref.job_id}'s trainer for a checkpoint at its next step boundary; waiting up to "
@@ -175,8 +208,18 @@ class DockerBackend(Backend):
             return f"job {ref.job_id} finished training before it could stop: {after.text}"
         if after.state is not JobState.CANCELLED:
             return f"job {after.text} as it stopped: `ftctl status {ref.job_id}` says why"
-        killed = "--now" if now else f"none within {grace} s: `ftctl cancel --wait SECONDS` gives its trainer longer"
+        killed = at_once or f"none within {grace} s: `ftctl cancel --wait SECONDS` gives its trainer longer"
         return f"cancelled {ref.job_id}: {self._saved(ref, killed)}"
+
+    def _nothing_to_ask(self, ref: JobRef, before: JobStatus) -> str | None:
+        """Why the container is stopped at once: its trainer has not started training (no start record of its own,
+        written since the container started, where it writes: trainer_paths), so nothing since the last checkpoint is
+        there to save, and a trainer still loading cannot save (its torchrun may not even take SIGTERM yet: docker
+        would wait the whole grace). None: ask for a checkpoint."""
+        paths = self.trainer_paths(ref)
+        if paths is None or not not_training_yet(paths, before.ran, None):
+            return None
+        return "its trainer had not started training: nothing since the last checkpoint to save"
 
     def stop_note(self, ref: JobRef) -> str | None:
         return self._saved(ref, "docker killed it before its trainer's next step boundary, or it was not training yet")
@@ -185,10 +228,10 @@ class DockerBackend(Backend):
         """Whether the cancelled container's trainer saved a checkpoint as it stopped (its exit code), and where the
         same launch goes on from; ``killed``: why not, where docker killed it. None: not a cancelled container."""
         state = _inspect(ref.job_id)
-        if state is None or state[0] != "exited" or not self._stopped(ref, state[1]):
+        if state is None or state.word != "exited" or not self._stopped(ref, state.code):
             return None
         goes_on = f": the same `ftctl launch` {resumes_from(ref)}"
-        if state[1] == STOPPED_EXIT:
+        if state.code == STOPPED_EXIT:
             return f"its trainer saved a checkpoint as it stopped{goes_on}"
         return f"no checkpoint was saved as it stopped ({killed}){goes_on}"
 
@@ -265,10 +308,29 @@ def _last_line(proc: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else f"exit {proc.returncode}"
 
 
-def _inspect(name: str) -> tuple[str, int] | None:
-    """(status word, exit code) of the container ``name``, or None when there is none."""
-    proc = _run([_docker(), "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name])
+class Inspected(NamedTuple):
+    word: str  # docker's status: created, running, exited ...
+    code: int  # its exit code (0 until it exits)
+    ran: tuple[float, float | None] | None  # when it started and (None while it runs) ended; None: not started
+
+
+INSPECT_FORMAT = "{{.State.Status}} {{.State.ExitCode}} {{.State.StartedAt}} {{.State.FinishedAt}}"
+
+
+def _inspect(name: str) -> Inspected | None:
+    """The state of the container ``name``, or None when there is none."""
+    proc = _run([_docker(), "inspect", "--format", INSPECT_FORMAT, name])
     if proc.returncode != 0:
         return None
-    word, _, code = proc.stdout.strip().partition(" ")
-    return word, int(code or 0)
+    word, code, started, ended = (proc.stdout.split() + ["", "", "", ""])[:4]
+    began = _unix(started)
+    return Inspected(word, int(code or 0), (began, _unix(ended)) if began is not None else None)
+
+
+def _unix(when: str) -> float | None:
+    """docker's RFC 3339 time (2026-12-04T10:11:12.123456789Z) as a Unix time; None for its zero time (never)."""
+    found = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", when)
+    if not found or found[1].startswith("0001-"):
+        return None
+    zone = "+00:00" if found[3] == "Z" else found[3]
+    return datetime.fromisoformat(f"{found[1]}{(found[2] or '')[:7]}{zone}").timestamp()

@@ -11,7 +11,6 @@ torchrun and ftctl of the submitting environment, on the shared filesystem, as b
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -23,7 +22,20 @@ from pathlib import Path
 import click
 
 from ftctl import userconfig
-from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered, recorded_jobs, resumes_from
+from ftctl.backend import (
+    PREFLIGHT_KEYS,
+    Backend,
+    JobRef,
+    JobState,
+    JobStatus,
+    Rendered,
+    not_training_yet,
+    recorded_jobs,
+    resumes_from,
+    run_spec,
+    trainer_paths_of,
+    training_now,
+)
 from ftctl.errors import FtctlError
 from ftctl.failures import tail
 from ftctl.launch import PATH_PYTHON, container_kind
@@ -31,7 +43,6 @@ from ftctl.runpaths import SLURM_STATUS_PATTERN, START_SLURM_ATTEMPT, START_SLUR
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm import scheduler
-from ftctl.spec import RunSpec
 from ftctl.storage import is_remote, storage_errors
 
 # Slurm's words -> ftctl's states (as torchx's SLURM_STATES -> AppState)
@@ -99,24 +110,6 @@ def said_by_script(ref: JobRef) -> JobStatus | None:
     )
 
 
-def starts_in(metrics: Path) -> list[dict]:
-    """The "start" records of a run's metrics.jsonl, one a trainer that started training there (trainer.run.
-    record_start: in a Slurm job, with its job id and attempt); [] where there is none to read."""
-    try:
-        lines = metrics.read_text().splitlines()
-    except OSError:
-        return []
-    found = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:  # the line the trainer is writing
-            continue
-        if isinstance(record, dict) and record.get("event") == "start":
-            found.append(record)
-    return found
-
-
 def refuse_jobs_there(rendered: Rendered) -> None:
     """A job Slurm holds (queued or running) that was submitted from this run dir, whoever launched it: a relaunch
     there replaced the spec.json (and job.sbatch) that job reads when it starts or is requeued, so a running job went
@@ -168,20 +161,12 @@ def not_started(s: scheduler.JobStatus) -> str:
     return f"{s.state} after {s.restarts} requeue{'s' if s.restarts > 1 else ''}: its next attempt had not started"
 
 
-def spec_of(ref: JobRef) -> RunSpec:
-    """The run's spec as its spec.json holds it; the defaults where it cannot be read."""
-    try:
-        return RunSpec(**json.loads(ref.paths.spec.read_text())["spec"])
-    except (OSError, ValueError, KeyError, TypeError, FtctlError):
-        return RunSpec()
-
-
 def in_store(ref: JobRef) -> list:
     """The checkpoints of a run's object-store output, complete or not, oldest first (checkpoints.list_checkpoints);
     a store that does not answer is one FtctlError line."""
     from ftctl.checkpoints import list_checkpoints
 
-    endpoint = spec_of(ref).s3_endpoint_url
+    endpoint = run_spec(ref).s3_endpoint_url
     with storage_errors(ref.output, endpoint):  # the store's own errors (botocore's ...) as one line
         return list_checkpoints(ref.output, endpoint_url=endpoint)
 
@@ -193,12 +178,11 @@ def kept_on_disk(ref: JobRef, listed: list) -> Path | None:
     it and sends it to the store (checkpoints.resume.latest_complete). One its node sent to the store before (resume.
     uploaded), newer than any the store holds now, is an earlier run's, never resumed (the output replaced since).
     None: no such copy seen here."""
-    from ftctl.backend import trainer_paths_of
     from ftctl.checkpoints import MANIFEST, checkpoint_step, uploaded
     from ftctl.checkpoints.manifest import nodes_committed
 
     try:
-        root = trainer_paths_of(RunSpec(output_dir=ref.output)).root  # where it is staged follows the output alone
+        root = trainer_paths_of(run_spec(ref)).root
         names = os.listdir(root)
     except (OSError, FtctlError):
         return None
@@ -479,28 +463,28 @@ class SlurmBackend(Backend):
 
     def _nothing_to_ask(self, ref: JobRef, running: scheduler.JobStatus) -> str | None:
         """Why the job is cancelled at once rather than asked for a checkpoint first: its script has no trap for the
-        request (an older ftctl rendered it: the signal would end it unsaved), or a run dir that holds the run's
-        metrics.jsonl has no start record of this attempt's trainer (still loading: nothing since the last
-        checkpoint to save). None: ask."""
+        request (an older ftctl rendered it: the signal would end it unsaved), or its trainer has not started training
+        in this attempt (still loading: nothing since the last checkpoint to save). That is known from the directory
+        the trainer writes in: a local output's run dir holds no start record of this attempt's; an object-store
+        output's staging dir, where this machine shares it (a home), is held by a trainer (its lock) that wrote none.
+        A staging dir not seen here says nothing: ask. None: ask."""
         try:
             script = ref.paths.sbatch.read_text()
         except OSError:
             script = ""
         if slurm_render.CANCEL_TRAP not in script:
             return f"its script ({ref.paths.sbatch.name}, an older ftctl's) cannot ask its trainer for a checkpoint"
-        if is_remote(ref.output):  # the trainer's metrics are on the node that stages the run: not known here
+        own = {START_SLURM_JOB: ref.job_id, START_SLURM_ATTEMPT: running.restarts or 0}
+        paths = self.trainer_paths(ref)
+        if paths is None or not not_training_yet(paths, (running.started, None) if running.started else None, own):
             return None
-        attempt = running.restarts or 0
-        if not any(
-            start.get(START_SLURM_JOB) == ref.job_id and start.get(START_SLURM_ATTEMPT) == attempt
-            for start in starts_in(ref.paths.metrics)
-        ):
-            return "its trainer had not started training: nothing since the last checkpoint to save"
-        return None
+        if is_remote(ref.output) and not training_now(paths):  # on the nodes' own disk, or not loading yet: unseen
+            return None
+        return "its trainer had not started training: nothing since the last checkpoint to save"
 
     @staticmethod
     def _checkpoint_wait_s(ref: JobRef) -> int:
-        return spec_of(ref).signal_lead_s
+        return run_spec(ref).signal_lead_s
 
     def _cancel_now(self, ref: JobRef, why: str | None = None) -> str:
         """scancel, then wait (bounded: Slurm's KillWait and a margin) for the job to end, to say whether its trainer
