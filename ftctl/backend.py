@@ -893,7 +893,27 @@ def resumes_from(ref: JobRef) -> str:
         return "resumes it"
     if not done:
         return "starts it again: nothing was saved"
+    if said := refused_as_finished(spec, done[-1].uri):
+        return said
     return f"resumes it from {done[-1].name}" + (f" {room}" if (room := no_room(ref.run_dir, done[-1].size)) else "")
+
+
+def refused_as_finished(spec: RunSpec, newest: str) -> str | None:
+    """'is refused: OUTPUT holds this run trained to step N of N ...' where the run's newest complete checkpoint
+    (``newest``, local or in the store) trained every step of ``spec`` and its final model is saved: the same launch is
+    refused so (preflight; checkpoints.settings.finished owns the line), a later job having finished the run since.
+    None where steps are left, or where that cannot be read."""
+    from ftctl import storage
+    from ftctl.checkpoints.settings import TRAINER_STATE, final_saved, finished
+
+    try:
+        with storage.storage_errors(newest, spec.s3_endpoint_url):  # the store's own errors (botocore's ...) too
+            state = storage.read_text(storage.join(newest, TRAINER_STATE), spec.s3_endpoint_url)
+    except (OSError, FtctlError):
+        return None
+    if (done := finished(state, spec, None)) and final_saved(spec.output, spec.s3_endpoint_url):
+        return f"is refused: {done}"
+    return None
 
 
 def no_room(run_dir: Path, checkpoint_bytes: int) -> str | None:

@@ -554,3 +554,44 @@ def test_runs_into_other_object_store_outputs_have_run_directories_of_their_own(
     assert Path(find_job("s3://b/sweep/lr2/")[1].run_dir).resolve() == run_dir_for(two)
     with pytest.raises(FtctlError, match="No job 's3://b/sweep/lr1' was launched from here"):
         find_job("s3://b/sweep/lr1")
+
+
+def test_a_cancelled_jobs_run_finished_since_is_not_said_to_resume(tmp_path, s3_bucket, monkeypatch):
+    """explore11 F10: after a later job finished the run, the cancelled job's status still said "the same `ftctl
+    launch` resumes it from checkpoint-60", a launch the preflight refuses ("holds this run trained to step 60 of 60").
+    Its newest checkpoint trained every step and the final model is saved: the refusal's line is said instead, for a
+    local output and one in object storage. A checkpoint short of the end, or without the final model, resumes."""
+    from ftctl.backend import resumes_from
+    from ftctl.checkpoints import upload_checkpoint, write_manifest
+    from ftctl.slurm.backend import goes_on
+    from ftctl.storage import put_file
+    from tests.s3_fixtures import make_checkpoint
+
+    def checkpoint(where: Path, step: int) -> Path:
+        ckpt = make_checkpoint(where, step, {"trainer_state.json": json.dumps({"global_step": step}).encode()})
+        write_manifest(str(ckpt), step, world_size=1, spec_hash="h")
+        return ckpt
+
+    run = tmp_path / "run"
+    ref = JobRef("slurm", "7", str(run), "n", str(run))
+    write_files(_prep(tmp_path, backend="slurm", output_dir=str(run), max_steps=4))
+    checkpoint(run, 4)
+    assert resumes_from(ref) == "resumes it from checkpoint-4"  # stopped before its final model
+    (run / "adapter_config.json").write_text("{}")
+    finished = f"{run} holds this run trained to step 4 of 4 (checkpoint-4): nothing is left to train"
+    assert resumes_from(ref).startswith(f"is refused: {finished}")
+
+    out, staged = f"{s3_bucket}/r1", tmp_path / "staged"
+    monkeypatch.chdir(tmp_path)  # the run dir of an object-store output: runs/<run_name> here
+    store_run = tmp_path / "runs" / "store-run"
+    ref = JobRef("slurm", "8", str(store_run), "n", out)
+    write_files(_prep(tmp_path, backend="slurm", output_dir=out, max_steps=4, run_name="store-run"))
+    upload_checkpoint(str(checkpoint(staged, 3)), f"{out}/checkpoint-3")
+    assert goes_on(ref) == f": the same `ftctl launch` resumes it from checkpoint-3 in {out}"
+    upload_checkpoint(str(checkpoint(staged, 4)), f"{out}/checkpoint-4")
+    (staged / "adapter_config.json").write_text("{}")
+    put_file(str(staged / "adapter_config.json"), f"{out}/adapter_config.json")
+    assert goes_on(ref).startswith(
+        f": the same `ftctl launch` is refused: {out} holds this run trained to step 4 of 4 (checkpoint-4): nothing is "
+        "left to train"
+    )

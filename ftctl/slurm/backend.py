@@ -31,6 +31,7 @@ from ftctl.backend import (
     Rendered,
     not_training_yet,
     recorded_jobs,
+    refused_as_finished,
     resumes_from,
     run_spec,
     trainer_paths_of,
@@ -202,6 +203,8 @@ def kept_on_disk(ref: JobRef, listed: list) -> Path | None:
 def resumes_from_store(ref: JobRef, done: list, kept: Path | None) -> str:
     """What the same launch does with a run into object storage: resumes the store's newest committed checkpoint
     (``done``), all a fresh node has; on nodes whose disk kept a newer one (``kept``: kept_on_disk), that one."""
+    if done and kept is None and (said := refused_as_finished(run_spec(ref), done[-1].uri)):
+        return said
     if done:
         in_store = f"resumes it from {done[-1].name} in {ref.output}"
     else:
