@@ -791,11 +791,11 @@ def own_start(start: dict, ran: tuple[float, float | None] | None, own: dict | N
     return ran is None or (isinstance(when, (int, float)) and ran[0] <= when <= (ran[1] or math.inf))
 
 
-def not_training_yet(paths: RunPaths, ran: tuple[float, float | None] | None, own: dict | None) -> bool:
-    """Whether the job's trainer in ``paths`` (its run or staging directory, as this machine sees it) has not started
-    training: no start record of its own there. `cancel` then stops it at once: a trainer still loading cannot save,
-    and waiting for a checkpoint would wait the whole grace."""
-    return not any(own_start(start, ran, own) for start in starts_in(paths.metrics))
+def trainer_started(paths: RunPaths, ran: tuple[float, float | None] | None, own: dict | None) -> bool:
+    """Whether the job's trainer in ``paths`` (its run or staging directory, as this machine sees it) started training:
+    a start record of its own there (own_start). `cancel` stops one that has not at once: a trainer still loading
+    cannot save, and waiting for a checkpoint would wait the whole grace."""
+    return any(own_start(start, ran, own) for start in starts_in(paths.metrics))
 
 
 def progress(

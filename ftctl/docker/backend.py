@@ -37,11 +37,11 @@ from ftctl.backend import (
     JobState,
     JobStatus,
     Rendered,
-    not_training_yet,
     recorded_jobs,
     resumes_from,
     run_spec,
     trainer_paths_of,
+    trainer_started,
 )
 from ftctl.docker import render as docker_render
 from ftctl.docker.image import build_command, default_image, flavour_for
@@ -217,7 +217,7 @@ class DockerBackend(Backend):
         there to save, and a trainer still loading cannot save (its torchrun may not even take SIGTERM yet: docker
         would wait the whole grace). None: ask for a checkpoint."""
         paths = self.trainer_paths(ref)
-        if paths is None or not not_training_yet(paths, before.ran, None):
+        if paths is None or trainer_started(paths, before.ran, None):
             return None
         return "its trainer had not started training: nothing since the last checkpoint to save"
 

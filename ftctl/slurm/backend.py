@@ -29,12 +29,12 @@ from ftctl.backend import (
     JobState,
     JobStatus,
     Rendered,
-    not_training_yet,
     recorded_jobs,
     refused_as_finished,
     resumes_from,
     run_spec,
     trainer_paths_of,
+    trainer_started,
     training_now,
 )
 from ftctl.errors import FtctlError
@@ -479,7 +479,7 @@ class SlurmBackend(Backend):
             return f"its script ({ref.paths.sbatch.name}, an older ftctl's) cannot ask its trainer for a checkpoint"
         own = {START_SLURM_JOB: ref.job_id, START_SLURM_ATTEMPT: running.restarts or 0}
         paths = self.trainer_paths(ref)
-        if paths is None or not not_training_yet(paths, (running.started, None) if running.started else None, own):
+        if paths is None or trainer_started(paths, (running.started, None) if running.started else None, own):
             return None
         if is_remote(ref.output) and not training_now(paths):  # on the nodes' own disk, or not loading yet: unseen
             return None
