@@ -856,18 +856,7 @@ def trainer_paths_of(spec: RunSpec, env: dict[str, str] | None = None) -> RunPat
     one may not (docker: the container's HOME), which names that directory."""
     from ftctl.trainer.run import output_dirs
 
-    if not env:
-        return RunPaths(Path(output_dirs(spec)[0]))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # output_dirs reads its environment (FTCTL_LOCAL_DIR, FTCTL_CACHE, HOME)
-    try:
-        return RunPaths(Path(output_dirs(spec)[0]))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return RunPaths(Path(output_dirs(spec, {**os.environ, **env} if env else None)[0]))
 
 
 def run_spec(ref: JobRef) -> RunSpec:

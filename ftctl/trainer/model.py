@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from ftctl import hub
@@ -35,9 +36,11 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 # ------------------------------------------------------------------------------------ demo model
-def cache_dir() -> Path:
-    """ftctl's cache: ``$FTCTL_CACHE`` or ``~/.cache/ftctl``."""
-    return Path(os.environ.get("FTCTL_CACHE") or Path.home() / ".cache" / "ftctl").expanduser()
+def cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """ftctl's cache: ``$FTCTL_CACHE`` or ``~/.cache/ftctl``, in this process's environment or ``env``."""
+    env = os.environ if env is None else env
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    return Path(env.get("FTCTL_CACHE") or home / ".cache" / "ftctl").expanduser()
 
 
 def demo_model_dir() -> Path:

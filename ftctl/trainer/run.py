@@ -32,6 +32,7 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,16 +326,18 @@ def record_start(metrics_path: str, kernels, plain_text: bool, echo=print) -> No
         f.write(json.dumps(record) + "\n")
 
 
-def output_dirs(spec: RunSpec) -> tuple[str, str | None]:
-    """(local directory, remote URI or None). A remote output is staged in a local directory."""
+def output_dirs(spec: RunSpec, env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """(local directory, remote URI or None). A remote output is staged in a local directory, named by this
+    process's environment or ``env`` (another process's: a docker container's HOME)."""
     out = spec.output
     if not storage.is_remote(out):
         return os.path.abspath(os.path.expanduser(out)), None
     from ftctl.trainer.model import cache_dir
 
+    env = os.environ if env is None else env
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", out.split("://", 1)[1]).strip("-")[:80]
-    local = os.environ.get(LOCAL_DIR_ENV) or str(
-        cache_dir() / "runs" / f"{slug}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
+    local = env.get(LOCAL_DIR_ENV) or str(
+        cache_dir(env) / "runs" / f"{slug}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
     )
     return os.path.abspath(local), out.rstrip("/")
 
