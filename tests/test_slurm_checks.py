@@ -13,11 +13,13 @@ from ftctl.backend import get, launch
 from ftctl.errors import FtctlError
 from ftctl.slurm import scheduler
 from ftctl.slurm.doctor import PartitionInfo, doctor
+from ftctl.slurm.render import gib
 from tests.render_fixtures import make_spec, prepared
 
 VENV_BIN = Path(sys.executable).parent
 
 MODEL = "meta-llama/Llama-3.2-1B"
+LLAMA_8B = "meta-llama/Llama-3.1-8B"
 # sinfo --Node --format '%P|%N|%t|%c|%m|%l|%a|%G' of a cluster: CPUs, MiB, time limit, GRES a node
 SINFO = """\
 cpu*|c1|idle|32|256000|infinite|up|(null)
@@ -161,6 +163,70 @@ def test_launch_dry_run_prints_the_typed_request_it_would_send(cluster, capsys, 
     )
     launch(spec, dry_run=True)
     assert "#SBATCH --gpus-per-node=a100:8\n" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the nodes' RAM
+def test_an_offload_plan_is_planned_for_the_ram_the_partitions_nodes_have(cluster, tmp_path, capsys):
+    """8B fft on one A100-80GB offloads its optimizer (~172 GB of RAM a node): where no -o host_memory_gb is given it
+    was refused against 2x the GPUs' memory (160 GB), though partition gpu's nodes have 536. Planned for those, said
+    where the number came from, with one sinfo for the whole dry run; offline, the 2x assumption as before."""
+    flags = dict(backend="slurm", method="fft", gpus="1xA100-80GB", partition="gpu", model_name_or_path=LLAMA_8B)
+    rendered = prepared(**flags, output_dir="/fixed/out")
+    get("slurm").check(rendered)
+    assert rendered.plan.strategy == "zero2_offload" and rendered.spec.host_memory_gb == 536
+    assert "host memory: partition gpu's nodes with 1 A100-80GB have up to 536 GB of RAM (sinfo): planned for " in (
+        rendered.plan.table(rendered.spec)
+    )
+    assert f"#SBATCH --mem={gib(rendered.plan.host_memory_gb)}G\n" in rendered.text  # within the nodes' 500 GiB
+    _script(cluster / "sinfo", f"echo >> {cluster / 'asked'}; cat {cluster / 'sinfo.out'}")
+    try:  # the dry run may say the local disk is too small for the 8B checkpoints: beside the point here
+        launch(make_spec(**flags, output_dir=str(tmp_path / "run")), dry_run=True)
+    except FtctlError:
+        pass
+    assert "have up to 536 GB of RAM (sinfo)" in capsys.readouterr().err
+    assert (cluster / "asked").read_text() == "\n"  # plan, check and the dry run's note: one sinfo
+    assert prepared(["host_memory_gb=600"], **flags).spec.host_memory_gb == 600  # the run's own number wins
+
+    (cluster / "sinfo.err").write_text(NO_CONFIG.format(cmd="sinfo"))  # Slurm's commands here, no controller
+    _script(cluster / "sinfo", f"cat {cluster / 'sinfo.err'} >&2; exit 1")
+    with pytest.raises(FtctlError, match=r"which has 160 GB assumed, 2x its GPUs' memory"):
+        prepared(**flags)
+
+
+def test_a_cpu_plan_is_bound_by_the_nodes_ram_and_a_refusal_says_whose(cluster):
+    partition = PartitionInfo("cpu", True, True, "1:00:00", [_node(8000, "idle"), _node(16000, "down*")])
+    assert partition.host_memory(None, 1, 1) == (8, "partition cpu's nodes have up to 8 GB of RAM (sinfo)")
+    (cluster / "sinfo.out").write_text("cpu*|c1|idle|32|8000|infinite|up|(null)\n")
+    flags = dict(backend="slurm", method="fft", gpus="cpu", model_name_or_path="org/m")
+    assert prepared(model_params="100m", **flags).spec.host_memory_gb == 8
+    with pytest.raises(FtctlError) as e:  # planned unbounded before, then refused at sbatch's --mem
+        prepared(model_params="1.7b", **flags)
+    assert "does not fit host_memory_gb=8 on CPU" in str(e.value)
+    assert str(e.value).endswith(" Host memory: partition cpu's nodes have up to 8 GB of RAM (sinfo).")
+
+
+def test_the_ram_of_nodes_with_the_runs_gpus_and_of_as_many_nodes_as_it_asks_for():
+    nodes = [
+        _node(512000, "idle", {"a100": 8}),
+        _node(1024000, "mix", {"a100": 8}),
+        _node(2048000, "idle", {"h100": 8}),
+    ]
+    gpu = PartitionInfo("gpu", False, True, "1:00:00", [*nodes, _node(4096000, "down*", {"a100": 8})])
+    assert gpu.host_memory("A100", 8, 1) == (
+        1073,
+        "partition gpu's nodes with 8 A100 have up to 1073 GB of RAM (sinfo)",
+    )
+    assert gpu.host_memory("A100", 8, 2) == (
+        536,
+        "2 of partition gpu's nodes with 8 A100 have 536 GB of RAM or more (sinfo)",
+    )
+    assert gpu.host_memory("V100", 1, 1)[0] == 2147  # GPUs no node names: the partition's largest
+
+
+def _node(mb: int, state: str, gpus=None):
+    from ftctl.slurm.doctor import NodeInfo
+
+    return NodeInfo(name="n", state=state, cpus=8, memory_mb=mb, gpus=gpus or {})
 
 
 def test_partition_time_limits_in_sinfos_forms():

@@ -403,20 +403,35 @@ def test_what_doctor_accepts_runs_and_what_it_flags_fails(slurm, tmp_path):
     assert "Requested node configuration is not available" in one_line_error(script, tmp_path)
 
 
-def test_launch_refuses_an_offload_plan_whose_memory_no_node_has(slurm):
-    """7B fft on one A100-80GB plans ZeRO-Offload with ~160 GB of host RAM a node (--mem): the cluster's GPU
-    partition has ~10 GB nodes, so launch stops before sbatch and says how to plan for them."""
+def test_an_offload_plan_is_planned_for_the_nodes_ram_and_one_beyond_it_refused(slurm):
+    """7B fft on one A100-80GB needs ZeRO-Offload with ~160 GB of host RAM a node: the cluster's GPU partition has
+    nodes of a few GB (RealMemory, sinfo), so the plan for them is refused, saying whose RAM that is; given a larger
+    -o host_memory_gb it plans, and launch stops before sbatch and says how to plan for the nodes. On CPU the nodes'
+    RAM bounds the plan, and the plan says where it came from."""
     from ftctl.backend import get
     from tests.render_fixtures import prepared
 
-    rendered = prepared(
+    node_gb = int(doctor().partition("gpu").nodes[0].memory_gb)
+    flags = dict(
         backend="slurm", method="fft", gpus="1xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5", partition="gpu"
     )
+    with pytest.raises(FtctlError) as e:
+        prepared(**flags)
+    assert f"which has {node_gb} GB (-o host_memory_gb=" in str(e.value)
+    assert str(e.value).endswith(f" Host memory: partition gpu's nodes have up to {node_gb} GB of RAM (sinfo).")
+    rendered = prepared(["host_memory_gb=200"], **flags)
     assert rendered.plan.strategy == "zero2_offload" and "#SBATCH --mem=" in rendered.text
     with pytest.raises(
         FtctlError, match=r"needs ~\d+ GB of CPU RAM a node \(--mem: .*\), but partition 'gpu' has at most"
     ):
         get("slurm").check(rendered)
+
+    cpu = dict(backend="slurm", method="fft", gpus="cpu", model_name_or_path="org/m")
+    plan = prepared(model_params="10m", **cpu).plan
+    said = f"host memory: partition debug's nodes have up to {node_gb} GB of RAM (sinfo): planned for that"
+    assert plan.notes[-1].startswith(said)
+    with pytest.raises(FtctlError, match=f"does not fit host_memory_gb={node_gb} on CPU"):
+        prepared(model_params="1.7b", **cpu)
 
 
 def test_doctor_without_slurm(tmp_path):

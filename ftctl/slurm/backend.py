@@ -17,10 +17,12 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
+from ftctl import gpus as gpu_table
 from ftctl import userconfig
 from ftctl.backend import (
     PREFLIGHT_KEYS,
@@ -40,6 +42,7 @@ from ftctl.backend import (
 from ftctl.errors import FtctlError
 from ftctl.failures import tail
 from ftctl.launch import PATH_PYTHON, container_kind
+from ftctl.plan import PlanError
 from ftctl.runpaths import SLURM_STATUS_PATTERN, START_SLURM_ATTEMPT, START_SLURM_JOB
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
@@ -305,6 +308,25 @@ class SlurmBackend(Backend):
             return f"pyxis:{slurm_render.pyxis_image(found.ref)}"
         return f"apptainer:docker://{found.ref}"
 
+    def resolve(self, spec):
+        """The plan for the RAM the partition's nodes have (slurm_doctor.host_memory: sinfo, the answer check() and
+        estimate() then reuse) where the run does not give it (-o host_memory_gb); where the controller does not
+        answer, the planner's assumption (plan.assumed_host_gb), as before."""
+        if spec.host_memory_gb is not None or not spec.gpus or not shutil.which("sinfo"):
+            return super().resolve(spec)
+        req = gpu_table.parse(spec.gpus, spec.nodes)
+        found = slurm_doctor.host_memory(spec.partition, req.tier.name if req.tier else None, req.per_node, req.nodes)
+        if found is None:
+            return super().resolve(spec)
+        gb, where = found
+        try:
+            spec, plan = super().resolve(replace(spec, host_memory_gb=gb))
+        except PlanError as e:  # said as if the run gave host_memory_gb: where that number came from
+            raise (type(e)(f"{e} Host memory: {where}.") if "host_memory_gb" in str(e) else e) from None
+        if plan.host_memory_gb or plan.tier is None:  # the RAM bounds it: an offloaded optimizer, or the CPU's
+            plan.notes.append(f"host memory: {where}: planned for that (-o host_memory_gb=N plans for less)")
+        return spec, plan
+
     def render(self, spec, plan, paths, spec_json, gres_type: str | None = None):
         text = slurm_render.render(spec, plan, gres_type)
         return text, {paths.spec.name: spec_json, paths.sbatch.name: text}
@@ -349,6 +371,7 @@ class SlurmBackend(Backend):
             memory_gb=slurm_render.memory_request_gb(spec, plan),
             cpus_per_task=slurm_render.cpus_per_task(spec, plan),
             time=spec.time,
+            reuse=True,  # the answer resolve() planned the node RAM with
         )
         report.raise_if_never_runs()
         for doubt in report.doubts:
@@ -359,8 +382,7 @@ class SlurmBackend(Backend):
 
     def estimate(self, spec, plan) -> str | None:
         """A plan or dry run where the cluster cannot be asked: what could not be checked here, and why (no Slurm on
-        this machine, a laptop; or a controller that does not answer, asked as check() asks it: one sinfo, after a
-        `scontrol ping` remembered from check() in a dry run)."""
+        this machine, a laptop; or a controller that does not answer: resolve()'s and check()'s sinfo, asked once)."""
         partition = f"partition {spec.partition}" if spec.partition else "the partition"
         unchecked = f"{partition}'s nodes, GPUs, CPUs, memory and time limit"
         if not shutil.which("sinfo"):
@@ -368,7 +390,7 @@ class SlurmBackend(Backend):
                 f"note: no Slurm on this machine (sinfo is not on PATH): {unchecked} are checked where `ftctl launch` "
                 "submits the job, on the cluster's login node"
             )
-        report = slurm_doctor.doctor()
+        report = slurm_doctor.ask(reuse=True)
         if report.reachable:
             return None
         return f"note: {unchecked} were not checked: {report.message}"

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import time as clock
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError, did_you_mean
-from ftctl.slurm.scheduler import DOCTOR_HINT, command_error, run_command, slurm_env
+from ftctl.slurm.scheduler import ANSWER_MEMO_S, DOCTOR_HINT, command_error, run_command, slurm_env
 from ftctl.spec import slurm_time_s
 
 # node states in which a node will not take a job soon
@@ -112,6 +113,24 @@ class PartitionInfo:
             return "CPUs unknown"
         return f"{counts[0] if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'} CPUs a node"
 
+    def host_memory(self, gpu_type: str | None, per_node: int, nodes: int) -> tuple[int, str] | None:
+        """The RAM (GB, rounded down, as -o host_memory_gb takes it) a run's node is planned for where the run does
+        not say it, and the plan's note of where it came from: the most a node has among those that can take jobs now
+        (all, where none can) with ``per_node`` of the run's GPUs (``gpu_type``; where no node has them, every node),
+        for a run of several ``nodes`` the most that many have; and where that is ('partition gpu's nodes have up to 515
+        GB of RAM (sinfo)'). None where sinfo said no node's RAM."""
+        usable = [n for n in self.nodes if n.usable] or self.nodes
+        matching = self.types_of(gpu_type) if gpu_type else []
+        with_gpus = [n for n in usable if sum(c for t, c in n.gpus.items() if t in matching) >= per_node]
+        counted = with_gpus or usable
+        gbs = sorted((math.floor(n.memory_gb) for n in counted if n.memory_mb), reverse=True)
+        if not gbs:
+            return None
+        gb = gbs[min(nodes, len(gbs)) - 1]
+        which = f"partition {self.name}'s nodes" + (f" with {per_node} {gpu_type}" if with_gpus else "")
+        has = f"{which} have up to {gb} GB of RAM" if nodes == 1 else f"{nodes} of {which} have {gb} GB of RAM or more"
+        return gb, f"{has} (sinfo)"
+
     @property
     def memory_summary(self) -> str:
         """The nodes' RAM, as -o host_memory_gb takes it (GB, rounded down)."""
@@ -174,20 +193,25 @@ class DoctorReport:
             raise FtctlError("this Slurm cluster cannot run the request: " + "; ".join(self.problems))
 
 
-def doctor(
-    partition: str | None = None,
-    gpus_per_node: int | None = None,
-    gpu_type: str | None = None,
-    nodes: int | None = None,
-    env: Mapping[str, str] | None = None,
-    memory_gb: float | None = None,
-    cpus_per_task: int | None = None,
-    time: str | None = None,
-) -> DoctorReport:
-    """What the cluster offers, and the problems a request (partition, nodes, GPUs per node, GPU type, host
-    memory a node, CPUs a task, time limit) would meet. Never raises for the cluster's state; look at
-    ``report.problems``."""
+# sinfo's answer, per cluster (SLURM_CONF, sinfo) and process: (when, the report of it, nothing assessed)
+_ASKED: dict[tuple, tuple[float, DoctorReport]] = {}
+
+
+def ask(env: Mapping[str, str] | None = None, reuse: bool = False) -> DoctorReport:
+    """What the cluster offers (sbatch, whether the controller answers, its partitions), nothing assessed: one sinfo.
+    ``reuse``: the answer this process had within ANSWER_MEMO_S, so that one launch (its plan's node RAM, the check
+    before sbatch, a dry run's note) asks sinfo once."""
     environ = slurm_env(env)
+    key = (environ.get("SLURM_CONF"), environ.get("PATH"))
+    when, asked = _ASKED.get(key, (0.0, None))
+    if reuse and asked is not None and clock.monotonic() - when < ANSWER_MEMO_S:
+        return asked
+    asked = _ask(environ)
+    _ASKED[key] = (clock.monotonic(), asked)
+    return asked
+
+
+def _ask(environ: dict[str, str]) -> DoctorReport:
     sbatch = shutil.which("sbatch", path=environ.get("PATH"))
     if sbatch is None:
         return DoctorReport(
@@ -202,7 +226,37 @@ def doctor(
         return DoctorReport(sbatch=sbatch, reachable=False, message=str(exc).removesuffix(DOCTOR_HINT))
     if proc.returncode != 0:
         return DoctorReport(sbatch=sbatch, reachable=False, message=str(command_error("sinfo", "failed", proc)))
-    report = DoctorReport(sbatch=sbatch, reachable=True, partitions=_parse_sinfo(proc.stdout))
+    return DoctorReport(sbatch=sbatch, reachable=True, partitions=_parse_sinfo(proc.stdout))
+
+
+def host_memory(partition: str | None, gpu_type: str | None, per_node: int, nodes: int) -> tuple[int, str] | None:
+    """The RAM a node of the run has (PartitionInfo.host_memory) in ``partition`` (else the default one), and where
+    that is; None where the controller does not answer or has no such partition. A launch's first question: asked
+    afresh (the check before sbatch and a dry run's note reuse its answer)."""
+    asked = ask()
+    chosen, _ = _choose(asked.partitions, partition) if asked.reachable else (None, [])
+    return chosen.host_memory(gpu_type, per_node, nodes) if chosen else None
+
+
+def doctor(
+    partition: str | None = None,
+    gpus_per_node: int | None = None,
+    gpu_type: str | None = None,
+    nodes: int | None = None,
+    env: Mapping[str, str] | None = None,
+    memory_gb: float | None = None,
+    cpus_per_task: int | None = None,
+    time: str | None = None,
+    reuse: bool = False,
+) -> DoctorReport:
+    """What the cluster offers, and the problems a request (partition, nodes, GPUs per node, GPU type, host
+    memory a node, CPUs a task, time limit) would meet. Never raises for the cluster's state; look at
+    ``report.problems``. ``reuse``: sinfo's answer of this launch (ask)."""
+    environ = slurm_env(env)
+    asked = ask(environ, reuse)
+    if not asked.reachable:
+        return asked
+    report = DoctorReport(sbatch=asked.sbatch, reachable=True, partitions=asked.partitions)
     chosen, report.problems = _choose(report.partitions, partition)
     if chosen is None:
         if partition and report.partitions and not _hidden(partition, environ):
