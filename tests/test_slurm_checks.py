@@ -148,7 +148,7 @@ def test_every_refusal_is_said_at_once(cluster):
 )
 def test_launch_asks_for_the_gpu_type_as_the_partition_names_it(cluster, gpus, partition, asked):
     offline = prepared(backend="slurm", gpus=gpus, partition=partition, model_name_or_path=MODEL, output_dir="/o")
-    assert f"#SBATCH --gpus-per-node={gpus.split('x')[0]}\n" in offline.text  # `ftctl render`: no cluster asked
+    assert f"#SBATCH --gpus-per-node={gpus.split('x')[0]}\n" in offline.text  # prepare asks only RAM
     rendered = _checked(gpus=gpus, partition=partition)
     assert f"#SBATCH --gpus-per-node={asked}\n" in rendered.text
     assert rendered.files[rendered.paths.sbatch.name] == rendered.text  # what is written and sent
