@@ -130,7 +130,15 @@ def test_invalid_config_is_one_line_from_the_command_line():
 # ------------------------------------------------------------------------------------------ ftctl build
 def _fake_build(monkeypatch):
     monkeypatch.setattr(image_build, "check_tools", lambda p: None)
-    monkeypatch.setattr(image_build.subprocess, "run", lambda argv, **kw: subprocess.CompletedProcess(argv, 0))
+    real = subprocess.run  # (the module's own: what else runs in the test, sinfo, is not the build's to fake)
+    monkeypatch.setattr(
+        image_build.subprocess,
+        "run",
+        lambda argv, **kw: subprocess.CompletedProcess(argv, 0) if argv[0] in BUILD_TOOLS else real(argv, **kw),
+    )
+
+
+BUILD_TOOLS = ("docker", "apptainer", "mv")  # what ftctl build runs (BuildPlan.steps)
 
 
 def test_dry_run_build_records_nothing(tmp_path, monkeypatch):
