@@ -367,10 +367,26 @@ def choose_backend(spec: RunSpec) -> tuple[str, str]:
     return name, why
 
 
+def configured_backend() -> tuple[str, str] | None:
+    """(backend, where it was set) of FTCTL_BACKEND, else of the config file's backend:; None where neither names
+    one."""
+    if name := os.environ.get("FTCTL_BACKEND"):
+        if name not in REGISTRY:
+            from ftctl.errors import did_you_mean
+
+            raise FtctlError(
+                f"FTCTL_BACKEND={name} is not a backend: set it to one of {', '.join(REGISTRY)}, or unset it."
+                f"{did_you_mean(name, REGISTRY)}"
+            )
+        return name, "FTCTL_BACKEND"
+    if configured := userconfig.load().backend:
+        return configured, str(userconfig.config_path())
+    return None
+
+
 def _choose(spec: RunSpec) -> tuple[str, str]:
-    configured = os.environ.get("FTCTL_BACKEND") or userconfig.load().backend
-    if configured:
-        return configured, ("FTCTL_BACKEND" if os.environ.get("FTCTL_BACKEND") else str(userconfig.config_path()))
+    if configured := configured_backend():
+        return configured
     req = gpu_table.parse(spec.gpus or "cpu", spec.nodes)
     if req.nodes == 1 and (not spec.gpus or get("local").has_gpus(spec)):
         return "local", "this machine has the GPUs asked for" if spec.gpus else "no --gpus: this machine"

@@ -564,7 +564,12 @@ def down(job):
 
 
 @main.command()
-@click.option("--backend", type=click.Choice(BACKENDS), default="local")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    help="What to check: this machine (local), the Slurm cluster, SkyPilot's clouds or the docker host. Default: "
+    "FTCTL_BACKEND, the config file's backend:, else local.",
+)
 @click.option("--partition", help="Slurm partition to check.")
 @click.option("--gpus", help="GPU request to check against the cluster.")
 @click.option(
@@ -581,9 +586,12 @@ def doctor(backend, partition, gpus, network, nodes, min_busbw_gbps):
         from ftctl.local.backend import local_gpus, network_check
 
         sys.exit(network_check(gpus or local_gpus(), nodes, min_busbw_gbps))
-    from ftctl.backend import get
+    from ftctl.backend import configured_backend, get
 
-    sys.exit(0 if get(backend).doctor(gpus, partition) else 1)
+    if not backend and (configured := configured_backend()):
+        backend, where = configured
+        click.echo(f"backend: {backend} ({where}; --backend checks another)")
+    sys.exit(0 if get(backend or "local").doctor(gpus, partition) else 1)
 
 
 # ------------------------------------------------------------------------------------------ image

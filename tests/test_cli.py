@@ -309,3 +309,18 @@ def test_a_max_length_of_0_is_refused_not_taken_as_the_default(command):
 
     got = CliRunner().invoke(main, [*command, "--max-length", "0"])
     assert got.exit_code == 2 and "'--max-length': 0 is not in the range x>=2" in got.output
+
+
+def test_doctor_checks_the_backend_launch_would_use(tmp_path):
+    """Without --backend, doctor checked this machine while launch went to FTCTL_BACKEND's (or the config file's)
+    backend; and a misspelt FTCTL_BACKEND was an 'Unknown backend' that did not say where the name came from."""
+    env = _env(FTCTL_BACKEND="slurm", PATH=f"{Path(sys.executable).parent}:{tmp_path}", XDG_CONFIG_HOME=str(tmp_path))
+    r = subprocess.run([str(FTCTL), "doctor"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert r.stdout.startswith("backend: slurm (FTCTL_BACKEND; --backend checks another)"), r.stdout
+    assert "sbatch" in r.stdout + r.stderr and "python:" not in r.stdout  # the Slurm check, not this machine's
+    env["FTCTL_BACKEND"] = "slrum"
+    for args in (["doctor"], ["launch", "--model-params", "10m", "--dry-run"]):
+        r = subprocess.run([str(FTCTL), *args], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert r.stderr.startswith("error: FTCTL_BACKEND=slrum is not a backend: set it to one of local, slurm, sky")
+        assert "Did you mean 'slurm'?" in r.stderr
