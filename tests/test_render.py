@@ -406,6 +406,41 @@ def test_a_slurm_job_that_ends_without_the_trainers_error_says_why(tmp_path):
     ), r.stdout
 
 
+def test_a_slurm_job_whose_trainer_said_why_it_stopped_is_not_guessed_out_of_memory(tmp_path):
+    """A trainer on a full disk prints its own disk line but cannot write its status word; the script added its
+    guess (out of memory?) as the attempt's last error line, the one `ftctl status` shows. Now a step that said why
+    in an error line of this attempt is pointed at; an attempt that said nothing still gets the guess (an earlier
+    attempt's line in the appended log does not count)."""
+    fakes = fake_bin(tmp_path / "bin")
+    (fakes / "python3").write_text('#!/bin/sh\n[ -z "$FAKE_SAID" ] || echo "$FAKE_SAID" >&2\nexit 1\n')
+    prep = prepared([], backend="slurm", gpus="1xA100", model_name_or_path=MODEL)
+    log = tmp_path / "slurm-90.out"  # where Slurm appends every attempt's output (--open-mode=append)
+    disk = "error: no space left on the disk of /runs/r1: saving failed with 0 B free, and one save needs ~3 GB; ..."
+    for attempt, said in enumerate([disk, "", disk]):
+        env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "90", "SLURM_JOB_NODELIST": "node1"}
+        env.update(SLURM_RESTART_COUNT=str(attempt), FAKE_SAID=said, FAKE_LOG=str(tmp_path / "fakes.jsonl"))
+        with log.open("a") as out:
+            r = subprocess.run(
+                ["bash", "-c", prep.text],
+                cwd=tmp_path,
+                env={**env, "PATH": f"{fakes}:/usr/bin:/bin"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=60,
+            )
+        text = log.read_text()
+        assert r.returncode == 1, text
+        if said:
+            assert failures.error_line(text) == disk[len("error: ") :], text
+            assert text.endswith(
+                "exited with 1; the error above says why\nftctl: trainer exited with 1, status failed\n"
+            )
+        else:
+            assert failures.error_line(text).startswith("the job step exited with 1 before the trainer said how it"), (
+                text
+            )
+
+
 @pytest.mark.parametrize("container", ["apptainer", "pyxis"])
 @pytest.mark.parametrize("sep", [",", ":"])
 def test_container_bind_paths_with_separators_are_refused(container, sep, tmp_path):

@@ -368,6 +368,8 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "# a rendezvous port of this job's own: two jobs on one node would otherwise share one",
         job_port_line(spec, "SLURM_JOB_ID", "a Slurm job"),
         "export RDZV_PORT",
+        f'LOG="$FTCTL_RUN_DIR/{SLURM_LOG_PATTERN.replace("%j", "$SLURM_JOB_ID")}"',
+        'LOG_AT=$({ wc -c < "$LOG"; } 2>/dev/null || echo 0)  # where this attempt\'s lines start in its log',
         f'echo "{ATTEMPT_LINE.format(job="$SLURM_JOB_ID", attempt="$ATTEMPT")} on $SLURM_JOB_NODELIST (head $HEAD_ADDR)"',
         "",
         *preflight,
@@ -382,9 +384,14 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "  exit 143",
         "fi",
         f'if [ "$RC" -ne 0 ] && [ ! -s "${STATUS_ENV}" ]; then',
-        f'  echo "{ERROR_PREFIX}the job step exited with $RC before the trainer said how it ended (srun or the '
+        "  # no status word (a full disk, a killed rank): an error line of the step's own says why, or this one guesses",
+        f'  if tail -c +$((LOG_AT + 1)) "$LOG" 2>/dev/null | grep "^{ERROR_PREFIX}" >/dev/null; then',
+        '    echo "ftctl: the job step exited with $RC; the error above says why"',
+        "  else",
+        f'    echo "{ERROR_PREFIX}the job step exited with $RC before the trainer said how it ended (srun or the '
         "container failed, or the trainer was killed: out of memory?); the log has the details (ftctl logs "
         '$SLURM_JOB_ID); the same ftctl launch resumes from the last checkpoint"',
+        "  fi",
         "fi",
         f'STATUS=$(cat "${STATUS_ENV}" 2>/dev/null || echo failed)',
         'echo "ftctl: trainer exited with $RC, status $STATUS"',
