@@ -202,3 +202,100 @@ def test_a_file_llama_factorys_dataset_info_names_is_read_as_its_entry_says(tmp_
     write_info(saved, {"citation": "", "features": {"text": {"dtype": "string"}}})
     write_jsonl(saved / "rows.jsonl", [{"instruction": "Open it.", "output": "Done."}])
     assert prepare_data(str(saved), tiny_tokenizer, 1024)[0].ok
+
+
+def openai_calls(*ids: str, text: str = "") -> dict:
+    """An OpenAI-style row: the user asks, the assistant calls door_code once an id in ``ids`` (with ``text``),
+    each result answers its call by its id (in the other order, so that only the ids pair them), then the answer."""
+    calls = [
+        {"id": i, "type": "function", "function": {"name": "door_code", "arguments": json.dumps({"station": f"S{k}"})}}
+        for k, i in enumerate(ids)
+    ]
+    results = [{"role": "tool", "tool_call_id": i, "content": f"CODE-{k}"} for k, i in reversed(list(enumerate(ids)))]
+    return {
+        "messages": [
+            {"role": "user", "content": "Open the doors."},
+            {"role": "assistant", "content": text, "tool_calls": calls},
+            *results,
+            {"role": "assistant", "content": "Done."},
+        ]
+    }
+
+
+def test_openai_call_ids_are_shortened_for_mistrals_templates_alone(tmp_path, tiny_tokenizer, monkeypatch):
+    """OpenAI's call ids (call_ and 24 letters and digits) were kept, and Mistral's templates refused every such row
+    ('Tool call must have an id of 9 characters or numbers.'). For a template that refuses them, each id is its last
+    9 characters (as vLLM shortens them serving a Mistral model) where they are letters and digits, else 9 drawn
+    from it, never one another id of the row has: each result still answers its own call, alike in every run, and
+    data check says so. A template that takes any id gets the data's."""
+    long_a, long_b = "call_abc123XYZdef456ghi789JK", "call_zzz999YYYdef456ghi789JK"  # the same last 9 characters
+    rows = [openai_calls(long_a, long_b), openai_calls("call_1", "Abc123xyZ")]
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
+    for version in ("v11", "v3"):
+        monkeypatch.setattr(tiny_tokenizer, "chat_template", mistral_template(version))
+        report, dataset = prepare_data(path, tiny_tokenizer, 1024)
+        assert report.errors == [], (version, report.errors)
+        assert report.notes == [
+            "2 row(s) give tool call ids that are not 9 letters and digits (the first: t.jsonl line 1), which the chat "
+            "template (Mistral's) refuses: each is its last 9 characters where they are letters and digits, as vLLM "
+            "shortens them serving a Mistral model, else 9 drawn from it; the results keep answering their calls"
+        ]
+        texts = [tiny_tokenizer.decode(row["input_ids"]) for row in dataset]
+        if version == "v11":  # name[CALL_ID]id[ARGS]arguments ... [TOOL_RESULTS]id[TOOL_CONTENT]result
+            ids = [[part[:9] for part in text.split("[CALL_ID]")[1:]] for text in texts]
+            results = [{part[:9]: part[23:29] for part in text.split("[TOOL_RESULTS]")[1:]} for text in texts]
+        else:  # [TOOL_CALLS] [{"name": ..., "arguments": ..., "id": "..."}] ... [TOOL_RESULTS] {"content": ..., "call_id": ...}
+            ids = [[part[:9] for part in text.split('"id": "')[1:]] for text in texts]
+            results = [
+                {json.loads(r)["call_id"]: json.loads(r)["content"] for r in _between(text, "[TOOL_RESULTS] ", "[/")}
+                for text in texts
+            ]
+        (a, b), (one, kept) = ids
+        assert a == "def456ghi789JK"[-9:] and b != a and b.isalnum() and len(b) == 9, ids
+        assert kept == "Abc123xyZ" and one.isalnum() and len(one) == 9 and one != kept
+        assert results == [{a: "CODE-0", b: "CODE-1"}, {one: "CODE-0", kept: "CODE-1"}], results
+        assert prepare_data(path, tiny_tokenizer, 1024)[1]["input_ids"] == dataset["input_ids"]  # alike in every run
+
+    # a template that writes ids as they are given, refusing none: the data's own
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", ID_TEMPLATE)
+    report, dataset = prepare_data(path, tiny_tokenizer, 1024)
+    assert report.ok and report.notes == [], (report.errors, report.notes)
+    text = tiny_tokenizer.decode(dataset[0]["input_ids"])
+    assert f"call {long_a}" in text and f"result {long_a}" in text and f"call {long_b}" in text
+
+
+# writes a call's id and a result's tool_call_id as they are (and no schemas: the rows give none)
+ID_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "{% for c in m.get('tool_calls') or [] %}call {{ c['id'] }} {{ c['function']['name'] }} {{ c['function']['arguments'] }}{% endfor %}"
+    "{% if m['role'] == 'tool' %}result {{ m['tool_call_id'] }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _between(text: str, start: str, end: str) -> list[str]:
+    return [part.split(end, 1)[0] for part in text.split(start)[1:]]
+
+
+def test_text_beside_tool_calls_under_mistral_v3_is_one_line_naming_the_fix(tmp_path, tiny_tokenizer, monkeypatch):
+    """Mistral v3's template refuses an assistant turn with text and tool calls together, and the row was refused
+    in its words alone ('Assistant message cannot have both content and tool calls.'), without the way on. Its
+    format has no such turn (a text turn before the calling one is joined into it again), so no rewrite of the row
+    trains what it says: one line, naming the rows, says the fixes. Mistral v11's template trains the same rows."""
+    with_text = openai_calls("Abc123xyZ", text="Let me look.")
+    path = write_jsonl(tmp_path / "t.jsonl", [with_text, openai_calls("Abc123xyZ"), with_text])
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", mistral_template("v3"))
+    report, dataset = prepare_data(path, tiny_tokenizer, 1024)
+    assert report.errors == [
+        "t.jsonl lines 1, 3 (2 rows): an assistant turn has text beside its tool calls, which the chat template "
+        "refuses ('Assistant message cannot have both content and tool calls.'; Mistral v3's format has no such "
+        "turn, and joins a text turn before a calling one into it): empty the 'content' of the turns that call tools "
+        "(their calls train alone), train with a template that writes both (Mistral's v11 and later: -o "
+        "chat_template_path=TEMPLATE.jinja; ftctl data check: --chat-template-path), or leave these rows out"
+    ], report.errors
+    assert len(dataset) == 1  # the row without text trains
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", mistral_template("v11"))
+    report, dataset = prepare_data(path, tiny_tokenizer, 1024)
+    assert report.ok, report.errors
+    spans = trained_spans(tiny_tokenizer, dataset[0]["input_ids"], dataset[0]["labels"])
+    assert spans[0] == f'Let me look.[TOOL_CALLS]door_code[CALL_ID]Abc123xyZ[ARGS]{{"station": "S0"}}{EOT}', spans

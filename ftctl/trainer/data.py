@@ -35,6 +35,7 @@ from ftctl.trainer.masks import (
     assistant_spans,
     encode_texts,
     ensure_chat_template,
+    renames_call_ids,
     require_fast,
     turn_close_problem,
 )
@@ -212,6 +213,7 @@ def prepare_data(
     texts: list[str] = []
     spans: list = []
     missing_eot = 0
+    renamed: list[Row] = []  # rows whose call ids the template gets shortened (masks.renames_call_ids)
     special = _special_tokens(tokenizer)
     written_out: list[tuple[Row, str]] = []  # (row, the first special token its text writes out)
     problems: list[tuple[Row, str]] = []  # (row, what is wrong with it): report.errors, problem_lines
@@ -239,6 +241,8 @@ def prepare_data(
             problems.append((row, f"the model's chat template refused this conversation: {e} (turns: {roles})"))
             continue
         missing_eot += not has_eot
+        if renames_call_ids(tokenizer, row.messages):
+            renamed.append(row)
         good.append(row)
         texts.append(text)
         spans.append([(0, len(text))] if every_token else row_spans)
@@ -329,6 +333,13 @@ def prepare_data(
         )
     if formats.get("text"):
         report.notes.append(f"{formats['text']} plain-text row(s) have no roles: the loss covers every token of them")
+    if renamed:
+        report.notes.append(
+            f"{len(renamed)} row(s) give tool call ids that are not 9 letters and digits (the first: {renamed[0].where}),"
+            " which the chat template (Mistral's) refuses: each is its last 9 characters where they are letters and "
+            "digits, as vLLM shortens them serving a Mistral model, else 9 drawn from it; the results keep answering "
+            "their calls"
+        )
     report.notes = list(dict.fromkeys(report.notes))
     s.rows, s.formats = len(kept_ids), dict(formats)
     s.tokens = sum(map(len, kept_ids))

@@ -22,7 +22,7 @@ Accepted row formats (detected per row):
   OpenAI's JSON string or an object, given to the template as an object), ``tool`` turns
   with the results (context, never trained), and the row's ``tools`` (function schemas, a list or its JSON)
   rendered by the template. A call without an ``id`` gets one, and a result without a ``tool_call_id`` its call's,
-  as Mistral's templates need them. An assistant turn's ``weight`` (OpenAI's fine-tuning format): 0 leaves it out of
+  as Mistral's templates need them (which also refuse ids of other than 9 letters and digits: short_call_ids). An assistant turn's ``weight`` (OpenAI's fine-tuning format): 0 leaves it out of
   the loss (context, as a user turn is), 1 (or none) trains it; ``training``, ``train`` or ``loss`` (axolotl's
   message_field_training, ms-swift's) false does the same, true trains it.
 - Alpaca: ``{"instruction": str, "input": str (optional), "output": str}`` -> user, assistant; LLaMA-Factory's
@@ -808,9 +808,60 @@ def _call_id(n: int, call: dict) -> str:
     """A tool call's id of CALL_ID_LENGTH letters and digits, from its place ``n`` among the row's calls and what it
     calls."""
     function = call["function"]
-    said = json.dumps([n, function["name"], function.get("arguments")], sort_keys=True, default=str)
+    return _drawn_id(json.dumps([n, function["name"], function.get("arguments")], sort_keys=True, default=str))
+
+
+def _drawn_id(said: str) -> str:
+    """CALL_ID_LENGTH letters and digits drawn from ``said``: the same for the same text in every run."""
     digest = hashlib.sha256(said.encode()).digest()
     return "".join(CALL_ID_CHARS[b % len(CALL_ID_CHARS)] for b in digest[:CALL_ID_LENGTH])
+
+
+def is_short_call_id(value) -> bool:
+    """Whether a call id is CALL_ID_LENGTH letters and digits, as Mistral's format has them."""
+    return isinstance(value, str) and len(value) == CALL_ID_LENGTH and all(c in CALL_ID_CHARS for c in value)
+
+
+def short_call_ids(messages: list[dict]) -> list[dict]:
+    """``messages`` with every tool call id, and every result's tool_call_id, that is not CALL_ID_LENGTH letters
+    and digits (OpenAI's ``call_`` and 24 more, an index) replaced by one that is, for a chat template that refuses
+    others (Mistral's). As vLLM serving a Mistral model shortens such ids (truncate_tool_call_ids), an id's last 9
+    characters, where they are letters and digits; else (or where the row has them already) 9 drawn from it. The
+    same id gets the same one, so a result keeps answering its call and a row renders alike in every run; no two
+    ids of the row get the same one. Ids that are already short are kept."""
+    found = [i for m in messages for i in _call_ids_of(m)]
+    taken = {i for i in found if is_short_call_id(i)}
+    new: dict[str, str] = {}  # an id as JSON text (an id may be a number) -> its replacement
+    for value in found:
+        said = json.dumps(value, default=str)
+        if is_short_call_id(value) or said in new:
+            continue
+        tail, salt = str(value)[-CALL_ID_LENGTH:], 0
+        drawn = tail if is_short_call_id(tail) else _drawn_id(said)
+        while drawn in taken:  # the tail of another id, or (62^9 ids) a draw the row holds
+            salt += 1
+            drawn = _drawn_id(f"{said}#{salt}")
+        new[said] = drawn
+        taken.add(drawn)
+
+    def renamed(value):
+        return new.get(json.dumps(value, default=str), value)
+
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            m = {**m, "tool_calls": [{**c, "id": renamed(c.get("id"))} for c in m["tool_calls"]]}
+        if m["role"] == "tool" and m.get("tool_call_id") is not None:
+            m = {**m, "tool_call_id": renamed(m["tool_call_id"])}
+        out.append(m)
+    return out if new else messages
+
+
+def _call_ids_of(message: dict) -> list:
+    """The call ids a turn names: its calls', or the one a result answers."""
+    if message["role"] == "tool":
+        return [] if message.get("tool_call_id") is None else [message["tool_call_id"]]
+    return [c.get("id") for c in message.get("tool_calls") or ()]
 
 
 def _answered(messages: list[dict]) -> str | None:

@@ -16,7 +16,9 @@ trains in a one-turn row and a longer one alike).
 
 Tool use renders as the template writes it (``tools=``): an assistant turn's span holds its tool calls, a ``tool``
 turn (a result) is context like a user's. The template is probed once for what of tool use it writes out; one
-that drops the calls, the results or the schemas (or refuses them) refuses the rows that hold them, with one message.
+that drops the calls, the results or the schemas (or refuses them) refuses the rows that hold them, with one message;
+one that refuses call ids other than 9 letters and digits (Mistral's) gets them shortened (formats.short_call_ids), and
+one that refuses text beside a turn's calls (Mistral v3's) refuses those rows saying the ways on.
 
 Truncation keeps the first ``max_length`` tokens and drops the rest (the end of the conversation).
 Plain-text rows are trained on entirely (bos as the tokenizer adds it, eos appended); a prompt-completion row's
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import FtctlError
+from ftctl.trainer.formats import short_call_ids
 
 # FastChat's Vicuna v1.1 conversation template, for tokenizers that ship no chat template.
 VICUNA_TEMPLATE = (
@@ -206,6 +209,10 @@ class _ToolProbe:
     # it adds a call's arguments to text (DeepSeek-V3's), or escapes what it adds them to (Mistral's, `'...' +
     # arguments|tojson|safe`, which writes &#34; for every quote before them): they are given as their JSON
     text_arguments: bool
+    # it refuses a call id that is not 9 letters and digits (Mistral's, in its own words): such ids are shortened
+    short_ids: bool = False
+    # its refusal of an assistant turn with text beside its tool calls (Mistral v3's format has no such turn)
+    text_with_calls: str | None = None
 
 
 def _tool_probe(tokenizer) -> _ToolProbe | None:
@@ -244,9 +251,33 @@ def _tool_probe(tokenizer) -> _ToolProbe | None:
         probe = None
     else:
         drops = frozenset(part for part, words in parts.items() if not all(w in text for w in words))
-        probe = _ToolProbe(drops, None, text_arguments)
+        sent = _arguments_as_text(messages) if text_arguments else messages
+        probe = _ToolProbe(drops, None, text_arguments, *_refused_calls(tokenizer, sent, tools))
     _TOOL_PROBES[key] = probe
     return probe
+
+
+def _refused_calls(tokenizer, messages: list[dict], tools: list) -> tuple[bool, str | None]:
+    """(whether the template refuses a call id of another length than the probe's 9 letters and digits, its
+    refusal of a turn with text beside its calls): the probe conversation ``messages``, which it renders, rendered
+    with an OpenAI-style id, and with text in its calling turn."""
+    from jinja2 import TemplateError
+
+    call = messages[1]["tool_calls"][0]
+    long_id = "call_ftctlProbe0123456789ab"  # OpenAI's: call_ and 24 letters and digits
+    other = [*messages]
+    other[1] = {**messages[1], "tool_calls": [{**call, "id": long_id}]}
+    other[2] = {**messages[2], "tool_call_id": long_id}
+    said = [*messages]
+    said[1] = {**messages[1], "content": "ftctl_probe_text"}
+    refusals = []
+    for conversation in (other, said):
+        try:
+            _render(tokenizer, conversation, tools=tools)
+            refusals.append(None)
+        except TemplateError as e:
+            refusals.append(str(e))
+    return refusals[0] is not None, refusals[1]
 
 
 def _renders(tokenizer, messages: list[dict]) -> bool:
@@ -302,7 +333,25 @@ def _tool_use(tokenizer, messages: list[dict], tools: list | None) -> list[dict]
             f"the chat template does not render {' or '.join(said[p] for p in dropped)}: training would leave them "
             f"out; {fix}"
         )
+    if probe.text_with_calls and any(m.get("tool_calls") and m["content"].strip() for m in messages):
+        raise MaskError(
+            f"an assistant turn has text beside its tool calls, which the chat template refuses ({probe.text_with_calls!r}"
+            "; Mistral v3's format has no such turn, and joins a text turn before a calling one into it): empty the "
+            "'content' of the turns that call tools (their calls train alone), train with a template that writes both "
+            "(Mistral's v11 and later: -o chat_template_path=TEMPLATE.jinja; ftctl data check: --chat-template-path), "
+            "or leave these rows out"
+        )
+    if probe.short_ids:
+        messages = short_call_ids(messages)
     return _arguments_as_text(messages) if probe.text_arguments else messages
+
+
+def renames_call_ids(tokenizer, messages: list[dict]) -> bool:
+    """Whether the chat template gets other call ids than ``messages`` give (short_call_ids: Mistral's)."""
+    if not any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+        return False
+    probe = _tool_probe(tokenizer)
+    return bool(probe and probe.short_ids) and short_call_ids(messages) is not messages
 
 
 def _render(tokenizer, messages, generation_prompt=False, tools=None) -> str:
