@@ -33,10 +33,10 @@ def squeue(tmp_path, monkeypatch):
     }
     fake_slurm(bin_dir, monkeypatch, scripts, tmp_path / "home")
 
-    def say(job, state, nodes="", reason="None", exit_code=0, signal=0, start=None, end=None):
+    def say(job, state, nodes="", reason="None", exit_code=0, signal=0, start=None, end=None, restarts=0):
         wait_status = (exit_code << 8) | signal
         started, ended = (_at(t) if t is not None else "N/A" for t in (start, end))
-        out.write_text(f"{job}|{state}|{nodes}|{reason}|0|{wait_status}|{started}|{ended}|\n")
+        out.write_text(f"{job}|{state}|{nodes}|{reason}|{restarts}|{wait_status}|{started}|{ended}|\n")
 
     return say
 
@@ -134,6 +134,29 @@ def test_status_matches_the_jobs_own_trainer_by_its_job_id(squeue, tmp_path, mon
     assert status_lines("29")[-1] == "step 78  loss 5.2200"
     squeue("29", "FAILED", nodes="node1", exit_code=1, start=T0 + 150, end=T0 + 300)
     assert status_lines("29") == ["29 FAILED on node1 exit 1"]  # the window holds only job 31's start
+
+
+def test_status_of_a_requeued_job_says_how_its_last_attempt_ended(squeue, tmp_path):
+    """H (explore11): the store down at a USR2, the stop's checkpoint not in the store; the requeued job waiting for
+    its next attempt showed `2 PENDING (BeginTime), restarts 1` alone, while its log said where the checkpoint was
+    kept and that a fresh node starts from step 0. Now status shows the last attempt's error line (none: nothing)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    record_job(JobRef("slurm", "2", str(run), "r", "s3://b/runs/r1"))
+    kept = "stopped on SIGUSR2 at step 5, but its checkpoint-5 did not reach s3://b/runs/r1 (...); it is kept in /n/c-5"
+    log = run / "slurm-2.out"
+    log.write_text(
+        "ftctl: job 2 attempt 0 on node[1-2] (head node1)\nstep 1/20  loss 6.2784\n"
+        "ftctl: USR2 (time limit or preemption): checkpointing\n"
+        f"error: {kept}\nftctl: trainer exited with 0, status preempted\nftctl: requeueing job 2\n"
+    )
+    squeue("2", "PENDING", reason="BeginTime", restarts=1)
+    assert status_lines("2") == ["2 PENDING (BeginTime), restarts 1", f"its attempt 0 ended: {kept}"]
+    squeue("2", "RUNNING", nodes="node[1-2]", restarts=1)  # attempt 1 says itself where it starts from
+    assert status_lines("2") == ["2 RUNNING on node[1-2], restarts 1"]
+    log.write_text(log.read_text().replace(f"error: {kept}\n", ""))  # a stop the store committed: nothing to say
+    squeue("2", "PENDING", reason="BeginTime", restarts=1)
+    assert status_lines("2") == ["2 PENDING (BeginTime), restarts 1"]
 
 
 def test_record_start_names_the_slurm_job_and_attempt(tmp_path, monkeypatch):

@@ -310,7 +310,7 @@ def test_a_multi_node_stop_checkpoint_the_store_did_not_commit_is_committed_by_t
 
 
 def test_a_stop_whose_checkpoint_did_not_reach_the_store_says_so_and_its_requeue_says_it_starts_again(
-    tiny_model_dir, tiny_data, tmp_path, one_thread, s3_env, monkeypatch, caplog
+    tiny_model_dir, tiny_data, tmp_path, one_thread, s3_env, monkeypatch, caplog, capsys
 ):
     """F5 (explore11): the store down at a USR2, the stop's upload gave up, and the trainer said only 'stopped ...;
     resume with the same output dir'; the requeued attempt on a fresh node printed 'step 1/20' with no line saying
@@ -349,7 +349,7 @@ def test_a_stop_whose_checkpoint_did_not_reach_the_store_says_so_and_its_requeue
         name = f"checkpoint-{first.global_step}"
         kept = tmp_path / "node-a" / name
         assert C.verify(str(kept)) == []
-        (said,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        (said,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
         assert f"but its {name} did not reach {uri}" in said and f"it is kept in {kept}" in said
         assert "resume with the same output dir" not in caplog.text
         rows = [json.loads(line) for line in (tmp_path / "node-a" / "metrics.jsonl").read_text().splitlines()]

@@ -40,7 +40,7 @@ from ftctl.backend import (
     training_now,
 )
 from ftctl.errors import FtctlError
-from ftctl.failures import tail
+from ftctl.failures import error_line, tail
 from ftctl.launch import PATH_PYTHON, container_kind
 from ftctl.plan import PlanError
 from ftctl.runpaths import SLURM_STATUS_PATTERN, START_SLURM_ATTEMPT, START_SLURM_JOB
@@ -423,6 +423,10 @@ class SlurmBackend(Backend):
                 f"({ref.run_dir}, where {ref.paths.slurm_log(ref.job_id).name} is written) is not writable there or "
                 "not on a filesystem the nodes see; that node's slurmd log says why"
             )
+        elif s.state == "PENDING" and s.restarts and (why := error_line(self.log_tail(ref))):
+            # requeued, its next attempt not started: its log ends with the last attempt's lines (a stop checkpoint
+            # that did not reach the store, and where a copy is kept: trainer.run.say_stop)
+            note = f"its attempt {s.restarts - 1} ended: {why}"
         ran = (s.started, s.ended) if s.started is not None else None
         own = {START_SLURM_JOB: ref.job_id}  # what its trainer's start record says (a trainer of this ftctl's)
         return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe(), note, ran, own)

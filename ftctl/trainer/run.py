@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -689,19 +690,15 @@ def say_stop(run: Run) -> None:
             "stopped on %s after saving step %d; resume with the same output dir", run.preemption.received, step
         )
         return
-    log.error(
-        "stopped on %s at step %d, but its %s did not reach %s (not committed within upload_wait_s=%s: the warnings "
-        "above say why); it is kept in %s: a requeue or the same `ftctl launch` resumes it where that directory is "
-        "seen (nodes sharing this disk) and sends it, elsewhere starts from the newest checkpoint committed in %s "
-        "(step 0 if none) and trains those steps again",
-        run.preemption.received,
-        step,
-        name,
-        run.remote_uri,
-        run.spec.upload_wait_s,
-        os.path.join(run.local_dir, name),
-        run.remote_uri,
+    # an error line (failures.error_line): `ftctl status` of the job waiting for its requeued attempt shows it
+    said = (
+        f"stopped on {run.preemption.received} at step {step}, but its {name} did not reach {run.remote_uri} (not "
+        f"committed within upload_wait_s={run.spec.upload_wait_s}: the upload's warnings in its log say why); it is "
+        f"kept in {os.path.join(run.local_dir, name)}: a requeue or the same `ftctl launch` resumes it where that "
+        f"directory is seen (nodes sharing this disk) and sends it, elsewhere starts from the newest checkpoint "
+        f"committed in {run.remote_uri} (step 0 if none) and trains those steps again"
     )
+    print(f"{failures.ERROR_PREFIX}{said}", file=sys.stderr, flush=True)
 
 
 def starts_again(resume_from: str | None, local_dir: str, remote_uri: str | None) -> str | None:
