@@ -39,7 +39,7 @@ from ftctl import gpus as gpu_table
 from ftctl import userconfig
 from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import container_kind
-from ftctl.plan import Plan, dump_run, make_plan
+from ftctl.plan import Plan, dump_run, make_plan, with_lora_targets
 from ftctl.runpaths import RunPaths
 from ftctl.spec import (
     BACKENDS,
@@ -422,6 +422,7 @@ def prepare(spec: RunSpec, why: str | None = None) -> Rendered:
     if not backend.needs_local_paths:  # before the plan, which would first ask a --model URI's size
         refuse_local_paths(spec, name)
     spec, plan = backend.resolve(spec)
+    spec = with_lora_targets(spec, plan.model)[0]  # as the plan has them: spec.json's, the checkpoints' settings
     image = backend.image(spec, plan)
     if image and image.container and not spec.container:
         spec = replace(spec, container=image.container)

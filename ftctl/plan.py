@@ -123,7 +123,7 @@ from pathlib import Path
 
 from ftctl import gpus as gpu_table
 from ftctl.errors import FtctlError, did_you_mean
-from ftctl.spec import FIELDS, LORA_KEYS, METHOD_STRATEGIES, RunSpec, lora_target_names, parse_size
+from ftctl.spec import FIELDS, LORA_KEYS, METHOD_STRATEGIES, PEFT_TARGETS, RunSpec, lora_target_names, parse_size
 from ftctl.trainer.attention import (
     EAGER,
     LIGER_MODEL_TYPES,
@@ -551,7 +551,8 @@ def _trainable_b(method: str, shape: ModelShape, spec: RunSpec) -> float:
     sizes = shape.projections()
     names = spec.lora_target_modules.strip()
     every = names == "all-linear"
-    targets = list(sizes) if every else lora_target_names(names)
+    # PEFT_TARGETS not named here (with_lora_targets: no PEFT, or no model type): q_proj, v_proj, PEFT's for most
+    targets = list(sizes) if every else ["q_proj", "v_proj"] if names == PEFT_TARGETS else lora_target_names(names)
     if every and shape.experts:
         targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
     per_layer = sum(sum(sizes.get(t, (shape.hidden, shape.hidden))) for t in targets)
@@ -920,8 +921,11 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
             f"trainable_layers={spec.trainable_layers} but the model has {shape.layers} blocks: use at most "
             f"{shape.layers} (or method fft to train everything)."
         )
+    spec, targets_note = with_lora_targets(spec, shape)
     plan = _fit(spec, req, shape, spec.method)
     if plan is not None:
+        if targets_note:
+            plan.notes.append(targets_note)
         if one_replica:
             plan.notes.append(f"strategy=ddp on {req}: one process, which trains as single (DDP needs two or more)")
         if said := _kept_on_gpu(spec, req, shape, plan):
@@ -941,6 +945,60 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
             )
         return plan
     raise DoesNotFit(_refusal(spec, req, shape))
+
+
+def with_lora_targets(spec: RunSpec, shape: ModelShape) -> tuple[RunSpec, str]:
+    """(``spec`` with lora_target_modules PEFT_TARGETS named: PEFT's modules for the model's type, what TRL adapts
+    where its lora_target_modules is left out; the note that says which). As it is where PEFT is not installed here
+    or the model's type is not known (the trainer names them, or PEFT picks them itself). PlanError where PEFT has
+    none for the model's type, as PEFT refuses it. A checkpoint's settings record the names, as those of a run that
+    gave them (TRL's default was q_proj,v_proj here whatever the model)."""
+    from ftctl import peft_targets
+
+    if spec.method not in ("lora", "qlora") or spec.lora_target_modules.strip() != PEFT_TARGETS:
+        return spec, ""
+    kind = _model_type(spec, shape)
+    if not kind or not peft_targets.installed():
+        why = "PEFT is not installed here" if kind else "the model's type is not known here"
+        return spec, (
+            f"lora_target_modules {PEFT_TARGETS} (TRL's default): PEFT's modules for the model's type, named by the "
+            f"trainer ({why}); planned as q_proj,v_proj"
+        )
+    names = peft_targets.default_targets(kind)
+    if not isinstance(names, list):
+        layers = _linear_layers(spec, shape)
+        which = f" (its linear layers: {', '.join(layers)})" if layers else ""
+        pattern = (
+            f"'s default for {kind} models is a pattern, {names!r}" if names else f" has no default for {kind} models"
+        )
+        raise PlanError(
+            f"lora_target_modules {PEFT_TARGETS} (TRL's default where a run file leaves it out) adapts PEFT's modules "
+            f"for the model's type, and PEFT{pattern} ({spec.model_name_or_path}): name the layers to adapt, "
+            f"-o lora_target_modules=NAME,NAME{which}, or give all-linear for every one but the output head."
+        )
+    named, said = ",".join(names), kind if shape.model_type else "Llama-shaped"  # a known id's, read as llama's
+    return replace(spec, lora_target_modules=named), (
+        f"lora_target_modules {named}: PEFT's for {said} models ({PEFT_TARGETS}, TRL's default), as TRL adapts them"
+    )
+
+
+def _model_type(spec: RunSpec, shape: ModelShape) -> str:
+    """The model's type as PEFT reads it (its config's model_type); a known id's where the table leaves it out,
+    llama's (Llama, SmolLM2, Vicuna); where the shape was given (--model-params), its config's where it can be read."""
+    if shape.model_type or shape.source == "known id":
+        return shape.model_type or "llama"
+    if shape.source != "--model-params":
+        return ""
+    try:
+        return model_shape(spec.model_name_or_path).model_type
+    except (FtctlError, OSError, ValueError):
+        return ""
+
+
+def _linear_layers(spec: RunSpec, shape: ModelShape) -> list[str]:
+    from ftctl.preflight import linear_layers  # (a meta-device model of its config: transformers, where it is here)
+
+    return linear_layers(spec.model_name_or_path, shape)
 
 
 def _kept_on_gpu(spec: RunSpec, req, shape: ModelShape, plan: Plan) -> str | None:
@@ -1563,7 +1621,8 @@ def load_run(path: str) -> tuple[RunSpec, Plan]:
         spec = build(data["spec"])
         p = dict(data["plan"])
         p["model"] = ModelShape(**p["model"])
-        return spec, Plan(**p)
+        plan = Plan(**p)
+        return with_lora_targets(spec, plan.model)[0], plan  # where the launcher could not name them
     except FileNotFoundError:
         raise FtctlError(f"Spec file {path} does not exist.") from None
     except (KeyError, TypeError, json.JSONDecodeError) as e:

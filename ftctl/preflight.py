@@ -331,27 +331,49 @@ def check_lora_targets(spec, shape=None) -> list[Finding]:
     (methods.lora_targets), on a model built on the meta device from its config.json (a local directory's, or the
     Hub's where it answers): a typo was said only by the trainer, on a cluster after the queue wait. Nothing is
     said where the config cannot be read (check_model says why)."""
-    from ftctl.spec import lora_target_names
+    from ftctl.spec import PEFT_TARGETS, lora_target_names
 
-    if spec.method not in ("lora", "qlora") or lora_target_names(spec.lora_target_modules) == "all-linear":
+    named = spec.method in ("lora", "qlora") and lora_target_names(spec.lora_target_modules)
+    if named in (False, "all-linear", PEFT_TARGETS):  # PEFT_TARGETS: left to PEFT, not named here (no PEFT here)
         return []
-    config = _model_config(spec.model_name_or_path, shape)
+    model = _meta_model(spec.model_name_or_path, shape)
+    if model is None:
+        return []
+    from ftctl.trainer.methods import lora_targets
+
+    try:
+        lora_targets(spec, model)
+    except FtctlError as e:
+        return [Finding(ERROR, str(e))]
+    return []
+
+
+def linear_layers(name_or_path: str, shape=None) -> list[str]:
+    """The names of the model's linear layers, as lora_target_modules takes them (methods.linear_layer_names), of
+    a model built on the meta device from its config.json (_model_config); none where it cannot be had."""
+    model = _meta_model(name_or_path, shape)
+    if model is None:
+        return []
+    from ftctl.trainer.methods import linear_layer_names
+
+    return linear_layer_names(model)
+
+
+def _meta_model(name_or_path: str, shape=None):
+    """The model built on the meta device (no weights) from its config.json (_model_config); None where the config
+    cannot be read (check_model says why) or this transformers does not build its architecture (the trainer's own
+    error says it)."""
+    config = _model_config(name_or_path, shape)
     if config is None:
-        return []
+        return None
     try:
         from accelerate import init_empty_weights
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from ftctl.trainer.methods import lora_targets
-
         with init_empty_weights():
-            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
-        lora_targets(spec, model)
-    except FtctlError as e:
-        return [Finding(ERROR, str(e))]
-    except Exception:  # an architecture this transformers does not build: the trainer's own error says it
-        return []
-    return []
+            return AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    except Exception:  # noqa: BLE001  an architecture this transformers does not build, or no transformers here
+        return None
 
 
 def _model_config(name_or_path: str, shape=None) -> dict | None:

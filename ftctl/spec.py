@@ -445,6 +445,7 @@ AGREES = {
 
 
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora")
+PEFT_TARGETS = "peft-default"  # lora_target_modules: PEFT's own for the model's type (plan.with_lora_targets)
 LORA_LEAST_LR = 1e-4  # a run file's rate below this, with no method given, is full fine-tuning's: build asks which
 # DECIDED keys whose value agrees with some methods only (TRL's QLoRA recipe: use_peft, load_in_4bit ...): accepted
 # with a note where the run's method is one of them, refused as above where it is not
@@ -470,8 +471,9 @@ LLAMA_FACTORY_LORA = {"lora_r": 8, "lora_dropout": 0.0}
 # Other tools' defaults that change what trains, taken where a run file in that tool's vocabulary (a key only it has,
 # VOCABULARY) leaves the key out, noted: its user's file trains as it did there. TRL's SFTConfig cuts at 1024 tokens
 # (max_length; older TRL's max_seq_length: min(the tokenizer's, 1024)) and keeps transformers' linear schedule without
-# warm-up; LoRA in TRL adapts PEFT's default modules (q_proj, v_proj in Llama, Qwen, Mistral, Gemma), FastChat's
-# train_lora.py its own (the same two, at rank 8, alpha 16).
+# warm-up; LoRA in TRL adapts PEFT's default modules for the model's type (its ModelConfig's lora_target_modules
+# None: q_proj, v_proj in Llama, Qwen, Mistral, Gemma; c_attn in GPT-2; none for Phi-3: PEFT_TARGETS), FastChat's
+# train_lora.py its own (q_proj, v_proj whatever the model, at rank 8, alpha 16).
 VOCABULARY = {
     "TRL": (
         *("dataset_name", "use_peft", "dataset_text_field", "completion_only_loss", "dataset_train_split"),
@@ -486,7 +488,7 @@ TOOL_DEFAULTS = {
     "FastChat": {},
 }
 TOOL_LORA_DEFAULTS = {  # (where the run trains adapters)
-    "TRL": {"lora_target_modules": "q_proj,v_proj"},
+    "TRL": {"lora_target_modules": PEFT_TARGETS},
     "FastChat": {"lora_r": 8, "lora_alpha": 16, "lora_target_modules": "q_proj,v_proj"},
 }
 # Other tools' defaults ftctl does not take (its own is a documented choice), noted where a run file in that tool's
@@ -823,7 +825,8 @@ class RunSpec:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    # or projections' names, comma-separated (q_proj,v_proj; a YAML list); all (LLaMA-Factory's) is all-linear
+    # or projections' names, comma-separated (q_proj,v_proj; a YAML list); all (LLaMA-Factory's) is all-linear;
+    # peft-default: PEFT's modules for the model's type, as TRL adapts where its lora_target_modules is left out
     lora_target_modules: str = "all-linear"
     use_rslora: bool = False  # PEFT's: the adapters scaled by lora_alpha / sqrt(lora_r), not / lora_r
     use_dora: bool = False  # PEFT's DoRA: a magnitude vector per projection beside the adapters (PEFT's forward runs)
@@ -1664,13 +1667,14 @@ def _mixes(items):
 
 def lora_target_names(value: str) -> str | list[str]:
     """lora_target_modules as PEFT takes it: "all-linear", or the list of names (once each; apart by commas, or by
-    spaces as TRL's `--lora_target_modules q_proj v_proj` gives them: no module's name holds one); FtctlError for
-    none, or all-linear beside names."""
+    spaces as TRL's `--lora_target_modules q_proj v_proj` gives them: no module's name holds one); PEFT_TARGETS as
+    it is (named for the model by plan.with_lora_targets); FtctlError for none, or all-linear or PEFT_TARGETS beside
+    names."""
     value = value.strip()
-    if value == "all-linear":
+    if value in ("all-linear", PEFT_TARGETS):
         return value
     names = list(dict.fromkeys(t for t in re.split(r"[,\s]+", value) if t))
-    if not names or "all-linear" in names:
+    if not names or "all-linear" in names or PEFT_TARGETS in names:
         raise FtctlError(
             f"lora_target_modules={value!r}: give all-linear (alone: every linear layer but the output head) or the "
             "names of the layers to adapt, comma-separated, e.g. -o lora_target_modules=q_proj,v_proj."

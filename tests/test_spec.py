@@ -1543,16 +1543,17 @@ output_dir: Qwen2-0.5B-SFT
 def test_a_trl_run_file_trains_with_trls_defaults_where_it_leaves_them_out(tmp_path):
     """TRL's sft.py LoRA example (its flags as YAML) trained at 2048 tokens, where TRL's SFTConfig cuts at 1024
     (max_length; older TRL's max_seq_length at most 1024 too), on a cosine schedule after 3% warm-up where TRL's is
-    linear without, and adapted every linear layer where TRL's LoRA adapts PEFT's default q_proj and v_proj: twice the
-    tokens, another schedule, eight times the adapters, without a word. A file in TRL's vocabulary takes TRL's, noted
-    with ftctl's own; what a layer gives wins, and a file without TRL's keys keeps ftctl's."""
+    linear without, and adapted every linear layer where TRL's LoRA adapts PEFT's default modules for the model's
+    type (q_proj and v_proj in Qwen2: peft-default, named by the plan, tests/test_peft_targets.py): twice the tokens,
+    another schedule, eight times the adapters, without a word. A file in TRL's vocabulary takes TRL's, noted with
+    ftctl's own; what a layer gives wins, and a file without TRL's keys keeps ftctl's."""
     notes: list[str] = []
     spec = build(_yaml(tmp_path, TRL_SFT_LORA), None, ["eval_split=0.05"], notes=notes)
     assert (spec.model_max_length, spec.lr_scheduler_type, spec.warmup, spec.lora_target_modules) == (
-        1024, "linear", 0.0, "q_proj,v_proj"
+        1024, "linear", 0.0, "peft-default"
     )  # fmt: skip
     assert (
-        "model_max_length 1024, lr_scheduler_type linear, warmup_ratio 0, lora_target_modules q_proj,v_proj: TRL's "
+        "model_max_length 1024, lr_scheduler_type linear, warmup_ratio 0, lora_target_modules peft-default: TRL's "
         "defaults, which a run file in its vocabulary (dataset_name, use_peft) trains with where it leaves them out; "
         "ftctl's own: -o model_max_length=2048 -o lr_scheduler_type=cosine -o warmup_ratio=0.03 "
         "-o lora_target_modules=all-linear"

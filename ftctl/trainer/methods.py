@@ -229,15 +229,18 @@ def adapter_dropout(spec, model=None) -> float:
     return 0.0
 
 
-def lora_targets(spec, model=None) -> str | list[str]:
-    """lora_target_modules as PEFT takes it: "all-linear", or the list of names. With ``model``, every name must
+def lora_targets(spec, model=None) -> str | list[str] | None:
+    """lora_target_modules as PEFT takes it: "all-linear", or the list of names; None (PEFT picks them for the
+    model's type) for PEFT_TARGETS that nobody could name (plan.with_lora_targets). With ``model``, every name must
     match one of its modules as PEFT matches them (the module's name, or its end after a dot: q_proj matches
     model.layers.0.self_attn.q_proj): PEFT silently leaves out a name that matches nothing beside one that matches
     (a typo trains fewer adapters than asked), and where none matches fails with a dump of every module. A name
     that matches nothing is refused here, before the adapters are made, with the model's linear layers to name."""
-    from ftctl.spec import lora_target_names
+    from ftctl.spec import PEFT_TARGETS, lora_target_names
 
     names = lora_target_names(spec.lora_target_modules)
+    if names == PEFT_TARGETS:
+        return None
     if model is None or names == "all-linear":
         return names
     modules = [name for name, _ in model.named_modules()]
