@@ -28,6 +28,7 @@ import importlib
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -244,6 +245,11 @@ class Backend:
             return trainer_paths_of(run_spec(ref))
         except (OSError, FtctlError):
             return None
+
+    def logged_progress(self, ref: JobRef) -> str | None:
+        """The job's last logged step as its log says it (logged_step), for `ftctl status` where the trainer's
+        metrics.jsonl is not seen here; None where this backend's log is not a file here to read (a cloud's)."""
+        return None
 
     def stop_note(self, ref: JobRef) -> str | None:
         """For a cancelled job: whether its trainer saved a checkpoint as it stopped, and where the same launch goes
@@ -771,7 +777,10 @@ def status_lines(job: str) -> list[str]:
     if later.job_id != ref.job_id:  # the run goes on in the later job (and a run dir's metrics.jsonl with its steps)
         return [*lines, f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})"]
     metrics = paths.metrics if (paths := b.trainer_paths(ref)) else None
-    return [*lines, *filter(None, [progress(ref, state.ran, state.own_start, metrics)])]
+    shown = progress(ref, state.ran, state.own_start, metrics)
+    if shown is None and is_remote(ref.output) and not (metrics and metrics.exists()):  # staged on the nodes' disks
+        shown = b.logged_progress(ref)
+    return [*lines, *filter(None, [shown])]
 
 
 def metrics_records(metrics: Path) -> list[dict] | None:
@@ -847,13 +856,32 @@ def progress(
         return None
     parts = []
     if step is not None:
-        rate = f"  {step['tokens_per_s']:,.0f} tok/s" if step.get("tokens_per_s") else ""
-        parts.append(f"step {step['step']}  loss {step['loss']:.4f}{rate}")
+        parts.append(step_text(step["step"], step["loss"], step.get("tokens_per_s")))
     if held_out is not None:
         # a later loss above the best: the run may be overfitting, and checkpoint-N is what chat/eval/merge take
         lowest = f" (lowest {best['eval_loss']:.4f} at step {best['step']})" if best is not held_out else ""
         parts.append(f"held-out loss {held_out['eval_loss']:.4f} at step {held_out['step']}{lowest}")
     return "; ".join(parts) or None
+
+
+def step_text(step: int, loss: float, tokens_per_s: float | None) -> str:
+    rate = f"  {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
+    return f"step {step}  loss {loss:.4f}{rate}"
+
+
+# the trainer's line in a job's log for a logged step (trainer.callbacks.MetricsCallback._progress):
+# "step 12/40  loss 1.2345  lr 2.00e-04  grad 0.808  380 tok/s  ETA 0:00:11"
+LOGGED_STEP = re.compile(r"step (\d+)/\d+  loss ([0-9.]+)(?:  .*?([\d,.]+) tok/s)?")
+
+
+def logged_step(log_tail: str) -> str | None:
+    """The last step line of a job's last attempt in its log, as progress says a step; None: none there."""
+    from ftctl.failures import last_attempt
+
+    for line in reversed(last_attempt(log_tail)[1]):
+        if m := LOGGED_STEP.match(line):
+            return step_text(int(m[1]), float(m[2]), float(m[3].replace(",", "")) if m[3] else None)
+    return None
 
 
 def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:

@@ -154,15 +154,27 @@ def tail(path, size: int = 64 * 1024) -> str:
         return ""
 
 
+_ATTEMPT = re.compile(re.escape(ATTEMPT_LINE).replace(r"\{job\}", r"\S+").replace(r"\{attempt\}", r"(\d+)"))
+
+
+def last_attempt(log_tail: str) -> tuple[int | None, list[str]]:
+    """The last attempt's lines of a Slurm job's log (which every attempt appends to), from its ATTEMPT_LINE, and that
+    attempt's number; (None, every line) where the tail holds no attempt line (a docker job's log, an attempt longer
+    than the tail)."""
+    lines = log_tail.splitlines()
+    starts = [(i, int(m.group(1))) for i, line in enumerate(lines) if (m := _ATTEMPT.match(line))]
+    if not starts:
+        return None, lines
+    first, attempt = starts[-1]
+    return attempt, lines[first:]
+
+
 def error_line(log_tail: str) -> str | None:
     """The last ``error: ...`` of a job's log (its end), without the prefix, with the indented lines that go on
     with it (a data file's rows: at most SHOWN_LINES); a rank killed without a word first, being the cause the
     other ranks' errors follow from. None without one. What ``ftctl status`` says of a failed Slurm or docker job
     instead of the exit code alone (torchrun's traceback that follows it in the log repeats it)."""
-    lines = log_tail.splitlines()
-    attempt = re.compile(re.escape(ATTEMPT_LINE).replace(r"\{job\}", r"\S+").replace(r"\{attempt\}", r"\d+"))
-    starts = [i for i, line in enumerate(lines) if attempt.match(line)]
-    lines = lines[starts[-1] :] if starts else lines  # the last attempt's: an earlier one's error is history
+    lines = last_attempt(log_tail)[1]  # the last attempt's: an earlier one's error is history
     said = [i for i, line in enumerate(lines) if line.startswith(ERROR_PREFIX)]
     if not said:
         return None

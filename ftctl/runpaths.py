@@ -25,6 +25,9 @@ PLAIN_TEXT = "plain_text"  # metrics.jsonl's "start" record: every training row 
 # requeue): `ftctl status`/`cancel` tell the job's own trainer from another job's into the same run directory
 START_SLURM_JOB = "slurm_job_id"
 START_SLURM_ATTEMPT = "slurm_restart_count"
+# how the trainer's line in the log begins as it writes its start record (trainer.run.record_start): where the start
+# record cannot be read here (a Slurm run staged on the nodes' own disks), that line says the trainer started training
+START_LINE = "attention: "
 SBATCH_FILE = "job.sbatch"
 TASK_FILE = "task.yaml"
 DOCKER_FILE = "docker-run.sh"

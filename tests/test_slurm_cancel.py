@@ -96,3 +96,42 @@ def test_cancel_options_are_slurms(cluster, tmp_path):
     proc = CliRunner().invoke(main, ["cancel", "--now", JOB])
     assert proc.exit_code == 0, proc.output
     assert calls.read_text() == f"{JOB}\n"
+
+
+def test_a_store_run_staged_on_the_nodes_own_disks_is_read_from_its_log(
+    cluster, s3_bucket, tmp_path, monkeypatch, capsys
+):
+    """explore11 F6/F7 where the staging dir is on the nodes' own disks (not seen here): `status` showed no step and
+    `cancel` of a trainer still loading asked for a checkpoint and waited signal_lead_s (120 s) for one it cannot
+    save. The job's log is seen here: this attempt's lines without the trainer's start line (written with its start
+    record) mean loading, and its last step line is the step status shows."""
+    from types import SimpleNamespace
+
+    from ftctl.backend import status_lines
+    from ftctl.trainer.callbacks import MetricsCallback
+    from ftctl.trainer.run import record_start
+
+    ref, calls = cluster
+    ref = JobRef("slurm", JOB, ref.run_dir, "r", f"{s3_bucket}/r1")
+    record_job(ref)
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "on-the-node"))  # the staging dir: not on this machine
+    log = ref.paths.slurm_log(JOB)
+    log.write_text(f"ftctl: job {JOB} attempt 0 on node1 (head node1)\nloading the model\n")
+    assert status_lines(JOB) == [f"{JOB} RUNNING on node1"]
+    assert SlurmBackend().cancel(ref).startswith(f"cancelled {JOB}: ")
+    assert calls.read_text() == f"{JOB}\n"  # no request: a plain scancel
+    assert (
+        "(its trainer had not started training: nothing since the last checkpoint to save)" in capsys.readouterr().err
+    )
+
+    said = []  # the trainer's own lines: its start line, a logged step
+    kernels = SimpleNamespace(attention="sdpa", liger=False, record=lambda: {})
+    record_start(str(tmp_path / "metrics.jsonl"), kernels, False, echo=said.append)
+    state = SimpleNamespace(global_step=3, max_steps=40)
+    said.append(MetricsCallback._progress({"loss": 1.5, "lr": 2e-4, "grad_norm": 0.8, "tokens_per_s": 1175}, state, 9))
+    log.write_text(log.read_text() + "\n".join(said) + "\n")
+    Path(calls).unlink()
+    Path(calls.parent / "state").write_text("RUNNING")
+    assert status_lines(JOB) == [f"{JOB} RUNNING on node1", "step 3  loss 1.5000  1,175 tok/s"]
+    SlurmBackend().cancel(ref, wait_s=0)
+    assert calls.read_text().startswith(f"--signal={render.CANCEL_SIGNAL}")  # asked for a checkpoint first

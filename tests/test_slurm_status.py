@@ -136,13 +136,14 @@ def test_status_matches_the_jobs_own_trainer_by_its_job_id(squeue, tmp_path, mon
     assert status_lines("29") == ["29 FAILED on node1 exit 1"]  # the window holds only job 31's start
 
 
-def test_status_of_a_requeued_job_says_how_its_last_attempt_ended(squeue, tmp_path):
+def test_status_of_a_requeued_job_says_how_its_last_attempt_ended(squeue, tmp_path, monkeypatch):
     """H (explore11): the store down at a USR2, the stop's checkpoint not in the store; the requeued job waiting for
     its next attempt showed `2 PENDING (BeginTime), restarts 1` alone, while its log said where the checkpoint was
     kept and that a fresh node starts from step 0. Now status shows the last attempt's error line (none: nothing)."""
     run = tmp_path / "run"
     run.mkdir()
     record_job(JobRef("slurm", "2", str(run), "r", "s3://b/runs/r1"))
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "on-the-node"))  # its staging dir: not on this machine
     kept = "stopped on SIGUSR2 at step 5, but its checkpoint-5 did not reach s3://b/runs/r1 (...); it is kept in /n/c-5"
     log = run / "slurm-2.out"
     log.write_text(
@@ -151,12 +152,13 @@ def test_status_of_a_requeued_job_says_how_its_last_attempt_ended(squeue, tmp_pa
         f"error: {kept}\nftctl: trainer exited with 0, status preempted\nftctl: requeueing job 2\n"
     )
     squeue("2", "PENDING", reason="BeginTime", restarts=1)
-    assert status_lines("2") == ["2 PENDING (BeginTime), restarts 1", f"its attempt 0 ended: {kept}"]
+    step = "step 1  loss 6.2784"  # the log's (explore11 F6): the staging dir is not on this machine
+    assert status_lines("2") == ["2 PENDING (BeginTime), restarts 1", f"its attempt 0 ended: {kept}", step]
     squeue("2", "RUNNING", nodes="node[1-2]", restarts=1)  # attempt 1 says itself where it starts from
-    assert status_lines("2") == ["2 RUNNING on node[1-2], restarts 1"]
+    assert status_lines("2") == ["2 RUNNING on node[1-2], restarts 1", step]
     log.write_text(log.read_text().replace(f"error: {kept}\n", ""))  # a stop the store committed: nothing to say
     squeue("2", "PENDING", reason="BeginTime", restarts=1)
-    assert status_lines("2") == ["2 PENDING (BeginTime), restarts 1"]
+    assert status_lines("2") == ["2 PENDING (BeginTime), restarts 1", step]
 
 
 def test_record_start_names_the_slurm_job_and_attempt(tmp_path, monkeypatch):

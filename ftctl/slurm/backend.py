@@ -31,6 +31,7 @@ from ftctl.backend import (
     JobState,
     JobStatus,
     Rendered,
+    logged_step,
     recorded_jobs,
     refused_as_finished,
     resumes_from,
@@ -40,10 +41,10 @@ from ftctl.backend import (
     training_now,
 )
 from ftctl.errors import FtctlError
-from ftctl.failures import error_line, tail
+from ftctl.failures import error_line, last_attempt, tail
 from ftctl.launch import PATH_PYTHON, container_kind
 from ftctl.plan import PlanError
-from ftctl.runpaths import SLURM_STATUS_PATTERN, START_SLURM_ATTEMPT, START_SLURM_JOB
+from ftctl.runpaths import SLURM_STATUS_PATTERN, START_LINE, START_SLURM_ATTEMPT, START_SLURM_JOB
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm import scheduler
@@ -431,6 +432,9 @@ class SlurmBackend(Backend):
         own = {START_SLURM_JOB: ref.job_id}  # what its trainer's start record says (a trainer of this ftctl's)
         return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe(), note, ran, own)
 
+    def logged_progress(self, ref: JobRef) -> str | None:
+        return logged_step(self.log_tail(ref))
+
     def logs(self, ref: JobRef, follow: bool) -> None:
         scheduler.logs(ref.job_id, follow=follow, path=self._log(ref))
 
@@ -495,8 +499,9 @@ class SlurmBackend(Backend):
         request (an older ftctl rendered it: the signal would end it unsaved), or its trainer has not started training
         in this attempt (still loading: nothing since the last checkpoint to save). That is known from the directory
         the trainer writes in: a local output's run dir holds no start record of this attempt's; an object-store
-        output's staging dir, where this machine shares it (a home), is held by a trainer (its lock) that wrote none.
-        A staging dir not seen here says nothing: ask. None: ask."""
+        output's staging dir, where this machine shares it (a home), is held by a trainer (its lock) that wrote none;
+        a staging dir not seen here (the nodes' own disks): this attempt's lines in the job's log hold no start line
+        (runpaths.START_LINE, which the trainer writes with its start record). None: ask."""
         try:
             script = ref.paths.sbatch.read_text()
         except OSError:
@@ -507,9 +512,15 @@ class SlurmBackend(Backend):
         paths = self.trainer_paths(ref)
         if paths is None or trainer_started(paths, (running.started, None) if running.started else None, own):
             return None
-        if is_remote(ref.output) and not training_now(paths):  # on the nodes' own disk, or not loading yet: unseen
+        if is_remote(ref.output) and not training_now(paths) and not self._loading_by_its_log(ref, own):
             return None
         return "its trainer had not started training: nothing since the last checkpoint to save"
+
+    def _loading_by_its_log(self, ref: JobRef, own: dict) -> bool:
+        """Whether the job's log shows this attempt's lines (from its first: a longer attempt's are past the tail read)
+        without its trainer's start line."""
+        attempt, lines = last_attempt(self.log_tail(ref))
+        return attempt == own[START_SLURM_ATTEMPT] and not any(line.startswith(START_LINE) for line in lines)
 
     @staticmethod
     def _checkpoint_wait_s(ref: JobRef) -> int:

@@ -51,6 +51,7 @@ from ftctl.runpaths import (
     METRICS_FILE,
     PLAIN_TEXT,
     SPEC_FILE,
+    START_LINE,
     START_SLURM_ATTEMPT,
     START_SLURM_JOB,
     RunPaths,
@@ -316,7 +317,7 @@ def record_start(metrics_path: str, kernels, plain_text: bool, echo=print) -> No
     training row was plain text, trained without the chat template (``plain_text``: what `ftctl chat` prompts
     the run with, trained.Trained.plain_text). In a Slurm job it names the job and its attempt: the rows after it
     are that job's (`ftctl status JOB` shows them; a job refused at another's lock wrote none)."""
-    echo(f"attention: {kernels.attention}; Liger kernels: {'on' if kernels.liger else 'off'}")
+    echo(f"{START_LINE}{kernels.attention}; Liger kernels: {'on' if kernels.liger else 'off'}")
     with open(metrics_path, "a") as f:
         # step 0: kept when a resumed run drops the rows after its checkpoint (callbacks.truncate_metrics)
         record = {"step": 0, "event": "start", "time": round(time.time(), 3), **kernels.record()}
