@@ -467,3 +467,33 @@ def test_a_constant_rate_saved_without_its_warm_up_goes_on_at_the_full_rate(
     with caplog.at_level(logging.WARNING, logger="ftctl"):
         assert train(*make_run(tiny_model_dir, tiny_data, new, "lora", warmup_ratio=0.75, **each), **quiet)
     assert "full learning rate" not in caplog.text and _lrs(new) == pytest.approx(warming, rel=1e-9)
+
+
+def test_a_resume_on_a_data_file_edited_since_says_so(tiny_model_dir, tiny_data, tmp_path, one_thread, caplog):
+    """A run stopped, its data file edited (rows dropped, then a row's text changed), relaunched: the Trainer skips
+    the checkpoint's batches of the rows as they are now; each relaunch says the data changed since its checkpoint,
+    once, and a relaunch on the data as it was says nothing."""
+    from ftctl.trainer.run import train
+
+    data, out = tmp_path / "data.json", tmp_path / "out"
+    rows = json.loads(tiny_data.read_text())
+    data.write_text(json.dumps(rows))
+    assert train(*make_run(tiny_model_dir, data, out, "lora", max_steps=3, **SCHEDULE), echo=lambda *_: None)
+    resumed = f"-o resume={out}/checkpoint-3; for a new run: another --output."
+
+    def relaunch(max_steps):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ftctl"):
+            run = make_run(tiny_model_dir, data, out, "lora", max_steps=max_steps, **SCHEDULE)
+            assert train(*run, echo=lambda *_: None).status == "complete"
+        return caplog.text
+
+    data.write_text(json.dumps(rows[:40]))
+    said = relaunch(4)
+    assert said.count(f"{data} has changed since checkpoint-3 was saved ({len(rows)} training rows -> 40)") == 1
+    assert said.count(resumed) == 1
+    rows[0]["conversations"][1]["value"] = "An edited answer."
+    data.write_text(json.dumps(rows[:40]))
+    said = relaunch(5)
+    assert f"{data} has changed since checkpoint-4 was saved (its 40 training rows hold other tokens)" in said
+    assert "has changed since" not in relaunch(6)

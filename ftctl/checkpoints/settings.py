@@ -49,6 +49,8 @@ DATA += ("eval_split", "seed")
 NEW_DATA = ("data_path", "data_weights")  # other rows: read from their start, not past the checkpoint's batches
 # what the held-out loss is measured with besides its rows: the tokens scored, how they are cut and packed
 MEASURE = ("model_max_length", "chat_template_path", "assistant_only_loss", "packing")
+# the settings that make other training rows of the same file (a change of one is said by Changes.line)
+SHAPE_ROWS = (*NEW_DATA, "model_max_length", "chat_template_path", "eval_split", "seed", "assistant_only_loss")
 TRAINER_STATE = "trainer_state.json"  # transformers' own record in each checkpoint: its step and the run's total
 _ONLY = {  # compared only where the method has them
     "lora_r": ("lora", "qlora"),
@@ -129,6 +131,30 @@ class Changes:
             f"checkpoint-{self.step} was saved with other settings: {each}; the run goes on from step {self.step} "
             f"with the new ones{reading}; another --output starts a new run instead"
         )
+
+
+def edited_data(
+    checkpoint: str | None, now: dict, changed: Changes | None, data_path, checkpoint_uri: str
+) -> str | None:
+    """The line saying that a resume of the local ``checkpoint`` trains other rows than it was trained on with the
+    same settings (``now``: the run's settings with data_rows and data_digest, trainer.data.rows_digest): its data was edited or replaced since. The Trainer skips
+    the batches of the checkpoint's steps of the rows as they are now. None where the rows are the same, the
+    checkpoint recorded none (saved before they were), or a setting that makes other rows changed (Changes.line
+    says so)."""
+    before = saved(checkpoint) if checkpoint else None
+    if not before or not before.get("data_digest") or before["data_digest"] == now.get("data_digest"):
+        return None
+    if changed and any(k in SHAPE_ROWS for k in changed.changed):
+        return None
+    step, was, rows = checkpoint_step(checkpoint) or 0, before.get("data_rows"), now.get("data_rows")
+    how = f"{was:,} training rows -> {rows:,}" if was != rows else f"its {rows:,} training rows hold other tokens"
+    return (
+        f"{_show(data_path)} has changed since checkpoint-{step} was saved ({how}): the run goes on from step {step} "
+        f"and skips the batches of its first {step} steps, drawn from the data as it is now, as trained (so this epoch "
+        "some rows it trained may train again and some new ones not at all). To train the edited rows from their "
+        f"start with this run's weights: save them as a new file and relaunch with --data NEW -o "
+        f"resume={checkpoint_uri}; for a new run: another --output."
+    )
 
 
 def other_data(output, checkpoint: str, checkpoint_uri: str, was: dict) -> str:

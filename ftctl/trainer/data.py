@@ -689,6 +689,23 @@ def _row_digests(dataset, lengths: set[int] | None = None) -> list[tuple[int, by
     return out
 
 
+def rows_digest(dataset) -> str:
+    """A digest of the training rows as they train (each row's token ids and labels, in order): a checkpoint
+    records it, so a resume on a file edited since is said (checkpoints.settings.edited_data). Hashes the arrow
+    buffers a batch at a time: 20M tokens in 0.4 s on one core (tokenising them took minutes)."""
+    import hashlib
+
+    import pyarrow.compute as pc
+
+    digest = hashlib.blake2b(digest_size=16)
+    for batch in dataset.with_format("arrow").iter(batch_size=8192):
+        for name in ("input_ids", "labels"):
+            column = batch[name]
+            digest.update(pc.list_value_length(column).to_numpy(zero_copy_only=False).tobytes())
+            digest.update(pc.list_flatten(column).to_numpy(zero_copy_only=False).tobytes())
+    return digest.hexdigest()
+
+
 def packing_supported(attn_implementation: str | None) -> bool:
     """Whether packed samples stay apart under this attention implementation (trainer/attention.py)."""
     from ftctl.trainer.attention import packing_supported as supported

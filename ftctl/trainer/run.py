@@ -189,7 +189,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
 
     from ftctl.checkpoints import settings as checkpoint_settings
     from ftctl.trainer.callbacks import ApplySettings, MetricsCallback, NewHeldOut, PreemptionCallback, StepsAsGiven
-    from ftctl.trainer.data import build_datasets, shared_rows, too_few_sequences
+    from ftctl.trainer.data import build_datasets, rows_digest, shared_rows, too_few_sequences
     from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.methods import apply_method
     from ftctl.trainer.model import load_model, load_tokenizer, model_kernels
@@ -230,6 +230,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         dataset, eval_dataset = build_datasets(spec, tokenizer, echo if procs.is_main else None, trained_rows)
         if procs.is_main and (shared := shared_rows(dataset, eval_dataset)):
             log.warning("%s", shared)
+        trained_with.update(data_rows=len(dataset), data_digest=rows_digest(dataset))  # in each manifest too
+        if procs.is_main and (edited := edited_data(run, trained_with, changed)):
+            log.warning("%s", edited)
         set_seed(spec.seed)  # LoRA's initial weights
         run.kernels = model_kernels(spec, plan, procs.on_cpu, procs.local_rank)  # attention + Liger: what really runs
         if procs.is_main and (unplanned := without_liger(plan, spec.model_max_length, run.kernels.liger)):
@@ -295,6 +298,16 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         preemption.uninstall()
         raise
     return run
+
+
+def edited_data(run: Run, trained_with: dict, changed) -> str | None:
+    """checkpoints.settings.edited_data of the checkpoint the run resumes, named as the user gave its output."""
+    from ftctl.checkpoints.settings import edited_data as said
+
+    if run.resume_from is None:
+        return None
+    name = os.path.basename(os.path.normpath(run.resume_from))
+    return said(run.resume_from, trained_with, changed, run.spec.data_path, storage.join(run.spec.output, name))
 
 
 def _text_or_none(path: Path) -> str | None:
