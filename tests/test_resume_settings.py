@@ -497,3 +497,25 @@ def test_a_resume_on_a_data_file_edited_since_says_so(tiny_model_dir, tiny_data,
     said = relaunch(5)
     assert f"{data} has changed since checkpoint-4 was saved (its 40 training rows hold other tokens)" in said
     assert "has changed since" not in relaunch(6)
+
+
+def test_a_new_run_from_another_runs_checkpoint_past_its_end_is_refused(
+    tiny_model_dir, tiny_data, tmp_path, one_thread
+):
+    """-o resume=OTHER/checkpoint-3 into a new output with max_steps=2 (meant as 2 more): the Trainer took no
+    step, wrote checkpoint-3's adapter as the new run's final one and said complete at step 3; now it is refused
+    before a step, naming the max_steps that trains that many more, which trains them."""
+    from ftctl.trainer.run import train
+
+    first, new = tmp_path / "first", tmp_path / "new"
+    assert train(*make_run(tiny_model_dir, tiny_data, first, "lora", max_steps=3, **SCHEDULE), echo=lambda *_: None)
+    named = {**SCHEDULE, "resume": str(first / "checkpoint-3")}
+    with pytest.raises(FtctlError) as e:
+        train(*make_run(tiny_model_dir, tiny_data, new, "lora", max_steps=2, **named), echo=lambda *_: None)
+    assert str(e.value) == (
+        f"resume={first}/checkpoint-3 goes on from step 3 of the run that saved it, and this run ends at step 2 "
+        "(max_steps=2): nothing would be trained. Its steps count from that run's start: -o max_steps=5 trains 2 more."
+    )
+    assert not (new / "adapter_model.safetensors").exists() and not list(new.glob("checkpoint-*"))
+    more = train(*make_run(tiny_model_dir, tiny_data, new, "lora", max_steps=5, **named), echo=lambda *_: None)
+    assert more.status == "complete" and more.global_step == 5 and (new / "checkpoint-5").is_dir()

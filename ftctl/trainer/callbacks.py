@@ -456,3 +456,30 @@ class ApplySettings(TrainerCallback):
                 group["lr"] = lr
             lr_scheduler._last_lr = now
         return control
+
+
+class NothingToTrain(TrainerCallback):
+    """Refuses, before its first step, a run that resumes another run's checkpoint (-o resume=PATH outside its
+    output) at or past its own end: the checkpoint's step counts from that run's start, so max_steps=10 over
+    checkpoint-24 (or one epoch of data that makes 24 steps) trained nothing, and the Trainer wrote the checkpoint's
+    weights as this run's final model and said it complete. A run's own checkpoint of its last step is not refused:
+    a run stopped before its final model resumes to write it."""
+
+    def __init__(self, resume: str, max_steps: int, epochs: float):
+        self.resume, self.max_steps, self.epochs = resume, max_steps, epochs
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from ftctl.errors import FtctlError
+
+        step, end = state.global_step, state.max_steps
+        if step < end:
+            return control
+        if self.max_steps > 0:
+            ends, more = f"max_steps={self.max_steps}", self.max_steps
+        else:  # the Trainer's count: num_train_epochs of this run's data
+            ends, more = f"num_train_epochs={self.epochs:g} of this data, {end} steps", end
+        raise FtctlError(
+            f"resume={self.resume} goes on from step {step} of the run that saved it, and this run ends at step {end} "
+            f"({ends}): nothing would be trained. Its steps count from that run's start: -o max_steps={step + more} "
+            f"trains {more} more."
+        )

@@ -188,7 +188,14 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback, ProgressCallback
 
     from ftctl.checkpoints import settings as checkpoint_settings
-    from ftctl.trainer.callbacks import ApplySettings, MetricsCallback, NewHeldOut, PreemptionCallback, StepsAsGiven
+    from ftctl.trainer.callbacks import (
+        ApplySettings,
+        MetricsCallback,
+        NewHeldOut,
+        NothingToTrain,
+        PreemptionCallback,
+        StepsAsGiven,
+    )
     from ftctl.trainer.data import build_datasets, rows_digest, shared_rows, too_few_sequences
     from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.methods import apply_method
@@ -269,6 +276,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
             callbacks=[
+                *([NothingToTrain(spec.resume, spec.max_steps, spec.num_train_epochs)] if elsewhere(run) else []),
                 run.sync,
                 preemption,
                 metrics,
@@ -298,6 +306,13 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         preemption.uninstall()
         raise
     return run
+
+
+def elsewhere(run: Run) -> bool:
+    """Whether the run resumes a checkpoint of another output (-o resume=PATH): not one of its own."""
+    if run.resume_from is None:
+        return False
+    return os.path.realpath(os.path.dirname(os.path.normpath(run.resume_from))) != os.path.realpath(run.local_dir)
 
 
 def edited_data(run: Run, trained_with: dict, changed) -> str | None:
