@@ -43,6 +43,7 @@ from pathlib import Path
 from ftctl import storage
 from ftctl.errors import FtctlError
 from ftctl.hub import HUB_ID
+from ftctl.runpaths import ADAPTER_CONFIG, MERGED_DIR
 
 ERROR, WARNING = "error", "warning"
 #: backends whose GPUs are this machine's (checked against nvidia-smi); the others ask their cluster
@@ -280,6 +281,8 @@ def check_model(name_or_path: str, flag: str = "--model") -> list[Finding]:
     path = Path(value).expanduser()
     fix = _MODEL_FIX[flag]
     if path.is_dir():
+        if flag == "--model" and not (path / "config.json").is_file() and (path / ADAPTER_CONFIG).is_file():
+            return [adapter_as_model(value, path)]
         if not (path / "config.json").is_file():
             return [Finding(ERROR, f"{flag} {value}: the directory holds no config.json, so it is not a model", fix)]
         if not any(n.startswith(TOKENIZER_FILES) or n.endswith(TOKENIZER_SUFFIXES) for n in os.listdir(path)):
@@ -324,6 +327,32 @@ def check_model(name_or_path: str, flag: str = "--model") -> list[Finding]:
             )
         ]
     return []
+
+
+def adapter_as_model(value: str, path: Path) -> Finding:
+    """--model given a LoRA adapter (a lora/qlora run's output, or PEFT's save_pretrained): what trains on from it.
+    A run trains its own adapters over a model; an adapter's run goes on from its checkpoints (resume)."""
+    from ftctl.checkpoints import checkpoint_step
+
+    try:
+        base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        base = None
+    base = base if isinstance(base, str) and base else None
+    steps = [s for n in os.listdir(path) if (s := checkpoint_step(n)) is not None and (path / n).is_dir()]
+    merged = shlex.quote(os.path.join(value, MERGED_DIR))
+    fix = (
+        f"for new adapters (or fft) over it, merge it first (ftctl merge {shlex.quote(value)}), then --model {merged}."
+    )
+    if steps:
+        model, out = f"--model {shlex.quote(base) if base else 'BASE'}", shlex.quote(value)
+        newest = shlex.quote(os.path.join(value, f"checkpoint-{max(steps)}"))
+        fix = (
+            f"to train these adapters on (with their optimizer and schedule), relaunch their run ({model} --output "
+            f"{out}, a larger -o max_steps) or start a new run from them ({model} -o resume={newest} --output "
+            f"NEW); {fix}"
+        )
+    return Finding(ERROR, f"--model {value}: a LoRA adapter{f' of {base}' if base else ''}, not a model", fix)
 
 
 def check_lora_targets(spec, shape=None) -> list[Finding]:

@@ -175,6 +175,11 @@ _PACKED_EVAL = "the held-out loss is each token's, packed or not (packed where t
 _ADAM = "AdamW runs with transformers' betas (0.9, 0.999) and epsilon 1e-8"
 _WATCHDOG = "axolotl's loss watchdog is not offered: a run whose loss climbs goes on (ftctl logs -f shows the loss)"
 # Keys of FastChat's train script, TRL and transformers that ftctl decides itself: why, instead of "unknown key".
+_ADAPTER_DIR = (
+    "a run trains new adapters over --model; an adapter trains on from its run's checkpoint, into its own output or "
+    "a new one (--model BASE -o resume=RUN/checkpoint-N --output NEW: its optimizer and schedule go on too), and new "
+    "adapters over it train on its merge (ftctl merge RUN, then --model RUN/merged)"
+)
 DECIDED = {
     "fsdp": _STRATEGY,
     "fsdp_config": _STRATEGY,
@@ -223,7 +228,8 @@ DECIDED = {
     "wandb_name": _WANDB,
     "wandb_log_model": _WANDB,
     "resume_from_checkpoint": "resume=auto continues output_dir's newest checkpoint; -o resume=PATH another",
-    "lora_model_dir": "lora and qlora train new adapters (a stopped run resumes its own: resume=auto)",
+    "lora_model_dir": _ADAPTER_DIR,
+    "adapter_name_or_path": _ADAPTER_DIR,  # LLaMA-Factory's
     "model_type": "the model's architecture is read from its config.json",
     "tokenizer_type": "the tokenizer is the model's own (AutoTokenizer), with its chat template",
     "lora_fan_in_fan_out": "PEFT reads each layer's orientation from the model (fan_in_fan_out: GPT-2's Conv1D)",

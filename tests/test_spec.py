@@ -535,6 +535,8 @@ def test_yaml_lists_of_comma_separated_keys_are_joined(tmp_path):
         ("model_revision", "hf download ORG/NAME --revision REV --local-dir DIR) and pass --model DIR"),
         ("trust_remote_code", "remote code stays off"),
         ("lora_modules_to_save", "train only the adapters (no modules_to_save)"),
+        ("adapter_name_or_path", "--model BASE -o resume=RUN/checkpoint-N --output NEW"),  # LLaMA-Factory's
+        ("lora_model_dir", "ftctl merge RUN, then --model RUN/merged"),  # axolotl's
     ],
 )
 def test_trl_keys_are_explained_not_mistaken_for_an_alias(key, words):
