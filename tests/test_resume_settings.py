@@ -500,7 +500,7 @@ def test_a_resume_on_a_data_file_edited_since_says_so(tiny_model_dir, tiny_data,
 
 
 def test_a_new_run_from_another_runs_checkpoint_past_its_end_is_refused(
-    tiny_model_dir, tiny_data, tmp_path, one_thread
+    tiny_model_dir, tiny_data, tmp_path, one_thread, caplog
 ):
     """-o resume=OTHER/checkpoint-3 into a new output with max_steps=2 (meant as 2 more): the Trainer took no
     step, wrote checkpoint-3's adapter as the new run's final one and said complete at step 3; now it is refused
@@ -517,5 +517,9 @@ def test_a_new_run_from_another_runs_checkpoint_past_its_end_is_refused(
         "(max_steps=2): nothing would be trained. Its steps count from that run's start: -o max_steps=5 trains 2 more."
     )
     assert not (new / "adapter_model.safetensors").exists() and not list(new.glob("checkpoint-*"))
-    more = train(*make_run(tiny_model_dir, tiny_data, new, "lora", max_steps=5, **named), echo=lambda *_: None)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        more = train(*make_run(tiny_model_dir, tiny_data, new, "lora", max_steps=5, **named), echo=lambda *_: None)
+    # the line says how its settings differ, not to give another --output: it is one
+    assert "max_steps 3 -> 5; the run goes on from step 3 with the new ones\n" in caplog.text
     assert more.status == "complete" and more.global_step == 5 and (new / "checkpoint-5").is_dir()

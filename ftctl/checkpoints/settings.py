@@ -112,7 +112,9 @@ class Changes:
         rows = ("eval_data_path",) if eval_data_path else ("data_path", "eval_split", "seed", "eval_data_path")
         return [k for k in self.changed if k in rows + MEASURE]
 
-    def line(self) -> str:
+    def line(self, own: bool = True) -> str:
+        """``own``: the checkpoint is the output's own (not another run's, -o resume=PATH), which another --output
+        would leave behind."""
         each = ", ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in self.changed.items())
         if self.new_data:
             reading = " (the new data from its start)"
@@ -129,7 +131,7 @@ class Changes:
             reading = ""
         return (
             f"checkpoint-{self.step} was saved with other settings: {each}; the run goes on from step {self.step} "
-            f"with the new ones{reading}; another --output starts a new run instead"
+            f"with the new ones{reading}" + ("; another --output starts a new run instead" if own else "")
         )
 
 

@@ -225,7 +225,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 raise Finished(checkpoints.checkpoint_step(run.resume_from) or 0)
             raise FtctlError(done)
         if changed and procs.is_main:
-            log.warning("%s", changed.line())
+            log.warning("%s", changed.line(own=not elsewhere(run)))
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
         tokenizer = use_chat_template(load_tokenizer(spec.model_name_or_path), spec.chat_template_path)
