@@ -312,9 +312,9 @@ def train(**kw):
 
     rendered = prepare(_spec(kw, backend="local"))
     write_files(rendered)
-    from ftctl.trainer.__main__ import main as trainer_main
+    from ftctl.local.backend import train_here
 
-    sys.exit(trainer_main(["--spec", str(rendered.paths.spec)]))
+    sys.exit(train_here(rendered))
 
 
 @main.command()

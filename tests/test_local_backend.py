@@ -615,6 +615,36 @@ def test_ctrl_c_stops_the_run_at_once_and_says_what_a_relaunch_resumes(to, tmp_p
     assert not alive.strip(), alive
 
 
+def test_ctrl_c_to_ftctl_train_says_what_the_same_command_resumes(tmp_path, tiny_model_dir, tiny_data):
+    """`ftctl train` (the trainer in this process) said "interrupted by SIGINT" alone: now, as launch does, which
+    checkpoint the same `ftctl train` resumes from and how to stop with a checkpoint instead."""
+    import signal
+
+    out = tmp_path / "run"
+    args = ["train", "--gpus", "cpu", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--output", str(out)]
+    args += ["-o", "max_steps=400", "-o", "save_steps=2", "-o", "model_max_length=64"]
+    trainer = subprocess.Popen(
+        [FTCTL, *args],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a shell's job
+    )
+    deadline = time.monotonic() + 300
+    while not list(out.glob("checkpoint-*/ftctl-manifest.json")):
+        assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()
+        time.sleep(0.2)
+    os.killpg(trainer.pid, signal.SIGINT)
+    _, stderr = trainer.communicate(timeout=120)
+    assert "Traceback" not in stderr and trainer.returncode == 130, stderr
+    said = re.search(
+        r"\nstopped at once \(Ctrl-C\); the steps since (checkpoint-\d+) are lost: the same `ftctl train`", stderr
+    )
+    assert said and (out / said.group(1) / "ftctl-manifest.json").is_file(), stderr
+    assert stderr.endswith("To stop with a checkpoint of the step it is on, send SIGTERM instead (`kill PID`).\n")
+
+
 def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path, tiny_model_dir, tiny_data):
     """An ssh session that dropped: its shell sends SIGHUP to the job's process group, the launcher and the trainer
     both, and every write to the terminal fails from then on (EIO). The trainer died at once, every step since its

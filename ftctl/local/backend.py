@@ -664,8 +664,25 @@ def _ctrl_c_message(spec: RunSpec, paths: RunPaths) -> str:
     )
 
 
-def _goes_on(spec: RunSpec) -> str:
-    """What a stop at once lost since the last complete checkpoint, which the same launch resumes (named)."""
+def train_here(rendered: Rendered) -> int:
+    """`ftctl train`: the trainer in this process (no torchrun, no launcher between it and the terminal). Ctrl-C
+    stops it at once (its handler: interrupted by SIGINT), and what that cost is said as launch says it."""
+    from ftctl.trainer.__main__ import main as trainer_main
+
+    try:
+        return trainer_main(["--spec", str(rendered.paths.spec)])
+    except SystemExit as stop:
+        if stop.code == 128 + signal.SIGINT:
+            click.echo(
+                f"stopped at once (Ctrl-C); {_goes_on(rendered.spec, 'ftctl train')}. To stop with a checkpoint of "
+                "the step it is on, send SIGTERM instead (`kill PID`).",
+                err=True,
+            )
+        raise
+
+
+def _goes_on(spec: RunSpec, command: str = "ftctl launch") -> str:
+    """What a stop at once lost since the last complete checkpoint, which the same ``command`` resumes (named)."""
     from ftctl.checkpoints import list_checkpoints
 
     try:
@@ -673,11 +690,11 @@ def _goes_on(spec: RunSpec) -> str:
     except (FtctlError, OSError):  # the store cannot say now: the relaunch will
         saved = None
     if saved is None:
-        again = "the same `ftctl launch` resumes from the last checkpoint"
+        again = f"the same `{command}` resumes from the last checkpoint"
     elif saved:
-        again = f"the steps since {saved[-1].name} are lost: the same `ftctl launch` resumes from it"
+        again = f"the steps since {saved[-1].name} are lost: the same `{command}` resumes from it"
     else:
-        again = "nothing was saved yet: the same `ftctl launch` starts it again"
+        again = f"nothing was saved yet: the same `{command}` starts it again"
     return again
 
 
