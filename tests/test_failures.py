@@ -396,3 +396,24 @@ class Fill(TrainerCallback):
 _train = run.train
 run.train = lambda spec, plan, callbacks=(), echo=print: _train(spec, plan, [*callbacks, Fill()], echo)
 """
+
+
+def test_a_signal_after_the_run_ended_records_no_interruption(tmp_path, monkeypatch):
+    """Ctrl-C as a finished trainer exits (its distributed shutdown, a big model freed): it recorded 'interrupted
+    by SIGINT', wrote the status failed over complete and exited 130, and the launcher said the steps since the last
+    checkpoint were lost. Once train() returned, a signal ends the process as the run ended."""
+    from ftctl.trainer.__main__ import Failure
+
+    monkeypatch.setenv("FTCTL_FAILURE_DIR", str(tmp_path / "failures"))
+    status = tmp_path / "status"
+    monkeypatch.setenv("FTCTL_STATUS_FILE", str(status))
+    status.write_text("complete\n")
+    ended = Failure(0)
+    ended.ended = "complete"
+    with pytest.raises(SystemExit) as e:
+        ended._interrupted(signal.SIGINT, None)
+    assert e.value.code == 0 and status.read_text() == "complete\n" and not failures.read(tmp_path / "failures")
+    with pytest.raises(SystemExit) as e:  # while it trains: interrupted, as before
+        Failure(0)._interrupted(signal.SIGINT, None)
+    assert e.value.code == 130 and status.read_text() == "failed\n"
+    assert [r["kind"] for r in failures.read(tmp_path / "failures")] == ["interrupted"]

@@ -645,6 +645,56 @@ def test_ctrl_c_to_ftctl_train_says_what_the_same_command_resumes(tmp_path, tiny
     assert stderr.endswith("To stop with a checkpoint of the step it is on, send SIGTERM instead (`kill PID`).\n")
 
 
+FINISHED_TRAINER = """
+import os, pathlib, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # it has exited by the time the Ctrl-C comes
+pathlib.Path(os.environ["FTCTL_STATUS_FILE"]).write_text("complete\\n")
+print("complete: step 6", flush=True)
+ready = pathlib.Path(sys.argv[1])
+ready.touch()
+while ready.exists():
+    time.sleep(0.02)
+"""
+LAUNCH_FOREGROUND = """
+import sys
+from ftctl.errors import FtctlError
+from ftctl.local.backend import run_foreground
+from tests.render_fixtures import prepared
+rendered = prepared(backend="local", gpus="cpu", output_dir=sys.argv[1])
+try:
+    run_foreground(rendered, [sys.executable, "-c", sys.argv[2], sys.argv[3]])
+except FtctlError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
+"""
+
+
+def test_ctrl_c_after_the_run_finished_is_not_said_to_have_lost_steps(tmp_path):
+    """Ctrl-C as the trainer exits (its status complete, its final model saved; a large model takes seconds to
+    free): launch said "stopped at once (Ctrl-C); the steps since checkpoint-N are lost" and exited 130. Now the run
+    is complete, as it is for a SIGTERM then."""
+    import signal
+
+    ready = tmp_path / "ready"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCH_FOREGROUND, str(tmp_path / "run"), FINISHED_TRAINER, str(ready)],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a process group of its own, as a shell's job
+    )
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()
+        time.sleep(0.05)
+    os.killpg(launcher.pid, signal.SIGINT)
+    time.sleep(0.5)  # the launcher's handler has run
+    ready.unlink()
+    out, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0 and "stopped at once" not in err and "complete: step 6" in out, err
+
+
 def test_a_closed_terminal_stops_the_run_with_a_checkpoint(tmp_path, tiny_model_dir, tiny_data):
     """An ssh session that dropped: its shell sends SIGHUP to the job's process group, the launcher and the trainer
     both, and every write to the terminal fails from then on (EIO). The trainer died at once, every step since its

@@ -451,8 +451,8 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
         heard=lambda: bool(failures.read(paths.failures)),
         log=paths.local_log,
     )
-    if rc in STOPPED and _said(paths) == "complete":  # the signal came after the last step: nothing was cut short
-        return
+    if (rc in STOPPED or got[:1] == [signal.SIGINT]) and _said(paths) == "complete":
+        return  # the signal came after the run finished (its final model saved): nothing was cut short
     if got and got[0] == signal.SIGINT and rc != 0:  # Ctrl-C: the trainer stopped where it was
         error = Stopped(_ctrl_c_message(rendered.spec, paths))
         error.exit_code = 128 + signal.SIGINT

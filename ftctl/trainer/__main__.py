@@ -46,6 +46,7 @@ def main(argv=None) -> int:
         spec, plan = load_run(args.spec)
         one_gpu_per_process(plan)
         result = train(spec, plan, echo=_say if rank == 0 else (lambda line: None))
+        failure.ended = result.status  # a signal from here on (Ctrl-C as it exits) cuts nothing short
         distributed.shutdown()
     except FtctlError as e:
         return failure.report("config", str(e), e.exit_code, e)
@@ -100,6 +101,7 @@ class Failure:
         self.rank = rank
         self.recorded = False
         self.unheard = False  # its record could not be written (a full disk): the launcher will not say it
+        self.ended = ""  # the run's status once train() returned: complete, or preempted with its checkpoint
         self._ttys: tuple[int, ...] = ()
 
     @property
@@ -138,12 +140,12 @@ class Failure:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:  # its terminal closed: saying so there would fail
             terminal.hang_up(self._ttys)
-        if not self.recorded:  # a rank stopped by torchrun after failing itself keeps its own record
+        if not self.recorded and not self.ended:  # a rank stopped by torchrun after failing keeps its own record
             self.record("interrupted", f"interrupted by {name} (preempted, cancelled, or its job stopped)")
             write_failed_status()
             if self.prints or self.unheard:
                 print(f"interrupted by {name}", file=sys.stderr, flush=True)
-        sys.exit(128 + signum)
+        sys.exit(0 if self.ended else 128 + signum)  # after train() returned: it exits as the run ended
 
 
 def write_failed_status() -> None:
