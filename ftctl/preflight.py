@@ -493,7 +493,7 @@ def _bounded(flag: str, uri: str, endpoint_url: str | None, check) -> list[Findi
 
 def store_deadline_s() -> float:
     """How long one store check may take: one attempt, connect plus an answer."""
-    return 1.5 * storage.S3_CONNECT_TIMEOUT
+    return 1.5 * storage.S3_LIMITS["ask"].connect_s
 
 
 def check_data(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,10 +56,27 @@ PACKAGE_EXTRAS = {"gcsfs": "gcs", "adlfs": "azure"}
 #: schemes ftctl reads data from but never writes to (outputs, checkpoints, merged models)
 READ_ONLY_SCHEMES = {"hf"}
 
-#: seconds an S3 request may wait to connect / for a response before it counts as failed (the
-#: checkpoint uploader retries on its own, so a store that is down must fail fast, not hang)
-S3_CONNECT_TIMEOUT = 10
-S3_READ_TIMEOUT = 120
+
+@dataclass(frozen=True)
+class S3Limits:
+    """How long one S3 request may take before it counts as failed: seconds to connect and to wait for the next
+    bytes of an answer, botocore's attempts (its retry of a 5xx, throttling or a dropped connection) and s3fs's tries
+    around those (a timeout, a body cut off mid-read). A store that accepts and never answers costs
+    ``attempts * tries * read_s`` per request (it was 30 min: s3fs's default of 5 tries around 3 attempts of 120 s)."""
+
+    connect_s: float
+    read_s: float
+    attempts: int
+    tries: int
+
+
+#: the one place S3 waits are set. "ask": listings, a manifest, trainer_state.json, a marker, a delete: small answers
+#: that someone waits on (sync ls, status, the preflight, a resume's listing), one try; "transfer": a checkpoint's or
+#: a dataset's files, where a large part's answer may be slow (the checkpoint uploader retries on its own)
+S3_LIMITS = {
+    "ask": S3Limits(connect_s=10, read_s=10, attempts=1, tries=1),
+    "transfer": S3Limits(connect_s=10, read_s=120, attempts=2, tries=2),
+}
 
 
 def scheme(uri: str) -> str:
@@ -137,9 +155,8 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
     """``(fs, path)`` for a local path or object-store URI.
 
     ``path`` is what the fsspec methods of ``fs`` take: ``bucket/key`` for object stores, an
-    absolute path for local files. ``endpoint_url`` applies to s3:// only. ``quick``: one attempt
-    per request and no longer than the connect timeout to read an answer (checks before a launch,
-    which touch small objects only).
+    absolute path for local files. ``endpoint_url`` applies to s3:// only. ``quick``: the "ask" limits of
+    :data:`S3_LIMITS` (questions with small answers), else those of "transfer".
     """
     uri = os.fspath(uri)
     kind = scheme(uri)
@@ -171,24 +188,36 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
         endpoint = s3_endpoint(endpoint_url)
         if endpoint:
             client_kwargs["endpoint_url"] = endpoint
+        _no_100_continue()
+        limits = S3_LIMITS["ask" if quick else "transfer"]
         fs = cls(
             client_kwargs=client_kwargs,
             config_kwargs={
-                "connect_timeout": S3_CONNECT_TIMEOUT,
-                "read_timeout": S3_CONNECT_TIMEOUT if quick else S3_READ_TIMEOUT,
-                "retries": {"max_attempts": 1 if quick else 2, "mode": "standard"},
+                "connect_timeout": limits.connect_s,
+                "read_timeout": limits.read_s,
+                "retries": {"total_max_attempts": limits.attempts, "mode": "standard"},  # max_attempts: retries
             },
             # Listings change under us (other nodes, other runs): never answer from a cache.
             use_listings_cache=False,
         )
-        if quick:
-            fs.retries = 1  # s3fs's own retry loop (5 tries with backoff) on top of botocore's attempts
+        fs.retries = limits.tries  # s3fs's own retry loop (5 tries with backoff by default) around botocore's
     elif protocol == "hf":  # HF_ENDPOINT read at each call, not once at huggingface_hub's import; a fresh
         # instance, so that no listing or "not found" cached before HF_TOKEN was set answers for it
         fs = cls(endpoint=os.environ.get("HF_ENDPOINT") or None, skip_instance_cache=True)
     else:
         fs = cls()
     return fs, path
+
+
+def _no_100_continue() -> None:
+    """Uploads send their body at once. botocore asks every S3 upload (PutObject, UploadPart) to wait for the store's
+    '100 Continue' first, and aiohttp waits for it with no timeout (its read timeout starts once the body is sent), so
+    a store that accepts and never answers held an upload, and `ftctl sync push`, forever. Sessions made from now on
+    in this process lack that header (botocore's handler list is read when a session is made); the store's answer to
+    the whole request is then bounded by S3_LIMITS as any other."""
+    from botocore import handlers
+
+    handlers.BUILTIN_HANDLERS[:] = [h for h in handlers.BUILTIN_HANDLERS if h[1] is not handlers.add_expect_header]
 
 
 def require_writable(uri: str | os.PathLike, what: str) -> None:
@@ -208,38 +237,39 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
-def open_file(uri: str | os.PathLike, mode: str = "rb", endpoint_url: str | None = None) -> IO:
+def open_file(uri: str | os.PathLike, mode: str = "rb", endpoint_url: str | None = None, quick: bool = False) -> IO:
     """An open file object for a local path or object-store URI (use it as a context manager).
 
-    The data loader reads datasets on object storage through this.
+    The data loader reads datasets on object storage through this (``quick``: see :func:`filesystem`).
     """
-    fs, path = filesystem(uri, endpoint_url)
+    fs, path = filesystem(uri, endpoint_url, quick=quick)
     try:
         return fs.open(path, mode)
     except FileNotFoundError as exc:
         raise FtctlError(f"{uri} does not exist: check the path or URI.") from exc
 
 
-def read_bytes(uri: str | os.PathLike, endpoint_url: str | None = None) -> bytes:
-    """The whole content of a file given by a local path or object-store URI."""
-    with open_file(uri, "rb", endpoint_url) as f:
+def read_bytes(uri: str | os.PathLike, endpoint_url: str | None = None, quick: bool = False) -> bytes:
+    """The whole content of a file given by a local path or object-store URI (``quick``: see :func:`filesystem`)."""
+    with open_file(uri, "rb", endpoint_url, quick=quick) as f:
         return f.read()
 
 
 def read_text(uri: str | os.PathLike, endpoint_url: str | None = None, encoding="utf-8") -> str:
-    """The whole content of a text file given by a local path or object-store URI."""
-    return read_bytes(uri, endpoint_url).decode(encoding)
+    """The whole content of a small text file (a manifest, trainer_state.json, a template) given by a local path or
+    object-store URI: asked with the "ask" limits."""
+    return read_bytes(uri, endpoint_url, quick=True).decode(encoding)
 
 
 def exists(uri: str | os.PathLike, endpoint_url: str | None = None) -> bool:
-    fs, path = filesystem(uri, endpoint_url)
+    fs, path = filesystem(uri, endpoint_url, quick=True)
     return fs.exists(path)
 
 
 def ls(uri: str | os.PathLike, endpoint_url: str | None = None) -> list[dict]:
     """Entries directly under ``uri``: dicts with ``name`` (the base name), ``type``
     ('file' or 'directory') and ``size``. An absent directory lists as empty."""
-    fs, path = filesystem(uri, endpoint_url)
+    fs, path = filesystem(uri, endpoint_url, quick=True)
     try:
         entries = fs.ls(path, detail=True)
     except FileNotFoundError:
@@ -261,13 +291,13 @@ def size_text(nbytes: float) -> str:
 def file_sizes(uri: str | os.PathLike, endpoint_url: str | None = None) -> dict[str, int]:
     """``{relative path: size}`` of every file below ``uri`` (recursively; '/'-separated). An absent
     directory has none; an absent bucket is a :class:`StorageError` ('no-bucket')."""
-    fs, path = filesystem(uri, endpoint_url)
+    fs, path = filesystem(uri, endpoint_url, quick=True)
     root = path.rstrip("/")
     try:
         found = fs.find(root, detail=True)
     except FileNotFoundError:
         found = {}
-    if not found and not bucket_exists(uri, endpoint_url):
+    if not found and not bucket_exists(uri, endpoint_url, quick=True):
         raise storage_error("no-bucket", uri, endpoint_url)
     out = {}
     for name, info in found.items():
@@ -317,7 +347,7 @@ def get_dir(uri: str, local_dir: str, endpoint_url: str | None = None) -> None:
 
 def rm(uri: str, recursive: bool = False, endpoint_url: str | None = None) -> None:
     """Delete a file (or, with ``recursive``, a directory tree); absent paths are no error."""
-    fs, path = filesystem(uri, endpoint_url)
+    fs, path = filesystem(uri, endpoint_url, quick=True)
     try:
         fs.rm(path, recursive=recursive)
     except FileNotFoundError:
@@ -426,7 +456,7 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
             f"{bucket!r}; grant them or use other credentials.",
         ),
         "timeout": (
-            f"{where} did not answer in time for {uri} (connect timeout {S3_CONNECT_TIMEOUT} s)",
+            f"{where} did not answer in time for {uri}",
             f"check {endpoint_fix} and the network (proxy, VPN, firewall).",
         ),
         "unreachable": (

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -109,6 +110,77 @@ def moto_s3(tmp_path_factory):
     server.start()
     yield server
     server.kill()
+
+
+class SilentEndpoint:
+    """A TCP server on loopback that accepts every connection and never answers (a hung store, a proxy that
+    swallows requests); ``requests`` counts the connections it was sent, each an attempt of some request."""
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.server.settimeout(0.1)
+        self.held: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}"
+
+    @property
+    def requests(self) -> int:
+        return len(self.held)
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.held.append(self.server.accept()[0])
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        for c in self.held:
+            c.close()
+        self.server.close()
+
+
+@pytest.fixture
+def silent_s3(s3_env, monkeypatch):
+    """A :class:`SilentEndpoint`, with :data:`ftctl.storage.S3_LIMITS` shortened so that a test waits seconds: "ask"
+    reads 1 s, one attempt; "transfer" 1 s, 2 attempts x 2 tries (the limits' shape, not their values)."""
+    from ftctl import storage
+
+    monkeypatch.setitem(storage.S3_LIMITS, "ask", storage.S3Limits(connect_s=1, read_s=1, attempts=1, tries=1))
+    monkeypatch.setitem(storage.S3_LIMITS, "transfer", storage.S3Limits(connect_s=1, read_s=1, attempts=2, tries=2))
+    server = SilentEndpoint()
+    yield server
+    server.close()
+
+
+def within(seconds: float, call, *args, **kwargs):
+    """``call(*args, **kwargs)``'s result or exception, failing the test where it takes longer than ``seconds`` (it is
+    left running in a daemon thread, so a hang fails the test instead of stopping the suite)."""
+    box: list = []
+
+    def run():
+        try:
+            box.append(("ok", call(*args, **kwargs)))
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box.append(("raised", e))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert box, f"{getattr(call, '__name__', call)} took more than {seconds} s"
+    kind, value = box[0]
+    if kind == "raised":
+        raise value
+    return value
 
 
 @pytest.fixture

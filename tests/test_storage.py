@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from ftctl import storage
+from ftctl.checkpoints.manifest import read_manifest
+from ftctl.checkpoints.resume import list_checkpoints
 from ftctl.errors import FtctlError
-from tests.s3_fixtures import FAKE_SECRET, free_port, make_checkpoint
+from tests.s3_fixtures import FAKE_SECRET, free_port, make_checkpoint, within
 
 
 @pytest.fixture(params=["s3", "file"])
@@ -137,6 +139,39 @@ def test_sync_store_errors_are_one_line(s3_bucket, moto_s3, tmp_path):
     moto_s3.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [deny]}))
     line = one_line_error(sync_cli("push", str(tmp_path / "run"), f"{s3_bucket}/run", env=env))
     assert f"Access denied to {s3_bucket}/run" in line and FAKE_SECRET not in line
+
+
+ASKS = {  # what ftctl asks a store, each with small answers: sync ls, status, a resume's listing, the uploader's checks
+    "list_checkpoints": lambda uri, ep: list_checkpoints(uri, endpoint_url=ep),
+    "read_manifest": lambda uri, ep: read_manifest(uri + "/checkpoint-5", endpoint_url=ep),
+    "read_text": lambda uri, ep: storage.read_text(uri + "/trainer_state.json", ep),
+    "exists": lambda uri, ep: storage.exists(uri + "/config.json", ep),
+    "ls": lambda uri, ep: storage.ls(uri, ep),
+    "rm": lambda uri, ep: storage.rm(uri + "/checkpoint-5", recursive=True, endpoint_url=ep),
+}
+
+
+@pytest.mark.parametrize("ask", sorted(ASKS))
+def test_a_silent_store_costs_one_short_request_where_ftctl_only_asks(silent_s3, ask):
+    """A store that accepts and never answers: each question is one request given up after the "ask" read limit,
+    said as the timeout's line (`ftctl sync ls` waited over 15 min: reads of 120 s, 3 attempts, 5 tries each)."""
+    uri = "s3://bucket/run"
+    with pytest.raises(storage.StorageError) as err, storage.storage_errors(uri, silent_s3.endpoint):
+        within(6, ASKS[ask], uri, silent_s3.endpoint)
+    assert err.value.kind == "timeout" and f"S3 endpoint {silent_s3.endpoint} did not answer in time" in str(err.value)
+    assert silent_s3.requests == 1  # botocore's max_attempts counts retries: 1 was two attempts
+
+
+def test_a_silent_store_costs_a_transfer_attempts_times_tries_requests(silent_s3, tmp_path):
+    """An upload to a store that stops answering is given up, its limit's attempts x tries requests later."""
+    src = tmp_path / "model.safetensors"
+    src.write_bytes(b"w" * 1000)
+    uri = "s3://bucket/run/model.safetensors"
+    with pytest.raises(storage.StorageError) as err, storage.storage_errors(uri, silent_s3.endpoint):
+        within(20, storage.put_file, str(src), uri, silent_s3.endpoint)
+    assert err.value.kind == "timeout"
+    limits = storage.S3_LIMITS["transfer"]
+    assert silent_s3.requests == limits.attempts * limits.tries
 
 
 def test_store_error_kinds(s3_env, monkeypatch):

@@ -138,7 +138,7 @@ def read_manifest(ckpt: str, name: str = MANIFEST, endpoint_url: str | None = No
     """The manifest of a local or remote checkpoint; FileNotFoundError when there is none,
     ValueError when it is not a manifest."""
     uri = storage.join(ckpt, name)
-    fs, path = storage.filesystem(uri, endpoint_url)
+    fs, path = storage.filesystem(uri, endpoint_url, quick=True)
     with fs.open(path, "rb") as f:
         data = json.loads(f.read().decode("utf-8"))
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or "files" not in data:
