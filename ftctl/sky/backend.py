@@ -18,12 +18,23 @@ SkyPilot imports here and in the launcher environment's python otherwise.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import click
 
 from ftctl import storage
-from ftctl.backend import PREFLIGHT_KEYS, Backend, JobRef, JobState, JobStatus, Rendered
+from ftctl.backend import (
+    PREFLIGHT_KEYS,
+    Backend,
+    JobRef,
+    JobState,
+    JobStatus,
+    Rendered,
+    recorded_jobs,
+    refused_as_finished,
+    run_spec,
+)
 from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import trainer_env
 from ftctl.plan import dump_run
@@ -70,6 +81,7 @@ SKY_STATES = {
     "CANCELLED": JobState.CANCELLED,
     "GONE": JobState.UNKNOWN,  # the cluster was torn down or autostopped: SkyPilot no longer knows
 }
+CANCEL_WAIT_S, CANCEL_POLL_S = 180, 3  # a managed job's controller stopped it 45 s after sky.jobs.cancel (Slurm infra)
 SOURCE_FILES = ("pyproject.toml", "README.md")  # beside the package, when this is a source checkout
 
 
@@ -154,14 +166,16 @@ class SkyBackend(Backend):
             secrets=secrets,
         )
         managed = bool(out["managed"])
-        job = f"managed/{out['job_id']}" if managed else f"{cluster}/{out['job_id']}"
+        job = f"managed/{out['job_id']}" if managed else job_id_for(cluster, out["job_id"], out.get("cluster_hash"))
         ref = JobRef(
             "sky",
             job,
             str(paths.root),
             spec.name,
             spec.output,
-            extra={"cluster": out["cluster"], "sky_job_id": out["job_id"], "managed": managed},
+            # the cluster's hash tells it from a later one of its name, whose job ids count from 1 again
+            extra={"cluster": out["cluster"], "sky_job_id": out["job_id"], "managed": managed}
+            | ({"cluster_hash": out["cluster_hash"]} if out.get("cluster_hash") else {}),
         )
         return ref
 
@@ -185,7 +199,12 @@ class SkyBackend(Backend):
     # ---------------------------------------------------------------------------------- watch
     def _args(self, ref: JobRef) -> dict:
         x = ref.extra
-        return {"cluster": x.get("cluster"), "job_id": int(x["sky_job_id"]), "managed": bool(x.get("managed"))}
+        return {
+            "cluster": x.get("cluster"),
+            "job_id": int(x["sky_job_id"]),
+            "managed": bool(x.get("managed")),
+            "cluster_hash": x.get("cluster_hash"),
+        }
 
     def status(self, ref: JobRef) -> JobStatus:
         out = bridge.call("status", **self._args(ref))
@@ -195,19 +214,48 @@ class SkyBackend(Backend):
         text = f"{ref.job_id} {word} ({where})" if word != "GONE" else f"{ref.job_id} UNKNOWN: {detail}"
         if out.get("recoveries"):
             text += f", recovered {out['recoveries']}x"
-        if detail and word.startswith("FAILED"):
+        if detail and word.startswith("FAILED"):  # a managed job's failure_reason
             text += f": {detail}"
         return JobStatus(SKY_STATES.get(word, JobState.UNKNOWN), text)
 
     def logs(self, ref: JobRef, follow: bool) -> None:
         bridge.call("logs", follow=follow, **self._args(ref))
 
+    def log_tail(self, ref: JobRef) -> str:
+        """The job's last log lines as its nodes wrote them (sdk.log_tail), for the ``error:`` line `ftctl status`
+        adds to a failed job's (a setup line's, the trainer's); "" where SkyPilot cannot give them."""
+        try:
+            return bridge.call("log_tail", **self._args(ref))["text"]
+        except FtctlError:
+            return ""
+
     def cancel(self, ref: JobRef) -> str:
+        """sky.cancel / sky.jobs.cancel, then what became of the run: a managed job's controller stops it later, so
+        this waits for that (CANCEL_WAIT_S at most); where the same launch goes on (stop_note)."""
         before = self.status(ref)
         if before.state.finished:
             return f"job {ref.job_id} had already ended: {before.text}"
+        if before.state is JobState.UNKNOWN:
+            return f"job {ref.job_id} cannot be cancelled: {before.text}"
         bridge.call("cancel", **self._args(ref))
-        return f"cancelled {ref.job_id}"
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while not (now := self.status(ref)).state.finished and time.monotonic() < deadline:
+            time.sleep(CANCEL_POLL_S)
+        if not now.state.finished:
+            return (
+                f"cancelling {ref.job_id}: SkyPilot had not stopped it after {CANCEL_WAIT_S} s ({now.text}); "
+                f"`ftctl status {ref.job_id}` says when it has"
+            )
+        return "\n".join(filter(None, [f"cancelled {ref.job_id}", self.stop_note(ref)]))
+
+    def stop_note(self, ref: JobRef) -> str | None:
+        """SkyPilot's cancel stops the job's processes without a checkpoint of the trainer's own (its SIGTERM to the
+        job goes on to a kill within seconds: on Slurm the job step is scancelled, on a VM the processes killed), so
+        the same launch goes on from the newest checkpoint committed to the output, which is read here."""
+        said = f"its trainer was stopped without saving a checkpoint (SkyPilot's cancel kills the job); {goes_on(ref)}"
+        if cluster := not ref.extra.get("managed") and ref.extra.get("cluster"):
+            said += f"; onto cluster {cluster} while it is up, from a newer one its nodes kept, where they did"
+        return said
 
     def down(self, ref: JobRef) -> str:
         cluster = ref.extra.get("cluster")
@@ -236,6 +284,34 @@ class SkyBackend(Backend):
         why = self.available()
         click.echo(f"skypilot: {'ready (' + str(bridge.where()) + ')' if why is True else why}")
         return why is True
+
+
+def job_id_for(cluster: str, sky_job_id: int, cluster_hash: str | None) -> str:
+    """CLUSTER/ID, SkyPilot's own name of the job; CLUSTER/ID@HASH where a job launched from here had that name on an
+    earlier cluster of the name (torn down since: the new one counts its jobs from 1 again), which would otherwise hide
+    that job from `ftctl jobs` and `ftctl status`."""
+    job = f"{cluster}/{sky_job_id}"
+    taken = {ref.job_id for ref, _ in recorded_jobs() if ref.backend == "sky"}
+    return f"{job}@{cluster_hash[:8]}" if job in taken and cluster_hash else job
+
+
+def goes_on(ref: JobRef) -> str:
+    """'the same `ftctl launch` resumes it from checkpoint-N in OUTPUT': the newest checkpoint committed to the run's
+    object-store output, all a fresh node has (a reused cluster's may hold a newer one of its own, and resume that)."""
+    from ftctl.checkpoints import list_checkpoints
+
+    spec = run_spec(ref)
+    try:
+        with storage.storage_errors(ref.output, spec.s3_endpoint_url):
+            done = [c for c in list_checkpoints(ref.output, endpoint_url=spec.s3_endpoint_url) if c.complete]
+    except (OSError, FtctlError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return f"the same `ftctl launch` resumes it from the newest checkpoint committed to {ref.output} ({why})"
+    if not done:
+        return f"the same `ftctl launch` starts it again: {ref.output} holds no committed checkpoint"
+    if said := refused_as_finished(spec, done[-1].uri):
+        return f"the same `ftctl launch` {said}"
+    return f"the same `ftctl launch` resumes it from {done[-1].name} in {ref.output}"
 
 
 def cheapest(spec, plan) -> dict:

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _sky():
@@ -112,11 +115,27 @@ def launch(
     job_id, _ = sky.stream_and_get(
         sky.launch(task, cluster_name=cluster, idle_minutes_to_autostop=idle_minutes, down=down)
     )
-    return {"job_id": int(job_id), "cluster": cluster, "managed": False}
+    records = sky.get(sky.status([cluster]))
+    made = _get(records[0], "cluster_hash") if records else None
+    return {"job_id": int(job_id), "cluster": cluster, "managed": False, "cluster_hash": made}
 
 
 # ------------------------------------------------------------------------------------------ watch
-def status(cluster: str | None, job_id: int, managed: bool) -> dict:
+def _later_cluster(records: list, cluster: str, cluster_hash: str | None) -> str | None:
+    """Why the job's cluster is gone where a cluster of its name is up (or being made) that is not the one the job ran
+    on (``cluster_hash``, recorded at launch): torn down and launched anew since, its job ids counted from 1 again, so
+    the job's id now names another job. None where it is the job's own cluster, or no such cluster is up (``records``:
+    sky.status of ``cluster``)."""
+    now = _get(records[0], "cluster_hash") if records else None
+    if cluster_hash and now and now != cluster_hash:
+        return (
+            f"cluster {cluster} was torn down after this job ran; the cluster of that name now is a later launch "
+            "(its job ids counted anew: this id names another job there)"
+        )
+    return None
+
+
+def status(cluster: str | None, job_id: int, managed: bool, cluster_hash: str | None = None) -> dict:
     """{"status": SkyPilot's word or "GONE", "detail": str}."""
     sky = _sky()
     if managed:
@@ -146,6 +165,8 @@ def status(cluster: str | None, job_id: int, managed: bool) -> dict:
     records = sky.get(sky.status([cluster]))
     if not records:
         return {"status": "GONE", "detail": f"cluster {cluster} is gone (torn down)"}
+    if later := _later_cluster(records, cluster, cluster_hash):
+        return {"status": "GONE", "detail": later}
     word = str(getattr(records[0]["status"], "value", records[0]["status"]))
     try:
         statuses = sky.get(sky.job_status(cluster, [job_id]))
@@ -153,28 +174,55 @@ def status(cluster: str | None, job_id: int, managed: bool) -> dict:
         how = f"`sky start {cluster}` reads its jobs" if word == "STOPPED" else "its jobs are read once it is up"
         return {"status": "GONE", "detail": f"cluster {cluster} is {word.lower()}: {how}"}
     st = statuses.get(job_id, statuses.get(str(job_id)))
-    return {"status": str(getattr(st, "value", st)) if st is not None else "GONE", "detail": f"on cluster {cluster}"}
+    if st is None:
+        return {"status": "GONE", "detail": f"cluster {cluster} has no job {job_id}"}
+    return {"status": str(getattr(st, "value", st)), "detail": ""}
 
 
 def _get(record, key):
     return record.get(key) if isinstance(record, dict) else getattr(record, key, None)
 
 
-def logs(cluster: str | None, job_id: int, managed: bool, follow: bool) -> dict:
+def logs(cluster: str | None, job_id: int, managed: bool, follow: bool, cluster_hash: str | None = None) -> dict:
     sky = _sky()
     if managed:
         rc = sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=sys.stdout)
     else:
+        if later := _later_cluster(sky.get(sky.status([cluster])), cluster, cluster_hash):
+            raise RuntimeError(f"{later}; its log went with it")
         rc = sky.tail_logs(cluster, job_id=job_id, follow=follow, output_stream=sys.stdout)
     sys.stdout.flush()
     return {"rc": rc}
 
 
-def cancel(cluster: str | None, job_id: int, managed: bool) -> dict:
+TAIL_LINES = 200
+PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)*\([^()]*\)(\x1b\[[0-9;]*m)* ?")  # SkyPilot's "(head, rank=0, pid=N) "
+
+
+def log_tail(cluster: str | None, job_id: int, managed: bool, cluster_hash: str | None = None) -> dict:
+    """{"text": the job's last TAIL_LINES log lines} as the node wrote them: SkyPilot's "(setup pid=N) " / "(head,
+    rank=0, pid=N) " before each and its colours left out, so a trainer's or setup's ``error:`` line starts its line."""
+    import io
+
+    sky = _sky()
+    out = io.StringIO()
+    if managed:
+        sky.jobs.tail_logs(job_id=job_id, follow=False, tail=TAIL_LINES, output_stream=out)
+    else:
+        if _later_cluster(sky.get(sky.status([cluster])), cluster, cluster_hash):
+            return {"text": ""}
+        sky.tail_logs(cluster, job_id=job_id, follow=False, tail=TAIL_LINES, output_stream=out)
+    lines = [_ANSI.sub("", PREFIX.sub("", line)) for line in out.getvalue().splitlines()]
+    return {"text": "\n".join(lines)}
+
+
+def cancel(cluster: str | None, job_id: int, managed: bool, cluster_hash: str | None = None) -> dict:
     sky = _sky()
     if managed:
         sky.get(sky.jobs.cancel(job_ids=[job_id]))
     else:
+        if later := _later_cluster(sky.get(sky.status([cluster])), cluster, cluster_hash):
+            raise RuntimeError(f"{later}; nothing was cancelled")
         sky.get(sky.cancel(cluster, job_ids=[job_id]))
     return {}
 
@@ -231,15 +279,14 @@ def _cheapest(sky, resources: dict, num_nodes: int) -> dict:
 
 
 OPS = {"available": available, "launch": launch, "status": status, "logs": logs, "cancel": cancel}
+OPS.update(log_tail=log_tail)
 OPS.update(down=down, optimize=optimize)
 
 
 def _message(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     # SkyPilot's messages are written for people; keep them whole, minus rich/ANSI markup
-    import re
-
-    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return _ANSI.sub("", text)
 
 
 def main(argv: list[str]) -> int:

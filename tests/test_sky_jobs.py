@@ -1,0 +1,158 @@
+"""What `ftctl status / logs / cancel` say of a SkyPilot job, with SkyPilot's SDK a stand-in (the outermost boundary:
+tests/test_sky_launch.py runs the real one on the test Slurm cluster, ~2 minutes a launch). The stand-in answers as
+SkyPilot 0.14 did there (explore14): a cluster's records carry a cluster_hash made anew at each launch of a cluster,
+job ids count from 1 on each, sky.cancel kills the job (no checkpoint of the trainer's own), a managed job's cancel
+is done by its controller later, and a log line is "(setup pid=N) ..." in colour."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import sys
+import types
+
+import pytest
+
+from ftctl import backend
+from ftctl.backend import JobRef, JobState, record_job
+from ftctl.sky import backend as sky_backend
+from ftctl.sky.backend import SkyBackend
+
+SETUP_LOG = (
+    "\x1b[2m└── \x1b[0mJob started. Streaming logs...\n"
+    "\x1b[36m(setup pid=20263)\x1b[0m bash: nosuchtool: command not found\n"
+    "\x1b[36m(setup pid=20263)\x1b[0m error: a setup line failed: nosuchtool --init (exit 127): not training; fix -o "
+    "setup=...\n"
+    "srun: error: node1: task 0: Exited with exit code 127\n"
+    "ERROR: \x1b[31mJob 1's setup failed with return code 143 (pid=20219).\x1b[0m\n"
+)
+
+
+class FakeSky:
+    """sky's SDK as ftctl.sky.sdk calls it: one cluster ``c`` (hash ``now``) with jobs {id: state}; managed jobs."""
+
+    def __init__(self, now="hash-2", jobs=None, managed=None, log=""):
+        self.now, self.jobs, self.managed, self.log, self.cancelled = (
+            now,
+            dict(jobs or {}),
+            dict(managed or {}),
+            log,
+            [],
+        )
+        self.mod = types.ModuleType("sky")
+        self.mod.__spec__ = importlib.machinery.ModuleSpec("sky", None)  # bridge.here(): SkyPilot imports here
+        self.mod.get = lambda x: x
+        self.mod.status = lambda names: [{"cluster_hash": self.now, "status": "UP"}] if self.now else []
+        self.mod.job_status = lambda cluster, ids: {i: self._next(self.jobs, i) for i in ids}
+        self.mod.cancel = lambda cluster, job_ids: self._cancel(job_ids, self.jobs)
+        self.mod.tail_logs = lambda cluster, job_id, follow, tail=0, output_stream=None: output_stream.write(self.log)
+        self.mod.exceptions = types.SimpleNamespace(ClusterNotUpError=type("ClusterNotUpError", (Exception,), {}))
+        self.mod.jobs = types.SimpleNamespace(
+            queue_v2=lambda **kw: ([{"job_id": i, "status": self._next(self.managed, i)} for i in kw["job_ids"]],),
+            cancel=lambda job_ids: self._cancel(job_ids, self.managed, later=2),
+        )
+
+    def _cancel(self, ids, states, later=0):
+        self.cancelled += ids
+        for i in ids:
+            # a managed job is stopped by its controller: still RUNNING for the next `later` questions
+            states[i] = ["RUNNING"] * later + ["CANCELLED"] if later else "CANCELLED"
+
+    def install(self, monkeypatch):
+        monkeypatch.setitem(sys.modules, "sky", self.mod)
+        return self
+
+    @staticmethod
+    def _next(states, i):
+        """A job's state; where it is a list, one each time asked (the last one stays)."""
+        s = states.get(i)
+        if isinstance(s, list):
+            return s.pop(0) if len(s) > 1 else s[0]
+        return s
+
+
+def cluster_job(job_id=2, cluster_hash="hash-1", output="s3://b/run", run_dir="/nonexistent/run") -> JobRef:
+    extra = {"cluster": "c", "sky_job_id": job_id, "managed": False, "cluster_hash": cluster_hash}
+    return JobRef("sky", f"c/{job_id}", run_dir, "run", output, extra)
+
+
+def test_a_job_of_a_cluster_torn_down_since_is_not_taken_for_the_new_clusters_job_of_its_id(monkeypatch):
+    """After `ftctl down` and a launch of a cluster of the same name, its job ids count from 1 again: job c/2 of the
+    first cluster read the state of the new cluster's job 2 (RUNNING), and `ftctl cancel c/2` cancelled that one."""
+    sky = FakeSky(now="hash-2", jobs={2: "RUNNING"}).install(monkeypatch)
+    old = cluster_job(2, cluster_hash="hash-1")
+    st = SkyBackend().status(old)
+    assert st.state is JobState.UNKNOWN
+    assert "cluster c was torn down after this job ran" in st.text, st.text
+    assert SkyBackend().cancel(old).startswith("job c/2 cannot be cancelled: c/2 UNKNOWN: cluster c was torn down")
+    assert sky.cancelled == []  # the new cluster's job 2 runs on
+    assert SkyBackend().log_tail(old) == ""
+    # the job of the cluster it ran on: its own state
+    assert SkyBackend().status(cluster_job(2, cluster_hash="hash-2")).text == "c/2 RUNNING (on cluster c)"
+
+
+def test_a_new_job_that_would_repeat_an_earlier_jobs_id_is_told_apart(monkeypatch, tmp_path):
+    """The earlier job c/1 (its cluster torn down) stays listed and reachable: the new one is c/1@HASH."""
+    record_job(cluster_job(1, cluster_hash="hash-1aaaaaaaa"))
+    assert sky_backend.job_id_for("c", 1, "hash-2bbbbbbbb") == "c/1@hash-2bb"
+    assert sky_backend.job_id_for("c", 2, "hash-2bbbbbbbb") == "c/2"
+    assert sky_backend.job_id_for("other", 1, "hash-2bbbbbbbb") == "other/1"
+
+
+def test_a_failed_setup_is_said_in_its_own_error_line(monkeypatch, tmp_path):
+    """`ftctl status` of a FAILED_SETUP job said 'FAILED_SETUP (on cluster c): on cluster c' and nothing of which line
+    failed; its log said it, after SkyPilot's "(setup pid=N)" in colour."""
+    FakeSky(now="hash-1", jobs={1: "FAILED_SETUP"}, log=SETUP_LOG).install(monkeypatch)
+    record_job(cluster_job(1))
+    assert backend.status_lines("c/1") == [
+        "c/1 FAILED_SETUP (on cluster c)",
+        "error: a setup line failed: nosuchtool --init (exit 127): not training; fix -o setup=...",
+    ]
+
+
+@pytest.fixture
+def committed(s3_bucket, tmp_path):
+    """s3://.../run holding a committed checkpoint-40 (and a checkpoint-45 cut short)."""
+    from ftctl.checkpoints import push, write_manifest
+
+    stage = tmp_path / "stage"
+    for step in (40, 45):
+        ckpt = stage / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
+        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 100}))
+    write_manifest(str(stage / "checkpoint-40"), 40, 1, "digest")
+    push(str(stage), f"{s3_bucket}/run", echo=lambda *_: None)
+    return f"{s3_bucket}/run"
+
+
+def test_cancel_says_no_checkpoint_was_saved_and_where_the_same_launch_goes_on(monkeypatch, committed):
+    """SkyPilot's cancel kills the job (its trainer saved nothing as it stopped; explore14: stopped at step 514, the
+    relaunch resumed checkpoint-500); `cancel` said only 'cancelled c/2', and `status` 'CANCELLED (on cluster c)'."""
+    sky = FakeSky(now="hash-1", jobs={2: "RUNNING"}).install(monkeypatch)
+    ref = cluster_job(2, output=committed)
+    record_job(ref)
+    said = SkyBackend().cancel(ref).splitlines()
+    assert sky.cancelled == [2]
+    note = (
+        "its trainer was stopped without saving a checkpoint (SkyPilot's cancel kills the job); "
+        f"the same `ftctl launch` resumes it from checkpoint-40 in {committed}; onto cluster c while it is up, from a "
+        "newer one its nodes kept, where they did"
+    )
+    assert said == ["cancelled c/2", note]
+    assert backend.status_lines("c/2") == ["c/2 CANCELLED (on cluster c)", note]
+
+
+def test_a_managed_jobs_cancel_waits_for_its_controller_to_stop_it(monkeypatch, committed):
+    """sky.jobs.cancel returns before the controller stops the job (RUNNING, then CANCELLING for ~45 s): `cancel` said
+    'cancelled managed/1' while it still ran."""
+    monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0)
+    sky = FakeSky(managed={1: "RUNNING"}).install(monkeypatch)
+    ref = JobRef("sky", "managed/1", "/nonexistent/run", "run", committed, {"sky_job_id": 1, "managed": True})
+    said = SkyBackend().cancel(ref).splitlines()
+    assert sky.cancelled == [1] and sky.managed[1] == ["CANCELLED"]
+    assert said[0] == "cancelled managed/1" and "resumes it from checkpoint-40" in said[1]
+    monkeypatch.setattr(sky_backend, "CANCEL_WAIT_S", 0)  # a controller that does not stop it: said, not claimed
+    sky.managed[1] = "RUNNING"
+    sky.mod.jobs.cancel = lambda job_ids: None
+    assert SkyBackend().cancel(ref).startswith("cancelling managed/1: SkyPilot had not stopped it after 0 s")
