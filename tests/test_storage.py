@@ -162,6 +162,29 @@ def test_a_silent_store_costs_one_short_request_where_ftctl_only_asks(silent_s3,
     assert silent_s3.requests == 1  # botocore's max_attempts counts retries: 1 was two attempts
 
 
+@pytest.mark.parametrize("command", ["ls", "push", "pull"])
+def test_sync_against_a_silent_store_is_one_line_after_one_short_request(silent_s3, command, tmp_path, monkeypatch):
+    """`ftctl sync ls / push / pull` against a store that accepts and never answers: the timeout's line, exit 2,
+    after one request of the "ask" limit (each printed nothing for 15 min and more)."""
+    from click.testing import CliRunner
+
+    from ftctl.checkpoints import write_manifest
+    from ftctl.cli import main
+
+    write_manifest(str(make_checkpoint(tmp_path / "run", 5)), 5, 1, "spec")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", silent_s3.endpoint)
+    args = {"ls": ["s3://bucket/run"], "push": [str(tmp_path / "run"), "s3://bucket/run"]}
+    args["pull"] = ["s3://bucket/run", str(tmp_path / "got")]
+    r = within(8, CliRunner().invoke, main, ["sync", command, *args[command]])
+    assert r.exit_code == 2 and r.stdout == "", r.output
+    assert r.stderr.strip().splitlines() == [
+        f"error: the S3 endpoint {silent_s3.endpoint} did not answer in time for s3://bucket/run: check -o "
+        "s3_endpoint_url=URL (ftctl sync: --endpoint-url URL) or AWS_ENDPOINT_URL and the network (proxy, VPN, "
+        "firewall)."
+    ]
+    assert silent_s3.requests == 1
+
+
 def test_a_silent_store_costs_a_transfer_attempts_times_tries_requests(silent_s3, tmp_path):
     """An upload to a store that stops answering is given up, its limit's attempts x tries requests later."""
     src = tmp_path / "model.safetensors"
