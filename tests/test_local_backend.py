@@ -615,10 +615,14 @@ def test_ctrl_c_stops_the_run_at_once_and_says_what_a_relaunch_resumes(to, tmp_p
     assert not alive.strip(), alive
 
 
-def test_ctrl_c_to_ftctl_train_says_what_the_same_command_resumes(tmp_path, tiny_model_dir, tiny_data):
+@pytest.mark.parametrize("sent", ["SIGINT", "SIGTERM"])
+def test_a_stopped_ftctl_train_says_what_the_same_command_resumes(sent, tmp_path, tiny_model_dir, tiny_data):
     """`ftctl train` (the trainer in this process) said "interrupted by SIGINT" alone: now, as launch does, which
-    checkpoint the same `ftctl train` resumes from and how to stop with a checkpoint instead."""
+    checkpoint the same `ftctl train` resumes from and how to stop with a checkpoint instead. Stopped with one
+    (SIGTERM) it exited 0, as a finished run: now 143, as launch, and its status says preempted."""
     import signal
+
+    from ftctl.runpaths import RunPaths
 
     out = tmp_path / "run"
     args = ["train", "--gpus", "cpu", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--output", str(out)]
@@ -635,9 +639,16 @@ def test_ctrl_c_to_ftctl_train_says_what_the_same_command_resumes(tmp_path, tiny
     while not list(out.glob("checkpoint-*/ftctl-manifest.json")):
         assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()
         time.sleep(0.2)
+    if sent == "SIGTERM":  # `kill PID`
+        trainer.send_signal(signal.SIGTERM)
+        stdout, stderr = trainer.communicate(timeout=120)
+        assert trainer.returncode == 143 and "\nstopped: step " in stdout, stderr
+        assert RunPaths(out).status_file.read_text() == "preempted\n"
+        return
     os.killpg(trainer.pid, signal.SIGINT)
     _, stderr = trainer.communicate(timeout=120)
     assert "Traceback" not in stderr and trainer.returncode == 130, stderr
+    assert RunPaths(out).status_file.read_text() == "failed\n"
     said = re.search(
         r"\nstopped at once \(Ctrl-C\); the steps since (checkpoint-\d+) are lost: the same `ftctl train`", stderr
     )

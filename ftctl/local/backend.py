@@ -402,8 +402,12 @@ def network_check(gpus: str, nodes: int | None, min_busbw_gbps: float = 0.0) -> 
 
 def _said(paths: RunPaths) -> str:
     """The trainer's one word on how it ended (its status file), "" where it left none."""
+    return _read_word(paths.status_file)
+
+
+def _read_word(path: Path) -> str:
     try:
-        return paths.status_file.read_text().strip()
+        return path.read_text().strip()
     except OSError:
         return ""
 
@@ -666,11 +670,15 @@ def _ctrl_c_message(spec: RunSpec, paths: RunPaths) -> str:
 
 def train_here(rendered: Rendered) -> int:
     """`ftctl train`: the trainer in this process (no torchrun, no launcher between it and the terminal). Ctrl-C
-    stops it at once (its handler: interrupted by SIGINT), and what that cost is said as launch says it."""
+    stops it at once (its handler: interrupted by SIGINT), and what that cost is said as launch says it. It writes
+    its status word where a launch's trainer does (`ftctl status` reads it), and a run stopped with a checkpoint
+    (SIGTERM, SIGHUP) exits as launch does then, 128 + SIGTERM: not finished (the trainer's own exit is 0)."""
     from ftctl.trainer.__main__ import main as trainer_main
 
+    status = Path(os.environ.setdefault(STATUS_ENV, str(rendered.paths.status_file)))  # this process is the trainer
+    status.unlink(missing_ok=True)  # an earlier attempt's word is not this one's
     try:
-        return trainer_main(["--spec", str(rendered.paths.spec)])
+        rc = trainer_main(["--spec", str(rendered.paths.spec)])
     except SystemExit as stop:
         if stop.code == 128 + signal.SIGINT:
             click.echo(
@@ -679,6 +687,9 @@ def train_here(rendered: Rendered) -> int:
                 err=True,
             )
         raise
+    if rc == 0 and _read_word(status) == "preempted":
+        return 128 + signal.SIGTERM
+    return rc
 
 
 def _goes_on(spec: RunSpec, command: str = "ftctl launch") -> str:
