@@ -141,6 +141,29 @@ def test_sync_store_errors_are_one_line(s3_bucket, moto_s3, tmp_path):
     assert f"Access denied to {s3_bucket}/run" in line and FAKE_SECRET not in line
 
 
+def test_sync_ls_tells_a_missing_directory_or_bucket_from_an_empty_one(s3_bucket, moto_s3, tmp_path):
+    """`ftctl sync ls /tmp/nothing` (a typo) said "no checkpoints under /tmp/nothing" and exited 0, as for an empty run
+    directory: now it says the directory does not exist (exit 2, one line). The same for a store: a bucket that does
+    not exist is an error, an empty prefix of one that does lists no checkpoints."""
+    env = dict(os.environ)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    for empty in (str(tmp_path / "empty"), f"file://{tmp_path}/empty", f"{s3_bucket}/no-run-here"):
+        r = sync_cli("ls", empty, env=env)
+        assert (r.returncode, r.stdout, r.stderr) == (0, f"no checkpoints under {empty}\n", ""), empty
+    for typo in (str(tmp_path / "nothing"), f"file://{tmp_path}/nothing"):
+        r = sync_cli("ls", typo, env=env)
+        assert r.returncode == 2 and one_line_error(r) == (
+            f"error: {typo} does not exist: give a run's output directory (or an s3:// gs:// az:// URI)."
+        )
+    r = sync_cli("ls", str(tmp_path / "a-file"), env=env)
+    assert r.returncode == 2 and "a-file is a file, not a run's output directory" in one_line_error(r)
+    r = sync_cli("ls", "s3://no-such-bucket-q/run", env=env)
+    assert (
+        r.returncode == 2 and f"No bucket 'no-such-bucket-q' at the S3 endpoint {moto_s3.endpoint}" in one_line_error(r)
+    )
+
+
 ASKS = {  # what ftctl asks a store, each with small answers: sync ls, status, a resume's listing, the uploader's checks
     "list_checkpoints": lambda uri, ep: list_checkpoints(uri, endpoint_url=ep),
     "read_manifest": lambda uri, ep: read_manifest(uri + "/checkpoint-5", endpoint_url=ep),

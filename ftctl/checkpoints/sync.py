@@ -35,12 +35,22 @@ def _spelt(*where: str) -> None:
             raise FtctlError(f"{path!r} would be a local path: did you mean {meant}?")
 
 
+def _no_directory(uri: str) -> None:
+    """A local ``uri`` that is no directory (a typo) is said; an empty one lists no checkpoints (a missing bucket is
+    the store's one line: storage.file_sizes)."""
+    if storage.is_remote(uri) or os.path.isdir(root := storage.filesystem(uri)[1]):
+        return
+    kind = "is a file, not" if os.path.exists(root) else "does not exist: give"
+    raise FtctlError(f"{uri} {kind} a run's output directory (or an s3:// gs:// az:// URI).")
+
+
 def ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print) -> list:
     """Print each checkpoint under ``uri``: step, complete/incomplete, size, and problems."""
     _spelt(uri)
     with storage.storage_errors(uri, endpoint_url):
-        found = list_checkpoints(uri, deep=deep, endpoint_url=endpoint_url)
+        found = list_checkpoints(uri, deep=deep, endpoint_url=endpoint_url)  # a missing bucket: its one line
     if not found:
+        _no_directory(uri)
         echo(f"no checkpoints under {uri}")
     for c in found:
         state = "complete" if c.complete else "incomplete"
