@@ -46,6 +46,7 @@ FINAL_STAGING = ".ftctl/final"  # where the trainer saves the final model before
 UPLOADED_RECORD = ".ftctl/uploaded"
 MERGED_DIR = "merged"  # `ftctl merge RUN` writes RUN/merged by default
 MERGE_RECORD = "ftctl-merge.json"  # in a merged model: the adapter it was merged from, and its digest
+BASE_MERGE = "ftctl-base-merge.json"  # beside an adapter trained over a merged model: that merge's MERGE_RECORD
 SLURM_STATUS_PATTERN = "status.{job}.{attempt}"  # per job and attempt: a requeued job starts afresh
 SLURM_STOP_PATTERN = "stop.{job}.{attempt}"
 

@@ -456,6 +456,32 @@ def test_a_merge_of_an_adapter_trained_on_since_is_said_to_be_stale(tiny_model_d
         merge(str(out), str(merged))
 
 
+def test_an_adapter_over_a_merge_merged_again_since_is_said(lora_run, tiny_data, tmp_path, caplog):
+    """A lora run over RUN/merged; then RUN's merge made again (`rm -r RUN/merged && ftctl merge RUN`, as the
+    trainer's next: line says after RUN trained on): chat, eval and merge of the run over it loaded the new weights
+    under it without a word. The run keeps its base's merge record, and a load onto another merge says so."""
+    from ftctl.runpaths import BASE_MERGE, MERGE_RECORD
+    from ftctl.trainer import trained as trained_mod
+    from ftctl.trainer.merge import merge
+    from ftctl.trainer.run import train
+
+    base = merge(str(lora_run), str(tmp_path / "merged"))
+    over = tmp_path / "over"
+    assert train(*make_run(base, tiny_data, over, "lora", max_steps=1), echo=lambda _: None)
+    assert (over / BASE_MERGE).read_bytes() == (base / MERGE_RECORD).read_bytes()
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        trained_mod.load(trained_mod.find(str(over)), "fp32")
+    assert "is not the model" not in caplog.text
+    record = json.loads((base / MERGE_RECORD).read_text())  # merged again from RUN as it is after training on
+    (base / MERGE_RECORD).write_text(json.dumps({**record, "adapter_digest": "0" * 64, "merged_at": "later"}))
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        trained_mod.load(trained_mod.find(str(over)), "fp32")
+    assert (
+        f"{base} is not the model {over} trained over: it was merged again (at later, from {record['adapter']} as it "
+        f"is now; the adapter trained over the merge of {record['merged_at']}), so the adapter goes onto other weights"
+    ) in caplog.text
+
+
 def test_a_qlora_adapter_talks_on_the_4bit_base_it_trained_on(tiny_model_dir, tiny_data, tmp_path):
     """What it learned against, and what fits where the run fit; merge still folds it into the full base."""
     import bitsandbytes as bnb

@@ -59,6 +59,7 @@ from ftctl.runpaths import (
 from ftctl.spec import RunSpec, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, model_card, reshard
 from ftctl.trainer.methods import ADAPTER_METHODS
+from ftctl.trainer.trained import keep_base_merge
 
 if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at import time
     from ftctl.trainer.attention import Kernels
@@ -621,6 +622,8 @@ def save(run: Run) -> None:
         run.trainer.save_model(staging)
     if run.procs.is_main:
         name_base_model(staging, base_name(run.spec))
+        if run.spec.method in ADAPTER_METHODS:  # over a merged model: that merge's record, to tell a later one
+            keep_base_merge(staging, run.spec.model_name_or_path)
         publish_final(staging, run.local_dir)
         warn_stale_merge(run)
         run.trainer.create_model_card()  # after PEFT's, which rewrote the card's metadata with its local base path

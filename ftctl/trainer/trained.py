@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import FtctlError
-from ftctl.runpaths import ADAPTER_CONFIG, METRICS_FILE, MODEL_CONFIG, PLAIN_TEXT, SPEC_FILE
+from ftctl.runpaths import ADAPTER_CONFIG, BASE_MERGE, MERGE_RECORD, METRICS_FILE, MODEL_CONFIG, PLAIN_TEXT, SPEC_FILE
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,43 @@ def load(trained: Trained, precision: str, device_map=None, as_trained: bool = F
     quant = {"quantization_config": nf4_config(dtype)} if as_trained and trained.method == "qlora" else {}
     if quant and device_map is None:
         device_map = {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model(base or trained.base), dtype=dtype, device_map=device_map, **quant
-    )
+    base_path = resolve_model(base or trained.base)
+    if base is None and (again := merged_again(trained.path, base_path)):
+        log.warning("%s", again)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, device_map=device_map, **quant)
     return PeftModel.from_pretrained(model, str(trained.path))
+
+
+def keep_base_merge(adapter_dir: str, base: str) -> None:
+    """Beside an adapter trained over a merged model (`--model RUN/merged`), that merge's record (BASE_MERGE): a
+    later merge into the same directory is other weights, which merged_again tells apart."""
+    record = Path(base).expanduser() / MERGE_RECORD
+    if record.is_file():
+        (Path(adapter_dir) / BASE_MERGE).write_bytes(record.read_bytes())
+
+
+def merged_again(adapter_dir, base: str) -> str | None:
+    """The warning where the merged model an adapter trained over (keep_base_merge) was merged again since, from
+    its adapter as it is now (`rm -r RUN/merged && ftctl merge RUN`, after RUN trained on): the adapter goes onto
+    other weights than it trained with, and its answers and losses are not the run's. None where they are the same,
+    or nothing was recorded."""
+    try:
+        then = json.loads((Path(adapter_dir) / BASE_MERGE).read_text())
+        now = json.loads((Path(base) / MERGE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(then, dict)
+        or not isinstance(now, dict)
+        or then.get("adapter_digest") == now.get("adapter_digest")
+    ):
+        return None
+    return (
+        f"{base} is not the model {adapter_dir} trained over: it was merged again (at {now.get('merged_at')}, from "
+        f"{now.get('adapter')} as it is now; the adapter trained over the merge of {then.get('merged_at')}), so the "
+        f"adapter goes onto other weights. Train it again over this merge; next time merge into another --out "
+        f"(ftctl merge {now.get('adapter') or 'RUN'} --out DIR) to keep the base of the runs trained over the first."
+    )
 
 
 def tokenizer_source(trained: Trained) -> str:
