@@ -189,6 +189,30 @@ def test_unreachable_store_refuses_to_start_from_scratch(s3_env, tmp_path, monke
     assert_no_secrets(str(exc.value))
 
 
+@pytest.mark.parametrize("store", ["closed-port", "no-bucket"])
+def test_a_resume_that_cannot_list_the_store_says_its_one_line(store, s3_bucket, tmp_path, monkeypatch):
+    """A store error while a resume lists the checkpoints was botocore's text ('Could not connect to the endpoint URL:
+    "http://.../bucket?list-type=2&prefix=..."'): now the line `ftctl sync ls` says of that store, then why the run
+    does not start."""
+    from tests.s3_fixtures import free_port
+
+    monkeypatch.setattr(time, "sleep", lambda s: None)  # the retries between listings
+    uri = f"{s3_bucket}-missing/run"
+    if store == "closed-port":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+        uri = f"{s3_bucket}/run"
+    with pytest.raises(storage.StorageError) as said:
+        C.ls(uri, echo=lambda line: None)
+    assert said.value.kind == {"closed-port": "unreachable", "no-bucket": "no-bucket"}[store]
+    with pytest.raises(ftctl.errors.FtctlError) as exc:
+        C.latest_complete(str(tmp_path / "node"), uri)
+    assert (
+        str(exc.value)
+        == f"{said.value} ftctl does not start from scratch while the run's checkpoints in the store cannot be read."
+    )
+    assert "\n" not in str(exc.value)
+
+
 # ------------------------------------------------------------------ kill -9
 
 CHILD = textwrap.dedent("""

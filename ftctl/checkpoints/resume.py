@@ -101,6 +101,9 @@ def list_checkpoints(uri: str, deep: bool = False, endpoint_url: str | None = No
 
 
 def _list_remote_or_fail(remote_uri: str, endpoint_url=None, attempts: int = 3):
+    """The store's checkpoints of a run that resumes. Where they cannot be listed, a store's failure is its one line
+    (storage.store_error, as `ftctl sync ls` says it): ftctl does not start from scratch beside a store it cannot
+    read."""
     for i in range(attempts):
         try:
             return list_checkpoints(remote_uri, endpoint_url=endpoint_url)
@@ -108,10 +111,12 @@ def _list_remote_or_fail(remote_uri: str, endpoint_url=None, attempts: int = 3):
             err = exc
             if i + 1 < attempts:
                 time.sleep(2**i)
+    refusal = "ftctl does not start from scratch while the run's checkpoints in the store cannot be read."
+    if said := storage.store_error(err, remote_uri, endpoint_url):
+        raise storage.StorageError(said.kind, said.what, f"{said.fix} {refusal}") from err
     raise FtctlError(
         f"Cannot list the checkpoints in {remote_uri}: {storage.redact(str(err))}. Check the "
-        "endpoint (AWS_ENDPOINT_URL) and credentials; ftctl does not start from scratch while "
-        "the run's checkpoints in the store cannot be read."
+        f"endpoint (AWS_ENDPOINT_URL) and credentials; {refusal}"
     ) from err
 
 
