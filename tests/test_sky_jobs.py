@@ -15,6 +15,7 @@ import pytest
 
 from ftctl import backend
 from ftctl.backend import JobRef, JobState, record_job
+from ftctl.errors import FtctlError
 from ftctl.sky import backend as sky_backend
 from ftctl.sky.backend import SkyBackend
 
@@ -135,7 +136,7 @@ def test_cancel_says_no_checkpoint_was_saved_and_where_the_same_launch_goes_on(m
     said = SkyBackend().cancel(ref).splitlines()
     assert sky.cancelled == [2]
     note = (
-        "its trainer was stopped without saving a checkpoint (SkyPilot's cancel kills the job); "
+        "SkyPilot's cancel kills the job without waiting for its trainer to save a checkpoint; "
         f"the same `ftctl launch` resumes it from checkpoint-40 in {committed}; onto cluster c while it is up, from a "
         "newer one its nodes kept, where they did"
     )
@@ -156,3 +157,15 @@ def test_a_managed_jobs_cancel_waits_for_its_controller_to_stop_it(monkeypatch, 
     sky.managed[1] = "RUNNING"
     sky.mod.jobs.cancel = lambda job_ids: None
     assert SkyBackend().cancel(ref).startswith("cancelling managed/1: SkyPilot had not stopped it after 0 s")
+
+
+def test_a_launch_into_the_output_of_a_managed_job_that_is_recovering_is_refused(monkeypatch):
+    """RECOVERING (its node lost, SkyPilot relaunching it) was PREEMPTED, which the second-job check lets through (a
+    job that ended): a relaunch then trained beside the recovered job into the same checkpoints."""
+    from tests.render_fixtures import prepared
+
+    FakeSky(managed={1: "RECOVERING"}).install(monkeypatch)
+    r = prepared([], backend="sky", gpus="1xL4", output_dir="s3://b/run", spot=True)
+    record_job(JobRef("sky", "managed/1", "/elsewhere/run", "run", "s3://b/run", {"sky_job_id": 1, "managed": True}))
+    with pytest.raises(FtctlError, match=r"job managed/1 \(sky: RECOVERING \(managed job\)\) is queued to train"):
+        backend.refuse_a_second_job(r)

@@ -70,7 +70,9 @@ SKY_STATES = {
     "RUNNING": JobState.RUNNING,
     "WINDING_DOWN": JobState.RUNNING,
     "CANCELLING": JobState.RUNNING,
-    "RECOVERING": JobState.PREEMPTED,  # the managed job's node went away; SkyPilot relaunches, it resumes
+    # the managed job's node went away and SkyPilot relaunches it (it resumes): it goes on by itself, so a launch into
+    # its output is refused as while it runs (PREEMPTED is a job that ended, which a relaunch resumes)
+    "RECOVERING": JobState.PENDING,
     "SUCCEEDED": JobState.SUCCEEDED,
     "FAILED": JobState.FAILED,
     "FAILED_DRIVER": JobState.FAILED,
@@ -252,7 +254,7 @@ class SkyBackend(Backend):
         """SkyPilot's cancel stops the job's processes without a checkpoint of the trainer's own (its SIGTERM to the
         job goes on to a kill within seconds: on Slurm the job step is scancelled, on a VM the processes killed), so
         the same launch goes on from the newest checkpoint committed to the output, which is read here."""
-        said = f"its trainer was stopped without saving a checkpoint (SkyPilot's cancel kills the job); {goes_on(ref)}"
+        said = f"SkyPilot's cancel kills the job without waiting for its trainer to save a checkpoint; {goes_on(ref)}"
         if cluster := not ref.extra.get("managed") and ref.extra.get("cluster"):
             said += f"; onto cluster {cluster} while it is up, from a newer one its nodes kept, where they did"
         return said
