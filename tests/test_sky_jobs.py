@@ -169,3 +169,14 @@ def test_a_launch_into_the_output_of_a_managed_job_that_is_recovering_is_refused
     record_job(JobRef("sky", "managed/1", "/elsewhere/run", "run", "s3://b/run", {"sky_job_id": 1, "managed": True}))
     with pytest.raises(FtctlError, match=r"job managed/1 \(sky: RECOVERING \(managed job\)\) is queued to train"):
         backend.refuse_a_second_job(r)
+
+
+def test_status_of_a_job_whose_cluster_was_torn_down_says_where_the_same_launch_goes_on(monkeypatch, committed):
+    """After `ftctl down`, status said only 'UNKNOWN: cluster c is gone (torn down)': how the run ended went with the
+    cluster, but its output still says where it goes on."""
+    FakeSky(now=None).install(monkeypatch)
+    record_job(cluster_job(2, output=committed))
+    assert backend.status_lines("c/2") == [
+        "c/2 UNKNOWN: cluster c is gone (torn down)",
+        f"the same `ftctl launch` resumes it from checkpoint-40 in {committed}",
+    ]

@@ -218,7 +218,9 @@ class SkyBackend(Backend):
             text += f", recovered {out['recoveries']}x"
         if detail and word.startswith("FAILED"):  # a managed job's failure_reason
             text += f": {detail}"
-        return JobStatus(SKY_STATES.get(word, JobState.UNKNOWN), text)
+        # a torn-down cluster's job: how it ended went with the cluster; where the same launch goes on did not
+        note = goes_on(ref) if word == "GONE" and not ref.extra.get("managed") else None
+        return JobStatus(SKY_STATES.get(word, JobState.UNKNOWN), text, note=note)
 
     def logs(self, ref: JobRef, follow: bool) -> None:
         bridge.call("logs", follow=follow, **self._args(ref))
