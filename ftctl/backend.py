@@ -874,6 +874,47 @@ def step_text(step: int, loss: float, tokens_per_s: float | None) -> str:
 LOGGED_STEP = re.compile(r"step (\d+)/\d+  loss ([0-9.]+)(?:  .*?([\d,.]+) tok/s)?")
 
 
+# what a requeued attempt's trainer logs where it trains again what an earlier attempt trained: no checkpoint to resume
+# (trainer.run.starts_again), a newer one passed over as incomplete or corrupted (checkpoints.resume.latest_complete)
+STARTS_OVER = re.compile(r"attempt (\d+) of this job starts from step 0: ")
+SKIPPED = re.compile(r"skipping (checkpoint-\d+): ")  # resume's "skipping %s%d: " of CHECKPOINT_PREFIX and the step
+
+
+def trained_again(log: Path) -> str | None:
+    """What `ftctl status` says of a job of which a requeued attempt trained again steps an earlier attempt had
+    logged: it started from step 0, or passed over a newer checkpoint (a stop checkpoint that did not reach the store,
+    kept on another node's disk). None where none did. The whole log is read (every attempt appends to it): those
+    lines are at an attempt's start, which a long attempt's steps push out of its tail."""
+    from ftctl.failures import attempt_started
+
+    attempt, trained, said = 0, 0, {}
+    try:
+        with open(log, "rb") as f:
+            for raw in f:
+                line = raw.decode(errors="replace")
+                if (started := attempt_started(line)) is not None:
+                    attempt = started
+                elif m := LOGGED_STEP.match(line):
+                    trained = max(trained, int(m[1]))
+                elif attempt and trained and (what := _starts_over(line, skipped=attempt in said)):
+                    said[attempt] = (
+                        f"attempt {attempt} {what}, after the attempts before it had trained to step {trained}"
+                    )
+    except OSError:
+        return None
+    return f"its {'; '.join(said.values())}: steps they trained were trained again" if said else None
+
+
+def _starts_over(line: str, skipped: bool) -> str | None:
+    """What an attempt's line says it trains again (from step 0; or after a checkpoint it passed over, where it has
+    said none yet); None for any other line."""
+    if STARTS_OVER.search(line):
+        return "started from step 0 (no complete checkpoint to resume)"
+    if not skipped and (m := SKIPPED.search(line)):
+        return f"passed over {m[1]} (incomplete or corrupted)"
+    return None
+
+
 def logged_step(log_tail: str) -> str | None:
     """The last step line of a job's last attempt in its log, as progress says a step; None: none there."""
     from ftctl.failures import last_attempt

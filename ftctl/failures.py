@@ -157,12 +157,17 @@ def tail(path, size: int = 64 * 1024) -> str:
 _ATTEMPT = re.compile(re.escape(ATTEMPT_LINE).replace(r"\{job\}", r"\S+").replace(r"\{attempt\}", r"(\d+)"))
 
 
+def attempt_started(line: str) -> int | None:
+    """The attempt a Slurm job's log line starts (its ATTEMPT_LINE); None for any other line."""
+    return int(m.group(1)) if (m := _ATTEMPT.match(line)) else None
+
+
 def last_attempt(log_tail: str) -> tuple[int | None, list[str]]:
     """The last attempt's lines of a Slurm job's log (which every attempt appends to), from its ATTEMPT_LINE, and that
     attempt's number; (None, every line) where the tail holds no attempt line (a docker job's log, an attempt longer
     than the tail)."""
     lines = log_tail.splitlines()
-    starts = [(i, int(m.group(1))) for i, line in enumerate(lines) if (m := _ATTEMPT.match(line))]
+    starts = [(i, attempt) for i, line in enumerate(lines) if (attempt := attempt_started(line)) is not None]
     if not starts:
         return None, lines
     first, attempt = starts[-1]

@@ -182,3 +182,69 @@ def test_record_start_names_the_slurm_job_and_attempt(tmp_path, monkeypatch):
         ("42", 0),
         ("42", 2),
     ]
+
+
+def test_status_of_a_job_with_restarts_says_an_attempt_trained_steps_again(squeue, tmp_path, monkeypatch):
+    """A COMPLETED job with restarts said nothing of an attempt that trained again what an earlier one had trained
+    (its stop checkpoint did not reach the store: kept on another node's disk). Its log, written here by the trainer's
+    own lines (step lines, starts_again, the resume's warning), says so, and now status does too; an attempt that
+    resumed says nothing."""
+    import logging
+    from types import SimpleNamespace
+
+    from ftctl import checkpoints as C
+    from ftctl.envvars import ATTEMPT_ENV
+    from ftctl.failures import ATTEMPT_LINE
+    from ftctl.trainer.callbacks import MetricsCallback
+    from ftctl.trainer.run import starts_again
+    from tests.s3_fixtures import make_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record_job(JobRef("slurm", "3", str(run), "r", str(run)))
+    log = run / "slurm-3.out"
+    handler = logging.FileHandler(log)  # the trainer's format (trainer/__main__.py), into the job's log
+    handler.setFormatter(logging.Formatter("%(asctime)s [rank 0] %(name)s: %(message)s"))
+    logging.getLogger("ftctl").addHandler(handler)
+
+    def say(line: str) -> None:
+        handler.flush()
+        with open(log, "a") as f:
+            f.write(line + "\n")
+
+    def attempt(n: int, *steps: int, starts=lambda: None) -> None:
+        say(ATTEMPT_LINE.format(job="3", attempt=n) + " on node1 (head node1)")
+        starts()  # where it resumes from, as the trainer says it before it trains
+        for step in steps:
+            state = SimpleNamespace(global_step=step, max_steps=40)
+            say(MetricsCallback._progress({"loss": 1.5, "lr": 2e-4, "grad_norm": 0.8, "tokens_per_s": 900}, state, 9))
+
+    node = tmp_path / "node"
+    restarted = lambda: logging.getLogger("ftctl.trainer.run").warning("%s", again)  # noqa: E731 - as run.train
+    try:
+        attempt(0, 10, 20)  # its checkpoint-20 kept on its node's disk
+        monkeypatch.setenv(ATTEMPT_ENV, "1")
+        again = starts_again(None, str(node), "s3://b/runs/r1")
+        attempt(1, 10, 20, 30, starts=restarted)
+        kept = make_checkpoint(node, 10)
+        C.write_manifest(str(kept), 10, world_size=1, spec_hash="spec")
+        make_checkpoint(node, 30)  # its save cut short
+        attempt(2, 20, 30, 40, starts=lambda: C.latest_complete(str(node)))  # "skipping checkpoint-30: ..."
+        squeue("3", "COMPLETED", nodes="node1", restarts=2)
+        lines = status_lines("3")
+        assert lines == [
+            "3 COMPLETED on node1 exit 0, restarts 2",
+            "its attempt 1 started from step 0 (no complete checkpoint to resume), after the attempts before it had "
+            "trained to step 20; attempt 2 passed over checkpoint-30 (incomplete or corrupted), after the attempts before it had "
+            "trained to step 30: steps they trained were trained again",
+        ]
+        text = log.read_text()
+        log.write_text(text[: text.index(ATTEMPT_LINE.format(job="3", attempt=1))])  # attempt 0 alone
+        attempt(1, 30, 40)  # resumed from its checkpoint-20: nothing said
+        assert status_lines("3") == lines[:1]
+        log.write_text(text[: text.index("step 10/40")])  # attempt 0 trained nothing: attempt 1 trains nothing again
+        attempt(1, 10, 20, 30, 40, starts=restarted)
+        assert "starts from step 0" in log.read_text() and status_lines("3") == lines[:1]
+    finally:
+        logging.getLogger("ftctl").removeHandler(handler)
+        handler.close()

@@ -36,6 +36,7 @@ from ftctl.backend import (
     refused_as_finished,
     resumes_from,
     run_spec,
+    trained_again,
     trainer_paths_of,
     trainer_started,
     training_now,
@@ -428,6 +429,8 @@ class SlurmBackend(Backend):
             # requeued, its next attempt not started: its log ends with the last attempt's lines (a stop checkpoint
             # that did not reach the store, and where a copy is kept: trainer.run.say_stop)
             note = f"its attempt {s.restarts - 1} ended: {why}"
+        elif s.restarts and (again := trained_again(self._log(ref))):  # a stop checkpoint that did not reach the store
+            note = again
         ran = (s.started, s.ended) if s.started is not None else None
         own = {START_SLURM_JOB: ref.job_id}  # what its trainer's start record says (a trainer of this ftctl's)
         return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe(), note, ran, own)
