@@ -14,8 +14,9 @@ is asked for anything. It looks at what a launch would otherwise find out late:
 | output | local: the directory can be created and written; object store: credentials, bucket, |
 |        | write (a small marker object, put then deleted)                                     |
 | disk   | local output: room for the checkpoints the plan will write                          |
-| resume | the output's newest checkpoint can be continued under these settings (what changed  |
-|        | is said); resume=never does not write over an earlier run's                         |
+| resume | the checkpoint resumed (the output's newest, or resume=PATH's where it can be read  |
+|        | here) can be continued under these settings (what changed is said); resume=never    |
+|        | does not write over an earlier run's                                                |
 
 Each :class:`Finding` says what is wrong and what to do; :func:`raise_if_errors` turns the errors
 into one :class:`~ftctl.errors.FtctlError` that lists them all. Store requests make one attempt
@@ -32,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 import shlex
 import shutil
 import tempfile
@@ -724,7 +726,8 @@ def _check_remote_output(uri: str, endpoint_url: str | None) -> list[Finding]:
 def check_resume(spec, plan) -> list[Finding]:
     """What the trainer will find in the output when it starts (checkpoints.settings), before paying for the job:
     a newest checkpoint these settings cannot continue, or one resume=never would write over, is an error; one
-    they change is said. resume=PATH: checkpoints past PATH's step in the output are an error (check_resume_path)."""
+    they change is said. resume=PATH: checkpoints past PATH's step in the output are an error (check_resume_path),
+    else PATH's recorded settings are checked as the newest's are (_check_named)."""
     check = _check_resume if spec.resume in ("auto", "never") else _check_resume_path
     return _bounded("--output", spec.output, spec.s3_endpoint_url, lambda: _with_checkpoints(check, spec, plan))
 
@@ -750,7 +753,7 @@ def _check_resume_path(spec, plan, found) -> list[Finding]:
     step = checkpoint_step(spec.resume) or 0
     later = [info.name for info in found if info.step > step]
     if not later:
-        return []
+        return _check_named(spec, plan)
     more = f" and {len(later) - 1} more" if len(later) > 1 else ""
     return [
         Finding(
@@ -764,16 +767,7 @@ def _check_resume_path(spec, plan, found) -> list[Finding]:
 
 
 def _check_resume(spec, plan, found) -> list[Finding]:
-    from ftctl.checkpoints.settings import (
-        NEW_DATA,
-        TRAINER_STATE,
-        compare,
-        final_saved,
-        finished,
-        other_data,
-        settings,
-        written_over,
-    )
+    from ftctl.checkpoints.settings import NEW_DATA, compare, other_data, settings, written_over
 
     if spec.resume == "never":
         said = written_over(spec.output, [info.name for info in found])
@@ -789,13 +783,53 @@ def _check_resume(spec, plan, found) -> list[Finding]:
     if changed and changed.new_data and spec.resume == "auto":  # as backend.write_files: an explicit resume= only
         was = {k: old for k, (old, _) in changed.changed.items() if k in NEW_DATA}
         return [Finding(ERROR, other_data(spec.output, newest.name, newest.uri, was))]
+    return _resumed(spec, newest.uri, changed, own=True)
+
+
+def _check_named(spec, plan) -> list[Finding]:
+    """resume=PATH as the trainer will resume it, told before the job as resume=auto's newest checkpoint is: the
+    settings its manifest records that these cannot continue are an error, those they change are said, and a
+    finished run is refused. Only its manifest and trainer_state.json are read (the "ask" limits for a store's).
+    Nothing where PATH cannot be read here (a directory only the cluster's nodes see): the trainer checks it."""
+    from ftctl.checkpoints.settings import compare, saved, settings
+
     try:
-        state = storage.read_text(storage.join(newest.uri, TRAINER_STATE), spec.s3_endpoint_url)
+        recorded = saved(spec.resume, spec.s3_endpoint_url)
+    except (OSError, ValueError, storage.StorageError, FtctlError):
+        return []
+    if not isinstance(recorded, dict):
+        return []
+    try:
+        changed = compare(spec.resume, recorded, settings(spec, plan))
+    except FtctlError as e:
+        return [Finding(ERROR, str(e))]
+    return _resumed(spec, spec.resume, changed, own=_in_output(spec.resume, spec.output))
+
+
+def _resumed(spec, checkpoint: str, changed, own: bool) -> list[Finding]:
+    """What resuming ``checkpoint`` under ``changed`` settings (checkpoints.settings.Changes) means: a finished run
+    is refused (its final model saved, no step left), else what changed is said; ``own``: a checkpoint of the
+    run's output (Changes.line)."""
+    from ftctl.checkpoints.settings import TRAINER_STATE, final_saved, finished
+
+    try:
+        state = storage.read_text(storage.join(checkpoint, TRAINER_STATE), spec.s3_endpoint_url)
     except (OSError, storage.StorageError, FtctlError):
         state = ""  # a checkpoint without transformers' record: the trainer says what it finds
     if (done := finished(state, spec, changed)) and final_saved(spec.output, spec.s3_endpoint_url):
         return [Finding(ERROR, done)]
-    return [Finding(WARNING, changed.line())] if changed else []
+    return [Finding(WARNING, changed.line(own=own))] if changed else []
+
+
+def _in_output(checkpoint: str, output: str) -> bool:
+    """Whether ``checkpoint`` is one of ``output``'s own (the trainer's run.elsewhere, before the job)."""
+    if storage.is_remote(checkpoint) or storage.is_remote(output):
+        return posixpath.dirname(checkpoint.rstrip("/")) == output.rstrip("/")
+
+    def local(path: str) -> str:
+        return os.path.normpath(os.path.expanduser(storage.local_path(path)))
+
+    return os.path.realpath(os.path.dirname(local(checkpoint))) == os.path.realpath(local(output))
 
 
 # ------------------------------------------------------------------------------------------ disk

@@ -412,7 +412,12 @@ def test_a_relaunch_is_checked_against_the_outputs_newest_checkpoint(tmp_path, s
         "with the new ones; another --output starts a new run instead"
     )
     assert only(check(resume="never")).startswith(f"resume=never, but {output} holds an earlier run's checkpoints")
-    assert check(resume=str(run / "checkpoint-40")) == []  # a checkpoint named: the trainer reads it
+    assert check(resume=str(run / "checkpoint-40")) == []  # a checkpoint named, its settings unchanged
+    # named, it is checked as the newest is (its manifest read from the store, nothing else of it), before the job
+    named = storage.join(output, "checkpoint-40")
+    assert only(check(lora_r=16, resume=named)) == only(check(lora_r=16))
+    assert only(check(learning_rate=1e-5, resume=named), WARNING) == only(check(learning_rate=1e-5), WARNING)
+    assert check(learning_rate=1e-5, resume=storage.join(output, "checkpoint-99")) == []  # not there: the trainer says
     # one before the newest: the run would write over checkpoint-40, and a requeue could not tell it from its own
     back = only(check(resume=str(run / "checkpoint-20")))
     assert back.startswith(f"resume={run / 'checkpoint-20'} goes back to step 20, but {output} holds later ")
@@ -423,7 +428,10 @@ def test_a_relaunch_is_checked_against_the_outputs_newest_checkpoint(tmp_path, s
         f"go on training that run on it: -o resume={storage.join(output, 'checkpoint-40')}. For a new run: another "
         "--output (or -o run_name=...)."
     )
-    assert check(data_path="other.jsonl", resume=storage.join(output, "checkpoint-40")) == []
+    assert only(check(data_path="other.jsonl", resume=named), WARNING) == (
+        "checkpoint-40 was saved with other settings: data_path builtin:demo -> other.jsonl; the run goes on from step "
+        "40 with the new ones (the new data from its start); another --output starts a new run instead"
+    )
     # trained to the end, and its final adapter saved: nothing is left to train (trainer_state.json and the adapter
     # read from the store); without the final adapter it resumes to write it
     assert [f.level for f in check(max_steps=40)] == [WARNING]

@@ -523,3 +523,43 @@ def test_a_new_run_from_another_runs_checkpoint_past_its_end_is_refused(
     # the line says how its settings differ, not to give another --output: it is one
     assert "max_steps 3 -> 5; the run goes on from step 3 with the new ones\n" in caplog.text
     assert more.status == "complete" and more.global_step == 5 and (new / "checkpoint-5").is_dir()
+
+
+def test_launch_says_what_a_named_checkpoint_was_saved_with(tiny_model_dir, tiny_data, tmp_path, one_thread, caplog):
+    """-o resume=RUN/checkpoint-N: launch's preflight reads the settings its manifest records, as it does the
+    newest checkpoint's for resume=auto, and says what changed (the trainer's own line) or refuses what cannot
+    continue it before the job; it said nothing, and on Slurm the trainer told it after the queue wait."""
+    from ftctl.preflight import ERROR, WARNING, Finding, check_resume
+    from ftctl.trainer.run import train
+
+    first, new = tmp_path / "first", tmp_path / "new"
+    assert train(*make_run(tiny_model_dir, tiny_data, first, "lora", max_steps=3, lora_r=4, **SCHEDULE), echo=print)
+    checkpoint = str(first / "checkpoint-3")
+    named = {**SCHEDULE, "lora_r": 4, "resume": checkpoint}
+    run = make_run(tiny_model_dir, tiny_data, new, "lora", max_steps=6, learning_rate=1e-4, **named)
+    line = (
+        "checkpoint-3 was saved with other settings: learning_rate 0.001 -> 0.0001, max_steps 3 -> 6; the run goes "
+        "on from step 3 with the new ones"
+    )
+    assert check_resume(*run) == [Finding(WARNING, line)]  # another run's: no other --output to suggest
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        assert train(*run, echo=lambda *_: None).global_step == 6
+    assert f"{line}\n" in caplog.text  # the same words as the trainer's, said before the job
+    refused = check_resume(*make_run(tiny_model_dir, tiny_data, tmp_path / "r8", "lora", **{**named, "lora_r": 8}))
+    assert refused == [
+        Finding(
+            ERROR,
+            f"{checkpoint} was trained with lora_r=4; this run asks for lora_r=8, which cannot continue it. Relaunch "
+            "with -o lora_r=4 to resume it, or give another output_dir to train from the start.",
+        )
+    ]
+    # one of the output's own, named: another --output is the way to a new run; at the finished run's end, refused
+    own = make_run(tiny_model_dir, tiny_data, first, "lora", max_steps=6, learning_rate=1e-4, **named)
+    assert check_resume(*own) == [Finding(WARNING, f"{line}; another --output starts a new run instead")]
+    done = check_resume(*make_run(tiny_model_dir, tiny_data, first, "lora", max_steps=3, **named))
+    assert [(f.level, f.what) for f in done] == [(ERROR, f"{first} holds this run trained to step 3 of 3 "
+        "(checkpoint-3): nothing is left to train. To train it further, raise -o max_steps; to start another run, "
+        "give another --output.")]  # fmt: skip
+    # a directory only the cluster's nodes see: nothing new is said (the trainer checks it there)
+    elsewhere = {**named, "lora_r": 8, "resume": str(tmp_path / "on-the-nodes" / "checkpoint-3")}
+    assert check_resume(*make_run(tiny_model_dir, tiny_data, tmp_path / "r9", "lora", **elsewhere)) == []

@@ -26,6 +26,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from ftctl import storage
 from ftctl.checkpoints.manifest import MANIFEST, checkpoint_step, is_manifest, read_manifest
 from ftctl.errors import FtctlError
 from ftctl.runpaths import FINAL_MARKS
@@ -77,12 +78,17 @@ def settings(spec, plan) -> dict:
     return {k: v for k, v in values.items() if spec.method in _ONLY.get(k, (spec.method,))}
 
 
-def saved(checkpoint: str) -> dict | None:
-    """The settings recorded in a local checkpoint's manifest; None where it has none (written before they were)."""
-    names = sorted((n for n in os.listdir(checkpoint) if is_manifest(n)), key=lambda n: n != MANIFEST)  # merged first
-    for name in names:
+def saved(checkpoint: str, endpoint_url: str | None = None) -> dict | None:
+    """The settings recorded in a checkpoint's manifest; None where it has none (written before they were).
+    ``checkpoint``: a local directory (its nodes' manifests too), or an object-store URI (its ftctl-manifest.json,
+    asked with the "ask" limits: nothing else of it is read). OSError where a local one cannot be listed."""
+    if storage.is_remote(checkpoint):
+        names = [MANIFEST]
+    else:
+        names = sorted((n for n in os.listdir(checkpoint) if is_manifest(n)), key=lambda n: n != MANIFEST)
+    for name in names:  # the merged one first
         try:
-            recorded = read_manifest(checkpoint, name).get("settings")
+            recorded = read_manifest(checkpoint, name, endpoint_url).get("settings")
         except (OSError, ValueError):
             continue
         if isinstance(recorded, dict):
@@ -213,8 +219,6 @@ def _show(value) -> str:
 def final_saved(uri: str, endpoint_url: str | None = None) -> bool:
     """Whether a run's output (local or in the store) holds its final model or adapter, whole, at its top: its
     config, written and uploaded after every other file of it (runpaths.FINAL_MARKS)."""
-    from ftctl import storage
-
     try:
         return any(storage.exists(storage.join(uri, name), endpoint_url) for name in FINAL_MARKS)
     except (OSError, storage.StorageError, FtctlError):
