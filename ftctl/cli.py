@@ -277,20 +277,21 @@ def logs(job, follow):
 @click.option(
     "--now",
     is_flag=True,
-    help="Slurm and docker: cancel at once, without asking the trainer for a checkpoint first (on Slurm it saves one "
-    "only where its step ends within Slurm's KillWait; docker kills the container).",
+    help="Slurm, docker and SkyPilot: cancel at once, without asking the trainer for a checkpoint first (on Slurm it "
+    "saves one only where its step ends within Slurm's KillWait; docker kills the container, SkyPilot the job).",
 )
 @click.option(
     "--wait",
     "wait_s",
     type=click.IntRange(min=0),
     metavar="SECONDS",
-    help="Slurm and docker: how long to wait for the trainer's checkpoint before cancelling all the same (default: "
-    "the run's signal_lead_s; docker's grace before it kills the container).",
+    help="Slurm, docker and SkyPilot: how long to wait for the trainer's checkpoint before cancelling all the same "
+    "(default: the run's signal_lead_s; docker's grace before it kills the container; SkyPilot's: for the store to "
+    "commit it).",
 )
 def cancel(job, now, wait_s):
-    """Cancel a launched job (on Slurm and docker its trainer saves a checkpoint first, and a Slurm job is not
-    requeued; a local run stops at its next step, with a checkpoint)."""
+    """Cancel a launched job (on Slurm, docker and SkyPilot its trainer saves a checkpoint first, and a Slurm job is
+    not requeued; a local run stops at its next step, with a checkpoint)."""
     from ftctl.backend import find_job
 
     if now and wait_s is not None:

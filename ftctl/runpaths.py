@@ -28,6 +28,7 @@ START_SLURM_ATTEMPT = "slurm_restart_count"
 # how the trainer's line in the log begins as it writes its start record (trainer.run.record_start): where the start
 # record cannot be read here (a Slurm run staged on the nodes' own disks), that line says the trainer started training
 START_LINE = "attention: "
+PROGRESS_LINE = "step "  # ... and how each of its progress lines begins (trainer.callbacks.MetricsCallback._progress)
 SBATCH_FILE = "job.sbatch"
 TASK_FILE = "task.yaml"
 DOCKER_FILE = "docker-run.sh"
@@ -49,6 +50,10 @@ MERGE_RECORD = "ftctl-merge.json"  # in a merged model: the adapter it was merge
 BASE_MERGE = "ftctl-base-merge.json"  # beside an adapter trained over a merged model: that merge's MERGE_RECORD
 SLURM_STATUS_PATTERN = "status.{job}.{attempt}"  # per job and attempt: a requeued job starts afresh
 SLURM_STOP_PATTERN = "stop.{job}.{attempt}"
+# in a run's object-store output: `ftctl cancel` of a SkyPilot job asks its trainer (rank 0 reads it) for a checkpoint
+# and a stop there, as the nodes are out of its reach and the store is not (trainer.callbacks.StopRequest); the trainer
+# answers in it with the stop's checkpoint
+STOP_REQUEST = ".ftctl/stop-request"
 
 
 # a job script's own logs in the output before ftctl starts (#SBATCH --output=$OUT/slurm-%j.out): no user's work

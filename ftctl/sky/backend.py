@@ -4,7 +4,8 @@
              setup runs again, for what this run needs; sky.exec would run none); --spot: sky.jobs.launch of a
              managed job named after the run, with job_recovery (no --cluster, --down or idle_minutes: SkyPilot
              launches and tears down its clusters)
-    status / logs / cancel / down    sky.job_status / tail_logs / cancel / down, or sky.jobs.*
+    status / logs / cancel / down    sky.job_status / tail_logs / cancel / down, or sky.jobs.*; cancel of a training
+             job first asks its trainer for a checkpoint through the run's output (runpaths.STOP_REQUEST)
 
 The image (``image_id: docker:REF``): --container, else the user's config: ``image:``, else the newest
 image ``ftctl build --push`` recorded for the run's GPUs (a local build or a .sif cannot be pulled by a
@@ -17,8 +18,10 @@ SkyPilot imports here and in the launcher environment's python otherwise.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import click
@@ -38,6 +41,7 @@ from ftctl.backend import (
 from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import trainer_env
 from ftctl.plan import dump_run
+from ftctl.runpaths import PROGRESS_LINE, START_LINE, STOP_REQUEST
 from ftctl.sky import bridge, cost
 from ftctl.sky import inputs as sky_inputs
 from ftctl.sky import render as sky_render
@@ -89,6 +93,7 @@ SOURCE_FILES = ("pyproject.toml", "README.md")  # beside the package, when this 
 
 class SkyBackend(Backend):
     name = "sky"
+    cancel_options = frozenset({"now", "wait_s"})
     options = (
         frozenset(
             {
@@ -220,6 +225,8 @@ class SkyBackend(Backend):
             text += f": {detail}"
         # a torn-down cluster's job: how it ended went with the cluster; where the same launch goes on did not
         note = goes_on(ref) if word == "GONE" and not ref.extra.get("managed") else None
+        if word == "SUCCEEDED":  # its trainer may have stopped at `ftctl cancel`'s request and exited before the cancel
+            note = saved_note(ref)
         return JobStatus(SKY_STATES.get(word, JobState.UNKNOWN), text, note=note)
 
     def logs(self, ref: JobRef, follow: bool) -> None:
@@ -233,29 +240,82 @@ class SkyBackend(Backend):
         except FtctlError:
             return ""
 
-    def cancel(self, ref: JobRef) -> str:
-        """sky.cancel / sky.jobs.cancel, then what became of the run: a managed job's controller stops it later, so
-        this waits for that (CANCEL_WAIT_S at most); where the same launch goes on (stop_note)."""
+    def cancel(self, ref: JobRef, now: bool = False, wait_s: int | None = None) -> str:
+        """Ask a training job's trainer for a checkpoint first (through the run's object store, the one place both
+        sides reach: _stop_at_checkpoint), waiting up to ``wait_s`` (the run's signal_lead_s) for the store to
+        commit it, then sky.cancel / sky.jobs.cancel; with ``now``, or a job not training yet, the cancel at once.
+        A managed job's controller stops it later, so this waits for that (CANCEL_WAIT_S at most); then where the
+        same launch goes on (stop_note)."""
         before = self.status(ref)
         if before.state.finished:
             return f"job {ref.job_id} had already ended: {before.text}"
         if before.state is JobState.UNKNOWN:
             return f"job {ref.job_id} cannot be cancelled: {before.text}"
-        bridge.call("cancel", **self._args(ref))
-        deadline = time.monotonic() + CANCEL_WAIT_S
-        while not (now := self.status(ref)).state.finished and time.monotonic() < deadline:
-            time.sleep(CANCEL_POLL_S)
-        if not now.state.finished:
+        ended = before
+        if not now and before.state is JobState.RUNNING and self._training(ref):
+            self._stop_at_checkpoint(ref, run_spec(ref).signal_lead_s if wait_s is None else wait_s)
+            ended = self.status(ref)  # it may have ended at its stop (its trainer exits 0: SUCCEEDED)
+        if not ended.state.finished:
+            bridge.call("cancel", **self._args(ref))
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while not (ended := self.status(ref)).state.finished and time.monotonic() < deadline:
+                time.sleep(CANCEL_POLL_S)
+        if not ended.state.finished:
             return (
-                f"cancelling {ref.job_id}: SkyPilot had not stopped it after {CANCEL_WAIT_S} s ({now.text}); "
+                f"cancelling {ref.job_id}: SkyPilot had not stopped it after {CANCEL_WAIT_S} s ({ended.text}); "
                 f"`ftctl status {ref.job_id}` says when it has"
             )
-        return "\n".join(filter(None, [f"cancelled {ref.job_id}", self.stop_note(ref)]))
+        if ended.state is JobState.CANCELLED:
+            return "\n".join(filter(None, [f"cancelled {ref.job_id}", self.stop_note(ref)]))
+        # its trainer stopped at the request and exited 0 before SkyPilot's cancel came (or finished training)
+        return f"{ended.text}, before SkyPilot's cancel\n{saved_note(ref) or goes_on(ref)}"
+
+    def _training(self, ref: JobRef) -> bool:
+        """Whether the job's trainer trains (its log's tail holds its start line or a progress line): one still
+        setting up or loading has nothing to save since its last checkpoint."""
+        lines = self.log_tail(ref).splitlines()
+        return any(line.startswith((START_LINE, PROGRESS_LINE)) for line in lines)
+
+    def _stop_at_checkpoint(self, ref: JobRef, wait_s: int) -> str | None:
+        """Write the stop request (runpaths.STOP_REQUEST; its reader: trainer.callbacks.StopRequest) into the run's
+        output and wait up to ``wait_s`` for the checkpoint its trainer names there in answer to be committed: that
+        checkpoint's name, or None (not asked, not answered or not committed in time, the job ended: the cancel goes
+        on all the same). The request stays, the record of the stop (stop_note); a later trainer ignores it."""
+        endpoint = run_spec(ref).s3_endpoint_url
+        uri = storage.join(ref.output, STOP_REQUEST)
+        asked = {"job": ref.job_id, "id": uuid.uuid4().hex, "asked_unix": round(time.time(), 3)}
+        try:
+            with storage.storage_errors(ref.output, endpoint):
+                fs, path = storage.filesystem(uri, endpoint, quick=True)
+                fs.pipe_file(path, json.dumps(asked).encode())
+        except (OSError, FtctlError) as e:
+            click.echo(f"cannot ask its trainer for a checkpoint in {uri} ({_first_line(e)}): cancelling", err=True)
+            return None
+        click.echo(
+            f"asked job {ref.job_id}'s trainer for a checkpoint at its next step boundary ({uri}); waiting up to "
+            f"{wait_s} s for it to be committed, then SkyPilot's cancel (`ftctl cancel --now {ref.job_id}` cancels at "
+            "once)",
+            err=True,
+        )
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            time.sleep(max(0.0, min(CANCEL_POLL_S, deadline - time.monotonic())))
+            if name := stopped_at(ref, lambda answer: answer.get("id") == asked["id"]):
+                return name
+            if self.status(ref).state.finished:
+                return None
+        click.echo(
+            f"no checkpoint committed within {wait_s} s (`ftctl cancel --wait SECONDS` gives it longer)", err=True
+        )
+        return None
 
     def stop_note(self, ref: JobRef) -> str | None:
-        """SkyPilot's cancel stops the job's processes without a checkpoint of the trainer's own (its SIGTERM to the
-        job goes on to a kill within seconds: on Slurm the job step is scancelled, on a VM the processes killed), so
-        the same launch goes on from the newest checkpoint committed to the output, which is read here."""
+        """Where the same launch goes on: from the checkpoint the trainer saved as `ftctl cancel` asked it to (the
+        request names this job, and its answer was committed), else what SkyPilot's cancel left, the newest
+        checkpoint committed to the output (its SIGTERM to the job goes on to a kill within seconds: on Slurm the
+        job step is scancelled, on a VM the processes killed), which is read here."""
+        if said := saved_note(ref):
+            return said
         said = f"SkyPilot's cancel kills the job without waiting for its trainer to save a checkpoint; {goes_on(ref)}"
         if cluster := not ref.extra.get("managed") and ref.extra.get("cluster"):
             said += f"; onto cluster {cluster} while it is up, from a newer one its nodes kept, where they did"
@@ -288,6 +348,35 @@ class SkyBackend(Backend):
         why = self.available()
         click.echo(f"skypilot: {'ready (' + str(bridge.where()) + ')' if why is True else why}")
         return why is True
+
+
+def saved_note(ref: JobRef) -> str | None:
+    """'its trainer saved checkpoint-N as it stopped; the same `ftctl launch` resumes it ...' where the job's trainer
+    stopped at `ftctl cancel`'s request (the request names the job and the checkpoint of its answer is committed)."""
+    if saved := stopped_at(ref, lambda answer: answer.get("job") == ref.job_id):
+        return f"its trainer saved {saved} as it stopped; {goes_on(ref)}"
+    return None
+
+
+def stopped_at(ref: JobRef, ours) -> str | None:
+    """The checkpoint the trainer named in its answer to the stop request in the run's output (runpaths.STOP_REQUEST)
+    where ``ours(answer)`` and the store committed it; None otherwise (no answer, the store not reachable now)."""
+    from ftctl.checkpoints import list_checkpoints
+
+    endpoint = run_spec(ref).s3_endpoint_url
+    try:
+        with storage.storage_errors(ref.output, endpoint):
+            answer = json.loads(storage.read_text(storage.join(ref.output, STOP_REQUEST), endpoint))
+            name = answer.get("checkpoint") if isinstance(answer, dict) and ours(answer) else None
+            if name and any(c.name == name and c.complete for c in list_checkpoints(ref.output, endpoint_url=endpoint)):
+                return name
+    except (OSError, ValueError, FtctlError):  # none, not answered, or the store not now
+        pass
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def job_id_for(cluster: str, sky_job_id: int, cluster_hash: str | None) -> str:

@@ -26,18 +26,22 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 
 from transformers import TrainerCallback
 
 from ftctl import storage, terminal
+from ftctl.checkpoints import CHECKPOINT_PREFIX
 from ftctl.envvars import STOP_ENV
-from ftctl.runpaths import CHECKPOINT_METRICS
+from ftctl.runpaths import CHECKPOINT_METRICS, PROGRESS_LINE, STOP_REQUEST
 from ftctl.trainer import distributed
 
 log = logging.getLogger(__name__)
 
 PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGHUP)
+STOP_REQUEST_POLL_S = 10.0  # how often rank 0 asks the store for `ftctl cancel`'s stop request (one small GET)
+STOP_REQUEST_SIGNAL = "ftctl cancel's stop request"  # the stop's name in the log and in metrics.jsonl's stop record
 # one held-out dataset's of several (sft_trainer.evaluate); not TRL's eval_aux_loss (a mixture of experts' router)
 DATASET_LOSS = re.compile(r"eval_(?!aux_loss$)(.+)_loss")
 
@@ -154,7 +158,7 @@ class MetricsCallback(TrainerCallback):
 
     @staticmethod
     def _progress(r: dict, state, eta: int | None) -> str:
-        parts = [f"step {state.global_step}/{state.max_steps}", f"loss {r['loss']:.4f}"]
+        parts = [f"{PROGRESS_LINE}{state.global_step}/{state.max_steps}", f"loss {r['loss']:.4f}"]
         if r["lr"] is not None:
             parts.append(f"lr {r['lr']:.2e}")
         if r["grad_norm"] is not None:
@@ -303,6 +307,91 @@ def peak_gpu_memory_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
+class StopRequest:
+    """`ftctl cancel`'s request for a checkpoint and a stop, an object in the run's object-store output
+    (runpaths.STOP_REQUEST): a SkyPilot job's nodes are out of ftctl's reach, the store is not. Rank 0 asks the
+    store for it every ``poll_s`` in a thread of its own, with storage's "ask" limits (a silent store delays nothing
+    but the stop), and ``seen`` is set once it is there. A request already there as the trainer starts (an earlier
+    job's, its cancel cut short) is no stop: only a text other than that one counts, so a relaunch trains on. Once
+    the trainer stops for it, the thread writes the stop's checkpoint into it (:meth:`stopping_at`), which `ftctl
+    cancel` waits to see committed before SkyPilot's cancel kills the job."""
+
+    def __init__(self, output_uri: str, endpoint_url: str | None = None, poll_s: float | None = None):
+        self.uri = storage.join(output_uri, STOP_REQUEST)
+        self.endpoint_url = endpoint_url
+        self.poll_s = STOP_REQUEST_POLL_S if poll_s is None else poll_s
+        self.seen = threading.Event()
+        self._closed = threading.Event()
+        self._checkpoint: str | None = None
+        self._request: dict = {}
+        self._warned = False
+        self._thread = threading.Thread(target=self._watch, name="ftctl-stop-request", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def stopping_at(self, checkpoint: str) -> None:
+        """The trainer stops for the request at ``checkpoint``: said in the request, by the thread."""
+        self._checkpoint = checkpoint
+
+    def _read(self) -> str | None:
+        """The request's text, None where there is none; raises where the store does not answer."""
+        fs, path = storage.filesystem(self.uri, self.endpoint_url, quick=True)
+        try:
+            return fs.cat_file(path).decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+
+    def _ask(self) -> tuple[bool, str | None]:
+        """(whether the store answered, the request's text)."""
+        try:
+            return True, self._read()
+        except Exception as exc:  # noqa: BLE001 - any store error: asked again at the next poll
+            if not self._warned:
+                self._warned = True
+                log.warning("cannot read %s (asked again every %g s): %s", self.uri, self.poll_s,
+                            storage.redact(str(exc)) or type(exc).__name__)  # fmt: skip
+            return False, None
+
+    def _watch(self) -> None:
+        if not self._new_request():
+            return
+        self.seen.set()
+        while self._checkpoint is None and not self._closed.wait(0.2):  # the step boundary the trainer stops at
+            pass
+        if self._checkpoint is not None:
+            self._answer(self._checkpoint)
+
+    def _new_request(self) -> bool:
+        """Ask every ``poll_s`` until a request other than the one there as the watch began is there (True; kept in
+        ``_request``), or the run ends (False)."""
+        answered, earlier = self._ask()
+        while not answered and not self._closed.wait(self.poll_s):
+            answered, earlier = self._ask()
+        if earlier is not None:
+            log.info("%s is there as this run starts (an earlier job's): not a stop", self.uri)
+        while not self._closed.wait(self.poll_s):
+            _, text = self._ask()
+            if text is not None and text != earlier:
+                try:
+                    self._request = json.loads(text)
+                except ValueError:  # not ftctl's JSON: a stop all the same
+                    self._request = {}
+                return True
+        return False
+
+    def _answer(self, checkpoint: str) -> None:
+        text = json.dumps({**(self._request if isinstance(self._request, dict) else {}), "checkpoint": checkpoint})
+        try:
+            fs, path = storage.filesystem(self.uri, self.endpoint_url, quick=True)
+            fs.pipe_file(path, text.encode())
+        except Exception as exc:  # noqa: BLE001 - ftctl cancel then waits for its time and cancels all the same
+            log.warning("cannot answer %s: %s", self.uri, storage.redact(str(exc)) or type(exc).__name__)
+
+
 class PreemptionCallback(TrainerCallback):
     """SIGUSR2 / SIGTERM / SIGHUP -> save a checkpoint at the next step boundary and stop cleanly; a second
     signal stops the run at once, through the handler that was there before (torch's and Slurm's convention).
@@ -310,8 +399,9 @@ class PreemptionCallback(TrainerCallback):
     :meth:`install` the handlers before loading the model (a signal during loading counts too),
     :meth:`uninstall` at the end. ``preempted`` says whether the run stopped for a signal."""
 
-    def __init__(self, signals=PREEMPT_SIGNALS):
+    def __init__(self, signals=PREEMPT_SIGNALS, request: StopRequest | None = None):
         self.signals = signals
+        self.request = request  # rank 0 of a run into an object store: `ftctl cancel`'s request there
         self.received: str | None = None
         self.preempted = False
         self._previous: dict = {}
@@ -323,11 +413,15 @@ class PreemptionCallback(TrainerCallback):
         self._ttys = terminal.ttys()
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
+        if self.request is not None:
+            self.request.start()
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        if self.request is not None:
+            self.request.close()
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGHUP:  # its terminal closed: the checkpoint must not fail on a log line
@@ -350,6 +444,9 @@ class PreemptionCallback(TrainerCallback):
         if self.received is None and stop_file and os.path.exists(stop_file):
             self.received = "stop file"
             log.warning("%s exists: saving a checkpoint at the next step, then stopping", stop_file)
+        if self.received is None and self.request is not None and self.request.seen.is_set():
+            self.received = STOP_REQUEST_SIGNAL
+            log.warning("%s is there: saving a checkpoint at the next step, then stopping", self.request.uri)
         return self.received is not None
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -358,6 +455,8 @@ class PreemptionCallback(TrainerCallback):
                 # the signal's name, not "preempted": a cancel (scancel, docker stop) sends the same SIGTERM
                 why = self.received or "another rank was asked to stop"
                 log.warning("stopping at step %d (%s): saving a checkpoint first", state.global_step, why)
+                if self.request is not None and self.received == STOP_REQUEST_SIGNAL:
+                    self.request.stopping_at(f"{CHECKPOINT_PREFIX}{state.global_step}")
             self.preempted = True
             control.should_save = True
             control.should_training_stop = True

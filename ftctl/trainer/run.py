@@ -196,6 +196,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         NothingToTrain,
         PreemptionCallback,
         StepsAsGiven,
+        StopRequest,
     )
     from ftctl.trainer.data import build_datasets, rows_digest, shared_rows, too_few_sequences
     from ftctl.trainer.masks import use_chat_template
@@ -209,7 +210,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     distributed.check_world(plan, procs)
     local_dir, remote_uri = output_dirs(spec)
     os.makedirs(local_dir, exist_ok=True)
-    preemption = PreemptionCallback()
+    # rank 0 of a run into an object store also heeds `ftctl cancel`'s stop request there (a SkyPilot job's)
+    request = StopRequest(remote_uri, spec.s3_endpoint_url) if remote_uri and procs.is_main else None
+    preemption = PreemptionCallback(request=request)
     preemption.install()  # from here on a signal stops the run cleanly at the first step boundary
     run = Run(spec, plan, procs, local_dir, remote_uri, preemption)
     try:

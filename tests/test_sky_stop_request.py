@@ -1,0 +1,172 @@
+"""`ftctl cancel` of a SkyPilot job asks its trainer for a checkpoint through the run's object store (SkyPilot's own
+cancel kills the job at once, explore14 N3: the trainer saved nothing). The trainer side on CPU with moto and the tiny
+model; the cancel side with SkyPilot's SDK a stand-in (tests/test_sky_jobs.py's) and a stand-in trainer that answers
+through the trainer's own StopRequest."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from ftctl import storage
+from ftctl.checkpoints import list_checkpoints
+from ftctl.runpaths import STOP_REQUEST
+from ftctl.trainer import callbacks
+from tests.test_sky_jobs import FakeSky, cluster_job
+from tests.trainer_fixtures import make_run
+
+TRAINING_LOG = "ftctl: node 0 of 1\nattention: sdpa; Liger kernels: off\nstep 3/100  loss 2.1  ETA 0:01:00\n"
+
+
+def test_a_run_into_s3_stops_at_a_committed_checkpoint_on_the_request_and_a_relaunch_trains_on(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, s3_bucket, monkeypatch
+):
+    """The request appears at step 2 (what `ftctl cancel` writes): the run saves, commits and stops as preempted
+    (a stop, not a failure), and names its checkpoint in the request. The same run launched again, the answered
+    request still there, trains to its end."""
+    from transformers import TrainerCallback
+
+    from ftctl.trainer.run import train
+
+    uri = f"{s3_bucket}/runs/tiny"
+    request = storage.join(uri, STOP_REQUEST)
+    monkeypatch.setattr(callbacks, "STOP_REQUEST_POLL_S", 0.1)
+
+    class Cancel(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                storage.filesystem(request)[0].pipe_file(request.removeprefix("s3://"), b'{"job": "c/2"}')
+            if state.global_step >= 2:
+                time.sleep(0.3)  # a step of a real model: the watcher asks between steps
+
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, uri, "lora", max_steps=12, save_steps=100, resume="auto", lora_r=4, lora_alpha=8
+    )
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "node-a"))
+    monkeypatch.setenv("FTCTL_STATUS_FILE", str(tmp_path / "status"))
+    first = train(spec, plan, callbacks=[Cancel()], echo=lambda line: None)
+    assert first.status == "preempted" and 2 <= first.global_step < 12
+    assert (tmp_path / "status").read_text().strip() == "preempted"
+    name = f"checkpoint-{first.global_step}"
+    assert [c.name for c in list_checkpoints(uri) if c.complete] == [name]
+    assert json.loads(storage.read_text(request)) == {"job": "c/2", "checkpoint": name}
+    stop = [json.loads(line) for line in (tmp_path / "node-a" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert stop["event"] == "stop" and stop["signal"] == callbacks.STOP_REQUEST_SIGNAL and stop["in_store"] is True
+
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "node-b"))  # a fresh node: resumes the store's checkpoint
+    second = train(spec, plan, echo=lambda line: None)
+    assert second.status == "complete" and second.global_step == 12
+
+
+def test_a_request_there_before_the_run_started_is_no_stop(s3_bucket, monkeypatch):
+    """The watcher alone: a request there at its start is an earlier job's; a new one (other text) is a stop."""
+    uri = f"{s3_bucket}/run"
+    request = storage.join(uri, STOP_REQUEST)
+    fs = storage.filesystem(request)[0]
+    fs.pipe_file(request.removeprefix("s3://"), b'{"job": "c/1", "checkpoint": "checkpoint-5"}')
+    watcher = callbacks.StopRequest(uri, poll_s=0.05)
+    watcher.start()
+    try:
+        assert not watcher.seen.wait(0.5)
+        fs.pipe_file(request.removeprefix("s3://"), b'{"job": "c/2"}')
+        assert watcher.seen.wait(5)
+    finally:
+        watcher.close()
+
+
+def _commit(output: str, step: int, tmp_path) -> None:
+    """What the trainer's uploader does with its stop checkpoint: files, then the manifest that commits them."""
+    from ftctl.checkpoints import push, write_manifest
+
+    stage = tmp_path / f"stage-{step}"
+    ckpt = stage / f"checkpoint-{step}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
+    (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 100}))
+    write_manifest(str(ckpt), step, 1, "digest")
+    push(str(stage), output, echo=lambda *_: None)
+
+
+@pytest.fixture
+def committed(s3_bucket, tmp_path) -> str:
+    """s3://.../run holding a committed checkpoint-40."""
+    _commit(f"{s3_bucket}/run", 40, tmp_path)
+    return f"{s3_bucket}/run"
+
+
+def test_cancel_of_a_training_job_waits_for_its_stop_checkpoint_then_cancels(monkeypatch, committed, tmp_path):
+    """explore14 N3: SkyPilot's cancel killed the trainer at step 514 and the relaunch resumed checkpoint-500. Now the
+    cancel asks through the store, waits for the checkpoint the trainer names to be committed, then cancels."""
+    from ftctl import backend
+    from ftctl.backend import record_job
+    from ftctl.sky import backend as sky_backend
+    from ftctl.sky.backend import SkyBackend
+
+    monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0.05)
+    sky = FakeSky(now="hash-1", jobs={2: "RUNNING"}, log=TRAINING_LOG).install(monkeypatch)
+    ref = cluster_job(2, output=committed)
+    record_job(ref)
+    trainer = callbacks.StopRequest(committed, poll_s=0.05)  # the trainer's rank 0, watching the run's output
+    trainer.start()
+    time.sleep(0.5)  # it has read what was there as it started (nothing)
+
+    def stop_when_asked():
+        if trainer.seen.wait(10):
+            assert sky.cancelled == []  # not killed before its checkpoint is in
+            trainer.stopping_at("checkpoint-50")
+            time.sleep(0.3)  # saved, then uploaded: the cancel waits for the commit, not the answer
+            _commit(committed, 50, tmp_path)
+
+    stand_in = threading.Thread(target=stop_when_asked)
+    stand_in.start()
+    try:
+        said = SkyBackend().cancel(ref, wait_s=20).splitlines()
+    finally:
+        trainer.close()
+        stand_in.join()
+    assert sky.cancelled == [2]
+    note = f"its trainer saved checkpoint-50 as it stopped; the same `ftctl launch` resumes it from checkpoint-50 in {committed}"
+    assert said == ["cancelled c/2", note]
+    assert backend.status_lines("c/2") == ["c/2 CANCELLED (on cluster c)", note]
+
+
+def test_cancel_now_or_of_a_job_not_training_asks_nothing_and_an_unanswered_request_is_cancelled_after_the_wait(
+    monkeypatch, committed
+):
+    from ftctl.sky import backend as sky_backend
+    from ftctl.sky.backend import SkyBackend
+
+    monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0.05)
+    request = storage.join(committed, STOP_REQUEST)
+    for log, now in ((TRAINING_LOG, True), ("ftctl: node 0 of 1\nloading the model\n", False)):
+        sky = FakeSky(now="hash-1", jobs={2: "RUNNING"}, log=log).install(monkeypatch)
+        said = SkyBackend().cancel(cluster_job(2, output=committed), now=now).splitlines()
+        assert sky.cancelled == [2] and said[0] == "cancelled c/2" and not storage.exists(request)
+    sky = FakeSky(now="hash-1", jobs={2: "RUNNING"}, log=TRAINING_LOG).install(monkeypatch)
+    said = SkyBackend().cancel(cluster_job(2, output=committed), wait_s=0).splitlines()
+    assert sky.cancelled == [2] and storage.exists(request)  # asked; no answer: cancelled all the same
+    assert said[1].startswith("SkyPilot's cancel kills the job without waiting for its trainer to save a checkpoint")
+
+
+def test_a_job_that_ended_at_its_stop_before_skypilots_cancel_says_it_stopped(monkeypatch, committed, tmp_path):
+    """The trainer exits 0 once its stop checkpoint is in: SkyPilot may record SUCCEEDED before the cancel comes, which
+    read as a finished run."""
+    from ftctl import backend
+    from ftctl.backend import record_job
+
+    FakeSky(now="hash-1", jobs={2: "SUCCEEDED", 3: "SUCCEEDED"}).install(monkeypatch)
+    record_job(cluster_job(2, output=committed))
+    request = storage.join(committed, STOP_REQUEST)
+    storage.filesystem(request)[0].pipe_file(
+        request.removeprefix("s3://"), b'{"job": "c/2", "checkpoint": "checkpoint-50"}'
+    )
+    _commit(committed, 50, tmp_path)
+    assert backend.status_lines("c/2") == [
+        "c/2 SUCCEEDED (on cluster c)",
+        f"its trainer saved checkpoint-50 as it stopped; the same `ftctl launch` resumes it from checkpoint-50 in {committed}",
+    ]
+    record_job(cluster_job(3, output=committed))  # another job's SUCCEEDED: not this stop
+    assert backend.status_lines("c/3") == ["c/3 SUCCEEDED (on cluster c)"]
