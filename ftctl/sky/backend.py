@@ -267,8 +267,11 @@ class SkyBackend(Backend):
             )
         if ended.state is JobState.CANCELLED:
             return "\n".join(filter(None, [f"cancelled {ref.job_id}", self.stop_note(ref)]))
-        # its trainer stopped at the request and exited 0 before SkyPilot's cancel came (or finished training)
-        return f"{ended.text}, before SkyPilot's cancel\n{saved_note(ref) or goes_on(ref)}"
+        if said := saved_note(ref):  # its trainer stopped at the request and exited 0 before SkyPilot's cancel came
+            return (
+                f"stopped {ref.job_id} ({ended.text}: its trainer exited at its stop, before SkyPilot's cancel)\n{said}"
+            )
+        return f"{ended.text}, before SkyPilot's cancel\n{goes_on(ref)}"
 
     def _training(self, ref: JobRef) -> bool:
         """Whether the job's trainer trains (its log's tail holds its start line or a progress line): one still
