@@ -17,7 +17,8 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         # a call for help is answered whatever the config file holds (main checks it for every other command)
-        ctx.meta["help"] = bool({"-h", "--help"} & {*getattr(ctx, "_protected_args", ()), *ctx.args})
+        ctx.meta["argv"] = [*getattr(ctx, "_protected_args", ()), *ctx.args]  # click empties them as it parses
+        ctx.meta["help"] = bool({"-h", "--help"} & set(ctx.meta["argv"]))
         try:
             return super().invoke(ctx)
         except FtctlError as e:
@@ -31,7 +32,8 @@ class _Group(click.Group):
         except click.NoSuchOption as e:  # FastChat's --learning_rate 2e-5: a run key, which goes with -o here
             takes_keys = e.ctx is not None and any(p.name == "overrides" for p in e.ctx.command.params)
             if takes_keys and (said := _run_key_hint(e.option_name, e.ctx.command)):
-                e.message, e.possibilities = f"No such option: {e.option_name}. {said}", None
+                line = _as_run_keys(ctx.meta["argv"], e.ctx.command)
+                e.message, e.possibilities = f"No such option: {e.option_name}. {line or said}", None
             raise
 
 
@@ -44,12 +46,18 @@ def _run_key_hint(option: str, command: click.Command) -> str | None:
     key = canonical_key(word)
     if key not in FIELDS:
         return not_a_key(word)
-    flags = [p.opts[0] for p in command.params if isinstance(p, click.Option) and _FLAG_KEYS.get(p.name, p.name) == key]
+    flag = _flag_for(key, command)
     from ftctl.backend import backend_options
 
-    if not flags and key in set().union(*backend_options().values()):  # `train --partition`: where it is not sent
+    if not flag and key in set().union(*backend_options().values()):  # `train --partition`: where it is not sent
         return None
-    return f"{key} is a run key: {flags[0] + ' VALUE, or ' if flags else ''}-o {key}=VALUE (or {key}: VALUE in a run file)."
+    return f"{key} is a run key: {flag + ' VALUE, or ' if flag else ''}-o {key}=VALUE (or {key}: VALUE in a run file)."
+
+
+def _flag_for(key: str, command: click.Command) -> str | None:
+    """The command's flag for a run key (--model for model_name_or_path), None where it has none."""
+    options = (p for p in command.params if isinstance(p, click.Option))
+    return next((p.opts[0] for p in options if _FLAG_KEYS.get(p.name, p.name) == key), None)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -129,6 +137,36 @@ def run_options(fn=None, placement: bool = True):
     for opt in reversed([*what, *(where if placement else []), overrides]):
         fn = opt(fn)
     return fn
+
+
+def _as_run_keys(argv: list[str], command: click.Command) -> str | None:
+    """A FastChat or TRL command line's --KEY VALUE flags as this command takes them (said one at a time, each cost
+    a retry): its flag for the key where it has one, else -o KEY=VALUE. None where fewer than two name run keys."""
+    import re
+    import shlex
+
+    from ftctl.spec import canonical_key
+
+    known = {o for p in command.params for o in p.opts}
+    line, turned, args = ["ftctl"], 0, list(argv)
+    while args:
+        word = args.pop(0)
+        name, eq, value = word.partition("=")
+        if not name.startswith("--") or name in known or not _run_key_hint(name, command):
+            line.append(word)
+            continue
+        if not eq:  # HF's argparse: a bare --bf16 is true; a value never starts with a dash but a number's
+            takes = args and (not args[0].startswith("-") or re.fullmatch(r"-[\d.]+(e-?\d+)?", args[0]))
+            value = args.pop(0) if takes else "true"
+        key = canonical_key(name.lstrip("-"))
+        flag = _flag_for(key, command)
+        line += [flag, value] if flag else ["-o", f"{key}={value}"]
+        turned += 1
+    if turned < 2:
+        return None
+    return (
+        f"FastChat's and TRL's --KEY VALUE flags are run keys here; as {command.name} takes them:\n  {shlex.join(line)}"
+    )
 
 
 # run flags named otherwise than their run key

@@ -246,6 +246,28 @@ def test_a_fastchat_flag_says_how_its_key_is_given_here():
     assert "run key" not in said("chat", "RUN", "--learning_rate", "1")  # chat takes no run keys
 
 
+def test_a_fastchat_command_lines_flags_are_said_together_as_ftctl_takes_them(tmp_path):
+    """FastChat's train line pasted whole was refused one flag at a time (ten retries); now the first refusal gives
+    the whole line as ftctl takes it, and that line plans."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    fastchat = "--model_name_or_path lmsys/vicuna-7b-v1.5 --bf16 True --output_dir out --num_train_epochs 3"
+    fastchat += " --per_device_train_batch_size 2 --lazy_preprocess True --tf32 --max_steps -1 --learning_rate 2e-5"
+    r = CliRunner().invoke(main, ["plan", *fastchat.split(), "--gpus", "8xA100"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    line = r.output.strip().splitlines()[-1].strip()
+    assert line == (
+        "ftctl plan --model lmsys/vicuna-7b-v1.5 -o bf16=True --output out -o num_train_epochs=3 -o "
+        "per_device_train_batch_size=2 -o lazy_preprocess=True -o tf32=true -o max_steps=-1 -o learning_rate=2e-5 "
+        "--gpus 8xA100"
+    )
+    planned = CliRunner().invoke(main, [*line.split()[1:], "--method", "fft", "--json"])
+    assert planned.exit_code == 0, planned.output
+    assert '"per_device_train_batch_size": 2' in planned.stdout
+
+
 def test_the_run_file_may_be_the_first_argument(tmp_path):
     """`ftctl plan run.yaml` (axolotl's `axolotl train config.yml`) reads it as -c does; two different ones are one
     error, not a guess."""
