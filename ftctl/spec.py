@@ -240,6 +240,7 @@ DECIDED = {
     "gradient_checkpointing_kwargs": "gradient checkpointing (-o gradient_checkpointing=true; the plan chooses it) "
     "runs non-reentrant (use_reentrant: false)",
     "lora_task_type": "lora and qlora train a causal LM's adapters (task_type CAUSAL_LM)",
+    "bias": "lora and qlora train the adapters alone, no bias terms (PEFT LoraConfig's bias: none)",
     "task_type": "lora and qlora train a causal LM's adapters (task_type CAUSAL_LM)",
     "bnb_4bit_compute_dtype": "--method qlora computes in the plan's precision (bf16; fp16 on cards without it)",
     "dataset_num_proc": "rows are checked and tokenised once, before the model loads",
@@ -317,7 +318,9 @@ DECIDED = {
     "use_flash_attention_2": _ATTENTION,
     "dataset_splits": "a Hub dataset's train split is read; for another, name its files (data_path: "
     "hf://datasets/ORG/NAME/data/train_sft-*.parquet), and the held-out split's as eval_data_path",
-    "hub_model_id": "ftctl merge RUN writes a plain model directory; upload it with `hf upload`",
+    "hub_model_id": "ftctl pushes nothing to the Hub (axolotl pushes to its hub_model_id, TRL with push_to_hub): "
+    "after the run `ftctl merge RUN` writes a plain model directory and `hf upload HUB_ID RUN/merged` uploads it; "
+    "leave hub_model_id out",
     "hub_strategy": "ftctl merge RUN writes a plain model directory; upload it with `hf upload`",
     "log_level": "the trainer's log is ftctl's (ftctl logs RUN); FTCTL_DEBUG=1 shows a failure's traceback",
     # TRL's model_init_kwargs (from_pretrained's arguments) and dataset_kwargs, read key by key (NESTED)
@@ -396,6 +399,7 @@ AGREES = {
     "gradient_checkpointing_kwargs": ("{'use_reentrant': false}",),
     "lora_task_type": ("causal_lm",),
     "task_type": ("causal_lm",),
+    "bias": ("none",),
     "dataset_num_proc": None,
     "dataset_train_split": ("train",),
     "save_only_model": ("false",),
@@ -439,7 +443,7 @@ AGREES = {
     "max_memory_MB": None,
     "model_revision": ("main",),  # TRL's ModelConfig default (the alignment handbook's recipes write it out)
     "use_flash_attention_2": ("true",),
-    "hub_model_id": None,  # nothing without push_to_hub (refused but false)
+    "hub_model_id": (),  # axolotl pushes to it (push_to_hub is TRL's): any value refused, not dropped unsaid
     "hub_strategy": None,
     "log_level": None,
     "use_cache": None,

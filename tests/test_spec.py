@@ -1502,13 +1502,26 @@ def test_trls_model_init_kwargs_and_dataset_kwargs_are_read_key_by_key():
     assert "read key by key" in spec_mod.not_a_key("model_init_kwargs")
 
 
+def test_a_hub_model_id_is_refused_not_dropped_and_pefts_bias_none_is_taken():
+    """explore16: axolotl pushes the model to its hub_model_id; ftctl took the key with 'left to ftctl' and pushed
+    nothing. PEFT's LoraConfig(bias="none"), copied into a run file, was an unknown key."""
+    with pytest.raises(FtctlError, match="'hub_model_id' .* ftctl pushes nothing to the Hub .*`hf upload HUB_ID RUN/"):
+        build({"adapter": "qlora", "hub_model_id": "me/llama3-qlora"})
+    assert build({"adapter": "qlora", "hub_model_id": None}).method == "qlora"  # axolotl's examples leave it empty
+    notes: list[str] = []
+    assert build({"method": "lora", "bias": "none", "task_type": "CAUSAL_LM"}, notes=notes).method == "lora"
+    assert notes == ["bias, task_type (run file): left to ftctl, which does what the values given ask"]
+    with pytest.raises(FtctlError, match="'bias' .* no bias terms"):
+        build({"method": "lora", "bias": "lora_only"})
+
+
 def test_the_alignment_handbooks_recipe_keys_say_what_they_are():
     """The alignment handbook's SFT recipes (zephyr-7b-beta config_full.yaml): use_flash_attention_2, hub_model_id,
     hub_strategy, log_level and dataset_splits were unknown keys, two with a misleading neighbour ('data_weights?',
     'strategy?')."""
     notes: list[str] = []
     build(
-        {"use_flash_attention_2": True, "hub_model_id": "zephyr-7b-sft-full", "hub_strategy": "every_save"},
+        {"use_flash_attention_2": True, "hub_model_id": None, "hub_strategy": "every_save"},
         {"log_level": "info"},
         notes=notes,
     )
