@@ -256,9 +256,14 @@ def parse(spec: str, nodes: int | None = None) -> GpuRequest:
     text = re.sub(r"\s+", "-", text)  # "8 x A100", "RTX 4090": as 8xA100, RTX-4090
     if text.isdigit() and (cards := [n for n, (model, _) in _MODELS.items() if model == text]):
         raise FtctlError(f"--gpus {spec!r} reads as a count of GPUs of no type: for the card, --gpus 1x{cards[0]}.")
-    if text.isdigit():
+    if (counted := re.fullmatch(r"((?:\d+x){1,2})(\d+)", text, re.IGNORECASE)) and (
+        cards := [n for n, (model, _) in _MODELS.items() if model == counted.group(2)]
+    ):
+        text = counted.group(1) + cards[0]  # 2x4090: the card's number after a count is the card (RTX4090)
+    if re.fullmatch(r"(?:\d+x){0,2}\d+", text, re.IGNORECASE):  # 8, 2x8: counts alone
         raise FtctlError(
-            f"--gpus {spec!r} names no GPU type, and ftctl plans for one: gpu:TYPE:{text} or {text}xTYPE "
+            f"--gpus {spec!r} names no GPU type, and ftctl plans for one: "
+            f"{f'gpu:TYPE:{text} or ' if text.isdigit() else ''}{text}xTYPE "
             f"(`sinfo -o %G` lists the cluster's). Known types: {', '.join(TIERS)}."
         )
     m = _SKY.match(text)

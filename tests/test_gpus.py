@@ -340,3 +340,12 @@ def test_a_cards_number_alone_is_answered_with_the_card():
         FtctlError, match=r"--gpus '4090' reads as a count of GPUs of no type: for the card, --gpus 1xRTX4090"
     ):
         gpus.parse("4090")
+
+
+def test_a_cards_number_after_a_count_is_the_card():
+    """explore16: `--gpus 2x4090` (and 1x3090) was "Cannot read --gpus", though `--gpus 4090` named RTX4090."""
+    assert str(gpus.parse("2x4090")) == "2xRTX4090"
+    assert str(gpus.parse("1x3090")) == "1xRTX3090"
+    assert str(gpus.parse("2x8x4090")) == "2x8xRTX4090"
+    with pytest.raises(FtctlError, match="--gpus '2x8' names no GPU type, and ftctl plans for one: 2x8xTYPE "):
+        gpus.parse("2x8")
