@@ -503,6 +503,15 @@ def test_a_qlora_adapter_talks_on_the_4bit_base_it_trained_on(tiny_model_dir, ti
     question = "What is the capital of France?"
     asked = chat.answer(loaded.model, loaded.tokenizer, [{"role": "user", "content": question}], chat.Decoding(8))
     assert asked == _greedy(by_hand.eval(), AutoTokenizer.from_pretrained(out), question, 8)
+    # the merge goes into the unquantized base, and says that it does not answer as the run does (explore17)
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+    from ftctl.trainer.merge import QLORA_NOTE
+
+    got = CliRunner().invoke(main, ["merge", str(out), "--out", str(tmp_path / "m")])
+    assert got.exit_code == 0, got.output
+    assert QLORA_NOTE in got.stderr.splitlines()
 
 
 TURNS = (
@@ -713,6 +722,7 @@ def test_merge_through_the_cli_says_what_it_wrote(lora_run, tmp_path):
     assert got.exit_code == 0, got.output
     size = (out / "model.safetensors").stat().st_size / 1e6  # the tiny model's: MB
     assert got.stderr.startswith(f"merging the LoRA adapter {lora_run} into "), got.stderr
+    assert "QLoRA" not in got.stderr  # the note of a qlora run's merge (QLORA_NOTE)
     assert got.stdout.splitlines()[-3:] == [
         f"merged into {out} ({size:.1f} MB of weights): a plain transformers model, no PEFT needed",
         "next:",

@@ -39,13 +39,22 @@ def test_fft_trains_every_weight_and_saves_a_plain_model(tiny_model_dir, tiny_da
     from transformers import AutoModelForCausalLM
 
     spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "fft", report_to="tensorboard")
-    result = _train(spec, plan)
+    umask = os.umask(0o022)
+    try:
+        result = _train(spec, plan)
+    finally:
+        os.umask(umask)
 
     assert result.status == "complete" and result.global_step == 6
     assert math.isfinite(result.final_loss)
     changed = _changed(_state_dict(tiny_model_dir), _state_dict(result.output_dir))
     assert changed == set(_state_dict(tiny_model_dir))  # every tensor moved
     AutoModelForCausalLM.from_pretrained(result.output_dir)  # plain transformers loads it
+    # what a server or a colleague as another user reads (safetensors wrote the weights 0600), served with a KV cache
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in Path(result.output_dir).glob("*.safetensors")} == {
+        "model.safetensors": "0o644"
+    }
+    assert json.loads(Path(result.output_dir, "config.json").read_text())["use_cache"] is True
     records = read_metrics(result.output_dir)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert all(r["tokens_per_s"] > 0 and r["lr"] is not None and r["grad_norm"] is not None for r in records)

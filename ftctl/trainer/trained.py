@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +205,16 @@ def merged_again(adapter_dir, base: str) -> str | None:
         f"adapter goes onto other weights. Train it again over this merge; next time merge into another --out "
         f"(ftctl merge {now.get('adapter') or 'RUN'} --out DIR) to keep the base of the runs trained over the first."
     )
+
+
+def as_umask(directory) -> None:
+    """The files of ``directory`` as readable as the umask lets files be (0644 under 022): safetensors writes its
+    weights 0600 (through a temporary file), which a server or a colleague running as another user cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in Path(directory).iterdir():
+        if file.is_file() and not file.is_symlink():
+            file.chmod(0o666 & ~umask)
 
 
 def tokenizer_source(trained: Trained) -> str:
