@@ -87,7 +87,9 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nod
     checkpoints' recorded settings are compared with."""
     from concurrent.futures import ThreadPoolExecutor
 
-    findings = check_gpus(plan, backend_name, detected) + check_model(spec.model_name_or_path)
+    findings = check_gpus(plan, backend_name, detected) + check_model(
+        spec.model_name_or_path, here=backend_name == "local"
+    )
     findings += check_chat_template(spec.chat_template_path) + check_lora_targets(spec, plan.model)
     with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
         data = [pool.submit(check_data, p, spec.s3_endpoint_url, f) for f, p in spec.data_sources]
@@ -264,6 +266,10 @@ def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Fin
 
 
 # ----------------------------------------------------------------------------------------- model
+_UNCACHED = (
+    "download it where the Hub answers (hf download ORG/NAME --local-dir DIR) and pass --model DIR, or set HF_ENDPOINT "
+    "to a mirror this machine reaches"
+)
 # what check_model's value is, by the flag or argument that gave it: what to give instead
 # a model directory's tokenizer, as transformers' tokenizers save or ship it: tokenizer.json, tokenizer_config.json,
 # tokenizer.model (sentencepiece), vocab.json + merges.txt, vocab.txt, spiece.model, *.tiktoken
@@ -275,10 +281,10 @@ _MODEL_FIX = {
 }
 
 
-def check_model(name_or_path: str, flag: str = "--model") -> list[Finding]:
+def check_model(name_or_path: str, flag: str = "--model", here: bool = False) -> list[Finding]:
     """A local model directory (with config.json), or a hub id the Hub has and lets this account read (its
     config.json, ftctl.hub). Where the Hub cannot be asked: a well-formed id, and HF_TOKEN for the families
-    that gate their models."""
+    that gate their models; ``here`` (the trainer loads it on this machine): an id in the Hugging Face cache."""
     value = str(name_or_path).strip()
     path = Path(value).expanduser()
     fix = _MODEL_FIX[flag]
@@ -318,6 +324,11 @@ def check_model(name_or_path: str, flag: str = "--model") -> list[Finding]:
         except hub.HubError as e:
             if e.kind != "unreachable":
                 return [Finding(ERROR, f"{flag} {value}: {e}", _HUB_FIX[e.kind])]
+            if here:  # the trainer would start, then stop at the download (after torch's import, a queue, ...)
+                why = "HF_HUB_OFFLINE is set" if hub.offline() else str(e)
+                return [
+                    Finding(ERROR, f"{flag} {value} is not in this machine's Hugging Face cache and {why}", _UNCACHED)
+                ]
     # the Hub cannot be asked from here: what can be said without it
     if value.lower().startswith(GATED_PREFIXES) and not os.environ.get("HF_TOKEN"):
         return [

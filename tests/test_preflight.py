@@ -163,6 +163,29 @@ def test_a_slurm_jobs_rows_go_through_the_tokenizer_before_the_queue_wait(tiny_m
     assert preflight.check_tokenized(build({**vars(spec), "model_name_or_path": "org/not-cached"})) == []
 
 
+def test_a_local_run_of_a_hub_id_this_machine_cannot_download_stops_before_the_trainer(monkeypatch, tmp_path):
+    """explore16: `launch --backend local --model Qwen/Qwen2.5-0.5B-Instruct` with no network and no cache started
+    the trainer (torch's imports, 13 s on this CPU), which stopped at the tokenizer's download. A cluster's or a
+    cloud's nodes may reach the Hub: only a run here is refused."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert only(check_model("nobody-e16/not-cached", here=True)) == (
+        "--model nobody-e16/not-cached is not in this machine's Hugging Face cache and HF_HUB_OFFLINE is set; download "
+        "it where the Hub answers (hf download ORG/NAME --local-dir DIR) and pass --model DIR, or set HF_ENDPOINT to a "
+        "mirror this machine reaches"
+    )
+    assert check_model("nobody-e16/not-cached") == []
+    run = ["launch", "--dry-run", "--gpus", "cpu", "--model", "nobody-e16/not-cached", "--model-params", "135m"]
+    run += ["--output", str(tmp_path / "run")]
+    here = CliRunner().invoke(main, [*run, "--backend", "local"])
+    assert here.exit_code == 2 and "not in this machine's Hugging Face cache" in here.output, here.output
+    elsewhere = CliRunner().invoke(main, [*run, "--backend", "slurm"])
+    assert "Hugging Face cache" not in elsewhere.output, elsewhere.output
+
+
 def test_gated_model_wants_hf_token(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     text = only(check_model("meta-llama/Llama-3.1-8B"), WARNING)
@@ -544,7 +567,8 @@ def test_every_problem_reported_together(tmp_path, s3_env, moto_s3, monkeypatch)
     spec = replace(spec, output_dir=str(tmp_path / "x"), model_name_or_path="meta-llama/Llama-3.1-8B")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     spec = replace(spec, gpus="1xA100", data_path="builtin:demo", eval_data_path=None)
-    findings = preflight.preflight(spec, make_plan(spec), "local", detected="1xA100")
+    # (docker: a local run of a hub id the Hub cannot give, as here, is refused instead)
+    findings = preflight.preflight(spec, make_plan(spec), "docker", detected="1xA100")
     assert levels(findings) == [WARNING, WARNING]
     preflight.raise_if_errors(findings)  # warnings pass
     assert preflight.render(findings).startswith("warning: --model meta-llama/Llama-3.1-8B is gated")
