@@ -223,6 +223,21 @@ def test_a_run_trained_on_over_its_merge_says_to_remove_it_first(tmp_path):
     assert said.endswith(f"\n  rm -r {tmp_path / 'merged'} && ftctl merge {tmp_path}")
 
 
+def test_a_run_shorter_than_logging_steps_ends_with_its_mean_loss(tiny_model_dir, tiny_data, tmp_path):
+    """explore16: a TRL file's logging_steps: 10, smoke-run with -o max_steps=2, ended 'complete: step 2, final loss
+    none' though the trainer had the run's mean loss."""
+    from ftctl.trainer.__main__ import loss_said
+    from ftctl.trainer.run import train
+    from tests.trainer_fixtures import make_run
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "lora", max_steps=2, logging_steps=10)
+    done = train(spec, plan, echo=lambda *_: None)
+    assert done.status == "complete" and done.final_loss is None
+    said = loss_said(done, spec)
+    assert said.startswith("mean loss ") and said.endswith(" (no step logged one at logging_steps=10)")
+    assert 0 < float(said.split()[2]) < 20
+
+
 def test_a_fastchat_flag_says_how_its_key_is_given_here():
     """`--learning_rate 2e-5`, pasted from a FastChat train command, was "No such option" and nothing more."""
     from click.testing import CliRunner

@@ -59,11 +59,9 @@ def main(argv=None) -> int:
             return failure.report("memory", gpu_memory.message(e, spec, plan, holds_checkpoint(spec)), 1, e)
         return failure.report("error", failures.exception_line(e), 1, e)
     if rank == 0:
-        loss = "none" if result.final_loss is None else f"{result.final_loss:.4f}"
         # "stopped", not the status word "preempted": a cancel sends the same signal as a preemption
         said = "stopped" if result.status == "preempted" else result.status
-        last = "final" if result.status == "complete" else "last"
-        _say(f"{said}: step {result.global_step}, {last} loss {loss}, output {spec.output}")
+        _say(f"{said}: step {result.global_step}, {loss_said(result, spec)}, output {spec.output}")
         if result.status == "complete":
             _say(next_steps(spec))
     return 0
@@ -78,6 +76,17 @@ def _say(line: str) -> None:
         sys.stdout.flush()
     except OSError:
         pass
+
+
+def loss_said(result, spec) -> str:
+    """The run's last logged loss; where no step logged one (fewer steps than logging_steps: a smoke run), the
+    mean over the run that the trainer reports at its end (it said 'final loss none')."""
+    last = "final" if result.status == "complete" else "last"
+    if result.final_loss is not None:
+        return f"{last} loss {result.final_loss:.4f}"
+    mean = next((h["train_loss"] for h in reversed(result.log_history) if "train_loss" in h), None)
+    unlogged = f"no step logged one at logging_steps={spec.logging_steps}"
+    return f"{last} loss none ({unlogged})" if mean is None else f"mean loss {mean:.4f} ({unlogged})"
 
 
 def next_steps(spec) -> str:
