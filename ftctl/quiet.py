@@ -84,6 +84,10 @@ HARMLESS_LOGS = (
 # (category, message pattern): warnings ftctl's own calls trigger inside libraries
 HARMLESS_WARNINGS = (
     (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),  # TRL reads the old name
+    # and PEFT's prepare_model_for_kbit_training (fp16 qlora) calls it, as does ftctl's own qlora (transformers < 6)
+    (FutureWarning, r"`gradient_checkpointing_enable` is deprecated"),
+    # qlora on CPU: the plan's note says so already (paged optimizers fall back to plain ones)
+    (UserWarning, r"Paged optimizers are not supported on CPU"),
     # FlashAttention 4 (4.0.0b36) passes an argument its CuTe DSL cannot type at each kernel's compile; the
     # kernels compile and run (bench/results/2026-12-01-h200-attention-probe-v34.json)
     (UserWarning, r"Argument aux_data \(position \d+\) cannot be converted to a JitArgument"),

@@ -115,6 +115,28 @@ def test_real_libraries_are_quiet_in_the_trainer_process():
     assert "gemm_4bit_forward" not in out and "Setting accelerator to CPU" not in out, out
 
 
+def test_qlora_on_cpu_prints_no_library_warning_the_run_need_not_act_on(tiny_model_dir):
+    """explore16: a CPU qlora run with gradient checkpointing printed transformers' FutureWarning on
+    gradient_checkpointing_enable (its own call, and PEFT's) and bitsandbytes' paged-optimizer warning, which the
+    plan's note had said already. The real calls, in a process that installed quiet as the trainer does."""
+    code = f"""
+from ftctl import quiet
+quiet.install()
+import torch, bitsandbytes, transformers
+model = transformers.AutoModelForCausalLM.from_pretrained({str(tiny_model_dir)!r})
+model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={{"use_reentrant": False}})
+weight = torch.nn.Parameter(torch.ones(4096))
+optimizer = bitsandbytes.optim.PagedAdamW8bit([weight])
+weight.sum().backward()
+optimizer.step()
+print("stepped")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(), cwd=REPO, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert "stepped" in proc.stdout, out
+    assert "gradient_checkpointing_enable" not in out and "Paged optimizers" not in out, out
+
+
 def test_the_tokenizers_length_warning_is_lowered_and_the_trainer_says_it_better(tiny_model_dir):
     """transformers warns of "indexing errors" for any row longer than the tokenizer's model_max_length; ftctl
     truncates rows itself, so the trainer says instead where model_max_length is over the model's context."""
