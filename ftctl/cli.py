@@ -32,8 +32,9 @@ class _Group(click.Group):
         except click.NoSuchOption as e:  # FastChat's --learning_rate 2e-5: a run key, which goes with -o here
             takes_keys = e.ctx is not None and any(p.name == "overrides" for p in e.ctx.command.params)
             if takes_keys and (said := _run_key_hint(e.option_name, e.ctx.command)):
-                line = _as_run_keys(ctx.meta["argv"], e.ctx.command)
-                e.message, e.possibilities = f"No such option: {e.option_name}. {line or said}", None
+                if line := _as_run_keys(ctx.meta["argv"], e.ctx.command):  # several: the whole line
+                    said = line if _takes(e.option_name) else f"{said}\n{line}"
+                e.message, e.possibilities = f"No such option: {e.option_name}. {said}", None
             raise
 
 
@@ -52,6 +53,13 @@ def _run_key_hint(option: str, command: click.Command) -> str | None:
     if not flag and key in set().union(*backend_options().values()):  # `train --partition`: where it is not sent
         return None
     return f"{key} is a run key: {flag + ' VALUE, or ' if flag else ''}-o {key}=VALUE (or {key}: VALUE in a run file)."
+
+
+def _takes(option: str) -> bool:
+    """Whether -o takes what --OPTION names: a run key, or one ftctl decides (torchrun's --nproc_per_node: neither)."""
+    from ftctl.spec import DECIDED, FIELDS, canonical_key
+
+    return canonical_key(option.lstrip("-")) in FIELDS or option.lstrip("-").replace("-", "_") in DECIDED
 
 
 def _flag_for(key: str, command: click.Command) -> str | None:
@@ -141,14 +149,15 @@ def run_options(fn=None, placement: bool = True):
 
 def _as_run_keys(argv: list[str], command: click.Command) -> str | None:
     """A FastChat or TRL command line's --KEY VALUE flags as this command takes them (said one at a time, each cost
-    a retry): its flag for the key where it has one, else -o KEY=VALUE. None where fewer than two name run keys."""
+    a retry): its flag for the key where it has one, else -o KEY=VALUE; a flag that names no run key but is explained
+    (torchrun's --nproc_per_node) left out, and named. None where fewer than two name run keys."""
     import re
     import shlex
 
     from ftctl.spec import canonical_key
 
     known = {o for p in command.params for o in p.opts}
-    line, turned, args = ["ftctl"], 0, list(argv)
+    line, turned, dropped, args = ["ftctl"], 0, [], list(argv)
     while args:
         word = args.pop(0)
         name, eq, value = word.partition("=")
@@ -158,14 +167,18 @@ def _as_run_keys(argv: list[str], command: click.Command) -> str | None:
         if not eq:  # HF's argparse: a bare --bf16 is true; a value never starts with a dash but a number's
             takes = args and (not args[0].startswith("-") or re.fullmatch(r"-[\d.]+(e-?\d+)?", args[0]))
             value = args.pop(0) if takes else "true"
+        if not _takes(name):
+            dropped.append(name)
+            continue
         key = canonical_key(name.lstrip("-"))
         flag = _flag_for(key, command)
         line += [flag, value] if flag else ["-o", f"{key}={value}"]
         turned += 1
     if turned < 2:
         return None
-    return (
-        f"FastChat's and TRL's --KEY VALUE flags are run keys here; as {command.name} takes them:\n  {shlex.join(line)}"
+    left = f" (left out: {', '.join(dropped)}; `ftctl keys NAME` says what each is here)" if dropped else ""
+    return f"FastChat's and TRL's --KEY VALUE flags are run keys here; as {command.name} takes them{left}:\n  " + (
+        shlex.join(line)
     )
 
 

@@ -132,6 +132,7 @@ ALIASES = {
     "lora_modules": "lora_target_modules",  # the QLoRA paper's qlora.py (all: every linear layer)
     "eval_dataset_size": "eval_split",  # qlora.py's: a number of rows held out
 }
+_TORCHRUN = "torchrun's: ftctl runs torchrun itself"
 # Unknown keys whose nearest spelling means something else: what they are here.
 MEANT = {
     "freeze_layers": "--method sft trains the top trainable_layers blocks and the head, the rest frozen.",
@@ -158,6 +159,12 @@ MEANT = {
     "bfloat16}): torch_dtype, attn_implementation, trust_remote_code, revision ...; ftctl loads the model itself.",
     "dataset_kwargs": "TRL's dataset_kwargs is read key by key, as a mapping (dataset_kwargs: {skip_prepare_dataset: "
     "false}); ftctl prepares the rows itself.",
+    # torchrun's, from a FastChat train script's line: ftctl runs torchrun itself, on every node
+    "nproc_per_node": _TORCHRUN + ", one process a GPU of --gpus (--gpus 8xA100: 8 a node).",
+    "nnodes": _TORCHRUN + "; the nodes are --nodes N (or --gpus 2x8xH100).",
+    "node_rank": _TORCHRUN + "; each node's rank is the one Slurm or SkyPilot gives it.",
+    "master_port": _TORCHRUN + ", its rendezvous on the job's first node at -o rdzv_port (29500).",
+    "master_addr": _TORCHRUN + ", its rendezvous on the job's first node at -o rdzv_port (29500).",
 }
 
 

@@ -281,6 +281,15 @@ def test_a_fastchat_command_lines_flags_are_said_together_as_ftctl_takes_them(tm
     planned = CliRunner().invoke(main, [*line.split()[1:], "--method", "fft", "--json"])
     assert planned.exit_code == 0, planned.output
     assert '"per_device_train_batch_size": 2' in planned.stdout
+    # torchrun's flags before them: said for what they are (--master_port was "Did you mean '--spot'?"), left out
+    torchrun = ["--nproc_per_node", "8", "--master_port=20001", "--model_name_or_path", "m/x", "--bf16", "True"]
+    said = CliRunner().invoke(main, ["launch", *torchrun]).output.strip().splitlines()
+    assert said[-3].endswith(
+        "nproc_per_node is not a run key here. torchrun's: ftctl runs torchrun itself, one process "
+        "a GPU of --gpus (--gpus 8xA100: 8 a node)."
+    )
+    assert "(left out: --nproc_per_node, --master_port; `ftctl keys NAME` says what each is here):" in said[-2]
+    assert said[-1].strip() == "ftctl launch --model m/x -o bf16=True"
 
 
 def test_the_run_file_may_be_the_first_argument(tmp_path):
