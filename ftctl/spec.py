@@ -235,6 +235,10 @@ DECIDED = {
     "wandb_name": _WANDB,
     "wandb_log_model": _WANDB,
     "resume_from_checkpoint": "resume=auto continues output_dir's newest checkpoint; -o resume=PATH another",
+    "auto_resume_from_checkpoints": "resume=auto continues output_dir's newest checkpoint; -o resume=never starts over",
+    "chat_template": "ftctl trains with the model's own chat template (axolotl's tokenizer_default), not axolotl's "
+    "named ones: leave chat_template out for the model's own, or give chat_template_path: a Jinja file or a model "
+    "whose template it is (Qwen/Qwen2.5-0.5B-Instruct for chatml)",
     "lora_model_dir": _ADAPTER_DIR,
     "adapter_name_or_path": _ADAPTER_DIR,  # LLaMA-Factory's
     "model_type": "the model's architecture is read from its config.json",
@@ -407,6 +411,8 @@ AGREES = {
     "lora_task_type": ("causal_lm",),
     "task_type": ("causal_lm",),
     "bias": ("none",),
+    "auto_resume_from_checkpoints": ("true",),  # axolotl's
+    "chat_template": ("tokenizer_default",),  # axolotl's (a dataset entry's: _DATASET_KEYS)
     "dataset_num_proc": None,
     "dataset_train_split": ("train",),
     "save_only_model": ("false",),

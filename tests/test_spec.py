@@ -1515,6 +1515,22 @@ def test_a_hub_model_id_is_refused_not_dropped_and_pefts_bias_none_is_taken():
         build({"method": "lora", "bias": "lora_only"})
 
 
+def test_axolotls_top_level_chat_template_and_auto_resume_say_what_they_are():
+    """explore16: axolotl's `chat_template: chatml` was "Unknown key ... Did you mean 'chat_template_path'?" (a file,
+    not a template's name) and `auto_resume_from_checkpoints: true` an unknown key, in a file otherwise taken."""
+    notes: list[str] = []
+    run = {"adapter": "qlora", "auto_resume_from_checkpoints": True, "chat_template": "tokenizer_default"}
+    assert build(run, notes=notes).resume == "auto"
+    assert notes == [
+        "auto_resume_from_checkpoints, chat_template (run file): left to ftctl, which does what the values given ask"
+    ]
+    with pytest.raises(FtctlError) as e:
+        build({**run, "chat_template": "chatml", "auto_resume_from_checkpoints": False})
+    text = str(e.value)
+    assert "Did you mean" not in text and "not axolotl's named ones: leave chat_template out" in text
+    assert "'auto_resume_from_checkpoints' (run file) is not set by hand here: resume=auto continues" in text
+
+
 def test_the_alignment_handbooks_recipe_keys_say_what_they_are():
     """The alignment handbook's SFT recipes (zephyr-7b-beta config_full.yaml): use_flash_attention_2, hub_model_id,
     hub_strategy, log_level and dataset_splits were unknown keys, two with a misleading neighbour ('data_weights?',
