@@ -723,6 +723,9 @@ def test_merge_through_the_cli_says_what_it_wrote(lora_run, tmp_path):
     size = (out / "model.safetensors").stat().st_size / 1e6  # the tiny model's: MB
     assert got.stderr.startswith(f"merging the LoRA adapter {lora_run} into "), got.stderr
     assert "QLoRA" not in got.stderr  # the note of a qlora run's merge (QLORA_NOTE)
+    # the weights as readable as the rest (safetensors wrote them 0600), a tokenizer class transformers 4 knows too
+    assert oct((out / "model.safetensors").stat().st_mode & 0o777) == oct((out / "config.json").stat().st_mode & 0o777)
+    assert json.loads((out / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert got.stdout.splitlines()[-3:] == [
         f"merged into {out} ({size:.1f} MB of weights): a plain transformers model, no PEFT needed",
         "next:",

@@ -36,7 +36,7 @@ def _changed(before: dict, after: dict) -> set[str]:
 
 # ------------------------------------------------------------------------------------------ methods
 def test_fft_trains_every_weight_and_saves_a_plain_model(tiny_model_dir, tiny_data, tmp_path, one_thread):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "fft", report_to="tensorboard")
     umask = os.umask(0o022)
@@ -55,6 +55,12 @@ def test_fft_trains_every_weight_and_saves_a_plain_model(tiny_model_dir, tiny_da
         "model.safetensors": "0o644"
     }
     assert json.loads(Path(result.output_dir, "config.json").read_text())["use_cache"] is True
+    # its tokenizer's class is one transformers 4 knows too (vLLM, TGI, mlx-lm, convert_hf_to_gguf.py on it)
+    tokenizer_config = json.loads(Path(result.output_dir, "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert AutoTokenizer.from_pretrained(result.output_dir).chat_template
+    config = json.loads(Path(result.output_dir, "config.json").read_text())  # RoPE's base where transformers 4 reads it
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] == 10000.0
     records = read_metrics(result.output_dir)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert all(r["tokens_per_s"] > 0 and r["lr"] is not None and r["grad_norm"] is not None for r in records)
@@ -349,6 +355,35 @@ def test_merge_gives_the_same_logits_as_the_adapter(tiny_model_dir, tiny_data, t
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     with torch.no_grad():
         assert not torch.allclose(base(ids).logits, a, atol=1e-5)  # the adapter did change something
+
+
+def test_a_saved_models_rope_settings_are_where_transformers_4_reads_them_too(tmp_path):
+    """transformers 5 writes them only in rope_parameters; 4 (vLLM or TGI on it, convert_hf_to_gguf.py) took its
+    default base instead, silently (a merged SmolLM2 read by 4.57: 40% of next tokens as 5 reads it)."""
+    from ftctl.trainer.trained import for_other_readers
+
+    llama3 = {"rope_type": "llama3", "factor": 32.0, "original_max_position_embeddings": 8192, "rope_theta": 5e5}
+    cases = {
+        "llama3": {"rope_parameters": llama3},
+        "partial": {"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+        "nested": {
+            "rope_parameters": {"full_attention": {"rope_theta": 1e6}, "sliding_attention": {"rope_theta": 1e4}}
+        },
+    }
+    for name, config in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        for_other_readers(tmp_path / name)
+    read = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in cases}
+    assert read["llama3"]["rope_theta"] == 5e5 and read["llama3"]["rope_parameters"] == llama3
+    assert read["llama3"]["rope_scaling"] == {
+        "rope_type": "llama3",
+        "factor": 32.0,
+        "original_max_position_embeddings": 8192,
+    }
+    assert read["partial"]["rope_theta"] == 1e4 and read["partial"]["partial_rotary_factor"] == 0.5
+    assert "rope_scaling" not in read["partial"]
+    assert read["nested"] == cases["nested"]  # per layer type: transformers 4 has its own keys for each model
 
 
 def test_merge_refuses_a_full_model(tiny_model_dir):

@@ -98,7 +98,7 @@ def merge(
             record = {"adapter": named or str(adapter.path.resolve()), "adapter_digest": adapter_digest(adapter.path)}
             text = json.dumps({**record, "merged_at": time.strftime("%Y-%m-%d %H:%M")}) + "\n"
             (tmp / MERGE_RECORD).write_text(text)
-        trained_mod.as_umask(tmp)  # the weights came out 0600
+        trained_mod.for_other_readers(tmp)
         os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)
     log.info("merged %s into %s (%s) -> %s", adapter.path, adapter.base, precision, out)
     return out

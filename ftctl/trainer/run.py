@@ -59,7 +59,7 @@ from ftctl.runpaths import (
 from ftctl.spec import RunSpec, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, model_card, reshard
 from ftctl.trainer.methods import ADAPTER_METHODS
-from ftctl.trainer.trained import as_umask, keep_base_merge
+from ftctl.trainer.trained import for_other_readers, keep_base_merge
 
 if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at import time
     from ftctl.trainer.attention import Kernels
@@ -668,7 +668,7 @@ def room_to_save(plan: Plan, local_dir: str, remote_uri: str | None, final: bool
 def publish_final(staging: str, top: str) -> None:
     """Move the final model saved in ``staging`` to the top of the output, its config (the mark of a final model:
     checkpoints.settings.final_saved) last, after an earlier one's config is gone."""
-    as_umask(staging)  # safetensors' 0600 weights: a server or a colleague as another user reads them as the rest
+    for_other_readers(staging)  # weights not 0600; tokenizer class and RoPE as transformers 4 reads them too
     for mark in FINAL_MARKS:
         Path(top, mark).unlink(missing_ok=True)
     for name in sorted(os.listdir(staging), key=lambda name: name in FINAL_MARKS):

@@ -207,14 +207,59 @@ def merged_again(adapter_dir, base: str) -> str | None:
     )
 
 
-def as_umask(directory) -> None:
-    """The files of ``directory`` as readable as the umask lets files be (0644 under 022): safetensors writes its
-    weights 0600 (through a temporary file), which a server or a colleague running as another user cannot read."""
+def for_other_readers(directory) -> None:
+    """A model or adapter directory just saved, made readable to the tools it is handed to next (explore17): its files
+    as the umask lets files be, its tokenizer's class and its RoPE settings as transformers 4 reads them too (vLLM or
+    TGI on it, mlx-lm, llama.cpp's convert_hf_to_gguf.py). What transformers 5 reads is unchanged."""
+    _as_umask(Path(directory))
+    _edit_json(Path(directory, "tokenizer_config.json"), _tokenizer_class_v4)
+    _edit_json(Path(directory, MODEL_CONFIG), _rope_v4)
+
+
+def _as_umask(directory: Path) -> None:
+    """safetensors writes its weights 0600 (through a temporary file): a server or a colleague running as another
+    user could not read them."""
     umask = os.umask(0)
     os.umask(umask)
-    for file in Path(directory).iterdir():
+    for file in directory.iterdir():
         if file.is_file() and not file.is_symlink():
             file.chmod(0o666 & ~umask)
+
+
+def _edit_json(path: Path, edit) -> None:
+    """``edit(dict)`` -> whether it changed it; written back as transformers writes its JSON files."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(data, dict) and edit(data):
+        path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _tokenizer_class_v4(config: dict) -> bool:
+    """transformers 5 saves a tokenizer of the generic class (PreTrainedTokenizerFast: Llama 3's, the demo's) as
+    "TokenizersBackend", which transformers 4 refuses ("Tokenizer class TokenizersBackend does not exist"); the old
+    name loads the same tokenizer in both."""
+    if config.get("tokenizer_class") != "TokenizersBackend":
+        return False
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    return True
+
+
+def _rope_v4(config: dict) -> bool:
+    """transformers 5 writes RoPE's settings only in ``rope_parameters``; transformers 4 reads ``rope_theta`` (and
+    ``rope_scaling``, ``partial_rotary_factor``) at the top and, without them, silently takes its default base (SmolLM2's
+    100000 read as 10000: wrong positions). Written beside them where absent; 5 reads ``rope_parameters`` first."""
+    rope = config.get("rope_parameters")
+    if not isinstance(rope, dict) or not isinstance(rope.get("rope_theta"), (int, float)) or "rope_theta" in config:
+        return False  # none, per layer type (nested), or said at the top already
+    config["rope_theta"] = rope["rope_theta"]
+    if "partial_rotary_factor" in rope and "partial_rotary_factor" not in config:
+        config["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    if scaling.get("rope_type", "default") != "default" and not config.get("rope_scaling"):
+        config["rope_scaling"] = scaling
+    return True
 
 
 def tokenizer_source(trained: Trained) -> str:
