@@ -278,6 +278,10 @@ TOKENIZER_SUFFIXES = (".tiktoken",)
 _MODEL_FIX = {
     "--model": "pass a model directory (with config.json) or a hub id such as org/name.",
     "RUN": "give a run's output directory (its --output), one of its checkpoints, or a model id such as org/name.",
+    # an adapter's base as its adapter_config.json names it (trained.base_path): a path of the machine it trained on
+    "the adapter's base": "put the same model at that path here, or write where it is here as base_model_name_or_path "
+    "in the adapter's adapter_config.json (`ftctl merge` takes --base DIR).",
+    "--base": "pass a model directory (with config.json) or a hub id such as org/name.",
 }
 
 

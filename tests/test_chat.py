@@ -733,6 +733,31 @@ def test_merge_through_the_cli_says_what_it_wrote(lora_run, tmp_path):
     ]
 
 
+def test_an_adapters_base_not_on_this_machine_is_said_with_the_fix(lora_run, tmp_path):
+    """A run copied from the machine it trained on names its base there (an absolute path): chat, eval and merge said
+    '--model PATH: no such directory', a flag none of them takes (explore17)."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    run = shutil.copytree(lora_run, tmp_path / "copied run", ignore=shutil.ignore_patterns("checkpoint-*"))
+    config = json.loads((run / "adapter_config.json").read_text())
+    gone = str(tmp_path / "on the other machine" / "base")
+    (run / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": gone}))
+    for args in (["merge", str(run), "--out", str(tmp_path / "m")], ["chat", str(run), "-p", "hi"]):
+        got = CliRunner().invoke(main, args)
+        assert got.exit_code == 2, got.output
+        assert (
+            f"error: the adapter's base {gone}: no such directory; put the same model at that path here" in got.output
+        )
+        assert "--model" not in got.output and "Traceback" not in got.output
+    assert not (tmp_path / "m").exists() and not list(tmp_path.glob(".m.partial-*"))
+    got = CliRunner().invoke(main, ["merge", str(run), "--out", str(tmp_path / "m"), "--base", gone])
+    assert got.exit_code == 2 and f"error: --base {gone}: no such directory;" in got.output, got.output
+
+
 def test_merge_into_a_pre_quantized_base_says_to_merge_into_the_model_it_was_made_from(
     lora_run, tiny_model_dir, tmp_path
 ):

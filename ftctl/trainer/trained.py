@@ -158,7 +158,7 @@ def load(trained: Trained, precision: str, device_map=None, as_trained: bool = F
     (the unquantized model a pre-quantized base was made from)."""
     from transformers import AutoModelForCausalLM
 
-    from ftctl.trainer.model import nf4_config, resolve_model, torch_dtype
+    from ftctl.trainer.model import nf4_config, torch_dtype
 
     dtype = torch_dtype(precision)
     if not trained.adapter:
@@ -168,11 +168,19 @@ def load(trained: Trained, precision: str, device_map=None, as_trained: bool = F
     quant = {"quantization_config": nf4_config(dtype)} if as_trained and trained.method == "qlora" else {}
     if quant and device_map is None:
         device_map = {"": "cpu"}
-    base_path = resolve_model(base or trained.base)
+    base_path = resolve_base(trained, base)
     if base is None and (again := merged_again(trained.path, base_path)):
         log.warning("%s", again)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, device_map=device_map, **quant)
     return PeftModel.from_pretrained(model, str(trained.path))
+
+
+def resolve_base(trained: Trained, base: str | None = None) -> str:
+    """Where the adapter's base loads from: ``base`` (merge's --base), else the one its adapter_config.json names; one
+    that is not here (a path of the machine the run trained on) is said as such, with the fix."""
+    from ftctl.trainer.model import resolve_model
+
+    return resolve_model(base, flag="--base") if base else resolve_model(trained.base, flag="the adapter's base")
 
 
 def keep_base_merge(adapter_dir: str, base: str) -> None:
@@ -267,9 +275,7 @@ def tokenizer_source(trained: Trained) -> str:
     else the base's."""
     if (trained.path / "tokenizer_config.json").is_file() or not trained.adapter:
         return str(trained.path)
-    from ftctl.trainer.model import resolve_model
-
-    return resolve_model(trained.base)
+    return resolve_base(trained)
 
 
 def download_top(uri: str, local: str, endpoint_url: str | None = None) -> str:
