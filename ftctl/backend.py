@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ftctl import gpus as gpu_table
-from ftctl import userconfig
+from ftctl import lease, userconfig
 from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import container_kind
 from ftctl.plan import Plan, dump_run, make_plan, with_lora_targets
@@ -630,7 +630,8 @@ def _text_or_none(path: Path) -> str | None:
 def refuse_a_second_job(rendered: Rendered) -> None:
     """Refuse a launch into the run directory (or object-store output) of a job launched from here that is still
     queued or running: both would write the same checkpoints and metrics, and the new spec.json would replace the
-    one the first job reads when it is requeued. Only those jobs are asked for their state."""
+    one the first job reads when it is requeued. Only those jobs are asked for their state. An object-store output
+    whose trainer holds its lease now (ftctl.lease) is refused too, whoever launched its job (another laptop)."""
     same = [
         ref
         for ref, _ in recorded_jobs()
@@ -652,6 +653,8 @@ def refuse_a_second_job(rendered: Rendered) -> None:
             )
     if rendered.spec.backend != "local":  # the local backend's own check asked it
         refuse_a_held_run_dir(rendered)
+    if said := lease.refusal(rendered.spec.output, rendered.spec.s3_endpoint_url):  # a job launched from elsewhere
+        raise FtctlError(said)
 
 
 def refuse_a_held_run_dir(rendered: Rendered) -> None:

@@ -54,6 +54,9 @@ SLURM_STOP_PATTERN = "stop.{job}.{attempt}"
 # and a stop there, as the nodes are out of its reach and the store is not (trainer.callbacks.StopRequest); the trainer
 # answers in it with the stop's checkpoint
 STOP_REQUEST = ".ftctl/stop-request"
+# ... and the lease of the trainer writing into it now, renewed while it trains (ftctl.lease): a launch into an output
+# whose lease is live is refused, as the run directory's train_lock refuses a second trainer on a disk
+TRAIN_LEASE = ".ftctl/train-lease"
 
 
 # a job script's own logs in the output before ftctl starts (#SBATCH --output=$OUT/slurm-%j.out): no user's work

@@ -509,6 +509,7 @@ def test_no_module_imports_upward():
         "failures": 1,
         "demo": 1,
         "spec": 2,
+        "lease": 2,  # storage, runpaths
         "plan": 3,
         "checkpoints": 3,
         "preflight": 3,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import click
 
-from ftctl import storage
+from ftctl import lease, storage
 from ftctl.backend import (
     PREFLIGHT_KEYS,
     Backend,
@@ -265,7 +265,8 @@ class SkyBackend(Backend):
                 f"cancelling {ref.job_id}: SkyPilot had not stopped it after {CANCEL_WAIT_S} s ({ended.text}); "
                 f"`ftctl status {ref.job_id}` says when it has"
             )
-        if ended.state is JobState.CANCELLED:
+        if ended.state is JobState.CANCELLED:  # a trainer killed keeps its lease on the output until it goes stale
+            lease.release(ref.output, run_spec(ref).s3_endpoint_url, lease_holder(ref))
             return "\n".join(filter(None, [f"cancelled {ref.job_id}", self.stop_note(ref)]))
         if said := saved_note(ref):  # its trainer stopped at the request and exited 0 before SkyPilot's cancel came
             return (
@@ -376,6 +377,13 @@ def stopped_at(ref: JobRef, ours) -> str | None:
     except (OSError, ValueError, FtctlError):  # none, not answered, or the store not now
         pass
     return None
+
+
+def lease_holder(ref: JobRef) -> str:
+    """How the holder of the lease (ftctl.lease.holder_id) a job's trainer keeps on its output ends: SkyPilot's task id
+    is ..._CLUSTER_JOBID for a cluster's job and ..._NAME_JOBID-0 for a managed job's (named after the run)."""
+    x = ref.extra
+    return f"_{ref.name}_{x['sky_job_id']}-0" if x.get("managed") else f"_{x.get('cluster')}_{x['sky_job_id']}"
 
 
 def _first_line(e: BaseException) -> str:
