@@ -221,6 +221,20 @@ class Backend:
     def status(self, ref: JobRef) -> JobStatus:
         raise FtctlError(f"{self.name} runs have no job queue: ftctl launch ran job {ref.job_id} in the foreground.")
 
+    def state_lines(self, refs: list[JobRef]) -> list[str]:
+        """Each job's state line without its id, for `ftctl jobs` ("unknown: why" where the backend cannot say), the
+        jobs asked at once; a backend that can ask for them all in one call does (SkyPilot)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(ref: JobRef) -> str:
+            try:
+                return self.status(ref).text.removeprefix(f"{ref.job_id} ")
+            except FtctlError as e:
+                return f"unknown: {str(e).splitlines()[0]}"
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(one, refs))
+
     def logs(self, ref: JobRef, follow: bool) -> None:
         self.status(ref)
 
@@ -742,14 +756,22 @@ def jobs_table(last: int) -> str:
             "SkyPilot or docker, and each run it trains here."
         )
 
-    def state(ref: JobRef) -> str:
-        try:
-            return get(ref.backend).status(ref).text.removeprefix(f"{ref.job_id} ")
-        except FtctlError as e:
-            return f"unknown: {str(e).splitlines()[0]}"
+    by_backend: dict[str, list[int]] = {}
+    for i, (ref, _) in enumerate(jobs):
+        by_backend.setdefault(ref.backend, []).append(i)
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        states = list(pool.map(state, [ref for ref, _ in jobs]))
+    def lines_of(name: str) -> list[str]:
+        refs = [jobs[i][0] for i in by_backend[name]]
+        try:
+            return get(name).state_lines(refs)
+        except FtctlError as e:
+            return [f"unknown: {str(e).splitlines()[0]}"] * len(refs)
+
+    states = [""] * len(jobs)
+    with ThreadPoolExecutor(max_workers=len(by_backend)) as pool:  # the backends at once
+        for name, lines in zip(by_backend, pool.map(lines_of, by_backend)):
+            for i, line in zip(by_backend[name], lines):
+                states[i] = line
     # a reason that is the same for several jobs (the cluster unreachable) is said once, below the table
     shared = [why for why in dict.fromkeys(states) if why.startswith("unknown: ") and states.count(why) > 1]
     rows = [("JOB", "BACKEND", "OUTPUT", "LAUNCHED", "STATE")]  # the output tells runs apart, not their name

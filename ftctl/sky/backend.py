@@ -214,7 +214,19 @@ class SkyBackend(Backend):
         }
 
     def status(self, ref: JobRef) -> JobStatus:
-        out = bridge.call("status", **self._args(ref))
+        return self._status(ref, bridge.call("status", **self._args(ref)))
+
+    def state_lines(self, refs: list[JobRef]) -> list[str]:
+        """One SkyPilot call for all of them (sdk.statuses), and no note (what `ftctl status` adds reads the store)."""
+        answers = bridge.call("statuses", jobs=[self._args(ref) for ref in refs])
+        return [
+            f"unknown: SkyPilot: {out['error']}"
+            if "error" in out
+            else self._status(ref, out, notes=False).text.removeprefix(f"{ref.job_id} ")
+            for ref, out in zip(refs, answers)
+        ]
+
+    def _status(self, ref: JobRef, out: dict, notes: bool = True) -> JobStatus:
         word = out["status"]
         where = "managed job" if ref.extra.get("managed") else f"on cluster {ref.extra.get('cluster')}"
         detail = out.get("detail") or ""
@@ -224,8 +236,9 @@ class SkyBackend(Backend):
         if detail and word.startswith("FAILED"):  # a managed job's failure_reason
             text += f": {detail}"
         # a torn-down cluster's job: how it ended went with the cluster; where the same launch goes on did not
-        note = goes_on(ref) if word == "GONE" and not ref.extra.get("managed") else None
-        if word == "SUCCEEDED":  # its trainer may have stopped at `ftctl cancel`'s request and exited before the cancel
+        note = goes_on(ref) if notes and word == "GONE" and not ref.extra.get("managed") else None
+        # its trainer may have stopped at `ftctl cancel`'s request and exited before the cancel
+        if notes and word == "SUCCEEDED":
             note = saved_note(ref)
         return JobStatus(SKY_STATES.get(word, JobState.UNKNOWN), text, note=note)
 
