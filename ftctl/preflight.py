@@ -267,8 +267,8 @@ def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Fin
 
 # ----------------------------------------------------------------------------------------- model
 _UNCACHED = (
-    "download it where the Hub answers (hf download ORG/NAME --local-dir DIR) and pass --model DIR, or set HF_ENDPOINT "
-    "to a mirror this machine reaches"
+    "download it where the Hub answers (hf download ORG/NAME --local-dir DIR) and give DIR instead, or set HF_ENDPOINT "
+    "to a mirror this machine reaches (HF_TOKEN for a gated model)"
 )
 # what check_model's value is, by the flag or argument that gave it: what to give instead
 # a model directory's tokenizer, as transformers' tokenizers save or ship it: tokenizer.json, tokenizer_config.json,
@@ -328,10 +328,10 @@ def check_model(name_or_path: str, flag: str = "--model", here: bool = False) ->
         except hub.HubError as e:
             if e.kind != "unreachable":
                 return [Finding(ERROR, f"{flag} {value}: {e}", _HUB_FIX[e.kind])]
-            if here:  # the trainer would start, then stop at the download (after torch's import, a queue, ...)
+            if here:  # the trainer would start, then stop at the download; chat and merge waited ~50 s for it
                 why = "HF_HUB_OFFLINE is set" if hub.offline() else str(e)
                 return [
-                    Finding(ERROR, f"{flag} {value} is not in this machine's Hugging Face cache and {why}", _UNCACHED)
+                    Finding(ERROR, f"{flag} {value}: not in this machine's Hugging Face cache, and {why}", _UNCACHED)
                 ]
     # the Hub cannot be asked from here: what can be said without it
     if value.lower().startswith(GATED_PREFIXES) and not os.environ.get("HF_TOKEN"):

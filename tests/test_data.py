@@ -1427,7 +1427,9 @@ def test_an_unreachable_hub_is_one_line_at_once(tmp_path, monkeypatch):
     start = time.monotonic()
     with pytest.raises(FtctlError) as e:
         load_tokenizer("Org/Not-Cached-7B")
-    assert str(e.value).startswith("Cannot load the tokenizer of 'Org/Not-Cached-7B': the Hub (http://127.0.0.1:")
+    assert str(e.value).startswith(
+        "--model Org/Not-Cached-7B: not in this machine's Hugging Face cache, and the Hub (http://127.0.0.1:"
+    )  # (resolve_model's, as chat's and merge's: preflight.check_model)
     assert "did not answer" in str(e.value) and time.monotonic() - start < 10
 
 

@@ -173,9 +173,9 @@ def test_a_local_run_of_a_hub_id_this_machine_cannot_download_stops_before_the_t
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert only(check_model("nobody-e16/not-cached", here=True)) == (
-        "--model nobody-e16/not-cached is not in this machine's Hugging Face cache and HF_HUB_OFFLINE is set; download "
-        "it where the Hub answers (hf download ORG/NAME --local-dir DIR) and pass --model DIR, or set HF_ENDPOINT to a "
-        "mirror this machine reaches"
+        "--model nobody-e16/not-cached: not in this machine's Hugging Face cache, and HF_HUB_OFFLINE is set; download "
+        "it where the Hub answers (hf download ORG/NAME --local-dir DIR) and give DIR instead, or set HF_ENDPOINT to a "
+        "mirror this machine reaches (HF_TOKEN for a gated model)"
     )
     assert check_model("nobody-e16/not-cached") == []
     run = ["launch", "--dry-run", "--gpus", "cpu", "--model", "nobody-e16/not-cached", "--model-params", "135m"]
@@ -184,6 +184,32 @@ def test_a_local_run_of_a_hub_id_this_machine_cannot_download_stops_before_the_t
     assert here.exit_code == 2 and "not in this machine's Hugging Face cache" in here.output, here.output
     elsewhere = CliRunner().invoke(main, [*run, "--backend", "slurm"])
     assert "Hugging Face cache" not in elsewhere.output, elsewhere.output
+
+
+def test_chat_of_a_hub_id_the_hub_cannot_give_is_said_in_seconds(tmp_path):
+    """explore16: `ftctl chat Qwen/Qwen2.5-0.5B-Instruct` with no network waited ~50 s on huggingface_hub's retries
+    (with one of its lines) before the error; resolve_model asks the Hub once, quickly, as preflight does."""
+    from tests.trainer_fixtures import subprocess_env
+
+    hub = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = subprocess_env(HF_ENDPOINT=hub, HF_HUB_CACHE=str(tmp_path / "hub"))
+    start = time.monotonic()
+    said = subprocess.run(
+        [str(FTCTL), "chat", "nobody-e16/not-cached", "-p", "hi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert said.returncode == 2 and "Traceback" not in said.stderr, said.stderr
+    assert said.stderr.splitlines() == [
+        f"error: Cannot load nobody-e16/not-cached: it is not a directory here (in {tmp_path}), and as a model id: not in "
+        f"this machine's Hugging Face cache, and the Hub ({hub}) did not answer (ConnectError); download it where the "
+        "Hub answers (hf download ORG/NAME --local-dir DIR) and give DIR instead, or set HF_ENDPOINT to a mirror this "
+        "machine reaches (HF_TOKEN for a gated model)"
+    ]
+    assert time.monotonic() - start < 20
 
 
 def test_gated_model_wants_hf_token(monkeypatch):

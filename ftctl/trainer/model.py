@@ -24,7 +24,6 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from ftctl import hub
 from ftctl.errors import FtctlError
 from ftctl.spec import DEMO_MODEL, is_demo_model
 
@@ -125,12 +124,13 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 def resolve_model(name_or_path: str, flag: str = "--model") -> str:
     """A path or id transformers can load: the demo model's id becomes its local directory. A
     missing directory or a malformed id is refused first, in preflight's words (one owner), naming the
-    ``flag`` that gave it."""
+    ``flag`` that gave it; so is an id neither in the Hugging Face cache nor downloadable (one quick ask of the Hub:
+    huggingface_hub's own retries took ~50 s to say it)."""
     if is_demo_model(name_or_path):
         return str(ensure_demo_model())
     from ftctl.preflight import check_model, raise_if_errors
 
-    raise_if_errors(check_model(name_or_path, flag))
+    raise_if_errors(check_model(name_or_path, flag, here=True))
     return name_or_path
 
 
@@ -138,15 +138,7 @@ def resolve_model(name_or_path: str, flag: str = "--model") -> str:
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
-    path = resolve_model(name_or_path)
-    if hub.HUB_ID.match(path) and not Path(path).exists():  # the Hub asked once, quickly: its download's retries
-        try:  # took ~50 s of log lines to say an unreachable Hub
-            hub.model_config(path)
-        except hub.HubError as e:
-            raise FtctlError(
-                f"Cannot load the tokenizer of {name_or_path!r}: {e}. Pass a local model directory, or a model id "
-                "this machine can download (HF_TOKEN for gated models, HF_ENDPOINT for a mirror)."
-            ) from None
+    path = resolve_model(name_or_path)  # an id the Hub cannot give here is said by it, at once
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except OSError as e:
