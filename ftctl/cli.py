@@ -447,18 +447,18 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare, plai
 def eval_(run, paths, max_length, batch_size, compare):
     """Held-out loss, perplexity and token accuracy of what a run trained on a dataset (RUN as for chat); of each of
     several, then of all together."""
+    from ftctl import preflight
     from ftctl.spec import RunSpec, join_paths, split_paths
     from ftctl.trainer import chat as chat_mod
     from ftctl.trainer.data import build_dataset
-    from ftctl.trainer.formats import resolve_files
     from ftctl.trainer.heldout import report, score
 
     try:
         names = split_paths(join_paths(paths))
     except ValueError as e:
         raise FtctlError(f"{e}.") from None
-    for name in names:  # a typo is said before the model's load (minutes for a 7B model on CPU)
-        resolve_files(name, held_out=True)
+    # a typo, or rows that are no conversation, said before the model's load (minutes for a 7B model on CPU)
+    preflight.raise_if_errors([f for name in names for f in preflight.check_data(name, flag="--data", held_out=True)])
     loaded = chat_mod.load(run, echo=_progress)
     recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
     every = loaded.found.recorded("spec", "assistant_only_loss") is False if loaded.found else False  # as it trained

@@ -345,6 +345,10 @@ def test_eval_says_a_missing_data_path_before_it_loads_the_model(tmp_path):
 
     got = CliRunner().invoke(main, ["eval", str(tmp_path / "no-run"), "--data", str(tmp_path / "nothere.jsonl")])
     assert got.exit_code == 2 and f"No data at {tmp_path / 'nothere.jsonl'}" in got.output
+    # rows that are no conversation (explore16: said once the model had loaded), as the launch's preflight says them
+    (tmp_path / "qa.jsonl").write_text('{"question": "q", "answer": "a"}\n')
+    got = CliRunner().invoke(main, ["eval", str(tmp_path / "no-run"), "--data", str(tmp_path / "qa.jsonl")])
+    assert got.exit_code == 2 and "qa.jsonl line 1: not a conversation: keys 'question', 'answer'" in got.output
 
 
 @pytest.mark.parametrize("command", [["eval", "RUN", "--data", "d.jsonl"], ["data", "check", "d.jsonl"]])
