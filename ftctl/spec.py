@@ -172,7 +172,10 @@ _STRATEGY = (
     "the planner chooses single, DDP, DeepSpeed ZeRO or FSDP2 and writes its config; -o strategy=NAME forces one"
 )
 _ATTENTION = "the plan chooses the attention (varlen FlashAttention kernels, else SDPA); -o attn_implementation=NAME"
-_WANDB = "W&B logging is -o report_to=wandb, its project -o env=WANDB_PROJECT=NAME (the key: --secret WANDB_API_KEY)"
+_WANDB = (
+    "W&B logging is -o report_to=wandb, its project -o env=WANDB_PROJECT=NAME (the key: --secret WANDB_API_KEY); a "
+    "run file's wandb_project, wandb_entity, wandb_name ... are taken as those (WANDB_ENV)"
+)
 _EVALUATED = (
     "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps, or evals_per_epoch: N times an "
     "epoch (epoch's: evals_per_epoch: 1)"
@@ -1329,7 +1332,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
         left_out: list[str] = []  # and LEFT_OUT ones
         epochly: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch this layer's save_strategy: epoch set
-        for raw_key, raw in _mixes(list(_nested(items))):
+        for raw_key, raw in _mixes(list(_nested(_wandb(items, source, notes)))):
             key = canonical_key(raw_key)
             if raw is None and key in TURNED and key != "datasets":  # left empty: it asks for nothing
                 continue
@@ -1670,6 +1673,29 @@ def dataset_keys_unread(raw) -> list[str]:
     """The keys of axolotl's dataset entries that ftctl does not read (type, ds_type, field_messages ...): each
     row's format is read from its fields."""
     return sorted({k for d in raw if isinstance(d, dict) for k in d} - {"path", *_DATASET_KEYS})
+
+
+# axolotl's W&B keys, given a value: what they ask for is report_to=wandb with W&B's own variables set
+WANDB_ENV = {
+    **{"wandb_project": "WANDB_PROJECT", "wandb_entity": "WANDB_ENTITY", "wandb_name": "WANDB_NAME"},
+    **{"wandb_run_id": "WANDB_RUN_ID", "wandb_watch": "WANDB_WATCH", "wandb_log_model": "WANDB_LOG_MODEL"},
+}
+
+
+def _wandb(items, source: str, notes=None) -> list:
+    """A layer's axolotl W&B keys with values as report_to: wandb (where the layer names no report_to) and env (their
+    variables), noted; empty ones stay (they ask for nothing)."""
+    given = [(k, v) for k, v in items if k.strip() in WANDB_ENV and v not in (None, "")]
+    if not given:
+        return list(items)
+    env = {WANDB_ENV[k.strip()]: _text(v) for k, v in given}
+    turned = [("env", env)] + [("report_to", "wandb")] * all(canonical_key(k) != "report_to" for k, _ in items)
+    notes is None or notes.append(
+        f"{', '.join(k for k, _ in given)} ({source}): report_to=wandb, and "
+        f"{' '.join(f'{n}={v}' for n, v in env.items())} in the job's environment (W&B's key: export WANDB_API_KEY; "
+        "ftctl passes it by name)"
+    )
+    return [(k, v) for k, v in items if (k, v) not in given] + turned
 
 
 def _mixes(items):

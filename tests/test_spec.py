@@ -1531,6 +1531,22 @@ def test_axolotls_top_level_chat_template_and_auto_resume_say_what_they_are():
     assert "'auto_resume_from_checkpoints' (run file) is not set by hand here: resume=auto continues" in text
 
 
+def test_axolotls_wandb_keys_log_to_wandb_as_axolotl_does():
+    """explore16: `wandb_project: NAME`, in nearly every axolotl file, was refused ("not set by hand here: W&B logging
+    is -o report_to=wandb ..."): it asks for exactly that, and is taken so, noted; left empty it asks for nothing."""
+    notes: list[str] = []
+    spec = build({"adapter": "qlora", "wandb_project": "proj", "wandb_entity": "me", "wandb_watch": None}, notes=notes)
+    assert spec.report_to == "wandb" and spec.env == {"WANDB_PROJECT": "proj", "WANDB_ENTITY": "me"}
+    assert notes[0] == (
+        "wandb_project, wandb_entity (run file): report_to=wandb, and WANDB_PROJECT=proj WANDB_ENTITY=me in the job's "
+        "environment (W&B's key: export WANDB_API_KEY; ftctl passes it by name)"
+    )
+    assert "WANDB_API_KEY" in spec.secrets
+    told = build({"wandb_project": "proj", "report_to": "tensorboard"})  # the file's own report_to stays
+    assert told.report_to == "tensorboard" and told.env == {"WANDB_PROJECT": "proj"}
+    assert build({"wandb_project": None}).report_to == "none"
+
+
 def test_the_alignment_handbooks_recipe_keys_say_what_they_are():
     """The alignment handbook's SFT recipes (zephyr-7b-beta config_full.yaml): use_flash_attention_2, hub_model_id,
     hub_strategy, log_level and dataset_splits were unknown keys, two with a misleading neighbour ('data_weights?',
