@@ -687,8 +687,13 @@ def refuse_a_held_run_dir(rendered: Rendered) -> None:
 
 
 # ------------------------------------------------------------------------------------------ jobs
+def home_file(name: str) -> Path:
+    """A file of ftctl's own home ($FTCTL_HOME, else ~/.ftctl): the jobs launched from here, what a backend keeps."""
+    return Path(os.environ.get("FTCTL_HOME", Path.home() / ".ftctl")) / name
+
+
 def _jobs_file() -> Path:
-    return Path(os.environ.get("FTCTL_HOME", Path.home() / ".ftctl")) / "jobs.jsonl"
+    return home_file("jobs.jsonl")
 
 
 def record_job(ref: JobRef) -> None:

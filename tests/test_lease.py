@@ -15,7 +15,7 @@ from ftctl.backend import JobRef
 from ftctl.errors import FtctlError
 from ftctl.runpaths import TRAIN_LEASE
 from ftctl.sky import backend as sky_backend
-from tests.test_sky_jobs import FakeSky
+from tests.test_sky_jobs import FakeSky, forget_ended
 from tests.trainer_fixtures import make_run
 
 
@@ -109,6 +109,7 @@ def test_cancel_of_a_killed_sky_job_lets_go_of_its_lease_and_not_of_another_jobs
     SkyBackend().cancel(ref, now=True)
     assert sky.cancelled == [2] and lease.read(out)["holder"].endswith("_c_3")
     put(out, holder="SkyPilot task sky-2026-12-05_c_2", renewed_unix=time.time())
+    forget_ended()
     sky.jobs[2] = "RUNNING"
     SkyBackend().cancel(ref, now=True)
     assert lease.read(out) is None

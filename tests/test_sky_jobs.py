@@ -154,6 +154,7 @@ def test_a_managed_jobs_cancel_waits_for_its_controller_to_stop_it(monkeypatch, 
     assert sky.cancelled == [1] and sky.managed[1] == ["CANCELLED"]
     assert said[0] == "cancelled managed/1" and "resumes it from checkpoint-40" in said[1]
     monkeypatch.setattr(sky_backend, "CANCEL_WAIT_S", 0)  # a controller that does not stop it: said, not claimed
+    forget_ended()
     sky.managed[1] = "RUNNING"
     sky.mod.jobs.cancel = lambda job_ids: None
     assert SkyBackend().cancel(ref).startswith("cancelling managed/1: SkyPilot had not stopped it after 0 s")
@@ -216,7 +217,23 @@ def test_jobs_asks_skypilot_once_for_all_its_jobs(monkeypatch, tmp_path):
         "managed/1": "CANCELLED (managed job)",
         "c/1": "SUCCEEDED (on cluster c)",
     }
+    # a job that ended is not asked again (its end cannot change): only c/2 and managed/2 are, in one call
     sky.mod.job_status = lambda cluster, ids: (_ for _ in ()).throw(RuntimeError("cluster c does not answer"))
+    calls.clear()
+    asked.clear()
     table = backend.jobs_table(20)
-    assert "c/2" in table and "unknown (1 below)" in table and "(1) SkyPilot: cluster c does not answer" in table
-    assert "RECOVERING (managed job)" in table  # the managed jobs are still told
+    assert calls == ["statuses"] and "('queue', (2,))" in map(str, asked)
+    states = {line.split()[0]: line.split("  ")[-1].strip() for line in table.splitlines()[1:]}
+    assert states["c/2"] == "unknown: SkyPilot: cluster c does not answer"
+    assert states["c/1"] == "SUCCEEDED (on cluster c)" and states["managed/1"] == "CANCELLED (managed job)"
+    assert states["managed/2"] == "RECOVERING (managed job)"  # the managed jobs are still told
+    sky.jobs[2] = sky.managed[2] = "SUCCEEDED"
+    sky.mod.job_status = lambda cluster, ids: {i: sky._next(sky.jobs, i) for i in ids}
+    backend.jobs_table(20)
+    calls.clear()
+    assert "SUCCEEDED (on cluster c)" in backend.status_lines("c/2")[0] and calls == []
+
+
+def forget_ended() -> None:
+    """SkyPilot's answers for jobs that ended, kept in ftctl's home: a test that sets a job's state anew drops them."""
+    backend.home_file(sky_backend.ENDED_FILE).unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from ftctl import storage
 from ftctl.checkpoints import list_checkpoints
 from ftctl.runpaths import STOP_REQUEST
 from ftctl.trainer import callbacks
-from tests.test_sky_jobs import FakeSky, cluster_job
+from tests.test_sky_jobs import FakeSky, cluster_job, forget_ended
 from tests.trainer_fixtures import make_run
 
 TRAINING_LOG = "ftctl: node 0 of 1\nattention: sdpa; Liger kernels: off\nstep 3/100  loss 2.1  ETA 0:01:00\n"
@@ -142,9 +142,11 @@ def test_cancel_now_or_of_a_job_not_training_asks_nothing_and_an_unanswered_requ
     monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0.05)
     request = storage.join(committed, STOP_REQUEST)
     for log, now in ((TRAINING_LOG, True), ("ftctl: node 0 of 1\nloading the model\n", False)):
+        forget_ended()  # the same job id, RUNNING anew
         sky = FakeSky(now="hash-1", jobs={2: "RUNNING"}, log=log).install(monkeypatch)
         said = SkyBackend().cancel(cluster_job(2, output=committed), now=now).splitlines()
         assert sky.cancelled == [2] and said[0] == "cancelled c/2" and not storage.exists(request)
+    forget_ended()
     sky = FakeSky(now="hash-1", jobs={2: "RUNNING"}, log=TRAINING_LOG).install(monkeypatch)
     said = SkyBackend().cancel(cluster_job(2, output=committed), wait_s=0).splitlines()
     assert sky.cancelled == [2] and storage.exists(request)  # asked; no answer: cancelled all the same

@@ -34,6 +34,7 @@ from ftctl.backend import (
     JobState,
     JobStatus,
     Rendered,
+    home_file,
     recorded_jobs,
     refused_as_finished,
     run_spec,
@@ -214,17 +215,32 @@ class SkyBackend(Backend):
         }
 
     def status(self, ref: JobRef) -> JobStatus:
-        return self._status(ref, bridge.call("status", **self._args(ref)))
+        out = self._answers([ref])[0]
+        if "error" in out:
+            raise FtctlError(f"SkyPilot: {out['error']}")
+        return self._status(ref, out)
 
     def state_lines(self, refs: list[JobRef]) -> list[str]:
         """One SkyPilot call for all of them (sdk.statuses), and no note (what `ftctl status` adds reads the store)."""
-        answers = bridge.call("statuses", jobs=[self._args(ref) for ref in refs])
+        answers = self._answers(refs)
         return [
             f"unknown: SkyPilot: {out['error']}"
             if "error" in out
             else self._status(ref, out, notes=False).text.removeprefix(f"{ref.job_id} ")
             for ref, out in zip(refs, answers)
         ]
+
+    def _answers(self, refs: list[JobRef]) -> list[dict]:
+        """SkyPilot's answer for each job (sdk.status's), in one call (sdk.statuses) for those not known to have
+        ended: a job's end is kept (ENDED_FILE) and never asked again, as it cannot change (each call is 4-10 s)."""
+        ended = ended_answers()
+        ask = [ref for ref in refs if _ended_key(ref) not in ended]
+        asked = bridge.call("statuses", jobs=[self._args(ref) for ref in ask]) if ask else []
+        for ref, out in zip(ask, asked):
+            if out.get("status") in ENDED and _ended_key(ref):
+                keep_ended(ref, out)
+        fresh = {id(ref): out for ref, out in zip(ask, asked)}
+        return [fresh[id(ref)] if id(ref) in fresh else ended[_ended_key(ref)] for ref in refs]
 
     def _status(self, ref: JobRef, out: dict, notes: bool = True) -> JobStatus:
         word = out["status"]
@@ -365,6 +381,45 @@ class SkyBackend(Backend):
         why = self.available()
         click.echo(f"skypilot: {'ready (' + str(bridge.where()) + ')' if why is True else why}")
         return why is True
+
+
+# SkyPilot's words for a job that ended (what SKY_STATES maps to a finished state): its answer is kept in ENDED_FILE
+ENDED = frozenset(word for word, state in SKY_STATES.items() if state.finished)
+ENDED_FILE = "sky-ended.jsonl"  # in ftctl's home (backend.home_file), beside the jobs launched from here
+
+
+def _ended_key(ref: JobRef) -> str | None:
+    """What tells the job apart for SkyPilot: a managed job's id, a cluster job's cluster, launch (its hash) and id;
+    None for a cluster job recorded without the hash (it cannot be told from a later cluster's job of its id)."""
+    x = ref.extra
+    if x.get("managed"):
+        return f"managed/{x['sky_job_id']}"
+    return f"{x.get('cluster')}@{x['cluster_hash']}/{x['sky_job_id']}" if x.get("cluster_hash") else None
+
+
+def ended_answers() -> dict[str, dict]:
+    found = {}
+    try:
+        lines = home_file(ENDED_FILE).read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            found[rec["key"]] = rec["answer"]
+        except (ValueError, KeyError, TypeError):  # a line cut short
+            continue
+    return found
+
+
+def keep_ended(ref: JobRef, answer: dict) -> None:
+    try:
+        f = home_file(ENDED_FILE)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        with f.open("a") as fh:
+            fh.write(json.dumps({"key": _ended_key(ref), "answer": answer}) + "\n")
+    except OSError:  # asked again next time
+        pass
 
 
 def saved_note(ref: JobRef) -> str | None:
