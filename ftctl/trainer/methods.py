@@ -37,6 +37,7 @@ def apply_method(model, spec, plan):
         freeze_below_top_blocks(model, spec.trainable_layers)
     elif method in ADAPTER_METHODS:
         if method == "qlora":
+            training_layout(model)
             model = prepare_kbit(model, plan)
         from peft import get_peft_model
 
@@ -80,6 +81,18 @@ def prepare_kbit(model, plan):
         model.enable_input_require_grads()
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def training_layout(model) -> int:
+    """Keep bitsandbytes' 4-bit layers in their training layout. On a CPU with AVX512-BF16 a Linear4bit repacks its
+    weight for inference at its first forward in eval mode without grad (the held-out loss), for good, and its matmul
+    then has no backward: every step after the first evaluation sent no gradient through the frozen base, so the
+    adapters below the top layer stopped learning (measured: zero gradients). GPUs never repack. Returns the layers
+    changed."""
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def adapter_inputs_as_is(model) -> int:
