@@ -231,7 +231,7 @@ class SkyBackend(Backend):
         ]
 
     def _answers(self, refs: list[JobRef]) -> list[dict]:
-        """SkyPilot's answer for each job (sdk.status's), in one call (sdk.statuses) for those not known to have
+        """SkyPilot's answer for each job (sdk.statuses'), in one call (sdk.statuses) for those not known to have
         ended: a job's end is kept (ENDED_FILE) and never asked again, as it cannot change (each call is 4-10 s)."""
         ended = ended_answers()
         ask = [ref for ref in refs if _ended_key(ref) not in ended]

@@ -135,19 +135,12 @@ def _later_cluster(records: list, cluster: str, cluster_hash: str | None) -> str
     return None
 
 
-def status(cluster: str | None, job_id: int, managed: bool, cluster_hash: str | None = None) -> dict:
-    """{"status": SkyPilot's word or "GONE", "detail": str} (a managed job's: "recoveries" too)."""
-    answer = statuses([{"cluster": cluster, "job_id": job_id, "managed": managed, "cluster_hash": cluster_hash}])[0]
-    if "error" in answer:
-        raise RuntimeError(answer["error"])
-    return answer
-
-
 def statuses(jobs: list[dict]) -> list[dict]:
-    """:func:`status` of each of ``jobs`` (its keyword arguments), in as few requests as SkyPilot allows: one
-    jobs.queue_v2 for every managed job, one sky.status for every cluster and one sky.job_status per cluster (each
-    request took 0.2-6 s on the test infra, a python importing SkyPilot 2-4 s: `ftctl jobs` asked each job in a
-    python of its own). A cluster whose jobs cannot be asked gets {"error": why} for each of them."""
+    """For each of ``jobs`` ({"cluster", "job_id", "managed", "cluster_hash"}): {"status": SkyPilot's word or "GONE",
+    "detail": str} (a managed job's "recoveries" too), in as few requests as SkyPilot allows: one jobs.queue_v2 for
+    every managed job, one sky.status and one sky.job_status per cluster (each request took 0.2-6 s on the test infra,
+    a python importing SkyPilot 2-4 s: `ftctl jobs` asked each job in a python of its own). A cluster whose jobs
+    cannot be asked gets {"error": why} for each of them."""
     sky = _sky()
     out: list[dict] = [{} for _ in jobs]
     managed = [i for i, job in enumerate(jobs) if job["managed"]]
@@ -320,7 +313,7 @@ def _cheapest(sky, resources: dict, num_nodes: int) -> dict:
     }
 
 
-OPS = {"available": available, "launch": launch, "status": status, "statuses": statuses, "logs": logs}
+OPS = {"available": available, "launch": launch, "statuses": statuses, "logs": logs}
 OPS.update(cancel=cancel)
 OPS.update(log_tail=log_tail)
 OPS.update(down=down, optimize=optimize)
