@@ -238,6 +238,18 @@ def test_a_run_shorter_than_logging_steps_ends_with_its_mean_loss(tiny_model_dir
     assert 0 < float(said.split()[2]) < 20
 
 
+def test_train_of_a_gpu_plan_where_torch_sees_no_gpu_says_that_first():
+    """explore16: `ftctl train run.yml --gpus 8xA100` on this CPU machine said to start 8 processes with torchrun."""
+    from ftctl.errors import FtctlError
+    from ftctl.plan import make_plan
+    from ftctl.spec import build
+    from ftctl.trainer.distributed import Processes, check_world
+
+    plan = make_plan(build({"gpus": "8xA100", "model_params": "1b"}))
+    with pytest.raises(FtctlError, match=r"^The plan is for 8xA100 but torch sees no CUDA GPU here: "):
+        check_world(plan, Processes(rank=0, local_rank=0, world_size=1, on_cpu=True))
+
+
 def test_a_fastchat_flag_says_how_its_key_is_given_here():
     """`--learning_rate 2e-5`, pasted from a FastChat train command, was "No such option" and nothing more."""
     from click.testing import CliRunner

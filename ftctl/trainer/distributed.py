@@ -54,18 +54,17 @@ def processes() -> Processes:
 
 
 def check_world(plan, procs: Processes) -> None:
-    """Refuse a launch whose process count differs from the plan's (batch sizes would be off)."""
+    """Refuse a launch whose process count differs from the plan's (batch sizes would be off), or a GPU plan where
+    torch sees no GPU: said first (`ftctl train --gpus 8xA100` on a laptop was told to start 8 processes)."""
+    if procs.on_cpu and plan.tier is not None:
+        raise FtctlError(
+            f"The plan is for {plan.gpus} but torch sees no CUDA GPU here: {why_no_cuda()}. Or re-plan with --gpus cpu."
+        )
     if procs.world_size != plan.world_size:
         raise FtctlError(
             f"The plan is for {plan.world_size} process(es) ({plan.gpus}) but {procs.world_size} were started: "
             f"launch with torchrun --nnodes {plan.nodes} --nproc-per-node {plan.gpus_per_node}, or re-plan "
             f"with the --gpus of this machine."
-        )
-    if not procs.on_cpu and plan.tier is None:
-        return  # a CPU plan on a GPU machine: runs on the GPU, fine
-    if procs.on_cpu and plan.tier is not None:
-        raise FtctlError(
-            f"The plan is for {plan.gpus} but torch sees no CUDA GPU here: {why_no_cuda()}. Or re-plan with --gpus cpu."
         )
 
 
