@@ -610,6 +610,21 @@ def weights_dtype(method: str, strategy: str, precision: str) -> str:
     return precision
 
 
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def final_dtype(method: str, precision: str) -> str:
+    """The dtype a run's final weights are saved in: the one owner of this fact (the trainer's final save,
+    sft_trainer.cast_for_saving, and preflight's size of the final output ask here).
+
+    A full model (fft/sft) in the run's precision, whatever the strategy: the fp32 masters (weights_dtype) are for
+    training, and a bf16 run hands vLLM/TGI a bf16 model, as FastChat, TRL and axolotl do (it was fp32 under single,
+    ddp and fsdp, 16-bit under ZeRO: bench/NOTES.md v68). Its checkpoints keep the fp32 masters a resume needs. An
+    adapter (lora/qlora) is saved as PEFT keeps it, fp32: it is small, and `ftctl merge` folds it into its base in
+    the run's precision."""
+    return precision if method in ("fft", "sft") else "fp32"
+
+
 def memory_terms(
     method: str,
     strategy: str,

@@ -853,26 +853,29 @@ def checkpoint_gb(plan) -> tuple[float, float]:
     parameters'. lora/qlora save the adapters: fp32, two moments. fft/sft, as measured on an H200 in bf16 (1B fft,
     bench/NOTES.md v66; P the parameters, T the trainable ones):
 
-        single, ddp   model.safetensors (fp32 masters) 4P + optimizer.pt 8T                    final 4P
-        fsdp          model.safetensors 4P + pytorch_model_fsdp.bin 4P + optimizer.bin 8T     final 4P
+        single, ddp   model.safetensors (fp32 masters) 4P + optimizer.pt 8T
+        fsdp          model.safetensors 4P + pytorch_model_fsdp.bin 4P + optimizer.bin 8T
         zero2         model.safetensors 2P + global_step*/mp_rank_*_model_states.pt 2P
-                      + the ranks' optim_states (fp32 masters, two moments) 12T                final 2P
-        zero3         model.safetensors 2P (gathered) + optim_states 12T                       final 2P
+                      + the ranks' optim_states (fp32 masters, two moments) 12T
+        zero3         model.safetensors 2P (gathered) + optim_states 12T
 
-    (DeepSpeed's 16-bit weights are fp32 on CPU: measured there, 4P each.) A model whose LM head shares the
-    embedding's weight saved it twice under fsdp and zero2 (+4 and +2 bytes a vocabulary x hidden entry); the
-    trainer now leaves the copy out (sft_trainer.untied_copy_dropped)."""
+    (DeepSpeed's 16-bit weights are fp32 on CPU: measured there, 4P each.) The final model is in plan.final_dtype
+    whatever the strategy: 2P in bf16/fp16, 4P in fp32. A model whose LM head shares the embedding's weight saved it
+    twice under fsdp and zero2 (+4 and +2 bytes a vocabulary x hidden entry); the trainer now leaves the copy out
+    (sft_trainer.untied_copy_dropped)."""
+    from ftctl.plan import DTYPE_BYTES, final_dtype
+
     trainable = plan.trainable_params_b
+    final_bytes = DTYPE_BYTES[final_dtype(plan.method, plan.precision)]
     if plan.method not in ("fft", "sft"):  # the adapters only
-        weights = WEIGHT_BYTES * trainable
-        return weights + OPTIMIZER_BYTES * trainable, weights
+        return (WEIGHT_BYTES + OPTIMIZER_BYTES) * trainable, final_bytes * trainable
     params = plan.model.params_b
     if plan.strategy.startswith(("zero2", "zero3")):
         sixteen = 2 if plan.precision in ("bf16", "fp16") else 4
         files = 1 if plan.strategy.startswith("zero3") else 2
-        return files * sixteen * params + ZERO_OPTIMIZER_BYTES * trainable, sixteen * params
+        return files * sixteen * params + ZERO_OPTIMIZER_BYTES * trainable, final_bytes * params
     files = 2 if plan.strategy == "fsdp" else 1
-    return files * WEIGHT_BYTES * params + OPTIMIZER_BYTES * trainable, WEIGHT_BYTES * params
+    return files * WEIGHT_BYTES * params + OPTIMIZER_BYTES * trainable, final_bytes * params
 
 
 SHARED_FS_GBPS = 1.0  # what a cluster's shared filesystem (NFS, Lustre, GPFS) writes for one job, assumed

@@ -529,10 +529,11 @@ def test_disk_space_for_checkpoints(tmp_path, monkeypatch):
     plan = make_plan(spec)
     one, final = preflight.checkpoint_gb(plan)
     assert plan.strategy == "zero2" and (one, final) == (128, 16)  # 16-bit weights twice, fp32 masters, two moments
-    # by strategy, as measured on an H200 (bench/NOTES.md v66): FSDP2 writes the model twice, ZeRO keeps fp32 masters
+    # by strategy, as measured on an H200 (bench/NOTES.md v66): FSDP2 writes the model twice, ZeRO keeps fp32 masters;
+    # the final model in the run's bf16 whatever the strategy (plan.final_dtype)
     each = {s: preflight.checkpoint_gb(make_plan(replace(spec, strategy=s))) for s in ("zero3", "fsdp")}
     each["single"] = preflight.checkpoint_gb(make_plan(replace(spec, gpus="1xH200", model_params="1b")))
-    assert each == {"zero3": (112, 16), "fsdp": (128, 32), "single": (12, 4)}
+    assert each == {"zero3": (112, 16), "fsdp": (128, 16), "single": (12, 2)}
     on_cpu = make_plan(replace(spec, gpus="cpu", model_params="135m", strategy="zero3"))
     assert preflight.checkpoint_gb(on_cpu) == pytest.approx((0.135 * 16, 0.135 * 4))  # measured on CPU: fp32 there
 

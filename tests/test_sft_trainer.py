@@ -256,3 +256,25 @@ def test_a_packed_rows_tokens_seen_count_its_end_of_turn_tokens():
     masked = {"input_ids": ids, "attention_mask": torch.tensor([[1] * 7 + [0, 0]])}
     assert non_padding_tokens(masked, ids, eot).item() == 7
     assert non_padding_tokens({"input_ids": ids}, ids, 9).item() == 8 and non_padding_tokens({}, ids, None) is None
+
+
+def test_the_final_cast_goes_tensor_by_tensor_to_the_cpu_keeping_a_tied_heads_one_copy():
+    """cast_for_saving: each floating-point tensor replaced in the caller's dict by its cast on the CPU (a gathered
+    fp32 state dict lets each tensor go as it is cast), a tied head and its embedding still one tensor (which
+    untied_copy_dropped then leaves out), integer tensors as they were."""
+    import torch
+
+    from ftctl.trainer.sft_trainer import cast_for_saving
+
+    embedding = torch.randn(8, 4)
+    state = {"embed.weight": embedding, "head.weight": embedding, "norm.weight": torch.ones(4), "ids": torch.arange(3)}
+    ids = state["ids"]
+    assert cast_for_saving(state, torch.bfloat16) is state
+    assert {k: v.dtype for k, v in state.items()} == {
+        "embed.weight": torch.bfloat16,
+        "head.weight": torch.bfloat16,
+        "norm.weight": torch.bfloat16,
+        "ids": torch.int64,
+    }
+    assert state["head.weight"] is state["embed.weight"] and state["ids"] is ids
+    assert torch.equal(state["embed.weight"], embedding.to(torch.bfloat16))

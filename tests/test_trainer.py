@@ -55,6 +55,10 @@ def test_fft_trains_every_weight_and_saves_a_plain_model(tiny_model_dir, tiny_da
         "model.safetensors": "0o644"
     }
     assert json.loads(Path(result.output_dir, "config.json").read_text())["use_cache"] is True
+    # an fp32 run's final model (plan.final_dtype: the run's precision), config.json saying so for transformers 5 and 4
+    assert _dtypes(result.output_dir) == {"torch.float32"}
+    config = json.loads(Path(result.output_dir, "config.json").read_text())
+    assert (config["dtype"], config["torch_dtype"]) == ("float32", "float32")
     # its tokenizer's class is one transformers 4 knows too (vLLM, TGI, mlx-lm, convert_hf_to_gguf.py on it)
     tokenizer_config = json.loads(Path(result.output_dir, "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"
@@ -962,3 +966,54 @@ def test_saves_and_evals_per_epoch_are_counted_from_the_epochs_steps(tiny_model_
     assert steps == sorted({*range(per_epoch // 2, per_epoch + 1, per_epoch // 2), per_epoch}), steps
     every = list(range(per_epoch // 3, per_epoch + 1, per_epoch // 3))
     assert [r["step"] for r in last["log_history"] if "eval_loss" in r][: len(every)] == every
+
+
+# ------------------------------------------------------------------------------------------ the final model's dtype
+def _dtypes(model_dir) -> set[str]:
+    return {str(t.dtype) for t in _state_dict(model_dir).values()}
+
+
+def _assert_saved_in_bf16(out: Path, last_checkpoint: str) -> None:
+    """The final model in bf16, config.json saying so (for transformers 5 and 4); the checkpoint kept fp32 masters,
+    of which the final weights are the bf16 cast."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    final, masters = _state_dict(out), _state_dict(out / last_checkpoint)
+    assert _dtypes(out) == {"torch.bfloat16"} and _dtypes(out / last_checkpoint) == {"torch.float32"}
+    assert set(final) <= set(masters) and all(torch.equal(final[k], masters[k].to(torch.bfloat16)) for k in final)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["dtype"], config["torch_dtype"]) == ("bfloat16", "bfloat16")
+    assert AutoModelForCausalLM.from_pretrained(out, dtype="auto").dtype == torch.bfloat16
+
+
+def test_a_bf16_fft_saves_its_final_model_in_bf16_and_its_checkpoints_in_fp32(
+    tiny_model_dir, tiny_data, tmp_path, one_thread
+):
+    """plan.final_dtype: the run's precision. On CPU the trainer runs fp32 whatever the plan's precision (no CPU
+    autocast), so a bf16 plan here trains as on a GPU's fp32 masters and saves as a bf16 run does."""
+    from dataclasses import replace
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "fft", max_steps=2, save_steps=100)
+    result = _train(spec, replace(plan, precision="bf16"))
+    assert result.status == "complete"
+    _assert_saved_in_bf16(Path(result.output_dir), "checkpoint-2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_every_strategy_saves_a_bf16_runs_final_model_in_bf16(tiny_model_dir, tiny_data, tmp_path, strategy):
+    """The same dtype whatever the strategy (2 gloo processes): ZeRO-2's module and ZeRO-3's
+    gathered weights (16-bit on a GPU, fp32 on CPU) are all cast to the plan's final dtype; FSDP, which does not
+    run on CPU, goes through the same SFTTrainer._save."""
+    from dataclasses import replace
+
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, tmp_path / "out", "fft", gpus="2xcpu", max_steps=2, save_steps=100, strategy=strategy
+    )
+    env = subprocess_env(TORCH_EXTENSIONS_DIR=tmp_path / "torch-extensions")
+    proc = run_trainer_cli(write_spec(spec, replace(plan, precision="bf16"), tmp_path / "spec.json"), nproc=2, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert _dtypes(tmp_path / "out") == {"torch.bfloat16"}
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert (config["dtype"], config["torch_dtype"]) == ("bfloat16", "bfloat16")

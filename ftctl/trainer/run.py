@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 from ftctl import checkpoints, failures, storage
 from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, SLURM_RESTART_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
-from ftctl.plan import Plan, dump_run, without_liger
+from ftctl.plan import Plan, dump_run, final_dtype, without_liger
 from ftctl.runpaths import (
     FINAL_MARKS,
     FINAL_STAGING,
@@ -641,7 +641,7 @@ def save(run: Run) -> None:
     distributed.barrier()  # gone before any rank writes there (a DeepSpeed save writes every rank's shards)
     if run.spec.method not in ADAPTER_METHODS:  # trained without a KV cache (model.load_model): served with one
         run.trainer.accelerator.unwrap_model(run.trainer.model).config.use_cache = True
-    with room_to_save(run.plan, run.local_dir, run.remote_uri, final=True):
+    with room_to_save(run.plan, run.local_dir, run.remote_uri, final=True), run.trainer.saving_final(saved_dtype(run)):
         run.trainer.save_model(staging)
     if run.procs.is_main:
         name_base_model(staging, base_name(run.spec))
@@ -657,6 +657,16 @@ def save(run: Run) -> None:
                 f"{run.remote_uri}`."
             )
     distributed.barrier()
+
+
+def saved_dtype(run: Run):
+    """The torch dtype the final model's weights are cast to (ftctl.plan.final_dtype says which); None for an adapter,
+    saved as PEFT keeps it (fp32, which final_dtype says too)."""
+    from ftctl.trainer.model import torch_dtype
+
+    if run.spec.method in ADAPTER_METHODS:
+        return None
+    return torch_dtype(final_dtype(run.plan.method, run.plan.precision))
 
 
 @contextmanager

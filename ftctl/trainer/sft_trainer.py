@@ -29,12 +29,14 @@ neither the 1B fft peak nor its speed moved measurably (bench/NOTES.md, v6).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, is_peft_model
@@ -45,6 +47,7 @@ from transformers.trainer_utils import SchedulerType
 from trl import SFTConfig as TrlSFTConfig
 from trl import SFTTrainer as TrlSFTTrainer
 
+from ftctl.runpaths import MODEL_CONFIG
 from ftctl.trainer import lm_head, reshard
 from ftctl.trainer.distributed import local, offloads_optimizer, to_host_later
 
@@ -109,8 +112,37 @@ def untied_copy_dropped(model, state_dict: dict) -> dict:
     return {k: v for k, v in state_dict.items() if k != head_key}
 
 
+def cast_for_saving(state_dict: dict, dtype: torch.dtype) -> dict:
+    """``state_dict`` (changed in place, and returned) with its floating-point tensors in ``dtype`` on the CPU, cast
+    one tensor at a time: on a GPU each one is cast there on its way to the host (one tensor's 16-bit copy at a
+    time, never a second model), and each replaced tensor is let go at once (a gathered fp32 state dict in host RAM
+    shrinks as it goes: its caller holds the same dict). Tensors that shared their memory (a tied LM head) share it
+    again."""
+    done: dict[tuple, torch.Tensor] = {}
+    for key in list(state_dict):
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            continue
+        same = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if same not in done:
+            done[same] = value.to(device="cpu", dtype=dtype)
+        state_dict[key] = done[same]
+    return state_dict
+
+
+def label_dtype(model_dir: str, dtype: torch.dtype) -> None:
+    """config.json's dtype set to what the weights beside it hold (save_pretrained writes the model's parameters'
+    dtype: the fp32 masters'), as ``dtype`` and as ``torch_dtype``, the name transformers 4 reads (vLLM or TGI on
+    it serve the model in that dtype)."""
+    path = os.path.join(model_dir, MODEL_CONFIG)
+    config = json.loads(Path(path).read_text())
+    config["dtype"] = config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    Path(path).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 class SFTTrainer(TrlSFTTrainer):
     defer_logs: bool | None = None  # a step's log written at the next step's end; None: on CUDA
+    final_dtype: torch.dtype | None = None  # set while the final model is saved (saving_final); None: as trained
     card = None  # writes the run's README.md into a directory (model_card.write); None: TRL's card
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
@@ -352,9 +384,25 @@ class SFTTrainer(TrlSFTTrainer):
         dict the Trainer gathers holds the head and the embedding as two tensors, and model.safetensors held the
         embedding twice (+1.05 GB in a 1B model's fp32 checkpoint on an H200, bench/NOTES.md v66); from_pretrained
         ties the head to the embedding again, as for a model saved without them."""
+        model = self.accelerator.unwrap_model(self.model)
+        cast = self.final_dtype is not None and self.args.should_save
+        if cast:  # the final model in the plan's final dtype (saving_final), cast on its way to the file
+            state_dict = cast_for_saving(model.state_dict() if state_dict is None else state_dict, self.final_dtype)
         if state_dict is not None:
-            state_dict = untied_copy_dropped(self.accelerator.unwrap_model(self.model), state_dict)
+            state_dict = untied_copy_dropped(model, state_dict)
         super()._save(output_dir, state_dict)
+        if cast:
+            label_dtype(output_dir or self.args.output_dir, self.final_dtype)
+
+    @contextlib.contextmanager
+    def saving_final(self, dtype: torch.dtype | None):
+        """save_model inside saves the final model with its floating-point weights in ``dtype`` (None: as they are):
+        the checkpoints, saved by the same _save, keep the fp32 masters a resume needs."""
+        self.final_dtype = dtype
+        try:
+            yield
+        finally:
+            self.final_dtype = None
 
     # ---------------------------------------------------------------------------------- logs a step late
     def train(self, *args, **kwargs):
