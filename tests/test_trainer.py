@@ -356,6 +356,8 @@ def test_merge_gives_the_same_logits_as_the_adapter(tiny_model_dir, tiny_data, t
     out = merge(result.output_dir, str(tmp_path / "merged"))
 
     assert not (out / "adapter_config.json").exists() and (out / "model.safetensors").is_file()
+    config = json.loads((out / "config.json").read_text())  # the run's precision, for transformers 5 and 4
+    assert (config["dtype"], config["torch_dtype"]) == ("float32", "float32")
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
     peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), result.output_dir).eval()
     ids = torch.randint(0, merged.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))

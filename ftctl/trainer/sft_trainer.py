@@ -132,11 +132,10 @@ def cast_for_saving(state_dict: dict, dtype: torch.dtype) -> dict:
 
 def label_dtype(model_dir: str, dtype: torch.dtype) -> None:
     """config.json's dtype set to what the weights beside it hold (save_pretrained writes the model's parameters'
-    dtype: the fp32 masters'), as ``dtype`` and as ``torch_dtype``, the name transformers 4 reads (vLLM or TGI on
-    it serve the model in that dtype)."""
+    dtype: the fp32 masters'); trained.for_other_readers then writes it where transformers 4 reads it too."""
     path = os.path.join(model_dir, MODEL_CONFIG)
     config = json.loads(Path(path).read_text())
-    config["dtype"] = config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    config["dtype"] = str(dtype).removeprefix("torch.")
     Path(path).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

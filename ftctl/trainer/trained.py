@@ -217,11 +217,11 @@ def merged_again(adapter_dir, base: str) -> str | None:
 
 def for_other_readers(directory) -> None:
     """A model or adapter directory just saved, made readable to the tools it is handed to next (explore17): its files
-    as the umask lets files be, its tokenizer's class and its RoPE settings as transformers 4 reads them too (vLLM or
-    TGI on it, mlx-lm, llama.cpp's convert_hf_to_gguf.py). What transformers 5 reads is unchanged."""
+    as the umask lets files be, its tokenizer's class, its RoPE settings and its dtype as transformers 4 reads them
+    too (vLLM or TGI on it, mlx-lm, llama.cpp's convert_hf_to_gguf.py). What transformers 5 reads is unchanged."""
     _as_umask(Path(directory))
     _edit_json(Path(directory, "tokenizer_config.json"), _tokenizer_class_v4)
-    _edit_json(Path(directory, MODEL_CONFIG), _rope_v4)
+    _edit_json(Path(directory, MODEL_CONFIG), lambda config: _rope_v4(config) | _dtype_v4(config))
 
 
 def _as_umask(directory: Path) -> None:
@@ -267,6 +267,15 @@ def _rope_v4(config: dict) -> bool:
     scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
     if scaling.get("rope_type", "default") != "default" and not config.get("rope_scaling"):
         config["rope_scaling"] = scaling
+    return True
+
+
+def _dtype_v4(config: dict) -> bool:
+    """transformers 5 writes the weights' dtype as ``dtype``; transformers 4 reads ``torch_dtype`` (vLLM and TGI serve
+    a model in it, and take fp32 for a config without it). Written beside it, the same."""
+    if not isinstance(config.get("dtype"), str) or config.get("torch_dtype") == config["dtype"]:
+        return False
+    config["torch_dtype"] = config["dtype"]
     return True
 
 
