@@ -641,7 +641,9 @@ def save(run: Run) -> None:
     distributed.barrier()  # gone before any rank writes there (a DeepSpeed save writes every rank's shards)
     if run.spec.method not in ADAPTER_METHODS:  # trained without a KV cache (model.load_model): served with one
         run.trainer.accelerator.unwrap_model(run.trainer.model).config.use_cache = True
-    with room_to_save(run.plan, run.local_dir, run.remote_uri, final=True), run.trainer.saving_final(saved_dtype(run)):
+    from ftctl.trainer.sft_trainer import saving_final
+
+    with room_to_save(run.plan, run.local_dir, run.remote_uri, final=True), saving_final(run.trainer, saved_dtype(run)):
         run.trainer.save_model(staging)
     if run.procs.is_main:
         name_base_model(staging, base_name(run.spec))

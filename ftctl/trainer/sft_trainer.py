@@ -139,6 +139,18 @@ def label_dtype(model_dir: str, dtype: torch.dtype) -> None:
     Path(path).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+@contextlib.contextmanager
+def saving_final(trainer, dtype: torch.dtype | None):
+    """``trainer.save_model`` inside saves the final model with its floating-point weights in ``dtype`` (None: as
+    they are): the checkpoints, saved by the same _save, keep the fp32 masters a resume needs. A trainer other than
+    ftctl's (TRL's own, which a test runs beside it) saves as it does."""
+    trainer.final_dtype = dtype
+    try:
+        yield
+    finally:
+        trainer.final_dtype = None
+
+
 class SFTTrainer(TrlSFTTrainer):
     defer_logs: bool | None = None  # a step's log written at the next step's end; None: on CUDA
     final_dtype: torch.dtype | None = None  # set while the final model is saved (saving_final); None: as trained
@@ -392,16 +404,6 @@ class SFTTrainer(TrlSFTTrainer):
         super()._save(output_dir, state_dict)
         if cast:
             label_dtype(output_dir or self.args.output_dir, self.final_dtype)
-
-    @contextlib.contextmanager
-    def saving_final(self, dtype: torch.dtype | None):
-        """save_model inside saves the final model with its floating-point weights in ``dtype`` (None: as they are):
-        the checkpoints, saved by the same _save, keep the fp32 masters a resume needs."""
-        self.final_dtype = dtype
-        try:
-            yield
-        finally:
-            self.final_dtype = None
 
     # ---------------------------------------------------------------------------------- logs a step late
     def train(self, *args, **kwargs):
