@@ -498,7 +498,12 @@ def data():
     "--show", type=click.IntRange(min=0), default=0, help="Print the first N rows as trained, the loss's tokens marked."
 )
 @click.option("--every-token", is_flag=True, help="The loss on every token, as -o assistant_only_loss=false trains.")
-def data_check(paths, config, model, max_length, chat_template_path, held_out, show, every_token):
+@click.option(
+    "--write-valid",
+    metavar="OUT",
+    help="Write the rows without errors of the data file to the new file OUT, as they are, in order.",
+)
+def data_check(paths, config, model, max_length, chat_template_path, held_out, show, every_token, write_valid):
     """Per-row errors with file and row number, then token statistics (of all PATHS as one dataset, else of the
     run file's data)."""
     from ftctl import preflight
@@ -527,6 +532,11 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
         + preflight.check_model(model)
         + preflight.check_chat_template(chat_template_path)
     )
+    if write_valid:
+        from ftctl.trainer.valid_rows import out_problem
+
+        if problem := out_problem(path, write_valid, endpoint):
+            raise FtctlError(problem + ".")
 
     from ftctl.trainer.data import check_data, show_rows
     from ftctl.trainer.masks import use_chat_template
@@ -535,6 +545,12 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
     tokenizer = use_chat_template(load_tokenizer(model), chat_template_path)
     length = max_length or RunSpec.model_max_length
     report = check_data(path, tokenizer, length, endpoint, held_out=held_out, show=show, every_token=every_token)
+    if write_valid:
+        flags = ["-c", config] if config else ["--model", model]
+        launch_length = run.model_max_length if run else RunSpec.model_max_length  # what the launch would take
+        flags += ["-o", f"model_max_length={length}"] * (length != launch_length)
+        _write_valid(report, path, write_valid, endpoint, flags, held_out)
+        return
     if run and run.data_mix and not paths and not held_out:
         report.weights = [w for _, w in run.data_mix]
     if run and not paths and not held_out and not report.errors:  # what the run makes of these rows
@@ -559,6 +575,30 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
         click.echo("\nHeld-out data (eval_data_path):\n" + reports[-1].render())
     if any(r.errors for r in reports):
         sys.exit(1)
+
+
+def _write_valid(report, path: str, out: str, endpoint: str | None, flags: list[str], held_out: bool) -> None:
+    """`data check --write-valid OUT`: the check, the rows written, how many were left out, by error, and how to
+    launch; where none can be written, the check and why."""
+    import shlex
+
+    from ftctl.trainer.valid_rows import write_valid
+
+    try:
+        kept, left = write_valid(report, path, out, endpoint)
+    except FtctlError:
+        click.echo(report.render())
+        raise
+    click.echo(report.render(written=True))
+    said = [f"Wrote {kept:,} of {kept + left:,} rows of {path} to {out}, as they were read"]
+    if left:
+        said[0] += f"; left out {left:,} row{'s' * (left != 1)} with errors:"
+        said += [f"  {line}" for line in report.errors]
+    else:
+        said[0] += "; no row has errors"
+    data = "--eval-data" if held_out else "--data"
+    said.append(f"Launch with it: {shlex.join(['ftctl', 'launch', *flags, data, out])} (and your other flags)")
+    click.echo("\n".join(said))
 
 
 # ------------------------------------------------------------------------------------------ storage

@@ -613,7 +613,7 @@ def _row_problems(path: str, said: str, held_out: bool) -> list[Finding]:
     """The rows' own problems, as the trainer would list them (those the tokenizer finds, the chat template's, are
     left to `ftctl data check`): a local dataset of ROW_CHECK_BYTES at most."""
     from ftctl.spec import split_paths
-    from ftctl.trainer.data import problem_lines
+    from ftctl.trainer.data import problem_lines, write_valid_command
     from ftctl.trainer.formats import load_rows, resolve_files
 
     if path.startswith("builtin:") or any(storage.scheme(p) not in ("", "file") for p in split_paths(path)):
@@ -632,7 +632,10 @@ def _row_problems(path: str, said: str, held_out: bool) -> list[Finding]:
         return []
     shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
     check = shlex.join(["ftctl", "data", "check", path, *(["--held-out"] if held_out else [])])
-    return [Finding(ERROR, f"{said}: {shown}", f"`{check}` lists every row's problem.")]
+    fix = f"`{check}` lists every row's problem"
+    if any(not row.problems for row in rows):  # some rows to write (the rest of a file that is CSV is none)
+        fix += f"; {write_valid_command(path if files == [path] else None)}"
+    return [Finding(ERROR, f"{said}: {shown}", fix + ".")]
 
 
 # eval_split leaves no training row, and a data weight gives a dataset none, only of a few rows: data up to this

@@ -1018,7 +1018,10 @@ def test_the_failure_counts_rows_not_error_lines_and_no_rows_of_a_file_that_does
     assert (
         check_data(path, tiny_tokenizer, 64)
         .render()
-        .endswith("FAILED: 5 of 7 rows with errors (1 listed); fix or remove those rows.")
+        .endswith(
+            f"FAILED: 5 of 7 rows with errors (1 listed); fix or remove those rows (`ftctl data check {path} --model "
+            "MODEL --max-length 64 --write-valid OUT` writes the others to OUT)."
+        )
     )
     broken = tmp_path / "broken.json"
     broken.write_text('[{"messages": [')

@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ftctl.errors import FtctlError
-from ftctl.spec import split_paths
+from ftctl.spec import RunSpec, split_paths
 from ftctl.trainer.formats import Row, file_name, llama_factory_notes, load_rows
 from ftctl.trainer.masks import (
     MaskError,
@@ -68,6 +68,8 @@ class DataReport:
     read: list[str] = field(default_factory=list)  # the files' names, where the path is one directory or pattern
     errors: list[str] = field(default_factory=list)
     bad_rows: int = 0  # the rows the errors are about (one error line may name many)
+    bad_at: set[tuple[str, str, int]] = field(default_factory=set)  # those rows' Row.at (--write-valid leaves them out)
+    rows_read: int = 0  # every row read, with errors or not
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stats: DataStats = field(default_factory=DataStats)
@@ -78,13 +80,15 @@ class DataReport:
     def ok(self) -> bool:
         return not self.errors
 
-    def render(self) -> str:
+    def render(self, written: bool = False) -> str:
+        """The report; ``written``: the rows without errors were written to a new file (--write-valid), whose
+        summary lists the errors instead."""
         s = self.stats
         shown = f" ({', '.join(self.read)})" if 0 < len(self.read) <= 3 else ""  # which split a directory gave
         lines = [
             f"Data {self.path}: {self.files} file(s){shown}, max length {self.max_length} tokens (rows counted from 1)"
         ]
-        for title, items in (("Errors", self.errors), ("Warnings", self.warnings)):
+        for title, items in (("Errors", [] if written else self.errors), ("Warnings", self.warnings)):
             if items:
                 lines.append(f"{title} ({len(items)}):")
                 lines += [f"  {item}" for item in items[:_SHOWN]]
@@ -119,7 +123,12 @@ class DataReport:
             top = max(n for _, n in s.histogram) or 1
             for label, n in s.histogram:
                 lines.append(f"    {label:>{width}} | {'#' * math.ceil(40 * n / top):<40} {n:,}")
-        lines.append("OK: ready to train." if self.ok else f"FAILED: {self._failed()}; fix or remove those rows.")
+        if self.ok:
+            lines.append("OK: ready to train.")
+        else:
+            lines.append(
+                f"{self._failed()}: left out." if written else f"FAILED: {self._failed()}; {self._fix('those')}."
+            )
         return "\n".join(lines)
 
     def _failed(self) -> str:
@@ -128,16 +137,32 @@ class DataReport:
             return f"{len(self.errors)} error(s)"
         return f"{self.bad_rows:,} of {self.bad_rows + self.stats.rows:,} rows with errors ({len(self.errors)} listed)"
 
+    def _fix(self, which: str) -> str:
+        """Fix or remove the rows; where the errors are rows' (not a file's) and others have none, the command that
+        writes those others to a new file."""
+        if not self.bad_at or not self.stats.rows:  # a file that cannot be read, or no row to keep
+            return f"fix or remove {which} rows"
+        one = self.files == 1 and not self.read and len(split_paths(self.path)) == 1
+        return f"fix or remove {which} rows ({write_valid_command(self.path if one else None, self.max_length)})"
+
     def error_message(self) -> str:
         """The FtctlError text build_dataset raises: the first errors and how to see them all."""
         shown = 20
-        lines = [f"{self._failed()} in the data {self.path}; fix or remove these rows:"]
+        lines = [f"{self._failed()} in the data {self.path}; {self._fix('these')}:"]
         lines += [f"  {e}" for e in self.errors[:shown]]
         if len(self.errors) > shown:
             lines.append(
                 f"  ... and {len(self.errors) - shown} more: `ftctl data check {self.path} --model MODEL` lists them all"
             )
         return "\n".join(lines)
+
+
+def write_valid_command(file: str | None, max_length: int | None = None) -> str:
+    """How to write the rows without errors of a data file (``None``: of each of several) to a new file, to launch
+    with that (cli's `data check --write-valid`)."""
+    length = f" --max-length {max_length}" if max_length and max_length != RunSpec.model_max_length else ""
+    command = f"ftctl data check {file or 'FILE'} --model MODEL{length} --write-valid OUT"
+    return f"{'each file: ' * (file is None)}`{command}` writes the others to OUT"
 
 
 def _load_tokenizer(tokenizer):
@@ -286,7 +311,8 @@ def prepare_data(
             joined.append(row)
 
     if past_the_end:  # a few such rows in a large corpus are dropped (axolotl drops them); more: max_length is short
-        few = len(past_the_end) <= DROP_PAST_THE_END * len(rows) and kept_ids
+        # of the rows without other errors: the same verdict on the file --write-valid writes of these rows
+        few = len(past_the_end) <= DROP_PAST_THE_END * (len(kept_ids) + len(past_the_end)) and kept_ids
         raise_it = "raise model_max_length" + (" (ftctl eval: --max-length)" if held_out else "")
         cut = [
             (
@@ -353,7 +379,8 @@ def prepare_data(
             for i, name in enumerate(names)
         ]
     report.errors = problem_lines(problems, len(rows))
-    report.bad_rows = len({id(row) for row, _ in problems if row.at is not None})  # not a file that cannot be read
+    report.bad_at = {row.at for row, _ in problems if row.at is not None}  # not a file that cannot be read
+    report.bad_rows, report.rows_read = len({id(row) for row, _ in problems if row.at is not None}), len(rows)
     if not kept_ids and not report.errors:
         report.errors.append(f"{path}: no rows: the data is empty")
     columns = {"input_ids": kept_ids, "labels": kept_labels}
