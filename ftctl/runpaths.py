@@ -24,6 +24,12 @@ PLAIN_TEXT = "plain_text"  # metrics.jsonl's "start" record: every training row 
 # ... and, for a trainer that runs in a Slurm job, that job's id and its attempt (SLURM_RESTART_COUNT: 0 before a
 # requeue): `ftctl status`/`cancel` tell the job's own trainer from another job's into the same run directory
 START_SLURM_JOB = "slurm_job_id"
+# ... and, for a run that reports to W&B, the W&B run every attempt of the run logs to (trainer.tracking)
+START_WANDB_RUN = "wandb_run_id"
+TENSORBOARD_DIR = "runs"  # TensorBoard's event files in the output, one curve across a run's attempts
+# what watches the run from outside, in its output: TensorBoard's runs/ and W&B's own wandb/ (WANDB_DIR is the output);
+# sent to an object store with each checkpoint, every attempt's, also of a node a recovery replaced
+TRACKING_DIRS = (TENSORBOARD_DIR, "wandb")
 START_SLURM_ATTEMPT = "slurm_restart_count"
 # how the trainer's line in the log begins as it writes its start record (trainer.run.record_start): where the start
 # record cannot be read here (a Slurm run staged on the nodes' own disks), that line says the trainer started training

@@ -38,7 +38,7 @@ from ftctl.checkpoints.manifest import (
     read_manifest,
 )
 from ftctl.checkpoints.resume import list_checkpoints
-from ftctl.runpaths import FINAL_MARKS, UPLOADED_RECORD
+from ftctl.runpaths import FINAL_MARKS, TRACKING_DIRS, UPLOADED_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,11 @@ def final_files(local_dir: str) -> list[str]:
     return sorted(out, key=lambda rel: rel in FINAL_MARKS)
 
 
+def tracking_files(local_dir: str) -> list[str]:
+    """The run's TensorBoard and W&B files (runpaths.TRACKING_DIRS), of every attempt on this node."""
+    return [f"{top}/{rel}" for top in TRACKING_DIRS for rel in storage.local_files(os.path.join(local_dir, top))]
+
+
 @dataclass
 class _Job:
     name: str
@@ -197,6 +202,7 @@ class Uploader:
         self._closed = threading.Event()
         self._waiting = 0  # callers in wait(): node 0 looks for the other nodes' shares every HURRY_POLL_S meanwhile
         self._fs = None
+        self._tracking_sent: dict[str, int] = {}  # tracking file -> its size when sent
         self._thread = threading.Thread(target=self._run, name="ftctl-uploader", daemon=True)
         self._thread.start()
 
@@ -426,7 +432,24 @@ class Uploader:
             if not self._commit_nodes(job, ckpt_uri):
                 return False
         prune(self.remote_uri, self.keep_last, self.protected, self.endpoint_url)
+        if self.node_rank == 0:  # rank 0's node: where TensorBoard and W&B write
+            self._send_tracking(os.path.dirname(job.original))
         return True
+
+    def _send_tracking(self, local_dir: str) -> None:
+        """The run's TensorBoard and W&B files that changed since they were last sent: the store has them while the
+        run trains (`tensorboard --logdir OUTPUT/runs`), and an attempt's on a node a recovery replaced. Small; a
+        failure is a warning, and they go with the next checkpoint."""
+        for rel in tracking_files(local_dir):
+            path = os.path.join(local_dir, *rel.split("/"))
+            try:
+                size = os.path.getsize(path)
+                if self._tracking_sent.get(rel) != size:
+                    _put(self._fs, path, storage.join(self.remote_uri, *rel.split("/")))
+                    self._tracking_sent[rel] = size
+            except Exception as exc:  # noqa: BLE001 - store errors of every kind; the checkpoint is committed
+                log.warning("cannot upload %s to %s: %s", rel, self.remote_uri, storage.redact(str(exc))[:300])
+                return
 
     def _commit_nodes(self, job: _Job, ckpt_uri: str) -> bool:
         """Node 0: merge every node's manifest into ftctl-manifest.json once all are there. True: done (committed, or

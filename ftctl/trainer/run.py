@@ -16,6 +16,7 @@ this module only wires the plan into it:
 Output directory layout (local, or staged locally and mirrored to the object-store URI):
 
     spec.json  metrics.jsonl  <final model or adapter files + tokenizer>
+    runs/ (TensorBoard)  wandb/ (W&B's files, WANDB_DIR unset): one curve, one W&B run across attempts (tracking.py)
     checkpoint-<step>/ ... ftctl-manifest.json
 """
 
@@ -54,10 +55,11 @@ from ftctl.runpaths import (
     START_LINE,
     START_SLURM_ATTEMPT,
     START_SLURM_JOB,
+    START_WANDB_RUN,
     RunPaths,
 )
 from ftctl.spec import RunSpec, scheduler_kwargs
-from ftctl.trainer import distributed, gpu_memory, model_card, reshard
+from ftctl.trainer import distributed, gpu_memory, model_card, reshard, tracking
 from ftctl.trainer.methods import ADAPTER_METHODS
 from ftctl.trainer.trained import for_other_readers, keep_base_merge
 
@@ -94,6 +96,7 @@ class Run:
     trainer: SFTTrainer | None = None
     resume_from: str | None = None
     kernels: Kernels | None = None  # what this process really runs
+    env_before: dict = field(default_factory=dict)  # W&B's variables this run set: restored at its end (tracking)
 
 
 # ------------------------------------------------------------------------------------------ entry
@@ -286,9 +289,14 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             resumed=run.resume_from,
         )
         metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo, resumed_from=run.resume_from)
+        own = None if elsewhere(run) else run.resume_from  # a checkpoint of this run: its W&B run goes on
+        run.env_before = tracking.set_env(
+            tracking.wandb_env(spec.report_to, local_dir, own, {**os.environ, **spec.env})
+        )
         if procs.is_main:
             plain = all(s.plain == s.rows for s in trained_rows)
-            record_start(os.path.join(local_dir, METRICS_FILE), run.kernels, plain, echo)
+            wandb_run = os.environ.get("WANDB_RUN_ID") if "wandb" in args.report_to else None
+            record_start(os.path.join(local_dir, METRICS_FILE), run.kernels, plain, echo, wandb_run)
         stopping = [EarlyStoppingCallback(spec.early_stopping_patience)] if spec.early_stopping_patience else []
         held_out = changed.held_out(spec.eval_data_path) if changed and spec.evaluates else []
         run.trainer = SFTTrainer(
@@ -320,12 +328,15 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             log.warning("%s", few)
         for cb in (PrinterCallback, ProgressCallback):  # MetricsCallback prints the progress
             run.trainer.remove_callback(cb)
+        if "tensorboard" in args.report_to:
+            tracking.tensorboard_here(run.trainer, local_dir)
         if spec.ddp_comm_dtype == "bf16":
             distributed.all_reduce_in_bf16(run.trainer.accelerator)
         if plan.strategy == "fsdp":
             distributed.fsdp_outputs_as_computed(run.trainer.accelerator)
     except BaseException:
         preemption.uninstall()
+        tracking.restore_env(run.env_before)
         raise
     return run
 
@@ -361,7 +372,7 @@ def cuda_allocator_defaults() -> None:
     os.environ.setdefault(CUDA_ALLOC_ENV, "expandable_segments:True")
 
 
-def record_start(metrics_path: str, kernels, plain_text: bool, echo=print) -> None:
+def record_start(metrics_path: str, kernels, plain_text: bool, echo=print, wandb_run: str | None = None) -> None:
     """Say in the run's log, and in metrics.jsonl (an ``"event": "start"`` record), which attention and
     layer kernels run: the plan can only name what the GPU tier allows. The record also says whether every
     training row was plain text, trained without the chat template (``plain_text``: what `ftctl chat` prompts
@@ -372,6 +383,8 @@ def record_start(metrics_path: str, kernels, plain_text: bool, echo=print) -> No
         # step 0: kept when a resumed run drops the rows after its checkpoint (callbacks.truncate_metrics)
         record = {"step": 0, "event": "start", "time": round(time.time(), 3), **kernels.record()}
         record[PLAIN_TEXT] = plain_text
+        if wandb_run:  # the W&B run every attempt of the run logs to (tracking.wandb_env)
+            record[START_WANDB_RUN] = wandb_run
         if job := os.environ.get("SLURM_JOB_ID"):
             record[START_SLURM_JOB] = job
             record[START_SLURM_ATTEMPT] = int(os.environ.get(SLURM_RESTART_ENV) or 0)
@@ -573,8 +586,12 @@ def fit(run: Run) -> None:
     try:
         with room_to_save(run.plan, run.local_dir, run.remote_uri, final=False):  # its checkpoints
             run.trainer.train(resume_from_checkpoint=run.resume_from)
+    except BaseException:
+        tracking.finish_wandb(failed=True)
+        raise
     finally:
         gc.unfreeze()  # a process that trains again (the demo, tests) can collect this run's cycles
+    tracking.finish_wandb()
 
 
 def over_context(spec) -> str | None:
@@ -730,6 +747,7 @@ def name_base_model(local_dir: str, model_name_or_path: str) -> None:
 # ------------------------------------------------------------------------------------------ cleanup
 def cleanup(run: Run, status: str) -> None:
     run.preemption.uninstall()
+    tracking.restore_env(run.env_before)
     if status == "preempted" and run.procs.is_main:
         say_stop(run)  # before the uploader closes: it knows what the store committed
     if run.sync is not None:
