@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from ftctl.trainer.tracking import wandb_env
+from ftctl.trainer.tracking import run_name, wandb_env
 from tests.trainer_fixtures import make_run
 
 pytest.importorskip("wandb")
@@ -54,14 +54,25 @@ def _wandb_runs(out) -> list[str]:
 def test_a_stopped_and_requeued_run_logs_to_the_same_wandb_run_a_fresh_one_to_its_own(
     tiny_model_dir, tiny_data, tmp_path, one_thread, offline_wandb, monkeypatch
 ):
+    from transformers import TrainerCallback
+
+    shown = []
+
+    class ShownName(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            import wandb
+
+            shown.append(wandb.run.name)
+
     out = tmp_path / "out"
     spec, plan = make_run(
-        tiny_model_dir, tiny_data, out, "fft", max_steps=6, save_steps=100, resume="auto", report_to="wandb"
+        tiny_model_dir, tiny_data, out, "fft", max_steps=6, save_steps=100, resume="auto", wandb_name="shown"
     )
-    assert _train(spec, plan, callbacks=[_stop_at(2)]).status == "preempted"
+    assert _train(spec, plan, callbacks=[_stop_at(2), ShownName()]).status == "preempted"
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the requeued attempt of the same job
     monkeypatch.setenv("FTCTL_ATTEMPT", "1")
     assert _train(spec, plan).status == "complete"
+    assert set(shown) == {"shown"}  # axolotl's wandb_name (WANDB_NAME), not the run's name ftctl-fft-...
 
     first, second = _wandb_runs(out)  # each attempt's directory, W&B's own files kept with the output
     assert first == second
@@ -91,6 +102,18 @@ def test_the_users_wandb_variables_win(tmp_path):
     assert wandb_env("tensorboard", str(tmp_path / "out"), str(checkpoint), {}) == {}
     fresh = wandb_env("wandb", str(tmp_path / "out"), None, {})["WANDB_RUN_ID"]
     assert fresh != "recorded" and len(fresh) == 8
+
+
+def test_wandb_shows_the_users_wandb_name_else_the_runs(monkeypatch):
+    """transformers passes TrainingArguments.run_name to wandb.init(name=...), which wins over WANDB_NAME."""
+    from ftctl.spec import build
+
+    monkeypatch.delenv("WANDB_NAME", raising=False)
+    axolotl = build({"model_name_or_path": "Org/M", "wandb_project": "p", "wandb_name": "mine", "run_name": "r"})
+    assert run_name(axolotl) == "mine"
+    assert run_name(build({"model_name_or_path": "Org/M", "run_name": "r"})) == "r"
+    monkeypatch.setenv("WANDB_NAME", "exported")
+    assert run_name(build({"model_name_or_path": "Org/M", "run_name": "r"})) == "exported"
 
 
 def test_tensorboard_has_each_step_once_after_a_resume_from_an_earlier_checkpoint(

@@ -419,7 +419,7 @@ def training_args(
     checkpointing = plan.gradient_checkpointing and "fsdp" not in strategy  # FSDP checkpoints itself
     return SFTConfig(
         output_dir=local_dir,
-        run_name=spec.name,
+        run_name=tracking.run_name(spec),  # the name W&B shows
         seed=spec.seed,
         data_seed=spec.seed,
         max_steps=spec.max_steps,

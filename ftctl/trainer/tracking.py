@@ -22,9 +22,13 @@ import secrets
 import string
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ftctl.runpaths import CHECKPOINT_METRICS, START_WANDB_RUN, TENSORBOARD_DIR
 from ftctl.spec import report_integrations
+
+if TYPE_CHECKING:
+    from ftctl.spec import RunSpec
 
 _ID_CHARS = string.ascii_lowercase + string.digits  # W&B's own run ids: 8 of these
 
@@ -44,6 +48,12 @@ def wandb_env(
         "WANDB_DIR": local_dir,  # W&B writes its wandb/ inside it
     }
     return {name: value for name, value in wanted.items() if not given.get(name)}
+
+
+def run_name(spec: RunSpec, given: Mapping[str, str] = os.environ) -> str:
+    """TrainingArguments.run_name, the name W&B shows: the user's WANDB_NAME (axolotl's wandb_name), which
+    transformers' wandb.init(name=run_name) would override, else the run's name."""
+    return {**given, **spec.env}.get("WANDB_NAME") or spec.name
 
 
 def set_env(env: Mapping[str, str]) -> dict[str, str | None]:
