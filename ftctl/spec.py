@@ -261,7 +261,7 @@ DECIDED = {
     "dataset_train_split": "a Hub dataset's train split is read (its files for others: hf://datasets/ORG/NAME/FILES)",
     "save_only_model": "checkpoints keep the optimizer and scheduler, so a stopped run resumes where it was",
     "eval_on_start": "the held-out loss is measured every eval_steps and at the end",
-    "logging_dir": "TensorBoard's logs go to the run directory's runs/ (-o report_to=tensorboard)",
+    "logging_dir": "TensorBoard's logs go to the output's runs/ (-o report_to=tensorboard)",
     "neftune_noise_alpha": "NEFTune's noise on the embeddings is not offered",
     # TRL's and transformers' (TRL 1.x and transformers 5 spell torch_dtype dtype)
     "dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
