@@ -276,6 +276,11 @@ class Plan:
     data_mix: str | None = None  # several datasets mixed by data_weights; None: each read once
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def final_bytes_per_param(self) -> int:
+        """Bytes a parameter of the final model takes (final_dtype's), for the disk it needs."""
+        return DTYPE_BYTES[final_dtype(self.method, self.precision)]
+
     def to_dict(self) -> dict:
         return asdict(self)
 

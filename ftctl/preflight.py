@@ -866,10 +866,8 @@ def checkpoint_gb(plan) -> tuple[float, float]:
     whatever the strategy: 2P in bf16/fp16, 4P in fp32. A model whose LM head shares the embedding's weight saved it
     twice under fsdp and zero2 (+4 and +2 bytes a vocabulary x hidden entry); the trainer now leaves the copy out
     (sft_trainer.untied_copy_dropped)."""
-    from ftctl.plan import DTYPE_BYTES, final_dtype
-
     trainable = plan.trainable_params_b
-    final_bytes = DTYPE_BYTES[final_dtype(plan.method, plan.precision)]
+    final_bytes = plan.final_bytes_per_param
     if plan.method not in ("fft", "sft"):  # the adapters only
         return (WEIGHT_BYTES + OPTIMIZER_BYTES) * trainable, final_bytes * trainable
     params = plan.model.params_b
