@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from ftctl import __version__
+from ftctl import __version__, foreign_args
 from ftctl.errors import FtctlError
+from ftctl.foreign_args import FLAG_KEYS
 from ftctl.spec import BACKENDS, METHODS
 
 
@@ -31,41 +32,11 @@ class _Group(click.Group):
             sys.exit(130)
         except click.NoSuchOption as e:  # FastChat's --learning_rate 2e-5: a run key, which goes with -o here
             takes_keys = e.ctx is not None and any(p.name == "overrides" for p in e.ctx.command.params)
-            if takes_keys and (said := _run_key_hint(e.option_name, e.ctx.command)):
-                if line := _as_run_keys(ctx.meta["argv"], e.ctx.command):  # several: the whole line
-                    said = line if _takes(e.option_name) else f"{said}\n{line}"
+            if takes_keys and (said := foreign_args.run_key_hint(e.option_name, e.ctx.command)):
+                if line := foreign_args.as_run_keys(ctx.meta["argv"], e.ctx.command):  # several: the whole line
+                    said = line if foreign_args.takes(e.option_name) else f"{said}\n{line}"
                 e.message, e.possibilities = f"No such option: {e.option_name}. {said}", None
             raise
-
-
-def _run_key_hint(option: str, command: click.Command) -> str | None:
-    """What an unknown --OPTION that names a run key (or one ftctl decides) is here: the command's flag for it
-    where it has one (--model_name_or_path: --model), else -o."""
-    from ftctl.spec import FIELDS, canonical_key, not_a_key
-
-    word = option.lstrip("-")
-    key = canonical_key(word)
-    if key not in FIELDS:
-        return not_a_key(word)
-    flag = _flag_for(key, command)
-    from ftctl.backend import backend_options
-
-    if not flag and key in set().union(*backend_options().values()):  # `train --partition`: where it is not sent
-        return None
-    return f"{key} is a run key: {flag + ' VALUE, or ' if flag else ''}-o {key}=VALUE (or {key}: VALUE in a run file)."
-
-
-def _takes(option: str) -> bool:
-    """Whether -o takes what --OPTION names: a run key, or one ftctl decides (torchrun's --nproc_per_node: neither)."""
-    from ftctl.spec import DECIDED, FIELDS, canonical_key
-
-    return canonical_key(option.lstrip("-")) in FIELDS or option.lstrip("-").replace("-", "_") in DECIDED
-
-
-def _flag_for(key: str, command: click.Command) -> str | None:
-    """The command's flag for a run key (--model for model_name_or_path), None where it has none."""
-    options = (p for p in command.params if isinstance(p, click.Option))
-    return next((p.opts[0] for p in options if _FLAG_KEYS.get(p.name, p.name) == key), None)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -147,45 +118,6 @@ def run_options(fn=None, placement: bool = True):
     return fn
 
 
-def _as_run_keys(argv: list[str], command: click.Command) -> str | None:
-    """A FastChat or TRL command line's --KEY VALUE flags as this command takes them (said one at a time, each cost
-    a retry): its flag for the key where it has one, else -o KEY=VALUE; a flag that names no run key but is explained
-    (torchrun's --nproc_per_node) left out, and named. None where fewer than two name run keys."""
-    import re
-    import shlex
-
-    from ftctl.spec import canonical_key
-
-    known = {o for p in command.params for o in p.opts}
-    line, turned, dropped, args = ["ftctl"], 0, [], list(argv)
-    while args:
-        word = args.pop(0)
-        name, eq, value = word.partition("=")
-        if not name.startswith("--") or name in known or not _run_key_hint(name, command):
-            line.append(word)
-            continue
-        if not eq:  # HF's argparse: a bare --bf16 is true; a value never starts with a dash but a number's
-            takes = args and (not args[0].startswith("-") or re.fullmatch(r"-[\d.]+(e-?\d+)?", args[0]))
-            value = args.pop(0) if takes else "true"
-        if not _takes(name):
-            dropped.append(name)
-            continue
-        key = canonical_key(name.lstrip("-"))
-        flag = _flag_for(key, command)
-        line += [flag, value] if flag else ["-o", f"{key}={value}"]
-        turned += 1
-    if turned < 2:
-        return None
-    left = f" (left out: {', '.join(dropped)}; `ftctl keys NAME` says what each is here)" if dropped else ""
-    return f"FastChat's and TRL's --KEY VALUE flags are run keys here; as {command.name} takes them{left}:\n  " + (
-        shlex.join(line)
-    )
-
-
-# run flags named otherwise than their run key
-_FLAG_KEYS = {"model": "model_name_or_path", "data": "data_path", "eval_data": "eval_data_path", "output": "output_dir"}
-
-
 def _spec(kw: dict, backend: str | None = None):
     from ftctl import spec as spec_mod
 
@@ -194,7 +126,7 @@ def _spec(kw: dict, backend: str | None = None):
         raise FtctlError(f"Two run files, {run_file} and -c {config}: give one (merge them, or set keys with -o).")
     config = config or run_file
     overrides = kw.pop("overrides", ())
-    flags = {key: kw.pop(name, None) for name, key in _FLAG_KEYS.items()} | kw
+    flags = {key: kw.pop(name, None) for name, key in FLAG_KEYS.items()} | kw
     if backend and not flags.get("backend"):
         flags["backend"] = backend
     for key in ("setup", "sbatch_args", "secrets"):
