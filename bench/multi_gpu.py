@@ -313,6 +313,8 @@ def read_row(r: Running, rc, save_step: int | None, logs: Path) -> dict:
     row["times"] = [x["time"] for x in steps]  # when each record was written (a rate can be recomputed)
     if rc != 0 or (len(steps) <= WARM + 1 and not c.profile):  # a profile may stop early (PROFILE_FIRST)
         tail = r.log.read_text(errors="replace")[-3000:]
+        if rc == "timeout":  # killed at its budget: say so first (the log's last line is often only a warning)
+            return {**row, "error": f"timeout: killed after {wall} s (its budget), {len(steps)} steps written; {tail}"}
         return {**row, "error": f"exit {rc}: {tail}"}
     tokens = dt = 0.0
     last = steps[-1]["step"]
@@ -424,7 +426,9 @@ def write(out: Path, result: dict) -> None:
         "|" + "---|" * (len(COLUMNS) + 1),
     ]
     for r in result["rows"]:
-        err = r.get("error", "")[-200:].replace("\n", " ").replace("|", "/")
+        err = r.get("error", "")
+        err = err.partition(";")[0] if err.startswith("timeout:") else err[-200:]  # a timeout's own words, not its log
+        err = err.replace("\n", " ").replace("|", "/")
         lines.append("| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + f" | {err} |")
     for r in result["rows"]:
         prof = r.get("profile")
