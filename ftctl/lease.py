@@ -11,6 +11,12 @@ STALE_S is a trainer that was killed (or whose store went silent), and holds not
               renewed meanwhile, then holds it (a requeued or recovered attempt of the same job takes its own over)
     cancel    ``release`` once the job it names was cancelled: a killed trainer could not remove it
 
+The trainer writes its lease only where it is still as read (storage.put_if): none there (If-None-Match *), or the
+stale or own lease read (If-Match its ETag, S3). Of two trainers that read it in the same instant one write holds, and
+the other reads the lease again: the winner's, live. A store that refuses the condition, or ignores it (a second
+create-only write of the lease just written is taken), gets a plain write as before, said once (race_open): there two
+trainers starting into one output within the same second can both take it.
+
 The times in the lease are the writer's clock; the reader compares them with its own (clocks of machines that train
 are set by NTP; STALE_S is many renewals long).
 """
@@ -32,6 +38,8 @@ log = logging.getLogger("ftctl")
 
 RENEW_S = 30.0  # how often the holder writes it (one small PUT)
 STALE_S = 150.0  # not renewed for this long: its trainer is gone
+CLAIM_TRIES = 5  # writes of the lease that another trainer's write beat, in a row, before a trainer stops
+_RACE_SAID: set[str] = set()  # the stores race_open has spoken of (once each)
 
 
 def uri_of(output: str) -> str:
@@ -62,6 +70,33 @@ def read(output: str, endpoint_url: str | None = None) -> dict | None:
     except ValueError:
         lease = None
     return lease if isinstance(lease, dict) else {"holder": "unknown (not ftctl's lease)", "renewed_unix": time.time()}
+
+
+def read_tagged(output: str, endpoint_url: str | None = None) -> tuple[dict | None, str | None]:
+    """The lease in ``output`` (as :func:`read`) and which version of it that was: its S3 ETag, for a write that
+    replaces only that version (storage.put_if); None where there is none, or the store has no ETag for it. The ETag is
+    asked first: a lease renewed between the two asks is newer than its ETag, and a write on that ETag fails."""
+    fs, path = storage.filesystem(uri_of(output), endpoint_url, quick=True)
+    try:
+        etag = fs.info(path).get("ETag")
+    except FileNotFoundError:
+        return None, None
+    return read(output, endpoint_url), etag
+
+
+def race_open(output: str, why: str) -> None:
+    """Say once per store that its lease is written unconditionally there (``why``)."""
+    store = f"{storage.scheme(output)}://{output.split('://', 1)[-1].split('/', 1)[0]}"
+    if store in _RACE_SAID:
+        return
+    _RACE_SAID.add(store)
+    log.warning(
+        "%s: the trainer's lease on %s is written without a condition (%s), after it was read: two trainers starting "
+        "into one output within the same second could both take it",
+        store,
+        output,
+        storage.redact(why),
+    )
 
 
 def age_s(lease: dict, now: float | None = None) -> float:
@@ -122,7 +157,8 @@ def release(output: str, endpoint_url: str | None, holder_suffix: str) -> bool:
 class Holder:
     """Rank 0's hold of the lease on its object-store output, for the run: :meth:`take` before the model loads (it
     waits for another job's lease to be let go or go stale, and raises FtctlError where that lease is renewed in the
-    meantime: that trainer lives), then a thread renews it every ``renew_s`` until :meth:`close`, which removes it."""
+    meantime: that trainer lives; its write is made only where the lease is still as read, and one beaten by another
+    trainer's reads it again), then a thread renews it every ``renew_s`` until :meth:`close`, which removes it."""
 
     def __init__(self, output: str, endpoint_url: str | None, run: str, renew_s: float | None = None):
         self.output, self.endpoint_url = output, endpoint_url
@@ -135,40 +171,89 @@ class Holder:
 
     def take(self, stale_s: float | None = None) -> None:
         stale_s = STALE_S if stale_s is None else stale_s
-        first = lease = self._other()
-        if lease is not None and age_s(lease) < stale_s:
+        first, lost = None, 0
+        while True:
+            try:
+                lease, etag = read_tagged(self.output, self.endpoint_url)
+            except Exception as exc:  # noqa: BLE001 - the store not answering now: training goes on, written as before
+                log.warning("cannot read %s: %s", uri_of(self.output), storage.redact(str(exc)) or type(exc).__name__)
+                self._write()
+                break
+            if lease is not None and lease.get("holder") != self.id and age_s(lease) < stale_s:
+                first = self._wait(lease, first, stale_s)
+                continue
+            if self._claim(lease is None, etag):  # none, a stale one or this job's own, still as read: now this one's
+                break
+            lost += 1  # another trainer wrote (or removed) it between this read and this write: read it again
+            if lost >= CLAIM_TRIES:
+                raise FtctlError(
+                    f"{uri_of(self.output)} changed under each of {lost} writes of this trainer's lease (each made only "
+                    "where it was still as read): another job is starting into this output. Not training: stop that "
+                    "job, or give this run another --output."
+                )
+        self._thread.start()
+
+    def _wait(self, lease: dict, first: dict | None, stale_s: float) -> dict:
+        """Another job's live lease: said at the first sight (``first`` None), refused where it was renewed since
+        (that trainer lives), else a pause before it is read again. The lease first seen."""
+        if first is None:
             log.warning(
                 "%s holds the lease on %s: waiting for it to end or go stale (%.0f s after its last renewal)",
                 describe(lease),
                 self.output,
                 stale_s,
             )
-        while lease is not None and age_s(lease) < stale_s:
-            if (lease.get("holder"), lease.get("renewed_unix")) != (first.get("holder"), first.get("renewed_unix")):
-                raise FtctlError(
-                    f"{self.output} is being trained into by {describe(lease)}: not training (two trainers would "
-                    "write the same checkpoints). Stop that job, or give this run another --output."
-                )
-            time.sleep(min(self.renew_s, max(1.0, stale_s - age_s(lease))))
-            lease = self._other()
-        self._write()
-        self._thread.start()
+            first = lease
+        elif (lease.get("holder"), lease.get("renewed_unix")) != (first.get("holder"), first.get("renewed_unix")):
+            raise FtctlError(
+                f"{self.output} is being trained into by {describe(lease)}: not training (two trainers would "
+                "write the same checkpoints). Stop that job, or give this run another --output."
+            )
+        time.sleep(min(self.renew_s, max(1.0, stale_s - age_s(lease))))
+        return first
 
-    def _other(self) -> dict | None:
-        """The lease there now where another job holds it; None where none does, or it is this job's own (an
-        earlier attempt's: a requeue, a managed job's recovery) or the store does not answer (training goes on)."""
+    def _claim(self, absent: bool, etag: str | None) -> bool:
+        """Write this trainer's lease where the lease is still as read (``absent``, or the version ``etag``): False
+        where another trainer wrote or removed it since. A store that cannot make the write conditional gets a plain
+        write (said once: the race of two trainers starting at once stays open there)."""
+        uri, data = uri_of(self.output), self._text().encode()
         try:
-            lease = read(self.output, self.endpoint_url)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("cannot read %s: %s", uri_of(self.output), storage.redact(str(exc)) or type(exc).__name__)
-            return None
-        return None if lease is None or lease.get("holder") == self.id else lease
+            if not absent and etag is None:
+                raise storage.NoConditionalWrites(
+                    f"{storage.scheme(uri)}:// gave no ETag to replace only the lease read"
+                )
+            storage.put_if(uri, data, self.endpoint_url, None if absent else etag)
+        except FileExistsError:
+            return False
+        except storage.NoConditionalWrites as exc:
+            race_open(self.output, str(exc))
+            self._write()
+            return True
+        except Exception as exc:  # noqa: BLE001 - the store not answering now: written again at the next renewal
+            log.warning("cannot write %s: %s", uri, storage.redact(str(exc)) or type(exc).__name__)
+            return True
+        if absent and self._created_again(data):
+            race_open(
+                self.output, "the store took a create-only write over the lease just written: it ignores If-None-Match"
+            )
+        return True
+
+    def _created_again(self, data: bytes) -> bool:
+        """Whether the store takes a second create-only write of the lease this trainer just created: it (or an
+        s3fs/botocore too old to send If-None-Match) ignores the condition, without an error."""
+        try:
+            storage.put_if(uri_of(self.output), data, self.endpoint_url)
+        except Exception:  # noqa: BLE001 - refused (FileExistsError: kept), or cannot tell
+            return False
+        return True
+
+    def _text(self) -> str:
+        return json.dumps({**self.record, "renewed_unix": round(time.time(), 3)})
 
     def _write(self) -> None:
-        text = json.dumps({**self.record, "renewed_unix": round(time.time(), 3)})
         try:
             fs, path = storage.filesystem(uri_of(self.output), self.endpoint_url, quick=True)
-            fs.pipe_file(path, text.encode())
+            fs.pipe_file(path, self._text().encode())
         except Exception as exc:  # noqa: BLE001 - written again at the next renewal
             log.warning("cannot write %s: %s", uri_of(self.output), storage.redact(str(exc)) or type(exc).__name__)
 

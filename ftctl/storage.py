@@ -321,6 +321,42 @@ def put_file(local_path: str, uri: str, endpoint_url: str | None = None, fs=None
     fs.put_file(local_path, path)
 
 
+class NoConditionalWrites(Exception):
+    """The store, or its fsspec library, cannot make this write conditional (:func:`put_if`)."""
+
+
+#: error codes of a conditional write that did not hold: PreconditionFailed (412), and S3's 409 for two conditional
+#: writes of one object at once ("A conflicting conditional operation is currently in progress")
+_LOST = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+def put_if(uri: str, data: bytes, endpoint_url: str | None = None, etag: str | None = None) -> None:
+    """Write the small object ``uri`` only where it is absent (``etag`` None: If-None-Match *; S3 since 2024-08, GCS's
+    ifGenerationMatch=0, Azure's If-None-Match through s3fs/gcsfs/adlfs ``mode="create"``) or is still the version
+    read (its S3 ``etag``: If-Match, S3 since 2024-11). FileExistsError where it is not (another writer came first, or
+    removed it), NoConditionalWrites where the store or the library refuses the condition (an S3-compatible without
+    them, If-Match outside S3); a store that does not answer raises as any write. A store (or an s3fs/botocore too old
+    to send the header) that ignores the condition writes as a plain write would: ask again to find out."""
+    fs, path = filesystem(uri, endpoint_url, quick=True)
+    if etag is not None and REMOTE_SCHEMES.get(scheme(uri), ("",))[0] != "s3":
+        raise NoConditionalWrites(f"{scheme(uri)}:// through fsspec replaces an object only unconditionally")
+    try:
+        if etag is None:
+            fs.pipe_file(path, data, mode="create")
+        else:
+            fs.pipe_file(path, data, IfMatch=etag)
+    except (FileExistsError, FileNotFoundError) as exc:
+        if _codes(exc) & _NO_BUCKET:
+            raise
+        raise FileExistsError(uri) from exc
+    except Exception as exc:
+        if _codes(exc) & _LOST:
+            raise FileExistsError(uri) from exc
+        if store_error(exc, uri, endpoint_url) is not None:  # no credentials, denied, not answering: not the condition
+            raise
+        raise NoConditionalWrites(f"the store refused the condition: {redact(str(exc)) or type(exc).__name__}") from exc
+
+
 def get_file(uri: str, local_path: str, endpoint_url: str | None = None, fs=None) -> None:
     """Download one file from ``uri`` to ``local_path`` (parents created)."""
     if fs is None:
@@ -489,10 +525,7 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
         return exc
     if not is_remote(uri):
         return None
-    chain, e = [], exc
-    while e is not None and e not in chain and len(chain) < 8:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
+    chain = _chain(exc)
     names = {cls.__name__ for e in chain for cls in type(e).__mro__}
     if "OfflineModeIsEnabled" in names or (_is_hf(uri) and hub.offline()):  # whatever failed, offline is why
         return storage_error("offline", uri, endpoint_url)
@@ -516,6 +549,22 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
     if "ValueError" in names and "endpoint" in text:
         return storage_error("bad-endpoint", uri, endpoint_url)
     return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised from (s3fs's OSError from botocore's ClientError ...)."""
+    chain, e = [], exc
+    while e is not None and e not in chain and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    return chain
+
+
+def _codes(exc: BaseException) -> set[str]:
+    """The store's error codes and HTTP statuses in ``exc``'s chain (botocore's responses)."""
+    responses = [r for e in _chain(exc) if isinstance(r := getattr(e, "response", None), dict)]
+    codes = {str(r.get("Error", {}).get("Code", "")) for r in responses}
+    return (codes | {str(r.get("ResponseMetadata", {}).get("HTTPStatusCode", "")) for r in responses}) - {""}
 
 
 @contextlib.contextmanager

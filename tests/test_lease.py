@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,7 @@ from ftctl.errors import FtctlError
 from ftctl.runpaths import TRAIN_LEASE
 from ftctl.sky import backend as sky_backend
 from tests.test_sky_jobs import FakeSky, forget_ended
+from tests.test_slurm_cancel import JOB, cluster  # noqa: F401 - the fixture (fake squeue, scancel, scontrol)
 from tests.trainer_fixtures import make_run
 
 
@@ -116,4 +118,148 @@ def test_cancel_of_a_killed_sky_job_lets_go_of_its_lease_and_not_of_another_jobs
     managed = JobRef("sky", "managed/5", "/nonexistent/run", "run", out, {"sky_job_id": 5, "managed": True})
     put(out, holder="SkyPilot task sky-managed-2026-12-05_run_5-0", renewed_unix=time.time())
     SkyBackend().cancel(managed, now=True)
+    assert lease.read(out) is None
+
+
+def racers(out: str, monkeypatch, jobs=(501, 502)) -> list[lease.Holder]:
+    """A trainer of each Slurm job into ``out``, renewing every 0.2 s."""
+    monkeypatch.delenv("SKYPILOT_TASK_ID", raising=False)
+    holders = []
+    for job in jobs:
+        monkeypatch.setenv("SLURM_JOB_ID", str(job))
+        holders.append(lease.Holder(out, None, "r", renew_s=0.2))
+    return holders
+
+
+def race(holders: list[lease.Holder], monkeypatch) -> dict[str, str]:
+    """Every holder's take() in a thread of its own, all released at once by a barrier, each reading the lease before
+    any writes it (two trainers starting in the same second): per holder, "holds" or what take() raised."""
+    read = lease.read_tagged
+    read_by_all = threading.Barrier(len(holders))
+    first_read = set()
+
+    def read_then_wait(*args, **kwargs):
+        got = read(*args, **kwargs)
+        me = threading.current_thread()
+        if me.name.startswith("racer") and me not in first_read:
+            first_read.add(me)
+            read_by_all.wait(timeout=20)
+        return got
+
+    monkeypatch.setattr(lease, "read_tagged", read_then_wait)
+    start, outcome = threading.Barrier(len(holders)), {}
+
+    def take(holder):
+        start.wait(timeout=20)
+        try:
+            holder.take(stale_s=60)
+            outcome[holder.id] = "holds"
+        except FtctlError as e:
+            outcome[holder.id] = str(e)
+
+    threads = [threading.Thread(target=take, args=(h,), name=f"racer-{h.id}", daemon=True) for h in holders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return outcome
+
+
+def held_by(out: str) -> str:
+    return json.loads(storage.read_text(storage.join(out, TRAIN_LEASE)))["holder"]
+
+
+@pytest.mark.parametrize("before", ["none", "stale"])
+def test_two_trainers_taking_one_output_in_the_same_instant_one_holds_and_the_other_refuses(
+    s3_bucket, monkeypatch, caplog, before
+):
+    """Both read the lease (none, or a killed trainer's stale one) before either wrote theirs: both took it and trained
+    into one output. The write is conditional (If-None-Match *, or If-Match the ETag read): one write wins, the other
+    reads the lease again, finds the winner's and refuses when it is renewed."""
+    out = f"{s3_bucket}/runs/race-{before}"
+    if before == "stale":
+        put(out, holder="Slurm job 41", renewed_unix=time.time() - lease.STALE_S - 100)
+    holders = racers(out, monkeypatch)
+    try:
+        outcome = race(holders, monkeypatch)
+        assert sorted(outcome) == sorted(h.id for h in holders)
+        winners = [who for who, said in outcome.items() if said == "holds"]
+        assert len(winners) == 1, outcome
+        (loser,) = set(outcome) - set(winners)
+        assert outcome[loser].startswith(f"{out} is being trained into by {winners[0]} on ")
+        assert ": not training (two trainers would write the same checkpoints)" in outcome[loser]
+        assert held_by(out) == winners[0]
+    finally:
+        for h in holders:
+            h.close()
+    assert lease.read(out) is None  # the winner let go; the loser removed nothing of another's
+    assert "written without a condition" not in caplog.text  # moto keeps conditions, as S3 does: no open race said
+
+
+@pytest.fixture
+def store_conditions(s3_bucket):
+    """The S3 client the lease is written through (this thread's, the "ask" limits) made to answer as a store that
+    ``refuses`` conditional writes (501 NotImplemented, S3's own answer before 2024) or ``ignores`` them (the headers
+    never reach the store, as with an s3fs or botocore too old to send them, or a store that drops them)."""
+    fs = storage.filesystem(f"{s3_bucket}/x", quick=True)[0]
+    fs.connect()
+    events = fs.s3.meta.events
+
+    def install(how: str) -> None:
+        def put_object(params, **kwargs):
+            conditions = [h for h in params["headers"] if h.lower() in ("if-none-match", "if-match")]
+            if conditions and how == "refuses":
+                error = {"Code": "NotImplemented", "Message": "A header you provided implies functionality that is not"}
+                return SimpleNamespace(status_code=501), {"Error": error, "ResponseMetadata": {"HTTPStatusCode": 501}}
+            for h in conditions:
+                del params["headers"][h]
+            return None
+
+        events.register("before-call.s3.PutObject", put_object, unique_id="test-lease-conditions")
+
+    yield install
+    events.unregister("before-call.s3.PutObject", unique_id="test-lease-conditions")
+
+
+@pytest.mark.parametrize("how", ["refuses", "ignores"])
+def test_a_store_without_conditional_writes_gets_the_lease_read_then_written_and_the_open_race_said_once(
+    s3_bucket, store_conditions, monkeypatch, caplog, how
+):
+    store_conditions(how)
+    monkeypatch.setattr(lease, "_RACE_SAID", set())
+    monkeypatch.delenv("SKYPILOT_TASK_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "61")
+    caplog.set_level("WARNING", logger="ftctl")
+    out = f"{s3_bucket}/runs/plain"
+    for before in (None, "stale"):  # created, then a killed trainer's replaced
+        if before:
+            put(out, holder="Slurm job 41", renewed_unix=time.time() - lease.STALE_S - 1)
+        holder = lease.Holder(out, None, "r", renew_s=0.2)
+        holder.take()
+        assert held_by(out) == "Slurm job 61"
+        holder.close()
+    said = [r.getMessage() for r in caplog.records if "written without a condition" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"{s3_bucket}: the trainer's lease on {out} is written without a condition (")
+    assert ("store refused the condition: [Errno" if how == "refuses" else "it ignores If-None-Match") in said[0]
+    assert said[0].endswith("two trainers starting into one output within the same second could both take it")
+
+
+def test_cancel_of_a_slurm_job_lets_go_of_its_trainers_lease_and_not_of_another_jobs(cluster, s3_bucket):  # noqa: F811
+    """Slurm kills the trainer KillWait after scancel's SIGTERM, before it lets go of its lease: the same launch right
+    after was refused for STALE_S. The cancel removes the lease once the job ended, where its own trainer holds it."""
+    from ftctl.backend import record_job
+    from ftctl.slurm.backend import SlurmBackend
+
+    ref, _ = cluster
+    out = f"{s3_bucket}/r1"
+    ref = JobRef("slurm", JOB, ref.run_dir, "r", out)
+    record_job(ref)
+    state = ref.paths.root.parent / "bin" / "state"
+    put(out, holder=f"Slurm job 1{JOB}", renewed_unix=time.time())  # another job's (it waits behind this one)
+    assert SlurmBackend().cancel(ref, now=True).startswith(f"cancelled {JOB}")
+    assert held_by(out) == f"Slurm job 1{JOB}"
+    put(out, holder=f"Slurm job {JOB}", host="node1", renewed_unix=time.time())  # its own, left by a killed trainer
+    state.write_text("RUNNING")
+    assert SlurmBackend().cancel(ref, now=True).startswith(f"cancelled {JOB}")
     assert lease.read(out) is None

@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 
 from ftctl import gpus as gpu_table
-from ftctl import userconfig
+from ftctl import lease, userconfig
 from ftctl.backend import (
     PREFLIGHT_KEYS,
     Backend,
@@ -238,6 +238,14 @@ def goes_on(ref: JobRef) -> str:
         except (OSError, FtctlError) as e:
             does = f"resumes it from the newest checkpoint committed to {ref.output} ({_unreachable(e)})"
     return f": the same `ftctl launch` {does}"
+
+
+def let_go(ref: JobRef) -> None:
+    """Remove the lease on the ended job's object-store output where its trainer holds it (ftctl.lease.release): Slurm
+    kills a trainer KillWait after the cancel's SIGTERM, before it lets go, and the same launch right after was refused
+    until the lease went stale (lease.STALE_S). Another job's lease is left."""
+    if is_remote(ref.output):
+        lease.release(ref.output, run_spec(ref).s3_endpoint_url, lease.holder_id({"SLURM_JOB_ID": ref.job_id}))
 
 
 def stop_in_store(ref: JobRef) -> str:
@@ -492,6 +500,7 @@ class SlurmBackend(Backend):
     def _ended(self, ref: JobRef, s: scheduler.JobStatus) -> str:
         """What `cancel` says of a job that ended after its trainer was asked for a checkpoint."""
         if s.state == "CANCELLED":
+            let_go(ref)
             return f"cancelled {ref.job_id}: {self.stop_note(ref)}"
         if s.state == "COMPLETED":
             return f"job {ref.job_id} finished training before it could stop: {s.describe()}"
@@ -549,6 +558,7 @@ class SlurmBackend(Backend):
         while time.monotonic() < deadline:
             try:
                 if scheduler.status(ref.job_id).finished:
+                    let_go(ref)
                     return f"cancelled {ref.job_id}: {self.stop_note(ref)}"
             except FtctlError:
                 break
