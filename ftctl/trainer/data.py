@@ -22,14 +22,17 @@ passes ``use_cache=False``.)
 from __future__ import annotations
 
 import math
+import os
 import posixpath
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ftctl.errors import FtctlError
 from ftctl.spec import RunSpec, split_paths
-from ftctl.trainer.formats import Row, file_name, llama_factory_notes, load_rows
+from ftctl.trainer.formats import Row, data_digest, file_name, llama_factory_notes, load_rows
 from ftctl.trainer.masks import (
     MaskError,
     assistant_spans,
@@ -471,16 +474,138 @@ def show_rows(report: DataReport, tokenizer, mark) -> str:
     return "\n".join(out)
 
 
-def build_dataset(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, stats=None, **options):
+def build_dataset(
+    path: str,
+    tokenizer,
+    max_length: int,
+    endpoint_url: str | None = None,
+    stats=None,
+    cache_dir: str | None = None,
+    echo=None,
+    **options,
+):
     """The training dataset (columns ``input_ids``, ``labels``), or a held-out one; FtctlError listing the
     problems if any. ``options``: prepare_data's (held_out, sources, every_token); ``stats``: a list its
-    DataStats is appended to."""
-    report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url, **options)
-    if report.errors:
-        raise FtctlError(report.error_message())
+    DataStats is appended to; ``cache_dir``: where the tokenized rows are kept (cache_key names them), read there
+    instead of tokenizing the data again where they are, else written by the first process (RANK 0); ``echo``
+    takes the line that says which."""
+    entry = Path(cache_dir, cache_key(path, tokenizer, max_length, endpoint_url, **options)) if cache_dir else None
+    found = _read_cached(entry) if entry else None
+    if found:
+        dataset, row_stats = found
+        if echo:
+            echo(f"{path}: {len(dataset):,} rows tokenized at an earlier start, read from {entry}")
+    else:
+        if entry and echo:  # silent for minutes otherwise (300k conversations: half an hour on a core)
+            echo(f"{path}: tokenizing the rows ...")
+        started = time.monotonic()
+        report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url, **options)
+        if report.errors:
+            raise FtctlError(report.error_message())
+        row_stats = report.stats
+        if entry and int(os.environ.get("RANK") or 0) == 0:
+            dataset, kept = _write_cached(entry, dataset, row_stats)
+            if echo:
+                took = f"{len(dataset):,} rows tokenized in {time.monotonic() - started:.0f} s"
+                echo(f"{path}: {took}, kept in {entry} for a resume" if kept else f"{path}: {took}; {kept}")
     if stats is not None:
-        stats.append(report.stats)
+        stats.append(row_stats)
     return dataset
+
+
+# where the trainer keeps the tokenized rows of its data (build_dataset), one directory a cache_key, in the run's local
+# directory (an object-store output's staging; hidden: never uploaded): a resume, a Slurm requeue and the other nodes
+# of a run on a shared disk read them instead of tokenizing the data again (300k conversations: 30 min and 30 GB on a
+# core, on each rank). Delete it to free its disk (about 9 bytes a token).
+DATA_CACHE = ".ftctl/data-cache"
+_CACHED_STATS = "ftctl-data-stats.json"
+# the code that turns rows into tokens: another version of it (an upgrade of ftctl) is another cache_key
+_TOKENIZING_CODE = ("data.py", "formats.py", "masks.py", "splits.py")
+
+
+def cache_key(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, **options) -> str:
+    """A digest of all that decides the tokenized rows of build_dataset: the data's digest (formats.data_digest: its
+    files' contents), the tokenizer (vocabulary, special tokens, chat template), max_length, prepare_data's options
+    (held_out, sources, every_token), the code that tokenizes and the transformers and tokenizers that run it."""
+    import hashlib
+    import json
+
+    import tokenizers
+    import transformers
+
+    tokenizer = _load_tokenizer(tokenizer)
+    digest = hashlib.blake2b(digest_size=16)
+    here = Path(__file__).parent
+    for name in _TOKENIZING_CODE:
+        digest.update((here / name).read_bytes())
+    backend = tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) else ""
+    said = {
+        "data": data_digest(path, endpoint_url, bool(options.get("held_out"))),
+        "tokenizer": [type(tokenizer).__name__, backend, tokenizer.chat_template, tokenizer.special_tokens_map],
+        "adds": [getattr(tokenizer, k, None) for k in ("add_bos_token", "add_eos_token", "eos_token_id")],
+        "max_length": max_length,
+        "options": sorted(options.items()),
+        "versions": [transformers.__version__, tokenizers.__version__],
+    }
+    digest.update(json.dumps(said, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _read_cached(entry: Path):
+    """(dataset, DataStats) that _write_cached kept in ``entry``; None where there are none (or they cannot be
+    read: tokenized again)."""
+    import json
+
+    if not (entry / _CACHED_STATS).is_file():
+        return None
+    try:
+        import datasets
+
+        said = json.loads((entry / _CACHED_STATS).read_text())
+        row_stats = DataStats(**said)
+        row_stats.histogram = [tuple(h) for h in row_stats.histogram]
+        row_stats.datasets = [tuple(d) for d in row_stats.datasets]
+        return datasets.load_from_disk(str(entry)), row_stats
+    except Exception:  # noqa: BLE001 — a damaged entry is tokenized again, as if it were not there
+        return None
+
+
+def _write_cached(entry: Path, dataset, row_stats: DataStats):
+    """(the dataset as read back from ``entry``, True), once written there whole: into a new directory beside it,
+    renamed into place (another process's entry, whole too, is kept; a damaged one replaced); (the dataset, why not)
+    where the disk refused."""
+    import dataclasses
+    import json
+    import shutil
+    import tempfile
+
+    import datasets
+
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()  # "Saving the dataset": not the trainer's log's business
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        new = Path(tempfile.mkdtemp(prefix=f"{entry.name}.", suffix=".new", dir=entry.parent))
+        new.chmod(0o755)
+        try:
+            dataset.save_to_disk(str(new))
+            (new / _CACHED_STATS).write_text(json.dumps(dataclasses.asdict(row_stats)))
+            try:
+                os.rename(new, entry)
+            except OSError:  # there already: another process's, whole, or one _read_cached could not read
+                if _read_cached(entry) is None:
+                    old = new.with_suffix(".old")
+                    os.rename(entry, old)
+                    os.rename(new, entry)
+                    shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(new, ignore_errors=True)
+        return datasets.load_from_disk(str(entry)), True
+    except OSError as e:
+        return dataset, f"not kept for a resume (a resume tokenizes them again): {e}"
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
 
 
 def held_out_rows(eval_split: float, rows: int) -> int:
@@ -502,13 +627,14 @@ def eval_split_leaves_none(eval_split: float, rows: int, data_path: str) -> str 
     )
 
 
-def build_datasets(spec, tokenizer, echo=None, stats=None):
+def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None = None):
     """(training dataset, held-out data or None) for a RunSpec: the held-out rows come from ``eval_data_path``,
     or are ``eval_split`` of the training rows, the same ones on every rank and at every resume (drawn with the
     run's seed); then ``data_weights`` mixes the training rows (mix; ``echo`` takes the line that says how).
     Held-out rows of several datasets (several eval_data_path, or eval_split of several data_path) are a dict
     of them by held_out_names: the trainer evaluates each (eval_<name>_loss) and all of them (eval_loss).
-    ``stats``: a list the training rows' DataStats is appended to."""
+    ``stats``: a list the training rows' DataStats is appended to; ``cache_dir``: where the tokenized rows are kept
+    for the next start (build_dataset; the trainer's: DATA_CACHE in the run's local directory)."""
     mixing, every = spec.data_mix is not None, not spec.assistant_only_loss
     paths = split_paths(spec.data_path)
     by_source = mixing or (spec.eval_split > 0 and len(paths) > 1)
@@ -518,6 +644,8 @@ def build_datasets(spec, tokenizer, echo=None, stats=None):
         spec.model_max_length,
         spec.s3_endpoint_url,
         stats=stats,
+        cache_dir=cache_dir,
+        echo=echo,
         sources=by_source,
         every_token=every,
     )
@@ -526,7 +654,14 @@ def build_datasets(spec, tokenizer, echo=None, stats=None):
         eval_paths = split_paths(spec.eval_data_path)
         sets = [
             build_dataset(
-                path, tokenizer, spec.model_max_length, spec.s3_endpoint_url, held_out=True, every_token=every
+                path,
+                tokenizer,
+                spec.model_max_length,
+                spec.s3_endpoint_url,
+                cache_dir=cache_dir,
+                echo=echo,
+                held_out=True,
+                every_token=every,
             )
             for path in eval_paths
         ]
