@@ -213,7 +213,6 @@ def prepare_data(
     column, ``source``, says which of the datasets ``path`` names each row is from (mix); ``show``: the report
     keeps the first rows without errors as they train (show_rows); ``every_token``: the loss covers every token,
     not only the assistant turns (assistant_only_loss=false)."""
-    import datasets
 
     if not isinstance(max_length, int) or max_length < 2:
         raise FtctlError(f"max_length must be an integer of at least 2 tokens, not {max_length!r}.")
@@ -237,85 +236,99 @@ def prepare_data(
             f"not read: {some}: ftctl reads {KINDS} (`ftctl data check` of a CSV file says how to convert it)"
         )
 
-    good: list[Row] = []
-    texts: list[str] = []
-    spans: list = []
     missing_eot = 0
     renamed: list[Row] = []  # rows whose call ids the template gets shortened (masks.renames_call_ids)
     special = _special_tokens(tokenizer)
     written_out: list[tuple[Row, str]] = []  # (row, the first special token its text writes out)
     problems: list[tuple[Row, str]] = []  # (row, what is wrong with it): report.errors, problem_lines
-    for row in rows:
-        if row.problems:
-            problems += [(row, p) for p in row.problems]
-            continue
-        said = [row.text] if row.text is not None else [m["content"] for m in row.messages]
-        if special and (found := next((f for t in said if (f := special.search(t))), None)):
-            written_out.append((row, found.group()))
-        if row.text is not None:
-            good.append(row)
-            texts.append(row.text)
-            spans.append(0 if every_token else row.completion_at)
-            continue
-        if note := ensure_chat_template(tokenizer):
-            report.notes.append(note)
-        try:
-            text, row_spans, has_eot = assistant_spans(tokenizer, row.messages, row.completion_at, row.tools)
-        except MaskError as e:  # our own message: the template cannot be split into turns
-            problems.append((row, str(e)))
-            continue
-        except Exception as e:  # jinja2 TemplateError and friends: the template refused the conversation
-            roles = ", ".join(m["role"] for m in row.messages)
-            problems.append((row, f"the model's chat template refused this conversation: {e} (turns: {roles})"))
-            continue
-        missing_eot += not has_eot
-        if renames_call_ids(tokenizer, row.messages):
-            renamed.append(row)
-        good.append(row)
-        texts.append(text)
-        spans.append([(0, len(text))] if every_token else row_spans)
-
-    encoded = encode_texts(tokenizer, texts, spans, max_length)
-    kept_ids, kept_labels, kept_sources, lengths = [], [], [], []
+    masked: list[tuple[Row, str]] = []  # ... found once tokenized: said after those
+    tokens = _TokenColumns(sources)
     formats: Counter = Counter()
     s = report.stats
+    lengths: list[int] = []  # of each kept row, before truncation
+    by_source: Counter = Counter()  # (source, "rows" | "tokens"): of each dataset
     leading = 0  # rows trained without the assistant turns before their first user turn (formats: dropped)
+    weight_zero = 0  # rows with assistant turns of weight 0
     joined: list[Row] = []  # prompt-completion rows whose prompt and completion meet inside one token
     past_the_end: list[tuple[Row, int]] = []  # (row, its tokens): every trained token after max_length
-    for row, enc in zip(good, encoded):
-        trainable = sum(enc.mask)
-        if enc.trainable_before == 0:
-            weighted = row.messages and any(m.get("weight") == 0 for m in row.messages)  # OpenAI's "not trained"
-            why = (
-                "its assistant turns all have weight 0; give one weight 1"
-                if weighted
-                else "the rendered conversation has no assistant tokens"
-            )
-            problems.append((row, f"every label is masked: {why}"))
-            continue
-        if trainable == 0:
-            past_the_end.append((row, enc.length))
-            continue
-        if enc.length > max_length:
-            report.warnings.append(
-                f"{row.where}: {enc.length} tokens, over the max length {max_length}: the last "
-                f"{enc.length - max_length} tokens will be dropped ({trainable} of {enc.trainable_before} trainable tokens kept)"
-            )
-        kept_ids.append(enc.input_ids)
-        kept_labels.append([t if m else IGNORE_INDEX for t, m in zip(enc.input_ids, enc.mask)])
-        kept_sources.append(row.source)
-        if len(report.samples) < show:
-            report.samples.append((row.where, kept_ids[-1], kept_labels[-1]))
-        lengths.append(enc.length)
-        formats[row.format] += 1
-        s.plain += row.text is not None
-        leading += row.dropped > 0
-        if enc.joined:
-            joined.append(row)
+    for lo in range(0, len(rows), _CHUNK):  # a chunk at a time: its tokens kept as arrow arrays, not Python lists
+        good: list[Row] = []
+        texts: list[str] = []
+        spans: list = []
+        for row in rows[lo : lo + _CHUNK]:
+            if row.problems:
+                problems += [(row, p) for p in row.problems]
+                continue
+            said = [row.text] if row.text is not None else [m["content"] for m in row.messages]
+            if special and (found := next((f for t in said if (f := special.search(t))), None)):
+                written_out.append((row, found.group()))
+            if row.text is not None:
+                good.append(row)
+                texts.append(row.text)
+                spans.append(0 if every_token else row.completion_at)
+                continue
+            if note := ensure_chat_template(tokenizer):
+                report.notes.append(note)
+            try:
+                text, row_spans, has_eot = assistant_spans(tokenizer, row.messages, row.completion_at, row.tools)
+            except MaskError as e:  # our own message: the template cannot be split into turns
+                problems.append((row, str(e)))
+                continue
+            except Exception as e:  # jinja2 TemplateError and friends: the template refused the conversation
+                roles = ", ".join(m["role"] for m in row.messages)
+                problems.append((row, f"the model's chat template refused this conversation: {e} (turns: {roles})"))
+                continue
+            missing_eot += not has_eot
+            if renames_call_ids(tokenizer, row.messages):
+                renamed.append(row)
+            good.append(row)
+            texts.append(text)
+            spans.append([(0, len(text))] if every_token else row_spans)
+
+        encoded = encode_texts(tokenizer, texts, spans, max_length)
+        if every_token:
+            weight_zero += sum(any(m.get("weight") == 0 for m in row.messages) for row in good)
+        chunk_ids, chunk_labels, chunk_sources = [], [], []
+        for row, enc in zip(good, encoded):
+            trainable = sum(enc.mask)
+            if enc.trainable_before == 0:
+                weighted = row.messages and any(m.get("weight") == 0 for m in row.messages)  # OpenAI's "not trained"
+                why = (
+                    "its assistant turns all have weight 0; give one weight 1"
+                    if weighted
+                    else "the rendered conversation has no assistant tokens"
+                )
+                masked.append((row, f"every label is masked: {why}"))
+                continue
+            if trainable == 0:
+                past_the_end.append((row, enc.length))
+                continue
+            if enc.length > max_length:
+                report.warnings.append(
+                    f"{row.where}: {enc.length} tokens, over the max length {max_length}: the last "
+                    f"{enc.length - max_length} tokens will be dropped ({trainable} of {enc.trainable_before} trainable tokens kept)"
+                )
+            chunk_ids.append(enc.input_ids)
+            chunk_labels.append([t if m else IGNORE_INDEX for t, m in zip(enc.input_ids, enc.mask)])
+            chunk_sources.append(row.source)
+            if len(report.samples) < show:
+                report.samples.append((row.where, chunk_ids[-1], chunk_labels[-1]))
+            lengths.append(enc.length)
+            s.tokens += len(enc.input_ids)
+            s.trainable_tokens += trainable
+            by_source[row.source, "rows"] += 1
+            by_source[row.source, "tokens"] += len(enc.input_ids)
+            formats[row.format] += 1
+            s.plain += row.text is not None
+            leading += row.dropped > 0
+            if enc.joined:
+                joined.append(row)
+        tokens.add(chunk_ids, chunk_labels, chunk_sources)
+    problems += masked
 
     if past_the_end:  # a few such rows in a large corpus are dropped (axolotl drops them); more: max_length is short
         # of the rows without other errors: the same verdict on the file --write-valid writes of these rows
-        few = len(past_the_end) <= DROP_PAST_THE_END * (len(kept_ids) + len(past_the_end)) and kept_ids
+        few = len(past_the_end) <= DROP_PAST_THE_END * (len(lengths) + len(past_the_end)) and lengths
         raise_it = "raise model_max_length" + (" (ftctl eval: --max-length)" if held_out else "")
         cut = [
             (
@@ -349,9 +362,9 @@ def prepare_data(
             f"{leading} conversation(s) start with the assistant's turn: the assistant turns before the first user "
             "turn answer nothing and are left out (as FastChat's training does); the rest trains"
         )
-    if every_token and (weighted := sum(any(m.get("weight") == 0 for m in row.messages) for row in good)):
+    if every_token and weight_zero:
         report.notes.append(
-            f"{weighted} row(s) have assistant turns of weight 0 (or training: false): the loss covers every token "
+            f"{weight_zero} row(s) have assistant turns of weight 0 (or training: false): the loss covers every token "
             "here (assistant_only_loss=false), theirs too"
         )
     if joined:
@@ -370,30 +383,56 @@ def prepare_data(
             "their calls"
         )
     report.notes = list(dict.fromkeys(report.notes))
-    s.rows, s.formats = len(kept_ids), dict(formats)
-    s.tokens = sum(map(len, kept_ids))
-    s.trainable_tokens = sum(t != IGNORE_INDEX for labels in kept_labels for t in labels)
+    s.rows, s.formats = len(lengths), dict(formats)
     s.truncated_rows = sum(n > max_length for n in lengths)
     s.max_tokens = max(lengths, default=0)
     s.histogram = _histogram(lengths, max_length)
     if len(names := split_paths(path)) > 1:
-        s.datasets = [
-            (name, kept_sources.count(i), sum(len(ids) for ids, j in zip(kept_ids, kept_sources) if j == i))
-            for i, name in enumerate(names)
-        ]
+        s.datasets = [(name, by_source[i, "rows"], by_source[i, "tokens"]) for i, name in enumerate(names)]
     report.errors = problem_lines(problems, len(rows))
     report.bad_at = {row.at for row, _ in problems if row.at is not None}  # not a file that cannot be read
     report.bad_rows, report.rows_read = len({id(row) for row, _ in problems if row.at is not None}), len(rows)
-    if not kept_ids and not report.errors:
+    if not lengths and not report.errors:
         report.errors.append(f"{path}: no rows: the data is empty")
-    columns = {"input_ids": kept_ids, "labels": kept_labels}
-    features = {
-        "input_ids": datasets.Sequence(datasets.Value("int32")),
-        "labels": datasets.Sequence(datasets.Value("int32")),
-    }
-    if sources:
-        columns["source"], features["source"] = kept_sources, datasets.Value("int32")
-    return report, datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    return report, tokens.dataset()
+
+
+# rows tokenized at a time (prepare_data): their token ids and labels go into arrow arrays (4 bytes a token) before
+# the next chunk's; held as Python lists (~70 bytes a token) a file of 300k conversations took 30 GB
+_CHUNK = 4096
+
+
+class _TokenColumns:
+    """The kept rows' columns (input_ids, labels, and source where asked), a chunk of arrow arrays at a time."""
+
+    def __init__(self, sources: bool):
+        self.names = ["input_ids", "labels", *(["source"] * sources)]
+        self.chunks: dict[str, list] = {name: [] for name in self.names}
+
+    def add(self, ids: list[list[int]], labels: list[list[int]], sources: list[int]) -> None:
+        import pyarrow as pa
+
+        for name, values in zip(self.names, (ids, labels, sources)):
+            kind = pa.int32() if name == "source" else pa.list_(pa.int32())
+            self.chunks[name].append(pa.array(values, type=kind))
+
+    def dataset(self):
+        import datasets
+        import pyarrow as pa
+
+        features = {
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "labels": datasets.Sequence(datasets.Value("int32")),
+            "source": datasets.Value("int32"),
+        }
+        features = datasets.Features({name: features[name] for name in self.names})
+        table = pa.table(
+            {
+                name: pa.chunked_array(self.chunks[name], type=features.arrow_schema.field(name).type)
+                for name in self.names
+            }
+        )
+        return datasets.Dataset(datasets.table.InMemoryTable(table), info=datasets.DatasetInfo(features=features))
 
 
 def _special_tokens(tokenizer):
