@@ -250,6 +250,31 @@ def check_registry(registry: str, flag: str = "registry") -> str:
     return r
 
 
+# docker's reference grammar (distribution/reference regexp.go): [HOST[:PORT]/]PATH[:TAG][@DIGEST], the path's
+# components lower case; nothing a shell reads (SkyPilot writes the image into `docker pull IMAGE` unquoted) and no
+# leading '-' (docker run would read it as an option)
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = (
+    r"(?:(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])(?:\.(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]))*)"
+)
+_REFERENCE = re.compile(
+    rf"(?:{_HOST}(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
+
+
+def check_reference(ref: str, said: str) -> str:
+    """``ref`` where it is an image reference docker takes; FtctlError saying so (``said``: where it was given)
+    otherwise."""
+    if not _REFERENCE.fullmatch(ref):
+        raise FtctlError(
+            f"{said}: {ref!r} is no image reference docker takes: [REGISTRY[:PORT]/]NAME[:TAG][@sha256:DIGEST], the "
+            "name in lower case, no spaces or shell characters (e.g. ghcr.io/my-org/ftctl:cu124)."
+        )
+    return ref
+
+
 def check_tag(tag: str) -> str:
     if not _TAG.match(tag):
         raise FtctlError(

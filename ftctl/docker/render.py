@@ -22,7 +22,7 @@ import getpass
 import os
 from dataclasses import dataclass
 
-from ftctl.docker.image import default_image
+from ftctl.docker.image import check_reference, default_image
 from ftctl.errors import FtctlError
 from ftctl.launch import PATH_PYTHON, container_kind, hf_caches, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
@@ -67,7 +67,9 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
     kind, image = container_kind(spec)
     if kind not in (None, "docker"):
         raise FtctlError(f"--container {spec.container!r}: the docker backend runs docker images (docker:IMAGE).")
-    image = image or default_image(plan.tier)
+    # the argument docker run reads as the image: one starting with '-' was read as an option of docker run's, and
+    # the trainer's python3 as the image
+    image = check_reference(image, "--container") if image else default_image(plan.tier)
     run_dir = os.path.abspath(run_dir)
     uid, gid, user, groups = host_user()
     caches = host_caches()

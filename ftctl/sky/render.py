@@ -33,6 +33,7 @@ from dataclasses import replace
 import yaml
 
 from ftctl import __version__
+from ftctl.docker.image import check_reference
 from ftctl.errors import FtctlError, did_you_mean
 from ftctl.launch import (
     JOB_PORT,
@@ -306,7 +307,8 @@ def docker_image(spec: RunSpec) -> str | None:
     apptainer or pyxis one, pointing at its docker form where it has one (a .sif or squashfs file has none)."""
     kind, image = container_kind(spec)
     if kind in (None, "docker"):
-        return image
+        # SkyPilot writes it into shell lines on the node unquoted (docker pull IMAGE, docker run ... IMAGE)
+        return image and check_reference(image, "--container")
     if kind == "apptainer" and image.startswith("docker://"):
         ref = image.removeprefix("docker://")
     elif kind == "pyxis" and not image.startswith(("/", ".")):

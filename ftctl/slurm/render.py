@@ -111,6 +111,11 @@ OWN_OPTIONS = {
     "no-requeue": _REQUEUE,
     "signal": "use -o signal_lead_s=N (USR2 that many seconds before the time limit)",
 }
+# what ftctl's script stands on without writing it: an --sbatch-arg naming one is refused too
+FIXED_OPTIONS = {
+    "chdir": "Slurm writes the job's log (slurm-JOBID.out, which `ftctl logs` reads) in the job's working directory, "
+    "the run directory ftctl launch submits from; another one sent it elsewhere",
+}
 
 
 def _extra_arg(arg: str) -> str:
@@ -141,9 +146,13 @@ def _refuse_own_option(arg: str, key: str, val: str) -> None:
     GPU gres, is refused with the flag or key that sets it; so is an --export that drops the environment."""
     if len(key) > 2 and "export".startswith(key) and (why := export_refused(val, f"--sbatch-arg={arg}")):
         raise FtctlError(why)
-    own = key if key in OWN_OPTIONS else next((o for o in OWN_OPTIONS if len(key) > 2 and o.startswith(key)), None)
+    # any abbreviation: sbatch takes --ou for --output (two letters were let through, and the log went elsewhere)
+    options = (*OWN_OPTIONS, *FIXED_OPTIONS)
+    own = key if key in options else next((o for o in options if key and o.startswith(key)), None)
     if own is None and key == "gres" and any(g.startswith("gpu") for g in val.split(",")):
         own = "gpus-per-node"
+    if own in FIXED_OPTIONS:
+        raise FtctlError(f"--sbatch-arg={arg} (--{own}): {FIXED_OPTIONS[own]}; leave it out.")
     if own is not None:
         raise FtctlError(
             f"--sbatch-arg={arg}: ftctl writes #SBATCH --{own} itself, and this would override it; {OWN_OPTIONS[own]}."
@@ -286,6 +295,11 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         raise FtctlError(
             f"--container {spec.container!r}: on Slurm say how to run it: apptainer:{image} (apptainer exec) "
             f"or pyxis:{image} (srun --container-image)."
+        )
+    if kind == "apptainer" and image.startswith("-"):  # apptainer exec would read it as an option of its own
+        raise FtctlError(
+            f"--container {spec.container!r}: apptainer would read an image starting with '-' as an option: give a "
+            f"path to it (apptainer:./{image}) or its URI (apptainer:docker://REF)."
         )
     spec_path = Shell('"$FTCTL_RUN_DIR"/spec.json')
     inner = join(torchrun_argv(spec, plan, spec_path, _HEAD, python=PATH_PYTHON, quiet=True, port=_PORT, job=_JOB))
