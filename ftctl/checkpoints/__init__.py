@@ -11,6 +11,7 @@ warning naming it) in favour of the previous complete one.
 
 from ftctl.checkpoints.manifest import (
     CHECKPOINT_PREFIX,
+    DELETING_DIR,
     DOWNLOAD_DIR,
     HOOKS,
     MANIFEST,
@@ -39,6 +40,7 @@ from ftctl.checkpoints.upload import Uploader, final_files, prune, upload_checkp
 __all__ = [
     "CHECKPOINT_PREFIX",
     "CheckpointInfo",
+    "DELETING_DIR",
     "DOWNLOAD_DIR",
     "HOOKS",
     "MANIFEST",

@@ -45,6 +45,8 @@ STAGING_DIR = ".ftctl-upload"
 QUARANTINE_DIR = ".ftctl-quarantine"
 #: where resume downloads a remote checkpoint before it is verified
 DOWNLOAD_DIR = ".ftctl-download"
+#: where a checkpoint rotated away is moved before its files are deleted (a kill halfway leaves no half checkpoint)
+DELETING_DIR = ".ftctl-deleting"
 
 _STEP_RE = re.compile(r"^checkpoint-(\d+)$")
 _NODE_RE = re.compile(r"^manifest\.node-(\d+)\.json$")

@@ -33,7 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import rotate_checkpoints
+from transformers.trainer_utils import sort_checkpoints
 
 from ftctl import checkpoints, failures, storage
 from ftctl.errors import FtctlError
@@ -72,7 +72,44 @@ def rotate_around(output_dir: str, limit: int | None, best: str | None, busy: se
     keep = {*found[-limit:], *busy, os.path.basename(best) if best else ""}
     for name in found:
         if name not in keep:
-            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+            remove_checkpoint(os.path.join(output_dir, name))
+
+
+def rotate(output_dir: str, limit: int | None, best: str | None) -> None:
+    """transformers' rotate_checkpoints (the newest ``limit`` by mtime kept, the newest and ``best`` always), each
+    removed whole (remove_checkpoint)."""
+    if not limit or limit <= 0:
+        return
+    found = sort_checkpoints(output_dir, use_mtime=True)
+    protected = {found[-1], str(Path(best))} if best and found else set(found[-1:])
+    left = len(found)
+    for path in found:
+        if left <= max(limit, len(protected)):
+            break
+        if path not in protected:
+            remove_checkpoint(path)
+            left -= 1
+
+
+def remove_checkpoint(path: str) -> None:
+    """Delete a checkpoint directory so that a kill at any moment leaves it whole or gone: moved out of the run's
+    checkpoints first (into DELETING_DIR, which the next resume clears), then deleted. Deleted in place (transformers'
+    rotation), a kill halfway left checkpoint-N with part of its files, and its manifest or not: the resume took a
+    newer one, and nothing ever removed it (`ftctl sync ls` listed it incomplete for good)."""
+    aside = os.path.join(os.path.dirname(path), checkpoints.DELETING_DIR)
+    trash = os.path.join(aside, f"{os.path.basename(path)}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.makedirs(aside, exist_ok=True)
+        os.replace(path, trash)
+    except FileNotFoundError:  # gone already
+        trash = None
+    except OSError as e:  # cannot be moved (a file system without rename of directories): deleted where it is
+        log.debug("cannot move %s aside (%s): deleted in place", path, e)
+        trash = path
+    if trash:
+        shutil.rmtree(trash, ignore_errors=True)
+    with contextlib.suppress(OSError):  # where nothing else is being deleted: no empty directory left in the run
+        os.rmdir(aside)
 
 
 def named_checkpoint(
@@ -117,7 +154,7 @@ def resume_checkpoint(
     """
 
     def clear() -> None:
-        for leftover in (checkpoints.STAGING_DIR, checkpoints.DOWNLOAD_DIR):
+        for leftover in (checkpoints.STAGING_DIR, checkpoints.DOWNLOAD_DIR, checkpoints.DELETING_DIR):
             shutil.rmtree(os.path.join(local_dir, leftover), ignore_errors=True)
 
     def choose() -> str | None:
@@ -417,7 +454,7 @@ class CheckpointSyncCallback(TrainerCallback):
                 if busy:  # uploaded from their own directories (no hard links here): kept until they are in
                     rotate_around(args.output_dir, self.rotate, state.best_model_checkpoint, busy)
                 else:
-                    rotate_checkpoints(args.output_dir, self.rotate, state.best_model_checkpoint, use_mtime=True)
+                    rotate(args.output_dir, self.rotate, state.best_model_checkpoint)
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
