@@ -57,3 +57,41 @@ def test_a_kill_while_rotation_deletes_a_checkpoint_leaves_no_half_checkpoint(tm
         ("checkpoint-8", True),
     ], [(c.name, c.problems) for c in listed]
     assert not (run / C.DELETING_DIR).exists()  # what the kill left of it, cleared by the resume
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the uploader's thread, killed
+def test_a_kill_while_retention_deletes_a_checkpoint_in_the_store_is_cleared_by_the_runs_end(s3_bucket, tmp_path):
+    """Killed after retention withdrew checkpoint-2's manifest in the store, before its files went (the uploader's
+    thread dies there: Killed is no Exception it retries). Its resume from checkpoint-8, the last step, commits no
+    later checkpoint, whose retention would delete what is left: the store kept checkpoint-2's files for good
+    (incomplete in `ftctl sync ls`). The end of the run, once its final model is in, deletes them."""
+    from ftctl import storage
+    from ftctl.checkpoints import upload
+
+    remote, run = f"{s3_bucket}/run", tmp_path / "run"
+    real_rm = storage.rm
+
+    def dying_rm(uri, recursive=False, endpoint_url=None):
+        if recursive:  # the manifest is gone (the first rm of a deletion): its files next
+            raise Killed(uri)
+        real_rm(uri, recursive, endpoint_url)
+
+    up = C.Uploader(remote, keep_last=3, backoff=(0.1, 0.5), poll_interval=0.1)
+    try:
+        upload.storage.rm = dying_rm
+        for step in (2, 4, 6, 8):
+            C.write_manifest(str(make_checkpoint(run, step)), step, 1, "h")
+            up.submit(str(run / f"checkpoint-{step}"))
+        assert not up.wait(10)  # its thread killed in checkpoint-8's retention
+    finally:
+        upload.storage.rm = real_rm
+        up.close()
+    assert [(c.step, c.complete) for c in C.list_checkpoints(remote)] == [(2, False), (4, True), (6, True), (8, True)]
+
+    (run / "adapter_model.safetensors").write_bytes(b"weights")  # the resumed run's final model, then its config
+    (run / "adapter_config.json").write_text("{}")
+    up = C.Uploader(remote, keep_last=3, backoff=(0.1, 0.5), poll_interval=0.1)
+    up.submit_final(str(run))
+    assert up.wait(30)
+    up.close()
+    assert [(c.step, c.complete) for c in C.list_checkpoints(remote)] == [(4, True), (6, True), (8, True)]

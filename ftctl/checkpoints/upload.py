@@ -404,6 +404,8 @@ class Uploader:
                     )
                     job.done.add(rel)
             log.info("uploaded the final model to %s", self.remote_uri)
+            if self.node_rank == 0:
+                self._prune_at_end()
             return True
         ckpt_uri = storage.join(self.remote_uri, job.name)
         if not job.started:
@@ -435,6 +437,15 @@ class Uploader:
         if self.node_rank == 0:  # rank 0's node: where TensorBoard and W&B write
             self._send_tracking(os.path.dirname(job.original))
         return True
+
+    def _prune_at_end(self) -> None:
+        """Retention once more, after the final model: a deletion cut short by a kill (a checkpoint's manifest gone,
+        its files not) is otherwise cleared by the next commit's retention, and a run resumed from its last step
+        commits none. A store error is a warning: the run's model is in."""
+        try:
+            prune(self.remote_uri, self.keep_last, self.protected, self.endpoint_url)
+        except Exception as exc:  # noqa: BLE001 - store errors of every kind
+            log.warning("cannot apply retention in %s at the end: %s", self.remote_uri, storage.redact(str(exc))[:300])
 
     def _send_tracking(self, local_dir: str) -> None:
         """The run's TensorBoard and W&B files that changed since they were last sent: the store has them while the
