@@ -9,6 +9,7 @@ in the field declarations; ``None`` means "the planner decides" (see ftctl/plan.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import math
@@ -1026,12 +1027,27 @@ COMMA_LISTS = ("lora_target_modules", "report_to", "data_weights")  # comma-sepa
 
 def split_paths(value: str | None) -> list[str]:
     """The datasets a data_path names: ``a.jsonl,s3://b/c.jsonl`` is two, read one after the other as one
-    dataset. A local path that exists is one, commas and all."""
+    dataset. A path holding a comma is one where it is a file or directory here, alone or beside others: the whole
+    value, else from each comma-separated part that is none here, the longest run of parts that, joined again, is one
+    (``d/a,b.jsonl,c.jsonl`` is two where ``d/a,b.jsonl`` exists and ``d/a`` does not). Everything else is split at
+    each comma: an object key holding one is written with ? there (a pattern matching it)."""
     if not value:
         return []
-    if "," not in value or Path(value).expanduser().exists():
+    if "," not in value or _is_here(value):
         return [value]
-    return [p for p in (part.strip() for part in value.split(",")) if p]
+    parts, paths, i = value.split(","), [], 0
+    while i < len(parts):
+        runs = () if _is_here(parts[i].strip()) else range(len(parts), i + 1, -1)
+        j = next((j for j in runs if _is_here(",".join(parts[i:j]).strip())), i + 1)
+        paths.append(",".join(parts[i:j]).strip())
+        i = j
+    return [p for p in paths if p]
+
+
+def _is_here(path: str) -> bool:
+    """Whether ``path`` (a plain path or file://) is a file or directory of this machine."""
+    path = path[len("file://") :] if path.startswith("file://") else path
+    return bool(path) and not storage.scheme(path) and Path(path).expanduser().exists()
 
 
 def parse_weights(value: str) -> list[float]:
@@ -1051,11 +1067,29 @@ def parse_weights(value: str) -> list[float]:
 
 
 def join_paths(paths) -> str:
-    """The data_path that names ``paths`` (split_paths' inverse); a comma inside one of several is refused."""
+    """The data_path that names ``paths`` (split_paths' inverse). One is as it is (``a,b`` given once is split_paths'
+    to read); of several, one holding a comma must read back as itself, as a file or directory here does; ValueError
+    saying how to give it otherwise."""
     paths = [str(p).strip() for p in paths if str(p).strip()]
-    if len(paths) > 1 and any("," in p for p in paths):
-        raise ValueError("a path holding a comma cannot be one of several: rename it, or give it alone")
-    return ",".join(paths)
+    joined = ",".join(paths)
+    if len(paths) < 2 or split_paths(joined) == paths:
+        return joined
+    comma = next((p for p in paths if "," in p and split_paths(p) != [p]), None)
+    if comma is None:  # each is one alone, not together: d/a,b.json beside c.json where d/a exists too
+        raise ValueError(
+            f"{joined!r} would read as {split_paths(joined)!r}: a path holding a comma is one dataset beside others "
+            "where it is a file or directory here and what comes before its comma is none; rename it"
+        )
+    if storage.is_remote(comma):
+        raise ValueError(
+            f"a path holding a comma cannot be one of several: {comma!r} would read as "
+            f"{' and '.join(map(repr, split_paths(comma)))}; for one object whose key holds a comma, write ? in the "
+            f"comma's place ({comma.replace(',', '?')!r}, a pattern that matches it)"
+        )
+    raise ValueError(
+        f"a path holding a comma cannot be one of several unless it is a file or directory here, and {comma!r} is "
+        "none: check the path, or give each dataset its own --data (YAML: its own list item)"
+    )
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunSpec)}
@@ -1178,8 +1212,12 @@ def _coerce(key: str, value):
             return float(value)
         except (TypeError, ValueError):
             raise ValueError("expects a number") from None
-    if key in PATH_LISTS and isinstance(value, (list, tuple)):
-        return join_paths(value)
+    if key in PATH_LISTS and isinstance(value, (str, list, tuple)):  # each --data as given (or a list's item)
+        items = [value] if isinstance(value, str) else value
+        if said := next(filter(None, (_object_key_comma(key, str(v)) for v in items)), None):
+            raise ValueError(said)
+        if isinstance(value, (list, tuple)):
+            return join_paths(value)
     if key in COMMA_LISTS and isinstance(value, str) and re.fullmatch(r"\s*\[.*\]\s*", value):  # -o KEY=[a, b]
         value = [v.strip().strip("'\"") for v in value.strip()[1:-1].split(",") if v.strip()]
     if key == "lora_target_modules" and not all(
@@ -1874,6 +1912,14 @@ def validate(spec: RunSpec) -> None:
                 f"env {k} holds {what} (not repeated here), and env values are written into the rendered job files "
                 f"and spec.json: export {k} where you launch and pass --secret {k} instead (secrets pass by name only)."
             )
+        elif holders := secret_holders(spec.env[k], spec.secrets):  # -o env=X=$WANDB_API_KEY, the shell's expansion
+            name = holders[0]  # k is none of them: that is a secret's name, said above
+            errors.append(
+                f"env {k} holds the value of {', '.join(holders)} (set here; not repeated), and env values are written "
+                f"into the rendered job files and spec.json: pass it by name, --secret {name} (the job reads {name}), "
+                f'or, for the job to read it as {k}, export {k}="${name}" where you launch and pass --secret {k} '
+                "(secrets pass by name only)."
+            )
     errors += filter(None, (setup_secret_problem(line, spec.secrets) for line in spec.setup))
     if spec.model_params:
         try:
@@ -1956,6 +2002,27 @@ def validate(spec: RunSpec) -> None:
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def _object_key_comma(key: str, value: str) -> str | None:
+    """An object key holding a comma (``--data s3://b/a,b.jsonl``) is split there, and what follows it is a relative
+    path that is nothing here: said once as that, with how to give the key, not as a missing ``b.jsonl``."""
+    paths = split_paths(value)
+    for before, part in zip(paths, paths[1:]):
+        if (
+            storage.is_remote(before)
+            and not storage.scheme(part)
+            and not part.startswith(("builtin:", "/", "~"))
+            and not glob.has_magic(part)
+            and not _is_here(part)
+        ):
+            flag = "--eval-data" if key == "eval_data_path" else "--data"
+            return (
+                f"a comma separates datasets, and {part!r} after {before!r} is no file or directory here: for one "
+                f"object whose key holds a comma, write ? in the comma's place ({flag} {before + '?' + part!r}, a "
+                "pattern that matches it); for a local file, check its path"
+            )
+    return None
+
+
 def slurm_time_s(text: str) -> int | None:
     """Seconds of a Slurm time limit (sbatch --time's forms), None for none (UNLIMITED, INFINITE, 0); ValueError
     otherwise."""
@@ -2028,6 +2095,13 @@ def setup_secret_problem(line: str, secrets=()) -> str | None:
                 f'setup line gives {option} {written}: write a variable there ("${var}"), export it where you '
                 f"launch and pass --secret {var} {by_name}."
             )
+    pieces = [line, *words, *(word.partition("=")[2] for word in words)]  # a word, or what a NAME= of it sets
+    if holders := sorted({h for piece in pieces for h in secret_holders(piece, secrets)}):  # -o setup="... $HF_TOKEN"
+        return (
+            f"setup line holds the value of {', '.join(holders)} (set here; not repeated), which would be written into "
+            f"the job's files: quote the line in single quotes where you launch, so that the job's shell expands the "
+            f"variable (-o setup='export NAME=\"${holders[0]}\"'), and pass --secret {holders[0]} {by_name}."
+        )
     if what := credential_in(line):
         fix = "https://USER:$GIT_TOKEN@HOST/..." if what == "a URL's password" else '"$TOKEN"'
         return (
@@ -2045,6 +2119,23 @@ def credential_in(text: str) -> str | None:
 def looks_like_token(text: str) -> bool:
     """Whether ``text`` has the shape of a credential rather than a variable's name (TOKEN_RUN)."""
     return any(re.search(r"\d", run) and re.search(r"[A-Za-z]", run) for run in TOKEN_RUN.findall(text))
+
+
+def secret_holders(value: str, secrets=(), environ: typing.Mapping[str, str] | None = None) -> list[str]:
+    """The variables set in ``environ`` that hold a credential (is_secret_name: the run's ``secrets``, a store's, a
+    name like one) whose value ``value`` is, or holds (one of a token's length, 16 characters or more):
+    ``-o env=X=$WANDB_API_KEY``, the shell's expansion, would write it into the job's files. A flag's value (0,
+    true, ...), a path (a key's file) or one of under 4 characters is nobody's secret."""
+    environ = os.environ if environ is None else environ
+    return sorted(
+        name
+        for name, secret in environ.items()
+        if len(secret) >= 4
+        and secret.strip().lower() not in FLAG_VALUES
+        and not secret.startswith(("/", "~", "./"))
+        and (secret == value or (len(secret) >= 16 and secret in value))
+        and is_secret_name(name, secrets, secret)
+    )
 
 
 def is_secret_name(name: str, secrets=(), value: str | None = None) -> bool:
