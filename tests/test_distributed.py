@@ -44,22 +44,27 @@ def _max_rel_diff(a: dict, b: dict, steps) -> float:
     return max(abs(a[s] - b[s]) / abs(b[s]) for s in steps)
 
 
-@pytest.fixture(scope="module")
-def one_process_losses(tiny_model_dir, tiny_data, tmp_path_factory):
-    """Per-step losses of one process (no DeepSpeed), 2 sequences x 2 accumulation steps."""
+def _train_here(spec, plan):
+    """A one-process run without DeepSpeed in this process, on one thread as a subprocess would run it (saves
+    the seconds a subprocess spends importing torch and transformers); its result."""
     import torch
 
     from ftctl.trainer.run import train
 
-    spec, plan = _run(tiny_model_dir, tiny_data, tmp_path_factory.mktemp("one") / "out", save_steps=100)
-    assert (plan.world_size, plan.strategy, plan.gradient_accumulation_steps) == (1, "single", 2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = train(spec, plan, echo=lambda line: None)
+        return train(spec, plan, echo=lambda line: None)
     finally:
         torch.set_num_threads(threads)
-    return losses_by_step(result.output_dir)
+
+
+@pytest.fixture(scope="module")
+def one_process_losses(tiny_model_dir, tiny_data, tmp_path_factory):
+    """Per-step losses of one process (no DeepSpeed), 2 sequences x 2 accumulation steps."""
+    spec, plan = _run(tiny_model_dir, tiny_data, tmp_path_factory.mktemp("one") / "out", save_steps=100)
+    assert (plan.world_size, plan.strategy, plan.gradient_accumulation_steps) == (1, "single", 2)
+    return losses_by_step(_train_here(spec, plan).output_dir)
 
 
 # ------------------------------------------------------------------------------------------ strategies
@@ -147,7 +152,7 @@ def test_offloaded_adamw_decays_what_every_other_strategys_does(tiny_model_dir, 
     assert sizes[1] >= 5 * 64  # the four layer norms and the final one (ZeRO-2 pads its flat group)
     one, one_plan = _run(tiny_model_dir, tiny_data, tmp_path / "one", **decayed)
     assert one_plan.strategy == "single"
-    _torchrun(one, one_plan, tmp_path, nproc=1, name="one.json")
+    _train_here(one, one_plan)  # the reference needs no process of its own (one_process_losses: the same)
     offloaded, single = losses_by_step(tmp_path / "out"), losses_by_step(tmp_path / "one")
     assert list(offloaded) == list(single) == [1, 2, 3, 4]
     assert _max_rel_diff(offloaded, single, single) < 1e-3, (offloaded, single)  # Adam's L2: 1.7% at step 4
