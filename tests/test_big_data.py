@@ -162,3 +162,34 @@ def test_data_digest_is_the_files_content_in_order(big, tmp_path):
     assert data_digest(str(copy)) == data_digest(str(a))
     (copy.parent / "dataset_info.json").write_text(json.dumps({"x": {"file_name": "a.jsonl"}}))
     assert data_digest(str(copy)) != data_digest(str(a))  # LLaMA-Factory's entry renames its fields
+
+
+def test_rows_are_tokenized_a_chunk_at_a_time_with_the_same_report(big, tokenizer, monkeypatch):
+    """The rows' tokens were Python lists until the end (~110 bytes a token with a real vocabulary: 30 GB for 300k
+    conversations); a chunk at a time they go into arrow arrays (4 bytes a token), the report as it was."""
+    from ftctl.trainer import masks
+
+    a, _, _ = big
+    rows = [json.dumps(_conversation(i, f"It is {i}. " * (1 + 40 * (i % 50 == 0)))) for i in range(ROWS)]
+    rows[7] = rows[9] = '{"conversations": []}'
+    rows[11] = json.dumps(
+        {"messages": [{"role": "user", "content": "hi " * 200}, {"role": "assistant", "content": "x"}]}
+    )
+    a.write_text("\n".join(rows) + "\n")
+    sizes = []
+    real = masks.encode_texts
+
+    def counted(tokenizer, texts, *args):
+        sizes.append(len(texts))
+        return real(tokenizer, texts, *args)
+
+    monkeypatch.setattr(data, "encode_texts", counted)
+    whole = data.prepare_data(str(a), tokenizer, 128, sources=True, show=2)
+    monkeypatch.setattr(data, "_CHUNK", 100)
+    sizes.clear()
+    report, dataset = data.prepare_data(str(a), tokenizer, 128, sources=True, show=2)
+    assert max(sizes) <= 100 and sum(sizes) == ROWS - 2
+    assert report.render() == whole[0].render() and report.errors[0].startswith("a.jsonl lines 8, 10 (2 rows)")
+    assert "every label is masked after truncation" in report.warnings[-1]  # line 12: a long question
+    assert (report.stats, report.samples) == (whole[0].stats, whole[0].samples)
+    assert dataset.features == whole[1].features and dataset.to_dict() == whole[1].to_dict()
