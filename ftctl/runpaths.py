@@ -63,6 +63,11 @@ STOP_REQUEST = ".ftctl/stop-request"
 # ... and the lease of the trainer writing into it now, renewed while it trains (ftctl.lease): a launch into an output
 # whose lease is live is refused, as the run directory's train_lock refuses a second trainer on a disk
 TRAIN_LEASE = ".ftctl/train-lease"
+# in a run's local directory (an object-store output's staging; hidden: never uploaded), the tokenized rows of its data
+# (trainer.data.build_dataset), one directory a cache_key: a resume, a Slurm requeue and the other nodes of a run on a
+# shared disk read them instead of tokenizing the data again (300k conversations: 30 min and 30 GB on a core, on each
+# rank); removed as the run ends with its final model saved (about 9 bytes a token)
+DATA_CACHE = ".ftctl/data-cache"
 
 
 # a job script's own logs in the output before ftctl starts (#SBATCH --output=$OUT/slurm-%j.out): no user's work

@@ -1,5 +1,5 @@
 """A large dataset across the trainer's starts (explore20): the tokenized rows are kept in the run's directory
-(data.DATA_CACHE) and a resume, a requeue or another node reads them instead of tokenizing the data again (300k
+(runpaths.DATA_CACHE) and a resume, a requeue or another node reads them instead of tokenizing the data again (300k
 conversations: half an hour and 30 GB on a core); any change that changes the tokens tokenizes again."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import os
 import pytest
 
 from ftctl.errors import FtctlError
+from ftctl.runpaths import DATA_CACHE
 from ftctl.spec import build
 from ftctl.trainer import data
 
@@ -32,7 +33,7 @@ def big(tmp_path):
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_text("".join(json.dumps(_conversation(i)) + "\n" for i in range(ROWS)))
     b.write_text("".join(json.dumps({"instruction": f"Spell {i}.", "output": str(i)[::-1]}) + "\n" for i in range(40)))
-    return a, b, str(tmp_path / "run" / data.DATA_CACHE)
+    return a, b, str(tmp_path / "run" / DATA_CACHE)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ftctl.errors import FtctlError
+from ftctl.runpaths import DATA_CACHE
 from tests.trainer_fixtures import losses_by_step, make_run, read_metrics, run_trainer_cli, subprocess_env, write_spec
 
 
@@ -706,11 +707,19 @@ def test_sigusr2_saves_stops_and_a_second_run_completes(tiny_model_dir, tiny_dat
     assert (out / saved[0] / "ftctl-manifest.json").is_file()
     assert not (out / "model.safetensors").exists()
     assert signal.getsignal(signal.SIGUSR2) == handler_before  # handlers restored
+    assert len(list((out / DATA_CACHE).iterdir())) == 2  # the training and held-out rows, tokenized
 
+    from ftctl.trainer import data
+
+    tokenized = []
+    prepare = data.prepare_data
+    monkeypatch.setattr(data, "prepare_data", lambda *a, **k: tokenized.append(a[0]) or prepare(*a, **k))
     second = _train(spec, plan)
     assert second.status == "complete" and second.global_step == 12
     assert status.read_text().strip() == "complete"
     assert min(r["step"] for r in read_metrics(out)[first.global_step :]) == first.global_step + 1
+    assert tokenized == []  # the resume read the rows the first start tokenized
+    assert not (out / DATA_CACHE).exists()  # the run ended: nothing left to resume
 
 
 def test_stop_file_saves_and_stops_like_a_signal(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):

@@ -552,11 +552,6 @@ def build_dataset(
     return dataset
 
 
-# where the trainer keeps the tokenized rows of its data (build_dataset), one directory a cache_key, in the run's local
-# directory (an object-store output's staging; hidden: never uploaded): a resume, a Slurm requeue and the other nodes
-# of a run on a shared disk read them instead of tokenizing the data again (300k conversations: 30 min and 30 GB on a
-# core, on each rank). Delete it to free its disk (about 9 bytes a token).
-DATA_CACHE = ".ftctl/data-cache"
 _CACHED_STATS = "ftctl-data-stats.json"
 # the code that turns rows into tokens: another version of it (an upgrade of ftctl) is another cache_key
 _TOKENIZING_CODE = ("data.py", "formats.py", "masks.py", "splits.py")
@@ -673,7 +668,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
     Held-out rows of several datasets (several eval_data_path, or eval_split of several data_path) are a dict
     of them by held_out_names: the trainer evaluates each (eval_<name>_loss) and all of them (eval_loss).
     ``stats``: a list the training rows' DataStats is appended to; ``cache_dir``: where the tokenized rows are kept
-    for the next start (build_dataset; the trainer's: DATA_CACHE in the run's local directory)."""
+    for the next start (build_dataset; the trainer's: runpaths.DATA_CACHE in the run's local directory)."""
     mixing, every = spec.data_mix is not None, not spec.assistant_only_loss
     paths = split_paths(spec.data_path)
     by_source = mixing or (spec.eval_split > 0 and len(paths) > 1)

@@ -45,6 +45,7 @@ from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, SLURM_RESTART_ENV, STATUS
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run, final_dtype, without_liger
 from ftctl.runpaths import (
+    DATA_CACHE,
     FINAL_MARKS,
     FINAL_STAGING,
     MERGE_RECORD,
@@ -259,7 +260,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if procs.is_main and (over := over_context(spec)):
             log.warning("%s", over)
         trained_rows: list = []  # the training rows' DataStats
-        dataset, eval_dataset = build_datasets(spec, tokenizer, echo if procs.is_main else None, trained_rows)
+        dataset, eval_dataset = build_datasets(
+            spec, tokenizer, echo if procs.is_main else None, trained_rows, os.path.join(local_dir, DATA_CACHE)
+        )
         if procs.is_main and (shared := shared_rows(dataset, eval_dataset)):
             log.warning("%s", shared)
         trained_with.update(data_rows=len(dataset), data_digest=rows_digest(dataset))  # in each manifest too
@@ -667,6 +670,7 @@ def save(run: Run) -> None:
         if run.spec.method in ADAPTER_METHODS:  # over a merged model: that merge's record, to tell a later one
             keep_base_merge(staging, run.spec.model_name_or_path)
         publish_final(staging, run.local_dir)
+        shutil.rmtree(os.path.join(run.local_dir, DATA_CACHE), ignore_errors=True)  # for a resume: none is left
         warn_stale_merge(run)
         run.trainer.create_model_card()  # after PEFT's, which rewrote the card's metadata with its local base path
         if not run.sync.upload_final(run.local_dir):
