@@ -316,22 +316,33 @@ def demo(steps):
 @click.option(
     "--base",
     help="Merge into this model instead of the adapter's base: the unquantized model a pre-quantized base "
-    "(a *-bnb-4bit, GPTQ or AWQ model) was made from.",
+    "(a GPTQ or AWQ model; a *-bnb-4bit one, whose 4-bit weights a QLoRA merge dequantizes, with --original-base) "
+    "was made from.",
 )
-def merge(run, out, base):
+@click.option(
+    "--dequantized-base/--original-base",
+    "dequantize",
+    default=None,
+    help="A QLoRA adapter goes into its base as the run trained over it: quantized to 4-bit NF4, then dequantized "
+    "(the default: the merged model answers as the run did); --original-base: into the unquantized base instead.",
+)
+def merge(run, out, base, dequantize):
     """Merge a LoRA/QLoRA adapter into its base: a standard safetensors model directory."""
     import shlex
 
     from ftctl import storage
     from ftctl.runpaths import MERGED_DIR
     from ftctl.trainer.merge import merge as do_merge
+    from ftctl.trainer.merge import merged_into
 
     target = out or storage.join(run, MERGED_DIR)
-    merged = do_merge(run, target, echo=_progress, base=base)
+    merged = do_merge(run, target, echo=_progress, base=base, dequantize=dequantize)
     where = target if storage.is_remote(target) else str(merged)  # a URI stays one (a Path folds its //)
     weights = sum(size for rel, size in storage.file_sizes(where).items() if rel.endswith(".safetensors"))
+    into = merged_into(where)
     click.echo(
-        f"merged into {where} ({storage.size_text(weights)} of weights): a plain transformers model, no PEFT needed"
+        f"merged into {where} ({storage.size_text(weights)} of weights{', ' + into if into else ''}): a plain "
+        "transformers model, no PEFT needed"
     )
     click.echo(f"next:\n  ftctl chat {shlex.quote(where)} -p 'A question'")
 
