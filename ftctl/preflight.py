@@ -10,6 +10,7 @@ is asked for anything. It looks at what a launch would otherwise find out late:
 |        | ``org/name``; HF_TOKEN for the gated families                                       |
 | data   | the file, directory or object is there and its first file can be read; local data   |
 |        | up to ROW_CHECK_BYTES: its rows' own problems (invalid JSON, fields of no format);  |
+|        | above it, a warning that its rows were not checked (`ftctl data check` does)        |
 |        | before a Slurm job, up to TOKENIZE_BYTES: its rows through the tokenizer            |
 | output | local: the directory can be created and written; object store: credentials, bucket, |
 |        | write (a small marker object, put then deleted)                                     |
@@ -620,8 +621,18 @@ def _row_problems(path: str, said: str, held_out: bool) -> list[Finding]:
         return []
     try:
         files = [f for p in split_paths(path) for f in resolve_files(p, held_out=held_out)]
-        if sum(os.path.getsize(storage.filesystem(f)[1]) for f in files) > ROW_CHECK_BYTES:
-            return []
+        size = sum(os.path.getsize(storage.filesystem(f)[1]) for f in files)
+        if size > ROW_CHECK_BYTES:  # said: else a launch of 10% bad rows goes out and the trainer refuses it later
+            check = shlex.join(["ftctl", "data", "check", path, *(["--held-out"] if held_out else [])])
+            return [
+                Finding(
+                    WARNING,
+                    f"{said}: its rows were not checked before the launch ({_size(size)}, over the "
+                    f"{_size(ROW_CHECK_BYTES)} read here): the trainer refuses rows with errors once it has "
+                    "tokenized them all",
+                    f"`{check} --model MODEL` checks them first.",
+                )
+            ]
         _, rows = load_rows(path, held_out=held_out)
     except (OSError, FtctlError) as e:  # a file gone or unreadable since the first check: said, not raised
         return [Finding(ERROR, f"{said}: cannot read it ({e})", "check the files and their permissions.")]
@@ -636,6 +647,10 @@ def _row_problems(path: str, said: str, held_out: bool) -> list[Finding]:
     if any(not row.problems for row in rows):  # some rows to write (the rest of a file that is CSV is none)
         fix += f"; {write_valid_command(path if files == [path] else None)}"
     return [Finding(ERROR, f"{said}: {shown}", fix + ".")]
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n:,} bytes"
 
 
 # eval_split leaves no training row, and a data weight gives a dataset none, only of a few rows: data up to this

@@ -74,6 +74,8 @@ class DataReport:
     bad_at: set[tuple[str, str, int]] = field(default_factory=set)  # those rows' Row.at (--write-valid leaves them out)
     rows_read: int = 0  # every row read, with errors or not
     warnings: list[str] = field(default_factory=list)
+    # each row's error, and warning of a truncated row, one line each (errors and warnings group them: problem_lines)
+    every_row: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stats: DataStats = field(default_factory=DataStats)
     samples: list[tuple[str, list[int], list[int]]] = field(default_factory=list)  # (where, ids, labels): show_rows
@@ -83,9 +85,10 @@ class DataReport:
     def ok(self) -> bool:
         return not self.errors
 
-    def render(self, written: bool = False) -> str:
+    def render(self, written: bool = False, every_row: bool = False) -> str:
         """The report; ``written``: the rows without errors were written to a new file (--write-valid), whose
-        summary lists the errors instead."""
+        summary lists the errors instead; ``every_row``: each row's problem is listed, one a line, after the
+        grouped ones (errors and warnings list a kind of problem once, with its count and first rows)."""
         s = self.stats
         shown = f" ({', '.join(self.read)})" if 0 < len(self.read) <= 3 else ""  # which split a directory gave
         lines = [
@@ -97,6 +100,9 @@ class DataReport:
                 lines += [f"  {item}" for item in items[:_SHOWN]]
                 if len(items) > _SHOWN:
                     lines.append(f"  ... and {len(items) - _SHOWN} more")
+        if every_row and self.every_row:
+            lines.append(f"Every row's problem ({len(self.every_row):,}):")
+            lines += [f"  {line}" for line in self.every_row]
         if self.notes:
             lines.append("Notes:")
             lines += [f"  {note}" for note in self.notes]
@@ -251,6 +257,7 @@ def prepare_data(
     weight_zero = 0  # rows with assistant turns of weight 0
     joined: list[Row] = []  # prompt-completion rows whose prompt and completion meet inside one token
     past_the_end: list[tuple[Row, int]] = []  # (row, its tokens): every trained token after max_length
+    truncated: list[tuple[Row, str]] = []  # (row, the warning): its tokens past max_length are dropped
     for lo in range(0, len(rows), _CHUNK):  # a chunk at a time: its tokens kept as arrow arrays, not Python lists
         good: list[Row] = []
         texts: list[str] = []
@@ -304,9 +311,12 @@ def prepare_data(
                 past_the_end.append((row, enc.length))
                 continue
             if enc.length > max_length:
-                report.warnings.append(
-                    f"{row.where}: {enc.length} tokens, over the max length {max_length}: the last "
-                    f"{enc.length - max_length} tokens will be dropped ({trainable} of {enc.trainable_before} trainable tokens kept)"
+                truncated.append(
+                    (
+                        row,
+                        f"{enc.length} tokens, over the max length {max_length}: the last {enc.length - max_length} "
+                        f"tokens will be dropped ({trainable} of {enc.trainable_before} trainable tokens kept)",
+                    )
                 )
             chunk_ids.append(enc.input_ids)
             chunk_labels.append([t if m else IGNORE_INDEX for t, m in zip(enc.input_ids, enc.mask)])
@@ -325,6 +335,7 @@ def prepare_data(
                 joined.append(row)
         tokens.add(chunk_ids, chunk_labels, chunk_sources)
     problems += masked
+    report.warnings += problem_lines(truncated, len(rows))  # one line for them all, with the first rows' lengths
 
     if past_the_end:  # a few such rows in a large corpus are dropped (axolotl drops them); more: max_length is short
         # of the rows without other errors: the same verdict on the file --write-valid writes of these rows
@@ -340,6 +351,7 @@ def prepare_data(
         ]
         if few:
             report.warnings += problem_lines(cut, len(rows))
+            truncated += cut
         else:
             problems += cut
     if missing_eot:
@@ -390,6 +402,7 @@ def prepare_data(
     if len(names := split_paths(path)) > 1:
         s.datasets = [(name, by_source[i, "rows"], by_source[i, "tokens"]) for i, name in enumerate(names)]
     report.errors = problem_lines(problems, len(rows))
+    report.every_row = every_row_line(problems) + every_row_line(truncated)
     report.bad_at = {row.at for row, _ in problems if row.at is not None}  # not a file that cannot be read
     report.bad_rows, report.rows_read = len({id(row) for row, _ in problems if row.at is not None}), len(rows)
     if not lengths and not report.errors:
@@ -444,22 +457,77 @@ def _special_tokens(tokenizer):
     return re.compile("|".join(map(re.escape, tokens))) if tokens else None
 
 
+# the parts of a problem's text that differ from row to row of one kind of problem (formats.py's and this module's
+# wording): (pattern, what the kind's text says instead, the row's detail). Rows whose problem reads the same once
+# these are taken out share one line (problem_lines), the details beside their locations
+_DETAILS = [
+    (re.compile(r" \(column (\d+)\)"), "", r"column \1"),  # invalid JSON: Expecting value (column 10)
+    (re.compile(r" \(byte (0x[0-9a-f]+) at column (\d+)\)"), "", r"byte \1 at column \2"),  # not UTF-8 text
+    (re.compile(r"\bturn (\d+)\b"), "turn N", r"turn \1"),  # unknown role 'robot' in turn 3
+    (re.compile(r" \(turns: ([^)]*)\)$"), "", r"turns: \1"),  # the chat template refused this conversation
+    (re.compile(r" \(the row has (\d+); "), " (", r"\1 tokens"),  # every label is masked after truncation
+    (  # a truncated row (prepare_data's warning)
+        re.compile(
+            r"^(\d+) tokens, (over the max length \d+): the last (\d+) tokens will be dropped "
+            r"\((\d+) of (\d+) trainable tokens kept\)$"
+        ),
+        r"\2: the tokens past it will be dropped",
+        r"\1 tokens, the last \3 dropped, \4 of \5 trainable kept",
+    ),
+]
+
+
+def _kind(problem: str) -> tuple[str, str]:
+    """(the kind of ``problem``: its text without what differs from row to row, that detail or '')."""
+    details = []
+    for pattern, instead, detail in _DETAILS:
+        found = list(pattern.finditer(problem))
+        details += [m.expand(detail) for m in found]
+        problem = pattern.sub(instead, problem)
+    return problem, ", ".join(details)
+
+
 def problem_lines(problems: list[tuple[Row, str]], rows: int) -> list[str]:
-    """report.errors: "WHERE: problem" for a problem of one row; a problem several rows share, word for word (a
-    file of rows whose fields no format knows), is one line where its first row's would be, naming its rows
-    (_rows_named), not one line a row."""
-    by_problem: dict[str, list[Row]] = {}
+    """report.errors: "WHERE: problem" for a problem of one row; a kind of problem several rows share (the same
+    words once what differs from row to row, a column or turn number, is taken out: _kind) is one line where its
+    first row's would be, naming its rows (_rows_named; with each one's detail, "line 7 (turn 3)", where they
+    differ), not one line a row: 30k bad rows of a few kinds make a few lines. every_row_line lists them all."""
+    by_kind: dict[str, list[tuple[Row, str, str]]] = {}
     for row, problem in problems:
-        same = by_problem.setdefault(problem, [])
-        if not same or same[-1] is not row:  # a row with the same problem twice is one row
-            same.append(row)
+        kind, detail = _kind(problem)
+        same = by_kind.setdefault(kind, [])
+        if same and same[-1][0] is row:  # a row with the same kind of problem twice is one row
+            if detail and detail not in same[-1][2]:
+                same[-1] = (row, same[-1][1], f"{same[-1][2]}, {detail}" if same[-1][2] else detail)
+            continue
+        same.append((row, problem, detail))
     lines = []
-    for problem, same in by_problem.items():
-        if len(same) == 1 or any(row.at is None for row in same):
-            lines += [f"{row.where}: {problem}" for row in same]
+    for kind, same in by_kind.items():
+        if len(same) == 1 or any(row.at is None for row, _, _ in same):
+            lines += [f"{row.where}: {problem}" for row, problem, _ in same]
+        elif len({problem for _, problem, _ in same}) == 1:  # the same words: the rows as runs of numbers
+            lines.append(f"{_rows_named([row for row, _, _ in same], rows)}: {same[0][1]}")
         else:
-            lines.append(f"{_rows_named(same, rows)}: {problem}")
+            lines.append(f"{_rows_detailed([(row, detail) for row, _, detail in same], rows)}: {kind}")
     return lines
+
+
+def every_row_line(problems: list[tuple[Row, str]]) -> list[str]:
+    """Each row's problems, one "WHERE: problem" line each, as read (what problem_lines groups)."""
+    return [f"{row.where}: {problem}" for row, problem in problems]
+
+
+def _rows_detailed(rows: list[tuple[Row, str]], total: int, shown: int = 3) -> str:
+    """Where several rows are, by file, the first ``shown`` with their details:
+    "big.jsonl line 4 (turn 2), line 9 (turn 3), line 12 (turn 1) and 2,997 more (3,000 rows)"."""
+    parts: dict[str, list[str]] = {}
+    for row, detail in rows[:shown]:
+        name, unit, n = row.at
+        parts.setdefault(name, []).append(f"{unit} {n}" + (f" ({detail})" if detail else ""))
+    said = ", ".join(f"{name} {', '.join(at)}" for name, at in parts.items())
+    more = f" and {len(rows) - shown:,} more" if len(rows) > shown else ""
+    count = f"all {len(rows):,} rows" if len(rows) == total else f"{len(rows):,} rows"
+    return f"{said}{more} ({count})"
 
 
 def _rows_named(rows: list[Row], total: int, shown: int = 5) -> str:
