@@ -46,7 +46,8 @@ PARTIAL = ".partial-"  # .<out>.partial-XXXX: a merge being written beside its -
 # Which base a QLoRA adapter goes into (ftctl-merge.json's "base_weights"; a record without it is of "original").
 # Measured on SmolLM2-135M-Instruct after a 30-step qlora run (fp32, CPU) of 240 demo conversations, on the 60 others
 # (3,479 next tokens, explore19): the dequantized merge agreed with the run as trained on 100.00% of next tokens (loss
-# 3.6218, the run's to 4 decimals); the original-base merge on 73.50% (loss 3.4826: another model, not the one trained)
+# 3.6218 on all tokens, the run's to 4 decimals); the original-base merge on 73.50% (3.4826: another model than the one
+# trained). `ftctl eval`'s loss on the answers: run 0.4551, dequantized merge 0.4554, original-base merge 0.5286
 DEQUANTIZED = "dequantized"  # the 4-bit NF4 base as the run trained over it, dequantized
 ORIGINAL = "original"  # the unquantized base the run quantized
 ORIGINAL_NOTE = (
