@@ -446,7 +446,12 @@ def data():
     metavar="OUT",
     help="Write the rows without errors of the data file to the new file OUT, as they are, in order.",
 )
-def data_check(paths, config, model, max_length, chat_template_path, held_out, show, every_token, write_valid):
+@click.option(
+    "--all", "every_row", is_flag=True, help="Also list every row's problem, one a line (else each kind once)."
+)
+def data_check(
+    paths, config, model, max_length, chat_template_path, held_out, show, every_token, write_valid, every_row
+):
     """Per-row errors with file and row number, then token statistics (of all PATHS as one dataset, else of the
     run file's data)."""
     from ftctl import preflight
@@ -509,13 +514,13 @@ def data_check(paths, config, model, max_length, chat_template_path, held_out, s
         how = "in bold green" if color else "between [[ and ]]"
         click.echo(f"The first {len(report.samples)} row(s) as trained; the tokens the loss covers {how}:")
         click.echo(show_rows(report, tokenizer, mark) + "\n")
-    click.echo(report.render())
+    click.echo(report.render(every_row=every_row))
     reports = [report]
     if run and run.eval_data_path and not paths and not held_out:  # the run's held-out data, as it reads it
         reports.append(
             check_data(run.eval_data_path, tokenizer, length, endpoint, held_out=True, every_token=every_token)
         )
-        click.echo("\nHeld-out data (eval_data_path):\n" + reports[-1].render())
+        click.echo("\nHeld-out data (eval_data_path):\n" + reports[-1].render(every_row=every_row))
     if any(r.errors for r in reports):
         sys.exit(1)
 

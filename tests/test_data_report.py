@@ -103,3 +103,19 @@ def test_a_launch_says_the_data_was_too_large_to_check_its_rows(tmp_path, monkey
         f"trainer refuses rows with errors once it has tokenized them all; `ftctl data check {path} --model MODEL` "
         "checks them first."
     )
+
+
+def test_data_check_all_lists_every_row(tmp_path, tiny_model_dir):
+    """`--all`: after the kinds of problem, each bad and truncated row on a line of its own; without it, none."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    args = ["data", "check", big_file(tmp_path / "big.jsonl"), "--model", str(tiny_model_dir), "--max-length", "32"]
+    grouped, every = (CliRunner().invoke(main, args + extra) for extra in ([], ["--all"]))
+    assert grouped.exit_code == every.exit_code == 1, every.output
+    assert "Every row's problem" not in grouped.output
+    head, listed = every.output.split("Every row's problem (", 1)[1].split("):\n", 1)
+    rows = [line for line in listed.splitlines() if line.startswith("  big.jsonl line ")]
+    assert int(head.replace(",", "")) == len(rows) >= 30, every.output  # a line a problem: the 30 bad rows' at least
+    assert {f"  big.jsonl line {n}" for n in range(10, 301, 10)} <= {line.split(":")[0] for line in rows}
