@@ -82,7 +82,8 @@ def test_a_kill_while_retention_deletes_a_checkpoint_in_the_store_is_cleared_by_
         for step in (2, 4, 6, 8):
             C.write_manifest(str(make_checkpoint(run, step)), step, 1, "h")
             up.submit(str(run / f"checkpoint-{step}"))
-        assert not up.wait(10)  # its thread killed in checkpoint-8's retention
+        up._thread.join(30)  # killed in checkpoint-8's retention
+        assert not up._thread.is_alive()
     finally:
         upload.storage.rm = real_rm
         up.close()
