@@ -643,7 +643,7 @@ def _row_problems(path: str, said: str, held_out: bool) -> list[Finding]:
         return []
     shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
     check = shlex.join(["ftctl", "data", "check", path, *(["--held-out"] if held_out else [])])
-    fix = f"`{check}` lists every row's problem"
+    fix = f"`{check}` lists them (--all: every row's problem)"
     if any(not row.problems for row in rows):  # some rows to write (the rest of a file that is CSV is none)
         fix += f"; {write_valid_command(path if files == [path] else None)}"
     return [Finding(ERROR, f"{said}: {shown}", fix + ".")]

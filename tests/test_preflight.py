@@ -279,7 +279,7 @@ def test_the_rows_own_problems_are_said_before_the_job(tmp_path, monkeypatch):
     qa.write_text("".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(40)))
     said = only(check_data(str(qa)))
     assert said.startswith(f"--data {qa}: qa.jsonl lines 1-40 (all 40 rows): not a conversation: keys 'question', ")
-    assert said.endswith(f"; `ftctl data check {qa}` lists every row's problem.")
+    assert said.endswith(f"; `ftctl data check {qa}` lists them (--all: every row's problem).")
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps(CONV) + "\n" + '{"messages": [oops\n')
     assert "broken.jsonl line 2: invalid JSON" in only(check_data(str(broken)))
