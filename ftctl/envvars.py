@@ -24,3 +24,6 @@ SLURM_RESTART_ENV = "SLURM_RESTART_COUNT"
 # ...as ftctl's Slurm script passes it to the trainer (not inherited by another run started inside an allocation):
 # a requeued attempt continues the checkpoints its job saved, also under resume=never.
 ATTEMPT_ENV = "FTCTL_ATTEMPT"
+# SkyPilot's id of a task's job, kept by a managed job's recoveries (ending in _CLUSTER_JOBID): who holds a lease
+# (ftctl.lease), which job's attempts trained a run (trainer.run.recovered)
+SKY_TASK_ENV = "SKYPILOT_TASK_ID"

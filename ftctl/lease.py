@@ -31,6 +31,7 @@ import threading
 import time
 
 from ftctl import storage
+from ftctl.envvars import SKY_TASK_ENV
 from ftctl.errors import FtctlError
 from ftctl.runpaths import TRAIN_LEASE
 
@@ -50,8 +51,8 @@ def holder_id(environ=None) -> str:
     """Who holds it, the same for every attempt of one job: SkyPilot's task id (kept by a managed job's recoveries;
     it ends in _CLUSTER_JOBID), else the Slurm job (kept by its requeues), else this host and process."""
     env = os.environ if environ is None else environ
-    if env.get("SKYPILOT_TASK_ID"):
-        return f"SkyPilot task {env['SKYPILOT_TASK_ID']}"
+    if env.get(SKY_TASK_ENV):
+        return f"SkyPilot task {env[SKY_TASK_ENV]}"
     if env.get("SLURM_JOB_ID"):
         return f"Slurm job {env['SLURM_JOB_ID']}"
     return f"process {os.getpid()} on {socket.gethostname()}"

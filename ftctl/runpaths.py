@@ -26,6 +26,9 @@ PLAIN_TEXT = "plain_text"  # metrics.jsonl's "start" record: every training row 
 START_SLURM_JOB = "slurm_job_id"
 # ... and, for a run that reports to W&B, the W&B run every attempt of the run logs to (trainer.tracking)
 START_WANDB_RUN = "wandb_run_id"
+# ... and, in a SkyPilot job, its task id (kept by a managed job's recoveries): a recovery of a run this job finished
+# ends as complete, where the Slurm script says its attempt (envvars.ATTEMPT_ENV) and SkyPilot does not
+START_SKY_TASK = "skypilot_task_id"
 TENSORBOARD_DIR = "runs"  # TensorBoard's event files in the output, one curve across a run's attempts
 # what watches the run from outside, in its output: TensorBoard's runs/ and W&B's own wandb/ (WANDB_DIR is the output);
 # sent to an object store with each checkpoint, every attempt's, also of a node a recovery replaced

@@ -87,9 +87,11 @@ def test_a_finished_run_is_not_trained_again(tiny_model_dir, tiny_data, tmp_path
     from ftctl.trainer.run import train
 
     out = tmp_path / "out"
+    monkeypatch.setenv("SKYPILOT_TASK_ID", "sky-2026-12-05-08-10-00-000001_ftctl-r_1")  # a SkyPilot job trained it
     assert train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **SCHEDULE), echo=print).status == (
         "complete"
     )
+    monkeypatch.setenv("SKYPILOT_TASK_ID", "sky-2026-12-05-09-00-00-000002_ftctl-r_2")  # another job
     final = (out / "adapter_model.safetensors").read_bytes()
     said = (
         f"{out} holds this run trained to step 3 of 3 (checkpoint-3): nothing is left to train. To train it further, "
@@ -112,6 +114,13 @@ def test_a_finished_run_is_not_trained_again(tiny_model_dir, tiny_data, tmp_path
     assert said == ["an earlier attempt of this job finished the run at step 3: nothing is left to train"]
     assert (out / "adapter_model.safetensors").read_bytes() == final
     monkeypatch.delenv("FTCTL_ATTEMPT")
+    # a SkyPilot managed job recovered after its run finished (killed before it ended): its task id is the one that
+    # trained it, and SkyPilot says no attempt
+    monkeypatch.setenv("SKYPILOT_TASK_ID", "sky-2026-12-05-08-10-00-000001_ftctl-r_1")
+    said = []
+    assert train(*again, echo=said.append).status == "complete" and status.read_text() == "complete\n"
+    assert said == ["an earlier attempt of this job finished the run at step 3: nothing is left to train"]
+    monkeypatch.delenv("SKYPILOT_TASK_ID")
     # stopped between its last checkpoint and its final adapter: not finished, it resumes and writes the adapter,
     # checkpoint-3's, without the step past max_steps transformers took there
     (out / "adapter_config.json").unlink()

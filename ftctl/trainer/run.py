@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftctl import checkpoints, failures, storage
-from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, SLURM_RESTART_ENV, STATUS_ENV
+from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, SKY_TASK_ENV, SLURM_RESTART_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.plan import Plan, dump_run, final_dtype, without_liger
 from ftctl.runpaths import (
@@ -54,6 +54,7 @@ from ftctl.runpaths import (
     PLAIN_TEXT,
     SPEC_FILE,
     START_LINE,
+    START_SKY_TASK,
     START_SLURM_ATTEMPT,
     START_SLURM_JOB,
     START_WANDB_RUN,
@@ -247,7 +248,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         trained_with = checkpoint_settings.settings(spec, plan)  # recorded in each manifest; compared on resume
         changed = checkpoint_settings.changes(run.resume_from, trained_with)
         if run.resume_from and (done := already_trained(spec, run.resume_from, changed, local_dir, remote_uri)):
-            if int(os.environ.get(ATTEMPT_ENV) or 0) > 0:  # the job's own run, finished by an earlier attempt
+            if int(os.environ.get(ATTEMPT_ENV) or 0) > 0 or recovered(run.resume_from):  # an earlier attempt's
                 raise Finished(checkpoints.checkpoint_step(run.resume_from) or 0)
             raise FtctlError(done)
         if changed and procs.is_main:
@@ -391,6 +392,8 @@ def record_start(metrics_path: str, kernels, plain_text: bool, echo=print, wandb
         if job := os.environ.get("SLURM_JOB_ID"):
             record[START_SLURM_JOB] = job
             record[START_SLURM_ATTEMPT] = int(os.environ.get(SLURM_RESTART_ENV) or 0)
+        if task := os.environ.get(SKY_TASK_ENV):
+            record[START_SKY_TASK] = task
         f.write(json.dumps(record) + "\n")
 
 
@@ -538,6 +541,15 @@ def resume_point(spec: RunSpec, local_dir: str, remote_uri: str | None) -> str |
     if storage.is_remote(spec.resume):  # one of the output's own in the store (resume_problem): downloaded here
         return named_checkpoint(local_dir, spec.resume, listed, spec.s3_endpoint_url)
     return spec.resume
+
+
+def recovered(checkpoint: str) -> bool:
+    """Whether an earlier attempt of this SkyPilot job trained ``checkpoint``: a managed job's recovery keeps its task
+    id (a kill after the final model was saved and before the job ended made a recovery fail as 'already trained')."""
+    from ftctl.trainer.tracking import recorded_starts
+
+    task = os.environ.get(SKY_TASK_ENV)
+    return bool(task) and task in recorded_starts(checkpoint, START_SKY_TASK)
 
 
 def already_trained(spec: RunSpec, checkpoint: str, changed, local_dir: str, remote_uri: str | None) -> str | None:

@@ -79,8 +79,15 @@ def new_wandb_run_id() -> str:
 def recorded_wandb_run(checkpoint: str | None) -> str | None:
     """The W&B run id the run of ``checkpoint`` logs to: its copy of metrics.jsonl's first start record naming one
     (None: no checkpoint, or one saved before ftctl recorded it)."""
+    return next(iter(recorded_starts(checkpoint, START_WANDB_RUN)), None)
+
+
+def recorded_starts(checkpoint: str | None, key: str) -> list[str]:
+    """What the start records (runpaths.START_*) in ``checkpoint``'s copy of metrics.jsonl say of ``key``, in order: one
+    a trainer's start that named it ([]: no checkpoint, or none did)."""
     if checkpoint is None:
-        return None
+        return []
+    said = []
     try:
         with open(os.path.join(checkpoint, CHECKPOINT_METRICS)) as f:
             for line in f:
@@ -88,11 +95,11 @@ def recorded_wandb_run(checkpoint: str | None) -> str | None:
                     record = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(record, dict) and record.get("event") == "start" and record.get(START_WANDB_RUN):
-                    return str(record[START_WANDB_RUN])
+                if isinstance(record, dict) and record.get("event") == "start" and record.get(key):
+                    said.append(str(record[key]))
     except OSError:
-        return None
-    return None
+        return []
+    return said
 
 
 def finish_wandb(failed: bool = False) -> None:
