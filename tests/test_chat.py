@@ -483,13 +483,15 @@ def test_an_adapter_over_a_merge_merged_again_since_is_said(lora_run, tiny_data,
 
 
 def test_a_qlora_adapter_talks_on_the_4bit_base_it_trained_on(tiny_model_dir, tiny_data, tmp_path):
-    """What it learned against, and what fits where the run fit; merge still folds it into the full base."""
+    """What it learned against, computing as the loss did (the training layout, not bitsandbytes' CPU inference
+    repack), and what fits where the run fit; merge folds it into that 4-bit base dequantized (explore19)."""
     import bitsandbytes as bnb
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ftctl.trainer import chat
+    from ftctl.trainer.methods import training_layout
     from ftctl.trainer.model import nf4_config
     from ftctl.trainer.run import train
 
@@ -500,18 +502,18 @@ def test_a_qlora_adapter_talks_on_the_4bit_base_it_trained_on(tiny_model_dir, ti
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in loaded.model.modules())
     quantized = {"quantization_config": nf4_config(torch.float32), "device_map": {"": "cpu"}}
     by_hand = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, **quantized), str(out))
+    training_layout(by_hand)
     question = "What is the capital of France?"
     asked = chat.answer(loaded.model, loaded.tokenizer, [{"role": "user", "content": question}], chat.Decoding(8))
     assert asked == _greedy(by_hand.eval(), AutoTokenizer.from_pretrained(out), question, 8)
-    # the merge goes into the unquantized base, and says that it does not answer as the run does (explore17)
     from click.testing import CliRunner
 
     from ftctl.cli import main
-    from ftctl.trainer.merge import QLORA_NOTE
 
     got = CliRunner().invoke(main, ["merge", str(out), "--out", str(tmp_path / "m")])
     assert got.exit_code == 0, got.output
-    assert QLORA_NOTE in got.stderr.splitlines()
+    assert "as the run trained over it: 4-bit NF4 with double quantization from fp32" in got.stderr
+    assert "--original-base" not in got.stderr  # the model chat answered as: no note that it differs
 
 
 TURNS = (

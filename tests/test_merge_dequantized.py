@@ -167,3 +167,55 @@ def test_a_run_over_a_pre_quantized_base_merges_into_its_stored_4_bit_weights(
     assert "tiny-bnb-4bit's stored 4-bit weights, as the run trained over them, dequantized to fp32 ..." in lines[0]
     a = _logits(AutoModelForCausalLM.from_pretrained(merged), _ids())
     assert torch.allclose(a, as_trained, rtol=0, atol=1e-5), (a - as_trained).abs().max()
+
+
+def test_chat_and_eval_compute_a_qlora_run_as_it_trained(qlora_run, as_trained, one_thread):
+    """`ftctl chat`/`ftctl eval` load a qlora run's 4-bit base in the training layout: their logits are the run's own
+    forward as the loss saw it. Measured: equal bit for bit (the same NF4 codes, the same dequantize and matmul); the
+    bound, 1e-6, is fp32 rounding of logits up to 0.6 and 3,000 times below what bitsandbytes' CPU inference repack
+    (at an eval-mode forward, on a CPU with AVX512-BF16) was off by: 3e-3."""
+    import torch
+
+    from ftctl.trainer import chat
+
+    _spec, _plan, run = qlora_run
+    loaded = chat.load(str(run))
+    a = _logits(loaded.model, _ids())
+    assert torch.allclose(a, as_trained, rtol=0, atol=1e-6), (a - as_trained).abs().max()
+    assert not any(getattr(m, "support_avx512bf16_for_cpu", False) for m in loaded.model.modules())
+
+
+def test_a_bf16_runs_base_is_quantized_from_bf16_for_chat(qlora_run, tmp_path, one_thread):
+    """A bf16 GPU run quantized its base from bf16 weights (its plan's weights_dtype): chat and eval on CPU (fp32)
+    quantize from bf16 too (the same NF4 codes and scales as the run's, which fp32 weights can round otherwise), the
+    layers it kept unquantized upcast to fp32, as the merge does."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.trainer import trained as trained_mod
+    from ftctl.trainer.model import nf4_config
+
+    _spec, _plan, run = qlora_run
+    bf16 = shutil.copytree(run, tmp_path / "bf16 run", ignore=shutil.ignore_patterns("checkpoint-*"))
+    spec = json.loads((bf16 / "spec.json").read_text())
+    spec["plan"]["weights_dtype"] = "bf16"
+    (bf16 / "spec.json").write_text(json.dumps(spec))
+    found = trained_mod.find(str(bf16))
+    model = trained_mod.load(found, "fp32", as_trained=True)
+    gpu_run = AutoModelForCausalLM.from_pretrained(
+        trained_mod.resolve_base(found),
+        dtype=torch.bfloat16,
+        quantization_config=nf4_config(torch.bfloat16),
+        device_map={"": "cpu"},
+    )
+    ours = {n.removeprefix("base_model.model."): p for n, p in model.named_parameters()}
+    quantized = 0  # the 4-bit layers first: from fp32 weights 0.9% of the tiny model's codes and 415 scales differ
+    for name, param in sorted(gpu_run.named_parameters(), key=lambda named: named[1].dtype != torch.uint8):
+        mine = ours[name.replace(".weight", ".base_layer.weight")] if name not in ours else ours[name]
+        if param.dtype == torch.uint8:  # the 4-bit codes, and the (double-quantized) scales
+            quantized += 1
+            assert torch.equal(mine.data, param.data), name
+            assert torch.equal(mine.quant_state.absmax, param.quant_state.absmax), name
+        else:
+            assert mine.dtype == torch.float32 and torch.equal(mine.data, param.data.float()), name
+    assert quantized

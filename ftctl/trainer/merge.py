@@ -94,7 +94,7 @@ def merge(
     weights = base_weights(adapter, dequantize, named or run_dir_or_checkpoint)
     stored = _stored_quantization(into, named or run_dir_or_checkpoint, weights, adapter.method == "qlora")
     precision = dtype or adapter.precision or "fp32"
-    quantized_from = adapter.recorded("plan", "weights_dtype") or precision  # what the run quantized: plan's owner
+    quantized_from = trained_mod.quantized_from(adapter, precision)  # what the run quantized: plan's owner
     if echo:
         into_text = _into_text(into, weights, quantized_from, precision, stored)
         echo(f"merging the LoRA adapter {named or adapter.path} into {into_text} ...")
@@ -102,10 +102,9 @@ def merge(
             echo(ORIGINAL_NOTE)
     out = Path(out_dir).expanduser()
     with partial_merge(out) as tmp:  # made before the base loads: an --out that cannot be written is said at once
-        if weights == DEQUANTIZED:
-            merged = dequantized_merge(adapter, precision, quantized_from, base, stored=bool(stored))
-        else:
-            merged = trained_mod.load(adapter, precision, base=base).merge_and_unload()
+        dequantized = weights == DEQUANTIZED  # the base as the run trained over it (trained.quantized_base)
+        merged = trained_mod.load(adapter, precision, base=base, dequantized=dequantized, stored=bool(stored))
+        merged = merged.merge_and_unload()
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay with the renamed directory
@@ -162,36 +161,6 @@ def _into_text(into: str, weights: str, quantized_from: str, precision: str, sto
         f"{into} as the run trained over it: 4-bit NF4 with double quantization from {quantized_from}, dequantized "
         f"to {precision}"
     )
-
-
-def dequantized_merge(
-    adapter: trained_mod.Trained, precision: str, quantized_from: str, base: str | None = None, stored: bool = False
-):
-    """The adapter merged into its base as the run trained over it: the base loaded in ``quantized_from`` (the dtype
-    the run loaded its weights in) and quantized as the run quantized it (model.nf4_config: NF4, double quantization,
-    blocks of 64), or, ``stored`` in 4 bits (a *-bnb-4bit model), as it is stored; then dequantized (bitsandbytes'
-    dequantize_4bit) into ``precision`` before PEFT merges the adapter in."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from ftctl.trainer.model import nf4_config, torch_dtype
-
-    base_path = trained_mod.resolve_base(adapter, base)
-    if base is None and (again := trained_mod.merged_again(adapter.path, base_path)):
-        log.warning("%s", again)
-    loaded = torch_dtype(quantized_from)
-    quant = {} if stored else {"quantization_config": nf4_config(loaded)}  # a stored one loads as it is stored
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=loaded, device_map={"": "cpu"}, **quant)
-    said = logging.getLogger("transformers.integrations.bitsandbytes")  # "The modules are dequantized in ...": ours
-    quieter = quiet.LowerToDebug(["are dequantized in"])  # says it, with the dtype it was quantized from
-    said.addFilter(quieter)
-    try:
-        model = model.dequantize(dtype=torch_dtype(precision))
-    finally:
-        said.removeFilter(quieter)
-    if loaded != torch_dtype(precision):
-        model = model.to(torch_dtype(precision))  # the layers the run kept unquantized: embeddings, norms, head
-    return PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload()
 
 
 @contextmanager

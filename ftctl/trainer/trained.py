@@ -4,8 +4,9 @@ A run's output directory holds its final model (fft/sft: ``config.json`` + weigh
 (lora/qlora: ``adapter_config.json``) with the tokenizer and spec.json; before the run ends it holds
 only ``checkpoint-<step>`` directories, of which the newest complete one (its manifest verified,
 ftctl.checkpoints) that holds weights is taken, with a warning naming it. An adapter is loaded onto
-the base it names (``base_model_name_or_path``; the demo model's id resolves to its local cache): unquantized
-for merging (a QLoRA adapter folded into the full-precision base), in 4 bits as it trained for `chat`.
+the base it names (``base_model_name_or_path``; the demo model's id resolves to its local cache). A qlora
+adapter's base is the one the run trained over (quantized_base): for `chat` and `eval` in 4 bits, computing as the
+loss did; for `merge` those 4 bits dequantized (or, --original-base, the unquantized base).
 """
 
 from __future__ import annotations
@@ -151,28 +152,77 @@ def _newest_checkpoint(run_dir: Path) -> Trained | None:
     return None
 
 
-def load(trained: Trained, precision: str, device_map=None, as_trained: bool = False, base: str | None = None):
+def load(
+    trained: Trained,
+    precision: str,
+    device_map=None,
+    as_trained: bool = False,
+    base: str | None = None,
+    dequantized: bool = False,
+    stored: bool = False,
+):
     """The model in ``precision`` (fp32/bf16/fp16): the full model, or the base with the adapter on it
     (a PeftModel; ``merge_and_unload()`` folds it in). ``as_trained``: a qlora adapter's base in 4 bits as the
-    run trained it (ftctl.trainer.model.nf4_config), not unquantized. ``base``: another base than the adapter's
-    (the unquantized model a pre-quantized base was made from)."""
+    run trained over it (quantized_base), computing as the loss did (methods.training_layout: not bitsandbytes' CPU
+    inference repack), not unquantized. ``dequantized``: that 4-bit base dequantized into ``precision`` (bitsandbytes'
+    dequantize_4bit), a plain model the adapter merges into as the run trained over it (merge's default for qlora).
+    ``stored``: the base is stored in 4 bits (a *-bnb-4bit model): loaded as it is stored. ``base``: another base than
+    the adapter's (the unquantized model a pre-quantized base was made from)."""
     from transformers import AutoModelForCausalLM
 
-    from ftctl.trainer.model import nf4_config, torch_dtype
+    from ftctl.trainer.model import torch_dtype
 
     dtype = torch_dtype(precision)
     if not trained.adapter:
         return AutoModelForCausalLM.from_pretrained(trained.path, dtype=dtype, device_map=device_map)
     from peft import PeftModel
 
-    quant = {"quantization_config": nf4_config(dtype)} if as_trained and trained.method == "qlora" else {}
-    if quant and device_map is None:
-        device_map = {"": "cpu"}
     base_path = resolve_base(trained, base)
     if base is None and (again := merged_again(trained.path, base_path)):
         log.warning("%s", again)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, device_map=device_map, **quant)
+    if dequantized or (as_trained and trained.method == "qlora"):
+        model = quantized_base(trained, base_path, precision, device_map, dequantized, stored)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, device_map=device_map)
     return PeftModel.from_pretrained(model, str(trained.path))
+
+
+def quantized_from(trained: Trained, precision: str) -> str:
+    """The dtype a qlora run loaded its base's weights in, and so quantized them from (its plan's weights_dtype: bf16
+    on a bf16 GPU, fp32 on CPU); ``precision`` where the run recorded none. The one place chat, eval and merge read it."""
+    return trained.recorded("plan", "weights_dtype") or precision
+
+
+def quantized_base(trained: Trained, base_path: str, precision: str, device_map=None, dequantized=False, stored=False):
+    """The adapter's base as the run trained over it: loaded in the dtype the run loaded it in (quantized_from),
+    quantized as it quantized it (model.nf4_config: NF4, double quantization, blocks of 64), or, ``stored`` in 4 bits,
+    as it is stored; its 4-bit layers computing in ``precision`` in the training layout (methods.training_layout), the
+    others (embeddings, norms, head) in ``precision``. ``dequantized``: the 4-bit weights dequantized into
+    ``precision`` (a plain model)."""
+    from transformers import AutoModelForCausalLM
+
+    from ftctl import quiet
+    from ftctl.trainer.methods import training_layout
+    from ftctl.trainer.model import nf4_config, torch_dtype
+
+    dtype, loaded = torch_dtype(precision), torch_dtype(quantized_from(trained, precision))
+    quant = {} if stored else {"quantization_config": nf4_config(dtype)}  # a stored one loads as it is stored
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=loaded, device_map=device_map or {"": "cpu"}, **quant)
+    if dequantized:
+        said = logging.getLogger("transformers.integrations.bitsandbytes")  # "The modules are dequantized in ...": ours
+        quieter = quiet.LowerToDebug(["are dequantized in"])  # merge says it, with the dtype it was quantized from
+        said.addFilter(quieter)
+        try:
+            model = model.dequantize(dtype=dtype)
+        finally:
+            said.removeFilter(quieter)
+        return model.to(dtype) if loaded != dtype else model  # the layers the run kept unquantized
+    training_layout(model)
+    if loaded != dtype:  # transformers refuses .to(dtype) on a 4-bit model: the unquantized weights one by one
+        for param in model.parameters():  # (buffers, RoPE's frequencies, stay as transformers keeps them)
+            if param.dtype == loaded:
+                param.data = param.data.to(dtype)
+    return model
 
 
 def resolve_base(trained: Trained, base: str | None = None) -> str:
