@@ -17,6 +17,13 @@ the other reads the lease again: the winner's, live. A store that refuses the co
 create-only write of the lease just written is taken), gets a plain write as before, said once (race_open): there two
 trainers starting into one output within the same second can both take it.
 
+Each renewal too replaces only the holder's own last write (If-Match the ETag the store gave it). A trainer whose
+renewals did not reach the store for STALE_S may have been taken over by another job meanwhile: its next renewal
+then fails (412), it writes nothing more into the lease, and ``lost`` is set; the training loop stops there without
+saving a checkpoint over that job's (trainer.callbacks.LeaseKept). As it ends it deletes the lease only where that is
+still its own write (If-Match on DELETE), so the new holder's is left. Where the store gives no ETag or refuses the
+condition, renewals are plain writes and the release compares the holder it reads, as before (said once, race_open).
+
 The times in the lease are the writer's clock; the reader compares them with its own (clocks of machines that train
 are set by NTP; STALE_S is many renewals long).
 """
@@ -93,10 +100,12 @@ def race_open(output: str, why: str) -> None:
     _RACE_SAID.add(store)
     log.warning(
         "%s: the trainer's lease on %s is written without a condition (%s), after it was read: two trainers starting "
-        "into one output within the same second could both take it",
+        "into one output within the same second could both take it, and a trainer whose renewals did not reach the "
+        "store for %.0f s would renew over the lease of a job that took the output over",
         store,
         output,
         storage.redact(why),
+        STALE_S,
     )
 
 
@@ -141,14 +150,27 @@ def refusal(output: str, endpoint_url: str | None = None) -> str | None:
     )
 
 
-def release(output: str, endpoint_url: str | None, holder_suffix: str) -> bool:
+def release(output: str, endpoint_url: str | None, holder_suffix: str, etag: str | None = None) -> bool:
     """Remove the lease where its holder ends with ``holder_suffix`` (the cancelled job's: a killed trainer could
-    not); True where it did. Another job's lease is left."""
+    not) and, given ``etag`` (a holder's own last write), where it is still that write; True where it did. Another
+    job's lease is left: the delete is made only where the lease is still the version written or read (If-Match on
+    DELETE, S3); a store that refuses the condition gets a plain delete after the holder read was compared."""
+    uri = uri_of(output)
     try:
-        lease = read(output, endpoint_url)
+        lease, read_etag = read_tagged(output, endpoint_url)
         if lease is None or not str(lease.get("holder", "")).endswith(holder_suffix):
             return False
-        fs, path = storage.filesystem(uri_of(output), endpoint_url, quick=True)
+        if etag is not None and read_etag is not None and read_etag != etag:
+            return False  # not this holder's last write: another attempt of its job took it over
+        if (tag := etag or read_etag) is not None:
+            try:
+                storage.delete_if(uri, tag, endpoint_url)
+                return True
+            except FileExistsError:  # written (or removed) by another since it was read
+                return False
+            except storage.NoConditionalWrites:
+                pass
+        fs, path = storage.filesystem(uri, endpoint_url, quick=True)
         fs.rm_file(path)
         return True
     except Exception:  # noqa: BLE001 - it goes stale by itself
@@ -159,7 +181,9 @@ class Holder:
     """Rank 0's hold of the lease on its object-store output, for the run: :meth:`take` before the model loads (it
     waits for another job's lease to be let go or go stale, and raises FtctlError where that lease is renewed in the
     meantime: that trainer lives; its write is made only where the lease is still as read, and one beaten by another
-    trainer's reads it again), then a thread renews it every ``renew_s`` until :meth:`close`, which removes it."""
+    trainer's reads it again), then a thread renews it every ``renew_s`` until :meth:`close`, which removes it.
+    ``lost`` is set where a renewal found the lease replaced by another job's (``lost_why`` names it): the thread
+    writes it no more, and the trainer must stop writing into the output."""
 
     def __init__(self, output: str, endpoint_url: str | None, run: str, renew_s: float | None = None):
         self.output, self.endpoint_url = output, endpoint_url
@@ -167,6 +191,10 @@ class Holder:
         self.id = holder_id()
         started = round(time.time(), 3)
         self.record = {"holder": self.id, "host": socket.gethostname(), "run": run, "started_unix": started}
+        self.lost = threading.Event()
+        self.lost_why = ""
+        self._etag: str | None = None  # the store's ETag of this holder's last write: a renewal replaces only that
+        self._plain = False  # the store refused a conditional renewal: renewed unconditionally (said once)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="ftctl-lease", daemon=True)
 
@@ -223,7 +251,7 @@ class Holder:
                 raise storage.NoConditionalWrites(
                     f"{storage.scheme(uri)}:// gave no ETag to replace only the lease read"
                 )
-            storage.put_if(uri, data, self.endpoint_url, None if absent else etag)
+            self._etag = storage.put_if(uri, data, self.endpoint_url, None if absent else etag)
         except FileExistsError:
             return False
         except storage.NoConditionalWrites as exc:
@@ -243,30 +271,73 @@ class Holder:
         """Whether the store takes a second create-only write of the lease this trainer just created: it (or an
         s3fs/botocore too old to send If-None-Match) ignores the condition, without an error."""
         try:
-            storage.put_if(uri_of(self.output), data, self.endpoint_url)
+            etag = storage.put_if(uri_of(self.output), data, self.endpoint_url)
         except Exception:  # noqa: BLE001 - refused (FileExistsError: kept), or cannot tell
             return False
+        self._etag = etag  # this write is the holder's last now
         return True
 
     def _text(self) -> str:
         return json.dumps({**self.record, "renewed_unix": round(time.time(), 3)})
 
-    def _write(self) -> None:
+    def _write(self) -> bool:
+        """A plain write of the lease (its ETag kept); False where the store did not take it."""
         try:
             fs, path = storage.filesystem(uri_of(self.output), self.endpoint_url, quick=True)
-            fs.pipe_file(path, self._text().encode())
+            self._etag = storage.etag_of(fs.pipe_file(path, self._text().encode()))
+            return True
         except Exception as exc:  # noqa: BLE001 - written again at the next renewal
             log.warning("cannot write %s: %s", uri_of(self.output), storage.redact(str(exc)) or type(exc).__name__)
+            return False
 
     def _renew(self) -> None:
         while not self._closed.wait(self.renew_s):
+            if not self.renew():
+                return
+
+    def renew(self) -> bool:
+        """Write the lease again where it is still this holder's last write (If-Match its ETag); False where another
+        job's write replaced it (or it was removed) since: ``lost`` is set, and nothing is written."""
+        if self._plain or self._etag is None:  # none known: the last write failed, or the store gives none
+            if self._write() and self._etag is None and not self._plain:
+                race_open(self.output, "the store gave no ETag for the lease written, to renew only that")
+            return True
+        uri = uri_of(self.output)
+        try:
+            self._etag = storage.put_if(uri, self._text().encode(), self.endpoint_url, self._etag)
+        except FileExistsError:
+            self._lose()
+            return False
+        except storage.NoConditionalWrites as exc:
+            self._plain = True
+            race_open(self.output, str(exc))
             self._write()
+        except Exception as exc:  # noqa: BLE001 - the store not answering now: renewed at the next turn
+            log.warning("cannot write %s: %s", uri, storage.redact(str(exc)) or type(exc).__name__)
+        return True
+
+    def _lose(self) -> None:
+        try:
+            lease = read(self.output, self.endpoint_url)
+        except Exception:  # noqa: BLE001 - named as unknown
+            lease = None
+        who = f"is held by {describe(lease)} now" if lease is not None else "was removed by another job"
+        self.lost_why = (
+            f"{uri_of(self.output)} {who}, not by this trainer ({self.id}): another job took {self.output} over (a "
+            f"lease goes stale once its renewals have not reached the store for {STALE_S:.0f} s) and writes it now. "
+            "Stopped training without saving a checkpoint over that job's: let it finish, or train this run into "
+            "another --output."
+        )
+        log.error("%s", self.lost_why)
+        self.lost.set()
 
     def close(self) -> None:
-        """Stop renewing and remove the lease (where it is still this job's)."""
+        """Stop renewing and remove the lease (where it is still this holder's last write; where the store gives no
+        ETag or refuses the condition, where it still names this job). A lease lost to another job is left."""
         if self._closed.is_set():
             return
         self._closed.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        release(self.output, self.endpoint_url, self.id)
+        if not self.lost.is_set():
+            release(self.output, self.endpoint_url, self.id, None if self._plain else self._etag)

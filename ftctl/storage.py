@@ -330,21 +330,21 @@ class NoConditionalWrites(Exception):
 _LOST = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
-def put_if(uri: str, data: bytes, endpoint_url: str | None = None, etag: str | None = None) -> None:
+def put_if(uri: str, data: bytes, endpoint_url: str | None = None, etag: str | None = None) -> str | None:
     """Write the small object ``uri`` only where it is absent (``etag`` None: If-None-Match *; S3 since 2024-08, GCS's
     ifGenerationMatch=0, Azure's If-None-Match through s3fs/gcsfs/adlfs ``mode="create"``) or is still the version
     read (its S3 ``etag``: If-Match, S3 since 2024-11). FileExistsError where it is not (another writer came first, or
     removed it), NoConditionalWrites where the store or the library refuses the condition (an S3-compatible without
     them, If-Match outside S3); a store that does not answer raises as any write. A store (or an s3fs/botocore too old
-    to send the header) that ignores the condition writes as a plain write would: ask again to find out."""
+    to send the header) that ignores the condition writes as a plain write would: ask again to find out. The ETag of
+    the version written, None where the store gave none (:func:`etag_of`)."""
     fs, path = filesystem(uri, endpoint_url, quick=True)
     if etag is not None and REMOTE_SCHEMES.get(scheme(uri), ("",))[0] != "s3":
         raise NoConditionalWrites(f"{scheme(uri)}:// through fsspec replaces an object only unconditionally")
     try:
         if etag is None:
-            fs.pipe_file(path, data, mode="create")
-        else:
-            fs.pipe_file(path, data, IfMatch=etag)
+            return etag_of(fs.pipe_file(path, data, mode="create"))
+        return etag_of(fs.pipe_file(path, data, IfMatch=etag))
     except (FileExistsError, FileNotFoundError) as exc:
         if _codes(exc) & _NO_BUCKET:
             raise
@@ -355,6 +355,37 @@ def put_if(uri: str, data: bytes, endpoint_url: str | None = None, etag: str | N
         if store_error(exc, uri, endpoint_url) is not None:  # no credentials, denied, not answering: not the condition
             raise
         raise NoConditionalWrites(f"the store refused the condition: {redact(str(exc)) or type(exc).__name__}") from exc
+
+
+def etag_of(answer) -> str | None:
+    """The ETag in a store's answer to a write (s3fs's pipe_file returns S3's PutObject answer); None in any other."""
+    tag = answer.get("ETag") if isinstance(answer, dict) else None
+    return tag if isinstance(tag, str) and tag else None
+
+
+def delete_if(uri: str, etag: str, endpoint_url: str | None = None) -> None:
+    """Delete the small object ``uri`` only where it is still the version ``etag`` (S3's If-Match on DeleteObject).
+    FileExistsError where it is another version now (another writer replaced it) or is gone, NoConditionalWrites where
+    the store or the library refuses the condition (outside S3, an S3-compatible without it); a store that does not
+    answer raises as any delete. A store that ignores the condition deletes as a plain delete would."""
+    fs, path = filesystem(uri, endpoint_url, quick=True)
+    if REMOTE_SCHEMES.get(scheme(uri), ("",))[0] != "s3":
+        raise NoConditionalWrites(f"{scheme(uri)}:// through fsspec deletes an object only unconditionally")
+    bucket, key, _ = fs.split_path(path)
+    try:
+        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+    except (FileExistsError, FileNotFoundError) as exc:
+        if _codes(exc) & _NO_BUCKET:
+            raise
+        raise FileExistsError(uri) from exc
+    except Exception as exc:
+        if _codes(exc) & _LOST:
+            raise FileExistsError(uri) from exc
+        if store_error(exc, uri, endpoint_url) is not None:
+            raise
+        raise NoConditionalWrites(f"the store refused the condition: {redact(str(exc)) or type(exc).__name__}") from exc
+    finally:
+        fs.invalidate_cache(path)
 
 
 def get_file(uri: str, local_path: str, endpoint_url: str | None = None, fs=None) -> None:

@@ -242,7 +242,10 @@ def test_a_store_without_conditional_writes_gets_the_lease_read_then_written_and
     assert len(said) == 1, said
     assert said[0].startswith(f"{s3_bucket}: the trainer's lease on {out} is written without a condition (")
     assert ("store refused the condition: [Errno" if how == "refuses" else "it ignores If-None-Match") in said[0]
-    assert said[0].endswith("two trainers starting into one output within the same second could both take it")
+    assert "two trainers starting into one output within the same second could both take it" in said[0]
+    assert said[0].endswith(
+        f"did not reach the store for {lease.STALE_S:.0f} s would renew over the lease of a job that took the output over"
+    )
 
 
 def test_cancel_of_a_slurm_job_lets_go_of_its_trainers_lease_and_not_of_another_jobs(cluster, s3_bucket):  # noqa: F811
@@ -263,3 +266,106 @@ def test_cancel_of_a_slurm_job_lets_go_of_its_trainers_lease_and_not_of_another_
     state.write_text("RUNNING")
     assert SlurmBackend().cancel(ref, now=True).startswith(f"cancelled {JOB}")
     assert lease.read(out) is None
+
+
+def test_a_holder_whose_lease_another_job_took_over_stops_renewing_at_its_next_renewal(s3_bucket, monkeypatch, caplog):
+    """A trainer whose store went silent past STALE_S was taken over by another job; its next renewal, a plain PUT,
+    wrote over the new holder's lease and both trained. The renewal replaces only its own last write (If-Match)."""
+    caplog.set_level("ERROR", logger="ftctl")
+    out = f"{s3_bucket}/runs/taken"
+    (mine,) = racers(out, monkeypatch, jobs=(601,))
+    mine.take()
+    put(out, holder="Slurm job 602", host="node9", run="r", renewed_unix=time.time())  # took it over, stale
+    try:
+        assert mine.lost.wait(5), "the renewal did not find the lease taken over"
+        time.sleep(0.5)  # two more turns of the renewal thread, had it gone on
+        assert held_by(out) == "Slurm job 602"
+        assert not mine._thread.is_alive()  # it renews no more
+        assert mine.lost_why.startswith(f"{lease.uri_of(out)} is held by Slurm job 602 on node9 (run r, renewed ")
+        assert "not by this trainer (Slurm job 601)" in mine.lost_why and "another --output" in mine.lost_why
+        assert mine.lost_why in caplog.text
+    finally:
+        mine.close()
+    assert held_by(out) == "Slurm job 602"  # its release left the new holder's lease
+
+
+def replaced_after_read(out: str, monkeypatch, by: str) -> None:
+    """Another job's lease written right after the lease is next read (between a release's read and its delete)."""
+    for name in ("read", "read_tagged"):
+        real = getattr(lease, name)
+
+        def then_replaced(*args, _real=real, **kwargs):
+            got = _real(*args, **kwargs)
+            put(out, holder=by, renewed_unix=time.time())
+            return got
+
+        monkeypatch.setattr(lease, name, then_replaced)
+
+
+def test_a_release_leaves_a_lease_another_job_wrote_since_it_was_read_or_written(s3_bucket, monkeypatch):
+    """release() read the lease, compared its holder, then deleted unconditionally: a lease written between the two
+    (another job taking the output over) was deleted. Its delete is made only where the lease is still the holder's
+    own last write (Holder.close), or the version read (a cancel's release): If-Match on DELETE."""
+    out = f"{s3_bucket}/runs/released"
+    (mine,) = racers(out, monkeypatch, jobs=(701,))
+    mine.renew_s = 60  # no renewal in this test: close() is what is tried
+    mine.take()
+    # taken over before this holder's next renewal by another attempt of its own job (requeued while it still ran):
+    # the holder's name is the same, the lease is not this trainer's write
+    put(out, holder="Slurm job 701", run="attempt 2", renewed_unix=time.time())
+    mine.close()
+    assert lease.read(out)["run"] == "attempt 2"
+
+    reads = lease.read, lease.read_tagged
+    replaced_after_read(out, monkeypatch, "Slurm job 702")
+    put(out, holder="Slurm job 701", renewed_unix=time.time())  # a killed trainer's, its job cancelled
+    assert lease.release(out, None, "Slurm job 701") is False  # replaced between the cancel's read and its delete
+    assert held_by(out) == "Slurm job 702"
+    lease.read, lease.read_tagged = reads
+    put(out, holder="Slurm job 701", renewed_unix=time.time())
+    assert lease.release(out, None, "Slurm job 701") is True and lease.read(out) is None
+
+
+def test_a_run_whose_lease_another_job_took_over_stops_without_saving_over_its_checkpoints(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, s3_bucket, monkeypatch
+):
+    from transformers import TrainerCallback
+
+    from ftctl.trainer.run import train
+
+    uri = f"{s3_bucket}/runs/tiny-taken"
+
+    class TakenOver(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:  # another job takes the output over; this trainer's next renewal finds it
+                put(uri, holder="SkyPilot task sky-2026_other_3", renewed_unix=time.time())
+                time.sleep(0.6)
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, uri, "lora", max_steps=3, save_steps=1, lora_r=4, lora_alpha=8)
+    monkeypatch.setattr(lease, "RENEW_S", 0.2)
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "node"))
+    monkeypatch.setenv("SLURM_JOB_ID", "78")
+    with pytest.raises(FtctlError, match=r"is held by SkyPilot task sky-2026_other_3 .*not by this trainer"):
+        train(spec, plan, callbacks=[TakenOver()], echo=lambda line: None)
+    assert held_by(uri) == "SkyPilot task sky-2026_other_3"  # neither renewed over nor removed
+    saved = storage.file_sizes(uri)
+    assert not [name for name in saved if name.startswith("checkpoint-")], sorted(saved)  # not step 1's, not after
+
+
+def test_a_renewal_the_store_did_not_take_is_tried_again_and_one_after_a_takeover_writes_nothing(
+    s3_bucket, monkeypatch, caplog
+):
+    out = f"{s3_bucket}/runs/silent"
+    (mine,) = racers(out, monkeypatch, jobs=(801,))
+    mine.renew_s = 60  # renewed by hand here
+    mine.take()
+    put_if = storage.put_if
+    monkeypatch.setattr(storage, "put_if", lambda *a, **k: (_ for _ in ()).throw(OSError("store silent")))
+    assert mine.renew() and not mine.lost.is_set()  # a silent store: said, tried again at the next turn
+    assert "cannot write" in caplog.text and "store silent" in caplog.text
+    monkeypatch.setattr(storage, "put_if", put_if)
+    assert mine.renew() and held_by(out) == "Slurm job 801"  # back: its own write, still as written
+    put(out, holder="Slurm job 802", renewed_unix=time.time())  # the store was silent for STALE_S: taken over
+    assert mine.renew() is False and mine.lost.is_set() and held_by(out) == "Slurm job 802"
+    mine.close()
+    assert held_by(out) == "Slurm job 802"

@@ -582,3 +582,27 @@ class NothingToTrain(TrainerCallback):
             f"({ends}): nothing would be trained. Its steps count from that run's start: -o max_steps={step + more} "
             f"trains {more} more."
         )
+
+
+class LeaseKept(TrainerCallback):
+    """Rank 0 of a run into an object store stops at the first step boundary after its lease was found held by
+    another job (ftctl.lease.Holder.lost: that job took the output over while this trainer's renewals did not reach
+    the store): FtctlError naming that job, before this step's checkpoint (or, at the end, the final model) is
+    saved over that job's. ``holder`` is the run's ftctl.lease.Holder."""
+
+    def __init__(self, holder):
+        self.holder = holder
+
+    def _check(self) -> None:
+        if self.holder.lost.is_set():
+            from ftctl.errors import FtctlError
+
+            raise FtctlError(self.holder.lost_why)
+
+    def on_step_end(self, args, state, control, **kwargs):  # before the Trainer saves this step's checkpoint
+        self._check()
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):  # before the final model is saved
+        self._check()
+        return control

@@ -105,23 +105,25 @@ class Run:
 def train(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Result:
     """Train ``spec`` as ``plan`` says, in this process (one rank of torchrun, or alone)."""
     local_dir, remote_uri = output_dirs(spec)
-    with only_trainer(local_dir), holding_lease(remote_uri, spec):
-        return _train(spec, plan, callbacks, echo)
+    with only_trainer(local_dir), holding_lease(remote_uri, spec) as kept:
+        return _train(spec, plan, [*callbacks, *kept], echo)
 
 
 @contextmanager
 def holding_lease(remote_uri: str | None, spec: RunSpec):
     """Rank 0 of a run into an object store holds the lease on it while it trains (ftctl.lease: a store has no lock
-    for only_trainer's): another job's live lease there waits for it to end or go stale, or stops this one."""
+    for only_trainer's): another job's live lease there waits for it to end or go stale, or stops this one. Yields the
+    callbacks that stop the training where another job takes the lease over meanwhile (callbacks.LeaseKept)."""
     if remote_uri is None or int(os.environ.get("RANK", "0")) != 0:
-        yield
+        yield []
         return
     from ftctl.lease import Holder
+    from ftctl.trainer.callbacks import LeaseKept
 
     lease = Holder(remote_uri, spec.s3_endpoint_url, spec.name)
     lease.take()
     try:
-        yield
+        yield [LeaseKept(lease)]
     finally:
         lease.close()
 
