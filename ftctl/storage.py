@@ -341,10 +341,19 @@ def put_if(uri: str, data: bytes, endpoint_url: str | None = None, etag: str | N
     fs, path = filesystem(uri, endpoint_url, quick=True)
     if etag is not None and REMOTE_SCHEMES.get(scheme(uri), ("",))[0] != "s3":
         raise NoConditionalWrites(f"{scheme(uri)}:// through fsspec replaces an object only unconditionally")
-    try:
+    with _condition_held(uri, endpoint_url):
         if etag is None:
             return etag_of(fs.pipe_file(path, data, mode="create"))
         return etag_of(fs.pipe_file(path, data, IfMatch=etag))
+
+
+@contextlib.contextmanager
+def _condition_held(uri: str, endpoint_url: str | None):
+    """A conditional write's or delete's errors as put_if and delete_if raise them: FileExistsError where the condition
+    did not hold (another writer came first), NoConditionalWrites where the store refused the condition, the store's own
+    error (no bucket, credentials, denied, not answering) as it is."""
+    try:
+        yield
     except (FileExistsError, FileNotFoundError) as exc:
         if _codes(exc) & _NO_BUCKET:
             raise
@@ -373,17 +382,8 @@ def delete_if(uri: str, etag: str, endpoint_url: str | None = None) -> None:
         raise NoConditionalWrites(f"{scheme(uri)}:// through fsspec deletes an object only unconditionally")
     bucket, key, _ = fs.split_path(path)
     try:
-        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
-    except (FileExistsError, FileNotFoundError) as exc:
-        if _codes(exc) & _NO_BUCKET:
-            raise
-        raise FileExistsError(uri) from exc
-    except Exception as exc:
-        if _codes(exc) & _LOST:
-            raise FileExistsError(uri) from exc
-        if store_error(exc, uri, endpoint_url) is not None:
-            raise
-        raise NoConditionalWrites(f"the store refused the condition: {redact(str(exc)) or type(exc).__name__}") from exc
+        with _condition_held(uri, endpoint_url):
+            fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
     finally:
         fs.invalidate_cache(path)
 

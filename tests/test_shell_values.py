@@ -33,17 +33,10 @@ from ftctl.backend import launch, prepare, write_files
 from ftctl.docker import render as docker_render
 from ftctl.errors import FtctlError
 from ftctl.slurm import render as slurm_render
-from tests.render_fixtures import REPO, make_spec, sky_python, write_model_config
+from tests.render_fixtures import HOSTILE, REPO, make_spec, sky_python, write_model_config
 
 NASTY = [
-    "a 0",
-    'a"=0"',
-    "a'; echo foo",
-    "a\n0",
-    "$(touch PWNED)",
-    "`touch PWNED`",
-    "x;touch PWNED;y",
-    'it\'s "both" \\ $HOME * ~ & | > <',
+    *HOSTILE,
     "-rf",
     "--help",
     "ünï©ødé ✓ 日本 🙂",
