@@ -38,6 +38,7 @@ from ftctl.trainer.masks import (
     assistant_spans,
     encode_texts,
     ensure_chat_template,
+    labels_of,
     renames_call_ids,
     require_fast,
     turn_close_problem,
@@ -319,7 +320,7 @@ def prepare_data(
                     )
                 )
             chunk_ids.append(enc.input_ids)
-            chunk_labels.append([t if m else IGNORE_INDEX for t, m in zip(enc.input_ids, enc.mask)])
+            chunk_labels.append(labels_of(enc, IGNORE_INDEX))
             chunk_sources.append(row.source)
             if len(report.samples) < show:
                 report.samples.append((row.where, chunk_ids[-1], chunk_labels[-1]))

@@ -54,6 +54,8 @@ VICUNA_TEMPLATE = (
 )
 
 _BATCH = 512
+# what encode_texts asks the tokenizer for: no attention mask or token types, lists it would build per row for nothing
+_IDS_AND_OFFSETS = {"return_offsets_mapping": True, "return_attention_mask": False, "return_token_type_ids": False}
 _PROBE = "\0ftctl-turn-probe\0"  # a turn's text no template writes, to find where it writes the real one
 
 
@@ -463,6 +465,8 @@ def encode_texts(
 
     An int ``spans[k]`` means plain text, with bos/eos added: the character the loss starts at (0: every token; a
     prompt-completion row's completion: its tokens and eos)."""
+    import numpy as np
+
     out: list[Encoded] = []
     for lo in range(0, len(texts), _BATCH):
         chunk, chunk_spans = texts[lo : lo + _BATCH], spans[lo : lo + _BATCH]
@@ -471,33 +475,58 @@ def encode_texts(
         encoded: dict[int, tuple[list[int], list[int]]] = {}
         joined: set[int] = set()
         if chat:
-            enc = tokenizer([chunk[k] for k in chat], add_special_tokens=False, return_offsets_mapping=True)
+            enc = tokenizer([chunk[k] for k in chat], add_special_tokens=False, **_IDS_AND_OFFSETS)
             for k, ids, offsets in zip(chat, enc["input_ids"], enc["offset_mapping"]):
-                row_spans = chunk_spans[k]
                 # a token starting in a span trains, and so does one that straddles its start: where the
                 # generation prompt ends in a space ("ASSISTANT: "), byte-level BPE merges it into the answer's
-                # first token (" AMBER"), which would otherwise never be learned
-                mask = [int(any(a <= s < b or s < a < e for a, b in row_spans)) for s, e in offsets]
-                encoded[k] = (list(ids), mask)
+                # first token (" AMBER"), which would otherwise never be learned (numpy: a token by span table, not
+                # a Python test per token and span)
+                s, e = _starts_ends(offsets)
+                a, b = _starts_ends(chunk_spans[k])
+                inside = ((a <= s[:, None]) & (s[:, None] < b)) | ((s[:, None] < a) & (a < e[:, None]))
+                encoded[k] = (list(ids), inside.any(axis=1).astype(np.int64))
         if plain:
-            enc = tokenizer([chunk[k] for k in plain], add_special_tokens=True, return_offsets_mapping=True)
+            enc = tokenizer([chunk[k] for k in plain], add_special_tokens=True, **_IDS_AND_OFFSETS)
             eos = tokenizer.eos_token_id
             for k, ids, offsets in zip(plain, enc["input_ids"], enc["offset_mapping"]):
                 start = chunk_spans[k]
                 ids = list(ids)
                 # the same rule as a chat span's start; bos and the special tokens (offsets 0, 0) train with the text
                 # from its first character only
-                mask = [int(not start or s >= start or s < start < e) for s, e in offsets]
-                if start and any(s < start < e for s, e in offsets):
+                s, e = _starts_ends(offsets)
+                straddles = (s < start) & (start < e)
+                mask = (s >= start) | straddles if start else np.ones(len(s), dtype=bool)
+                if start and straddles.any():
                     joined.add(k)
                 if eos is not None and (not ids or ids[-1] != eos):
                     ids.append(eos)
-                    mask.append(1)
-                encoded[k] = (ids, mask)
+                    mask = np.append(mask, True)
+                encoded[k] = (ids, mask.astype(np.int64))
         for k in range(len(chunk)):
             ids, mask = encoded[k]
-            out.append(Encoded(ids[:max_length], mask[:max_length], len(ids), sum(mask), k in joined))
+            kept = mask[:max_length].tolist()
+            out.append(Encoded(ids[:max_length], kept, len(ids), int(mask.sum()), k in joined))
     return out
+
+
+def _starts_ends(pairs) -> tuple:
+    """(first, second) of each pair in ``pairs`` (offsets, spans) as int64 arrays; empty arrays where none."""
+    from itertools import chain
+
+    import numpy as np
+
+    # fromiter over the flattened pairs: ~2.5x faster than np.asarray of a list of tuples (which finds the shape first)
+    both = np.fromiter(chain.from_iterable(pairs), dtype=np.int64, count=2 * len(pairs)).reshape(-1, 2)
+    return both[:, 0], both[:, 1]
+
+
+def labels_of(encoded: Encoded, ignore: int) -> list[int]:
+    """The row's labels: its token ids where the loss is computed, ``ignore`` elsewhere."""
+    import numpy as np
+
+    ids = np.fromiter(encoded.input_ids, dtype=np.int64, count=len(encoded.input_ids))
+    mask = np.fromiter(encoded.mask, dtype=bool, count=len(encoded.mask))
+    return np.where(mask, ids, ignore).tolist()
 
 
 def require_fast(tokenizer) -> None:
