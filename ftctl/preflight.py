@@ -93,7 +93,8 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nod
     )
     findings += check_chat_template(spec.chat_template_path) + check_lora_targets(spec, plan.model)
     with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
-        data = [pool.submit(check_data, p, spec.s3_endpoint_url, f) for f, p in spec.data_sources]
+        run = data_check_args(spec)  # the fix a line names: `ftctl data check` of the run's own data and model
+        data = [pool.submit(check_data, p, spec.s3_endpoint_url, f, run_args=run) for f, p in spec.data_sources]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
         resume = pool.submit(check_resume, on_nodes or spec, plan)
         findings += [f for d in data for f in d.result()] + output.result() + resume.result()
@@ -515,17 +516,33 @@ def store_deadline_s() -> float:
 
 
 def check_data(
-    path: str, endpoint_url: str | None = None, flag: str = "--data", held_out: bool | None = None, rows: bool = True
+    path: str,
+    endpoint_url: str | None = None,
+    flag: str = "--data",
+    held_out: bool | None = None,
+    rows: bool = True,
+    run_args: list[str] | None = None,
 ) -> list[Finding]:
     """The data is there (a file, a directory of data files, an object, builtin:demo) and its first
     file can be read. ``flag``: what gave it, to start each line ("" for a command's own argument);
     ``held_out``: read as held-out data (a directory's test split), by default where the flag is --eval-data;
-    ``rows``: the rows' own problems too (_row_problems), where `ftctl data check` does not list them itself."""
+    ``rows``: the rows' own problems too (_row_problems), where `ftctl data check` does not list them itself;
+    ``run_args``: the run's data_check_args, for the `ftctl data check` line a warning names (None: --model MODEL)."""
     held_out = flag == "--eval-data" if held_out is None else held_out
-    return _bounded(flag, path, endpoint_url, lambda: _check_data(path, endpoint_url, flag, held_out, rows))
+    return _bounded(flag, path, endpoint_url, lambda: _check_data(path, endpoint_url, flag, held_out, rows, run_args))
 
 
-def _check_data(path: str, endpoint_url: str | None, flag: str, held_out: bool, rows: bool) -> list[Finding]:
+def data_check_args(spec) -> list[str]:
+    """`ftctl data check`'s options that read the data as ``spec``'s run does: its model's tokenizer, its
+    model_max_length, chat template and loss."""
+    args = ["--model", spec.model_name_or_path, "--max-length", str(spec.model_max_length)]
+    args += ["--chat-template-path", spec.chat_template_path] * bool(spec.chat_template_path)
+    return args + ["--every-token"] * (not spec.assistant_only_loss)
+
+
+def _check_data(
+    path: str, endpoint_url: str | None, flag: str, held_out: bool, rows: bool, run_args: list[str] | None = None
+) -> list[Finding]:
     from ftctl.trainer.formats import resolve_files
 
     said = f"{flag} {path}" if flag else path
@@ -540,7 +557,7 @@ def _check_data(path: str, endpoint_url: str | None, flag: str, held_out: bool, 
         return [Finding(ERROR, f"{flag}: {e}" if flag else str(e))]
     except OSError as e:
         return [Finding(ERROR, f"{said}: cannot read {first} ({e})", "check its permissions.")]
-    return _row_problems(path, said, held_out) if rows else []
+    return _row_problems(path, said, held_out, run_args) if rows else []
 
 
 # local data up to this size (each dataset of data_path) is read whole before the job: the problems of its rows
@@ -592,10 +609,8 @@ def check_tokenized(spec) -> list[Finding]:
         return []
     if report.ok:
         return []
-    check = ["ftctl", "data", "check", spec.data_path, "--model", spec.model_name_or_path]
-    check += ["--max-length", str(spec.model_max_length), "--show", "2"]
-    check += ["--chat-template-path", spec.chat_template_path] * bool(spec.chat_template_path)
-    check += ["--every-token"] * (not spec.assistant_only_loss)
+    run = data_check_args(spec)
+    check = ["ftctl", "data", "check", spec.data_path, *run[:4], "--show", "2", *run[4:]]  # after --max-length
     return [Finding(ERROR, report.error_message(), f"`{shlex.join(check)}` lists every row and shows what it trains.")]
 
 
@@ -610,9 +625,10 @@ def _tokenizer_here(model: str) -> bool:
     return isinstance(try_to_load_from_cache(model, "tokenizer_config.json"), str)
 
 
-def _row_problems(path: str, said: str, held_out: bool) -> list[Finding]:
+def _row_problems(path: str, said: str, held_out: bool, run_args: list[str] | None = None) -> list[Finding]:
     """The rows' own problems, as the trainer would list them (those the tokenizer finds, the chat template's, are
-    left to `ftctl data check`): a local dataset of ROW_CHECK_BYTES at most."""
+    left to `ftctl data check`): a local dataset of ROW_CHECK_BYTES at most; over it, the `ftctl data check` line
+    of it with ``run_args`` (data_check_args) that checks them."""
     from ftctl.spec import split_paths
     from ftctl.trainer.data import problem_lines, write_valid_command
     from ftctl.trainer.formats import load_rows, resolve_files
@@ -623,14 +639,17 @@ def _row_problems(path: str, said: str, held_out: bool) -> list[Finding]:
         files = [f for p in split_paths(path) for f in resolve_files(p, held_out=held_out)]
         size = sum(os.path.getsize(storage.filesystem(f)[1]) for f in files)
         if size > ROW_CHECK_BYTES:  # said: else a launch of 10% bad rows goes out and the trainer refuses it later
-            check = shlex.join(["ftctl", "data", "check", path, *(["--held-out"] if held_out else [])])
+            check = shlex.join(
+                ["ftctl", "data", "check", path, *(["--held-out"] if held_out else []), *(run_args or [])]
+            )
+            check += "" if run_args else " --model MODEL"
             return [
                 Finding(
                     WARNING,
                     f"{said}: its rows were not checked before the launch ({_size(size)}, over the "
                     f"{_size(ROW_CHECK_BYTES)} read here): the trainer refuses rows with errors once it has "
                     "tokenized them all",
-                    f"`{check} --model MODEL` checks them first.",
+                    f"`{check}` checks them first.",
                 )
             ]
         _, rows = load_rows(path, held_out=held_out)

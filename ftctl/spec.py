@@ -20,7 +20,6 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean, yaml_problem
@@ -166,6 +165,11 @@ MEANT = {
     "node_rank": _TORCHRUN + "; each node's rank is the one Slurm or SkyPilot gives it.",
     "master_port": _TORCHRUN + ", its rendezvous on the job's first node at -o rdzv_port (29500).",
     "master_addr": _TORCHRUN + ", its rendezvous on the job's first node at -o rdzv_port (29500).",
+    # a credential as a run key would be written into the job's files: the job reads each from its variable
+    "hub_token": "The Hub's token is HF_TOKEN, a secret passed by name: export HF_TOKEN where you launch (--secret "
+    "HF_TOKEN is a default), never as a value.",
+    "wandb_api_key": "W&B's key is WANDB_API_KEY, a secret passed by name: export WANDB_API_KEY where you launch "
+    "(--secret WANDB_API_KEY is a default), never as a value.",
 }
 
 
@@ -1458,7 +1462,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             try:
                 val = _coerce(key, raw)
             except ValueError as e:  # secrets and env may hold a credential: their values are never repeated
-                said = key if key in ("secrets", "env") else f"{key}={raw!r}"
+                hidden = key in ("secrets", "env") or _holds_credential(str(raw))
+                said = key if hidden else f"{key}={raw!r}"
                 errors.append(f"{said} ({source}): {e}.")
                 continue
             typ, _ = _base_type(_HINTS[key])
@@ -1514,6 +1519,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if errors:
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)
+    if said := written_secret_problems(spec):  # before any line that repeats a value
+        raise FtctlError(_join(said))
     if (said := _evaluated_every_logging(spec, values, evaluation, sources)) and notes is not None:
         notes.append(said)
     if notes is not None and spec.warmup_steps is not None and spec.warmup_ratio is not None:
@@ -1770,6 +1777,7 @@ def lora_target_names(value: str) -> str | list[str]:
 
 
 PATH_KEYS = ("model_name_or_path", "chat_template_path", "data_path", "eval_data_path", "output_dir", "resume")
+URI_KEYS = (*PATH_KEYS, "s3_endpoint_url")  # a URI's user and password there: the store's variables instead
 VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -1894,11 +1902,6 @@ def validate(spec: RunSpec) -> None:
     if spec.bf16 and spec.fp16:
         errors.append("bf16 and fp16 are both on: choose one (or neither and let the planner choose).")
     errors += filter(None, (secret_problem(s) for s in spec.secrets))
-    if spec.s3_endpoint_url and urlsplit(spec.s3_endpoint_url).password is not None:
-        errors.append(  # it would be written into the job's files as it is
-            "s3_endpoint_url holds a user and password (not repeated here): give the endpoint alone "
-            "(http://HOST:PORT) and the keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY where you launch."
-        )
     for k in spec.env:
         if not _ENV_NAME.fullmatch(k):
             errors.append(f"env {k!r} is not a valid environment variable name.")
@@ -2109,6 +2112,105 @@ def setup_secret_problem(line: str, secrets=()) -> str | None:
             f"variable there ({fix}), export it where you launch and pass --secret with its name {by_name}."
         )
     return None
+
+
+# user values checked apart from written_secret_problems: secrets are names (secret_problem), env and setup lines
+# have their own lines (validate, setup_secret_problem)
+_CHECKED_APART = ("secrets", "env", "setup")
+# a URI's user, and its password where it has one (scheme://USER:PASSWORD@HOST/...; a :PORT/ is no password)
+URI_USERINFO = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]*://)([^/\s@:]*)(?::([^\s@]*))?@")
+# an object store's own credential variables, which a job reaching it gets by name (storage.job_env)
+_STORE_KEYS = {
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    "gcs": "GOOGLE_APPLICATION_CREDENTIALS (its key file)",
+    "abfs": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY",
+    "hf": "HF_TOKEN",
+}
+
+
+def written_secret_problems(spec: RunSpec) -> list[str]:
+    """A line for each user value that would write a credential into the job's files: every string a backend
+    writes into its rendered script or task (job.sbatch, task.yaml, the docker run line), spec.json and the
+    checkpoints' manifests (sbatch args, Slurm's and SkyPilot's options, the container, the model, data and output
+    paths, report_to, scheduler arguments ...) holding the value of a secret set here (secret_holders), a token's
+    shape (credential_in) or a URI's user and password; the value is never repeated. A key at its default holds
+    nobody's secret (the trainer builds its spec.json again where the secrets are set)."""
+    said = []
+    for key, value in written_values(spec):
+        where = f"and {key} is written into the rendered job files and spec.json"
+        if uri_credentials(value):
+            said.append(_uri_credentials_said(key, value))
+        elif holders := secret_holders(value, spec.secrets):
+            name = holders[0]
+            said.append(
+                f"{key} holds the value of {', '.join(holders)} (set here; not repeated), {where}: pass it by name, "
+                f"--secret {name} (the job reads {name}), and leave it out of {key} (secrets pass by name only)."
+            )
+        elif key not in URI_KEYS and (what := credential_in(value)):  # a path's name may look like a token
+            said.append(
+                f"{key} holds {what} (not repeated here), {where}: leave it out; a credential the job needs is "
+                "exported where you launch and passed by its name, --secret NAME (secrets pass by name only)."
+            )
+    return list(dict.fromkeys(said))
+
+
+def written_values(spec: RunSpec) -> list[tuple[str, str]]:
+    """(key, value) of each user string a backend writes into the job's files: each string key's, each item of a
+    list, each KEY=VALUE of a mapping; not those at their defaults, nor _CHECKED_APART's."""
+    out = []
+    for name, f in FIELDS.items():
+        value = getattr(spec, name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if name in _CHECKED_APART or value == default:
+            continue
+        if isinstance(value, str):
+            out.append((name, value))
+        elif isinstance(value, list):
+            out += [(name, v) for v in value if isinstance(v, str)]
+        elif isinstance(value, dict):
+            out += [(name, f"{k}={v}") for k, v in value.items()]
+    return out
+
+
+def uri_credentials(value: str) -> bool:
+    """Whether ``value`` holds a URI with a user and password (s3://KEY:SECRET@bucket/x, https://user:pass@host), or a
+    user that is a token (https://hf_...@host)."""
+    for m in URI_USERINFO.finditer(value):
+        user, password = m.group(2), m.group(3)
+        if password is not None and not re.fullmatch(r"\d+(?:/.*)?", password):  # host:PORT/path@...: no password
+            return True
+        if password is None and (looks_like_token(user) or credential_in(user)):
+            return True
+    return False
+
+
+def _uri_credentials_said(key: str, value: str) -> str:
+    """uri_credentials' line: without them, and the store's own variables instead (the value is not repeated)."""
+    if key == "s3_endpoint_url":
+        return (
+            "s3_endpoint_url holds a user and password (not repeated here): give the endpoint alone (http://HOST:PORT) "
+            "and the keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY where you launch."
+        )
+    bare = URI_USERINFO.sub(lambda m: m.group(1), value)
+    shown = f" ({bare})" if not (_holds_credential(bare) or uri_credentials(bare)) else ""
+    found = {
+        storage.REMOTE_SCHEMES[s][0]
+        for m in URI_USERINFO.finditer(value)
+        if (s := m.group(1)[:-3].lower()) in storage.REMOTE_SCHEMES
+    }
+    keys = "; ".join(_STORE_KEYS[p] for p in sorted(found) if p in _STORE_KEYS) or "; ".join(
+        f"{p}: {v}" for p, v in _STORE_KEYS.items()
+    )
+    return (
+        f"{key} holds a URI with a user and password (not repeated here), and {key} is written into the rendered job "
+        f"files and spec.json: give it without them{shown} and the store's keys in its own variables where you "
+        f"launch ({keys}); the job gets those by name."
+    )
+
+
+def _holds_credential(text: str) -> bool:
+    """Whether ``text`` holds a secret's value set here, a token's shape or a URI's password: never repeated."""
+    return bool(secret_holders(text) or credential_in(text) or uri_credentials(text))
 
 
 def credential_in(text: str) -> str | None:

@@ -260,6 +260,17 @@ def container_homes(spec: RunSpec, kind: str | None) -> tuple[list[str], list[st
     return caches, [os.path.join(home, rel) for rel in home_credentials(spec.remote_uris)]
 
 
+def resumed_elsewhere(spec: RunSpec) -> str | None:
+    """The checkpoint directory ``-o resume=PATH`` names where it is outside the run's output (another run's), as
+    the job reads it; None for auto, never, a store's URI, a path that is not absolute (the job reads it from its own
+    working directory) or one inside the output, which is bound already."""
+    path = spec.resume.rstrip("/")
+    if spec.resume in ("auto", "never") or is_remote(spec.resume) or not os.path.isabs(path):
+        return None
+    output = spec.output.rstrip("/") if not is_remote(spec.output) else None
+    return None if output and (path + "/").startswith(output + "/") else path
+
+
 def store_access(spec: RunSpec) -> list[str]:
     """A comment line for each object store of the run's URIs: the variables of its credential chain, endpoint and
     region (storage.JOB_ENV), by name only, that the job reads from the submitting environment (--export=ALL) where
@@ -311,6 +322,10 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
     extra = {os.path.dirname(p) if os.path.isfile(p) else p for p in read} | {spec.output}
     if os.path.isdir(spec.model_name_or_path):
         extra.add(spec.model_name_or_path)
+    # another run's checkpoint to resume from (-o resume=DIR): bound read-write, as docker mounts it, since a DeepSpeed
+    # checkpoint resumed on another world size is converted beside itself (trainer.reshard.to_universal)
+    if resume := resumed_elsewhere(spec):
+        extra.add(resume)
     extra = sorted(p for p in extra - {""} if os.path.isabs(p) and not is_remote(p))
     caches, credentials = container_homes(spec, kind)
     for p in [*extra, *caches, *credentials] if kind in ("apptainer", "pyxis") else ():
