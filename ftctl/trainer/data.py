@@ -595,10 +595,17 @@ def build_dataset(
     """The training dataset (columns ``input_ids``, ``labels``), or a held-out one; FtctlError listing the
     problems if any. ``options``: prepare_data's (held_out, sources, every_token); ``stats``: a list its
     DataStats is appended to; ``cache_dir``: where the tokenized rows are kept (cache_key names them), read there
-    instead of tokenizing the data again where they are, else written by the first process (RANK 0); ``echo``
-    takes the line that says which."""
+    instead of tokenizing the data again where they are, else tokenized and written by one process a node (its
+    LOCAL_RANK 0; without LOCAL_RANK, RANK 0 writes and every process tokenizes) while the node's others wait for
+    them (_wait_for_entry); ``echo`` takes the line that says which."""
     entry = Path(cache_dir, cache_key(path, tokenizer, max_length, endpoint_url, **options)) if cache_dir else None
+    local = os.environ.get("LOCAL_RANK")
+    local = int(local) if local else None
+    writes = entry is not None and (local == 0 if local is not None else int(os.environ.get("RANK") or 0) == 0)
     found = _read_cached(entry) if entry else None
+    if found is None and entry and local:  # the node's first process tokenizes them: waited for, in silence
+        found = _wait_for_entry(entry)
+        echo = None
     if found:
         dataset, row_stats = found
         if echo:
@@ -606,19 +613,78 @@ def build_dataset(
     else:
         if entry and echo:  # silent for minutes otherwise (300k conversations: half an hour on a core)
             echo(f"{path}: tokenizing the rows ...")
+        tells = writes and local is not None  # this node's other processes wait for what it writes
+        if tells:
+            _not_kept_mark(entry).unlink(missing_ok=True)  # an earlier launch's, on a pid used again
         started = time.monotonic()
-        report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url, **options)
-        if report.errors:
-            raise FtctlError(report.error_message())
+        try:
+            report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url, **options)
+            if report.errors:
+                raise FtctlError(report.error_message())
+        except BaseException:
+            if tells:  # the others then tokenize on their own, and fail alike (torchrun would end them anyway)
+                _say_not_kept(entry, path, "")
+            raise
         row_stats = report.stats
-        if entry and int(os.environ.get("RANK") or 0) == 0:
+        if writes:
             dataset, kept = _write_cached(entry, dataset, row_stats)
+            if kept is not True and tells:
+                kept = _say_not_kept(entry, path, kept)
             if echo:
                 took = f"{len(dataset):,} rows tokenized in {time.monotonic() - started:.0f} s"
-                echo(f"{path}: {took}, kept in {entry} for a resume" if kept else f"{path}: {took}; {kept}")
+                echo(f"{path}: {took}, kept in {entry} for a resume" if kept is True else f"{path}: {took}; {kept}")
     if stats is not None:
         stats.append(row_stats)
     return dataset
+
+
+# how often a process waits for its node's first process to have written the tokenized rows (_wait_for_entry)
+WAIT_POLL_S = 0.5
+
+
+def _wait_for_entry(entry: Path):
+    """(dataset, DataStats) of ``entry`` once the node's first process (LOCAL_RANK 0) has written it there, read
+    from the disk (memory-mapped: not a copy a process); None where that process said it will not
+    (_not_kept_mark): this one then tokenizes them on its own. Waits as long as the tokenizing takes (300k
+    conversations: minutes), looking at the disk every WAIT_POLL_S: no collective, whose timeout (NCCL's 30 min)
+    would end the run. Where that process dies instead, torchrun stops this one with the others."""
+    mark = _not_kept_mark(entry)
+    while True:
+        if found := _read_cached(entry):
+            return found
+        if mark.exists():
+            return _read_cached(entry)  # written by another node on a shared disk meanwhile, or None
+        time.sleep(WAIT_POLL_S)
+
+
+def _not_kept_mark(entry: Path) -> Path:
+    """The file by which a node's first process tells that node's others not to wait for ``entry``: it was not
+    written (the disk refused it, or the tokenizing failed). In the node's temporary directory, not beside the
+    entry (on the disk that refused it), and this launch's own: named by the entry, the processes' parent
+    (torchrun's agent on this node) and torchrun's restart count."""
+    import hashlib
+    import tempfile
+
+    launch = f"{entry.absolute()}\0{os.getppid()}\0{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    name = hashlib.blake2b(launch.encode(), digest_size=8).hexdigest()
+    return Path(tempfile.gettempdir(), f"ftctl-data-cache-{name}.not-kept")
+
+
+def _say_not_kept(entry: Path, path: str, why: str) -> str:
+    """Tell this node's other processes that ``entry`` will not be written (_not_kept_mark); ``why``: the line
+    _write_cached gave, returned with what the others do. FtctlError where the mark cannot be written either:
+    they would wait for the entry until the first collective's timeout ended the run."""
+    mark = _not_kept_mark(entry)
+    try:
+        mark.touch()  # empty: a disk without room still takes it, once the entry's half-written copy is gone
+    except OSError as e:
+        if not why:  # failing already: that error is the one to see
+            return why
+        raise FtctlError(
+            f"{path}: the tokenized rows were {why}; and this node's other processes, which wait for them, could "
+            f"not be told to tokenize on their own ({e}): free some space on the run directory's disk and in {mark.parent}"
+        ) from e
+    return f"{why}; this node's other processes tokenize them too" if why else why
 
 
 _CACHED_STATS = "ftctl-data-stats.json"

@@ -725,9 +725,28 @@ def room_to_save(plan: Plan, local_dir: str, remote_uri: str | None, final: bool
             else "free some space or choose --output on a larger disk (or an object store); the run resumes from its "
             "last complete checkpoint"
         )
-        if line := failures.disk_full(exc, local_dir, need, fix):
+        if line := failures.disk_full(exc, local_dir, need, fix + _cache_held(local_dir)):
             raise FtctlError(line) from exc
         raise
+
+
+def _cache_held(local_dir: str) -> str:
+    """What the run's tokenized rows (runpaths.DATA_CACHE, kept for a resume) take on the disk that has no room left,
+    as the words room_to_save adds to its fix: space this run used and can give back, not what a save needs."""
+    cache = Path(local_dir, DATA_CACHE)
+    held = 0
+    for top, _, files in os.walk(cache):
+        for name in files:
+            try:
+                held += os.lstat(os.path.join(top, name)).st_size
+            except OSError:
+                pass
+    if not held:
+        return ""
+    return (
+        f"; the tokenized rows kept there for a resume take {storage.size_text(held)} ({cache}): removing them frees "
+        "that, and a resume tokenizes the data again"
+    )
 
 
 def publish_final(staging: str, top: str) -> None:
