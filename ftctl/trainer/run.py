@@ -694,6 +694,8 @@ def save(run: Run) -> None:
                 f"{run.remote_uri}`."
             )
     distributed.barrier()
+    if run.procs.local_rank == 0 and not run.procs.is_main:  # another node's own copy (data.build_dataset: one a node)
+        shutil.rmtree(os.path.join(run.local_dir, DATA_CACHE), ignore_errors=True)
 
 
 def saved_dtype(run: Run):
