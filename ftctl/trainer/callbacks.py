@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -136,8 +137,7 @@ class MetricsCallback(TrainerCallback):
 
     def _write(self, record: dict) -> None:
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
 
     @staticmethod
     def _eval_line(logs: dict, state) -> str:
@@ -215,6 +215,27 @@ class ProgressBar(TrainerCallback):
             sys.stdout.write("\n")
             sys.stdout.flush()
             self._drawn = False
+
+
+def append_line(path: str, line: str) -> None:
+    """``line`` and a newline at the end of ``path`` whole, or not at all: a write the disk refused partway is cut off
+    again (the file as it was) before its error is raised. Appended as it came, a full disk left half a row, and the
+    next attempt's start record went onto the end of it: one line that was neither, which a resume drops
+    (truncate_metrics), and that attempt's record (its Slurm attempt, its W&B run) with it."""
+    data = (line + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def restore_metrics(path: str, saved: str) -> None:
