@@ -86,10 +86,12 @@ RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # std::io::Error's Display, a
 ZIP_WRITER = "inline_container.cc"  # torch.save's writer: a write that failed is "unexpected pos N vs M" there
 
 
-def disk_full(exc: BaseException, directory: str, need_bytes: float, fix: str) -> str | None:
+def disk_full(exc: BaseException, directory: str, need_bytes: float, fix: str, clear=None) -> str | None:
     """The one line for a save into ``directory`` that failed for want of room, or None: an OSError ENOSPC (or EDQUOT)
     in ``exc``'s chain, or torch.save's failed write where the disk holds less than one save (``need_bytes``). It
-    names the directory, its free space, what one save needs and ``fix``."""
+    names the directory, its free space, what one save needs and ``fix``. ``clear``: called once the failure is known
+    to be a full disk (it removes what the failed save wrote: checkpoints.discard_uncommitted), returning (what it
+    removed, in words; its bytes, counted as free) or None."""
     full, seen = None, exc
     while seen is not None and full is None:
         if (isinstance(seen, OSError) and seen.errno in FULL) or _rust_errno(seen) in FULL:
@@ -109,8 +111,14 @@ def disk_full(exc: BaseException, directory: str, need_bytes: float, fix: str) -
         return None
     from ftctl.storage import size_text
 
+    removed = clear() if clear is not None else None
+    if removed:  # its room is free once this process lets go of the files (the failed writer holds one open)
+        free += removed[1]
+        while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+            directory = os.path.dirname(directory)  # the file's, named by the error, removed with them: its parent
     return (
-        f"no space left on the disk of {directory}: saving failed with {size_text(free)} free, and one save needs "
+        f"no space left on the disk of {directory}: saving failed with {size_text(free)} free"
+        f"{f' once its {removed[0]} ({size_text(removed[1])}) was removed' if removed else ''}, and one save needs "
         f"~{size_text(need_bytes)}; {fix}"
     )
 

@@ -8,8 +8,61 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import shutil
 
 import pytest
+
+from ftctl import failures
+from ftctl.checkpoints import MANIFEST, discard_uncommitted, node_manifest_name
+
+FIX = "free some space"
+
+
+def enospc(path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+def test_a_save_the_disk_refused_leaves_no_half_checkpoint_holding_its_room(tmp_path, monkeypatch):
+    """explore24: a checkpoint save that ran out of room left its half-written checkpoint-N (1.0 MB of a 1.7 MB
+    tiny fft checkpoint; of an 8B run's 96 GB, tens of GB), and the relaunch set it aside in .ftctl-quarantine for
+    good: the line said 0.0 MB free, the user freed one save's room, and the half one stayed. The failed save's
+    directory is removed, its room counted as free in the line, and a committed checkpoint is never touched."""
+    run = tmp_path / "run"
+    half = run / "checkpoint-6"
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"w" * 300_000)
+    (half / "optimizer.pt").write_bytes(b"o" * 200_000)
+    done = run / "checkpoint-3"
+    done.mkdir()
+    (done / "model.safetensors").write_bytes(b"w" * 1000)
+    (done / MANIFEST).write_text("{}")
+    by_nodes = run / "checkpoint-9"  # a multi-node checkpoint committed by its nodes' manifests
+    by_nodes.mkdir()
+    (by_nodes / node_manifest_name(0)).write_text("{}")
+
+    disk = shutil.disk_usage(run)
+    monkeypatch.setattr(failures.shutil, "disk_usage", lambda path: disk._replace(free=100_000))
+    line = failures.disk_full(enospc(half / "optimizer.pt"), str(run), 1.7e6, FIX, lambda: discard_uncommitted(half))
+    assert line == (
+        f"no space left on the disk of {run}: saving failed with 0.6 MB free once its half-written checkpoint-6 "
+        f"(0.5 MB) was removed, and one save needs ~1.7 MB; {FIX}"
+    )  # the disk named by its run directory, not by the directory removed
+    assert not half.exists()
+    assert discard_uncommitted(str(done)) is None and (done / "model.safetensors").exists()
+    assert discard_uncommitted(str(by_nodes)) is None and by_nodes.is_dir()
+    assert discard_uncommitted(str(run / "checkpoint-12")) is None  # none there
+
+    staging = run / ".ftctl" / "final"
+    staging.mkdir(parents=True)
+    (staging / "config.json").write_text("{}")
+    said = failures.disk_full(enospc(staging / "model.safetensors"), str(run), 5e5, FIX,
+                              lambda: discard_uncommitted(staging, "final model"))  # fmt: skip
+    assert "free once its half-written final model (0.0 MB) was removed" in said and not staging.exists()
+
+    cleared = []
+    assert failures.disk_full(RuntimeError("not about disks"), str(run), 1e6, FIX, lambda: cleared.append(1)) is None
+    assert not cleared  # removed only for a full disk: another failure's files are left to look at
 
 
 def test_a_metrics_row_the_disk_refused_leaves_no_half_row(small_disk):

@@ -17,11 +17,13 @@ stop a process at exactly that moment.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 import time
 
 from ftctl import storage
@@ -134,6 +136,26 @@ def write_manifest(ckpt_dir: str, step: int, world_size: int, spec_hash: str, na
     manifest = build_manifest(ckpt_dir, step, world_size, spec_hash, **extra)
     _write_json_atomic(os.path.join(ckpt_dir, name), manifest)
     return manifest
+
+
+def discard_uncommitted(path: str, what: str | None = None) -> tuple[str, int] | None:
+    """Remove ``path``, the directory of a save that failed (a checkpoint-<step>, or the final model's staging), where
+    it holds no manifest (ftctl-manifest.json or a node's): never committed, so nothing resumes from it. Left, it held
+    the room the failed save took, and a relaunch set it aside for good (resume's quarantine): on a full disk the
+    user freed one save's room, and the half one stayed. Returns (what it was, in words; the bytes it held), None where
+    there was nothing to remove, or it is committed (kept)."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return None
+    if any(is_manifest(name) for name in names):
+        return None
+    size = 0
+    for rel in storage.local_files(path):
+        with contextlib.suppress(OSError):
+            size += os.path.getsize(os.path.join(path, *rel.split("/")))
+    shutil.rmtree(path, ignore_errors=True)
+    return f"half-written {what or os.path.basename(os.path.abspath(path))}", size
 
 
 def read_manifest(ckpt: str, name: str = MANIFEST, endpoint_url: str | None = None) -> dict:
