@@ -468,6 +468,9 @@ def absolute_paths(spec: RunSpec) -> RunSpec:
         output_dir=fix(spec.output),
         model_name_or_path=fix(spec.model_name_or_path),
         chat_template_path=fix(spec.chat_template_path),
+        # a checkpoint to resume (-o resume=runs/a/checkpoint-5): the trainer read it from the job's working
+        # directory (the run dir), and a container is bound only the absolute one (slurm.render.resumed_elsewhere)
+        resume=spec.resume if spec.resume in ("auto", "never") else fix(spec.resume),
     )
 
 

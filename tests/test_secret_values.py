@@ -260,3 +260,19 @@ def test_a_relative_or_remote_resume_is_not_bound():
         spec = dataclasses.replace(make_spec(output_dir="s3://b/o"), resume=resume)
         assert slurm_render.resumed_elsewhere(spec) is None, resume
     assert os.path.isabs(slurm_render.resumed_elsewhere(dataclasses.replace(make_spec(), resume="/x/checkpoint-5")))
+
+
+@pytest.mark.parametrize("backend, container", [("docker", None), ("slurm", "apptainer:/img/x.sif")])
+def test_a_relative_resume_is_the_one_here(backend, container, tmp_path, monkeypatch):
+    """-o resume=runs/a/checkpoint-5 passed the launch's check here, then the job read it from its run directory
+    (docker's -w, Slurm's working directory), where there is none; and the container was bound no such path."""
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "runs" / "a" / "checkpoint-5"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    spec = make_spec(
+        ["resume=runs/a/checkpoint-5"], backend=backend, gpus="cpu", output_dir=str(tmp_path / "o"), container=container
+    )
+    prep = prepare(spec)
+    assert prep.spec.resume == str(ckpt) and f'"resume": "{ckpt}"' in prep.files["spec.json"]
+    assert str(ckpt) in prep.text  # mounted (docker) or bound (apptainer) at that path
