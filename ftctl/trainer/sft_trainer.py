@@ -54,6 +54,19 @@ from ftctl.trainer.distributed import local, offloads_optimizer, to_host_later
 log = logging.getLogger(__name__)
 
 
+class _Dropped(logging.Filter):
+    """transformers' warning that a resumed state's best checkpoint "does not exist anymore", held back:
+    SFTTrainer._init_training_state finds it again where the store holds it, else says so itself."""
+
+    message: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "recorded in the resumed state does not exist anymore" in record.getMessage():
+            self.message = record.getMessage()
+            return False
+        return True
+
+
 @dataclass
 class _LateLog:
     """One step's log on its way to the host (SFTTrainer.defer_logs)."""
@@ -405,10 +418,89 @@ class SFTTrainer(TrlSFTTrainer):
         if cast:
             label_dtype(output_dir or self.args.output_dir, self.final_dtype)
 
+    # ---------------------------------------------------------------------------------- the best checkpoint
+    def _init_training_state(self, *args, **kwargs):
+        """A resumed run's lowest held-out loss's checkpoint, as its trainer_state named it: transformers drops
+        the name where that path is not a directory here, and a run resumed on a fresh node (its staging emptied,
+        or at another path) had only the newest checkpoint downloaded. Then the store's retention no longer kept
+        the lowest one: with save_total_limit=1 the store deleted it at the next checkpoint, while the log still
+        said "lowest 6.0351 at step 3". Named again (in this output) wherever this output or its store holds it."""
+        dropped = _Dropped()
+        logging.getLogger("transformers.trainer").addFilter(dropped)
+        try:
+            result = super()._init_training_state(*args, **kwargs)
+        finally:
+            logging.getLogger("transformers.trainer").removeFilter(dropped)
+        state, step = self.state, getattr(self.state, "best_global_step", None)
+        if state.best_model_checkpoint is None and step and state.best_metric is not None:
+            name = f"checkpoint-{step}"
+            path = os.path.join(self.args.output_dir, name)
+            if os.path.isdir(path) or self._stored(name):
+                state.best_model_checkpoint = path
+            elif dropped.message and self.is_world_process_zero():
+                log.warning(
+                    "%s, the lowest held-out loss's (%.4f), is no longer in %s%s: no checkpoint holds it; later "
+                    "held-out losses are still compared with it",
+                    name,
+                    state.best_metric,
+                    self.args.output_dir,
+                    " nor in its store" if self._store() else "",
+                )
+        return result
+
+    def _store(self) -> tuple[str, str | None] | None:
+        """(URI, endpoint) of the store the run's checkpoints go to (sync_callback's), or None."""
+        for callback in self.callback_handler.callbacks:
+            if getattr(callback, "remote_uri", None):
+                return callback.remote_uri, getattr(callback, "endpoint_url", None)
+        return None
+
+    def _stored(self, name: str) -> bool:
+        """Whether the run's store holds ``name`` committed (its manifest, or a node's)."""
+        from ftctl import storage
+        from ftctl.checkpoints.manifest import is_manifest
+        from ftctl.errors import FtctlError
+
+        store = self._store()
+        if store is None:
+            return False
+        try:
+            return any(map(is_manifest, storage.file_sizes(storage.join(store[0], name), store[1])))
+        except (OSError, FtctlError) as e:  # unreadable now: its retention keeps what it keeps
+            log.debug("cannot list %s in %s: %s", name, store[0], e)
+            return False
+
+    def _said_final(self) -> None:
+        """Where the run trained all its steps and its lowest held-out loss was at another step: which checkpoint
+        holds that one, since the final model is the last step's (early stopping says so in its own line)."""
+        state = self.state
+        step = getattr(state, "best_global_step", None)
+        if not (self.is_world_process_zero() and step and state.best_metric is not None):
+            return
+        if state.max_steps <= 0 or state.global_step < state.max_steps or step == state.global_step:
+            return
+        from ftctl import storage
+
+        name = f"checkpoint-{step}"
+        held = state.best_model_checkpoint and os.path.basename(state.best_model_checkpoint) == name
+        store = self._store()
+        log.info(
+            "the final model is step %d's; the lowest held-out loss, %.4f, was step %d's: %s",
+            state.global_step,
+            state.best_metric,
+            step,
+            f"{storage.join(store[0], name) if store else os.path.join(self.args.output_dir, name)} holds it"
+            if held
+            else "no checkpoint holds it (evaluated between checkpoints: an eval_steps that is a multiple of "
+            "save_steps keeps it)",
+        )
+
     # ---------------------------------------------------------------------------------- logs a step late
     def train(self, *args, **kwargs):
         try:
-            return super().train(*args, **kwargs)
+            result = super().train(*args, **kwargs)
+            self._said_final()
+            return result
         finally:  # a run that fails still writes the log of its last logged step
             if self._late is not None:
                 with contextlib.suppress(Exception):  # the GPU may be what failed

@@ -1,0 +1,54 @@
+"""The lowest held-out loss's checkpoint across a stop and a resume on a fresh node: the store keeps it, the resumed
+run's trainer_state names it, and the run's end says which step the final model is and which checkpoint holds the
+lowest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+from tests.test_evaluation import eval_data  # noqa: F401 (a fixture, taken by name below)
+from tests.trainer_fixtures import make_run
+
+
+def test_a_resume_on_a_fresh_node_keeps_the_lowest_checkpoint_in_the_store(
+    tiny_model_dir,
+    tiny_data,
+    request,
+    tmp_path,
+    one_thread,
+    s3_bucket,
+    monkeypatch,
+    caplog,
+):
+    """save_total_limit=1, stopped after step 4 (the lowest at step 3), resumed to step 5 on a node whose staging
+    is empty and elsewhere: only checkpoint-4 is downloaded, and transformers dropped the best checkpoint's name
+    (a path of the first node), so the store deleted checkpoint-3 at the next checkpoint while the log went on
+    saying "lowest ... at step 3"."""
+    from ftctl.checkpoints import list_checkpoints
+    from ftctl.trainer.run import train
+
+    uri = f"{s3_bucket}/runs/best"
+    held_out = request.getfixturevalue("eval_data")
+    first, second = tmp_path / "node-a", tmp_path / "node-b"
+    values = dict(save_steps=1, save_total_limit=1, eval_data_path=str(held_out), learning_rate=0.2, resume="auto")
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(first))  # where an object-store output is staged
+    assert train(*make_run(tiny_model_dir, tiny_data, uri, "lora", max_steps=4, **values)).status == "complete"
+    evals = {r["step"]: r["eval_loss"] for r in map(json.loads, open(first / "metrics.jsonl")) if "eval_loss" in r}
+    lowest = min(evals, key=evals.get)
+    assert lowest < 4, evals  # the case this is about: the lowest is not the newest
+    shutil.rmtree(first)  # the first node is gone
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(second))
+    caplog.set_level(logging.INFO, logger="ftctl.trainer.sft_trainer")
+    assert train(*make_run(tiny_model_dir, tiny_data, uri, "lora", max_steps=5, **values)).status == "complete"
+    evals = {r["step"]: r["eval_loss"] for r in map(json.loads, open(second / "metrics.jsonl")) if "eval_loss" in r}
+    assert min(evals, key=evals.get) == lowest, evals  # no lower one after the resume
+    assert [c.step for c in list_checkpoints(uri) if c.complete] == [lowest, 5]
+    state = json.loads((second / "checkpoint-5" / "trainer_state.json").read_text())
+    assert state["best_model_checkpoint"] == str(second / f"checkpoint-{lowest}")
+    assert "does not exist anymore" not in caplog.text
+    assert (
+        f"the final model is step 5's; the lowest held-out loss, {evals[lowest]:.4f}, was step {lowest}'s: "
+        f"{uri}/checkpoint-{lowest} holds it"
+    ) in caplog.text
