@@ -24,6 +24,12 @@ saving a checkpoint over that job's (trainer.callbacks.LeaseKept). As it ends it
 still its own write (If-Match on DELETE), so the new holder's is left. Where the store gives no ETag or refuses the
 condition, renewals are plain writes and the release compares the holder it reads, as before (said once, race_open).
 
+A renewal the store does not take (503 SlowDown, a 500, no answer in time, after storage's retries) is said and tried
+again at the next turn: training goes on. Renewals failing for so long that the lease would go stale before the next
+one (STALE_S after the last that reached the store) set ``lost`` too: another job may take the output over from then
+on, so the trainer stops as above, saving nothing into the output. A renewal that the store took after the trainer gave
+up waiting for its answer (a slow store) is recognised as the holder's own at the next renewal, not as another job's.
+
 The times in the lease are the writer's clock; the reader compares them with its own (clocks of machines that train
 are set by NTP; STALE_S is many renewals long).
 """
@@ -182,12 +188,22 @@ class Holder:
     waits for another job's lease to be let go or go stale, and raises FtctlError where that lease is renewed in the
     meantime: that trainer lives; its write is made only where the lease is still as read, and one beaten by another
     trainer's reads it again), then a thread renews it every ``renew_s`` until :meth:`close`, which removes it.
-    ``lost`` is set where a renewal found the lease replaced by another job's (``lost_why`` names it): the thread
-    writes it no more, and the trainer must stop writing into the output."""
+    ``lost`` is set where a renewal found the lease replaced by another job's, or where renewals failed until the lease
+    would go stale (``lost_why`` says which): the thread writes it no more, and the trainer must stop writing into the
+    output."""
 
-    def __init__(self, output: str, endpoint_url: str | None, run: str, renew_s: float | None = None):
+    def __init__(
+        self,
+        output: str,
+        endpoint_url: str | None,
+        run: str,
+        renew_s: float | None = None,
+        stale_s: float | None = None,
+    ):
         self.output, self.endpoint_url = output, endpoint_url
         self.renew_s = RENEW_S if renew_s is None else renew_s
+        self.stale_s = STALE_S if stale_s is None else stale_s
+        self._reached = time.monotonic()  # when the store last took this holder's write (renewals failing: unreached)
         self.id = holder_id()
         started = round(time.time(), 3)
         self.record = {"holder": self.id, "host": socket.gethostname(), "run": run, "started_unix": started}
@@ -199,8 +215,9 @@ class Holder:
         self._thread = threading.Thread(target=self._renew, name="ftctl-lease", daemon=True)
 
     def take(self, stale_s: float | None = None) -> None:
-        stale_s = STALE_S if stale_s is None else stale_s
+        stale_s = self.stale_s if stale_s is None else stale_s
         first, lost = None, 0
+        self._reached = time.monotonic()
         while True:
             try:
                 lease, etag = read_tagged(self.output, self.endpoint_url)
@@ -252,6 +269,7 @@ class Holder:
                     f"{storage.scheme(uri)}:// gave no ETag to replace only the lease read"
                 )
             self._etag = storage.put_if(uri, data, self.endpoint_url, None if absent else etag)
+            self._reached = time.monotonic()
         except FileExistsError:
             return False
         except storage.NoConditionalWrites as exc:
@@ -259,7 +277,7 @@ class Holder:
             self._write()
             return True
         except Exception as exc:  # noqa: BLE001 - the store not answering now: written again at the next renewal
-            log.warning("cannot write %s: %s", uri, storage.redact(str(exc)) or type(exc).__name__)
+            self._unreached(exc)
             return True
         if absent and self._created_again(data):
             race_open(
@@ -285,15 +303,35 @@ class Holder:
         try:
             fs, path = storage.filesystem(uri_of(self.output), self.endpoint_url, quick=True)
             self._etag = storage.etag_of(fs.pipe_file(path, self._text().encode()))
+            self._reached = time.monotonic()
             return True
         except Exception as exc:  # noqa: BLE001 - written again at the next renewal
-            log.warning("cannot write %s: %s", uri_of(self.output), storage.redact(str(exc)) or type(exc).__name__)
+            self._unreached(exc)
             return False
 
     def _renew(self) -> None:
         while not self._closed.wait(self.renew_s):
-            if not self.renew():
+            if not self.renew() or self.lost.is_set():
                 return
+
+    def _unreached(self, exc: BaseException) -> None:
+        """A write of the lease the store did not take: said, and tried again at the next renewal; where the renewals
+        have not reached the store for so long that the next one would come after the lease went stale (another job
+        may take the output over from then on), ``lost`` is set: the trainer stops before it writes into the output."""
+        uri, why = uri_of(self.output), storage.redact(str(exc)) or type(exc).__name__
+        log.warning("cannot write %s: %s", uri, why)
+        unreached = time.monotonic() - self._reached
+        if self.lost.is_set() or unreached + self.renew_s < self.stale_s:
+            return
+        said = storage.store_error(exc, self.output, self.endpoint_url)
+        self.lost_why = (
+            f"the lease {uri} has not been renewed for {unreached:.0f} s ({said.what if said else why}): it goes stale "
+            f"{self.stale_s:.0f} s after its last renewal, and another job may take {self.output} over from then on. "
+            "Stopped training without saving a checkpoint into it: the same launch resumes from its newest complete "
+            "checkpoint once the store answers again."
+        )
+        log.error("%s", self.lost_why)
+        self.lost.set()
 
     def renew(self) -> bool:
         """Write the lease again where it is still this holder's last write (If-Match its ETag); False where another
@@ -305,7 +343,10 @@ class Holder:
         uri = uri_of(self.output)
         try:
             self._etag = storage.put_if(uri, self._text().encode(), self.endpoint_url, self._etag)
+            self._reached = time.monotonic()
         except FileExistsError:
+            if self._landed_late():
+                return self.renew()
             self._lose()
             return False
         except storage.NoConditionalWrites as exc:
@@ -313,7 +354,25 @@ class Holder:
             race_open(self.output, str(exc))
             self._write()
         except Exception as exc:  # noqa: BLE001 - the store not answering now: renewed at the next turn
-            log.warning("cannot write %s: %s", uri, storage.redact(str(exc)) or type(exc).__name__)
+            self._unreached(exc)
+        return True
+
+    def _landed_late(self) -> bool:
+        """Whether the lease that failed this holder's condition is this holder's own write, one the store took after
+        the renewal had given up waiting for its answer (a slow store): its ETag is then this holder's last write.
+        That write otherwise read as another job's, and stopped the run naming this trainer as the job that took it."""
+        try:
+            lease, etag = read_tagged(self.output, self.endpoint_url)
+        except Exception:  # noqa: BLE001 - cannot tell: as another's
+            return False
+        if lease is None or etag is None or etag == self._etag:
+            return False
+        if any(lease.get(key) != value for key, value in self.record.items()):
+            return False
+        log.info(
+            "%s: a renewal the store took after its answer was given up is this trainer's own", uri_of(self.output)
+        )
+        self._etag = etag
         return True
 
     def _lose(self) -> None:

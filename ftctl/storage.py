@@ -60,22 +60,33 @@ READ_ONLY_SCHEMES = {"hf"}
 @dataclass(frozen=True)
 class S3Limits:
     """How long one S3 request may take before it counts as failed: seconds to connect and to wait for the next
-    bytes of an answer, botocore's attempts (its retry of a 5xx, throttling or a dropped connection) and s3fs's tries
-    around those (a timeout, a body cut off mid-read). A store that accepts and never answers costs
-    ``attempts * tries * read_s`` per request (it was 30 min: s3fs's default of 5 tries around 3 attempts of 120 s)."""
+    bytes of an answer; botocore's ``attempts`` of a request the store answered 500/502/503/504 (SlowDown,
+    InternalError), throttled or dropped (reset, closed), retried after backoff (0-1, 0-2, 0-4, 0-8 s: standard mode);
+    of those, ``waits``: attempts of a request that got no answer in time; and s3fs's ``tries`` around those (a
+    timeout, a body cut off mid-read, SlowDown). A store that accepts and never answers costs
+    ``waits * tries * read_s`` per request (it was 30 min: s3fs's default of 5 tries around 3 attempts of 120 s)."""
 
     connect_s: float
     read_s: float
     attempts: int
     tries: int
+    waits: int | None = None  # None: as many as attempts
+
+    @property
+    def tag(self) -> str:
+        """The client's user-agent suffix that tells :func:`_unanswered_retried` its ``waits``."""
+        return f"{_WAITS_TAG}{self.attempts if self.waits is None else self.waits}"
 
 
-#: the one place S3 waits are set. "ask": listings, a manifest, trainer_state.json, a marker, a delete: small answers
-#: that someone waits on (sync ls, status, the preflight, a resume's listing), one try; "transfer": a checkpoint's or
-#: a dataset's files, where a large part's answer may be slow (the checkpoint uploader retries on its own)
+_WAITS_TAG = "ftctl-waits/"
+
+#: the one place S3 waits are set. "ask": listings, a manifest, trainer_state.json, a marker, a lease, a delete: small
+#: answers that someone waits on (sync ls, status, the preflight, a resume's listing, the lease's renewal): a busy or
+#: failing store's answer retried for up to ~15 s, a silent one given up after one wait; "transfer": a checkpoint's
+#: or a dataset's files, where a large part's answer may be slow (the checkpoint uploader retries on its own)
 S3_LIMITS = {
-    "ask": S3Limits(connect_s=10, read_s=10, attempts=1, tries=1),
-    "transfer": S3Limits(connect_s=10, read_s=120, attempts=2, tries=2),
+    "ask": S3Limits(connect_s=10, read_s=10, attempts=5, tries=1, waits=1),
+    "transfer": S3Limits(connect_s=10, read_s=120, attempts=5, tries=2, waits=2),
 }
 
 
@@ -189,6 +200,7 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
         if endpoint:
             client_kwargs["endpoint_url"] = endpoint
         _no_100_continue()
+        _retry_handlers()
         limits = S3_LIMITS["ask" if quick else "transfer"]
         fs = cls(
             client_kwargs=client_kwargs,
@@ -196,6 +208,7 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
                 "connect_timeout": limits.connect_s,
                 "read_timeout": limits.read_s,
                 "retries": {"total_max_attempts": limits.attempts, "mode": "standard"},  # max_attempts: retries
+                "user_agent_extra": limits.tag,  # read by _unanswered_retried
             },
             # Listings change under us (other nodes, other runs): never answer from a cache.
             use_listings_cache=False,
@@ -218,6 +231,38 @@ def _no_100_continue() -> None:
     from botocore import handlers
 
     handlers.BUILTIN_HANDLERS[:] = [h for h in handlers.BUILTIN_HANDLERS if h[1] is not handlers.add_expect_header]
+
+
+def _retry_handlers() -> None:
+    """botocore retries a request that timed out, or could not connect, as it retries a 503 (standard mode: up to
+    S3Limits.attempts); S3 sessions made from now on in this process retry those only up to their limits' ``waits``
+    (_unanswered_retried), so a busy store's 503s and dropped connections are retried several times while a silent
+    store, or none at the endpoint, still costs one wait of an "ask"."""
+    from botocore import handlers
+
+    entry = ("needs-retry.s3", _unanswered_retried)
+    if entry not in handlers.BUILTIN_HANDLERS:
+        handlers.BUILTIN_HANDLERS.append(entry)
+
+
+def _unanswered_retried(caught_exception=None, attempts=0, request_dict=None, **_) -> None:
+    """botocore's needs-retry event: a request that got no answer in time, or no connection (refused, no such host),
+    after its limits' ``waits`` attempts is raised as it is (not retried); anything else is left to botocore's own
+    retry handler."""
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    if isinstance(caught_exception, EndpointConnectionError) and not isinstance(caught_exception, ConnectTimeoutError):
+        cause = caught_exception.kwargs.get("error")  # aiohttp's: a connection refused, or one reset mid-request
+        if not {c.__name__ for c in type(cause).__mro__} & {"ClientConnectorError", "gaierror"}:
+            return None
+    elif not isinstance(caught_exception, (ConnectTimeoutError, ReadTimeoutError)):
+        return None
+    config = ((request_dict or {}).get("context") or {}).get("client_config")
+    extra = str(getattr(config, "user_agent_extra", None) or "")
+    waits = next((w for w in extra.split() if w.startswith(_WAITS_TAG)), "")
+    if waits and attempts >= int(waits[len(_WAITS_TAG) :] or 1):
+        raise caught_exception
+    return None
 
 
 def require_writable(uri: str | os.PathLike, what: str) -> None:
@@ -446,6 +491,7 @@ class StorageError(FtctlError):
 #: what :func:`store_error` tells apart
 ERROR_KINDS = ("no-credentials", "bad-credentials", "no-bucket", "denied", "timeout", "unreachable", "bad-endpoint")
 ERROR_KINDS += ("offline",)  # HF_HUB_OFFLINE beside an hf:// URI, which is read from the Hub itself
+ERROR_KINDS += ("busy", "failing")  # 503 SlowDown (throttled) and a store's own 5xx or a cut-off answer: transient
 
 #: per fsspec protocol: (what to set for credentials, the same in short, what its buckets are called)
 _STORE_HINTS = {
@@ -479,6 +525,12 @@ _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken
 _DENIED = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden", "AuthorizationFailure"}
 _NO_BUCKET = {"NoSuchBucket", "ContainerNotFound"}
 _TIMEOUT = {"ConnectTimeoutError", "ReadTimeoutError", "ServerTimeoutError", "TimeoutError", "TimeoutException"}
+#: a store that throttles (S3's 503 SlowDown, GCS's 429) and one failing on its side (500, 502, 504, an answer cut off
+#: mid-body): what S3_LIMITS' attempts retry; 501 NotImplemented (a condition the store lacks) is neither
+_BUSY = {"SlowDown", "503", "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestLimitExceeded", "429"}
+_BUSY |= {"TooManyRequests", "TooManyRequestsException", "SlowDownRead", "SlowDownWrite"}
+_FAILING = {"InternalError", "500", "502", "504", "BadGateway", "GatewayTimeout", "InternalServerError"}
+_CUT_OFF = {"ClientPayloadError", "IncompleteRead", "ResponseStreamingError", "ContentLengthError"}
 _UNREACHABLE = {
     "ConnectError",  # httpx's (huggingface_hub)
     "EndpointConnectionError",
@@ -531,6 +583,16 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
             f"check {endpoint_fix} (is the store running there?) and the network.",
         ),
         "bad-endpoint": (f"{where} is not a usable URL{detail}", f"fix {endpoint_fix} (e.g. http://host:9000)."),
+        "busy": (
+            f"{where} kept refusing requests for {uri} as too many{detail}, through ftctl's retries",
+            f"it throttles this {bucket_word} now: try again in a few minutes (many jobs or nodes writing one "
+            f"{bucket_word} at once slow it down).",
+        ),
+        "failing": (
+            f"{where} kept failing requests for {uri}{detail}, through ftctl's retries",
+            "an error on the store's side: try again in a few minutes; if it lasts, check the store's status "
+            f"page or its operator (or {endpoint_fix} if it names the wrong store).",
+        ),
     }
     if protocol == "hf":  # read only, and a private or gated repository answers as a missing one
         network = "check the network (proxy, firewall: the nodes need the Hub), or HF_ENDPOINT for a mirror."
@@ -573,6 +635,13 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
         return storage_error("no-bucket", uri, endpoint_url)
     if codes & _DENIED or "PermissionError" in names:
         return storage_error("denied", uri, endpoint_url)
+    busy, failing = _codes(exc) & _BUSY, _codes(exc) & _FAILING
+    if busy:
+        return storage_error("busy", uri, endpoint_url, f" ({_said(busy)})")
+    if failing:
+        return storage_error("failing", uri, endpoint_url, f" ({_said(failing)})")
+    if names & _CUT_OFF:
+        return storage_error("failing", uri, endpoint_url, " (its answers were cut off mid-way)")
     if names & _TIMEOUT:
         return storage_error("timeout", uri, endpoint_url)
     if names & _UNREACHABLE or "ConnectionError" in names:
@@ -589,6 +658,11 @@ def _chain(exc: BaseException) -> list[BaseException]:
         chain.append(e)
         e = e.__cause__ or e.__context__
     return chain
+
+
+def _said(codes: set[str]) -> str:
+    """'503 SlowDown': a store's HTTP status and error code as it answered them."""
+    return " ".join(sorted(codes, key=lambda c: (not c.isdigit(), c)))
 
 
 def _codes(exc: BaseException) -> set[str]:
