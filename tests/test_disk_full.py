@@ -80,3 +80,76 @@ def test_a_metrics_row_the_disk_refused_leaves_no_half_row(small_disk):
         MetricsCallback(str(path))._write({"step": 2, "loss": 1.5, "pad": "y" * 2000})
     assert got.value.errno == errno.ENOSPC
     assert path.read_text() == rows
+
+
+def test_a_push_the_stores_disk_refused_leaves_no_half_checkpoint_there(tmp_path, monkeypatch):
+    """`ftctl sync push RUN file:///store` onto a full disk left the checkpoint it was sending half there (uncommitted:
+    never resumed, never removed but by a later push of it); it is removed, and the line counts its room free."""
+    from pathlib import Path
+
+    from ftctl import storage
+    from ftctl.checkpoints import list_checkpoints, sync, upload, write_manifest
+    from ftctl.errors import FtctlError
+
+    run, store = tmp_path / "run", tmp_path / "store"
+    for step in (3, 6):
+        ckpt = run / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "model.safetensors").write_bytes(b"w" * 200_000)
+        (ckpt / "optimizer.pt").write_bytes(b"o" * 400_000)
+        write_manifest(str(ckpt), step, 1, "run")
+    real_put = upload._put
+
+    def put(fs, local, uri):
+        if uri.endswith("checkpoint-6/optimizer.pt"):
+            Path(storage.local_path(uri)).write_bytes(b"o" * 100_000)  # what fit
+            raise enospc(storage.local_path(uri))
+        real_put(fs, local, uri)
+
+    monkeypatch.setattr(upload, "_put", put)
+    with pytest.raises(FtctlError) as got:
+        sync.push(str(run), f"file://{store}", echo=lambda line: None)
+    assert f"no space left on the disk of {store}: saving failed with " in str(got.value)
+    assert "free once its half-written checkpoint-6 (0.3 MB) was removed" in str(got.value)  # its model and part
+    assert [(c.name, c.complete) for c in list_checkpoints(str(store))] == [("checkpoint-3", True)]
+
+
+def test_a_run_whose_checkpoint_finds_the_disk_full_resumes_as_if_never_stopped(
+    tiny_model_dir, tiny_data, tmp_path, monkeypatch, one_thread
+):
+    """explore24 end to end: checkpoint-6's optimizer.pt refused partway (ENOSPC). The run says so in one line,
+    checkpoint-3 is whole and checkpoint-6 gone (its half was left, and the relaunch set it aside in .ftctl-quarantine
+    for good); the relaunch resumes from checkpoint-3 and ends with the weights of a run never stopped."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    from ftctl.checkpoints import verify
+    from ftctl.errors import FtctlError
+    from ftctl.trainer.run import train
+    from tests.trainer_fixtures import make_run
+
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if str(f).endswith(os.path.join("checkpoint-6", "optimizer.pt")):
+            Path(f).write_bytes(b"half an optimizer")
+            raise enospc(f)
+        return real_save(obj, f, *args, **kwargs)
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "run", resume="auto")
+    run = Path(spec.output)
+    with monkeypatch.context() as m, pytest.raises(FtctlError) as got:
+        m.setattr(torch, "save", save)
+        train(spec, plan, echo=lambda line: None)
+    assert f"no space left on the disk of {run}: saving failed with " in str(got.value)
+    assert "free once its half-written checkpoint-6 (0.6 MB) was removed" in str(got.value)  # its model's 0.56 MB
+    assert not (run / "checkpoint-6").exists() and verify(str(run / "checkpoint-3")) == []
+
+    assert train(spec, plan, echo=lambda line: None).status == "complete"
+    assert not (run / ".ftctl-quarantine").exists()
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "never-stopped")
+    train(spec, plan, echo=lambda line: None)
+    resumed, straight = load_file(run / "model.safetensors"), load_file(Path(spec.output) / "model.safetensors")
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)

@@ -204,11 +204,12 @@ def download_checkpoint(
     return []
 
 
-def raise_if_full(exc: OSError, local_dir: str, need: int, what: str) -> None:
+def raise_if_full(exc: OSError, local_dir: str, need: int, what: str, clear=None) -> None:
     """Raise the one line of a download into ``local_dir`` that failed for want of room (failures.disk_full), named
-    by ``local_dir``, not by the partial file its caller removed; return where ``exc`` is no full disk."""
+    by ``local_dir``, not by the partial file its caller removed; return where ``exc`` is no full disk. ``clear``:
+    failures.disk_full's (what the failed copy left, removed)."""
     said = OSError(exc.errno, exc.strerror)
-    if line := failures.disk_full(said, local_dir, need, f"free some space there to {what}"):
+    if line := failures.disk_full(said, local_dir, need, f"free some space there to {what}", clear):
         raise FtctlError(line) from exc
 
 

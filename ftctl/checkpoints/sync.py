@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ftctl import storage
-from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST
+from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST, discard_uncommitted
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints, raise_if_full
 from ftctl.checkpoints.upload import final_files, prune, upload_checkpoint
 from ftctl.errors import FtctlError
@@ -69,17 +69,20 @@ def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=pri
     if not os.path.isdir(local_run_dir):
         raise FtctlError(f"{local_run_dir}: no such directory to push from (a run's output directory).")
     storage.require_writable(uri, "ftctl sync push to")
+    sending: list[str] = []  # the checkpoint being sent, where the store's disk refuses it
     with storage.storage_errors(uri, endpoint_url):
         try:
-            return _push(local_run_dir, uri, endpoint_url, echo)
-        except OSError as exc:  # a file:// store on a full disk: what it got is uncommitted (no manifest)
+            return _push(local_run_dir, uri, endpoint_url, echo, sending)
+        except OSError as exc:  # a file:// store on a full disk: what it got is uncommitted (no manifest), removed
             if not storage.is_remote(uri):
                 sizes = [c.size for c in list_checkpoints(local_run_dir) if c.complete]
-                raise_if_full(exc, storage.local_path(uri), max(sizes, default=0), "push the run")
+                half = [storage.local_path(dest) for dest in sending]
+                clear = (lambda: discard_uncommitted(half[0])) if half else None
+                raise_if_full(exc, storage.local_path(uri), max(sizes, default=0), "push the run", clear)
             raise
 
 
-def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo) -> list:
+def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending: list) -> list:
     here = list_checkpoints(local_run_dir, deep=True)
     if not here and not any(rel in FINAL_MARKS for rel in final_files(local_run_dir)):
         raise FtctlError(f"nothing to push: {local_run_dir} holds no checkpoint-N and no final model.")
@@ -113,7 +116,9 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo) -> list:
             continue
         dest = storage.join(uri, c.name)
         storage.rm(storage.join(dest, MANIFEST), endpoint_url=endpoint_url)
+        sending[:] = [dest]
         upload_checkpoint(c.uri, dest, endpoint_url=endpoint_url)
+        sending.clear()
         echo(f"pushed {c.name} -> {dest}")
         sent.append(dest)
     if keep:  # what the run's own uploader does after each checkpoint: the store keeps the newest `keep` and the best

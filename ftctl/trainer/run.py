@@ -601,7 +601,7 @@ def fit(run: Run) -> None:
     gc.collect()
     gc.freeze()
     try:
-        with room_to_save(run.plan, run.local_dir, run.remote_uri, final=False):  # its checkpoints
+        with room_to_save(run.plan, run.local_dir, run.remote_uri, final=False, clear=lambda: half_checkpoint(run)):
             run.trainer.train(resume_from_checkpoint=run.resume_from)
     except BaseException:
         tracking.finish_wandb(failed=True)
@@ -609,6 +609,15 @@ def fit(run: Run) -> None:
     finally:
         gc.unfreeze()  # a process that trains again (the demo, tests) can collect this run's cycles
     tracking.finish_wandb()
+
+
+def half_checkpoint(run: Run) -> tuple[str, int] | None:
+    """Remove the checkpoint a save that found the disk full left half-written (by one process a node): what it was
+    and its bytes, for the line; None where there is none (checkpoints.discard_uncommitted: a committed one is kept)."""
+    if run.procs.local_rank != 0:
+        return None
+    name = f"{checkpoints.CHECKPOINT_PREFIX}{run.trainer.state.global_step}"
+    return checkpoints.discard_uncommitted(os.path.join(run.local_dir, name))
 
 
 def over_context(spec) -> str | None:
@@ -677,13 +686,18 @@ def save(run: Run) -> None:
         run.trainer.accelerator.unwrap_model(run.trainer.model).config.use_cache = True
     from ftctl.trainer.sft_trainer import saving_final
 
-    with room_to_save(run.plan, run.local_dir, run.remote_uri, final=True), saving_final(run.trainer, saved_dtype(run)):
-        run.trainer.save_model(staging)
+    def clear() -> tuple[str, int] | None:  # what a save that found the disk full left half-written
+        return checkpoints.discard_uncommitted(staging, "final model") if run.procs.is_main else None
+
+    with room_to_save(run.plan, run.local_dir, run.remote_uri, final=True, clear=clear):
+        with saving_final(run.trainer, saved_dtype(run)):
+            run.trainer.save_model(staging)
+        if run.procs.is_main:
+            name_base_model(staging, base_name(run.spec))
+            if run.spec.method in ADAPTER_METHODS:  # over a merged model: that merge's record, to tell a later one
+                keep_base_merge(staging, run.spec.model_name_or_path)
+            publish_final(staging, run.local_dir)
     if run.procs.is_main:
-        name_base_model(staging, base_name(run.spec))
-        if run.spec.method in ADAPTER_METHODS:  # over a merged model: that merge's record, to tell a later one
-            keep_base_merge(staging, run.spec.model_name_or_path)
-        publish_final(staging, run.local_dir)
         shutil.rmtree(os.path.join(run.local_dir, DATA_CACHE), ignore_errors=True)  # for a resume: none is left
         warn_stale_merge(run)
         run.trainer.create_model_card()  # after PEFT's, which rewrote the card's metadata with its local base path
@@ -709,9 +723,10 @@ def saved_dtype(run: Run):
 
 
 @contextmanager
-def room_to_save(plan: Plan, local_dir: str, remote_uri: str | None, final: bool):
+def room_to_save(plan: Plan, local_dir: str, remote_uri: str | None, final: bool, clear=None):
     """A save that failed for want of disk space (torch.save says only "unexpected pos N vs M") as one line naming the
-    directory, its free space, the size of one checkpoint (or the final model) and the fix (failures.disk_full)."""
+    directory, its free space, the size of one checkpoint (or the final model) and the fix (failures.disk_full);
+    ``clear`` removes what the failed save wrote (its half-written checkpoint), said in the line with its room."""
     try:
         yield
     except FtctlError:  # said already (a download's own disk-full line among them)
@@ -727,7 +742,7 @@ def room_to_save(plan: Plan, local_dir: str, remote_uri: str | None, final: bool
             else "free some space or choose --output on a larger disk (or an object store); the run resumes from its "
             "last complete checkpoint"
         )
-        if line := failures.disk_full(exc, local_dir, need, fix + _cache_held(local_dir)):
+        if line := failures.disk_full(exc, local_dir, need, fix + _cache_held(local_dir), clear):
             raise FtctlError(line) from exc
         raise
 
