@@ -33,6 +33,8 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -433,14 +435,29 @@ def delete_if(uri: str, etag: str, endpoint_url: str | None = None) -> None:
         fs.invalidate_cache(path)
 
 
+#: how many times a download whose answer is cut off mid-body (a connection dropped while the file came) is started in
+#: all: s3fs picks it up where it was cut off only S3Limits.tries times, and a resume's checkpoint of many large files
+#: failed the run's start on a second drop of one of them
+CUT_OFF_STARTS = 4
+
+
 def get_file(uri: str, local_path: str, endpoint_url: str | None = None, fs=None) -> None:
-    """Download one file from ``uri`` to ``local_path`` (parents created)."""
+    """Download one file from ``uri`` to ``local_path`` (parents created); one cut off mid-way is downloaded again
+    (CUT_OFF_STARTS), after a pause of up to 0.5, 1, 2 s."""
     if fs is None:
         fs, path = filesystem(uri, endpoint_url)
     else:
         path = _path_for(fs, uri)
     os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
-    fs.get_file(path, local_path)
+    for start in range(CUT_OFF_STARTS):
+        try:
+            fs.get_file(path, local_path)
+            return
+        except Exception as exc:
+            names = {cls.__name__ for e in _chain(exc) for cls in type(e).__mro__}
+            if start + 1 == CUT_OFF_STARTS or not names & _CUT_OFF:
+                raise
+            time.sleep(random.random() * 0.5 * 2**start)
 
 
 def put_dir(local_dir: str, uri: str, endpoint_url: str | None = None) -> None:

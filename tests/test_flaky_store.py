@@ -374,3 +374,19 @@ def test_a_renewal_the_store_took_after_its_answer_was_given_up_is_the_holders_o
     assert lease.read(out)["holder"] == "Slurm job 901"
     mine.close()
     assert lease.read(out) is None  # its own last write: released
+
+
+def test_a_download_cut_off_mid_way_again_and_again_is_started_again(flaky, tmp_path):
+    """A file whose answer is cut off mid-body three times in a row (a resume's checkpoint file, a pull): downloaded
+    whole on a later start (s3fs picks it up where it was cut off twice, then gave up: the resume failed the run)."""
+    import os
+
+    from ftctl import storage
+
+    proxy, bucket = flaky
+    data = os.urandom(300_000)
+    (tmp_path / "w.bin").write_bytes(data)
+    storage.put_file(str(tmp_path / "w.bin"), f"{bucket}/run/checkpoint-4/w.bin")
+    proxy.add(r"^GET .*/w\.bin", "truncate", times=3)
+    storage.get_file(f"{bucket}/run/checkpoint-4/w.bin", str(tmp_path / "got" / "w.bin"))
+    assert (tmp_path / "got" / "w.bin").read_bytes() == data and proxy.rules[0].hits == 3
