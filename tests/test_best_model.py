@@ -52,3 +52,42 @@ def test_a_resume_on_a_fresh_node_keeps_the_lowest_checkpoint_in_the_store(
         f"the final model is step 5's; the lowest held-out loss, {evals[lowest]:.4f}, was step {lowest}'s: "
         f"{uri}/checkpoint-{lowest} holds it"
     ) in caplog.text
+
+
+def test_early_stopping_counts_on_across_a_resume(tiny_model_dir, tiny_data, request, tmp_path, one_thread, caplog):
+    """patience 3, stopped at step 4 after two evaluations above the lowest (step 2): the resumed run stops at the
+    next one above it, step 5. transformers restores no callback's state by default, so the count started again
+    from 0 and this run went on to step 11. Evaluated every step, a checkpoint every 2: said at the start."""
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "out"
+    values = dict(
+        eval_steps=1,
+        save_steps=2,
+        save_total_limit=1,
+        eval_data_path=str(request.getfixturevalue("eval_data")),
+        learning_rate=0.05,
+        lr_scheduler_type="constant",
+        early_stopping_patience=3,
+        resume="auto",
+    )
+    caplog.set_level(logging.INFO, logger="ftctl.trainer.sft_trainer")
+    assert train(*make_run(tiny_model_dir, tiny_data, out, max_steps=4, **values)).global_step == 4
+    evals = {r["step"]: r["eval_loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "eval_loss" in r}
+    assert min(evals, key=evals.get) == 2 and evals[4] > evals[3] > evals[2], evals  # two above the lowest
+    lines = []
+    result = train(*make_run(tiny_model_dir, tiny_data, out, max_steps=12, **values), echo=lines.append)
+    evals = {r["step"]: r["eval_loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "eval_loss" in r}
+    assert result.global_step == 5 and evals[5] > evals[2], evals
+    assert lines[-1] == (
+        f"stopped at step 5 of 12: 3 evaluations in a row found no held-out loss below {evals[2]:.4f} (step 2); "
+        "checkpoint-2 holds it"
+    )
+    assert (
+        f"early stopping counts on from step 4: 2 evaluations in a row found no held-out loss below {evals[2]:.4f}; "
+        "it stops at 3"
+    ) in caplog.text
+    assert (
+        "the held-out loss is measured every step and a checkpoint saved every 2 steps: a lowest loss found between "
+        "checkpoints is kept by none (the log still names its step); -o eval_steps=2 measures it at checkpoints"
+    ) in caplog.text

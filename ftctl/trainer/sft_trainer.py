@@ -446,7 +446,53 @@ class SFTTrainer(TrlSFTTrainer):
                     self.args.output_dir,
                     " nor in its store" if self._store() else "",
                 )
+        self._count_patience_on()
         return result
+
+    def _count_patience_on(self) -> None:
+        """Early stopping's count of evaluations in a row without a lower held-out loss, as the checkpoint saved
+        it: transformers restores callbacks' states only with restore_callback_states_from_checkpoint, which would
+        also bring back the checkpoint's patience over a relaunch's new one, so every resume counted from 0 and a
+        run preempted more often than patience x eval_steps never stopped early. (Where the held-out loss is
+        measured otherwise now, callbacks.NewHeldOut starts the count again after this.)"""
+        from transformers import EarlyStoppingCallback
+
+        saved = (self.state.stateful_callbacks or {}).get(EarlyStoppingCallback.__name__)
+        saved = saved[0] if isinstance(saved, list) and saved else saved
+        count = ((saved or {}).get("attributes") or {}).get("early_stopping_patience_counter") if saved else None
+        stopping = [c for c in self.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback)]
+        if not count or not stopping or self.state.best_metric is None:
+            return
+        for callback in stopping:
+            callback.early_stopping_patience_counter = int(count)
+        if self.is_world_process_zero():
+            log.info(
+                "early stopping counts on from step %d: %d evaluation%s in a row found no held-out loss below %.4f; "
+                "it stops at %d",
+                self.state.global_step,
+                count,
+                "s" * (count != 1),
+                self.state.best_metric,
+                stopping[0].early_stopping_patience,
+            )
+
+    def _said_unkept(self) -> None:
+        """Held-out evaluations at steps with no checkpoint (eval_steps not a multiple of save_steps, or
+        evals_per_epoch's steps not of saves_per_epoch's): the lowest loss found there is kept by no checkpoint.
+        Said once the step counts are known (callbacks.StepsAsGiven counts the per-epoch ones)."""
+        every, saves = self.state.eval_steps, self.state.save_steps
+        if self.args.eval_strategy == "no" or not every or not saves or not self.is_world_process_zero():
+            return
+        if every % saves == 0 or (self.state.max_steps and every >= self.state.max_steps):
+            return
+        fix = math.ceil(every / saves) * saves
+        log.warning(
+            "the held-out loss is measured every %s and a checkpoint saved every %d steps: a lowest loss found between "
+            "checkpoints is kept by none (the log still names its step); -o eval_steps=%d measures it at checkpoints",
+            "step" if every == 1 else f"{every} steps",
+            saves,
+            fix,
+        )
 
     def _store(self) -> tuple[str, str | None] | None:
         """(URI, endpoint) of the store the run's checkpoints go to (sync_callback's), or None."""
@@ -536,6 +582,9 @@ class SFTTrainer(TrlSFTTrainer):
         return metrics
 
     def _run_epoch(self, *args, **kwargs):
+        if not getattr(self, "_said_steps", False):  # the first epoch: the callbacks have set the step counts
+            self._said_steps = True
+            self._said_unkept()
         # A resumed checkpoint of the run's last step (stopped before its final model was saved): transformers
         # checks max_steps only after a step, so it would take one more at the schedule's end ("step 6/5").
         if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
