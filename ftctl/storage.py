@@ -75,6 +75,12 @@ class S3Limits:
     waits: int | None = None  # None: as many as attempts
 
     @property
+    def backoff_s(self) -> float:
+        """The longest botocore pauses between a busy store's attempts, all together (standard mode: 0-1, 0-2, 0-4, 0-8
+        s ..., each at most 20 s)."""
+        return float(sum(min(2**i, 20) for i in range(self.attempts - 1)))
+
+    @property
     def tag(self) -> str:
         """The client's user-agent suffix that tells :func:`_unanswered_retried` its ``waits``."""
         return f"{_WAITS_TAG}{self.attempts if self.waits is None else self.waits}"
