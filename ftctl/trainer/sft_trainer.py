@@ -457,6 +457,10 @@ class SFTTrainer(TrlSFTTrainer):
         measured otherwise now, callbacks.NewHeldOut starts the count again after this.)"""
         from transformers import EarlyStoppingCallback
 
+        from ftctl.trainer.callbacks import NewHeldOut
+
+        if any(isinstance(c, NewHeldOut) for c in self.callback_handler.callbacks):
+            return  # measured otherwise now: counted afresh, and said so
         saved = (self.state.stateful_callbacks or {}).get(EarlyStoppingCallback.__name__)
         saved = saved[0] if isinstance(saved, list) and saved else saved
         count = ((saved or {}).get("attributes") or {}).get("early_stopping_patience_counter") if saved else None
