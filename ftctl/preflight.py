@@ -511,8 +511,10 @@ def _bounded(flag: str, uri: str, endpoint_url: str | None, check) -> list[Findi
 
 
 def store_deadline_s() -> float:
-    """How long one store check may take: one attempt, connect plus an answer."""
-    return 1.5 * storage.S3_LIMITS["ask"].connect_s
+    """How long one store check may take: one attempt, connect plus an answer, and the pauses between a busy store's
+    attempts (a 503 SlowDown is asked again: storage.S3Limits.backoff_s), so that a busy store is said as busy."""
+    ask = storage.S3_LIMITS["ask"]
+    return 1.5 * ask.connect_s + ask.backoff_s
 
 
 def check_data(
