@@ -898,6 +898,13 @@ def unused_settings(spec: RunSpec, method: str) -> list[str]:
         notes.append(f"{layers[0]}: sft's, unused by {method}")
     if not spec.eval_data_path and not spec.eval_split and (steps := given(("eval_steps", "evals_per_epoch"))):
         notes.append(f"{steps[0]}: no held-out data to evaluate (--eval-data FILE, or -o eval_split=0.05)")
+    elif spec.eval_steps and not spec.evals_per_epoch and not spec.saves_per_epoch:
+        every, saves = spec.eval_every, spec.checkpoint_every
+        if every % saves:
+            notes.append(
+                f"eval_steps={every} is not a multiple of save_steps={saves}: a lowest held-out loss found between "
+                f"checkpoints is kept by none; -o eval_steps={-(-every // saves) * saves} measures it at checkpoints"
+            )
     return notes
 
 

@@ -189,6 +189,10 @@ _PAD = "padding carries no loss: batches pad with the tokenizer's pad token, els
 _PACKED_EVAL = "the held-out loss is each token's, packed or not (packed where the training packs)"
 _ADAM = "AdamW runs with transformers' betas (0.9, 0.999) and epsilon 1e-8"
 _WATCHDOG = "axolotl's loss watchdog is not offered: a run whose loss climbs goes on (ftctl logs -f shows the loss)"
+_BEST = (
+    "the best checkpoint is the lowest held-out loss's (eval_loss; of several --eval-data, all of them together), kept "
+    "beside the newest through save_total_limit, locally and in the store"
+)
 # Keys of FastChat's train script, TRL and transformers that ftctl decides itself: why, instead of "unknown key".
 _ADAPTER_DIR = (
     "a run trains new adapters over --model; an adapter trains on from its run's checkpoint, into its own output or "
@@ -205,6 +209,10 @@ DECIDED = {
     "save_strategy": "a checkpoint every save_steps, or saves_per_epoch: N times an epoch (epoch is read as "
     "saves_per_epoch: 1; no is left out: a stopped or preempted run resumes from its checkpoints, save_total_limit "
     "bounds how many are kept)",
+    "metric_for_best_model": _BEST,
+    "greater_is_better": _BEST,
+    "load_best_model_at_end": f"the final model is the last step's; {_BEST}, and the run's end names it "
+    "(ftctl merge RUN/checkpoint-N makes a model of its weights)",
     "lazy_preprocess": "rows are checked and tokenised once, before the model loads (ftctl data check shows them)",
     "tf32": "matmuls run in the plan's precision (bf16 or fp16 on a GPU)",
     "load_in_4bit": "--method qlora loads the base in 4-bit NF4 with double quantization",
@@ -390,6 +398,9 @@ AGREES = {
     "evaluation_strategy": ("no", "false", "steps"),  # as the held-out data says: build's _evaluation_asked
     "eval_strategy": ("no", "false", "steps"),
     "save_strategy": ("steps",),
+    "metric_for_best_model": ("eval_loss", "loss"),
+    "greater_is_better": ("false",),
+    "load_best_model_at_end": ("false",),
     "lazy_preprocess": None,
     "tf32": None,
     "fsdp": ("", "false", "no"),

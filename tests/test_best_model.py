@@ -91,3 +91,53 @@ def test_early_stopping_counts_on_across_a_resume(tiny_model_dir, tiny_data, req
         "the held-out loss is measured every step and a checkpoint saved every 2 steps: a lowest loss found between "
         "checkpoints is kept by none (the log still names its step); -o eval_steps=2 measures it at checkpoints"
     ) in caplog.text
+
+
+def test_transformers_best_model_keys_say_what_ftctl_does():
+    """load_best_model_at_end, metric_for_best_model and greater_is_better were 'Unknown key' (a TRL recipe's
+    lines): what ftctl does agrees, anything else is refused saying which checkpoint is the best and where it is;
+    evaluations between checkpoints are said by the plan."""
+    import pytest
+
+    from ftctl.errors import FtctlError
+    from ftctl.plan import make_plan
+    from ftctl.spec import build
+
+    held = {"eval_split": 0.1, "gpus": "1xA100", "model_params": "1b"}
+    agreed = {"load_best_model_at_end": False, "metric_for_best_model": "eval_loss", "greater_is_better": False}
+    assert build({**held, **agreed}).evaluates
+    with pytest.raises(FtctlError) as e:
+        build({**held, "load_best_model_at_end": True, "metric_for_best_model": "accuracy"})
+    assert "'load_best_model_at_end' (run file) is not set by hand here: the final model is the last step's" in str(
+        e.value
+    )
+    assert (
+        "'metric_for_best_model' (run file) is not set by hand here: the best checkpoint is the lowest held-out"
+        in str(e.value)
+    )
+    assert (
+        "eval_steps=50 is not a multiple of save_steps=500: a lowest held-out loss found between checkpoints is "
+        "kept by none; -o eval_steps=500 measures it at checkpoints"
+        in make_plan(build({**held, "eval_steps": 50, "save_steps": 500})).notes
+    )
+    assert not any("multiple" in n for n in make_plan(build({**held, "eval_steps": 1000, "save_steps": 500})).notes)
+
+
+def test_early_stopping_says_when_no_checkpoint_holds_the_lowest(
+    tiny_model_dir, tiny_data, request, tmp_path, one_thread
+):
+    """Evaluated every step, a checkpoint every 3: the lowest (step 2) is between checkpoints. The stop line said
+    nothing of where it is (and named transformers' stale pointer, an earlier checkpoint, where there was one)."""
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "out"
+    values = dict(eval_steps=1, save_steps=3, eval_data_path=str(request.getfixturevalue("eval_data")))
+    lines = []
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, out, max_steps=12, learning_rate=0.05, early_stopping_patience=2, **values
+    )
+    result = train(spec, plan, echo=lines.append)
+    evals = {r["step"]: r["eval_loss"] for r in map(json.loads, open(out / "metrics.jsonl")) if "eval_loss" in r}
+    lowest = min(evals, key=evals.get)
+    assert lowest % 3 and result.global_step < 12, evals
+    assert lines[-1].endswith(f"below {evals[lowest]:.4f} (step {lowest}); no checkpoint holds it")

@@ -1048,7 +1048,7 @@ def test_settings_that_do_nothing_for_the_method_are_noted():
     assert "trainable_layers=4: sft's, unused by fft" in notes
     assert "eval_steps=50: no held-out data to evaluate (--eval-data FILE, or -o eval_split=0.05)" in notes
     lora = build({"method": "lora", "gpus": "8xA100", "model_params": "7b", "lora_r": 64, "eval_split": 0.1})
-    assert not [n for n in make_plan(replace(lora, eval_steps=50)).notes if "unused" in n or "held-out" in n]
+    assert not [n for n in make_plan(replace(lora, eval_steps=50)).notes if "unused" in n or "no held-out data" in n]
     # all three of the batch given (axolotl's and FastChat's files often do): accumulation's batch, said
     both = replace(lora, per_device_train_batch_size=4, gradient_accumulation_steps=2, global_batch_size=64)
     agreed = make_plan(both)  # 4 x 2 x 8 GPUs is 64: they agree

@@ -646,7 +646,11 @@ def held_out_stop(run: Run) -> str | None:
     state = run.trainer.state
     if not run.spec.early_stopping_patience or state.global_step >= state.max_steps or state.best_metric is None:
         return None
-    kept = f"; {Path(state.best_model_checkpoint).name} holds it" if state.best_model_checkpoint else ""
+    # transformers keeps pointing at the last checkpoint that was lowest where a lower loss came between checkpoints
+    held = (
+        state.best_model_checkpoint and Path(state.best_model_checkpoint).name == f"checkpoint-{state.best_global_step}"
+    )
+    kept = f"; {Path(state.best_model_checkpoint).name} holds it" if held else "; no checkpoint holds it"
     return (
         f"stopped at step {state.global_step} of {state.max_steps}: {run.spec.early_stopping_patience} evaluations in "
         f"a row found no held-out loss below {state.best_metric:.4f} (step {state.best_global_step}){kept}"
