@@ -9,7 +9,7 @@ run quantized it on the GPU. The merged model answers as the run did only if bot
    next tokens against the run as trained (its base quantized on the GPU, the adapter on it: trained.load
    as_trained), the largest logit difference and each one's loss.
 
-    python3 bench/merge_gpu.py --out DIR [--steps 30] [--layers 4]
+    python3 bench/merge_gpu.py --out DIR [--steps 30] [--layers 4] [--in-process]
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/ftctl-merge")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--in-process", action="store_true", help="also the base dequantized on CUDA and on the CPU here")
     a = ap.parse_args()
     import torch
     from transformers import AutoModelForCausalLM
@@ -159,6 +160,18 @@ def main() -> None:
         result[name] = compare(logits_of(m, ids), ref, ids)
         del m
         torch.cuda.empty_cache()
+    if a.in_process:  # where the merge's difference comes from: the base's quantization (CPU or CUDA), or the merge
+        from peft import PeftModel
+
+        base_path = trained_mod.resolve_base(found)
+        for device in ("cuda", "cpu"):
+            base = trained_mod.quantized_base(found, base_path, "bf16", {"": device}, dequantized=True).to("cuda")
+            m = PeftModel.from_pretrained(base, str(found.path)).eval()
+            result[f"{device}_dequantized_unmerged"] = compare(logits_of(m, ids), ref, ids)
+            m = m.merge_and_unload()
+            result[f"{device}_dequantized_merge"] = compare(logits_of(m, ids), ref, ids)
+            del m, base
+            torch.cuda.empty_cache()
     print(json.dumps(result, indent=1), flush=True)
     (out / "merge_gpu.json").write_text(json.dumps(result, indent=1))
     os.sync()
