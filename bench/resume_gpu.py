@@ -79,7 +79,15 @@ def one_run(
     t = time.time()
     proc = subprocess.run([*torchrun, "-m", "ftctl.trainer", "--spec", str(path)], capture_output=True, text=True)
     said = [line for line in proc.stderr.splitlines() if "was saved with other settings" in line]
-    return {"rc": proc.returncode, "s": round(time.time() - t, 1), "said": said, "stderr": proc.stderr[-3000:]}
+    # the data cache's lines: tokenized and kept by the first run, read back by the relaunch
+    data = [line for line in (proc.stdout + proc.stderr).splitlines() if "tokeniz" in line]
+    return {
+        "rc": proc.returncode,
+        "s": round(time.time() - t, 1),
+        "said": said,
+        "data": data,
+        "stderr": proc.stderr[-3000:],
+    }
 
 
 def lrs(out: Path) -> dict[int, float]:
