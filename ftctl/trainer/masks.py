@@ -10,9 +10,10 @@ markers, which is most of them. Templates that render an earlier turn otherwise 
 drops its thinking, Mistral v0.3 moves the system prompt into the last user turn, Phi-3 ends the conversation with
 eos) are not prefixes, and one without a generation prompt (Alpaca's) writes the turn's header with it: there the
 whole conversation is rendered again with the turn's text replaced, where the two differ is the turn's text, and its
-span runs on over its tool calls to its end-of-turn token; it starts where the generation prompt ends, where that is a
-prefix of the whole, as on the prefix path (what the template writes after the prompt, Qwen3's ``<think>`` block,
-trains in a one-turn row and a longer one alike).
+span runs on over its tool calls to its end-of-turn token (the last turn's over the eos closing the conversation,
+as on the prefix path: Phi-3's trains after one turn as after several); it starts where the generation prompt
+ends, where that is a prefix of the whole, as on the prefix path (what the template writes after the prompt, Qwen3's
+``<think>`` block, trains in a one-turn row and a longer one alike).
 
 Tool use renders as the template writes it (``tools=``): an assistant turn's span holds its tool calls, a ``tool``
 turn (a result) is context like a user's. The template is probed once for what of tool use it writes out; one
@@ -422,7 +423,9 @@ def _found_spans(tokenizer, full: str, messages: list[dict], trained: list[int],
     """The trained turns' spans where the template's renderings are not prefixes of the whole: the conversation is
     rendered again with turn i's text replaced, and where the two renderings differ is that text as the template
     writes it (trimmed, its thinking dropped...), from the generation prompt's end where that is a prefix of the whole;
-    the span runs on over its tool calls to the end-of-turn token."""
+    the span runs on over its tool calls to the end-of-turn token, and the conversation's last turn's over the eos the
+    template closes the conversation with, as the prefix path's does (Phi-3's, which TRL's Phi-3 training template
+    trains too)."""
     probe = _probe(tokenizer)
     close = probe.close
     spans = []
@@ -443,6 +446,8 @@ def _found_spans(tokenizer, full: str, messages: list[dict], trained: list[int],
             gap = full[end:at]  # nothing but the turn's tool calls before its end of turn: never the next turn
             if not gap.strip() or (calls and all(name in gap for name in calls)):
                 end = at + len(close)
+        if i == len(messages) - 1 and tokenizer.eos_token and full[end:].strip() == tokenizer.eos_token:
+            end = len(full.rstrip())  # the eos closing the conversation (Phi-3's) trains, as on the prefix path
         spans.append((start, end))
     return spans
 
