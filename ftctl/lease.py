@@ -30,8 +30,16 @@ one (STALE_S after the last that reached the store) set ``lost`` too: another jo
 on, so the trainer stops as above, saving nothing into the output. A renewal that the store took after the trainer gave
 up waiting for its answer (a slow store) is recognised as the holder's own at the next renewal, not as another job's.
 
-The times in the lease are the writer's clock; the reader compares them with its own (clocks of machines that train
-are set by NTP; STALE_S is many renewals long).
+How long ago a lease was renewed is judged by the store's own clock on S3: the answer's Date less the lease's
+LastModified, both the store's (a reader whose clock is minutes off, a node with NTP off, neither takes a live lease
+nor waits on a dead one for its clock's error). Where the store gives no such times (GCS, Azure here), the lease's
+own renewed_unix (the writer's clock) against the reader's clock.
+
+A trainer that cannot read the lease as it starts (the store not answering, after storage's retries) does not train:
+it could not see whether another job trains into the output (``take`` raises FtctlError naming the store's error). A
+trainer stopped because its renewals did not reach the store is stopped as a preemption is (:class:`LeaseLost`
+``requeue``): nobody else writes the output, and a requeued or recovered attempt resumes; one whose lease another
+job took over is a failure (the output is that job's now).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import os
 import socket
 import threading
 import time
+from email.utils import parsedate_to_datetime
 
 from ftctl import storage
 from ftctl.envvars import SKY_TASK_ENV
@@ -52,8 +61,25 @@ log = logging.getLogger("ftctl")
 
 RENEW_S = 30.0  # how often the holder writes it (one small PUT)
 STALE_S = 150.0  # not renewed for this long: its trainer is gone
+STORE_AGE = "_age_by_store_s"  # a lease read from S3: its age by the store's clock (never written back)
 CLAIM_TRIES = 5  # writes of the lease that another trainer's write beat, in a row, before a trainer stops
+UNREACHED_EXIT = 75  # a trainer stopped because its renewals did not reach the store: EX_TEMPFAIL, try again later
 _RACE_SAID: set[str] = set()  # the stores race_open has spoken of (once each)
+_HELD: dict[str, Holder] = {}  # the leases this process holds, by output: what the uploader asks (check)
+
+
+class LeaseLost(FtctlError):
+    """The trainer stopped for its lease (Holder.lost). ``requeue``: its renewals did not reach the store, and nobody
+    else holds the output: the run ends as a preempted one (``status`` "preempted": Slurm's script requeues it; exit
+    UNREACHED_EXIT, which a SkyPilot managed job recovers on), and the next attempt resumes from the newest complete
+    checkpoint. Else another job took the output over: a failure (status "failed", exit 2), which nothing retries."""
+
+    def __init__(self, message: str, requeue: bool):
+        super().__init__(message)
+        self.requeue = requeue
+        self.status = "preempted" if requeue else "failed"
+        if requeue:
+            self.exit_code = UNREACHED_EXIT
 
 
 def uri_of(output: str) -> str:
@@ -89,13 +115,43 @@ def read(output: str, endpoint_url: str | None = None) -> dict | None:
 def read_tagged(output: str, endpoint_url: str | None = None) -> tuple[dict | None, str | None]:
     """The lease in ``output`` (as :func:`read`) and which version of it that was: its S3 ETag, for a write that
     replaces only that version (storage.put_if); None where there is none, or the store has no ETag for it. The ETag is
-    asked first: a lease renewed between the two asks is newer than its ETag, and a write on that ETag fails."""
+    asked first: a lease renewed between the two asks is newer than its ETag, and a write on that ETag fails. On S3
+    the lease also carries its age by the store's clock (STORE_AGE, read by :func:`age_s`)."""
     fs, path = storage.filesystem(uri_of(output), endpoint_url, quick=True)
     try:
-        etag = fs.info(path).get("ETag")
+        etag, store_age = _version(fs, path)
     except FileNotFoundError:
         return None, None
-    return read(output, endpoint_url), etag
+    lease = read(output, endpoint_url)
+    if lease is not None and store_age is not None:
+        lease[STORE_AGE] = store_age
+    return lease, etag
+
+
+def _version(fs, path: str) -> tuple[str | None, float | None]:
+    """The lease's ETag and, on S3, seconds since the store took its last write by the store's own clock (the HEAD
+    answer's Date less the object's LastModified; None where either is missing). FileNotFoundError where none."""
+    if not hasattr(fs, "call_s3"):  # GCS, Azure: no age of the store's
+        return fs.info(path).get("ETag"), None
+    bucket, _, key = path.partition("/")
+    head = fs.call_s3("head_object", Bucket=bucket, Key=key)
+    try:
+        now = parsedate_to_datetime(head["ResponseMetadata"]["HTTPHeaders"]["date"])
+        age = max(0.0, (now - head["LastModified"]).total_seconds())
+    except (KeyError, TypeError, ValueError):
+        age = None
+    return head.get("ETag"), age
+
+
+def check(uri: str, ask: bool = False) -> None:
+    """Before the uploader writes ``uri`` (a checkpoint, the final model): raises where this process holds the lease
+    on the output that holds it and has lost it (LeaseLost), and with ``ask`` (before a checkpoint's manifest, a final
+    model: what commits it) where the lease in the store is not this holder's now (LeaseLost, or OSError where the
+    store cannot say: the uploader tries again). An upload in flight as the lease was lost commits nothing into an
+    output another job took over. Nothing where this process holds no lease (a disk output, another node)."""
+    for output, holder in list(_HELD.items()):
+        if uri == output or uri.startswith(output + "/"):
+            holder.check(ask)
 
 
 def race_open(output: str, why: str) -> None:
@@ -116,7 +172,10 @@ def race_open(output: str, why: str) -> None:
 
 
 def age_s(lease: dict, now: float | None = None) -> float:
-    """Seconds since it was last renewed (0 for one from a clock ahead of this one's)."""
+    """Seconds since it was last renewed: by the store's clock where it was read with one (STORE_AGE, S3), else by
+    this machine's clock against the writer's (0 for one from a clock ahead of this one's)."""
+    if now is None and lease.get(STORE_AGE) is not None:
+        return float(lease[STORE_AGE])
     try:
         renewed = float(lease.get("renewed_unix"))
     except (TypeError, ValueError):
@@ -142,7 +201,7 @@ def refusal(output: str, endpoint_url: str | None = None) -> str | None:
     if not storage.is_remote(output):
         return None
     try:
-        lease = read(output, endpoint_url)
+        lease, _ = read_tagged(output, endpoint_url)  # its age by the store's clock: a laptop's may be off
     except Exception:  # noqa: BLE001 - the store not answering now is said by the output checks, not here
         return None
     if not live(lease):
@@ -209,6 +268,7 @@ class Holder:
         self.record = {"holder": self.id, "host": socket.gethostname(), "run": run, "started_unix": started}
         self.lost = threading.Event()
         self.lost_why = ""
+        self.unreached = False  # lost because renewals did not reach the store (not taken over): a requeue resumes
         self._etag: str | None = None  # the store's ETag of this holder's last write: a renewal replaces only that
         self._plain = False  # the store refused a conditional renewal: renewed unconditionally (said once)
         self._closed = threading.Event()
@@ -221,10 +281,8 @@ class Holder:
         while True:
             try:
                 lease, etag = read_tagged(self.output, self.endpoint_url)
-            except Exception as exc:  # noqa: BLE001 - the store not answering now: training goes on, written as before
-                log.warning("cannot read %s: %s", uri_of(self.output), storage.redact(str(exc)) or type(exc).__name__)
-                self._write()
-                break
+            except Exception as exc:  # noqa: BLE001 - cannot tell whether another job trains into it: no training
+                raise FtctlError(self._unread(exc)) from None
             if lease is not None and lease.get("holder") != self.id and age_s(lease) < stale_s:
                 first = self._wait(lease, first, stale_s)
                 continue
@@ -237,7 +295,18 @@ class Holder:
                     "where it was still as read): another job is starting into this output. Not training: stop that "
                     "job, or give this run another --output."
                 )
+        _HELD[self.output.rstrip("/")] = self
         self._thread.start()
+
+    def _unread(self, exc: BaseException) -> str:
+        """Why a trainer whose first read of the lease failed does not train: writing it plainly (as before) skipped
+        the check for another job's live lease whenever the store failed just then."""
+        said = storage.store_error(exc, self.output, self.endpoint_url)
+        why = f"{said.what}: {said.fix}" if said else storage.redact(str(exc)) or type(exc).__name__
+        return (
+            f"cannot read the trainer's lease {uri_of(self.output)}, so whether another job trains into "
+            f"{self.output} now is not known: not training ({why}). The same launch trains once the store answers."
+        )
 
     def _wait(self, lease: dict, first: dict | None, stale_s: float) -> dict:
         """Another job's live lease: said at the first sight (``first`` None), refused where it was renewed since
@@ -327,10 +396,12 @@ class Holder:
         self.lost_why = (
             f"the lease {uri} has not been renewed for {unreached:.0f} s ({said.what if said else why}): it goes stale "
             f"{self.stale_s:.0f} s after its last renewal, and another job may take {self.output} over from then on. "
-            "Stopped training without saving a checkpoint into it: the same launch resumes from its newest complete "
-            "checkpoint once the store answers again."
+            "Stopped training without saving a checkpoint into it, as a preemption stops: a requeued (Slurm) or "
+            "recovered (SkyPilot) attempt, or the same launch again, resumes from its newest complete checkpoint once "
+            "the store answers again."
         )
         log.error("%s", self.lost_why)
+        self.unreached = True
         self.lost.set()
 
     def renew(self) -> bool:
@@ -390,6 +461,29 @@ class Holder:
         log.error("%s", self.lost_why)
         self.lost.set()
 
+    def stopped(self) -> LeaseLost | None:
+        """What stops the trainer now: None while it holds the lease."""
+        return LeaseLost(self.lost_why, self.unreached) if self.lost.is_set() else None
+
+    def check(self, ask: bool = False) -> None:
+        """Raise LeaseLost where the lease is lost; with ``ask``, read it first: one that is not this holder's record
+        (another job's: found before the next renewal would) is lost now; none there, or a store that does not
+        answer, raises OSError (nothing is committed without this trainer's lease in the store)."""
+        if (stop := self.stopped()) is not None:
+            raise stop
+        if not ask:
+            return
+        try:
+            lease = read(self.output, self.endpoint_url)
+        except Exception as exc:  # noqa: BLE001 - cannot tell: not committed now, tried again
+            why = storage.redact(str(exc)) or type(exc).__name__
+            raise OSError(f"cannot read {uri_of(self.output)} to see that it is still this trainer's: {why}") from None
+        if lease is None:
+            raise OSError(f"{uri_of(self.output)} is not there (not written yet, or removed): nothing committed")
+        if any(lease.get(key) != value for key, value in self.record.items()):
+            self._lose()
+            raise self.stopped()
+
     def close(self) -> None:
         """Stop renewing and remove the lease (where it is still this holder's last write; where the store gives no
         ETag or refuses the condition, where it still names this job). A lease lost to another job is left."""
@@ -398,5 +492,7 @@ class Holder:
         self._closed.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        if _HELD.get(self.output.rstrip("/")) is self:
+            del _HELD[self.output.rstrip("/")]
         if not self.lost.is_set():
             release(self.output, self.endpoint_url, self.id, None if self._plain else self._etag)

@@ -26,6 +26,20 @@ def put(output: str, **record) -> None:
     storage.filesystem(uri)[0].pipe_file(uri.removeprefix("s3://"), json.dumps(record).encode())
 
 
+def put_stale(output: str, monkeypatch, **record) -> None:
+    """``put``, of a trainer killed long ago: the store's clock says this write is STALE_S + 1 s old (a lease's age
+    is the store's, its answer's Date less the lease's LastModified, which moto cannot set back)."""
+    put(output, **record)
+    fs, path = storage.filesystem(storage.join(output, TRAIN_LEASE))
+    written, version = fs.info(path)["ETag"], lease._version
+
+    def older(fs, path):
+        etag, age = version(fs, path)
+        return etag, (age + lease.STALE_S + 1 if etag == written and age is not None else age)
+
+    monkeypatch.setattr(lease, "_version", older)
+
+
 def test_a_launch_into_an_output_whose_lease_is_live_is_refused_and_a_stale_one_is_not(s3_bucket, monkeypatch):
     from tests.render_fixtures import prepared
 
@@ -38,9 +52,11 @@ def test_a_launch_into_an_output_whose_lease_is_live_is_refused_and_a_stale_one_
     with pytest.raises(FtctlError) as e:
         backend.refuse_a_second_job(r)
     said = str(e.value)
-    assert said.startswith(f"{out} is being trained into by {holder} on node1 (run r1, renewed 2")
+    assert said.startswith(
+        f"{out} is being trained into by {holder} on node1 (run r1, renewed "
+    )  # by the store's clock
     assert "another --output" in said and f"lets go {lease.STALE_S:.0f} s after its last renewal" in said
-    put(out, holder=holder, renewed_unix=time.time() - lease.STALE_S - 1)  # its trainer was killed long ago
+    put_stale(out, monkeypatch, holder=holder, renewed_unix=time.time() - lease.STALE_S - 1)  # killed long ago
     backend.refuse_a_second_job(r)
     monkeypatch.setattr(storage, "filesystem", lambda *a, **k: (_ for _ in ()).throw(OSError("store down")))
     assert lease.refusal(out) is None  # the store not answering is the output checks' to say
@@ -178,7 +194,7 @@ def test_two_trainers_taking_one_output_in_the_same_instant_one_holds_and_the_ot
     reads the lease again, finds the winner's and refuses when it is renewed."""
     out = f"{s3_bucket}/runs/race-{before}"
     if before == "stale":
-        put(out, holder="Slurm job 41", renewed_unix=time.time() - lease.STALE_S - 100)
+        put_stale(out, monkeypatch, holder="Slurm job 41", renewed_unix=time.time() - lease.STALE_S - 100)
     holders = racers(out, monkeypatch)
     try:
         outcome = race(holders, monkeypatch)
@@ -233,7 +249,7 @@ def test_a_store_without_conditional_writes_gets_the_lease_read_then_written_and
     out = f"{s3_bucket}/runs/plain"
     for before in (None, "stale"):  # created, then a killed trainer's replaced
         if before:
-            put(out, holder="Slurm job 41", renewed_unix=time.time() - lease.STALE_S - 1)
+            put_stale(out, monkeypatch, holder="Slurm job 41", renewed_unix=time.time() - lease.STALE_S - 1)
         holder = lease.Holder(out, None, "r", renew_s=0.2)
         holder.take()
         assert held_by(out) == "Slurm job 61"

@@ -606,19 +606,19 @@ class NothingToTrain(TrainerCallback):
 
 
 class LeaseKept(TrainerCallback):
-    """Rank 0 of a run into an object store stops at the first step boundary after its lease was found held by
-    another job (ftctl.lease.Holder.lost: that job took the output over while this trainer's renewals did not reach
-    the store): FtctlError naming that job, before this step's checkpoint (or, at the end, the final model) is
-    saved over that job's. ``holder`` is the run's ftctl.lease.Holder."""
+    """Rank 0 of a run into an object store stops at the first step boundary after its lease was lost
+    (ftctl.lease.Holder.lost: another job took the output over while this trainer's renewals did not reach the store,
+    or they have not reached it for so long that the lease goes stale): ftctl.lease.LeaseLost saying which, before this
+    step's checkpoint (or, at the end, the final model) is saved into the output. Its ``status`` and ``exit_code`` are
+    how the run ends: as a preemption where the store was not reached (requeued, recovered), a failure where another
+    job holds the output. ``holder`` is the run's ftctl.lease.Holder."""
 
     def __init__(self, holder):
         self.holder = holder
 
     def _check(self) -> None:
-        if self.holder.lost.is_set():
-            from ftctl.errors import FtctlError
-
-            raise FtctlError(self.holder.lost_why)
+        if (stop := self.holder.stopped()) is not None:
+            raise stop
 
     def on_step_end(self, args, state, control, **kwargs):  # before the Trainer saves this step's checkpoint
         self._check()
