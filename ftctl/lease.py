@@ -130,14 +130,15 @@ def read_tagged(output: str, endpoint_url: str | None = None) -> tuple[dict | No
 
 def _version(fs, path: str) -> tuple[str | None, float | None]:
     """The lease's ETag and, on S3, seconds since the store took its last write by the store's own clock (the HEAD
-    answer's Date less the object's LastModified; None where either is missing). FileNotFoundError where none."""
+    answer's Date less the object's LastModified, less a second: both are whole seconds, and a live lease must never
+    read as older than it is; None where either is missing). FileNotFoundError where none."""
     if not hasattr(fs, "call_s3"):  # GCS, Azure: no age of the store's
         return fs.info(path).get("ETag"), None
     bucket, _, key = path.partition("/")
     head = fs.call_s3("head_object", Bucket=bucket, Key=key)
     try:
         now = parsedate_to_datetime(head["ResponseMetadata"]["HTTPHeaders"]["date"])
-        age = max(0.0, (now - head["LastModified"]).total_seconds())
+        age = max(0.0, (now - head["LastModified"]).total_seconds() - 1.0)
     except (KeyError, TypeError, ValueError):
         age = None
     return head.get("ETag"), age
@@ -298,15 +299,19 @@ class Holder:
         _HELD[self.output.rstrip("/")] = self
         self._thread.start()
 
-    def _unread(self, exc: BaseException) -> str:
-        """Why a trainer whose first read of the lease failed does not train: writing it plainly (as before) skipped
-        the check for another job's live lease whenever the store failed just then."""
+    def _unread(self, exc: BaseException, write: bool = False) -> str:
+        """Why a trainer whose first read (or ``write``) of the lease failed does not train: writing it plainly (as
+        before) skipped the check for another job's live lease whenever the store failed just then, and a trainer
+        that trained with its lease unwritten was unseen by a job starting into the output meanwhile."""
         said = storage.store_error(exc, self.output, self.endpoint_url)
         why = f"{said.what}: {said.fix}" if said else storage.redact(str(exc)) or type(exc).__name__
-        return (
-            f"cannot read the trainer's lease {uri_of(self.output)}, so whether another job trains into "
-            f"{self.output} now is not known: not training ({why}). The same launch trains once the store answers."
-        )
+        if write:
+            head = f"cannot write the trainer's lease {uri_of(self.output)}, so a job starting into {self.output} "
+            head += "would not see this one"
+        else:
+            head = f"cannot read the trainer's lease {uri_of(self.output)}, so whether another job trains into "
+            head += f"{self.output} now is not known"
+        return f"{head}: not training ({why}). The same launch trains once the store answers."
 
     def _wait(self, lease: dict, first: dict | None, stale_s: float) -> dict:
         """Another job's live lease: said at the first sight (``first`` None), refused where it was renewed since
@@ -345,9 +350,8 @@ class Holder:
             race_open(self.output, str(exc))
             self._write()
             return True
-        except Exception as exc:  # noqa: BLE001 - the store not answering now: written again at the next renewal
-            self._unreached(exc)
-            return True
+        except Exception as exc:  # noqa: BLE001 - the store not answering now: not training unseen
+            raise FtctlError(self._unread(exc, write=True)) from None
         if absent and self._created_again(data):
             race_open(
                 self.output, "the store took a create-only write over the lease just written: it ignores If-None-Match"

@@ -49,6 +49,23 @@ def test_a_trainer_that_cannot_read_the_lease_as_it_starts_does_not_train(flaky,
     assert held_by(out) == "Slurm job 77" and proxy.count(r"^PUT .*train-lease") == puts  # nothing written over it
 
 
+def test_a_trainer_that_cannot_write_the_lease_as_it_starts_does_not_train(flaky, quick_backoff, monkeypatch):  # noqa: F811
+    """Its claim that the store did not take was said and training went on with no lease in the store: a job
+    starting into the output meanwhile saw none and trained too."""
+    proxy, bucket = flaky
+    out = f"{bucket}/runs/unwritten"
+    fewer_attempts(monkeypatch, "ask", 1)
+    proxy.add(r"^PUT .*train-lease", "503", times=None)
+    monkeypatch.setenv("SLURM_JOB_ID", "79")
+    with pytest.raises(FtctlError) as e:
+        lease.Holder(out, None, "r", renew_s=0.2).take()
+    said = str(e.value)
+    assert said.startswith(f"cannot write the trainer's lease {lease.uri_of(out)}, so a job starting into {out} would")
+    assert "not training (" in said and "503 SlowDown" in said and "\n" not in said
+    proxy.clear()
+    assert lease.read(out) is None
+
+
 def test_a_node_whose_clock_is_minutes_ahead_neither_takes_a_live_lease_nor_lets_a_launch_through(
     s3_bucket, monkeypatch
 ):
