@@ -21,6 +21,7 @@ passes ``use_cache=False``.)
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import posixpath
@@ -214,12 +215,16 @@ def prepare_data(
     sources: bool = False,
     show: int = 0,
     every_token: bool = False,
+    num_proc: int | None = None,
+    sharing: int = 1,
 ):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
     for evaluation (a directory of splits gives its test split, formats.resolve_files); ``sources``: a third
     column, ``source``, says which of the datasets ``path`` names each row is from (mix); ``show``: the report
     keeps the first rows without errors as they train (show_rows); ``every_token``: the loss covers every token,
-    not only the assistant turns (assistant_only_loss=false)."""
+    not only the assistant turns (assistant_only_loss=false); ``num_proc``: the processes that tokenize (None: as
+    many as the data pays for, of the cores ``sharing`` processes tokenize on at once: _processes; 1: this one
+    alone), the result the same whichever."""
 
     if not isinstance(max_length, int) or max_length < 2:
         raise FtctlError(f"max_length must be an integer of at least 2 tokens, not {max_length!r}.")
@@ -259,47 +264,32 @@ def prepare_data(
     joined: list[Row] = []  # prompt-completion rows whose prompt and completion meet inside one token
     past_the_end: list[tuple[Row, int]] = []  # (row, its tokens): every trained token after max_length
     truncated: list[tuple[Row, str]] = []  # (row, the warning): its tokens past max_length are dropped
-    for lo in range(0, len(rows), _CHUNK):  # a chunk at a time: its tokens kept as arrow arrays, not Python lists
+    if any(row.text is None and not row.problems for row in rows):  # conversations: the template renders them
+        if note := ensure_chat_template(tokenizer):
+            report.notes.append(note)
+    work = _Work(rows, tokenizer, max_length, every_token, special)
+    chunks = _tokenized(work, _processes(num_proc, len(rows), sharing))  # in order, on one process or several
+    for lo, hi, done in chunks:  # a chunk at a time: its tokens kept as arrow arrays, not Python lists
         good: list[Row] = []
-        texts: list[str] = []
-        spans: list = []
-        for row in rows[lo : lo + _CHUNK]:
+        for row, said in zip(rows[lo:hi], done.rows):
             if row.problems:
                 problems += [(row, p) for p in row.problems]
                 continue
-            said = [row.text] if row.text is not None else [m["content"] for m in row.messages]
-            if special and (found := next((f for t in said if (f := special.search(t))), None)):
-                written_out.append((row, found.group()))
-            if row.text is not None:
-                good.append(row)
-                texts.append(row.text)
-                spans.append(0 if every_token else row.completion_at)
-                continue
-            if note := ensure_chat_template(tokenizer):
-                report.notes.append(note)
-            try:
-                text, row_spans, has_eot = assistant_spans(tokenizer, row.messages, row.completion_at, row.tools)
-            except MaskError as e:  # our own message: the template cannot be split into turns
-                problems.append((row, str(e)))
-                continue
-            except Exception as e:  # jinja2 TemplateError and friends: the template refused the conversation
-                roles = ", ".join(m["role"] for m in row.messages)
-                problems.append((row, f"the model's chat template refused this conversation: {e} (turns: {roles})"))
+            found, problem, has_eot, renames = said
+            if found:
+                written_out.append((row, found))
+            if problem:
+                problems.append((row, problem))
                 continue
             missing_eot += not has_eot
-            if renames_call_ids(tokenizer, row.messages):
+            if renames:
                 renamed.append(row)
             good.append(row)
-            texts.append(text)
-            spans.append([(0, len(text))] if every_token else row_spans)
-
-        encoded = encode_texts(tokenizer, texts, spans, max_length)
         if every_token:
             weight_zero += sum(any(m.get("weight") == 0 for m in row.messages) for row in good)
-        chunk_ids, chunk_labels, chunk_sources = [], [], []
-        for row, enc in zip(good, encoded):
-            trainable = sum(enc.mask)
-            if enc.trainable_before == 0:
+        kept, chunk_sources = [], []
+        for k, (row, (length, trainable_before, trainable, meet)) in enumerate(zip(good, done.encoded)):
+            if trainable_before == 0:
                 weighted = row.messages and any(m.get("weight") == 0 for m in row.messages)  # OpenAI's "not trained"
                 why = (
                     "its assistant turns all have weight 0; give one weight 1"
@@ -309,32 +299,32 @@ def prepare_data(
                 masked.append((row, f"every label is masked: {why}"))
                 continue
             if trainable == 0:
-                past_the_end.append((row, enc.length))
+                past_the_end.append((row, length))
                 continue
-            if enc.length > max_length:
+            if length > max_length:
                 truncated.append(
                     (
                         row,
-                        f"{enc.length} tokens, over the max length {max_length}: the last {enc.length - max_length} "
-                        f"tokens will be dropped ({trainable} of {enc.trainable_before} trainable tokens kept)",
+                        f"{length} tokens, over the max length {max_length}: the last {length - max_length} "
+                        f"tokens will be dropped ({trainable} of {trainable_before} trainable tokens kept)",
                     )
                 )
-            chunk_ids.append(enc.input_ids)
-            chunk_labels.append(labels_of(enc, IGNORE_INDEX))
+            kept.append(k)
             chunk_sources.append(row.source)
             if len(report.samples) < show:
-                report.samples.append((row.where, chunk_ids[-1], chunk_labels[-1]))
-            lengths.append(enc.length)
-            s.tokens += len(enc.input_ids)
+                report.samples.append((row.where, *done.row(k)))
+            width = min(length, max_length)
+            lengths.append(length)
+            s.tokens += width
             s.trainable_tokens += trainable
             by_source[row.source, "rows"] += 1
-            by_source[row.source, "tokens"] += len(enc.input_ids)
+            by_source[row.source, "tokens"] += width
             formats[row.format] += 1
             s.plain += row.text is not None
             leading += row.dropped > 0
-            if enc.joined:
+            if meet:
                 joined.append(row)
-        tokens.add(chunk_ids, chunk_labels, chunk_sources)
+        tokens.add(done, kept, chunk_sources)
     problems += masked
     report.warnings += problem_lines(truncated, len(rows))  # one line for them all, with the first rows' lengths
 
@@ -414,6 +404,172 @@ def prepare_data(
 # rows tokenized at a time (prepare_data): their token ids and labels go into arrow arrays (4 bytes a token) before
 # the next chunk's; held as Python lists (~70 bytes a token) a file of 300k conversations took 30 GB
 _CHUNK = 4096
+# rows a tokenizing process is worth (_processes): one process tokenizes ~350-450 conversations a second of a core,
+# so 2,000 rows are ~5 s of it; fewer rows are tokenized in this process alone (the demo's 300: no pool to start)
+ROWS_A_PROCESS = 2000
+
+
+def _processes(asked: int | None, rows: int, sharing: int = 1) -> int:
+    """How many processes tokenize ``rows`` rows: ``asked`` (dataset_num_proc) where given, at most one a row;
+    else one a ROWS_A_PROCESS rows, at most one a core this process may run on (os.sched_getaffinity: a Slurm
+    job's or a container's cores, not the machine's) of those ``sharing`` processes of the node tokenize on at once
+    (build_dataset: every rank where none keeps the rows for the others)."""
+    if asked is not None:
+        return max(1, min(asked, rows))
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        cores = os.cpu_count() or 1
+    return max(1, min(cores // max(sharing, 1), rows // ROWS_A_PROCESS))
+
+
+@dataclass
+class _Work:
+    """What a tokenizing process needs: the rows (a forked process has them already: only their numbers are sent)."""
+
+    rows: list[Row]
+    tokenizer: object
+    max_length: int
+    every_token: bool
+    special: object  # _special_tokens' pattern, or None
+
+
+@dataclass
+class _Done:
+    """What _tokenize_rows gives of some rows: each row's (special token its text writes out, the problem that keeps
+    it out, whether its assistant turns end with an end-of-turn token, whether the template renames its call ids),
+    None for a row with problems of its own; each encoded row's (length before truncation, trainable tokens before,
+    trainable tokens kept, whether a prompt and its completion meet inside a token), with their token ids and labels
+    end to end (int32: row k's are ``ends[k]`` to ``ends[k + 1]``)."""
+
+    rows: list
+    encoded: list[tuple[int, int, int, bool]]
+    ids: object  # numpy int32
+    labels: object
+    ends: object  # numpy int64, one a row encoded, with a leading 0
+
+    def row(self, k: int) -> tuple[list[int], list[int]]:
+        lo, hi = int(self.ends[k]), int(self.ends[k + 1])
+        return self.ids[lo:hi].tolist(), self.labels[lo:hi].tolist()
+
+
+def _tokenize_rows(work: _Work, lo: int, hi: int) -> _Done:
+    """Render and tokenise rows ``lo`` to ``hi`` of ``work``: what prepare_data makes of each (_Done), in
+    this process or another's (_tokenized)."""
+    import numpy as np
+
+    tokenizer, special, every_token = work.tokenizer, work.special, work.every_token
+    said: list = []
+    texts: list[str] = []
+    spans: list = []
+    for row in work.rows[lo:hi]:
+        if row.problems:
+            said.append(None)
+            continue
+        texts_of = [row.text] if row.text is not None else [m["content"] for m in row.messages]
+        found = next((f.group() for t in texts_of if special and (f := special.search(t))), None)
+        if row.text is not None:
+            said.append((found, None, True, False))
+            texts.append(row.text)
+            spans.append(0 if every_token else row.completion_at)
+            continue
+        try:
+            text, row_spans, has_eot = assistant_spans(tokenizer, row.messages, row.completion_at, row.tools)
+        except MaskError as e:  # our own message: the template cannot be split into turns
+            said.append((found, str(e), True, False))
+            continue
+        except Exception as e:  # jinja2 TemplateError and friends: the template refused the conversation
+            roles = ", ".join(m["role"] for m in row.messages)
+            problem = f"the model's chat template refused this conversation: {e} (turns: {roles})"
+            said.append((found, problem, True, False))
+            continue
+        said.append((found, None, has_eot, renames_call_ids(tokenizer, row.messages)))
+        texts.append(text)
+        spans.append([(0, len(text))] if every_token else row_spans)
+    encoded = encode_texts(tokenizer, texts, spans, work.max_length)
+    ends = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(enc.input_ids) for enc in encoded], out=ends[1:])
+    ids = np.fromiter((i for enc in encoded for i in enc.input_ids), dtype=np.int32, count=int(ends[-1]))
+    labels = np.fromiter(
+        (i for enc in encoded for i in labels_of(enc, IGNORE_INDEX)), dtype=np.int32, count=int(ends[-1])
+    )
+    kept = [(enc.length, enc.trainable_before, sum(enc.mask), enc.joined) for enc in encoded]
+    return _Done(said, kept, ids, labels, ends)
+
+
+_WORK: _Work | None = None  # what the forked tokenizing processes read (_tokenized): set before they start
+
+
+def _tokenize_here(lo: int, hi: int) -> _Done:
+    return _tokenize_rows(_WORK, lo, hi)
+
+
+def _tokenized(work: _Work, processes: int):
+    """(lo, hi, _Done) of the rows, a chunk at a time, in order: in this process, or in ``processes`` forked ones
+    (each holds the rows and a copy of the tokenizer from the fork; smaller chunks, so each has its share). A
+    process that dies (out of memory) is an FtctlError, not a wait for its rows; one that raises raises it here."""
+    rows = len(work.rows)
+    if processes <= 1 or "fork" not in _start_methods():
+        for lo in range(0, rows, _CHUNK):
+            yield lo, min(lo + _CHUNK, rows), _tokenize_rows(work, lo, min(lo + _CHUNK, rows))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    global _WORK
+    size = max(1, min(_CHUNK, math.ceil(rows / (4 * processes))))  # 4 a process: none waits long for the last
+    bounds = [(lo, min(lo + size, rows)) for lo in range(0, rows, size)]
+    _WORK = work
+    # the tokenizer's own threads (batch encoding) are off in the forked processes: a core each, not each process
+    # a thread a core (the trainer's are off already: launch's environment); this process's are as they were after
+    was = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # the rows' objects out of the garbage collector's sight: a collection in a process would touch (copy) every
+    # page of them, each process a copy of all the rows, not only of its share
+    gc.freeze()
+    pool = ProcessPoolExecutor(
+        processes, mp_context=multiprocessing.get_context("fork"), initializer=_end_with, initargs=(os.getpid(),)
+    )
+    try:
+        try:
+            done = pool.map(_tokenize_here, *zip(*bounds))  # every chunk sent: the processes have started
+        finally:
+            gc.unfreeze()
+            if was is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = was
+        for (lo, hi), result in zip(bounds, done):
+            yield lo, hi, result
+    except BrokenProcessPool:
+        raise FtctlError(
+            f"a process tokenizing the data was ended (out of memory?): each of the {processes} holds a tokenizer "
+            "and its share of the rows; tokenize with fewer processes: -o dataset_num_proc=1 (or 2, ...)"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _WORK = None
+
+
+def _end_with(parent: int) -> None:
+    """A tokenizing process ends with the process that started it (Linux's parent-death signal): killed (out of
+    memory, torchrun stopping its workers), it leaves no process waiting for more rows for good."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: as multiprocessing leaves it
+        return
+    if os.getppid() != parent:  # ended before the signal was asked for
+        os._exit(1)
+
+
+def _start_methods() -> list[str]:
+    import multiprocessing
+
+    return multiprocessing.get_all_start_methods()
 
 
 class _TokenColumns:
@@ -423,12 +579,18 @@ class _TokenColumns:
         self.names = ["input_ids", "labels", *(["source"] * sources)]
         self.chunks: dict[str, list] = {name: [] for name in self.names}
 
-    def add(self, ids: list[list[int]], labels: list[list[int]], sources: list[int]) -> None:
+    def add(self, done: _Done, kept: list[int], sources: list[int]) -> None:
+        """The rows ``kept`` (their numbers among ``done``'s encoded ones), of these ``sources``."""
+        import numpy as np
         import pyarrow as pa
 
-        for name, values in zip(self.names, (ids, labels, sources)):
-            kind = pa.int32() if name == "source" else pa.list_(pa.int32())
-            self.chunks[name].append(pa.array(values, type=kind))
+        ends = done.ends.astype(np.int32)
+        take = pa.array(kept, type=pa.int64())
+        for name, values in (("input_ids", done.ids), ("labels", done.labels)):
+            column = pa.ListArray.from_arrays(pa.array(ends), pa.array(values, type=pa.int32())).take(take)
+            self.chunks[name].append(column)
+        if "source" in self.names:
+            self.chunks["source"].append(pa.array(sources, type=pa.int32()))
 
     def dataset(self):
         import datasets
@@ -590,6 +752,7 @@ def build_dataset(
     stats=None,
     cache_dir: str | None = None,
     echo=None,
+    num_proc: int | None = None,
     **options,
 ):
     """The training dataset (columns ``input_ids``, ``labels``), or a held-out one; FtctlError listing the
@@ -597,7 +760,8 @@ def build_dataset(
     DataStats is appended to; ``cache_dir``: where the tokenized rows are kept (cache_key names them), read there
     instead of tokenizing the data again where they are, else tokenized and written by one process a node (its
     LOCAL_RANK 0; without LOCAL_RANK, RANK 0 writes and every process tokenizes) while the node's others wait for
-    them (_wait_for_entry); ``echo`` takes the line that says which."""
+    them (_wait_for_entry), on all of its cores; ``echo`` takes the line that says which; ``num_proc``: prepare_data's
+    (not in cache_key: the rows are the same whichever)."""
     entry = Path(cache_dir, cache_key(path, tokenizer, max_length, endpoint_url, **options)) if cache_dir else None
     local = os.environ.get("LOCAL_RANK")
     local = int(local) if local else None
@@ -618,7 +782,10 @@ def build_dataset(
             _not_kept_mark(entry).unlink(missing_ok=True)  # an earlier launch's, on a pid used again
         started = time.monotonic()
         try:
-            report, dataset = prepare_data(path, tokenizer, max_length, endpoint_url, **options)
+            sharing = 1 if tells else int(os.environ.get("LOCAL_WORLD_SIZE") or 1)  # every rank tokenizes: a share
+            report, dataset = prepare_data(
+                path, tokenizer, max_length, endpoint_url, num_proc=num_proc, sharing=sharing, **options
+            )
             if report.errors:
                 raise FtctlError(report.error_message())
         except BaseException:
@@ -805,6 +972,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
     ``stats``: a list the training rows' DataStats is appended to; ``cache_dir``: where the tokenized rows are kept
     for the next start (build_dataset; the trainer's: runpaths.DATA_CACHE in the run's local directory)."""
     mixing, every = spec.data_mix is not None, not spec.assistant_only_loss
+    procs = getattr(spec, "dataset_num_proc", None)  # TRL's name: the processes that tokenize (1: one alone)
     paths = split_paths(spec.data_path)
     by_source = mixing or (spec.eval_split > 0 and len(paths) > 1)
     dataset = build_dataset(
@@ -815,6 +983,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
         stats=stats,
         cache_dir=cache_dir,
         echo=echo,
+        num_proc=procs,
         sources=by_source,
         every_token=every,
     )
@@ -829,6 +998,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
                 spec.s3_endpoint_url,
                 cache_dir=cache_dir,
                 echo=echo,
+                num_proc=procs,
                 held_out=True,
                 every_token=every,
             )
