@@ -137,7 +137,7 @@ class FlakyProxy:
             conn.sendall(
                 f"HTTP/1.1 {action} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(text)}\r\n"
                 f"x-amz-request-id: flaky\r\n\r\n".encode()
-                + text
+                + (b"" if method == "HEAD" else text)  # a HEAD answer has no body: one would spoil the next answer
             )
             return True
         if action.startswith("delay:"):

@@ -150,3 +150,43 @@ def test_an_upload_in_flight_as_the_lease_is_lost_commits_nothing_into_the_outpu
     mine.close()
     lease.check(f"{out}/checkpoint-4/adapter_model.safetensors")  # let go: holds none
     assert json.loads(storage.read_text(storage.join(out, TRAIN_LEASE)))["holder"] == "SkyPilot task sky-2026_other_9"
+
+
+def test_an_uploader_commits_no_checkpoint_into_an_output_another_job_took_over(s3_bucket, tmp_path, monkeypatch):
+    """A checkpoint uploading as another job took the output over (before this trainer's next renewal saw it): its
+    manifest went in, over that job's checkpoint of the same step. The uploader asks the store's lease first."""
+    from ftctl import checkpoints as C
+    from tests.s3_fixtures import make_checkpoint
+
+    out = f"{s3_bucket}/runs/upload"
+    monkeypatch.setenv("SLURM_JOB_ID", "91")
+    mine = lease.Holder(out, None, "r", renew_s=60)  # renewed by hand: the takeover is not seen by a renewal
+    mine.take()
+    up = C.Uploader(out, backoff=(0.05, 0.1))
+    for step in (2, 4):
+        if step == 4:
+            put(out, holder="SkyPilot task sky-2026_other_9", renewed_unix=time.time())  # taken over
+        ckpt = make_checkpoint(tmp_path, step)
+        C.write_manifest(str(ckpt), step, 1, "h")
+        up.submit(str(ckpt))
+        assert up.wait(1.5) is (step == 2)  # its own lease: committed; then never
+    up.close(0)
+    mine.close()
+    stored = storage.file_sizes(out)
+    assert f"checkpoint-2/{C.MANIFEST}" in stored and f"checkpoint-4/{C.MANIFEST}" not in stored, sorted(stored)
+    assert mine.lost.is_set() and held_by(out) == "SkyPilot task sky-2026_other_9"
+
+
+def test_a_trainer_stopped_for_a_store_not_reached_writes_preempted_for_slurms_script(tmp_path, monkeypatch, capsys):
+    """The status word Slurm's script requeues on: the trainer's report wrote "failed" for every error."""
+    from ftctl.envvars import STATUS_ENV
+    from ftctl.trainer.__main__ import Failure
+
+    monkeypatch.setenv(STATUS_ENV, str(tmp_path / "status"))
+    monkeypatch.delenv("FTCTL_FAILURE_DIR", raising=False)
+    monkeypatch.setenv("RANK", "0")
+    for requeue, word, code in ((True, "preempted", lease.UNREACHED_EXIT), (False, "failed", 2)):
+        stop = lease.LeaseLost("the lease ... has not been renewed", requeue)
+        assert Failure(0).report("config", str(stop), stop.exit_code, stop) == code
+        assert (tmp_path / "status").read_text() == word + "\n"
+    assert capsys.readouterr().err.count("error: the lease ... has not been renewed") == 2

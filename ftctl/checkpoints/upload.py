@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from ftctl import storage
+from ftctl import lease, storage
 from ftctl.checkpoints.manifest import (
     CHECKPOINT_PREFIX,
     MANIFEST,
@@ -82,6 +82,7 @@ def upload_checkpoint(
     if lost:
         done.difference_update(lost)
         raise OSError(f"the store does not hold files it accepted: {', '.join(lost[:3])}")
+    lease.check(ckpt_uri, ask=True)  # an upload in flight as the lease was lost commits nothing into another's output
     commit_point("remote-manifest", os.path.basename(ckpt_uri.rstrip("/")))
     _put(fs, os.path.join(local_ckpt, manifest_name), storage.join(ckpt_uri, manifest_name))
     return manifest
@@ -387,7 +388,10 @@ class Uploader:
                 self._cond.wait(limit - elapsed)
 
     def _attempt(self, job: _Job) -> bool:
-        """One try; True when the job is finished, False to poll again later."""
+        """One try; True when the job is finished, False to poll again later. Nothing is written into an output whose
+        lease this process held and lost (ftctl.lease.check: another job may write it now); a final model starts only
+        where the store's lease is still this trainer's."""
+        lease.check(self.remote_uri, ask=job.final and not job.started)
         if self._fs is None:
             self._fs, _ = storage.filesystem(self.remote_uri, self.endpoint_url)
         if job.final:
@@ -500,6 +504,7 @@ class Uploader:
         if problems:
             raise OSError(f"files listed by the node manifests are not in the store: {problems[:3]}")
         _write_json_atomic(os.path.join(job.local, MANIFEST), merged)
+        lease.check(ckpt_uri, ask=True)
         commit_point("remote-manifest", job.name)
         _put(self._fs, os.path.join(job.local, MANIFEST), storage.join(ckpt_uri, MANIFEST))
         log.info(

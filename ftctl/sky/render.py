@@ -33,6 +33,7 @@ from dataclasses import replace
 import yaml
 
 from ftctl import __version__
+from ftctl.lease import UNREACHED_EXIT
 from ftctl.docker.image import check_reference
 from ftctl.errors import FtctlError, did_you_mean
 from ftctl.launch import (
@@ -344,7 +345,13 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
         # a managed job for its recovery; spot instances where there is a market (SkyPilot refuses use_spot on a
         # Slurm cluster or an SSH pool, and a CPU job on one)
         resources["use_spot"] = plan.tier is not None and infra_kind(spec) not in NO_SPOT_INFRAS
-        resources["job_recovery"] = {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": spec.max_requeues}
+        # a trainer stopped because its lease's renewals did not reach the store (UNREACHED_EXIT) is recovered as a
+        # preemption is: nobody else holds its output, and the recovery resumes (ftctl.lease.LeaseLost)
+        resources["job_recovery"] = {
+            "strategy": "EAGER_NEXT_REGION",
+            "max_restarts_on_errors": spec.max_requeues,
+            "recover_on_exit_codes": [UNREACHED_EXIT],
+        }
     if image:
         resources["image_id"] = f"docker:{image}"
     spec_path = f"{node_dir(spec)}/spec.json"

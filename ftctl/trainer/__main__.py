@@ -119,9 +119,10 @@ class Failure:
         return not os.environ.get(FAILURE_DIR_ENV)
 
     def report(self, kind: str, message: str, exit_code: int, exc: BaseException) -> int:
-        """Record, write the failed status, print one line (the traceback with FTCTL_DEBUG=1)."""
+        """Record, write the failed status (or the error's own: ftctl.lease.LeaseLost of a store not reached ends as
+        ``preempted``, which Slurm's script requeues), print one line (the traceback with FTCTL_DEBUG=1)."""
         self.record(kind, message)
-        write_failed_status()
+        write_failed_status(getattr(exc, "status", "failed"))
         if os.environ.get("FTCTL_DEBUG"):
             raise exc
         if self.prints or self.unheard:
@@ -157,12 +158,12 @@ class Failure:
         sys.exit(0 if self.ended else 128 + signum)  # after train() returned: it exits as the run ended
 
 
-def write_failed_status() -> None:
+def write_failed_status(status: str = "failed") -> None:
     try:
         from ftctl.trainer.run import write_status
     except Exception:  # the trainer's own imports failed: the exit code still says so
         return
-    write_status("failed")
+    write_status(status)
 
 
 def one_gpu_per_process(plan) -> None:
