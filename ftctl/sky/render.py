@@ -33,7 +33,6 @@ from dataclasses import replace
 import yaml
 
 from ftctl import __version__
-from ftctl.lease import UNREACHED_EXIT
 from ftctl.docker.image import check_reference
 from ftctl.errors import FtctlError, did_you_mean
 from ftctl.launch import (
@@ -47,6 +46,7 @@ from ftctl.launch import (
     torchrun_argv,
     trainer_env,
 )
+from ftctl.lease import UNREACHED_EXIT
 from ftctl.plan import Plan
 from ftctl.preflight import checkpoint_gb
 from ftctl.sky.cost import memory_request
