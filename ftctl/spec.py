@@ -270,7 +270,6 @@ DECIDED = {
     "bias": "lora and qlora train the adapters alone, no bias terms (PEFT LoraConfig's bias: none)",
     "task_type": "lora and qlora train a causal LM's adapters (task_type CAUSAL_LM)",
     "bnb_4bit_compute_dtype": "--method qlora computes in the plan's precision (bf16; fp16 on cards without it)",
-    "dataset_num_proc": "rows are checked and tokenised once, before the model loads",
     "dataset_train_split": "a Hub dataset's train split is read (its files for others: hf://datasets/ORG/NAME/FILES)",
     "save_only_model": "checkpoints keep the optimizer and scheduler, so a stopped run resumes where it was",
     "eval_on_start": "the held-out loss is measured every eval_steps and at the end",
@@ -432,7 +431,6 @@ AGREES = {
     "bias": ("none",),
     "auto_resume_from_checkpoints": ("true",),  # axolotl's
     "chat_template": ("tokenizer_default",),  # axolotl's (a dataset entry's: _DATASET_KEYS)
-    "dataset_num_proc": None,
     "dataset_train_split": ("train",),
     "save_only_model": ("false",),
     "eval_on_start": ("false",),
@@ -862,6 +860,8 @@ class RunSpec:
     # default: the planner's, the cheapest that fits: single, ddp, zero2, fsdp, zero3, zero2_offload, zero3_offload
     strategy: str | None = None
     ddp_bucket_cap_mb: int | None = None  # DDP's gradient buckets (MB); default: torch's 25
+    # processes that tokenize the data (TRL's name); default: one a 2,000 rows, at most a core each (1: one alone)
+    dataset_num_proc: int | None = None
     ddp_comm_dtype: str | None = None  # DDP's gradient all-reduce: fp32 (default) or bf16 (accelerate's comm hook)
     optim: str | None = None  # planner: adamw_torch_fused; paged_adamw_8bit for qlora on a tight GPU
     lora_r: int = 16
@@ -1134,6 +1134,7 @@ _PLACEMENT_KEYS = {
     "s3_endpoint_url",
     "rdzv_port",
     "upload_wait_s",
+    "dataset_num_proc",  # the processes that tokenize: the same rows whichever
     "preflight_network",
     "preflight_min_busbw_gbps",
     "partition",
@@ -1861,6 +1862,7 @@ def validate(spec: RunSpec) -> None:
         "cpus_per_task",
         "disk_size",
         "ddp_bucket_cap_mb",
+        "dataset_num_proc",
         "eval_steps",
         "evals_per_epoch",
         "saves_per_epoch",
