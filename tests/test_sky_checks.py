@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from ftctl.cli import main
 from ftctl.errors import FtctlError
+from ftctl.lease import UNREACHED_EXIT
 from ftctl.preflight import checkpoint_gb
 from ftctl.sky import render as sky_render
 from tests.render_fixtures import prepared, sky_python, write_model_config
@@ -36,8 +37,13 @@ def resources(prep) -> dict:
 # ------------------------------------------------------------------------------------------ job_recovery
 def test_a_managed_job_is_not_restarted_after_its_own_failure_unless_asked():
     """Preemptions are recovered by SkyPilot whatever max_restarts_on_errors says; a failure of the job itself
-    (bad data, missing credentials, out of memory) would recur, so none is retried by default."""
-    assert resources(sky(spot=True))["job_recovery"] == {"strategy": "EAGER_NEXT_REGION", "max_restarts_on_errors": 0}
+    (bad data, missing credentials, out of memory) would recur, so none is retried by default; a trainer that stopped
+    because its lease's renewals did not reach the store (UNREACHED_EXIT) is recovered as a preemption is."""
+    assert resources(sky(spot=True))["job_recovery"] == {
+        "strategy": "EAGER_NEXT_REGION",
+        "max_restarts_on_errors": 0,
+        "recover_on_exit_codes": [UNREACHED_EXIT],
+    }
     for n in (0, 3):
         prep = sky([f"max_requeues={n}"], spot=True)  # `-o max_requeues=0 --spot` was refused as a Slurm key
         assert resources(prep)["job_recovery"]["max_restarts_on_errors"] == n
