@@ -199,13 +199,10 @@ def answer(
 def stop_ids(model, tokenizer) -> list[int]:
     """Where an answer ends: the model's eos tokens, the tokenizer's, and the special token its chat template
     closes an assistant turn with (a base model trained on Llama 3's template learns <|eot_id|>, which its own
-    generation config does not stop at)."""
-    from ftctl.trainer.masks import end_of_turn_ids
+    generation config does not stop at): trained.eos_ids, what a run's saved generation config says too."""
+    from ftctl.trainer.trained import eos_ids
 
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = [configured] if isinstance(configured, int) else list(configured or [])
-    ids += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return list(dict.fromkeys(ids + end_of_turn_ids(tokenizer)))
+    return eos_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer)
 
 
 def _plain(model, tokenizer, text: str, max_new_tokens: int):

@@ -16,6 +16,7 @@ from ftctl import __version__
 from ftctl.hub import HUB_ID
 from ftctl.spec import RunSpec, is_demo_model
 from ftctl.storage import is_remote, looks_like_path
+from ftctl.trainer.trained import GENERATION_CONFIG
 
 README = "README.md"
 
@@ -42,6 +43,10 @@ def text(spec: RunSpec, base: str, adapter: bool, local_dir: str) -> str:
         if adapter
         else f'from transformers import pipeline\n\ngenerator = pipeline("text-generation", model="{where}")'
     )
+    if adapter and Path(local_dir, GENERATION_CONFIG).is_file():  # its base's stops elsewhere: stop_at_end_of_turn
+        loads = loads.replace("CausalLM\n", "CausalLM\nfrom transformers import GenerationConfig\n", 1) + (
+            f'\nmodel.generation_config = GenerationConfig.from_pretrained("{where}")  # stops where its answers end'
+        )
     commands = f'ftctl chat {where} -p "A question"'
     if adapter:
         commands += f"\nftctl merge {where}   # the base with the adapter merged in: a plain model"

@@ -22,6 +22,10 @@ from ftctl.runpaths import ADAPTER_CONFIG, BASE_MERGE, MERGE_RECORD, METRICS_FIL
 
 log = logging.getLogger(__name__)
 
+TOKENIZER_CONFIG = "tokenizer_config.json"
+GENERATION_CONFIG = "generation_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # transformers 5 saves a tokenizer's chat template there
+
 # what save_pretrained writes for a full model: one file or a sharded index
 WEIGHT_FILES = (
     "model.safetensors",
@@ -266,12 +270,19 @@ def merged_again(adapter_dir, base: str) -> str | None:
 
 
 def for_other_readers(directory) -> None:
-    """A model or adapter directory just saved, made readable to the tools it is handed to next (explore17): its files
-    as the umask lets files be, its tokenizer's class, its RoPE settings and its dtype as transformers 4 reads them
-    too (vLLM or TGI on it, mlx-lm, llama.cpp's convert_hf_to_gguf.py). What transformers 5 reads is unchanged."""
-    _as_umask(Path(directory))
-    _edit_json(Path(directory, "tokenizer_config.json"), _tokenizer_class_v4)
-    _edit_json(Path(directory, MODEL_CONFIG), lambda config: _rope_v4(config) | _dtype_v4(config))
+    """A model or adapter directory just saved, made readable to the tools it is handed to next (explore17, explore27):
+    its files as the umask lets files be, its tokenizer's class, extra special tokens and chat template, its RoPE
+    settings and its dtype as transformers 4 reads them too (vLLM or TGI on it, mlx-lm, llama.cpp's
+    convert_hf_to_gguf.py); its generation config stopping where the run's chat template ends a turn
+    (stop_at_end_of_turn). What transformers 5 reads is unchanged."""
+    directory = Path(directory)
+    _edit_json(
+        directory / TOKENIZER_CONFIG,
+        lambda config: _tokenizer_class_v4(config) | _special_tokens_v4(config) | _chat_template_v4(config, directory),
+    )
+    _edit_json(directory / MODEL_CONFIG, lambda config: _rope_v4(config) | _dtype_v4(config))
+    stop_at_end_of_turn(directory)
+    _as_umask(directory)  # the files written above too
 
 
 def _as_umask(directory: Path) -> None:
@@ -304,6 +315,97 @@ def _tokenizer_class_v4(config: dict) -> bool:
     return True
 
 
+def _special_tokens_v4(config: dict) -> bool:
+    """transformers 5 saves a tokenizer's extra special tokens (Qwen's <|im_start|>, the tiny model's) as a list under
+    ``extra_special_tokens``, which transformers 4 takes for a dict of named tokens and refuses ("'list' object has
+    no attribute 'keys'": vLLM or TGI on 4, mlx-lm, ml-explore/mlx-lm#661); both read the list as
+    ``additional_special_tokens``, the same tokens."""
+    extra = config.get("extra_special_tokens")
+    if not isinstance(extra, list):
+        return False
+    additional = config.get("additional_special_tokens") or []
+    config["additional_special_tokens"] = [*additional, *(t for t in extra if t not in additional)]
+    del config["extra_special_tokens"]
+    return True
+
+
+def _chat_template_v4(config: dict, directory: Path) -> bool:
+    """transformers 5 saves the chat template (the run's: its chat_template_path, or the Vicuna one a tokenizer without
+    one is given) only as chat_template.jinja; TGI, mistral.rs, transformers before 4.43 and other readers of
+    tokenizer_config.json find none there, and answer in another format than the model was trained on. Written there
+    too (transformers 5 reads the .jinja first: the same text)."""
+    try:
+        template = (directory / CHAT_TEMPLATE_FILE).read_text()
+    except OSError:
+        return False
+    if config.get("chat_template") == template:
+        return False
+    config["chat_template"] = template
+    return True
+
+
+def eos_ids(configured, tokenizer) -> list[int]:
+    """Where an answer ends: ``configured`` (a generation config's eos_token_id: one id, several, or None), the
+    tokenizer's eos and the special token its chat template closes an assistant turn with (masks.end_of_turn_ids: the
+    <|im_end|> of Qwen's template over a base whose eos is <|endoftext|>, Llama 3's <|eot_id|>, Gemma's
+    <end_of_turn>), each once, in that order."""
+    from ftctl.trainer.masks import end_of_turn_ids
+
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    ids += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return list(dict.fromkeys(ids + end_of_turn_ids(tokenizer)))
+
+
+def as_saved_for_others(model, tokenizer, base: str) -> None:
+    """What every save of the model being trained (each checkpoint-N, the final one) tells the tool it is loaded in
+    next: its generation config stopping where the chat template ends a turn (eos_ids), and an adapter's base as the
+    user named it (base_model_name_or_path: PEFT records the path it loaded, the demo model's cache directory or a
+    SkyPilot node's copy of a shipped one, which no other machine has)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if (config := getattr(inner, "generation_config", None)) is not None:
+        config.eos_token_id = eos_ids(config.eos_token_id, tokenizer)
+    for adapter in (getattr(model, "peft_config", None) or {}).values():
+        adapter.base_model_name_or_path = base
+
+
+def stop_at_end_of_turn(directory: Path) -> None:
+    """The saved model's generation_config.json stopping where its chat template ends an assistant turn (eos_ids):
+    transformers' generate(), pipeline("text-generation") and vLLM stop at its eos_token_id (and the tokenizer's eos),
+    not at what `ftctl chat` stops at, so a run that taught a base whose eos is another token (Qwen2.5's, Llama 3's,
+    Gemma's base; a chat_template_path of another model) to end its answers with the template's token never stopped
+    there. An adapter's directory gets its base's generation config so edited, where it differs (vLLM:
+    --generation-config RUN; transformers: GenerationConfig.from_pretrained(RUN)); nothing where the base's is not
+    here to read."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    if not (directory / TOKENIZER_CONFIG).is_file():
+        return
+    said = logging.getLogger("transformers")  # the tokenizer is read again only for its template and ids
+    level = said.level
+    said.setLevel(logging.ERROR)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        if (directory / GENERATION_CONFIG).is_file():
+            config = GenerationConfig.from_pretrained(directory)
+        elif (directory / ADAPTER_CONFIG).is_file():
+            config = GenerationConfig.from_pretrained(resolve_base(Trained(directory, adapter=True)))
+        else:
+            return
+    except (OSError, ValueError, FtctlError):  # no tokenizer or base to read here: the directory as it was saved
+        return
+    finally:
+        said.setLevel(level)
+    ids = eos_ids(config.eos_token_id, tokenizer)
+    configured = config.eos_token_id
+    if ids == ([configured] if isinstance(configured, int) else list(configured or [])):
+        return
+    if (directory / GENERATION_CONFIG).is_file():
+        _edit_json(directory / GENERATION_CONFIG, lambda saved: saved.update(eos_token_id=ids) or True)
+    else:
+        config.eos_token_id = ids
+        config.save_pretrained(directory)
+
+
 def _rope_v4(config: dict) -> bool:
     """transformers 5 writes RoPE's settings only in ``rope_parameters``; transformers 4 reads ``rope_theta`` (and
     ``rope_scaling``, ``partial_rotary_factor``) at the top and, without them, silently takes its default base (SmolLM2's
@@ -332,7 +434,7 @@ def _dtype_v4(config: dict) -> bool:
 def tokenizer_source(trained: Trained) -> str:
     """Where the run's tokenizer is: saved beside the weights (with the chat template the run trained with),
     else the base's."""
-    if (trained.path / "tokenizer_config.json").is_file() or not trained.adapter:
+    if (trained.path / TOKENIZER_CONFIG).is_file() or not trained.adapter:
         return str(trained.path)
     return resolve_base(trained)
 

@@ -1,0 +1,165 @@
+"""What a run leaves, taken to the next tool (explore27): transformers' generate(), PEFT, `ftctl merge`'s output, and
+what vLLM, TGI or transformers 4 read from the files. The base here is a tiny one shaped like Qwen2.5's base: its
+tokenizer's eos is <|endoftext|> while its ChatML template ends a turn with <|im_end|>, so the run teaches answers to
+end in a token its generation config did not stop at."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.trainer_fixtures import make_run
+
+
+@pytest.fixture(scope="module")
+def qwen_like_base(tmp_path_factory) -> Path:
+    """The tiny model with the base's eos (<|endoftext|>, also its generation config's) and no pad token."""
+    from tests.tiny_fixtures import make_tiny_model, make_tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("qwen-like-base")
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|endoftext|>"]})
+    tokenizer.eos_token, tokenizer.pad_token = "<|endoftext|>", None
+    model = make_tiny_model(tokenizer)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = tokenizer.eos_token_id, None
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _trained(base, data, out, method):
+    import torch
+
+    from ftctl.trainer.run import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        spec, plan = make_run(base, data, out, method, max_steps=2, save_steps=2, lora_r=4)
+        return Path(train(spec, plan, echo=lambda line: None).output_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fft_output(qwen_like_base, tiny_data, tmp_path_factory) -> Path:
+    return _trained(qwen_like_base, tiny_data, tmp_path_factory.mktemp("fft") / "run", "fft")
+
+
+@pytest.fixture(scope="module")
+def lora_output(qwen_like_base, tiny_data, tmp_path_factory) -> Path:
+    return _trained(qwen_like_base, tiny_data, tmp_path_factory.mktemp("lora") / "run", "lora")
+
+
+def _ids(directory: Path) -> tuple[int, int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+def _new_tokens_until_stop(directory: Path, model) -> int:
+    """How many tokens generate() gives, with the saved generation config, where the 3rd is the template's
+    <|im_end|> (forced): 3 where it stops there, the 8 asked for where it does not."""
+    import torch
+    from transformers import AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    class EndAtThird(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] - prompt == 2:
+                scores[:, :] = -float("inf")
+                scores[:, end] = 0.0
+            else:
+                scores[:, end] = -float("inf")
+            return scores
+
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    prompt = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=8, do_sample=False, logits_processor=LogitsProcessorList([EndAtThird()])
+        )
+    return out.shape[1] - prompt
+
+
+def test_a_full_model_stops_in_generate_where_its_chat_template_ends_a_turn(fft_output):
+    """transformers' generate() (and vLLM) stop at generation_config.json's eos_token_id, not at `ftctl chat`'s
+    stop ids: the base's <|endoftext|> alone let the tuned model run on past its answers."""
+    from transformers import AutoModelForCausalLM
+
+    eos, end = _ids(fft_output)
+    assert json.loads((fft_output / "generation_config.json").read_text())["eos_token_id"] == [eos, end]
+    model = AutoModelForCausalLM.from_pretrained(fft_output).eval()
+    assert _new_tokens_until_stop(fft_output, model) == 3
+
+
+def test_the_saved_tokenizer_reads_alike_in_transformers_4(fft_output):
+    """transformers 5 saves extra special tokens as a list under extra_special_tokens, which transformers 4 (vLLM
+    or TGI on it, mlx-lm) refuses ("'list' object has no attribute 'keys'"), and the chat template only as
+    chat_template.jinja, which tokenizer_config.json's readers (TGI, transformers before 4.43) do not see."""
+    from transformers import AutoTokenizer
+
+    config = json.loads((fft_output / "tokenizer_config.json").read_text())
+    assert not isinstance(config.get("extra_special_tokens"), list)
+    assert config["additional_special_tokens"] == ["<|im_start|>", "<|endoftext|>"]
+    assert config["chat_template"] == (fft_output / "chat_template.jinja").read_text()
+    tokenizer = AutoTokenizer.from_pretrained(fft_output)  # and transformers 5 reads the same tokenizer
+    assert {"<|im_start|>", "<|endoftext|>"} <= set(tokenizer.all_special_tokens)
+    assert tokenizer.chat_template == config["chat_template"] and tokenizer.pad_token == "<|endoftext|>"
+
+
+def test_an_adapter_and_its_merge_stop_where_the_template_ends_a_turn(lora_output, tmp_path):
+    """PEFT loads the base's generation config: the adapter's directory carries the one to stop with (the card says
+    how to load it; vLLM takes it as --generation-config RUN), and `ftctl merge` writes it into the merged model."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    from ftctl.trainer.merge import merge
+
+    eos, end = _ids(lora_output)
+    assert GenerationConfig.from_pretrained(lora_output).eos_token_id == [eos, end]
+    card = (lora_output / "README.md").read_text()
+    assert f'model.generation_config = GenerationConfig.from_pretrained("{lora_output.resolve()}")' in card
+    model = AutoPeftModelForCausalLM.from_pretrained(lora_output).eval()
+    model.generation_config = GenerationConfig.from_pretrained(lora_output)  # as the card says
+    assert _new_tokens_until_stop(lora_output, model) == 3
+
+    merged = merge(str(lora_output), str(tmp_path / "merged"))
+    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [eos, end]
+    assert "chat_template" in json.loads((merged / "tokenizer_config.json").read_text())
+    assert _new_tokens_until_stop(merged, AutoModelForCausalLM.from_pretrained(merged).eval()) == 3
+
+
+def test_each_save_of_a_model_in_training_stops_at_the_turns_end_and_names_the_base_as_the_user_did(
+    qwen_like_base, tmp_path
+):
+    """What run.setup gives the model it trains (trained.as_saved_for_others), so a checkpoint-N loads elsewhere as
+    the final model does: PEFT records the base's path it loaded (the demo model's cache directory, a SkyPilot node's
+    copy), not the name the user gave."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftctl.trainer.trained import as_saved_for_others
+
+    tokenizer = AutoTokenizer.from_pretrained(qwen_like_base)
+    eos, end = _ids(qwen_like_base)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(qwen_like_base), LoraConfig(r=2))
+    as_saved_for_others(model, tokenizer, "HuggingFaceTB/SmolLM2-135M-Instruct")
+    model.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert model.get_base_model().generation_config.eos_token_id == [eos, end]
+    full = AutoModelForCausalLM.from_pretrained(qwen_like_base)
+    as_saved_for_others(full, tokenizer, str(qwen_like_base))
+    full.save_pretrained(tmp_path / "full")
+    assert json.loads((tmp_path / "full" / "generation_config.json").read_text())["eos_token_id"] == [eos, end]
