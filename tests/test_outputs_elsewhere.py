@@ -121,6 +121,7 @@ def test_the_saved_tokenizer_reads_alike_in_transformers_4(fft_output):
 def test_an_adapter_and_its_merge_stop_where_the_template_ends_a_turn(lora_output, tmp_path):
     """PEFT loads the base's generation config: the adapter's directory carries the one to stop with (the card says
     how to load it; vLLM takes it as --generation-config RUN), and `ftctl merge` writes it into the merged model."""
+    from huggingface_hub import ModelCard
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -137,6 +138,9 @@ def test_an_adapter_and_its_merge_stop_where_the_template_ends_a_turn(lora_outpu
     merged = merge(str(lora_output), str(tmp_path / "merged"))
     assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [eos, end]
     assert "chat_template" in json.loads((merged / "tokenizer_config.json").read_text())
+    card = ModelCard.load(merged / "README.md")  # what `hf upload` puts on the model's page
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert f"The LoRA adapter `{lora_output}` merged into" in card.text
     assert _new_tokens_until_stop(merged, AutoModelForCausalLM.from_pretrained(merged).eval()) == 3
 
 
@@ -163,3 +167,13 @@ def test_each_save_of_a_model_in_training_stops_at_the_turns_end_and_names_the_b
     as_saved_for_others(full, tokenizer, str(qwen_like_base))
     full.save_pretrained(tmp_path / "full")
     assert json.loads((tmp_path / "full" / "generation_config.json").read_text())["eos_token_id"] == [eos, end]
+
+
+def test_a_merge_of_a_hub_bases_adapter_names_its_base_for_the_hub():
+    from huggingface_hub import ModelCard
+
+    from ftctl.trainer.model_card import merged_text
+
+    card = ModelCard(merged_text("s3://b/runs/r1", "Qwen/Qwen2.5-0.5B", "qlora", "its weights ..."))
+    assert card.data.base_model == "Qwen/Qwen2.5-0.5B" and "qlora" in card.data.tags
+    assert card.text.lstrip().startswith("# r1\n\nThe QLoRA adapter `s3://b/runs/r1` merged into [Qwen/Qwen2.5-0.5B](")

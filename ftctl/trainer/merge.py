@@ -89,6 +89,8 @@ def merge(
 
     from transformers import AutoTokenizer
 
+    from ftctl.trainer import model_card
+
     adapter = trained_mod.find(run_dir_or_checkpoint, adapter_only=True)
     into = base or adapter.base
     weights = base_weights(adapter, dequantize, named or run_dir_or_checkpoint)
@@ -120,6 +122,9 @@ def merge(
             }
             text = json.dumps({**record, "merged_at": time.strftime("%Y-%m-%d %H:%M")}) + "\n"
             (tmp / MERGE_RECORD).write_text(text)
+            model_card.write_merged(
+                tmp, named or run_dir_or_checkpoint, into, adapter.method, _card_words(weights, precision)
+            )
         trained_mod.for_other_readers(tmp)
         os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)
     log.info("merged %s into %s (%s, %s base) -> %s", adapter.path, into, precision, weights, out)
@@ -149,6 +154,13 @@ def merged_into(out_dir: str, endpoint_url: str | None = None) -> str:
     if record.get("base_weights") == DEQUANTIZED:
         return "the adapter in its 4-bit base dequantized, as the run trained"
     return "the adapter in its original unquantized base, not the 4-bit one it trained over"
+
+
+def _card_words(weights: str, precision: str) -> str:
+    """Which weights of the base the adapter went into, as the merged model's card says it."""
+    if weights == ORIGINAL:
+        return f"its unquantized weights, in {precision}"
+    return f"its weights quantized to 4-bit NF4 as the run trained over them, dequantized to {precision}"
 
 
 def _into_text(into: str, weights: str, quantized_from: str, precision: str, stored: str = "") -> str:

@@ -72,6 +72,44 @@ on `{spec.data_path}`. The run's settings are in `spec.json` beside this card; e
     return f"---\n{data.to_yaml()}\n---\n{body}"
 
 
+def merged_text(adapter: str, base: str, method: str | None, into: str) -> str:
+    """The card of `ftctl merge`'s output: the adapter ``adapter`` (as the user named it) of a ``method`` run merged
+    into ``base`` (``into``: which weights of it, in words). Without it, the merged directory uploaded to the Hub
+    (`hf upload`) had no card: no base_model, no library, no word of what it is."""
+    linked = hub_id(base)
+    data = ModelCardData(
+        base_model=linked,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["ftctl", *([method] if method else []), "trl", "sft"],
+    )
+    origin = f"[{base}](https://huggingface.co/{base})" if linked else f"`{base}`"
+    kind = "QLoRA" if method == "qlora" else "LoRA"
+    built = _demo_base(base, adapter=False) if is_demo_model(base) else ""
+    body = f"""
+# {Path(adapter.rstrip("/")).name}
+
+The {kind} adapter `{adapter}` merged into {origin} ({into}) with `ftctl merge` (ftctl {__version__}): a plain
+transformers model, loaded without PEFT or bitsandbytes. `ftctl-merge.json` beside this card says which adapter and
+which base weights went in.{built}
+
+## Use it
+
+```python
+from transformers import pipeline
+
+generator = pipeline("text-generation", model="DIR")  # this directory, or its Hub id once uploaded
+answer = generator([{{"role": "user", "content": "A question"}}], max_new_tokens=256)
+print(answer[0]["generated_text"][-1]["content"])
+```
+"""
+    return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def write_merged(directory, adapter: str, base: str, method: str | None, into: str) -> None:
+    ModelCard(merged_text(adapter, base, method, into)).save(str(Path(directory, README)))
+
+
 def _demo_base(base: str, adapter: bool) -> str:
     """The demo's base is not the Hub's weights of its id but ftctl's build of them (ftctl.trainer.model), which every
     ftctl builds alike: an adapter loaded onto the Hub's is on other weights than it trained with (explore17)."""
