@@ -86,12 +86,15 @@ RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # std::io::Error's Display, a
 ZIP_WRITER = "inline_container.cc"  # torch.save's writer: a write that failed is "unexpected pos N vs M" there
 
 
-def disk_full(exc: BaseException, directory: str, need_bytes: float, fix: str, clear=None) -> str | None:
+def disk_full(
+    exc: BaseException, directory: str, need_bytes: float, fix: str, clear=None, doing: str = "saving", needs="one save"
+) -> str | None:
     """The one line for a save into ``directory`` that failed for want of room, or None: an OSError ENOSPC (or EDQUOT)
     in ``exc``'s chain, or torch.save's failed write where the disk holds less than one save (``need_bytes``). It
     names the directory, its free space, what one save needs and ``fix``. ``clear``: called once the failure is known
     to be a full disk (it removes what the failed save wrote: checkpoints.discard_uncommitted), returning (what it
-    removed, in words; its bytes, counted as free) or None."""
+    removed, in words; its bytes, counted as free) or None. ``doing`` and ``needs`` name another write than a save
+    (reshard.to_universal's conversion)."""
     full, seen = None, exc
     while seen is not None and full is None:
         if (isinstance(seen, OSError) and seen.errno in FULL) or _rust_errno(seen) in FULL:
@@ -117,8 +120,8 @@ def disk_full(exc: BaseException, directory: str, need_bytes: float, fix: str, c
         while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
             directory = os.path.dirname(directory)  # the file's, named by the error, removed with them: its parent
     return (
-        f"no space left on the disk of {directory}: saving failed with {size_text(free)} free"
-        f"{f' once its {removed[0]} ({size_text(removed[1])}) was removed' if removed else ''}, and one save needs "
+        f"no space left on the disk of {directory}: {doing} failed with {size_text(free)} free"
+        f"{f' once its {removed[0]} ({size_text(removed[1])}) was removed' if removed else ''}, and {needs} needs "
         f"~{size_text(need_bytes)}; {fix}"
     )
 

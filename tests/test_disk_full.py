@@ -153,3 +153,76 @@ def test_a_run_whose_checkpoint_finds_the_disk_full_resumes_as_if_never_stopped(
     train(spec, plan, echo=lambda line: None)
     resumed, straight = load_file(run / "model.safetensors"), load_file(Path(spec.output) / "model.safetensors")
     assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_a_universal_conversion_the_disk_refused_says_so_and_leaves_no_half_of_it(tmp_path, monkeypatch):
+    """A ZeRO checkpoint resumed on another number of processes is converted to DeepSpeed's universal one beside it
+    (reshard.to_universal), which takes about twice its shards' room while it converts. On a full disk (2 processes'
+    ZeRO-2 checkpoint-3 resumed on 1, real tmpfs: 3.7 MB free for 2.3 MB of shards) it said "could not convert ...
+    (RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662); resume on the number of
+    processes that wrote it": no word of the disk. Now the disk-full line; the half conversion is gone (as before),
+    an earlier one cut off before its latest_universal is removed before converting again (it held its room), and a
+    latest_universal the disk refused leaves no temporary file."""
+    import subprocess
+
+    from ftctl.errors import FtctlError
+    from ftctl.trainer import reshard
+    from ftctl.trainer.distributed import Processes
+
+    ckpt = tmp_path / "checkpoint-3"
+    tag = ckpt / "global_step3"
+    tag.mkdir(parents=True)
+    (ckpt / "latest").write_text("global_step3")
+    for rank in (0, 1):
+        (tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"o" * 500_000)
+    stale = ckpt / "global_step3_universal"  # an earlier attempt's, cut off before its latest_universal
+    (stale / "zero").mkdir(parents=True)
+    (stale / "zero" / "optimizer_state.pt").write_bytes(b"s" * 300_000)
+    seen = []
+
+    def converter(cmd, **kwargs):  # what ds_to_universal prints where torch.save's write found the disk full
+        seen.append(stale.exists())
+        out = cmd[cmd.index("--output_folder") + 1]
+        os.makedirs(os.path.join(out, "zero"))
+        open(os.path.join(out, "zero", "half.pt"), "wb").write(b"h" * 1000)
+        err = "Traceback ...\nRuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662\n"
+        return subprocess.CompletedProcess(cmd, 1, "", err)
+
+    class Plan:
+        strategy = "zero2"
+
+    disk = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(failures.shutil, "disk_usage", lambda path: disk._replace(free=1_200_000))
+    monkeypatch.setattr(reshard.subprocess, "run", converter)
+    with pytest.raises(FtctlError) as got:
+        reshard.prepare(str(ckpt), Plan, Processes(0, 0, 1, on_cpu=True))
+    assert str(got.value) == (
+        f"no space left on the disk of {ckpt}: converting it to DeepSpeed's universal checkpoint failed with 1.2 MB "
+        "free, and the conversion needs ~2.0 MB; free some space there (the conversion is kept in checkpoint-3 for "
+        "later resumes), or resume on the 2 processes that wrote it (no conversion)"
+    )
+    assert seen == [False]  # the stale one was gone before converting
+    assert sorted(p.name for p in ckpt.iterdir()) == ["global_step3", "latest"]  # nothing half left
+
+    monkeypatch.setattr(failures.shutil, "disk_usage", lambda path: disk._replace(free=10_000_000))
+    with pytest.raises(FtctlError, match="could not convert .* resume on the number of processes"):
+        reshard.prepare(str(ckpt), Plan, Processes(0, 0, 1, on_cpu=True))  # room enough: not the disk
+
+    def converted(cmd, **kwargs):
+        os.makedirs(os.path.join(cmd[cmd.index("--output_folder") + 1], "zero"))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    def refusing_open(path, *args, **kwargs):  # latest_universal's temporary file: created, then the disk is full
+        fh = open(path, *args, **kwargs)
+        fh.write = lambda text: (_ for _ in ()).throw(enospc(path))
+        return fh
+
+    monkeypatch.setattr(reshard.subprocess, "run", converted)
+    monkeypatch.setattr(reshard, "open", refusing_open, raising=False)
+    with pytest.raises(FtctlError, match="converting it to DeepSpeed's universal checkpoint failed with 10.0 MB"):
+        reshard.prepare(str(ckpt), Plan, Processes(0, 0, 1, on_cpu=True))
+    assert sorted(p.name for p in ckpt.iterdir()) == ["global_step3", "global_step3_universal", "latest"]
+    monkeypatch.undo()
+    monkeypatch.setattr(reshard.subprocess, "run", converted)
+    assert reshard.prepare(str(ckpt), Plan, Processes(0, 0, 1, on_cpu=True)) is True  # the next attempt converts
+    assert (ckpt / "latest_universal").read_text() == "global_step3_universal"

@@ -30,6 +30,8 @@ back where the parameters are, once the checkpoint is loaded (:func:`callbacks`)
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import logging
 import os
@@ -139,7 +141,12 @@ def split_group(universal: str) -> None:
     if int(state.get("zero_stage", 0)) >= 3 or len(groups) != 1:
         return
     state["param_groups"] = [groups[0], {**groups[0], "weight_decay": 0.0}]
-    torch.save(state, path + ".ftctl-tmp")
+    try:
+        torch.save(state, path + ".ftctl-tmp")
+    except BaseException:  # a full disk: no half-written copy left beside it (the next attempt splits it again)
+        with contextlib.suppress(OSError):
+            os.unlink(path + ".ftctl-tmp")
+        raise
     os.replace(path + ".ftctl-tmp", path)
 
 
@@ -152,11 +159,14 @@ def saved_schedule(ckpt: str) -> dict | None:
 
 
 def to_universal(ckpt: str, tag: str) -> str:
-    """Convert ``ckpt/<tag>`` to ``ckpt/<tag>_universal`` (kept once done: a later resume reuses it)."""
+    """Convert ``ckpt/<tag>`` to ``ckpt/<tag>_universal`` (kept once done: a later resume reuses it). A conversion the
+    disk refused is one line (conversion_refused); what it wrote is gone, and the next attempt converts anew."""
     out = os.path.join(ckpt, tag + UNIVERSAL_SUFFIX)
     latest = os.path.join(ckpt, LATEST_UNIVERSAL)
     if os.path.isdir(out) and os.path.isfile(latest):
         return out
+    # one without its latest_universal (cut off before that file was written): not loaded, and its room is this one's
+    shutil.rmtree(out, ignore_errors=True)
     tmp = out + ".ftctl-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     cmd = [
@@ -176,19 +186,79 @@ def to_universal(ckpt: str, tag: str) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        said = (proc.stderr or proc.stdout).strip()
+        if line := conversion_refused(said, ckpt, tag):
+            raise FtctlError(line)
+        tail = said.splitlines()[-1:] or ["no output"]
         raise FtctlError(
             f"could not convert {ckpt} to DeepSpeed's universal checkpoint for a different number of processes "
             f"({tail[0]}); resume on the number of processes that wrote it ({' '.join(cmd[1:4])} failed)."
         )
     # the converter writes latest_universal next to its output, naming the temporary folder: rename, rewrite
-    shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
-    with open(latest + ".ftctl-tmp", "w") as f:
-        f.write(os.path.basename(out))
-    os.replace(latest + ".ftctl-tmp", latest)
+    try:
+        _write_text(latest, os.path.basename(out))
+    except OSError as exc:
+        if line := conversion_refused(exc, ckpt, tag):
+            raise FtctlError(line) from exc
+        raise
     log.warning("converted %s to %s", os.path.join(ckpt, tag), out)
     return out
+
+
+# What the converter prints of a write the disk refused: torch.save's zip writer ("unexpected pos N vs M" in
+# inline_container.cc, or "basic_ios::clear: iostream error") names no errno; Python's and Rust's I/O errors do.
+_REFUSED_WRITE = re.compile(r"inline_container\.cc|basic_ios::clear|No space left on device|Disk quota exceeded")
+# The converter's room at its peak beside the checkpoint, in sizes of the DeepSpeed shards it reads (ckpt/<tag>): a
+# slice of every parameter's states, then the merged ones. Measured on the tiny model's ZeRO-2 checkpoint of 2 processes
+# (2.26 MB): failed with 3.7 MB free, done with 4.7 MB (and 2.5 MB kept).
+CONVERSION_ROOM = 2.0
+
+
+def conversion_refused(failure: str | OSError, ckpt: str, tag: str) -> str | None:
+    """The one line for a universal conversion of ``ckpt/<tag>`` (to_universal) that ran out of disk space (the
+    converter's output, or an OSError here), or None where it failed otherwise: it said only "could not convert
+    ... (RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662); resume on the number
+    of processes that wrote it", the fix for another failure."""
+    from ftctl import failures
+
+    if isinstance(failure, OSError):
+        exc: BaseException = failure
+    elif not (m := _REFUSED_WRITE.search(failure)):
+        return None
+    elif m.group(0) in ("No space left on device", "Disk quota exceeded"):
+        exc = OSError(errno.ENOSPC, m.group(0))
+    else:
+        exc = RuntimeError(f"{failures.ZIP_WRITER}: {failure.splitlines()[-1]}")  # failures.disk_full: free < need?
+    shards = sum(size for _, size in _files(os.path.join(ckpt, tag)))
+    fix = (
+        f"free some space there (the conversion is kept in {os.path.basename(ckpt)} for later resumes), or resume on "
+        f"the {saved_world_size(ckpt) or 'same number of'} processes that wrote it (no conversion)"
+    )
+    doing = "converting it to DeepSpeed's universal checkpoint"
+    return failures.disk_full(exc, ckpt, CONVERSION_ROOM * shards, fix, doing=doing, needs="the conversion")
+
+
+def _files(top: str):
+    for where, _, names in os.walk(top):
+        for name in names:
+            try:
+                yield name, os.lstat(os.path.join(where, name)).st_size
+            except OSError:
+                continue
+
+
+def _write_text(path: str, text: str) -> None:
+    """``text`` into ``path`` whole or not at all (its temporary file gone where the disk refused it)."""
+    tmp = path + ".ftctl-tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def steps_on_device(optimizer) -> int:
