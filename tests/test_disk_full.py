@@ -155,12 +155,13 @@ def test_a_run_whose_checkpoint_finds_the_disk_full_resumes_as_if_never_stopped(
     assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
-def test_a_universal_conversion_the_disk_refused_says_so_and_leaves_no_half_of_it(tmp_path, monkeypatch):
+def test_a_universal_conversion_the_disk_refused_says_so_and_leaves_no_half_of_it(tmp_path, monkeypatch, caplog):
     """A ZeRO checkpoint resumed on another number of processes is converted to DeepSpeed's universal one beside it
     (reshard.to_universal), which takes about twice its shards' room while it converts. On a full disk (2 processes'
     ZeRO-2 checkpoint-3 resumed on 1, real tmpfs: 3.7 MB free for 2.3 MB of shards) it said "could not convert ...
     (RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662); resume on the number of
-    processes that wrote it": no word of the disk. Now the disk-full line; the half conversion is gone (as before),
+    processes that wrote it": no word of the disk, and only once it failed (minutes for a large model). Now a warning
+    where the disk has less than its room, and the disk-full line; the half conversion is gone (as before),
     an earlier one cut off before its latest_universal is removed before converting again (it held its room), and a
     latest_universal the disk refused leaves no temporary file."""
     import subprocess
@@ -201,6 +202,7 @@ def test_a_universal_conversion_the_disk_refused_says_so_and_leaves_no_half_of_i
         "free, and the conversion needs ~2.0 MB; free some space there (the conversion is kept in checkpoint-3 for "
         "later resumes), or resume on the 2 processes that wrote it (no conversion)"
     )
+    assert "takes up to ~2.0 MB beside it while it converts, and its disk has 1.2 MB free" in caplog.text
     assert seen == [False]  # the stale one was gone before converting
     assert sorted(p.name for p in ckpt.iterdir()) == ["global_step3", "latest"]  # nothing half left
 

@@ -40,7 +40,7 @@ import shutil
 import subprocess
 import sys
 
-from ftctl import checkpoints
+from ftctl import checkpoints, storage
 from ftctl.errors import FtctlError
 from ftctl.plan import DEEPSPEED_STRATEGIES
 from ftctl.trainer import distributed
@@ -169,6 +169,14 @@ def to_universal(ckpt: str, tag: str) -> str:
     shutil.rmtree(out, ignore_errors=True)
     tmp = out + ".ftctl-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    room, free = CONVERSION_ROOM * sum(size for _, size in _files(os.path.join(ckpt, tag))), _free(ckpt)
+    if free is not None and free < room:  # it may still fit (measured 1.6-2x): said before the minutes it takes
+        log.warning(
+            "converting %s takes up to ~%s beside it while it converts, and its disk has %s free",
+            ckpt,
+            storage.size_text(room),
+            storage.size_text(free),
+        )
     cmd = [
         sys.executable,
         "-m",
@@ -237,6 +245,13 @@ def conversion_refused(failure: str | OSError, ckpt: str, tag: str) -> str | Non
     )
     doing = "converting it to DeepSpeed's universal checkpoint"
     return failures.disk_full(exc, ckpt, CONVERSION_ROOM * shards, fix, doing=doing, needs="the conversion")
+
+
+def _free(path: str) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def _files(top: str):
