@@ -26,6 +26,9 @@ def qwen_like_base(tmp_path_factory) -> Path:
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = tokenizer.eos_token_id, None
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    (path / "README.md").write_text(
+        "---\nlicense: other\nlicense_name: tiny-license\nlicense_link: LICENSE\n---\n# tiny\n"
+    )
     return path
 
 
@@ -103,6 +106,15 @@ def test_a_full_model_stops_in_generate_where_its_chat_template_ends_a_turn(fft_
     assert _new_tokens_until_stop(fft_output, model) == 3
 
 
+def test_the_runs_card_carries_its_bases_license(fft_output, lora_output):
+    """A tuned model is under its base's terms: the Hub showed the card of one without them as of unknown license."""
+    from huggingface_hub import ModelCard
+
+    for output in (fft_output, lora_output):
+        card = ModelCard.load(output / "README.md").data
+        assert (card.license, card.license_name, card.license_link) == ("other", "tiny-license", "LICENSE")
+
+
 def test_the_saved_tokenizer_reads_alike_in_transformers_4(fft_output):
     """transformers 5 saves extra special tokens as a list under extra_special_tokens, which transformers 4 (vLLM
     or TGI on it, mlx-lm) refuses ("'list' object has no attribute 'keys'"), and the chat template only as
@@ -140,6 +152,7 @@ def test_an_adapter_and_its_merge_stop_where_the_template_ends_a_turn(lora_outpu
     assert "chat_template" in json.loads((merged / "tokenizer_config.json").read_text())
     card = ModelCard.load(merged / "README.md")  # what `hf upload` puts on the model's page
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert (card.data.license, card.data.license_name, card.data.license_link) == ("other", "tiny-license", "LICENSE")
     assert f"The LoRA adapter `{lora_output}` merged into" in card.text
     assert _new_tokens_until_stop(merged, AutoModelForCausalLM.from_pretrained(merged).eval()) == 3
 

@@ -26,6 +26,27 @@ def hub_id(base: str) -> str | None:
     return base if HUB_ID.match(base) and not Path(base).exists() and not looks_like_path(base) else None
 
 
+def base_license(*bases: str) -> dict:
+    """The license of the model a run tuned, from its card where one is here (a local base's README.md, or one the Hub
+    cache holds): a tuned model is under its base's terms (Llama's and Gemma's say so), and the Hub shows a card
+    without one as of unknown license. Its ``license_name`` and ``license_link`` too (``license: other``); {} where
+    none is here (the Hub is not asked: a node may not reach it)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for base in bases:
+        local = Path(base).expanduser() / README
+        cached = try_to_load_from_cache(base, README) if hub_id(base) else None
+        for card in (local, cached):
+            try:
+                data = ModelCard.load(card).data if isinstance(card, (str, Path)) and Path(card).is_file() else None
+            except (OSError, ValueError):
+                continue
+            if data is not None and data.license:
+                keys = ("license", "license_name", "license_link")
+                return {key: getattr(data, key, None) for key in keys if getattr(data, key, None)}
+    return {}
+
+
 def text(spec: RunSpec, base: str, adapter: bool, local_dir: str) -> str:
     """The card of a run of ``spec`` from ``base`` (the model as the user named it), its final model an adapter
     (lora, qlora) or a whole model (fft, sft), written in ``local_dir`` (an object store's output: staged there)."""
@@ -36,6 +57,7 @@ def text(spec: RunSpec, base: str, adapter: bool, local_dir: str) -> str:
         library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",
         tags=["ftctl", spec.method, "trl", "sft", *(["lora"] if adapter else [])],
+        **base_license(base, spec.model_name_or_path),
     )
     origin = f"[{base}](https://huggingface.co/{base})" if linked else f"`{base}`"
     loads = (
@@ -82,6 +104,7 @@ def merged_text(adapter: str, base: str, method: str | None, into: str) -> str:
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=["ftctl", *([method] if method else []), "trl", "sft"],
+        **base_license(base),
     )
     origin = f"[{base}](https://huggingface.co/{base})" if linked else f"`{base}`"
     kind = "QLoRA" if method == "qlora" else "LoRA"
