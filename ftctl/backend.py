@@ -21,6 +21,7 @@ shared filesystem, docker runs ``default_image``. :func:`prepare` writes the cho
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
@@ -30,6 +31,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -202,17 +204,18 @@ class Backend:
         import click
 
         self.check(rendered)
-        refuse_a_second_job(rendered)
-        put_back = write_files(rendered)
-        try:
-            ref = self.send(rendered)
-        except NotSent:  # refused where it was sent: the run dir as it was (a job there may still read its spec.json)
-            put_back()  # anything else (no answer, a Ctrl-C during a cloud launch) may have sent it: left as written
-            raise
-        if ref is not None:  # recorded before anything is printed: `launch ... | head -1` closing the pipe lost it
-            record_job(ref)
-            for line in self.announce(rendered, ref):
-                click.echo(line)
+        with launching(rendered):  # until it is recorded; a local run: until it ends (send trains in the foreground)
+            refuse_a_second_job(rendered)
+            put_back = write_files(rendered)
+            try:
+                ref = self.send(rendered)
+            except NotSent:  # refused where it was sent: the run dir as it was (a job there may still read its spec)
+                put_back()  # anything else (no answer, a Ctrl-C during a cloud launch) may have sent it: as written
+                raise
+            if ref is not None:  # recorded before anything is printed: `launch ... | head -1` closing the pipe lost it
+                record_job(ref)
+                for line in self.announce(rendered, ref):
+                    click.echo(line)
         if rendered.image:  # once sent: a refusal stays the one line that says why
             click.echo(rendered.image.line, err=True)
         return ref
@@ -534,6 +537,8 @@ def write_files(rendered: Rendered):
     paths = rendered.paths
     if said := foreign_output(paths.root, paths.root):  # `ftctl train` has no preflight: said here too
         raise FtctlError(said)
+    if said := held_run(rendered.spec):  # `ftctl train` has no backend check: its spec.json replaced a training run's
+        raise FtctlError(said)
     created = next((d for d in [*reversed(paths.root.parents), paths.root] if not d.exists()), None)  # the top one
     before = {name: _text_or_none(paths.name(name)) for name in rendered.files}
     keep, said, old = None, "", None
@@ -689,6 +694,67 @@ def refuse_a_held_run_dir(rendered: Rendered) -> None:
         )
 
 
+def held_run(spec: RunSpec) -> str | None:
+    """The refusal of a run whose trainer holds its lock now (trainer.run.only_trainer), whoever started it; None
+    where none does."""
+    if holder := training_now(trainer_paths_of(spec)):
+        return (
+            f"{spec.output} is being trained into by {holder}: a second run there would write the same checkpoints. "
+            "Wait for it to end (or stop it), or give this run another --output."
+        )
+    return None
+
+
+# what a launch holds while it launches (a local run: while it trains), one file a run directory and a store output
+LAUNCHING_DIR = "launching"
+
+
+@contextlib.contextmanager
+def launching(rendered: Rendered, command: str = "ftctl launch"):
+    """Held by one `ftctl launch` (or `ftctl train`) of a run from its checks until its job is recorded, and by a
+    local run's until it ends: a second launch into the same run directory or object-store output, from another
+    terminal or the same sweep script, is refused at once. Its trainer's lock (training_now) refused it only once that
+    trainer had started: until then both launches passed their checks, the second replaced the spec.json the first's
+    trainer then read (it trained with the other's settings) and left its own refusal in the first's records. The
+    locks are in ftctl's home (home_file): another user's launch is refused by the trainer's lock alone."""
+    with contextlib.ExitStack() as held:
+        for key in sorted({str(rendered.run_dir), rendered.spec.output}):  # sorted: two launches never wait in turn
+            if lock := _launch_lock(key, rendered.spec.output, command):
+                held.enter_context(lock)
+        yield
+
+
+def _launch_lock(key: str, output: str, command: str):
+    """The open file of ``key``'s launch lock, held (flock) and naming this process; None where locks cannot be
+    taken (an unwritable ftctl home: its jobs record says so; a file system without locks): the trainer's lock still
+    refuses a second run. FtctlError naming the holder where another process holds it."""
+    path = home_file(LAUNCHING_DIR) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another ftctl"
+        fh.close()
+        raise FtctlError(
+            f"{output} is being launched into by {holder}: a second run there would write the same checkpoints and "
+            "replace the spec.json that run trains with. Wait for it to end (or stop it), or give this run another "
+            "--output (or -o run_name=...)."
+        ) from None
+    except OSError:
+        fh.close()
+        return None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"`{command}` (pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+    fh.flush()
+    return fh
+
+
 # ------------------------------------------------------------------------------------------ jobs
 def home_file(name: str) -> Path:
     """A file of ftctl's own home ($FTCTL_HOME, else ~/.ftctl): the jobs launched from here, what a backend keeps."""
@@ -700,10 +766,21 @@ def _jobs_file() -> Path:
 
 
 def record_job(ref: JobRef) -> None:
+    """One line for ``ref`` at the end of the jobs record, on a line of its own: after a line a crash or a full disk
+    cut short (no newline), this one was joined to it and lost with it (`ftctl status JOB`: no such job). Under a lock,
+    so that launches at once (a sweep) neither tear nor lose each other's lines."""
     f = _jobs_file()
     f.parent.mkdir(parents=True, exist_ok=True)
-    with f.open("a") as fh:
-        fh.write(json.dumps({**dataclasses.asdict(ref), "time": time.time()}) + "\n")
+    line = json.dumps({**dataclasses.asdict(ref), "time": time.time()}).encode() + b"\n"
+    with f.open("a+b") as fh:  # appends at the end whatever the position read from
+        with contextlib.suppress(OSError):  # no locks on this file system: one write() each, as before
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        end = fh.seek(0, os.SEEK_END)
+        if end:
+            fh.seek(end - 1)
+            if fh.read(1) != b"\n":
+                line = b"\n" + line
+        fh.write(line)
 
 
 def recorded_jobs() -> list[tuple[JobRef, float]]:

@@ -20,6 +20,7 @@ ever sees half a file. Which of these a run gets is decided in ftctl/docker/imag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -142,10 +143,29 @@ def today() -> str:
 
 
 def record(image: str, where: str, gpus: str, cuda: str = "") -> Path:
-    """Put a build first in ``built:`` (an older record of the same image goes); returns the file's path."""
-    import yaml
+    """Put a build first in ``built:`` (an older record of the same image goes); returns the file's path. Under a
+    lock on the file's directory (no file of its own left there): two builds ending at once (an image for each
+    cluster, in two terminals) each read the file before the other wrote it, and the second's write lost the first's
+    record."""
+    import fcntl
 
     path = config_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # an unwritable directory: the write says so, as before
+        return _record(path, image, where, gpus, cuda)
+    try:
+        with contextlib.suppress(OSError):  # no locks on this file system (some NFS): as before
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _record(path, image, where, gpus, cuda)
+    finally:
+        os.close(lock)
+
+
+def _record(path: Path, image: str, where: str, gpus: str, cuda: str) -> Path:
+    import yaml
+
     text = path.read_text() if path.is_file() else ""
     cfg = _parse(text, path)  # a file that does not read is never overwritten
     new = Built(image, where, gpus, __version__, today(), cuda)
@@ -156,7 +176,6 @@ def record(image: str, where: str, gpus: str, cuda: str = "") -> Path:
     if _parse(out, path) != dataclasses.replace(cfg, built=tuple(built)):  # an unusual layout: write it plainly
         raw = {k: v for k, v in (yaml.safe_load(text) or {}).items() if k != "built"}
         out = yaml.safe_dump({**raw, "built": [dataclasses.asdict(b) for b in built]}, sort_keys=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(out)
     os.replace(tmp, path)

@@ -31,6 +31,7 @@ from ftctl.backend import (
     JobState,
     JobStatus,
     Rendered,
+    held_run,
     no_room,
     progress,
     record_job,
@@ -152,11 +153,8 @@ class LocalBackend(Backend):
     def check(self, rendered: Rendered) -> None:
         """A run a trainer holds now (its lock): refused before the launch writes its spec.json or clears its records
         (the trainer's own lock refused it only after both)."""
-        if holder := training_now(trainer_paths_of(rendered.spec)):
-            raise FtctlError(
-                f"{rendered.spec.output} is being trained into by {holder}: a second run there would write the same "
-                "checkpoints. Wait for it to end (or stop it), or give this run another --output."
-            )
+        if said := held_run(rendered.spec):
+            raise FtctlError(said)
 
     def send(self, rendered: Rendered) -> JobRef | None:
         """Trains in the foreground; recorded first, so that `ftctl jobs` lists it and `ftctl logs -f RUN_DIR`
