@@ -145,6 +145,9 @@ ERROR_PREFIX = "error: "  # the trainer's one line where no launcher reports its
 # ranks' errors (a peer's connection reset) are its effects
 KILLED = "was killed by"
 SHOWN_LINES = 8  # of a multi-line error (a data file's rows): the rest is in the log
+# what a rank says of another rank's end (its collective lost that peer: gloo's, NCCL's words): an effect, passed over
+# where a rank said its own cause (a full disk on rank 1 came before rank 0's "Connection closed by peer" in the log)
+PEER_LOST = re.compile(r"Connection (closed|reset) by peer|remote process exited or there was a network error")
 # the Slurm script's first line of each attempt (slurm/render.py; its log is appended to across requeues)
 ATTEMPT_LINE = "ftctl: job {job} attempt {attempt}"
 
@@ -188,13 +191,15 @@ def last_attempt(log_tail: str) -> tuple[int | None, list[str]]:
 def error_line(log_tail: str) -> str | None:
     """The last ``error: ...`` of a job's log (its end), without the prefix, with the indented lines that go on
     with it (a data file's rows: at most SHOWN_LINES); a rank killed without a word first, being the cause the
-    other ranks' errors follow from. None without one. What ``ftctl status`` says of a failed Slurm or docker job
-    instead of the exit code alone (torchrun's traceback that follows it in the log repeats it)."""
+    other ranks' errors follow from, and a rank's own error before another's word of a lost peer (PEER_LOST). None
+    without one. What ``ftctl status`` says of a failed Slurm or docker job instead of the exit code alone (torchrun's
+    traceback that follows it in the log repeats it)."""
     lines = last_attempt(log_tail)[1]  # the last attempt's: an earlier one's error is history
     said = [i for i, line in enumerate(lines) if line.startswith(ERROR_PREFIX)]
     if not said:
         return None
-    first = ([i for i in said if KILLED in lines[i]] or said)[-1]
+    causes = [i for i in said if not PEER_LOST.search(lines[i])]
+    first = ([i for i in said if KILLED in lines[i]] or causes or said)[-1]
     more = list(itertools.takewhile(lambda line: line[:1].isspace() and line.strip(), lines[first + 1 :]))
     shown = more[:SHOWN_LINES] + [f"  ... {len(more) - SHOWN_LINES} more in the job's log"] * (len(more) > SHOWN_LINES)
     return "\n".join([lines[first][len(ERROR_PREFIX) :].strip(), *shown])

@@ -228,3 +228,25 @@ def test_a_universal_conversion_the_disk_refused_says_so_and_leaves_no_half_of_i
     monkeypatch.setattr(reshard.subprocess, "run", converted)
     assert reshard.prepare(str(ckpt), Plan, Processes(0, 0, 1, on_cpu=True)) is True  # the next attempt converts
     assert (ckpt / "latest_universal").read_text() == "global_step3_universal"
+
+
+def test_a_slurm_or_docker_jobs_status_names_the_full_disk_not_the_peer_that_lost_it():
+    """Without the launcher's records (Slurm, docker, a run by hand) each rank prints its own line, and `ftctl status`
+    reads the last of them from the job's log. ZeRO-3 on 2 gloo processes, checkpoint-6 refused by a full tmpfs: rank 0
+    said the disk line, then rank 1 that its peer was gone, and status said "RuntimeError: [...pair.cc:553] Connection
+    closed by peer ..." (the effect). A rank's own error now goes before another's word of a lost peer."""
+    disk = (
+        "error: no space left on the disk of /out/run: saving failed with 1.5 MB free once its half-written "
+        "checkpoint-6 (1.5 MB) was removed, and one save needs ~1.6 MB; free some space or choose --output on a "
+        "larger disk (or an object store); the run resumes from its last complete checkpoint"
+    )
+    peer = (
+        "error: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection "
+        "closed by peer [127.0.0.1]:65257. This is typically caused by a remote worker crashing. Check the logs of the "
+        "remote worker before reporting an error."
+    )
+    log = f"{{'loss': 6.1, 'step': 5}}\n{disk}\n{peer}\nW1205 torch.distributed.elastic ... SIGTERM\n"
+    assert failures.error_line(log) == disk.removeprefix("error: ")
+    assert failures.error_line(f"step 5\n{peer}\n") == peer.removeprefix("error: ")  # all there is: said
+    nccl = "error: DistBackendError: NCCL error: remote process exited or there was a network error"
+    assert failures.error_line(f"{disk}\n{nccl}\n") == disk.removeprefix("error: ")
