@@ -211,8 +211,6 @@ DECIDED = {
     "bounds how many are kept)",
     "metric_for_best_model": _BEST,
     "greater_is_better": _BEST,
-    "load_best_model_at_end": f"the final model is the last step's; {_BEST}, and the run's end names it "
-    "(ftctl merge RUN/checkpoint-N makes a model of its weights)",
     "lazy_preprocess": "rows are checked and tokenised once, before the model loads (ftctl data check shows them)",
     "tf32": "matmuls run in the plan's precision (bf16 or fp16 on a GPU)",
     "load_in_4bit": "--method qlora loads the base in 4-bit NF4 with double quantization",
@@ -399,7 +397,6 @@ AGREES = {
     "save_strategy": ("steps",),
     "metric_for_best_model": ("eval_loss", "loss"),
     "greater_is_better": ("false",),
-    "load_best_model_at_end": ("false",),
     "lazy_preprocess": None,
     "tf32": None,
     "fsdp": ("", "false", "no"),
@@ -825,8 +822,12 @@ class RunSpec:
     # sequences per GPU in an evaluation's micro-batch; default: the training's, which the plan fits (no gradients)
     per_device_eval_batch_size: int | None = None
     # with held-out data: stop once N evaluations in a row found no lower held-out loss (transformers' early stopping);
-    # the final model is the last step's, the checkpoint of the lowest held-out loss is kept (the stop line names it)
+    # the checkpoint of the lowest held-out loss is kept (the stop line names it)
     early_stopping_patience: int | None = None
+    # with held-out data: the final model (here and in the store) holds the weights of the checkpoint with the lowest
+    # held-out loss, not the last step's (transformers'); each evaluation at a checkpoint (eval_steps a multiple of
+    # save_steps); the run's end, metrics.jsonl and the model card name its step
+    load_best_model_at_end: bool = False
     output_dir: str | None = None  # local path or s3:// gs:// az:// URI; default runs/<run_name>
     run_name: str | None = None  # default: ftctl-<method>-<model>
     # --- hyperparameters (FastChat / TRL / PEFT names) ---------------------------------------
@@ -1122,6 +1123,7 @@ _PLACEMENT_KEYS = {
     "eval_steps",
     "evals_per_epoch",
     "per_device_eval_batch_size",
+    "load_best_model_at_end",  # which checkpoint the final model is: the checkpoints train alike
     "save_total_limit",
     "gpus",
     "nodes",
@@ -1808,6 +1810,47 @@ def _unexpanded_variables(spec: RunSpec, keys) -> list[str]:
     return errors
 
 
+def best_model_problems(spec: RunSpec, strategy: str | None = None) -> list[str]:
+    """load_best_model_at_end: true needs held-out data and a checkpoint at every evaluation, so that the lowest
+    held-out loss is always a checkpoint's (transformers asks the opposite, save_steps a multiple of eval_steps: a
+    lowest loss found between checkpoints is then kept by none, and it loads an older checkpoint). Said here, before
+    the launch, in ftctl's words. ``strategy``: the plan's, where the planner chose it (the trainer asks again)."""
+    if not spec.load_best_model_at_end:
+        return []
+    strategy = strategy or spec.strategy
+    key = "load_best_model_at_end: true"
+    if not spec.evaluates:
+        return [
+            f"{key} loads the checkpoint with the lowest held-out loss at the end: give held-out data (--eval-data "
+            "FILE, or -o eval_split=0.05), or leave it out (the final model is then the last step's)."
+        ]
+    if strategy == "fsdp":
+        return [
+            f"{key} with strategy=fsdp: loading a checkpoint's weights back at the end is not checked under FSDP "
+            "here; -o strategy=zero3 (DeepSpeed ZeRO-3 loads it), or leave it out and take RUN/checkpoint-N."
+        ]
+    if spec.evals_per_epoch or spec.saves_per_epoch:
+        if spec.evals_per_epoch in (None, spec.saves_per_epoch) and not spec.eval_steps:
+            return []  # evaluated at each checkpoint
+        saves = (
+            f"saves_per_epoch={spec.saves_per_epoch}" if spec.saves_per_epoch else f"save_steps={spec.checkpoint_every}"
+        )
+        evals = f"evals_per_epoch={spec.evals_per_epoch}" if spec.evals_per_epoch else f"eval_steps={spec.eval_steps}"
+        return [
+            f"{key} needs a checkpoint at every evaluation (the lowest held-out loss's weights are a checkpoint's), "
+            f"and {evals} beside {saves} may fall between checkpoints: give both per epoch alike (-o "
+            f"evals_per_epoch=N -o saves_per_epoch=N), or leave {evals.split('=')[0]} out to measure at each checkpoint."
+        ]
+    every, saves = spec.eval_every, spec.checkpoint_every
+    if every % saves == 0:
+        return []
+    return [
+        f"{key} needs a checkpoint at every evaluation (the lowest held-out loss's weights are a checkpoint's): "
+        f"eval_steps={every} is not a multiple of save_steps={saves}; -o save_steps={every} (a checkpoint at each "
+        f"evaluation) or -o eval_steps={math.ceil(every / saves) * saves}."
+    ]
+
+
 def validate(spec: RunSpec) -> None:
     errors = []
 
@@ -1967,6 +2010,7 @@ def validate(spec: RunSpec) -> None:
         errors.append(
             "early_stopping_patience stops on the held-out loss: give held-out data, --eval-data PATH or -o eval_split=0.05."
         )
+    errors += best_model_problems(spec)
     if spec.eval_split < 0 or (spec.eval_split >= 1 and spec.eval_split != int(spec.eval_split)):
         errors.append(
             f"eval_split={spec.eval_split:g}: give the share of data_path's rows to hold out (below 1, e.g. 0.05) or "

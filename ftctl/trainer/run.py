@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 from ftctl import checkpoints, failures, storage
 from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, SKY_TASK_ENV, SLURM_RESTART_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
-from ftctl.plan import Plan, dump_run, final_dtype, without_liger
+from ftctl.plan import DEEPSPEED_STRATEGIES, Plan, dump_run, final_dtype, without_liger
 from ftctl.runpaths import (
     DATA_CACHE,
     FINAL_MARKS,
@@ -60,7 +60,7 @@ from ftctl.runpaths import (
     START_WANDB_RUN,
     RunPaths,
 )
-from ftctl.spec import RunSpec, scheduler_kwargs
+from ftctl.spec import RunSpec, best_model_problems, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, model_card, reshard, tracking
 from ftctl.trainer.methods import ADAPTER_METHODS
 from ftctl.trainer.trained import for_other_readers, keep_base_merge
@@ -199,6 +199,8 @@ def _train(spec: RunSpec, plan: Plan, callbacks, echo) -> Result:
         else:
             if run.procs.is_main and (why := held_out_stop(run)):
                 echo(why)
+            if run.spec.load_best_model_at_end:
+                load_best(run, echo)
             save(run)
             status = "complete"  # only once the final model is written (and uploaded)
     finally:
@@ -233,6 +235,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     cuda_allocator_defaults()
     procs = distributed.processes()
     distributed.check_world(plan, procs)
+    if problems := best_model_problems(spec, plan.strategy):  # the planner's strategy (spec.build checked the rest)
+        raise FtctlError(problems[0])
     local_dir, remote_uri = output_dirs(spec)
     os.makedirs(local_dir, exist_ok=True)
     # rank 0 of a run into an object store also heeds `ftctl cancel`'s stop request there (a SkyPilot job's)
@@ -325,6 +329,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 *callbacks,
             ],
         )
+        run.trainer.loads_best = spec.load_best_model_at_end  # the run's end says which step the final model is
         adapter = spec.method in ADAPTER_METHODS
         run.trainer.card = functools.partial(model_card.write, spec=spec, base=base_name(spec), adapter=adapter)
         sequences = len(run.trainer.train_dataset)  # packed by TRL where the plan packs
@@ -655,6 +660,118 @@ def held_out_stop(run: Run) -> str | None:
         f"stopped at step {state.global_step} of {state.max_steps}: {run.spec.early_stopping_patience} evaluations in "
         f"a row found no held-out loss below {state.best_metric:.4f} (step {state.best_global_step}){kept}"
     )
+
+
+# ------------------------------------------------------------------------------------------ the best checkpoint
+def load_best(run: Run, echo=print) -> None:
+    """load_best_model_at_end: the weights of the checkpoint with the lowest held-out loss into the model that save()
+    writes (here, then to the store), on every process: downloaded from the store where this node lacks it (a resume
+    on a fresh node), loaded as transformers loads the best model (PEFT's adapter, the model's state dict, DeepSpeed's
+    checkpoint). Said in the run's end line, in metrics.jsonl (a "final" record) and in the model card. Where no
+    checkpoint holds it (none here nor in the store) the final model is the last step's, said as a warning."""
+    state = run.trainer.state
+    best, last = getattr(state, "best_global_step", None), state.global_step
+    if not best or state.best_metric is None:
+        if run.procs.is_main:
+            log.warning("load_best_model_at_end: no held-out loss was measured: the final model is step %d's", last)
+        return
+    name = f"{checkpoints.CHECKPOINT_PREFIX}{best}"
+    path = best_checkpoint_here(run, name) if best != last else None
+    if best != last and (unloadable := not_loadable(run, path, best)):
+        if run.procs.is_main:
+            log.warning(
+                "load_best_model_at_end: step %d's weights, the lowest held-out loss (%.4f), %s; the final model is "
+                "step %d's",
+                best,
+                state.best_metric,
+                unloadable,
+                last,
+            )
+        return
+    if path is not None:
+        state.best_model_checkpoint = path
+        run.trainer._load_best_model()  # transformers' own (load_best_model_at_end=True calls it after train)
+        distributed.barrier()
+    held = {"weights_step": best, "weights_eval_loss": state.best_metric, "checkpoint": name}  # no eval_loss: no eval
+    run.trainer.final_weights = {**held, "last_step": last}
+    if not run.procs.is_main:
+        return
+    evals = [h["eval_loss"] for h in state.log_history if "eval_loss" in h and h.get("step") == last]
+    if best == last:
+        line = (
+            f"the final model holds step {best}'s weights, the last step's, whose held-out loss {state.best_metric:.4f} "
+            "is the lowest"
+        )
+    else:
+        last_loss = f", step {last}'s {evals[-1]:.4f}" if evals else ""
+        line = (
+            f"the final model holds step {best}'s weights (loaded from {name}): the lowest held-out loss, "
+            f"{state.best_metric:.4f}{last_loss} (load_best_model_at_end)"
+        )
+    record = {"step": last, "event": "final", "time": round(time.time(), 3), **held}
+    try:
+        with open(os.path.join(run.local_dir, METRICS_FILE), "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:  # a full disk: the line below still says it (and the save next says what is wrong)
+        log.warning("cannot record the final model's step in %s: %s", METRICS_FILE, e.strerror or e)
+    echo(line)
+
+
+def not_loadable(run: Run, path: str | None, step: int) -> str | None:
+    """Why the best checkpoint (``path``, None where no copy was found) cannot be loaded into this run, or None."""
+    if path is None:
+        where = f"neither {run.local_dir} nor {run.remote_uri}" if run.remote_uri else run.local_dir
+        return f"are in no checkpoint: {where} holds no complete {checkpoints.CHECKPOINT_PREFIX}{step}"
+    wrote = reshard.saved_world_size(path)
+    if run.plan.strategy in DEEPSPEED_STRATEGIES and wrote and wrote != run.procs.world_size:
+        return (
+            f"are in {path}, whose DeepSpeed shards {wrote} processes wrote and {run.procs.world_size} cannot load "
+            f"(it was trained before a resume on another number of processes): {os.path.basename(path)} holds them"
+        )
+    return None
+
+
+def best_checkpoint_here(run: Run, name: str) -> str | None:
+    """The local path of the run's checkpoint ``name`` on every process: this output's complete copy, else the run's
+    store's downloaded (one process a directory, sync_callback.one_per_directory) where this node lacks it; None on
+    every process where neither holds it complete."""
+    from ftctl.trainer.sync_callback import one_per_directory
+
+    path = os.path.join(run.local_dir, name)
+    if _everywhere(os.path.isdir(path) and not checkpoints.verify(path, deep=False)):  # written or fetched here
+        return path
+    listed = []
+    if run.remote_uri:
+        with storage.storage_errors(run.remote_uri, run.spec.s3_endpoint_url):
+            listed = checkpoints.list_checkpoints(run.remote_uri, endpoint_url=run.spec.s3_endpoint_url)
+    found = next((c for c in listed if c.name == name and c.complete), None)
+    if found is None:
+        return None
+
+    def fetch(_chosen=None) -> str:
+        if os.path.isdir(path) and not checkpoints.verify(path, deep=False):  # another process of this node's
+            return path
+        if problems := checkpoints.download_checkpoint(found.uri, run.local_dir, found.manifest, endpoint):
+            raise FtctlError(
+                f"load_best_model_at_end: {found.uri} did not download whole ({'; '.join(problems)}): the final model "
+                f"was not saved; the same launch again loads it (the run's training is done)."
+            )
+        log.info("%s downloaded from %s (verified) to load its weights", path, found.uri)
+        return path
+
+    endpoint = run.spec.s3_endpoint_url
+    return one_per_directory(run.local_dir, fetch, fetch)
+
+
+def _everywhere(flag: bool) -> bool:
+    """Whether ``flag`` holds on every process of the run (a collective: call it from all of them)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    flags = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, bool(flag))
+    return all(flags)
 
 
 # ------------------------------------------------------------------------------------------ save

@@ -168,13 +168,21 @@ class SFTTrainer(TrlSFTTrainer):
     defer_logs: bool | None = None  # a step's log written at the next step's end; None: on CUDA
     final_dtype: torch.dtype | None = None  # set while the final model is saved (saving_final); None: as trained
     card = None  # writes the run's README.md into a directory (model_card.write); None: TRL's card
+    loads_best = False  # load_best_model_at_end: the run's end loads the lowest held-out loss's checkpoint (run.py)
+    final_weights: dict | None = None  # what run.load_best loaded: weights_step, eval_loss, checkpoint, last_step
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        """ftctl's card (trainer/model_card.py) where the run gave one: TRL's names a local base "None"."""
+        """ftctl's card (trainer/model_card.py) where the run gave one: TRL's names a local base "None". With
+        load_best_model_at_end it says which step's weights the final model holds."""
         if self.card is None:
             return super().create_model_card(model_name, dataset_name, tags)
         if self.is_world_process_zero():
             self.card(self.args.output_dir)
+            if self.final_weights:
+                from ftctl.trainer.model_card import README
+
+                with open(os.path.join(self.args.output_dir, README), "a") as f:
+                    f.write(weights_said(self.final_weights))
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -525,8 +533,8 @@ class SFTTrainer(TrlSFTTrainer):
         holds that one, since the final model is the last step's (early stopping says so in its own line)."""
         state = self.state
         step = getattr(state, "best_global_step", None)
-        if not (self.is_world_process_zero() and step and state.best_metric is not None):
-            return
+        if self.loads_best or not (self.is_world_process_zero() and step and state.best_metric is not None):
+            return  # load_best_model_at_end: run.load_best says which step the final model is
         if state.max_steps <= 0 or state.global_step < state.max_steps or step == state.global_step:
             return
         from ftctl import storage
@@ -670,6 +678,16 @@ class SFTTrainer(TrlSFTTrainer):
         finally:  # as it was for this step (on_log clears should_log)
             self.state.global_step, self.state.epoch = step, epoch
             self.control.should_log = should_log
+
+
+def weights_said(held: dict) -> str:
+    """The model card's words for the final model's weights under load_best_model_at_end (run.load_best's record)."""
+    step, last = held["weights_step"], held["last_step"]
+    which = "the last step's" if step == last else f"not the last step's ({last}): from its `{held['checkpoint']}`"
+    return (
+        f"\n## Weights\n\nThe final model holds step {step}'s weights, {which}: the lowest held-out loss, "
+        f"{held['weights_eval_loss']:.4f} (`load_best_model_at_end: true`).\n"
+    )
 
 
 def _full_rate(step: int) -> float:
