@@ -23,6 +23,8 @@ then fails (412), it writes nothing more into the lease, and ``lost`` is set; th
 saving a checkpoint over that job's (trainer.callbacks.LeaseKept). As it ends it deletes the lease only where that is
 still its own write (If-Match on DELETE), so the new holder's is left. Where the store gives no ETag or refuses the
 condition, renewals are plain writes and the release compares the holder it reads, as before (said once, race_open).
+The other nodes of a run hold none: their uploaders follow rank 0's record (``follow``), asking the store's lease
+before each share of a checkpoint they write, and write nothing into an output whose lease is another job's.
 
 A renewal the store does not take (503 SlowDown, a 500, no answer in time, after storage's retries) is said and tried
 again at the next turn: training goes on. Renewals failing for so long that the lease would go stale before the next
@@ -36,7 +38,11 @@ nor waits on a dead one for its clock's error). Where the store gives no such ti
 own renewed_unix (the writer's clock) against the reader's clock.
 
 A trainer that cannot read the lease as it starts (the store not answering, after storage's retries) does not train:
-it could not see whether another job trains into the output (``take`` raises FtctlError naming the store's error). A
+it could not see whether another job trains into the output (``take`` raises FtctlError naming the store's error). An
+attempt that resumes the run (a Slurm requeue, a run directory holding a checkpoint: ``resuming``) whose store is
+down (storage.store_down) waits up to START_WAIT_S for it, then ends as preempted (exit UNREACHED_EXIT), as below: a
+requeue or a recovery during an outage ended the run for good; a first attempt, or a store refusing the settings,
+fails at once. A
 trainer stopped because its renewals did not reach the store is stopped as a preemption is (:class:`LeaseLost`
 ``requeue``): nobody else writes the output, and a requeued or recovered attempt resumes; one whose lease another
 job took over is a failure (the output is that job's now).
@@ -53,7 +59,7 @@ import time
 from email.utils import parsedate_to_datetime
 
 from ftctl import storage
-from ftctl.envvars import SKY_TASK_ENV
+from ftctl.envvars import ATTEMPT_ENV, SKY_TASK_ENV
 from ftctl.errors import FtctlError
 from ftctl.runpaths import TRAIN_LEASE
 
@@ -64,8 +70,10 @@ STALE_S = 150.0  # not renewed for this long: its trainer is gone
 STORE_AGE = "_age_by_store_s"  # a lease read from S3: its age by the store's clock (never written back)
 CLAIM_TRIES = 5  # writes of the lease that another trainer's write beat, in a row, before a trainer stops
 UNREACHED_EXIT = 75  # a trainer stopped because its renewals did not reach the store: EX_TEMPFAIL, try again later
+START_WAIT_S = 300.0  # what an attempt that resumes a run waits for a store that is down as it starts, then exit 75
+START_PAUSE_S = 15.0  # between its asks meanwhile
 _RACE_SAID: set[str] = set()  # the stores race_open has spoken of (once each)
-_HELD: dict[str, Holder] = {}  # the leases this process holds, by output: what the uploader asks (check)
+_HELD: dict[str, Holder | Follower] = {}  # the leases this process holds (or follows), by output: the uploader asks
 
 
 class LeaseLost(FtctlError):
@@ -80,6 +88,20 @@ class LeaseLost(FtctlError):
         self.status = "preempted" if requeue else "failed"
         if requeue:
             self.exit_code = UNREACHED_EXIT
+
+
+def resuming(holds_checkpoint=None, environ=None) -> str | None:
+    """Why this attempt resumes a run, for a start that finds the store down (Holder.take); None: a first attempt. A
+    requeued Slurm job (ftctl's script passes SLURM_RESTART_COUNT as ATTEMPT_ENV), or ``holds_checkpoint()`` (the
+    run's directory on this node holds a complete checkpoint: a relaunch, a recovery onto the same disk). A SkyPilot
+    recovery onto a fresh node cannot be told from a first attempt here: SkyPilot gives its task no recovery count."""
+    env = os.environ if environ is None else environ
+    attempt = int(env.get(ATTEMPT_ENV) or 0)
+    if attempt > 0:
+        return f"attempt {attempt} of Slurm job {env.get('SLURM_JOB_ID', '?')}, requeued"
+    if holds_checkpoint is not None and holds_checkpoint():
+        return "its run directory on this node holds a checkpoint of it"
+    return None
 
 
 def uri_of(output: str) -> str:
@@ -100,9 +122,8 @@ def holder_id(environ=None) -> str:
 def read(output: str, endpoint_url: str | None = None) -> dict | None:
     """The lease in ``output`` (an object-store URI), None where there is none; raises where the store does not
     answer (storage's "ask" limits). A lease that is not ftctl's JSON is taken as just renewed."""
-    fs, path = storage.filesystem(uri_of(output), endpoint_url, quick=True)
     try:
-        text = fs.cat_file(path).decode("utf-8", "replace")
+        text = storage.read_whole(uri_of(output), endpoint_url).decode("utf-8", "replace")
     except FileNotFoundError:
         return None
     try:
@@ -153,6 +174,24 @@ def check(uri: str, ask: bool = False) -> None:
     for output, holder in list(_HELD.items()):
         if uri == output or uri.startswith(output + "/"):
             holder.check(ask)
+
+
+def record_of(output: str | None) -> dict | None:
+    """The record (holder, host, run, started_unix) of the lease this process holds on ``output``; None where it holds
+    none: what rank 0 hands the other nodes' uploaders (:func:`follow`)."""
+    holder = _HELD.get(output.rstrip("/")) if output else None
+    return dict(holder.record) if isinstance(holder, Holder) else None
+
+
+def follow(output: str, endpoint_url: str | None, record: dict) -> Follower:
+    """On another node of a run whose rank 0 holds the lease ``record`` on ``output``: its uploader asks the store's
+    lease before each checkpoint share it writes (:func:`check`), as rank 0's does, and writes nothing into an output
+    whose lease is not that record's (another job took it over, or a later attempt of this one). Without it, a node
+    whose upload was in flight as the lease was lost wrote its shard files over the other job's checkpoint of that
+    step. ``close`` it at the run's end."""
+    follower = Follower(output, endpoint_url, record)
+    _HELD[output.rstrip("/")] = follower
+    return follower
 
 
 def race_open(output: str, why: str) -> None:
@@ -243,6 +282,49 @@ def release(output: str, endpoint_url: str | None, holder_suffix: str, etag: str
         return False
 
 
+class Follower:
+    """Another node's view of rank 0's lease (:func:`follow`): ``check`` as Holder.check, without renewing it."""
+
+    def __init__(self, output: str, endpoint_url: str | None, record: dict):
+        self.output, self.endpoint_url, self.record = output, endpoint_url, dict(record)
+        self.lost_why = ""
+
+    def check(self, ask: bool = False) -> None:
+        """Raise LeaseLost once the store's lease was found not to be rank 0's record; with ``ask``, read it first
+        (OSError where the store cannot say, or holds none: nothing is written, the uploader tries again)."""
+        if self.lost_why:
+            raise LeaseLost(self.lost_why, requeue=False)
+        if not ask:
+            return
+        try:
+            lease = read(self.output, self.endpoint_url)
+        except Exception as exc:  # noqa: BLE001 - cannot tell: not written now, tried again
+            why = storage.redact(str(exc)) or type(exc).__name__
+            raise OSError(f"cannot read {uri_of(self.output)} to see that it is still this run's: {why}") from None
+        if lease is None:
+            raise OSError(f"{uri_of(self.output)} is not there (not written yet, or removed): nothing written")
+        if any(lease.get(key) != value for key, value in self.record.items()):
+            self.lost_why = (
+                f"{uri_of(self.output)} is held by {describe(lease)} now, not by this run's rank 0 "
+                f"({self.record.get('holder')}): another job took {self.output} over; this node writes nothing more "
+                "into it"
+            )
+            log.error("%s", self.lost_why)
+            raise LeaseLost(self.lost_why, requeue=False)
+
+    def close(self) -> None:
+        if _HELD.get(self.output.rstrip("/")) is self:
+            del _HELD[self.output.rstrip("/")]
+
+
+class _Unwritten(Exception):
+    """Holder._claim's write of the lease that the store did not take: ``exc``, its error."""
+
+    def __init__(self, exc: BaseException):
+        super().__init__(str(exc))
+        self.exc = exc
+
+
 class Holder:
     """Rank 0's hold of the lease on its object-store output, for the run: :meth:`take` before the model loads (it
     waits for another job's lease to be let go or go stale, and raises FtctlError where that lease is renewed in the
@@ -259,8 +341,11 @@ class Holder:
         run: str,
         renew_s: float | None = None,
         stale_s: float | None = None,
+        holds_checkpoint=None,
     ):
         self.output, self.endpoint_url = output, endpoint_url
+        self.holds_checkpoint = holds_checkpoint  # () -> bool: the run's local directory holds a checkpoint (resuming)
+        self._down_since: float | None = None  # when this start first found the store down (a resuming attempt waits)
         self.renew_s = RENEW_S if renew_s is None else renew_s
         self.stale_s = STALE_S if stale_s is None else stale_s
         self._reached = time.monotonic()  # when the store last took this holder's write (renewals failing: unreached)
@@ -283,11 +368,17 @@ class Holder:
             try:
                 lease, etag = read_tagged(self.output, self.endpoint_url)
             except Exception as exc:  # noqa: BLE001 - cannot tell whether another job trains into it: no training
-                raise FtctlError(self._unread(exc)) from None
+                self._store_down(exc)
+                continue
             if lease is not None and lease.get("holder") != self.id and age_s(lease) < stale_s:
                 first = self._wait(lease, first, stale_s)
                 continue
-            if self._claim(lease is None, etag):  # none, a stale one or this job's own, still as read: now this one's
+            try:  # none, a stale one or this job's own, still as read: now this one's
+                claimed = self._claim(lease is None, etag)
+            except _Unwritten as unwritten:
+                self._store_down(unwritten.exc, write=True)
+                continue
+            if claimed:
                 break
             lost += 1  # another trainer wrote (or removed) it between this read and this write: read it again
             if lost >= CLAIM_TRIES:
@@ -298,6 +389,40 @@ class Holder:
                 )
         _HELD[self.output.rstrip("/")] = self
         self._thread.start()
+
+    def _store_down(self, exc: BaseException, write: bool = False) -> None:
+        """The lease could not be read (or ``write``: written) as the trainer starts. A first attempt, or a store
+        that refuses the launch's settings (credentials, access, bucket, endpoint), does not train: FtctlError, exit
+        2. An attempt that resumes the run (:func:`resuming`) finding the store down (storage.store_down: an outage the
+        scheduler's next attempt may not meet) waits for it up to START_WAIT_S, asking every START_PAUSE_S, then ends
+        as a preempted one (LeaseLost ``requeue``: exit UNREACHED_EXIT, status preempted): a Slurm requeue or a
+        SkyPilot recovery met by an outage ended the run for good. Returns to ask again."""
+        said = storage.store_down(exc, self.output, self.endpoint_url)
+        why = None if said is None else resuming(self.holds_checkpoint)
+        if why is None:
+            raise FtctlError(self._unread(exc, write)) from None
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "%s: this attempt resumes the run (%s): waiting up to %.0f s for the store to answer, then it ends as "
+                "a preempted one (exit %d) for the scheduler to try again",
+                said.what,
+                why,
+                START_WAIT_S,
+                UNREACHED_EXIT,
+            )
+        waited = now - self._down_since
+        if waited + START_PAUSE_S > START_WAIT_S:
+            raise LeaseLost(
+                f"{said.what}, for the {waited:.0f} s this attempt waited as it started ({why}): not training (it "
+                f"could not {'write' if write else 'read'} the trainer's lease {uri_of(self.output)}). Ended as a "
+                f"preempted run (exit {UNREACHED_EXIT}): Slurm requeues the job (up to -o max_requeues) and a SkyPilot "
+                "managed job recovers it, and the next attempt resumes from the newest complete checkpoint once the "
+                "store answers.",
+                requeue=True,
+            ) from None
+        time.sleep(START_PAUSE_S)
 
     def _unread(self, exc: BaseException, write: bool = False) -> str:
         """Why a trainer whose first read (or ``write``) of the lease failed does not train: writing it plainly (as
@@ -351,7 +476,7 @@ class Holder:
             self._write()
             return True
         except Exception as exc:  # noqa: BLE001 - the store not answering now: not training unseen
-            raise FtctlError(self._unread(exc, write=True)) from None
+            raise _Unwritten(exc) from None
         if absent and self._created_again(data):
             race_open(
                 self.output, "the store took a create-only write over the lease just written: it ignores If-None-Match"

@@ -303,9 +303,39 @@ def open_file(uri: str | os.PathLike, mode: str = "rb", endpoint_url: str | None
 
 
 def read_bytes(uri: str | os.PathLike, endpoint_url: str | None = None, quick: bool = False) -> bytes:
-    """The whole content of a file given by a local path or object-store URI (``quick``: see :func:`filesystem`)."""
-    with open_file(uri, "rb", endpoint_url, quick=quick) as f:
-        return f.read()
+    """The whole content of a file given by a local path or object-store URI (``quick``: see :func:`filesystem`); an
+    answer cut off mid-body is asked again (:func:`read_whole`)."""
+    try:
+        return read_whole(uri, endpoint_url, quick)
+    except FileNotFoundError as exc:
+        raise FtctlError(f"{uri} does not exist: check the path or URI.") from exc
+
+
+def read_whole(uri: str | os.PathLike, endpoint_url: str | None = None, quick: bool = True) -> bytes:
+    """The whole content of a file (a manifest, trainer_state.json, the lease: asked with the "ask" limits unless
+    ``quick`` is False); FileNotFoundError where there is none. One whose answer was cut off mid-body (a connection
+    dropped while it came) is asked again, up to CUT_OFF_STARTS in all, as a download is: an "ask" gets one try of
+    s3fs's, and a listing's manifest or the lease cut off once failed `ftctl sync ls`, `status` or a renewal."""
+    fs, path = filesystem(uri, endpoint_url, quick=quick)
+
+    def once() -> bytes:
+        with fs.open(path, "rb") as f:
+            return f.read()
+
+    return _again_if_cut_off(once)
+
+
+def _again_if_cut_off(call):
+    """``call()``, made again where its answer was cut off mid-body (CUT_OFF_STARTS in all, after a pause of up to 0.5,
+    1, 2 s); any other error is raised at once."""
+    for start in range(CUT_OFF_STARTS):
+        try:
+            return call()
+        except Exception as exc:
+            names = {cls.__name__ for e in _chain(exc) for cls in type(e).__mro__}
+            if start + 1 == CUT_OFF_STARTS or not names & _CUT_OFF:
+                raise
+            time.sleep(random.random() * 0.5 * 2**start)
 
 
 def read_text(uri: str | os.PathLike, endpoint_url: str | None = None, encoding="utf-8") -> str:
@@ -455,15 +485,7 @@ def get_file(uri: str, local_path: str, endpoint_url: str | None = None, fs=None
     else:
         path = _path_for(fs, uri)
     os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
-    for start in range(CUT_OFF_STARTS):
-        try:
-            fs.get_file(path, local_path)
-            return
-        except Exception as exc:
-            names = {cls.__name__ for e in _chain(exc) for cls in type(e).__mro__}
-            if start + 1 == CUT_OFF_STARTS or not names & _CUT_OFF:
-                raise
-            time.sleep(random.random() * 0.5 * 2**start)
+    _again_if_cut_off(lambda: fs.get_file(path, local_path))
 
 
 def put_dir(local_dir: str, uri: str, endpoint_url: str | None = None) -> None:
@@ -515,6 +537,7 @@ class StorageError(FtctlError):
 ERROR_KINDS = ("no-credentials", "bad-credentials", "no-bucket", "denied", "timeout", "unreachable", "bad-endpoint")
 ERROR_KINDS += ("offline",)  # HF_HUB_OFFLINE beside an hf:// URI, which is read from the Hub itself
 ERROR_KINDS += ("busy", "failing")  # 503 SlowDown (throttled) and a store's own 5xx or a cut-off answer: transient
+ERROR_KINDS += ("full",)  # a write refused for the bucket's quota or the store's space (507, QuotaExceeded)
 
 #: per fsspec protocol: (what to set for credentials, the same in short, what its buckets are called)
 _STORE_HINTS = {
@@ -553,6 +576,9 @@ _TIMEOUT = {"ConnectTimeoutError", "ReadTimeoutError", "ServerTimeoutError", "Ti
 _BUSY = {"SlowDown", "503", "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestLimitExceeded", "429"}
 _BUSY |= {"TooManyRequests", "TooManyRequestsException", "SlowDownRead", "SlowDownWrite"}
 _FAILING = {"InternalError", "500", "502", "504", "BadGateway", "GatewayTimeout", "InternalServerError"}
+#: a write refused because the store (or the bucket's quota) is full: Ceph RGW's 403 QuotaExceeded, MinIO's 507
+#: XMinioStorageFull and bucket quota, WebDAV-style 507 Insufficient Storage of S3-compatible gateways
+_FULL = {"QuotaExceeded", "XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "507", "InsufficientStorage"}
 _CUT_OFF = {"ClientPayloadError", "IncompleteRead", "ResponseStreamingError", "ContentLengthError"}
 _UNREACHABLE = {
     "ConnectError",  # httpx's (huggingface_hub)
@@ -611,6 +637,12 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
             f"it throttles this {bucket_word} now: try again in a few minutes (many jobs or nodes writing one "
             f"{bucket_word} at once slow it down).",
         ),
+        "full": (
+            f"{where} is full for {uri}{detail}: it refuses new objects for lack of space or the {bucket_word}'s quota",
+            f"free space in {bucket_word} {bucket!r} (`ftctl sync ls` lists a run's checkpoints; older runs) or raise "
+            "its quota; a trainer keeps its checkpoints on its node meanwhile and uploads them once the store takes "
+            "them.",
+        ),
         "failing": (
             f"{where} kept failing requests for {uri}{detail}, through ftctl's retries",
             "an error on the store's side: try again in a few minutes; if it lasts, check the store's status "
@@ -656,6 +688,9 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
         return storage_error("bad-credentials", uri, endpoint_url, f" ({', '.join(sorted(codes & _BAD_CREDENTIALS))})")
     if codes & _NO_BUCKET or "bucket does not exist" in text:
         return storage_error("no-bucket", uri, endpoint_url)
+    if _codes(exc) & _FULL or "insufficient storage" in text:
+        status = {c for c in _codes(exc) if c.isdigit()}
+        return storage_error("full", uri, endpoint_url, f" ({_said((_codes(exc) & _FULL) | status or {'507'})})")
     if codes & _DENIED or "PermissionError" in names:
         return storage_error("denied", uri, endpoint_url)
     busy, failing = _codes(exc) & _BUSY, _codes(exc) & _FAILING
@@ -672,6 +707,24 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
     if "ValueError" in names and "endpoint" in text:
         return storage_error("bad-endpoint", uri, endpoint_url)
     return None
+
+
+#: StorageError kinds of a store that is down for now (503 SlowDown, 5xx, a cut-off answer, no answer in time, a
+#: connection refused or reset): what may pass; the others (credentials, access, no bucket, a bad endpoint) are settings
+DOWN_KINDS = ("busy", "failing", "timeout", "unreachable")
+_NO_NAME = {"gaierror", "ClientConnectorDNSError"}  # a host name that does not resolve: a setting, not an outage
+
+
+def store_down(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | None = None) -> StorageError | None:
+    """:func:`store_error` of ``exc`` where it says the store is down for now (DOWN_KINDS: asking again later may
+    succeed); None for anything else (a setting to fix: credentials, bucket, endpoint, a host name that does not
+    resolve; or no store error at all)."""
+    said = store_error(exc, uri, endpoint_url)
+    if said is None or said.kind not in DOWN_KINDS:
+        return None
+    if {cls.__name__ for e in _chain(exc) for cls in type(e).__mro__} & _NO_NAME:
+        return None
+    return said
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

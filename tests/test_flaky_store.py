@@ -21,6 +21,11 @@ SLOWDOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message><RequestId>flaky</RequestId></Error>"
 )
+FULL = (  # MinIO's answer where its drives are full (Ceph RGW answers a bucket over its quota 403 QuotaExceeded)
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>XMinioStorageFull</Code>'
+    b"<Message>Storage backend has reached its minimum free drive threshold.</Message><RequestId>flaky</RequestId>"
+    b"</Error>"
+)
 INTERNAL = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
     b"<Message>We encountered an internal error. Please try again.</Message><RequestId>flaky</RequestId></Error>"
@@ -29,7 +34,8 @@ INTERNAL = (
 
 @dataclass
 class Rule:
-    """Requests whose ``METHOD path?query`` matches ``pattern`` (re.search) get ``action``: "503", "500", "reset"
+    """Requests whose ``METHOD path?query`` matches ``pattern`` (re.search) get ``action``: "503", "500", "507" (a
+    full store: MinIO's XMinioStorageFull), "reset"
     (the connection closed before any answer), "truncate" (the answer's headers, then half its body, then closed),
     "delay:S" (the answer after S seconds). ``times``: how many matching requests (None: every one); ``skip``: how
     many matching requests pass first."""
@@ -131,9 +137,9 @@ class FlakyProxy:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
             return False
-        if action in ("503", "500"):
-            text = SLOWDOWN if action == "503" else INTERNAL
-            reason = "Slow Down" if action == "503" else "Internal Server Error"
+        if action in ("503", "500", "507"):
+            text = {"503": SLOWDOWN, "500": INTERNAL, "507": FULL}[action]
+            reason = {"503": "Slow Down", "500": "Internal Server Error", "507": "Insufficient Storage"}[action]
             conn.sendall(
                 f"HTTP/1.1 {action} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {len(text)}\r\n"
                 f"x-amz-request-id: flaky\r\n\r\n".encode()

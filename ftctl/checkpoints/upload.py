@@ -204,6 +204,7 @@ class Uploader:
         self._waiting = 0  # callers in wait(): node 0 looks for the other nodes' shares every HURRY_POLL_S meanwhile
         self._fs = None
         self._tracking_sent: dict[str, int] = {}  # tracking file -> its size when sent
+        self._full_said = False  # the store's "full" line said, and no upload taken since (_full)
         self._thread = threading.Thread(target=self._run, name="ftctl-uploader", daemon=True)
         self._thread.start()
 
@@ -350,6 +351,9 @@ class Uploader:
                     job.attempt_no += 1
                     base, cap = self.backoff
                     delay = min(cap, base * 2 ** (job.attempt_no - 1)) * random.uniform(0.8, 1.2)
+                    if self._full(exc, job):
+                        self._closed.wait(delay)
+                        continue
                     log.warning(
                         "upload of %s to %s failed (attempt %d: %s: %s); retrying in %.1f s",
                         job.name,
@@ -364,9 +368,24 @@ class Uploader:
                 return
             if job.local != job.original and not job.final:
                 shutil.rmtree(job.local, ignore_errors=True)
+            self._full_said = False  # taken: a store full again is said again
             with self._cond:
                 self._pending.remove(job)
                 self._cond.notify_all()
+
+    def _full(self, exc: BaseException, job: _Job) -> bool:
+        """Whether ``exc`` is the store refusing a write for lack of space or quota (storage's "full"): said once in
+        one line (what to free; the checkpoints stay on this node, nothing half-committed: a manifest goes in after
+        its files), then tried again at the capped backoff, unsaid, until the store takes one again. Each attempt's
+        warning repeated the store's XML error for as long as the store stayed full."""
+        said = storage.store_error(exc, self.remote_uri, self.endpoint_url)
+        if said is None or said.kind != "full":
+            self._full_said = False
+            return False
+        if not self._full_said:
+            self._full_said = True
+            log.error("%s (%s not uploaded yet; trying again every %.0f s at most)", said, job.name, self.backoff[1])
+        return True
 
     def _awaits_peers(self, job: _Job) -> bool:
         """Node 0 has its own share of ``job`` in the store and waits for the other nodes'."""
@@ -389,9 +408,11 @@ class Uploader:
 
     def _attempt(self, job: _Job) -> bool:
         """One try; True when the job is finished, False to poll again later. Nothing is written into an output whose
-        lease this process held and lost (ftctl.lease.check: another job may write it now); a final model starts only
-        where the store's lease is still this trainer's."""
-        lease.check(self.remote_uri, ask=job.final and not job.started)
+        lease this process held (or, on another node, follows: lease.follow) and lost (ftctl.lease.check: another job
+        may write it now); a checkpoint or final model starts only where the store's lease is still this run's."""
+        # asked of the store before a job's first write (a checkpoint's old manifest withdrawn, another node's share):
+        # an output another job took over before this trainer's renewal (or this node) saw it gets nothing written
+        lease.check(self.remote_uri, ask=not job.started)
         if self._fs is None:
             self._fs, _ = storage.filesystem(self.remote_uri, self.endpoint_url)
         if job.final:

@@ -35,7 +35,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import sort_checkpoints
 
-from ftctl import checkpoints, failures, storage
+from ftctl import checkpoints, failures, lease, storage
 from ftctl.errors import FtctlError
 from ftctl.runpaths import CHECKPOINT_METRICS, METRICS_FILE
 from ftctl.spec import RunSpec
@@ -319,6 +319,7 @@ class CheckpointSyncCallback(TrainerCallback):
         self.uploader: checkpoints.Uploader | None = None
         self.attempt: str | None = None
         self.lists_files = True  # this node's manifest lists (and it uploads) the checkpoint's files: lists_files
+        self.follower: lease.Follower | None = None  # another node's: rank 0's lease, asked before each share
 
     # -- helpers
 
@@ -327,17 +328,21 @@ class CheckpointSyncCallback(TrainerCallback):
         return state.is_world_process_zero if self.num_nodes == 1 else state.is_local_process_zero
 
     def _agree_on_attempt(self) -> str:
-        attempt = uuid.uuid4().hex
+        return self._from_rank0(uuid.uuid4().hex)
+
+    @staticmethod
+    def _from_rank0(value):
+        """Rank 0's ``value`` on every process (broadcast where a process group is up)."""
         try:
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
-                box = [attempt]
+                box = [value]
                 dist.broadcast_object_list(box, src=0)
-                attempt = box[0]
+                value = box[0]
         except (ImportError, RuntimeError) as exc:
-            log.debug("attempt id not broadcast: %s", exc)
-        return attempt
+            log.debug("not broadcast: %s", exc)
+        return value
 
     @staticmethod
     def _barrier() -> None:
@@ -369,12 +374,16 @@ class CheckpointSyncCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.attempt = self._agree_on_attempt()
+        record = self._from_rank0(lease.record_of(self.remote_uri))  # the lease rank 0 holds on the store, or None
         if self.num_nodes > 1:
             self.lists_files = self.lists_files_of(args.output_dir, self._writes(state))
             if self._writes(state) and not self.lists_files:
                 log.info("node %d stages into the directory of a node before it: that node sends the checkpoints' "
                          "files, this one its manifest only", self.node_rank)  # fmt: skip
         if self.remote_uri and self._writes(state) and self.uploader is None:
+            if record is not None and self.node_rank != 0 and self.follower is None:
+                # another node writes its shares only while the store's lease is rank 0's (lease.follow)
+                self.follower = lease.follow(self.remote_uri, self.endpoint_url, record)
             self.uploader = checkpoints.Uploader(
                 self.remote_uri,
                 endpoint_url=self.endpoint_url,
@@ -478,6 +487,9 @@ class CheckpointSyncCallback(TrainerCallback):
         if self.uploader is not None:
             self.uploader.close(0)
             self.uploader = None
+        if self.follower is not None:
+            self.follower.close()
+            self.follower = None
 
     def wait_for_uploads(self, timeout: float | None = None) -> bool:
         """Wait (at most ``timeout`` s, logged) for every queued checkpoint to be committed in
