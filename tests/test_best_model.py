@@ -273,6 +273,32 @@ def test_a_best_that_is_the_last_step_is_said_and_nothing_loaded(tmp_path):
     )
 
 
+def test_a_best_checkpoint_that_cannot_be_loaded_is_said(tmp_path):
+    """Where no copy of the lowest's checkpoint is left, or its DeepSpeed shards were written by another number of
+    processes (a resume on another world size after it), the warning says why and which step the final model is."""
+    from types import SimpleNamespace
+
+    from ftctl.checkpoints import write_manifest
+    from ftctl.trainer.run import not_loadable
+
+    ckpt = tmp_path / "checkpoint-2"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"0")
+    write_manifest(str(ckpt), 2, 2, "spec")  # written by 2 processes
+    run = SimpleNamespace(
+        local_dir=str(tmp_path),
+        remote_uri="s3://b/run",
+        plan=SimpleNamespace(strategy="zero3"),
+        procs=SimpleNamespace(world_size=1),
+    )
+    assert not_loadable(run, None, 2) == (
+        f"are in no checkpoint: neither {tmp_path} nor s3://b/run holds a complete checkpoint-2"
+    )
+    assert "whose DeepSpeed shards 2 processes wrote and 1 cannot load" in not_loadable(run, str(ckpt), 2)
+    run.plan.strategy = "ddp"  # whole tensors: any world size loads them
+    assert not_loadable(run, str(ckpt), 2) is None
+
+
 _EACH_RANK = """
 import hashlib, json, os
 import ftctl.trainer.run as trainer_run

@@ -720,8 +720,10 @@ def load_best(run: Run, echo=print) -> None:
 def not_loadable(run: Run, path: str | None, step: int) -> str | None:
     """Why the best checkpoint (``path``, None where no copy was found) cannot be loaded into this run, or None."""
     if path is None:
-        where = f"neither {run.local_dir} nor {run.remote_uri}" if run.remote_uri else run.local_dir
-        return f"are in no checkpoint: {where} holds no complete {checkpoints.CHECKPOINT_PREFIX}{step}"
+        name = f"{checkpoints.CHECKPOINT_PREFIX}{step}"
+        if run.remote_uri:
+            return f"are in no checkpoint: neither {run.local_dir} nor {run.remote_uri} holds a complete {name}"
+        return f"are in no checkpoint: {run.local_dir} holds no complete {name}"
     wrote = reshard.saved_world_size(path)
     if run.plan.strategy in DEEPSPEED_STRATEGIES and wrote and wrote != run.procs.world_size:
         return (
