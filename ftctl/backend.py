@@ -352,7 +352,8 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
         click.echo(f"backend: {name} ({why})", err=True)
         if rendered.image:
             click.echo(rendered.image.line, err=True)
-        for check in (b.check, refuse_a_second_job):  # read-only: an image missing, a daemon down, a job still there
+        # read-only: an image missing, a daemon down, a job still there, another launch into the run under way
+        for check in (b.check, refuse_a_second_job, refuse_a_launch_under_way):
             try:
                 check(rendered)
             except FtctlError as e:
@@ -724,35 +725,64 @@ def launching(rendered: Rendered, command: str = "ftctl launch"):
         yield
 
 
-def _launch_lock(key: str, output: str, command: str):
+def _launch_lock(key: str, output: str, command: str, tries: int = 5):
     """The open file of ``key``'s launch lock, held (flock) and naming this process; None where locks cannot be
     taken (an unwritable ftctl home: its jobs record says so; a file system without locks): the trainer's lock still
-    refuses a second run. FtctlError naming the holder where another process holds it."""
-    path = home_file(LAUNCHING_DIR) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.lock"
+    refuses a second run. FtctlError naming the holder where another launch holds it (a dry run's look, an instant
+    long, is waited for: up to a quarter of a second)."""
+    path = _launch_lock_path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(path, "a+")
     except OSError:
         return None
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another ftctl"
-        fh.close()
-        raise FtctlError(
-            f"{output} is being launched into by {holder}: a second run there would write the same checkpoints and "
-            "replace the spec.json that run trains with. Wait for it to end (or stop it), or give this run another "
-            "--output (or -o run_name=...)."
-        ) from None
-    except OSError:
-        fh.close()
-        return None
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt == tries - 1:
+                fh.seek(0)
+                holder = fh.read().strip()
+                fh.close()
+                raise FtctlError(_launched_into(output, holder)) from None
+            time.sleep(0.05)
+        except OSError:
+            fh.close()
+            return None
     fh.seek(0)
     fh.truncate()
     fh.write(f"`{command}` (pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
     fh.flush()
     return fh
+
+
+def _launch_lock_path(key: str) -> Path:
+    return home_file(LAUNCHING_DIR) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.lock"
+
+
+def _launched_into(output: str, holder: str) -> str:
+    return (
+        f"{output} is being launched into by {holder or 'another ftctl'}: a second run there would write the same "
+        "checkpoints and replace the spec.json that run trains with. Wait for it to end (or stop it), or give this run "
+        "another --output (or -o run_name=...)."
+    )
+
+
+def refuse_a_launch_under_way(rendered: Rendered) -> None:
+    """What launching would refuse, asked without taking it (`launch --dry-run`)."""
+    for key in sorted({str(rendered.run_dir), rendered.spec.output}):
+        try:
+            fh = open(_launch_lock_path(key))
+        except OSError:  # none: no launch from here ever held it
+            continue
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise FtctlError(_launched_into(rendered.spec.output, fh.read().strip())) from None
+            except OSError:  # no locks on this file system: not known
+                continue
 
 
 # ------------------------------------------------------------------------------------------ jobs

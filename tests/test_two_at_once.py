@@ -8,24 +8,23 @@ import threading
 
 import pytest
 
-from ftctl.backend import JobRef, _jobs_file, record_job, recorded_jobs, write_files
+from ftctl.backend import JobRef, _jobs_file, launch, record_job, recorded_jobs, write_files
 from ftctl.errors import FtctlError
-from tests.render_fixtures import prepared
+from tests.render_fixtures import make_spec, prepared
+
+
+def _flags(tiny_model_dir, tiny_data, out, lr: float) -> tuple[list[str], dict]:
+    flags = dict(backend="local", gpus="cpu", model_name_or_path=str(tiny_model_dir), data_path=str(tiny_data))
+    return [f"learning_rate={lr}", "max_steps=2"], {**flags, "output_dir": str(out)}
 
 
 def _rendered(tiny_model_dir, tiny_data, out, lr: float):
-    return prepared(
-        [f"learning_rate={lr}", "max_steps=2"],
-        backend="local",
-        gpus="cpu",
-        model_name_or_path=str(tiny_model_dir),
-        data_path=str(tiny_data),
-        output_dir=str(out),
-    )
+    overrides, flags = _flags(tiny_model_dir, tiny_data, out, lr)
+    return prepared(overrides, **flags)
 
 
 def test_a_sweep_launching_into_one_run_at_once_trains_one_with_its_own_settings(
-    tmp_path, monkeypatch, tiny_model_dir, tiny_data
+    tmp_path, monkeypatch, capsys, tiny_model_dir, tiny_data
 ):
     """`for lr in ...; do ftctl launch ... -o learning_rate=$lr & done` without --output: four launches into one
     run directory (runs/<name>). Each passed its checks before any trainer held the run's lock; each replaced
@@ -56,6 +55,10 @@ def test_a_sweep_launching_into_one_run_at_once_trains_one_with_its_own_settings
             said = str(refused.value)
             assert said.startswith(f"{out} is being launched into by `ftctl launch` (pid "), said
             assert "or give this run another --output (or -o run_name=...)" in said
+        overrides, flags = _flags(tiny_model_dir, tiny_data, out, 5e-4)
+        with pytest.raises(FtctlError, match="the launch would stop at the 1 error"):  # a dry run says so too
+            launch(make_spec(overrides, **flags), dry_run=True)
+        assert f"{out} is being launched into by `ftctl launch` (pid " in capsys.readouterr().err
     finally:
         done.set()
         first.join(30)
