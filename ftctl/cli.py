@@ -292,13 +292,14 @@ def cancel(job, now, wait_s):
 @run_options(placement=False)
 def train(**kw):
     """Run the trainer here, in this process (what torchrun runs on every node)."""
-    from ftctl.backend import prepare, write_files
+    from ftctl.backend import launching, prepare, write_files
 
     rendered = prepare(_spec(kw, backend="local"))
-    write_files(rendered)
-    from ftctl.local.backend import train_here
+    with launching(rendered, "ftctl train"):  # a launch into the run meanwhile is refused, as one into a launch's
+        write_files(rendered)
+        from ftctl.local.backend import train_here
 
-    sys.exit(train_here(rendered))
+        sys.exit(train_here(rendered))
 
 
 @main.command()

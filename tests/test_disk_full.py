@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 
 import pytest
 
@@ -250,3 +251,88 @@ def test_a_slurm_or_docker_jobs_status_names_the_full_disk_not_the_peer_that_los
     assert failures.error_line(f"step 5\n{peer}\n") == peer.removeprefix("error: ")  # all there is: said
     nccl = "error: DistBackendError: NCCL error: remote process exited or there was a network error"
     assert failures.error_line(f"{disk}\n{nccl}\n") == disk.removeprefix("error: ")
+
+
+REFUSING_RUNNER = """
+import errno, os, sys, time
+from pathlib import Path
+import torch
+real_save = torch.save
+def save(obj, f, *args, **kwargs):  # DeepSpeed writes every rank's shard with torch.save: rank 1's finds no room
+    if str(f).endswith(os.path.join("checkpoint-3", "global_step3", "zero_pp_rank_1_mp_rank_00_optim_states.pt")):
+        while not Path(f).parents[1].joinpath("latest").exists():  # rank 0 done with its files, at the barrier
+            time.sleep(0.05)
+        Path(f).write_bytes(b"half a shard")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+    return real_save(obj, f, *args, **kwargs)
+torch.save = save
+from ftctl.trainer.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_zero2_shard_the_disk_refused_on_rank_1_leaves_no_half_checkpoint(tiny_model_dir, tiny_data, tmp_path):
+    """ZeRO-2 on 2 processes (gloo): every rank writes its optimizer shard, and the disk refused rank 1's at the first
+    checkpoint while rank 0 had written its own (model, shard 0) and waited. Only local rank 0 removed a half
+    checkpoint, and torchrun stopped it (gloo: connection closed): checkpoint-3 stayed, 2.0 MB of its 2.9 MB, and the
+    relaunch set it aside in .ftctl-quarantine for good. The rank whose write was refused removes it; its line speaks
+    for the job; the relaunch trains from the start with nothing set aside."""
+    import subprocess
+
+    from ftctl.envvars import FAILURE_DIR_ENV
+    from tests.trainer_fixtures import losses_by_step, make_run, run_trainer_cli, subprocess_env, write_spec
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "run", gpus="2xcpu", strategy="zero2",
+                          max_steps=3, save_steps=3, resume="auto")  # fmt: skip
+    run, path = spec.output, write_spec(spec, plan, tmp_path / "spec.json")
+    runner = tmp_path / "refusing.py"
+    runner.write_text(REFUSING_RUNNER)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    env = subprocess_env(**{FAILURE_DIR_ENV: tmp_path / "failures"})
+    proc = subprocess.run([*torchrun, str(runner), "--spec", str(path)], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode != 0
+    line, relaunch_helps = failures.summarize(failures.read(tmp_path / "failures"))
+    assert line.startswith("rank 1 on ") and not relaunch_helps, line  # free the space first
+    assert f"no space left on the disk of {run}: saving failed with " in line
+    assert "free once its half-written checkpoint-3 (" in line
+    assert not os.path.exists(os.path.join(run, "checkpoint-3"))
+
+    assert run_trainer_cli(path, nproc=2).returncode == 0
+    assert not os.path.exists(os.path.join(run, ".ftctl-quarantine"))
+    assert list(losses_by_step(run)) == [1, 2, 3] and os.path.isfile(os.path.join(run, "model.safetensors"))
+
+
+def test_a_half_checkpoint_the_other_ranks_write_on_into_is_removed_too(tmp_path, monkeypatch):
+    """A rank whose shard the disk refused removed checkpoint-3 while rank 0 was still saving: DeepSpeed's rank 0 made
+    its directories again and wrote its recovery script and `latest` there (seen with 2 gloo processes), a half
+    checkpoint the relaunch set aside. The rank that removed it watches a moment for the others' last writes."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from ftctl.trainer import run as trainer_run
+
+    ckpt = tmp_path / "checkpoint-3"
+    (ckpt / "global_step3").mkdir(parents=True)
+    (ckpt / "global_step3" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"h" * 100_000)
+    monkeypatch.setattr(trainer_run, "HALF_CHECKPOINT_SETTLE_S", 0.5)
+
+    def rank_0_writes_on():
+        until = time.monotonic() + 5
+        while ckpt.exists() and time.monotonic() < until:
+            time.sleep(0.01)
+        ahead = tmp_path / "rank-0"  # made whole, then put in place: the bytes counted are these
+        (ahead / "global_step3").mkdir(parents=True)
+        (ahead / "zero_to_fp32.py").write_bytes(b"s" * 38_580)
+        (ahead / "latest").write_text("global_step3")
+        os.rename(ahead, ckpt)
+
+    rank_0 = threading.Thread(target=rank_0_writes_on)
+    rank_0.start()
+    at = SimpleNamespace(local_dir=str(tmp_path), trainer=SimpleNamespace(state=SimpleNamespace(global_step=3)))
+    rank_1 = SimpleNamespace(**vars(at), procs=SimpleNamespace(rank=1, local_rank=1, world_size=2))
+    removed = trainer_run.half_checkpoint(rank_1)
+    rank_0.join()
+    assert removed == ("half-written checkpoint-3", 100_000 + 38_580 + 12) and not ckpt.exists()

@@ -102,6 +102,8 @@ def test_a_full_model_stops_in_generate_where_its_chat_template_ends_a_turn(fft_
 
     eos, end = _ids(fft_output)
     assert json.loads((fft_output / "generation_config.json").read_text())["eos_token_id"] == [eos, end]
+    checkpoint = json.loads((fft_output / "checkpoint-2" / "generation_config.json").read_text())
+    assert checkpoint["eos_token_id"] == [eos, end]  # a checkpoint-N served as it is stops there too
     model = AutoModelForCausalLM.from_pretrained(fft_output).eval()
     assert _new_tokens_until_stop(fft_output, model) == 3
 

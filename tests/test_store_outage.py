@@ -76,21 +76,45 @@ def test_a_down_store_is_told_from_a_setting(monkeypatch):
     resolve, missing credentials or bucket are settings."""
     import socket
 
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
 
     def client(code: str, status: int) -> ClientError:
-        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+        return ClientError(
+            {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+            "GetObject",
+        )
 
     def caused(exc: BaseException, cause: BaseException) -> BaseException:
         exc.__cause__ = cause
         return exc
 
-    refused = caused(EndpointConnectionError(endpoint_url="http://h:9"), ConnectionRefusedError(111, "refused"))
-    unnamed = caused(EndpointConnectionError(endpoint_url="http://nohost:9"), socket.gaierror(-2, "Name not known"))
-    down = [client("SlowDown", 503), client("InternalError", 500), refused, ReadTimeoutError(endpoint_url="u")]
+    refused = caused(
+        EndpointConnectionError(endpoint_url="http://h:9"),
+        ConnectionRefusedError(111, "refused"),
+    )
+    unnamed = caused(
+        EndpointConnectionError(endpoint_url="http://nohost:9"),
+        socket.gaierror(-2, "Name not known"),
+    )
+    down = [
+        client("SlowDown", 503),
+        client("InternalError", 500),
+        refused,
+        ReadTimeoutError(endpoint_url="u"),
+    ]
     for exc in down:
         assert storage.store_down(exc, "s3://b/r") is not None, exc
-    for exc in (unnamed, NoCredentialsError(), client("NoSuchBucket", 404), client("AccessDenied", 403)):
+    for exc in (
+        unnamed,
+        NoCredentialsError(),
+        client("NoSuchBucket", 404),
+        client("AccessDenied", 403),
+    ):
         assert storage.store_down(exc, "s3://b/r") is None, exc
 
 
@@ -116,7 +140,13 @@ def test_another_nodes_uploader_writes_no_share_into_an_output_another_job_took_
     try:
         for step in (2, 4):
             if step == 4:  # taken over, and that job committed its checkpoint-4
-                put(out, holder="Slurm job 62", run="r", started_unix=1.0, renewed_unix=time.time())
+                put(
+                    out,
+                    holder="Slurm job 62",
+                    run="r",
+                    started_unix=1.0,
+                    renewed_unix=time.time(),
+                )
                 storage.filesystem(out)[0].pipe_file(f"{out[5:]}/checkpoint-4/rng_state_1.pth", theirs)
             ckpt = make_checkpoint(tmp_path / "n1", step, {"rng_state_1.pth": b"node 1's shard %d" % step})
             C.write_manifest(str(ckpt), step, 2, "h", name=C.node_manifest_name(1), node_rank=1, num_nodes=2,
@@ -145,7 +175,10 @@ def test_a_small_answer_cut_off_mid_body_is_asked_again(flaky, quick_backoff, mo
     fs = storage.filesystem(f"{bucket}/run")[0]
     fs.pipe_file(f"{bucket[5:]}/run/ckpt/m.json", body)
     fs.pipe_file(f"{bucket[5:]}/run/{lease.TRAIN_LEASE}", body)
-    cut = [proxy.add(r"^GET .*/m\.json", "truncate", times=2), proxy.add(r"^GET .*train-lease", "truncate", times=2)]
+    cut = [
+        proxy.add(r"^GET .*/m\.json", "truncate", times=2),
+        proxy.add(r"^GET .*train-lease", "truncate", times=2),
+    ]
     assert storage.read_text(f"{bucket}/run/ckpt/m.json") == body.decode()
     assert lease.read(f"{bucket}/run")["holder"] == "Slurm job 5"
     assert [r.hits for r in cut] == [2, 2]
@@ -168,8 +201,17 @@ def test_a_full_store_is_said_once_the_checkpoint_stays_local_and_goes_up_once_s
 
     proxy, bucket = flaky
     out = f"{bucket}/runs/full"
-    quota = ClientError({"Error": {"Code": "QuotaExceeded"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
-    said = storage.store_error(PermissionError(13, "denied"), out).kind, storage.store_error(quota, out)
+    quota = ClientError(
+        {
+            "Error": {"Code": "QuotaExceeded"},
+            "ResponseMetadata": {"HTTPStatusCode": 403},
+        },
+        "PutObject",
+    )
+    said = (
+        storage.store_error(PermissionError(13, "denied"), out).kind,
+        storage.store_error(quota, out),
+    )
     assert said[0] == "denied" and said[1].kind == "full" and "(403 QuotaExceeded)" in str(said[1])
     proxy.add(r"^PUT ", "507", times=None)
     up = C.Uploader(out, backoff=(0.05, 0.1))
@@ -219,11 +261,52 @@ def test_another_node_follows_the_lease_record_rank_0_sends_and_lets_go_at_the_e
     rank0.close()  # this process is node 1 from here on: rank 0 holds the lease on another node
     assert out not in lease._HELD
     monkeypatch.setattr(S, "node_topology", lambda shared=False: (1, 2))
-    monkeypatch.setattr(S.CheckpointSyncCallback, "_from_rank0", staticmethod(lambda value: value or record))
-    monkeypatch.setattr(S.CheckpointSyncCallback, "lists_files_of", lambda self, output_dir, writes: True)
+    monkeypatch.setattr(
+        S.CheckpointSyncCallback,
+        "_from_rank0",
+        staticmethod(lambda value: value or record),
+    )
+    monkeypatch.setattr(
+        S.CheckpointSyncCallback,
+        "lists_files_of",
+        lambda self, output_dir, writes: True,
+    )
     one = S.CheckpointSyncCallback(out, spec_hash="h")
     one.on_train_begin(SimpleNamespace(output_dir=str(tmp_path / "n1")), SimpleNamespace(is_local_process_zero=True),
                        None)  # fmt: skip
     assert isinstance(lease._HELD[out], lease.Follower) and lease._HELD[out].record == record
     one.close()
     assert out not in lease._HELD
+
+
+def test_a_manifest_cut_off_is_asked_again_and_a_requeued_attempts_listing_of_a_down_store_ends_preempted(
+    flaky,  # noqa: F811
+    quick_backoff,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """(task-122-extra.patch) A manifest read cut off mid-body is asked again (`ftctl sync ls`, a resume's listing);
+    a requeued attempt whose store goes down between taking the lease and listing its checkpoints ends as preempted
+    (exit 75), a first attempt with its one line (exit 2)."""
+    from ftctl import checkpoints as C
+    from ftctl.checkpoints import resume
+    from tests.s3_fixtures import make_checkpoint
+
+    proxy, bucket = flaky
+    out = f"{bucket}/runs/listed"
+    ckpt = make_checkpoint(tmp_path, 2)
+    C.write_manifest(str(ckpt), 2, 1, "h")
+    storage.put_dir(str(ckpt), f"{out}/checkpoint-2")
+    cut = proxy.add(r"^GET .*ftctl-manifest", "truncate", times=2)
+    assert C.read_manifest(f"{out}/checkpoint-2")["step"] == 2 and cut.hits == 2
+    fewer_attempts(monkeypatch, "ask", 1)
+    proxy.add(r"list-type", "503", times=None)
+    monkeypatch.setenv("SLURM_JOB_ID", "90")
+    monkeypatch.setenv(ATTEMPT_ENV, "1")
+    with pytest.raises(lease.LeaseLost) as e:
+        resume._list_remote_or_fail(out, attempts=1)
+    assert e.value.exit_code == lease.UNREACHED_EXIT and "(attempt 1 of Slurm job 90, requeued)" in str(e.value)
+    monkeypatch.delenv(ATTEMPT_ENV)
+    with pytest.raises(storage.StorageError) as first:
+        resume._list_remote_or_fail(out, attempts=1)
+    assert first.value.exit_code == 2

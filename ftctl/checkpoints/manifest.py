@@ -162,9 +162,7 @@ def read_manifest(ckpt: str, name: str = MANIFEST, endpoint_url: str | None = No
     """The manifest of a local or remote checkpoint; FileNotFoundError when there is none,
     ValueError when it is not a manifest."""
     uri = storage.join(ckpt, name)
-    fs, path = storage.filesystem(uri, endpoint_url, quick=True)
-    with fs.open(path, "rb") as f:
-        data = json.loads(f.read().decode("utf-8"))
+    data = json.loads(storage.read_whole(uri, endpoint_url).decode("utf-8"))  # an answer cut off mid-body: asked again
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or "files" not in data:
         raise ValueError(f"{uri} is not an ftctl manifest")
     return data

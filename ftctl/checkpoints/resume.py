@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftctl import failures, storage
+from ftctl import failures, lease, storage
 from ftctl.checkpoints.manifest import (
     CHECKPOINT_PREFIX,
     DOWNLOAD_DIR,
@@ -112,6 +112,13 @@ def _list_remote_or_fail(remote_uri: str, endpoint_url=None, attempts: int = 3):
             if i + 1 < attempts:
                 time.sleep(2**i)
     refusal = "ftctl does not start from scratch while the run's checkpoints in the store cannot be read."
+    if (down := storage.store_down(err, remote_uri, endpoint_url)) and (why := lease.resuming()):
+        # a requeued attempt whose store went down after it took the lease: tried again later, as lease.Holder.take
+        raise lease.LeaseLost(
+            f"{down.what}, as this attempt listed the checkpoints it resumes ({why}): not training. Ended as a "
+            f"preempted run (exit {lease.UNREACHED_EXIT}) for the scheduler to try again once the store answers.",
+            requeue=True,
+        ) from err
     if said := storage.store_error(err, remote_uri, endpoint_url):
         raise storage.StorageError(said.kind, said.what, f"{said.fix} {refusal}") from err
     raise FtctlError(

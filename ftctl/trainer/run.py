@@ -63,7 +63,7 @@ from ftctl.runpaths import (
 from ftctl.spec import RunSpec, best_model_problems, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, model_card, reshard, tracking
 from ftctl.trainer.methods import ADAPTER_METHODS
-from ftctl.trainer.trained import for_other_readers, keep_base_merge
+from ftctl.trainer.trained import as_saved_for_others, for_other_readers, keep_base_merge
 
 if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at import time
     from ftctl.trainer.attention import Kernels
@@ -120,7 +120,8 @@ def holding_lease(remote_uri: str | None, spec: RunSpec):
     from ftctl.lease import Holder
     from ftctl.trainer.callbacks import LeaseKept
 
-    lease = Holder(remote_uri, spec.s3_endpoint_url, spec.name)
+    # a relaunch whose node holds a checkpoint resumes: a store down as it starts is waited for, then exit 75 (lease)
+    lease = Holder(remote_uri, spec.s3_endpoint_url, spec.name, holds_checkpoint=lambda: holds_checkpoint(spec))
     lease.take()
     try:
         yield [LeaseKept(lease)]
@@ -280,6 +281,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if procs.is_main and (unplanned := without_liger(plan, spec.model_max_length, run.kernels.liger)):
             log.warning("%s", unplanned)
         model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank, run.kernels), spec, plan)
+        as_saved_for_others(model, tokenizer, base_name(spec))  # each checkpoint's generation config and adapter base
         leaves = distributed.zero3_leaf_blocks(model, plan.strategy)
         if leaves and procs.is_main:
             echo(f"{plan.strategy}: parameters gathered a block at a time ({', '.join(leaves)})")
@@ -616,13 +618,26 @@ def fit(run: Run) -> None:
     tracking.finish_wandb()
 
 
+# how long a rank that removed the checkpoint its write could not finish watches for the other ranks' last writes
+HALF_CHECKPOINT_SETTLE_S = 2.0
+
+
 def half_checkpoint(run: Run) -> tuple[str, int] | None:
-    """Remove the checkpoint a save that found the disk full left half-written (by one process a node): what it was
-    and its bytes, for the line; None where there is none (checkpoints.discard_uncommitted: a committed one is kept)."""
-    if run.procs.local_rank != 0:
-        return None
-    name = f"{checkpoints.CHECKPOINT_PREFIX}{run.trainer.state.global_step}"
-    return checkpoints.discard_uncommitted(os.path.join(run.local_dir, name))
+    """Remove the checkpoint a save that found the disk full left half-written: what it was and its bytes, for the
+    line; None where there is none (checkpoints.discard_uncommitted: a committed one is kept). The process whose own
+    write the disk refused removes it, whichever rank it is: every rank writes its rng_state_<R>.pth, under DeepSpeed
+    its optimizer shard too, and where only rank 1's was refused (local rank 0 done with its own, waiting for the
+    others until torchrun stopped it), the half checkpoint stayed, set aside in .ftctl-quarantine for good. The other
+    ranks write on into it until they wait at the save's end (DeepSpeed's rank 0 made its directories again and wrote
+    its recovery script and `latest` there), which this process's exit ends: what they add meanwhile is removed too."""
+    path = os.path.join(run.local_dir, f"{checkpoints.CHECKPOINT_PREFIX}{run.trainer.state.global_step}")
+    removed = checkpoints.discard_uncommitted(path)
+    deadline = time.monotonic() + HALF_CHECKPOINT_SETTLE_S
+    while removed and run.procs.world_size > 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if again := checkpoints.discard_uncommitted(path):
+            removed = (removed[0], removed[1] + again[1])
+    return removed
 
 
 def over_context(spec) -> str | None:
