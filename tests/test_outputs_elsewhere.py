@@ -162,24 +162,30 @@ def test_an_adapter_and_its_merge_stop_where_the_template_ends_a_turn(lora_outpu
 def test_each_save_of_a_model_in_training_stops_at_the_turns_end_and_names_the_base_as_the_user_did(
     qwen_like_base, tmp_path
 ):
-    """What run.setup gives the model it trains (trained.as_saved_for_others), so a checkpoint-N loads elsewhere as
-    the final model does: PEFT records the base's path it loaded (the demo model's cache directory, a SkyPilot node's
-    copy), not the name the user gave."""
+    """What run.setup gives the model it trains (trained.as_saved_for_others) and what each save then writes
+    (trained.name_base), so a checkpoint-N loads elsewhere as the final model does: PEFT records the base's path it
+    loaded (the demo model's cache directory, a SkyPilot node's copy), not the name the user gave. Named in PEFT's
+    config before the save instead, PEFT asked the Hub for that id's config.json at every save (warnings offline)."""
+    import warnings
+
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftctl.trainer.trained import as_saved_for_others
+    from ftctl.trainer.trained import as_saved_for_others, name_base
 
     tokenizer = AutoTokenizer.from_pretrained(qwen_like_base)
     eos, end = _ids(qwen_like_base)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(qwen_like_base), LoraConfig(r=2))
-    as_saved_for_others(model, tokenizer, "HuggingFaceTB/SmolLM2-135M-Instruct")
-    model.save_pretrained(tmp_path / "adapter")
+    as_saved_for_others(model, tokenizer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Could not find a config file in <id>": the Hub not asked
+        model.save_pretrained(tmp_path / "adapter")
+    name_base(tmp_path / "adapter", "HuggingFaceTB/SmolLM2-135M-Instruct")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert model.get_base_model().generation_config.eos_token_id == [eos, end]
     full = AutoModelForCausalLM.from_pretrained(qwen_like_base)
-    as_saved_for_others(full, tokenizer, str(qwen_like_base))
+    as_saved_for_others(full, tokenizer)
     full.save_pretrained(tmp_path / "full")
     assert json.loads((tmp_path / "full" / "generation_config.json").read_text())["eos_token_id"] == [eos, end]
 

@@ -63,7 +63,7 @@ from ftctl.runpaths import (
 from ftctl.spec import RunSpec, best_model_problems, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, model_card, reshard, tracking
 from ftctl.trainer.methods import ADAPTER_METHODS
-from ftctl.trainer.trained import as_saved_for_others, for_other_readers, keep_base_merge
+from ftctl.trainer.trained import as_saved_for_others, for_other_readers, keep_base_merge, name_base
 
 if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at import time
     from ftctl.trainer.attention import Kernels
@@ -281,7 +281,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if procs.is_main and (unplanned := without_liger(plan, spec.model_max_length, run.kernels.liger)):
             log.warning("%s", unplanned)
         model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank, run.kernels), spec, plan)
-        as_saved_for_others(model, tokenizer, base_name(spec))  # each checkpoint's generation config and adapter base
+        as_saved_for_others(model, tokenizer)  # each checkpoint's generation config
         leaves = distributed.zero3_leaf_blocks(model, plan.strategy)
         if leaves and procs.is_main:
             echo(f"{plan.strategy}: parameters gathered a block at a time ({', '.join(leaves)})")
@@ -333,6 +333,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         )
         run.trainer.loads_best = spec.load_best_model_at_end  # the run's end says which step the final model is
         adapter = spec.method in ADAPTER_METHODS
+        run.trainer.base_name = base_name(spec)  # what each saved adapter names as its base (trained.name_base)
         run.trainer.card = functools.partial(model_card.write, spec=spec, base=base_name(spec), adapter=adapter)
         sequences = len(run.trainer.train_dataset)  # packed by TRL where the plan packs
         if procs.is_main and (
@@ -831,7 +832,7 @@ def save(run: Run) -> None:
         with saving_final(run.trainer, saved_dtype(run)):
             run.trainer.save_model(staging)
         if run.procs.is_main:
-            name_base_model(staging, base_name(run.spec))
+            name_base(staging, base_name(run.spec))
             if run.spec.method in ADAPTER_METHODS:  # over a merged model: that merge's record, to tell a later one
                 keep_base_merge(staging, run.spec.model_name_or_path)
             publish_final(staging, run.local_dir)
@@ -921,19 +922,6 @@ def publish_final(staging: str, top: str) -> None:
 def base_name(spec: RunSpec) -> str:
     """The base model as the user named it (a SkyPilot node loads a shipped one from its inputs/ copy)."""
     return os.environ.get(BASE_MODEL_ENV) or spec.model_name_or_path
-
-
-def name_base_model(local_dir: str, model_name_or_path: str) -> None:
-    """Make the final adapter name its base as the user did: the demo model's id instead of its local
-    cache path (PEFT records the path it loaded), so merge finds it on any machine."""
-    from ftctl.runpaths import ADAPTER_CONFIG
-
-    config = Path(local_dir, ADAPTER_CONFIG)
-    if config.is_file():
-        data = json.loads(config.read_text())
-        if data.get("base_model_name_or_path") != model_name_or_path:
-            data["base_model_name_or_path"] = model_name_or_path
-            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ cleanup

@@ -50,6 +50,7 @@ from trl import SFTTrainer as TrlSFTTrainer
 from ftctl.runpaths import MODEL_CONFIG
 from ftctl.trainer import lm_head, reshard
 from ftctl.trainer.distributed import local, offloads_optimizer, to_host_later
+from ftctl.trainer.trained import name_base
 
 log = logging.getLogger(__name__)
 
@@ -423,6 +424,8 @@ class SFTTrainer(TrlSFTTrainer):
         if state_dict is not None:
             state_dict = untied_copy_dropped(model, state_dict)
         super()._save(output_dir, state_dict)
+        if self.args.should_save and (base := getattr(self, "base_name", None)):
+            name_base(output_dir or self.args.output_dir, base)  # a checkpoint-N's adapter names its base by id too
         if cast:
             label_dtype(output_dir or self.args.output_dir, self.final_dtype)
 

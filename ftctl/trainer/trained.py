@@ -356,16 +356,26 @@ def eos_ids(configured, tokenizer) -> list[int]:
     return list(dict.fromkeys(ids + end_of_turn_ids(tokenizer)))
 
 
-def as_saved_for_others(model, tokenizer, base: str) -> None:
+def as_saved_for_others(model, tokenizer) -> None:
     """What every save of the model being trained (each checkpoint-N, the final one) tells the tool it is loaded in
-    next: its generation config stopping where the chat template ends a turn (eos_ids), and an adapter's base as the
-    user named it (base_model_name_or_path: PEFT records the path it loaded, the demo model's cache directory or a
-    SkyPilot node's copy of a shipped one, which no other machine has)."""
+    next: its generation config stopping where the chat template ends a turn (eos_ids). An adapter's base is named as
+    the user named it by name_base, after each save: named so in PEFT's config before the save, PEFT asked the Hub
+    for the base's config.json at every checkpoint (a node offline printed two warnings a save)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if (config := getattr(inner, "generation_config", None)) is not None:
         config.eos_token_id = eos_ids(config.eos_token_id, tokenizer)
-    for adapter in (getattr(model, "peft_config", None) or {}).values():
-        adapter.base_model_name_or_path = base
+
+
+def name_base(directory, base: str) -> None:
+    """An adapter saved in ``directory`` names its base as the user did (base_model_name_or_path): PEFT records the
+    path it loaded, the demo model's cache directory or a SkyPilot node's copy of a shipped one, which no other
+    machine has; merge and PEFT elsewhere resolve the id. Nothing where ``directory`` holds no adapter."""
+    config = Path(directory, ADAPTER_CONFIG)
+    if config.is_file():
+        data = json.loads(config.read_text())
+        if data.get("base_model_name_or_path") != base:
+            data["base_model_name_or_path"] = base
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def stop_at_end_of_turn(directory: Path) -> None:
