@@ -8,7 +8,8 @@ root, as --user's uid or else the image's USER, ``$FAKE_IMAGE_USER``), ``inspect
 (its ``.State.Status``: created/running/exited, ``.State.ExitCode``: 128+N for a command a signal N ended,
 ``.State.StartedAt`` and ``.State.FinishedAt`` in docker's RFC 3339 form, its zero time for never), ``logs [--follow] [--tail N] N``,
 ``stop [--time S] N`` (SIGTERM to the command, the container's PID 1, which ignores it without a handler of its
-own as a container's init does; SIGKILL to all of its processes after S seconds), ``rm N``, ``version`` and ``info
+own as a container's init does; SIGKILL to all of its processes after S seconds), ``kill N`` (SIGKILL to all of
+them at once), ``rm N``, ``version`` and ``info
 --format '{{json .}}'`` (a daemon's: its runtimes are runc and ``$FAKE_DOCKER_RUNTIMES``, comma-separated; with
 ``$FAKE_DOCKER_DAEMON_DOWN`` set every verb fails, as a CLI without its daemon does). The image is ignored: the command runs with this machine's python
 (first on PATH). State lives in ``$FAKE_DOCKER_STATE``; each call is appended to ``$FAKE_LOG`` as JSON.
@@ -248,6 +249,15 @@ def main(args):
                     os.kill(proc, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        print(name)
+    elif cmd == "kill":  # SIGKILL to the container's processes: nothing of it runs on to save
+        for proc in descendants(int((STATE / name / "pid").read_text())):
+            try:
+                os.kill(proc, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        while state(name)[0] == "running":
+            time.sleep(0.1)
         print(name)
     elif cmd == "rm":
         import shutil

@@ -200,9 +200,12 @@ class DockerBackend(Backend):
                 f"{grace} s for it, then docker kills it (`ftctl cancel --now {ref.job_id}` stops it at once)",
                 err=True,
             )
-        proc = _run([_docker(), "stop", "--time", str(grace), ref.job_id])
+        # --now (or nothing to save) is `docker kill`: `docker stop --time 0` sent SIGTERM first, and a trainer that
+        # could finish a small checkpoint before docker's SIGKILL saved one after all (a loaded machine, a tiny model)
+        verb = ["kill"] if at_once else ["stop", "--time", str(grace)]
+        proc = _run([_docker(), *verb, ref.job_id])
         if proc.returncode != 0:
-            raise FtctlError(f"docker stop {ref.job_id} failed: {_last_line(proc)}")
+            raise FtctlError(f"docker {verb[0]} {ref.job_id} failed: {_last_line(proc)}")
         after = self.status(ref)
         if after.state is JobState.SUCCEEDED:
             return f"job {ref.job_id} finished training before it could stop: {after.text}"
