@@ -326,14 +326,14 @@ def read_whole(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
 
 
 def _again_if_cut_off(call):
-    """``call()``, made again where its answer was cut off mid-body (CUT_OFF_STARTS in all, after a pause of up to 0.5,
-    1, 2 s); any other error is raised at once."""
+    """``call()``, made again where its answer was cut off mid-body or the object was written again while it was read
+    (CUT_OFF_STARTS in all, after a pause of up to 0.5, 1, 2 s); any other error is raised at once."""
     for start in range(CUT_OFF_STARTS):
         try:
             return call()
         except Exception as exc:
             names = {cls.__name__ for e in _chain(exc) for cls in type(e).__mro__}
-            if start + 1 == CUT_OFF_STARTS or not names & _CUT_OFF:
+            if start + 1 == CUT_OFF_STARTS or not names & (_CUT_OFF | _REWRITTEN):
                 raise
             time.sleep(random.random() * 0.5 * 2**start)
 
@@ -580,6 +580,9 @@ _FAILING = {"InternalError", "500", "502", "504", "BadGateway", "GatewayTimeout"
 #: XMinioStorageFull and bucket quota, WebDAV-style 507 Insufficient Storage of S3-compatible gateways
 _FULL = {"QuotaExceeded", "XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "507", "InsufficientStorage"}
 _CUT_OFF = {"ClientPayloadError", "IncompleteRead", "ResponseStreamingError", "ContentLengthError"}
+# s3fs's, where the object was written again between its size asked and its bytes read (it reads by the ETag it was
+# told): a lease its holder renewed meanwhile, every renew_s. Asked again, it is the new one.
+_REWRITTEN = {"FileExpired"}
 _UNREACHABLE = {
     "ConnectError",  # httpx's (huggingface_hub)
     "EndpointConnectionError",
