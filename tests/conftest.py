@@ -38,3 +38,49 @@ def _activated_environment(monkeypatch):
     from tests.slurm_fixtures import _venv_path
 
     monkeypatch.setenv("PATH", _venv_path())
+
+
+# What exists once per machine: the Slurm test cluster (and SkyPilot's infra on it, which also writes root's ~/.ssh,
+# ~/.bashrc and ~/.sky), and the docker stand-in's containers (processes of this machine). Under pytest-xdist
+# (scripts/test.sh: -n 2 --dist loadgroup) the tests of these files run on one worker, one after another (in
+# collection order), so one cluster is started per run and no two tests drive it from two processes; the other worker takes
+# every other test. By file, not by an xdist_group mark: xdist 3.8 names a marked test by its group through
+# `item._nodeid`, which pytest 9 no longer reads (the marked tests were spread over both workers, two clusters up).
+ONE_WORKER = "machine"
+ONE_WORKER_FILES = (
+    "test_docker_backend.py",  # tests/fake_docker.py's containers
+    "test_sky_launch.py",
+    "test_sky_yaml.py",
+    "test_slurm_e2e.py",
+    "test_slurm_relaunch.py",
+    "test_slurm_scheduler.py",
+)
+ONE_WORKER_FIXTURES = frozenset({"slurm_cluster", "slurm", "e2e", "sky_infra", "sky_s3", "sky_tools"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before its fixtures start anything
+def pytest_runtest_setup(item):
+    """A test of another file that uses the cluster fails at once, saying so (in a run of one process too): on a second
+    worker it would start a second cluster, and SkyPilot's infra a second one in root's home."""
+    uses = sorted(ONE_WORKER_FIXTURES.intersection(item.fixturenames))
+    if uses and item.path.name not in ONE_WORKER_FILES:
+        pytest.fail(
+            f"{item.path.name} uses {', '.join(uses)}: add it to ONE_WORKER_FILES in tests/conftest.py (those files' "
+            "tests run on one pytest-xdist worker)",
+            pytrace=False,
+        )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadgroup: ONE_WORKER_FILES' tests as one unit of work, the largest, handed out first; every other test
+    its own unit, handed to whichever worker is free (as --dist load)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerForTheMachine(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return ONE_WORKER if nodeid.split("::", 1)[0].rsplit("/", 1)[-1] in ONE_WORKER_FILES else nodeid
+
+    return OneWorkerForTheMachine(config, log)
