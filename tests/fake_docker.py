@@ -192,8 +192,12 @@ def main(args):
         wrapper = [  # runs the command, notes its pid (the container's PID 1), then its exit code as docker says it
             sys.executable,
             "-c",
-            "import subprocess,sys; p=subprocess.Popen(sys.argv[3:]); open(sys.argv[2],'w').write(str(p.pid)); "
-            "rc=p.wait(); open(sys.argv[1],'w').write(str(128-rc if rc<0 else rc))",
+            # each file written aside and renamed: `state` polled rc as it was created, read '' (int: ValueError)
+            "import os,subprocess,sys\n"
+            "def put(path, text):\n"
+            "    open(path + '.tmp', 'w').write(text); os.replace(path + '.tmp', path)\n"
+            "p=subprocess.Popen(sys.argv[3:]); put(sys.argv[2], str(p.pid))\n"
+            "rc=p.wait(); put(sys.argv[1], str(128-rc if rc<0 else rc))",
             str(d / "rc"),
             str(d / "init"),
             *argv,
