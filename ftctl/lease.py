@@ -296,14 +296,7 @@ class Follower:
             raise LeaseLost(self.lost_why, requeue=False)
         if not ask:
             return
-        try:
-            lease = read(self.output, self.endpoint_url)
-        except Exception as exc:  # noqa: BLE001 - cannot tell: not written now, tried again
-            why = storage.redact(str(exc)) or type(exc).__name__
-            raise OSError(f"cannot read {uri_of(self.output)} to see that it is still this run's: {why}") from None
-        if lease is None:
-            raise OSError(f"{uri_of(self.output)} is not there (not written yet, or removed): nothing written")
-        if any(lease.get(key) != value for key, value in self.record.items()):
+        if lease := _taken(self.output, self.endpoint_url, self.record, "this run's", "nothing written"):
             self.lost_why = (
                 f"{uri_of(self.output)} is held by {describe(lease)} now, not by this run's rank 0 "
                 f"({self.record.get('holder')}): another job took {self.output} over; this node writes nothing more "
@@ -315,6 +308,20 @@ class Follower:
     def close(self) -> None:
         if _HELD.get(self.output.rstrip("/")) is self:
             del _HELD[self.output.rstrip("/")]
+
+
+def _taken(output: str, endpoint_url: str | None, record: dict, whose: str, so: str) -> dict | None:
+    """The store's lease on ``output`` where it is not ``record`` now (another job's), None while it is (Holder.check,
+    Follower.check with ``ask``); OSError where the store cannot say or holds none (``so``: what is not done meanwhile;
+    the uploader tries again)."""
+    try:
+        lease = read(output, endpoint_url)
+    except Exception as exc:  # noqa: BLE001 - cannot tell: not done now, tried again
+        why = storage.redact(str(exc)) or type(exc).__name__
+        raise OSError(f"cannot read {uri_of(output)} to see that it is still {whose}: {why}") from None
+    if lease is None:
+        raise OSError(f"{uri_of(output)} is not there (not written yet, or removed): {so}")
+    return lease if any(lease.get(key) != value for key, value in record.items()) else None
 
 
 class _Unwritten(Exception):
@@ -602,14 +609,7 @@ class Holder:
             raise stop
         if not ask:
             return
-        try:
-            lease = read(self.output, self.endpoint_url)
-        except Exception as exc:  # noqa: BLE001 - cannot tell: not committed now, tried again
-            why = storage.redact(str(exc)) or type(exc).__name__
-            raise OSError(f"cannot read {uri_of(self.output)} to see that it is still this trainer's: {why}") from None
-        if lease is None:
-            raise OSError(f"{uri_of(self.output)} is not there (not written yet, or removed): nothing committed")
-        if any(lease.get(key) != value for key, value in self.record.items()):
+        if _taken(self.output, self.endpoint_url, self.record, "this trainer's", "nothing committed"):
             self._lose()
             raise self.stopped()
 
