@@ -387,23 +387,68 @@ def test_a_slurm_job_that_ends_without_the_trainers_error_says_why(tmp_path):
     assert r.returncode == 1 and failures.error_line(r.stdout).startswith("not requeueing: max_requeues=5 reached"), (
         r.stdout
     )
-    # a too-short --time cuts every attempt, and more requeues do not lengthen one: the line names --time first
-    said = failures.error_line(r.stdout)
-    assert "each attempt is cut by the time limit (the partition's default: --time), raise --time, or allow" in said
-    timed = prepared(
-        ["max_requeues=1", "signal_lead_s=60"],
-        backend="slurm",
-        gpus="1xA100",
-        model_name_or_path=MODEL,
-        time="00:02:00",
-    )
-    r = run_bash(
-        timed.text, cwd=tmp_path, fakes=fakes, log=tmp_path / "timed.jsonl", env={**last, "SLURM_JOB_ID": "81"}
-    )
-    assert failures.error_line(r.stdout) == (
-        "not requeueing: max_requeues=1 reached; where each attempt is cut by the time limit (--time 00:02:00), raise "
-        "--time, or allow more requeues with -o max_requeues=N; the same ftctl launch resumes from the last checkpoint"
+    # stopped at a checkpoint with no USR2 (nor the store's exit): the time limit is not blamed (test_render's
+    # test_the_last_requeue_names_what_ended_the_attempt has the others)
+    assert failures.error_line(r.stdout).endswith(
+        "stopped at a checkpoint (exit 0) without Slurm's time-limit notice (USR2), so its time limit did not end it: "
+        "allow more requeues with -o max_requeues=N; the same ftctl launch resumes from the last checkpoint"
     ), r.stdout
+
+
+def test_the_last_requeue_names_what_ended_the_attempt(tmp_path):
+    """max_requeues reached: the line blamed the time limit (raise --time) however the attempts ended. A store down at
+    each requeued start ends the trainer as a preempted run with exit 75 (ftctl.lease): said as the store, from srun's
+    exit or, where srun says another node's (137), from ftctl's torchrun line in this attempt's log; a USR2 long
+    before --time's notice is a preemption; a USR2 at it, the time limit."""
+    import signal
+
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_NODELIST": "node1", "SLURM_RESTART_COUNT": "1"}
+    flags = dict(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
+    hour = prepared(["max_requeues=1", "signal_lead_s=60"], time="01:00:00", **flags)
+    store = "the last attempt ended because the object store did not answer (exit 75: the trainer's error above"
+    fakes = fake_bin(tmp_path / "down")
+    (fakes / "python3").write_text(  # the trainer that waited for the store, then ended as a preempted run
+        '#!/bin/sh\necho preempted > "$FTCTL_STATUS_FILE"\n'
+        'echo "ftctl: torchrun: rank 0 on node1 exited with 75; its error is above" >&2\nexit "$FAKE_RC"\n'
+    )
+    for job, rc in (("90", "75"), ("91", "137")):
+        log = tmp_path / f"slurm-{job}.out"  # where Slurm appends the attempt's output
+        with log.open("a") as out:
+            r = subprocess.run(
+                ["bash", "-c", hour.text],
+                cwd=tmp_path,
+                env={
+                    **env,
+                    "SLURM_JOB_ID": job,
+                    "FAKE_RC": rc,
+                    "FAKE_LOG": str(tmp_path / "f.jsonl"),
+                    "PATH": f"{fakes}:/usr/bin:/bin",
+                },  # fmt: skip
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=60,
+            )
+        said = failures.error_line(log.read_text())
+        assert r.returncode == 1 and store in said and "--time" in said and "raise --time" not in said, said
+    # USR2 one second into a one-hour --time: a preemption
+    rc, out, _ = _signalled_while_training(tmp_path, hour, {**env, "SLURM_JOB_ID": "92"}, signal.SIGUSR2)
+    assert rc == 1 and failures.error_line(out) == (
+        "not requeueing: max_requeues=1 reached; the last attempt was stopped by Slurm's USR2 1 s after it started, "
+        "long before its time limit (--time 01:00:00, whose notice comes 60 s before it): a preemption (or a USR2 "
+        "sent by hand), so a longer --time would not help: allow more requeues with -o max_requeues=N; the same "
+        "ftctl launch resumes from the last checkpoint"
+    ).replace(" 1 s after", f" {_usr2_at(out)} s after"), out
+    # USR2 at a two-minute --time's notice: the time limit, which a longer --time lengthens
+    short = prepared(["max_requeues=1", "signal_lead_s=60"], time="00:02:00", **flags)
+    rc, out, _ = _signalled_while_training(tmp_path, short, {**env, "SLURM_JOB_ID": "93"}, signal.SIGUSR2)
+    assert rc == 1 and failures.error_line(out) == (
+        "not requeueing: max_requeues=1 reached; the last attempt was cut by its time limit (--time 00:02:00): raise "
+        "--time, or allow more requeues with -o max_requeues=N; the same ftctl launch resumes from the last checkpoint"
+    ), out
+
+
+def _usr2_at(out: str) -> str:
+    return re.search(r"USR2 (\d+) s after", out).group(1)
 
 
 def test_a_slurm_job_whose_trainer_said_why_it_stopped_is_not_guessed_out_of_memory(tmp_path):

@@ -51,9 +51,10 @@ from ftctl.launch import (
     torchrun_argv,
     trainer_env,
 )
+from ftctl.lease import UNREACHED_EXIT
 from ftctl.plan import Plan
 from ftctl.runpaths import SLURM_LOG_PATTERN, SLURM_STATUS_PATTERN, SLURM_STOP_PATTERN
-from ftctl.spec import RunSpec
+from ftctl.spec import RunSpec, slurm_time_s
 from ftctl.storage import JOB_ENV, REMOTE_SCHEMES, home_credentials, is_remote, scheme
 
 # the per-attempt file names of ftctl.runpaths, spelled with the batch script's own variables
@@ -86,6 +87,11 @@ _AFTER_TERM = (
     "where Slurm requeues this job (a requeue, a node failure, a preemption) it resumes by itself, else (a cancel) "
     "the same ftctl launch resumes it"
 )
+# Slurm's USR2 may come up to 60 s before signal_lead_s, and the batch shell starts after the job's clock does (its
+# prolog): a notice later than the time limit less the lead less this, by the shell's clock, was the time limit's
+TIME_LIMIT_SLACK_S = 180
+# the line of ftctl's torchrun on a node whose trainer ended so (srun's own exit is another's: a node killed after it)
+_UNREACHED_SAID = f"exited with {UNREACHED_EXIT};"
 # the #SBATCH options ftctl writes itself, and how each is set: an --sbatch-arg naming one would override it (the
 # last one wins), so it is refused
 OWN_OPTIONS = {
@@ -283,6 +289,41 @@ def store_access(spec: RunSpec) -> list[str]:
     return lines
 
 
+def last_requeue(requeues: int, cut_by: str, limit: int | None, lead_s: int) -> list[str]:
+    """The script's lines where a preempted attempt is the last that max_requeues allows: its error line names what
+    ended that attempt. It blamed the time limit whatever did: a store down at each requeued start (the trainer waits
+    for it, then ends as a preempted run, exit UNREACHED_EXIT: ftctl.lease) or a preemption, where a longer --time
+    does nothing. With --time known (``limit``), a USR2 well before the time limit's notice was a preemption's."""
+    head = f"{ERROR_PREFIX}not requeueing: max_requeues={requeues} reached"
+    more, resumes = (
+        "allow more requeues with -o max_requeues=N",
+        "the same ftctl launch resumes from the last checkpoint",
+    )
+    early = None if limit is None else limit - lead_s - TIME_LIMIT_SLACK_S
+    lines = [
+        f'  if [ "$RC" -eq {UNREACHED_EXIT} ] || tail -c +$((LOG_AT + 1)) "$LOG" 2>/dev/null | '
+        f'grep -qF "{_UNREACHED_SAID}"; then',
+        f'    echo "{head}; the last attempt ended because the object store did not answer (exit {UNREACHED_EXIT}: the '
+        "trainer's error above names the store and its error), not by its time limit, so a longer --time would not "
+        f'help: once the store answers, {resumes} ({more} to wait through a longer outage)"',
+        '  elif [ -z "$USR2_AT" ]; then',
+        f"    echo \"{head}; the last attempt stopped at a checkpoint (exit $RC) without Slurm's time-limit notice "
+        f'(USR2), so its time limit did not end it: {more}; {resumes}"',
+    ]
+    if early is not None and early > 0:
+        lines += [
+            f'  elif [ "$USR2_AT" -lt {early} ]; then',
+            f"    echo \"{head}; the last attempt was stopped by Slurm's USR2 ${{USR2_AT}} s after it started, long "
+            f"before its time limit ({cut_by}, whose notice comes {lead_s} s before it): a preemption (or a USR2 sent "
+            f'by hand), so a longer --time would not help: {more}; {resumes}"',
+        ]
+    if limit is not None:
+        cut = f"the last attempt was cut by its time limit ({cut_by}): raise --time, or {more}; {resumes}"
+    else:
+        cut = f"where each attempt is cut by the time limit ({cut_by}), raise --time, or {more}; {resumes}"
+    return [*lines, "  else", f'    echo "{head}; {cut}"', "  fi"]
+
+
 def pyxis_image(ref: str) -> str:
     """A docker reference as enroot reads it: ``ghcr.io/org/ftctl:T`` -> ``ghcr.io#org/ftctl:T`` (without
     the ``#``, enroot takes the first part for a Docker Hub name); enroot's ``docker://`` URI form the same way."""
@@ -301,6 +342,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
     requeues = MAX_REQUEUES if spec.max_requeues is None else spec.max_requeues
     # a USR2 at every attempt: mostly its time limit (a too-short --time), which more requeues do not lengthen
     cut_by = f"--time {_sbatch_value('time', spec.time)}" if spec.time else "the partition's default: --time"
+    limit = slurm_time_s(spec.time) if spec.time else None
     kind, image = container_kind(spec)
     if kind == "docker":
         raise FtctlError(
@@ -379,7 +421,9 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         *env_lines,
         f"# secrets come from the submitting environment, by name only: {secrets}",
         *store_access(spec),
-        f'on_signal() {{ echo "ftctl: USR2 (time limit or preemption): checkpointing"; touch "${STOP_ENV}"; }}',
+        "USR2_AT=\"\"  # when Slurm's USR2 came, by this shell's clock: the time limit's, or a preemption before it",
+        'on_signal() { echo "ftctl: USR2 (time limit or preemption): checkpointing"; USR2_AT=${USR2_AT:-$SECONDS}; '
+        f'touch "${STOP_ENV}"; }}',
         "trap on_signal USR2  # before the setup lines: a signal during them would end the job unsaved",
         'TERMINATED=""',
         'on_term() { echo "ftctl: TERM (a cancel, a requeue or a preemption): checkpointing"; '
@@ -443,9 +487,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         'the same ftctl launch resumes it"',
         "    exit 1",
         "  fi",
-        f'  echo "{ERROR_PREFIX}not requeueing: max_requeues={requeues} reached; where each attempt is cut by the time '
-        f"limit ({cut_by}), raise --time, or allow more requeues with -o max_requeues=N; the same ftctl launch resumes "
-        'from the last checkpoint"',
+        *last_requeue(requeues, cut_by, limit, spec.signal_lead_s),
         "  exit 1",
         "fi",
         'exit "$RC"',
