@@ -12,6 +12,7 @@ with its data, as S3, MinIO or R2 do after an outage.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,7 +39,7 @@ class MotoS3:
 
     def __init__(self, workdir: Path, port: int | None = None, record: bool = False, host: str = "127.0.0.1"):
         self.host = host
-        self.port = port or free_port()
+        self.port = port  # None: the kernel's pick, read from the server's own line (no race with another binder)
         self.workdir = Path(workdir)
         self.record = record
         self.journal = self.workdir / "moto-journal.jsonl"
@@ -53,9 +54,14 @@ class MotoS3:
         if self.record:
             env.update(MOTO_ENABLE_RECORDING="True", MOTO_RECORDER_FILEPATH=str(self.journal))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.workdir / "moto-server.log", "ab")
+        path = self.workdir / "moto-server.log"
+        start = path.stat().st_size if path.exists() else 0  # this start's lines: the log is appended to
+        log = open(path, "ab")
+        # port 0 the first time: the server binds a port the kernel picks and names it in its "Running on" line. A
+        # port picked here (free_port) and bound by the server a second later could be taken meanwhile by another
+        # test's listener or the other xdist worker's server, which this check then connected to.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port or 0)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -64,12 +70,20 @@ class MotoS3:
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited: see {self.workdir / 'moto-server.log'}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
+                raise RuntimeError(f"moto_server exited: see {path}")
+            if self.port is None:
+                with open(path, "rb") as fh:
+                    fh.seek(start)
+                    found = re.search(rb"Running on http://[^:/\s]+:(\d+)", fh.read())
+                if found:
+                    self.port = int(found.group(1))
+            if self.port is not None:
+                try:
+                    with socket.create_connection((self.host, self.port), timeout=0.2):
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.05)
         raise RuntimeError("moto_server did not start within 30 s")
 
     def kill(self) -> None:
