@@ -205,6 +205,7 @@ class Uploader:
         self._fs = None
         self._tracking_sent: dict[str, int] = {}  # tracking file -> its size when sent
         self._full_said = False  # the store's "full" line said, and no upload taken since (_full)
+        self._last_error: str | None = None  # the store's last error since it last took an upload (last_error)
         self._thread = threading.Thread(target=self._run, name="ftctl-uploader", daemon=True)
         self._thread.start()
 
@@ -293,6 +294,35 @@ class Uploader:
         log.info("checkpoint uploads to %s done (waited %.1f s)", self.remote_uri, waited)
         return True
 
+    def last_error(self) -> str | None:
+        """The store's last error since it last took an upload, in one line without a credential: storage's
+        classification where it knows the error (unreachable, credentials, denied, full, busy...: what to do), else
+        its type and words; None where none failed since."""
+        with self._cond:
+            return self._last_error
+
+    def why_unsent(self) -> str:
+        """Why what is still pending is not in the store, for the line that says it was not uploaded in time: the
+        store's last error, node 0 waiting for the other nodes' shares, or an upload under way without an error."""
+        if said := self.last_error():
+            return f"the store's last error: {said.rstrip('.')}"  # said inside the caller's sentence
+        with self._cond:
+            peers = bool(self._pending) and self._awaits_peers(self._pending[0])
+        if peers:
+            return "node 0's share is in the store; another node's share of it was not"
+        return (
+            "the store reported no error: the upload was still under way (a slow link or a large model: raise "
+            "-o upload_wait_s)"
+        )
+
+    def _failed(self, exc: BaseException) -> None:
+        """Keep ``exc`` as the store's last error (last_error)."""
+        said = storage.store_error(exc, self.remote_uri, self.endpoint_url)
+        line = str(said) if said is not None else f"{type(exc).__name__}: {storage.redact(str(exc))}"
+        line = " ".join(line.split())  # one line
+        with self._cond:
+            self._last_error = line if len(line) <= 400 else line[:399] + "…"
+
     def close(self, timeout: float | None = 0) -> bool:
         """Wait up to ``timeout`` for pending uploads, then stop the thread."""
         ok = self.wait(timeout) if timeout != 0 else not self.pending()
@@ -348,6 +378,7 @@ class Uploader:
                         # after it waited behind it, the final model too
                         log.error("%s is gone before its upload to %s: not uploaded", job.local, self.remote_uri)
                         break
+                    self._failed(exc)
                     job.attempt_no += 1
                     base, cap = self.backoff
                     delay = min(cap, base * 2 ** (job.attempt_no - 1)) * random.uniform(0.8, 1.2)
@@ -370,6 +401,7 @@ class Uploader:
                 shutil.rmtree(job.local, ignore_errors=True)
             self._full_said = False  # taken: a store full again is said again
             with self._cond:
+                self._last_error = None
                 self._pending.remove(job)
                 self._cond.notify_all()
 

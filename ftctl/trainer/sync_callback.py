@@ -483,6 +483,12 @@ class CheckpointSyncCallback(TrainerCallback):
         ``close``."""
         return self.uploader.pending() if self.uploader is not None else []
 
+    def why_unsent(self) -> str:
+        """Why what ``unsent`` lists is not in the store, in one line without a credential (Uploader.why_unsent: the
+        store's last error, say unreachable, credentials refused or full, with what to do): the lines saying that a
+        checkpoint or the final model was not uploaded within upload_wait_s named no cause. Ask before ``close``."""
+        return self.uploader.why_unsent() if self.uploader is not None else "no store to upload to"
+
     def close(self) -> None:
         if self.uploader is not None:
             self.uploader.close(0)
