@@ -706,7 +706,7 @@ def held_run(spec: RunSpec) -> str | None:
     return None
 
 
-# what a launch holds while it launches (a local run: while it trains), one file a run directory and a store output
+# where a launch into an object-store output holds it (its run directories are each working directory's own)
 LAUNCHING_DIR = "launching"
 
 
@@ -714,47 +714,111 @@ LAUNCHING_DIR = "launching"
 def launching(rendered: Rendered, command: str = "ftctl launch"):
     """Held by one `ftctl launch` (or `ftctl train`) of a run from its checks until its job is recorded, and by a
     local run's until it ends: a second launch into the same run directory or object-store output, from another
-    terminal or the same sweep script, is refused at once. Its trainer's lock (training_now) refused it only once that
-    trainer had started: until then both launches passed their checks, the second replaced the spec.json the first's
-    trainer then read (it trained with the other's settings) and left its own refusal in the first's records. The
-    locks are in ftctl's home (home_file): another user's launch is refused by the trainer's lock alone."""
+    terminal, the same sweep script, another ftctl home or another user of this machine (or of a cluster's shared
+    disk), is refused at once. Its trainer's lock (training_now) refused it only once that trainer had started: until
+    then both launches passed their checks, the second replaced the spec.json the first's trainer then read (it
+    trained with the other's settings) and left its own refusal in the first's records. The run directory's lock is
+    in the run directory (RunPaths.launch_lock), which every launch into it shares; an object-store output's is in
+    ftctl's home (home_file), as is a run directory's on a file system without locks."""
+    output = rendered.spec.output
     with contextlib.ExitStack() as held:
-        for key in sorted({str(rendered.run_dir), rendered.spec.output}):  # sorted: two launches never wait in turn
-            if lock := _launch_lock(key, rendered.spec.output, command):
+        if not held.enter_context(_run_dir_launch_lock(rendered, command)):
+            if lock := _launch_lock(_launch_lock_path(str(rendered.run_dir)), output, command):
                 held.enter_context(lock)
+        if is_remote(output) and (lock := _launch_lock(_launch_lock_path(output), output, command)):
+            held.enter_context(lock)
         yield
 
 
-def _launch_lock(key: str, output: str, command: str, tries: int = 5):
-    """The open file of ``key``'s launch lock, held (flock) and naming this process; None where locks cannot be
-    taken (an unwritable ftctl home: its jobs record says so; a file system without locks): the trainer's lock still
-    refuses a second run. FtctlError naming the holder where another launch holds it (a dry run's look, an instant
-    long, is waited for: up to a quarter of a second)."""
-    path = _launch_lock_path(key)
+@contextlib.contextmanager
+def _run_dir_launch_lock(rendered: Rendered, command: str):
+    """The run directory's launch lock, held: True; False where it cannot be (a file system without locks, a run
+    directory this user cannot write: write_files says so). The directories it makes for it are removed again where
+    the launch fails with nothing else written in them: a refused launch leaves no run directory behind."""
+    from ftctl.preflight import foreign_output
+
+    paths = rendered.paths
+    if said := foreign_output(paths.root, paths.root):  # before .ftctl/ makes it look like a run's
+        raise FtctlError(said)
+    path = paths.launch_lock
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # the deepest first
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+")
     except OSError:
-        return None
+        made = []
+    fh = _launch_lock(path, rendered.spec.output, command)
+    if fh is None:
+        _remove_empty(made)
+        yield False
+        return
+    try:
+        yield True
+    except BaseException:
+        if made:  # this launch made the run directory (or its .ftctl/): nothing of it stays (removed while held)
+            path.unlink(missing_ok=True)
+            _remove_empty(made)
+        raise
+    finally:
+        fh.close()
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:  # something else was written there since: kept
+            return
+
+
+def _launch_lock(path: Path, output: str, command: str, tries: int = 5):
+    """The open file of the launch lock ``path``, held (flock) and naming this process; None where locks cannot be
+    taken (an unwritable directory: write_files or the jobs record says so; a file system without locks): the
+    trainer's lock still refuses a second run. FtctlError naming the holder where another launch holds it (a dry
+    run's look, an instant long, is waited for: up to a quarter of a second)."""
+    from ftctl.runpaths import open_lock, still_locked
+
     for attempt in range(tries):
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open_lock(path)  # another user's in a shared run directory: read-only, a lock all the same
+        except FileNotFoundError:  # its directory removed meanwhile by a failed launch into a new run directory
+            continue
+        except OSError:
+            return None
+        try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
         except BlockingIOError:
+            holder = fh.read().strip()
+            fh.close()
             if attempt == tries - 1:
-                fh.seek(0)
-                holder = fh.read().strip()
-                fh.close()
                 raise FtctlError(_launched_into(output, holder)) from None
             time.sleep(0.05)
+            continue
         except OSError:
             fh.close()
             return None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"`{command}` (pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
-    fh.flush()
-    return fh
+        if not still_locked(fh, path):  # removed by the failed launch that held it: a new one is the lock
+            fh.close()
+            continue
+        if fh.writable():
+            fh.seek(0)
+            fh.truncate()
+            fh.write(
+                f"`{command}` (pid {os.getpid()} on {socket.gethostname()} by {_user()} since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+            )
+            fh.flush()
+        return fh
+    return None
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # no name for this uid (a container's): its number
+        return f"uid {os.getuid()}"
 
 
 def _launch_lock_path(key: str) -> Path:
@@ -771,16 +835,18 @@ def _launched_into(output: str, holder: str) -> str:
 
 def refuse_a_launch_under_way(rendered: Rendered) -> None:
     """What launching would refuse, asked without taking it (`launch --dry-run`)."""
-    for key in sorted({str(rendered.run_dir), rendered.spec.output}):
+    output = rendered.spec.output
+    looks = [rendered.paths.launch_lock, _launch_lock_path(str(rendered.run_dir))]
+    for path in looks + ([_launch_lock_path(output)] if is_remote(output) else []):
         try:
-            fh = open(_launch_lock_path(key))
-        except OSError:  # none: no launch from here ever held it
+            fh = open(path)
+        except OSError:  # none: no launch ever held it
             continue
         with fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise FtctlError(_launched_into(rendered.spec.output, fh.read().strip())) from None
+                raise FtctlError(_launched_into(output, fh.read().strip())) from None
             except OSError:  # no locks on this file system: not known
                 continue
 

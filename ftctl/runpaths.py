@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 SPEC_FILE = "spec.json"  # the run description and its plan (ftctl.plan.dump_run)
 METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step, written by the trainer's rank 0
@@ -90,6 +91,37 @@ def foreign_files(root) -> list[str]:
     return names
 
 
+def open_lock(path) -> IO[str]:
+    """The lock file ``path`` open for flock, created where missing, in a directory several users may share (a run
+    directory of a project's, a group's FTCTL_CACHE on a login node): writable where this user may write it, else
+    read-only, as flock takes a read-only file too (another user's lock, mode 644, was a PermissionError traceback).
+    One it creates is as writable as its directory (group-writable in a group-writable one), so the next user of
+    the group can write their name in it. OSError where it is missing and cannot be created (the directory missing
+    or not writable)."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        try:
+            return open(path, "r+")
+        except PermissionError:
+            return open(path)
+    try:
+        os.fchmod(fd, 0o644 | (os.stat(path.parent).st_mode & 0o022))
+    except OSError:  # not ours to change (a file system without modes): it locks all the same
+        pass
+    return os.fdopen(fd, "r+")
+
+
+def still_locked(fh: IO[str], path) -> bool:
+    """Whether ``fh``, flocked, is still the file at ``path``: one removed meanwhile (a failed launch removing the run
+    directory it made, with its lock) locks nothing any later opener sees."""
+    try:
+        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
@@ -128,8 +160,16 @@ class RunPaths:
         return self.root / FAILURES_DIR
 
     def earlier_spec(self, stamp: str) -> Path:
-        """Where a relaunch with other settings keeps the spec.json it replaces (backend.write_files)."""
-        return self.root / ".ftctl" / f"spec.{stamp}.json"
+        """Where a relaunch with other settings keeps the spec.json it replaces (backend.write_files): spec.STAMP.json,
+        or spec.STAMP-N.json where that is taken (stamps are seconds: two relaunches in one second wrote one name, and
+        the second replaced the first's kept spec). Relaunches take the run's launch lock (backend.launching), so none
+        takes the same free name meanwhile."""
+        kept = self.root / ".ftctl"
+        path, n = kept / f"spec.{stamp}.json", 1
+        while os.path.lexists(path):
+            n += 1
+            path = kept / f"spec.{stamp}-{n}.json"
+        return path
 
     @property
     def stop_file(self) -> Path:
@@ -147,6 +187,13 @@ class RunPaths:
         """Held (flock) by the rank 0 trainer writing into this directory, so a second one stops at once
         (trainer.run.only_trainer); it names its holder."""
         return self.root / ".ftctl" / "train.lock"
+
+    @property
+    def launch_lock(self) -> Path:
+        """Held (flock) by the `ftctl launch` (or `ftctl train`) of a run into this directory from its checks until
+        its job is recorded (a local run: until it ends), whatever its ftctl home or user: a second launch meanwhile
+        is refused at once (backend.launching); it names its holder."""
+        return self.root / ".ftctl" / "launch.lock"
 
     @property
     def launcher_log(self) -> Path:
