@@ -144,7 +144,7 @@ def test_an_adapter_and_its_merge_stop_where_the_template_ends_a_turn(lora_outpu
     eos, end = _ids(lora_output)
     assert GenerationConfig.from_pretrained(lora_output).eos_token_id == [eos, end]
     card = (lora_output / "README.md").read_text()
-    assert f'model.generation_config = GenerationConfig.from_pretrained("{lora_output.resolve()}")' in card
+    assert 'model.generation_config = GenerationConfig.from_pretrained("DIR")' in card  # DIR: this directory
     model = AutoPeftModelForCausalLM.from_pretrained(lora_output).eval()
     model.generation_config = GenerationConfig.from_pretrained(lora_output)  # as the card says
     assert _new_tokens_until_stop(lora_output, model) == 3
@@ -155,7 +155,7 @@ def test_an_adapter_and_its_merge_stop_where_the_template_ends_a_turn(lora_outpu
     card = ModelCard.load(merged / "README.md")  # what `hf upload` puts on the model's page
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
     assert (card.data.license, card.data.license_name, card.data.license_link) == ("other", "tiny-license", "LICENSE")
-    assert f"The LoRA adapter `{lora_output}` merged into" in card.text
+    assert f"The LoRA adapter `{lora_output.name}` merged into" in card.text  # no path of this machine
     assert _new_tokens_until_stop(merged, AutoModelForCausalLM.from_pretrained(merged).eval()) == 3
 
 
@@ -163,15 +163,16 @@ def test_each_save_of_a_model_in_training_stops_at_the_turns_end_and_names_the_b
     qwen_like_base, tmp_path
 ):
     """What run.setup gives the model it trains (trained.as_saved_for_others) and what each save then writes
-    (trained.name_base), so a checkpoint-N loads elsewhere as the final model does: PEFT records the base's path it
-    loaded (the demo model's cache directory, a SkyPilot node's copy), not the name the user gave. Named in PEFT's
-    config before the save instead, PEFT asked the Hub for that id's config.json at every save (warnings offline)."""
+    (trained.adapter_stops, trained.name_base), so a checkpoint-N loads elsewhere as the final model does: PEFT records
+    the base's path it loaded (the demo model's cache directory, a SkyPilot node's copy), not the name the user gave.
+    Named in PEFT's config before the save instead, PEFT asked the Hub for that id's config.json at every save
+    (warnings offline)."""
     import warnings
 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftctl.trainer.trained import as_saved_for_others, name_base
+    from ftctl.trainer.trained import adapter_stops, as_saved_for_others, name_base
 
     tokenizer = AutoTokenizer.from_pretrained(qwen_like_base)
     eos, end = _ids(qwen_like_base)
@@ -180,10 +181,12 @@ def test_each_save_of_a_model_in_training_stops_at_the_turns_end_and_names_the_b
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "Could not find a config file in <id>": the Hub not asked
         model.save_pretrained(tmp_path / "adapter")
+    adapter_stops(tmp_path / "adapter", model, tokenizer)
     name_base(tmp_path / "adapter", "HuggingFaceTB/SmolLM2-135M-Instruct")
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert model.get_base_model().generation_config.eos_token_id == [eos, end]
+    assert json.loads((tmp_path / "adapter" / "generation_config.json").read_text())["eos_token_id"] == [eos, end]
+    assert model.get_base_model().generation_config.eos_token_id == eos  # the base's own, as loaded
     full = AutoModelForCausalLM.from_pretrained(qwen_like_base)
     as_saved_for_others(full, tokenizer)
     full.save_pretrained(tmp_path / "full")

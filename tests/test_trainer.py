@@ -144,11 +144,13 @@ def test_the_model_card_of_a_hub_base_and_an_object_store_output():
     assert "A full fine-tune of [Org/Base-1B](https://huggingface.co/Org/Base-1B)" in card and "# r1\n" in card
     assert 'pipeline("text-generation", model="DIR")' in card and "ftctl sync pull s3://b/runs/r1 DIR" in card
     assert "ftctl merge" not in card
-    # a local output is loaded from its absolute path (file:// and a relative --output were written as given)
+    # a local output is loaded from DIR, said to be this directory: no path of the machine that trained (task 129)
     here = RunSpec(method="lora", output_dir="file:///tmp/o")
     card = model_card.text(here, "./models/llama", adapter=True, local_dir="/tmp/o")
-    assert 'from_pretrained("/tmp/o")' in card and "ftctl chat /tmp/o " in card and "file:" not in card
-    assert "A LoRA adapter of `./models/llama`" in card and "base_model" not in card and "ftctl's build" not in card
+    assert 'from_pretrained("DIR")' in card and "ftctl chat DIR " in card and "DIR is this directory (`o`)" in card
+    assert "/tmp/o" not in card and "file:" not in card
+    assert "A LoRA adapter of `llama` (a local model directory)" in card and "base_model" not in card
+    assert "ftctl's build" not in card
     assert model_card.hub_id("Org/Base-1B") == "Org/Base-1B" and model_card.hub_id("./o/m") is None
     # the demo's base is ftctl's build from a GGUF file, not the Hub's weights its id names (explore17)
     demo = RunSpec(method="lora", output_dir="/tmp/d")
@@ -170,10 +172,10 @@ def test_lora_trains_an_adapter_that_peft_loads(tiny_model_dir, tiny_data, tmp_p
     assert result.status == "complete" and math.isfinite(result.final_loss)
     config = json.loads(Path(result.output_dir, "adapter_config.json").read_text())
     assert config["r"] == 4 and config["base_model_name_or_path"] == "/where/it/was/launched"
-    # the card names that base, as a path (TRL's read "a fine-tuned version of [None]"), and loads the output
+    # the card names that base by its name, never a path of a machine (TRL's read "a fine-tuned version of [None]")
     card = Path(result.output_dir, "README.md").read_text()
-    assert "A LoRA adapter of `/where/it/was/launched`" in card and "None" not in card
-    assert f'AutoPeftModelForCausalLM.from_pretrained("{result.output_dir}")' in card
+    assert "A LoRA adapter of `launched` (a local model directory)" in card and "None" not in card
+    assert 'AutoPeftModelForCausalLM.from_pretrained("DIR")' in card and "/where/it/was" not in card
     assert "library_name: peft" in card and "base_model:" not in card  # the Hub's field takes a Hub id only
     # all linear projections of both blocks carry adapters (target all-linear, the head excluded)
     assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {

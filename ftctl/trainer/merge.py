@@ -114,9 +114,9 @@ def merge(
             merged.save_pretrained(tmp)
             AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(adapter)).save_pretrained(tmp)
             record = {
-                "adapter": named or str(adapter.path.resolve()),
+                "adapter": named or adapter_recorded(adapter.path, out),
                 "adapter_digest": adapter_digest(adapter.path),
-                "base": into,
+                "base": model_card.named(into),
                 "base_weights": weights,
                 "method": adapter.method,
             }
@@ -129,6 +129,17 @@ def merge(
         os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)
     log.info("merged %s into %s (%s, %s base) -> %s", adapter.path, into, precision, weights, out)
     return out
+
+
+def adapter_recorded(adapter: Path, out: Path) -> str:
+    """How ftctl-merge.json names the local adapter merged into ``out``: its path from ``out`` (``..`` for the
+    default RUN/merged), read back against the merge's directory (recorded_adapter). An absolute path was wrong on any
+    other machine the run and its merge were copied to, and, uploaded with the merge, showed the training machine's
+    directories (/home/USER/..., a node's /scratch/...). Absolute for a merge staged here for an object store."""
+    adapter = adapter.resolve()
+    if out.parent.name.startswith(STAGED_PREFIX):
+        return str(adapter)
+    return os.path.relpath(adapter, out.parent.resolve() / out.name)
 
 
 def base_weights(adapter: trained_mod.Trained, dequantize: bool | None, run: str) -> str:
@@ -249,7 +260,11 @@ def _refuse_existing(
     if record and storage.is_remote(run) and record.get("adapter") == run:
         return  # a merge of this run in the store's adapter: said once the adapter is downloaded and its digest known
     remove = "delete it from the store" if storage.is_remote(out_dir) else f"remove it (rm -r {shlex.quote(out_dir)})"
-    state = _merge_state(record, run, named, dequantize) if record else None
+    state = (
+        _merge_state({**record, "adapter": trained_mod.recorded_adapter(record, out_dir)}, run, named, dequantize)
+        if record
+        else None
+    )
     when = record.get("merged_at", "before") if record else ""
     if state in (DEQUANTIZED, ORIGINAL):
         flag = "--original-base" if state == ORIGINAL else "--dequantized-base"

@@ -3,19 +3,22 @@
 TRL's card (written at each checkpoint) is made for a model pushed to the Hub: a base in a local directory, or the
 demo model loaded from its cache, read "a fine-tuned version of [None](https://huggingface.co/None)", and its
 quick start loaded ``model="None"``. This one names the base as the run did (a Hub id is linked and is the card's
-``base_model``; a local directory is named as a path) and loads the output where the run wrote it.
+``base_model``; a local directory by its name, never the training machine's absolute path) and loads the output from
+DIR, said what it is. Each checkpoint-<step> gets one too (PEFT's placeholder was there).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
 from ftctl import __version__
 from ftctl.hub import HUB_ID
-from ftctl.spec import RunSpec, is_demo_model
-from ftctl.storage import is_remote, looks_like_path
+from ftctl.spec import RunSpec, is_demo_model, split_paths
+from ftctl.storage import is_remote, looks_like_path, scheme
+from ftctl.storage import join as storage_join
 from ftctl.trainer.trained import GENERATION_CONFIG
 
 README = "README.md"
@@ -47,11 +50,25 @@ def base_license(*bases: str) -> dict:
     return {}
 
 
-def text(spec: RunSpec, base: str, adapter: bool, local_dir: str) -> str:
+def named(path_or_id: str) -> str:
+    """A model, adapter or data file as a card names it: a Hub id, an object-store, hf:// or builtin: name as it is; a
+    local path by its last part. A card is read on other machines and, uploaded, by anyone: the absolute path of the
+    machine that trained (/home/USER/..., a node's /scratch/...) is wrong there and shows its owner's directories.
+    spec.json beside the card keeps those paths for this machine; adapter_config.json names the base where PEFT loads
+    it here (its base_model_name_or_path)."""
+    value = str(path_or_id)
+    if hub_id(value) or (scheme(value) and scheme(value) != "file") or value.startswith("builtin:"):
+        return value
+    return Path(value.removeprefix("file://").rstrip("/")).name or value
+
+
+def text(spec: RunSpec, base: str, adapter: bool, local_dir: str, step: int | None = None) -> str:
     """The card of a run of ``spec`` from ``base`` (the model as the user named it), its final model an adapter
-    (lora, qlora) or a whole model (fft, sft), written in ``local_dir`` (an object store's output: staged there)."""
+    (lora, qlora) or a whole model (fft, sft), written in ``local_dir`` (an object store's output: staged there);
+    ``step``: of its checkpoint-<step> (``local_dir``), PEFT's placeholder card there before ("Model Card for Model
+    ID", its base_model the path it loaded, which the Hub refuses). Local paths are named by their last part
+    (named); the snippets load DIR, said what it is."""
     linked = hub_id(base)
-    where = str(Path(local_dir).resolve()) if not is_remote(spec.output) else "DIR"  # a store's: its local copy
     data = ModelCardData(
         base_model=linked,
         library_name="peft" if adapter else "transformers",
@@ -59,30 +76,45 @@ def text(spec: RunSpec, base: str, adapter: bool, local_dir: str) -> str:
         tags=["ftctl", spec.method, "trl", "sft", *(["lora"] if adapter else [])],
         **base_license(base, spec.model_name_or_path),
     )
-    origin = f"[{base}](https://huggingface.co/{base})" if linked else f"`{base}`"
+    origin = f"[{base}](https://huggingface.co/{base})" if linked else f"`{named(base)}`"
+    if not linked and not is_remote(base) and not is_demo_model(base):
+        origin += " (a local model directory)"
     loads = (
-        f'from peft import AutoPeftModelForCausalLM\n\nmodel = AutoPeftModelForCausalLM.from_pretrained("{where}")'
+        'from peft import AutoPeftModelForCausalLM\n\nmodel = AutoPeftModelForCausalLM.from_pretrained("DIR")'
         if adapter
-        else f'from transformers import pipeline\n\ngenerator = pipeline("text-generation", model="{where}")'
+        else 'from transformers import pipeline\n\ngenerator = pipeline("text-generation", model="DIR")'
     )
-    if adapter and Path(local_dir, GENERATION_CONFIG).is_file():  # its base's stops elsewhere: stop_at_end_of_turn
+    if adapter and Path(local_dir, GENERATION_CONFIG).is_file():  # its base's stops elsewhere: adapter_stops
         loads = loads.replace("CausalLM\n", "CausalLM\nfrom transformers import GenerationConfig\n", 1) + (
-            f'\nmodel.generation_config = GenerationConfig.from_pretrained("{where}")  # stops where its answers end'
+            '\nmodel.generation_config = GenerationConfig.from_pretrained("DIR")  # stops where its answers end'
         )
-    commands = f'ftctl chat {where} -p "A question"'
+    commands = 'ftctl chat DIR -p "A question"'
     if adapter:
-        commands += f"\nftctl merge {where}   # the base with the adapter merged in: a plain model"
-    fetched = f"\n(`ftctl sync pull {spec.output} DIR` first.)\n" if where == "DIR" else ""
+        commands += "\nftctl merge DIR   # the base with the adapter merged in: a plain model"
+    title = spec.run_name or Path(spec.output.rstrip("/")).name
+    if is_remote(spec.output):
+        at = storage_join(spec.output, f"checkpoint-{step}") if step is not None else spec.output
+        fetched = f"DIR is a copy of {at} (`ftctl sync pull {spec.output} DIR` copies the run)."
+    else:
+        fetched = f"DIR is this directory (`{Path(local_dir).name}`{' of the run' if step is not None else ''})."
     built = _demo_base(base, adapter) if is_demo_model(base) else ""
+    settings = (
+        f"A checkpoint of the run `{title}`: its weights at step {step}. The run's settings (`spec.json`) and its "
+        "final model and card are in the directory above."
+        if step is not None
+        else "The run's settings are in `spec.json` beside this card (with the paths of the machine it trained on); "
+        "each logged step is a line of `metrics.jsonl`."
+    )
     body = f"""
-# {spec.run_name or Path(spec.output).name}
+# {title}{f" (checkpoint-{step})" if step is not None else ""}
 
 {_method(spec.method)} of {origin} with ftctl {__version__} (TRL's SFTTrainer),
-on `{spec.data_path}`. The run's settings are in `spec.json` beside this card; each logged step is a line of
-`metrics.jsonl`.{built}
+on {_data(spec.data_path)}. {settings}{built}
 
 ## Use it
-{fetched}
+
+{fetched} Uploaded to the Hub, DIR is its id.
+
 ```bash
 {commands}
 ```
@@ -92,6 +124,11 @@ on `{spec.data_path}`. The run's settings are in `spec.json` beside this card; e
 ```
 """
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _data(data_path: str | None) -> str:
+    """The data a run trained on, as its card says it (named)."""
+    return ", ".join(f"`{named(p)}`" for p in split_paths(data_path)) or "its data"
 
 
 def merged_text(adapter: str, base: str, method: str | None, into: str) -> str:
@@ -106,13 +143,13 @@ def merged_text(adapter: str, base: str, method: str | None, into: str) -> str:
         tags=["ftctl", *([method] if method else []), "trl", "sft"],
         **base_license(base),
     )
-    origin = f"[{base}](https://huggingface.co/{base})" if linked else f"`{base}`"
+    origin = f"[{base}](https://huggingface.co/{base})" if linked else f"`{named(base)}`"
     kind = "QLoRA" if method == "qlora" else "LoRA"
     built = _demo_base(base, adapter=False) if is_demo_model(base) else ""
     body = f"""
 # {Path(adapter.rstrip("/")).name}
 
-The {kind} adapter `{adapter}` merged into {origin} ({into}) with `ftctl merge` (ftctl {__version__}): a plain
+The {kind} adapter `{_adapter_named(adapter)}` merged into {origin} ({into}) with `ftctl merge` (ftctl {__version__}): a plain
 transformers model, loaded without PEFT or bitsandbytes. `ftctl-merge.json` beside this card says which adapter and
 which base weights went in.{built}
 
@@ -129,8 +166,24 @@ print(answer[0]["generated_text"][-1]["content"])
     return f"---\n{data.to_yaml()}\n---\n{body}"
 
 
+def _adapter_named(adapter: str) -> str:
+    """An adapter as a merge's card names it (named): a checkpoint with its run's name (``r1/checkpoint-6``)."""
+    name = named(adapter)
+    parent = Path(adapter.rstrip("/")).parent.name
+    return f"{parent}/{name}" if name.startswith("checkpoint-") and name != adapter and parent else name
+
+
 def write_merged(directory, adapter: str, base: str, method: str | None, into: str) -> None:
-    ModelCard(merged_text(adapter, base, method, into)).save(str(Path(directory, README)))
+    _save(merged_text(adapter, base, method, into), directory)
+
+
+def _save(card: str, directory) -> None:
+    """README.md written whole: beside it first, then renamed over the one there (TRL's, PEFT's, the last
+    checkpoint's), so a run stopped while writing it leaves one card or the other, never half of one."""
+    path = Path(directory, README)
+    aside = path.with_name(f".{README}.tmp")
+    ModelCard(card).save(str(aside))
+    os.replace(aside, path)
 
 
 def _demo_base(base: str, adapter: bool) -> str:
@@ -155,6 +208,7 @@ def _method(method: str) -> str:
     }[method]
 
 
-def write(directory: str, spec: RunSpec, base: str, adapter: bool) -> None:
-    """The card into ``directory``, replacing TRL's or PEFT's (written at each checkpoint and with the final model)."""
-    ModelCard(text(spec, base, adapter, directory)).save(str(Path(directory, README)))
+def write(directory: str, spec: RunSpec, base: str, adapter: bool, step: int | None = None) -> None:
+    """The card into ``directory``, replacing TRL's or PEFT's (written at each checkpoint and with the final model);
+    ``step``: ``directory`` is the run's checkpoint-<step>."""
+    _save(text(spec, base, adapter, directory, step), directory)

@@ -29,6 +29,7 @@ neither the 1B fft peak nor its speed moved measurably (bench/NOTES.md, v6).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -50,7 +51,7 @@ from trl import SFTTrainer as TrlSFTTrainer
 from ftctl.runpaths import MODEL_CONFIG
 from ftctl.trainer import lm_head, reshard
 from ftctl.trainer.distributed import local, offloads_optimizer, to_host_later
-from ftctl.trainer.trained import name_base
+from ftctl.trainer.trained import adapter_stops, name_base
 
 log = logging.getLogger(__name__)
 
@@ -165,12 +166,44 @@ def saving_final(trainer, dtype: torch.dtype | None):
         trainer.final_dtype = None
 
 
+def trains_embeddings(model) -> bool:
+    """Whether the adapter of ``model`` (a PeftModel) trains the input embedding or the LM head (lora_target_modules
+    naming embed_tokens or lm_head): then its saves hold them, as PEFT's save_embedding_layers="auto" decides. ftctl
+    never resizes the vocabulary (no token is added: a tokenizer without a pad token pads with its eos), the other
+    case where "auto" saves them."""
+    from peft.utils.save_and_load import has_valid_embedding_base_layer
+
+    base = model.get_base_model()
+    layers = (base.get_input_embeddings(), getattr(base, "get_output_embeddings", lambda: None)())
+    return any(layer is not None and has_valid_embedding_base_layer(layer) for layer in layers)
+
+
+@contextlib.contextmanager
+def embeddings_as_trained(model):
+    """Saves of ``model`` (a PeftModel; anything else as it is) inside say PEFT's save_embedding_layers
+    (trains_embeddings) instead of leaving it "auto", which, to tell whether the vocabulary was resized, asks the
+    Hub for the base's config.json wherever the adapter's config names an id (the base loaded by its id): at every
+    checkpoint, and on a node offline without HF_HUB_OFFLINE two warnings a save (transformers' Trainer.save_model
+    has no argument for it)."""
+    if not is_peft_model(model):
+        yield
+        return
+    model.save_pretrained = functools.partial(
+        type(model).save_pretrained, model, save_embedding_layers=trains_embeddings(model)
+    )
+    try:
+        yield
+    finally:
+        del model.save_pretrained
+
+
 class SFTTrainer(TrlSFTTrainer):
     defer_logs: bool | None = None  # a step's log written at the next step's end; None: on CUDA
     final_dtype: torch.dtype | None = None  # set while the final model is saved (saving_final); None: as trained
     card = None  # writes the run's README.md into a directory (model_card.write); None: TRL's card
     loads_best = False  # load_best_model_at_end: the run's end loads the lowest held-out loss's checkpoint (run.py)
     final_weights: dict | None = None  # what run.load_best loaded: weights_step, eval_loss, checkpoint, last_step
+    _checkpoint_step: int | None = None  # while a checkpoint is saved: its step
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
         """ftctl's card (trainer/model_card.py) where the run gave one: TRL's names a local base "None". With
@@ -410,24 +443,37 @@ class SFTTrainer(TrlSFTTrainer):
     def _save_checkpoint(self, model, trial):
         self._write_late_log()
         self._flush()  # trainer_state.json records the tokens seen
-        super()._save_checkpoint(model, trial)
+        self._checkpoint_step = self.state.global_step  # _save writes checkpoint-<step>
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._checkpoint_step = None
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """transformers' save, without a second copy of a tied LM head: under DeepSpeed ZeRO-2 and FSDP2 the state
         dict the Trainer gathers holds the head and the embedding as two tensors, and model.safetensors held the
         embedding twice (+1.05 GB in a 1B model's fp32 checkpoint on an H200, bench/NOTES.md v66); from_pretrained
-        ties the head to the embedding again, as for a model saved without them."""
+        ties the head to the embedding again, as for a model saved without them. An adapter is saved without a question
+        to the Hub (embeddings_as_trained), and each checkpoint-N and the final one are then what another machine
+        loads: the adapter's generation config (trained.adapter_stops), its base named as the user named it
+        (trained.name_base), and a checkpoint's card ftctl's (model_card), all before its manifest is written."""
         model = self.accelerator.unwrap_model(self.model)
         cast = self.final_dtype is not None and self.args.should_save
         if cast:  # the final model in the plan's final dtype (saving_final), cast on its way to the file
             state_dict = cast_for_saving(model.state_dict() if state_dict is None else state_dict, self.final_dtype)
         if state_dict is not None:
             state_dict = untied_copy_dropped(model, state_dict)
-        super()._save(output_dir, state_dict)
-        if self.args.should_save and (base := getattr(self, "base_name", None)):
-            name_base(output_dir or self.args.output_dir, base)  # a checkpoint-N's adapter names its base by id too
+        with embeddings_as_trained(model):
+            super()._save(output_dir, state_dict)
+        where = output_dir or self.args.output_dir
+        if self.args.should_save:
+            adapter_stops(where, model, self.processing_class)  # from the base in memory: no path to resolve
+            if base := getattr(self, "base_name", None):
+                name_base(where, base)  # a checkpoint-N's adapter names its base by id too
+            if self.card is not None and self._checkpoint_step is not None:  # PEFT's placeholder card replaced
+                self.card(where, step=self._checkpoint_step)
         if cast:
-            label_dtype(output_dir or self.args.output_dir, self.final_dtype)
+            label_dtype(where, self.final_dtype)
 
     # ---------------------------------------------------------------------------------- the best checkpoint
     def _init_training_state(self, *args, **kwargs):

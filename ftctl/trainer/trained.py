@@ -11,6 +11,7 @@ loss did; for `merge` those 4 bits dequantized (or, --original-base, the unquant
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -245,6 +246,18 @@ def keep_base_merge(adapter_dir: str, base: str) -> None:
         (Path(adapter_dir) / BASE_MERGE).write_bytes(record.read_bytes())
 
 
+def recorded_adapter(record: dict, merge_dir) -> str | None:
+    """The adapter a merge record (MERGE_RECORD in ``merge_dir``) names: an object-store URI as it is, a path as this
+    machine finds it (merge.adapter_recorded writes it relative to the merge; records before that hold absolute
+    paths)."""
+    from ftctl import storage
+
+    named = record.get("adapter")
+    if not isinstance(named, str) or storage.is_remote(named) or storage.is_remote(str(merge_dir)):
+        return named
+    return str((Path(merge_dir).expanduser() / named).resolve())
+
+
 def merged_again(adapter_dir, base: str) -> str | None:
     """The warning where the merged model an adapter trained over (keep_base_merge) was merged again since, from
     its adapter as it is now (`rm -r RUN/merged && ftctl merge RUN`, after RUN trained on): the adapter goes onto
@@ -261,11 +274,12 @@ def merged_again(adapter_dir, base: str) -> str | None:
         or then.get("adapter_digest") == now.get("adapter_digest")
     ):
         return None
+    adapter = recorded_adapter(now, base)
     return (
         f"{base} is not the model {adapter_dir} trained over: it was merged again (at {now.get('merged_at')}, from "
-        f"{now.get('adapter')} as it is now; the adapter trained over the merge of {then.get('merged_at')}), so the "
+        f"{adapter} as it is now; the adapter trained over the merge of {then.get('merged_at')}), so the "
         f"adapter goes onto other weights. Train it again over this merge; next time merge into another --out "
-        f"(ftctl merge {now.get('adapter') or 'RUN'} --out DIR) to keep the base of the runs trained over the first."
+        f"(ftctl merge {adapter or 'RUN'} --out DIR) to keep the base of the runs trained over the first."
     )
 
 
@@ -357,13 +371,37 @@ def eos_ids(configured, tokenizer) -> list[int]:
 
 
 def as_saved_for_others(model, tokenizer) -> None:
-    """What every save of the model being trained (each checkpoint-N, the final one) tells the tool it is loaded in
-    next: its generation config stopping where the chat template ends a turn (eos_ids). An adapter's base is named as
-    the user named it by name_base, after each save: named so in PEFT's config before the save, PEFT asked the Hub
-    for the base's config.json at every checkpoint (a node offline printed two warnings a save)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if (config := getattr(inner, "generation_config", None)) is not None:
+    """What every save of a full model being trained (each checkpoint-N, the final one) tells the tool it is loaded in
+    next: its generation config stopping where the chat template ends a turn (eos_ids). An adapter's base keeps its
+    own: each save of the adapter writes the edited copy beside it (adapter_stops). An adapter's base is named as the
+    user named it by name_base, after each save: named so in PEFT's config before the save, PEFT asked the Hub for the
+    base's config.json at every checkpoint (a node offline printed two warnings a save)."""
+    if hasattr(model, "get_base_model"):
+        return
+    if (config := getattr(model, "generation_config", None)) is not None:
         config.eos_token_id = eos_ids(config.eos_token_id, tokenizer)
+
+
+def adapter_stops(directory, model, tokenizer) -> None:
+    """An adapter just saved in ``directory`` (each checkpoint-N, the final one) gets its base's generation config
+    stopping where the chat template ends a turn, where that adds an id (as stop_at_end_of_turn writes it): taken from
+    the base in memory, as the run loaded it, not from the base the adapter names. On a SkyPilot node the adapter
+    names the laptop's path of a shipped base (the node loaded its inputs/ copy), which is not there to read: the
+    adapter had no generation_config.json, and vLLM and generate() ran past the turn's end."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else None
+    config = getattr(inner, "generation_config", None)
+    if config is None or tokenizer is None or not Path(directory, ADAPTER_CONFIG).is_file():
+        return
+    configured = config.eos_token_id
+    ids = eos_ids(configured, tokenizer)
+    if ids == ([configured] if isinstance(configured, int) else list(configured or [])):
+        return
+    edited = copy.deepcopy(config)
+    edited.eos_token_id = ids
+    try:
+        edited.save_pretrained(directory)
+    except ValueError as e:  # a base's config transformers will not write back: the save goes on without it
+        log.warning("%s: no %s written beside the adapter: %s", directory, GENERATION_CONFIG, e)
 
 
 def name_base(directory, base: str) -> None:
@@ -383,38 +421,27 @@ def stop_at_end_of_turn(directory: Path) -> None:
     transformers' generate(), pipeline("text-generation") and vLLM stop at its eos_token_id (and the tokenizer's eos),
     not at what `ftctl chat` stops at, so a run that taught a base whose eos is another token (Qwen2.5's, Llama 3's,
     Gemma's base; a chat_template_path of another model) to end its answers with the template's token never stopped
-    there. An adapter's directory gets its base's generation config so edited, where it differs (vLLM:
-    --generation-config RUN; transformers: GenerationConfig.from_pretrained(RUN)); nothing where the base's is not
-    here to read."""
-    from transformers import AutoTokenizer, GenerationConfig
+    there. An adapter's directory got its base's so edited at its save (adapter_stops: vLLM --generation-config RUN;
+    transformers GenerationConfig.from_pretrained(RUN)); its base is not read again here (on a node offline, a base
+    named by its Hub id was asked of the Hub, with retries, at the final save)."""
+    from transformers import AutoTokenizer
 
-    if not (directory / TOKENIZER_CONFIG).is_file():
+    if not (directory / TOKENIZER_CONFIG).is_file() or not (directory / GENERATION_CONFIG).is_file():
         return
     said = logging.getLogger("transformers")  # the tokenizer is read again only for its template and ids
     level = said.level
     said.setLevel(logging.ERROR)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        if (directory / GENERATION_CONFIG).is_file():
-            config = GenerationConfig.from_pretrained(directory)
-        elif (directory / ADAPTER_CONFIG).is_file():
-            config = GenerationConfig.from_pretrained(resolve_base(Trained(directory, adapter=True)))
-        else:
-            return
-    except Exception as e:  # noqa: BLE001  no tokenizer or base to read here: the directory as saved (a finished run)
+        configured = json.loads((directory / GENERATION_CONFIG).read_text()).get("eos_token_id")
+    except Exception as e:  # noqa: BLE001  no tokenizer to read here: the directory as saved (a finished run)
         log.debug("generation config of %s left as saved: %s", directory, e)
         return
     finally:
         said.setLevel(level)
-    ids = eos_ids(config.eos_token_id, tokenizer)
-    configured = config.eos_token_id
-    if ids == ([configured] if isinstance(configured, int) else list(configured or [])):
-        return
-    if (directory / GENERATION_CONFIG).is_file():
+    ids = eos_ids(configured, tokenizer)
+    if ids != ([configured] if isinstance(configured, int) else list(configured or [])):
         _edit_json(directory / GENERATION_CONFIG, lambda saved: saved.update(eos_token_id=ids) or True)
-    else:
-        config.eos_token_id = ids
-        config.save_pretrained(directory)
 
 
 def _rope_v4(config: dict) -> bool:
