@@ -753,9 +753,9 @@ def _run_dir_launch_lock(rendered: Rendered, command: str):
         return
     try:
         yield True
-    except BaseException:
-        if made:  # this launch made the run directory (or its .ftctl/): nothing of it stays (removed while held)
-            path.unlink(missing_ok=True)
+    except BaseException:  # refused or not sent (or a run that ended: sys.exit, where its files stay)
+        if made and os.listdir(path.parent) == [path.name]:  # it made them and wrote nothing else: removed, while held
+            path.unlink()
             _remove_empty(made)
         raise
     finally:

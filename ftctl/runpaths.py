@@ -113,6 +113,17 @@ def open_lock(path) -> IO[str]:
     return os.fdopen(fd, "r+")
 
 
+def as_umask(directory) -> None:
+    """The files of ``directory`` as the umask lets files be: safetensors writes its weights 0600 (through a temporary
+    file; safetensors#782), so a server or a colleague running as another user could not read them (a final model, a
+    checkpoint-N a colleague resumes, the demo model in a group's FTCTL_CACHE)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in Path(directory).iterdir():
+        if file.is_file() and not file.is_symlink():
+            file.chmod(0o666 & ~umask)
+
+
 def still_locked(fh: IO[str], path) -> bool:
     """Whether ``fh``, flocked, is still the file at ``path``: one removed meanwhile (a failed launch removing the run
     directory it made, with its lock) locks nothing any later opener sees."""

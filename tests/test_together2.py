@@ -82,3 +82,9 @@ def test_a_launch_from_another_home_or_user_into_a_run_being_launched_is_refused
         with launching(_prep(new)):
             raise FtctlError("refused")  # a check after the lock (a second job, checkpoints of another kind)
     assert not (project / "new").exists()
+    with pytest.raises(SystemExit):  # `ftctl train` into a new run directory, its run ended: the run's lock stays
+        with launching(_prep(new)):
+            (new / "spec.json").write_text("{}")
+            (new / ".ftctl" / "status").write_text("complete")
+            raise SystemExit(0)
+    assert (new / ".ftctl" / "launch.lock").is_file()
