@@ -10,14 +10,19 @@ export FTCTL_SKY_PYTHON="$PWD/.venv-sky/bin/python"
 .venv/bin/ruff format --check .
 # DeepSpeed's CPU Adam (the ZeRO-Offload tests' optimizer) is compiled on its first use: ~95 s of g++ CPU time, which
 # the first offload test waited for, inside its 300 s limit. It is built here instead, one compiler at a time, while
-# the first tests run, into the directory those tests load it from (tests/test_distributed.py DS_ENV); a test that
-# gets there first waits on torch's build lock, then loads it. Always asked: a build there from another checkout
-# (another .venv path: other include paths) is compiled again by ninja, an up-to-date one costs a few seconds. Not
-# niced: beside two busy test workers a niced g++ got so little CPU that the first offload test, reached ~4 min in,
-# still waited past its limit. Its output: .venv/cpu-adam.log.
+# the first tests run, into the directory those tests load it from (tests/test_distributed.py DS_ENV), through the
+# trainer's own loader (ftctl/trainer/op_build.py): it holds an flock beside torch's build lock, so a test that gets
+# there first waits on it ("waiting for <host>'s build of cpu_adam"), then loads it; and it removes a torch lock file
+# that a killed build left there (an interrupted run of this script left one, and every offload test waited on it
+# until its limit). Always asked: a build there from another checkout (another .venv path: other include paths) is
+# compiled again by ninja, an up-to-date one costs a few seconds. Not niced: beside two busy test workers a niced g++
+# got so little CPU that the first offload test, reached ~4 min in, still waited past its limit. The venv's bin first on
+# PATH, as the tests have it (tests/conftest.py): its ninja (1.13, pip's) and /usr/bin/ninja (1.11) do not read each
+# other's build log, and a build by the other one was compiled again in full by the first offload test (165 s).
+# Its output: .venv/cpu-adam.log.
 EXT="$(.venv/bin/python -c 'import tempfile; print(tempfile.gettempdir())')/ftctl-torch-extensions"
-TORCH_EXTENSIONS_DIR="$EXT" MAX_JOBS=1 nohup .venv/bin/python -c \
-  'from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load()' >.venv/cpu-adam.log 2>&1 &
+PATH="$PWD/.venv/bin:$PATH" TORCH_EXTENSIONS_DIR="$EXT" MAX_JOBS=1 nohup .venv/bin/python -m ftctl.trainer.op_build \
+  cpu_adam >.venv/cpu-adam.log 2>&1 &
 # Two pytest-xdist workers, one a core: most tests wait on subprocesses (Slurm, SkyPilot, torchrun), and one process
 # kept ~0.85 of the 2 cores busy. Whatever exists once per machine (the Slurm test cluster, SkyPilot's infra on it,
 # the docker stand-in) is used by one worker only: tests/conftest.py puts those tests in one xdist group, which

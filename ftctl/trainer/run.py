@@ -61,7 +61,7 @@ from ftctl.runpaths import (
     RunPaths,
 )
 from ftctl.spec import RunSpec, best_model_problems, scheduler_kwargs
-from ftctl.trainer import distributed, gpu_memory, model_card, reshard, tracking
+from ftctl.trainer import distributed, gpu_memory, model_card, op_build, reshard, tracking
 from ftctl.trainer.methods import ADAPTER_METHODS
 from ftctl.trainer.trained import as_saved_for_others, for_other_readers, keep_base_merge, name_base
 
@@ -264,6 +264,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
         tokenizer = use_chat_template(load_tokenizer(spec.model_name_or_path), spec.chat_template_path)
         args = training_args(spec, plan, procs, local_dir, load_universal=universal)
+        # DeepSpeed's compiled ops (CPU Adam under offload) built or loaded now, under a lock that dies with its
+        # process: a build killed half way left torch's lock file, and every later run waited on it forever
+        op_build.prepare(args.deepspeed)
         args.ignore_data_skip = bool(changed and changed.new_data)  # checkpoints.settings.Changes.new_data
         if procs.is_main and (over := over_context(spec)):
             log.warning("%s", over)
