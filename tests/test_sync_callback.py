@@ -351,6 +351,8 @@ def test_a_stop_whose_checkpoint_did_not_reach_the_store_says_so_and_its_requeue
         assert C.verify(str(kept)) == []
         (said,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
         assert f"but its {name} did not reach {uri}" in said and f"it is kept in {kept}" in said
+        # why, in the same line: the store's last error as storage classifies it (task 127)
+        assert f"upload_wait_s=2: the store's last error: Cannot reach the S3 endpoint {server.endpoint} for" in said
         assert "resume with the same output dir" not in caplog.text
         rows = [json.loads(line) for line in (tmp_path / "node-a" / "metrics.jsonl").read_text().splitlines()]
         assert rows[-1]["event"] == "stop" and (rows[-1]["checkpoint"], rows[-1]["in_store"]) == (name, False)

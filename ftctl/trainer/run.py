@@ -846,8 +846,8 @@ def save(run: Run) -> None:
         if not run.sync.upload_final(run.local_dir):
             raise FtctlError(
                 f"the final model was saved in {run.local_dir} but not uploaded to {run.remote_uri} within "
-                f"upload_wait_s={run.spec.upload_wait_s}: check the store, then `ftctl sync push {run.local_dir} "
-                f"{run.remote_uri}`."
+                f"upload_wait_s={run.spec.upload_wait_s} ({run.sync.why_unsent()}); once the store takes it, "
+                f"`ftctl sync push {run.local_dir} {run.remote_uri}`."
             )
     distributed.barrier()
     if run.procs.local_rank == 0 and not run.procs.is_main:  # another node's own copy (data.build_dataset: one a node)
@@ -962,7 +962,7 @@ def say_stop(run: Run) -> None:
     # an error line (failures.error_line): `ftctl status` of the job waiting for its requeued attempt shows it
     said = (
         f"stopped on {run.preemption.received} at step {step}, but its {name} did not reach {run.remote_uri} (not "
-        f"committed within upload_wait_s={run.spec.upload_wait_s}: the upload's warnings in its log say why); it is "
+        f"committed within upload_wait_s={run.spec.upload_wait_s}: {run.sync.why_unsent()}); it is "
         f"kept in {os.path.join(run.local_dir, name)}: a requeue or the same `ftctl launch` resumes it where that "
         f"directory is seen (nodes sharing this disk) and sends it, elsewhere starts from the newest checkpoint "
         f"committed in {run.remote_uri} (step 0 if none) and trains those steps again"
