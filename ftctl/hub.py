@@ -74,3 +74,36 @@ def model_config(repo_id: str) -> dict:
         return r.json()
     except ValueError:
         raise HubError("its config.json on the Hub is not JSON") from None
+
+
+WEIGHTS = (".safetensors", ".bin", ".index.json")  # a snapshot holding one of these has the model's weights
+
+
+@functools.lru_cache(maxsize=32)
+def unreachable(repo_id: str) -> str | None:
+    """Why the Hub cannot be asked of ``repo_id`` from here (None: it answers, whatever it says): one HEAD of its
+    config.json, a short timeout. transformers' loading of a cached model still asks the Hub of each file first, and
+    huggingface_hub retries each five times with backoff: a tiny model took 169 s to load on a node without network
+    and without HF_HUB_OFFLINE."""
+    import httpx
+
+    endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    try:
+        httpx.head(f"{endpoint.rstrip('/')}/{repo_id}/resolve/main/{CONFIG}", timeout=TIMEOUT_S)
+    except httpx.HTTPError as e:
+        return f"the Hub ({endpoint}) did not answer ({type(e).__name__})"
+    return None
+
+
+def cached_snapshot(repo_id: str) -> str | None:
+    """The Hugging Face cache's directory of ``repo_id``'s main revision where it holds its config and weights
+    (None: not there, or only part of it: its config from the planner's question)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+    names = os.listdir(path)
+    return path if CONFIG in names and any(n.endswith(WEIGHTS) for n in names) else None
