@@ -287,6 +287,44 @@ _MODEL_FIX = {
 }
 
 
+def _near_model(value: str, flag: str) -> str:
+    """'did you mean FLAG DIR?' for a model directory spelled nearly as one here; '' where none is."""
+    from ftctl.spec import near_file
+
+    near = near_file(value, lambda p: (p / "config.json").is_file() or (p / ADAPTER_CONFIG).is_file())
+    return f"did you mean {flag} {shlex.quote(near)}?" if near else ""
+
+
+def _model_file(value: str, path: Path, flag: str, fix: str) -> Finding:
+    """A file given as the model: a GGUF file (llama.cpp's, quantized for inference: said with the two ways on), or one
+    of a model directory's files (its directory named), else any file."""
+    try:
+        with open(path, "rb") as f:
+            gguf = f.read(4) == b"GGUF"
+    except OSError:
+        gguf = False
+    if gguf and flag in ("--model", "--base"):
+        convert = (
+            'python -c "import sys; from transformers import AutoModelForCausalLM as M, AutoTokenizer as T, '
+            "GgufConfig as G; d, f, o = sys.argv[1:]; M.from_pretrained(d, gguf_file=f, quantization_config="
+            'G(gguf_file=f, dequantize=True)).save_pretrained(o); T.from_pretrained(d, gguf_file=f).save_pretrained(o)" '
+            + " ".join(shlex.quote(str(p)) for p in (path.parent, path.name, path.stem + "-hf"))
+        )
+        return Finding(
+            ERROR,
+            f"{flag} {value}: a GGUF file (llama.cpp's format, quantized for inference), not a transformers model "
+            "directory",
+            "train the model it was made from (--model ORG/NAME, the hub id its model card names; then llama.cpp's "
+            f"convert_hf_to_gguf.py on `ftctl merge RUN`'s output), or dequantize this file into a directory and "
+            f"pass that: {convert}, then {flag} {shlex.quote(path.stem + '-hf')}.",
+        )
+    if flag in ("--model", "--base") and (path.parent / "config.json").is_file():
+        return Finding(
+            ERROR, f"{flag} {value}: a file, not a model directory", f"pass its directory: {flag} {path.parent}"
+        )
+    return Finding(ERROR, f"{flag} {value}: a file, not a model directory", fix)
+
+
 def check_model(name_or_path: str, flag: str = "--model", here: bool = False) -> list[Finding]:
     """A local model directory (with config.json), or a hub id the Hub has and lets this account read (its
     config.json, ftctl.hub). Where the Hub cannot be asked: a well-formed id, and HF_TOKEN for the families
@@ -310,16 +348,22 @@ def check_model(name_or_path: str, flag: str = "--model", here: bool = False) ->
             ]
         return []
     if path.exists():
-        return [Finding(ERROR, f"{flag} {value}: a file, not a model directory", fix)]
+        return [_model_file(value, path, flag, fix)]
     if storage.scheme(value):
         return [Finding(ERROR, f"{flag} {value}: models load from a local directory or the hub, not a URI", fix)]
     if storage.looks_like_path(value):
         first = value.split("/", 1)[0]
         why = f" ({first}/ is a directory here, so it is read as a path)" if HUB_ID.match(value) else ""
         elsewhere = storage.not_on_this_node(value)  # a Slurm node: the path may be the login node's
-        return [Finding(ERROR, f"{flag} {value}: no such directory{why}", elsewhere or fix)]
+        return [Finding(ERROR, f"{flag} {value}: no such directory{why}", elsewhere or _near_model(value, flag) or fix)]
     if not HUB_ID.match(value) or "--" in value or ".." in value:
-        return [Finding(ERROR, f"{flag} {value}: no such directory, and not a hub id (org/name)", fix)]
+        return [
+            Finding(
+                ERROR,
+                f"{flag} {value}: no such directory, and not a hub id (org/name)",
+                _near_model(value, flag) or fix,
+            )
+        ]
     from ftctl import hub
     from ftctl.spec import is_demo_model
 

@@ -219,11 +219,12 @@ DECIDED = {
     "bnb_4bit_use_double_quant": "--method qlora loads the base in 4-bit NF4 with double quantization",
     "load_in_8bit": "--method qlora trains over a 4-bit base, lora over a 16-bit one",
     "use_liger_kernel": "Liger's kernels run where they are installed (ftctl doctor, and the run's log, say so)",
-    "dataset_text_field": "a row's format is read from its fields (text, messages, conversations, prompt/completion ...)",
+    "dataset_text_field": "a row's format is read from its fields (text, messages, conversations, prompt/completion "
+    "...); plain text in a column of another name: rename it to text (JSON Lines: jq -c '{text: .COLUMN}' IN > OUT)",
     "push_to_hub": "ftctl merge RUN writes a plain model directory; upload it with `hf upload`",
     "use_peft": "--method lora (or qlora, over a 4-bit base) trains PEFT adapters; fft and sft train the weights",
     "torch_dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
-    "weights load in; -o bf16=true or -o fp16=true forces one",
+    "weights load in; bfloat16 or float16 here asks for one, as -o bf16=true or -o fp16=true does",
     "model_revision": "a hub id loads its main revision; for another, download it (hf download ORG/NAME --revision REV "
     "--local-dir DIR) and pass --model DIR",
     "trust_remote_code": "models load with transformers' own code, never a repository's (remote code stays off): "
@@ -267,7 +268,8 @@ DECIDED = {
     "lora_task_type": "lora and qlora train a causal LM's adapters (task_type CAUSAL_LM)",
     "bias": "lora and qlora train the adapters alone, no bias terms (PEFT LoraConfig's bias: none)",
     "task_type": "lora and qlora train a causal LM's adapters (task_type CAUSAL_LM)",
-    "bnb_4bit_compute_dtype": "--method qlora computes in the plan's precision (bf16; fp16 on cards without it)",
+    "bnb_4bit_compute_dtype": "--method qlora computes in the plan's precision: bf16, fp16 on GPUs without it, fp32 on "
+    "CPU; bfloat16 or float16 here asks for it (as -o bf16=true or -o fp16=true does), another value: drop the key",
     "dataset_train_split": "a Hub dataset's train split is read (its files for others: hf://datasets/ORG/NAME/FILES)",
     "save_only_model": "checkpoints keep the optimizer and scheduler, so a stopped run resumes where it was",
     "eval_on_start": "the held-out loss is measured every eval_steps and at the end",
@@ -275,7 +277,7 @@ DECIDED = {
     "neftune_noise_alpha": "NEFTune's noise on the embeddings is not offered",
     # TRL's and transformers' (TRL 1.x and transformers 5 spell torch_dtype dtype)
     "dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
-    "weights load in; -o bf16=true or -o fp16=true forces one",
+    "weights load in; bfloat16 or float16 here asks for one, as -o bf16=true or -o fp16=true does",
     "eos_token": "each turn ends as the model's chat template ends it, with the tokenizer's own tokens "
     "(chat_template_path for another template; `ftctl data check --show 1` shows a row as it trains); TRL's eos_token "
     "is taken where it is the tokenizer's eos, or the chat template ends assistant turns with it already",
@@ -414,7 +416,7 @@ AGREES = {
     "flash_attention": ("true",),
     "sdp_attention": ("false",),
     "debug": ("false",),
-    "torch_dtype": ("auto", "bfloat16", "bf16"),  # TRL's recipes: what a bf16 plan loads (the plan says where not)
+    "torch_dtype": ("auto",),  # (bfloat16, float16: DTYPE_KEYS, the precision they ask for)
     "use_liger_kernel": ("true",),
     "model_type": None,
     "tokenizer_type": None,
@@ -432,7 +434,7 @@ AGREES = {
     "save_only_model": ("false",),
     "eval_on_start": ("false",),
     "neftune_noise_alpha": ("0",),
-    "dtype": ("auto", "bfloat16", "bf16"),
+    "dtype": ("auto",),
     "padding_free": ("true",),
     "packing_strategy": ("bfd",),
     "dataloader_num_workers": None,
@@ -494,7 +496,7 @@ METHOD_AGREES = {
     "bnb_4bit_quant_type": {"nf4": _QLORA},
     "use_bnb_nested_quant": {"true": _QLORA},
     "bnb_4bit_use_double_quant": {"true": _QLORA},
-    "bnb_4bit_compute_dtype": {"bfloat16": _QLORA, "bf16": _QLORA},
+    "bnb_4bit_compute_dtype": {"bf16": _QLORA, "fp16": _QLORA},  # (as _dtype_word spells them)
     "q_lora": {"true": _QLORA, "false": ("lora",)},  # FastChat's train_lora.py
     "finetuning_type": {"lora": _ADAPTERS, "full": ("fft",), "freeze": ("sft",)},  # LLaMA-Factory's
     "quantization_bit": {"4": _QLORA},
@@ -540,6 +542,36 @@ TOOL_DEFAULTS_NOT_TAKEN = {
 # METHOD_AGREES values that do not choose the method where none is given (they are refused, saying which to give):
 # LLaMA-Factory's freeze trains the top blocks alone, sft the output head too
 NOT_CHOSEN = {("finetuning_type", "freeze")}
+# The dtype keys of from_pretrained (TRL's model_init_kwargs), transformers 5 and bitsandbytes' BitsAndBytesConfig, as
+# notebooks and recipes write them (torch.bfloat16, "float16", bf16): a 16-bit one asks for that precision, as
+# -o bf16=true / -o fp16=true do, which the plan takes where the GPUs have it and says where not (a T4 trains in fp16,
+# a CPU in fp32). Any other value is DECIDED's refusal.
+DTYPE_KEYS = ("torch_dtype", "dtype", "bnb_4bit_compute_dtype")
+DTYPE_WORDS = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16"}
+
+
+def _dtype_word(raw) -> str | None:
+    """bf16 or fp16 for a 16-bit dtype as torch, transformers and bitsandbytes spell it; None for any other."""
+    return DTYPE_WORDS.get(_word(raw).removeprefix("torch."))
+
+
+def _precision_asked(asked: dict, values: dict, sources: dict, notes: list | None) -> list[str]:
+    """The precision flag (bf16 / fp16) DTYPE_KEYS asked for, set where no layer gave one: the plan then says where
+    the GPUs cannot (T4: fp16; CPU: fp32). Errors where they ask for two, or against the flag given."""
+    if len(asked) > 1:
+        return [f"{' and '.join(names[0] for names in asked.values())} ask for other precisions: keep one."]
+    if not asked:
+        return []
+    ((flag, names),) = asked.items()
+    other = "fp16" if flag == "bf16" else "bf16"
+    if values.get(other):
+        return [f"{names[0]} asks for {flag}, and {other}=true ({sources[other]}) for {other}: keep one."]
+    if values.get(flag) is None:
+        values[flag], sources[flag] = True, "run file" if names[0].endswith("(run file)") else "-o"
+        notes is None or notes.append(
+            f"{', '.join(names)}: {flag}=true here, the precision the plan trains in where the GPUs have {flag}"
+        )
+    return []
 
 
 def _text(value) -> str:
@@ -1310,12 +1342,61 @@ def parse_overrides(pairs) -> list[tuple[str, str]]:
     return out
 
 
+def near_file(path: str, wanted=None) -> str:
+    """For a local path that is not there, the one meant, spelled as the user spelled its directory: the closest
+    name beside it (trl.jsonl for trl.json, conv.yaml for conv.yml; ``wanted(Path)`` filters them), or, where its
+    directory is not there either, the same name in the current directory (train.jsonl for data/train.jsonl); ''
+    where nothing is close."""
+    import difflib
+
+    if not path or storage.scheme(path) or glob.has_magic(path):
+        return ""
+    given = Path(path).expanduser()
+    if not given.parent.is_dir():
+        return given.name if given.name and Path(given.name).exists() else ""
+    try:
+        names = [n for n in os.listdir(given.parent) if n[:1] != "." and (wanted is None or wanted(given.parent / n))]
+    except OSError:
+        return ""
+
+    def likeness(name: str) -> tuple[float, float]:  # the names' stems first: every .jsonl is alike in its suffix
+        stems = difflib.SequenceMatcher(None, given.name.split(".")[0], name.split(".")[0]).ratio()
+        return stems, difflib.SequenceMatcher(None, given.name, name).ratio()
+
+    close = max(sorted(names), key=likeness, default=None)
+    if close is None or likeness(close)[0] < 0.75:
+        return ""
+    return os.path.join(os.path.dirname(path), close)
+
+
+def _yaml_where(e, text: str) -> str:
+    """PyYAML's error with the line it is about, as written: a key without its colon (`learning_rate 2e-5`) is said
+    on its own line (PyYAML's mark is the line after it, where it gave up looking for the colon)."""
+    lines = text.splitlines()
+    context, problem = getattr(e, "context_mark", None), getattr(e, "problem_mark", None)
+    if (
+        getattr(e, "context", None) == "while scanning a simple key"
+        and context is not None
+        and context.line < len(lines)
+    ):
+        said = lines[context.line].strip()
+        missing = "no space after its ':'" if re.search(r":\S", said) and ": " not in said else "no ':' after the key"
+        return f"line {context.line + 1}, {said!r}: {missing}; write KEY: VALUE"
+    if getattr(e, "context", None) == "while scanning a quoted scalar" and context is not None:
+        return f"line {context.line + 1}, column {context.column + 1}: a quote opened here is never closed"
+    if problem is not None and problem.line < len(lines) and lines[problem.line].strip():
+        return f"{yaml_problem(e)}; line {problem.line + 1} reads {lines[problem.line].rstrip()!r}"
+    return yaml_problem(e)
+
+
 def load_yaml(path: str) -> dict:
     import yaml
 
     p = Path(path)
     if not p.is_file():
-        raise FtctlError(f"Run file {path!r} does not exist. Pass an existing YAML file with -c.")
+        near = near_file(path, lambda n: n.suffix.lower() in (".yaml", ".yml"))
+        how = f"Did you mean {near!r}?" if near else "Pass an existing YAML file with -c."
+        raise FtctlError(f"Run file {path!r} does not exist. {how}")
     if p.suffix.lower() in (".jsonl", ".parquet", ".csv", ".tsv", ".arrow") or (
         p.suffix.lower() == ".json" and p.read_text(errors="replace").lstrip().startswith("[")
     ):  # `data check` takes its data so: an easy mix-up
@@ -1347,7 +1428,9 @@ def load_yaml(path: str) -> dict:
         data = yaml.load(text, Loader=Loader) or {}  # a SafeLoader
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
-        raise FtctlError(f"{path} is not valid YAML: {yaml_problem(e)}.") from None
+        raise FtctlError(f"{path} is not valid YAML: {_yaml_where(e, text)}.") from None
+    if isinstance(data, str) and re.fullmatch(r"[\w.-]+:\S.*", data.strip()):  # `method:lora`: one plain string
+        raise FtctlError(f"{path}: {data.strip()!r} is one string to YAML: write a space after the ':' (KEY: VALUE).")
     if not isinstance(data, dict):
         raise FtctlError(f"{path} must hold a mapping of key: value (like 'method: lora'), not {type(data).__name__}.")
     top = root.value if isinstance(root, yaml.MappingNode) else []  # an empty file: none
@@ -1383,6 +1466,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     # held-out data below
     from_epoch: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch an earlier layer's strategy: epoch set
     by_method: dict[str, tuple[str, str]] = {}  # METHOD_AGREES keys as given: checked against the method below
+    precision: dict[str, list[str]] = {}  # DTYPE_KEYS given a 16-bit dtype: bf16 or fp16 -> who asked
     for source, items in layers:
         named: dict[str, str] = {}  # key -> the name this layer gave it first
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
@@ -1455,6 +1539,12 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 continue
             if key == "eos_token" and raw not in (None, ""):  # checked against the chat template below
                 eos_asked = (f"{raw_key!r} ({source})", str(raw))
+                continue
+            if key in DTYPE_KEYS and (flag := _dtype_word(raw)):
+                agreed.append(raw_key)
+                precision.setdefault(flag, []).append(f"{raw_key}={raw} ({source})")
+                if flag in METHOD_AGREES.get(key, {}):
+                    by_method[f"{raw_key!r} ({source})"] = (key, flag)
                 continue
             if key in DECIDED:
                 if _agrees(key, raw) or _word(raw) in METHOD_AGREES.get(key, {}):
@@ -1530,6 +1620,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 "its finetuning_type trains with where it leaves them out"
             )
     _tool_defaults(values, _vocabularies(layers), notes)
+    errors += _precision_asked(precision, values, sources, notes)
     if errors:
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)

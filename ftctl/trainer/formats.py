@@ -59,7 +59,7 @@ from typing import Any
 
 from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean
-from ftctl.spec import TRAIN_FLAGS
+from ftctl.spec import TRAIN_FLAGS, near_file
 from ftctl.trainer.splits import KINDS, is_data_file, split_files
 
 # FastChat's ShareGPT role names (fastchat/train/train.py and its data cleaning scripts).
@@ -142,6 +142,8 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
                 raise storage.storage_error("no-bucket", path, endpoint_url)
             if elsewhere := storage.not_on_this_node(path):  # a Slurm node: the path may be the login node's
                 raise FtctlError(f"No data at {path}: {elsewhere}")
+            if near := near_file(path, lambda p: p.is_dir() or is_data_file(p.name)):
+                raise FtctlError(f"No data at {path}. Did you mean {near!r}?")
             raise FtctlError(
                 f"No data at {path}: give a {KINDS} file, a directory of them, a pattern "
                 f"(data/*.jsonl) or builtin:demo.{_hub_hint(path)}"
@@ -561,7 +563,11 @@ def to_row(where: str, record: Any) -> Row:
             return Row(where=where, format="text", problems=["empty turn: 'text' is empty"])
         return Row(where=where, format="text", text=text)
     keys = ", ".join(map(repr, record)) or "none"
-    return Row(where=where, format="unknown", problems=[f"not a conversation: keys {keys}; {FORMAT_HINT}"])
+    texts = [k for k, v in record.items() if isinstance(v, str) and k != "id"]
+    plain = (  # TRL's dataset_text_field: a plain-text column of another name
+        f"; plain text in {texts[0]!r}: rename it to 'text' (TRL's dataset_text_field)" if len(texts) == 1 else ""
+    )
+    return Row(where=where, format="unknown", problems=[f"not a conversation: keys {keys}; {FORMAT_HINT}{plain}"])
 
 
 def _not_sft(record: dict) -> str | None:
