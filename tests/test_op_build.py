@@ -207,3 +207,17 @@ def test_only_an_offloaded_optimizer_needs_a_compiled_op():
 def test_an_unknown_op_is_refused_in_one_line(capsys):
     assert op_build.main(["fused_adam"]) == 2
     assert capsys.readouterr().err == "unknown op 'fused_adam': ftctl loads cpu_adam\n"
+
+
+def test_cpu_adam_that_does_not_compile_is_one_line_naming_what_the_node_lacks(ext, monkeypatch):
+    """The real CPU Adam build with no compiler (CXX names none): torch's "Error building extension" traceback out of
+    the Trainer's setup was all a user saw; now one FtctlError saying what to install, or to train without offload."""
+    from ftctl.errors import FtctlError
+
+    monkeypatch.setenv("CXX", str(ext.parent / "no-such-compiler"))
+    monkeypatch.setenv("MAX_JOBS", "1")
+    with pytest.raises(FtctlError) as e:
+        op_build.prepare({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}})
+    said = str(e.value)
+    assert "cpu_adam" in said and "did not compile" in said and "g++" in said and "-o strategy=zero3" in said
+    assert "\n" not in said

@@ -37,6 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from ftctl.errors import FtctlError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -64,9 +66,18 @@ def needed(deepspeed: dict | str | None) -> list[str]:
 
 
 def prepare(deepspeed: dict | str | None) -> None:
-    """Load (building where needed) every op ``needed`` names, before the Trainer's engine asks for it."""
+    """Load (building where needed) every op ``needed`` names, before the Trainer's engine asks for it. One that
+    does not compile is an FtctlError saying what the node lacks (the compiler's own output is in the log above)."""
     for name in needed(deepspeed):
-        load_deepspeed_op(name)
+        try:
+            load_deepspeed_op(name)
+        except (RuntimeError, OSError, ImportError) as e:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise FtctlError(
+                f"DeepSpeed's {name} (the offloaded optimizer) did not compile on {socket.gethostname()}: {why} "
+                f"(the compiler's output is above). The node needs a C++ compiler (g++, or CXX naming one), Python's "
+                f"headers (python3-dev) and ninja; or train without offload: -o strategy=zero3 (more GPU memory)."
+            ) from None
 
 
 def load_deepspeed_op(name: str):
