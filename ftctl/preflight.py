@@ -710,7 +710,8 @@ def _row_problems(path: str, said: str, held_out: bool, run_args: list[str] | No
     check = shlex.join(["ftctl", "data", "check", path, *(["--held-out"] if held_out else [])])
     fix = f"`{check}` lists them (--all: every row's problem)"
     if any(not row.problems for row in rows):  # some rows to write (the rest of a file that is CSV is none)
-        fix += f"; {write_valid_command(path if files == [path] else None)}"
+        model = run_args[1] if run_args and run_args[0] == "--model" else None  # (data_check_args)
+        fix += f"; {write_valid_command(path if files == [path] else None, model=model)}"
     return [Finding(ERROR, f"{said}: {shown}", fix + ".")]
 
 

@@ -105,3 +105,22 @@ def test_plain_text_in_another_column_says_to_rename_it():
     assert "rename" not in to_row("a.jsonl line 1", {"a": "x", "b": "y"}).problems[0]  # which one: not guessed
     with pytest.raises(FtctlError, match=r"rename it to text \(JSON Lines: jq -c '\{text: .COLUMN\}' IN > OUT\)"):
         build({"dataset_text_field": "content"})
+
+
+def test_the_data_check_line_names_the_model_the_rows_were_read_with(tmp_path):
+    """`ftctl data check trl.jsonl --model MODEL --write-valid OUT`, pasted as printed, failed on `--model MODEL`;
+    the model whose tokenizer read the rows is known (the demo's directory here: its hub id)."""
+    from types import SimpleNamespace
+
+    from ftctl.trainer.data import DataReport, _model_of
+
+    demo = tmp_path / "HuggingFaceTB--SmolLM2-135M-Instruct"
+    demo.mkdir()
+    (demo / "ftctl-source.json").write_text('{"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "from": "x"}')
+    assert _model_of(SimpleNamespace(name_or_path=str(demo))) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert _model_of(SimpleNamespace(name_or_path="org/name")) == "org/name"
+    report = DataReport(path="trl.jsonl", max_length=2048, files=1, model="my model", bad_rows=1)
+    report.bad_at.add(("trl.jsonl", "line", 3))
+    report.errors.append("trl.jsonl line 3: bad")
+    report.stats.rows = 4
+    assert "`ftctl data check trl.jsonl --model 'my model' --write-valid OUT`" in report.error_message()

@@ -82,6 +82,7 @@ class DataReport:
     stats: DataStats = field(default_factory=DataStats)
     samples: list[tuple[str, list[int], list[int]]] = field(default_factory=list)  # (where, ids, labels): show_rows
     weights: list[float] | None = None  # data_weights of the datasets, where a run file mixes them
+    model: str | None = None  # the model whose tokenizer read them: the `ftctl data check --model` lines name it
 
     @property
     def ok(self) -> bool:
@@ -154,7 +155,8 @@ class DataReport:
         if not self.bad_at or not self.stats.rows:  # a file that cannot be read, or no row to keep
             return f"fix or remove {which} rows"
         one = self.files == 1 and not self.read and len(split_paths(self.path)) == 1
-        return f"fix or remove {which} rows ({write_valid_command(self.path if one else None, self.max_length)})"
+        command = write_valid_command(self.path if one else None, self.max_length, self.model)
+        return f"fix or remove {which} rows ({command})"
 
     def error_message(self) -> str:
         """The FtctlError text build_dataset raises: the first errors and how to see them all."""
@@ -163,16 +165,36 @@ class DataReport:
         lines += [f"  {e}" for e in self.errors[:shown]]
         if len(self.errors) > shown:
             lines.append(
-                f"  ... and {len(self.errors) - shown} more: `ftctl data check {self.path} --model MODEL` lists them all"
+                f"  ... and {len(self.errors) - shown} more: `ftctl data check {self.path} {_model_flag(self.model)}` "
+                "lists them all"
             )
         return "\n".join(lines)
 
 
-def write_valid_command(file: str | None, max_length: int | None = None) -> str:
+def _model_flag(model: str | None) -> str:
+    """--model as a pasted command takes it: the model the rows were read with, MODEL where it is not known."""
+    import shlex
+
+    return f"--model {shlex.quote(model) if model else 'MODEL'}"
+
+
+def _model_of(tokenizer) -> str | None:
+    """The model a tokenizer was loaded from, as the user names it: the demo model's id for its directory here
+    (model.ensure_demo_model's ftctl-source.json), else its name_or_path."""
+    import json
+
+    name = getattr(tokenizer, "name_or_path", None) or None
+    try:
+        return json.loads((Path(name) / "ftctl-source.json").read_text())["model"] if name else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return name
+
+
+def write_valid_command(file: str | None, max_length: int | None = None, model: str | None = None) -> str:
     """How to write the rows without errors of a data file (``None``: of each of several) to a new file, to launch
-    with that (cli's `data check --write-valid`)."""
+    with that (cli's `data check --write-valid`); ``model``: the one to read them with (None: MODEL, to fill in)."""
     length = f" --max-length {max_length}" if max_length and max_length != RunSpec.model_max_length else ""
-    command = f"ftctl data check {file or 'FILE'} --model MODEL{length} --write-valid OUT"
+    command = f"ftctl data check {file or 'FILE'} {_model_flag(model)}{length} --write-valid OUT"
     return f"{'each file: ' * (file is None)}`{command}` writes the others to OUT"
 
 
@@ -230,7 +252,7 @@ def prepare_data(
         raise FtctlError(f"max_length must be an integer of at least 2 tokens, not {max_length!r}.")
     tokenizer = _load_tokenizer(tokenizer)
     require_fast(tokenizer)
-    report = DataReport(path=path, max_length=max_length)
+    report = DataReport(path=path, max_length=max_length, model=_model_of(tokenizer))
     files, rows = load_rows(path, endpoint_url, held_out)
     report.files = len(files)
     if len(split_paths(path)) == 1 and files != [path]:  # a directory or pattern: which files (which split)
