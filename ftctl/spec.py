@@ -153,6 +153,10 @@ MEANT = {
     "datasets": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list; axolotl's "
     "[{path: ..., type: ...}] is taken as it).",
     "train_file": "The training data is data_path.",
+    "auto_find_batch_size": "The plan chooses the micro-batch that fits (ftctl plan shows it; -o "
+    "per_device_train_batch_size=N forces one), and a run that runs out of memory ends naming the one that fits.",
+    "torch_compile": "Not offered: the trainer runs PyTorch eagerly, with its own fused kernels where they apply "
+    "(Liger's, its LM head's, its LoRA adapters').",
     "batch_size": "Sequences per GPU are per_device_train_batch_size; per optimizer step, global_batch_size.",
     "train_batch_size": "Sequences per GPU are per_device_train_batch_size; per optimizer step, global_batch_size.",
     "model_init_kwargs": "TRL's model_init_kwargs is read key by key, as a mapping (model_init_kwargs: {torch_dtype: "
@@ -231,6 +235,8 @@ DECIDED = {
     "use a model whose architecture your transformers supports",
     "lora_modules_to_save": "lora and qlora train only the adapters (no modules_to_save); to train the head too use "
     "--method sft (the top trainable_layers blocks and the head) or fft",
+    "modules_to_save": "lora and qlora train only the adapters (no modules_to_save); to train the head too use "
+    "--method sft (the top trainable_layers blocks and the head) or fft",  # (PEFT's LoraConfig's name; TRL's above)
     "fsdp_transformer_layer_cls_to_wrap": "FSDP2 (strategy=fsdp) wraps each decoder layer itself",
     # axolotl's (its example files list many of them, empty)
     "strict": "ftctl checks the run description itself",

@@ -124,3 +124,15 @@ def test_the_data_check_line_names_the_model_the_rows_were_read_with(tmp_path):
     report.errors.append("trl.jsonl line 3: bad")
     report.stats.rows = 4
     assert "`ftctl data check trl.jsonl --model 'my model' --write-valid OUT`" in report.error_message()
+
+
+def test_a_notebooks_peft_and_trainer_keys_say_what_ftctl_does():
+    """PEFT's modules_to_save, transformers' torch_compile and auto_find_batch_size were "Unknown key ... `ftctl keys`
+    lists them" (or a wrong guess: "Did you mean 'global_batch_size'?"), saying nothing of what ftctl does instead."""
+    for given, said in [
+        ("modules_to_save=lm_head,embed_tokens", "lora and qlora train only the adapters (no modules_to_save)"),
+        ("torch_compile=true", "Not offered: the trainer runs PyTorch eagerly"),
+        ("auto_find_batch_size=true", "The plan chooses the micro-batch that fits"),
+    ]:
+        with pytest.raises(FtctlError, match=said.replace("(", r"\(").replace(")", r"\)")):
+            build(None, {"method": "qlora"}, [given])
