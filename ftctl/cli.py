@@ -382,6 +382,20 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare, plai
         chat_mod.converse(loaded, decoding, echo=click.echo, interactive=sys.stdin.isatty())
 
 
+def _text_field_of(run: str) -> str:
+    """The dataset_text_field a local run (or a checkpoint-N of it) trained with, from its spec.json; text else."""
+    import json
+    from pathlib import Path
+
+    for spec in (Path(run) / "spec.json", Path(run).parent / "spec.json"):
+        try:
+            field = json.loads(spec.read_text())["spec"].get("dataset_text_field")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        return field if isinstance(field, str) and field else "text"
+    return "text"
+
+
 @main.command("eval")
 @click.argument("run")
 @click.option("--data", "paths", multiple=True, required=True, help="Dataset(s), as --data of a run takes them.")
@@ -402,12 +416,17 @@ def eval_(run, paths, max_length, batch_size, compare):
     except ValueError as e:
         raise FtctlError(f"{e}.") from None
     # a typo, or rows that are no conversation, said before the model's load (minutes for a 7B model on CPU)
-    preflight.raise_if_errors([f for name in names for f in preflight.check_data(name, flag="--data", held_out=True)])
+    text = _text_field_of(run)  # the run's rows read as it read its own: plain text in dataset_text_field
+    checks = [preflight.check_data(name, flag="--data", held_out=True, text_field=text) for name in names]
+    preflight.raise_if_errors([f for found in checks for f in found])
     loaded = chat_mod.load(run, echo=_progress)
     recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
     every = loaded.found.recorded("spec", "assistant_only_loss") is False if loaded.found else False  # as it trained
     length = max_length or recorded or RunSpec.model_max_length
-    sets = [build_dataset(name, loaded.tokenizer, length, held_out=True, every_token=every) for name in names]
+    sets = [
+        build_dataset(name, loaded.tokenizer, length, held_out=True, every_token=every, text_field=text)
+        for name in names
+    ]
     tuned = [score(loaded.model, loaded.tokenizer, dataset, batch_size) for dataset in sets]
     base = None
     if compare:
@@ -437,6 +456,9 @@ def data():
     "--max-length", type=click.IntRange(min=2), default=None, help="model_max_length (default: the run default)."
 )
 @click.option("--chat-template-path", help="A Jinja file, or a tokenizer whose chat template to use instead.")
+@click.option(
+    "--text-field", help="The field of plain-text rows (dataset_text_field; default: the run file's, else text)."
+)
 @click.option("--held-out", is_flag=True, help="Read PATHS as --eval-data: a directory of splits gives its test split.")
 @click.option(
     "--show", type=click.IntRange(min=0), default=0, help="Print the first N rows as trained, the loss's tokens marked."
@@ -451,7 +473,17 @@ def data():
     "--all", "every_row", is_flag=True, help="Also list every row's problem, one a line (else each kind once)."
 )
 def data_check(
-    paths, config, model, max_length, chat_template_path, held_out, show, every_token, write_valid, every_row
+    paths,
+    config,
+    model,
+    max_length,
+    chat_template_path,
+    text_field,
+    held_out,
+    show,
+    every_token,
+    write_valid,
+    every_row,
 ):
     """Per-row errors with file and row number, then token statistics (of all PATHS as one dataset, else of the
     run file's data)."""
@@ -474,6 +506,7 @@ def data_check(
         max_length = max_length or run.model_max_length
         chat_template_path = chat_template_path or run.chat_template_path
         every_token = every_token or not run.assistant_only_loss
+    text_field = text_field or (run.dataset_text_field if run else "text")
     # a missing file or model directory is said at once, before the tokenizer loads (seconds)
     flag = "" if paths else ("--eval-data" if held_out else "--data")  # as the user gave them
     preflight.raise_if_errors(
@@ -493,7 +526,8 @@ def data_check(
 
     tokenizer = use_chat_template(load_tokenizer(model), chat_template_path)
     length = max_length or RunSpec.model_max_length
-    report = check_data(path, tokenizer, length, endpoint, held_out=held_out, show=show, every_token=every_token)
+    read = {"every_token": every_token, "text_field": text_field}
+    report = check_data(path, tokenizer, length, endpoint, held_out=held_out, show=show, **read)
     if write_valid:
         flags = ["-c", config] if config else ["--model", model]
         launch_length = run.model_max_length if run else RunSpec.model_max_length  # what the launch would take
@@ -518,9 +552,7 @@ def data_check(
     click.echo(report.render(every_row=every_row))
     reports = [report]
     if run and run.eval_data_path and not paths and not held_out:  # the run's held-out data, as it reads it
-        reports.append(
-            check_data(run.eval_data_path, tokenizer, length, endpoint, held_out=True, every_token=every_token)
-        )
+        reports.append(check_data(run.eval_data_path, tokenizer, length, endpoint, held_out=True, **read))
         click.echo("\nHeld-out data (eval_data_path):\n" + reports[-1].render(every_row=every_row))
     if any(r.errors for r in reports):
         sys.exit(1)

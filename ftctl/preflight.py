@@ -94,7 +94,11 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nod
     findings += check_chat_template(spec.chat_template_path) + check_lora_targets(spec, plan.model)
     with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
         run = data_check_args(spec)  # the fix a line names: `ftctl data check` of the run's own data and model
-        data = [pool.submit(check_data, p, spec.s3_endpoint_url, f, run_args=run) for f, p in spec.data_sources]
+        text = spec.dataset_text_field
+        data = [
+            pool.submit(check_data, p, spec.s3_endpoint_url, f, run_args=run, text_field=text)
+            for f, p in spec.data_sources
+        ]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
         resume = pool.submit(check_resume, on_nodes or spec, plan)
         findings += [f for d in data for f in d.result()] + output.result() + resume.result()
@@ -568,14 +572,18 @@ def check_data(
     held_out: bool | None = None,
     rows: bool = True,
     run_args: list[str] | None = None,
+    text_field: str = "text",
 ) -> list[Finding]:
     """The data is there (a file, a directory of data files, an object, builtin:demo) and its first
     file can be read. ``flag``: what gave it, to start each line ("" for a command's own argument);
     ``held_out``: read as held-out data (a directory's test split), by default where the flag is --eval-data;
     ``rows``: the rows' own problems too (_row_problems), where `ftctl data check` does not list them itself;
-    ``run_args``: the run's data_check_args, for the `ftctl data check` line a warning names (None: --model MODEL)."""
+    ``run_args``: the run's data_check_args, for the `ftctl data check` line a warning names (None: --model MODEL);
+    ``text_field``: the field of a plain-text row (dataset_text_field)."""
     held_out = flag == "--eval-data" if held_out is None else held_out
-    return _bounded(flag, path, endpoint_url, lambda: _check_data(path, endpoint_url, flag, held_out, rows, run_args))
+    return _bounded(
+        flag, path, endpoint_url, lambda: _check_data(path, endpoint_url, flag, held_out, rows, run_args, text_field)
+    )
 
 
 def data_check_args(spec) -> list[str]:
@@ -583,11 +591,18 @@ def data_check_args(spec) -> list[str]:
     model_max_length, chat template and loss."""
     args = ["--model", spec.model_name_or_path, "--max-length", str(spec.model_max_length)]
     args += ["--chat-template-path", spec.chat_template_path] * bool(spec.chat_template_path)
+    args += ["--text-field", spec.dataset_text_field] * (spec.dataset_text_field != "text")
     return args + ["--every-token"] * (not spec.assistant_only_loss)
 
 
 def _check_data(
-    path: str, endpoint_url: str | None, flag: str, held_out: bool, rows: bool, run_args: list[str] | None = None
+    path: str,
+    endpoint_url: str | None,
+    flag: str,
+    held_out: bool,
+    rows: bool,
+    run_args: list[str] | None = None,
+    text_field: str = "text",
 ) -> list[Finding]:
     from ftctl.trainer.formats import resolve_files
 
@@ -603,7 +618,7 @@ def _check_data(
         return [Finding(ERROR, f"{flag}: {e}" if flag else str(e))]
     except OSError as e:
         return [Finding(ERROR, f"{said}: cannot read {first} ({e})", "check its permissions.")]
-    return _row_problems(path, said, held_out, run_args) if rows else []
+    return _row_problems(path, said, held_out, run_args, text_field) if rows else []
 
 
 # local data up to this size (each dataset of data_path) is read whole before the job: the problems of its rows
@@ -648,7 +663,8 @@ def check_tokenized(spec) -> list[Finding]:
             tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(spec.model_name_or_path))
             tokenizer = use_chat_template(tokenizer, spec.chat_template_path)
             every = not spec.assistant_only_loss
-            report = check_data(spec.data_path, tokenizer, spec.model_max_length, every_token=every)
+            text = spec.dataset_text_field
+            report = check_data(spec.data_path, tokenizer, spec.model_max_length, every_token=every, text_field=text)
         finally:
             hf_logging.set_verbosity(was)
     except Exception:  # noqa: BLE001 — advisory: a tokenizer this machine cannot load is the trainer's to say
@@ -671,7 +687,9 @@ def _tokenizer_here(model: str) -> bool:
     return isinstance(try_to_load_from_cache(model, "tokenizer_config.json"), str)
 
 
-def _row_problems(path: str, said: str, held_out: bool, run_args: list[str] | None = None) -> list[Finding]:
+def _row_problems(
+    path: str, said: str, held_out: bool, run_args: list[str] | None = None, text_field: str = "text"
+) -> list[Finding]:
     """The rows' own problems, as the trainer would list them (those the tokenizer finds, the chat template's, are
     left to `ftctl data check`): a local dataset of ROW_CHECK_BYTES at most; over it, the `ftctl data check` line
     of it with ``run_args`` (data_check_args) that checks them."""
@@ -698,7 +716,7 @@ def _row_problems(path: str, said: str, held_out: bool, run_args: list[str] | No
                     f"`{check}` checks them first.",
                 )
             ]
-        _, rows = load_rows(path, held_out=held_out)
+        _, rows = load_rows(path, held_out=held_out, text_field=text_field)
     except (OSError, FtctlError) as e:  # a file gone or unreadable since the first check: said, not raised
         return [Finding(ERROR, f"{said}: cannot read it ({e})", "check the files and their permissions.")]
     lines = problem_lines([(row, problem) for row in rows for problem in row.problems], len(rows))
@@ -707,7 +725,8 @@ def _row_problems(path: str, said: str, held_out: bool, run_args: list[str] | No
     if not lines:
         return []
     shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
-    check = shlex.join(["ftctl", "data", "check", path, *(["--held-out"] if held_out else [])])
+    text = ["--text-field", text_field] if text_field != "text" else []
+    check = shlex.join(["ftctl", "data", "check", path, *(["--held-out"] if held_out else []), *text])
     fix = f"`{check}` lists them (--all: every row's problem)"
     if any(not row.problems for row in rows):  # some rows to write (the rest of a file that is CSV is none)
         model = run_args[1] if run_args and run_args[0] == "--model" else None  # (data_check_args)
@@ -740,7 +759,7 @@ def check_row_counts(spec) -> list[Finding]:
         files = [f for p in paths for f in resolve_files(p)]
         if sum(os.path.getsize(storage.filesystem(f)[1]) for f in files) > FEW_ROWS_BYTES:
             return []
-        rows = [sum(not row.problems for row in load_rows(p)[1]) for p in paths]
+        rows = [sum(not row.problems for row in load_rows(p, text_field=spec.dataset_text_field)[1]) for p in paths]
     except (OSError, FtctlError):  # said by check_data
         return []
     problems = [eval_split_leaves_none(spec.eval_split, sum(rows), spec.data_path)] if not spec.eval_data_path else []

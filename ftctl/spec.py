@@ -223,8 +223,6 @@ DECIDED = {
     "bnb_4bit_use_double_quant": "--method qlora loads the base in 4-bit NF4 with double quantization",
     "load_in_8bit": "--method qlora trains over a 4-bit base, lora over a 16-bit one",
     "use_liger_kernel": "Liger's kernels run where they are installed (ftctl doctor, and the run's log, say so)",
-    "dataset_text_field": "a row's format is read from its fields (text, messages, conversations, prompt/completion "
-    "...); plain text in a column of another name: rename it to text (JSON Lines: jq -c '{text: .COLUMN}' IN > OUT)",
     "push_to_hub": "ftctl merge RUN writes a plain model directory; upload it with `hf upload`",
     "use_peft": "--method lora (or qlora, over a 4-bit base) trains PEFT adapters; fft and sft train the weights",
     "torch_dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
@@ -409,7 +407,6 @@ AGREES = {
     "tf32": None,
     "fsdp": ("", "false", "no"),
     "fsdp_transformer_layer_cls_to_wrap": None,
-    "dataset_text_field": ("text",),
     "trust_remote_code": ("false",),
     "push_to_hub": ("false",),
     "deepspeed": ("false", "no"),
@@ -548,6 +545,8 @@ TOOL_DEFAULTS_NOT_TAKEN = {
 # METHOD_AGREES values that do not choose the method where none is given (they are refused, saying which to give):
 # LLaMA-Factory's freeze trains the top blocks alone, sft the output head too
 NOT_CHOSEN = {("finetuning_type", "freeze")}
+# fields that make a row a conversation or a prompt-completion (trainer/formats.to_row), never a plain-text one
+CONVERSATION_FIELDS = ("conversations", "messages", "instruction", "output", "prompt", "completion")
 # The dtype keys of from_pretrained (TRL's model_init_kwargs), transformers 5 and bitsandbytes' BitsAndBytesConfig, as
 # notebooks and recipes write them (torch.bfloat16, "float16", bf16): a 16-bit one asks for that precision, as
 # -o bf16=true / -o fp16=true do, which the plan takes where the GPUs have it and says where not (a T4 trains in fp16,
@@ -853,6 +852,8 @@ class RunSpec:
     # several datasets mixed: how many times each one's rows are trained on an epoch, in data_path's order
     # (1 all of them, 0.5 half drawn with seed, 2 each twice); a YAML mapping data_path: {PATH: WEIGHT} sets both
     data_weights: str | None = None
+    # TRL's: the field of a plain-text row (one with it and no conversation trains as its text, every token)
+    dataset_text_field: str = "text"
     eval_data_path: str | None = None  # held-out data in the same formats (FastChat's --eval_data_path)
     eval_split: float = 0.0  # or this share of data_path's rows held out (below 1; 1 or more: that many rows), chosen with seed; 0: none
     eval_steps: int | None = None  # with held-out data: evaluate every N steps and at the end; default save_steps
@@ -1957,6 +1958,11 @@ def validate(spec: RunSpec) -> None:
             hint = did_you_mean(str(v).lower(), allowed) or did_you_mean(str(v), allowed)  # LoRA: lora
             errors.append(f"{key}={v!r} is not one of {', '.join(allowed)}.{hint}")
 
+    if not spec.dataset_text_field.strip() or spec.dataset_text_field in CONVERSATION_FIELDS:
+        errors.append(
+            f"dataset_text_field={spec.dataset_text_field!r}: give the field that holds each row's plain text (TRL's "
+            "key; default text); conversations are read from their own fields"
+        )
     choice("method", METHODS)
     choice("backend", BACKENDS)
     choice("strategy", STRATEGIES)

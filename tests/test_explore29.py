@@ -95,16 +95,35 @@ def test_a_gguf_file_as_the_model_says_the_two_ways_on(tmp_path):
     assert finding.fix == f"pass its directory: --model {tmp_path / 'm'}"
 
 
-def test_plain_text_in_another_column_says_to_rename_it():
-    """TRL's `dataset_text_field: content` is refused (a row's format is read from its fields), and the rows then said
-    only "not a conversation: keys 'content'": neither said what to do with a plain-text column of another name."""
-    from ftctl.trainer.formats import to_row
+def test_trls_dataset_text_field_reads_plain_text_from_its_field(tmp_path, tiny_tokenizer):
+    """TRL's `dataset_text_field: content` was refused ("not set by hand here: a row's format is read from its
+    fields"), and the rows then said only "not a conversation: keys 'content'": plain text in a field of another name
+    could not train without rewriting the file. It is a key: the trainer, the launch's checks, `data check` (-c or
+    --text-field) and `eval` read that field as a row's text."""
+    from ftctl import preflight
+    from ftctl.trainer.data import build_datasets, cache_key, check_data
+    from ftctl.trainer.formats import load_rows, to_row
 
     (problem,) = to_row("a.jsonl line 1", {"id": 1, "content": "Onhava is the capital."}).problems
-    assert problem.endswith("plain text in 'content': rename it to 'text' (TRL's dataset_text_field)")
-    assert "rename" not in to_row("a.jsonl line 1", {"a": "x", "b": "y"}).problems[0]  # which one: not guessed
-    with pytest.raises(FtctlError, match=r"rename it to text \(JSON Lines: jq -c '\{text: .COLUMN\}' IN > OUT\)"):
-        build({"dataset_text_field": "content"})
+    assert problem.endswith("plain text in 'content': -o dataset_text_field=content (TRL's key) reads it")
+    assert "dataset_text_field" not in to_row("a.jsonl line 1", {"a": "x", "b": "y"}).problems[0]  # not guessed
+    data = tmp_path / "plain.jsonl"
+    data.write_text('{"content": "Zembla lies north."}\n{"content": "Onhava is its capital.", "id": 2}\n')
+    spec = build({"dataset_text_field": "content", "data_path": str(data), "model_max_length": 64})
+    assert [r.text for r in load_rows(str(data), text_field="content")[1]] == [
+        "Zembla lies north.",
+        "Onhava is its capital.",
+    ]
+    train, held_out = build_datasets(spec, tiny_tokenizer)  # what the trainer trains on (run.setup)
+    assert len(train) == 2 and held_out is None
+    assert check_data(str(data), tiny_tokenizer, 64, text_field="content").stats.formats == {"text": 2}
+    assert cache_key(str(data), tiny_tokenizer, 64, text_field="content") != cache_key(str(data), tiny_tokenizer, 64)
+    assert preflight.check_data(str(data), text_field="content") == []  # the launch's read of the rows
+    (refused,) = preflight.check_data(str(data))  # without it: the rows' problem, and the key that reads them
+    assert refused.what.endswith("plain text in 'content': -o dataset_text_field=content (TRL's key) reads it")
+    assert preflight.data_check_args(spec)[-2:] == ["--text-field", "content"]
+    with pytest.raises(FtctlError, match="dataset_text_field='messages': give the field that holds"):
+        build({"dataset_text_field": "messages"})
 
 
 def test_the_data_check_line_names_the_model_the_rows_were_read_with(tmp_path):

@@ -239,9 +239,11 @@ def prepare_data(
     every_token: bool = False,
     num_proc: int | None = None,
     sharing: int = 1,
+    text_field: str = "text",
 ):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
-    for evaluation (a directory of splits gives its test split, formats.resolve_files); ``sources``: a third
+    for evaluation (a directory of splits gives its test split, formats.resolve_files); ``text_field``: the field
+    of a plain-text row (TRL's dataset_text_field, formats.load_rows); ``sources``: a third
     column, ``source``, says which of the datasets ``path`` names each row is from (mix); ``show``: the report
     keeps the first rows without errors as they train (show_rows); ``every_token``: the loss covers every token,
     not only the assistant turns (assistant_only_loss=false); ``num_proc``: the processes that tokenize (None: as
@@ -253,7 +255,7 @@ def prepare_data(
     tokenizer = _load_tokenizer(tokenizer)
     require_fast(tokenizer)
     report = DataReport(path=path, max_length=max_length, model=_model_of(tokenizer))
-    files, rows = load_rows(path, endpoint_url, held_out)
+    files, rows = load_rows(path, endpoint_url, held_out, text_field)
     report.files = len(files)
     if len(split_paths(path)) == 1 and files != [path]:  # a directory or pattern: which files (which split)
         report.read = [file_name(f, path) for f in files]
@@ -778,7 +780,7 @@ def build_dataset(
     **options,
 ):
     """The training dataset (columns ``input_ids``, ``labels``), or a held-out one; FtctlError listing the
-    problems if any. ``options``: prepare_data's (held_out, sources, every_token); ``stats``: a list its
+    problems if any. ``options``: prepare_data's (held_out, sources, every_token, text_field); ``stats``: a list its
     DataStats is appended to; ``cache_dir``: where the tokenized rows are kept (cache_key names them), read there
     instead of tokenizing the data again where they are, else tokenized and written by one process a node (its
     LOCAL_RANK 0; without LOCAL_RANK, RANK 0 writes and every process tokenizes) while the node's others wait for
@@ -1008,6 +1010,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
         num_proc=procs,
         sources=by_source,
         every_token=every,
+        text_field=spec.dataset_text_field,
     )
     held_out = None
     if spec.eval_data_path:
@@ -1023,6 +1026,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
                 num_proc=procs,
                 held_out=True,
                 every_token=every,
+                text_field=spec.dataset_text_field,
             )
             for path in eval_paths
         ]

@@ -313,10 +313,13 @@ class _ParseError:
     whole_file: bool = False  # a JSON list that does not parse: none of its rows is read
 
 
-def load_rows(path: str, endpoint_url: str | None = None, held_out: bool = False) -> tuple[list[str], list[Row]]:
+def load_rows(
+    path: str, endpoint_url: str | None = None, held_out: bool = False, text_field: str = "text"
+) -> tuple[list[str], list[Row]]:
     """(the files read, every row of them as a :class:`Row` with its problems, if any), of each dataset
     ``path`` names (several: comma-separated, :func:`ftctl.spec.split_paths`) in turn.
-    ``endpoint_url``: the S3 endpoint (see :func:`ftctl.storage.s3_endpoint`); ``held_out``: see resolve_files."""
+    ``endpoint_url``: the S3 endpoint (see :func:`ftctl.storage.s3_endpoint`); ``held_out``: see resolve_files;
+    ``text_field``: the field of a plain-text row (TRL's dataset_text_field)."""
     from ftctl.spec import split_paths
 
     files, rows, seen = [], [], {}
@@ -331,7 +334,8 @@ def load_rows(path: str, endpoint_url: str | None = None, held_out: bool = False
                 continue
             try:
                 for unit, number, record in _records(file, name, endpoint_url):
-                    rows.append(row := to_row(f"{name} {unit} {number}", mapped(record) if mapped else record))
+                    record = _text_field(mapped(record) if mapped else record, text_field)
+                    rows.append(row := to_row(f"{name} {unit} {number}", record))
                     whole = isinstance(record, _ParseError) and record.whole_file  # no row of it was read
                     row.source, row.at = source, None if whole else (name, unit, number)
             except (OSError, ValueError) as e:  # unreadable file, bad parquet, not UTF-8
@@ -531,6 +535,13 @@ def _renamed_turn(turn: Any, keys: dict, roles: dict) -> Any:
 # Rows
 
 
+def _text_field(record: Any, field: str) -> Any:
+    """A record whose plain text is in ``field`` (TRL's dataset_text_field) as to_row reads one: its ``text``."""
+    if field == "text" or not isinstance(record, dict) or field not in record or "text" in record:
+        return record
+    return {**{k: v for k, v in record.items() if k != field}, "text": record[field]}
+
+
 def to_row(where: str, record: Any) -> Row:
     """Normalise one record to chat messages, collecting what is wrong with it."""
     if isinstance(record, _ParseError):
@@ -565,7 +576,9 @@ def to_row(where: str, record: Any) -> Row:
     keys = ", ".join(map(repr, record)) or "none"
     texts = [k for k, v in record.items() if isinstance(v, str) and k != "id"]
     plain = (  # TRL's dataset_text_field: a plain-text column of another name
-        f"; plain text in {texts[0]!r}: rename it to 'text' (TRL's dataset_text_field)" if len(texts) == 1 else ""
+        f"; plain text in {texts[0]!r}: -o dataset_text_field={texts[0]} (TRL's key) reads it"
+        if len(texts) == 1
+        else ""
     )
     return Row(where=where, format="unknown", problems=[f"not a conversation: keys {keys}; {FORMAT_HINT}{plain}"])
 
