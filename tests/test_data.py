@@ -1022,7 +1022,7 @@ def test_the_failure_counts_rows_not_error_lines_and_no_rows_of_a_file_that_does
         .render()
         .endswith(
             f"FAILED: 5 of 7 rows with errors (1 listed); fix or remove those rows (`ftctl data check {path} --model "
-            "MODEL --max-length 64 --write-valid OUT` writes the others to OUT)."
+            f"{tiny_tokenizer.name_or_path} --max-length 64 --write-valid OUT` writes the others to OUT)."
         )
     )
     broken = tmp_path / "broken.json"

@@ -40,7 +40,8 @@ def test_a_sharegpt_dumps_empty_and_question_only_rows_are_left_out_and_the_rest
     )
     (refused,) = preflight.check_tokenized(spec)  # a Slurm launch's, through the tokenizer (data.error_message)
     assert (
-        f"`ftctl data check {data} --model MODEL --max-length 64 --write-valid OUT` writes the others" in refused.what
+        f"`ftctl data check {data} --model {tiny_model_dir} --max-length 64 --write-valid OUT` writes the others"
+        in refused.what
     )
 
     out = tmp_path / "clean" / "sharegpt.json"
