@@ -433,6 +433,11 @@ class SlurmBackend(Backend):
                 f"({ref.run_dir}, where {ref.paths.slurm_log(ref.job_id).name} is written) is not writable there or "
                 "not on a filesystem the nodes see; that node's slurmd log says why"
             )
+        elif s.state == "PENDING" and (fix := scheduler.never_starts(s.reason)):
+            note = (
+                f"Slurm does not start a job pending for {s.reason} while it waits: {fix}. `ftctl cancel {ref.job_id}`, "
+                "then launch it again with that changed"
+            )
         elif s.state == "PENDING" and s.restarts and (why := error_line(self.log_tail(ref))):
             # requeued, its next attempt not started: its log ends with the last attempt's lines (a stop checkpoint
             # that did not reach the store, and where a copy is kept: trainer.run.say_stop)

@@ -99,11 +99,25 @@ class PartitionInfo:
         """Its GRES GPU types that could be ftctl's ``gpu_type`` (an untyped one cannot be told apart, so it could)."""
         return [t for t in self.gpu_types if _same_gpu(t, gpu_type)]
 
-    def gres_type(self, gpu_type: str) -> str | None:
-        """The type name a request for ``gpu_type`` asks for here: the one GRES type that names it, where every GPU
-        of the partition has a type name; None where nothing is known (untyped GRES) or no one name is."""
+    def gres_type(self, gpu_type: str, per_node: int = 1) -> str | None:
+        """The type name a request for ``gpu_type`` asks for here, where every GPU of the partition has a type name:
+        the one GRES type that names it; of several (nvidia_a100-pcie-40gb and nvidia_a100-sxm4-80gb) beside GPUs of
+        other models, the one with the most nodes that hold ``per_node`` of it (an untyped request could start the
+        plan on the others: a bf16 A100 plan on a partition's V100s or Quadros); None where nothing is known (untyped
+        GRES), none names it, or every GPU of the partition is one (an untyped request takes any of them)."""
         matching = self.types_of(gpu_type)
-        return matching[0] if len(matching) == 1 and "" not in self.gpu_types else None
+        if "" in self.gpu_types or not matching:
+            return None
+        if len(matching) == 1:
+            return matching[0]
+        if set(matching) == set(self.gpu_types):
+            return None
+        usable = [n for n in self.nodes if n.usable] or self.nodes
+
+        def room(gtype: str) -> tuple[int, int]:
+            return sum(n.gpus.get(gtype, 0) >= per_node for n in usable), sum(n.gpus.get(gtype, 0) for n in usable)
+
+        return max(sorted(matching), key=room)
 
     @property
     def cpu_summary(self) -> str:
@@ -271,7 +285,7 @@ def doctor(
     ]
     report.doubts = _gpu_type_doubts(chosen, report.partitions, gpu_type) if gpus_per_node and gpu_type else []
     report.problems = _state_problems(chosen) + report.never_runs + report.doubts
-    report.gres_type = chosen.gres_type(gpu_type) if gpus_per_node and gpu_type else None
+    report.gres_type = chosen.gres_type(gpu_type, gpus_per_node) if gpus_per_node and gpu_type else None
     return report
 
 
@@ -430,11 +444,27 @@ def _gpu_problems(
 
     most = max(count(n) for n in chosen.nodes)
     if per_node > most:
-        split = (
-            f": --gpus {nodes * per_node // most}x{most}x{gpu_type or 'TYPE'} spreads them over nodes"
-            if most and (nodes * per_node) % most == 0
-            else ""
-        )
+        # none of its GPUs named for the plan's (8xH100 on a default partition of A100s): spreading the plan over
+        # its nodes would not give it those GPUs; a partition whose nodes have them would
+        split = ""
+        if gpu_type and chosen.gpu_types and not chosen.types_of(gpu_type):
+            there = max(
+                (p for p in partitions if p is not chosen and _named(p, gpu_type)),
+                key=lambda p: _named(p, gpu_type),
+                default=None,
+            )
+            if there is not None:
+                has = _named(there, gpu_type)
+                if has >= per_node:
+                    fix = f"pass --partition {there.name}"
+                elif (nodes * per_node) % has == 0:
+                    fix = f"--gpus {nodes * per_node // has}x{has}x{gpu_type} --partition {there.name} spreads them"
+                    fix += " over its nodes"
+                else:
+                    fix = f"pass --partition {there.name} with at most {has} a node"
+                split = f"; partition {there.name} has {there.gpu_summary}: {fix}"
+        elif most and (nodes * per_node) % most == 0:
+            split = f": --gpus {nodes * per_node // most}x{most}x{gpu_type or 'TYPE'} spreads them over nodes"
         return [
             f"{per_node} GPUs per node asked for, but partition {chosen.name!r} has at most "
             f"{most} per node ({chosen.gpu_summary}){split}"
@@ -446,6 +476,11 @@ def _gpu_problems(
             f"{chosen.name!r} has {len(fitting)} such node(s)"
         ]
     return []
+
+
+def _named(partition: PartitionInfo, gpu_type: str) -> int:
+    """The most GPUs a node of ``partition`` has whose GRES type names ``gpu_type`` (untyped ones not counted)."""
+    return max((sum(c for t, c in n.gpus.items() if t and _same_gpu(t, gpu_type)) for n in partition.nodes), default=0)
 
 
 def _gpu_type_doubts(chosen: PartitionInfo, partitions: list[PartitionInfo], gpu_type: str) -> list[str]:

@@ -72,6 +72,12 @@ _HINTS = (
         "node count specification invalid",
         "ask for at most as many nodes as the partition has (`ftctl doctor --backend slurm`)",
     ),
+    (  # before "time limit": its words end "user's size and/or time limits", and the partition's limit is not it
+        "accounting/qos policy",
+        "the limits of your account or QOS refuse it (time, GPUs, nodes, jobs at once): `sacctmgr show assoc "
+        "user=$USER format=account,qos,maxtres,maxwall,maxsubmit` and `sacctmgr show qos format=name,maxwall,maxtrespu` "
+        "say them; a shorter --time, fewer GPUs or nodes, or another --qos / --account",
+    ),
     ("--time", "--time takes MM, HH:MM:SS or D-HH:MM:SS"),
     ("time limit", "lower --time to the partition's limit (`ftctl doctor --backend slurm`)"),
     (
@@ -147,9 +153,11 @@ def submit(script_path: str | os.PathLike, cwd: str | os.PathLike, env: Mapping[
     """``sbatch --parsable SCRIPT`` from ``cwd``; returns the job id.
 
     The job starts in ``cwd`` (unless the script says ``#SBATCH --chdir``) and, as Slurm does by
-    default, with the environment sbatch ran in: ``env`` or this process's.
+    default, with the environment sbatch ran in: ``env`` or this process's, less the variables of a Slurm job it
+    runs inside (:func:`outside_a_job`).
     """
     script = Path(script_path)
+    env = outside_a_job(slurm_env(env))
     if not script.is_file():
         raise FtctlError(
             f"batch script {str(script)!r} does not exist; render it first (`ftctl render --backend slurm ...`)"
@@ -173,6 +181,35 @@ def submit(script_path: str | os.PathLike, cwd: str | os.PathLike, env: Mapping[
     return job_id
 
 
+# Slurm's variables a user or a site sets on purpose (input variables), kept where a job is submitted from inside one
+_INPUT_VARS = frozenset(
+    {
+        "SLURM_CONF",
+        "SLURM_TIME_FORMAT",
+        "SLURM_DEBUG_FLAGS",
+        "SLURM_EXIT_ERROR",
+        "SLURM_EXIT_IMMEDIATE",
+        "SLURM_MPI_TYPE",
+    }
+)
+
+
+def outside_a_job(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` without the variables Slurm set for the job or step it was read in (``ftctl launch`` in an salloc,
+    an ``srun --pty bash`` or a job script): sbatch passes the submitting environment to the job (--export=ALL), and
+    there the outer job's SLURM_MEM_PER_CPU beside the job's own SLURM_MEM_PER_NODE (srun: "mutually exclusive"), its
+    SLURM_CPU_BIND masks, SLURM_NTASKS, SLURM_GPUS... made the job's srun fail or run another shape, and its
+    SLURM_RESTART_COUNT made a first attempt count as a requeued one. Outside a job, as it is."""
+    environ = dict(environ)
+    if not (environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")):
+        return environ
+    return {
+        k: v
+        for k, v in environ.items()
+        if k in _INPUT_VARS or not k.startswith(("SLURM_", "SLURMD_", "SRUN_", "SBATCH_MEM_BIND"))
+    }
+
+
 def status(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
     """The job's state: squeue while the controller remembers it, then sacct, then sacct -c."""
     job_id = _check_id(job_id)
@@ -186,6 +223,45 @@ def status(job_id: str, env: Mapping[str, str] | None = None) -> JobStatus:
             "(`squeue --me`)"
         )
     return found
+
+
+# why a job is pending (squeue's reason) that does not clear while it waits, and what to change: Slurm leaves such a job
+# queued without saying it never starts (a QOS's MaxWall below --time, without DenyOnLimit)
+_NEVER_STARTS = (
+    (
+        "PartitionTimeLimit",
+        "its --time is over the partition's limit: a shorter --time (`ftctl doctor --backend slurm`)",
+    ),
+    (
+        "MaxWallDuration",
+        "its --time is over what your QOS or account allows one job (`sacctmgr show qos format=name,maxwall`): a "
+        "shorter --time, or a --qos that allows it",
+    ),
+    (
+        "PerJob",
+        "it asks for more GPUs, CPUs, nodes or memory than your QOS or account allows one job (`sacctmgr show assoc "
+        "user=$USER format=account,qos,maxtres`): fewer (--gpus, --nodes), or another --qos / --account",
+    ),
+    ("PartitionNodeLimit", "its node count is outside the partition's limits: --nodes, or another --partition"),
+    (
+        "PartitionConfig",
+        "no node of its partition has what it asks for (`ftctl doctor --backend slurm`): --gpus, --nodes, "
+        "-o cpus_per_task, or another --partition",
+    ),
+    ("InvalidAccount", "Slurm does not take its account: --account (`sacctmgr show assoc user=$USER format=account`)"),
+    ("InvalidQOS", "Slurm does not take its QOS: --qos (`sacctmgr show assoc user=$USER format=qos`)"),
+    ("BadConstraints", "no node has the features its --constraint asks for"),
+    ("DependencyNeverSatisfied", "a job it waits for ended so that it never starts"),
+)
+
+
+def never_starts(reason: str) -> str | None:
+    """What to change for a job pending for ``reason`` (squeue's), where Slurm does not start it while it waits; None
+    for a reason that clears (Resources, Priority, a group limit of jobs running now: QOSMaxGRESPerUser ...)."""
+    word = reason.split(",")[0].strip()
+    if word.startswith(("QOSMax", "AssocMax")) and not word.endswith(("PerJob", "PerJobLimit")):
+        return None  # per user or per account now: clears as other jobs end
+    return next((fix for key, fix in _NEVER_STARTS if key in word), None)
 
 
 def jobs_in(directory: str | os.PathLike, env: Mapping[str, str] | None = None) -> list[JobStatus]:
