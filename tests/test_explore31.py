@@ -198,3 +198,21 @@ def test_an_account_or_qos_limit_at_sbatch_is_not_blamed_on_the_partition(cluste
         scheduler.submit(script, cwd=tmp_path)
     assert "partition" not in str(e.value)
     assert "the limits of your account or QOS refuse it" in str(e.value) and "sacctmgr show qos" in str(e.value)
+
+
+def test_a_list_of_partitions_is_taken_as_sbatch_takes_it(cluster):
+    """`--partition a100,h100` (sbatch starts the job in whichever can start it first) was refused: "no partition
+    'a100,h100' on this cluster ... pass --partition h100", and --sbatch-arg=--partition is refused as ftctl's own."""
+    rendered = _checked(gpus="8xH100", partition="a100,h100")  # only h100's nodes have 8: asked for by its name
+    assert "#SBATCH --partition=a100,h100\n" in rendered.text and "#SBATCH --gpus-per-node=h100:8\n" in rendered.text
+    rendered = _checked(gpus="4xA100", partition="a100,h100")  # either: no one name for both
+    assert "#SBATCH --gpus-per-node=4\n" in rendered.text
+    report = doctor(partition="a100,gpus", gpus_per_node=4, gpu_type="A100")
+    assert report.never_runs == [
+        "no partition 'gpus' on this cluster (its partitions: gpu, h100, a100): pass --partition gpu"
+    ]
+    (never,) = doctor(partition="a100,h100", gpus_per_node=16, gpu_type="H100").never_runs
+    assert never.startswith(
+        "none of partitions a100, h100 can run it: 16 GPUs per node asked for, but partition 'a100'"
+    )
+    assert "partition 'h100' has at most 8 per node" in never

@@ -248,8 +248,15 @@ def host_memory(partition: str | None, gpu_type: str | None, per_node: int, node
     that is; None where the controller does not answer or has no such partition. A launch's first question: asked
     afresh (the check before sbatch and a dry run's note reuse its answer)."""
     asked = ask()
-    chosen, _ = _choose(asked.partitions, partition) if asked.reachable else (None, [])
-    return chosen.host_memory(gpu_type, per_node, nodes) if chosen else None
+    if not asked.reachable:
+        return None
+    found = []
+    for name in (partition or "").split(",") if partition else [None]:  # a list: the job may start in any of them
+        chosen, _ = _choose(asked.partitions, name.strip() if name else None)
+        if chosen is None:
+            return None
+        found.append(chosen.host_memory(gpu_type, per_node, nodes))
+    return None if None in found else min(found, key=lambda f: f[0])
 
 
 def doctor(
@@ -265,11 +272,43 @@ def doctor(
 ) -> DoctorReport:
     """What the cluster offers, and the problems a request (partition, nodes, GPUs per node, GPU type, host
     memory a node, CPUs a task, time limit) would meet. Never raises for the cluster's state; look at
-    ``report.problems``. ``reuse``: sinfo's answer of this launch (ask)."""
+    ``report.problems``. ``reuse``: sinfo's answer of this launch (ask). ``partition`` may be a list, as sbatch
+    takes it (``gpu,gpu-long``: the job starts in whichever can start it first): see :func:`_any_of`."""
     environ = slurm_env(env)
     asked = ask(environ, reuse)
     if not asked.reachable:
         return asked
+    request = (gpus_per_node, gpu_type, nodes, memory_gb, cpus_per_task, time)
+    names = [name.strip() for name in (partition or "").split(",") if name.strip()]
+    if len(names) > 1:
+        return _any_of(asked, names, environ, request)
+    return _assess(asked, partition, environ, request)
+
+
+def _any_of(asked: DoctorReport, names: list[str], environ: Mapping[str, str], request: tuple) -> DoctorReport:
+    """A request for a list of partitions, as sbatch takes it (the job starts in whichever can start it first): each
+    must exist, the job never runs only where none of them can run it, and the GPU type is asked for by name only
+    where every one that can run it names it alike (the script asks for it once, for all of them)."""
+    each = {name: _assess(asked, name, environ, request) for name in names}
+    report = DoctorReport(sbatch=asked.sbatch, reachable=True, partitions=asked.partitions)
+    unknown = [p for r in each.values() for p in r.never_runs if p.startswith("no partition ")]  # nor sinfo --all
+    can = {name: r for name, r in each.items() if not r.never_runs}
+    if unknown or not can:
+        report.never_runs = unknown or [
+            f"none of partitions {', '.join(names)} can run it: "
+            + "; ".join(p for r in each.values() for p in r.never_runs)
+        ]
+        report.problems = list(report.never_runs)
+        return report
+    report.doubts = [d for r in can.values() for d in r.doubts] if all(r.doubts for r in can.values()) else []
+    report.problems = [p for r in can.values() for p in r.problems if p not in r.doubts] + report.doubts
+    types = {r.gres_type for r in can.values()}
+    report.gres_type = types.pop() if len(types) == 1 else None
+    return report
+
+
+def _assess(asked: DoctorReport, partition: str | None, environ: Mapping[str, str], request: tuple) -> DoctorReport:
+    gpus_per_node, gpu_type, nodes, memory_gb, cpus_per_task, time = request
     report = DoctorReport(sbatch=asked.sbatch, reachable=True, partitions=asked.partitions)
     chosen, report.problems = _choose(report.partitions, partition)
     if chosen is None:
