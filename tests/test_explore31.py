@@ -216,3 +216,11 @@ def test_a_list_of_partitions_is_taken_as_sbatch_takes_it(cluster):
         "none of partitions a100, h100 can run it: 16 GPUs per node asked for, but partition 'a100'"
     )
     assert "partition 'h100' has at most 8 per node" in never
+
+
+def test_doctor_checks_the_nodes_of_a_gpus_spec(cluster, capsys):
+    """`ftctl doctor --backend slurm --gpus 2x4xA100 --partition a100` (one node) said nothing wrong: the nodes of
+    the spec were not passed on, so the check was for one node."""
+    assert get("slurm").doctor("2x4xA100", "a100") is False
+    assert "problem: 2 nodes asked for, but partition 'a100' has 1" in capsys.readouterr().out
+    assert get("slurm").doctor("2x8xH100", "h100") is True

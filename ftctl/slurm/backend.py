@@ -614,6 +614,7 @@ class SlurmBackend(Backend):
         per_node = req.per_node if req and req.tier else None
         report = slurm_doctor.doctor(
             partition=partition,
+            nodes=req.nodes if req else None,  # 2x8xH100: two nodes of eight
             gpus_per_node=per_node,
             gpu_type=req.tier.name if req and req.tier else None,
             cpus_per_task=slurm_render.default_cpus_per_task(per_node) if req else None,
