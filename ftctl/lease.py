@@ -32,10 +32,10 @@ one (STALE_S after the last that reached the store) set ``lost`` too: another jo
 on, so the trainer stops as above, saving nothing into the output. A renewal that the store took after the trainer gave
 up waiting for its answer (a slow store) is recognised as the holder's own at the next renewal, not as another job's.
 
-How long ago a lease was renewed is judged by the store's own clock on S3: the answer's Date less the lease's
-LastModified, both the store's (a reader whose clock is minutes off, a node with NTP off, neither takes a live lease
-nor waits on a dead one for its clock's error). Where the store gives no such times (GCS, Azure here), the lease's
-own renewed_unix (the writer's clock) against the reader's clock.
+How long ago a lease was renewed is judged by the store's own clock on S3 and GCS: the answer's Date less the lease's
+LastModified (GCS: its object's ``updated``), both the store's (a reader whose clock is minutes off, a node with NTP
+off, neither takes a live lease nor waits on a dead one for its clock's error). Where the store gives no such times
+(Azure here), the lease's own renewed_unix (the writer's clock) against the reader's clock.
 
 A trainer that cannot read the lease as it starts (the store not answering, after storage's retries) does not train:
 it could not see whether another job trains into the output (``take`` raises FtctlError naming the store's error). An
@@ -56,6 +56,7 @@ import os
 import socket
 import threading
 import time
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 
 from ftctl import storage
@@ -67,7 +68,7 @@ log = logging.getLogger("ftctl")
 
 RENEW_S = 30.0  # how often the holder writes it (one small PUT)
 STALE_S = 150.0  # not renewed for this long: its trainer is gone
-STORE_AGE = "_age_by_store_s"  # a lease read from S3: its age by the store's clock (never written back)
+STORE_AGE = "_age_by_store_s"  # a lease read from S3 or GCS: its age by the store's clock (never written back)
 CLAIM_TRIES = 5  # writes of the lease that another trainer's write beat, in a row, before a trainer stops
 UNREACHED_EXIT = 75  # a trainer stopped because its renewals did not reach the store: EX_TEMPFAIL, try again later
 START_WAIT_S = 300.0  # what an attempt that resumes a run waits for a store that is down as it starts, then exit 75
@@ -153,7 +154,9 @@ def _version(fs, path: str) -> tuple[str | None, float | None]:
     """The lease's ETag and, on S3, seconds since the store took its last write by the store's own clock (the HEAD
     answer's Date less the object's LastModified, less a second: both are whole seconds, and a live lease must never
     read as older than it is; None where either is missing). FileNotFoundError where none."""
-    if not hasattr(fs, "call_s3"):  # GCS, Azure: no age of the store's
+    if "gcs" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return None, _gcs_age(fs, path)
+    if not hasattr(fs, "call_s3"):  # Azure: no age of the store's
         return fs.info(path).get("ETag"), None
     bucket, _, key = path.partition("/")
     head = fs.call_s3("head_object", Bucket=bucket, Key=key)
@@ -163,6 +166,21 @@ def _version(fs, path: str) -> tuple[str | None, float | None]:
     except (KeyError, TypeError, ValueError):
         age = None
     return head.get("ETag"), age
+
+
+def _gcs_age(fs, path: str) -> float | None:
+    """Seconds since GCS took the lease's last write, by GCS's own clock: the object metadata answer's Date less the
+    object's ``updated`` (less a second: Date is whole seconds); None where either is missing. No ETag: gcsfs replaces
+    an object only unconditionally (storage.put_if), so the lease's writes go as plain ones after a read (race_open).
+    FileNotFoundError where there is none."""
+    bucket, _, key = path.partition("/")
+    headers, body = fs.call("GET", "b/{}/o/{}", bucket, key)
+    try:
+        now = parsedate_to_datetime(headers["Date"])
+        updated = datetime.fromisoformat(str(json.loads(body)["updated"]).replace("Z", "+00:00"))
+        return max(0.0, (now - updated).total_seconds() - 1.0)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def check(uri: str, ask: bool = False) -> None:
@@ -212,7 +230,7 @@ def race_open(output: str, why: str) -> None:
 
 
 def age_s(lease: dict, now: float | None = None) -> float:
-    """Seconds since it was last renewed: by the store's clock where it was read with one (STORE_AGE, S3), else by
+    """Seconds since it was last renewed: by the store's clock where it was read with one (STORE_AGE: S3, GCS), else by
     this machine's clock against the writer's (0 for one from a clock ahead of this one's)."""
     if now is None and lease.get(STORE_AGE) is not None:
         return float(lease[STORE_AGE])

@@ -19,7 +19,8 @@ roles; for the Hub: ``HF_TOKEN``, and ``HF_ENDPOINT`` for a mirror). ftctl never
 (store errors it logs go through :func:`redact`); a job elsewhere gets those it needs by name
 (:func:`job_env`, :func:`home_credentials`). The S3 endpoint for S3-compatible stores is the
 ``endpoint_url`` argument, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (the variables
-boto3 itself reads).
+boto3 itself reads). gcsfs reaches a GCS emulator through ``STORAGE_EMULATOR_HOST`` (its own variable), which a job
+elsewhere gets by name as it gets AWS_ENDPOINT_URL.
 
 Store errors (no credentials, no such bucket, access denied, endpoint unreachable, timeout) become
 one :class:`StorageError` line that says which and what to set: :func:`storage_errors` around the
@@ -31,6 +32,7 @@ fsspec and its store packages are imported inside the functions, so importing th
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import posixpath
 import random
@@ -170,6 +172,15 @@ def s3_endpoint(endpoint_url: str | None = None) -> str | None:
     return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def gcs_emulator() -> str | None:
+    """The GCS emulator gcsfs talks to instead of Google Cloud Storage: ``STORAGE_EMULATOR_HOST`` (gcsfs's and
+    google-cloud-storage's own variable; fake-gcs-server, gcp-storage-emulator), as a URL; None for GCS itself."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST", "").strip()
+    if host in ("", "default"):
+        return None
+    return host if host.startswith(("http://", "https://")) else f"http://{host}"
+
+
 def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: bool = False) -> tuple[Any, str]:
     """``(fs, path)`` for a local path or object-store URI.
 
@@ -222,12 +233,36 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
             use_listings_cache=False,
         )
         fs.retries = limits.tries  # s3fs's own retry loop (5 tries with backoff by default) around botocore's
+    elif protocol == "gcs":
+        _quiet_gcsfs_retries()
+        if gcs_emulator():  # gcsfs's default class (2026.x) asks each bucket's layout of Google's gRPC storage-control
+            # API, which an emulator lacks: a warning at every call ("Could not determine bucket type")
+            from gcsfs.core import GCSFileSystem as cls
+        fs = cls()
     elif protocol == "hf":  # HF_ENDPOINT read at each call, not once at huggingface_hub's import; a fresh
         # instance, so that no listing or "not found" cached before HF_TOKEN was set answers for it
         fs = cls(endpoint=os.environ.get("HF_ENDPOINT") or None, skip_instance_cache=True)
     else:
         fs = cls()
     return fs, path
+
+
+class _GcsfsRetriesSaid(logging.Filter):
+    """gcsfs logs a request that failed for good ("out of retries", "non-retriable exception") at ERROR with its
+    traceback, before ftctl says the store's error in one line (:func:`store_error`): lowered to DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if record.levelno >= logging.ERROR and (" out of retries " in message or " non-retriable " in message):
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.DEBUG, "DEBUG", None, None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def _quiet_gcsfs_retries() -> None:
+    gcsfs_log = logging.getLogger("gcsfs")
+    if not any(isinstance(f, _GcsfsRetriesSaid) for f in gcsfs_log.filters):
+        gcsfs_log.addFilter(_GcsfsRetriesSaid())
 
 
 def _no_100_continue() -> None:
@@ -609,6 +644,10 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
         endpoint = os.environ.get("HF_ENDPOINT")
         where = f"the Hugging Face Hub at {endpoint}" if endpoint else "the Hugging Face Hub"
         endpoint_fix = "the repository id (hf://datasets/ORG/NAME/FILES) or HF_ENDPOINT"
+    elif protocol == "gcs":
+        emulator = gcs_emulator()
+        where = f"the GCS emulator at {emulator}" if emulator else "Google Cloud Storage"
+        endpoint_fix = "STORAGE_EMULATOR_HOST"  # gcsfs's endpoint: an emulator's, unset for GCS itself
     else:
         where, endpoint_fix = f"the {protocol} store", "the store's account settings"
     messages = {
@@ -665,6 +704,10 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
             "unset HF_HUB_OFFLINE where the Hub can be reached (the job's machines too), or download the files "
             "(hf download ORG/NAME --repo-type dataset --local-dir DIR) and give their path.",
         )
+    if protocol == "gcs" and not gcs_emulator():  # Google's own endpoint: only the network can be wrong
+        network = "check the network (proxy, firewall: the nodes need storage.googleapis.com)."
+        messages["unreachable"] = (f"Cannot reach {where} for {uri}", network)
+        messages["timeout"] = (f"{where} did not answer in time for {uri}", network)
     what, fix = messages[kind]
     return StorageError(kind, redact(what), redact(fix))
 
@@ -816,7 +859,7 @@ JOB_ENV = {
         "AWS_SHARED_CREDENTIALS_FILE",
         "AWS_CONFIG_FILE",
     ),
-    "gcs": ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT"),
+    "gcs": ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST"),
     "abfs": ("AZURE_STORAGE_*", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID"),
     "hf": ("HF_TOKEN", "HF_ENDPOINT"),
 }

@@ -6,6 +6,7 @@ import pytest
 pytest_plugins = [
     "tests.tiny_fixtures",
     "tests.s3_fixtures",
+    "tests.gcs_fixtures",
     "tests.slurm_fixtures",
     "tests.slurm_e2e_fixtures",
     "tests.trainer_fixtures",
