@@ -178,7 +178,13 @@ class DockerBackend(Backend):
             return None
 
     def logs(self, ref: JobRef, follow: bool) -> None:
-        subprocess.call([_docker(), "logs", *(["--follow"] if follow else []), ref.job_id])
+        docker = _docker()
+        if subprocess.call([docker, "logs", *(["--follow"] if follow else []), ref.job_id]) == 0:
+            return
+        _daemon(docker)  # a daemon that does not answer says so (docker's own line is above)
+        if _inspect(ref.job_id) is None:
+            raise FtctlError(f"container {ref.job_id} is not on this docker host (removed): its log went with it.")
+        raise FtctlError(f"docker logs {ref.job_id} failed: its message is above.")
 
     def log_tail(self, ref: JobRef) -> str:
         """The container's last LOG_TAIL_LINES lines (its output, then its errors); "" once it is removed."""
@@ -321,9 +327,13 @@ INSPECT_FORMAT = "{{.State.Status}} {{.State.ExitCode}} {{.State.StartedAt}} {{.
 
 
 def _inspect(name: str) -> Inspected | None:
-    """The state of the container ``name``, or None when there is none."""
-    proc = _run([_docker(), "inspect", "--format", INSPECT_FORMAT, name])
+    """The state of the container ``name``, or None when there is none; FtctlError where the daemon does not answer
+    (docker inspect fails then too: the container, maybe running, was said to be removed, and `cancel` said it had
+    ended)."""
+    docker = _docker()
+    proc = _run([docker, "inspect", "--format", INSPECT_FORMAT, name])
     if proc.returncode != 0:
+        _daemon(docker)
         return None
     word, code, started, ended = (proc.stdout.split() + ["", "", "", ""])[:4]
     began = _unix(started)

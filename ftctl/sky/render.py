@@ -71,6 +71,14 @@ CPU_INFRAS = ("slurm", "k8s", "kubernetes", "ssh")
 NO_AUTOSTOP_INFRAS = ("slurm", "k8s", "kubernetes", "ssh", "hyperbolic", "primeintellect", "verda", "yotta")
 # Infras with no spot market (clouds/slurm.py, ssh.py: SPOT_INSTANCE unsupported), where --spot is the managed job
 NO_SPOT_INFRAS = ("slurm", "ssh")
+# Clouds with no spot instances in SkyPilot 0.14.1 (SPOT_INSTANCE among each one's _CLOUD_UNSUPPORTED_FEATURES; a
+# Kubernetes cluster has them where its nodes carry a spot label, which only SkyPilot can ask): use_spot there found
+# no instance ("Catalog does not contain any instances satisfying the request: 1x Lambda([Spot], ...)").
+# tests/test_explore30.py checks the list against the installed SkyPilot.
+NO_SPOT_CLOUDS = (
+    *("cudo", "do", "fluidstack", "hyperbolic", "lambda", "paperspace", "scp", "seeweb", "shadeform", "vsphere"),
+    "yotta",
+)
 # The clouds and infras SkyPilot 0.14.1 knows, and their other names: sky.utils.registry.CLOUD_REGISTRY's (render
 # imports no SkyPilot; tests/test_sky_cost.py checks both against the installed one). "*" in infra is any cloud.
 SKY_CLOUDS = (
@@ -150,7 +158,7 @@ def settle(spec: RunSpec, plan: Plan) -> RunSpec:
 _REGION_CLOUDS = (
     (re.compile(r"[a-z]{2}(-gov)?-[a-z]+-\d"), "aws"),  # us-east-1, eu-west-2, us-gov-west-1
     (re.compile(r"[a-z]+-[a-z]+\d+"), "gcp"),  # us-east1, europe-west4
-    (re.compile(r"[a-z]+"), "azure"),  # eastus, westeurope
+    (re.compile(r"[a-z]*(east|west|central|north|south)[a-z]*\d?"), "azure"),  # eastus, westeurope, uksouth
 )
 
 
@@ -198,6 +206,10 @@ def _cloud_name(cloud: str) -> str:
 
 def _known_cloud(cloud: str, said: str) -> None:
     if _cloud_name(cloud) not in (*SKY_CLOUDS, "*"):
+        if (of := _region_cloud(cloud)) != "CLOUD":  # a region without its cloud: --infra us-east-1
+            raise FtctlError(
+                f"{said}: {cloud!r} is a region, not a cloud: --infra {of}/{cloud.strip()} (CLOUD/REGION)."
+            )
         hint = (
             did_you_mean(cloud.lower(), [*SKY_CLOUDS, *SKY_CLOUD_ALIASES]) or f" SkyPilot's: {', '.join(SKY_CLOUDS)}."
         )
@@ -258,6 +270,12 @@ def ignored_options(spec: RunSpec) -> list[str]:
     """What SkyPilot would ignore of what the run sets, each with its fix (the README's promise: refused, never
     ignored)."""
     out = []
+    if spec.spot and (cloud := _cloud_name(infra_kind(spec) or "")) in NO_SPOT_CLOUDS:
+        out.append(
+            f"--spot on {cloud}: SkyPilot 0.14 has no spot instances there, so it would find none to launch: drop "
+            "--spot (its on-demand instances are not preempted), or choose a cloud with spot instances (--infra aws, "
+            "gcp or azure)."
+        )
     if spec.spot:
         why = "--spot runs a managed job on clusters SkyPilot launches for it and tears down when it ends"
         if spec.cluster:
