@@ -93,7 +93,8 @@ _WAITS_TAG = "ftctl-waits/"
 #: the one place S3 waits are set. "ask": listings, a manifest, trainer_state.json, a marker, a lease, a delete: small
 #: answers that someone waits on (sync ls, status, the preflight, a resume's listing, the lease's renewal): a busy or
 #: failing store's answer retried for up to ~15 s, a silent one given up after one wait; "transfer": a checkpoint's
-#: or a dataset's files, where a large part's answer may be slow (the checkpoint uploader retries on its own)
+#: or a dataset's files, where a large part's answer may be slow (the checkpoint uploader retries on its own). GCS
+#: (gcsfs) takes their connect_s and read_s; its tries are gcsfs's own (6, pausing 1+2+4+8+16 s between them)
 S3_LIMITS = {
     "ask": S3Limits(connect_s=10, read_s=10, attempts=5, tries=1, waits=1),
     "transfer": S3Limits(connect_s=10, read_s=120, attempts=5, tries=2, waits=2),
@@ -234,11 +235,18 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
         )
         fs.retries = limits.tries  # s3fs's own retry loop (5 tries with backoff by default) around botocore's
     elif protocol == "gcs":
+        import aiohttp
+
         _quiet_gcsfs_retries()
+        limits = S3_LIMITS["ask" if quick else "transfer"]
+        # gcsfs passes requests_timeout to each aiohttp request, where None is no timeout at all: a GCS endpoint that
+        # accepts and never answers held a read of the lease, `ftctl sync ls`, forever. As S3's: seconds to connect
+        # and to wait for the next bytes of an answer (a large transfer's whole length is not bounded)
+        timeout = aiohttp.ClientTimeout(sock_connect=limits.connect_s, sock_read=limits.read_s)
         if gcs_emulator():  # gcsfs's default class (2026.x) asks each bucket's layout of Google's gRPC storage-control
             # API, which an emulator lacks: a warning at every call ("Could not determine bucket type")
             from gcsfs.core import GCSFileSystem as cls
-        fs = cls()
+        fs = cls(requests_timeout=timeout)
     elif protocol == "hf":  # HF_ENDPOINT read at each call, not once at huggingface_hub's import; a fresh
         # instance, so that no listing or "not found" cached before HF_TOKEN was set answers for it
         fs = cls(endpoint=os.environ.get("HF_ENDPOINT") or None, skip_instance_cache=True)

@@ -125,3 +125,28 @@ def test_gcs_itself_unreachable_names_the_network_not_an_emulator(gcs_env):
         "Cannot reach Google Cloud Storage for gs://b/run: check the network (proxy, firewall: the nodes need "
         "storage.googleapis.com)."
     )
+
+
+def test_a_silent_gcs_endpoint_is_given_up_on(gcs_env, monkeypatch):
+    """A GCS endpoint that accepts and never answers (a hung emulator, a proxy that swallows requests) held a read of
+    the lease or `ftctl sync ls` forever: gcsfs passes no timeout to aiohttp. Now S3_LIMITS' connect_s and read_s
+    apply (here "ask": 0.5 s) to each of gcsfs's tries (their pauses left out here): given up after 12 waits."""
+    import gcsfs.retry
+
+    from tests.s3_fixtures import SilentEndpoint, within
+
+    async def no_pause(_seconds):
+        return None
+
+    monkeypatch.setattr(gcsfs.retry, "asyncio", SimpleNamespace(sleep=no_pause))
+    monkeypatch.setitem(storage.S3_LIMITS, "ask", storage.S3Limits(connect_s=0.5, read_s=0.5, attempts=1, tries=1))
+    server = SilentEndpoint()
+    try:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.endpoint)
+        with pytest.raises(Exception) as e:
+            within(20, storage.read_text, "gs://b/run/trainer_state.json")
+        said = storage.store_error(e.value, "gs://b/run/trainer_state.json")
+        assert said is not None and said.kind == "timeout", repr(e.value)
+        assert server.requests == 12  # gcsfs's 6 tries of the object's metadata, then 6 of its bytes
+    finally:
+        server.close()
