@@ -118,3 +118,26 @@ def test_the_clouds_without_spot_are_the_installed_skypilots(tmp_path):
 
     dynamic = {"kubernetes", "slurm", "ssh"}
     assert proc.stdout.strip() == str(sorted({*NO_SPOT_CLOUDS, *dynamic})), proc.stdout + proc.stderr
+
+
+def test_the_price_says_what_it_leaves_out_and_a_short_run_in_minutes():
+    """`-o max_steps=100` of an 8B fft on 8xA100 read `est. total $2.95 for ~0.10 h` (a tiny dataset: `$0.00 for
+    ~0.00 h`), while the node's start and setup, a 16 GB download and a checkpoint of ~128 GB each 100 steps, written
+    and uploaded, are most of such a run's bill and were not said."""
+    from ftctl.plan import make_plan
+    from ftctl.sky.cost import describe
+    from ftctl.spec import build
+
+    best = {"cloud": "GCP", "region": "us-central1", "instance_type": "a2-highgpu-8g", "spot": False}
+    values = {"method": "fft", "gpus": "8xA100", "model_name_or_path": "meta-llama/Llama-3.1-8B", "max_steps": 1000}
+    spec = build(values)
+    said = describe({**best, "hourly_per_node": 29.39}, spec, make_plan(spec))
+    total, left_out = said.splitlines()[1:]
+    assert total.startswith("est. total     $29.51 for ~1.00 h of training (65,536,000 tokens"), total
+    assert left_out == (
+        "               not counted: the node's start and setup, the model's ~16 GB download, 10 checkpoints of "
+        "~128 GB and the final model (~16 GB) written and uploaded"
+    )
+    spec = build({**values, "max_steps": 50, "method": "lora"})
+    said = describe({**best, "hourly_per_node": 29.39}, spec, make_plan(spec))
+    assert "$0.98 for ~2 min of training" in said and "download, the final model (~168 MB) written" in said, said

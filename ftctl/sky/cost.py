@@ -95,6 +95,31 @@ def describe(best: dict, spec: RunSpec, plan: Plan) -> str:
         return line + f"\n{'est. total':<14} unknown: {why}"
     hours = tokens / rate / 3600
     return line + (
-        f"\n{'est. total':<14} ${hours * hourly:,.2f} for ~{hours:.2f} h "
-        f"({tokens:,.0f} tokens at ~{rate:,.0f} tokens/s, {MFU:.0%} of peak assumed)"
+        f"\n{'est. total':<14} ${hours * hourly:,.2f} for {_duration(hours)} of training "
+        f"({tokens:,.0f} tokens at ~{rate:,.0f} tokens/s, {MFU:.0%} of peak assumed)\n{'':<14} {not_counted(spec, plan)}"
     )
+
+
+def _duration(hours: float) -> str:
+    """~2.50 h, or under an hour ~25 min (a short run read "$0.00 for ~0.00 h")."""
+    return f"~{hours:.2f} h" if hours >= 1 else f"~{max(1, round(hours * 60))} min"
+
+
+def not_counted(spec: RunSpec, plan: Plan) -> str:
+    """What the estimate leaves out, which a short run's bill is mostly made of: the node's start and setup, the
+    model's download, and the checkpoints written to the node's disk and uploaded to the output (sizes as the node's
+    disk is sized: ftctl.preflight.checkpoint_gb)."""
+    from ftctl.preflight import checkpoint_gb
+
+    one, final = checkpoint_gb(plan)
+    saves = f"each checkpoint ({_size(one)}) and the final model ({_size(final)}) written and uploaded"
+    if spec.max_steps > 0 and not spec.saves_per_epoch:
+        n = spec.max_steps // spec.checkpoint_every
+        each = f"{n} checkpoint{'s' * (n > 1)} of {_size(one)} and " if n else ""
+        saves = f"{each}the final model ({_size(final)}) written and uploaded"
+    download = plan.model.params_b * 2  # GB: 16-bit safetensors, as the hub serves them (render.DOWNLOAD_BYTES)
+    return f"not counted: the node's start and setup, the model's {_size(download)} download, {saves}"
+
+
+def _size(gb: float) -> str:
+    return f"~{gb:,.0f} GB" if gb >= 1 else f"~{max(1, round(gb * 1000))} MB"
