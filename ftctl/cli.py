@@ -146,8 +146,11 @@ def plan(as_json, **kw):
     """Precision, attention, strategy, batch and memory per GPU for a run; exits 2 when nothing fits.
     With --backend sky: the cheapest cloud/region/instance, its hourly price and an estimated total."""
     from ftctl.backend import get, plan_for
+    from ftctl.preflight import check_lora_targets
 
     spec, p = plan_for(_spec(kw))
+    for typo in check_lora_targets(spec, p.model):  # launch's check: a typo planned no adapter of its own
+        raise FtctlError(typo.text)
     estimate = get(spec.backend).estimate(spec, p) if spec.backend else None
     if as_json:
         import json

@@ -11,7 +11,8 @@ is asked for anything. It looks at what a launch would otherwise find out late:
 | data   | the file, directory or object is there and its first file can be read; local data   |
 |        | up to ROW_CHECK_BYTES: its rows' own problems (invalid JSON, fields of no format);  |
 |        | above it, a warning that its rows were not checked (`ftctl data check` does)        |
-|        | before a Slurm job, up to TOKENIZE_BYTES: its rows through the tokenizer            |
+|        | before a Slurm job, and in a local or docker dry run, up to TOKENIZE_BYTES: its     |
+|        | rows through the tokenizer (a local launch's trainer does it seconds in)            |
 | output | local: the directory can be created and written; object store: credentials, bucket, |
 |        | write (a small marker object, put then deleted)                                     |
 | disk   | local output: room for the checkpoints the plan will write                          |
@@ -81,11 +82,14 @@ class Finding:
         return f"{self.level}: {self.text}"
 
 
-def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nodes=None) -> list[Finding]:
+def preflight(
+    spec, plan, backend_name: str, detected: str | None = None, on_nodes=None, dry_run: bool = False
+) -> list[Finding]:
     """Every problem a launch of ``spec`` as ``plan`` on ``backend_name`` would hit, errors first.
     ``detected``: this machine's GPUs in --gpus form, for backends that run here (None: not checked);
     ``on_nodes``: the spec the trainer reads where it differs (SkyPilot's names its shipped inputs), which the
-    checkpoints' recorded settings are compared with."""
+    checkpoints' recorded settings are compared with; ``dry_run``: `launch --dry-run`, which also tokenizes what
+    the trainer would tokenize at once here (TOKENIZED_BEFORE)."""
     from concurrent.futures import ThreadPoolExecutor
 
     findings = check_gpus(plan, backend_name, detected) + check_model(
@@ -102,7 +106,7 @@ def preflight(spec, plan, backend_name: str, detected: str | None = None, on_nod
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
         resume = pool.submit(check_resume, on_nodes or spec, plan)
         findings += [f for d in data for f in d.result()] + output.result() + resume.result()
-    if backend_name == "slurm" and not any(f.level == ERROR for f in findings):  # a queue wait before the trainer
+    if backend_name in TOKENIZED_BEFORE[dry_run] and not any(f.level == ERROR for f in findings):
         findings += check_tokenized(spec)
     findings += check_row_counts(spec) if not any(f.level == ERROR for f in findings) else []
     findings += check_disk(spec, plan) + check_secrets(spec) + check_env_values(spec, backend_name)
@@ -272,10 +276,14 @@ def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Fin
 
 
 # ----------------------------------------------------------------------------------------- model
-_UNCACHED = (
-    "download it where the Hub answers (hf download ORG/NAME --local-dir DIR) and give DIR instead, or set HF_ENDPOINT "
-    "to a mirror this machine reaches (HF_TOKEN for a gated model)"
-)
+def _uncached(model_id: str) -> str:
+    """The fix for a hub id this machine has not cached and cannot download: its own download line."""
+    return (
+        f"download it where the Hub answers (hf download {shlex.quote(model_id)} --local-dir DIR) and give DIR "
+        "instead, or set HF_ENDPOINT to a mirror this machine reaches (HF_TOKEN for a gated model)"
+    )
+
+
 # what check_model's value is, by the flag or argument that gave it: what to give instead
 # a model directory's tokenizer, as transformers' tokenizers save or ship it: tokenizer.json, tokenizer_config.json,
 # tokenizer.model (sentencepiece), vocab.json + merges.txt, vocab.txt, spiece.model, *.tiktoken
@@ -381,7 +389,9 @@ def check_model(name_or_path: str, flag: str = "--model", here: bool = False) ->
             if here:  # the trainer would start, then stop at the download; chat and merge waited ~50 s for it
                 why = "HF_HUB_OFFLINE is set" if hub.offline() else str(e)
                 return [
-                    Finding(ERROR, f"{flag} {value}: not in this machine's Hugging Face cache, and {why}", _UNCACHED)
+                    Finding(
+                        ERROR, f"{flag} {value}: not in this machine's Hugging Face cache, and {why}", _uncached(value)
+                    )
                 ]
     # the Hub cannot be asked from here: what can be said without it
     if value.lower().startswith(GATED_PREFIXES) and not os.environ.get("HF_TOKEN"):
@@ -630,6 +640,9 @@ ROW_CHECK_BYTES = 64 * 2**20
 # local training data up to this size is also tokenized before a Slurm job (check_tokenized): about 5 s on 2 cores
 # here (15.5 MB of 3-turn chats took 18 s), against a queue wait
 TOKENIZE_BYTES = 4 * 2**20
+# the backends whose launch tokenizes it (check_tokenized), by dry run: Slurm's before its queue wait; a local or
+# docker launch leaves it to its trainer, which does it seconds in, and its dry run (which starts none) does it here
+TOKENIZED_BEFORE = {False: ("slurm",), True: ("slurm", "local", "docker")}
 
 
 def check_tokenized(spec) -> list[Finding]:

@@ -174,7 +174,7 @@ def test_a_local_run_of_a_hub_id_this_machine_cannot_download_stops_before_the_t
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert only(check_model("nobody-e16/not-cached", here=True)) == (
         "--model nobody-e16/not-cached: not in this machine's Hugging Face cache, and HF_HUB_OFFLINE is set; download "
-        "it where the Hub answers (hf download ORG/NAME --local-dir DIR) and give DIR instead, or set HF_ENDPOINT to a "
+        "it where the Hub answers (hf download nobody-e16/not-cached --local-dir DIR) and give DIR instead, or set HF_ENDPOINT to a "
         "mirror this machine reaches (HF_TOKEN for a gated model)"
     )
     assert check_model("nobody-e16/not-cached") == []
@@ -206,7 +206,7 @@ def test_chat_of_a_hub_id_the_hub_cannot_give_is_said_in_seconds(tmp_path):
     assert said.stderr.splitlines() == [
         f"error: Cannot load nobody-e16/not-cached: it is not a directory here (in {tmp_path}), and as a model id: not in "
         f"this machine's Hugging Face cache, and the Hub ({hub}) did not answer (ConnectError); download it where the "
-        "Hub answers (hf download ORG/NAME --local-dir DIR) and give DIR instead, or set HF_ENDPOINT to a mirror this "
+        "Hub answers (hf download nobody-e16/not-cached --local-dir DIR) and give DIR instead, or set HF_ENDPOINT to a mirror this "
         "machine reaches (HF_TOKEN for a gated model)"
     ]
     assert time.monotonic() - start < 20

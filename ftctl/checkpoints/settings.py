@@ -46,10 +46,13 @@ FOLLOWED += ("saves_per_epoch", "evals_per_epoch")
 FOLLOWED += ("eval_data_path",)
 # ...and which rows the steps after the checkpoint train on
 DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path", "data_path", "data_weights")
-DATA += ("eval_split", "seed")
-NEW_DATA = ("data_path", "data_weights")  # other rows: read from their start, not past the checkpoint's batches
+DATA += ("eval_split", "seed", "dataset_text_field")
+# other rows: read from their start, not past the checkpoint's batches (another text field: other rows' text)
+NEW_DATA = ("data_path", "data_weights", "dataset_text_field")
+# recorded only where not this default: a checkpoint without it (saved before it was recorded) trained at the default
+AT_DEFAULT = {"dataset_text_field": "text"}
 # what the held-out loss is measured with besides its rows: the tokens scored, how they are cut and packed
-MEASURE = ("model_max_length", "chat_template_path", "assistant_only_loss", "packing")
+MEASURE = ("model_max_length", "chat_template_path", "assistant_only_loss", "packing", "dataset_text_field")
 # the settings that make other training rows of the same file (a change of one is said by Changes.line)
 SHAPE_ROWS = (*NEW_DATA, "model_max_length", "chat_template_path", "eval_split", "seed", "assistant_only_loss")
 TRAINER_STATE = "trainer_state.json"  # transformers' own record in each checkpoint: its step and the run's total
@@ -75,7 +78,8 @@ def settings(spec, plan) -> dict:
         packing=plan.packing,
         global_batch_size=plan.global_batch_size,
     )
-    return {k: v for k, v in values.items() if spec.method in _ONLY.get(k, (spec.method,))}
+    mine = {k: v for k, v in values.items() if spec.method in _ONLY.get(k, (spec.method,))}
+    return {k: v for k, v in mine.items() if k not in AT_DEFAULT or v != AT_DEFAULT[k]}
 
 
 def saved(checkpoint: str, endpoint_url: str | None = None) -> dict | None:
@@ -185,6 +189,7 @@ def changes(checkpoint: str | None, now: dict) -> Changes | None:
 
 def compare(checkpoint: str, before: dict, now: dict) -> Changes | None:
     """``changes`` of settings ``before`` (a manifest's, of ``checkpoint``, local or in the store)."""
+    before, now = {**AT_DEFAULT, **before}, {**AT_DEFAULT, **now}  # left out where they were the default
     changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
     refused = [k for k in REFUSED if k in changed]
     if refused:
