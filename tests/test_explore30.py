@@ -141,3 +141,15 @@ def test_the_price_says_what_it_leaves_out_and_a_short_run_in_minutes():
     spec = build({**values, "max_steps": 50, "method": "lora"})
     said = describe({**best, "hourly_per_node": 29.39}, spec, make_plan(spec))
     assert "$0.98 for ~2 min of training" in said and "download, the final model (~168 MB) written" in said, said
+
+
+def test_a_path_with_both_quotes_is_refused_naming_them(tmp_path):
+    """`--data "my data/it's \\"q\\"/train.jsonl"` was refused as SkyPilot would not ship it intact (Python's repr
+    writes it with \\'), but the reason named "a backslash, a control character, or ' with $ or `", none of which it
+    holds."""
+    bad = tmp_path / 'it\'s "q"'
+    bad.mkdir()
+    (bad / "train.jsonl").write_text("{}\n")
+    with pytest.raises(FtctlError) as e:
+        sky(data_path=str(bad / "train.jsonl"))
+    assert "or ' together with \", $ or `: copy it to a path without them." in str(e.value), str(e.value)

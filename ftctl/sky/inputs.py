@@ -129,7 +129,7 @@ def _unshippable(said: str, path: str, envs: dict[str, str], links: list[str]) -
     if quoted[1:-1] != path or (quoted[0] == '"' and set("$`") & set(path)):
         problems.append(
             f"{said}: SkyPilot writes a file_mounts source into a shell line as Python quotes it, which breaks on (or "
-            "runs) a backslash, a control character, or ' with $ or `: copy it to a path without them."
+            "runs) a backslash, a control character, or ' together with \", $ or `: copy it to a path without them."
         )
     if named := sorted({n for n in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", path) if n in envs}):
         problems.append(
