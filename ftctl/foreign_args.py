@@ -8,6 +8,28 @@ import click
 
 # run flags named otherwise than their run key
 FLAG_KEYS = {"model": "model_name_or_path", "data": "data_path", "eval_data": "eval_data_path", "output": "output_dir"}
+# SkyPilot's `sky launch` flags, and what says the same here (a SkyPilot user's first lines: click offered --partition
+# for --region, --account or --cluster for --cloud, nothing for --num-nodes)
+SKY_FLAGS = {
+    "--cloud": "--infra CLOUD (--infra aws), or -o cloud=CLOUD",
+    "--region": "--infra CLOUD/REGION (--infra aws/us-east-1), or -o region=REGION with --infra CLOUD",
+    "--zone": "--infra CLOUD/REGION/ZONE (--infra aws/us-east-1/us-east-1a)",
+    "--infra": "--infra CLOUD[/REGION[/ZONE]] with --backend sky",
+    "--num-nodes": "--nodes N (or --gpus 2x8xA100: nodes x GPUs x type)",
+    "--accelerators": "--gpus 8xA100 (A100:8 too)",
+    "--disk-size": "-o disk_size=GIB (left out: sized for the model, its checkpoints and the image)",
+    "--image-id": "--container docker:IMAGE (ftctl build --push makes one)",
+    "--idle-minutes-to-autostop": "-o idle_minutes=N (30 unless given), or --down",
+    "-i": "-o idle_minutes=N (SkyPilot's -i: idle minutes to autostop), or --down",
+    "--use-spot": "--spot (a managed job: SkyPilot recovers it after a preemption, and the trainer resumes)",
+    "--workdir": "nothing: ftctl ships its own source as the task's workdir, and each local --data or --model as a "
+    "file_mounts entry",
+    "--env": "-o env=NAME=VALUE; a secret: export it and pass --secret NAME",
+    "--name": "-o run_name=NAME",
+    "--detach-run": "nothing: launch returns once SkyPilot has the job; `ftctl logs -f JOB` follows it",
+    "--yes": "nothing: launch asks no question",
+    "-y": "nothing: launch asks no question",
+}
 
 
 def run_key_hint(option: str, command: click.Command) -> str | None:
@@ -15,6 +37,8 @@ def run_key_hint(option: str, command: click.Command) -> str | None:
     where it has one (--model_name_or_path: --model), else -o."""
     from ftctl.spec import FIELDS, canonical_key, not_a_key
 
+    if option in SKY_FLAGS:
+        return f"{option} is SkyPilot's (sky launch); here: {SKY_FLAGS[option]}."
     word = option.lstrip("-")
     key = canonical_key(word)
     if key not in FIELDS:
@@ -24,7 +48,13 @@ def run_key_hint(option: str, command: click.Command) -> str | None:
 
     if not flag and key in set().union(*backend_options().values()):  # `train --partition`: where it is not sent
         return None
+    if flag and _is_flag(flag, command):  # --spot takes no value: `--spot VALUE` read VALUE as the run file
+        return f"{key} is a run key: {flag}, or -o {key}=true (or {key}: true in a run file)."
     return f"{key} is a run key: {flag + ' VALUE, or ' if flag else ''}-o {key}=VALUE (or {key}: VALUE in a run file)."
+
+
+def _is_flag(flag: str, command: click.Command) -> bool:
+    return any(isinstance(p, click.Option) and p.is_flag and flag in p.opts for p in command.params)
 
 
 def takes(option: str) -> bool:
@@ -54,7 +84,7 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     while args:
         word = args.pop(0)
         name, eq, value = word.partition("=")
-        if not name.startswith("--") or name in known or not run_key_hint(name, command):
+        if not name.startswith("--") or name in known or name in SKY_FLAGS or not run_key_hint(name, command):
             line.append(word)
             continue
         if not eq:  # HF's argparse: a bare --bf16 is true; a value never starts with a dash but a number's

@@ -1403,6 +1403,8 @@ def load_yaml(path: str) -> dict:
     if not p.is_file():
         near = near_file(path, lambda n: n.suffix.lower() in (".yaml", ".yml"))
         how = f"Did you mean {near!r}?" if near else "Pass an existing YAML file with -c."
+        if not near and not p.suffix and "/" not in path:  # `-c dev`: SkyPilot's `sky launch -c CLUSTER`
+            how += f" (SkyPilot's -c CLUSTER is --cluster {path} here.)"
         raise FtctlError(f"Run file {path!r} does not exist. {how}")
     if p.suffix.lower() in (".jsonl", ".parquet", ".csv", ".tsv", ".arrow") or (
         p.suffix.lower() == ".json" and p.read_text(errors="replace").lstrip().startswith("[")
