@@ -347,7 +347,7 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
     rendered = prepare(replace(spec, backend=name), why)
     b = get(name)
     on_nodes = RunSpec(**json.loads(rendered.files[rendered.paths.spec.name])["spec"])  # as the trainer reads it
-    findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus(), on_nodes)
+    findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus(), on_nodes, dry_run=dry_run)
     if dry_run:
         click.echo(f"backend: {name} ({why})", err=True)
         if rendered.image:

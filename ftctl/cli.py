@@ -38,6 +38,15 @@ class _Group(click.Group):
                 e.message, e.possibilities = f"No such option: {e.option_name}. {said}", None
             raise
 
+    def resolve_command(self, ctx, args):
+        """Another tool's verb (`ftctl init`, `ftctl finetune`) names what runs here instead (foreign_args)."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            if ctx.parent is None and args and (instead := foreign_args.other_verb(args[0])):
+                e.message = f"No such command {args[0]!r}: {instead}."
+            raise
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="ftctl")

@@ -1,6 +1,7 @@
 """What a command line written for another tool means here: FastChat's and TRL's --KEY VALUE flags are ftctl's run
 keys (--learning_rate 2e-5 is -o learning_rate=2e-5, --model_name_or_path is --model), torchrun's flags are ftctl's to
-choose. Said when click meets an option a command does not have."""
+choose, other tools' verbs (init, run, finetune) are ftctl's commands. Said when click meets an option or a command
+it does not have."""
 
 from __future__ import annotations
 
@@ -103,3 +104,35 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     return f"FastChat's and TRL's --KEY VALUE flags are run keys here; as {command.name} takes them{left}:\n  " + (
         shlex.join(line)
     )
+
+
+_LAUNCH = "`ftctl launch --model ORG/NAME --data FILE` trains (`ftctl launch --help`; `ftctl demo` to try it)"
+# the verbs other fine-tuning tools are started with (axolotl, TRL, torchtune, litgpt, LLaMA-Factory, a project
+# template's init), and the command that does it here
+OTHER_VERBS = {
+    "init": "ftctl sets nothing up first: `ftctl demo` tries it on a small model here; `ftctl launch --model ORG/NAME "
+    "--data FILE` trains yours (`ftctl launch --help`)",
+    "run": _LAUNCH,
+    "finetune": _LAUNCH,
+    "fine-tune": _LAUNCH,
+    "sft": "`ftctl launch --model ORG/NAME --data FILE` is TRL's SFT (LoRA by default; --method sft here trains the top "
+    "trainable_layers blocks only)",
+    "start": _LAUNCH,
+    "submit": _LAUNCH,
+    "fit": _LAUNCH,
+    "preprocess": "`ftctl data check FILE --model ORG/NAME` reads and tokenizes the rows; a run tokenizes them itself",
+    "generate": "`ftctl chat RUN` talks to what a run trained (-p PROMPT for one answer)",
+    "inference": "`ftctl chat RUN` talks to what a run trained (-p PROMPT for one answer)",
+    "evaluate": "`ftctl eval RUN` scores what a run trained on held-out rows",
+    "export": "`ftctl merge RUN` writes an adapter merged into its base, a standard model",
+    "ls": "`ftctl jobs` lists the jobs launched from here",
+    "list": "`ftctl jobs` lists the jobs launched from here",
+    "ps": "`ftctl jobs` lists the jobs launched from here",
+    "stop": "`ftctl cancel JOB` stops a launched job",
+    "kill": "`ftctl cancel JOB` stops a launched job",
+}
+
+
+def other_verb(name: str) -> str | None:
+    """What to run instead of ``name``, another tool's verb that ftctl has no command of; None for other names."""
+    return OTHER_VERBS.get(name.lower())

@@ -79,3 +79,35 @@ def test_a_checkpoint_records_its_dataset_text_field_where_not_the_default(tmp_p
     run = build({"gpus": "cpu", "model_params": "1b", "output_dir": str(tmp_path)})
     (refused,) = preflight.check_resume(run, make_plan(run))
     assert refused.level == ERROR and "a run trained on dataset_text_field=content" in refused.what
+
+
+def test_launch_dry_run_of_a_local_run_says_what_the_tokenizer_finds(tiny_model_dir, tmp_path):
+    """The command explore29 ran: `ftctl launch --dry-run` of a local run said nothing of rows its trainer refused
+    seconds in; now the dry run stops at them, naming the `ftctl data check` line."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    long = tmp_path / "long.jsonl"
+    row = {"messages": [{"role": "user", "content": "word " * 400}, {"role": "assistant", "content": "ok"}]}
+    long.write_text((json.dumps(row) + "\n") * 3)
+    run = ["launch", "--dry-run", "--backend", "local", "--gpus", "cpu", "--model", str(tiny_model_dir)]
+    run += ["--data", str(long), "--output", str(tmp_path / "out"), "-o", "model_max_length=64"]
+    said = CliRunner().invoke(main, run)
+    assert said.exit_code == 2 and "every label is masked after truncation to 64 tokens" in said.output, said.output
+    assert "the launch would stop at the 1 error(s) above" in said.output
+
+
+@pytest.mark.parametrize("verb", ["init", "run", "finetune", "sft", "FineTune"])
+def test_another_tools_verb_names_the_command_that_runs_here(verb):
+    """explore29: `ftctl init` said click's bare "No such command 'init'." (axolotl, torchtune, litgpt and TRL users
+    start with init, run, finetune, sft); now one line names what to run instead. Other names stay click's."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    said = CliRunner().invoke(main, [verb])
+    assert said.exit_code == 2 and f"Error: No such command {verb!r}: " in said.output, said.output
+    assert "`ftctl launch --model ORG/NAME --data FILE`" in said.output.splitlines()[-1]
+    for other in (["lanch"], ["data", "init"]):
+        assert "ftctl launch --model" not in CliRunner().invoke(main, other).output
