@@ -93,7 +93,7 @@ def preflight(
     from concurrent.futures import ThreadPoolExecutor
 
     findings = check_gpus(plan, backend_name, detected) + check_model(
-        spec.model_name_or_path, here=backend_name == "local"
+        spec.model_name_or_path, here=backend_name == "local", job_env=backend_name == "slurm"
     )
     findings += check_chat_template(spec.chat_template_path) + check_lora_targets(spec, plan.model)
     with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
@@ -337,10 +337,12 @@ def _model_file(value: str, path: Path, flag: str, fix: str) -> Finding:
     return Finding(ERROR, f"{flag} {value}: a file, not a model directory", fix)
 
 
-def check_model(name_or_path: str, flag: str = "--model", here: bool = False) -> list[Finding]:
+def check_model(name_or_path: str, flag: str = "--model", here: bool = False, job_env: bool = False) -> list[Finding]:
     """A local model directory (with config.json), or a hub id the Hub has and lets this account read (its
     config.json, ftctl.hub). Where the Hub cannot be asked: a well-formed id, and HF_TOKEN for the families
-    that gate their models; ``here`` (the trainer loads it on this machine): an id in the Hugging Face cache."""
+    that gate their models; ``here`` (the trainer loads it on this machine): an id in the Hugging Face cache;
+    ``job_env`` (a Slurm job, which runs in this shell's environment, HF_HUB_OFFLINE too): with HF_HUB_OFFLINE set
+    here, an id in this machine's cache, which a home the nodes share is theirs too."""
     value = str(name_or_path).strip()
     path = Path(value).expanduser()
     fix = _MODEL_FIX[flag]
@@ -391,6 +393,18 @@ def check_model(name_or_path: str, flag: str = "--model", here: bool = False) ->
                 return [
                     Finding(
                         ERROR, f"{flag} {value}: not in this machine's Hugging Face cache, and {why}", _uncached(value)
+                    )
+                ]
+            if job_env and hub.offline() and hub.cached_snapshot(value) is None:
+                # a cluster whose nodes have no internet: the job stopped at loading it, after its queue wait
+                return [
+                    Finding(
+                        WARNING,
+                        f"{flag} {value}: not in this machine's Hugging Face cache, and HF_HUB_OFFLINE is set, which "
+                        "the job gets too: unless its nodes' own cache has it, it stops at loading the model, after "
+                        "its queue wait",
+                        f"download it here first (hf download {shlex.quote(value)}: on a home the nodes share, its "
+                        "cache is theirs), or unset HF_HUB_OFFLINE where the nodes reach the Hub",
                     )
                 ]
     # the Hub cannot be asked from here: what can be said without it

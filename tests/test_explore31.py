@@ -224,3 +224,15 @@ def test_doctor_checks_the_nodes_of_a_gpus_spec(cluster, capsys):
     assert get("slurm").doctor("2x4xA100", "a100") is False
     assert "problem: 2 nodes asked for, but partition 'a100' has 1" in capsys.readouterr().out
     assert get("slurm").doctor("2x8xH100", "h100") is True
+
+
+def test_an_offline_cluster_job_whose_model_is_not_cached_is_warned_of(monkeypatch):
+    """HF_HUB_OFFLINE=1 exported on the login node (its cluster's nodes have no internet) and a hub id not in the
+    Hugging Face cache: the dry run said nothing, and the job stopped at loading the model after its queue wait."""
+    from ftctl.preflight import WARNING, check_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (finding,) = check_model("Qwen/Qwen2.5-7B-Instruct", job_env=True)
+    assert finding.level == WARNING and "HF_HUB_OFFLINE is set, which the job gets too" in finding.what
+    assert "hf download Qwen/Qwen2.5-7B-Instruct" in finding.fix
+    assert check_model("Qwen/Qwen2.5-7B-Instruct") == []  # a SkyPilot node gets no HF_HUB_OFFLINE of this shell's

@@ -182,8 +182,10 @@ def test_a_local_run_of_a_hub_id_this_machine_cannot_download_stops_before_the_t
     run += ["--output", str(tmp_path / "run")]
     here = CliRunner().invoke(main, [*run, "--backend", "local"])
     assert here.exit_code == 2 and "not in this machine's Hugging Face cache" in here.output, here.output
-    elsewhere = CliRunner().invoke(main, [*run, "--backend", "slurm"])
-    assert "Hugging Face cache" not in elsewhere.output, elsewhere.output
+    elsewhere = CliRunner().invoke(main, [*run, "--backend", "slurm"])  # its nodes may have their own cache: a warning
+    assert (
+        elsewhere.exit_code == 0 and "warning: --model nobody-e16/not-cached: not in this machine's" in elsewhere.output
+    )
 
 
 def test_chat_of_a_hub_id_the_hub_cannot_give_is_said_in_seconds(tmp_path):
