@@ -29,18 +29,26 @@ FTCTL = str(Path(sys.executable).parent / "ftctl")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def docker_env(tmp_path):
+def standin_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """This environment with the stand-in ``docker`` first on PATH, its state in ``tmp_path``, and ``extra``."""
     fakes = tmp_path / "bin"
     fakes.mkdir()
     (fakes / "docker").write_text(f'#!/bin/sh\nexec {sys.executable} {REPO}/tests/fake_docker.py "$@"\n')
     (fakes / "docker").chmod(0o755)
-    env = {
+    return {
         **os.environ,
         "PATH": f"{fakes}:{Path(sys.executable).parent}:{os.environ['PATH']}",
         "FAKE_DOCKER_STATE": str(tmp_path / "docker-state"),
-        "FAKE_LOG": str(tmp_path / "docker.log"),
         "FTCTL_HOME": str(tmp_path / "home"),
+        **extra,
+    }
+
+
+@pytest.fixture
+def docker_env(tmp_path):
+    env = {
+        **standin_env(tmp_path),
+        "FAKE_LOG": str(tmp_path / "docker.log"),
         "XDG_CACHE_HOME": str(tmp_path / "cache"),
         "OMP_NUM_THREADS": "1",
         # a container without --user runs as the image's USER (the fake switches to it when run as root)

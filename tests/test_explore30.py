@@ -24,18 +24,9 @@ def docker_down(tmp_path):
     """The docker CLI whose daemon does not answer (tests/fake_docker.py: every verb fails), and a docker job
     recorded as launched from here."""
     from ftctl.backend import JobRef
+    from tests.test_docker_backend import standin_env
 
-    fakes = tmp_path / "bin"
-    fakes.mkdir()
-    (fakes / "docker").write_text(f'#!/bin/sh\nexec {sys.executable} {REPO}/tests/fake_docker.py "$@"\n')
-    (fakes / "docker").chmod(0o755)
-    env = {
-        **os.environ,
-        "PATH": f"{fakes}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "FAKE_DOCKER_STATE": str(tmp_path / "docker-state"),
-        "FAKE_DOCKER_DAEMON_DOWN": "1",
-        "FTCTL_HOME": str(tmp_path / "home"),
-    }
+    env = standin_env(tmp_path, FAKE_DOCKER_DAEMON_DOWN="1")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     ref = JobRef("docker", "ftctl-lora-x", str(run_dir), "ftctl-lora-x", str(run_dir))
