@@ -160,8 +160,8 @@ def test_launch_two_nodes_status_logs_cancel_down(sky, sky_infra, sky_s3):
     assert any(k.endswith("manifest.json") for k in keys), keys
     # the credentials went as SkyPilot secrets (no --secret named them), by name: no value in anything written here
     run_dir = sky.cwd / "runs" / "sky-lora"
-    for f in run_dir.glob("*.*"):
-        assert FAKE_SECRET not in f.read_text(), f
+    for f in (f for f in run_dir.rglob("*") if f.is_file()):  # .ftctl/ too (its launch lock, the launch records)
+        assert FAKE_SECRET not in f.read_text(errors="replace"), f
     # the local model directory and data file reached the nodes as file_mounts, where the nodes' spec.json names them
     shipped = list(sky_infra.base.glob("home/.sky_clusters/*/ftctl-run/sky-lora/spec.json"))
     node = json.loads(shipped[0].read_text())["spec"]
@@ -298,8 +298,8 @@ def test_the_object_stores_credentials_go_as_secrets_by_name(monkeypatch, tmp_pa
     assert secrets == {k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_SECRET_ACCESS_KEY")}
     assert config["envs"]["AWS_ENDPOINT_URL"] == "http://minio:9000"  # the run's own, not this shell's
     assert "not passed to the job, the nodes lack this machine's files: AWS_PROFILE" in capsys.readouterr().err
-    for f in r.paths.root.glob("*.*"):
-        assert FAKE_SECRET not in f.read_text() and FAKE_KEY_ID not in f.read_text()
+    for f in (f for f in r.paths.root.rglob("*") if f.is_file()):
+        assert FAKE_SECRET not in f.read_text(errors="replace") and FAKE_KEY_ID not in f.read_text(errors="replace")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("sky") is not None, reason="SkyPilot is installed in this python")

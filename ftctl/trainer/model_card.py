@@ -9,7 +9,6 @@ DIR, said what it is. Each checkpoint-<step> gets one too (PEFT's placeholder wa
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -17,7 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from ftctl import __version__
 from ftctl.hub import HUB_ID
 from ftctl.spec import RunSpec, is_demo_model, split_paths
-from ftctl.storage import is_remote, looks_like_path, scheme
+from ftctl.storage import is_remote, looks_like_path, scheme, write_whole
 from ftctl.storage import join as storage_join
 from ftctl.trainer.trained import GENERATION_CONFIG
 
@@ -180,10 +179,7 @@ def write_merged(directory, adapter: str, base: str, method: str | None, into: s
 def _save(card: str, directory) -> None:
     """README.md written whole: beside it first, then renamed over the one there (TRL's, PEFT's, the last
     checkpoint's), so a run stopped while writing it leaves one card or the other, never half of one."""
-    path = Path(directory, README)
-    aside = path.with_name(f".{README}.tmp")
-    ModelCard(card).save(str(aside))
-    os.replace(aside, path)
+    write_whole(Path(directory, README), str(ModelCard(card)))  # a full disk leaves no .README.md.tmp either
 
 
 def _demo_base(base: str, adapter: bool) -> str:
