@@ -30,6 +30,15 @@ class HubError(Exception):
         self.kind = kind
 
 
+def _endpoint() -> str:
+    """The Hub's address: HF_ENDPOINT (a mirror, a company proxy) or huggingface.co."""
+    return os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+
+
+def _config_url(endpoint: str, repo_id: str) -> str:
+    return f"{endpoint.rstrip('/')}/{repo_id}/resolve/main/{CONFIG}"
+
+
 def offline() -> bool:
     """Whether HF_HUB_OFFLINE asks huggingface_hub for its cache only (its own reading of the variable)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
@@ -49,9 +58,9 @@ def model_config(repo_id: str) -> dict:
     import httpx
     from huggingface_hub import get_token
 
-    endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    endpoint = _endpoint()
     token = os.environ.get("HF_TOKEN") or get_token()
-    url = f"{endpoint.rstrip('/')}/{repo_id}/resolve/main/{CONFIG}"
+    url = _config_url(endpoint, repo_id)
     try:
         r = httpx.get(
             url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=TIMEOUT_S, follow_redirects=True
@@ -87,9 +96,9 @@ def unreachable(repo_id: str) -> str | None:
     and without HF_HUB_OFFLINE."""
     import httpx
 
-    endpoint = os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
+    endpoint = _endpoint()
     try:
-        httpx.head(f"{endpoint.rstrip('/')}/{repo_id}/resolve/main/{CONFIG}", timeout=TIMEOUT_S)
+        httpx.head(_config_url(endpoint, repo_id), timeout=TIMEOUT_S)
     except httpx.HTTPError as e:
         return f"the Hub ({endpoint}) did not answer ({type(e).__name__})"
     return None
