@@ -13,7 +13,7 @@
 #   FLASH_ATTN_GB_PER_JOB   memory one nvcc thread may take                    (default 5: on the H200
 #                           16 jobs peaked at 65.7 GiB, single compilers at 6.7 GiB)
 #   FLASH_ATTN_WHEEL_CACHE  a folder kept between builds (a BuildKit cache mount): a wheel for the
-#                           same flash-attn, torch, CUDA, ABI and architectures is reused from it
+#                           same flash-attn, torch, CUDA, ABI, architectures and CPU (uname -m) is reused from it
 #   PYTHON                  the python whose torch the wheel is built for    (default python3)
 # A wheel built against another torch, CUDA or C++ ABI fails at import with an undefined symbol,
 # so the wheel's local version names all of them: flash_attn-2.8.3.post2+cu130.torch2.13.abi1.sm90.
@@ -76,7 +76,8 @@ cache=${FLASH_ATTN_WHEEL_CACHE:-}
 if [ -n "$cache" ]; then
     mkdir -p "$cache"
     case "$src" in *.tar.gz) want=$(basename "$src" .tar.gz | sed 's/^flash_attn-//') ;; *) want=$src ;; esac
-    hit=$(find "$cache" -maxdepth 1 -name "flash_attn-${want}+${tag}-*.whl" | sort | tail -n 1)
+    # this CPU's wheel only: one cache mount serves the linux/amd64 and linux/arm64 builds of a builder alike
+    hit=$(find "$cache" -maxdepth 1 -name "flash_attn-${want}+${tag}-*-linux_$(uname -m).whl" | sort | tail -n 1)
     if [ -n "$hit" ]; then
         log "reusing $hit from the wheel cache"
         cp "$hit" "$out/"

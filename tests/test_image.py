@@ -253,7 +253,8 @@ def test_build_args_follow_the_tier_table(name):
         major, minor = t.compute_capability
         assert args["TORCH_CUDA_ARCH_LIST"] == f"{major}.{minor}" == t.cuda_arch
         assert args["FLASH_ATTN_CUDA_ARCHS"] == f"{major}0"  # sm_80 code runs on every 8.x GPU
-        assert image.default_image(t).endswith(f"-sm{major}0")
+        arm = "-arm64" if name in image.ARM_HOSTED else ""  # a GH200's sm90 image is for its Grace CPU
+        assert image.default_image(t).endswith(f"-sm{major}0{arm}")
     else:  # T4, V100: no FlashAttention-2; the generic image runs there on SDPA (V100: its cu126 flavour)
         assert args == image.build_args(image.GENERIC_TIERS, cuda=p.cuda_short)
     assert (args["TORCH_VERSION"], args["FLASH_ATTN_VERSION"], args["CUDA_VERSION"]) == (p.torch, p.flash_attn, p.cuda)
@@ -296,6 +297,7 @@ def _dry_run(*args: str) -> str:
         ("build-L4-tag-maxjobs-apptainer.sh", ["--gpus", "1xL4", "--tag", "l4-test", "--max-jobs", "6"]),
         ("build-A100-cu126-push.sh", ["--gpus", "A100", "--cuda", "cu126", "--push", "ghcr.io/my-org"]),
         ("build-V100.sh", ["--gpus", "V100"]),
+        ("build-GH200.sh", ["--gpus", "GH200"]),  # Grace: linux/arm64
     ],
 )
 def test_build_command_golden(golden, args, monkeypatch, tmp_path):

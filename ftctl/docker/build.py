@@ -36,6 +36,7 @@ class BuildPlan:
     gpus: str = ""  # the tiers built for, as recorded: A100,H100
     pushed: bool = False
     cuda: str = ""  # the flavour, as recorded: torch's build (cu130)
+    note: str = ""  # said before the build starts (and by --dry-run): an Arm image on an x86 machine
 
     def steps(self) -> list[list[str]]:
         """The commands build() runs, in order: the image, then its .sif built beside it and moved into place once
@@ -91,7 +92,8 @@ def commands(
     ref = f"{registry}/{image.REPOSITORY}:{tag}"
     ctx = context or source_root() or staged_context()
     argv = ["docker", "buildx", "build", "--file", str(ctx / "docker" / "Dockerfile"), "--target", "runtime"]
-    argv += ["--platform", "linux/amd64"]
+    target = image.platform(gpus)  # GH200's nodes are aarch64
+    argv += ["--platform", target]
     for k, v in args.items():
         argv += ["--build-arg", f"{k}={v}"]
     argv += ["--tag", ref, "--push" if push else "--load", str(ctx)]
@@ -99,12 +101,36 @@ def commands(
     served = {t.name: t for t in (*image.named_tiers(gpus), *image.tiers_of(gpus))}.values()
     tiers = ",".join(t.name for t in sorted(served, key=image.tier_order))
     plan = BuildPlan(image=ref, context=ctx, docker=argv, gpus=tiers, pushed=bool(push), cuda=cuda)
+    plan = replace(plan, note=emulation_note(target))
     if apptainer:
         sif = Path(f"{image.REPOSITORY}-{tag}.sif").resolve()
         # a pushed image is pulled from its registry; a loaded one is read from the local engine
         source = f"docker://{ref}" if push else f"docker-daemon://{ref}"
         plan = replace(plan, apptainer=["apptainer", "build", "--force", str(partial(sif)), source], sif=sif)
     return plan
+
+
+def emulation_note(target: str, machine: str | None = None) -> str:
+    """The line an image for another CPU than this machine's (``machine``: platform.machine()) needs: buildx runs
+    its steps under QEMU, where flash-attn's nvcc compile takes many hours (or, without QEMU's binfmt handlers, the
+    first step stops at "exec format error"); '' where they match."""
+    import platform as host
+
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        (machine or host.machine()).lower(), (machine or host.machine()).lower()
+    )
+    if target == f"linux/{arch}":
+        return ""
+    return (
+        f"note: this machine is {arch}, the image {target}: docker buildx runs its steps under QEMU emulation, where "
+        "flash-attn's compile takes many hours (and needs QEMU's handlers: docker run --privileged --rm "
+        "tonistiigi/binfmt --install all). Faster: run this on an Arm machine (a GH200 node itself), or through a "
+        "builder there (docker buildx create --use --name arm ssh://USER@ARMHOST)."
+        if target == "linux/arm64"
+        else f"note: this machine is {arch}, the image {target}: docker buildx runs its steps under QEMU emulation, "
+        "where flash-attn's compile takes many hours: build on an x86_64 machine, or through a builder there "
+        "(docker buildx create --use --name x86 ssh://USER@X86HOST)."
+    )
 
 
 def partial(sif: Path) -> Path:
@@ -144,6 +170,8 @@ def _quiet(argv: list[str]) -> int:
 
 def build(plan: BuildPlan) -> None:
     check_tools(plan)
+    if plan.note:
+        click.echo(plan.note, err=True)
     for argv in plan.steps():
         click.echo(f"+ {join(argv)}", err=True)
         rc = subprocess.run(argv).returncode

@@ -38,6 +38,9 @@ REPOSITORY = "ftctl"
 GENERIC_TIERS = ("A100", "H100")
 # flash-attn's FLASH_ATTN_CUDA_ARCHS values, by major compute capability
 _FLASH_ATTN_ARCH = {8: "80", 9: "90", 10: "100", 12: "120"}
+# GPUs whose nodes' CPUs are Arm (NVIDIA Grace, aarch64): their image is built for linux/arm64, every other's for
+# linux/amd64 (an x86 image there stops at its first command: "exec format error")
+ARM_HOSTED = frozenset({"GH200", "GB200"})
 
 
 def files_dir() -> Path:
@@ -179,12 +182,33 @@ def flash_attn_archs(tiers: Iterable[GpuTier]) -> list[str]:
     return sorted(archs, key=int)
 
 
+def platform(gpus) -> str:
+    """The docker platform of the image for ``gpus`` (as :func:`named_tiers` reads them; None: CPU): linux/arm64
+    where every GPU named sits on an Arm host (ARM_HOSTED), linux/amd64 where none does; a mix is refused, since
+    one image runs on one of them."""
+    named = named_tiers(gpus)
+    arm = sorted({t.name for t in named if t.name in ARM_HOSTED})
+    if not arm:
+        return "linux/amd64"
+    x86 = sorted({t.name for t in named if t.name not in ARM_HOSTED})
+    if not x86:
+        return "linux/arm64"
+    said = f"--gpus {gpus}: " if isinstance(gpus, str) else ""
+    raise FtctlError(
+        f"{said}{', '.join(arm)} nodes are Arm (aarch64, NVIDIA Grace) and "
+        f"{', '.join(x86)} nodes x86_64, and one image runs on one of them: build each on its own (ftctl build "
+        f"--gpus {','.join(arm)}, then ftctl build --gpus {','.join(x86)})."
+    )
+
+
 def image_tag(gpus=None, pins_: Pins | None = None, cuda: str | None = None) -> str:
-    """``0.1.0-cu130-torch2.13.0-fa2.8.3.post2-sm90``: what is inside, readable from the name. ``cuda``: the
-    flavour (default: :func:`flavour_for` the GPUs)."""
+    """``0.1.0-cu130-torch2.13.0-fa2.8.3.post2-sm90``: what is inside, readable from the name; ``-arm64`` after it
+    for an Arm host's image (a GH200's sm90 is an H100's). ``cuda``: the flavour (default: :func:`flavour_for` the
+    GPUs)."""
     p = pins_ or pins(cuda=cuda or flavour_for(gpus))
     sm = "_".join(flash_attn_archs(tiers_of(gpus)))
-    return f"{p.ftctl}-{p.cuda_short}-torch{p.torch}-fa{p.flash_attn}-sm{sm}"
+    arch = "-arm64" if platform(gpus) == "linux/arm64" else ""
+    return f"{p.ftctl}-{p.cuda_short}-torch{p.torch}-fa{p.flash_attn}-sm{sm}{arch}"
 
 
 def default_image(gpus=None, registry: str = DEFAULT_REGISTRY, cuda: str | None = None) -> str:
@@ -199,6 +223,8 @@ def fits(built_for: str, gpus, cuda: str = "", driver_cuda: tuple[int, int] | No
     torch runs on them (and under the driver, where known), and it holds flash-attn code for every architecture
     the run's tiers need (T4, V100 and CPU runs need the generic A100 + H100 image's, as in :func:`default_image`)."""
     if cuda not in ("", *flavours()) or not pins(cuda=cuda or None).serves(gpus, driver_cuda):
+        return False
+    if platform(built_for) != platform(gpus):  # an H100's image on a GH200 (Arm) node: exec format error
         return False
     return set(flash_attn_archs(tiers_of(gpus))) <= set(flash_attn_archs(tiers_of(built_for)))
 
