@@ -27,3 +27,14 @@ ATTEMPT_ENV = "FTCTL_ATTEMPT"
 # SkyPilot's id of a task's job, kept by a managed job's recoveries (ending in _CLUSTER_JOBID): who holds a lease
 # (ftctl.lease), which job's attempts trained a run (trainer.run.recovered)
 SKY_TASK_ENV = "SKYPILOT_TASK_ID"
+# huggingface_hub's switch for its usage pings, which TRL's trainer sends from rank 0 at each start (its version,
+# trainer, model type, GPU, world size; a thread of its own, to huggingface.co): the trainer sets it to 1 where the user
+# set it to nothing (tracking.set_env), as a node often reaches no Internet and nobody asked for it. TRL reads no switch
+# of its own (it skips the ping where CI is set).
+HUB_TELEMETRY_ENV = "HF_HUB_DISABLE_TELEMETRY"
+
+
+def telemetry_off(given) -> dict[str, str]:
+    """The variable the trainer sets to send no usage ping: {} where ``given`` (its environment, with the run's
+    -o env=...) names HUB_TELEMETRY_ENV, whatever its value (the user's choice)."""
+    return {} if HUB_TELEMETRY_ENV in given else {HUB_TELEMETRY_ENV: "1"}

@@ -154,6 +154,44 @@ def test_a_merges_record_names_the_adapter_from_the_merge_and_holds_on_another_m
         merge(str(elsewhere), str(elsewhere / "merged"), base=str(qwen_like_base))
 
 
+def test_a_merge_into_a_store_names_the_adapter_by_its_store_uri_or_its_runs_name(
+    node_run,
+    qwen_like_base,  # noqa: F811
+    tmp_path,
+    s3_bucket,
+):
+    """A local run merged into an object store: ftctl-merge.json named the adapter by this machine's absolute path
+    (meaningless where the store is read, and showing /home/USER/... to whoever reads it). Now a run whose output is
+    in a store (a staging directory, a `sync pull` copy: its spec.json says) is named by the adapter's URI there, the
+    name a merge of the run from the store records; any other by its run's name. Merged again, it is still this
+    adapter's merge."""
+    from ftctl import storage
+    from ftctl.errors import FtctlError
+    from ftctl.trainer.merge import merge
+
+    out, _, _ = node_run
+    run = tmp_path / "here" / "r1"
+    shutil.copytree(out, run)
+    plain = f"{s3_bucket}/merged/plain"
+    merge(str(run / "checkpoint-1"), plain, base=str(qwen_like_base))
+    record = json.loads(storage.read_text(f"{plain}/ftctl-merge.json"))
+    assert record["adapter"] == "r1/checkpoint-1" and str(tmp_path) not in json.dumps(record)
+    with pytest.raises(FtctlError, match="holds the merge of this adapter as it is now"):
+        merge(str(run / "checkpoint-1"), plain, base=str(qwen_like_base))
+
+    spec = json.loads((run / "spec.json").read_text())
+    spec["spec"]["output_dir"] = f"{s3_bucket}/runs/r1/"  # this directory: the staging of a store's run
+    (run / "spec.json").write_text(json.dumps(spec))
+    staged = f"{s3_bucket}/merged/staged"
+    merge(str(run), staged, base=str(qwen_like_base))
+    assert json.loads(storage.read_text(f"{staged}/ftctl-merge.json"))["adapter"] == f"{s3_bucket}/runs/r1"
+    with pytest.raises(FtctlError, match="holds the merge of this adapter as it is now"):
+        merge(str(run), staged, base=str(qwen_like_base))
+    merge(str(run / "checkpoint-1"), f"{s3_bucket}/merged/one", base=str(qwen_like_base))
+    one = json.loads(storage.read_text(f"{s3_bucket}/merged/one/ftctl-merge.json"))
+    assert one["adapter"] == f"{s3_bucket}/runs/r1/checkpoint-1"
+
+
 def test_qlora_with_load_best_model_at_end_saves_the_lowest_checkpoints_adapter(
     tiny_model_dir, tiny_data, request, tmp_path, one_thread
 ):

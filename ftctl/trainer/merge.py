@@ -34,7 +34,7 @@ from pathlib import Path
 from ftctl import failures, quiet, storage
 from ftctl.checkpoints.manifest import sha256_file
 from ftctl.errors import FtctlError
-from ftctl.runpaths import MERGE_RECORD
+from ftctl.runpaths import MERGE_RECORD, SPEC_FILE
 from ftctl.trainer import trained as trained_mod
 from ftctl.trainer.model import DTYPES
 
@@ -135,11 +135,31 @@ def adapter_recorded(adapter: Path, out: Path) -> str:
     """How ftctl-merge.json names the local adapter merged into ``out``: its path from ``out`` (``..`` for the
     default RUN/merged), read back against the merge's directory (recorded_adapter). An absolute path was wrong on any
     other machine the run and its merge were copied to, and, uploaded with the merge, showed the training machine's
-    directories (/home/USER/..., a node's /scratch/...). Absolute for a merge staged here for an object store."""
+    directories (/home/USER/..., a node's /scratch/...). A merge staged here for an object store: stored_adapter."""
     adapter = adapter.resolve()
     if out.parent.name.startswith(STAGED_PREFIX):
-        return str(adapter)
+        return stored_adapter(adapter)
     return os.path.relpath(adapter, out.parent.resolve() / out.name)
+
+
+def stored_adapter(adapter: Path) -> str:
+    """How a merge into an object store names a local adapter: by its store URI where its run's output is in a store
+    (the directory is that run's staging, or a ``ftctl sync pull`` copy of it: its spec.json says; the same name a
+    merge of the run from the store records), else by its run's name (``run``, ``run/checkpoint-6``: model_card's
+    name for it). Its absolute path meant nothing where the store is read, and showed this machine's directories to
+    whoever reads the store; a path relative to the merge has no meaning between a disk and a store. The adapter's
+    digest beside it says which weights it was."""
+    from ftctl.trainer.model_card import adapter_named
+
+    for run, below in ((adapter, ()), (adapter.parent, (adapter.name,))):
+        try:
+            output = json.loads((run / SPEC_FILE).read_text())["spec"]["output_dir"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(output, str) and storage.is_remote(output):
+            return storage.join(output.rstrip("/"), *below)
+        break  # the run's own spec.json: its output is local
+    return adapter_named(str(adapter))
 
 
 def base_weights(adapter: trained_mod.Trained, dequantize: bool | None, run: str) -> str:
@@ -261,7 +281,9 @@ def _refuse_existing(
         return  # a merge of this run in the store's adapter: said once the adapter is downloaded and its digest known
     remove = "delete it from the store" if storage.is_remote(out_dir) else f"remove it (rm -r {shlex.quote(out_dir)})"
     state = (
-        _merge_state({**record, "adapter": trained_mod.recorded_adapter(record, out_dir)}, run, named, dequantize)
+        _merge_state(
+            {**record, "adapter": trained_mod.recorded_adapter(record, out_dir)}, run, out_dir, named, dequantize
+        )
         if record
         else None
     )
@@ -338,8 +360,11 @@ def adapter_digest(path: Path) -> str:
 _BASE_NAMES = {DEQUANTIZED: "dequantized 4-bit base", ORIGINAL: "original unquantized base"}
 
 
-def _merge_state(record: dict, run: str, named: str | None = None, dequantize: bool | None = None) -> str | None:
-    """Whether the merge ``record`` is of ``run``'s adapter (``named``, where that was downloaded) as it is now
+def _merge_state(
+    record: dict, run: str, out_dir: str, named: str | None = None, dequantize: bool | None = None
+) -> str | None:
+    """Whether the merge ``record`` (in ``out_dir``) is of ``run``'s adapter (``named``, where that was downloaded),
+    named as a merge into ``out_dir`` names it (stored_adapter in a store), as it is now
     ("current"), or as it was before the run trained on ("stale"), or as it is now into the other base than this
     merge's (DEQUANTIZED or ORIGINAL: the record's); None where it is of another adapter."""
     try:
@@ -348,7 +373,8 @@ def _merge_state(record: dict, run: str, named: str | None = None, dequantize: b
     except (OSError, FtctlError):
         return None
     adapter = found.path
-    if record.get("adapter") != (named or str(adapter.resolve())):
+    here = stored_adapter(adapter.resolve()) if storage.is_remote(out_dir) else str(adapter.resolve())
+    if record.get("adapter") != (named or here):
         return None
     if record.get("adapter_digest") != adapter_digest(adapter):
         return "stale"

@@ -148,7 +148,7 @@ def merged_text(adapter: str, base: str, method: str | None, into: str) -> str:
     body = f"""
 # {Path(adapter.rstrip("/")).name}
 
-The {kind} adapter `{_adapter_named(adapter)}` merged into {origin} ({into}) with `ftctl merge` (ftctl {__version__}): a plain
+The {kind} adapter `{adapter_named(adapter)}` merged into {origin} ({into}) with `ftctl merge` (ftctl {__version__}): a plain
 transformers model, loaded without PEFT or bitsandbytes. `ftctl-merge.json` beside this card says which adapter and
 which base weights went in.{built}
 
@@ -165,7 +165,7 @@ print(answer[0]["generated_text"][-1]["content"])
     return f"---\n{data.to_yaml()}\n---\n{body}"
 
 
-def _adapter_named(adapter: str) -> str:
+def adapter_named(adapter: str) -> str:
     """An adapter as a merge's card names it (named): a checkpoint with its run's name (``r1/checkpoint-6``)."""
     name = named(adapter)
     parent = Path(adapter.rstrip("/")).parent.name

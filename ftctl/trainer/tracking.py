@@ -24,6 +24,7 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ftctl.envvars import HUB_TELEMETRY_ENV
 from ftctl.runpaths import CHECKPOINT_METRICS, START_WANDB_RUN, TENSORBOARD_DIR
 from ftctl.spec import report_integrations
 
@@ -61,6 +62,7 @@ def set_env(env: Mapping[str, str]) -> dict[str, str | None]:
     demo)."""
     before = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
+    _hub_reads_env()
     return before
 
 
@@ -70,6 +72,18 @@ def restore_env(before: Mapping[str, str | None]) -> None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    _hub_reads_env()
+
+
+def _hub_reads_env() -> None:
+    """huggingface_hub's telemetry switch as the environment says it now (envvars.telemetry_off): the hub reads
+    it once, at its import, which came before the trainer set it."""
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_DISABLE_TELEMETRY = any(
+            os.environ.get(name, "").upper() in constants.ENV_VARS_TRUE_VALUES
+            for name in (HUB_TELEMETRY_ENV, "DISABLE_TELEMETRY", "DO_NOT_TRACK")
+        )
 
 
 def new_wandb_run_id() -> str:
