@@ -107,6 +107,15 @@ def parts(work: Path) -> dict:
     manifest = build_manifest(str(d), 0, 1, "x")
     row["manifest_s"] = round(time.perf_counter() - t, 2)
     row["files"] = {f["path"]: f["size"] for f in manifest["files"]}
+    from ftctl.checkpoints import manifest as m
+
+    threads = m._HASH_THREADS
+    for label, n in (("one_thread", 1), ("threaded", threads)) * 2:  # the same files, alternated (v80)
+        m._HASH_THREADS = n
+        t = time.perf_counter()
+        build_manifest(str(d), 0, 1, "x")
+        row.setdefault(f"manifest_{label}_s", []).append(round(time.perf_counter() - t, 2))
+    m._HASH_THREADS = threads
     row["bytes"] = sum(row["files"].values())
     shutil.rmtree(d)
     return row
