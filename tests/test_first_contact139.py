@@ -96,3 +96,85 @@ def test_the_flash_attn_wheel_cache_keeps_each_cpus_wheel(tmp_path):
     r, env = _compile(tmp_path, FLASH_ATTN_CUDA_ARCHS="90", MAX_JOBS="2", FLASH_ATTN_WHEEL_CACHE=str(cache), PATH=path)
     assert r.returncode == 0, r.stderr
     assert "reusing" not in r.stdout and env["FLASH_ATTN_CUDA_ARCHS"] == "90"  # compiled for this CPU
+
+
+# ------------------------------------------------------------------------------------------ SkyPilot's API server
+SERVER_STARTS = """
+import json, os, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ftctl.sky import sdk
+from sky.server import common
+
+class Health(BaseHTTPRequestHandler):  # /api/health as SkyPilot's own server answers it
+    def do_GET(self):
+        from sky import __commit__, __version__
+        from sky.server import constants as c
+        body = {"status": "healthy", "api_version": c.API_VERSION, "version": __version__, "commit": __commit__}
+        self.send_response(200)
+        self.send_header(c.API_VERSION_HEADER, str(c.API_VERSION))
+        self.send_header(c.VERSION_HEADER, __version__)
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+    def log_message(self, *args):
+        pass
+
+print("none answers:", sdk.server_starts())
+server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["SKYPILOT_API_SERVER_LOCAL_PORT"])), Health)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+common.get_api_server_status_response.cache_clear()  # SkyPilot keeps an answer 5 s
+print("one answers:", sdk.server_starts())
+"""
+
+
+def test_skypilot_starts_its_api_server_where_none_answers_here(tmp_path):
+    """sdk.server_starts against SkyPilot 0.14's own client code (.venv-sky): none on this machine's port, where
+    SkyPilot's SDK starts one (~32 s), then one that answers there."""
+    from tests.render_fixtures import sky_python
+    from tests.s3_fixtures import free_port
+
+    # HOME: no ~/.sky/config.yaml naming another endpoint
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HOME": str(tmp_path),
+        "SKYPILOT_API_SERVER_LOCAL_PORT": str(free_port()),
+    }
+    r = subprocess.run([sky_python(), "-c", SERVER_STARTS], env=env, capture_output=True, text=True, timeout=120)
+    assert r.stdout.splitlines() == ["none answers: True", "one answers: False"], r.stdout + r.stderr
+
+
+FAKE_SKY = {  # SkyPilot as far as sdk.statuses and sdk.server_starts ask it; its server "up" where FAKE_SKY_UP is set
+    "sky/__init__.py": "from sky import exceptions\ndef status(names):\n    return []\ndef get(x):\n    return x\n",
+    "sky/exceptions.py": "class ClusterNotUpError(Exception):\n    pass\n",
+    "sky/server/__init__.py": "",
+    "sky/server/common.py": (
+        "import os\nfrom types import SimpleNamespace\n"
+        "class ApiServerStatus:\n    HEALTHY, UNHEALTHY = 'healthy', 'unhealthy'\n"
+        "def get_server_url(host=None):\n    return 'http://127.0.0.1:46580'\n"
+        "def is_api_server_local(endpoint=None):\n    return True\n"
+        "def get_api_server_status(endpoint=None):\n"
+        "    return SimpleNamespace(status='healthy' if os.environ.get('FAKE_SKY_UP') else 'unhealthy')\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("up", [False, True], ids=["starts", "up"])
+def test_a_quick_question_says_skypilot_is_starting_its_api_server(tmp_path, monkeypatch, capfd, up):
+    """`ftctl status` of a SkyPilot job where no API server ran: 32 s without a word (the bridge keeps SkyPilot's output
+    back from its quick questions). The line goes to this process's stderr, and only where a server is started."""
+    from ftctl.sky import bridge, sdk
+
+    for rel, text in FAKE_SKY.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    monkeypatch.setattr(bridge, "here", lambda: False)  # SkyPilot in another python, as from the trainer's venv
+    monkeypatch.setenv("FTCTL_SKY_PYTHON", sys.executable)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    if up:
+        monkeypatch.setenv("FAKE_SKY_UP", "1")
+    job = {"cluster": "c1", "job_id": 1, "managed": False, "cluster_hash": None}
+    assert bridge.call("statuses", jobs=[job])[0]["status"] == "GONE"
+    err = capfd.readouterr().err
+    assert err == ("" if up else sdk.SERVER_STARTS + "\n")

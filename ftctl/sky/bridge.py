@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ftctl.errors import FtctlError
+from ftctl.sky.sdk import SAY_FD
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding the ftctl package
 INSTALL_HINT = (
@@ -56,7 +57,7 @@ def call(op: str, **kwargs):
         from ftctl.sky import sdk
 
         try:
-            return sdk.OPS[op](**kwargs)
+            return sdk.run(op, kwargs)
         except FtctlError:
             raise
         except Exception as e:  # noqa: BLE001 — SkyPilot's own message, without its traceback
@@ -75,14 +76,22 @@ def call(op: str, **kwargs):
         # launch, logs and down stream SkyPilot's output (progress, the job's log); the quick questions
         # keep it back unless they fail without an answer (or FTCTL_DEBUG is set)
         stream = op in STREAMING or bool(os.environ.get("FTCTL_DEBUG"))
-        proc = subprocess.run(
-            [python, "-m", "ftctl.sky.sdk", op, str(result)],
-            input=json.dumps(kwargs),
-            text=True,
-            env=env,
-            stdout=None if stream else subprocess.PIPE,
-            stderr=None if stream else subprocess.STDOUT,
-        )
+        say = None if stream else os.dup(2)  # this stderr, for the lines meant for the user (sdk.say)
+        if say is not None:
+            env[SAY_FD] = str(say)
+        try:
+            proc = subprocess.run(
+                [python, "-m", "ftctl.sky.sdk", op, str(result)],
+                input=json.dumps(kwargs),
+                text=True,
+                env=env,
+                stdout=None if stream else subprocess.PIPE,
+                stderr=None if stream else subprocess.STDOUT,
+                pass_fds=() if say is None else (say,),
+            )
+        finally:
+            if say is not None:
+                os.close(say)
         out = json.loads(result.read_text()) if result.exists() else None
     if out is None:
         if proc.stdout:

@@ -61,6 +61,53 @@ def sky_cli() -> str:
 
 
 # ------------------------------------------------------------------------------------------ checks
+SERVER_STARTS = "ftctl: starting SkyPilot's API server (about 30 s, once) ..."
+# the operations that send SkyPilot's API server a request: where none answers on this machine, SkyPilot's SDK
+# starts one first (~32 s), saying so only in output that ftctl keeps back from its quick questions
+SERVER_OPS = frozenset({"launch", "statuses", "logs", "log_tail", "cancel", "down"})
+SAY_FD = "FTCTL_SKY_SAY_FD"  # the parent's stderr, where the bridge keeps this process's output back (bridge.call)
+
+
+def server_starts() -> bool:
+    """Whether SkyPilot's next request starts a local API server, as its SDK decides it
+    (server_common.check_server_healthy_or_start_fn): the endpoint is this machine's, none answers there, and
+    starting one here is not disabled (SKYPILOT_DISABLE_LOCAL_API_SERVER: SkyPilot says that itself)."""
+    _sky()
+    from sky.server import common as server_common
+
+    dial = getattr(server_common, "get_local_server_dial_url", None)  # its endpoint: env and config honoured
+    endpoint = dial("127.0.0.1") if dial else server_common.get_server_url()
+    if not server_common.is_api_server_local(endpoint):
+        return False  # a remote server that does not answer is SkyPilot's error, nothing is started
+    enabled = getattr(server_common, "check_local_api_server_enabled_or_raise", None)
+    try:
+        enabled and enabled()
+    except RuntimeError:
+        return False
+    # one /api/health request, which SkyPilot's own check then reuses (cached 5 s)
+    return server_common.get_api_server_status(endpoint).status == server_common.ApiServerStatus.UNHEALTHY
+
+
+def say(line: str) -> None:
+    """A line for the user's terminal: the parent's stderr where the bridge passed it (SAY_FD), else this one's."""
+    fd = os.environ.get(SAY_FD)
+    if fd:
+        os.write(int(fd), (line + "\n").encode())
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def run(op: str, kwargs: dict):
+    """``OPS[op](**kwargs)``, after one line where SkyPilot will start its API server for it."""
+    try:
+        starts = op in SERVER_OPS and server_starts()
+    except Exception:  # noqa: BLE001 — the line is advisory: a SkyPilot that asks otherwise (or a stand-in) gets none
+        starts = False
+    if starts:
+        say(SERVER_STARTS)
+    return OPS[op](**kwargs)
+
+
 def available() -> dict:
     """{"ok": bool, "why": str}: an API server answers and has a cloud or infra enabled."""
     _sky()
@@ -329,7 +376,7 @@ def main(argv: list[str]) -> int:
     op, result_file = argv
     kwargs = json.loads(sys.stdin.read() or "{}")
     try:
-        out = {"result": OPS[op](**kwargs)}
+        out = {"result": run(op, kwargs)}
         rc = 0
     except KeyboardInterrupt:
         out, rc = {"error": "interrupted"}, 130
