@@ -1,4 +1,5 @@
-"""The planner: method x model size x GPU tier -> precision, attention, strategy, batch, memory.
+"""The planner: method x model size x GPU tier -> precision, attention, strategy, batch, memory, and the checkpoints'
+cadence (steps between them, where save_steps is not given: checkpoint_cadence).
 
 Memory model (per GPU, decimal GB), terms named as in the code below:
 
@@ -122,8 +123,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ftctl import gpus as gpu_table
+from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean
-from ftctl.spec import FIELDS, LORA_KEYS, METHOD_STRATEGIES, PEFT_TARGETS, RunSpec, lora_target_names, parse_size
+from ftctl.spec import (
+    FIELDS,
+    LORA_KEYS,
+    METHOD_STRATEGIES,
+    PEFT_TARGETS,
+    SAVE_STEPS,
+    RunSpec,
+    lora_target_names,
+    parse_size,
+)
 from ftctl.trainer.attention import (
     EAGER,
     LIGER_MODEL_TYPES,
@@ -274,6 +285,8 @@ class Plan:
     host_memory_gb: float | None = None  # CPU RAM per node the plan needs (offload)
     evaluation: str | None = None  # the held-out loss: on what, how often; None: not evaluated
     data_mix: str | None = None  # several datasets mixed by data_weights; None: each read once
+    step_s: float | None = None  # seconds an optimizer step takes, predicted (step_seconds); None: not (CPU)
+    save_steps: int | None = None  # steps between checkpoints (checkpoint_cadence); None: saves_per_epoch's
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -332,6 +345,8 @@ class Plan:
         ]
         if self.host_memory_gb:
             rows.append(("host memory", f"{self.host_memory_gb:.0f} GB per node for offload"))
+        if spec and (self.save_steps or spec.saves_per_epoch):
+            rows.append(("checkpoints", checkpoint_row(spec, self)))
         if self.lora_kernels:
             rows.insert(
                 -1,
@@ -898,14 +913,18 @@ def unused_settings(spec: RunSpec, method: str) -> list[str]:
         notes.append(f"{layers[0]}: sft's, unused by {method}")
     if not spec.eval_data_path and not spec.eval_split and (steps := given(("eval_steps", "evals_per_epoch"))):
         notes.append(f"{steps[0]}: no held-out data to evaluate (--eval-data FILE, or -o eval_split=0.05)")
-    elif spec.eval_steps and not spec.evals_per_epoch and not spec.saves_per_epoch:
-        every, saves = spec.eval_every, spec.checkpoint_every
-        if every % saves:
-            notes.append(
-                f"eval_steps={every} is not a multiple of save_steps={saves}: a lowest held-out loss found between "
-                f"checkpoints is kept by none; -o eval_steps={-(-every // saves) * saves} measures it at checkpoints"
-            )
     return notes
+
+
+def _evaluated_between_checkpoints(spec: RunSpec, saves: int | None) -> list[str]:
+    """The note where eval_steps is not a multiple of the plan's save_steps (``saves``)."""
+    every = spec.eval_steps
+    if not every or spec.evals_per_epoch or not saves or not spec.evaluates or every % saves == 0:
+        return []
+    return [
+        f"eval_steps={every} is not a multiple of save_steps={saves}: a lowest held-out loss found between "
+        f"checkpoints is kept by none; -o eval_steps={-(-every // saves) * saves} measures it at checkpoints"
+    ]
 
 
 def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
@@ -951,6 +970,7 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
     spec, targets_note = with_lora_targets(spec, shape)
     plan = _fit(spec, req, shape, spec.method)
     if plan is not None:
+        _checkpoints(spec, plan)
         if targets_note:
             plan.notes.append(targets_note)
         if one_replica:
@@ -972,6 +992,18 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
             )
         return plan
     raise DoesNotFit(_refusal(spec, req, shape))
+
+
+def _checkpoints(spec: RunSpec, plan: Plan) -> None:
+    """The plan's step time and save_steps, and the notes on them."""
+    from ftctl.preflight import checkpoint_gb
+
+    step_s = step_seconds(plan, spec.model_max_length)
+    plan.step_s = round(step_s, 3) if step_s else None
+    plan.save_steps = checkpoint_cadence(spec, plan, checkpoint_gb(plan)[0])
+    plan.notes += _evaluated_between_checkpoints(spec, plan.save_steps)
+    if cost := checkpoint_cost(spec, plan):
+        plan.notes.append(f"{cost[0]}: {cost[1]}")
 
 
 def with_lora_targets(spec: RunSpec, shape: ModelShape) -> tuple[RunSpec, str]:
@@ -1346,6 +1378,186 @@ def data_mix(spec: RunSpec) -> str | None:
     return f"{each} (each one's rows that many times an epoch, drawn with seed {spec.seed})"
 
 
+# ------------------------------------------------------------------------------------------ checkpoints
+# What a checkpoint costs, the assumptions in one place (checkpoint_cadence). The write speed is preflight's
+# SHARED_FS_GBPS (1 GB/s: a shared filesystem, or one node's disk), which the save at Slurm's USR2 is timed with too.
+UPLOAD_GBPS = 0.5  # what one node uploads a checkpoint to an object store at, in the background while training goes on
+MFU = 0.35  # the share of its GPUs' dense 16-bit peak a step takes (the price estimate's, ftctl.sky.cost)
+CHECKPOINT_MINUTES = 30  # chosen cadence: at most this much training between checkpoints (what a preemption loses)
+MAX_SAVE_SHARE = 0.1  # chosen cadence: writing checkpoints takes at most this share of the run's time
+
+
+def tokens_per_second(plan: Plan) -> float | None:
+    """Tokens the plan's GPUs train a second, roughly: their dense bf16/fp16 peak x MFU / (6 x params for full
+    updates, 4 x params for adapters, which skip the weight gradients); None on CPU (not predicted)."""
+    if not plan.tier:
+        return None
+    per_token = (6 if plan.method in ("fft", "sft") else 4) * plan.model.params_b * 1e9
+    return plan.world_size * gpu_table.TIERS[plan.tier].peak_tflops * 1e12 * MFU / per_token
+
+
+def step_seconds(plan: Plan, seq: int) -> float | None:
+    """Seconds an optimizer step takes, predicted (every sequence ``seq`` tokens long: an upper bound without
+    packing); None where no throughput is predicted (CPU)."""
+    rate = tokens_per_second(plan)
+    return plan.global_batch_size * seq / rate if rate else None
+
+
+def _write_s(gb: float) -> float:
+    from ftctl.preflight import SHARED_FS_GBPS
+
+    return gb / SHARED_FS_GBPS
+
+
+def _nice(n: float, up: bool) -> int:
+    """``n`` steps rounded (up or down) to a number people set: 1-9, then multiples of 5 below 100, and of a quarter
+    of its power of ten above (15, 375, 1,250)."""
+    if n < 10:
+        return max(1, math.ceil(n) if up else math.floor(n))
+    unit = 5 if n < 100 else 10 ** math.floor(math.log10(n)) // 4
+    return int((math.ceil(n / unit) if up else math.floor(n / unit)) * unit)
+
+
+def _gb(gb: float) -> str:
+    """~128 GB, ~1.6 GB, ~59 MB."""
+    return f"~{gb:,.0f} GB" if gb >= 10 else f"~{gb:.1f} GB" if gb >= 1 else f"~{max(1, round(gb * 1000))} MB"
+
+
+def _cost_floor_steps(gb: float, step_s: float, remote: bool) -> int:
+    """The fewest steps between checkpoints at which writing one takes at most MAX_SAVE_SHARE of the time and, for an
+    object-store output, its upload keeps pace (done before the next is written)."""
+    write = _write_s(gb)
+    train_s = max(write * (1 / MAX_SAVE_SHARE - 1), (gb / UPLOAD_GBPS - write) if remote else 0.0)
+    return math.ceil(train_s / step_s) if train_s > 0 else 1
+
+
+def checkpoint_cadence(spec: RunSpec, plan: Plan, gb: float) -> int | None:
+    """Steps between checkpoints: save_steps where given, None where saves_per_epoch is (the trainer counts them), else
+    _chosen's."""
+    if spec.save_steps or spec.saves_per_epoch:
+        return spec.save_steps
+    return _chosen(spec, plan, gb)[0]
+
+
+def _chosen(spec: RunSpec, plan: Plan, gb: float) -> tuple[int, str]:
+    """(steps between checkpoints, why not SAVE_STEPS; "" where they are) of a run that gives neither save_steps nor
+    saves_per_epoch, for a checkpoint of ``gb``. SAVE_STEPS, unless the plan predicts a step time (GPU plans) that
+    makes it wrong: fewer steps where SAVE_STEPS take longer than CHECKPOINT_MINUTES (a preemption loses less), more
+    where writing a checkpoint that often would take over MAX_SAVE_SHARE of the run or its upload could not keep pace
+    (that wins: a run that spends its time saving gains nothing). With eval_steps given, a divisor of it: each
+    evaluation at a checkpoint, which keeps the lowest held-out loss's weights."""
+    step_s = plan.step_s
+    if step_s is None:
+        return SAVE_STEPS, ""
+    remote = storage.is_remote(spec.output)
+    floor = _nice(_cost_floor_steps(gb, step_s, remote), up=True)
+    ceiling = _nice(CHECKPOINT_MINUTES * 60 / step_s, up=False)
+    steps, every = max(floor, min(SAVE_STEPS, ceiling)), f"every {SAVE_STEPS} steps"
+    if steps > SAVE_STEPS:
+        why = f"{every} would spend over {MAX_SAVE_SHARE:.0%} of the run writing them" + (
+            " or outpace their upload" if remote else ""
+        )
+    elif steps < SAVE_STEPS:
+        why = f"{every} would be {_minutes(SAVE_STEPS * step_s)} apart, over {CHECKPOINT_MINUTES} min"
+    else:
+        why = ""
+    if spec.eval_steps and spec.evaluates and not spec.evals_per_epoch and spec.eval_steps % steps:
+        steps = max(d for d in range(1, min(steps, spec.eval_steps) + 1) if spec.eval_steps % d == 0)
+        why = (
+            why + "; " if why else ""
+        ) + f"a divisor of eval_steps={spec.eval_steps}, a checkpoint at each evaluation"
+    return steps, why
+
+
+def with_save_steps(spec: RunSpec, plan: Plan) -> RunSpec:
+    """``spec`` with the plan's save_steps where it gave neither save_steps nor saves_per_epoch: what spec.json and the
+    checkpoints' settings record, and what the trainer saves at."""
+    if spec.save_steps or spec.saves_per_epoch or not plan.save_steps:
+        return spec
+    return replace(spec, save_steps=plan.save_steps)
+
+
+def _minutes(seconds: float) -> str:
+    """~40 s, ~14 min, ~2.5 h."""
+    if seconds < 90:
+        return f"~{seconds:.0f} s"
+    return f"~{seconds / 60:.0f} min" if seconds < 5400 else f"~{seconds / 3600:.1f} h"
+
+
+def _holds_what(plan: Plan) -> str:
+    """What a checkpoint of the plan holds (preflight.checkpoint_gb sizes it)."""
+    if plan.method not in ("fft", "sft"):
+        return "the adapters and their optimizer states"
+    if plan.strategy in ZERO3_STRATEGIES:
+        return f"16-bit weights and the fp32 optimizer states (masters, moments) sharded over {plan.world_size} ranks"
+    if plan.strategy.startswith("zero2"):
+        return f"16-bit weights twice and the fp32 optimizer states sharded over {plan.world_size} ranks"
+    if plan.strategy == "fsdp":
+        return "fp32 weights twice, FSDP's copy too, and the optimizer states"
+    return "fp32 weights and the optimizer states"
+
+
+def checkpoint_row(spec: RunSpec, plan: Plan) -> str:
+    """The plan's checkpoints row: how often (steps, and minutes where a step time is predicted), how large, what
+    writing it takes, and what it sends to the store an hour."""
+    from ftctl.preflight import SHARED_FS_GBPS, checkpoint_gb
+
+    gb = checkpoint_gb(plan)[0]
+    size = f"{_gb(gb)} each ({_holds_what(plan)})"
+    if plan.save_steps is None:
+        return f"{spec.saves_per_epoch} an epoch (saves_per_epoch), {size}"
+    steps = f"every {plan.save_steps:,} steps"
+    if plan.step_s is None:
+        return f"{steps}, {size}" + ("" if spec.save_steps else " (save_steps' default: no step time predicted on CPU)")
+    train, write = plan.save_steps * plan.step_s, _write_s(gb)
+    row = (
+        f"{steps} ({_minutes(train)} at ~{plan.step_s:.2g} s a step est.), {size}, {_minutes(write)} to write at "
+        f"{SHARED_FS_GBPS:g} GB/s"
+    )
+    if storage.is_remote(spec.output):
+        row += f", {_gb(gb * 3600 / (train + write))}/h to the store"
+    if spec.max_steps > 0 and plan.save_steps >= spec.max_steps:
+        row += f"; none before the end (max_steps={spec.max_steps})"
+    if not spec.save_steps and (why := _chosen(spec, plan, gb)[1]):
+        row += f"; save_steps chosen: {why}"
+    return row
+
+
+def checkpoint_cost(spec: RunSpec, plan: Plan) -> tuple[str, str] | None:
+    """(what is wrong, the fix) where checkpoints at the plan's save_steps would take over MAX_SAVE_SHARE of the run's
+    time to write, or come faster than their upload to the store; None where they do not, or no step time is
+    predicted. The chosen cadence does only where a given eval_steps holds it lower (_chosen)."""
+    from ftctl.preflight import SHARED_FS_GBPS, checkpoint_gb
+
+    if plan.step_s is None or not plan.save_steps:
+        return None
+    gb = checkpoint_gb(plan)[0]
+    remote = storage.is_remote(spec.output)
+    train, write = plan.save_steps * plan.step_s, _write_s(gb)
+    upload = gb / UPLOAD_GBPS if remote else 0.0
+    share = write / (train + write)
+    problems = []
+    if share > MAX_SAVE_SHARE:
+        problems.append(
+            f"writing one takes {_minutes(write)} at {SHARED_FS_GBPS:g} GB/s, {share:.0%} of the run's time"
+        )
+    if upload > train + write:
+        problems.append(
+            f"uploading one takes {_minutes(upload)} at {UPLOAD_GBPS:g} GB/s, longer than the steps between them (the "
+            "uploads fall behind, the checkpoints waiting for theirs kept on the node's disk)"
+        )
+    if not problems:
+        return None
+    steps = _nice(_cost_floor_steps(gb, plan.step_s, remote), up=True)
+    evals = f" -o eval_steps={steps}" if spec.eval_steps and not spec.evals_per_epoch else ""
+    return (
+        f"checkpoints every {plan.save_steps:,} steps ({_minutes(train)} of training at ~{plan.step_s:.2g} s a step "
+        f"est.) of {_gb(gb)} each ({plan.method}, {plan.strategy}): {'; '.join(problems)}",
+        f"-o save_steps={steps}{evals} (a checkpoint every {_minutes(steps * plan.step_s)})"
+        + (", or leave save_steps out to have it chosen" if spec.save_steps else ""),
+    )
+
+
 def pinned_bytes(n: float) -> float:
     """Host memory a page-locked buffer of ``n`` bytes takes: torch's caching host allocator rounds each block
     up to a power of two (on the device machine's torch 2.11 a 4.94 GB fp32 buffer took 8.96 GB)."""
@@ -1654,7 +1866,8 @@ def load_run(path: str) -> tuple[RunSpec, Plan]:
         p = dict(data["plan"])
         p["model"] = ModelShape(**p["model"])
         plan = Plan(**p)
-        return with_lora_targets(spec, plan.model)[0], plan  # where the launcher could not name them
+        # where the launcher could not name them; the save_steps the plan chose where the launcher did not record it
+        return with_save_steps(with_lora_targets(spec, plan.model)[0], plan), plan
     except FileNotFoundError:
         raise FtctlError(f"Spec file {path} does not exist.") from None
     except (KeyError, TypeError, json.JSONDecodeError) as e:

@@ -59,7 +59,7 @@ DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_DATA = "builtin:demo"
 # the defaults of keys that another key replaces (None in RunSpec: given or not is known, and a conflict said)
 GLOBAL_BATCH_SIZE = 32  # without gradient_accumulation_steps
-SAVE_STEPS = 100  # without saves_per_epoch
+SAVE_STEPS = 100  # without saves_per_epoch, unless a GPU plan's step time makes it wrong (plan.checkpoint_cadence)
 WARMUP_RATIO = 0.03  # without warmup_steps
 IMPLIED = {"global_batch_size": GLOBAL_BATCH_SIZE, "save_steps": SAVE_STEPS, "warmup_ratio": WARMUP_RATIO}
 
@@ -917,7 +917,7 @@ class RunSpec:
     trainable_layers: int = 2
     seed: int = 42
     logging_steps: int = 1
-    save_steps: int | None = None  # a checkpoint every N steps
+    save_steps: int | None = None  # a checkpoint every N steps; unset: the plan's (plan.checkpoint_cadence)
     saves_per_epoch: int | None = None  # or N checkpoints an epoch, at even steps through it (axolotl's)
     save_total_limit: int = 3  # local and remote checkpoints kept (plus the final one)
     report_to: str = "none"  # none | tensorboard | wandb (comma-separated, or a YAML list)
@@ -1026,7 +1026,9 @@ class RunSpec:
 
     @property
     def checkpoint_every(self) -> int:
-        """Steps between checkpoints (saves_per_epoch's are counted by the trainer: callbacks.StepsAsGiven)."""
+        """Steps between checkpoints (saves_per_epoch's are counted by the trainer: callbacks.StepsAsGiven). Where
+        save_steps is not given the launcher records the plan's (plan.with_save_steps), chosen from its predicted step
+        time; SAVE_STEPS where nothing chose one."""
         return self.save_steps or SAVE_STEPS
 
     @property

@@ -1,0 +1,128 @@
+"""Checkpoint cadence: the plan states each checkpoint's size, how often (steps, minutes) and what it sends to the
+store an hour; where save_steps is not given a GPU plan chooses it from the step time it predicts (plan.checkpoint
+_cadence), and warns with the fix where a given one would spend the run saving or outpace the upload."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from ftctl.checkpoints import write_manifest
+from ftctl.checkpoints.settings import changes, settings
+from ftctl.plan import (
+    CHECKPOINT_MINUTES,
+    MAX_SAVE_SHARE,
+    UPLOAD_GBPS,
+    checkpoint_cost,
+    dump_run,
+    load_run,
+    make_plan,
+)
+from ftctl.preflight import SHARED_FS_GBPS, checkpoint_gb
+from ftctl.spec import SAVE_STEPS
+from tests.render_fixtures import make_spec
+
+LLAMA_8B = "meta-llama/Llama-3.1-8B"
+
+
+def _plan(overrides=(), **flags):
+    spec = make_spec(list(overrides), **{"model_name_or_path": LLAMA_8B, **flags})
+    return spec, make_plan(spec)
+
+
+def _row(spec, plan) -> str:
+    return next(line for line in plan.table(spec).splitlines() if line.startswith("checkpoints "))
+
+
+@pytest.fixture(scope="module")
+def fft_8xh100():
+    """8B fft on 8 H100s: ZeRO-2, ~128 GB a checkpoint, ~1.1 s a step predicted."""
+    return _plan(method="fft", gpus="8xH100")
+
+
+def test_a_large_checkpoint_is_written_rarely_enough_and_the_plan_says_it(fft_8xh100):
+    """Every 100 steps (~2 min) of a 128 GB checkpoint written at 1 GB/s spent half the run saving."""
+    spec, plan = fft_8xh100
+    gb = checkpoint_gb(plan)[0]
+    assert plan.strategy == "zero2" and gb == pytest.approx(128.5, abs=0.1) and plan.step_s == pytest.approx(1.1, 0.1)
+    assert spec.save_steps is None and plan.save_steps > SAVE_STEPS
+    train, write = plan.save_steps * plan.step_s, gb / SHARED_FS_GBPS
+    assert write / (train + write) <= MAX_SAVE_SHARE and train <= CHECKPOINT_MINUTES * 60
+    row = _row(spec, plan)
+    assert row.startswith(f"checkpoints    every {plan.save_steps:,} steps (~")
+    assert "~128 GB each (16-bit weights twice and the fp32 optimizer states sharded over 8 ranks)" in row
+    assert "~2 min to write at 1 GB/s" in row and "save_steps chosen: every 100 steps would spend over 10%" in row
+    assert checkpoint_cost(spec, plan) is None and not any("checkpoints every" in n for n in plan.notes)
+
+
+def test_a_save_steps_given_that_spends_the_run_saving_is_warned_with_the_fix(fft_8xh100):
+    spec, plan = fft_8xh100
+    given = replace(spec, save_steps=100, output_dir="s3://bucket/run")
+    p = make_plan(given)
+    assert p.save_steps == 100
+    text, fix = checkpoint_cost(given, p)
+    assert "checkpoints every 100 steps (~2 min of training at ~1.1 s a step est.) of ~128 GB each" in text
+    assert "writing one takes ~2 min at 1 GB/s" in text and f"at {UPLOAD_GBPS:g} GB/s, longer than the steps" in text
+    assert fix.startswith(f"-o save_steps={plan.save_steps} (a checkpoint every ~") and "leave save_steps out" in fix
+    assert any(n.startswith("checkpoints every 100 steps") and n.endswith(fix) for n in p.notes)  # `ftctl plan` says it
+    fixed = replace(given, save_steps=plan.save_steps)
+    assert checkpoint_cost(fixed, make_plan(fixed)) is None  # the fix it names is enough
+
+
+def test_an_object_store_output_is_not_sent_checkpoints_faster_than_it_takes_them():
+    spec, plan = _plan(method="fft", gpus="2x8xH100", output_dir="s3://bucket/run")
+    gb = checkpoint_gb(plan)[0]
+    train = plan.save_steps * plan.step_s
+    assert train + gb / SHARED_FS_GBPS >= gb / UPLOAD_GBPS  # each upload done before the next checkpoint
+    row = _row(spec, plan)
+    per_hour = gb * 3600 / (train + gb / SHARED_FS_GBPS)
+    assert f", ~{per_hour:,.0f} GB/h to the store;" in row and "or outpace their upload" in row
+
+
+def test_slow_steps_checkpoint_within_half_an_hour_and_at_each_evaluation():
+    """8B qlora on a T4: ~93 s a step, so 100 steps were 2.6 hours a preemption could lose."""
+    spec, plan = _plan(method="qlora", gpus="1xT4")
+    assert plan.step_s > 60 and plan.save_steps < SAVE_STEPS
+    assert CHECKPOINT_MINUTES * 60 * 0.75 <= plan.save_steps * plan.step_s <= CHECKPOINT_MINUTES * 60
+    assert "save_steps chosen: every 100 steps would be ~2.6 h apart, over 30 min" in _row(spec, plan)
+    # eval_steps given: a divisor of it, so that each held-out loss is a checkpoint's (load_best_model_at_end)
+    spec, plan = _plan(["eval_split=0.05", "eval_steps=40"], method="qlora", gpus="1xT4")
+    assert plan.save_steps == 10 and "a divisor of eval_steps=40" in _row(spec, plan)
+    assert not any("not a multiple of save_steps" in n for n in plan.notes)
+    assert _plan(["eval_steps=40"], method="qlora", gpus="1xT4")[1].save_steps == 15  # no held-out data: unused
+
+
+def test_the_default_stays_where_it_fits_and_where_no_step_time_is_predicted():
+    spec, plan = _plan(method="lora", gpus="1xH100")  # ~6 s a step, an adapter of 0.5 GB: 100 steps, ~10 min
+    assert plan.save_steps == SAVE_STEPS and "save_steps chosen" not in _row(spec, plan)
+    spec, plan = _plan(method="lora", gpus="cpu", model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert plan.step_s is None and plan.save_steps == SAVE_STEPS
+    assert _row(spec, plan).endswith("(save_steps' default: no step time predicted on CPU)")
+    spec, plan = _plan(["saves_per_epoch=4"], method="lora", gpus="1xH100")
+    assert plan.save_steps is None and _row(spec, plan).startswith("checkpoints    4 an epoch (saves_per_epoch), ~")
+    spec, plan = _plan(["max_steps=500"], method="fft", gpus="8xH100")
+    assert _row(spec, plan).endswith(
+        "none before the end (max_steps=500); save_steps chosen: every 100 steps "
+        "would spend over 10% of the run writing them"
+    )
+
+
+def test_the_chosen_save_steps_is_what_the_trainer_saves_at_and_records(fft_8xh100, tmp_path):
+    spec, plan = fft_8xh100
+    f = tmp_path / "spec.json"
+    f.write_text(dump_run(spec, plan))
+    loaded, _ = load_run(str(f))  # what the trainer reads: its TrainingArguments' save_steps is checkpoint_every
+    assert loaded.checkpoint_every == plan.save_steps and settings(loaded, plan)["save_steps"] == plan.save_steps
+    # a spec.json written before plans chose it: saved at the default, as then
+    old = json.loads(f.read_text())
+    del old["plan"]["save_steps"], old["plan"]["step_s"]
+    f.write_text(json.dumps(old))
+    assert load_run(str(f))[0].checkpoint_every == SAVE_STEPS
+    # a checkpoint saved at the old default resumes under the chosen one: a followed setting, said once
+    checkpoint = tmp_path / "checkpoint-300"
+    checkpoint.mkdir()
+    write_manifest(str(checkpoint), 300, 1, "abc", settings=settings(spec, plan))  # as_run: save_steps 100
+    said = changes(str(checkpoint), settings(loaded, plan))
+    assert said.changed == {"save_steps": (SAVE_STEPS, plan.save_steps)} and not said.applied and not said.new_data
