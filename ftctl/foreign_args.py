@@ -81,7 +81,7 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     from ftctl.spec import canonical_key
 
     known = {o for p in command.params for o in p.opts}
-    line, turned, dropped, args = ["ftctl"], 0, [], list(argv)
+    line, turned, dropped, args, keys = ["ftctl"], 0, [], list(argv), {}
     while args:
         word = args.pop(0)
         name, eq, value = word.partition("=")
@@ -98,11 +98,38 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
         flag = flag_for(key, command)
         line += [flag, value] if flag else ["-o", f"{key}={value}"]
         turned += 1
+        keys[key] = value
     if turned < 2:
         return None
     left = f" (left out: {', '.join(dropped)}; `ftctl keys NAME` says what each is here)" if dropped else ""
+    if method := _full_rate(keys, argv, command):
+        line += ["--method", "fft"]
+        left += method
     return f"FastChat's and TRL's --KEY VALUE flags are run keys here; as {command.name} takes them{left}:\n  " + (
         shlex.join(line)
+    )
+
+
+# flags of a command line that train adapters (FastChat's train_lora.py, TRL's use_peft, qlora.py's bits)
+ADAPTER_FLAGS = {"q_lora", "use_peft", "load_in_4bit", "load_in_8bit", "bits", "method", "adapter"}
+
+
+def _full_rate(keys: dict[str, str], argv: list[str], command: click.Command) -> str | None:
+    """Where a pasted line trains at a full fine-tune's rate (FastChat's train.py, TRL's sft.py without --use_peft:
+    learning_rate under 1e-4) and names no adapter, its method flag, or the method: why the line as ftctl takes it
+    asks for --method fft (lora, the default, would train adapters at that rate: barely at all). None otherwise."""
+    from ftctl.spec import LORA_KEYS, LORA_LEAST_LR
+
+    try:
+        rate = float(keys.get("learning_rate", "nan"))
+    except ValueError:
+        return None
+    asked = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    if not rate < LORA_LEAST_LR or asked & (ADAPTER_FLAGS | set(LORA_KEYS)) or not flag_for("method", command):
+        return None
+    return (
+        f" (--method fft: learning_rate {rate:g} with no LoRA flag is FastChat's train.py, TRL without --use_peft: "
+        "every weight trained; lora, ftctl's default, trains adapters at 1e-4 to 2e-4)"
     )
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ftctl.errors import FtctlError
 from ftctl.spec import RunSpec, split_paths
-from ftctl.trainer.formats import Row, data_digest, file_name, llama_factory_notes, load_rows
+from ftctl.trainer.formats import REASONING_KEYS, Row, data_digest, file_name, llama_factory_notes, load_rows
 from ftctl.trainer.masks import (
     MaskError,
     assistant_spans,
@@ -129,6 +129,10 @@ class DataReport:
                 + ("" if w is None else f"; x{w:g}: {mixed_rows(rows, w):,} rows an epoch")
                 for (name, rows, tokens), w in zip(s.datasets, weights)
             ]
+            if self.weights and (
+                shares := weights_as_shares([(n, r) for n, r, _ in s.datasets], list(zip(s.datasets, self.weights)))
+            ):
+                lines.append(f"  warning: {shares}")
         if s.histogram:
             lines.append("  length histogram (tokens before truncation):")
             width = max(len(label) for label, _ in s.histogram)
@@ -291,6 +295,7 @@ def prepare_data(
     if any(row.text is None and not row.problems for row in rows):  # conversations: the template renders them
         if note := ensure_chat_template(tokenizer):
             report.notes.append(note)
+    _refuse_dropped_reasoning(tokenizer, rows)
     work = _Work(rows, tokenizer, max_length, every_token, special)
     chunks = _tokenized(work, _processes(num_proc, len(rows), sharing))  # in order, on one process or several
     for lo, hi, done in chunks:  # a chunk at a time: its tokens kept as arrow arrays, not Python lists
@@ -377,7 +382,9 @@ def prepare_data(
             f"{'s' * (missing_eot != 1)}): "
             "the model will not learn to stop; use a template that ends turns with the eos token"
         )
-    if written_out:
+    if written_out and (templated := _templated(written_out, tokenizer)):
+        report.warnings.append(templated)
+    elif written_out:
         row, token = written_out[0]
         report.warnings.append(
             f"{len(written_out)} row(s) write the tokenizer's special tokens out in their text ({token!r} in "
@@ -423,6 +430,66 @@ def prepare_data(
     if not lengths and not report.errors:
         report.errors.append(f"{path}: no rows: the data is empty")
     return report, tokens.dataset()
+
+
+_REASONING_PROBE = "Zq7 reasoning probe"
+
+
+def _refuse_dropped_reasoning(tokenizer, rows: list[Row]) -> None:
+    """A problem on each row whose assistant turns give their reasoning (formats.REASONING_KEYS) in a field the
+    chat template does not write: training would leave the reasoning out and teach the answers alone (a template
+    that writes it, Qwen3's reasoning_content, gpt-oss's thinking, trains it with the answer)."""
+    given = {k for row in rows if not row.problems for m in row.messages for k in REASONING_KEYS if k in m}
+    dropped = [k for k in REASONING_KEYS if k in given and not _writes(tokenizer, k)]
+    for row in rows:
+        if not row.problems and (keys := [k for k in dropped if any(k in m for m in row.messages)]):
+            row.problems.append(
+                f"the chat template does not write the assistant turns' '{keys[0]}': training would leave their "
+                "reasoning out and train the answers alone; train with a template that writes it (-o "
+                "chat_template_path=TEMPLATE.jinja or a model whose template does, e.g. Qwen/Qwen3-8B; ftctl data "
+                f"check: --chat-template-path), put it in the content as the model should write it (<think>...</think> "
+                f"before the answer), or drop '{keys[0]}' from the rows"
+            )
+
+
+def _writes(tokenizer, key: str) -> bool:
+    """Whether the chat template writes an assistant turn's ``key`` (its reasoning); a template that refuses the
+    probe is taken as writing it (the rows' own rendering says what it refuses)."""
+    turns = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", key: _REASONING_PROBE}]
+    try:
+        return _REASONING_PROBE in tokenizer.apply_chat_template(turns, tokenize=False)
+    except Exception:  # jinja2's errors and friends
+        return True
+
+
+def _templated(written_out: list[tuple[Row, str]], tokenizer) -> str | None:
+    """The warning for plain-text rows that hold conversations the chat template rendered already (Unsloth's and
+    TRL's formatting_prompts_func: {"text": apply_chat_template(messages)}): trained as plain text, the loss covers
+    every token, the prompts' too, and the eos closes the template's own end of turn; None where the rows are not
+    such (another special token written out)."""
+    heads = _turn_heads(tokenizer)
+    text = [(row, token) for row, token in written_out if row.text is not None and heads and heads[0] in row.text]
+    if not text:
+        return None
+    row, _ = text[0]
+    return (
+        f"{len(text)} plain-text row(s) hold conversations a chat template rendered already ({heads[0]!r} in "
+        f"{row.where}): as plain text the loss covers every token, the prompts' too (Unsloth's train_on_responses_only "
+        "and TRL's assistant_only_loss train the answers only), and an eos follows the template's own end of turn; "
+        "give the rows as they were before the template rendered them (formatting_prompts_func's input), 'messages' "
+        "of role/content turns: ftctl renders them with the model's chat template and trains the assistant turns only"
+    )
+
+
+def _turn_heads(tokenizer) -> list[str]:
+    """What the chat template writes on the line before a user's turn (ChatML's '<|im_start|>user', Llama 3's
+    '<|start_header_id|>user<|end_header_id|>'), found by rendering one; none where it cannot."""
+    try:
+        one = tokenizer.apply_chat_template([{"role": "user", "content": _REASONING_PROBE}], tokenize=False)
+    except Exception:  # jinja2's errors and friends
+        return []
+    line = one[: one.find(_REASONING_PROBE)].rstrip().rsplit("\n", 1)[-1].strip()
+    return [line] if line else []
 
 
 # rows tokenized at a time (prepare_data): their token ids and labels go into arrow arrays (4 bytes a token) before
@@ -1113,6 +1180,9 @@ def mix(dataset, weights: list[tuple[str, float]], seed: int):
         parts.append(f"{path} {len(rows):,} x {weight:g} = {taken:,}" + ("" if taken else " (none: raise its weight)"))
     order = np.concatenate(picked) if picked else np.array([], dtype=int)
     said = f"training data mixed by data_weights: {'; '.join(parts)}; {len(order):,} rows an epoch"
+    counts = [(path, int(np.count_nonzero(sources == i))) for i, (path, _) in enumerate(weights)]
+    if shares := weights_as_shares(counts, weights):
+        said += f"\nwarning: {shares}"
     return dataset.select(order).remove_columns(["source"]), said
 
 
@@ -1125,6 +1195,28 @@ def weights_leave_out(datasets: list[tuple[str, int]], weights: list[tuple[str, 
         for (path, rows), (_, weight) in zip(datasets, weights)
         if rows and not mixed_rows(rows, weight)
     ]
+
+
+def weights_as_shares(datasets: list[tuple[str, int]], weights: list[tuple[str, float]]) -> str | None:
+    """Where data_weights read as shares of the mix (0.7,0.3: several, each under 1, summing to 1, as
+    interleave_datasets' probabilities and LLaMA-Factory's interleave_probs are) and the datasets' sizes make the mix
+    other shares: what the mix is, and the weights that give those shares without repeating a row. None otherwise."""
+    given = [w for _, w in weights]
+    rows = [n for _, n in datasets]
+    if len(given) < 2 or max(given) >= 1 or abs(sum(given) - 1) > 1e-6 or not all(rows):
+        return None
+    taken = [mixed_rows(n, w) for n, w in zip(rows, given)]
+    total = sum(taken) or 1
+    if all(abs(t / total - w) < 0.02 for t, w in zip(taken, given)):
+        return None  # datasets of one size: the shares they read as
+    scale = max(w / n for w, n in zip(given, rows))
+    meant = [w / n / scale for w, n in zip(given, rows)]
+    mix = ", ".join(f"{path} {t:,} rows ({100 * t / total:.0f}%)" for (path, _), t in zip(datasets, taken))
+    return (
+        f"data_weights {','.join(f'{w:g}' for w in given)} sum to 1, but they are no shares of the mix: each is how "
+        f"many times its dataset's rows train an epoch, so the mix is {mix}; for those shares, "
+        f"-o data_weights={','.join(f'{w:.3g}' for w in meant)} (no row repeated)"
+    )
 
 
 def mixed_rows(rows: int, weight: float) -> int:

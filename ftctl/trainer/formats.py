@@ -80,8 +80,15 @@ SHAREGPT_ROLES = {
 }
 # developer: OpenAI's newer name for the system role (its o-series models' chat format)
 OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
+# read in either format, not offered in an unknown role's list: Gemma's and Gemini's name for the assistant (Gemma's
+# chat template writes the assistant's turns as model's)
+MORE_ROLES = {"model": "assistant"}
 # what an OpenAI-style turn carries beside role and content, for the chat template (tool use)
 TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
+# an assistant turn's reasoning beside its content, as chat templates read it: reasoning_content (Qwen3's, DeepSeek's,
+# vLLM's and TRL's reasoning datasets), thinking (gpt-oss's), reasoning; given to the template, which writes it in
+# the turn (<think>...</think>), trained with the answer (data.py refuses it where the template drops it)
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 
 FORMAT_HINT = (
     "expected 'conversations' (ShareGPT: from/value turns), 'messages' (OpenAI: role/content turns), "
@@ -142,6 +149,8 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
                 raise storage.storage_error("no-bucket", path, endpoint_url)
             if elsewhere := storage.not_on_this_node(path):  # a Slurm node: the path may be the login node's
                 raise FtctlError(f"No data at {path}: {elsewhere}")
+            if weighed := _weight_after(path, fs):
+                raise FtctlError(weighed)
             if near := near_file(path, lambda p: p.is_dir() or is_data_file(p.name)):
                 raise FtctlError(f"No data at {path}. Did you mean {near!r}?")
             raise FtctlError(
@@ -165,6 +174,19 @@ def resolve_files(path: str, endpoint_url: str | None = None, quick: bool = Fals
     # named as the user spelled the directory, so that rows are reported relative to it
     top = root.rstrip("/")
     return [storage.join(path, *posixpath.relpath(p, top).split("/")) for p in found]
+
+
+def _weight_after(path: str, fs) -> str | None:
+    """Where ``path`` is a dataset with a weight after it (``chats.jsonl:0.5``, ``code.jsonl*2``, other tools'
+    spellings of a mix) and the dataset is there: how ftctl takes the weight."""
+    found = re.fullmatch(r"(.+?)\s*[:*@#]\s*(\d+(?:\.\d*)?|\.\d+)", path)
+    if not found or storage.scheme(path) not in ("", "file") or not fs.exists(storage.filesystem(found[1])[1]):
+        return None
+    return (
+        f"No data at {path}: a dataset's weight is data_weights, one a dataset in data_path's order: --data "
+        f"{found[1]} ... -o data_weights={found[2]},... (each dataset's rows that many times an epoch; in a run file "
+        f"data_path: {{{found[1]}: {found[2]}, ...}})"
+    )
 
 
 def _matching(fs, path: str, root: str, endpoint_url: str | None, quick: bool) -> list[str]:
@@ -573,14 +595,17 @@ def to_row(where: str, record: Any) -> Row:
         if not text.strip():
             return Row(where=where, format="text", problems=["empty turn: 'text' is empty"])
         return Row(where=where, format="text", text=text)
-    keys = ", ".join(map(repr, record)) or "none"
+    if renames := _renames(record):
+        return Row(where=where, format="unknown", problems=[f"not a conversation: keys {_keys(record)}; {renames}"])
     texts = [k for k, v in record.items() if isinstance(v, str) and k != "id"]
     plain = (  # TRL's dataset_text_field: a plain-text column of another name
         f"; plain text in {texts[0]!r}: -o dataset_text_field={texts[0]} (TRL's key) reads it"
         if len(texts) == 1
         else ""
     )
-    return Row(where=where, format="unknown", problems=[f"not a conversation: keys {keys}; {FORMAT_HINT}{plain}"])
+    return Row(
+        where=where, format="unknown", problems=[f"not a conversation: keys {_keys(record)}; {FORMAT_HINT}{plain}"]
+    )
 
 
 def _not_sft(record: dict) -> str | None:
@@ -597,8 +622,54 @@ def _not_sft(record: dict) -> str | None:
             "learn; leave such rows out (a row with label true trains)"
         )
     if "prompt" in record and not {"completion", "text"} & set(record):
+        if renames := _question_answer(record):  # {"prompt": ..., "response": ...}: SFT rows, the answer renamed
+            return f"not a conversation: keys {_keys(record)}; {renames}"
         return "a 'prompt' without a 'completion' (RL data): nothing to train on; add the answer as 'completion'"
     return None
+
+
+# the fields other datasets hold a question and its answer in (Dolly's instruction/context/response, GSM8K's
+# question/answer, Magpie's instruction/response ...), and the Alpaca field each is (the chat template renders
+# Alpaca rows, the loss on the output)
+QUESTION_FIELDS = {"instruction": "instruction", "question": "instruction", "query": "instruction"}
+QUESTION_FIELDS |= {"prompt": "instruction", "input": "instruction", "context": "input"}
+ANSWER_FIELDS = {"response": "output", "answer": "output", "output": "output", "target": "output"}
+ANSWER_FIELDS |= {"reply": "output", "completion": "output"}
+# a list of turns under another name (axolotl's field_messages): each turn's keys, as a format names them
+TURN_KEYS = (("role", "content", "messages"), ("from", "value", "conversations"))
+
+
+def _renames(record: dict) -> str | None:
+    """How to name a row's fields so that a format reads it, where they are turns under another name or a question
+    and its answer (_question_answer); None where they are neither."""
+    for key, value in record.items():
+        if isinstance(value, list) and value and all(isinstance(t, dict) for t in value):
+            for role, text, name in TURN_KEYS:
+                if all(role in t and (text in t or "tool_calls" in t) for t in value):
+                    return (
+                        f"'{key}' holds {role}/{text} turns: rename it '{name}' (ftctl reads turns by that name, not "
+                        "by axolotl's field_messages)"
+                    )
+    return _question_answer(record)
+
+
+def _question_answer(record: dict) -> str | None:
+    """How to name a row's fields as Alpaca's, where they are a question and its answer under other names
+    (QUESTION_FIELDS, ANSWER_FIELDS); None where they are not."""
+    texts = {k for k, v in record.items() if isinstance(v, str)}
+    answer = next((k for k in ANSWER_FIELDS if k in texts), None)
+    asked = [k for k in QUESTION_FIELDS if k in texts and k != answer]
+    if not (answer and asked):
+        return None
+    first, *more = asked
+    names = {first: "instruction", **({"context": "input"} if "context" in more else {}), answer: "output"}
+    renamed = {k: v for k, v in names.items() if k != v}
+    said = ", ".join(f"'{k}' -> '{v}'" for k, v in renamed.items())
+    return f"a question and its answer: rename {said} (Alpaca: the chat template renders it, the loss on the output)"
+
+
+def _keys(record: dict) -> str:
+    return ", ".join(map(repr, record)) or "none"
 
 
 # OpenAI's text content parts: its Chat Completions' (text) and Responses' (input_text, output_text)
@@ -641,11 +712,13 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
     for n, turn in enumerate(turns, start=1):
         if isinstance(turn, dict) and role_key not in turn and "role" in turn:  # tolerate role/content in ShareGPT
             role_key, text_key = "role", "content"
+        if isinstance(turn, dict) and role_key not in turn and "from" in turn and "value" in turn:  # and from/value
+            role_key, text_key, roles = "from", "value", SHAREGPT_ROLES  # in 'messages' (human, gpt)
         if not isinstance(turn, dict) or role_key not in turn or (text_key not in turn and "tool_calls" not in turn):
             row.problems.append(f"not a conversation: turn {n} must be an object with '{role_key}' and '{text_key}'")
             continue
         role = turn[role_key]
-        mapped = roles.get(role.lower()) if isinstance(role, str) else None
+        mapped = roles.get(role.lower(), MORE_ROLES.get(role.lower())) if isinstance(role, str) else None
         if mapped is None:
             hint = did_you_mean(str(role), roles).strip()  # the problems of a row are joined with "; "
             row.problems.append(
@@ -685,6 +758,8 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
         extra = {k: turn[k] for k in TOOL_KEYS if tooled and turn.get(k) is not None}
         if fmt == "sharegpt" and mapped == "tool" and "name" not in extra and (name := _answered(row.messages)):
             extra["name"] = name  # as transformers' tool-use examples name a result, for templates that write it
+        if mapped == "assistant":  # its reasoning, for the template to write (data.py: where it does not, refused)
+            extra.update({k: turn[k] for k in REASONING_KEYS if isinstance(turn.get(k), str) and turn[k].strip()})
         weight, problem = _turn_weight(turn, mapped, fmt)
         if problem:
             row.problems.append(f"turn {n} ({role}) {problem}")
