@@ -354,6 +354,19 @@ def all_reduce_in_bf16(accelerator) -> None:
     accelerator.ddp_handler.comm_hook = DDPCommunicationHookType.BF16
 
 
+def adapter_state_dict(model) -> dict:
+    """An FSDP-sharded PEFT model's trainable weights (its adapter, and what it trains whole: modules_to_save, a
+    trained head) gathered whole, on the CPU of rank 0 (the other ranks get {}); every rank takes part. What a lora run
+    under FSDP saves as its adapter, in each checkpoint-N and at the end (sft_trainer.save_model): transformers' save
+    of an FSDP model gathers the whole model (accelerator.get_state_dict: the frozen base too) into rank 0's RAM at each
+    save, of which PEFT then writes the adapter's part, a few MB: for a 70B base, 140 GB in one host's memory and
+    over the network at every checkpoint. The file is the same adapter_model.safetensors, whole and loadable."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    return get_model_state_dict(model, options=options)
+
+
 def fsdp_outputs_as_computed(accelerator) -> None:
     """FSDP2 without casting the model's outputs: accelerate's bf16 policy sets ``output_dtype=bf16``, and the
     root module's outputs are ftctl's loss sums (lm_head.py: fp32 sums of log-probabilities over every token of

@@ -6,6 +6,16 @@ record, which every checkpoint carries a copy of (ftctl-metrics.jsonl), so the a
 on any node, reads it there; W&B is asked to resume it (WANDB_RESUME=allow). A run that starts afresh, also into an
 output an earlier run used, gets a new one. The user's own WANDB_RUN_ID / WANDB_RESUME / WANDB_DIR win.
 
+An attempt that resumes checkpoint-N after W&B logged up to step M > N (the run was stopped between checkpoints)
+trains steps N+1..M again and logs them again: transformers' W&B callback logs without W&B's ``step`` (W&B's own
+_step goes on from where the earlier attempt's ended, which online W&B hands back on resume; train/global_step is the
+charts' x-axis), so nothing
+is dropped, and W&B keeps the earlier attempt's values of those steps too: its charts show steps N+1..M twice
+(wandb_retrained says so as the attempt starts). W&B's rewind (wandb.init(resume_from="ID?_step=K")), which would
+cut them, is not asked for: it is a preview W&B enables per account on request (not on self-managed servers), nothing
+to ask of every run, and its K is W&B's _step, not the trainer's step (each checkpoint would have to record W&B's
+_step at its save).
+
 TensorBoard writes into the output's ``runs/`` (not transformers' directory per attempt: one run in TensorBoard, not
 one per attempt), and an attempt that resumes from step N hides what an earlier attempt logged after N (the
 writer's purge_step), so the curve has each step once.
@@ -124,6 +134,39 @@ def finish_wandb(failed: bool = False) -> None:
     if wandb is not None and wandb.run is not None:
         wandb.finish(exit_code=1 if failed else 0)
         wandb.teardown()  # W&B reads its variables once a session: the next run's (wandb_env) are read again
+
+
+def retrained_line(step: int) -> str | None:
+    """What this process's W&B run (resumed from checkpoint-``step``) gets, where W&B logged steps after ``step``:
+    the last step it logged is its summary's train/global_step, which online W&B hands back on resume (none offline:
+    None, as for a run that is not resumed or logs to no W&B run)."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None)
+    if run is None or step <= 0:
+        return None
+    logged = run.summary.get("train/global_step")
+    if not isinstance(logged, (int, float)) or logged <= step:
+        return None
+    logged = int(logged)
+    again = f"step {logged}" if logged == step + 1 else f"steps {step + 1}-{logged}"
+    return (
+        f"W&B: run {run.id} logged up to step {logged}; {again}, trained again from checkpoint-{step}, are logged "
+        "to it again, and W&B keeps their earlier values too: its charts show them twice (metrics.jsonl and "
+        "TensorBoard's runs/ hold the new ones only)"
+    )
+
+
+def wandb_retrained(trainer, echo) -> None:
+    """Says retrained_line on rank 0 as the resumed attempt starts training (after transformers' W&B callback has
+    resumed the run: it comes first among the Trainer's callbacks)."""
+    from transformers import TrainerCallback
+
+    class Retrained(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero and (line := retrained_line(state.global_step)):
+                echo(line)
+
+    trainer.add_callback(Retrained())
 
 
 def tensorboard_here(trainer, local_dir: str) -> None:
