@@ -42,7 +42,7 @@ from ftctl import gpus as gpu_table
 from ftctl import lease, userconfig
 from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import container_kind
-from ftctl.plan import Plan, dump_run, make_plan, with_lora_targets
+from ftctl.plan import Plan, checkpoint_cost, dump_run, make_plan, with_lora_targets, with_save_steps
 from ftctl.runpaths import RunPaths
 from ftctl.spec import (
     BACKENDS,
@@ -348,6 +348,8 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
     b = get(name)
     on_nodes = RunSpec(**json.loads(rendered.files[rendered.paths.spec.name])["spec"])  # as the trainer reads it
     findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus(), on_nodes, dry_run=dry_run)
+    if cost := checkpoint_cost(rendered.spec, rendered.plan):  # saving would take the run's time, or outpace uploads
+        findings.append(preflight.Finding(preflight.WARNING, *cost))
     if dry_run:
         click.echo(f"backend: {name} ({why})", err=True)
         if rendered.image:
@@ -447,6 +449,7 @@ def prepare(spec: RunSpec, why: str | None = None) -> Rendered:
         refuse_local_paths(spec, name)
     spec, plan = backend.resolve(spec)
     spec = with_lora_targets(spec, plan.model)[0]  # as the plan has them: spec.json's, the checkpoints' settings
+    spec = with_save_steps(spec, plan)  # the save_steps the plan chose, where the run gives none: recorded the same
     image = backend.image(spec, plan)
     if image and image.container and not spec.container:
         spec = replace(spec, container=image.container)

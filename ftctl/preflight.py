@@ -1036,7 +1036,8 @@ def check_signal_lead(spec, plan) -> list[Finding]:
 
 
 def check_disk(spec, plan) -> list[Finding]:
-    """A local output: room for the checkpoints kept (save_total_limit) and the final model."""
+    """A local output: room for the checkpoints kept (save_total_limit) and, beside them, the next one (written
+    before the oldest is deleted: the sync callback rotates once it is complete) or the final model."""
     if storage.scheme(spec.output) not in ("", "file"):
         return []
     path = storage.filesystem(spec.output)[1]
@@ -1056,12 +1057,14 @@ def check_disk(spec, plan) -> list[Finding]:
                 "free some space or choose --output on a larger disk (or an object store).",
             )
         ]
-    if kept * one + final > free:
+    beside = "the next one (written before the oldest is deleted)" if one >= final else "the final model"
+    if kept * one + max(one, final) > free:
         return [
             Finding(
                 WARNING,
-                f"--output {spec.output}: {kept} checkpoints and the final model need "
-                f"~{storage.size_text((kept * one + final) * 1e9)} ({what}); {base} has {storage.size_text(free * 1e9)} free",
+                f"--output {spec.output}: {kept} checkpoint{'s' * (kept > 1)} and {beside} need "
+                f"~{storage.size_text((kept * one + max(one, final)) * 1e9)} ({what}); {base} has "
+                f"{storage.size_text(free * 1e9)} free",
                 f"lower -o save_total_limit (now {spec.save_total_limit}"
                 + (
                     "; with held-out data the lowest loss's checkpoint is kept too"

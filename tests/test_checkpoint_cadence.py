@@ -126,3 +126,17 @@ def test_the_chosen_save_steps_is_what_the_trainer_saves_at_and_records(fft_8xh1
     write_manifest(str(checkpoint), 300, 1, "abc", settings=settings(spec, plan))  # as_run: save_steps 100
     said = changes(str(checkpoint), settings(loaded, plan))
     assert said.changed == {"save_steps": (SAVE_STEPS, plan.save_steps)} and not said.applied and not said.new_data
+
+
+def test_the_launcher_records_the_chosen_save_steps_and_warns_of_a_costly_one(monkeypatch, tmp_path):
+    """spec.json holds the plan's save_steps (the trainer rewrites it so: a relaunch compared null with it), and a
+    launch whose save_steps spends the run saving says so among the preflight's findings, not only `ftctl plan`."""
+    from ftctl.backend import prepare
+
+    monkeypatch.chdir(tmp_path)
+    flags = dict(method="fft", gpus="8xH100", backend="sky", data_path="s3://b/d.json", output_dir="s3://b/run")
+    spec, plan = _plan(**flags)
+    r = prepare(spec)
+    assert r.spec.save_steps == plan.save_steps == json.loads(r.files["spec.json"])["spec"]["save_steps"]
+    given = prepare(make_spec(["save_steps=100"], model_name_or_path=LLAMA_8B, **flags))
+    assert given.spec.save_steps == 100 and checkpoint_cost(given.spec, given.plan)

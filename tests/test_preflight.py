@@ -551,6 +551,9 @@ def test_disk_space_for_checkpoints(tmp_path, monkeypatch):
     one_kept = replace(spec, save_total_limit=1, eval_split=0.05)  # held-out data: the lowest loss's is kept too
     free(200)  # 2 checkpoints and the model: 272 GB
     assert only(check_disk(one_kept, plan), WARNING).startswith(f"--output {spec.output}: 2 checkpoints")
+    free(200)  # 1 checkpoint kept, and the next one written before it is deleted: 256 GB (not 1 and the model: 144)
+    said = only(check_disk(replace(spec, save_total_limit=1), plan), WARNING)
+    assert said.startswith(f"--output {spec.output}: 1 checkpoint and the next one (written before the oldest")
     free(100)
     assert "one checkpoint and the final model need" in only(check_disk(spec, plan))
     lora = make_plan(replace(spec, method="lora"))

@@ -12,12 +12,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ftctl.gpus import TIERS
-from ftctl.plan import Plan
+from ftctl.plan import MFU, Plan, tokens_per_second
 from ftctl.slurm.render import gib, node_memory_gb
 from ftctl.spec import RunSpec, split_paths
 
-MFU = 0.35
 BYTES_PER_TOKEN = 4
 
 
@@ -70,14 +68,6 @@ def train_tokens(spec: RunSpec, plan: Plan) -> float | None:
     return spec.num_train_epochs * sum(p.stat().st_size * w for p, w in zip(paths, weights)) / BYTES_PER_TOKEN
 
 
-def tokens_per_second(plan: Plan) -> float | None:
-    if not plan.tier:
-        return None
-    peak = TIERS[plan.tier].peak_tflops  # dense bf16 (fp16 where no bf16), the vendors' data sheets
-    per_token = (6 if plan.method in ("fft", "sft") else 4) * plan.model.params_b * 1e9
-    return plan.world_size * peak * 1e12 * MFU / per_token
-
-
 def describe(best: dict, spec: RunSpec, plan: Plan) -> str:
     if "unavailable" in best:
         return f"{'cheapest':<14} unknown: {best['unavailable']}"
@@ -113,8 +103,8 @@ def not_counted(spec: RunSpec, plan: Plan) -> str:
 
     one, final = checkpoint_gb(plan)
     saves = f"each checkpoint ({_size(one)}) and the final model ({_size(final)}) written and uploaded"
-    if spec.max_steps > 0 and not spec.saves_per_epoch:
-        n = spec.max_steps // spec.checkpoint_every
+    if spec.max_steps > 0 and plan.save_steps:  # the plan's: given, or chosen for it (plan.checkpoint_cadence)
+        n = spec.max_steps // plan.save_steps
         each = f"{n} checkpoint{'s' * (n > 1)} of {_size(one)} and " if n else ""
         saves = f"{each}the final model ({_size(final)}) written and uploaded"
     download = plan.model.params_b * 2  # GB: 16-bit safetensors, as the hub serves them (render.DOWNLOAD_BYTES)
