@@ -1380,7 +1380,7 @@ def data_mix(spec: RunSpec) -> str | None:
 
 # ------------------------------------------------------------------------------------------ checkpoints
 # What a checkpoint costs, the assumptions in one place (checkpoint_cadence). The write speed is preflight's
-# SHARED_FS_GBPS (1 GB/s: a shared filesystem, or one node's disk), which the save at Slurm's USR2 is timed with too.
+# SAVE_GBPS (0.5 GB/s, measured: bench/NOTES.md v77-v80), which the save at Slurm's USR2 is timed with too.
 UPLOAD_GBPS = 0.5  # what one node uploads a checkpoint to an object store at, in the background while training goes on
 MFU = 0.35  # the share of its GPUs' dense 16-bit peak a step takes (the price estimate's, ftctl.sky.cost)
 CHECKPOINT_MINUTES = 30  # chosen cadence: at most this much training between checkpoints (what a preemption loses)
@@ -1404,9 +1404,9 @@ def step_seconds(plan: Plan, seq: int) -> float | None:
 
 
 def _write_s(gb: float) -> float:
-    from ftctl.preflight import SHARED_FS_GBPS
+    from ftctl.preflight import SAVE_GBPS
 
-    return gb / SHARED_FS_GBPS
+    return gb / SAVE_GBPS
 
 
 def _nice(n: float, up: bool) -> int:
@@ -1500,7 +1500,7 @@ def _holds_what(plan: Plan) -> str:
 def checkpoint_row(spec: RunSpec, plan: Plan) -> str:
     """The plan's checkpoints row: how often (steps, and minutes where a step time is predicted), how large, what
     writing it takes, and what it sends to the store an hour."""
-    from ftctl.preflight import SHARED_FS_GBPS, checkpoint_gb
+    from ftctl.preflight import SAVE_GBPS, checkpoint_gb
 
     gb = checkpoint_gb(plan)[0]
     size = f"{_gb(gb)} each ({_holds_what(plan)})"
@@ -1512,7 +1512,7 @@ def checkpoint_row(spec: RunSpec, plan: Plan) -> str:
     train, write = plan.save_steps * plan.step_s, _write_s(gb)
     row = (
         f"{steps} ({_minutes(train)} at ~{plan.step_s:.2g} s a step est.), {size}, {_minutes(write)} to write at "
-        f"{SHARED_FS_GBPS:g} GB/s"
+        f"{SAVE_GBPS:g} GB/s"
     )
     if storage.is_remote(spec.output):
         row += f", {_gb(gb * 3600 / (train + write))}/h to the store"
@@ -1527,7 +1527,7 @@ def checkpoint_cost(spec: RunSpec, plan: Plan) -> tuple[str, str] | None:
     """(what is wrong, the fix) where checkpoints at the plan's save_steps would take over MAX_SAVE_SHARE of the run's
     time to write, or come faster than their upload to the store; None where they do not, or no step time is
     predicted. The chosen cadence does only where a given eval_steps holds it lower (_chosen)."""
-    from ftctl.preflight import SHARED_FS_GBPS, checkpoint_gb
+    from ftctl.preflight import SAVE_GBPS, checkpoint_gb
 
     if plan.step_s is None or not plan.save_steps:
         return None
@@ -1539,7 +1539,7 @@ def checkpoint_cost(spec: RunSpec, plan: Plan) -> tuple[str, str] | None:
     problems = []
     if share > MAX_SAVE_SHARE:
         problems.append(
-            f"writing one takes {_minutes(write)} at {SHARED_FS_GBPS:g} GB/s, {share:.0%} of the run's time"
+            f"writing one takes {_minutes(write)} at {SAVE_GBPS:g} GB/s, {share:.0%} of the run's time"
         )
     if upload > train + write:
         problems.append(

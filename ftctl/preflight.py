@@ -1006,7 +1006,9 @@ def checkpoint_gb(plan) -> tuple[float, float]:
     return files * WEIGHT_BYTES * params + OPTIMIZER_BYTES * trainable, final_bytes * params
 
 
-SHARED_FS_GBPS = 1.0  # what a cluster's shared filesystem (NFS, Lustre, GPFS) writes for one job, assumed
+# what a checkpoint is saved at, as the Trainer saves it and ftctl's manifest hashes it: 0.42-0.73 GB/s measured on
+# H100 and H200 nodes' local disks, which write 1.9 GB/s (bench/NOTES.md v77-v80); a shared filesystem is seldom faster
+SAVE_GBPS = 0.5
 STEP_MARGIN_S = 60  # the step under way when the signal comes, finished before the save
 
 
@@ -1017,7 +1019,7 @@ def check_signal_lead(spec, plan) -> list[Finding]:
     than the default 120 s to write."""
     one, _ = checkpoint_gb(plan)
     writes = 2 if storage.is_remote(spec.output) else 1  # staged on the node, then uploaded
-    need = writes * one / SHARED_FS_GBPS + STEP_MARGIN_S
+    need = writes * one / SAVE_GBPS + STEP_MARGIN_S
     if need <= spec.signal_lead_s:
         return []
     lead = math.ceil(need / 60) * 60
@@ -1028,7 +1030,7 @@ def check_signal_lead(spec, plan) -> list[Finding]:
             f"the save at Slurm's USR2 needs ~{need:.0f} s: the step under way ends (up to {STEP_MARGIN_S} s, "
             f"assumed), then a checkpoint of ~{storage.size_text(one * 1e9)} is "
             + ("written and uploaded" if writes > 1 else "written")
-            + f" at {SHARED_FS_GBPS:g} GB/s ({write:.0f} s); USR2 comes signal_lead_s={spec.signal_lead_s} s before "
+            + f" at {SAVE_GBPS:g} GB/s ({write:.0f} s); USR2 comes signal_lead_s={spec.signal_lead_s} s before "
             "the time limit, and at the limit the job is killed, mid-save",
             f"give it more: -o signal_lead_s={lead}.",
         )

@@ -710,13 +710,13 @@ def test_a_checkpoint_that_takes_longer_to_write_than_slurms_signal_lead_is_said
 
     (found,) = said(method="fft", output_dir="/shared/runs/r1")
     assert found.level == WARNING and found.what.startswith(
-        "the save at Slurm's USR2 needs ~188 s: the step under way ends (up to 60 s, assumed), then a checkpoint of "
-        "~128.5 GB is written at 1 GB/s (128 s)"
+        "the save at Slurm's USR2 needs ~317 s: the step under way ends (up to 60 s, assumed), then a checkpoint of "
+        "~128.5 GB is written at 0.5 GB/s (257 s)"
     )  # the step's 60 s were said as the checkpoint's: "a checkpoint of 0.4 MB ... needs ~60 s"
-    assert found.fix == "give it more: -o signal_lead_s=240."
+    assert found.fix == "give it more: -o signal_lead_s=360."
     (uploaded,) = said(method="fft", output_dir="s3://b/r1")  # written on the node, then sent: twice the time
-    assert "written and uploaded" in uploaded.what and uploaded.fix == "give it more: -o signal_lead_s=360."
-    assert said(method="fft", output_dir="/shared/runs/r1", signal_lead_s=240) == []
+    assert "written and uploaded" in uploaded.what and uploaded.fix == "give it more: -o signal_lead_s=600."
+    assert said(method="fft", output_dir="/shared/runs/r1", signal_lead_s=360) == []
     assert said(method="lora", output_dir="/shared/runs/r1") == []  # adapters: a few hundred MB
 
 
