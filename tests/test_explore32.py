@@ -123,3 +123,28 @@ def test_fastchats_full_fine_tuning_line_asks_for_method_fft():
     for lora in (["--lora_r", "8"], ["--q_lora", "True"], ["--method", "lora"]):
         assert "--method fft" not in CliRunner().invoke(main, line + lora).output
     assert "--method fft" not in CliRunner().invoke(main, line[:5] + ["--learning_rate", "2e-4"]).output
+
+
+def test_axolotls_template_free_segments_train_their_labelled_text_as_written(tmp_path, tiny_tokenizer):
+    """axolotl's input_output rows ({"segments": [{"label", "text"}]}, its template-free format) were "not a
+    conversation": now their text trains as written, the loss on the segments labelled true, no bos or eos added (the
+    text writes its own), no warning for the special tokens it writes on purpose."""
+    prompt = "<|im_start|>user\nWhat is 6*7?<|im_end|>\n<|im_start|>assistant\n"
+    rows = [
+        {
+            "segments": [
+                {"label": False, "text": prompt},
+                {"label": True, "text": f"42{EOT}"},
+                {"label": False, "text": "\n"},
+            ]
+        },
+        {"segments": [{"label": False, "text": "Q: hi\nA:"}, {"label": True, "text": " hello"}]},
+        {"segments": [{"text": "x"}]},
+    ]
+    report, dataset = prepare_data(write_jsonl(tmp_path / "s.jsonl", rows), tiny_tokenizer, 256)
+    assert report.errors == ["s.jsonl line 3: segment 1 has no 'label' true or false: say whether its text is trained"]
+    assert not report.warnings and report.stats.formats == {"segments": 2}, report.warnings
+    assert [trained_spans(tiny_tokenizer, r["input_ids"], r["labels"]) for r in dataset] == [[f"42{EOT}"], [" hello"]]
+    assert tiny_tokenizer.decode(dataset[1]["input_ids"]) == "Q: hi\nA: hello"  # no eos added
+    _, every = prepare_data(write_jsonl(tmp_path / "e.jsonl", rows[1:2]), tiny_tokenizer, 256, every_token=True)
+    assert trained_spans(tiny_tokenizer, every[0]["input_ids"], every[0]["labels"]) == ["Q: hi\nA: hello"]

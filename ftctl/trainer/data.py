@@ -409,6 +409,11 @@ def prepare_data(
         )
     if formats.get("text"):
         report.notes.append(f"{formats['text']} plain-text row(s) have no roles: the loss covers every token of them")
+    if formats.get("segments"):
+        report.notes.append(
+            f"{formats['segments']} segments row(s) (axolotl's input_output) train as written: no chat template, bos "
+            "or eos added; the loss covers the segments labelled true"
+        )
     if renamed:
         report.notes.append(
             f"{len(renamed)} row(s) give tool call ids that are not 9 letters and digits (the first: {renamed[0].where}),"
@@ -559,10 +564,13 @@ def _tokenize_rows(work: _Work, lo: int, hi: int) -> _Done:
             continue
         texts_of = [row.text] if row.text is not None else [m["content"] for m in row.messages]
         found = next((f.group() for t in texts_of if special and (f := special.search(t))), None)
-        if row.text is not None:
-            said.append((found, None, True, False))
+        if row.text is not None:  # plain text (from completion_at, bos and eos added), or segments as written
+            said.append((found if row.spans is None else None, None, True, False))  # (segments write their own)
             texts.append(row.text)
-            spans.append(0 if every_token else row.completion_at)
+            if row.spans is not None:
+                spans.append([(0, len(row.text))] if every_token else row.spans)
+            else:
+                spans.append(0 if every_token else row.completion_at)
             continue
         try:
             text, row_spans, has_eot = assistant_spans(tokenizer, row.messages, row.completion_at, row.tools)

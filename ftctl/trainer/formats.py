@@ -28,6 +28,8 @@ Accepted row formats (detected per row):
 - Alpaca: ``{"instruction": str, "input": str (optional), "output": str}`` -> user, assistant; LLaMA-Factory's
   ``history`` ([[question, answer], ...]) as the turns before them, trained.
 - Plain text: ``{"text": str}``: no roles, the loss covers every token.
+- axolotl's template-free input_output: ``{"segments": [{"label": bool, "text": str}, ...]}`` -> their text joined
+  as written (no chat template, bos or eos added), the loss on the segments labelled true.
 - Prompt-completion (TRL's): ``{"prompt": str, "completion": str}`` -> their text joined, bos and eos as for
   plain text, the loss on the completion and eos; or ``{"prompt": [messages], "completion": [messages]}``
   (role/content turns) -> one conversation, the loss on the completion's assistant turns only, as TRL's
@@ -109,6 +111,9 @@ class Row:
     # covers only what follows
     completion_at: int = 0
     tools: list | None = None  # the functions a tool-use conversation's template renders
+    # axolotl's input_output rows: the characters of text trained (its segments labelled true), the text tokenized as
+    # written, no bos or eos added
+    spans: list[tuple[int, int]] | None = None
     source: int = 0  # which dataset of several (data_path's order) the row is from
     dropped: int = 0  # assistant turns before the first user turn, left out
     # (file name, "line" | "row", number) that ``where`` says; None for a whole file (one that cannot be read)
@@ -580,6 +585,8 @@ def to_row(where: str, record: Any) -> Row:
         return _with_tools(_with_system(row, record), record)
     if "instruction" in record and "output" in record:
         return _alpaca(where, record)
+    if "segments" in record:
+        return _segments(where, record["segments"])
     if problem := _not_sft(record):
         return Row(where=where, format="unknown", problems=[problem])
     if "prompt" in record and "completion" in record:
@@ -606,6 +613,33 @@ def to_row(where: str, record: Any) -> Row:
     return Row(
         where=where, format="unknown", problems=[f"not a conversation: keys {_keys(record)}; {FORMAT_HINT}{plain}"]
     )
+
+
+SEGMENT = "{'label': true (trained) or false (context), 'text': ...}"
+
+
+def _segments(where: str, segments: Any) -> Row:
+    """axolotl's template-free rows (type: input_output): ``segments`` of text, each trained (label true) or context
+    (false), tokenized as written: no chat template, bos or eos added (the text writes its own special tokens)."""
+    row = Row(where=where, format="segments")
+    if not isinstance(segments, list) or not segments:
+        row.problems.append(f"not a conversation: 'segments' must be a list of {SEGMENT} (axolotl's input_output)")
+        return row
+    text, spans = "", []
+    for n, segment in enumerate(segments, start=1):
+        if not (isinstance(segment, dict) and isinstance(segment.get("text"), str)):
+            row.problems.append(f"segment {n} must be {SEGMENT}")
+            return row
+        if not isinstance(segment.get("label"), bool):
+            row.problems.append(f"segment {n} has no 'label' true or false: say whether its text is trained")
+            return row
+        if segment["label"] and segment["text"]:
+            spans.append((len(text), len(text) + len(segment["text"])))
+        text += segment["text"]
+    if not text.strip():
+        row.problems.append("empty turn: the segments hold no text")
+    row.text, row.spans = text, spans
+    return row
 
 
 def _not_sft(record: dict) -> str | None:
