@@ -12,10 +12,11 @@ STALE_S is a trainer that was killed (or whose store went silent), and holds not
     cancel    ``release`` once the job it names was cancelled: a killed trainer could not remove it
 
 The trainer writes its lease only where it is still as read (storage.put_if): none there (If-None-Match *), or the
-stale or own lease read (If-Match its ETag, S3). Of two trainers that read it in the same instant one write holds, and
-the other reads the lease again: the winner's, live. A store that refuses the condition, or ignores it (a second
-create-only write of the lease just written is taken), gets a plain write as before, said once (race_open): there two
-trainers starting into one output within the same second can both take it.
+stale or own lease read (If-Match its ETag: S3, Azure). Of two trainers that read it in the same instant one write
+holds, and the other reads the lease again: the winner's, live. A store that refuses the condition, or ignores it (a
+second create-only write of the lease just written is taken), gets a plain write as before, said once (race_open):
+there two trainers starting into one output within the same second can both take it (GCS through gcsfs, whose writes
+over an existing object are unconditional).
 
 Each renewal too replaces only the holder's own last write (If-Match the ETag the store gave it). A trainer whose
 renewals did not reach the store for STALE_S may have been taken over by another job meanwhile: its next renewal
@@ -32,10 +33,10 @@ one (STALE_S after the last that reached the store) set ``lost`` too: another jo
 on, so the trainer stops as above, saving nothing into the output. A renewal that the store took after the trainer gave
 up waiting for its answer (a slow store) is recognised as the holder's own at the next renewal, not as another job's.
 
-How long ago a lease was renewed is judged by the store's own clock on S3 and GCS: the answer's Date less the lease's
-LastModified (GCS: its object's ``updated``), both the store's (a reader whose clock is minutes off, a node with NTP
-off, neither takes a live lease nor waits on a dead one for its clock's error). Where the store gives no such times
-(Azure here), the lease's own renewed_unix (the writer's clock) against the reader's clock.
+How long ago a lease was renewed is judged by the store's own clock on S3, GCS and Azure: the answer's Date less the
+lease's LastModified (GCS: its object's ``updated``), both the store's (a reader whose clock is minutes off, a node
+with NTP off, neither takes a live lease nor waits on a dead one for its clock's error). Where the store gives no such
+times, the lease's own renewed_unix (the writer's clock) against the reader's clock.
 
 A trainer that cannot read the lease as it starts (the store not answering, after storage's retries) does not train:
 it could not see whether another job trains into the output (``take`` raises FtctlError naming the store's error). An
@@ -135,10 +136,10 @@ def read(output: str, endpoint_url: str | None = None) -> dict | None:
 
 
 def read_tagged(output: str, endpoint_url: str | None = None) -> tuple[dict | None, str | None]:
-    """The lease in ``output`` (as :func:`read`) and which version of it that was: its S3 ETag, for a write that
-    replaces only that version (storage.put_if); None where there is none, or the store has no ETag for it. The ETag is
-    asked first: a lease renewed between the two asks is newer than its ETag, and a write on that ETag fails. On S3
-    the lease also carries its age by the store's clock (STORE_AGE, read by :func:`age_s`)."""
+    """The lease in ``output`` (as :func:`read`) and which version of it that was: its ETag (S3, Azure), for a write
+    that replaces only that version (storage.put_if); None where there is none, or the store has no ETag for it. The
+    ETag is asked first: a lease renewed between the two asks is newer than its ETag, and a write on that ETag fails.
+    The lease also carries its age by the store's clock where the store tells it (STORE_AGE, read by :func:`age_s`)."""
     fs, path = storage.filesystem(uri_of(output), endpoint_url, quick=True)
     try:
         etag, store_age = _version(fs, path)
@@ -151,12 +152,14 @@ def read_tagged(output: str, endpoint_url: str | None = None) -> tuple[dict | No
 
 
 def _version(fs, path: str) -> tuple[str | None, float | None]:
-    """The lease's ETag and, on S3, seconds since the store took its last write by the store's own clock (the HEAD
+    """The lease's ETag and seconds since the store took its last write by the store's own clock (S3: the HEAD
     answer's Date less the object's LastModified, less a second: both are whole seconds, and a live lease must never
     read as older than it is; None where either is missing). FileNotFoundError where none."""
     if "gcs" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         return None, _gcs_age(fs, path)
-    if not hasattr(fs, "call_s3"):  # Azure: no age of the store's
+    if storage.is_azure(fs):
+        return _azure_version(fs, path)
+    if not hasattr(fs, "call_s3"):
         return fs.info(path).get("ETag"), None
     bucket, _, key = path.partition("/")
     head = fs.call_s3("head_object", Bucket=bucket, Key=key)
@@ -166,6 +169,30 @@ def _version(fs, path: str) -> tuple[str | None, float | None]:
     except (KeyError, TypeError, ValueError):
         age = None
     return head.get("ETag"), age
+
+
+def _azure_version(fs, path: str) -> tuple[str | None, float | None]:
+    """The lease's ETag on Azure and seconds since Azure took its last write, by Azure's own clock: the properties
+    answer's Date less the blob's Last-Modified, less a second (both whole seconds); None where either is missing.
+    FileNotFoundError where there is none."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    answer = {}
+
+    def headers(response) -> None:
+        answer.update(response.http_response.headers)
+
+    try:
+        props = storage.azure_blob(fs, path, lambda blob: blob.get_blob_properties(raw_response_hook=headers))
+    except ResourceNotFoundError as exc:
+        if storage.store_error(exc, fs.protocol[0] + "://" + path) is not None:  # no container: the store's error
+            raise
+        raise FileNotFoundError(path) from exc
+    try:
+        age = max(0.0, (parsedate_to_datetime(answer["Date"]) - props.last_modified).total_seconds() - 1.0)
+    except (KeyError, TypeError, ValueError):
+        age = None
+    return props.etag, age
 
 
 def _gcs_age(fs, path: str) -> float | None:
@@ -230,8 +257,8 @@ def race_open(output: str, why: str) -> None:
 
 
 def age_s(lease: dict, now: float | None = None) -> float:
-    """Seconds since it was last renewed: by the store's clock where it was read with one (STORE_AGE: S3, GCS), else by
-    this machine's clock against the writer's (0 for one from a clock ahead of this one's)."""
+    """Seconds since it was last renewed: by the store's clock where it was read with one (STORE_AGE: S3, GCS, Azure),
+    else by this machine's clock against the writer's (0 for one from a clock ahead of this one's)."""
     if now is None and lease.get(STORE_AGE) is not None:
         return float(lease[STORE_AGE])
     try:
@@ -277,7 +304,7 @@ def release(output: str, endpoint_url: str | None, holder_suffix: str, etag: str
     """Remove the lease where its holder ends with ``holder_suffix`` (the cancelled job's: a killed trainer could
     not) and, given ``etag`` (a holder's own last write), where it is still that write; True where it did. Another
     job's lease is left: the delete is made only where the lease is still the version written or read (If-Match on
-    DELETE, S3); a store that refuses the condition gets a plain delete after the holder read was compared."""
+    DELETE: S3, Azure); a store that refuses the condition gets a plain delete after the holder read was compared."""
     uri = uri_of(output)
     try:
         lease, read_etag = read_tagged(output, endpoint_url)

@@ -250,9 +250,56 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
     elif protocol == "hf":  # HF_ENDPOINT read at each call, not once at huggingface_hub's import; a fresh
         # instance, so that no listing or "not found" cached before HF_TOKEN was set answers for it
         fs = cls(endpoint=os.environ.get("HF_ENDPOINT") or None, skip_instance_cache=True)
+    elif protocol == "abfs":  # adlfs reads its variables as it is made, and fsspec keeps the filesystem it made for
+        # the same arguments: passed as arguments, a changed variable (another account, a rotated key) gets a fresh one
+        fs = cls(**{arg: os.environ.get(var) or None for arg, var in _ADLFS_ENV.items()})
     else:
         fs = cls()
     return fs, path
+
+
+#: adlfs's arguments and the variables it reads them from where they are not given
+_ADLFS_ENV = {
+    "connection_string": "AZURE_STORAGE_CONNECTION_STRING",
+    "account_name": "AZURE_STORAGE_ACCOUNT_NAME",
+    "account_key": "AZURE_STORAGE_ACCOUNT_KEY",
+    "sas_token": "AZURE_STORAGE_SAS_TOKEN",
+    "client_id": "AZURE_STORAGE_CLIENT_ID",
+    "client_secret": "AZURE_STORAGE_CLIENT_SECRET",
+    "tenant_id": "AZURE_STORAGE_TENANT_ID",
+}
+
+
+def azure_endpoint() -> str | None:
+    """The blob endpoint that AZURE_STORAGE_CONNECTION_STRING names (``BlobEndpoint=``: Azurite, a private endpoint),
+    None where it names none (the account's own, https://ACCOUNT.blob.core.windows.net)."""
+    parts = dict(p.split("=", 1) for p in os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "").split(";") if "=" in p)
+    return parts.get("BlobEndpoint", "").strip().rstrip("/") or None
+
+
+def azure_account() -> str | None:
+    """The storage account adlfs uses: the connection string's AccountName, else AZURE_STORAGE_ACCOUNT_NAME."""
+    parts = dict(p.split("=", 1) for p in os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "").split(";") if "=" in p)
+    return parts.get("AccountName", "").strip() or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "").strip() or None
+
+
+def is_azure(fs) -> bool:
+    """Whether ``fs`` is adlfs's (Azure Blob)."""
+    return "abfs" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+def azure_blob(fs, path: str, call):
+    """``await call(blob_client)`` for the blob ``path`` (container/blob) of adlfs's ``fs``, run on its loop: what adlfs
+    does not pass on (a condition on a delete, the answer's headers)."""
+    from fsspec.asyn import sync
+
+    container, blob, _ = fs.split_path(path)
+
+    async def run():
+        async with fs.service_client.get_blob_client(container=container, blob=blob) as client:
+            return await call(client)
+
+    return sync(fs.loop, run)
 
 
 class _GcsfsRetriesSaid(logging.Filter):
@@ -451,25 +498,31 @@ class NoConditionalWrites(Exception):
     """The store, or its fsspec library, cannot make this write conditional (:func:`put_if`)."""
 
 
-#: error codes of a conditional write that did not hold: PreconditionFailed (412), and S3's 409 for two conditional
-#: writes of one object at once ("A conflicting conditional operation is currently in progress")
-_LOST = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+#: error codes of a conditional write that did not hold: PreconditionFailed (412; Azure's ConditionNotMet), and S3's 409
+#: for two conditional writes of one object at once ("A conflicting conditional operation is currently in progress");
+#: Azure's BlobNotFound: the version a delete was made on is gone (removed since)
+_LOST = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "ConditionNotMet", "BlobNotFound"}
 
 
 def put_if(uri: str, data: bytes, endpoint_url: str | None = None, etag: str | None = None) -> str | None:
     """Write the small object ``uri`` only where it is absent (``etag`` None: If-None-Match *; S3 since 2024-08, GCS's
     ifGenerationMatch=0, Azure's If-None-Match through s3fs/gcsfs/adlfs ``mode="create"``) or is still the version
-    read (its S3 ``etag``: If-Match, S3 since 2024-11). FileExistsError where it is not (another writer came first, or
-    removed it), NoConditionalWrites where the store or the library refuses the condition (an S3-compatible without
-    them, If-Match outside S3); a store that does not answer raises as any write. A store (or an s3fs/botocore too old
-    to send the header) that ignores the condition writes as a plain write would: ask again to find out. The ETag of
-    the version written, None where the store gave none (:func:`etag_of`)."""
+    read (its ``etag``: If-Match, S3 since 2024-11, Azure). FileExistsError where it is not (another writer came first,
+    or removed it), NoConditionalWrites where the store or the library refuses the condition (an S3-compatible without
+    them, If-Match on GCS through gcsfs); a store that does not answer raises as any write. A store (or an
+    s3fs/botocore too old to send the header) that ignores the condition writes as a plain write would: ask again to
+    find out. The ETag of the version written, None where the store gave none (:func:`etag_of`)."""
     fs, path = filesystem(uri, endpoint_url, quick=True)
-    if etag is not None and REMOTE_SCHEMES.get(scheme(uri), ("",))[0] != "s3":
+    protocol = REMOTE_SCHEMES.get(scheme(uri), ("",))[0]
+    if etag is not None and protocol not in ("s3", "abfs"):
         raise NoConditionalWrites(f"{scheme(uri)}:// through fsspec replaces an object only unconditionally")
     with _condition_held(uri, endpoint_url):
         if etag is None:
             return etag_of(fs.pipe_file(path, data, mode="create"))
+        if protocol == "abfs":  # adlfs passes these on to azure-storage-blob's upload_blob: If-Match
+            from azure.core import MatchConditions
+
+            return etag_of(fs.pipe_file(path, data, etag=etag, match_condition=MatchConditions.IfNotModified))
         return etag_of(fs.pipe_file(path, data, IfMatch=etag))
 
 
@@ -493,18 +546,32 @@ def _condition_held(uri: str, endpoint_url: str | None):
 
 
 def etag_of(answer) -> str | None:
-    """The ETag in a store's answer to a write (s3fs's pipe_file returns S3's PutObject answer); None in any other."""
-    tag = answer.get("ETag") if isinstance(answer, dict) else None
+    """The ETag in a store's answer to a write (s3fs's pipe_file returns S3's PutObject answer, adlfs's Azure's
+    upload_blob answer, whose key is ``etag``); None in any other."""
+    tag = (answer.get("ETag") or answer.get("etag")) if isinstance(answer, dict) else None
     return tag if isinstance(tag, str) and tag else None
 
 
 def delete_if(uri: str, etag: str, endpoint_url: str | None = None) -> None:
-    """Delete the small object ``uri`` only where it is still the version ``etag`` (S3's If-Match on DeleteObject).
-    FileExistsError where it is another version now (another writer replaced it) or is gone, NoConditionalWrites where
-    the store or the library refuses the condition (outside S3, an S3-compatible without it); a store that does not
-    answer raises as any delete. A store that ignores the condition deletes as a plain delete would."""
+    """Delete the small object ``uri`` only where it is still the version ``etag`` (If-Match on S3's DeleteObject,
+    on Azure's Delete Blob). FileExistsError where it is another version now (another writer replaced it) or is gone,
+    NoConditionalWrites where the store or the library refuses the condition (GCS through gcsfs, an S3-compatible
+    without it); a store that does not answer raises as any delete. A store that ignores the condition deletes as a
+    plain delete would."""
     fs, path = filesystem(uri, endpoint_url, quick=True)
-    if REMOTE_SCHEMES.get(scheme(uri), ("",))[0] != "s3":
+    protocol = REMOTE_SCHEMES.get(scheme(uri), ("",))[0]
+    if protocol == "abfs":  # adlfs's rm passes no condition on: azure-storage-blob's own delete_blob
+        from azure.core import MatchConditions
+
+        try:
+            with _condition_held(uri, endpoint_url):
+                azure_blob(
+                    fs, path, lambda blob: blob.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+                )
+        finally:
+            fs.invalidate_cache(path)
+        return
+    if protocol != "s3":
         raise NoConditionalWrites(f"{scheme(uri)}:// through fsspec deletes an object only unconditionally")
     bucket, key, _ = fs.split_path(path)
     try:
@@ -610,14 +677,21 @@ def _container(uri: str) -> str:
 
 # exception class names (botocore, aiohttp, google-auth, azure) and error codes of each kind
 _NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "ProfileNotFound", "DefaultCredentialsError"}
+_NO_CREDENTIALS |= {"CredentialUnavailableError"}  # azure-identity's: no identity of any kind found
+#: said where no credentials were found: adlfs with neither a connection string nor an account; azure-identity's chain
+#: (an account name alone) finding none
+_NO_CREDENTIALS_SAID = ("must provide either a connection_string or account_name", "failed to retrieve a token")
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+_BAD_CREDENTIALS |= {"AuthenticationFailed", "InvalidAuthenticationInfo"}  # Azure's: a wrong key, a bad SAS
+_AZURE_UNSIGNED = "server failed to authenticate the request"  # Azure's message for a signature its key refuses
 _DENIED = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden", "AuthorizationFailure"}
+_DENIED |= {"AuthorizationPermissionMismatch", "AuthorizationResourceTypeMismatch", "InsufficientAccountPermissions"}
 _NO_BUCKET = {"NoSuchBucket", "ContainerNotFound"}
 _TIMEOUT = {"ConnectTimeoutError", "ReadTimeoutError", "ServerTimeoutError", "TimeoutError", "TimeoutException"}
 #: a store that throttles (S3's 503 SlowDown, GCS's 429) and one failing on its side (500, 502, 504, an answer cut off
 #: mid-body): what S3_LIMITS' attempts retry; 501 NotImplemented (a condition the store lacks) is neither
 _BUSY = {"SlowDown", "503", "ServiceUnavailable", "Throttling", "ThrottlingException", "RequestLimitExceeded", "429"}
-_BUSY |= {"TooManyRequests", "TooManyRequestsException", "SlowDownRead", "SlowDownWrite"}
+_BUSY |= {"TooManyRequests", "TooManyRequestsException", "SlowDownRead", "SlowDownWrite", "ServerBusy"}
 _FAILING = {"InternalError", "500", "502", "504", "BadGateway", "GatewayTimeout", "InternalServerError"}
 #: a write refused because the store (or the bucket's quota) is full: Ceph RGW's 403 QuotaExceeded, MinIO's 507
 #: XMinioStorageFull and bucket quota, WebDAV-style 507 Insufficient Storage of S3-compatible gateways
@@ -656,6 +730,16 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
         emulator = gcs_emulator()
         where = f"the GCS emulator at {emulator}" if emulator else "Google Cloud Storage"
         endpoint_fix = "STORAGE_EMULATOR_HOST"  # gcsfs's endpoint: an emulator's, unset for GCS itself
+    elif protocol == "abfs":
+        endpoint, account = azure_endpoint(), azure_account()
+        if endpoint:  # Azurite, a private endpoint
+            where, endpoint_fix = (
+                f"the Azure blob endpoint {endpoint}",
+                "BlobEndpoint in AZURE_STORAGE_CONNECTION_STRING",
+            )
+        else:
+            where = f"Azure storage account {account!r}" if account else "Azure Blob Storage"
+            endpoint_fix = "AZURE_STORAGE_ACCOUNT_NAME (or the AccountName in AZURE_STORAGE_CONNECTION_STRING)"
     else:
         where, endpoint_fix = f"the {protocol} store", "the store's account settings"
     messages = {
@@ -733,13 +817,16 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
         return storage_error("offline", uri, endpoint_url)
     responses = [getattr(e, "response", None) for e in chain]  # botocore's are dicts; httpx's are not
     codes = {str(r.get("Error", {}).get("Code", "")) for r in responses if isinstance(r, dict)} - {""}
+    codes |= {code for e in chain if (code := _azure_code(e))}
     text = " ".join(str(e) for e in chain).lower()
-    if names & _NO_CREDENTIALS:
+    if names & _NO_CREDENTIALS or any(said in text for said in _NO_CREDENTIALS_SAID):
         profile = os.environ.get("AWS_PROFILE")
         detail = f" (AWS_PROFILE={profile!r} is no profile in ~/.aws)" if "ProfileNotFound" in names else ""
         return storage_error("no-credentials", uri, endpoint_url, detail)
-    if codes & _BAD_CREDENTIALS:
-        return storage_error("bad-credentials", uri, endpoint_url, f" ({', '.join(sorted(codes & _BAD_CREDENTIALS))})")
+    if codes & _BAD_CREDENTIALS or _AZURE_UNSIGNED in text:  # Azure says a wrong key so (Azurite: with the code
+        # AuthorizationFailure, which Azure itself gives to a request its firewall or a SAS's rights refuse)
+        bad = codes & _BAD_CREDENTIALS or codes & {"AuthorizationFailure"} or {"403"}
+        return storage_error("bad-credentials", uri, endpoint_url, f" ({', '.join(sorted(bad))})")
     if codes & _NO_BUCKET or "bucket does not exist" in text:
         return storage_error("no-bucket", uri, endpoint_url)
     if _codes(exc) & _FULL or "insufficient storage" in text:
@@ -796,10 +883,24 @@ def _said(codes: set[str]) -> str:
 
 
 def _codes(exc: BaseException) -> set[str]:
-    """The store's error codes and HTTP statuses in ``exc``'s chain (botocore's responses)."""
-    responses = [r for e in _chain(exc) if isinstance(r := getattr(e, "response", None), dict)]
+    """The store's error codes and HTTP statuses in ``exc``'s chain (botocore's responses, azure-core's errors)."""
+    chain = _chain(exc)
+    responses = [r for e in chain if isinstance(r := getattr(e, "response", None), dict)]
     codes = {str(r.get("Error", {}).get("Code", "")) for r in responses}
-    return (codes | {str(r.get("ResponseMetadata", {}).get("HTTPStatusCode", "")) for r in responses}) - {""}
+    codes |= {str(r.get("ResponseMetadata", {}).get("HTTPStatusCode", "")) for r in responses}
+    for e in chain:
+        if type(e).__module__.startswith("azure."):  # HttpResponseError: status_code, and the x-ms-error-code
+            codes |= {str(getattr(e, "status_code", None) or ""), _azure_code(e) or ""}
+    return codes - {""}
+
+
+def _azure_code(exc: BaseException) -> str | None:
+    """Azure's error code (x-ms-error-code: ContainerNotFound, AuthenticationFailed, ConditionNotMet ...) of an
+    azure-core error; None for any other."""
+    if not type(exc).__module__.startswith("azure."):
+        return None
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code) or "") or None
 
 
 @contextlib.contextmanager
@@ -910,6 +1011,11 @@ def redact(text: str) -> str:
         value = os.environ.get(var)
         if value and len(value) >= 4:
             text = text.replace(value, f"<{var}>")
+    # the connection string's secrets where a message quotes them alone (azure-core's errors never the whole string)
+    for part in os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "").split(";"):
+        name, _, value = part.partition("=")
+        if name.strip() in ("AccountKey", "SharedAccessSignature") and len(value) >= 4:
+            text = text.replace(value, f"<{name.strip()} of AZURE_STORAGE_CONNECTION_STRING>")
     return text
 
 

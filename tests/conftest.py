@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.tiny_fixtures",
     "tests.s3_fixtures",
     "tests.gcs_fixtures",
+    "tests.azure_fixtures",
     "tests.slurm_fixtures",
     "tests.slurm_e2e_fixtures",
     "tests.trainer_fixtures",

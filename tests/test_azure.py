@@ -1,0 +1,201 @@
+"""az:// for real: ftctl's storage layer, `ftctl sync` and the trainer's lease against Azurite's blob service
+(tests/azure_fixtures.py), reached as a user reaches an Azure storage account: adlfs with
+AZURE_STORAGE_CONNECTION_STRING. Azurite honours ETag conditions (If-Match, If-None-Match) as Azure does, so the lease's
+conditional writes are tested here, not only in units."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ftctl import checkpoints as C
+from ftctl import lease, storage
+from ftctl.cli import main
+from ftctl.errors import FtctlError
+from tests.azure_fixtures import ACCOUNT_KEY
+from tests.gcs_fixtures import wait_until
+from tests.s3_fixtures import make_checkpoint
+
+
+def test_files_are_written_read_listed_and_deleted_through_ftctl_storage(az_container, tmp_path):
+    uri = f"{az_container}/run"
+    local = tmp_path / "weights.bin"
+    local.write_bytes(os.urandom(3000))
+    storage.put_file(str(local), storage.join(uri, "checkpoint-1", "model.safetensors"))
+    assert storage.put_if(storage.join(uri, "notes.txt"), b"hello") is not None  # created, its ETag given back
+    with pytest.raises(FileExistsError):  # create-only: If-None-Match *
+        storage.put_if(storage.join(uri, "notes.txt"), b"again")
+
+    assert storage.read_bytes(storage.join(uri, "notes.txt")) == b"hello"
+    assert storage.exists(storage.join(uri, "notes.txt")) and not storage.exists(storage.join(uri, "nothing"))
+    assert storage.ls(uri) == [
+        {"name": "checkpoint-1", "type": "directory", "size": 0},
+        {"name": "notes.txt", "type": "file", "size": 5},
+    ]
+    assert storage.file_sizes(uri) == {"checkpoint-1/model.safetensors": 3000, "notes.txt": 5}
+    storage.get_file(storage.join(uri, "checkpoint-1", "model.safetensors"), str(tmp_path / "got" / "w.bin"))
+    assert (tmp_path / "got" / "w.bin").read_bytes() == local.read_bytes()
+
+    storage.rm(storage.join(uri, "notes.txt"))
+    storage.rm(storage.join(uri, "notes.txt"))  # absent: no error
+    assert storage.file_sizes(uri) == {"checkpoint-1/model.safetensors": 3000}
+    storage.rm(uri, recursive=True)
+    assert storage.ls(uri) == [] and storage.file_sizes(uri) == {}
+    assert storage.bucket_exists(uri) and not storage.bucket_exists("az://no-such-container/run")
+
+
+def test_sync_pushes_lists_and_pulls_checkpoints(az_container, tmp_path):
+    run, uri = tmp_path / "run", f"{az_container}/runs/r1"
+    for step in (1, 2):
+        C.write_manifest(str(make_checkpoint(run, step)), step, world_size=1, spec_hash="spec-abc")
+    make_checkpoint(run, 3)  # no manifest: incomplete, not pushed
+
+    said = CliRunner().invoke(main, ["sync", "push", str(run), uri])
+    assert said.exit_code == 0, said.output
+    said = CliRunner().invoke(main, ["sync", "ls", uri])
+    assert said.exit_code == 0, said.output
+    rows = [line.split()[:4] for line in said.output.splitlines() if line.startswith("checkpoint-")]
+    assert rows == [["checkpoint-1", "step", "1", "complete"], ["checkpoint-2", "step", "2", "complete"]], said.output
+
+    said = CliRunner().invoke(main, ["sync", "pull", uri, str(tmp_path / "pulled")])
+    assert said.exit_code == 0, said.output
+    pulled = tmp_path / "pulled"
+    assert sorted(os.listdir(pulled)) == ["checkpoint-1", "checkpoint-2"]
+    for step in (1, 2):
+        assert C.verify(str(pulled / f"checkpoint-{step}")) == []
+        for f in (run / f"checkpoint-{step}").rglob("*"):
+            if f.is_file():
+                assert (pulled / f"checkpoint-{step}" / f.relative_to(run / f"checkpoint-{step}")).read_bytes() == (
+                    f.read_bytes()
+                )
+
+
+def test_a_stale_etag_neither_writes_nor_deletes(az_container):
+    """put_if and delete_if on Azure: If-Match the ETag read. Before, a write on an ETag outside S3 was refused as
+    unconditional (NoConditionalWrites), and adlfs's answers (key ``etag``) read as giving none."""
+    uri = f"{az_container}/lease.json"
+    first = storage.put_if(uri, b"1")
+    second = storage.put_if(uri, b"2", etag=first)
+    assert first and second and first != second
+    with pytest.raises(FileExistsError):  # 412 ConditionNotMet: the version read was replaced since
+        storage.put_if(uri, b"3", etag=first)
+    with pytest.raises(FileExistsError):
+        storage.delete_if(uri, first)
+    assert storage.read_bytes(uri) == b"2"
+    storage.delete_if(uri, second)
+    assert not storage.exists(uri)
+    with pytest.raises(FileExistsError):  # gone: nothing to replace or delete
+        storage.put_if(uri, b"4", etag=second)
+    with pytest.raises(FileExistsError):
+        storage.delete_if(uri, second)
+
+
+def put_lease(output: str, **record) -> None:
+    fs, path = storage.filesystem(lease.uri_of(output))
+    fs.pipe_file(path, json.dumps(record).encode())
+
+
+def test_the_lease_in_az_is_held_refused_to_a_second_trainer_and_lost_to_a_takeover(az_container, monkeypatch, caplog):
+    """The lease on Azure is written with conditions (If-None-Match *, If-Match its ETag) and aged by Azure's clock:
+    before, adlfs's ETag (key ``etag``) read as none, so a stale lease was replaced and every renewal made
+    unconditionally (the open race said), a renewal after a takeover wrote over the new holder's lease, and a live
+    lease whose writer's clock was 10 minutes behind read as stale."""
+    caplog.set_level(logging.WARNING, logger="ftctl")
+    monkeypatch.setattr(lease, "_RACE_SAID", set())
+    out = f"{az_container}/runs/r1"
+    first = lease.Holder(out, None, "r1", renew_s=0.3)
+    first.take()
+    try:
+        held, etag = lease.read_tagged(out)
+        assert held["holder"] == first.id and etag and held[lease.STORE_AGE] < 5
+        assert wait_until(lambda: lease.read_tagged(out)[1] != etag, 10)  # renewed (If-Match) by its thread
+
+        monkeypatch.setattr(lease, "holder_id", lambda environ=None: "SkyPilot task sky-other_2")
+        second = lease.Holder(out, None, "r1", renew_s=0.3)
+        with pytest.raises(FtctlError, match=r"is being trained into by process .*: not training"):
+            second.take()
+        assert lease.refusal(out).startswith(f"{out} is being trained into by process ")
+
+        put_lease(out, holder="Slurm job 602", host="node9", run="r", renewed_unix=time.time() - 600)  # took it over
+        assert first.lost.wait(5), "the renewal did not find the lease taken over"
+        assert first.lost_why.startswith(f"{lease.uri_of(out)} is held by Slurm job 602 on node9 (run r, renewed ")
+        said = lease.refusal(out)  # its writer's clock 10 min behind: live by Azure's
+        assert said and said.startswith(
+            f"{out} is being trained into by Slurm job 602 on node9 (run r, renewed 0 s ago)"
+        )
+    finally:
+        first.close()
+    assert lease.read(out)["holder"] == "Slurm job 602"  # the release left the new holder's lease
+    assert lease.release(out, None, "Slurm job 602") and lease.read(out) is None
+    assert "written without a condition" not in caplog.text
+
+
+def test_two_trainers_taking_a_stale_az_lease_at_once_one_holds(az_container, monkeypatch):
+    """Both read a killed trainer's stale lease, then both write theirs: If-Match the ETag read lets one through."""
+    out = f"{az_container}/runs/race"
+    put_lease(out, holder="Slurm job 41", renewed_unix=time.time() - lease.STALE_S - 100)
+    stale_etag = lease.read_tagged(out)[1]
+    lease_stale = {"holder": "Slurm job 41", lease.STORE_AGE: lease.STALE_S + 100}
+    monkeypatch.setattr(lease, "read_tagged", lambda *a, **k: (dict(lease_stale), stale_etag))  # both read it
+    a, b = lease.Holder(out, None, "a", renew_s=60), lease.Holder(out, None, "b", renew_s=60)
+    assert a._claim(False, stale_etag) is True
+    assert b._claim(False, stale_etag) is False  # the version it read is gone: it reads again
+    a._closed.set()
+    assert json.loads(storage.read_text(lease.uri_of(out)))["run"] == "a"
+
+
+def test_store_errors_on_az_are_one_line(az_container, azurite, monkeypatch):
+    """A container that is not there, a wrong account key, no credentials at all: each one line naming what to set
+    (the key itself never). Before, the wrong key and the missing credentials were azure-core's and adlfs's
+    tracebacks, and a lease written with the wrong key read as a store refusing conditions."""
+    said = CliRunner().invoke(main, ["sync", "ls", "az://no-such-container/run"])
+    assert said.exit_code != 0 and said.output == (
+        f"error: No container 'no-such-container' at the Azure blob endpoint {azurite.endpoint}: create it, or fix "
+        "the container name in az://no-such-container/run (or BlobEndpoint in AZURE_STORAGE_CONNECTION_STRING if it "
+        "lives on another store).\n"
+    ), said.output
+
+    wrong = azurite.connection_string.replace(ACCOUNT_KEY, "A" * 86 + "==")
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", wrong)
+    said = CliRunner().invoke(main, ["sync", "ls", f"{az_container}/run"])
+    assert said.exit_code != 0 and said.output.startswith(
+        f"error: the Azure blob endpoint {azurite.endpoint} rejected the credentials for {az_container}/run "
+        "(AuthorizationFailure): check AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_KEY (or "
+        "AZURE_STORAGE_CONNECTION_STRING)"
+    ), said.output
+    assert "A" * 86 not in said.output and len(said.output.splitlines()) == 1
+    with pytest.raises(FtctlError, match=r"cannot read the trainer's lease .*rejected the credentials"):
+        lease.Holder(f"{az_container}/run", None, "r").take()
+    with pytest.raises(Exception) as e:  # the store's refusal, not a store without conditional writes
+        storage.put_if(lease.uri_of(f"{az_container}/run"), b"{}")
+    assert not isinstance(e.value, storage.NoConditionalWrites)
+    assert storage.store_error(e.value, f"{az_container}/run").kind == "bad-credentials"
+
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    said = CliRunner().invoke(main, ["sync", "ls", f"{az_container}/run"])
+    assert said.exit_code != 0 and said.output == (
+        f"error: No credentials for {az_container}/run: set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_KEY (or "
+        "AZURE_STORAGE_CONNECTION_STRING).\n"
+    ), said.output
+
+
+def test_a_job_elsewhere_gets_the_connection_string_by_name_and_its_key_is_never_said(azurite, monkeypatch):
+    env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "AWS_ENDPOINT_URL": "http://x"}
+    assert storage.job_env(["az://c/run"], files=False, environ=env) == ["AZURE_STORAGE_CONNECTION_STRING"]
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    said = storage.redact(f"failed: {azurite.connection_string} (key {ACCOUNT_KEY})")
+    assert said == "failed: <AZURE_STORAGE_CONNECTION_STRING> (key <AccountKey of AZURE_STORAGE_CONNECTION_STRING>)"
+
+
+def test_without_azurite_the_tests_fail_saying_how_to_install_it(monkeypatch, tmp_path):
+    from tests import azure_fixtures
+
+    monkeypatch.setattr(azure_fixtures, "AZURITE_BIN", Path(tmp_path / "none" / "azurite-blob"))
+    with pytest.raises(pytest.fail.Exception, match=r"Azurite .* is not installed in .*apt-get install nodejs npm"):
+        azure_fixtures.Azurite(tmp_path).start()
