@@ -4,6 +4,7 @@ data_weights read as shares of the mix, and FastChat's full fine-tuning line tak
 
 from __future__ import annotations
 
+import json
 from importlib.resources import files
 
 import pytest
@@ -75,9 +76,14 @@ def test_a_question_and_answer_named_otherwise_say_the_renames(record, said):
 
 def test_sharegpt_turns_in_messages_and_gemmas_model_role_are_read():
     """{"messages": [{"from": "human", "value": ...}]} (a ShareGPT file converted halfway) was "turn 1 must be an
-    object with 'role' and 'content'"; Gemma's and Gemini's role "model" was an unknown role."""
+    object with 'role' and 'content'"; turns stored as JSON text "'messages' is a string"; Gemma's and Gemini's role
+    "model" was an unknown role."""
     turns = [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]
     assert [m["role"] for m in to_row("a", {"messages": turns}).messages] == ["user", "assistant"]
+    as_text = to_row(
+        "a", {"messages": json.dumps([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}])}
+    )
+    assert not as_text.problems and len(as_text.messages) == 2, as_text.problems  # a Parquet column of json.dumps
     gemma = [{"role": "user", "content": "Q"}, {"role": "model", "content": "A"}]
     for key in ("messages", "conversations"):
         row = to_row("a", {key: gemma})

@@ -578,10 +578,10 @@ def to_row(where: str, record: Any) -> Row:
     if isinstance(record.get("id"), (str, int)):
         where = f"{where} (id {record['id']!r})"
     if "conversations" in record:
-        row = _turns(where, "sharegpt", record["conversations"], "from", "value", SHAREGPT_ROLES)
+        row = _turns(where, "sharegpt", _listed(record["conversations"]), "from", "value", SHAREGPT_ROLES)
         return _with_tools(_with_system(row, record), record, wrap=True)
     if "messages" in record:
-        row = _turns(where, "openai", record["messages"], "role", "content", OPENAI_ROLES)
+        row = _turns(where, "openai", _listed(record["messages"]), "role", "content", OPENAI_ROLES)
         return _with_tools(_with_system(row, record), record)
     if "instruction" in record and "output" in record:
         return _alpaca(where, record)
@@ -640,6 +640,18 @@ def _segments(where: str, segments: Any) -> Row:
         row.problems.append("empty turn: the segments hold no text")
     row.text, row.spans = text, spans
     return row
+
+
+def _listed(turns: Any) -> Any:
+    """A row's turns, where they are stored as JSON text (a Parquet column of json.dumps(messages), kept so because
+    Arrow gives every turn every key of the others): the list it holds; anything else as it is."""
+    if isinstance(turns, str) and turns.lstrip().startswith("["):
+        try:
+            listed = json.loads(turns)
+        except ValueError:
+            return turns
+        return listed if isinstance(listed, list) else turns
+    return turns
 
 
 def _not_sft(record: dict) -> str | None:
