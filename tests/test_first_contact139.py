@@ -178,3 +178,47 @@ def test_a_quick_question_says_skypilot_is_starting_its_api_server(tmp_path, mon
     assert bridge.call("statuses", jobs=[job])[0]["status"] == "GONE"
     err = capfd.readouterr().err
     assert err == ("" if up else sdk.SERVER_STARTS + "\n")
+
+
+# ------------------------------------------------------------------------------------------ a SkyPilot user's words
+def test_a_skypilot_launch_without_gpus_names_sky_launchs_forms(tmp_path):
+    """`sky launch` without --gpus starts a CPU VM; ftctl asks for the GPUs, in the form SkyPilot users write, and
+    offers --gpus cpu only where a cloud is not asked (it refuses CPUs on a cloud)."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    args = ["launch", "--backend", "sky", "--infra", "aws", "--method", "lora", "--data", "builtin:demo"]
+    r = CliRunner().invoke(main, [*args, "--output", "s3://b/runs/x", "--dry-run"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.output == (
+        "error: --gpus is required for --backend sky: the GPUs each node gets, as sky launch --gpus names them "
+        "(--gpus H100:8 or 8xH100, --gpus A100-80GB:1, --gpus L4 for one; --gpus cpu on --infra k8s or "
+        "slurm/CLUSTER).\n"
+    )
+
+
+def test_no_cloud_enabled_names_the_sky_that_enables_one(monkeypatch):
+    """The price line said SkyPilot's "Cloud access is not set up. Run: sky check", and that sky is not on PATH where
+    SkyPilot has a venv of its own (.venv-sky)."""
+    import types
+
+    from ftctl.sky import sdk
+
+    class NoCloudAccessError(Exception):
+        pass
+
+    class Dag:
+        def __enter__(self):
+            raise NoCloudAccessError("Cloud access is not set up. Run: sky check")
+
+        def __exit__(self, *exc):
+            return False
+
+    fake = types.ModuleType("sky")
+    fake.Dag, fake.optimizer = Dag, types.ModuleType("sky.optimizer")
+    fake.exceptions = types.SimpleNamespace(NoCloudAccessError=NoCloudAccessError, ResourcesUnavailableError=OSError)
+    monkeypatch.setitem(sys.modules, "sky", fake)
+    monkeypatch.setattr(sdk, "sky_cli", lambda: "/opt/venv-sky/bin/sky")
+    said = sdk.optimize({"accelerators": "H100:1"}, 1)
+    assert said == {"unavailable": "no cloud is enabled in SkyPilot here (run: /opt/venv-sky/bin/sky check)"}

@@ -119,6 +119,14 @@ class SkyBackend(Backend):
     def resolve(self, spec):
         """The plan, and the spec as SkyPilot runs it (ftctl/sky/render.py settle): one infra, the disk sized, a
         managed job's restarts on errors; what SkyPilot would ignore is refused."""
+        if (
+            not spec.gpus
+        ):  # sky launch without --gpus starts a CPU VM: here the GPUs are named (a cloud's CPUs: refused)
+            raise FtctlError(
+                "--gpus is required for --backend sky: the GPUs each node gets, as sky launch --gpus names them "
+                "(--gpus H100:8 or 8xH100, --gpus A100-80GB:1, --gpus L4 for one; --gpus cpu on --infra k8s or "
+                "slurm/CLUSTER)."
+            )
         spec, plan = super().resolve(spec)
         return sky_render.settle(spec, plan), plan
 

@@ -326,8 +326,9 @@ def optimize(resources: dict, num_nodes: int) -> dict:
     sky = _sky()
     try:
         return _cheapest(sky, resources, num_nodes)
-    except sky.exceptions.NoCloudAccessError as e:  # no cloud enabled here: a price is unknown, not an error
-        return {"unavailable": _message(e)}
+    except sky.exceptions.NoCloudAccessError:  # no cloud enabled here: a price is unknown, not an error
+        # SkyPilot's "Run: sky check" names a sky that is not on PATH where SkyPilot has a venv of its own
+        return {"unavailable": f"no cloud is enabled in SkyPilot here (run: {sky_cli()} check)"}
     except sky.exceptions.ResourcesUnavailableError as e:
         if "memory" not in resources:
             raise
