@@ -94,7 +94,8 @@ _WAITS_TAG = "ftctl-waits/"
 #: answers that someone waits on (sync ls, status, the preflight, a resume's listing, the lease's renewal): a busy or
 #: failing store's answer retried for up to ~15 s, a silent one given up after one wait; "transfer": a checkpoint's
 #: or a dataset's files, where a large part's answer may be slow (the checkpoint uploader retries on its own). GCS
-#: (gcsfs) takes their connect_s and read_s; its tries are gcsfs's own (6, pausing 1+2+4+8+16 s between them)
+#: (gcsfs) takes their connect_s and read_s; its tries are gcsfs's own (6, pausing 1+2+4+8+16 s between them). Azure
+#: (adlfs) takes connect_s, read_s, attempts and waits (_azure_limits)
 S3_LIMITS = {
     "ask": S3Limits(connect_s=10, read_s=10, attempts=5, tries=1, waits=1),
     "transfer": S3Limits(connect_s=10, read_s=120, attempts=5, tries=2, waits=2),
@@ -251,8 +252,12 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
         # instance, so that no listing or "not found" cached before HF_TOKEN was set answers for it
         fs = cls(endpoint=os.environ.get("HF_ENDPOINT") or None, skip_instance_cache=True)
     elif protocol == "abfs":  # adlfs reads its variables as it is made, and fsspec keeps the filesystem it made for
-        # the same arguments: passed as arguments, a changed variable (another account, a rotated key) gets a fresh one
-        fs = cls(**{arg: os.environ.get(var) or None for arg, var in _ADLFS_ENV.items()})
+        # the same arguments: passed as arguments, a changed variable (another account, a rotated key) gets a fresh one;
+        # the limits' timeouts too, so that an "ask" and a "transfer" each have a filesystem of their own
+        limits = S3_LIMITS["ask" if quick else "transfer"]
+        credentials = {arg: os.environ.get(var) or None for arg, var in _ADLFS_ENV.items()}
+        fs = cls(**credentials, connection_timeout=limits.connect_s, read_timeout=limits.read_s)
+        _azure_limits(fs, limits)
     else:
         fs = cls()
     return fs, path
@@ -268,6 +273,27 @@ _ADLFS_ENV = {
     "client_secret": "AZURE_STORAGE_CLIENT_SECRET",
     "tenant_id": "AZURE_STORAGE_TENANT_ID",
 }
+
+
+def _azure_limits(fs, limits: S3Limits) -> None:
+    """An Azure request bounded as an S3 one (:data:`S3_LIMITS`): seconds to connect and to wait for the next bytes of
+    an answer, ``attempts`` of a request the store answered busy or failing (503 ServerBusy, 500), of those ``waits``
+    of one that got no answer or no connection, after pauses of about 1, 3, 5, 9 s. azure-storage-blob's own (15 s
+    pauses growing by 3**n, 20 s to connect, 60 s to read, 4 attempts of each) made an "ask" of an endpoint that refuses
+    connections take 85 s (`ftctl sync ls`, the lease's read), and of one that never answers about 5 minutes: a lease
+    renewal then outlived STALE_S. adlfs passes none of these to the client it makes: they are set on it (its retry
+    policy and transport settings, which every blob client it makes shares)."""
+    client = getattr(fs, "service_client", None)
+    policy = getattr(getattr(client, "_config", None), "retry_policy", None)
+    transport = getattr(getattr(client, "_pipeline", None), "_transport", None)
+    if policy is not None and hasattr(policy, "initial_backoff"):
+        waits = limits.attempts if limits.waits is None else limits.waits
+        policy.total_retries = policy.status_retries = limits.attempts - 1
+        policy.connect_retries = policy.read_retries = waits - 1
+        policy.initial_backoff, policy.increment_base, policy.random_jitter_range = 1, 2, 1
+    config = getattr(transport, "connection_config", None)
+    if config is not None:
+        config.timeout, config.read_timeout = limits.connect_s, limits.read_s
 
 
 def azure_endpoint() -> str | None:

@@ -185,6 +185,41 @@ def test_store_errors_on_az_are_one_line(az_container, azurite, monkeypatch):
     ), said.output
 
 
+def test_an_azure_endpoint_that_refuses_or_never_answers_is_given_up_on(azure_env, monkeypatch):
+    """azure-storage-blob's own retries (pauses of 15 s and more, 20 s to connect, 60 s to read, 4 attempts) made
+    `ftctl sync ls` of an endpoint that refuses connections take 85 s, and a read of the lease from one that never
+    answers about 5 minutes (a renewal outliving STALE_S). Now S3_LIMITS apply: "ask" is one wait (here 0.5 s)."""
+    from tests.s3_fixtures import SilentEndpoint, free_port, within
+
+    def connect(endpoint: str) -> None:
+        cs = f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};BlobEndpoint={endpoint};"
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", cs)
+
+    refusing = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
+    connect(refusing)
+    t0 = time.monotonic()
+    said = within(30, CliRunner().invoke, main, ["sync", "ls", "az://ftctl-down/run"])
+    assert said.exit_code != 0 and said.output == (
+        f"error: Cannot reach the Azure blob endpoint {refusing} for az://ftctl-down/run: check BlobEndpoint in "
+        "AZURE_STORAGE_CONNECTION_STRING (is the store running there?) and the network.\n"
+    ), said.output
+    assert time.monotonic() - t0 < 10
+
+    monkeypatch.setitem(
+        storage.S3_LIMITS, "ask", storage.S3Limits(connect_s=0.5, read_s=0.5, attempts=3, tries=1, waits=1)
+    )
+    server = SilentEndpoint()
+    try:
+        connect(f"{server.endpoint}/devstoreaccount1")
+        with pytest.raises(Exception) as e:
+            within(20, storage.read_text, "az://ftctl-silent/run/trainer_state.json")
+        said = storage.store_error(e.value, "az://ftctl-silent/run/trainer_state.json")
+        assert said is not None and said.kind == "timeout", repr(e.value)
+        assert server.requests == 1  # one wait: no answer is not asked again
+    finally:
+        server.close()
+
+
 def test_a_job_elsewhere_gets_the_connection_string_by_name_and_its_key_is_never_said(azurite, monkeypatch):
     env = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "AWS_ENDPOINT_URL": "http://x"}
     assert storage.job_env(["az://c/run"], files=False, environ=env) == ["AZURE_STORAGE_CONNECTION_STRING"]
