@@ -120,7 +120,7 @@ def test_a_gpu_type_the_partition_does_not_name_is_a_warning_not_a_refusal(clust
     assert "mixed (gpu:h100:4, gpu:nvidia_a100-sxm4-80gb:4)" in said and "the plan is for H100" in said
     assert doctor(partition="gpu", gpus_per_node=8, gpu_type="H100").problems[0] in said  # as `ftctl doctor` says
     # untyped GRES: nothing is known, nothing refused, no type asked for
-    assert "#SBATCH --gpus-per-node=8\n" in _checked(gpus="8xH100", partition="untyped").text
+    assert "#SBATCH --gres=gpu:8\n" in _checked(gpus="8xH100", partition="untyped").text
 
 
 def test_too_many_nodes_says_pending_forever_once(cluster):
@@ -148,13 +148,11 @@ def test_every_refusal_is_said_at_once(cluster):
 )
 def test_launch_asks_for_the_gpu_type_as_the_partition_names_it(cluster, gpus, partition, asked):
     offline = prepared(backend="slurm", gpus=gpus, partition=partition, model_name_or_path=MODEL, output_dir="/o")
-    assert f"#SBATCH --gpus-per-node={gpus.split('x')[0]}\n" in offline.text  # prepare asks only RAM
+    assert f"#SBATCH --gres=gpu:{gpus.split('x')[0]}\n" in offline.text  # prepare asks only RAM
     rendered = _checked(gpus=gpus, partition=partition)
-    assert f"#SBATCH --gpus-per-node={asked}\n" in rendered.text
+    assert f"#SBATCH --gres=gpu:{asked}\n" in rendered.text
     assert rendered.files[rendered.paths.sbatch.name] == rendered.text  # what is written and sent
-    assert rendered.text == offline.text.replace(
-        f"--gpus-per-node={gpus.split('x')[0]}\n", f"--gpus-per-node={asked}\n"
-    )
+    assert rendered.text == offline.text.replace(f"--gres=gpu:{gpus.split('x')[0]}\n", f"--gres=gpu:{asked}\n")
 
 
 def test_launch_dry_run_prints_the_typed_request_it_would_send(cluster, capsys, tmp_path):
@@ -162,7 +160,7 @@ def test_launch_dry_run_prints_the_typed_request_it_would_send(cluster, capsys, 
         backend="slurm", gpus="8xA100", partition="gpu", model_name_or_path=MODEL, output_dir=str(tmp_path / "run")
     )
     launch(spec, dry_run=True)
-    assert "#SBATCH --gpus-per-node=a100:8\n" in capsys.readouterr().out
+    assert "#SBATCH --gres=gpu:a100:8\n" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- the nodes' RAM
@@ -174,7 +172,7 @@ def test_an_offload_plan_is_planned_for_the_ram_the_partitions_nodes_have(cluste
     rendered = prepared(**flags, output_dir="/fixed/out")
     get("slurm").check(rendered)
     assert rendered.plan.strategy == "zero2_offload" and rendered.spec.host_memory_gb == 536
-    assert "host memory: partition gpu's nodes with 1 A100-80GB have up to 536 GB of RAM (sinfo): planned for " in (
+    assert "host memory: partition gpu's nodes with 1 A100-80GB have up to 500 GiB of RAM (sinfo): planned for " in (
         rendered.plan.table(rendered.spec)
     )
     assert f"#SBATCH --mem={gib(rendered.plan.host_memory_gb)}G\n" in rendered.text  # within the nodes' 500 GiB
@@ -183,7 +181,7 @@ def test_an_offload_plan_is_planned_for_the_ram_the_partitions_nodes_have(cluste
         launch(make_spec(**flags, output_dir=str(tmp_path / "run")), dry_run=True)
     except FtctlError:
         pass
-    assert "have up to 536 GB of RAM (sinfo)" in capsys.readouterr().err
+    assert "have up to 500 GiB of RAM (sinfo)" in capsys.readouterr().err
     assert (cluster / "asked").read_text() == "\n"  # plan, check and the dry run's note: one sinfo
     assert prepared(["host_memory_gb=600"], **flags).spec.host_memory_gb == 600  # the run's own number wins
 
@@ -195,14 +193,14 @@ def test_an_offload_plan_is_planned_for_the_ram_the_partitions_nodes_have(cluste
 
 def test_a_cpu_plan_is_bound_by_the_nodes_ram_and_a_refusal_says_whose(cluster):
     partition = PartitionInfo("cpu", True, True, "1:00:00", [_node(8000, "idle"), _node(16000, "down*")])
-    assert partition.host_memory(None, 1, 1) == (8, "partition cpu's nodes have up to 8 GB of RAM (sinfo)")
+    assert partition.host_memory(None, 1, 1) == (8, "partition cpu's nodes have up to 7.8 GiB of RAM (sinfo)")
     (cluster / "sinfo.out").write_text("cpu*|c1|idle|32|8000|infinite|up|(null)\n")
     flags = dict(backend="slurm", method="fft", gpus="cpu", model_name_or_path="org/m")
     assert prepared(model_params="100m", **flags).spec.host_memory_gb == 8
     with pytest.raises(FtctlError) as e:  # planned unbounded before, then refused at sbatch's --mem
         prepared(model_params="1.7b", **flags)
     assert "does not fit host_memory_gb=8 on CPU" in str(e.value)
-    assert str(e.value).endswith(" Host memory: partition cpu's nodes have up to 8 GB of RAM (sinfo).")
+    assert str(e.value).endswith(" Host memory: partition cpu's nodes have up to 7.8 GiB of RAM (sinfo).")
 
 
 def test_the_ram_of_nodes_with_the_runs_gpus_and_of_as_many_nodes_as_it_asks_for():
@@ -214,11 +212,11 @@ def test_the_ram_of_nodes_with_the_runs_gpus_and_of_as_many_nodes_as_it_asks_for
     gpu = PartitionInfo("gpu", False, True, "1:00:00", [*nodes, _node(4096000, "down*", {"a100": 8})])
     assert gpu.host_memory("A100", 8, 1) == (
         1073,
-        "partition gpu's nodes with 8 A100 have up to 1073 GB of RAM (sinfo)",
+        "partition gpu's nodes with 8 A100 have up to 1000 GiB of RAM (sinfo)",
     )
     assert gpu.host_memory("A100", 8, 2) == (
         536,
-        "2 of partition gpu's nodes with 8 A100 have 536 GB of RAM or more (sinfo)",
+        "2 of partition gpu's nodes with 8 A100 have 500 GiB of RAM or more (sinfo)",
     )
     assert gpu.host_memory("V100", 1, 1)[0] == 2147  # GPUs no node names: the partition's largest
 

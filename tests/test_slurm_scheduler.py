@@ -15,7 +15,7 @@ import pytest
 
 from ftctl.errors import FtctlError
 from ftctl.slurm import scheduler
-from ftctl.slurm.doctor import doctor, parse_gres
+from ftctl.slurm.doctor import doctor, gib_text, parse_gres
 
 HOSTILE = [
     "a b",
@@ -375,10 +375,11 @@ def test_doctor_on_the_real_cluster(slurm):
     assert doctor(partition="gpu", gpus_per_node=2, memory_gb=node_gb - 0.5).ok
     big = doctor(partition="gpu", gpus_per_node=2, memory_gb=node_gb + 100)
     (problem,) = big.problems
-    assert big.never_runs == [problem] and f"has at most {node_gb:.0f} GB a node" in problem
-    assert f"-o host_memory_gb={int(node_gb)}" in problem
-    said = f"gpu:tiny:2, {gpu.nodes[0].cpus} CPUs a node, {int(node_gb)} GB RAM a node,"  # what -o cpus_per_task
-    assert said in report.format()  # and -o host_memory_gb can take
+    assert big.never_runs == [problem] and f"has at most {gpu.nodes[0].memory_mb // 1024} GiB a node" in problem
+    assert f"-o host_memory_gb={int(node_gb)} (in GB" in problem
+    # in GiB, as --mem's G and Slurm's RealMemory (MiB) count it; -o cpus_per_task takes the CPUs
+    said = f"gpu:tiny:2, {gpu.nodes[0].cpus} CPUs a node, {gib_text(gpu.nodes[0].memory_mb)} GiB RAM a node,"
+    assert said in report.format()
 
 
 def test_what_doctor_accepts_runs_and_what_it_flags_fails(slurm, tmp_path):
@@ -388,19 +389,39 @@ def test_what_doctor_accepts_runs_and_what_it_flags_fails(slurm, tmp_path):
     assert report.ok and report.gres_type == "tiny"
     script = write_script(  # the typed request launch renders where the GRES names the type
         tmp_path / "gpu.sbatch",
-        ["--partition=gpu", f"--gpus-per-node={report.gres_type}:2", "--output=gpu.out"],
+        ["--partition=gpu", f"--gres=gpu:{report.gres_type}:2", "--output=gpu.out"],
         'echo "cvd=$CUDA_VISIBLE_DEVICES host=$(hostname)"',
     )
     job = scheduler.submit(script, cwd=tmp_path)
     assert slurm.wait_done(job, 30) == "COMPLETED"
     assert (tmp_path / "gpu.out").read_text() == "cvd=0,1 host=node3\n"
     assert doctor(partition="debug", gpus_per_node=2).problems
-    script = write_script(tmp_path / "cpu.sbatch", ["--partition=debug", "--gpus-per-node=2"], "true")
+    script = write_script(tmp_path / "cpu.sbatch", ["--partition=debug", "--gres=gpu:2"], "true")
     assert "Requested node configuration is not available" in one_line_error(script, tmp_path)
     mem_gb = doctor(partition="gpu").partition("gpu").nodes[0].memory_mb * 2**20 / 1e9 + 100
     assert doctor(partition="gpu", memory_gb=mem_gb).never_runs  # what launch refuses before sbatch
     script = write_script(tmp_path / "mem.sbatch", ["--partition=gpu", f"--mem={int(mem_gb)}G"], "true")
     assert "Requested node configuration is not available" in one_line_error(script, tmp_path)
+
+
+def test_the_rendered_gpu_request_runs_on_the_real_cluster(slurm, tmp_path):
+    """What launch renders for a GPU plan (--gres=gpu:TYPE:N, the --mem comment line before the #SBATCH lines, --mem
+    within the node) is taken by a real Slurm 22.05 (select/cons_tres), and the job's srun step gets its GPUs."""
+    from ftctl.slurm import render as slurm_render
+    from tests.render_fixtures import prepared
+
+    flags = dict(backend="slurm", method="qlora", gpus="2xA100", model_name_or_path="org/m", output_dir="/o")
+    rendered = prepared(["host_memory_gb=5", "model_params=8b"], **flags)  # the node's ~6 GiB: --mem=4G, its all
+    text = slurm_render.render(rendered.spec, rendered.plan, "tiny")  # the type as launch asks sinfo for it
+    # its CPUs left out: 8 a GPU, and the cluster's nodes have this machine's few
+    header = [line for line in text.splitlines() if line.startswith("#") and "--cpus-per-task" not in line]
+    assert header[3].startswith("# --mem=4G a node: ") and "#SBATCH --gres=gpu:tiny:2" in header
+    script = tmp_path / "job.sbatch"
+    body = "srun --ntasks-per-node=1 bash -c 'echo \"cvd=$CUDA_VISIBLE_DEVICES mem=$SLURM_MEM_PER_NODE\"'"
+    script.write_text("\n".join([*header, "#SBATCH --partition=gpu", body, ""]))
+    job = scheduler.submit(script, cwd=tmp_path)
+    assert slurm.wait_done(job, 30) == "COMPLETED"
+    assert (tmp_path / f"slurm-{job}.out").read_text() == "cvd=0,1 mem=4096\n"
 
 
 def test_an_offload_plan_is_planned_for_the_nodes_ram_and_one_beyond_it_refused(slurm):
@@ -411,25 +432,27 @@ def test_an_offload_plan_is_planned_for_the_nodes_ram_and_one_beyond_it_refused(
     from ftctl.backend import get
     from tests.render_fixtures import prepared
 
-    node_gb = int(doctor().partition("gpu").nodes[0].memory_gb)
+    node = doctor().partition("gpu").nodes[0]
+    node_gb = int(node.memory_gb)
     flags = dict(
         backend="slurm", method="fft", gpus="1xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5", partition="gpu"
     )
     with pytest.raises(FtctlError) as e:
         prepared(**flags)
     assert f"which has {node_gb} GB (-o host_memory_gb=" in str(e.value)
-    assert str(e.value).endswith(f" Host memory: partition gpu's nodes have up to {node_gb} GB of RAM (sinfo).")
+    ram = f"{gib_text(node.memory_mb)} GiB of RAM (sinfo)"  # the planner's -o host_memory_gb is GB: said in GiB
+    assert str(e.value).endswith(f" Host memory: partition gpu's nodes have up to {ram}.")
     rendered = prepared(["host_memory_gb=200"], **flags)
     assert rendered.plan.strategy == "zero2_offload" and "#SBATCH --mem=" in rendered.text
     with pytest.raises(
-        FtctlError, match=r"needs ~\d+ GB of CPU RAM a node \(--mem: .*\), but partition 'gpu' has at most"
+        FtctlError, match=r"asks for --mem=\d+G a node \(the job script's comment says what for\), but partition 'gpu' "
     ):
         get("slurm").check(rendered)
 
     cpu = dict(backend="slurm", method="fft", gpus="cpu", model_name_or_path="org/m")
     plan = prepared(model_params="10m", **cpu).plan
-    said = f"host memory: partition debug's nodes have up to {node_gb} GB of RAM (sinfo): planned for that"
-    assert plan.notes[-1].startswith(said)
+    said = f"host memory: partition debug's nodes have up to {ram}: planned for that"
+    assert [n for n in plan.notes if n.startswith(said)]
     with pytest.raises(FtctlError, match=f"does not fit host_memory_gb={node_gb} on CPU"):
         prepared(model_params="1.7b", **cpu)
 
@@ -448,17 +471,17 @@ def test_parse_gres_forms():
     assert parse_gres("gpu:a100:2(S:0),gpu:v100:2(S:1)") == {"a100": 2, "v100": 2}
 
 
-def test_a_partitions_ram_is_said_in_gb_as_host_memory_gb_takes_it():
+def test_a_partitions_ram_is_said_in_gib_as_mem_takes_it():
     from ftctl.slurm.doctor import NodeInfo, PartitionInfo
 
     def node(mb):
         return NodeInfo(name="n", state="idle", cpus=8, memory_mb=mb, gpus={})
 
     assert PartitionInfo("p", True, True, "1:00:00", [node(512000), node(512000)]).memory_summary == (
-        "536 GB RAM a node"  # sinfo's 512000 MB are MiB
+        "500 GiB RAM a node"  # sinfo's 512000 MB are MiB; it said "536 GB", and --mem=536G is more than it has
     )
-    assert PartitionInfo("p", True, True, "1:00:00", [node(1000), node(2048000)]).memory_summary == (
-        "1-2147 GB RAM a node"
+    assert PartitionInfo("p", True, True, "1:00:00", [node(6553), node(2048000)]).memory_summary == (
+        "6.3-2000 GiB RAM a node"
     )
     assert PartitionInfo("p", True, True, "1:00:00").memory_summary == "RAM unknown"
     assert PartitionInfo("p", True, True, "1:00:00", [node(1000), node(1000)]).cpu_summary == "8 CPUs a node"

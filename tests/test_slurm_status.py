@@ -61,13 +61,23 @@ def test_logs_of_a_job_that_ended_without_output_says_so(squeue, tmp_path):
         scheduler.logs("18", path=tmp_path / "run" / "slurm-18.out")
 
 
-def test_status_of_a_job_slurm_could_not_start_says_where_to_look(squeue, tmp_path):
+def test_status_of_a_job_slurm_could_not_start_says_where_to_look(squeue, tmp_path, monkeypatch):
     """A run dir the nodes could not write (read-only there) showed `17 FAILED on node2 (JobLaunchFailure) exit 15
-    signal 53` and nothing else: slurm-17.out is opened before the script runs, so there is no log to read either."""
+    signal 53` and nothing else: slurm-17.out is opened before the script runs, so there is no log to read either.
+    A run dir on this machine's /tmp is named as the cause (launch warns of it too: tests/test_slurm_batch135.py)."""
+    from ftctl.slurm import backend as slurm_backend
+
     run = tmp_path / "run"
     run.mkdir()
     record_job(JobRef("slurm", "17", str(run), "r", str(run)))
     squeue("17", "FAILED", nodes="node2", reason="JobLaunchFailure", exit_code=15, signal=53)
+    assert status_lines("17")[1] == (
+        f"Slurm could not start the job on node2 (JobLaunchFailure): its run dir ({run}, where slurm-17.out is "
+        f"written) is on {slurm_backend.node_local(str(run))}, which the nodes do not see; launch it again with "
+        "--output on a filesystem the nodes share (home, project or scratch space)"
+    )
+    assert slurm_backend.node_local(str(run)).startswith("this machine's ")  # pytest's tmp_path: under /tmp
+    monkeypatch.setattr(slurm_backend, "node_local", lambda path: None)  # a shared filesystem
     assert status_lines("17") == [
         "17 FAILED on node2 exit 15 signal 53",
         f"Slurm could not start the job on node2 (JobLaunchFailure): often the run dir ({run}, where slurm-17.out is "

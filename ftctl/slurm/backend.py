@@ -159,6 +159,101 @@ def path_python_lacks_ftctl() -> str | None:
     )
 
 
+# filesystems of a cluster's shared storage: a path on one is seen by the nodes
+SHARED_FS = (
+    "nfs",
+    "nfs4",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "fhgfs",
+    "ceph",
+    "cephfs",
+    "fuse.ceph",
+    "wekafs",
+    "panfs",
+    "cifs",
+    "smb3",
+    "glusterfs",
+    "fuse.glusterfs",
+    "orangefs",
+    "pvfs2",
+    "fuse.sshfs",
+    "fuse.juicefs",
+    "virtiofs",
+    "9p",
+)
+LOCAL_FS = ("tmpfs", "ramfs")  # this machine's memory: never another's
+NODE_LOCAL_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # a machine's own scratch, by convention, unless mounted shared
+
+
+def _mount_of(path: str) -> tuple[str, str]:
+    """The mount point and filesystem type holding ``path`` (/proc/self/mountinfo's longest prefix); ('', '') where
+    it cannot be read."""
+    best = ("", "")
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                point = fields[4].encode().decode("unicode_escape")  # \040 for a space
+                if (path + "/").startswith(point.rstrip("/") + "/") and len(point) >= len(best[0]):
+                    best = (point, fields[sep + 1])
+    except (OSError, ValueError, IndexError):
+        return ("", "")
+    return best
+
+
+def node_local(path: str) -> str | None:
+    """Where ``path`` is on this machine's own storage, which another machine does not see: 'this machine's /tmp',
+    'this machine's memory (tmpfs)'; None where it is on a shared filesystem (NFS, Lustre, GPFS ...) or cannot be
+    told (a home on a local disk may be exported: not said)."""
+    real = os.path.realpath(os.path.expanduser(path))
+    point, fstype = _mount_of(real)
+    if fstype in SHARED_FS or fstype.startswith("fuse"):  # a FUSE mount: a network one, mostly; not said
+        return None
+    top = next((d for d in NODE_LOCAL_DIRS if (real + "/").startswith(d + "/")), None)
+    if fstype in LOCAL_FS:
+        return f"this machine's memory ({fstype} at {point})" if top is None else f"this machine's {top} ({fstype})"
+    return f"this machine's {top}" if top else None
+
+
+def unseen_by_nodes(rendered: Rendered, report: slurm_doctor.DoctorReport) -> str | None:
+    """The run's local paths (its run directory, output, data, model) that only this machine sees (node_local),
+    where the job may run on other machines: the job's partition has a node that is not this host (sinfo's names and
+    hostnames). The run directory there, and Slurm cannot write the job's log (JobLaunchFailure, after the queue
+    wait); the data there, and the trainer cannot read it. Said at launch and in its dry run."""
+    spec = rendered.spec
+    paths = {str(rendered.paths.root): "the run directory (its spec.json, job script and log)"}
+    if not is_remote(spec.output):
+        paths.setdefault(os.path.abspath(os.path.expanduser(spec.output)), "the output")
+    for p in spec.data_paths:
+        if p and not is_remote(p) and os.path.exists(os.path.expanduser(p)):
+            paths.setdefault(os.path.abspath(os.path.expanduser(p)), "the data")
+    if os.path.isdir(os.path.expanduser(spec.model_name_or_path)):
+        paths.setdefault(os.path.abspath(os.path.expanduser(spec.model_name_or_path)), "the model")
+    found = [(p, what, where) for p, what in paths.items() if (where := node_local(p))]
+    if not found or _nodes_are_here(rendered.spec.partition, report):
+        return None
+    said = "; ".join(f"{p} ({what}) is on {where}" for p, what, where in found)
+    return (
+        f"{said}: the job's nodes do not see it unless they are this machine, and the job fails to start "
+        "(JobLaunchFailure) or finds nothing there. Put it on a filesystem the nodes share (home, project or scratch "
+        "space): --output DIR (or -o output=DIR) for the run, --data for the data."
+    )
+
+
+def _nodes_are_here(partition: str | None, report: slurm_doctor.DoctorReport) -> bool:
+    """Whether every node the job may run on is this machine (a one-machine Slurm): its /tmp is theirs."""
+    import socket
+
+    here = {socket.gethostname().split(".")[0], "localhost"}
+    names = [n.strip() for n in (partition or "").split(",") if n.strip()]
+    parts = [p for p in report.partitions if p.name in names] if names else [p for p in report.partitions if p.default]
+    nodes = [n for p in parts for n in p.nodes]
+    return bool(nodes) and all((n.hostname or n.name).split(".")[0] in here for n in nodes)
+
+
 def not_started(s: scheduler.JobStatus) -> str:
     """A job cancelled while it waited: queued, or requeued (an attempt of it ran, and may have saved a checkpoint)
     and not started again."""
@@ -321,7 +416,14 @@ class SlurmBackend(Backend):
     def resolve(self, spec):
         """The plan for the RAM the partition's nodes have (slurm_doctor.host_memory: sinfo, the answer check() and
         estimate() then reuse) where the run does not give it (-o host_memory_gb); where the controller does not
-        answer, the planner's assumption (plan.assumed_host_gb), as before."""
+        answer, the planner's assumption (plan.assumed_host_gb), as before. Its notes say what --mem asks for, and
+        why (slurm_render.memory_request, as the script's comment says it)."""
+        spec, plan = self._resolve(spec)
+        if asked := slurm_render.memory_request(spec, plan):
+            plan.notes.append(f"--mem={asked[0]}G a node: {asked[1]}")
+        return spec, plan
+
+    def _resolve(self, spec):
         if spec.host_memory_gb is not None or not spec.gpus or not shutil.which("sinfo"):
             return super().resolve(spec)
         req = gpu_table.parse(spec.gpus, spec.nodes)
@@ -386,6 +488,8 @@ class SlurmBackend(Backend):
         report.raise_if_never_runs()
         for doubt in report.doubts:
             click.echo(f"warning: {doubt}", err=True)
+        if said := unseen_by_nodes(rendered, report):
+            click.echo(f"warning: {said}", err=True)
         if report.gres_type:
             spec_json = rendered.files[rendered.paths.spec.name]
             rendered.text, rendered.files = self.render(spec, plan, rendered.paths, spec_json, report.gres_type)
@@ -427,7 +531,14 @@ class SlurmBackend(Backend):
                 raise
             return said
         note = None
-        if s.reason == "JobLaunchFailure":  # its describe() leaves an ended job's reason out
+        if s.reason == "JobLaunchFailure" and (where := node_local(ref.run_dir)):
+            note = (
+                f"Slurm could not start the job on {s.nodes or 'its node'} (JobLaunchFailure): its run dir "
+                f"({ref.run_dir}, where {ref.paths.slurm_log(ref.job_id).name} is written) is on {where}, which the "
+                "nodes do not see; launch it again with --output on a filesystem the nodes share (home, project or "
+                "scratch space)"
+            )
+        elif s.reason == "JobLaunchFailure":  # its describe() leaves an ended job's reason out
             note = (
                 f"Slurm could not start the job on {s.nodes or 'its node'} (JobLaunchFailure): often the run dir "
                 f"({ref.run_dir}, where {ref.paths.slurm_log(ref.job_id).name} is written) is not writable there or "

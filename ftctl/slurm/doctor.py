@@ -37,7 +37,7 @@ _UNUSABLE = (
     "powered_down",
     "powering_down",
 )
-_SINFO_FORMAT = "%P|%N|%t|%c|%m|%l|%a|%G"
+_SINFO_FORMAT = "%P|%N|%t|%c|%m|%l|%a|%G|%n"  # %n: the node's hostname (NodeHostname)
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class NodeInfo:
     cpus: int
     memory_mb: int
     gpus: dict[str, int]  # GPU type ('' when untyped) -> count, from the node's gres
+    hostname: str = ""  # its NodeHostname ('' where sinfo did not say)
 
     @property
     def usable(self) -> bool:
@@ -60,6 +61,11 @@ class NodeInfo:
     @property
     def memory_gb(self) -> float:
         return self.memory_mb * 2**20 / 1e9  # Slurm's MB are MiB
+
+    @property
+    def memory_gib(self) -> int:
+        """Its RAM in whole GiB, as --mem's G counts (and as a user reads Slurm memory: doctor, the plan's notes)."""
+        return self.memory_mb // 1024
 
 
 @dataclass
@@ -131,27 +137,29 @@ class PartitionInfo:
         """The RAM (GB, rounded down, as -o host_memory_gb takes it) a run's node is planned for where the run does
         not say it, and the plan's note of where it came from: the most a node has among those that can take jobs now
         (all, where none can) with ``per_node`` of the run's GPUs (``gpu_type``; where no node has them, every node),
-        for a run of several ``nodes`` the most that many have; and where that is ('partition gpu's nodes have up to 515
-        GB of RAM (sinfo)'). None where sinfo said no node's RAM."""
+        for a run of several ``nodes`` the most that many have; and where that is, in GiB as Slurm's memory is said
+        ('partition gpu's nodes have up to 500 GiB of RAM (sinfo)': 536 GB). None where sinfo said no node's RAM."""
         usable = [n for n in self.nodes if n.usable] or self.nodes
         matching = self.types_of(gpu_type) if gpu_type else []
         with_gpus = [n for n in usable if sum(c for t, c in n.gpus.items() if t in matching) >= per_node]
         counted = with_gpus or usable
-        gbs = sorted((math.floor(n.memory_gb) for n in counted if n.memory_mb), reverse=True)
-        if not gbs:
+        found = sorted((n for n in counted if n.memory_mb), key=lambda n: n.memory_mb, reverse=True)
+        if not found:
             return None
-        gb = gbs[min(nodes, len(gbs)) - 1]
+        node = found[min(nodes, len(found)) - 1]
+        gb = math.floor(node.memory_gb)
         which = f"partition {self.name}'s nodes" + (f" with {per_node} {gpu_type}" if with_gpus else "")
-        has = f"{which} have up to {gb} GB of RAM" if nodes == 1 else f"{nodes} of {which} have {gb} GB of RAM or more"
+        ram = f"{gib_text(node.memory_mb)} GiB of RAM"
+        has = f"{which} have up to {ram}" if nodes == 1 else f"{nodes} of {which} have {ram} or more"
         return gb, f"{has} (sinfo)"
 
     @property
     def memory_summary(self) -> str:
-        """The nodes' RAM, as -o host_memory_gb takes it (GB, rounded down)."""
-        gbs = sorted({math.floor(n.memory_gb) for n in self.nodes})
-        if not gbs:
+        """The nodes' RAM in GiB, as --mem's G and Slurm's RealMemory (MiB) count it (sinfo's 512000 is 500 GiB)."""
+        mbs = sorted({n.memory_mb for n in self.nodes})
+        if not mbs:
             return "RAM unknown"
-        return f"{gbs[0] if len(gbs) == 1 else f'{gbs[0]}-{gbs[-1]}'} GB RAM a node"
+        return f"{gib_text(mbs[0]) if len(mbs) == 1 else f'{gib_text(mbs[0])}-{gib_text(mbs[-1])}'} GiB RAM a node"
 
 
 @dataclass
@@ -391,17 +399,18 @@ def _node_problems(chosen: PartitionInfo, nodes: int | None) -> list[str]:
 
 
 def _memory_problems(chosen: PartitionInfo, memory_gb: float) -> list[str]:
-    """An offload or CPU plan's --mem above every node of the partition: sbatch would refuse it ("Requested node
-    configuration is not available") without saying that the plan asked for it, or what to do."""
+    """The job's --mem above every node of the partition: sbatch would refuse it ("Requested node configuration is
+    not available") without saying that the plan asked for it, or what to do."""
     if not chosen.nodes:
         return []
     most = max(n.memory_gb for n in chosen.nodes)
     if memory_gb <= most:
         return []
+    asked, has = math.ceil(memory_gb * 1e9 / 2**30), max(n.memory_gib for n in chosen.nodes)
     return [
-        f"the plan needs ~{memory_gb:.0f} GB of CPU RAM a node (--mem: an offloaded optimizer, or training on CPU), but "
-        f"partition {chosen.name!r} has at most {most:.0f} GB a node; plan for those nodes with "
-        f"-o host_memory_gb={math.floor(most)} (ftctl then picks what fits, or says nothing does)"
+        f"the plan asks for --mem={asked}G a node (the job script's comment says what for), but partition "
+        f"{chosen.name!r} has at most {has} GiB a node; plan for those nodes with -o host_memory_gb={math.floor(most)} "
+        "(in GB: ftctl then picks what fits, or says nothing does)"
     ]
 
 
@@ -453,11 +462,14 @@ def _parse_sinfo(text: str) -> list[PartitionInfo]:
         if len(cols) < 8:
             continue
         raw, node, state, cpus, mem, limit, avail, gres = (c.strip() for c in cols[:8])
+        host = cols[8].strip() if len(cols) > 8 else ""
         name = raw.rstrip("*")
         part = partitions.setdefault(
             name, PartitionInfo(name=name, default=raw.endswith("*"), available=avail == "up", time_limit=limit)
         )
-        part.nodes.append(NodeInfo(name=node, state=state, cpus=_int(cpus), memory_mb=_int(mem), gpus=parse_gres(gres)))
+        part.nodes.append(
+            NodeInfo(name=node, state=state, cpus=_int(cpus), memory_mb=_int(mem), gpus=parse_gres(gres), hostname=host)
+        )
     return list(partitions.values())
 
 
@@ -543,6 +555,11 @@ def _same_gpu(gres_type: str, wanted: str) -> bool:
     matches a100, A100, nvidia_a100-sxm4-80gb; 'A100-80GB' those too, but not a100-40gb: clusters rarely name the
     memory; 'a10' is no A100). An untyped gres ('gpu:8') cannot be told apart, so it is not flagged."""
     return not gres_type or gpu_table.same_model(gres_type, wanted)
+
+
+def gib_text(mb: int) -> str:
+    """Slurm's MiB as GiB for a user (--mem's G): '500', '6.4' under 10 (rounded down: what a node has)."""
+    return f"{math.floor(mb / 102.4) / 10:.1f}" if mb < 10 * 1024 else str(mb // 1024)
 
 
 def _int(raw: str) -> int:

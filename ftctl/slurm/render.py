@@ -6,6 +6,11 @@ are restricted to characters Slurm reads literally (names, numbers, times); ever
 body goes through ``shlex.quote``. One task per node runs the same torchrun line (c10d rendezvous at
 the first node of the allocation).
 
+What a job asks for works on any Slurm with GPUs: ``--gres=gpu[:TYPE]:N`` (cons_res and cons_tres both take it;
+--gpus-per-node is cons_tres's only), and ``--mem`` from the plan (:func:`memory_request`: what it keeps in host
+RAM, or what its processes hold as they load the model), its reason in a comment line above the #SBATCH lines,
+unless the run asks for memory itself: the partition's DefMemPerCPU gave an 8B job a few GB a CPU.
+
 Preemption and time limits: ``--signal=B:USR2@<lead>`` reaches this script; its trap creates the stop
 file the trainer polls at every step boundary (all ranks agree on the step), the trainer saves a
 checkpoint, writes ``preempted`` to its status file and exits; the script then requeues the job
@@ -52,7 +57,7 @@ from ftctl.launch import (
     trainer_env,
 )
 from ftctl.lease import UNREACHED_EXIT
-from ftctl.plan import Plan
+from ftctl.plan import DTYPE_BYTES, PROCESS_HOST_GB, Plan
 from ftctl.runpaths import SLURM_LOG_PATTERN, SLURM_STATUS_PATTERN, SLURM_STOP_PATTERN
 from ftctl.spec import RunSpec, slurm_time_s
 from ftctl.storage import JOB_ENV, REMOTE_SCHEMES, home_credentials, is_remote, scheme
@@ -102,6 +107,7 @@ OWN_OPTIONS = {
     "tasks-per-node": _ONE_TASK,  # sbatch's other name for --ntasks-per-node
     "gpus": "use --gpus",
     "gpus-per-node": "use --gpus",
+    "gres": "use --gpus (a GRES of another kind, --gres=nvme:1, is added to ftctl's --gres line)",
     "gpus-per-task": "use --gpus",
     "gpus-per-socket": "use --gpus",
     "cpus-per-task": "use -o cpus_per_task=N",
@@ -155,8 +161,8 @@ def _refuse_own_option(arg: str, key: str, val: str) -> None:
     # any abbreviation: sbatch takes --ou for --output (two letters were let through, and the log went elsewhere)
     options = (*OWN_OPTIONS, *FIXED_OPTIONS)
     own = key if key in options else next((o for o in options if key and o.startswith(key)), None)
-    if own is None and key == "gres" and any(g.startswith("gpu") for g in val.split(",")):
-        own = "gpus-per-node"
+    if own == "gres" and not _gpu_gres(val):  # nvme:1: added to ftctl's own line (sbatch_directives)
+        own = None
     if own in FIXED_OPTIONS:
         raise FtctlError(f"--sbatch-arg={arg} (--{own}): {FIXED_OPTIONS[own]}; leave it out.")
     if own is not None:
@@ -174,6 +180,32 @@ def default_cpus_per_task(gpus_per_node: int | None) -> int:
     return min(8 * gpus_per_node, 96) if gpus_per_node else 2
 
 
+def _gpu_gres(value: str) -> bool:
+    """Whether a --gres value asks for GPUs (gpu, gpu:a100:2, gpu:2)."""
+    return any(g.strip().split(":")[0] == "gpu" for g in value.split(","))
+
+
+def _is_gres(arg: str) -> bool:
+    """Whether an --sbatch-arg is sbatch's --gres (or an abbreviation of it it takes: --gre)."""
+    key = arg[2:].partition("=")[0]
+    return len(key) >= 3 and "gres".startswith(key)
+
+
+def _user_gres(spec: RunSpec) -> list[str]:
+    """The --gres values of the run's --sbatch-arg (GPUs are refused there): a GRES of another kind (nvme:1)."""
+    return [value for a in spec.sbatch_args if _is_gres(a) and (value := a.partition("=")[2])]
+
+
+def gpu_request(plan: Plan, gres_type: str | None, others: list[str] = ()) -> str:
+    """The job's GPUs: ``--gres=gpu[:TYPE]:N``, N a node, which both of Slurm's GPU-aware selectors take
+    (select/cons_res and cons_tres; --gpus-per-node is cons_tres's only, and Slurm before 23.11 may run cons_res).
+    A job step (the script's srun) gets every GRES of the job. ``others``: the run's own GRES of other kinds
+    (--sbatch-arg=--gres=nvme:1), on the same line: of two --gres lines sbatch keeps the last, and the GPUs were
+    dropped."""
+    typed = f"{_sbatch_value('gres', gres_type)}:" if gres_type else ""
+    return ",".join([f"--gres=gpu:{typed}{plan.gpus_per_node}", *others])
+
+
 def sbatch_directives(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> list[str]:
     """The #SBATCH options; ``gres_type``: the partition's name for the plan's GPU, where the cluster said it
     (launch asks sinfo: SlurmBackend.check), else the request names no type."""
@@ -182,9 +214,9 @@ def sbatch_directives(spec: RunSpec, plan: Plan, gres_type: str | None = None) -
         f"--nodes={plan.nodes}",
         "--ntasks-per-node=1",
     ]
+    merged = _user_gres(spec) if plan.tier else []
     if plan.tier:
-        typed = f"{_sbatch_value('gres', gres_type)}:" if gres_type else ""
-        d.append(f"--gpus-per-node={typed}{plan.gpus_per_node}")
+        d.append(gpu_request(plan, gres_type, [_sbatch_value("gres", g) for g in merged]))
     d.append(f"--cpus-per-task={cpus_per_task(spec, plan)}")
     for key in ("partition", "account", "qos", "time"):
         value = getattr(spec, key)
@@ -196,9 +228,10 @@ def sbatch_directives(spec: RunSpec, plan: Plan, gres_type: str | None = None) -
         "--requeue",
         f"--signal=B:USR2@{spec.signal_lead_s}",
     ]
-    if memory_request_gb(spec, plan):
-        d.append(f"--mem={gib(memory_request_gb(spec, plan))}G")
-    d += [_extra_arg(a) for a in spec.sbatch_args]
+    if asked := memory_request(spec, plan):
+        d.append(f"--mem={asked[0]}G")
+    extra = [_extra_arg(a) for a in spec.sbatch_args]  # each checked, then those of ftctl's --gres line left out
+    d += [e for e, a in zip(extra, spec.sbatch_args) if not (merged and _is_gres(a))]
     return d
 
 
@@ -215,27 +248,110 @@ def gib(gb: float) -> int:
     return math.ceil(gb * 1e9 / 2**30)
 
 
-def memory_request_gb(spec: RunSpec, plan: Plan) -> float | None:
-    """The memory (GB a node) the job asks for with ``--mem``: :func:`node_memory_gb`, unless the user asked for
-    memory in an --sbatch-arg (refused below that)."""
-    need = node_memory_gb(plan)
-    if not need:
+def gib_of(gb: float) -> str:
+    """``gb`` (1e9 B) as a user reads Slurm memory, in GiB (--mem's G), rounded up: '284 GiB', '5.6 GiB' under 10."""
+    x = gb * 1e9 / 2**30
+    return f"{x:.1f} GiB" if x < 10 else f"{math.ceil(x)} GiB"
+
+
+MEM_HEADROOM = 1.15  # --mem over the load's estimate (load_memory_gb): rough, and a cgroup counts page cache too
+CHECKPOINT_SHARD_GB = 5.0  # a Hugging Face checkpoint's largest file (save_pretrained's max_shard_size)
+_OWN_MEM = ("mem", "mem-per-cpu", "mem-per-gpu")  # sbatch's memory options, of which a job takes one
+
+
+def load_memory_gb(plan: Plan) -> tuple[float, str] | None:
+    """The host RAM (GB) a GPU node's trainer processes hold as they load the model, and what it is made of; None on
+    CPU (the plan's own memory is the processes' there). Each process's own (PROCESS_HOST_GB: CUDA, torch, the
+    tokenised rows), and the weights as transformers builds them on the CPU before they go to the GPU
+    (plan.weights_dtype, fp32 for fft/sft): every process a whole copy, except FSDP (the job's rank 0 alone:
+    accelerate's cpu_ram_efficient_loading), and qlora (placed on its GPU as loaded) and ZeRO-3 (built sharded), whose
+    processes each read the checkpoint a file at a time. Slurm's own default is the partition's DefMemPerCPU x the
+    job's CPUs, often 1-4 GB a CPU: 8B fft on 4 GPUs (4 fp32 copies, 128 GB) is OOM-killed at load on 32 CPUs'
+    64 GB. SkyPilot's VMs come with RAM by their GPUs (2x their memory), so only Slurm asks for this."""
+    if plan.tier is None:
         return None
+    n, p = plan.gpus_per_node, plan.model.params_b
+    weights = f"the {_b(p)} model's {plan.weights_dtype} weights"
+    if plan.strategy == "fsdp" and plan.method != "qlora":
+        copies, each = 1, p * DTYPE_BYTES[plan.weights_dtype]
+        how = f"the job's first process loads {weights} ({gib_of(each)})"
+    elif plan.strategy.startswith("zero3") or plan.method == "qlora":
+        copies, each = n, min(2 * p, CHECKPOINT_SHARD_GB)
+        how = f"each reads the checkpoint a file at a time (~{gib_of(each)})"
+    else:
+        copies, each = n, p * DTYPE_BYTES[plan.weights_dtype]
+        how = f"each loads {weights} ({gib_of(each)})"
+    procs = f"{n} process{'es' if n > 1 else ''} x {gib_of(PROCESS_HOST_GB)}"
+    return n * PROCESS_HOST_GB + copies * each, procs + (f", {how}" if how else "")
+
+
+def _b(params_b: float) -> str:
+    return f"{params_b:.1f}B" if params_b >= 1 else f"{params_b * 1e3:.0f}M"
+
+
+def memory_need(plan: Plan) -> tuple[float, str] | None:
+    """The host RAM (GB) a node of ``plan`` needs at its peak, and what that is (said beside --mem in the script and
+    the plan): the more of what it keeps there (node_memory_gb: an offloaded optimizer, a CPU plan's processes) and
+    what its processes hold as they load the model (load_memory_gb)."""
+    kept, load = node_memory_gb(plan), load_memory_gb(plan)
+    if kept and (not load or kept >= load[0]):
+        why = "training on CPU" if plan.tier is None else "the offloaded optimizer's states and buffers"
+        return kept, f"{why}: {gib_of(kept)}"
+    if load:
+        return load[0], f"loading the model: {load[1]} = {gib_of(load[0])}"
+    return None
+
+
+def memory_request(spec: RunSpec, plan: Plan) -> tuple[int, str] | None:
+    """``--mem`` in GiB, rounded up, and where the number comes from (memory_need). What the plan keeps in RAM as
+    the planner gave it (SkyPilot's memory: asks the same: sky.cost.memory_request); the load's estimate with
+    MEM_HEADROOM, at most the RAM the plan is for (-o host_memory_gb, or sinfo's nodes: SlurmBackend.resolve). None
+    where the run asks for memory itself (--sbatch-arg=--mem, --mem-per-cpu or --mem-per-gpu: sbatch refuses two of
+    them), which is refused below what the plan keeps in RAM."""
+    need = memory_need(plan)
+    if need is None or _own_memory(spec, plan):
+        return None
+    kept, ask = node_memory_gb(plan) or 0, "--sbatch-arg=--mem=SIZE asks for another"
+    if kept >= need[0]:
+        return gib(kept), f"{need[1]} ({ask})"
+    want = gib(need[0] * MEM_HEADROOM)
+    cap = max(1, math.floor(spec.host_memory_gb * 1e9 / 2**30)) if spec.host_memory_gb else None  # 0: all of it
+    if cap is None or want <= cap:
+        return want, f"{need[1]}, +{round((MEM_HEADROOM - 1) * 100)}% ({ask})"
+    if need[0] <= spec.host_memory_gb:
+        return max(cap, gib(kept)), f"{need[1]}; all the nodes' {cap} GiB ({ask})"
+    # the load alone is more than the nodes have (what they keep, the planner fitted): it swaps or is OOM-killed
+    fix = "; -o strategy=fsdp loads the model once a job" if plan.strategy != "fsdp" else ""
+    return max(cap, gib(kept)), f"{need[1]}: more than the nodes' {cap} GiB, so the load may be OOM-killed{fix} ({ask})"
+
+
+def memory_request_gb(spec: RunSpec, plan: Plan) -> float | None:
+    """What ``--mem`` asks for, in GB (1e9 B, as the doctor compares it with the nodes' RAM); None where the run
+    asks itself."""
+    asked = memory_request(spec, plan)
+    return asked[0] * 2**30 / 1e9 if asked else None
+
+
+def _own_memory(spec: RunSpec, plan: Plan) -> bool:
+    """Whether the run asks for memory in an --sbatch-arg; refused below what the plan keeps in RAM
+    (node_memory_gb)."""
+    need = node_memory_gb(plan)
     for arg in spec.sbatch_args:
         key, _, value = arg.lstrip("-").partition("=")
-        if key in ("mem", "mem-per-cpu"):
-            per = cpus_per_task(spec, plan) if key == "mem-per-cpu" else 1
-            asked = _slurm_mb(value) * per / 1e3 * 2**20 / 1e6  # Slurm's M is MiB
-            if 0 < asked < need:  # --mem=0: all of the node's
-                why = "training on CPU" if plan.tier is None else "the optimizer offloaded"
-                raise FtctlError(
-                    f"--sbatch-arg={arg}: the {plan.strategy} plan keeps ~{need:.0f} GB a node in host RAM ({why}), "
-                    f"more than that asks for: give at least --mem={gib(need)}G, or leave --mem "
-                    "out (ftctl asks for it)"
-                    + (f", or plan within it: -o host_memory_gb={math.floor(asked)}." if plan.tier is None else ".")
-                )
-            return None
-    return need
+        if key not in _OWN_MEM:
+            continue
+        per = {"mem-per-cpu": cpus_per_task(spec, plan), "mem-per-gpu": plan.gpus_per_node if plan.tier else 1}
+        asked = _slurm_mb(value) * per.get(key, 1) / 1e3 * 2**20 / 1e6  # Slurm's M is MiB
+        if need and 0 < asked < need:  # --mem=0: all of the node's
+            why = "training on CPU" if plan.tier is None else "the optimizer offloaded"
+            raise FtctlError(
+                f"--sbatch-arg={arg}: the {plan.strategy} plan keeps ~{gib_of(need)} a node in host RAM ({why}), "
+                f"more than that asks for: give at least --mem={gib(need)}G, or leave --mem "
+                "out (ftctl asks for it)"
+                + (f", or plan within it: -o host_memory_gb={math.floor(asked)}." if plan.tier is None else ".")
+            )
+        return True
+    return False
 
 
 def _slurm_mb(value: str) -> float:
@@ -289,39 +405,56 @@ def store_access(spec: RunSpec) -> list[str]:
     return lines
 
 
-def last_requeue(requeues: int, cut_by: str, limit: int | None, lead_s: int) -> list[str]:
-    """The script's lines where a preempted attempt is the last that max_requeues allows: its error line names what
-    ended that attempt. It blamed the time limit whatever did: a store down at each requeued start (the trainer waits
-    for it, then ends as a preempted run, exit UNREACHED_EXIT: ftctl.lease) or a preemption, where a longer --time
-    does nothing. With --time known (``limit``), a USR2 well before the time limit's notice was a preemption's."""
+def requeue_cause(requeues: int, cut_by: str, limit: int | None, lead_s: int) -> list[str]:
+    """The script's lines, for an attempt that stopped at a checkpoint (status preempted), that set WHY (what ended
+    it: this attempt $WHY, said on its requeue line) and LAST (the error line where it is the last that max_requeues
+    allows). Its error line blamed the time limit whatever did: a store down at each requeued start (the trainer
+    waits for it, then ends as a preempted run, exit UNREACHED_EXIT: ftctl.lease) or a preemption, where a longer
+    --time does nothing; a requeue below the limit said nothing of why. With --time known (``limit``), a USR2 well
+    before the time limit's notice was a preemption's."""
     head = f"{ERROR_PREFIX}not requeueing: max_requeues={requeues} reached"
     more, resumes = (
         "allow more requeues with -o max_requeues=N",
         "the same ftctl launch resumes from the last checkpoint",
     )
     early = None if limit is None else limit - lead_s - TIME_LIMIT_SLACK_S
+    store = (
+        f"ended because the object store did not answer (exit {UNREACHED_EXIT}: the trainer's error above names the "
+        "store and its error), not by its time limit"
+    )
+    no_usr2 = (
+        "stopped at a checkpoint (exit $RC) without Slurm's time-limit notice (USR2), so its time limit did not end it"
+    )
     lines = [
         f'  if [ "$RC" -eq {UNREACHED_EXIT} ] || tail -c +$((LOG_AT + 1)) "$LOG" 2>/dev/null | '
         f'grep -qF "{_UNREACHED_SAID}"; then',
-        f'    echo "{head}; the last attempt ended because the object store did not answer (exit {UNREACHED_EXIT}: the '
-        "trainer's error above names the store and its error), not by its time limit, so a longer --time would not "
-        f'help: once the store answers, {resumes} ({more} to wait through a longer outage)"',
+        f'    WHY="{store}"',
+        f'    LAST="{head}; the last attempt $WHY, so a longer --time would not help: once the store answers, {resumes} '
+        f'({more} to wait through a longer outage)"',
         '  elif [ -z "$USR2_AT" ]; then',
-        f"    echo \"{head}; the last attempt stopped at a checkpoint (exit $RC) without Slurm's time-limit notice "
-        f'(USR2), so its time limit did not end it: {more}; {resumes}"',
+        f'    WHY="{no_usr2}"',
+        f'    LAST="{head}; the last attempt $WHY: {more}; {resumes}"',
     ]
     if early is not None and early > 0:
         lines += [
             f'  elif [ "$USR2_AT" -lt {early} ]; then',
-            f"    echo \"{head}; the last attempt was stopped by Slurm's USR2 ${{USR2_AT}} s after it started, long "
-            f"before its time limit ({cut_by}, whose notice comes {lead_s} s before it): a preemption (or a USR2 sent "
-            f'by hand), so a longer --time would not help: {more}; {resumes}"',
+            f"    WHY=\"was stopped by Slurm's USR2 ${{USR2_AT}} s after it started, long before its time limit "
+            f'({cut_by}, whose notice comes {lead_s} s before it): a preemption (or a USR2 sent by hand)"',
+            f'    LAST="{head}; the last attempt $WHY, so a longer --time would not help: {more}; {resumes}"',
         ]
     if limit is not None:
-        cut = f"the last attempt was cut by its time limit ({cut_by}): raise --time, or {more}; {resumes}"
+        cut = [
+            f'    WHY="was cut by its time limit ({cut_by})"',
+            f'    LAST="{head}; the last attempt $WHY: raise --time, or {more}; {resumes}"',
+        ]
     else:
-        cut = f"where each attempt is cut by the time limit ({cut_by}), raise --time, or {more}; {resumes}"
-    return [*lines, "  else", f'    echo "{head}; {cut}"', "  fi"]
+        cut = [
+            f"    WHY=\"was stopped by Slurm's USR2 ${{USR2_AT}} s after it started: its time limit ({cut_by}) or a "
+            'preemption"',
+            f'    LAST="{head}; where each attempt is cut by the time limit ({cut_by}), raise --time, or {more}; '
+            f'{resumes}"',
+        ]
+    return [*lines, "  else", *cut, "  fi"]
 
 
 def pyxis_image(ref: str) -> str:
@@ -336,6 +469,31 @@ def pyxis_image(ref: str) -> str:
     if "#" in ref or not sep or not ("." in head or ":" in head or head == "localhost"):
         return ref
     return f"{head}#{rest}"
+
+
+_CONDA_ACTIVATE = re.compile(r"(^|[;&|({\s])conda\s+activate($|[\s;&|)}])")
+_CONDA_SHELL = re.compile(r"conda\.sh\b|shell\.bash\s+hook|shell\s+hook")  # the user's own hook line
+
+
+def conda_hook(spec: RunSpec) -> list[str]:
+    """Where a setup line runs `conda activate ENV` before any line of the run sets up conda's shell function: the
+    lines that define it (conda's own hook: a batch shell reads no ~/.bashrc, where `conda init` writes it, and
+    `conda activate` fails with CondaError after the queue wait). From CONDA_EXE (conda's hook exports it; sbatch
+    passes the submitting shell's environment), else a conda on PATH; nothing where there is none (the setup
+    line then fails, saying so)."""
+    for line in spec.setup:
+        if _CONDA_SHELL.search(line):
+            return []
+        if _CONDA_ACTIVATE.search(line):
+            break
+    else:
+        return []
+    return [
+        "# -o setup activates a conda environment: conda's shell function first (a batch shell reads no ~/.bashrc)",
+        'CONDA_CMD="${CONDA_EXE:-$(command -v conda || true)}"',
+        'if [ -n "$CONDA_CMD" ]; then FTCTL_SET="$-"; set +u; eval "$("$CONDA_CMD" shell.bash hook)"; '
+        'case "$FTCTL_SET" in *u*) set -u ;; esac; fi',
+    ]
 
 
 def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
@@ -409,6 +567,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
             "\n", " "
         ),
         "# Submit from the run directory (it holds spec.json): ftctl launch --backend slurm does that.",
+        *([f"# --mem={asked[0]}G a node: {asked[1]}"] if (asked := memory_request(spec, plan)) else []),
         *[f"#SBATCH {d}" for d in sbatch_directives(spec, plan, gres_type)],
         "set -uo pipefail",
         "",
@@ -433,6 +592,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         'on_cancel() { echo "ftctl: cancel asked (ftctl cancel): checkpointing, then the job ends, not requeued"; '
         f'CANCELLING=1; touch "${STOP_ENV}"; }}',
         CANCEL_TRAP,
+        *conda_hook(spec),
         *setup_lines(spec),
         *([f"mkdir -p {join(caches)}  # the Hugging Face caches, bound into the container"] if caches else []),
         "",
@@ -480,14 +640,16 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "  exit 143",
         "fi",
         'if [ "$STATUS" = preempted ]; then',
+        *requeue_cause(requeues, cut_by, limit, spec.signal_lead_s),
         f'  if [ "$ATTEMPT" -lt {requeues} ]; then',
-        '    echo "ftctl: requeueing job $SLURM_JOB_ID"',
+        f'    echo "ftctl: requeueing job $SLURM_JOB_ID (requeue $((ATTEMPT + 1)) of at most {requeues}): this attempt '
+        '$WHY"',
         '    scontrol requeue "$SLURM_JOB_ID" && exit 0',
         f'    echo "{ERROR_PREFIX}scontrol requeue failed (exit $?; its words above): the job stopped at its checkpoint; '
         'the same ftctl launch resumes it"',
         "    exit 1",
         "  fi",
-        *last_requeue(requeues, cut_by, limit, spec.signal_lead_s),
+        '  echo "$LAST"',
         "  exit 1",
         "fi",
         'exit "$RC"',
