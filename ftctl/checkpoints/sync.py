@@ -51,6 +51,9 @@ def ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print
         found = list_checkpoints(uri, deep=deep, endpoint_url=endpoint_url)  # a missing bucket: its one line
     if not found:
         _no_directory(uri)
+        if output := _remote_output(uri):  # a run dir whose checkpoints go to a store (`ftctl jobs` names it)
+            echo(f"{uri} is the run directory of a run into {output}: its checkpoints there")
+            return ls(output, deep, endpoint_url, echo)
         echo(f"no checkpoints under {uri}")
     for c in found:
         state = "complete" if c.complete else "incomplete"
@@ -59,6 +62,17 @@ def ls(uri: str, deep: bool = False, endpoint_url: str | None = None, echo=print
             line += "  " + "; ".join(c.problems[:2])
         echo(line)
     return found
+
+
+def _remote_output(run_dir: str) -> str | None:
+    """The object-store output of the run whose local run directory ``run_dir`` is (its spec.json's), else None."""
+    if storage.is_remote(run_dir):
+        return None
+    try:
+        output = json.loads(Path(storage.local_path(run_dir), SPEC_FILE).read_text())["spec"]["output_dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return output if isinstance(output, str) and storage.is_remote(output) else None
 
 
 def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=print) -> list:

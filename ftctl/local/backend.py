@@ -35,7 +35,9 @@ from ftctl.backend import (
     no_room,
     progress,
     record_job,
+    refused_as_finished,
     resumes_from,
+    run_spec,
     trainer_paths_of,
     training_now,
 )
@@ -172,6 +174,8 @@ class LocalBackend(Backend):
         (its status file and failure records); else stopped, and the same `ftctl launch` resumes it."""
         from ftctl.checkpoints.settings import final_saved
 
+        if not ref.paths.root.is_dir():  # deleted or moved since: what is left of it is its object-store output's
+            return gone(ref)
         try:
             word = ref.paths.status_file.read_text().strip()
         except OSError:
@@ -185,7 +189,7 @@ class LocalBackend(Backend):
             return JobStatus(JobState.FAILED, f"{ref.job_id} local run, failed")  # would fail the same way
         return JobStatus(
             JobState.UNKNOWN,
-            f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` {resumes_from(ref)})",
+            f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` {resumes(ref)})",
         )
 
     def log_tail(self, ref: JobRef) -> str:
@@ -197,12 +201,14 @@ class LocalBackend(Backend):
         """What the run printed in the terminal that launched it, kept in its run directory (train.log); with
         ``follow``, what it prints next, for as long as its launcher writes it (from before the model loads)."""
         log = ref.paths.local_log
-        if not log.is_file():  # a run of an ftctl that kept no log
+        if not log.is_file():  # a run of an ftctl that kept no log, or one whose run directory is gone
             click.echo(self.status(ref).text)
-            click.echo(
-                f"This run printed its log in the terminal that launched it; each logged step is a line of "
-                f"{ref.paths.metrics}" + (f", the last: {line}" if (line := progress(ref)) else "")
-            )
+            if ref.paths.root.is_dir():
+                metrics = trainer_paths(ref).metrics  # an object-store output's: its staging directory's
+                click.echo(
+                    f"This run printed its log in the terminal that launched it; each logged step is a line of "
+                    f"{metrics}" + (f", the last: {line}" if (line := progress(ref, metrics=metrics)) else "")
+                )
             return
         if not follow:
             copy_new(log, 0, sys.stdout, new_decoder())
@@ -417,6 +423,69 @@ def trainer_paths(ref: JobRef) -> RunPaths:
     except (OSError, ValueError, KeyError, TypeError):
         return ref.paths
     return trainer_paths_of(spec)
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
+
+
+def resumes(ref: JobRef) -> str:
+    """What the same launch does (backend.resumes_from), for a run into object storage from what its trainer would
+    resume: the newest complete checkpoint in the store or in its staging directory here (checkpoints.resume takes the
+    newer, the store's where both have it), named with where it is; before, `status` said only "resumes it"."""
+    from ftctl.checkpoints import list_checkpoints
+    from ftctl.storage import storage_errors
+
+    spec = run_spec(ref)
+    if not is_remote(spec.output):
+        return resumes_from(ref)
+    try:
+        with storage_errors(spec.output, spec.s3_endpoint_url):
+            store = [c for c in list_checkpoints(spec.output, endpoint_url=spec.s3_endpoint_url) if c.complete]
+    except (OSError, FtctlError) as e:
+        return f"resumes it from the newest checkpoint committed to {spec.output} ({_first_line(e)})"
+    staged = trainer_paths_of(spec).root
+    try:
+        here = [c for c in list_checkpoints(str(staged)) if c.complete]
+    except (OSError, FtctlError):
+        here = []
+    newest = max([*store, *here], key=lambda c: c.step, default=None)  # of one step, the store's: max keeps the first
+    if newest is None:
+        return f"starts it again: {spec.output} holds no committed checkpoint"
+    if said := refused_as_finished(spec, newest.uri):
+        return said
+    if newest in store:
+        return f"resumes it from {newest.name} in {spec.output}"
+    return f"resumes it from {newest.name} in {staged} (this machine's copy, not in {spec.output} yet)"
+
+
+def gone(ref: JobRef) -> JobStatus:
+    """A local run whose run directory was deleted or moved: said so (before, `status` said it had stopped and that the
+    same launch resumed it), with what its object-store output still holds, which `chat`, `eval` and `merge` take as
+    they are and the same launch resumes from."""
+    from ftctl.checkpoints import list_checkpoints
+    from ftctl.checkpoints.settings import final_saved
+    from ftctl.storage import storage_errors
+
+    text = f"{ref.job_id} local run: its run directory is gone (deleted or moved)"
+    if not is_remote(ref.output):
+        return JobStatus(JobState.UNKNOWN, f"{text}; nothing of the run is left there")
+    endpoint = run_spec(ref).s3_endpoint_url
+    try:
+        with storage_errors(ref.output, endpoint):
+            done = [c for c in list_checkpoints(ref.output, endpoint_url=endpoint) if c.complete]
+            final = final_saved(ref.output, endpoint)
+    except (OSError, FtctlError) as e:
+        return JobStatus(JobState.UNKNOWN, f"{text}; its output {ref.output} cannot be read now ({_first_line(e)})")
+    if final:
+        return JobStatus(JobState.SUCCEEDED, f"{text}; its final model is in {ref.output} (`ftctl chat {ref.output}`)")
+    if done:
+        return JobStatus(
+            JobState.UNKNOWN,
+            f"{text}; {ref.output} holds its checkpoints up to {done[-1].name}: the same `ftctl launch` resumes it "
+            "from there",
+        )
+    return JobStatus(JobState.UNKNOWN, f"{text}, and {ref.output} holds no committed checkpoint of it")
 
 
 def run_foreground(rendered: Rendered, cmd: list[str]) -> None:

@@ -2,7 +2,8 @@
 
 RUN is a run's output directory (its final model or adapter, else its newest complete checkpoint:
 ftctl.trainer.trained), one of its ``checkpoint-<step>`` directories, a run's output in object storage (its
-top-level files downloaded to a temporary directory), or a model id or directory (the base, to compare
+top-level files downloaded to a temporary directory, else its newest committed checkpoint's; a checkpoint or merge
+there with its run's spec.json, as a local one reads it), or a model id or directory (the base, to compare
 against). On a GPU the weights load in the run's 16-bit precision (bf16 when the run trained in fp32),
 spread over the GPUs there are; on CPU in fp32. An adapter stays unmerged, on its base
 as the run trained it: a qlora adapter on the 4-bit NF4 base (what it learned against, and what fits where
@@ -95,7 +96,8 @@ def load(target: str, plain_text: bool | None = None, echo=None) -> Loaded:
     download, plain = None, False
     if storage.is_remote(target):  # its top-level files: the final model or adapter
         download = tempfile.TemporaryDirectory(prefix="ftctl-chat-")
-        found = trained_mod.find(trained_mod.download_top(target, download.name))
+        target, local = _download(target, download.name)
+        found = trained_mod.find(local)
     elif Path(target).expanduser().is_dir() or "://" in target or _path_shaped(target):
         found = trained_mod.find(target)  # a directory that is not there is said as merge says it
     else:  # ORG/NAME, no directory here: a model id, the base itself
@@ -128,6 +130,39 @@ def load(target: str, plain_text: bool | None = None, echo=None) -> Loaded:
     if not plain_text and (note := ensure_chat_template(tokenizer)):
         log.warning("%s", note)
     return Loaded(model, tokenizer, what, None if plain else found, precision, download, plain_text)
+
+
+RUN_RECORDS = ("spec.json", "metrics.jsonl")  # what a checkpoint or merge loads as the run trained it: trained.Trained
+
+
+def _download(uri: str, into: str) -> tuple[str, str]:
+    """(what loads, the local directory holding it) for a run in object storage: its top-level files (its final model
+    or adapter), or a checkpoint's or a merge's (``uri`` one of its directories), into ``into``/run, with the run's
+    spec.json and metrics.jsonl beside it as a local run has them (trained.Trained reads them there): without them a
+    qlora checkpoint loaded on the 16-bit base, and a merged model named no base for --compare. A run with no final
+    model yet (stopped, or training) loads its newest committed checkpoint, as a local run directory does, said."""
+    from ftctl import storage
+    from ftctl.checkpoints import list_checkpoints
+    from ftctl.trainer import trained as trained_mod
+
+    local = str(Path(into) / "run")
+    try:
+        trained_mod.download_top(uri, local)
+    except FtctlError:
+        with storage.storage_errors(uri, None):
+            done = [c for c in list_checkpoints(uri) if c.complete]
+        if not done:  # nothing whole to load: download_top's line
+            raise
+        newest = done[-1]
+        log.warning("%s has no final model or adapter yet: loading its newest checkpoint, %s", uri, newest.name)
+        return newest.uri, trained_mod.download_top(newest.uri, str(Path(local) / newest.name))
+    if not any((Path(local) / name).is_file() for name in RUN_RECORDS):  # a checkpoint or a merge: its run's records
+        parent = uri.rstrip("/").rsplit("/", 1)[0]
+        with storage.storage_errors(uri, None):
+            for name in RUN_RECORDS:
+                if storage.exists(storage.join(parent, name)):
+                    storage.get_file(storage.join(parent, name), str(Path(into) / name))
+    return uri, local
 
 
 def _path_shaped(target: str) -> bool:
