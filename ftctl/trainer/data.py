@@ -1219,7 +1219,9 @@ def weights_as_shares(datasets: list[tuple[str, int]], weights: list[tuple[str, 
         return None  # datasets of one size: the shares they read as
     scale = max(w / n for w, n in zip(given, rows))
     meant = [w / n / scale for w, n in zip(given, rows)]
-    mix = ", ".join(f"{path} {t:,} rows ({100 * t / total:.0f}%)" for (path, _), t in zip(datasets, taken))
+    mix = ", ".join(
+        f"{path} {t:,} row{'s' * (t != 1)} ({100 * t / total:.0f}%)" for (path, _), t in zip(datasets, taken)
+    )
     return (
         f"data_weights {','.join(f'{w:g}' for w in given)} sum to 1, but they are no shares of the mix: each is how "
         f"many times its dataset's rows train an epoch, so the mix is {mix}; for those shares, "
