@@ -468,19 +468,37 @@ def test_the_stop_vote_decides_on_every_rank_one_step_after_the_request(tmp_path
 
 FSDP_GRAD_NORM = """
 import json
+from collections import OrderedDict
 import torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
-from ftctl.trainer.distributed import to_host_later
+from ftctl.trainer.distributed import adapter_state_dict, to_host_later
 dist.init_process_group("gloo")
 torch.manual_seed(0)
+mesh = init_device_mesh("cpu", (dist.get_world_size(),))
 layer = torch.nn.Linear(8, 8)
-fully_shard(layer, mesh=init_device_mesh("cpu", (dist.get_world_size(),)))
+fully_shard(layer, mesh=mesh)
 layer(torch.randn(4, 8)).square().sum().backward()
 norm = torch.nn.utils.clip_grad_norm_(layer.parameters(), 1.0)
 host = to_host_later(torch.stack([torch.zeros((), dtype=torch.float64), norm.double()]))()
-print(json.dumps([isinstance(norm, DTensor), type(host).__name__, host[1].item(), norm.full_tensor().item()]))
+# a frozen projection beside its trainable LoRA pair in each block, sharded per block (strategy=fsdp's lora run)
+lora = torch.nn.Sequential(*(torch.nn.Sequential(OrderedDict(
+    base_layer=torch.nn.Linear(16, 16).requires_grad_(False),
+    lora_A=torch.nn.Linear(16, 2, bias=False),
+    lora_B=torch.nn.Linear(2, 16, bias=False),
+)) for _ in range(3)))
+expected = {k: v.clone() for k, v in lora.named_parameters() if v.requires_grad}
+for block in lora:
+    fully_shard(block, mesh=mesh)
+fully_shard(lora, mesh=mesh)
+adapter = adapter_state_dict(lora)
+gathered = {
+    "rank": dist.get_rank(),
+    "keys": sorted(adapter),
+    "same": all(k in expected and torch.equal(adapter[k], expected[k]) and type(adapter[k]) is torch.Tensor for k in adapter),
+}
+print(json.dumps([isinstance(norm, DTensor), type(host).__name__, host[1].item(), norm.full_tensor().item(), gathered]))
 dist.destroy_process_group()
 """
 
@@ -488,11 +506,16 @@ dist.destroy_process_group()
 def test_fsdp2s_gradient_norm_reaches_the_host_as_a_plain_value(tmp_path):
     """Regression (bench/NOTES.md v19, two H200s): under FSDP2 the gradient norm is a DTensor; the deferred log stacked it with
     the loss and copied the stack into pinned memory: "aten.copy_.default got mixed torch.Tensor and DTensor"
-    at the first step. to_host_later hands back its full value as a plain tensor."""
+    at the first step. to_host_later hands back its full value as a plain tensor. In the same processes, a lora run's
+    adapter under FSDP2 (distributed.adapter_state_dict, what sft_trainer.save_model saves): its trainable weights
+    whole, as plain tensors, on rank 0 only, without the frozen base transformers' save gathered there too."""
     rows = _printed_by_two_ranks(tmp_path, FSDP_GRAD_NORM)
     assert len(rows) == 2
-    for is_dtensor, host_type, on_host, full in rows:
+    for is_dtensor, host_type, on_host, full, _ in rows:
         assert is_dtensor and host_type == "Tensor" and on_host == pytest.approx(full) and full > 0
+    first, second = sorted((row[-1] for row in rows), key=lambda gathered: gathered["rank"])
+    assert first["same"] and len(first["keys"]) == 6 and not [k for k in first["keys"] if "base_layer" in k]
+    assert second["keys"] == []
 
 
 # ------------------------------------------------------------------------------------------ preemption

@@ -41,13 +41,20 @@ def node_run(qwen_like_base, tiny_data, tmp_path_factory):  # noqa: F811 (the fi
         looked_up.append(host)
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
+    from huggingface_hub import constants
+
+    def telemetry(topic, **kwargs):  # TRL's usage ping to the Hub at its trainer's start, where it would be sent
+        if not (constants.is_offline_mode() or constants.HF_HUB_DISABLE_TELEMETRY):
+            looked_up.append(f"telemetry {topic}")
+
     out = tmp_path_factory.mktemp("node") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FTCTL_BASE_MODEL", LAPTOP)
-        mp.delenv("HF_HUB_OFFLINE", raising=False)
+        for name in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "DO_NOT_TRACK", "DISABLE_TELEMETRY", "CI"):
+            mp.delenv(name, raising=False)  # CI: TRL sends no ping in CI
         mp.setattr(socket, "getaddrinfo", no_network)
-        # TRL's trainer pings the Hub's telemetry once a run (a thread of its own; HF_HUB_DISABLE_TELEMETRY=1 stops it)
-        mp.setattr("huggingface_hub.constants.HF_HUB_DISABLE_TELEMETRY", True)
+        mp.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", False)  # as the hub read it at its import
+        mp.setattr("trl.trainer.base_trainer.send_telemetry", telemetry)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -78,7 +85,9 @@ def test_an_adapter_saved_on_a_node_stops_at_the_turns_end_though_its_base_is_na
 def test_an_adapter_over_a_base_loaded_by_its_hub_id_is_saved_without_asking_the_hub(node_run):
     """PEFT's save_embedding_layers="auto" asked the Hub for the base's config.json at every save where the adapter's
     config names an id: offline, two warnings a checkpoint ("Unable to fetch remote file", "Could not find a config
-    file in ...") and a lookup each. The run says what it trained (no embeddings), so no save asks."""
+    file in ...") and a lookup each. The run says what it trained (no embeddings), so no save asks. Nor does TRL's
+    trainer ping the Hub's telemetry as it starts (a node that reaches no Internet; nobody asked for it): the trainer
+    sets HF_HUB_DISABLE_TELEMETRY=1 where the user set nothing."""
     _, looked_up, said = node_run
     assert looked_up == []
     assert not [w for w in said if "config file" in w or "remote file" in w], said

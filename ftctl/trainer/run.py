@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftctl import checkpoints, failures, storage
-from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, SKY_TASK_ENV, SLURM_RESTART_ENV, STATUS_ENV
+from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, SKY_TASK_ENV, SLURM_RESTART_ENV, STATUS_ENV, telemetry_off
 from ftctl.errors import FtctlError
 from ftctl.plan import DEEPSPEED_STRATEGIES, Plan, dump_run, final_dtype, without_liger
 from ftctl.runpaths import (
@@ -98,7 +98,7 @@ class Run:
     trainer: SFTTrainer | None = None
     resume_from: str | None = None
     kernels: Kernels | None = None  # what this process really runs
-    env_before: dict = field(default_factory=dict)  # W&B's variables this run set: restored at its end (tracking)
+    env_before: dict = field(default_factory=dict)  # W&B's and telemetry's variables this run set: restored at its end
 
 
 # ------------------------------------------------------------------------------------------ entry
@@ -305,8 +305,10 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         )
         metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo, resumed_from=run.resume_from)
         own = None if elsewhere(run) else run.resume_from  # a checkpoint of this run: its W&B run goes on
+        given = {**os.environ, **spec.env}
+        # W&B's run, and no usage ping to the Hub from TRL's trainer (unless the user set HF_HUB_DISABLE_TELEMETRY)
         run.env_before = tracking.set_env(
-            tracking.wandb_env(spec.report_to, local_dir, own, {**os.environ, **spec.env})
+            {**tracking.wandb_env(spec.report_to, local_dir, own, given), **telemetry_off(given)}
         )
         if procs.is_main:
             plain = all(s.plain == s.rows for s in trained_rows)
@@ -347,6 +349,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             run.trainer.remove_callback(cb)
         if "tensorboard" in args.report_to:
             tracking.tensorboard_here(run.trainer, local_dir)
+        if "wandb" in args.report_to:  # a resume before W&B's last logged step says what W&B shows of it
+            tracking.wandb_retrained(run.trainer, echo)
         if spec.ddp_comm_dtype == "bf16":
             distributed.all_reduce_in_bf16(run.trainer.accelerator)
         if plan.strategy == "fsdp":

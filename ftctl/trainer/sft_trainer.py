@@ -50,7 +50,7 @@ from trl import SFTTrainer as TrlSFTTrainer
 
 from ftctl.runpaths import MODEL_CONFIG, as_umask
 from ftctl.trainer import lm_head, reshard
-from ftctl.trainer.distributed import local, offloads_optimizer, to_host_later
+from ftctl.trainer.distributed import adapter_state_dict, local, offloads_optimizer, to_host_later
 from ftctl.trainer.trained import adapter_stops, name_base
 
 log = logging.getLogger(__name__)
@@ -448,6 +448,16 @@ class SFTTrainer(TrlSFTTrainer):
             super()._save_checkpoint(model, trial)
         finally:
             self._checkpoint_step = None
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """A lora run under FSDP saves its adapter gathered alone (distributed.adapter_state_dict), each checkpoint-N's
+        and the final one: transformers' save gathered the whole model, the frozen base too, into rank 0's RAM first
+        (its "FULL_STATE_DICT" branch, distributed.fsdp_settings), to write the adapter's part of it. Every rank takes
+        part; rank 0 writes the same whole adapter_model.safetensors."""
+        if self.is_fsdp_enabled and is_peft_model(self.accelerator.unwrap_model(self.model)):
+            self._save(output_dir, state_dict=adapter_state_dict(self.model))
+            return
+        super().save_model(output_dir, _internal_call)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """transformers' save, without a second copy of a tied LM head: under DeepSpeed ZeRO-2 and FSDP2 the state
