@@ -999,7 +999,7 @@ def _checkpoints(spec: RunSpec, plan: Plan) -> None:
     from ftctl.preflight import checkpoint_gb
 
     step_s = step_seconds(plan, spec.model_max_length)
-    plan.step_s = round(step_s, 3) if step_s else None
+    plan.step_s = round(max(step_s, MIN_STEP_S), 3) if step_s else None
     plan.save_steps = checkpoint_cadence(spec, plan, checkpoint_gb(plan)[0])
     plan.notes += _evaluated_between_checkpoints(spec, plan.save_steps)
     if cost := checkpoint_cost(spec, plan):
@@ -1385,6 +1385,8 @@ UPLOAD_GBPS = 0.5  # what one node uploads a checkpoint to an object store at, i
 MFU = 0.35  # the share of its GPUs' dense 16-bit peak a step takes (the price estimate's, ftctl.sky.cost)
 CHECKPOINT_MINUTES = 30  # chosen cadence: at most this much training between checkpoints (what a preemption loses)
 MAX_SAVE_SHARE = 0.1  # chosen cadence: writing checkpoints takes at most this share of the run's time
+MIN_STEP_S = 0.01  # no step is predicted faster (a tiny model's prediction rounded to 0 s: a division by zero)
+NEGLIGIBLE_WRITE_S = 10.0  # a checkpoint written faster (adapters, small models) costs nothing worth a saving rule
 
 
 def tokens_per_second(plan: Plan) -> float | None:
@@ -1427,6 +1429,8 @@ def _cost_floor_steps(gb: float, step_s: float, remote: bool) -> int:
     """The fewest steps between checkpoints at which writing one takes at most MAX_SAVE_SHARE of the time and, for an
     object-store output, its upload keeps pace (done before the next is written)."""
     write = _write_s(gb)
+    if write < NEGLIGIBLE_WRITE_S:
+        return 1
     train_s = max(write * (1 / MAX_SAVE_SHARE - 1), (gb / UPLOAD_GBPS - write) if remote else 0.0)
     return math.ceil(train_s / step_s) if train_s > 0 else 1
 
@@ -1534,13 +1538,13 @@ def checkpoint_cost(spec: RunSpec, plan: Plan) -> tuple[str, str] | None:
     gb = checkpoint_gb(plan)[0]
     remote = storage.is_remote(spec.output)
     train, write = plan.save_steps * plan.step_s, _write_s(gb)
+    if write < NEGLIGIBLE_WRITE_S:
+        return None
     upload = gb / UPLOAD_GBPS if remote else 0.0
     share = write / (train + write)
     problems = []
     if share > MAX_SAVE_SHARE:
-        problems.append(
-            f"writing one takes {_minutes(write)} at {SAVE_GBPS:g} GB/s, {share:.0%} of the run's time"
-        )
+        problems.append(f"writing one takes {_minutes(write)} at {SAVE_GBPS:g} GB/s, {share:.0%} of the run's time")
     if upload > train + write:
         problems.append(
             f"uploading one takes {_minutes(upload)} at {UPLOAD_GBPS:g} GB/s, longer than the steps between them (the "

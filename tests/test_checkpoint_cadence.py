@@ -51,7 +51,9 @@ def test_a_large_checkpoint_is_written_rarely_enough_and_the_plan_says_it(fft_8x
     assert spec.save_steps is None and plan.save_steps > SAVE_STEPS
     train, write = plan.save_steps * plan.step_s, gb / SAVE_GBPS
     assert write / (train + write) <= MAX_SAVE_SHARE and train > CHECKPOINT_MINUTES * 60
-    assert plan.step_s * (plan.save_steps - plan.save_steps // 5) < write * (1 / MAX_SAVE_SHARE - 1)  # no more than that
+    assert plan.step_s * (plan.save_steps - plan.save_steps // 5) < write * (
+        1 / MAX_SAVE_SHARE - 1
+    )  # no more than that
     row = _row(spec, plan)
     assert row.startswith(f"checkpoints    every {plan.save_steps:,} steps (~")
     assert "~128 GB each (16-bit weights twice and the fp32 optimizer states sharded over 8 ranks)" in row
@@ -142,3 +144,12 @@ def test_the_launcher_records_the_chosen_save_steps_and_warns_of_a_costly_one(mo
     assert r.spec.save_steps == plan.save_steps == json.loads(r.files["spec.json"])["spec"]["save_steps"]
     given = prepare(make_spec(["save_steps=100"], model_name_or_path=LLAMA_8B, **flags))
     assert given.spec.save_steps == 100 and checkpoint_cost(given.spec, given.plan)
+
+
+def test_a_tiny_model_on_a_gpu_plan_keeps_the_default_and_every_save_it_is_given(tiny_model_dir):
+    """The suite's tiny model planned for GPUs: its step predicted at ~1e-5 s was rounded to 0 and the cadence divided
+    by it (ZeroDivisionError in every such plan); a checkpoint of a few MB written each step is no cost to warn of."""
+    spec, plan = _plan(model_name_or_path=str(tiny_model_dir), method="fft", gpus="2xA100")
+    assert plan.step_s and plan.step_s > 0 and plan.save_steps == SAVE_STEPS
+    given = replace(spec, save_steps=1)
+    assert checkpoint_cost(given, make_plan(given)) is None
