@@ -66,7 +66,7 @@ def test_a_partition_of_several_gpu_models_is_asked_for_the_plans_by_name(cluste
     Slurm could start the bf16 FlashAttention plan on the V100s or Quadros (no bf16), where it fails after the queue
     wait. Now it asks for one of the A100 names."""
     rendered = _checked(gpus=gpus, partition="gpu")
-    assert f"#SBATCH --gpus-per-node={asked}\n" in rendered.text
+    assert f"#SBATCH --gres=gpu:{asked}\n" in rendered.text
 
 
 def test_where_every_gpu_of_a_partition_is_the_plans_the_request_stays_untyped():
@@ -204,9 +204,9 @@ def test_a_list_of_partitions_is_taken_as_sbatch_takes_it(cluster):
     """`--partition a100,h100` (sbatch starts the job in whichever can start it first) was refused: "no partition
     'a100,h100' on this cluster ... pass --partition h100", and --sbatch-arg=--partition is refused as ftctl's own."""
     rendered = _checked(gpus="8xH100", partition="a100,h100")  # only h100's nodes have 8: asked for by its name
-    assert "#SBATCH --partition=a100,h100\n" in rendered.text and "#SBATCH --gpus-per-node=h100:8\n" in rendered.text
+    assert "#SBATCH --partition=a100,h100\n" in rendered.text and "#SBATCH --gres=gpu:h100:8\n" in rendered.text
     rendered = _checked(gpus="4xA100", partition="a100,h100")  # either: no one name for both
-    assert "#SBATCH --gpus-per-node=4\n" in rendered.text
+    assert "#SBATCH --gres=gpu:4\n" in rendered.text
     report = doctor(partition="a100,gpus", gpus_per_node=4, gpu_type="A100")
     assert report.never_runs == [
         "no partition 'gpus' on this cluster (its partitions: gpu, h100, a100): pass --partition gpu"

@@ -83,7 +83,7 @@ def test_every_sbatch_passes_bash_n(method, tmp_path):
         f.write_text(prep.text)
         _bash_n(f)
         assert f"#SBATCH --nodes={prep.plan.nodes}" in prep.text
-        assert ("--gpus-per-node" in prep.text) == (gpus != "cpu")
+        assert ("#SBATCH --gres=gpu:" in prep.text) == (gpus != "cpu")
         assert ("--nv" in prep.text) == (cname == "apptainer" and gpus != "cpu")
         if extras:
             assert "#SBATCH --partition=gpu\n" in prep.text and "#SBATCH --mem=64G\n" in prep.text
@@ -528,7 +528,8 @@ def test_sbatch_args_that_slurm_would_misread_are_refused(arg):
         ("--gpus=2", "gpus", "use --gpus"),
         ("--gpus-per-node=a100:2", "gpus-per-node", "use --gpus"),
         ("--gpus-per-task=1", "gpus-per-task", "use --gpus"),
-        ("--gres=gpu:a100:2", "gpus-per-node", "use --gpus"),
+        ("--gres=gpu:a100:2", "gres", "use --gpus"),
+        ("--gres=nvme:1,gpu:2", "gres", "use --gpus"),
         ("--ntasks-per-node=8", "ntasks-per-node", "ftctl runs one task a node"),
         ("--ntasks=8", "ntasks", "ftctl runs one task a node"),
         ("--tasks-per-node=2", "tasks-per-node", "ftctl runs one task a node"),
@@ -581,7 +582,9 @@ def test_sbatch_args_ftctl_does_not_write_pass_through():
     text = prepared(
         backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/out", sbatch_args=args
     ).text
-    assert all(f"\n#SBATCH {a}\n" in text for a in args)
+    assert all(f"\n#SBATCH {a}\n" in text for a in args if not a.startswith("--gres"))
+    # a GRES of another kind joins ftctl's GPU line: of two --gres lines sbatch keeps the last (the GPUs dropped)
+    assert "\n#SBATCH --gres=gpu:1,nvme:1\n" in text and text.count("--gres") == 1
 
 
 @pytest.mark.parametrize("name", ["my run", "a;b", "$(touch PWNED)", "-lead", "x" * 64, "a\nb"])
@@ -656,7 +659,9 @@ def test_offload_plans_ask_for_the_host_memory_they_need(backend):
     gib = math.ceil(r.plan.host_memory_gb * 1e9 / 2**30)  # Slurm's G and SkyPilot's memory: are GiB
     assert (f"#SBATCH --mem={gib}G" if backend == "slurm" else f"memory: {gib}+") in r.text
     plain = prepared(**{**args, "model_name_or_path": MODEL})
-    assert plain.plan.host_memory_gb is None and "--mem" not in plain.text and "memory:" not in plain.text
+    assert plain.plan.host_memory_gb is None and "memory:" not in plain.text
+    # a Slurm job asks for what its processes hold as they load the model (tests/test_slurm_batch135.py)
+    assert ("# --mem=" in plain.text and "loading the model" in plain.text) == (backend == "slurm")
     if backend == "slurm":
         own = prepared(sbatch_args=["--mem-per-cpu=30G"], **args).text  # 8 CPUs a GPU: 240 GiB
         assert "#SBATCH --mem-per-cpu=30G" in own and "--mem=" not in own

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from ftctl.demo import demo_data_path
+from ftctl.slurm.doctor import gib_text
 from tests.slurm_e2e_fixtures import TRAIN_OVERRIDES, metrics, processes_mentioning, run_args, wait_until
 
 STEPS = TRAIN_OVERRIDES["max_steps"]
@@ -352,14 +353,14 @@ def test_doctor_through_the_cli(e2e):
     lines = [re.sub(r"node(\d) \w+", r"node\1 STATE", line) for line in proc.stdout.splitlines()]
     # every node's RealMemory is the same share of this machine's (tests/slurm/start-cluster.sh), in MiB
     real_mb = re.search(r"RealMemory=(\d+)", e2e.cluster.run("scontrol", "show", "node", "node1").stdout)
-    node_gb = int(int(real_mb.group(1)) * 2**20 / 1e9)
+    node_gib = gib_text(int(real_mb.group(1)))  # said in GiB, as --mem's G counts
     cpus = re.search(r"CPUTot=(\d+)", e2e.cluster.run("scontrol", "show", "node", "node1").stdout).group(1)
     assert lines == [
         f"sbatch: {shutil.which('sbatch', path=e2e.env['PATH'])}",
         "controller: reachable",
-        f"partition debug (default): 2 node(s) [node1 STATE, node2 STATE], no GPUs, {cpus} CPUs a node, {node_gb} GB "
+        f"partition debug (default): 2 node(s) [node1 STATE, node2 STATE], no GPUs, {cpus} CPUs a node, {node_gib} GiB "
         "RAM a node, time limit infinite",
-        f"partition gpu: 1 node(s) [node3 STATE], gpu:tiny:2, {cpus} CPUs a node, {node_gb} GB RAM a node, time limit "
+        f"partition gpu: 1 node(s) [node3 STATE], gpu:tiny:2, {cpus} CPUs a node, {node_gib} GiB RAM a node, time limit "
         "infinite",
     ]
     proc = e2e.ftctl("doctor", "--backend", "slurm", "--partition", "debg", check=False)
