@@ -34,11 +34,14 @@ if [ ! -x .venv-sky/bin/python ] || [ "$(cat .venv-sky/.ftctl-stamp 2>/dev/null)
   stamp > .venv-sky/.ftctl-stamp
 fi
 # Azurite, Azure Blob's emulator (tests/test_azure.py runs against it), into .azurite/ at this version: its newest
-# whose node is v20's (3.36 wants node 21). Needs node and npm; without them the rest is set up, and the Azure tests
-# fail, saying how to install them.
+# whose node is v20's (3.36 wants node 21). Only for the tests (scripts/test.sh sets FTCTL_SETUP_TESTS=1): the demo
+# and a user's install skip it (186 MB, ~45 s). Needs node and npm; without them the rest is set up, and the Azure
+# tests fail, saying how to install them.
 AZURITE=3.35.0
-if ! command -v npm >/dev/null 2>&1; then
-  echo "setup: no npm here: tests/test_azure.py needs Azurite; install node and npm (apt-get install nodejs npm), then run scripts/setup.sh again" >&2
+if [ "${FTCTL_SETUP_TESTS:-0}" != 1 ]; then
+  :
+elif ! command -v npm >/dev/null 2>&1; then
+  echo "setup: no npm here: tests/test_azure.py needs Azurite; install node and npm (apt-get install nodejs npm), then run scripts/test.sh again" >&2
 elif [ "$(cat .azurite/.ftctl-version 2>/dev/null)" != "$AZURITE" ] || [ ! -x .azurite/node_modules/.bin/azurite-blob ]; then
   echo "setup: installing Azurite $AZURITE into .azurite (the Azure tests' blob store; log: $LOG)"
   mkdir -p .azurite

@@ -3,7 +3,7 @@
 # server are started on this machine by the tests themselves).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+FTCTL_SETUP_TESTS=1 bash scripts/setup.sh
 export FTCTL_SKY_PYTHON="$PWD/.venv-sky/bin/python"
 # lint and format first: a second is cheaper than a red suite
 .venv/bin/ruff check .

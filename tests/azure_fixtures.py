@@ -41,7 +41,7 @@ def not_installed() -> str | None:
     return (
         f"Azurite (the Azure Blob emulator these tests run against) is not installed in {AZURITE_HOME}: install node "
         "(v18 or later) and npm (Debian/Ubuntu: apt-get install nodejs npm; else https://nodejs.org), then run "
-        "scripts/setup.sh again, which installs it there"
+        "bash scripts/test.sh again (its set-up installs it there: FTCTL_SETUP_TESTS=1 bash scripts/setup.sh)"
     )
 
 
