@@ -221,3 +221,22 @@ def test_a_nan_at_the_first_step_names_the_base_model_or_the_data():
         stop.on_log(fp16, SimpleNamespace(global_step=step), None, logs={"loss": float("nan"), "grad_norm": 1.0})
     with pytest.raises(FtctlError, match=r"-o learning_rate=2e-05 .* and -o max_grad_norm=1.0 \(off in this run\)"):
         stop.on_log(fp16, SimpleNamespace(global_step=9), None, logs={"loss": float("nan"), "grad_norm": 1.0})
+
+
+def test_eval_names_data_the_run_trained_on(tiny_data, tmp_path):
+    """`ftctl eval RUN --data conv.json` with the run's own training file (the `next:` line's HELD_OUT.jsonl taken
+    for the file at hand) is said not to be held out; other data is not."""
+    from ftctl.trainer import trained
+    from ftctl.trainer.heldout import trained_on
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "spec.json").write_text(json.dumps({"spec": {"data_path": str(tiny_data), "eval_split": 0.05}}))
+    (run / "adapter_config.json").write_text("{}")
+    found = trained.find(str(run))
+    assert trained_on(found, [f"{tiny_data.parent}/../{tiny_data.parent.name}/{tiny_data.name}"]) == (
+        f"{tiny_data.parent}/../{tiny_data.parent.name}/{tiny_data.name}: the run trained on its rows, less the 0.05 "
+        "it held out (eval_split), so this loss is lower than on rows it never saw; score held-out rows (a file it "
+        "did not train on) to compare runs."
+    )
+    assert trained_on(found, [str(tmp_path / "other.json")]) is None and trained_on(None, [str(tiny_data)]) is None

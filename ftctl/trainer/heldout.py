@@ -35,6 +35,36 @@ class Score:
         )
 
 
+def trained_on(found, names: list[str]) -> str | None:
+    """The note for ``ftctl eval RUN --data`` of data the run trained on (its spec.json's data_path; ``found``: the
+    trained.Trained loaded, None for a plain model), else None: those rows are no held-out measure (the loss is lower
+    than on rows the run never saw), which nothing said before. Paths compare resolved, URIs as written."""
+    import os
+
+    from ftctl.spec import split_paths
+    from ftctl.storage import is_remote
+
+    if found is None:
+        return None
+    trained = found.recorded("spec", "data_path")
+    if not isinstance(trained, str):
+        return None
+
+    def same(path: str) -> str:
+        return path.rstrip("/") if is_remote(path) else os.path.realpath(os.path.expanduser(path))
+
+    seen = {same(p) for p in split_paths(trained)}
+    both = [name for name in names if same(name) in seen]
+    if not both:
+        return None
+    held = found.recorded("spec", "eval_split")
+    split = f", less the {held:g} it held out (eval_split)" if isinstance(held, (int, float)) and held > 0 else ""
+    return (
+        f"{', '.join(both)}: the run trained on {'these rows' if len(both) > 1 else 'its rows'}{split}, so this loss "
+        "is lower than on rows it never saw; score held-out rows (a file it did not train on) to compare runs."
+    )
+
+
 def combined(scores: list[Score]) -> Score:
     """Several datasets' scores as one: each weighs by its scored tokens, as the rows of one dataset do."""
     tokens = sum(s.tokens for s in scores)
