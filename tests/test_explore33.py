@@ -240,3 +240,21 @@ def test_eval_names_data_the_run_trained_on(tiny_data, tmp_path):
         "did not train on) to compare runs."
     )
     assert trained_on(found, [str(tmp_path / "other.json")]) is None and trained_on(None, [str(tiny_data)]) is None
+
+
+def test_a_launch_into_the_store_names_where_this_disk_stages_it(tmp_path, monkeypatch, capsys):
+    """The launch named the run directory here (its spec.json and train.log) but not the directory under FTCTL_CACHE
+    that holds its checkpoints and final model on this disk, kept after the run (a 7B fft's: ~100 GB in ~/.cache)."""
+    import sys
+
+    from ftctl.backend import trainer_paths_of
+    from ftctl.local.backend import run_foreground
+    from tests.render_fixtures import prepared
+
+    monkeypatch.setenv("FTCTL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    rendered = prepared(backend="local", gpus="cpu", output_dir="s3://b/runs/r1")
+    run_foreground(rendered, [sys.executable, "-c", "pass"])
+    staged = trainer_paths_of(rendered.spec).root
+    assert str(staged).startswith(str(tmp_path / "cache"))
+    assert f"(its run directory here: {rendered.run_dir}; staged on this disk in {staged})\n" in capsys.readouterr().err

@@ -493,9 +493,14 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     paths: RunPaths = rendered.paths
     for note in rendered.plan.notes:
         click.echo(f"note: {note}", err=True)
+    staged = trainer_paths_of(rendered.spec).root  # an object-store output's copy on this disk, kept after the run
     click.echo(
         f"running {rendered.plan.method} on {rendered.plan.gpus}; checkpoints in {rendered.spec.output}"
-        + (f" (its run directory here: {rendered.run_dir})" if is_remote(rendered.spec.output) else ""),
+        + (
+            f" (its run directory here: {rendered.run_dir}; staged on this disk in {staged})"
+            if is_remote(rendered.spec.output)
+            else ""
+        ),
         err=True,
     )
     shutil.rmtree(paths.failures, ignore_errors=True)
