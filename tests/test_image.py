@@ -286,7 +286,7 @@ def test_default_image_names_what_is_inside():
 def _dry_run(*args: str) -> str:
     r = CliRunner().invoke(main, ["build", *args, "--dry-run"])
     assert r.exit_code == 0, r.output
-    return r.output.replace(str(ROOT), "{ROOT}").replace(str(Path.cwd()), "{CWD}")
+    return r.stdout.replace(str(ROOT), "{ROOT}").replace(str(Path.cwd()), "{CWD}")  # notes (stderr) apart
 
 
 @pytest.mark.parametrize(
