@@ -775,7 +775,7 @@ def check_row_counts(spec) -> list[Finding]:
     the trainer after the job's queue wait, and a data weight that gives its dataset no row an epoch (0.01 of 20
     rows) left it out without a word: said here, where the local data is small enough to count."""
     from ftctl.spec import split_paths
-    from ftctl.trainer.data import eval_split_leaves_none, weights_leave_out
+    from ftctl.trainer.data import eval_split_leaves_none, weights_as_shares, weights_leave_out
     from ftctl.trainer.formats import load_rows, resolve_files
 
     asks = (spec.eval_split and not spec.eval_data_path) or spec.data_mix
@@ -791,7 +791,8 @@ def check_row_counts(spec) -> list[Finding]:
         return []
     problems = [eval_split_leaves_none(spec.eval_split, sum(rows), spec.data_path)] if not spec.eval_data_path else []
     problems += weights_leave_out(list(zip(paths, rows)), spec.data_mix) if spec.data_mix else []
-    return [Finding(ERROR, p) for p in problems if p]
+    shares = weights_as_shares(list(zip(paths, rows)), spec.data_mix) if spec.data_mix else None
+    return [Finding(ERROR, p) for p in problems if p] + ([Finding(WARNING, shares)] if shares else [])
 
 
 # ---------------------------------------------------------------------------------------- output

@@ -131,6 +131,10 @@ ALIASES = {
     "lora_target": "lora_target_modules",  # LLaMA-Factory's (all: every linear layer)
     "lora_modules": "lora_target_modules",  # the QLoRA paper's qlora.py (all: every linear layer)
     "eval_dataset_size": "eval_split",  # qlora.py's: a number of rows held out
+    "test_size": "eval_split",  # datasets' train_test_split (a share, or a number of rows)
+    "validation_file": "eval_data_path",  # transformers' run_clm.py (train_file: data_path)
+    "model_name": "model_name_or_path",  # Unsloth's FastLanguageModel.from_pretrained
+    "random_state": "seed",  # Unsloth's get_peft_model
 }
 _TORCHRUN = "torchrun's: ftctl runs torchrun itself"
 # Unknown keys whose nearest spelling means something else: what they are here.
@@ -153,6 +157,25 @@ MEANT = {
     "datasets": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list; axolotl's "
     "[{path: ..., type: ...}] is taken as it).",
     "train_file": "The training data is data_path.",
+    "interleave_probs": "LLaMA-Factory's interleave_probs are shares of the mix; here a dataset's weight is how many "
+    "times its rows train an epoch: data_weights, one a dataset in data_path's order (`ftctl data check -c run.yaml` "
+    "counts each one's rows, and where weights read as shares, says the ones that give those shares).",
+    "mix_strategy": "Datasets are mixed by data_weights (each one's rows that many times an epoch, shuffled "
+    "together; without weights, concatenated: LLaMA-Factory's concat).",
+    "validation_split_percentage": "The held-out share is eval_split, a fraction (eval_split: 0.05 for 5) or a "
+    "number of rows (eval_split: 500).",
+    "eval_ratio": "The held-out share is eval_split, a fraction (eval_split: 0.05) or a number of rows.",
+    "test_datasets": "axolotl's test_datasets are eval_data_path here (their paths; several: a list), each row's "
+    "format read from its fields as data_path's are.",
+    "train_on_responses_only": "Unsloth's train_on_responses_only is what ftctl does by default (assistant_only_loss: "
+    "true): the loss covers the assistant turns only, their end-of-turn token included; leave it out.",
+    "use_gradient_checkpointing": "Unsloth's and PEFT's use_gradient_checkpointing is gradient_checkpointing here "
+    "(true or false; left out, the plan turns it on where memory needs it).",
+    "unfrozen_parameters": "axolotl's unfrozen_parameters (a full fine-tune of the parameters its patterns name) is not "
+    "offered: --method sft trains the top trainable_layers blocks and the head, the rest frozen; --method fft every "
+    "weight.",
+    "rl": "ftctl trains supervised fine-tuning (SFT); axolotl's rl (DPO, KTO, ORPO, GRPO ...) is not offered: leave rl "
+    "out to train SFT on the rows' answers.",
     "auto_find_batch_size": "The plan chooses the micro-batch that fits (ftctl plan shows it; -o "
     "per_device_train_batch_size=N forces one), and a run that runs out of memory ends naming the one that fits.",
     "torch_compile": "Not offered: the trainer runs PyTorch eagerly, with its own fused kernels where they apply "

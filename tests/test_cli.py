@@ -288,9 +288,9 @@ def test_a_fastchat_command_lines_flags_are_said_together_as_ftctl_takes_them(tm
     assert line == (
         "ftctl plan --model lmsys/vicuna-7b-v1.5 -o bf16=True --output out -o num_train_epochs=3 -o "
         "per_device_train_batch_size=2 -o lazy_preprocess=True -o tf32=true -o max_steps=-1 -o learning_rate=2e-5 "
-        "--gpus 8xA100"
+        "--gpus 8xA100 --method fft"  # FastChat's train.py rate: a full fine-tune (test_explore32)
     )
-    planned = CliRunner().invoke(main, [*line.split()[1:], "--method", "fft", "--json"])
+    planned = CliRunner().invoke(main, [*line.split()[1:], "--json"])
     assert planned.exit_code == 0, planned.output
     assert '"per_device_train_batch_size": 2' in planned.stdout
     # torchrun's flags before them: said for what they are (--master_port was "Did you mean '--spot'?"), left out

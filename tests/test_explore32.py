@@ -154,3 +154,55 @@ def test_axolotls_template_free_segments_train_their_labelled_text_as_written(tm
     assert tiny_tokenizer.decode(dataset[1]["input_ids"]) == "Q: hi\nA: hello"  # no eos added
     _, every = prepare_data(write_jsonl(tmp_path / "e.jsonl", rows[1:2]), tiny_tokenizer, 256, every_token=True)
     assert trained_spans(tiny_tokenizer, every[0]["input_ids"], every[0]["labels"]) == ["Q: hi\nA: hello"]
+
+
+# --- needs /work/notes/task-140-extra.patch (ftctl/spec.py's ALIASES and MEANT, ftctl/preflight.py) ---
+@pytest.mark.parametrize(
+    "given, key, value",
+    [
+        ("test_size=0.05", "eval_split", 0.05),
+        ("validation_file=held.jsonl", "eval_data_path", "held.jsonl"),
+        ("model_name=org/m", "model_name_or_path", "org/m"),
+        ("random_state=3407", "seed", 3407),
+    ],
+)
+def test_other_tools_names_for_a_key_are_that_key(given, key, value):
+    """datasets' test_size was "Did you mean 'disk_size'?", Unsloth's model_name "Did you mean 'model_params'?",
+    run_clm's validation_file and Unsloth's random_state "Unknown key"."""
+    from ftctl.spec import build
+
+    assert getattr(build(None, None, [given]), key) == value
+
+
+@pytest.mark.parametrize(
+    "given, said",
+    [
+        ("interleave_probs=0.7,0.3", "a dataset's weight is how many times its rows train an epoch: data_weights"),
+        ("mix_strategy=concat", "Datasets are mixed by data_weights"),
+        ("eval_ratio=0.05", "The held-out share is eval_split"),
+        ("validation_split_percentage=5", "eval_split: 0.05 for 5"),
+        ("train_on_responses_only=true", "what ftctl does by default (assistant_only_loss: true)"),
+        ("use_gradient_checkpointing=unsloth", "is gradient_checkpointing here"),
+        ("unfrozen_parameters=^lm_head", "--method sft trains the top trainable_layers blocks"),
+        ("rl=dpo", "axolotl's rl (DPO, KTO"),
+    ],
+)
+def test_other_tools_keys_say_what_ftctl_does(given, said):
+    """mix_strategy was "Did you mean 'strategy'?", eval_ratio "Did you mean 'warmup_ratio'?", the others "Unknown
+    key ... `ftctl keys` lists them"."""
+    from ftctl.spec import build
+
+    with pytest.raises(FtctlError, match=said.replace("(", r"\(").replace(")", r"\)")):
+        build(None, None, [given])
+
+
+def test_the_launch_says_data_weights_that_read_as_shares(tmp_path):
+    """The preflight counts the rows of small local data: data_weights=0.7,0.3 over 20 and 400 rows is said before the
+    job (a warning: the mix may be meant), not only in the trainer's log."""
+    from ftctl.preflight import WARNING, check_row_counts
+    from ftctl.spec import build
+
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    a, b = write_jsonl(tmp_path / "a.jsonl", [row] * 20), write_jsonl(tmp_path / "b.jsonl", [row] * 400)
+    (said,) = check_row_counts(build({"data_path": {a: 0.7, b: 0.3}}))
+    assert said.level == WARNING and "20 rows x" not in said.what and "(10%)" in said.what, said.what
