@@ -704,7 +704,8 @@ def held_run(spec: RunSpec) -> str | None:
     if holder := training_now(trainer_paths_of(spec)):
         return (
             f"{spec.output} is being trained into by {holder}: a second run there would write the same checkpoints. "
-            "Wait for it to end (or stop it), or give this run another --output."
+            f"Wait for it to end, stop it (`ftctl cancel {spec.output}` saves a checkpoint first), or give this run "
+            "another --output."
         )
     return None
 
@@ -923,17 +924,32 @@ def find_job(job_id: str) -> tuple[Backend, JobRef]:
             return get(ref.backend), ref
     if RunPaths(given).spec.is_file():
         return get("local"), JobRef("local", str(job_id), str(given), given.name, str(given))
+    if not given.is_absolute() and (alike := _launched_elsewhere(str(job_id), jobs)):
+        raise FtctlError(
+            f"No run directory {job_id} in {Path.cwd()}, and no job of that id. A run directory of that name was "
+            f"launched from another directory: {alike}; give its whole path (`ftctl jobs` lists them)."
+        )
     raise FtctlError(
         f"No job {job_id!r} was launched from here (looked in {_jobs_file()}). `ftctl jobs` lists them; "
         "`ftctl launch` prints job ids; a local run's directory is taken too."
     )
 
 
+def _launched_elsewhere(given: str, jobs: list[tuple[JobRef, float]]) -> str | None:
+    """The recorded run directories that end as ``given`` (a relative path or a run's name, typed in another directory
+    than the one it was launched from, where `runs/NAME` is another directory), newest first, three at most."""
+    tail = Path(given).parts
+    found = [ref.run_dir for ref, _ in jobs if tail and Path(ref.run_dir).parts[-len(tail) :] == tail]
+    found = list(dict.fromkeys(found))
+    return ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "") if found else None
+
+
 def jobs_table(last: int) -> str:
     """The newest ``last`` jobs, a line each with the state its backend reports now (asked at once)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    jobs = recorded_jobs()[:last]
+    every = recorded_jobs()
+    jobs = every[:last]
     if not jobs:
         return (
             f"No jobs launched from here yet ({_jobs_file()}): `ftctl launch` records each job it submits to Slurm, "
@@ -965,6 +981,8 @@ def jobs_table(last: int) -> str:
         rows.append((ref.job_id, ref.backend, ref.output, when, said))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows]
+    if len(every) > len(jobs):  # the older ones were left out without a word
+        table.append(f"(the newest {len(jobs)} of {len(every)} jobs: `ftctl jobs -n {len(every)}` lists them all)")
     return "\n".join(table + [f"({i}) {why.removeprefix('unknown: ')}" for i, why in enumerate(shared, 1)])
 
 

@@ -421,7 +421,7 @@ def eval_(run, paths, max_length, batch_size, compare):
     from ftctl.spec import RunSpec, join_paths, split_paths
     from ftctl.trainer import chat as chat_mod
     from ftctl.trainer.data import build_dataset
-    from ftctl.trainer.heldout import report, score
+    from ftctl.trainer.heldout import report, score, trained_on
 
     try:
         names = split_paths(join_paths(paths))
@@ -432,6 +432,8 @@ def eval_(run, paths, max_length, batch_size, compare):
     checks = [preflight.check_data(name, flag="--data", held_out=True, text_field=text) for name in names]
     preflight.raise_if_errors([f for found in checks for f in found])
     loaded = chat_mod.load(run, echo=_progress)
+    if note := trained_on(loaded.found, names):  # not held out: said before the numbers that look it
+        click.echo(f"note: {note}", err=True)
     recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
     every = loaded.found.recorded("spec", "assistant_only_loss") is False if loaded.found else False  # as it trained
     length = max_length or recorded or RunSpec.model_max_length

@@ -29,6 +29,12 @@ from ftctl.envvars import VERBOSE_ENV
 # (logger name, message pattern, why it is harmless)
 HARMLESS_LOGS = (
     (
+        "aiobotocore.credentials",
+        r"^Found credentials in ",
+        "s3fs names where it found the store's credentials, at INFO on rank 0 at each new connection (twice a run "
+        "into S3); a store that refuses them is ftctl's own error line",
+    ),
+    (
         "bitsandbytes.backends.cpu.ops",
         r"Failed to load CPU gemm_4bit_forward",
         "an optional faster CPU kernel (the `kernels` package); bitsandbytes uses its own",

@@ -372,6 +372,7 @@ def test_jobs_lists_each_job_once_newest_first_with_its_state_now(tmp_path, monk
         )
 
     lines = [rec("7", "fg", 100, "local"), rec("c1", "old-name", 200), rec("c2", "other", 300), rec("c1", "first", 400)]
+    (tmp_path / "fg").mkdir()  # the local run's directory (one that is gone is said so: test_explore33)
     (tmp_path / "jobs.jsonl").write_text("\n".join(lines) + '\n{"backend": "dock')
     states = {"c1": "c1 RUNNING (running)", "c2": "c2 SUCCEEDED exit 0"}
     monkeypatch.setattr(DockerBackend, "status", lambda self, ref: JobStatus(JobState.RUNNING, states[ref.job_id]))
@@ -382,7 +383,8 @@ def test_jobs_lists_each_job_once_newest_first_with_its_state_now(tmp_path, monk
     assert [r[:3] for r in rows[1:]] == [["c1", "docker", "first"], ["c2", "docker", "other"], ["7", "local", "fg"]]
     assert rows[1][5:] == ["RUNNING", "(running)"] and rows[2][5:] == ["SUCCEEDED", "exit", "0"]
     assert " ".join(rows[3][5:]).startswith("local run, stopped before the end")  # a local run: its directory says
-    assert len(CliRunner().invoke(main, ["jobs", "-n", "1"]).stdout.splitlines()) == 2
+    newest = CliRunner().invoke(main, ["jobs", "-n", "1"]).stdout.splitlines()
+    assert len(newest) == 3 and newest[-1] == "(the newest 1 of 3 jobs: `ftctl jobs -n 3` lists them all)"
 
     def unreachable(self, ref):
         raise FtctlError("squeue could not reach the Slurm controller (...): point SLURM_CONF at ...")

@@ -227,6 +227,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         StopRequest,
     )
     from ftctl.trainer.data import build_datasets, rows_digest, shared_rows, too_few_sequences
+    from ftctl.trainer.diverged import StopWhenDiverged
     from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.methods import apply_method
     from ftctl.trainer.model import load_model, load_tokenizer, model_kernels
@@ -333,6 +334,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 *([ApplySettings(changed.applied)] if changed else []),
                 *stopping,
                 *([NewHeldOut(held_out, *stopping)] if held_out else []),
+                StopWhenDiverged(spec.model_name_or_path, spec.data_path),  # a NaN loss: stop, naming the fix
                 *callbacks,
             ],
         )
