@@ -185,10 +185,10 @@ def test_a_run_dir_on_this_machines_tmp_is_said_at_launch(cluster, capsys, monke
     spec = make_spec(backend="slurm", gpus="2xA100", model_name_or_path=LLAMA_8B, output_dir=str(run))
     launch(spec, dry_run=True)
     (line,) = [w for w in capsys.readouterr().err.splitlines() if "the job's nodes do not see it" in w]
-    assert line.startswith(f"warning: {run} (the run directory (its spec.json, job script and log)) is on this ")
-    assert "fails to start (JobLaunchFailure)" in line and line.endswith(
-        "--output DIR (or -o output=DIR) for the run, --data for the data."
-    )
+    assert line.startswith(f"warning: {run} (the run directory: its spec.json, job script and log) is on this ")
+    assert "Slurm cannot start the job (JobLaunchFailure, after the queue wait)" in line and line.endswith(
+        "(home, project or scratch space): --output DIR (or -o output=DIR)."
+    )  # the data's own line: tests/test_explore34.py
     # a one-machine Slurm (its nodes are this host): its /tmp is theirs
     here = socket.gethostname().split(".")[0]
     (cluster / "sinfo.out").write_text(SINFO.replace("g1.cluster", here).replace("g2.cluster", f"{here}.local"))

@@ -52,10 +52,10 @@ def test_an_ended_jobs_stale_pending_reason_is_left_out(squeue):
 def test_logs_of_a_job_that_ended_without_output_says_so(squeue, tmp_path):
     """`ftctl logs 17` of a job that failed before it wrote slurm-17.out said it "may still be pending"."""
     log = tmp_path / "run" / "slurm-17.out"
-    squeue("17", "FAILED", nodes="node2", reason="JobLaunchFailure", exit_code=15, signal=53)
+    squeue("17", "FAILED", nodes="node2", reason="JobLaunchFailure", exit_code=15, signal=181)
     with pytest.raises(FtctlError) as e:
         scheduler.logs("17", path=log)
-    assert str(e.value) == f"job 17 FAILED on node2 exit 15 signal 53: it ended before it wrote any output ({log})"
+    assert str(e.value) == f"job 17 FAILED on node2 exit 0 signal 53: it ended before it wrote any output ({log})"
     squeue("18", "PENDING", reason="Priority")
     with pytest.raises(FtctlError, match="the job may still be pending; try `ftctl logs -f`"):
         scheduler.logs("18", path=tmp_path / "run" / "slurm-18.out")
@@ -70,7 +70,7 @@ def test_status_of_a_job_slurm_could_not_start_says_where_to_look(squeue, tmp_pa
     run = tmp_path / "run"
     run.mkdir()
     record_job(JobRef("slurm", "17", str(run), "r", str(run)))
-    squeue("17", "FAILED", nodes="node2", reason="JobLaunchFailure", exit_code=15, signal=53)
+    squeue("17", "FAILED", nodes="node2", reason="JobLaunchFailure", exit_code=15, signal=181)
     assert status_lines("17")[1] == (
         f"Slurm could not start the job on node2 (JobLaunchFailure): its run dir ({run}, where slurm-17.out is "
         f"written) is on {slurm_backend.node_local(str(run))}, which the nodes do not see; launch it again with "
@@ -79,7 +79,7 @@ def test_status_of_a_job_slurm_could_not_start_says_where_to_look(squeue, tmp_pa
     assert slurm_backend.node_local(str(run)).startswith("this machine's ")  # pytest's tmp_path: under /tmp
     monkeypatch.setattr(slurm_backend, "node_local", lambda path: None)  # a shared filesystem
     assert status_lines("17") == [
-        "17 FAILED on node2 exit 15 signal 53",
+        "17 FAILED on node2 exit 0 signal 53",  # squeue's 4021, as scontrol says it (0:53)
         f"Slurm could not start the job on node2 (JobLaunchFailure): often the run dir ({run}, where slurm-17.out is "
         "written) is not writable there or not on a filesystem the nodes see; that node's slurmd log says why",
     ]

@@ -221,26 +221,43 @@ def node_local(path: str) -> str | None:
 def unseen_by_nodes(rendered: Rendered, report: slurm_doctor.DoctorReport) -> str | None:
     """The run's local paths (its run directory, output, data, model) that only this machine sees (node_local),
     where the job may run on other machines: the job's partition has a node that is not this host (sinfo's names and
-    hostnames). The run directory there, and Slurm cannot write the job's log (JobLaunchFailure, after the queue
-    wait); the data there, and the trainer cannot read it. Said at launch and in its dry run."""
+    hostnames). Said at launch and in its dry run, with what the job does then and the flag that moves each (_UNSEEN):
+    the run directory there, and Slurm cannot write the job's log (JobLaunchFailure, after the queue wait); the data
+    there, and the trainer cannot read it (it said JobLaunchFailure and --output for data alone)."""
     spec = rendered.spec
-    paths = {str(rendered.paths.root): "the run directory (its spec.json, job script and log)"}
+    paths = {str(rendered.paths.root): "run"}
     if not is_remote(spec.output):
-        paths.setdefault(os.path.abspath(os.path.expanduser(spec.output)), "the output")
+        paths.setdefault(os.path.abspath(os.path.expanduser(spec.output)), "output")
     for p in spec.data_paths:
         if p and not is_remote(p) and os.path.exists(os.path.expanduser(p)):
-            paths.setdefault(os.path.abspath(os.path.expanduser(p)), "the data")
+            paths.setdefault(os.path.abspath(os.path.expanduser(p)), "data")
     if os.path.isdir(os.path.expanduser(spec.model_name_or_path)):
-        paths.setdefault(os.path.abspath(os.path.expanduser(spec.model_name_or_path)), "the model")
+        paths.setdefault(os.path.abspath(os.path.expanduser(spec.model_name_or_path)), "model")
     found = [(p, what, where) for p, what in paths.items() if (where := node_local(p))]
     if not found or _nodes_are_here(rendered.spec.partition, report):
         return None
-    said = "; ".join(f"{p} ({what}) is on {where}" for p, what, where in found)
+    kinds = {what for _, what, _ in found}
+    said = "; ".join(f"{p} ({_UNSEEN[what][0]}) is on {where}" for p, what, where in found)
+    then = [why for what, (_, why, _) in _UNSEEN.items() if what in kinds]
+    fix = [how for what, (_, _, how) in _UNSEEN.items() if what in kinds and how]
+    it = "it" if len(found) == 1 else "them"
     return (
-        f"{said}: the job's nodes do not see it unless they are this machine, and the job fails to start "
-        "(JobLaunchFailure) or finds nothing there. Put it on a filesystem the nodes share (home, project or scratch "
-        "space): --output DIR (or -o output=DIR) for the run, --data for the data."
+        f"{said}: the job's nodes do not see {it} where they are other machines, and {' and '.join(then)}. Put {it} on "
+        f"a filesystem the nodes share (home, project or scratch space): {', '.join(dict.fromkeys(fix))}."
     )
+
+
+# what each kind of path is (unseen_by_nodes), what the job does where the nodes do not see it, and the flag to move it
+_UNSEEN = {
+    "run": (
+        "the run directory: its spec.json, job script and log",
+        "Slurm cannot start the job (JobLaunchFailure, after the queue wait)",
+        "--output DIR (or -o output=DIR)",
+    ),
+    "output": ("the output", "the trainer cannot write its checkpoints", "--output DIR (or -o output=DIR)"),
+    "data": ("the data", "the trainer cannot read the data", "--data PATH"),
+    "model": ("the model", "the trainer cannot load the model", "--model DIR"),
+}
 
 
 def _nodes_are_here(partition: str | None, report: slurm_doctor.DoctorReport) -> bool:
@@ -475,18 +492,20 @@ class SlurmBackend(Backend):
         if not in_container and not rendered.spec.setup and (said := path_python_lacks_ftctl()):
             raise FtctlError(said)
         spec, plan = rendered.spec, rendered.plan
+        memory_gb, memory_arg = slurm_render.memory_request_gb(spec, plan) or (None, None)
         report = slurm_doctor.doctor(
             partition=spec.partition,
             nodes=plan.nodes,
             gpus_per_node=plan.gpus_per_node if plan.tier else None,
             gpu_type=plan.tier,
-            memory_gb=slurm_render.memory_request_gb(spec, plan),
+            memory_gb=memory_gb,
+            memory_arg=memory_arg,
             cpus_per_task=slurm_render.cpus_per_task(spec, plan),
             time=spec.time,
             reuse=True,  # the answer resolve() planned the node RAM with
         )
         report.raise_if_never_runs()
-        for doubt in report.doubts:
+        for doubt in [*report.doubts, *slurm_render.setup_doubts(spec)]:
             click.echo(f"warning: {doubt}", err=True)
         if said := unseen_by_nodes(rendered, report):
             click.echo(f"warning: {said}", err=True)

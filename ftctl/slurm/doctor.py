@@ -277,16 +277,18 @@ def doctor(
     cpus_per_task: int | None = None,
     time: str | None = None,
     reuse: bool = False,
+    memory_arg: str | None = None,
 ) -> DoctorReport:
     """What the cluster offers, and the problems a request (partition, nodes, GPUs per node, GPU type, host
-    memory a node, CPUs a task, time limit) would meet. Never raises for the cluster's state; look at
+    memory a node, CPUs a task, time limit) would meet; ``memory_arg``: the run's own --sbatch-arg that asks
+    ``memory_gb``, where it does (named in the problem). Never raises for the cluster's state; look at
     ``report.problems``. ``reuse``: sinfo's answer of this launch (ask). ``partition`` may be a list, as sbatch
     takes it (``gpu,gpu-long``: the job starts in whichever can start it first): see :func:`_any_of`."""
     environ = slurm_env(env)
     asked = ask(environ, reuse)
     if not asked.reachable:
         return asked
-    request = (gpus_per_node, gpu_type, nodes, memory_gb, cpus_per_task, time)
+    request = (gpus_per_node, gpu_type, nodes, memory_gb, cpus_per_task, time, memory_arg)
     names = [name.strip() for name in (partition or "").split(",") if name.strip()]
     if len(names) > 1:
         return _any_of(asked, names, environ, request)
@@ -316,7 +318,7 @@ def _any_of(asked: DoctorReport, names: list[str], environ: Mapping[str, str], r
 
 
 def _assess(asked: DoctorReport, partition: str | None, environ: Mapping[str, str], request: tuple) -> DoctorReport:
-    gpus_per_node, gpu_type, nodes, memory_gb, cpus_per_task, time = request
+    gpus_per_node, gpu_type, nodes, memory_gb, cpus_per_task, time, memory_arg = request
     report = DoctorReport(sbatch=asked.sbatch, reachable=True, partitions=asked.partitions)
     chosen, report.problems = _choose(report.partitions, partition)
     if chosen is None:
@@ -326,7 +328,7 @@ def _assess(asked: DoctorReport, partition: str | None, environ: Mapping[str, st
     report.never_runs = [
         *_node_problems(chosen, nodes),
         *(_gpu_problems(chosen, report.partitions, gpus_per_node, gpu_type, nodes or 1) if gpus_per_node else []),
-        *(_memory_problems(chosen, memory_gb) if memory_gb else []),
+        *(_memory_problems(chosen, memory_gb, memory_arg) if memory_gb else []),
         *(_cpu_problems(chosen, cpus_per_task) if cpus_per_task else []),
         *(_time_problems(chosen, time) if time else []),
     ]
@@ -398,15 +400,23 @@ def _node_problems(chosen: PartitionInfo, nodes: int | None) -> list[str]:
     ]
 
 
-def _memory_problems(chosen: PartitionInfo, memory_gb: float) -> list[str]:
+def _memory_problems(chosen: PartitionInfo, memory_gb: float, own: str | None = None) -> list[str]:
     """The job's --mem above every node of the partition: sbatch would refuse it ("Requested node configuration is
-    not available") without saying that the plan asked for it, or what to do."""
+    not available") without saying that the plan asked for it, or what to do. ``own``: the run's own --sbatch-arg
+    that asks it (render.own_memory), said with its fix."""
     if not chosen.nodes:
         return []
     most = max(n.memory_gb for n in chosen.nodes)
     if memory_gb <= most:
         return []
     asked, has = math.ceil(memory_gb * 1e9 / 2**30), max(n.memory_gib for n in chosen.nodes)
+    if own:
+        mem = "" if own.lstrip("-").startswith("mem=") else f" ({asked} GiB a node)"
+        return [
+            f"--sbatch-arg={own}{mem} is more than partition {chosen.name!r} has: at most "
+            f"{gib_text(max(n.memory_mb for n in chosen.nodes))} GiB a node; ask for "
+            "less, or leave it out (ftctl then asks for what the plan needs, said above the #SBATCH lines)"
+        ]
     return [
         f"the plan asks for --mem={asked}G a node (the job script's comment says what for), but partition "
         f"{chosen.name!r} has at most {has} GiB a node; plan for those nodes with -o host_memory_gb={math.floor(most)} "

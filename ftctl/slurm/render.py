@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 
 from ftctl import __version__
 from ftctl.envvars import ATTEMPT_ENV, SLURM_RESTART_ENV
@@ -286,7 +287,11 @@ def load_memory_gb(plan: Plan) -> tuple[float, str] | None:
 
 
 def _b(params_b: float) -> str:
-    return f"{params_b:.1f}B" if params_b >= 1 else f"{params_b * 1e3:.0f}M"
+    """A model's size as the --mem comment says it: 8.0B, 135M, 100K (a test's tiny model was "the 0M model")."""
+    if params_b >= 0.95:
+        return f"{params_b:.1f}B"
+    scale, unit = next(((s, u) for s, u in ((1e-3, "M"), (1e-6, "K")) if round(params_b / s) >= 1), (1e-9, ""))
+    return f"{round(params_b / scale)}{unit}"
 
 
 def memory_need(plan: Plan) -> tuple[float, str] | None:
@@ -325,16 +330,26 @@ def memory_request(spec: RunSpec, plan: Plan) -> tuple[int, str] | None:
     return max(cap, gib(kept)), f"{need[1]}: more than the nodes' {cap} GiB, so the load may be OOM-killed{fix} ({ask})"
 
 
-def memory_request_gb(spec: RunSpec, plan: Plan) -> float | None:
-    """What ``--mem`` asks for, in GB (1e9 B, as the doctor compares it with the nodes' RAM); None where the run
-    asks itself."""
+def memory_request_gb(spec: RunSpec, plan: Plan) -> tuple[float, str | None] | None:
+    """What the job asks for a node, in GB (1e9 B, as the doctor compares it with the nodes' RAM), and the run's own
+    --sbatch-arg that asks it (None where ftctl's --mem does); None where nothing is asked (or --mem=0, all of it).
+    A --sbatch-arg=--mem=64G above every node was sbatch's "Requested node configuration is not available", with
+    nothing naming the option."""
+    if own := own_memory(spec, plan):
+        return own if own[0] > 0 else None
     asked = memory_request(spec, plan)
-    return asked[0] * 2**30 / 1e9 if asked else None
+    return (asked[0] * 2**30 / 1e9, None) if asked else None
 
 
 def _own_memory(spec: RunSpec, plan: Plan) -> bool:
-    """Whether the run asks for memory in an --sbatch-arg; refused below what the plan keeps in RAM
-    (node_memory_gb)."""
+    """Whether the run asks for memory in an --sbatch-arg (own_memory)."""
+    return own_memory(spec, plan) is not None
+
+
+def own_memory(spec: RunSpec, plan: Plan) -> tuple[float, str] | None:
+    """The host RAM (GB a node; 0: all of it, --mem=0) the run asks for in an --sbatch-arg (--mem, --mem-per-cpu x
+    its CPUs, --mem-per-gpu x its GPUs a node), and that argument; None where it asks none. Refused below what the
+    plan keeps in RAM (node_memory_gb)."""
     need = node_memory_gb(plan)
     for arg in spec.sbatch_args:
         key, _, value = arg.lstrip("-").partition("=")
@@ -350,8 +365,8 @@ def _own_memory(spec: RunSpec, plan: Plan) -> bool:
                 "out (ftctl asks for it)"
                 + (f", or plan within it: -o host_memory_gb={math.floor(asked)}." if plan.tier is None else ".")
             )
-        return True
-    return False
+        return asked, arg
+    return None
 
 
 def _slurm_mb(value: str) -> float:
@@ -494,6 +509,50 @@ def conda_hook(spec: RunSpec) -> list[str]:
         'if [ -n "$CONDA_CMD" ]; then FTCTL_SET="$-"; set +u; eval "$("$CONDA_CMD" shell.bash hook)"; '
         'case "$FTCTL_SET" in *u*) set -u ;; esac; fi',
     ]
+
+
+_MODULE = re.compile(r"^\s*(module|ml)(\s|$)")
+_SOURCE = re.compile(r"^\s*(source|\.)\s+(\S+)")
+# what a shell that has environment modules holds: Lmod's and Environment Modules' variables, bash's exported function
+_MODULE_ENV = ("LMOD_CMD", "MODULESHOME", "BASH_FUNC_module%%", "BASH_FUNC_module()")
+
+
+def setup_doubts(spec: RunSpec, env: dict[str, str] | None = None) -> list[str]:
+    """Setup lines that will fail in the batch job, as far as the launching shell tells (the job runs in its
+    environment, and its batch shell reads no ~/.bashrc or /etc/profile): `module load` where this shell has no
+    environment modules, `conda activate` with no conda here (conda_hook finds none either), `source FILE` of no such
+    file. Each failed with exit 127 (or 1) after the queue wait; said at launch, not refused (a node may differ)."""
+    env = os.environ if env is None else env
+    doubts, sourced = [], False
+    for line in spec.setup:
+        if _MODULE.search(line) and not sourced and not any(k in env for k in _MODULE_ENV):
+            doubts.append(
+                f"setup line {line!r}: this shell has no `module` command (no LMOD_CMD or MODULESHOME, no exported "
+                "module function), and the job's batch shell, started from it, has none either: the line fails "
+                "(exit 127, `module: command not found`) after the queue wait. Launch from a login shell where "
+                "`module` works, or give its init first: --setup 'source /etc/profile.d/lmod.sh' (or modules.sh)"
+            )
+        if (
+            _CONDA_ACTIVATE.search(line)
+            and not sourced
+            and not env.get("CONDA_EXE")
+            and not shutil.which("conda", path=env.get("PATH"))
+        ):
+            doubts.append(
+                f"setup line {line!r}: no conda here (CONDA_EXE unset, no conda on PATH), so the job has none to "
+                "activate with: the line fails (exit 127, `conda: command not found`) after the queue wait. Give "
+                "conda's own script first: --setup 'source ~/miniconda3/etc/profile.d/conda.sh' (where conda is "
+                "installed), or `conda init` and launch from a new shell"
+            )
+        if found := _SOURCE.search(line):
+            sourced = True  # it may define module or conda: later lines are the user's to know
+            path = os.path.expanduser(found.group(2))
+            if "$" not in path and os.path.isabs(path) and not os.path.exists(path):
+                doubts.append(
+                    f"setup line {line!r}: {path} is no file here: the line fails (exit 1) after the queue wait, "
+                    "unless the nodes have it"
+                )
+    return doubts
 
 
 def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:

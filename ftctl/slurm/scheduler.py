@@ -659,11 +659,15 @@ def _when(raw: str) -> float | None:
 
 
 def _wait_status(raw: str) -> tuple[int | None, int | None]:
-    """squeue's exit_code is a wait(2) status: exit code in the high byte, signal in the low."""
+    """squeue's exit_code is a wait(2) status: exit code in the high byte, signal in the low seven bits; read as
+    scontrol and sacct read it (WIFSIGNALED: the signal, exit 0). A JobLaunchFailure's 4021 was "exit 15 signal 53"
+    beside scontrol's ExitCode=0:53."""
     value = _int(raw)
     if value is None:
         return None, None
-    return (value >> 8) & 0xFF, value & 0x7F
+    if value & 0x7F not in (0, 0x7F):  # killed by a signal: the high byte is no exit code
+        return 0, value & 0x7F
+    return (value >> 8) & 0xFF, 0
 
 
 def _exit_pair(raw: str) -> tuple[int | None, int | None]:
