@@ -166,9 +166,14 @@ def test_status_of_a_requeued_job_says_how_its_last_attempt_ended(squeue, tmp_pa
     assert status_lines("2") == ["2 PENDING (BeginTime), restarts 1", f"its attempt 0 ended: {kept}", step]
     squeue("2", "RUNNING", nodes="node[1-2]", restarts=1)  # attempt 1 says itself where it starts from
     assert status_lines("2") == ["2 RUNNING on node[1-2], restarts 1", step]
-    log.write_text(log.read_text().replace(f"error: {kept}\n", ""))  # a stop the store committed: nothing to say
+    log.write_text(log.read_text().replace(f"error: {kept}\n", ""))  # a stop the store committed: it goes on
     squeue("2", "PENDING", reason="BeginTime", restarts=1)
-    assert status_lines("2") == ["2 PENDING (BeginTime), restarts 1", step]
+    assert status_lines("2") == [
+        "2 PENDING (BeginTime), restarts 1",
+        "requeued: Slurm starts it again by itself once a requeued job's hold is over (BeginTime: about 2 minutes on "
+        "most clusters); its trainer resumes from the newest checkpoint in s3://b/runs/r1. Nothing to do",
+        step,
+    ]
 
 
 def test_record_start_names_the_slurm_job_and_attempt(tmp_path, monkeypatch):
@@ -258,3 +263,22 @@ def test_status_of_a_job_with_restarts_says_an_attempt_trained_steps_again(squeu
     finally:
         logging.getLogger("ftctl").removeHandler(handler)
         handler.close()
+
+
+def test_a_requeued_job_held_before_its_next_attempt_says_it_goes_on_by_itself(squeue, tmp_path, monkeypatch):
+    """After `scontrol requeue` (a preemption, a node failure) status said `14 PENDING (BeginTime), restarts 1` and
+    nothing more: Slurm holds a requeued job (~2 minutes) and then starts it again, from its checkpoint."""
+    from ftctl.slurm import backend as slurm_backend
+
+    run = tmp_path / "run"
+    run.mkdir()
+    record_job(JobRef("slurm", "14", str(run), "r", str(run)))
+    monkeypatch.setattr(slurm_backend, "resumes_from", lambda ref: "resumes it from checkpoint-5")
+    squeue("14", "PENDING", reason="BeginTime", restarts=1)
+    assert status_lines("14")[:2] == [
+        "14 PENDING (BeginTime), restarts 1",
+        "requeued: Slurm starts it again by itself once a requeued job's hold is over (BeginTime: about 2 minutes on "
+        "most clusters); its trainer resumes from checkpoint-5. Nothing to do",
+    ]
+    squeue("14", "PENDING", reason="BeginTime")  # a job launched with --begin: not requeued
+    assert status_lines("14") == ["14 PENDING (BeginTime)"]

@@ -574,6 +574,13 @@ class SlurmBackend(Backend):
             note = f"its attempt {s.restarts - 1} ended: {why}"
         elif s.restarts and (again := trained_again(self._log(ref))):  # a stop checkpoint that did not reach the store
             note = again
+        elif s.state == "PENDING" and s.restarts and s.reason == "BeginTime":  # `PENDING (BeginTime)`, said no more
+            then = resumes_from(ref).replace("resumes it", "its trainer resumes").replace("starts it", "it starts")
+            then = f"its trainer resumes from the newest checkpoint in {ref.output}" if is_remote(ref.output) else then
+            note = (
+                f"requeued: Slurm starts it again by itself once a requeued job's hold is over (BeginTime: about 2 "
+                f"minutes on most clusters); {then}. Nothing to do"
+            )
         ran = (s.started, s.ended) if s.started is not None else None
         own = {START_SLURM_JOB: ref.job_id}  # what its trainer's start record says (a trainer of this ftctl's)
         return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe(), note, ran, own)
