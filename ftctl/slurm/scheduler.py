@@ -371,8 +371,17 @@ def logs(
         offset = copy_new(log, offset, out, decoder)
         if not follow:
             if offset == 0 and not log.exists():
-                if (ended := _ended(job_id, env)) is not None:
-                    raise FtctlError(f"job {ended.describe()}: it ended before it wrote any output ({log})")
+                try:
+                    now = status(job_id, env)
+                except FtctlError:
+                    now = None
+                if now is not None and now.finished:
+                    raise FtctlError(f"job {now.describe()}: it ended before it wrote any output ({log})")
+                if now is not None and now.state == "PENDING":  # said as "may still be pending" where Slurm knew
+                    raise FtctlError(
+                        f"job {now.describe()}: queued, no output until it starts; `ftctl logs -f {job_id}` waits "
+                        "for it and follows its log"
+                    )
                 raise FtctlError(
                     f"job {job_id}'s output file {str(log)!r} does not exist (yet): "
                     "the job may still be pending; try `ftctl logs -f`"
@@ -399,15 +408,6 @@ def logs(
 
 
 # ---------------------------------------------------------------------------- internals
-def _ended(job_id: str, env) -> JobStatus | None:
-    """The job's status where Slurm says it has ended; None where it has not, or cannot say."""
-    try:
-        found = status(job_id, env)
-    except FtctlError:
-        return None
-    return found if found.finished else None
-
-
 def _check_id(job_id: str) -> str:
     job_id = str(job_id).strip()
     if not _JOB_ID.match(job_id):
