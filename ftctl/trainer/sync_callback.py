@@ -36,6 +36,8 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import sort_checkpoints
 
 from ftctl import checkpoints, failures, lease, storage
+from ftctl.checkpoints import staging
+from ftctl.checkpoints.staging import remove_checkpoint
 from ftctl.errors import FtctlError
 from ftctl.runpaths import CHECKPOINT_METRICS, METRICS_FILE
 from ftctl.spec import RunSpec
@@ -89,27 +91,6 @@ def rotate(output_dir: str, limit: int | None, best: str | None) -> None:
         if path not in protected:
             remove_checkpoint(path)
             left -= 1
-
-
-def remove_checkpoint(path: str) -> None:
-    """Delete a checkpoint directory so that a kill at any moment leaves it whole or gone: moved out of the run's
-    checkpoints first (into DELETING_DIR, which the next resume clears), then deleted. Deleted in place (transformers'
-    rotation), a kill halfway left checkpoint-N with part of its files, and its manifest or not: the resume took a
-    newer one, and nothing ever removed it (`ftctl sync ls` listed it incomplete for good)."""
-    aside = os.path.join(os.path.dirname(path), checkpoints.DELETING_DIR)
-    trash = os.path.join(aside, f"{os.path.basename(path)}-{uuid.uuid4().hex[:8]}")
-    try:
-        os.makedirs(aside, exist_ok=True)
-        os.replace(path, trash)
-    except FileNotFoundError:  # gone already
-        trash = None
-    except OSError as e:  # cannot be moved (a file system without rename of directories): deleted where it is
-        log.debug("cannot move %s aside (%s): deleted in place", path, e)
-        trash = path
-    if trash:
-        shutil.rmtree(trash, ignore_errors=True)
-    with contextlib.suppress(OSError):  # where nothing else is being deleted: no empty directory left in the run
-        os.rmdir(aside)
 
 
 def named_checkpoint(
@@ -287,7 +268,8 @@ class CheckpointSyncCallback(TrainerCallback):
     checkpoints before on_save: with a limit of 1, a run stopped while the manifest's hashes were taken
     had no complete checkpoint left, and its relaunch started from step 0). ``upload_wait_s``: what the end of a run
     waits for its uploads, and node 0 for another node's share of a checkpoint once its own is in (then it leaves
-    that checkpoint uncommitted and goes on with the next).
+    that checkpoint uncommitted and goes on with the next). ``keep_staging``: the end of the run keeps what the
+    store holds on this node's disk (free_staging).
     """
 
     def __init__(
@@ -304,8 +286,10 @@ class CheckpointSyncCallback(TrainerCallback):
         backoff: tuple[float, float] = (1.0, 60.0),
         poll_interval: float = 5.0,
         resumed: str | None = None,
+        keep_staging: bool = False,
     ):
         self.remote_uri = remote_uri
+        self.keep_staging = keep_staging  # the staged checkpoints and final model kept once the store holds them
         self.resumed = resumed  # the checkpoint the run resumes from (resume_point)
         self.spec_hash = spec_hash
         self.settings = settings  # what the run trains with (checkpoints.settings), in each manifest
@@ -476,7 +460,26 @@ class CheckpointSyncCallback(TrainerCallback):
         if self.uploader is None:
             return True
         self.uploader.submit_final(local_dir)
-        return self.uploader.wait(self.upload_wait_s)
+        if not self.uploader.wait(self.upload_wait_s):
+            return False
+        self.free_staging(local_dir)
+        return True
+
+    def free_staging(self, local_dir: str) -> None:
+        """The checkpoints and final model staged in ``local_dir`` removed where the store holds them
+        (checkpoints.staging.free checks the store), said in one line; rank 0 calls it once its final model is in,
+        another node's local rank 0 after it (the trainer's save). Where the nodes stage into one directory only the
+        first of them does. Kept with keep_staging, or where the store's answer is an error (said)."""
+        if self.remote_uri is None or self.keep_staging or not self.lists_files:
+            return
+        try:
+            freed = staging.free(local_dir, self.remote_uri, self.endpoint_url)
+        except Exception as exc:  # noqa: BLE001 - the store's own errors: the run's model is in, nothing is removed
+            log.warning("kept the run's staging in %s: cannot check what %s holds (%s)", local_dir, self.remote_uri,
+                        storage.redact(str(exc))[:300])  # fmt: skip
+            return
+        if line := freed.line(local_dir, self.remote_uri):  # all of it kept: something is not in the store
+            log.log(logging.INFO if freed.removed else logging.WARNING, "%s", line)
 
     def unsent(self) -> list[str]:
         """The checkpoints queued for upload that the store has not committed (none without a store); ask before
