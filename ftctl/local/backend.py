@@ -187,8 +187,8 @@ class LocalBackend(Backend):
         records = failures.read(ref.paths.failures)
         if word == "failed" and records and not failures.summarize(records)[1]:  # not an interruption: a relaunch
             return JobStatus(JobState.FAILED, f"{ref.job_id} local run, failed")  # would fail the same way
-        return JobStatus(
-            JobState.UNKNOWN,
+        return JobStatus(  # stopped (cancelled, killed, Ctrl-C, a crash a relaunch gets past): `ftctl status` exits 3
+            JobState.PREEMPTED,
             f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` {resumes(ref)})",
         )
 
@@ -481,7 +481,7 @@ def gone(ref: JobRef) -> JobStatus:
         return JobStatus(JobState.SUCCEEDED, f"{text}; its final model is in {ref.output} (`ftctl chat {ref.output}`)")
     if done:
         return JobStatus(
-            JobState.UNKNOWN,
+            JobState.PREEMPTED,
             f"{text}; {ref.output} holds its checkpoints up to {done[-1].name}: the same `ftctl launch` resumes it "
             "from there",
         )

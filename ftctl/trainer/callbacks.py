@@ -1,7 +1,9 @@
 """Trainer callbacks: metrics JSONL, progress lines with tokens/s and ETA, preemption.
 
 - :class:`MetricsCallback` (rank 0) appends one JSON object per logging step to
-  ``<output>/metrics.jsonl`` (step, loss, lr, grad_norm, tokens_per_s, tokens, epoch, time) and
+  ``<output>/metrics.jsonl`` (step, loss, lr, grad_norm, tokens_per_s, tokens, epoch, time, and max_steps: the
+  step the run ends at, as the Trainer counts it from max_steps or from epochs of the data: `ftctl status`
+  shows step/total and the time left from it) and
   prints a progress line: ``step 12/30  loss 1.234  lr 2.9e-04  grad 0.87  1,234 tok/s  ETA 0:00:36``;
   an evaluation is an ``"event": "eval"`` record (eval_loss, eval_mean_token_accuracy, ...) and a line
   ``eval at step 12  loss 1.301  token accuracy 0.612  0.8 s`` (several held-out datasets: ``loss 1.301 (chat
@@ -119,6 +121,7 @@ class MetricsCallback(TrainerCallback):
             "tokens_per_s": round((tokens - self._tokens_last) / dt, 1) if tokens else None,
             "epoch": logs.get("epoch"),
             "time": round(now, 3),
+            "max_steps": state.max_steps,  # the run's last step (of max_steps, or of its epochs): `ftctl status`
         }
         peak = peak_gpu_memory_gib()
         if peak is not None:

@@ -1,0 +1,165 @@
+"""What `ftctl status` says of a run's progress: the questions a user watching a tqdm bar and squeue asks while it
+trains. From what the trainer writes: its metrics.jsonl (a row a logged step, with the step the run ends at:
+trainer.callbacks.MetricsCallback; a "start" record a trainer) where this machine sees it, else its log's last step
+line (a Slurm job staged on its nodes' disks); the newest checkpoint from its manifests, in the run directory, the
+staging directory's record of what the store committed, or the store itself.
+
+    step 120/1000 (12%)  loss 1.2345  1,234 tok/s  0.80 s a step, ~12 min left; held-out loss 1.3012 at step 100
+    newest checkpoint: checkpoint-100, saved 3 min ago, in s3://b/runs/r1
+
+What cannot be seen here is said so, not guessed: a total an older trainer did not record is left out, a time left
+is given only while the job runs, and from two logged steps of its own trainer at least.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ftctl.runpaths import PROGRESS_LINE
+
+# the trainer's line in a job's log for a logged step (trainer.callbacks.MetricsCallback._progress):
+# "step 12/40  loss 1.2345  lr 2.00e-04  grad 0.808  380 tok/s  ETA 0:00:11"
+LOGGED_STEP = re.compile(rf"{PROGRESS_LINE}(\d+)/(\d+)  loss ([0-9.]+|nan|inf)(?:  .*?([\d,.]+) tok/s)?")
+ETA = re.compile(r"  ETA ((?:\d+ days?, )?\d+:\d\d:\d\d)\s*$")  # its end: "ETA 0:05:02", "ETA 1 day, 2:03:04"
+STALE_AFTER_S = 120.0  # a running job's last logged step older than this and 3 of its intervals: said how old
+
+
+def summary(records: list[dict], counts: Callable[[dict], bool], running: bool, now: float | None = None) -> str | None:
+    """The run's last logged step (of its total, where its trainer recorded it), the time a step takes and, while it
+    runs, the time left; then its last held-out loss. ``records``: metrics.jsonl's (backend.metrics_records); only the
+    rows after a "start" record that ``counts`` (the job's own trainer: backend.own_start) are shown, and the rows
+    before any start record (an older ftctl's) as they are. None: nothing of the job's own logged yet."""
+    step = held_out = best = None
+    rows: list[dict] = []  # the logged steps of the newest trainer counted: the rate is theirs
+    counted = True
+    started = ours = False
+    for record in records:
+        if record.get("event") == "start":
+            counted = counts(record)
+            started, ours = True, ours or counted
+            if counted:
+                rows = []
+        elif not counted:
+            continue
+        elif "loss" in record:
+            step = record
+            rows.append(record)
+        elif record.get("event") == "eval":
+            held_out = record
+            best = record if best is None or record["eval_loss"] < best["eval_loss"] else best
+    if started and not ours:
+        return None
+    parts = []
+    if step is not None:
+        text = step_text(step["step"], step["loss"], step.get("tokens_per_s"), step.get("max_steps"))
+        if timing := pace(rows, step.get("max_steps"), running, time.time() if now is None else now):
+            text += f"  {timing}"
+        parts.append(text)
+    if held_out is not None:
+        # a later loss above the best: the run may be overfitting, and checkpoint-N is what chat/eval/merge take
+        lowest = f" (lowest {best['eval_loss']:.4f} at step {best['step']})" if best is not held_out else ""
+        parts.append(f"held-out loss {held_out['eval_loss']:.4f} at step {held_out['step']}{lowest}")
+    return "; ".join(parts) or None
+
+
+def step_text(step: int, loss: float, tokens_per_s: float | None, total: int | None = None) -> str:
+    """``step 120/1000 (12%)  loss 1.2345  1,234 tok/s``; ``step 120  loss ...`` where the total is not known."""
+    rate = f"  {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
+    of = f"/{total} ({100 * step // total}%)" if isinstance(total, int) and total > 0 else ""
+    return f"step {step}{of}  loss {loss:.4f}{rate}"
+
+
+def pace(rows: list[dict], total: int | None, running: bool, now: float) -> str | None:
+    """``0.80 s a step, ~12 min left``: the rate of the trainer's own logged steps (from its second one, once there
+    is a third: the first pays for what runs once, CUDA's start, compiling), evaluations and saves included, as a
+    user's clock sees them; the time left only while the job runs, counted from the last step's time. None: fewer
+    than two logged steps."""
+    timed = [r for r in rows if isinstance(r.get("time"), (int, float))]
+    if len(timed) > 2:
+        timed = timed[1:]
+    if len(timed) < 2 or timed[-1]["step"] <= timed[0]["step"]:
+        return None
+    first, last = timed[0], timed[-1]
+    interval = (last["time"] - first["time"]) / (len(timed) - 1)  # between two logged steps
+    per_step = (last["time"] - first["time"]) / (last["step"] - first["step"])
+    said = f"{duration(per_step, exact=True)} a step"
+    if not running:
+        return said
+    since = max(0.0, now - last["time"])
+    stale = since > max(STALE_AFTER_S, 3 * interval)  # evaluating, saving, or stuck: the clock since is not a rate's
+    if isinstance(total, int) and total > last["step"]:
+        left = (total - last["step"]) * per_step
+        said += f", ~{duration(left)} left at its last step" if stale else f", ~{duration(max(0.0, left - since))} left"
+    return said + (f", logged {duration(since)} ago" if stale else "")
+
+
+def duration(seconds: float, exact: bool = False) -> str:
+    """``0.80 s``, ``45 s``, ``12 min``, ``2 h 5 min``; ``exact``: a step's time, with its decimals."""
+    if exact and seconds < 10:
+        return f"{seconds:.2f} s" if seconds < 1 else f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 59.5 * 60:
+        return f"{seconds / 60:.0f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def logged_step(lines: list[str], running: bool) -> str | None:
+    """The last step line among ``lines`` (a job's last attempt in its log) as summary says a step; while the job
+    runs, the time left its trainer said at that line (the log has no times: how long ago that was is not known)."""
+    for line in reversed(lines):
+        if m := LOGGED_STEP.match(line):
+            loss = float(m[3])
+            text = step_text(int(m[1]), loss, float(m[4].replace(",", "")) if m[4] else None, int(m[2]))
+            if running and (eta := ETA.search(line)):
+                text += f"  ETA {eta[1]} at that line of its log"
+            return text
+    return None
+
+
+def newest_checkpoint(output: str, endpoint_url: str | None, staged: Path | None, now: float | None = None) -> str:
+    """``newest checkpoint: checkpoint-100, saved 3 min ago`` (``, in s3://...`` for an object-store output): of a
+    local output, its newest complete one; of an object-store output, the newest its store committed, from the
+    directory it is staged in where this machine sees it (its record of what the store committed, no request), else
+    from the store; a newer one saved there and not committed yet is said too. What cannot be read is said so."""
+    from ftctl.checkpoints import list_checkpoints, uploaded
+    from ftctl.errors import FtctlError
+    from ftctl.storage import is_remote, storage_errors
+
+    now = time.time() if now is None else now
+    if not is_remote(output):
+        done = [c for c in list_checkpoints(output) if c.complete]
+        return f"newest checkpoint: {_saved(done[-1], now)}" if done else "no checkpoint saved yet"
+    here = []
+    if staged is not None and staged.is_dir():
+        here = [c for c in list_checkpoints(str(staged)) if c.complete]
+        sent = uploaded(str(staged))
+        committed = [c for c in here if c.name in sent]
+        if sent and committed:  # not one an earlier run left here (resume's concern): one this run sent
+            newest, ahead = committed[-1], [c for c in here if c.step > committed[-1].step]
+            return f"newest checkpoint: {_saved(newest, now)}, in {output}" + _ahead(ahead, output, now)
+    try:
+        with storage_errors(output, endpoint_url):
+            done = [c for c in list_checkpoints(output, endpoint_url=endpoint_url) if c.complete]
+    except (OSError, FtctlError) as e:
+        said = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
+        return f"newest checkpoint: {output} cannot be listed now ({said})"
+    if not done:
+        return f"no checkpoint committed to {output} yet" + _ahead(here, output, now)
+    ahead = [c for c in here if c.step > done[-1].step]
+    return f"newest checkpoint: {_saved(done[-1], now)}, in {output}" + _ahead(ahead, output, now)
+
+
+def _ahead(here: list, output: str, now: float) -> str:
+    return f" ({_saved(here[-1], now)} on this disk, not in {output} yet)" if here else ""
+
+
+def _saved(checkpoint, now: float) -> str:
+    when = (checkpoint.manifest or {}).get("created_unix")
+    if not isinstance(when, (int, float)):
+        return checkpoint.name
+    return f"{checkpoint.name}, saved {duration(max(0.0, now - when))} ago"
