@@ -252,8 +252,8 @@ DECIDED = {
     "weights load in; bfloat16 or float16 here asks for one, as -o bf16=true or -o fp16=true does",
     "model_revision": "a hub id loads its main revision; for another, download it (hf download ORG/NAME --revision REV "
     "--local-dir DIR) and pass --model DIR",
-    "trust_remote_code": "models load with transformers' own code, never a repository's (remote code stays off): "
-    "use a model whose architecture your transformers supports",
+    "trust_remote_code": "models load with transformers' own code for their architecture, never a repository's "
+    "(remote code stays off): a model whose architecture your transformers lacks fails to load; use one it supports",
     "lora_modules_to_save": "lora and qlora train only the adapters (no modules_to_save); to train the head too use "
     "--method sft (the top trainable_layers blocks and the head) or fft",
     "modules_to_save": "lora and qlora train only the adapters (no modules_to_save); to train the head too use "
@@ -430,7 +430,7 @@ AGREES = {
     "tf32": None,
     "fsdp": ("", "false", "no"),
     "fsdp_transformer_layer_cls_to_wrap": None,
-    "trust_remote_code": ("false",),
+    "trust_remote_code": ("false", "true"),  # true: left off, with a note (build)
     "push_to_hub": ("false",),
     "deepspeed": ("false", "no"),
     "strict": None,
@@ -1293,7 +1293,13 @@ def _coerce(key: str, value):
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError("expects a number") from None
+            pass
+        if share := re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*", str(value)):  # eval_split=5% (a share: 0.05)
+            number = f"{float(share[1]) / 100:.6g}"
+            raise ValueError(
+                f"expects a number, and {value.strip()} is {number}: -o {key}={number} ({key}: {number} in a run file)"
+            )
+        raise ValueError("expects a number")
     if key in PATH_LISTS and isinstance(value, (str, list, tuple)):  # each --data as given (or a list's item)
         items = [value] if isinstance(value, str) else value
         if said := next(filter(None, (_object_key_comma(key, str(v)) for v in items)), None):
@@ -1506,7 +1512,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
         left_out: list[str] = []  # and LEFT_OUT ones
         epochly: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch this layer's save_strategy: epoch set
-        for raw_key, raw in _mixes(list(_nested(_wandb(items, source, notes)))):
+        for raw_key, raw in _mixes(list(_nested(_wandb(_llama_factory_names(items, source, notes), source, notes)))):
             key = canonical_key(raw_key)
             if raw is None and key in TURNED and key != "datasets":  # left empty: it asks for nothing
                 continue
@@ -1581,7 +1587,12 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                     by_method[f"{raw_key!r} ({source})"] = (key, flag)
                 continue
             if key in DECIDED:
-                if _agrees(key, raw) or _word(raw) in METHOD_AGREES.get(key, {}):
+                if key == "trust_remote_code" and _word(raw) == "true":  # every LLaMA-Factory example says it
+                    notes is None or notes.append(
+                        f"{raw_key}: true ({source}), as LLaMA-Factory's examples give it for models that need no "
+                        f"remote code, is left off: {DECIDED[key]}"
+                    )
+                elif _agrees(key, raw) or _word(raw) in METHOD_AGREES.get(key, {}):
                     (left_out if key in LEFT_OUT and raw is not None else agreed).append(raw_key)
                     if key in ("evaluation_strategy", "eval_strategy", "do_eval") and raw not in (None, ""):
                         evaluation[raw_key] = (_word(raw), source)
@@ -1631,15 +1642,15 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 f"method {meant}: what {', '.join(by_method)} {'asks' if len(by_method) == 1 else 'ask'} for"
             )
         elif (
-            sources.get("learning_rate") == "run file"
+            "learning_rate" in sources  # a run file's, or -o's (typed by hand, or a pasted line's --learning_rate)
             and (values["learning_rate"] or 1) < LORA_LEAST_LR
             and not any(k in values for k in LORA_KEYS)  # FastChat's train_lora.sh trains LoRA at 2e-5: it says lora_r
         ):
             errors.append(
-                f"learning_rate={values['learning_rate']:g} (run file) with no method given: lora, the default, trains "
-                "adapters at "
-                "1e-4 to 2e-4, and this rate is full fine-tuning's (FastChat's train script, TRL without use_peft): "
-                "give --method fft to train every weight, or --method lora to train adapters at this rate."
+                f"learning_rate={values['learning_rate']:g} ({sources['learning_rate']}) with no method given: lora, "
+                "the default, trains adapters at 1e-4 to 2e-4, and this rate is full fine-tuning's (FastChat's train "
+                "script, TRL without use_peft), at which adapters learn little: give --method fft to train every "
+                "weight, a LoRA rate (-o learning_rate=2e-4), or --method lora to train adapters at this rate."
             )
     if zero_asked and sources.get("strategy") == zero_asked[0]:  # (no later layer gave the strategy)
         _zero_not_for_method(values, sources, zero_asked[1:], notes)
@@ -1793,7 +1804,7 @@ def _axolotl(key: str, raw):
     if key == "datasets" and isinstance(raw, list) and raw and all(isinstance(d, dict) and d.get("path") for d in raw):
         refused = [
             f"{d['path']}'s {k}: {v!r}: {why}" for d in raw for k, v in d.items() if (why := _dataset_refuses(k, v))
-        ]
+        ] + [why for d in raw if (why := _turn_keys_refused(d))]
         if refused:
             raise ValueError("; ".join(refused))
 
@@ -1853,10 +1864,39 @@ def _dataset_refuses(key: str, value) -> str | None:
     return None if value is None or word in agrees else how
 
 
+# the keys of an axolotl dataset entry that name its rows' turns and their keys (field_messages: chat, and
+# message_property_mappings: {role: speaker, content: text}, or the older message_field_role/_content)
+TURN_KEYS = ("field_messages", "message_property_mappings", "message_field_role", "message_field_content")
+# the turns' names ftctl reads (trainer.formats): a row's list of turns, and each turn's role and content keys
+TURNS_READ, TURN_KEYS_READ = ("messages", "conversations"), (("role", "content"), ("from", "value"))
+
+
+def _turn_keys_refused(entry: dict) -> str | None:
+    """Why an axolotl dataset entry's turns, named as its TURN_KEYS say, are not rows ftctl reads (it reads a row's
+    turns by their names, not by a mapping in the run file): what to rename in the data. None where they are."""
+    mapped = entry.get("message_property_mappings")
+    mapped = mapped if isinstance(mapped, dict) else {}
+    turns = str(entry.get("field_messages") or "messages")
+    role = str(mapped.get("role") or entry.get("message_field_role") or "role")
+    content = str(mapped.get("content") or entry.get("message_field_content") or "content")
+    if turns in TURNS_READ and (role, content) in TURN_KEYS_READ:
+        return None
+    given = ", ".join(f"{k}: {entry[k]!r}" for k in TURN_KEYS if entry.get(k) is not None)
+    renames = [(turns, "messages")] * (turns not in TURNS_READ)  # from/value turns read as they are
+    renames += [(role, "role"), (content, "content")] * ((role, content) not in TURN_KEYS_READ)
+    renames = [f"{a!r} to {b!r}" for a, b in renames if a != b]
+    keys = [k for k in TURN_KEYS if k in entry]
+    return (
+        f"{entry['path']}'s {given}: ftctl reads a row's turns under 'messages' with role and content keys (or "
+        f"ShareGPT's conversations, from and value), not by a dataset entry's mapping: rename {', '.join(renames)} "
+        f"in the data and drop {', '.join(keys)} from the entry"
+    )
+
+
 def dataset_keys_unread(raw) -> list[str]:
-    """The keys of axolotl's dataset entries that ftctl does not read (type, ds_type, field_messages ...): each
-    row's format is read from its fields."""
-    return sorted({k for d in raw if isinstance(d, dict) for k in d} - {"path", *_DATASET_KEYS})
+    """The keys of axolotl's dataset entries that ftctl does not read (type, ds_type, roles ...): each row's format is
+    read from its fields (turn keys it reads already, TURN_KEYS, are not listed)."""
+    return sorted({k for d in raw if isinstance(d, dict) for k in d} - {"path", *_DATASET_KEYS, *TURN_KEYS})
 
 
 # axolotl's W&B keys, given a value: what they ask for is report_to=wandb with W&B's own variables set
@@ -1880,6 +1920,69 @@ def _wandb(items, source: str, notes=None) -> list:
         "ftctl passes it by name)"
     )
     return [(k, v) for k, v in items if (k, v) not in given] + turned
+
+
+LF_INFO = "dataset_info.json"  # LLaMA-Factory's: its datasets by name (trainer.formats reads an entry's columns)
+LF_NAMED = {"dataset": "data_path", "eval_dataset": "eval_data_path"}  # its keys naming entries of it
+
+
+def _llama_factory_names(items, source: str, notes=None) -> list:
+    """LLaMA-Factory's ``dataset: a,b`` (and eval_dataset), names of the entries of dataset_info.json in dataset_dir
+    (its default: data), as data_path (eval_data_path): each entry's file_name there (hf_hub_url: a Hub dataset),
+    whose rows trainer.formats reads as that entry says. As they are where there is no such file here (the key is
+    then refused, saying what to write); FtctlError for a name it lacks or an entry ftctl cannot read."""
+    items = list(items)
+    given = {k.strip(): v for k, v in items}
+    if not any(given.get(k) for k in LF_NAMED):
+        return items
+    directory = str(given.get("dataset_dir") or "data")
+    info = Path(directory).expanduser() / LF_INFO
+    try:
+        entries = json.loads(info.read_text())
+    except (OSError, ValueError):
+        return items
+    if not isinstance(entries, dict):
+        return items
+    out, errors = [], []
+    for key, value in items:
+        if key.strip() not in LF_NAMED or not value:
+            out.append((key, value))
+            continue
+        names = [
+            str(n).strip() for n in (value if isinstance(value, list) else str(value).split(",")) if str(n).strip()
+        ]
+        paths = []
+        for name in names:
+            entry = entries.get(name)
+            if not isinstance(entry, dict):
+                known = ", ".join(list(entries)[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+                errors.append(f"{key.strip()} ({source}): {name!r} is not an entry of {info} (it names {known})")
+            elif (renamed := entry.get("columns") or entry.get("tags")) and not (
+                isinstance(file := entry.get("file_name"), str) and "/" not in os.path.normpath(file)
+            ):  # trainer.formats applies an entry to a file beside its dataset_info.json
+                errors.append(
+                    f"{key.strip()} ({source}): {info}'s entry {name!r} renames {', '.join(renamed)}, which ftctl "
+                    f"applies to a file beside {LF_INFO} only: put its rows there (file_name: FILE), or rename them in "
+                    "the data and give it as data_path"
+                )
+            elif isinstance(entry.get("file_name"), str):
+                paths.append(storage.join(directory, entry["file_name"]))
+            elif isinstance(entry.get("hf_hub_url"), str):
+                paths.append(f"hf://datasets/{entry['hf_hub_url']}")
+            else:
+                errors.append(
+                    f"{key.strip()} ({source}): {info}'s entry {name!r} has no file_name or hf_hub_url, which ftctl "
+                    "reads: give its data's files as data_path"
+                )
+        out.append((LF_NAMED[key.strip()], paths))
+        if notes is not None and paths:
+            notes.append(
+                f"{key.strip()}: {', '.join(names)} ({source}) are {LF_NAMED[key.strip()]} {', '.join(paths)} "
+                f"({info}'s entries; each file read as its entry says)"
+            )
+    if errors:
+        raise FtctlError(_join(errors))
+    return out
 
 
 def _mixes(items):

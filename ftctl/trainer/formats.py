@@ -61,7 +61,7 @@ from typing import Any
 
 from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean
-from ftctl.spec import TRAIN_FLAGS, near_file
+from ftctl.spec import LF_INFO, TRAIN_FLAGS, near_file
 from ftctl.trainer.splits import KINDS, is_data_file, split_files
 
 # FastChat's ShareGPT role names (fastchat/train/train.py and its data cleaning scripts).
@@ -405,7 +405,6 @@ def file_name(file: str, path: str) -> str:
 
 # LLaMA-Factory's dataset_info.json: its datasets by name, each a file (file_name) or elsewhere, with how to read its
 # rows: formatting, columns (a field -> the record's column) and tags (a turn's keys and roles -> the data's)
-LF_INFO = "dataset_info.json"
 LF_SOURCES = {"file_name", "hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name"}
 # its columns and tags where an entry gives none (its parser's DatasetAttr)
 LF_DEFAULTS = {
