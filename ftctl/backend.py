@@ -383,8 +383,9 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
 
 # ------------------------------------------------------------------------------------------ prepare
 def choose_backend(spec: RunSpec) -> tuple[str, str]:
-    """(backend, why) for a run without --backend: the user's config, else local when this machine
-    has the GPUs asked for (or none were named), else SkyPilot with a cloud enabled, else a refusal."""
+    """(backend, why) for a run without --backend: the user's config, else the one backend whose options were given
+    (--infra: sky; implied_backend), else local when this machine has the GPUs asked for (or none were named), else
+    SkyPilot with a cloud enabled, else a refusal."""
     if spec.backend:
         return spec.backend, "--backend"
     name, why = _choose(spec)
@@ -413,6 +414,8 @@ def configured_backend() -> tuple[str, str] | None:
 def _choose(spec: RunSpec) -> tuple[str, str]:
     if configured := configured_backend():
         return configured
+    if implied := implied_backend(spec):
+        return implied
     req = gpu_table.parse(spec.gpus or "cpu", spec.nodes)
     if req.nodes == 1 and (not spec.gpus or get("local").has_gpus(spec)):
         return "local", "this machine has the GPUs asked for" if spec.gpus else "no --gpus: this machine"
@@ -435,6 +438,18 @@ def _choose(spec: RunSpec) -> tuple[str, str]:
         f"(a cluster), --backend sky (a cloud: {sky_why}), --backend docker, or --backend local with the GPUs "
         f"this machine has; or set backend: in {userconfig.config_path()} (or FTCTL_BACKEND)."
     )
+
+
+def implied_backend(spec: RunSpec) -> tuple[str, str] | None:
+    """(backend, why) where the backend options given (set to other than their defaults) are one backend's alone:
+    `--infra aws` names SkyPilot as plainly as --backend sky, `--partition gpu` Slurm (such a run went to this machine
+    and was refused: "add --backend sky"). None where none is given, or they fit several (--container)."""
+    options = backend_options()
+    given = sorted(k for k in set().union(*options.values()) if getattr(spec, k) != _default(k))
+    owners = [name for name, opts in options.items() if given and set(given) <= opts]
+    if len(owners) != 1:
+        return None
+    return owners[0], f"{', '.join(given)}: {'an option' if len(given) == 1 else 'options'} of {owners[0]} alone"
 
 
 def prepare(spec: RunSpec, why: str | None = None) -> Rendered:

@@ -702,6 +702,8 @@ def build(gpus, tag, registry, apptainer, max_jobs, cuda, dry_run):
 
     plan = image_build.commands(gpus, tag=tag, push=registry, apptainer=apptainer, max_jobs=max_jobs, cuda=cuda)
     if dry_run:
+        if plan.note:  # an image for another CPU than this machine's: QEMU, hours
+            click.echo(plan.note, err=True)
         click.echo(plan.text(), nl=False)
         return
     image_build.build(plan)

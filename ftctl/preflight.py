@@ -11,8 +11,10 @@ is asked for anything. It looks at what a launch would otherwise find out late:
 | data   | the file, directory or object is there and its first file can be read; local data   |
 |        | up to ROW_CHECK_BYTES: its rows' own problems (invalid JSON, fields of no format);  |
 |        | above it, a warning that its rows were not checked (`ftctl data check` does)        |
-|        | before a Slurm job, and in a local or docker dry run, up to TOKENIZE_BYTES: its     |
-|        | rows through the tokenizer (a local launch's trainer does it seconds in)            |
+|        | before a Slurm job, and in a local, docker or SkyPilot dry run, up to               |
+|        | TOKENIZE_BYTES: its rows through the tokenizer (a local launch's trainer does it    |
+|        | seconds in); a dry run also reads data in a store up to that size, and says (note:) |
+|        | what it tokenized and what not, and why (larger, the tokenizer not cached here)     |
 | output | local: the directory can be created and written; object store: credentials, bucket, |
 |        | write (a small marker object, put then deleted)                                     |
 | disk   | local output: room for the checkpoints the plan will write                          |
@@ -50,6 +52,7 @@ from ftctl.hub import HUB_ID
 from ftctl.runpaths import ADAPTER_CONFIG, MERGED_DIR
 
 ERROR, WARNING = "error", "warning"
+NOTE = "note"  # what a dry run checked, or left to the nodes, and why: no problem
 #: backends whose GPUs are this machine's (checked against nvidia-smi); the others ask their cluster
 
 #: Hugging Face hub ids as the hub accepts them: org/name, letters, digits, '.', '_', '-'
@@ -70,7 +73,7 @@ class Finding:
     """One problem found before launch. ``what`` names the flag and value and what is wrong;
     ``fix`` what to do ('' when ``what`` is a sentence that already ends in its fix)."""
 
-    level: str  # ERROR | WARNING
+    level: str  # ERROR | WARNING | NOTE
     what: str
     fix: str = ""
 
@@ -92,10 +95,10 @@ def preflight(
     the trainer would tokenize at once here (TOKENIZED_BEFORE)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    findings = check_gpus(plan, backend_name, detected) + check_model(
-        spec.model_name_or_path, here=backend_name == "local", job_env=backend_name == "slurm"
-    )
-    findings += check_chat_template(spec.chat_template_path) + check_lora_targets(spec, plan.model)
+    # what tokenizing the rows reads: the model (its tokenizer), the chat template; the data below
+    read = check_model(spec.model_name_or_path, here=backend_name == "local", job_env=backend_name == "slurm")
+    read += check_chat_template(spec.chat_template_path)
+    findings = check_gpus(plan, backend_name, detected) + read + check_lora_targets(spec, plan.model)
     with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
         run = data_check_args(spec)  # the fix a line names: `ftctl data check` of the run's own data and model
         text = spec.dataset_text_field
@@ -105,9 +108,13 @@ def preflight(
         ]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
         resume = pool.submit(check_resume, on_nodes or spec, plan)
-        findings += [f for d in data for f in d.result()] + output.result() + resume.result()
-    if backend_name in TOKENIZED_BEFORE[dry_run] and not any(f.level == ERROR for f in findings):
-        findings += check_tokenized(spec)
+        data_found = [f for d in data for f in d.result()]
+        findings += data_found + output.result() + resume.result()
+    # a launch tokenizes where nothing else stops it; a dry run whatever else it found (an output without
+    # credentials here, a resume refused), where the model, its template and the data themselves can be read
+    stops = read + data_found if dry_run else findings
+    if backend_name in TOKENIZED_BEFORE[dry_run] and not any(f.level == ERROR for f in stops):
+        findings += check_tokenized(spec, dry_run=dry_run)
     findings += check_row_counts(spec) if not any(f.level == ERROR for f in findings) else []
     findings += check_disk(spec, plan) + check_secrets(spec) + check_env_values(spec, backend_name)
     findings += check_demo_defaults(spec, backend_name)
@@ -655,52 +662,96 @@ ROW_CHECK_BYTES = 64 * 2**20
 # here (15.5 MB of 3-turn chats took 18 s), against a queue wait
 TOKENIZE_BYTES = 4 * 2**20
 # the backends whose launch tokenizes it (check_tokenized), by dry run: Slurm's before its queue wait; a local or
-# docker launch leaves it to its trainer, which does it seconds in, and its dry run (which starts none) does it here
-TOKENIZED_BEFORE = {False: ("slurm",), True: ("slurm", "local", "docker")}
+# docker launch leaves it to its trainer, which does it seconds in, a SkyPilot one to its trainer once the node is up
+# and set up (minutes, paid for); a dry run, which starts none, does it here for all of them
+TOKENIZED_BEFORE = {False: ("slurm",), True: ("slurm", "local", "docker", "sky")}
 
 
-def check_tokenized(spec) -> list[Finding]:
+def check_tokenized(spec, dry_run: bool = False) -> list[Finding]:
     """The training rows through the model's tokenizer and chat template as the trainer takes them (trainer/data.py):
     a template that refuses a row's roles, rows with nothing left to train after model_max_length, failed the job
     on its node after the queue wait. Where the data is local and at most TOKENIZE_BYTES, and the tokenizer is here
-    (a local model directory, or a hub id in this machine's Hugging Face cache); else the trainer says it."""
+    (a local model directory, or a hub id in this machine's Hugging Face cache); else the trainer says it.
+    ``dry_run``: `launch --dry-run`, which also reads data in an object store or on the Hub up to TOKENIZE_BYTES, and
+    says in a NOTE what it tokenized, or what it did not and why (never a download of more than that)."""
     from ftctl.spec import split_paths
 
     paths = split_paths(spec.data_path)
-    if spec.data_path.startswith("builtin:") or any(storage.scheme(p) not in ("", "file") for p in paths):
-        return []
-    try:
-        from ftctl.trainer.formats import resolve_files
-
-        files = [f for p in paths for f in resolve_files(p)]
-        if sum(os.path.getsize(storage.filesystem(f)[1]) for f in files) > TOKENIZE_BYTES or not _tokenizer_here(
-            spec.model_name_or_path
-        ):
-            return []
-        from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        from ftctl.trainer.data import check_data
-        from ftctl.trainer.masks import use_chat_template
-
-        was = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # "Token indices sequence length is longer than ...": the report says it
-        try:
-            # transformers' own load (trainer.model's asks preflight.check_model first): local, or the HF cache
-            tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(spec.model_name_or_path))
-            tokenizer = use_chat_template(tokenizer, spec.chat_template_path)
-            every = not spec.assistant_only_loss
-            text = spec.dataset_text_field
-            report = check_data(spec.data_path, tokenizer, spec.model_max_length, every_token=every, text_field=text)
-        finally:
-            hf_logging.set_verbosity(was)
-    except Exception:  # noqa: BLE001 — advisory: a tokenizer this machine cannot load is the trainer's to say
-        return []
-    if report.ok:
+    remote = any(storage.scheme(p) not in ("", "file") for p in paths)
+    if spec.data_path.startswith("builtin:") or (remote and not dry_run):
         return []
     run = data_check_args(spec)
     check = ["ftctl", "data", "check", spec.data_path, *run[:4], "--show", "2", *run[4:]]  # after --max-length
+    said = f"--data {spec.data_path}"
+
+    def not_here(why: str, fix: str = f"`{shlex.join(check)}` does it here.") -> list[Finding]:
+        """A dry run's word on what it left to the trainer."""
+        return [Finding(NOTE, f"{said}: not tokenized here ({why}): the trainer does it", fix)] if dry_run else []
+
+    endpoint = spec.s3_endpoint_url
+    try:
+        from ftctl.trainer.formats import resolve_files
+
+        files = [f for p in paths for f in resolve_files(p, endpoint)]
+        size = 0
+        for f in files:
+            fs, fpath = storage.filesystem(f, endpoint, quick=True)
+            size += fs.size(fpath)
+    except Exception as e:  # noqa: BLE001 — advisory: check_data said what it could not read
+        return not_here(f"its size could not be read: {e}")
+    if size > TOKENIZE_BYTES:
+        where = "in its store, " if remote else ""
+        return not_here(f"{_size(size)} {where}over the {_size(TOKENIZE_BYTES)} read here")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        from ftctl.trainer.data import check_data
+    except ImportError as e:  # ftctl run from SkyPilot's own environment (no torch, no transformers)
+        return not_here(
+            f"this python has no {(e.name or 'transformers').split('.')[0]}",
+            "run ftctl from the trainer's environment (SkyPilot's python named by FTCTL_SKY_PYTHON) to tokenize "
+            "before the launch.",
+        )
+    if not _tokenizer_here(spec.model_name_or_path):
+        return not_here(f"{spec.model_name_or_path}'s tokenizer is not in this machine's Hugging Face cache")
+
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "Token indices sequence length is longer than ...": the report says it
+    try:
+        try:
+            tokenizer = _tokenizer(spec)
+        except Exception as e:  # noqa: BLE001 — advisory: a tokenizer this machine cannot load is the trainer's to say
+            return not_here(f"{spec.model_name_or_path}'s tokenizer did not load here: {_first_line(e)}")
+        every, text = not spec.assistant_only_loss, spec.dataset_text_field
+        try:
+            report = check_data(
+                spec.data_path, tokenizer, spec.model_max_length, endpoint, every_token=every, text_field=text
+            )
+        except Exception as e:  # noqa: BLE001 — advisory: what check_data could not read, the trainer says
+            return not_here(f"its rows could not be read here: {_first_line(e)}")
+    finally:
+        hf_logging.set_verbosity(was)
+    if report.ok:
+        st = report.stats
+        done = f"{said}: {st.rows:,} rows tokenized here as the trainer will ({st.tokens:,} tokens, {st.trainable_tokens:,} trained)"
+        return [Finding(NOTE, done)] if dry_run else []
     return [Finding(ERROR, report.error_message(), f"`{shlex.join(check)}` lists every row and shows what it trains.")]
+
+
+def _tokenizer(spec):
+    """The run's tokenizer with its chat template, by transformers' own load (trainer.model's asks
+    preflight.check_model first): a local directory, or the Hugging Face cache."""
+    from transformers import AutoTokenizer
+
+    from ftctl.trainer.masks import use_chat_template
+
+    return use_chat_template(
+        AutoTokenizer.from_pretrained(os.path.expanduser(spec.model_name_or_path)), spec.chat_template_path
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _tokenizer_here(model: str) -> bool:

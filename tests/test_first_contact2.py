@@ -24,12 +24,11 @@ def test_a_local_dry_run_tokenizes_the_rows_a_local_launch_leaves_to_its_trainer
     over = {"model_name_or_path": str(tiny_model_dir), "data_path": str(long), "model_max_length": 64}
     spec = build({**over, "gpus": "cpu", "output_dir": str(tmp_path / "out")})
     plan = make_plan(spec)
-    for backend in ("local", "docker"):
+    for backend in ("local", "docker", "sky"):  # sky: helper 139's (tests/test_first_contact139_dry.py)
         said = [f for f in preflight.preflight(spec, plan, backend, dry_run=True) if f.level == ERROR]
         assert any("every label is masked after truncation to 64 tokens" in f.what for f in said), (backend, said)
         assert any(f"ftctl data check {long} --model {tiny_model_dir} --max-length 64" in f.fix for f in said)
     assert not any("masked after truncation" in f.what for f in preflight.preflight(spec, plan, "local"))
-    assert not any("masked after" in f.what for f in preflight.preflight(spec, plan, "sky", dry_run=True))
 
 
 @pytest.mark.parametrize("targets", ["q_proj,vproj", "q_proj, v_proj"])
