@@ -97,13 +97,15 @@ def pace(rows: list[dict], total: int | None, running: bool, now: float) -> str 
 
 
 def duration(seconds: float, exact: bool = False) -> str:
-    """``0.80 s``, ``45 s``, ``12 min``, ``2 h 5 min``; ``exact``: a step's time, with its decimals."""
+    """``0.80 s``, ``45 s``, ``12 min``, ``2 h 5 min``, ``3 days``; ``exact``: a step's time, with its decimals."""
     if exact and seconds < 10:
         return f"{seconds:.2f} s" if seconds < 1 else f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 59.5 * 60:
         return f"{seconds / 60:.0f} min"
+    if seconds >= 48 * 3600:
+        return f"{seconds / 86400:.0f} days"
     hours, minutes = divmod(round(seconds / 60), 60)
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 

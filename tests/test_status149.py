@@ -94,7 +94,11 @@ def _rows(times: list[float], total: int | None = 1000, first: int = 10, every: 
 
 
 def test_pace_is_the_own_trainers_after_its_first_step_and_a_stale_step_is_said():
-    from ftctl.progress import summary
+    from ftctl.progress import duration, summary
+
+    assert [duration(s) for s in (0.4, 45, 720, 3600, 7500, 3 * 86400)] == [
+        "0 s", "45 s", "12 min", "1 h", "2 h 5 min", "3 days"
+    ]  # fmt: skip
 
     start = {"step": 0, "event": "start", "time": 0.0}
     # the first logged step paid 60 s for compiling: the pace is from the second on, 8 s for 10 steps
