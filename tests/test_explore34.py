@@ -87,3 +87,27 @@ def test_the_mem_comment_says_a_small_models_size():
         prepared(["model_params=100k"], backend="slurm", gpus="1xA100", model_name_or_path="x/y", output_dir="/o").plan
     )
     assert "each loads the 100K model's bf16 weights" in load[1]
+
+
+def test_a_gpu_job_whose_python_has_a_cpu_only_torch_is_said_at_launch(cluster, capsys, monkeypatch):  # noqa: F811
+    """No container, no setup: the job runs this shell's python3; its torch was a CPU-only build and the GPU job
+    stopped on its node after the queue wait ("torch sees no CUDA GPU here")."""
+    import torch
+
+    from ftctl.slurm import backend as slurm_backend
+
+    found, probed = slurm_backend._probe_path_python()  # this venv's python3 (the cluster fixture's PATH)
+    gpu = torch.version.cuda or torch.version.hip
+    assert probed == f"{torch.__version__} {'gpu' if gpu else 'cpu'}"
+    spec = make_spec(backend="slurm", gpus="8xA100", model_name_or_path=LLAMA_8B, output_dir="/o")
+    for build, said in (("2.6.0+cpu cpu", True), ("2.6.0+cu126 gpu", False)):
+        monkeypatch.setattr(slurm_backend, "_probe_path_python", lambda build=build: (found, build))
+        launch(spec, dry_run=True)
+        lines = [w for w in _warnings(capsys) if "CPU-only build" in w]
+        assert bool(lines) == said
+    monkeypatch.setattr(slurm_backend, "_probe_path_python", lambda: (found, "2.6.0+cpu cpu"))
+    launch(
+        make_spec(["model_params=100m"], backend="slurm", gpus="cpu", model_name_or_path="x/y", output_dir="/o"),
+        dry_run=True,
+    )
+    assert not [w for w in _warnings(capsys) if "CPU-only build" in w]  # a CPU plan: what it needs

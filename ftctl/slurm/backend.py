@@ -140,22 +140,66 @@ def refuse_jobs_there(rendered: Rendered) -> None:
         )
 
 
-def path_python_lacks_ftctl() -> str | None:
+# run by python3 of the PATH: exit 1 where it lacks ftctl or torch, else prints its torch's version and whether that
+# build has a GPU backend (torch/version.py's cuda, hip, xpu: read, not imported: importing torch takes seconds)
+_PROBE = """
+import importlib.util as u, os, re, sys
+t = u.find_spec('torch')
+if not (t and u.find_spec('ftctl')):
+    sys.exit(1)
+try:
+    text = open(os.path.join(os.path.dirname(t.origin), 'version.py')).read()
+except OSError:
+    sys.exit(0)
+said = dict(re.findall(r"^(__version__|cuda|hip|xpu)\\b[^=\\n]*=\\s*(.+)$", text, re.M))
+gpu = any(said.get(k, 'None').strip() != 'None' for k in ('cuda', 'hip', 'xpu'))
+print(said.get('__version__', '?').strip().strip("'\\""), 'gpu' if gpu else 'cpu')
+"""
+
+
+def _probe_path_python() -> tuple[str | None, str | None]:
+    """``python3`` of this shell's PATH and its torch's '2.13.0+cpu cpu' / '2.6.0+cu126 gpu' (_PROBE); None for the
+    second where it lacks ftctl or torch, '' where its build cannot be read."""
+    found = shutil.which(PATH_PYTHON)
+    try:  # from / : `python3 -c` puts the working directory on sys.path, where a checkout's ftctl/ would answer
+        probe = (
+            subprocess.run([found, "-c", _PROBE], capture_output=True, text=True, timeout=60, cwd="/")
+            if found
+            else None
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        probe = None
+    return found, (probe.stdout.strip() if probe is not None and probe.returncode == 0 else None)
+
+
+def path_python_lacks_ftctl(probed: tuple[str | None, str | None] | None = None) -> str | None:
     """Without a container the job runs ``python3`` of the PATH sbatch exports (this shell's): where that one has
     no ftctl or torch (`.venv/bin/ftctl launch` without activating the venv), the job would fail on its node after
     the queue wait. None where it has both."""
-    found = shutil.which(PATH_PYTHON)
-    probe = "import importlib.util as u, sys; sys.exit(0 if u.find_spec('ftctl') and u.find_spec('torch') else 1)"
-    try:  # from / : `python3 -c` puts the working directory on sys.path, where a checkout's ftctl/ would answer
-        if found and subprocess.run([found, "-c", probe], capture_output=True, timeout=60, cwd="/").returncode == 0:
-            return None
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+    found, torch = probed or _probe_path_python()
+    if torch is not None:
+        return None
     here = Path(sys.executable).parent
     return (
         f"the job runs {PATH_PYTHON} of this shell's PATH ({found or 'none'}), which lacks ftctl or torch: activate "
         f"this environment first (source {here / 'activate'}), or add -o setup='source {here / 'activate'}' (or "
         "your cluster's module load), or pass --container."
+    )
+
+
+def path_python_cpu_only(probed: tuple[str | None, str | None]) -> str | None:
+    """Where a GPU plan's job runs ``python3`` of this shell's PATH whose torch is a CPU-only build: it stopped on the
+    GPU node after the queue wait ("torch sees no CUDA GPU here"). A warning, not a refusal: the login node's
+    python may be one the nodes' setup differs from only here."""
+    found, torch = probed
+    version, _, build = (torch or "").partition(" ")
+    if build != "cpu":
+        return None
+    return (
+        f"the job runs {PATH_PYTHON} of this shell's PATH ({found}), whose torch {version} is a CPU-only build: on "
+        "the GPU nodes it sees no GPU and stops after the queue wait. Install a CUDA build of torch there, or add "
+        "-o setup lines that activate an environment with one (module load, source .../activate), or pass "
+        "--container; --gpus cpu plans for CPU."
     )
 
 
@@ -489,7 +533,8 @@ class SlurmBackend(Backend):
             return
         refuse_jobs_there(rendered)
         in_container = kind is not None
-        if not in_container and not rendered.spec.setup and (said := path_python_lacks_ftctl()):
+        probed = _probe_path_python() if not in_container and not rendered.spec.setup else None
+        if probed and (said := path_python_lacks_ftctl(probed)):
             raise FtctlError(said)
         spec, plan = rendered.spec, rendered.plan
         memory_gb, memory_arg = slurm_render.memory_request_gb(spec, plan) or (None, None)
@@ -505,7 +550,8 @@ class SlurmBackend(Backend):
             reuse=True,  # the answer resolve() planned the node RAM with
         )
         report.raise_if_never_runs()
-        for doubt in [*report.doubts, *slurm_render.setup_doubts(spec)]:
+        cpu_only = path_python_cpu_only(probed) if probed and plan.tier else None
+        for doubt in [*report.doubts, *slurm_render.setup_doubts(spec), *([cpu_only] if cpu_only else [])]:
             click.echo(f"warning: {doubt}", err=True)
         if said := unseen_by_nodes(rendered, report):
             click.echo(f"warning: {said}", err=True)
