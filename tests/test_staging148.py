@@ -161,3 +161,31 @@ def test_keep_staging_and_another_node_of_a_shared_directory_keep_it(s3_bucket, 
     assert {"checkpoint-1", "checkpoint-2", "model.safetensors"} <= _names(local)
     CheckpointSyncCallback(f"{s3_bucket}/k").free_staging(str(local))
     assert _names(local) == {"spec.json", "metrics.jsonl"}
+
+
+def test_sync_clean_frees_finished_runs_staged_earlier_and_leaves_one_training(s3_bucket, tmp_path):
+    """`ftctl sync clean`: the staging directories of runs that finished before their trainer freed its own (or kept
+    with keep_staging): each freed where its store holds it, one training now left alone."""
+    import fcntl
+    import json
+
+    from ftctl.checkpoints import staging
+    from ftctl.runpaths import RunPaths, open_lock
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    done = _staged_run(tmp_path / "a", f"{s3_bucket}/done").rename(runs / "done")
+    busy = _staged_run(tmp_path / "b", f"{s3_bucket}/busy").rename(runs / "busy")
+    for local, name in ((done, "done"), (busy, "busy")):
+        (local / "spec.json").write_text(json.dumps({"spec": {"output_dir": f"{s3_bucket}/{name}"}}))
+    (runs / "not-a-run").mkdir()
+    RunPaths(busy).train_lock.parent.mkdir(parents=True)
+    said = []
+    with open_lock(RunPaths(busy).train_lock) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        freed = staging.clean(runs, echo=said.append)
+    assert freed > 0 and _names(done) == {"spec.json", "metrics.jsonl"}
+    assert {"checkpoint-1", "checkpoint-2", "model.safetensors"} <= _names(busy)
+    assert said[0] == f"left {busy}: a run is training into {s3_bucket}/busy from it now"
+    assert said[1].startswith("freed ") and said[1].endswith(f"staged in {done}, all in {s3_bucket}/done")
+    assert said[2].startswith("freed ") and said[2].endswith(f" in {runs}")

@@ -175,3 +175,52 @@ def remove_checkpoint(path: str) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     with contextlib.suppress(OSError):  # where nothing else is being deleted: no empty directory left in the run
         os.rmdir(aside)
+
+
+def clean(runs_dir, echo=print) -> int:
+    """`ftctl sync clean`: :func:`free` on each of this user's staging directories under ``runs_dir`` (FTCTL_CACHE/runs:
+    runs finished before their trainer freed its own, or with -o keep_staging=true), one line each where it freed
+    or kept something; a run training there now (its trainer's lock held) is left alone. Returns the bytes freed."""
+    import fcntl
+    import json
+    from pathlib import Path
+
+    from ftctl.runpaths import RunPaths, open_lock
+
+    total = 0
+    try:
+        dirs = sorted(p for p in Path(runs_dir).iterdir() if p.is_dir() and p.stat().st_uid == os.getuid())
+    except OSError:  # no runs staged here yet
+        dirs = []
+    for root in dirs:
+        try:
+            spec = json.loads((root / SPEC_FILE).read_text())["spec"]
+            output, endpoint = spec["output_dir"].rstrip("/"), spec.get("s3_endpoint_url")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a run's staging
+        if not storage.is_remote(output):
+            continue
+        try:
+            lock = open_lock(RunPaths(root).train_lock)
+        except OSError:  # no .ftctl/: no trainer ever held it
+            lock = None
+        try:
+            if lock is not None:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    echo(f"left {root}: a run is training into {output} from it now")
+                    continue
+            try:
+                freed = free(str(root), output, endpoint)
+            except Exception as exc:  # noqa: BLE001 - the store's own errors: nothing removed, said
+                echo(f"kept {root}: cannot check what {output} holds ({storage.redact(str(exc))[:300]})")
+                continue
+        finally:
+            if lock is not None:
+                lock.close()
+        if line := freed.line(str(root), output):
+            echo(line.replace(f" (-o {KEEP_KEY}=true keeps them)", ""))
+        total += freed.size
+    echo(f"freed {storage.size_text(total)} in {runs_dir}" if total else f"nothing to free in {runs_dir}")
+    return total
