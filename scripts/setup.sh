@@ -48,3 +48,38 @@ elif [ "$(cat .azurite/.ftctl-version 2>/dev/null)" != "$AZURITE" ] || [ ! -x .a
   quietly npm install --prefix .azurite --save-exact --no-audit --no-fund --loglevel=error "azurite@$AZURITE"
   echo "$AZURITE" > .azurite/.ftctl-version
 fi
+# A real container engine for tests/test_docker_real.py (the docker backend against podman, docker's CLI without a
+# daemon) and its image: a Debian root file system without Python (the tests mount this checkout's), built with
+# mmdebstrap into .podman/rootfs.tar (~56 MB, ~15 s from Debian's mirror). Only for the tests (FTCTL_SETUP_TESTS=1),
+# as root (podman runs rootful there), on Debian: installs podman, runc and mmdebstrap from apt where they are missing
+# (~30 MB). Where that fails the rest is set up, and those tests fail, saying what is missing.
+PODMAN_IMAGE=1  # the rootfs recipe below: a change rebuilds it
+podman_for_tests() {
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: not root with apt-get here: tests/test_docker_real.py needs podman, runc and mmdebstrap (apt-get install podman runc mmdebstrap, as root), then run scripts/test.sh again" >&2
+    return 0
+  fi
+  if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1; then
+    echo "setup: installing podman, runc and mmdebstrap from apt (tests/test_docker_real.py's container engine; log: $LOG)"
+    quietly apt-get update -q
+    DEBIAN_FRONTEND=noninteractive quietly apt-get install -y -q podman runc mmdebstrap
+  fi
+  if [ "$(cat .podman/.ftctl-version 2>/dev/null)" != "$PODMAN_IMAGE" ] || [ ! -f .podman/rootfs.tar ]; then
+    local release
+    release="$(. /etc/os-release && echo "$VERSION_CODENAME")"
+    echo "setup: building the docker tests' image into .podman (Debian $release, ~56 MB; log: $LOG)"
+    rm -rf .podman && mkdir -p .podman
+    # the trainer's python (this machine's) needs the libraries of this release: its libc, libstdc++, ssl, sqlite ...
+    quietly mmdebstrap --mode=root --variant=extract \
+      --include=base-files,base-passwd,dash,coreutils,libc6,libstdc++6,libgcc-s1,libssl3,libsqlite3-0,libffi8,libbz2-1.0,liblzma5,zlib1g,libuuid1,libexpat1 \
+      "$release" .podman/rootfs http://deb.debian.org/debian
+    # (errexit is off here: the subshell is tested below)
+    cp .podman/rootfs/usr/share/base-passwd/passwd.master .podman/rootfs/etc/passwd &&
+      cp .podman/rootfs/usr/share/base-passwd/group.master .podman/rootfs/etc/group &&
+      tar -C .podman/rootfs -cf .podman/rootfs.tar.tmp . && mv .podman/rootfs.tar.tmp .podman/rootfs.tar &&
+      rm -rf .podman/rootfs && echo "$PODMAN_IMAGE" >.podman/.ftctl-version
+  fi
+}
+if [ "${FTCTL_SETUP_TESTS:-0}" = 1 ]; then
+  (podman_for_tests) || echo "setup: the docker tests' engine is not set up (above): tests/test_docker_real.py fails until it is" >&2
+fi

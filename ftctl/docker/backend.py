@@ -212,6 +212,8 @@ class DockerBackend(Backend):
         proc = _run([_docker(), *verb, ref.job_id])
         if proc.returncode != 0:
             raise FtctlError(f"docker {verb[0]} {ref.job_id} failed: {_last_line(proc)}")
+        if at_once:  # podman's kill returns once the signal is sent (docker's once the container is down): its end
+            _run([_docker(), "wait", ref.job_id])
         after = self.status(ref)
         if after.state is JobState.SUCCEEDED:
             return f"job {ref.job_id} finished training before it could stop: {after.text}"
@@ -323,7 +325,8 @@ class Inspected(NamedTuple):
     ran: tuple[float, float | None] | None  # when it started and (None while it runs) ended; None: not started
 
 
-INSPECT_FORMAT = "{{.State.Status}} {{.State.ExitCode}} {{.State.StartedAt}} {{.State.FinishedAt}}"
+# '|' apart: podman prints a time as Go's time.String (2026-12-05 19:23:51.847906534 +0000 UTC), spaces in it
+INSPECT_FORMAT = "{{.State.Status}}|{{.State.ExitCode}}|{{.State.StartedAt}}|{{.State.FinishedAt}}"
 
 
 def _inspect(name: str) -> Inspected | None:
@@ -335,15 +338,17 @@ def _inspect(name: str) -> Inspected | None:
     if proc.returncode != 0:
         _daemon(docker)
         return None
-    word, code, started, ended = (proc.stdout.split() + ["", "", "", ""])[:4]
+    word, code, started, ended = ([f.strip() for f in proc.stdout.split("|")] + ["", "", "", ""])[:4]
     began = _unix(started)
+    word = "exited" if word == "stopped" else word  # podman's word for an exited container it has not cleaned up yet
     return Inspected(word, int(code or 0), (began, _unix(ended)) if began is not None else None)
 
 
 def _unix(when: str) -> float | None:
-    """docker's RFC 3339 time (2026-12-04T10:11:12.123456789Z) as a Unix time; None for its zero time (never)."""
-    found = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", when)
+    """docker's RFC 3339 time (2026-12-04T10:11:12.123456789Z) or podman's (Go's time.String: 2026-12-04 10:11:12.123456789
+    +0000 UTC) as a Unix time; None for their zero time (never)."""
+    found = re.fullmatch(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(\.\d+)?(?:Z| ?([+-]\d\d):?(\d\d))(?: \S+)?", when)
     if not found or found[1].startswith("0001-"):
         return None
-    zone = "+00:00" if found[3] == "Z" else found[3]
-    return datetime.fromisoformat(f"{found[1]}{(found[2] or '')[:7]}{zone}").timestamp()
+    zone = f"{found[4]}:{found[5]}" if found[4] else "+00:00"
+    return datetime.fromisoformat(f"{found[1]}T{found[2]}{(found[3] or '')[:7]}{zone}").timestamp()
