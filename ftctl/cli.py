@@ -640,6 +640,15 @@ def sync_pull(uri, local_dir, endpoint_url):
     pull(uri, local_dir, endpoint_url=endpoint_url)
 
 
+@sync.command("clean")
+def sync_clean():
+    """Remove what finished runs into object storage left staged on this disk (FTCTL_CACHE/runs), where the store holds it."""
+    from ftctl.checkpoints.staging import clean
+    from ftctl.trainer.model import cache_dir
+
+    clean(cache_dir() / "runs", echo=click.echo)
+
+
 @main.command()
 @click.argument("job")
 def down(job):

@@ -960,6 +960,9 @@ class RunSpec:
     s3_endpoint_url: str | None = None  # MinIO, R2, other S3-compatible stores
     rdzv_port: int = 29500
     upload_wait_s: int = 600  # how long the end of a run waits for the last checkpoint's upload
+    # an object-store output's checkpoints and final model kept on the node's disk once the store holds them
+    # (checkpoints.staging: removed by default as the run ends complete)
+    keep_staging: bool = False
     preflight_network: bool = False  # the job first all-reduces across its processes (ftctl.trainer.netcheck)
     # and stops below this bus bandwidth (GB/s); default: 1 on GPUs (a 1 GbE interface picked by mistake gives
     # ~0.1), 0 on CPU (the processes only have to meet)
@@ -1200,6 +1203,7 @@ _PLACEMENT_KEYS = {
     "s3_endpoint_url",
     "rdzv_port",
     "upload_wait_s",
+    "keep_staging",
     "dataset_num_proc",  # the processes that tokenize: the same rows whichever
     "preflight_network",
     "preflight_min_busbw_gbps",

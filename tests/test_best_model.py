@@ -39,7 +39,8 @@ def test_a_resume_on_a_fresh_node_keeps_the_lowest_checkpoint_in_the_store(
     uri = f"{s3_bucket}/runs/best"
     held_out = request.getfixturevalue("eval_data")
     first, second = tmp_path / "node-a", tmp_path / "node-b"
-    values = dict(save_steps=1, save_total_limit=1, eval_data_path=str(held_out), learning_rate=0.2, resume="auto")
+    values = dict(save_steps=1, save_total_limit=1, eval_data_path=str(held_out), learning_rate=0.2, resume="auto",
+                  keep_staging=True)  # fmt: skip
     monkeypatch.setenv("FTCTL_LOCAL_DIR", str(first))  # where an object-store output is staged
     caplog.set_level(logging.INFO, logger="ftctl.trainer.sft_trainer")
     assert train(*make_run(tiny_model_dir, tiny_data, uri, "lora", max_steps=4, **values)).status == "complete"

@@ -282,6 +282,7 @@ def test_the_lowest_held_out_losss_checkpoint_is_kept_beside_the_newest(
         save_total_limit=1,
         eval_data_path=str(eval_data),
         learning_rate=0.2,
+        keep_staging=True,  # the staging's checkpoints as the run ends (freed by default once the store holds them)
     )
     lines = []
     assert train(spec, plan, echo=lines.append).status == "complete"

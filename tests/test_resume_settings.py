@@ -269,7 +269,8 @@ def test_resume_never_into_a_store_output_deleted_since_starts_afresh(
 
     cache, store = tmp_path / "cache", f"{s3_bucket}/never"
     monkeypatch.setenv("FTCTL_LOCAL_DIR", str(cache))
-    run = make_run(tiny_model_dir, tiny_data, store, "lora", max_steps=3, save_steps=3, resume="never")
+    run = make_run(tiny_model_dir, tiny_data, store, "lora", max_steps=3, save_steps=3, resume="never",
+                   keep_staging=True)  # a cache that kept its copy  # fmt: skip
     assert train(*run, echo=lambda *_: None).status == "complete" and (cache / "checkpoint-3").is_dir()
     with pytest.raises(FtctlError, match=f"{store} holds an earlier run's checkpoints"):
         train(*run, echo=lambda *_: None)  # the store holds them: refused, as before
@@ -302,7 +303,8 @@ def test_a_store_run_goes_on_on_new_data_from_its_checkpoint_as_the_refusal_says
 
     write_manifest(str(make_checkpoint(tmp_path / "another-node", 3)), 3, 1, "an earlier run's")
     said = []
-    on = make_run(tiny_model_dir, other, store, "lora", max_steps=5, save_steps=5, resume=f"{store}/checkpoint-3")
+    on = make_run(tiny_model_dir, other, store, "lora", max_steps=5, save_steps=5, resume=f"{store}/checkpoint-3",
+                  keep_staging=True)  # fmt: skip
     result = train(*on, echo=said.append)
     assert result.status == "complete" and result.global_step == 5
     assert (tmp_path / "another-node" / "checkpoint-3" / "adapter_model.safetensors").is_file()  # the store's

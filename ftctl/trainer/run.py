@@ -303,6 +303,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             upload_wait_s=spec.upload_wait_s,
             shared_filesystem=remote_uri is None,
             resumed=run.resume_from,
+            keep_staging=spec.keep_staging,
         )
         metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo, resumed_from=run.resume_from)
         own = None if elsewhere(run) else run.resume_from  # a checkpoint of this run: its W&B run goes on
@@ -867,6 +868,7 @@ def save(run: Run) -> None:
     distributed.barrier()
     if run.procs.local_rank == 0 and not run.procs.is_main:  # another node's own copy (data.build_dataset: one a node)
         shutil.rmtree(os.path.join(run.local_dir, DATA_CACHE), ignore_errors=True)
+        run.sync.free_staging(run.local_dir)  # its staged share, where the store holds it (rank 0: upload_final)
 
 
 def saved_dtype(run: Run):
