@@ -43,6 +43,7 @@ from ftctl import lease, userconfig
 from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import container_kind
 from ftctl.plan import Plan, checkpoint_cost, dump_run, make_plan, with_lora_targets, with_save_steps
+from ftctl.progress import LOGGED_STEP  # the trainer's step line in a job's log (trained_again)
 from ftctl.runpaths import RunPaths
 from ftctl.spec import (
     BACKENDS,
@@ -79,6 +80,25 @@ class JobState(Enum):
     @property
     def finished(self) -> bool:
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+    @property
+    def exit_code(self) -> int:
+        """`ftctl status`'s exit code (STATUS_EXIT_CODES): scripts poll it."""
+        return STATUS_EXIT_CODES[self]
+
+
+# `ftctl status JOB`'s exit code by the job's state (cli.status's --help says them; 2 is any FtctlError: no such job,
+# a scheduler that cannot be asked): 0 waiting, training or complete; 1 failed (a relaunch would fail the same way);
+# 3 stopped before its end (cancelled, preempted, a local run killed: the same launch resumes it); 4 not known
+STATUS_EXIT_CODES = {
+    JobState.PENDING: 0,
+    JobState.RUNNING: 0,
+    JobState.SUCCEEDED: 0,
+    JobState.FAILED: 1,
+    JobState.CANCELLED: 3,
+    JobState.PREEMPTED: 3,
+    JobState.UNKNOWN: 4,
+}
 
 
 @dataclass(frozen=True)
@@ -263,9 +283,10 @@ class Backend:
         except (OSError, FtctlError):
             return None
 
-    def logged_progress(self, ref: JobRef) -> str | None:
+    def logged_progress(self, ref: JobRef, running: bool = False) -> str | None:
         """The job's last logged step as its log says it (logged_step), for `ftctl status` where the trainer's
-        metrics.jsonl is not seen here; None where this backend's log is not a file here to read (a cloud's)."""
+        metrics.jsonl is not seen here (``running``: the job runs now, its trainer's ETA is said); None where this
+        backend's log cannot be read here."""
         return None
 
     def stop_note(self, ref: JobRef) -> str | None:
@@ -1002,12 +1023,20 @@ def jobs_table(last: int) -> str:
 
 
 def status_lines(job: str) -> list[str]:
-    """What `ftctl status JOB` prints: the backend's state line; a failed job's error as the trainer said it (its
-    log's ``error:`` line, not only an exit code); the last logged step where the run directory holds it."""
+    """What `ftctl status JOB` prints (status_report)."""
+    return status_report(job)[0]
+
+
+def status_report(job: str) -> tuple[list[str], int]:
+    """What `ftctl status JOB` prints, and its exit code (JobState.exit_code): the backend's state line; a failed
+    job's error as the trainer said it (its log's ``error:`` line, not only an exit code); the last logged step of
+    its total, the time a step takes and, while it runs, the time left and its newest checkpoint (ftctl.progress),
+    from its metrics.jsonl where this machine sees it, else from its log."""
     from ftctl import failures
 
     b, ref = find_job(job)
     state = b.status(ref)
+    code = state.state.exit_code
     lines = [state.text]
     if state.state is JobState.FAILED and (why := failures.error_line(b.log_tail(ref))):
         lines.append(f"{failures.ERROR_PREFIX}{why}")
@@ -1017,12 +1046,22 @@ def status_lines(job: str) -> list[str]:
         lines.append(note)
     later = next((r for r, _ in recorded_jobs() if r.output == ref.output and r.run_dir == ref.run_dir), ref)
     if later.job_id != ref.job_id:  # the run goes on in the later job (and a run dir's metrics.jsonl with its steps)
-        return [*lines, f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})"]
-    metrics = paths.metrics if (paths := b.trainer_paths(ref)) else None
-    shown = progress(ref, state.ran, state.own_start, metrics)
+        return [*lines, f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})"], code
+    paths = b.trainer_paths(ref)
+    metrics = paths.metrics if paths else None
+    running = state.state is JobState.RUNNING
+    shown = progress(ref, state.ran, state.own_start, metrics, running)
     if shown is None and is_remote(ref.output) and not (metrics and metrics.exists()):  # staged on the nodes' disks
-        shown = b.logged_progress(ref)
-    return [*lines, *filter(None, [shown])]
+        shown = b.logged_progress(ref, running)
+    saved = None
+    if running and shown is not None:  # training: what a relaunch would resume from now
+        from ftctl.progress import newest_checkpoint
+
+        try:
+            saved = newest_checkpoint(ref.output, run_spec(ref).s3_endpoint_url, paths.root if paths else None)
+        except (OSError, FtctlError) as e:
+            saved = f"newest checkpoint: cannot be listed now ({str(e).splitlines()[0] if str(e) else e!r})"
+    return [*lines, *filter(None, [shown, saved])], code
 
 
 def metrics_records(metrics: Path) -> list[dict] | None:
@@ -1067,53 +1106,27 @@ def trainer_started(paths: RunPaths, ran: tuple[float, float | None] | None, own
 
 
 def progress(
-    ref: JobRef, ran: tuple[float, float | None] | None = None, own: dict | None = None, metrics: Path | None = None
+    ref: JobRef,
+    ran: tuple[float, float | None] | None = None,
+    own: dict | None = None,
+    metrics: Path | None = None,
+    running: bool = False,
 ) -> str | None:
-    """The run's last logged step and its last held-out loss, from the trainer's metrics.jsonl (``metrics``, else the
-    run directory's) where this machine sees it (a local or shared output; an object-store output's staging dir where
-    this machine shares its disk: Backend.trainer_paths). None: nothing yet.
+    """The run's last logged step of its total, the time a step takes and (``running``) the time left, and its last
+    held-out loss, from the trainer's metrics.jsonl (``metrics``, else the run directory's) where this machine sees it
+    (a local or shared output; an object-store output's staging dir where this machine shares its disk:
+    Backend.trainer_paths). None: nothing yet (ftctl.progress.summary).
 
     Only the rows of the job's own trainers count (own_start): each "start" record begins a trainer's rows (one trains
     there at a time: the run directory's lock). None where no trainer of the job trained: the steps are another job's
     (one that held the run directory's lock, which refused this one). A metrics.jsonl without start records (an older
     ftctl's) is shown as it is."""
+    from ftctl.progress import summary
+
     records = metrics_records(metrics or ref.paths.metrics)
     if records is None:
         return None
-    step = held_out = best = None
-    counts = True  # the rows before any start record: an older ftctl's, shown as they are
-    started = ours = False
-    for record in records:
-        if record.get("event") == "start":
-            counts = own_start(record, ran, own)
-            started, ours = True, ours or counts
-        elif not counts:
-            continue
-        elif "loss" in record:
-            step = record
-        elif record.get("event") == "eval":
-            held_out = record
-            best = record if best is None or record["eval_loss"] < best["eval_loss"] else best
-    if started and not ours:
-        return None
-    parts = []
-    if step is not None:
-        parts.append(step_text(step["step"], step["loss"], step.get("tokens_per_s")))
-    if held_out is not None:
-        # a later loss above the best: the run may be overfitting, and checkpoint-N is what chat/eval/merge take
-        lowest = f" (lowest {best['eval_loss']:.4f} at step {best['step']})" if best is not held_out else ""
-        parts.append(f"held-out loss {held_out['eval_loss']:.4f} at step {held_out['step']}{lowest}")
-    return "; ".join(parts) or None
-
-
-def step_text(step: int, loss: float, tokens_per_s: float | None) -> str:
-    rate = f"  {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
-    return f"step {step}  loss {loss:.4f}{rate}"
-
-
-# the trainer's line in a job's log for a logged step (trainer.callbacks.MetricsCallback._progress):
-# "step 12/40  loss 1.2345  lr 2.00e-04  grad 0.808  380 tok/s  ETA 0:00:11"
-LOGGED_STEP = re.compile(r"step (\d+)/\d+  loss ([0-9.]+)(?:  .*?([\d,.]+) tok/s)?")
+    return summary(records, lambda start: own_start(start, ran, own), running)
 
 
 # what a requeued attempt's trainer logs where it trains again what an earlier attempt trained: no checkpoint to resume
@@ -1157,14 +1170,13 @@ def _starts_over(line: str, skipped: bool) -> str | None:
     return None
 
 
-def logged_step(log_tail: str) -> str | None:
-    """The last step line of a job's last attempt in its log, as progress says a step; None: none there."""
+def logged_step(log_tail: str, running: bool = False) -> str | None:
+    """The last step line of a job's last attempt in its log, as progress says a step (ftctl.progress.logged_step);
+    None: none there."""
     from ftctl.failures import last_attempt
+    from ftctl.progress import logged_step as said
 
-    for line in reversed(last_attempt(log_tail)[1]):
-        if m := LOGGED_STEP.match(line):
-            return step_text(int(m[1]), float(m[2]), float(m[3].replace(",", "")) if m[3] else None)
-    return None
+    return said(last_attempt(log_tail)[1], running)
 
 
 def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:

@@ -249,11 +249,25 @@ def keys(word):
 
 @main.command()
 @click.argument("job")
-def status(job):
-    """State of a launched job (a failed one: the trainer's error); where its output is local, its last logged step."""
-    from ftctl.backend import status_lines
+@click.option("--exit-code", "exit_code", is_flag=True, help="Exit with the job's state as its code (below).")
+def status(job, exit_code):
+    """State of a launched job (a failed one: the trainer's error), its last logged step of its total and its loss;
+    while it trains, the time a step takes, the time left and its newest checkpoint.
 
-    click.echo("\n".join(status_lines(job)))
+    \b
+    With --exit-code (as git diff's), the code says the state, for scripts:
+      0  pending, training or complete
+      1  failed (the same launch would fail the same way: `ftctl logs JOB`)
+      2  no such job, or its backend cannot be asked now (also without --exit-code)
+      3  stopped before its end (cancelled, preempted, killed): the same `ftctl launch` resumes it
+      4  its state is not known (its backend no longer knows the job)
+    """
+    from ftctl.backend import status_report
+
+    lines, code = status_report(job)
+    click.echo("\n".join(lines))
+    if exit_code and code:
+        sys.exit(code)
 
 
 @main.command()

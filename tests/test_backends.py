@@ -290,8 +290,8 @@ def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
     def cli(*args):
         return CliRunner().invoke(main, list(args))
 
-    status = cli("status", "runs/r1")
-    assert status.exit_code == 0, status.output
+    status = cli("status", "--exit-code", "runs/r1")
+    assert status.exit_code == 3, status.output  # stopped before its end: the same launch resumes it
     assert status.stdout.startswith("runs/r1 local run, stopped before the end (the same `ftctl launch` resumes it)")
     assert status.stdout.endswith("\nstep 3  loss 2.5000\n")
     # a trainer holds the run's lock (trainer/run.only_trainer): training now, and by whom
@@ -306,20 +306,25 @@ def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
         fcntl.flock(held, fcntl.LOCK_EX)
         held.write("pid 7 on here since 2026-12-02 10:00:00\n")
         held.flush()
-        assert cli("status", "runs/r1").stdout.startswith(
+        training = cli("status", "runs/r1")
+        assert training.exit_code == 0 and training.stdout.startswith(
             "runs/r1 local run, training (pid 7 on here since 2026-12-02 10:00:00)\n"
         )
+        assert training.stdout.endswith("\nstep 3  loss 2.5000\nno checkpoint saved yet\n")
     # it failed on its data: the trainer's status word and record say so, and a relaunch would not help
     paths.status_file.write_text("failed\n")
     failures.record("config", "No data at x.json: give a .json file", str(paths.failures))
+    failed = cli("status", "--exit-code", "runs/r1")
     assert (
-        cli("status", "runs/r1").stdout.startswith("runs/r1 local run, failed\nerror: rank 0 on ")
-        and "No data at x.json" in cli("status", "runs/r1").stdout
+        failed.stdout.startswith("runs/r1 local run, failed\nerror: rank 0 on ")
+        and "No data at x.json" in failed.stdout
     )
+    assert failed.exit_code == 1  # before: 0, as for a run that trains
     failures.record("interrupted", "stopped by Ctrl-C", str(paths.failures))  # rank 0's record, now an interruption
     assert "stopped before the end" in cli("status", "runs/r1").stdout
     paths.status_file.write_text("complete\n")  # an object-store output's final model is in the store, not here
-    assert cli("status", "runs/r1").stdout.startswith("runs/r1 local run, complete\n")
+    complete = cli("status", "runs/r1")
+    assert complete.stdout.startswith("runs/r1 local run, complete\n") and complete.exit_code == 0
     paths.status_file.unlink()
     logs = cli("logs", "runs/r1")
     assert (
@@ -328,7 +333,8 @@ def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
     cancel = cli("cancel", "runs/r1")
     assert cancel.exit_code == 2 and "is a local run that is not training now: nothing to cancel" in cancel.output
     (run / "adapter_config.json").write_text("{}")
-    assert cli("status", "runs/r1").stdout.startswith("runs/r1 local run, complete\n")
+    complete = cli("status", "runs/r1")
+    assert complete.stdout.startswith("runs/r1 local run, complete\n") and complete.exit_code == 0
     other = cli("status", "runs")
     assert other.exit_code == 2 and "No job 'runs' was launched from here" in other.output
     assert "and each run it trains here" in cli("jobs").stdout  # a directory an older ftctl trained: not recorded

@@ -103,9 +103,11 @@ def test_status_of_a_job_whose_trainer_never_trained_shows_no_step(squeue, tmp_p
     squeue("30", "RUNNING", nodes="node1", start=T0 + 60, end=T0 + 3600)  # loading its model: no step of its own yet
     assert status_lines("30") == ["30 RUNNING on node1"]
     squeue("30", "RUNNING", nodes="node1", start=T0, end=T0 + 3600)  # the trainer that wrote these rows is its own
-    assert status_lines("30") == ["30 RUNNING on node1", "step 122  loss 4.7800"]
+    lines = status_lines("30")  # running: the time a step takes, and how long ago the last was logged (no total)
+    assert lines[:1] == ["30 RUNNING on node1"] and lines[2:] == ["no checkpoint saved yet"]
+    assert lines[1].startswith("step 122  loss 4.7800  1.0 s a step, logged ") and lines[1].endswith(" days ago")
     squeue("30", "FAILED", nodes="node1", exit_code=1, start=T0, end=T0 + 200)
-    assert status_lines("30")[-1] == "step 122  loss 4.7800"
+    assert status_lines("30")[-1] == "step 122  loss 4.7800  1.0 s a step"
 
 
 def _metrics(run, *trainers) -> None:
@@ -138,13 +140,13 @@ def test_status_matches_the_jobs_own_trainer_by_its_job_id(squeue, tmp_path, mon
     monkeypatch.setenv("FTCTL_HOME", str(tmp_path / "home29"))
     record_job(JobRef("slurm", "29", str(run), "r", str(run)))
     squeue("29", "FAILED", nodes="node1", exit_code=1, start=T0 + 200, end=T0 + 400)
-    assert status_lines("29")[-1] == "step 122  loss 4.7800"
+    assert status_lines("29")[-1] == "step 122  loss 4.7800  1.0 s a step"
     squeue("29", "RUNNING", nodes="node1", start=T0 + 5000, end=T0 + 9000)  # clocks apart: the id still says it
-    assert status_lines("29") == ["29 RUNNING on node1", "step 122  loss 4.7800"]
+    assert status_lines("29")[1].startswith("step 122  loss 4.7800  1.0 s a step, logged ")
     # an older ftctl's start records name no job: the time window, as before
     _metrics(run, ({"time": T0 + 20}, (1, 78)), ({"time": T0 + 200, "slurm_job_id": "31"}, (79, 90)))
     squeue("29", "FAILED", nodes="node1", exit_code=1, start=T0, end=T0 + 100)
-    assert status_lines("29")[-1] == "step 78  loss 5.2200"
+    assert status_lines("29")[-1] == "step 78  loss 5.2200  1.0 s a step"
     squeue("29", "FAILED", nodes="node1", exit_code=1, start=T0 + 150, end=T0 + 300)
     assert status_lines("29") == ["29 FAILED on node1 exit 1"]  # the window holds only job 31's start
 
@@ -165,10 +167,12 @@ def test_status_of_a_requeued_job_says_how_its_last_attempt_ended(squeue, tmp_pa
         f"error: {kept}\nftctl: trainer exited with 0, status preempted\nftctl: requeueing job 2\n"
     )
     squeue("2", "PENDING", reason="BeginTime", restarts=1)
-    step = "step 1  loss 6.2784"  # the log's (explore11 F6): the staging dir is not on this machine
+    step = "step 1/20 (5%)  loss 6.2784"  # the log's (explore11 F6): the staging dir is not on this machine
     assert status_lines("2") == ["2 PENDING (BeginTime), restarts 1", f"its attempt 0 ended: {kept}", step]
     squeue("2", "RUNNING", nodes="node[1-2]", restarts=1)  # attempt 1 says itself where it starts from
-    assert status_lines("2") == ["2 RUNNING on node[1-2], restarts 1", step]
+    lines = status_lines("2")  # running: its newest checkpoint, or that the store cannot be asked (no credentials)
+    assert lines[:2] == ["2 RUNNING on node[1-2], restarts 1", step]
+    assert lines[2].startswith("newest checkpoint: s3://b/runs/r1 cannot be listed now (No credentials for ")
     log.write_text(log.read_text().replace(f"error: {kept}\n", ""))  # a stop the store committed: it goes on
     squeue("2", "PENDING", reason="BeginTime", restarts=1)
     assert status_lines("2") == [

@@ -35,6 +35,7 @@ from ftctl.backend import (
     JobStatus,
     Rendered,
     home_file,
+    logged_step,
     recorded_jobs,
     refused_as_finished,
     run_spec,
@@ -268,6 +269,11 @@ class SkyBackend(Backend):
 
     def logs(self, ref: JobRef, follow: bool) -> None:
         bridge.call("logs", follow=follow, **self._args(ref))
+
+    def logged_progress(self, ref: JobRef, running: bool = False) -> str | None:
+        """While the job runs, the last step line of its nodes' log (sdk.log_tail: one SkyPilot call more), as the
+        trainer's metrics.jsonl is staged on the nodes; None once it ended (`ftctl logs JOB` has every line)."""
+        return logged_step(self.log_tail(ref), running) if running else None
 
     def log_tail(self, ref: JobRef) -> str:
         """The job's last log lines as its nodes wrote them (sdk.log_tail), for the ``error:`` line `ftctl status`

@@ -631,8 +631,8 @@ class SlurmBackend(Backend):
         own = {START_SLURM_JOB: ref.job_id}  # what its trainer's start record says (a trainer of this ftctl's)
         return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe(), note, ran, own)
 
-    def logged_progress(self, ref: JobRef) -> str | None:
-        return logged_step(self.log_tail(ref))
+    def logged_progress(self, ref: JobRef, running: bool = False) -> str | None:
+        return logged_step(self.log_tail(ref), running)
 
     def logs(self, ref: JobRef, follow: bool) -> None:
         scheduler.logs(ref.job_id, follow=follow, path=self._log(ref))
