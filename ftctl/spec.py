@@ -511,7 +511,7 @@ AGREES = {
 
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora")
 PEFT_TARGETS = "peft-default"  # lora_target_modules: PEFT's own for the model's type (plan.with_lora_targets)
-LORA_LEAST_LR = 1e-4  # a run file's rate below this, with no method given, is full fine-tuning's: build asks which
+LORA_LEAST_LR = 1e-4  # a rate below this (run file, -o), no method given, is full fine-tuning's: build asks which
 # DECIDED keys whose value agrees with some methods only (TRL's QLoRA recipe: use_peft, load_in_4bit ...): accepted
 # with a note where the run's method is one of them, refused as above where it is not
 _ADAPTERS, _WEIGHTS, _QLORA = ("lora", "qlora"), ("fft", "sft"), ("qlora",)
