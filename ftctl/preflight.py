@@ -367,7 +367,10 @@ def check_model(name_or_path: str, flag: str = "--model", here: bool = False, jo
                     "save the tokenizer beside it (tokenizer.save_pretrained(DIR)), or copy its tokenizer files there.",
                 )
             ]
-        return []
+        try:
+            return remote_code_only(json.loads((path / "config.json").read_text()), value, flag)
+        except (OSError, ValueError):  # the planner's read_config says what is wrong with it
+            return []
     if path.exists():
         return [_model_file(value, path, flag, fix)]
     if storage.scheme(value):
@@ -390,8 +393,8 @@ def check_model(name_or_path: str, flag: str = "--model", here: bool = False, jo
 
     if not is_demo_model(value):  # built here from its PyPI wheel: no Hub
         try:
-            hub.model_config(value)  # the planner asked already where the id is not a known one: cached
-            return []
+            # the planner asked already where the id is not a known one: cached
+            return remote_code_only(hub.model_config(value), value, flag)
         except hub.HubError as e:
             if e.kind != "unreachable":
                 return [Finding(ERROR, f"{flag} {value}: {e}", _HUB_FIX[e.kind])]
@@ -484,6 +487,32 @@ def linear_layers(name_or_path: str, shape=None) -> list[str]:
     from ftctl.trainer.methods import linear_layer_names
 
     return linear_layer_names(model)
+
+
+def remote_code_only(config, value: str, flag: str = "--model") -> list[Finding]:
+    """A model whose config.json names its repository's own code (auto_map) for an architecture this transformers
+    has no class of (Qwen-7B's model_type qwen): ftctl never runs a repository's code (trust_remote_code: true is
+    left off, spec.DECIDED), and the trainer's load failed after the queue wait, telling the user to pass
+    trust_remote_code=True, which ftctl does not take. Nothing where the config names no auto_map."""
+    if not (isinstance(config, dict) and config.get("auto_map") and isinstance(kind := config.get("model_type"), str)):
+        return []
+    try:
+        import transformers
+        from transformers import CONFIG_MAPPING
+    except ImportError:  # no transformers here (a SkyPilot-only environment): the trainer's load says it
+        return []
+    if kind in CONFIG_MAPPING:  # transformers' own class loads it (its auto_map left unused)
+        return []
+    return [
+        Finding(
+            ERROR,
+            f"{flag} {value}: its architecture (model_type {kind!r}) is its repository's own code (config.json's "
+            f"auto_map), which ftctl does not run (trust_remote_code stays off), and transformers "
+            f"{transformers.__version__} has no class of it",
+            "use a model of an architecture transformers has (often the family's newer release: Qwen/Qwen-7B's is "
+            "Qwen/Qwen2.5-7B).",
+        )
+    ]
 
 
 def _meta_model(name_or_path: str, shape=None):

@@ -474,7 +474,7 @@ def test_stopping_the_launcher_stops_the_trainer_with_a_checkpoint(tmp_path, tin
         time.sleep(0.5)
     (out / ".ftctl" / "failures" / "mark").write_text("the running run's")
     spec_before = (out / "spec.json").read_text()
-    second = ftctl(*args, "-o", "learning_rate=0.00001")
+    second = ftctl(*args, "-o", "learning_rate=0.00001", "--method", "lora")  # (no method: asks which)
     assert second.returncode != 0 and "is being trained into by pid" in second.stderr, second.stderr
     assert (out / ".ftctl" / "failures" / "mark").exists()  # its records were left alone, and its spec.json
     assert (out / "spec.json").read_text() == spec_before and not list((out / ".ftctl").glob("spec.*.json"))
