@@ -127,7 +127,9 @@ def test_ftctl_train_into_a_run_that_trains_leaves_its_spec_json_alone(tmp_path,
     before = running.paths.spec.read_text()
     args = ["train", "--gpus", "cpu", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--output", str(out)]
     with only_trainer(str(out)):  # its trainer holds the run
-        result = CliRunner().invoke(main, [*args, "-o", "learning_rate=0.00002", "-o", "max_steps=2", "--method", "lora"])
+        result = CliRunner().invoke(
+            main, [*args, "-o", "learning_rate=0.00002", "-o", "max_steps=2", "--method", "lora"]
+        )
     assert result.exit_code != 0 and f"{out} is being trained into by pid " in result.output, result.output
     assert "Traceback" not in result.output
     assert running.paths.spec.read_text() == before and not list((out / ".ftctl").glob("spec.*.json"))
