@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -144,10 +143,11 @@ def _download(uri: str, into: str) -> tuple[str, str]:
     model yet (stopped, or training) loads its newest committed checkpoint, as a local run directory does, said."""
     from ftctl import storage
     from ftctl.checkpoints import list_checkpoints
+    from ftctl.trainer import trained as trained_mod
 
     local = str(Path(into) / "run")
     try:
-        _download_top(uri, local)
+        trained_mod.download_top(uri, local)
     except FtctlError:
         with storage.storage_errors(uri, None):
             done = [c for c in list_checkpoints(uri) if c.complete]
@@ -155,7 +155,7 @@ def _download(uri: str, into: str) -> tuple[str, str]:
             raise
         newest = done[-1]
         log.warning("%s has no final model or adapter yet: loading its newest checkpoint, %s", uri, newest.name)
-        return newest.uri, _download_top(newest.uri, str(Path(local) / newest.name))
+        return newest.uri, trained_mod.download_top(newest.uri, str(Path(local) / newest.name))
     if not any((Path(local) / name).is_file() for name in RUN_RECORDS):  # a checkpoint or a merge: its run's records
         parent = uri.rstrip("/").rsplit("/", 1)[0]
         with storage.storage_errors(uri, None):
@@ -163,34 +163,6 @@ def _download(uri: str, into: str) -> tuple[str, str]:
                 if storage.exists(storage.join(parent, name)):
                     storage.get_file(storage.join(parent, name), str(Path(into) / name))
     return uri, local
-
-
-# what a checkpoint holds for a resume only: the Trainer's optimizer, scheduler, scaler and rng states, FSDP's copy of
-# the weights in its own format (Accelerate's names too); ~12 bytes a parameter of an fft run's, 96 GB for 8B, where
-# its weights are 16 GB. DeepSpeed's global_step*/ are directories, which _download_top leaves too.
-TRAINING_STATE = re.compile(
-    r"(optimizer|scheduler|scaler)(_\d+)?\.(pt|bin)|rng_state(_\d+)?\.pth|pytorch_model_fsdp.*\.bin"
-)
-
-
-def _download_top(uri: str, local: str) -> str:
-    """trained.download_top of what loading reads: the top-level files of ``uri`` (a run's output, a checkpoint, a
-    merge) but a checkpoint's training state (TRAINING_STATE), which chat and eval of a checkpoint in the store
-    downloaded beside its weights; returns ``local``. FtctlError where it holds no final model or adapter."""
-    from ftctl import storage
-    from ftctl.runpaths import FINAL_MARKS
-
-    with storage.storage_errors(uri, None):
-        entries = [e for e in storage.ls(uri) if e["type"] == "file"]
-        for entry in entries:
-            if not TRAINING_STATE.fullmatch(entry["name"]):
-                storage.get_file(storage.join(uri, entry["name"]), str(Path(local) / entry["name"]))
-    if not any(e["name"] in FINAL_MARKS for e in entries):
-        raise FtctlError(
-            f"{uri} holds no final model or adapter (a run still training, or not a run): `ftctl sync pull {uri} DIR` "
-            "downloads its complete checkpoints; then pass DIR."
-        )
-    return local
 
 
 def _path_shaped(target: str) -> bool:

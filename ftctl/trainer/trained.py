@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -475,15 +476,27 @@ def tokenizer_source(trained: Trained) -> str:
     return resolve_base(trained)
 
 
+# what a checkpoint holds for a resume only: the Trainer's optimizer, scheduler, scaler and rng states, FSDP's copy of
+# the weights in its own format (Accelerate's names too); ~12 bytes a parameter of an fft run's, 96 GB for 8B, where
+# its weights are 16 GB. Loading (chat, eval) and merging read none of it. DeepSpeed's global_step*/ are directories,
+# which download_top leaves too.
+TRAINING_STATE = re.compile(
+    r"(optimizer|scheduler|scaler)(_\d+)?\.(pt|bin)|rng_state(_\d+)?\.pth|pytorch_model_fsdp.*\.bin"
+)
+
+
 def download_top(uri: str, local: str, endpoint_url: str | None = None) -> str:
     """The top-level files of a run in object storage (its final model or adapter, tokenizer, spec.json), or of
-    one of its checkpoints, into ``local``; returns ``local``. Its checkpoints stay where they are: a run with no
-    final model yet is pulled with `ftctl sync pull`."""
+    one of its checkpoints but its training state (TRAINING_STATE: what only a resume reads), into ``local``;
+    returns ``local``. Its checkpoints stay where they are: a run with no final model yet is pulled with
+    `ftctl sync pull`."""
     from ftctl import storage
 
     with storage.storage_errors(uri, endpoint_url):
         entries = [e for e in storage.ls(uri, endpoint_url) if e["type"] == "file"]
         for entry in entries:
+            if TRAINING_STATE.fullmatch(entry["name"]):
+                continue
             storage.get_file(
                 storage.join(uri, entry["name"]), str(Path(local) / entry["name"]), endpoint_url=endpoint_url
             )
