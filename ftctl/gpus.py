@@ -113,6 +113,9 @@ TIERS: dict[str, GpuTier] = {
         # Grace Hopper: the 96 GB HBM3 module (the 144 GB HBM3e one plans within it)
         GpuTier("GH200", 96, 94.5, (9, 0), 989),  # GH200 sheet
         GpuTier("B200", 180, 178.35, (10, 0), 2250),  # HGX B200 sheet, per GPU
+        # Grace Blackwell (GB200 NVL72/NVL4): a B200 die at 1,200 W with 186 GB HBM3e; nvidia-smi 189471 MiB,
+        # PyTorch's total 184.31 GiB (OOM messages on GB200 nodes); Arm hosts (docker.image.ARM_HOSTED)
+        GpuTier("GB200", 186, 184.31, (10, 0), 2500),  # GB200 NVL72 sheet, per GPU (5 PFLOPS sparse)
     ]
 }
 

@@ -124,8 +124,8 @@ def emulation_note(target: str, machine: str | None = None) -> str:
     return (
         f"note: this machine is {arch}, the image {target}: docker buildx runs its steps under QEMU emulation, where "
         "flash-attn's compile takes many hours (and needs QEMU's handlers: docker run --privileged --rm "
-        "tonistiigi/binfmt --install all). Faster: run this on an Arm machine (a GH200 node itself), or through a "
-        "builder there (docker buildx create --use --name arm ssh://USER@ARMHOST)."
+        "tonistiigi/binfmt --install all). Faster: run this on an Arm machine (a GH200 or GB200 node "
+        "itself), or through a builder there (docker buildx create --use --name arm ssh://USER@ARMHOST)."
         if target == "linux/arm64"
         else f"note: this machine is {arch}, the image {target}: docker buildx runs its steps under QEMU emulation, "
         "where flash-attn's compile takes many hours: build on an x86_64 machine, or through a builder there "
