@@ -197,10 +197,10 @@ def within(seconds: float, call, *args, **kwargs):
     return value
 
 
-@pytest.fixture
-def s3_env(monkeypatch, tmp_path):
-    """The standard AWS variables, pointing at nothing real: dummy credentials (that the tests
-    look for in logs and manifests), no config files, one region."""
+def fake_aws(monkeypatch, tmp_path: Path, endpoint: str | None = None) -> None:
+    """The standard AWS variables, pointing at nothing real: dummy credentials (that the tests look for in logs and
+    manifests), no config files, one region; ``endpoint``: AWS_ENDPOINT_URL (the session's moto server). For a
+    module's fixture, ``monkeypatch`` is a ``pytest.MonkeyPatch.context()``."""
     for var in list(os.environ):
         if var.startswith("AWS_"):
             monkeypatch.delenv(var)
@@ -210,6 +210,14 @@ def s3_env(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    if endpoint:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+
+
+@pytest.fixture
+def s3_env(monkeypatch, tmp_path):
+    """fake_aws for a test."""
+    fake_aws(monkeypatch, tmp_path)
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ run whose loss went NaN. One shared qlora run into S3 (its checkpoints, its fina
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from ftctl.errors import FtctlError
-from tests.s3_fixtures import FAKE_KEY_ID, FAKE_SECRET
+from tests.s3_fixtures import fake_aws
 from tests.trainer_fixtures import make_run
 
 
@@ -25,18 +24,8 @@ def store_run(moto_s3, tiny_model_dir, tiny_data, tmp_path_factory):
     from ftctl.trainer.run import train
 
     with pytest.MonkeyPatch.context() as mp:
-        for var in [v for v in os.environ if v.startswith("AWS_")]:
-            mp.delenv(var)
-        env = {
-            "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_ENDPOINT_URL": moto_s3.endpoint,
-            "FTCTL_CACHE": str(tmp_path_factory.mktemp("cache")),
-        }
-        for var, value in env.items():
-            mp.setenv(var, value)
+        fake_aws(mp, tmp_path_factory.mktemp("aws"), moto_s3.endpoint)
+        mp.setenv("FTCTL_CACHE", str(tmp_path_factory.mktemp("cache")))
         bucket = moto_s3.make_bucket()
         run = f"s3://{bucket}/runs/q"
         torch.set_num_threads(1)

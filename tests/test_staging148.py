@@ -5,12 +5,11 @@ what loading reads, not its optimizer state."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.s3_fixtures import FAKE_KEY_ID, FAKE_SECRET, make_checkpoint
+from tests.s3_fixtures import fake_aws, make_checkpoint
 from tests.trainer_fixtures import make_run
 
 
@@ -33,18 +32,8 @@ def finished(moto_s3, tiny_model_dir, tiny_data, tmp_path_factory):
 
     stage = tmp_path_factory.mktemp("stage")
     with pytest.MonkeyPatch.context() as mp:
-        for var in [v for v in os.environ if v.startswith("AWS_")]:
-            mp.delenv(var)
-        env = {
-            "AWS_ACCESS_KEY_ID": FAKE_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_ENDPOINT_URL": moto_s3.endpoint,
-            "FTCTL_LOCAL_DIR": str(stage),
-        }
-        for var, value in env.items():
-            mp.setenv(var, value)
+        fake_aws(mp, tmp_path_factory.mktemp("aws"), moto_s3.endpoint)
+        mp.setenv("FTCTL_LOCAL_DIR", str(stage))
         run = f"s3://{moto_s3.make_bucket()}/runs/r"
         torch.set_num_threads(1)
         lines, logger = _Lines(), logging.getLogger("ftctl")
