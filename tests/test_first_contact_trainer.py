@@ -85,10 +85,10 @@ def test_a_run_whose_split_holds_nothing_out_stops_before_its_first_step(tiny_mo
 def test_rows_whose_fields_no_format_knows_are_one_line(tmp_path, tiny_tokenizer):
     from ftctl.trainer.data import build_dataset, check_data
 
-    data = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(1000)])
+    data = write_jsonl(tmp_path / "qa.jsonl", [{"alpha": f"q{i}", "beta": f"a{i}"} for i in range(1000)])
     report = check_data(data, tiny_tokenizer, 64)
     assert report.errors == [
-        "qa.jsonl lines 1-1000 (all 1,000 rows): not a conversation: keys 'question', 'answer'; expected "
+        "qa.jsonl lines 1-1000 (all 1,000 rows): not a conversation: keys 'alpha', 'beta'; expected "
         "'conversations' (ShareGPT: from/value turns), 'messages' (OpenAI: role/content turns), 'instruction' + "
         "'output' (Alpaca), 'prompt' + 'completion' (TRL's prompt-completion) or 'text' (plain text)"
     ]
@@ -142,10 +142,10 @@ def test_data_check_says_a_format_problem_once(tmp_path, tiny_model_dir):
 
     from ftctl.cli import main
 
-    data = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}] * 60 + [chat(1)])
+    data = write_jsonl(tmp_path / "qa.jsonl", [{"alpha": "q", "beta": "a"}] * 60 + [chat(1)])
     got = CliRunner().invoke(main, ["data", "check", data, "--model", str(tiny_model_dir)])
     assert got.exit_code == 1
-    assert "Errors (1):\n  qa.jsonl lines 1-60 (60 rows): not a conversation: keys 'question', 'answer'" in got.stdout
+    assert "Errors (1):\n  qa.jsonl lines 1-60 (60 rows): not a conversation: keys 'alpha', 'beta'" in got.stdout
     assert got.stdout.count("expected 'conversations'") == 1 and "more" not in got.stdout
     assert "FAILED: 60 of 61 rows with errors (1 listed)" in got.stdout  # rows, not error lines
 

@@ -188,8 +188,11 @@ def _slurm_run(h: str, container: str, tmp: Path, hf_home: Path) -> None:
     _bash_n(prep.text)
     # Slurm reads #SBATCH lines up to the first command: only ftctl's own directives are there
     head = prep.text.split("\nset -uo pipefail\n")[0].splitlines()
-    assert head[3:] == [f"#SBATCH {d}" for d in slurm_render.sbatch_directives(prep.spec, prep.plan)]
-    assert head[0] == "#!/bin/bash" and all(line.startswith("# ") for line in head[1:3])
+    said = [line for line in head[1:] if line.startswith("# ")]  # the header, and why --mem is what it is
+    assert [line for line in head[1:] if line not in said] == [
+        f"#SBATCH {d}" for d in slurm_render.sbatch_directives(prep.spec, prep.plan)
+    ]
+    assert head[0] == "#!/bin/bash" and head[1:3] == said[:2]
 
     run_dir = prep.run_dir
     job = {"SLURM_SUBMIT_DIR": str(run_dir), "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "node[1-2]"}

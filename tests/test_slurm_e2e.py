@@ -65,7 +65,7 @@ def test_two_node_cpu_lora_run_completes_on_both_nodes(e2e, reference):
     job, run_dir = reference.job, reference.run_dir
     assert reference.final_status == f"{job} COMPLETED on node[1-2] exit 0"
     progress = e2e.ftctl("status", job).stdout.splitlines()[1]  # from the run's metrics.jsonl on the shared disk
-    assert progress.startswith(f"step {STEPS}  loss ") and "tok/s" in progress
+    assert progress.startswith(f"step {STEPS}/{STEPS} (100%)  loss ") and "tok/s" in progress
     assert (run_dir / f"status.{job}.0").read_text() == "complete\n"
     log = (run_dir / f"slurm-{job}.out").read_text()
     assert f"ftctl: job {job} attempt 0 on node[1-2] (head node1)\n" in log
@@ -179,7 +179,7 @@ def test_cancel_saves_a_checkpoint_first_and_the_job_is_not_requeued(e2e, tiny_m
     assert [(r["slurm_job_id"], r["slurm_restart_count"]) for r in starts] == [(job, 0)]
     assert e2e.ftctl("status", job).stdout.splitlines()[1:] == [
         f"its trainer saved a checkpoint as it stopped: the same `ftctl launch` resumes it from checkpoint-{stopped}",
-        f"step {stopped}  loss " + e2e.ftctl("status", job).stdout.split(f"step {stopped}  loss ", 1)[1].strip(),
+        f"step {stopped}/" + e2e.ftctl("status", job).stdout.split(f"step {stopped}/", 1)[1].strip(),
     ]
 
 

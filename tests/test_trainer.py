@@ -873,7 +873,16 @@ def test_s3_output_is_staged_uploaded_and_resumed_on_a_fresh_node(
 
     uri = f"{s3_bucket}/runs/tiny"
     spec, plan = make_run(
-        tiny_model_dir, tiny_data, uri, "lora", max_steps=6, save_steps=100, resume="auto", lora_r=4, lora_alpha=8
+        tiny_model_dir,
+        tiny_data,
+        uri,
+        "lora",
+        max_steps=6,
+        save_steps=100,
+        resume="auto",
+        lora_r=4,
+        lora_alpha=8,
+        keep_staging=True,  # node b's staging is looked at below (a finished run's is freed by default)
     )
     monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "node-a"))
     first = _train(spec, plan, callbacks=[SendSignal()])
