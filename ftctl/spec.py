@@ -1928,12 +1928,17 @@ def _wandb(items, source: str, notes=None) -> list:
 
 LF_INFO = "dataset_info.json"  # LLaMA-Factory's: its datasets by name (trainer.formats reads an entry's columns)
 LF_NAMED = {"dataset": "data_path", "eval_dataset": "eval_data_path"}  # its keys naming entries of it
+# the split of a Hub dataset ftctl reads, by the key naming its entry (trainer.splits: train; held-out data test)
+LF_SPLIT = {"dataset": "train", "eval_dataset": "test"}
+# LLaMA-Factory's mix_strategy values: how interleave_datasets stops (first_exhausted, all_exhausted), or concat
+LF_MIXES = {"concat": None, "interleave_under": min, "interleave_over": max}
 
 
 def _llama_factory_names(items, source: str, notes=None) -> list:
     """LLaMA-Factory's ``dataset: a,b`` (and eval_dataset), names of the entries of dataset_info.json in dataset_dir
-    (its default: data), as data_path (eval_data_path): each entry's file_name there (hf_hub_url: a Hub dataset),
-    whose rows trainer.formats reads as that entry says. As they are where there is no such file here (the key is
+    (its default: data), as data_path (eval_data_path): each entry's file_name there (hf_hub_url: a Hub dataset, its
+    folder and revision in the path), whose rows trainer.formats reads as that entry says; its mix_strategy and
+    interleave_probs as data_weights (_llama_factory_mix). As they are where there is no such file here (the key is
     then refused, saying what to write); FtctlError for a name it lacks or an entry ftctl cannot read."""
     items = list(items)
     given = {k.strip(): v for k, v in items}
@@ -1947,7 +1952,7 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
         return items
     if not isinstance(entries, dict):
         return items
-    out, errors = [], []
+    out, errors, named = [], [], {}
     for key, value in items:
         if key.strip() not in LF_NAMED or not value:
             out.append((key, value))
@@ -1961,6 +1966,8 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
             if not isinstance(entry, dict):
                 known = ", ".join(list(entries)[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
                 errors.append(f"{key.strip()} ({source}): {name!r} is not an entry of {info} (it names {known})")
+            elif problem := _llama_factory_unread(entry, LF_SPLIT[key.strip()]):
+                errors.append(f"{key.strip()} ({source}): {info}'s entry {name!r} {problem}")
             elif (renamed := entry.get("columns") or entry.get("tags")) and not (
                 isinstance(file := entry.get("file_name"), str) and "/" not in os.path.normpath(file)
             ):  # trainer.formats applies an entry to a file beside its dataset_info.json
@@ -1972,12 +1979,15 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
             elif isinstance(entry.get("file_name"), str):
                 paths.append(storage.join(directory, entry["file_name"]))
             elif isinstance(entry.get("hf_hub_url"), str):
-                paths.append(f"hf://datasets/{entry['hf_hub_url']}")
+                revision = f"@{entry['revision']}" if entry.get("revision") else ""
+                folder = f"/{str(entry['folder']).strip('/')}" if entry.get("folder") else ""
+                paths.append(f"hf://datasets/{entry['hf_hub_url']}{revision}{folder}")
             else:
                 errors.append(
                     f"{key.strip()} ({source}): {info}'s entry {name!r} has no file_name or hf_hub_url, which ftctl "
                     "reads: give its data's files as data_path"
                 )
+        named[key.strip()] = paths
         out.append((LF_NAMED[key.strip()], paths))
         if notes is not None and paths:
             notes.append(
@@ -1986,7 +1996,122 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
             )
     if errors:
         raise FtctlError(_join(errors))
-    return out
+    return _llama_factory_mix(out, named.get("dataset", []), source, notes)
+
+
+def _llama_factory_unread(entry: dict, split: str) -> str | None:
+    """What of a dataset_info.json entry ftctl would not read as LLaMA-Factory does (the rest of the sentence that
+    names it), None where it reads it all: a Hub dataset's subset (a configuration, not files) or a split other than
+    the one ftctl reads (train; test for held-out data) given; LLaMA-Factory reads a file's rows as its train split
+    only."""
+    asked = str(entry.get("split") or "train")
+    if isinstance(entry.get("file_name"), str):
+        if asked == "train":
+            return None
+        return (
+            f"asks file {entry['file_name']}'s split {asked!r}, which LLaMA-Factory does not have either (a file's "
+            "rows are its train split): drop split from the entry"
+        )
+    if not isinstance(hub := entry.get("hf_hub_url"), str):
+        return None
+    subset, folder = entry.get("subset"), entry.get("folder")
+    at = f"hf://datasets/{hub}/{str(folder).strip('/') + '/' if folder else ''}"
+    if subset:
+        return (
+            f"names subset {subset!r} of {hub}, a configuration of the Hub dataset, which ftctl does not read by name "
+            f"(nothing is downloaded to learn its files): give its files as data_path, {at}{subset}/ where the "
+            "dataset keeps each subset in a folder of its name (the dataset's Files tab shows which), and drop the "
+            "dataset key"
+        )
+    if entry.get("split") and asked != split:  # none given: the split ftctl reads for the role
+        return (
+            f"asks {hub}'s split {asked!r}, and ftctl reads a Hub dataset's {split} split "
+            f"({'held-out data' if split != 'train' else 'training data'}; by its files' names): give the {asked} "
+            f"split's files as data_path ({at}FILES, e.g. {at}data/{asked}-*.parquet), and drop the dataset key"
+        )
+    return None
+
+
+def _records_in(path: str) -> int | None:
+    """How many records a local .json or .jsonl file (gzipped too) holds, as LLaMA-Factory's JSON loader counts
+    them: a JSON list's items, else its non-blank lines; None for any other (a directory, Parquet, a URI)."""
+    name = path.lower().removesuffix(".gz")
+    if storage.scheme(path) or not name.endswith((".json", ".jsonl")) or not Path(path).is_file():
+        return None
+    import gzip
+
+    try:
+        raw = (gzip.open if path.lower().endswith(".gz") else open)(path, "rb").read()
+        try:
+            whole = json.loads(raw)
+        except ValueError:
+            whole = None
+        return len(whole) if isinstance(whole, list) else sum(1 for line in raw.splitlines() if line.strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _llama_factory_mix(items: list, paths: list[str], source: str, notes=None) -> list:
+    """A layer's LLaMA-Factory mix_strategy and interleave_probs (with its ``dataset`` names, read as ``paths``) as
+    data_weights: interleave_datasets draws each dataset's share of the rows until the first dataset is used up
+    (interleave_under) or the last one is (interleave_over), so dataset i of n_i rows and share p_i gives p_i * T
+    rows, T = min (max) of n_j / p_j: its weight here, each one's rows that many times an epoch, is p_i * T / n_i.
+    Without probs, equal shares (interleave_datasets' round robin); concat (LLaMA-Factory's default) is ftctl's
+    without data_weights. FtctlError for a mix ftctl cannot count here."""
+    given = {k.strip(): v for k, v in items}
+    if "mix_strategy" not in given and "interleave_probs" not in given:
+        return items
+    keep = [(k, v) for k, v in items if k.strip() not in ("mix_strategy", "interleave_probs")]
+    strategy, probs = str(given.get("mix_strategy") or "concat").strip(), given.get("interleave_probs")
+    said = f"mix_strategy: {strategy}" + (f", interleave_probs: {_text(probs)}" if probs is not None else "")
+    if strategy not in LF_MIXES:
+        raise FtctlError(f"mix_strategy: {strategy} ({source}) is none of LLaMA-Factory's: {', '.join(LF_MIXES)}.")
+    if LF_MIXES[strategy] is None:
+        if probs is not None:
+            raise FtctlError(
+                f"interleave_probs ({source}) mixes by shares with mix_strategy interleave_under or interleave_over, "
+                f"not {strategy} (LLaMA-Factory refuses it so too): add mix_strategy: interleave_under, or drop "
+                "interleave_probs to read each dataset once."
+            )
+        notes is None or notes.append(
+            f"mix_strategy: concat ({source}): each dataset's rows once, as ftctl reads datasets without data_weights"
+        )
+        return keep
+    if len(paths) < 2:
+        notes is None or notes.append(f"{said} ({source}): one dataset, nothing to mix")
+        return keep
+    if any(canonical_key(k) == "data_weights" for k, _ in items):
+        raise FtctlError(f"{said} ({source}) and data_weights both mix the datasets: keep one.")
+    try:
+        shares = (
+            [1 / len(paths)] * len(paths)
+            if probs is None
+            else [float(p) for p in (probs if isinstance(probs, list) else str(probs).split(","))]
+        )
+    except (TypeError, ValueError):
+        raise FtctlError(f"interleave_probs: {_text(probs)} ({source}): give one number a dataset, 0.7,0.3") from None
+    if len(shares) != len(paths) or abs(sum(shares) - 1) > 1e-6 or min(shares) <= 0:
+        raise FtctlError(
+            f"interleave_probs: {_text(probs)} ({source}) are no shares of the {len(paths)} datasets of dataset: give "
+            "one above 0 each, in its order, summing to 1 (a dataset of none: drop it from dataset)."
+        )
+    rows = [_records_in(p) for p in paths]
+    if uncounted := [p for p, n in zip(paths, rows) if not n]:
+        raise FtctlError(
+            f"{said} ({source}) mixes by the datasets' sizes, and {', '.join(uncounted)} is no local JSON file whose "
+            "rows ftctl counts here: give data_weights instead, each dataset's rows that many times an epoch "
+            "(shares p over n rows: p * T / n, T the smallest n / p for interleave_under, the largest for "
+            "interleave_over; `ftctl data check -c run.yaml` counts the rows)."
+        )
+    total = LF_MIXES[strategy](n / p for n, p in zip(rows, shares))
+    weights = [p * total / n for n, p in zip(rows, shares)]
+    under = strategy.endswith("under")
+    mixed = ", ".join(f"{path} {n:,} rows x {w:.4g}" for path, n, w in zip(paths, rows, weights))
+    notes is None or notes.append(
+        f"{said} ({source}) are data_weights {','.join(f'{w:.6g}' for w in weights)} here: {mixed} "
+        f"(LLaMA-Factory's interleaving {'stops at the first dataset used up' if under else 'goes on until the last is'})"
+    )
+    return keep + [("data_weights", ",".join(f"{w:.6g}" for w in weights))]
 
 
 def _mixes(items):
