@@ -255,7 +255,10 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
         # the same arguments: passed as arguments, a changed variable (another account, a rotated key) gets a fresh one;
         # the limits' timeouts too, so that an "ask" and a "transfer" each have a filesystem of their own
         limits = S3_LIMITS["ask" if quick else "transfer"]
-        credentials = {arg: os.environ.get(var) or None for arg, var in _ADLFS_ENV.items()}
+        credentials = {arg: next(filter(None, map(os.environ.get, names)), None) for arg, names in _ADLFS_ENV.items()}
+        if not any(credentials[arg] for arg in ("connection_string", "account_key", "sas_token", "client_id")):
+            if os.environ.get("AZURE_STORAGE_ANON", "").lower() in ("", "false", "0", "f"):  # adlfs's own test
+                credentials["credential"] = _azure_identity()
         fs = cls(**credentials, connection_timeout=limits.connect_s, read_timeout=limits.read_s)
         _azure_limits(fs, limits)
     else:
@@ -263,16 +266,74 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
     return fs, path
 
 
-#: adlfs's arguments and the variables it reads them from where they are not given
+#: adlfs's arguments and the variables it reads them from where they are not given (the first one set); the account
+#: key also from AZURE_STORAGE_KEY, the Azure CLI's name for it (adlfs reads only AZURE_STORAGE_ACCOUNT_KEY: a key set
+#: there was not used, and the account name alone went to DefaultAzureCredential)
 _ADLFS_ENV = {
-    "connection_string": "AZURE_STORAGE_CONNECTION_STRING",
-    "account_name": "AZURE_STORAGE_ACCOUNT_NAME",
-    "account_key": "AZURE_STORAGE_ACCOUNT_KEY",
-    "sas_token": "AZURE_STORAGE_SAS_TOKEN",
-    "client_id": "AZURE_STORAGE_CLIENT_ID",
-    "client_secret": "AZURE_STORAGE_CLIENT_SECRET",
-    "tenant_id": "AZURE_STORAGE_TENANT_ID",
+    "connection_string": ("AZURE_STORAGE_CONNECTION_STRING",),
+    "account_name": ("AZURE_STORAGE_ACCOUNT_NAME",),
+    "account_key": ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_KEY"),
+    "sas_token": ("AZURE_STORAGE_SAS_TOKEN",),
+    "client_id": ("AZURE_STORAGE_CLIENT_ID",),
+    "client_secret": ("AZURE_STORAGE_CLIENT_SECRET",),
+    "tenant_id": ("AZURE_STORAGE_TENANT_ID",),
 }
+
+#: DefaultAzureCredential of this process, per the identity variables it was made under (a changed one: a fresh one)
+_AZURE_IDENTITIES: dict[tuple, Any] = {}
+
+
+def _azure_identity():
+    """The Azure identity adlfs gets for an account with no key, SAS or connection string: azure-identity's
+    DefaultAzureCredential (environment, workload identity, managed identity, Azure CLI ...) as adlfs would make it,
+    except that where it finds none, the request fails at once instead of being retried. azure-storage-blob's retry
+    policy retried a token that could not be had as it retries a store that is down: the whole chain again after each
+    pause (azure-storage-blob's own pauses, 15 s + 3**n: 86 s to the error; S3_LIMITS' ~35 s). One try of the chain is
+    already bounded by azure-identity: the managed identity endpoint (IMDS) is probed with a 1 s connect and no
+    retries, the CLIs with a 10 s limit, so that a VM's managed identity, a pod's workload identity and `az login` work
+    as before. One instance per process (per its identity variables), kept open: fsspec's cache of filesystems keys on
+    it, and a token it got is reused."""
+    key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AZURE_", "MSI_", "IDENTITY_"))))
+    if key not in _AZURE_IDENTITIES:
+        from azure.identity.aio import DefaultAzureCredential
+
+        _AZURE_IDENTITIES[key] = _FailOnce(DefaultAzureCredential())
+    return _AZURE_IDENTITIES[key]
+
+
+class _FailOnce:
+    """An async token credential (azure-core's protocol) that is ``inner``, except that no token raises what
+    azure-storage-blob's retry policy does not retry (its AzureSigningError, from the chain's own error): one try."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def get_token(self, *scopes, **kwargs):
+        return await self._once(self.inner.get_token, *scopes, **kwargs)
+
+    async def get_token_info(self, *scopes, **kwargs):
+        return await self._once(self.inner.get_token_info, *scopes, **kwargs)
+
+    async def _once(self, call, *args, **kwargs):
+        from azure.core.exceptions import ClientAuthenticationError
+
+        try:
+            return await call(*args, **kwargs)
+        except ClientAuthenticationError as exc:  # CredentialUnavailableError too
+            try:
+                from azure.storage.blob._shared.authentication import AzureSigningError
+            except ImportError:  # a changed SDK: retried as before
+                raise exc from None
+            raise AzureSigningError(str(exc)) from exc
+
+    async def close(self) -> None:
+        """Kept open: shared by every filesystem of this process (adlfs closes its credential with each one)."""
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *args) -> None:
+        pass
 
 
 def _azure_limits(fs, limits: S3Limits) -> None:
@@ -684,7 +745,8 @@ _STORE_HINTS = {
         "bucket",
     ),
     "abfs": (
-        "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_KEY (or AZURE_STORAGE_CONNECTION_STRING)",
+        "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN (or "
+        "AZURE_STORAGE_CONNECTION_STRING; or `az login`, or a managed identity with a Storage Blob Data role)",
         "AZURE_STORAGE_*",
         "container",
     ),
@@ -707,6 +769,7 @@ _NO_CREDENTIALS |= {"CredentialUnavailableError"}  # azure-identity's: no identi
 #: said where no credentials were found: adlfs with neither a connection string nor an account; azure-identity's chain
 #: (an account name alone) finding none
 _NO_CREDENTIALS_SAID = ("must provide either a connection_string or account_name", "failed to retrieve a token")
+_AZURE_NO_IDENTITY = "defaultazurecredential failed to retrieve a token"
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 _BAD_CREDENTIALS |= {"AuthenticationFailed", "InvalidAuthenticationInfo"}  # Azure's: a wrong key, a bad SAS
 _AZURE_UNSIGNED = "server failed to authenticate the request"  # Azure's message for a signature its key refuses
@@ -848,6 +911,12 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
     if names & _NO_CREDENTIALS or any(said in text for said in _NO_CREDENTIALS_SAID):
         profile = os.environ.get("AWS_PROFILE")
         detail = f" (AWS_PROFILE={profile!r} is no profile in ~/.aws)" if "ProfileNotFound" in names else ""
+        if _AZURE_NO_IDENTITY in text:  # an account name alone: DefaultAzureCredential tried and found none
+            detail = (
+                f" (Azure storage account {azure_account()!r} with no key, SAS or connection string, and no Azure "
+                "identity found here: no managed identity, workload identity, AZURE_CLIENT_ID/AZURE_CLIENT_SECRET/"
+                "AZURE_TENANT_ID or Azure CLI login)"
+            )
         return storage_error("no-credentials", uri, endpoint_url, detail)
     if codes & _BAD_CREDENTIALS or _AZURE_UNSIGNED in text:  # Azure says a wrong key so (Azurite: with the code
         # AuthorizationFailure, which Azure itself gives to a request its firewall or a SAS's rights refuse)

@@ -166,8 +166,8 @@ def test_store_errors_on_az_are_one_line(az_container, azurite, monkeypatch):
     said = CliRunner().invoke(main, ["sync", "ls", f"{az_container}/run"])
     assert said.exit_code != 0 and said.output.startswith(
         f"error: the Azure blob endpoint {azurite.endpoint} rejected the credentials for {az_container}/run "
-        "(AuthorizationFailure): check AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_KEY (or "
-        "AZURE_STORAGE_CONNECTION_STRING)"
+        "(AuthorizationFailure): check AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN (or "
+        "AZURE_STORAGE_CONNECTION_STRING;"
     ), said.output
     assert "A" * 86 not in said.output and len(said.output.splitlines()) == 1
     with pytest.raises(FtctlError, match=r"cannot read the trainer's lease .*rejected the credentials"):
@@ -180,8 +180,9 @@ def test_store_errors_on_az_are_one_line(az_container, azurite, monkeypatch):
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
     said = CliRunner().invoke(main, ["sync", "ls", f"{az_container}/run"])
     assert said.exit_code != 0 and said.output == (
-        f"error: No credentials for {az_container}/run: set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_KEY (or "
-        "AZURE_STORAGE_CONNECTION_STRING).\n"
+        f"error: No credentials for {az_container}/run: set AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_KEY or "
+        "AZURE_STORAGE_SAS_TOKEN (or AZURE_STORAGE_CONNECTION_STRING; or `az login`, or a managed identity with a "
+        "Storage Blob Data role).\n"
     ), said.output
 
 
