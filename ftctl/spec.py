@@ -1808,7 +1808,11 @@ def _axolotl(key: str, raw):
     if key == "datasets" and isinstance(raw, list) and raw and all(isinstance(d, dict) and d.get("path") for d in raw):
         refused = [
             f"{d['path']}'s {k}: {v!r}: {why}" for d in raw for k, v in d.items() if (why := _dataset_refuses(k, v))
-        ] + [why for d in raw if (why := _turn_keys_refused(d))]
+        ]
+        if "data_columns" in FIELDS:  # their own names of the fields: data_columns (_axolotl_columns)
+            refused += [f"{d['path']}'s {why}" for d in raw if (why := axolotl_columns(d)[1])]
+        else:
+            refused += [why for d in raw if (why := _turn_keys_refused(d))]
         if refused:
             raise ValueError("; ".join(refused))
 
@@ -1898,9 +1902,111 @@ def _turn_keys_refused(entry: dict) -> str | None:
 
 
 def dataset_keys_unread(raw) -> list[str]:
-    """The keys of axolotl's dataset entries that ftctl does not read (type, ds_type, roles ...): each row's format is
-    read from its fields (turn keys it reads already, TURN_KEYS, are not listed)."""
-    return sorted({k for d in raw if isinstance(d, dict) for k in d} - {"path", *_DATASET_KEYS, *TURN_KEYS})
+    """The keys of axolotl's dataset entries that ftctl does not read (type, ds_type ...): each row's format is read
+    from its fields (turn keys it reads already, TURN_KEYS, and where data_columns takes them, roles and a type's
+    field names, are not listed)."""
+    read = {"path", *_DATASET_KEYS, *TURN_KEYS} | ({"roles"} if "data_columns" in FIELDS else set())
+    return sorted(
+        {k for d in raw if isinstance(d, dict) for k in d if not (k == "type" and isinstance(d[k], dict))} - read
+    )
+
+
+# the roles a chat template takes (trainer.formats' OPENAI_ROLES): what axolotl's roles map the data's roles to
+TEMPLATE_ROLES = ("system", "user", "assistant", "tool")
+# axolotl's roles where an entry gives none (its chat_template strategy's): the template's role -> the data's
+AXOLOTL_ROLES = {"user": ["human", "user"], "assistant": ["gpt", "assistant"], "system": ["system"], "tool": ["tool"]}
+# a custom type's (axolotl's user-defined Alpaca-like prompt) field_* keys: the Alpaca field each names
+AXOLOTL_TYPE_FIELDS = {
+    "field_instruction": "instruction",
+    "field_input": "input",
+    "field_output": "output",
+    "field_system": "system",
+}
+# and its prompt strings, which ftctl's chat template writes instead: the values that ask for no more than it does
+AXOLOTL_TYPE_FORMATS = {
+    "format": ("{instruction}",),
+    "no_input_format": ("{instruction}",),
+    "system_format": ("{system}",),
+}
+
+
+def axolotl_columns(entry: dict) -> tuple[dict, str | None]:
+    """(ftctl's own description of the fields an axolotl dataset entry names otherwise, as data_columns holds it: the
+    field -> the data's name of it (messages, role, content; instruction, input, output, system), ``roles`` the data's
+    role -> the template's, ``system_prompt`` a system prompt for rows without one; {} where there are none; why not,
+    the rest of a sentence after the entry's path, where the entry asks what ftctl cannot do). From field_messages,
+    message_property_mappings (role, content; or message_field_role/_content, axolotl's older keys), roles (replacing
+    axolotl's defaults, as axolotl does) and a custom type's field_* and system_prompt."""
+    described: dict = {}
+    kind = entry.get("type")
+    if isinstance(kind, dict):
+        unknown = sorted(set(kind) - {*AXOLOTL_TYPE_FIELDS, *AXOLOTL_TYPE_FORMATS, "system_prompt", "field"})
+        asked = [f"{k}: {kind[k]!r}" for k, ok in AXOLOTL_TYPE_FORMATS.items() if kind.get(k) not in (None, "", *ok)]
+        if unknown:
+            return (
+                {},
+                f"type: {', '.join(unknown)} are no keys of axolotl's custom type ftctl reads (field_*, system_prompt)",
+            )
+        if asked:
+            return {}, (
+                f"type's {', '.join(asked)}: ftctl writes each prompt with the model's chat template (the one a chat "
+                "or a server of the model writes too; chat_template_path names another), not a format string: drop "
+                f"{', '.join(k for k in AXOLOTL_TYPE_FORMATS if k in kind)} from the type"
+            )
+        if kind.get("field"):
+            return {}, f"type's field: {kind['field']!r}: {_DATASET_KEYS['field'][1]}"
+        described |= {ours: str(kind[k]) for k, ours in AXOLOTL_TYPE_FIELDS.items() if kind.get(k) and kind[k] != ours}
+        if kind.get("system_prompt"):
+            described["system_prompt"] = str(kind["system_prompt"])
+    mapped = entry.get("message_property_mappings") or {}
+    if not isinstance(mapped, dict):
+        return {}, f"message_property_mappings: {mapped!r} is no mapping: give {{role: KEY, content: KEY}}"
+    if other := sorted(k for k, v in mapped.items() if k not in ("role", "content") and v != k):
+        return {}, (
+            f"message_property_mappings' {', '.join(other)}: ftctl renames a turn's role and content only: rename "
+            f"{', '.join(f'{mapped[k]!r} to {k!r}' for k in other)} in the data"
+        )
+    turns = entry.get("field_messages")
+    role = mapped.get("role") or entry.get("message_field_role")
+    content = mapped.get("content") or entry.get("message_field_content")
+    roles = entry.get("roles")
+    if roles is not None:
+        if not isinstance(roles, dict) or not all(isinstance(v, (list, str)) for v in roles.values()):
+            return {}, f"roles: {roles!r}: give the template's roles' names in the data, roles: {{user: [human]}}"
+        if wrong := sorted(set(roles) - set(TEMPLATE_ROLES)):
+            return {}, f"roles: {', '.join(wrong)}: a chat template's roles are {', '.join(TEMPLATE_ROLES)}"
+    native = (
+        str(turns or "messages") in TURNS_READ and (str(role or "role"), str(content or "content")) in TURN_KEYS_READ
+    )
+    if not native or roles is not None:  # a conversation named its own way: messages, the template's roles
+        described |= {"messages": str(turns or "messages"), "role": str(role or "role")}
+        described["content"] = str(content or "content")
+        given = {r: [v] if isinstance(v, str) else v for r, v in (roles or AXOLOTL_ROLES).items()}
+        described["roles"] = {str(name): r for r, names in given.items() for name in names if str(name) != r}
+    return described, None
+
+
+def _axolotl_columns(items, source: str, notes=None) -> list:
+    """A layer's axolotl ``datasets`` entries that name their fields otherwise (axolotl_columns) as data_columns: each
+    dataset's path -> its description (JSON text), which trainer.formats reads its rows by; noted."""
+    items = list(items)
+    entries = [
+        d
+        for k, raw in items
+        if k.strip() == "datasets" and isinstance(raw, list)
+        for d in raw
+        if isinstance(d, dict) and d.get("path")
+    ]
+    described = {_dataset_at(str(d["path"])): axolotl_columns(d)[0] for d in entries}
+    described = {path: d for path, d in described.items() if d}
+    if not described or "data_columns" not in FIELDS:
+        return items
+    for path, d in described.items():
+        notes is None or notes.append(
+            f"datasets ({source}): {path}'s rows read by its entry's names: "
+            + ", ".join(f"{k} {v}" if k != "roles" else f"roles {v}" for k, v in d.items())
+        )
+    return items + [("data_columns", {p: json.dumps(d, sort_keys=True) for p, d in described.items()})]
 
 
 # axolotl's W&B keys, given a value: what they ask for is report_to=wandb with W&B's own variables set

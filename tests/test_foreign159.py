@@ -101,3 +101,92 @@ def test_llama_factorys_hub_entries_folder_and_revision_are_read_subset_and_spli
         build({"eval_dataset": "hub_valid", "dataset": "a"})  # held-out data reads test: the validation files
     with pytest.raises(FtctlError, match="asks file b.jsonl's split 'test', which LLaMA-Factory does not have either"):
         build({"dataset": "b_test"})
+
+
+def _entry(**entry):
+    return {"path": "chat.jsonl", "type": "chat_template", **entry}
+
+
+def test_axolotls_column_maps_are_read_into_ftctls_description_of_the_data():
+    """axolotl's field_messages, message_property_mappings (or message_field_role/_content), roles and a custom
+    type's field_* were refused with renames to make in the data: they are ftctl's description of the dataset's own
+    names now (data_columns), with axolotl's default roles where the entry gives none."""
+    from ftctl.spec import axolotl_columns
+
+    mapped = {"role": "speaker", "content": "text"}
+    described, why = axolotl_columns(_entry(field_messages="chat", message_property_mappings=mapped))
+    assert why is None and described == {
+        "messages": "chat",
+        "role": "speaker",
+        "content": "text",
+        "roles": {"human": "user", "gpt": "assistant"},
+    }
+    roles = {"user": ["USER", "client"], "assistant": "BOT"}  # axolotl's replace its defaults
+    described, _ = axolotl_columns(_entry(message_field_role="speaker", roles=roles))
+    assert described == {
+        "messages": "messages",
+        "role": "speaker",
+        "content": "content",
+        "roles": {"USER": "user", "client": "user", "BOT": "assistant"},
+    }
+    sharegpt = {"field_messages": "conversations", "message_property_mappings": {"role": "from", "content": "value"}}
+    assert axolotl_columns(_entry(**sharegpt)) == ({}, None)  # read as they are: nothing to describe
+    kind = {"field_instruction": "context", "field_output": "target", "system_prompt": "Be brief.", "format": ""}
+    assert axolotl_columns({"path": "qa.jsonl", "type": kind}) == (
+        {"instruction": "context", "output": "target", "system_prompt": "Be brief."},
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "entry, said",
+    [
+        (
+            {"type": {"field_instruction": "q", "format": "[INST] {instruction} [/INST]"}},
+            "type's format: '[INST] {instruction} [/INST]': ftctl writes each prompt with the model's chat template",
+        ),
+        ({"type": {"field_instruction": "q", "prompt": "x"}}, "type: prompt are no keys of axolotl's custom type"),
+        (
+            {"message_property_mappings": {"role": "r", "content": "c", "tool_calls": "calls"}},
+            "message_property_mappings' tool_calls: ftctl renames a turn's role and content only: rename 'calls' to",
+        ),
+        ({"roles": {"human": ["USER"]}}, "roles: human: a chat template's roles are system, user, assistant, tool"),
+    ],
+)
+def test_axolotls_column_maps_ftctl_cannot_honour_are_refused_naming_the_field(entry, said):
+    from ftctl.spec import axolotl_columns
+
+    assert said in axolotl_columns(_entry(**entry))[1]
+
+
+def test_a_datasets_own_names_train_the_right_roles_and_loss(tmp_path, tiny_tokenizer):
+    """Rows read by data_columns (formats.described): a `chat` column of speaker/text turns by USER/BOT trains BOT's
+    turns only; a custom type's context/target columns train the target, under the entry's system prompt; a
+    dataset without a description beside them is read as before."""
+    from ftctl.trainer.data import prepare_data
+    from tests.test_data import EOT, trained_spans
+
+    chat = tmp_path / "chat.jsonl"
+    turns = [{"speaker": "USER", "text": "Q"}, {"speaker": "BOT", "text": "A"}, {"speaker": "USER", "text": "Q2"}]
+    chat.write_text(json.dumps({"chat": [*turns, {"speaker": "BOT", "text": "B"}]}) + "\n")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"context": "Say hi", "target": "Hi!"}) + "\n")
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "C"}]})
+    )
+    columns = {
+        str(chat): json.dumps(
+            {"messages": "chat", "role": "speaker", "content": "text", "roles": {"USER": "user", "BOT": "assistant"}}
+        ),
+        str(qa): json.dumps({"instruction": "context", "output": "target", "system_prompt": "Be brief."}),
+    }
+    path = f"{chat},{qa},{plain}"
+    report, rows = prepare_data(path, tiny_tokenizer, 256, columns=columns, show=3)
+    assert report.ok, report.errors
+    spans = [trained_spans(tiny_tokenizer, r["input_ids"], r["labels"]) for r in rows]
+    assert spans == [[f"A{EOT}", f"B{EOT}"], [f"Hi!{EOT}"], [f"C{EOT}"]], spans
+    system = tiny_tokenizer.decode(rows[1]["input_ids"])
+    assert "Be brief." in system and "Say hi" in system, system
+    report, _ = prepare_data(path, tiny_tokenizer, 256)  # without the description: not rows ftctl reads
+    assert not report.ok and "keys 'chat'" in report.error_message(), report.error_message()

@@ -244,10 +244,12 @@ def prepare_data(
     num_proc: int | None = None,
     sharing: int = 1,
     text_field: str = "text",
+    columns: dict[str, str] | None = None,
 ):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
     for evaluation (a directory of splits gives its test split, formats.resolve_files); ``text_field``: the field
-    of a plain-text row (TRL's dataset_text_field, formats.load_rows); ``sources``: a third
+    of a plain-text row (TRL's dataset_text_field, formats.load_rows); ``columns``: the run's data_columns (a
+    dataset's own names of its fields, formats.described); ``sources``: a third
     column, ``source``, says which of the datasets ``path`` names each row is from (mix); ``show``: the report
     keeps the first rows without errors as they train (show_rows); ``every_token``: the loss covers every token,
     not only the assistant turns (assistant_only_loss=false); ``num_proc``: the processes that tokenize (None: as
@@ -259,7 +261,7 @@ def prepare_data(
     tokenizer = _load_tokenizer(tokenizer)
     require_fast(tokenizer)
     report = DataReport(path=path, max_length=max_length, model=_model_of(tokenizer))
-    files, rows = load_rows(path, endpoint_url, held_out, text_field)
+    files, rows = load_rows(path, endpoint_url, held_out, text_field, columns)
     report.files = len(files)
     if len(split_paths(path)) == 1 and files != [path]:  # a directory or pattern: which files (which split)
         report.read = [file_name(f, path) for f in files]
@@ -1071,6 +1073,8 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
     ``stats``: a list the training rows' DataStats is appended to; ``cache_dir``: where the tokenized rows are kept
     for the next start (build_dataset; the trainer's: runpaths.DATA_CACHE in the run's local directory)."""
     mixing, every = spec.data_mix is not None, not spec.assistant_only_loss
+    # the datasets' own names of their fields (data_columns: axolotl's entries'), where any: in cache_key's options
+    named = {"columns": columns} if (columns := getattr(spec, "data_columns", None)) else {}
     procs = getattr(spec, "dataset_num_proc", None)  # TRL's name: the processes that tokenize (1: one alone)
     paths = split_paths(spec.data_path)
     by_source = mixing or (spec.eval_split > 0 and len(paths) > 1)
@@ -1086,6 +1090,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
         sources=by_source,
         every_token=every,
         text_field=spec.dataset_text_field,
+        **named,
     )
     held_out = None
     if spec.eval_data_path:
@@ -1102,6 +1107,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
                 held_out=True,
                 every_token=every,
                 text_field=spec.dataset_text_field,
+                **named,
             )
             for path in eval_paths
         ]

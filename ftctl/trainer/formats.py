@@ -341,18 +341,24 @@ class _ParseError:
 
 
 def load_rows(
-    path: str, endpoint_url: str | None = None, held_out: bool = False, text_field: str = "text"
+    path: str,
+    endpoint_url: str | None = None,
+    held_out: bool = False,
+    text_field: str = "text",
+    columns: dict[str, str] | None = None,
 ) -> tuple[list[str], list[Row]]:
     """(the files read, every row of them as a :class:`Row` with its problems, if any), of each dataset
     ``path`` names (several: comma-separated, :func:`ftctl.spec.split_paths`) in turn.
     ``endpoint_url``: the S3 endpoint (see :func:`ftctl.storage.s3_endpoint`); ``held_out``: see resolve_files;
-    ``text_field``: the field of a plain-text row (TRL's dataset_text_field)."""
+    ``text_field``: the field of a plain-text row (TRL's dataset_text_field); ``columns``: the run's data_columns,
+    a dataset's own names of its fields (described)."""
     from ftctl.spec import split_paths
 
     files, rows, seen = [], [], {}
     for source, one in enumerate(split_paths(path)):
         found = resolve_files(one, endpoint_url, held_out=held_out)
         files += found
+        named = described((columns or {}).get(one))
         for file in found:
             name = file_name(file, one)
             mapped, problem, _ = _llama_factory_mapping(file, endpoint_url, seen)
@@ -361,7 +367,8 @@ def load_rows(
                 continue
             try:
                 for unit, number, record in _records(file, name, endpoint_url):
-                    record = _text_field(mapped(record) if mapped else record, text_field)
+                    record = mapped(record) if mapped else record
+                    record = _text_field(named(record) if named else record, text_field)
                     rows.append(row := to_row(f"{name} {unit} {number}", record))
                     whole = isinstance(record, _ParseError) and record.whole_file  # no row of it was read
                     row.source, row.at = source, None if whole else (name, unit, number)
@@ -555,6 +562,31 @@ def _renamed_turn(turn: Any, keys: dict, roles: dict) -> Any:
         if isinstance(turn.get(key), str):
             turn[key] = roles.get(turn[key], turn[key])
     return turn
+
+
+def described(description: str | dict | None):
+    """A function that gives a record of a dataset in ftctl's names, from the run's description of its own
+    (data_columns: JSON text of ftctl's field -> the data's, as spec.axolotl_columns reads it from axolotl's dataset
+    entries): its fields renamed (messages, instruction, input, output, system), its turns' role and content keys
+    and role names (``roles``: the data's -> the template's), ``system_prompt`` the system of a row without one.
+    None where there is nothing to rename."""
+    if not description:
+        return None
+    names = json.loads(description) if isinstance(description, str) else dict(description)
+    system = names.pop("system_prompt", None)
+    roles = names.pop("roles", None) or {}
+    keys = {names.pop(k): k for k in ("role", "content") if k in names and names[k] != k}
+    columns = {theirs: ours for ours, theirs in names.items() if theirs != ours}
+
+    def rename(record: Any) -> Any:
+        record = _renamed(record, columns, "messages", keys, roles)
+        if system and isinstance(record, dict) and not record.get("system"):
+            turns = record.get("messages")
+            if not (isinstance(turns, list) and any(isinstance(t, dict) and t.get("role") == "system" for t in turns)):
+                record = {**record, "system": system}
+        return record
+
+    return rename
 
 
 # --------------------------------------------------------------------------------------------
