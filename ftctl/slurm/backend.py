@@ -44,7 +44,7 @@ from ftctl.backend import (
 from ftctl.errors import FtctlError
 from ftctl.failures import error_line, last_attempt, tail
 from ftctl.launch import PATH_PYTHON, container_kind
-from ftctl.plan import PlanError
+from ftctl.plan import PlanError, checkpoint_row
 from ftctl.runpaths import SLURM_STATUS_PATTERN, START_LINE, START_SLURM_ATTEMPT, START_SLURM_JOB
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
@@ -442,6 +442,39 @@ def stop_in_store(ref: JobRef) -> str:
     )
 
 
+# the #SBATCH options a real launch says it asks for (plan_lines): what the job gets, in sbatch's own words
+_ASKED = ("nodes", "gres", "cpus-per-task", "mem", "mem-per-cpu", "mem-per-gpu", "time", "partition", "account", "qos")
+
+
+def plan_lines(rendered: Rendered) -> list[str]:
+    """What a real launch says of its plan before sbatch, as its dry run does in full (plan.table): the method,
+    GPUs and strategy, what the script asks Slurm for (its #SBATCH lines, as sent), the checkpoints' cadence with the
+    predicted step time, and the plan's notes (where --mem's number comes from, the nodes' RAM it was planned for).
+    A launch said only the job's id: what it had chosen was in job.sbatch alone."""
+    spec, plan = rendered.spec, rendered.plan
+    procs = f"{plan.world_size} process{'es' if plan.world_size > 1 else ''}"
+    lines = [
+        f"plan:        {plan.method} of {spec.model_name_or_path} on {plan.gpus} ({procs}): {plan.strategy}, "
+        f"{plan.precision}, {plan.per_device_train_batch_size} per device x {plan.gradient_accumulation_steps} "
+        f"accumulation x {plan.world_size} = {plan.global_batch_size} sequences a step"
+    ]
+    asked = [
+        line.removeprefix("#SBATCH ")
+        for line in rendered.text.splitlines()
+        if line.startswith("#SBATCH --") and line[10:].partition("=")[0] in _ASKED
+    ]
+    lines.append(f"sbatch:      {' '.join(asked)}")
+    if plan.save_steps or spec.saves_per_epoch:
+        lines.append(f"saving:      {checkpoint_row(spec, plan)}")
+    if plan.step_s and spec.max_steps > 0:
+        lines.append(f"time:        ~{_duration(spec.max_steps * plan.step_s)} est. for max_steps={spec.max_steps}")
+    return lines + [f"note: {n}" for n in plan.notes]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
+
+
 class SlurmBackend(Backend):
     name = "slurm"
     options = (
@@ -481,7 +514,7 @@ class SlurmBackend(Backend):
         why (slurm_render.memory_request, as the script's comment says it)."""
         spec, plan = self._resolve(spec)
         if asked := slurm_render.memory_request(spec, plan):
-            plan.notes.append(f"--mem={asked[0]}G a node: {asked[1]}")
+            plan.notes.append(f"--mem={slurm_render.mem_size(asked[0])} a node: {asked[1]}")
         return spec, plan
 
     def _resolve(self, spec):
@@ -576,6 +609,8 @@ class SlurmBackend(Backend):
 
     def send(self, rendered: Rendered) -> JobRef:
         paths = rendered.paths
+        for line in plan_lines(rendered):  # on stderr: stdout's first line stays the job's id
+            click.echo(line, err=True)
         job = scheduler.submit(paths.sbatch, cwd=paths.root)
         return JobRef("slurm", job, str(paths.root), rendered.spec.name, rendered.spec.output)
 

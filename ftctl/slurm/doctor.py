@@ -133,8 +133,9 @@ class PartitionInfo:
             return "CPUs unknown"
         return f"{counts[0] if len(counts) == 1 else f'{counts[0]}-{counts[-1]}'} CPUs a node"
 
-    def host_memory(self, gpu_type: str | None, per_node: int, nodes: int) -> tuple[int, str] | None:
-        """The RAM (GB, rounded down, as -o host_memory_gb takes it) a run's node is planned for where the run does
+    def host_memory(self, gpu_type: str | None, per_node: int, nodes: int) -> tuple[float, str] | None:
+        """The RAM (GB, as -o host_memory_gb takes it: sinfo's MiB exactly, which --mem may ask to the MiB; rounded
+        down to whole GB, a 6.2 GiB node was asked --mem=5G) a run's node is planned for where the run does
         not say it, and the plan's note of where it came from: the most a node has among those that can take jobs now
         (all, where none can) with ``per_node`` of the run's GPUs (``gpu_type``; where no node has them, every node),
         for a run of several ``nodes`` the most that many have; and where that is, in GiB as Slurm's memory is said
@@ -147,7 +148,7 @@ class PartitionInfo:
         if not found:
             return None
         node = found[min(nodes, len(found)) - 1]
-        gb = math.floor(node.memory_gb)
+        gb = node.memory_gb
         which = f"partition {self.name}'s nodes" + (f" with {per_node} {gpu_type}" if with_gpus else "")
         ram = f"{gib_text(node.memory_mb)} GiB of RAM"
         has = f"{which} have up to {ram}" if nodes == 1 else f"{nodes} of {which} have {ram} or more"
@@ -251,7 +252,7 @@ def _ask(environ: dict[str, str]) -> DoctorReport:
     return DoctorReport(sbatch=sbatch, reachable=True, partitions=_parse_sinfo(proc.stdout))
 
 
-def host_memory(partition: str | None, gpu_type: str | None, per_node: int, nodes: int) -> tuple[int, str] | None:
+def host_memory(partition: str | None, gpu_type: str | None, per_node: int, nodes: int) -> tuple[float, str] | None:
     """The RAM a node of the run has (PartitionInfo.host_memory) in ``partition`` (else the default one), and where
     that is; None where the controller does not answer or has no such partition. A launch's first question: asked
     afresh (the check before sbatch and a dry run's note reuse its answer)."""

@@ -230,7 +230,7 @@ def sbatch_directives(spec: RunSpec, plan: Plan, gres_type: str | None = None) -
         f"--signal=B:USR2@{spec.signal_lead_s}",
     ]
     if asked := memory_request(spec, plan):
-        d.append(f"--mem={asked[0]}G")
+        d.append(f"--mem={mem_size(asked[0])}")
     extra = [_extra_arg(a) for a in spec.sbatch_args]  # each checked, then those of ftctl's --gres line left out
     d += [e for e, a in zip(extra, spec.sbatch_args) if not (merged and _is_gres(a))]
     return d
@@ -308,26 +308,47 @@ def memory_need(plan: Plan) -> tuple[float, str] | None:
 
 
 def memory_request(spec: RunSpec, plan: Plan) -> tuple[int, str] | None:
-    """``--mem`` in GiB, rounded up, and where the number comes from (memory_need). What the plan keeps in RAM as
-    the planner gave it (SkyPilot's memory: asks the same: sky.cost.memory_request); the load's estimate with
-    MEM_HEADROOM, at most the RAM the plan is for (-o host_memory_gb, or sinfo's nodes: SlurmBackend.resolve). None
-    where the run asks for memory itself (--sbatch-arg=--mem, --mem-per-cpu or --mem-per-gpu: sbatch refuses two of
-    them), which is refused below what the plan keeps in RAM."""
+    """``--mem`` in MiB (Slurm's M; mem_size writes it), and where the number comes from (memory_need). What the plan
+    keeps in RAM as the planner gave it, in whole GiB rounded up (SkyPilot's memory: asks the same:
+    sky.cost.memory_request); the load's estimate with MEM_HEADROOM, at most the RAM the plan is for (-o
+    host_memory_gb, or sinfo's nodes: SlurmBackend.resolve), to the MiB (node_mib): a node of 6400 MiB (6.2 GiB) was
+    asked 5G, its RAM rounded down twice (to GB, then to GiB). None where the run asks for memory itself
+    (--sbatch-arg=--mem, --mem-per-cpu or --mem-per-gpu: sbatch refuses two of them), which is refused below what the
+    plan keeps in RAM."""
     need = memory_need(plan)
     if need is None or _own_memory(spec, plan):
         return None
     kept, ask = node_memory_gb(plan) or 0, "--sbatch-arg=--mem=SIZE asks for another"
     if kept >= need[0]:
-        return gib(kept), f"{need[1]} ({ask})"
-    want = gib(need[0] * MEM_HEADROOM)
-    cap = max(1, math.floor(spec.host_memory_gb * 1e9 / 2**30)) if spec.host_memory_gb else None  # 0: all of it
+        return gib(kept) * 1024, f"{need[1]} ({ask})"
+    want = gib(need[0] * MEM_HEADROOM) * 1024
+    cap = node_mib(spec.host_memory_gb) if spec.host_memory_gb else None  # 0: all of it
     if cap is None or want <= cap:
         return want, f"{need[1]}, +{round((MEM_HEADROOM - 1) * 100)}% ({ask})"
+    has = f"the nodes' {mib_text(cap)} GiB"
     if need[0] <= spec.host_memory_gb:
-        return max(cap, gib(kept)), f"{need[1]}; all the nodes' {cap} GiB ({ask})"
+        return max(cap, gib(kept) * 1024), f"{need[1]}; all {has} ({ask})"
     # the load alone is more than the nodes have (what they keep, the planner fitted): it swaps or is OOM-killed
     fix = "; -o strategy=fsdp loads the model once a job" if plan.strategy != "fsdp" else ""
-    return max(cap, gib(kept)), f"{need[1]}: more than the nodes' {cap} GiB, so the load may be OOM-killed{fix} ({ask})"
+    return max(cap, gib(kept) * 1024), f"{need[1]}: more than {has}, so the load may be OOM-killed{fix} ({ask})"
+
+
+def node_mib(gb: float) -> int:
+    """A node's RAM given in GB (-o host_memory_gb, or sinfo's RealMemory as doctor.host_memory gives it) in whole MiB,
+    rounded down (at least 1): as much as --mem may ask of it. sinfo's 6400 is 6400 again (the float's last digit
+    is not a MiB less)."""
+    return max(1, math.floor(round(gb * 1e9 / 2**20, 3)))
+
+
+def mem_size(mib: int) -> str:
+    """--mem's value for ``mib``: whole GiB in Slurm's G (327G), else in its M (6400M, where 6G left 256 MiB of a
+    6.2 GiB node unasked and 7G is more than it has)."""
+    return f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+
+
+def mib_text(mib: int) -> str:
+    """MiB as a user reads Slurm memory, in GiB rounded down: '299', '6.2' under 10 (as doctor.gib_text)."""
+    return f"{math.floor(mib / 102.4) / 10:.1f}" if mib < 10 * 1024 else str(mib // 1024)
 
 
 def memory_request_gb(spec: RunSpec, plan: Plan) -> tuple[float, str | None] | None:
@@ -338,7 +359,7 @@ def memory_request_gb(spec: RunSpec, plan: Plan) -> tuple[float, str | None] | N
     if own := own_memory(spec, plan):
         return own if own[0] > 0 else None
     asked = memory_request(spec, plan)
-    return (asked[0] * 2**30 / 1e9, None) if asked else None
+    return (asked[0] * 2**20 / 1e9, None) if asked else None
 
 
 def _own_memory(spec: RunSpec, plan: Plan) -> bool:
@@ -626,7 +647,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
             "\n", " "
         ),
         "# Submit from the run directory (it holds spec.json): ftctl launch --backend slurm does that.",
-        *([f"# --mem={asked[0]}G a node: {asked[1]}"] if (asked := memory_request(spec, plan)) else []),
+        *([f"# --mem={mem_size(asked[0])} a node: {asked[1]}"] if (asked := memory_request(spec, plan)) else []),
         *[f"#SBATCH {d}" for d in sbatch_directives(spec, plan, gres_type)],
         "set -uo pipefail",
         "",

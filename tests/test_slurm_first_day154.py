@@ -1,0 +1,84 @@
+"""A Slurm user's first day (helper 154): --mem asks what a node has to the MiB (a 6.2 GiB node was asked 5G), and a
+real launch says what its plan chose (GPUs, strategy, what it asks sbatch for, checkpoints, predicted time, notes)
+before sbatch, as its dry run does.
+
+Fake Slurm commands (sinfo, sbatch), no cluster."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftctl.backend import get, launch
+from ftctl.slurm import render as slurm_render
+from tests.render_fixtures import fake_slurm, make_spec, prepared
+
+VENV_BIN = Path(sys.executable).parent
+# sinfo --Node --format '%P|%N|%t|%c|%m|%l|%a|%G|%n': the test cluster's nodes, RealMemory 6400 MiB (6.25 GiB)
+SINFO = "gpu*|g1|idle|32|6400|1-00:00:00|up|gpu:a100:2(S:0)|g1\n"
+FLAGS = dict(backend="slurm", method="qlora", gpus="2xA100", model_name_or_path="org/m", model_params="1b")
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    (tmp_path / "sinfo.out").write_text(SINFO)
+    scripts = {
+        "sinfo": f"cat {tmp_path / 'sinfo.out'}",
+        "scontrol": 'case "$1" in ping) echo "Slurmctld(primary) at ctl is UP";; esac',
+        "squeue": "true",
+        "sbatch": "echo 4242",
+    }
+    bin_dir = fake_slurm(tmp_path / "bin", monkeypatch, scripts, tmp_path / "home")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{VENV_BIN}:/usr/bin:/bin")
+    return tmp_path
+
+
+def test_mem_asks_all_of_a_node_to_the_mib(cluster):
+    """sinfo's 6400 MiB node was planned for 6 GB (rounded down), then asked floor(6 GB in GiB) = --mem=5G, while
+    doctor and the plan's note said 6.2 GiB: 1.25 GiB of the node unasked. Now all of it, 6400M (7G is more than it
+    has: sbatch refuses it), and the same words in the comment and the note."""
+    rendered = prepared(**FLAGS, output_dir="/o")
+    assert "#SBATCH --mem=6400M\n" in rendered.text
+    (said,) = [line for line in rendered.text.splitlines() if line.startswith("# --mem=")]
+    assert said.startswith("# --mem=6400M a node: ") and "the nodes' 6.2 GiB" in said
+    assert any(n.startswith("--mem=6400M a node: ") for n in rendered.plan.notes)
+    get("slurm").check(rendered)  # within the node: no "more than partition 'gpu' has"
+
+
+def test_mem_is_said_in_g_where_it_is_whole_gib_and_in_m_where_not():
+    assert slurm_render.mem_size(327 * 1024) == "327G" and slurm_render.mem_size(6400) == "6400M"
+    assert slurm_render.node_mib(6400 * 2**20 / 1e9) == 6400  # sinfo's MiB through GB and back: not 6399
+    assert slurm_render.node_mib(5) == 4768  # -o host_memory_gb=5: 4768 MiB (was 4G)
+    spec = make_spec(["host_memory_gb=5"], **FLAGS, output_dir="/o")
+    assert "#SBATCH --mem=4768M\n" in prepared(["host_memory_gb=5"], **FLAGS, output_dir="/o").text
+    assert spec.host_memory_gb == 5
+
+
+def test_a_real_launch_says_its_plan_before_sbatch(cluster, capsys):
+    """The real launch said only the job's id: the GPUs, strategy, --mem, time and checkpoint cadence the plan chose
+    were in job.sbatch alone (and --mem's reason nowhere). Now on stderr, as sent; stdout's first line is the id."""
+    spec = make_spec(
+        ["max_steps=400"], **FLAGS, time="2:00:00", output_dir=str(cluster / "run"), data_path=_data(cluster)
+    )
+    launch(spec)
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == "submitted Slurm job 4242"
+    lines = err.splitlines()
+    plan = next(line for line in lines if line.startswith("plan: "))
+    assert "qlora of org/m on 2xA100 (2 processes): " in plan and " sequences a step" in plan
+    sbatch = next(line for line in lines if line.startswith("sbatch: "))
+    for asked in ("--nodes=1", "--gres=gpu:a100:2", "--mem=6400M", "--time=2:00:00", "--cpus-per-task="):
+        assert asked in sbatch
+    assert "--output=" not in sbatch and "--signal=" not in sbatch  # ftctl's own workings: not the plan's
+    assert next(line for line in lines if line.startswith("saving: ")).startswith("saving:      every ")
+    assert any(line.startswith("time: ") and "est. for max_steps=400" in line for line in lines)
+    assert any(line.startswith("note: --mem=6400M a node: ") for line in lines)
+
+
+def _data(where: Path) -> str:
+    path = where / "data.jsonl"
+    row = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    path.write_text(row * 8)
+    return str(path)
