@@ -358,6 +358,8 @@ class Plan:
                     "projection",
                 ),
             )
+        if spec and (disk := disk_row(spec, self)):
+            rows.append(("disk", disk))
         out = "\n".join(f"{k:<14} {v}" for k, v in rows)
         if self.notes:
             out += "\n" + "\n".join(f"note: {n}" for n in self.notes)
@@ -1503,41 +1505,72 @@ def _holds_what(plan: Plan) -> str:
 
 def checkpoint_row(spec: RunSpec, plan: Plan) -> str:
     """The plan's checkpoints row: how often (steps, and minutes where a step time is predicted), how large, what
-    writing it takes, and what it sends to the store an hour."""
+    writing it takes, and what it sends to the store an hour. On CPU no step time is predicted: save_steps' default
+    stays (a CPU run is the small-model and test path; -o save_steps sets another), and the row says so."""
     from ftctl.preflight import SAVE_GBPS, checkpoint_gb
 
     gb = checkpoint_gb(plan)[0]
     size = f"{_gb(gb)} each ({_holds_what(plan)})"
+    write = f"{_minutes(_write_s(gb))} to write at {SAVE_GBPS:g} GB/s"
     if plan.save_steps is None:
-        return f"{spec.saves_per_epoch} an epoch (saves_per_epoch), {size}"
+        return f"{spec.saves_per_epoch} an epoch (saves_per_epoch), {size}" + (f", {write}" if plan.step_s else "")
     steps = f"every {plan.save_steps:,} steps"
+    end = f"; none before the end (max_steps={spec.max_steps})" if 0 < spec.max_steps <= plan.save_steps else ""
     if plan.step_s is None:
-        return f"{steps}, {size}" + ("" if spec.save_steps else " (save_steps' default: no step time predicted on CPU)")
-    train, write = plan.save_steps * plan.step_s, _write_s(gb)
-    row = (
-        f"{steps} ({_minutes(train)} at ~{plan.step_s:.2g} s a step est.), {size}, {_minutes(write)} to write at "
-        f"{SAVE_GBPS:g} GB/s"
-    )
+        why = "" if spec.save_steps else " (save_steps' default: no step time is predicted on CPU to choose one from)"
+        return f"{steps}{why}, {size}{end}"
+    train = plan.save_steps * plan.step_s
+    row = f"{steps} ({_minutes(train)} at ~{plan.step_s:.2g} s a step est.), {size}, {write}"
     if storage.is_remote(spec.output):
-        row += f", {_gb(gb * 3600 / (train + write))}/h to the store"
-    if spec.max_steps > 0 and plan.save_steps >= spec.max_steps:
-        row += f"; none before the end (max_steps={spec.max_steps})"
+        row += f", {_gb(gb * 3600 / (train + _write_s(gb)))}/h to the store"
+    row += end
     if not spec.save_steps and (why := _chosen(spec, plan, gb)[1]):
         row += f"; save_steps chosen: {why}"
     return row
 
 
-def checkpoint_cost(spec: RunSpec, plan: Plan) -> tuple[str, str] | None:
+def disk_row(spec: RunSpec, plan: Plan) -> str:
+    """The plan's disk row: what the run's checkpoints hold at most on the disk they are written to
+    (preflight.disk_need), and which disk: a local output's, or where an object-store output is staged before its
+    upload (checkpoints.staging; preflight checks that disk where it is this machine's); "" for other outputs."""
+    from ftctl.checkpoints.staging import STAGING_ENV
+    from ftctl.preflight import disk_need
+
+    need = disk_need(spec, plan)
+    at_most = f"{_gb(need.gb)} at most: {need.words}"
+    if not storage.is_remote(spec.output):
+        return f"{at_most}, in {spec.output}" if storage.scheme(spec.output) in ("", "file") else ""
+    behind = ""
+    if plan.step_s and plan.save_steps:
+        train, write = plan.save_steps * plan.step_s, _write_s(need.one)
+        if write >= NEGLIGIBLE_WRITE_S and need.one / UPLOAD_GBPS > train + write:
+            behind = "; more while their uploads fall behind (the note)"
+    return (
+        f"{at_most}, on each node's disk where the run is staged before its upload ({STAGING_ENV}, else "
+        f"FTCTL_CACHE/runs/){behind}"
+    )
+
+
+def checkpoint_cost(spec: RunSpec, plan: Plan, epoch_steps: int | None = None) -> tuple[str, str] | None:
     """(what is wrong, the fix) where checkpoints at the plan's save_steps would take over MAX_SAVE_SHARE of the run's
     time to write, or come faster than their upload to the store; None where they do not, or no step time is
-    predicted. The chosen cadence does only where a given eval_steps holds it lower (_chosen)."""
+    predicted. The chosen cadence does only where a given eval_steps holds it lower (_chosen). saves_per_epoch's
+    steps depend on the data: with ``epoch_steps`` (an epoch's optimizer steps, where known) they are checked as
+    save_steps; else the note says below how many steps an epoch they would (_cost_floor_steps, the one threshold)."""
     from ftctl.preflight import SAVE_GBPS, checkpoint_gb
 
-    if plan.step_s is None or not plan.save_steps:
+    if plan.step_s is None:
+        return None
+    saves = plan.save_steps
+    if spec.saves_per_epoch and not spec.save_steps:
+        if not epoch_steps:
+            return _per_epoch_cost(spec, plan)
+        saves = max(1, epoch_steps // spec.saves_per_epoch)  # as the trainer counts them (callbacks.StepsAsGiven)
+    if not saves:
         return None
     gb = checkpoint_gb(plan)[0]
     remote = storage.is_remote(spec.output)
-    train, write = plan.save_steps * plan.step_s, _write_s(gb)
+    train, write = saves * plan.step_s, _write_s(gb)
     if write < NEGLIGIBLE_WRITE_S:
         return None
     upload = gb / UPLOAD_GBPS if remote else 0.0
@@ -1554,11 +1587,42 @@ def checkpoint_cost(spec: RunSpec, plan: Plan) -> tuple[str, str] | None:
         return None
     steps = _nice(_cost_floor_steps(gb, plan.step_s, remote), up=True)
     evals = f" -o eval_steps={steps}" if spec.eval_steps and not spec.evals_per_epoch else ""
+    per_epoch = saves != plan.save_steps  # saves_per_epoch's, counted from epoch_steps
+    given = f"saves_per_epoch={spec.saves_per_epoch} ({epoch_steps:,} steps an epoch): " if per_epoch else ""
     return (
-        f"checkpoints every {plan.save_steps:,} steps ({_minutes(train)} of training at ~{plan.step_s:.2g} s a step "
+        f"{given}checkpoints every {saves:,} steps ({_minutes(train)} of training at ~{plan.step_s:.2g} s a step "
         f"est.) of {_gb(gb)} each ({plan.method}, {plan.strategy}): {'; '.join(problems)}",
-        f"-o save_steps={steps}{evals} (a checkpoint every {_minutes(steps * plan.step_s)})"
+        f"-o save_steps={steps}{evals}"
+        + (" in place of saves_per_epoch" if per_epoch else "")
+        + f" (a checkpoint every {_minutes(steps * plan.step_s)})"
+        + (", or leave both out to have it chosen" if per_epoch else "")
         + (", or leave save_steps out to have it chosen" if spec.save_steps else ""),
+    )
+
+
+def _per_epoch_cost(spec: RunSpec, plan: Plan) -> tuple[str, str] | None:
+    """checkpoint_cost of saves_per_epoch where an epoch's steps are not known (the plan reads no data): the steps
+    an epoch below which its checkpoints would take over MAX_SAVE_SHARE of the run's time to write, or outpace their
+    upload (_cost_floor_steps a checkpoint, saves_per_epoch of them); None where a checkpoint writes in moments."""
+    from ftctl.preflight import SAVE_GBPS, checkpoint_gb
+
+    gb = checkpoint_gb(plan)[0]
+    write = _write_s(gb)
+    if write < NEGLIGIBLE_WRITE_S:
+        return None
+    remote = storage.is_remote(spec.output)
+    floor = _cost_floor_steps(gb, plan.step_s, remote)
+    epoch = spec.saves_per_epoch * floor
+    steps = _nice(floor, up=True)
+    evals = f" -o eval_steps={steps}" if spec.eval_steps and not spec.evals_per_epoch else ""
+    return (
+        f"saves_per_epoch={spec.saves_per_epoch}: checkpoints of {_gb(gb)} each ({plan.method}, {plan.strategy}), "
+        f"{_minutes(write)} to write at {SAVE_GBPS:g} GB/s; an epoch of fewer than {epoch:,} steps ("
+        f"{epoch * plan.global_batch_size:,} sequences at {plan.global_batch_size} a step, {_minutes(epoch * plan.step_s)} "
+        f"at ~{plan.step_s:.2g} s a step est.) would spend over {MAX_SAVE_SHARE:.0%} of the run writing them"
+        + (" or outpace their upload" if remote else ""),
+        f"-o save_steps={steps}{evals} in place of saves_per_epoch (a checkpoint every {_minutes(steps * plan.step_s)})"
+        ", or leave both out to have it chosen",
     )
 
 

@@ -17,7 +17,8 @@ is asked for anything. It looks at what a launch would otherwise find out late:
 |        | what it tokenized and what not, and why (larger, the tokenizer not cached here)     |
 | output | local: the directory can be created and written; object store: credentials, bucket, |
 |        | write (a small marker object, put then deleted)                                     |
-| disk   | local output: room for the checkpoints the plan will write                          |
+| disk   | room for the checkpoints the run holds at once (disk_need): a local output's disk,  |
+|        | or the disk an object-store output is staged on where that is this machine's       |
 | resume | the checkpoint resumed (the output's newest, or resume=PATH's where it can be read  |
 |        | here) can be continued under these settings (what changed is said); resume=never    |
 |        | does not write over an earlier run's                                                |
@@ -86,13 +87,20 @@ class Finding:
 
 
 def preflight(
-    spec, plan, backend_name: str, detected: str | None = None, on_nodes=None, dry_run: bool = False
+    spec,
+    plan,
+    backend_name: str,
+    detected: str | None = None,
+    on_nodes=None,
+    dry_run: bool = False,
+    staging: str | None = None,
 ) -> list[Finding]:
     """Every problem a launch of ``spec`` as ``plan`` on ``backend_name`` would hit, errors first.
     ``detected``: this machine's GPUs in --gpus form, for backends that run here (None: not checked);
     ``on_nodes``: the spec the trainer reads where it differs (SkyPilot's names its shipped inputs), which the
     checkpoints' recorded settings are compared with; ``dry_run``: `launch --dry-run`, which also tokenizes what
-    the trainer would tokenize at once here (TOKENIZED_BEFORE)."""
+    the trainer would tokenize at once here (TOKENIZED_BEFORE); ``staging``: the directory an object-store output
+    is staged in on this machine (a local run's), whose disk check_disk checks; None: not this machine's."""
     from concurrent.futures import ThreadPoolExecutor
 
     # what tokenizing the rows reads: the model (its tokenizer), the chat template; the data below
@@ -116,7 +124,7 @@ def preflight(
     if backend_name in TOKENIZED_BEFORE[dry_run] and not any(f.level == ERROR for f in stops):
         findings += check_tokenized(spec, dry_run=dry_run)
     findings += check_row_counts(spec) if not any(f.level == ERROR for f in findings) else []
-    findings += check_disk(spec, plan) + check_secrets(spec) + check_env_values(spec, backend_name)
+    findings += check_disk(spec, plan, staging) + check_secrets(spec) + check_env_values(spec, backend_name)
     findings += check_demo_defaults(spec, backend_name)
     findings += check_signal_lead(spec, plan) if backend_name == "slurm" else []
     findings += check_endpoint_reach(spec, backend_name)
@@ -1118,40 +1126,111 @@ def check_signal_lead(spec, plan) -> list[Finding]:
     ]
 
 
-def check_disk(spec, plan) -> list[Finding]:
-    """A local output: room for the checkpoints kept (save_total_limit) and, beside them, the next one (written
-    before the oldest is deleted: the sync callback rotates once it is complete) or the final model."""
-    if storage.scheme(spec.output) not in ("", "file"):
+@dataclass(frozen=True)
+class DiskNeed:
+    """What a run's checkpoints hold at most on the disk it writes them to: ``kept`` checkpoints of ``one`` GB (the
+    Trainer's save_total_limit: spec.checkpoints_kept) and beside them the next one, written before the oldest is
+    deleted (the sync callback rotates once it is complete), or at the end the final model of ``final`` GB. The same
+    on the disk a store run is staged on (checkpoints.staging: the uploader sends each from hard links of its files,
+    removed once it is in the store, so none stays beyond those while the uploads keep pace; plan.checkpoint_cost
+    warns where they would not). ``every``: save_total_limit=0 keeps every checkpoint, ``kept`` is then the number
+    the run writes where max_steps says it (else 1: at least)."""
+
+    kept: int
+    one: float
+    final: float
+    every: bool = False
+
+    @property
+    def gb(self) -> float:
+        return self.kept * self.one + max(self.one, self.final)
+
+    @property
+    def words(self) -> str:
+        """'3 checkpoints and the next one (written before the oldest is deleted)'."""
+        beside = "the next one (written before the oldest is deleted)" if self.one >= self.final else "the final model"
+        if self.every:
+            return f"every checkpoint (save_total_limit=0: {self.kept} at least) and {beside}"
+        return f"{self.kept} checkpoint{'s' * (self.kept > 1)} and {beside}"
+
+
+def disk_need(spec, plan) -> DiskNeed:
+    """:class:`DiskNeed` of ``spec`` planned as ``plan``: the one count of what a run's disk holds at once."""
+    one, final = checkpoint_gb(plan)
+    if spec.checkpoints_kept:
+        return DiskNeed(spec.checkpoints_kept, one, final)
+    written = spec.max_steps // plan.save_steps if spec.max_steps > 0 and plan.save_steps else 0
+    return DiskNeed(max(1, written), one, final, every=True)
+
+
+def _held(path: str) -> float:
+    """GB the checkpoints already in ``path`` hold (a relaunch's: counted among those kept, not beside them)."""
+    from ftctl.checkpoints.manifest import checkpoint_step
+
+    total = 0
+    try:
+        names = [n for n in os.listdir(path) if checkpoint_step(n) is not None]
+    except OSError:
+        return 0.0
+    for name in names:
+        for top, _, files in os.walk(os.path.join(path, name)):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(top, f)).st_size
+                except OSError:
+                    pass
+    return total / 1e9
+
+
+def check_disk(spec, plan, staging: str | None = None) -> list[Finding]:
+    """Room for what the run's checkpoints hold at once (:func:`disk_need`) on the disk they are written to: a local
+    output's; an object-store output's staging directory (``staging``: where the trainer stages the run on this
+    machine, the launcher names it: local runs; None: the nodes' own disks, not seen here), where too little room is an
+    error: the disk is ftctl's choice (the cache), not the user's, and the run would stop with a full disk at a save."""
+    remote = storage.is_remote(spec.output)
+    if (remote and staging is None) or (not remote and storage.scheme(spec.output) not in ("", "file")):
         return []
-    path = storage.filesystem(spec.output)[1]
+    path = staging if remote else storage.filesystem(spec.output)[1]
     base = _existing_ancestor(path)
     if not os.path.isdir(base):
         return []  # check_output says why
-    free = shutil.disk_usage(base).free / 1e9
-    one, final = checkpoint_gb(plan)
-    kept = max(1, spec.checkpoints_kept or 1)
+    free = shutil.disk_usage(base).free / 1e9 + _held(path)
+    need = disk_need(spec, plan)
     what = f"{plan.method} of {plan.model.params_b:g}B parameters"
+    has = f"{base} has {storage.size_text(free * 1e9)} free"
+    if remote:
+        from ftctl.checkpoints.staging import STAGING_ENV
+
+        if need.gb <= free:
+            return []
+        return [
+            Finding(
+                ERROR,
+                f"--output {spec.output} is staged in {staging} before its upload: {need.words} need "
+                f"~{storage.size_text(need.gb * 1e9)} there ({what}); {has}",
+                f"stage it on a larger disk: export {STAGING_ENV}=DIR (or -o env={STAGING_ENV}=DIR), or free some "
+                f"space, or lower -o save_total_limit (now {spec.save_total_limit}; the store keeps as many).",
+            )
+        ]
+    one, final = need.one, need.final
     if one + final > free:
         return [
             Finding(
                 ERROR,
                 f"--output {spec.output}: one checkpoint and the final model need ~{storage.size_text((one + final) * 1e9)} "
-                f"({what}); {base} has {storage.size_text(free * 1e9)} free",
+                f"({what}); {has}",
                 "free some space or choose --output on a larger disk (or an object store).",
             )
         ]
-    beside = "the next one (written before the oldest is deleted)" if one >= final else "the final model"
-    if kept * one + max(one, final) > free:
+    if need.gb > free:
         return [
             Finding(
                 WARNING,
-                f"--output {spec.output}: {kept} checkpoint{'s' * (kept > 1)} and {beside} need "
-                f"~{storage.size_text((kept * one + max(one, final)) * 1e9)} ({what}); {base} has "
-                f"{storage.size_text(free * 1e9)} free",
+                f"--output {spec.output}: {need.words} need ~{storage.size_text(need.gb * 1e9)} ({what}); {has}",
                 f"lower -o save_total_limit (now {spec.save_total_limit}"
                 + (
                     "; with held-out data the lowest loss's checkpoint is kept too"
-                    if kept > spec.save_total_limit
+                    if (spec.checkpoints_kept or 0) > spec.save_total_limit
                     else ""
                 )
                 + "), free some space, or choose a larger disk.",

@@ -32,8 +32,8 @@ def _plan(overrides=(), **flags):
     return spec, make_plan(spec)
 
 
-def _row(spec, plan) -> str:
-    return next(line for line in plan.table(spec).splitlines() if line.startswith("checkpoints "))
+def _row(spec, plan, row: str = "checkpoints") -> str:
+    return next(line for line in plan.table(spec).splitlines() if line.startswith(f"{row} "))
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,9 @@ def test_the_default_stays_where_it_fits_and_where_no_step_time_is_predicted():
     assert plan.save_steps == SAVE_STEPS and "save_steps chosen" not in _row(spec, plan)
     spec, plan = _plan(method="lora", gpus="cpu", model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
     assert plan.step_s is None and plan.save_steps == SAVE_STEPS
-    assert _row(spec, plan).endswith("(save_steps' default: no step time predicted on CPU)")
+    assert _row(spec, plan).startswith(
+        "checkpoints    every 100 steps (save_steps' default: no step time is predicted on CPU to choose one from), ~"
+    )
     spec, plan = _plan(["saves_per_epoch=4"], method="lora", gpus="1xH100")
     assert plan.save_steps is None and _row(spec, plan).startswith("checkpoints    4 an epoch (saves_per_epoch), ~")
     spec, plan = _plan(["max_steps=500"], method="fft", gpus="8xH100")
@@ -153,3 +155,59 @@ def test_a_tiny_model_on_a_gpu_plan_keeps_the_default_and_every_save_it_is_given
     assert plan.step_s and plan.step_s > 0 and plan.save_steps == SAVE_STEPS
     given = replace(spec, save_steps=1)
     assert checkpoint_cost(given, make_plan(given)) is None
+
+
+def test_a_cpu_run_keeps_the_default_and_says_when_it_saves_none_before_its_end():
+    """A CPU plan predicts no step time: save_steps stays the trainer's default, and its row says what that means for
+    a short run (no checkpoint before the end), as a GPU plan's does."""
+    small = {"method": "lora", "gpus": "cpu", "model_name_or_path": "HuggingFaceTB/SmolLM2-135M"}
+    spec, plan = _plan(["max_steps=40"], **small)
+    assert plan.step_s is None and plan.save_steps == SAVE_STEPS and checkpoint_cost(spec, plan) is None
+    assert _row(spec, plan).endswith("(the adapters and their optimizer states); none before the end (max_steps=40)")
+    spec, plan = _plan(["max_steps=40", "save_steps=10"], **small)
+    assert _row(spec, plan).startswith("checkpoints    every 10 steps, ~") and "before the end" not in _row(spec, plan)
+
+
+def test_saves_per_epoch_that_would_spend_the_run_saving_is_warned_with_the_fix(fft_8xh100):
+    """saves_per_epoch's steps depend on the data, which the plan does not read: it says below how many steps an
+    epoch the saves asked for cost over a tenth of the run (the threshold save_steps is chosen and checked with), and
+    checks them as save_steps where an epoch's steps are known."""
+    spec, plan = fft_8xh100
+    per_epoch = replace(spec, saves_per_epoch=4)
+    p = make_plan(per_epoch)
+    gb = checkpoint_gb(p)[0]
+    write = gb / SAVE_GBPS
+    text, fix = checkpoint_cost(per_epoch, p)
+    floor = 4 * -(-write * (1 / MAX_SAVE_SHARE - 1) // p.step_s)  # 4 checkpoints an epoch, each of that many steps
+    assert f"an epoch of fewer than {floor:,.0f} steps (" in text and "would spend over 10% of the run" in text
+    assert text.startswith("saves_per_epoch=4: checkpoints of ~128 GB each (fft, zero2), ~4 min to write at 0.5 GB/s")
+    assert (
+        fix == f"-o save_steps={plan.save_steps} in place of saves_per_epoch (a checkpoint every ~43 min), or "
+        "leave both out to have it chosen"
+    )
+    assert any(n.startswith("saves_per_epoch=4: ") for n in p.notes)  # `ftctl plan` says it, the launch warns
+    assert _row(per_epoch, p).endswith(", ~4 min to write at 0.5 GB/s")
+    # an epoch's steps known (the trainer's count): checked as the save_steps they make
+    text, fix = checkpoint_cost(per_epoch, p, epoch_steps=2_000)
+    assert text.startswith("saves_per_epoch=4 (2,000 steps an epoch): checkpoints every 500 steps (~10 min")
+    assert "in place of saves_per_epoch" in fix
+    assert checkpoint_cost(per_epoch, p, epoch_steps=100_000) is None
+    lora = replace(spec, method="lora", saves_per_epoch=4)  # an adapter writes in moments
+    assert checkpoint_cost(lora, make_plan(lora)) is None
+
+
+def test_the_disk_row_counts_the_checkpoints_held_at_once_where_they_are(fft_8xh100, monkeypatch):
+    spec, plan = fft_8xh100
+    gb = checkpoint_gb(plan)[0]
+    assert _row(spec, plan, "disk") == (
+        f"disk           ~{4 * gb:,.0f} GB at most: 3 checkpoints and the next one (written before the oldest is "
+        f"deleted), in {spec.output}"
+    )
+    store = replace(spec, output_dir="s3://bucket/run", save_total_limit=1)
+    row = _row(store, make_plan(store), "disk")
+    assert row.startswith(f"disk           ~{2 * gb:,.0f} GB at most: 1 checkpoint and the next one")
+    assert "where the run is staged before its upload (FTCTL_LOCAL_DIR, else FTCTL_CACHE/runs/)" in row
+    # uploads slower than the writes (at 0.5 GB/s each, a write holds the steps up as long as an upload takes)
+    monkeypatch.setattr("ftctl.plan.UPLOAD_GBPS", SAVE_GBPS / 2)
+    behind = replace(store, save_steps=20)  # ~23 s of steps, ~4 min to write, ~9 min to upload: they fall behind
+    assert _row(behind, make_plan(behind), "disk").endswith("; more while their uploads fall behind (the note)")

@@ -565,6 +565,40 @@ def test_disk_space_for_checkpoints(tmp_path, monkeypatch):
     assert check_disk(replace(spec, output_dir="s3://b/run"), plan) == []  # cannot tell
 
 
+def test_the_disk_a_store_run_is_staged_on_has_room_for_what_stays_there(tmp_path, monkeypatch):
+    """A run into s3:// writes each checkpoint to its staging directory first (FTCTL_CACHE/runs/...), which holds
+    the kept ones and the next as a local output does: checked where the launcher names it (a local run's), refused
+    with the variable that moves it; a relaunch's checkpoints already there are among those kept."""
+    from ftctl.checkpoints.staging import STAGING_ENV
+    from ftctl.trainer.run import LOCAL_DIR_ENV
+
+    assert STAGING_ENV == LOCAL_DIR_ENV == "FTCTL_LOCAL_DIR"  # the variable the trainer reads, named by the fix
+    spec = RunSpec(method="fft", gpus="8xH100", model_params="8b", output_dir="s3://b/run")
+    plan = make_plan(spec)
+    staging = tmp_path / "cache" / "runs" / "b-run-0123abcd"
+
+    def free(gb):
+        usage = shutil.disk_usage(tmp_path)._replace(free=int(gb * 1e9))
+        monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: usage)
+
+    free(600)  # 3 kept and the next one: 512 GB
+    assert check_disk(spec, plan, str(staging)) == []
+    free(300)
+    said = only(check_disk(spec, plan, str(staging)))
+    assert said.startswith(f"--output s3://b/run is staged in {staging} before its upload: 3 checkpoints and the next")
+    assert f"need ~512.0 GB there (fft of 8B parameters); {tmp_path} has 300.0 GB free" in said
+    assert "export FTCTL_LOCAL_DIR=DIR (or -o env=FTCTL_LOCAL_DIR=DIR)" in said and "save_total_limit (now 3" in said
+    assert check_disk(spec, plan) == []  # staged on the nodes' own disks: not seen here
+    (staging / "checkpoint-100").mkdir(parents=True)  # a relaunch: 250 GB staged already, among the 3 kept
+    with open(staging / "checkpoint-100" / "optimizer.pt", "wb") as f:
+        f.truncate(int(250e9))  # sparse
+    assert check_disk(spec, plan, str(staging)) == []
+    # save_total_limit=0 keeps every checkpoint: as many as the run writes
+    every = replace(spec, save_total_limit=0, max_steps=10_000, save_steps=2_000)
+    said = only(check_disk(every, make_plan(every), str(staging)))
+    assert "every checkpoint (save_total_limit=0: 5 at least) and the next one" in said
+
+
 def test_host_memory_reads_meminfo():
     kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
     assert 0 < preflight.host_memory_gb() <= kib * 1024 / 1e9

@@ -12,6 +12,13 @@ every file this node holds is listed with the same sha256 and size in the store'
 complete there (sizes). Nothing is removed unless the store holds the final model and this node's newest checkpoint.
 The run's records stay (spec.json, metrics.jsonl, train.log, TensorBoard/W&B files, .ftctl/): `ftctl status` and
 `ftctl logs` read them here.
+
+While the run trains, its staging holds what a local output would (preflight.disk_need): the newest
+save_total_limit checkpoints (the sync callback rotates them once the next is complete) and the one being written,
+at the end the final model beside them. The uploader sends each checkpoint from hard links of its files in
+.ftctl-upload/, removed once that checkpoint is in the store: a checkpoint rotated away before its upload keeps its
+space until then, so the disk holds more only while the uploads fall behind the saves (plan.checkpoint_cost says
+where they would). STAGING_ENV names another directory for it (trainer.run.output_dirs).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from ftctl.runpaths import FINAL_MARKS, LOCAL_LOG_FILE, METRICS_FILE, SPEC_FILE,
 log = logging.getLogger(__name__)
 
 RECORDS = (SPEC_FILE, METRICS_FILE, LOCAL_LOG_FILE)  # kept, with TRACKING_DIRS: read here by status and logs
+STAGING_ENV = "FTCTL_LOCAL_DIR"  # where a store run is staged (default FTCTL_CACHE/runs/<slug>-<digest>)
 KEEP_KEY = "keep_staging"  # the run key that keeps the staging (RunSpec.keep_staging)
 
 
