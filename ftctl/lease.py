@@ -12,11 +12,10 @@ STALE_S is a trainer that was killed (or whose store went silent), and holds not
     cancel    ``release`` once the job it names was cancelled: a killed trainer could not remove it
 
 The trainer writes its lease only where it is still as read (storage.put_if): none there (If-None-Match *), or the
-stale or own lease read (If-Match its ETag: S3, Azure). Of two trainers that read it in the same instant one write
+stale or own lease read (If-Match its ETag: S3, Azure; GCS: ifGenerationMatch its generation). Of two trainers that read it in the same instant one write
 holds, and the other reads the lease again: the winner's, live. A store that refuses the condition, or ignores it (a
 second create-only write of the lease just written is taken), gets a plain write as before, said once (race_open):
-there two trainers starting into one output within the same second can both take it (GCS through gcsfs, whose writes
-over an existing object are unconditional).
+there two trainers starting into one output within the same second can both take it.
 
 Each renewal too replaces only the holder's own last write (If-Match the ETag the store gave it). A trainer whose
 renewals did not reach the store for STALE_S may have been taken over by another job meanwhile: its next renewal
@@ -156,7 +155,7 @@ def _version(fs, path: str) -> tuple[str | None, float | None]:
     answer's Date less the object's LastModified, less a second: both are whole seconds, and a live lease must never
     read as older than it is; None where either is missing). FileNotFoundError where none."""
     if "gcs" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
-        return None, _gcs_age(fs, path)
+        return _gcs_version(fs, path)
     if storage.is_azure(fs):
         return _azure_version(fs, path)
     if not hasattr(fs, "call_s3"):
@@ -195,19 +194,24 @@ def _azure_version(fs, path: str) -> tuple[str | None, float | None]:
     return props.etag, age
 
 
-def _gcs_age(fs, path: str) -> float | None:
-    """Seconds since GCS took the lease's last write, by GCS's own clock: the object metadata answer's Date less the
-    object's ``updated`` (less a second: Date is whole seconds); None where either is missing. No ETag: gcsfs replaces
-    an object only unconditionally (storage.put_if), so the lease's writes go as plain ones after a read (race_open).
-    FileNotFoundError where there is none."""
+def _gcs_version(fs, path: str) -> tuple[str | None, float | None]:
+    """The lease's generation on GCS (its version, as storage.put_if and delete_if name it: ifGenerationMatch) and
+    seconds since GCS took its last write, by GCS's own clock: the object metadata answer's Date less the object's
+    ``updated`` (less a second: Date is whole seconds); None where either is missing. FileNotFoundError where there is
+    none."""
     bucket, _, key = path.partition("/")
     headers, body = fs.call("GET", "b/{}/o/{}", bucket, key)
     try:
+        meta = json.loads(body)
+    except ValueError:
+        return None, None
+    generation = str(meta["generation"]) if isinstance(meta, dict) and meta.get("generation") else None
+    try:
         now = parsedate_to_datetime(headers["Date"])
-        updated = datetime.fromisoformat(str(json.loads(body)["updated"]).replace("Z", "+00:00"))
-        return max(0.0, (now - updated).total_seconds() - 1.0)
+        updated = datetime.fromisoformat(str(meta["updated"]).replace("Z", "+00:00"))
+        return generation, max(0.0, (now - updated).total_seconds() - 1.0)
     except (KeyError, TypeError, ValueError):
-        return None
+        return generation, None
 
 
 def check(uri: str, ask: bool = False) -> None:

@@ -594,18 +594,20 @@ _LOST = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "Cond
 def put_if(uri: str, data: bytes, endpoint_url: str | None = None, etag: str | None = None) -> str | None:
     """Write the small object ``uri`` only where it is absent (``etag`` None: If-None-Match *; S3 since 2024-08, GCS's
     ifGenerationMatch=0, Azure's If-None-Match through s3fs/gcsfs/adlfs ``mode="create"``) or is still the version
-    read (its ``etag``: If-Match, S3 since 2024-11, Azure). FileExistsError where it is not (another writer came first,
+    read (its ``etag``: If-Match, S3 since 2024-11, Azure; on GCS its generation: ifGenerationMatch). FileExistsError where it is not (another writer came first,
     or removed it), NoConditionalWrites where the store or the library refuses the condition (an S3-compatible without
-    them, If-Match on GCS through gcsfs); a store that does not answer raises as any write. A store (or an
+    them); a store that does not answer raises as any write. A store (or an
     s3fs/botocore too old to send the header) that ignores the condition writes as a plain write would: ask again to
     find out. The ETag of the version written, None where the store gave none (:func:`etag_of`)."""
     fs, path = filesystem(uri, endpoint_url, quick=True)
     protocol = REMOTE_SCHEMES.get(scheme(uri), ("",))[0]
-    if etag is not None and protocol not in ("s3", "abfs"):
+    if etag is not None and protocol not in ("s3", "abfs", "gcs"):
         raise NoConditionalWrites(f"{scheme(uri)}:// through fsspec replaces an object only unconditionally")
     with _condition_held(uri, endpoint_url):
         if etag is None:
             return etag_of(fs.pipe_file(path, data, mode="create"))
+        if protocol == "gcs":
+            return _gcs_put_if(fs, path, data, etag)
         if protocol == "abfs":  # adlfs passes these on to azure-storage-blob's upload_blob: If-Match
             from azure.core import MatchConditions
 
@@ -632,9 +634,36 @@ def _condition_held(uri: str, endpoint_url: str | None):
         raise NoConditionalWrites(f"the store refused the condition: {redact(str(exc)) or type(exc).__name__}") from exc
 
 
+def _gcs_put_if(fs, path: str, data: bytes, generation: str) -> str | None:
+    """Write ``data`` to ``path`` of gcsfs's ``fs`` where the object is still ``generation`` (ifGenerationMatch): the
+    upload gcsfs's pipe_file makes (multipart), with the condition it passes only as 0 (mode="create")."""
+    import json
+    from urllib.parse import quote
+
+    bucket, key, _ = fs.split_path(path)
+    head = f"--==0==\nContent-Type: application/json; charset=UTF-8\n\n{json.dumps({'name': key})}\n--==0==\n"
+    body = (head + "Content-Type: application/octet-stream\n\n").encode() + data + b"\n--==0==--"
+    try:
+        answer = fs.call(
+            "POST",
+            f"{fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
+            uploadType="multipart",
+            headers={"Content-Type": 'multipart/related; boundary="==0=="'},
+            data=body,
+            json_out=True,
+            ifGenerationMatch=str(generation),
+        )
+    finally:
+        fs.invalidate_cache(path)
+    return etag_of(answer)
+
+
 def etag_of(answer) -> str | None:
     """The ETag in a store's answer to a write (s3fs's pipe_file returns S3's PutObject answer, adlfs's Azure's
-    upload_blob answer, whose key is ``etag``); None in any other."""
+    upload_blob answer, whose key is ``etag``); on GCS (gcsfs's answer: the object's resource) its generation, which
+    its conditions name (ifGenerationMatch); None in any other."""
+    if isinstance(answer, dict) and answer.get("kind") == "storage#object":
+        return str(answer["generation"]) if answer.get("generation") else None
     tag = (answer.get("ETag") or answer.get("etag")) if isinstance(answer, dict) else None
     return tag if isinstance(tag, str) and tag else None
 
@@ -642,11 +671,20 @@ def etag_of(answer) -> str | None:
 def delete_if(uri: str, etag: str, endpoint_url: str | None = None) -> None:
     """Delete the small object ``uri`` only where it is still the version ``etag`` (If-Match on S3's DeleteObject,
     on Azure's Delete Blob). FileExistsError where it is another version now (another writer replaced it) or is gone,
-    NoConditionalWrites where the store or the library refuses the condition (GCS through gcsfs, an S3-compatible
+    On GCS ``etag`` is the object's generation (ifGenerationMatch on its DELETE).
+    NoConditionalWrites where the store or the library refuses the condition (an S3-compatible
     without it); a store that does not answer raises as any delete. A store that ignores the condition deletes as a
     plain delete would."""
     fs, path = filesystem(uri, endpoint_url, quick=True)
     protocol = REMOTE_SCHEMES.get(scheme(uri), ("",))[0]
+    if protocol == "gcs":
+        bucket, key, _ = fs.split_path(path)
+        try:
+            with _condition_held(uri, endpoint_url):
+                fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=str(etag))
+        finally:
+            fs.invalidate_cache(path)
+        return
     if protocol == "abfs":  # adlfs's rm passes no condition on: azure-storage-blob's own delete_blob
         from azure.core import MatchConditions
 
