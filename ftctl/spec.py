@@ -2004,7 +2004,10 @@ def _axolotl_columns(items, source: str, notes=None) -> list:
     for path, d in described.items():
         notes is None or notes.append(
             f"datasets ({source}): {path}'s rows read by its entry's names: "
-            + ", ".join(f"{k} {v}" if k != "roles" else f"roles {v}" for k, v in d.items())
+            + ", ".join(
+                f"{k} {v}" if k != "roles" else "roles " + ", ".join(f"{a} -> {b}" for a, b in v.items())
+                for k, v in d.items()
+            )
         )
     return items + [("data_columns", {p: json.dumps(d, sort_keys=True) for p, d in described.items()})]
 
