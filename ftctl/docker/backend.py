@@ -10,6 +10,10 @@ is its exit code: STOPPED_EXIT (stopped at a checkpoint) or KILLED_EXIT, without
 its log (a rank the host killed says one), is a cancelled container; ``status`` and ``cancel`` say whether it saved
 a checkpoint (stop_note). ``doctor`` checks the daemon, and for GPUs its NVIDIA container runtime.
 
+The ``docker`` command may be podman's (podman-docker, or a link): the same verbs, but a container gets GPUs
+through NVIDIA's CDI devices (engine; docker.render), so for a run on GPUs ``check`` looks for NVIDIA's CDI spec
+where podman reads them (CDI_DIRS) before any container starts, and ``doctor`` says which it found.
+
 The image: --container, else ``image:`` in the user's config, else the newest image ``ftctl build``
 recorded for the run's GPUs (built here or pushed), else ``default_image`` (what ``ftctl build`` names).
 """
@@ -63,6 +67,13 @@ GPU_RUNTIME_FIX = (
     "install the NVIDIA Container Toolkit, then `sudo nvidia-ctk runtime configure --runtime=docker && sudo "
     "systemctl restart docker`"
 )
+# podman's CDI spec directories (containers.conf's cdi_spec_dirs by default; podman 4 reads only these); without
+# NVIDIA's spec there, podman says: setting up CDI devices: unresolvable CDI devices nvidia.com/gpu=0
+CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
+CDI_FIX = (
+    "install the NVIDIA Container Toolkit, then `sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` "
+    "(again after a driver update or a GPU change)"
+)
 
 
 class DockerBackend(Backend):
@@ -96,7 +107,8 @@ class DockerBackend(Backend):
         return local_gpus()
 
     def render(self, spec, plan, paths, spec_json):
-        text = docker_render.render(spec, plan, str(paths.root))
+        # the engines differ only in how a container gets GPUs: a CPU run's command asks nothing of the host
+        text = docker_render.render(spec, plan, str(paths.root), engine() if plan.tier else "docker")
         return text, {paths.spec.name: spec_json, paths.docker_script.name: "#!/bin/sh\nexec " + text}
 
     def check(self, rendered: Rendered) -> None:
@@ -111,6 +123,8 @@ class DockerBackend(Backend):
                     f"the image {image} is not on this docker host: build it with `{build}` (or pull it), or pass "
                     "--container docker:IMAGE."
                 )
+        if rendered.plan.tier and engine() == "podman":
+            _check_cdi(docker_render.cdi_names(rendered.plan))
         name = rendered.spec.name
         state = _inspect(name)
         other = next(
@@ -136,8 +150,9 @@ class DockerBackend(Backend):
             os.makedirs(path, exist_ok=True)
         proc = _run(["sh", str(rendered.paths.docker_script)])
         if proc.returncode != 0:
-            fix = f": {GPU_RUNTIME_FIX}" if "could not select device driver" in _last_line(proc) else ""
-            raise NotSent(f"docker run failed: {_last_line(proc)}{fix}")
+            said = _last_line(proc)
+            fix = next((f": {fix}" for why, fix in SEND_FIXES if why in said), "")
+            raise NotSent(f"docker run failed: {said}{fix}")
         return JobRef("docker", name, str(rendered.paths.root), name, rendered.spec.output)
 
     def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
@@ -268,9 +283,15 @@ class DockerBackend(Backend):
         except FtctlError as e:
             click.echo(f"docker:  {e}")
             return False
-        click.echo(f"docker:  daemon {version}")
+        podman = engine() == "podman"
+        click.echo(f"docker:  {'podman' if podman else 'daemon'} {version}")
         if not (parse(gpus).tier if gpus else local_gpus() != "cpu"):  # a CPU run needs no GPU runtime
             return True
+        if podman:
+            specs = _cdi_gpus()
+            found = [f"{path} ({', '.join(names[:6])}{' ...' if names[6:] else ''})" for path, names in specs.items()]
+            click.echo(f"gpus:    {f'NVIDIA CDI devices: {found[0]}' if found else f'{_no_cdi()}: {CDI_FIX}'}")
+            return bool(found)
         runtime = _gpu_runtime(docker)
         click.echo(
             f"gpus:    {runtime or f'docker has no NVIDIA container runtime, so --gpus fails: {GPU_RUNTIME_FIX}'}"
@@ -295,6 +316,63 @@ def _daemon(docker: str) -> str:
             "docker), or give your user access to its socket (the docker group)."
         )
     return proc.stdout.strip()
+
+
+@functools.cache
+def _engine_of(docker: str) -> str:
+    """What the ``docker`` command at ``docker`` is: "podman" where it is podman's (podman-docker's, or a link:
+    ``docker --version`` says "podman version 4.3.1"), else "docker"."""
+    return "podman" if _run([docker, "--version"]).stdout.lower().startswith("podman") else "docker"
+
+
+def engine() -> str:
+    """What the ``docker`` command on PATH is: "podman" or "docker" (also where there is none: a dry run renders
+    docker's command)."""
+    docker = shutil.which("docker")
+    return _engine_of(docker) if docker else "docker"
+
+
+def _no_cdi() -> str:
+    return (
+        f"podman gives a container GPUs through NVIDIA's CDI spec, and this host has none (in {' or '.join(CDI_DIRS)})"
+    )
+
+
+# (what `docker run` said, the fix): what a failed docker run says adds the fix
+SEND_FIXES = (("could not select device driver", GPU_RUNTIME_FIX), ("unresolvable CDI devices", CDI_FIX))
+
+
+def _cdi_gpus() -> dict[str, list[str]]:
+    """NVIDIA's CDI specs (kind nvidia.com/gpu) in podman's CDI_DIRS: {file: its devices' names}."""
+    import yaml
+
+    found: dict[str, list[str]] = {}
+    for path in sorted(p for d in CDI_DIRS for p in Path(d).glob("*") if p.suffix in (".yaml", ".yml", ".json")):
+        try:
+            text = path.read_text()
+            spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError):
+            continue  # podman skips a spec it cannot read too
+        if isinstance(spec, dict) and spec.get("kind") == docker_render.CDI_KIND:
+            devices = spec.get("devices") or []
+            found[str(path)] = [str(d["name"]) for d in devices if isinstance(d, dict) and d.get("name")]
+    return found
+
+
+def _check_cdi(names: list[str]) -> None:
+    """FtctlError where podman could not give a container the CDI devices ``names`` (of NVIDIA's kind): no spec
+    names them (docker run would fail: unresolvable CDI devices)."""
+    specs = _cdi_gpus()
+    if not specs:
+        raise FtctlError(f"{_no_cdi()}: {CDI_FIX}.")
+    have = [n for ns in specs.values() for n in ns]
+    missing = [n for n in names if n not in have]
+    if missing:
+        listed = ", ".join(have[:8]) + (" ..." if have[8:] else "")
+        raise FtctlError(
+            f"podman has no CDI device {', '.join(f'{docker_render.CDI_KIND}={n}' for n in missing)} (the GPUs of "
+            f"{', '.join(specs)}: {listed or 'none'}): set CUDA_VISIBLE_DEVICES to GPUs it names, or {CDI_FIX}."
+        )
 
 
 def _gpu_runtime(docker: str) -> str | None:

@@ -10,6 +10,11 @@ run; and HF_HUB_CACHE, HF_DATASETS_CACHE, HF_XET_CACHE where this host keeps the
 compiles at run time (DeepSpeed's ops under XDG_CACHE_HOME; Triton's under HOME, ``<cache root>/ftctl/container-
 home``), and USER for the libraries that ask for a user name.
 
+The plan's GPUs (CUDA_VISIBLE_DEVICES picks them, else the host's first ones): docker's ``--gpus N`` (or
+``"device=2,3"``), which needs the NVIDIA Container Toolkit's runtime or CDI spec; podman's ``--device
+nvidia.com/gpu=NAME`` each, NVIDIA's CDI devices (podman 4 takes --gpus and ignores it, podman 5 reads ``--gpus 2``
+as the GPU named 2, one GPU).
+
 Secrets pass by name (``-e NAME``: docker takes the value from the launching environment, never written), the
 run's own and the credentials its object stores need that are set here (storage.job_env: AWS_ACCESS_KEY_ID ...).
 Where a store is reached through credential files instead, they come in read-only: the home's (~/.aws,
@@ -28,6 +33,8 @@ from ftctl.launch import PATH_PYTHON, container_kind, hf_caches, join, torchrun_
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
 from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
+
+CDI_KIND = "nvidia.com/gpu"  # the kind of NVIDIA's CDI devices (nvidia-ctk cdi generate): --device nvidia.com/gpu=0
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,9 @@ def host_user() -> tuple[int, int, str, tuple[int, ...]]:
     return os.getuid(), os.getgid(), name, tuple(sorted(set(os.getgroups()) - {os.getgid()}))
 
 
-def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
+def argv(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker") -> list[str]:
+    """``docker run`` of the run; ``engine``: what the ``docker`` command is, "docker" or "podman" (podman-docker's
+    ``docker``), which differ in how a container gets GPUs: docker's --gpus, podman's CDI devices."""
     if plan.nodes > 1:
         raise FtctlError("The docker backend runs on one host: use --backend slurm or sky for several nodes.")
     kind, image = container_kind(spec)
@@ -90,14 +99,11 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
         "stack=67108864",
     ]
     if plan.tier:  # the GPUs the plan runs on, not every one of the host's: CUDA_VISIBLE_DEVICES picks them
-        visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-        if visible and (len(visible) < plan.gpus_per_node or "-1" in visible):
-            raise FtctlError(
-                f"CUDA_VISIBLE_DEVICES={','.join(visible)} leaves fewer than the {plan.gpus_per_node} GPUs the plan "
-                "runs on: unset it, or name that many."
-            )
-        picked = visible[: plan.gpus_per_node]
-        cmd += ["--gpus", f'"device={",".join(picked)}"' if picked else str(plan.gpus_per_node)]
+        if engine == "podman":  # CDI devices, one --device each (podman 4 ignores --gpus, podman 5 reads N as GPU N)
+            cmd += [a for name in cdi_names(plan) for a in ("--device", f"{CDI_KIND}={name}")]
+        else:
+            picked = picked_gpus(plan)
+            cmd += ["--gpus", f'"device={",".join(picked)}"' if picked else str(plan.gpus_per_node)]
     # the output directory is mounted even before it exists (launch creates it): checkpoints written
     # inside the container must land on the host
     # a checkpoint of another run's to resume is written too (reshard.to_universal converts it in place)
@@ -118,6 +124,25 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str) -> list[str]:
     cmd += ["-w", run_dir, image]
     cmd += torchrun_argv(spec, plan, os.path.join(run_dir, "spec.json"), head=None, python=PATH_PYTHON, quiet=True)
     return cmd
+
+
+def picked_gpus(plan: Plan) -> list[str]:
+    """The first gpus_per_node GPUs CUDA_VISIBLE_DEVICES names (indices or UUIDs); [] where it is unset: the host's
+    first ones. FtctlError where it names fewer than the plan runs on."""
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if visible and (len(visible) < plan.gpus_per_node or "-1" in visible):
+        raise FtctlError(
+            f"CUDA_VISIBLE_DEVICES={','.join(visible)} leaves fewer than the {plan.gpus_per_node} GPUs the plan "
+            "runs on: unset it, or name that many."
+        )
+    return visible[: plan.gpus_per_node]
+
+
+def cdi_names(plan: Plan) -> list[str]:
+    """The CDI device names (of CDI_KIND) of the plan's GPUs under podman: those CUDA_VISIBLE_DEVICES picks, else
+    the first gpus_per_node by index (``nvidia-ctk cdi generate`` names each GPU by its index by default; by
+    UUID with --device-name-strategy=uuid: CUDA_VISIBLE_DEVICES=GPU-... names those)."""
+    return picked_gpus(plan) or [str(i) for i in range(plan.gpus_per_node)]
 
 
 def store_credentials(spec: RunSpec, passed) -> tuple[dict[str, str], list[str]]:
@@ -171,5 +196,5 @@ def _bindable(path: str) -> str:
     return path
 
 
-def render(spec: RunSpec, plan: Plan, run_dir: str) -> str:
-    return join(argv(spec, plan, run_dir)) + "\n"
+def render(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker") -> str:
+    return join(argv(spec, plan, run_dir, engine)) + "\n"
