@@ -42,7 +42,9 @@ it could not see whether another job trains into the output (``take`` raises Ftc
 attempt that resumes the run (a Slurm requeue, a run directory holding a checkpoint: ``resuming``) whose store is
 down (storage.store_down) waits up to START_WAIT_S for it, then ends as preempted (exit UNREACHED_EXIT), as below: a
 requeue or a recovery during an outage ended the run for good; a first attempt, or a store refusing the settings,
-fails at once. A
+fails at once. A SkyPilot managed job (``managed_job``) waits as well on every attempt (its recovery onto a fresh node
+cannot be told from its first), then fails with exit 2, which SkyPilot counts against max_restarts_on_errors: it
+recovers exit UNREACHED_EXIT without limit, and a store down for hours would cost a new cluster every START_WAIT_S. A
 trainer stopped because its renewals did not reach the store is stopped as a preemption is (:class:`LeaseLost`
 ``requeue``): nobody else writes the output, and a requeued or recovered attempt resumes; one whose lease another
 job took over is a failure (the output is that job's now).
@@ -72,6 +74,8 @@ STORE_AGE = "_age_by_store_s"  # a lease read from S3 or GCS: its age by the sto
 CLAIM_TRIES = 5  # writes of the lease that another trainer's write beat, in a row, before a trainer stops
 UNREACHED_EXIT = 75  # a trainer stopped because its renewals did not reach the store: EX_TEMPFAIL, try again later
 START_WAIT_S = 300.0  # what an attempt that resumes a run waits for a store that is down as it starts, then exit 75
+#: set by SkyPilot's jobs controller in each task of a managed job (`--spot`), kept by its recoveries
+SKY_MANAGED_JOB_ENV = "SKYPILOT_MANAGED_JOB_ID"
 START_PAUSE_S = 15.0  # between its asks meanwhile
 _RACE_SAID: set[str] = set()  # the stores race_open has spoken of (once each)
 _HELD: dict[str, Holder | Follower] = {}  # the leases this process holds (or follows), by output: the uploader asks
@@ -81,7 +85,9 @@ class LeaseLost(FtctlError):
     """The trainer stopped for its lease (Holder.lost). ``requeue``: its renewals did not reach the store, and nobody
     else holds the output: the run ends as a preempted one (``status`` "preempted": Slurm's script requeues it; exit
     UNREACHED_EXIT, which a SkyPilot managed job recovers on), and the next attempt resumes from the newest complete
-    checkpoint. Else another job took the output over: a failure (status "failed", exit 2), which nothing retries."""
+    checkpoint. Else another job took the output over, or a SkyPilot managed job's attempt found the store down for
+    START_WAIT_S as it started: a failure (status "failed", exit 2), which SkyPilot restarts only up to -o
+    max_requeues times."""
 
     def __init__(self, message: str, requeue: bool):
         super().__init__(message)
@@ -103,6 +109,16 @@ def resuming(holds_checkpoint=None, environ=None) -> str | None:
     if holds_checkpoint is not None and holds_checkpoint():
         return "its run directory on this node holds a checkpoint of it"
     return None
+
+
+def managed_job(environ=None) -> str | None:
+    """The SkyPilot managed job this process is an attempt of (its id), None outside one. SkyPilot recovers such a job
+    on an exit code in recover_on_exit_codes (UNREACHED_EXIT) without counting it against max_restarts_on_errors:
+    without limit. Its recovery onto a fresh node cannot be told from its first attempt (no recovery count reaches the
+    task), so every attempt that finds the store down as it starts waits for it (Holder._store_down) and then fails as
+    a counted error, never with UNREACHED_EXIT."""
+    env = os.environ if environ is None else environ
+    return env.get(SKY_MANAGED_JOB_ENV) or None
 
 
 def uri_of(output: str) -> str:
@@ -454,21 +470,35 @@ class Holder:
         as a preempted one (LeaseLost ``requeue``: exit UNREACHED_EXIT, status preempted): a Slurm requeue or a
         SkyPilot recovery met by an outage ended the run for good. Returns to ask again."""
         said = storage.store_down(exc, self.output, self.endpoint_url)
+        job = managed_job()
         why = None if said is None else resuming(self.holds_checkpoint)
+        if said is not None and why is None and job:
+            why = f"SkyPilot managed job {job}, which tells its recoveries from its first attempt to no task"
         if why is None:
             raise FtctlError(self._unread(exc, write)) from None
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = now
             log.warning(
-                "%s: this attempt resumes the run (%s): waiting up to %.0f s for the store to answer, then it ends as "
-                "a preempted one (exit %d) for the scheduler to try again",
+                "%s: this attempt resumes the run (%s): waiting up to %.0f s for the store to answer, then it %s",
                 said.what,
                 why,
                 START_WAIT_S,
-                UNREACHED_EXIT,
+                "fails (exit 2), which SkyPilot restarts up to -o max_requeues times"
+                if job
+                else f"ends as a preempted one (exit {UNREACHED_EXIT}) for the scheduler to try again",
             )
         waited = now - self._down_since
+        if waited + START_PAUSE_S > START_WAIT_S and job:  # exit 75 would be recovered without limit, each time on a
+            # new cluster waiting START_WAIT_S: a counted failure instead (max_restarts_on_errors, -o max_requeues)
+            raise LeaseLost(
+                f"{said.what}, for the {waited:.0f} s this attempt waited as it started ({why}): not training (it "
+                f"could not {'write' if write else 'read'} the trainer's lease {uri_of(self.output)}): {said.fix} "
+                f"Failed (exit 2) rather than preempted: SkyPilot would recover managed job {job}'s exit 75 without "
+                "limit, each time on a new cluster. It restarts the job up to -o max_requeues times (--spot's default: "
+                "none); once the store answers, the same `ftctl launch` resumes from the newest complete checkpoint.",
+                requeue=False,
+            ) from None
         if waited + START_PAUSE_S > START_WAIT_S:
             raise LeaseLost(
                 f"{said.what}, for the {waited:.0f} s this attempt waited as it started ({why}): not training (it "
