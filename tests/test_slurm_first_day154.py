@@ -82,3 +82,25 @@ def _data(where: Path) -> str:
     row = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
     path.write_text(row * 8)
     return str(path)
+
+
+def test_torchrun_starts_two_processes_a_node_without_its_omp_banner(tmp_path):
+    """torchrun printed its OMP_NUM_THREADS banner (asterisks, 4 `W...` lines a node) in every Slurm job of 2+
+    processes a node, where the local run said nothing: it sets OMP_NUM_THREADS=1 for the workers where none is set,
+    which the trainer replaces with its share of the cores (FTCTL_CPU_THREADS=auto). Now the script sets that 1
+    itself (torch.distributed.run warns only where OMP_NUM_THREADS is unset); the run's own value is left alone."""
+    from tests.render_fixtures import fake_bin, read_log, run_bash
+
+    fakes = fake_bin(tmp_path / "bin")
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node1"}
+    flags = dict(backend="slurm", gpus="2xA100", model_name_or_path="org/m", model_params="1b", output_dir="/f/o")
+    for more, threads in (([], "1"), (["env=OMP_NUM_THREADS=4"], "4")):
+        text = prepared(more, **flags).text
+        assert ('export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"' in text) == (not more)
+        log = tmp_path / f"{threads}.jsonl"
+        run_bash(text, cwd=tmp_path, fakes=fakes, log=log, env=env)
+        (torchrun,) = [c for c in read_log(log) if c["prog"] == "torchrun"]
+        assert torchrun["env"]["OMP_NUM_THREADS"] == threads
+        assert torchrun["env"].get("FTCTL_CPU_THREADS") == ("auto" if not more else None)
+    one = prepared(**{**flags, "gpus": "1xA100"}).text  # one process a node: torchrun sets nothing, nor does this
+    assert "OMP_NUM_THREADS" not in one

@@ -37,7 +37,7 @@ import re
 import shutil
 
 from ftctl import __version__
-from ftctl.envvars import ATTEMPT_ENV, SLURM_RESTART_ENV
+from ftctl.envvars import ATTEMPT_ENV, SLURM_RESTART_ENV, THREADS_ENV
 from ftctl.errors import FtctlError
 from ftctl.failures import ATTEMPT_LINE, ERROR_PREFIX
 from ftctl.launch import (
@@ -398,6 +398,24 @@ def _slurm_mb(value: str) -> float:
     return float(m.group(1)) * {"K": 2**-10, "": 1, "M": 1, "G": 2**10, "T": 2**20}[m.group(2)]
 
 
+# the job's log, as the script's own shell names it (--output=SLURM_LOG_PATTERN, from the run dir it is submitted in)
+JOB_LOG = f'"$FTCTL_RUN_DIR/{SLURM_LOG_PATTERN.replace("%j", "$SLURM_JOB_ID")}"'
+
+
+def torchrun_threads(spec: RunSpec, plan: Plan) -> list[str]:
+    """The OMP_NUM_THREADS torchrun gives the workers of 2+ processes a node where none is set (1), set before it
+    runs: torchrun said so in a 5-line banner of asterisks at the top of every such job's log (4 `W...` lines a node),
+    and each process takes its share of the node's cores all the same (THREADS_ENV=auto: trainer.distributed.
+    cpu_threads), so the workers start as before. Nothing where the run sets OMP_NUM_THREADS (its own choice: no
+    auto) or runs one process a node (torchrun sets none)."""
+    if trainer_env(spec).get(THREADS_ENV) != "auto" or plan.world_size <= plan.nodes:
+        return []
+    return [
+        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # torchrun\'s own default for 2+ processes a node, unsaid; '
+        f"each process then takes its share of the cores ({THREADS_ENV}=auto)"
+    ]
+
+
 # the rendezvous of the job's own (launch.torchrun_argv): jobs that share a node never meet at one port or id
 _HEAD, _PORT, _JOB = Shell('"$HEAD_ADDR"'), JOB_PORT, Shell('"$SLURM_JOB_ID"')
 
@@ -681,7 +699,8 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         "# a rendezvous port of this job's own: two jobs on one node would otherwise share one",
         job_port_line(spec, "SLURM_JOB_ID", "a Slurm job"),
         "export RDZV_PORT",
-        f'LOG="$FTCTL_RUN_DIR/{SLURM_LOG_PATTERN.replace("%j", "$SLURM_JOB_ID")}"',
+        *torchrun_threads(spec, plan),
+        f"LOG={JOB_LOG}",
         'LOG_AT=$({ wc -c < "$LOG"; } 2>/dev/null || echo 0)  # where this attempt\'s lines start in its log',
         f'echo "{ATTEMPT_LINE.format(job="$SLURM_JOB_ID", attempt="$ATTEMPT")} on $SLURM_JOB_NODELIST (head $HEAD_ADDR)"',
         "",
