@@ -309,6 +309,12 @@ class Backend:
         """Whether this backend can run spec's --gpus without being asked to (only local says yes)."""
         return False
 
+    def staging_here(self, spec: RunSpec) -> str | None:
+        """The directory an object-store output is staged in before its upload, where that is this machine's disk
+        (preflight.check_disk checks its room); None: the nodes' own (a Slurm node's FTCTL_CACHE, a SkyPilot VM's disk,
+        which the task's disk_size holds), not seen from here."""
+        return None
+
     def estimate(self, spec: RunSpec, plan: Plan) -> str | None:
         """Where the run would go and what it would cost, for `plan` and `launch --dry-run` (None: nothing to say)."""
         return None
@@ -368,7 +374,10 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
     rendered = prepare(replace(spec, backend=name), why)
     b = get(name)
     on_nodes = RunSpec(**json.loads(rendered.files[rendered.paths.spec.name])["spec"])  # as the trainer reads it
-    findings = preflight.preflight(rendered.spec, rendered.plan, name, b.detected_gpus(), on_nodes, dry_run=dry_run)
+    staging = b.staging_here(rendered.spec) if is_remote(rendered.spec.output) else None
+    findings = preflight.preflight(
+        rendered.spec, rendered.plan, name, b.detected_gpus(), on_nodes, dry_run=dry_run, staging=staging
+    )
     if cost := checkpoint_cost(rendered.spec, rendered.plan):  # saving would take the run's time, or outpace uploads
         findings.append(preflight.Finding(preflight.WARNING, *cost))
     if dry_run:

@@ -137,6 +137,10 @@ class LocalBackend(Backend):
     def has_gpus(self, spec: RunSpec) -> bool:
         return has_gpus(spec.gpus, spec.nodes)
 
+    def staging_here(self, spec: RunSpec) -> str | None:
+        """The trainer runs here, in this environment and the run's -o env."""
+        return str(trainer_paths_of(spec, spec.env or None).root)
+
     def resolve(self, spec: RunSpec) -> tuple[RunSpec, Plan]:
         if spec.host_memory_gb is None:
             spec = replace(spec, host_memory_gb=host_memory_gb())

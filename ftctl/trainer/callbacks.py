@@ -493,10 +493,13 @@ class StepsAsGiven(TrainerCallback):
     checkpoint's trainer_state.json (its warning goes to its own logger), so a relaunch with -o save_steps=2 to
     checkpoint more often went on saving at the old interval. ``saves_per_epoch``/``evals_per_epoch`` (axolotl's):
     the intervals from the optimizer steps of an epoch, as the Trainer counts them (evaluations follow the
-    checkpoints unless ``eval_steps`` is given)."""
+    checkpoints unless ``eval_steps`` is given). ``cost``: what saves_per_epoch's checkpoints cost for an epoch of so
+    many steps ((what is wrong, the fix) or None: plan.checkpoint_cost's epoch_steps), warned once they are counted."""
 
-    def __init__(self, saves_per_epoch: int | None = None, evals_per_epoch: int | None = None, eval_steps=None):
-        self.saves, self.evals, self.eval_steps = saves_per_epoch, evals_per_epoch, eval_steps
+    def __init__(
+        self, saves_per_epoch: int | None = None, evals_per_epoch: int | None = None, eval_steps=None, cost=None
+    ):
+        self.saves, self.evals, self.eval_steps, self.cost = saves_per_epoch, evals_per_epoch, eval_steps, cost
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         state.compute_steps(args, state.max_steps)
@@ -513,6 +516,8 @@ class StepsAsGiven(TrainerCallback):
             state.eval_steps = max(1, per_epoch // self.evals)
         elif not self.eval_steps:
             state.eval_steps = state.save_steps  # at each checkpoint, as without saves_per_epoch
+        if self.saves and self.cost and state.is_world_process_zero and (said := self.cost(per_epoch)):
+            log.warning("%s: %s", *said)
         if state.is_world_process_zero:
             log.info(
                 "%d optimizer steps an epoch: %s",

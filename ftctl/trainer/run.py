@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftctl import checkpoints, failures, storage
+from ftctl.checkpoints.staging import STAGING_ENV
 from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, SKY_TASK_ENV, SLURM_RESTART_ENV, STATUS_ENV, telemetry_off
 from ftctl.errors import FtctlError
-from ftctl.plan import DEEPSPEED_STRATEGIES, Plan, dump_run, final_dtype, without_liger
+from ftctl.plan import DEEPSPEED_STRATEGIES, Plan, checkpoint_cost, dump_run, final_dtype, without_liger
 from ftctl.runpaths import (
     DATA_CACHE,
     FINAL_MARKS,
@@ -73,7 +74,7 @@ if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at impor
 
 log = logging.getLogger(__name__)
 
-LOCAL_DIR_ENV = "FTCTL_LOCAL_DIR"  # where a remote output is staged (default: under the ftctl cache)
+LOCAL_DIR_ENV = STAGING_ENV  # where a remote output is staged (default: under the ftctl cache)
 CUDA_ALLOC_ENV = "PYTORCH_CUDA_ALLOC_CONF"
 
 
@@ -331,7 +332,12 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 metrics,
                 distributed.sharding_check(plan.strategy),
                 *reshard.callbacks(universal),
-                StepsAsGiven(spec.saves_per_epoch, spec.evals_per_epoch, spec.eval_steps),
+                StepsAsGiven(
+                    spec.saves_per_epoch,
+                    spec.evals_per_epoch,
+                    spec.eval_steps,
+                    cost=functools.partial(checkpoint_cost, spec, plan),
+                ),
                 *([ApplySettings(changed.applied)] if changed else []),
                 *stopping,
                 *([NewHeldOut(held_out, *stopping)] if held_out else []),
