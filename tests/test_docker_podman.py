@@ -2,6 +2,7 @@
 CDI devices (``--device nvidia.com/gpu=NAME``), not docker's ``--gpus``, which podman 4 takes and ignores (the run
 starts without GPUs; podman 5 reads ``--gpus 2`` as the GPU named 2). Rendered and checked here; then against the real
 podman of tests/podman_fixtures.py with a CDI spec whose GPU is /dev/null, which podman really puts in the container.
+And `ftctl build`, whose ``buildx build`` is podman's own there (docker.engine).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ftctl.docker import backend, render
+from ftctl.docker import backend, engine, render
 from ftctl.errors import FtctlError
 from tests.podman_fixtures import podman  # noqa: F401 (the fixture)
 from tests.render_fixtures import prepared
@@ -48,15 +49,15 @@ def test_podman_gets_the_plans_gpus_as_cdi_devices(monkeypatch):
 
 
 def test_the_engine_is_what_docker_version_says(tmp_path, monkeypatch):
-    for said, engine in (("podman version 4.3.1", "podman"), ("Docker version 28.2.2, build e6534b4", "docker")):
-        bin_dir = tmp_path / engine
+    for said, which in (("podman version 4.3.1", "podman"), ("Docker version 28.2.2, build e6534b4", "docker")):
+        bin_dir = tmp_path / which
         bin_dir.mkdir()
         (bin_dir / "docker").write_text(f"#!/bin/sh\necho '{said}'\n")
         (bin_dir / "docker").chmod(0o755)
         monkeypatch.setenv("PATH", str(bin_dir))
-        assert backend.engine() == engine
+        assert engine.engine() == which
     monkeypatch.setenv("PATH", str(tmp_path / "none"))
-    assert backend.engine() == "docker"  # none installed: a dry run renders docker's command
+    assert engine.engine() == "docker"  # none installed: a dry run renders docker's command
 
 
 def test_the_cdi_check_names_the_fix(tmp_path, monkeypatch):
@@ -146,3 +147,53 @@ def test_a_gpu_launch_under_podman_gets_its_cdi_device(podman, tiny_model_dir, t
         {"PathOnHost": "/dev/null", "PathInContainer": "/dev/ftctl-fake-gpu", "CgroupPermissions": ""}
     ]
     podman.docker("rm", "--force", "--time", "0", name)  # its trainer, training on no GPU, is not waited for
+
+
+def test_podman_builds_a_docker_format_image_then_pushes_it(monkeypatch):
+    """podman's build writes the Dockerfile's SHELL (bash, pipefail) only into a docker-format image, has no --push
+    (nor needs --load: its image is local) and no daemon for apptainer's docker-daemon://."""
+    from ftctl.docker import build
+
+    monkeypatch.setattr(build, "engine", lambda: "podman")
+    local = build.commands("H100")
+    assert local.docker[:5] == ["docker", "buildx", "build", "--format", "docker"] and len(local.steps()) == 1
+    assert "--load" not in local.docker and "--push" not in local.docker
+    pushed = build.commands("H100", push="ghcr.io/me")
+    assert pushed.steps() == [pushed.docker, ["docker", "push", pushed.image]] and pushed.image.startswith(
+        "ghcr.io/me/"
+    )
+    assert "--push" not in pushed.docker
+    with pytest.raises(FtctlError, match=r"this docker is podman, which has none: add --push REGISTRY"):
+        build.commands("H100", apptainer=True)
+    monkeypatch.setattr(build, "engine", lambda: "docker")  # docker's: unchanged
+    assert build.commands("H100").docker[3:5] == ["--file", str(build.source_root() / "docker" / "Dockerfile")]
+    assert build.commands("H100", push="ghcr.io/me").steps()[0][-2] == "--push"
+
+
+@pytest.mark.slow
+def test_ftctl_build_runs_podmans_build_of_the_dockerfile(podman, tmp_path):  # noqa: F811
+    """`ftctl build` under podman, its CUDA base image stood in for by the test image (no bash, no apt): podman's
+    build reads ftctl's Dockerfile and command line and runs up to its first RUN, under the Dockerfile's SHELL
+    (/bin/bash, which this image lacks: a docker-format build; the OCI one ran it under /bin/sh). ftctl refused to
+    start it before: podman has no `buildx version`."""
+    from ftctl.docker import image
+
+    args = image.build_args("H100")
+    base = f"localhost/nvidia/cuda:{args['CUDA_VERSION']}-devel-ubuntu{args['UBUNTU_VERSION']}"  # FROM nvidia/cuda:
+    podman.docker("tag", podman.image, base)
+    env = {**podman.env, "FTCTL_HOME": str(tmp_path / "home")}
+    try:
+        said = subprocess.run(
+            [FTCTL, "build", "--gpus", "H100", "--tag", podman.name("build")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        podman.docker("untag", podman.image, base)
+    out = said.stdout + said.stderr
+    assert said.returncode == 2 and "+ docker buildx build --format docker --file " in said.stderr, out
+    assert ': SHELL ["/bin/bash", "-o", "pipefail", "-c"]' in out and "SHELL is not supported" not in out
+    assert "stat /bin/bash: no such file or directory" in out, out  # its first RUN, under bash
+    assert said.stderr.splitlines()[-1] == "error: `docker buildx` failed (exit 1): the lines above say why."

@@ -11,8 +11,8 @@ its log (a rank the host killed says one), is a cancelled container; ``status`` 
 a checkpoint (stop_note). ``doctor`` checks the daemon, and for GPUs its NVIDIA container runtime.
 
 The ``docker`` command may be podman's (podman-docker, or a link): the same verbs, but a container gets GPUs
-through NVIDIA's CDI devices (engine; docker.render), so for a run on GPUs ``check`` looks for NVIDIA's CDI spec
-where podman reads them (CDI_DIRS) before any container starts, and ``doctor`` says which it found.
+through NVIDIA's CDI devices (docker.engine, docker.render), so for a run on GPUs ``check`` looks for NVIDIA's CDI
+spec where podman reads them (CDI_DIRS) before any container starts, and ``doctor`` says which it found.
 
 The image: --container, else ``image:`` in the user's config, else the newest image ``ftctl build``
 recorded for the run's GPUs (built here or pushed), else ``default_image`` (what ``ftctl build`` names).
@@ -48,6 +48,7 @@ from ftctl.backend import (
     trainer_started,
 )
 from ftctl.docker import render as docker_render
+from ftctl.docker.engine import engine
 from ftctl.docker.image import build_command, default_image, flavour_for
 from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import trainer_env
@@ -316,20 +317,6 @@ def _daemon(docker: str) -> str:
             "docker), or give your user access to its socket (the docker group)."
         )
     return proc.stdout.strip()
-
-
-@functools.cache
-def _engine_of(docker: str) -> str:
-    """What the ``docker`` command at ``docker`` is: "podman" where it is podman's (podman-docker's, or a link:
-    ``docker --version`` says "podman version 4.3.1"), else "docker"."""
-    return "podman" if _run([docker, "--version"]).stdout.lower().startswith("podman") else "docker"
-
-
-def engine() -> str:
-    """What the ``docker`` command on PATH is: "podman" or "docker" (also where there is none: a dry run renders
-    docker's command)."""
-    docker = shutil.which("docker")
-    return _engine_of(docker) if docker else "docker"
 
 
 def _no_cdi() -> str:

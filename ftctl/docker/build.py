@@ -4,6 +4,12 @@
 The build context is the source tree's root when ftctl runs from one; installed from a wheel, the
 package's own copy of docker/ and its source are staged into a context folder of the same layout.
 
+Where the ``docker`` command is podman's (docker.engine), its ``buildx build`` is podman's own (buildah): it takes
+ftctl's Dockerfile as it is (RUN --mount=type=cache and bind mounts from a stage, COPY --chmod, the
+Dockerfile.dockerignore beside it), but writes the Dockerfile's SHELL (bash, pipefail) only into a docker-format
+image (``--format docker``; the OCI default ignores it and runs each RUN under /bin/sh), has no ``--push``
+(``docker push`` after the build) and reads no ``docker-daemon://`` for apptainer.
+
 A build that succeeds is recorded in the user's config (ftctl/userconfig.py), so later runs use it
 without --container: a pushed image for sky, slurm and docker; a local one (not pushed) for docker
 only, since no cloud VM or cluster node can pull it; the .sif of --apptainer for Slurm. --dry-run
@@ -22,6 +28,7 @@ import click
 
 from ftctl import __version__, userconfig
 from ftctl.docker import image
+from ftctl.docker.engine import engine
 from ftctl.errors import FtctlError
 from ftctl.launch import join
 
@@ -32,6 +39,7 @@ class BuildPlan:
     context: Path
     docker: list[str]
     apptainer: list[str] | None = None
+    push: list[str] | None = None  # podman's: it pushes after the build (docker's buildx build --push)
     sif: Path | None = None
     gpus: str = ""  # the tiers built for, as recorded: A100,H100
     pushed: bool = False
@@ -41,9 +49,10 @@ class BuildPlan:
     def steps(self) -> list[list[str]]:
         """The commands build() runs, in order: the image, then its .sif built beside it and moved into place once
         whole (a failed build leaves the tag's earlier .sif as it was)."""
+        built = [self.docker, *([self.push] if self.push else [])]
         if not self.apptainer:
-            return [self.docker]
-        return [self.docker, self.apptainer, ["mv", "-f", str(partial(self.sif)), str(self.sif)]]
+            return built
+        return [*built, self.apptainer, ["mv", "-f", str(partial(self.sif)), str(self.sif)]]
 
     def text(self) -> str:
         return "".join(join(argv) + "\n" for argv in self.steps())
@@ -91,17 +100,26 @@ def commands(
     registry = image.check_registry(push, "--push") if push else image.DEFAULT_REGISTRY
     ref = f"{registry}/{image.REPOSITORY}:{tag}"
     ctx = context or source_root() or staged_context()
-    argv = ["docker", "buildx", "build", "--file", str(ctx / "docker" / "Dockerfile"), "--target", "runtime"]
+    podman = engine() == "podman"
+    argv = ["docker", "buildx", "build", *(["--format", "docker"] if podman else [])]
+    argv += ["--file", str(ctx / "docker" / "Dockerfile"), "--target", "runtime"]
     target = image.platform(gpus)  # GH200's nodes are aarch64
     argv += ["--platform", target]
     for k, v in args.items():
         argv += ["--build-arg", f"{k}={v}"]
-    argv += ["--tag", ref, "--push" if push else "--load", str(ctx)]
+    argv += ["--tag", ref, *([] if podman else ["--push" if push else "--load"]), str(ctx)]
     # the tiers named (a V100 too, which runs the image without flash-attn) and those flash-attn is built for
     served = {t.name: t for t in (*image.named_tiers(gpus), *image.tiers_of(gpus))}.values()
     tiers = ",".join(t.name for t in sorted(served, key=image.tier_order))
     plan = BuildPlan(image=ref, context=ctx, docker=argv, gpus=tiers, pushed=bool(push), cuda=cuda)
+    if podman and push:
+        plan = replace(plan, push=["docker", "push", ref])
     plan = replace(plan, note=emulation_note(target))
+    if apptainer and podman and not push:
+        raise FtctlError(
+            "--apptainer reads the image from docker's daemon (docker-daemon://), and this docker is podman, which "
+            "has none: add --push REGISTRY (apptainer pulls it from there)."
+        )
     if apptainer:
         sif = Path(f"{image.REPOSITORY}-{tag}.sif").resolve()
         # a pushed image is pulled from its registry; a loaded one is read from the local engine
@@ -145,12 +163,15 @@ def check_tools(plan: BuildPlan) -> None:
             "docker is not installed or not on PATH: install Docker Engine with its buildx plugin "
             "(https://docs.docker.com/engine/install/), or print the command with `ftctl build --dry-run`."
         )
-    if _quiet(["docker", "buildx", "version"]) != 0:
+    if engine() == "podman":  # its build is its own: no buildx plugin, and no daemon (`info` has no ServerVersion)
+        if _quiet(["docker", "info"]) != 0:
+            raise FtctlError("`docker info` (podman) fails: run it to see why, then `ftctl build` again.")
+    elif _quiet(["docker", "buildx", "version"]) != 0:
         raise FtctlError(
             "docker buildx is missing: install the docker-buildx-plugin package (or Docker Desktop), "
             "then check with `docker buildx version`."
         )
-    if _quiet(["docker", "info", "--format", "{{.ServerVersion}}"]) != 0:
+    elif _quiet(["docker", "info", "--format", "{{.ServerVersion}}"]) != 0:
         raise FtctlError(
             "The docker engine does not answer: start it (sudo systemctl start docker) and make sure "
             "this user may use it (`docker info` must work)."
