@@ -104,3 +104,19 @@ def test_torchrun_starts_two_processes_a_node_without_its_omp_banner(tmp_path):
         assert torchrun["env"].get("FTCTL_CPU_THREADS") == ("auto" if not more else None)
     one = prepared(**{**flags, "gpus": "1xA100"}).text  # one process a node: torchrun sets nothing, nor does this
     assert "OMP_NUM_THREADS" not in one
+
+
+def test_a_setup_lines_failure_is_said_within_its_attempt(tmp_path):
+    """The job's setup lines ran before the attempt's first line (`ftctl: job N attempt A on NODES`): a job whose
+    setup failed had a log that began with bash's error, no job or attempt named, and an attempt after a requeue
+    had its setup error among the previous attempt's lines. The attempt's line now comes first."""
+    from ftctl import failures
+    from tests.render_fixtures import fake_bin, run_bash
+
+    fakes = fake_bin(tmp_path / "bin")
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node1"}
+    flags = dict(backend="slurm", gpus="1xA100", model_name_or_path="org/m", model_params="1b", output_dir="/f/o")
+    r = run_bash(prepared(["setup=false"], **flags).text, cwd=tmp_path, fakes=fakes, log=tmp_path / "f.jsonl", env=env)
+    assert r.returncode == 1 and r.stdout.startswith("ftctl: job 77 attempt 0 on node1 (head node1)\n"), r.stdout
+    attempt, lines = failures.last_attempt(r.stdout)
+    assert attempt == 0 and any(line.startswith("error: a setup line failed: false") for line in lines)

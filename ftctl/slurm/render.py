@@ -658,6 +658,12 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
     step += ["bash", "-c", inner]
 
     env_lines = [f"export {k}={q(v)}" for k, v in sorted(trainer_env(spec).items())]
+    setup = [
+        *conda_hook(spec),
+        *setup_lines(spec),
+        *([f"mkdir -p {join(caches)}  # the Hugging Face caches, bound into the container"] if caches else []),
+    ]
+    setup += [""] * bool(setup)
     secrets = ", ".join(spec.secrets) or "none"
     lines = [
         "#!/bin/bash",
@@ -690,10 +696,8 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         'on_cancel() { echo "ftctl: cancel asked (ftctl cancel): checkpointing, then the job ends, not requeued"; '
         f'CANCELLING=1; touch "${STOP_ENV}"; }}',
         CANCEL_TRAP,
-        *conda_hook(spec),
-        *setup_lines(spec),
-        *([f"mkdir -p {join(caches)}  # the Hugging Face caches, bound into the container"] if caches else []),
         "",
+        # the attempt's first line before its setup lines: a setup line's error is said within its attempt
         'HEAD_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export HEAD_ADDR",
         "# a rendezvous port of this job's own: two jobs on one node would otherwise share one",
@@ -704,6 +708,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         'LOG_AT=$({ wc -c < "$LOG"; } 2>/dev/null || echo 0)  # where this attempt\'s lines start in its log',
         f'echo "{ATTEMPT_LINE.format(job="$SLURM_JOB_ID", attempt="$ATTEMPT")} on $SLURM_JOB_NODELIST (head $HEAD_ADDR)"',
         "",
+        *setup,
         *preflight,
         join(step) + " &",
         "STEP_PID=$!",
