@@ -517,6 +517,7 @@ def absolute_paths(spec: RunSpec) -> RunSpec:
         spec,
         data_path=join_paths(fix(p) for p in split_paths(spec.data_path)),
         eval_data_path=join_paths(fix(p) for p in split_paths(spec.eval_data_path)) or None,
+        data_columns={fix(p): named for p, named in spec.data_columns.items()},  # by its dataset's path
         output_dir=fix(spec.output),
         model_name_or_path=fix(spec.model_name_or_path),
         chat_template_path=fix(spec.chat_template_path),

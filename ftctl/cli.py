@@ -555,6 +555,7 @@ def data_check(
     tokenizer = use_chat_template(load_tokenizer(model), chat_template_path)
     length = max_length or RunSpec.model_max_length
     read = {"every_token": every_token, "text_field": text_field}
+    read |= {"columns": run.data_columns} if run and run.data_columns else {}  # a dataset's own names of its fields
     report = check_data(path, tokenizer, length, endpoint, held_out=held_out, show=show, **read)
     if write_valid:
         flags = ["-c", config] if config else ["--model", model]

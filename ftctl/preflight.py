@@ -111,7 +111,9 @@ def preflight(
         run = data_check_args(spec)  # the fix a line names: `ftctl data check` of the run's own data and model
         text = spec.dataset_text_field
         data = [
-            pool.submit(check_data, p, spec.s3_endpoint_url, f, run_args=run, text_field=text)
+            pool.submit(
+                check_data, p, spec.s3_endpoint_url, f, run_args=run, text_field=text, columns=spec.data_columns
+            )
             for f, p in spec.data_sources
         ]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
@@ -641,16 +643,20 @@ def check_data(
     rows: bool = True,
     run_args: list[str] | None = None,
     text_field: str = "text",
+    columns: dict[str, str] | None = None,
 ) -> list[Finding]:
     """The data is there (a file, a directory of data files, an object, builtin:demo) and its first
     file can be read. ``flag``: what gave it, to start each line ("" for a command's own argument);
     ``held_out``: read as held-out data (a directory's test split), by default where the flag is --eval-data;
     ``rows``: the rows' own problems too (_row_problems), where `ftctl data check` does not list them itself;
     ``run_args``: the run's data_check_args, for the `ftctl data check` line a warning names (None: --model MODEL);
-    ``text_field``: the field of a plain-text row (dataset_text_field)."""
+    ``text_field``: the field of a plain-text row (dataset_text_field); ``columns``: the run's data_columns."""
     held_out = flag == "--eval-data" if held_out is None else held_out
     return _bounded(
-        flag, path, endpoint_url, lambda: _check_data(path, endpoint_url, flag, held_out, rows, run_args, text_field)
+        flag,
+        path,
+        endpoint_url,
+        lambda: _check_data(path, endpoint_url, flag, held_out, rows, run_args, text_field, columns),
     )
 
 
@@ -671,6 +677,7 @@ def _check_data(
     rows: bool,
     run_args: list[str] | None = None,
     text_field: str = "text",
+    columns: dict[str, str] | None = None,
 ) -> list[Finding]:
     from ftctl.trainer.formats import resolve_files
 
@@ -686,7 +693,7 @@ def _check_data(
         return [Finding(ERROR, f"{flag}: {e}" if flag else str(e))]
     except OSError as e:
         return [Finding(ERROR, f"{said}: cannot read {first} ({e})", "check its permissions.")]
-    return _row_problems(path, said, held_out, run_args, text_field) if rows else []
+    return _row_problems(path, said, held_out, run_args, text_field, columns) if rows else []
 
 
 # local data up to this size (each dataset of data_path) is read whole before the job: the problems of its rows
@@ -762,7 +769,13 @@ def check_tokenized(spec, dry_run: bool = False) -> list[Finding]:
         every, text = not spec.assistant_only_loss, spec.dataset_text_field
         try:
             report = check_data(
-                spec.data_path, tokenizer, spec.model_max_length, endpoint, every_token=every, text_field=text
+                spec.data_path,
+                tokenizer,
+                spec.model_max_length,
+                endpoint,
+                every_token=every,
+                text_field=text,
+                columns=spec.data_columns,
             )
         except Exception as e:  # noqa: BLE001 — advisory: what check_data could not read, the trainer says
             return not_here(f"its rows could not be read here: {_first_line(e)}")
@@ -803,7 +816,12 @@ def _tokenizer_here(model: str) -> bool:
 
 
 def _row_problems(
-    path: str, said: str, held_out: bool, run_args: list[str] | None = None, text_field: str = "text"
+    path: str,
+    said: str,
+    held_out: bool,
+    run_args: list[str] | None = None,
+    text_field: str = "text",
+    columns: dict[str, str] | None = None,
 ) -> list[Finding]:
     """The rows' own problems, as the trainer would list them (those the tokenizer finds, the chat template's, are
     left to `ftctl data check`): a local dataset of ROW_CHECK_BYTES at most; over it, the `ftctl data check` line
@@ -831,7 +849,7 @@ def _row_problems(
                     f"`{check}` checks them first.",
                 )
             ]
-        _, rows = load_rows(path, held_out=held_out, text_field=text_field)
+        _, rows = load_rows(path, held_out=held_out, text_field=text_field, columns=columns)
     except (OSError, FtctlError) as e:  # a file gone or unreadable since the first check: said, not raised
         return [Finding(ERROR, f"{said}: cannot read it ({e})", "check the files and their permissions.")]
     lines = problem_lines([(row, problem) for row in rows for problem in row.problems], len(rows))
@@ -874,7 +892,8 @@ def check_row_counts(spec) -> list[Finding]:
         files = [f for p in paths for f in resolve_files(p)]
         if sum(os.path.getsize(storage.filesystem(f)[1]) for f in files) > FEW_ROWS_BYTES:
             return []
-        rows = [sum(not row.problems for row in load_rows(p, text_field=spec.dataset_text_field)[1]) for p in paths]
+        text, columns = spec.dataset_text_field, spec.data_columns
+        rows = [sum(not row.problems for row in load_rows(p, text_field=text, columns=columns)[1]) for p in paths]
     except (OSError, FtctlError):  # said by check_data
         return []
     problems = [eval_split_leaves_none(spec.eval_split, sum(rows), spec.data_path)] if not spec.eval_data_path else []

@@ -877,6 +877,10 @@ class RunSpec:
     data_weights: str | None = None
     # TRL's: the field of a plain-text row (one with it and no conversation trains as its text, every token)
     dataset_text_field: str = "text"
+    # a dataset's own names of its fields, by its path in data_path (or eval_data_path): JSON of ftctl's field -> the
+    # data's (messages, role, content, instruction, input, output, system; roles: the data's role -> the template's;
+    # system_prompt), as axolotl's dataset entries give them (field_messages, message_property_mappings, roles, type)
+    data_columns: dict[str, str] = field(default_factory=dict)
     eval_data_path: str | None = None  # held-out data in the same formats (FastChat's --eval_data_path)
     eval_split: float = 0.0  # or this share of data_path's rows held out (below 1; 1 or more: that many rows), chosen with seed; 0: none
     eval_steps: int | None = None  # with held-out data: evaluate every N steps and at the end; default save_steps
@@ -1516,7 +1520,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
         left_out: list[str] = []  # and LEFT_OUT ones
         epochly: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch this layer's save_strategy: epoch set
-        for raw_key, raw in _mixes(list(_nested(_wandb(_llama_factory_names(items, source, notes), source, notes)))):
+        layer = _axolotl_columns(_llama_factory_names(items, source, notes), source, notes)
+        for raw_key, raw in _mixes(list(_nested(_wandb(layer, source, notes)))):
             key = canonical_key(raw_key)
             if raw is None and key in TURNED and key != "datasets":  # left empty: it asks for nothing
                 continue

@@ -47,24 +47,17 @@ def _axolotl(**entry):
 
 def test_axolotls_turn_mappings_say_what_to_rename_in_the_data():
     """axolotl's field_messages: chat with message_property_mappings (or message_field_role/_content) was noted as
-    "not read" and then every row failed "not a conversation": the entry says the renames now, before any job."""
+    "not read" and then every row failed "not a conversation": read into data_columns since task 159
+    (tests/test_foreign159*.py); turns ftctl reads by their own names are taken as they are, with no description."""
     mapped = {"role": "speaker", "content": "text"}
-    with pytest.raises(FtctlError) as e:
-        build(_axolotl(field_messages="chat", message_property_mappings=mapped))
-    assert (
-        "chat.jsonl's field_messages: 'chat', message_property_mappings: {'role': 'speaker', 'content': 'text'}: "
-        "ftctl reads a row's turns under 'messages' with role and content keys (or ShareGPT's conversations, from "
-        "and value), not by a dataset entry's mapping: rename 'chat' to 'messages', 'speaker' to 'role', 'text' to "
-        "'content' in the data and drop field_messages, message_property_mappings from the entry"
-    ) in str(e.value)
-    sharegpt = {"role": "from", "content": "value"}  # read as they are: only the column to rename
-    with pytest.raises(FtctlError, match="rename 'chat' to 'messages' in the data and drop field_messages, message_"):
-        build(_axolotl(field_messages="chat", message_property_mappings=sharegpt))
-    with pytest.raises(FtctlError, match="rename 'text' to 'content' in the data and drop message_field_content"):
-        build(_axolotl(message_field_content="text"))
+    spec = build(_axolotl(field_messages="chat", message_property_mappings=mapped))
+    assert json.loads(spec.data_columns["chat.jsonl"])["messages"] == "chat"
+    assert json.loads(build(_axolotl(message_field_content="text")).data_columns["chat.jsonl"])["content"] == "text"
+    sharegpt = {"role": "from", "content": "value"}
     notes = []  # what ftctl reads anyway: taken, and not called unread
     spec = build(_axolotl(field_messages="conversations", message_property_mappings=sharegpt), notes=notes)
-    assert spec.data_path == "chat.jsonl" and not any("field_messages" in n for n in notes), notes
+    assert spec.data_path == "chat.jsonl" and not spec.data_columns
+    assert not any("field_messages" in n for n in notes), notes
     assert build(_axolotl(field_messages="messages", message_field_role="role")).data_path == "chat.jsonl"
 
 

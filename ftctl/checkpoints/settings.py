@@ -46,13 +46,20 @@ FOLLOWED += ("saves_per_epoch", "evals_per_epoch")
 FOLLOWED += ("eval_data_path",)
 # ...and which rows the steps after the checkpoint train on
 DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path", "data_path", "data_weights")
-DATA += ("eval_split", "seed", "dataset_text_field")
+DATA += ("eval_split", "seed", "dataset_text_field", "data_columns")
 # other rows: read from their start, not past the checkpoint's batches (another text field: other rows' text)
-NEW_DATA = ("data_path", "data_weights", "dataset_text_field")
+NEW_DATA = ("data_path", "data_weights", "dataset_text_field", "data_columns")
 # recorded only where not this default: a checkpoint without it (saved before it was recorded) trained at the default
-AT_DEFAULT = {"dataset_text_field": "text"}
+AT_DEFAULT = {"dataset_text_field": "text", "data_columns": {}}
 # what the held-out loss is measured with besides its rows: the tokens scored, how they are cut and packed
-MEASURE = ("model_max_length", "chat_template_path", "assistant_only_loss", "packing", "dataset_text_field")
+MEASURE = (
+    "model_max_length",
+    "chat_template_path",
+    "assistant_only_loss",
+    "packing",
+    "dataset_text_field",
+    "data_columns",
+)
 # the settings that make other training rows of the same file (a change of one is said by Changes.line)
 SHAPE_ROWS = (*NEW_DATA, "model_max_length", "chat_template_path", "eval_split", "seed", "assistant_only_loss")
 TRAINER_STATE = "trainer_state.json"  # transformers' own record in each checkpoint: its step and the run's total

@@ -97,6 +97,7 @@ def on_node(spec: RunSpec, inputs: list[Shipped]) -> RunSpec:
         env=env,
         data_path=join_paths(node(p) for p in split_paths(spec.data_path)),
         eval_data_path=join_paths(node(p) for p in split_paths(spec.eval_data_path)) or None,
+        data_columns={node(p): named for p, named in spec.data_columns.items()},  # by its dataset's path
         chat_template_path=node(spec.chat_template_path),
         model_name_or_path=model,
     )
