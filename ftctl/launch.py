@@ -112,7 +112,7 @@ def _rdzv_id(name: str, job):
     return name if job is None else Shell(f"{q(name)}-{q(job)}")
 
 
-def setup_lines(spec: RunSpec) -> list[str]:
+def setup_lines(spec: RunSpec, log: str | None = None) -> list[str]:
     """The user's setup lines (module load, activating a venv), each ending the job when it fails: a missing
     activate script was skipped and the job trained with another python. A line runs in the script's own shell (an
     activation stays), closed on a line of its own (a comment at its end closes nothing). The Slurm script's, and
@@ -121,7 +121,10 @@ def setup_lines(spec: RunSpec) -> list[str]:
     LD_LIBRARY_PATH=/x:$LD_LIBRARY_PATH, reads unset variables: under set -u bash ended the script unsaid), and the
     script's own errexit and nounset come back after them (a `set -e` line made the Slurm script exit at the wait
     that its time-limit signal interrupts: no checkpoint, no requeue). A line bash cannot parse is refused here,
-    not after the queue wait."""
+    not after the queue wait. A failed line's error says why where it can, indented under it (`ftctl status` shows
+    those lines with it: failures.error_line): exit 127's missing command (a batch shell reads no ~/.bashrc), and
+    with ``log`` (a shell word: the file the script's output goes to, the Slurm job's log) the line's own last
+    output lines: the status said only "(exit 127)"."""
     if not spec.setup:
         return []
     lines = [
@@ -135,17 +138,41 @@ def setup_lines(spec: RunSpec) -> list[str]:
         if line.rstrip().endswith("\\"):
             raise FtctlError(f"setup line {line!r} continues on the next: give each command whole, one line each.")
         said = q(f"{ERROR_PREFIX}a setup line failed: {line}")  # `ftctl status` says it (failures.error_line)
-        block = [
-            f"{{ {line}",
+        failed = [
             # a line killed by the job's TERM (the Slurm script's trap sets TERMINATED) is no broken line
-            f'}} || {{ RC=$?; [ -z "${{TERMINATED:-}}" ] || {{ echo "ftctl: stopped by TERM during the setup '
-            'lines"; exit 143; }; '
-            f'echo {said} "(exit $RC): not training; fix -o setup=..."; '
-            f'[ -z "${{{STATUS_ENV}:-}}" ] || echo failed > "${STATUS_ENV}"; exit "$RC"; }}',
+            'RC=$?; [ -z "${TERMINATED:-}" ] || { echo "ftctl: stopped by TERM during the setup lines"; exit 143; };',
+            *(
+                [
+                    f"OUT=$(tail -c +$((FTCTL_AT + 1)) {log} 2>/dev/null | tail -n {SETUP_OUTPUT_LINES} | sed 's/^/  | /');"
+                ]
+                if log
+                else []
+            ),
+            f'echo {said} "(exit $RC): not training; fix -o setup=...";',
+            f'[ "$RC" != 127 ] || echo {q(NOT_FOUND)};',
+            *(['[ -z "$OUT" ] || printf \'%s\\n\' "  its last output:" "$OUT";'] if log else []),
+            f'[ -z "${{{STATUS_ENV}:-}}" ] || echo failed > "${STATUS_ENV}"; exit "$RC";',
+        ]
+        block = [
+            *(
+                [f"FTCTL_AT=$(stat -c %s {log} 2>/dev/null || echo 0)  # where this line's output starts"]
+                if log
+                else []
+            ),
+            f"{{ {line}",
+            f"}} || {{ {' '.join(failed)} }}",
         ]
         _parses(line, "\n".join(block))
         lines += block
     return [*lines, 'case "$FTCTL_SET" in *e*) set -e ;; *) set +e ;; esac; case "$FTCTL_SET" in *u*) set -u ;; esac']
+
+
+SETUP_OUTPUT_LINES = 5  # of a failed setup line's output, said under its error (the rest is above it in the log)
+NOT_FOUND = (
+    "  exit 127: a command of it is not found in the batch shell, which reads no ~/.bashrc or /etc/profile: source "
+    "what defines it on a setup line before it (module: /etc/profile.d/lmod.sh or modules.sh; conda: "
+    "CONDA_DIR/etc/profile.d/conda.sh), or give the full path of the command"
+)
 
 
 def _parses(line: str, block: str) -> None:

@@ -91,13 +91,13 @@ def test_mem_is_at_most_the_ram_the_nodes_have(cluster):
     larger than the nodes' RAM asks for all of it and says it may be OOM-killed, and how to load it once."""
     flags = dict(backend="slurm", method="fft", gpus="8xA100", model_name_or_path=LLAMA_8B, output_dir="/o")
     (cluster / "sinfo.out").write_text(SINFO.replace("1024000", "307200"))  # 300 GiB: the 285 fit, not +15%
-    asked, said = _mem(prepared(**flags).text)  # of the 322 GB planned for (host_memory_gb: GB, rounded down)
-    assert asked == 299 and said.endswith(
-        "= 285 GiB; all the nodes' 299 GiB (--sbatch-arg=--mem=SIZE asks for another)"
+    asked, said = _mem(prepared(**flags).text)  # all of sinfo's 307200 MiB (was 299G: rounded down to GB, then GiB)
+    assert asked == 300 and said.endswith(
+        "= 285 GiB; all the nodes' 300 GiB (--sbatch-arg=--mem=SIZE asks for another)"
     )
     (cluster / "sinfo.out").write_text(SINFO.replace("1024000", "204800"))  # 200 GiB
     asked, said = _mem(prepared(**flags).text)
-    assert asked == 199 and ": more than the nodes' 199 GiB, so the load may be OOM-killed; -o strategy=fsdp " in said
+    assert asked == 200 and ": more than the nodes' 200 GiB, so the load may be OOM-killed; -o strategy=fsdp " in said
     get("slurm").check(prepared(**flags))  # not refused: what is asked for is what they have
 
 
@@ -153,7 +153,7 @@ def test_conda_activate_in_setup_works_in_a_batch_shell(tmp_path, where):
     spec = make_spec(
         ["setup=conda activate 'my env'"], backend="slurm", gpus="1xA100", model_name_or_path=LLAMA_8B, output_dir="/o"
     )
-    setup = [*slurm_render.conda_hook(spec), *slurm_render.setup_lines(spec)]
+    setup = [*slurm_render.conda_hook(spec), *slurm_render.setup_lines(spec, log=slurm_render.JOB_LOG)]
     assert "\n".join(setup) in slurm_render.render(spec, prepared(backend="slurm", gpus="1xA100").plan)
     lines = ["set -uo pipefail", *setup]  # the script's own nounset
     script = "\n".join([*lines, 'echo "env=$CONDA_DEFAULT_ENV"'])

@@ -171,7 +171,7 @@ def test_an_offload_plan_is_planned_for_the_ram_the_partitions_nodes_have(cluste
     flags = dict(backend="slurm", method="fft", gpus="1xA100-80GB", partition="gpu", model_name_or_path=LLAMA_8B)
     rendered = prepared(**flags, output_dir="/fixed/out")
     get("slurm").check(rendered)
-    assert rendered.plan.strategy == "zero2_offload" and rendered.spec.host_memory_gb == 536
+    assert rendered.plan.strategy == "zero2_offload" and rendered.spec.host_memory_gb == 512000 * 2**20 / 1e9
     assert "host memory: partition gpu's nodes with 1 A100-80GB have up to 500 GiB of RAM (sinfo): planned for " in (
         rendered.plan.table(rendered.spec)
     )
@@ -193,13 +193,13 @@ def test_an_offload_plan_is_planned_for_the_ram_the_partitions_nodes_have(cluste
 
 def test_a_cpu_plan_is_bound_by_the_nodes_ram_and_a_refusal_says_whose(cluster):
     partition = PartitionInfo("cpu", True, True, "1:00:00", [_node(8000, "idle"), _node(16000, "down*")])
-    assert partition.host_memory(None, 1, 1) == (8, "partition cpu's nodes have up to 7.8 GiB of RAM (sinfo)")
+    assert partition.host_memory(None, 1, 1) == (8000 * 2**20 / 1e9, "partition cpu's nodes have up to 7.8 GiB of RAM (sinfo)")
     (cluster / "sinfo.out").write_text("cpu*|c1|idle|32|8000|infinite|up|(null)\n")
     flags = dict(backend="slurm", method="fft", gpus="cpu", model_name_or_path="org/m")
-    assert prepared(model_params="100m", **flags).spec.host_memory_gb == 8
+    assert prepared(model_params="100m", **flags).spec.host_memory_gb == 8000 * 2**20 / 1e9  # sinfo's MiB, exactly
     with pytest.raises(FtctlError) as e:  # planned unbounded before, then refused at sbatch's --mem
         prepared(model_params="1.7b", **flags)
-    assert "does not fit host_memory_gb=8 on CPU" in str(e.value)
+    assert "does not fit host_memory_gb=8.4 on CPU" in str(e.value)
     assert str(e.value).endswith(" Host memory: partition cpu's nodes have up to 7.8 GiB of RAM (sinfo).")
 
 
@@ -211,14 +211,14 @@ def test_the_ram_of_nodes_with_the_runs_gpus_and_of_as_many_nodes_as_it_asks_for
     ]
     gpu = PartitionInfo("gpu", False, True, "1:00:00", [*nodes, _node(4096000, "down*", {"a100": 8})])
     assert gpu.host_memory("A100", 8, 1) == (
-        1073,
+        1024000 * 2**20 / 1e9,
         "partition gpu's nodes with 8 A100 have up to 1000 GiB of RAM (sinfo)",
     )
     assert gpu.host_memory("A100", 8, 2) == (
-        536,
+        512000 * 2**20 / 1e9,
         "2 of partition gpu's nodes with 8 A100 have 500 GiB of RAM or more (sinfo)",
     )
-    assert gpu.host_memory("V100", 1, 1)[0] == 2147  # GPUs no node names: the partition's largest
+    assert gpu.host_memory("V100", 1, 1)[0] == 2048000 * 2**20 / 1e9  # GPUs no node names: the partition's largest
 
 
 def _node(mb: int, state: str, gpus=None):

@@ -120,3 +120,32 @@ def test_a_setup_lines_failure_is_said_within_its_attempt(tmp_path):
     assert r.returncode == 1 and r.stdout.startswith("ftctl: job 77 attempt 0 on node1 (head node1)\n"), r.stdout
     attempt, lines = failures.last_attempt(r.stdout)
     assert attempt == 0 and any(line.startswith("error: a setup line failed: false") for line in lines)
+
+
+def test_a_failed_setup_line_says_its_last_output_and_the_fix(tmp_path):
+    """A failed `module load` said only "a setup line failed: module load cuda (exit 127)" in `ftctl status`; bash's
+    "module: command not found" was above it in the log, past what status shows. Now the error's indented lines
+    (status shows them with it) say what exit 127 means in a batch job and the line's own last output lines, from
+    the job's log as Slurm writes it (--output, both streams); an earlier line's output is not the failed line's."""
+    from ftctl import failures
+    from tests.render_fixtures import fake_bin, run_bash
+
+    fakes = fake_bin(tmp_path / "bin")
+    env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node1"}
+    flags = dict(backend="slurm", gpus="1xA100", model_name_or_path="org/m", model_params="1b", output_dir="/f/o")
+    lines = ["setup=echo earlier line", "setup=module load cuda/12.1", "setup=echo never"]
+    (tmp_path / "job.sbatch").write_text(prepared(lines, **flags).text)
+    log = tmp_path / "slurm-77.out"
+    log.write_text("an earlier attempt's line\n")  # --open-mode=append: the log goes on
+    r = run_bash("bash job.sbatch >> slurm-77.out 2>&1", cwd=tmp_path, fakes=fakes, log=tmp_path / "f.jsonl", env=env)
+    said = failures.error_line(log.read_text())  # what `ftctl status` says of the failed job
+    assert r.returncode == 127 and "never" not in log.read_text(), log.read_text()
+    first, hint, head, out = said.splitlines()
+    assert first == "a setup line failed: module load cuda/12.1 (exit 127): not training; fix -o setup=..."
+    assert hint.startswith("  exit 127: a command of it is not found in the batch shell, which reads no ~/.bashrc")
+    assert "module: /etc/profile.d/lmod.sh" in hint
+    assert head == "  its last output:" and out.startswith("  | ") and out.endswith("module: command not found")
+    ok = prepared(["setup=false"], **flags)  # no output of its own: no "its last output" line
+    (tmp_path / "job.sbatch").write_text(ok.text)
+    run_bash("bash job.sbatch >> slurm-77.out 2>&1", cwd=tmp_path, fakes=fakes, log=tmp_path / "f.jsonl", env=env)
+    assert failures.error_line(log.read_text()) == "a setup line failed: false (exit 1): not training; fix -o setup=..."

@@ -411,17 +411,17 @@ def test_the_rendered_gpu_request_runs_on_the_real_cluster(slurm, tmp_path):
     from tests.render_fixtures import prepared
 
     flags = dict(backend="slurm", method="qlora", gpus="2xA100", model_name_or_path="org/m", output_dir="/o")
-    rendered = prepared(["host_memory_gb=5", "model_params=8b"], **flags)  # the node's ~6 GiB: --mem=4G, its all
+    rendered = prepared(["host_memory_gb=5", "model_params=8b"], **flags)  # the node's ~6 GiB: 5 GB, to the MiB
     text = slurm_render.render(rendered.spec, rendered.plan, "tiny")  # the type as launch asks sinfo for it
     # its CPUs left out: 8 a GPU, and the cluster's nodes have this machine's few
     header = [line for line in text.splitlines() if line.startswith("#") and "--cpus-per-task" not in line]
-    assert header[3].startswith("# --mem=4G a node: ") and "#SBATCH --gres=gpu:tiny:2" in header
+    assert header[3].startswith("# --mem=4768M a node: ") and "#SBATCH --gres=gpu:tiny:2" in header
     script = tmp_path / "job.sbatch"
     body = "srun --ntasks-per-node=1 bash -c 'echo \"cvd=$CUDA_VISIBLE_DEVICES mem=$SLURM_MEM_PER_NODE\"'"
     script.write_text("\n".join([*header, "#SBATCH --partition=gpu", body, ""]))
     job = scheduler.submit(script, cwd=tmp_path)
     assert slurm.wait_done(job, 30) == "COMPLETED"
-    assert (tmp_path / f"slurm-{job}.out").read_text() == "cvd=0,1 mem=4096\n"
+    assert (tmp_path / f"slurm-{job}.out").read_text() == "cvd=0,1 mem=4768\n"
 
 
 def test_an_offload_plan_is_planned_for_the_nodes_ram_and_one_beyond_it_refused(slurm):
@@ -433,7 +433,7 @@ def test_an_offload_plan_is_planned_for_the_nodes_ram_and_one_beyond_it_refused(
     from tests.render_fixtures import prepared
 
     node = doctor().partition("gpu").nodes[0]
-    node_gb = int(node.memory_gb)
+    node_gb = f"{round(node.memory_gb, 1):g}"  # sinfo's MiB exactly, as the plan is for them
     flags = dict(
         backend="slurm", method="fft", gpus="1xA100-80GB", model_name_or_path="lmsys/vicuna-7b-v1.5", partition="gpu"
     )

@@ -660,7 +660,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
     env_lines = [f"export {k}={q(v)}" for k, v in sorted(trainer_env(spec).items())]
     setup = [
         *conda_hook(spec),
-        *setup_lines(spec),
+        *setup_lines(spec, log=JOB_LOG),  # a failed line says its last output lines: status shows them
         *([f"mkdir -p {join(caches)}  # the Hugging Face caches, bound into the container"] if caches else []),
     ]
     setup += [""] * bool(setup)
