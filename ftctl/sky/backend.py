@@ -90,6 +90,9 @@ SKY_STATES = {
     "GONE": JobState.UNKNOWN,  # the cluster was torn down or autostopped: SkyPilot no longer knows
 }
 CANCEL_WAIT_S, CANCEL_POLL_S = 180, 3  # a managed job's controller stopped it 45 s after sky.jobs.cancel (Slurm infra)
+STATE_EVERY_S = (
+    15  # cancel's wait for the stop checkpoint reads the store every CANCEL_POLL_S, asks SkyPilot this often
+)
 SOURCE_FILES = ("pyproject.toml", "README.md")  # beside the package, when this is a source checkout
 
 
@@ -224,9 +227,16 @@ class SkyBackend(Backend):
         }
 
     def status(self, ref: JobRef) -> JobStatus:
-        out = self._answers([ref])[0]
+        """The job's state; where it runs or failed, its log's tail from the same SkyPilot python, kept for what
+        asks next (`ftctl status`: its step line or error line; cancel: whether it trains): log_tail."""
+        return self._state(ref, tail=True)
+
+    def _state(self, ref: JobRef, tail: bool = False) -> JobStatus:
+        out = self._answers([ref], tail)[0]
         if "error" in out:
             raise FtctlError(f"SkyPilot: {out['error']}")
+        if "tail" in out:
+            self.__dict__.setdefault("_tails", {})[ref.job_id] = out["tail"]
         return self._status(ref, out)
 
     def state_lines(self, refs: list[JobRef]) -> list[str]:
@@ -239,15 +249,17 @@ class SkyBackend(Backend):
             for ref, out in zip(refs, answers)
         ]
 
-    def _answers(self, refs: list[JobRef]) -> list[dict]:
+    def _answers(self, refs: list[JobRef], tail: bool = False) -> list[dict]:
         """SkyPilot's answer for each job (sdk.statuses'), in one call (sdk.statuses) for those not known to have
-        ended: a job's end is kept (ENDED_FILE) and never asked again, as it cannot change (each call is 4-10 s)."""
+        ended: a job's end is kept (ENDED_FILE) and never asked again, as it cannot change (each call is 4-10 s).
+        ``tail``: with the log tail of a job that runs or failed (sdk.statuses' tails)."""
         ended = ended_answers()
         ask = [ref for ref in refs if _ended_key(ref) not in ended]
-        asked = bridge.call("statuses", jobs=[self._args(ref) for ref in ask]) if ask else []
+        jobs = [self._args(ref) for ref in ask]
+        asked = bridge.call("statuses", jobs=jobs, **({"tails": True} if tail else {})) if ask else []
         for ref, out in zip(ask, asked):
             if out.get("status") in ENDED and _ended_key(ref):
-                keep_ended(ref, out)
+                keep_ended(ref, {k: v for k, v in out.items() if k != "tail"})
         fresh = {id(ref): out for ref, out in zip(ask, asked)}
         return [fresh[id(ref)] if id(ref) in fresh else ended[_ended_key(ref)] for ref in refs]
 
@@ -278,6 +290,8 @@ class SkyBackend(Backend):
     def log_tail(self, ref: JobRef) -> str:
         """The job's last log lines as its nodes wrote them (sdk.log_tail), for the ``error:`` line `ftctl status`
         adds to a failed job's (a setup line's, the trainer's); "" where SkyPilot cannot give them."""
+        if (kept := self.__dict__.get("_tails", {}).pop(ref.job_id, None)) is not None:  # status asked it just now
+            return kept
         try:
             return bridge.call("log_tail", **self._args(ref))["text"]
         except FtctlError:
@@ -297,11 +311,11 @@ class SkyBackend(Backend):
         ended = before
         if not now and before.state is JobState.RUNNING and self._training(ref):
             self._stop_at_checkpoint(ref, run_spec(ref).signal_lead_s if wait_s is None else wait_s)
-            ended = self.status(ref)  # it may have ended at its stop (its trainer exits 0: SUCCEEDED)
+            ended = self._state(ref)  # it may have ended at its stop (its trainer exits 0: SUCCEEDED)
         if not ended.state.finished:
             bridge.call("cancel", **self._args(ref))
             deadline = time.monotonic() + CANCEL_WAIT_S
-            while not (ended := self.status(ref)).state.finished and time.monotonic() < deadline:
+            while not (ended := self._state(ref)).state.finished and time.monotonic() < deadline:
                 time.sleep(CANCEL_POLL_S)
         if not ended.state.finished:
             return (
@@ -345,12 +359,15 @@ class SkyBackend(Backend):
             err=True,
         )
         deadline = time.monotonic() + wait_s
+        state_at = time.monotonic() + STATE_EVERY_S
         while time.monotonic() < deadline:
             time.sleep(max(0.0, min(CANCEL_POLL_S, deadline - time.monotonic())))
             if name := stopped_at(ref, lambda answer: answer.get("id") == asked["id"]):
                 return name
-            if self.status(ref).state.finished:
-                return None
+            if time.monotonic() >= state_at:  # ended without an answer (it failed): a SkyPilot question, 4-10 s
+                if self._state(ref).state.finished:
+                    return None
+                state_at = time.monotonic() + STATE_EVERY_S
         click.echo(
             f"no checkpoint committed within {wait_s} s (`ftctl cancel --wait SECONDS` gives it longer)", err=True
         )

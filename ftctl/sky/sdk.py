@@ -182,13 +182,27 @@ def _later_cluster(records: list, cluster: str, cluster_hash: str | None) -> str
     return None
 
 
-def statuses(jobs: list[dict]) -> list[dict]:
+TAILED = ("RUNNING", "FAILED")  # the words (FAILED_SETUP ...) whose log `ftctl status` reads: its step, its error
+
+
+def statuses(jobs: list[dict], tails: bool = False) -> list[dict]:
     """For each of ``jobs`` ({"cluster", "job_id", "managed", "cluster_hash"}): {"status": SkyPilot's word or "GONE",
     "detail": str} (a managed job's "recoveries" too), in as few requests as SkyPilot allows: one jobs.queue_v2 for
     every managed job, one sky.status and one sky.job_status per cluster (each request took 0.2-6 s on the test infra,
     a python importing SkyPilot 2-4 s: `ftctl jobs` asked each job in a python of its own). A cluster whose jobs
-    cannot be asked gets {"error": why} for each of them."""
-    sky = _sky()
+    cannot be asked gets {"error": why} for each of them. ``tails``: a job that runs or failed gets its "tail" too (as
+    log_tail's text) from this same python, which `ftctl status` asked in one of its own (2-8 s more a poll, loaded)."""
+    out = _statuses(_sky(), jobs)
+    for job, answer in zip(jobs, out) if tails else ():
+        if str(answer.get("status", "")).startswith(TAILED):
+            try:  # its cluster is the job's own: statuses said GONE otherwise
+                answer["tail"] = _tail_text(_sky(), job["cluster"], int(job["job_id"]), bool(job["managed"]))
+            except Exception:  # noqa: BLE001 - no tail: the backend asks log_tail, which says why
+                pass
+    return out
+
+
+def _statuses(sky, jobs: list[dict]) -> list[dict]:
     out: list[dict] = [{} for _ in jobs]
     managed = [i for i, job in enumerate(jobs) if job["managed"]]
     if managed:
@@ -284,18 +298,21 @@ PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)*\([^()]*\)(\x1b\[[0-9;]*m)* ?")  # SkyPi
 def log_tail(cluster: str | None, job_id: int, managed: bool, cluster_hash: str | None = None) -> dict:
     """{"text": the job's last TAIL_LINES log lines} as the node wrote them: SkyPilot's "(setup pid=N) " / "(head,
     rank=0, pid=N) " before each and its colours left out, so a trainer's or setup's ``error:`` line starts its line."""
+    sky = _sky()
+    if not managed and _later_cluster(sky.get(sky.status([cluster])), cluster, cluster_hash):
+        return {"text": ""}
+    return {"text": _tail_text(sky, cluster, job_id, managed)}
+
+
+def _tail_text(sky, cluster: str | None, job_id: int, managed: bool) -> str:
     import io
 
-    sky = _sky()
     out = io.StringIO()
     if managed:
         sky.jobs.tail_logs(job_id=job_id, follow=False, tail=TAIL_LINES, output_stream=out)
     else:
-        if _later_cluster(sky.get(sky.status([cluster])), cluster, cluster_hash):
-            return {"text": ""}
         sky.tail_logs(cluster, job_id=job_id, follow=False, tail=TAIL_LINES, output_stream=out)
-    lines = [_ANSI.sub("", PREFIX.sub("", line)) for line in out.getvalue().splitlines()]
-    return {"text": "\n".join(lines)}
+    return "\n".join(_ANSI.sub("", PREFIX.sub("", line)) for line in out.getvalue().splitlines())
 
 
 def cancel(cluster: str | None, job_id: int, managed: bool, cluster_hash: str | None = None) -> dict:
