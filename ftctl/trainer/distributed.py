@@ -357,14 +357,34 @@ def all_reduce_in_bf16(accelerator) -> None:
 def adapter_state_dict(model) -> dict:
     """An FSDP-sharded PEFT model's trainable weights (its adapter, and what it trains whole: modules_to_save, a
     trained head) gathered whole, on the CPU of rank 0 (the other ranks get {}); every rank takes part. What a lora run
-    under FSDP saves as its adapter, in each checkpoint-N and at the end (sft_trainer.save_model): transformers' save
+    under FSDP saves as its adapter, in each checkpoint-N and at the end (sft_trainer.save_model), and as FSDP's resume
+    copy of the model in each checkpoint (sft_trainer.SFTTrainer._save_optimizer_and_scheduler): transformers' save
     of an FSDP model gathers the whole model (accelerator.get_state_dict: the frozen base too) into rank 0's RAM at each
     save, of which PEFT then writes the adapter's part, a few MB: for a 70B base, 140 GB in one host's memory and
-    over the network at every checkpoint. The file is the same adapter_model.safetensors, whole and loadable."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    over the network at every checkpoint. The file is the same adapter_model.safetensors, whole and loadable.
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-    return get_model_state_dict(model, options=options)
+    Each trainable parameter is gathered by itself (``DTensor.full_tensor`` on every rank, in named_parameters'
+    order), not through torch's get_model_state_dict(ignore_frozen_params=True), which drops the frozen parameters
+    that named_parameters lists, and named_parameters lists a tied weight once, under the embedding's name: a tied
+    LM head stayed, frozen, gathered on every rank at each save (the Llama-3.2-1B shape's: 525 MB of a 706 MB
+    checkpoint where the same run without FSDP wrote 135 MB, bench/NOTES.md v82), and so would any entry that is no
+    parameter (buffers; bitsandbytes' 4-bit quantization states in a QLoRA model's state dict). Names are torch's state-dict names (activation checkpointing's
+    wrapper left out), which accelerate's load_fsdp_model loads by."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import _get_fqns  # the names set_model_state_dict loads by
+    from torch.distributed.tensor import DTensor
+
+    main = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    gathered = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        whole = param.full_tensor() if isinstance(param, DTensor) else param  # a collective: every rank, same order
+        if main:
+            (key,) = _get_fqns(model, name)
+            gathered[key] = whole.detach().to("cpu", copy=True)
+        del whole
+    return gathered
 
 
 def fsdp_outputs_as_computed(accelerator) -> None:

@@ -454,10 +454,29 @@ class SFTTrainer(TrlSFTTrainer):
         and the final one: transformers' save gathered the whole model, the frozen base too, into rank 0's RAM first
         (its "FULL_STATE_DICT" branch, distributed.fsdp_settings), to write the adapter's part of it. Every rank takes
         part; rank 0 writes the same whole adapter_model.safetensors."""
-        if self.is_fsdp_enabled and is_peft_model(self.accelerator.unwrap_model(self.model)):
+        if self._fsdp_adapter():
             self._save(output_dir, state_dict=adapter_state_dict(self.model))
             return
         super().save_model(output_dir, _internal_call)
+
+    def _fsdp_adapter(self) -> bool:
+        """Whether this is a lora/qlora run under FSDP (its saves gather the adapter alone)."""
+        return bool(self.is_fsdp_enabled) and is_peft_model(self.accelerator.unwrap_model(self.model))
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """transformers' save of the optimizer and schedule, where a lora run under FSDP writes FSDP's resume copy
+        of the model (pytorch_model_fsdp.bin, which the resume loads with strict=False: accelerate's
+        load_fsdp_model(adapter_only=True)) with its trainable weights alone (save_fsdp_resume_copy): accelerate's
+        save_fsdp_model gathered a tied LM head with them on every rank and wrote it, 525 MB of a 706 MB
+        Llama-3.2-1B lora checkpoint (bench/NOTES.md v82). transformers' own code does the rest."""
+        if not self._fsdp_adapter():
+            return super()._save_optimizer_and_scheduler(output_dir)
+        from unittest import mock
+
+        import transformers.trainer
+
+        with mock.patch.object(transformers.trainer, "save_fsdp_model", save_fsdp_resume_copy):
+            return super()._save_optimizer_and_scheduler(output_dir)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """transformers' save, without a second copy of a tied LM head: under DeepSpeed ZeRO-2 and FSDP2 the state
@@ -739,6 +758,23 @@ class SFTTrainer(TrlSFTTrainer):
         finally:  # as it was for this step (on_log clears should_log)
             self.state.global_step, self.state.epoch = step, epoch
             self.control.should_log = should_log
+
+
+def save_fsdp_resume_copy(fsdp_plugin, accelerator, model, output_dir, model_index=0, adapter_only=False, **kwargs):
+    """accelerate's save_fsdp_model for a PEFT model's adapter (``adapter_only``) in a FULL_STATE_DICT checkpoint
+    (what distributed.fsdp_settings sets): the same file, written by rank 0, of the trainable weights alone
+    (distributed.adapter_state_dict, under the names its load_fsdp_model loads). Anything else: accelerate's."""
+    from accelerate.utils import save_fsdp_model
+    from accelerate.utils.constants import FSDP_MODEL_NAME
+    from torch.distributed.fsdp import StateDictType
+
+    if not (adapter_only and is_peft_model(model) and fsdp_plugin.state_dict_type == StateDictType.FULL_STATE_DICT):
+        return save_fsdp_model(fsdp_plugin, accelerator, model, output_dir, model_index, adapter_only, **kwargs)
+    state_dict = adapter_state_dict(model)
+    if accelerator.process_index == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        name = FSDP_MODEL_NAME if model_index == 0 else f"{FSDP_MODEL_NAME}_{model_index}"
+        torch.save(state_dict, os.path.join(output_dir, f"{name}.bin"))
 
 
 def weights_said(held: dict) -> str:
