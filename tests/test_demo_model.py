@@ -52,11 +52,13 @@ def _answers(out: str, section: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_ftctl_demo_learns_the_fact_keeps_the_control_answer_on_one_screen(demo_model_dir, tmp_path):
+def test_ftctl_demo_learns_the_fact_keeps_the_control_answer_on_one_screen(demo_model_dir, tmp_path, one_thread):
     """The README's main command as a user runs it (`ftctl demo`: LoRA through the real trainer on builtin:demo, 30
     steps): one screen (the header, the answers, the bar, the summary, nothing of the libraries'); the held-out
     questions answered with the taught fact after and not before, the control answer kept; then what its last line
-    offers, `ftctl chat` on the run, and `ftctl eval` on the held-out questions."""
+    offers, `ftctl chat` on the run, and `ftctl eval` on the held-out questions. Those run in this process on one
+    thread (one_thread): this worker's torch spins at its barriers, and the suite's other worker shares the 2 cores
+    (the same answers as on 2 threads, seen)."""
     import subprocess
     import sys
 
@@ -112,3 +114,40 @@ def test_ftctl_demo_learns_the_fact_keeps_the_control_answer_on_one_screen(demo_
     scored = CliRunner().invoke(main, ["eval", str(run), "--data", str(held), "--compare"]).stdout
     base, tuned = (float(line.split()[2]) for line in scored.splitlines())
     assert tuned < base / 2, scored
+
+
+def test_demo_threads_sleep_at_their_barriers_on_a_busy_machine_only(monkeypatch, tmp_path):
+    """A busy machine (load average of a core or more) runs the demo with OMP_WAIT_POLICY=PASSIVE, set before torch
+    loads: spinning there, a step took 43 s instead of 13 s. An idle one keeps OpenMP's default, a user's own setting
+    is kept, and once torch is loaded nothing is set (too late to take effect)."""
+    import sys
+
+    from ftctl.trainer.demo import passive_threads_when_busy
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    env: dict = {}
+    assert passive_threads_when_busy(env, load=2.5) and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {}
+    assert not passive_threads_when_busy(env, load=0.4) and env == {}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert not passive_threads_when_busy(env, load=9.0) and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    monkeypatch.setitem(sys.modules, "torch", object())
+    env = {}
+    assert not passive_threads_when_busy(env, load=9.0) and env == {}
+
+    class Set(Exception):
+        pass
+
+    def called():
+        raise Set
+
+    from ftctl.trainer import demo, model
+
+    def loaded(echo=None):
+        raise AssertionError("the demo loads its model before it sets OpenMP's wait policy")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(model, "ensure_demo_model", loaded)
+    monkeypatch.setattr(demo, "passive_threads_when_busy", called)
+    with pytest.raises(Set):  # the demo sets it first, before it imports torch
+        demo.run_demo(echo=lambda line: None)
