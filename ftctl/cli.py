@@ -223,7 +223,8 @@ def keys(word):
     keys whose name, section or text holds it."""
     import textwrap
 
-    from ftctl.spec import described_keys, not_a_key
+    from ftctl.spec import described_keys
+    from ftctl.tool_vocabulary import not_a_key
 
     rows = [r for r in described_keys() if not word or word.lower() in f"{r[0]} {r[1]} {r[3]}".lower()]
     if word and (said := not_a_key(word)):

@@ -36,7 +36,8 @@ SKY_FLAGS = {
 def run_key_hint(option: str, command: click.Command) -> str | None:
     """What an unknown --OPTION that names a run key (or one ftctl decides) is here: the command's flag for it
     where it has one (--model_name_or_path: --model), else -o."""
-    from ftctl.spec import FIELDS, canonical_key, not_a_key
+    from ftctl.spec import FIELDS
+    from ftctl.tool_vocabulary import canonical_key, not_a_key
 
     if option in SKY_FLAGS:
         return f"{option} is SkyPilot's (sky launch); here: {SKY_FLAGS[option]}."
@@ -60,7 +61,8 @@ def _is_flag(flag: str, command: click.Command) -> bool:
 
 def takes(option: str) -> bool:
     """Whether -o takes what --OPTION names: a run key, or one ftctl decides (torchrun's --nproc_per_node: neither)."""
-    from ftctl.spec import DECIDED, FIELDS, canonical_key
+    from ftctl.spec import FIELDS
+    from ftctl.tool_vocabulary import DECIDED, canonical_key
 
     return canonical_key(option.lstrip("-")) in FIELDS or option.lstrip("-").replace("-", "_") in DECIDED
 
@@ -78,7 +80,7 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     import re
     import shlex
 
-    from ftctl.spec import canonical_key
+    from ftctl.tool_vocabulary import canonical_key
 
     known = {o for p in command.params for o in p.opts}
     line, turned, dropped, args, keys = ["ftctl"], 0, [], list(argv), {}

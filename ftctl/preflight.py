@@ -502,7 +502,7 @@ def linear_layers(name_or_path: str, shape=None) -> list[str]:
 def remote_code_only(config, value: str, flag: str = "--model") -> list[Finding]:
     """A model whose config.json names its repository's own code (auto_map) for an architecture this transformers
     has no class of (Qwen-7B's model_type qwen): ftctl never runs a repository's code (trust_remote_code: true is
-    left off, spec.DECIDED), and the trainer's load failed after the queue wait, telling the user to pass
+    left off, tool_vocabulary.DECIDED), and the trainer's load failed after the queue wait, telling the user to pass
     trust_remote_code=True, which ftctl does not take. Nothing where the config names no auto_map."""
     if not (isinstance(config, dict) and config.get("auto_map") and isinstance(kind := config.get("model_type"), str)):
         return []

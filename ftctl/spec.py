@@ -3,7 +3,9 @@
 Built from an optional YAML file (``-c run.yaml``), then command-line flags, then ``-o key=value``
 overrides, later ones winning. Keys follow FastChat's train script and TRL/PEFT
 (``model_name_or_path``, ``per_device_train_batch_size``, ``lora_r`` ...). Every default lives here,
-in the field declarations; ``None`` means "the planner decides" (see ftctl/plan.py).
+in the field declarations; ``None`` means "the planner decides" (see ftctl/plan.py). Other tools' names of keys
+and values are in ftctl/tool_vocabulary.py, their dataset entries in ftctl/tool_datasets.py; the credential checks of
+user values in ftctl/secret_checks.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import math
 import os
 import re
-import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,57 @@ from pathlib import Path
 
 from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean, yaml_problem
+from ftctl.secret_checks import (
+    _ENV_NAME,
+    _holds_credential,
+    _uri_credentials_said,
+    credential_in,
+    is_secret_name,
+    secret_holders,
+    secret_problem,
+    setup_secret_problem,
+    uri_credentials,
+)
+from ftctl.tool_datasets import (
+    _DATASET_KEYS,
+    LF_INFO,
+    LF_NAMED,
+    LF_SPLIT,
+    TURN_KEYS,
+    _dataset_at,
+    _dataset_refuses,
+    _llama_factory_mix,
+    _llama_factory_unread,
+    _mixes,
+    _turn_keys_refused,
+    axolotl_columns,
+)
+from ftctl.tool_vocabulary import (
+    _ADAPTERS,
+    ALIASES,
+    DECIDED,
+    DTYPE_KEYS,
+    LEFT_OUT,
+    LLAMA_FACTORY_LORA,
+    MEANT,
+    METHOD_AGREES,
+    NESTED_UNREAD,
+    NO_TRUNCATION,
+    PER_EPOCH,
+    STEPS_OF,
+    _agrees,
+    _deepspeed_strategy,
+    _dtype_word,
+    _eos_token_problem,
+    _fsdp_strategy,
+    _method_meant,
+    _nested,
+    _precision_asked,
+    _text,
+    _wandb,
+    _word,
+    canonical_key,
+)
 
 METHODS = ("fft", "sft", "lora", "qlora")
 BACKENDS = ("local", "slurm", "sky", "docker")
@@ -73,466 +125,11 @@ def as_run(key: str, value):
 METHOD_LEARNING_RATE = {"fft": 2e-5, "sft": 2e-5, "lora": 2e-4, "qlora": 2e-4}
 SECRETS = ["HF_TOKEN", "WANDB_API_KEY"]
 REPORT_TO = ("none", "tensorboard", "wandb")
-# Names of environment variables that hold credentials (HF_TOKEN, GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY, OPENAI_API_KEY,
-# PGPASSWORD, GPG_PASSPHRASE, DB_PASS, MYSQL_PWD): a name that ends in TOKEN, SECRET, PASSWORD, PASSWD or PASSPHRASE,
-# in _KEY or APIKEY, or in the word PASS or PWD after a '_'; not HF_TOKEN_PATH, TIKTOKEN_CACHE_DIR or PAD_TOKEN_ID
-# (they end in another word), BYPASS (PASS inside a word), PWD or OLDPWD (the shell's working directories), nor a
-# flag's value (0/1/true/false: is_secret_name).
-CREDENTIAL_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|_KEY|APIKEY|(?:^|_)PASS|_PWD|_PAT)$", re.I)
-# A credential inside a value, whatever its name: the prefixes of Hugging Face's, GitHub's, GitLab's, OpenAI's,
-# Slack's tokens and AWS's key ids, and a URL's password (https://user:PASSWORD@host; a $VARIABLE there is a reference)
-CREDENTIAL_VALUE = {
-    "a URL's password": re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@$]+:[^/\s@$]+@"),
-    "a token": re.compile(
-        r"(?<![A-Za-z0-9_-])(?:(?:hf|gh[opusr])_[A-Za-z0-9]{20,}|github_pat_\w{20,}|glpat-[\w-]{20,}"
-        r"|xox[abprs]-[A-Za-z0-9-]{10,}|sk-[\w-]{20,}|AKIA[0-9A-Z]{16})"
-    ),
-}
-# A credential itself, as against a variable's name (words: HF_TOKEN, WANDB_API_KEY): a run of 16 or more letters
-# and digits with both in it: Hugging Face's hf_..., GitHub's ghp_... and github_pat_..., an AWS key id (AKIA...),
-# W&B's 40 hex digits (OpenAI's sk-... is no variable name at all).
-TOKEN_RUN = re.compile(r"[A-Za-z0-9]{16,}")
-FLAG_VALUES = ("", "0", "1", "true", "false", "yes", "no", "on", "off")  # HF_HUB_DISABLE_IMPLICIT_TOKEN=1: no secret
-
-# Other names users type for the same key.
-ALIASES = {
-    "model": "model_name_or_path",
-    "data": "data_path",
-    "eval_data": "eval_data_path",
-    "dataset_mixer": "data_path",  # the alignment handbook's {dataset: fraction} mapping
-    "output": "output_dir",
-    "max_seq_length": "model_max_length",
-    "max_length": "model_max_length",
-    "lr": "learning_rate",
-    "epochs": "num_train_epochs",
-    "secret": "secrets",
-    "sbatch_arg": "sbatch_args",
-    "name": "run_name",
-    "use_spot": "spot",
-    "num_epochs": "num_train_epochs",
-    "max_seq_len": "model_max_length",
-    "completion_only_loss": "assistant_only_loss",  # TRL's name for prompt-completion rows
-    "r": "lora_r",  # PEFT's LoraConfig
-    "target_modules": "lora_target_modules",  # PEFT's LoraConfig
-    "lora_rank": "lora_r",
-    "micro_batch_size": "per_device_train_batch_size",  # axolotl's
-    "sequence_len": "model_max_length",  # axolotl's
-    "val_set_size": "eval_split",  # axolotl's
-    "adapter": "method",  # axolotl's adapter: lora | qlora
-    "base_model": "model_name_or_path",  # axolotl's
-    "model_id": "model_name_or_path",
-    "model_path": "model_name_or_path",
-    "optimizer": "optim",  # axolotl's
-    "sample_packing": "packing",  # axolotl's
-    "lr_scheduler": "lr_scheduler_type",  # axolotl's
-    "cutoff_len": "model_max_length",  # LLaMA-Factory's
-    "val_size": "eval_split",  # LLaMA-Factory's
-    "freeze_trainable_layers": "trainable_layers",  # LLaMA-Factory's finetuning_type: freeze
-    "lora_target": "lora_target_modules",  # LLaMA-Factory's (all: every linear layer)
-    "lora_modules": "lora_target_modules",  # the QLoRA paper's qlora.py (all: every linear layer)
-    "eval_dataset_size": "eval_split",  # qlora.py's: a number of rows held out
-    "test_size": "eval_split",  # datasets' train_test_split (a share, or a number of rows)
-    "validation_file": "eval_data_path",  # transformers' run_clm.py (train_file: data_path)
-    "model_name": "model_name_or_path",  # Unsloth's FastLanguageModel.from_pretrained
-    "random_state": "seed",  # Unsloth's get_peft_model
-}
-_TORCHRUN = "torchrun's: ftctl runs torchrun itself"
-# Unknown keys whose nearest spelling means something else: what they are here.
-MEANT = {
-    "freeze_layers": "--method sft trains the top trainable_layers blocks and the head, the rest frozen.",
-    "train_on_inputs": "axolotl's train_on_inputs is read as assistant_only_loss's opposite: false (the default here) "
-    "is assistant_only_loss: true; true is the loss on every token.",
-    "lora_target_linear": "axolotl's lora_target_linear: true is read as lora_target_modules: all-linear (the default).",
-    "dataset": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list); "
-    "LLaMA-Factory's names entries of its dataset_info.json: give their file_name files (data_path: "
-    "[data/identity.json, data/alpaca_en_demo.json]) or hf_hub_url datasets (hf://datasets/ORG/NAME).",
-    "max_samples": "Not offered: every row of data_path trains; to train on fewer, cut the file "
-    "(head -n 1000 data.jsonl > part.jsonl) and give that.",
-    "max_eval_samples": "Not offered: every held-out row is evaluated; cut the file, or hold out fewer with "
-    "eval_split: N (a number of rows).",
-    "source_max_len": "qlora.py cuts the prompt and the answer apart; ftctl cuts each row at model_max_length: give "
-    "model_max_length (their sum, e.g. 528 for 16 and 512) and leave both out.",
-    "target_max_len": "qlora.py cuts the prompt and the answer apart; ftctl cuts each row at model_max_length: give "
-    "model_max_length (their sum, e.g. 528 for 16 and 512) and leave both out.",
-    "datasets": "Datasets are data_path (a path, a URI or hf://datasets/ORG/NAME/FILES; several: a list; axolotl's "
-    "[{path: ..., type: ...}] is taken as it).",
-    "train_file": "The training data is data_path.",
-    "interleave_probs": "LLaMA-Factory's interleave_probs are shares of the mix; here a dataset's weight is how many "
-    "times its rows train an epoch: data_weights, one a dataset in data_path's order (`ftctl data check -c run.yaml` "
-    "counts each one's rows, and where weights read as shares, says the ones that give those shares).",
-    "mix_strategy": "Datasets are mixed by data_weights (each one's rows that many times an epoch, shuffled "
-    "together; without weights, concatenated: LLaMA-Factory's concat).",
-    "validation_split_percentage": "The held-out share is eval_split, a fraction (eval_split: 0.05 for 5) or a "
-    "number of rows (eval_split: 500).",
-    "eval_ratio": "The held-out share is eval_split, a fraction (eval_split: 0.05) or a number of rows.",
-    "test_datasets": "axolotl's test_datasets are eval_data_path here (their paths; several: a list), each row's "
-    "format read from its fields as data_path's are.",
-    "train_on_responses_only": "Unsloth's train_on_responses_only is what ftctl does by default (assistant_only_loss: "
-    "true): the loss covers the assistant turns only, their end-of-turn token included; leave it out.",
-    "use_gradient_checkpointing": "Unsloth's and PEFT's use_gradient_checkpointing is gradient_checkpointing here "
-    "(true or false; left out, the plan turns it on where memory needs it).",
-    "unfrozen_parameters": "axolotl's unfrozen_parameters (a full fine-tune of the parameters its patterns name) is not "
-    "offered: --method sft trains the top trainable_layers blocks and the head, the rest frozen; --method fft every "
-    "weight.",
-    "rl": "ftctl trains supervised fine-tuning (SFT); axolotl's rl (DPO, KTO, ORPO, GRPO ...) is not offered: leave rl "
-    "out to train SFT on the rows' answers.",
-    "auto_find_batch_size": "The plan chooses the micro-batch that fits (ftctl plan shows it; -o "
-    "per_device_train_batch_size=N forces one), and a run that runs out of memory ends naming the one that fits.",
-    "torch_compile": "Not offered: the trainer runs PyTorch eagerly, with its own fused kernels where they apply "
-    "(Liger's, its LM head's, its LoRA adapters').",
-    "batch_size": "Sequences per GPU are per_device_train_batch_size; per optimizer step, global_batch_size.",
-    "train_batch_size": "Sequences per GPU are per_device_train_batch_size; per optimizer step, global_batch_size.",
-    "model_init_kwargs": "TRL's model_init_kwargs is read key by key, as a mapping (model_init_kwargs: {torch_dtype: "
-    "bfloat16}): torch_dtype, attn_implementation, trust_remote_code, revision ...; ftctl loads the model itself.",
-    "dataset_kwargs": "TRL's dataset_kwargs is read key by key, as a mapping (dataset_kwargs: {skip_prepare_dataset: "
-    "false}); ftctl prepares the rows itself.",
-    # torchrun's, from a FastChat train script's line: ftctl runs torchrun itself, on every node
-    "nproc_per_node": _TORCHRUN + ", one process a GPU of --gpus (--gpus 8xA100: 8 a node).",
-    "nnodes": _TORCHRUN + "; the nodes are --nodes N (or --gpus 2x8xH100).",
-    "node_rank": _TORCHRUN + "; each node's rank is the one Slurm or SkyPilot gives it.",
-    "master_port": _TORCHRUN + ", its rendezvous on the job's first node at -o rdzv_port (29500).",
-    "master_addr": _TORCHRUN + ", its rendezvous on the job's first node at -o rdzv_port (29500).",
-    # a credential as a run key would be written into the job's files: the job reads each from its variable
-    "hub_token": "The Hub's token is HF_TOKEN, a secret passed by name: export HF_TOKEN where you launch (--secret "
-    "HF_TOKEN is a default), never as a value.",
-    "wandb_api_key": "W&B's key is WANDB_API_KEY, a secret passed by name: export WANDB_API_KEY where you launch "
-    "(--secret WANDB_API_KEY is a default), never as a value.",
-}
-
-
-_STRATEGY = (
-    "the planner chooses single, DDP, DeepSpeed ZeRO or FSDP2 and writes its config; -o strategy=NAME forces one"
-)
-_ATTENTION = "the plan chooses the attention (varlen FlashAttention kernels, else SDPA); -o attn_implementation=NAME"
-_WANDB = (
-    "W&B logging is -o report_to=wandb, its project -o env=WANDB_PROJECT=NAME (the key: --secret WANDB_API_KEY); a "
-    "run file's wandb_project, wandb_entity, wandb_name ... are taken as those (WANDB_ENV)"
-)
-_EVALUATED = (
-    "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps, or evals_per_epoch: N times an "
-    "epoch (epoch's: evals_per_epoch: 1)"
-)
-_PAD = "padding carries no loss: batches pad with the tokenizer's pad token, else its eos, to a multiple of 16 tokens"
-_PACKED_EVAL = "the held-out loss is each token's, packed or not (packed where the training packs)"
-_ADAM = "AdamW runs with transformers' betas (0.9, 0.999) and epsilon 1e-8"
-_WATCHDOG = "axolotl's loss watchdog is not offered: a run whose loss climbs goes on (ftctl logs -f shows the loss)"
-_BEST = (
-    "the best checkpoint is the lowest held-out loss's (eval_loss; of several --eval-data, all of them together), kept "
-    "beside the newest through save_total_limit, locally and in the store"
-)
-# Keys of FastChat's train script, TRL and transformers that ftctl decides itself: why, instead of "unknown key".
-_ADAPTER_DIR = (
-    "a run trains new adapters over --model; an adapter trains on from its run's checkpoint, into its own output or "
-    "a new one (--model BASE -o resume=RUN/checkpoint-N --output NEW: its optimizer and schedule go on too), and new "
-    "adapters over it train on its merge (ftctl merge RUN, then --model RUN/merged)"
-)
-DECIDED = {
-    "fsdp": _STRATEGY,
-    "fsdp_config": _STRATEGY,
-    "deepspeed": f"{_STRATEGY}; a DeepSpeed config of ZeRO stage 2 or 3 is read as strategy=zero2 or zero3 (with CPU "
-    "offload: zero2_offload, zero3_offload)",
-    "evaluation_strategy": _EVALUATED,
-    "eval_strategy": _EVALUATED,
-    "save_strategy": "a checkpoint every save_steps, or saves_per_epoch: N times an epoch (epoch is read as "
-    "saves_per_epoch: 1; no is left out: a stopped or preempted run resumes from its checkpoints, save_total_limit "
-    "bounds how many are kept)",
-    "metric_for_best_model": _BEST,
-    "greater_is_better": _BEST,
-    "lazy_preprocess": "rows are checked and tokenised once, before the model loads (ftctl data check shows them)",
-    "tf32": "matmuls run in the plan's precision (bf16 or fp16 on a GPU)",
-    "load_in_4bit": "--method qlora loads the base in 4-bit NF4 with double quantization",
-    "bnb_4bit_quant_type": "--method qlora loads the base in 4-bit NF4 with double quantization",
-    "use_bnb_nested_quant": "--method qlora loads the base in 4-bit NF4 with double quantization",
-    "bnb_4bit_use_double_quant": "--method qlora loads the base in 4-bit NF4 with double quantization",
-    "load_in_8bit": "--method qlora trains over a 4-bit base, lora over a 16-bit one",
-    "use_liger_kernel": "Liger's kernels run where they are installed (ftctl doctor, and the run's log, say so)",
-    "push_to_hub": "ftctl merge RUN writes a plain model directory; upload it with `hf upload`",
-    "use_peft": "--method lora (or qlora, over a 4-bit base) trains PEFT adapters; fft and sft train the weights",
-    "torch_dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
-    "weights load in; bfloat16 or float16 here asks for one, as -o bf16=true or -o fp16=true does",
-    "model_revision": "a hub id loads its main revision; for another, download it (hf download ORG/NAME --revision REV "
-    "--local-dir DIR) and pass --model DIR",
-    "trust_remote_code": "models load with transformers' own code for their architecture, never a repository's "
-    "(remote code stays off): a model whose architecture your transformers lacks fails to load; use one it supports",
-    "lora_modules_to_save": "lora and qlora train only the adapters (no modules_to_save); to train the head too use "
-    "--method sft (the top trainable_layers blocks and the head) or fft",
-    "modules_to_save": "lora and qlora train only the adapters (no modules_to_save); to train the head too use "
-    "--method sft (the top trainable_layers blocks and the head) or fft",  # (PEFT's LoraConfig's name; TRL's above)
-    "fsdp_transformer_layer_cls_to_wrap": "FSDP2 (strategy=fsdp) wraps each decoder layer itself",
-    # axolotl's (its example files list many of them, empty)
-    "strict": "ftctl checks the run description itself",
-    "dataset_prepared_path": "rows are checked and tokenised once, before the model loads, and not kept",
-    "pad_to_sequence_len": "packing fills each sequence (packing=true); unpacked batches pad to their longest row",
-    "group_by_length": "batches are drawn at random (packing fills them)",
-    "local_rank": "torchrun gives each process its rank",
-    "xformers_attention": _ATTENTION,
-    "flash_attention": _ATTENTION,
-    "sdp_attention": _ATTENTION,
-    "debug": "FTCTL_DEBUG=1 shows a failure's traceback",
-    "special_tokens": "the tokenizer's own special tokens and chat template are used (chat_template_path for another; "
-    "a pad_token alone may stay: padding carries no loss)",
-    "wandb_project": _WANDB,
-    "wandb_entity": _WANDB,
-    "wandb_watch": _WANDB,
-    "wandb_name": _WANDB,
-    "wandb_log_model": _WANDB,
-    "resume_from_checkpoint": "resume=auto continues output_dir's newest checkpoint; -o resume=PATH another",
-    "auto_resume_from_checkpoints": "resume=auto continues output_dir's newest checkpoint; -o resume=never starts over",
-    "chat_template": "ftctl trains with the model's own chat template (axolotl's tokenizer_default), not axolotl's "
-    "named ones: leave chat_template out for the model's own, or give chat_template_path: a Jinja file or a model "
-    "whose template it is (Qwen/Qwen2.5-0.5B-Instruct for chatml)",
-    "lora_model_dir": _ADAPTER_DIR,
-    "adapter_name_or_path": _ADAPTER_DIR,  # LLaMA-Factory's
-    "model_type": "the model's architecture is read from its config.json",
-    "tokenizer_type": "the tokenizer is the model's own (AutoTokenizer), with its chat template",
-    "lora_fan_in_fan_out": "PEFT reads each layer's orientation from the model (fan_in_fan_out: GPT-2's Conv1D)",
-    "eval_table_size": "the held-out loss and token accuracy are measured; no table of generations",
-    "q_lora": "--method qlora trains adapters over a 4-bit base, lora over a 16-bit one",
-    "flash_attn": _ATTENTION,
-    "logging_strategy": "the loss is logged every logging_steps",
-    "gradient_checkpointing_kwargs": "gradient checkpointing (-o gradient_checkpointing=true; the plan chooses it) "
-    "runs non-reentrant (use_reentrant: false)",
-    "lora_task_type": "lora and qlora train a causal LM's adapters (task_type CAUSAL_LM)",
-    "bias": "lora and qlora train the adapters alone, no bias terms (PEFT LoraConfig's bias: none)",
-    "task_type": "lora and qlora train a causal LM's adapters (task_type CAUSAL_LM)",
-    "bnb_4bit_compute_dtype": "--method qlora computes in the plan's precision: bf16, fp16 on GPUs without it, fp32 on "
-    "CPU; bfloat16 or float16 here asks for it (as -o bf16=true or -o fp16=true does), another value: drop the key",
-    "dataset_train_split": "a Hub dataset's train split is read (its files for others: hf://datasets/ORG/NAME/FILES)",
-    "save_only_model": "checkpoints keep the optimizer and scheduler, so a stopped run resumes where it was",
-    "eval_on_start": "the held-out loss is measured every eval_steps and at the end",
-    "logging_dir": "TensorBoard's logs go to the output's runs/ (-o report_to=tensorboard)",
-    "neftune_noise_alpha": "NEFTune's noise on the embeddings is not offered",
-    # TRL's and transformers' (TRL 1.x and transformers 5 spell torch_dtype dtype)
-    "dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
-    "weights load in; bfloat16 or float16 here asks for one, as -o bf16=true or -o fp16=true does",
-    "eos_token": "each turn ends as the model's chat template ends it, with the tokenizer's own tokens "
-    "(chat_template_path for another template; `ftctl data check --show 1` shows a row as it trains); TRL's eos_token "
-    "is taken where it is the tokenizer's eos, or the chat template ends assistant turns with it already",
-    "padding_free": "packed batches (packing: the plan's where its attention keeps rows apart) run padding-free; "
-    "unpacked ones pad to their longest row: -o packing=true or false",
-    "packing_strategy": "packing places whole rows best-fit decreasing (TRL's bfd); rows longer than "
-    "model_max_length are cut, not split across sequences",
-    "dataloader_num_workers": "rows are tokenised once, before training; batches are drawn from memory",
-    "remove_unused_columns": "the rows are tokenised by ftctl, which keeps only what trains",
-    "ddp_find_unused_parameters": "every trainable parameter takes part in each step: DDP does not look for unused "
-    "ones",
-    "do_train": "ftctl launch trains",
-    "do_eval": "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps",
-    "overwrite_output_dir": "a relaunch into the same --output resumes its run (resume=auto); a new run goes to "
-    "another --output (ftctl never writes a run over an earlier one's checkpoints: resume=never there is refused)",
-    "dataset_test_split": "held-out data is --eval-data (a Hub dataset's test split: its files, "
-    "hf://datasets/ORG/NAME/FILES) or -o eval_split=0.05",
-    "dataset_config": "name the configuration's files instead (hf://datasets/ORG/NAME/CONFIG/*.parquet)",
-    "dataset_streaming": "rows are read and tokenised once, before training",
-    "pad_token": _PAD,
-    "pad_to_multiple_of": _PAD,
-    "eval_packing": _PACKED_EVAL,
-    "loss_type": "the loss is the mean cross-entropy over the trained tokens (TRL's nll)",
-    "activation_offloading": "activations are the plan's to fit: gradient checkpointing where they do not "
-    "(-o gradient_checkpointing=true)",
-    "gradient_checkpointing_use_reentrant": "gradient checkpointing (-o gradient_checkpointing=true; the plan "
-    "chooses it) runs non-reentrant (use_reentrant: false)",
-    "adam_beta1": _ADAM,
-    "adam_beta2": _ADAM,
-    "adam_epsilon": _ADAM,
-    # axolotl's
-    "eval_sample_packing": _PACKED_EVAL,
-    "loss_watchdog_threshold": _WATCHDOG,
-    "loss_watchdog_patience": _WATCHDOG,
-    # LLaMA-Factory's
-    "stage": "ftctl trains supervised fine-tuning (LLaMA-Factory's stage: sft); pre-training and reward or preference "
-    "training (pt, rm, ppo, dpo, kto) are not offered",
-    "finetuning_type": "LLaMA-Factory's finetuning_type is --method: lora (qlora with quantization_bit: 4), full is "
-    "fft; freeze's nearest is sft, which trains the top trainable_layers blocks and the output head too: give "
-    "method: sft for that",
-    "quantization_bit": "--method qlora trains over a 4-bit base (bitsandbytes NF4), lora over a 16-bit one",
-    "quantization_method": "--method qlora quantizes the base with bitsandbytes (quantization_bit: 4)",
-    "template": "ftctl trains with the model's own chat template (FastChat's Vicuna v1.1 where it has none), not "
-    "LLaMA-Factory's named ones: leave template out for the model's own, or give chat_template_path: a Jinja file or "
-    "a model whose template it is (meta-llama/Meta-Llama-3-8B-Instruct for llama3)",
-    "dataset_dir": "datasets are data_path, their files named (LLaMA-Factory's dataset names are not read)",
-    "overwrite_cache": "rows are tokenised once a run, not cached",
-    "preprocessing_num_workers": "rows are checked and tokenised once, before the model loads",
-    "plot_loss": "the loss is in the run's metrics.jsonl (ftctl status shows the last; -o report_to=tensorboard plots "
-    "it)",
-    "ddp_timeout": "the processes' collectives keep torch's timeout",
-    "enable_liger_kernel": "Liger's kernels run where they are installed (ftctl doctor, and the run's log, say so)",
-    "use_unsloth": "Unsloth's kernels are not used; Liger's run where they are installed",
-    # the QLoRA paper's qlora.py
-    "bits": "--method qlora trains over a 4-bit base, lora over a 16-bit one",
-    "double_quant": "--method qlora loads the base in 4-bit NF4 with double quantization",
-    "quant_type": "--method qlora loads the base in 4-bit NF4 with double quantization",
-    "full_finetune": "--method fft trains every weight; lora and qlora train adapters",
-    "data_seed": "seed draws the data's order and held-out rows too",
-    "do_mmlu_eval": "no MMLU evaluation runs; the held-out loss is measured (--eval-data, or -o eval_split=0.05)",
-    "max_new_tokens": "no text is generated while training (ftctl chat RUN does afterwards)",
-    "max_memory_MB": "the plan fits each GPU's memory",
-    # the alignment handbook's recipes (TRL)
-    "use_flash_attention_2": _ATTENTION,
-    "dataset_splits": "a Hub dataset's train split is read; for another, name its files (data_path: "
-    "hf://datasets/ORG/NAME/data/train_sft-*.parquet), and the held-out split's as eval_data_path",
-    "hub_model_id": "ftctl pushes nothing to the Hub (axolotl pushes to its hub_model_id, TRL with push_to_hub): "
-    "after the run `ftctl merge RUN` writes a plain model directory and `hf upload HUB_ID RUN/merged` uploads it; "
-    "leave hub_model_id out",
-    "hub_strategy": "ftctl merge RUN writes a plain model directory; upload it with `hf upload`",
-    "log_level": "the trainer's log is ftctl's (ftctl logs RUN); FTCTL_DEBUG=1 shows a failure's traceback",
-    # TRL's model_init_kwargs (from_pretrained's arguments) and dataset_kwargs, read key by key (NESTED)
-    "use_cache": "training keeps no KV cache (it is generation's: ftctl chat RUN)",
-    "low_cpu_mem_usage": "how the weights load is ftctl's (it changes nothing that trains)",
-    "device_map": "the plan places the model: a copy, or a shard (strategy), on each process's GPU",
-    "quantization_config": "--method qlora loads the base in 4-bit NF4 with double quantization (bitsandbytes), lora "
-    "over a 16-bit one",
-    "skip_prepare_dataset": "ftctl prepares every row itself (its format read from its fields, the chat template "
-    "applied, tokenised, the loss masked); rows tokenised elsewhere (input_ids) are not read: give them as text, "
-    "messages or prompt/completion",
-    "add_special_tokens": "rows are tokenised with the special tokens their format takes (the chat template's; plain "
-    "text and prompt-completion rows: bos and eos)",
-    "append_concat_token": "packed rows are kept apart, each ending as its format ends it (eos)",
-}
-# DECIDED keys that ask for something ftctl does not offer, harmless to the weights trained: taken with a note that
-# says they are left out (axolotl's example files set them)
-LEFT_OUT = ("loss_watchdog_threshold", "loss_watchdog_patience")
-# transformers' save_strategy and eval_strategy epoch: once an epoch, at its end (axolotl's per-epoch keys at 1);
-# where the same layer gives save_steps or eval_steps too, epoch wins, as in transformers
-PER_EPOCH = {
-    "save_strategy": "saves_per_epoch",
-    "eval_strategy": "evals_per_epoch",
-    "evaluation_strategy": "evals_per_epoch",
-}
-STEPS_OF = {"saves_per_epoch": "save_steps", "evals_per_epoch": "eval_steps"}
-# TRL's names of model_max_length, whose null is "no truncation" there (not "asks for nothing": 2048 here)
-NO_TRUNCATION = ("max_length", "max_seq_length")
-# TRL's mappings of another call's arguments, each of their keys read as a key here (model_init_kwargs.revision is
-# model_revision): SFTConfig's model_init_kwargs (from_pretrained's) and dataset_kwargs (the dataset preparation's)
-NESTED = {
-    "model_init_kwargs": {
-        **{k: k for k in ("torch_dtype", "dtype", "attn_implementation", "trust_remote_code", "use_cache")},
-        **{k: k for k in ("low_cpu_mem_usage", "device_map", "quantization_config")},
-        "revision": "model_revision",
-    },
-    "dataset_kwargs": {k: k for k in ("skip_prepare_dataset", "add_special_tokens", "append_concat_token")},
-}
-NESTED_UNREAD = {
-    "model_init_kwargs": "ftctl loads the model itself, in the plan's dtype and attention; of model_init_kwargs it "
-    "reads " + ", ".join(NESTED["model_init_kwargs"]),
-    "dataset_kwargs": "ftctl prepares the rows itself; of dataset_kwargs it reads "
-    + ", ".join(NESTED["dataset_kwargs"]),
-}
-# DECIDED keys set to what ftctl does anyway (a FastChat or TRL recipe copied whole): accepted with a note, any other
-# value refused as above. None: any value.
-AGREES = {
-    "evaluation_strategy": ("no", "false", "steps"),  # as the held-out data says: build's _evaluation_asked
-    "eval_strategy": ("no", "false", "steps"),
-    "save_strategy": ("steps",),
-    "metric_for_best_model": ("eval_loss", "loss"),
-    "greater_is_better": ("false",),
-    "lazy_preprocess": None,
-    "tf32": None,
-    "fsdp": ("", "false", "no"),
-    "fsdp_transformer_layer_cls_to_wrap": None,
-    "trust_remote_code": ("false", "true"),  # true: left off, with a note (build)
-    "push_to_hub": ("false",),
-    "deepspeed": ("false", "no"),
-    "strict": None,
-    "dataset_prepared_path": None,
-    "pad_to_sequence_len": None,
-    "group_by_length": ("false",),
-    "local_rank": None,
-    "xformers_attention": ("false",),
-    "flash_attention": ("true",),
-    "sdp_attention": ("false",),
-    "debug": ("false",),
-    "torch_dtype": ("auto",),  # (bfloat16, float16: DTYPE_KEYS, the precision they ask for)
-    "use_liger_kernel": ("true",),
-    "model_type": None,
-    "tokenizer_type": None,
-    "lora_fan_in_fan_out": ("false",),
-    "eval_table_size": ("0",),
-    "flash_attn": ("true", "auto", "fa2"),  # LLaMA-Factory's auto | fa2 | sdpa | disabled
-    "logging_strategy": ("steps",),
-    "gradient_checkpointing_kwargs": ("{'use_reentrant': false}",),
-    "lora_task_type": ("causal_lm",),
-    "task_type": ("causal_lm",),
-    "bias": ("none",),
-    "auto_resume_from_checkpoints": ("true",),  # axolotl's
-    "chat_template": ("tokenizer_default",),  # axolotl's (a dataset entry's: _DATASET_KEYS)
-    "dataset_train_split": ("train",),
-    "save_only_model": ("false",),
-    "eval_on_start": ("false",),
-    "neftune_noise_alpha": ("0",),
-    "dtype": ("auto",),
-    "padding_free": ("true",),
-    "packing_strategy": ("bfd",),
-    "dataloader_num_workers": None,
-    "remove_unused_columns": None,
-    "ddp_find_unused_parameters": ("false",),
-    "do_train": ("true",),
-    "do_eval": ("true", "false"),  # as the held-out data says: build's _evaluation_asked
-    "overwrite_output_dir": ("false",),
-    "dataset_test_split": ("test",),  # TRL's default, read only where it evaluates (eval_strategy asks for data)
-    "dataset_streaming": ("false",),
-    "pad_token": None,
-    "pad_to_multiple_of": None,
-    "eval_packing": None,
-    "loss_type": ("nll",),
-    "activation_offloading": ("false",),
-    "gradient_checkpointing_use_reentrant": ("false",),
-    "adam_beta1": ("0.9",),
-    "adam_beta2": ("0.999",),
-    "adam_epsilon": ("1e-08", "1e-8"),
-    "eval_sample_packing": None,
-    "loss_watchdog_threshold": None,
-    "loss_watchdog_patience": None,
-    "stage": ("sft",),
-    "quantization_method": ("bitsandbytes", "bnb"),  # (LLaMA-Factory's default, read where quantization_bit is)
-    "dataset_dir": None,  # LLaMA-Factory's dataset names are refused, saying what to write
-    "overwrite_cache": None,
-    "preprocessing_num_workers": None,
-    "plot_loss": None,
-    "ddp_timeout": None,
-    "enable_liger_kernel": ("true",),
-    "use_unsloth": ("false",),
-    "data_seed": None,
-    "do_mmlu_eval": ("false",),
-    "max_new_tokens": None,
-    "max_memory_MB": None,
-    "model_revision": ("main",),  # TRL's ModelConfig default (the alignment handbook's recipes write it out)
-    "use_flash_attention_2": ("true",),
-    "hub_model_id": (),  # axolotl pushes to it (push_to_hub is TRL's): any value refused, not dropped unsaid
-    "hub_strategy": None,
-    "log_level": None,
-    "use_cache": None,
-    "low_cpu_mem_usage": None,
-    "skip_prepare_dataset": ("false",),
-    "add_special_tokens": ("true",),  # TRL's default
-    "append_concat_token": ("true",),  # TRL's default
-}  # and any DECIDED key left empty (YAML's null, as axolotl's example files write them): it asks for nothing
 
 
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora")
 PEFT_TARGETS = "peft-default"  # lora_target_modules: PEFT's own for the model's type (plan.with_lora_targets)
 LORA_LEAST_LR = 1e-4  # a rate below this (run file, -o), no method given, is full fine-tuning's: build asks which
-# DECIDED keys whose value agrees with some methods only (TRL's QLoRA recipe: use_peft, load_in_4bit ...): accepted
-# with a note where the run's method is one of them, refused as above where it is not
-_ADAPTERS, _WEIGHTS, _QLORA = ("lora", "qlora"), ("fft", "sft"), ("qlora",)
-METHOD_AGREES = {
-    "use_peft": {"true": _ADAPTERS, "false": _WEIGHTS},
-    "load_in_4bit": {"true": _QLORA, "false": (*_WEIGHTS, "lora")},
-    "load_in_8bit": {"false": (*_WEIGHTS, *_ADAPTERS)},
-    "bnb_4bit_quant_type": {"nf4": _QLORA},
-    "use_bnb_nested_quant": {"true": _QLORA},
-    "bnb_4bit_use_double_quant": {"true": _QLORA},
-    "bnb_4bit_compute_dtype": {"bf16": _QLORA, "fp16": _QLORA},  # (as _dtype_word spells them)
-    "q_lora": {"true": _QLORA, "false": ("lora",)},  # FastChat's train_lora.py
-    "finetuning_type": {"lora": _ADAPTERS, "full": ("fft",), "freeze": ("sft",)},  # LLaMA-Factory's
-    "quantization_bit": {"4": _QLORA},
-    "bits": {"4": _QLORA, "16": (*_WEIGHTS, "lora")},  # qlora.py's
-    "double_quant": {"true": _QLORA},
-    "quant_type": {"nf4": _QLORA},
-    "full_finetune": {"true": ("fft",), "false": _ADAPTERS},
-}
-# LLaMA-Factory's LoRA defaults (its lora_alpha: twice lora_r), taken where a file with its finetuning_type leaves them
-LLAMA_FACTORY_LORA = {"lora_r": 8, "lora_dropout": 0.0}
 # Other tools' defaults that change what trains, taken where a run file in that tool's vocabulary (a key only it has,
 # VOCABULARY) leaves the key out, noted: its user's file trains as it did there. TRL's SFTConfig cuts at 1024 tokens
 # (max_length; older TRL's max_seq_length: min(the tokenizer's, 1024)) and keeps transformers' linear schedule without
@@ -565,70 +162,8 @@ TOOL_DEFAULTS_NOT_TAKEN = {
         "-o assistant_only_loss=false does here"
     },
 }
-# METHOD_AGREES values that do not choose the method where none is given (they are refused, saying which to give):
-# LLaMA-Factory's freeze trains the top blocks alone, sft the output head too
-NOT_CHOSEN = {("finetuning_type", "freeze")}
 # fields that make a row a conversation or a prompt-completion (trainer/formats.to_row), never a plain-text one
 CONVERSATION_FIELDS = ("conversations", "messages", "instruction", "output", "prompt", "completion")
-# The dtype keys of from_pretrained (TRL's model_init_kwargs), transformers 5 and bitsandbytes' BitsAndBytesConfig, as
-# notebooks and recipes write them (torch.bfloat16, "float16", bf16): a 16-bit one asks for that precision, as
-# -o bf16=true / -o fp16=true do, which the plan takes where the GPUs have it and says where not (a T4 trains in fp16,
-# a CPU in fp32). Any other value is DECIDED's refusal.
-DTYPE_KEYS = ("torch_dtype", "dtype", "bnb_4bit_compute_dtype")
-DTYPE_WORDS = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16"}
-
-
-def _dtype_word(raw) -> str | None:
-    """bf16 or fp16 for a 16-bit dtype as torch, transformers and bitsandbytes spell it; None for any other."""
-    return DTYPE_WORDS.get(_word(raw).removeprefix("torch."))
-
-
-def _precision_asked(asked: dict, values: dict, sources: dict, notes: list | None) -> list[str]:
-    """The precision flag (bf16 / fp16) DTYPE_KEYS asked for, set where no layer gave one: the plan then says where
-    the GPUs cannot (T4: fp16; CPU: fp32). Errors where they ask for two, or against the flag given."""
-    if len(asked) > 1:
-        return [f"{' and '.join(names[0] for names in asked.values())} ask for other precisions: keep one."]
-    if not asked:
-        return []
-    ((flag, names),) = asked.items()
-    other = "fp16" if flag == "bf16" else "bf16"
-    if values.get(other):
-        return [f"{names[0]} asks for {flag}, and {other}=true ({sources[other]}) for {other}: keep one."]
-    if values.get(flag) is None:
-        values[flag], sources[flag] = True, "run file" if names[0].endswith("(run file)") else "-o"
-        notes is None or notes.append(
-            f"{', '.join(names)}: {flag}=true here, the precision the plan trains in where the GPUs have {flag}"
-        )
-    return []
-
-
-def _text(value) -> str:
-    """A YAML or Python value as a shell would take it: true/false in lower case, null empty."""
-    return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _agrees(key: str, raw) -> bool:
-    accepted = AGREES.get(key, ())
-    if key == "special_tokens" and isinstance(raw, dict) and set(raw) <= {"pad_token"}:
-        return True  # axolotl's pad_token alone (its Llama 3 examples): padding carries no loss
-    return raw is None or raw == "" or accepted is None or _word(raw) in accepted
-
-
-def _method_meant(given: dict[str, tuple[str, str]]) -> str | None:
-    """The method METHOD_AGREES keys as given ask for together (use_peft: true and load_in_4bit: true: qlora; TRL
-    without use_peft: fft), None where they ask for none or none was given."""
-    allowed = None
-    for key, word in given.values():
-        if (key, word) in NOT_CHOSEN:
-            continue
-        methods = METHOD_AGREES[key][word]
-        allowed = [m for m in (methods if allowed is None else allowed) if m in methods]
-    return allowed[0] if allowed else None
-
-
-def _word(raw) -> str:
-    """A value as AGREES lists it: YAML's unquoted no is False, "false" here."""
-    return str(raw).lower() if isinstance(raw, bool) else str(raw).strip().lower()
 
 
 LAYERS = ("run file", "flag", "-o")  # build's layers, later ones winning
@@ -730,43 +265,6 @@ def _evaluated_every_logging(spec, given: dict, asked: dict[str, tuple[str, str]
     )
 
 
-# FastChat's DeepSpeed configs (playground/, which its README's commands pass), by name: their names say the stage
-# only (s2, s3), their zero_optimization offloads to CPU (s2 the optimizer, s3 the weights too; the lora_ ones of
-# its earlier versions the same)
-FASTCHAT_DEEPSPEED = {
-    "deepspeed_config_s2.json": "zero2_offload",
-    "deepspeed_config_s3.json": "zero3_offload",
-    "deepspeed_config_lora_s2.json": "zero2_offload",
-    "deepspeed_config_lora_s3.json": "zero3_offload",
-}
-
-
-def _deepspeed_strategy(raw) -> tuple[str, str] | None:
-    """The strategy a DeepSpeed config is (axolotl's deepspeed_configs/zero3_bf16.json, LLaMA-Factory's
-    examples/deepspeed/ds_z3_config.json), and where that was read: its zero_optimization where the file is here,
-    else its name (zero3, z3, offload; FastChat's as FASTCHAT_DEEPSPEED says). None where no ZeRO stage 2 or 3 is
-    seen (refused as DECIDED says)."""
-    if not isinstance(raw, str) or not raw.strip():
-        return None
-    path = Path(raw.strip()).expanduser()
-    if path.is_file():
-        try:
-            zero = json.loads(path.read_text())["zero_optimization"]
-            stage, how = zero["stage"], f"its zero_optimization (stage {zero['stage']})"
-            offload = any(
-                (zero.get(k) or {}).get("device") in ("cpu", "nvme") for k in ("offload_optimizer", "offload_param")
-            )
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-    elif zero := FASTCHAT_DEEPSPEED.get(path.name.lower()):
-        return zero, "its name (FastChat's playground file, CPU offload)"
-    elif m := re.search(r"(?:^|[^a-z])(?:zero|z)_?([0-3])(?!\d)", path.name.lower()):
-        stage, offload, how = int(m.group(1)), "offload" in path.name.lower(), "its name"
-    else:
-        return None
-    return (f"zero{stage}{'_offload' if offload else ''}", how) if stage in (2, 3) else None
-
-
 def _zero_not_for_method(values: dict, sources: dict, asked: tuple[str, tuple[str, str], str], notes=None) -> None:
     """A DeepSpeed config's ZeRO strategy where the method does not train under it (METHOD_STRATEGIES: FastChat's
     train_lora.py, which its README runs with playground/deepspeed_config_s2.json or s3): the strategy is left to the
@@ -783,83 +281,6 @@ def _zero_not_for_method(values: dict, sources: dict, asked: tuple[str, tuple[st
             f"{name}: left out: {how} says {zero}, which {method} does not train under here "
             f"({METHOD_STRATEGIES[method][1]}): the plan chooses the strategy (-o strategy=NAME forces one)"
         )
-
-
-def _eos_token_problem(spec, name: str, token: str, notes=None) -> str | None:
-    """TRL's eos_token (its sft.py example's '<|im_end|>' for Qwen2's ChatML template) where ftctl ends each turn as the
-    chat template ends it: taken, noted, where it is the tokenizer's eos or the template writes it (it ends turns with
-    it already, so a conversation trains as in TRL); else why not (None where taken). Read from the tokenizer's files
-    (tokenizer_config.json, chat_template.jinja) without transformers: a model directory, the Hugging Face cache, or
-    chat_template_path's Jinja file."""
-    model, named = spec.model_name_or_path, spec.chat_template_path
-    files = _tokenizer_files(model)  # (its template, its eos); None: not readable here
-    if files and files[1] == token:
-        notes is None or notes.append(f"{name}: {token!r} taken: it is {model}'s eos already")
-        return None
-    read = _tokenizer_files(named) if named else files
-    whose = f"chat_template_path {named}'s" if named else f"{model}'s"
-    if read and read[0] and token in read[0]:
-        eos = f" ({files[1]!r})" if files and files[1] else ""
-        notes is None or notes.append(
-            f"{name}: {token!r} taken: {whose} chat template ends turns with it already, so a conversation trains as in "
-            f"TRL; plain-text and prompt-completion rows end with the tokenizer's eos{eos}, not with it"
-        )
-        return None
-    if read:
-        writes = "never writes it" if read[0] else "is none (FastChat's Vicuna one ends turns with the eos)"
-        return (
-            f"{name}: {token!r}: {whose} chat template {writes}, so no assistant turn would end with it: ftctl ends "
-            "each turn as the template does. Leave eos_token out, or give chat_template_path: a template whose turns "
-            "end with it."
-        )
-    unread = named or model
-    return (
-        f"{name}: {token!r} is taken only where the chat template ends assistant turns with it, and {unread}'s is not "
-        "on this machine to read (no model directory or Jinja file, not in the Hugging Face cache): download its "
-        f"tokenizer (hf download {unread} --include 'tokenizer*' --include 'chat_template*') and run this again, or "
-        "leave eos_token out (each turn ends as the template ends it)."
-    )
-
-
-def _tokenizer_files(source: str) -> tuple[str | None, str | None] | None:
-    """The chat template and eos token of a tokenizer as its files on this machine give them: a Jinja file's text
-    (chat_template_path's; no eos), a model directory's or a hub id's in the Hugging Face cache (tokenizer_config.json,
-    chat_template.jinja); None where they cannot be read here (a template by name: all of them, one text)."""
-    from ftctl.hub import HUB_ID
-
-    path = Path(source).expanduser()
-    if path.is_file():
-        return path.read_text(errors="replace"), None
-
-    def read(name: str) -> str | None:
-        if path.is_dir():
-            return (path / name).read_text(errors="replace") if (path / name).is_file() else None
-        if not HUB_ID.match(source):
-            return None
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(source, name)
-        return Path(cached).read_text(errors="replace") if isinstance(cached, str) else None
-
-    try:
-        config = json.loads(read("tokenizer_config.json") or "null")
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
-        return None
-    template = config.get("chat_template") or read("chat_template.jinja")
-    if isinstance(template, list):  # several by name
-        template = "\n".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
-    eos = config.get("eos_token")
-    eos = eos.get("content") if isinstance(eos, dict) else eos
-    return (template if isinstance(template, str) else None), (eos if isinstance(eos, str) else None)
-
-
-def _fsdp_strategy(raw) -> bool:
-    """FastChat's --fsdp "full_shard auto_wrap": the FSDP full sharding ftctl runs as strategy=fsdp (FSDP2's
-    fully_shard). Its other modes (offload, shard_grad_op, hybrid) are refused as DECIDED says."""
-    words = " ".join(map(str, raw) if isinstance(raw, list) else [str(raw)]).lower().split()  # axolotl's: a list
-    return "full_shard" in words and set(words) <= {"full_shard", "auto_wrap"}
 
 
 @dataclass
@@ -1345,36 +766,6 @@ def _clears(value) -> bool:
     return isinstance(value, str) and value.strip().lower() in ("none", "null", "[]", "{}")
 
 
-def canonical_key(key: str) -> str:
-    """The run key a name means: model -> model_name_or_path, --max-seq-length -> model_max_length,
-    model_init_kwargs.revision -> model_revision (NESTED; one it does not read stays as it is)."""
-    k = key.strip().replace("-", "_")
-    outer, dot, inner = k.partition(".")
-    if dot and outer in NESTED:
-        return NESTED[outer].get(inner, k)
-    return ALIASES.get(k, k)
-
-
-def _nested(items):
-    """TRL's model_init_kwargs and dataset_kwargs (a mapping, or its JSON/YAML text from -o) as one key each:
-    model_init_kwargs.torch_dtype ... Left empty they ask for nothing; another value is left to be refused."""
-    import yaml
-
-    for key, value in items:
-        if canonical_key(key) not in NESTED:
-            yield key, value
-            continue
-        if isinstance(value, str) and value.strip().startswith("{"):
-            try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
-                pass
-        if isinstance(value, dict):
-            yield from ((f"{canonical_key(key)}.{k}", v) for k, v in value.items())
-        elif value not in (None, ""):
-            yield key, value
-
-
 def parse_overrides(pairs) -> list[tuple[str, str]]:
     out, errors = [], []
     for p in pairs or ():
@@ -1825,87 +1216,6 @@ def _axolotl(key: str, raw):
     return key, raw
 
 
-def _dataset_at(path: str) -> str:
-    """axolotl's dataset path, TRL's dataset_name, as data_path: a file, a URI or a path as it is, ORG/NAME that is
-    none of them a Hub dataset (hf://datasets/ORG/NAME)."""
-    from ftctl.hub import HUB_ID
-
-    file = Path(path).suffix.lower() in (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow")
-    here = "://" in path or file or Path(path).expanduser().exists() or storage.looks_like_path(path)
-    return path if here or not HUB_ID.match(path) else f"hf://datasets/{path}"
-
-
-# the fields a data row's turn says whether it trains in, true or false, beside OpenAI's weight (0 or 1), which the
-# data reader (trainer.formats) honours: axolotl's message_field_training default, its other usual name, ms-swift's
-TRAIN_FLAGS = ("training", "train", "loss")
-
-# the keys of an axolotl dataset entry that choose which rows, or which of their tokens, are trained, with the
-# values that ask for what ftctl does (an empty tuple: none does) and how to ask for what they want here
-_DATASET_KEYS = {
-    "split": (
-        ("train",),
-        "a Hub dataset's train split is read; for another, name its files (hf://datasets/ORG/NAME/FILES)",
-    ),
-    "name": ((), "name the configuration's files instead (hf://datasets/ORG/NAME/CONFIG/*.parquet)"),
-    "data_files": ((), "name the files in path (hf://datasets/ORG/NAME/FILES, or a local path)"),
-    "field": ((), "give a file whose rows are the records themselves (JSON lines, or a JSON list)"),
-    "revision": ((), "name it in the path: hf://datasets/ORG/NAME@REVISION/FILES"),
-    "roles_to_train": (
-        (("assistant",), ("gpt",)),
-        "the assistant's turns are trained (train_on_inputs: true trains every token)",
-    ),
-    "train_on_eos": (("turn",), "each assistant turn is trained with the token that ends it, as axolotl's turn"),
-    "message_field_training": (
-        TRAIN_FLAGS,
-        f"a turn says whether it trains in a field named {', '.join(TRAIN_FLAGS)} (true or false) or OpenAI's "
-        "weight (0 or 1): rename the field in the data",
-    ),
-    "chat_template": (
-        ("tokenizer_default",),
-        "give the template as a file or a model: -o chat_template_path=FILE.jinja (or a model directory or id)",
-    ),
-}
-
-
-def _dataset_refuses(key: str, value) -> str | None:
-    """Why an axolotl dataset entry's ``key: value`` asks for other rows or tokens than ftctl trains, None where it
-    does not (or is one ftctl does not read: the note says which)."""
-    if key not in _DATASET_KEYS:
-        return None
-    agrees, how = _DATASET_KEYS[key]
-    word = tuple(_word(v) for v in value) if isinstance(value, list) else _word(value)
-    return None if value is None or word in agrees else how
-
-
-# the keys of an axolotl dataset entry that name its rows' turns and their keys (field_messages: chat, and
-# message_property_mappings: {role: speaker, content: text}, or the older message_field_role/_content)
-TURN_KEYS = ("field_messages", "message_property_mappings", "message_field_role", "message_field_content")
-# the turns' names ftctl reads (trainer.formats): a row's list of turns, and each turn's role and content keys
-TURNS_READ, TURN_KEYS_READ = ("messages", "conversations"), (("role", "content"), ("from", "value"))
-
-
-def _turn_keys_refused(entry: dict) -> str | None:
-    """Why an axolotl dataset entry's turns, named as its TURN_KEYS say, are not rows ftctl reads (it reads a row's
-    turns by their names, not by a mapping in the run file): what to rename in the data. None where they are."""
-    mapped = entry.get("message_property_mappings")
-    mapped = mapped if isinstance(mapped, dict) else {}
-    turns = str(entry.get("field_messages") or "messages")
-    role = str(mapped.get("role") or entry.get("message_field_role") or "role")
-    content = str(mapped.get("content") or entry.get("message_field_content") or "content")
-    if turns in TURNS_READ and (role, content) in TURN_KEYS_READ:
-        return None
-    given = ", ".join(f"{k}: {entry[k]!r}" for k in TURN_KEYS if entry.get(k) is not None)
-    renames = [(turns, "messages")] * (turns not in TURNS_READ)  # from/value turns read as they are
-    renames += [(role, "role"), (content, "content")] * ((role, content) not in TURN_KEYS_READ)
-    renames = [f"{a!r} to {b!r}" for a, b in renames if a != b]
-    keys = [k for k in TURN_KEYS if k in entry]
-    return (
-        f"{entry['path']}'s {given}: ftctl reads a row's turns under 'messages' with role and content keys (or "
-        f"ShareGPT's conversations, from and value), not by a dataset entry's mapping: rename {', '.join(renames)} "
-        f"in the data and drop {', '.join(keys)} from the entry"
-    )
-
-
 def dataset_keys_unread(raw) -> list[str]:
     """The keys of axolotl's dataset entries that ftctl does not read (type, ds_type ...): each row's format is read
     from its fields (turn keys it reads already, TURN_KEYS, and where data_columns takes them, roles and a type's
@@ -1914,81 +1224,6 @@ def dataset_keys_unread(raw) -> list[str]:
     return sorted(
         {k for d in raw if isinstance(d, dict) for k in d if not (k == "type" and isinstance(d[k], dict))} - read
     )
-
-
-# the roles a chat template takes (trainer.formats' OPENAI_ROLES): what axolotl's roles map the data's roles to
-TEMPLATE_ROLES = ("system", "user", "assistant", "tool")
-# axolotl's roles where an entry gives none (its chat_template strategy's): the template's role -> the data's
-AXOLOTL_ROLES = {"user": ["human", "user"], "assistant": ["gpt", "assistant"], "system": ["system"], "tool": ["tool"]}
-# a custom type's (axolotl's user-defined Alpaca-like prompt) field_* keys: the Alpaca field each names
-AXOLOTL_TYPE_FIELDS = {
-    "field_instruction": "instruction",
-    "field_input": "input",
-    "field_output": "output",
-    "field_system": "system",
-}
-# and its prompt strings, which ftctl's chat template writes instead: the values that ask for no more than it does
-AXOLOTL_TYPE_FORMATS = {
-    "format": ("{instruction}",),
-    "no_input_format": ("{instruction}",),
-    "system_format": ("{system}",),
-}
-
-
-def axolotl_columns(entry: dict) -> tuple[dict, str | None]:
-    """(ftctl's own description of the fields an axolotl dataset entry names otherwise, as data_columns holds it: the
-    field -> the data's name of it (messages, role, content; instruction, input, output, system), ``roles`` the data's
-    role -> the template's, ``system_prompt`` a system prompt for rows without one; {} where there are none; why not,
-    the rest of a sentence after the entry's path, where the entry asks what ftctl cannot do). From field_messages,
-    message_property_mappings (role, content; or message_field_role/_content, axolotl's older keys), roles (replacing
-    axolotl's defaults, as axolotl does) and a custom type's field_* and system_prompt."""
-    described: dict = {}
-    kind = entry.get("type")
-    if isinstance(kind, dict):
-        unknown = sorted(set(kind) - {*AXOLOTL_TYPE_FIELDS, *AXOLOTL_TYPE_FORMATS, "system_prompt", "field"})
-        asked = [f"{k}: {kind[k]!r}" for k, ok in AXOLOTL_TYPE_FORMATS.items() if kind.get(k) not in (None, "", *ok)]
-        if unknown:
-            return (
-                {},
-                f"type: {', '.join(unknown)} are no keys of axolotl's custom type ftctl reads (field_*, system_prompt)",
-            )
-        if asked:
-            return {}, (
-                f"type's {', '.join(asked)}: ftctl writes each prompt with the model's chat template (the one a chat "
-                "or a server of the model writes too; chat_template_path names another), not a format string: drop "
-                f"{', '.join(k for k in AXOLOTL_TYPE_FORMATS if k in kind)} from the type"
-            )
-        if kind.get("field"):
-            return {}, f"type's field: {kind['field']!r}: {_DATASET_KEYS['field'][1]}"
-        described |= {ours: str(kind[k]) for k, ours in AXOLOTL_TYPE_FIELDS.items() if kind.get(k) and kind[k] != ours}
-        if kind.get("system_prompt"):
-            described["system_prompt"] = str(kind["system_prompt"])
-    mapped = entry.get("message_property_mappings") or {}
-    if not isinstance(mapped, dict):
-        return {}, f"message_property_mappings: {mapped!r} is no mapping: give {{role: KEY, content: KEY}}"
-    if other := sorted(k for k, v in mapped.items() if k not in ("role", "content") and v != k):
-        return {}, (
-            f"message_property_mappings' {', '.join(other)}: ftctl renames a turn's role and content only: rename "
-            f"{', '.join(f'{mapped[k]!r} to {k!r}' for k in other)} in the data"
-        )
-    turns = entry.get("field_messages")
-    role = mapped.get("role") or entry.get("message_field_role")
-    content = mapped.get("content") or entry.get("message_field_content")
-    roles = entry.get("roles")
-    if roles is not None:
-        if not isinstance(roles, dict) or not all(isinstance(v, (list, str)) for v in roles.values()):
-            return {}, f"roles: {roles!r}: give the template's roles' names in the data, roles: {{user: [human]}}"
-        if wrong := sorted(set(roles) - set(TEMPLATE_ROLES)):
-            return {}, f"roles: {', '.join(wrong)}: a chat template's roles are {', '.join(TEMPLATE_ROLES)}"
-    native = (
-        str(turns or "messages") in TURNS_READ and (str(role or "role"), str(content or "content")) in TURN_KEYS_READ
-    )
-    if not native or roles is not None:  # a conversation named its own way: messages, the template's roles
-        described |= {"messages": str(turns or "messages"), "role": str(role or "role")}
-        described["content"] = str(content or "content")
-        given = {r: [v] if isinstance(v, str) else v for r, v in (roles or AXOLOTL_ROLES).items()}
-        described["roles"] = {str(name): r for r, names in given.items() for name in names if str(name) != r}
-    return described, None
 
 
 def _axolotl_columns(items, source: str, notes=None) -> list:
@@ -2015,37 +1250,6 @@ def _axolotl_columns(items, source: str, notes=None) -> list:
             )
         )
     return items + [("data_columns", {p: json.dumps(d, sort_keys=True) for p, d in described.items()})]
-
-
-# axolotl's W&B keys, given a value: what they ask for is report_to=wandb with W&B's own variables set
-WANDB_ENV = {
-    **{"wandb_project": "WANDB_PROJECT", "wandb_entity": "WANDB_ENTITY", "wandb_name": "WANDB_NAME"},
-    **{"wandb_run_id": "WANDB_RUN_ID", "wandb_watch": "WANDB_WATCH", "wandb_log_model": "WANDB_LOG_MODEL"},
-}
-
-
-def _wandb(items, source: str, notes=None) -> list:
-    """A layer's axolotl W&B keys with values as report_to: wandb (where the layer names no report_to) and env (their
-    variables), noted; empty ones stay (they ask for nothing)."""
-    given = [(k, v) for k, v in items if k.strip() in WANDB_ENV and v not in (None, "")]
-    if not given:
-        return list(items)
-    env = {WANDB_ENV[k.strip()]: _text(v) for k, v in given}
-    turned = [("env", env)] + [("report_to", "wandb")] * all(canonical_key(k) != "report_to" for k, _ in items)
-    notes is None or notes.append(
-        f"{', '.join(k for k, _ in given)} ({source}): report_to=wandb, and "
-        f"{' '.join(f'{n}={v}' for n, v in env.items())} in the job's environment (W&B's key: export WANDB_API_KEY; "
-        "ftctl passes it by name)"
-    )
-    return [(k, v) for k, v in items if (k, v) not in given] + turned
-
-
-LF_INFO = "dataset_info.json"  # LLaMA-Factory's: its datasets by name (trainer.formats reads an entry's columns)
-LF_NAMED = {"dataset": "data_path", "eval_dataset": "eval_data_path"}  # its keys naming entries of it
-# the split of a Hub dataset ftctl reads, by the key naming its entry (trainer.splits: train; held-out data test)
-LF_SPLIT = {"dataset": "train", "eval_dataset": "test"}
-# LLaMA-Factory's mix_strategy values: how interleave_datasets stops (first_exhausted, all_exhausted), or concat
-LF_MIXES = {"concat": None, "interleave_under": min, "interleave_over": max}
 
 
 def _llama_factory_names(items, source: str, notes=None) -> list:
@@ -2111,137 +1315,6 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
     if errors:
         raise FtctlError(_join(errors))
     return _llama_factory_mix(out, named.get("dataset", []), source, notes)
-
-
-def _llama_factory_unread(entry: dict, split: str) -> str | None:
-    """What of a dataset_info.json entry ftctl would not read as LLaMA-Factory does (the rest of the sentence that
-    names it), None where it reads it all: a Hub dataset's subset (a configuration, not files) or a split other than
-    the one ftctl reads (train; test for held-out data) given; LLaMA-Factory reads a file's rows as its train split
-    only."""
-    asked = str(entry.get("split") or "train")
-    if isinstance(entry.get("file_name"), str):
-        if asked == "train":
-            return None
-        return (
-            f"asks file {entry['file_name']}'s split {asked!r}, which LLaMA-Factory does not have either (a file's "
-            "rows are its train split): drop split from the entry"
-        )
-    if not isinstance(hub := entry.get("hf_hub_url"), str):
-        return None
-    subset, folder = entry.get("subset"), entry.get("folder")
-    at = f"hf://datasets/{hub}/{str(folder).strip('/') + '/' if folder else ''}"
-    if subset:
-        return (
-            f"names subset {subset!r} of {hub}, a configuration of the Hub dataset, which ftctl does not read by name "
-            f"(nothing is downloaded to learn its files): give its files as data_path, {at}{subset}/ where the "
-            "dataset keeps each subset in a folder of its name (the dataset's Files tab shows which), and drop the "
-            "dataset key"
-        )
-    if entry.get("split") and asked != split:  # none given: the split ftctl reads for the role
-        return (
-            f"asks {hub}'s split {asked!r}, and ftctl reads a Hub dataset's {split} split "
-            f"({'held-out data' if split != 'train' else 'training data'}; by its files' names): give the {asked} "
-            f"split's files as data_path ({at}FILES, e.g. {at}data/{asked}-*.parquet), and drop the dataset key"
-        )
-    return None
-
-
-def _records_in(path: str) -> int | None:
-    """How many records a local .json or .jsonl file (gzipped too) holds, as LLaMA-Factory's JSON loader counts
-    them: a JSON list's items, else its non-blank lines; None for any other (a directory, Parquet, a URI)."""
-    name = path.lower().removesuffix(".gz")
-    if storage.scheme(path) or not name.endswith((".json", ".jsonl")) or not Path(path).is_file():
-        return None
-    import gzip
-
-    try:
-        raw = (gzip.open if path.lower().endswith(".gz") else open)(path, "rb").read()
-        try:
-            whole = json.loads(raw)
-        except ValueError:
-            whole = None
-        return len(whole) if isinstance(whole, list) else sum(1 for line in raw.splitlines() if line.strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _llama_factory_mix(items: list, paths: list[str], source: str, notes=None) -> list:
-    """A layer's LLaMA-Factory mix_strategy and interleave_probs (with its ``dataset`` names, read as ``paths``) as
-    data_weights: interleave_datasets draws each dataset's share of the rows until the first dataset is used up
-    (interleave_under) or the last one is (interleave_over), so dataset i of n_i rows and share p_i gives p_i * T
-    rows, T = min (max) of n_j / p_j: its weight here, each one's rows that many times an epoch, is p_i * T / n_i.
-    Without probs, equal shares (interleave_datasets' round robin); concat (LLaMA-Factory's default) is ftctl's
-    without data_weights. FtctlError for a mix ftctl cannot count here."""
-    given = {k.strip(): v for k, v in items}
-    if "mix_strategy" not in given and "interleave_probs" not in given:
-        return items
-    keep = [(k, v) for k, v in items if k.strip() not in ("mix_strategy", "interleave_probs")]
-    strategy, probs = str(given.get("mix_strategy") or "concat").strip(), given.get("interleave_probs")
-    said = f"mix_strategy: {strategy}" + (f", interleave_probs: {_text(probs)}" if probs is not None else "")
-    if strategy not in LF_MIXES:
-        raise FtctlError(f"mix_strategy: {strategy} ({source}) is none of LLaMA-Factory's: {', '.join(LF_MIXES)}.")
-    if LF_MIXES[strategy] is None:
-        if probs is not None:
-            raise FtctlError(
-                f"interleave_probs ({source}) mixes by shares with mix_strategy interleave_under or interleave_over, "
-                f"not {strategy} (LLaMA-Factory refuses it so too): add mix_strategy: interleave_under, or drop "
-                "interleave_probs to read each dataset once."
-            )
-        notes is None or notes.append(
-            f"mix_strategy: concat ({source}): each dataset's rows once, as ftctl reads datasets without data_weights"
-        )
-        return keep
-    if len(paths) < 2:
-        notes is None or notes.append(f"{said} ({source}): one dataset, nothing to mix")
-        return keep
-    if any(canonical_key(k) == "data_weights" for k, _ in items):
-        raise FtctlError(f"{said} ({source}) and data_weights both mix the datasets: keep one.")
-    try:
-        shares = (
-            [1 / len(paths)] * len(paths)
-            if probs is None
-            else [float(p) for p in (probs if isinstance(probs, list) else str(probs).split(","))]
-        )
-    except (TypeError, ValueError):
-        raise FtctlError(f"interleave_probs: {_text(probs)} ({source}): give one number a dataset, 0.7,0.3") from None
-    if len(shares) != len(paths) or abs(sum(shares) - 1) > 1e-6 or min(shares) <= 0:
-        raise FtctlError(
-            f"interleave_probs: {_text(probs)} ({source}) are no shares of the {len(paths)} datasets of dataset: give "
-            "one above 0 each, in its order, summing to 1 (a dataset of none: drop it from dataset)."
-        )
-    rows = [_records_in(p) for p in paths]
-    if uncounted := [p for p, n in zip(paths, rows) if not n]:
-        raise FtctlError(
-            f"{said} ({source}) mixes by the datasets' sizes, and {', '.join(uncounted)} is no local JSON file whose "
-            "rows ftctl counts here: give data_weights instead, each dataset's rows that many times an epoch "
-            "(shares p over n rows: p * T / n, T the smallest n / p for interleave_under, the largest for "
-            "interleave_over; `ftctl data check -c run.yaml` counts the rows)."
-        )
-    total = LF_MIXES[strategy](n / p for n, p in zip(rows, shares))
-    weights = [p * total / n for n, p in zip(rows, shares)]
-    under = strategy.endswith("under")
-    mixed = ", ".join(f"{path} {n:,} rows x {w:.4g}" for path, n, w in zip(paths, rows, weights))
-    notes is None or notes.append(
-        f"{said} ({source}) are data_weights {','.join(f'{w:.6g}' for w in weights)} here: {mixed} "
-        f"(LLaMA-Factory's interleaving {'stops at the first dataset used up' if under else 'goes on until the last is'})"
-    )
-    return keep + [("data_weights", ",".join(f"{w:.6g}" for w in weights))]
-
-
-def _mixes(items):
-    """A run file's ``data_path: {PATH: WEIGHT, ...}`` (the alignment handbook's dataset_mixer) as data_path and
-    data_weights."""
-    weighted = [k for k, v in items if canonical_key(k) == "data_path" and isinstance(v, dict)]
-    if weighted and (named := [k for k, _ in items if canonical_key(k) == "data_weights"]):
-        raise FtctlError(
-            f"{weighted[0]!r} is a mapping of datasets to weights, and {named[0]!r} gives weights too: keep one."
-        )
-    for key, value in items:
-        if canonical_key(key) == "data_path" and isinstance(value, dict):
-            yield key, list(value)
-            yield "data_weights", list(value.values())
-        else:
-            yield key, value
 
 
 def lora_target_names(value: str) -> str | list[str]:
@@ -2535,9 +1608,6 @@ def validate(spec: RunSpec) -> None:
         raise FtctlError(_join(errors))
 
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 def _object_key_comma(key: str, value: str) -> str | None:
     """An object key holding a comma (``--data s3://b/a,b.jsonl``) is split there, and what follows it is a relative
     path that is nothing here: said once as that, with how to give the key, not as a missing ``b.jsonl``."""
@@ -2577,88 +1647,9 @@ def slurm_time_s(text: str) -> int | None:
     return parts[0] * 60 + (parts[1] if len(parts) == 2 else 0)  # minutes, MM:SS
 
 
-def secret_problem(name: str, environ: typing.Mapping[str, str] | None = None) -> str | None:
-    """What is wrong with ``--secret NAME`` (None: nothing), said without repeating it: it may be the credential
-    itself (``--secret $HF_TOKEN``), which would be written into the job's files and spec.json. Refused: what is no
-    variable name; the value of a variable set in ``environ`` (one not itself set there); the shape of a token
-    (looks_like_token)."""
-    environ = os.environ if environ is None else environ
-    fix = "pass the variable's name, e.g. --secret HF_TOKEN (its value is taken from where you launch, never written)."
-    if not _ENV_NAME.fullmatch(name):
-        var, eq, _ = name.partition("=")  # NAME=VALUE: the value is never repeated
-        if eq and _ENV_NAME.fullmatch(var.strip()):
-            return (
-                f"secret {var.strip()}=...: pass the name alone (--secret {var.strip()}) and export its value where "
-                "you launch; a secret's value is never written into the job's files."
-            )
-        return f"a secret is not an environment variable NAME (it is not repeated here, in case it is a value): {fix}"
-    holders = sorted(k for k, v in environ.items() if v == name) if name not in environ else []
-    if holders:
-        return f"a secret is the value of {', '.join(holders)} (set here), not a variable's name: {fix}"
-    if looks_like_token(name):
-        return f"a secret looks like a token (16 or more letters and digits in a run), not a variable's name: {fix}"
-    return None
-
-
-# the variable a tool's login reads its credential from, named in the fix for a credential written in a setup line
-_TOOL_SECRETS = {"wandb": "WANDB_API_KEY", "huggingface-cli": "HF_TOKEN", "hf": "HF_TOKEN"}
-_CREDENTIAL_OPTION = re.compile(r"--?(?:token|api[-_]?key|password|passwd)", re.I)
-
-
-def setup_secret_problem(line: str, secrets=()) -> str | None:
-    """What writes a credential into the job's files in a setup line (None: nothing): ``export HF_TOKEN=hf_...``,
-    ``huggingface-cli login --token hf_...``, ``wandb login KEY``. Setup lines are written into the rendered script,
-    spec.json and, where one fails, the job's log; the value is not repeated here. A ``$VARIABLE`` is a reference,
-    not a value."""
-    written = "a value (not repeated here), which would be written into the job's files"
-    by_name = "(secrets pass by name, never written)"
-    try:
-        words = shlex.split(line, comments=True)
-    except ValueError:  # unbalanced quotes: refused as a shell line elsewhere (launch.setup_lines)
-        words = []
-    for i, word in enumerate(words):
-        name, eq, value = word.partition("=")
-        literal = bool(value) and "$" not in value and not value.startswith(("/", "~", "./"))  # a path: a key's file
-        if eq and _ENV_NAME.fullmatch(name) and literal and is_secret_name(name, secrets, value):
-            return f"setup line sets {name} to {written}: export {name} where you launch and pass --secret {name} {by_name}."
-        after = value if eq else (words[i + 1] if i + 1 < len(words) else "")
-        option = name if eq else word
-        token = looks_like_token(after) and "." not in after  # not a registry's host name
-        credential = _CREDENTIAL_OPTION.fullmatch(option) or (option == "login" and token)
-        if credential and after and "$" not in after and not after.startswith("-"):
-            var = next((v for tool, v in _TOOL_SECRETS.items() if tool in words), "TOKEN")
-            return (
-                f'setup line gives {option} {written}: write a variable there ("${var}"), export it where you '
-                f"launch and pass --secret {var} {by_name}."
-            )
-    pieces = [line, *words, *(word.partition("=")[2] for word in words)]  # a word, or what a NAME= of it sets
-    if holders := sorted({h for piece in pieces for h in secret_holders(piece, secrets)}):  # -o setup="... $HF_TOKEN"
-        return (
-            f"setup line holds the value of {', '.join(holders)} (set here; not repeated), which would be written into "
-            f"the job's files: quote the line in single quotes where you launch, so that the job's shell expands the "
-            f"variable (-o setup='export NAME=\"${holders[0]}\"'), and pass --secret {holders[0]} {by_name}."
-        )
-    if what := credential_in(line):
-        fix = "https://USER:$GIT_TOKEN@HOST/..." if what == "a URL's password" else '"$TOKEN"'
-        return (
-            f"setup line holds {what} (not repeated here), which would be written into the job's files: write a "
-            f"variable there ({fix}), export it where you launch and pass --secret with its name {by_name}."
-        )
-    return None
-
-
 # user values checked apart from written_secret_problems: secrets are names (secret_problem), env and setup lines
 # have their own lines (validate, setup_secret_problem)
 _CHECKED_APART = ("secrets", "env", "setup")
-# a URI's user, and its password where it has one (scheme://USER:PASSWORD@HOST/...; a :PORT/ is no password)
-URI_USERINFO = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]*://)([^/\s@:]*)(?::([^\s@]*))?@")
-# an object store's own credential variables, which a job reaching it gets by name (storage.job_env)
-_STORE_KEYS = {
-    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-    "gcs": "GOOGLE_APPLICATION_CREDENTIALS (its key file)",
-    "abfs": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY",
-    "hf": "HF_TOKEN",
-}
 
 
 def written_secret_problems(spec: RunSpec) -> list[str]:
@@ -2703,82 +1694,6 @@ def written_values(spec: RunSpec) -> list[tuple[str, str]]:
         elif isinstance(value, dict):
             out += [(name, f"{k}={v}") for k, v in value.items()]
     return out
-
-
-def uri_credentials(value: str) -> bool:
-    """Whether ``value`` holds a URI with a user and password (s3://KEY:SECRET@bucket/x, https://user:pass@host), or a
-    user that is a token (https://hf_...@host)."""
-    for m in URI_USERINFO.finditer(value):
-        user, password = m.group(2), m.group(3)
-        if password is not None and not re.fullmatch(r"\d+(?:/.*)?", password):  # host:PORT/path@...: no password
-            return True
-        if password is None and (looks_like_token(user) or credential_in(user)):
-            return True
-    return False
-
-
-def _uri_credentials_said(key: str, value: str) -> str:
-    """uri_credentials' line: without them, and the store's own variables instead (the value is not repeated)."""
-    if key == "s3_endpoint_url":
-        return (
-            "s3_endpoint_url holds a user and password (not repeated here): give the endpoint alone (http://HOST:PORT) "
-            "and the keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY where you launch."
-        )
-    bare = URI_USERINFO.sub(lambda m: m.group(1), value)
-    shown = f" ({bare})" if not (_holds_credential(bare) or uri_credentials(bare)) else ""
-    found = {
-        storage.REMOTE_SCHEMES[s][0]
-        for m in URI_USERINFO.finditer(value)
-        if (s := m.group(1)[:-3].lower()) in storage.REMOTE_SCHEMES
-    }
-    keys = "; ".join(_STORE_KEYS[p] for p in sorted(found) if p in _STORE_KEYS) or "; ".join(
-        f"{p}: {v}" for p, v in _STORE_KEYS.items()
-    )
-    return (
-        f"{key} holds a URI with a user and password (not repeated here), and {key} is written into the rendered job "
-        f"files and spec.json: give it without them{shown} and the store's keys in its own variables where you "
-        f"launch ({keys}); the job gets those by name."
-    )
-
-
-def _holds_credential(text: str) -> bool:
-    """Whether ``text`` holds a secret's value set here, a token's shape or a URI's password: never repeated."""
-    return bool(secret_holders(text) or credential_in(text) or uri_credentials(text))
-
-
-def credential_in(text: str) -> str | None:
-    """What credential ``text`` holds by its shape (CREDENTIAL_VALUE), in words; None: none seen."""
-    return next((what for what, shape in CREDENTIAL_VALUE.items() if shape.search(text)), None)
-
-
-def looks_like_token(text: str) -> bool:
-    """Whether ``text`` has the shape of a credential rather than a variable's name (TOKEN_RUN)."""
-    return any(re.search(r"\d", run) and re.search(r"[A-Za-z]", run) for run in TOKEN_RUN.findall(text))
-
-
-def secret_holders(value: str, secrets=(), environ: typing.Mapping[str, str] | None = None) -> list[str]:
-    """The variables set in ``environ`` that hold a credential (is_secret_name: the run's ``secrets``, a store's, a
-    name like one) whose value ``value`` is, or holds (one of a token's length, 16 characters or more):
-    ``-o env=X=$WANDB_API_KEY``, the shell's expansion, would write it into the job's files. A flag's value (0,
-    true, ...), a path (a key's file) or one of under 4 characters is nobody's secret."""
-    environ = os.environ if environ is None else environ
-    return sorted(
-        name
-        for name, secret in environ.items()
-        if len(secret) >= 4
-        and secret.strip().lower() not in FLAG_VALUES
-        and not secret.startswith(("/", "~", "./"))
-        and (secret == value or (len(secret) >= 16 and secret in value))
-        and is_secret_name(name, secrets, secret)
-    )
-
-
-def is_secret_name(name: str, secrets=(), value: str | None = None) -> bool:
-    """Whether environment variable ``name`` holds a credential: one of the run's ``secrets``, a store's
-    (storage.SECRET_ENV), or a name like one (CREDENTIAL_NAME) whose ``value`` is not a flag's."""
-    if name in secrets or name.upper() in storage.SECRET_ENV:
-        return True
-    return bool(CREDENTIAL_NAME.search(name)) and (value is None or value.strip().lower() not in FLAG_VALUES)
 
 
 def report_integrations(value: str) -> list[str]:
@@ -2871,28 +1786,6 @@ def described_keys() -> list[tuple[str, str, str, str]]:
         elif text.startswith(("@", "def ")):
             break
     return out
-
-
-def not_a_key(word: str) -> str | None:
-    """What `ftctl keys WORD` says of a FastChat, TRL or PEFT key that is not one here (DECIDED, MEANT); None else."""
-    key = word.strip().replace("-", "_")
-    if key in MEANT:
-        return f"{key} is not a run key here. {MEANT[key]}"
-    if key not in DECIDED:
-        return None
-    accepted = AGREES.get(key, ())
-    if key == "fsdp":
-        return (
-            f"fsdp is not a run key: {DECIDED[key]}; FastChat's fsdp: 'full_shard auto_wrap' is read as strategy=fsdp."
-        )
-    taken = (
-        " (a run file's may stay: any value is what ftctl does anyway)"
-        if accepted is None
-        else f" (a run file's {key}: {' or '.join(repr(v) for v in accepted)} may stay: ftctl does that anyway)"
-        if accepted
-        else ""
-    )
-    return f"{key} is not a run key: ftctl decides it; {DECIDED[key]}{taken}."
 
 
 def _default_text(f: dataclasses.Field) -> str:

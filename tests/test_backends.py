@@ -498,8 +498,9 @@ def test_one_upload_wait_default():
 
 
 def test_no_module_imports_upward():
-    """Layers (DESIGN.md): cli and backends -> launch -> plan, preflight and trainer -> spec -> storage,
-    gpus -> errors. A lower module never imports a higher one; no two modules import each other."""
+    """Layers (DESIGN.md): cli and backends -> launch -> plan, preflight and trainer -> spec -> storage, gpus,
+    other tools' vocabulary and dataset entries, secret checks -> errors. A lower module never imports a higher one; no
+    two modules import each other."""
     import ast
     from pathlib import Path
 
@@ -516,6 +517,9 @@ def test_no_module_imports_upward():
         "hub": 1,
         "failures": 1,
         "demo": 1,
+        "tool_vocabulary": 1,  # other tools' keys, read by spec.build (hub)
+        "tool_datasets": 1,  # axolotl's and LLaMA-Factory's dataset entries (tool_vocabulary, storage, hub)
+        "secret_checks": 1,  # credentials in user values, asked by spec.build and validate (storage)
         "spec": 2,
         "lease": 2,  # storage, runpaths
         "plan": 3,

@@ -111,7 +111,7 @@ def test_axolotls_column_maps_are_read_into_ftctls_description_of_the_data():
     """axolotl's field_messages, message_property_mappings (or message_field_role/_content), roles and a custom
     type's field_* were refused with renames to make in the data: they are ftctl's description of the dataset's own
     names now (data_columns), with axolotl's default roles where the entry gives none."""
-    from ftctl.spec import axolotl_columns
+    from ftctl.tool_datasets import axolotl_columns
 
     mapped = {"role": "speaker", "content": "text"}
     described, why = axolotl_columns(_entry(field_messages="chat", message_property_mappings=mapped))
@@ -154,7 +154,7 @@ def test_axolotls_column_maps_are_read_into_ftctls_description_of_the_data():
     ],
 )
 def test_axolotls_column_maps_ftctl_cannot_honour_are_refused_naming_the_field(entry, said):
-    from ftctl.spec import axolotl_columns
+    from ftctl.tool_datasets import axolotl_columns
 
     assert said in axolotl_columns(_entry(**entry))[1]
 

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from ftctl import spec as spec_mod
+from ftctl import tool_vocabulary
 from ftctl.errors import FtctlError
 from ftctl.spec import FIELDS, RunSpec, build, parse_size
 
@@ -285,7 +286,7 @@ def test_keys_ftctl_decides_itself_say_so_instead_of_unknown():
     """A FastChat train command turned into a run file: its --fsdp, --tf32 and friends are taken with a note where
     they ask for what ftctl does anyway (the file was refused whole, seven problems), explained where they ask for
     something else, never 'unknown'."""
-    from ftctl.spec import AGREES, DECIDED
+    from ftctl.tool_vocabulary import AGREES, DECIDED
 
     fastchat = {
         "fsdp": "full_shard auto_wrap",
@@ -544,7 +545,7 @@ def test_trl_keys_are_explained_not_mistaken_for_an_alias(key, words):
         build(None, None, [f"{key}=x"])
     assert str(e.value).startswith(f"'{key}' (-o) is not set by hand here: ") and words in str(e.value)
     assert "Did you mean" not in str(e.value)
-    assert key not in spec_mod.ALIASES
+    assert key not in tool_vocabulary.ALIASES
 
 
 def test_an_alias_is_suggested_only_for_a_near_typo_of_it():
@@ -576,7 +577,7 @@ def test_keys_show_and_find_aliases():
     assert said["model_max_length"].startswith(
         "(also: max_seq_length, max_length, max_seq_len, sequence_len, cutoff_len)"
     )
-    for alias, key in spec_mod.ALIASES.items():
+    for alias, key in tool_vocabulary.ALIASES.items():
         assert alias in said[key].split(")")[0], alias
     found = CliRunner().invoke(main, ["keys", "max_seq_length"])
     assert found.exit_code == 0 and "model_max_length = 2048  (also: max_seq_length" in found.stdout
@@ -1414,7 +1415,7 @@ def test_transformers_epoch_strategies_are_once_an_epoch():
     assert (spec.saves_per_epoch, spec.save_steps) == (1, None)
     with pytest.raises(FtctlError, match="'save_strategy' and 'saves_per_epoch' .* are both saves_per_epoch"):
         build({"save_strategy": "epoch", "saves_per_epoch": 2})
-    assert "epoch is read as saves_per_epoch: 1" in spec_mod.not_a_key("save_strategy")
+    assert "epoch is read as saves_per_epoch: 1" in tool_vocabulary.not_a_key("save_strategy")
 
 
 def test_save_strategy_no_is_taken_saying_checkpoints_are_written_all_the_same():
@@ -1499,7 +1500,7 @@ def test_trls_model_init_kwargs_and_dataset_kwargs_are_read_key_by_key():
     assert "'dataset_kwargs.skip_prepare_dataset' (run file) is not set by hand here: ftctl prepares every row" in text
     with pytest.raises(FtctlError, match="'model_init_kwargs.attn_implementation' and 'attn_implementation'"):
         build({"model_init_kwargs": {"attn_implementation": "sdpa"}, "attn_implementation": "eager"})
-    assert "read key by key" in spec_mod.not_a_key("model_init_kwargs")
+    assert "read key by key" in tool_vocabulary.not_a_key("model_init_kwargs")
 
 
 def test_a_hub_model_id_is_refused_not_dropped_and_pefts_bias_none_is_taken():

@@ -61,7 +61,8 @@ from typing import Any
 
 from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean
-from ftctl.spec import LF_INFO, TRAIN_FLAGS, near_file
+from ftctl.spec import near_file
+from ftctl.tool_datasets import LF_INFO, TRAIN_FLAGS
 from ftctl.trainer.splits import KINDS, is_data_file, split_files
 
 # FastChat's ShareGPT role names (fastchat/train/train.py and its data cleaning scripts).
@@ -566,9 +567,9 @@ def _renamed_turn(turn: Any, keys: dict, roles: dict) -> Any:
 
 def described(description: str | dict | None):
     """A function that gives a record of a dataset in ftctl's names, from the run's description of its own
-    (data_columns: JSON text of ftctl's field -> the data's, as spec.axolotl_columns reads it from axolotl's dataset
-    entries): its fields renamed (messages, instruction, input, output, system), its turns' role and content keys
-    and role names (``roles``: the data's -> the template's), ``system_prompt`` the system of a row without one.
+    (data_columns: JSON text of ftctl's field -> the data's, as tool_datasets.axolotl_columns reads it from axolotl's
+    dataset entries): its fields renamed (messages, instruction, input, output, system), its turns' role and content
+    keys and role names (``roles``: the data's -> the template's), ``system_prompt`` the system of a row without one.
     None where there is nothing to rename."""
     if not description:
         return None

@@ -1,0 +1,193 @@
+"""Secrets and credentials in user values: the environment variables that hold credentials (by name), the strings
+that hold one (a token's shape, a secret's value set here, a URI's user and password), and the lines that say what to
+do instead (pass it by name: --secret NAME). spec.build and spec.validate ask these of every value a run writes."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import typing
+
+from ftctl import storage
+
+# Names of environment variables that hold credentials (HF_TOKEN, GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY, OPENAI_API_KEY,
+# PGPASSWORD, GPG_PASSPHRASE, DB_PASS, MYSQL_PWD): a name that ends in TOKEN, SECRET, PASSWORD, PASSWD or PASSPHRASE,
+# in _KEY or APIKEY, or in the word PASS or PWD after a '_'; not HF_TOKEN_PATH, TIKTOKEN_CACHE_DIR or PAD_TOKEN_ID
+# (they end in another word), BYPASS (PASS inside a word), PWD or OLDPWD (the shell's working directories), nor a
+# flag's value (0/1/true/false: is_secret_name).
+CREDENTIAL_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|_KEY|APIKEY|(?:^|_)PASS|_PWD|_PAT)$", re.I)
+# A credential inside a value, whatever its name: the prefixes of Hugging Face's, GitHub's, GitLab's, OpenAI's,
+# Slack's tokens and AWS's key ids, and a URL's password (https://user:PASSWORD@host; a $VARIABLE there is a reference)
+CREDENTIAL_VALUE = {
+    "a URL's password": re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@$]+:[^/\s@$]+@"),
+    "a token": re.compile(
+        r"(?<![A-Za-z0-9_-])(?:(?:hf|gh[opusr])_[A-Za-z0-9]{20,}|github_pat_\w{20,}|glpat-[\w-]{20,}"
+        r"|xox[abprs]-[A-Za-z0-9-]{10,}|sk-[\w-]{20,}|AKIA[0-9A-Z]{16})"
+    ),
+}
+# A credential itself, as against a variable's name (words: HF_TOKEN, WANDB_API_KEY): a run of 16 or more letters
+# and digits with both in it: Hugging Face's hf_..., GitHub's ghp_... and github_pat_..., an AWS key id (AKIA...),
+# W&B's 40 hex digits (OpenAI's sk-... is no variable name at all).
+TOKEN_RUN = re.compile(r"[A-Za-z0-9]{16,}")
+FLAG_VALUES = ("", "0", "1", "true", "false", "yes", "no", "on", "off")  # HF_HUB_DISABLE_IMPLICIT_TOKEN=1: no secret
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def secret_problem(name: str, environ: typing.Mapping[str, str] | None = None) -> str | None:
+    """What is wrong with ``--secret NAME`` (None: nothing), said without repeating it: it may be the credential
+    itself (``--secret $HF_TOKEN``), which would be written into the job's files and spec.json. Refused: what is no
+    variable name; the value of a variable set in ``environ`` (one not itself set there); the shape of a token
+    (looks_like_token)."""
+    environ = os.environ if environ is None else environ
+    fix = "pass the variable's name, e.g. --secret HF_TOKEN (its value is taken from where you launch, never written)."
+    if not _ENV_NAME.fullmatch(name):
+        var, eq, _ = name.partition("=")  # NAME=VALUE: the value is never repeated
+        if eq and _ENV_NAME.fullmatch(var.strip()):
+            return (
+                f"secret {var.strip()}=...: pass the name alone (--secret {var.strip()}) and export its value where "
+                "you launch; a secret's value is never written into the job's files."
+            )
+        return f"a secret is not an environment variable NAME (it is not repeated here, in case it is a value): {fix}"
+    holders = sorted(k for k, v in environ.items() if v == name) if name not in environ else []
+    if holders:
+        return f"a secret is the value of {', '.join(holders)} (set here), not a variable's name: {fix}"
+    if looks_like_token(name):
+        return f"a secret looks like a token (16 or more letters and digits in a run), not a variable's name: {fix}"
+    return None
+
+
+# the variable a tool's login reads its credential from, named in the fix for a credential written in a setup line
+_TOOL_SECRETS = {"wandb": "WANDB_API_KEY", "huggingface-cli": "HF_TOKEN", "hf": "HF_TOKEN"}
+_CREDENTIAL_OPTION = re.compile(r"--?(?:token|api[-_]?key|password|passwd)", re.I)
+
+
+def setup_secret_problem(line: str, secrets=()) -> str | None:
+    """What writes a credential into the job's files in a setup line (None: nothing): ``export HF_TOKEN=hf_...``,
+    ``huggingface-cli login --token hf_...``, ``wandb login KEY``. Setup lines are written into the rendered script,
+    spec.json and, where one fails, the job's log; the value is not repeated here. A ``$VARIABLE`` is a reference,
+    not a value."""
+    written = "a value (not repeated here), which would be written into the job's files"
+    by_name = "(secrets pass by name, never written)"
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError:  # unbalanced quotes: refused as a shell line elsewhere (launch.setup_lines)
+        words = []
+    for i, word in enumerate(words):
+        name, eq, value = word.partition("=")
+        literal = bool(value) and "$" not in value and not value.startswith(("/", "~", "./"))  # a path: a key's file
+        if eq and _ENV_NAME.fullmatch(name) and literal and is_secret_name(name, secrets, value):
+            return f"setup line sets {name} to {written}: export {name} where you launch and pass --secret {name} {by_name}."
+        after = value if eq else (words[i + 1] if i + 1 < len(words) else "")
+        option = name if eq else word
+        token = looks_like_token(after) and "." not in after  # not a registry's host name
+        credential = _CREDENTIAL_OPTION.fullmatch(option) or (option == "login" and token)
+        if credential and after and "$" not in after and not after.startswith("-"):
+            var = next((v for tool, v in _TOOL_SECRETS.items() if tool in words), "TOKEN")
+            return (
+                f'setup line gives {option} {written}: write a variable there ("${var}"), export it where you '
+                f"launch and pass --secret {var} {by_name}."
+            )
+    pieces = [line, *words, *(word.partition("=")[2] for word in words)]  # a word, or what a NAME= of it sets
+    if holders := sorted({h for piece in pieces for h in secret_holders(piece, secrets)}):  # -o setup="... $HF_TOKEN"
+        return (
+            f"setup line holds the value of {', '.join(holders)} (set here; not repeated), which would be written into "
+            f"the job's files: quote the line in single quotes where you launch, so that the job's shell expands the "
+            f"variable (-o setup='export NAME=\"${holders[0]}\"'), and pass --secret {holders[0]} {by_name}."
+        )
+    if what := credential_in(line):
+        fix = "https://USER:$GIT_TOKEN@HOST/..." if what == "a URL's password" else '"$TOKEN"'
+        return (
+            f"setup line holds {what} (not repeated here), which would be written into the job's files: write a "
+            f"variable there ({fix}), export it where you launch and pass --secret with its name {by_name}."
+        )
+    return None
+
+
+# a URI's user, and its password where it has one (scheme://USER:PASSWORD@HOST/...; a :PORT/ is no password)
+URI_USERINFO = re.compile(r"(?<![A-Za-z0-9+.-])([A-Za-z][A-Za-z0-9+.-]*://)([^/\s@:]*)(?::([^\s@]*))?@")
+# an object store's own credential variables, which a job reaching it gets by name (storage.job_env)
+_STORE_KEYS = {
+    "s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    "gcs": "GOOGLE_APPLICATION_CREDENTIALS (its key file)",
+    "abfs": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY",
+    "hf": "HF_TOKEN",
+}
+
+
+def uri_credentials(value: str) -> bool:
+    """Whether ``value`` holds a URI with a user and password (s3://KEY:SECRET@bucket/x, https://user:pass@host), or a
+    user that is a token (https://hf_...@host)."""
+    for m in URI_USERINFO.finditer(value):
+        user, password = m.group(2), m.group(3)
+        if password is not None and not re.fullmatch(r"\d+(?:/.*)?", password):  # host:PORT/path@...: no password
+            return True
+        if password is None and (looks_like_token(user) or credential_in(user)):
+            return True
+    return False
+
+
+def _uri_credentials_said(key: str, value: str) -> str:
+    """uri_credentials' line: without them, and the store's own variables instead (the value is not repeated)."""
+    if key == "s3_endpoint_url":
+        return (
+            "s3_endpoint_url holds a user and password (not repeated here): give the endpoint alone (http://HOST:PORT) "
+            "and the keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY where you launch."
+        )
+    bare = URI_USERINFO.sub(lambda m: m.group(1), value)
+    shown = f" ({bare})" if not (_holds_credential(bare) or uri_credentials(bare)) else ""
+    found = {
+        storage.REMOTE_SCHEMES[s][0]
+        for m in URI_USERINFO.finditer(value)
+        if (s := m.group(1)[:-3].lower()) in storage.REMOTE_SCHEMES
+    }
+    keys = "; ".join(_STORE_KEYS[p] for p in sorted(found) if p in _STORE_KEYS) or "; ".join(
+        f"{p}: {v}" for p, v in _STORE_KEYS.items()
+    )
+    return (
+        f"{key} holds a URI with a user and password (not repeated here), and {key} is written into the rendered job "
+        f"files and spec.json: give it without them{shown} and the store's keys in its own variables where you "
+        f"launch ({keys}); the job gets those by name."
+    )
+
+
+def _holds_credential(text: str) -> bool:
+    """Whether ``text`` holds a secret's value set here, a token's shape or a URI's password: never repeated."""
+    return bool(secret_holders(text) or credential_in(text) or uri_credentials(text))
+
+
+def credential_in(text: str) -> str | None:
+    """What credential ``text`` holds by its shape (CREDENTIAL_VALUE), in words; None: none seen."""
+    return next((what for what, shape in CREDENTIAL_VALUE.items() if shape.search(text)), None)
+
+
+def looks_like_token(text: str) -> bool:
+    """Whether ``text`` has the shape of a credential rather than a variable's name (TOKEN_RUN)."""
+    return any(re.search(r"\d", run) and re.search(r"[A-Za-z]", run) for run in TOKEN_RUN.findall(text))
+
+
+def secret_holders(value: str, secrets=(), environ: typing.Mapping[str, str] | None = None) -> list[str]:
+    """The variables set in ``environ`` that hold a credential (is_secret_name: the run's ``secrets``, a store's, a
+    name like one) whose value ``value`` is, or holds (one of a token's length, 16 characters or more):
+    ``-o env=X=$WANDB_API_KEY``, the shell's expansion, would write it into the job's files. A flag's value (0,
+    true, ...), a path (a key's file) or one of under 4 characters is nobody's secret."""
+    environ = os.environ if environ is None else environ
+    return sorted(
+        name
+        for name, secret in environ.items()
+        if len(secret) >= 4
+        and secret.strip().lower() not in FLAG_VALUES
+        and not secret.startswith(("/", "~", "./"))
+        and (secret == value or (len(secret) >= 16 and secret in value))
+        and is_secret_name(name, secrets, secret)
+    )
+
+
+def is_secret_name(name: str, secrets=(), value: str | None = None) -> bool:
+    """Whether environment variable ``name`` holds a credential: one of the run's ``secrets``, a store's
+    (storage.SECRET_ENV), or a name like one (CREDENTIAL_NAME) whose ``value`` is not a flag's."""
+    if name in secrets or name.upper() in storage.SECRET_ENV:
+        return True
+    return bool(CREDENTIAL_NAME.search(name)) and (value is None or value.strip().lower() not in FLAG_VALUES)

@@ -1,0 +1,309 @@
+"""axolotl's and LLaMA-Factory's dataset entries as ftctl's data keys: an axolotl ``datasets`` entry's path, the
+names it gives its rows' fields (axolotl_columns) and the keys of it that ask for other rows or tokens than ftctl
+trains; LLaMA-Factory's dataset_info.json entries and their mix (data_path, data_weights). trainer.formats reads rows
+by them; spec.build reads run files with them (its _axolotl, _axolotl_columns and _llama_factory_names, which take
+RunSpec's fields, stay there)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftctl import storage
+from ftctl.errors import FtctlError
+from ftctl.tool_vocabulary import _text, _word, canonical_key
+
+
+def _dataset_at(path: str) -> str:
+    """axolotl's dataset path, TRL's dataset_name, as data_path: a file, a URI or a path as it is, ORG/NAME that is
+    none of them a Hub dataset (hf://datasets/ORG/NAME)."""
+    from ftctl.hub import HUB_ID
+
+    file = Path(path).suffix.lower() in (".json", ".jsonl", ".parquet", ".csv", ".tsv", ".txt", ".arrow")
+    here = "://" in path or file or Path(path).expanduser().exists() or storage.looks_like_path(path)
+    return path if here or not HUB_ID.match(path) else f"hf://datasets/{path}"
+
+
+# the fields a data row's turn says whether it trains in, true or false, beside OpenAI's weight (0 or 1), which the
+# data reader (trainer.formats) honours: axolotl's message_field_training default, its other usual name, ms-swift's
+TRAIN_FLAGS = ("training", "train", "loss")
+
+# the keys of an axolotl dataset entry that choose which rows, or which of their tokens, are trained, with the
+# values that ask for what ftctl does (an empty tuple: none does) and how to ask for what they want here
+_DATASET_KEYS = {
+    "split": (
+        ("train",),
+        "a Hub dataset's train split is read; for another, name its files (hf://datasets/ORG/NAME/FILES)",
+    ),
+    "name": ((), "name the configuration's files instead (hf://datasets/ORG/NAME/CONFIG/*.parquet)"),
+    "data_files": ((), "name the files in path (hf://datasets/ORG/NAME/FILES, or a local path)"),
+    "field": ((), "give a file whose rows are the records themselves (JSON lines, or a JSON list)"),
+    "revision": ((), "name it in the path: hf://datasets/ORG/NAME@REVISION/FILES"),
+    "roles_to_train": (
+        (("assistant",), ("gpt",)),
+        "the assistant's turns are trained (train_on_inputs: true trains every token)",
+    ),
+    "train_on_eos": (("turn",), "each assistant turn is trained with the token that ends it, as axolotl's turn"),
+    "message_field_training": (
+        TRAIN_FLAGS,
+        f"a turn says whether it trains in a field named {', '.join(TRAIN_FLAGS)} (true or false) or OpenAI's "
+        "weight (0 or 1): rename the field in the data",
+    ),
+    "chat_template": (
+        ("tokenizer_default",),
+        "give the template as a file or a model: -o chat_template_path=FILE.jinja (or a model directory or id)",
+    ),
+}
+
+
+def _dataset_refuses(key: str, value) -> str | None:
+    """Why an axolotl dataset entry's ``key: value`` asks for other rows or tokens than ftctl trains, None where it
+    does not (or is one ftctl does not read: the note says which)."""
+    if key not in _DATASET_KEYS:
+        return None
+    agrees, how = _DATASET_KEYS[key]
+    word = tuple(_word(v) for v in value) if isinstance(value, list) else _word(value)
+    return None if value is None or word in agrees else how
+
+
+# the keys of an axolotl dataset entry that name its rows' turns and their keys (field_messages: chat, and
+# message_property_mappings: {role: speaker, content: text}, or the older message_field_role/_content)
+TURN_KEYS = ("field_messages", "message_property_mappings", "message_field_role", "message_field_content")
+# the turns' names ftctl reads (trainer.formats): a row's list of turns, and each turn's role and content keys
+TURNS_READ, TURN_KEYS_READ = ("messages", "conversations"), (("role", "content"), ("from", "value"))
+
+
+def _turn_keys_refused(entry: dict) -> str | None:
+    """Why an axolotl dataset entry's turns, named as its TURN_KEYS say, are not rows ftctl reads (it reads a row's
+    turns by their names, not by a mapping in the run file): what to rename in the data. None where they are."""
+    mapped = entry.get("message_property_mappings")
+    mapped = mapped if isinstance(mapped, dict) else {}
+    turns = str(entry.get("field_messages") or "messages")
+    role = str(mapped.get("role") or entry.get("message_field_role") or "role")
+    content = str(mapped.get("content") or entry.get("message_field_content") or "content")
+    if turns in TURNS_READ and (role, content) in TURN_KEYS_READ:
+        return None
+    given = ", ".join(f"{k}: {entry[k]!r}" for k in TURN_KEYS if entry.get(k) is not None)
+    renames = [(turns, "messages")] * (turns not in TURNS_READ)  # from/value turns read as they are
+    renames += [(role, "role"), (content, "content")] * ((role, content) not in TURN_KEYS_READ)
+    renames = [f"{a!r} to {b!r}" for a, b in renames if a != b]
+    keys = [k for k in TURN_KEYS if k in entry]
+    return (
+        f"{entry['path']}'s {given}: ftctl reads a row's turns under 'messages' with role and content keys (or "
+        f"ShareGPT's conversations, from and value), not by a dataset entry's mapping: rename {', '.join(renames)} "
+        f"in the data and drop {', '.join(keys)} from the entry"
+    )
+
+
+# the roles a chat template takes (trainer.formats' OPENAI_ROLES): what axolotl's roles map the data's roles to
+TEMPLATE_ROLES = ("system", "user", "assistant", "tool")
+# axolotl's roles where an entry gives none (its chat_template strategy's): the template's role -> the data's
+AXOLOTL_ROLES = {"user": ["human", "user"], "assistant": ["gpt", "assistant"], "system": ["system"], "tool": ["tool"]}
+# a custom type's (axolotl's user-defined Alpaca-like prompt) field_* keys: the Alpaca field each names
+AXOLOTL_TYPE_FIELDS = {
+    "field_instruction": "instruction",
+    "field_input": "input",
+    "field_output": "output",
+    "field_system": "system",
+}
+# and its prompt strings, which ftctl's chat template writes instead: the values that ask for no more than it does
+AXOLOTL_TYPE_FORMATS = {
+    "format": ("{instruction}",),
+    "no_input_format": ("{instruction}",),
+    "system_format": ("{system}",),
+}
+
+
+def axolotl_columns(entry: dict) -> tuple[dict, str | None]:
+    """(ftctl's own description of the fields an axolotl dataset entry names otherwise, as data_columns holds it: the
+    field -> the data's name of it (messages, role, content; instruction, input, output, system), ``roles`` the data's
+    role -> the template's, ``system_prompt`` a system prompt for rows without one; {} where there are none; why not,
+    the rest of a sentence after the entry's path, where the entry asks what ftctl cannot do). From field_messages,
+    message_property_mappings (role, content; or message_field_role/_content, axolotl's older keys), roles (replacing
+    axolotl's defaults, as axolotl does) and a custom type's field_* and system_prompt."""
+    described: dict = {}
+    kind = entry.get("type")
+    if isinstance(kind, dict):
+        unknown = sorted(set(kind) - {*AXOLOTL_TYPE_FIELDS, *AXOLOTL_TYPE_FORMATS, "system_prompt", "field"})
+        asked = [f"{k}: {kind[k]!r}" for k, ok in AXOLOTL_TYPE_FORMATS.items() if kind.get(k) not in (None, "", *ok)]
+        if unknown:
+            return (
+                {},
+                f"type: {', '.join(unknown)} are no keys of axolotl's custom type ftctl reads (field_*, system_prompt)",
+            )
+        if asked:
+            return {}, (
+                f"type's {', '.join(asked)}: ftctl writes each prompt with the model's chat template (the one a chat "
+                "or a server of the model writes too; chat_template_path names another), not a format string: drop "
+                f"{', '.join(k for k in AXOLOTL_TYPE_FORMATS if k in kind)} from the type"
+            )
+        if kind.get("field"):
+            return {}, f"type's field: {kind['field']!r}: {_DATASET_KEYS['field'][1]}"
+        described |= {ours: str(kind[k]) for k, ours in AXOLOTL_TYPE_FIELDS.items() if kind.get(k) and kind[k] != ours}
+        if kind.get("system_prompt"):
+            described["system_prompt"] = str(kind["system_prompt"])
+    mapped = entry.get("message_property_mappings") or {}
+    if not isinstance(mapped, dict):
+        return {}, f"message_property_mappings: {mapped!r} is no mapping: give {{role: KEY, content: KEY}}"
+    if other := sorted(k for k, v in mapped.items() if k not in ("role", "content") and v != k):
+        return {}, (
+            f"message_property_mappings' {', '.join(other)}: ftctl renames a turn's role and content only: rename "
+            f"{', '.join(f'{mapped[k]!r} to {k!r}' for k in other)} in the data"
+        )
+    turns = entry.get("field_messages")
+    role = mapped.get("role") or entry.get("message_field_role")
+    content = mapped.get("content") or entry.get("message_field_content")
+    roles = entry.get("roles")
+    if roles is not None:
+        if not isinstance(roles, dict) or not all(isinstance(v, (list, str)) for v in roles.values()):
+            return {}, f"roles: {roles!r}: give the template's roles' names in the data, roles: {{user: [human]}}"
+        if wrong := sorted(set(roles) - set(TEMPLATE_ROLES)):
+            return {}, f"roles: {', '.join(wrong)}: a chat template's roles are {', '.join(TEMPLATE_ROLES)}"
+    native = (
+        str(turns or "messages") in TURNS_READ and (str(role or "role"), str(content or "content")) in TURN_KEYS_READ
+    )
+    if not native or roles is not None:  # a conversation named its own way: messages, the template's roles
+        described |= {"messages": str(turns or "messages"), "role": str(role or "role")}
+        described["content"] = str(content or "content")
+        given = {r: [v] if isinstance(v, str) else v for r, v in (roles or AXOLOTL_ROLES).items()}
+        described["roles"] = {str(name): r for r, names in given.items() for name in names if str(name) != r}
+    return described, None
+
+
+LF_INFO = "dataset_info.json"  # LLaMA-Factory's: its datasets by name (trainer.formats reads an entry's columns)
+LF_NAMED = {"dataset": "data_path", "eval_dataset": "eval_data_path"}  # its keys naming entries of it
+# the split of a Hub dataset ftctl reads, by the key naming its entry (trainer.splits: train; held-out data test)
+LF_SPLIT = {"dataset": "train", "eval_dataset": "test"}
+# LLaMA-Factory's mix_strategy values: how interleave_datasets stops (first_exhausted, all_exhausted), or concat
+LF_MIXES = {"concat": None, "interleave_under": min, "interleave_over": max}
+
+
+def _llama_factory_unread(entry: dict, split: str) -> str | None:
+    """What of a dataset_info.json entry ftctl would not read as LLaMA-Factory does (the rest of the sentence that
+    names it), None where it reads it all: a Hub dataset's subset (a configuration, not files) or a split other than
+    the one ftctl reads (train; test for held-out data) given; LLaMA-Factory reads a file's rows as its train split
+    only."""
+    asked = str(entry.get("split") or "train")
+    if isinstance(entry.get("file_name"), str):
+        if asked == "train":
+            return None
+        return (
+            f"asks file {entry['file_name']}'s split {asked!r}, which LLaMA-Factory does not have either (a file's "
+            "rows are its train split): drop split from the entry"
+        )
+    if not isinstance(hub := entry.get("hf_hub_url"), str):
+        return None
+    subset, folder = entry.get("subset"), entry.get("folder")
+    at = f"hf://datasets/{hub}/{str(folder).strip('/') + '/' if folder else ''}"
+    if subset:
+        return (
+            f"names subset {subset!r} of {hub}, a configuration of the Hub dataset, which ftctl does not read by name "
+            f"(nothing is downloaded to learn its files): give its files as data_path, {at}{subset}/ where the "
+            "dataset keeps each subset in a folder of its name (the dataset's Files tab shows which), and drop the "
+            "dataset key"
+        )
+    if entry.get("split") and asked != split:  # none given: the split ftctl reads for the role
+        return (
+            f"asks {hub}'s split {asked!r}, and ftctl reads a Hub dataset's {split} split "
+            f"({'held-out data' if split != 'train' else 'training data'}; by its files' names): give the {asked} "
+            f"split's files as data_path ({at}FILES, e.g. {at}data/{asked}-*.parquet), and drop the dataset key"
+        )
+    return None
+
+
+def _records_in(path: str) -> int | None:
+    """How many records a local .json or .jsonl file (gzipped too) holds, as LLaMA-Factory's JSON loader counts
+    them: a JSON list's items, else its non-blank lines; None for any other (a directory, Parquet, a URI)."""
+    name = path.lower().removesuffix(".gz")
+    if storage.scheme(path) or not name.endswith((".json", ".jsonl")) or not Path(path).is_file():
+        return None
+    import gzip
+
+    try:
+        raw = (gzip.open if path.lower().endswith(".gz") else open)(path, "rb").read()
+        try:
+            whole = json.loads(raw)
+        except ValueError:
+            whole = None
+        return len(whole) if isinstance(whole, list) else sum(1 for line in raw.splitlines() if line.strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _llama_factory_mix(items: list, paths: list[str], source: str, notes=None) -> list:
+    """A layer's LLaMA-Factory mix_strategy and interleave_probs (with its ``dataset`` names, read as ``paths``) as
+    data_weights: interleave_datasets draws each dataset's share of the rows until the first dataset is used up
+    (interleave_under) or the last one is (interleave_over), so dataset i of n_i rows and share p_i gives p_i * T
+    rows, T = min (max) of n_j / p_j: its weight here, each one's rows that many times an epoch, is p_i * T / n_i.
+    Without probs, equal shares (interleave_datasets' round robin); concat (LLaMA-Factory's default) is ftctl's
+    without data_weights. FtctlError for a mix ftctl cannot count here."""
+    given = {k.strip(): v for k, v in items}
+    if "mix_strategy" not in given and "interleave_probs" not in given:
+        return items
+    keep = [(k, v) for k, v in items if k.strip() not in ("mix_strategy", "interleave_probs")]
+    strategy, probs = str(given.get("mix_strategy") or "concat").strip(), given.get("interleave_probs")
+    said = f"mix_strategy: {strategy}" + (f", interleave_probs: {_text(probs)}" if probs is not None else "")
+    if strategy not in LF_MIXES:
+        raise FtctlError(f"mix_strategy: {strategy} ({source}) is none of LLaMA-Factory's: {', '.join(LF_MIXES)}.")
+    if LF_MIXES[strategy] is None:
+        if probs is not None:
+            raise FtctlError(
+                f"interleave_probs ({source}) mixes by shares with mix_strategy interleave_under or interleave_over, "
+                f"not {strategy} (LLaMA-Factory refuses it so too): add mix_strategy: interleave_under, or drop "
+                "interleave_probs to read each dataset once."
+            )
+        notes is None or notes.append(
+            f"mix_strategy: concat ({source}): each dataset's rows once, as ftctl reads datasets without data_weights"
+        )
+        return keep
+    if len(paths) < 2:
+        notes is None or notes.append(f"{said} ({source}): one dataset, nothing to mix")
+        return keep
+    if any(canonical_key(k) == "data_weights" for k, _ in items):
+        raise FtctlError(f"{said} ({source}) and data_weights both mix the datasets: keep one.")
+    try:
+        shares = (
+            [1 / len(paths)] * len(paths)
+            if probs is None
+            else [float(p) for p in (probs if isinstance(probs, list) else str(probs).split(","))]
+        )
+    except (TypeError, ValueError):
+        raise FtctlError(f"interleave_probs: {_text(probs)} ({source}): give one number a dataset, 0.7,0.3") from None
+    if len(shares) != len(paths) or abs(sum(shares) - 1) > 1e-6 or min(shares) <= 0:
+        raise FtctlError(
+            f"interleave_probs: {_text(probs)} ({source}) are no shares of the {len(paths)} datasets of dataset: give "
+            "one above 0 each, in its order, summing to 1 (a dataset of none: drop it from dataset)."
+        )
+    rows = [_records_in(p) for p in paths]
+    if uncounted := [p for p, n in zip(paths, rows) if not n]:
+        raise FtctlError(
+            f"{said} ({source}) mixes by the datasets' sizes, and {', '.join(uncounted)} is no local JSON file whose "
+            "rows ftctl counts here: give data_weights instead, each dataset's rows that many times an epoch "
+            "(shares p over n rows: p * T / n, T the smallest n / p for interleave_under, the largest for "
+            "interleave_over; `ftctl data check -c run.yaml` counts the rows)."
+        )
+    total = LF_MIXES[strategy](n / p for n, p in zip(rows, shares))
+    weights = [p * total / n for n, p in zip(rows, shares)]
+    under = strategy.endswith("under")
+    mixed = ", ".join(f"{path} {n:,} rows x {w:.4g}" for path, n, w in zip(paths, rows, weights))
+    notes is None or notes.append(
+        f"{said} ({source}) are data_weights {','.join(f'{w:.6g}' for w in weights)} here: {mixed} "
+        f"(LLaMA-Factory's interleaving {'stops at the first dataset used up' if under else 'goes on until the last is'})"
+    )
+    return keep + [("data_weights", ",".join(f"{w:.6g}" for w in weights))]
+
+
+def _mixes(items):
+    """A run file's ``data_path: {PATH: WEIGHT, ...}`` (the alignment handbook's dataset_mixer) as data_path and
+    data_weights."""
+    weighted = [k for k, v in items if canonical_key(k) == "data_path" and isinstance(v, dict)]
+    if weighted and (named := [k for k, _ in items if canonical_key(k) == "data_weights"]):
+        raise FtctlError(
+            f"{weighted[0]!r} is a mapping of datasets to weights, and {named[0]!r} gives weights too: keep one."
+        )
+    for key, value in items:
+        if canonical_key(key) == "data_path" and isinstance(value, dict):
+            yield key, list(value)
+            yield "data_weights", list(value.values())
+        else:
+            yield key, value
