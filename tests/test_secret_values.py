@@ -60,6 +60,7 @@ def _written_keys() -> list[str]:
 _SHAPED = {
     "sbatch_args": ["--comment=run for {s}"],
     "lr_scheduler_kwargs": {"min_lr_rate": "{s}"},
+    "data_columns": {"/data/d.jsonl": "{s}"},  # a dataset's own field names (axolotl's), as JSON text
     "lora_target_modules": "q_proj,{s}",
     "container": "pyxis:ghcr.io/x/img:{s}",
     "report_to": "wandb:{s}",

@@ -193,7 +193,10 @@ def test_an_offload_plan_is_planned_for_the_ram_the_partitions_nodes_have(cluste
 
 def test_a_cpu_plan_is_bound_by_the_nodes_ram_and_a_refusal_says_whose(cluster):
     partition = PartitionInfo("cpu", True, True, "1:00:00", [_node(8000, "idle"), _node(16000, "down*")])
-    assert partition.host_memory(None, 1, 1) == (8000 * 2**20 / 1e9, "partition cpu's nodes have up to 7.8 GiB of RAM (sinfo)")
+    assert partition.host_memory(None, 1, 1) == (
+        8000 * 2**20 / 1e9,
+        "partition cpu's nodes have up to 7.8 GiB of RAM (sinfo)",
+    )
     (cluster / "sinfo.out").write_text("cpu*|c1|idle|32|8000|infinite|up|(null)\n")
     flags = dict(backend="slurm", method="fft", gpus="cpu", model_name_or_path="org/m")
     assert prepared(model_params="100m", **flags).spec.host_memory_gb == 8000 * 2**20 / 1e9  # sinfo's MiB, exactly
