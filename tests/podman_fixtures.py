@@ -72,6 +72,15 @@ class Podman:
         return proc
 
 
+def podman_only(env: dict[str, str], bin_dir: Path) -> dict[str, str]:
+    """``env`` (the fixture's) as on a host with podman and no ``docker`` command (Fedora, RHEL): a PATH of ``bin_dir``,
+    holding podman and sh, then this interpreter's bin directory (ftctl, python)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for tool in ("podman", "sh"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    return {**env, "PATH": f"{bin_dir}:{Path(sys.executable).parent}"}
+
+
 def _cannot(why: str) -> None:
     pytest.fail(f"no container engine for the docker backend's real tests: {why}", pytrace=False)
 

@@ -8,13 +8,17 @@ And `ftctl build`, whose ``buildx build`` is podman's own there (docker.engine).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from ftctl.cli import main
 from ftctl.docker import backend, engine, render
 from ftctl.errors import FtctlError
 from tests.podman_fixtures import podman  # noqa: F401 (the fixture)
@@ -197,3 +201,141 @@ def test_ftctl_build_runs_podmans_build_of_the_dockerfile(podman, tmp_path):  # 
     assert ': SHELL ["/bin/bash", "-o", "pipefail", "-c"]' in out and "SHELL is not supported" not in out
     assert "stat /bin/bash: no such file or directory" in out, out  # its first RUN, under bash
     assert said.stderr.splitlines()[-1] == "error: `docker buildx` failed (exit 1): the lines above say why."
+
+
+def _stand_in(path: Path, script: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\n{script}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_the_engine_is_ftctl_docker_else_docker_else_podman(tmp_path, monkeypatch):
+    """A host with podman and no docker command (Fedora, RHEL) runs podman, named so in what is rendered (the
+    stand-ins fail if asked anything: a podman is known by its name); FTCTL_DOCKER picks one where both are; where
+    neither is, one line says what to install."""
+    both, only, none = tmp_path / "both", tmp_path / "only", tmp_path / "none"
+    for tool in (both / "docker", both / "podman", only / "podman"):
+        _stand_in(tool, "exit 1")
+    none.mkdir()
+    monkeypatch.delenv(engine.ENV, raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("PATH", str(both))
+    assert (engine.command(), engine.path()) == ("docker", str(both / "docker"))
+    monkeypatch.setenv(engine.ENV, "podman")
+    assert (engine.command(), engine.path(), engine.why()) == ("podman", str(both / "podman"), "FTCTL_DOCKER=podman")
+    monkeypatch.delenv(engine.ENV)
+    monkeypatch.setenv("PATH", str(only))
+    assert (engine.command(), engine.kind(), engine.why()) == ("podman", "podman", "no docker command here")
+    prep = prepared(backend="docker", gpus="2xA100", model_name_or_path=MODEL, output_dir="/fixed/out")
+    assert prep.text.startswith("podman run --detach ") and " --device nvidia.com/gpu=1 " in prep.text
+    monkeypatch.setenv("PATH", str(none))
+    assert engine.command() == "docker"  # a dry run renders docker's command
+    with pytest.raises(FtctlError) as e:
+        engine.path()
+    assert str(e.value) == (
+        "neither docker nor podman is installed here: install Docker Engine or podman, or use --backend local."
+    )
+    monkeypatch.setenv(engine.ENV, "nerdctl")
+    with pytest.raises(FtctlError, match=r"^FTCTL_DOCKER=nerdctl: no such command here: set FTCTL_DOCKER to podman, "):
+        engine.path()
+
+
+@pytest.mark.parametrize(
+    "server, version, kind",
+    [("Podman Engine", "4.3.1", "podman-api"), ("Podman Engine", "5.5.0", "podman"), ("Engine", "28.2.2", "docker")],
+)
+def test_dockers_cli_on_podmans_socket_is_known_by_its_server(tmp_path, monkeypatch, server, version, kind):
+    """Docker's CLI whose DOCKER_HOST is podman's socket: `docker version` names its server "Podman Engine"; before
+    podman 5.5 its docker API drops every GPU request (kind podman-api: refused), from 5.5 it takes CDI devices."""
+    components = json.dumps([{"Name": server, "Version": version}])
+    docker = _stand_in(
+        tmp_path / "bin" / "docker",
+        f"""case "$*" in --version) echo 'Docker version 28.2.2, build e6534b4';;
+version*Components*) echo '{components}';; *) exit 1;; esac""",
+    )
+    monkeypatch.setenv("PATH", str(docker.parent))
+    monkeypatch.delenv(engine.ENV, raising=False)
+    assert engine.kind() == kind
+
+
+@pytest.mark.slow
+def test_a_gpu_launch_through_podmans_docker_api_is_refused(podman, tiny_model_dir, tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    """Docker's CLI on podman's socket (DOCKER_HOST=unix://.../podman.sock, the real podman serving it): podman
+    4.3's docker API starts a container without the GPU it was asked for, through docker's --gpus or a CDI device
+    (`docker run --device nvidia.com/gpu=NAME` of a CDI spec's fake GPU: no device inside, exit 0), and ftctl took it
+    for docker and launched it so. Now doctor and launch say why, and how to run podman itself; nothing starts."""
+    docker = shutil.which("docker")
+    said = subprocess.run([docker, "--version"], capture_output=True, text=True).stdout if docker else ""
+    if not said.startswith("Docker version"):
+        pytest.skip(f"no Docker CLI here to talk to podman's socket ({docker}: {said.strip()})")
+    bin_dir, socket = tmp_path / "bin", tmp_path / "podman.sock"
+    bin_dir.mkdir()
+    (bin_dir / "docker").symlink_to(docker)
+    _stand_in(
+        bin_dir / "nvidia-smi",
+        'case "$1" in --query-gpu*) echo "NVIDIA A100-SXM4-80GB, 81920"; exit 0;; esac\n'
+        "echo '| NVIDIA-SMI 570.124.06   Driver Version: 570.124.06   CUDA Version: 12.8     |'",
+    )
+    gpu, name = f"GPU-ftctl-test-{uuid.uuid4()}", podman.name("api")
+    env = {**podman.env, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": gpu}
+    env.update(DOCKER_HOST=f"unix://{socket}", FTCTL_HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "c"))
+    env.pop(engine.ENV, None)
+    service = subprocess.Popen(
+        [shutil.which("podman"), "system", "service", "--time=0", f"unix://{socket}"],
+        env=podman.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if subprocess.run(["docker", "version"], env=env, capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        version = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"], env=env, capture_output=True, text=True
+        ).stdout.strip()
+        if engine._version(version) >= engine.PODMAN_API_CDI:
+            pytest.skip(f"podman {version}'s docker API takes CDI devices")
+        flags = ["--backend", "docker", "--gpus", "1xA100-80GB", "--method", "lora", "--model", str(tiny_model_dir)]
+        flags += ["--data", str(tiny_data), "--output", str(tmp_path / "out"), "--container", f"docker:{podman.image}"]
+        for key, value in env.items():  # ftctl in this process: seconds less than two of its own
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv(engine.ENV, raising=False)
+        doctor = CliRunner().invoke(main, ["doctor", "--backend", "docker", "--gpus", "1xA100-80GB"])
+        launch = CliRunner().invoke(main, ["launch", *flags, "-o", f"run_name={name}"])
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+    refusal = (
+        f"docker here talks to podman {version}'s docker API (DOCKER_HOST=unix://{socket}), which starts a container "
+        "without its GPUs: it drops docker's --gpus and CDI device requests (podman 5.5 takes the CDI ones). Run "
+        "podman itself: FTCTL_DOCKER=podman (or upgrade podman to 5.5)."
+    )
+    assert doctor.exit_code == 1, doctor.output
+    assert (
+        f"\ndocker:  podman {version}'s docker API, through {bin_dir / 'docker'}\ngpus:    {refusal}\n" in doctor.stdout
+    )
+    assert launch.exit_code == 2 and launch.stderr.splitlines() == [f"error: {refusal}"], launch.output
+    assert podman.docker("container", "exists", name, check=False).returncode == 1  # nothing started
+
+
+def test_podmans_short_name_refusal_says_to_name_the_registry(tmp_path, monkeypatch):
+    """podman (no docker.io default) refuses a short image name without unqualified-search registries: its line, then
+    how to name the image (measured: `--container docker:ftctl:test` under podman 4.3.1)."""
+    from ftctl.errors import NotSent
+
+    said = (
+        'Error: short-name "ftctl:test" did not resolve to an alias and no unqualified-search registries are defined '
+        'in "/etc/containers/registries.conf"'
+    )
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(backend, "_docker", lambda ref=None: "/usr/bin/podman")
+    monkeypatch.setattr(backend, "_inspect", lambda name, docker=None: None)
+    monkeypatch.setattr(backend, "_run", lambda argv: subprocess.CompletedProcess(argv, 125, "", said + "\n"))
+    prep = prepared(backend="docker", gpus="cpu", model_name_or_path=MODEL, output_dir=str(tmp_path / "o"))
+    with pytest.raises(NotSent) as e:
+        backend.DockerBackend().send(prep)
+    assert str(e.value) == (
+        f"podman run failed: {said}: name the image with its registry (docker.io/NAME:TAG, ghcr.io/...) in --container"
+    )

@@ -9,6 +9,7 @@ emulates, checked against the engine itself.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.podman_fixtures import podman  # noqa: F401 (the fixture)
+from tests.podman_fixtures import podman, podman_only  # noqa: F401 (the fixture)
 
 FTCTL = str(Path(sys.executable).parent / "ftctl")
 pytestmark = pytest.mark.slow
@@ -96,14 +97,25 @@ def test_launch_status_logs_cancel_in_a_real_container(podman, tiny_model_dir, t
     assert cancel.stdout.strip() == f"cancelled {name}: its trainer saved a checkpoint as it stopped: {goes_on}"
     assert ftctl("status", name).stdout.splitlines()[0] == f"{name} CANCELLED (stopped, exit 143)"
 
-    # launched again and cancelled while its trainer loads: killed at once (its start record in metrics.jsonl is the
-    # earlier container's); it waited the whole grace where the backend could not read podman's start time
-    assert f"started container {name}" in ftctl("launch", *flags).stdout
+    # launched again, on a host with podman and no docker command (ftctl said: docker is not installed): the same
+    # container, through podman itself (the ended one removed first), and cancelled while its trainer loads: killed at
+    # once (its start record in metrics.jsonl is the earlier container's); it waited the whole grace where the backend
+    # could not read podman's start time
+    env = podman_only(env, tmp_path / "podman-only")
+    started = ftctl("launch", *flags).stdout
+    (run_dir,) = [line.split(":", 1)[1].strip() for line in started.splitlines() if "run dir:" in line]
+    assert (
+        f"started container {name}" in started and "exec podman run " in (Path(run_dir) / "docker-run.sh").read_text()
+    )
+    assert ftctl("status", name).stdout.startswith(f"{name} RUNNING (running)")
+    ftctl("logs", name)  # podman logs: what the trainer has said so far
     started = time.monotonic()
     cancel = ftctl("cancel", "--wait", "30", name).stdout
     assert time.monotonic() - started < 10 and "its trainer had not started training" in cancel, cancel
     assert ftctl("status", name).stdout.splitlines()[0] == f"{name} CANCELLED (killed, exit 137)"
     assert [c.name for c in out.glob("checkpoint-*")] == [saved]
+    doctor = ftctl("doctor", "--backend", "docker", "--gpus", "cpu").stdout  # which engine, and why
+    assert re.search(rf"^docker:  podman \S+ \({tmp_path}/podman-only/podman: no docker command here\)$", doctor, re.M)
 
 
 def _read(path: Path) -> str:

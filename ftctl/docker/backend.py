@@ -10,9 +10,12 @@ is its exit code: STOPPED_EXIT (stopped at a checkpoint) or KILLED_EXIT, without
 its log (a rank the host killed says one), is a cancelled container; ``status`` and ``cancel`` say whether it saved
 a checkpoint (stop_note). ``doctor`` checks the daemon, and for GPUs its NVIDIA container runtime.
 
-The ``docker`` command may be podman's (podman-docker, or a link): the same verbs, but a container gets GPUs
-through NVIDIA's CDI devices (docker.engine, docker.render), so for a run on GPUs ``check`` looks for NVIDIA's CDI
-spec where podman reads them (CDI_DIRS) before any container starts, and ``doctor`` says which it found.
+The engine may be podman (podman itself where there is no ``docker`` or FTCTL_DOCKER says so, podman-docker's
+``docker``, or a link): the same verbs, but a container gets GPUs through NVIDIA's CDI devices (docker.engine,
+docker.render), so for a run on GPUs ``check`` looks for NVIDIA's CDI spec where podman reads them (CDI_DIRS) before
+any container starts, and refuses Docker's CLI on podman's docker API (which drops GPU requests before podman 5.5);
+``doctor`` says which engine it found. Every command and message names the engine's command (docker.engine), and a
+job keeps the one it was launched with (its JobRef's extra["engine"]).
 
 The image: --container, else ``image:`` in the user's config, else the newest image ``ftctl build``
 recorded for the run's GPUs (built here or pushed), else ``default_image`` (what ``ftctl build`` names).
@@ -47,8 +50,8 @@ from ftctl.backend import (
     trainer_paths_of,
     trainer_started,
 )
+from ftctl.docker import engine as docker_engine
 from ftctl.docker import render as docker_render
-from ftctl.docker.engine import engine
 from ftctl.docker.image import build_command, default_image, flavour_for
 from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import trainer_env
@@ -109,7 +112,8 @@ class DockerBackend(Backend):
 
     def render(self, spec, plan, paths, spec_json):
         # the engines differ only in how a container gets GPUs: a CPU run's command asks nothing of the host
-        text = docker_render.render(spec, plan, str(paths.root), engine() if plan.tier else "docker")
+        kind = docker_engine.kind() if plan.tier else "docker"
+        text = docker_render.render(spec, plan, str(paths.root), kind, docker_engine.command())
         return text, {paths.spec.name: spec_json, paths.docker_script.name: "#!/bin/sh\nexec " + text}
 
     def check(self, rendered: Rendered) -> None:
@@ -121,10 +125,13 @@ class DockerBackend(Backend):
                 tier = rendered.plan.tier
                 build = build_command(tier, flavour_for(tier, self.host_driver_cuda() if tier else None))
                 raise FtctlError(
-                    f"the image {image} is not on this docker host: build it with `{build}` (or pull it), or pass "
-                    "--container docker:IMAGE."
+                    f"the image {image} is not on this {_name(docker)} host: build it with `{build}` (or pull it), "
+                    "or pass --container docker:IMAGE."
                 )
-        if rendered.plan.tier and engine() == "podman":
+        kind = docker_engine.kind(docker) if rendered.plan.tier else "docker"
+        if kind == "podman-api":
+            raise FtctlError(_podman_api(docker))
+        if kind == "podman":
             _check_cdi(docker_render.cdi_names(rendered.plan))
         name = rendered.spec.name
         state = _inspect(name)
@@ -144,8 +151,9 @@ class DockerBackend(Backend):
 
     def send(self, rendered: Rendered) -> JobRef:
         name = rendered.spec.name
+        docker = _docker()
         if _inspect(name):  # an ended container of an earlier attempt: the run dir keeps its checkpoints
-            _run([_docker(), "rm", name])
+            _run([docker, "rm", name])
         caches = docker_render.host_caches()
         for path in [*caches.dirs(), *(inside for _, inside in docker_render.home_mounts(rendered.spec, caches))]:
             os.makedirs(path, exist_ok=True)
@@ -153,8 +161,10 @@ class DockerBackend(Backend):
         if proc.returncode != 0:
             said = _last_line(proc)
             fix = next((f": {fix}" for why, fix in SEND_FIXES if why in said), "")
-            raise NotSent(f"docker run failed: {said}{fix}")
-        return JobRef("docker", name, str(rendered.paths.root), name, rendered.spec.output)
+            raise NotSent(f"{_name(docker)} run failed: {said}{fix}")
+        # the engine it runs on: status, logs and cancel ask that one (FTCTL_DOCKER unset later, or docker installed)
+        extra = {"engine": docker_engine.command()}
+        return JobRef("docker", name, str(rendered.paths.root), name, rendered.spec.output, extra)
 
     def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
         return [
@@ -165,9 +175,10 @@ class DockerBackend(Backend):
         ]
 
     def status(self, ref: JobRef) -> JobStatus:
-        state = _inspect(ref.job_id)
+        docker = _docker(ref)
+        state = _inspect(ref.job_id, docker)
         if state is None:
-            return JobStatus(JobState.UNKNOWN, f"{ref.job_id} not found (removed from this docker host)")
+            return JobStatus(JobState.UNKNOWN, f"{ref.job_id} not found (removed from this {_name(docker)} host)")
         word, code, ran = state.word, state.code, state.ran
         if word == "exited" and self._stopped(ref, code):
             how = "stopped" if code == STOPPED_EXIT else "killed"
@@ -194,23 +205,26 @@ class DockerBackend(Backend):
             return None
 
     def logs(self, ref: JobRef, follow: bool) -> None:
-        docker = _docker()
+        docker = _docker(ref)
         if subprocess.call([docker, "logs", *(["--follow"] if follow else []), ref.job_id]) == 0:
             return
         _daemon(docker)  # a daemon that does not answer says so (docker's own line is above)
-        if _inspect(ref.job_id) is None:
-            raise FtctlError(f"container {ref.job_id} is not on this docker host (removed): its log went with it.")
-        raise FtctlError(f"docker logs {ref.job_id} failed: its message is above.")
+        if _inspect(ref.job_id, docker) is None:
+            raise FtctlError(
+                f"container {ref.job_id} is not on this {_name(docker)} host (removed): its log went with it."
+            )
+        raise FtctlError(f"{_name(docker)} logs {ref.job_id} failed: its message is above.")
 
     def log_tail(self, ref: JobRef) -> str:
         """The container's last LOG_TAIL_LINES lines (its output, then its errors); "" once it is removed."""
-        proc = _run([_docker(), "logs", "--tail", str(LOG_TAIL_LINES), ref.job_id])
+        proc = _run([_docker(ref), "logs", "--tail", str(LOG_TAIL_LINES), ref.job_id])
         return proc.stdout + proc.stderr if proc.returncode == 0 else ""
 
     def cancel(self, ref: JobRef, now: bool = False, wait_s: int | None = None) -> str:
         """``docker stop``: SIGTERM, its trainer saves a checkpoint at its next step boundary and stops; docker kills
         the container after ``wait_s`` (STOP_GRACE_S) where that has not come, at once with ``now``. Says whether a
         checkpoint was saved, as stop_note does."""
+        docker = _docker(ref)
         before = self.status(ref)
         if before.state.finished or before.state is JobState.UNKNOWN:
             return f"job {ref.job_id} had already ended: {before.text}"
@@ -219,17 +233,17 @@ class DockerBackend(Backend):
         if grace:
             click.echo(
                 f"asked container {ref.job_id}'s trainer for a checkpoint at its next step boundary; waiting up to "
-                f"{grace} s for it, then docker kills it (`ftctl cancel --now {ref.job_id}` stops it at once)",
+                f"{grace} s for it, then {_name(docker)} kills it (`ftctl cancel --now {ref.job_id}` stops it at once)",
                 err=True,
             )
         # --now (or nothing to save) is `docker kill`: `docker stop --time 0` sent SIGTERM first, and a trainer that
         # could finish a small checkpoint before docker's SIGKILL saved one after all (a loaded machine, a tiny model)
         verb = ["kill"] if at_once else ["stop", "--time", str(grace)]
-        proc = _run([_docker(), *verb, ref.job_id])
+        proc = _run([docker, *verb, ref.job_id])
         if proc.returncode != 0:
-            raise FtctlError(f"docker {verb[0]} {ref.job_id} failed: {_last_line(proc)}")
+            raise FtctlError(f"{_name(docker)} {verb[0]} {ref.job_id} failed: {_last_line(proc)}")
         if at_once:  # podman's kill returns once the signal is sent (docker's once the container is down): its end
-            _run([_docker(), "wait", ref.job_id])
+            _run([docker, "wait", ref.job_id])
         after = self.status(ref)
         if after.state is JobState.SUCCEEDED:
             return f"job {ref.job_id} finished training before it could stop: {after.text}"
@@ -249,12 +263,15 @@ class DockerBackend(Backend):
         return "its trainer had not started training: nothing since the last checkpoint to save"
 
     def stop_note(self, ref: JobRef) -> str | None:
-        return self._saved(ref, "docker killed it before its trainer's next step boundary, or it was not training yet")
+        killer = _name(_docker(ref))
+        return self._saved(
+            ref, f"{killer} killed it before its trainer's next step boundary, or it was not training yet"
+        )
 
     def _saved(self, ref: JobRef, killed: str) -> str | None:
         """Whether the cancelled container's trainer saved a checkpoint as it stopped (its exit code), and where the
         same launch goes on from; ``killed``: why not, where docker killed it. None: not a cancelled container."""
-        state = _inspect(ref.job_id)
+        state = _inspect(ref.job_id, _docker(ref))
         if state is None or state.word != "exited" or not self._stopped(ref, state.code):
             return None
         goes_on = f": the same `ftctl launch` {resumes_from(ref)}"
@@ -275,20 +292,25 @@ class DockerBackend(Backend):
         refuse_partition(partition, self.name)
         if gpus and not gpus_here_say(gpus):
             return False
-        docker = shutil.which("docker")
-        if not docker:
-            click.echo("docker:  not installed (install Docker Engine)")
-            return False
         try:
+            docker = _docker()
             version = _daemon(docker)
         except FtctlError as e:
             click.echo(f"docker:  {e}")
             return False
-        podman = engine() == "podman"
-        click.echo(f"docker:  {'podman' if podman else 'daemon'} {version}")
+        kind = docker_engine.kind(docker)
+        why = docker_engine.why()
+        if kind == "podman-api":  # Docker's CLI, podman's server: `version` says the server's
+            said = f"podman {version}'s docker API, through {docker}"
+        else:
+            said = f"{'daemon' if kind == 'docker' else 'podman'} {version} ({docker}{f': {why}' if why else ''})"
+        click.echo(f"docker:  {said}")
         if not (parse(gpus).tier if gpus else local_gpus() != "cpu"):  # a CPU run needs no GPU runtime
             return True
-        if podman:
+        if kind == "podman-api":
+            click.echo(f"gpus:    {_podman_api(docker)}")
+            return False
+        if kind == "podman":
             specs = _cdi_gpus()
             found = [f"{path} ({', '.join(names[:6])}{' ...' if names[6:] else ''})" for path, names in specs.items()]
             click.echo(f"gpus:    {f'NVIDIA CDI devices: {found[0]}' if found else f'{_no_cdi()}: {CDI_FIX}'}")
@@ -300,23 +322,43 @@ class DockerBackend(Backend):
         return runtime is not None
 
 
-def _docker() -> str:
-    path = shutil.which("docker")
-    if not path:
-        raise FtctlError("docker is not installed here: install Docker Engine, or use --backend local.")
-    return path
+def _docker(ref: JobRef | None = None) -> str:
+    """The engine's executable (docker.engine): the one ``ref`` was launched with, else this launch's."""
+    return docker_engine.path((ref.extra.get("engine") if ref else None) or None)
+
+
+def _name(docker: str) -> str:
+    """How messages name the engine ``docker`` (an executable): docker, podman."""
+    return Path(docker).name
 
 
 def _daemon(docker: str) -> str:
-    """The docker daemon's version; FtctlError where the CLI cannot reach it (every other docker call would fail
-    for that reason, and say something else: an image `docker image inspect` cannot see is not missing)."""
+    """The docker daemon's version (podman's); FtctlError where the CLI cannot reach it (every other docker call
+    would fail for that reason, and say something else: an image `docker image inspect` cannot see is not
+    missing)."""
     proc = _run([docker, "version", "--format", "{{.Server.Version}}"])
     if proc.returncode != 0 or not proc.stdout.strip():
+        name = _name(docker)
+        if docker_engine.kind(docker) == "podman":
+            raise FtctlError(f"`{name} version` fails ({_last_line(proc)}): `{name} info` says why.")
+        other = shutil.which("podman") and not docker_engine.chosen()
         raise FtctlError(
-            f"docker is installed but its daemon does not answer ({_last_line(proc)}): start it (systemctl start "
-            "docker), or give your user access to its socket (the docker group)."
+            f"{name} is installed but its daemon does not answer ({_last_line(proc)}): start it (systemctl start "
+            f"docker), or give your user access to its socket (the docker group)"
+            + (f", or run podman instead: {docker_engine.ENV}=podman." if other else ".")
         )
     return proc.stdout.strip()
+
+
+def _podman_api(docker: str) -> str:
+    """Why a GPU run is refused where Docker's CLI ``docker`` talks to podman's docker-compatible API (docker.engine)."""
+    version = docker_engine.podman_server(docker) or "?"
+    host = os.environ.get("DOCKER_HOST")
+    return (
+        f"{_name(docker)} here talks to podman {version}'s docker API ({f'DOCKER_HOST={host}' if host else 'its context'}"
+        "), which starts a container without its GPUs: it drops docker's --gpus and CDI device requests (podman 5.5 "
+        f"takes the CDI ones). Run podman itself: {docker_engine.ENV}=podman (or upgrade podman to 5.5)."
+    )
 
 
 def _no_cdi() -> str:
@@ -326,7 +368,15 @@ def _no_cdi() -> str:
 
 
 # (what `docker run` said, the fix): what a failed docker run says adds the fix
-SEND_FIXES = (("could not select device driver", GPU_RUNTIME_FIX), ("unresolvable CDI devices", CDI_FIX))
+SEND_FIXES = (
+    ("could not select device driver", GPU_RUNTIME_FIX),
+    ("unresolvable CDI devices", CDI_FIX),
+    # podman resolves a short name (ftctl:test) only through registries.conf's unqualified-search-registries
+    (
+        "did not resolve to an alias",
+        "name the image with its registry (docker.io/NAME:TAG, ghcr.io/...) in --container",
+    ),
+)
 
 
 def _cdi_gpus() -> dict[str, list[str]]:
@@ -394,11 +444,11 @@ class Inspected(NamedTuple):
 INSPECT_FORMAT = "{{.State.Status}}|{{.State.ExitCode}}|{{.State.StartedAt}}|{{.State.FinishedAt}}"
 
 
-def _inspect(name: str) -> Inspected | None:
-    """The state of the container ``name``, or None when there is none; FtctlError where the daemon does not answer
-    (docker inspect fails then too: the container, maybe running, was said to be removed, and `cancel` said it had
-    ended)."""
-    docker = _docker()
+def _inspect(name: str, docker: str | None = None) -> Inspected | None:
+    """The state of the container ``name`` (in the engine ``docker``, else this launch's), or None when there is
+    none; FtctlError where the daemon does not answer (docker inspect fails then too: the container, maybe running,
+    was said to be removed, and `cancel` said it had ended)."""
+    docker = docker or _docker()
     proc = _run([docker, "inspect", "--format", INSPECT_FORMAT, name])
     if proc.returncode != 0:
         _daemon(docker)

@@ -4,11 +4,12 @@
 The build context is the source tree's root when ftctl runs from one; installed from a wheel, the
 package's own copy of docker/ and its source are staged into a context folder of the same layout.
 
-Where the ``docker`` command is podman's (docker.engine), its ``buildx build`` is podman's own (buildah): it takes
+Every command is the engine's (docker.engine's command(): docker, or podman where there is no docker). Where that is
+podman (itself, or podman-docker's ``docker``), its ``buildx build`` is podman's own (buildah): it takes
 ftctl's Dockerfile as it is (RUN --mount=type=cache and bind mounts from a stage, COPY --chmod, the
 Dockerfile.dockerignore beside it), but writes the Dockerfile's SHELL (bash, pipefail) only into a docker-format
 image (``--format docker``; the OCI default ignores it and runs each RUN under /bin/sh), has no ``--push``
-(``docker push`` after the build) and reads no ``docker-daemon://`` for apptainer.
+(``podman push`` after the build) and reads no ``docker-daemon://`` for apptainer.
 
 A build that succeeds is recorded in the user's config (ftctl/userconfig.py), so later runs use it
 without --container: a pushed image for sky, slurm and docker; a local one (not pushed) for docker
@@ -28,7 +29,7 @@ import click
 
 from ftctl import __version__, userconfig
 from ftctl.docker import image
-from ftctl.docker.engine import engine
+from ftctl.docker.engine import command, engine
 from ftctl.errors import FtctlError
 from ftctl.launch import join
 
@@ -101,7 +102,8 @@ def commands(
     ref = f"{registry}/{image.REPOSITORY}:{tag}"
     ctx = context or source_root() or staged_context()
     podman = engine() == "podman"
-    argv = ["docker", "buildx", "build", *(["--format", "docker"] if podman else [])]
+    cmd = command()
+    argv = [cmd, "buildx", "build", *(["--format", "docker"] if podman else [])]
     argv += ["--file", str(ctx / "docker" / "Dockerfile"), "--target", "runtime"]
     target = image.platform(gpus)  # GH200's nodes are aarch64
     argv += ["--platform", target]
@@ -113,11 +115,11 @@ def commands(
     tiers = ",".join(t.name for t in sorted(served, key=image.tier_order))
     plan = BuildPlan(image=ref, context=ctx, docker=argv, gpus=tiers, pushed=bool(push), cuda=cuda)
     if podman and push:
-        plan = replace(plan, push=["docker", "push", ref])
+        plan = replace(plan, push=[cmd, "push", ref])
     plan = replace(plan, note=emulation_note(target))
     if apptainer and podman and not push:
         raise FtctlError(
-            "--apptainer reads the image from docker's daemon (docker-daemon://), and this docker is podman, which "
+            f"--apptainer reads the image from docker's daemon (docker-daemon://), and this {cmd} is podman, which "
             "has none: add --push REGISTRY (apptainer pulls it from there)."
         )
     if apptainer:
@@ -158,20 +160,21 @@ def partial(sif: Path) -> Path:
 
 def check_tools(plan: BuildPlan) -> None:
     """One line naming what is missing and how to get it, before anything starts."""
-    if not shutil.which("docker"):
+    cmd = plan.docker[0]
+    if not shutil.which(cmd):
         raise FtctlError(
-            "docker is not installed or not on PATH: install Docker Engine with its buildx plugin "
-            "(https://docs.docker.com/engine/install/), or print the command with `ftctl build --dry-run`."
+            f"{cmd} is not installed or not on PATH: install Docker Engine with its buildx plugin "
+            "(https://docs.docker.com/engine/install/), or podman, or print the command with `ftctl build --dry-run`."
         )
     if engine() == "podman":  # its build is its own: no buildx plugin, and no daemon (`info` has no ServerVersion)
-        if _quiet(["docker", "info"]) != 0:
-            raise FtctlError("`docker info` (podman) fails: run it to see why, then `ftctl build` again.")
-    elif _quiet(["docker", "buildx", "version"]) != 0:
+        if _quiet([cmd, "info"]) != 0:
+            raise FtctlError(f"`{cmd} info` (podman) fails: run it to see why, then `ftctl build` again.")
+    elif _quiet([cmd, "buildx", "version"]) != 0:
         raise FtctlError(
             "docker buildx is missing: install the docker-buildx-plugin package (or Docker Desktop), "
             "then check with `docker buildx version`."
         )
-    elif _quiet(["docker", "info", "--format", "{{.ServerVersion}}"]) != 0:
+    elif _quiet([cmd, "info", "--format", "{{.ServerVersion}}"]) != 0:
         raise FtctlError(
             "The docker engine does not answer: start it (sudo systemctl start docker) and make sure "
             "this user may use it (`docker info` must work)."
@@ -200,7 +203,7 @@ def build(plan: BuildPlan) -> None:
             if plan.sif:
                 partial(plan.sif).unlink(missing_ok=True)
             raise FtctlError(f"`{join(argv[:2])}` failed (exit {rc}): the lines above say why.")
-    where = "pushed" if plan.pushed else "loaded into the local docker engine"
+    where = "pushed" if plan.pushed else f"loaded into the local {Path(plan.docker[0]).name} engine"
     click.echo(f"{plan.image} ({where})")
     path = userconfig.record(plan.image, "pushed" if plan.pushed else "local", plan.gpus, plan.cuda)
     users = "sky, slurm and docker" if plan.pushed else "docker"

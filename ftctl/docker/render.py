@@ -68,9 +68,10 @@ def host_user() -> tuple[int, int, str, tuple[int, ...]]:
     return os.getuid(), os.getgid(), name, tuple(sorted(set(os.getgroups()) - {os.getgid()}))
 
 
-def argv(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker") -> list[str]:
-    """``docker run`` of the run; ``engine``: what the ``docker`` command is, "docker" or "podman" (podman-docker's
-    ``docker``), which differ in how a container gets GPUs: docker's --gpus, podman's CDI devices."""
+def argv(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker") -> list[str]:
+    """``docker run`` of the run; ``command``: the engine's command (docker.engine: docker, podman or a path);
+    ``engine``: its kind, "docker" or "podman" (podman itself, or podman-docker's ``docker``), which differ in how a
+    container gets GPUs: docker's --gpus, podman's CDI devices."""
     if plan.nodes > 1:
         raise FtctlError("The docker backend runs on one host: use --backend slurm or sky for several nodes.")
     kind, image = container_kind(spec)
@@ -83,7 +84,7 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker") -> lis
     uid, gid, user, groups = host_user()
     caches = host_caches()
     cmd = [
-        "docker",
+        command,
         "run",
         "--detach",
         "--name",
@@ -196,5 +197,5 @@ def _bindable(path: str) -> str:
     return path
 
 
-def render(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker") -> str:
-    return join(argv(spec, plan, run_dir, engine)) + "\n"
+def render(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker") -> str:
+    return join(argv(spec, plan, run_dir, engine, command)) + "\n"
