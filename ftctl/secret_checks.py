@@ -33,7 +33,7 @@ TOKEN_RUN = re.compile(r"[A-Za-z0-9]{16,}")
 FLAG_VALUES = ("", "0", "1", "true", "false", "yes", "no", "on", "off")  # HF_HUB_DISABLE_IMPLICIT_TOKEN=1: no secret
 
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def secret_problem(name: str, environ: typing.Mapping[str, str] | None = None) -> str | None:
@@ -43,9 +43,9 @@ def secret_problem(name: str, environ: typing.Mapping[str, str] | None = None) -
     (looks_like_token)."""
     environ = os.environ if environ is None else environ
     fix = "pass the variable's name, e.g. --secret HF_TOKEN (its value is taken from where you launch, never written)."
-    if not _ENV_NAME.fullmatch(name):
+    if not ENV_NAME_PATTERN.fullmatch(name):
         var, eq, _ = name.partition("=")  # NAME=VALUE: the value is never repeated
-        if eq and _ENV_NAME.fullmatch(var.strip()):
+        if eq and ENV_NAME_PATTERN.fullmatch(var.strip()):
             return (
                 f"secret {var.strip()}=...: pass the name alone (--secret {var.strip()}) and export its value where "
                 "you launch; a secret's value is never written into the job's files."
@@ -78,7 +78,7 @@ def setup_secret_problem(line: str, secrets=()) -> str | None:
     for i, word in enumerate(words):
         name, eq, value = word.partition("=")
         literal = bool(value) and "$" not in value and not value.startswith(("/", "~", "./"))  # a path: a key's file
-        if eq and _ENV_NAME.fullmatch(name) and literal and is_secret_name(name, secrets, value):
+        if eq and ENV_NAME_PATTERN.fullmatch(name) and literal and is_secret_name(name, secrets, value):
             return f"setup line sets {name} to {written}: export {name} where you launch and pass --secret {name} {by_name}."
         after = value if eq else (words[i + 1] if i + 1 < len(words) else "")
         option = name if eq else word
@@ -129,7 +129,7 @@ def uri_credentials(value: str) -> bool:
     return False
 
 
-def _uri_credentials_said(key: str, value: str) -> str:
+def uri_credentials_said(key: str, value: str) -> str:
     """uri_credentials' line: without them, and the store's own variables instead (the value is not repeated)."""
     if key == "s3_endpoint_url":
         return (
@@ -137,7 +137,7 @@ def _uri_credentials_said(key: str, value: str) -> str:
             "and the keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY where you launch."
         )
     bare = URI_USERINFO.sub(lambda m: m.group(1), value)
-    shown = f" ({bare})" if not (_holds_credential(bare) or uri_credentials(bare)) else ""
+    shown = f" ({bare})" if not (holds_credential(bare) or uri_credentials(bare)) else ""
     found = {
         storage.REMOTE_SCHEMES[s][0]
         for m in URI_USERINFO.finditer(value)
@@ -153,7 +153,7 @@ def _uri_credentials_said(key: str, value: str) -> str:
     )
 
 
-def _holds_credential(text: str) -> bool:
+def holds_credential(text: str) -> bool:
     """Whether ``text`` holds a secret's value set here, a token's shape or a URI's password: never repeated."""
     return bool(secret_holders(text) or credential_in(text) or uri_credentials(text))
 

@@ -25,32 +25,31 @@ from pathlib import Path
 from ftctl import storage
 from ftctl.errors import FtctlError, did_you_mean, yaml_problem
 from ftctl.secret_checks import (
-    _ENV_NAME,
-    _holds_credential,
-    _uri_credentials_said,
+    ENV_NAME_PATTERN,
     credential_in,
+    holds_credential,
     is_secret_name,
     secret_holders,
     secret_problem,
     setup_secret_problem,
     uri_credentials,
+    uri_credentials_said,
 )
 from ftctl.tool_datasets import (
-    _DATASET_KEYS,
+    AXOLOTL_DATASET_KEYS,
     LF_INFO,
     LF_NAMED,
     LF_SPLIT,
     TURN_KEYS,
-    _dataset_at,
-    _dataset_refuses,
-    _llama_factory_mix,
-    _llama_factory_unread,
-    _mixes,
-    _turn_keys_refused,
     axolotl_columns,
+    axolotl_dataset_refuses,
+    dataset_as_data_path,
+    dataset_mixer_as_weights,
+    llama_factory_mix,
+    llama_factory_unread,
 )
 from ftctl.tool_vocabulary import (
-    _ADAPTERS,
+    ADAPTER_METHODS,
     ALIASES,
     DECIDED,
     DTYPE_KEYS,
@@ -62,18 +61,18 @@ from ftctl.tool_vocabulary import (
     NO_TRUNCATION,
     PER_EPOCH,
     STEPS_OF,
-    _agrees,
-    _deepspeed_strategy,
-    _dtype_word,
-    _eos_token_problem,
-    _fsdp_strategy,
-    _method_meant,
-    _nested,
-    _precision_asked,
-    _text,
-    _wandb,
-    _word,
     canonical_key,
+    config_text,
+    config_word,
+    deepspeed_strategy,
+    dtype_precision,
+    eos_token_problem,
+    is_fsdp_full_shard,
+    method_meant,
+    nested_kwargs_flattened,
+    precision_asked,
+    value_agrees,
+    wandb_as_report_to,
 )
 
 METHODS = ("fft", "sft", "lora", "qlora")
@@ -220,7 +219,7 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
     has."""
     for tool, keys in tools.items():
         defaults = dict(TOOL_DEFAULTS[tool])
-        if values.get("method", FIELDS["method"].default) in _ADAPTERS:
+        if values.get("method", FIELDS["method"].default) in ADAPTER_METHODS:
             defaults.update(TOOL_LORA_DEFAULTS[tool])
         taken = {k: v for k, v in defaults.items() if k not in values}
         if "warmup_steps" in values:  # it replaces warmup_ratio
@@ -235,7 +234,7 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
             )
         for key, why in TOOL_DEFAULTS_NOT_TAKEN.get(tool, {}).items():
             if key not in values and notes is not None:
-                ours = _text(as_run(key, FIELDS[key].default))
+                ours = config_text(as_run(key, FIELDS[key].default))
                 notes.append(
                     f"{key} {ours}, ftctl's default, in a run file in {tool}'s vocabulary ({', '.join(keys)}): {why}"
                 )
@@ -684,7 +683,7 @@ def _coerce(key: str, value):
         if _clears(value):
             return {}  # a later layer's `-o KEY=none` clears what an earlier one set
         if isinstance(value, dict):  # a run file's are its text as written (load_yaml); a dict given in Python:
-            return {str(k): _text(v) for k, v in value.items()}
+            return {str(k): config_text(v) for k, v in value.items()}
         if isinstance(value, str) and "=" in value:
             k, v = value.split("=", 1)
             # -o env=A=1,B=2 set A to "1,B=2": one pair a -o (a value may hold commas: CUDA_VISIBLE_DEVICES=0,1, and
@@ -912,7 +911,9 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         left_out: list[str] = []  # and LEFT_OUT ones
         epochly: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch this layer's save_strategy: epoch set
         layer = _axolotl_columns(_llama_factory_names(items, source, notes), source, notes)
-        for raw_key, raw in _mixes(list(_nested(_wandb(layer, source, notes)))):
+        for raw_key, raw in dataset_mixer_as_weights(
+            list(nested_kwargs_flattened(wandb_as_report_to(layer, source, notes)))
+        ):
             key = canonical_key(raw_key)
             if raw is None and key in TURNED and key != "datasets":  # left empty: it asks for nothing
                 continue
@@ -932,7 +933,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 )
             if raw_key.strip() == "adapter" and raw in (None, ""):  # axolotl's full fine-tune leaves it empty
                 raw = "fft"
-            if raw_key.strip() in NO_TRUNCATION and (raw is None or _word(raw) in ("none", "null")):
+            if raw_key.strip() in NO_TRUNCATION and (raw is None or config_word(raw) in ("none", "null")):
                 errors.append(
                     f"{raw_key!r} ({source}): null is TRL's 'no truncation'; ftctl cuts each row at model_max_length "
                     "(and packs rows up to it), so it takes a number: give the model's context (its config's "
@@ -941,24 +942,24 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 continue
             if raw is None and key in FIELDS and not _base_type(_HINTS[key])[1]:
                 continue  # left empty (axolotl's example files list keys so): it asks for nothing
-            if key == "save_strategy" and _word(raw) in ("no", "false"):
+            if key == "save_strategy" and config_word(raw) in ("no", "false"):
                 notes is None or notes.append(
                     f"{raw_key!r} ({source}): no is left out: checkpoints are written all the same, every save_steps "
                     "(or saves_per_epoch), as a stopped or preempted run resumes from them; save_total_limit bounds "
                     "how many are kept"
                 )
                 continue
-            if key in PER_EPOCH and _word(raw) == "epoch":
+            if key in PER_EPOCH and config_word(raw) == "epoch":
                 if key != "save_strategy":
                     evaluation[raw_key] = ("epoch", source)
                 key, raw = PER_EPOCH[key], 1
                 epochly[key] = raw_key
                 notes is None or notes.append(f"{raw_key!r} ({source}): epoch is {key}=1 here (at each epoch's end)")
-            if key == "fsdp" and _fsdp_strategy(raw):
+            if key == "fsdp" and is_fsdp_full_shard(raw):
                 key, raw = "strategy", "fsdp"
                 said = f"{raw_key!r} ({source}): FSDP's full sharding is strategy=fsdp here (FSDP2, each layer sharded)"
                 notes is None or notes.append(said)
-            elif key == "deepspeed" and (zero := _deepspeed_strategy(raw)):
+            elif key == "deepspeed" and (zero := deepspeed_strategy(raw)):
                 key, raw = "strategy", zero[0]
                 said = (
                     f"{raw_key!r} ({source}): strategy={zero[0]} here, as {zero[1]} says; ftctl writes its own DeepSpeed "
@@ -980,24 +981,24 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             if key == "eos_token" and raw not in (None, ""):  # checked against the chat template below
                 eos_asked = (f"{raw_key!r} ({source})", str(raw))
                 continue
-            if key in DTYPE_KEYS and (flag := _dtype_word(raw)):
+            if key in DTYPE_KEYS and (flag := dtype_precision(raw)):
                 agreed.append(raw_key)
                 precision.setdefault(flag, []).append(f"{raw_key}={raw} ({source})")
                 if flag in METHOD_AGREES.get(key, {}):
                     by_method[f"{raw_key!r} ({source})"] = (key, flag)
                 continue
             if key in DECIDED:
-                if key == "trust_remote_code" and _word(raw) == "true":  # every LLaMA-Factory example says it
+                if key == "trust_remote_code" and config_word(raw) == "true":  # every LLaMA-Factory example says it
                     notes is None or notes.append(
                         f"{raw_key}: true ({source}), as LLaMA-Factory's examples give it for models that need no "
                         f"remote code, is left off: {DECIDED[key]}"
                     )
-                elif _agrees(key, raw) or _word(raw) in METHOD_AGREES.get(key, {}):
+                elif value_agrees(key, raw) or config_word(raw) in METHOD_AGREES.get(key, {}):
                     (left_out if key in LEFT_OUT and raw is not None else agreed).append(raw_key)
                     if key in ("evaluation_strategy", "eval_strategy", "do_eval") and raw not in (None, ""):
-                        evaluation[raw_key] = (_word(raw), source)
-                    if _word(raw) in METHOD_AGREES.get(key, {}):  # (left empty, it asks for nothing)
-                        by_method[f"{raw_key!r} ({source})"] = (key, _word(raw))
+                        evaluation[raw_key] = (config_word(raw), source)
+                    if config_word(raw) in METHOD_AGREES.get(key, {}):  # (left empty, it asks for nothing)
+                        by_method[f"{raw_key!r} ({source})"] = (key, config_word(raw))
                 else:
                     errors.append(f"{raw_key!r} ({source}) is not set by hand here: {DECIDED[key]}.")
                 continue
@@ -1011,7 +1012,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             try:
                 val = _coerce(key, raw)
             except ValueError as e:  # secrets and env may hold a credential: their values are never repeated
-                hidden = key in ("secrets", "env") or _holds_credential(str(raw))
+                hidden = key in ("secrets", "env") or holds_credential(str(raw))
                 said = key if hidden else f"{key}={raw!r}"
                 errors.append(f"{said} ({source}): {e}.")
                 continue
@@ -1036,7 +1037,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         if left_out and notes is not None:
             notes.append(f"{', '.join(left_out)} ({source}): left out, {DECIDED[canonical_key(left_out[0])]}")
     if "method" not in values:  # TRL's use_peft/load_in_4bit and FastChat's q_lora say which method
-        if meant := _method_meant(by_method):
+        if meant := method_meant(by_method):
             values["method"] = meant
             notes is None or notes.append(
                 f"method {meant}: what {', '.join(by_method)} {'asks' if len(by_method) == 1 else 'ask'} for"
@@ -1054,7 +1055,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             )
     if zero_asked and sources.get("strategy") == zero_asked[0]:  # (no later layer gave the strategy)
         _zero_not_for_method(values, sources, zero_asked[1:], notes)
-    if any(k == "finetuning_type" for k, _ in by_method.values()) and values.get("method", "lora") in _ADAPTERS:
+    if any(k == "finetuning_type" for k, _ in by_method.values()) and values.get("method", "lora") in ADAPTER_METHODS:
         taken = {k: v for k, v in LLAMA_FACTORY_LORA.items() if k not in values}
         if "lora_alpha" not in values:
             taken["lora_alpha"] = 2 * values.get("lora_r", LLAMA_FACTORY_LORA["lora_r"])
@@ -1065,7 +1066,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 "its finetuning_type trains with where it leaves them out"
             )
     _tool_defaults(values, _vocabularies(layers), notes)
-    errors += _precision_asked(precision, values, sources, notes)
+    errors += precision_asked(precision, values, sources, notes)
     if errors:
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)
@@ -1084,7 +1085,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             f"{int(minutes)} hours is --time {int(minutes)}:00:00"
         )
     said = (
-        ([problem] if eos_asked and (problem := _eos_token_problem(spec, *eos_asked, notes)) else [])
+        ([problem] if eos_asked and (problem := eos_token_problem(spec, *eos_asked, notes)) else [])
         + _evaluation_asked(spec, evaluation, sources, notes)
         + _unexpanded_variables(spec, [k for k in PATH_KEYS if sources.get(k) == "run file"])
         + [
@@ -1200,19 +1201,20 @@ def _axolotl(key: str, raw):
     if key == "train_on_source":
         return TURNED["train_on_source"][0], not _as_bool(raw)
     if key == "dataset_name":
-        return TURNED["dataset_name"][0], _dataset_at(str(raw)) if isinstance(raw, str) else raw
+        return TURNED["dataset_name"][0], dataset_as_data_path(str(raw)) if isinstance(raw, str) else raw
     if key == "datasets" and isinstance(raw, list) and raw and all(isinstance(d, dict) and d.get("path") for d in raw):
         refused = [
-            f"{d['path']}'s {k}: {v!r}: {why}" for d in raw for k, v in d.items() if (why := _dataset_refuses(k, v))
+            f"{d['path']}'s {k}: {v!r}: {why}"
+            for d in raw
+            for k, v in d.items()
+            if (why := axolotl_dataset_refuses(k, v))
         ]
-        if "data_columns" in FIELDS:  # their own names of the fields: data_columns (_axolotl_columns)
-            refused += [f"{d['path']}'s {why}" for d in raw if (why := axolotl_columns(d)[1])]
-        else:
-            refused += [why for d in raw if (why := _turn_keys_refused(d))]
+        # their own names of the fields: data_columns (_axolotl_columns)
+        refused += [f"{d['path']}'s {why}" for d in raw if (why := axolotl_columns(d)[1])]
         if refused:
             raise ValueError("; ".join(refused))
 
-        return TURNED["datasets"][0], [_dataset_at(str(d["path"])) for d in raw]
+        return TURNED["datasets"][0], [dataset_as_data_path(str(d["path"])) for d in raw]
     return key, raw
 
 
@@ -1220,7 +1222,7 @@ def dataset_keys_unread(raw) -> list[str]:
     """The keys of axolotl's dataset entries that ftctl does not read (type, ds_type ...): each row's format is read
     from its fields (turn keys it reads already, TURN_KEYS, and where data_columns takes them, roles and a type's
     field names, are not listed)."""
-    read = {"path", *_DATASET_KEYS, *TURN_KEYS} | ({"roles"} if "data_columns" in FIELDS else set())
+    read = {"path", "roles", *AXOLOTL_DATASET_KEYS, *TURN_KEYS}
     return sorted(
         {k for d in raw if isinstance(d, dict) for k in d if not (k == "type" and isinstance(d[k], dict))} - read
     )
@@ -1237,9 +1239,9 @@ def _axolotl_columns(items, source: str, notes=None) -> list:
         for d in raw
         if isinstance(d, dict) and d.get("path")
     ]
-    described = {_dataset_at(str(d["path"])): axolotl_columns(d)[0] for d in entries}
+    described = {dataset_as_data_path(str(d["path"])): axolotl_columns(d)[0] for d in entries}
     described = {path: d for path, d in described.items() if d}
-    if not described or "data_columns" not in FIELDS:
+    if not described:
         return items
     for path, d in described.items():
         notes is None or notes.append(
@@ -1256,7 +1258,7 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
     """LLaMA-Factory's ``dataset: a,b`` (and eval_dataset), names of the entries of dataset_info.json in dataset_dir
     (its default: data), as data_path (eval_data_path): each entry's file_name there (hf_hub_url: a Hub dataset, its
     folder and revision in the path), whose rows trainer.formats reads as that entry says; its mix_strategy and
-    interleave_probs as data_weights (_llama_factory_mix). As they are where there is no such file here (the key is
+    interleave_probs as data_weights (llama_factory_mix). As they are where there is no such file here (the key is
     then refused, saying what to write); FtctlError for a name it lacks or an entry ftctl cannot read."""
     items = list(items)
     given = {k.strip(): v for k, v in items}
@@ -1284,7 +1286,7 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
             if not isinstance(entry, dict):
                 known = ", ".join(list(entries)[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
                 errors.append(f"{key.strip()} ({source}): {name!r} is not an entry of {info} (it names {known})")
-            elif problem := _llama_factory_unread(entry, LF_SPLIT[key.strip()]):
+            elif problem := llama_factory_unread(entry, LF_SPLIT[key.strip()]):
                 errors.append(f"{key.strip()} ({source}): {info}'s entry {name!r} {problem}")
             elif (renamed := entry.get("columns") or entry.get("tags")) and not (
                 isinstance(file := entry.get("file_name"), str) and "/" not in os.path.normpath(file)
@@ -1314,7 +1316,7 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
             )
     if errors:
         raise FtctlError(_join(errors))
-    return _llama_factory_mix(out, named.get("dataset", []), source, notes)
+    return llama_factory_mix(out, named.get("dataset", []), source, notes)
 
 
 def lora_target_names(value: str) -> str | list[str]:
@@ -1508,7 +1510,7 @@ def validate(spec: RunSpec) -> None:
         errors.append("bf16 and fp16 are both on: choose one (or neither and let the planner choose).")
     errors += filter(None, (secret_problem(s) for s in spec.secrets))
     for k in spec.env:
-        if not _ENV_NAME.fullmatch(k):
+        if not ENV_NAME_PATTERN.fullmatch(k):
             errors.append(f"env {k!r} is not a valid environment variable name.")
         elif is_secret_name(k, spec.secrets, spec.env[k]):
             errors.append(
@@ -1663,7 +1665,7 @@ def written_secret_problems(spec: RunSpec) -> list[str]:
     for key, value in written_values(spec):
         where = f"and {key} is written into the rendered job files and spec.json"
         if uri_credentials(value):
-            said.append(_uri_credentials_said(key, value))
+            said.append(uri_credentials_said(key, value))
         elif holders := secret_holders(value, spec.secrets):
             name = holders[0]
             said.append(

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from ftctl import storage
 from ftctl.errors import FtctlError
-from ftctl.tool_vocabulary import _text, _word, canonical_key
+from ftctl.tool_vocabulary import canonical_key, config_text, config_word
 
 
-def _dataset_at(path: str) -> str:
+def dataset_as_data_path(path: str) -> str:
     """axolotl's dataset path, TRL's dataset_name, as data_path: a file, a URI or a path as it is, ORG/NAME that is
     none of them a Hub dataset (hf://datasets/ORG/NAME)."""
     from ftctl.hub import HUB_ID
@@ -30,7 +30,7 @@ TRAIN_FLAGS = ("training", "train", "loss")
 
 # the keys of an axolotl dataset entry that choose which rows, or which of their tokens, are trained, with the
 # values that ask for what ftctl does (an empty tuple: none does) and how to ask for what they want here
-_DATASET_KEYS = {
+AXOLOTL_DATASET_KEYS = {
     "split": (
         ("train",),
         "a Hub dataset's train split is read; for another, name its files (hf://datasets/ORG/NAME/FILES)",
@@ -56,13 +56,13 @@ _DATASET_KEYS = {
 }
 
 
-def _dataset_refuses(key: str, value) -> str | None:
+def axolotl_dataset_refuses(key: str, value) -> str | None:
     """Why an axolotl dataset entry's ``key: value`` asks for other rows or tokens than ftctl trains, None where it
     does not (or is one ftctl does not read: the note says which)."""
-    if key not in _DATASET_KEYS:
+    if key not in AXOLOTL_DATASET_KEYS:
         return None
-    agrees, how = _DATASET_KEYS[key]
-    word = tuple(_word(v) for v in value) if isinstance(value, list) else _word(value)
+    agrees, how = AXOLOTL_DATASET_KEYS[key]
+    word = tuple(config_word(v) for v in value) if isinstance(value, list) else config_word(value)
     return None if value is None or word in agrees else how
 
 
@@ -71,28 +71,6 @@ def _dataset_refuses(key: str, value) -> str | None:
 TURN_KEYS = ("field_messages", "message_property_mappings", "message_field_role", "message_field_content")
 # the turns' names ftctl reads (trainer.formats): a row's list of turns, and each turn's role and content keys
 TURNS_READ, TURN_KEYS_READ = ("messages", "conversations"), (("role", "content"), ("from", "value"))
-
-
-def _turn_keys_refused(entry: dict) -> str | None:
-    """Why an axolotl dataset entry's turns, named as its TURN_KEYS say, are not rows ftctl reads (it reads a row's
-    turns by their names, not by a mapping in the run file): what to rename in the data. None where they are."""
-    mapped = entry.get("message_property_mappings")
-    mapped = mapped if isinstance(mapped, dict) else {}
-    turns = str(entry.get("field_messages") or "messages")
-    role = str(mapped.get("role") or entry.get("message_field_role") or "role")
-    content = str(mapped.get("content") or entry.get("message_field_content") or "content")
-    if turns in TURNS_READ and (role, content) in TURN_KEYS_READ:
-        return None
-    given = ", ".join(f"{k}: {entry[k]!r}" for k in TURN_KEYS if entry.get(k) is not None)
-    renames = [(turns, "messages")] * (turns not in TURNS_READ)  # from/value turns read as they are
-    renames += [(role, "role"), (content, "content")] * ((role, content) not in TURN_KEYS_READ)
-    renames = [f"{a!r} to {b!r}" for a, b in renames if a != b]
-    keys = [k for k in TURN_KEYS if k in entry]
-    return (
-        f"{entry['path']}'s {given}: ftctl reads a row's turns under 'messages' with role and content keys (or "
-        f"ShareGPT's conversations, from and value), not by a dataset entry's mapping: rename {', '.join(renames)} "
-        f"in the data and drop {', '.join(keys)} from the entry"
-    )
 
 
 # the roles a chat template takes (trainer.formats' OPENAI_ROLES): what axolotl's roles map the data's roles to
@@ -138,7 +116,7 @@ def axolotl_columns(entry: dict) -> tuple[dict, str | None]:
                 f"{', '.join(k for k in AXOLOTL_TYPE_FORMATS if k in kind)} from the type"
             )
         if kind.get("field"):
-            return {}, f"type's field: {kind['field']!r}: {_DATASET_KEYS['field'][1]}"
+            return {}, f"type's field: {kind['field']!r}: {AXOLOTL_DATASET_KEYS['field'][1]}"
         described |= {ours: str(kind[k]) for k, ours in AXOLOTL_TYPE_FIELDS.items() if kind.get(k) and kind[k] != ours}
         if kind.get("system_prompt"):
             described["system_prompt"] = str(kind["system_prompt"])
@@ -178,7 +156,7 @@ LF_SPLIT = {"dataset": "train", "eval_dataset": "test"}
 LF_MIXES = {"concat": None, "interleave_under": min, "interleave_over": max}
 
 
-def _llama_factory_unread(entry: dict, split: str) -> str | None:
+def llama_factory_unread(entry: dict, split: str) -> str | None:
     """What of a dataset_info.json entry ftctl would not read as LLaMA-Factory does (the rest of the sentence that
     names it), None where it reads it all: a Hub dataset's subset (a configuration, not files) or a split other than
     the one ftctl reads (train; test for held-out data) given; LLaMA-Factory reads a file's rows as its train split
@@ -230,7 +208,7 @@ def _records_in(path: str) -> int | None:
         return None
 
 
-def _llama_factory_mix(items: list, paths: list[str], source: str, notes=None) -> list:
+def llama_factory_mix(items: list, paths: list[str], source: str, notes=None) -> list:
     """A layer's LLaMA-Factory mix_strategy and interleave_probs (with its ``dataset`` names, read as ``paths``) as
     data_weights: interleave_datasets draws each dataset's share of the rows until the first dataset is used up
     (interleave_under) or the last one is (interleave_over), so dataset i of n_i rows and share p_i gives p_i * T
@@ -242,7 +220,7 @@ def _llama_factory_mix(items: list, paths: list[str], source: str, notes=None) -
         return items
     keep = [(k, v) for k, v in items if k.strip() not in ("mix_strategy", "interleave_probs")]
     strategy, probs = str(given.get("mix_strategy") or "concat").strip(), given.get("interleave_probs")
-    said = f"mix_strategy: {strategy}" + (f", interleave_probs: {_text(probs)}" if probs is not None else "")
+    said = f"mix_strategy: {strategy}" + (f", interleave_probs: {config_text(probs)}" if probs is not None else "")
     if strategy not in LF_MIXES:
         raise FtctlError(f"mix_strategy: {strategy} ({source}) is none of LLaMA-Factory's: {', '.join(LF_MIXES)}.")
     if LF_MIXES[strategy] is None:
@@ -268,10 +246,12 @@ def _llama_factory_mix(items: list, paths: list[str], source: str, notes=None) -
             else [float(p) for p in (probs if isinstance(probs, list) else str(probs).split(","))]
         )
     except (TypeError, ValueError):
-        raise FtctlError(f"interleave_probs: {_text(probs)} ({source}): give one number a dataset, 0.7,0.3") from None
+        raise FtctlError(
+            f"interleave_probs: {config_text(probs)} ({source}): give one number a dataset, 0.7,0.3"
+        ) from None
     if len(shares) != len(paths) or abs(sum(shares) - 1) > 1e-6 or min(shares) <= 0:
         raise FtctlError(
-            f"interleave_probs: {_text(probs)} ({source}) are no shares of the {len(paths)} datasets of dataset: give "
+            f"interleave_probs: {config_text(probs)} ({source}) are no shares of the {len(paths)} datasets of dataset: give "
             "one above 0 each, in its order, summing to 1 (a dataset of none: drop it from dataset)."
         )
     rows = [_records_in(p) for p in paths]
@@ -293,7 +273,7 @@ def _llama_factory_mix(items: list, paths: list[str], source: str, notes=None) -
     return keep + [("data_weights", ",".join(f"{w:.6g}" for w in weights))]
 
 
-def _mixes(items):
+def dataset_mixer_as_weights(items):
     """A run file's ``data_path: {PATH: WEIGHT, ...}`` (the alignment handbook's dataset_mixer) as data_path and
     data_weights."""
     weighted = [k for k, v in items if canonical_key(k) == "data_path" and isinstance(v, dict)]

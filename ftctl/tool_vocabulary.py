@@ -371,7 +371,7 @@ AGREES = {
     "task_type": ("causal_lm",),
     "bias": ("none",),
     "auto_resume_from_checkpoints": ("true",),  # axolotl's
-    "chat_template": ("tokenizer_default",),  # axolotl's (a dataset entry's: _DATASET_KEYS)
+    "chat_template": ("tokenizer_default",),  # axolotl's (a dataset entry's: AXOLOTL_DATASET_KEYS)
     "dataset_train_split": ("train",),
     "save_only_model": ("false",),
     "eval_on_start": ("false",),
@@ -425,22 +425,22 @@ AGREES = {
 }  # and any DECIDED key left empty (YAML's null, as axolotl's example files write them): it asks for nothing
 # DECIDED keys whose value agrees with some methods only (TRL's QLoRA recipe: use_peft, load_in_4bit ...): accepted
 # with a note where the run's method is one of them, refused as above where it is not
-_ADAPTERS, _WEIGHTS, _QLORA = ("lora", "qlora"), ("fft", "sft"), ("qlora",)
+ADAPTER_METHODS, _WEIGHTS, _QLORA = ("lora", "qlora"), ("fft", "sft"), ("qlora",)
 METHOD_AGREES = {
-    "use_peft": {"true": _ADAPTERS, "false": _WEIGHTS},
+    "use_peft": {"true": ADAPTER_METHODS, "false": _WEIGHTS},
     "load_in_4bit": {"true": _QLORA, "false": (*_WEIGHTS, "lora")},
-    "load_in_8bit": {"false": (*_WEIGHTS, *_ADAPTERS)},
+    "load_in_8bit": {"false": (*_WEIGHTS, *ADAPTER_METHODS)},
     "bnb_4bit_quant_type": {"nf4": _QLORA},
     "use_bnb_nested_quant": {"true": _QLORA},
     "bnb_4bit_use_double_quant": {"true": _QLORA},
-    "bnb_4bit_compute_dtype": {"bf16": _QLORA, "fp16": _QLORA},  # (as _dtype_word spells them)
+    "bnb_4bit_compute_dtype": {"bf16": _QLORA, "fp16": _QLORA},  # (as dtype_precision spells them)
     "q_lora": {"true": _QLORA, "false": ("lora",)},  # FastChat's train_lora.py
-    "finetuning_type": {"lora": _ADAPTERS, "full": ("fft",), "freeze": ("sft",)},  # LLaMA-Factory's
+    "finetuning_type": {"lora": ADAPTER_METHODS, "full": ("fft",), "freeze": ("sft",)},  # LLaMA-Factory's
     "quantization_bit": {"4": _QLORA},
     "bits": {"4": _QLORA, "16": (*_WEIGHTS, "lora")},  # qlora.py's
     "double_quant": {"true": _QLORA},
     "quant_type": {"nf4": _QLORA},
-    "full_finetune": {"true": ("fft",), "false": _ADAPTERS},
+    "full_finetune": {"true": ("fft",), "false": ADAPTER_METHODS},
 }
 # LLaMA-Factory's LoRA defaults (its lora_alpha: twice lora_r), taken where a file with its finetuning_type leaves them
 LLAMA_FACTORY_LORA = {"lora_r": 8, "lora_dropout": 0.0}
@@ -455,12 +455,12 @@ DTYPE_KEYS = ("torch_dtype", "dtype", "bnb_4bit_compute_dtype")
 DTYPE_WORDS = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16"}
 
 
-def _dtype_word(raw) -> str | None:
+def dtype_precision(raw) -> str | None:
     """bf16 or fp16 for a 16-bit dtype as torch, transformers and bitsandbytes spell it; None for any other."""
-    return DTYPE_WORDS.get(_word(raw).removeprefix("torch."))
+    return DTYPE_WORDS.get(config_word(raw).removeprefix("torch."))
 
 
-def _precision_asked(asked: dict, values: dict, sources: dict, notes: list | None) -> list[str]:
+def precision_asked(asked: dict, values: dict, sources: dict, notes: list | None) -> list[str]:
     """The precision flag (bf16 / fp16) DTYPE_KEYS asked for, set where no layer gave one: the plan then says where
     the GPUs cannot (T4: fp16; CPU: fp32). Errors where they ask for two, or against the flag given."""
     if len(asked) > 1:
@@ -479,19 +479,19 @@ def _precision_asked(asked: dict, values: dict, sources: dict, notes: list | Non
     return []
 
 
-def _text(value) -> str:
+def config_text(value) -> str:
     """A YAML or Python value as a shell would take it: true/false in lower case, null empty."""
     return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _agrees(key: str, raw) -> bool:
+def value_agrees(key: str, raw) -> bool:
     accepted = AGREES.get(key, ())
     if key == "special_tokens" and isinstance(raw, dict) and set(raw) <= {"pad_token"}:
         return True  # axolotl's pad_token alone (its Llama 3 examples): padding carries no loss
-    return raw is None or raw == "" or accepted is None or _word(raw) in accepted
+    return raw is None or raw == "" or accepted is None or config_word(raw) in accepted
 
 
-def _method_meant(given: dict[str, tuple[str, str]]) -> str | None:
+def method_meant(given: dict[str, tuple[str, str]]) -> str | None:
     """The method METHOD_AGREES keys as given ask for together (use_peft: true and load_in_4bit: true: qlora; TRL
     without use_peft: fft), None where they ask for none or none was given."""
     allowed = None
@@ -503,7 +503,7 @@ def _method_meant(given: dict[str, tuple[str, str]]) -> str | None:
     return allowed[0] if allowed else None
 
 
-def _word(raw) -> str:
+def config_word(raw) -> str:
     """A value as AGREES lists it: YAML's unquoted no is False, "false" here."""
     return str(raw).lower() if isinstance(raw, bool) else str(raw).strip().lower()
 
@@ -519,7 +519,7 @@ FASTCHAT_DEEPSPEED = {
 }
 
 
-def _deepspeed_strategy(raw) -> tuple[str, str] | None:
+def deepspeed_strategy(raw) -> tuple[str, str] | None:
     """The strategy a DeepSpeed config is (axolotl's deepspeed_configs/zero3_bf16.json, LLaMA-Factory's
     examples/deepspeed/ds_z3_config.json), and where that was read: its zero_optimization where the file is here,
     else its name (zero3, z3, offload; FastChat's as FASTCHAT_DEEPSPEED says). None where no ZeRO stage 2 or 3 is
@@ -545,7 +545,7 @@ def _deepspeed_strategy(raw) -> tuple[str, str] | None:
     return (f"zero{stage}{'_offload' if offload else ''}", how) if stage in (2, 3) else None
 
 
-def _eos_token_problem(spec, name: str, token: str, notes=None) -> str | None:
+def eos_token_problem(spec, name: str, token: str, notes=None) -> str | None:
     """TRL's eos_token (its sft.py example's '<|im_end|>' for Qwen2's ChatML template) where ftctl ends each turn as the
     chat template ends it: taken, noted, where it is the tokenizer's eos or the template writes it (it ends turns with
     it already, so a conversation trains as in TRL); else why not (None where taken). Read from the tokenizer's files
@@ -615,7 +615,7 @@ def _tokenizer_files(source: str) -> tuple[str | None, str | None] | None:
     return (template if isinstance(template, str) else None), (eos if isinstance(eos, str) else None)
 
 
-def _fsdp_strategy(raw) -> bool:
+def is_fsdp_full_shard(raw) -> bool:
     """FastChat's --fsdp "full_shard auto_wrap": the FSDP full sharding ftctl runs as strategy=fsdp (FSDP2's
     fully_shard). Its other modes (offload, shard_grad_op, hybrid) are refused as DECIDED says."""
     words = " ".join(map(str, raw) if isinstance(raw, list) else [str(raw)]).lower().split()  # axolotl's: a list
@@ -632,7 +632,7 @@ def canonical_key(key: str) -> str:
     return ALIASES.get(k, k)
 
 
-def _nested(items):
+def nested_kwargs_flattened(items):
     """TRL's model_init_kwargs and dataset_kwargs (a mapping, or its JSON/YAML text from -o) as one key each:
     model_init_kwargs.torch_dtype ... Left empty they ask for nothing; another value is left to be refused."""
     import yaml
@@ -659,13 +659,13 @@ WANDB_ENV = {
 }
 
 
-def _wandb(items, source: str, notes=None) -> list:
+def wandb_as_report_to(items, source: str, notes=None) -> list:
     """A layer's axolotl W&B keys with values as report_to: wandb (where the layer names no report_to) and env (their
     variables), noted; empty ones stay (they ask for nothing)."""
     given = [(k, v) for k, v in items if k.strip() in WANDB_ENV and v not in (None, "")]
     if not given:
         return list(items)
-    env = {WANDB_ENV[k.strip()]: _text(v) for k, v in given}
+    env = {WANDB_ENV[k.strip()]: config_text(v) for k, v in given}
     turned = [("env", env)] + [("report_to", "wandb")] * all(canonical_key(k) != "report_to" for k, _ in items)
     notes is None or notes.append(
         f"{', '.join(k for k, _ in given)} ({source}): report_to=wandb, and "
