@@ -40,6 +40,7 @@ def _activated_environment(monkeypatch):
     from tests.slurm_fixtures import _venv_path
 
     monkeypatch.setenv("PATH", _venv_path())
+    monkeypatch.delenv("FTCTL_DOCKER", raising=False)  # the user's container engine (docker.engine): tests pick theirs
 
 
 # What exists once per machine: the Slurm test cluster (and SkyPilot's infra on it, which also writes root's ~/.ssh,
