@@ -1,7 +1,14 @@
 """Fixtures shared by the whole suite, registered once so that each session-scoped one (the Slurm
 cluster, the S3 server, the tiny model) is started once per test run, not once per importing module."""
 
+import os
+
 import pytest
+
+# The two xdist workers share this repo's 2 cores: torch's OpenMP threads that spin at their barriers hold a core the
+# thread they wait for needs (a LoRA step of the demo model: 43 s spinning, 13 s asleep, on 2 threads at a load of ~10;
+# task-153). Set before any fixture module imports torch; a test's subprocesses inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 pytest_plugins = [
     "tests.tiny_fixtures",
