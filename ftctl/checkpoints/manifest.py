@@ -126,7 +126,7 @@ def build_manifest(ckpt_dir: str, step: int, world_size: int, spec_hash: str, wi
     }
 
 
-def _write_json_atomic(path: str, data: dict) -> None:
+def write_json_atomic(path: str, data: dict) -> None:
     tmp = path + ".ftctl-tmp"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
@@ -150,7 +150,7 @@ def write_manifest(ckpt_dir: str, step: int, world_size: int, spec_hash: str, na
     """
     commit_point("local-manifest", os.path.basename(os.path.abspath(ckpt_dir)))
     manifest = build_manifest(ckpt_dir, step, world_size, spec_hash, **extra)
-    _write_json_atomic(os.path.join(ckpt_dir, name), manifest)
+    write_json_atomic(os.path.join(ckpt_dir, name), manifest)
     return manifest
 
 
@@ -227,7 +227,7 @@ def nodes_committed(ckpt_dir: str) -> dict | None:
     return merge_nodes({k: found[k] for k in nodes})[0]
 
 
-def _check_files(manifest: dict, sizes: dict[str, int]) -> list[str]:
+def check_files(manifest: dict, sizes: dict[str, int]) -> list[str]:
     problems = []
     for entry in manifest["files"]:
         got = sizes.get(entry["path"])
@@ -250,17 +250,17 @@ def verify(ckpt: str, deep: bool = True, endpoint_url: str | None = None) -> lis
         return [f"no {MANIFEST} (incomplete: stopped before it was committed)"]
     except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         return [f"unreadable {MANIFEST}: {exc}"]
-    return _verify_against(ckpt, manifest, deep, endpoint_url)
+    return verify_against(ckpt, manifest, deep, endpoint_url)
 
 
-def _verify_against(ckpt: str, manifest: dict, deep: bool, endpoint_url=None, sizes=None, check_step=True) -> list:
+def verify_against(ckpt: str, manifest: dict, deep: bool, endpoint_url=None, sizes=None, check_step=True) -> list:
     problems = []
     step = checkpoint_step(ckpt)
     if check_step and step is not None and manifest.get("step") != step:
         problems.append(f"the manifest is for step {manifest.get('step')}, not {step}")
     if sizes is None:
         sizes = storage.file_sizes(ckpt, endpoint_url)
-    problems += _check_files(manifest, sizes)
+    problems += check_files(manifest, sizes)
     if problems or not deep:
         return problems
     fs, root = storage.filesystem(ckpt, endpoint_url)

@@ -20,14 +20,14 @@ from ftctl.checkpoints.manifest import (
     DOWNLOAD_DIR,
     MANIFEST,
     QUARANTINE_DIR,
-    _verify_against,
-    _write_json_atomic,
     checkpoint_step,
     is_manifest,
     nodes_committed,
     read_manifest,
     sha256_file,
     verify,
+    verify_against,
+    write_json_atomic,
 )
 from ftctl.errors import FtctlError
 from ftctl.runpaths import UPLOADED_RECORD
@@ -82,7 +82,7 @@ def list_checkpoints(uri: str, deep: bool = False, endpoint_url: str | None = No
         else:
             try:
                 manifest = read_manifest(ckpt_uri, endpoint_url=endpoint_url)
-                problems = _verify_against(ckpt_uri, manifest, deep, endpoint_url, sizes)
+                problems = verify_against(ckpt_uri, manifest, deep, endpoint_url, sizes)
             except FileNotFoundError as exc:  # gone since it was listed (set aside by another node, or retention's)
                 problems = [f"gone while it was listed ({os.path.basename(str(exc.filename or MANIFEST))})"]
             except (ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -177,7 +177,7 @@ def download_checkpoint(
                 kept.add(entry["path"])
                 continue
             storage.get_file(storage.join(ckpt_uri, *parts), os.path.join(tmp, *parts), fs=fs)
-        _write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
+        write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
     except FileNotFoundError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return [f"a file vanished while downloading: {exc}"]
@@ -187,7 +187,7 @@ def download_checkpoint(
             os.rmdir(os.path.dirname(tmp))
         raise_if_full(exc, local_dir, sum(entry["size"] for entry in manifest["files"]), f"download {name}")
         raise
-    problems = _verify_against(tmp, manifest, deep=True, check_step=False)
+    problems = verify_against(tmp, manifest, deep=True, check_step=False)
     if problems:
         shutil.rmtree(tmp, ignore_errors=True)
         return problems
@@ -330,10 +330,10 @@ def latest_complete(
         reasons = []
         if s in local:
             c = local[s]
-            problems = _verify_against(c.uri, c.manifest, deep=True) if c.by_nodes else verify(c.uri, deep=True)
+            problems = verify_against(c.uri, c.manifest, deep=True) if c.by_nodes else verify(c.uri, deep=True)
             if not problems:
                 if c.by_nodes:  # the commit the store got, on this copy too
-                    _write_json_atomic(os.path.join(c.uri, MANIFEST), c.manifest)
+                    write_json_atomic(os.path.join(c.uri, MANIFEST), c.manifest)
                     log.info(
                         "resuming from %s (local, verified: committed by its %d nodes' manifests)",
                         c.uri,

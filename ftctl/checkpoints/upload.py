@@ -30,12 +30,12 @@ from ftctl.checkpoints.manifest import (
     CHECKPOINT_PREFIX,
     MANIFEST,
     STAGING_DIR,
-    _check_files,
-    _write_json_atomic,
+    check_files,
     commit_point,
     merge_nodes,
     node_manifest_name,
     read_manifest,
+    write_json_atomic,
 )
 from ftctl.checkpoints.resume import list_checkpoints
 from ftctl.runpaths import FINAL_MARKS, TRACKING_DIRS, UPLOADED_RECORD
@@ -553,10 +553,10 @@ class Uploader:
         for rel in rewrite:  # a file two nodes wrote differently: node 0's copy, re-sent now
             parts = rel.split("/")
             _put(self._fs, os.path.join(job.local, *parts), storage.join(ckpt_uri, *parts))
-        problems = _check_files(merged, storage.file_sizes(ckpt_uri, self.endpoint_url))
+        problems = check_files(merged, storage.file_sizes(ckpt_uri, self.endpoint_url))
         if problems:
             raise OSError(f"files listed by the node manifests are not in the store: {problems[:3]}")
-        _write_json_atomic(os.path.join(job.local, MANIFEST), merged)
+        write_json_atomic(os.path.join(job.local, MANIFEST), merged)
         lease.check(ckpt_uri, ask=True)
         commit_point("remote-manifest", job.name)
         _put(self._fs, os.path.join(job.local, MANIFEST), storage.join(ckpt_uri, MANIFEST))
