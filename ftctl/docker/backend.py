@@ -47,14 +47,13 @@ from ftctl.backend import (
     recorded_jobs,
     resumes_from,
     run_spec,
-    trainer_paths_of,
     trainer_started,
 )
+from ftctl.checkpoints.staging import STAGING_ENV
 from ftctl.docker import engine as docker_engine
 from ftctl.docker import render as docker_render
 from ftctl.docker.image import build_command, default_image, flavour_for
 from ftctl.errors import FtctlError, NotSent
-from ftctl.launch import trainer_env
 from ftctl.runpaths import RunPaths
 from ftctl.spec import RunSpec
 from ftctl.storage import is_remote
@@ -157,6 +156,15 @@ class DockerBackend(Backend):
         caches = docker_render.host_caches()
         for path in [*caches.dirs(), *(inside for _, inside in docker_render.home_mounts(rendered.spec, caches))]:
             os.makedirs(path, exist_ok=True)
+        if staging := self.staging_here(rendered.spec):  # mounted: docker would create it, owned by root
+            try:
+                os.makedirs(staging, exist_ok=True)
+            except OSError as e:
+                raise NotSent(
+                    f"--output {rendered.spec.output} is staged in {staging} before its upload, which cannot be "
+                    f"made ({e.strerror}): export {STAGING_ENV}=DIR, a directory you can write (or -o env="
+                    f"{STAGING_ENV}=DIR)."
+                ) from None
         proc = _run(["sh", str(rendered.paths.docker_script)])
         if proc.returncode != 0:
             said = _last_line(proc)
@@ -193,14 +201,18 @@ class DockerBackend(Backend):
         )
         return JobStatus(st, f"{ref.job_id} {st.value} ({word})", ran=ran)
 
+    def staging_here(self, spec: RunSpec) -> str | None:
+        """The container stages an object-store output on this host's disk: docker.render.staging_dir, mounted."""
+        return docker_render.staging_dir(spec)
+
     def trainer_paths(self, ref: JobRef) -> RunPaths | None:
         """The run dir of a local output; an object-store output's staging dir as the container names it (its HOME is
-        this host's caches.home, its environment the run's: docker.render), a path of this host's (mounted there)."""
+        this host's caches.home, its environment the run's: docker.render.staging_dir), a path of this host's
+        (mounted there)."""
         if not is_remote(ref.output):
             return ref.paths
-        spec = run_spec(ref)
         try:
-            return trainer_paths_of(spec, {**docker_render.host_caches().env(), **trainer_env(spec)})
+            return RunPaths(Path(docker_render.staging_dir(run_spec(ref))))
         except (OSError, FtctlError):
             return None
 

@@ -1,7 +1,8 @@
 """Render the ``docker run`` command for a plan on this docker host (one node).
 
 Every host path the run reads or writes is mounted at its own path (the run dir, the data, a local output,
-model, chat template and checkpoint to resume), so a path means the same inside as out; what it only reads (data,
+model, chat template and checkpoint to resume, an object-store output's staging dir where FTCTL_LOCAL_DIR puts it
+outside the cache root: staging_dir), so a path means the same inside as out; what it only reads (data,
 model, chat template) read-only. The container runs as the user who
 launches it (``--user UID:GID``): the image's own user (uid 1000) could not write a run dir another uid owns,
 and the checkpoints it wrote would not be that user's. That user has no home in the image, so the host's
@@ -27,6 +28,7 @@ import getpass
 import os
 from dataclasses import dataclass
 
+from ftctl.checkpoints.staging import STAGING_ENV
 from ftctl.docker.image import check_reference, default_image
 from ftctl.errors import FtctlError
 from ftctl.launch import PATH_PYTHON, container_kind, hf_caches, join, torchrun_argv, trainer_env
@@ -109,12 +111,14 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", comman
     # inside the container must land on the host
     # a checkpoint of another run's to resume is written too (reshard.to_universal converts it in place)
     resume = spec.resume if spec.resume not in ("auto", "never") else ""
-    written = [run_dir, *caches.dirs(), *_here(spec.output, resume, output=spec.output)]
+    env = container_env(spec, caches, user)
+    # an object-store output's staging dir: under the cache root unless FTCTL_LOCAL_DIR (or -o env=FTCTL_CACHE) names
+    # another, mounted at its own path too, or the run would be staged in the container's own layer
+    staged = [staging] if (staging := staging_dir(spec, env)) else []
+    written = [run_dir, *caches.dirs(), *_here(spec.output, resume, output=spec.output), *staged]
     read = _here(*spec.data_paths, spec.model_name_or_path, spec.chat_template_path or "")
     for path, mode in _mounts(written, read):
         cmd += ["-v", f"{_bindable(path)}:{path}{mode}"]
-    env = {**caches.env(), "USER": user}
-    env.update(trainer_env(spec))
     files, names = store_credentials(spec, {*env, *spec.secrets})
     for host, inside in [*home_mounts(spec, caches), *((f, f) for f in files.values() if os.path.isfile(f))]:
         cmd += ["-v", f"{_bindable(host)}:{_bindable(inside)}:ro"]
@@ -125,6 +129,30 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", comman
     cmd += ["-w", run_dir, image]
     cmd += torchrun_argv(spec, plan, os.path.join(run_dir, "spec.json"), head=None, python=PATH_PYTHON, quiet=True)
     return cmd
+
+
+def container_env(spec: RunSpec, caches: HostCaches | None = None, user: str | None = None) -> dict[str, str]:
+    """The plain environment the container runs in: the host's caches (HOME among them), USER, the trainer's
+    (launch.trainer_env: -o env among it) and, for an object-store output, STAGING_ENV where -o env sets it or this
+    host exports it, as an absolute path (this host's working directory's, as a local run reads it): the same
+    ``export FTCTL_LOCAL_DIR=DIR`` stages a docker run where it stages a local one."""
+    caches = caches or host_caches()
+    env = {**caches.env(), "USER": user or host_user()[2], **trainer_env(spec)}
+    if is_remote(spec.output) and (local := env.get(STAGING_ENV) or os.environ.get(STAGING_ENV)):
+        env[STAGING_ENV] = os.path.abspath(os.path.expanduser(local))
+    return env
+
+
+def staging_dir(spec: RunSpec, env: dict[str, str] | None = None) -> str | None:
+    """The directory of this host an object-store output is staged in before its upload (None: a local output): the
+    one the trainer in the container picks from its environment (``env``: :func:`container_env`'s; trainer.run.
+    output_dirs), mounted at its own path, so what preflight checks the room of and what status reads is what the
+    container writes. Without STAGING_ENV it is under the container's HOME, in the mounted cache root."""
+    if not is_remote(spec.output):
+        return None
+    from ftctl.trainer.run import output_dirs
+
+    return output_dirs(spec, container_env(spec) if env is None else env)[0]
 
 
 def picked_gpus(plan: Plan) -> list[str]:

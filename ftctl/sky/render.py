@@ -48,7 +48,7 @@ from ftctl.launch import (
 )
 from ftctl.lease import UNREACHED_EXIT
 from ftctl.plan import Plan
-from ftctl.preflight import checkpoint_gb
+from ftctl.preflight import disk_need
 from ftctl.sky.cost import memory_request
 from ftctl.sky.inputs import Shipped, node_dir, shipping_note
 from ftctl.spec import FIELDS, RunSpec
@@ -223,14 +223,13 @@ def disk_needed_gib(spec: RunSpec, plan: Plan) -> float:
 
 def disk_parts_gib(spec: RunSpec, plan: Plan) -> list[tuple[str, float]]:
     """What a node's disk holds at most, each (what, GiB): the model's download, the checkpoints staged there before
-    their upload (save_total_limit's, plus the next one, written before the oldest is deleted), the final model, and
-    headroom for the image and packages."""
-    one, final = checkpoint_gb(plan)
-    kept = (spec.checkpoints_kept or 1) + 1
+    their upload as preflight.disk_need counts them (save_total_limit's and beside them the next one, written before
+    the oldest is deleted, or at the end the final model: the one count every disk check asks), and headroom for the
+    image and packages."""
+    need = disk_need(spec, plan)
     return [
         ("the model's download", _gib(plan.model.params_b * DOWNLOAD_BYTES)),
-        (f"{kept} checkpoints of ~{_gib(one):.0f}", kept * _gib(one)),
-        ("the final model", _gib(final)),
+        (f"checkpoints of ~{_gib(need.one):.0f} each: {need.words}", _gib(need.gb)),
         ("the image and packages", DISK_HEADROOM_GIB),
     ]
 
