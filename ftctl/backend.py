@@ -1044,8 +1044,18 @@ def status_report(job: str) -> tuple[list[str], int]:
     from its metrics.jsonl where this machine sees it, else from its log."""
     from ftctl import failures
 
-    b, ref = find_job(job)
-    state = b.status(ref)
+    try:
+        b, ref = find_job(job)
+    except FtctlError as e:
+        if not is_remote(job):
+            raise
+        return _stored_report(job.rstrip("/"), e)
+    try:
+        state = b.status(ref)
+    except FtctlError as e:  # no such job (Slurm forgot it), its backend not reachable (not here): what its store holds
+        if is_remote(ref.output) and (said := _stored_lines(ref.output, _endpoint(ref), step_only=False)):
+            e.args = (f"{e}\nits output, {ref.output}, says: {said[0]}",)
+        raise
     code = state.state.exit_code
     lines = [state.text]
     if state.state is JobState.FAILED and (why := failures.error_line(b.log_tail(ref))):
@@ -1063,6 +1073,9 @@ def status_report(job: str) -> tuple[list[str], int]:
     shown = progress(ref, state.ran, state.own_start, metrics, running)
     if shown is None and is_remote(ref.output) and not (metrics and metrics.exists()):  # staged on the nodes' disks
         shown = b.logged_progress(ref, running)
+    if shown is None and is_remote(ref.output) and state.state is not JobState.PENDING:
+        # neither its metrics nor its log seen here (its node gone, the log not kept): what its store holds, if said
+        return [*lines, *_stored_lines(ref.output, _endpoint(ref))], code
     saved = None
     if running and shown is not None:  # training: what a relaunch would resume from now
         from ftctl.progress import newest_checkpoint
@@ -1071,26 +1084,62 @@ def status_report(job: str) -> tuple[list[str], int]:
             saved = newest_checkpoint(ref.output, run_spec(ref).s3_endpoint_url, paths.root if paths else None)
         except (OSError, FtctlError) as e:
             saved = f"newest checkpoint: cannot be listed now ({str(e).splitlines()[0] if str(e) else e!r})"
-    return [*lines, *filter(None, [shown, saved])], code
+    return [*lines, *(shown.splitlines() if shown else []), *filter(None, [saved])], code
+
+
+def _endpoint(ref: JobRef) -> str | None:
+    """The run's S3 endpoint (its spec.json's), None where its run directory is not here to say."""
+    try:
+        return run_spec(ref).s3_endpoint_url
+    except (OSError, FtctlError):
+        return None
+
+
+def _stored_lines(output: str, endpoint_url: str | None, step_only: bool = True) -> list[str]:
+    """What an object-store output's newest complete checkpoint says of the run (ftctl.progress.stored): its step line
+    (``step_only``: nothing where it holds no copy of the metrics: the state's note names the checkpoint), else the
+    checkpoint's; [] where the store holds none or cannot be read now (the state line is what status says then)."""
+    from ftctl.progress import stored
+
+    try:
+        said = stored(output, endpoint_url)
+    except (OSError, FtctlError):
+        return []
+    if said is None or (step_only and said[0] is None):
+        return []
+    return [said[0] or said[1]]
+
+
+def _stored_report(output: str, no_job: FtctlError) -> tuple[list[str], int]:
+    """`ftctl status s3://.../run` where no job into it was launched from here (another machine's, a jobs record
+    lost): its state is not known here (exit code 4), what its store's newest complete checkpoint says is. A store that
+    holds none, or cannot be read: the error that no such job was launched from here, and why the store says nothing."""
+    from ftctl.progress import stored
+
+    try:
+        said = stored(output, None)
+    except (OSError, FtctlError) as e:
+        why = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
+        raise FtctlError(f"{no_job} Nor can {output} be read now: {why}.") from None
+    if said is None:
+        raise FtctlError(f"{no_job} Nor does {output} hold a complete checkpoint.")
+    head = (
+        f"{output} UNKNOWN: no job into it was launched from here (`ftctl status JOB` where it was launched says its "
+        "state); what its newest complete checkpoint says:"
+    )
+    return [head, *filter(None, said)], JobState.UNKNOWN.exit_code
 
 
 def metrics_records(metrics: Path) -> list[dict] | None:
     """The records of a run's metrics.jsonl, in order: a logged step's, an eval's, a trainer's "start" (trainer.run.
     record_start: one a trainer that started training there, in a Slurm job with its job id and attempt). The line the
     trainer is writing is left out; None where there is no file to read."""
+    from ftctl.progress import records
+
     try:
-        lines = metrics.read_text().splitlines()
+        return records(metrics.read_text())
     except OSError:
         return None
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:  # the line the trainer is writing
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def starts_in(metrics: Path) -> list[dict]:
@@ -1180,13 +1229,15 @@ def _starts_over(line: str, skipped: bool) -> str | None:
     return None
 
 
-def logged_step(log_tail: str, running: bool = False) -> str | None:
-    """The last step line of a job's last attempt in its log, as progress says a step (ftctl.progress.logged_step);
-    None: none there."""
+def logged_step(
+    log_tail: str, running: bool = False, written: float | None = None, job: str | None = None
+) -> str | None:
+    """The last step line of a job's last attempt in its log, as progress says a step (ftctl.progress.logged_step:
+    ``written``, the log's last write, dates it; ``job`` is named where it may be stuck); None: none there."""
     from ftctl.failures import last_attempt
     from ftctl.progress import logged_step as said
 
-    return said(last_attempt(log_tail)[1], running)
+    return said(last_attempt(log_tail)[1], running, written, job=job)
 
 
 def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:

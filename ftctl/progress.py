@@ -8,23 +8,43 @@ staging directory's record of what the store committed, or the store itself.
     newest checkpoint: checkpoint-100, saved 3 min ago, in s3://b/runs/r1
 
 What cannot be seen here is said so, not guessed: a total an older trainer did not record is left out, a time left
-is given only while the job runs, and from two logged steps of its own trainer at least.
+is given only while the job runs, and from two logged steps of its own trainer at least. A log's step line carries no
+time: it is dated by the log's last write (it is the log's last line: then; lines after it: before then), and the
+trainer's ETA at it counted down from there. Where neither the metrics nor the log is seen here (the job's node gone,
+another machine), the newest complete checkpoint in the store says the step it stored (its copy of metrics.jsonl).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ftctl.runpaths import PROGRESS_LINE
+from ftctl.runpaths import CHECKPOINT_METRICS, PROGRESS_LINE
 
 # the trainer's line in a job's log for a logged step (trainer.callbacks.MetricsCallback._progress):
 # "step 12/40  loss 1.2345  lr 2.00e-04  grad 0.808  380 tok/s  ETA 0:00:11"
 LOGGED_STEP = re.compile(rf"{PROGRESS_LINE}(\d+)/(\d+)  loss ([0-9.]+|nan|inf)(?:  .*?([\d,.]+) tok/s)?")
 ETA = re.compile(r"  ETA ((?:\d+ days?, )?\d+:\d\d:\d\d)\s*$")  # its end: "ETA 0:05:02", "ETA 1 day, 2:03:04"
 STALE_AFTER_S = 120.0  # a running job's last logged step older than this and 3 of its intervals: said how old
+# logging's time at a line's start (trainer.__main__'s format: "2026-12-05 14:02:03,123 [rank 0] ..."): a dated line
+# after a step line says the step line is older
+LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.]\d{3} ")
+
+
+def records(text: str) -> list[dict]:
+    """The records of a metrics.jsonl's text, in order; a line cut short (the one the trainer is writing) left out."""
+    out = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
 
 
 def summary(records: list[dict], counts: Callable[[dict], bool], running: bool, now: float | None = None) -> str | None:
@@ -110,17 +130,98 @@ def duration(seconds: float, exact: bool = False) -> str:
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
-def logged_step(lines: list[str], running: bool) -> str | None:
-    """The last step line among ``lines`` (a job's last attempt in its log) as summary says a step; while the job
-    runs, the time left its trainer said at that line (the log has no times: how long ago that was is not known)."""
-    for line in reversed(lines):
-        if m := LOGGED_STEP.match(line):
-            loss = float(m[3])
-            text = step_text(int(m[1]), loss, float(m[4].replace(",", "")) if m[4] else None, int(m[2]))
-            if running and (eta := ETA.search(line)):
-                text += f"  ETA {eta[1]} at that line of its log"
-            return text
-    return None
+def logged_step(
+    lines: list[str], running: bool, written: float | None = None, now: float | None = None, job: str | None = None
+) -> str | None:
+    """The last step line among ``lines`` (a job's last attempt in its log) as summary says a step. ``written``: when
+    the log was last written (its mtime), which dates that line: at that time where it is the log's last line, else
+    before it (or before the first logging-dated line after it); then, while the job runs, the time a step takes and
+    the time left from the trainer's ETA at that line, counted from then, and, where no step was logged for much
+    longer than one comes, that the job may be stuck (``job``: the id `ftctl logs` takes). Without ``written`` (a log
+    whose time is not known here) the trainer's ETA at that line, said as such."""
+    steps = [(i, m) for i, line in enumerate(lines) if (m := LOGGED_STEP.match(line))]
+    if not steps:
+        return None
+    i, m = steps[-1]
+    step, total = int(m[1]), int(m[2])
+    text = step_text(step, float(m[3]), float(m[4].replace(",", "")) if m[4] else None, total)
+    eta = ETA.search(lines[i])
+    if written is None:
+        return text + (f"  ETA {eta[1]} at that line of its log" if running and eta else "")
+    if not running:
+        return text
+    now = time.time() if now is None else now
+    after = [line for line in lines[i + 1 :] if line.strip()]
+    at = min([written, *[t for line in after if (t := _logged_at(line)) is not None][:1]])
+    age = max(0.0, now - at)
+    if not after:
+        when = f"at {clock(at, now)}, {duration(age)} ago"
+    else:  # lines after it: it is older than the log's last write
+        when = f"before {clock(at, now)}" + (f", over {duration(age)} ago" if age >= 60 else "")
+    per_step = _seconds(eta[1]) / (total - step) if eta and total > step else None
+    if per_step is None:
+        return f"{text}  logged {when}"
+    # steps between two logged ones: the last two lines' (one line: its step, at most that many since the start)
+    every = step - int(steps[-2][1][1]) if len(steps) > 1 and step > int(steps[-2][1][1]) else step
+    interval = every * per_step
+    left = (total - step) * per_step
+    said = f"{duration(per_step, exact=True)} a step"
+    if age <= max(STALE_AFTER_S, 3 * interval):
+        return f"{text}  {said}, ~{duration(max(0.0, left - age))} left, logged {when}"
+    moved = f"; its log was last written {duration(max(0.0, now - written))} ago" if after else ""
+    look = f"`ftctl logs {job}`" if job else "its log"
+    return (
+        f"{text}  {said}, ~{duration(left)} left at that step, logged {when}\n"
+        f"no step logged for {duration(age)} where one came every ~{duration(interval)}{moved}: the job may be stuck "
+        f"(or in a long evaluation or save); {look} shows what it wrote last"
+    )
+
+
+def clock(when: float, now: float) -> str:
+    """``14:02``, today's (local time); ``2026-12-04 14:02`` another day's."""
+    day = "%H:%M" if time.localtime(when)[:3] == time.localtime(now)[:3] else "%Y-%m-%d %H:%M"
+    return time.strftime(day, time.localtime(when))
+
+
+def _logged_at(line: str) -> float | None:
+    if not (m := LOG_TIME.match(line)):
+        return None
+    try:
+        return time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def _seconds(eta: str) -> float:
+    """``0:05:02`` -> 302; ``1 day, 2:03:04`` -> 93784 (datetime.timedelta's text, the trainer's ETA)."""
+    days, _, clock_text = eta.rpartition(", ")
+    h, m, s = (int(x) for x in clock_text.split(":"))
+    return (int(days.split()[0]) if days else 0) * 86400 + h * 3600 + m * 60 + s
+
+
+def stored(output: str, endpoint_url: str | None, now: float | None = None) -> tuple[str | None, str] | None:
+    """What the newest complete checkpoint in an object-store output says of the run, for `ftctl status` where neither
+    its metrics.jsonl nor its log is seen here: (its last logged step of its total, loss and pace as summary says them
+    from the checkpoint's copy of metrics.jsonl, one its manifest lists: whole; the checkpoint and when it was saved),
+    the first None where it holds no copy (an older ftctl's). None where the store holds no complete checkpoint; a
+    store that cannot be read raises (OSError, FtctlError)."""
+    from ftctl.checkpoints import list_checkpoints
+    from ftctl.storage import join, read_text, storage_errors
+
+    now = time.time() if now is None else now
+    with storage_errors(output, endpoint_url):
+        done = [c for c in list_checkpoints(output, endpoint_url=endpoint_url) if c.complete]
+        if not done:
+            return None
+        newest = done[-1]
+        listed = {f.get("path") for f in (newest.manifest or {}).get("files", []) if isinstance(f, dict)}
+        copy = read_text(join(newest.uri, CHECKPOINT_METRICS), endpoint_url) if CHECKPOINT_METRICS in listed else ""
+    said = summary(records(copy), lambda start: True, running=False, now=now)
+    saved = _saved(newest, now)
+    at = (newest.manifest or {}).get("created_unix")
+    saved += f" at {clock(at, now)}" if isinstance(at, (int, float)) else ""
+    step = f"{said} (as {saved}, in {output}, stored it: its newest complete checkpoint)" if said else None
+    return step, f"newest checkpoint: {saved}, in {output}"
 
 
 def newest_checkpoint(output: str, endpoint_url: str | None, staged: Path | None, now: float | None = None) -> str:

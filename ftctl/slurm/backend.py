@@ -667,7 +667,13 @@ class SlurmBackend(Backend):
         return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe(), note, ran, own)
 
     def logged_progress(self, ref: JobRef, running: bool = False) -> str | None:
-        return logged_step(self.log_tail(ref), running)
+        """The log's last step line, dated by the log's last write (the log is on a disk this machine shares)."""
+        log = self._log(ref)
+        try:
+            written = log.stat().st_mtime
+        except OSError:
+            written = None
+        return logged_step(tail(log), running, written, ref.job_id)
 
     def logs(self, ref: JobRef, follow: bool) -> None:
         scheduler.logs(ref.job_id, follow=follow, path=self._log(ref))
