@@ -1204,7 +1204,8 @@ def _held(path: str) -> float:
 def check_disk(spec, plan, staging: str | None = None) -> list[Finding]:
     """Room for what the run's checkpoints hold at once (:func:`disk_need`) on the disk they are written to: a local
     output's; an object-store output's staging directory (``staging``: where the trainer stages the run on this
-    machine, the launcher names it: local runs; None: the nodes' own disks, not seen here), where too little room is an
+    machine, the launcher names it (Backend.staging_here): local runs, and docker's, on this host's disk, mounted;
+    None: the nodes' own disks, not seen here, a SkyPilot node's sized for disk_need), where too little room is an
     error: the disk is ftctl's choice (the cache), not the user's, and the run would stop with a full disk at a save."""
     remote = storage.is_remote(spec.output)
     if (remote and staging is None) or (not remote and storage.scheme(spec.output) not in ("", "file")):

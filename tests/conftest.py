@@ -48,6 +48,7 @@ def _activated_environment(monkeypatch):
 
     monkeypatch.setenv("PATH", _venv_path())
     monkeypatch.delenv("FTCTL_DOCKER", raising=False)  # the user's container engine (docker.engine): tests pick theirs
+    monkeypatch.delenv("FTCTL_LOCAL_DIR", raising=False)  # a user's staging dir (checkpoints.staging)
 
 
 # What exists once per machine: the Slurm test cluster (and SkyPilot's infra on it, which also writes root's ~/.ssh,
