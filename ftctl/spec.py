@@ -40,6 +40,7 @@ from ftctl.tool_datasets import (
     LF_INFO,
     LF_NAMED,
     LF_SPLIT,
+    MIX_KEYS,
     TURN_KEYS,
     axolotl_columns,
     axolotl_dataset_refuses,
@@ -897,6 +898,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         layers.append(("flag", [(k, v) for k, v in flags.items() if v is not None and v != () and v != []]))
     if overrides:
         layers.append(("-o", parse_overrides(overrides)))
+    layers = _llama_factory_layers(layers, notes)  # across layers: -o mix_strategy=... with a run file's dataset
     values, errors, sources = {}, [], {}
     zero_asked = None  # the last DeepSpeed config read as a ZeRO strategy: its layer, its key, (strategy, how), note
     eos_asked = None  # TRL's eos_token as the last layer gave it: the key and layer, the token
@@ -910,7 +912,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
         left_out: list[str] = []  # and LEFT_OUT ones
         epochly: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch this layer's save_strategy: epoch set
-        layer = _axolotl_columns(_llama_factory_names(items, source, notes), source, notes)
+        layer = _axolotl_columns(items, source, notes)
         for raw_key, raw in dataset_mixer_as_weights(
             list(nested_kwargs_flattened(wandb_as_report_to(layer, source, notes)))
         ):
@@ -925,10 +927,10 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 continue
             if raw_key.strip() == "dataset_name" and raw and notes is not None:
                 notes.append(f"dataset_name ({source}): data_path {raw}")
-            if raw_key.strip() == "datasets" and key == "data_path" and notes is not None:
+            if raw_key.strip() in ("datasets", "test_datasets") and key in FIELDS and notes is not None:
                 unread = dataset_keys_unread(given)
                 notes.append(
-                    f"datasets ({source}): their paths are data_path; each row's format is read from its fields"
+                    f"{raw_key.strip()} ({source}): their paths are {key}; each row's format is read from its fields"
                     + (f" (not from their {', '.join(unread)})" if unread else "")
                 )
             if raw_key.strip() == "adapter" and raw in (None, ""):  # axolotl's full fine-tune leaves it empty
@@ -1182,6 +1184,7 @@ TURNED = {
     "train_on_inputs": ("assistant_only_loss", "train_on_inputs: its opposite"),
     "lora_target_linear": ("lora_target_modules", "lora_target_linear: true is all-linear"),
     "datasets": ("data_path", "datasets: [{path, type}], axolotl's"),
+    "test_datasets": ("eval_data_path", "test_datasets: [{path, type}], axolotl's"),
     "dataset_name": ("data_path", "dataset_name: ORG/NAME, TRL's Hub dataset"),
     "train_on_source": ("assistant_only_loss", "train_on_source: its opposite, qlora.py's"),
 }
@@ -1202,19 +1205,25 @@ def _axolotl(key: str, raw):
         return TURNED["train_on_source"][0], not _as_bool(raw)
     if key == "dataset_name":
         return TURNED["dataset_name"][0], dataset_as_data_path(str(raw)) if isinstance(raw, str) else raw
-    if key == "datasets" and isinstance(raw, list) and raw and all(isinstance(d, dict) and d.get("path") for d in raw):
+    if (
+        key in ("datasets", "test_datasets")
+        and isinstance(raw, list)
+        and raw
+        and all(isinstance(d, dict) and d.get("path") for d in raw)
+    ):  # test_datasets: the same entries, held-out data (eval_data_path)
+        held_out = key == "test_datasets"
         refused = [
             f"{d['path']}'s {k}: {v!r}: {why}"
             for d in raw
             for k, v in d.items()
-            if (why := axolotl_dataset_refuses(k, v))
+            if (why := axolotl_dataset_refuses(k, v, str(d["path"]) if held_out else ""))
         ]
         # their own names of the fields: data_columns (_axolotl_columns)
         refused += [f"{d['path']}'s {why}" for d in raw if (why := axolotl_columns(d)[1])]
         if refused:
             raise ValueError("; ".join(refused))
 
-        return TURNED["datasets"][0], [dataset_as_data_path(str(d["path"])) for d in raw]
+        return TURNED[key][0], [dataset_as_data_path(str(d["path"])) for d in raw]
     return key, raw
 
 
@@ -1235,7 +1244,7 @@ def _axolotl_columns(items, source: str, notes=None) -> list:
     entries = [
         d
         for k, raw in items
-        if k.strip() == "datasets" and isinstance(raw, list)
+        if k.strip() in ("datasets", "test_datasets") and isinstance(raw, list)
         for d in raw
         if isinstance(d, dict) and d.get("path")
     ]
@@ -1254,24 +1263,55 @@ def _axolotl_columns(items, source: str, notes=None) -> list:
     return items + [("data_columns", {p: json.dumps(d, sort_keys=True) for p, d in described.items()})]
 
 
-def _llama_factory_names(items, source: str, notes=None) -> list:
+def _llama_factory_layers(layers, notes=None) -> list:
+    """The layers' LLaMA-Factory keys read together: each layer's dataset and eval_dataset names as data_path and
+    eval_data_path (_llama_factory_names; dataset_dir the last layer's that gives it), and mix_strategy,
+    interleave_probs and the entries' num_samples, whichever layers give them (a run file's dataset with -o
+    mix_strategy=... reads as the same keys in one file), as data_weights (llama_factory_mix) in the last layer that
+    gives one of them. Mix keys stay where no layer's dataset names are read here (the key loop refuses them)."""
+    directory = None
+    for _, items in layers:
+        directory = next((str(v) for k, v in items if k.strip() == "dataset_dir" and v), directory)
+    out, dataset, dataset_at = [], None, None
+    for i, (source, items) in enumerate(layers):
+        items, named = _llama_factory_names(items, source, notes, directory)
+        if "dataset" in named:
+            dataset, dataset_at = named["dataset"], i
+        out.append((source, items))
+    if dataset is None:
+        return out
+    paths, samples = dataset
+    mixing = [i for i, (_, items) in enumerate(out) if any(k.strip() in MIX_KEYS for k, _ in items)]
+    sampled = any(n is not None for n in samples)
+    if not mixing and not sampled:
+        return out
+    at = max(mixing + [dataset_at] * sampled)
+    given = [(k, v) for i in mixing for k, v in out[i][1] if k.strip() in MIX_KEYS]  # later layers' win
+    source = ", ".join(dict.fromkeys(out[i][0] for i in sorted({*mixing, at, *[dataset_at] * sampled})))
+    out = [(s, [(k, v) for k, v in items if k.strip() not in MIX_KEYS]) for s, items in out]
+    out[at] = (out[at][0], llama_factory_mix(out[at][1] + given, paths, source, notes, samples))
+    return out
+
+
+def _llama_factory_names(items, source: str, notes=None, directory=None) -> tuple[list, dict]:
     """LLaMA-Factory's ``dataset: a,b`` (and eval_dataset), names of the entries of dataset_info.json in dataset_dir
-    (its default: data), as data_path (eval_data_path): each entry's file_name there (hf_hub_url: a Hub dataset, its
-    folder and revision in the path), whose rows trainer.formats reads as that entry says; its mix_strategy and
-    interleave_probs as data_weights (llama_factory_mix). As they are where there is no such file here (the key is
-    then refused, saying what to write); FtctlError for a name it lacks or an entry ftctl cannot read."""
+    (its default: data; ``directory`` where another layer names it), as data_path (eval_data_path): each entry's
+    file_name there (hf_hub_url: a Hub dataset, its folder and revision in the path), whose rows trainer.formats reads
+    as that entry says. (The layer's items so, {dataset / eval_dataset: (paths, num_samples of each entry)}); as
+    they are where there is no such file here (the key is then refused, saying what to write); FtctlError for a name
+    it lacks or an entry ftctl cannot read."""
     items = list(items)
     given = {k.strip(): v for k, v in items}
     if not any(given.get(k) for k in LF_NAMED):
-        return items
-    directory = str(given.get("dataset_dir") or "data")
+        return items, {}
+    directory = str(given.get("dataset_dir") or directory or "data")
     info = Path(directory).expanduser() / LF_INFO
     try:
         entries = json.loads(info.read_text())
     except (OSError, ValueError):
-        return items
+        return items, {}
     if not isinstance(entries, dict):
-        return items
+        return items, {}
     out, errors, named = [], [], {}
     for key, value in items:
         if key.strip() not in LF_NAMED or not value:
@@ -1280,7 +1320,7 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
         names = [
             str(n).strip() for n in (value if isinstance(value, list) else str(value).split(",")) if str(n).strip()
         ]
-        paths = []
+        paths, samples = [], []
         for name in names:
             entry = entries.get(name)
             if not isinstance(entry, dict):
@@ -1288,6 +1328,11 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
                 errors.append(f"{key.strip()} ({source}): {name!r} is not an entry of {info} (it names {known})")
             elif problem := llama_factory_unread(entry, LF_SPLIT[key.strip()]):
                 errors.append(f"{key.strip()} ({source}): {info}'s entry {name!r} {problem}")
+            elif key.strip() != "dataset" and entry.get("num_samples") is not None:
+                errors.append(
+                    f"{key.strip()} ({source}): {info}'s entry {name!r} gives num_samples, and ftctl evaluates every "
+                    "held-out row: drop num_samples from the entry (or give a file of that many rows)"
+                )
             elif (renamed := entry.get("columns") or entry.get("tags")) and not (
                 isinstance(file := entry.get("file_name"), str) and "/" not in os.path.normpath(file)
             ):  # trainer.formats applies an entry to a file beside its dataset_info.json
@@ -1298,16 +1343,18 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
                 )
             elif isinstance(entry.get("file_name"), str):
                 paths.append(storage.join(directory, entry["file_name"]))
+                samples.append(entry.get("num_samples"))
             elif isinstance(entry.get("hf_hub_url"), str):
                 revision = f"@{entry['revision']}" if entry.get("revision") else ""
                 folder = f"/{str(entry['folder']).strip('/')}" if entry.get("folder") else ""
                 paths.append(f"hf://datasets/{entry['hf_hub_url']}{revision}{folder}")
+                samples.append(entry.get("num_samples"))
             else:
                 errors.append(
                     f"{key.strip()} ({source}): {info}'s entry {name!r} has no file_name or hf_hub_url, which ftctl "
                     "reads: give its data's files as data_path"
                 )
-        named[key.strip()] = paths
+        named[key.strip()] = (paths, samples)
         out.append((LF_NAMED[key.strip()], paths))
         if notes is not None and paths:
             notes.append(
@@ -1316,7 +1363,7 @@ def _llama_factory_names(items, source: str, notes=None) -> list:
             )
     if errors:
         raise FtctlError(_join(errors))
-    return llama_factory_mix(out, named.get("dataset", []), source, notes)
+    return out, named
 
 
 def lora_target_names(value: str) -> str | list[str]:

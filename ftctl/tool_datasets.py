@@ -56,12 +56,20 @@ AXOLOTL_DATASET_KEYS = {
 }
 
 
-def axolotl_dataset_refuses(key: str, value) -> str | None:
+def axolotl_dataset_refuses(key: str, value, held_out: str = "") -> str | None:
     """Why an axolotl dataset entry's ``key: value`` asks for other rows or tokens than ftctl trains, None where it
-    does not (or is one ftctl does not read: the note says which)."""
+    does not (or is one ftctl does not read: the note says which). ``held_out``: the entry's path, where it is one of
+    test_datasets (eval_data_path here), whose split a Hub dataset's held-out data is (test or validation; a
+    file's rows are its train split, which axolotl's examples name)."""
     if key not in AXOLOTL_DATASET_KEYS:
         return None
     agrees, how = AXOLOTL_DATASET_KEYS[key]
+    if key == "split" and held_out and dataset_as_data_path(held_out).startswith("hf://"):
+        agrees = ("test", "validation")
+        how = (
+            "a Hub dataset's held-out data is read from its test (or validation) split; for another, name its files "
+            "(hf://datasets/ORG/NAME/FILES)"
+        )
     word = tuple(config_word(v) for v in value) if isinstance(value, list) else config_word(value)
     return None if value is None or word in agrees else how
 
@@ -208,33 +216,52 @@ def _records_in(path: str) -> int | None:
         return None
 
 
-def llama_factory_mix(items: list, paths: list[str], source: str, notes=None) -> list:
-    """A layer's LLaMA-Factory mix_strategy and interleave_probs (with its ``dataset`` names, read as ``paths``) as
-    data_weights: interleave_datasets draws each dataset's share of the rows until the first dataset is used up
-    (interleave_under) or the last one is (interleave_over), so dataset i of n_i rows and share p_i gives p_i * T
-    rows, T = min (max) of n_j / p_j: its weight here, each one's rows that many times an epoch, is p_i * T / n_i.
-    Without probs, equal shares (interleave_datasets' round robin); concat (LLaMA-Factory's default) is ftctl's
-    without data_weights. FtctlError for a mix ftctl cannot count here."""
+MIX_KEYS = ("mix_strategy", "interleave_probs")  # LLaMA-Factory's keys of how its datasets mix
+
+
+def llama_factory_mix(items: list, paths: list[str], source: str, notes=None, samples=None) -> list:
+    """A layer's LLaMA-Factory mix_strategy and interleave_probs (with its ``dataset`` names, read as ``paths``) and
+    its entries' num_samples (``samples``, one a path, None where an entry gives none) as data_weights.
+    num_samples draws that many of a dataset's rows (all of them and more at random where it is more), before the
+    datasets mix: the dataset of n_i rows then gives m_i = num_samples (else n_i). interleave_datasets draws each
+    dataset's share of the rows until the first dataset is used up (interleave_under) or the last one is
+    (interleave_over), so dataset i of share p_i gives p_i * T rows, T = min (max) of m_j / p_j: its weight here, each
+    one's rows that many times an epoch, is p_i * T / n_i (concat: m_i / n_i). Without probs, equal shares
+    (interleave_datasets' round robin); concat (LLaMA-Factory's default) without num_samples is ftctl's without
+    data_weights. FtctlError for a mix ftctl cannot count here."""
     given = {k.strip(): v for k, v in items}
-    if "mix_strategy" not in given and "interleave_probs" not in given:
+    samples = list(samples or [None] * len(paths))
+    sampled = any(n is not None for n in samples)
+    if "mix_strategy" not in given and "interleave_probs" not in given and not sampled:
         return items
-    keep = [(k, v) for k, v in items if k.strip() not in ("mix_strategy", "interleave_probs")]
+    keep = [(k, v) for k, v in items if k.strip() not in MIX_KEYS]
     strategy, probs = str(given.get("mix_strategy") or "concat").strip(), given.get("interleave_probs")
-    said = f"mix_strategy: {strategy}" + (f", interleave_probs: {config_text(probs)}" if probs is not None else "")
+    said = ", ".join(
+        [f"mix_strategy: {strategy}"] * ("mix_strategy" in given or not sampled)
+        + [f"interleave_probs: {config_text(probs)}"] * (probs is not None)
+        + ["num_samples: " + ", ".join(f"{p} {n}" for p, n in zip(paths, samples) if n is not None)] * sampled
+    )
     if strategy not in LF_MIXES:
         raise FtctlError(f"mix_strategy: {strategy} ({source}) is none of LLaMA-Factory's: {', '.join(LF_MIXES)}.")
-    if LF_MIXES[strategy] is None:
-        if probs is not None:
+    for path, n in zip(paths, samples):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise FtctlError(
-                f"interleave_probs ({source}) mixes by shares with mix_strategy interleave_under or interleave_over, "
-                f"not {strategy} (LLaMA-Factory refuses it so too): add mix_strategy: interleave_under, or drop "
-                "interleave_probs to read each dataset once."
+                f"num_samples: {config_text(n)} ({source}, {path}'s entry of {LF_INFO}) is no number of rows: give "
+                "a whole number above 0, or drop it to read the file's rows once."
             )
+    concat = LF_MIXES[strategy] is None
+    if concat and probs is not None:
+        raise FtctlError(
+            f"interleave_probs ({source}) mixes by shares with mix_strategy interleave_under or interleave_over, "
+            f"not {strategy} (LLaMA-Factory refuses it so too): add mix_strategy: interleave_under, or drop "
+            "interleave_probs to read each dataset once."
+        )
+    if concat and not sampled:
         notes is None or notes.append(
             f"mix_strategy: concat ({source}): each dataset's rows once, as ftctl reads datasets without data_weights"
         )
         return keep
-    if len(paths) < 2:
+    if not concat and len(paths) < 2 and not sampled:
         notes is None or notes.append(f"{said} ({source}): one dataset, nothing to mix")
         return keep
     if any(canonical_key(k) == "data_weights" for k, _ in items):
@@ -254,21 +281,34 @@ def llama_factory_mix(items: list, paths: list[str], source: str, notes=None) ->
             f"interleave_probs: {config_text(probs)} ({source}) are no shares of the {len(paths)} datasets of dataset: give "
             "one above 0 each, in its order, summing to 1 (a dataset of none: drop it from dataset)."
         )
-    rows = [_records_in(p) for p in paths]
-    if uncounted := [p for p, n in zip(paths, rows) if not n]:
+    # concat: only the sampled datasets' rows matter (the others' weight is 1)
+    rows = [_records_in(p) if not concat or n is not None else None for p, n in zip(paths, samples)]
+    if uncounted := [p for p, n, m in zip(paths, rows, samples) if not n and (not concat or m is not None)]:
+        how = (
+            "num_samples / the dataset's rows"
+            if concat
+            else "shares p over n rows (num_samples where given: m): p * T / n, T the smallest m / p for "
+            "interleave_under, the largest for interleave_over"
+        )
         raise FtctlError(
             f"{said} ({source}) mixes by the datasets' sizes, and {', '.join(uncounted)} is no local JSON file whose "
-            "rows ftctl counts here: give data_weights instead, each dataset's rows that many times an epoch "
-            "(shares p over n rows: p * T / n, T the smallest n / p for interleave_under, the largest for "
-            "interleave_over; `ftctl data check -c run.yaml` counts the rows)."
+            f"rows ftctl counts here: give data_weights instead, each dataset's rows that many times an epoch "
+            f"({how}; `ftctl data check -c run.yaml` counts the rows)."
         )
-    total = LF_MIXES[strategy](n / p for n, p in zip(rows, shares))
-    weights = [p * total / n for n, p in zip(rows, shares)]
-    under = strategy.endswith("under")
-    mixed = ", ".join(f"{path} {n:,} rows x {w:.4g}" for path, n, w in zip(paths, rows, weights))
+    if concat:
+        weights = [1.0 if m is None else m / n for n, m in zip(rows, samples)]
+    else:
+        drawn = [n if m is None else m for n, m in zip(rows, samples)]
+        total = LF_MIXES[strategy](m / p for m, p in zip(drawn, shares))
+        weights = [p * total / n for n, p in zip(rows, shares)]
+    mixed = ", ".join(f"{path} {n:,} rows x {w:.4g}" for path, n, w in zip(paths, rows, weights) if n)
+    how = (
+        "LLaMA-Factory's num_samples: that many rows drawn, more than the file's repeat it"
+        if concat
+        else f"LLaMA-Factory's interleaving {'stops at the first dataset used up' if strategy.endswith('under') else 'goes on until the last is'}"
+    )
     notes is None or notes.append(
-        f"{said} ({source}) are data_weights {','.join(f'{w:.6g}' for w in weights)} here: {mixed} "
-        f"(LLaMA-Factory's interleaving {'stops at the first dataset used up' if under else 'goes on until the last is'})"
+        f"{said} ({source}) are data_weights {','.join(f'{w:.6g}' for w in weights)} here: {mixed} ({how})"
     )
     return keep + [("data_weights", ",".join(f"{w:.6g}" for w in weights))]
 

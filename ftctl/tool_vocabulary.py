@@ -81,8 +81,8 @@ MEANT = {
     "validation_split_percentage": "The held-out share is eval_split, a fraction (eval_split: 0.05 for 5) or a "
     "number of rows (eval_split: 500).",
     "eval_ratio": "The held-out share is eval_split, a fraction (eval_split: 0.05) or a number of rows.",
-    "test_datasets": "axolotl's test_datasets are eval_data_path here (their paths; several: a list), each row's "
-    "format read from its fields as data_path's are.",
+    "test_datasets": "axolotl's test_datasets, [{path: ..., type: ...}] as datasets' entries, are read as "
+    "eval_data_path (their paths, each row's format read from its fields); a path alone is eval_data_path: PATH.",
     "train_on_responses_only": "Unsloth's train_on_responses_only is what ftctl does by default (assistant_only_loss: "
     "true): the loss covers the assistant turns only, their end-of-turn token included; leave it out.",
     "use_gradient_checkpointing": "Unsloth's and PEFT's use_gradient_checkpointing is gradient_checkpointing here "
