@@ -11,7 +11,7 @@ The output fits on one screen: a two-line header (what it does, about how long),
 one progress bar (redrawn in place on a terminal, a line every 10 steps otherwise), the answers
 after, each answer cut to one line. Third-party chatter is kept out by ftctl.quiet (``ftctl -v``
 shows it). On a machine already busy torch's threads wait asleep rather than spinning
-(passive_threads_when_busy): there the demo runs several times faster.
+(distributed.passive_threads_when_busy, as every CPU trainer): there it runs several times faster.
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
     from ftctl import quiet
 
     quiet.install()  # before torch, transformers, bitsandbytes are imported
-    passive_threads_when_busy()  # before torch too: OpenMP reads it when torch loads it
+    from ftctl.trainer.distributed import omp_threads, passive_threads_when_busy
+
+    passive_threads_when_busy(omp_threads())  # before torch too: OpenMP reads it when torch loads it
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -160,27 +162,6 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
     echo("\n" + summary(answers))
     echo(f"Ask it yourself: {ftctl_command()} chat {shlex.quote(output_dir)}")
     return answers
-
-
-def passive_threads_when_busy(env=None, load: float | None = None) -> bool:
-    """On a machine already busy (a 1-minute load average of a core or more: a build, a browser's video, the other
-    worker of a test run), torch's OpenMP threads wait for each other asleep (``OMP_WAIT_POLICY=PASSIVE``) instead of
-    spinning. Spinning, a thread holds its core while the thread it waits for is off waiting for one: on this repo's
-    2-core machine under a load of ~10, a training step of the demo took 43 s spinning, 13 s asleep (2 threads each;
-    a step is ~1.5 s idle). An idle machine keeps OpenMP's default (its short spin is what a step idle is timed
-    with); the user's own OMP_WAIT_POLICY is kept; once torch is loaded it is too late to set, and nothing is.
-    Returns whether it was set."""
-    env = os.environ if env is None else env
-    if "OMP_WAIT_POLICY" in env or "torch" in sys.modules:
-        return False
-    try:
-        load = os.getloadavg()[0] if load is None else load
-    except OSError:  # no load average here
-        return False
-    if load < 1.0:
-        return False
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True
 
 
 def replace_earlier_demo(output_dir: str) -> list[str]:

@@ -128,21 +128,73 @@ def cpu_threads() -> str | None:
     torch and by DeepSpeed's CPU Adam as they load) and torch's own count. torchrun's default for several
     processes is one thread each: a 1B fft on two H200s with 4 accumulation steps ran each micro-batch at half
     the speed of one GPU's (bench/NOTES.md v27). Returns the line the run's log shows, or None; without
-    ``auto`` (torchrun started by hand) only a hint where several processes were left one thread each."""
+    ``auto`` (torchrun started by hand) only a hint where several processes were left one thread each. Either way,
+    where this process sees no GPU and the machine is busy, its threads wait asleep (passive_threads_when_busy)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     threads = max(1, cores // local)
-    if os.environ.get(THREADS_ENV) != "auto":
-        if local > 1 and threads > 1 and os.environ.get("OMP_NUM_THREADS") == "1":
-            return (
-                f"note: one CPU thread a process (OMP_NUM_THREADS=1, torchrun's default for {local} processes): "
-                f"FTCTL_CPU_THREADS=auto gives each its share of the {cores} cores (what ftctl launch sets)"
-            )
-        return None
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    if "torch" in sys.modules:  # imported already (a test's process): its thread count is read at import
-        sys.modules["torch"].set_num_threads(threads)
-    return f"cpu threads: {threads} a process ({cores} cores / {local} on this node; OMP_NUM_THREADS overrides)"
+    auto = os.environ.get(THREADS_ENV) == "auto"
+    if auto:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:  # imported already (a test's process): its thread count is read at import
+            sys.modules["torch"].set_num_threads(threads)
+    busy = passive_threads_when_busy(local * omp_threads()) if no_gpu_here() else ""
+    asleep = f"they wait asleep at their barriers ({busy})" if busy else ""
+    if auto:
+        return f"cpu threads: {threads} a process ({cores} cores / {local} on this node; OMP_NUM_THREADS overrides)" + (
+            f"; {asleep}" if asleep else ""
+        )
+    if local > 1 and threads > 1 and os.environ.get("OMP_NUM_THREADS") == "1":
+        return (
+            f"note: one CPU thread a process (OMP_NUM_THREADS=1, torchrun's default for {local} processes): "
+            f"FTCTL_CPU_THREADS=auto gives each its share of the {cores} cores (what ftctl launch sets)"
+            + (f"; cpu threads: {asleep}" if asleep else "")
+        )
+    return f"cpu threads: {asleep}" if asleep else None
+
+
+WAIT_POLICY_ENV = "OMP_WAIT_POLICY"  # OpenMP's: read once, when torch loads its OpenMP runtime
+
+
+def passive_threads_when_busy(threads: int, env=None, load: float | None = None, cpus: int | None = None) -> str:
+    """Before torch is imported, in a CPU training process (every launcher's trainer through cpu_threads, `ftctl
+    train`, `ftctl demo`): on a machine already busy, torch's OpenMP threads wait for each other asleep
+    (OMP_WAIT_POLICY=PASSIVE) instead of spinning. Spinning, a thread holds its core while the thread it waits
+    for is off waiting for one. Busy: the 1-minute load average (the machine's, before this run computes) leaves
+    fewer free cores than the ``threads`` this run's processes here use, by a core or more: load >= cpus - threads
+    + 1, so load >= 1 with threads = cores (ftctl's share). On this repo's 2-core machine a LoRA step of the demo
+    model (4 x 80 tokens, 2 threads) took 43 s spinning vs 13 s asleep at a load of ~10, 15 vs 3-6 s at 1-3
+    (task 153), 24 vs 4 s at 2-5 (task 168). The user's own OMP_WAIT_POLICY is kept; once torch is loaded it is
+    too late to set, and nothing is. Returns why, for the run's log ("" where nothing was set)."""
+    env = os.environ if env is None else env
+    if WAIT_POLICY_ENV in env or "torch" in sys.modules:
+        return ""
+    cpus = cpus or os.cpu_count() or 1  # the load average counts the whole machine's runnable threads
+    try:
+        load = os.getloadavg()[0] if load is None else load
+    except OSError:  # no load average here
+        return ""
+    if load < max(1.0, cpus - threads + 1):
+        return ""
+    env[WAIT_POLICY_ENV] = "PASSIVE"
+    return f"{WAIT_POLICY_ENV}=PASSIVE: load {load:.1f} on {cpus} cores, busy"
+
+
+def omp_threads() -> int:
+    """The threads one process computes with: OMP_NUM_THREADS where set, else torch's default (the cores it may
+    run on)."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def no_gpu_here() -> bool:
+    """Whether this process can only compute on CPU, said without torch: no NVIDIA driver loaded, or
+    CUDA_VISIBLE_DEVICES hides every GPU. A GPU run's threads are left as they are."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    hidden = visible is not None and not any(d.strip() and not d.strip().startswith("-") for d in visible.split(","))
+    return hidden or nvidia_driver_version() is None
 
 
 #: how long torch lets a collective wait for the slowest process (its default process-group timeout)
