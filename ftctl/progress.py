@@ -8,9 +8,11 @@ staging directory's record of what the store committed, or the store itself.
     newest checkpoint: checkpoint-100, saved 3 min ago, in s3://b/runs/r1
 
 What cannot be seen here is said so, not guessed: a total an older trainer did not record is left out, a time left
-is given only while the job runs, and from two logged steps of its own trainer at least. A log's step line carries no
-time: it is dated by the log's last write (it is the log's last line: then; lines after it: before then), and the
-trainer's ETA at it counted down from there. Where neither the metrics nor the log is seen here (the job's node gone,
+is given only while the job runs, and from two logged steps of its own trainer at least. A log's step line ends with
+the time the trainer logged it (``14:02:05 UTC``), which dates it (a SkyPilot job's log is read through SkyPilot, its
+file's time not seen here); an older trainer's line carries none: it is dated by the log's last write where this
+machine sees the log (it is the log's last line: then; lines after it: before then), and the trainer's ETA at it is
+counted down from there. Where neither the metrics nor the log is seen here (the job's node gone,
 another machine), the newest complete checkpoint in the store says the step it stored (its copy of metrics.jsonl).
 """
 
@@ -25,9 +27,11 @@ from pathlib import Path
 from ftctl.runpaths import CHECKPOINT_METRICS, PROGRESS_LINE
 
 # the trainer's line in a job's log for a logged step (trainer.callbacks.MetricsCallback._progress):
-# "step 12/40  loss 1.2345  lr 2.00e-04  grad 0.808  380 tok/s  ETA 0:00:11"
+# "step 12/40  loss 1.2345  lr 2.00e-04  grad 0.808  380 tok/s  ETA 0:00:11  14:02:05 UTC" (an older one's: no time)
 LOGGED_STEP = re.compile(rf"{PROGRESS_LINE}(\d+)/(\d+)  loss ([0-9.]+|nan|inf)(?:  .*?([\d,.]+) tok/s)?")
-ETA = re.compile(r"  ETA ((?:\d+ days?, )?\d+:\d\d:\d\d)\s*$")  # its end: "ETA 0:05:02", "ETA 1 day, 2:03:04"
+STAMPED = re.compile(r"  (\d\d):(\d\d):(\d\d) UTC\s*$")  # its end: when it was logged (trainer.callbacks.STAMP)
+ETA = re.compile(r"  ETA ((?:\d+ days?, )?\d+:\d\d:\d\d)(?:  \d\d:\d\d:\d\d UTC)?\s*$")  # "ETA 1 day, 2:03:04"
+CLOCK_SKEW_S = 300.0  # a stamp up to this far ahead of this machine's clock is today's (the node's clock runs ahead)
 STALE_AFTER_S = 120.0  # a running job's last logged step older than this and 3 of its intervals: said how old
 # logging's time at a line's start (trainer.__main__'s format: "2026-12-05 14:02:03,123 [rank 0] ..."): a dated line
 # after a step line says the step line is older
@@ -133,12 +137,13 @@ def duration(seconds: float, exact: bool = False) -> str:
 def logged_step(
     lines: list[str], running: bool, written: float | None = None, now: float | None = None, job: str | None = None
 ) -> str | None:
-    """The last step line among ``lines`` (a job's last attempt in its log) as summary says a step. ``written``: when
-    the log was last written (its mtime), which dates that line: at that time where it is the log's last line, else
-    before it (or before the first logging-dated line after it); then, while the job runs, the time a step takes and
-    the time left from the trainer's ETA at that line, counted from then, and, where no step was logged for much
-    longer than one comes, that the job may be stuck (``job``: the id `ftctl logs` takes). Without ``written`` (a log
-    whose time is not known here) the trainer's ETA at that line, said as such."""
+    """The last step line among ``lines`` (a job's last attempt in its log) as summary says a step, dated by the time
+    the trainer logged it (its end: ``14:02:05 UTC``), else by ``written``, when the log was last written (its mtime):
+    at that time where it is the log's last line, else before it (or before the first logging-dated line after it);
+    then, while the job runs, the time a step takes and the time left from the trainer's ETA at that line, counted
+    from then, and, where no step was logged for much longer than one comes, that the job may be stuck (``job``: the
+    id `ftctl logs` takes). An older trainer's line in a log whose time is not known here (SkyPilot's): the trainer's
+    ETA at that line, said as such."""
     steps = [(i, m) for i, line in enumerate(lines) if (m := LOGGED_STEP.match(line))]
     if not steps:
         return None
@@ -146,15 +151,16 @@ def logged_step(
     step, total = int(m[1]), int(m[2])
     text = step_text(step, float(m[3]), float(m[4].replace(",", "")) if m[4] else None, total)
     eta = ETA.search(lines[i])
-    if written is None:
+    now = time.time() if now is None else now
+    stamped = _stamped(lines[i], now)
+    if written is None and stamped is None:
         return text + (f"  ETA {eta[1]} at that line of its log" if running and eta else "")
     if not running:
         return text
-    now = time.time() if now is None else now
     after = [line for line in lines[i + 1 :] if line.strip()]
-    at = min([written, *[t for line in after if (t := _logged_at(line)) is not None][:1]])
+    at = stamped or min([written, *[t for line in after if (t := _logged_at(line)) is not None][:1]])
     age = max(0.0, now - at)
-    if not after:
+    if not after or stamped is not None:
         when = f"at {clock(at, now)}, {duration(age)} ago"
     else:  # lines after it: it is older than the log's last write
         when = f"before {clock(at, now)}" + (f", over {duration(age)} ago" if age >= 60 else "")
@@ -168,7 +174,7 @@ def logged_step(
     said = f"{duration(per_step, exact=True)} a step"
     if age <= max(STALE_AFTER_S, 3 * interval):
         return f"{text}  {said}, ~{duration(max(0.0, left - age))} left, logged {when}"
-    moved = f"; its log was last written {duration(max(0.0, now - written))} ago" if after else ""
+    moved = f"; its log was last written {duration(max(0.0, now - written))} ago" if after and written else ""
     look = f"`ftctl logs {job}`" if job else "its log"
     return (
         f"{text}  {said}, ~{duration(left)} left at that step, logged {when}\n"
@@ -181,6 +187,18 @@ def clock(when: float, now: float) -> str:
     """``14:02``, today's (local time); ``2026-12-04 14:02`` another day's."""
     day = "%H:%M" if time.localtime(when)[:3] == time.localtime(now)[:3] else "%Y-%m-%d %H:%M"
     return time.strftime(day, time.localtime(when))
+
+
+def _stamped(line: str, now: float) -> float | None:
+    """The time a progress line ends with (``14:02:05 UTC``, trainer.callbacks.STAMP): the last such time of day up to
+    ``now`` (CLOCK_SKEW_S after it too: the node's clock may run ahead of this one's); None where it has none."""
+    if not (m := STAMPED.search(line)):
+        return None
+    h, minute, s = (int(x) for x in m.groups())
+    if h > 23 or minute > 59 or s > 60:
+        return None
+    at = now - now % 86400 + h * 3600 + minute * 60 + s  # UTC's day of now: POSIX time has 86400 s a day
+    return at - 86400 if at > now + CLOCK_SKEW_S else at
 
 
 def _logged_at(line: str) -> float | None:

@@ -284,8 +284,9 @@ class SkyBackend(Backend):
 
     def logged_progress(self, ref: JobRef, running: bool = False) -> str | None:
         """While the job runs, the last step line of its nodes' log (sdk.log_tail: one SkyPilot call more), as the
-        trainer's metrics.jsonl is staged on the nodes; None once it ended (`ftctl logs JOB` has every line)."""
-        return logged_step(self.log_tail(ref), running) if running else None
+        trainer's metrics.jsonl is staged on the nodes, dated by the time the trainer wrote on it (the log's own time
+        is on the node); None once it ended (`ftctl logs JOB` has every line)."""
+        return logged_step(self.log_tail(ref), running, job=ref.job_id) if running else None
 
     def log_tail(self, ref: JobRef) -> str:
         """The job's last log lines as its nodes wrote them (sdk.log_tail), for the ``error:`` line `ftctl status`

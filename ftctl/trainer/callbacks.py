@@ -4,7 +4,8 @@
   ``<output>/metrics.jsonl`` (step, loss, lr, grad_norm, tokens_per_s, tokens, epoch, time, and max_steps: the
   step the run ends at, as the Trainer counts it from max_steps or from epochs of the data: `ftctl status`
   shows step/total and the time left from it) and
-  prints a progress line: ``step 12/30  loss 1.234  lr 2.9e-04  grad 0.87  1,234 tok/s  ETA 0:00:36``;
+  prints a progress line: ``step 12/30  loss 1.234  lr 2.9e-04  grad 0.87  1,234 tok/s  ETA 0:00:36  14:02:05 UTC``
+  (the time it was logged, UTC: `ftctl status` dates the step line of a log it reads by it);
   an evaluation is an ``"event": "eval"`` record (eval_loss, eval_mean_token_accuracy, ...) and a line
   ``eval at step 12  loss 1.301  token accuracy 0.612  0.8 s`` (several held-out datasets: ``loss 1.301 (chat
   1.254, code 1.402)``, all of them and each one).
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGHUP)
 STOP_REQUEST_POLL_S = 10.0  # how often rank 0 asks the store for `ftctl cancel`'s stop request (one small GET)
 STOP_REQUEST_SIGNAL = "ftctl cancel's stop request"  # the stop's name in the log and in metrics.jsonl's stop record
+STAMP = "%H:%M:%S UTC"  # a progress line's last part: when it was logged (ftctl.progress.ETA reads it)
 # one held-out dataset's of several (sft_trainer.evaluate); not TRL's eval_aux_loss (a mixture of experts' router)
 DATASET_LOSS = re.compile(r"eval_(?!aux_loss$)(.+)_loss")
 
@@ -169,6 +171,8 @@ class MetricsCallback(TrainerCallback):
         if r["tokens_per_s"] is not None:
             parts.append(f"{r['tokens_per_s']:,.0f} tok/s")
         parts.append(f"ETA {datetime.timedelta(seconds=eta) if eta is not None else '?'}")
+        if isinstance(r.get("time"), (int, float)):  # when it was logged: `ftctl status` dates a log's line by it
+            parts.append(time.strftime(STAMP, time.gmtime(r["time"])))
         return "  ".join(parts)
 
 
