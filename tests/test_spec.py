@@ -586,9 +586,14 @@ def test_keys_show_and_find_aliases():
     assert found.exit_code == 0 and "assistant_only_loss = true  (also: completion_only_loss, train_on_inputs" in (
         found.stdout
     )
-    assert {key for key, _ in spec_mod.TURNED.values()} == {"assistant_only_loss", "lora_target_modules", "data_path"}
+    assert {key for key, _ in spec_mod.TURNED.values()} == {
+        "assistant_only_loss",
+        "lora_target_modules",
+        "data_path",
+        "eval_data_path",
+    }
     for name in spec_mod.TURNED:  # each is what _axolotl turns
-        assert spec_mod._axolotl(name, True if name != "datasets" else [{"path": "a.jsonl"}])[0] != name
+        assert spec_mod._axolotl(name, True if "datasets" not in name else [{"path": "a.jsonl"}])[0] != name
 
 
 # --- model size ---------------------------------------------------------------------------------------------------

@@ -667,7 +667,12 @@ def test_the_eta_is_timed_from_the_first_step_on_which_paid_for_what_runs_once(t
         cb.on_step_end(None, state, control)
         for c in (cb, bar):
             c.on_log(None, state, control, logs={"loss": 1.0})
-    eta = [line.split("ETA ")[1] for line in lines]
+    eta = [line.split("ETA ")[1].split("  ")[0] for line in lines]  # then the time it was logged
+    assert lines[0].endswith("  00:03:20 UTC"), lines  # 200 s after the epoch: `ftctl status` dates a log's line by it
+    from ftctl.progress import ETA, clock, logged_step
+
+    assert ETA.search(lines[1])[1] == "0:00:05"  # step 2's, logged at 200.5: its ETA counted down from its time
+    assert logged_step(lines[1:2], True, now=201.0).endswith(f"~4 s left, logged at {clock(200, 201)}, 1 s ago")
     assert eta[:3] == ["0:36:40", "0:00:05", "0:00:04"], lines  # 11 x 200 s; then 10 x 0.5 s, 9 x 0.5 s
     assert eta[-1] == "0:00:00"
     assert [line.split("ETA ")[1] for line in bar_lines][:3] == ["36:40", "0:05", "0:04"], bar_lines
