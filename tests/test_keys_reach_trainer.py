@@ -353,6 +353,7 @@ ELSEWHERE = {
     "model_params": "the planner's size of a model whose config cannot be read (test_plan)",
     "data_path": "every case trains the fixture's data (test_data)",
     "data_weights": "data.build_datasets' mix (test_data_mix)",
+    "data_columns": "a dataset's own field names renamed and trained (test_foreign159_patched)",
     "dataset_text_field": "data.build_datasets' plain-text rows read from it (test_explore29)",
     "eval_split": "held out in the eval cases here; its rows: test_evaluation",
     "bf16": "CPU trains in fp32 (the plan says so); GPU precision: test_plan, bench",

@@ -1,6 +1,6 @@
 """A Slurm user's first day (helper 154): --mem asks what a node has to the MiB (a 6.2 GiB node was asked 5G), and a
 real launch says what its plan chose (GPUs, strategy, what it asks sbatch for, checkpoints, predicted time, notes)
-before sbatch, as its dry run does.
+once sbatch took the job, as its dry run does (a refusal stays one line).
 
 Fake Slurm commands (sinfo, sbatch), no cluster."""
 
@@ -56,7 +56,7 @@ def test_mem_is_said_in_g_where_it_is_whole_gib_and_in_m_where_not():
     assert spec.host_memory_gb == 5
 
 
-def test_a_real_launch_says_its_plan_before_sbatch(cluster, capsys):
+def test_a_real_launch_says_its_plan_once_sbatch_took_it(cluster, capsys):
     """The real launch said only the job's id: the GPUs, strategy, --mem, time and checkpoint cadence the plan chose
     were in job.sbatch alone (and --mem's reason nowhere). Now on stderr, as sent; stdout's first line is the id."""
     spec = make_spec(

@@ -609,9 +609,10 @@ class SlurmBackend(Backend):
 
     def send(self, rendered: Rendered) -> JobRef:
         paths = rendered.paths
-        for line in plan_lines(rendered):  # on stderr: stdout's first line stays the job's id
-            click.echo(line, err=True)
         job = scheduler.submit(paths.sbatch, cwd=paths.root)
+        # what was submitted, once sbatch took it (a refusal stays one line), on stderr: stdout's first line is the id
+        for line in plan_lines(rendered):
+            click.echo(line, err=True)
         return JobRef("slurm", job, str(paths.root), rendered.spec.name, rendered.spec.output)
 
     def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
