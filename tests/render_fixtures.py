@@ -140,6 +140,21 @@ def fake_slurm(bin_dir: Path, monkeypatch, scripts: dict[str, str], home: Path) 
     return bin_dir
 
 
+def fake_partition(tmp_path: Path, monkeypatch, sinfo: str) -> Path:
+    """A Slurm login node whose sinfo answers ``sinfo`` (read from tmp_path/sinfo.out: a test may rewrite it), whose
+    controller answers, whose queue is empty and whose sbatch submits job 4242; this venv's bin on PATH after them."""
+    (tmp_path / "sinfo.out").write_text(sinfo)
+    scripts = {
+        "sinfo": f"cat {tmp_path / 'sinfo.out'}",
+        "scontrol": 'case "$1" in ping) echo "Slurmctld(primary) at ctl is UP";; esac',
+        "squeue": "true",
+        "sbatch": "echo 4242",
+    }
+    bin_dir = fake_slurm(tmp_path / "bin", monkeypatch, scripts, tmp_path / "home")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin")
+    return tmp_path
+
+
 def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 

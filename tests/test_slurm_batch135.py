@@ -8,8 +8,6 @@ Fake Slurm commands, no cluster: what the real cluster takes of it is in tests/t
 from __future__ import annotations
 
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -18,9 +16,8 @@ from ftctl.errors import FtctlError
 from ftctl.slurm import backend as slurm_backend
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm.doctor import NodeInfo, PartitionInfo, _memory_problems
-from tests.render_fixtures import fake_bin, fake_slurm, make_spec, prepared, run_bash
+from tests.render_fixtures import fake_bin, fake_partition, make_spec, prepared, run_bash
 
-VENV_BIN = Path(sys.executable).parent
 LLAMA_8B = "meta-llama/Llama-3.1-8B"
 # sinfo --Node --format '%P|%N|%t|%c|%m|%l|%a|%G|%n': the last column the node's hostname
 SINFO = """\
@@ -32,16 +29,7 @@ gpu*|g2|idle|64|1024000|1-00:00:00|up|gpu:a100:8(S:0-1)|g2.cluster
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
     """Fake sinfo (SINFO) and scontrol; FTCTL_HOME in tmp_path."""
-    (tmp_path / "sinfo.out").write_text(SINFO)
-    scripts = {
-        "sinfo": f"cat {tmp_path / 'sinfo.out'}",
-        "scontrol": 'case "$1" in ping) echo "Slurmctld(primary) at ctl is UP";; esac',
-        "squeue": "true",
-        "sbatch": "echo 4242",
-    }
-    bin_dir = fake_slurm(tmp_path / "bin", monkeypatch, scripts, tmp_path / "home")
-    monkeypatch.setenv("PATH", f"{bin_dir}:{VENV_BIN}:/usr/bin:/bin")
-    return tmp_path
+    return fake_partition(tmp_path, monkeypatch, SINFO)
 
 
 def _mem(text: str) -> tuple[int | None, str]:

@@ -6,16 +6,14 @@ Fake Slurm commands (sinfo, sbatch), no cluster."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 from ftctl.backend import get, launch
 from ftctl.slurm import render as slurm_render
-from tests.render_fixtures import fake_slurm, make_spec, prepared
+from tests.render_fixtures import fake_partition, make_spec, prepared
 
-VENV_BIN = Path(sys.executable).parent
 # sinfo --Node --format '%P|%N|%t|%c|%m|%l|%a|%G|%n': the test cluster's nodes, RealMemory 6400 MiB (6.25 GiB)
 SINFO = "gpu*|g1|idle|32|6400|1-00:00:00|up|gpu:a100:2(S:0)|g1\n"
 FLAGS = dict(backend="slurm", method="qlora", gpus="2xA100", model_name_or_path="org/m", model_params="1b")
@@ -23,16 +21,7 @@ FLAGS = dict(backend="slurm", method="qlora", gpus="2xA100", model_name_or_path=
 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
-    (tmp_path / "sinfo.out").write_text(SINFO)
-    scripts = {
-        "sinfo": f"cat {tmp_path / 'sinfo.out'}",
-        "scontrol": 'case "$1" in ping) echo "Slurmctld(primary) at ctl is UP";; esac',
-        "squeue": "true",
-        "sbatch": "echo 4242",
-    }
-    bin_dir = fake_slurm(tmp_path / "bin", monkeypatch, scripts, tmp_path / "home")
-    monkeypatch.setenv("PATH", f"{bin_dir}:{VENV_BIN}:/usr/bin:/bin")
-    return tmp_path
+    return fake_partition(tmp_path, monkeypatch, SINFO)
 
 
 def test_mem_asks_all_of_a_node_to_the_mib(cluster):
