@@ -197,7 +197,6 @@ def sky_infra(slurm_cluster, sky_tools, tmp_path_factory):
         "WHEELHOUSE": str(_wheelhouse(py310)),
         "CATALOG": str(HERE / "catalog" / "v8"),
         "SITE": str(HERE / "site"),
-        "FTCTL_TEST_SKY_CHECK_GAP_S": "5",  # the API server's jobs controller: sitecustomize.py
     }
     _save_root_home(state)
     try:

@@ -7,9 +7,6 @@ at its outermost boundary:
   on "Network is not available" and a managed job never finishes.
 - FTCTL_TEST_SKY_CLOUDS=gcp,...: the clouds SkyPilot's optimizer believes enabled (a cloud account
   cannot exist here), for pricing from the checked-in catalog fixture.
-- FTCTL_TEST_SKY_CHECK_GAP_S=5: how often the jobs controller asks a managed job's state
-  (``sky.jobs.utils.JOB_STATUS_CHECK_GAP_SECONDS``, 15): a lost node is seen, and a cancel done, up to 15 s
-  later, in tests/test_sky_launch.py's managed job (task 152). Nothing else of the controller changes.
 """
 
 import importlib.abc
@@ -42,16 +39,10 @@ def _clouds(module):
     module.get_cached_enabled_clouds_or_refresh = enabled
 
 
-def _check_gap(module):
-    module.JOB_STATUS_CHECK_GAP_SECONDS = float(os.environ["FTCTL_TEST_SKY_CHECK_GAP_S"])
-
-
 if os.environ.get("FTCTL_TEST_SKY_OFFLINE") == "1":
     _PATCHES["sky.backends.backend_utils"] = _offline
 if os.environ.get("FTCTL_TEST_SKY_CLOUDS"):
     _PATCHES["sky.check"] = _clouds
-if os.environ.get("FTCTL_TEST_SKY_CHECK_GAP_S"):
-    _PATCHES["sky.jobs.utils"] = _check_gap
 
 
 class _Loader(importlib.abc.Loader):
