@@ -238,9 +238,15 @@ def test_managed_job_recovers_from_a_lost_node_resumes_and_is_cancelled(sky, sky
     assert allocations, sky_infra.cluster.run("squeue", "-h", "-o", "%i %j %T").stdout
     sky_infra.cluster.run("scancel", *allocations)  # the node is gone, as a preempted VM
     print(f"[t] managed: node lost at step {before[-1]} after {time.monotonic() - t0:.0f}s", file=sys.stderr)
-    # the relaunched trainer resumed and saved two checkpoints later than any the lost node could have
-    # (on its way out it may save the step it was on: SIGTERM)
-    wait_for_step(before[-1] + 2 * SAVE, timeout=420)
+    # SkyPilot's relaunch: an allocation of the job's that is not the lost one. Until then the lost node's trainer may
+    # still save (its steps are fast here: it went from step 5 to 31 after the scancel, and a wait for
+    # before + 2 * SAVE was met by it alone, before any relaunch)
+    deadline = time.monotonic() + 420
+    while not set(_slurm_jobs_of(sky_infra, "sky-managed")) - set(allocations):
+        assert time.monotonic() < deadline, f"no relaunch in 420 s\n{sky.why(job)}"
+        time.sleep(2)
+    # the relaunched trainer resumed and saved two checkpoints later than any the lost node had saved by then
+    wait_for_step(complete_steps()[-1] + 2 * SAVE, timeout=420)
     line = sky.ftctl("status", job).stdout.strip()
     logs = sky.ftctl("logs", job).stdout
     assert " RUNNING" in line and "recovered" in line, f"{line}\n{logs}"
