@@ -5,6 +5,10 @@ STATUS_ENV = "FTCTL_STATUS_FILE"
 # Its existence asks the trainer to checkpoint and stop at the next step boundary (Slurm's batch
 # shell gets the time-limit signal; signalling torchrun itself would kill it).
 STOP_ENV = "FTCTL_STOP_FILE"
+# Seconds between rank 0's asks for `ftctl cancel`'s stop request in an object-store output (trainer.callbacks.
+# StopRequest; default 10: one small GET each, against a store that may bill it). Shorter stops a cancelled SkyPilot
+# job sooner (`-o env=FTCTL_STOP_REQUEST_POLL_S=2`; the tests' cluster runs); a value that is no number above 0: 10.
+STOP_POLL_ENV = "FTCTL_STOP_REQUEST_POLL_S"
 # A directory where each failing rank leaves one record (ftctl.failures); the launcher reports it once.
 FAILURE_DIR_ENV = "FTCTL_FAILURE_DIR"
 # 1: show every third-party message ftctl.quiet lowers to debug (also `ftctl -v`); inherited by the trainer.

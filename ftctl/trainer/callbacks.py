@@ -37,14 +37,15 @@ from transformers import TrainerCallback
 
 from ftctl import storage, terminal
 from ftctl.checkpoints import CHECKPOINT_PREFIX
-from ftctl.envvars import STOP_ENV
+from ftctl.envvars import STOP_ENV, STOP_POLL_ENV
 from ftctl.runpaths import CHECKPOINT_METRICS, PROGRESS_LINE, STOP_REQUEST
 from ftctl.trainer import distributed
 
 log = logging.getLogger(__name__)
 
 PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGHUP)
-STOP_REQUEST_POLL_S = 10.0  # how often rank 0 asks the store for `ftctl cancel`'s stop request (one small GET)
+STOP_REQUEST_POLL_S = 10.0  # how often rank 0 asks the store for `ftctl cancel`'s stop request (one small GET),
+# unless $FTCTL_STOP_REQUEST_POLL_S says otherwise (stop_request_poll_s)
 STOP_REQUEST_SIGNAL = "ftctl cancel's stop request"  # the stop's name in the log and in metrics.jsonl's stop record
 STAMP = "%H:%M:%S UTC"  # a progress line's last part: when it was logged (ftctl.progress.ETA reads it)
 # one held-out dataset's of several (sft_trainer.evaluate); not TRL's eval_aux_loss (a mixture of experts' router)
@@ -335,19 +336,37 @@ def peak_gpu_memory_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
+def stop_request_poll_s(environ=os.environ) -> float:
+    """Seconds between asks for the stop request: envvars.STOP_POLL_ENV's where it is a number above 0 (a warning
+    naming the variable where it is something else), else STOP_REQUEST_POLL_S."""
+    given = environ.get(STOP_POLL_ENV, "").strip()
+    if not given:
+        return STOP_REQUEST_POLL_S
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = math.nan
+    if math.isfinite(seconds) and seconds > 0:
+        return seconds
+    log.warning("%s=%s is not a number of seconds above 0: asking for `ftctl cancel`'s stop request every %g s "
+                "(set it to e.g. 2, or unset it)", STOP_POLL_ENV, given, STOP_REQUEST_POLL_S)  # fmt: skip
+    return STOP_REQUEST_POLL_S
+
+
 class StopRequest:
     """`ftctl cancel`'s request for a checkpoint and a stop, an object in the run's object-store output
     (runpaths.STOP_REQUEST): a SkyPilot job's nodes are out of ftctl's reach, the store is not. Rank 0 asks the
-    store for it every ``poll_s`` in a thread of its own, with storage's "ask" limits (a silent store delays nothing
-    but the stop), and ``seen`` is set once it is there. A request already there as the trainer starts (an earlier
-    job's, its cancel cut short) is no stop: only a text other than that one counts, so a relaunch trains on. Once
-    the trainer stops for it, the thread writes the stop's checkpoint into it (:meth:`stopping_at`), which `ftctl
-    cancel` waits to see committed before SkyPilot's cancel kills the job."""
+    store for it every ``poll_s`` (stop_request_poll_s: 10 s unless $FTCTL_STOP_REQUEST_POLL_S) in a thread of its
+    own, with storage's "ask" limits (a silent store delays nothing but the stop), and ``seen`` is set once it is
+    there. A request already there as the trainer starts (an earlier job's, its cancel cut short) is no stop: only a
+    text other than that one counts, so a relaunch trains on. Once the trainer stops for it, the thread writes the
+    stop's checkpoint into it (:meth:`stopping_at`), which `ftctl cancel` waits to see committed before SkyPilot's
+    cancel kills the job."""
 
     def __init__(self, output_uri: str, endpoint_url: str | None = None, poll_s: float | None = None):
         self.uri = storage.join(output_uri, STOP_REQUEST)
         self.endpoint_url = endpoint_url
-        self.poll_s = STOP_REQUEST_POLL_S if poll_s is None else poll_s
+        self.poll_s = stop_request_poll_s() if poll_s is None else poll_s
         self.seen = threading.Event()
         self._closed = threading.Event()
         self._checkpoint: str | None = None
