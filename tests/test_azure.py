@@ -5,8 +5,6 @@ conditional writes are tested here, not only in units."""
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import time
 from pathlib import Path
@@ -19,7 +17,6 @@ from ftctl import lease, storage
 from ftctl.cli import main
 from ftctl.errors import FtctlError
 from tests.azure_fixtures import ACCOUNT_KEY
-from tests.gcs_fixtures import wait_until
 from tests.s3_fixtures import make_checkpoint
 
 
@@ -96,58 +93,7 @@ def test_a_stale_etag_neither_writes_nor_deletes(az_container):
         storage.delete_if(uri, second)
 
 
-def put_lease(output: str, **record) -> None:
-    fs, path = storage.filesystem(lease.uri_of(output))
-    fs.pipe_file(path, json.dumps(record).encode())
-
-
-def test_the_lease_in_az_is_held_refused_to_a_second_trainer_and_lost_to_a_takeover(az_container, monkeypatch, caplog):
-    """The lease on Azure is written with conditions (If-None-Match *, If-Match its ETag) and aged by Azure's clock:
-    before, adlfs's ETag (key ``etag``) read as none, so a stale lease was replaced and every renewal made
-    unconditionally (the open race said), a renewal after a takeover wrote over the new holder's lease, and a live
-    lease whose writer's clock was 10 minutes behind read as stale."""
-    caplog.set_level(logging.WARNING, logger="ftctl")
-    monkeypatch.setattr(lease, "_RACE_SAID", set())
-    out = f"{az_container}/runs/r1"
-    first = lease.Holder(out, None, "r1", renew_s=0.3)
-    first.take()
-    try:
-        held, etag = lease.read_tagged(out)
-        assert held["holder"] == first.id and etag and held[lease.STORE_AGE] < 5
-        assert wait_until(lambda: lease.read_tagged(out)[1] != etag, 10)  # renewed (If-Match) by its thread
-
-        monkeypatch.setattr(lease, "holder_id", lambda environ=None: "SkyPilot task sky-other_2")
-        second = lease.Holder(out, None, "r1", renew_s=0.3)
-        with pytest.raises(FtctlError, match=r"is being trained into by process .*: not training"):
-            second.take()
-        assert lease.refusal(out).startswith(f"{out} is being trained into by process ")
-
-        put_lease(out, holder="Slurm job 602", host="node9", run="r", renewed_unix=time.time() - 600)  # took it over
-        assert first.lost.wait(5), "the renewal did not find the lease taken over"
-        assert first.lost_why.startswith(f"{lease.uri_of(out)} is held by Slurm job 602 on node9 (run r, renewed ")
-        said = lease.refusal(out)  # its writer's clock 10 min behind: live by Azure's
-        assert said and said.startswith(
-            f"{out} is being trained into by Slurm job 602 on node9 (run r, renewed 0 s ago)"
-        )
-    finally:
-        first.close()
-    assert lease.read(out)["holder"] == "Slurm job 602"  # the release left the new holder's lease
-    assert lease.release(out, None, "Slurm job 602") and lease.read(out) is None
-    assert "written without a condition" not in caplog.text
-
-
-def test_two_trainers_taking_a_stale_az_lease_at_once_one_holds(az_container, monkeypatch):
-    """Both read a killed trainer's stale lease, then both write theirs: If-Match the ETag read lets one through."""
-    out = f"{az_container}/runs/race"
-    put_lease(out, holder="Slurm job 41", renewed_unix=time.time() - lease.STALE_S - 100)
-    stale_etag = lease.read_tagged(out)[1]
-    lease_stale = {"holder": "Slurm job 41", lease.STORE_AGE: lease.STALE_S + 100}
-    monkeypatch.setattr(lease, "read_tagged", lambda *a, **k: (dict(lease_stale), stale_etag))  # both read it
-    a, b = lease.Holder(out, None, "a", renew_s=60), lease.Holder(out, None, "b", renew_s=60)
-    assert a._claim(False, stale_etag) is True
-    assert b._claim(False, stale_etag) is False  # the version it read is gone: it reads again
-    a._closed.set()
-    assert json.loads(storage.read_text(lease.uri_of(out)))["run"] == "a"
+# the lease's takeover and two trainers' race on az://: tests/test_gcs_conditions.py, one test each for gs:// and az://
 
 
 def test_store_errors_on_az_are_one_line(az_container, azurite, monkeypatch):

