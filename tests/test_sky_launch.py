@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from ftctl.checkpoints import MANIFEST
+from ftctl.envvars import STOP_POLL_ENV
 from ftctl.runpaths import STOP_REQUEST
 from tests.s3_fixtures import FAKE_SECRET
 from tests.sky_fixtures import s3_env
@@ -53,6 +54,8 @@ class Sky:
         args += ["--method", "lora", "--model", str(model), "--model-params", "70k", "--data", data, "--output", output]
         # no --secret AWS_...: the bucket's credentials set here go to the job by themselves (sky.backend.job_secrets)
         args += ["-o", f"s3_endpoint_url={self.s3.endpoint}", "-o", "env=AWS_DEFAULT_REGION=us-east-1", *self.hf_env]
+        # the trainer asks for `ftctl cancel`'s stop request every second (10 s by default: each cancel waited ~5 s)
+        args += ["-o", f"env={STOP_POLL_ENV}=1"]
         for k, v in {**TRAIN, **overrides}.items():
             args += ["-o", f"{k}={v}"]
         return args
