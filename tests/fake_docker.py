@@ -7,12 +7,16 @@ IMAGE CMD...`` (CMD runs here with container paths mapped back to their host pat
 root, as --user's uid or else the image's USER, ``$FAKE_IMAGE_USER``), ``inspect --format ... N``
 (its ``.State.Status``: created/running/exited, ``.State.ExitCode``: 128+N for a command a signal N ended,
 ``.State.StartedAt`` and ``.State.FinishedAt`` in docker's RFC 3339 form, its zero time for never), ``logs [--follow] [--tail N] N``,
-``stop [--time S] N`` (SIGTERM to the command, the container's PID 1, which ignores it without a handler of its
+``context inspect --format '{{json .}}'`` (the current context: ``$DOCKER_CONTEXT`` among ``$FAKE_DOCKER_CONTEXTS``, JSON
+{name: endpoint}, else "default", its endpoint ``$DOCKER_HOST`` where set), ``stop [--time S] N`` (SIGTERM to the command, the container's PID 1, which ignores it without a handler of its
 own as a container's init does; SIGKILL to all of its processes after S seconds), ``kill N`` (SIGKILL to all of
 them at once), ``rm N``, ``version`` and ``info
 --format '{{json .}}'`` (a daemon's: its runtimes are runc and ``$FAKE_DOCKER_RUNTIMES``, comma-separated; with
-``$FAKE_DOCKER_DAEMON_DOWN`` set every verb fails, as a CLI without its daemon does). The image is ignored: the command runs with this machine's python
-(first on PATH). State lives in ``$FAKE_DOCKER_STATE``; each call is appended to ``$FAKE_LOG`` as JSON.
+``$FAKE_DOCKER_CDI``, comma-separated
+CDI device names, its CDI spec dirs and, unless ``$FAKE_DOCKER_CDI_LISTED=0`` (an older daemon), DiscoveredDevices; with
+``$FAKE_DOCKER_DAEMON_DOWN`` set every verb but ``context`` fails, as a CLI without its daemon does). The image is ignored: the command runs with this machine's python
+(first on PATH). State lives in ``$FAKE_DOCKER_STATE``; each call is appended to ``$FAKE_LOG`` as JSON (its argv, and
+"at": its DOCKER_HOST and DOCKER_CONTEXT where set).
 
 The container's environment is what a docker engine gives it, not this process's: the image's (``PATH``, this
 machine's, whose python stands in for the image's; ``$FAKE_IMAGE_ENV``, JSON, for more), docker's own (HOSTNAME,
@@ -52,7 +56,9 @@ TAKES_VALUE = {
 def log_call(args):
     if os.environ.get("FAKE_LOG"):
         with open(os.environ["FAKE_LOG"], "a") as fh:
-            fh.write(json.dumps({"prog": "docker", "argv": args}) + "\n")
+            # where the CLI was pointed (DOCKER_HOST, DOCKER_CONTEXT), where it was
+            at = {k: os.environ[k] for k in ("DOCKER_HOST", "DOCKER_CONTEXT") if os.environ.get(k)}
+            fh.write(json.dumps({"prog": "docker", "argv": args, **({"at": at} if at else {})}) + "\n")
 
 
 def parse(args):
@@ -152,6 +158,18 @@ def main(args):
     log_call(args)
     cmd, rest = args[0], args[1:]
     opts, pos = parse(rest)
+    if cmd == "context" and pos[:1] == ["inspect"]:  # the CLI's own (no daemon asked): DOCKER_HOST, else the context's
+        name = os.environ.get("DOCKER_CONTEXT") or "default"
+        contexts = {
+            "default": "unix:///var/run/docker.sock",
+            **json.loads(os.environ.get("FAKE_DOCKER_CONTEXTS") or "{}"),
+        }
+        if name not in contexts:
+            print(f'context "{name}": context not found', file=sys.stderr)
+            return 1
+        host = os.environ.get("DOCKER_HOST") or contexts[name]
+        print(json.dumps({"Name": name, "Endpoints": {"docker": {"Host": host, "SkipTLSVerify": False}}}))
+        return 0
     if os.environ.get("FAKE_DOCKER_DAEMON_DOWN"):  # the CLI installed, its daemon not running: every verb fails
         print("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?")
         return 1
@@ -161,6 +179,11 @@ def main(args):
     if cmd == "info":
         runtimes = ["runc", *filter(None, os.environ.get("FAKE_DOCKER_RUNTIMES", "").split(","))]
         info = {"ServerVersion": "27.3.1", "Runtimes": {r: {"path": r} for r in runtimes}, "CDISpecDirs": []}
+        if "FAKE_DOCKER_CDI" in os.environ:  # a newer daemon's CDI: its spec dirs and the devices it found there
+            devices = list(filter(None, os.environ["FAKE_DOCKER_CDI"].split(",")))
+            info["CDISpecDirs"] = ["/etc/cdi", "/var/run/cdi"]
+            if os.environ.get("FAKE_DOCKER_CDI_LISTED", "1") == "1":
+                info["DiscoveredDevices"] = [{"Source": "cdi", "ID": d} for d in devices]
         print(json.dumps(info))
         return 0
     if cmd == "run":

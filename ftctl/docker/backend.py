@@ -17,12 +17,22 @@ any container starts, and refuses Docker's CLI on podman's docker API (which dro
 ``doctor`` says which engine it found. Every command and message names the engine's command (docker.engine), and a
 job keeps the one it was launched with (its JobRef's extra["engine"]).
 
+An engine on another machine (DOCKER_HOST=ssh://..., a docker context, podman's CONTAINER_HOST or connection:
+docker.engine.remote) runs the container there: its ``-v PATH:PATH`` mounts that machine's PATH, so ``check``
+refuses the launch with the fix unless the user says that machine sees these paths at the same place
+(FTCTL_DOCKER_SAME_PATHS=1); and what belongs to that machine is not read from this one: its GPUs and driver
+(nvidia-smi here: detected_gpus, host_driver_cuda), podman's CDI spec (CDI_DIRS here), docker's CDI spec
+directories, the staging disk (staging_here). The engine is asked instead where it says (``docker info``: its
+runtimes, its discovered CDI devices); what it cannot say is said to be unchecked, never refused on this machine's
+facts.
+
 The image: --container, else ``image:`` in the user's config, else the newest image ``ftctl build``
 recorded for the run's GPUs (built here or pushed), else ``default_image`` (what ``ftctl build`` names).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import os
@@ -79,6 +89,36 @@ CDI_FIX = (
 )
 
 
+# the engine endpoint (docker.engine.endpoint_env) a job was launched on, while a call about it runs (this thread's:
+# `ftctl jobs` asks of several at once); None: this environment's
+_ENDPOINT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("engine_endpoint", default=None)
+
+
+def _engine_env() -> dict[str, str] | None:
+    """The environment of an engine call: this one, with the endpoint variables of the job asked about."""
+    recorded = _ENDPOINT.get()
+    if recorded is None:
+        return None
+    env = {k: v for k, v in os.environ.items() if k not in docker_engine.ENDPOINT_ENV}
+    return {**env, **{k: str(v) for k, v in recorded.items() if k in docker_engine.ENDPOINT_ENV}}
+
+
+def _at_its_engine(method):
+    """A method about a job (its first argument) whose engine calls reach the engine it was launched on: a job of
+    DOCKER_HOST=ssh://gpu is asked there from a shell without it (a job recorded before endpoints were: here)."""
+
+    @functools.wraps(method)
+    def on_it(self, ref: JobRef, *args, **kwargs):
+        recorded = ref.extra.get("endpoint")
+        token = _ENDPOINT.set(recorded if isinstance(recorded, dict) else None)
+        try:
+            return method(self, ref, *args, **kwargs)
+        finally:
+            _ENDPOINT.reset(token)
+
+    return on_it
+
+
 class DockerBackend(Backend):
     name = "docker"
     options = frozenset({"container"})
@@ -99,7 +139,7 @@ class DockerBackend(Backend):
 
     @functools.cached_property
     def _host_driver(self) -> tuple[int, int] | None:  # nvidia-smi once a launch (image choice, then its check)
-        return node_driver_cuda()
+        return None if docker_engine.remote() else node_driver_cuda()  # this machine's driver is not the engine's
 
     def image_kinds(self) -> tuple[str, ...]:
         return ("local", "pushed")
@@ -107,7 +147,7 @@ class DockerBackend(Backend):
     def detected_gpus(self) -> str | None:
         from ftctl.local.backend import local_gpus
 
-        return local_gpus()
+        return None if docker_engine.remote() else local_gpus()  # an engine elsewhere: its GPUs, not seen here
 
     def render(self, spec, plan, paths, spec_json):
         # the engines differ only in how a container gets GPUs: a CPU run's command asks nothing of the host
@@ -118,6 +158,9 @@ class DockerBackend(Backend):
     def check(self, rendered: Rendered) -> None:
         docker = _docker()
         _daemon(docker)
+        where = docker_engine.remote(docker)
+        if where and not docker_engine.same_paths():  # every run mounts its run dir, at least
+            raise FtctlError(_mounts_elsewhere(docker, where, rendered))
         image = rendered.image.ref
         if rendered.image.source in ("default", "local"):  # a registry's image is pulled by docker run
             if _run([docker, "image", "inspect", image]).returncode != 0:
@@ -130,7 +173,10 @@ class DockerBackend(Backend):
         kind = docker_engine.kind(docker) if rendered.plan.tier else "docker"
         if kind == "podman-api":
             raise FtctlError(_podman_api(docker))
-        if kind == "podman":
+        if where:  # said, not refused on this machine's facts
+            for line in _unchecked(docker, where, kind, rendered):
+                click.echo(f"warning: {line}", err=True)
+        elif kind == "podman":
             _check_cdi(docker_render.cdi_names(rendered.plan))
         name = rendered.spec.name
         state = _inspect(name)
@@ -156,7 +202,7 @@ class DockerBackend(Backend):
         caches = docker_render.host_caches()
         for path in [*caches.dirs(), *(inside for _, inside in docker_render.home_mounts(rendered.spec, caches))]:
             os.makedirs(path, exist_ok=True)
-        if staging := self.staging_here(rendered.spec):  # mounted: docker would create it, owned by root
+        if staging := docker_render.staging_dir(rendered.spec):  # mounted: docker would create it, owned by root
             try:
                 os.makedirs(staging, exist_ok=True)
             except OSError as e:
@@ -169,9 +215,12 @@ class DockerBackend(Backend):
         if proc.returncode != 0:
             said = _last_line(proc)
             fix = next((f": {fix}" for why, fix in SEND_FIXES if why in said), "")
+            if fix and (where := docker_engine.remote(docker)) and fix[2:] in (GPU_RUNTIME_FIX, CDI_FIX):
+                fix += f", on the machine that runs the containers ({where})"
             raise NotSent(f"{_name(docker)} run failed: {said}{fix}")
         # the engine it runs on: status, logs and cancel ask that one (FTCTL_DOCKER unset later, or docker installed)
-        extra = {"engine": docker_engine.command()}
+        # and where it reaches it (DOCKER_HOST, a context, CONTAINER_HOST ...: docker.engine.endpoint_env)
+        extra = {"engine": docker_engine.command(), "endpoint": docker_engine.endpoint_env()}
         return JobRef("docker", name, str(rendered.paths.root), name, rendered.spec.output, extra)
 
     def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
@@ -182,6 +231,7 @@ class DockerBackend(Backend):
             f"  checkpoints: {rendered.spec.output}",
         ]
 
+    @_at_its_engine
     def status(self, ref: JobRef) -> JobStatus:
         docker = _docker(ref)
         state = _inspect(ref.job_id, docker)
@@ -202,8 +252,9 @@ class DockerBackend(Backend):
         return JobStatus(st, f"{ref.job_id} {st.value} ({word})", ran=ran)
 
     def staging_here(self, spec: RunSpec) -> str | None:
-        """The container stages an object-store output on this host's disk: docker.render.staging_dir, mounted."""
-        return docker_render.staging_dir(spec)
+        """The container stages an object-store output on this host's disk: docker.render.staging_dir, mounted; None
+        for an engine on another machine (its disk: not seen from here)."""
+        return None if docker_engine.remote() else docker_render.staging_dir(spec)
 
     def trainer_paths(self, ref: JobRef) -> RunPaths | None:
         """The run dir of a local output; an object-store output's staging dir as the container names it (its HOME is
@@ -216,9 +267,10 @@ class DockerBackend(Backend):
         except (OSError, FtctlError):
             return None
 
+    @_at_its_engine
     def logs(self, ref: JobRef, follow: bool) -> None:
         docker = _docker(ref)
-        if subprocess.call([docker, "logs", *(["--follow"] if follow else []), ref.job_id]) == 0:
+        if subprocess.call([docker, "logs", *(["--follow"] if follow else []), ref.job_id], env=_engine_env()) == 0:
             return
         _daemon(docker)  # a daemon that does not answer says so (docker's own line is above)
         if _inspect(ref.job_id, docker) is None:
@@ -227,11 +279,13 @@ class DockerBackend(Backend):
             )
         raise FtctlError(f"{_name(docker)} logs {ref.job_id} failed: its message is above.")
 
+    @_at_its_engine
     def log_tail(self, ref: JobRef) -> str:
         """The container's last LOG_TAIL_LINES lines (its output, then its errors); "" once it is removed."""
         proc = _run([_docker(ref), "logs", "--tail", str(LOG_TAIL_LINES), ref.job_id])
         return proc.stdout + proc.stderr if proc.returncode == 0 else ""
 
+    @_at_its_engine
     def cancel(self, ref: JobRef, now: bool = False, wait_s: int | None = None) -> str:
         """``docker stop``: SIGTERM, its trainer saves a checkpoint at its next step boundary and stops; docker kills
         the container after ``wait_s`` (STOP_GRACE_S) where that has not come, at once with ``now``. Says whether a
@@ -274,6 +328,7 @@ class DockerBackend(Backend):
             return None
         return "its trainer had not started training: nothing since the last checkpoint to save"
 
+    @_at_its_engine
     def stop_note(self, ref: JobRef) -> str | None:
         killer = _name(_docker(ref))
         return self._saved(
@@ -302,7 +357,10 @@ class DockerBackend(Backend):
         from ftctl.local.backend import gpus_here_say, local_gpus, refuse_partition
 
         refuse_partition(partition, self.name)
-        if gpus and not gpus_here_say(gpus):
+        where = docker_engine.remote()
+        if gpus and where:  # nvidia-smi here says nothing of the engine's machine
+            click.echo(f"asked:   {gpus}: not checked (the containers run on another machine: {where})")
+        elif gpus and not gpus_here_say(gpus):
             return False
         try:
             docker = _docker()
@@ -316,22 +374,33 @@ class DockerBackend(Backend):
             said = f"podman {version}'s docker API, through {docker}"
         else:
             said = f"{'daemon' if kind == 'docker' else 'podman'} {version} ({docker}{f': {why}' if why else ''})"
-        click.echo(f"docker:  {said}")
-        if not (parse(gpus).tier if gpus else local_gpus() != "cpu"):  # a CPU run needs no GPU runtime
-            return True
+        click.echo(f"docker:  {said}{f' on another machine: {where}' if where else ''}")
+        ok = True
+        if where:
+            ok = docker_engine.same_paths()
+            click.echo(
+                f"paths:   {'its machine sees this one' if ok else 'a container there mounts that machine'}'s paths"
+                + (f" ({docker_engine.SAME_PATHS_ENV}=1)" if ok else f": {_mounts_fix(where)}")
+            )
+        # a CPU run needs no GPU runtime; an engine elsewhere is asked all the same (its GPUs are not seen here), and
+        # fails doctor for its GPUs only where --gpus asked for some
+        wants = parse(gpus).tier if gpus else not where and local_gpus() != "cpu"
+        if not (wants or where):
+            return ok
         if kind == "podman-api":
             click.echo(f"gpus:    {_podman_api(docker)}")
-            return False
+            return ok and not wants
+        if kind == "podman" and where:  # podman info does not list CDI devices (containers/podman#28712 would)
+            click.echo(f"gpus:    not checked: {_PODMAN_CDI_THERE}")
+            return ok
         if kind == "podman":
             specs = _cdi_gpus()
             found = [f"{path} ({', '.join(names[:6])}{' ...' if names[6:] else ''})" for path, names in specs.items()]
             click.echo(f"gpus:    {f'NVIDIA CDI devices: {found[0]}' if found else f'{_no_cdi()}: {CDI_FIX}'}")
             return bool(found)
-        runtime = _gpu_runtime(docker)
-        click.echo(
-            f"gpus:    {runtime or f'docker has no NVIDIA container runtime, so --gpus fails: {GPU_RUNTIME_FIX}'}"
-        )
-        return runtime is not None
+        has, said = _gpu_runtime(docker, where)
+        click.echo(f"gpus:    {said}")
+        return ok and (has is not False or not wants)
 
 
 def _docker(ref: JobRef | None = None) -> str:
@@ -424,21 +493,94 @@ def _check_cdi(names: list[str]) -> None:
         )
 
 
-def _gpu_runtime(docker: str) -> str | None:
-    """How the daemon gives a container GPUs (--gpus): its NVIDIA runtime, or an NVIDIA spec in its CDI directories;
-    None: neither (the NVIDIA Container Toolkit is not set up)."""
+def _gpu_runtime(docker: str, where: str | None = None) -> tuple[bool | None, str]:
+    """How the daemon gives a container GPUs (--gpus), as it says (``docker info``): (True, its NVIDIA runtime or
+    NVIDIA's CDI devices), (False, why not and the fix: the NVIDIA Container Toolkit is not set up), or (None, why
+    not known): a daemon on another machine (``where``) whose CDI spec directories are that machine's, and which
+    does not list its CDI devices (DiscoveredDevices, newer dockers)."""
     try:
         info = json.loads(_run([docker, "info", "--format", "{{json .}}"]).stdout or "{}")
     except ValueError:
         info = {}
+    info = info if isinstance(info, dict) else {}
     if "nvidia" in (info.get("Runtimes") or {}):
-        return "the NVIDIA container runtime (nvidia)"
-    specs = [p for d in info.get("CDISpecDirs") or [] for p in sorted(Path(d).glob("nvidia*"))]
-    return f"NVIDIA's CDI devices ({specs[0]})" if specs else None
+        return True, "the NVIDIA container runtime (nvidia)"
+    found = [d.get("ID") for d in info.get("DiscoveredDevices") or [] if isinstance(d, dict)]
+    devices = [str(d) for d in found if str(d).startswith(f"{docker_render.CDI_KIND}=")]
+    if devices:
+        return True, f"NVIDIA's CDI devices ({', '.join(devices[:6])}{' ...' if devices[6:] else ''})"
+    dirs = [str(d) for d in info.get("CDISpecDirs") or []]
+    if dirs and "DiscoveredDevices" not in info:  # an older docker: its CDI directories, read where they are
+        if where:
+            return None, (
+                f"not checked: docker there has no NVIDIA runtime, and reads CDI specs from {', '.join(dirs)} on "
+                "that machine, which this docker cannot list (a newer one does): `nvidia-ctk cdi list` there lists them"
+            )
+        specs = [p for d in dirs for p in sorted(Path(d).glob("nvidia*"))]
+        if specs:
+            return True, f"NVIDIA's CDI devices ({specs[0]})"
+    there = " there" if where else ""
+    return False, f"docker{there} has no NVIDIA container runtime, so --gpus fails: {GPU_RUNTIME_FIX}"
+
+
+# podman's CDI spec on a remote engine's machine: podman info does not list CDI devices (nor its docker API)
+_PODMAN_CDI_THERE = (
+    "podman there gives a container GPUs through NVIDIA's CDI spec on that machine, which ftctl cannot read from "
+    "here: `nvidia-ctk cdi list` there lists its GPUs (a missing spec fails the launch with its fix)"
+)
+
+
+def _mounts_fix(where: str) -> str:
+    """The fix for a launch whose mounts of this machine's paths an engine on another machine (``where``) lacks."""
+    return (
+        f"run ftctl on that machine instead (ssh to it, then the same command), or --backend sky or slurm (which ship "
+        f"the inputs); where it sees this machine's paths at the same place (a shared filesystem), export "
+        f"{docker_engine.SAME_PATHS_ENV}=1"
+    )
+
+
+def _mounts_elsewhere(docker: str, where: str, rendered: Rendered) -> str:
+    """Why a run is refused on an engine on another machine: its container would mount that machine's paths."""
+    argv = docker_render.argv(rendered.spec, rendered.plan, str(rendered.paths.root), "docker", docker)
+    mounts = [argv[i + 1].split(":")[0] for i, a in enumerate(argv) if a == "-v"]
+    shown = ", ".join(mounts[:3]) + (f" and {len(mounts) - 3} more" if mounts[3:] else "")
+    return (
+        f"{_name(docker)} runs containers on another machine ({where}), where the run's mounts of this machine's "
+        f"paths ({shown}) would be that machine's: {_mounts_fix(where)}."
+    )
+
+
+def _unchecked(docker: str, where: str, kind: str, rendered: Rendered) -> list[str]:
+    """What a launch on an engine on another machine (``where``) cannot check from here, said instead."""
+    from urllib.parse import urlsplit
+
+    from ftctl.storage import s3_endpoint
+
+    said = []
+    if rendered.plan.tier:
+        image = rendered.image
+        picked = image is not None and image.source != "--container"  # ftctl's flavour, for the driver it can see
+        said.append(
+            f"{_name(docker)} runs containers on another machine ({where}): its GPUs and NVIDIA driver are not "
+            "checked from here (nvidia-smi there shows them)"
+            + (
+                ", so the image's CUDA is not matched to that driver (--container docker:IMAGE for another)"
+                if picked
+                else ""
+            )
+            + (f"; {_PODMAN_CDI_THERE}" if kind == "podman" else "")
+        )
+    endpoint = s3_endpoint(rendered.spec.s3_endpoint_url)
+    if endpoint and urlsplit(endpoint).hostname in docker_engine.LOOPBACK:
+        said.append(
+            f"the S3 endpoint {endpoint} is this machine's loopback, and the container on {where} reaches that "
+            "machine's: give an address it reaches (-o s3_endpoint_url=http://HOST:PORT)"
+        )
+    return said
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, env=_engine_env())
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:

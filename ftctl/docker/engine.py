@@ -16,6 +16,12 @@ device requests Docker's CLI sends for ``--device nvidia.com/gpu=0``, measured w
 podman's own build (buildah), which writes an OCI image unless told ``--format docker`` (and ignores the Dockerfile's
 SHELL then), has no ``--push`` (podman push after it), and podman has no ``buildx version`` nor ``info``'s
 ServerVersion: docker.build.
+
+Where it runs its containers (remote()): this machine, or another one its CLI reaches (Docker's DOCKER_HOST or
+context, podman's CONTAINER_HOST, CONTAINER_CONNECTION or default connection in remote mode: ssh://, tcp://). There a
+container's ``-v PATH:PATH`` mounts that machine's PATH, and its GPUs, driver and CDI spec are that machine's: what
+docker.backend checks of this one does not hold. A unix socket, a loopback address and a podman machine's VM (it
+mounts this home) count as this machine.
 """
 
 from __future__ import annotations
@@ -86,17 +92,25 @@ def engine() -> str:
 
 @functools.cache
 def _kind_of(exe: str, _host: str, _context: str) -> str:
-    if Path(exe).name.startswith("podman"):
-        return "podman"
-    said = _ask([exe, "--version"])
+    said = _podman_cli(exe)
     if said is None:
         return "docker"
-    if said.lower().startswith("podman"):
+    if said:
         return "podman"
     version = _podman_server(exe, _host, _context)
     if version is None:
         return "docker"
     return "podman" if _version(version) >= PODMAN_API_CDI else "podman-api"
+
+
+@functools.cache
+def _podman_cli(exe: str) -> bool | None:
+    """Whether ``exe`` is podman's CLI (named so, or a ``docker`` whose --version says "podman version"); None: it
+    does not answer --version."""
+    if Path(exe).name.startswith("podman"):
+        return True
+    said = _ask([exe, "--version"])
+    return None if said is None else said.lower().startswith("podman")
 
 
 def podman_server(exe: str) -> str | None:
@@ -132,3 +146,83 @@ def _ask(argv: list[str]) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+SAME_PATHS_ENV = "FTCTL_DOCKER_SAME_PATHS"  # 1: a remote engine's machine sees this one's paths at the same place
+ENDPOINT_ENV = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "CONTAINER_HOST", "CONTAINER_CONNECTION")
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def same_paths() -> bool:
+    """$FTCTL_DOCKER_SAME_PATHS=1: the user says the remote engine's machine sees this machine's paths at the same
+    place (a shared filesystem), so the run's mounts hold there."""
+    return os.environ.get(SAME_PATHS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def endpoint_env() -> dict[str, str]:
+    """The variables of ENDPOINT_ENV set here: which engine a launch's CLI reaches, recorded with its job so that its
+    status, logs and cancel reach the same one from a shell without them (or with others)."""
+    return {v: os.environ[v] for v in ENDPOINT_ENV if os.environ.get(v)}
+
+
+def remote(exe: str | None = None) -> str | None:
+    """Where the engine ``exe`` (default: command()'s) runs its containers where that is another machine, as the
+    user set it: "DOCKER_HOST=ssh://gpu", "docker context gpu (tcp://10.0.0.5:2376)", "CONTAINER_HOST=ssh://...",
+    "podman connection gpu (ssh://...)"; None: this machine (see the module's text), or the CLI does not say (none
+    installed: a dry run)."""
+    found = shutil.which(exe or command())
+    if not found:
+        return None
+    return _remote(found, tuple(os.environ.get(v, "") for v in ENDPOINT_ENV))
+
+
+@functools.cache  # asked by the launch's image choice, preflight and check: once (a CLI call of ~50 ms)
+def _remote(exe: str, _env: tuple[str, ...]) -> str | None:
+    where, uri = _podman_endpoint(exe) if _podman_cli(exe) else _docker_endpoint(exe)
+    if not uri or this_machine(uri):
+        return None
+    return where if where.endswith(uri) else f"{where} ({uri})"
+
+
+def this_machine(uri: str) -> bool:
+    """Whether the engine at ``uri`` runs on this machine: a unix socket (or a Windows pipe), a loopback address."""
+    from urllib.parse import urlsplit
+
+    scheme, sep, _ = uri.partition("://")
+    if not sep or scheme in ("unix", "npipe", "fd"):
+        return True
+    try:
+        return urlsplit(uri).hostname in LOOPBACK
+    except ValueError:
+        return False
+
+
+def _docker_endpoint(exe: str) -> tuple[str, str]:
+    """(how it is set, the URI) of the engine Docker's CLI ``exe`` talks to: DOCKER_HOST, else its context's."""
+    host = os.environ.get("DOCKER_HOST", "").strip()
+    try:
+        context = json.loads(_ask([exe, "context", "inspect", "--format", "{{json .}}"]) or "null")
+        name, uri = context["Name"], context["Endpoints"]["docker"]["Host"]
+    except (ValueError, TypeError, KeyError):  # no contexts (an old CLI, podman-docker's): DOCKER_HOST alone
+        return f"DOCKER_HOST={host}", host
+    return (f"DOCKER_HOST={host}", host) if host else (f"docker context {name}", str(uri or ""))
+
+
+def _podman_endpoint(exe: str) -> tuple[str, str]:
+    """(how it is set, the URI) of the service podman's CLI ``exe`` talks to in remote mode; ('', '') where it runs
+    containers itself (or on a podman machine: a VM of this machine, which mounts its home)."""
+    if host := os.environ.get("CONTAINER_HOST", "").strip():
+        return f"CONTAINER_HOST={host}", host
+    try:
+        listed = json.loads(_ask([exe, "system", "connection", "list", "--format", "json"]) or "[]")
+    except ValueError:
+        listed = []
+    connections = [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
+    if name := os.environ.get("CONTAINER_CONNECTION", "").strip():
+        found = next((c for c in connections if c.get("Name") == name), {})
+        return ("", "") if found.get("IsMachine") else (f"CONTAINER_CONNECTION={name}", str(found.get("URI") or ""))
+    default = next((c for c in connections if c.get("Default") and not c.get("IsMachine")), None)
+    # a default connection is used only in remote mode (podman-remote, containers.conf's remote = true): it says
+    if default and _ask([exe, "info", "--format", "{{.Host.ServiceIsRemote}}"]) == "true":
+        return f"podman connection {default.get('Name')}", str(default.get("URI") or "")
+    return "", ""
