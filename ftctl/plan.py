@@ -1159,8 +1159,6 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     optim = spec.optim or ("paged_adamw_8bit" if method == "qlora" and not req.is_cpu else "adamw_torch_fused")
     best = None
     strategies = _strategies(method, world, req.nodes, spec.strategy)
-    if spec.load_best_model_at_end and not spec.strategy:  # spec.best_model_problems: not checked under FSDP
-        strategies = [s for s in strategies if s != "fsdp"]
     if req.is_cpu:
         strategies = _on_cpu(strategies)
     for strategy in strategies:

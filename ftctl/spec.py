@@ -1403,24 +1403,18 @@ def _unexpanded_variables(spec: RunSpec, keys) -> list[str]:
     return errors
 
 
-def best_model_problems(spec: RunSpec, strategy: str | None = None) -> list[str]:
+def best_model_problems(spec: RunSpec) -> list[str]:
     """load_best_model_at_end: true needs held-out data and a checkpoint at every evaluation, so that the lowest
     held-out loss is always a checkpoint's (transformers asks the opposite, save_steps a multiple of eval_steps: a
     lowest loss found between checkpoints is then kept by none, and it loads an older checkpoint). Said here, before
-    the launch, in ftctl's words. ``strategy``: the plan's, where the planner chose it (the trainer asks again)."""
+    the launch, in ftctl's words. Every strategy loads it (FSDP2 as a resume does: run.load_best)."""
     if not spec.load_best_model_at_end:
         return []
-    strategy = strategy or spec.strategy
     key = "load_best_model_at_end: true"
     if not spec.evaluates:
         return [
             f"{key} loads the checkpoint with the lowest held-out loss at the end: give held-out data (--eval-data "
             "FILE, or -o eval_split=0.05), or leave it out (the final model is then the last step's)."
-        ]
-    if strategy == "fsdp":
-        return [
-            f"{key} with strategy=fsdp: loading a checkpoint's weights back at the end is not checked under FSDP "
-            "here; -o strategy=zero3 (DeepSpeed ZeRO-3 loads it), or leave it out and take RUN/checkpoint-N."
         ]
     if spec.evals_per_epoch or spec.saves_per_epoch:
         if spec.evals_per_epoch in (None, spec.saves_per_epoch) and not spec.eval_steps:

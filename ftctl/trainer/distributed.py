@@ -439,6 +439,20 @@ def adapter_state_dict(model) -> dict:
     return gathered
 
 
+def reshard(model) -> None:
+    """FSDP2: every ``fully_shard``-ed module of ``model`` back on its shards (DTensors), the whole copies a forward
+    gathered freed. FSDP2's root module does not reshard after its forward (a backward would gather its parameters
+    again at once), so after an evaluation, which no backward follows, its own parameters (those outside the blocks:
+    the embedding, the final norm) stay whole. load_best_model_at_end's load of a lora run's adapter then failed, on 2
+    processes: "got mixed torch.Tensor and DTensor" (torch's set_model_state_dict met the whole frozen norm beside the
+    DTensors it loads into). What run.load_best does before transformers loads the best checkpoint."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def fsdp_outputs_as_computed(accelerator) -> None:
     """FSDP2 without casting the model's outputs: accelerate's bf16 policy sets ``output_dtype=bf16``, and the
     root module's outputs are ftctl's loss sums (lm_head.py: fp32 sums of log-probabilities over every token of

@@ -61,7 +61,7 @@ from ftctl.runpaths import (
     START_WANDB_RUN,
     RunPaths,
 )
-from ftctl.spec import RunSpec, best_model_problems, scheduler_kwargs
+from ftctl.spec import RunSpec, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, model_card, op_build, reshard, tracking
 from ftctl.trainer.methods import ADAPTER_METHODS
 from ftctl.trainer.trained import as_saved_for_others, for_other_readers, keep_base_merge, name_base
@@ -238,8 +238,6 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     cuda_allocator_defaults()
     procs = distributed.processes()
     distributed.check_world(plan, procs)
-    if problems := best_model_problems(spec, plan.strategy):  # the planner's strategy (spec.build checked the rest)
-        raise FtctlError(problems[0])
     local_dir, remote_uri = output_dirs(spec)
     os.makedirs(local_dir, exist_ok=True)
     # rank 0 of a run into an object store also heeds `ftctl cancel`'s stop request there (a SkyPilot job's)
@@ -731,6 +729,8 @@ def load_best(run: Run, echo=print) -> None:
         return
     if path is not None:
         state.best_model_checkpoint = path
+        if run.plan.strategy == "fsdp":  # accelerate's load_fsdp_model (a resume's load) sets each rank's shards
+            distributed.reshard(run.trainer.model)
         run.trainer._load_best_model()  # transformers' own (load_best_model_at_end=True calls it after train)
         distributed.barrier()
     held = {"weights_step": best, "weights_eval_loss": state.best_metric, "checkpoint": name}  # no eval_loss: no eval
