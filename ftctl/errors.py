@@ -45,3 +45,16 @@ def yaml_problem(e) -> str:
     what = getattr(e, "problem", None) or str(e).splitlines()[0]
     context = getattr(e, "context", None)
     return f"{where}{what}" + (f" ({context})" if context else "")
+
+
+def read_config_text(path, what: str) -> str:
+    """A config file's text (a run file, the user config), or FtctlError saying why it cannot be read: not UTF-8 text
+    (a binary file given by mistake) or not readable by this user, where Python's error was a traceback."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FtctlError(f"{path} is not text (byte {e.start + 1} is no UTF-8): give {what}, saved as UTF-8.") from None
+    except OSError as e:
+        raise FtctlError(
+            f"{path} cannot be read ({e.strerror or e}): fix its permissions, or give another file."
+        ) from None

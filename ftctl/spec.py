@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftctl import storage
-from ftctl.errors import FtctlError, did_you_mean, yaml_problem
+from ftctl.errors import FtctlError, did_you_mean, read_config_text, yaml_problem
 from ftctl.secret_checks import (
     ENV_NAME_PATTERN,
     credential_in,
@@ -862,7 +862,7 @@ def load_yaml(path: str) -> dict:
         return loader.construct_mapping(node)
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    text = p.read_text()
+    text = read_config_text(p, "a run file: YAML of run keys")
     try:
         data = yaml.load(text, Loader=Loader) or {}  # a SafeLoader
         root = yaml.compose(text, Loader=yaml.SafeLoader)

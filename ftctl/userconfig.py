@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl import __version__
-from ftctl.errors import FtctlError, did_you_mean, yaml_problem
+from ftctl.errors import FtctlError, did_you_mean, read_config_text, yaml_problem
 from ftctl.gpus import parse
 from ftctl.spec import BACKENDS
 
@@ -71,7 +71,7 @@ def config_path() -> Path:
 def load() -> UserConfig:
     """The config, validated; every problem of the file in one FtctlError."""
     path = config_path()
-    return _parse(path.read_text() if path.is_file() else "", path)
+    return _parse(read_config_text(path, "ftctl's config: YAML of its keys") if path.is_file() else "", path)
 
 
 def _parse(text: str, path: Path) -> UserConfig:

@@ -1,0 +1,66 @@
+"""Bad input as a new user meets it (helper 175, /work/notes/task-175-sweep.md): each case was a traceback, a silent
+acceptance of nonsense or a message without its fix. Every one is now one line (or one list of problems) that says
+what to write instead, exit 2, no traceback; in-process through click's CliRunner, nothing trained or sent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ftctl.cli import main
+
+ROWS = "".join(
+    json.dumps({"prompt": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(4)
+)  # a dataset with its own field names
+
+
+def _files(tmp_path):
+    """The files the cases name: @/NAME in a case's argv is tmp_path/NAME."""
+    (tmp_path / "qa.jsonl").write_text(ROWS)
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01garbage")
+    return tmp_path
+
+
+PLAN = ["plan", "--gpus", "cpu", "--model-params", "135m"]
+
+CASES = {
+    # a run file that is no text (a binary given by mistake): UnicodeDecodeError's traceback
+    "binary-run-file": (
+        [*PLAN, "-c", "@/binary.yaml"],
+        "binary.yaml is not text (byte 1 is no UTF-8): give a run file",
+    ),
+    "binary-run-file-data-check": (
+        ["data", "check", "@/qa.jsonl", "-c", "@/binary.yaml"],
+        "binary.yaml is not text (byte 1 is no UTF-8)",
+    ),
+}
+
+
+def _invoke(tmp_path, argv, env=None):
+    _files(tmp_path)
+    args = [a.replace("@/", f"{tmp_path}/") for a in argv]
+    return CliRunner().invoke(main, args, env=env)
+
+
+def _refused(result, said):
+    out = result.output
+    assert result.exit_code == 2, out
+    assert "Traceback" not in out and result.exception is None or isinstance(result.exception, SystemExit), out
+    assert said in out, out
+    assert out.startswith("error: "), out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_message_with_its_fix(tmp_path, case):
+    argv, said = CASES[case]
+    _refused(_invoke(tmp_path, argv), said)
+
+
+def test_a_user_config_that_is_no_text_is_said_before_any_command(tmp_path, monkeypatch):
+    """~/.config/ftctl/config.yaml is read before every command: a binary one was a traceback for all of them."""
+    (tmp_path / "ftctl").mkdir()
+    (tmp_path / "ftctl" / "config.yaml").write_bytes(b"\xff\xfe\x00")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    _refused(CliRunner().invoke(main, ["jobs"]), "config.yaml is not text (byte 1 is no UTF-8): give ftctl's config")
