@@ -44,6 +44,7 @@ from ftctl.tool_datasets import (
     TURN_KEYS,
     axolotl_columns,
     axolotl_dataset_refuses,
+    data_columns_problems,
     dataset_as_data_path,
     dataset_mixer_as_weights,
     llama_factory_mix,
@@ -1619,6 +1620,9 @@ def validate(spec: RunSpec) -> None:
                 f"data_weights={spec.data_weights}: {e}; give one number above 0 per dataset, in data_path's order "
                 "(-o data_weights=1,0.5), or none to read each once."
             )
+    errors += data_columns_problems(
+        spec.data_columns, [*split_paths(spec.data_path), *split_paths(spec.eval_data_path)]
+    )
     for key in ("data_path", "eval_data_path", "output_dir"):
         for v in split_paths(getattr(spec, key)) if key in PATH_LISTS else [getattr(spec, key)]:
             if v and "://" in v and not (v.startswith("file://") or storage.is_remote(v)):

@@ -7,6 +7,7 @@ RunSpec's fields, stay there)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ftctl import storage
@@ -154,6 +155,67 @@ def axolotl_columns(entry: dict) -> tuple[dict, str | None]:
         given = {r: [v] if isinstance(v, str) else v for r, v in (roles or AXOLOTL_ROLES).items()}
         described["roles"] = {str(name): r for r, names in given.items() for name in names if str(name) != r}
     return described, None
+
+
+# the fields a data_columns description renames (ftctl's -> the data's; trainer.formats.described reads them), beside
+# roles (the data's role -> the template's) and system_prompt (the system of a row without one)
+COLUMN_FIELDS = ("messages", "role", "content", "instruction", "input", "output", "system")
+
+
+def data_columns_problems(columns: dict, datasets: list[str]) -> list[str]:
+    """What is wrong with a run's data_columns (a dataset's path in ``datasets``, data_path's and eval_data_path's ->
+    JSON of ftctl's field -> the data's, as axolotl_columns writes it), each a sentence saying what to write: a path
+    that is none of the datasets (its description would be read for no rows), a description that is no JSON object,
+    a field ftctl does not rename, a name that is no string, roles that are no template's."""
+    from ftctl.errors import did_you_mean
+
+    example = 'e.g. -o \'data_columns=data/qa.jsonl={"instruction": "prompt", "output": "answer"}\''
+
+    def same(p: str) -> str:  # a local path as any working directory names it (data/a.jsonl and /home/u/data/a.jsonl)
+        return p if "://" in p or p.startswith("builtin:") else os.path.abspath(os.path.expanduser(p))
+
+    problems = []
+    for path, description in columns.items():
+        if same(path) not in {same(d) for d in datasets}:
+            problems.append(
+                f"data_columns names {path!r}, which is no dataset of data_path or eval_data_path "
+                f"({', '.join(datasets) or 'none given'}): key each description by its dataset's path as given "
+                f"there, {example}"
+            )
+            continue
+        try:
+            names = json.loads(description) if isinstance(description, str) else description
+        except ValueError:
+            names = None
+        if not isinstance(names, dict):
+            problems.append(
+                f"data_columns' {path}: {description!r} is no JSON object of ftctl's field -> the data's name of it: "
+                f"{example}"
+            )
+            continue
+        fields = (*COLUMN_FIELDS, "roles", "system_prompt")
+        for field in sorted(set(names) - set(fields)):
+            problems.append(
+                f"data_columns' {path}: {field!r} is no field ftctl renames.{did_you_mean(str(field), fields)} "
+                f"The fields: {', '.join(fields)}"
+            )
+        for field, name in names.items():
+            if field == "roles":
+                if not isinstance(name, dict) or not all(isinstance(v, str) for v in name.values()):
+                    problems.append(
+                        f"data_columns' {path}: roles {name!r}: give the data's role -> the template's, "
+                        '{"human": "user", "gpt": "assistant"}'
+                    )
+                elif wrong := sorted({str(v) for v in name.values()} - set(TEMPLATE_ROLES)):
+                    problems.append(
+                        f"data_columns' {path}: roles map to {', '.join(wrong)}: a chat template's roles are "
+                        f"{', '.join(TEMPLATE_ROLES)}"
+                    )
+            elif field in fields and (not isinstance(name, str) or not name.strip()):
+                problems.append(
+                    f"data_columns' {path}: {field} {name!r}: give the name of the data's field, a non-empty string"
+                )
+    return problems
 
 
 LF_INFO = "dataset_info.json"  # LLaMA-Factory's: its datasets by name (trainer.formats reads an entry's columns)

@@ -35,6 +35,20 @@ CASES = {
         ["data", "check", "@/qa.jsonl", "-c", "@/binary.yaml"],
         "binary.yaml is not text (byte 1 is no UTF-8)",
     ),
+    # data_columns: a description that is no JSON was json.loads' traceback at launch; a path that is no dataset of
+    # the run's, or a misspelt field, was read for no rows (the data then refused as "not a conversation")
+    "data-columns-no-json": (
+        [*PLAN, "--data", "@/qa.jsonl", "-o", "data_columns=@/qa.jsonl=question"],
+        "qa.jsonl: 'question' is no JSON object of ftctl's field -> the data's name of it: e.g. -o 'data_columns=",
+    ),
+    "data-columns-no-dataset": (
+        [*PLAN, "--data", "@/qa.jsonl", "-o", "data_columns=promt=question"],
+        "data_columns names 'promt', which is no dataset of data_path or eval_data_path (",
+    ),
+    "data-columns-misspelt-field": (
+        [*PLAN, "--data", "@/qa.jsonl", "-o", 'data_columns=@/qa.jsonl={"instrction": "prompt", "output": 5}'],
+        "'instrction' is no field ftctl renames. Did you mean 'instruction'?",
+    ),
 }
 
 
@@ -56,6 +70,14 @@ def _refused(result, said):
 def test_bad_input_is_one_message_with_its_fix(tmp_path, case):
     argv, said = CASES[case]
     _refused(_invoke(tmp_path, argv), said)
+
+
+def test_data_columns_named_as_given_or_absolute_are_taken(tmp_path):
+    """The same dataset named relative in one key and absolute in the other is one dataset."""
+    _files(tmp_path)
+    named = f'data_columns={tmp_path}/qa.jsonl={{"instruction": "prompt", "output": "answer"}}'
+    got = CliRunner().invoke(main, [*PLAN, "--data", f"{tmp_path}/./qa.jsonl", "-o", named])
+    assert got.exit_code == 0, got.output
 
 
 def test_a_user_config_that_is_no_text_is_said_before_any_command(tmp_path, monkeypatch):
