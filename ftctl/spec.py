@@ -1630,6 +1630,19 @@ def validate(spec: RunSpec) -> None:
                 errors.append(f"{key}={v!r}: unknown storage scheme; use a local path, file:// or one of {schemes}.")
             elif v and (meant := storage.misspelt_uri(v)):
                 errors.append(f"{key}={v!r} would be a local path: did you mean {meant}?")
+            elif v and storage.is_remote(v) and not v.partition("://")[2].split("/")[0]:  # s3://, gs:///key
+                what = "container" if storage.REMOTE_SCHEMES[storage.scheme(v)][0] == "abfs" else "bucket"
+                form = f"{storage.scheme(v)}://{what.upper()}/PATH"
+                what, form = ("dataset", "hf://datasets/ORG/NAME") if storage.scheme(v) == "hf" else (what, form)
+                errors.append(f"{key}={v!r} names no {what}: write {form}.")
+    for key in ("data_path", "eval_data_path", "output_dir", "model_name_or_path", "chat_template_path"):
+        for v in split_paths(getattr(spec, key)) if key in PATH_LISTS else [getattr(spec, key)]:
+            if v and v.startswith("~") and os.path.expanduser(v).startswith("~"):  # ~nouser/x: Path's RuntimeError
+                user = v[1:].split("/")[0]
+                errors.append(
+                    f"{key}={v!r}: there is no user {user!r} here, whose home ~{user} would be: write the path in "
+                    "full (~/ is your own home)."
+                )
     try:
         storage.require_writable(spec.output, "output_dir")
     except FtctlError as e:

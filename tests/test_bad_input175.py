@@ -49,6 +49,14 @@ CASES = {
         [*PLAN, "--data", "@/qa.jsonl", "-o", 'data_columns=@/qa.jsonl={"instrction": "prompt", "output": 5}'],
         "'instrction' is no field ftctl renames. Did you mean 'instruction'?",
     ),
+    # an object store with no bucket was taken (s3://: a local launch went on to write there); a home of no user
+    # (~nouser/x) was pathlib's RuntimeError traceback
+    "output-no-bucket": ([*PLAN, "--output", "s3://"], "output_dir='s3://' names no bucket: write s3://BUCKET/PATH."),
+    "data-no-container": ([*PLAN, "--data", "az:///x.jsonl"], "data_path='az:///x.jsonl' names no container: write"),
+    "output-no-such-user": (
+        ["launch", "--dry-run", "--backend", "local", "--gpus", "cpu", "--output", "~nouser175/x"],
+        "output_dir='~nouser175/x': there is no user 'nouser175' here, whose home ~nouser175 would be: write the path",
+    ),
 }
 
 
