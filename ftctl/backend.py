@@ -56,7 +56,7 @@ from ftctl.spec import (
     resume_problem,
     split_paths,
 )
-from ftctl.storage import is_remote, local_path, temp_beside, write_whole
+from ftctl.storage import is_remote, local_path, place_problem, temp_beside, write_whole
 
 # name -> "module:class", imported on first use (importing SkyPilot alone costs seconds)
 REGISTRY = {
@@ -964,6 +964,8 @@ def find_job(job_id: str) -> tuple[Backend, JobRef]:
                 continue
             if output and output.rstrip("/") == str(job_id).rstrip("/"):
                 return find_job(str(spec_file.parent))
+    if said := place_problem(str(job_id), "JOB"):  # no job of that id, nor a place to look for its run
+        raise FtctlError(f"{said} `ftctl jobs` lists the jobs launched from here.")
     given = Path(local_path(str(job_id))).expanduser()  # file:///a/b: the run directory /a/b
     for ref, _ in jobs:  # newest first
         if Path(ref.run_dir) == given.resolve():

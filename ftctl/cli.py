@@ -339,7 +339,7 @@ def demo(steps):
 
 
 @main.command()
-@click.argument("run")
+@click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
 @click.option("--out", help="Where to write the merged model (default: RUN/merged).")
 @click.option(
     "--base",
@@ -375,13 +375,22 @@ def merge(run, out, base, dequantize):
     click.echo(f"next:\n  ftctl chat {shlex.quote(where)} -p 'A question'")
 
 
+def _a_place(value: str, what: str) -> str:
+    """RUN as given, or FtctlError where it names no place to look in (a typo'd scheme, ~nouser: storage)."""
+    from ftctl.storage import place_problem
+
+    if said := place_problem(value, what):
+        raise FtctlError(said)
+    return value
+
+
 def _progress(line: str) -> None:
     """What a slow step is doing, on stderr (stdout holds the answers, the numbers, the merged model's path)."""
     click.echo(line, err=True)
 
 
 @main.command()
-@click.argument("run")
+@click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
 @click.option("-p", "--prompt", "prompts", multiple=True, help="Ask this and print the answer (repeatable).")
 @click.option("--system", help="A system message before each conversation.")
 @click.option("--max-new-tokens", type=int, default=256, show_default=True)
@@ -424,7 +433,7 @@ def _text_field_of(run: str) -> str:
 
 
 @main.command("eval")
-@click.argument("run")
+@click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
 @click.option("--data", "paths", multiple=True, required=True, help="Dataset(s), as --data of a run takes them.")
 @click.option("--max-length", type=click.IntRange(min=2), help="Truncation (default: the run's model_max_length).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)

@@ -146,6 +146,22 @@ def local_path(uri: str) -> str:
     return uri.split("://", 1)[1] if scheme(uri) in ("file", "local") else uri
 
 
+def place_problem(value: str, what: str) -> str | None:
+    """Why ``value`` (``what``: the argument, RUN or JOB) names no place ftctl can look in, as a sentence with the fix;
+    None where it may be one: a URI whose scheme is none of the stores' (s4://b/r was read as the local directory
+    s4:/b/r), or a path in the home of a user there is none of here (~nouser/x: pathlib's RuntimeError)."""
+    value = str(value)
+    if "://" in value and not is_remote(value) and scheme(value) not in ("file", "local"):
+        known = ", ".join(sorted(f"{s}://" for s in REMOTE_SCHEMES))
+        return (
+            f"{what} {value!r}: unknown storage scheme {scheme(value)}://; use a local path, file:// or one of {known}."
+        )
+    if value.startswith("~") and os.path.expanduser(value).startswith("~"):
+        user = value[1:].split("/")[0]
+        return f"{what} {value!r}: there is no user {user!r} here, whose home ~{user} would be: write the path in full."
+    return None
+
+
 def temp_beside(path: Path) -> Path:
     """Where a file is written before it is renamed into place (write_whole): a hidden sibling."""
     return path.with_name(f".{path.name}.tmp")

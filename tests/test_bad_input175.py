@@ -57,6 +57,21 @@ CASES = {
         ["launch", "--dry-run", "--backend", "local", "--gpus", "cpu", "--output", "~nouser175/x"],
         "output_dir='~nouser175/x': there is no user 'nouser175' here, whose home ~nouser175 would be: write the path",
     ),
+    # a typo'd scheme was looked for as a local directory (chat: "s4:/b/r is not a directory"; status: "No job
+    # 's4://b/r' was launched from here"), a home of no user a traceback
+    **{
+        f"{cmd}-typod-scheme": ([cmd, "s4://b/run", *extra], f"{what} 's4://b/run': unknown storage scheme s4://; use")
+        for cmd, extra, what in [
+            ("status", [], "JOB"),
+            ("logs", [], "JOB"),
+            ("cancel", ["--now"], "JOB"),
+            ("chat", ["-p", "hi"], "RUN"),
+            ("eval", ["--data", "@/qa.jsonl"], "RUN"),
+            ("merge", [], "RUN"),
+        ]
+    },
+    "status-no-such-user": (["status", "~nouser175/run"], "JOB '~nouser175/run': there is no user 'nouser175' here"),
+    "chat-no-such-user": (["chat", "~nouser175/run", "-p", "hi"], "RUN '~nouser175/run': there is no user 'nouser175'"),
 }
 
 
