@@ -42,3 +42,46 @@ def telemetry_off(given) -> dict[str, str]:
     """The variable the trainer sets to send no usage ping: {} where ``given`` (its environment, with the run's
     -o env=...) names HUB_TELEMETRY_ENV, whatever its value (the user's choice)."""
     return {} if HUB_TELEMETRY_ENV in given else {HUB_TELEMETRY_ENV: "1"}
+
+
+# Every FTCTL_* variable ftctl or its scripts read: a run's env (-o env=NAME=VALUE) naming one near one of them is a
+# typo that would be set for nobody (setting_problem)
+KNOWN = frozenset(
+    {STATUS_ENV, STOP_ENV, STOP_POLL_ENV, FAILURE_DIR_ENV, VERBOSE_ENV, THREADS_ENV, TORCH_INDEX_ENV, BASE_MODEL_ENV}
+    | {ATTEMPT_ENV, "FTCTL_DEBUG", "FTCTL_BACKEND", "FTCTL_CACHE", "FTCTL_LOCAL_DIR", "FTCTL_HOME", "FTCTL_DOCKER"}
+    | {
+        "FTCTL_DOCKER_SAME_PATHS",
+        "FTCTL_SKY_PYTHON",
+        "FTCTL_PYTHON",
+        "FTCTL_RUN_DIR",
+        "FTCTL_SPEC_EOF",
+        "FTCTL_VERSION",
+    }
+    | {"FTCTL_SKY_SAY_FD"}
+)
+
+
+def setting_problem(name: str, value: str) -> str | None:
+    """Why a run's env ``name=value`` sets nothing the user meant, as a sentence with the fix; None where it may: a
+    misspelt FTCTL_* name (the nearest is said), FTCTL_CPU_THREADS other than auto (a count of threads is
+    OMP_NUM_THREADS), FTCTL_STOP_REQUEST_POLL_S that is no number of seconds above 0 (the trainer would warn in the
+    job's log and ask every 10 s)."""
+    import difflib
+    import math
+
+    if name.startswith("FTCTL_") and name not in KNOWN:
+        close = difflib.get_close_matches(name, sorted(KNOWN), n=1, cutoff=0.85)
+        return f"env {name}: ftctl reads no such variable; did you mean {close[0]}?" if close else None
+    if name == THREADS_ENV and value.strip() not in ("auto", ""):
+        return (
+            f"env {THREADS_ENV}={value}: it takes auto (each process of a node a share of its cores, what launch "
+            "sets); a number of threads is -o env=OMP_NUM_THREADS=N."
+        )
+    if name == STOP_POLL_ENV:
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if not 0 < seconds < math.inf:
+            return f"env {STOP_POLL_ENV}={value}: give the seconds between asks, a number above 0 (default 10)."
+    return None

@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftctl import storage
+from ftctl import envvars, storage
 from ftctl.errors import FtctlError, did_you_mean, read_config_text, yaml_problem
 from ftctl.secret_checks import (
     ENV_NAME_PATTERN,
@@ -1554,6 +1554,8 @@ def validate(spec: RunSpec) -> None:
     for k in spec.env:
         if not ENV_NAME_PATTERN.fullmatch(k):
             errors.append(f"env {k!r} is not a valid environment variable name.")
+        elif said := envvars.setting_problem(k, str(spec.env[k])):
+            errors.append(said)
         elif is_secret_name(k, spec.secrets, spec.env[k]):
             errors.append(
                 f"env {k} is a secret, and env values are written into the rendered job files and spec.json: "

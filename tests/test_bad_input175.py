@@ -72,6 +72,20 @@ CASES = {
     },
     "status-no-such-user": (["status", "~nouser175/run"], "JOB '~nouser175/run': there is no user 'nouser175' here"),
     "chat-no-such-user": (["chat", "~nouser175/run", "-p", "hi"], "RUN '~nouser175/run': there is no user 'nouser175'"),
+    # FTCTL_* settings of the run's env: a misspelt name was set for nobody, a value the trainer ignores was taken
+    "env-misspelt-setting": (
+        [*PLAN, "-o", "env=FTCTL_STOP_REQUEST_POLL=2"],
+        "env FTCTL_STOP_REQUEST_POLL: ftctl reads no such variable; did you mean FTCTL_STOP_REQUEST_POLL_S?",
+    ),
+    "env-threads-count": (
+        [*PLAN, "-o", "env=FTCTL_CPU_THREADS=4"],
+        "env FTCTL_CPU_THREADS=4: it takes auto (each process of a node a share of its cores, what launch sets); a "
+        "number of threads is -o env=OMP_NUM_THREADS=N.",
+    ),
+    "env-poll-negative": (
+        [*PLAN, "-o", "env=FTCTL_STOP_REQUEST_POLL_S=-5"],
+        "env FTCTL_STOP_REQUEST_POLL_S=-5: give the seconds between asks, a number above 0 (default 10).",
+    ),
 }
 
 
