@@ -1307,12 +1307,23 @@ def _llama_factory_names(items, source: str, notes=None, directory=None) -> tupl
         return items, {}
     directory = str(given.get("dataset_dir") or directory or "data")
     info = Path(directory).expanduser() / LF_INFO
+    naming = next(k for k in LF_NAMED if given.get(k))  # dataset, or eval_dataset
     try:
         entries = json.loads(info.read_text())
-    except (OSError, ValueError):
+    except OSError:
         return items, {}
+    except ValueError as e:  # was "Unknown key 'dataset'", as if there were no such file
+        where = f" (line {e.lineno}, column {e.colno}: {e.msg})" if isinstance(e, json.JSONDecodeError) else ""
+        raise FtctlError(
+            f"{naming} ({source}): {info}, whose entries it names, is not valid JSON{where}: fix it, or give the "
+            "data's files as data_path."
+        ) from None
     if not isinstance(entries, dict):
-        return items, {}
+        raise FtctlError(
+            f"{naming} ({source}): {info} holds {type(entries).__name__}, not LLaMA-Factory's mapping of dataset "
+            'names to their entries ({"my_data": {"file_name": "my_data.json"}}): fix it, or give the data\'s '
+            "files as data_path."
+        )
     out, errors, named = [], [], {}
     for key, value in items:
         if key.strip() not in LF_NAMED or not value:

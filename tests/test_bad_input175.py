@@ -20,6 +20,8 @@ def _files(tmp_path):
     """The files the cases name: @/NAME in a case's argv is tmp_path/NAME."""
     (tmp_path / "qa.jsonl").write_text(ROWS)
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01garbage")
+    (tmp_path / "dataset_info.json").write_text("{not json")
+    (tmp_path / "lf.yaml").write_text(f"stage: sft\ndataset: qa\ndataset_dir: {tmp_path}\n")
     return tmp_path
 
 
@@ -86,6 +88,11 @@ CASES = {
         [*PLAN, "-o", "env=FTCTL_STOP_REQUEST_POLL_S=-5"],
         "env FTCTL_STOP_REQUEST_POLL_S=-5: give the seconds between asks, a number above 0 (default 10).",
     ),
+    # LLaMA-Factory's dataset_info.json that is no JSON: was "Unknown key 'dataset'", as if there were no such file
+    "llama-factory-info-no-json": (
+        [*PLAN, "-c", "@/lf.yaml"],
+        "dataset (run file): @/dataset_info.json, whose entries it names, is not valid JSON (line 1, column 2: ",
+    ),
 }
 
 
@@ -106,7 +113,7 @@ def _refused(result, said):
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_is_one_message_with_its_fix(tmp_path, case):
     argv, said = CASES[case]
-    _refused(_invoke(tmp_path, argv), said)
+    _refused(_invoke(tmp_path, argv), said.replace("@/", f"{tmp_path}/"))
 
 
 def test_data_columns_named_as_given_or_absolute_are_taken(tmp_path):
