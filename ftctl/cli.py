@@ -451,6 +451,8 @@ def eval_(run, paths, max_length, batch_size, compare):
         names = split_paths(join_paths(paths))
     except ValueError as e:
         raise FtctlError(f"{e}.") from None
+    if not names:  # --data '': nothing was scored, and it exited 0
+        raise FtctlError(f"--data {' '.join(paths)!r} names no data: give the held-out file(s), a directory or a URI.")
     # a typo, or rows that are no conversation, said before the model's load (minutes for a 7B model on CPU)
     text = _text_field_of(run)  # the run's rows read as it read its own: plain text in dataset_text_field
     checks = [preflight.check_data(name, flag="--data", held_out=True, text_field=text) for name in names]
@@ -535,6 +537,8 @@ def data_check(
         path = join_paths(paths) if paths else run.data_path
     except ValueError as e:
         raise FtctlError(f"{e}.") from None
+    if paths and not split_paths(path):  # '': was checked as a file of no rows
+        raise FtctlError(f"PATHS {' '.join(paths)!r} name no data: give a file, a directory, a pattern or a URI.")
     if not model and not run:  # launch's default model, as a launch without --model would train
         model = RunSpec().model_name_or_path
         click.echo(f"checking with the tokenizer and chat template of {model} (launch's default; --model for yours)")

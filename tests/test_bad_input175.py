@@ -93,6 +93,9 @@ CASES = {
         [*PLAN, "-c", "@/lf.yaml"],
         "dataset (run file): @/dataset_info.json, whose entries it names, is not valid JSON (line 1, column 2: ",
     ),
+    # an empty path: eval scored nothing and exited 0; data check said "'': no rows: the data is empty"
+    "eval-empty-data": (["eval", "@/", "--data", ""], "--data '' names no data: give the held-out file(s)"),
+    "data-check-empty-path": (["data", "check", "", "--model", "@/"], "PATHS '' name no data: give a file"),
 }
 
 
