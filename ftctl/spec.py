@@ -1600,6 +1600,12 @@ def validate(spec: RunSpec) -> None:
             f"run_name {spec.run_name!r}: use letters, digits, '.', '_' and '-' (at most 63), "
             "starting with a letter or digit; it names jobs, clusters and buckets."
         )
+    # SkyPilot's own rule (sky.skylet.constants.CLUSTER_NAME_VALID_REGEX): a name it refuses was sent to it first
+    if spec.cluster is not None and not re.fullmatch(r"[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?", spec.cluster):
+        errors.append(
+            f"cluster{'' if holds_credential(spec.cluster) else f' {spec.cluster!r}'}: SkyPilot names a cluster with letters, digits, '-', '_' and '.', starting "
+            "with a letter and ending with a letter or digit (--cluster my-run-1)."
+        )
     if (
         spec.container
         and spec.container.split(":", 1)[0] in ("apptainer", "pyxis", "docker", "singularity", "enroot")

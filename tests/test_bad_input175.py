@@ -96,6 +96,11 @@ CASES = {
     # an empty path: eval scored nothing and exited 0; data check said "'': no rows: the data is empty"
     "eval-empty-data": (["eval", "@/", "--data", ""], "--data '' names no data: give the held-out file(s)"),
     "data-check-empty-path": (["data", "check", "", "--model", "@/"], "PATHS '' name no data: give a file"),
+    # a SkyPilot cluster name SkyPilot refuses was rendered and sent
+    "sky-cluster-name": (
+        ["render", "--backend", "sky", "--gpus", "A100", "--model-params", "135m", "--cluster", "Bad Name!"],
+        "cluster 'Bad Name!': SkyPilot names a cluster with letters, digits, '-', '_' and '.', starting with a letter",
+    ),
 }
 
 
