@@ -9,7 +9,7 @@ import calendar
 import time
 
 from ftctl import backend
-from ftctl.progress import logged_step
+from ftctl.progress import clock, logged_step
 from ftctl.sky.backend import SkyBackend
 from tests.test_sky_jobs import FakeSky, cluster_job
 
@@ -23,12 +23,13 @@ def _stamp(at: float) -> str:
 
 def test_a_stamped_step_line_is_dated_by_its_own_time_without_the_logs():
     lines = ["step 200/400  loss 1.3  ETA 0:05:18", f"{LINE}  14:02:05 UTC", "2026-12-05 14:02:06,000 x: saving"]
-    at = time.strftime("%H:%M", time.localtime(NOW - 20))
+    at = clock(NOW - 20, NOW)  # its time of day in this machine's zone
     # 20 s after it (a line after it does not make it older: it says its own time): ETA 302 s counted from then
     said = logged_step(lines, True, now=NOW, job="c/1")
     assert said == f"step 210/400 (52%)  loss 1.2345  3,400 tok/s  1.6 s a step, ~5 min left, logged at {at}, 20 s ago"
     # 40 min: no step since, where one came every 16 s: may be stuck, and where to look
     stuck = logged_step(lines, True, now=NOW + 40 * 60 - 20, job="c/1").splitlines()
+    at = clock(NOW - 20, NOW + 40 * 60 - 20)  # dated where local midnight falls in between (UTC+9:30: Darwin)
     assert stuck[0].endswith(f"~5 min left at that step, logged at {at}, 40 min ago"), stuck
     assert stuck[1].startswith("no step logged for 40 min where one came every ~16 s: the job may be stuck"), stuck
     assert stuck[1].endswith("`ftctl logs c/1` shows what it wrote last"), stuck

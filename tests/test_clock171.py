@@ -1,0 +1,79 @@
+"""`ftctl status` reads the same whatever the time of day, the date or this machine's time zone (task 171): a CI that
+ran at 00:2x UTC failed where a test expected a line of 3 h ago to be today's. Each case here has a fixed clock and
+zone (CI runs in UTC, users elsewhere): a step line's age comes from its UTC stamp whatever the zone, its time of day
+is shown in this machine's local time, with the date where that is another local day."""
+
+from __future__ import annotations
+
+import calendar
+import time
+
+import pytest
+
+from ftctl.progress import clock, logged_step
+
+LINE = "step 210/400  loss 1.2345  lr 1.00e-04  grad 0.5  3,400 tok/s  ETA 0:05:02"
+ZONES = ("UTC", "Asia/Kolkata", "America/Los_Angeles", "Pacific/Kiritimati", "Australia/Darwin")
+
+
+@pytest.fixture
+def zone(monkeypatch):
+    """Set this process's time zone (TZ, then tzset), put back after the test."""
+
+    def set_zone(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
+def _utc(*fields: int) -> float:
+    return float(calendar.timegm((*fields, 0, 0, 0)))
+
+
+@pytest.mark.parametrize(
+    "name, shown",
+    [
+        ("UTC", "2026-12-05 21:20"),  # 3 h before 00:20 UTC: yesterday's
+        ("Asia/Kolkata", "02:50"),  # 05:50 there: today's
+        ("America/Los_Angeles", "13:20"),  # 16:20 on the 5th there: today's
+        ("Pacific/Kiritimati", "11:20"),  # UTC+14
+        ("Australia/Darwin", "06:50"),  # UTC+9:30
+    ],
+)
+def test_a_step_line_of_3_h_ago_at_00_20_utc_reads_in_the_local_day(zone, name, shown):
+    zone(name)
+    said = logged_step([f"{LINE}  21:20:00 UTC"], True, now=_utc(2026, 12, 6, 0, 20, 0), job="c/1").splitlines()
+    assert said[0].endswith(f"~5 min left at that step, logged at {shown}, 3 h ago"), said
+    assert said[1].startswith("no step logged for 3 h where one came every ~6 min"), (
+        said
+    )  # one line: 210 steps since the start
+
+
+@pytest.mark.parametrize("name", ZONES)
+def test_a_stamp_seconds_before_utc_midnight_is_seconds_old_in_every_zone(zone, name):
+    zone(name)
+    midnight = _utc(2026, 12, 6, 0, 0, 10)
+    assert (
+        logged_step([f"{LINE}  23:59:50 UTC"], True, now=midnight)
+        .splitlines()[0]
+        .endswith(
+            f"logged at {'2026-12-05 ' if name == 'UTC' else ''}{time.strftime('%H:%M', time.localtime(midnight - 20))}, 20 s ago"
+        )
+    )
+    new_year = _utc(2027, 1, 1, 0, 10, 0)  # the first of a month and of a year
+    assert logged_step([f"{LINE}  23:50:00 UTC"], True, now=new_year).splitlines()[0].endswith(", 20 min ago")
+
+
+def test_local_midnight_between_a_line_and_now_dates_the_line(zone):
+    zone("America/Los_Angeles")  # 08:00:10 UTC is 00:00:10 there
+    now = _utc(2026, 12, 6, 8, 0, 10)
+    assert logged_step([f"{LINE}  07:59:50 UTC"], True, now=now).endswith("logged at 2026-12-05 23:59, 20 s ago")
+    zone("UTC")
+    assert logged_step([f"{LINE}  07:59:50 UTC"], True, now=now).endswith("logged at 07:59, 20 s ago")
+    # a daylight-saving change between them (2 a.m. PST -> 3 a.m. PDT, 2027-03-14): the same day, one hour apart
+    zone("America/Los_Angeles")
+    assert clock(_utc(2027, 3, 14, 9, 59, 0), _utc(2027, 3, 14, 10, 1, 0)) == "01:59"
+    assert clock(_utc(2027, 3, 14, 10, 1, 0), _utc(2027, 3, 14, 10, 2, 0)) == "03:01"
