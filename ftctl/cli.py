@@ -131,6 +131,16 @@ def _spec(kw: dict, backend: str | None = None):
     from ftctl import spec as spec_mod
 
     config, run_file = kw.pop("config", None), kw.pop("run_file", None)
+    # '' is no value (`-c "$RUN"` with RUN unset): it was taken as not given, the defaults trained instead
+    empty = ["-c" if config == "" else "", "RUN_FILE" if run_file == "" else ""]
+    empty += [
+        f"--{name.replace('_', '-')}" for name in ("gpus", "model", "model_params", "output") if kw.get(name) == ""
+    ]
+    if empty := [e for e in empty if e]:
+        raise FtctlError(
+            f"{' and '.join(empty)} given as '' (an unset shell variable?): give a value, or leave "
+            f"{'them' if len(empty) > 1 else 'it'} out for the default."
+        )
     if config and run_file and config != run_file:
         raise FtctlError(f"Two run files, {run_file} and -c {config}: give one (merge them, or set keys with -o).")
     config = config or run_file

@@ -101,6 +101,12 @@ CASES = {
         ["render", "--backend", "sky", "--gpus", "A100", "--model-params", "135m", "--cluster", "Bad Name!"],
         "cluster 'Bad Name!': SkyPilot names a cluster with letters, digits, '-', '_' and '.', starting with a letter",
     ),
+    # '' (`-c "$RUN"` with RUN unset) was taken as not given: the defaults planned and launched instead
+    "empty-run-file": (["plan", "-c", ""], "-c given as '' (an unset shell variable?): give a value, or leave it out"),
+    "empty-gpus-and-output": (
+        ["launch", "--dry-run", "--gpus", "", "--output", ""],
+        "--gpus and --output given as '' (an unset shell variable?): give a value, or leave them out for the default.",
+    ),
 }
 
 
