@@ -77,3 +77,31 @@ def test_local_midnight_between_a_line_and_now_dates_the_line(zone):
     zone("America/Los_Angeles")
     assert clock(_utc(2027, 3, 14, 9, 59, 0), _utc(2027, 3, 14, 10, 1, 0)) == "01:59"
     assert clock(_utc(2027, 3, 14, 10, 1, 0), _utc(2027, 3, 14, 10, 2, 0)) == "03:01"
+
+
+@pytest.mark.parametrize("name", ["UTC", "Pacific/Kiritimati", "America/Los_Angeles"])
+def test_a_leases_age_by_the_stores_clock_spans_utc_midnight_in_every_zone(zone, name):
+    """A lease's age is the store's answer's Date less its write's time (ftctl.lease._version), both UTC: 15 s across
+    UTC midnight and a new year, whatever this machine's zone (libfaketime could not drive the lease tests' threads:
+    task-171-clock.md)."""
+    import datetime
+    import json
+    from types import SimpleNamespace
+
+    from ftctl import lease
+
+    zone(name)
+    written = datetime.datetime(2026, 12, 31, 23, 59, 50, tzinfo=datetime.timezone.utc)
+    date = "Fri, 01 Jan 2027 00:00:05 GMT"
+    s3 = SimpleNamespace(
+        protocol=("s3",),
+        call_s3=lambda *a, **k: {
+            "ETag": '"e"',
+            "LastModified": written,
+            "ResponseMetadata": {"HTTPHeaders": {"date": date}},
+        },
+    )
+    assert lease._version(s3, "b/runs/r/.ftctl/train-lease") == ('"e"', 14.0)  # less a second: whole seconds
+    meta = json.dumps({"generation": "7", "updated": "2026-12-31T23:59:50.000Z"})
+    gcs = SimpleNamespace(protocol=("gcs", "gs"), call=lambda *a: ({"Date": date}, meta))
+    assert lease._version(gcs, "b/runs/r/.ftctl/train-lease") == ("7", 14.0)
