@@ -1225,6 +1225,17 @@ def _axolotl(key: str, raw):
             raise ValueError("; ".join(refused))
 
         return TURNED[key][0], [dataset_as_data_path(str(d["path"])) for d in raw]
+    if key in ("datasets", "test_datasets") and raw is not None:  # of no shape read: which part (was "Unknown key")
+        entry = "[{path: FILE, type: ...}] (a Hub dataset: path: ORG/NAME)"
+        if isinstance(raw, str):
+            raise ValueError(
+                f"{raw!r} is a path alone, and axolotl's {key} is a list of entries: {key}: {entry}, or "
+                f"{TURNED[key][0]}: {raw}"
+            )
+        if not isinstance(raw, list) or not raw:
+            raise ValueError(f"{raw!r} names no dataset: give a list of entries, {key}: {entry}")
+        bad = [str(i) for i, d in enumerate(raw, 1) if not (isinstance(d, dict) and d.get("path"))]
+        raise ValueError(f"entry {', '.join(bad)} of {len(raw)} has no path: each entry is {entry}")
     return key, raw
 
 

@@ -21,6 +21,7 @@ def _files(tmp_path):
     (tmp_path / "qa.jsonl").write_text(ROWS)
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01garbage")
     (tmp_path / "dataset_info.json").write_text("{not json")
+    (tmp_path / "axolotl.yaml").write_text(f"datasets:\n  - path: {tmp_path}/qa.jsonl\n  - type: alpaca\n")
     (tmp_path / "lf.yaml").write_text(f"stage: sft\ndataset: qa\ndataset_dir: {tmp_path}\n")
     return tmp_path
 
@@ -106,6 +107,11 @@ CASES = {
     "empty-gpus-and-output": (
         ["launch", "--dry-run", "--gpus", "", "--output", ""],
         "--gpus and --output given as '' (an unset shell variable?): give a value, or leave them out for the default.",
+    ),
+    # axolotl's datasets of another shape: "Unknown key 'datasets'", though the key is read
+    "axolotl-datasets-no-path": (
+        [*PLAN, "-c", "@/axolotl.yaml"],
+        "'datasets' (run file): entry 2 of 2 has no path: each entry is [{path: FILE, type: ...}]",
     ),
 }
 
