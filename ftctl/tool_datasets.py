@@ -180,7 +180,8 @@ def data_columns_problems(columns: dict, datasets: list[str]) -> list[str]:
             problems.append(
                 f"data_columns names {path!r}, which is no dataset of data_path or eval_data_path "
                 f"({', '.join(datasets) or 'none given'}): key each description by its dataset's path as given "
-                f"there, {example}"
+                f"there, {example}; where --data replaced a run file's axolotl datasets, whose entries named their "
+                "fields, give the new data as an entry of datasets there instead"
             )
             continue
         try:

@@ -21,6 +21,8 @@ def _files(tmp_path):
     (tmp_path / "qa.jsonl").write_text(ROWS)
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01garbage")
     (tmp_path / "dataset_info.json").write_text("{not json")
+    named = "type: {field_instruction: prompt, field_output: answer}"
+    (tmp_path / "axolotl_named.yaml").write_text(f"datasets:\n  - path: {tmp_path}/other.jsonl\n    {named}\n")
     (tmp_path / "axolotl.yaml").write_text(f"datasets:\n  - path: {tmp_path}/qa.jsonl\n  - type: alpaca\n")
     (tmp_path / "lf.yaml").write_text(f"stage: sft\ndataset: qa\ndataset_dir: {tmp_path}\n")
     return tmp_path
@@ -47,6 +49,10 @@ CASES = {
     "data-columns-no-dataset": (
         [*PLAN, "--data", "@/qa.jsonl", "-o", "data_columns=promt=question"],
         "data_columns names 'promt', which is no dataset of data_path or eval_data_path (",
+    ),
+    "data-columns-of-replaced-axolotl-data": (
+        [*PLAN, "-c", "@/axolotl_named.yaml", "--data", "@/qa.jsonl"],
+        "; where --data replaced a run file's axolotl datasets, whose entries named their fields, give the new data",
     ),
     "data-columns-misspelt-field": (
         [*PLAN, "--data", "@/qa.jsonl", "-o", 'data_columns=@/qa.jsonl={"instrction": "prompt", "output": 5}'],
