@@ -491,24 +491,34 @@ def test_ddp_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path
         assert json.loads((tmp_path / f"bucket-{rank}.json").read_text()) == 1  # the spec's bucket size reached DDP
 
 
+@pytest.fixture(scope="module")
+def zero2_run(tiny_model_dir, tiny_data, tmp_path_factory):
+    """One ZeRO-2 run on 2 gloo processes (4 steps, an evaluation at the last) of a bf16 plan, for the tests of
+    its losses and of its final model's dtype (a launch is ~12 s of 2 processes importing DeepSpeed): its dir."""
+    from dataclasses import replace
+
+    tmp_path = tmp_path_factory.mktemp("zero2")
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, tmp_path / "out", "fft", gpus="2xcpu", max_steps=4, save_steps=100,
+        strategy="zero2", eval_data_path=str(tiny_data), eval_steps=4,
+    )  # fmt: skip
+    assert (plan.world_size, plan.per_device_train_batch_size, plan.gradient_accumulation_steps) == (2, 2, 1)
+    env = subprocess_env(TORCH_EXTENSIONS_DIR=tmp_path / "torch-extensions")
+    # bf16 changes no loss on CPU (no autocast; DeepSpeed's "auto" bf16 follows the Trainer's, off on CPU)
+    proc = run_trainer_cli(write_spec(spec, replace(plan, precision="bf16"), tmp_path / "spec.json"), nproc=2, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return tmp_path
+
+
 @pytest.mark.slow
-def test_deepspeed_zero2_two_processes_match_one_process(tiny_model_dir, tiny_data, tmp_path, single_process_losses):
+def test_deepspeed_zero2_two_processes_match_one_process(zero2_run, single_process_losses):
     """DeepSpeed ZeRO-2 on CPU (gloo) with the config generated from the plan. Nothing compiles: DeepSpeed's
     shared-memory all-reduce for CPU groups (25-45 s of g++ on 2 cores) is left out (distributed.py)."""
-    ops = tmp_path / "torch-extensions"
-    losses = _two_process_losses(
-        tiny_model_dir,
-        tiny_data,
-        tmp_path,
-        strategy="zero2",
-        env=subprocess_env(TORCH_EXTENSIONS_DIR=ops),
-        eval_data_path=str(tiny_data),
-        eval_steps=4,
-    )
-    _assert_same_losses(losses, single_process_losses)
+    ops = zero2_run / "torch-extensions"
+    _assert_same_losses(losses_by_step(zero2_run / "out"), single_process_losses)
     assert not ops.exists() or not any(ops.iterdir()), list(ops.iterdir())
-    assert (tmp_path / "out" / "model.safetensors").is_file()
-    records = map(json.loads, (tmp_path / "out" / "metrics.jsonl").read_text().splitlines())
+    assert (zero2_run / "out" / "model.safetensors").is_file()
+    records = map(json.loads, (zero2_run / "out" / "metrics.jsonl").read_text().splitlines())
     assert [r["step"] for r in records if r.get("event") == "eval"] == [4]
 
 
@@ -1029,18 +1039,23 @@ def test_a_bf16_fft_saves_its_final_model_in_bf16_and_its_checkpoints_in_fp32(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["zero2", "zero3"])
-def test_every_strategy_saves_a_bf16_runs_final_model_in_bf16(tiny_model_dir, tiny_data, tmp_path, strategy):
+def test_every_strategy_saves_a_bf16_runs_final_model_in_bf16(tiny_model_dir, tiny_data, tmp_path, strategy, request):
     """The same dtype whatever the strategy (2 gloo processes): ZeRO-2's module and ZeRO-3's
     gathered weights (16-bit on a GPU, fp32 on CPU) are all cast to the plan's final dtype; FSDP, which does not
-    run on CPU, goes through the same SFTTrainer._save."""
+    run on CPU, goes through the same SFTTrainer._save. ZeRO-2's is the bf16 run of zero2_run."""
     from dataclasses import replace
 
-    spec, plan = make_run(
-        tiny_model_dir, tiny_data, tmp_path / "out", "fft", gpus="2xcpu", max_steps=2, save_steps=100, strategy=strategy
-    )
-    env = subprocess_env(TORCH_EXTENSIONS_DIR=tmp_path / "torch-extensions")
-    proc = run_trainer_cli(write_spec(spec, replace(plan, precision="bf16"), tmp_path / "spec.json"), nproc=2, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert _dtypes(tmp_path / "out") == {"torch.bfloat16"}
-    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    if strategy == "zero2":
+        out = request.getfixturevalue("zero2_run") / "out"
+    else:
+        out = tmp_path / "out"
+        spec, plan = make_run(
+            tiny_model_dir, tiny_data, out, "fft", gpus="2xcpu", max_steps=2, save_steps=100, strategy=strategy
+        )
+        env = subprocess_env(TORCH_EXTENSIONS_DIR=tmp_path / "torch-extensions")
+        spec_path = write_spec(spec, replace(plan, precision="bf16"), tmp_path / "spec.json")
+        proc = run_trainer_cli(spec_path, nproc=2, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert _dtypes(out) == {"torch.bfloat16"}
+    config = json.loads((out / "config.json").read_text())
     assert (config["dtype"], config["torch_dtype"]) == ("bfloat16", "bfloat16")
