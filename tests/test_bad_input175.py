@@ -156,3 +156,21 @@ def test_a_user_config_that_is_no_text_is_said_before_any_command(tmp_path, monk
     (tmp_path / "ftctl" / "config.yaml").write_bytes(b"\xff\xfe\x00")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     _refused(CliRunner().invoke(main, ["jobs"]), "config.yaml is not text (byte 1 is no UTF-8): give ftctl's config")
+
+
+def test_chat_refuses_a_temperature_of_nan(tmp_path):
+    """--temperature nan sampled from nan probabilities and exited 0 (/work/notes/task-175-extra.patch)."""
+    said = "--temperature nan: give 0 (greedy) or more, a finite number."
+    _refused(CliRunner().invoke(main, ["chat", str(tmp_path), "-p", "hi", "--temperature", "nan"]), said)
+
+
+def test_a_docker_same_paths_setting_of_no_yes_or_no_is_said(monkeypatch):
+    """FTCTL_DOCKER_SAME_PATHS=maybe was read as no, and a remote engine's launch refused for the mounts it says fix."""
+    from ftctl.docker import engine
+    from ftctl.errors import FtctlError
+
+    monkeypatch.setenv(engine.SAME_PATHS_ENV, "maybe")
+    with pytest.raises(FtctlError, match="FTCTL_DOCKER_SAME_PATHS=maybe: set it to 1 where the engine's machine"):
+        engine.same_paths()
+    monkeypatch.setenv(engine.SAME_PATHS_ENV, "0")
+    assert engine.same_paths() is False

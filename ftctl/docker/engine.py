@@ -156,7 +156,13 @@ LOOPBACK = ("localhost", "127.0.0.1", "::1")
 def same_paths() -> bool:
     """$FTCTL_DOCKER_SAME_PATHS=1: the user says the remote engine's machine sees this machine's paths at the same
     place (a shared filesystem), so the run's mounts hold there."""
-    return os.environ.get(SAME_PATHS_ENV, "").strip().lower() in ("1", "true", "yes")
+    value = os.environ.get(SAME_PATHS_ENV, "").strip().lower()
+    if value not in ("", "0", "false", "no", "1", "true", "yes"):  # `maybe` read as no, and the launch refused
+        raise FtctlError(
+            f"{SAME_PATHS_ENV}={os.environ[SAME_PATHS_ENV]}: set it to 1 where the engine's machine sees this one's "
+            "paths at the same place (a shared filesystem), 0 or unset where it does not."
+        )
+    return value in ("1", "true", "yes")
 
 
 def endpoint_env() -> dict[str, str]:

@@ -47,8 +47,8 @@ class Decoding:
     def check(self) -> None:
         if self.max_new_tokens < 1:
             raise FtctlError(f"--max-new-tokens {self.max_new_tokens}: give at least 1.")
-        if self.temperature < 0:
-            raise FtctlError(f"--temperature {self.temperature}: give 0 (greedy) or more.")
+        if not 0 <= self.temperature < float("inf"):  # nan too: it sampled from nan probabilities
+            raise FtctlError(f"--temperature {self.temperature}: give 0 (greedy) or more, a finite number.")
         if not 0 < self.top_p <= 1:
             raise FtctlError(f"--top-p {self.top_p}: give a value in (0, 1].")
 
