@@ -31,6 +31,9 @@ def _files(tmp_path):
 PLAN = ["plan", "--gpus", "cpu", "--model-params", "135m"]
 
 CASES = {
+    # ftctl build for no GPU tier: built the default A100,H100 image and recorded it as asked for
+    "build-for-cpu": (["build", "--gpus", "cpu", "--dry-run"], "ftctl build compiles flash-attn for GPU tiers"),
+    "build-for-nothing": (["build", "--gpus", ",", "--dry-run"], "name them (--gpus H100, or A100,H100)"),
     # a run file that is no text (a binary given by mistake): UnicodeDecodeError's traceback
     "binary-run-file": (
         [*PLAN, "-c", "@/binary.yaml"],

@@ -95,6 +95,11 @@ def commands(
     context: Path | None = None,
     cuda: str | None = None,
 ) -> BuildPlan:
+    if not image.named_tiers(gpus):  # cpu, '' or ',': nothing to compile flash-attn for
+        raise FtctlError(
+            f"--gpus {gpus!r}: ftctl build compiles flash-attn for GPU tiers: name them (--gpus H100, or A100,H100); "
+            "a CPU run needs no build (flash-attn is for GPUs)."
+        )
     cuda = image.pins(cuda=cuda).cuda_short if cuda else image.flavour_for(gpus)
     args = image.build_args(gpus, max_jobs=max_jobs, cuda=cuda)
     tag = image.check_tag(tag) if tag else image.image_tag(gpus, cuda=cuda)
