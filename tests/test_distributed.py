@@ -9,6 +9,7 @@ under the temp dir that later runs reuse.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -23,7 +24,10 @@ from ftctl.errors import FtctlError
 from tests.trainer_fixtures import REPO, losses_by_step, make_run, run_trainer_cli, subprocess_env, write_spec
 
 STEPS = 6
-DS_ENV = {"TORCH_EXTENSIONS_DIR": Path(tempfile.gettempdir()) / "ftctl-torch-extensions"}
+# one build of CPU Adam a venv: the op built by another venv's torch (the CI's checkout beside a working one) has
+# other include paths in its command, and ninja built it again over the other's (95-135 s of g++ on 2 cores, each time)
+VENV = hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]
+DS_ENV = {"TORCH_EXTENSIONS_DIR": Path(tempfile.gettempdir()) / f"ftctl-torch-extensions-{VENV}"}
 
 
 def _run(tiny_model_dir, tiny_data, out, gpus="cpu", **overrides):
@@ -457,9 +461,21 @@ dist.destroy_process_group()
 """
 
 
-def test_the_stop_vote_decides_on_every_rank_one_step_after_the_request(tmp_path):
+@pytest.fixture(scope="module")
+def two_rank_rows(tmp_path_factory) -> tuple[list, list]:
+    """STOP_VOTE's rows, then FSDP_GRAD_NORM's, printed by the same 2 gloo processes: one torchrun for both tests (each
+    ~10 s of two processes importing torch on 2 cores, for well under a second of work)."""
+    both = STOP_VOTE.replace("dist.destroy_process_group()\n", "") + FSDP_GRAD_NORM.replace(
+        'dist.init_process_group("gloo")\n', ""
+    )
+    rows = _printed_by_two_ranks(tmp_path_factory.mktemp("two-ranks"), both)
+    votes = [row for row in rows if all(isinstance(x, bool) for x in row)]
+    return votes, [row for row in rows if row not in votes]
+
+
+def test_the_stop_vote_decides_on_every_rank_one_step_after_the_request(two_rank_rows):
     """distributed.StopVote: each step's vote comes back at the next step, the same on every rank."""
-    votes = _printed_by_two_ranks(tmp_path, STOP_VOTE)
+    votes, _ = two_rank_rows
     assert votes == [[False, False, True, True]] * 2
     from ftctl.trainer.distributed import StopVote
 
@@ -521,7 +537,7 @@ dist.destroy_process_group()
 """
 
 
-def test_fsdp2s_gradient_norm_reaches_the_host_as_a_plain_value(tmp_path):
+def test_fsdp2s_gradient_norm_reaches_the_host_as_a_plain_value(two_rank_rows):
     """Regression (bench/NOTES.md v19, two H200s): under FSDP2 the gradient norm is a DTensor; the deferred log stacked it with
     the loss and copied the stack into pinned memory: "aten.copy_.default got mixed torch.Tensor and DTensor"
     at the first step. to_host_later hands back its full value as a plain tensor. In the same processes, a lora run's
@@ -529,7 +545,7 @@ def test_fsdp2s_gradient_norm_reaches_the_host_as_a_plain_value(tmp_path):
     whole, as plain tensors, on rank 0 only, without the frozen base transformers' save gathered there too, nor the
     frozen LM head tied to the embedding (torch's get_model_state_dict(ignore_frozen_params=True) kept it: bench/NOTES.md
     v82), and loaded back as a resume on 2 processes loads it (broadcast from rank 0, strict=False)."""
-    rows = _printed_by_two_ranks(tmp_path, FSDP_GRAD_NORM)
+    _, rows = two_rank_rows  # printed by the processes of the stop vote's test, after its vote
     assert len(rows) == 2
     for is_dtensor, host_type, on_host, full, _ in rows:
         assert is_dtensor and host_type == "Tensor" and on_host == pytest.approx(full) and full > 0
