@@ -240,7 +240,7 @@ def test_an_outgrown_conversation_drops_its_oldest_turns(lora_run):
     "args, message",
     [
         (["{empty}"], "No model or LoRA adapter (adapter_config.json) in"),
-        (["{empty}", "--temperature", "-1"], "--temperature -1.0: give 0 (greedy) or more."),
+        (["{empty}", "--temperature", "-1"], "--temperature -1.0: give 0 (greedy) or more, a finite number."),
         (["{empty}", "--max-new-tokens", "0"], "--max-new-tokens 0: give at least 1."),
     ],
 )

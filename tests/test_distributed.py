@@ -9,7 +9,6 @@ under the temp dir that later runs reuse.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,10 +23,8 @@ from ftctl.errors import FtctlError
 from tests.trainer_fixtures import REPO, losses_by_step, make_run, run_trainer_cli, subprocess_env, write_spec
 
 STEPS = 6
-# one build of CPU Adam a venv: the op built by another venv's torch (the CI's checkout beside a working one) has
-# other include paths in its command, and ninja built it again over the other's (95-135 s of g++ on 2 cores, each time)
-VENV = hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]
-DS_ENV = {"TORCH_EXTENSIONS_DIR": Path(tempfile.gettempdir()) / f"ftctl-torch-extensions-{VENV}"}
+# where scripts/test.sh builds CPU Adam while the first tests run (and tests/test_resume_settings.py loads it from)
+DS_ENV = {"TORCH_EXTENSIONS_DIR": Path(tempfile.gettempdir()) / "ftctl-torch-extensions"}
 
 
 def _run(tiny_model_dir, tiny_data, out, gpus="cpu", **overrides):
