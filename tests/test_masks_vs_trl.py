@@ -6,7 +6,7 @@ too), Qwen3, Llama 3, Gemma and Phi-3 as TRL ships them, over the tiny tokenizer
 The two agree on every token but whitespace: TRL's training templates put the line break after an end-of-turn token
 (`<|im_end|>\\n`, `<end_of_turn>\\n`, `<|end|>\\n`) and the one ending ChatML's assistant header in the generation
 block, tokens the model is never asked to write (the header is the prompt, and generation stops at the end of turn);
-ftctl trains the answer and its end-of-turn token (README, Data). Everything ftctl trains, TRL trains; everything TRL
+ftctl trains the answer and its end-of-turn token (docs/data.md). Everything ftctl trains, TRL trains; everything TRL
 alone trains is whitespace. Phi-3's template ends the conversation with eos: trained after the last answer by TRL
 and by ftctl, after one turn as after several (ftctl left it out of multi-turn rows)."""
 

@@ -760,8 +760,8 @@ TOKEN = "hf_" + "AbCdEfGh12345678IjKl"  # the shape of a token, not one
     ],
 )
 def test_a_credential_in_a_setup_line_is_refused(line, said):
-    """The README says secrets pass by name only, but `-o setup='export HF_TOKEN=hf_...'` (the usual first try) was
-    written into job.sbatch, spec.json and, where the line failed, the job's log."""
+    """docs/configuration.md says secrets pass by name only, but `-o setup='export HF_TOKEN=hf_...'` (the usual first
+    try) was written into job.sbatch, spec.json and, where the line failed, the job's log."""
     with pytest.raises(FtctlError) as e:
         build({"setup": [line]})
     assert said in str(e.value) and TOKEN not in str(e.value) and "--secret" in str(e.value)
@@ -1160,8 +1160,8 @@ special_tokens:
 
 
 def test_axolotls_llama3_qlora_1b_example_reads_as_written(tmp_path):
-    """axolotl's examples/llama-3/qlora-1b.yml was refused four ways although the README says axolotl's example files
-    launch as written: eval_sample_packing ('did you mean eval_split?'), the loss watchdog's two keys, and
+    """axolotl's examples/llama-3/qlora-1b.yml was refused four ways although docs/other-tools.md says axolotl's
+    example files launch as written: eval_sample_packing ('did you mean eval_split?'), the loss watchdog's two keys, and
     special_tokens holding only a pad_token (padding carries no loss)."""
     notes: list[str] = []
     spec = build(_yaml(tmp_path, AXOLOTL_QLORA_1B), notes=notes)
