@@ -511,8 +511,11 @@ class SlurmBackend(Backend):
         """The plan for the RAM the partition's nodes have (slurm_doctor.host_memory: sinfo, the answer check() and
         estimate() then reuse) where the run does not give it (-o host_memory_gb); where the controller does not
         answer, the planner's assumption (plan.assumed_host_gb), as before. Its notes say what --mem asks for, and
-        why (slurm_render.memory_request, as the script's comment says it)."""
+        why (slurm_render.memory_request, as the script's comment says it). The partition, account, QOS and time
+        a run leaves out are SBATCH_PARTITION's ... of this shell, where set, as sbatch would take them."""
+        spec, taken = slurm_render.env_defaults(spec, os.environ)
         spec, plan = self._resolve(spec)
+        plan.notes += taken
         if asked := slurm_render.memory_request(spec, plan):
             plan.notes.append(f"--mem={slurm_render.mem_size(asked[0])} a node: {asked[1]}")
         return spec, plan
@@ -582,7 +585,11 @@ class SlurmBackend(Backend):
             time=spec.time,
             reuse=True,  # the answer resolve() planned the node RAM with
         )
-        report.raise_if_never_runs()
+        try:
+            report.raise_if_never_runs()
+        except FtctlError as e:  # a partition or time the shell's SBATCH_* gave: said, as the run did not
+            taken = slurm_render.env_taken(spec, os.environ)
+            raise FtctlError(f"{e} ({taken})" if taken else str(e)) from None
         cpu_only = path_python_cpu_only(probed) if probed and plan.tier else None
         for doubt in [*report.doubts, *slurm_render.setup_doubts(spec), *([cpu_only] if cpu_only else [])]:
             click.echo(f"warning: {doubt}", err=True)
@@ -591,6 +598,9 @@ class SlurmBackend(Backend):
         if report.gres_type:
             spec_json = rendered.files[rendered.paths.spec.name]
             rendered.text, rendered.files = self.render(spec, plan, rendered.paths, spec_json, report.gres_type)
+        for var in slurm_render.env_overrides(rendered.text, os.environ):
+            if said := slurm_render.env_override_note(var, os.environ[var], rendered.text):
+                click.echo(f"note: {said}", err=True)
 
     def estimate(self, spec, plan) -> str | None:
         """A plan or dry run where the cluster cannot be asked: what could not be checked here, and why (no Slurm on
@@ -609,7 +619,10 @@ class SlurmBackend(Backend):
 
     def send(self, rendered: Rendered) -> JobRef:
         paths = rendered.paths
-        job = scheduler.submit(paths.sbatch, cwd=paths.root)
+        # sbatch's variables of this shell that would override the script's lines (check() said them) stay out
+        left_out = slurm_render.env_overrides(rendered.text, os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in left_out}
+        job = scheduler.submit(paths.sbatch, cwd=paths.root, env=env)
         # what was submitted, once sbatch took it (a refusal stays one line), on stderr: stdout's first line is the id
         for line in plan_lines(rendered):
             click.echo(line, err=True)

@@ -35,6 +35,7 @@ import math
 import os
 import re
 import shutil
+from dataclasses import replace
 
 from ftctl import __version__
 from ftctl.envvars import ATTEMPT_ENV, SLURM_RESTART_ENV, THREADS_ENV
@@ -129,6 +130,110 @@ FIXED_OPTIONS = {
     "chdir": "Slurm writes the job's log (slurm-JOBID.out, which `ftctl logs` reads) in the job's working directory, "
     "the run directory ftctl launch submits from; another one sent it elsewhere",
 }
+
+
+# sbatch's input environment variables for what the script sets (man sbatch, INPUT ENVIRONMENT VARIABLES). sbatch
+# takes them over the script's #SBATCH lines: a profile's SBATCH_TIMELIMIT replaced --time, SBATCH_GRES=nvme:1 the
+# GPUs, SBATCH_NO_REQUEUE the requeue, SBATCH_ACCOUNT the --account given. The script's line holds: launch sends
+# sbatch none of them (env_overrides); partition, account, QOS and time a run leaves out come from them (env_defaults)
+ENV_OPTIONS = {
+    "SBATCH_JOB_NAME": "job-name",
+    "SBATCH_PARTITION": "partition",
+    "SBATCH_ACCOUNT": "account",
+    "SBATCH_QOS": "qos",
+    "SBATCH_TIMELIMIT": "time",
+    "SBATCH_GRES": "gres",
+    "SBATCH_GPUS": "gres",
+    "SBATCH_GPUS_PER_NODE": "gres",
+    "SBATCH_GPUS_PER_TASK": "gres",
+    "SBATCH_MEM_PER_NODE": "mem",
+    "SBATCH_MEM_PER_CPU": "mem",
+    "SBATCH_MEM_PER_GPU": "mem",
+    "SBATCH_OUTPUT": "output",
+    "SBATCH_ERROR": "error",
+    "SBATCH_OPEN_MODE": "open-mode",
+    "SBATCH_REQUEUE": "requeue",
+    "SBATCH_NO_REQUEUE": "requeue",
+    "SBATCH_SIGNAL": "signal",
+    "SBATCH_ARRAY_INX": "array",
+}
+_LEFT_OUT = ("error", "array")  # what the script leaves out on purpose: one log, one job
+_SAME_OPTION = {"mem-per-cpu": "mem", "mem-per-gpu": "mem", "gpus": "gres", "gpus-per-node": "gres"}
+ENV_DEFAULTS = {
+    "partition": "SBATCH_PARTITION",
+    "account": "SBATCH_ACCOUNT",
+    "qos": "SBATCH_QOS",
+    "time": "SBATCH_TIMELIMIT",
+}
+
+
+def env_overrides(text: str, environ) -> dict[str, str]:
+    """The variables of ``environ`` that sbatch would take over a line of the script ``text`` (each one's option):
+    what launch leaves out of sbatch's environment."""
+    written = {
+        _SAME_OPTION.get(key, key)
+        for line in text.splitlines()
+        if line.startswith("#SBATCH --") and (key := line[len("#SBATCH --") :].split("=")[0])
+    }
+    return {
+        var: option
+        for var, option in ENV_OPTIONS.items()
+        if environ.get(var) is not None and (option in written or option in _LEFT_OUT)
+    }
+
+
+def env_defaults(spec: RunSpec, environ) -> tuple[RunSpec, list[str]]:
+    """``spec`` with the partition, account, QOS and time limit it leaves out taken from sbatch's variables in
+    ``environ`` (SBATCH_PARTITION ...), as sbatch would take them, so that the plan, the checks against the partition
+    and the script say what the job gets; and a note each. A time Slurm cannot read is refused naming its variable."""
+    taken, notes = {}, []
+    for key, var in ENV_DEFAULTS.items():
+        value = (environ.get(var) or "").strip()
+        if getattr(spec, key) or not value:
+            continue
+        if key == "time":
+            try:
+                limit = slurm_time_s(value)
+            except ValueError:
+                raise FtctlError(
+                    f"{var}={value} (this shell): Slurm reads minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS "
+                    "(12 hours: 12:00:00); correct or unset it, or pass --time."
+                ) from None
+            if limit is not None and limit <= spec.signal_lead_s:
+                raise FtctlError(
+                    f"{var}={value} (this shell) is not longer than signal_lead_s={spec.signal_lead_s}: the job would be "
+                    "told to checkpoint and requeue before it trains; pass a longer --time, or unset it."
+                )
+        taken[key] = value
+        notes.append(f"--{key} {value}: from {var} in this shell, as sbatch takes it where the run gives no --{key}")
+    return (replace(spec, **taken) if taken else spec), notes
+
+
+def env_taken(spec: RunSpec, environ) -> str | None:
+    """Which of the run's partition, account, QOS and time are this shell's SBATCH_* (env_defaults took them)."""
+    taken = [
+        f"--{key} {getattr(spec, key)} is {var}'s in this shell"
+        for key, var in ENV_DEFAULTS.items()
+        if getattr(spec, key) and (environ.get(var) or "").strip() == getattr(spec, key)
+    ]
+    return "; ".join(taken) or None
+
+
+def env_override_note(var: str, value: str, text: str) -> str | None:
+    """What launch says of an overriding variable it leaves out (None where the script's line says the same)."""
+    option = ENV_OPTIONS[var]
+    lines = [line[len("#SBATCH ") :] for line in text.splitlines() if line.startswith("#SBATCH --")]
+    line = next((a for a in lines if _SAME_OPTION.get(k := a[2:].split("=")[0], k) == option), None)
+    if line is not None and line.partition("=")[2] == value.strip():
+        return None
+    if line is None:  # --error, --array: left out on purpose
+        return f"{var}={value} (this shell) is not passed to sbatch: {OWN_OPTIONS[option]}."
+    mem = {"SBATCH_MEM_PER_NODE": "mem"}.get(var, var[len("SBATCH_") :].lower().replace("_", "-"))
+    how = OWN_OPTIONS.get(option) or f"--sbatch-arg=--{mem}={value} asks for it"
+    return (
+        f"{var}={value} (this shell) is not passed to sbatch, which would take it over the script's #SBATCH {line}: "
+        f"that line holds; {how}."
+    )
 
 
 def _extra_arg(arg: str) -> str:
