@@ -18,6 +18,7 @@ another machine), the newest complete checkpoint in the store says the step it s
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import time
@@ -33,9 +34,9 @@ STAMPED = re.compile(r"  (\d\d):(\d\d):(\d\d) UTC\s*$")  # its end: when it was 
 ETA = re.compile(r"  ETA ((?:\d+ days?, )?\d+:\d\d:\d\d)(?:  \d\d:\d\d:\d\d UTC)?\s*$")  # "ETA 1 day, 2:03:04"
 CLOCK_SKEW_S = 300.0  # a stamp up to this far ahead of this machine's clock is today's (the node's clock runs ahead)
 STALE_AFTER_S = 120.0  # a running job's last logged step older than this and 3 of its intervals: said how old
-# logging's time at a line's start (trainer.__main__'s format: "2026-12-05 14:02:03,123 [rank 0] ..."): a dated line
-# after a step line says the step line is older
-LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.]\d{3} ")
+# logging's time at a line's start (trainer.__main__.ZonedFormatter: "2026-12-05 14:02:03,123 +0530 [rank 0] ...";
+# an older trainer's without the offset): a dated line after a step line says the step line is older
+LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.]\d{3} (?:([+-])(\d\d)(\d\d) )?")
 
 
 def records(text: str) -> list[dict]:
@@ -202,12 +203,18 @@ def _stamped(line: str, now: float) -> float | None:
 
 
 def _logged_at(line: str) -> float | None:
+    """When logging wrote a line of the trainer's, by the UTC offset it says (the node's zone, whatever this
+    machine's); a line without one (an older trainer's) in this machine's local time. None: no such line."""
     if not (m := LOG_TIME.match(line)):
         return None
     try:
-        return time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S"))
+        fields = time.strptime(m[1], "%Y-%m-%d %H:%M:%S")
     except ValueError:
         return None
+    if not m[2]:
+        return time.mktime(fields)
+    offset = int(m[3]) * 3600 + int(m[4]) * 60
+    return calendar.timegm(fields) - (offset if m[2] == "+" else -offset)
 
 
 def _seconds(eta: str) -> float:

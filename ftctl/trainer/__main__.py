@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from ftctl import failures, quiet, terminal
 from ftctl.envvars import FAILURE_DIR_ENV
@@ -27,10 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--spec", required=True, help="spec.json written by ftctl (the run and its plan)")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 or quiet.verbose() else logging.WARNING,
-        format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s",
-    )
+    log_to_stderr(rank)
     failure = Failure(rank)
     failure.catch_signals()  # the trainer's PreemptionCallback takes SIGTERM and SIGHUP over while it trains
     plan = None
@@ -65,6 +63,22 @@ def main(argv=None) -> int:
         if result.status == "complete":
             _say(next_steps(spec))
     return 0
+
+
+class ZonedFormatter(logging.Formatter):
+    """logging's time with its zone's UTC offset: ``2026-12-05 14:02:03,123 +0530 [rank 0] ...``. The node's local
+    time said alone could not be lined up with the progress line's ``14:02:05 UTC`` nor with a laptop's clock in
+    another zone (progress._logged_at reads it back, and an older trainer's line without the offset as local time)."""
+
+    def formatTime(self, record, datefmt=None):
+        return f"{super().formatTime(record, datefmt)} {time.strftime('%z', self.converter(record.created))}"
+
+
+def log_to_stderr(rank: int) -> None:
+    """The trainer's log records, to stderr: rank 0's from INFO, the others' from WARNING (all with FTCTL_VERBOSE)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(ZonedFormatter(f"%(asctime)s [rank {rank}] %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if rank == 0 or quiet.verbose() else logging.WARNING, handlers=[handler])
 
 
 def _say(line: str) -> None:

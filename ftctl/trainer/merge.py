@@ -27,8 +27,8 @@ import os
 import shlex
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from ftctl import failures, quiet, storage
@@ -120,7 +120,7 @@ def merge(
                 "base_weights": weights,
                 "method": adapter.method,
             }
-            text = json.dumps({**record, "merged_at": time.strftime("%Y-%m-%d %H:%M")}) + "\n"
+            text = json.dumps({**record, "merged_at": merged_now()}) + "\n"
             (tmp / MERGE_RECORD).write_text(text)
             model_card.write_merged(
                 tmp, named or run_dir_or_checkpoint, into, adapter.method, _card_words(weights, precision)
@@ -129,6 +129,14 @@ def merge(
         os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)
     log.info("merged %s into %s (%s, %s base) -> %s", adapter.path, into, precision, weights, out)
     return out
+
+
+def merged_now() -> str:
+    """A merge record's ``merged_at``: this machine's local time in ISO 8601 with its UTC offset
+    (``2026-12-06T08:31:07+05:30``), one instant read on any machine. Records before it hold ``2026-12-06 08:31``, the
+    merging machine's local time without its zone; both are shown as they are written (_refuse_existing,
+    trained.merged_again)."""
+    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def adapter_recorded(adapter: Path, out: Path) -> str:
