@@ -57,11 +57,50 @@ AXOLOTL_DATASET_KEYS = {
 }
 
 
+# axolotl's dataset types (the part of type before any '.' or ':', lower case): the ones its loader handles itself,
+# its prompt_strategies modules and those of their dpo, kto, orpo, bradley_terry and ebft packages (an RL config's
+# chatml.intel). A type none of them is refused where one is near it (a misspelling, which axolotl refuses too);
+# another is noted as unread (a module of the user's own: my_pkg.my_strategy).
+AXOLOTL_TYPES = (
+    *("alpaca", "explainchoice", "concisechoice", "summarizetldr", "jeopardy", "oasst", "gpteacher", "reflection"),
+    *("alpaca_chat", "alpaca_instruct", "alpaca_w_system", "aptchat", "aptchat_v2", "bradley_terry", "chat"),
+    *("chat_template", "completion", "context_qa", "conversational_lm", "creative_acr", "dpo", "ebft", "input_output"),
+    *("instruct", "kto", "llama2_chat", "messages", "metharme", "multimodal_pretrain", "orcamini", "orpo"),
+    *("preference_chat_template", "pretrain", "pygmalion", "sharegpt", "sharegpt_jokes", "sharegpt_simple"),
+    *("stepwise", "stepwise_supervised", "summarization", "synthetic", "user_defined", "vicuna"),
+    *("chatml", "llama3", "mistral", "passthrough", "zephyr", "ebft_chat_multiturn", "ebft_opencode", "ebft_pretrain"),
+    *("ebft_reasoning", "ebft_strided_chat", "ebft_strided_structured"),
+)
+
+
+def axolotl_type_misspelt(kind) -> str | None:
+    """Why an entry's ``type: kind`` is refused: a name near one of axolotl's types and none of them (``alpacka``,
+    ``Alpaca``, ``alpacka:chatml``), with the one to write; None for a known type, a custom type (a mapping), a name
+    near none, or a dotted one (``my_pkg.my_strategy``: axolotl imports a module of the user's own by it)."""
+    import difflib
+
+    if not isinstance(kind, str) or not kind.strip():
+        return None
+    base = kind.strip().split(":")[0]
+    if base in AXOLOTL_TYPES or "." in base:
+        return None
+    near = difflib.get_close_matches(base.lower(), AXOLOTL_TYPES, n=1, cutoff=0.8)
+    if not near:
+        return None
+    return (
+        f"no type of axolotl's: write type: {near[0] + kind.strip()[len(base) :]} (the nearest; ftctl reads each "
+        "row's format from its fields, axolotl refuses a type it does not know)"
+    )
+
+
 def axolotl_dataset_refuses(key: str, value, held_out: str = "") -> str | None:
-    """Why an axolotl dataset entry's ``key: value`` asks for other rows or tokens than ftctl trains, None where it
-    does not (or is one ftctl does not read: the note says which). ``held_out``: the entry's path, where it is one of
-    test_datasets (eval_data_path here), whose split a Hub dataset's held-out data is (test or validation; a
-    file's rows are its train split, which axolotl's examples name)."""
+    """Why an axolotl dataset entry's ``key: value`` asks for other rows or tokens than ftctl trains, or is a
+    misspelt type (axolotl_type_misspelt), None where it is neither (or is one ftctl does not read: the note says
+    which). ``held_out``: the entry's path, where it is one of test_datasets (eval_data_path here), whose split a Hub
+    dataset's held-out data is (test or validation; a file's rows are its train split, which axolotl's examples
+    name)."""
+    if key == "type":
+        return axolotl_type_misspelt(value)
     if key not in AXOLOTL_DATASET_KEYS:
         return None
     agrees, how = AXOLOTL_DATASET_KEYS[key]
@@ -101,6 +140,30 @@ AXOLOTL_TYPE_FORMATS = {
 }
 
 
+# an axolotl dataset entry's keys (and its custom type's) whose value names a field of the data: a name is text
+NAME_KEYS = (
+    *AXOLOTL_TYPE_FIELDS,
+    *("field_messages", "message_field_role", "message_field_content", "field_human", "field_model", "field"),
+)
+
+
+def _unnamed(entry: dict) -> str | None:
+    """An entry's field name that is no text (``field_instruction: 5``; axolotl refuses it too), said with the fix:
+    in its custom type, at the entry's level or in message_property_mappings. None where every one is text."""
+    kind, mapped = entry.get("type"), entry.get("message_property_mappings")
+    given = [(f"type's {k}", v) for k, v in kind.items() if k in NAME_KEYS] if isinstance(kind, dict) else []
+    given += [(k, v) for k, v in entry.items() if k in NAME_KEYS]
+    given += [(f"message_property_mappings' {k}", v) for k, v in mapped.items()] if isinstance(mapped, dict) else []
+    for where, value in given:
+        if value is not None and not isinstance(value, str):
+            key = where.split()[-1]
+            # a custom type's field names are read in type only (axolotl's UserDefinedPrompterType)
+            write = f"type: {{{key}: prompt}}" if key in AXOLOTL_TYPE_FIELDS else f"{key}: NAME"
+            quoted = f" ({str(value)!r}, quoted, for a field named so)" if isinstance(value, (int, float)) else ""
+            return f"{where}: {value!r} is no field's name: write the name of the rows' field as text, {write}{quoted}"
+    return None
+
+
 def axolotl_columns(entry: dict) -> tuple[dict, str | None]:
     """(ftctl's own description of the fields an axolotl dataset entry names otherwise, as data_columns holds it: the
     field -> the data's name of it (messages, role, content; instruction, input, output, system), ``roles`` the data's
@@ -108,6 +171,8 @@ def axolotl_columns(entry: dict) -> tuple[dict, str | None]:
     the rest of a sentence after the entry's path, where the entry asks what ftctl cannot do). From field_messages,
     message_property_mappings (role, content; or message_field_role/_content, axolotl's older keys), roles (replacing
     axolotl's defaults, as axolotl does) and a custom type's field_* and system_prompt."""
+    if why := _unnamed(entry):
+        return {}, why
     described: dict = {}
     kind = entry.get("type")
     if isinstance(kind, dict):
