@@ -91,3 +91,26 @@ def test_what_the_script_does_not_ask_stays_sbatchs():
     assert slurm_render.env_overrides(cpu, environ) == {"SBATCH_MEM_PER_NODE": "mem", "SBATCH_ARRAY_INX": "array"}
     spec, notes = slurm_render.env_defaults(make_spec(**FLAGS, qos="high", output_dir="/o"), environ)
     assert spec.qos == "high" and notes == []  # the run's own
+
+
+# sinfo: 8 A100s and 48 CPUs a node (8 a GPU would be 64)
+WIDE = "gpu*|g1|idle|48|512000|1-00:00:00|up|gpu:a100:8(S:0-1)|g1\n"
+
+
+@pytest.mark.parametrize(("gpus", "cpus"), [("8xA100", 48), ("2xA100", 12), ("1xA100", 6)])
+def test_cpus_a_task_are_the_gpus_share_of_a_nodes_where_8_a_gpu_is_more(tmp_path, monkeypatch, gpus, cpus):
+    """8 GPUs on 48-CPU nodes asked --cpus-per-task=64 (8 a GPU) and launch refused it: 'use -o cpus_per_task=48'.
+    Now the GPUs' share of a node's CPUs, said in a note; a run's own -o cpus_per_task is checked as before."""
+    from ftctl.backend import get
+
+    fake_partition(tmp_path, monkeypatch, WIDE)
+    rendered = prepared(**{**FLAGS, "gpus": gpus}, output_dir="/o")
+    assert f"#SBATCH --cpus-per-task={cpus}\n" in rendered.text
+    assert any(
+        n.startswith(f"--cpus-per-task={cpus}: {gpus}'s share of the CPUs of partition gpu's")
+        for n in rendered.plan.notes
+    )
+    get("slurm").check(rendered)
+    with pytest.raises(FtctlError, match="use -o cpus_per_task=48"):
+        get("slurm").check(prepared(["cpus_per_task=64"], **{**FLAGS, "gpus": gpus}, output_dir="/o"))
+    assert get("slurm").doctor(gpus, "gpu")  # doctor --gpus: no problem launch does not have

@@ -516,9 +516,28 @@ class SlurmBackend(Backend):
         spec, taken = slurm_render.env_defaults(spec, os.environ)
         spec, plan = self._resolve(spec)
         plan.notes += taken
+        spec, fitted = self._fit_cpus(spec, plan)
+        plan.notes += fitted
         if asked := slurm_render.memory_request(spec, plan):
             plan.notes.append(f"--mem={slurm_render.mem_size(asked[0])} a node: {asked[1]}")
         return spec, plan
+
+    @staticmethod
+    def _fit_cpus(spec, plan) -> tuple:
+        """Where the run does not give -o cpus_per_task and the partition's nodes with its GPUs have fewer CPUs for
+        them than the default (8 a GPU: 8 GPUs on 48-CPU nodes were refused, 'use -o cpus_per_task=48'), their share
+        of a node's CPUs, and a note saying so; else ``spec`` as it is."""
+        if spec.cpus_per_task or not plan.tier or not shutil.which("sinfo"):
+            return spec, []
+        default = slurm_render.default_cpus_per_task(plan.gpus_per_node)
+        found = slurm_doctor.node_cpus(spec.partition, plan.tier, plan.gpus_per_node)
+        if found is None or found[0] >= default:
+            return spec, []
+        cpus, partition = found
+        return replace(spec, cpus_per_task=cpus), [
+            f"--cpus-per-task={cpus}: {plan.gpus_per_node}x{plan.tier}'s share of the CPUs of partition {partition}'s "
+            "nodes (8 a GPU where a node has that many; -o cpus_per_task=N asks for another)"
+        ]
 
     def _resolve(self, spec):
         if spec.host_memory_gb is not None or not spec.gpus or not shutil.which("sinfo"):
@@ -855,7 +874,6 @@ class SlurmBackend(Backend):
             nodes=req.nodes if req else None,  # 2x8xH100: two nodes of eight
             gpus_per_node=per_node,
             gpu_type=req.tier.name if req and req.tier else None,
-            cpus_per_task=slurm_render.default_cpus_per_task(per_node) if req else None,
-        )
+        )  # no CPU count checked: launch asks for the GPUs' share of a node's CPUs where 8 a GPU is more
         click.echo(report.format())
         return report.ok
