@@ -114,3 +114,16 @@ def test_cpus_a_task_are_the_gpus_share_of_a_nodes_where_8_a_gpu_is_more(tmp_pat
     with pytest.raises(FtctlError, match="use -o cpus_per_task=48"):
         get("slurm").check(prepared(["cpus_per_task=64"], **{**FLAGS, "gpus": gpus}, output_dir="/o"))
     assert get("slurm").doctor(gpus, "gpu")  # doctor --gpus: no problem launch does not have
+
+
+def test_doctor_checks_the_partition_of_the_shells_sbatch_partition(cluster, monkeypatch, capsys):
+    """`ftctl doctor --backend slurm --gpus 2xA100` checked the default partition where a launch, now as sbatch,
+    takes SBATCH_PARTITION's."""
+    from ftctl.backend import get
+
+    monkeypatch.setenv("SBATCH_PARTITION", "cpu")
+    assert not get("slurm").doctor("2xA100", None)
+    out = capsys.readouterr().out
+    assert "problem: partition 'cpu' has no GPUs" in out
+    assert out.endswith("note: partition cpu checked: SBATCH_PARTITION=cpu in this shell, as a launch takes it\n")
+    assert get("slurm").doctor("2xA100", "gpu")  # --partition: its own

@@ -869,6 +869,8 @@ class SlurmBackend(Backend):
 
         req = gpu_table.parse(gpus) if gpus else None
         per_node = req.per_node if req and req.tier else None
+        from_env = None if partition else (os.environ.get("SBATCH_PARTITION") or "").strip() or None
+        partition = partition or from_env
         report = slurm_doctor.doctor(
             partition=partition,
             nodes=req.nodes if req else None,  # 2x8xH100: two nodes of eight
@@ -876,4 +878,8 @@ class SlurmBackend(Backend):
             gpu_type=req.tier.name if req and req.tier else None,
         )  # no CPU count checked: launch asks for the GPUs' share of a node's CPUs where 8 a GPU is more
         click.echo(report.format())
+        if from_env:  # as a launch without --partition takes it (slurm_render.env_defaults)
+            click.echo(
+                f"note: partition {from_env} checked: SBATCH_PARTITION={from_env} in this shell, as a launch takes it"
+            )
         return report.ok
