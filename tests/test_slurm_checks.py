@@ -74,12 +74,13 @@ def _refused(overrides=(), **flags) -> str:
 
 # ------------------------------------------------------------------------------ what never runs
 def test_more_cpus_a_task_than_any_node_has_is_refused_with_the_key_to_change(cluster):
-    # 8 GPUs: ftctl's default is 8 CPUs a GPU (64); partition small's nodes have 32
-    msg = _refused(gpus="8xA100", partition="small")
+    # partition small's nodes have 32 CPUs: the run's own 64 is refused; ftctl's default (8 a GPU, 64) is their 32
+    msg = _refused(["cpus_per_task=64"], gpus="8xA100", partition="small")
     assert "--cpus-per-task=64 asked for (-o cpus_per_task, else 8 a GPU), but partition 'small' has at most 32 " in msg
     assert msg.endswith("use -o cpus_per_task=32. `ftctl doctor --backend slurm` shows what each partition has.")
     assert "-o cpus_per_task=64" in _refused(["cpus_per_task=65"], gpus="8xA100", partition="gpu")
     _checked(["cpus_per_task=32"], gpus="8xA100", partition="small")
+    assert "#SBATCH --cpus-per-task=32\n" in _checked(gpus="8xA100", partition="small").text  # helper 178
     _checked(gpus="8xA100", partition="gpu")  # 64 of 64
 
 

@@ -266,7 +266,7 @@ def restarts_on_errors(spec: RunSpec) -> int:
 
 
 def ignored_options(spec: RunSpec) -> list[str]:
-    """What SkyPilot would ignore of what the run sets, each with its fix (the README's promise: refused, never
+    """What SkyPilot would ignore of what the run sets, each with its fix (docs/backends.md's promise: refused, never
     ignored)."""
     out = []
     if spec.spot and (cloud := _cloud_name(infra_kind(spec) or "")) in NO_SPOT_CLOUDS:
