@@ -29,7 +29,7 @@ python=${PYTHON:-python3}
 archs=${FLASH_ATTN_CUDA_ARCHS:-80;90}
 nvcc_threads=${NVCC_THREADS:-2}
 gb_per_job=${FLASH_ATTN_GB_PER_JOB:-5}
-log() { echo "[build-flash-attn $(date -u +%H:%M:%S)] $*"; }
+log() { echo "[build-flash-attn $(date -u +%H:%M:%S) UTC] $*"; }
 
 command -v ninja >/dev/null || { echo "error: ninja is not on PATH: pip install ninja (a build without it takes hours)" >&2; exit 1; }
 nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc

@@ -855,7 +855,7 @@ def _launch_lock(path: Path, output: str, command: str, tries: int = 5):
             fh.truncate()
             fh.write(
                 f"`{command}` (pid {os.getpid()} on {socket.gethostname()} by {_user()} since "
-                f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n"
+                f"{time.strftime('%Y-%m-%d %H:%M:%S %z')})\n"
             )
             fh.flush()
         return fh
@@ -1024,7 +1024,7 @@ def jobs_table(last: int) -> str:
     shared = [why for why in dict.fromkeys(states) if why.startswith("unknown: ") and states.count(why) > 1]
     rows = [("JOB", "BACKEND", "OUTPUT", "LAUNCHED", "STATE")]  # the output tells runs apart, not their name
     for (ref, launched), text in zip(jobs, states):
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(launched)) if launched else "?"
+        when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(launched)) if launched else "?"
         said = f"unknown ({shared.index(text) + 1} below)" if text in shared else text
         rows.append((ref.job_id, ref.backend, ref.output, when, said))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -185,8 +185,9 @@ def logged_step(
 
 
 def clock(when: float, now: float) -> str:
-    """``14:02``, today's (local time); ``2026-12-04 14:02`` another day's."""
-    day = "%H:%M" if time.localtime(when)[:3] == time.localtime(now)[:3] else "%Y-%m-%d %H:%M"
+    """``14:02 IST``, today's (this machine's local time, its zone named: the log beside it says UTC, or another
+    node's offset); ``2026-12-04 14:02 IST`` another day's."""
+    day = "%H:%M %Z" if time.localtime(when)[:3] == time.localtime(now)[:3] else "%Y-%m-%d %H:%M %Z"
     return time.strftime(day, time.localtime(when))
 
 

@@ -361,6 +361,7 @@ def test_jobs_lists_each_job_once_newest_first_with_its_state_now(tmp_path, monk
     """`ftctl jobs`: the newest record of a job wins, a line cut short by a crash is skipped, a backend that cannot
     say is one word and its reason, never a traceback."""
     import json
+    import time
 
     from click.testing import CliRunner
 
@@ -387,8 +388,9 @@ def test_jobs_lists_each_job_once_newest_first_with_its_state_now(tmp_path, monk
     rows = [line.split() for line in out.stdout.splitlines()]
     assert rows[0] == ["JOB", "BACKEND", "OUTPUT", "LAUNCHED", "STATE"]
     assert [r[:3] for r in rows[1:]] == [["c1", "docker", "first"], ["c2", "docker", "other"], ["7", "local", "fg"]]
-    assert rows[1][5:] == ["RUNNING", "(running)"] and rows[2][5:] == ["SUCCEEDED", "exit", "0"]
-    assert " ".join(rows[3][5:]).startswith("local run, stopped before the end")  # a local run: its directory says
+    assert rows[1][3:6] == time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(400)).split()  # its zone named
+    assert rows[1][6:] == ["RUNNING", "(running)"] and rows[2][6:] == ["SUCCEEDED", "exit", "0"]
+    assert " ".join(rows[3][6:]).startswith("local run, stopped before the end")  # a local run: its directory says
     newest = CliRunner().invoke(main, ["jobs", "-n", "1"]).stdout.splitlines()
     assert len(newest) == 3 and newest[-1] == "(the newest 1 of 3 jobs: `ftctl jobs -n 3` lists them all)"
 

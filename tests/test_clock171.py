@@ -36,11 +36,11 @@ def _utc(*fields: int) -> float:
 @pytest.mark.parametrize(
     "name, shown",
     [
-        ("UTC", "2026-12-05 21:20"),  # 3 h before 00:20 UTC: yesterday's
-        ("Asia/Kolkata", "02:50"),  # 05:50 there: today's
-        ("America/Los_Angeles", "13:20"),  # 16:20 on the 5th there: today's
-        ("Pacific/Kiritimati", "11:20"),  # UTC+14
-        ("Australia/Darwin", "06:50"),  # UTC+9:30
+        ("UTC", "2026-12-05 21:20 UTC"),  # 3 h before 00:20 UTC: yesterday's
+        ("Asia/Kolkata", "02:50 IST"),  # 05:50 there: today's
+        ("America/Los_Angeles", "13:20 PST"),  # 16:20 on the 5th there: today's
+        ("Pacific/Kiritimati", "11:20 +14"),  # UTC+14
+        ("Australia/Darwin", "06:50 ACST"),  # UTC+9:30
     ],
 )
 def test_a_step_line_of_3_h_ago_at_00_20_utc_reads_in_the_local_day(zone, name, shown):
@@ -60,7 +60,7 @@ def test_a_stamp_seconds_before_utc_midnight_is_seconds_old_in_every_zone(zone, 
         logged_step([f"{LINE}  23:59:50 UTC"], True, now=midnight)
         .splitlines()[0]
         .endswith(
-            f"logged at {'2026-12-05 ' if name == 'UTC' else ''}{time.strftime('%H:%M', time.localtime(midnight - 20))}, 20 s ago"
+            f"logged at {'2026-12-05 ' if name == 'UTC' else ''}{time.strftime('%H:%M %Z', time.localtime(midnight - 20))}, 20 s ago"
         )
     )
     new_year = _utc(2027, 1, 1, 0, 10, 0)  # the first of a month and of a year
@@ -70,13 +70,13 @@ def test_a_stamp_seconds_before_utc_midnight_is_seconds_old_in_every_zone(zone, 
 def test_local_midnight_between_a_line_and_now_dates_the_line(zone):
     zone("America/Los_Angeles")  # 08:00:10 UTC is 00:00:10 there
     now = _utc(2026, 12, 6, 8, 0, 10)
-    assert logged_step([f"{LINE}  07:59:50 UTC"], True, now=now).endswith("logged at 2026-12-05 23:59, 20 s ago")
+    assert logged_step([f"{LINE}  07:59:50 UTC"], True, now=now).endswith("logged at 2026-12-05 23:59 PST, 20 s ago")
     zone("UTC")
-    assert logged_step([f"{LINE}  07:59:50 UTC"], True, now=now).endswith("logged at 07:59, 20 s ago")
+    assert logged_step([f"{LINE}  07:59:50 UTC"], True, now=now).endswith("logged at 07:59 UTC, 20 s ago")
     # a daylight-saving change between them (2 a.m. PST -> 3 a.m. PDT, 2027-03-14): the same day, one hour apart
     zone("America/Los_Angeles")
-    assert clock(_utc(2027, 3, 14, 9, 59, 0), _utc(2027, 3, 14, 10, 1, 0)) == "01:59"
-    assert clock(_utc(2027, 3, 14, 10, 1, 0), _utc(2027, 3, 14, 10, 2, 0)) == "03:01"
+    assert clock(_utc(2027, 3, 14, 9, 59, 0), _utc(2027, 3, 14, 10, 1, 0)) == "01:59 PST"
+    assert clock(_utc(2027, 3, 14, 10, 1, 0), _utc(2027, 3, 14, 10, 2, 0)) == "03:01 PDT"
 
 
 @pytest.mark.parametrize("name", ["UTC", "Pacific/Kiritimati", "America/Los_Angeles"])

@@ -62,7 +62,7 @@ def test_status_of_a_running_skypilot_job_dates_its_step_line_and_says_it_may_be
     sky.log = log.format(line=LINE, stamp=_stamp(now - 3 * 3600))
     lines = backend.status_lines("c/1")
     then = time.localtime(now - 3 * 3600)  # yesterday's, dated, when this runs before 03:00
-    shown = time.strftime("%H:%M" if then[:3] == time.localtime(now)[:3] else "%Y-%m-%d %H:%M", then)
+    shown = time.strftime("%H:%M %Z" if then[:3] == time.localtime(now)[:3] else "%Y-%m-%d %H:%M %Z", then)
     assert lines[1].endswith(f"logged at {shown}, 3 h ago"), lines
     assert lines[2].startswith("no step logged for 3 h where one came every ~6 min: the job may be stuck"), lines
     assert "`ftctl logs c/1`" in lines[2]

@@ -105,3 +105,27 @@ def test_a_merge_record_of_an_older_ftctl_is_still_read(tmp_path):
     said = merged_again(run, str(base))
     assert "it was merged again (at 2026-12-06T06:20:00+05:30, from " in said, said
     assert "the adapter trained over the merge of 2026-12-05 14:02), so the adapter goes onto other weights" in said
+
+
+@pytest.mark.parametrize("name, offset", [("UTC", "+0000"), ("Asia/Kolkata", "+0530")])
+def test_locks_and_a_local_runs_log_say_their_zone(zone, monkeypatch, tmp_path, name, offset):  # noqa: F811
+    """What a lock's holder says (`ftctl status`'s "training (pid 7 on node1 since ...)", a second launch's refusal)
+    and the line a local run's log starts each launch with: the writer's local time with its offset, as the
+    trainer's log lines (a Slurm node in UTC, status read on a laptop in Kolkata)."""
+    from ftctl.backend import _launch_lock
+    from ftctl.local.backend import _Tee
+    from ftctl.runpaths import RunPaths
+    from ftctl.trainer.run import only_trainer
+
+    zone(name)
+    monkeypatch.delenv("RANK", raising=False)
+    when = rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d \{offset}"
+    with only_trainer(str(tmp_path / "run")):
+        held = RunPaths(tmp_path / "run").train_lock.read_text()
+    assert re.fullmatch(rf"pid \d+ on \S+ since {when}\n", held), held
+    fh = _launch_lock(tmp_path / "launch.lock", "runs/r", "ftctl launch")
+    fh.close()
+    assert re.search(rf" since {when}\)\n$", (tmp_path / "launch.lock").read_text())
+    with _Tee(tmp_path / "train.log"):
+        pass
+    assert re.fullmatch(rf"ftctl: launched {when}\n", (tmp_path / "train.log").read_text())

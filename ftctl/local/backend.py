@@ -639,7 +639,7 @@ class _Tee:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.fh = open(self.path, "a", buffering=1, encoding="utf-8", errors="replace")
                 hold(self.fh)  # `ftctl logs -f` follows while it is held
-                self.fh.write(f"ftctl: launched {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                self.fh.write(f"ftctl: launched {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n")
             except OSError as e:
                 self._lost(e)
         return self

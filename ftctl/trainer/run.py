@@ -154,7 +154,7 @@ def only_trainer(local_dir: str):
             log.warning("cannot lock %s (%s): two runs into it would not be stopped", path, e.strerror or e)
         fh.seek(0)
         fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n")
         fh.flush()
         yield
 
