@@ -454,12 +454,12 @@ def reshard(model) -> None:
 
 
 def fsdp_outputs_as_computed(accelerator) -> None:
-    """FSDP2 without casting the model's outputs: accelerate's bf16 policy sets ``output_dtype=bf16``, and the
-    root module's outputs are ftctl's loss sums (lm_head.py: fp32 sums of log-probabilities over every token of
-    a micro-batch, ~65,000 for 16k tokens): in bf16 the loss was off by up to 0.4% (logged 12.3125, 4.1875: steps
-    of 1/64 on an H200), and its gradient's scale with it. The parameters still compute in bf16 and the gradients
-    are still reduced in bf16 (accelerate's default, what the two-GPU rows measured). Read when the Trainer
-    wraps the model, so set before train()."""
+    """FSDP2 without casting the model's outputs: accelerate's bf16 policy sets ``output_dtype=bf16`` (up to 1.15;
+    1.16 leaves it unset, and this does nothing), and the root module's outputs are ftctl's loss sums (lm_head.py:
+    fp32 sums of log-probabilities over every token of a micro-batch, ~65,000 for 16k tokens): in bf16 the loss was
+    off by up to 0.4% (logged 12.3125, 4.1875: steps of 1/64 on an H200), and its gradient's scale with it. The
+    parameters still compute in bf16 and the gradients are still reduced in bf16 (accelerate's default, what the
+    two-GPU rows measured). Read when the Trainer wraps the model, so set before train()."""
     import dataclasses
 
     plugin = getattr(accelerator.state, "fsdp_plugin", None)
