@@ -18,6 +18,7 @@ lost): the run resumes from its newest complete checkpoint.
 from __future__ import annotations
 
 import errno
+import hashlib
 import itertools
 import json
 import os
@@ -54,6 +55,26 @@ def record(kind: str, message: str, directory: str | None = None) -> Path | None
         raise
     os.replace(tmp, path)
     return path
+
+
+def first_to_say(line: str) -> bool:
+    """Whether this rank is the first of its node's torchrun to print ``line`` (its ``error: ...``, where no launcher
+    reports the records: Slurm, docker, torchrun by hand). Every rank checks the data, so a bad dataset said the same
+    error once a rank in one log (2 ranks: twice; 8: eight times). A rank whose line differs (its own disk full
+    beside another's lost peer) still says it. The mark is a file in torchrun's directory of this attempt on this
+    node, which all its local ranks share ($TORCHELASTIC_ERROR_FILE's grandparent, one a torchrun and a restart); a
+    process not started by torchrun, or a mark that cannot be written, says it."""
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not error_file:
+        return True
+    digest = hashlib.sha256(line.encode()).hexdigest()[:16]
+    try:
+        os.close(os.open(Path(error_file).parent.parent / f"ftctl-said-{digest}", os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return False
+    except OSError:  # no such directory (another launcher's variable): better twice than never
+        return True
+    return True
 
 
 def read(directory) -> list[dict]:
