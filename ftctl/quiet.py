@@ -40,6 +40,12 @@ HARMLESS_LOGS = (
         "an optional faster CPU kernel (the `kernels` package); bitsandbytes uses its own",
     ),
     (
+        "kernels._internals.hf_hub",
+        r"^Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because",
+        "bitsandbytes looks for that optional CPU kernel on the Hub at import (on CPUs with AVX512-BF16, every rank; "
+        "transformers >= 5.25 installs `kernels`); offline it is not in the cache, and bitsandbytes uses its own",
+    ),
+    (
         "liger_kernel.backends.registry",
         r"Backend impl '[\w.]+' for op '\w+' could not be imported",
         "Liger's optional backends (CuTe DSL, Ascend), logged by every rank of every GPU run; its Triton kernels run",

@@ -195,18 +195,25 @@ def test_fsdp_on_cpu_is_refused_not_silently_ddp(tiny_model_dir, tiny_data, tmp_
 
 
 def test_fsdp_keeps_the_models_outputs_as_computed():
-    """accelerate's bf16 policy for FSDP2 casts the root module's outputs (ftctl's fp32 loss sums) to bf16; the
-    trainer takes that cast out of the policy the Trainer's accelerator will wrap the model with."""
+    """accelerate's bf16 policy for FSDP2 casts the root module's outputs (ftctl's fp32 loss sums) to bf16 up to
+    1.15 (1.16 leaves them as computed); the trainer takes that cast out of the policy the Trainer's accelerator
+    will wrap the model with."""
+    import dataclasses
     from types import SimpleNamespace
 
+    import accelerate
     import torch
     from accelerate.utils import FullyShardedDataParallelPlugin
+    from packaging.version import Version
 
     from ftctl.trainer.distributed import fsdp_outputs_as_computed
 
     plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
     plugin.set_mixed_precision("bf16")  # what accelerate's state does for a bf16 run
-    assert plugin.mixed_precision_policy.output_dtype == torch.bfloat16
+    casts = Version(accelerate.__version__) < Version("1.16")  # 1.16 no longer sets output_dtype for FSDP2
+    assert plugin.mixed_precision_policy.output_dtype == (torch.bfloat16 if casts else None)
+    # the policy accelerate <= 1.15 makes, on any version: the trainer must take the cast out of it
+    plugin.mixed_precision_policy = dataclasses.replace(plugin.mixed_precision_policy, output_dtype=torch.bfloat16)
     fsdp_outputs_as_computed(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin)))
     policy = plugin.mixed_precision_policy
     assert policy.output_dtype is None

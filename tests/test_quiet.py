@@ -16,6 +16,10 @@ bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
 bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'")
 bnb.warning("another bitsandbytes warning")
 bnb.error("Failed to load CPU gemm_4bit_forward: and this time it is an error")
+logging.getLogger("kernels._internals.hf_hub").warning("Skipping publisher trust check for "
+    "'kernels-community/quantization-bitsandbytes' because Hugging Face Hub is in offline mode.")
+logging.getLogger("kernels._internals.hf_hub").warning("Skipping publisher trust check for 'someone/else' because "
+    "Hugging Face Hub is in offline mode.")
 liger = logging.getLogger("liger_kernel.backends.registry")
 liger.warning("Backend impl '%s' for op '%s' could not be imported: %s: %s", "liger_kernel.ops.backends._cutedsl.rope",
               "rope", "ImportError", "cutedsl backend requires the NVIDIA CUTLASS Python DSL (CuTe DSL).")
@@ -60,6 +64,8 @@ def test_known_messages_are_lowered_and_the_rest_still_prints(monkeypatch):
     assert "another bitsandbytes warning" in out  # an unknown message from the same logger
     assert "could not be imported" not in out and "Liger's registry says something else" in out
     assert "ERROR bitsandbytes.backends.cpu.ops: Failed to load CPU gemm_4bit_forward: and this time" in out
+    # bitsandbytes' own kernel, offline (transformers >= 5.25 installs `kernels`); another repository is still said
+    assert "'kernels-community/quantization-bitsandbytes'" not in out and "'someone/else'" in out
     assert "is_gradient_checkpointing" not in out and "some other deprecation" in out
     assert "JitArgument" not in out  # FlashAttention 4's compile
     assert "JAX version" not in out and "datasets says something else" in out
@@ -76,6 +82,7 @@ def test_verbose_shows_everything_and_user_settings_win():
     proc = _emit(FTCTL_VERBOSE=1)
     out = proc.stdout + proc.stderr
     assert "No module named 'kernels'" in out and "is_gradient_checkpointing" in out and "JitArgument" in out
+    assert "'kernels-community/quantization-bitsandbytes'" in out
     assert "TQDM_DISABLE=unset" in out
     assert "TQDM_DISABLE=0" in _emit(TQDM_DISABLE=0).stdout
 
