@@ -57,19 +57,30 @@ def record(kind: str, message: str, directory: str | None = None) -> Path | None
     return path
 
 
+SAID_MARK = "ftctl-said-"  # first_to_say's files in torchrun's attempt directory
+
+
 def first_to_say(line: str) -> bool:
     """Whether this rank is the first of its node's torchrun to print ``line`` (its ``error: ...``, where no launcher
     reports the records: Slurm, docker, torchrun by hand). Every rank checks the data, so a bad dataset said the same
-    error once a rank in one log (2 ranks: twice; 8: eight times). A rank whose line differs (its own disk full
-    beside another's lost peer) still says it. The mark is a file in torchrun's directory of this attempt on this
-    node, which all its local ranks share ($TORCHELASTIC_ERROR_FILE's grandparent, one a torchrun and a restart); a
-    process not started by torchrun, or a mark that cannot be written, says it."""
+    error once a rank in one log (2 ranks: twice; 8: eight times); and a rank that lost its peer (PEER_LOST) said so
+    after the peer had said why it stopped (a full disk). A rank whose line differs (its own full disk) still says it,
+    and a lost peer is said where no rank of this node said anything (the peer on another node, or killed without a
+    word). The marks are files in torchrun's directory of this attempt on this node, which all its local ranks share
+    ($TORCHELASTIC_ERROR_FILE's grandparent, one a torchrun and a restart); a process not started by torchrun, or a
+    mark that cannot be written, says it."""
     error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not error_file:
         return True
+    attempt = Path(error_file).parent.parent
+    if PEER_LOST.search(line):
+        try:
+            return not any(name.startswith(SAID_MARK) for name in os.listdir(attempt))
+        except OSError:
+            return True
     digest = hashlib.sha256(line.encode()).hexdigest()[:16]
     try:
-        os.close(os.open(Path(error_file).parent.parent / f"ftctl-said-{digest}", os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(attempt / f"{SAID_MARK}{digest}", os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
         return False
     except OSError:  # no such directory (another launcher's variable): better twice than never

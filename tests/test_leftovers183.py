@@ -48,7 +48,8 @@ def test_a_line_is_said_once_by_the_ranks_of_one_torchrun(tmp_path, monkeypatch)
     failed printed its own `error:` line: a bad dataset, checked by every rank, was said once a rank (2 ranks: twice,
     seen). failures.first_to_say lets the first local rank of a torchrun attempt say a line; another line (a rank's
     own full disk beside another's lost peer) is said too, and so is every line of a process torchrun did not start
-    or of another attempt."""
+    or of another attempt. A rank's lost peer (gloo's "Connection closed by peer") is not said after a rank of its node
+    said why it stopped."""
     from ftctl.failures import first_to_say
 
     monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
@@ -61,9 +62,12 @@ def test_a_line_is_said_once_by_the_ranks_of_one_torchrun(tmp_path, monkeypatch)
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(attempt / "1" / "error.json"))
     assert not first_to_say("error: bad data")
     assert first_to_say("error: no space left on the disk of /out")
+    lost = "error: RuntimeError: [../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:36752"
+    assert not first_to_say(lost)  # rank 1's gloo lost rank 0, which said why (seen: DDP, checkpoint-6, full disk)
     again = tmp_path / "torchelastic_x" / "run_y" / "attempt_1" / "0"  # a restart of the workers: said again
     again.mkdir(parents=True)
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(again / "error.json"))
+    assert first_to_say(lost)  # its peer said nothing here (another node's, or killed without a word)
     assert first_to_say("error: bad data")
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "gone" / "0" / "error.json"))
     assert first_to_say("error: bad data") and first_to_say("error: bad data")  # no mark possible: said
