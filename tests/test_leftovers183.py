@@ -1,5 +1,6 @@
-"""Leftovers of tasks 123-126 (helper 183): the trainer's set-up builds DeepSpeed's ops before anything loads them, and
-a failing rank's error line is said once a node where no launcher collects the records."""
+"""Leftovers of tasks 123-126 (helper 183): the trainer's set-up builds DeepSpeed's ops before anything loads them; a
+failing rank's error line is said once a node where no launcher collects the records; a run's train.lock left by
+another user does not stop a trainer there."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import pytest
 
 from tests.tiny_fixtures import tiny_model_dir  # noqa: F401 - fixture
 from tests.trainer_fixtures import make_run, tiny_data  # noqa: F401 - fixture
+from tests.user_fixtures import as_another_user, shared_dir, theirs
+
+
+@pytest.fixture
+def shared():
+    yield from shared_dir()
 
 
 class Prepared(Exception):
@@ -71,3 +78,26 @@ def test_a_line_is_said_once_by_the_ranks_of_one_torchrun(tmp_path, monkeypatch)
     assert first_to_say("error: bad data")
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "gone" / "0" / "error.json"))
     assert first_to_say("error: bad data") and first_to_say("error: bad data")  # no mark possible: said
+
+
+def test_a_train_lock_another_users_run_left_does_not_stop_a_trainer_there(shared):
+    """explore27/task 123: every run leaves .ftctl/train.lock (an flock's file: removing it as the run ends would let
+    a process that opened it meanwhile and the next one both hold it). A relaunch, `ftctl status`, a copy of the run
+    elsewhere only flock it; but the trainer opened it for writing, so in a group's run directory a colleague's
+    relaunch of a run another user had finished (their lock, mode 644) stopped with a PermissionError."""
+    from ftctl.runpaths import RunPaths
+    from ftctl.trainer.run import only_trainer
+
+    run = shared / "run"
+    with only_trainer(str(run)):  # the first user's run, ended
+        pass
+    lock = RunPaths(run).train_lock
+    for d in (run, lock.parent):
+        d.chmod(0o777)  # the group's directory (g+w, as other+w to nobody)
+    theirs(lock, 0o644)
+
+    def relaunch():
+        with only_trainer(str(run)):
+            return "trains"
+
+    assert as_another_user(relaunch, {}) == (0, "trains")

@@ -60,6 +60,7 @@ from ftctl.runpaths import (
     START_SLURM_JOB,
     START_WANDB_RUN,
     RunPaths,
+    open_lock,
 )
 from ftctl.spec import RunSpec, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, model_card, op_build, reshard, tracking
@@ -134,13 +135,16 @@ def holding_lease(remote_uri: str | None, spec: RunSpec):
 def only_trainer(local_dir: str):
     """Rank 0 holds the run directory's lock while it trains: a second run into the same directory (two launches
     of one run, a job requeued while a stray attempt still runs) stops at once, naming the first, instead of both
-    writing checkpoint-N and metrics.jsonl in turn. A file system without locks (some NFS mounts) is not refused."""
+    writing checkpoint-N and metrics.jsonl in turn. A file system without locks (some NFS mounts) is not refused.
+    The lock stays when the run ends (a file removed while another process opens it would let two hold it): a lock
+    another user's run left in a group's run directory (mode 644) is taken read-only, its holder's name unwritten
+    (it was a PermissionError)."""
     if int(os.environ.get("RANK", "0")) != 0:
         yield
         return
     path = RunPaths(Path(local_dir)).train_lock
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
+    with open_lock(path) as fh:
         try:
             _lock(fh)
         except BlockingIOError:
@@ -152,10 +156,11 @@ def only_trainer(local_dir: str):
             ) from None
         except OSError as e:  # ENOLCK: no lock daemon behind this mount
             log.warning("cannot lock %s (%s): two runs into it would not be stopped", path, e.strerror or e)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n")
-        fh.flush()
+        if fh.writable():
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n")
+            fh.flush()
         yield
 
 
