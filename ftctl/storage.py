@@ -560,8 +560,14 @@ def ls(uri: str | os.PathLike, endpoint_url: str | None = None) -> list[dict]:
 
 
 def size_text(nbytes: float) -> str:
-    """A size as people read it: "1.2 GB", "31.4 MB" (a disk's free space or a model's below 1 GB was "0 GB")."""
-    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
+    """A size as people read it: "1.2 GB", "31.4 MB", "48 KB", "0 bytes" (a disk's free space or a model's below 1 GB
+    was "0 GB"; a tiny model's data cache, or a full disk's free space, "0.0 MB"). The one place sizes in bytes are
+    said: the plan's estimates in GB are plan._gb's."""
+    if nbytes >= 1e8:
+        return f"{nbytes / 1e9:.1f} GB"
+    if nbytes >= 5e4:  # said as 0.1 MB and up
+        return f"{nbytes / 1e6:.1f} MB"
+    return f"{nbytes / 1e3:.0f} KB" if nbytes >= 1e3 else f"{nbytes:.0f} bytes"
 
 
 def file_sizes(uri: str | os.PathLike, endpoint_url: str | None = None) -> dict[str, int]:

@@ -81,7 +81,7 @@ def test_a_launch_onto_a_full_disk_says_so_and_leaves_the_run_dir_as_it_was(smal
     run = small_disk / "run"
     before = {p.relative_to(run): p.read_text() for p in run.rglob("*") if p.is_file()}
     fill(small_disk)
-    with pytest.raises(FtctlError, match=rf"^no space left on the disk of {run} \(0.0 MB free\) to write the run's"):
+    with pytest.raises(FtctlError, match=rf"^no space left on the disk of {run} \(0 bytes free\) to write the run's"):
         write_files(_prep(small_disk, learning_rate=1e-5))  # a relaunch with other settings
     assert {p.relative_to(run): p.read_text() for p in run.rglob("*") if p.is_file()} == before
     write_files(_prep(small_disk))  # the same launch again: its files are there already, nothing to write
@@ -110,8 +110,8 @@ def test_a_stopped_run_whose_disk_cannot_hold_another_checkpoint_says_so(small_d
     fill(small_disk)
     said = LocalBackend().status(ref).text
     assert said.endswith(
-        "resumes it from checkpoint-2 once its disk has room for another checkpoint: 0.0 MB free of the 0.0 MB one "
-        f"takes; rm -r {run / '.ftctl-quarantine'} frees 0.0 MB (the partial ones set aside))"
+        "resumes it from checkpoint-2 once its disk has room for another checkpoint: 0 bytes free of the 10 KB one "
+        f"takes; rm -r {run / '.ftctl-quarantine'} frees 8 KB (the partial ones set aside))"
     )
 
 

@@ -428,7 +428,7 @@ def test_a_merge_removes_the_partial_merge_a_killed_one_left_beside_its_out(lora
         os.close(fd)
     assert (out / "model.safetensors").is_file()
     assert not left.exists() and busy.is_dir()
-    assert f"removed {left} (0.0 MB): a merge stopped before it finished left it" in caplog.text
+    assert f"removed {left} (1 KB): a merge stopped before it finished left it" in caplog.text
     assert sorted(p.name for p in tmp_path.iterdir()) == [".merged.partial-running", "merged"]
 
 

@@ -59,7 +59,7 @@ def test_a_save_the_disk_refused_leaves_no_half_checkpoint_holding_its_room(tmp_
     (staging / "config.json").write_text("{}")
     said = failures.disk_full(enospc(staging / "model.safetensors"), str(run), 5e5, FIX,
                               lambda: discard_uncommitted(staging, "final model"))  # fmt: skip
-    assert "free once its half-written final model (0.0 MB) was removed" in said and not staging.exists()
+    assert "free once its half-written final model (2 bytes) was removed" in said and not staging.exists()
 
     cleared = []
     assert failures.disk_full(RuntimeError("not about disks"), str(run), 1e6, FIX, lambda: cleared.append(1)) is None

@@ -139,8 +139,9 @@ class Failure:
         write_failed_status(getattr(exc, "status", "failed"))
         if os.environ.get("FTCTL_DEBUG"):
             raise exc
-        if self.prints or self.unheard:
-            print(f"{failures.ERROR_PREFIX}{message}", file=sys.stderr, flush=True)
+        line = f"{failures.ERROR_PREFIX}{message}"
+        if (self.prints or self.unheard) and failures.first_to_say(line):  # once a node, not once a rank
+            print(line, file=sys.stderr, flush=True)
         return exit_code
 
     def record(self, kind: str, message: str) -> None:
@@ -167,7 +168,7 @@ class Failure:
         if not self.recorded and not self.ended:  # a rank stopped by torchrun after failing keeps its own record
             self.record("interrupted", f"interrupted by {name} (preempted, cancelled, or its job stopped)")
             write_failed_status()
-            if self.prints or self.unheard:
+            if (self.prints or self.unheard) and failures.first_to_say(f"interrupted by {name}"):
                 print(f"interrupted by {name}", file=sys.stderr, flush=True)
         sys.exit(0 if self.ended else 128 + signum)  # after train() returned: it exits as the run ended
 

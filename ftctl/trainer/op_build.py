@@ -29,7 +29,9 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -67,17 +69,69 @@ def needed(deepspeed: dict | str | None) -> list[str]:
 
 def prepare(deepspeed: dict | str | None) -> None:
     """Load (building where needed) every op ``needed`` names, before the Trainer's engine asks for it. One that
-    does not compile is an FtctlError saying what the node lacks (the compiler's own output is in the log above)."""
+    does not compile is an FtctlError saying why and what to do (not_built)."""
     for name in needed(deepspeed):
         try:
             load_deepspeed_op(name)
-        except (RuntimeError, OSError, ImportError) as e:
-            why = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-            raise FtctlError(
-                f"DeepSpeed's {name} (the offloaded optimizer) did not compile on {socket.gethostname()}: {why} "
-                f"(the compiler's output is above). The node needs a C++ compiler (g++, or CXX naming one), Python's "
-                f"headers (python3-dev) and ninja; or train without offload: -o strategy=zero3 (more GPU memory)."
-            ) from None
+        except BUILD_ERRORS as e:
+            raise FtctlError(not_built(name, e)) from e  # FTCTL_DEBUG=1 shows torch's build output with it
+
+
+# what a failed build raises: ninja's failure (RuntimeError, torch's "Error building extension" with the compiler's
+# output), a build directory or compiler not there (OSError), a CXX that does not answer --version
+# (CalledProcessError: it was a traceback without the fix), an ImportError of the built library
+BUILD_ERRORS = (RuntimeError, OSError, ImportError, subprocess.SubprocessError)
+OFFLOAD_FIX = "or train without offload: -o strategy=zero3 (more GPU memory)"
+
+
+def not_built(name: str, e: BaseException) -> str:
+    """The one line for an op ``name`` that could not be built from ``e`` (one of BUILD_ERRORS): the build directory
+    that cannot be written (TORCH_EXTENSIONS_DIR's fix), else the compiler's first error (torch keeps its output in
+    the exception: the last line, "ninja: build stopped: subcommand failed.", said nothing) and what a node needs."""
+    what = f"DeepSpeed's {name} (the offloaded optimizer)"
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or _default_root()
+    if isinstance(e, OSError) and isinstance(e.filename, str) and root and _within(e.filename, root):
+        where = "TORCH_EXTENSIONS_DIR" if os.environ.get("TORCH_EXTENSIONS_DIR") else "torch's extension cache"
+        return (
+            f"{what} cannot be built in {e.filename} on {socket.gethostname()} ({e.strerror or e}): set "
+            f"TORCH_EXTENSIONS_DIR to a directory this user can write there ({where} is {root}); {OFFLOAD_FIX}."
+        )
+    if isinstance(e, subprocess.CalledProcessError):
+        command = " ".join(map(str, e.cmd)) if isinstance(e.cmd, (list, tuple)) else str(e.cmd)
+        why = f"`{command}` exited with {e.returncode}" + (f" (CXX={os.environ['CXX']})" if "CXX" in os.environ else "")
+    else:
+        why = compiler_error(str(e)) or type(e).__name__
+    return (
+        f"{what} did not compile on {socket.gethostname()}: {why}. The node needs a C++ compiler (g++, or CXX naming "
+        f"one), Python's headers (python3-dev) and ninja; {OFFLOAD_FIX}."
+    )
+
+
+def compiler_error(text: str) -> str:
+    """The compiler's first error line in torch's "Error building extension" text (ninja's progress and command
+    lines, each FAILED: and its command, then the compiler's own words), else its first word (a compiler that is not
+    there: "/bin/sh: 1: g++: not found"), else the text's last line; without a full stop of its own."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    noise = ("Error building extension", "FAILED:", "ninja:", "[")
+    output = [line for line in lines if not line.startswith(noise) and " -c " not in line]  # -c: a command line
+    said = [line for line in output if re.search(r"\berror\b", line, re.I)] or output or lines[-1:]
+    return said[0][:300].rstrip(".") if said else ""
+
+
+def _default_root() -> str | None:
+    try:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        return get_default_build_root()
+    except Exception:  # noqa: BLE001 - an older torch: only TORCH_EXTENSIONS_DIR is known
+        return None
+
+
+def _within(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root)
+    except ValueError:
+        return False
 
 
 def load_deepspeed_op(name: str):
@@ -274,7 +328,11 @@ def main(argv: list[str]) -> int:
         if name not in BUILDERS:
             print(f"unknown op {name!r}: ftctl loads {', '.join(BUILDERS)}", file=sys.stderr)
             return 2
-        load_deepspeed_op(name)
+        try:
+            load_deepspeed_op(name)
+        except BUILD_ERRORS as e:
+            print(f"error: {not_built(name, e)}", file=sys.stderr)
+            return 1
     return 0
 
 
