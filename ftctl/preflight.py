@@ -796,8 +796,20 @@ def _tokenizer(spec):
     from ftctl.trainer.masks import use_chat_template
 
     return use_chat_template(
-        AutoTokenizer.from_pretrained(os.path.expanduser(spec.model_name_or_path)), spec.chat_template_path
+        AutoTokenizer.from_pretrained(os.path.expanduser(_tokenizer_path(spec.model_name_or_path))),
+        spec.chat_template_path,
     )
+
+
+def _tokenizer_path(model: str) -> str:
+    """Where ``model``'s tokenizer is read from here: the demo's model's id is its directory in ftctl's cache, once
+    `ftctl demo` (or any run of it) built it there; anything else is itself."""
+    from ftctl.spec import demo_model_dir, is_demo_model
+
+    if is_demo_model(model):
+        if (demo_model_dir() / "tokenizer_config.json").is_file():
+            return str(demo_model_dir())
+    return model
 
 
 def _first_line(e: BaseException) -> str:
@@ -805,8 +817,9 @@ def _first_line(e: BaseException) -> str:
 
 
 def _tokenizer_here(model: str) -> bool:
-    """The model's tokenizer loads without a download: a local directory, or a hub id in the Hugging Face cache."""
-    if Path(model).expanduser().is_dir():
+    """The model's tokenizer loads without a download: a local directory, the demo's model built in ftctl's cache (as
+    `ftctl data check` reads it), or a hub id in the Hugging Face cache."""
+    if Path(_tokenizer_path(model)).expanduser().is_dir():
         return True
     if not HUB_ID.match(model):
         return False

@@ -523,6 +523,18 @@ def is_demo_model(name_or_path: str) -> bool:
     return str(name_or_path).strip().rstrip("/").lower() == DEMO_MODEL.lower()
 
 
+def cache_dir(env: typing.Mapping[str, str] | None = None) -> Path:
+    """ftctl's cache: ``$FTCTL_CACHE`` or ``~/.cache/ftctl``, in this process's environment or ``env``."""
+    env = os.environ if env is None else env
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    return Path(env.get("FTCTL_CACHE") or home / ".cache" / "ftctl").expanduser()
+
+
+def demo_model_dir() -> Path:
+    """Where the demo model is built (ftctl.trainer.model.ensure_demo_model) and read: renamed into place whole."""
+    return cache_dir() / "models" / DEMO_MODEL.replace("/", "--")
+
+
 # what an int key given as transformers' share of the training's steps (save_steps: 0.1) is written as here
 SHARE_OF_STEPS = {
     "save_steps": "give a number of steps, or saves_per_epoch: N (N checkpoints an epoch)",

@@ -22,11 +22,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Mapping
 from pathlib import Path
 
 from ftctl.errors import FtctlError
-from ftctl.spec import DEMO_MODEL, is_demo_model
+from ftctl.spec import DEMO_MODEL, cache_dir, demo_model_dir, is_demo_model
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +36,6 @@ DEMO_SOURCE = f"PyPI wheel {DEMO_WHEEL}, {DEMO_GGUF}, dequantized to fp32"  # wh
 
 
 # ------------------------------------------------------------------------------------ demo model
-def cache_dir(env: Mapping[str, str] | None = None) -> Path:
-    """ftctl's cache: ``$FTCTL_CACHE`` or ``~/.cache/ftctl``, in this process's environment or ``env``."""
-    env = os.environ if env is None else env
-    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
-    return Path(env.get("FTCTL_CACHE") or home / ".cache" / "ftctl").expanduser()
-
-
-def demo_model_dir() -> Path:
-    return cache_dir() / "models" / DEMO_MODEL.replace("/", "--")
-
-
 def ensure_demo_model(echo=None) -> Path:
     """The SmolLM2-135M-Instruct directory (safetensors + tokenizer), built on first use.
 
