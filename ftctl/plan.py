@@ -235,7 +235,7 @@ KNOWN_MODELS = {
 def _schedule(spec: RunSpec) -> str:
     """'cosine after 3% warmup', 'linear after 100 warmup steps', 'constant, no warmup': the rate's schedule."""
     w = spec.warmup
-    warmup = "no warmup" if not w else f"{w:.0%} warmup" if w < 1 else f"{int(w)} warmup steps"
+    warmup = "no warmup" if not w else f"{w:.0%} warmup" if w < 1 else f"{int(w)} warmup step{'s' * (int(w) != 1)}"
     return f"{spec.lr_scheduler_type}, {warmup}" if not w else f"{spec.lr_scheduler_type} after {warmup}"
 
 

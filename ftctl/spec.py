@@ -494,9 +494,9 @@ class RunSpec:
     def eval_when(self) -> str:
         """When the held-out loss is measured, in words (besides at the end)."""
         if self.evals_per_epoch:
-            return f"{self.evals_per_epoch} times an epoch"
+            return "once an epoch" if self.evals_per_epoch == 1 else f"{self.evals_per_epoch} times an epoch"
         if self.eval_steps or not self.saves_per_epoch:
-            return f"every {self.eval_every} steps"
+            return "every step" if self.eval_every == 1 else f"every {self.eval_every} steps"
         return f"at each checkpoint ({self.saves_per_epoch} an epoch)"
 
     @property

@@ -1408,7 +1408,7 @@ def test_transformers_epoch_strategies_are_once_an_epoch():
         "save_steps=500 unused: save_strategy: epoch (run file) wins, as in transformers",
     ]
     spec = build({"eval_strategy": "epoch", "eval_steps": 20, "eval_split": 0.1})
-    assert (spec.evals_per_epoch, spec.eval_steps, spec.eval_when) == (1, None, "1 times an epoch")
+    assert (spec.evals_per_epoch, spec.eval_steps, spec.eval_when) == (1, None, "once an epoch")
     assert build({"evaluation_strategy": "epoch", "eval_data_path": "held.jsonl"}).evals_per_epoch == 1
     with pytest.raises(FtctlError, match="eval_strategy: epoch, without held-out data: give it"):
         build({"eval_strategy": "epoch"})
@@ -1739,3 +1739,13 @@ def test_eval_strategy_steps_without_eval_steps_evaluates_every_logging_steps():
         "eval_strategy (run file) without eval_steps: the held-out loss is measured every 100 steps here; transformers "
         "measures it every logging_steps (its default 500, TRL's 10): -o eval_steps=N for another"
     ) in notes
+
+
+def test_counts_of_one_are_said_in_the_singular():
+    """The plan said 'cosine after 1 warmup steps' and 'every 1 steps' (helper 187, a newcomer's walk-through)."""
+    from ftctl.plan import _schedule
+
+    spec = build({"gpus": "cpu"}, overrides=["warmup_steps=1", "eval_split=2", "eval_steps=1"])
+    assert _schedule(spec).endswith("after 1 warmup step") and spec.eval_when == "every step"
+    spec = build({"gpus": "cpu"}, overrides=["warmup_steps=2", "eval_split=2", "eval_steps=2"])
+    assert _schedule(spec).endswith("after 2 warmup steps") and spec.eval_when == "every 2 steps"
