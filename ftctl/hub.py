@@ -30,6 +30,10 @@ class HubError(Exception):
         self.kind = kind
 
 
+# how this host reaches the Hub: a container on it (the docker backend) gets those set here, as a local run has them
+NETWORK_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT")
+
+
 def _endpoint() -> str:
     """The Hub's address: HF_ENDPOINT (a mirror, a company proxy) or huggingface.co."""
     return os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT

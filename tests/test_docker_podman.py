@@ -339,3 +339,20 @@ def test_podmans_short_name_refusal_says_to_name_the_registry(tmp_path, monkeypa
     assert str(e.value) == (
         f"podman run failed: {said}: name the image with its registry (docker.io/NAME:TAG, ghcr.io/...) in --container"
     )
+
+
+def test_the_container_reaches_the_hub_as_this_host_does(monkeypatch):
+    """HF_HUB_OFFLINE=1 (or a mirror's HF_ENDPOINT) set here reaches the container, as a local or Slurm run has it
+    (a docker run asked the Hub from a host without network: helper 187); -o env= still wins; unset, none is sent."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    prep = prepared(backend="docker", gpus="cpu", model_name_or_path=MODEL, output_dir="/fixed/out")
+    assert not [a for a in render.argv(prep.spec, prep.plan, "/fixed/out") if a.startswith(("HF_HUB", "HF_END"))]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example")
+    argv = render.argv(prep.spec, prep.plan, "/fixed/out")
+    assert "HF_HUB_OFFLINE=1" in argv and "HF_ENDPOINT=https://hf-mirror.example" in argv
+    prep = prepared(backend="docker", gpus="cpu", model_name_or_path=MODEL, output_dir="/fixed/out")
+    prep.spec.env = {**prep.spec.env, "HF_HUB_OFFLINE": "0"}
+    argv = render.argv(prep.spec, prep.plan, "/fixed/out")
+    assert "HF_HUB_OFFLINE=0" in argv and "HF_HUB_OFFLINE=1" not in argv

@@ -20,7 +20,7 @@ import sys
 import pytest
 import yaml
 
-from ftctl import failures, userconfig
+from ftctl import failures, hub, userconfig
 from ftctl.backend import write_files
 from ftctl.docker import render as docker_render
 from ftctl.errors import FtctlError
@@ -1074,7 +1074,7 @@ def test_rendered_text_matches_golden(name, monkeypatch):
     # docker's user and caches are the launching host's: name them independently of the machine
     monkeypatch.setattr(docker_render, "host_user", lambda: (1000, 1000, "user", ()))
     monkeypatch.setenv("HOME", "/fixed/home")
-    for var in ("XDG_CACHE_HOME", "HF_HOME", "CUDA_VISIBLE_DEVICES", *HF_CACHE_VARS):
+    for var in ("XDG_CACHE_HOME", "HF_HOME", "CUDA_VISIBLE_DEVICES", *HF_CACHE_VARS, *hub.NETWORK_ENV):
         monkeypatch.delenv(var, raising=False)
     if name in GOLDEN_CONFIG:
         text, built = GOLDEN_CONFIG[name]

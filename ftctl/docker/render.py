@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from ftctl.checkpoints.staging import STAGING_ENV
 from ftctl.docker.image import check_reference, default_image
 from ftctl.errors import FtctlError
+from ftctl.hub import NETWORK_ENV
 from ftctl.launch import PATH_PYTHON, container_kind, hf_caches, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.spec import RunSpec
@@ -132,12 +133,14 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", comman
 
 
 def container_env(spec: RunSpec, caches: HostCaches | None = None, user: str | None = None) -> dict[str, str]:
-    """The plain environment the container runs in: the host's caches (HOME among them), USER, the trainer's
+    """The plain environment the container runs in: the host's caches (HOME among them), USER, how this host reaches
+    the Hub (hub.NETWORK_ENV where set here: HF_HUB_OFFLINE, a mirror's HF_ENDPOINT), the trainer's
     (launch.trainer_env: -o env among it) and, for an object-store output, STAGING_ENV where -o env sets it or this
     host exports it, as an absolute path (this host's working directory's, as a local run reads it): the same
     ``export FTCTL_LOCAL_DIR=DIR`` stages a docker run where it stages a local one."""
     caches = caches or host_caches()
-    env = {**caches.env(), "USER": user or host_user()[2], **trainer_env(spec)}
+    network = {k: os.environ[k] for k in NETWORK_ENV if os.environ.get(k)}  # HF_HUB_OFFLINE=1 here: offline there
+    env = {**caches.env(), "USER": user or host_user()[2], **network, **trainer_env(spec)}
     if is_remote(spec.output) and (local := env.get(STAGING_ENV) or os.environ.get(STAGING_ENV)):
         env[STAGING_ENV] = os.path.abspath(os.path.expanduser(local))
     return env
