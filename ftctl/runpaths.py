@@ -72,6 +72,9 @@ TRAIN_LEASE = ".ftctl/train-lease"
 # shared disk read them instead of tokenizing the data again (300k conversations: 30 min and 30 GB on a core, on each
 # rank); removed as the run ends with its final model saved (about 9 bytes a token)
 DATA_CACHE = ".ftctl/data-cache"
+# ... and the flock a node's processes take in turn to choose, download or set aside its checkpoints
+# (trainer.sync_callback.resume_lock); was ".ftctl-resume.lock" at the top of the directory
+RESUME_LOCK = ".ftctl/resume.lock"
 
 
 # a job script's own logs in the output before ftctl starts (#SBATCH --output=$OUT/slurm-%j.out): no user's work

@@ -101,3 +101,26 @@ def test_a_train_lock_another_users_run_left_does_not_stop_a_trainer_there(share
             return "trains"
 
     assert as_another_user(relaunch, {}) == (0, "trains")
+
+
+def test_a_resume_lock_another_user_left_does_not_stop_a_relaunch_there(shared):
+    """The resume lock (a node's processes choose, download or set aside checkpoints in turn) was opened for writing
+    at the top of the run directory (".ftctl-resume.lock"): in a group's run directory another user's (mode 644)
+    stopped a colleague's relaunch with a PermissionError, as train.lock did. It is ftctl's, in .ftctl/ (runpaths)."""
+    from ftctl.runpaths import RESUME_LOCK
+    from ftctl.trainer.sync_callback import resume_lock
+
+    run = shared / "run"
+    with resume_lock(str(run)):  # the first user's run
+        pass
+    lock = run / RESUME_LOCK
+    assert lock.parent.name == ".ftctl" and not (run / ".ftctl-resume.lock").exists()
+    for d in (run, lock.parent):
+        d.chmod(0o777)
+    theirs(lock, 0o644)
+
+    def relaunch():
+        with resume_lock(str(run)):
+            return "resumes"
+
+    assert as_another_user(relaunch, {}) == (0, "resumes")

@@ -39,14 +39,13 @@ from ftctl import checkpoints, failures, lease, storage
 from ftctl.checkpoints import staging
 from ftctl.checkpoints.staging import remove_checkpoint
 from ftctl.errors import FtctlError
-from ftctl.runpaths import CHECKPOINT_METRICS, METRICS_FILE
+from ftctl.runpaths import CHECKPOINT_METRICS, METRICS_FILE, RESUME_LOCK, open_lock
 from ftctl.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
 #: seconds the end of a run waits for the last checkpoint's upload before giving up (logged)
 UPLOAD_WAIT_S = RunSpec.upload_wait_s  # the one default lives in the spec
-RESUME_LOCK = ".ftctl-resume.lock"  # in a run's local directory: resume_lock
 NODE_MARK = ".ftctl-node-"  # + attempt + "-" + node rank: a node stages into this directory (lists_files)
 
 
@@ -248,8 +247,9 @@ def failure_line(exc: BaseException) -> str:
 @contextlib.contextmanager
 def resume_lock(local_dir: str):
     """Held while a node's processes choose, download or set aside checkpoints in ``local_dir``: one at a time."""
-    os.makedirs(local_dir, exist_ok=True)
-    with open(os.path.join(local_dir, RESUME_LOCK), "w") as lock:
+    path = Path(local_dir) / RESUME_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open_lock(path) as lock:  # another user's, in a group's run directory: read-only, as flock takes it
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
