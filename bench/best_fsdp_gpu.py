@@ -4,16 +4,19 @@ A LoRA run of resume_gpu.py's model with its base sharded by FSDP2 (`-o strategy
 checkpoint and an evaluation every 2 steps and `-o load_best_model_at_end=true`, run as the backends run it
 (`torchrun -m ftctl.trainer --spec`). Recorded per learning rate: each evaluation's loss, the checkpoint with the
 lowest one, and whether the final adapter's tensors equal that checkpoint's (and the last checkpoint's, which they
-should not where the best is an earlier one). A high rate makes the held-out loss turn up, so the best is not the
-last. The CPU suite runs the same on two gloo processes (tests/test_best_model.py, 588b99d).
+should not where the best is an earlier one). With --other-eval the held-out rows are of other words than the
+training rows (--eval-data): as the model learns the training rows' words their loss turns up, so the best is an
+earlier checkpoint (v84: with held-out rows like the training ones it fell through step 10 at every rate that trains).
+The CPU suite runs the same on two gloo processes (tests/test_best_model.py, 588b99d).
 
-    python bench/best_fsdp_gpu.py --out DIR [--lrs 2e-4,3e-2] [--nproc 1]
+    python bench/best_fsdp_gpu.py --out DIR [--lrs 2e-4,3e-2] [--nproc 1] [--other-eval]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -37,12 +40,24 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def run_lr(lr: str, model_dir: Path, data: Path, work: Path, nproc: int) -> dict:
-    out = work / f"best-lr{lr}"
+def other_rows(path: Path, rows: int = 16) -> Path:
+    """Conversations of words the training rows (gpu_train.make_data) never use."""
+    rng = random.Random(1)
+    words = "apple violet quartz meadow lantern copper whisper harbor saddle ember".split()
+    out = []
+    for i in range(rows):
+        q, a = (" ".join(rng.choice(words) for _ in range(n)) for n in (150, 600))
+        out.append({"id": f"other-{i}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+    path.write_text(json.dumps(out))
+    return path
+
+
+def run_lr(lr: str, model_dir: Path, data: Path, work: Path, nproc: int, held_out: Path | None = None) -> dict:
+    out = work / f"best-lr{lr}{'-other' if held_out else ''}"
     opts = [
         "strategy=fsdp",
         "load_best_model_at_end=true",
-        "eval_split=16",
+        f"eval_data_path={held_out}" if held_out else "eval_split=16",
         f"eval_steps={EVERY}",
         f"save_steps={EVERY}",
         f"max_steps={STEPS}",
@@ -81,16 +96,18 @@ def main() -> None:
     ap.add_argument("--lrs", default="2e-4,3e-2")
     ap.add_argument("--work", default="/tmp/ftctl-best")
     ap.add_argument("--nproc", type=int, default=1)
+    ap.add_argument("--other-eval", action="store_true", help="held-out rows of other words (--eval-data)")
     a = ap.parse_args()
     import torch
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     model_dir, data = make_model(work), make_data(work / "data.json", rows=80)
+    held_out = other_rows(work / "other.json") if a.other_eval else None
     rows = []
     for lr in a.lrs.split(","):
         try:
-            rows.append(run_lr(lr, model_dir, data, work, a.nproc))
+            rows.append(run_lr(lr, model_dir, data, work, a.nproc, held_out))
         except Exception as e:  # noqa: BLE001  the other rates still run
             rows.append({"lr": lr, "error": f"{type(e).__name__}: {e}"})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "stderr"}), flush=True)
