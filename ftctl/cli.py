@@ -110,6 +110,7 @@ def run_options(fn=None, placement: bool = True):
         ),
         click.option("--sbatch-arg", "sbatch_args", multiple=True, help="Extra #SBATCH option, e.g. --mem=64G."),
         click.option("--spot/--no-spot", default=None, help="SkyPilot managed job on spot, recovered when preempted."),
+        click.option("--managed/--no-managed", default=None, help="SkyPilot managed job on on-demand instances."),
         click.option("--infra", help="SkyPilot infra: aws, gcp/us-central1, k8s, slurm/CLUSTER."),
         click.option("--cluster", help="SkyPilot cluster to launch or reuse (default: the run name)."),
         click.option("--down/--no-down", default=None, help="Tear the SkyPilot cluster down when the job ends."),

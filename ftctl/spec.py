@@ -401,12 +401,13 @@ class RunSpec:
     cpus_per_task: int | None = None  # Slurm's; default: 8 a GPU (at most 96), 2 on CPU
     sbatch_args: list[str] = field(default_factory=list)  # passed through: "--mem=64G"
     signal_lead_s: int = 120  # USR2 this many seconds before the time limit
-    # Slurm: requeues after preemption or the time limit (unset: 5); SkyPilot --spot: restarts after the job's own
+    # Slurm: requeues after preemption or the time limit (unset: 5); a SkyPilot managed job: restarts after its own
     # failure, max_restarts_on_errors (unset: 0; preemptions are recovered whatever it says)
     max_requeues: int | None = None
     socket_ifname: str | None = None  # NCCL_SOCKET_IFNAME / GLOO_SOCKET_IFNAME
     # sky
-    spot: bool = False  # a managed job (sky.jobs.launch) whose job_recovery restarts it after preemption
+    spot: bool = False  # a managed job (sky.jobs.launch) on spot instances, recovered after preemption
+    managed: bool = False  # a managed job on on-demand instances, recovered after a lost node (spot implies it)
     infra: str | None = None  # SkyPilot's infra string, passed through: aws, gcp/us-central1, k8s, slurm/NAME
     cloud: str | None = None  # a cloud SkyPilot has enabled (aws, gcp, azure ...); or infra
     region: str | None = None  # that cloud's region
@@ -431,6 +432,11 @@ class RunSpec:
         volume read it as one)."""
         out = self.output_dir or str(Path("runs") / self.name)
         return out.rstrip("/") if storage.is_remote(out) else storage.local_path(out)
+
+    @property
+    def managed_job(self) -> bool:
+        """A SkyPilot managed job (sky.jobs.launch, relaunched by its job_recovery): --managed, or --spot's."""
+        return self.managed or self.spot
 
     @property
     def lr(self) -> float:
@@ -655,6 +661,7 @@ _PLACEMENT_KEYS = {
     "max_requeues",
     "socket_ifname",
     "spot",
+    "managed",
     "infra",
     "cloud",
     "region",

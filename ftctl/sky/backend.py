@@ -1,9 +1,9 @@
 """The SkyPilot backend: the rendered task handed to SkyPilot's Python SDK.
 
     launch   sky.launch (idle autostop, or --down) of cluster --cluster / the run name, reused when up (its
-             setup runs again, for what this run needs; sky.exec would run none); --spot: sky.jobs.launch of a
-             managed job named after the run, with job_recovery (no --cluster, --down or idle_minutes: SkyPilot
-             launches and tears down its clusters)
+             setup runs again, for what this run needs; sky.exec would run none); --managed (--spot: on spot):
+             sky.jobs.launch of a managed job named after the run, with job_recovery (no --cluster, --down or
+             idle_minutes: SkyPilot launches and tears down its clusters)
     status / logs / cancel / down    sky.job_status / tail_logs / cancel / down, or sky.jobs.*; cancel of a training
              job first asks its trainer for a checkpoint through the run's output (runpaths.STOP_REQUEST)
 
@@ -103,6 +103,7 @@ class SkyBackend(Backend):
         frozenset(
             {
                 "spot",
+                "managed",
                 "max_requeues",  # a managed job's restarts after its own failures (render.restarts_on_errors)
                 "infra",
                 "cloud",
@@ -164,7 +165,7 @@ class SkyBackend(Backend):
         source = stage_source(paths.source)
         cluster = spec.cluster or spec.name
         inputs = sky_inputs.shipped(spec)
-        how = "managed job" if spec.spot else f"cluster {cluster}"
+        how = "managed job" if spec.managed_job else f"cluster {cluster}"
         click.echo(f"launching {spec.name} through SkyPilot ({how}); task: {paths.task}", err=True)
         if note := sky_inputs.shipping_note(spec, rendered.plan, inputs):
             click.echo(note, err=True)
@@ -172,7 +173,7 @@ class SkyBackend(Backend):
         beside = [f"workdir {source} (ftctl's source)"]
         if store := [n for n in secrets if n not in spec.secrets]:
             beside.append(f"the object store's {', '.join(store)} as secrets, by name")
-        if idle and not spec.spot:
+        if idle and not spec.managed_job:
             beside.append(f"autostop after {idle} idle minutes (where sky.launch starts or updates the cluster)")
         click.echo(f"with the task, through SkyPilot's SDK: {'; '.join(beside)}", err=True)
         out = bridge.call(
@@ -180,7 +181,7 @@ class SkyBackend(Backend):
             task_yaml=str(paths.task),
             workdir=str(source),
             cluster=cluster,
-            managed=spec.spot,
+            managed=spec.managed_job,
             down=spec.down,
             idle_minutes=idle,
             secrets=secrets,

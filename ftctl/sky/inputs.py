@@ -199,7 +199,7 @@ def shipping_note(spec: RunSpec, plan: Plan, inputs: Sequence[Shipped]) -> str |
     how = (
         f"SkyPilot uploads them for its jobs controller (to jobs.bucket, else a bucket of its own, where a cloud's "
         f"object storage is enabled) and copies them to {nodes} at each start and recovery"
-        if spec.spot
+        if spec.managed_job
         else f"SkyPilot copies them to {nodes} at launch"
     )
     hub = "; a model on the Hub (a private repo and --secret HF_TOKEN) downloads on the nodes instead" if model else ""

@@ -13,8 +13,9 @@ task as ``file_mounts`` (:func:`shipped`): SkyPilot copies each to ``~/ftctl-run
 spec.json of the run section names them there, relative to the run's directory the trainer runs in (transformers
 reads ``~/m`` as a hub id). The output stays an object store: a cloud VM's disk goes with it.
 Secrets are declared by name under ``secrets:`` (SkyPilot asks for their values at launch, from the
-launching environment); their values never appear here. Spot runs become managed jobs with
-``job_recovery``; the trainer restores from the output bucket when the job restarts elsewhere.
+launching environment); their values never appear here. --managed and --spot runs become managed jobs with
+``job_recovery`` (on spot instances with --spot); the trainer restores from the output bucket when the job restarts
+elsewhere.
 
 :func:`settle` is what SkyPilot would otherwise find out late, or not at all (SkyBackend.resolve runs it): one
 ``infra`` of --infra, -o cloud and -o region; the node's disk sized for what the run stages there; a managed job's
@@ -69,7 +70,7 @@ CPU_INFRAS = ("slurm", "k8s", "kubernetes", "ssh")
 # launch that asks for one (clouds/*.py, AUTOSTOP among the unsupported features; Kubernetes and SSH say so when
 # asked), so none is asked for there
 NO_AUTOSTOP_INFRAS = ("slurm", "k8s", "kubernetes", "ssh", "hyperbolic", "primeintellect", "verda", "yotta")
-# Infras with no spot market (clouds/slurm.py, ssh.py: SPOT_INSTANCE unsupported), where --spot is the managed job
+# Infras with no spot market (clouds/slurm.py, ssh.py: SPOT_INSTANCE unsupported), where --spot is --managed
 NO_SPOT_INFRAS = ("slurm", "ssh")
 # Clouds with no spot instances in SkyPilot 0.14.1 (SPOT_INSTANCE among each one's _CLOUD_UNSUPPORTED_FEATURES; a
 # Kubernetes cluster has them where its nodes carry a spot label, which only SkyPilot can ask): use_spot there found
@@ -260,7 +261,7 @@ def disk_size(spec: RunSpec, plan: Plan) -> int:
 def restarts_on_errors(spec: RunSpec) -> int:
     """max_requeues as SkyPilot reads it: a managed job's max_restarts_on_errors, SPOT_RESTARTS_ON_ERRORS unless
     given. A cluster job keeps the spec's (ignored_options refuses one given there)."""
-    if spec.spot and not given(spec, "max_requeues"):
+    if spec.managed_job and not given(spec, "max_requeues"):
         return SPOT_RESTARTS_ON_ERRORS
     return spec.max_requeues
 
@@ -272,15 +273,16 @@ def ignored_options(spec: RunSpec) -> list[str]:
     if spec.spot and (cloud := _cloud_name(infra_kind(spec) or "")) in NO_SPOT_CLOUDS:
         out.append(
             f"--spot on {cloud}: SkyPilot 0.14 has no spot instances there, so it would find none to launch: drop "
-            "--spot (its on-demand instances are not preempted), or choose a cloud with spot instances (--infra aws, "
-            "gcp or azure)."
+            "--spot (its on-demand instances are not preempted; --managed for a managed job on them, recovered after "
+            "a lost node), or choose a cloud with spot instances (--infra aws, gcp or azure)."
         )
-    if spec.spot:
-        why = "--spot runs a managed job on clusters SkyPilot launches for it and tears down when it ends"
+    if spec.managed_job:
+        flag = "--spot" if spec.spot else "--managed"
+        why = f"{flag} runs a managed job on clusters SkyPilot launches for it and tears down when it ends"
         if spec.cluster:
             out.append(
                 f"--cluster {spec.cluster}: {why}, never on a named cluster: drop --cluster (-o run_name=NAME names "
-                "the job), or drop --spot to run on that cluster."
+                f"the job), or drop {flag} to run on that cluster."
             )
         if spec.down:
             out.append(f"--down: {why}: drop --down.")
@@ -288,15 +290,15 @@ def ignored_options(spec: RunSpec) -> list[str]:
             out.append(f"-o idle_minutes={spec.idle_minutes}: {why}: drop it.")
         if spec.resume == "never":
             out.append(
-                "-o resume=never with --spot: a recovered job runs the same task again, whose resume=never would "
+                f"-o resume=never with {flag}: a recovered job runs the same task again, whose resume=never would "
                 "refuse the checkpoints the job saved before and fail: use resume=auto, with an --output no other run "
                 "wrote to."
             )
         return out
     if given(spec, "max_requeues"):
         out.append(
-            f"-o max_requeues={spec.max_requeues} bounds a managed job's restarts after its own failures: add --spot, "
-            "or drop it (a job on a cluster is not restarted)."
+            f"-o max_requeues={spec.max_requeues} bounds a managed job's restarts after its own failures: add --spot "
+            "or --managed, or drop it (a job on a cluster is not restarted)."
         )
     if given(spec, "idle_minutes") and spec.down:
         out.append(
@@ -358,10 +360,10 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
         resources["disk_size"] = spec.disk_size
     if memory_request(plan):  # an offload plan's host RAM, a CPU plan's processes' memory
         resources["memory"] = memory_request(plan)
-    if spec.spot:
-        # a managed job for its recovery; spot instances where there is a market (SkyPilot refuses use_spot on a
-        # Slurm cluster or an SSH pool, and a CPU job on one)
-        resources["use_spot"] = plan.tier is not None and infra_kind(spec) not in NO_SPOT_INFRAS
+    if spec.managed_job:
+        # a managed job for its recovery; with --spot, spot instances where there is a market (SkyPilot refuses
+        # use_spot on a Slurm cluster or an SSH pool, on Kubernetes nodes without a spot label, and a CPU job on one)
+        resources["use_spot"] = spec.spot and plan.tier is not None and infra_kind(spec) not in NO_SPOT_INFRAS
         # a trainer stopped because its lease's renewals did not reach the store (UNREACHED_EXIT) is recovered as a
         # preemption is: nobody else holds its output, and the recovery resumes (ftctl.lease.LeaseLost)
         resources["job_recovery"] = {
