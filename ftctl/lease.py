@@ -74,7 +74,7 @@ STORE_AGE = "_age_by_store_s"  # a lease read from S3 or GCS: its age by the sto
 CLAIM_TRIES = 5  # writes of the lease that another trainer's write beat, in a row, before a trainer stops
 UNREACHED_EXIT = 75  # a trainer stopped because its renewals did not reach the store: EX_TEMPFAIL, try again later
 START_WAIT_S = 300.0  # what an attempt that resumes a run waits for a store that is down as it starts, then exit 75
-#: set by SkyPilot's jobs controller in each task of a managed job (`--spot`), kept by its recoveries
+#: set by SkyPilot's jobs controller in each task of a managed job (`--managed`, `--spot`), kept by its recoveries
 SKY_MANAGED_JOB_ENV = "SKYPILOT_MANAGED_JOB_ID"
 START_PAUSE_S = 15.0  # between its asks meanwhile
 _RACE_SAID: set[str] = set()  # the stores race_open has spoken of (once each)
@@ -495,8 +495,9 @@ class Holder:
                 f"{said.what}, for the {waited:.0f} s this attempt waited as it started ({why}): not training (it "
                 f"could not {'write' if write else 'read'} the trainer's lease {uri_of(self.output)}): {said.fix} "
                 f"Failed (exit 2) rather than preempted: SkyPilot would recover managed job {job}'s exit 75 without "
-                "limit, each time on a new cluster. It restarts the job up to -o max_requeues times (--spot's default: "
-                "none); once the store answers, the same `ftctl launch` resumes from the newest complete checkpoint.",
+                "limit, each time on a new cluster. It restarts the job up to -o max_requeues times (a managed job's "
+                "default: none); once the store answers, the same `ftctl launch` resumes from the newest complete "
+                "checkpoint.",
                 requeue=False,
             ) from None
         if waited + START_PAUSE_S > START_WAIT_S:
