@@ -8,10 +8,11 @@ renamed flag shows even in a line with placeholders (JOB, RUN, `...`).
 
 What runs by itself: plan, render, keys, jobs, data check, launch --dry-run. Stand-ins, where the docs assume what
 this machine lacks: the data files the lines name are written in tmp_path (FILES); `data check --model HUB_ID` and
-./my-model (a model dir of the reader's) check with the tiny chat model (no Hub tokenizer offline); a launch without --backend goes to Slurm
-(FTCTL_BACKEND=slurm, a user config's `backend: slurm`: this machine has no GPU for the local backend, and a Slurm
-dry run needs no cluster); SkyPilot's optimizer (plan --backend sky's `cheapest` line, a subprocess of .venv-sky) is
-not asked; tests/test_sky_cost.py prices plans. The sky renders are validated by SkyPilot itself (one subprocess)."""
+./my-model (a model dir of the reader's) check with the tiny chat model (no Hub tokenizer offline); a Slurm dry run
+needs no cluster (its sinfo note only); a launch without --backend is the local backend's, here refused where it asks
+for GPUs (this machine has none: give such a docs line its --backend); SkyPilot's optimizer (plan --backend sky's
+`cheapest` line, a subprocess of .venv-sky) is not asked: tests/test_sky_cost.py prices plans. The sky renders are
+validated by SkyPilot itself (one subprocess)."""
 
 from __future__ import annotations
 
@@ -285,31 +286,26 @@ def docs_machine(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _standing_in(doc: DocsLine, request, monkeypatch) -> list[str]:
+def _standing_in(doc: DocsLine, request) -> list[str]:
     """The line's arguments as run here (see the module's docstring)."""
     argv = list(doc.argv)
     if argv[:2] == ["data", "check"] and "--model" in argv[:-1]:
         i = argv.index("--model") + 1
         if not Path(argv[i]).exists():  # a Hub id (no tokenizer offline), ./my-model: the tiny chat model's
             argv[i] = str(request.getfixturevalue("tiny_model_dir"))
-    if argv[0] == "launch":
-        backend = any(a == "--backend" or a.startswith("--backend=") for a in argv)
-        gpus = argv[argv.index("--gpus") + 1] if "--gpus" in argv[:-1] else "cpu"
-        if not backend and gpus != "cpu":  # GPUs this machine lacks: to Slurm, as a user config's backend: slurm
-            monkeypatch.setenv("FTCTL_BACKEND", "slurm")
-        if doc.text in AS_DRY_RUN:
-            argv.append("--dry-run")
+    if doc.text in AS_DRY_RUN:
+        argv.append("--dry-run")
     return argv
 
 
-def run_line(doc: DocsLine, request, monkeypatch):
-    return CliRunner().invoke(main, _standing_in(doc, request, monkeypatch))
+def run_line(doc: DocsLine, request):
+    return CliRunner().invoke(main, _standing_in(doc, request))
 
 
 @pytest.mark.parametrize("text", [_param(t) for t in RUN])
-def test_docs_line_runs(text, docs_machine, request, monkeypatch):
+def test_docs_line_runs(text, docs_machine, request):
     doc = RUN[text]
-    got = run_line(doc, request, monkeypatch)
+    got = run_line(doc, request)
     out = got.output
     assert "Traceback" not in out and (got.exception is None or isinstance(got.exception, SystemExit)), out
     if text in REFUSED:
@@ -323,14 +319,14 @@ def test_docs_line_runs(text, docs_machine, request, monkeypatch):
     assert sorted(p.name for p in docs_machine.iterdir()) == sorted(FILES)
 
 
-def test_docs_sky_renders_are_tasks_skypilot_takes(docs_machine, request, monkeypatch):
+def test_docs_sky_renders_are_tasks_skypilot_takes(docs_machine, request):
     """The SkyPilot task YAML the docs' `render --backend sky` lines print, read by SkyPilot's own Task (.venv-sky)."""
     lines = [d for t, d in RUN.items() if d.argv[0] == "render" and "sky" in d.argv and t not in XFAIL]
     if not lines:
         pytest.skip("the docs show no `ftctl render --backend sky` line")
     files = []
     for i, doc in enumerate(lines):
-        got = run_line(doc, request, monkeypatch)
+        got = run_line(doc, request)
         assert got.exit_code == 0, got.output
         files.append(docs_machine / "home" / f"task{i}.yaml")
         files[-1].parent.mkdir(exist_ok=True)
