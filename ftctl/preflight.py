@@ -881,7 +881,9 @@ def _row_problems(
 
 
 def _size(n: int) -> str:
-    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n:,} bytes"
+    """Bytes in MiB, the unit of the sizes read here (ROW_CHECK_BYTES, TOKENIZE_BYTES), up to the next tenth: a file
+    over one reads over it ('4.1 MiB ... over the 4 MiB read here', where '4 MB' was both)."""
+    return f"{math.ceil(n / 2**20 * 10) / 10:,.1f}".removesuffix(".0") + " MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 # eval_split leaves no training row, and a data weight gives a dataset none, only of a few rows: data up to this

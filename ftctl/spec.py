@@ -348,7 +348,7 @@ class RunSpec:
     packing: bool | None = None  # planner: on where attention honours sample boundaries
     # default: the planner's, the cheapest that fits: single, ddp, zero2, fsdp, zero3, zero2_offload, zero3_offload
     strategy: str | None = None
-    ddp_bucket_cap_mb: int | None = None  # DDP's gradient buckets (MB); default: torch's 25
+    ddp_bucket_cap_mb: int | None = None  # DDP's gradient buckets in MiB (torch's bucket_cap_mb); default: torch's 25
     # processes that tokenize the data (TRL's name); default: one a 2,000 rows, at most a core each (1: one alone)
     dataset_num_proc: int | None = None
     ddp_comm_dtype: str | None = None  # DDP's gradient all-reduce: fp32 (default) or bf16 (accelerate's comm hook)
