@@ -29,6 +29,7 @@ from ftctl.cli import main
 from ftctl.foreign_args import OTHER_VERBS, SKY_FLAGS
 from ftctl.tool_datasets import MIX_KEYS
 from ftctl.tool_vocabulary import not_a_key
+from tests.render_fixtures import REPO
 from tests.test_docs_commands import DOCS, LINES
 from tests.test_docs_links import FENCE
 
@@ -258,3 +259,36 @@ def test_tables_hold_only_what_the_docs_show():
 @pytest.mark.parametrize("text", ["ftctl keys lora", "ftctl sync", "ftctl -v", "ftctl demo --steps 3"])
 def test_commands_that_read_right(text):
     assert command_problems(words(text)[1:]) == []
+
+
+# ---------------------------------------------------------------- what the prose says of defaults and lists
+
+
+def test_a_default_in_parentheses_is_the_options():
+    """`--max-new-tokens` (256), `--batch-size` (4): the default of that option, in the command that has it."""
+    said, seen = [], 0
+    for page in DOCS:
+        for m in re.finditer(r"`(--[\w-]+)` \((\d[\d.,]*)\)", page.read_text()):
+            flag, value = m.group(1), m.group(2).replace(",", "")
+            defaults = {str(p.default) for c in COMMANDS.values() for p in c.params if flag in p.opts}
+            seen += 1
+            if value not in defaults:
+                said.append(f"{page.name}: `{flag}` ({m.group(2)}): its default is {' or '.join(defaults) or 'none'}")
+    assert seen >= 2 and not said, said
+
+
+def test_the_gpu_types_listed_are_the_planners():
+    from ftctl.gpus import TIERS
+
+    text = (REPO / "docs" / "plan.md").read_text()
+    listed = re.search(r"^GPU types: (.*?)\.\n\n", text, re.S | re.M).group(1)
+    assert [re.sub(r" \(.*?\)", "", n).strip() for n in " ".join(listed.split()).split(",")] == list(TIERS)
+
+
+def test_the_lora_table_says_specs_defaults():
+    rows = re.findall(r"^\| `(\w+)` \| `?([^|`]+?)`? \|", (REPO / "docs" / "methods.md").read_text(), re.M)
+    shown = {key: value for key, value in rows if key in spec.LORA_KEYS}
+    assert set(shown) == set(spec.LORA_KEYS)
+    for key, value in shown.items():
+        default = spec.FIELDS[key].default
+        assert value == (str(default).lower() if isinstance(default, bool) else str(default)), (key, value, default)
