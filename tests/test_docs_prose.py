@@ -292,3 +292,11 @@ def test_the_lora_table_says_specs_defaults():
     for key, value in shown.items():
         default = spec.FIELDS[key].default
         assert value == (str(default).lower() if isinstance(default, bool) else str(default)), (key, value, default)
+
+
+def test_the_docs_name_the_variables_a_user_sets():
+    """Every FTCTL_* the docs name is one ftctl reads from its user (envvars.SETTINGS), and each of those is named."""
+    from ftctl.envvars import SETTINGS
+
+    named = {m for page in DOCS for m in re.findall(r"\bFTCTL_[A-Z_]*[A-Z]\b", page.read_text())}
+    assert named == set(SETTINGS), (sorted(named - set(SETTINGS)), sorted(set(SETTINGS) - named))
