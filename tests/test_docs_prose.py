@@ -300,3 +300,16 @@ def test_the_docs_name_the_variables_a_user_sets():
 
     named = {m for page in DOCS for m in re.findall(r"\bFTCTL_[A-Z_]*[A-Z]\b", page.read_text())}
     assert named == set(SETTINGS), (sorted(named - set(SETTINGS)), sorted(set(SETTINGS) - named))
+
+
+def test_the_status_line_shown_is_the_one_status_prints():
+    """backends.md's progress line, as progress.summary writes it for those numbers (it showed one space before
+    `loss`, where there are two, and `0.8 s` a step, which it writes `0.80 s`)."""
+    from ftctl.progress import summary
+
+    rows = [
+        {"step": s, "loss": 1.2345, "tokens_per_s": 7234, "max_steps": 1000, "time": 0.8 * s} for s in (100, 110, 120)
+    ]
+    rows.insert(1, {"event": "eval", "step": 100, "eval_loss": 1.3012})
+    line = summary(rows, lambda record: True, running=True, now=96.0)
+    assert line.startswith("step 120/1000 (12%)") and f"  {line}\n" in (REPO / "docs" / "backends.md").read_text()
