@@ -2,10 +2,10 @@
 docs' code blocks; the inline code spans of README.md and docs/*.md (`ftctl launch -c sft.yaml`, `--sbatch-arg`,
 `-o eval_split=0.05`) are read here, without running anything:
 
-- a span that starts with `ftctl ` names a command the CLI has, and click's own parser of that command takes its
-  options and its count of arguments. JOB, RUN_DIR, FILE ... stand for arguments and values; `...` for more flags
-  (left out); `[-f]` is read without its brackets, `ls|push|pull` in a command's place as each, `local|sky` as a
-  choice option's value as each of its choices;
+- a span that starts with `ftctl ` (or with a command and a flag: `launch --dry-run`, `logs -f`) names a command the
+  CLI has, and click's own parser of that command takes its options and its count of arguments. JOB, RUN_DIR, FILE
+  ... stand for arguments and values; `...` for an option's value or more flags (left out); `[-f]` is read without its
+  brackets, `ls|push|pull` in a command's place as each, `local|sky` as a choice option's value as each of its choices;
 - a span that starts with a flag (`--sbatch-arg`, `--wait SECONDS`) is an option of some ftctl command, and the rest of
   the span parses as that command's; or another tool's flag: SkyPilot's (foreign_args.SKY_FLAGS, which ftctl answers
   with its own spelling) or one of OTHER_TOOLS (sbatch's, torchrun's, docker's ...);
@@ -13,7 +13,9 @@ docs' code blocks; the inline code spans of README.md and docs/*.md (`ftctl laun
   names: max_seq_length), or one of OTHER_KEYS, names ftctl reads to say something else.
 
 The lines of the code blocks go through the same parser (test_docs_commands.py checks their option names only): a
-line listed there as not run still has its arguments counted and its -o keys looked up."""
+line listed there as not run still has its arguments counted and its -o keys looked up. Last, what the prose says of
+the code's defaults and lists is the code's: a `--flag` (N) default, the GPU types, the LoRA table, the FTCTL_*
+variables, the status line shown."""
 
 from __future__ import annotations
 
