@@ -365,6 +365,47 @@ def test_spot_on_a_slurm_cluster_is_a_managed_job_on_its_gpus():
     assert resources(sky(gpus="1xH100", spot=True))["use_spot"] is True  # a cloud's
 
 
+def _flags_aside(text: str) -> str:
+    """A task's text with the spec.json line's echo of --spot / --managed left out."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith('{"plan":'):
+            payload = json.loads(line)
+            assert {payload["spec"].pop("spot"), payload["spec"].pop("managed")} == {True, False}
+            lines[i] = json.dumps(payload)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("gpus", ["1xH100", "cpu"])
+def test_spot_and_managed_send_one_task_to_a_slurm_cluster(gpus):
+    """tests/test_sky_launch.py launches its real managed job with --managed, on the tests' Slurm cluster: there
+    --spot is the same managed job (Slurm has no spot market), so that launch stands for --spot's too. The tasks
+    differ only in spec.json's echo of the flag, which nothing on the nodes reads, and SkyPilot's optimizer is asked
+    the same (it priced --spot there as spot). On a cloud --spot asks for spot instances and --managed does not."""
+    from ftctl.sky import backend as sky_backend
+
+    model = MODEL if gpus != "cpu" else "HuggingFaceTB/SmolLM2-135M"
+    spot, managed = (
+        sky(infra="slurm/c", gpus=gpus, model_name_or_path=model, **{f: True}) for f in ("spot", "managed")
+    )
+    assert spot.spec.managed_job and managed.spec.managed_job
+    assert spot.text != managed.text and _flags_aside(spot.text) == _flags_aside(managed.text)
+    if gpus != "cpu":  # a GPU plan is priced (a CPU one is not)
+        asked = [sky_render.optimizer_resources(p.spec, p.plan) for p in (spot, managed)]
+        assert asked[0] == asked[1] and asked[0]["use_spot"] is resources(spot)["use_spot"] is False
+        on_a_cloud = sky(gpus=gpus, spot=True)
+        assert sky_render.optimizer_resources(on_a_cloud.spec, on_a_cloud.plan)["use_spot"] is True
+        assert (
+            resources(on_a_cloud)["use_spot"] is True and resources(sky(gpus=gpus, managed=True))["use_spot"] is False
+        )
+    # the nodes' code (all but the launching side's) reads neither flag
+    launching = {"spec.py", "cli.py", "backend.py", "render.py", "cost.py", "inputs.py"}
+    package = Path(sky_backend.__file__).parents[1]
+    for path in package.rglob("*.py"):
+        if path.name not in launching or path.parent.name not in ("ftctl", "sky"):
+            assert not re.search(r"\.(spot|managed|managed_job)\b", path.read_text()), path
+
+
 def _skypilot_leaves_out(path: Path) -> list[str]:
     """What SkyPilot itself (its installed 0.14) leaves out of a directory it ships."""
     code = "import sys, json; from sky.data import storage_utils as s; print(json.dumps(s.get_excluded_files(sys.argv[1])))"

@@ -522,7 +522,7 @@ def goes_on(ref: JobRef) -> str:
 def cheapest(spec, plan) -> dict:
     """SkyPilot's optimizer's cheapest instance for a GPU plan (ftctl.sky.sdk.optimize); FtctlError where no VM with
     its GPUs has the host RAM it asks for (memory:, an offload plan's), saying what to do."""
-    best = bridge.call("optimize", resources=cost.resources(spec, plan), num_nodes=plan.nodes)
+    best = bridge.call("optimize", resources=sky_render.optimizer_resources(spec, plan), num_nodes=plan.nodes)
     if "no_vm" in best:
         raise FtctlError(cost.no_vm(best, spec, plan))
     return best

@@ -43,17 +43,6 @@ def no_vm(answer: dict, spec: RunSpec, plan: Plan) -> str:
     )
 
 
-def resources(spec: RunSpec, plan: Plan) -> dict:
-    """The resources section SkyPilot's optimizer prices (as the task YAML asks), of a spec SkyBackend.resolve
-    settled (cloud and region folded into infra)."""
-    res: dict = {"accelerators": f"{plan.tier}:{plan.gpus_per_node}", "use_spot": bool(spec.spot)}
-    if memory_request(plan):
-        res["memory"] = memory_request(plan)
-    if spec.infra:
-        res["infra"] = spec.infra
-    return res
-
-
 def train_tokens(spec: RunSpec, plan: Plan) -> float | None:
     """Tokens the run trains on (at most: every sequence full): max_steps of the plan's batch (what
     per_device_train_batch_size and gradient_accumulation_steps make it), else the local data's epochs."""

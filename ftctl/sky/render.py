@@ -96,10 +96,10 @@ DISK_STEP_GIB = 64  # the size asked for is rounded up to a multiple of this
 DOWNLOAD_BYTES = 2  # a parameter of the model as the hub serves it (16-bit safetensors)
 DISK_HEADROOM_GIB = 100  # the VM's OS image, a docker image, the node's Python packages, caches and logs
 # A managed job's restarts after failing on a healthy cluster (max_restarts_on_errors) when -o max_requeues is not
-# given: none. Preemptions are recovered whatever this says; a failure of the job itself (bad data, missing
-# credentials, out of memory) recurs on a new node, and torchrun exits 1 for every one of them, so no exit code
-# tells a passing fault apart (recover_on_exit_codes would restart on it without limit).
-SPOT_RESTARTS_ON_ERRORS = 0
+# given: none. A lost node (a spot VM's preemption among them) is recovered whatever this says; a failure of the job
+# itself (bad data, missing credentials, out of memory) recurs on a new node, and torchrun exits 1 for every one of
+# them, so no exit code tells a passing fault apart (recover_on_exit_codes would restart on it without limit).
+MANAGED_RESTARTS_ON_ERRORS = 0
 
 
 class _Block(str):
@@ -259,10 +259,10 @@ def disk_size(spec: RunSpec, plan: Plan) -> int:
 
 
 def restarts_on_errors(spec: RunSpec) -> int:
-    """max_requeues as SkyPilot reads it: a managed job's max_restarts_on_errors, SPOT_RESTARTS_ON_ERRORS unless
+    """max_requeues as SkyPilot reads it: a managed job's max_restarts_on_errors, MANAGED_RESTARTS_ON_ERRORS unless
     given. A cluster job keeps the spec's (ignored_options refuses one given there)."""
     if spec.managed_job and not given(spec, "max_requeues"):
-        return SPOT_RESTARTS_ON_ERRORS
+        return MANAGED_RESTARTS_ON_ERRORS
     return spec.max_requeues
 
 
@@ -317,6 +317,24 @@ def autostop_minutes(spec: RunSpec) -> int | None:
     return None if spec.down or infra_kind(spec) in NO_AUTOSTOP_INFRAS else spec.idle_minutes
 
 
+def use_spot(spec: RunSpec, plan: Plan) -> bool:
+    """Whether the task asks for spot instances: --spot's, where there is a market. SkyPilot refuses use_spot on a
+    Slurm cluster or an SSH pool and for a CPU job (there --spot is the managed job of --managed); on Kubernetes only
+    nodes with a spot label have them, which only SkyPilot can ask."""
+    return spec.spot and plan.tier is not None and infra_kind(spec) not in NO_SPOT_INFRAS
+
+
+def optimizer_resources(spec: RunSpec, plan: Plan) -> dict:
+    """The resources section SkyPilot's optimizer prices, as the task asks for them (:func:`render`), of a spec
+    SkyBackend.resolve settled (cloud and region folded into infra); a GPU plan's."""
+    res: dict = {"accelerators": f"{plan.tier}:{plan.gpus_per_node}", "use_spot": use_spot(spec, plan)}
+    if memory_request(plan):
+        res["memory"] = memory_request(plan)
+    if spec.infra:
+        res["infra"] = spec.infra
+    return res
+
+
 def infra_kind(spec: RunSpec) -> str | None:
     where = spec.infra or spec.cloud
     return where.split("/")[0].strip().lower() if where else None
@@ -361,9 +379,8 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
     if memory_request(plan):  # an offload plan's host RAM, a CPU plan's processes' memory
         resources["memory"] = memory_request(plan)
     if spec.managed_job:
-        # a managed job for its recovery; with --spot, spot instances where there is a market (SkyPilot refuses
-        # use_spot on a Slurm cluster or an SSH pool, on Kubernetes nodes without a spot label, and a CPU job on one)
-        resources["use_spot"] = spec.spot and plan.tier is not None and infra_kind(spec) not in NO_SPOT_INFRAS
+        # a managed job for its recovery; with --spot, spot instances where there is a market
+        resources["use_spot"] = use_spot(spec, plan)
         # a trainer stopped because its lease's renewals did not reach the store (UNREACHED_EXIT) is recovered as a
         # preemption is: nobody else holds its output, and the recovery resumes (ftctl.lease.LeaseLost)
         resources["job_recovery"] = {
