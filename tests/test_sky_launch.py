@@ -213,13 +213,16 @@ SAVE = 5  # the managed job's save_steps: ~2.5 s a step on the loaded test nodes
 
 
 def test_managed_job_recovers_from_a_lost_node_resumes_and_is_cancelled(sky, sky_infra, sky_s3):
-    """--spot: a managed job (sky.jobs.launch). Its Slurm allocation is cancelled mid-run (the node is
-    lost): the jobs controller relaunches it and the trainer resumes from its last checkpoint and saves later
-    ones. Then `ftctl cancel` ends the managed job, and `ftctl down` says a managed job has no cluster to down.
-    (One managed job for both: each SkyPilot provision here costs about a minute of the suite.)"""
+    """--managed: a managed job (sky.jobs.launch) on on-demand nodes. On this Slurm infra --spot sends the same task
+    (no spot market there: test_sky_checks.py::test_spot_and_managed_send_one_task_to_a_slurm_cluster), so this
+    launch stands for both; --spot's spot instances on a cloud are checked offline. Its Slurm allocation is cancelled
+    mid-run (the node is lost): the jobs controller relaunches it and the trainer resumes from its last checkpoint
+    and saves later ones. Then `ftctl cancel` ends the managed job, and `ftctl down` says a managed job has no
+    cluster to down. Every answer calls it a managed job, none "spot". (One managed job for all: each SkyPilot
+    provision here costs about a minute of the suite.)"""
     t0 = time.monotonic()
     args = sky.run_args(sky.model, sky.data, f"s3://{sky.bucket}/runs/managed", nodes=1, run_name="sky-managed")
-    job = sky.launch(*args, "--spot", "-o", "max_steps=100000", "-o", f"save_steps={SAVE}")
+    job = sky.launch(*args, "--managed", "-o", "max_steps=100000", "-o", f"save_steps={SAVE}")
     assert job.startswith("managed/"), job
     s3 = sky_s3.client()
 
@@ -252,11 +255,13 @@ def test_managed_job_recovers_from_a_lost_node_resumes_and_is_cancelled(sky, sky
     wait_for_step(complete_steps()[-1] + 2 * SAVE, timeout=420)
     line = sky.ftctl("status", job).stdout.strip()
     logs = sky.ftctl("logs", job).stdout
-    assert " RUNNING" in line and "recovered" in line, f"{line}\n{logs}"
+    assert " RUNNING (managed job), recovered" in line and "spot" not in line.lower(), f"{line}\n{logs}"
     assert "resuming from" in logs, logs
     print(f"[t] managed: recovered and resumed {time.monotonic() - t0:.0f}s", file=sys.stderr)
 
-    said = sky.ftctl("cancel", job).stdout.strip().splitlines()
+    cancel = sky.ftctl("cancel", job)
+    said = cancel.stdout.strip().splitlines()
+    assert "spot" not in (cancel.stdout + cancel.stderr).lower(), cancel
     # the controller stops it ~45 s after sky.jobs.cancel: cancel waits for that, then says where the run goes on. The
     # trainer stops first at the cancel's request and exits 0: the controller may record SUCCEEDED before the cancel
     # reaches it (seen both, explore15)
@@ -266,6 +271,13 @@ def test_managed_job_recovers_from_a_lost_node_resumes_and_is_cancelled(sky, sky
         said
     )
     assert (" SUCCEEDED" if stopped else " CANCELLED") in sky.ftctl("status", job).stdout
+    # its end is kept (sky.backend.ENDED_FILE): `ftctl jobs` lists it without asking SkyPilot again
+    listed = [row for row in sky.ftctl("jobs").stdout.splitlines() if row.startswith(f"{job} ")]
+    assert (
+        len(listed) == 1
+        and re.search(r" (CANCELLED|SUCCEEDED) \(managed job\), recovered", listed[0])
+        and "spot" not in listed[0].lower()
+    ), listed
     assert "managed job" in sky.ftctl("down", job, check=False).stderr
     print(f"[t] managed cancelled {time.monotonic() - t0:.0f}s", file=sys.stderr)
 
