@@ -875,6 +875,31 @@ def _launch_lock_path(key: str) -> Path:
     return home_file(LAUNCHING_DIR) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.lock"
 
 
+LAUNCHED_BY = re.compile(r"`(ftctl (?:launch|train))` \(pid ")  # the holder's line _launch_lock writes
+
+
+def launched_by(run_dir: str | Path) -> str | None:
+    """The command that last launched a run into ``run_dir`` here, `ftctl launch` or `ftctl train`, as its launch lock
+    names it (_launch_lock: the run directory's, else the one in ftctl's home; kept after the run); None where neither
+    did: a trainer run by hand (`python -m ftctl.trainer`, torchrun), a run of an older ftctl."""
+    for path in (RunPaths(Path(run_dir)).launch_lock, _launch_lock_path(str(run_dir))):
+        try:
+            with open(path) as fh:
+                line = fh.readline()
+        except OSError:
+            continue
+        if m := LAUNCHED_BY.match(line):
+            return m[1]
+    return None
+
+
+def same_command(run_dir: str | Path) -> str:
+    """'the same `ftctl train`': what resumes a local run in ``run_dir``, named as it was started (launched_by); both
+    where that is not recorded."""
+    by = launched_by(run_dir)
+    return f"the same `{by}`" if by else "the same `ftctl launch` or `ftctl train`"
+
+
 def _launched_into(output: str, holder: str) -> str:
     return (
         f"{output} is being launched into by {holder or 'another ftctl'}: a second run there would write the same "

@@ -58,8 +58,10 @@ def main(verbose):
 
     quiet.install(verbose)
     if not click.get_current_context().meta.get("help"):  # a config file's problem stops every other command
-        from ftctl import userconfig
+        from ftctl import envvars, userconfig
 
+        if said := envvars.unknown_set(os.environ):  # a typo of FTCTL_CACHE ... changes nothing: said, not refused
+            click.echo(said, err=True)
         userconfig.load()
 
 
@@ -272,6 +274,7 @@ def status(job, exit_code):
       1  failed (the same launch would fail the same way: `ftctl logs JOB`)
       2  no such job, or its backend cannot be asked now (also without --exit-code)
       3  stopped before its end (cancelled, preempted, killed): the same `ftctl launch` resumes it
+         (a run started with `ftctl train`: the same `ftctl train`)
       4  its state is not known (its backend no longer knows the job)
     """
     from ftctl.backend import status_report

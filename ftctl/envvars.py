@@ -11,6 +11,9 @@ STOP_ENV = "FTCTL_STOP_FILE"
 STOP_POLL_ENV = "FTCTL_STOP_REQUEST_POLL_S"
 # A directory where each failing rank leaves one record (ftctl.failures); the launcher reports it once.
 FAILURE_DIR_ENV = "FTCTL_FAILURE_DIR"
+# torchrun's file for one worker's error, which its agent sets for each (ftctl.failures.tell_torchrun): its report of
+# a failed worker says what the file holds; its directory's parent is the node's attempt's (failures.first_to_say)
+ELASTIC_ERROR_ENV = "TORCHELASTIC_ERROR_FILE"
 # 1: show every third-party message ftctl.quiet lowers to debug (also `ftctl -v`); inherited by the trainer.
 VERBOSE_ENV = "FTCTL_VERBOSE"
 # "auto": the trainer sets OMP_NUM_THREADS to the cores it may use divided by the processes of its node
@@ -59,6 +62,54 @@ KNOWN = frozenset(
     }
     | {"FTCTL_SKY_SAY_FD"}
 )
+# The ones a user sets, where ftctl runs (or in a run's -o env=); the others are set by ftctl for its trainer and scripts
+SETTINGS = (
+    "FTCTL_BACKEND",
+    "FTCTL_HOME",
+    "FTCTL_CACHE",
+    "FTCTL_LOCAL_DIR",
+    "FTCTL_DEBUG",
+    VERBOSE_ENV,
+    THREADS_ENV,
+    STOP_POLL_ENV,
+    "FTCTL_DOCKER",
+    "FTCTL_DOCKER_SAME_PATHS",
+    "FTCTL_SKY_PYTHON",
+    TORCH_INDEX_ENV,
+)
+# This repository's own switches for its tests and its setup script (tests/, scripts/), which no ftctl command reads:
+# set where the tests run ftctl, they are nobody's typo (unknown_set)
+TESTS_PREFIX = "FTCTL_TEST_"
+TESTS_OWN = frozenset({"FTCTL_SETUP_TESTS", "FTCTL_SKY_ISOLATE_HOME"})
+
+
+def unknown_set(environ) -> str | None:
+    """'warning: ...' naming each FTCTL_* variable set in ``environ`` that ftctl reads none of (a typo, an older or
+    newer ftctl's name: it changes nothing), the nearest setting where one is close, and the settings there are; None
+    where every one is known. A warning, not a refusal: nothing is wrong with the command itself. Said by the CLI once a
+    command (cli.main), not again by the trainer it starts."""
+    import difflib
+
+    names = sorted(
+        name
+        for name in environ
+        if name.startswith("FTCTL_")
+        and name not in KNOWN
+        and name not in TESTS_OWN
+        and not name.startswith(TESTS_PREFIX)
+    )
+    if not names:
+        return None
+    said = []
+    for name in names:
+        close = difflib.get_close_matches(name, SETTINGS, n=1, cutoff=0.8)
+        said.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    one = len(names) == 1
+    return (
+        f"warning: {', '.join(said)} {'is' if one else 'are'} set in this environment, but ftctl reads no such "
+        f"variable{'' if one else 's'}: {'it changes' if one else 'they change'} nothing. The ones it reads: "
+        f"{', '.join(SETTINGS)} (docs/configuration.md)."
+    )
 
 
 def setting_problem(name: str, value: str) -> str | None:

@@ -25,9 +25,10 @@ import os
 import re
 import shutil
 import socket
+import time
 from pathlib import Path
 
-from ftctl.envvars import FAILURE_DIR_ENV
+from ftctl.envvars import ELASTIC_ERROR_ENV, FAILURE_DIR_ENV
 
 KINDS = ("config", "memory", "error", "interrupted")
 # which record speaks for the job: a configuration error, the rank out of memory (the others fail in its
@@ -37,9 +38,12 @@ NO_RECORD = "the trainer stopped without reporting an error (killed, out of memo
 
 
 def record(kind: str, message: str, directory: str | None = None) -> Path | None:
-    """Write this rank's record into ``directory`` (default ``$FTCTL_FAILURE_DIR``); None when unset."""
+    """Write this rank's record into ``directory`` (default ``$FTCTL_FAILURE_DIR``); None when unset. A cause (not an
+    interruption: the ranks torchrun stops after it) is left for torchrun too (tell_torchrun)."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: one of {', '.join(KINDS)}")
+    if kind != "interrupted":
+        tell_torchrun(message)
     directory = directory or os.environ.get(FAILURE_DIR_ENV)
     if not directory:
         return None
@@ -57,6 +61,33 @@ def record(kind: str, message: str, directory: str | None = None) -> Path | None
     return path
 
 
+def tell_torchrun(message: str) -> None:
+    """Leave this rank's error where torchrun's agent reads it: its $TORCHELASTIC_ERROR_FILE, in the form torch's own
+    ErrorHandler.record_exception writes. torchrun run by hand (`torchrun ... -m ftctl.trainer`) ends its report of a
+    failed worker with the root cause's "traceback": this message, where it said "To enable traceback see: https://
+    pytorch.org/docs/stable/elastic/errors.html" (that report itself is torchrun's process's, which never imports
+    ftctl: ftctl's own torchrun, ftctl.trainer.torchrun, says one line instead); a scheduler above torchrun that sets
+    the agent's own file gets the message. The first rank of the node to fail with it leaves it whole, the others
+    (every rank checks the data) its first line: a bad dataset's rows are not repeated a rank, and whichever rank
+    torchrun takes for the root cause says what failed. Nothing where torchrun did not start this process; a file that
+    cannot be written is passed over (the ``error:`` line says it)."""
+    said = str(message).strip()
+    path = os.environ.get(ELASTIC_ERROR_ENV)
+    if not path:
+        return
+    if not first_to_say(f"torchrun: {said}"):
+        said = said.splitlines()[0] if said else said
+    # a second early: torch takes the failure of the earliest whole second for the root cause (ties: the lowest rank),
+    # and stamps a rank it stopped after this one (no file: SIGTERM) with its own clock's, often this second; that rank
+    # was taken for the cause (ftctl's torchrun then said it was killed, and that a relaunch would resume)
+    stamp = str(int(time.time()) - 1)
+    data = {"message": {"message": said, "extraInfo": {"py_callstack": said, "timestamp": stamp}}}
+    try:
+        Path(path).write_text(json.dumps(data))
+    except OSError:
+        pass
+
+
 SAID_MARK = "ftctl-said-"  # first_to_say's files in torchrun's attempt directory
 
 
@@ -69,7 +100,7 @@ def first_to_say(line: str) -> bool:
     word). The marks are files in torchrun's directory of this attempt on this node, which all its local ranks share
     ($TORCHELASTIC_ERROR_FILE's grandparent, one a torchrun and a restart); a process not started by torchrun, or a
     mark that cannot be written, says it."""
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    error_file = os.environ.get(ELASTIC_ERROR_ENV)
     if not error_file:
         return True
     attempt = Path(error_file).parent.parent

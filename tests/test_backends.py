@@ -104,7 +104,9 @@ def test_a_stopped_run_whose_disk_cannot_hold_another_checkpoint_says_so(small_d
     (ckpt / "model.safetensors").write_bytes(b"w" * 10_000)
     write_manifest(str(ckpt), 2, 1, "digest")
     ref = JobRef("local", str(run), str(run), "r", str(run))
-    assert LocalBackend().status(ref).text.endswith("(the same `ftctl launch` resumes it from checkpoint-2)")
+    # no launch lock (write_files alone): whichever of the two started it
+    said = LocalBackend().status(ref).text
+    assert said.endswith("(the same `ftctl launch` or `ftctl train` resumes it from checkpoint-2)")
     (run / ".ftctl-quarantine" / "checkpoint-4-1").mkdir(parents=True)  # a partial save that resume set aside
     (run / ".ftctl-quarantine" / "checkpoint-4-1" / "model.safetensors").write_bytes(b"w" * 8000)
     fill(small_disk)
@@ -292,7 +294,9 @@ def test_a_local_runs_directory_stands_for_its_job(tmp_path, monkeypatch):
 
     status = cli("status", "--exit-code", "runs/r1")
     assert status.exit_code == 3, status.output  # stopped before its end: the same launch resumes it
-    assert status.stdout.startswith("runs/r1 local run, stopped before the end (the same `ftctl launch` resumes it)")
+    assert status.stdout.startswith(
+        "runs/r1 local run, stopped before the end (the same `ftctl launch` or `ftctl train` resumes it)"
+    )
     assert status.stdout.endswith("\nstep 3  loss 2.5000\n")
     # a trainer holds the run's lock (trainer/run.only_trainer): training now, and by whom
     import fcntl

@@ -182,13 +182,14 @@ def test_a_docker_same_paths_setting_of_no_yes_or_no_is_said(monkeypatch):
 def test_every_ftctl_variable_the_code_reads_is_known_so_none_is_taken_for_a_typo():
     """envvars.KNOWN is what `-o env=FTCTL_...` is checked against: a variable read somewhere but missing there would be
     refused as a misspelling of its neighbour (FTCTL_DOCKER_SAME_PATH vs ..._PATHS). Shell-local names of the rendered
-    scripts (launch.py's FTCTL_SET, FTCTL_AT) are no settings."""
+    scripts (launch.py's FTCTL_SET, FTCTL_AT) are no settings, nor are the tests' own names envvars exempts from the
+    CLI's warning of unknown ones (TESTS_OWN, TESTS_PREFIX)."""
     import re
     from pathlib import Path
 
-    from ftctl.envvars import KNOWN
+    from ftctl.envvars import KNOWN, TESTS_OWN, TESTS_PREFIX
 
     root = Path(__file__).resolve().parent.parent / "ftctl"
     named = {m for f in root.rglob("*.py") for m in re.findall(r"\bFTCTL_[A-Z0-9_]+\b", f.read_text())}
     assert "FTCTL_DOCKER_SAME_PATHS" in named and "FTCTL_STOP_REQUEST_POLL_S" in named  # the scan sees them
-    assert named - KNOWN == {"FTCTL_SET", "FTCTL_AT"}
+    assert named - KNOWN - TESTS_OWN - {TESTS_PREFIX} == {"FTCTL_SET", "FTCTL_AT"}

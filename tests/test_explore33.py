@@ -107,8 +107,8 @@ def test_status_of_a_stopped_local_run_into_the_store_names_the_checkpoint_it_re
     ref = _launched(tmp_path / "runs" / "stopped", stopped, run)
     said = LocalBackend().status(ref)
     assert said.text == (
-        f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` resumes it from checkpoint-2 in "
-        f"{stopped})"
+        f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` or `ftctl train` resumes it from "
+        f"checkpoint-2 in {stopped})"
     )
     shutil.rmtree(ref.run_dir)
     said = LocalBackend().status(ref)

@@ -38,6 +38,7 @@ from ftctl.backend import (
     refused_as_finished,
     resumes_from,
     run_spec,
+    same_command,
     trainer_paths_of,
     training_now,
 )
@@ -175,7 +176,8 @@ class LocalBackend(Backend):
     def status(self, ref: JobRef) -> JobStatus:
         """A local run found by its directory (backend.find_job): finished once its final model or adapter is
         there; training while a trainer holds its lock (trainer/run.only_trainer); failed where its trainer said so
-        (its status file and failure records); else stopped, and the same `ftctl launch` resumes it."""
+        (its status file and failure records); else stopped, and the same `ftctl launch` (or `ftctl train`, the
+        command that started it: same_command) resumes it."""
         from ftctl.checkpoints.settings import final_saved
 
         if not ref.paths.root.is_dir():  # deleted or moved since: what is left of it is its object-store output's
@@ -193,7 +195,7 @@ class LocalBackend(Backend):
             return JobStatus(JobState.FAILED, f"{ref.job_id} local run, failed")  # would fail the same way
         return JobStatus(  # stopped (cancelled, killed, Ctrl-C, a crash a relaunch gets past): `ftctl status` exits 3
             JobState.PREEMPTED,
-            f"{ref.job_id} local run, stopped before the end (the same `ftctl launch` {resumes(ref)})",
+            f"{ref.job_id} local run, stopped before the end ({same_command(ref.run_dir)} {resumes(ref)})",
         )
 
     def log_tail(self, ref: JobRef) -> str:
@@ -230,8 +232,8 @@ class LocalBackend(Backend):
         paths.stop_file.parent.mkdir(parents=True, exist_ok=True)
         paths.stop_file.touch()
         return (
-            f"asked {ref.job_id} ({holder}) to stop: it saves a checkpoint at its next step and exits; the same "
-            "`ftctl launch` resumes it"
+            f"asked {ref.job_id} ({holder}) to stop: it saves a checkpoint at its next step and exits; "
+            f"{same_command(ref.run_dir)} resumes it"
         )
 
     def doctor(self, gpus, partition) -> bool:
