@@ -111,7 +111,7 @@ def run_options(fn=None, placement: bool = True):
             help="Shell line the job runs before training (module load cuda/12.4); slurm and sky.",
         ),
         click.option("--sbatch-arg", "sbatch_args", multiple=True, help="Extra #SBATCH option, e.g. --mem=64G."),
-        click.option("--spot/--no-spot", default=None, help="SkyPilot managed job on spot, recovered when preempted."),
+        click.option("--spot/--no-spot", default=None, help="SkyPilot managed job on spot (Slurm/SSH: its nodes)."),
         click.option("--managed/--no-managed", default=None, help="SkyPilot managed job on on-demand instances."),
         click.option("--infra", help="SkyPilot infra: aws, gcp/us-central1, k8s, slurm/CLUSTER."),
         click.option("--cluster", help="SkyPilot cluster to launch or reuse (default: the run name)."),
