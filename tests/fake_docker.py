@@ -14,7 +14,11 @@ them at once), ``rm N``, ``version`` and ``info
 --format '{{json .}}'`` (a daemon's: its runtimes are runc and ``$FAKE_DOCKER_RUNTIMES``, comma-separated; with
 ``$FAKE_DOCKER_CDI``, comma-separated
 CDI device names, its CDI spec dirs and, unless ``$FAKE_DOCKER_CDI_LISTED=0`` (an older daemon), DiscoveredDevices; with
-``$FAKE_DOCKER_DAEMON_DOWN`` set every verb but ``context`` fails, as a CLI without its daemon does). The image is ignored: the command runs with this machine's python
+``$FAKE_DOCKER_DAEMON_DOWN`` set every verb but ``context`` fails, as a CLI without its daemon does); ``create`` (run's
+options, the container made and not started: "created"), ``start N``, ``cp [--archive] - N:/`` (a tar on stdin unpacked
+into the container's own file system, ``$FAKE_DOCKER_STATE/N/root``, its members listed in ``N/copied.json``) and ``cp
+N:PATH -`` (a tar of that file or directory on stdout). A container that was copied into sees its own file system: a
+path of its command, working directory or ``-e`` value that no mount holds is its root's. The image is ignored: the command runs with this machine's python
 (first on PATH). State lives in ``$FAKE_DOCKER_STATE``; each call is appended to ``$FAKE_LOG`` as JSON (its argv, and
 "at": its DOCKER_HOST and DOCKER_CONTEXT where set).
 
@@ -63,7 +67,7 @@ def log_call(args):
 
 def parse(args):
     opts, i = [], 0
-    while i < len(args) and args[i].startswith("-"):
+    while i < len(args) and args[i].startswith("-") and args[i] != "-":  # "-": stdin or stdout (cp)
         a = args[i]
         if a in TAKES_VALUE:
             opts.append((a, args[i + 1]))
@@ -79,6 +83,8 @@ def state(name):
     d = STATE / name
     if not d.is_dir():
         return None
+    if not (d / "pid").exists():
+        return "created", 0
     pid = int((d / "pid").read_text())
     rc = d / "rc"
     if rc.exists():
@@ -106,7 +112,7 @@ def inspected(fmt, name, st):
     fields = {
         "Status": st[0],
         "ExitCode": str(st[1]),
-        "StartedAt": rfc3339(float((d / "started").read_text())),
+        "StartedAt": rfc3339(float((d / "started").read_text())) if (d / "started").exists() else ZERO_TIME,
         "FinishedAt": rfc3339(rc.stat().st_mtime) if rc.exists() else ZERO_TIME,
     }
     for key, value in fields.items():
@@ -154,6 +160,60 @@ def container_env(pairs, name):
     return env
 
 
+def start(name):
+    """Start the container ``name`` made by ``create``: its command runs here, paths mapped to their host paths
+    (a mount's; else, for a container copied into, its own file system's)."""
+    d = STATE / name
+    config = json.loads((d / "config.json").read_text())
+    opts, pos, env = [tuple(o) for o in config["opts"]], config["pos"], config["env"]
+    mounts = [v.split(":")[:2] for k, v in opts if k in ("-v", "--volume")]
+    workdir = dict(opts).get("-w", "/")
+    root = d / "root"
+
+    def host(p):
+        for h, c in mounts:
+            if p == c or p.startswith(c + "/"):
+                return h + p[len(c) :]
+        if root.is_dir() and p.startswith("/") and not p.startswith(sys.prefix) and not p.startswith(sys.base_prefix):
+            return str(root) + p  # the container's own file system (the python of the image stands in: not mapped)
+        return p
+
+    for key in [k for k, v in env.items() if isinstance(v, str) and v.startswith("/") and k != "PATH"]:
+        env[key] = host(env[key])
+    # the container's user: --user, else the image's USER (FAKE_IMAGE_USER), as docker runs it
+    user = dict(opts).get("--user") or dict(opts).get("-u") or os.environ.get("FAKE_IMAGE_USER")
+    uid, _, gid = (user or "").partition(":")
+    as_user = {"user": int(uid), "group": int(gid or uid), "extra_groups": []} if user and os.getuid() == 0 else {}
+    argv = [host(a) for a in pos[1:]]
+    (d / "started").write_text(repr(time.time()))
+    out = open(d / "log", "w")
+    wrapper = [  # runs the command, notes its pid (the container's PID 1), then its exit code as docker says it
+        sys.executable,
+        "-c",
+        # each file written aside and renamed: `state` polled rc as it was created, read '' (int: ValueError)
+        "import os,subprocess,sys\n"
+        "def put(path, text):\n"
+        "    open(path + '.tmp', 'w').write(text); os.replace(path + '.tmp', path)\n"
+        "p=subprocess.Popen(sys.argv[3:]); put(sys.argv[2], str(p.pid))\n"
+        "rc=p.wait(); put(sys.argv[1], str(128-rc if rc<0 else rc))",
+        str(d / "rc"),
+        str(d / "init"),
+        *argv,
+    ]
+    proc = subprocess.Popen(
+        wrapper,
+        cwd=host(workdir),
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        **as_user,
+    )
+    (d / "pid").write_text(str(proc.pid))
+    print(name)
+    return 0
+
+
 def main(args):
     log_call(args)
     cmd, rest = args[0], args[1:]
@@ -186,57 +246,54 @@ def main(args):
                 info["DiscoveredDevices"] = [{"Source": "cdi", "ID": d} for d in devices]
         print(json.dumps(info))
         return 0
-    if cmd == "run":
+    if cmd in ("run", "create"):
         name = dict(opts)["--name"]
-        mounts = [v.split(":")[:2] for k, v in opts if k in ("-v", "--volume")]
-        env = container_env([v for k, v in opts if k in ("-e", "--env")], name)
-        workdir = dict(opts).get("-w", "/")
-
-        def host(p):
-            for h, c in mounts:
-                if p == c or p.startswith(c + "/"):
-                    return h + p[len(c) :]
-            return p
-
-        for key in [k for k, v in env.items() if isinstance(v, str) and v.startswith("/")]:
-            env[key] = host(env[key])
-        # the container's user: --user, else the image's USER (FAKE_IMAGE_USER), as docker runs it
-        user = dict(opts).get("--user") or dict(opts).get("-u") or os.environ.get("FAKE_IMAGE_USER")
-        uid, _, gid = (user or "").partition(":")
-        as_user = {"user": int(uid), "group": int(gid or uid), "extra_groups": []} if user and os.getuid() == 0 else {}
-        argv = [host(a) for a in pos[1:]]
         d = STATE / name
         if d.exists():
             print(f'Conflict. The container name "/{name}" is already in use', file=sys.stderr)
             return 125
         d.mkdir(parents=True)
-        (d / "started").write_text(repr(time.time()))
-        out = open(d / "log", "w")
-        wrapper = [  # runs the command, notes its pid (the container's PID 1), then its exit code as docker says it
-            sys.executable,
-            "-c",
-            # each file written aside and renamed: `state` polled rc as it was created, read '' (int: ValueError)
-            "import os,subprocess,sys\n"
-            "def put(path, text):\n"
-            "    open(path + '.tmp', 'w').write(text); os.replace(path + '.tmp', path)\n"
-            "p=subprocess.Popen(sys.argv[3:]); put(sys.argv[2], str(p.pid))\n"
-            "rc=p.wait(); put(sys.argv[1], str(128-rc if rc<0 else rc))",
-            str(d / "rc"),
-            str(d / "init"),
-            *argv,
-        ]
-        proc = subprocess.Popen(
-            wrapper,
-            cwd=host(workdir),
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            **as_user,
-        )
-        (d / "pid").write_text(str(proc.pid))
-        print(name)
+        # what the container runs, with the -e NAME values of this (the CLI's) environment, as docker keeps them
+        env = container_env([v for k, v in opts if k in ("-e", "--env")], name)
+        (d / "config.json").write_text(json.dumps({"opts": opts, "pos": pos, "env": env}))
+        if cmd == "create":
+            print(name)
+            return 0
+        return start(name)
+    if cmd == "cp" and pos[:1] == ["-"]:  # a tar from stdin, unpacked at PATH of the container's own file system
+        import tarfile
+
+        name, _, inside = pos[1].partition(":")
+        if state(name) is None:
+            print(f"Error: No such container: {name}", file=sys.stderr)
+            return 1
+        root = STATE / name / "root"
+        with tarfile.open(fileobj=sys.stdin.buffer, mode="r|") as tar:
+            members = []
+            for member in tar:
+                members.append(
+                    {"name": member.name, "uid": member.uid, "gid": member.gid, "type": member.type.decode()}
+                )
+                tar.extract(member, root / inside.lstrip("/"), set_attrs=False)
+        (STATE / name / "copied.json").write_text(json.dumps(members))
         return 0
+    if cmd == "cp" and pos[-1:] == ["-"]:  # a file or directory of the container's file system, a tar on stdout
+        import tarfile
+
+        name, _, inside = pos[0].partition(":")
+        found = STATE / name / "root" / inside.lstrip("/")
+        if state(name) is None or not found.exists():
+            print(f"Error: Could not find the file {inside} in container {name}", file=sys.stderr)
+            return 1
+        with tarfile.open(fileobj=sys.stdout.buffer, mode="w|") as tar:
+            tar.add(found, arcname=found.name)
+        return 0
+    if cmd == "start":
+        if state(pos[-1]) is None:
+            print(f"Error: No such container: {pos[-1]}", file=sys.stderr)
+            return 1
+        return start(pos[-1])
+
     name = pos[-1] if pos else ""
     st = state(name)
     if st is None:
@@ -246,6 +303,8 @@ def main(args):
         print(inspected(dict(opts).get("--format", "{{.State.Status}} {{.State.ExitCode}}"), name, st))
     elif cmd == "logs":
         path, pos_ = STATE / name / "log", 0
+        if not path.exists():  # created, not started: nothing said yet
+            return 0
         if "--tail" in dict(opts):  # the last N lines, then (with --follow) what comes
             data, n = path.read_bytes(), int(dict(opts)["--tail"])
             pos_ = len(data) - sum(len(line) for line in (data.splitlines(keepends=True)[-n:] if n else []))

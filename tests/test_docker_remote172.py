@@ -1,8 +1,9 @@
 """The docker backend with an engine on another machine (DOCKER_HOST=ssh://gpu, a docker context, podman's
 CONTAINER_HOST or remote connection): a container there mounts that machine's paths and gets that machine's GPUs, so
-what ftctl reads of this machine (its paths, nvidia-smi, /etc/cdi, its disk) says nothing of it. The launch is refused
-with the fix unless the user says that machine sees the same paths (FTCTL_DOCKER_SAME_PATHS=1); the engine is asked
-where it can say (docker info), and what nobody here can check is said, not refused.
+what ftctl reads of this machine (its paths, nvidia-smi, /etc/cdi, its disk) says nothing of it. The run is shipped
+there (tests/test_docker_remote193.py), a local output refused with the fix, unless the user says that machine sees the
+same paths (FTCTL_DOCKER_SAME_PATHS=1: mounted as here); the engine is asked where it can say (docker info), and what
+nobody here can check is said, not refused.
 
 In this process, through tests/fake_docker.py (its ``context inspect``, ``info``) and a podman stand-in: no engine,
 no container started.
@@ -108,21 +109,20 @@ def _launch(tiny_model_dir, tiny_data, out, gpus="cpu", *more):
 def test_a_launch_on_another_machines_engine_is_refused_with_the_fix(
     host, tiny_model_dir, tiny_data, tmp_path, monkeypatch
 ):
-    """Every docker run mounts its run dir, data and caches at their own paths: on DOCKER_HOST=ssh://gpu those are
-    gpu's paths (docker makes a missing one, empty, owned by root) and the trainer finds no spec.json there. One line
-    with the fix, nothing started; FTCTL_DOCKER_SAME_PATHS=1 (a shared filesystem) lets it go."""
+    """A run on DOCKER_HOST=ssh://gpu is copied into its container there, nothing of this machine mounted: a local
+    --output (its checkpoints would stay in that container) is one line with the fix, nothing started;
+    FTCTL_DOCKER_SAME_PATHS=1 (a shared filesystem) mounts it as here."""
     monkeypatch.setenv("DOCKER_HOST", "ssh://gpu")
     said = _launch(tiny_model_dir, tiny_data, tmp_path / "out")
     assert said.exit_code == 2, said.output
     lines = said.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        "error: docker runs containers on another machine (DOCKER_HOST=ssh://gpu), where the run's mounts of this "
-        f"machine's paths ({tmp_path / 'out'}, {tmp_path / 'cache'}, "
+        f"error: --output '{tmp_path / 'out'}' is a local path, and docker runs containers on another machine "
+        "(DOCKER_HOST=ssh://gpu), which cannot write here: give --output an object-store URI "
     ), said.stderr
     assert lines[0].endswith(
-        " would be that machine's: run ftctl on that machine instead (ssh to it, then the same command), or --backend "
-        "sky or slurm (which ship the inputs); where it sees this machine's paths at the same place (a shared "
-        "filesystem), export FTCTL_DOCKER_SAME_PATHS=1."
+        "where that machine sees this one's paths at the same place (a shared filesystem), export "
+        "FTCTL_DOCKER_SAME_PATHS=1."
     )
     assert "run" not in [json.loads(c)["argv"][0] for c in Path(os.environ["FAKE_LOG"]).read_text().splitlines()]
     monkeypatch.setenv(engine.SAME_PATHS_ENV, "1")
@@ -170,8 +170,8 @@ def _doctor(*args):
 
 
 def test_doctor_asks_the_engine_on_another_machine(host, monkeypatch):
-    """doctor with DOCKER_HOST=ssh://gpu: where the containers run, the paths (fails without
-    FTCTL_DOCKER_SAME_PATHS=1), the --gpus asked not judged by this machine's nvidia-smi, and the GPU runtime as the
+    """doctor with DOCKER_HOST=ssh://gpu: where the containers run, the paths (a run is copied there, or mounted
+    with FTCTL_DOCKER_SAME_PATHS=1), the --gpus asked not judged by this machine's nvidia-smi, and the GPU runtime as the
     engine says it: its discovered CDI devices (docker info's DiscoveredDevices), or, from an older daemon whose CDI
     directories are that machine's, not checked (not "has no runtime")."""
     monkeypatch.setenv("DOCKER_HOST", "ssh://gpu")
@@ -182,7 +182,10 @@ def test_doctor_asks_the_engine_on_another_machine(host, monkeypatch):
     assert lines[1].startswith("docker:  daemon 27.3.1 (") and lines[1].endswith(
         " on another machine: DOCKER_HOST=ssh://gpu"
     )
-    assert lines[2].startswith("paths:   a container there mounts that machine's paths: run ftctl on that machine ")
+    assert lines[2] == (
+        "paths:   a run is copied into its container there (docker cp: its spec.json and local inputs, up to 2.0 GiB), "
+        "nothing of this machine mounted; its --output is an object store (s3://bucket/path, gs://...)"
+    )
     monkeypatch.setenv(engine.SAME_PATHS_ENV, "1")
     monkeypatch.setenv("FAKE_DOCKER_CDI", "nvidia.com/gpu=0,nvidia.com/gpu=all")
     said = _doctor("--gpus", "1xH100")
@@ -239,8 +242,8 @@ def test_a_jobs_status_and_cancel_ask_the_engine_it_was_launched_on(host, tmp_pa
 
 
 def test_a_gpu_runs_failure_on_another_machine_says_where_to_fix_it(host, tmp_path, monkeypatch):
-    """podman there without NVIDIA's CDI spec (not checked from here) fails `podman run`: its line, the fix, and
-    that the fix is made on the engine's machine, not this one."""
+    """podman there without NVIDIA's CDI spec (not checked from here) fails `podman create` (the run is shipped):
+    its line, the fix, and that the fix is made on the engine's machine, not this one."""
     import subprocess
 
     from ftctl.errors import NotSent
@@ -252,10 +255,10 @@ def test_a_gpu_runs_failure_on_another_machine_says_where_to_fix_it(host, tmp_pa
     monkeypatch.setattr(backend, "_inspect", lambda name, docker=None: None)
     monkeypatch.setattr(backend, "_run", lambda argv: subprocess.CompletedProcess(argv, 125, "", said + "\n"))
     model = "meta-llama/Llama-3.2-1B"
-    prep = prepared(backend="docker", gpus="1xH100", model_name_or_path=model, output_dir=str(tmp_path / "o"))
+    prep = prepared(backend="docker", gpus="1xH100", model_name_or_path=model, output_dir="s3://b/o")
     with pytest.raises(NotSent) as e:
         backend.DockerBackend().send(prep)
     assert str(e.value) == (
-        f"podman run failed: {said}: {backend.CDI_FIX}, on the machine that runs the containers (CONTAINER_HOST="
+        f"podman create failed: {said}: {backend.CDI_FIX}, on the machine that runs the containers (CONTAINER_HOST="
         f"{PODMAN_URI})"
     )

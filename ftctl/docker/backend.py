@@ -18,13 +18,17 @@ any container starts, and refuses Docker's CLI on podman's docker API (which dro
 job keeps the one it was launched with (its JobRef's extra["engine"]).
 
 An engine on another machine (DOCKER_HOST=ssh://..., a docker context, podman's CONTAINER_HOST or connection:
-docker.engine.remote) runs the container there: its ``-v PATH:PATH`` mounts that machine's PATH, so ``check``
-refuses the launch with the fix unless the user says that machine sees these paths at the same place
-(FTCTL_DOCKER_SAME_PATHS=1); and what belongs to that machine is not read from this one: its GPUs and driver
-(nvidia-smi here: detected_gpus, host_driver_cuda), podman's CDI spec (CDI_DIRS here), docker's CDI spec
-directories, the staging disk (staging_here). The engine is asked instead where it says (``docker info``: its
-runtimes, its discovered CDI devices); what it cannot say is said to be unchecked, never refused on this machine's
-facts.
+docker.engine.remote) runs the container there, where a ``-v PATH:PATH`` would mount that machine's PATH: so the run is
+shipped (docker.engine.ships; docker.render.shipped_commands): ``docker create`` with nothing of this machine mounted,
+``docker cp`` of its spec.json and local inputs into the container, ``docker start``. ``check`` refuses, with the fix,
+a local output (the checkpoints, final model and resume of a shipped run are in its object store) and local inputs
+of more than SHIP_LIMIT; ``status`` reads the trainer's metrics.jsonl copied out of the container (``docker cp``:
+trainer_paths), ``logs`` and ``cancel`` go through the engine as here. Where the user says that machine sees these
+paths at the same place (FTCTL_DOCKER_SAME_PATHS=1: a shared filesystem), the run is mounted as here. What belongs to
+that machine is not read from this one: its GPUs and driver (nvidia-smi here: detected_gpus, host_driver_cuda),
+podman's CDI spec (CDI_DIRS here), docker's CDI spec directories, the staging disk (staging_here). The engine is
+asked instead where it says (``docker info``: its runtimes, its discovered CDI devices); what it cannot say is said to
+be unchecked, never refused on this machine's facts.
 
 The image: --container, else ``image:`` in the user's config, else the newest image ``ftctl build``
 recorded for the run's GPUs (built here or pushed), else ``default_image`` (what ``ftctl build`` names).
@@ -34,12 +38,14 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import io
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tarfile
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -66,7 +72,7 @@ from ftctl.docker.image import build_command, default_image, flavour_for
 from ftctl.errors import FtctlError, NotSent
 from ftctl.runpaths import RunPaths
 from ftctl.spec import RunSpec
-from ftctl.storage import is_remote
+from ftctl.storage import is_remote, write_whole
 from ftctl.torch_builds import node_driver_cuda
 
 # docker stop's wait between SIGTERM and SIGKILL (`ftctl cancel --wait`): the time for the step under way and one
@@ -80,6 +86,11 @@ GPU_RUNTIME_FIX = (
     "install the NVIDIA Container Toolkit, then `sudo nvidia-ctk runtime configure --runtime=docker && sudo "
     "systemctl restart docker`"
 )
+# what a launch copies into a container on another machine at most (its local data, model, chat template, checkpoint to
+# resume): docker cp streams it through the engine's connection (ssh ...) with every launch
+SHIP_LIMIT = 2 * 1024**3
+# in a shipped run's run dir here: its trainer's metrics.jsonl as `status` last copied it out of the container
+CONTAINER_COPY = ".ftctl/container"
 # podman's CDI spec directories (containers.conf's cdi_spec_dirs by default; podman 4 reads only these); without
 # NVIDIA's spec there, podman says: setting up CDI devices: unresolvable CDI devices nvidia.com/gpu=0
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
@@ -152,15 +163,17 @@ class DockerBackend(Backend):
     def render(self, spec, plan, paths, spec_json):
         # the engines differ only in how a container gets GPUs: a CPU run's command asks nothing of the host
         kind = docker_engine.kind() if plan.tier else "docker"
-        text = docker_render.render(spec, plan, str(paths.root), kind, docker_engine.command())
-        return text, {paths.spec.name: spec_json, paths.docker_script.name: "#!/bin/sh\nexec " + text}
+        shipped = docker_engine.ships() or ""
+        text = docker_render.render(spec, plan, str(paths.root), kind, docker_engine.command(), shipped)
+        script = "#!/bin/sh\n" + (text if shipped else "exec " + text)  # shipped: what ftctl sent, its tar not here
+        return text, {paths.spec.name: spec_json, paths.docker_script.name: script}
 
     def check(self, rendered: Rendered) -> None:
         docker = _docker()
         _daemon(docker)
         where = docker_engine.remote(docker)
-        if where and not docker_engine.same_paths():  # every run mounts its run dir, at least
-            raise FtctlError(_mounts_elsewhere(docker, where, rendered))
+        if docker_engine.ships(docker) and (said := _not_shippable(docker, where, rendered)):
+            raise FtctlError(said)
         image = rendered.image.ref
         if rendered.image.source in ("default", "local"):  # a registry's image is pulled by docker run
             if _run([docker, "image", "inspect", image]).returncode != 0:
@@ -199,6 +212,14 @@ class DockerBackend(Backend):
         docker = _docker()
         if _inspect(name):  # an ended container of an earlier attempt: the run dir keeps its checkpoints
             _run([docker, "rm", name])
+        # the engine it runs on: status, logs and cancel ask that one (FTCTL_DOCKER unset later, or docker installed)
+        # and where it reaches it (DOCKER_HOST, a context, CONTAINER_HOST ...: docker.engine.endpoint_env)
+        extra = {"engine": docker_engine.command(), "endpoint": docker_engine.endpoint_env()}
+        if where := docker_engine.ships(docker):
+            _ship(docker, where, rendered)
+            # where its trainer writes in the container (metrics.jsonl): status copies it out (trainer_paths)
+            extra["shipped"] = docker_render.staging_dir(rendered.spec, shipped_to=str(rendered.paths.root))
+            return JobRef("docker", name, str(rendered.paths.root), name, rendered.spec.output, extra)
         caches = docker_render.host_caches()
         for path in [*caches.dirs(), *(inside for _, inside in docker_render.home_mounts(rendered.spec, caches))]:
             os.makedirs(path, exist_ok=True)
@@ -218,9 +239,6 @@ class DockerBackend(Backend):
             if fix and (where := docker_engine.remote(docker)) and fix[2:] in (GPU_RUNTIME_FIX, CDI_FIX):
                 fix += f", on the machine that runs the containers ({where})"
             raise NotSent(f"{_name(docker)} run failed: {said}{fix}")
-        # the engine it runs on: status, logs and cancel ask that one (FTCTL_DOCKER unset later, or docker installed)
-        # and where it reaches it (DOCKER_HOST, a context, CONTAINER_HOST ...: docker.engine.endpoint_env)
-        extra = {"engine": docker_engine.command(), "endpoint": docker_engine.endpoint_env()}
         return JobRef("docker", name, str(rendered.paths.root), name, rendered.spec.output, extra)
 
     def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
@@ -256,10 +274,14 @@ class DockerBackend(Backend):
         for an engine on another machine (its disk: not seen from here)."""
         return None if docker_engine.remote() else docker_render.staging_dir(spec)
 
+    @_at_its_engine
     def trainer_paths(self, ref: JobRef) -> RunPaths | None:
         """The run dir of a local output; an object-store output's staging dir as the container names it (its HOME is
         this host's caches.home, its environment the run's: docker.render.staging_dir), a path of this host's
-        (mounted there)."""
+        (mounted there). A shipped run's (on another machine): its CONTAINER_COPY here, where its trainer's
+        metrics.jsonl is copied out of the container (``docker cp``, a running or an ended one) as this is asked."""
+        if inside := ref.extra.get("shipped"):
+            return _copied_out(_docker(ref), ref, inside)
         if not is_remote(ref.output):
             return ref.paths
         try:
@@ -377,10 +399,10 @@ class DockerBackend(Backend):
         click.echo(f"docker:  {said}{f' on another machine: {where}' if where else ''}")
         ok = True
         if where:
-            ok = docker_engine.same_paths()
             click.echo(
-                f"paths:   {'its machine sees this one' if ok else 'a container there mounts that machine'}'s paths"
-                + (f" ({docker_engine.SAME_PATHS_ENV}=1)" if ok else f": {_mounts_fix(where)}")
+                f"paths:   its machine sees this one's paths ({docker_engine.SAME_PATHS_ENV}=1)"
+                if docker_engine.same_paths()
+                else f"paths:   {SHIPPED_SAYS}"
             )
         # a CPU run needs no GPU runtime; an engine elsewhere is asked all the same (its GPUs are not seen here), and
         # fails doctor for its GPUs only where --gpus asked for some
@@ -530,31 +552,148 @@ _PODMAN_CDI_THERE = (
 )
 
 
-def _mounts_fix(where: str) -> str:
-    """The fix for a launch whose mounts of this machine's paths an engine on another machine (``where``) lacks."""
-    return (
-        f"run ftctl on that machine instead (ssh to it, then the same command), or --backend sky or slurm (which ship "
-        f"the inputs); where it sees this machine's paths at the same place (a shared filesystem), export "
+def _gib(n: int) -> str:
+    from ftctl.checkpoints.sync import human_size
+
+    return human_size(n)
+
+
+# what doctor says of an engine on another machine that does not see this one's paths
+SHIPPED_SAYS = (
+    f"a run is copied into its container there (docker cp: its spec.json and local inputs, up to {_gib(SHIP_LIMIT)}), "
+    f"nothing of this machine mounted; its --output is an object store (s3://bucket/path, gs://...)"
+)
+
+
+def _not_shippable(docker: str, where: str, rendered: Rendered) -> str | None:
+    """Why a run cannot be shipped to the engine on another machine (``where``), with the fix: a local output (its
+    checkpoints would stay in the container there), or local inputs of more than SHIP_LIMIT; None: it can."""
+    spec = rendered.spec
+    elsewhere = f"{_name(docker)} runs containers on another machine ({where})"
+    same = (
+        f"where that machine sees this one's paths at the same place (a shared filesystem), export "
         f"{docker_engine.SAME_PATHS_ENV}=1"
     )
-
-
-def _mounts_elsewhere(docker: str, where: str, rendered: Rendered) -> str:
-    """Why a run is refused on an engine on another machine: its container would mount that machine's paths."""
-    argv = docker_render.argv(rendered.spec, rendered.plan, str(rendered.paths.root), "docker", docker)
-    mounts = [argv[i + 1].split(":")[0] for i, a in enumerate(argv) if a == "-v"]
-    shown = ", ".join(mounts[:3]) + (f" and {len(mounts) - 3} more" if mounts[3:] else "")
+    if not is_remote(spec.output):
+        said = (
+            f"--output {spec.output!r} is a local path"
+            if spec.output_dir
+            else f"without --output the run goes to {spec.output!r}"
+        )
+        return (
+            f"{said}, and {elsewhere}, which cannot write here: give --output an object-store URI (s3://bucket/path, "
+            f"gs://...), where a run copied there keeps its checkpoints, final model and resume; or run ftctl on that "
+            f"machine; or, {same}."
+        )
+    sizes = sorted(((_bytes(p), p) for p in docker_render.shipped_inputs(spec)), reverse=True)
+    total = sum(n for n, _ in sizes)
+    if total <= SHIP_LIMIT:
+        return None
+    shown = ", ".join(f"{p}: {_gib(n)}" for n, p in sizes[:3]) + (f" and {len(sizes) - 3} more" if sizes[3:] else "")
     return (
-        f"{_name(docker)} runs containers on another machine ({where}), where the run's mounts of this machine's "
-        f"paths ({shown}) would be that machine's: {_mounts_fix(where)}."
+        f"the run's local inputs ({shown}) are {_gib(total)}, more than the {_gib(SHIP_LIMIT)} ftctl copies into a "
+        f"container with each launch where {elsewhere}: put the data in object storage (--data s3://bucket/path), "
+        f"name a Hub model (--model ORG/NAME), or run ftctl on that machine; or, {same}."
     )
+
+
+def _bytes(path: str) -> int:
+    """What copying ``path`` (a file, or a directory with what it holds, links followed) sends."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    total = 0
+    for top, _, names in os.walk(path, followlinks=True):
+        for name in names:
+            try:
+                total += os.path.getsize(os.path.join(top, name))
+            except OSError:
+                pass
+    return total
+
+
+def _ship(docker: str, where: str, rendered: Rendered) -> None:
+    """The run on the engine on another machine (docker.render.shipped_commands): its container created, its
+    spec.json and local inputs copied in (a tar, streamed to ``docker cp``), started; NotSent, the container removed,
+    where one of them fails."""
+    kind = docker_engine.kind(docker) if rendered.plan.tier else "docker"
+    create, cp, start = docker_render.shipped_commands(
+        rendered.spec, rendered.plan, str(rendered.paths.root), kind, docker_engine.command()
+    )
+    name = rendered.spec.name
+    for argv, verb in ((create, "create"), (cp, "cp"), (start, "start")):
+        proc = _copy_in(cp, rendered) if argv is cp else _run(argv)
+        if proc.returncode == 0:
+            continue
+        if verb != "create":
+            _run([docker, "rm", "--force", name])
+        said = _last_line(proc)
+        fix = next((f": {fix}" for why, fix in SEND_FIXES if why in said), "")
+        if fix and fix[2:] in (GPU_RUNTIME_FIX, CDI_FIX):
+            fix += f", on the machine that runs the containers ({where})"
+        raise NotSent(f"{_name(docker)} {verb} failed: {said}{fix}")
+
+
+def _copy_in(cp: list[str], rendered: Rendered) -> subprocess.CompletedProcess:
+    """``docker cp - NAME:/`` of a tar of the run's spec.json (its run dir made, the launching user's) and its local
+    inputs (docker.render.shipped_inputs, links followed), each at its own path, owned by the launching user (the
+    container runs as them)."""
+    uid, gid = os.getuid(), os.getgid()
+
+    def own(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid, info.gid, info.uname, info.gname = uid, gid, "", ""
+        return info
+
+    proc = subprocess.Popen(
+        cp, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_engine_env()
+    )
+    try:
+        with tarfile.open(fileobj=proc.stdin, mode="w|", dereference=True) as tar:
+            paths = rendered.paths
+            run_dir = own(tarfile.TarInfo(str(paths.root).lstrip("/")))
+            run_dir.type, run_dir.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(run_dir)
+            data = rendered.files[paths.spec.name].encode()
+            spec = own(tarfile.TarInfo(str(paths.spec).lstrip("/")))
+            spec.size, spec.mode = len(data), 0o644
+            tar.addfile(spec, io.BytesIO(data))
+            for path in docker_render.shipped_inputs(rendered.spec):
+                tar.add(path, arcname=path.lstrip("/"), filter=own)
+    except BrokenPipeError:  # cp stopped reading: what it said is below
+        pass
+    except OSError as e:  # a file here that cannot be read: no container with part of the run
+        proc.kill()
+        proc.wait()
+        return subprocess.CompletedProcess(cp, 1, "", f"{e.filename or 'an input'} cannot be read: {e.strerror or e}")
+    out, err = proc.communicate()  # stdin closed: the end of the tar
+    return subprocess.CompletedProcess(cp, proc.wait(), out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def _copied_out(docker: str, ref: JobRef, inside: str) -> RunPaths:
+    """A shipped run's CONTAINER_COPY in its run dir here, its metrics.jsonl copied out of the container where its
+    trainer writes it (``inside``; ``docker cp NAME:PATH -``: a tar); the last copy where it cannot be (none yet, the
+    container removed)."""
+    here = RunPaths(ref.paths.root / CONTAINER_COPY)
+    metrics = RunPaths(Path(inside)).metrics
+    proc = subprocess.run([docker, "cp", f"{ref.job_id}:{metrics}", "-"], capture_output=True, env=_engine_env())
+    if proc.returncode != 0:
+        return here
+    try:
+        with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+            member = next((m for m in tar if m.isfile()), None)
+            data = tar.extractfile(member).read() if member else None
+        if data is not None:
+            here.root.mkdir(parents=True, exist_ok=True)
+            write_whole(here.metrics, data.decode(errors="replace"))
+    except (tarfile.TarError, OSError):
+        pass
+    return here
 
 
 def _unchecked(docker: str, where: str, kind: str, rendered: Rendered) -> list[str]:
     """What a launch on an engine on another machine (``where``) cannot check from here, said instead."""
     from urllib.parse import urlsplit
 
-    from ftctl.storage import s3_endpoint
+    from ftctl.storage import home_credentials, job_env, s3_endpoint
 
     said = []
     if rendered.plan.tier:
@@ -570,7 +709,23 @@ def _unchecked(docker: str, where: str, kind: str, rendered: Rendered) -> list[s
             )
             + (f"; {_PODMAN_CDI_THERE}" if kind == "podman" else "")
         )
-    endpoint = s3_endpoint(rendered.spec.s3_endpoint_url)
+    spec = rendered.spec
+    if docker_engine.ships(docker):  # no file of this machine's is copied: credentials pass by name only
+        passed = job_env(spec.remote_uris, files=False)
+        files = sorted(set(job_env(spec.remote_uris, files=True)) - set(passed))
+        files += [f"~/{rel}" for rel in home_credentials(spec.remote_uris)]
+        if files:
+            has = (
+                f"the variables set here ({', '.join(passed)})"
+                if passed
+                else "only that machine's own (an instance role): export the store's credential variables here "
+                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY ...), which pass by name"
+            )
+            said.append(
+                f"the object-store credentials in files here ({', '.join(files)}) are not copied into the container on "
+                f"{where} (credentials pass by name only): it has {has}"
+            )
+    endpoint = s3_endpoint(spec.s3_endpoint_url)
     if endpoint and urlsplit(endpoint).hostname in docker_engine.LOOPBACK:
         said.append(
             f"the S3 endpoint {endpoint} is this machine's loopback, and the container on {where} reaches that "

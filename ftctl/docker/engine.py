@@ -21,7 +21,9 @@ Where it runs its containers (remote()): this machine, or another one its CLI re
 context, podman's CONTAINER_HOST, CONTAINER_CONNECTION or default connection in remote mode: ssh://, tcp://). There a
 container's ``-v PATH:PATH`` mounts that machine's PATH, and its GPUs, driver and CDI spec are that machine's: what
 docker.backend checks of this one does not hold. A unix socket, a loopback address and a podman machine's VM (it
-mounts this home) count as this machine.
+mounts this home) count as this machine. A run on another machine is shipped (ships()): copied into its container
+(``docker cp``), nothing of this machine mounted, unless the user says that machine sees this one's paths at the same
+place (FTCTL_DOCKER_SAME_PATHS=1: a shared filesystem), where it is mounted as here.
 """
 
 from __future__ import annotations
@@ -163,6 +165,13 @@ def same_paths() -> bool:
             "paths at the same place (a shared filesystem), 0 or unset where it does not."
         )
     return value in ("1", "true", "yes")
+
+
+def ships(exe: str | None = None) -> str | None:
+    """Where the engine ``exe`` (default: command()'s) runs its containers where a run is shipped there, not mounted
+    (remote(), without same_paths()); None: its containers mount this machine's paths."""
+    where = remote(exe)
+    return where if where and not same_paths() else None
 
 
 def endpoint_env() -> dict[str, str]:

@@ -20,11 +20,20 @@ Secrets pass by name (``-e NAME``: docker takes the value from the launching env
 run's own and the credentials its object stores need that are set here (storage.job_env: AWS_ACCESS_KEY_ID ...).
 Where a store is reached through credential files instead, they come in read-only: the home's (~/.aws,
 ~/.config/gcloud) at the container's HOME, a file a variable names (GOOGLE_APPLICATION_CREDENTIALS) at its own path.
+
+An engine on another machine (docker.engine.ships: DOCKER_HOST=ssh://gpu, podman's CONTAINER_HOST ...) mounts that
+machine's paths, so there the run is shipped instead (shipped_commands): ``docker create`` the container with nothing
+of this machine mounted, ``docker cp`` a tar of the run's spec.json and its local inputs (shipped_inputs: data, model,
+chat template, checkpoint to resume) into it at their own paths (the paths spec.json names hold there), then ``docker
+start`` it. Its output is an object store (checkpoints, the final model and a resume are there: docker.backend
+refuses a local one); its caches, HOME and staging dir are the container's own (SHIPPED_ROOT, in its writable layer:
+a model is downloaded once a run); credentials pass by name only (``-e NAME``): no file of this machine's is copied.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import os
 from dataclasses import dataclass
 
@@ -34,10 +43,14 @@ from ftctl.errors import FtctlError
 from ftctl.hub import NETWORK_ENV
 from ftctl.launch import PATH_PYTHON, container_kind, hf_caches, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
+from ftctl.runpaths import SPEC_FILE
 from ftctl.spec import RunSpec
 from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
 
 CDI_KIND = "nvidia.com/gpu"  # the kind of NVIDIA's CDI devices (nvidia-ctk cdi generate): --device nvidia.com/gpu=0
+# a shipped container's caches, HOME and staging dir: under /tmp, which any user may write in an image (1777), as
+# --user UID:GID has no home there
+SHIPPED_ROOT = "/tmp/ftctl"
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,12 @@ def host_caches() -> HostCaches:
     return HostCaches(root, hf_home, os.path.join(root, "ftctl", "container-home"), apart)
 
 
+def shipped_caches() -> HostCaches:
+    """A shipped container's own caches (nothing of this host's mounted): under SHIPPED_ROOT, made as it writes."""
+    root = f"{SHIPPED_ROOT}/cache"
+    return HostCaches(root, f"{root}/huggingface", f"{SHIPPED_ROOT}/home")
+
+
 def host_user() -> tuple[int, int, str, tuple[int, ...]]:
     """The launching user: uid, gid, name and other groups (the container runs as them: data a project group may
     read stays readable)."""
@@ -71,10 +90,13 @@ def host_user() -> tuple[int, int, str, tuple[int, ...]]:
     return os.getuid(), os.getgid(), name, tuple(sorted(set(os.getgroups()) - {os.getgid()}))
 
 
-def argv(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker") -> list[str]:
+def argv(
+    spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker", shipped: bool = False
+) -> list[str]:
     """``docker run`` of the run; ``command``: the engine's command (docker.engine: docker, podman or a path);
     ``engine``: its kind, "docker" or "podman" (podman itself, or podman-docker's ``docker``), which differ in how a
-    container gets GPUs: docker's --gpus, podman's CDI devices."""
+    container gets GPUs: docker's --gpus, podman's CDI devices; ``shipped``: ``docker create`` of a container on
+    another machine, nothing of this one mounted (shipped_commands)."""
     if plan.nodes > 1:
         raise FtctlError("The docker backend runs on one host: use --backend slurm or sky for several nodes.")
     kind, image = container_kind(spec)
@@ -85,11 +107,11 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", comman
     image = check_reference(image, "--container") if image else default_image(plan.tier)
     run_dir = os.path.abspath(run_dir)
     uid, gid, user, groups = host_user()
-    caches = host_caches()
+    caches = shipped_caches() if shipped else host_caches()
+    groups = () if shipped else groups  # this host's groups: for data it mounts, which a shipped run is not
     cmd = [
         command,
-        "run",
-        "--detach",
+        *(["create"] if shipped else ["run", "--detach"]),
         "--name",
         spec.name,
         "--user",
@@ -112,17 +134,18 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", comman
     # inside the container must land on the host
     # a checkpoint of another run's to resume is written too (reshard.to_universal converts it in place)
     resume = spec.resume if spec.resume not in ("auto", "never") else ""
-    env = container_env(spec, caches, user)
-    # an object-store output's staging dir: under the cache root unless FTCTL_LOCAL_DIR (or -o env=FTCTL_CACHE) names
-    # another, mounted at its own path too, or the run would be staged in the container's own layer
-    staged = [staging] if (staging := staging_dir(spec, env)) else []
-    written = [run_dir, *caches.dirs(), *_here(spec.output, resume, output=spec.output), *staged]
-    read = _here(*spec.data_paths, spec.model_name_or_path, spec.chat_template_path or "")
-    for path, mode in _mounts(written, read):
-        cmd += ["-v", f"{_bindable(path)}:{path}{mode}"]
-    files, names = store_credentials(spec, {*env, *spec.secrets})
-    for host, inside in [*home_mounts(spec, caches), *((f, f) for f in files.values() if os.path.isfile(f))]:
-        cmd += ["-v", f"{_bindable(host)}:{_bindable(inside)}:ro"]
+    env = container_env(spec, caches, user, shipped_to=run_dir if shipped else None)
+    files, names = store_credentials(spec, {*env, *spec.secrets}, files=not shipped)
+    if not shipped:
+        # an object-store output's staging dir: under the cache root unless FTCTL_LOCAL_DIR (or -o env=FTCTL_CACHE)
+        # names another, mounted at its own path too, or the run would be staged in the container's own layer
+        staged = [staging] if (staging := staging_dir(spec, env)) else []
+        written = [run_dir, *caches.dirs(), *_here(spec.output, resume, output=spec.output), *staged]
+        read = _here(*spec.data_paths, spec.model_name_or_path, spec.chat_template_path or "")
+        for path, mode in _mounts(written, read):
+            cmd += ["-v", f"{_bindable(path)}:{path}{mode}"]
+        for host, inside in [*home_mounts(spec, caches), *((f, f) for f in files.values() if os.path.isfile(f))]:
+            cmd += ["-v", f"{_bindable(host)}:{_bindable(inside)}:ro"]
     for k, v in sorted({**env, **files}.items()):
         cmd += ["-e", f"{k}={v}"]
     for name in [*spec.secrets, *names]:
@@ -132,30 +155,37 @@ def argv(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", comman
     return cmd
 
 
-def container_env(spec: RunSpec, caches: HostCaches | None = None, user: str | None = None) -> dict[str, str]:
+def container_env(
+    spec: RunSpec, caches: HostCaches | None = None, user: str | None = None, shipped_to: str | None = None
+) -> dict[str, str]:
     """The plain environment the container runs in: the host's caches (HOME among them), USER, how this host reaches
     the Hub (hub.NETWORK_ENV where set here: HF_HUB_OFFLINE, a mirror's HF_ENDPOINT), the trainer's
     (launch.trainer_env: -o env among it) and, for an object-store output, STAGING_ENV where -o env sets it or this
     host exports it, as an absolute path (this host's working directory's, as a local run reads it): the same
-    ``export FTCTL_LOCAL_DIR=DIR`` stages a docker run where it stages a local one."""
-    caches = caches or host_caches()
+    ``export FTCTL_LOCAL_DIR=DIR`` stages a docker run where it stages a local one. A run shipped to another machine
+    (``shipped_to``: its run dir there) has the container's own caches (shipped_caches), and STAGING_ENV only where -o
+    env sets it (this host's export names this host's disk), a relative one under its run dir."""
+    caches = caches or (shipped_caches() if shipped_to else host_caches())
     network = {k: os.environ[k] for k in NETWORK_ENV if os.environ.get(k)}  # HF_HUB_OFFLINE=1 here: offline there
     env = {**caches.env(), "USER": user or host_user()[2], **network, **trainer_env(spec)}
-    if is_remote(spec.output) and (local := env.get(STAGING_ENV) or os.environ.get(STAGING_ENV)):
+    if shipped_to and is_remote(spec.output) and (local := env.get(STAGING_ENV)):
+        env[STAGING_ENV] = os.path.normpath(os.path.join(shipped_to, local))
+    elif is_remote(spec.output) and (local := env.get(STAGING_ENV) or os.environ.get(STAGING_ENV)):
         env[STAGING_ENV] = os.path.abspath(os.path.expanduser(local))
     return env
 
 
-def staging_dir(spec: RunSpec, env: dict[str, str] | None = None) -> str | None:
+def staging_dir(spec: RunSpec, env: dict[str, str] | None = None, shipped_to: str | None = None) -> str | None:
     """The directory of this host an object-store output is staged in before its upload (None: a local output): the
     one the trainer in the container picks from its environment (``env``: :func:`container_env`'s; trainer.run.
     output_dirs), mounted at its own path, so what preflight checks the room of and what status reads is what the
-    container writes. Without STAGING_ENV it is under the container's HOME, in the mounted cache root."""
+    container writes. Without STAGING_ENV it is under the container's HOME, in the mounted cache root. For a run
+    shipped to another machine (``shipped_to``: its run dir there), the container's own directory."""
     if not is_remote(spec.output):
         return None
     from ftctl.trainer.run import output_dirs
 
-    return output_dirs(spec, container_env(spec) if env is None else env)[0]
+    return output_dirs(spec, container_env(spec, shipped_to=shipped_to) if env is None else env)[0]
 
 
 def picked_gpus(plan: Plan) -> list[str]:
@@ -177,11 +207,11 @@ def cdi_names(plan: Plan) -> list[str]:
     return picked_gpus(plan) or [str(i) for i in range(plan.gpus_per_node)]
 
 
-def store_credentials(spec: RunSpec, passed) -> tuple[dict[str, str], list[str]]:
+def store_credentials(spec: RunSpec, passed, files: bool = True) -> tuple[dict[str, str], list[str]]:
     """The credential variables of the run's object stores set here (storage.job_env) that are not ``passed``
     already: those naming a file (storage.PATH_ENV) with its absolute path (the file is mounted there), and the
-    others' names."""
-    names = [n for n in job_env(spec.remote_uris, files=True) if n not in passed]
+    others' names; without ``files`` (a shipped run: no file of this host's there) none that names a file."""
+    names = [n for n in job_env(spec.remote_uris, files=files) if n not in passed]
     files = {n: os.path.abspath(os.path.expanduser(os.environ[n])) for n in names if n in PATH_ENV}
     return files, [n for n in names if n not in files]
 
@@ -228,5 +258,38 @@ def _bindable(path: str) -> str:
     return path
 
 
-def render(spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker") -> str:
-    return join(argv(spec, plan, run_dir, engine, command)) + "\n"
+def shipped_inputs(spec: RunSpec) -> list[str]:
+    """The local paths a run shipped to another machine reads, absolute, each once (none inside another): its data,
+    model, chat template and checkpoint to resume; copied into its container at their own paths."""
+    resume = spec.resume if spec.resume not in ("auto", "never") else ""
+    return _outermost(_here(*spec.data_paths, spec.model_name_or_path, spec.chat_template_path or "", resume))
+
+
+def shipped_commands(
+    spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker"
+) -> list[list[str]]:
+    """A run shipped to an engine on another machine: ``docker create`` (argv, shipped), ``docker cp`` of a tar of its
+    spec.json and shipped_inputs from stdin into the container's root (``--archive``: as the tar's owner, the
+    launching user, who the container runs as; podman's takes the container's user), ``docker start``."""
+    name = spec.name
+    return [
+        argv(spec, plan, run_dir, engine, command, shipped=True),
+        [command, "cp", "--archive", "-", f"{name}:/"],
+        [command, "start", name],
+    ]
+
+
+def render(
+    spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker", shipped: str = ""
+) -> str:
+    """The ``docker run`` line; ``shipped`` (where the engine runs, docker.engine.ships): shipped_commands, the tar
+    ``docker cp`` reads said in a comment."""
+    if not shipped:
+        return join(argv(spec, plan, run_dir, engine, command)) + "\n"
+    create, cp, start = shipped_commands(spec, plan, run_dir, engine, command)
+    sent = json.dumps([os.path.join(os.path.abspath(run_dir), SPEC_FILE), *shipped_inputs(spec)])  # one line
+    name = os.path.basename(command)
+    return (
+        f"# {name} runs containers on another machine ({shipped}): the run is copied into its container, not "
+        f"mounted\n{join(create)}\n# {name} cp reads a tar ftctl makes of {sent}\n{join(cp)}\n{join(start)}\n"
+    )
