@@ -9,13 +9,16 @@ from __future__ import annotations
 import importlib.machinery
 import json
 import sys
+import threading
+import time
 import types
 
 import pytest
 
-from ftctl import backend
+from ftctl import backend, storage
 from ftctl.backend import JobRef, JobState, record_job
 from ftctl.errors import FtctlError
+from ftctl.runpaths import STOP_REQUEST
 from ftctl.sky import backend as sky_backend
 from ftctl.sky.backend import SkyBackend
 
@@ -51,6 +54,7 @@ class FakeSky:
         self.mod.jobs = types.SimpleNamespace(
             queue_v2=lambda **kw: ([{"job_id": i, "status": self._next(self.managed, i)} for i in kw["job_ids"]],),
             cancel=lambda job_ids: self._cancel(job_ids, self.managed, later=2),
+            tail_logs=lambda job_id, follow, tail=0, output_stream=None: output_stream.write(self.log),
         )
 
     def _cancel(self, ids, states, later=0):
@@ -158,6 +162,48 @@ def test_a_managed_jobs_cancel_waits_for_its_controller_to_stop_it(monkeypatch, 
     sky.managed[1] = "RUNNING"
     sky.mod.jobs.cancel = lambda job_ids: None
     assert SkyBackend().cancel(ref).startswith("cancelling managed/1: SkyPilot had not stopped it after 0 s")
+
+
+@pytest.mark.parametrize("answer", ["checkpoint-40", "checkpoint-45"])
+def test_a_managed_jobs_cancel_returns_once_its_trainer_committed_its_stop_checkpoint(monkeypatch, committed, answer):
+    """The cancel went on waiting for the jobs controller after the trainer had committed its stop's checkpoint and
+    stopped: the controller's poll for cancels (15 s), its log download and the cluster's teardown come before
+    CANCELLED, ~60 s of the ~222 s a cancel took on the test's Slurm infra. Now it sends SkyPilot's cancel and
+    returns, saying the rest goes on. A checkpoint named but not committed (checkpoint-45, cut short) is not said
+    saved: that cancel waits for the controller to stop the job, as before."""
+    monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0.05)
+    log = "ftctl: node 0 of 1\nattention: sdpa; Liger kernels: off\nstep 3/100  loss 2.1  ETA 0:01:00\n"
+    sky = FakeSky(managed={1: "RUNNING"}, log=log).install(monkeypatch)
+    ref = JobRef("sky", "managed/1", "/nonexistent/run", "run", committed, {"sky_job_id": 1, "managed": True})
+    fs, path = storage.filesystem(storage.join(committed, STOP_REQUEST))
+
+    def trainer():  # its rank 0 as trainer.callbacks.StopRequest answers: the request, with the checkpoint it saved
+        for _ in range(200):
+            if fs.exists(path):
+                return fs.pipe_file(path, json.dumps({**json.loads(fs.cat_file(path)), "checkpoint": answer}).encode())
+            time.sleep(0.05)
+
+    stand_in = threading.Thread(target=trainer)
+    stand_in.start()
+    try:
+        said = SkyBackend().cancel(ref, wait_s=2 if answer == "checkpoint-40" else 1).splitlines()
+    finally:
+        stand_in.join()
+    assert sky.cancelled == [1]
+    if answer == "checkpoint-45":
+        assert sky.managed[1] == ["CANCELLED"] and said[0] == "cancelled managed/1"
+        assert said[1].startswith("SkyPilot's cancel kills the job without waiting for its trainer to save"), said
+        return
+    assert sky.managed[1] == ["RUNNING", "RUNNING", "CANCELLED"]  # not asked again once the cancel was sent
+    assert said == [
+        "stopping managed/1: SkyPilot's jobs controller ends it and tears its cluster down in the background (about a "
+        "minute; `ftctl status managed/1` says when it has)",
+        f"its trainer saved checkpoint-40 as it stopped; the same `ftctl launch` resumes it from checkpoint-40 in "
+        f"{committed}",
+    ]
+    record_job(ref)
+    sky.managed[1] = "CANCELLED"  # the controller, later: `ftctl status` says it ended, and the same checkpoint
+    assert backend.status_lines("managed/1") == ["managed/1 CANCELLED (managed job)", said[1]]
 
 
 def test_a_launch_into_the_output_of_a_managed_job_that_is_recovering_is_refused(monkeypatch):

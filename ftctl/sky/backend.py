@@ -89,7 +89,8 @@ SKY_STATES = {
     "CANCELLED": JobState.CANCELLED,
     "GONE": JobState.UNKNOWN,  # the cluster was torn down or autostopped: SkyPilot no longer knows
 }
-CANCEL_WAIT_S, CANCEL_POLL_S = 180, 3  # a managed job's controller stopped it 45 s after sky.jobs.cancel (Slurm infra)
+# a managed job's controller stopped it 45-65 s after sky.jobs.cancel (Slurm infra)
+CANCEL_WAIT_S, CANCEL_POLL_S = 180, 3
 STATE_EVERY_S = (
     15  # cancel's wait for the stop checkpoint reads the store every CANCEL_POLL_S, asks SkyPilot this often
 )
@@ -304,7 +305,9 @@ class SkyBackend(Backend):
         sides reach: _stop_at_checkpoint), waiting up to ``wait_s`` (the run's signal_lead_s) for the store to
         commit it, then sky.cancel / sky.jobs.cancel; with ``now``, or a job not training yet, the cancel at once.
         A managed job's controller stops it later, so this waits for that (CANCEL_WAIT_S at most); then where the
-        same launch goes on (stop_note)."""
+        same launch goes on (stop_note). A managed job whose trainer committed its stop's checkpoint is not waited
+        for: its trainer has stopped and exits, and what its controller does then (its 15 s poll for cancels, the
+        log download, the cluster's teardown, then CANCELLED: ~1 min on the test's Slurm infra) needs nobody."""
         before = self.status(ref)
         if before.state.finished:
             return f"job {ref.job_id} had already ended: {before.text}"
@@ -312,7 +315,13 @@ class SkyBackend(Backend):
             return f"job {ref.job_id} cannot be cancelled: {before.text}"
         ended = before
         if not now and before.state is JobState.RUNNING and self._training(ref):
-            self._stop_at_checkpoint(ref, run_spec(ref).signal_lead_s if wait_s is None else wait_s)
+            saved = self._stop_at_checkpoint(ref, run_spec(ref).signal_lead_s if wait_s is None else wait_s)
+            if saved and ref.extra.get("managed"):  # a job that ended already: SkyPilot's "No job to cancel"
+                bridge.call("cancel", **self._args(ref))
+                return (
+                    f"stopping {ref.job_id}: SkyPilot's jobs controller ends it and tears its cluster down in the "
+                    f"background (about a minute; `ftctl status {ref.job_id}` says when it has)\n{saved_note(ref, saved)}"
+                )
             ended = self._state(ref)  # it may have ended at its stop (its trainer exits 0: SUCCEEDED)
         if not ended.state.finished:
             bridge.call("cancel", **self._args(ref))
@@ -455,10 +464,11 @@ def keep_ended(ref: JobRef, answer: dict) -> None:
         pass
 
 
-def saved_note(ref: JobRef) -> str | None:
+def saved_note(ref: JobRef, saved: str | None = None) -> str | None:
     """'its trainer saved checkpoint-N as it stopped; the same `ftctl launch` resumes it ...' where the job's trainer
-    stopped at `ftctl cancel`'s request (the request names the job and the checkpoint of its answer is committed)."""
-    if saved := stopped_at(ref, lambda answer: answer.get("job") == ref.job_id):
+    stopped at `ftctl cancel`'s request (the request names the job and the checkpoint of its answer is committed;
+    ``saved``: that checkpoint, as _stop_at_checkpoint just saw it committed)."""
+    if saved := saved or stopped_at(ref, lambda answer: answer.get("job") == ref.job_id):
         return f"its trainer saved {saved} as it stopped; {goes_on(ref)}"
     return None
 
