@@ -47,6 +47,33 @@ def telemetry_off(given) -> dict[str, str]:
     return {} if HUB_TELEMETRY_ENV in given else {HUB_TELEMETRY_ENV: "1"}
 
 
+# Optional kernels that libraries fetch from the Hub through the `kernels` package (which transformers >= 5.25
+# installs) without anyone asking, each with its own code to fall back on: bitsandbytes' CPU 4-bit kernel at its import
+# on CPUs with AVX512-BF16 (every process that imports PEFT), its Apple GPU kernel at its first 4-bit op, and
+# transformers' FlashAttention stand-ins where flash-attn is not installed (FLASH_ATTN_KERNEL_FALLBACK, probed at the
+# import of GPT-Neo's and Bark's modelling code; ftctl asks for flash_attention_2 only where flash-attn imports).
+# huggingface_hub asks the Hub of them with no timeout: on a network that drops packets every process hung. kernels
+# looks each kernel up in LOCAL_KERNELS (repo=path:repo=path) before the Hub, at each get_kernel; a path that holds no
+# build fails that kernel at once (FileNotFoundError, which those libraries catch). quiet.install sets it first thing in
+# every ftctl process; a LOCAL_KERNELS of the user's own is kept (a kernel it does not name comes from the Hub).
+LOCAL_KERNELS_ENV = "LOCAL_KERNELS"
+UNASKED_KERNELS = (
+    "kernels-community/quantization-bitsandbytes",
+    "kernels-community/bitsandbytes-mps",
+    "kernels-community/flash-attn2",
+    "kernels-community/vllm-flash-attn3",
+    "kernels-community/flash-attn4",
+    "kernels-community/aiter-flash-attn",
+)
+
+
+def no_unasked_kernels() -> dict[str, str]:
+    """The environment default that keeps :data:`UNASKED_KERNELS` off the Hub: each pointed at os.devnull."""
+    import os
+
+    return {LOCAL_KERNELS_ENV: ":".join(f"{repo}={os.devnull}" for repo in UNASKED_KERNELS)}
+
+
 # Every FTCTL_* variable ftctl or its scripts read: a run's env (-o env=NAME=VALUE) naming one near one of them is a
 # typo that would be set for nobody (setting_problem)
 KNOWN = frozenset(

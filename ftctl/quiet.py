@@ -15,6 +15,9 @@ trainer processes torchrun starts.
 
 ``ftctl -v`` or ``FTCTL_VERBOSE=1`` shows everything: nothing is installed and the variable is passed
 on to the processes ftctl starts. A variable the user set (``TQDM_DISABLE=0``) is never overridden.
+
+Also here, verbose or not, as it must come before those imports too: ``LOCAL_KERNELS``, which keeps the optional kernels
+libraries would fetch from the Hub unasked off the network (:func:`ftctl.envvars.no_unasked_kernels`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 import re
 import warnings
 
-from ftctl.envvars import VERBOSE_ENV
+from ftctl.envvars import VERBOSE_ENV, no_unasked_kernels
 
 # (logger name, message pattern, why it is harmless)
 HARMLESS_LOGS = (
@@ -37,7 +40,8 @@ HARMLESS_LOGS = (
     (
         "bitsandbytes.backends.cpu.ops",
         r"Failed to load CPU gemm_4bit_forward",
-        "an optional faster CPU kernel (the `kernels` package); bitsandbytes uses its own",
+        "an optional faster CPU kernel (the `kernels` package), which ftctl keeps off the Hub (envvars.UNASKED_KERNELS) "
+        "or which is not installed; bitsandbytes uses its own",
     ),
     (
         "kernels._internals.hf_hub",
@@ -123,6 +127,8 @@ def install(verbose_flag: bool = False) -> None:
     global _installed
     if verbose_flag:
         os.environ[VERBOSE_ENV] = "1"
+    for key, value in no_unasked_kernels().items():  # no message: with -v too
+        os.environ.setdefault(key, value)
     if verbose() or _installed:
         return
     _installed = True
