@@ -354,7 +354,9 @@ def demo(steps):
 
 @main.command()
 @click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
-@click.option("--out", help="Where to write the merged model (default: RUN/merged).")
+@click.option(
+    "--out", help="Where to write the merged model (default: RUN/merged; of RUN/checkpoint-N: RUN/merged-checkpoint-N)."
+)
 @click.option(
     "--base",
     help="Merge into this model instead of the adapter's base: the unquantized model a pre-quantized base "
@@ -373,11 +375,10 @@ def merge(run, out, base, dequantize):
     import shlex
 
     from ftctl import storage
-    from ftctl.runpaths import MERGED_DIR
+    from ftctl.trainer.merge import default_out, merged_into
     from ftctl.trainer.merge import merge as do_merge
-    from ftctl.trainer.merge import merged_into
 
-    target = out or storage.join(run, MERGED_DIR)
+    target = out or default_out(run)
     merged = do_merge(run, target, echo=_progress, base=base, dequantize=dequantize)
     where = target if storage.is_remote(target) else str(merged)  # a URI stays one (a Path folds its //)
     weights = sum(size for rel, size in storage.file_sizes(where).items() if rel.endswith(".safetensors"))

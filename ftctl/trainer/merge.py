@@ -32,9 +32,9 @@ from datetime import datetime
 from pathlib import Path
 
 from ftctl import failures, quiet, storage
-from ftctl.checkpoints.manifest import sha256_file
+from ftctl.checkpoints.manifest import checkpoint_step, sha256_file
 from ftctl.errors import FtctlError
-from ftctl.runpaths import MERGE_RECORD, SPEC_FILE
+from ftctl.runpaths import MERGE_RECORD, MERGED_DIR, SPEC_FILE
 from ftctl.trainer import trained as trained_mod
 from ftctl.trainer.model import DTYPES
 
@@ -55,6 +55,16 @@ ORIGINAL_NOTE = (
     "merged model does not answer token for token as `ftctl chat RUN` does (`ftctl eval` of each on held-out data says "
     "by how much); without --original-base it goes into that 4-bit base, dequantized."
 )
+
+
+def default_out(run: str) -> str:
+    """Where `ftctl merge RUN` writes without --out: RUN/merged; for RUN a ``checkpoint-<step>`` of a run, beside it
+    in the run's directory, as merged-checkpoint-<step>. Inside the checkpoint, the run's save_total_limit rotation
+    deleted it with the checkpoint once the run trained on (explore36)."""
+    name = run.rstrip("/").rsplit("/", 1)[-1]
+    if checkpoint_step(name) is None:
+        return storage.join(run, MERGED_DIR)
+    return run.rstrip("/")[: -len(name)] + f"{MERGED_DIR}-{name}"
 
 
 def merge(

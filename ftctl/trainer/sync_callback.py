@@ -81,7 +81,8 @@ def rotate(output_dir: str, limit: int | None, best: str | None) -> None:
     removed whole (remove_checkpoint)."""
     if not limit or limit <= 0:
         return
-    found = sort_checkpoints(output_dir, use_mtime=True)
+    # its glob is checkpoint-*: a user's checkpoint-12.bak or checkpoint-good beside them went too (explore36)
+    found = [p for p in sort_checkpoints(output_dir, use_mtime=True) if checkpoints.checkpoint_step(p) is not None]
     protected = {found[-1], str(Path(best))} if best and found else set(found[-1:])
     left = len(found)
     for path in found:
