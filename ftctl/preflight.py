@@ -993,8 +993,8 @@ def _check_remote_output(uri: str, endpoint_url: str | None) -> list[Finding]:
 
 def check_resume(spec, plan) -> list[Finding]:
     """What the trainer will find in the output when it starts (checkpoints.settings), before paying for the job:
-    a newest checkpoint these settings cannot continue, or one resume=never would write over, is an error; one
-    they change is said. resume=PATH: checkpoints past PATH's step in the output are an error (check_resume_path),
+    a newest checkpoint these settings cannot continue, or one resume=never would write over, is an error, as is a
+    final model with no checkpoint to go on from (final_written_over); one they change is said. resume=PATH: checkpoints past PATH's step in the output are an error (check_resume_path),
     else PATH's recorded settings are checked as the newest's are (_check_named)."""
     check = _check_resume if spec.resume in ("auto", "never") else _check_resume_path
     return _bounded("--output", spec.output, spec.s3_endpoint_url, lambda: _with_checkpoints(check, spec, plan))
@@ -1035,14 +1035,14 @@ def _check_resume_path(spec, plan, found) -> list[Finding]:
 
 
 def _check_resume(spec, plan, found) -> list[Finding]:
-    from ftctl.checkpoints.settings import NEW_DATA, compare, other_data, settings, written_over
+    from ftctl.checkpoints.settings import NEW_DATA, compare, final_written_over, other_data, settings, written_over
 
-    if spec.resume == "never":
-        said = written_over(spec.output, [info.name for info in found])
-        return [Finding(ERROR, said)] if said else []
+    said = written_over(spec.output, [info.name for info in found]) if spec.resume == "never" else None
     newest = next((info for info in reversed(found) if info.complete), None)
-    if newest is None:
-        return []
+    if said is None and (spec.resume == "never" or newest is None):
+        said = final_written_over(spec.output, spec.s3_endpoint_url)
+    if said or spec.resume == "never" or newest is None:
+        return [Finding(ERROR, said)] if said else []
     recorded = (newest.manifest or {}).get("settings")
     try:
         changed = compare(newest.uri, recorded, settings(spec, plan)) if isinstance(recorded, dict) else None

@@ -58,3 +58,23 @@ def test_the_default_merge_out_of_a_checkpoint_is_beside_it():
     assert default_out("checkpoint-5") == "merged-checkpoint-5"
     assert default_out("s3://b/run/checkpoint-3") == "s3://b/run/merged-checkpoint-3"
     assert default_out("s3://b/run") == "s3://b/run/merged"
+
+
+def test_a_launch_over_a_final_model_without_checkpoints_is_refused(tiny_model_dir, tiny_data, tmp_path):
+    """A finished run whose checkpoints the user deleted to save room: a relaunch (the same, or another lr or
+    method) trained from step 0 and replaced its final adapter (a method change left adapter_model.safetensors
+    without its adapter_config.json), rc 0 and no word."""
+    from ftctl.preflight import ERROR, Finding, check_resume
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "adapter_config.json").write_text("{}")  # the mark of a final adapter (checkpoints.settings.final_saved)
+    (out / "adapter_model.safetensors").write_text("the user's")
+    said = (
+        f"{out} holds a finished run's final model but no checkpoint to go on from (deleted, or none saved): this "
+        "run would train from step 0 and write over it. Give another --output, or move that model out of it first."
+    )
+    for resume in ("auto", "never"):
+        assert check_resume(*make_run(tiny_model_dir, tiny_data, out, "lora", resume=resume)) == [Finding(ERROR, said)]
+    (out / "adapter_config.json").unlink()  # no final model: nothing to say
+    assert check_resume(*make_run(tiny_model_dir, tiny_data, out, "lora", resume="auto")) == []

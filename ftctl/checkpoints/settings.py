@@ -224,6 +224,17 @@ def written_over(output: str, names: list[str]) -> str | None:
     )
 
 
+def final_written_over(output: str, endpoint_url: str | None = None) -> str | None:
+    """``output`` holds a run's final model (final_saved) and no complete checkpoint to go on from (deleted to save
+    room, or never saved): the run would train from step 0 and replace that model, with no word (explore36)."""
+    if not final_saved(output, endpoint_url):
+        return None
+    return (
+        f"{output} holds a finished run's final model but no checkpoint to go on from (deleted, or none saved): this "
+        "run would train from step 0 and write over it. Give another --output, or move that model out of it first."
+    )
+
+
 def _show(value) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
