@@ -70,11 +70,15 @@ def test_a_launch_over_a_final_model_without_checkpoints_is_refused(tiny_model_d
     out.mkdir()
     (out / "adapter_config.json").write_text("{}")  # the mark of a final adapter (checkpoints.settings.final_saved)
     (out / "adapter_model.safetensors").write_text("the user's")
+    (out / "spec.json").write_text("{}")  # a run's output
     said = (
         f"{out} holds a finished run's final model but no checkpoint to go on from (deleted, or none saved): this "
         "run would train from step 0 and write over it. Give another --output, or move that model out of it first."
     )
     for resume in ("auto", "never"):
         assert check_resume(*make_run(tiny_model_dir, tiny_data, out, "lora", resume=resume)) == [Finding(ERROR, said)]
+    (out / "spec.json").unlink()  # no run's output (a checkpoint-N named as --output): refused as files of no run
+    assert check_resume(*make_run(tiny_model_dir, tiny_data, out, "lora", resume="auto")) == []
+    (out / "spec.json").write_text("{}")
     (out / "adapter_config.json").unlink()  # no final model: nothing to say
     assert check_resume(*make_run(tiny_model_dir, tiny_data, out, "lora", resume="auto")) == []

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from ftctl import storage
 from ftctl.checkpoints.manifest import MANIFEST, checkpoint_step, is_manifest, read_manifest
 from ftctl.errors import FtctlError
-from ftctl.runpaths import FINAL_MARKS
+from ftctl.runpaths import FINAL_MARKS, SPEC_FILE
 from ftctl.spec import as_run
 
 # what kind of weights a checkpoint holds: a run dir's checkpoints are another run's where these differ
@@ -226,8 +226,12 @@ def written_over(output: str, names: list[str]) -> str | None:
 
 def final_written_over(output: str, endpoint_url: str | None = None) -> str | None:
     """``output`` holds a run's final model (final_saved) and no complete checkpoint to go on from (deleted to save
-    room, or never saved): the run would train from step 0 and replace that model, with no word (explore36)."""
-    if not final_saved(output, endpoint_url):
+    room, or never saved): the run would train from step 0 and replace that model, with no word (explore36). Only
+    of a run's output (its spec.json): a directory of no run's (a checkpoint-N named as --output) is refused as one."""
+    try:
+        if not (final_saved(output, endpoint_url) and storage.exists(storage.join(output, SPEC_FILE), endpoint_url)):
+            return None
+    except (OSError, storage.StorageError, FtctlError):
         return None
     return (
         f"{output} holds a finished run's final model but no checkpoint to go on from (deleted, or none saved): this "
