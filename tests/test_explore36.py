@@ -82,3 +82,20 @@ def test_a_launch_over_a_final_model_without_checkpoints_is_refused(tiny_model_d
     (out / "spec.json").write_text("{}")
     (out / "adapter_config.json").unlink()  # no final model: nothing to say
     assert check_resume(*make_run(tiny_model_dir, tiny_data, out, "lora", resume="auto")) == []
+
+
+def test_ftctl_train_over_a_final_model_without_checkpoints_is_refused(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    """`ftctl train` (no preflight) into such an output: the trainer refuses before its first step."""
+    import pytest
+
+    from ftctl.errors import FtctlError
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "run"
+    done = dict(method="lora", lora_r=4, max_steps=2, save_steps=2)
+    train(*make_run(tiny_model_dir, tiny_data, out, **done), echo=lambda line: None)
+    shutil.rmtree(out / "checkpoint-2")  # kept only the final adapter, to save room
+    adapter = (out / "adapter_model.safetensors").read_bytes()
+    with pytest.raises(FtctlError, match="holds a finished run's final model but no checkpoint to go on from"):
+        train(*make_run(tiny_model_dir, tiny_data, out, **dict(done, resume="auto")), echo=lambda line: None)
+    assert (out / "adapter_model.safetensors").read_bytes() == adapter

@@ -255,6 +255,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if not procs.on_cpu and (full := gpu_memory.check_free(plan, procs.local_rank)):
             log.warning("%s", full)
         run.resume_from = resume_point(spec, local_dir, remote_uri)
+        if run.resume_from is None and not int(os.environ.get(ATTEMPT_ENV) or 0):  # `ftctl train` has no preflight
+            if said := checkpoint_settings.final_written_over(remote_uri or local_dir, spec.s3_endpoint_url):
+                raise FtctlError(said)
         if procs.is_main and (again := starts_again(run.resume_from, local_dir, remote_uri)):
             log.warning("%s", again)
         trained_with = checkpoint_settings.settings(spec, plan)  # recorded in each manifest; compared on resume
