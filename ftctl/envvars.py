@@ -65,13 +65,20 @@ UNASKED_KERNELS = (
     "kernels-community/flash-attn4",
     "kernels-community/aiter-flash-attn",
 )
+# transformers >= 5.25 also swaps layers of every model it loads (from_pretrained's use_kernels, None -> True where
+# `kernels` is installed) for Hub kernels on a GPU: Llama's rotary embedding for kernels-community/rotary ... On a node
+# that reaches no Hub that failed every GPU run at its first step ("could not verify publisher trust status", v86); where
+# it does, it would run code ftctl did not choose beside Liger's kernels, which ftctl plans and measured. Off by
+# default (transformers' own switch); USE_HUB_KERNELS=1 of the user's own turns them on.
+HUB_KERNELS_ENV = "USE_HUB_KERNELS"
 
 
 def no_unasked_kernels() -> dict[str, str]:
-    """The environment default that keeps :data:`UNASKED_KERNELS` off the Hub: each pointed at os.devnull."""
+    """The environment defaults that keep Hub kernels nobody asked for out of ftctl's processes:
+    :data:`UNASKED_KERNELS` pointed at os.devnull, transformers' layer swaps (HUB_KERNELS_ENV) off."""
     import os
 
-    return {LOCAL_KERNELS_ENV: ":".join(f"{repo}={os.devnull}" for repo in UNASKED_KERNELS)}
+    return {LOCAL_KERNELS_ENV: ":".join(f"{repo}={os.devnull}" for repo in UNASKED_KERNELS), HUB_KERNELS_ENV: "0"}
 
 
 # Every FTCTL_* variable ftctl or its scripts read: a run's env (-o env=NAME=VALUE) naming one near one of them is a

@@ -19,7 +19,8 @@ import time
 import pytest
 
 from ftctl import quiet
-from ftctl.envvars import LOCAL_KERNELS_ENV, UNASKED_KERNELS, VERBOSE_ENV, no_unasked_kernels
+from ftctl.envvars import HUB_KERNELS_ENV, LOCAL_KERNELS_ENV, UNASKED_KERNELS, VERBOSE_ENV, no_unasked_kernels
+from tests.tiny_fixtures import tiny_model_dir  # noqa: F401 (the fixture)
 from tests.trainer_fixtures import REPO, subprocess_env
 
 # what an ftctl process does first (quiet.install), then what bitsandbytes does at its import and what transformers'
@@ -108,3 +109,21 @@ def test_transformers_flash_attention_stand_ins_are_all_kept_off_the_hub():
     from transformers.modeling_flash_attention_utils import FLASH_ATTN_KERNEL_FALLBACK
 
     assert set(FLASH_ATTN_KERNEL_FALLBACK.values()) <= set(UNASKED_KERNELS)
+
+
+def test_models_are_not_kernelized_with_hub_kernels_unasked(monkeypatch, tiny_model_dir):  # noqa: F811
+    """transformers >= 5.25 loads every model with use_kernels=True where `kernels` is installed: on a GPU its layers
+    (Llama's rotary embedding ...) are swapped for Hub kernels, which failed every GPU run on a node without the Hub
+    (bench/NOTES.md v86). After ftctl's defaults a model loads without them; a user's USE_HUB_KERNELS=1 is kept."""
+    pytest.importorskip("kernels", reason="without `kernels` (transformers < 5.25) no model is kernelized")
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv(HUB_KERNELS_ENV, "1")
+    assert AutoModelForCausalLM.from_pretrained(tiny_model_dir).use_kernels  # what transformers does unasked
+    monkeypatch.delenv(HUB_KERNELS_ENV)
+    quiet.install()
+    assert os.environ[HUB_KERNELS_ENV] == "0"
+    assert not AutoModelForCausalLM.from_pretrained(tiny_model_dir).use_kernels
+    monkeypatch.setenv(HUB_KERNELS_ENV, "1")
+    quiet.install()
+    assert os.environ[HUB_KERNELS_ENV] == "1"
