@@ -149,6 +149,8 @@ class Rendered:
     text: str  # what render prints and launch sends
     files: dict[str, str]  # written into the run dir before sending
     image: ImageChoice | None = None  # None: the backend runs no image (local)
+    # a refusal's way to another output, of the spec as asked (RunSpec.another_output): its output_dir is set now
+    another_output: str = "another --output"
 
     @property
     def run_dir(self) -> Path:
@@ -485,6 +487,7 @@ def implied_backend(spec: RunSpec) -> tuple[str, str] | None:
 def prepare(spec: RunSpec, why: str | None = None) -> Rendered:
     """Resolve, plan and render ``spec`` for its backend: what ``render`` prints and ``launch`` sends; ``why``: how
     launch chose the backend it names (choose_backend)."""
+    another = spec.another_output  # before absolute_paths sets output_dir
     name, chosen = choose_backend(spec)
     why = why or chosen
     spec = replace(spec, backend=name)
@@ -502,7 +505,7 @@ def prepare(spec: RunSpec, why: str | None = None) -> Rendered:
     paths = RunPaths(run_dir_for(spec))
     spec_json = dump_run(spec, plan)
     text, files = backend.render(spec, plan, paths, spec_json)
-    return Rendered(name, spec, plan, paths, text, files, image)
+    return Rendered(name, spec, plan, paths, text, files, image, another)
 
 
 def absolute_paths(spec: RunSpec) -> RunSpec:
@@ -612,8 +615,8 @@ def write_files(rendered: Rendered):
         if other and list_checkpoints(str(paths.root)):
             raise FtctlError(
                 f"{paths.root} holds checkpoints of a run with {', '.join(f'{k}={was[k]}' for k in other)}, which this "
-                "one cannot continue: choose another --output or -o run_name=..., or delete that directory first if "
-                "its run is not needed."
+                f"one cannot continue: choose {rendered.another_output}, or delete that directory first if its run is "
+                "not needed."
             )
         data = [k for k in changed if k in NEW_DATA]
         held = [c for c in list_checkpoints(str(paths.root)) if c.complete] if data else []
@@ -721,11 +724,12 @@ def refuse_a_second_job(rendered: Rendered) -> None:
             raise FtctlError(
                 f"job {ref.job_id} ({ref.backend}: {state.text.removeprefix(f'{ref.job_id} ')}) {doing} "
                 f"into {ref.output}; a second job there would write the same checkpoints. Wait for it, "
-                f"`ftctl cancel {ref.job_id}`, or choose another --output (or -o run_name=...)."
+                f"`ftctl cancel {ref.job_id}`, or choose {rendered.another_output}."
             )
     if rendered.spec.backend != "local":  # the local backend's own check asked it
         refuse_a_held_run_dir(rendered)
-    if said := lease.refusal(rendered.spec.output, rendered.spec.s3_endpoint_url):  # a job launched from elsewhere
+    # a job launched from elsewhere
+    if said := lease.refusal(rendered.spec.output, rendered.spec.s3_endpoint_url, rendered.another_output):
         raise FtctlError(said)
 
 
@@ -740,7 +744,7 @@ def refuse_a_held_run_dir(rendered: Rendered) -> None:
             f"{rendered.spec.output} is being trained into by {holder} (a job launched from elsewhere, or by hand): "
             "launching into it now would replace the spec.json that job resumes from when it is requeued. Wait for it "
             "to end, stop it (`ftctl cancel JOB` where it was launched, or `scancel JOB` on Slurm), or give this run "
-            "another --output (or -o run_name=...)."
+            f"{rendered.another_output}."
         )
 
 
@@ -773,9 +777,11 @@ def launching(rendered: Rendered, command: str = "ftctl launch"):
     output = rendered.spec.output
     with contextlib.ExitStack() as held:
         if not held.enter_context(_run_dir_launch_lock(rendered, command)):
-            if lock := _launch_lock(_launch_lock_path(str(rendered.run_dir)), output, command):
+            if lock := _launch_lock(_launch_lock_path(str(rendered.run_dir)), output, command, rendered.another_output):
                 held.enter_context(lock)
-        if is_remote(output) and (lock := _launch_lock(_launch_lock_path(output), output, command)):
+        if is_remote(output) and (
+            lock := _launch_lock(_launch_lock_path(output), output, command, rendered.another_output)
+        ):
             held.enter_context(lock)
         yield
 
@@ -796,7 +802,7 @@ def _run_dir_launch_lock(rendered: Rendered, command: str):
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError:
         made = []
-    fh = _launch_lock(path, rendered.spec.output, command)
+    fh = _launch_lock(path, rendered.spec.output, command, rendered.another_output)
     if fh is None:
         _remove_empty(made)
         yield False
@@ -820,11 +826,12 @@ def _remove_empty(dirs: list[Path]) -> None:
             return
 
 
-def _launch_lock(path: Path, output: str, command: str, tries: int = 5):
+def _launch_lock(path: Path, output: str, command: str, another: str = "another --output", tries: int = 5):
     """The open file of the launch lock ``path``, held (flock) and naming this process; None where locks cannot be
     taken (an unwritable directory: write_files or the jobs record says so; a file system without locks): the
     trainer's lock still refuses a second run. FtctlError naming the holder where another launch holds it (a dry
-    run's look, an instant long, is waited for: up to a quarter of a second)."""
+    run's look, an instant long, is waited for: up to a quarter of a second); ``another``: its way to another output
+    (Rendered.another_output)."""
     from ftctl.runpaths import open_lock, still_locked
 
     for attempt in range(tries):
@@ -841,7 +848,7 @@ def _launch_lock(path: Path, output: str, command: str, tries: int = 5):
             holder = fh.read().strip()
             fh.close()
             if attempt == tries - 1:
-                raise FtctlError(_launched_into(output, holder)) from None
+                raise FtctlError(_launched_into(output, holder, another)) from None
             time.sleep(0.05)
             continue
         except OSError:
@@ -900,11 +907,11 @@ def same_command(run_dir: str | Path) -> str:
     return f"the same `{by}`" if by else "the same `ftctl launch` or `ftctl train`"
 
 
-def _launched_into(output: str, holder: str) -> str:
+def _launched_into(output: str, holder: str, another: str) -> str:
     return (
         f"{output} is being launched into by {holder or 'another ftctl'}: a second run there would write the same "
-        "checkpoints and replace the spec.json that run trains with. Wait for it to end (or stop it), or give this run "
-        "another --output (or -o run_name=...)."
+        f"checkpoints and replace the spec.json that run trains with. Wait for it to end (or stop it), or give this run "
+        f"{another}."
     )
 
 
@@ -921,7 +928,7 @@ def refuse_a_launch_under_way(rendered: Rendered) -> None:
             try:
                 fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise FtctlError(_launched_into(output, fh.read().strip())) from None
+                raise FtctlError(_launched_into(output, fh.read().strip(), rendered.another_output)) from None
             except OSError:  # no locks on this file system: not known
                 continue
 

@@ -300,9 +300,10 @@ def describe(lease: dict, now: float | None = None) -> str:
     return f"{holder}{where} ({run}renewed {age_s(lease, now):.0f} s ago)"
 
 
-def refusal(output: str, endpoint_url: str | None = None) -> str | None:
+def refusal(output: str, endpoint_url: str | None = None, another: str = "another --output") -> str | None:
     """Why a launch into ``output`` is refused where a trainer holds its lease now; None where none does (no lease,
-    a stale one, a local output, or a store that does not answer now: the launch's own checks say that)."""
+    a stale one, a local output, or a store that does not answer now: the launch's own checks say that).
+    ``another``: the launch's way to another output (spec.RunSpec.another_output)."""
     if not storage.is_remote(output):
         return None
     try:
@@ -314,7 +315,7 @@ def refusal(output: str, endpoint_url: str | None = None) -> str | None:
     return (
         f"{output} is being trained into by {describe(lease)}, a job launched elsewhere (another machine or "
         f"FTCTL_HOME) or from here: a second job would write the same checkpoints. Wait for it to end, stop it "
-        f"(`ftctl cancel JOB` where it was launched), or give this run another --output (or -o run_name=...). "
+        f"(`ftctl cancel JOB` where it was launched), or give this run {another}. "
         f"A trainer renews its lease ({TRAIN_LEASE}) every {RENEW_S:.0f} s; one killed without ending lets go "
         f"{STALE_S:.0f} s after its last renewal, and a launch then goes ahead."
     )

@@ -434,6 +434,14 @@ class RunSpec:
         return out.rstrip("/") if storage.is_remote(out) else storage.local_path(out)
 
     @property
+    def another_output(self) -> str:
+        """How a launch refused for its output gives itself another (a refusal's 'For a new run: ...'): another
+        run_name moves only the output the name gives (runs/<name>, no output_dir asked for), --output any. True of
+        the spec as asked: launch's resolved one has output_dir set (backend.absolute_paths), so its Rendered keeps
+        this line; "another --output" where only that one is at hand."""
+        return "another --output" if self.output_dir else "another -o run_name=... (or --output DIR)"
+
+    @property
     def managed_job(self) -> bool:
         """A SkyPilot managed job (sky.jobs.launch, relaunched by its job_recovery): --managed, or --spot's."""
         return self.managed or self.spot

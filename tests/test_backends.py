@@ -147,7 +147,7 @@ def test_relaunch_over_checkpoints_of_another_kind_of_run_is_refused(tmp_path):
         write_files(_prep(tmp_path, method="lora", lora_r=8))
     assert str(e.value) == (
         f"{tmp_path / 'run'} holds checkpoints of a run with lora_r=16, method=qlora, which this one cannot continue: choose "
-        "another --output or -o run_name=..., or delete that directory first if its run is not needed."
+        "another --output, or delete that directory first if its run is not needed."
     )
     assert (tmp_path / "run" / "spec.json").read_text() == before  # the first run's spec is untouched
 
@@ -197,7 +197,7 @@ def test_a_launch_into_the_run_of_a_job_still_queued_or_running_is_refused(tmp_p
         refuse_a_second_job(rendered)
     assert str(e.value) == (
         f"job c1 (docker: RUNNING (running)) is still training into {rendered.run_dir}; a second job there would write "
-        "the same checkpoints. Wait for it, `ftctl cancel c1`, or choose another --output (or -o run_name=...)."
+        "the same checkpoints. Wait for it, `ftctl cancel c1`, or choose another --output."
     )
     remote = _prep(tmp_path, output_dir="s3://b/runs/r1")  # an object-store output: the same URI is the same run
     record_job(JobRef("docker", "c3", str(tmp_path / "elsewhere"), "n", "s3://b/runs/r1"))

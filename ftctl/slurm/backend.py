@@ -135,8 +135,8 @@ def refuse_jobs_there(rendered: Rendered) -> None:
         raise FtctlError(
             f"Slurm job {said} was submitted from {rendered.paths.root} and reads its spec.json when it starts or is "
             f"requeued: this launch would replace it, and that job would go on with these settings. Wait for it to "
-            f"end, stop it (`ftctl cancel {first}` where it was launched, or `scancel {first}`), or choose another "
-            "--output (or -o run_name=...)."
+            f"end, stop it (`ftctl cancel {first}` where it was launched, or `scancel {first}`), or choose "
+            f"{rendered.another_output}."
         )
 
 
