@@ -10,6 +10,11 @@ commit must come as soon as the last share lands, within Slurm's KillWait); trai
 does not come within ``peer_wait_s`` of node 0's own (it died, or holds none to send again) leaves that checkpoint uncommitted,
 said with the node's number, and node 0's uploads go on with the next: they waited behind it for good, the final
 model too.
+
+Uploads that fall behind the saves (fast steps, frequent saves, a slow link) skip what retention would delete at once:
+a queued checkpoint not yet started with ``keep_last`` (save_total_limit) newer ones queued behind it, unless it is
+the best one (``protected``), is never sent. The newest is always sent, and a stop's checkpoint no longer waits behind
+checkpoints the store would drop as soon as the next ones land.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ftctl.checkpoints.manifest import (
     MANIFEST,
     STAGING_DIR,
     check_files,
+    checkpoint_step,
     commit_point,
     merge_nodes,
     node_manifest_name,
@@ -153,6 +159,7 @@ class _Job:
     shared_at: float | None = None  # when this node's own share was in the store (node 0 waits for the others' then)
     polls: int = 0  # node 0's looks for the other nodes' shares so far
     looked: float = -1.0  # time.monotonic() at the start of node 0's last finished look for them
+    skipped: bool = False  # superseded before its upload started (Uploader._skip_superseded): never sent
 
 
 class Uploader:
@@ -171,7 +178,9 @@ class Uploader:
     uncommitted, with a warning naming the node, and the queue goes on.
 
     Retention (node 0): with ``keep_last``, after each commit only the newest ``keep_last``
-    complete checkpoints stay in the store, plus those named by ``protect()``.
+    complete checkpoints stay in the store, plus those named by ``protected`` (the best one). On one node, a queued
+    checkpoint that retention would delete once the ``keep_last`` newer ones queued behind it land is skipped before
+    its upload starts (_skip_superseded), said in one line per batch.
     """
 
     def __init__(
@@ -367,6 +376,9 @@ class Uploader:
             job = self._queue.get()
             if job is None:
                 break
+            self._skip_superseded()
+            if job.skipped:
+                continue
             while not self._closed.is_set():
                 try:
                     if self._attempt(job):
@@ -404,6 +416,51 @@ class Uploader:
                 self._last_error = None
                 self._pending.remove(job)
                 self._cond.notify_all()
+
+    def _skip_superseded(self) -> None:
+        """Take out of the queue every checkpoint that retention (prune) would delete as soon as the store holds the
+        ones queued behind it: not started, ``keep_last`` newer checkpoints queued, and not ``protected`` (the best,
+        which load_best_model_at_end loads). The newest is never one of them. Their hard links are removed (a checkpoint
+        uploading in place is the trainer's rotation's again) and one line says which. Uploads that fell behind the
+        saves sent each in turn, the store deleting it right after, and a stop's checkpoint waited behind them for
+        minutes. One node only: on several, node 0 commits a checkpoint once every node's share is in, and a node that
+        skipped its share alone (the queues of two nodes differ) would hold node 0 waiting for it."""
+        if not self.keep_last or self.num_nodes > 1:
+            return
+        with self._cond:
+            steps = sorted({checkpoint_step(j.name) for j in self._pending if not j.final} - {None})
+            if len(steps) <= self.keep_last:
+                return
+            kept_from = steps[-self.keep_last]  # the oldest step that retention keeps once the queue is in
+            skipped = [
+                j
+                for j in self._pending
+                if not (j.final or j.started or j.name in self.protected)
+                and (step := checkpoint_step(j.name)) is not None
+                and step < kept_from
+            ]
+            for j in skipped:
+                j.skipped = True
+                self._pending.remove(j)
+            if skipped:
+                self._cond.notify_all()
+        if not skipped:
+            return
+        for j in skipped:
+            if j.local != j.original:
+                shutil.rmtree(j.local, ignore_errors=True)
+        names = [j.name for j in sorted(skipped, key=lambda j: checkpoint_step(j.name))]
+        what = ", ".join(names) if len(names) <= 3 else f"{names[0]}, ..., {names[-1]} ({len(names)} checkpoints)"
+        n, secs = self.lag()
+        log.info(
+            "upload: skipped %s, superseded before their upload (save_total_limit %d: %d newer queued; retention "
+            "would delete them once those land); lag now: %d checkpoint(s), %.0f s",
+            what,
+            self.keep_last,
+            len([s for s in steps if s > checkpoint_step(names[-1])]),
+            n,
+            secs,
+        )
 
     def _full(self, exc: BaseException, job: _Job) -> bool:
         """Whether ``exc`` is the store refusing a write for lack of space or quota (storage's "full"): said once in
