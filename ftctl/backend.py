@@ -378,7 +378,14 @@ def launch(spec: RunSpec, dry_run: bool = False) -> JobRef | None:
     on_nodes = RunSpec(**json.loads(rendered.files[rendered.paths.spec.name])["spec"])  # as the trainer reads it
     staging = b.staging_here(rendered.spec) if is_remote(rendered.spec.output) else None
     findings = preflight.preflight(
-        rendered.spec, rendered.plan, name, b.detected_gpus(), on_nodes, dry_run=dry_run, staging=staging
+        rendered.spec,
+        rendered.plan,
+        name,
+        b.detected_gpus(),
+        on_nodes,
+        dry_run=dry_run,
+        staging=staging,
+        another_output=rendered.another_output,
     )
     if cost := checkpoint_cost(rendered.spec, rendered.plan):  # saving would take the run's time, or outpace uploads
         findings.append(preflight.Finding(preflight.WARNING, *cost))
@@ -621,7 +628,8 @@ def write_files(rendered: Rendered):
         data = [k for k in changed if k in NEW_DATA]
         held = [c for c in list_checkpoints(str(paths.root)) if c.complete] if data else []
         if held and rendered.spec.resume == "auto":  # a new experiment would silently continue the last one
-            raise FtctlError(other_data(paths.root, held[-1].name, held[-1].uri, {k: was[k] for k in data}))
+            was_data = {k: was[k] for k in data}
+            raise FtctlError(other_data(paths.root, held[-1].name, held[-1].uri, was_data, rendered.another_output))
         if changed:
             keep = paths.earlier_spec(time.strftime("%Y%m%d-%H%M%S"))
             said = f"relaunching {paths.root} with other {', '.join(changed)} (its earlier spec.json: {keep})"

@@ -94,13 +94,15 @@ def preflight(
     on_nodes=None,
     dry_run: bool = False,
     staging: str | None = None,
+    another_output: str = "another --output",
 ) -> list[Finding]:
     """Every problem a launch of ``spec`` as ``plan`` on ``backend_name`` would hit, errors first.
     ``detected``: this machine's GPUs in --gpus form, for backends that run here (None: not checked);
     ``on_nodes``: the spec the trainer reads where it differs (SkyPilot's names its shipped inputs), which the
     checkpoints' recorded settings are compared with; ``dry_run``: `launch --dry-run`, which also tokenizes what
     the trainer would tokenize at once here (TOKENIZED_BEFORE); ``staging``: the directory an object-store output
-    is staged in on this machine (a local run's), whose disk check_disk checks; None: not this machine's."""
+    is staged in on this machine (a local run's), whose disk check_disk checks; None: not this machine's;
+    ``another_output``: the launch's way to another output (Rendered.another_output), which refusals name."""
     from concurrent.futures import ThreadPoolExecutor
 
     # what tokenizing the rows reads: the model (its tokenizer), the chat template; the data below
@@ -117,7 +119,7 @@ def preflight(
             for f, p in spec.data_sources
         ]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
-        resume = pool.submit(check_resume, on_nodes or spec, plan)
+        resume = pool.submit(check_resume, on_nodes or spec, plan, another_output)
         data_found = [f for d in data for f in d.result()]
         findings += data_found + output.result() + resume.result()
     # a launch tokenizes where nothing else stops it; a dry run whatever else it found (an output without
@@ -991,12 +993,17 @@ def _check_remote_output(uri: str, endpoint_url: str | None) -> list[Finding]:
     return []
 
 
-def check_resume(spec, plan) -> list[Finding]:
+def check_resume(spec, plan, another_output: str = "another --output") -> list[Finding]:
     """What the trainer will find in the output when it starts (checkpoints.settings), before paying for the job:
     a newest checkpoint these settings cannot continue, or one resume=never would write over, is an error, as is a
     final model with no checkpoint to go on from (final_written_over); one they change is said. resume=PATH: checkpoints past PATH's step in the output are an error (check_resume_path),
-    else PATH's recorded settings are checked as the newest's are (_check_named)."""
-    check = _check_resume if spec.resume in ("auto", "never") else _check_resume_path
+    else PATH's recorded settings are checked as the newest's are (_check_named). ``another_output``: the launch's
+    way to another output (spec.RunSpec.another_output)."""
+
+    def own(spec, plan, found):
+        return _check_resume(spec, plan, found, another_output)
+
+    check = own if spec.resume in ("auto", "never") else _check_resume_path
     return _bounded("--output", spec.output, spec.s3_endpoint_url, lambda: _with_checkpoints(check, spec, plan))
 
 
@@ -1034,7 +1041,7 @@ def _check_resume_path(spec, plan, found) -> list[Finding]:
     ]
 
 
-def _check_resume(spec, plan, found) -> list[Finding]:
+def _check_resume(spec, plan, found, another_output: str = "another --output") -> list[Finding]:
     from ftctl.checkpoints.settings import NEW_DATA, compare, final_written_over, other_data, settings, written_over
 
     said = written_over(spec.output, [info.name for info in found]) if spec.resume == "never" else None
@@ -1050,7 +1057,7 @@ def _check_resume(spec, plan, found) -> list[Finding]:
         return [Finding(ERROR, str(e))]
     if changed and changed.new_data and spec.resume == "auto":  # as backend.write_files: an explicit resume= only
         was = {k: old for k, (old, _) in changed.changed.items() if k in NEW_DATA}
-        return [Finding(ERROR, other_data(spec.output, newest.name, newest.uri, was))]
+        return [Finding(ERROR, other_data(spec.output, newest.name, newest.uri, was, another_output))]
     return _resumed(spec, newest.uri, changed, own=True)
 
 

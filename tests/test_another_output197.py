@@ -41,3 +41,28 @@ def test_a_launch_into_a_run_being_launched_names_a_way_out_that_moves_it(tmp_pa
     assert str(e.value).endswith(f"or give this run {GIVEN if given else NAMED}."), e.value
     moved = _prep(run_name="b", **out).run_dir  # what the hint's run_name=... does
     assert (moved == rendered.run_dir) is given
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["--output", "runs/<run_name>"])
+def test_a_relaunch_on_other_data_names_a_way_out_that_moves_it(tmp_path, monkeypatch, given):
+    """The other-data refusal, by the launch's preflight and by write_files (settings.other_data)."""
+    from ftctl.backend import write_files
+    from ftctl.checkpoints import write_manifest
+    from ftctl.checkpoints.settings import settings
+    from ftctl.preflight import ERROR, check_resume
+    from tests.s3_fixtures import make_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    out = {"output_dir": str(tmp_path / "a")} if given else {}
+    first = _prep(run_name="a", **out)
+    write_files(first)
+    run = tmp_path / ("a" if given else "runs/a")
+    make_checkpoint(run, 5)
+    write_manifest(str(run / "checkpoint-5"), 5, 1, "h", settings=settings(first.spec, first.plan))
+    rendered = _prep(run_name="a", data_path="s3://b/other.json", **out)
+    said = f"For a new run: {GIVEN if given else NAMED}."
+    found = check_resume(rendered.spec, rendered.plan, rendered.another_output)
+    assert [f.level for f in found] == [ERROR] and found[0].what.endswith(said), found
+    with pytest.raises(FtctlError) as e:
+        write_files(rendered)
+    assert str(e.value).endswith(said), e.value

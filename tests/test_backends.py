@@ -169,8 +169,7 @@ def test_a_relaunch_on_other_data_over_checkpoints_asks_for_the_checkpoint_by_na
         write_files(_prep(tmp_path, data_path="s3://b/third.json"))
     assert str(e.value) == (
         f"{run} holds checkpoint-5 of a run trained on data_path=s3://b/other.json; this launch names other data. To go "
-        f"on training that run on it: -o resume={run / 'checkpoint-5'}. For a new run: another --output (or -o "
-        "run_name=...)."
+        f"on training that run on it: -o resume={run / 'checkpoint-5'}. For a new run: another --output."
     )
     write_files(_prep(tmp_path, data_path="s3://b/third.json", resume=str(run / "checkpoint-5")))
     assert '"data_path": "s3://b/third.json"' in (run / "spec.json").read_text()

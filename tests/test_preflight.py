@@ -478,7 +478,7 @@ def test_a_relaunch_is_checked_against_the_outputs_newest_checkpoint(tmp_path, s
     assert only(check(data_path="other.jsonl")) == (
         f"{output} holds checkpoint-40 of a run trained on data_path=builtin:demo; this launch names other data. To "
         f"go on training that run on it: -o resume={storage.join(output, 'checkpoint-40')}. For a new run: another "
-        "--output (or -o run_name=...)."
+        "--output."
     )
     assert only(check(data_path="other.jsonl", resume=named), WARNING) == (
         "checkpoint-40 was saved with other settings: data_path builtin:demo -> other.jsonl; the run goes on from step "

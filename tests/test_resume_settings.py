@@ -93,11 +93,10 @@ def test_a_finished_run_is_not_trained_again(tiny_model_dir, tiny_data, tmp_path
     )
     monkeypatch.setenv("SKYPILOT_TASK_ID", "sky-2026-12-05-09-00-00-000002_ftctl-r_2")  # another job
     final = (out / "adapter_model.safetensors").read_bytes()
-    said = (
-        f"{out} holds this run trained to step 3 of 3 (checkpoint-3): nothing is left to train. To train it further, "
-        "raise -o max_steps; to start another run, give another --output."
-    )
-    for changed in ({}, {"learning_rate": 1e-4}):
+    advice = "nothing is left to train. To train it further, raise -o max_steps; to start another run, give another --output."
+    same = f"{out} holds this run trained to step 3 of 3 (checkpoint-3): {advice}"
+    other = f"{out} holds a run trained to step 3 of 3 (checkpoint-3) with other settings (learning_rate 0.001 -> 0.0001): {advice}"
+    for changed, said in (({}, same), ({"learning_rate": 1e-4}, other)):  # another learning rate: not "this run"
         again = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **SCHEDULE, **changed)
         with pytest.raises(FtctlError) as e:
             train(*again, echo=lambda *_: None)

@@ -176,13 +176,14 @@ def edited_data(
     )
 
 
-def other_data(output, checkpoint: str, checkpoint_uri: str, was: dict) -> str:
+def other_data(output, checkpoint: str, checkpoint_uri: str, was: dict, another: str = "another --output") -> str:
     """The refusal of other data over ``checkpoint`` of ``output`` with resume=auto (a new experiment would
-    silently go on from the last one); ``was``: the data settings it was trained with."""
+    silently go on from the last one); ``was``: the data settings it was trained with; ``another``: the launch's way
+    to another output (spec.RunSpec.another_output)."""
     return (
         f"{output} holds {checkpoint} of a run trained on {', '.join(f'{k}={_show(v)}' for k, v in was.items())}; "
         f"this launch names other data. To go on training that run on it: -o resume={checkpoint_uri}. For a new "
-        "run: another --output (or -o run_name=...)."
+        f"run: {another}."
     )
 
 
@@ -272,7 +273,15 @@ def finished(state_json: str, spec, changed: Changes | None) -> str | None:
         target, more = total, "-o num_train_epochs"
     if not target or step < target:
         return None
+    # with other settings it is not "this run" (explore36): they are named, as the resume's warning names them; a
+    # length of its own (max_steps, num_train_epochs) is this run's, what "raise -o max_steps" changes
+    other = {
+        k: v for k, v in (changed.changed if changed else {}).items() if k not in ("max_steps", "num_train_epochs")
+    }
+    each = ", ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in other.items())
+    run = f"trained to step {step} of {target} (checkpoint-{step})"
+    run = f"a run {run} with other settings ({each})" if each else f"this run {run}"
     return (
-        f"{spec.output} holds this run trained to step {step} of {target} (checkpoint-{step}): nothing is left to "
-        f"train. To train it further, raise {more}; to start another run, give another --output."
+        f"{spec.output} holds {run}: nothing is left to train. To train it further, raise {more}; to start another "
+        "run, give another --output."
     )
