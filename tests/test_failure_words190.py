@@ -78,7 +78,9 @@ def test_torchrun_by_hand_ends_its_report_with_the_ranks_own_error(tmp_path):
     assert proc.returncode != 0 and proc.stderr.count(f"error: {said}") == 1, proc.stderr
     root = proc.stderr.split("Root Cause (first observed failure):", 1)[1]
     assert f"  traceback : {said}" in root, proc.stderr
-    assert "To enable traceback see" not in proc.stderr, proc.stderr
+    # a rank torchrun stopped after the other failed (exit 143, no error of its own) keeps torch's words in the
+    # report's other failures; the root cause never does
+    assert "To enable traceback see" not in root, proc.stderr
 
 
 def test_a_rank_leaves_its_cause_for_torchrun_whole_once_a_node_and_no_interruption(tmp_path, monkeypatch):
