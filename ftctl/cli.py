@@ -62,6 +62,7 @@ def main(verbose):
 
         if said := envvars.unknown_set(os.environ):  # a typo of FTCTL_CACHE ... changes nothing: said, not refused
             click.echo(said, err=True)
+        os.environ[envvars.CHECKED_ENV] = "1"  # said here: not again by the trainer this command starts
         userconfig.load()
 
 

@@ -81,8 +81,13 @@ def no_unasked_kernels() -> dict[str, str]:
     return {LOCAL_KERNELS_ENV: ":".join(f"{repo}={os.devnull}" for repo in UNASKED_KERNELS), HUB_KERNELS_ENV: "0"}
 
 
-# Every FTCTL_* variable ftctl or its scripts read: a run's env (-o env=NAME=VALUE) naming one near one of them is a
-# typo that would be set for nobody (setting_problem)
+# 1: an ftctl command checked this environment's FTCTL_* variables and said those it reads none of (cli.main); set for
+# the processes it starts, so the trainer it starts (`ftctl train`'s, in its own process; launch's torchrun; a Slurm
+# job, which inherits the launching shell's environment) does not say them again. A trainer that no ftctl command
+# started (`python -m ftctl.trainer`, torchrun by hand, sbatch of a rendered script) says them itself (unknown_unsaid).
+CHECKED_ENV = "FTCTL_ENV_CHECKED"
+# Every FTCTL_* variable ftctl or its scripts read: a run's env (-o env=NAME=VALUE) naming none of them sets a variable
+# nobody reads (a typo of the nearest, where one is close), and is refused (setting_problem)
 KNOWN = frozenset(
     {STATUS_ENV, STOP_ENV, STOP_POLL_ENV, FAILURE_DIR_ENV, VERBOSE_ENV, THREADS_ENV, TORCH_INDEX_ENV, BASE_MODEL_ENV}
     | {ATTEMPT_ENV, "FTCTL_DEBUG", "FTCTL_BACKEND", "FTCTL_CACHE", "FTCTL_LOCAL_DIR", "FTCTL_HOME", "FTCTL_DOCKER"}
@@ -94,7 +99,7 @@ KNOWN = frozenset(
         "FTCTL_SPEC_EOF",
         "FTCTL_VERSION",
     }
-    | {"FTCTL_SKY_SAY_FD"}
+    | {"FTCTL_SKY_SAY_FD", CHECKED_ENV}
 )
 # The ones a user sets, where ftctl runs (or in a run's -o env=); the others are set by ftctl for its trainer and scripts
 SETTINGS = (
@@ -117,21 +122,26 @@ TESTS_PREFIX = "FTCTL_TEST_"
 TESTS_OWN = frozenset({"FTCTL_SETUP_TESTS", "FTCTL_SKY_ISOLATE_HOME"})
 
 
+def _unread(name: str) -> bool:
+    """An FTCTL_* name ftctl reads nowhere, nor the tests' own switches (TESTS_OWN, TESTS_PREFIX)."""
+    return (
+        name.startswith("FTCTL_") and name not in KNOWN and name not in TESTS_OWN and not name.startswith(TESTS_PREFIX)
+    )
+
+
+def _the_ones_read() -> str:
+    """The sentence that names the settings, in unknown_set's warning and setting_problem's refusal."""
+    return f"The ones it reads: {', '.join(SETTINGS)} (docs/configuration.md)."
+
+
 def unknown_set(environ) -> str | None:
     """'warning: ...' naming each FTCTL_* variable set in ``environ`` that ftctl reads none of (a typo, an older or
     newer ftctl's name: it changes nothing), the nearest setting where one is close, and the settings there are; None
     where every one is known. A warning, not a refusal: nothing is wrong with the command itself. Said by the CLI once a
-    command (cli.main), not again by the trainer it starts."""
+    command (cli.main), and by a trainer no command started (unknown_unsaid)."""
     import difflib
 
-    names = sorted(
-        name
-        for name in environ
-        if name.startswith("FTCTL_")
-        and name not in KNOWN
-        and name not in TESTS_OWN
-        and not name.startswith(TESTS_PREFIX)
-    )
+    names = sorted(filter(_unread, environ))
     if not names:
         return None
     said = []
@@ -141,22 +151,32 @@ def unknown_set(environ) -> str | None:
     one = len(names) == 1
     return (
         f"warning: {', '.join(said)} {'is' if one else 'are'} set in this environment, but ftctl reads no such "
-        f"variable{'' if one else 's'}: {'it changes' if one else 'they change'} nothing. The ones it reads: "
-        f"{', '.join(SETTINGS)} (docs/configuration.md)."
+        f"variable{'' if one else 's'}: {'it changes' if one else 'they change'} nothing. " + _the_ones_read()
     )
 
 
+def unknown_unsaid(environ) -> str | None:
+    """unknown_set's warning for a trainer that no ftctl command started (CHECKED_ENV unset: run by hand, by torchrun,
+    by an sbatch of a rendered script); None where the command that started it said it already."""
+    return None if environ.get(CHECKED_ENV) else unknown_set(environ)
+
+
 def setting_problem(name: str, value: str) -> str | None:
-    """Why a run's env ``name=value`` sets nothing the user meant, as a sentence with the fix; None where it may: a
-    misspelt FTCTL_* name (the nearest is said), FTCTL_CPU_THREADS other than auto (a count of threads is
-    OMP_NUM_THREADS), FTCTL_STOP_REQUEST_POLL_S that is no number of seconds above 0 (the trainer would warn in the
+    """Why a run's env ``name=value`` sets nothing the user meant, as a sentence with the fix; None where it may: an
+    FTCTL_* name ftctl reads none of (the nearest is said where one is close, else the settings; the tests' own
+    switches pass), FTCTL_CPU_THREADS other than auto (a count of threads is OMP_NUM_THREADS),
+    FTCTL_STOP_REQUEST_POLL_S that is no number of seconds above 0 (the trainer would warn in the
     job's log and ask every 10 s)."""
     import difflib
     import math
 
-    if name.startswith("FTCTL_") and name not in KNOWN:
-        close = difflib.get_close_matches(name, sorted(KNOWN), n=1, cutoff=0.85)
-        return f"env {name}: ftctl reads no such variable; did you mean {close[0]}?" if close else None
+    if _unread(name):
+        if close := difflib.get_close_matches(name, sorted(KNOWN), n=1, cutoff=0.85):
+            return f"env {name}: ftctl reads no such variable; did you mean {close[0]}?"
+        return (
+            f"env {name}: ftctl reads no such variable, so it would change nothing. {_the_ones_read()} A variable of "
+            "your own: name it without FTCTL_."
+        )
     if name == THREADS_ENV and value.strip() not in ("auto", ""):
         return (
             f"env {THREADS_ENV}={value}: it takes auto (each process of a node a share of its cores, what launch "

@@ -16,7 +16,7 @@ import threading
 import time
 
 from ftctl import failures, quiet, terminal
-from ftctl.envvars import FAILURE_DIR_ENV
+from ftctl.envvars import FAILURE_DIR_ENV, unknown_unsaid
 from ftctl.errors import FtctlError
 
 INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -28,6 +28,8 @@ def main(argv=None) -> int:
     parser.add_argument("--spec", required=True, help="spec.json written by ftctl (the run and its plan)")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
+    if rank == 0 and (said := unknown_unsaid(os.environ)):  # run by hand: no ftctl command said it (once a job)
+        print(said, file=sys.stderr, flush=True)
     log_to_stderr(rank)
     failure = Failure(rank)
     failure.catch_signals()  # the trainer's PreemptionCallback takes SIGTERM and SIGHUP over while it trains
