@@ -85,6 +85,7 @@ def merge(
     quiet.install()  # before transformers, peft and bitsandbytes are imported
     if dtype is not None and dtype not in DTYPES:
         raise FtctlError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
+    refuse_unfinished(run_dir_or_checkpoint, endpoint_url)
     storage.require_writable(out_dir, "merge output")
     _refuse_existing(out_dir, endpoint_url, run_dir_or_checkpoint, named, dequantize)
     if storage.is_remote(run_dir_or_checkpoint):
@@ -139,6 +140,46 @@ def merge(
         os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)
     log.info("merged %s into %s (%s, %s base) -> %s", adapter.path, into, precision, weights, out)
     return out
+
+
+def refuse_unfinished(run: str, endpoint_url: str | None = None) -> None:
+    """A run that trains now (trained.training_now: its trainer's lock or lease, or its launcher's) is refused: the
+    adapter at its top is not the one it is training (an earlier run's final adapter, which a relaunch that extends
+    max_steps replaces only as it ends; or none yet, where the newest checkpoint would have been taken unsaid), and a
+    merge of it into RUN/merged would stand for the run's final model. The line names its newest committed checkpoint,
+    which `ftctl merge RUN/checkpoint-N` merges beside it while it trains on. A checkpoint of it not committed yet
+    (being written or uploaded, or cut short) is refused whether or not it trains: half its weights."""
+    path = run.rstrip("/")
+    name = path.rsplit("/", 1)[-1]
+    if checkpoint_step(name) is not None:
+        if why := trained_mod.uncommitted(path, endpoint_url):
+            parent = path[: -len(name)]
+            newest = trained_mod.newest_committed(parent or ".", endpoint_url)
+            instead = f": `ftctl merge {shlex.quote(parent + newest)}`, the newest" if newest else " once there is one"
+            if doing := trained_mod.training_now(parent.rstrip("/") or ".", endpoint_url):
+                said = f"not committed yet: its run {doing} and may be writing it now"
+            else:
+                said = f"not a complete checkpoint ({why})"
+            raise FtctlError(f"{run} is {said}; merge a complete checkpoint{instead}.")
+        return
+    if not (doing := trained_mod.training_now(path, endpoint_url)):
+        return
+    from ftctl.checkpoints.settings import final_saved
+
+    held = (
+        "the final adapter in it is an earlier run's until this run saves its own as it ends"
+        if final_saved(path, endpoint_url)
+        else "it has no final adapter yet"
+    )
+    newest = trained_mod.newest_committed(path, endpoint_url)
+    fix = (
+        f"merge its newest committed checkpoint with `ftctl merge {shlex.quote(storage.join(path, newest))}`, or "
+        f"merge {shlex.quote(run)} once the run has ended"
+        if newest
+        else f"it has committed no checkpoint yet: merge {shlex.quote(run)} once the run has ended (or "
+        "`ftctl merge RUN/checkpoint-N` once it has saved one)"
+    )
+    raise FtctlError(f"{run} {doing}: {held}; {fix}.")
 
 
 def merged_now() -> str:

@@ -27,6 +27,7 @@ from ftctl.runpaths import (
     MODEL_CONFIG,
     PLAIN_TEXT,
     SPEC_FILE,
+    RunPaths,
     as_umask,
 )
 
@@ -154,16 +155,122 @@ def _what(found: Trained) -> str:
     return "adapter" if found.adapter else "model"
 
 
-def _newest_checkpoint(run_dir: Path) -> Trained | None:
+def _newest_checkpoint(run_dir: Path, warn: bool = True) -> Trained | None:
     from ftctl.checkpoints import list_checkpoints
 
     for ckpt in reversed(list_checkpoints(str(run_dir))):
         found = _found(run_dir / ckpt.name) if ckpt.complete else None
         if found is not None:
             return found
-        if not ckpt.complete:
+        if not ckpt.complete and warn:
             log.warning("skipping %s: %s", ckpt.name, "; ".join(ckpt.problems))
     return None
+
+
+def newest_committed(run: str, endpoint_url: str | None = None) -> str | None:
+    """The name of the newest complete checkpoint of ``run`` (a run directory or an object-store output) that holds
+    weights; None where it has none. Quiet: a run that trains now has one it is writing."""
+    from ftctl import storage
+    from ftctl.checkpoints import list_checkpoints
+
+    if not storage.is_remote(run):
+        found = _newest_checkpoint(Path(run).expanduser(), warn=False)
+        return found.path.name if found else None
+    complete = [c for c in list_checkpoints(run, endpoint_url=endpoint_url) if c.complete]
+    return complete[-1].name if complete else None
+
+
+def uncommitted(checkpoint: str, endpoint_url: str | None = None) -> str | None:
+    """Why ``checkpoint`` (a ``checkpoint-<step>`` of an ftctl run, local or in a store) is not complete
+    (ftctl.checkpoints: its commit record, written or uploaded after every other file, missing, or a file not as it
+    lists it): one its trainer is writing or uploading now, or whose save stopped before it was committed. None where
+    it is complete, or not of an ftctl run: no spec.json beside it, no trainer there now, and (on a disk) no other
+    checkpoint with a commit record: another tool's, taken as it is."""
+    from ftctl import storage
+    from ftctl.checkpoints import checkpoint_step, list_checkpoints, verify
+
+    path = checkpoint.rstrip("/")
+    run, _, name = path.rpartition("/")
+    if checkpoint_step(name) is None:
+        return None
+    run = run or "."
+    try:
+        if storage.is_remote(path):  # one checkpoint's listing; a multi-node one is uploaded with its merged manifest
+            problems, others = verify(path, deep=False, endpoint_url=endpoint_url), False
+        else:  # the run's listing: a multi-node checkpoint on a shared disk is committed by its nodes' manifests
+            listed = {c.name: c for c in list_checkpoints(run)}
+            info = listed.get(name)
+            problems = info.problems if info is not None else []
+            others = any(c.manifest is not None for c in listed.values())
+        if not problems:
+            return None
+        if not (
+            others or storage.exists(storage.join(run, SPEC_FILE), endpoint_url) or training_now(run, endpoint_url)
+        ):
+            return None
+    except (OSError, FtctlError):
+        return None  # not readable here: the load says what is wrong
+    return "; ".join(problems)
+
+
+def training_now(run: str, endpoint_url: str | None = None) -> str | None:
+    """What trains into the run ``run`` now, as "is still training (step 37/100; pid 12 on HOST since ...)" or "is
+    being launched into by `ftctl train` (pid ...)": its trainer's lock (trainer.run.only_trainer) or its launcher's
+    (backend.launching: a local run's, held until it ends, from before its trainer starts) held, or, for an
+    object-store output, its trainer's lease live (ftctl.lease). None where nothing does, as far as can be seen here
+    (a file system without locks, a store not answering)."""
+    from ftctl import lease, storage
+
+    if storage.is_remote(run):
+        try:
+            held, _ = lease.read_tagged(run, endpoint_url)
+        except Exception:  # noqa: BLE001 - a store not answering: the download says so
+            return None
+        return f"is still training ({lease.describe(held)})" if lease.live(held) else None
+    paths = RunPaths(Path(run).expanduser())
+    if holder := held_by(paths.train_lock):
+        step = _logged_step(paths.metrics)
+        return f"is still training ({step + '; ' if step else ''}{holder})"
+    if holder := held_by(paths.launch_lock):
+        return f"is being launched into by {holder}"
+    return None
+
+
+def held_by(lock: Path) -> str | None:
+    """The holder of the flock ``lock`` now, as it wrote itself into it ("another process" where it could not); None
+    where nobody holds it, there is none, or the file system takes no locks."""
+    import fcntl
+
+    try:
+        fh = open(lock)
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return fh.read().strip() or "another process"
+        except OSError:  # no locks on this file system: not known
+            return None
+    return None
+
+
+def _logged_step(metrics: Path) -> str:
+    """ "step 37/100": the last step the run's newest trainer logged (its metrics.jsonl); "" where none yet."""
+    try:
+        lines = metrics.read_text().splitlines()
+    except OSError:
+        return ""
+    last = None
+    for record in map(_record, lines):
+        if record.get("event") == "start":
+            last = None
+        elif "loss" in record and isinstance(record.get("step"), int):
+            last = record
+    if last is None:
+        return ""
+    total = last.get("max_steps")
+    return f"step {last['step']}/{total}" if isinstance(total, int) and total > 0 else f"step {last['step']}"
 
 
 def load(
