@@ -9,7 +9,12 @@ training rows (--eval-data): as the model learns the training rows' words their 
 earlier checkpoint (v84: with held-out rows like the training ones it fell through step 10 at every rate that trains).
 The CPU suite runs the same on two gloo processes (tests/test_best_model.py, 588b99d).
 
-    python bench/best_fsdp_gpu.py --out DIR [--lrs 2e-4,3e-2] [--nproc 1] [--other-eval]
+With --cycle-eval (v89) every training answer walks the fifteen words in one fixed order (each word says the next:
+a bigram a LoRA of the MLPs can learn) and the held-out answers walk them backwards: the held-out loss falls while the
+model learns which words answers hold, and rises once it learns their order, which the held-out rows break.
+
+    python bench/best_fsdp_gpu.py --out DIR [--lrs 2e-4,3e-2] [--nproc 1] [--other-eval | --cycle-eval]
+                                  [--steps 10] [--every 2]
 """
 
 from __future__ import annotations
@@ -52,8 +57,28 @@ def other_rows(path: Path, rows: int = 16) -> Path:
     return path
 
 
-def run_lr(lr: str, model_dir: Path, data: Path, work: Path, nproc: int, held_out: Path | None = None) -> dict:
-    out = work / f"best-lr{lr}{'-other' if held_out else ''}"
+WORDS = "the of model data train token layer batch memory value ship code answer night river".split()
+
+
+def cycle_rows(path: Path, rows: int, step: int, seed: int) -> Path:
+    """Conversations whose answers walk WORDS in order (step 1) or backwards (step -1) from a random word."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(rows):
+        q = " ".join(rng.choice(WORDS) for _ in range(150))
+        start = rng.randrange(len(WORDS))
+        a = " ".join(WORDS[(start + step * k) % len(WORDS)] for k in range(600))
+        out.append(
+            {"id": f"cycle{step}-{i}", "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+        )
+    path.write_text(json.dumps(out))
+    return path
+
+
+def run_lr(
+    lr: str, model_dir: Path, data: Path, work: Path, nproc: int, held_out: Path | None = None, tag: str = ""
+) -> dict:
+    out = work / f"best-lr{lr}{tag}"
     opts = [
         "strategy=fsdp",
         "load_best_model_at_end=true",
@@ -61,6 +86,7 @@ def run_lr(lr: str, model_dir: Path, data: Path, work: Path, nproc: int, held_ou
         f"eval_steps={EVERY}",
         f"save_steps={EVERY}",
         f"max_steps={STEPS}",
+        f"save_total_limit={STEPS // EVERY}",
         f"learning_rate={lr}",
         "lr_scheduler_type=constant",
         "warmup_ratio=0",
@@ -91,23 +117,36 @@ def run_lr(lr: str, model_dir: Path, data: Path, work: Path, nproc: int, held_ou
 
 
 def main() -> None:
+    global STEPS, EVERY
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--lrs", default="2e-4,3e-2")
     ap.add_argument("--work", default="/tmp/ftctl-best")
     ap.add_argument("--nproc", type=int, default=1)
     ap.add_argument("--other-eval", action="store_true", help="held-out rows of other words (--eval-data)")
+    ap.add_argument("--cycle-eval", action="store_true", help="answers in one word order, held out in the reverse")
+    ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--every", type=int, default=EVERY)
     a = ap.parse_args()
+    STEPS, EVERY = a.steps, a.every
     import torch
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    model_dir, data = make_model(work), make_data(work / "data.json", rows=80)
-    held_out = other_rows(work / "other.json") if a.other_eval else None
+    model_dir = make_model(work)
+    if a.cycle_eval:
+        data, held_out, tag = (
+            cycle_rows(work / "cycle.json", 80, 1, 0),
+            cycle_rows(work / "back.json", 16, -1, 1),
+            "-cycle",
+        )
+    else:
+        data, tag = make_data(work / "data.json", rows=80), "-other" if a.other_eval else ""
+        held_out = other_rows(work / "other.json") if a.other_eval else None
     rows = []
     for lr in a.lrs.split(","):
         try:
-            rows.append(run_lr(lr, model_dir, data, work, a.nproc, held_out))
+            rows.append(run_lr(lr, model_dir, data, work, a.nproc, held_out, tag))
         except Exception as e:  # noqa: BLE001  the other rates still run
             rows.append({"lr": lr, "error": f"{type(e).__name__}: {e}"})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "stderr"}), flush=True)
