@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,18 +48,29 @@ def finished(tiny_model_dir, tiny_data, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run(finished, tmp_path) -> Path:
-    """A copy of the finished run, relaunched with max_steps=4: its trainer holds the run's lock (as
-    trainer.run.only_trainer holds it) and has logged step 3 of 4; checkpoint-4 is being written (no manifest yet)."""
+    """A copy of the finished run, to be relaunched with max_steps=4 (training): checkpoint-4 is being written (its
+    files saved, no manifest yet)."""
     from ftctl.checkpoints import MANIFEST
 
     out = tmp_path / "run"
     shutil.copytree(finished, out)
-    with (out / "metrics.jsonl").open("a") as f:  # the relaunched trainer's records (callbacks.MetricsCallback)
-        f.write(json.dumps({"event": "start", "step": 2}) + "\n")
-        f.write(json.dumps({"step": 3, "loss": 1.5, "max_steps": 4}) + "\n")
     shutil.copytree(out / "checkpoint-2", out / "checkpoint-4")
-    (out / "checkpoint-4" / MANIFEST).unlink()  # its files saved, its commit record not yet written
+    (out / "checkpoint-4" / MANIFEST).unlink()
     return out
+
+
+@contextmanager
+def training(run: Path, logged: bool = True):
+    """The relaunch training: its trainer holds the run's lock (trainer.run.only_trainer, as the trainer takes it),
+    then (``logged``) writes its "start" record (run.record_start) and logs step 3 of 4 (callbacks.MetricsCallback)."""
+    from ftctl.trainer.run import only_trainer
+
+    with only_trainer(str(run)):
+        if logged:
+            with (run / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps({"step": 0, "event": "start", "time": round(time.time(), 3)}) + "\n")
+                f.write(json.dumps({"step": 3, "loss": 1.5, "max_steps": 4, "time": round(time.time(), 3)}) + "\n")
+        yield
 
 
 def _merge(*args):
@@ -67,9 +80,7 @@ def _merge(*args):
 
 
 def test_a_relaunched_run_is_not_merged_from_its_earlier_final_adapter(run):
-    from ftctl.trainer.run import only_trainer
-
-    with only_trainer(str(run)):
+    with training(run):
         said = _merge(run)
     assert said.exit_code == 2, said.output
     assert "Traceback" not in said.output
@@ -81,9 +92,7 @@ def test_a_relaunched_run_is_not_merged_from_its_earlier_final_adapter(run):
 
 
 def test_a_committed_checkpoint_merges_while_the_run_trains_and_one_being_written_never(run):
-    from ftctl.trainer.run import only_trainer
-
-    with only_trainer(str(run)):
+    with training(run):
         merged = _merge(run / "checkpoint-2")
         writing = _merge(run / "checkpoint-4")
     assert merged.exit_code == 0, merged.output
@@ -99,14 +108,13 @@ def test_a_committed_checkpoint_merges_while_the_run_trains_and_one_being_writte
 def test_a_run_without_a_final_adapter_yet_and_one_being_launched(run):
     from ftctl.backend import _launch_lock
     from ftctl.runpaths import FINAL_MARKS, RunPaths
-    from ftctl.trainer.run import only_trainer
 
     for mark in FINAL_MARKS:
         (run / mark).unlink(missing_ok=True)
-    with only_trainer(str(run)):
+    with training(run, logged=False):  # loading: metrics.jsonl's rows are the earlier run's (step 2/2), not its own
         said = _merge(run)
     assert said.exit_code == 2, said.output
-    assert "is still training (step 3/4; pid " in said.output and "it has no final adapter yet" in said.output
+    assert "is still training (no step logged yet; pid " in said.output and "it has no final adapter yet" in said.output
     assert f"`ftctl merge {run / 'checkpoint-2'}`" in said.output
 
     lock = _launch_lock(RunPaths(run).launch_lock, str(run), "ftctl train")  # its trainer not started yet

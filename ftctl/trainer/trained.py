@@ -229,8 +229,11 @@ def training_now(run: str, endpoint_url: str | None = None) -> str | None:
         return f"is still training ({lease.describe(held)})" if lease.live(held) else None
     paths = RunPaths(Path(run).expanduser())
     if holder := held_by(paths.train_lock):
-        step = _logged_step(paths.metrics)
-        return f"is still training ({step + '; ' if step else ''}{holder})"
+        try:
+            since = paths.train_lock.stat().st_mtime  # when the trainer wrote its name into it: as it started
+        except OSError:
+            since = None
+        return f"is still training ({_logged_step(paths.metrics, since)}; {holder})"
     if holder := held_by(paths.launch_lock):
         return f"is being launched into by {holder}"
     return None
@@ -255,20 +258,24 @@ def held_by(lock: Path) -> str | None:
     return None
 
 
-def _logged_step(metrics: Path) -> str:
-    """ "step 37/100": the last step the run's newest trainer logged (its metrics.jsonl); "" where none yet."""
+def _logged_step(metrics: Path, since: float | None) -> str:
+    """ "step 37/100": the last step the trainer that started at ``since`` logged (its metrics.jsonl rows after its
+    "start" record, trainer.run.record_start); "no step logged yet" before its first (an earlier run's rows, a
+    relaunch's before its start record, are not its steps)."""
     try:
         lines = metrics.read_text().splitlines()
     except OSError:
-        return ""
-    last = None
+        lines = []
+    last, ours = None, False
     for record in map(_record, lines):
         if record.get("event") == "start":
+            when = record.get("time")
+            ours = since is None or (isinstance(when, (int, float)) and when >= since - 1)  # 1 s: the clocks' rounding
             last = None
-        elif "loss" in record and isinstance(record.get("step"), int):
+        elif ours and "loss" in record and isinstance(record.get("step"), int):
             last = record
     if last is None:
-        return ""
+        return "no step logged yet"
     total = last.get("max_steps")
     return f"step {last['step']}/{total}" if isinstance(total, int) and total > 0 else f"step {last['step']}"
 
