@@ -311,37 +311,6 @@ def test_a_store_run_goes_on_on_new_data_from_its_checkpoint_as_the_refusal_says
         make_run(tiny_model_dir, other, store, "lora", resume=f"{s3_bucket}/elsewhere/checkpoint-3")
 
 
-def test_the_demo_replaces_only_its_own_earlier_run(tmp_path):
-    from ftctl.plan import dump_run, make_plan
-    from ftctl.runpaths import SPEC_FILE
-    from ftctl.trainer.demo import demo_spec, earlier_demo
-
-    spec = demo_spec(str(tmp_path / "demo"))
-    (tmp_path / "demo").mkdir()
-    assert not earlier_demo(spec.output)
-    (tmp_path / "demo" / SPEC_FILE).write_text(dump_run(spec, make_plan(spec, "cpu")))
-    assert earlier_demo(spec.output)
-    other = replace(spec, run_name="mine")
-    (tmp_path / "demo" / SPEC_FILE).write_text(dump_run(other, make_plan(other, "cpu")))
-    assert not earlier_demo(spec.output)
-
-
-def test_the_demo_keeps_a_model_merged_from_its_earlier_run(tmp_path):
-    """`ftctl merge runs/ftctl-demo` (RUN/merged) is the user's: a second `ftctl demo` removed it with its run."""
-    from ftctl.runpaths import MERGE_RECORD
-    from ftctl.trainer.demo import replace_earlier_demo
-
-    run = tmp_path / "demo"
-    for name in ("checkpoint-3/adapter_model.safetensors", "merged/model.safetensors", "logs/x.log"):
-        (run / name).parent.mkdir(parents=True, exist_ok=True)
-        (run / name).write_text("x")
-    (run / "merged" / MERGE_RECORD).write_text("{}")
-    (run / "metrics.jsonl").write_text("{}")
-    assert replace_earlier_demo(str(run)) == [str(run / "merged")]
-    assert sorted(p.name for p in run.iterdir()) == ["merged"]
-    assert (run / "merged" / "model.safetensors").is_file()
-
-
 def _step_tokens(output_dir) -> dict[int, int]:
     rows = [json.loads(line) for line in open(f"{output_dir}/metrics.jsonl")]
     seen = {r["step"]: r["tokens"] for r in rows if "loss" in r}

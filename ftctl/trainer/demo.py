@@ -16,6 +16,7 @@ shows it). On a machine already busy torch's threads wait asleep rather than spi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -144,12 +145,7 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
         f"{plan.global_batch_size} conversations -> {spec.output}"
     )
     if earlier_demo(spec.output):  # the demo's own earlier run, replaced (another run's output is refused)
-        kept = replace_earlier_demo(spec.output)
-        echo(
-            f"(replacing the earlier demo run in {spec.output}"
-            + (f"; kept {', '.join(kept)}: merged from it, yours to remove" if kept else "")
-            + ")"
-        )
+        echo(replaced_line(spec.output, replace_earlier_demo(spec.output)))
     bar = ProgressBar(echo, inplace=echo is print and sys.stdout.isatty())
     result = train(spec, plan, callbacks=[bar], echo=lambda line: None)  # the bar shows the progress
     bar.close()
@@ -165,19 +161,75 @@ def run_demo(output_dir: str = DEMO_OUTPUT, steps: int = DEMO_STEPS, echo=print)
 
 
 def replace_earlier_demo(output_dir: str) -> list[str]:
-    """Remove the demo's earlier run from ``output_dir`` but for the models merged from it there (`ftctl merge`, which
-    the demo's README suggests, writes RUN/merged): the user's, not the demo's. Returns those kept, as paths."""
-    from ftctl.runpaths import MERGE_RECORD
+    """Remove what the demo's earlier run wrote in ``output_dir`` (run_wrote), spec.json last: a replace cut short
+    is still the demo's to finish. Everything else there is the user's and stays: their notes, an exported GGUF, a
+    copy of a checkpoint, a model `ftctl merge` made from the run (RUN/merged, which the demo's README suggests).
+    Returns the names kept, sorted."""
+    from ftctl.runpaths import MERGE_RECORD, SPEC_FILE
 
     kept = []
-    for entry in sorted(Path(output_dir).iterdir()):
-        if entry.is_dir() and not entry.is_symlink() and (entry / MERGE_RECORD).is_file():
-            kept.append(str(entry))
+    for entry in sorted(Path(output_dir).iterdir(), key=lambda entry: (entry.name == SPEC_FILE, entry.name)):
+        if not run_wrote(entry.name) or (entry / MERGE_RECORD).is_file():  # a merge made into a name of the run's too
+            kept.append(entry.name)
         elif entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
     return kept
+
+
+def run_wrote(name: str) -> bool:
+    """Whether ``name``, at the top of the demo's output, is one its run writes there (a second demo replaces it):
+    the run's records and state (runpaths), its checkpoints with what saves, rotates and stages them (a partial
+    checkpoint-N of a run stopped mid-save among them), its final adapter with the tokenizer, the Trainer's
+    arguments and the model card, and the hidden file each of those is written through (storage.write_whole)."""
+    from ftctl.checkpoints.manifest import checkpoint_step
+
+    return name in _run_names() or checkpoint_step(name) is not None
+
+
+@functools.cache
+def _run_names() -> frozenset[str]:
+    from transformers.tokenization_utils_base import (
+        ADDED_TOKENS_FILE,
+        CHAT_TEMPLATE_DIR,
+        CHAT_TEMPLATE_FILE,
+        FULL_TOKENIZER_FILE,
+        SPECIAL_TOKENS_MAP_FILE,
+        TOKENIZER_CONFIG_FILE,
+    )
+    from transformers.trainer import TRAINING_ARGS_NAME
+    from transformers.utils import ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME
+
+    from ftctl.checkpoints.manifest import DELETING_DIR, DOWNLOAD_DIR, QUARANTINE_DIR, STAGING_DIR
+    from ftctl.runpaths import ADAPTER_CONFIG, LOCAL_LOG_FILE, METRICS_FILE, SPEC_FILE, TRACKING_DIRS, RunPaths
+    from ftctl.storage import temp_beside
+    from ftctl.trainer.model_card import README
+
+    state = RunPaths(Path()).status_file.parent.name  # .ftctl/: locks, status, data cache, the final model's staging
+    records = (SPEC_FILE, METRICS_FILE, LOCAL_LOG_FILE, *TRACKING_DIRS, state)
+    machinery = (STAGING_DIR, QUARANTINE_DIR, DOWNLOAD_DIR, DELETING_DIR)
+    tokenizer = (TOKENIZER_CONFIG_FILE, FULL_TOKENIZER_FILE, SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE)
+    final = (ADAPTER_CONFIG, ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME, *tokenizer, CHAT_TEMPLATE_FILE,
+             CHAT_TEMPLATE_DIR, TRAINING_ARGS_NAME, README)  # fmt: skip
+    names = {*records, *machinery, *final}
+    return frozenset(names | {temp_beside(Path(name)).name for name in names})
+
+
+def replaced_line(output_dir: str, kept: list[str], shown: int = 6) -> str:
+    """What the demo says as it replaces its earlier run: what it kept there (a folder with a /, a merged model with
+    where it came from), on one line."""
+    from ftctl.runpaths import MERGE_RECORD
+
+    said = []
+    for name in kept:
+        entry = Path(output_dir, name)
+        merged = (entry / MERGE_RECORD).is_file() and not entry.is_symlink()
+        said.append(f"{name}/ (merged from it)" if merged else f"{name}/" if entry.is_dir() else name)
+    listed = ", ".join(said[:shown]) + (f" and {len(said) - shown} more" if len(said) > shown else "")
+    return f"(replacing the earlier demo run in {output_dir}" + (
+        f"; kept {listed}: not the run's, yours to remove)" if kept else ")"
+    )
 
 
 def earlier_demo(output_dir: str) -> bool:
