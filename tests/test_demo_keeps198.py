@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import fcntl
 from dataclasses import replace
 
 import pytest
+
+from ftctl.errors import FtctlError
 
 # what a finished `ftctl demo` leaves (seen: transformers 5.25, PEFT 0.21), and what one interrupted leaves: its
 # state and records, a checkpoint cut short mid-save, a rotation's and a write_whole's leftovers
@@ -107,6 +110,22 @@ def test_a_symlink_named_as_the_runs_is_removed_not_followed(tmp_path):
     (run / "checkpoint-30").symlink_to(elsewhere / "checkpoint-30")
     assert replace_earlier_demo(str(run)) == []
     assert (elsewhere / "checkpoint-30" / "optimizer.pt").is_file() and list(run.iterdir()) == []
+
+
+def test_a_demo_still_training_there_is_not_replaced(tmp_path):
+    """A demo in another terminal holds the run's train lock: its files stay, the second one says why it stops."""
+    from ftctl.runpaths import RunPaths
+    from ftctl.trainer.demo import replace_earlier_demo
+
+    run = tmp_path / "demo"
+    _earlier_demo(run, FINISHED)
+    with open(RunPaths(run).train_lock, "w") as lock:
+        lock.write("pid 12 on host since then\n")
+        lock.flush()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(FtctlError, match=r"is still training \(.*pid 12 on host since then\): an earlier `ftctl"):
+            replace_earlier_demo(str(run))
+    assert _tree(run) == sorted(FINISHED)
 
 
 def test_the_demo_replaces_only_its_own_earlier_run(tmp_path):

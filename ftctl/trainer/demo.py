@@ -164,9 +164,17 @@ def replace_earlier_demo(output_dir: str) -> list[str]:
     """Remove what the demo's earlier run wrote in ``output_dir`` (run_wrote), spec.json last: a replace cut short
     is still the demo's to finish. Everything else there is the user's and stays: their notes, an exported GGUF, a
     copy of a checkpoint, a model `ftctl merge` made from the run (RUN/merged, which the demo's README suggests).
-    Returns the names kept, sorted."""
+    Returns the names kept, sorted. One still training there (a demo in another terminal) is refused: removed
+    under it, its files and its lock were gone and both trained into one directory."""
+    from ftctl.errors import FtctlError
     from ftctl.runpaths import MERGE_RECORD, SPEC_FILE
+    from ftctl.trainer.trained import training_now
 
+    if now := training_now(output_dir):
+        raise FtctlError(
+            f"{output_dir} {now}: an earlier `ftctl demo` there has not ended. Wait for it (or stop it), then run "
+            "`ftctl demo` again."
+        )
     kept = []
     for entry in sorted(Path(output_dir).iterdir(), key=lambda entry: (entry.name == SPEC_FILE, entry.name)):
         if not run_wrote(entry.name) or (entry / MERGE_RECORD).is_file():  # a merge made into a name of the run's too
