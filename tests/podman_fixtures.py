@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+FTCTL = str(Path(sys.executable).parent / "ftctl")
 ROOTFS_TAR = REPO / ".podman" / "rootfs.tar"  # scripts/setup.sh (FTCTL_SETUP_TESTS=1)
 SETUP = "FTCTL_SETUP_TESTS=1 bash scripts/setup.sh"
 
@@ -70,6 +71,35 @@ class Podman:
         if check:
             assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr}{proc.stdout}"
         return proc
+
+
+def ftctl_env(podman: Podman, tmp_path: Path, **more: str) -> dict[str, str]:
+    """The environment `ftctl` runs in against ``podman``: its own FTCTL_HOME and cache root under ``tmp_path``, no
+    HF_HOME of the user's; ``more`` set too."""
+    env = {**podman.env, "FTCTL_HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "cache"), **more}
+    env.pop("HF_HOME", None)
+    return env
+
+
+def lora_flags(podman: Podman, model, data, output, name: str, **options) -> list[str]:
+    """`ftctl launch` flags of a LoRA run of ``model`` on ``data`` into ``output`` in the test image, on CPU (one
+    thread), named ``name``: batches of 2 of at most 64 tokens, and ``options`` (-o KEY=VALUE)."""
+    flags = ["--backend", "docker", "--gpus", "cpu", "--method", "lora", "--model", str(model)]
+    flags += ["--data", str(data), "--output", str(output), "--container", f"docker:{podman.image}"]
+    for key, value in dict(global_batch_size=2, model_max_length=64, **options).items():
+        flags += ["-o", f"{key}={value}"]
+    return [*flags, "-o", "env=OMP_NUM_THREADS=1", "-o", f"run_name={name}"]
+
+
+def ftctl_runner(env: dict[str, str], cwd: Path, timeout: float = 300):
+    """``ftctl(*args)``: the ftctl command in ``env`` and ``cwd``, which must succeed (what it said otherwise)."""
+
+    def ftctl(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([FTCTL, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        return proc
+
+    return ftctl
 
 
 def podman_only(env: dict[str, str], bin_dir: Path) -> dict[str, str]:

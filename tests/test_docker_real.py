@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.podman_fixtures import podman, podman_only  # noqa: F401 (the fixture)
+from tests.podman_fixtures import ftctl_env, ftctl_runner, lora_flags, podman, podman_only  # noqa: F401 (the fixture)
 
-FTCTL = str(Path(sys.executable).parent / "ftctl")
 pytestmark = pytest.mark.slow
 
 
@@ -66,18 +64,9 @@ def test_the_engine_does_what_the_stand_in_emulates(podman, tmp_path, monkeypatc
 def test_launch_status_logs_cancel_in_a_real_container(podman, tiny_model_dir, tiny_data, tmp_path):  # noqa: F811
     name = podman.name("lora")
     out = tmp_path / "out"
-    env = {**podman.env, "FTCTL_HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    env.pop("HF_HOME", None)
-    flags = ["--backend", "docker", "--gpus", "cpu", "--method", "lora", "--model", str(tiny_model_dir)]
-    flags += ["--data", str(tiny_data), "--output", str(out), "--container", f"docker:{podman.image}"]
-    for key, value in dict(max_steps=100000, save_steps=100000, global_batch_size=2, model_max_length=64).items():
-        flags += ["-o", f"{key}={value}"]
-    flags += ["-o", "env=OMP_NUM_THREADS=1", "-o", f"run_name={name}"]
-
-    def ftctl(*args):
-        proc = subprocess.run([FTCTL, *args], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr + proc.stdout
-        return proc
+    env = ftctl_env(podman, tmp_path)
+    flags = lora_flags(podman, tiny_model_dir, tiny_data, out, name, max_steps=100000, save_steps=100000)
+    ftctl = ftctl_runner(env, tmp_path)
 
     dry = ftctl("launch", *flags, "--dry-run").stdout
     assert f"docker run --detach --name {name} " in dry and " --ulimit memlock=-1 " in dry
@@ -101,7 +90,7 @@ def test_launch_status_logs_cancel_in_a_real_container(podman, tiny_model_dir, t
     # container, through podman itself (the ended one removed first), and cancelled while its trainer loads: killed at
     # once (its start record in metrics.jsonl is the earlier container's); it waited the whole grace where the backend
     # could not read podman's start time
-    env = podman_only(env, tmp_path / "podman-only")
+    ftctl = ftctl_runner(podman_only(env, tmp_path / "podman-only"), tmp_path)
     started = ftctl("launch", *flags).stdout
     (run_dir,) = [line.split(":", 1)[1].strip() for line in started.splitlines() if "run dir:" in line]
     assert (

@@ -27,6 +27,42 @@ REMOTE_ENV = ("DOCKER_HOST", "DOCKER_CONTEXT", "CONTAINER_HOST", "CONTAINER_CONN
 PODMAN_URI = "ssh://me@gpu:22/run/podman/podman.sock"
 
 
+# tests/fake_docker.py with named volumes, which it does not know: each a directory of its state (volumes/NAME),
+# `volume inspect` and `volume rm` of it, a `-v NAME:PATH` of run or create mounts it (made where it is not yet); `run
+# --rm` (ftctl's: a container of one command, its --entrypoint, removed as it ends) runs it here at once, its volume's
+# path mapped, and fails as an engine does where $FAKE_DOCKER_RUN_RM_FAILS says
+VOLUMES = """#!PYTHON
+import os, shutil, subprocess, sys
+sys.path.insert(0, TESTS)
+import fake_docker
+args = sys.argv[1:]
+volumes = fake_docker.STATE / "volumes"
+if args[:1] == ["volume"]:
+    fake_docker.log_call(args)
+    if args[1] == "inspect" and not (volumes / args[-1]).is_dir():
+        sys.exit(print(f"Error: no such volume: {args[-1]}", file=sys.stderr) or 1)
+    if args[1] == "rm":
+        shutil.rmtree(volumes / args[-1], ignore_errors=True)
+    sys.exit(print(args[-1]))
+# each -v NAME:PATH[:MODE]: {its index: (NAME, PATH[:MODE])}
+named = {i: tuple(a.split(":", 1)) for i, a in enumerate(args) if args[i - 1] in ("-v", "--volume") and a[:1] != "/"}
+if named:
+    fake_docker.log_call(args)  # as sent; run below with each volume's directory
+    os.environ.pop("FAKE_LOG", None)
+for i, (name, at) in named.items():
+    (volumes / name).mkdir(parents=True, exist_ok=True)
+    args[i] = f"{volumes / name}:{at}"
+if args[:2] == ["run", "--rm"]:
+    fake_docker.TAKES_VALUE.add("--entrypoint")
+    opts, pos = fake_docker.parse(args[2:])
+    if os.environ.get("FAKE_DOCKER_RUN_RM_FAILS"):
+        sys.exit(print(os.environ["FAKE_DOCKER_RUN_RM_FAILS"], file=sys.stderr) or 125)
+    inside = {at.split(":")[0]: str(volumes / name) for name, at in named.values()}
+    sys.exit(subprocess.call([inside.get(a, a) for a in (dict(opts)["--entrypoint"], *pos[1:])]))
+sys.exit(fake_docker.main(args))
+"""
+
+
 def _tool(path: Path, script: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"#!/bin/sh\n{script}\n")
@@ -39,8 +75,9 @@ def host(tmp_path, monkeypatch):
     """This machine: the fake docker first on PATH, an nvidia-smi that finds no GPU (a laptop), podman's CDI
     directories empty, no engine variables of the user's."""
     bin_dir = tmp_path / "bin"
-    _tool(bin_dir / "docker", f'exec {sys.executable} {REPO}/tests/fake_docker.py "$@"')
     _tool(bin_dir / "nvidia-smi", "exit 0")  # no GPU here
+    (bin_dir / "docker").write_text(VOLUMES.replace("PYTHON", sys.executable).replace("TESTS", repr(f"{REPO}/tests")))
+    (bin_dir / "docker").chmod(0o755)
     # a podman stand-in: a server 5.2 (its CLI takes CDI devices), no container; connections from $FAKE_CONNECTIONS
     _tool(
         bin_dir / "podman",
@@ -253,7 +290,8 @@ def test_a_gpu_runs_failure_on_another_machine_says_where_to_fix_it(host, tmp_pa
     monkeypatch.setenv(engine.ENV, "podman")
     monkeypatch.setenv("CONTAINER_HOST", PODMAN_URI)
     monkeypatch.setattr(backend, "_inspect", lambda name, docker=None: None)
-    monkeypatch.setattr(backend, "_run", lambda argv: subprocess.CompletedProcess(argv, 125, "", said + "\n"))
+    failed = subprocess.CompletedProcess([], 125, "", said + "\n")  # the Hugging Face cache's volume is there
+    monkeypatch.setattr(backend, "_run", lambda argv: failed if argv[1] != "volume" else failed.__class__(argv, 0))
     model = "meta-llama/Llama-3.2-1B"
     prep = prepared(backend="docker", gpus="1xH100", model_name_or_path=model, output_dir="s3://b/o")
     with pytest.raises(NotSent) as e:

@@ -242,12 +242,19 @@ class DockerBackend(Backend):
         return JobRef("docker", name, str(rendered.paths.root), name, rendered.spec.output, extra)
 
     def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
-        return [
+        said = [
             f"started container {ref.job_id}",
             f"  run dir:     {rendered.paths.root}",
             f"  log:         ftctl logs -f {ref.job_id}",
             f"  checkpoints: {rendered.spec.output}",
         ]
+        if ref.extra.get("shipped"):  # its Hugging Face cache: a volume there, which nothing here shows
+            volume, engine = docker_render.HF_VOLUME, ref.extra["engine"]
+            said.append(
+                f"  hf cache:    the volume {volume} there, kept between runs (a model downloads once): "
+                f"`{engine} volume rm {volume}` frees it"
+            )
+        return said
 
     @_at_its_engine
     def status(self, ref: JobRef) -> JobStatus:
@@ -575,9 +582,12 @@ def _not_shippable(docker: str, where: str, rendered: Rendered) -> str | None:
         f"{docker_engine.SAME_PATHS_ENV}=1"
     )
     if not is_remote(spec.output):
+        # as asked: the rendered spec has output_dir set (backend.absolute_paths), the Rendered the another_output of
+        # the spec as asked (RunSpec.another_output), which is the rendered spec's only where --output was given
+        given = rendered.another_output == spec.another_output
         said = (
             f"--output {spec.output!r} is a local path"
-            if spec.output_dir
+            if given
             else f"without --output the run goes to {spec.output!r}"
         )
         return (
@@ -612,19 +622,27 @@ def _bytes(path: str) -> int:
 
 
 def _ship(docker: str, where: str, rendered: Rendered) -> None:
-    """The run on the engine on another machine (docker.render.shipped_commands): its container created, its
-    spec.json and local inputs copied in (a tar, streamed to ``docker cp``), started; NotSent, the container removed,
-    where one of them fails."""
+    """The run on the engine on another machine (docker.render.shipped_commands): the volume of its Hugging Face
+    cache made where the engine has none (docker.render.volume_command), its container created, its spec.json and
+    local inputs copied in (a tar, streamed to ``docker cp``), started; NotSent, the container (or a volume just made)
+    removed, where one of them fails."""
     kind = docker_engine.kind(docker) if rendered.plan.tier else "docker"
     create, cp, start = docker_render.shipped_commands(
         rendered.spec, rendered.plan, str(rendered.paths.root), kind, docker_engine.command()
     )
     name = rendered.spec.name
-    for argv, verb in ((create, "create"), (cp, "cp"), (start, "start")):
+    steps = [(create, "create"), (cp, "cp"), (start, "start")]
+    volume, made = docker_render.HF_VOLUME, None  # the run's Hugging Face cache there: made where there is none yet
+    if _run([docker, "volume", "inspect", volume]).returncode != 0:
+        made = docker_render.volume_command(docker_render.run_image(rendered.spec, rendered.plan), create[0])
+        steps.insert(0, (made, f"run (making the volume {volume} writable)"))
+    for argv, verb in steps:
         proc = _copy_in(cp, rendered) if argv is cp else _run(argv)
         if proc.returncode == 0:
             continue
-        if verb != "create":
+        if argv is made:  # a volume made but not writable: removed, so that the next launch makes it again
+            _run([docker, "volume", "rm", volume])  # no --force: podman would remove a container using it
+        elif argv is not create:
             _run([docker, "rm", "--force", name])
         said = _last_line(proc)
         fix = next((f": {fix}" for why, fix in SEND_FIXES if why in said), "")

@@ -26,8 +26,10 @@ machine's paths, so there the run is shipped instead (shipped_commands): ``docke
 of this machine mounted, ``docker cp`` a tar of the run's spec.json and its local inputs (shipped_inputs: data, model,
 chat template, checkpoint to resume) into it at their own paths (the paths spec.json names hold there), then ``docker
 start`` it. Its output is an object store (checkpoints, the final model and a resume are there: docker.backend
-refuses a local one); its caches, HOME and staging dir are the container's own (SHIPPED_ROOT, in its writable layer:
-a model is downloaded once a run); credentials pass by name only (``-e NAME``): no file of this machine's is copied.
+refuses a local one); its HOME, cache root and staging dir are the container's own (SHIPPED_ROOT, in its writable
+layer); its Hugging Face cache is the named volume HF_VOLUME, which lives on the engine's machine (a ``-v PATH:PATH``
+would be that machine's path): a base model is downloaded there once, not once a run; credentials pass by name only
+(``-e NAME``): no file of this machine's is copied.
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ CDI_KIND = "nvidia.com/gpu"  # the kind of NVIDIA's CDI devices (nvidia-ctk cdi 
 # a shipped container's caches, HOME and staging dir: under /tmp, which any user may write in an image (1777), as
 # --user UID:GID has no home there
 SHIPPED_ROOT = "/tmp/ftctl"
+# a shipped container's Hugging Face cache: this named volume of the engine's (kept between runs; `docker volume rm`
+# frees it), mounted at HF_VOLUME_AT, outside SHIPPED_ROOT (the engine makes a mount point's missing parents root's:
+# the container's user could not write its HOME there). Its root is made writable by any user (1777) where the
+# volume is new (volume_command, run by docker.backend: a new volume is root's under docker, the first user's under
+# podman); each launching uid has its own HF_HOME in it, so users of one engine never write each other's files
+HF_VOLUME = "ftctl-hf-cache"
+HF_VOLUME_AT = "/ftctl-hf-cache"
 
 
 @dataclass(frozen=True)
@@ -75,9 +84,17 @@ def host_caches() -> HostCaches:
 
 
 def shipped_caches() -> HostCaches:
-    """A shipped container's own caches (nothing of this host's mounted): under SHIPPED_ROOT, made as it writes."""
-    root = f"{SHIPPED_ROOT}/cache"
-    return HostCaches(root, f"{root}/huggingface", f"{SHIPPED_ROOT}/home")
+    """A shipped container's caches (nothing of this host's mounted): its own under SHIPPED_ROOT, made as it writes;
+    HF_HOME the launching user's directory in the volume HF_VOLUME (kept between runs)."""
+    return HostCaches(f"{SHIPPED_ROOT}/cache", f"{HF_VOLUME_AT}/{os.getuid()}", f"{SHIPPED_ROOT}/home")
+
+
+def volume_command(image: str, command: str = "docker") -> list[str]:
+    """What makes HF_VOLUME where the engine has none yet: a container of the run's image, as root, that mounts it
+    (the engine creates it) and makes its root writable by any user (1777): the engine makes a new volume root's
+    (docker) or its first user's (podman), and a run's container runs as its launching user."""
+    chmod = ["--entrypoint", "chmod", "-v", f"{HF_VOLUME}:{HF_VOLUME_AT}", image, "1777", HF_VOLUME_AT]
+    return [command, "run", "--rm", "--user", "0:0", "--network=none", *chmod]
 
 
 def host_user() -> tuple[int, int, str, tuple[int, ...]]:
@@ -99,12 +116,7 @@ def argv(
     another machine, nothing of this one mounted (shipped_commands)."""
     if plan.nodes > 1:
         raise FtctlError("The docker backend runs on one host: use --backend slurm or sky for several nodes.")
-    kind, image = container_kind(spec)
-    if kind not in (None, "docker"):
-        raise FtctlError(f"--container {spec.container!r}: the docker backend runs docker images (docker:IMAGE).")
-    # the argument docker run reads as the image: one starting with '-' was read as an option of docker run's, and
-    # the trainer's python3 as the image
-    image = check_reference(image, "--container") if image else default_image(plan.tier)
+    image = run_image(spec, plan)
     run_dir = os.path.abspath(run_dir)
     uid, gid, user, groups = host_user()
     caches = shipped_caches() if shipped else host_caches()
@@ -146,6 +158,8 @@ def argv(
             cmd += ["-v", f"{_bindable(path)}:{path}{mode}"]
         for host, inside in [*home_mounts(spec, caches), *((f, f) for f in files.values() if os.path.isfile(f))]:
             cmd += ["-v", f"{_bindable(host)}:{_bindable(inside)}:ro"]
+    else:
+        cmd += ["-v", f"{HF_VOLUME}:{HF_VOLUME_AT}"]  # on the engine's machine, kept between runs
     for k, v in sorted({**env, **files}.items()):
         cmd += ["-e", f"{k}={v}"]
     for name in [*spec.secrets, *names]:
@@ -153,6 +167,16 @@ def argv(
     cmd += ["-w", run_dir, image]
     cmd += torchrun_argv(spec, plan, os.path.join(run_dir, "spec.json"), head=None, python=PATH_PYTHON, quiet=True)
     return cmd
+
+
+def run_image(spec: RunSpec, plan: Plan) -> str:
+    """The image the run's container runs: --container's (docker:IMAGE), else the default for the plan's GPUs."""
+    kind, image = container_kind(spec)
+    if kind not in (None, "docker"):
+        raise FtctlError(f"--container {spec.container!r}: the docker backend runs docker images (docker:IMAGE).")
+    # the argument docker run reads as the image: one starting with '-' was read as an option of docker run's, and
+    # the trainer's python3 as the image
+    return check_reference(image, "--container") if image else default_image(plan.tier)
 
 
 def container_env(
@@ -289,7 +313,10 @@ def render(
     create, cp, start = shipped_commands(spec, plan, run_dir, engine, command)
     sent = json.dumps([os.path.join(os.path.abspath(run_dir), SPEC_FILE), *shipped_inputs(spec)])  # one line
     name = os.path.basename(command)
+    made = join(volume_command(run_image(spec, plan), command))
     return (
         f"# {name} runs containers on another machine ({shipped}): the run is copied into its container, not "
-        f"mounted\n{join(create)}\n# {name} cp reads a tar ftctl makes of {sent}\n{join(cp)}\n{join(start)}\n"
+        f"mounted\n# its Hugging Face cache is the volume {HF_VOLUME} there, kept between runs; where there is none "
+        f"yet, first: {made}\n{join(create)}\n# {name} cp reads a tar ftctl makes of {sent}\n{join(cp)}\n"
+        f"{join(start)}\n"
     )
