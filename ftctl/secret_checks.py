@@ -18,9 +18,17 @@ from ftctl import storage
 # flag's value (0/1/true/false: is_secret_name).
 CREDENTIAL_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|_KEY|APIKEY|(?:^|_)PASS|_PWD|_PAT)$", re.I)
 # A credential inside a value, whatever its name: the prefixes of Hugging Face's, GitHub's, GitLab's, OpenAI's,
-# Slack's tokens and AWS's key ids, and a URL's password (https://user:PASSWORD@host; a $VARIABLE there is a reference)
+# Slack's tokens and AWS's key ids, a URL's password (https://user:PASSWORD@host, one with a '/' too, as AWS's secret
+# keys and base64 have: host:PORT/path@... is no password; a $VARIABLE there is a reference), and a signed URL's
+# signature or token (S3's and GCS's presigned URLs, Azure's SAS ?sig=, CloudFront's Signature=, ?access_token=)
+SIGNED_URL = "a signed URL's signature"
 CREDENTIAL_VALUE = {
-    "a URL's password": re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@$]+:[^/\s@$]+@"),
+    "a URL's password": re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@$]+:(?!\d+/)[^\s@$]+@"),
+    SIGNED_URL: re.compile(
+        r"[?&](?:X-Amz-Signature|X-Amz-Security-Token|X-Goog-Signature|sig|Signature|access_token|token|api_?key)"
+        r"=[^&#\s$]{8,}",
+        re.I,
+    ),
     "a token": re.compile(
         r"(?<![A-Za-z0-9_-])(?:(?:hf|gh[opusr])_[A-Za-z0-9]{20,}|github_pat_\w{20,}|glpat-[\w-]{20,}"
         r"|xox[abprs]-[A-Za-z0-9-]{10,}|sk-[\w-]{20,}|AKIA[0-9A-Z]{16})"
@@ -45,7 +53,7 @@ def secret_problem(name: str, environ: typing.Mapping[str, str] | None = None) -
     fix = "pass the variable's name, e.g. --secret HF_TOKEN (its value is taken from where you launch, never written)."
     if not ENV_NAME_PATTERN.fullmatch(name):
         var, eq, _ = name.partition("=")  # NAME=VALUE: the value is never repeated
-        if eq and ENV_NAME_PATTERN.fullmatch(var.strip()):
+        if eq and ENV_NAME_PATTERN.fullmatch(var.strip()) and not holds_credential(var):  # hf_...=1: not repeated
             return (
                 f"secret {var.strip()}=...: pass the name alone (--secret {var.strip()}) and export its value where "
                 "you launch; a secret's value is never written into the job's files."
@@ -122,7 +130,7 @@ def uri_credentials(value: str) -> bool:
     user that is a token (https://hf_...@host)."""
     for m in URI_USERINFO.finditer(value):
         user, password = m.group(2), m.group(3)
-        if password is not None and not re.fullmatch(r"\d+(?:/.*)?", password):  # host:PORT/path@...: no password
+        if password is not None and not re.fullmatch(r"\d+/.*", password):  # host:PORT/path@...: no password
             return True
         if password is None and (looks_like_token(user) or credential_in(user)):
             return True

@@ -26,6 +26,7 @@ from ftctl import envvars, storage
 from ftctl.errors import FtctlError, did_you_mean, read_config_text, yaml_problem
 from ftctl.secret_checks import (
     ENV_NAME_PATTERN,
+    SIGNED_URL,
     credential_in,
     holds_credential,
     is_secret_name,
@@ -582,7 +583,10 @@ def split_paths(value: str | None) -> list[str]:
 def _is_here(path: str) -> bool:
     """Whether ``path`` (a plain path or file://) is a file or directory of this machine."""
     path = path[len("file://") :] if path.startswith("file://") else path
-    return bool(path) and not storage.scheme(path) and Path(path).expanduser().exists()
+    try:
+        return bool(path) and not storage.scheme(path) and Path(path).expanduser().exists()
+    except (OSError, RuntimeError):  # a name too long (ENAMETOOLONG), ~nouser/x: refused as such (unusable_paths)
+        return False
 
 
 def parse_weights(value: str) -> list[float]:
@@ -798,7 +802,8 @@ def parse_overrides(pairs) -> list[tuple[str, str]]:
     out, errors = [], []
     for p in pairs or ():
         if "=" not in p:
-            errors.append(f"-o {p!r}: expected key=value, e.g. -o learning_rate=3e-4")
+            said = "-o (not repeated here: it holds a credential)" if holds_credential(p) else f"-o {p!r}"
+            errors.append(f"{said}: expected key=value, e.g. -o learning_rate=3e-4")
             continue
         k, v = p.split("=", 1)
         out.append((k, v))
@@ -816,9 +821,12 @@ def near_file(path: str, wanted=None) -> str:
 
     if not path or storage.scheme(path) or glob.has_magic(path):
         return ""
-    given = Path(path).expanduser()
-    if not given.parent.is_dir():
-        return given.name if given.name and Path(given.name).exists() else ""
+    try:
+        given = Path(path).expanduser()
+        if not given.parent.is_dir():
+            return given.name if given.name and Path(given.name).exists() else ""
+    except (RuntimeError, OSError):  # ~nouser/x (pathlib's RuntimeError), a name too long: nothing near
+        return ""
     try:
         names = [n for n in os.listdir(given.parent) if n[:1] != "." and (wanted is None or wanted(given.parent / n))]
     except OSError:
@@ -1037,7 +1045,12 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 continue
             if key not in FIELDS:
                 hint = f" {MEANT[key]}" if key in MEANT else _suggest_key(key) or " `ftctl keys` lists them."
-                errors.append(f"Unknown key {raw_key!r} ({source}).{hint}")
+                if holds_credential(str(raw_key)):  # -o hf_...=1, a token pasted where a key goes: never repeated
+                    errors.append(
+                        f"Unknown key ({source}; not repeated here: it holds a credential). `ftctl keys` lists them."
+                    )
+                else:
+                    errors.append(f"Unknown key {raw_key!r} ({source}).{hint}")
                 continue
             try:
                 val = _coerce(key, raw)
@@ -1101,6 +1114,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         raise FtctlError(_join(errors))
     spec = RunSpec(**values)
     if said := written_secret_problems(spec):  # before any line that repeats a value
+        raise FtctlError(_join(said))
+    if said := nul_problems(spec) or unusable_paths(spec):  # before anything asks whether a path exists (a traceback)
         raise FtctlError(_join(said))
     if (said := _evaluated_every_logging(spec, values, evaluation, sources)) and notes is not None:
         notes.append(said)
@@ -1438,6 +1453,57 @@ URI_KEYS = (*PATH_KEYS, "s3_endpoint_url")  # a URI's user and password there: t
 VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 
 
+def nul_problems(spec: RunSpec) -> list[str]:
+    """A line for each key whose value holds a NUL character (a run file's "\\0"), which no argument, environment
+    variable, file name or script line carries (a path's: pathlib's ValueError, a traceback; an env value's: cut
+    short where the job starts)."""
+    said = []
+    for name in FIELDS:
+        value = getattr(spec, name)
+        items = [*value, *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        if any("\0" in str(item) for item in items):
+            said.append(
+                f"{name} holds a NUL character (\\0), which no program's argument, environment or file name can "
+                "carry: remove it."
+            )
+    return said
+
+
+def unusable_paths(spec: RunSpec) -> list[str]:
+    """A line for each local path of the run (PATH_KEYS, an apptainer image's file) that names no place: in the home
+    of a user there is none of here (~nouser/x: pathlib's RuntimeError), or one no file system takes, a name over
+    NAME_MAX bytes or a path over PATH_MAX (asking whether it exists raised ENAMETOOLONG: both were tracebacks). A
+    URI's key is the store's to judge."""
+    image = spec.container or ""
+    image = image.partition(":")[2] if image.startswith(("apptainer:", "singularity:")) else ""
+    values = [(k, getattr(spec, k)) for k in PATH_KEYS] + [("container", image)]
+    said = []
+    for key, value in values:
+        if not value or value in ("auto", "never") or value.startswith("builtin:") or storage.is_remote(value):
+            continue
+        for v in split_paths(value) if key in PATH_LISTS else [value]:
+            if v.startswith("~") and os.path.expanduser(v).startswith("~"):  # ~nouser/x: Path's RuntimeError
+                user = v[1:].split("/")[0]
+                said.append(
+                    f"{key}={v!r}: there is no user {user!r} here, whose home ~{user} would be: write the path in "
+                    "full (~/ is your own home)."
+                )
+        # split_paths' commas too: its names shorter, never longer (it asks whether each part exists)
+        said += filter(None, [storage.long_name_problem(value, key, commas=key in PATH_LISTS)])
+    return said
+
+
+def _http_url(value: str) -> bool:
+    """Whether ``value`` is an http:// or https:// URL with a host (an endpoint botocore takes)."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(value.strip())
+        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a bad port, an unbalanced [
+        return False
+
+
 def _unexpanded_variables(spec: RunSpec, keys) -> list[str]:
     """A run file's path (``keys``) naming a shell variable ($SCRATCH/runs/r1): ftctl expands none, so it would have
     made a directory named $SCRATCH (and a Slurm job's variables are not this shell's). On the command line the shell
@@ -1601,7 +1667,12 @@ def validate(spec: RunSpec) -> None:
         errors.append("bf16 and fp16 are both on: choose one (or neither and let the planner choose).")
     errors += filter(None, (secret_problem(s) for s in spec.secrets))
     for k in spec.env:
-        if not ENV_NAME_PATTERN.fullmatch(k):
+        if holds_credential(k):  # -o env=hf_...=1: a token where the name goes, written as the name
+            errors.append(
+                "env: a variable's name holds a credential (not repeated here): -o env=NAME=VALUE takes the name "
+                "first; a secret is exported where you launch and passed by name, --secret NAME."
+            )
+        elif not ENV_NAME_PATTERN.fullmatch(k):
             errors.append(f"env {k!r} is not a valid environment variable name.")
         elif said := envvars.setting_problem(k, str(spec.env[k])):
             errors.append(said)
@@ -1633,6 +1704,11 @@ def validate(spec: RunSpec) -> None:
         report_integrations(spec.report_to)
     except FtctlError as e:
         errors.append(str(e))
+    if spec.s3_endpoint_url and not _http_url(spec.s3_endpoint_url):  # botocore's "Invalid endpoint", on the nodes
+        errors.append(
+            f"s3_endpoint_url {spec.s3_endpoint_url!r} is no http(s)://HOST URL: give the S3-compatible store's "
+            "endpoint, http(s)://HOST[:PORT] (MinIO: -o s3_endpoint_url=http://minio.example.com:9000)."
+        )
     if spec.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", spec.run_name):
         errors.append(
             f"run_name {spec.run_name!r}: use letters, digits, '.', '_' and '-' (at most 63), "
@@ -1692,14 +1768,6 @@ def validate(spec: RunSpec) -> None:
                 form = f"{storage.scheme(v)}://{what.upper()}/PATH"
                 what, form = ("dataset", "hf://datasets/ORG/NAME") if storage.scheme(v) == "hf" else (what, form)
                 errors.append(f"{key}={v!r} names no {what}: write {form}.")
-    for key in ("data_path", "eval_data_path", "output_dir", "model_name_or_path", "chat_template_path"):
-        for v in split_paths(getattr(spec, key)) if key in PATH_LISTS else [getattr(spec, key)]:
-            if v and v.startswith("~") and os.path.expanduser(v).startswith("~"):  # ~nouser/x: Path's RuntimeError
-                user = v[1:].split("/")[0]
-                errors.append(
-                    f"{key}={v!r}: there is no user {user!r} here, whose home ~{user} would be: write the path in "
-                    "full (~/ is your own home)."
-                )
     try:
         storage.require_writable(spec.output, "output_dir")
     except FtctlError as e:
@@ -1787,7 +1855,12 @@ def written_secret_problems(spec: RunSpec) -> list[str]:
                 f"{key} holds the value of {', '.join(holders)} (set here; not repeated), {where}: pass it by name, "
                 f"--secret {name} (the job reads {name}), and leave it out of {key} (secrets pass by name only)."
             )
-        elif key not in URI_KEYS and (what := credential_in(value)):  # a path's name may look like a token
+        elif key in PATH_KEYS and credential_in(value) == SIGNED_URL:  # https://...?X-Amz-Signature=, ?sig=
+            said.append(
+                f"{key} holds {SIGNED_URL} (not repeated here), {where}: give the object's URI without it "
+                f"(s3://BUCKET/KEY, gs://..., az://...) and the store's keys where you launch; the job gets those by name."
+            )
+        elif key not in PATH_KEYS and (what := credential_in(value)):  # a path's name may look like a token
             said.append(
                 f"{key} holds {what} (not repeated here), {where}: leave it out; a credential the job needs is "
                 "exported where you launch and passed by its name, --secret NAME (secrets pass by name only)."

@@ -159,6 +159,28 @@ def place_problem(value: str, what: str) -> str | None:
     if value.startswith("~") and os.path.expanduser(value).startswith("~"):
         user = value[1:].split("/")[0]
         return f"{what} {value!r}: there is no user {user!r} here, whose home ~{user} would be: write the path in full."
+    return None if is_remote(value) else long_name_problem(value, what)
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # bytes of one name in a path, and of a whole path (Linux's and macOS's file systems)
+
+
+def long_name_problem(path: str, what: str, commas: bool = False) -> str | None:
+    """Why local ``path`` is no file system's, as a sentence with the fix (None where it may be one): a name over
+    NAME_MAX bytes, or the whole over PATH_MAX (asking whether it exists raised ENAMETOOLONG: a traceback). A list of
+    paths (``commas``: data_path's) is judged by its names alone, split at its commas too."""
+    path_bytes = os.fsencode(os.path.expanduser(local_path(path)))
+    names = (path_bytes.replace(b",", b"/") if commas else path_bytes).split(b"/")
+    if long := next((n for n in names if len(n) > NAME_MAX), None):
+        return (
+            f"{what}: the name {long.decode(errors='replace')[:24] + '...'!r} is {len(long)} bytes, and file systems "
+            f"take at most {NAME_MAX} bytes a name: give a shorter one."
+        )
+    if len(path_bytes) > PATH_MAX and not commas:
+        return (
+            f"{what} is {len(path_bytes)} bytes long, and file systems take at most {PATH_MAX} bytes a path: give a "
+            "shorter one."
+        )
     return None
 
 
