@@ -270,7 +270,7 @@ def _logged_step(metrics: Path, since: float | None) -> str:
     for record in map(_record, lines):
         if record.get("event") == "start":
             when = record.get("time")
-            ours = since is None or (isinstance(when, (int, float)) and when >= since - 1)  # 1 s: the clocks' rounding
+            ours = since is None or (isinstance(when, (int, float)) and when >= since - 0.1)  # a file time: coarse
             last = None
         elif ours and "loss" in record and isinstance(record.get("step"), int):
             last = record
