@@ -1374,15 +1374,6 @@ def no_room(run_dir: Path, checkpoint_bytes: int) -> str | None:
 
 def training_now(paths: RunPaths) -> str | None:
     """Who trains into the run directory now (the lock's holder: "pid N on HOST since ..."), or None."""
-    try:
-        fh = open(paths.train_lock)
-    except OSError:
-        return None
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return fh.read().strip() or "another process"
-        except OSError:  # no locks on this file system: not known
-            return None
-        return None
+    from ftctl.trainer.trained import held_by  # the one reader of a run's locks (`ftctl merge` asks it too)
+
+    return held_by(paths.train_lock)
