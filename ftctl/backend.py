@@ -544,11 +544,7 @@ def refuse_local_paths(spec: RunSpec, backend: str) -> None:
 
     output = spec.output
     if not is_remote(output):
-        said = (
-            f"--output {output!r} is a local path"
-            if spec.output_dir
-            else f"without --output the run goes to {output!r}"
-        )
+        said = local_output(output, bool(spec.output_dir))
         raise FtctlError(
             f"{said}: on --backend {backend} the checkpoints would stay on the machines it starts, and go with them: "
             "give --output an object-store URI (s3://bucket/path, gs://...)."
@@ -567,6 +563,12 @@ def refuse_local_paths(spec: RunSpec, backend: str) -> None:
                 "those with the task (for a pattern, pass its directory): check it, or use an object-store URI "
                 "(s3://bucket/path, gs://...)."
             )
+
+
+def local_output(output: str, given: bool) -> str:
+    """How a refusal names a run's local ``output``: as --output gave it (``given``, of the spec as asked: prepare's
+    has output_dir set, see Rendered.another_output), or where a run without one goes."""
+    return f"--output {output!r} is a local path" if given else f"without --output the run goes to {output!r}"
 
 
 def run_dir_for(spec: RunSpec) -> Path:

@@ -60,6 +60,7 @@ from ftctl.backend import (
     JobState,
     JobStatus,
     Rendered,
+    local_output,
     recorded_jobs,
     resumes_from,
     run_spec,
@@ -584,12 +585,7 @@ def _not_shippable(docker: str, where: str, rendered: Rendered) -> str | None:
     if not is_remote(spec.output):
         # as asked: the rendered spec has output_dir set (backend.absolute_paths), the Rendered the another_output of
         # the spec as asked (RunSpec.another_output), which is the rendered spec's only where --output was given
-        given = rendered.another_output == spec.another_output
-        said = (
-            f"--output {spec.output!r} is a local path"
-            if given
-            else f"without --output the run goes to {spec.output!r}"
-        )
+        said = local_output(spec.output, rendered.another_output == spec.another_output)
         return (
             f"{said}, and {elsewhere}, which cannot write here: give --output an object-store URI (s3://bucket/path, "
             f"gs://...), where a run copied there keeps its checkpoints, final model and resume; or run ftctl on that "
