@@ -258,6 +258,21 @@ def test_managed_job_recovers_from_a_lost_node_resumes_and_is_cancelled(sky, sky
     assert " RUNNING (managed job), recovered" in line and "spot" not in line.lower(), f"{line}\n{logs}"
     assert "resuming from" in logs, logs
     print(f"[t] managed: recovered and resumed {time.monotonic() - t0:.0f}s", file=sys.stderr)
+    # the uploader skips queued checkpoints retention would delete once newer ones land (fast saves here: it fell
+    # 122-131 checkpoints behind before it did, and a cancel's stop checkpoint waited 48-81 s behind them): measured
+    skips = [line for line in logs.splitlines() if "upload: skipped " in line]
+    skipped = sum(
+        int(m[1])
+        if (m := re.search(r"\((\d+) checkpoints\)", line))
+        else line.split("superseded")[0].count("checkpoint-")
+        for line in skips
+    )
+    lags = [int(n) for n in re.findall(r"\(lag: (\d+) checkpoint\(s\)", logs)]
+    print(
+        f"[t] managed: before the cancel the uploader skipped {skipped} checkpoints ({len(skips)} times); queue lag "
+        f"at most {max(lags, default=0)}",
+        file=sys.stderr,
+    )
 
     t_cancel = time.monotonic()
     cancel = sky.ftctl("cancel", job)

@@ -52,7 +52,9 @@ def test_a_run_into_s3_stops_at_a_committed_checkpoint_on_the_request_and_a_rela
     assert (tmp_path / "status").read_text().strip() == "preempted"
     name = f"checkpoint-{first.global_step}"
     assert [c.name for c in list_checkpoints(uri) if c.complete] == [name]
-    assert json.loads(storage.read_text(request)) == {"job": "c/2", "checkpoint": name}
+    answered = json.loads(storage.read_text(request))
+    assert isinstance(answered.pop("seen_unix"), float)  # heard at once, before the checkpoint
+    assert answered == {"job": "c/2", "checkpoint": name}
     stop = [json.loads(line) for line in (tmp_path / "node-a" / "metrics.jsonl").read_text().splitlines()][-1]
     assert stop["event"] == "stop" and stop["signal"] == callbacks.STOP_REQUEST_SIGNAL and stop["in_store"] is True
 
@@ -75,6 +77,91 @@ def test_a_request_there_before_the_run_started_is_no_stop(s3_bucket, monkeypatc
         assert watcher.seen.wait(5)
     finally:
         watcher.close()
+
+
+TASK = "sky-managed-2026-12-06-08-00-00-000000_run_3-0"  # $SKYPILOT_TASK_ID of managed job 3's trainer
+
+
+@pytest.mark.parametrize(
+    "there, stops",
+    [
+        ({"job": "managed/3", "task": "_run_3-0"}, True),  # written while this job set up or loaded: heeded
+        ({"job": "managed/13", "task": "_run_13-0"}, False),  # another job's
+        ({"job": "managed/3", "task": "_run_3-0", "checkpoint": "checkpoint-5"}, False),  # its stop is done
+        ({"task": "3-0"}, False),  # not how ftctl names a task (managed/13's would end so too)
+        ({"job": "managed/3"}, False),  # an older ftctl's request: no task named
+        ([1], False),  # not ftctl's
+    ],
+)
+def test_a_request_there_as_the_watch_begins_is_a_stop_only_for_this_job_unanswered(s3_bucket, there, stops):
+    """`ftctl cancel` writes its request without asking SkyPilot's log first whether the trainer trains (~30 s of
+    each cancel on the test's infra): a trainer that starts watching after it heeds one naming its own SkyPilot task,
+    and says it heard it (seen_unix) at once."""
+    uri = f"{s3_bucket}/run"
+    request = storage.join(uri, STOP_REQUEST)
+    fs = storage.filesystem(request)[0]
+    fs.pipe_file(request.removeprefix("s3://"), json.dumps(there).encode())
+    watcher = callbacks.StopRequest(uri, poll_s=0.05, task=TASK)
+    watcher.start()
+    try:
+        assert watcher.seen.wait(0.5 if stops else 0.3) is stops
+        if stops:
+            for _ in range(100):  # heard: said in the request, the rest of it kept
+                if "seen_unix" in (now := json.loads(storage.read_text(request))):
+                    break
+                time.sleep(0.02)
+            assert {k: v for k, v in now.items() if k != "seen_unix"} == there and "checkpoint" not in now
+            watcher.stopping_at("checkpoint-8")
+            for _ in range(100):
+                if "checkpoint" in (now := json.loads(storage.read_text(request))):
+                    break
+                time.sleep(0.02)
+            assert now["checkpoint"] == "checkpoint-8" and now["task"] == "_run_3-0"
+        else:
+            assert json.loads(storage.read_text(request)) == there  # nothing written
+    finally:
+        watcher.close()
+
+
+def test_cancel_asks_at_once_and_a_trainer_that_starts_watching_after_stops_at_it(
+    monkeypatch, committed, tmp_path, s3_bucket
+):
+    """The cancel writes its request naming the job's task before any log tail (the stand-in's log says nothing of
+    training, and is asked for nothing); the trainer starts watching only once it is there, heeds it, and the cancel
+    returns with its committed checkpoint."""
+    from ftctl.sky import backend as sky_backend
+    from ftctl.sky.backend import SkyBackend
+
+    monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0.05)
+    sky = FakeSky(managed={3: "RUNNING"}, log="").install(monkeypatch)
+    tails = []
+    sky.mod.jobs.tail_logs = lambda **kw: tails.append(kw)
+    from ftctl.backend import JobRef
+
+    ref = JobRef("sky", "managed/3", "/nonexistent/run", "run", committed, {"sky_job_id": 3, "managed": True})
+    fs, path = storage.filesystem(storage.join(committed, STOP_REQUEST))
+    trainer = callbacks.StopRequest(committed, poll_s=0.05, task=TASK)
+
+    def start_after_the_request():
+        for _ in range(200):
+            if fs.exists(path):
+                break
+            time.sleep(0.02)
+        trainer.start()  # the request is there as it starts watching
+        if trainer.seen.wait(5):
+            trainer.stopping_at("checkpoint-50")
+            _commit(committed, 50, tmp_path)
+
+    stand_in = threading.Thread(target=start_after_the_request)
+    stand_in.start()
+    try:
+        said = SkyBackend().cancel(ref, wait_s=10).splitlines()
+    finally:
+        trainer.close()
+        stand_in.join()
+    assert tails == [] and sky.cancelled == [3]
+    assert said[0].startswith("stopping managed/3: SkyPilot's jobs controller ends it"), said
+    assert said[1].startswith("its trainer saved checkpoint-50 as it stopped"), said
 
 
 def _commit(output: str, step: int, tmp_path) -> None:
@@ -134,12 +221,16 @@ def test_cancel_of_a_training_job_waits_for_its_stop_checkpoint_then_cancels(mon
 
 
 def test_cancel_now_or_of_a_job_not_training_asks_nothing_and_an_unanswered_request_is_cancelled_after_the_wait(
-    monkeypatch, committed
+    monkeypatch, committed, capsys
 ):
+    """A request no trainer heard in HEARD_WAIT_S, of a job whose log says it does not train, and one not answered
+    in the wait are taken back: a later job whose task id ends the same (a cluster launched again numbers its jobs
+    from 1) would stop at it."""
     from ftctl.sky import backend as sky_backend
     from ftctl.sky.backend import SkyBackend
 
     monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0.05)
+    monkeypatch.setattr(sky_backend, "HEARD_WAIT_S", 0.1)  # no trainer hears it: its log says whether it trains
     request = storage.join(committed, STOP_REQUEST)
     for log, now in ((TRAINING_LOG, True), ("ftctl: node 0 of 1\nloading the model\n", False)):
         forget_ended()  # the same job id, RUNNING anew
@@ -148,8 +239,10 @@ def test_cancel_now_or_of_a_job_not_training_asks_nothing_and_an_unanswered_requ
         assert sky.cancelled == [2] and said[0] == "cancelled c/2" and not storage.exists(request)
     forget_ended()
     sky = FakeSky(now="hash-1", jobs={2: "RUNNING"}, log=TRAINING_LOG).install(monkeypatch)
+    capsys.readouterr()
     said = SkyBackend().cancel(cluster_job(2, output=committed), wait_s=0).splitlines()
-    assert sky.cancelled == [2] and storage.exists(request)  # asked; no answer: cancelled all the same
+    assert "asked job c/2's trainer for a checkpoint" in capsys.readouterr().err
+    assert sky.cancelled == [2] and not storage.exists(request)  # asked; no answer: cancelled all the same
     assert said[1].startswith("SkyPilot's cancel kills the job without waiting for its trainer to save a checkpoint")
 
 

@@ -94,6 +94,9 @@ CANCEL_WAIT_S, CANCEL_POLL_S = 180, 3
 STATE_EVERY_S = (
     15  # cancel's wait for the stop checkpoint reads the store every CANCEL_POLL_S, asks SkyPilot this often
 )
+# what cancel waits for a trainer to say it heard the stop request (StopRequest's seen_unix: it asks every 10 s by
+# default) before asking SkyPilot's log whether the job trains at all (a job setting up is cancelled at once)
+HEARD_WAIT_S = 15
 SOURCE_FILES = ("pyproject.toml", "README.md")  # beside the package, when this is a source checkout
 
 
@@ -301,20 +304,22 @@ class SkyBackend(Backend):
             return ""
 
     def cancel(self, ref: JobRef, now: bool = False, wait_s: int | None = None) -> str:
-        """Ask a training job's trainer for a checkpoint first (through the run's object store, the one place both
+        """Ask a running job's trainer for a checkpoint first (through the run's object store, the one place both
         sides reach: _stop_at_checkpoint), waiting up to ``wait_s`` (the run's signal_lead_s) for the store to
         commit it, then sky.cancel / sky.jobs.cancel; with ``now``, or a job not training yet, the cancel at once.
+        The request goes out at once (no log tail first: ~30 s on the test's infra), as the trainer heeds one naming
+        its job even where it was there before the trainer started watching.
         A managed job's controller stops it later, so this waits for that (CANCEL_WAIT_S at most); then where the
         same launch goes on (stop_note). A managed job whose trainer committed its stop's checkpoint is not waited
         for: its trainer has stopped and exits, and what its controller does then (its 15 s poll for cancels, the
         log download, the cluster's teardown, then CANCELLED: ~1 min on the test's Slurm infra) needs nobody."""
-        before = self.status(ref)
+        before = self._state(ref)
         if before.state.finished:
             return f"job {ref.job_id} had already ended: {before.text}"
         if before.state is JobState.UNKNOWN:
             return f"job {ref.job_id} cannot be cancelled: {before.text}"
         ended = before
-        if not now and before.state is JobState.RUNNING and self._training(ref):
+        if not now and before.state is JobState.RUNNING:
             saved = self._stop_at_checkpoint(ref, run_spec(ref).signal_lead_s if wait_s is None else wait_s)
             if saved and ref.extra.get("managed"):  # a job that ended already: SkyPilot's "No job to cancel"
                 bridge.call("cancel", **self._args(ref))
@@ -344,18 +349,29 @@ class SkyBackend(Backend):
 
     def _training(self, ref: JobRef) -> bool:
         """Whether the job's trainer trains (its log's tail holds its start line or a progress line): one still
-        setting up or loading has nothing to save since its last checkpoint."""
+        setting up or loading has nothing to save since its last checkpoint. Asked only where no trainer said it
+        heard the stop request within HEARD_WAIT_S (sdk.log_tail: 27-64 s on the test's infra)."""
         lines = self.log_tail(ref).splitlines()
         return any(line.startswith((START_LINE, PROGRESS_LINE)) for line in lines)
 
     def _stop_at_checkpoint(self, ref: JobRef, wait_s: int) -> str | None:
         """Write the stop request (runpaths.STOP_REQUEST; its reader: trainer.callbacks.StopRequest) into the run's
         output and wait up to ``wait_s`` for the checkpoint its trainer names there in answer to be committed: that
-        checkpoint's name, or None (not asked, not answered or not committed in time, the job ended: the cancel goes
-        on all the same). The request stays, the record of the stop (stop_note); a later trainer ignores it."""
+        checkpoint's name, or None (not asked, not answered or not committed in time, the job ended, or not training:
+        the cancel goes on all the same). The request names the job (``task``: how its SkyPilot task id ends, which
+        its trainer knows) so a trainer that starts watching after it is written heeds it. A trainer says it heard it
+        (``seen_unix``); where none has within HEARD_WAIT_S, SkyPilot's log says whether the job trains: one that
+        does not is not waited for. A request not answered is taken back (a later job of the task's name, on a
+        cluster launched again, would heed it); an answered one stays, the record of the stop (stop_note), which a
+        later trainer ignores."""
         endpoint = run_spec(ref).s3_endpoint_url
         uri = storage.join(ref.output, STOP_REQUEST)
-        asked = {"job": ref.job_id, "id": uuid.uuid4().hex, "asked_unix": round(time.time(), 3)}
+        asked = {
+            "job": ref.job_id,
+            "task": lease_holder(ref),
+            "id": uuid.uuid4().hex,
+            "asked_unix": round(time.time(), 3),
+        }
         try:
             with storage.storage_errors(ref.output, endpoint):
                 fs, path = storage.filesystem(uri, endpoint, quick=True)
@@ -369,12 +385,28 @@ class SkyBackend(Backend):
             "once)",
             err=True,
         )
-        deadline = time.monotonic() + wait_s
-        state_at = time.monotonic() + STATE_EVERY_S
+        name = None
+        try:
+            name = self._answered(ref, asked["id"], wait_s)
+        finally:
+            if name is None:
+                _withdraw(uri, endpoint, asked["id"])
+        return name
+
+    def _answered(self, ref: JobRef, asked_id: str, wait_s: int) -> str | None:
+        """_stop_at_checkpoint's wait for the answer to request ``asked_id``."""
+        started = time.monotonic()
+        deadline, state_at, heard = started + wait_s, started + STATE_EVERY_S, False
         while time.monotonic() < deadline:
             time.sleep(max(0.0, min(CANCEL_POLL_S, deadline - time.monotonic())))
-            if name := stopped_at(ref, lambda answer: answer.get("id") == asked["id"]):
+            answer = request_answer(ref, lambda answer: answer.get("id") == asked_id)
+            if name := committed_stop(ref, answer):
                 return name
+            heard = heard or "seen_unix" in answer
+            if not heard and time.monotonic() >= started + HEARD_WAIT_S:
+                heard = True  # asked once
+                if not self._training(ref):
+                    return None
             if time.monotonic() >= state_at:  # ended without an answer (it failed): a SkyPilot question, 4-10 s
                 if self._state(ref).state.finished:
                     return None
@@ -476,23 +508,55 @@ def saved_note(ref: JobRef, saved: str | None = None) -> str | None:
 def stopped_at(ref: JobRef, ours) -> str | None:
     """The checkpoint the trainer named in its answer to the stop request in the run's output (runpaths.STOP_REQUEST)
     where ``ours(answer)`` and the store committed it; None otherwise (no answer, the store not reachable now)."""
-    from ftctl.checkpoints import list_checkpoints
+    return committed_stop(ref, request_answer(ref, ours))
 
+
+def request_answer(ref: JobRef, ours) -> dict:
+    """The stop request in the run's output as its trainer left it where ``ours(request)``; {} where there is none,
+    it is another's, or the store does not answer now."""
     endpoint = run_spec(ref).s3_endpoint_url
     try:
         with storage.storage_errors(ref.output, endpoint):
             answer = json.loads(storage.read_text(storage.join(ref.output, STOP_REQUEST), endpoint))
-            name = answer.get("checkpoint") if isinstance(answer, dict) and ours(answer) else None
-            if name and any(c.name == name and c.complete for c in list_checkpoints(ref.output, endpoint_url=endpoint)):
+    except (OSError, ValueError, FtctlError):  # none, or the store not now
+        return {}
+    return answer if isinstance(answer, dict) and ours(answer) else {}
+
+
+def committed_stop(ref: JobRef, answer: dict) -> str | None:
+    """The checkpoint ``answer`` names where the run's output holds it committed, else None."""
+    from ftctl.checkpoints import list_checkpoints
+
+    endpoint = run_spec(ref).s3_endpoint_url
+    if not (name := answer.get("checkpoint")):
+        return None
+    try:
+        with storage.storage_errors(ref.output, endpoint):
+            if any(c.name == name and c.complete for c in list_checkpoints(ref.output, endpoint_url=endpoint)):
                 return name
-    except (OSError, ValueError, FtctlError):  # none, not answered, or the store not now
+    except (OSError, FtctlError):  # the store not now
         pass
     return None
 
 
+def _withdraw(uri: str, endpoint: str | None, asked_id: str) -> None:
+    """Remove the stop request ``asked_id`` where no checkpoint answers it: a later job whose task id ends as this one's
+    (a cluster launched again numbers its jobs from 1) would stop at it. Best effort: the cancel that follows ends the
+    job anyway, and a trainer that answers after writes the request again, answered."""
+    try:
+        with storage.storage_errors(uri, endpoint):
+            fs, path = storage.filesystem(uri, endpoint, quick=True)
+            request = json.loads(fs.cat_file(path))
+            if request.get("id") == asked_id and "checkpoint" not in request:
+                fs.rm_file(path)
+    except (OSError, ValueError, AttributeError, FtctlError):
+        pass
+
+
 def lease_holder(ref: JobRef) -> str:
-    """How the holder of the lease (ftctl.lease.holder_id) a job's trainer keeps on its output ends: SkyPilot's task id
-    is ..._CLUSTER_JOBID for a cluster's job and ..._NAME_JOBID-0 for a managed job's (named after the run)."""
+    """How the job's SkyPilot task id ends, which its trainer knows ($SKYPILOT_TASK_ID): the holder of the lease
+    (ftctl.lease.holder_id) it keeps on its output, and the job a stop request names (trainer.callbacks.StopRequest).
+    It is ..._CLUSTER_JOBID for a cluster's job and ..._NAME_JOBID-0 for a managed job's (named after the run)."""
     x = ref.extra
     return f"_{ref.name}_{x['sky_job_id']}-0" if x.get("managed") else f"_{x.get('cluster')}_{x['sky_job_id']}"
 

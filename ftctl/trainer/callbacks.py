@@ -37,7 +37,7 @@ from transformers import TrainerCallback
 
 from ftctl import storage, terminal
 from ftctl.checkpoints import CHECKPOINT_PREFIX
-from ftctl.envvars import STOP_ENV, STOP_POLL_ENV
+from ftctl.envvars import SKY_TASK_ENV, STOP_ENV, STOP_POLL_ENV
 from ftctl.runpaths import CHECKPOINT_METRICS, PROGRESS_LINE, STOP_REQUEST
 from ftctl.trainer import distributed
 
@@ -358,15 +358,21 @@ class StopRequest:
     (runpaths.STOP_REQUEST): a SkyPilot job's nodes are out of ftctl's reach, the store is not. Rank 0 asks the
     store for it every ``poll_s`` (stop_request_poll_s: 10 s unless $FTCTL_STOP_REQUEST_POLL_S) in a thread of its
     own, with storage's "ask" limits (a silent store delays nothing but the stop), and ``seen`` is set once it is
-    there. A request already there as the trainer starts (an earlier job's, its cancel cut short) is no stop: only a
-    text other than that one counts, so a relaunch trains on. Once the trainer stops for it, the thread writes the
-    stop's checkpoint into it (:meth:`stopping_at`), which `ftctl cancel` waits to see committed before SkyPilot's
-    cancel kills the job."""
+    there. The request names the job it stops by how its SkyPilot task id ends (``task``: sky.backend.lease_holder;
+    this job's is ``task`` here, $SKYPILOT_TASK_ID, kept by a managed job's recoveries). One already there as the
+    trainer starts is a stop where it names this job and is not answered yet (written just before this trainer
+    watched, or heard by an earlier attempt of the job); else it is an earlier job's (its cancel cut short, or its stop done) and only a text other than that one
+    counts, so a relaunch trains on. A stop is acknowledged at once (``seen_unix`` added: `ftctl cancel` then knows a
+    trainer heard it); once the trainer stops for it, the thread writes the stop's checkpoint into it
+    (:meth:`stopping_at`), which `ftctl cancel` waits to see committed before SkyPilot's cancel kills the job."""
 
-    def __init__(self, output_uri: str, endpoint_url: str | None = None, poll_s: float | None = None):
+    def __init__(
+        self, output_uri: str, endpoint_url: str | None = None, poll_s: float | None = None, task: str | None = None
+    ):
         self.uri = storage.join(output_uri, STOP_REQUEST)
         self.endpoint_url = endpoint_url
         self.poll_s = stop_request_poll_s() if poll_s is None else poll_s
+        self.task = os.environ.get(SKY_TASK_ENV, "") if task is None else task
         self.seen = threading.Event()
         self._closed = threading.Event()
         self._checkpoint: str | None = None
@@ -407,36 +413,63 @@ class StopRequest:
         if not self._new_request():
             return
         self.seen.set()
+        self._write({"seen_unix": round(time.time(), 3)})  # heard: `ftctl cancel` waits for the checkpoint
         while self._checkpoint is None and not self._closed.wait(0.2):  # the step boundary the trainer stops at
             pass
         if self._checkpoint is not None:
-            self._answer(self._checkpoint)
+            self._write({"checkpoint": self._checkpoint})
 
     def _new_request(self) -> bool:
-        """Ask every ``poll_s`` until a request other than the one there as the watch began is there (True; kept in
-        ``_request``), or the run ends (False)."""
+        """Ask every ``poll_s`` until a request for this job is there (True; kept in ``_request``), or the run ends
+        (False): the one there as the watch began where it names this job unanswered (_for_this_job), else one other
+        than that."""
         answered, earlier = self._ask()
         while not answered and not self._closed.wait(self.poll_s):
             answered, earlier = self._ask()
         if earlier is not None:
+            if self._for_this_job(request := _request_of(earlier)):
+                log.info("%s asks this job (%s) to stop: written before this trainer watched for it", self.uri,
+                         request["task"])  # fmt: skip
+                self._request = request
+                return True
             log.info("%s is there as this run starts (an earlier job's): not a stop", self.uri)
         while not self._closed.wait(self.poll_s):
             _, text = self._ask()
             if text is not None and text != earlier:
-                try:
-                    self._request = json.loads(text)
-                except ValueError:  # not ftctl's JSON: a stop all the same
-                    self._request = {}
+                self._request = _request_of(text)  # not ftctl's JSON ({}): a stop all the same
                 return True
         return False
 
-    def _answer(self, checkpoint: str) -> None:
-        text = json.dumps({**(self._request if isinstance(self._request, dict) else {}), "checkpoint": checkpoint})
+    def _for_this_job(self, request: dict) -> bool:
+        """Whether ``request`` (there as the watch began) stops this job: it names this job's SkyPilot task (its id
+        ends with the request's ``task``, which starts with '_': "_sky-managed_3-0" is not job 13's) and no
+        checkpoint answers it yet (an answered one's stop is done: a later attempt of the job trains on)."""
+        task = request.get("task")
+        return (
+            bool(self.task)
+            and isinstance(task, str)
+            and task.startswith("_")
+            and self.task.endswith(task)
+            and "checkpoint" not in request
+        )
+
+    def _write(self, said: dict) -> None:
+        """The request with ``said`` added (an acknowledgement, then the stop's checkpoint), over it in the store."""
+        self._request = {**self._request, **said}
         try:
             fs, path = storage.filesystem(self.uri, self.endpoint_url, quick=True)
-            fs.pipe_file(path, text.encode())
+            fs.pipe_file(path, json.dumps(self._request).encode())
         except Exception as exc:  # noqa: BLE001 - ftctl cancel then waits for its time and cancels all the same
             log.warning("cannot answer %s: %s", self.uri, storage.redact(str(exc)) or type(exc).__name__)
+
+
+def _request_of(text: str) -> dict:
+    """A stop request's JSON object; {} where it is not ftctl's JSON."""
+    try:
+        request = json.loads(text)
+    except ValueError:
+        return {}
+    return request if isinstance(request, dict) else {}
 
 
 class PreemptionCallback(TrainerCallback):
