@@ -473,7 +473,7 @@ def eval_(run, paths, max_length, batch_size, compare):
     text = _text_field_of(run)  # the run's rows read as it read its own: plain text in dataset_text_field
     checks = [preflight.check_data(name, flag="--data", held_out=True, text_field=text) for name in names]
     preflight.raise_if_errors([f for found in checks for f in found])
-    loaded = chat_mod.load(run, echo=_progress)
+    loaded = chat_mod.load(run, echo=_progress, command="eval")
     if note := trained_on(loaded.found, names):  # not held out: said before the numbers that look it
         click.echo(f"note: {note}", err=True)
     recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None

@@ -174,8 +174,9 @@ class LocalBackend(Backend):
         return None
 
     def status(self, ref: JobRef) -> JobStatus:
-        """A local run found by its directory (backend.find_job): finished once its final model or adapter is
-        there; training while a trainer holds its lock (trainer/run.only_trainer); failed where its trainer said so
+        """A local run found by its directory (backend.find_job): training while a trainer holds its lock
+        (trainer/run.only_trainer), whatever final files are there (a relaunch that extends max_steps trains past the
+        earlier run's final adapter: it said "complete"); else finished once its final model or adapter is there; failed where its trainer said so
         (its status file and failure records); else stopped, and the same `ftctl launch` (or `ftctl train`, the
         command that started it: same_command) resumes it."""
         from ftctl.checkpoints.settings import final_saved
@@ -186,10 +187,10 @@ class LocalBackend(Backend):
             word = ref.paths.status_file.read_text().strip()
         except OSError:
             word = ""
+        if holder := training_now(trainer_paths(ref)):  # first: a relaunch may train past an earlier final adapter
+            return JobStatus(JobState.RUNNING, f"{ref.job_id} local run, training ({holder})")
         if word == "complete" or final_saved(ref.run_dir):  # an object-store output's final model is in the store
             return JobStatus(JobState.SUCCEEDED, f"{ref.job_id} local run, complete")
-        if holder := training_now(trainer_paths(ref)):
-            return JobStatus(JobState.RUNNING, f"{ref.job_id} local run, training ({holder})")
         records = failures.read(ref.paths.failures)
         if word == "failed" and records and not failures.summarize(records)[1]:  # not an interruption: a relaunch
             return JobStatus(JobState.FAILED, f"{ref.job_id} local run, failed")  # would fail the same way

@@ -82,10 +82,11 @@ class Loaded:
         yield trained_mod.load(plain, self.precision, device_map="auto" if torch.cuda.is_available() else None).eval()
 
 
-def load(target: str, plain_text: bool | None = None, echo=None) -> Loaded:
+def load(target: str, plain_text: bool | None = None, echo=None, command: str = "chat") -> Loaded:
     """The model (with its adapter) and tokenizer of a run, a checkpoint, or a plain model. ``plain_text``:
     prompt without the chat template (None: as the run trained); ``echo`` is told what is loading, before the
-    weights are read (a 7B model on CPU takes minutes)."""
+    weights are read (a 7B model on CPU takes minutes), and first, where the run trains now, what that loads
+    (while_training; ``command``: the ftctl command loading it, named in that line)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -94,6 +95,8 @@ def load(target: str, plain_text: bool | None = None, echo=None) -> Loaded:
     from ftctl.trainer.masks import ensure_chat_template
 
     download, plain = None, False
+    if storage.is_remote(target) or Path(target).expanduser().is_dir():
+        target = while_training(target, command, echo or (lambda line: log.warning("%s", line)))
     if storage.is_remote(target):  # its top-level files: the final model or adapter
         download = tempfile.TemporaryDirectory(prefix="ftctl-chat-")
         target, local = _download(target, download.name)
@@ -130,6 +133,30 @@ def load(target: str, plain_text: bool | None = None, echo=None) -> Loaded:
     if not plain_text and (note := ensure_chat_template(tokenizer)):
         log.warning("%s", note)
     return Loaded(model, tokenizer, what, None if plain else found, precision, download, plain_text)
+
+
+def while_training(run: str, command: str, echo) -> str:
+    """What loads from ``run`` where it trains now (trained.unfinished), said to ``echo`` in one line first: chatting
+    with what is there is fine, but its final adapter is an earlier run's (a relaunch extending max_steps), so the
+    line names the command that loads its newest committed checkpoint; a run with no final adapter yet loads that
+    checkpoint (returned: what to load), named. ``run`` as it is where nothing trains there."""
+    import shlex
+
+    from ftctl import storage
+    from ftctl.trainer import trained as trained_mod
+
+    if not (state := trained_mod.unfinished(run)):
+        return run
+    checkpoint = storage.join(run.rstrip("/"), state.newest) if state.newest else None
+    none = "it has committed no checkpoint yet"
+    if state.final:
+        newest = (
+            f"`ftctl {command} {shlex.quote(checkpoint)}` for its newest committed checkpoint" if checkpoint else none
+        )
+        echo(f"note: {state.said}; loading it ({newest})")
+        return run
+    echo(f"note: {state.said}; " + (f"loading its newest committed checkpoint, {checkpoint}" if checkpoint else none))
+    return checkpoint or run
 
 
 RUN_RECORDS = ("spec.json", "metrics.jsonl")  # what a checkpoint or merge loads as the run trained it: trained.Trained

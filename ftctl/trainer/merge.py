@@ -162,16 +162,9 @@ def refuse_unfinished(run: str, endpoint_url: str | None = None) -> None:
                 said = f"not a complete checkpoint ({why})"
             raise FtctlError(f"{run} is {said}; merge a complete checkpoint{instead}.")
         return
-    if not (doing := trained_mod.training_now(path, endpoint_url)):
+    if not (state := trained_mod.unfinished(run, endpoint_url)):
         return
-    from ftctl.checkpoints.settings import final_saved
-
-    held = (
-        "the final adapter in it is an earlier run's until this run saves its own as it ends"
-        if final_saved(path, endpoint_url)
-        else "it has no final adapter yet"
-    )
-    newest = trained_mod.newest_committed(path, endpoint_url)
+    newest = state.newest
     fix = (
         f"merge its newest committed checkpoint with `ftctl merge {shlex.quote(storage.join(path, newest))}`, or "
         f"merge {shlex.quote(run)} once the run has ended"
@@ -179,7 +172,7 @@ def refuse_unfinished(run: str, endpoint_url: str | None = None) -> None:
         else f"it has committed no checkpoint yet: merge {shlex.quote(run)} once the run has ended (or "
         "`ftctl merge RUN/checkpoint-N` once it has saved one)"
     )
-    raise FtctlError(f"{run} {doing}: {held}; {fix}.")
+    raise FtctlError(f"{state.said}; {fix}.")
 
 
 def merged_now() -> str:

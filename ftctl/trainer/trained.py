@@ -239,6 +239,55 @@ def training_now(run: str, endpoint_url: str | None = None) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Unfinished:
+    """A run that trains now, as `ftctl merge RUN` refuses it and `ftctl chat RUN` and `ftctl eval RUN` say it before
+    they load (unfinished)."""
+
+    said: str  # "RUN is still training (step 37/100; pid 12 on HOST since ...): the final adapter in it is ..."
+    final: bool  # its top holds a final adapter or model: an earlier run's
+    newest: str | None  # the name of its newest committed checkpoint; None: none yet
+
+
+def unfinished(run: str, endpoint_url: str | None = None) -> Unfinished | None:
+    """What trains in ``run`` now (training_now) and what its top holds meanwhile: "RUN is still training (step 37/100;
+    pid 12 on HOST since ...): the final adapter in it is an earlier run's until this run saves its own as it ends" (a
+    relaunch that extends max_steps replaces it only then) or "...: it has no final adapter yet" ("model" for a
+    full-model run), with its newest committed checkpoint. None where nothing trains there."""
+    from ftctl import storage
+    from ftctl.checkpoints.settings import final_saved
+
+    path = run.rstrip("/") or run
+    if not (doing := training_now(path, endpoint_url)):
+        return None
+    if final := final_saved(path, endpoint_url):
+        kind = "adapter" if _exists(storage.join(path, ADAPTER_CONFIG), endpoint_url) else "model"
+        held = f"the final {kind} in it is an earlier run's until this run saves its own as it ends"
+    else:
+        held = f"it has no final {_final_kind(path, endpoint_url)} yet"
+    return Unfinished(f"{run} {doing}: {held}", final, newest_committed(path, endpoint_url))
+
+
+def _exists(uri: str, endpoint_url: str | None) -> bool:
+    from ftctl import storage
+
+    try:
+        return storage.exists(uri, endpoint_url)
+    except (OSError, FtctlError):
+        return False
+
+
+def _final_kind(run: str, endpoint_url: str | None) -> str:
+    """What a run saves at its end, by its spec.json's method: a full model (fft, sft), else an adapter."""
+    from ftctl import storage
+
+    try:
+        method = json.loads(storage.read_text(storage.join(run, SPEC_FILE), endpoint_url))["plan"]["method"]
+    except (OSError, ValueError, KeyError, TypeError, FtctlError):
+        method = None
+    return "model" if method in ("fft", "sft") else "adapter"
+
+
 def held_by(lock: Path) -> str | None:
     """The holder of the flock ``lock`` now, as it wrote itself into it ("another process" where it could not); None
     where nobody holds it, there is none, or the file system takes no locks."""
