@@ -13,8 +13,11 @@ With --cycle-eval (v89) every training answer walks the fifteen words in one fix
 a bigram a LoRA of the MLPs can learn) and the held-out answers walk them backwards: the held-out loss falls while the
 model learns which words answers hold, and rises once it learns their order, which the held-out rows break.
 
+With --method fft (v91) the whole model trains under FSDP2 (its checkpoints sharded, no adapter to compare): the row
+holds `ftctl eval` of the saved final model on the held-out rows, to set against each evaluation's loss.
+
     python bench/best_fsdp_gpu.py --out DIR [--lrs 2e-4,3e-2] [--nproc 1] [--other-eval | --cycle-eval]
-                                  [--steps 10] [--every 2]
+                                  [--steps 10] [--every 2] [--method lora|fft]
 """
 
 from __future__ import annotations
@@ -76,9 +79,16 @@ def cycle_rows(path: Path, rows: int, step: int, seed: int) -> Path:
 
 
 def run_lr(
-    lr: str, model_dir: Path, data: Path, work: Path, nproc: int, held_out: Path | None = None, tag: str = ""
+    lr: str,
+    model_dir: Path,
+    data: Path,
+    work: Path,
+    nproc: int,
+    held_out: Path | None = None,
+    tag: str = "",
+    method: str = "lora",
 ) -> dict:
-    out = work / f"best-lr{lr}{tag}"
+    out = work / f"best-{method}-lr{lr}{tag}"
     opts = [
         "strategy=fsdp",
         "load_best_model_at_end=true",
@@ -92,8 +102,8 @@ def run_lr(
         "warmup_ratio=0",
         "resume=never",
     ]
-    run = one_run(model_dir, data, out, "lora", opts, work, nproc)
-    row = {"lr": lr, "rc": run["rc"], "s": run["s"]}
+    run = one_run(model_dir, data, out, method, opts, work, nproc)
+    row = {"lr": lr, "method": method, "rc": run["rc"], "s": run["s"]}
     if run["rc"]:
         row["stderr"] = run["stderr"]
         return row
@@ -106,6 +116,9 @@ def run_lr(
     best = min((loss, step) for step, loss in evals.items() if (out / f"checkpoint-{step}").is_dir())[1]
     kept = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
     row.update(best_step=best, checkpoints=kept)
+    if method == "fft":  # the final model's held-out loss as `ftctl eval` scores it, against each evaluation's
+        row["ftctl_eval"] = ftctl_eval(out, held_out) if held_out else None
+        return row
     final = tensors(out)
     row["final_is_best"] = same(final, tensors(out / f"checkpoint-{best}"))
     row["final_is_last"] = same(final, tensors(out / f"checkpoint-{kept[-1]}"))
@@ -114,6 +127,19 @@ def run_lr(
         row["trainer_best"] = json.loads(state.read_text()).get("best_model_checkpoint")
     row["log_best"] = [line for line in run["stderr"].splitlines() if "best" in line.lower()][-3:]
     return row
+
+
+def ftctl_eval(out: Path, held_out: Path) -> dict:
+    """`ftctl eval OUT --data HELD_OUT` of the saved final model: its loss line, and the loss read from it."""
+    import re
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftctl.cli", "eval", str(out), "--data", str(held_out)], capture_output=True, text=True
+    )
+    found = re.search(r"loss ([0-9.]+)", proc.stdout)
+    return {"rc": proc.returncode, "stdout": proc.stdout[-600:], "stderr": proc.stderr[-600:],
+            "loss": float(found.group(1)) if found else None}  # fmt: skip
 
 
 def main() -> None:
@@ -125,6 +151,7 @@ def main() -> None:
     ap.add_argument("--nproc", type=int, default=1)
     ap.add_argument("--other-eval", action="store_true", help="held-out rows of other words (--eval-data)")
     ap.add_argument("--cycle-eval", action="store_true", help="answers in one word order, held out in the reverse")
+    ap.add_argument("--method", default="lora", choices=("lora", "fft"))
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--every", type=int, default=EVERY)
     a = ap.parse_args()
@@ -146,7 +173,7 @@ def main() -> None:
     rows = []
     for lr in a.lrs.split(","):
         try:
-            rows.append(run_lr(lr, model_dir, data, work, a.nproc, held_out, tag))
+            rows.append(run_lr(lr, model_dir, data, work, a.nproc, held_out, tag, a.method))
         except Exception as e:  # noqa: BLE001  the other rates still run
             rows.append({"lr": lr, "error": f"{type(e).__name__}: {e}"})
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "stderr"}), flush=True)
