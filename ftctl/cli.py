@@ -36,6 +36,10 @@ class _Group(click.Group):
                 if line := foreign_args.as_run_keys(ctx.meta["argv"], e.ctx.command):  # several: the whole line
                     said = line if foreign_args.takes(e.option_name) else f"{said}\n{line}"
                 e.message, e.possibilities = f"No such option: {e.option_name}. {said}", None
+            _unrepeated(e)
+            raise
+        except click.UsageError as e:
+            _unrepeated(e)
             raise
 
     def resolve_command(self, ctx, args):
@@ -46,6 +50,29 @@ class _Group(click.Group):
             if ctx.parent is None and args and (instead := foreign_args.other_verb(args[0])):
                 e.message = f"No such command {args[0]!r}: {instead}."
             raise
+
+
+def _unrepeated(e: click.UsageError) -> None:
+    """click's own messages repeat the value they refuse ("Invalid value for '--method': 'hf_...' is not one of
+    ..."): where it holds a credential (a secret pasted into the wrong place) the message says so instead, with the
+    option and what it takes, and never repeats it. A choice or a number has no token's shape either."""
+    from ftctl.secret_checks import holds_credential, looks_like_token
+
+    param = getattr(e, "param", None)
+    fixed = isinstance(
+        getattr(param, "type", None), (click.Choice, click.types.IntParamType, click.types.FloatParamType)
+    )
+    said = f"{e.message} {getattr(e, 'option_name', '').lstrip('-')}"  # --hf_...: a token's shape has no '-' before
+    if not (holds_credential(said) or (fixed and looks_like_token(said))):
+        return
+    usage = f"`{e.ctx.command_path if e.ctx else 'ftctl'} --help`"
+    if isinstance(e, click.BadParameter):  # click adds "Invalid value for '--method': "
+        choices = getattr(param, "type", None) and getattr(param.type, "choices", None)
+        takes = f"choose one of {', '.join(map(str, choices))}" if choices else f"{usage} says what it takes"
+        e.message = f"the value looks like a secret and is not repeated here: {takes}."
+    else:  # an extra argument, an unknown command or option
+        e.message = f"an argument looks like a secret and is not repeated here: {usage} says what goes where."
+        e.possibilities = None  # NoSuchOption's "Did you mean"
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -161,6 +161,15 @@ def uri_credentials_said(key: str, value: str) -> str:
     )
 
 
+def key_value_said(key: str, value: str) -> str:
+    """How a message names ``key`` and its ``value``: KEY=VALUE (KEY='VALUE' where it holds a newline or another
+    control character: the message stays one line), or, where the value holds a credential (holds_credential: a
+    secret pasted into the wrong place), KEY and words saying so; the value is never repeated."""
+    if holds_credential(value):
+        return f"{key} (its value holds a credential; not repeated here)"
+    return f"{key}={value}" if value.isprintable() else f"{key}={value!r}"
+
+
 def holds_credential(text: str) -> bool:
     """Whether ``text`` holds a secret's value set here, a token's shape or a URI's password: never repeated."""
     return bool(secret_holders(text) or credential_in(text) or uri_credentials(text))

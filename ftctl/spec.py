@@ -30,6 +30,7 @@ from ftctl.secret_checks import (
     credential_in,
     holds_credential,
     is_secret_name,
+    key_value_said,
     secret_holders,
     secret_problem,
     setup_secret_problem,
@@ -867,6 +868,11 @@ def load_yaml(path: str) -> dict:
 
     p = Path(path)
     if not p.is_file():
+        if holds_credential(path):  # a token pasted where the run file goes: never repeated
+            raise FtctlError(
+                "Run file: the name given holds a credential (not repeated here) and is no file: pass a run "
+                "description YAML (or -c FILE); a secret passes by its variable's name, --secret NAME."
+            )
         near = near_file(path, lambda n: n.suffix.lower() in (".yaml", ".yml"))
         how = f"Did you mean {near!r}?" if near else "Pass an existing YAML file with -c."
         if not near and not p.suffix and "/" not in path:  # `-c dev`: SkyPilot's `sky launch -c CLUSTER`
@@ -1714,6 +1720,12 @@ def validate(spec: RunSpec) -> None:
             f"run_name {spec.run_name!r}: use letters, digits, '.', '_' and '-' (at most 63), "
             "starting with a letter or digit; it names jobs, clusters and buckets."
         )
+    for key, flag in (("infra", "--infra"), ("cloud", "-o cloud"), ("region", "-o region")):  # aws\nsetup: x
+        if (value := getattr(spec, key)) is not None and not value.strip().isprintable():  # ends: _split strips
+            errors.append(
+                f"{key_value_said(flag, value)} holds a newline or another control character: give SkyPilot's "
+                "CLOUD[/REGION[/ZONE]] on one line (--infra gcp/us-central1)."
+            )
     # SkyPilot's own rule (sky.skylet.constants.CLUSTER_NAME_VALID_REGEX): a name it refuses was sent to it first
     if spec.cluster is not None and not re.fullmatch(r"[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?", spec.cluster):
         errors.append(
@@ -1913,8 +1925,8 @@ def resume_problem(value: str, here: bool, output: str = "") -> str | None:
         if storage.is_remote(output) and re.fullmatch(re.escape(output.rstrip("/")) + r"/checkpoint-\d+/?", value):
             return None
         return (
-            f"resume={value}: a checkpoint in object storage is resumed from the run's own output_dir "
-            "(resume=OUTPUT/checkpoint-N, or resume=auto for its newest); another run's: `ftctl sync pull` it, "
+            f"{key_value_said('resume', value)}: a checkpoint in object storage is resumed from the run's own "
+            "output_dir (resume=OUTPUT/checkpoint-N, or resume=auto for its newest); another run's: `ftctl sync pull` it, "
             "then resume=DIR/checkpoint-N."
         )
     if Path(value, "trainer_state.json").expanduser().is_file():
@@ -1926,8 +1938,8 @@ def resume_problem(value: str, here: bool, output: str = "") -> str | None:
     else:
         why = "not named checkpoint-<step>"
     return (
-        f"resume={value} is not auto, never or a checkpoint directory ({why}): pass a checkpoint-<step> directory, "
-        "or resume=auto."
+        f"{key_value_said('resume', value)} is not auto, never or a checkpoint directory ({why}): pass a "
+        "checkpoint-<step> directory, or resume=auto."
     )
 
 
