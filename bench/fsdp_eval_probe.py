@@ -34,7 +34,10 @@ def run(name: str, model: Path, data: Path, held: Path, work: Path, out: Path) -
     from ftctl.spec import build
 
     base, _, strategy = name.partition("@")
+    own_head = not base.endswith("+trlhead")  # +trlhead: ftctl's LM head off (TRL's fused head), via sitecustomize
+    base = base.removesuffix("+trlhead")
     target = work / name.replace("+", "-").replace("@", "-")
+    print(target.name, "own head" if own_head else "TRL's head", flush=True)
     overrides = [
         f"strategy={strategy or 'fsdp'}",
         *([f"eval_data_path={held}"] if "eval" in base else []),
@@ -55,6 +58,14 @@ def run(name: str, model: Path, data: Path, held: Path, work: Path, out: Path) -
     path = work / f"spec-{target.name}.json"
     path.write_text(dump_run(spec, make_plan(spec)))
     env = {**os.environ, "CUDA_LAUNCH_BLOCKING": "1"}
+    if not own_head:
+        patch = work / "trlhead"
+        patch.mkdir(exist_ok=True)
+        (patch / "sitecustomize.py").write_text(
+            "import os\nif os.environ.get('LOCAL_RANK') is not None:\n"
+            "    import ftctl.trainer.lm_head as h\n    h.usable = lambda model: False\n"
+        )
+        env["PYTHONPATH"] = os.pathsep.join([str(patch), env.get("PYTHONPATH", "")])
     t = time.time()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"]
     proc = subprocess.run([*cmd, "-m", "ftctl.trainer", "--spec", str(path)], capture_output=True, text=True, env=env)
