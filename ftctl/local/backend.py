@@ -176,9 +176,9 @@ class LocalBackend(Backend):
     def status(self, ref: JobRef) -> JobStatus:
         """A local run found by its directory (backend.find_job): training while a trainer holds its lock
         (trainer/run.only_trainer), whatever final files are there (a relaunch that extends max_steps trains past the
-        earlier run's final adapter: it said "complete"); else finished once its final model or adapter is there; failed where its trainer said so
-        (its status file and failure records); else stopped, and the same `ftctl launch` (or `ftctl train`, the
-        command that started it: same_command) resumes it."""
+        earlier run's final adapter: it said "complete"); else finished once its final model or adapter is there;
+        failed where its trainer said so (its status file and failure records); else stopped, and the same `ftctl
+        launch` (or `ftctl train`, the command that started it: same_command) resumes it."""
         from ftctl.checkpoints.settings import final_saved
 
         if not ref.paths.root.is_dir():  # deleted or moved since: what is left of it is its object-store output's

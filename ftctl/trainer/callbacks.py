@@ -361,8 +361,8 @@ class StopRequest:
     there. The request names the job it stops by how its SkyPilot task id ends (``task``: sky.backend.lease_holder;
     this job's is ``task`` here, $SKYPILOT_TASK_ID, kept by a managed job's recoveries). One already there as the
     trainer starts is a stop where it names this job and is not answered yet (written just before this trainer
-    watched, or heard by an earlier attempt of the job); else it is an earlier job's (its cancel cut short, or its stop done) and only a text other than that one
-    counts, so a relaunch trains on. A stop is acknowledged at once (``seen_unix`` added: `ftctl cancel` then knows a
+    watched, or heard by an earlier attempt of the job); else it is an earlier job's (its cancel cut short, or its
+    stop done) and only a text other than that one counts, so a relaunch trains on. A stop is acknowledged at once (``seen_unix`` added: `ftctl cancel` then knows a
     trainer heard it); once the trainer stops for it, the thread writes the stop's checkpoint into it
     (:meth:`stopping_at`), which `ftctl cancel` waits to see committed before SkyPilot's cancel kills the job."""
 
