@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -230,6 +231,12 @@ class LocalBackend(Backend):
         paths = trainer_paths(ref)
         if not (holder := training_now(paths)):
             raise FtctlError(f"{ref.job_id} is a local run that is not training now: nothing to cancel.")
+        if pid := stop_file_unheard(holder):
+            raise FtctlError(
+                f"{ref.job_id} is trained by {holder}, which does not watch for `ftctl cancel`'s stop file (started by "
+                f"`ftctl train`, or by an ftctl from before local runs had one): stop it with `kill -TERM {pid}`, which "
+                f"saves a checkpoint at its next step and exits; {same_command(ref.run_dir)} resumes it."
+            )
         paths.stop_file.parent.mkdir(parents=True, exist_ok=True)
         paths.stop_file.touch()
         return (
@@ -737,6 +744,22 @@ def _logged(paths: RunPaths, error: Stopped) -> Stopped:
     with contextlib.suppress(OSError), open(paths.local_log, "a", encoding="utf-8") as fh:
         fh.write(f"ftctl: {error}\n")
     return error
+
+
+def stop_file_unheard(holder: str) -> int | None:
+    """The pid of the trainer ``holder`` names ("pid N on HOST since ...", its lock's words) where it runs on this
+    host and the environment it started with names no STOP_ENV: `ftctl cancel`'s stop file stops nothing
+    (`ftctl train`, whose trainer is its own process; a run of an ftctl whose local launcher set none, before
+    2026-12-03, upgraded while it trains: explore38). None where it does, or where this cannot be read here (another
+    host or user, no /proc)."""
+    words = holder.split()
+    if len(words) < 4 or words[0] != "pid" or not words[1].isdigit() or words[3:4] != [socket.gethostname()]:
+        return None
+    try:
+        environ = Path("/proc", words[1], "environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return None if any(entry.startswith(f"{STOP_ENV}=".encode()) for entry in environ) else int(words[1])
 
 
 def _ctrl_c_message(spec: RunSpec, paths: RunPaths) -> str:

@@ -1,0 +1,105 @@
+"""Runs an older ftctl wrote, read by this one (explore38, helper 206): a user upgrades ftctl between a preemption and
+its requeue, or while a run trains, or weeks later to chat/merge/eval it.
+
+tests/data/older/<date>/ holds what ftctl of that day wrote for a local lora run stopped at step 11 (its spec.json,
+checkpoint-5's ftctl-manifest.json) and the spec.json of a qlora run rendered for one H100 (a Slurm requeue reads it
+with the ftctl installed then). Paths in them are MODEL, DATA and RUN, put back by each test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+OLDER = Path(__file__).parent / "data" / "older"
+DAYS = ("2026-12-01", "2026-12-03", "2026-12-05")
+
+
+def _put(text: str, model, data, run) -> str:
+    return text.replace('"MODEL"', f'"{model}"').replace('"DATA"', f'"{data}"').replace('"RUN"', f'"{run}"')
+
+
+@pytest.mark.parametrize("day", DAYS)
+def test_an_older_ftctls_spec_json_is_read_and_its_checkpoint_goes_on_unchanged(
+    day, tiny_model_dir, tiny_data, tmp_path
+):
+    """What a requeued Slurm job's trainer (`python -m ftctl.trainer --spec spec.json`, the new ftctl) reads: the
+    spec.json and checkpoint manifest of that day's ftctl; the same settings resume with no 'other settings' line."""
+    from ftctl.checkpoints.settings import compare, settings
+    from ftctl.plan import load_run
+
+    run = tmp_path / "run"
+    for name in ("spec.json", "qlora-h100-spec.json"):
+        (tmp_path / name).write_text(_put((OLDER / day / name).read_text(), tiny_model_dir, tiny_data, run))
+    spec, plan = load_run(str(tmp_path / "spec.json"))
+    assert (spec.method, spec.lora_r, spec.max_steps, spec.save_steps) == ("lora", 4, 60, 5)
+    assert (plan.global_batch_size, plan.learning_rate, plan.optim) == (32, 2e-4, "adamw_torch_fused")
+    assert load_run(str(tmp_path / "qlora-h100-spec.json"))[1].method == "qlora"
+
+    import json
+
+    manifest = json.loads(
+        _put((OLDER / day / "checkpoint-5-manifest.json").read_text(), tiny_model_dir, tiny_data, run)
+    )
+    recorded = manifest.get("settings")
+    if day == "2026-12-01":
+        assert recorded is None  # recorded from 12-02 on: a relaunch compares the run's spec.json instead (by hand)
+        return
+    assert compare(str(run / "checkpoint-5"), recorded, settings(spec, plan)) is None
+
+
+def _holder(tmp_path, run: Path, env: dict) -> subprocess.Popen:
+    """A process holding ``run``'s trainer lock as a trainer of ftctl 2026-12-03 did (its words without a zone)."""
+    code = (
+        "import fcntl, os, socket, sys, time\n"
+        f"fh = open({str(run / '.ftctl' / 'train.lock')!r}, 'w')\n"
+        "fcntl.flock(fh, fcntl.LOCK_EX)\n"
+        "fh.write(f'pid {os.getpid()} on {socket.gethostname()} since 2026-12-03 10:00:49\\n'); fh.flush()\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_cancel_of_a_trainer_that_watches_no_stop_file_says_how_to_stop_it(tmp_path, tiny_model_dir, tiny_data):
+    """A local run launched by ftctl from before 2026-12-03 (its launcher set no FTCTL_STOP_FILE), still training
+    after the upgrade, or one of `ftctl train`: cancel said 'asked RUN to stop: it saves a checkpoint at its next
+    step' and the trainer trained on to its end. Now: one line naming its pid and `kill -TERM PID`, rc != 0."""
+    from ftctl.backend import JobRef
+    from ftctl.envvars import STOP_ENV
+    from ftctl.errors import FtctlError
+    from ftctl.local.backend import LocalBackend
+
+    run = tmp_path / "run"
+    (run / ".ftctl").mkdir(parents=True)
+    (run / "spec.json").write_text(
+        _put((OLDER / "2026-12-01" / "spec.json").read_text(), tiny_model_dir, tiny_data, run)
+    )
+    ref = JobRef("local", str(run), str(run), "ftctl-lora-tiny-model", str(run))
+    stop = run / ".ftctl" / "stop"
+    env = {k: v for k, v in os.environ.items() if k != STOP_ENV}
+    old = _holder(tmp_path, run, env)
+    try:
+        with pytest.raises(FtctlError) as said:
+            LocalBackend().cancel(ref)
+        assert f"is trained by pid {old.pid} on {socket.gethostname()} since 2026-12-03 10:00:49" in str(said.value)
+        assert f"stop it with `kill -TERM {old.pid}`, which saves a checkpoint at its next step" in str(said.value)
+        assert not stop.exists()
+    finally:
+        old.kill()
+        old.wait()
+    time.sleep(0.05)
+    new = _holder(tmp_path, run, {**env, STOP_ENV: str(stop)})  # this ftctl's launcher: the stop file is heard
+    try:
+        assert LocalBackend().cancel(ref).startswith(f"asked {run} (pid {new.pid} on ")
+        assert stop.is_file()
+    finally:
+        new.kill()
+        new.wait()
