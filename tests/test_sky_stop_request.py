@@ -130,7 +130,6 @@ def test_cancel_asks_at_once_and_a_trainer_that_starts_watching_after_stops_at_i
     training, and is asked for nothing); the trainer starts watching only once it is there, heeds it, and the cancel
     returns with its committed checkpoint."""
     from ftctl.sky import backend as sky_backend
-    from ftctl.sky.backend import SkyBackend
 
     monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0.05)
     sky = FakeSky(managed={3: "RUNNING"}, log="").install(monkeypatch)
@@ -152,16 +151,24 @@ def test_cancel_asks_at_once_and_a_trainer_that_starts_watching_after_stops_at_i
             trainer.stopping_at("checkpoint-50")
             _commit(committed, 50, tmp_path)
 
-    stand_in = threading.Thread(target=start_after_the_request)
-    stand_in.start()
-    try:
-        said = SkyBackend().cancel(ref, wait_s=10).splitlines()
-    finally:
-        trainer.close()
-        stand_in.join()
+    said = _cancel_beside(start_after_the_request, trainer, ref, wait_s=10)
     assert tails == [] and sky.cancelled == [3]
     assert said[0].startswith("stopping managed/3: SkyPilot's jobs controller ends it"), said
     assert said[1].startswith("its trainer saved checkpoint-50 as it stopped"), said
+
+
+def _cancel_beside(stand_in, trainer, ref, wait_s: int) -> list[str]:
+    """`ftctl cancel` of ``ref``'s lines, while ``stand_in`` (in a thread) plays the trainer's part; then the
+    trainer's watch is closed."""
+    from ftctl.sky.backend import SkyBackend
+
+    thread = threading.Thread(target=stand_in)
+    thread.start()
+    try:
+        return SkyBackend().cancel(ref, wait_s=wait_s).splitlines()
+    finally:
+        trainer.close()
+        thread.join()
 
 
 def _commit(output: str, step: int, tmp_path) -> None:
@@ -190,7 +197,6 @@ def test_cancel_of_a_training_job_waits_for_its_stop_checkpoint_then_cancels(mon
     from ftctl import backend
     from ftctl.backend import record_job
     from ftctl.sky import backend as sky_backend
-    from ftctl.sky.backend import SkyBackend
 
     monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0.05)
     sky = FakeSky(now="hash-1", jobs={2: "RUNNING"}, log=TRAINING_LOG).install(monkeypatch)
@@ -207,13 +213,7 @@ def test_cancel_of_a_training_job_waits_for_its_stop_checkpoint_then_cancels(mon
             time.sleep(0.3)  # saved, then uploaded: the cancel waits for the commit, not the answer
             _commit(committed, 50, tmp_path)
 
-    stand_in = threading.Thread(target=stop_when_asked)
-    stand_in.start()
-    try:
-        said = SkyBackend().cancel(ref, wait_s=20).splitlines()
-    finally:
-        trainer.close()
-        stand_in.join()
+    said = _cancel_beside(stop_when_asked, trainer, ref, wait_s=20)
     assert sky.cancelled == [2]
     note = f"its trainer saved checkpoint-50 as it stopped; the same `ftctl launch` resumes it from checkpoint-50 in {committed}"
     assert said == ["cancelled c/2", note]
