@@ -73,8 +73,9 @@ TRAIN_LEASE = ".ftctl/train-lease"
 # rank); removed as the run ends with its final model saved (about 9 bytes a token)
 DATA_CACHE = ".ftctl/data-cache"
 # ... and the flock a node's processes take in turn to choose, download or set aside its checkpoints
-# (trainer.sync_callback.resume_lock); was ".ftctl-resume.lock" at the top of the directory
+# (trainer.sync_callback.resume_lock)...
 RESUME_LOCK = ".ftctl/resume.lock"
+OLD_RESUME_LOCK = ".ftctl-resume.lock"  # ...where trainers before 2026-12-03 took it: a run they resumed or started
 
 
 # a job script's own logs in the output before ftctl starts (#SBATCH --output=$OUT/slurm-%j.out): no user's work

@@ -103,3 +103,34 @@ def test_cancel_of_a_trainer_that_watches_no_stop_file_says_how_to_stop_it(tmp_p
     finally:
         new.kill()
         new.wait()
+
+
+def test_status_of_a_run_a_pre_lock_trainer_may_still_train_says_so(tmp_path, tiny_model_dir, tiny_data):
+    """A run launched by ftctl from before 2026-12-02 (its trainer took no lock), still training after the upgrade:
+    status said 'stopped before the end (the same `ftctl launch` ... resumes it)', and that relaunch trained beside
+    it, each rotating the other's checkpoints away (a merge meanwhile: a FileNotFoundError traceback)."""
+    from ftctl.backend import JobRef
+    from ftctl.local.backend import UNLOCKED_RECENT_S, LocalBackend
+
+    run = tmp_path / "run"
+    (run / ".ftctl").mkdir(parents=True)
+    (run / "spec.json").write_text(
+        _put((OLDER / "2026-12-01" / "spec.json").read_text(), tiny_model_dir, tiny_data, run)
+    )
+    (run / "metrics.jsonl").write_text('{"step": 11, "loss": 6.2}\n')  # written now: by the old trainer, training
+    ref = JobRef("local", str(run), str(run), "ftctl-lora-tiny-model", str(run))
+    assert "local run, stopped before the end" in LocalBackend().status(ref).text  # no mark of an older ftctl
+    (run / ".ftctl-resume.lock").touch()  # what its trainer took at the top as it started (resume=auto)
+    said = LocalBackend().status(ref).text
+    assert said.startswith(f"{run} local run, may still be training (its metrics.jsonl was written ")
+    assert "of an ftctl from before 2026-12-02, takes no lock to tell; relaunch it only once that trainer" in said
+
+    (run / ".ftctl" / "status").write_text("preempted\n")  # it ended, and said so
+    assert "local run, stopped before the end" in LocalBackend().status(ref).text
+    (run / ".ftctl" / "status").unlink()
+    before = time.time() - UNLOCKED_RECENT_S - 60
+    os.utime(run / "metrics.jsonl", (before, before))  # its last step long ago: killed, not training
+    assert "local run, stopped before the end" in LocalBackend().status(ref).text
+    os.utime(run / "metrics.jsonl")
+    (run / ".ftctl" / "train.lock").touch()  # a trainer since 2026-12-02 took the lock (none holds it now)
+    assert "local run, stopped before the end" in LocalBackend().status(ref).text
