@@ -29,7 +29,10 @@ def test_a_killed_ftctl_train_run_is_resumed_by_the_same_ftctl_train(tmp_path, t
             assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()
             time.sleep(0.1)
         cancel = subprocess.run([FTCTL, "cancel", str(out)], env=env, capture_output=True, text=True, timeout=60)
-        assert cancel.stdout.rstrip().endswith("and exits; the same `ftctl train` resumes it"), cancel
+        # `ftctl train`'s trainer watches no stop file (explore38): cancel names the kill that stops it, rc 2
+        assert cancel.returncode == 2, cancel
+        assert f"stop it with `kill -TERM {trainer.pid}`" in cancel.stderr, cancel
+        assert cancel.stderr.rstrip().endswith("and exits; the same `ftctl train` resumes it."), cancel
     finally:
         trainer.kill()  # kill -9: no checkpoint, no word of its own
         trainer.communicate(timeout=60)
