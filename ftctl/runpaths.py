@@ -193,6 +193,12 @@ class RunPaths:
         return self.root / ".ftctl" / "stop"
 
     @property
+    def stop_heard(self) -> Path:
+        """The pid of an `ftctl train` trainer, which watches stop_file through the environment it set itself (not
+        in /proc/PID/environ, which `ftctl cancel` reads of a launch's trainer: local.backend.stop_file_unheard)."""
+        return self.root / ".ftctl" / "stop-heard"
+
+    @property
     def status_file(self) -> Path:
         """The trainer's one-word exit status for runs the launcher watches itself (local, docker)."""
         return self.root / ".ftctl" / "status"

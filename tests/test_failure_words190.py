@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ FTCTL = str(Path(sys.executable).parent / "ftctl")
 # ------------------------------------------------------------------------------------------ the command that resumes
 def test_a_killed_ftctl_train_run_is_resumed_by_the_same_ftctl_train(tmp_path, tiny_model_dir, tiny_data):
     """`ftctl status` and `ftctl cancel` of a run started with `ftctl train` said "the same `ftctl launch` resumes it":
-    they name `ftctl train`, which started it (its run directory's launch lock says so)."""
+    they name `ftctl train`, which started it (its run directory's launch lock says so). `ftctl cancel` stops it with
+    a checkpoint, as it stops a launch's."""
     out = tmp_path / "run"
     args = ["train", "--gpus", "cpu", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--output", str(out)]
     args += ["-o", "max_steps=400", "-o", "save_steps=1000", "-o", "model_max_length=64"]
@@ -29,18 +31,19 @@ def test_a_killed_ftctl_train_run_is_resumed_by_the_same_ftctl_train(tmp_path, t
             assert trainer.poll() is None and time.monotonic() < deadline, trainer.communicate()
             time.sleep(0.1)
         cancel = subprocess.run([FTCTL, "cancel", str(out)], env=env, capture_output=True, text=True, timeout=60)
-        # `ftctl train`'s trainer watches no stop file (explore38): cancel names the kill that stops it, rc 2
-        assert cancel.returncode == 2, cancel
-        assert f"stop it with `kill -TERM {trainer.pid}`" in cancel.stderr, cancel
-        assert cancel.stderr.rstrip().endswith("and exits; the same `ftctl train` resumes it."), cancel
+        # `ftctl train`'s trainer watches the stop file `ftctl cancel` creates, as a launch's does (it said "asked
+        # RUN to stop" and trained on; then, explore38, it named `kill -TERM PID` instead)
+        assert cancel.returncode == 0 and cancel.stdout.startswith(f"asked {out} (pid {trainer.pid} on "), cancel
+        assert trainer.wait(timeout=120) == 128 + signal.SIGTERM, trainer.communicate()  # stopped, not finished
     finally:
-        trainer.kill()  # kill -9: no checkpoint, no word of its own
+        trainer.kill()
         trainer.communicate(timeout=60)
+    saved = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert len(saved) == 1 and not (out / ".ftctl" / "stop-heard").exists(), saved  # the step it stopped at
     status = subprocess.run([FTCTL, "status", "--exit-code", str(out)], env=env, capture_output=True, text=True)
     assert status.returncode == 3, status
-    assert status.stdout.startswith(
-        f"{out} local run, stopped before the end (the same `ftctl train` starts it again: nothing was saved)"
-    ), status.stdout
+    assert status.stdout.startswith(f"{out} local run, stopped before the end"), status.stdout
+    assert "the same `ftctl train` resumes it" in status.stdout, status.stdout
 
 
 def test_a_run_names_the_command_that_launched_it_and_both_where_none_did(tmp_path):

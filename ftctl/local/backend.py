@@ -233,10 +233,10 @@ class LocalBackend(Backend):
         paths = trainer_paths(ref)
         if not (holder := training_now(paths)):
             raise FtctlError(f"{ref.job_id} is a local run that is not training now: nothing to cancel.")
-        if pid := stop_file_unheard(holder):
+        if pid := stop_file_unheard(holder, paths):
             raise FtctlError(
-                f"{ref.job_id} is trained by {holder}, which does not watch for `ftctl cancel`'s stop file (started by "
-                f"`ftctl train`, or by an ftctl from before local runs had one): stop it with `kill -TERM {pid}`, which "
+                f"{ref.job_id} is trained by {holder}, which does not watch for `ftctl cancel`'s stop file (an older "
+                f"ftctl started it, before its runs had one): stop it with `kill -TERM {pid}`, which "
                 f"saves a checkpoint at its next step and exits; {same_command(ref.run_dir)} resumes it."
             )
         paths.stop_file.parent.mkdir(parents=True, exist_ok=True)
@@ -772,15 +772,19 @@ def unlocked_trainer(paths: RunPaths) -> str | None:
     )
 
 
-def stop_file_unheard(holder: str) -> int | None:
+def stop_file_unheard(holder: str, paths: RunPaths) -> int | None:
     """The pid of the trainer ``holder`` names ("pid N on HOST since ...", its lock's words) where it runs on this
-    host and the environment it started with names no STOP_ENV: `ftctl cancel`'s stop file stops nothing
-    (`ftctl train`, whose trainer is its own process; a run of an ftctl whose local launcher set none, before
-    2026-12-03, upgraded while it trains: explore38). None where it does, or where this cannot be read here (another
+    host and the environment it started with names no STOP_ENV: `ftctl cancel`'s stop file stops nothing (an older
+    ftctl's run, upgraded while it trains: its `ftctl train`, which set none before 2026-12-06, or a launch of an
+    ftctl whose launcher set none, before 2026-12-03: explore38). None where it does (an `ftctl train` of this ftctl
+    sets it in its own process and names itself in the run's stop_heard), or where this cannot be read here (another
     host or user, no /proc)."""
     words = holder.split()
     if len(words) < 4 or words[0] != "pid" or not words[1].isdigit() or words[3:4] != [socket.gethostname()]:
         return None
+    with contextlib.suppress(OSError):
+        if paths.stop_heard.read_text().strip() == words[1]:
+            return None
     try:
         environ = Path("/proc", words[1], "environ").read_bytes().split(b"\0")
     except OSError:
@@ -799,12 +803,18 @@ def _ctrl_c_message(spec: RunSpec, paths: RunPaths) -> str:
 def train_here(rendered: Rendered) -> int:
     """`ftctl train`: the trainer in this process (no torchrun, no launcher between it and the terminal). Ctrl-C
     stops it at once (its handler: interrupted by SIGINT), and what that cost is said as launch says it. It writes
-    its status word where a launch's trainer does (`ftctl status` reads it), and a run stopped with a checkpoint
+    its status word where a launch's trainer does (`ftctl status` reads it) and watches the stop file a launch's
+    trainer does (`ftctl cancel RUN`; the run's stop_heard names this process), and a run stopped with a checkpoint
     (SIGTERM, SIGHUP) exits as launch does then, 128 + SIGTERM: not finished (the trainer's own exit is 0)."""
     from ftctl.trainer.__main__ import main as trainer_main
 
     status = Path(os.environ.setdefault(STATUS_ENV, str(rendered.paths.status_file)))  # this process is the trainer
     status.unlink(missing_ok=True)  # an earlier attempt's word is not this one's
+    own = trainer_paths_of(rendered.spec)
+    if os.environ.setdefault(STOP_ENV, str(own.stop_file)) == str(own.stop_file):  # `ftctl cancel RUN` creates it
+        own.stop_file.unlink(missing_ok=True)
+        own.stop_heard.parent.mkdir(parents=True, exist_ok=True)
+        own.stop_heard.write_text(f"{os.getpid()}\n")
     try:
         rc = trainer_main(["--spec", str(rendered.paths.spec)])
     except SystemExit as stop:
@@ -815,6 +825,8 @@ def train_here(rendered: Rendered) -> int:
                 err=True,
             )
         raise
+    finally:
+        own.stop_heard.unlink(missing_ok=True)
     if rc == 0 and _read_word(status) == "preempted":
         return 128 + signal.SIGTERM
     return rc
