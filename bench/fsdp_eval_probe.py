@@ -3,7 +3,9 @@ right after a checkpoint's optimizer state was saved, with evaluations every 4 s
 `torchrun -m ftctl.trainer` run of best_fsdp_gpu's model and rows, 8 steps, CUDA_LAUNCH_BLOCKING=1; its whole stderr is
 kept in --out (run on the device machine, not in CI).
 
-    python bench/fsdp_eval_probe.py --out DIR [--variants save+eval,eval,save,save+eval@single]
+    python bench/fsdp_eval_probe.py --out DIR [--variants save+eval,eval,save,save+eval@single] [--nproc N]
+
+A variant's +trlhead takes ftctl's LM head off (TRL's fused head), +unfixed takes lm_head.head_ran's call off (v95).
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.best_fsdp_gpu import cycle_rows  # noqa: E402
 from bench.resume_gpu import make_model  # noqa: E402
 
+PATCHES = {  # +NAME: a line run in each trainer process
+    "trlhead": "h.usable = lambda model: False",  # ftctl's LM head off: TRL's fused head
+    "unfixed": "h.head_ran = lambda head: None",  # the head's FSDP2 group left mid-forward (before v95's fix)
+}
+GROUP_WARNING = "did not run forward before backward"  # torch's, where a group's forward did not end
 VARIANTS = {  # name: overrides (strategy fsdp unless @single)
     "save+eval": ["save_steps=4", "eval_steps=4"],
     "eval": ["save_steps=1000", "eval_steps=4"],
@@ -29,15 +36,16 @@ VARIANTS = {  # name: overrides (strategy fsdp unless @single)
 }
 
 
-def run(name: str, model: Path, data: Path, held: Path, work: Path, out: Path) -> dict:
+def run(name: str, model: Path, data: Path, held: Path, work: Path, out: Path, nproc: int) -> dict:
     from ftctl.plan import dump_run, make_plan
     from ftctl.spec import build
 
     base, _, strategy = name.partition("@")
-    own_head = not base.endswith("+trlhead")  # +trlhead: ftctl's LM head off (TRL's fused head), via sitecustomize
-    base = base.removesuffix("+trlhead")
+    patches = [p for p in PATCHES if base.endswith(f"+{p}")]  # each via a sitecustomize in the trainer's processes
+    for p in patches:
+        base = base.removesuffix(f"+{p}")
     target = work / name.replace("+", "-").replace("@", "-")
-    print(target.name, "own head" if own_head else "TRL's head", flush=True)
+    print(target.name, patches, flush=True)
     overrides = [
         f"strategy={strategy or 'fsdp'}",
         *([f"eval_data_path={held}"] if "eval" in base else []),
@@ -51,28 +59,33 @@ def run(name: str, model: Path, data: Path, held: Path, work: Path, out: Path) -
     ]
     spec = build(
         flags=dict(
-            method="fft", model_name_or_path=str(model), data_path=str(data), output_dir=str(target), gpus="1xH100"
-        ),  # fmt: skip
+            method="fft",
+            model_name_or_path=str(model),
+            data_path=str(data),
+            output_dir=str(target),
+            gpus=f"{nproc}xH100",
+        ),
         overrides=overrides,
     )
     path = work / f"spec-{target.name}.json"
     path.write_text(dump_run(spec, make_plan(spec)))
     env = {**os.environ, "CUDA_LAUNCH_BLOCKING": "1"}
-    if not own_head:
-        patch = work / "trlhead"
+    if patches:
+        patch = work / "-".join(patches)
         patch.mkdir(exist_ok=True)
+        lines = "".join(f"    {PATCHES[p]}\n" for p in patches)
         (patch / "sitecustomize.py").write_text(
-            "import os\nif os.environ.get('LOCAL_RANK') is not None:\n"
-            "    import ftctl.trainer.lm_head as h\n    h.usable = lambda model: False\n"
+            f"import os\nif os.environ.get('LOCAL_RANK') is not None:\n    import ftctl.trainer.lm_head as h\n{lines}"
         )
         env["PYTHONPATH"] = os.pathsep.join([str(patch), env.get("PYTHONPATH", "")])
     t = time.time()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     proc = subprocess.run([*cmd, "-m", "ftctl.trainer", "--spec", str(path)], capture_output=True, text=True, env=env)
     (out / f"{target.name}.err").write_text(proc.stderr)
     steps = [json.loads(x) for x in (target / "metrics.jsonl").read_text().splitlines()] if proc.returncode == 0 else []
     return {"variant": name, "rc": proc.returncode, "s": round(time.time() - t, 1), "overrides": overrides,
-            "evals": {r["step"]: r["eval_loss"] for r in steps if "eval_loss" in r}}  # fmt: skip
+            "evals": {r["step"]: r["eval_loss"] for r in steps if "eval_loss" in r},
+            "torch_warned_group": GROUP_WARNING in proc.stderr}  # fmt: skip
 
 
 def main() -> None:
@@ -80,6 +93,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--variants", default="save+eval,eval,save,save+eval@single")
     ap.add_argument("--work", default="/tmp/ftctl-probe")
+    ap.add_argument("--nproc", type=int, default=1)
     a = ap.parse_args()
     work, out = Path(a.work), Path(a.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -88,7 +102,7 @@ def main() -> None:
     data, held = cycle_rows(work / "cycle.json", 80, 1, 0), cycle_rows(work / "back.json", 16, -1, 1)
     rows = []
     for name in a.variants.split(","):
-        rows.append(run(name, model, data, held, work, out))
+        rows.append(run(name, model, data, held, work, out, a.nproc))
         print(json.dumps(rows[-1]), flush=True)
         (out / "probe.json").write_text(json.dumps(rows, indent=1))
 

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from tests.test_evaluation import eval_data  # noqa: F401 (a fixture, taken by name below)
-from tests.trainer_fixtures import make_run
+from tests.trainer_fixtures import FSDP_ON_GLOO, make_run
 
 
 def test_a_resume_on_a_fresh_node_keeps_the_lowest_checkpoint_in_the_store(
@@ -303,26 +303,14 @@ def test_a_best_checkpoint_that_cannot_be_loaded_is_said(tmp_path):
     assert not_loadable(run, str(ckpt), 2) is None
 
 
-# accelerate applies FSDP on GPUs only (on CPU processes it trains plain DDP, which ftctl refuses: distributed.py):
-# these processes take FSDP2 as a GPU run does, each block fully_shard-ed over gloo, so that transformers' FSDP load of
-# the best checkpoint (accelerate's load_fsdp_model of its pytorch_model_fsdp.bin, broadcast from rank 0) runs as on
-# GPUs. The runs given on the command line, one after the other in the same 2 processes (torch imported once).
+# FSDP2 over gloo (trainer_fixtures.FSDP_ON_GLOO), so that transformers' FSDP load of the best checkpoint (accelerate's
+# load_fsdp_model of its pytorch_model_fsdp.bin, broadcast from rank 0) runs as on GPUs. The runs given on the command
+# line, one after the other in the same 2 processes (torch imported once).
 _EACH_RANK = """
 import hashlib, json, os, sys
-from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DistributedType
 import ftctl.trainer.distributed as distributed
 import ftctl.trainer.run as trainer_run
 from ftctl.plan import load_run
-_settings = distributed.fsdp_settings
-distributed.fsdp_settings = lambda plan, on_cpu: _settings(plan, False)
-_init = AcceleratorState.__init__
-def init(self, *args, fsdp_plugin=None, **kwargs):
-    _init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
-        self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-        self.fsdp_plugin = fsdp_plugin
-AcceleratorState.__init__ = init
 def digest(p):
     return hashlib.sha256(distributed.local(p).detach().float().contiguous().numpy().tobytes()).hexdigest()
 _save = trainer_run.save
@@ -377,10 +365,10 @@ def test_zero3_and_fsdp_on_two_processes_load_the_lowest_checkpoint_on_every_ran
         out = outs.setdefault((strategy, method), tmp_path / f"{strategy}-{method}")
         spec, plan = make_run(tiny_model_dir, tiny_data, out, method, max_steps=steps, gpus="2xcpu",
                               load_best_model_at_end=best, **values)  # fmt: skip
-        plan = dataclasses.replace(plan, strategy=strategy)  # fsdp: refused on CPU (see _EACH_RANK)
+        plan = dataclasses.replace(plan, strategy=strategy)  # fsdp: refused on CPU (see FSDP_ON_GLOO)
         specs.append(str(write_spec(spec, plan, tmp_path / f"{len(specs)}.json")))
     script = tmp_path / "each_rank.py"
-    script.write_text(_EACH_RANK)
+    script.write_text(FSDP_ON_GLOO + _EACH_RANK)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     proc = subprocess.run(
         [*torchrun, str(script), *specs], env=subprocess_env(**DS_ENV), cwd=REPO, capture_output=True, text=True,

@@ -65,6 +65,25 @@ def make_run(model_dir, data, output, method="fft", gpus="cpu", **overrides):
     return spec, make_plan(spec)
 
 
+# accelerate applies FSDP on GPUs only (on CPU processes it trains plain DDP, which ftctl refuses: distributed.py):
+# a script that starts with this takes FSDP2 as a GPU run does, each block fully_shard-ed over gloo, the final norm and
+# the LM head as accelerate's "tail" group.
+FSDP_ON_GLOO = """
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType
+import ftctl.trainer.distributed
+_settings = ftctl.trainer.distributed.fsdp_settings
+ftctl.trainer.distributed.fsdp_settings = lambda plan, on_cpu: _settings(plan, False)
+_init = AcceleratorState.__init__
+def init(self, *args, fsdp_plugin=None, **kwargs):
+    _init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        self.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        self.fsdp_plugin = fsdp_plugin
+AcceleratorState.__init__ = init
+"""
+
+
 def write_spec(spec, plan, path) -> Path:
     from ftctl.plan import dump_run
 

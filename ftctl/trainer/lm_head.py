@@ -71,9 +71,18 @@ def add_head(model) -> None:
     and the Trainer wrap it (TRL patches the same one). ``scored`` (``counting_scored``'s count) lets the
     scored positions be found without the host waiting for the device."""
     previous = model.forward
+    head_runs = [0]  # forwards of the head module itself (neither fused head calls it)
+    model.get_output_embeddings().register_forward_hook(lambda *_: head_runs.__setitem__(0, head_runs[0] + 1))
 
     @functools.wraps(type(model).forward)
-    def forward(self, *args, ftctl_head=False, labels=None, scored=None, **kwargs):
+    def forward(self, *args, **kwargs):
+        before = head_runs[0]
+        output = either_head(self, *args, **kwargs)
+        if head_runs[0] == before:
+            head_ran(self.get_output_embeddings())
+        return output
+
+    def either_head(self, *args, ftctl_head=False, labels=None, scored=None, **kwargs):
         if not ftctl_head:
             if labels is not None:
                 kwargs["labels"] = labels
@@ -99,6 +108,27 @@ def add_head(model) -> None:
         return HeadOutput(sum_log_probs=sum_log_probs, tokens=mask.sum(), sum_entropy=sum_entropy, top1=top1)
 
     model.forward = types.MethodType(forward, model)
+
+
+def head_ran(head) -> None:
+    """Under FSDP2, call ``head`` on no tokens where the model's forward did not: its FSDP group's forward ends.
+
+    accelerate shards the final norm and the LM head as one group ([norm, lm_head], fsdp2_prepare_model's "tail",
+    not resharded after its forward). FSDP2 starts a group's forward at its first module's and ends it at its last
+    module's; both fused heads read the head's weight without calling it, so the group's forward never ended.
+    torch before 2.13 then skips the group's next pre-forward (the gather of its parameters) until a backward clears
+    it: after an evaluation, which no backward follows, the next training step read the group's parameters where they
+    were, and where the checkpoint saved right after had put them back on their shards (its state dict does), they
+    were freed. A full fine-tune under FSDP2 that evaluated and saved at one step died at the next step's forward, in
+    the final norm's kernel: "an illegal memory access" (bench/NOTES.md v91-v95, one H100, torch 2.11). torch's own
+    warning said as much at every step: "1 of the 2 modules passed to fully_shard did not run forward before
+    backward". A 0-token input costs no GEMM; its output takes no part in the loss (the head's gradients are the fused
+    head's)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(head, FSDPModule):
+        weight = head.weight
+        head(torch.empty((0, weight.shape[-1]), device=weight.device, dtype=weight.dtype))
 
 
 def counting_scored(collate):
