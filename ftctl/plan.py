@@ -1004,23 +1004,8 @@ def _checkpoints(spec: RunSpec, plan: Plan) -> None:
     plan.step_s = round(max(step_s, MIN_STEP_S), 3) if step_s else None
     plan.save_steps = checkpoint_cadence(spec, plan, checkpoint_gb(plan)[0])
     plan.notes += _evaluated_between_checkpoints(spec, plan.save_steps)
-    plan.notes += fsdp_eval_note(spec, plan)
     if cost := checkpoint_cost(spec, plan):
         plan.notes.append(f"{cost[0]}: {cost[1]}")
-
-
-def fsdp_eval_note(spec: RunSpec, plan: Plan) -> list[str]:
-    """The note where weights the whole model trains (fft, sft) are sharded by FSDP2 on GPUs and the run evaluates
-    held-out data (at each checkpoint unless eval_steps says otherwise): on one H100 such a run died at the step after
-    an evaluation and a checkpoint of one step, an illegal memory access, with ftctl's LM head and with TRL's; ZeRO-3
-    trained the same rows and steps (bench/NOTES.md v91-v94). Not yet run on several GPUs (issue 12)."""
-    if plan.strategy != "fsdp" or plan.method not in ("fft", "sft") or plan.gpu_memory_gb is None or not spec.evaluates:
-        return []
-    return [
-        "strategy=fsdp with held-out evaluations: on one H100 a full fine-tune under FSDP2 that evaluated and saved a "
-        "checkpoint at one step died at the next step (an illegal memory access; ZeRO-3 trained the same; several "
-        "GPUs not yet tried). If it does here: -o strategy=zero3 (its checkpoints are not FSDP's: start it afresh)"
-    ]
 
 
 def with_lora_targets(spec: RunSpec, shape: ModelShape) -> tuple[RunSpec, str]:
