@@ -44,7 +44,7 @@ from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import container_kind
 from ftctl.plan import Plan, checkpoint_cost, dump_run, make_plan, with_lora_targets, with_save_steps
 from ftctl.progress import LOGGED_STEP  # the trainer's step line in a job's log (trained_again)
-from ftctl.runpaths import RunPaths
+from ftctl.runpaths import METRICS_FILE, OLD_RESUME_LOCK, RunPaths
 from ftctl.spec import (
     BACKENDS,
     FIELDS,
@@ -165,6 +165,9 @@ class Backend:
     options: ClassVar[frozenset[str]] = frozenset()  # run keys of this backend (beyond the common ones)
     needs_local_paths: ClassVar[bool] = True  # False where the job runs on machines that cannot see ours
     no_image: ClassVar[str | None] = None  # what runs when there is no image; None: this backend runs none
+    # its trainer runs on this machine, in the run directory (local; `ftctl train`): one of an older ftctl there,
+    # which takes no lock, is seen only by its files (held_run)
+    trains_here: ClassVar[bool] = False
 
     # ---------------------------------------------------------------------------------- image
     def image(self, spec: RunSpec, plan: Plan) -> ImageChoice | None:
@@ -759,13 +762,32 @@ def refuse_a_held_run_dir(rendered: Rendered) -> None:
 
 
 def held_run(spec: RunSpec) -> str | None:
-    """The refusal of a run whose trainer holds its lock now (trainer.run.only_trainer), whoever started it; None
-    where none does."""
-    if holder := training_now(trainer_paths_of(spec)):
+    """The refusal of a run whose trainer holds its lock now (trainer.run.only_trainer), whoever started it, or, for
+    a run trained on this machine (Backend.trains_here: a local launch, `ftctl train`), whose trainer of an ftctl
+    from before that lock may still train (trainer.trained.unlocked_trainer, what `ftctl status` says of it): both
+    trainers then rotated each other's checkpoints away. None where none does."""
+    import shlex
+
+    from ftctl.trainer.trained import UNLOCKED_RECENT_S, unlocked_trainer
+
+    paths = trainer_paths_of(spec)
+    if holder := training_now(paths):
         return (
             f"{spec.output} is being trained into by {holder}: a second run there would write the same checkpoints. "
             f"Wait for it to end, stop it (`ftctl cancel {spec.output}` saves a checkpoint first), or give this run "
             "another --output."
+        )
+    if (
+        (old := unlocked_trainer(paths, RunPaths(run_dir_for(spec))))
+        and spec.backend in REGISTRY
+        and get(spec.backend).trains_here
+    ):
+        stop = f"`kill -TERM {old.pid}`" if old.pid else "find its process (`ps -ef | grep ftctl`) and `kill -TERM` it"
+        return (
+            f"{spec.output} may still be training ({old.said}): a second trainer there would rotate its checkpoints "
+            f"away. Wait for it to end or stop it ({stop}: it saves a checkpoint at its next step), then relaunch; "
+            f"if it has ended, relaunch once {METRICS_FILE} is {UNLOCKED_RECENT_S // 60} min old, or now after "
+            f"`rm {shlex.quote(str(paths.root / OLD_RESUME_LOCK))}` (that ftctl's lock file: no ftctl since reads it)."
         )
     return None
 

@@ -110,7 +110,8 @@ def test_status_of_a_run_a_pre_lock_trainer_may_still_train_says_so(tmp_path, ti
     status said 'stopped before the end (the same `ftctl launch` ... resumes it)', and that relaunch trained beside
     it, each rotating the other's checkpoints away (a merge meanwhile: a FileNotFoundError traceback)."""
     from ftctl.backend import JobRef
-    from ftctl.local.backend import UNLOCKED_RECENT_S, LocalBackend
+    from ftctl.local.backend import LocalBackend
+    from ftctl.trainer.trained import UNLOCKED_RECENT_S
 
     run = tmp_path / "run"
     (run / ".ftctl").mkdir(parents=True)
@@ -134,3 +135,69 @@ def test_status_of_a_run_a_pre_lock_trainer_may_still_train_says_so(tmp_path, ti
     os.utime(run / "metrics.jsonl")
     (run / ".ftctl" / "train.lock").touch()  # a trainer since 2026-12-02 took the lock (none holds it now)
     assert "local run, stopped before the end" in LocalBackend().status(ref).text
+
+
+def _files(run: Path) -> dict[str, tuple[bytes, float]]:
+    """Every file of ``run`` but its launch lock (`ftctl train` takes it before its checks, as every launch does)."""
+    files = (p for p in run.rglob("*") if p.is_file() and p.name != "launch.lock")
+    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime) for p in files}
+
+
+def test_a_relaunch_into_a_run_a_pre_lock_trainer_may_still_train_is_refused(tmp_path, tiny_model_dir, tiny_data):
+    """Status said it (a73b307), yet `ftctl launch` (and `ftctl train`) of that run trained beside the older ftctl's
+    trainer, each rotating the other's checkpoints away. Now one line, rc 2, the run untouched: the evidence, the pid
+    of that trainer where its command line names the run's spec.json, how to stop it and how to go on once it has
+    ended; not refused once its metrics.jsonl is older than the window, or once that ftctl's lock file is removed."""
+    from ftctl.backend import held_run, prepare
+    from ftctl.local.backend import LocalBackend
+    from ftctl.spec import build
+    from ftctl.trainer.trained import UNLOCKED_RECENT_S
+
+    run = tmp_path / "run"
+    (run / ".ftctl").mkdir(parents=True)
+    (run / "spec.json").write_text(
+        _put((OLDER / "2026-12-01" / "spec.json").read_text(), tiny_model_dir, tiny_data, run)
+    )
+    (run / "metrics.jsonl").write_text('{"step": 11, "loss": 6.2}\n')  # written now: by the old trainer, training
+    (run / ".ftctl-resume.lock").touch()  # what its trainer took at the top as it started
+    # the older launcher's trainer: `python -m ftctl.trainer --spec RUN/spec.json`
+    old = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--spec", str(run / "spec.json")])
+    args = ["--gpus", "cpu", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--output", str(run)]
+    args += ["--method", "lora", "-o", "max_steps=1"]  # (without the refusal: one step, not 60)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    before = _files(run)
+    try:
+        for command in (["launch", "--backend", "local"], ["train"]):
+            ftctl = str(Path(sys.executable).parent / "ftctl")
+            said = subprocess.run([ftctl, *command, *args], env=env, capture_output=True, text=True, timeout=120)
+            assert said.returncode == 2, (command, said.stdout, said.stderr)
+            line = said.stderr.strip()
+            assert "\n" not in line and "Traceback" not in line, said.stderr
+            assert line.startswith(f"error: {run} may still be training (its metrics.jsonl was written "), line
+            assert "of an ftctl from before 2026-12-02, takes no lock to tell): a second trainer there" in line
+            assert f"stop it (`kill -TERM {old.pid}`: it saves a checkpoint at its next step)" in line
+            assert f"relaunch once metrics.jsonl is {UNLOCKED_RECENT_S // 60} min old, or now after `rm " in line
+            assert _files(run) == before, command  # no spec.json replaced, no status cleared, no record
+        said = LocalBackend().status(_ref(run)).text  # status names that trainer too
+        assert f"relaunch it only once that trainer (pid {old.pid}) has ended)" in said
+    finally:
+        old.kill()
+        old.wait()
+    spec = build({"method": "lora", "gpus": "cpu", "backend": "local", "output_dir": str(run)})
+    assert "find its process (`ps -ef | grep ftctl`) and `kill -TERM` it" in held_run(spec)  # no pid known
+    assert held_run(build({"method": "lora", "gpus": "cpu", "backend": "slurm", "output_dir": str(run)})) is None
+    (run / ".ftctl-resume.lock").unlink()  # the user knows it has ended: the override the line names
+    assert held_run(spec) is None
+    (run / ".ftctl-resume.lock").touch()
+    assert held_run(spec) is not None
+    long_ago = time.time() - UNLOCKED_RECENT_S - 60
+    os.utime(run / "metrics.jsonl", (long_ago, long_ago))  # its last step long ago: ended
+    assert held_run(spec) is None
+    given = {"model_name_or_path": str(tiny_model_dir), "data_path": str(tiny_data), "max_steps": 1}
+    LocalBackend().check(prepare(build({**given, "method": "lora", "gpus": "cpu", "output_dir": str(run)})))
+
+
+def _ref(run: Path):
+    from ftctl.backend import JobRef
+
+    return JobRef("local", str(run), str(run), "ftctl-lora-tiny-model", str(run))

@@ -50,7 +50,7 @@ from ftctl.logfile import copy_new, held, hold, new_decoder
 from ftctl.logfile import follow as follow_log
 from ftctl.plan import DoesNotFit, Plan, PlanError, make_plan
 from ftctl.preflight import host_memory_gb
-from ftctl.runpaths import OLD_RESUME_LOCK, RunPaths
+from ftctl.runpaths import RunPaths
 from ftctl.spec import RunSpec
 from ftctl.storage import is_remote
 
@@ -132,6 +132,7 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
 class LocalBackend(Backend):
     name = "local"
     options = PREFLIGHT_KEYS
+    trains_here = True
 
     def detected_gpus(self) -> str | None:
         return local_gpus()
@@ -181,6 +182,7 @@ class LocalBackend(Backend):
         failed where its trainer said so (its status file and failure records); else stopped, and the same `ftctl
         launch` (or `ftctl train`, the command that started it: same_command) resumes it."""
         from ftctl.checkpoints.settings import final_saved
+        from ftctl.trainer.trained import unlocked_trainer
 
         if not ref.paths.root.is_dir():  # deleted or moved since: what is left of it is its object-store output's
             return gone(ref)
@@ -190,8 +192,10 @@ class LocalBackend(Backend):
             word = ""
         if holder := training_now(trainer_paths(ref)):  # first: a relaunch may train past an earlier final adapter
             return JobStatus(JobState.RUNNING, f"{ref.job_id} local run, training ({holder})")
-        if not word and (unlocked := unlocked_trainer(trainer_paths(ref))):
-            return JobStatus(JobState.RUNNING, f"{ref.job_id} local run, may still be training ({unlocked})")
+        if unlocked := unlocked_trainer(trainer_paths(ref), ref.paths):  # an older ftctl's, which takes no lock
+            pid = f" (pid {unlocked.pid})" if unlocked.pid else ""
+            said = f"{unlocked.said}; relaunch it only once that trainer{pid} has ended"
+            return JobStatus(JobState.RUNNING, f"{ref.job_id} local run, may still be training ({said})")
         if word == "complete" or final_saved(ref.run_dir):  # an object-store output's final model is in the store
             return JobStatus(JobState.SUCCEEDED, f"{ref.job_id} local run, complete")
         records = failures.read(ref.paths.failures)
@@ -746,30 +750,6 @@ def _logged(paths: RunPaths, error: Stopped) -> Stopped:
     with contextlib.suppress(OSError), open(paths.local_log, "a", encoding="utf-8") as fh:
         fh.write(f"ftctl: {error}\n")
     return error
-
-
-UNLOCKED_RECENT_S = 600  # a pre-lock trainer's metrics.jsonl written this recently: it may still train
-
-
-def unlocked_trainer(paths: RunPaths) -> str | None:
-    """A trainer of an ftctl from before the run directory's lock (2026-12-02) that may still train into ``paths``,
-    upgraded meanwhile (explore38): status said "stopped before the end (the same `ftctl launch` ... resumes it)", and
-    a relaunch trained beside it, each rotating the other's checkpoints away. Seen as: no lock file there (every
-    trainer since takes one as it starts and leaves it) but the resume lock those trainers took at the top
-    (OLD_RESUME_LOCK), no status word (the caller's: each trainer writes one as it ends; a launch clears it) and its
-    metrics.jsonl written within UNLOCKED_RECENT_S. None otherwise."""
-    if paths.train_lock.exists() or not (paths.root / OLD_RESUME_LOCK).exists():
-        return None
-    try:
-        age = time.time() - paths.metrics.stat().st_mtime
-    except OSError:
-        return None
-    if age > UNLOCKED_RECENT_S:
-        return None
-    return (
-        f"its {paths.metrics.name} was written {age:.0f} s ago and its trainer, of an ftctl from before 2026-12-02, "
-        "takes no lock to tell; relaunch it only once that trainer has ended"
-    )
 
 
 def stop_file_unheard(holder: str, paths: RunPaths) -> int | None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from ftctl.runpaths import (
     MERGE_RECORD,
     METRICS_FILE,
     MODEL_CONFIG,
+    OLD_RESUME_LOCK,
     PLAIN_TEXT,
     SPEC_FILE,
     RunPaths,
@@ -305,6 +308,69 @@ def held_by(lock: Path) -> str | None:
         except OSError:  # no locks on this file system: not known
             return None
     return None
+
+
+UNLOCKED_RECENT_S = 600  # a pre-lock trainer's metrics.jsonl written this recently: it may still train
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    """A trainer of an ftctl from before the run directory's lock (2026-12-02) that may still train into a run
+    (unlocked_trainer), as `ftctl status` says it and a relaunch is refused."""
+
+    age_s: float  # since it last wrote the run's metrics.jsonl
+    pid: int | None  # its process, where one on this machine names the run's spec.json (an older launcher's trainer)
+
+    @property
+    def said(self) -> str:
+        return (
+            f"its {METRICS_FILE} was written {self.age_s:.0f} s ago and its trainer, of an ftctl from before "
+            "2026-12-02, takes no lock to tell"
+        )
+
+
+def unlocked_trainer(paths: RunPaths, run: RunPaths | None = None) -> Unlocked | None:
+    """A trainer of an ftctl from before the run directory's lock (2026-12-02) that may still train into ``paths``
+    (the trainer's; ``run``: the run directory, where its launcher's status and spec.json are, the same one for a
+    local output), upgraded meanwhile (explore38): status said "stopped before the end (the same `ftctl launch` ...
+    resumes it)", and a relaunch trained beside it, each rotating the other's checkpoints away. Seen as: no lock file
+    there (every trainer since takes one as it starts and leaves it) but the resume lock those trainers took at the
+    top (OLD_RESUME_LOCK, which no trainer since reads), no status word (each trainer writes one as it ends; a launch
+    clears it) and its metrics.jsonl written within UNLOCKED_RECENT_S. None otherwise."""
+    run = run or paths
+    if paths.train_lock.exists() or not (paths.root / OLD_RESUME_LOCK).exists():
+        return None
+    try:
+        if run.status_file.read_text().strip():
+            return None
+    except OSError:
+        pass
+    try:
+        age = time.time() - paths.metrics.stat().st_mtime
+    except OSError:
+        return None
+    if age > UNLOCKED_RECENT_S:
+        return None
+    return Unlocked(max(age, 0.0), _naming(run.spec))
+
+
+def _naming(spec: Path) -> int | None:
+    """The process on this machine whose command line names ``spec``: an older launcher's trainer (`python -m
+    ftctl.trainer --spec SPEC`, or the torchrun over its ranks, not those ranks). None where no one process does or
+    this cannot be read here (no /proc; an `ftctl train`, whose command line names no spec.json)."""
+    name, found = os.fsencode(str(spec)), {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid()]
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            if name in Path("/proc", entry, "cmdline").read_bytes().split(b"\0"):
+                found[int(entry)] = int(Path("/proc", entry, "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):  # ended meanwhile, or not ours to read
+            continue
+    tops = [pid for pid, parent in found.items() if parent not in found]
+    return tops[0] if len(tops) == 1 else None
 
 
 def _logged_step(metrics: Path, since: float | None) -> str:
