@@ -64,6 +64,10 @@ SLURM_STOP_PATTERN = "stop.{job}.{attempt}"
 # and a stop there, as the nodes are out of its reach and the store is not (trainer.callbacks.StopRequest); the trainer
 # answers in it with the stop's checkpoint
 STOP_REQUEST = ".ftctl/stop-request"
+# ... and its field saying until when (unix time, the clock of the machine that ran `ftctl cancel`) it asks: the end of
+# that cancel's wait. A trainer that finds the request there as it starts heeds it only until then; after, that cancel
+# is gone (killed before it could take its request back) and the request stale
+STOP_REQUEST_UNTIL = "until_unix"
 # ... and the lease of the trainer writing into it now, renewed while it trains (ftctl.lease): a launch into an output
 # whose lease is live is refused, as the run directory's train_lock refuses a second trainer on a disk
 TRAIN_LEASE = ".ftctl/train-lease"

@@ -6,6 +6,7 @@ through the trainer's own StopRequest."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -13,7 +14,7 @@ import pytest
 
 from ftctl import storage
 from ftctl.checkpoints import list_checkpoints
-from ftctl.runpaths import STOP_REQUEST
+from ftctl.runpaths import STOP_REQUEST, STOP_REQUEST_UNTIL
 from ftctl.trainer import callbacks
 from tests.test_sky_jobs import FakeSky, cluster_job, forget_ended
 from tests.trainer_fixtures import make_run
@@ -265,3 +266,85 @@ def test_a_job_that_ended_at_its_stop_before_skypilots_cancel_says_it_stopped(mo
     ]
     record_job(cluster_job(3, output=committed))  # another job's SUCCEEDED: not this stop
     assert backend.status_lines("c/3") == ["c/3 SUCCEEDED (on cluster c)"]
+
+
+@pytest.mark.parametrize(
+    "until, stops",
+    [
+        (30, True),  # its cancel still waits: heeded
+        (20 - callbacks.STOP_REQUEST_SKEW_S, True),  # past, but within the clocks' skew: heeded
+        (-600, False),  # stale: its cancel was killed mid-wait and took nothing back
+    ],
+)
+def test_a_request_there_as_the_watch_begins_is_heeded_only_while_its_cancel_waits(s3_bucket, caplog, until, stops):
+    """`ftctl cancel` killed mid-wait (SIGKILL, its machine gone) leaves its request: a later job of the same task
+    name and number (a cluster launched again numbers its jobs from 1) stopped at its first step. The request says
+    until when its cancel waits (runpaths.STOP_REQUEST_UNTIL); past that, and the clocks' skew, it is stale."""
+    import logging
+
+    uri = f"{s3_bucket}/run"
+    request = storage.join(uri, STOP_REQUEST)
+    there = {"job": "managed/3", "task": "_run_3-0", "id": "a1", "asked_unix": time.time() - 900}
+    there[STOP_REQUEST_UNTIL] = round(time.time() + until, 3)
+    storage.filesystem(request)[0].pipe_file(request.removeprefix("s3://"), json.dumps(there).encode())
+    watcher = callbacks.StopRequest(uri, poll_s=0.05, task=TASK)
+    with caplog.at_level(logging.INFO, logger=callbacks.__name__):
+        watcher.start()
+        try:
+            for _ in range(250):  # its first read said what it made of the request there
+                if said := [r.getMessage() for r in caplog.records if r.getMessage().startswith(request)]:
+                    break
+                time.sleep(0.02)
+            assert said and watcher.seen.wait(5 if stops else 0.2) is stops, said
+        finally:
+            watcher.close()
+    stale = [line for line in said if "stale" in line]
+    if stops:
+        assert stale == []
+        return
+    assert len(stale) == 1 and re.fullmatch(
+        rf"{re.escape(request)} asked this job \(_run_3-0\) to stop only until 60\d s ago \(its `ftctl cancel` ended "
+        r"without taking it back\): stale, ignored; training on",
+        stale[0],
+    ), stale
+    assert json.loads(storage.read_text(request)) == there  # nothing written: no acknowledgement
+
+
+def test_cancel_ended_by_sigterm_mid_wait_takes_its_request_back(monkeypatch, committed):
+    """A `kill` of `ftctl cancel` as it waits for the checkpoint ran no finally: its request stayed. Now SIGTERM ends
+    the wait as Ctrl-C does: the request (which says until when the cancel waits) is taken back, ftctl exits 143 and
+    the handler that was there before is back."""
+    import os
+    import signal
+
+    from ftctl.sky import backend as sky_backend
+    from ftctl.sky.backend import SkyBackend
+
+    monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0.05)
+    sky = FakeSky(now="hash-1", jobs={2: "RUNNING"}, log=TRAINING_LOG).install(monkeypatch)
+    fs, path = storage.filesystem(storage.join(committed, STOP_REQUEST))
+    written, heard = [], []
+
+    def kill_once_asked():
+        for _ in range(200):
+            if fs.exists(path):
+                written.append(json.loads(fs.cat_file(path)))
+                return os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.02)
+
+    def mine(signum, frame):  # without the change: the signal lands here and the cancel waits on
+        heard.append(signum)
+
+    before = signal.signal(signal.SIGTERM, mine)
+    killer = threading.Thread(target=kill_once_asked)
+    killer.start()
+    try:
+        with pytest.raises(SystemExit) as ended:
+            SkyBackend().cancel(cluster_job(2, output=committed), wait_s=3)
+        assert signal.getsignal(signal.SIGTERM) is mine  # the handler before is back
+    finally:
+        killer.join()
+        signal.signal(signal.SIGTERM, before)
+    assert heard == [] and ended.value.code == 128 + signal.SIGTERM
+    assert written and written[0][STOP_REQUEST_UNTIL] == round(written[0]["asked_unix"] + 3, 3)
+    assert not fs.exists(path) and sky.cancelled == []  # taken back; the job is not cancelled

@@ -18,15 +18,18 @@ SkyPilot imports here and in the launcher environment's python otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import click
 
-from ftctl import lease, storage
+from ftctl import lease, storage, terminal
 from ftctl.backend import (
     PREFLIGHT_KEYS,
     Backend,
@@ -43,7 +46,7 @@ from ftctl.backend import (
 from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import trainer_env
 from ftctl.plan import dump_run
-from ftctl.runpaths import PROGRESS_LINE, START_LINE, STOP_REQUEST
+from ftctl.runpaths import PROGRESS_LINE, START_LINE, STOP_REQUEST, STOP_REQUEST_UNTIL
 from ftctl.sky import bridge, cost
 from ftctl.sky import inputs as sky_inputs
 from ftctl.sky import render as sky_render
@@ -359,38 +362,38 @@ class SkyBackend(Backend):
         output and wait up to ``wait_s`` for the checkpoint its trainer names there in answer to be committed: that
         checkpoint's name, or None (not asked, not answered or not committed in time, the job ended, or not training:
         the cancel goes on all the same). The request names the job (``task``: how its SkyPilot task id ends, which
-        its trainer knows) so a trainer that starts watching after it is written heeds it. A trainer says it heard it
-        (``seen_unix``); where none has within HEARD_WAIT_S, SkyPilot's log says whether the job trains: one that
-        does not is not waited for. A request not answered is taken back (a later job of the task's name, on a
-        cluster launched again, would heed it); an answered one stays, the record of the stop (stop_note), which a
-        later trainer ignores."""
+        its trainer knows) so a trainer that starts watching after it is written heeds it, until the wait's end
+        (runpaths.STOP_REQUEST_UNTIL). A trainer says it heard it (``seen_unix``); where none has within HEARD_WAIT_S,
+        SkyPilot's log says whether the job trains: one that does not is not waited for. A request not answered is
+        taken back, also where SIGTERM or SIGHUP (a `kill`, a closed terminal) ends this wait (_ended_by_signals), as
+        on Ctrl-C: a later job of the task's name, on a cluster launched again, would heed it. One left by a cancel
+        killed outright (SIGKILL, the machine gone) is stale past its STOP_REQUEST_UNTIL, which that later trainer
+        ignores. An answered request stays, the record of the stop (stop_note), which a later trainer ignores."""
         endpoint = run_spec(ref).s3_endpoint_url
         uri = storage.join(ref.output, STOP_REQUEST)
+        asked_unix = round(time.time(), 3)
         asked = {
             "job": ref.job_id,
             "task": lease_holder(ref),
             "id": uuid.uuid4().hex,
-            "asked_unix": round(time.time(), 3),
+            "asked_unix": asked_unix,
+            STOP_REQUEST_UNTIL: round(asked_unix + wait_s, 3),
         }
-        try:
-            with storage.storage_errors(ref.output, endpoint):
-                fs, path = storage.filesystem(uri, endpoint, quick=True)
-                fs.pipe_file(path, json.dumps(asked).encode())
-        except (OSError, FtctlError) as e:
-            click.echo(f"cannot ask its trainer for a checkpoint in {uri} ({_first_line(e)}): cancelling", err=True)
-            return None
-        click.echo(
-            f"asked job {ref.job_id}'s trainer for a checkpoint at its next step boundary ({uri}); waiting up to "
-            f"{wait_s} s for it to be committed, then SkyPilot's cancel (`ftctl cancel --now {ref.job_id}` cancels at "
-            "once)",
-            err=True,
-        )
         name = None
-        try:
-            name = self._answered(ref, asked["id"], wait_s)
-        finally:
-            if name is None:
-                _withdraw(uri, endpoint, asked["id"])
+        with _ended_by_signals():
+            if not _put_request(ref.output, uri, endpoint, asked):
+                return None
+            try:
+                click.echo(
+                    f"asked job {ref.job_id}'s trainer for a checkpoint at its next step boundary ({uri}); waiting up "
+                    f"to {wait_s} s for it to be committed, then SkyPilot's cancel (`ftctl cancel --now {ref.job_id}` "
+                    "cancels at once)",
+                    err=True,
+                )
+                name = self._answered(ref, asked["id"], wait_s)
+            finally:
+                if name is None:
+                    _withdraw(uri, endpoint, asked["id"])
         return name
 
     def _answered(self, ref: JobRef, asked_id: str, wait_s: int) -> str | None:
@@ -537,6 +540,50 @@ def committed_stop(ref: JobRef, answer: dict) -> str | None:
     except (OSError, FtctlError):  # the store not now
         pass
     return None
+
+
+def _put_request(output: str, uri: str, endpoint: str | None, asked: dict) -> bool:
+    """Write the stop request ``asked`` at ``uri`` in the run's ``output``; False (said) where the store does not
+    take it."""
+    try:
+        with storage.storage_errors(output, endpoint):
+            fs, path = storage.filesystem(uri, endpoint, quick=True)
+            fs.pipe_file(path, json.dumps(asked).encode())
+    except (OSError, FtctlError) as e:
+        click.echo(f"cannot ask its trainer for a checkpoint in {uri} ({_first_line(e)}): cancelling", err=True)
+        return False
+    return True
+
+
+# what ends `ftctl cancel`'s wait for its stop checkpoint by default, without the finally that takes its request back
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _ended_by_signals():
+    """Inside the block, ENDING_SIGNALS (a `kill`, `timeout`, a closed terminal) raise SystemExit(128 + the signal),
+    as Ctrl-C raises KeyboardInterrupt, so the caller's finally runs (its stop request taken back) and ftctl exits
+    as the signal would have ended it, saying nothing more (after a hang-up its terminal is gone: ftctl.terminal).
+    The handlers before are back as the block ends. Only the main thread may set handlers: elsewhere (a test's
+    thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    ttys = terminal.ttys()
+
+    def end(signum, frame):
+        for sig, handler in before.items():  # a second signal: as the one before would take it (the default: a kill)
+            signal.signal(sig, handler)
+        if signum == signal.SIGHUP:
+            terminal.hang_up(ttys)
+        raise SystemExit(128 + signum)
+
+    before = {sig: signal.signal(sig, end) for sig in ENDING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _withdraw(uri: str, endpoint: str | None, asked_id: str) -> None:

@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 from ftctl import storage, terminal
 from ftctl.checkpoints import CHECKPOINT_PREFIX
 from ftctl.envvars import SKY_TASK_ENV, STOP_ENV, STOP_POLL_ENV
-from ftctl.runpaths import CHECKPOINT_METRICS, PROGRESS_LINE, STOP_REQUEST
+from ftctl.runpaths import CHECKPOINT_METRICS, PROGRESS_LINE, STOP_REQUEST, STOP_REQUEST_UNTIL
 from ftctl.trainer import distributed
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 PREEMPT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGHUP)
 STOP_REQUEST_POLL_S = 10.0  # how often rank 0 asks the store for `ftctl cancel`'s stop request (one small GET),
 # unless $FTCTL_STOP_REQUEST_POLL_S says otherwise (stop_request_poll_s)
+# a stop request there as the trainer starts is heeded until this long past its STOP_REQUEST_UNTIL: that time is the
+# clock of the machine that ran `ftctl cancel`, the node reads its own (NTP keeps two within a second; a laptop's or a
+# fresh VM's not yet synced can be off by tens of seconds). A relaunch sooner than this after a cancel killed mid-wait
+# still stops at its first step (with a checkpoint: the same launch resumes it)
+STOP_REQUEST_SKEW_S = 60.0
 STOP_REQUEST_SIGNAL = "ftctl cancel's stop request"  # the stop's name in the log and in metrics.jsonl's stop record
 STAMP = "%H:%M:%S UTC"  # a progress line's last part: when it was logged (ftctl.progress.ETA reads it)
 # one held-out dataset's of several (sft_trainer.evaluate); not TRL's eval_aux_loss (a mixture of experts' router)
@@ -360,10 +365,15 @@ class StopRequest:
     own, with storage's "ask" limits (a silent store delays nothing but the stop), and ``seen`` is set once it is
     there. The request names the job it stops by how its SkyPilot task id ends (``task``: sky.backend.lease_holder;
     this job's is ``task`` here, $SKYPILOT_TASK_ID, kept by a managed job's recoveries). One already there as the
-    trainer starts is a stop where it names this job and is not answered yet (written just before this trainer
-    watched, or heard by an earlier attempt of the job); else it is an earlier job's (its cancel cut short, or its
-    stop done) and only a text other than that one counts, so a relaunch trains on. A stop is acknowledged at once (``seen_unix`` added: `ftctl cancel` then knows a
-    trainer heard it); once the trainer stops for it, the thread writes the stop's checkpoint into it
+    trainer starts is a stop where it names this job, is not answered yet and its cancel still waits (written just
+    before this trainer watched, or heard by an earlier attempt of the job): until its runpaths.STOP_REQUEST_UNTIL,
+    STOP_REQUEST_SKEW_S on for the two machines' clocks. Past that it is stale (its cancel was killed before it could
+    take it back, and a later job of the same task name, on a cluster launched again, would stop at its first step):
+    said in the log, and the trainer trains on. A request without the field (an ftctl's from before 2026-12-06) is
+    heeded as then, however old. Any other one there is an earlier job's (its cancel cut short, or its stop done) and
+    only a text other than that one counts, so a relaunch trains on; a text that appears or changes while the trainer
+    watches is a stop whatever it says. A stop is acknowledged at once (``seen_unix`` added: `ftctl cancel` then
+    knows a trainer heard it); once the trainer stops for it, the thread writes the stop's checkpoint into it
     (:meth:`stopping_at`), which `ftctl cancel` waits to see committed before SkyPilot's cancel kills the job."""
 
     def __init__(
@@ -421,18 +431,22 @@ class StopRequest:
 
     def _new_request(self) -> bool:
         """Ask every ``poll_s`` until a request for this job is there (True; kept in ``_request``), or the run ends
-        (False): the one there as the watch began where it names this job unanswered (_for_this_job), else one other
-        than that."""
+        (False): the one there as the watch began where it names this job unanswered (_for_this_job) and still asks
+        (_stale_s), else one other than that."""
         answered, earlier = self._ask()
         while not answered and not self._closed.wait(self.poll_s):
             answered, earlier = self._ask()
         if earlier is not None:
-            if self._for_this_job(request := _request_of(earlier)):
+            if not self._for_this_job(request := _request_of(earlier)):
+                log.info("%s is there as this run starts (an earlier job's): not a stop", self.uri)
+            elif (stale_s := _stale_s(request, time.time())) is not None:
+                log.info("%s asked this job (%s) to stop only until %.0f s ago (its `ftctl cancel` ended without "
+                         "taking it back): stale, ignored; training on", self.uri, request["task"], stale_s)  # fmt: skip
+            else:
                 log.info("%s asks this job (%s) to stop: written before this trainer watched for it", self.uri,
                          request["task"])  # fmt: skip
                 self._request = request
                 return True
-            log.info("%s is there as this run starts (an earlier job's): not a stop", self.uri)
         while not self._closed.wait(self.poll_s):
             _, text = self._ask()
             if text is not None and text != earlier:
@@ -461,6 +475,16 @@ class StopRequest:
             fs.pipe_file(path, json.dumps(self._request).encode())
         except Exception as exc:  # noqa: BLE001 - ftctl cancel then waits for its time and cancels all the same
             log.warning("cannot answer %s: %s", self.uri, storage.redact(str(exc)) or type(exc).__name__)
+
+
+def _stale_s(request: dict, now: float) -> float | None:
+    """How many seconds ago ``request`` stopped asking (its STOP_REQUEST_UNTIL, the cancel's clock) where that is more
+    than STOP_REQUEST_SKEW_S ago by ``now`` (this node's clock); None while it asks, or where it does not say until
+    when (an older ftctl's request, or no number there)."""
+    until = request.get(STOP_REQUEST_UNTIL)
+    if isinstance(until, bool) or not isinstance(until, (int, float)):
+        return None
+    return now - until if now - until > STOP_REQUEST_SKEW_S else None
 
 
 def _request_of(text: str) -> dict:
