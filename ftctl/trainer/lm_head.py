@@ -78,7 +78,7 @@ def add_head(model) -> None:
     def forward(self, *args, **kwargs):
         before = head_runs[0]
         output = either_head(self, *args, **kwargs)
-        if head_runs[0] == before:
+        if head_runs[0] == before and not torch.is_grad_enabled():  # a training step's backward ends it (torch < 2.13)
             head_ran(self.get_output_embeddings())
         return output
 
@@ -111,7 +111,8 @@ def add_head(model) -> None:
 
 
 def head_ran(head) -> None:
-    """Under FSDP2, call ``head`` on no tokens where the model's forward did not: its FSDP group's forward ends.
+    """Under FSDP2, call ``head`` on no tokens after a forward without gradients (an evaluation's) that did not call
+    it: its FSDP group's forward ends.
 
     accelerate shards the final norm and the LM head as one group ([norm, lm_head], fsdp2_prepare_model's "tail",
     not resharded after its forward). FSDP2 starts a group's forward at its first module's and ends it at its last
@@ -121,9 +122,10 @@ def head_ran(head) -> None:
     were, and where the checkpoint saved right after had put them back on their shards (its state dict does), they
     were freed. A full fine-tune under FSDP2 that evaluated and saved at one step died at the next step's forward, in
     the final norm's kernel: "an illegal memory access" (bench/NOTES.md v91-v95, one H100, torch 2.11). torch's own
-    warning said as much at every step: "1 of the 2 modules passed to fully_shard did not run forward before
-    backward". A 0-token input costs no GEMM; its output takes no part in the loss (the head's gradients are the fused
-    head's)."""
+    warning says as much once per run: "1 of the 2 modules passed to fully_shard did not run forward before
+    backward". A training step's forward is left as it was: its backward ends the group's forward (torch's warning is
+    that), and calling the head there too, at every forward, cost 0.5% of an FSDP2 step on one H100 (v96). A 0-token
+    input costs no GEMM; its output takes no part in any loss."""
     from torch.distributed.fsdp import FSDPModule
 
     if isinstance(head, FSDPModule):
