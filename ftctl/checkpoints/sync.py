@@ -12,9 +12,14 @@ from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST, discard_unco
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints, raise_if_full
 from ftctl.checkpoints.upload import final_files, prune, upload_checkpoint
 from ftctl.errors import FtctlError
-from ftctl.runpaths import FINAL_MARKS, SPEC_FILE
+from ftctl.runpaths import FINAL_MARKS, METRICS_FILE, SPEC_FILE, RunPaths
 
 log = logging.getLogger(__name__)
+
+# What a run without a final model (stopped before its end) sends beside its checkpoints, and a pull brings back: its
+# spec.json (last) and metrics.jsonl. A pulled copy is then a run directory `ftctl launch --output DIR` resumes and
+# `ftctl status DIR` reads; `ftctl chat`/`eval` of the store's checkpoint load it as the run trained it (its method).
+RUN_RECORDS = (METRICS_FILE, SPEC_FILE)
 
 
 # ---------------------------------------------------------------- sync ls / push / pull
@@ -77,8 +82,9 @@ def _remote_output(run_dir: str) -> str | None:
 
 def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=print) -> list:
     """Upload every complete local checkpoint not already complete in the store (files first,
-    manifest last), then the run's final model where it has one and the store lacks it (its config last).
-    Incomplete local ones are skipped with a warning. Returns what was sent."""
+    manifest last), then the run's final model where it has one and the store lacks it (its config last); a run without
+    one (stopped before its end), its records instead (_push_records). Incomplete local ones are skipped with a
+    warning. Returns what was sent: the checkpoints, and ``uri`` for a final model."""
     _spelt(local_run_dir, uri)
     if not os.path.isdir(local_run_dir):
         raise FtctlError(f"{local_run_dir}: no such directory to push from (a run's output directory).")
@@ -98,7 +104,8 @@ def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=pri
 
 def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending: list) -> list:
     here = list_checkpoints(local_run_dir, deep=True)
-    if not here and not any(rel in FINAL_MARKS for rel in final_files(local_run_dir)):
+    final = any(rel in FINAL_MARKS for rel in final_files(local_run_dir))
+    if not here and not final:
         raise FtctlError(f"nothing to push: {local_run_dir} holds no checkpoint-N and no final model.")
     remote = {c.name: c for c in list_checkpoints(uri, endpoint_url=endpoint_url)}
     clash = [
@@ -135,6 +142,8 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
         sending.clear()
         echo(f"pushed {c.name} -> {dest}")
         sent.append(dest)
+    if not final and (said := _push_records(local_run_dir, uri, endpoint_url)):  # a run stopped before its end
+        echo(said)
     if keep:  # what the run's own uploader does after each checkpoint: the store keeps the newest `keep` and the best
         for gone in prune(uri, keep, {best} - {None}, endpoint_url):
             echo(f"deleted {gone}: the run keeps its {keep} newest (save_total_limit)")
@@ -142,6 +151,62 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
         echo(f"pushed the final model -> {uri}")
         sent.append(uri)
     return sent
+
+
+def _push_records(local_run_dir: str, uri: str, endpoint_url: str | None) -> str:
+    """A run without a final model here (stopped before its end): its RUN_RECORDS, where the store holds no final
+    model and no other run's spec.json (_this_runs): spec.json where the store's is another, metrics.jsonl where the
+    store's is shorter (a longer one is of a later attempt), spec.json last. Returns the line to say ('' where there is
+    nothing to send or say)."""
+    local = {rel: os.path.join(local_run_dir, rel) for rel in RUN_RECORDS}
+    local = {rel: path for rel, path in local.items() if os.path.isfile(path)}
+    if SPEC_FILE not in local:  # no run's description to send its records with
+        return ""
+    mine = Path(local[SPEC_FILE]).read_text(encoding="utf-8")
+    there = storage.file_sizes(uri, endpoint_url)
+    theirs = storage.read_text(storage.join(uri, SPEC_FILE), endpoint_url) if SPEC_FILE in there else None
+    send = [
+        rel
+        for rel, path in local.items()
+        if (theirs != mine if rel == SPEC_FILE else there.get(rel, -1) < os.path.getsize(path))
+    ]
+    if not send:
+        return ""
+    names = " and ".join(send)
+    if any(there.get(mark) for mark in FINAL_MARKS):  # a run that ended: the records there are its final model's
+        if theirs == mine:
+            return ""
+        return f"not pushing {names}: {uri} holds a final model (a run that ended), whose run's they would be taken for"
+    if theirs is not None and not _this_runs(local_run_dir, mine, theirs):
+        return (
+            f"not pushing {names}: {uri} holds another run's {SPEC_FILE} than {local_run_dir}, kept (push into "
+            f"another URI, or delete {storage.join(uri, SPEC_FILE)} first, to resume this run from the store)"
+        )
+    for rel in send:  # RUN_RECORDS' order: spec.json last
+        storage.put_file(local[rel], storage.join(uri, rel), endpoint_url)
+    return f"pushed {names} -> {uri}: the run has no final model; a launch of it with --output {uri} resumes it"
+
+
+def _this_runs(local_run_dir: str, mine: str, theirs: str) -> bool:
+    """Whether the store's spec.json (``theirs``) is of the run whose spec.json here is ``mine``: alike in every key
+    that changes the trained weights (spec.TRAINING_KEYS: a relaunch elsewhere), or one this run directory kept as it
+    was relaunched with other settings (RunPaths.earlier_spec)."""
+    from ftctl.spec import TRAINING_KEYS
+
+    try:
+        now, was = json.loads(mine)["spec"], json.loads(theirs)["spec"]
+        if all(now.get(key) == was.get(key) for key in TRAINING_KEYS):
+            return True
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    kept = RunPaths(Path(local_run_dir)).earlier_spec("*")  # its pattern: spec.STAMP.json, spec.STAMP-N.json
+    for path in kept.parent.glob(kept.name):
+        try:
+            if path.read_text(encoding="utf-8") == theirs:
+                return True
+        except (OSError, UnicodeDecodeError):
+            continue
+    return False
 
 
 def _retention(local_run_dir: str, here: list, remote: dict, endpoint_url: str | None) -> tuple[int | None, str | None]:
@@ -209,7 +274,7 @@ def pull(
 ) -> list:
     """Download the complete checkpoints under ``uri`` (verified by sha256) that are not complete
     in ``local_dir`` yet; with ``include_incomplete``, incomplete ones too, as they are; then the run's final model
-    where the store has one (_pull_final)."""
+    where the store has one (_pull_final), else the run's records (_pull_records)."""
     _spelt(uri, local_dir)
     if os.path.exists(local_dir) and not os.path.isdir(local_dir):
         raise FtctlError(f"{local_dir} is a file: pull into a directory (it is created where missing).")
@@ -227,7 +292,7 @@ def pull(
         raise FtctlError(f"cannot create {local_dir}: {e.strerror or e}") from None
     with storage.storage_errors(uri, endpoint_url):
         got = _pull(there, local_dir, include_incomplete, endpoint_url, echo)
-        said = _pull_final(uri, local_dir, endpoint_url) if final else ""
+        said = _pull_final(uri, local_dir, endpoint_url) if final else _pull_records(uri, local_dir, endpoint_url)
     if said:
         echo(said)
     return got
@@ -265,6 +330,28 @@ def _pull(there: list, local_dir: str, include_incomplete: bool, endpoint_url: s
     if present:  # a second pull says why it pulled nothing
         echo(f"already in {local_dir}, complete: {', '.join(present)}")
     return got
+
+
+def _pull_records(uri: str, local_dir: str, endpoint_url: str | None) -> str:
+    """A run without a final model in the store (stopped before its end): its RUN_RECORDS there, into a ``local_dir``
+    that holds no spec.json (another run's, or this run's own, is never replaced), each the directory lacks, under a
+    temporary name first, spec.json last. Returns the line to say ('' where nothing was pulled)."""
+    there = storage.file_sizes(uri, endpoint_url)
+    if SPEC_FILE not in there or os.path.exists(os.path.join(local_dir, SPEC_FILE)):
+        return ""
+    missing = [rel for rel in RUN_RECORDS if rel in there and not os.path.exists(os.path.join(local_dir, rel))]
+    for rel in missing:
+        path = os.path.join(local_dir, rel)
+        part = path + ".ftctl-part"
+        try:
+            storage.get_file(storage.join(uri, rel), part, endpoint_url)
+        except OSError as exc:  # a full disk: one line, and no partial file left taking its room
+            Path(part).unlink(missing_ok=True)
+            raise_if_full(exc, local_dir, sum(there[rel] for rel in missing), "pull the run's records")
+            raise
+        os.replace(part, path)
+    resumes = f"a launch of it with --output {local_dir} resumes it"
+    return f"pulled {' and '.join(missing)} -> {local_dir}: the run has no final model; {resumes}"
 
 
 def _pull_final(uri: str, local_dir: str, endpoint_url: str | None) -> str:
