@@ -18,6 +18,9 @@ from typing import IO
 
 SPEC_FILE = "spec.json"  # the run description and its plan (ftctl.plan.dump_run)
 METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step, written by the trainer's rank 0
+# a run's records beside its checkpoints (what a checkpoint or merge loads as the run trained it: trained.Trained; what
+# sync sends of a run without a final model), spec.json last: written last, it says the records are whole
+RUN_RECORDS = (METRICS_FILE, SPEC_FILE)
 # its rows up to a checkpoint's step, saved in the checkpoint: a run resumed on another node (a recovered spot VM)
 # keeps them
 CHECKPOINT_METRICS = "ftctl-metrics.jsonl"

@@ -12,15 +12,13 @@ from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST, discard_unco
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints, raise_if_full
 from ftctl.checkpoints.upload import final_files, prune, upload_checkpoint
 from ftctl.errors import FtctlError
-from ftctl.runpaths import FINAL_MARKS, METRICS_FILE, SPEC_FILE, RunPaths
+from ftctl.runpaths import FINAL_MARKS, RUN_RECORDS, SPEC_FILE, RunPaths
 
 log = logging.getLogger(__name__)
 
-# What a run without a final model (stopped before its end) sends beside its checkpoints, and a pull brings back: its
-# spec.json (last) and metrics.jsonl. A pulled copy is then a run directory `ftctl launch --output DIR` resumes and
-# `ftctl status DIR` reads; `ftctl chat`/`eval` of the store's checkpoint load it as the run trained it (its method).
-RUN_RECORDS = (METRICS_FILE, SPEC_FILE)
-
+# A run without a final model (stopped before its end) sends its RUN_RECORDS beside its checkpoints, and a pull brings
+# them back: a pulled copy is then a run directory `ftctl launch --output DIR` resumes and `ftctl status DIR` reads;
+# `ftctl chat`/`eval` of the store's checkpoint load it as the run trained it (its method).
 
 # ---------------------------------------------------------------- sync ls / push / pull
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import FtctlError
+from ftctl.runpaths import RUN_RECORDS
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +158,6 @@ def while_training(run: str, command: str, echo) -> str:
         return run
     echo(f"note: {state.said}; " + (f"loading its newest committed checkpoint, {checkpoint}" if checkpoint else none))
     return checkpoint or run
-
-
-RUN_RECORDS = ("spec.json", "metrics.jsonl")  # what a checkpoint or merge loads as the run trained it: trained.Trained
 
 
 def _download(uri: str, into: str) -> tuple[str, str]:
