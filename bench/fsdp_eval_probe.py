@@ -3,7 +3,7 @@ right after a checkpoint's optimizer state was saved, with evaluations every 4 s
 `torchrun -m ftctl.trainer` run of best_fsdp_gpu's model and rows, 8 steps, CUDA_LAUNCH_BLOCKING=1; its whole stderr is
 kept in --out (run on the device machine, not in CI).
 
-    python bench/fsdp_eval_probe.py --out DIR [--variants save+eval,eval,save,save+eval@single] [--nproc N]
+    python bench/fsdp_eval_probe.py --out DIR [--variants save+eval,eval,save,save+eval@single] [--nproc N] [--method fft|sft|lora]
 
 A variant's +trlhead takes ftctl's LM head off (TRL's fused head), +unfixed takes lm_head.head_ran's call off (v95).
 """
@@ -36,7 +36,7 @@ VARIANTS = {  # name: overrides (strategy fsdp unless @single)
 }
 
 
-def run(name: str, model: Path, data: Path, held: Path, work: Path, out: Path, nproc: int) -> dict:
+def run(name: str, model: Path, data: Path, held: Path, work: Path, out: Path, nproc: int, method: str) -> dict:
     from ftctl.plan import dump_run, make_plan
     from ftctl.spec import build
 
@@ -44,7 +44,7 @@ def run(name: str, model: Path, data: Path, held: Path, work: Path, out: Path, n
     patches = [p for p in PATCHES if base.endswith(f"+{p}")]  # each via a sitecustomize in the trainer's processes
     for p in patches:
         base = base.removesuffix(f"+{p}")
-    target = work / name.replace("+", "-").replace("@", "-")
+    target = work / f"{method}-{name.replace('+', '-').replace('@', '-')}"
     print(target.name, patches, flush=True)
     overrides = [
         f"strategy={strategy or 'fsdp'}",
@@ -59,7 +59,7 @@ def run(name: str, model: Path, data: Path, held: Path, work: Path, out: Path, n
     ]
     spec = build(
         flags=dict(
-            method="fft",
+            method=method,
             model_name_or_path=str(model),
             data_path=str(data),
             output_dir=str(target),
@@ -83,7 +83,7 @@ def run(name: str, model: Path, data: Path, held: Path, work: Path, out: Path, n
     proc = subprocess.run([*cmd, "-m", "ftctl.trainer", "--spec", str(path)], capture_output=True, text=True, env=env)
     (out / f"{target.name}.err").write_text(proc.stderr)
     steps = [json.loads(x) for x in (target / "metrics.jsonl").read_text().splitlines()] if proc.returncode == 0 else []
-    return {"variant": name, "rc": proc.returncode, "s": round(time.time() - t, 1), "overrides": overrides,
+    return {"variant": name, "method": method, "rc": proc.returncode, "s": round(time.time() - t, 1), "overrides": overrides,
             "evals": {r["step"]: r["eval_loss"] for r in steps if "eval_loss" in r},
             "torch_warned_group": GROUP_WARNING in proc.stderr}  # fmt: skip
 
@@ -94,6 +94,7 @@ def main() -> None:
     ap.add_argument("--variants", default="save+eval,eval,save,save+eval@single")
     ap.add_argument("--work", default="/tmp/ftctl-probe")
     ap.add_argument("--nproc", type=int, default=1)
+    ap.add_argument("--method", default="fft", choices=("fft", "sft", "lora"))
     a = ap.parse_args()
     work, out = Path(a.work), Path(a.out)
     work.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,7 @@ def main() -> None:
     data, held = cycle_rows(work / "cycle.json", 80, 1, 0), cycle_rows(work / "back.json", 16, -1, 1)
     rows = []
     for name in a.variants.split(","):
-        rows.append(run(name, model, data, held, work, out, a.nproc))
+        rows.append(run(name, model, data, held, work, out, a.nproc, a.method))
         print(json.dumps(rows[-1]), flush=True)
         (out / "probe.json").write_text(json.dumps(rows, indent=1))
 
