@@ -1,4 +1,4 @@
-"""Under FSDP2 the LM head module runs in every forward, though the fused head's loss reads its weight directly.
+"""Under FSDP2 the LM head module runs in every evaluation forward, though the fused head's loss reads its weight directly.
 
 accelerate shards the final norm and the head as one FSDP2 group; a group whose modules do not all run forward never
 ends its forward, and torch before 2.13 then skips its next pre-forward (the gather of its parameters) until a
