@@ -20,19 +20,43 @@ CREDENTIAL_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|_KEY|A
 # A credential inside a value, whatever its name: the prefixes of Hugging Face's, GitHub's, GitLab's, OpenAI's,
 # Slack's tokens and AWS's key ids, a URL's password (https://user:PASSWORD@host, one with a '/' too, as AWS's secret
 # keys and base64 have: host:PORT/path@... is no password; a $VARIABLE there is a reference), and a signed URL's
-# signature or token (S3's and GCS's presigned URLs, Azure's SAS ?sig=, CloudFront's Signature=, ?access_token=)
-SIGNED_URL = "a signed URL's signature"
+# signature or token (S3's and GCS's presigned URLs, Azure's SAS ?sig=, CloudFront's Signature=, ?token=,
+# ?access_token=, ?hf_token=, ?private_token=, ?api_key=: a query parameter named as a credential is one)
+SIGNED_URL = "a signed URL's signature or token"
+TOKEN = "a token"
 CREDENTIAL_VALUE = {
     "a URL's password": re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@$]+:(?!\d+/)[^\s@$]+@"),
     SIGNED_URL: re.compile(
-        r"[?&](?:X-Amz-Signature|X-Amz-Security-Token|X-Goog-Signature|sig|Signature|access_token|token|api_?key)"
-        r"=[^&#\s$]{8,}",
+        r"[?&](?:X-Amz-Signature|X-Amz-Security-Token|X-Goog-Signature|sig|Signature"
+        r"|[\w.-]*(?:token|secret|password|passwd|api_?key|access_?key))=[^&#\s$]{8,}",
         re.I,
     ),
-    "a token": re.compile(
+    TOKEN: re.compile(
         r"(?<![A-Za-z0-9_-])(?:(?:hf|gh[opusr])_[A-Za-z0-9]{20,}|github_pat_\w{20,}|glpat-[\w-]{20,}"
         r"|xox[abprs]-[A-Za-z0-9-]{10,}|sk-[\w-]{20,}|AKIA[0-9A-Z]{16})"
     ),
+}
+# In a path or URI (the run's model, data, output and resume paths; a path set as an env value) a name may begin as
+# a token does (hf_cache, hf_llama3_8b_lora, ghp_mirror, sk-learn-runs): there a token counts only as issued, a random
+# run that ends its name (before an extension or a '/'): hf_/gh?_ and 30 or more letters and digits of both cases
+# (Hugging Face's hf_ has 34 letters, GitHub's ghp_ 36), sk- and 32 or more of both cases with a digit (OpenAI's),
+# AKIA and 16 capitals and digits with a digit (AWS's key ids); github_pat_, glpat- and xox?- as anywhere (no name
+# begins so by chance).
+TOKEN_IN_PATH = re.compile(
+    r"(?<![A-Za-z0-9_-])(?:(?:hf|gh[opusr])_(?=[A-Za-z0-9]*[a-z])(?=[A-Za-z0-9]*[A-Z])[A-Za-z0-9]{30,}"
+    r"|sk-(?:proj-|svcacct-|admin-)?(?=[\w-]*[a-z])(?=[\w-]*[A-Z])(?=[\w-]*\d)[\w-]{32,}"
+    r"|AKIA(?=[0-9A-Z]{0,15}\d)[0-9A-Z]{16}|github_pat_\w{20,}|glpat-[\w-]{20,}|xox[abprs]-[A-Za-z0-9-]{10,})"
+    r"(?![A-Za-z0-9_-])"
+)
+# the variable a token's kind is read from, named in the fix (AWS's key id: a store's, storage.SECRET_ENV)
+_TOKEN_VARIABLES = {
+    "hf_": "HF_TOKEN",
+    "gh": "GITHUB_TOKEN",
+    "github_pat_": "GITHUB_TOKEN",
+    "glpat-": "GITLAB_TOKEN",
+    "sk-": "OPENAI_API_KEY",
+    "AKIA": "AWS_ACCESS_KEY_ID",
+    "xox": "SLACK_TOKEN",
 }
 # A credential itself, as against a variable's name (words: HF_TOKEN, WANDB_API_KEY): a run of 16 or more letters
 # and digits with both in it: Hugging Face's hf_..., GitHub's ghp_... and github_pat_..., an AWS key id (AKIA...),
@@ -175,9 +199,39 @@ def holds_credential(text: str) -> bool:
     return bool(secret_holders(text) or credential_in(text) or uri_credentials(text))
 
 
-def credential_in(text: str) -> str | None:
-    """What credential ``text`` holds by its shape (CREDENTIAL_VALUE), in words; None: none seen."""
-    return next((what for what, shape in CREDENTIAL_VALUE.items() if shape.search(text)), None)
+def credential_in(text: str, path: bool = False) -> str | None:
+    """What credential ``text`` holds by its shape (CREDENTIAL_VALUE), in words; None: none seen. ``path``: ``text``
+    is a path or URI, whose names may begin as a token does: a token there is one as issued (TOKEN_IN_PATH)."""
+    shapes = {**CREDENTIAL_VALUE, TOKEN: TOKEN_IN_PATH} if path else CREDENTIAL_VALUE
+    return next((what for what, shape in shapes.items() if shape.search(text)), None)
+
+
+def path_like(value: str) -> bool:
+    """Whether ``value`` reads as a path or URI (/x, ~/x, ./x, ../x, SCHEME://...): credential_in's ``path``."""
+    return value.startswith(("/", "~", "./", "../")) or bool(re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value))
+
+
+def token_variable(text: str) -> str:
+    """The variable the token in ``text`` is read from where a job needs it (HF_TOKEN for hf_...), else NAME."""
+    m = CREDENTIAL_VALUE[TOKEN].search(text)
+    return next((v for prefix, v in _TOKEN_VARIABLES.items() if m and m.group().startswith(prefix)), "NAME")
+
+
+def written_credential_said(key: str, value: str, what: str) -> str:
+    """The one line that refuses ``key``'s ``value`` holding a credential (``what``: credential_in's words), which every
+    backend would write into the job's files (job.sbatch, task.yaml, the docker run line, spec.json): it says what it
+    holds, never the value, and how the job gets the credential instead (by name, from where you launch)."""
+    where = f"{key} holds {what} (not repeated here), and {key} is written into the rendered job files and spec.json"
+    if what == SIGNED_URL:
+        return (
+            f"{where}: give the object's URI without it (s3://BUCKET/KEY, gs://..., az://..., hf://...) and the "
+            "store's keys where you launch (HF_TOKEN for the Hub); the job gets those by name."
+        )
+    var = token_variable(value)
+    return (
+        f"{where}: leave the credential out of {key}; export it where you launch as {var} and pass --secret {var} "
+        "(the job reads it by name; secrets are never written)."
+    )
 
 
 def looks_like_token(text: str) -> bool:

@@ -26,16 +26,17 @@ from ftctl import envvars, storage
 from ftctl.errors import FtctlError, did_you_mean, read_config_text, yaml_problem
 from ftctl.secret_checks import (
     ENV_NAME_PATTERN,
-    SIGNED_URL,
     credential_in,
     holds_credential,
     is_secret_name,
     key_value_said,
+    path_like,
     secret_holders,
     secret_problem,
     setup_secret_problem,
     uri_credentials,
     uri_credentials_said,
+    written_credential_said,
 )
 from ftctl.tool_datasets import (
     AXOLOTL_DATASET_KEYS,
@@ -1687,7 +1688,7 @@ def validate(spec: RunSpec) -> None:
                 f"env {k} is a secret, and env values are written into the rendered job files and spec.json: "
                 f"export {k} where you launch and pass --secret {k} instead (secrets pass by name only)."
             )
-        elif what := credential_in(spec.env[k]):
+        elif what := credential_in(spec.env[k], path=path_like(spec.env[k])):  # HF_HOME=/scratch/hf_cache: no token
             errors.append(
                 f"env {k} holds {what} (not repeated here), and env values are written into the rendered job files "
                 f"and spec.json: export {k} where you launch and pass --secret {k} instead (secrets pass by name only)."
@@ -1854,7 +1855,8 @@ def written_secret_problems(spec: RunSpec) -> list[str]:
     writes into its rendered script or task (job.sbatch, task.yaml, the docker run line), spec.json and the
     checkpoints' manifests (sbatch args, Slurm's and SkyPilot's options, the container, the model, data and output
     paths, report_to, scheduler arguments ...) holding the value of a secret set here (secret_holders), a token's
-    shape (credential_in) or a URI's user and password; the value is never repeated. A key at its default holds
+    shape (credential_in: in a path's names only a token as issued, so a directory hf_cache is no token) or a URI's
+    user and password, in the same line on every backend; the value is never repeated. A key at its default holds
     nobody's secret (the trainer builds its spec.json again where the secrets are set)."""
     said = []
     for key, value in written_values(spec):
@@ -1867,16 +1869,8 @@ def written_secret_problems(spec: RunSpec) -> list[str]:
                 f"{key} holds the value of {', '.join(holders)} (set here; not repeated), {where}: pass it by name, "
                 f"--secret {name} (the job reads {name}), and leave it out of {key} (secrets pass by name only)."
             )
-        elif key in PATH_KEYS and credential_in(value) == SIGNED_URL:  # https://...?X-Amz-Signature=, ?sig=
-            said.append(
-                f"{key} holds {SIGNED_URL} (not repeated here), {where}: give the object's URI without it "
-                f"(s3://BUCKET/KEY, gs://..., az://...) and the store's keys where you launch; the job gets those by name."
-            )
-        elif key not in PATH_KEYS and (what := credential_in(value)):  # a path's name may look like a token
-            said.append(
-                f"{key} holds {what} (not repeated here), {where}: leave it out; a credential the job needs is "
-                "exported where you launch and passed by its name, --secret NAME (secrets pass by name only)."
-            )
+        elif what := credential_in(value, path=key in (*PATH_KEYS, "data_columns")):  # a path's name: hf_cache
+            said.append(written_credential_said(key, value, what))
     return list(dict.fromkeys(said))
 
 

@@ -66,8 +66,12 @@ def test_resume_refused_without_repeating_a_credential(resume):
     with pytest.raises(FtctlError) as e:
         spec_mod.build(None, {"backend": "local", "gpus": "cpu", "data_path": "builtin:demo"}, [f"resume={resume}"])
     said = str(e.value)
-    assert "resume (its value holds a credential; not repeated here)" in said and TOKEN not in said, said
+    assert "resume holds a token (not repeated here)" in said and "--secret HF_TOKEN" in said, said  # task 211
+    assert TOKEN not in said, said
     assert spec_mod.resume_problem("/nowhere/maybe", here=True).startswith("resume=/nowhere/maybe is not auto")
+    near = "/ckpt/hf_" + "ab" * 12  # a name only begun as a token is (secret_checks.TOKEN_IN_PATH): still not repeated
+    said = spec_mod.resume_problem(near, here=True)
+    assert said.startswith("resume (its value holds a credential; not repeated here)") and near not in said, said
 
 
 def test_a_run_file_named_by_a_token_is_not_repeated():
