@@ -10,9 +10,9 @@ from pathlib import Path
 from ftctl import storage
 from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST, discard_uncommitted
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints, raise_if_full
-from ftctl.checkpoints.upload import final_files, prune, upload_checkpoint
+from ftctl.checkpoints.upload import final_files, prune, records_to_send, upload_checkpoint
 from ftctl.errors import FtctlError
-from ftctl.runpaths import FINAL_MARKS, RUN_RECORDS, SPEC_FILE, RunPaths
+from ftctl.runpaths import FINAL_MARKS, RUN_RECORDS, SPEC_FILE
 
 log = logging.getLogger(__name__)
 
@@ -152,30 +152,18 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
 
 
 def _push_records(local_run_dir: str, uri: str, endpoint_url: str | None) -> str:
-    """A run without a final model here (stopped before its end): its RUN_RECORDS, where the store holds no final
-    model and no other run's spec.json (_this_runs): spec.json where the store's is another, metrics.jsonl where the
-    store's is shorter (a longer one is of a later attempt), spec.json last. Returns the line to say ('' where there is
-    nothing to send or say)."""
+    """A run without a final model here (stopped before its end): its RUN_RECORDS that the store may take
+    (upload.records_to_send, the rule its trainer's uploader follows after each checkpoint), spec.json last. Returns
+    the line to say ('' where there is nothing to send or say)."""
     local = {rel: os.path.join(local_run_dir, rel) for rel in RUN_RECORDS}
     local = {rel: path for rel, path in local.items() if os.path.isfile(path)}
-    if SPEC_FILE not in local:  # no run's description to send its records with
-        return ""
-    mine = Path(local[SPEC_FILE]).read_text(encoding="utf-8")
-    there = storage.file_sizes(uri, endpoint_url)
-    theirs = storage.read_text(storage.join(uri, SPEC_FILE), endpoint_url) if SPEC_FILE in there else None
-    send = [
-        rel
-        for rel, path in local.items()
-        if (theirs != mine if rel == SPEC_FILE else there.get(rel, -1) < os.path.getsize(path))
-    ]
+    send, kept = records_to_send(local, uri, local_run_dir, endpoint_url)
     if not send:
         return ""
     names = " and ".join(send)
-    if any(there.get(mark) for mark in FINAL_MARKS):  # a run that ended: the records there are its final model's
-        if theirs == mine:
-            return ""
+    if kept == "final":
         return f"not pushing {names}: {uri} holds a final model (a run that ended), whose run's they would be taken for"
-    if theirs is not None and not _this_runs(local_run_dir, mine, theirs):
+    if kept:
         return (
             f"not pushing {names}: {uri} holds another run's {SPEC_FILE} than {local_run_dir}, kept (push into "
             f"another URI, or delete {storage.join(uri, SPEC_FILE)} first, to resume this run from the store)"
@@ -183,28 +171,6 @@ def _push_records(local_run_dir: str, uri: str, endpoint_url: str | None) -> str
     for rel in send:  # RUN_RECORDS' order: spec.json last
         storage.put_file(local[rel], storage.join(uri, rel), endpoint_url)
     return f"pushed {names} -> {uri}: the run has no final model; a launch of it with --output {uri} resumes it"
-
-
-def _this_runs(local_run_dir: str, mine: str, theirs: str) -> bool:
-    """Whether the store's spec.json (``theirs``) is of the run whose spec.json here is ``mine``: alike in every key
-    that changes the trained weights (spec.TRAINING_KEYS: a relaunch elsewhere), or one this run directory kept as it
-    was relaunched with other settings (RunPaths.earlier_spec)."""
-    from ftctl.spec import TRAINING_KEYS
-
-    try:
-        now, was = json.loads(mine)["spec"], json.loads(theirs)["spec"]
-        if all(now.get(key) == was.get(key) for key in TRAINING_KEYS):
-            return True
-    except (ValueError, KeyError, TypeError, AttributeError):
-        pass
-    kept = RunPaths(Path(local_run_dir)).earlier_spec("*")  # its pattern: spec.STAMP.json, spec.STAMP-N.json
-    for path in kept.parent.glob(kept.name):
-        try:
-            if path.read_text(encoding="utf-8") == theirs:
-                return True
-        except (OSError, UnicodeDecodeError):
-            continue
-    return False
 
 
 def _retention(local_run_dir: str, here: list, remote: dict, endpoint_url: str | None) -> tuple[int | None, str | None]:

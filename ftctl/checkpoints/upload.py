@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ftctl import lease, storage
 from ftctl.checkpoints.manifest import (
@@ -44,7 +45,16 @@ from ftctl.checkpoints.manifest import (
     write_json_atomic,
 )
 from ftctl.checkpoints.resume import list_checkpoints
-from ftctl.runpaths import FINAL_MARKS, TRACKING_DIRS, UPLOADED_RECORD
+from ftctl.runpaths import (
+    CHECKPOINT_METRICS,
+    FINAL_MARKS,
+    METRICS_FILE,
+    RUN_RECORDS,
+    SPEC_FILE,
+    TRACKING_DIRS,
+    UPLOADED_RECORD,
+    RunPaths,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +137,59 @@ def prune(remote_uri: str, keep_last: int | None, protect=(), endpoint_url: str 
     return [c.uri for c in doomed + cut_short]
 
 
+def records_to_send(
+    local: dict[str, str], uri: str, run_dir: str, endpoint_url: str | None = None, continues: bool = False
+) -> tuple[list[str], str]:
+    """Which of a run's RUN_RECORDS go into its store ``uri`` beside its checkpoints before its final model does (a
+    run training, or one stopped before its end: `ftctl sync push`). ``local``: each record's file here (one absent is
+    not sent; without a spec.json, none is). The records that differ from the store's: spec.json where the store's is
+    another text, metrics.jsonl where the store's is shorter (a longer one is of a later attempt). They go where the
+    store holds no spec.json or this run's (this_runs, ``run_dir`` the run's directory; ``continues``: the run goes on
+    from a checkpoint of that store, whose run it is then), and no final model (the records there are that model's).
+    Returns (those that differ, in RUN_RECORDS' order: spec.json last; why they stay: "" where they may go, "final" or
+    "another" (another run's spec.json)); ([], "") where nothing differs, or only metrics.jsonl beside a final model
+    of this spec.json."""
+    if SPEC_FILE not in local:  # no run's description to send its records with
+        return [], ""
+    mine = Path(local[SPEC_FILE]).read_text(encoding="utf-8")
+    there = {e["name"]: e["size"] for e in storage.ls(uri, endpoint_url) if e["type"] == "file"}  # its top level
+    theirs = storage.read_text(storage.join(uri, SPEC_FILE), endpoint_url) if SPEC_FILE in there else None
+    differ = [
+        rel
+        for rel in RUN_RECORDS
+        if rel in local and (theirs != mine if rel == SPEC_FILE else there.get(rel, -1) < os.path.getsize(local[rel]))
+    ]
+    if not differ:
+        return [], ""
+    if any(there.get(mark) for mark in FINAL_MARKS):  # a run that ended: the records there are its final model's
+        return (differ, "final") if theirs != mine else ([], "")
+    if theirs is not None and not (continues or this_runs(run_dir, mine, theirs)):
+        return differ, "another"
+    return differ, ""
+
+
+def this_runs(run_dir: str, mine: str, theirs: str) -> bool:
+    """Whether the store's spec.json (``theirs``) is of the run whose spec.json is ``mine``: alike in every key that
+    changes the trained weights (spec.TRAINING_KEYS: a relaunch elsewhere), or one its run directory ``run_dir`` kept
+    as it was relaunched with other settings (RunPaths.earlier_spec)."""
+    from ftctl.spec import TRAINING_KEYS
+
+    try:
+        now, was = json.loads(mine)["spec"], json.loads(theirs)["spec"]
+        if all(now.get(key) == was.get(key) for key in TRAINING_KEYS):
+            return True
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    kept = RunPaths(Path(run_dir)).earlier_spec("*")  # its pattern: spec.STAMP.json, spec.STAMP-N.json
+    for path in kept.parent.glob(kept.name):
+        try:
+            if path.read_text(encoding="utf-8") == theirs:
+                return True
+        except (OSError, UnicodeDecodeError):
+            continue
+    return False
+
+
 def final_files(local_dir: str) -> list[str]:
     """The run's top-level files: all but the checkpoints (uploaded as they are saved) and ftctl's
     hidden working dirs; the final model's config last (FINAL_MARKS: in the store, it says the model is whole)."""
@@ -177,6 +240,11 @@ class Uploader:
     in ``peer_wait_s`` after node 0's own share (None: as long as the uploader runs) leaves the checkpoint
     uncommitted, with a warning naming the node, and the queue goes on.
 
+    The run's records (node 0): after each commit, its spec.json (from the directory the checkpoints are saved in) and
+    its metrics.jsonl as of that checkpoint go beside them where they changed and records_to_send lets them
+    (_send_records; ``continues``: the run goes on from a checkpoint of this store), so a run that never saves its final
+    model still leaves a store that loads as it trained.
+
     Retention (node 0): with ``keep_last``, after each commit only the newest ``keep_last``
     complete checkpoints stay in the store, plus those named by ``protected`` (the best one). On one node, a queued
     checkpoint that retention would delete once the ``keep_last`` newer ones queued behind it land is skipped before
@@ -195,6 +263,7 @@ class Uploader:
         backoff: tuple[float, float] = (1.0, 60.0),
         poll_interval: float = 5.0,
         peer_wait_s: float | None = None,
+        continues: bool = False,
     ):
         self.remote_uri = remote_uri.rstrip("/")
         self.endpoint_url = endpoint_url
@@ -206,6 +275,9 @@ class Uploader:
         self.poll_interval = poll_interval
         self.peer_wait_s = peer_wait_s
         self.protected: set[str] = set()
+        self.continues = continues
+        self._records_sent: dict[str, int] = {}  # the run's records (_send_records) -> their sizes when last sent
+        self._records_kept = False  # the store's are another run's, or a final model's: said once, none sent
         self._queue: queue.Queue[_Job] = queue.Queue()
         self._pending: list[_Job] = []
         self._cond = threading.Condition()
@@ -548,9 +620,45 @@ class Uploader:
             if not self._commit_nodes(job, ckpt_uri):
                 return False
         prune(self.remote_uri, self.keep_last, self.protected, self.endpoint_url)
-        if self.node_rank == 0:  # rank 0's node: where TensorBoard and W&B write
+        if self.node_rank == 0:  # rank 0's node: where its spec.json is, and where TensorBoard and W&B write
+            self._send_records(job)
             self._send_tracking(os.path.dirname(job.original))
         return True
+
+    def _send_records(self, job: _Job) -> None:
+        """The run's spec.json and its metrics.jsonl as of ``job`` (the checkpoint's copy, CHECKPOINT_METRICS: whole
+        lines, none past its step) into the store beside the checkpoint just committed, where records_to_send lets
+        them go: a run stopped, preempted or killed before its final model left a store of checkpoints only, which
+        `ftctl chat`/`eval`/`merge` loaded without its method (a qlora checkpoint on the 16-bit base) and whose
+        `ftctl sync pull` was no run directory. spec.json goes once (again only where it changed), metrics.jsonl where
+        it grew, spec.json last; where the store holds another run's spec.json or a final model, nothing, said once.
+        The store's errors raise: the job is tried again (its checkpoint committed), so a stop's wait covers them."""
+        if self._records_kept:
+            return
+        run_dir = os.path.dirname(job.original)
+        local = {SPEC_FILE: os.path.join(run_dir, SPEC_FILE), METRICS_FILE: os.path.join(job.local, CHECKPOINT_METRICS)}
+        local = {rel: path for rel, path in local.items() if os.path.isfile(path)}
+        sizes = {rel: os.path.getsize(path) for rel, path in local.items()}
+        if sizes == self._records_sent:  # as sent with the last checkpoint: nothing asked of the store
+            return
+        send, kept = records_to_send(local, self.remote_uri, run_dir, self.endpoint_url, self.continues)
+        names = " and ".join(send)
+        if kept == "final":
+            self._records_kept = True
+            log.info("not sending %s to %s: it holds a final model, whose records they are until this run's final "
+                     "model replaces them", names, self.remote_uri)  # fmt: skip
+            return
+        if kept:
+            self._records_kept = True
+            log.warning("not sending %s to %s: it holds another run's %s (other training settings), kept; this run's "
+                        "go with its final model", names, self.remote_uri, SPEC_FILE)  # fmt: skip
+            return
+        for rel in send:  # RUN_RECORDS' order: spec.json last
+            _put(self._fs, local[rel], storage.join(self.remote_uri, rel))
+        self._records_sent = sizes
+        if send:  # metrics.jsonl alone, as it grows: no line each checkpoint
+            log.log(logging.INFO if SPEC_FILE in send else logging.DEBUG, "sent %s to %s with %s", names,
+                    self.remote_uri, job.name)  # fmt: skip
 
     def _prune_at_end(self) -> None:
         """Retention once more, after the final model: a deletion cut short by a kill (a checkpoint's manifest gone,

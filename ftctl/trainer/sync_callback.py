@@ -379,8 +379,14 @@ class CheckpointSyncCallback(TrainerCallback):
                 backoff=self.backoff,
                 poll_interval=self.poll_interval,
                 peer_wait_s=self.upload_wait_s,  # a node's share not in by then will not come: the queue goes on
+                continues=self._resumes_own(args.output_dir),  # the store's spec.json is this run's to replace
             )
             self._send_resumed(args.output_dir)
+
+    def _resumes_own(self, output_dir: str) -> bool:
+        """Whether the run resumes from a checkpoint of its own output (for an object-store output, the store's: the run
+        goes on with that store's checkpoints, settings changed or not), not from resume=PATH elsewhere."""
+        return bool(self.resumed) and os.path.dirname(os.path.abspath(self.resumed)) == os.path.abspath(output_dir)
 
     def _send_resumed(self, output_dir: str) -> None:
         """Upload the run's own checkpoint it resumes from where the store lacks a complete copy: a run killed while
@@ -389,11 +395,9 @@ class CheckpointSyncCallback(TrainerCallback):
         again, with its manifest of the attempt that saved it, and node 0 commits the merge once every node's is in
         (as at a save): a stop checkpoint of a shared home whose upload was cut short (latest_complete took it by its
         nodes' manifests)."""
-        if not self.resumed:
+        if not self._resumes_own(output_dir):  # none, or resume=PATH elsewhere: not this run's to send
             return
         path = os.path.abspath(self.resumed)
-        if os.path.dirname(path) != os.path.abspath(output_dir):  # resume=PATH elsewhere: not this run's to send
-            return
         name = os.path.basename(path)
         try:
             problems = checkpoints.verify(
