@@ -112,6 +112,9 @@ class JobStatus:
     # what the "start" record of the job's own trainer holds (Slurm: its job id), where the backend knows it: the steps
     # shown are those its trainer logged; a start record that names no job falls back to ``ran`` (progress)
     own_start: dict | None = None
+    # the run went on in its object-store output after this machine's trainer stopped (store_state: another machine's
+    # job trains it now, or finished it): `ftctl status` shows what the store holds, not this machine's stale steps
+    from_store: bool = False
 
 
 @dataclass(frozen=True)
@@ -1133,6 +1136,8 @@ def status_report(job: str) -> tuple[list[str], int]:
     later = next((r for r, _ in recorded_jobs() if r.output == ref.output and r.run_dir == ref.run_dir), ref)
     if later.job_id != ref.job_id:  # the run goes on in the later job (and a run dir's metrics.jsonl with its steps)
         return [*lines, f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})"], code
+    if state.from_store:
+        return [*lines, *_stored_lines(ref.output, _endpoint(ref))], code
     paths = b.trainer_paths(ref)
     metrics = paths.metrics if paths else None
     running = state.state is JobState.RUNNING
@@ -1189,11 +1194,50 @@ def _stored_report(output: str, no_job: FtctlError) -> tuple[list[str], int]:
         raise FtctlError(f"{no_job} Nor can {output} be read now: {why}.") from None
     if said is None:
         raise FtctlError(f"{no_job} Nor does {output} hold a complete checkpoint.")
+    if known := store_state(output, None):
+        state, text = known
+        return [f"{output} {state.value}, {text}; what its newest complete checkpoint says:", said[0] or said[1]], (
+            state.exit_code
+        )
     head = (
         f"{output} UNKNOWN: no job into it was launched from here (`ftctl status JOB` where it was launched says its "
         "state); what its newest complete checkpoint says:"
     )
     return [head, *filter(None, said)], JobState.UNKNOWN.exit_code
+
+
+def store_state(output: str, endpoint_url: str | None, max_steps: int = 0) -> tuple[JobState, str] | None:
+    """What an object-store output itself says of its run's state, wherever its job was launched: RUNNING while a
+    trainer holds its lease (ftctl.lease: a job of another machine or FTCTL_HOME), SUCCEEDED where its final model is
+    saved and its newest complete checkpoint trained every step (its trainer_state's max_steps, and ``max_steps``, a
+    relaunch's that extends it); each with the words that say so. None where it says neither, or cannot be read now.
+    Before, a run stopped on one machine and continued or finished on another was "stopped before the end" where it
+    had stopped, and "UNKNOWN" on a machine that launched no job into it."""
+    from ftctl.checkpoints import list_checkpoints
+    from ftctl.checkpoints.settings import TRAINER_STATE, final_saved
+    from ftctl.storage import join, read_text, storage_errors
+
+    try:
+        held, _ = lease.read_tagged(output, endpoint_url)  # its age by the store's clock
+    except Exception:  # noqa: BLE001 - a store not answering now: what can be read is said (lease.refusal's rule)
+        held = None
+    if lease.live(held):
+        return JobState.RUNNING, (
+            f"training: {output} is being trained into by {lease.describe(held)}, a job launched from "
+            "another machine or FTCTL_HOME (`ftctl status JOB` there says more)"
+        )
+    try:
+        with storage_errors(output, endpoint_url):
+            done = [c for c in list_checkpoints(output, endpoint_url=endpoint_url) if c.complete]
+            if not done or not final_saved(output, endpoint_url):
+                return None
+            state = json.loads(read_text(join(done[-1].uri, TRAINER_STATE), endpoint_url))
+        step, total = int(state.get("global_step") or 0), int(state.get("max_steps") or 0)
+    except (OSError, FtctlError, ValueError, TypeError, AttributeError):
+        return None
+    if total and step >= max(total, max_steps):
+        return JobState.SUCCEEDED, f"complete: {output} holds its final model, trained to step {step} of {total}"
+    return None
 
 
 def metrics_records(metrics: Path) -> list[dict] | None:

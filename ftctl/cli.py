@@ -290,7 +290,7 @@ def keys(word):
 
 
 @main.command()
-@click.argument("job")
+@click.argument("job", required=False, metavar="JOB")
 @click.option("--exit-code", "exit_code", is_flag=True, help="Exit with the job's state as its code (below).")
 def status(job, exit_code):
     """State of a launched job (a failed one: the trainer's error), its last logged step of its total and its loss;
@@ -307,6 +307,11 @@ def status(job, exit_code):
     """
     from ftctl.backend import status_report
 
+    if job is None:  # click's "Missing argument 'JOB'." alone named no way to find one
+        raise click.UsageError(
+            "Missing argument 'JOB': a job's id, its run directory, or its object-store output (s3://bucket/run, "
+            "from any machine). `ftctl jobs` lists the jobs launched from here."
+        )
     lines, code = status_report(job)
     click.echo("\n".join(lines))
     if exit_code and code:

@@ -1026,6 +1026,21 @@ def _check_resume_path(spec, plan, found) -> list[Finding]:
     from ftctl.checkpoints import checkpoint_step
 
     step = checkpoint_step(spec.resume) or 0
+    name = posixpath.basename(spec.resume.rstrip("/"))
+    complete = [info.name for info in found if info.complete]
+    if storage.is_remote(spec.resume) and name not in complete:  # the output's own (spec.resume_problem): not there
+        held = (
+            f"it holds {', '.join(complete)}: resume=auto goes on from {complete[-1]}"
+            if complete
+            else "it holds no complete checkpoint: resume=auto starts the run"
+        )
+        return [
+            Finding(
+                ERROR,
+                f"resume={spec.resume}: {spec.output} holds no complete {name} (save_total_limit deletes the older "
+                f"ones; `ftctl sync ls {spec.output}` lists them); {held}.",
+            )
+        ]
     later = [info.name for info in found if info.step > step]
     if not later:
         return _check_named(spec, plan)

@@ -40,6 +40,7 @@ from ftctl.backend import (
     resumes_from,
     run_spec,
     same_command,
+    store_state,
     trainer_paths_of,
     training_now,
 )
@@ -201,6 +202,10 @@ class LocalBackend(Backend):
         records = failures.read(ref.paths.failures)
         if word == "failed" and records and not failures.summarize(records)[1]:  # not an interruption: a relaunch
             return JobStatus(JobState.FAILED, f"{ref.job_id} local run, failed")  # would fail the same way
+        spec = run_spec(ref) if is_remote(ref.output) else None
+        if spec and (known := store_state(ref.output, spec.s3_endpoint_url, spec.max_steps)):
+            state, said = known  # stopped here, and trained on (or finished) since by a job launched elsewhere
+            return JobStatus(state, f"{ref.job_id} local run, stopped here; went on elsewhere, {said}", from_store=True)
         return JobStatus(  # stopped (cancelled, killed, Ctrl-C, a crash a relaunch gets past): `ftctl status` exits 3
             JobState.PREEMPTED,
             f"{ref.job_id} local run, stopped before the end ({same_command(ref.run_dir)} {resumes(ref)})",
