@@ -1203,7 +1203,7 @@ def _stored_report(output: str, no_job: FtctlError) -> tuple[list[str], int]:
         f"{output} UNKNOWN: no job into it was launched from here (`ftctl status JOB` where it was launched says its "
         "state); what its newest complete checkpoint says:"
     )
-    return [head, *filter(None, said)], JobState.UNKNOWN.exit_code
+    return [head, said[0] or said[1]], JobState.UNKNOWN.exit_code  # the step line names the checkpoint too
 
 
 def store_state(output: str, endpoint_url: str | None, max_steps: int = 0) -> tuple[JobState, str] | None:

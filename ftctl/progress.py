@@ -246,7 +246,7 @@ def stored(output: str, endpoint_url: str | None, now: float | None = None) -> t
     saved = _saved(newest, now)
     at = (newest.manifest or {}).get("created_unix")
     saved += f" at {clock(at, now)}" if isinstance(at, (int, float)) else ""
-    step = f"{said} (as {saved}, in {output}, stored it: its newest complete checkpoint)" if said else None
+    step = f"{said} (from {saved}, the newest complete checkpoint in {output})" if said else None
     return step, f"newest checkpoint: {saved}, in {output}"
 
 
