@@ -61,12 +61,13 @@ def named(path_or_id: str) -> str:
     return Path(value.removeprefix("file://").rstrip("/")).name or value
 
 
-def text(spec: RunSpec, base: str, adapter: bool, local_dir: str, step: int | None = None) -> str:
+def text(spec: RunSpec, base: str, adapter: bool, local_dir: str, step: int | None = None, plan=None) -> str:
     """The card of a run of ``spec`` from ``base`` (the model as the user named it), its final model an adapter
     (lora, qlora) or a whole model (fft, sft), written in ``local_dir`` (an object store's output: staged there);
     ``step``: of its checkpoint-<step> (``local_dir``), PEFT's placeholder card there before ("Model Card for Model
-    ID", its base_model the path it loaded, which the Hub refuses). Local paths are named by their last part
-    (named); the snippets load DIR, said what it is."""
+    ID", its base_model the path it loaded, which the Hub refuses); ``plan``: the run's (its precision and how its
+    base is stored, for a qlora adapter's snippet). Local paths are named by their last part (named); the snippets
+    load DIR, said what it is."""
     linked = hub_id(base)
     data = ModelCardData(
         base_model=linked,
@@ -79,14 +80,10 @@ def text(spec: RunSpec, base: str, adapter: bool, local_dir: str, step: int | No
     if not linked and not is_remote(base) and not is_demo_model(base):
         origin += " (a local model directory)"
     loads = (
-        'from peft import AutoPeftModelForCausalLM\n\nmodel = AutoPeftModelForCausalLM.from_pretrained("DIR")'
+        _adapter_loads(spec.method, plan, Path(local_dir, GENERATION_CONFIG).is_file())
         if adapter
         else 'from transformers import pipeline\n\ngenerator = pipeline("text-generation", model="DIR")'
     )
-    if adapter and Path(local_dir, GENERATION_CONFIG).is_file():  # its base's stops elsewhere: adapter_stops
-        loads = loads.replace("CausalLM\n", "CausalLM\nfrom transformers import GenerationConfig\n", 1) + (
-            '\nmodel.generation_config = GenerationConfig.from_pretrained("DIR")  # stops where its answers end'
-        )
     commands = 'ftctl chat DIR -p "A question"'
     if adapter:
         commands += "\nftctl merge DIR   # the base with the adapter merged in: a plain model"
@@ -123,6 +120,39 @@ on {_data(spec.data_path)}. {settings}{built}
 ```
 """
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def _adapter_loads(method: str, plan, generation_config: bool) -> str:
+    """The Python that loads the adapter with PEFT. A qlora adapter's onto its base in 4-bit NF4 as the run quantized
+    it (model.nf4_config, computing in the run's precision), as `ftctl chat` and `ftctl merge` load it: the plain
+    ``AutoPeftModelForCausalLM.from_pretrained("DIR")`` loaded the base unquantized, another model than the one
+    trained (a 3-step qlora run of the demo's model: 67% of one conversation's next tokens alike). A base stored
+    quantized (a *-bnb-4bit, GPTQ or AWQ model) loads as it is stored. ``generation_config``: the adapter's directory
+    carries one (its base's stops elsewhere: trained.adapter_stops)."""
+    from ftctl.trainer.model import DTYPES
+
+    nf4 = method == "qlora" and not (plan is not None and plan.model.quantized)
+    imports = ["import torch\n"] if nf4 else []
+    imports.append("from peft import AutoPeftModelForCausalLM\n")
+    transformers = [
+        name for name, wanted in (("BitsAndBytesConfig", nf4), ("GenerationConfig", generation_config)) if wanted
+    ]
+    if transformers:
+        imports.append(f"from transformers import {', '.join(transformers)}\n")
+    if nf4:
+        dtype = f"torch.{DTYPES[plan.precision if plan is not None else 'bf16']}"
+        body = (
+            "# the 4-bit NF4 base it trained over (without it: the unquantized base, another model)\n"
+            "nf4 = BitsAndBytesConfig(\n"
+            '    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, '
+            f"bnb_4bit_compute_dtype={dtype}\n)\n"
+            f'model = AutoPeftModelForCausalLM.from_pretrained("DIR", quantization_config=nf4, dtype={dtype})'
+        )
+    else:
+        body = 'model = AutoPeftModelForCausalLM.from_pretrained("DIR")'
+    if generation_config:
+        body += '\nmodel.generation_config = GenerationConfig.from_pretrained("DIR")  # stops where its answers end'
+    return "".join(imports) + "\n" + body
 
 
 def _data(data_path: str | None) -> str:
@@ -204,7 +234,7 @@ def _method(method: str) -> str:
     }[method]
 
 
-def write(directory: str, spec: RunSpec, base: str, adapter: bool, step: int | None = None) -> None:
+def write(directory: str, spec: RunSpec, base: str, adapter: bool, step: int | None = None, plan=None) -> None:
     """The card into ``directory``, replacing TRL's or PEFT's (written at each checkpoint and with the final model);
-    ``step``: ``directory`` is the run's checkpoint-<step>."""
-    _save(text(spec, base, adapter, directory, step), directory)
+    ``step``: ``directory`` is the run's checkpoint-<step>; ``plan``: the run's (text)."""
+    _save(text(spec, base, adapter, directory, step, plan), directory)

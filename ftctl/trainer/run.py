@@ -354,7 +354,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         run.trainer.loads_best = spec.load_best_model_at_end  # the run's end says which step the final model is
         adapter = spec.method in ADAPTER_METHODS
         run.trainer.base_name = base_name(spec)  # what each saved adapter names as its base (trained.name_base)
-        run.trainer.card = functools.partial(model_card.write, spec=spec, base=base_name(spec), adapter=adapter)
+        run.trainer.card = functools.partial(
+            model_card.write, spec=spec, base=base_name(spec), adapter=adapter, plan=plan
+        )
         sequences = len(run.trainer.train_dataset)  # packed by TRL where the plan packs
         if procs.is_main and (
             few := too_few_sequences(sequences, plan.global_batch_size, plan.packing, args.max_length)
