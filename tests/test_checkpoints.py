@@ -730,9 +730,11 @@ def test_sync_pull_brings_the_final_model_and_never_replaces_a_local_one(remote,
     other = tmp_path / "other"
     other.mkdir()
     (other / "model.safetensors").write_bytes(b"mine")
-    C.pull(remote, str(other), echo=lines.append)
-    assert lines[-1].startswith(f"not pulling the final model: {other / 'model.safetensors'} is another file")
-    assert (other / "model.safetensors").read_bytes() == b"mine" and not (other / "config.json").exists()
+    with pytest.raises(
+        ftctl.errors.FtctlError, match=f"{other} holds another model.safetensors than {remote}: nothing pulled"
+    ):
+        C.pull(remote, str(other), echo=lines.append)  # refused before anything is written: no checkpoint either
+    assert (other / "model.safetensors").read_bytes() == b"mine" and sorted(os.listdir(other)) == ["model.safetensors"]
 
 
 def test_sync_push_never_replaces_another_runs_checkpoints_or_final_model(remote, tmp_path):
@@ -758,11 +760,9 @@ def test_sync_push_never_replaces_another_runs_checkpoints_or_final_model(remote
     with pytest.raises(FtctlError, match=f"{remote} holds another final model than {second}: not replaced"):
         C.push(str(second), remote)
     assert storage.read_bytes(storage.join(remote, "model.safetensors")) == b"w" * 4096
-    lines = []
-    C.pull(remote, str(second), echo=lines.append)  # and not pulled over it either
-    assert (
-        lines[-1].startswith("not pulling the final model") and (second / "model.safetensors").read_bytes()[:1] == b"v"
-    )
+    with pytest.raises(ftctl.errors.FtctlError, match=f"{second} holds another run than {remote} .*: nothing pulled"):
+        C.pull(remote, str(second))  # and not pulled over it either
+    assert (second / "model.safetensors").read_bytes()[:1] == b"v" and not (second / "checkpoint-1").exists()
 
 
 def test_a_final_model_only_on_this_node_is_not_a_finished_run(remote, tmp_path):

@@ -6,13 +6,16 @@ base). It sends the run's spec.json and metrics.jsonl now, never over another ru
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from ftctl import checkpoints as C
 from ftctl import storage
 from ftctl.cli import main
+from ftctl.errors import FtctlError
 from ftctl.spec import RunSpec
 from tests.s3_fixtures import make_checkpoint
 
@@ -115,8 +118,9 @@ def test_a_stopped_runs_push_never_replaces_another_runs_records(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "spec.json").write_text("{}")
-    C.pull(uri, str(mine), echo=lines.append)
-    assert (mine / "spec.json").read_text() == "{}" and not (mine / "metrics.jsonl").exists()
+    with pytest.raises(FtctlError, match=f"{mine} holds another run than {uri} .*: nothing pulled"):
+        C.pull(uri, str(mine), echo=lines.append)  # refused before its checkpoints come (a mixed directory)
+    assert (mine / "spec.json").read_text() == "{}" and sorted(os.listdir(mine)) == ["spec.json"]
 
 
 def _write(path: Path, text: str) -> Path:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftctl import storage
 from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST, discard_uncommitted
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints, raise_if_full
-from ftctl.checkpoints.upload import final_files, prune, records_to_send, upload_checkpoint
+from ftctl.checkpoints.upload import final_files, prune, records_to_send, trains_alike, upload_checkpoint
 from ftctl.errors import FtctlError
-from ftctl.runpaths import FINAL_MARKS, RUN_RECORDS, SPEC_FILE
+from ftctl.runpaths import FINAL_MARKS, METRICS_FILE, RUN_RECORDS, SPEC_FILE
 
 log = logging.getLogger(__name__)
 
@@ -236,29 +237,33 @@ def pull(
     endpoint_url: str | None = None,
     echo=print,
 ) -> list:
-    """Download the complete checkpoints under ``uri`` (verified by sha256) that are not complete
-    in ``local_dir`` yet; with ``include_incomplete``, incomplete ones too, as they are; then the run's final model
-    where the store has one (_pull_final), else the run's records (_pull_records)."""
+    """Download the run's top-level files (its final model where the store has one, else its records: _plan_top, decided
+    before anything is written), then the complete checkpoints under ``uri`` (verified by sha256) that are not complete
+    in ``local_dir`` yet; with ``include_incomplete``, incomplete ones too, as they are. A ``local_dir`` holding another
+    run (or this run trained on here past the store's) is refused with nothing written; one holding an earlier pull of
+    this run gets the store's final model and records in place of its own (_pull_top)."""
     _spelt(uri, local_dir)
     if os.path.exists(local_dir) and not os.path.isdir(local_dir):
         raise FtctlError(f"{local_dir} is a file: pull into a directory (it is created where missing).")
     with storage.storage_errors(uri, endpoint_url):
         there = list_checkpoints(uri, endpoint_url=endpoint_url)
-        final = any(storage.exists(storage.join(uri, mark), endpoint_url) for mark in FINAL_MARKS)
-    if not there and not final:
+        top = _top_files(uri, endpoint_url)
+    if not there and not any(mark in top for mark in FINAL_MARKS):
         raise FtctlError(
             f"no checkpoints and no final model under {uri}: nothing to pull (`ftctl sync ls` lists what a store "
             "holds)."
         )
+    with storage.storage_errors(uri, endpoint_url):
+        plan = _plan_top(uri, local_dir, top, endpoint_url)
     try:
         os.makedirs(local_dir, exist_ok=True)
     except OSError as e:
         raise FtctlError(f"cannot create {local_dir}: {e.strerror or e}") from None
     with storage.storage_errors(uri, endpoint_url):
+        _pull_top(uri, local_dir, plan, endpoint_url)  # first: a pull cut short later leaves a consistent run directory
         got = _pull(there, local_dir, include_incomplete, endpoint_url, echo)
-        said = _pull_final(uri, local_dir, endpoint_url) if final else _pull_records(uri, local_dir, endpoint_url)
-    if said:
-        echo(said)
+    if plan.line:
+        echo(plan.line)
     return got
 
 
@@ -296,58 +301,156 @@ def _pull(there: list, local_dir: str, include_incomplete: bool, endpoint_url: s
     return got
 
 
-def _pull_records(uri: str, local_dir: str, endpoint_url: str | None) -> str:
-    """A run without a final model in the store (stopped before its end): its RUN_RECORDS there, into a ``local_dir``
-    that holds no spec.json (another run's, or this run's own, is never replaced), each the directory lacks, under a
-    temporary name first, spec.json last. Returns the line to say ('' where nothing was pulled)."""
-    there = storage.file_sizes(uri, endpoint_url)
-    if SPEC_FILE not in there or os.path.exists(os.path.join(local_dir, SPEC_FILE)):
-        return ""
-    missing = [rel for rel in RUN_RECORDS if rel in there and not os.path.exists(os.path.join(local_dir, rel))]
-    for rel in missing:
-        path = os.path.join(local_dir, rel)
-        part = path + ".ftctl-part"
-        try:
-            storage.get_file(storage.join(uri, rel), part, endpoint_url)
-        except OSError as exc:  # a full disk: one line, and no partial file left taking its room
-            Path(part).unlink(missing_ok=True)
-            raise_if_full(exc, local_dir, sum(there[rel] for rel in missing), "pull the run's records")
-            raise
-        os.replace(part, path)
-    resumes = f"a launch of it with --output {local_dir} resumes it"
-    return f"pulled {' and '.join(missing)} -> {local_dir}: the run has no final model; {resumes}"
-
-
-def _pull_final(uri: str, local_dir: str, endpoint_url: str | None) -> str:
-    """The run's final model and its other top-level files (what _push_final sends), where the store holds a whole
-    one (its config, uploaded last: FINAL_MARKS) and ``local_dir`` lacks them: each lands under a temporary name
-    first, the config last. A file ``local_dir`` holds with other contents is never replaced: then nothing is
-    pulled, and the line says which. Returns the line to say ('' where the store has no final model)."""
-    there = {
+def _top_files(uri: str, endpoint_url: str | None) -> dict[str, int]:
+    """{relative path: size} of the run's top-level files in the store (what _push_final and the trainer's uploader
+    send): all but its checkpoints and hidden files."""
+    return {
         rel: size
         for rel, size in storage.file_sizes(uri, endpoint_url).items()
         if not rel.startswith(".") and not (rel.startswith(CHECKPOINT_PREFIX) and "/" in rel)
     }
-    if not any(rel in FINAL_MARKS for rel in there):
-        return ""
-    here = {rel: os.path.join(local_dir, *rel.split("/")) for rel in there}
-    differ = [rel for rel, path in here.items() if os.path.exists(path) and os.path.getsize(path) != there[rel]]
-    if not differ and not _same_spec(local_dir, uri, endpoint_url):
-        differ = [SPEC_FILE]
-    if differ:
-        return f"not pulling the final model: {here[differ[0]]} is another file than the store's; pull into a new directory"
-    missing = sorted(
-        (rel for rel, path in here.items() if not os.path.exists(path)), key=lambda rel: rel in FINAL_MARKS
-    )
-    if not missing:
-        return f"already in {local_dir}: the final model"
-    for rel in missing:
-        part = here[rel] + ".ftctl-part"
+
+
+@dataclass
+class _TopPlan:
+    """What a pull does with the run's top-level files, decided before anything is written (_plan_top)."""
+
+    files: dict[str, int] = field(default_factory=dict)  # to download: their sizes, in the order they go into place
+    replace: bool = False  # in place of an earlier pull's (its final model's config withdrawn first)
+    line: str = ""  # what to say at the end
+
+
+def _plan_top(uri: str, local_dir: str, top: dict[str, int], endpoint_url: str | None) -> _TopPlan:
+    """Which of the store's top-level files (``top``) a pull into ``local_dir`` brings: its final model with its
+    records, or, a run without one (stopped before its end), its RUN_RECORDS. All of them into a directory holding
+    none of a run's; those it lacks into one holding the same (a pull cut short); all of them, in place of the
+    directory's, where it holds an earlier pull of the same run that the store's went on from (_went_on). Raises
+    FtctlError, before anything is written, where it holds another run (or this run trained on here, past the store's),
+    or a final model the store does not hold: never replaced, nor mixed with the store's checkpoints."""
+    final = any(mark in top for mark in FINAL_MARKS)
+    theirs = top if final else {rel: top[rel] for rel in RUN_RECORDS if rel in top and SPEC_FILE in top}
+    here = {rel: os.path.join(local_dir, *rel.split("/")) for rel in {*theirs, *RUN_RECORDS, *FINAL_MARKS}}
+    mine_final = [mark for mark in FINAL_MARKS if os.path.isfile(here[mark])]
+    if mine_final and not final and theirs:
+        raise FtctlError(
+            f"{local_dir} holds a final model and {uri} none (its run has not ended): nothing pulled, so that model "
+            f"is not mixed with another state of the run. Pull into a new directory: ftctl sync pull {uri} NEW_DIR"
+        )
+    present = [rel for rel in theirs if os.path.exists(here[rel])]
+    missing = _in_order(theirs, (rel for rel in theirs if rel not in present))
+    if not present and not mine_final and not os.path.exists(here[SPEC_FILE]):  # a first pull
+        return _TopPlan(missing, line=_pulled_line(missing, local_dir, final) if missing else "")
+    mine = {rel: _read_local(here[rel]) for rel in RUN_RECORDS}
+    stored = {
+        rel: storage.read_text(storage.join(uri, rel), endpoint_url) if rel in theirs else None for rel in RUN_RECORDS
+    }
+    differ = [
+        rel
+        for rel in present
+        if (mine[rel] != stored[rel] if rel in RUN_RECORDS else os.path.getsize(here[rel]) != theirs[rel])
+    ] + [mark for mark in mine_final if mark not in theirs]  # another kind of model (a full one, an adapter)
+    if not differ:  # the same, or a pull of it cut short
+        if missing:
+            return _TopPlan(missing, line=_pulled_line(missing, local_dir, final))
+        return _TopPlan(line=f"already in {local_dir}: the final model" if final else "")
+    if why := _went_on(uri, mine, stored, bool(mine_final), differ[0]):
+        raise FtctlError(
+            f"{local_dir} holds {why}: nothing pulled, nothing replaced. Pull into a new directory: "
+            f"ftctl sync pull {uri} NEW_DIR"
+        )
+    was, now = _last_step(mine[METRICS_FILE]), _last_step(stored[METRICS_FILE])
+    steps = f" (step {was}; the run has trained on to step {now})" if was is not None and now and now > was else ""
+    head, colon, rest = _pulled_line(theirs, local_dir, final).partition(":")
+    line = f"{head}, in place of what an earlier pull of this run left there{steps}{colon}{rest}"
+    return _TopPlan(_in_order(theirs, theirs), replace=True, line=line)
+
+
+def _went_on(uri: str, mine: dict, stored: dict, mine_final: bool, differs: str) -> str:
+    """Why the directory's run records (``mine``: RUN_RECORDS' texts, None where absent) are not of an earlier state of
+    the store's run in ``uri`` (``stored``), as "DIR holds WHY" says it; "" where they are: both spec.json ask for the same
+    training (upload.trains_alike, the rule the store's own records follow) or the store's run is a continuation of
+    it (a relaunch that trained on, with other settings: max_steps 300 -> 400), and every training step its
+    metrics.jsonl logged is one the store's logged too, the same row (the store's went on from it: nothing here that
+    the store lacks, so what is replaced is an earlier copy of the store's). A final model here with no step logged
+    beside it cannot be told apart from the user's own: kept. ``differs``: a file here unlike the store's."""
+    if mine[SPEC_FILE] is None or stored[SPEC_FILE] is None:  # no run's description to tell them by
+        return f"another {differs} than {uri}"
+    rows, theirs = _trained_steps(mine[METRICS_FILE]), _trained_steps(stored[METRICS_FILE])
+    if rows - theirs:
+        return (
+            f"another run than {uri}"
+            if not (rows & theirs or trains_alike(mine[SPEC_FILE], stored[SPEC_FILE]))
+            else f"steps of this run that {uri} lacks (trained on here since it was pulled, or the store's went back "
+            "to an earlier checkpoint)"
+        )
+    if not rows and not trains_alike(mine[SPEC_FILE], stored[SPEC_FILE]):
+        return f"another run than {uri} (other training settings)"
+    if not rows and mine_final:
+        return f"a final model with no training step logged beside it (metrics.jsonl): it may not be {uri}'s"
+    return ""
+
+
+def _trained_steps(metrics: str | None) -> set[str]:
+    """The training steps a metrics.jsonl logged, each row as a canonical JSON text (its step, loss, time...): a resumed
+    run carries the rows before its checkpoint over as they were (callbacks.restore_metrics, truncate_metrics)."""
+    rows = set()
+    for line in (metrics or "").splitlines():
         try:
+            row = json.loads(line)
+        except ValueError:  # a line cut short by a stopped run
+            continue
+        if isinstance(row, dict) and "loss" in row and "event" not in row:
+            rows.add(json.dumps(row, sort_keys=True))
+    return rows
+
+
+def _last_step(metrics: str | None) -> int | None:
+    steps = [json.loads(row).get("step") for row in _trained_steps(metrics)]
+    steps = [step for step in steps if isinstance(step, int)]
+    return max(steps) if steps else None
+
+
+def _read_local(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _in_order(sizes: dict[str, int], rels) -> dict[str, int]:
+    """``rels`` with their ``sizes``, in the order the run's top-level files go into place: its records after the rest
+    (spec.json last of them), the final model's config (FINAL_MARKS: what says it is whole) last of all."""
+    order = sorted(rels, key=lambda rel: (rel in FINAL_MARKS, rel == SPEC_FILE, rel == METRICS_FILE, rel))
+    return {rel: sizes[rel] for rel in order}
+
+
+def _pulled_line(files, local_dir: str, final: bool) -> str:
+    if final:
+        return f"pulled the final model -> {local_dir}"
+    names = " and ".join(rel for rel in RUN_RECORDS if rel in files)
+    return f"pulled {names} -> {local_dir}: the run has no final model; a launch of it with --output {local_dir} resumes it"
+
+
+def _pull_top(uri: str, local_dir: str, plan: _TopPlan, endpoint_url: str | None) -> None:
+    """The files of ``plan``, each downloaded under a temporary name first (a download cut short leaves the directory's
+    own whole), then moved into place in _in_order's order; replacing an earlier pull's, its final model's config is
+    withdrawn first: cut short among the renames, the directory holds no final model (no config), never a half-replaced
+    one, and the next pull finishes it."""
+    parts = {rel: os.path.join(local_dir, *rel.split("/")) for rel in plan.files}
+    for rel, path in parts.items():
+        part = path + ".ftctl-part"
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             storage.get_file(storage.join(uri, *rel.split("/")), part, endpoint_url)
         except OSError as exc:  # a full disk: one line, and no partial file left taking its room
             Path(part).unlink(missing_ok=True)
-            raise_if_full(exc, local_dir, sum(there[rel] for rel in missing), "pull the final model")
+            need = sum(plan.files.values())
+            what = "the final model" if any(r in FINAL_MARKS for r in plan.files) else "the run's records"
+            raise_if_full(exc, local_dir, need, f"pull {what}")
             raise
-        os.replace(part, here[rel])
-    return f"pulled the final model -> {local_dir}"
+    if plan.replace:
+        for mark in FINAL_MARKS:
+            Path(local_dir, mark).unlink(missing_ok=True)
+    for path in parts.values():
+        os.replace(path + ".ftctl-part", path)

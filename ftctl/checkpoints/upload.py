@@ -172,14 +172,8 @@ def this_runs(run_dir: str, mine: str, theirs: str) -> bool:
     """Whether the store's spec.json (``theirs``) is of the run whose spec.json is ``mine``: alike in every key that
     changes the trained weights (spec.TRAINING_KEYS: a relaunch elsewhere), or one its run directory ``run_dir`` kept
     as it was relaunched with other settings (RunPaths.earlier_spec)."""
-    from ftctl.spec import TRAINING_KEYS
-
-    try:
-        now, was = json.loads(mine)["spec"], json.loads(theirs)["spec"]
-        if all(now.get(key) == was.get(key) for key in TRAINING_KEYS):
-            return True
-    except (ValueError, KeyError, TypeError, AttributeError):
-        pass
+    if trains_alike(mine, theirs):
+        return True
     kept = RunPaths(Path(run_dir)).earlier_spec("*")  # its pattern: spec.STAMP.json, spec.STAMP-N.json
     for path in kept.parent.glob(kept.name):
         try:
@@ -188,6 +182,18 @@ def this_runs(run_dir: str, mine: str, theirs: str) -> bool:
         except (OSError, UnicodeDecodeError):
             continue
     return False
+
+
+def trains_alike(mine: str, theirs: str) -> bool:
+    """Whether two spec.json texts ask for the same training: alike in every key that changes the trained weights
+    (spec.TRAINING_KEYS), whatever their placement (output, GPUs, backend, save_steps)."""
+    from ftctl.spec import TRAINING_KEYS
+
+    try:
+        now, was = json.loads(mine)["spec"], json.loads(theirs)["spec"]
+        return all(now.get(key) == was.get(key) for key in TRAINING_KEYS)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def final_files(local_dir: str) -> list[str]:

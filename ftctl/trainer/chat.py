@@ -87,13 +87,15 @@ def load(target: str, plain_text: bool | None = None, echo=None, command: str = 
     """The model (with its adapter) and tokenizer of a run, a checkpoint, or a plain model. ``plain_text``:
     prompt without the chat template (None: as the run trained); ``echo`` is told what is loading, before the
     weights are read (a 7B model on CPU takes minutes), and first, where the run trains now, what that loads
-    (while_training; ``command``: the ftctl command loading it, named in that line)."""
+    (while_training; ``command``: the ftctl command loading it, named in that line), or, a merge its run has trained
+    on past since (merge.trained_since, what a merge into it again refuses with), that."""
     import torch
     from transformers import AutoTokenizer
 
     from ftctl import storage
     from ftctl.trainer import trained as trained_mod
     from ftctl.trainer.masks import ensure_chat_template
+    from ftctl.trainer.merge import trained_since
 
     download, plain = None, False
     if storage.is_remote(target) or Path(target).expanduser().is_dir():
@@ -106,6 +108,8 @@ def load(target: str, plain_text: bool | None = None, echo=None, command: str = 
         found = trained_mod.find(target)  # a directory that is not there is said as merge says it
     else:  # ORG/NAME, no directory here: a model id, the base itself
         found, plain = _model_id(target), True
+    if not plain and not found.adapter and (note := trained_since(str(found.path), target if download else None)):
+        (echo or (lambda line: log.warning("%s", line)))(note)  # a merge of the run before it trained on
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         precision = found.precision if found.precision in ("bf16", "fp16") else "bf16"

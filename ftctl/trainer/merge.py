@@ -34,7 +34,7 @@ from pathlib import Path
 from ftctl import failures, quiet, storage
 from ftctl.checkpoints.manifest import checkpoint_step, sha256_file
 from ftctl.errors import FtctlError
-from ftctl.runpaths import MERGE_RECORD, MERGED_DIR, SPEC_FILE
+from ftctl.runpaths import ADAPTER_CONFIG, MERGE_RECORD, MERGED_DIR, SPEC_FILE
 from ftctl.trainer import trained as trained_mod
 from ftctl.trainer.model import DTYPES
 
@@ -351,13 +351,63 @@ def _refuse_existing(
             f"{out_dir} holds the merge of this adapter as it is now (made {when}): nothing to merge again."
         )
     if state == "stale":
-        raise FtctlError(
-            f"{out_dir} holds the merge of this adapter as it was on {when}; the run has trained on since: {remove} "
-            "and merge again, or choose another --out."
-        )
+        raise FtctlError(f"{_stale_words(out_dir, when)}: {remove} and merge again, or choose another --out.")
     if not storage.is_remote(out_dir) and not out.is_dir():  # a file (the training data, say): never `rm -r` advice
         raise FtctlError(f"--out {out_dir} is a file, not a directory: choose another --out (a new directory).")
     raise FtctlError(f"{out_dir} already exists and is not empty: choose another --out, or {remove} first.")
+
+
+def _stale_words(out_dir: str, when: str, adapter: str = "this adapter") -> str:
+    """How a merge of an adapter the run has trained on since (_merge_state's "stale") is said: by merge's refusal to
+    write over it, and by chat and eval loading it (trained_since)."""
+    return f"{out_dir} holds the merge of {adapter} as it was on {when}; the run has trained on since"
+
+
+def trained_since(merged: str, named: str | None = None, endpoint_url: str | None = None) -> str | None:
+    """The note `ftctl chat`/`eval` of a merge say where its run has trained on since it was merged: its adapter as it
+    is now is other weights than those its ftctl-merge.json records (_merge_state's "stale", what a merge into it
+    again refuses with). ``merged``: the merge's local directory (one a merge in a store was downloaded to, ``named``
+    its URI). None where the merge is of the adapter as it is, of no ftctl merge, or its adapter cannot be read (gone,
+    a path of another machine, the store out of reach): a note never stops what loads. An adapter in a store is read
+    for it (its adapter_* files only)."""
+    record = _merge_record(merged, None)
+    if not record:
+        return None
+    where = named or merged
+    adapter = trained_mod.recorded_adapter(record, where)
+    if not isinstance(adapter, str):
+        return None
+    remote = storage.is_remote(adapter)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ftctl-adapter-") as tmp:
+            if remote and not _adapter_files(adapter, tmp, endpoint_url):
+                return None
+            if not remote and not (Path(adapter) / ADAPTER_CONFIG).is_file():
+                return None
+            run = tmp if remote else adapter
+            state = _merge_state({**record, "adapter": adapter}, run, where, adapter if remote else None)
+    except Exception as exc:  # noqa: BLE001 - the store's errors of every kind: the merge loads all the same
+        log.debug("cannot tell whether %s is of its adapter as it is now: %s", where, storage.redact(str(exc))[:300])
+        return None
+    if state != "stale":
+        return None
+    shown = adapter if remote or not adapter.startswith(os.getcwd() + os.sep) else os.path.relpath(adapter)
+    when = record.get("merged_at", "before")
+    again = f"`ftctl merge {shlex.quote(shown)} --out NEW_DIR` merges it as it is now"
+    return f"note: {_stale_words(where, when, shown)}: loading that merge ({again})"
+
+
+def _adapter_files(uri: str, into: str, endpoint_url: str | None) -> bool:
+    """The adapter_* files at the top of ``uri`` (an adapter's config and weights: what adapter_digest reads) into
+    ``into``; False where it holds no adapter."""
+    names = [
+        e["name"] for e in storage.ls(uri, endpoint_url) if e["type"] == "file" and e["name"].startswith("adapter_")
+    ]
+    if ADAPTER_CONFIG not in names:
+        return False
+    for name in names:
+        storage.get_file(storage.join(uri, name), os.path.join(into, name), endpoint_url)
+    return True
 
 
 def _merge_record(out_dir: str, endpoint_url: str | None) -> dict | None:
