@@ -132,6 +132,21 @@ def test_the_saved_tokenizer_reads_alike_in_transformers_4(fft_output):
     assert tokenizer.chat_template == config["chat_template"] and tokenizer.pad_token == "<|endoftext|>"
 
 
+def test_each_checkpoint_reads_alike_in_transformers_4(fft_output, lora_output):
+    """A checkpoint-N served as it is (vLLM or TGI on transformers 4, a best checkpoint picked by its held-out loss) had
+    transformers 5's files only: no rope_theta (transformers 4 takes its default base: SmolLM2's 100000 read as 10000,
+    other answers), no torch_dtype, a tokenizer class transformers 4 refuses and no chat template in
+    tokenizer_config.json. Each save writes them as the final model's (explore40)."""
+    for checkpoint in (fft_output / "checkpoint-2", lora_output / "checkpoint-2"):
+        tokenizer = json.loads((checkpoint / "tokenizer_config.json").read_text())
+        assert tokenizer["tokenizer_class"] == "PreTrainedTokenizerFast", checkpoint
+        assert not isinstance(tokenizer.get("extra_special_tokens"), list)
+        assert tokenizer["chat_template"] == (checkpoint / "chat_template.jinja").read_text()
+    config = json.loads((fft_output / "checkpoint-2" / "config.json").read_text())
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"]
+    assert config["torch_dtype"] == config["dtype"] == "float32"
+
+
 def test_an_adapter_and_its_merge_stop_where_the_template_ends_a_turn(lora_output, tmp_path):
     """PEFT loads the base's generation config: the adapter's directory carries the one to stop with (the card says
     how to load it; vLLM takes it as --generation-config RUN), and `ftctl merge` writes it into the merged model."""

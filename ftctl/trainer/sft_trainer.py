@@ -51,7 +51,7 @@ from trl import SFTTrainer as TrlSFTTrainer
 from ftctl.runpaths import MODEL_CONFIG, as_umask
 from ftctl.trainer import lm_head, reshard
 from ftctl.trainer.distributed import adapter_state_dict, local, offloads_optimizer, to_host_later
-from ftctl.trainer.trained import adapter_stops, name_base
+from ftctl.trainer.trained import adapter_stops, as_transformers_4_reads, name_base
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +485,9 @@ class SFTTrainer(TrlSFTTrainer):
         ties the head to the embedding again, as for a model saved without them. An adapter is saved without a question
         to the Hub (embeddings_as_trained), and each checkpoint-N and the final one are then what another machine
         loads: the adapter's generation config (trained.adapter_stops), its base named as the user named it
-        (trained.name_base), and a checkpoint's card ftctl's (model_card), all before its manifest is written."""
+        (trained.name_base), its tokenizer and config as transformers 4 reads them too (trained.as_transformers_4_reads:
+        a checkpoint-N's had no rope_theta, which transformers 4 then took as 10000), and a checkpoint's card ftctl's
+        (model_card), all before its manifest is written."""
         model = self.accelerator.unwrap_model(self.model)
         cast = self.final_dtype is not None and self.args.should_save
         if cast:  # the final model in the plan's final dtype (saving_final), cast on its way to the file
@@ -504,6 +506,7 @@ class SFTTrainer(TrlSFTTrainer):
         if cast:
             label_dtype(where, self.final_dtype)
         if self.args.should_save:
+            as_transformers_4_reads(where)  # its dtype as labelled: a checkpoint-N served as it is (vLLM, TGI)
             as_umask(where)  # a checkpoint-N's weights too: safetensors wrote them 0600
 
     # ---------------------------------------------------------------------------------- the best checkpoint

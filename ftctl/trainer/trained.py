@@ -528,13 +528,22 @@ def for_other_readers(directory) -> None:
     convert_hf_to_gguf.py); its generation config stopping where the run's chat template ends a turn
     (stop_at_end_of_turn). What transformers 5 reads is unchanged."""
     directory = Path(directory)
+    as_transformers_4_reads(directory)
+    stop_at_end_of_turn(directory)
+    as_umask(directory)  # the files written above too
+
+
+def as_transformers_4_reads(directory) -> None:
+    """A saved model's, adapter's or checkpoint's tokenizer and config as transformers 4 reads them too (its tokenizer
+    class, extra special tokens and chat template; its RoPE settings and dtype): what for_other_readers does to the
+    final model and a merge, and each checkpoint-N gets at its save (SFTTrainer._save), so that one served as it is
+    (vLLM, TGI on transformers 4) reads the positions and the template the run trained with."""
+    directory = Path(directory)
     _edit_json(
         directory / TOKENIZER_CONFIG,
         lambda config: _tokenizer_class_v4(config) | _special_tokens_v4(config) | _chat_template_v4(config, directory),
     )
     _edit_json(directory / MODEL_CONFIG, lambda config: _rope_v4(config) | _dtype_v4(config))
-    stop_at_end_of_turn(directory)
-    as_umask(directory)  # the files written above too
 
 
 def _edit_json(path: Path, edit) -> None:
