@@ -165,7 +165,7 @@ def test_what_a_checkpoint_cannot_continue_under_is_refused(tiny_model_dir, tiny
         )
     assert str(e.value) == (
         f"{checkpoint} was trained with lora_r=4; this run asks for lora_r=8, which cannot continue it. Relaunch "
-        "with -o lora_r=4 to resume it, or give another output_dir to train from the start."
+        "with -o lora_r=4 to resume it, or give another --output to train from the start."
     )
     fft = make_run(tiny_model_dir, tiny_data, out, "fft", **SCHEDULE)
     with pytest.raises(FtctlError, match="trained with method=lora; this run asks for method=fft"):
@@ -251,7 +251,7 @@ def test_resume_never_refuses_to_write_over_an_earlier_runs_checkpoints(
         train(spec, plan, echo=lambda *_: None)
     assert str(e.value) == (
         f"resume=never, but {out} holds an earlier run's checkpoints (checkpoint-3 the newest), which this run would "
-        "write over: give another output_dir, resume=auto to continue them, or delete them first."
+        "write over: give another --output, resume=auto to continue them, or delete them first."
     )
     assert {p.name: p.read_bytes() for p in (out / "checkpoint-3").iterdir()} == before
 
@@ -529,7 +529,7 @@ def test_launch_says_what_a_named_checkpoint_was_saved_with(tiny_model_dir, tiny
         Finding(
             ERROR,
             f"{checkpoint} was trained with lora_r=4; this run asks for lora_r=8, which cannot continue it. Relaunch "
-            "with -o lora_r=4 to resume it, or give another output_dir to train from the start.",
+            "with -o lora_r=4 to resume it, or give another --output to train from the start.",
         )
     ]
     # one of the output's own, named: another --output is the way to a new run; at the finished run's end, refused

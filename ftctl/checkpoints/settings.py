@@ -206,7 +206,7 @@ def compare(checkpoint: str, before: dict, now: dict) -> Changes | None:
         raise FtctlError(
             f"{checkpoint} was trained with {was}; this run asks for {asked}, which cannot continue it. "
             f"Relaunch with {' '.join(f'-o {k}={_show(changed[k][0])}' for k in refused)} to resume it, or give "
-            "another output_dir to train from the start."
+            "another --output to train from the start."
         )
     if not changed:
         return None
@@ -221,7 +221,7 @@ def written_over(output: str, names: list[str]) -> str | None:
     newest = max(names, key=checkpoint_step)
     return (
         f"resume=never, but {output} holds an earlier run's checkpoints ({newest} the newest), which this run would "
-        "write over: give another output_dir, resume=auto to continue them, or delete them first."
+        "write over: give another --output, resume=auto to continue them, or delete them first."
     )
 
 

@@ -121,7 +121,8 @@ def head_ran(head) -> None:
     it: after an evaluation, which no backward follows, the next training step read the group's parameters where they
     were, and where the checkpoint saved right after had put them back on their shards (its state dict does), they
     were freed. A full fine-tune under FSDP2 that evaluated and saved at one step died at the next step's forward, in
-    the final norm's kernel: "an illegal memory access" (bench/NOTES.md v91-v95, one H100, torch 2.11). torch's own
+    the final norm's kernel: "an illegal memory access" (bench/NOTES.md v91-v97, one H100, torch 2.11; an untied head, as
+    Llama-3-8B's: v99's tied 1B shape, whose group starts at the embedding, trained without this). torch's own
     warning says as much once per run: "1 of the 2 modules passed to fully_shard did not run forward before
     backward". A training step's forward is left as it was: its backward ends the group's forward (torch's warning is
     that), and calling the head there too, at every forward, cost 0.5% of an FSDP2 step on one H100 (v96). A 0-token
