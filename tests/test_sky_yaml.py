@@ -353,10 +353,17 @@ def test_the_setup_lines_hold_where_the_training_runs():
         assert "error: a setup line failed: false (exit 1): not training; fix -o setup=..." in done.stdout
 
 
-def test_multi_node_jobs_of_one_cluster_meet_apart():
+def test_multi_node_jobs_of_one_cluster_meet_apart(tmp_path):
     """Jobs of a reused cluster may run at once (each asks for some of its GPUs): every multi-node job met at
     "$HEAD_ADDR":29500, and a second one joined the first's store and failed when it ended. Each listens on
-    rdzv_port + its task id's checksum % 1000, the same on all its nodes, under a rendezvous id of its own."""
+    rdzv_port + its task id's checksum % 1000, the same on all its nodes, under a rendezvous id of its own. The head
+    node's address is the first line of SKYPILOT_NODE_IPS without a reader that may exit early: `echo | head -n 1`
+    under pipefail died of SIGPIPE where head had gone before echo's second line (a `head` here that reads nothing
+    and prints nothing stands for it)."""
+    early = tmp_path / "bin"
+    early.mkdir()
+    (early / "head").write_text("#!/bin/sh\nexit 0\n")
+    (early / "head").chmod(0o755)
     task = yaml.safe_load(prepared([], backend="sky", gpus="2x8xH100", output_dir="s3://b/o").text)
     run = task["run"].splitlines()
     port_lines = run[next(i for i, x in enumerate(run) if x.startswith("HEAD_ADDR=")) :][:3]
@@ -366,7 +373,7 @@ def test_multi_node_jobs_of_one_cluster_meet_apart():
 
     def port(task_id):
         script = "set -euo pipefail\n" + "\n".join(port_lines) + '\necho "$HEAD_ADDR $RDZV_PORT"'
-        env = {"PATH": "/usr/bin:/bin", "SKYPILOT_NODE_IPS": "10.0.0.7\n10.0.0.8", "SKYPILOT_TASK_ID": task_id}
+        env = {"PATH": f"{early}:/usr/bin:/bin", "SKYPILOT_NODE_IPS": "10.0.0.7\n10.0.0.8", "SKYPILOT_TASK_ID": task_id}
         done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env)
         assert done.returncode == 0, done.stderr
         head, got = done.stdout.split()

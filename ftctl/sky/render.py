@@ -411,7 +411,9 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
         f"cat > {spec_path} <<'{HEREDOC}'",
         payload,
         HEREDOC,
-        'HEAD_ADDR=$(echo "$SKYPILOT_NODE_IPS" | head -n 1)',
+        # the first line, without a pipe: under pipefail `echo | head -n 1` died of SIGPIPE (141) where head had
+        # exited before bash's line-buffered echo wrote the second line (seen once in CI, on a loaded machine)
+        "HEAD_ADDR=${SKYPILOT_NODE_IPS%%$'\\n'*}",
         *port_lines,
         'echo "ftctl: node $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES, $SKYPILOT_NUM_GPUS_PER_NODE GPUs, head $HEAD_ADDR"',
         f"{NODE_PYTHON_VAR}=$(python3 -m ftctl.sky.node_stack --print-python)  # the python the setup stocked",
