@@ -36,6 +36,7 @@ import logging
 import os
 import posixpath
 import random
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -788,6 +789,31 @@ def rm(uri: str, recursive: bool = False, endpoint_url: str | None = None) -> No
         fs.rm(path, recursive=recursive)
     except FileNotFoundError:
         pass
+
+
+def delete_command(uri: str, endpoint_url: str | None = None, folder: bool = True) -> str:
+    """The store's own command line that deletes ``uri`` (``folder``: everything under it, and nothing of a sibling
+    whose name it begins), for a message that asks the user to delete it: ftctl deletes nothing of a store on a
+    refusal's word, and "delete it from the store" left the user to look the command up. A local path: rm."""
+    kind = REMOTE_SCHEMES.get(scheme(uri), ("",))[0]
+    _, _, rest = uri.partition("://")
+    rest = rest.rstrip("/")
+    where = rest + "/" if folder else rest
+    if kind == "s3":
+        endpoint = s3_endpoint(endpoint_url)
+        also = f" --endpoint-url {shlex.quote(endpoint)}" if endpoint else ""
+        return f"aws s3 rm{' --recursive' if folder else ''} {shlex.quote('s3://' + where)}{also}"
+    if kind == "gcs":
+        return f"gcloud storage rm{' --recursive' if folder else ''} {shlex.quote('gs://' + where)}"
+    if kind == "abfs":  # az://container/key, abfs://container@account.dfs.core.windows.net/key
+        bucket, _, key = rest.partition("/")
+        container, _, host = bucket.partition("@")
+        account = f" --account-name {shlex.quote(host.split('.')[0])}" if host else ""
+        if folder:
+            pattern = shlex.quote(f"{key}/*")
+            return f"az storage blob delete-batch --source {shlex.quote(container)} --pattern {pattern}{account}"
+        return f"az storage blob delete --container-name {shlex.quote(container)} --name {shlex.quote(key)}{account}"
+    return f"rm {'-r ' if folder else ''}{shlex.quote(uri.removeprefix('file://'))}"
 
 
 def local_files(local_dir: str) -> list[str]:

@@ -590,8 +590,9 @@ def test_merge_from_and_to_object_storage_never_overwrites(lora_run, s3_bucket, 
     # the run trained on (another adapter in the store): the merge there is named stale, and left as it was
     before = storage.read_bytes(f"{out}/model.safetensors")
     storage.put_file(str(lora_run / "checkpoint-3" / "adapter_model.safetensors"), f"{run}/adapter_model.safetensors")
-    with pytest.raises(FtctlError, match="as it was on .*; the run has trained on since: delete it from the store"):
+    with pytest.raises(FtctlError, match="as it was on .*; the run has trained on since: delete it") as refused:
         merge(run, out)
+    assert f"(`aws s3 rm --recursive {out}/ --endpoint-url " in str(refused.value)  # the command, not "from the store"
     assert storage.read_bytes(f"{out}/model.safetensors") == before
     # RUN/merged in the store: a run that trains on says so when it saves its new adapter (it looked at its node only)
     from ftctl.trainer.run import warn_stale_merge
@@ -602,6 +603,7 @@ def test_merge_from_and_to_object_storage_never_overwrites(lora_run, s3_bucket, 
             SimpleNamespace(remote_uri=run, local_dir=str(tmp_path), spec=SimpleNamespace(s3_endpoint_url=None))
         )
     assert f"{run}/merged holds a merge of this run's adapter as it was before it trained on" in caplog.text
+    assert f"remove it (`aws s3 rm --recursive {run}/merged/ --endpoint-url " in caplog.text
 
 
 def test_eval_scores_the_tokens_training_scores(lora_run, tiny_model_dir, tmp_path):

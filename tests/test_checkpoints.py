@@ -747,8 +747,10 @@ def test_sync_push_never_replaces_another_runs_checkpoints_or_final_model(remote
     C.push(str(first), remote, echo=lambda line: None)
     stored = {c.name: c.manifest["files"] for c in C.list_checkpoints(remote)}
     committed(second, 1), committed(second, 2)
-    with pytest.raises(FtctlError, match=f"{remote} holds another checkpoint-1 than {second}: nothing pushed"):
+    with pytest.raises(FtctlError, match=f"{remote} holds another checkpoint-1 than {second}: nothing pushed") as got:
         C.push(str(second), remote)
+    command = f"aws s3 rm --recursive {remote}/checkpoint-1/ --endpoint-url " if remote.startswith("s3") else "rm -r "
+    assert f"`{command}" in str(got.value)  # the command to run
     assert {c.name: c.manifest["files"] for c in C.list_checkpoints(remote)} == stored  # checkpoint-2 not sent either
     shutil.rmtree(second)
     _final_model(second, weights=b"v" * 5000)

@@ -36,6 +36,28 @@ def test_is_remote_and_paths(tmp_path):
     assert storage.join("s3://b/run/", "checkpoint-1", "x") == "s3://b/run/checkpoint-1/x"
 
 
+def test_delete_command_names_the_stores_own_cli_quoted():
+    """A refusal that asks the user to delete something in a store gives the command (it said "delete it from the
+    store"); a folder's ends in '/' so that it spares a sibling whose name it begins (run/merged-2 beside
+    run/merged); odd values arrive as one word each in a shell."""
+    d = storage.delete_command
+    assert d("s3://b/run/merged") == "aws s3 rm --recursive s3://b/run/merged/"
+    assert d("s3a://b/run/spec.json", "http://127.0.0.1:9000", folder=False) == (
+        "aws s3 rm s3://b/run/spec.json --endpoint-url http://127.0.0.1:9000"
+    )
+    assert d("gcs://b/run/merged/") == "gcloud storage rm --recursive gs://b/run/merged/"
+    assert d("az://c/run/merged") == "az storage blob delete-batch --source c --pattern 'run/merged/*'"
+    assert d("abfs://c@acct.dfs.core.windows.net/r", folder=False) == (
+        "az storage blob delete --container-name c --name r --account-name acct"
+    )
+    odd = "s3://b/it's a run; $(x)"
+    shown = subprocess.run(
+        ["bash", "-c", f'aws() {{ printf "%s\\n" "$@"; }}; {d(odd)}'], capture_output=True, text=True, check=True
+    ).stdout
+    assert shown.splitlines() == ["s3", "rm", "--recursive", odd + "/"]
+    assert d("/tmp/a run") == d("file:///tmp/a run") == "rm -r '/tmp/a run'"
+
+
 def test_unknown_scheme_says_what_works():
     with pytest.raises(FtctlError, match="s3://"):
         storage.filesystem("ftp://host/x")

@@ -91,6 +91,7 @@ def test_a_stopped_runs_push_never_replaces_another_runs_records(tmp_path):
     lines = []
     C.push(str(run), uri, echo=lines.append)
     assert lines[-1].startswith(f"not pushing metrics.jsonl and spec.json: {uri} holds another run's spec.json than ")
+    assert lines[-1].endswith(f"resume this run from the store: `rm {tmp_path}/store/run/spec.json`)")  # how to
     assert json.loads(storage.read_text(f"{uri}/spec.json"))["spec"]["learning_rate"] == 0.5
     assert "metrics.jsonl" not in storage.file_sizes(uri)
 

@@ -119,7 +119,8 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
         more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
         raise FtctlError(
             f"{uri} holds another {clash[0]}{more} than {local_run_dir}: nothing pushed. Push into another URI, or "
-            f"delete {'them' if more else 'it'} from the store first (`ftctl sync ls {uri}` lists its checkpoints)."
+            f"delete {'them' if more else 'it'} from the store first (`ftctl sync ls {uri}` lists its checkpoints; "
+            f"`{storage.delete_command(storage.join(uri, clash[0]), endpoint_url)}`{' each' if more else ''})."
         )
     keep, best = _retention(local_run_dir, here, remote, endpoint_url)
     kept = _kept_names(here, remote, keep, best)
@@ -167,7 +168,8 @@ def _push_records(local_run_dir: str, uri: str, endpoint_url: str | None) -> str
     if kept:
         return (
             f"not pushing {names}: {uri} holds another run's {SPEC_FILE} than {local_run_dir}, kept (push into "
-            f"another URI, or delete {storage.join(uri, SPEC_FILE)} first, to resume this run from the store)"
+            f"another URI, or delete it first, to resume this run from the store: "
+            f"`{storage.delete_command(storage.join(uri, SPEC_FILE), endpoint_url, folder=False)}`)"
         )
     for rel in send:  # RUN_RECORDS' order: spec.json last
         storage.put_file(local[rel], storage.join(uri, rel), endpoint_url)

@@ -331,7 +331,9 @@ def _refuse_existing(
     record = _merge_record(out_dir, endpoint_url)
     if record and storage.is_remote(run) and record.get("adapter") == run:
         return  # a merge of this run in the store's adapter: said once the adapter is downloaded and its digest known
-    remove = "delete it from the store" if storage.is_remote(out_dir) else f"remove it (rm -r {shlex.quote(out_dir)})"
+    remove = (
+        f"{'delete' if storage.is_remote(out_dir) else 'remove'} it (`{storage.delete_command(out_dir, endpoint_url)}`)"
+    )
     state = (
         _merge_state(
             {**record, "adapter": trained_mod.recorded_adapter(record, out_dir)}, run, out_dir, named, dequantize

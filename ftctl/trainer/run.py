@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import socket
 import sys
@@ -838,10 +839,11 @@ def warn_stale_merge(run: Run) -> None:
         return
     if there:
         log.warning(
-            "%s holds a merge of this run's adapter as it was before it trained on: remove it, then `ftctl merge %s` "
-            "again",
+            "%s holds a merge of this run's adapter as it was before it trained on: remove it (`%s`), then "
+            "`ftctl merge %s` again",
             where,
-            run.remote_uri or run.local_dir,
+            storage.delete_command(where, run.spec.s3_endpoint_url),
+            shlex.quote(run.remote_uri or run.local_dir),
         )
 
 
