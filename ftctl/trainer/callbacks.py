@@ -9,8 +9,9 @@
   an evaluation is an ``"event": "eval"`` record (eval_loss, eval_mean_token_accuracy, ...) and a line
   ``eval at step 12  loss 1.301  token accuracy 0.612  0.8 s`` (several held-out datasets: ``loss 1.301 (chat
   1.254, code 1.402)``, all of them and each one).
-  The file holds one row per step: a run that resumes from the checkpoint of step N first drops the
-  rows after N (the steps it will replay); a run that starts over keeps only its own start record.
+  The file holds one row per step: a run that resumes from the checkpoint of step N first takes the rows up to N
+  from it where this node's file lacks some (restore_metrics), and drops the rows after N (the steps it will replay);
+  a run that starts over keeps only its own start record.
 - :class:`ProgressBar` (the demo): ``[####----] step 12/30  loss 1.234  ETA 0:41`` redrawn in place.
 - :class:`PreemptionCallback`: SIGUSR2 (what Slurm's ``--signal=B:USR2@lead`` sends), SIGTERM
   (spot reclaim, torchrun forwarding) or SIGHUP (a closed terminal) asks for a checkpoint at a step boundary; every rank agrees on
@@ -63,7 +64,7 @@ class MetricsCallback(TrainerCallback):
     def __init__(self, path: str, echo=print, resumed_from: str | None = None):
         self.path = path
         self.echo = echo
-        self.resumed_from = resumed_from  # the checkpoint the run resumes, whose rows a fresh node's file lacks
+        self.resumed_from = resumed_from  # the checkpoint the run resumes: its rows, where this node's file lacks some
         self._t0 = None
         self._step0 = 0
         self._tokens_last = 0
@@ -252,20 +253,29 @@ def append_line(path: str, line: str) -> None:
 
 
 def restore_metrics(path: str, saved: str) -> None:
-    """Put the rows a checkpoint saved (``saved``) before this run's where ``path`` holds none of a step yet: the
-    run resumes on a node without its earlier rows (a recovered spot VM, a fresh cache). Written whole (storage.write_whole)."""
+    """The run's rows up to the checkpoint it resumes from are the ones that checkpoint saved (``saved``, its copy of
+    metrics.jsonl): where ``path`` lacks one of them, they take the place of its rows, before the step-0 rows at its
+    end that this run wrote before its first step (run.record_start). The run resumes on a node without its earlier
+    rows (a recovered spot VM, a fresh cache), or on one that trained it before it went on elsewhere: its own rows
+    stop where it left (or are of steps past its last checkpoint, trained again elsewhere), and the steps trained
+    elsewhere were missing from `ftctl status`, the curves and the store's metrics.jsonl (`ftctl sync pull` of an
+    earlier copy then refused it). A node that kept every saved row (a resume where the run was saved) is left as it
+    is; a checkpoint of an ftctl that saved no rows changes nothing. Written whole (storage.write_whole)."""
     try:
         with open(saved) as f:
-            rows = f.readlines()
+            rows = [line.rstrip("\n") for line in f if math.isfinite(_step_of(line))]  # not a line cut short
     except OSError:
         return
     lines = []
     if os.path.exists(path):
         with open(path) as f:
-            lines = f.readlines()
-    if any(_step_of(line) > 0 for line in lines):
+            lines = [line.rstrip("\n") for line in f]
+    if set(rows) <= set(lines):
         return  # this node kept them
-    storage.write_whole(path, "".join(line if line.endswith("\n") else line + "\n" for line in [*rows, *lines]))
+    first = len(lines)
+    while first > 0 and _step_of(lines[first - 1]) == 0:
+        first -= 1
+    storage.write_whole(path, "".join(f"{line}\n" for line in [*rows, *lines[first:]]))
     log.debug("metrics: %d row(s) restored from %s", len(rows), saved)
 
 
