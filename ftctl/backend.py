@@ -1253,8 +1253,16 @@ def metrics_records(metrics: Path) -> list[dict] | None:
 
 
 def starts_in(metrics: Path) -> list[dict]:
-    """The "start" records of a run's metrics.jsonl; [] where there is none to read."""
-    return [r for r in metrics_records(metrics) or [] if r.get("event") == "start"]
+    """The "start" records of a run's metrics.jsonl; [] where there is none to read. Only their lines are parsed: a
+    long run's file has a row a logged step, millions of them."""
+    from ftctl.progress import records
+
+    try:
+        with open(metrics, errors="replace") as lines:
+            text = "".join(line for line in lines if '"start"' in line)
+    except OSError:
+        return []
+    return [r for r in records(text) if r.get("event") == "start"]
 
 
 def own_start(start: dict, ran: tuple[float, float | None] | None, own: dict | None) -> bool:
@@ -1290,12 +1298,13 @@ def progress(
     there at a time: the run directory's lock). None where no trainer of the job trained: the steps are another job's
     (one that held the run directory's lock, which refused this one). A metrics.jsonl without start records (an older
     ftctl's) is shown as it is."""
-    from ftctl.progress import summary
+    from ftctl.progress import summary_of_lines
 
-    records = metrics_records(metrics or ref.paths.metrics)
-    if records is None:
+    try:
+        with open(metrics or ref.paths.metrics, errors="replace") as lines:  # one at a time: a long run has millions
+            return summary_of_lines(lines, lambda start: own_start(start, ran, own), running)
+    except OSError:
         return None
-    return summary(records, lambda start: own_start(start, ran, own), running)
 
 
 # what a requeued attempt's trainer logs where it trains again what an earlier attempt trained: no checkpoint to resume

@@ -22,7 +22,7 @@ import calendar
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ftctl.runpaths import CHECKPOINT_METRICS, PROGRESS_LINE
@@ -41,46 +41,61 @@ LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.]\d{3} (?:([+-])(\d\d
 
 def records(text: str) -> list[dict]:
     """The records of a metrics.jsonl's text, in order; a line cut short (the one the trainer is writing) left out."""
-    out = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
+    return [record for line in text.splitlines() if (record := _record(line)) is not None]
+
+
+def _record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def summary(records: list[dict], counts: Callable[[dict], bool], running: bool, now: float | None = None) -> str | None:
+    """summary_of_lines of metrics.jsonl's ``records`` (ftctl.progress.records)."""
+    return summary_of_lines(map(json.dumps, records), counts, running, now)
+
+
+def summary_of_lines(
+    lines: Iterable[str], counts: Callable[[dict], bool], running: bool, now: float | None = None
+) -> str | None:
     """The run's last logged step (of its total, where its trainer recorded it), the time a step takes and, while it
-    runs, the time left; then its last held-out loss. ``records``: metrics.jsonl's (backend.metrics_records); only the
-    rows after a "start" record that ``counts`` (the job's own trainer: backend.own_start) are shown, and the rows
-    before any start record (an older ftctl's) as they are. None: nothing of the job's own logged yet."""
-    step = held_out = best = None
-    rows: list[dict] = []  # the logged steps of the newest trainer counted: the rate is theirs
+    runs, the time left; then its last held-out loss. ``lines``: metrics.jsonl's (backend.progress reads them one at a
+    time); only the rows after a "start" record that ``counts`` (the job's own trainer: backend.own_start) are shown,
+    and the rows before any start record (an older ftctl's) as they are. None: nothing of the job's own logged yet.
+
+    A long run logs a row a step (a million rows, 200 MB, with logging_steps=1): only the records with an "event"
+    (starts, evaluations) are parsed whole, and of the logged steps the ends of the newest trainer's (_Steps); parsing
+    every row took `ftctl status` 6 s and 1.6 GB at a million rows."""
+    steps, held_out, best = _Steps(), None, None
     counted = True
     started = ours = False
-    for record in records:
+    for line in lines:
+        if STEP_ROW in line and EVENT not in line:  # a logged step (the bulk)
+            if counted:
+                steps.add(line)
+            continue
+        if (record := _record(line)) is None:
+            continue
         if record.get("event") == "start":
             counted = counts(record)
             started, ours = True, ours or counted
             if counted:
-                rows = []
+                steps = _Steps()
         elif not counted:
             continue
-        elif "loss" in record:
-            step = record
-            rows.append(record)
+        elif "loss" in record:  # a row written otherwise than json.dumps writes it
+            steps.add(json.dumps(record))
         elif record.get("event") == "eval":
             held_out = record
             best = record if best is None or record["eval_loss"] < best["eval_loss"] else best
     if started and not ours:
         return None
     parts = []
-    if step is not None:
+    if (step := steps.last()) is not None:
         text = step_text(step["step"], step["loss"], step.get("tokens_per_s"), step.get("max_steps"))
-        if timing := pace(rows, step.get("max_steps"), running, time.time() if now is None else now):
+        if timing := steps.pace(step.get("max_steps"), running, time.time() if now is None else now):
             text += f"  {timing}"
         parts.append(text)
     if held_out is not None:
@@ -90,6 +105,47 @@ def summary(records: list[dict], counts: Callable[[dict], bool], running: bool, 
     return "; ".join(parts) or None
 
 
+STEP_ROW, EVENT = '"loss": ', '"event": '  # in a logged step's row (callbacks.MetricsCallback); in every other record
+TIMED, UNTIMED = '"time": ', '"time": null'  # a row with its time (an older trainer's have none)
+
+
+class _Steps:
+    """One trainer's logged steps, as their lines come: what pace and the step line read of them (the first two timed
+    rows, the last rows, how many are timed), the rest counted, not parsed."""
+
+    def __init__(self):
+        self.first: list[dict] = []  # the first two timed rows
+        self.timed = 0
+        self.prev = self.line = ""  # the last two rows' lines (the last may be cut short: the one being written)
+        self.timed_prev = self.timed_line = ""  # the last two timed rows' lines
+
+    def add(self, line: str) -> None:
+        self.prev, self.line = self.line, line
+        if TIMED not in line or UNTIMED in line:
+            return
+        if len(self.first) < 2:
+            if (row := _record(line)) is None or not isinstance(row.get("time"), (int, float)):
+                return
+            self.first.append(row)
+        self.timed += 1
+        self.timed_prev, self.timed_line = self.timed_line, line
+
+    def last(self, timed: bool = False) -> dict | None:
+        """The last row (``timed``: of those with a time) that reads whole."""
+        for line in (self.timed_line, self.timed_prev) if timed else (self.line, self.prev):
+            if (row := _record(line)) is not None and "loss" in row:
+                return row
+        return None
+
+    def pace(self, total: int | None, running: bool, now: float) -> str | None:
+        timed = self.timed - (bool(self.timed_line) and _record(self.timed_line) is None)  # one cut short
+        first = self.first[1] if timed > 2 else self.first[0] if self.first else None
+        last = self.last(timed=True)
+        if first is None or last is None or not isinstance(last.get("time"), (int, float)):
+            return None
+        return pace(first, last, timed - (timed > 2), total, running, now)
+
+
 def step_text(step: int, loss: float, tokens_per_s: float | None, total: int | None = None) -> str:
     """``step 120/1000 (12%)  loss 1.2345  1,234 tok/s``; ``step 120  loss ...`` where the total is not known."""
     rate = f"  {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
@@ -97,18 +153,14 @@ def step_text(step: int, loss: float, tokens_per_s: float | None, total: int | N
     return f"step {step}{of}  loss {loss:.4f}{rate}"
 
 
-def pace(rows: list[dict], total: int | None, running: bool, now: float) -> str | None:
-    """``0.80 s a step, ~12 min left``: the rate of the trainer's own logged steps (from its second one, once there
-    is a third: the first pays for what runs once, CUDA's start, compiling), evaluations and saves included, as a
-    user's clock sees them; the time left only while the job runs, counted from the last step's time. None: fewer
-    than two logged steps."""
-    timed = [r for r in rows if isinstance(r.get("time"), (int, float))]
-    if len(timed) > 2:
-        timed = timed[1:]
-    if len(timed) < 2 or timed[-1]["step"] <= timed[0]["step"]:
+def pace(first: dict, last: dict, timed: int, total: int | None, running: bool, now: float) -> str | None:
+    """``0.80 s a step, ~12 min left``: the rate of the trainer's own logged steps (``timed`` of them, ``first`` to
+    ``last``: from its second one, once there is a third: the first pays for what runs once, CUDA's start,
+    compiling), evaluations and saves included, as a user's clock sees them; the time left only while the job runs,
+    counted from the last step's time. None: fewer than two logged steps."""
+    if timed < 2 or last["step"] <= first["step"]:
         return None
-    first, last = timed[0], timed[-1]
-    interval = (last["time"] - first["time"]) / (len(timed) - 1)  # between two logged steps
+    interval = (last["time"] - first["time"]) / (timed - 1)  # between two logged steps
     per_step = (last["time"] - first["time"]) / (last["step"] - first["step"])
     said = f"{duration(per_step, exact=True)} a step"
     if not running:

@@ -83,10 +83,10 @@ class Trained:
         "start" record says, run.record_start); False where unknown."""
         for metrics in (self.path / METRICS_FILE, self.path.parent / METRICS_FILE):
             try:
-                lines = metrics.read_text().splitlines()
+                with open(metrics, errors="replace") as lines:  # a row a step: only the start records are parsed
+                    starts = [r for line in lines if START in line and (r := _record(line)).get("event") == "start"]
             except OSError:
                 continue
-            starts = [r for r in map(_record, lines) if r.get("event") == "start"]
             return bool(starts and starts[-1].get(PLAIN_TEXT))
         return False
 
@@ -98,6 +98,9 @@ class Trained:
             except (OSError, KeyError, ValueError):
                 continue
         return None
+
+
+START = '"start"'  # in a "start" record's line (run.record_start: json.dumps's); a logged step's has none
 
 
 def _record(line: str) -> dict:
@@ -377,18 +380,21 @@ def _logged_step(metrics: Path, since: float | None) -> str:
     """ "step 37/100": the last step the trainer that started at ``since`` logged (its metrics.jsonl rows after its
     "start" record, trainer.run.record_start); "no step logged yet" before its first (an earlier run's rows, a
     relaunch's before its start record, are not its steps)."""
+    rows: list[str] = []  # the last two rows of the trainer's (the last may be cut short): a row a step, not parsed
+    ours = False
     try:
-        lines = metrics.read_text().splitlines()
+        with open(metrics, errors="replace") as lines:
+            for line in lines:
+                if START not in line:
+                    rows = [*rows[-1:], line] if ours and '"loss"' in line else rows
+                elif (record := _record(line)).get("event") == "start":
+                    when = record.get("time")
+                    ours = since is None or (isinstance(when, (int, float)) and when >= since - 0.1)  # a file time
+                    rows = []
     except OSError:
-        lines = []
-    last, ours = None, False
-    for record in map(_record, lines):
-        if record.get("event") == "start":
-            when = record.get("time")
-            ours = since is None or (isinstance(when, (int, float)) and when >= since - 0.1)  # a file time: coarse
-            last = None
-        elif ours and "loss" in record and isinstance(record.get("step"), int):
-            last = record
+        pass
+    found = [r for r in map(_record, reversed(rows)) if "loss" in r and isinstance(r.get("step"), int)]
+    last = found[0] if found else None
     if last is None:
         return "no step logged yet"
     total = last.get("max_steps")
