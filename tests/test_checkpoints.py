@@ -562,9 +562,10 @@ def test_sync_push_keeps_the_runs_retention_in_the_store(remote, tmp_path):
     shutil.rmtree(run / "checkpoint-4")
     committed(run, 0)  # older than the two newest: not sent to be deleted
     assert C.push(str(run), remote, echo=lines.append) == []
-    assert lines[-2:] == [
-        f"not pushing checkpoint-{step}: older than the 2 newest the run keeps (save_total_limit)" for step in (0, 2)
-    ]
+    assert (
+        lines[-1]
+        == "not pushing checkpoint-0 and checkpoint-2: older than the 2 newest the run keeps (save_total_limit)"
+    )
     assert [c.step for c in C.list_checkpoints(remote)] == [1, 3, 4]
 
     ckpt = make_checkpoint(other, 9)  # another run's (another spec_hash): the store's are not this push's to delete
@@ -1059,3 +1060,32 @@ def test_a_push_to_a_file_store_on_a_full_disk_says_so_and_commits_nothing(tmp_p
     assert str(got.value).startswith(f"no space left on the disk of {small_disk}/store: saving failed with ")
     assert str(got.value).endswith("one save needs ~0.1 MB; free some space there to push the run")
     assert C.list_checkpoints(f"file://{small_disk}/store") == []  # its half-written checkpoint-4 removed
+
+
+def test_push_hashes_only_the_checkpoints_it_sends(tmp_path, monkeypatch):
+    """`ftctl sync push` hashed every local checkpoint's every file (deep listing), those the store held already and
+    those retention does not send: a run of ten 16 GB checkpoints read 160 GB at each push. It hashes the ones it
+    sends, and refuses one whose file changed since its manifest; the old ones it does not send are named once."""
+    from ftctl.checkpoints import manifest
+
+    run, remote = tmp_path / "run", str(tmp_path / "store")
+    for step in range(1, 7):
+        committed(run, step)
+    (run / "spec.json").write_text(json.dumps({"spec": {"save_total_limit": 2}}))
+    lines = []
+    assert len(C.push(str(run), remote, echo=lines.append)) == 2
+    older = (
+        "not pushing checkpoint-1, checkpoint-2 and 2 more: older than the 2 newest the run keeps (save_total_limit)"
+    )
+    assert lines[2] == older, lines  # after the two it pushed, once
+    hashed = []
+    sha256 = manifest.sha256_file
+    monkeypatch.setattr(manifest, "sha256_file", lambda path: hashed.append(path) or sha256(path))
+    assert C.push(str(run), remote, echo=lines.append) == [] and hashed == []  # the store holds them: none hashed
+    committed(run, 7)
+    assert [s.rsplit("/", 1)[1] for s in C.push(str(run), remote, echo=lines.append)] == ["checkpoint-7"]
+    assert hashed and all("checkpoint-7" in path for path in hashed)
+    committed(run, 8)
+    victim = next(p for p in (run / "checkpoint-8").iterdir() if p.name != C.MANIFEST and p.is_file())
+    victim.write_bytes(b"x" * victim.stat().st_size)  # the same size, other bytes
+    assert C.push(str(run), remote, echo=lines.append) == []

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftctl import storage
-from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST, discard_uncommitted
+from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST, discard_uncommitted, verify_against
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints, raise_if_full
 from ftctl.checkpoints.upload import final_files, prune, records_to_send, trains_alike, upload_checkpoint
 from ftctl.errors import FtctlError
@@ -102,7 +102,7 @@ def push(local_run_dir: str, uri: str, endpoint_url: str | None = None, echo=pri
 
 
 def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending: list) -> list:
-    here = list_checkpoints(local_run_dir, deep=True)
+    here = list_checkpoints(local_run_dir)  # by their sizes: hashed below, where sent (a push hashed every one)
     final = any(rel in FINAL_MARKS for rel in final_files(local_run_dir))
     if not here and not final:
         raise FtctlError(f"nothing to push: {local_run_dir} holds no checkpoint-N and no final model.")
@@ -124,7 +124,7 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
         )
     keep, best = _retention(local_run_dir, here, remote, endpoint_url)
     kept = _kept_names(here, remote, keep, best)
-    sent = []
+    sent, older = [], []
     for c in here:
         if not c.complete:
             log.warning("not pushing %s: %s", c.uri, "; ".join(c.problems))
@@ -133,7 +133,10 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
         if r is not None and r.complete and r.manifest["files"] == c.manifest["files"]:
             continue
         if c.name not in kept:
-            echo(f"not pushing {c.name}: older than the {keep} newest the run keeps (save_total_limit)")
+            older.append(c.name)
+            continue
+        if problems := verify_against(c.uri, c.manifest, deep=True):  # a file changed since its manifest: corrupted
+            log.warning("not pushing %s: %s", c.uri, "; ".join(problems))
             continue
         dest = storage.join(uri, c.name)
         storage.rm(storage.join(dest, MANIFEST), endpoint_url=endpoint_url)
@@ -142,6 +145,9 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
         sending.clear()
         echo(f"pushed {c.name} -> {dest}")
         sent.append(dest)
+    if older:  # said once, not a line each (a run directory may hold hundreds)
+        names = " and ".join(older) if len(older) < 3 else f"{', '.join(older[:2])} and {len(older) - 2} more"
+        echo(f"not pushing {names}: older than the {keep} newest the run keeps (save_total_limit)")
     if not final and (said := _push_records(local_run_dir, uri, endpoint_url)):  # a run stopped before its end
         echo(said)
     if keep:  # what the run's own uploader does after each checkpoint: the store keeps the newest `keep` and the best
