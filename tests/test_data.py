@@ -1117,6 +1117,62 @@ def test_a_file_not_in_utf8_names_its_lines_and_how_to_convert_it(tmp_path, tiny
     ]
 
 
+def test_half_a_surrogate_pair_is_a_row_error_not_a_tokenizer_crash(tmp_path, tiny_tokenizer):
+    """JSON's \\ud83c without its other half (an emoji cut in two by the dump) parses into a str the tokenizer cannot
+    encode: a TypeError out of tokenizers once ended data check and the trainer with a traceback. A whole pair, and
+    an escaped backslash before 'ud83c', are text."""
+    lines = [
+        '{"text": "ok"}',
+        '{"messages": [{"role": "user", "content": "cut \\ud83c"}, {"role": "assistant", "content": "a"}]}',
+        '{"text": "low \\udc89 alone"}',
+        '{"text": "pair \\ud83c\\udf89, backslash \\\\ud83c"}',
+    ]
+    (tmp_path / "s.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "s.json").write_text("[" + ",\n".join(lines) + "]")
+    for name, unit in (("s.jsonl", "line"), ("s.json", "row")):
+        report, dataset = prepare_data(str(tmp_path / name), tiny_tokenizer, 64)
+        assert report.errors == [
+            f"{name} {unit} 2 (\\ud83c), {unit} 3 (\\udc89) (2 rows): not Unicode text: half of a UTF-16 surrogate "
+            "pair (a character such as an emoji cut in two where the data was written), which no tokenizer encodes; "
+            "remove it from the row, or leave the row out"
+        ]
+        assert [tiny_tokenizer.decode(r["input_ids"]) for r in dataset] == [
+            "ok" + EOT,
+            "pair \U0001f389, backslash \\ud83c" + EOT,
+        ]
+
+
+def test_answers_in_a_row_a_template_joins_are_named_not_blamed_on_the_template(tmp_path, tiny_tokenizer, monkeypatch):
+    """Mistral v3's template joins two assistant turns in a row with a blank line, the first closed by no eos: the
+    warning said the template ends no turn ("use a template that ends turns with the eos token"), for a few rows of a
+    template that closes every other turn, and named none of them."""
+    from pathlib import Path
+
+    one = [{"role": "user", "content": "Code?"}, {"role": "assistant", "content": "AMBER-42."}]
+    two = [*one, {"role": "assistant", "content": "Anything else?"}]
+    path = write_jsonl(tmp_path / "m.jsonl", [json.dumps({"messages": m}) for m in (one, two, one, two)])
+    template = (Path(__file__).parent / "templates" / "mistral_v3.jinja").read_text()
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", template)
+    report, dataset = prepare_data(path, tiny_tokenizer, 256)
+    assert report.warnings == [
+        "m.jsonl lines 2, 4 (2 rows): an assistant turn ends with no end-of-turn token, where the chat template "
+        "closes other turns with one: assistant turns in a row do this where the template joins them (Mistral's); "
+        "make them one turn"
+    ]
+    assert trained_spans(tiny_tokenizer, dataset[1]["input_ids"], dataset[1]["labels"]) == [
+        " AMBER-42.",
+        "Anything else?" + EOT,
+    ]
+
+
+def test_the_text_field_asked_for_trains_though_a_text_field_is_beside_it(tmp_path, tiny_tokenizer):
+    """`--text-field content` (TRL's dataset_text_field) of {"content": ..., "text": ...} trained the 'text' field,
+    where TRL trains 'content'; a row without the field still trains its 'text'."""
+    path = write_jsonl(tmp_path / "t.jsonl", [{"content": "The body.", "text": "A summary."}, {"text": "Only text."}])
+    dataset = build_dataset(path, tiny_tokenizer, 64, text_field="content")
+    assert [tiny_tokenizer.decode(r["input_ids"]) for r in dataset] == ["The body." + EOT, "Only text." + EOT]
+
+
 def test_a_jsonl_file_holding_a_json_list_is_read_as_one(tmp_path, tiny_tokenizer):
     """As a .json file holding JSON Lines is read as such; its rows are numbered as a .json list's."""
     path = write_json(tmp_path / "list.jsonl", [{"text": "a"}, {"text": "b"}, {"txt": "c"}])
@@ -1417,6 +1473,9 @@ def test_assistant_only_loss_false_trains_every_token(tiny_model_dir, tiny_token
     shown, n = got.stdout.splitlines(), len(every["input_ids"][0])
     assert shown[1] == f"rows.jsonl line 1: {n} tokens, {n} trained" and shown[2].startswith("[[<|im_start|>")
     assert f"trainable tokens  {sum(map(len, every['input_ids'])):,} (100.0%)" in got.stdout
+    # TRL trains a prompt-completion row's completion alone under assistant_only_loss=False: the difference is said
+    assert "1 prompt-completion row(s) train every token, their prompts' too" in " ".join(got.stdout.split())
+    assert "prompt-completion row(s)" not in " ".join(check_data(str(data), tiny_tokenizer, 128).notes)
 
 
 def test_an_unreachable_hub_is_one_line_at_once(tmp_path, monkeypatch):

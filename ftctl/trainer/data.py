@@ -278,7 +278,7 @@ def prepare_data(
             f"not read: {some}: ftctl reads {KINDS} (`ftctl data check` of a CSV file says how to convert it)"
         )
 
-    missing_eot = 0
+    missing_eot: list[Row] = []  # rows with an assistant turn not closed by an end-of-turn token (or eos)
     renamed: list[Row] = []  # rows whose call ids the template gets shortened (masks.renames_call_ids)
     special = _special_tokens(tokenizer)
     written_out: list[tuple[Row, str]] = []  # (row, the first special token its text writes out)
@@ -312,7 +312,8 @@ def prepare_data(
             if problem:
                 problems.append((row, problem))
                 continue
-            missing_eot += not has_eot
+            if not has_eot:
+                missing_eot.append(row)
             if renames:
                 renamed.append(row)
             good.append(row)
@@ -376,13 +377,13 @@ def prepare_data(
             truncated += cut
         else:
             problems += cut
-    if missing_eot:
+    if missing_eot and (problem := turn_close_problem(tokenizer)):  # the template's: every row
+        report.warnings.append(f"{problem} ({len(missing_eot)} row{'s' * (len(missing_eot) != 1)})")
+    elif missing_eot:  # the template closes other rows' turns: these rows' shape (Mistral's joins answers in a row)
+        where = missing_eot[0].where if len(missing_eot) == 1 else _rows_named(missing_eot, len(rows))
         report.warnings.append(
-            f"{problem} ({missing_eot} row{'s' * (missing_eot != 1)})"
-            if (problem := turn_close_problem(tokenizer))
-            else f"the chat template puts no end-of-turn token after assistant turns ({missing_eot} row"
-            f"{'s' * (missing_eot != 1)}): "
-            "the model will not learn to stop; use a template that ends turns with the eos token"
+            f"{where}: an assistant turn ends with no end-of-turn token, where the chat template closes other turns "
+            "with one: assistant turns in a row do this where the template joins them (Mistral's); make them one turn"
         )
     if written_out and (templated := _templated(written_out, tokenizer)):
         report.warnings.append(templated)
@@ -402,6 +403,12 @@ def prepare_data(
         report.notes.append(
             f"{weight_zero} row(s) have assistant turns of weight 0 (or training: false): the loss covers every token "
             "here (assistant_only_loss=false), theirs too"
+        )
+    if every_token and (prompted := formats.get("prompt-completion")):  # TRL: completion_only_loss, not this key
+        report.notes.append(
+            f"{prompted} prompt-completion row(s) train every token, their prompts' too (the loss on every token: "
+            "assistant_only_loss=false); TRL's SFTTrainer, given assistant_only_loss=False, still trains only their "
+            "completions (its completion_only_loss): to train those alone, leave assistant_only_loss out"
         )
     if joined:
         report.notes.append(
@@ -727,6 +734,7 @@ def _special_tokens(tokenizer):
 _DETAILS = [
     (re.compile(r" \(column (\d+)\)"), "", r"column \1"),  # invalid JSON: Expecting value (column 10)
     (re.compile(r" \(byte (0x[0-9a-f]+) at column (\d+)\)"), "", r"byte \1 at column \2"),  # not UTF-8 text
+    (re.compile(r"^not Unicode text \((\\u[0-9a-f]{4})\)"), "not Unicode text", r"\1"),  # a lone surrogate
     (re.compile(r"\bturn (\d+)\b"), "turn N", r"turn \1"),  # unknown role 'robot' in turn 3
     (re.compile(r" \(turns: ([^)]*)\)$"), "", r"turns: \1"),  # the chat template refused this conversation
     (re.compile(r" \(the row has (\d+); "), " (", r"\1 tokens"),  # every label is masked after truncation

@@ -240,6 +240,37 @@ def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[s
             return
         raw = gzip.decompress(f.read()) if kind.endswith(".gz") else f.read()
         raw = raw.removeprefix(codecs.BOM_UTF8)
+    records = _json_records(raw, kind, name)
+    if _LONE_SURROGATE.search(raw):  # JSON's \ud83c alone: Python reads it, the tokenizer cannot encode it
+        records = ((unit, number, _surrogate_problem(record) or record) for unit, number, record in records)
+    yield from records
+
+
+# a UTF-16 surrogate escape without its other half (an emoji cut in two where the data was written): JSON parses it
+# into a str no UTF-8 encoder (the tokenizer's) takes
+_LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F]"
+)
+
+
+def _surrogate_problem(record: Any) -> _ParseError | None:
+    """The problem of a record that holds half of a UTF-16 surrogate pair (None if it holds none: _LONE_SURROGATE
+    also matches an escaped backslash written before 'ud83c')."""
+    if isinstance(record, _ParseError):
+        return None
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return _ParseError(
+            f"not Unicode text (\\u{ord(e.object[e.start]):04x}): half of a UTF-16 surrogate pair (a character such "
+            "as an emoji cut in two where the data was written), which no tokenizer encodes; remove it from the row, "
+            "or leave the row out"
+        )
+    return None
+
+
+def _json_records(raw: bytes, kind: str, name: str) -> Iterator[tuple[str, int, Any]]:
+    """_records of a JSON or JSON Lines file's bytes."""
     if raw.lstrip()[:1] == b"[":  # a JSON list of rows: a .json file's, or a .jsonl file that holds one
         records = None
         try:
@@ -595,8 +626,9 @@ def described(description: str | dict | None):
 
 
 def _text_field(record: Any, field: str) -> Any:
-    """A record whose plain text is in ``field`` (TRL's dataset_text_field) as to_row reads one: its ``text``."""
-    if field == "text" or not isinstance(record, dict) or field not in record or "text" in record:
+    """A record whose plain text is in ``field`` (TRL's dataset_text_field) as to_row reads one: its ``text`` (a
+    ``text`` field beside it is not what trains, as in TRL)."""
+    if field == "text" or not isinstance(record, dict) or field not in record:
         return record
     return {**{k: v for k, v in record.items() if k != field}, "text": record[field]}
 
