@@ -294,7 +294,7 @@ def stored(output: str, endpoint_url: str | None, now: float | None = None) -> t
         newest = done[-1]
         listed = {f.get("path") for f in (newest.manifest or {}).get("files", []) if isinstance(f, dict)}
         copy = read_text(join(newest.uri, CHECKPOINT_METRICS), endpoint_url) if CHECKPOINT_METRICS in listed else ""
-    said = summary(records(copy), lambda start: True, running=False, now=now)
+    said = summary_of_lines(copy.splitlines(), lambda start: True, running=False, now=now)
     saved = _saved(newest, now)
     at = (newest.manifest or {}).get("created_unix")
     saved += f" at {clock(at, now)}" if isinstance(at, (int, float)) else ""

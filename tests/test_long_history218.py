@@ -119,3 +119,19 @@ def test_a_stores_many_checkpoints_are_listed_with_their_manifests_read_at_once(
     listed = resume.list_checkpoints(uri)
     assert [c.step for c in listed] == list(range(1, 13)) and all(c.complete for c in listed)
     assert most[0] > 4, most[0]  # one at a time before
+
+
+def test_status_from_the_stores_newest_checkpoint_parses_its_records_not_every_row(tmp_path, parsed):
+    """`ftctl status s3://...` of a run whose metrics.jsonl is not seen here says what its newest checkpoint's copy
+    (ftctl-metrics.jsonl, whole) says: it parsed every row, twice."""
+    from ftctl.checkpoints.manifest import write_manifest
+    from ftctl.progress import stored
+
+    ckpt = tmp_path / "checkpoint-3000"
+    ckpt.mkdir()
+    _metrics(ckpt / "ftctl-metrics.jsonl")
+    write_manifest(str(ckpt), 3000, 1, "abc")
+    parsed.clear()
+    said, _ = stored(str(tmp_path), None)
+    assert said.startswith("step 3000/6000 (50%)  loss 1.0000  800 tok/s  0.80 s a step; held-out loss 2.0000")
+    assert len(parsed) < 30, len(parsed)
