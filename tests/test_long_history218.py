@@ -135,3 +135,26 @@ def test_status_from_the_stores_newest_checkpoint_parses_its_records_not_every_r
     said, _ = stored(str(tmp_path), None)
     assert said.startswith("step 3000/6000 (50%)  loss 1.0000  800 tok/s  0.80 s a step; held-out loss 2.0000")
     assert len(parsed) < 30, len(parsed)
+
+
+def test_a_long_log_is_copied_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """`ftctl logs` of a long run (a step line a step: 100 MB at a million steps) read the whole log into memory
+    (317 MB resident for a 98 MB log); it copies it a chunk at a time, a character split between two kept whole."""
+    import io
+
+    from ftctl import logfile
+
+    monkeypatch.setattr(logfile, "COPY_CHUNK", 1000, raising=False)
+    log = tmp_path / "train.log"
+    text = "".join(f"step {s}/9000  loss 1.2345  ETA 0:00:11  ünïcode\n" for s in range(1, 400))
+    log.write_text(text)
+    writes = []
+
+    class Out(io.StringIO):
+        def write(self, s):
+            writes.append(len(s))
+            return super().write(s)
+
+    out = Out()
+    assert logfile.copy_new(log, 0, out, logfile.new_decoder()) == len(text.encode())
+    assert out.getvalue() == text and max(writes) <= 1000 and len(writes) > 10
