@@ -1173,6 +1173,40 @@ def test_the_text_field_asked_for_trains_though_a_text_field_is_beside_it(tmp_pa
     assert [tiny_tokenizer.decode(r["input_ids"]) for r in dataset] == ["The body." + EOT, "Only text." + EOT]
 
 
+def test_rows_a_rename_away_from_a_format_say_the_rename(tmp_path, tiny_tokenizer, monkeypatch):
+    """ShareGPT turns with 'content' (or messages with 'value'), OpenAI's older 'function' role and rows inside
+    {"data": [...]} were each refused without the one change that reads them; another model's template that writes
+    a bos this tokenizer lacks was refused in jinja's words alone."""
+    from ftctl.trainer.formats import to_row
+
+    def problem(record):
+        (said,) = to_row("a.jsonl line 1", record).problems
+        return said
+
+    turns = [{"from": "human", "content": "Q"}, {"from": "gpt", "content": "A"}]
+    assert problem({"conversations": turns[:1]}) == (
+        "not a conversation: turn 1 must be an object with 'from' and 'value' (it has 'content': rename it 'value')"
+    )
+    assert problem({"messages": [{"role": "user", "value": "Q"}]}).endswith("(it has 'value': rename it 'content')")
+    function = [{"role": "user", "content": "Q"}, {"role": "function", "content": "r"}]
+    assert problem({"messages": function}).endswith(
+        "('function' is OpenAI's older name of a tool result: make it 'tool')"
+    )
+    assert problem({"data": [{"text": "a"}, {"text": "b"}]}) == (
+        "not a conversation: keys 'data'; 'data' holds the rows: give them as the file's top level, a JSON list of "
+        "rows or JSON Lines, one row a line (as datasets' field= reads them)"
+    )
+    assert "holds the rows" not in problem({"data": [{"x": 1}]})  # a list of what no format reads: not said to be rows
+    template = "{{ bos_token + messages[0].content }}{% for m in messages[1:] %}{{ m.content }}{% endfor %}"
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", template)  # Llama 3's writes bos_token + ...: none here
+    conversation = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    report = check_data(write_json(tmp_path / "b.json", [{"messages": conversation}]), tiny_tokenizer, 64)
+    assert report.errors[0].endswith(
+        "'bos_token' is undefined: the tokenizer has no bos_token, which the template writes; train with a template "
+        "made for this tokenizer, or give it one (bos_token in its tokenizer_config.json) (turns: user, assistant)"
+    ), report.errors
+
+
 def test_a_jsonl_file_holding_a_json_list_is_read_as_one(tmp_path, tiny_tokenizer):
     """As a .json file holding JSON Lines is read as such; its rows are numbered as a .json list's."""
     path = write_json(tmp_path / "list.jsonl", [{"text": "a"}, {"text": "b"}, {"txt": "c"}])

@@ -588,7 +588,15 @@ def _tokenize_rows(work: _Work, lo: int, hi: int) -> _Done:
             continue
         except Exception as e:  # jinja2 TemplateError and friends: the template refused the conversation
             roles = ", ".join(m["role"] for m in row.messages)
-            problem = f"the model's chat template refused this conversation: {e} (turns: {roles})"
+            fix = ""
+            if (token := re.search(r"'(bos_token|eos_token)' is undefined", str(e))) and not getattr(
+                tokenizer, token[1], None
+            ):  # another model's template (chat_template_path) on a tokenizer without that token
+                fix = (
+                    f": the tokenizer has no {token[1]}, which the template writes; train with a template made for "
+                    f"this tokenizer, or give it one ({token[1]} in its tokenizer_config.json)"
+                )
+            problem = f"the model's chat template refused this conversation: {e}{fix} (turns: {roles})"
             said.append((found, problem, True, False))
             continue
         said.append((found, None, has_eot, renames_call_ids(tokenizer, row.messages)))

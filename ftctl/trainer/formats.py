@@ -760,6 +760,12 @@ def _renames(record: dict) -> str | None:
                         f"'{key}' holds {role}/{text} turns: rename it '{name}' (ftctl reads turns by that name, not "
                         "by axolotl's field_messages)"
                     )
+    if len(record) == 1 and isinstance(rows := next(iter(record.values())), list) and rows:
+        if isinstance(rows[0], dict) and to_row("", rows[0]).format != "unknown":  # {"data": [rows]}
+            return (
+                f"'{next(iter(record))}' holds the rows: give them as the file's top level, a JSON list of rows or "
+                "JSON Lines, one row a line (as datasets' field= reads them)"
+            )
     return _question_answer(record)
 
 
@@ -825,12 +831,18 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
         if isinstance(turn, dict) and role_key not in turn and "from" in turn and "value" in turn:  # and from/value
             role_key, text_key, roles = "from", "value", SHAREGPT_ROLES  # in 'messages' (human, gpt)
         if not isinstance(turn, dict) or role_key not in turn or (text_key not in turn and "tool_calls" not in turn):
-            row.problems.append(f"not a conversation: turn {n} must be an object with '{role_key}' and '{text_key}'")
+            other = {"value": "content", "content": "value"}[text_key]  # one format's roles, the other's text
+            rename = f" (it has '{other}': rename it '{text_key}')" if isinstance(turn, dict) and other in turn else ""
+            row.problems.append(
+                f"not a conversation: turn {n} must be an object with '{role_key}' and '{text_key}'{rename}"
+            )
             continue
         role = turn[role_key]
         mapped = roles.get(role.lower(), MORE_ROLES.get(role.lower())) if isinstance(role, str) else None
         if mapped is None:
             hint = did_you_mean(str(role), roles).strip()  # the problems of a row are joined with "; "
+            if str(role).lower() == "function":  # OpenAI's older tool result (function_call's answer)
+                hint = "'function' is OpenAI's older name of a tool result: make it 'tool'"
             row.problems.append(
                 f"unknown role {role!r} in turn {n}: use one of {', '.join(sorted(roles))}"
                 + (f" ({hint[0].lower()}{hint[1:]})" if hint else "")
