@@ -462,9 +462,9 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     for Qwen3-30B-A3B (30.5B), DeepSeek-V2-Lite (15.7B), Mixtral-8x7B (46.7B) and Qwen1.5-MoE-A2.7B (14.3B).
     A token passes through num_experts_per_tok experts and the shared ones: that width is ``intermediate``, what
     the activations are counted for. In transformers 5 the experts are fused 3D parameters, not nn.Linear:
-    bitsandbytes leaves them 16-bit under qlora (memory_terms), and PEFT 0.21's all-linear adapts them as
-    gate_up at rank 2r and down at r beside the attention's projections, r x (3H + 5I) an expert (_trainable_b;
-    on Qwen2-MoE itself PEFT leaves them out, and this over-counts)."""
+    bitsandbytes leaves them 16-bit under qlora (memory_terms), and all-linear adapts them as gate_up at rank 2r
+    and down at r beside the attention's projections, r x (3H + 5I) an expert (_trainable_b; methods.expert_weights;
+    Qwen2-MoE's shared expert, counted here, PEFT leaves out: 3% over)."""
     kind = cfg.get("model_type") or ""  # a multimodal model's own (Liger's patch is chosen by it: liger_layers)
     quantized = stored_quantization(cfg)
     cfg = _filled(cfg)

@@ -952,11 +952,10 @@ def test_moe_models_are_sized_by_their_experts(tmp_path, name):
 
     # lora_dropout 0: PEFT adapts fused experts without dropout only (ParamWrapper refuses a dropout)
     spec = build({"method": "lora", "gpus": "1xH200", "model_name_or_path": str(few), "lora_dropout": 0})
-    trained = sum(p.numel() for p in get_peft_model(model, lora_config(spec)).parameters() if p.requires_grad)
-    if cfg["model_type"] == "qwen2_moe":  # PEFT 0.21 leaves Qwen2-MoE's own experts out (_shape_from_config)
-        assert make_plan(spec).trainable_params_b * 1e9 > trained
-    else:  # the routers' adapters (0.2%) left out
-        assert make_plan(spec).trainable_params_b * 1e9 == pytest.approx(trained, rel=0.01)
+    trained = sum(p.numel() for p in get_peft_model(model, lora_config(spec, model)).parameters() if p.requires_grad)
+    # Qwen2-MoE: the plan counts its shared expert's adapters (3%), which PEFT leaves out (methods.expert_weights)
+    rel = 0.04 if cfg["model_type"] == "qwen2_moe" else 0.01
+    assert make_plan(spec).trainable_params_b * 1e9 == pytest.approx(trained, rel=rel)
 
 
 def test_moe_lora_trains_with_the_default_dropout_and_refuses_one_set_for_its_experts(tmp_path):

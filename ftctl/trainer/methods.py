@@ -209,16 +209,46 @@ def lora_config(spec, model=None):
     dropout against its experts (adapter_dropout)."""
     from peft import LoraConfig
 
+    targets = lora_targets(spec, model)
+    experts = expert_weights(model) if targets == "all-linear" and model is not None else []
+    fused = {}
+    if experts:  # all-linear of a mixture of experts: expert_weights
+        targets = linear_layer_names(model, head=False)
+        gate_up = {r".*\.experts\.gate_up_proj": 2}  # gate and up fused: each at rank r, as PEFT adapts them
+        fused = dict(
+            target_parameters=experts,
+            rank_pattern={k: n * spec.lora_r for k, n in gate_up.items()},
+            alpha_pattern={k: n * spec.lora_alpha for k, n in gate_up.items()},
+        )
     return LoraConfig(
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
         lora_dropout=adapter_dropout(spec, model),
-        target_modules=lora_targets(spec, model),
+        target_modules=targets,
         bias="none",
         task_type="CAUSAL_LM",
         use_rslora=spec.use_rslora,
         use_dora=spec.use_dora,  # a LoRA variant: _fused_forward hands such layers to PEFT's own forward
+        **fused,
     )
+
+
+def expert_weights(model) -> list[str]:
+    """A mixture of experts' fused expert weights (transformers 5: 3-D parameters of a module named experts), as
+    LoraConfig's target_parameters takes them: ["experts.down_proj", "experts.gate_up_proj"]; [] for a dense model.
+
+    all-linear adapts them and the model's linear layers but for the output head, never the router, on every MoE
+    family. PEFT's own all-linear adapted the router too (Qwen3-MoE, Mixtral, GLM-4-MoE, DeepSeek-V3: its map of
+    transformers 4's names, where the router was a Linear named gate), which MoE recipes leave out (Unsloth: router
+    training off by default, for stability), and no expert at all of gpt-oss or Qwen3.5-MoE, which the plan counts.
+    Where PEFT maps transformers 4's names (the four above), a Linear named gate_proj/up_proj/down_proj outside the
+    experts (a dense first layer, shared experts) is taken for an expert's and is not adapted: PEFT 0.21's doing."""
+    names = set()
+    for name, p in model.named_parameters():
+        module, _, param = name.rpartition(".")
+        if module.rsplit(".", 1)[-1] == "experts" and len(getattr(p, "ds_shape", p.shape)) == 3:  # ZeRO-3's: flat
+            names.add(f"experts.{param}")
+    return sorted(names)
 
 
 def adapter_dropout(spec, model=None) -> float:
@@ -230,7 +260,7 @@ def adapter_dropout(spec, model=None) -> float:
 
     if not spec.lora_dropout or model is None or lora_target_names(spec.lora_target_modules) != "all-linear":
         return spec.lora_dropout
-    if not any(len(getattr(p, "ds_shape", p.shape)) == 3 for p in model.parameters()):  # ZeRO-3's: flat
+    if not expert_weights(model):  # a 3-D weight elsewhere (Qwen3.5's conv1d, SigLIP's probe) is no expert
         return spec.lora_dropout
     if spec.lora_dropout != FIELDS["lora_dropout"].default:
         raise FtctlError(
@@ -270,9 +300,10 @@ def lora_targets(spec, model=None) -> str | list[str] | None:
     return names
 
 
-def linear_layer_names(model) -> list[str]:
+def linear_layer_names(model, head: bool = True) -> list[str]:
     """The names (their last part, as lora_target_modules takes them) of the model's linear layers, in the model's
-    order: q_proj, k_proj, ... lm_head. bitsandbytes' 4-bit layers are torch Linear layers; GPT-2's Conv1D counts."""
+    order: q_proj, k_proj, ... lm_head (not with ``head=False``). bitsandbytes' 4-bit layers are torch Linear
+    layers; GPT-2's Conv1D counts."""
     import torch
 
     kinds: tuple[type, ...] = (torch.nn.Linear,)
@@ -282,7 +313,12 @@ def linear_layer_names(model) -> list[str]:
         kinds += (Conv1D,)
     except ImportError:  # pragma: no cover - transformers always has it
         pass
-    return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, kinds)))
+    out = None if head else model.get_output_embeddings()
+    return list(
+        dict.fromkeys(
+            name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, kinds) and m is not out
+        )
+    )
 
 
 def transformer_blocks(model):
