@@ -1197,6 +1197,14 @@ def test_rows_a_rename_away_from_a_format_say_the_rename(tmp_path, tiny_tokenize
         "rows or JSON Lines, one row a line (as datasets' field= reads them)"
     )
     assert "holds the rows" not in problem({"data": [{"x": 1}]})  # a list of what no format reads: not said to be rows
+    bare = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]  # a JSON Lines line of turns
+    assert problem(bare) == (
+        'not a conversation: a list of role/content turns: a row is an object that names them, {"messages": [...turns]}'
+    )
+    assert problem({"from": "human", "value": "Q"}) == (  # a .json list of one conversation's turns
+        "not a conversation: keys 'from', 'value'; one from/value turn: a row holds a whole conversation, "
+        '{"conversations": [...turns]}'
+    )
     template = "{{ bos_token + messages[0].content }}{% for m in messages[1:] %}{{ m.content }}{% endfor %}"
     monkeypatch.setattr(tiny_tokenizer, "chat_template", template)  # Llama 3's writes bos_token + ...: none here
     conversation = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]

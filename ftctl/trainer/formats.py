@@ -638,7 +638,9 @@ def to_row(where: str, record: Any) -> Row:
     if isinstance(record, _ParseError):
         return Row(where=where, format="unknown", problems=[record.message])
     if not isinstance(record, dict):
-        return Row(where=where, format="unknown", problems=[f"not a conversation: {_kind(record)}, {FORMAT_HINT}"])
+        turns = next(filter(None, (_as_turns(record, key) for key in TURN_KEYS)), None)
+        said = turns or f"{_kind(record)}, {FORMAT_HINT}"
+        return Row(where=where, format="unknown", problems=[f"not a conversation: {said}"])
     if isinstance(record.get("id"), (str, int)):
         where = f"{where} (id {record['id']!r})"
     if "conversations" in record:
@@ -666,7 +668,7 @@ def to_row(where: str, record: Any) -> Row:
         if not text.strip():
             return Row(where=where, format="text", problems=["empty turn: 'text' is empty"])
         return Row(where=where, format="text", text=text)
-    if renames := _renames(record):
+    if renames := _renames(record) or next(filter(None, (_as_turns(record, key) for key in TURN_KEYS)), None):
         return Row(where=where, format="unknown", problems=[f"not a conversation: keys {_keys(record)}; {renames}"])
     texts = [k for k, v in record.items() if isinstance(v, str) and k != "id"]
     plain = (  # TRL's dataset_text_field: a plain-text column of another name
@@ -747,6 +749,18 @@ ANSWER_FIELDS = {"response": "output", "answer": "output", "output": "output", "
 ANSWER_FIELDS |= {"reply": "output", "completion": "output"}
 # a list of turns under another name (axolotl's field_messages): each turn's keys, as a format names them
 TURN_KEYS = (("role", "content", "messages"), ("from", "value", "conversations"))
+
+
+def _as_turns(value: Any, keys: tuple[str, str, str]) -> str | None:
+    """How to make a row of turns given bare (a JSON Lines line that is a list of turns, or one turn a row); None where
+    ``value`` is not turns with these (role, text, name) keys."""
+    role, text, name = keys
+    turns = value if isinstance(value, list) else [value]
+    if not turns or not all(isinstance(t, dict) and role in t and text in t for t in turns):
+        return None
+    if isinstance(value, list):
+        return f'a list of {role}/{text} turns: a row is an object that names them, {{"{name}": [...turns]}}'
+    return f'one {role}/{text} turn: a row holds a whole conversation, {{"{name}": [...turns]}}'
 
 
 def _renames(record: dict) -> str | None:
