@@ -322,12 +322,15 @@ def linear_layer_names(model, head: bool = True) -> list[str]:
 
 
 def transformer_blocks(model):
-    """The model's list of transformer blocks: the ModuleList with num_hidden_layers entries."""
+    """The model's list of transformer blocks: the ModuleList with num_hidden_layers entries, of its language model
+    (a multimodal one's, as Gemma 3 4B-27B are: its config's text config; not its vision tower's layers)."""
     import torch
 
-    n = getattr(model.config, "num_hidden_layers", None)
+    n = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    within = next((name + "." for name, m in model.named_modules() if m is decoder and name), "")
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n and name.startswith(within):
             return name, module
     raise FtctlError(
         f"method sft: cannot find the transformer blocks of {type(model).__name__}; "
