@@ -136,6 +136,7 @@ from ftctl.spec import (
     parse_size,
 )
 from ftctl.trainer.attention import (
+    ATTENTION_SINKS,
     EAGER,
     LIGER_MODEL_TYPES,
     default_packing,
@@ -176,6 +177,7 @@ class ModelShape:
     model_type: str = ""  # its config's (a multimodal model's own, not its text model's): which kernels run on it
     heads: int = 0  # attention (query) heads; 0: not read, hidden / 128 (Llama's head width)
     attn_softcap: bool = False  # soft-caps its attention logits (attn_logit_softcapping: Gemma 2)
+    attn_sinks: bool = False  # adds learned sink logits to its attention (attention.ATTENTION_SINKS: gpt-oss)
     quantized: str = ""  # how its weights are stored, where quantized (stored_quantization): "bitsandbytes 4-bit"
 
     @property
@@ -506,6 +508,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
         model_type=kind,
         heads=heads,
         attn_softcap=bool(cfg.get("attn_logit_softcapping")),
+        attn_sinks=kind in ATTENTION_SINKS,
         quantized=quantized,
     )
     if not moe:
@@ -1097,8 +1100,8 @@ def _kept_on_gpu(spec: RunSpec, req, shape: ModelShape, plan: Plan) -> str | Non
 def _attention(spec: RunSpec, req, shape: ModelShape) -> tuple[str, bool]:
     """The plan's attention, and whether what runs for it keeps each head's (S x S) scores (eager attention)."""
     flash = not req.is_cpu and req.tier.flash_attn2
-    attn = plan_attention(spec.attn_implementation, flash, shape.attn_softcap)
-    return attn, keeps_scores(attn, flash, shape.attn_softcap)
+    attn = plan_attention(spec.attn_implementation, flash, shape.attn_softcap, shape.attn_sinks)
+    return attn, keeps_scores(attn, flash, shape.attn_softcap, shape.attn_sinks)
 
 
 def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float | None = None) -> Plan | None:
@@ -1110,7 +1113,12 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     if said := experts_stay_16bit(method, shape):
         notes.append(said)
     asked = spec.attn_implementation
-    if scores and shape.attn_softcap and asked in ("varlen", "flash_attention_2"):
+    if scores and shape.attn_sinks and asked != EAGER:
+        notes.append(
+            "this model's attention adds learned sink logits, which SDPA and flash-attn 2 do not (flash-attn 2 would "
+            "leave them out unsaid): eager attention, its (S x S) scores counted"
+        )
+    elif scores and shape.attn_softcap and asked in ("varlen", "flash_attention_2"):
         notes.append(
             f"{req.tier.name if req.tier else 'CPU'} runs no FlashAttention kernel and this model soft-caps its "
             f"attention logits, which SDPA cannot: eager attention, its (S x S) scores counted"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 
 def test_sft_trains_the_top_blocks_of_a_multimodal_gemma3s_language_model():
     """Gemma 3 4B-27B are Gemma3ForConditionalGeneration (AutoModelForCausalLM's for gemma3): its config has no
@@ -23,3 +27,43 @@ def test_sft_trains_the_top_blocks_of_a_multimodal_gemma3s_language_model():
     assert blocks == {"1", "2"}
     assert all(n.startswith(("model.language_model.", "lm_head.")) for n in trained)
     assert "model.language_model.norm.weight" in trained
+
+
+GPT_OSS = dict(model_type="gpt_oss", hidden_size=2880, intermediate_size=2880, num_hidden_layers=24,
+               num_attention_heads=64, num_key_value_heads=8, head_dim=64, num_local_experts=32,
+               num_experts_per_tok=4, vocab_size=201088, sliding_window=128, tie_word_embeddings=False)  # fmt: skip
+
+
+@pytest.mark.parametrize("gpus", ["1xH100", "1xA100-80GB", "cpu"])
+def test_gpt_oss_plans_eager_attention_which_keeps_its_sinks(tmp_path, gpus):
+    """gpt-oss adds learned sink logits to its attention: transformers refuses SDPA for it (every CPU run stopped on
+    the node with its ValueError) and hands the sinks to no flash-attn 2 kernel (an A100/H100 run with flash-attn
+    trained without them, unsaid). The plan says eager and counts its scores."""
+    from ftctl.plan import make_plan
+    from ftctl.spec import build
+
+    (tmp_path / "config.json").write_text(json.dumps(GPT_OSS))
+    model = str(tmp_path) if gpus != "cpu" else _tiny_gpt_oss(tmp_path)
+    plan = make_plan(build({"method": "lora", "gpus": gpus, "model_name_or_path": model}))
+    assert plan.attn_implementation == "eager"
+    assert plan.memory["attention_scores"] > 0
+    assert any("sink logits" in n for n in plan.notes)
+
+
+def _tiny_gpt_oss(tmp_path) -> str:
+    small = tmp_path / "small"
+    small.mkdir()
+    cfg = {**GPT_OSS, "hidden_size": 64, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "head_dim": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
+           "vocab_size": 256}  # fmt: skip
+    (small / "config.json").write_text(json.dumps(cfg))
+    return str(small)
+
+
+def test_a_model_with_sinks_runs_eager_whatever_kernel_the_plan_named():
+    """At run time too (a plan from before, or -o attn_implementation=varlen): never a kernel that leaves them out."""
+    from ftctl.trainer.attention import AttentionShape, resolve
+
+    shape = AttentionShape(head_dim=64, heads=8, kv_heads=8, dtype="bfloat16", sinks=True)
+    for planned in ("varlen", "sdpa", "flash_attention_2"):
+        assert resolve(planned, "gpt_oss", on_cpu=True, shape=shape).attn_implementation == "eager"

@@ -61,6 +61,10 @@ VARLEN_ATTENTION = frozenset({VARLEN, FLASH_ATTN, "flash_attention_3", TORCH_VAR
 # Attentions that keep them apart through transformers' block-diagonal mask built from the restarting
 # position_ids: exact, but the (tokens x tokens) mask costs memory and time, so packing is opt-in.
 MASKED_ATTENTION = frozenset({SDPA, EAGER, "flex_attention"})
+# model_type values whose attention adds learned sink logits (transformers' s_aux): transformers refuses SDPA for
+# them, hands the sinks only to a flash kernel that takes them (flash-attn 2 runs without them, silently) and
+# ftctl's varlen function refuses them, so they run eager attention
+ATTENTION_SINKS = frozenset({"gpt_oss"})
 # model_type values whose Liger patch covers RoPE, RMSNorm and the gated MLP (SwiGLU; GeGLU for Gemma) the way
 # Llama's does; Gemma's and Phi-3's measured against transformers' own layers (bench/NOTES.md v63)
 LIGER_MODEL_TYPES = frozenset(
@@ -70,22 +74,25 @@ LIGER_MODEL_TYPES = frozenset(
 
 
 # ------------------------------------------------------------------------------------ plan time
-def plan_attention(requested: str | None, gpu_flash: bool, softcap: bool = False) -> str:
+def plan_attention(requested: str | None, gpu_flash: bool, softcap: bool = False, sinks: bool = False) -> str:
     """What the plan names: the user's choice, else ``varlen`` where the GPU runs FlashAttention
     kernels (Ampere and newer), else ``sdpa`` (T4/V100, CPU; also where varlen or flash_attention_2 was asked
     for there: what runs, as ``resolve`` would fall back); ``eager`` where that is sdpa and the model
-    soft-caps its attention logits (Gemma 2), which sdpa cannot (as ``resolve`` does at run time)."""
+    soft-caps its attention logits (Gemma 2), which sdpa cannot (as ``resolve`` does at run time); ``eager`` for
+    any of them where the model's attention has sinks (ATTENTION_SINKS: gpt-oss)."""
     name = requested or (VARLEN if gpu_flash else SDPA)
     if name in (VARLEN, FLASH_ATTN) and not gpu_flash:
         name = SDPA
+    if sinks and name in VARLEN_ATTENTION | {SDPA}:
+        return EAGER
     return EAGER if softcap and name == SDPA else name
 
 
-def keeps_scores(planned: str, gpu_flash: bool, softcap: bool) -> bool:
+def keeps_scores(planned: str, gpu_flash: bool, softcap: bool, sinks: bool = False) -> bool:
     """Whether the attention that runs for a plan's writes out each head's (S x S) scores (transformers' eager
     attention): asked for, or where a soft-capped model would run sdpa, a varlen plan's too on a GPU that runs
     no FlashAttention kernel (``resolve``)."""
-    return plan_attention(planned, gpu_flash, softcap) == EAGER
+    return plan_attention(planned, gpu_flash, softcap, sinks) == EAGER
 
 
 def default_packing(attn: str) -> bool:
@@ -117,6 +124,7 @@ class AttentionShape:
     dtype: str  # the torch dtype the kernels take: "bfloat16" or "float16"
     softcap: float | None = None  # attn_logit_softcapping (Gemma 2)
     windows: tuple = (None,)  # the sliding windows its layers pass (None: full causal attention)
+    sinks: bool = False  # adds learned sink logits (ATTENTION_SINKS: gpt-oss)
 
     @classmethod
     def of(cls, cfg, dtype: str) -> AttentionShape | None:
@@ -135,6 +143,7 @@ class AttentionShape:
             dtype=dtype,
             softcap=getattr(cfg, "attn_logit_softcapping", None),
             windows=tuple(sorted(windows, key=lambda w: w or 0)),
+            sinks=getattr(cfg, "model_type", None) in ATTENTION_SINKS,
         )
 
 
@@ -346,6 +355,9 @@ def resolve(
         )
     if softcap and name == SDPA:
         log.info("the model soft-caps its attention logits, which sdpa cannot: eager attention")
+        name = EAGER
+    if shape is not None and shape.sinks and name in VARLEN_ATTENTION | {SDPA}:
+        log.info("the model's attention adds sink logits, which %s does not: eager attention", name)
         name = EAGER
     if name in (TORCH_VARLEN, FA4_VARLEN):
         register_varlen(name, masks=not packed)
