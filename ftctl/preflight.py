@@ -874,10 +874,11 @@ def _row_problems(
         return []
     shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
     text = ["--text-field", text_field] if text_field != "text" else []
-    check = shlex.join(["ftctl", "data", "check", path, *(["--held-out"] if held_out else []), *text])
+    model = run_args[1] if run_args and run_args[0] == "--model" else None  # (data_check_args)
+    named = ["--model", model] if model else []  # the run's template, not launch's default model's
+    check = shlex.join(["ftctl", "data", "check", path, *named, *(["--held-out"] if held_out else []), *text])
     fix = f"`{check}` lists them (--all: every row's problem)"
     if any(not row.problems for row in rows):  # some rows to write (the rest of a file that is CSV is none)
-        model = run_args[1] if run_args and run_args[0] == "--model" else None  # (data_check_args)
         fix += f"; {write_valid_command(path if files == [path] else None, model=model)}"
     return [Finding(ERROR, f"{said}: {shown}", fix + ".")]
 

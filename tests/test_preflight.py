@@ -282,6 +282,8 @@ def test_the_rows_own_problems_are_said_before_the_job(tmp_path, monkeypatch):
     said = only(check_data(str(qa)))
     assert said.startswith(f"--data {qa}: qa.jsonl lines 1-40 (all 40 rows): not a conversation: keys 'question', ")
     assert said.endswith(f"; `ftctl data check {qa}` lists them (--all: every row's problem).")
+    named = only(check_data(str(qa), run_args=["--model", "org/m"]))  # the run's template, not the default model's
+    assert f"; `ftctl data check {qa} --model org/m` lists them (--all: every row's problem)." in named
     broken = tmp_path / "broken.jsonl"
     broken.write_text(json.dumps(CONV) + "\n" + '{"messages": [oops\n')
     assert "broken.jsonl line 2: invalid JSON" in only(check_data(str(broken)))
