@@ -131,7 +131,7 @@ def test_each_checkpoint_has_ftctls_card_and_no_card_names_a_path_of_the_machine
         card = ModelCard.load(directory / "README.md")
         assert card.data.library_name == "peft" and card.data.base_model is None  # a local base: no Hub id
         assert "A LoRA adapter of `qwen-like` (a local model directory)" in text and f"on `{tiny_data.name}`" in text
-        assert 'model = AutoPeftModelForCausalLM.from_pretrained("DIR")' in text
+        assert 'model = AutoPeftModelForCausalLM.from_pretrained("DIR", device_map="auto")' in text
     checkpoint = (out / "checkpoint-1" / "README.md").read_text()
     assert "# run (checkpoint-1)" in checkpoint and "its weights at step 1" in checkpoint
     assert "DIR is this directory (`checkpoint-1` of the run)" in checkpoint

@@ -6,6 +6,7 @@ end in a token its generation config did not stop at."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,6 @@ def test_an_adapter_and_its_merge_stop_where_the_template_ends_a_turn(lora_outpu
     """PEFT loads the base's generation config: the adapter's directory carries the one to stop with (the card says
     how to load it; vLLM takes it as --generation-config RUN), and `ftctl merge` writes it into the merged model."""
     from huggingface_hub import ModelCard
-    from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from ftctl.trainer.merge import merge
@@ -160,8 +160,11 @@ def test_an_adapter_and_its_merge_stop_where_the_template_ends_a_turn(lora_outpu
     assert GenerationConfig.from_pretrained(lora_output).eos_token_id == [eos, end]
     card = (lora_output / "README.md").read_text()
     assert 'model.generation_config = GenerationConfig.from_pretrained("DIR")' in card  # DIR: this directory
-    model = AutoPeftModelForCausalLM.from_pretrained(lora_output).eval()
-    model.generation_config = GenerationConfig.from_pretrained(lora_output)  # as the card says
+    scope: dict = {}
+    exec(re.search(r"```python\n(.*?)```", card, re.S).group(1).replace('"DIR"', repr(str(lora_output))), scope)
+    model = scope["model"].eval()  # the card's code as written (device_map="auto": the CPU on a machine without GPUs)
+    assert hasattr(model, "peft_config") and {p.device.type for p in model.parameters()} == {"cpu"}
+    assert model.generation_config.eos_token_id == [eos, end]  # as the card says
     assert _new_tokens_until_stop(lora_output, model) == 3
 
     merged = merge(str(lora_output), str(tmp_path / "merged"))

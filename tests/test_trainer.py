@@ -147,7 +147,7 @@ def test_the_model_card_of_a_hub_base_and_an_object_store_output():
     # a local output is loaded from DIR, said to be this directory: no path of the machine that trained (task 129)
     here = RunSpec(method="lora", output_dir="file:///tmp/o")
     card = model_card.text(here, "./models/llama", adapter=True, local_dir="/tmp/o")
-    assert 'from_pretrained("DIR")' in card and "ftctl chat DIR " in card and "DIR is this directory (`o`)" in card
+    assert 'from_pretrained("DIR", device_map="auto")' in card and "ftctl chat DIR " in card and "DIR is this directory (`o`)" in card
     assert "/tmp/o" not in card and "file:" not in card
     assert "A LoRA adapter of `llama` (a local model directory)" in card and "base_model" not in card
     assert "ftctl's build" not in card
@@ -175,7 +175,7 @@ def test_lora_trains_an_adapter_that_peft_loads(tiny_model_dir, tiny_data, tmp_p
     # the card names that base by its name, never a path of a machine (TRL's read "a fine-tuned version of [None]")
     card = Path(result.output_dir, "README.md").read_text()
     assert "A LoRA adapter of `launched` (a local model directory)" in card and "None" not in card
-    assert 'AutoPeftModelForCausalLM.from_pretrained("DIR")' in card and "/where/it/was" not in card
+    assert 'AutoPeftModelForCausalLM.from_pretrained("DIR", device_map="auto")' in card and "/where/it/was" not in card
     assert "library_name: peft" in card and "base_model:" not in card  # the Hub's field takes a Hub id only
     # all linear projections of both blocks carry adapters (target all-linear, the head excluded)
     assert {m.rsplit(".", 1)[-1] for m in config["target_modules"]} == {

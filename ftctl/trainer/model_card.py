@@ -148,8 +148,10 @@ def _adapter_loads(method: str, plan, generation_config: bool) -> str:
             f"bnb_4bit_compute_dtype={dtype}\n)\n"
             f'model = AutoPeftModelForCausalLM.from_pretrained("DIR", quantization_config=nf4, dtype={dtype})'
         )
-    else:
-        body = 'model = AutoPeftModelForCausalLM.from_pretrained("DIR")'
+    else:  # without device_map a GPU machine loaded it on the CPU (bench/NOTES.md v100); a 4-bit base lands on the GPU
+        body = (
+            'model = AutoPeftModelForCausalLM.from_pretrained("DIR", device_map="auto")  # the GPU where there is one'
+        )
     if generation_config:
         body += '\nmodel.generation_config = GenerationConfig.from_pretrained("DIR")  # stops where its answers end'
     return "".join(imports) + "\n" + body
