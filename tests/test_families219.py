@@ -67,3 +67,26 @@ def test_a_model_with_sinks_runs_eager_whatever_kernel_the_plan_named():
     shape = AttentionShape(head_dim=64, heads=8, kv_heads=8, dtype="bfloat16", sinks=True)
     for planned in ("varlen", "sdpa", "flash_attention_2"):
         assert resolve(planned, "gpt_oss", on_cpu=True, shape=shape).attn_implementation == "eager"
+
+
+def test_varlen_attention_runs_multi_head_latent_attention_whose_values_are_narrower():
+    """DeepSeek-V2/V3's attention (MLA) hands the attention values of 16 where queries and keys have 24 per head: the
+    varlen path reshaped the values to the queries' width ('shape [...] is invalid') at the first step of
+    every GPU run of them. Now the same logits as eager attention."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ftctl.trainer.attention import TORCH_VARLEN, register_varlen
+
+    register_varlen(TORCH_VARLEN)
+    cfg = AutoConfig.for_model("deepseek_v3", vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=4, moe_intermediate_size=32,
+                               n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1,
+                               n_group=1, topk_group=1, q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8,
+                               qk_nope_head_dim=16, v_head_dim=16)  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    ids = torch.randint(0, 128, (2, 12))
+    eager = model(ids).logits
+    model.set_attn_implementation(TORCH_VARLEN)
+    torch.testing.assert_close(model(ids).logits, eager, atol=1e-5, rtol=1e-5)

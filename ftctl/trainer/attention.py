@@ -454,6 +454,9 @@ def varlen_attention_forward(
     if dropout and module is not None and module.training:
         _warn_once(f"attention dropout ({dropout:g}) is not applied by the varlen kernels: training runs without it")
     b, hq, s, d = query.shape
+    dv = value.shape[-1]
+    if dv < d:  # multi-head latent attention (DeepSeek-V2/V3): v's heads narrower than q/k's, one width a kernel
+        value = torch.nn.functional.pad(value, (0, d - dv))  # zero columns in, zero columns out: sliced off below
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
     keep = None
     if cu_q is not None:
@@ -482,7 +485,7 @@ def varlen_attention_forward(
         full = out.new_zeros(b * s, hq, d)
         full[keep] = out
         out = full
-    return out.reshape(b, s, hq, d), None
+    return out.reshape(b, s, hq, d)[..., :dv], None
 
 
 @functools.cache
