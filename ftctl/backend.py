@@ -266,7 +266,9 @@ class Backend:
         with ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(one, refs))
 
-    def logs(self, ref: JobRef, follow: bool) -> None:
+    def logs(self, ref: JobRef, follow: bool, lines: int | None = None) -> None:
+        """Print the job's log (its last ``lines`` lines where given: read from its end, by the backend's own tail
+        where its log lives elsewhere); with ``follow``, what it writes next until the job ends."""
         self.status(ref)
 
     def log_tail(self, ref: JobRef) -> str:

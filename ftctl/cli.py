@@ -321,12 +321,20 @@ def status(job, exit_code):
 @main.command()
 @click.argument("job")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
-def logs(job, follow):
+@click.option(
+    "-n",
+    "--tail",
+    "lines",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Only the log's last N lines (read from its end), then with -f what follows. Default: all of it, -f too.",
+)
+def logs(job, follow, lines):
     """Print a launched job's log."""
     from ftctl.backend import find_job
 
     b, ref = find_job(job)
-    b.logs(ref, follow)
+    b.logs(ref, follow, lines)
 
 
 @main.command()

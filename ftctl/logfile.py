@@ -1,11 +1,12 @@
-"""A job's log file as `ftctl logs` prints it: what was appended since the last read, and following it while the
-job writes (a Slurm job's slurm-JOB.out, a local run's train.log)."""
+"""A job's log file as `ftctl logs` prints it: its last N lines (read back from its end), what was appended since the
+last read, and following it while the job writes (a Slurm job's slurm-JOB.out, a local run's train.log)."""
 
 from __future__ import annotations
 
 import codecs
 import contextlib
 import fcntl
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,38 @@ def copy_new(path: Path, offset: int, out: IO[str], decoder) -> int:
     return offset
 
 
+TAIL_BLOCK = 64 * 1024  # bytes read at a time back from a log's end for its last lines (`ftctl logs --tail N`)
+
+
+def start_of_last(path: Path, lines: int | None) -> int:
+    """The offset where ``path``'s last ``lines`` lines begin (a last line still without its newline counts as one),
+    found reading back from its end a block at a time: a long run's log is not read to print its end. 0 where
+    ``lines`` is None (all of it) or there is no file yet (all it will hold is new)."""
+    if lines is None:
+        return 0
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return 0
+    with fh:
+        end = pos = fh.seek(0, os.SEEK_END)
+        if lines <= 0:
+            return end
+        found = 0
+        while pos > 0:
+            size = min(TAIL_BLOCK, pos)
+            pos -= size
+            fh.seek(pos)
+            block = fh.read(size)
+            # the file's own last newline ends its last line; each one before it starts a line
+            i = len(block) - 1 if pos + size == end and block.endswith(b"\n") else len(block)
+            while (i := block.rfind(b"\n", 0, i)) >= 0:
+                found += 1
+                if found == lines:
+                    return pos + i + 1
+        return 0
+
+
 def hold(fh) -> None:
     """Mark an open log as being written (an exclusive flock its writer keeps until it closes it): see ``held``."""
     with contextlib.suppress(OSError):  # no locks on this file system: followers go by the trainer's own lock
@@ -54,10 +87,12 @@ def held(path: Path) -> bool:
     return False
 
 
-def follow(path: Path, writing: Callable[[], bool], out: IO[str], poll_s: float = 0.5) -> None:
-    """Print ``path`` and what is appended to it for as long as ``writing()`` says its writer goes on (asked once a
-    second at most), then what it wrote last."""
-    decoder, offset, asked = new_decoder(), 0, 0.0
+def follow(
+    path: Path, writing: Callable[[], bool], out: IO[str], poll_s: float = 0.5, lines: int | None = None
+) -> None:
+    """Print ``path`` (its last ``lines`` lines where given) and what is appended to it for as long as ``writing()``
+    says its writer goes on (asked once a second at most), then what it wrote last."""
+    decoder, offset, asked = new_decoder(), start_of_last(path, lines), 0.0
     while True:
         offset = copy_new(path, offset, out, decoder)
         now = time.monotonic()

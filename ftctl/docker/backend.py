@@ -298,9 +298,11 @@ class DockerBackend(Backend):
             return None
 
     @_at_its_engine
-    def logs(self, ref: JobRef, follow: bool) -> None:
+    def logs(self, ref: JobRef, follow: bool, lines: int | None = None) -> None:
         docker = _docker(ref)
-        if subprocess.call([docker, "logs", *(["--follow"] if follow else []), ref.job_id], env=_engine_env()) == 0:
+        tail = ["--tail", str(lines)] if lines is not None else []  # docker's own: it reads back from the log's end
+        argv = [docker, "logs", *tail, *(["--follow"] if follow else []), ref.job_id]
+        if subprocess.call(argv, env=_engine_env()) == 0:
             return
         _daemon(docker)  # a daemon that does not answer says so (docker's own line is above)
         if _inspect(ref.job_id, docker) is None:

@@ -47,7 +47,7 @@ from ftctl.backend import (
 from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV, STOP_ENV
 from ftctl.errors import FtctlError, Stopped
 from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv, trainer_env
-from ftctl.logfile import copy_new, held, hold, new_decoder
+from ftctl.logfile import copy_new, held, hold, new_decoder, start_of_last
 from ftctl.logfile import follow as follow_log
 from ftctl.plan import DoesNotFit, Plan, PlanError, make_plan
 from ftctl.preflight import host_memory_gb
@@ -216,9 +216,10 @@ class LocalBackend(Backend):
         records = failures.read(ref.paths.failures)
         return f"{failures.ERROR_PREFIX}{failures.summarize(records)[0]}\n" if records else ""
 
-    def logs(self, ref: JobRef, follow: bool) -> None:
-        """What the run printed in the terminal that launched it, kept in its run directory (train.log); with
-        ``follow``, what it prints next, for as long as its launcher writes it (from before the model loads)."""
+    def logs(self, ref: JobRef, follow: bool, lines: int | None = None) -> None:
+        """What the run printed in the terminal that launched it, kept in its run directory (train.log), its last
+        ``lines`` lines where given; with ``follow``, what it prints next, for as long as its launcher writes it (from
+        before the model loads)."""
         log = ref.paths.local_log
         if not log.is_file():  # a run of an ftctl that kept no log, or one whose run directory is gone
             click.echo(self.status(ref).text)
@@ -230,10 +231,10 @@ class LocalBackend(Backend):
                 )
             return
         if not follow:
-            copy_new(log, 0, sys.stdout, new_decoder())
+            copy_new(log, start_of_last(log, lines), sys.stdout, new_decoder())
             return
         paths = trainer_paths(ref)
-        follow_log(log, lambda: held(log) or training_now(paths) is not None, sys.stdout)
+        follow_log(log, lambda: held(log) or training_now(paths) is not None, sys.stdout, lines=lines)
         click.echo(self.status(ref).text, err=True)
 
     def cancel(self, ref: JobRef) -> str:

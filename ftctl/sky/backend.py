@@ -287,8 +287,10 @@ class SkyBackend(Backend):
             note = saved_note(ref)
         return JobStatus(SKY_STATES.get(word, JobState.UNKNOWN), text, note=note)
 
-    def logs(self, ref: JobRef, follow: bool) -> None:
-        bridge.call("logs", follow=follow, **self._args(ref))
+    def logs(self, ref: JobRef, follow: bool, lines: int | None = None) -> None:
+        if lines == 0:  # SkyPilot's tail_logs reads a tail of 0 as the whole log (its managed jobs refuse it)
+            raise FtctlError("SkyPilot prints the last 1 or more lines of a job's log: --tail 1, or no --tail for all.")
+        bridge.call("logs", follow=follow, tail=lines, **self._args(ref))
 
     def logged_progress(self, ref: JobRef, running: bool = False) -> str | None:
         """While the job runs, the last step line of its nodes' log (sdk.log_tail: one SkyPilot call more), as the

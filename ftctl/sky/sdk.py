@@ -279,14 +279,22 @@ def _get(record, key):
     return record.get(key) if isinstance(record, dict) else getattr(record, key, None)
 
 
-def logs(cluster: str | None, job_id: int, managed: bool, follow: bool, cluster_hash: str | None = None) -> dict:
+def logs(
+    cluster: str | None,
+    job_id: int,
+    managed: bool,
+    follow: bool,
+    cluster_hash: str | None = None,
+    tail: int | None = None,
+) -> dict:
+    """Print the job's log (its last ``tail`` lines where given, SkyPilot reading them back from the log's end)."""
     sky = _sky()
     if managed:
-        rc = sky.jobs.tail_logs(job_id=job_id, follow=follow, output_stream=sys.stdout)
+        rc = sky.jobs.tail_logs(job_id=job_id, follow=follow, tail=tail, output_stream=sys.stdout)
     else:
         if later := _later_cluster(sky.get(sky.status([cluster])), cluster, cluster_hash):
             raise RuntimeError(f"{later}; its log went with it")
-        rc = sky.tail_logs(cluster, job_id=job_id, follow=follow, output_stream=sys.stdout)
+        rc = sky.tail_logs(cluster, job_id=job_id, follow=follow, tail=tail or 0, output_stream=sys.stdout)
     sys.stdout.flush()
     return {"rc": rc}
 

@@ -708,8 +708,8 @@ class SlurmBackend(Backend):
             written = None
         return logged_step(tail(log), running, written, ref.job_id)
 
-    def logs(self, ref: JobRef, follow: bool) -> None:
-        scheduler.logs(ref.job_id, follow=follow, path=self._log(ref))
+    def logs(self, ref: JobRef, follow: bool, lines: int | None = None) -> None:
+        scheduler.logs(ref.job_id, follow=follow, path=self._log(ref), lines=lines)
 
     def log_tail(self, ref: JobRef) -> str:
         return tail(self._log(ref))

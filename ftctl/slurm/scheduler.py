@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from ftctl.errors import FtctlError, NoAnswer, NotSent
-from ftctl.logfile import copy_new, new_decoder
+from ftctl.logfile import copy_new, new_decoder, start_of_last
 
 COMMAND_TIMEOUT_S = 60
 FINISHED_STATES = frozenset(
@@ -348,9 +348,10 @@ def logs(
     path: str | os.PathLike | None = None,
     out: IO[str] | None = None,
     poll_s: float = 0.5,
+    lines: int | None = None,
 ) -> Path:
-    """Print the job's output file to ``out`` (stdout); with ``follow``, keep printing what is
-    appended until the job has finished. Returns the file's path.
+    """Print the job's output file to ``out`` (stdout), its last ``lines`` lines where given (read back from its
+    end); with ``follow``, keep printing what is appended until the job has finished. Returns the file's path.
 
     ``path`` is where the output goes when the caller knows it (the run directory); otherwise
     ``scontrol show job`` says.
@@ -364,7 +365,7 @@ def logs(
             f"slurm-{job_id}.out in the job's run directory"
         )
     decoder = new_decoder()
-    offset = 0
+    offset = start_of_last(log, lines)  # 0 while there is none: all a pending job's log will hold is new
     last_check = 0.0
     waiting = None  # the wait last said (a pending job's follow printed nothing until it started)
     while True:
