@@ -147,7 +147,11 @@ def test_the_model_card_of_a_hub_base_and_an_object_store_output():
     # a local output is loaded from DIR, said to be this directory: no path of the machine that trained (task 129)
     here = RunSpec(method="lora", output_dir="file:///tmp/o")
     card = model_card.text(here, "./models/llama", adapter=True, local_dir="/tmp/o")
-    assert 'from_pretrained("DIR", device_map="auto")' in card and "ftctl chat DIR " in card and "DIR is this directory (`o`)" in card
+    assert (
+        'from_pretrained("DIR", device_map="auto")' in card
+        and "ftctl chat DIR " in card
+        and "DIR is this directory (`o`)" in card
+    )
     assert "/tmp/o" not in card and "file:" not in card
     assert "A LoRA adapter of `llama` (a local model directory)" in card and "base_model" not in card
     assert "ftctl's build" not in card
