@@ -301,7 +301,10 @@ class Plan:
 
     def table(self, spec: RunSpec | None = None) -> str:
         """The plan as rows for a terminal; with the run's ``spec``, its model named in its row, its model_max_length in
-        the batch row, its schedule in the optimizer row, and the lora kernels as its lora_dropout runs them."""
+        the batch row, its schedule in the optimizer row, the tokens its loss is on, and the lora kernels as its
+        lora_dropout runs them."""
+        from ftctl.trainer.data import loss_on
+
         model, max_length = (spec.model_name_or_path, spec.model_max_length) if spec else (None, None)
         source = self.model.source  # its config.json: said once where the model's path is named already
         if model and source == str(Path(model, "config.json")):
@@ -334,6 +337,7 @@ class Plan:
                 f"{OFFLOADED_OPTIMIZER if self.strategy in OFFLOAD_STRATEGIES else self.optim}, lr {self.learning_rate:g}"
                 + (f", {_schedule(spec)}" if spec else ""),
             ),
+            *([("loss", loss_on(not spec.assistant_only_loss))] if spec else []),  # the data unread: the setting's
             *([("data mix", self.data_mix)] if self.data_mix else []),
             *([("evaluation", self.evaluation)] if self.evaluation else []),
             (

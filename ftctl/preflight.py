@@ -751,7 +751,7 @@ def check_tokenized(spec, dry_run: bool = False) -> list[Finding]:
     try:
         from transformers.utils import logging as hf_logging
 
-        from ftctl.trainer.data import check_data
+        from ftctl.trainer.data import check_data, loss_on
     except ImportError as e:  # ftctl run from SkyPilot's own environment (no torch, no transformers)
         return not_here(
             f"this python has no {(e.name or 'transformers').split('.')[0]}",
@@ -786,6 +786,7 @@ def check_tokenized(spec, dry_run: bool = False) -> list[Finding]:
     if report.ok:
         st = report.stats
         done = f"{said}: {st.rows:,} rows tokenized here as the trainer will ({st.tokens:,} tokens, {st.trainable_tokens:,} trained)"
+        done += f"; loss: {loss_on(every, st.formats)}"
         return [Finding(NOTE, done)] if dry_run else []
     return [Finding(ERROR, report.error_message(), f"`{shlex.join(check)}` lists every row and shows what it trains.")]
 

@@ -835,6 +835,45 @@ def _rows_named(rows: list[Row], total: int, shown: int = 5) -> str:
     return f"{', '.join(parts)}{more} ({count})"
 
 
+# which tokens of a row carry the loss, by its format (formats.Row.format; others are conversations), in TRL's
+# names (loss_on): (what trains, its name, the rows)
+_LOSS_ON = {
+    "conversation": ("the assistant turns only", "assistant_only_loss", "conversations"),
+    "prompt-completion": ("the completion only", "completion_only_loss", "prompt-completion rows"),
+    "text": ("every token", "", "plain-text rows"),
+    "segments": ("the segments labelled true", "axolotl's input_output", "segments rows"),
+}
+
+
+def loss_on(every_token: bool, formats: dict[str, int] | None = None) -> str:
+    """Which tokens carry the loss, in one line and TRL's names (`ftctl plan`'s loss row, launch --dry-run's data note,
+    the trainer's start): ``every_token``: assistant_only_loss false; ``formats``: the rows of each format
+    (DataStats.formats), None where the data is not read (what the setting decides for each kind of row)."""
+    kinds: dict[str, int] = {}
+    for fmt, n in (formats or {}).items():
+        kind = fmt if fmt in _LOSS_ON else "conversation"
+        kinds[kind] = kinds.get(kind, 0) + n
+    if every_token and kinds and set(kinds) <= {"text"}:
+        return "every token (plain text)"
+    if every_token:  # TRL's completion_only_loss (None) trains a prompt-completion row's completion whatever this says
+        trl = not kinds or "prompt-completion" in kinds
+        return "every token, the prompts' too (assistant_only_loss: false)" + (
+            "; TRL trains a prompt-completion row's completion only (its completion_only_loss)" * trl
+        )
+    if not kinds:  # the data not read
+        return (
+            "a conversation's assistant turns only (assistant_only_loss), a prompt-completion row's completion only "
+            "(completion_only_loss), plain text's every token"
+        )
+    said = [(*_LOSS_ON[kind], n) for kind in _LOSS_ON if (n := kinds.get(kind))]
+    if len(said) == 1:
+        what, name, _, _ = said[0]
+        return f"{what} ({name or 'plain text'})"
+    return "; ".join(
+        f"{what}{f' ({name})' * bool(name)} of {n:,} {rows if n != 1 else rows[:-1]}" for what, name, rows, n in said
+    )
+
+
 def check_data(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, **options) -> DataReport:
     """Every problem of the data at ``path`` with file and row number, then token statistics.
 

@@ -233,7 +233,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         StepsAsGiven,
         StopRequest,
     )
-    from ftctl.trainer.data import build_datasets, rows_digest, shared_rows, too_few_sequences
+    from ftctl.trainer.data import build_datasets, loss_on, rows_digest, shared_rows, too_few_sequences
     from ftctl.trainer.diverged import StopWhenDiverged
     from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.methods import apply_method
@@ -323,7 +323,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if procs.is_main:
             plain = all(s.plain == s.rows for s in trained_rows)
             wandb_run = os.environ.get("WANDB_RUN_ID") if "wandb" in args.report_to else None
-            record_start(os.path.join(local_dir, METRICS_FILE), run.kernels, plain, echo, wandb_run)
+            formats = {f: sum(st.formats.get(f, 0) for st in trained_rows) for st in trained_rows for f in st.formats}
+            loss = loss_on(not spec.assistant_only_loss, formats)
+            record_start(os.path.join(local_dir, METRICS_FILE), run.kernels, plain, echo, wandb_run, loss)
         stopping = [EarlyStoppingCallback(spec.early_stopping_patience)] if spec.early_stopping_patience else []
         held_out = changed.held_out(spec.eval_data_path) if changed and spec.evaluates else []
         run.trainer = SFTTrainer(
@@ -411,17 +413,24 @@ def cuda_allocator_defaults() -> None:
     os.environ.setdefault(CUDA_ALLOC_ENV, "expandable_segments:True")
 
 
-def record_start(metrics_path: str, kernels, plain_text: bool, echo=print, wandb_run: str | None = None) -> None:
+def record_start(
+    metrics_path: str, kernels, plain_text: bool, echo=print, wandb_run: str | None = None, loss: str | None = None
+) -> None:
     """Say in the run's log, and in metrics.jsonl (an ``"event": "start"`` record), which attention and
-    layer kernels run: the plan can only name what the GPU tier allows. The record also says whether every
+    layer kernels run: the plan can only name what the GPU tier allows; and ``loss``, which tokens the loss is on
+    (data.loss_on: the next line, and the record's ``loss_on``). The record also says whether every
     training row was plain text, trained without the chat template (``plain_text``: what `ftctl chat` prompts
     the run with, trained.Trained.plain_text). In a Slurm job it names the job and its attempt: the rows after it
     are that job's (`ftctl status JOB` shows them; a job refused at another's lock wrote none)."""
     echo(f"{START_LINE}{kernels.attention}; Liger kernels: {'on' if kernels.liger else 'off'}")
+    if loss:
+        echo(f"loss: {loss}")
     with open(metrics_path, "a") as f:
         # step 0: kept when a resumed run drops the rows after its checkpoint (callbacks.truncate_metrics)
         record = {"step": 0, "event": "start", "time": round(time.time(), 3), **kernels.record()}
         record[PLAIN_TEXT] = plain_text
+        if loss:
+            record["loss_on"] = loss
         if wandb_run:  # the W&B run every attempt of the run logs to (tracking.wandb_env)
             record[START_WANDB_RUN] = wandb_run
         if job := os.environ.get("SLURM_JOB_ID"):
