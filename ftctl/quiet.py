@@ -107,6 +107,16 @@ HARMLESS_WARNINGS = (
     # FlashAttention 4 (4.0.0b36) passes an argument its CuTe DSL cannot type at each kernel's compile; the
     # kernels compile and run (bench/results/2026-12-01-h200-attention-probe-v34.json)
     (UserWarning, r"Argument aux_data \(position \d+\) cannot be converted to a JitArgument"),
+    # a mixture of experts' LoRA (ftctl's, methods.lora_config, or PEFT's own map of transformers 4's names): PEFT
+    # applies the fused gate_up's rank and alpha (2r), then says it ignored them; another pattern is still said
+    *(
+        (
+            RuntimeWarning,
+            rf"The following {k}_pattern keys did not match any targeted module and were ignored: "
+            r"\['\.\*\\\\\.(experts\\\\\.)?gate_up_proj'\]",
+        )
+        for k in ("rank", "alpha")
+    ),
 )
 # environment defaults, also for the trainer processes: no third-party progress bars
 QUIET_ENV = {
