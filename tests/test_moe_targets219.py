@@ -66,3 +66,31 @@ def test_a_dense_model_with_a_3d_weight_keeps_its_lora_dropout():
         spec = build({"method": "lora", "model_name_or_path": "m", "lora_dropout": dropout})
         assert lora_config(spec, model).lora_dropout == dropout
         assert not lora_config(spec, model).target_parameters
+
+
+def test_the_fields_expert_names_adapt_the_experts_and_a_typo_is_told_them():
+    """Qwen3-MoE recipes name gate_proj, up_proj, down_proj (transformers 4's expert Linears, which PEFT maps onto the
+    fused experts): they were refused ('no module is named gate_proj. Did you mean v_proj?'); now they train the
+    experts, without dropout, and without the router. A typo is told the names, each hint once."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ftctl.errors import FtctlError
+    from ftctl.spec import build
+    from ftctl.trainer.methods import lora_config
+
+    common = dict(hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=128)  # fmt: skip
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen3_moe", **common, **MOE["qwen3_moe"]))
+    recipe = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    config = lora_config(build({"method": "lora", "model_name_or_path": "m", "lora_target_modules": recipe}), model)
+    assert config.lora_dropout == 0
+    assert adapted(model, config) == {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                      "mlp.experts"}  # fmt: skip
+    with pytest.raises(FtctlError, match=r"'gate_prj'\. Did you mean 'gate_proj'\? Its experts and router"):
+        lora_config(build({"method": "lora", "model_name_or_path": "m", "lora_target_modules": "gate_prj"}), model)
+    torch.manual_seed(0)
+    phi3 = AutoModelForCausalLM.from_config(AutoConfig.for_model("phi3", **common, pad_token_id=0))
+    with pytest.raises(FtctlError) as refused:
+        lora_config(build({"method": "lora", "model_name_or_path": "m", "lora_target_modules": "q_proj,v_proj"}), phi3)
+    assert str(refused.value).count("Did you mean 'qkv_proj'?") == 1

@@ -252,19 +252,24 @@ def expert_weights(model) -> list[str]:
 
 
 def adapter_dropout(spec, model=None) -> float:
-    """lora_dropout, but 0 where all-linear adapts a mixture of experts' fused expert weights (transformers 5's
-    Qwen3-MoE, Mixtral, DeepSeek: 3-D parameters, not nn.Linear): PEFT's adapter for them (ParamWrapper) takes no
-    dropout, and every MoE LoRA run with the default 0.05 stopped at the model's wrapping. A dropout the run set
-    itself is refused there instead, with the two ways on."""
+    """lora_dropout, but 0 where all-linear, or an expert's name PEFT maps (peft_expert_names: the field's gate_proj,
+    up_proj, down_proj), adapts a mixture of experts' fused expert weights (transformers 5's Qwen3-MoE, Mixtral,
+    DeepSeek: 3-D parameters, not nn.Linear): PEFT's adapter for them (ParamWrapper) takes no dropout, and every MoE
+    LoRA run with the default 0.05 stopped at the model's wrapping. A dropout the run set itself is refused there
+    instead, with the two ways on."""
     from ftctl.spec import FIELDS, lora_target_names
 
-    if not spec.lora_dropout or model is None or lora_target_names(spec.lora_target_modules) != "all-linear":
+    names = lora_target_names(spec.lora_target_modules)
+    if not spec.lora_dropout or model is None or not isinstance(names, list) and names != "all-linear":
+        return spec.lora_dropout
+    if isinstance(names, list) and not set(names) & peft_expert_names(model):
         return spec.lora_dropout
     if not expert_weights(model):  # a 3-D weight elsewhere (Qwen3.5's conv1d, SigLIP's probe) is no expert
         return spec.lora_dropout
     if spec.lora_dropout != FIELDS["lora_dropout"].default:
+        which = "all-linear" if names == "all-linear" else ",".join(names)
         raise FtctlError(
-            f"lora_dropout={spec.lora_dropout:g}: all-linear adapts {spec.model_name_or_path}'s fused expert weights, "
+            f"lora_dropout={spec.lora_dropout:g}: {which} adapts {spec.model_name_or_path}'s fused expert weights, "
             "which PEFT's LoRA trains without dropout: -o lora_dropout=0, or adapt the attention alone "
             "(-o lora_target_modules=q_proj,k_proj,v_proj,o_proj)."
         )
@@ -287,17 +292,32 @@ def lora_targets(spec, model=None) -> str | list[str] | None:
     if model is None or names == "all-linear":
         return names
     modules = [name for name, _ in model.named_modules()]
-    missing = [t for t in names if not any(m == t or m.endswith(f".{t}") for m in modules)]
+    experts = peft_expert_names(model)
+    missing = [t for t in names if t not in experts and not any(m == t or m.endswith(f".{t}") for m in modules)]
     if missing:
         linear = linear_layer_names(model)
         which = " or ".join(map(repr, missing))
-        hints = "".join(did_you_mean(t, linear) for t in missing)
+        hints = "".join(dict.fromkeys(did_you_mean(t, linear + sorted(experts)) for t in missing))
+        if experts:
+            hints += f" Its experts and router (gate), as PEFT names them: {', '.join(sorted(experts))}."
         raise FtctlError(
             f"lora_target_modules: no module of {spec.model_name_or_path} is named {which}.{hints} Its linear "
             f"layers: {', '.join(linear)}; name some of them, comma-separated (-o lora_target_modules=q_proj,v_proj), "
             "or give all-linear for every one but the output head."
         )
     return names
+
+
+def peft_expert_names(model) -> set[str]:
+    """transformers 4's names of a mixture of experts' projections and router (Qwen2/3-MoE's gate_proj, up_proj,
+    down_proj, gate; Mixtral's w1, w2, w3, gate), which are no module of transformers 5's fused experts but which
+    PEFT maps onto them: the field's Qwen3-MoE and Mixtral recipes name them. Empty where PEFT maps none."""
+    try:
+        from peft.utils import transformers_weight_conversion as conversion
+    except ImportError:  # pragma: no cover - a PEFT without the map (before transformers 5)
+        return set()
+    base = getattr(conversion, "_MODEL_TO_CONVERSION_PATTERN", {}).get(getattr(model.config, "model_type", None))
+    return set(getattr(conversion, "_MOE_TARGET_MODULE_MAPPING", {}).get(base) or ())
 
 
 def linear_layer_names(model, head: bool = True) -> list[str]:
