@@ -18,7 +18,10 @@ Everything else (loading, data, the Trainer, checkpoints) is shared.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
+import os
 
 from ftctl.errors import FtctlError, did_you_mean
 from ftctl.plan import FUSED_ADAPTER_STRATEGIES
@@ -28,8 +31,9 @@ log = logging.getLogger(__name__)
 ADAPTER_METHODS = ("lora", "qlora")
 
 
-def apply_method(model, spec, plan):
-    """Make ``model`` train what the plan's method trains; returns the model to train (maybe a PeftModel)."""
+def apply_method(model, spec, plan, resume_from: str | None = None):
+    """Make ``model`` train what the plan's method trains; returns the model to train (maybe a PeftModel). A LoRA
+    run that resumes ``resume_from`` adapts the modules that checkpoint holds adapters for (checkpoint_targets)."""
     method = plan.method
     if method == "fft":
         model.requires_grad_(True)
@@ -41,7 +45,10 @@ def apply_method(model, spec, plan):
             model = prepare_kbit(model, plan)
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(spec, model))
+        config = lora_config(spec, model)
+        if resume_from:
+            config = checkpoint_targets(config, resume_from, model)
+        model = get_peft_model(model, config)
         if plan.precision in ("bf16", "fp16"):
             adapter_inputs_as_is(model)
         if plan.strategy in FUSED_ADAPTER_STRATEGIES:
@@ -231,6 +238,104 @@ def lora_config(spec, model=None):
         use_dora=spec.use_dora,  # a LoRA variant: _fused_forward hands such layers to PEFT's own forward
         **fused,
     )
+
+
+# what decides which modules a LoRA checkpoint's adapters sit on, and their shapes, in its adapter_config.json
+ADAPTED = (
+    "target_modules",
+    "target_parameters",
+    "exclude_modules",
+    "modules_to_save",
+    "rank_pattern",
+    "alpha_pattern",
+    "layers_to_transform",
+    "layers_pattern",
+)
+
+
+def checkpoint_targets(config, checkpoint: str, model):
+    """``config`` (lora_config's) with the adapted modules of the checkpoint a run resumes, as PEFT resolved and
+    saved them in its adapter_config.json (ADAPTED). transformers' resume loads a checkpoint's adapters into the
+    run's PeftModel without a word about the ones it lacks or holds beside them: where this ftctl (585ecd6: the
+    experts, not the router, of a mixture of experts) or PEFT resolves lora_target_modules (the same all-linear)
+    otherwise than the run that saved it, the trained adapters the new model lacked were dropped, the new ones
+    started from their init, and the run stopped at torch's 'loaded state dict contains a parameter group that
+    doesn't match the size of optimizer's group'. Said where they differ; a checkpoint whose adapter_config.json
+    cannot be read, or whose modules the model lacks, is refused. The run's later checkpoints and final adapter hold
+    the same modules: their adapter_config.json is the record of it."""
+    from ftctl.trainer.distributed import processes
+
+    name = os.path.basename(os.path.normpath(checkpoint))
+    path = os.path.join(checkpoint, "adapter_config.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        if not isinstance(saved, dict) or not saved.get("target_modules") and not saved.get("target_parameters"):
+            raise ValueError("it names no target_modules")
+    except (OSError, ValueError) as e:
+        raise FtctlError(
+            f"Cannot resume {checkpoint}: its adapter_config.json, which says which modules its LoRA adapters are "
+            f"on, cannot be read ({e}). Resume another checkpoint (-o resume=PATH), or give another --output to train "
+            "from the start."
+        ) from None
+    resumed, blank = copy.deepcopy(config), type(config)()
+    for key in ADAPTED:
+        if hasattr(resumed, key):
+            setattr(resumed, key, saved.get(key, getattr(blank, key)))
+    if resumed.target_parameters and resumed.lora_dropout:  # PEFT's ParamWrapper: adapter_dropout
+        resumed.lora_dropout = 0.0
+    if missing := _unmatched(resumed, model):
+        raise FtctlError(
+            f"Cannot resume {checkpoint}: its LoRA adapters are on {', '.join(missing)}, which "
+            f"{model.config.name_or_path or 'the model'} has no module named (another transformers names them "
+            "otherwise?). Resume it with the versions it was trained with, or give another --output to train from "
+            "the start."
+        )
+    then, now = _adapted(resumed, model), _adapted(config, model)
+    if then != now and processes().is_main:
+        log.warning("resuming with %s's adapters on %s: a new run would adapt %s", name, _said(then), _said(now))
+    return resumed
+
+
+def _adapted(config, model) -> dict[str, str]:
+    """The modules and parameters a LoraConfig adapts in ``model``: each full name, and its end as said (q_proj;
+    a parameter's with its module's: experts.gate_up_proj, gate.weight)."""
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    config = _maybe_include_all_linear_layers(copy.deepcopy(config), model)
+    if config.target_modules is None:  # PEFT_TARGETS: PEFT's for the model's type
+        config.target_modules = PEFT_DEFAULTS.get(getattr(model.config, "model_type", None))
+    modules = model.named_modules() if config.target_modules else ()
+    found = {n: n.rsplit(".", 1)[-1] for n, _ in modules if check_target_module_exists(config, n)}
+    params = tuple(f".{t}" for t in config.target_parameters or ())
+    return found | {n: ".".join(n.split(".")[-2:]) for n, _ in model.named_parameters() if n.endswith(params)}
+
+
+def _said(adapted: dict[str, str]) -> str:
+    """q_proj, v_proj (4): what is adapted, and how many."""
+    return f"{', '.join(sorted(set(adapted.values())))} ({len(adapted)})"
+
+
+def _unmatched(config, model) -> list[str]:
+    """The target modules, parameters and modules_to_save of ``config`` that match nothing of ``model`` as PEFT
+    matches them (the name or its end after a dot; a string: a regular expression of the whole name)."""
+    import re
+
+    modules = [name for name, _ in model.named_modules()]
+    params = [name for name, _ in model.named_parameters()]
+    experts = peft_expert_names(model)
+
+    def absent(t, names):
+        return t not in experts and not any(m == t or m.endswith(f".{t}") for m in names)
+
+    targets = config.target_modules
+    if isinstance(targets, str):
+        missing = [] if any(re.fullmatch(targets, m) for m in modules) else [targets]
+    else:
+        missing = [t for t in targets or () if absent(t, modules)]
+    missing += [t for t in config.target_parameters or () if absent(t, params)]
+    return missing + [t for t in config.modules_to_save or () if absent(t, modules)]
 
 
 def expert_weights(model) -> list[str]:

@@ -292,7 +292,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         run.kernels = model_kernels(spec, plan, procs.on_cpu, procs.local_rank)  # attention + Liger: what really runs
         if procs.is_main and (unplanned := without_liger(plan, spec.model_max_length, run.kernels.liger)):
             log.warning("%s", unplanned)
-        model = apply_method(load_model(spec, plan, procs.on_cpu, procs.local_rank, run.kernels), spec, plan)
+        model = load_model(spec, plan, procs.on_cpu, procs.local_rank, run.kernels)
+        model = apply_method(model, spec, plan, run.resume_from)  # a LoRA checkpoint's adapters on its own modules
         as_saved_for_others(model, tokenizer)  # each checkpoint's generation config
         leaves = distributed.zero3_leaf_blocks(model, plan.strategy)
         if leaves and procs.is_main:
