@@ -56,6 +56,37 @@ def build(fields: dict, root: Path) -> Path:
     return path
 
 
+def floor(model_dir: Path) -> dict:
+    """The bf16 noise floor beside mla(): the same rows through SDPA and through eager in float32, against eager in
+    bf16 (a random MoE's routing flips on bf16 noise alone, so the floor, not zero, is what varlen must match)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.trainer.attention import TORCH_VARLEN, register_varlen
+
+    register_varlen(TORCH_VARLEN)
+    torch.manual_seed(1)
+    out: dict = {}
+    with torch.no_grad():
+        ref_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+        ref_model = ref_model.cuda()
+        ids = torch.randint(1, ref_model.config.vocab_size, (2, 212), device="cuda")
+        ref = ref_model(ids).logits.float()
+        del ref_model
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16, attn_implementation="eager")
+        model = model.cuda()
+        for impl in ("eager", "sdpa", TORCH_VARLEN):
+            model.set_attn_implementation(impl)
+            got = model(ids).logits.float()
+            out[f"{impl}_bf16_vs_eager_fp32"] = {
+                "max_abs_logit_diff": float((got - ref).abs().max()),
+                "mean_abs_logit_diff": float((got - ref).abs().mean()),
+                "logit_scale": float(ref.abs().max()),
+                "next_token_agreement": float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
+            }
+    return out
+
+
 def mla(model_dir: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -125,6 +156,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", default="/tmp/ftctl-families")
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--floor", action="store_true", help="only the bf16 noise floor, MoE and dense DeepSeek-V3")
     a = ap.parse_args()
     import torch
     import transformers
@@ -135,6 +167,14 @@ def main() -> None:
     card = torch.cuda.get_device_name(0)
     tier = "H200" if "H200" in card else "H100"
     result: dict = {"card": card, "torch": torch.__version__, "transformers": transformers.__version__}
+    if a.floor:
+        dense = build({**DEEPSEEK, "first_k_dense_replace": DEEPSEEK["num_hidden_layers"]}, work / "dense")
+        for name, path in (("moe", build(DEEPSEEK, work)), ("dense", dense)):
+            result[f"floor_{name}"] = floor(path)
+            result[f"mla_{name}"] = mla(path)
+        print(json.dumps(result, indent=1), flush=True)
+        (out / "families_floor.json").write_text(json.dumps(result, indent=1))
+        return
     deepseek, gpt_oss = build(DEEPSEEK, work), build(GPT_OSS, work)
     t = time.time()
     try:
