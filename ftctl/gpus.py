@@ -123,6 +123,25 @@ TIERS: dict[str, GpuTier] = {
 SUGGESTED = frozenset({"T4", "V100", "V100-32GB", "A10G", "L4", "L40S", "RTX3090", "RTX4090", "A100", "A100-80GB"})
 SUGGESTED |= {"H100", "H200", "B200"}
 
+
+def offered_instead(asked: GpuTier) -> list[tuple[int, GpuTier]]:
+    """The cards a plan that does not fit ``asked`` offers, each with its place: 0 the card asked for, 1 a bigger one
+    (more memory, or as much on a newer card, of no older generation: bf16 and FlashAttention stay where asked had
+    them; an H100's H200 and B200), 2 the others (older or smaller: an H100's A100-80GB, V100-32GB). Those who ask
+    for H100s want more H100s, then a bigger card, an older one last; the plan orders GPU counts within a place."""
+
+    def place(t: GpuTier) -> int:
+        if t is asked:
+            return 0
+        newer = t.compute_capability[0] >= asked.compute_capability[0]
+        bigger = t.memory_gb > asked.memory_gb or (
+            t.memory_gb == asked.memory_gb and t.compute_capability > asked.compute_capability
+        )
+        return 1 if newer and bigger else 2
+
+    return [(place(t), t) for t in TIERS.values() if t.name in SUGGESTED or t is asked]
+
+
 FORMS = "8xA100, 2x8xH100 (nodes x gpus x type), A100-80GB:8, gpu:a100:8 (Slurm's), H100, or cpu"
 
 

@@ -1900,23 +1900,25 @@ MIN_HINTED_LENGTH = 512  # the shortest model_max_length a plan that does not fi
 
 
 def _nearest(spec: RunSpec, shape: ModelShape, method: str, req) -> Plan | None:
-    """The fitting request with the least total GPU memory, preferring the requested tier, and one that keeps the
-    optimizer on the GPUs where any does (an 8B fft asked of one H100 was offered 4xA10G with ZeRO-3 offload, each
-    step waiting on the CPU, before 2xH100); for another method, the request as asked comes first (qlora on the same
-    GPUs is nearer than qlora on a T4)."""
+    """The first fit in gpus.offered_instead's order: the requested tier (fewest GPUs, then nodes), then a bigger card
+    (the least GPU memory in all first: one H200 before one B200 before two H200s), another card last; one that keeps
+    the optimizer on the GPUs where any does (an 8B fft asked of one H100 was offered 4xA10G with ZeRO-3 offload, each
+    step waiting on the CPU, before 2xH100). Qwen3-30B-A3B lora asked of one H100 was offered 4xV100-32GB (fp16, no
+    FlashAttention: the least memory) before 2xH100. For another method, the request as asked comes first (qlora on
+    the same GPUs is nearer than qlora on a T4)."""
     if method != spec.method:
         p = _fit(replace(spec, method=method, strategy=None), req, shape, method)
         if p is not None:
             return p
-    candidates = []
-    for t in (t for t in gpu_table.TIERS.values() if t.name in gpu_table.SUGGESTED | {req.tier.name}):
-        for nodes in (1, 2, 4):
-            for per in (1, 2, 4, 8):
-                if nodes > 1 and per < 8:
-                    continue
-                candidates.append((t.memory_gb * per * nodes, t.name != req.tier.name, t.name, per, nodes))
+    candidates = [
+        (place, t.memory_gb * per * nodes, t.memory_gb, nodes, t.name, per)
+        for place, t in gpu_table.offered_instead(req.tier)
+        for nodes in (1, 2, 4)
+        for per in (1, 2, 4, 8)
+        if nodes == 1 or per == 8
+    ]
     offloaded = None  # the first fit that offloads: offered where nothing fits on the GPUs alone
-    for _, _, name, per, nodes in sorted(candidates):
+    for *_, nodes, name, per in sorted(candidates):
         if (name, per, nodes) == (req.tier.name, req.per_node, req.nodes) and method == spec.method:
             continue
         r = gpu_table.GpuRequest(gpu_table.TIERS[name], per, nodes)
