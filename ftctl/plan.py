@@ -141,6 +141,7 @@ from ftctl.trainer.attention import (
     LIGER_MODEL_TYPES,
     default_packing,
     describe,
+    head_width,
     keeps_scores,
     plan_attention,
 )
@@ -507,7 +508,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
         vocab,
         source,
         inter,
-        kv * head_dim,
+        kv * (head_width(cfg) or head_dim),  # multi-head latent attention's widest head: the kernel's, not head_dim
         context,
         model_type=kind,
         heads=heads,

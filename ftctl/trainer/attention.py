@@ -88,6 +88,22 @@ def plan_attention(requested: str | None, gpu_flash: bool, softcap: bool = False
     return EAGER if softcap and name == SDPA else name
 
 
+def head_width(cfg) -> int | None:
+    """The widest attention head a varlen kernel takes for a text config (a transformers config or config.json's
+    dict): its head_dim, but multi-head latent attention's (DeepSeek-V2/V3, Kimi K2, MiniCPM3) queries and keys are
+    qk_nope_head_dim + qk_rope_head_dim wide (192) where its config's head_dim is the rotary part alone (64), and
+    its values v_head_dim (128; varlen_attention_forward pads them to the queries' width). The widest of those
+    (MiMo-V2-Flash: head_dim 192, values 128), else hidden / heads; None where the config says none."""
+
+    def size(key: str) -> int:
+        value = cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+    heads = size("num_attention_heads")
+    qk = size("qk_nope_head_dim") + size("qk_rope_head_dim") or size("head_dim")
+    return max(qk or (size("hidden_size") // heads if heads else 0), size("v_head_dim")) or None
+
+
 def keeps_scores(planned: str, gpu_flash: bool, softcap: bool, sinks: bool = False) -> bool:
     """Whether the attention that runs for a plan's writes out each head's (S x S) scores (transformers' eager
     attention): asked for, or where a soft-capped model would run sdpa, a varlen plan's too on a GPU that runs
@@ -118,7 +134,7 @@ def describe(attn: str, hopper_or_newer: bool = True) -> str:
 class AttentionShape:
     """What a varlen kernel is compiled for: one model's attention as its layers call it."""
 
-    head_dim: int
+    head_dim: int  # the widest head the kernel takes (head_width: multi-head latent attention's q/k, not head_dim)
     heads: int
     kv_heads: int
     dtype: str  # the torch dtype the kernels take: "bfloat16" or "float16"
@@ -129,8 +145,7 @@ class AttentionShape:
     @classmethod
     def of(cls, cfg, dtype: str) -> AttentionShape | None:
         """The shape of a transformers text config's attention (None where the config does not say it)."""
-        heads, hidden = getattr(cfg, "num_attention_heads", None), getattr(cfg, "hidden_size", None)
-        head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if heads and hidden else None)
+        heads, head_dim = getattr(cfg, "num_attention_heads", None), head_width(cfg)
         if not heads or not head_dim:
             return None
         window = getattr(cfg, "sliding_window", None)
