@@ -442,6 +442,24 @@ def stored_quantization(cfg: dict) -> str:
     return f"{q.get('quant_method') or 'quantized'}{bits}"
 
 
+# stored quantizations the trainer loads dequantized to 16 bits (trainer.model.quantization_config): gpt-oss's MXFP4
+# experts, whose kernels run no backward (transformers' quantizer says is_trainable False) and which OpenAI's
+# fine-tuning cookbook loads with Mxfp4Config(dequantize=True). Planned and trained as the 16-bit model they become.
+DEQUANTIZED_ON_LOAD = frozenset({"mxfp4"})
+
+
+def qlora_refused(model: str, quantized: str) -> str:
+    """Why qlora of a checkpoint stored in ``quantized`` (DEQUANTIZED_ON_LOAD) does not run, and what to run: ""
+    where it does. transformers loads one quantization a checkpoint: its own, or dequantized, never bitsandbytes'."""
+    if quantized not in DEQUANTIZED_ON_LOAD:
+        return ""
+    return (
+        f"qlora of {model} does not run: it is stored in {quantized.upper()}, which transformers loads as stored or "
+        "dequantized to bf16, never as bitsandbytes 4-bit. Use --method lora (ftctl loads it dequantized to bf16), "
+        "or qlora of a bf16 copy of it."
+    )
+
+
 def _size(cfg: dict, source: str, *keys: str, default: int = 0) -> int:
     """The first of ``keys`` that ``cfg`` sets (null is unset, as transformers reads it), a positive whole number."""
     for key in keys:
@@ -966,7 +984,10 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
             f"unset{sharded}."
         )
     shape = model_shape(spec.model_name_or_path, spec.model_params)
-    if spec.method in ("fft", "sft") and shape.quantized:  # found by the trainer after the model's load, before
+    if spec.method == "qlora" and (refused := qlora_refused(spec.model_name_or_path, shape.quantized)):
+        raise PlanError(refused)
+    if spec.method in ("fft", "sft") and shape.quantized and shape.quantized not in DEQUANTIZED_ON_LOAD:  # as the
+        # trainer finds it after the model's load, before the job
         raise PlanError(
             f"{spec.model_name_or_path} is stored quantized ({shape.quantized}): {spec.method} trains its weights, "
             "which needs them in 16 bits. Use --method qlora or lora (adapters over the quantized weights), or the "
@@ -983,6 +1004,12 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
         _checkpoints(spec, plan)
         if targets_note:
             plan.notes.append(targets_note)
+        if shape.quantized in DEQUANTIZED_ON_LOAD:
+            plan.notes.append(
+                f"stored in {shape.quantized.upper()}: loaded dequantized to {plan.weights_dtype} (transformers' "
+                f"Mxfp4Config(dequantize=True); its {shape.quantized.upper()} kernels do not train), the weights "
+                f"counted so ({plan.memory['weights']:.1f} GB)"
+            )
         if one_replica:
             plan.notes.append(f"strategy=ddp on {req}: one process, which trains as single (DDP needs two or more)")
         if said := _kept_on_gpu(spec, req, shape, plan):
@@ -1110,7 +1137,10 @@ def _attention(spec: RunSpec, req, shape: ModelShape) -> tuple[str, bool]:
 
 
 def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float | None = None) -> Plan | None:
-    """The fastest plan that fits the card (or ``capacity_gb`` a GPU, when given); None when none does."""
+    """The fastest plan that fits the card (or ``capacity_gb`` a GPU, when given); None when none does (or when
+    qlora_refused: no refusal offers qlora of an MXFP4 checkpoint)."""
+    if method == "qlora" and shape.quantized in DEQUANTIZED_ON_LOAD:
+        return None
     seq = spec.model_max_length
     world = req.world_size
     notes: list[str] = []

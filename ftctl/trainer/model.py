@@ -250,11 +250,34 @@ def text_config(name_or_path: str):
     return text if getattr(text, "model_type", None) else cfg
 
 
-def quantization_config(plan, on_cpu: bool):
-    """bitsandbytes 4-bit NF4 with double quantization for qlora, else None."""
+def quantization_config(plan, on_cpu: bool, stored: str = ""):
+    """bitsandbytes 4-bit NF4 with double quantization for qlora; for a checkpoint ``stored`` in a quantization the
+    plan counts dequantized (plan.DEQUANTIZED_ON_LOAD: gpt-oss's MXFP4), transformers' dequantizing config, the
+    weights loading in the model's dtype (else transformers runs its MXFP4 kernels, fetched from the Hub, which do
+    not train; or refuses bitsandbytes' config for it deep in from_pretrained); else None."""
+    from ftctl.plan import DEQUANTIZED_ON_LOAD
+
+    if stored in DEQUANTIZED_ON_LOAD and plan.method != "qlora":  # qlora of it: load_model refuses it
+        from transformers import Mxfp4Config
+
+        return Mxfp4Config(dequantize=True)
     if plan.method != "qlora":
         return None
     return nf4_config(torch_dtype("fp32" if on_cpu else plan.precision))
+
+
+def stored_quantization(path) -> str:
+    """How the model ``path`` (a directory or a Hub id) stores its weights, where quantized, in
+    plan.stored_quantization's words; "" where its config cannot be read (from_pretrained says what is wrong)."""
+    from transformers import AutoConfig
+
+    from ftctl.plan import stored_quantization
+
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return ""
+    return stored_quantization({"quantization_config": getattr(cfg, "quantization_config", None)})
 
 
 def nf4_config(compute_dtype):
@@ -274,13 +297,19 @@ def load_model(spec, plan, on_cpu: bool, local_rank: int = 0, kernels=None):
     attention and layer kernels of ``kernels`` (default: ``model_kernels``)."""
     from transformers import AutoModelForCausalLM
 
+    from ftctl.plan import qlora_refused
+
     kernels = kernels or model_kernels(spec, plan, on_cpu, local_rank)
     kwargs = {"dtype": weights_dtype(plan), "attn_implementation": kernels.attn_implementation}
-    quant = quantization_config(plan, on_cpu)
+    path = resolve_model(spec.model_name_or_path)
+    stored = stored_quantization(path)
+    if plan.method == "qlora" and (refused := qlora_refused(spec.model_name_or_path, stored)):
+        raise FtctlError(refused)  # the plan refuses it; a plan made by an ftctl before that, or sized otherwise
+    quant = quantization_config(plan, on_cpu, stored)
     if quant is not None:
         kwargs["quantization_config"] = quant
+    if plan.method == "qlora":
         kwargs["device_map"] = {"": "cpu" if on_cpu else local_rank}
-    path = resolve_model(spec.model_name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
