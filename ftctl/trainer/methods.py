@@ -218,9 +218,10 @@ def lora_config(spec, model=None):
 
     targets = lora_targets(spec, model)
     experts = expert_weights(model) if targets == "all-linear" and model is not None else []
+    if targets == "all-linear" and model is not None:
+        targets = all_linear(model, experts)
     fused = {}
     if experts:  # all-linear of a mixture of experts: expert_weights
-        targets = linear_layer_names(model, head=False)
         gate_up = {r".*\.experts\.gate_up_proj": 2}  # gate and up fused: each at rank r, as PEFT adapts them
         fused = dict(
             target_parameters=experts,
@@ -238,6 +239,41 @@ def lora_config(spec, model=None):
         use_dora=spec.use_dora,  # a LoRA variant: _fused_forward hands such layers to PEFT's own forward
         **fused,
     )
+
+
+def all_linear(model, experts: list[str] = ()) -> str | list[str]:
+    """lora_target_modules all-linear as PEFT takes it for ``model``: every linear layer of its language model but
+    the output head. "all-linear", PEFT's own, where that is what PEFT adapts; a mixture of experts' (``experts``,
+    expert_weights) the names of its linear layers, so that PEFT's map of transformers 4's expert names adds no
+    router; a multimodal model's (Gemma 3 4B-27B: Gemma3ForConditionalGeneration, Mistral 3, Qwen2.5-VL) a regular
+    expression of its language model's linear layers (language_model). PEFT's all-linear adapted the vision tower's
+    linear layers too (Gemma 3's SigLIP: at r=16, 38.7M adapter weights of 4B where its language model's are 29.8M,
+    122.4M of 27B for 113.5M), which ftctl's text rows never reach: adapters with zero gradients and their optimizer
+    state, beyond the plan's count (the language model's); Unsloth's default leaves them out too."""
+    import re
+
+    within = language_model(model)
+    if not within:
+        return linear_layer_names(model, head=False) if experts else "all-linear"
+    names = "|".join(map(re.escape, linear_layer_names(model.get_submodule(within), head=False)))
+    return rf"{re.escape(within)}\.(?:.*\.)?(?:{names})"
+
+
+def language_model(model) -> str:
+    """The name of a multimodal model's language model (Gemma 3's model.language_model: get_decoder()) where the
+    model has linear layers outside it but for its output head (a vision tower, a projector); "" for a model that
+    is its language model and its head."""
+    import torch
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    within = next((name for name, m in model.named_modules() if m is decoder and name), "")
+    head = model.get_output_embeddings()
+    outside = (
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not head and not name.startswith(f"{within}.")
+    )
+    return within if within and next(outside, None) else ""
 
 
 # what decides which modules a LoRA checkpoint's adapters sit on, and their shapes, in its adapter_config.json
