@@ -252,18 +252,24 @@ def text_config(name_or_path: str):
 
 def quantization_config(plan, on_cpu: bool, stored: str = ""):
     """bitsandbytes 4-bit NF4 with double quantization for qlora; for a checkpoint ``stored`` in a quantization the
-    plan counts dequantized (plan.DEQUANTIZED_ON_LOAD: gpt-oss's MXFP4), transformers' dequantizing config, the
-    weights loading in the model's dtype (else transformers runs its MXFP4 kernels, fetched from the Hub, which do
-    not train; or refuses bitsandbytes' config for it deep in from_pretrained); else None."""
+    plan counts dequantized (plan.DEQUANTIZED_ON_LOAD), transformers' dequantizing config (dequantizing); else None."""
+    if plan.method != "qlora":  # qlora of a DEQUANTIZED_ON_LOAD one: load_model refuses it
+        return dequantizing(stored).get("quantization_config")
+    return nf4_config(torch_dtype("fp32" if on_cpu else plan.precision))
+
+
+def dequantizing(stored: str) -> dict:
+    """from_pretrained's arguments for a checkpoint ``stored`` (stored_quantization) in a quantization ftctl loads
+    dequantized, in the dtype from_pretrained is given (plan.DEQUANTIZED_ON_LOAD: gpt-oss's MXFP4): transformers'
+    Mxfp4Config(dequantize=True). Without it transformers fetches its MXFP4 kernels from the Hub and runs them, which
+    do not train. {} for any other. What the trainer loads, and chat, eval and merge load an adapter's base with."""
     from ftctl.plan import DEQUANTIZED_ON_LOAD
 
-    if stored in DEQUANTIZED_ON_LOAD and plan.method != "qlora":  # qlora of it: load_model refuses it
-        from transformers import Mxfp4Config
+    if stored not in DEQUANTIZED_ON_LOAD:
+        return {}
+    from transformers import Mxfp4Config
 
-        return Mxfp4Config(dequantize=True)
-    if plan.method != "qlora":
-        return None
-    return nf4_config(torch_dtype("fp32" if on_cpu else plan.precision))
+    return {"quantization_config": Mxfp4Config(dequantize=True)}
 
 
 def stored_quantization(path) -> str:
