@@ -21,8 +21,11 @@ METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step, written by th
 # a run's records beside its checkpoints (what a checkpoint or merge loads as the run trained it: trained.Trained; what
 # sync sends of a run without a final model), spec.json last: written last, it says the records are whole
 RUN_RECORDS = (METRICS_FILE, SPEC_FILE)
-# its rows up to a checkpoint's step, saved in the checkpoint: a run resumed on another node (a recovered spot VM)
+# its rows up to a checkpoint's step, saved in the checkpoint gzip-compressed (rows compress ~4x; a gzip member for the
+# rows since the previous save: trainer.callbacks.MetricsCopy): a run resumed on another node (a recovered spot VM)
 # keeps them
+CHECKPOINT_METRICS_GZ = "ftctl-metrics.jsonl.gz"
+# ... and as an older ftctl saved them, whole and plain: read still (checkpoints.manifest.metrics_copy)
 CHECKPOINT_METRICS = "ftctl-metrics.jsonl"
 PLAIN_TEXT = "plain_text"  # metrics.jsonl's "start" record: every training row was plain text (no chat template)
 # ... and, for a trainer that runs in a Slurm job, that job's id and its attempt (SLURM_RESTART_COUNT: 0 before a

@@ -18,15 +18,21 @@ stop a process at exactly that moment.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
 import time
+import zlib
+from collections.abc import Collection
+from typing import IO
 
 from ftctl import storage
+from ftctl.runpaths import CHECKPOINT_METRICS, CHECKPOINT_METRICS_GZ
 
 log = logging.getLogger(__name__)
 
@@ -274,3 +280,29 @@ def verify_against(ckpt: str, manifest: dict, deep: bool, endpoint_url=None, siz
         if digest != entry["sha256"]:
             problems.append(f"{entry['path']} does not match its sha256 (corrupted)")
     return problems
+
+
+# what reading a checkpoint's copy of metrics.jsonl may raise: the file's (OSError, gzip's BadGzipFile), a gzip cut
+# short (EOFError) or damaged (zlib.error)
+METRICS_COPY_ERRORS = (OSError, EOFError, zlib.error)
+
+
+def metrics_copy(checkpoint: str, listed: Collection[str] | None = None) -> str | None:
+    """The path (or URI) of ``checkpoint``'s copy of metrics.jsonl: this ftctl's gzip (runpaths.CHECKPOINT_METRICS_GZ),
+    else an older ftctl's plain copy; None where it holds neither. ``listed``: the checkpoint's files (its manifest's
+    paths, needed for one in an object store); without it, a local directory's are looked at."""
+    for name in (CHECKPOINT_METRICS_GZ, CHECKPOINT_METRICS):
+        if name in listed if listed is not None else os.path.isfile(os.path.join(checkpoint, name)):
+            return storage.join(checkpoint, name)
+    return None
+
+
+def open_metrics_copy(path: str, endpoint_url: str | None = None) -> IO[str]:
+    """A checkpoint's copy of metrics.jsonl (``path``: metrics_copy's) open for its lines, gunzipped where it is the
+    gzip. A local file is read as it is needed; one in an object store is downloaded whole (compressed: 50-57 MB at a
+    million rows) and gunzipped as it is read. Reading raises METRICS_COPY_ERRORS."""
+    gzipped = path.endswith(".gz")
+    if storage.is_remote(path):
+        raw = io.BytesIO(storage.read_whole(path, endpoint_url, quick=False))
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw) if gzipped else raw, encoding="utf-8")
+    return gzip.open(path, "rt", encoding="utf-8") if gzipped else open(path, encoding="utf-8")

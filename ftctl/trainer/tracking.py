@@ -34,8 +34,9 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ftctl.checkpoints.manifest import METRICS_COPY_ERRORS, metrics_copy, open_metrics_copy
 from ftctl.envvars import HUB_TELEMETRY_ENV
-from ftctl.runpaths import CHECKPOINT_METRICS, START_WANDB_RUN, TENSORBOARD_DIR
+from ftctl.runpaths import START_WANDB_RUN, TENSORBOARD_DIR
 from ftctl.spec import report_integrations
 
 if TYPE_CHECKING:
@@ -109,11 +110,11 @@ def recorded_wandb_run(checkpoint: str | None) -> str | None:
 def recorded_starts(checkpoint: str | None, key: str) -> list[str]:
     """What the start records (runpaths.START_*) in ``checkpoint``'s copy of metrics.jsonl say of ``key``, in order: one
     a trainer's start that named it ([]: no checkpoint, or none did)."""
-    if checkpoint is None:
+    if checkpoint is None or (copy := metrics_copy(checkpoint)) is None:
         return []
     said = []
     try:
-        with open(os.path.join(checkpoint, CHECKPOINT_METRICS)) as f:
+        with open_metrics_copy(copy) as f:
             for line in f:
                 try:
                     record = json.loads(line)
@@ -121,7 +122,7 @@ def recorded_starts(checkpoint: str | None, key: str) -> list[str]:
                     continue
                 if isinstance(record, dict) and record.get("event") == "start" and record.get(key):
                     said.append(str(record[key]))
-    except OSError:
+    except METRICS_COPY_ERRORS:
         return []
     return said
 
