@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from ftctl.errors import FtctlError
 from ftctl.plan import PlanError, make_plan
 from ftctl.spec import build
 from tests.test_families219 import GPT_OSS
+from tests.trainer_fixtures import make_run
 
 # what openai/gpt-oss-20b's config.json says of its storage
 MXFP4 = {
@@ -110,3 +112,38 @@ def test_gpt_oss_20b_plans_its_dequantized_weights_and_no_qlora_is_offered(tmp_p
     with pytest.raises(PlanError) as e:
         make_plan(build({"method": "lora", "gpus": "1xA10G", "model_name_or_path": str(tmp_path)}))
     assert "Nearest plans that fit: " in str(e.value) and "qlora" not in str(e.value), str(e.value)
+
+
+def test_a_lora_run_over_mxfp4_merges_and_answers_as_trained(mxfp4_dir, tiny_data, tmp_path, one_thread):
+    """merge refused it as stored quantized ("cannot be saved as a plain model ... the unquantized model it was made
+    from", which OpenAI did not publish) and chat and eval stopped in transformers' fetch of its MXFP4 kernels from
+    the Hub. Now the merged model (plain, no quantization_config) gives PEFT's logits over the dequantized base."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ftctl.trainer import trained as trained_mod
+    from ftctl.trainer.merge import merge
+    from ftctl.trainer.model import load_model
+    from ftctl.trainer.run import train
+
+    spec, plan = make_run(
+        mxfp4_dir,
+        tiny_data,
+        tmp_path / "run",
+        "lora",
+        max_steps=1,
+        save_steps=1,
+        model_max_length=64,
+        lora_dropout=0,
+    )
+    run = Path(train(spec, plan, echo=lambda line: None).output_dir)
+    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = PeftModel.from_pretrained(load_model(spec, plan, on_cpu=True), str(run)).eval()(ids).logits
+        loaded = trained_mod.load(trained_mod.find(str(run), adapter_only=True), "fp32")  # what chat and eval load
+        assert torch.allclose(loaded.eval()(ids).logits, want, atol=1e-5)
+        merged = merge(str(run), str(tmp_path / "merged"))
+        assert "quantization_config" not in json.loads((Path(merged) / "config.json").read_text())
+        got = AutoModelForCausalLM.from_pretrained(merged).eval()(ids).logits
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()

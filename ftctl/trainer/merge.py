@@ -435,13 +435,15 @@ def _stored_quantization(base: str, run: str, weights: str, qlora: bool) -> str:
     is refused: its weights cannot take the adapter and be saved as a plain model (transformers cannot write merged
     quantized weights back); the model it was made from can (or, for a qlora run's adapter merged with --original-base,
     the dequantized 4-bit weights)."""
-    from ftctl.plan import read_config, stored_quantization
+    from ftctl.plan import DEQUANTIZED_ON_LOAD, read_config, stored_quantization
     from ftctl.trainer.model import resolve_model
 
     try:
         quantized = stored_quantization(read_config(Path(resolve_model(base), "config.json")))
     except (FtctlError, OSError):  # no config.json to read here: the load says what is wrong, as before
         quantized = ""
+    if quantized in DEQUANTIZED_ON_LOAD:  # gpt-oss's MXFP4: the run trained over it dequantized, as it loads to merge
+        return ""
     if quantized and not (quantized == BNB_4BIT and weights == DEQUANTIZED):
         dequantizable = quantized == BNB_4BIT and qlora
         instead = "; or, without --original-base, into its 4-bit weights dequantized" if dequantizable else ""

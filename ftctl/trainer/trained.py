@@ -419,7 +419,7 @@ def load(
     the adapter's (the unquantized model a pre-quantized base was made from)."""
     from transformers import AutoModelForCausalLM
 
-    from ftctl.trainer.model import torch_dtype
+    from ftctl.trainer.model import dequantizing, stored_quantization, torch_dtype
 
     dtype = torch_dtype(precision)
     if not trained.adapter:
@@ -431,8 +431,9 @@ def load(
         log.warning("%s", again)
     if dequantized or (as_trained and trained.method == "qlora"):
         model = quantized_base(trained, base_path, precision, device_map, dequantized, stored)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, device_map=device_map)
+    else:  # a base stored in MXFP4 (gpt-oss) as the run trained over it: dequantized (model.dequantizing)
+        quant = dequantizing(stored_quantization(base_path))
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, device_map=device_map, **quant)
     return PeftModel.from_pretrained(model, str(trained.path))
 
 
