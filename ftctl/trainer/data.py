@@ -27,10 +27,12 @@ import os
 import posixpath
 import re
 import time
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftctl import storage
 from ftctl.errors import FtctlError
 from ftctl.spec import RunSpec, split_paths
 from ftctl.trainer.formats import REASONING_KEYS, Row, data_digest, file_name, llama_factory_notes, load_rows
@@ -61,6 +63,9 @@ class DataStats:
     plain: int = 0  # rows trained as plain text, without the chat template (text; prompt-completion strings)
     histogram: list[tuple[str, int]] = field(default_factory=list)  # (bucket label, rows), lengths before truncation
     datasets: list[tuple[str, int, int]] = field(default_factory=list)  # (path, rows, tokens) of each of several
+    repeats: int = 0  # rows that train the same tokens and labels as an earlier row (_Repeats): trained again
+    repeated: int = 0  # the distinct rows those repeat
+    first_repeat: str = ""  # "a.jsonl line 9, as a.jsonl line 2": the first repeat, and the row it repeats
 
 
 @dataclass
@@ -80,9 +85,11 @@ class DataReport:
     every_row: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stats: DataStats = field(default_factory=DataStats)
-    samples: list[tuple[str, list[int], list[int]]] = field(default_factory=list)  # (where, ids, labels): show_rows
+    # (where, ids, labels, tokens and trainable tokens before truncation): show_rows
+    samples: list[tuple[str, list[int], list[int], int, int]] = field(default_factory=list)
     weights: list[float] | None = None  # data_weights of the datasets, where a run file mixes them
     model: str | None = None  # the model whose tokenizer read them: the `ftctl data check --model` lines name it
+    repeats_fix: str = ""  # how to keep one of each repeated row, where one command does (check_data)
 
     @property
     def ok(self) -> bool:
@@ -119,6 +126,8 @@ class DataReport:
             f"  tokens            {s.tokens:,}{mean}",
             f"  trainable tokens  {s.trainable_tokens:,}{share}",
             f"  truncated rows    {s.truncated_rows:,}",
+            f"  repeated rows     {repeats_said(s, first=True) or 0}",
+            *([f"    {self.repeats_fix}"] if s.repeats and self.repeats_fix else []),
         ]
         if s.datasets:  # what data_weights would mix
             lines.append("  per dataset (data_path's order):")
@@ -294,6 +303,7 @@ def prepare_data(
     joined: list[Row] = []  # prompt-completion rows whose prompt and completion meet inside one token
     past_the_end: list[tuple[Row, int]] = []  # (row, its tokens): every trained token after max_length
     truncated: list[tuple[Row, str]] = []  # (row, the warning): its tokens past max_length are dropped
+    repeats = _Repeats()
     if any(row.text is None and not row.problems for row in rows):  # conversations: the template renders them
         if note := ensure_chat_template(tokenizer):
             report.notes.append(note)
@@ -344,7 +354,8 @@ def prepare_data(
             kept.append(k)
             chunk_sources.append(row.source)
             if len(report.samples) < show:
-                report.samples.append((row.where, *done.row(k)))
+                report.samples.append((row.where, *done.row(k), length, trainable_before))
+            repeats.add(done, k, row)
             width = min(length, max_length)
             lengths.append(length)
             s.tokens += width
@@ -435,6 +446,7 @@ def prepare_data(
     s.truncated_rows = sum(n > max_length for n in lengths)
     s.max_tokens = max(lengths, default=0)
     s.histogram = _histogram(lengths, max_length)
+    s.repeats, s.repeated, s.first_repeat = repeats.counted()
     if len(names := split_paths(path)) > 1:
         s.datasets = [(name, by_source[i, "rows"], by_source[i, "tokens"]) for i, name in enumerate(names)]
     report.errors = problem_lines(problems, len(rows))
@@ -444,6 +456,80 @@ def prepare_data(
     if not lengths and not report.errors:
         report.errors.append(f"{path}: no rows: the data is empty")
     return report, tokens.dataset()
+
+
+class _Repeats:
+    """The kept rows that train exactly what an earlier row trains: the same token ids and labels, as truncated (a
+    ShareGPT dump often holds a conversation many times; each copy trains, in TRL and axolotl alike). What trains,
+    not the row's JSON: the copies of a dump differ in their 'id', and one conversation in two formats is the same
+    sample. 16 bytes a row (a hash of its tokens, and the row's reference), not its text: a million rows are 16 MB."""
+
+    def __init__(self):
+        self.hashes = array("q")
+        self.rows: list[Row] = []
+
+    def add(self, done: _Done, k: int, row: Row) -> None:
+        """Row ``k`` of ``done``'s encoded rows, which is ``row``: Python's hash of its bytes (64-bit SipHash, 4x
+        blake2b's speed: ~1 s of a core a million rows; a false repeat about 1 in 1e7 at a million rows)."""
+        lo, hi = int(done.ends[k]), int(done.ends[k + 1])
+        self.hashes.append(hash((done.ids[lo:hi].tobytes(), done.labels[lo:hi].tobytes())))
+        self.rows.append(row)
+
+    def counted(self) -> tuple[int, int, str]:
+        """(rows that repeat an earlier one, distinct rows repeated, "WHERE, as WHERE" of the first repeat)."""
+        import numpy as np
+
+        hashes = np.frombuffer(self.hashes, dtype=np.int64)
+        _, first, inverse, counts = np.unique(hashes, return_index=True, return_inverse=True, return_counts=True)
+        repeats = len(hashes) - len(first)
+        if not repeats:
+            return 0, 0, ""
+        at = int(np.flatnonzero(first[inverse] != np.arange(len(hashes)))[0])
+        return repeats, int((counts > 1).sum()), f"{self.rows[at].where}, as {self.rows[first[inverse[at]]].where}"
+
+
+def repeats_said(stats: DataStats, first: bool = False) -> str:
+    """The rows that repeat an earlier row as trained (data check's statistics), '' where none; ``first``: with where
+    the first repeat is."""
+    if not stats.repeats:
+        return ""
+    where = f"; the first: {stats.first_repeat}" if first and stats.first_repeat else ""
+    return (
+        f"{stats.repeats:,} row(s) repeat an earlier row token for token ({stats.repeated:,} distinct{where}): each "
+        "trains as often as it appears"
+    )
+
+
+def _repeats_fix(report: DataReport) -> str:
+    """How to keep the first of each repeated row (DataStats.repeats), where one command does: awk, on one local JSON
+    Lines file whose repeats are lines written alike; '' elsewhere (a JSON list, Parquet; copies that differ in a
+    field that does not train, an id, or past max_length). Reads the file's lines again, 8 bytes a line."""
+    import shlex
+
+    import numpy as np
+
+    path = report.path
+    one = report.files == 1 and not report.read and len(split_paths(path)) == 1
+    if not (report.stats.repeats and one and path.lower().endswith(".jsonl")):
+        return ""
+    if storage.scheme(path) not in ("", "file", "local"):
+        return ""
+    hashes = array("q")
+    try:
+        with open(storage.local_path(path), "rb") as f:
+            hashes.extend(hash(line.rstrip(b"\n")) for line in f if line.strip())
+    except OSError:
+        return ""
+    alike = len(hashes) - len(np.unique(np.frombuffer(hashes, dtype=np.int64)))
+    if not alike:
+        return ""
+    repeats = report.stats.repeats
+    said = (
+        f"`awk '!seen[$0]++' {shlex.quote(path)} > OUT` keeps the first of each line written alike, dropping {alike:,}"
+    )
+    if alike == repeats:
+        return f"to train each once: {said}"
+    return said + "; the other repeats differ in what does not train (an id, say)" * (alike < repeats)
 
 
 _REASONING_PROBE = "Zq7 reasoning probe"
@@ -879,7 +965,9 @@ def check_data(path: str, tokenizer, max_length: int, endpoint_url: str | None =
 
     ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from; ``options``: prepare_data's
     (held_out, show, every_token)."""
-    return prepare_data(path, tokenizer, max_length, endpoint_url, **options)[0]
+    report = prepare_data(path, tokenizer, max_length, endpoint_url, **options)[0]
+    report.repeats_fix = _repeats_fix(report)
+    return report
 
 
 def show_rows(report: DataReport, tokenizer, mark) -> str:
@@ -887,17 +975,33 @@ def show_rows(report: DataReport, tokenizer, mark) -> str:
     truncates), each run of trained tokens passed through ``mark`` (``ftctl data check --show``): where the loss
     falls, before paying for a run that learns from the wrong tokens."""
     out = []
-    for where, ids, labels in report.samples:
+    for where, ids, labels, length, trainable_before in report.samples:
         trained = [label != IGNORE_INDEX for label in labels]
         out.append(f"{where}: {len(ids):,} tokens, {sum(trained):,} trained")
         text, start = [], 0
         for i in range(1, len(ids) + 1):
             if i == len(ids) or trained[i] != trained[start]:
-                piece = tokenizer.decode(ids[start:i])
+                piece = _printable(tokenizer.decode(ids[start:i]))
                 text.append(mark(piece) if trained[start] else piece)
                 start = i
-        out.append("".join(text))
+        shown = "".join(text)
+        if length > len(ids):  # truncated: where, and what of it went (as the truncated rows' warning says)
+            shown += "\n" * (not shown.endswith("\n")) + (
+                f"[... cut at max_length {report.max_length}: the last {length - len(ids):,} tokens dropped "
+                f"({sum(trained):,} of {trainable_before:,} trainable tokens kept)]"
+            )
+        out.append(shown)
     return "\n".join(out)
+
+
+# control characters (C0 but tab and newline, DEL, C1): a row's NUL, carriage return or escape sequence would act on
+# the terminal --show prints to, not show
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with its control characters written as Python escapes (\\x00, \\r, \\x1b): what --show prints."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def build_dataset(
