@@ -5,7 +5,8 @@ PEFT's docs write one, with the hyperparameters ftctl's spec and plan say (learn
 batch and accumulation, max_length, packing, seed, weight decay, optimizer, LoRA's r/alpha/dropout/targets), on the
 same rows: the per-step losses agree to ~1e-6 and the final weights (or adapters) to rounding. Compared this way
 (helper 228, /work/notes/explore44-parity.md) and matching: lora over all-linear with dropout, fft, accumulation 2
-(TRL's loss over the global batch's tokens), packing (TRL's bfd, padding-free) and unpacked, cosine and linear with
+(TRL's loss over the global batch's tokens), packing (TRL's bfd, padding-free, padded as ftctl pads: LoRA's dropout
+masks are drawn over the padded shape) and unpacked, cosine and linear with
 warm-up, weight decay, epochs with a short last accumulation, conversations with ftctl's assistant-only loss against
 TRL's ``assistant_only_loss`` (a template whose generation block is the answer and its <|im_end|>, what ftctl
 trains), text prompt-completion rows against TRL's ``completion_only_loss``, qlora over bitsandbytes' NF4.
@@ -22,6 +23,7 @@ import json
 
 import pytest
 
+from ftctl.trainer.data import PACK_MULTIPLE
 from tests.trainer_fixtures import make_run
 
 # ChatML as the tiny tokenizer's, with TRL's generation block around what ftctl trains: the answer and <|im_end|>
@@ -147,16 +149,17 @@ def _rows_file(tmp_path, rows) -> str:
 
 CASES = {
     # method, rows, ftctl's overrides, TRL's SFTConfig beside the spec's
-    "lora-assistant-cosine-warmup": (
+    # packed rows padded to ftctl's multiple, so that LoRA's dropout draws its masks over the same shapes
+    "lora-packed-assistant-cosine-warmup": (
         "lora",
         "messages",
-        dict(max_steps=4, packing=False, lr_scheduler_type="cosine", warmup_steps=1, warmup_ratio=None),
-        dict(assistant_only_loss=True),
+        dict(max_steps=4, packing=True, lr_scheduler_type="cosine", warmup_steps=1, warmup_ratio=None),
+        dict(assistant_only_loss=True, pad_to_multiple_of=PACK_MULTIPLE),
     ),
-    "fft-packed-every-token-linear": (
+    "fft-every-token-linear": (
         "fft",
         "messages",
-        dict(max_steps=3, packing=True, assistant_only_loss=False, lr_scheduler_type="linear", weight_decay=0.1),
+        dict(max_steps=3, packing=False, assistant_only_loss=False, lr_scheduler_type="linear", weight_decay=0.1),
         dict(),
     ),
     "lora-completion-only": ("lora", "prompt-completion", dict(max_steps=3, packing=False), dict()),
