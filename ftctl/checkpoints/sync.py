@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftctl import storage
-from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, MANIFEST, discard_uncommitted, verify_against
+from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX, DOWNLOAD_DIR, MANIFEST, discard_uncommitted, verify_against
 from ftctl.checkpoints.resume import download_checkpoint, list_checkpoints, raise_if_full
 from ftctl.checkpoints.upload import final_files, prune, records_to_send, trains_alike, upload_checkpoint
 from ftctl.errors import FtctlError
 from ftctl.runpaths import FINAL_MARKS, METRICS_FILE, RUN_RECORDS, SPEC_FILE
 
 log = logging.getLogger(__name__)
+
+#: checkpoints a push to a store (a pull from one) sends (fetches) at once. One after another, 300 small checkpoints
+#: (~7 requests each) took 78 s to push and 53 s to pull where each request waited 25 ms more than on loopback (at once:
+#: 29 s, 24 s). Under botocore's 10 connections per client (max_pool_connections), which s3fs keeps.
+AT_ONCE = 8
 
 # A run without a final model (stopped before its end) sends its RUN_RECORDS beside its checkpoints, and a pull brings
 # them back: a pulled copy is then a run directory `ftctl launch --output DIR` resumes and `ftctl status DIR` reads;
@@ -124,7 +133,7 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
         )
     keep, best = _retention(local_run_dir, here, remote, endpoint_url)
     kept = _kept_names(here, remote, keep, best)
-    sent, older = [], []
+    todo, older = [], []
     for c in here:
         if not c.complete:
             log.warning("not pushing %s: %s", c.uri, "; ".join(c.problems))
@@ -135,16 +144,18 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
         if c.name not in kept:
             older.append(c.name)
             continue
-        if problems := verify_against(c.uri, c.manifest, deep=True):  # a file changed since its manifest: corrupted
+        todo.append(c)
+
+    def send(c) -> list[str]:
+        return _send(c, storage.join(uri, c.name), c.name in remote, endpoint_url, sending)
+
+    sent = []
+    for c, problems in _at_once(send, todo, AT_ONCE if storage.is_remote(uri) else 1):
+        if problems:  # a file changed since its manifest: corrupted
             log.warning("not pushing %s: %s", c.uri, "; ".join(problems))
             continue
-        dest = storage.join(uri, c.name)
-        storage.rm(storage.join(dest, MANIFEST), endpoint_url=endpoint_url)
-        sending[:] = [dest]
-        upload_checkpoint(c.uri, dest, endpoint_url=endpoint_url)
-        sending.clear()
-        echo(f"pushed {c.name} -> {dest}")
-        sent.append(dest)
+        echo(f"pushed {c.name} -> {storage.join(uri, c.name)}")
+        sent.append(storage.join(uri, c.name))
     if older:  # said once, not a line each (a run directory may hold hundreds)
         names = " and ".join(older) if len(older) < 3 else f"{', '.join(older[:2])} and {len(older) - 2} more"
         echo(f"not pushing {names}: older than the {keep} newest the run keeps (save_total_limit)")
@@ -157,6 +168,70 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
         echo(f"pushed the final model -> {uri}")
         sent.append(uri)
     return sent
+
+
+def _send(c, dest: str, there: bool, endpoint_url: str | None, sending: list) -> list[str]:
+    """Push the complete local checkpoint ``c`` to ``dest``: verified by sha256 right before (a file changed since its
+    manifest: its problems returned, nothing sent), the manifest of an earlier upload cut short withdrawn where the
+    store held some of it (``there``: listed), its files, its manifest last (upload_checkpoint). ``sending``: the
+    checkpoints under way, where the store's disk refuses one."""
+    if problems := verify_against(c.uri, c.manifest, deep=True):
+        return problems
+    if there:
+        storage.rm(storage.join(dest, MANIFEST), endpoint_url=endpoint_url)
+    sending.append(dest)
+    upload_checkpoint(c.uri, dest, endpoint_url=endpoint_url)
+    sending.remove(dest)
+    return []
+
+
+def _at_once(work: Callable, items: list, workers: int) -> Iterator[tuple]:
+    """``(item, work(item))`` for each of ``items``, in their order, up to ``workers`` of them under way at once (each
+    said as soon as it and those before it are done). After a failure nothing more starts; those under way finish and
+    are yielded, then the first failure in ``items``' order is raised: said once, as one after another said it. The
+    threads are daemons: a Ctrl-C ends the command at once, as it did one after another, what was under way left
+    uncommitted (a checkpoint's manifest goes last; a download is moved into place once whole)."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            yield item, work(item)
+        return
+    futures = [Future() for _ in items]
+    queued = iter(zip(items, futures))
+    lock, failed = threading.Lock(), threading.Event()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                item, future = next(queued, (None, None))
+            if future is None:
+                return
+            if failed.is_set():
+                future.cancel()
+                continue
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(work(item))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                failed.set()
+                future.set_exception(exc)
+
+    for n in range(min(workers, len(items))):
+        threading.Thread(target=worker, name=f"ftctl-sync-{n}", daemon=True).start()
+    first = None
+    try:
+        for item, future in zip(items, futures):
+            try:
+                result = future.result()
+            except CancelledError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - raised below, once the rest is said
+                first = first or exc
+                continue
+            yield item, result
+    finally:
+        failed.set()  # a Ctrl-C, or the caller stopped: nothing more starts
+    if first is not None:
+        raise first
 
 
 def _push_records(local_run_dir: str, uri: str, endpoint_url: str | None) -> str:
@@ -269,7 +344,7 @@ def pull(
         raise FtctlError(f"cannot create {local_dir}: {e.strerror or e}") from None
     with storage.storage_errors(uri, endpoint_url):
         _pull_top(uri, local_dir, plan, endpoint_url)  # first: a pull cut short later leaves a consistent run directory
-        got = _pull(there, local_dir, include_incomplete, endpoint_url, echo)
+        got = _pull(there, local_dir, include_incomplete, endpoint_url, echo, storage.is_remote(uri))
     if plan.line:
         echo(plan.line)
     return got
@@ -285,25 +360,37 @@ def _same_spec(local_dir: str, uri: str, endpoint_url: str | None) -> bool:
         return f.read() == storage.read_text(theirs, endpoint_url)
 
 
-def _pull(there: list, local_dir: str, include_incomplete: bool, endpoint_url: str | None, echo) -> list:
+def _pull(there: list, local_dir: str, include_incomplete: bool, endpoint_url: str | None, echo, remote: bool) -> list:
+    """The checkpoints ``there`` not complete in ``local_dir`` yet, AT_ONCE at a time from a store (``remote``)."""
     local = {c.name for c in list_checkpoints(local_dir) if c.complete}
-    got, present = [], []
-    for c in there:
-        if c.name in local:
-            present.append(c.name)
-            continue
+    present = [c.name for c in there if c.name in local]
+
+    def fetch(c) -> list[str]:  # its problems: not pulled
         if c.complete:
-            problems = download_checkpoint(c.uri, local_dir, c.manifest, endpoint_url)
+            return download_checkpoint(c.uri, local_dir, c.manifest, endpoint_url)
+        if not include_incomplete:
+            return c.problems
+        storage.get_dir(c.uri, os.path.join(local_dir, c.name), endpoint_url)
+        return []
+
+    got = []
+    workers = AT_ONCE if remote else 1
+    # download_checkpoint removes the download directory once it is empty: held while others go on into it
+    hold = os.path.join(local_dir, DOWNLOAD_DIR, f".held-{os.getpid()}") if workers > 1 else None
+    if hold:
+        os.makedirs(hold, exist_ok=True)
+    try:
+        for c, problems in _at_once(fetch, [c for c in there if c.name not in local], workers):
             if problems:
                 log.warning("not pulling %s: %s", c.uri, "; ".join(problems))
                 continue
-        elif include_incomplete:
-            storage.get_dir(c.uri, os.path.join(local_dir, c.name), endpoint_url)
-        else:
-            log.warning("not pulling %s: %s", c.uri, "; ".join(c.problems))
-            continue
-        echo(f"pulled {c.uri} -> {os.path.join(local_dir, c.name)}")
-        got.append(os.path.join(local_dir, c.name))
+            echo(f"pulled {c.uri} -> {os.path.join(local_dir, c.name)}")
+            got.append(os.path.join(local_dir, c.name))
+    finally:
+        if hold:
+            with contextlib.suppress(OSError):
+                os.rmdir(hold)
+                os.rmdir(os.path.dirname(hold))
     if present:  # a second pull says why it pulled nothing
         echo(f"already in {local_dir}, complete: {', '.join(present)}")
     return got
