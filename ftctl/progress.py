@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ftctl.runpaths import PROGRESS_LINE
+from ftctl.runpaths import EVENT, PROGRESS_LINE, STEP_ROW, TIMED, UNTIMED
 
 # the trainer's line in a job's log for a logged step (trainer.callbacks.MetricsCallback._progress):
 # "step 12/40  loss 1.2345  lr 2.00e-04  grad 0.808  380 tok/s  ETA 0:00:11  14:02:05 UTC" (an older one's: no time)
@@ -104,10 +104,6 @@ def summary_of_lines(
         lowest = f" (lowest {best['eval_loss']:.4f} at step {best['step']})" if best is not held_out else ""
         parts.append(f"held-out loss {held_out['eval_loss']:.4f} at step {held_out['step']}{lowest}")
     return "; ".join(parts) or None
-
-
-STEP_ROW, EVENT = '"loss": ', '"event": '  # in a logged step's row (callbacks.MetricsCallback); in every other record
-TIMED, UNTIMED = '"time": ', '"time": null'  # a row with its time (an older trainer's have none)
 
 
 class _Steps:

@@ -45,6 +45,12 @@ START_SLURM_ATTEMPT = "slurm_restart_count"
 # record cannot be read here (a Slurm run staged on the nodes' own disks), that line says the trainer started training
 START_LINE = "attention: "
 PROGRESS_LINE = "step "  # ... and how each of its progress lines begins (trainer.callbacks.MetricsCallback._progress)
+# how metrics.jsonl's records are spelled (trainer.callbacks.MetricsCallback: json.dumps of a dict, its step first): what
+# the quick scanners of a million rows read of a line without parsing it (callbacks._step_of, progress.summary_of_lines)
+ROW_START = '{"step": '  # every record begins so
+STEP_ROW = '"loss": '  # ... a logged step's row holds its loss
+EVENT = '"event": '  # ... every other record (a start, an evaluation, the end) its event
+TIMED, UNTIMED = '"time": ', '"time": null'  # ... a row with its time (an older trainer's have none)
 SBATCH_FILE = "job.sbatch"
 TASK_FILE = "task.yaml"
 DOCKER_FILE = "docker-run.sh"

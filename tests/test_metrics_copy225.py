@@ -89,3 +89,29 @@ def test_status_of_a_store_reads_its_newest_checkpoints_gzip_or_older_plain_copy
     step, newest = stored(output, None, now=2000.0)
     assert step.startswith("step 30/400 (7%)  loss 1.7000  1.0 s a step (from checkpoint-30"), step
     assert newest.startswith("newest checkpoint: checkpoint-30")
+
+
+def test_the_rows_metrics_callback_writes_are_what_the_quick_scanners_read(tmp_path):
+    """The row shape has one owner (runpaths.ROW_START, STEP_ROW, EVENT, TIMED): the writer agrees with the scanners."""
+    from types import SimpleNamespace
+
+    from ftctl.progress import summary_of_lines
+    from ftctl.runpaths import EVENT, ROW_START, STEP_ROW, TIMED
+    from ftctl.trainer.callbacks import MetricsCallback, _step_of
+
+    metrics = tmp_path / "metrics.jsonl"
+    callback = MetricsCallback(str(metrics), echo=lambda line: None)
+    state = SimpleNamespace(global_step=0, num_input_tokens_seen=0, is_world_process_zero=True, max_steps=4)
+    state.log_history = []
+    callback.on_train_begin(None, state, None)
+    for step in (1, 2):
+        state.global_step = step
+        callback.on_step_end(None, state, None)
+        callback.on_log(None, state, None, logs={"loss": 1.5, "learning_rate": 1e-4, "grad_norm": 0.5, "epoch": 0.5})
+    callback.on_log(None, state, None, logs={"eval_loss": 1.25})
+    rows = metrics.read_text().splitlines()
+    assert all(line.startswith(ROW_START) and TIMED in line for line in rows), rows
+    assert [STEP_ROW in line and EVENT not in line for line in rows] == [True, True, False]
+    assert [_step_of(line) for line in rows] == [1, 2, 2]
+    said = summary_of_lines(rows, lambda start: True, running=False)
+    assert said.startswith("step 2/4 (50%)  loss 1.5000") and said.endswith("held-out loss 1.2500 at step 2"), said

@@ -5,6 +5,7 @@ them after the first committed checkpoint now (spec.json once, metrics.jsonl as 
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from pathlib import Path
@@ -49,7 +50,7 @@ def test_a_run_stopped_after_its_first_checkpoint_leaves_a_store_that_loads_as_i
     assert "adapter_config.json" not in stored  # no final adapter: the records came with the checkpoints
     assert storage.read_text(f"{uri}/spec.json") == (tmp_path / "staging" / "spec.json").read_text()
     newest = C.list_checkpoints(uri)[-1]
-    copy = storage.read_text(storage.join(newest.uri, "ftctl-metrics.jsonl"))
+    copy = gzip.decompress(storage.read_bytes(storage.join(newest.uri, "ftctl-metrics.jsonl.gz"))).decode()
     assert storage.read_text(f"{uri}/metrics.jsonl") == copy  # as of the newest checkpoint: whole lines
 
     loaded, local = chat._download(uri, str(tmp_path / "got"))  # what `ftctl chat/eval/merge s3://.../run` load

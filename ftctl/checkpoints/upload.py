@@ -19,12 +19,14 @@ checkpoints the store would drop as soon as the next ones land.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
 import random
 import shutil
+import tempfile
 import threading
 import time
 import uuid
@@ -40,13 +42,14 @@ from ftctl.checkpoints.manifest import (
     checkpoint_step,
     commit_point,
     merge_nodes,
+    metrics_copy,
     node_manifest_name,
+    open_metrics_copy,
     read_manifest,
     write_json_atomic,
 )
 from ftctl.checkpoints.resume import list_checkpoints
 from ftctl.runpaths import (
-    CHECKPOINT_METRICS,
     FINAL_MARKS,
     METRICS_FILE,
     RUN_RECORDS,
@@ -64,6 +67,22 @@ LAST_LOOK_S = 5.0  # what a wait that ran out still gives node 0 for one more lo
 
 
 # ---------------------------------------------------------------- upload
+
+
+@contextlib.contextmanager
+def _plain(copy: str | None):
+    """A checkpoint's copy of metrics.jsonl (``copy``) as a plain file: gunzipped into a temp file, removed after;
+    an older ftctl's plain copy is itself (None)."""
+    if not copy or not copy.endswith(".gz"):
+        yield None
+        return
+    fd, path = tempfile.mkstemp(prefix="ftctl-metrics-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out, open_metrics_copy(copy) as f:
+            shutil.copyfileobj(f, out, 8 << 20)
+        yield path
+    finally:
+        os.unlink(path)
 
 
 def _put(fs, local: str, uri: str) -> None:
@@ -632,7 +651,7 @@ class Uploader:
         return True
 
     def _send_records(self, job: _Job) -> None:
-        """The run's spec.json and its metrics.jsonl as of ``job`` (the checkpoint's copy, CHECKPOINT_METRICS: whole
+        """The run's spec.json and its metrics.jsonl as of ``job`` (the checkpoint's copy, metrics_copy: whole
         lines, none past its step) into the store beside the checkpoint just committed, where records_to_send lets
         them go: a run stopped, preempted or killed before its final model left a store of checkpoints only, which
         `ftctl chat`/`eval`/`merge` loaded without its method (a qlora checkpoint on the 16-bit base) and whose
@@ -642,11 +661,18 @@ class Uploader:
         if self._records_kept:
             return
         run_dir = os.path.dirname(job.original)
-        local = {SPEC_FILE: os.path.join(run_dir, SPEC_FILE), METRICS_FILE: os.path.join(job.local, CHECKPOINT_METRICS)}
+        local = {SPEC_FILE: os.path.join(run_dir, SPEC_FILE), METRICS_FILE: metrics_copy(job.local) or ""}
         local = {rel: path for rel, path in local.items() if os.path.isfile(path)}
         sizes = {rel: os.path.getsize(path) for rel, path in local.items()}
         if sizes == self._records_sent:  # as sent with the last checkpoint: nothing asked of the store
             return
+        with _plain(local.get(METRICS_FILE)) as plain:  # the copy is gzip: the store's metrics.jsonl is not
+            if plain:
+                local[METRICS_FILE] = plain
+            self._send_these(local, sizes, run_dir, job)
+
+    def _send_these(self, local: dict[str, str], sizes: dict[str, int], run_dir: str, job: _Job) -> None:
+        """_send_records' sending of the records ``local`` (plain files), ``sizes`` as they are in the checkpoint."""
         send, kept = records_to_send(local, self.remote_uri, run_dir, self.endpoint_url, self.continues)
         names = " and ".join(send)
         if kept == "final":

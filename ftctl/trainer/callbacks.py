@@ -44,7 +44,7 @@ from ftctl import storage, terminal
 from ftctl.checkpoints import CHECKPOINT_PREFIX
 from ftctl.checkpoints.manifest import METRICS_COPY_ERRORS, metrics_copy, open_metrics_copy
 from ftctl.envvars import SKY_TASK_ENV, STOP_ENV, STOP_POLL_ENV
-from ftctl.runpaths import CHECKPOINT_METRICS_GZ, PROGRESS_LINE, STOP_REQUEST, STOP_REQUEST_UNTIL
+from ftctl.runpaths import CHECKPOINT_METRICS_GZ, PROGRESS_LINE, ROW_START, STOP_REQUEST, STOP_REQUEST_UNTIL
 from ftctl.trainer import distributed
 
 log = logging.getLogger(__name__)
@@ -387,9 +387,6 @@ def _whole_rows(src, start: int, size: int, out, level: int) -> int:
             member.write(piece)
             left -= len(piece)
     return end - start
-
-
-ROW_START = '{"step": '  # how MetricsCallback's records begin (json.dumps of a dict whose first key is the step)
 
 
 def _step_of(line: str) -> float:

@@ -39,8 +39,9 @@ from ftctl import checkpoints, failures, lease, storage
 from ftctl.checkpoints import staging
 from ftctl.checkpoints.staging import remove_checkpoint
 from ftctl.errors import FtctlError
-from ftctl.runpaths import CHECKPOINT_METRICS, METRICS_FILE, RESUME_LOCK, open_lock
+from ftctl.runpaths import METRICS_FILE, RESUME_LOCK, open_lock
 from ftctl.spec import RunSpec
+from ftctl.trainer.callbacks import MetricsCopy
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +306,7 @@ class CheckpointSyncCallback(TrainerCallback):
         self.attempt: str | None = None
         self.lists_files = True  # this node's manifest lists (and it uploads) the checkpoint's files: lists_files
         self.follower: lease.Follower | None = None  # another node's: rank 0's lease, asked before each share
+        self.metrics_copy = MetricsCopy()  # metrics.jsonl into each checkpoint (gzip, a member a save)
 
     # -- helpers
 
@@ -431,7 +433,7 @@ class CheckpointSyncCallback(TrainerCallback):
             else:
                 metrics = os.path.join(args.output_dir, METRICS_FILE)  # rank 0's, written in this thread
                 if os.path.isfile(metrics):
-                    shutil.copyfile(metrics, os.path.join(ckpt, CHECKPOINT_METRICS))
+                    self.metrics_copy.save(metrics, ckpt)
                 extra = {"settings": self.settings} if self.settings else {}
                 name = checkpoints.MANIFEST
                 if self.num_nodes > 1:
