@@ -163,7 +163,10 @@ TOOL_DEFAULTS_NOT_TAKEN = {
     "TRL": {
         "assistant_only_loss": "ftctl trains a conversation's assistant turns only (a prompt-completion row's "
         "completion, as TRL does); TRL trains a conversation's every token (its assistant_only_loss false), as "
-        "-o assistant_only_loss=false does here"
+        "-o assistant_only_loss=false does here",
+        # (where the run trains adapters: ftctl's fft/sft rate is TRL's 2e-5)
+        "learning_rate": "TRL's SFTConfig trains at 2e-5 unless told (its LoRA examples give 2e-4, as ftctl does): "
+        "-o learning_rate=2e-5 for TRL's",
     },
 }
 # fields that make a row a conversation or a prompt-completion (trainer/formats.to_row), never a plain-text one
@@ -237,9 +240,13 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
                 f"{said}: {tool}'s defaults, which a run file in its vocabulary ({', '.join(keys)}) trains with where it "
                 f"leaves them out; ftctl's own: {ours}"
             )
+        method = values.get("method", FIELDS["method"].default)
         for key, why in TOOL_DEFAULTS_NOT_TAKEN.get(tool, {}).items():
+            if key == "learning_rate" and method not in ADAPTER_METHODS:
+                continue
             if key not in values and notes is not None:
-                ours = config_text(as_run(key, FIELDS[key].default))
+                default = METHOD_LEARNING_RATE[method] if key == "learning_rate" else FIELDS[key].default
+                ours = config_text(as_run(key, default))
                 notes.append(
                     f"{key} {ours}, ftctl's default, in a run file in {tool}'s vocabulary ({', '.join(keys)}): {why}"
                 )

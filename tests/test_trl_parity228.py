@@ -189,3 +189,26 @@ def test_ftctl_trains_what_the_same_trl_script_trains(case, tiny_model_dir, tiny
     for name, weight in saved.items():
         assert weight.dtype == torch.float32, name  # qlora's adapters too (TRL 1.16 would make them bf16)
         torch.testing.assert_close(weight, trained[name].float(), rtol=0, atol=1e-4, msg=name)
+
+
+def test_a_trl_run_file_that_leaves_the_learning_rate_out_is_told_ftctls_lora_rate():
+    """TRL's SFTConfig trains at 2e-5 unless told; a TRL file with use_peft and no learning_rate trained LoRA at
+    ftctl's 2e-4 without a word, where other-tools.md says a TRL file takes TRL's defaults where it leaves them out.
+    ftctl's rate stays (TRL's LoRA examples give 2e-4); a note says how to have TRL's. fft's rate is TRL's: no note."""
+    from ftctl.spec import build
+
+    def said(values, overrides=()):
+        notes: list[str] = []
+        spec = build({"dataset_name": "trl-lib/Capybara", **values}, None, list(overrides), notes=notes)
+        return spec, [n for n in notes if n.startswith("learning_rate")]
+
+    spec, notes = said({"use_peft": True})
+    assert spec.lr == 2e-4 and notes == [
+        "learning_rate 0.0002, ftctl's default, in a run file in TRL's vocabulary (dataset_name, use_peft): TRL's "
+        "SFTConfig trains at 2e-5 unless told (its LoRA examples give 2e-4, as ftctl does): -o learning_rate=2e-5 for "
+        "TRL's"
+    ]
+    assert said({"use_peft": True, "load_in_4bit": True})[1]  # qlora
+    assert said({"use_peft": True, "learning_rate": 1e-4})[1] == []
+    assert said({"use_peft": True}, ["learning_rate=2e-5"])[1] == []
+    assert said({"use_peft": False})[1] == []  # fft: 2e-5 both
