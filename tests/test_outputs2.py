@@ -206,7 +206,8 @@ def test_qlora_with_load_best_model_at_end_saves_the_lowest_checkpoints_adapter(
 ):
     """test_best_model's lines (evaluated and saved every step, patience 2, load_best_model_at_end) over the 4-bit
     base: the final adapter is the lowest held-out loss's checkpoint's (PEFT's load_adapter into the quantized
-    model), not the last step's, and the end line says so."""
+    model), not the last step's, and the end line says so. The rate is 0.5: the fp32 adapters (fp32_trainables) still
+    descend at step 6 at 0.05 and 0.2, where the bf16 ones TRL made them rose before it."""
     from safetensors.torch import load_file
 
     from ftctl.trainer.run import train
@@ -214,7 +215,7 @@ def test_qlora_with_load_best_model_at_end_saves_the_lowest_checkpoints_adapter(
 
     out = tmp_path / "out"
     values = dict(eval_steps=1, save_steps=1, eval_data_path=str(request.getfixturevalue("eval_data")))
-    values |= dict(learning_rate=0.05, lr_scheduler_type="constant", early_stopping_patience=2, lora_r=4)
+    values |= dict(learning_rate=0.5, lr_scheduler_type="constant", early_stopping_patience=2, lora_r=4)
     lines = []
     spec, plan = make_run(tiny_model_dir, tiny_data, out, "qlora", max_steps=6, load_best_model_at_end=True, **values)
     result = train(spec, plan, echo=lines.append)
