@@ -998,21 +998,73 @@ def record_job(ref: JobRef) -> None:
         fh.write(line)
 
 
+def _job_of(line: str | bytes) -> tuple[JobRef, float] | None:
+    """The job a line of the jobs record holds, with its launch time; None for a line cut short by a crash mid-write."""
+    try:
+        rec = json.loads(line)
+        job = str(rec.get("job_id", rec.get("job")))
+        ref = JobRef(rec["backend"], job, rec["run_dir"], rec["name"], rec["output"], rec.get("extra") or {})
+        return ref, float(rec.get("time") or 0)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def recorded_jobs() -> list[tuple[JobRef, float]]:
     """Every job launched from here, each once (its newest record), newest first, with its launch time."""
     f = _jobs_file()
     seen, out = set(), []
     for line in reversed(f.read_text().splitlines() if f.exists() else []):
-        try:
-            rec = json.loads(line)
-            key = (rec["backend"], str(rec.get("job_id", rec.get("job"))))
-            ref = JobRef(rec["backend"], key[1], rec["run_dir"], rec["name"], rec["output"], rec.get("extra") or {})
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by a crash mid-write
-        if key not in seen:
+        if (job := _job_of(line)) and (key := (job[0].backend, job[0].job_id)) not in seen:
             seen.add(key)
-            out.append((ref, float(rec.get("time") or 0)))
+            out.append(job)
     return out
+
+
+def _gone(ref: JobRef) -> bool:
+    """Whether a job's run directory and its output are both gone from this machine (deleted or moved): never one whose
+    output is in object storage, nor one recorded with a relative path (what it names depends on where ftctl runs)."""
+    places = [ref.run_dir] + ([] if is_remote(ref.output) else [local_path(ref.output)])
+    return len(places) == 2 and all(os.path.isabs(p) and not os.path.exists(p) for p in places)
+
+
+def prune_jobs() -> str:
+    """`ftctl jobs --prune`: the jobs record kept to what is read: the newest record of each job whose run directory or
+    output is still here; dropped, and said: the records of jobs whose run directory and output are both gone (_gone),
+    a job's older records (a local run launched again), lines cut short. Rewritten in place under the lock launches
+    append under (record_job): a launch at the same time waits, and is kept."""
+    f = _jobs_file()
+    if not f.exists():
+        return f"No jobs launched from here yet ({f}): nothing to prune."
+    with f.open("r+b") as fh:
+        with contextlib.suppress(OSError):  # no locks on this file system
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        lines = fh.read().splitlines()
+        seen, keep, gone, older, cut = set(), [], [], 0, 0
+        for line in reversed(lines):
+            if (job := _job_of(line)) is None:
+                cut += bool(line.strip())
+            elif (key := (job[0].backend, job[0].job_id)) in seen:
+                older += 1
+            elif _gone(job[0]):
+                seen.add(key)
+                gone.append(job[0].job_id)
+            else:
+                seen.add(key)
+                keep.append(line)
+        if not (gone or older or cut):
+            return f"Nothing to prune in {f}: {len(keep)} jobs, each with its run directory or output here."
+        fh.seek(0)  # written over from its start, then cut: stopped halfway, it holds every kept line still
+        fh.write(b"".join(line + b"\n" for line in reversed(keep)))
+        fh.truncate()
+    said = []
+    if gone:
+        names = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
+        said.append(f"{len(gone)} of jobs whose run directory and output are gone ({names})")
+    if older:
+        said.append(f"{older} superseded by a later record of the same job")
+    if cut:
+        said.append(f"{cut} cut short")
+    return f"Dropped {len(gone) + older + cut} records from {f}: {'; '.join(said)}. Kept {len(keep)} jobs."
 
 
 def find_job(job_id: str) -> tuple[Backend, JobRef]:
@@ -1089,18 +1141,41 @@ def jobs_table(last: int) -> str:
         for name, lines in zip(by_backend, pool.map(lines_of, by_backend)):
             for i, line in zip(by_backend[name], lines):
                 states[i] = line
-    # a reason that is the same for several jobs (the cluster unreachable) is said once, below the table
-    shared = [why for why in dict.fromkeys(states) if why.startswith("unknown: ") and states.count(why) > 1]
+    states, notes = _said_once(states)
     rows = [("JOB", "BACKEND", "OUTPUT", "LAUNCHED", "STATE")]  # the output tells runs apart, not their name
     for (ref, launched), text in zip(jobs, states):
         when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(launched)) if launched else "?"
-        said = f"unknown ({shared.index(text) + 1} below)" if text in shared else text
-        rows.append((ref.job_id, ref.backend, ref.output, when, said))
+        # a local run's output is its directory, the job's id: not written out twice (one word, for awk)
+        output = "=JOB" if ref.output == ref.job_id else ref.output
+        rows.append((ref.job_id, ref.backend, output, when, text))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows]
+    table += [f"({i}) {note}" for i, note in enumerate(notes, 1)]
     if len(every) > len(jobs):  # the older ones were left out without a word
         table.append(f"(the newest {len(jobs)} of {len(every)} jobs: `ftctl jobs -n {len(every)}` lists them all)")
-    return "\n".join(table + [f"({i}) {why.removeprefix('unknown: ')}" for i, why in enumerate(shared, 1)])
+    return "\n".join(table)
+
+
+def _said_once(states: list[str]) -> tuple[list[str], list[str]]:
+    """The jobs' state lines with what several of them say alike said once, below the table: the reason their state is
+    unknown (the cluster unreachable), and what relaunches a stopped run (its last parenthesis, 'the same `ftctl
+    launch` starts it again: nothing was saved': same_command's words). Returns (the lines, the notes numbered in
+    them as "(N below)")."""
+
+    def split(text: str) -> tuple[str, str]:
+        if text.startswith("unknown: "):
+            return "unknown", text.removeprefix("unknown: ")
+        head, paren, hint = text.rpartition(" (")
+        return (head, hint[:-1]) if paren and hint.startswith("the same `") and hint.endswith(")") else (text, "")
+
+    parts = [split(text) for text in states]
+    said = [note for _, note in parts]
+    notes = [note for note in dict.fromkeys(said) if note and said.count(note) > 1]
+    lines = [
+        f"{head} ({notes.index(note) + 1} below)" if note in notes else text
+        for (head, note), text in zip(parts, states)
+    ]
+    return lines, notes
 
 
 def status_lines(job: str) -> list[str]:

@@ -250,11 +250,17 @@ def launch(dry_run, **kw):
 @click.option(
     "-n", "--last", type=click.IntRange(min=1), default=20, show_default=True, help="How many of the newest jobs."
 )
-def jobs(last):
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Drop the records of jobs whose run directory and output are both gone from here (never one in object "
+    "storage), and a job's older records; say what was dropped.",
+)
+def jobs(last, prune):
     """The jobs launched from here, newest first, with the state each backend reports now."""
-    from ftctl.backend import jobs_table
+    from ftctl.backend import jobs_table, prune_jobs
 
-    click.echo(jobs_table(last))
+    click.echo(prune_jobs() if prune else jobs_table(last))
 
 
 @main.command()
