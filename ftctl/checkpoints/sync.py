@@ -22,8 +22,8 @@ from ftctl.runpaths import FINAL_MARKS, METRICS_FILE, RUN_RECORDS, SPEC_FILE
 log = logging.getLogger(__name__)
 
 #: checkpoints a push to a store (a pull from one) sends (fetches) at once. One after another, 300 small checkpoints
-#: (~7 requests each) took 78 s to push and 53 s to pull where each request waited 25 ms more than on loopback (at once:
-#: 29 s, 24 s). Under botocore's 10 connections per client (max_pool_connections), which s3fs keeps.
+#: (~6 requests each) took 76 s to push and 48 s to pull where each request waited 25 ms more than on loopback; 8 at
+#: once, 14 s and 13 s. Under botocore's 10 connections per client (max_pool_connections), which s3fs keeps.
 AT_ONCE = 8
 
 # A run without a final model (stopped before its end) sends its RUN_RECORDS beside its checkpoints, and a pull brings
