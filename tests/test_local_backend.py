@@ -511,7 +511,7 @@ def test_ftctl_cancel_of_a_local_run_stops_it_with_a_checkpoint_and_status_names
         [FTCTL, "logs", "-f", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     jobs = ftctl("jobs").stdout
-    assert f"\n{out}  local    {out}  " in jobs and "  local run, training (pid " in jobs, jobs
+    assert f"\n{out}  local    =JOB  " in jobs and "  local run, training (pid " in jobs, jobs
     cancel = ftctl("cancel", str(out))
     assert cancel.returncode == 0 and "to stop: it saves a checkpoint at its next step and exits" in cancel.stdout
     stdout, stderr = launcher.communicate(timeout=120)
