@@ -736,13 +736,7 @@ def check_tokenized(spec, dry_run: bool = False) -> list[Finding]:
 
     endpoint = spec.s3_endpoint_url
     try:
-        from ftctl.trainer.formats import resolve_files
-
-        files = [f for p in paths for f in resolve_files(p, endpoint)]
-        size = 0
-        for f in files:
-            fs, fpath = storage.filesystem(f, endpoint, quick=True)
-            size += fs.size(fpath)
+        size = _data_bytes(paths, endpoint)
     except Exception as e:  # noqa: BLE001 — advisory: check_data said what it could not read
         return not_here(f"its size could not be read: {e}")
     if size > TOKENIZE_BYTES:
@@ -751,7 +745,7 @@ def check_tokenized(spec, dry_run: bool = False) -> list[Finding]:
     try:
         from transformers.utils import logging as hf_logging
 
-        from ftctl.trainer.data import check_data, loss_on
+        from ftctl.trainer.data import check_data, loss_on, repeats_said
     except ImportError as e:  # ftctl run from SkyPilot's own environment (no torch, no transformers)
         return not_here(
             f"this python has no {(e.name or 'transformers').split('.')[0]}",
@@ -781,14 +775,58 @@ def check_tokenized(spec, dry_run: bool = False) -> list[Finding]:
             )
         except Exception as e:  # noqa: BLE001 — advisory: what check_data could not read, the trainer says
             return not_here(f"its rows could not be read here: {_first_line(e)}")
+        in_training = _held_out_in_training(spec, tokenizer, report, dry_run) if report.ok else ""
     finally:
         hf_logging.set_verbosity(was)
     if report.ok:
         st = report.stats
         done = f"{said}: {st.rows:,} rows tokenized here as the trainer will ({st.tokens:,} tokens, {st.trainable_tokens:,} trained)"
         done += f"; loss: {loss_on(every, st.formats)}"
-        return [Finding(NOTE, done)] if dry_run else []
+        done += f"; {repeats}" if (repeats := repeats_said(st)) else ""  # a dump's copies, before GPUs are paid for
+        overlap = [Finding(WARNING, f"--eval-data {spec.eval_data_path}: {in_training}")] if in_training else []
+        return ([Finding(NOTE, done)] if dry_run else []) + overlap
     return [Finding(ERROR, report.error_message(), f"`{shlex.join(check)}` lists every row and shows what it trains.")]
+
+
+def _data_bytes(paths: list[str], endpoint: str | None, held_out: bool = False) -> int:
+    """The size of the files ``paths`` name (formats.resolve_files); raises what reading them raises."""
+    from ftctl.trainer.formats import resolve_files
+
+    size = 0
+    for f in [f for p in paths for f in resolve_files(p, endpoint, held_out=held_out)]:
+        fs, fpath = storage.filesystem(f, endpoint, quick=True)
+        size += fs.size(fpath)
+    return size
+
+
+def _held_out_in_training(spec, tokenizer, training, dry_run: bool) -> str:
+    """The run's held-out rows (eval_data_path) that are training rows too (data.held_out_overlap), tokenized here
+    where the training rows were (``training``, their report) and held-out data of TOKENIZE_BYTES at most is local
+    (or, by dry run, anywhere); '' else, and where it cannot be read: the trainer says it (data.shared_rows) and
+    reads them itself. eval_split holds out no training row (a row goes to one side with its copies)."""
+    from ftctl.spec import split_paths
+    from ftctl.trainer.data import check_data
+
+    paths, endpoint = split_paths(spec.eval_data_path or ""), spec.s3_endpoint_url
+    if not paths or (not dry_run and any(storage.scheme(p) not in ("", "file") for p in paths)):
+        return ""
+    try:
+        if _data_bytes(paths, endpoint, held_out=True) > TOKENIZE_BYTES:
+            return ""
+        held = check_data(
+            spec.eval_data_path,
+            tokenizer,
+            spec.model_max_length,
+            endpoint,
+            training=training,
+            held_out=True,
+            every_token=not spec.assistant_only_loss,
+            text_field=spec.dataset_text_field,
+            columns=spec.data_columns,
+        )
+    except Exception:  # noqa: BLE001 — advisory: held-out rows this machine cannot read are the trainer's to say
+        return ""
+    return held.in_training
 
 
 def _tokenizer(spec):

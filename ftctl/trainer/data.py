@@ -90,6 +90,8 @@ class DataReport:
     weights: list[float] | None = None  # data_weights of the datasets, where a run file mixes them
     model: str | None = None  # the model whose tokenizer read them: the `ftctl data check --model` lines name it
     repeats_fix: str = ""  # how to keep one of each repeated row, where one command does (check_data)
+    kept: _Repeats | None = field(default=None, repr=False)  # each kept row's hash and where: held_out_overlap
+    in_training: str = ""  # held-out data: its rows that are training rows too (check_data's ``training``)
 
     @property
     def ok(self) -> bool:
@@ -128,6 +130,7 @@ class DataReport:
             f"  truncated rows    {s.truncated_rows:,}",
             f"  repeated rows     {repeats_said(s, first=True) or 0}",
             *([f"    {self.repeats_fix}"] if s.repeats and self.repeats_fix else []),
+            *([f"  also in training  {self.in_training}"] if self.in_training else []),
         ]
         if s.datasets:  # what data_weights would mix
             lines.append("  per dataset (data_path's order):")
@@ -447,6 +450,7 @@ def prepare_data(
     s.max_tokens = max(lengths, default=0)
     s.histogram = _histogram(lengths, max_length)
     s.repeats, s.repeated, s.first_repeat = repeats.counted()
+    report.kept = repeats
     if len(names := split_paths(path)) > 1:
         s.datasets = [(name, by_source[i, "rows"], by_source[i, "tokens"]) for i, name in enumerate(names)]
     report.errors = problem_lines(problems, len(rows))
@@ -462,18 +466,19 @@ class _Repeats:
     """The kept rows that train exactly what an earlier row trains: the same token ids and labels, as truncated (a
     ShareGPT dump often holds a conversation many times; each copy trains, in TRL and axolotl alike). What trains,
     not the row's JSON: the copies of a dump differ in their 'id', and one conversation in two formats is the same
-    sample. 16 bytes a row (a hash of its tokens, and the row's reference), not its text: a million rows are 16 MB."""
+    sample. 16 bytes a row (a hash of its tokens, and a reference to where the row is), not its text: a million rows
+    are 16 MB, and the where strings the rows had (~60 MB) while the report keeps them (held_out_overlap)."""
 
     def __init__(self):
         self.hashes = array("q")
-        self.rows: list[Row] = []
+        self.wheres: list[str] = []
 
     def add(self, done: _Done, k: int, row: Row) -> None:
         """Row ``k`` of ``done``'s encoded rows, which is ``row``: Python's hash of its bytes (64-bit SipHash, 4x
         blake2b's speed: ~1 s of a core a million rows; a false repeat about 1 in 1e7 at a million rows)."""
         lo, hi = int(done.ends[k]), int(done.ends[k + 1])
         self.hashes.append(hash((done.ids[lo:hi].tobytes(), done.labels[lo:hi].tobytes())))
-        self.rows.append(row)
+        self.wheres.append(row.where)
 
     def counted(self) -> tuple[int, int, str]:
         """(rows that repeat an earlier one, distinct rows repeated, "WHERE, as WHERE" of the first repeat)."""
@@ -485,7 +490,7 @@ class _Repeats:
         if not repeats:
             return 0, 0, ""
         at = int(np.flatnonzero(first[inverse] != np.arange(len(hashes)))[0])
-        return repeats, int((counts > 1).sum()), f"{self.rows[at].where}, as {self.rows[first[inverse[at]]].where}"
+        return repeats, int((counts > 1).sum()), f"{self.wheres[at]}, as {self.wheres[first[inverse[at]]]}"
 
 
 def repeats_said(stats: DataStats, first: bool = False) -> str:
@@ -497,6 +502,29 @@ def repeats_said(stats: DataStats, first: bool = False) -> str:
     return (
         f"{stats.repeats:,} row(s) repeat an earlier row token for token ({stats.repeated:,} distinct{where}): each "
         "trains as often as it appears"
+    )
+
+
+def held_out_overlap(training: DataReport, held: DataReport) -> str:
+    """The held-out rows that are training rows too, by _Repeats' hash (the same token ids and labels as trained):
+    how many of how many, and the first, '' where none. Their held-out loss measures memorising: a held-out file cut
+    from the same dump as the training file, or the same file given twice, says nothing of rows never seen.
+    (eval_split cannot do it: a row goes to one side with its copies, build_datasets' _split_copies.)"""
+    import numpy as np
+
+    if training.kept is None or held.kept is None:
+        return ""
+    trained = np.frombuffer(training.kept.hashes, dtype=np.int64)
+    hashes = np.frombuffer(held.kept.hashes, dtype=np.int64)
+    inside = np.isin(hashes, trained)
+    if not (same := int(inside.sum())):
+        return ""
+    at = int(np.flatnonzero(inside)[0])
+    was = training.kept.wheres[int(np.flatnonzero(trained == hashes[at])[0])]
+    return (
+        f"{same:,} of {len(hashes):,} held-out rows are training rows too, token for token (the first: "
+        f"{held.kept.wheres[at]}, as {was}): their held-out loss is not a held-out loss; hold out rows the run does "
+        "not train on (or no eval_data_path and -o eval_split=0.05, which keeps a row and its copies on one side)"
     )
 
 
@@ -960,13 +988,23 @@ def loss_on(every_token: bool, formats: dict[str, int] | None = None) -> str:
     )
 
 
-def check_data(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, **options) -> DataReport:
+def check_data(
+    path: str,
+    tokenizer,
+    max_length: int,
+    endpoint_url: str | None = None,
+    training: DataReport | None = None,
+    **options,
+) -> DataReport:
     """Every problem of the data at ``path`` with file and row number, then token statistics.
 
-    ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from; ``options``: prepare_data's
-    (held_out, show, every_token)."""
+    ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from; ``training``: the report of
+    the run's training data, where ``path`` is its held-out data (its rows that are training rows too are said:
+    held_out_overlap); ``options``: prepare_data's (held_out, show, every_token)."""
     report = prepare_data(path, tokenizer, max_length, endpoint_url, **options)[0]
     report.repeats_fix = _repeats_fix(report)
+    if training is not None:
+        report.in_training = held_out_overlap(training, report)
     return report
 
 
