@@ -167,8 +167,14 @@ TOOL_DEFAULTS_NOT_TAKEN = {
         # (where the run trains adapters: ftctl's fft/sft rate is TRL's 2e-5)
         "learning_rate": "TRL's SFTConfig trains at 2e-5 unless told (its LoRA examples give 2e-4, as ftctl does): "
         "-o learning_rate=2e-5 for TRL's",
+        # (where no layer gives a batch key: BATCH_KEYS). ftctl's batch is the step's over all GPUs, its micro-batch
+        # what fits (plan.py); TRL's grows with the GPUs, and 8 long rows a GPU may not fit
+        "global_batch_size": "sequences a step over all GPUs, accumulated from micro-batches that fit; TRL's SFTConfig "
+        "steps after 8 a GPU (per_device_train_batch_size 8, gradient_accumulation_steps 1): -o "
+        "per_device_train_batch_size=8 -o gradient_accumulation_steps=1 for TRL's",
     },
 }
+BATCH_KEYS = ("global_batch_size", "per_device_train_batch_size", "gradient_accumulation_steps")
 # fields that make a row a conversation or a prompt-completion (trainer/formats.to_row), never a plain-text one
 CONVERSATION_FIELDS = ("conversations", "messages", "instruction", "output", "prompt", "completion")
 
@@ -243,6 +249,8 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
         method = values.get("method", FIELDS["method"].default)
         for key, why in TOOL_DEFAULTS_NOT_TAKEN.get(tool, {}).items():
             if key == "learning_rate" and method not in ADAPTER_METHODS:
+                continue
+            if key in BATCH_KEYS and any(k in values for k in BATCH_KEYS):  # per_device alone: plan.py's note
                 continue
             if key not in values and notes is not None:
                 default = METHOD_LEARNING_RATE[method] if key == "learning_rate" else FIELDS[key].default
