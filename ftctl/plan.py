@@ -180,10 +180,15 @@ class ModelShape:
     attn_softcap: bool = False  # soft-caps its attention logits (attn_logit_softcapping: Gemma 2)
     attn_sinks: bool = False  # adds learned sink logits to its attention (attention.ATTENTION_SINKS: gpt-oss)
     quantized: str = ""  # how its weights are stored, where quantized (stored_quantization): "bitsandbytes 4-bit"
+    q_dim: int = 0  # the q projection's width, o_proj's input (heads x head width: Gemma 3 4B 2048 of 2560); 0: hidden
 
     @property
     def mlp(self) -> int:
         return self.intermediate or 4 * self.hidden
+
+    @property
+    def q_width(self) -> int:
+        return self.q_dim or self.hidden
 
     @property
     def attention_heads(self) -> int:
@@ -195,13 +200,15 @@ class ModelShape:
         return 3 * self.experts * self.hidden * self.expert_mlp / 1e9
 
     def projections(self) -> dict[str, tuple[int, int]]:
-        """(in, out) of a decoder layer's linear projections, by their usual (Llama's) names."""
-        h, i, kv = self.hidden, self.mlp, self.kv_dim or self.hidden
+        """(in, out) of a decoder layer's linear projections, by their usual (Llama's) names. q and o are heads x head
+        width (q_dim), which is not hidden in Gemma 2/3 and Qwen3 (Qwen3-4B: 32 x 128 = 4096 of 2560); multi-head
+        latent attention's o_proj takes v_head_dim a head, narrower than its queries' (counted at their width)."""
+        h, i, q, kv = self.hidden, self.mlp, self.q_width, self.kv_dim or self.hidden
         return {
-            "q_proj": (h, h),
+            "q_proj": (h, q),
             "k_proj": (h, kv),
             "v_proj": (h, kv),
-            "o_proj": (h, h),
+            "o_proj": (q, h),
             "gate_proj": (h, i),
             "up_proj": (h, i),
             "down_proj": (i, h),
@@ -229,9 +236,15 @@ KNOWN_MODELS = {
     "qwen/qwen2.5-0.5b": ModelShape(0.49, 896, 24, 151936, "known id", 4864, 128, context=32768, heads=14),
     "qwen/qwen2.5-7b": ModelShape(7.62, 3584, 28, 152064, "known id", 18944, 512, context=32768),
     "qwen/qwen2.5-72b": ModelShape(72.7, 8192, 80, 152064, "known id", 29568, 1024, context=32768),
-    "google/gemma-2-2b": ModelShape(2.61, 2304, 26, 256000, "known id", 9216, 1024, 8192, **_GEMMA2, heads=8),
-    "google/gemma-2-9b": ModelShape(9.24, 3584, 42, 256000, "known id", 14336, 2048, 8192, **_GEMMA2, heads=16),
-    "google/gemma-2-27b": ModelShape(27.2, 4608, 46, 256000, "known id", 36864, 2048, 8192, **_GEMMA2, heads=32),
+    "google/gemma-2-2b": ModelShape(
+        2.61, 2304, 26, 256000, "known id", 9216, 1024, 8192, **_GEMMA2, heads=8, q_dim=2048
+    ),
+    "google/gemma-2-9b": ModelShape(
+        9.24, 3584, 42, 256000, "known id", 14336, 2048, 8192, **_GEMMA2, heads=16, q_dim=4096
+    ),
+    "google/gemma-2-27b": ModelShape(
+        27.2, 4608, 46, 256000, "known id", 36864, 2048, 8192, **_GEMMA2, heads=32, q_dim=4096
+    ),
 }
 
 
@@ -519,6 +532,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     embed = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
     params = (layers * attn + mlp + embed) / 1e9
     context = _size(cfg, source, "max_position_embeddings")
+    width = head_width(cfg) or head_dim  # multi-head latent attention's widest head: the kernel's, not head_dim
     shape = ModelShape(
         round(params, 4),
         h,
@@ -526,13 +540,14 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
         vocab,
         source,
         inter,
-        kv * (head_width(cfg) or head_dim),  # multi-head latent attention's widest head: the kernel's, not head_dim
+        kv * width,
         context,
         model_type=kind,
         heads=heads,
         attn_softcap=bool(cfg.get("attn_logit_softcapping")),
         attn_sinks=kind in ATTENTION_SINKS,
         quantized=quantized,
+        q_dim=heads * width,
     )
     if not moe:
         return shape
@@ -886,7 +901,10 @@ def activation_bytes(h: int, i: int, fp32_residual: bool, adapters: bool, dropou
     (66 kB a token and layer: sixteen peaks of 1B fft on H200s, micro-batches 8 and 16, one and two GPUs, every
     strategy, within 6%, bench/NOTES.md v31; 5H + 6I, fitted at 8 x 1 alone, was 6-10% under at micro-batch
     16, where 8 more sequences added 72 kB a token and layer), LoRA/QLoRA of the 1B and 8B shapes as
-    13H + 6I + 1.5 x (6H + I) (within 7%); with the dropout kernels (8B) as 13H + 6I (within 6%). An fp32 residual stream (fft/sft under fp16 autocast over fp32
+    13H + 6I + 1.5 x (6H + I) (within 7%); with the dropout kernels (8B) as 13H + 6I (within 6%).
+    q and the output stay at 2H where heads x head width is not hidden (ModelShape.q_dim): these plans are -1.4% to
+    +5.2% of the six peaks measured on Qwen3-30B-A3B's shape (q 4096, hidden 2048; bench/NOTES.md v57, v59), and
+    4 x (4096 - 2048) more put them at -0.8% to +6.8%. An fp32 residual stream (fft/sft under fp16 autocast over fp32
     masters; qlora under fp16: PEFT's upcast) adds 8H to fft (1B fft measured, before its stream went bf16)
     and 10H to the adapters' count."""
     if adapters:
