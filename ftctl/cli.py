@@ -657,7 +657,9 @@ def data_check(
     click.echo(report.render(every_row=every_row))
     reports = [report]
     if run and run.eval_data_path and not paths and not held_out:  # the run's held-out data, as it reads it
-        reports.append(check_data(run.eval_data_path, tokenizer, length, endpoint, held_out=True, **read))
+        # its rows that are training rows too: "also in training" (data.held_out_overlap)
+        held = check_data(run.eval_data_path, tokenizer, length, endpoint, training=report, held_out=True, **read)
+        reports.append(held)
         click.echo("\nHeld-out data (eval_data_path):\n" + reports[-1].render(every_row=every_row))
     if any(r.errors for r in reports):
         sys.exit(1)

@@ -68,3 +68,22 @@ def test_the_launch_preflight_says_them_and_the_dry_run_says_repeats(tiny_model_
         " trained); loss: the assistant turns only (assistant_only_loss); 3 row(s) repeat an earlier row token for "
         "token (2 distinct): each trains as often as it appears"
     ), note.what
+
+
+def test_data_check_of_a_run_file_says_them(tiny_model_dir, tmp_path):
+    """`ftctl data check -c run.yaml` with eval_data_path: the held-out data's statistics say its training rows."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    data, held = _write(tmp_path / "train.jsonl", TRAIN), _write(tmp_path / "eval.jsonl", HELD)
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        json.dumps({"model_name_or_path": str(tiny_model_dir), "data_path": str(data), "eval_data_path": str(held)})
+    )
+    result = CliRunner().invoke(main, ["data", "check", "-c", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "\n  also in training  2 of 4 held-out rows are training rows too, token for token (the first: eval.jsonl "
+        in result.output
+    )
