@@ -561,13 +561,15 @@ def _model_config(name_or_path: str, shape=None) -> dict | None:
         pass
     if shape is not None and shape.source == "known id":
         heads = shape.attention_heads
+        head_dim = shape.q_width // heads  # Gemma 2 9B's 256 of hidden 3584 / 16 heads
         return {
             "model_type": shape.model_type or "llama",  # Llama's module names: SmolLM2's, Mistral's, Qwen 2's too
             "hidden_size": shape.hidden,
             "intermediate_size": shape.mlp,
             "num_hidden_layers": 1,
             "num_attention_heads": heads,
-            "num_key_value_heads": max(1, heads * (shape.kv_dim or shape.hidden) // shape.hidden),
+            "head_dim": head_dim,
+            "num_key_value_heads": max(1, (shape.kv_dim or shape.hidden) // head_dim),
             "vocab_size": shape.vocab,
         }
     return None
