@@ -9,7 +9,10 @@ spread over the GPUs there are; on CPU in fp32. An adapter stays unmerged, on it
 as the run trained it: a qlora adapter on the 4-bit NF4 base (what it learned against, and what fits where
 the run fit).
 
-Decoding is greedy unless ``temperature`` > 0 (then sampled with ``top_p``). With prompts given
+Decoding is greedy unless ``temperature`` > 0 (then sampled, with ``top_p`` where given). The rest is the model's
+generation config (its generation_config.json), as ``model.generate()`` takes it in the user's own code: a
+repetition_penalty in greedy decoding too, top_k and (without ``top_p``) top_p when sampling; the answer stops at its
+eos ids, the tokenizer's eos and the chat template's end of turn (stop_ids). With prompts given
 (``-p``) each is one single-turn question and only the answers are printed; without, the lines read
 from stdin are one conversation (``/new`` starts another; an empty line or end of input stops), the
 oldest turns dropped when it outgrows the model's context. ``--compare`` answers each prompt with the run's
@@ -42,7 +45,7 @@ NEW_CONVERSATION = "/new"
 class Decoding:
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
+    top_p: float | None = None  # None: the model's generation config's, as generate() takes it (1.0 where it has none)
     system: str | None = None  # a system message before every conversation
 
     def check(self) -> None:
@@ -50,7 +53,7 @@ class Decoding:
             raise FtctlError(f"--max-new-tokens {self.max_new_tokens}: give at least 1.")
         if not 0 <= self.temperature < float("inf"):  # nan too: it sampled from nan probabilities
             raise FtctlError(f"--temperature {self.temperature}: give 0 (greedy) or more, a finite number.")
-        if not 0 < self.top_p <= 1:
+        if self.top_p is not None and not 0 < self.top_p <= 1:
             raise FtctlError(f"--top-p {self.top_p}: give a value in (0, 1].")
 
 
@@ -242,11 +245,11 @@ def answer(
         if decoding.system:
             messages = [{"role": "system", "content": decoding.system}, *messages]
         inputs = _fit(model, tokenizer, messages, decoding.max_new_tokens)
-    sampling = (
-        {"do_sample": True, "temperature": decoding.temperature, "top_p": decoding.top_p}
-        if decoding.temperature > 0
-        else {"do_sample": False}
-    )
+    sampling: dict = {"do_sample": decoding.temperature > 0}
+    if decoding.temperature > 0:  # top_p (and top_k) where not given: the generation config's, as generate() reads it
+        sampling["temperature"] = decoding.temperature
+        if decoding.top_p is not None:
+            sampling["top_p"] = decoding.top_p
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         out = model.generate(

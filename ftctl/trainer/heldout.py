@@ -39,10 +39,7 @@ def trained_on(found, names: list[str]) -> str | None:
     """The note for ``ftctl eval RUN --data`` of data the run trained on (its spec.json's data_path; ``found``: the
     trained.Trained loaded, None for a plain model), else None: those rows are no held-out measure (the loss is lower
     than on rows the run never saw), which nothing said before. Paths compare resolved, URIs as written."""
-    import os
-
     from ftctl.spec import split_paths
-    from ftctl.storage import is_remote
 
     if found is None:
         return None
@@ -50,11 +47,8 @@ def trained_on(found, names: list[str]) -> str | None:
     if not isinstance(trained, str):
         return None
 
-    def same(path: str) -> str:
-        return path.rstrip("/") if is_remote(path) else os.path.realpath(os.path.expanduser(path))
-
-    seen = {same(p) for p in split_paths(trained)}
-    both = [name for name in names if same(name) in seen]
+    seen = {_resolved(p) for p in split_paths(trained)}
+    both = [name for name in names if _resolved(name) in seen]
     if not both:
         return None
     held = found.recorded("spec", "eval_split")
@@ -63,6 +57,45 @@ def trained_on(found, names: list[str]) -> str | None:
         f"{', '.join(both)}: the run trained on {'these rows' if len(both) > 1 else 'its rows'}{split}, so this loss "
         "is lower than on rows it never saw; score held-out rows (a file it did not train on) to compare runs."
     )
+
+
+def read_as_trained(run: str, names: list[str]) -> dict:
+    """How ``run`` (a local run directory or one of its checkpoints) read its rows, as build_dataset's and
+    preflight.check_data's options for ``names`` (``ftctl eval``'s --data): its dataset_text_field (``text_field``:
+    a plain-text row's field) and, for a dataset of ``names`` it named with data_columns (an axolotl run's
+    field_messages, message_property_mappings, roles, system_prompt; -o data_columns=), those names (``columns``),
+    matched by the resolved path. Without them its own held-out file was refused as no conversation, or read with
+    other roles or without its system prompt. ``text`` and no columns where the run's spec.json is not here."""
+    import json
+    from pathlib import Path
+
+    from ftctl.runpaths import SPEC_FILE
+
+    for spec_file in (Path(run).expanduser() / SPEC_FILE, Path(run).expanduser().parent / SPEC_FILE):
+        try:
+            spec = json.loads(spec_file.read_text())["spec"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(spec, dict):
+            continue
+        field = spec.get("dataset_text_field")
+        reads: dict = {"text_field": field if isinstance(field, str) and field else "text"}
+        described = spec.get("data_columns")
+        if isinstance(described, dict) and described:
+            by_path = {_resolved(path): d for path, d in described.items()}
+            if columns := {name: by_path[_resolved(name)] for name in names if _resolved(name) in by_path}:
+                reads["columns"] = columns
+        return reads
+    return {"text_field": "text"}
+
+
+def _resolved(path: str) -> str:
+    """A dataset path as two names of it compare: resolved, a URI as written (less a trailing /)."""
+    import os
+
+    from ftctl.storage import is_remote
+
+    return path.rstrip("/") if is_remote(path) else os.path.realpath(os.path.expanduser(path))
 
 
 def combined(scores: list[Score]) -> Score:
