@@ -457,7 +457,12 @@ def _progress(line: str) -> None:
 @click.option("--system", help="A system message before each conversation.")
 @click.option("--max-new-tokens", type=int, default=256, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
-@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option(
+    "--top-p",
+    type=float,
+    help="With --temperature: sample from the likeliest tokens of this much probability [default: the model's "
+    "generation_config.json's, else 1.0].",
+)
 @click.option("--compare", is_flag=True, help="With -p: the base model's answers too, beside the run's.")
 @click.option(
     "--plain-text/--chat-template",
@@ -480,20 +485,6 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare, plai
         chat_mod.converse(loaded, decoding, echo=click.echo, interactive=sys.stdin.isatty())
 
 
-def _text_field_of(run: str) -> str:
-    """The dataset_text_field a local run (or a checkpoint-N of it) trained with, from its spec.json; text else."""
-    import json
-    from pathlib import Path
-
-    for spec in (Path(run) / "spec.json", Path(run).parent / "spec.json"):
-        try:
-            field = json.loads(spec.read_text())["spec"].get("dataset_text_field")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
-        return field if isinstance(field, str) and field else "text"
-    return "text"
-
-
 @main.command("eval")
 @click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
 @click.option("--data", "paths", multiple=True, required=True, help="Dataset(s), as --data of a run takes them.")
@@ -507,7 +498,7 @@ def eval_(run, paths, max_length, batch_size, compare):
     from ftctl.spec import RunSpec, join_paths, split_paths
     from ftctl.trainer import chat as chat_mod
     from ftctl.trainer.data import build_dataset
-    from ftctl.trainer.heldout import report, score, trained_on
+    from ftctl.trainer.heldout import read_as_trained, report, score, trained_on
 
     try:
         names = split_paths(join_paths(paths))
@@ -516,8 +507,8 @@ def eval_(run, paths, max_length, batch_size, compare):
     if not names:  # --data '': nothing was scored, and it exited 0
         raise FtctlError(f"--data {' '.join(paths)!r} names no data: give the held-out file(s), a directory or a URI.")
     # a typo, or rows that are no conversation, said before the model's load (minutes for a 7B model on CPU)
-    text = _text_field_of(run)  # the run's rows read as it read its own: plain text in dataset_text_field
-    checks = [preflight.check_data(name, flag="--data", held_out=True, text_field=text) for name in names]
+    reads = read_as_trained(run, names)  # as the run read its rows: its text field, its datasets' own field names
+    checks = [preflight.check_data(name, flag="--data", held_out=True, **reads) for name in names]
     preflight.raise_if_errors([f for found in checks for f in found])
     loaded = chat_mod.load(run, echo=_progress, command="eval")
     if note := trained_on(loaded.found, names):  # not held out: said before the numbers that look it
@@ -525,10 +516,7 @@ def eval_(run, paths, max_length, batch_size, compare):
     recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
     every = loaded.found.recorded("spec", "assistant_only_loss") is False if loaded.found else False  # as it trained
     length = max_length or recorded or RunSpec.model_max_length
-    sets = [
-        build_dataset(name, loaded.tokenizer, length, held_out=True, every_token=every, text_field=text)
-        for name in names
-    ]
+    sets = [build_dataset(name, loaded.tokenizer, length, held_out=True, every_token=every, **reads) for name in names]
     tuned = [score(loaded.model, loaded.tokenizer, dataset, batch_size) for dataset in sets]
     base = None
     if compare:

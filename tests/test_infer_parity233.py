@@ -204,3 +204,30 @@ def test_eval_reads_the_field_names_and_text_field_the_run_read_its_data_by(run,
     }
     assert read_as_trained(str(named / "checkpoint-4"), ["e.jsonl"]) == {"text_field": "body"}
     assert read_as_trained(str(tmp_path / "nowhere"), ["d.jsonl"]) == {"text_field": "text"}
+
+
+def test_eval_reads_a_runs_own_held_out_file_by_the_field_names_the_run_read_it_by(run, tmp_path):
+    """An axolotl run file's test_datasets entry that names its fields otherwise (field_messages, system_prompt: the
+    run's data_columns) trained and evaluated on those rows; `ftctl eval RUN --data` of that file read it without
+    them: refused as no conversation. Read as the run read it, it scores as the same rows in ftctl's own names."""
+    import shutil
+
+    from ftctl.cli import main
+
+    named = tmp_path / "run"
+    shutil.copytree(run, named)
+    turns = [{"role": "user", "content": "What is the code?"}, {"role": "assistant", "content": "AMBER-42."}]
+    (tmp_path / "dialog.jsonl").write_text(json.dumps({"dialog": turns}) + "\n")
+    system = [{"role": "system", "content": "Answer in one word."}]
+    (tmp_path / "messages.jsonl").write_text(json.dumps({"messages": system + turns}) + "\n")
+    recorded = json.loads((named / "spec.json").read_text())
+    columns = {"messages": "dialog", "system_prompt": "Answer in one word."}
+    recorded["spec"]["data_columns"] = {str(tmp_path / "dialog.jsonl"): json.dumps(columns)}
+    (named / "spec.json").write_text(json.dumps(recorded))
+
+    scores = [
+        CliRunner().invoke(main, ["eval", str(named), "--data", str(tmp_path / name)])
+        for name in ("dialog.jsonl", "messages.jsonl")
+    ]
+    assert [got.exit_code for got in scores] == [0, 0], scores[0].output
+    assert scores[0].stdout == scores[1].stdout
