@@ -37,6 +37,7 @@ import os
 import posixpath
 import random
 import shlex
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -766,6 +767,58 @@ def get_file(uri: str, local_path: str, endpoint_url: str | None = None, fs=None
         path = _path_for(fs, uri)
     os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
     _again_if_cut_off(lambda: fs.get_file(path, local_path))
+
+
+#: a checkpoint's (or a final model's) files sent to, or fetched from, a store at once (each_at_once). One after another,
+#: each small file was a round trip of its own and a file under s3fs's multipart size (100 MiB) one request alone; a
+#: large file sends its parts max_concurrency (10) x 50 MiB at a time, so up to this many x 500 MiB of parts in memory
+FILES_AT_ONCE = 4
+
+
+def files_at_once(uri: str | os.PathLike) -> int:
+    """How many files of one checkpoint go to, or come from, ``uri`` at once: FILES_AT_ONCE for a store, 1 for a disk
+    (one after another, in the manifest's order: what a full disk's clean-up counts on)."""
+    return FILES_AT_ONCE if is_remote(uri) else 1
+
+
+def by_size(entries: list[dict], at_once: int) -> list[dict]:
+    """A manifest's file ``entries`` the largest first where several go ``at_once`` (none left to go alone at the
+    end), else as they are."""
+    return sorted(entries, key=lambda e: -e["size"]) if at_once > 1 else list(entries)
+
+
+def each_at_once(call, items, workers: int = FILES_AT_ONCE) -> None:
+    """``call(item)`` for each of ``items``, up to ``workers`` at once (1: one after another, here). After a failure
+    none more starts and those under way finish; then the first failure in ``items``' order is raised, alone. Daemon
+    threads: a Ctrl-C is not held up by a transfer under way (concurrent.futures' workers are joined at exit)."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            call(item)
+        return
+    todo = iter(range(len(items)))
+    lock = threading.Lock()
+    failed: dict[int, BaseException] = {}
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = None if failed else next(todo, None)
+            if i is None:
+                return
+            try:
+                call(items[i])
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread below
+                with lock:
+                    failed[i] = exc
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(workers, len(items)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise failed[min(failed)]
 
 
 def put_dir(local_dir: str, uri: str, endpoint_url: str | None = None) -> None:

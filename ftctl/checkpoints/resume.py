@@ -168,7 +168,8 @@ def download_checkpoint(
     """Download the files a remote checkpoint's manifest lists into ``local_dir/<name>``,
     verify their sha256 and only then move the directory into place.
 
-    Returns the problems (``[]`` on success; the local directory is then complete).
+    Returns the problems (``[]`` on success; the local directory is then complete). Its files come
+    storage.files_at_once at a time.
     """
     name = os.path.basename(ckpt_uri.rstrip("/"))
     if manifest is None:
@@ -181,13 +182,20 @@ def download_checkpoint(
     final = os.path.join(local_dir, name)
     fs, _ = storage.filesystem(ckpt_uri, endpoint_url)
     kept = set()  # files of this node's copy that are the store's (its own share of the checkpoint): not downloaded
-    try:
-        for entry in manifest["files"]:
-            parts = entry["path"].split("/")
-            if _same_file(os.path.join(final, *parts), entry, os.path.join(tmp, *parts)):
-                kept.add(entry["path"])
-                continue
+
+    def fetch(entry: dict) -> None:
+        parts = entry["path"].split("/")
+        if _same_file(os.path.join(final, *parts), entry, os.path.join(tmp, *parts)):
+            kept.add(entry["path"])
+            return
+        try:
             storage.get_file(storage.join(ckpt_uri, *parts), os.path.join(tmp, *parts), fs=fs)
+        except FileNotFoundError as exc:  # which one, of those at once (the store's message names none)
+            raise FileNotFoundError(f"{entry['path']}: {exc}") from exc
+
+    try:  # a failure raised once no file is under way
+        at_once = storage.files_at_once(ckpt_uri)
+        storage.each_at_once(fetch, storage.by_size(manifest["files"], at_once), at_once)
         write_json_atomic(os.path.join(tmp, MANIFEST), manifest)
     except FileNotFoundError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

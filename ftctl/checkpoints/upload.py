@@ -97,21 +97,24 @@ def upload_checkpoint(
     done: set | None = None,
     fs=None,
 ) -> dict:
-    """Upload a local checkpoint whose manifest ``manifest_name`` is written: its files, a check
-    that the store holds every one with its size, then the manifest. Raises on any store error
-    (the :class:`Uploader` retries). ``done`` (a set) remembers files already sent across retries.
+    """Upload a local checkpoint whose manifest ``manifest_name`` is written: its files (storage.files_at_once at a
+    time), a check that the store holds every one with its size, then the manifest. Raises on any store error, the
+    first failed file's alone once the files under way have finished (the :class:`Uploader` retries). ``done`` (a set) remembers files already sent across retries.
     """
     if fs is None:
         fs, _ = storage.filesystem(ckpt_uri, endpoint_url)
     with open(os.path.join(local_ckpt, manifest_name), "rb") as f:
         manifest = json.loads(f.read())
     done = set() if done is None else done
-    for entry in manifest["files"]:
-        if entry["path"] in done:
-            continue
-        parts = entry["path"].split("/")
+
+    def send(rel: str) -> None:
+        parts = rel.split("/")
         _put(fs, os.path.join(local_ckpt, *parts), storage.join(ckpt_uri, *parts))
-        done.add(entry["path"])
+        done.add(rel)
+
+    at_once = storage.files_at_once(ckpt_uri)
+    todo = storage.by_size([e for e in manifest["files"] if e["path"] not in done], at_once)
+    storage.each_at_once(send, [e["path"] for e in todo], at_once)
     sizes = storage.file_sizes(ckpt_uri, endpoint_url)
     lost = [e["path"] for e in manifest["files"] if sizes.get(e["path"]) != e["size"]]
     if lost:
@@ -606,14 +609,16 @@ class Uploader:
                 for mark in FINAL_MARKS:
                     storage.rm(storage.join(self.remote_uri, mark), endpoint_url=self.endpoint_url)
                 job.started = True
-            for rel in final_files(job.local):
-                if rel not in job.done:
-                    _put(
-                        self._fs,
-                        os.path.join(job.local, *rel.split("/")),
-                        storage.join(self.remote_uri, *rel.split("/")),
-                    )
-                    job.done.add(rel)
+
+            def send(rel: str) -> None:
+                _put(self._fs, os.path.join(job.local, *rel.split("/")), storage.join(self.remote_uri, *rel.split("/")))
+                job.done.add(rel)
+
+            todo = [rel for rel in final_files(job.local) if rel not in job.done]
+            storage.each_at_once(
+                send, [rel for rel in todo if rel not in FINAL_MARKS], storage.files_at_once(self.remote_uri)
+            )
+            storage.each_at_once(send, [rel for rel in todo if rel in FINAL_MARKS], 1)  # its config once the rest is in
             log.info("uploaded the final model to %s", self.remote_uri)
             if self.node_rank == 0:
                 self._prune_at_end()
