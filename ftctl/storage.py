@@ -39,6 +39,8 @@ import random
 import shlex
 import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -787,38 +789,60 @@ def by_size(entries: list[dict], at_once: int) -> list[dict]:
     return sorted(entries, key=lambda e: -e["size"]) if at_once > 1 else list(entries)
 
 
-def each_at_once(call, items, workers: int = FILES_AT_ONCE) -> None:
-    """``call(item)`` for each of ``items``, up to ``workers`` at once (1: one after another, here). After a failure
-    none more starts and those under way finish; then the first failure in ``items``' order is raised, alone. Daemon
-    threads: a Ctrl-C is not held up by a transfer under way (concurrent.futures' workers are joined at exit)."""
-    items = list(items)
+def at_once(work: Callable, items: list, workers: int) -> Iterator[tuple]:
+    """``(item, work(item))`` for each of ``items``, in their order, up to ``workers`` of them under way at once (each
+    said as soon as it and those before it are done). After a failure nothing more starts; those under way finish and
+    are yielded, then the first failure in ``items``' order is raised: said once, as one after another said it. The
+    threads are daemons: a Ctrl-C ends the command at once, as it did one after another, what was under way left
+    uncommitted (a checkpoint's manifest goes last; a download is moved into place once whole)."""
     if workers <= 1 or len(items) <= 1:
         for item in items:
-            call(item)
+            yield item, work(item)
         return
-    todo = iter(range(len(items)))
-    lock = threading.Lock()
-    failed: dict[int, BaseException] = {}
+    futures = [Future() for _ in items]
+    queued = iter(zip(items, futures))
+    lock, failed = threading.Lock(), threading.Event()
 
-    def work() -> None:
+    def worker() -> None:
         while True:
             with lock:
-                i = None if failed else next(todo, None)
-            if i is None:
+                item, future = next(queued, (None, None))
+            if future is None:
                 return
+            if failed.is_set():
+                future.cancel()
+                continue
+            future.set_running_or_notify_cancel()
             try:
-                call(items[i])
-            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread below
-                with lock:
-                    failed[i] = exc
+                future.set_result(work(item))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                failed.set()
+                future.set_exception(exc)
 
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(workers, len(items)))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if failed:
-        raise failed[min(failed)]
+    for n in range(min(workers, len(items))):
+        threading.Thread(target=worker, name=f"ftctl-sync-{n}", daemon=True).start()
+    first = None
+    try:
+        for item, future in zip(items, futures):
+            try:
+                result = future.result()
+            except CancelledError:
+                continue
+            except Exception as exc:  # noqa: BLE001 - raised below, once the rest is said
+                first = first or exc
+                continue
+            yield item, result
+    finally:
+        failed.set()  # a Ctrl-C, or the caller stopped: nothing more starts
+    if first is not None:
+        raise first
+
+
+def each_at_once(call: Callable, items, workers: int = FILES_AT_ONCE) -> None:
+    """``call(item)`` for each of ``items``, up to ``workers`` at once (at_once: after a failure none more starts, those
+    under way finish, then the first failure in ``items``' order is raised, alone)."""
+    for _ in at_once(call, list(items), workers):
+        pass
 
 
 def put_dir(local_dir: str, uri: str, endpoint_url: str | None = None) -> None:

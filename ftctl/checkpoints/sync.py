@@ -6,9 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,7 +147,7 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
         return _send(c, storage.join(uri, c.name), c.name in remote, endpoint_url, sending)
 
     sent = []
-    for c, problems in _at_once(send, todo, AT_ONCE if storage.is_remote(uri) else 1):
+    for c, problems in storage.at_once(send, todo, AT_ONCE if storage.is_remote(uri) else 1):
         if problems:  # a file changed since its manifest: corrupted
             log.warning("not pushing %s: %s", c.uri, "; ".join(problems))
             continue
@@ -183,55 +180,6 @@ def _send(c, dest: str, there: bool, endpoint_url: str | None, sending: list) ->
     upload_checkpoint(c.uri, dest, endpoint_url=endpoint_url)
     sending.remove(dest)
     return []
-
-
-def _at_once(work: Callable, items: list, workers: int) -> Iterator[tuple]:
-    """``(item, work(item))`` for each of ``items``, in their order, up to ``workers`` of them under way at once (each
-    said as soon as it and those before it are done). After a failure nothing more starts; those under way finish and
-    are yielded, then the first failure in ``items``' order is raised: said once, as one after another said it. The
-    threads are daemons: a Ctrl-C ends the command at once, as it did one after another, what was under way left
-    uncommitted (a checkpoint's manifest goes last; a download is moved into place once whole)."""
-    if workers <= 1 or len(items) <= 1:
-        for item in items:
-            yield item, work(item)
-        return
-    futures = [Future() for _ in items]
-    queued = iter(zip(items, futures))
-    lock, failed = threading.Lock(), threading.Event()
-
-    def worker() -> None:
-        while True:
-            with lock:
-                item, future = next(queued, (None, None))
-            if future is None:
-                return
-            if failed.is_set():
-                future.cancel()
-                continue
-            future.set_running_or_notify_cancel()
-            try:
-                future.set_result(work(item))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                failed.set()
-                future.set_exception(exc)
-
-    for n in range(min(workers, len(items))):
-        threading.Thread(target=worker, name=f"ftctl-sync-{n}", daemon=True).start()
-    first = None
-    try:
-        for item, future in zip(items, futures):
-            try:
-                result = future.result()
-            except CancelledError:
-                continue
-            except Exception as exc:  # noqa: BLE001 - raised below, once the rest is said
-                first = first or exc
-                continue
-            yield item, result
-    finally:
-        failed.set()  # a Ctrl-C, or the caller stopped: nothing more starts
-    if first is not None:
-        raise first
 
 
 def _push_records(local_run_dir: str, uri: str, endpoint_url: str | None) -> str:
@@ -380,7 +328,7 @@ def _pull(there: list, local_dir: str, include_incomplete: bool, endpoint_url: s
     if hold:
         os.makedirs(hold, exist_ok=True)
     try:
-        for c, problems in _at_once(fetch, [c for c in there if c.name not in local], workers):
+        for c, problems in storage.at_once(fetch, [c for c in there if c.name not in local], workers):
             if problems:
                 log.warning("not pulling %s: %s", c.uri, "; ".join(problems))
                 continue
