@@ -1059,7 +1059,7 @@ def prune_jobs() -> str:
     said = []
     if gone:
         names = ", ".join(gone[:3]) + (f" and {len(gone) - 3} more" if len(gone) > 3 else "")
-        said.append(f"{len(gone)} of jobs whose run directory and output are gone ({names})")
+        said.append(f"{len(gone)} for jobs whose run directory and output are gone ({names})")
     if older:
         said.append(f"{older} superseded by a later record of the same job")
     if cut:

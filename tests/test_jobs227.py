@@ -62,7 +62,7 @@ def test_prune_drops_the_records_of_runs_gone_from_here_and_says_so(tmp_path, mo
     pruned = CliRunner().invoke(main, ["jobs", "--prune"])
     assert pruned.exit_code == 0, pruned.output
     assert pruned.stdout == (
-        f"Dropped 3 records from {jobs}: 1 of jobs whose run directory and output are gone ({gone}); 1 superseded by "
+        f"Dropped 3 records from {jobs}: 1 for jobs whose run directory and output are gone ({gone}); 1 superseded by "
         "a later record of the same job; 1 cut short. Kept 4 jobs.\n"
     )
     assert jobs.read_text().splitlines() == lines[2:]
