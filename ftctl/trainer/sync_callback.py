@@ -432,7 +432,9 @@ class CheckpointSyncCallback(TrainerCallback):
                 log.warning("on_save: %s does not exist; nothing to commit", ckpt)
             else:
                 metrics = os.path.join(args.output_dir, METRICS_FILE)  # rank 0's, written in this thread
-                if os.path.isfile(metrics):
+                # node 0's alone: nodes staging into one directory (a home they share) would each write the copy,
+                # and one's rename of its temp file took the other's (the two-node SkyPilot launch, gzip copy)
+                if self.node_rank == 0 and os.path.isfile(metrics):
                     self.metrics_copy.save(metrics, ckpt)
                 extra = {"settings": self.settings} if self.settings else {}
                 name = checkpoints.MANIFEST
