@@ -60,33 +60,24 @@ def trained_on(found, names: list[str]) -> str | None:
 
 
 def read_as_trained(run: str, names: list[str]) -> dict:
-    """How ``run`` (a local run directory or one of its checkpoints) read its rows, as build_dataset's and
-    preflight.check_data's options for ``names`` (``ftctl eval``'s --data): its dataset_text_field (``text_field``:
-    a plain-text row's field) and, for a dataset of ``names`` it named with data_columns (an axolotl run's
-    field_messages, message_property_mappings, roles, system_prompt; -o data_columns=), those names (``columns``),
-    matched by the resolved path. Without them its own held-out file was refused as no conversation, or read with
-    other roles or without its system prompt. ``text`` and no columns where the run's spec.json is not here."""
-    import json
-    from pathlib import Path
+    """How ``run`` (a run's output directory, local or in object storage, or one of its checkpoints) read its rows,
+    as build_dataset's and preflight.check_data's options for ``names`` (``ftctl eval``'s --data): its
+    dataset_text_field (``text_field``: a plain-text row's field) and, for a dataset of ``names`` it named with
+    data_columns (an axolotl run's field_messages, message_property_mappings, roles, system_prompt; -o
+    data_columns=), those names (``columns``), matched by the resolved path. Without them its own held-out file was
+    refused as no conversation, or read with other roles or without its system prompt. ``text`` and no columns where
+    the run has no spec.json (trained.run_record: a plain model)."""
+    from ftctl.trainer.trained import run_record
 
-    from ftctl.runpaths import SPEC_FILE
-
-    for spec_file in (Path(run).expanduser() / SPEC_FILE, Path(run).expanduser().parent / SPEC_FILE):
-        try:
-            spec = json.loads(spec_file.read_text())["spec"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if not isinstance(spec, dict):
-            continue
-        field = spec.get("dataset_text_field")
-        reads: dict = {"text_field": field if isinstance(field, str) and field else "text"}
-        described = spec.get("data_columns")
-        if isinstance(described, dict) and described:
-            by_path = {_resolved(path): d for path, d in described.items()}
-            if columns := {name: by_path[_resolved(name)] for name in names if _resolved(name) in by_path}:
-                reads["columns"] = columns
-        return reads
-    return {"text_field": "text"}
+    spec = (run_record(run) or {}).get("spec", {})
+    field = spec.get("dataset_text_field")
+    reads: dict = {"text_field": field if isinstance(field, str) and field else "text"}
+    described = spec.get("data_columns")
+    if isinstance(described, dict) and described:
+        by_path = {_resolved(path): d for path, d in described.items()}
+        if columns := {name: by_path[_resolved(name)] for name in names if _resolved(name) in by_path}:
+            reads["columns"] = columns
+    return reads
 
 
 def _resolved(path: str) -> str:

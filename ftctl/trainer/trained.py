@@ -92,12 +92,34 @@ class Trained:
 
     def recorded(self, section: str, key: str) -> str | None:
         """A value of the run's spec or plan, from its spec.json (beside the weights, or above a checkpoint)."""
-        for spec_file in (self.path / SPEC_FILE, self.path.parent / SPEC_FILE):
-            try:
-                return json.loads(spec_file.read_text())[section][key]
-            except (OSError, KeyError, ValueError):
-                continue
-        return None
+        record = run_record(str(self.path))
+        return (record or {}).get(section, {}).get(key)
+
+
+def run_record(run: str, endpoint_url: str | None = None) -> dict | None:
+    """What a run recorded of itself in its spec.json ({"spec": ..., "plan": ...}: what it was asked and ran), beside
+    ``run`` (its output directory, local or in object storage) or above it (one of its checkpoints, a merge in it);
+    None where neither place holds one that reads. The one place that says where a run's spec.json is for what it
+    trained: chat, eval (read_as_trained: before the weights load) and merge ask here. A store that cannot be reached
+    is its one-line StorageError."""
+    from ftctl import storage
+
+    if storage.is_remote(run):
+        run, parent = run.rstrip("/"), run.rstrip("/").rsplit("/", 1)[0]
+        places = [storage.join(run, SPEC_FILE)] + [storage.join(parent, SPEC_FILE)] * ("://" in parent)
+    else:
+        places = [str(Path(run).expanduser() / SPEC_FILE), str(Path(run).expanduser().parent / SPEC_FILE)]
+    for place in places:
+        try:
+            with storage.storage_errors(place, endpoint_url):
+                record = json.loads(
+                    storage.read_whole(place, endpoint_url) if storage.is_remote(place) else Path(place).read_bytes()
+                )
+        except (OSError, ValueError):  # none there (FileNotFoundError), a directory, a file cut short
+            continue
+        if isinstance(record, dict) and all(isinstance(record.get(part, {}), dict) for part in ("spec", "plan")):
+            return record
+    return None
 
 
 START = '"start"'  # in a "start" record's line (run.record_start: json.dumps's); a logged step's has none
