@@ -462,30 +462,49 @@ def prepare_data(
     return report, tokens.dataset()
 
 
+def row_identity(ids) -> int:
+    """Whether two rows are the same row to a held-out loss: their token ids as they train (the template's render, as
+    truncated), not the loss mask over them. A held-out row that is a training row with another mask (a ShareGPT
+    turn's weight 0 there, every token here) is no row the model never saw: it read every one of those tokens, and
+    trained some of them. So the held-out rows that are training rows too (held_out_overlap: data check and the
+    launch preflight; shared_rows: the trainer) and the copies eval_split keeps on one side (_copies) are the same
+    rows. (Repeated rows, which train as often as they appear, are those that train the same: the ids and the mask,
+    _Repeats.) Python's hash of the int32 ids' bytes (64-bit SipHash, 4x blake2b's speed: ~1 s of a core a million
+    rows; a false match about 1 in 1e7 at a million rows): compared within one process only."""
+    import numpy as np
+
+    return hash(np.asarray(ids, dtype=np.int32).tobytes())
+
+
 class _Repeats:
-    """The kept rows that train exactly what an earlier row trains: the same token ids and labels, as truncated (a
-    ShareGPT dump often holds a conversation many times; each copy trains, in TRL and axolotl alike). What trains,
-    not the row's JSON: the copies of a dump differ in their 'id', and one conversation in two formats is the same
-    sample. 16 bytes a row (a hash of its tokens, and a reference to where the row is), not its text: a million rows
-    are 16 MB, and the where strings the rows had (~60 MB) while the report keeps them (held_out_overlap)."""
+    """The kept rows that train exactly what an earlier row trains: the same token ids (row_identity) and labels, as
+    truncated (a ShareGPT dump often holds a conversation many times; each copy trains, in TRL and axolotl alike).
+    What trains, not the row's JSON: the copies of a dump differ in their 'id', and one conversation in two formats
+    is the same sample; one whose turns are weighted otherwise trains other tokens and is none. 24 bytes a row (a
+    hash of its ids, one of its labels, and a reference to where the row is), not its text: a million rows are 24 MB,
+    and the where strings the rows had (~60 MB) while the report keeps them (held_out_overlap: by the ids alone)."""
 
     def __init__(self):
-        self.hashes = array("q")
+        self.hashes = array("q")  # row_identity: held_out_overlap's
+        self.masks = array("q")  # the labels' hash: with the ids, a repeat's
         self.wheres: list[str] = []
 
     def add(self, done: _Done, k: int, row: Row) -> None:
-        """Row ``k`` of ``done``'s encoded rows, which is ``row``: Python's hash of its bytes (64-bit SipHash, 4x
-        blake2b's speed: ~1 s of a core a million rows; a false repeat about 1 in 1e7 at a million rows)."""
+        """Row ``k`` of ``done``'s encoded rows, which is ``row``."""
         lo, hi = int(done.ends[k]), int(done.ends[k + 1])
-        self.hashes.append(hash((done.ids[lo:hi].tobytes(), done.labels[lo:hi].tobytes())))
+        self.hashes.append(row_identity(done.ids[lo:hi]))
+        self.masks.append(hash(done.labels[lo:hi].tobytes()))
         self.wheres.append(row.where)
 
     def counted(self) -> tuple[int, int, str]:
         """(rows that repeat an earlier one, distinct rows repeated, "WHERE, as WHERE" of the first repeat)."""
         import numpy as np
 
-        hashes = np.frombuffer(self.hashes, dtype=np.int64)
-        _, first, inverse, counts = np.unique(hashes, return_index=True, return_inverse=True, return_counts=True)
+        hashes = np.stack([np.frombuffer(self.hashes, dtype=np.int64), np.frombuffer(self.masks, dtype=np.int64)], 1)
+        _, first, inverse, counts = np.unique(
+            hashes, axis=0, return_index=True, return_inverse=True, return_counts=True
+        )
+        inverse = inverse.reshape(-1)  # numpy 2.0.x gave it the rows' shape
         repeats = len(hashes) - len(first)
         if not repeats:
             return 0, 0, ""
@@ -506,7 +525,7 @@ def repeats_said(stats: DataStats, first: bool = False) -> str:
 
 
 def held_out_overlap(training: DataReport, held: DataReport) -> str:
-    """The held-out rows that are training rows too, by _Repeats' hash (the same token ids and labels as trained):
+    """The held-out rows that are training rows too (row_identity: the same token ids as trained, as shared_rows):
     how many of how many, and the first, '' where none. Their held-out loss measures memorising: a held-out file cut
     from the same dump as the training file, or the same file given twice, says nothing of rows never seen.
     (eval_split cannot do it: a row goes to one side with its copies, build_datasets' _split_copies.)"""
@@ -1439,7 +1458,7 @@ def mixed_rows(rows: int, weight: float) -> int:
 
 
 def shared_rows(train, held_out) -> str | None:
-    """A warning where held-out rows are training rows too (the same tokens: the same file given twice, a
+    """A warning where held-out rows are training rows too (row_identity: the same file given twice, a
     directory without split names; eval_split never holds out a copy, _split_copies): their loss measures
     memorising, not how the model does on rows it never saw. Only the training rows of a held-out row's length
     are hashed."""
@@ -1459,9 +1478,9 @@ def shared_rows(train, held_out) -> str | None:
 
 
 def _copies(dataset) -> list[list[int]] | None:
-    """The rows grouped by their tokens (a group holds a row and its copies), in order of first appearance; None
+    """The rows grouped by row_identity (a group holds a row and its copies), in order of first appearance; None
     where no row has a copy."""
-    groups: dict[bytes, list[int]] = {}
+    groups: dict[int, list[int]] = {}
     for i, (_, digest) in enumerate(_row_digests(dataset)):
         groups.setdefault(digest, []).append(i)
     return list(groups.values()) if len(groups) < len(dataset) else None
@@ -1503,10 +1522,8 @@ def _nothing_held_out(spec, copies: list[list[int]], held: int) -> str:
     return f"{why}. Give {other}"
 
 
-def _row_digests(dataset, lengths: set[int] | None = None) -> list[tuple[int, bytes]]:
-    """(length, digest of the token ids) of each row, or of the rows of these lengths, a batch at a time."""
-    import hashlib
-
+def _row_digests(dataset, lengths: set[int] | None = None) -> list[tuple[int, int]]:
+    """(length, row_identity) of each row, or of the rows of these lengths, a batch at a time."""
     import numpy as np
     import pyarrow.compute as pc
 
@@ -1517,7 +1534,7 @@ def _row_digests(dataset, lengths: set[int] | None = None) -> list[tuple[int, by
         rows = range(len(counts)) if lengths is None else np.flatnonzero(np.isin(counts, list(lengths)))
         for i in rows:
             ids = column[int(i)].values.to_numpy(zero_copy_only=False)
-            out.append((int(counts[i]), hashlib.blake2b(ids.tobytes(), digest_size=16).digest()))
+            out.append((int(counts[i]), row_identity(ids)))
     return out
 
 
