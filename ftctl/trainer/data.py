@@ -481,30 +481,27 @@ class _Repeats:
     truncated (a ShareGPT dump often holds a conversation many times; each copy trains, in TRL and axolotl alike).
     What trains, not the row's JSON: the copies of a dump differ in their 'id', and one conversation in two formats
     is the same sample; one whose turns are weighted otherwise trains other tokens and is none. 24 bytes a row (a
-    hash of its ids, one of its labels, and a reference to where the row is), not its text: a million rows are 24 MB,
+    hash of its ids, one of them and its labels, and a reference to where it is), not its text: a million rows 24 MB,
     and the where strings the rows had (~60 MB) while the report keeps them (held_out_overlap: by the ids alone)."""
 
     def __init__(self):
         self.hashes = array("q")  # row_identity: held_out_overlap's
-        self.masks = array("q")  # the labels' hash: with the ids, a repeat's
+        self.trains = array("q")  # a hash of that and the labels: a repeat's
         self.wheres: list[str] = []
 
     def add(self, done: _Done, k: int, row: Row) -> None:
         """Row ``k`` of ``done``'s encoded rows, which is ``row``."""
         lo, hi = int(done.ends[k]), int(done.ends[k + 1])
-        self.hashes.append(row_identity(done.ids[lo:hi]))
-        self.masks.append(hash(done.labels[lo:hi].tobytes()))
+        self.hashes.append(same := row_identity(done.ids[lo:hi]))
+        self.trains.append(hash((same, done.labels[lo:hi].tobytes())))
         self.wheres.append(row.where)
 
     def counted(self) -> tuple[int, int, str]:
         """(rows that repeat an earlier one, distinct rows repeated, "WHERE, as WHERE" of the first repeat)."""
         import numpy as np
 
-        hashes = np.stack([np.frombuffer(self.hashes, dtype=np.int64), np.frombuffer(self.masks, dtype=np.int64)], 1)
-        _, first, inverse, counts = np.unique(
-            hashes, axis=0, return_index=True, return_inverse=True, return_counts=True
-        )
-        inverse = inverse.reshape(-1)  # numpy 2.0.x gave it the rows' shape
+        hashes = np.frombuffer(self.trains, dtype=np.int64)
+        _, first, inverse, counts = np.unique(hashes, return_index=True, return_inverse=True, return_counts=True)
         repeats = len(hashes) - len(first)
         if not repeats:
             return 0, 0, ""
