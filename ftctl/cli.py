@@ -551,6 +551,13 @@ def data():
 )
 @click.option("--held-out", is_flag=True, help="Read PATHS as --eval-data: a directory of splits gives its test split.")
 @click.option(
+    "--eval-data",
+    "eval_paths",
+    multiple=True,
+    help="Held-out data to check too, as a launch's --eval-data reads it, and its rows that are training rows (of "
+    "PATHS, else of the run file's data) said.",
+)
+@click.option(
     "--show", type=click.IntRange(min=0), default=0, help="Print the first N rows as trained, the loss's tokens marked."
 )
 @click.option("--every-token", is_flag=True, help="The loss on every token, as -o assistant_only_loss=false trains.")
@@ -570,6 +577,7 @@ def data_check(
     chat_template_path,
     text_field,
     held_out,
+    eval_paths,
     show,
     every_token,
     write_valid,
@@ -589,6 +597,18 @@ def data_check(
         raise FtctlError(f"{e}.") from None
     if paths and not split_paths(path):  # '': was checked as a file of no rows
         raise FtctlError(f"PATHS {' '.join(paths)!r} name no data: give a file, a directory, a pattern or a URI.")
+    if eval_paths and (held_out or write_valid):
+        said = "--held-out reads PATHS as held-out data" if held_out else "--write-valid writes one dataset's rows"
+        raise FtctlError(
+            f"{said}; --eval-data checks held-out data beside the training data: give one of them (`ftctl data check "
+            "EVAL --held-out` checks held-out data alone)."
+        )
+    try:  # the held-out data to check beside the training data (then its rows that are training rows too are said)
+        held_path = join_paths(eval_paths) if eval_paths else (run.eval_data_path if run and not paths else "")
+    except ValueError as e:
+        raise FtctlError(f"{e}.") from None
+    if eval_paths and not split_paths(held_path):
+        raise FtctlError(f"--eval-data {' '.join(eval_paths)!r} names no data: give a file, a directory or a URI.")
     if not model and not run:  # launch's default model, as a launch without --model would train
         model = RunSpec().model_name_or_path
         click.echo(f"checking with the tokenizer and chat template of {model} (launch's default; --model for yours)")
@@ -603,6 +623,11 @@ def data_check(
     flag = "" if paths else ("--eval-data" if held_out else "--data")  # as the user gave them
     preflight.raise_if_errors(
         [f for p in split_paths(path) for f in preflight.check_data(p, endpoint, flag, held_out, rows=False)]
+        + [
+            f
+            for p in (split_paths(held_path) if eval_paths else [])
+            for f in preflight.check_data(p, endpoint, "--eval-data", True, rows=False)
+        ]
         + preflight.check_model(model)
         + preflight.check_chat_template(chat_template_path)
     )
@@ -632,7 +657,7 @@ def data_check(
     if run and not paths and not held_out and not report.errors:  # what the run makes of these rows
         from ftctl.trainer.data import eval_split_leaves_none, weights_leave_out
 
-        if not run.eval_data_path and (problem := eval_split_leaves_none(run.eval_split, report.stats.rows, path)):
+        if not held_path and (problem := eval_split_leaves_none(run.eval_split, report.stats.rows, path)):
             report.errors.append(problem)
         if run.data_mix:
             report.errors += weights_leave_out([(p, n) for p, n, _ in report.stats.datasets], run.data_mix)
@@ -644,11 +669,12 @@ def data_check(
         click.echo(show_rows(report, tokenizer, mark) + "\n")
     click.echo(report.render(every_row=every_row))
     reports = [report]
-    if run and run.eval_data_path and not paths and not held_out:  # the run's held-out data, as it reads it
+    if held_path and not held_out:  # the held-out data (--eval-data, else the run's), as the run reads it
         # its rows that are training rows too: "also in training" (data.held_out_overlap)
-        held = check_data(run.eval_data_path, tokenizer, length, endpoint, training=report, held_out=True, **read)
+        held = check_data(held_path, tokenizer, length, endpoint, training=report, held_out=True, **read)
         reports.append(held)
-        click.echo("\nHeld-out data (eval_data_path):\n" + reports[-1].render(every_row=every_row))
+        named = "--eval-data" if eval_paths else "eval_data_path"
+        click.echo(f"\nHeld-out data ({named}):\n" + reports[-1].render(every_row=every_row))
     if any(r.errors for r in reports):
         sys.exit(1)
 
