@@ -119,6 +119,8 @@ class SkyBackend(Backend):
                 "cluster",
                 "down",
                 "idle_minutes",
+                "network_tier",  # render.network_tier: best for a multi-node GPU run where SkyPilot sets it up right
+                "disk_tier",  # render.disk_tier: best for a cloud node whose checkpoints are large
                 "container",
                 "setup",
             }
@@ -144,11 +146,12 @@ class SkyBackend(Backend):
 
     def render(self, spec, plan, paths, spec_json):
         """The task YAML, and the spec.json the nodes read: each local input named where the task ships it
-        (ftctl/sky/render.py shipped); ``spec`` keeps the paths here, for the preflight."""
+        (ftctl/sky/render.py shipped); ``spec`` keeps the paths here, for the preflight. The task and the run's
+        directory on the nodes are named after the run's own key (sky_inputs.named), its spec.json after the run."""
         inputs = sky_inputs.shipped(spec)
         node = sky_inputs.on_node(spec, inputs)
         spec_json = dump_run(node, plan) if inputs else spec_json
-        text = sky_render.render(node, plan, spec_json, inputs)
+        text = sky_render.render(sky_inputs.named(node, spec), plan, spec_json, inputs)
         return text, {paths.spec.name: spec_json, paths.task.name: text}
 
     def available(self) -> bool | str:
@@ -170,7 +173,8 @@ class SkyBackend(Backend):
         except FtctlError as e:  # nothing was sent
             raise NotSent(str(e)) from None
         source = stage_source(paths.source)
-        cluster = spec.cluster or spec.name
+        # a managed job's name is the run's (lease_holder): SkyPilot names each cluster it launches for it apart
+        cluster = spec.name if spec.managed_job else sky_inputs.cluster_name(spec)
         inputs = sky_inputs.shipped(spec)
         how = "managed job" if spec.managed_job else f"cluster {cluster}"
         click.echo(f"launching {spec.name} through SkyPilot ({how}); task: {paths.task}", err=True)
@@ -193,6 +197,8 @@ class SkyBackend(Backend):
             idle_minutes=idle,
             secrets=secrets,
         )
+        if short := out.get("short_disk"):  # sdk.launch sent nothing
+            raise NotSent(short_disk(spec, rendered.plan, cluster, short))
         managed = bool(out["managed"])
         job = f"managed/{out['job_id']}" if managed else job_id_for(cluster, out["job_id"], out.get("cluster_hash"))
         ref = JobRef(
@@ -209,7 +215,7 @@ class SkyBackend(Backend):
 
     def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
         spec, job, managed = rendered.spec, ref.job_id, ref.extra["managed"]
-        said = [f"submitted SkyPilot job {job}" + ("" if managed else f" on cluster {spec.cluster or spec.name}")]
+        said = [f"submitted SkyPilot job {job}" + ("" if managed else f" on cluster {sky_inputs.cluster_name(spec)}")]
         said += [f"  run dir:     {rendered.paths.root}", f"  logs:        ftctl logs -f {job}"]
         said.append(f"  checkpoints: {spec.output}")
         if not managed:
@@ -640,6 +646,23 @@ def goes_on(ref: JobRef) -> str:
     if said := refused_as_finished(spec, done[-1].uri):
         return f"the same `ftctl launch` {said}"
     return f"the same `ftctl launch` resumes it from {done[-1].name} in {ref.output}"
+
+
+def short_disk(spec, plan, cluster: str, found: dict) -> str:
+    """Why a launch onto ``cluster`` was not sent: the disk its nodes were made with (``found``: sdk.launch's
+    "short_disk") is smaller than the task's disk_size, what the run stages there (render.disk_size). sky.launch would
+    have taken it as it is (its fit check leaves disk_size out), and a checkpoint's save filled the disk hours in."""
+    jobs = [ref for ref, _ in recorded_jobs() if ref.backend == "sky" and ref.extra.get("cluster") == cluster]
+    made = [ref.job_id for ref in jobs if ref.extra.get("cluster_hash") == found.get("cluster_hash")]
+    down = f"`{found['sky']} down {cluster}`"
+    down = f"`ftctl down {made[0]}` or {down}" if made else down
+    disk = "of ephemeral-storage request on its pods" if found.get("pods") else "of disk on its nodes"
+    return (
+        f"cluster {cluster} has {found['cluster_gib']} GiB {disk}, as it was launched, and this run stages up to "
+        f"~{sky_render.disk_needed_gib(spec, plan):.0f} GiB on a node (its disk_size: {found['task_gib']} GiB): "
+        f"SkyPilot reuses a cluster with the disk it has, so a checkpoint would not fit. Tear it down ({down}) and "
+        "launch again, or pass another --cluster."
+    )
 
 
 def cheapest(spec, plan) -> dict:

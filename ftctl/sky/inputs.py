@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ftctl.backend import run_dir_for
 from ftctl.envvars import BASE_MODEL_ENV
 from ftctl.errors import FtctlError
 from ftctl.launch import trainer_env
@@ -19,7 +20,7 @@ from ftctl.plan import Plan
 from ftctl.spec import RunSpec, join_paths, split_paths
 from ftctl.storage import scheme
 
-RUN_DIR = "~/ftctl-run"  # on the nodes: one directory per run name, for its spec.json and the inputs shipped
+RUN_DIR = "~/ftctl-run"  # on the nodes: one directory per run (run_key), for its spec.json and the inputs shipped
 INPUTS = "inputs"  # in a run's directory on the nodes: the local inputs the task ships (file_mounts)
 
 
@@ -57,9 +58,33 @@ def shipped(spec: RunSpec) -> list[Shipped]:
     return out
 
 
+def run_key(spec: RunSpec) -> str:
+    """The run's own name among runs, as its run directory here is named (backend.run_dir_for: its run_name, else its
+    name and a digest of its output): the cluster a launch without --cluster makes or reuses (cluster_name), the run's
+    directory on the nodes (node_dir) and the task's name. Two runs of one model into two outputs (a sweep's) each get
+    their own; a relaunch into the same output gets the same, and reuses its cluster."""
+    return run_dir_for(spec).name
+
+
+def cluster_name(spec: RunSpec) -> str:
+    """The SkyPilot cluster a run's launch makes or reuses: --cluster's, else the run's own (run_key). Both are
+    SkyPilot cluster names: --cluster's checked as given (spec.py), the run's a run_name's letters (SkyPilot refuses
+    one starting with a digit itself, before anything is made) or a name of ftctl's ending in hex digits; any length
+    (SkyPilot shortens the name it gives the cloud, with a hash)."""
+    return spec.cluster or run_key(spec)
+
+
 def node_dir(spec: RunSpec) -> str:
-    """The run's directory on every node: its spec.json, the inputs shipped, and the trainer's working directory."""
-    return f"{RUN_DIR}/{spec.name}"
+    """The run's directory on every node (named run_key: runs sharing a cluster keep apart): its spec.json, the
+    inputs shipped, and the trainer's working directory. Of the spec as asked, or as named (named)."""
+    return f"{RUN_DIR}/{run_key(spec)}"
+
+
+def named(node: RunSpec, spec: RunSpec) -> RunSpec:
+    """``node`` (on_node's) as the task is rendered from it: named run_key(spec), the run's own name among runs, so the
+    task (and the run's directory on the nodes, node_dir) is the run's own. on_node's spec is the trainer's, whose name
+    stays the run's name (run_key adds a digest of the output where no run_name is given)."""
+    return replace(node, run_name=run_key(spec))
 
 
 def local_inputs(spec: RunSpec) -> dict[str, list[str]]:

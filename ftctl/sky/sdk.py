@@ -134,10 +134,12 @@ def launch(
     idle_minutes: int | None,
     secrets: list[str],
 ) -> dict:
-    """Launch the task: a managed job (``managed``), else ``sky.launch`` on the cluster ``cluster`` with an idle
-    autostop (or ``down``). An up cluster is reused by sky.launch too, never sky.exec: that runs no setup (what
-    this run needs beyond an earlier run's, wandb or gcsfs, was missing, and its -o setup lines were dropped),
-    syncs no file_mounts and sets no autodown."""
+    """Launch the task: a managed job (``managed``) named ``cluster``, else ``sky.launch`` on the cluster ``cluster``
+    with an idle autostop (or ``down``). An up cluster is reused by sky.launch too, never sky.exec: that runs no setup
+    (what this run needs beyond an earlier run's, wandb or gcsfs, was missing, and its -o setup lines were dropped),
+    syncs no file_mounts and sets no autodown. A cluster there already is checked first: where its disk is smaller
+    than the task's, nothing is launched ({"short_disk": short_disk's, its "cluster_hash" and "sky"}); where jobs
+    wait or run on it, one line says this one queues behind them (queued_behind)."""
     sky = _sky()
     import yaml
 
@@ -159,12 +161,68 @@ def launch(
     if managed:
         job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=cluster))
         return {"job_id": int(job_ids[0]), "cluster": None, "managed": True}
+    if (found := sky.get(sky.status([cluster]))) and (short := short_disk(found[0], task)):
+        return {"short_disk": {**short, "cluster_hash": _get(found[0], "cluster_hash"), "sky": sky_cli()}}
+    if found and (line := queued_behind(sky, cluster, found[0])):
+        say(line)
     job_id, _ = sky.stream_and_get(
         sky.launch(task, cluster_name=cluster, idle_minutes_to_autostop=idle_minutes, down=down)
     )
     records = sky.get(sky.status([cluster]))
     made = _get(records[0], "cluster_hash") if records else None
     return {"job_id": int(job_id), "cluster": cluster, "managed": False, "cluster_hash": made}
+
+
+# The clouds where a cluster's disk_size is the disk its nodes were made with: a VM's disk (the clouds whose cluster
+# template, sky/templates/CLOUD-ray.yml.j2, writes it), and on Kubernetes and SSH node pools (SkyPilot's Kubernetes)
+# its pods' ephemeral-storage request (their limit too, with set_pod_resource_limits), made only where a disk_size was
+# given. SkyPilot 0.14 makes no disk of that size on Slurm (its provisioner never reads disk_size: a node has the
+# filesystems it has) nor on the clouds whose template lacks it (lambda, fluidstack, hyperbolic, ibm, mithril,
+# shadeform, vsphere: an instance type's own disk). tests/test_sky_cluster236.py checks it against the installed one.
+DISK_SIZE_CLOUDS = frozenset(
+    {"aws", "azure", "cudo", "do", "gcp", "nebius", "oci", "paperspace", "primeintellect", "runpod", "scp", "seeweb"}
+    | {"vast", "verda", "yotta", "kubernetes", "ssh"}
+)
+POD_CLOUDS = frozenset({"kubernetes", "ssh"})  # disk_size: a pod's ephemeral-storage request
+
+
+def short_disk(record, task) -> dict | None:
+    """{"cluster_gib", "task_gib", "pods"} where the cluster of ``record`` (a sky.status record) was made with less
+    disk than ``task`` asks for; None where it has enough, or disk_size made no disk there (DISK_SIZE_CLOUDS). An up
+    cluster is reused, and a stopped one started again, with the disk it was made with (sky.launch provisions
+    ``handle.launched_resources``), and SkyPilot's fit check (Resources.less_demanding_than) leaves disk_size out: a
+    bigger run was taken, and a checkpoint's save filled the disk hours in. A pod made without a disk_size has no
+    request (it takes the node's disk as it comes): nothing to compare."""
+    launched = getattr(_get(record, "handle"), "launched_resources", None)
+    cloud = getattr(launched, "cloud", None)
+    if cloud is None or cloud.canonical_name() not in DISK_SIZE_CLOUDS:
+        return None
+    pods = cloud.canonical_name() in POD_CLOUDS
+    asked = [r.disk_size for r in task.resources if r.disk_size_specified]
+    if not asked or (pods and not launched.disk_size_specified) or launched.disk_size >= min(asked):
+        return None
+    return {"cluster_gib": int(launched.disk_size), "task_gib": int(min(asked)), "pods": pods}
+
+
+def queued_behind(sky, cluster: str, record) -> str | None:
+    """'ftctl: cluster C has job 3 (RUNNING) ...: this job queues behind it ...' where the up cluster of ``record``
+    (sky.status's) has jobs that did not end, anybody's (sky.queue); None otherwise, or where its queue cannot be
+    read now (the line is advisory: sky.launch goes on either way)."""
+    if str(getattr(_get(record, "status"), "value", _get(record, "status"))) != "UP":
+        return None
+    try:
+        jobs = sky.get(sky.queue(cluster, skip_finished=True, all_users=True))
+    except Exception:  # noqa: BLE001 - SkyPilot's launch says what is wrong with the cluster, if anything
+        return None
+    ahead = sorted((int(_get(j, "job_id")), _get(j, "status")) for j in jobs if not _get(j, "status").is_terminal())
+    if not ahead:
+        return None
+    listed = ", ".join(f"job {job_id} ({status.value})" for job_id, status in ahead)
+    return (
+        f"ftctl: cluster {cluster} has {listed} in its queue: this job queues behind "
+        f"{'it' if len(ahead) == 1 else 'them'} until the GPUs it asks for are free (`{sky_cli()} queue {cluster}` "
+        "lists them; another --cluster runs it apart)"
+    )
 
 
 # ------------------------------------------------------------------------------------------ watch
