@@ -98,6 +98,10 @@ METHOD_STRATEGIES = {
     ),
 }
 DDP_COMM_DTYPES = ("fp32", "bf16")
+# SkyPilot's tiers a run may ask for (-o network_tier, -o disk_tier): standard and default leave the task's field out,
+# as SkyPilot's default (a field given, even its default, no longer fits a cluster launched without it)
+NETWORK_TIERS = ("standard", "best")
+DISK_TIERS = ("default", "best")
 ATTENTION = ("varlen", "flash_attention_2", "sdpa", "eager")  # varlen: see ftctl/trainer/attention.py
 # transformers' OptimizerNames (the launcher has no transformers to ask; tests/test_spec.py compares the two)
 OPTIMIZERS = (
@@ -433,6 +437,12 @@ class RunSpec:
     cluster: str | None = None  # SkyPilot cluster to launch or reuse (sky.launch either way); default run name
     down: bool = False  # tear the cluster down when the job ends
     idle_minutes: int = 30  # idle autostop of a launched cluster (ignored with down)
+    # SkyPilot's network_tier: standard or best (EFA, GPUDirect, InfiniBand); unset: best for a multi-node GPU run
+    # where SkyPilot sets it up right (ftctl/sky/render.py network_tier)
+    network_tier: str | None = None
+    # SkyPilot's disk_tier: default (SkyPilot's, MEDIUM on most clouds) or best; unset: best on a cloud GPU node whose
+    # checkpoints are large (ftctl/sky/render.py disk_tier)
+    disk_tier: str | None = None
 
     # -------------------------------------------------------------------------------------------
     @property
@@ -698,6 +708,8 @@ _PLACEMENT_KEYS = {
     "cluster",
     "down",
     "idle_minutes",
+    "network_tier",
+    "disk_tier",
 }
 TRAINING_KEYS = [n for n in FIELDS if n not in _PLACEMENT_KEYS]
 
@@ -1594,6 +1606,16 @@ def validate(spec: RunSpec) -> None:
     choice("backend", BACKENDS)
     choice("strategy", STRATEGIES)
     choice("ddp_comm_dtype", DDP_COMM_DTYPES)
+    for key, tiers, said in (
+        ("network_tier", NETWORK_TIERS, "the fast interconnect between nodes: EFA, GPUDirect, InfiniBand"),
+        ("disk_tier", DISK_TIERS, "the cloud's fastest disk, for large checkpoints"),
+    ):
+        if (v := getattr(spec, key)) is not None and v not in tiers:
+            hint = did_you_mean(str(v).lower(), tiers)
+            errors.append(
+                f"{key}={v!r} is no tier ftctl asks SkyPilot for: -o {key}={tiers[0]} (SkyPilot's default) or "
+                f"-o {key}=best ({said}); unset, ftctl chooses (docs/skypilot.md).{hint}"
+            )
     choice("attn_implementation", ATTENTION)
     if spec.optim is not None and spec.optim not in OPTIMIZERS:
         hint = did_you_mean(spec.optim.lower(), OPTIMIZERS)

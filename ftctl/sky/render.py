@@ -1,10 +1,10 @@
 """Render a SkyPilot task YAML for a plan.
 
-The YAML is self-contained: the run section writes spec.json from a quoted heredoc, so what
-``ftctl render --backend sky`` prints is exactly what ``sky launch`` / ``sky jobs launch`` receives;
-``ftctl launch`` adds one thing, the workdir: ftctl's own source, copied into the run directory
-(ftctl/sky/backend.py), which SkyPilot syncs to every node and the run section puts first on
-PYTHONPATH (no released ftctl is installed from an index). The setup runs ftctl.sky.node_stack on every
+The run section writes spec.json from a quoted heredoc, so what ``ftctl render --backend sky`` prints is the task
+``ftctl launch`` sends; what SkyPilot takes beside a task it sends through the SDK (ftctl/sky/backend.py), and the
+header's ``sky launch`` / ``sky jobs launch`` line says it as SkyPilot's CLI would (:func:`sky_command`): the workdir,
+ftctl's own source copied into the run directory, which SkyPilot syncs to every node and the run section puts first on
+PYTHONPATH (no released ftctl is installed from an index); each secret's value; the idle autostop or --down. The setup runs ftctl.sky.node_stack on every
 node, in the ``--container`` image where there is one: it adds what the python of the node's torchrun lacks of
 the trainer's stack (ftctl's ``train`` extra, as pinned by its metadata; nothing in an image ``ftctl build``
 made), holding a torch the node has, else installing the torch build for the CUDA version of the node's driver.
@@ -19,21 +19,26 @@ elsewhere.
 
 :func:`settle` is what SkyPilot would otherwise find out late, or not at all (SkyBackend.resolve runs it): one
 ``infra`` of --infra, -o cloud and -o region; the node's disk sized for what the run stages there; a managed job's
-restarts after its own failures; and every option that would be ignored refused, all at once.
+restarts after its own failures; and every option that would be ignored refused, all at once. A multi-node GPU run
+asks for ``network_tier: best`` where SkyPilot sets up the fast interconnect right (:func:`network_tier`), a cloud node
+whose checkpoints are large for ``disk_tier: best`` (:func:`disk_tier`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import yaml
 
 from ftctl import __version__
+from ftctl.backend import run_dir_for
 from ftctl.docker.image import check_reference
 from ftctl.errors import FtctlError, did_you_mean
 from ftctl.launch import (
@@ -50,6 +55,7 @@ from ftctl.launch import (
 from ftctl.lease import UNREACHED_EXIT
 from ftctl.plan import Plan
 from ftctl.preflight import disk_need
+from ftctl.runpaths import SOURCE_DIR, TASK_FILE
 from ftctl.sky.cost import memory_request
 from ftctl.sky.inputs import Shipped, node_dir, shipping_note
 from ftctl.spec import FIELDS, RunSpec
@@ -100,6 +106,42 @@ DISK_HEADROOM_GIB = 100  # the VM's OS image, a docker image, the node's Python 
 # itself (bad data, missing credentials, out of memory) recurs on a new node, and torchrun exits 1 for every one of
 # them, so no exit code tells a passing fault apart (recover_on_exit_codes would restart on it without limit).
 MANAGED_RESTARTS_ON_ERRORS = 0
+# ... but a multi-node one's: one. A GPU's fault on a VM still up (an Xid, an uncorrectable ECC error, an NCCL
+# watchdog's timeout) is the job's own failure to SkyPilot, not a lost node, and the chance of one grows with the
+# GPUs; one restart on fresh nodes resumes from the last checkpoint, and a failure that recurs costs one relaunch.
+MANAGED_RESTARTS_ON_ERRORS_MULTI_NODE = 1
+
+# network_tier: best as SkyPilot 0.14.1 sets it up (sky/clouds/*.py), for the shapes (GPU, a node's count) where it
+# is right; None: any shape. AWS attaches EFA where the instance type has it, and changes nothing where it has none
+# (aws.py make_deploy_resources_variables). GCP's is GPUDirect-TCPX: a COS image, a TCPX container where no image is
+# given, and docker options naming 8 GPUs and an a3-highgpu-8g's NICs (gcp.py, provision/gcp/constants.py): an
+# H100:8's VM, broken on another. Nebius has InfiniBand for these GPUs in 8s, and refuses best for any other.
+BEST_NETWORK = {
+    "aws": None,
+    "gcp": {("H100", 8)},
+    "nebius": {("H100", 8), ("H200", 8), ("B200", 8), ("B300", 8)},
+}
+# With no infra named, best narrows SkyPilot's optimizer to the clouds that have it (CUSTOM_NETWORK_TIER): asked for
+# where every one of them sets it up right, an H100:8 node (AWS's p5, GCP's a3-highgpu-8g, Nebius's), whose
+# multi-node plan assumes the fast interconnect
+BEST_NETWORK_ANYWHERE = {("H100", 8)}
+# Clouds that refuse network_tier: best in SkyPilot 0.14.1 (CUSTOM_NETWORK_TIER among their unsupported features for
+# any resources; Kubernetes, SSH pools and Nebius have it where SkyPilot finds the fast network).
+# tests/test_sky_resources235.py checks the list against the installed SkyPilot.
+NO_NETWORK_TIER_CLOUDS = (
+    *("azure", "cudo", "do", "fluidstack", "hyperbolic", "lambda", "mithril", "paperspace", "primeintellect"),
+    *("runpod", "scp", "seeweb", "shadeform", "vast", "verda", "vsphere", "yotta"),
+)
+# Infras whose nodes' disk has no tier (SkyPilot takes best there and does nothing with it: a Slurm node's, a pod's
+# ephemeral storage, an SSH pool's machine)
+NO_DISK_TIER_INFRAS = ("slurm", "k8s", "kubernetes", "ssh")
+# disk_tier: best where a checkpoint takes longer than this to write on SkyPilot's default disk: MEDIUM, AWS's gp3 at
+# 3,500 IOPS and 3500 // 16 = 218 MB/s (clouds/aws.py _get_disk_specs; GCP's pd-balanced is near), where the plan
+# times a save at preflight.SAVE_GBPS. Best is ULTRA on AWS and GCP (io2, pd-extreme; 20,000 IOPS provisioned: about
+# $1.8/h a node at list prices, which SkyPilot's price leaves out), worth it where the GPUs wait minutes on each save
+# and not for an adapter's megabytes.
+DEFAULT_DISK_GBPS = 0.218
+SLOW_SAVE_S = 60
 
 
 class _Block(str):
@@ -132,12 +174,15 @@ def given(spec: RunSpec, key: str) -> bool:
 
 def settle(spec: RunSpec, plan: Plan) -> RunSpec:
     """``spec`` as SkyPilot runs it (what SkyBackend.resolve returns): cloud and region folded into infra, the
-    disk sized, a managed job's restarts after its own failures; FtctlError naming every option it would refuse or
-    ignore."""
+    disk sized, a managed job's restarts after its own failures, the network and disk tiers; FtctlError naming every
+    option it would refuse or ignore."""
     deciders = {
         "infra": lambda: infra(spec),
         "disk_size": lambda: disk_size(spec, plan),
-        "max_requeues": lambda: restarts_on_errors(spec),
+        "max_requeues": lambda: restarts_on_errors(spec, plan),
+        # what the task asks for, said in spec.json (standard and default: SkyPilot's, left out of the task)
+        "network_tier": lambda: network_tier(spec, plan) or "standard",
+        "disk_tier": lambda: disk_tier(spec, plan) or "default",
     }
     problems, values = [], {}
     for key, decide in deciders.items():
@@ -258,18 +303,59 @@ def disk_size(spec: RunSpec, plan: Plan) -> int:
     return spec.disk_size
 
 
-def restarts_on_errors(spec: RunSpec) -> int:
-    """max_requeues as SkyPilot reads it: a managed job's max_restarts_on_errors, MANAGED_RESTARTS_ON_ERRORS unless
-    given. A cluster job keeps the spec's (ignored_options refuses one given there)."""
+def restarts_on_errors(spec: RunSpec, plan: Plan) -> int:
+    """max_requeues as SkyPilot reads it: a managed job's max_restarts_on_errors, unless given
+    MANAGED_RESTARTS_ON_ERRORS (MANAGED_RESTARTS_ON_ERRORS_MULTI_NODE for several nodes). A cluster job keeps the
+    spec's (ignored_options refuses one given there)."""
     if spec.managed_job and not given(spec, "max_requeues"):
-        return MANAGED_RESTARTS_ON_ERRORS
+        return MANAGED_RESTARTS_ON_ERRORS_MULTI_NODE if plan.nodes > 1 else MANAGED_RESTARTS_ON_ERRORS
     return spec.max_requeues
+
+
+def network_tier(spec: RunSpec, plan: Plan) -> str | None:
+    """The task's network_tier: -o network_tier's (standard is SkyPilot's default, left out: a task that names it does
+    not fit a cluster launched without it); unset, best for a multi-node GPU run where SkyPilot sets it up right
+    (BEST_NETWORK, BEST_NETWORK_ANYWHERE), else none."""
+    if spec.network_tier is not None:
+        return "best" if spec.network_tier == "best" else None
+    if plan.nodes < 2 or plan.tier is None:
+        return None
+    shape = (plan.tier, plan.gpus_per_node)
+    kind = infra_kind(spec)
+    if kind in (None, "*"):
+        return "best" if shape in BEST_NETWORK_ANYWHERE else None
+    kind = _cloud_name(kind)
+    if kind not in BEST_NETWORK:
+        return None
+    shapes = BEST_NETWORK[kind]
+    return "best" if shapes is None or shape in shapes else None
+
+
+def disk_tier(spec: RunSpec, plan: Plan) -> str | None:
+    """The task's disk_tier: -o disk_tier's (default, SkyPilot's, left out); unset, best for a GPU node of a cloud
+    whose checkpoint would take over SLOW_SAVE_S to write on SkyPilot's default disk, else none. Best narrows no
+    cloud: each takes it as its own best tier."""
+    if spec.disk_tier is not None:
+        return "best" if spec.disk_tier == "best" else None
+    if plan.tier is None or infra_kind(spec) in NO_DISK_TIER_INFRAS:
+        return None
+    return "best" if disk_need(spec, plan).one / DEFAULT_DISK_GBPS > SLOW_SAVE_S else None
 
 
 def ignored_options(spec: RunSpec) -> list[str]:
     """What SkyPilot would ignore of what the run sets, each with its fix (docs/backends.md's promise: refused, never
     ignored)."""
     out = []
+    if spec.network_tier == "best" and (cloud := _cloud_name(infra_kind(spec) or "")) in NO_NETWORK_TIER_CLOUDS:
+        out.append(
+            f"-o network_tier=best on {cloud}: SkyPilot 0.14 has no network tiers there, so it would find no instance "
+            "to launch: drop it (its nodes talk over their standard network), or choose a cloud with a fast "
+            "interconnect (--infra aws, gcp, nebius)."
+        )
+    if spec.disk_tier == "best" and (kind := infra_kind(spec)) in NO_DISK_TIER_INFRAS:
+        out.append(
+            f"-o disk_tier=best on --infra {kind}: SkyPilot has no disk tiers there (the nodes' own disks): drop it."
+        )
     if spec.spot and (cloud := _cloud_name(infra_kind(spec) or "")) in NO_SPOT_CLOUDS:
         out.append(
             f"--spot on {cloud}: SkyPilot 0.14 has no spot instances there, so it would find none to launch: drop "
@@ -330,9 +416,16 @@ def optimizer_resources(spec: RunSpec, plan: Plan) -> dict:
     res: dict = {"accelerators": f"{plan.tier}:{plan.gpus_per_node}", "use_spot": use_spot(spec, plan)}
     if memory_request(plan):
         res["memory"] = memory_request(plan)
+    res |= tiers(spec, plan)  # network_tier: best narrows the clouds priced
     if spec.infra:
         res["infra"] = spec.infra
     return res
+
+
+def tiers(spec: RunSpec, plan: Plan) -> dict:
+    """The task's disk_tier and network_tier, where it names them."""
+    named = {"disk_tier": disk_tier(spec, plan), "network_tier": network_tier(spec, plan)}
+    return {key: tier for key, tier in named.items() if tier}
 
 
 def infra_kind(spec: RunSpec) -> str | None:
@@ -360,8 +453,36 @@ def docker_image(spec: RunSpec) -> str | None:
     raise FtctlError(f"--container {spec.container}: SkyPilot runs docker images: pass --container docker:{ref}.")
 
 
+def sky_command(spec: RunSpec, run_dir: Path, job_name: str) -> str:
+    """The SkyPilot CLI line that sends the task as ``ftctl launch`` does through the SDK (SkyBackend.send): the task
+    file and ftctl's source as its workdir, both in ``run_dir`` (from the launch's directory where it is under it);
+    each --secret by name (its value read from the environment, never written); an idle autostop (-i), or --down, on
+    cluster -c, or a managed job named -n ``job_name``; every value quoted for the shell."""
+    where = run_dir.resolve()
+    with contextlib.suppress(ValueError):  # a run directory outside the launch's: its absolute path
+        where = where.relative_to(Path.cwd().resolve())
+    argv = ["sky", "jobs", "launch"] if spec.managed_job else ["sky", "launch"]
+    argv += [str(where / TASK_FILE), "--workdir", str(where / SOURCE_DIR)]
+    for name in spec.secrets:
+        argv += ["--secret", name]
+    if spec.managed_job:
+        argv += ["-n", job_name]
+    else:
+        argv += ["-c", spec.cluster or spec.name]
+        idle = autostop_minutes(spec)
+        argv += ["--down"] if spec.down else ["-i", str(idle)] if idle else []
+    return join(argv)
+
+
+def _run_name(spec: RunSpec, spec_json: str) -> str:
+    """The run's name as the trainer's spec.json has it (a managed job is named after it): the task's ``spec`` may be
+    named after the run's directory instead (its run_name set to it)."""
+    return json.loads(spec_json)["spec"].get("run_name") or replace(spec, run_name=None).name
+
+
 def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] = ()) -> str:
-    """The task YAML of ``spec`` as the nodes read it (:func:`on_node`), shipping ``inputs``."""
+    """The task YAML of ``spec`` as the nodes read it (:func:`on_node`), shipping ``inputs``; its header says the
+    SkyPilot CLI line that sends it as ``ftctl launch`` does (:func:`sky_command`)."""
     if plan.tier is None and infra_kind(spec) not in CPU_INFRAS:
         raise FtctlError(
             "--gpus cpu on SkyPilot needs an infra whose nodes take CPU jobs: --infra slurm/CLUSTER or --infra "
@@ -376,6 +497,7 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
     else:
         resources["accelerators"] = f"{plan.tier}:{plan.gpus_per_node}"
         resources["disk_size"] = spec.disk_size
+    resources |= tiers(spec, plan)
     if memory_request(plan):  # an offload plan's host RAM, a CPU plan's processes' memory
         resources["memory"] = memory_request(plan)
     if spec.managed_job:
@@ -438,4 +560,11 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
     header = f"# Rendered by ftctl {__version__}: {plan.method} on {plan.gpus}. Launch: ftctl launch --backend sky\n"
     if note := shipping_note(spec, plan, inputs):
         header += f"# {note}\n"
+    header += (
+        "# ftctl launch writes this file and ftctl's source (the workdir) to the run directory and sends them through "
+        "SkyPilot's SDK, as this line would from the directory ftctl ran in:\n"
+        f"#   {sky_command(spec, run_dir_for(spec), _run_name(spec, spec_json))}\n"
+        "# with a --secret NAME more for each object-store credential set there (s3's AWS_ACCESS_KEY_ID ...); a secret "
+        "not set there is left out (drop its --secret: sky refuses it).\n"
+    )
     return header + yaml.safe_dump(task, sort_keys=False, width=10**6)
