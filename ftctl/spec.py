@@ -176,6 +176,11 @@ TOOL_DEFAULTS_NOT_TAKEN = {
         "global_batch_size": "sequences a step over all GPUs, accumulated from micro-batches that fit; TRL's SFTConfig "
         "steps after 8 a GPU (per_device_train_batch_size 8, gradient_accumulation_steps 1): -o "
         "per_device_train_batch_size=8 -o gradient_accumulation_steps=1 for TRL's",
+        # (where gradient_accumulation_steps alone is given: the planner's micro-batch, plan._micro_sizes, times it)
+        "per_device_train_batch_size": "ftctl's micro-batch is the largest that fits up to its global batch of "
+        "{global_batch} sequences over all GPUs (at least 1 a GPU), and a step accumulates {accum} of them (`ftctl "
+        "plan` says the batch); TRL's SFTConfig takes 8 a GPU, a step of 8 x {accum} a GPU: -o "
+        "per_device_train_batch_size=8 for TRL's",
     },
 }
 BATCH_KEYS = ("global_batch_size", "per_device_train_batch_size", "gradient_accumulation_steps")
@@ -253,6 +258,15 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
         method = values.get("method", FIELDS["method"].default)
         for key, why in TOOL_DEFAULTS_NOT_TAKEN.get(tool, {}).items():
             if key == "learning_rate" and method not in ADAPTER_METHODS:
+                continue
+            if key == "per_device_train_batch_size":  # gradient_accumulation_steps alone: of ftctl's micro-batches
+                alone = "gradient_accumulation_steps" in values and not {key, "global_batch_size"} & values.keys()
+                if alone and notes is not None:
+                    accum = values["gradient_accumulation_steps"]
+                    notes.append(
+                        f"gradient_accumulation_steps {accum} without {key}, in a run file in {tool}'s vocabulary "
+                        f"({', '.join(keys)}): " + why.format(accum=accum, global_batch=GLOBAL_BATCH_SIZE)
+                    )
                 continue
             if key in BATCH_KEYS and any(k in values for k in BATCH_KEYS):  # per_device alone: plan.py's note
                 continue
