@@ -852,7 +852,10 @@ def test_sky_run_section_hostile_values_arrive_intact(h, tmp_path):
     _no_injection(tmp_path, r)
     assert "node 1 of 2, 8 GPUs, head 10.0.0.7" in r.stdout
     (call,) = read_log(log)
-    spec_path = home / "ftctl-run" / prep.spec.name / "spec.json"  # one per run: runs share a cluster's home
+    # one per run (named after its run directory here: run_name, else name and the output's digest): runs share a
+    # cluster's home
+    key = prep.paths.root.name
+    spec_path = home / "ftctl-run" / key / "spec.json"
     assert call["argv"] == [
         "--nnodes",
         "2",
@@ -863,7 +866,7 @@ def test_sky_run_section_hostile_values_arrive_intact(h, tmp_path):
         "--rdzv-endpoint",
         "10.0.0.7:30484",  # rdzv_port + cksum(SKYPILOT_TASK_ID) % 1000 (717276984)
         "--rdzv-id",
-        f"{prep.spec.name}-sky-2026-12-03-10-00-00-123456_c_3",
+        f"{key}-sky-2026-12-03-10-00-00-123456_c_3",
         "-m",
         "ftctl.trainer",
         "--spec",

@@ -73,6 +73,14 @@ def test_network_tier_is_overridden_and_standard_is_left_out():
         sky(["network_tier=best"], gpus="2x8xH100", infra="lambda")
 
 
+@pytest.mark.parametrize("backend", ["slurm", "local", "docker"])
+def test_another_backend_refuses_the_tiers(backend):
+    """network_tier and disk_tier are SkyBackend's options: another backend refuses them rather than ignore them."""
+    for key in ("network_tier", "disk_tier"):
+        with pytest.raises(FtctlError, match=rf"--backend {backend} does not take {key} \(sky\)"):
+            prepared([f"{key}=best"], backend=backend, gpus="cpu", output_dir="/tmp/t235")
+
+
 # ------------------------------------------------------------------------------------------ disk_tier
 def test_a_cloud_node_whose_checkpoints_are_large_asks_for_the_fastest_disk():
     """SkyPilot's default disk (AWS gp3 at 218 MB/s) took ~10 min for each 128 GB checkpoint of an 8B fft; best is
