@@ -272,6 +272,7 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
                 "read_timeout": limits.read_s,
                 "retries": {"total_max_attempts": limits.attempts, "mode": "standard"},  # max_attempts: retries
                 "user_agent_extra": limits.tag,  # read by _unanswered_retried
+                "max_pool_connections": POOL_CONNECTIONS,
             },
             # Listings change under us (other nodes, other runs): never answer from a cache.
             use_listings_cache=False,
@@ -626,7 +627,10 @@ def put_file(local_path: str, uri: str, endpoint_url: str | None = None, fs=None
     parent = posixpath.dirname(path) if is_remote(uri) else os.path.dirname(path)
     if not is_remote(uri):
         os.makedirs(parent, exist_ok=True)
-    fs.put_file(local_path, path)
+        fs.put_file(local_path, path)
+        return
+    with _memory.held(in_memory(fs, os.path.getsize(local_path), upload=True)):
+        fs.put_file(local_path, path)
 
 
 class NoConditionalWrites(Exception):
@@ -760,21 +764,101 @@ def delete_if(uri: str, etag: str, endpoint_url: str | None = None) -> None:
 CUT_OFF_STARTS = 4
 
 
-def get_file(uri: str, local_path: str, endpoint_url: str | None = None, fs=None) -> None:
+def get_file(uri: str, local_path: str, endpoint_url: str | None = None, fs=None, size: int | None = None) -> None:
     """Download one file from ``uri`` to ``local_path`` (parents created); one cut off mid-way is downloaded again
-    (CUT_OFF_STARTS), after a pause of up to 0.5, 1, 2 s."""
+    (CUT_OFF_STARTS), after a pause of up to 0.5, 1, 2 s. ``size`` (the file's, where known: a manifest's, a listing's):
+    it waits for its share of TRANSFER_MEMORY first where its library holds it in memory."""
     if fs is None:
         fs, path = filesystem(uri, endpoint_url)
     else:
         path = _path_for(fs, uri)
     os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
-    _again_if_cut_off(lambda: fs.get_file(path, local_path))
+    with _memory.held(in_memory(fs, size or 0, upload=False) if is_remote(uri) else 0):
+        _again_if_cut_off(lambda: fs.get_file(path, local_path))
 
 
 #: a checkpoint's (or a final model's) files sent to, or fetched from, a store at once (each_at_once). One after another,
 #: each small file was a round trip of its own and a file under s3fs's multipart size (100 MiB) one request alone; a
 #: large file sends its parts max_concurrency (10) x 50 MiB at a time, so up to this many x 500 MiB of parts in memory
 FILES_AT_ONCE = 4
+
+
+#: checkpoints `ftctl sync push` (pull) sends to (fetches from) a store at once (sync.AT_ONCE)
+CHECKPOINTS_AT_ONCE = 8
+#: connections each S3 filesystem of this process keeps open at most (botocore's max_pool_connections, which aiobotocore
+#: makes its aiohttp connector's limit): one for each file `ftctl sync` sends at once. At botocore's default of 10, 32
+#: files (8 checkpoints x 4) took turns on 10 connections: aiohttp queues a request beyond the limit (nothing is made and
+#: thrown away, as urllib3's "Connection pool is full" would), so 22 waited. gcsfs and adlfs keep aiohttp's own limit of
+#: 100 a filesystem.
+POOL_CONNECTIONS = CHECKPOINTS_AT_ONCE * FILES_AT_ONCE
+#: memory this process's transfers to and from stores hold at once, all of them together (the trainer's uploader and
+#: `ftctl sync` run in processes beside others: a trainer, its data loaders). s3fs reads a file under 100 MiB whole
+#: before sending it, a larger one 10 parts of 50 MiB at a time, and a download over 50 MiB 10 ranges of 50 MiB at a
+#: time, each twice in memory for a while (in_memory): 8 checkpoints x 4 files of 64 MiB pushed at once read 2 GiB of
+#: files, and the push's memory grew by 4.3 GB (moto on loopback); within this, by 1.25 GB. A transfer waits, in the
+#: order they came, for its share; one larger than the whole (a part of over 100 MiB: a file of over 1 TB) goes alone.
+TRANSFER_MEMORY = 1 << 30
+#: what a GCS or Azure transfer holds at most (gcsfs: 50 MiB chunks of an upload one after another, a download's
+#: prefetch 2 x 4 x 16 MiB; adlfs: a file up to 64 MiB sent whole, larger in 4 MiB blocks; a download 32 MiB then 4 MiB)
+OTHER_STORE_MEMORY = 128 << 20
+
+
+def in_memory(fs, size: int, upload: bool) -> int:
+    """The memory a ``size``-byte file takes while ``fs``'s library moves it to (``upload``) or from a store: twice what
+    it reads at once (an upload's bytes are copied into aiohttp's send buffer as far as the store has not taken them;
+    a download's pieces are joined). s3fs's put_file reads a file under 2 parts (of 50 MiB; more for a file of more
+    than 10,000 of them) whole, a larger one max_concurrency parts at a time; its get_file streams a file up to
+    default_block_size and fetches a larger one in max_concurrency ranges of it at a time. gcsfs and adlfs:
+    OTHER_STORE_MEMORY at most."""
+    if not hasattr(fs, "call_s3"):
+        return 2 * min(size, OTHER_STORE_MEMORY)
+    concurrency = max(1, int(getattr(fs, "max_concurrency", 1) or 1))
+    if upload:
+        try:
+            from s3fs.core import calculate_chunksize
+
+            part = calculate_chunksize(size)
+        except ImportError:
+            part = 50 << 20
+        return 2 * (size if size < min(5 << 30, 2 * part) else min(size, concurrency * part))
+    block = int(getattr(fs, "default_block_size", None) or 50 << 20)
+    return 0 if size <= block or concurrency == 1 else 2 * min(size, concurrency * block)
+
+
+class _Memory:
+    """TRANSFER_MEMORY, shared by the transfers of this process: each holds its bytes while it runs; those waiting go
+    in the order they came (a large file is not passed for ever by small ones)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.held_now = 0
+        self.waiting: list[object] = []
+
+    @contextlib.contextmanager
+    def held(self, nbytes: int):
+        nbytes = min(nbytes, TRANSFER_MEMORY)
+        if nbytes <= 0:
+            yield
+            return
+        turn = object()
+        with self.cond:
+            self.waiting.append(turn)
+            try:
+                while self.waiting[0] is not turn or self.held_now + nbytes > TRANSFER_MEMORY:
+                    self.cond.wait()
+            finally:
+                self.waiting.remove(turn)
+                self.cond.notify_all()
+            self.held_now += nbytes
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.held_now -= nbytes
+                self.cond.notify_all()
+
+
+_memory = _Memory()
 
 
 def files_at_once(uri: str | os.PathLike) -> int:
@@ -855,8 +939,8 @@ def put_dir(local_dir: str, uri: str, endpoint_url: str | None = None) -> None:
 def get_dir(uri: str, local_dir: str, endpoint_url: str | None = None) -> None:
     """Download every file below ``uri`` to the same relative names below ``local_dir``."""
     fs, _ = filesystem(uri, endpoint_url)
-    for rel in sorted(file_sizes(uri, endpoint_url)):
-        get_file(join(uri, *rel.split("/")), os.path.join(local_dir, *rel.split("/")), fs=fs)
+    for rel, size in sorted(file_sizes(uri, endpoint_url).items()):
+        get_file(join(uri, *rel.split("/")), os.path.join(local_dir, *rel.split("/")), fs=fs, size=size)
 
 
 def rm(uri: str, recursive: bool = False, endpoint_url: str | None = None) -> None:

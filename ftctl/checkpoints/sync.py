@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 
 #: checkpoints a push to a store (a pull from one) sends (fetches) at once. One after another, 300 small checkpoints
 #: (~6 requests each) took 76 s to push and 48 s to pull where each request waited 25 ms more than on loopback; 8 at
-#: once, 14 s and 13 s. Under botocore's 10 connections per client (max_pool_connections), which s3fs keeps.
-AT_ONCE = 8
+#: once, 14 s and 13 s. Each of their files has a connection of its own (storage.POOL_CONNECTIONS); the memory they take
+#: is bounded (storage.TRANSFER_MEMORY).
+AT_ONCE = storage.CHECKPOINTS_AT_ONCE
 
 # A run without a final model (stopped before its end) sends its RUN_RECORDS beside its checkpoints, and a pull brings
 # them back: a pulled copy is then a run directory `ftctl launch --output DIR` resumes and `ftctl status DIR` reads;
@@ -485,7 +486,7 @@ def _pull_top(uri: str, local_dir: str, plan: _TopPlan, endpoint_url: str | None
         part = path + ".ftctl-part"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            storage.get_file(storage.join(uri, *rel.split("/")), part, endpoint_url)
+            storage.get_file(storage.join(uri, *rel.split("/")), part, endpoint_url, size=plan.files[rel])
         except OSError as exc:  # a full disk: one line, and no partial file left taking its room
             Path(part).unlink(missing_ok=True)
             need = sum(plan.files.values())
