@@ -19,6 +19,8 @@ is asked for anything. It looks at what a launch would otherwise find out late:
 |        | write (a small marker object, put then deleted)                                     |
 | disk   | room for the checkpoints the run holds at once (disk_need): a local output's disk,  |
 |        | or the disk an object-store output is staged on where that is this machine's       |
+| creds  | temporary AWS credentials (AWS_SESSION_TOKEN) an S3 output's job gets: expired, or       |
+|        | expiring before the run's estimated training ends (AWS_CREDENTIAL_EXPIRATION)       |
 | resume | the checkpoint resumed (the output's newest, or resume=PATH's where it can be read  |
 |        | here) can be continued under these settings (what changed is said); resume=never    |
 |        | does not write over an earlier run's                                                |
@@ -35,6 +37,7 @@ docker runs.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -131,7 +134,7 @@ def preflight(
     findings += check_disk(spec, plan, staging) + check_secrets(spec) + check_env_values(spec, backend_name)
     findings += check_demo_defaults(spec, backend_name)
     findings += check_signal_lead(spec, plan) if backend_name == "slurm" else []
-    findings += check_endpoint_reach(spec, backend_name)
+    findings += check_endpoint_reach(spec, backend_name) + check_session_credentials(spec, plan, backend_name)
     return sorted(findings, key=lambda f: f.level != ERROR)
 
 
@@ -214,10 +217,11 @@ def check_env_values(spec, backend_name: str = "slurm") -> list[Finding]:
 
 def check_secrets(spec) -> list[Finding]:
     """Secrets pass by name from this environment: one asked for with --secret, or wandb's key where the run reports
-    to wandb, that is not set here would reach the job as nothing (HF_TOKEN unset is usual: public models)."""
+    to wandb, that is not set here would reach the job as nothing (HF_TOKEN unset is usual: public models; W&B's key
+    where the run does not log to W&B, or W&B runs offline or logged in, is not needed)."""
     from ftctl.spec import SECRETS
 
-    wanted = [s for s in spec.secrets if s not in SECRETS]
+    wanted = [s for s in spec.secrets if s not in SECRETS and s != "WANDB_API_KEY"]
     keyless = {"offline", "disabled"} & {spec.env.get("WANDB_MODE"), os.environ.get("WANDB_MODE")}
     netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc")  # `wandb login` keeps its key there
     logged_in = netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace")
@@ -228,6 +232,118 @@ def check_secrets(spec) -> list[Finding]:
         for name in wanted
         if not os.environ.get(name)
     ]
+
+
+#: what `aws configure export-credentials --format env` sets beside AWS_SESSION_TOKEN where the credentials are
+#: temporary (an SSO or assume-role profile's, 1 to 12 hours): when they expire, as botocore's datetime.isoformat()
+#: writes it (2026-12-07T02:00:00+00:00); the AWS SDKs read it as ISO 8601 / RFC 3339
+AWS_EXPIRATION = "AWS_CREDENTIAL_EXPIRATION"
+#: the AWS CLI line that exports a profile's credentials (temporary ones where the profile is SSO's or assumes a role)
+AWS_EXPORT = 'eval "$(aws configure export-credentials --format env)"'
+
+
+def expiry(value: str) -> datetime.datetime | None:
+    """AWS_CREDENTIAL_EXPIRATION's time in UTC (one without a zone is taken as UTC); None for no ISO 8601 time."""
+    try:
+        when = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    utc = datetime.timezone.utc
+    return when.replace(tzinfo=utc) if when.tzinfo is None else when.astimezone(utc)
+
+
+def _span(seconds: float) -> str:
+    """~31 h, ~5.5 h, ~40 min."""
+    hours = seconds / 3600
+    return (
+        f"~{hours:.0f} h" if hours >= 10 else f"~{hours:.1f} h" if hours >= 1 else f"~{max(1, round(hours * 60))} min"
+    )
+
+
+def check_session_credentials(spec, plan, backend_name: str, environ=None, now=None) -> list[Finding]:
+    """Temporary AWS credentials (AWS_SESSION_TOKEN: what `aws configure export-credentials` gives an SSO or
+    assume-role profile) that the job gets for an S3 output expire, and the job keeps them: every backend's job has
+    them as they are now (SkyPilot's secrets, docker's -e, Slurm's --export=ALL, a local trainer's environment). Once
+    they expire the store refuses the trainer, whose lease then stops it, and a SkyPilot recovery or a Slurm requeue
+    starts with the same ones. Where AWS_CREDENTIAL_EXPIRATION says when: an error where they expired
+    already, a warning where that is before the run's estimated training (train_seconds) ends, and a note where the job
+    is relaunched on its own (a managed job, Slurm) though they last the run; where it is not known, a note."""
+    environ = os.environ if environ is None else environ
+    if "AWS_SESSION_TOKEN" not in storage.job_env([spec.output], files=True, environ=environ):
+        return []
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    raw = environ.get(AWS_EXPIRATION, "")
+    when = expiry(raw) if raw else None
+    lasting = "pass long-lived keys (an IAM user's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, no AWS_SESSION_TOKEN)"
+    if backend_name == "sky":
+        lasting += (
+            ", or with --infra aws none (unset those three here, keep AWS_PROFILE for ftctl's own checks): the nodes "
+            "reach S3 through their IAM role, SkyPilot's skypilot-v1 (made with S3 access)"
+        )
+    else:
+        lasting += ", or, where the job runs on EC2, none: its instance role reaches S3"
+    again = ""  # a relaunch that is not the user's, which cannot export fresh ones
+    if backend_name == "slurm":
+        again = "; a requeued attempt starts with the same ones (sbatch took this environment at submission)"
+    elif backend_name == "sky" and spec.managed_job:
+        again = "; a recovery (SkyPilot's, after a preemption or a lost node) starts with the same ones"
+    resume = f"once it stops, export fresh ones ({AWS_EXPORT}) and launch it again: it resumes from its last checkpoint"
+    temporary = "the AWS session credentials the job gets (AWS_SESSION_TOKEN, temporary)"
+    if when is None:
+        unknown = f"{AWS_EXPIRATION} is unset" if not raw else f"{AWS_EXPIRATION} is no ISO 8601 time"
+        return [
+            Finding(
+                NOTE,
+                f"{temporary} expire at a time not known here ({unknown}): a run longer than they last loses "
+                f"{spec.output} when they expire{again}",
+                f"for a long run, {lasting}.",
+            )
+        ]
+    at = when.strftime("%Y-%m-%d %H:%M UTC")
+    if when <= now:
+        return [
+            Finding(
+                ERROR,
+                f"the AWS session credentials set here (AWS_SESSION_TOKEN) expired at {at} ({AWS_EXPIRATION}): the "
+                f"job could not reach {spec.output}",
+                f"export fresh ones ({AWS_EXPORT}; `aws sso login` first for an SSO profile), or {lasting}.",
+            )
+        ]
+    left, seconds = (when - now).total_seconds(), train_seconds(spec, plan)
+    said = f"{temporary} expire at {at}, in {_span(left)}"
+    queued = ", its wait in Slurm's queue" * (backend_name == "slurm")
+    if seconds is None:
+        why = (
+            "no throughput is predicted on CPU" if not plan.step_s else "the data is not on this machine: -o max_steps"
+        )
+        return [
+            Finding(
+                NOTE,
+                f"{said}; how long the run trains is not estimated ({why}): a run longer than that loses "
+                f"{spec.output} when they expire{again}",
+                f"for a long run, {lasting}.",
+            )
+        ]
+    if left < seconds:
+        return [
+            Finding(
+                WARNING,
+                f"{said}, and the run trains for {_span(seconds)} est. (at the plan's step time; its start, "
+                f"downloads{queued} and checkpoint writes come on top): the job loses {spec.output} when they "
+                f"expire, and its trainer stops there (the checkpoints in the store by then are kept){again}",
+                f"{lasting}; or, {resume}.",
+            )
+        ]
+    if again:
+        return [
+            Finding(
+                NOTE,
+                f"{said}, after the run's {_span(seconds)} of training est.{again}: one after {at} cannot reach "
+                f"{spec.output}",
+                f"for recoveries that keep reaching it, {lasting}.",
+            )
+        ]
+    return []
 
 
 def raise_if_errors(findings: list[Finding]) -> None:
@@ -1191,6 +1307,38 @@ def checkpoint_gb(plan) -> tuple[float, float]:
         return files * sixteen * params + ZERO_OPTIMIZER_BYTES * trainable, final_bytes * params
     files = 2 if plan.strategy == "fsdp" else 1
     return files * WEIGHT_BYTES * params + OPTIMIZER_BYTES * trainable, final_bytes * params
+
+
+# ------------------------------------------------------------------------------------------ duration
+BYTES_PER_TOKEN = 4  # a local data file's bytes a token, roughly (English text through a BPE tokenizer)
+
+
+def train_tokens(spec, plan) -> float | None:
+    """Tokens the run trains on (at most: every sequence full): max_steps of the plan's batch (what
+    per_device_train_batch_size and gradient_accumulation_steps make it), else the local data's epochs (each file's
+    bytes / BYTES_PER_TOKEN, times its data_mix weight); None for data that is not on this machine."""
+    if spec.max_steps > 0:
+        return float(spec.max_steps * plan.global_batch_size * spec.model_max_length)
+    from ftctl.demo import demo_data_path
+    from ftctl.spec import split_paths
+
+    paths = [demo_data_path() if p.startswith("builtin:") else Path(p) for p in split_paths(spec.data_path)]
+    if not all(p.is_file() for p in paths):
+        return None
+    weights = [w for _, w in spec.data_mix] if spec.data_mix else [1.0] * len(paths)
+    return spec.num_train_epochs * sum(p.stat().st_size * w for p, w in zip(paths, weights)) / BYTES_PER_TOKEN
+
+
+def train_seconds(spec, plan) -> float | None:
+    """Seconds the run trains, roughly: train_tokens at the plan's predicted step time (plan.step_s: its GPUs' peak at
+    plan.MFU, every sequence model_max_length tokens). The one estimate of a run's length: the price estimate
+    (ftctl.sky.cost) and the expiry of short-lived credentials (check_session_credentials) ask it. Training alone,
+    not the node's start, the model's download or the checkpoints' writing; None on CPU (no step time predicted) and
+    for data not on this machine without max_steps."""
+    tokens = train_tokens(spec, plan)
+    if tokens is None or not plan.step_s:
+        return None
+    return tokens / (plan.global_batch_size * spec.model_max_length) * plan.step_s
 
 
 # what a checkpoint is saved at, as the Trainer saves it and ftctl's manifest hashes it: 0.42-0.73 GB/s measured on
