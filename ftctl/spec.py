@@ -131,7 +131,10 @@ def as_run(key: str, value):
 
 # Learning rates that work for each method (FastChat uses 2e-5 for full fine-tuning; QLoRA paper 2e-4).
 METHOD_LEARNING_RATE = {"fft": 2e-5, "sft": 2e-5, "lora": 2e-4, "qlora": 2e-4}
-SECRETS = ["HF_TOKEN", "WANDB_API_KEY"]
+# Secrets passed to every job by name unless a run file's secrets list, or -o secrets=none, says otherwise (gated
+# models, pushes to the hub); each tracker's key only to a job that reports to it (REPORT_SECRETS): default_secrets
+SECRETS = ["HF_TOKEN"]
+REPORT_SECRETS = {"wandb": "WANDB_API_KEY"}
 REPORT_TO = ("none", "tensorboard", "wandb")
 
 
@@ -416,7 +419,8 @@ class RunSpec:
     # the GPUs asked for, else sky with a cloud enabled
     backend: str | None = None
     container: str | None = None  # docker:IMAGE | apptainer:IMAGE | pyxis:IMAGE (bare IMAGE = docker)
-    secrets: list[str] = field(default_factory=lambda: list(SECRETS))  # env var NAMES, never values
+    # env var NAMES, never values; unset: default_secrets (HF_TOKEN, and WANDB_API_KEY where report_to has wandb)
+    secrets: list[str] = field(default_factory=lambda: list(SECRETS))
     env: dict[str, str] = field(default_factory=dict)  # plain (non-secret) environment
     setup: list[str] = field(default_factory=list)  # shell lines before training ("module load cuda/12.4")
     s3_endpoint_url: str | None = None  # MinIO, R2, other S3-compatible stores
@@ -984,6 +988,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         layers.append(("-o", parse_overrides(overrides)))
     layers = _llama_factory_layers(layers, notes)  # across layers: -o mix_strategy=... with a run file's dataset
     values, errors, sources = {}, [], {}
+    own_secrets = False  # a run file's secrets list, or -o secrets=none, in place of default_secrets
     zero_asked = None  # the last DeepSpeed config read as a ZeRO strategy: its layer, its key, (strategy, how), note
     eos_asked = None  # TRL's eos_token as the last layer gave it: the key and layer, the token
     evaluation: dict[str, tuple[str, str]] = {}  # evaluation_strategy as given, and where: checked against the
@@ -1108,6 +1113,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 errors.append(f"{said} ({source}): {e}.")
                 continue
             typ, _ = _base_type(_HINTS[key])
+            own_secrets = own_secrets or (key == "secrets" and (source == "run file" or _clears(raw)))
             if typing.get_origin(typ) is list and source != "run file" and not _clears(raw):
                 base = values.get(key, FIELDS[key].default_factory())
                 val = base + [v for v in val if v not in base]  # flags/-o add to the list
@@ -1160,6 +1166,9 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     errors += precision_asked(precision, values, sources, notes)
     if errors:
         raise FtctlError(_join(errors))
+    if not own_secrets:  # the default set, which report_to settles whichever layer gave it, and what flags added
+        default = default_secrets(values.get("report_to", FIELDS["report_to"].default))
+        values["secrets"] = [*default, *(s for s in values.get("secrets", []) if s not in default)]
     spec = RunSpec(**values)
     if said := written_secret_problems(spec):  # before any line that repeats a value
         raise FtctlError(_join(said))
@@ -1941,6 +1950,14 @@ def written_values(spec: RunSpec) -> list[tuple[str, str]]:
         elif isinstance(value, dict):
             out += [(name, f"{k}={v}") for k, v in value.items()]
     return out
+
+
+def default_secrets(report_to: str) -> list[str]:
+    """The secrets a run passes by name unasked, the one owner of that set (spec.build settles spec.secrets with it; the
+    backends pass spec.secrets): SECRETS, and the key of each tracker report_to names (REPORT_SECRETS). W&B's key
+    reaches no job that does not log to W&B; --secret WANDB_API_KEY passes it all the same."""
+    named = {name.strip() for name in str(report_to).split(",")}
+    return [*SECRETS, *(key for tracker, key in REPORT_SECRETS.items() if tracker in named)]
 
 
 def report_integrations(value: str) -> list[str]:

@@ -21,7 +21,7 @@ def test_defaults():
     s = build()
     assert s == RunSpec()
     assert s.method == "lora" and s.model_name_or_path == spec_mod.DEMO_MODEL
-    assert s.secrets == ["HF_TOKEN", "WANDB_API_KEY"]
+    assert s.secrets == ["HF_TOKEN"]  # WANDB_API_KEY only where report_to has wandb (spec.default_secrets)
     assert s.lr == spec_mod.METHOD_LEARNING_RATE["lora"]
     assert s.name == "ftctl-lora-smollm2-135m-instruct"
     assert s.output == "runs/ftctl-lora-smollm2-135m-instruct"

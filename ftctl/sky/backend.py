@@ -63,7 +63,9 @@ def job_secrets(spec) -> list[str]:
     if files:
         click.echo(
             f"ftctl: not passed to the job, the nodes lack this machine's files: {', '.join(files)} (export the "
-            'store\'s keys instead; for a profile: eval "$(aws configure export-credentials --format env)")',
+            'store\'s keys instead; for a profile: eval "$(aws configure export-credentials --format env)", which '
+            "expire where the profile is SSO's or assumes a role; with --infra aws the nodes' IAM role (SkyPilot's "
+            "skypilot-v1) reaches S3 without keys)",
             err=True,
         )
     return [*spec.secrets, *store]

@@ -1,22 +1,21 @@
 """What a SkyPilot run would cost: the cheapest cloud/region/instance from SkyPilot's optimizer and
 catalog (through ftctl.sky.bridge, in-process, no API server), times the run's estimated hours.
 
-Hours = tokens to train / tokens per second. Tokens: max_steps x global batch x sequence length when
-max_steps is set, else epochs x the dataset's tokens (a local file's bytes / 4; unknown for a remote
-one). Tokens per second: the GPUs' dense bf16/fp16 peak x an assumed 35% utilisation / (6 x params
+Hours = tokens to train / tokens per second (preflight.train_seconds, which the expiry of short-lived
+credentials is checked against too). Tokens: max_steps x global batch x sequence length when max_steps
+is set, else epochs x the dataset's tokens (a local file's bytes / 4; unknown for a remote one).
+Tokens per second: the GPUs' dense bf16/fp16 peak x an assumed 35% utilisation / (6 x params
 for full updates, 4 x params for adapters, which skip the weight gradients). A rough figure, said so.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from ftctl.plan import MFU, Plan, tokens_per_second
+from ftctl.preflight import train_seconds, train_tokens
 from ftctl.slurm.render import gib, node_memory_gb
-from ftctl.spec import RunSpec, split_paths
-
-BYTES_PER_TOKEN = 4
+from ftctl.spec import RunSpec
 
 
 def memory_request(plan: Plan) -> str | None:
@@ -43,20 +42,6 @@ def no_vm(answer: dict, spec: RunSpec, plan: Plan) -> str:
     )
 
 
-def train_tokens(spec: RunSpec, plan: Plan) -> float | None:
-    """Tokens the run trains on (at most: every sequence full): max_steps of the plan's batch (what
-    per_device_train_batch_size and gradient_accumulation_steps make it), else the local data's epochs."""
-    if spec.max_steps > 0:
-        return float(spec.max_steps * plan.global_batch_size * spec.model_max_length)
-    from ftctl.demo import demo_data_path
-
-    paths = [demo_data_path() if p.startswith("builtin:") else Path(p) for p in split_paths(spec.data_path)]
-    if not all(p.is_file() for p in paths):
-        return None
-    weights = [w for _, w in spec.data_mix] if spec.data_mix else [1.0] * len(paths)
-    return spec.num_train_epochs * sum(p.stat().st_size * w for p, w in zip(paths, weights)) / BYTES_PER_TOKEN
-
-
 def describe(best: dict, spec: RunSpec, plan: Plan) -> str:
     if "unavailable" in best:
         return f"{'cheapest':<14} unknown: {best['unavailable']}"
@@ -72,7 +57,7 @@ def describe(best: dict, spec: RunSpec, plan: Plan) -> str:
             "the dataset is not local (set -o max_steps)" if tokens is None else f"no throughput figure for {plan.tier}"
         )
         return line + f"\n{'est. total':<14} unknown: {why}"
-    hours = tokens / rate / 3600
+    hours = train_seconds(spec, plan) / 3600  # tokens at the plan's step time: the one estimate of the run's length
     return line + (
         f"\n{'est. total':<14} ${hours * hourly:,.2f} for {_duration(hours)} of training "
         f"({tokens:,.0f} tokens at ~{rate:,.0f} tokens/s, {MFU:.0%} of peak assumed)\n{'':<14} {not_counted(spec, plan)}"
