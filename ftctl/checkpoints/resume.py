@@ -189,7 +189,7 @@ def download_checkpoint(
             kept.add(entry["path"])
             return
         try:
-            storage.get_file(storage.join(ckpt_uri, *parts), os.path.join(tmp, *parts), fs=fs)
+            storage.get_file(storage.join(ckpt_uri, *parts), os.path.join(tmp, *parts), fs=fs, size=entry["size"])
         except FileNotFoundError as exc:  # which one, of those at once (the store's message names none)
             raise FileNotFoundError(f"{entry['path']}: {exc}") from exc
 
