@@ -29,6 +29,12 @@ All varlen kernels take the per-document boundaries (``cu_seq_lens_q/k`` int32, 
 int) that TRL's padding-free collator computes once per batch on the CPU; they reach every layer as
 model kwargs, so no layer derives them from ``position_ids`` (a host sync per layer).
 
+Packing is exact where every layer keeps the documents apart: attention does (above), but a model with linear
+attention or state-space layers (Qwen3.5, Qwen3-Next, Granite 4 hybrid, Falcon-H1, Kimi Linear: RECURRENT_MODEL_TYPES)
+carries a state along the row, reset at the boundaries only by CUDA kernels that transformers hands them to
+(BOUNDARY_KERNELS: flash-linear-attention, causal-conv1d, mamba-ssm). Such a model is not packed by default
+(``default_packing``), and a packed run is refused where those kernels do not run (``packing_refused``).
+
 Liger's layer kernels (RoPE, RMSNorm, SwiGLU or GeGLU) are applied to the types of LIGER_MODEL_TYPES on CUDA
 when liger-kernel is installed. The head's cross-entropy is ftctl's (lm_head.py: TRL's fused-head kernels,
 the gradients taken in the forward; TRL's own head where it cannot run): the (tokens x vocab) logits never
@@ -65,6 +71,38 @@ MASKED_ATTENTION = frozenset({SDPA, EAGER, "flex_attention"})
 # them, hands the sinks only to a flash kernel that takes them (flash-attn 2 runs without them, silently) and
 # ftctl's varlen function refuses them, so they run eager attention
 ATTENTION_SINKS = frozenset({"gpt_oss"})
+# model_type values (transformers 5.25) with layers that carry a state along the row: linear attention (Gated
+# DeltaNet, KDA), state-space (Mamba) or recurrent layers, and their short causal convolutions. A packed row's
+# documents stay apart in them only where each such layer's kernel is handed the batch's boundaries (cu_seqlens or
+# seq_idx, from TRL's padding-free collator); transformers' torch paths take none: a packed batch stops at its first
+# step where the collator passes them (ValueError: "`causal_conv1d_fn` can't keep packed sequences apart without
+# `causal_conv1d`"), and the second document reads the first, silently, where none are passed (explore47:
+# bench/hybrid_packing_gpu.py). Whole models' types and their text models' alike.
+RECURRENT_MODEL_TYPES = frozenset(
+    {"qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next", "olmo_hybrid", "lara_mini"}
+    | {"qwen4_exp", "qwen4_exp_text", "kimi_linear", "bailing_hybrid", "glm5_next", "glm5_next_text"}
+    | {"granitemoehybrid", "falcon_h1", "bamba", "nemotron_h", "zamba", "zamba2", "jamba", "mamba", "mamba2"}
+    | {"falcon_mamba", "lfm2", "lfm2_moe", "lfm3", "lfm3_vl", "recurrent_gemma", "zaya", "inkling_text"}
+    | {"inkling_mm_model", "inkling2", "inkling2_text", "inkling2_loop", "inkling2_loop_text"}
+)
+# The CUDA kernels (distribution, module, function) that transformers 5.25 hands the boundaries of a packed batch, for
+# the types read whose every recurrent layer gets them: Gated DeltaNet's chunk_gated_delta_rule(cu_seqlens=) and its
+# convolution's causal_conv1d_fn(seq_idx=); Mamba-2's fused mamba_split_conv1d_scan_combined(seq_idx=) in training,
+# mamba_chunk_scan_combined and causal_conv1d_fn in evaluation. The other recurrent types: none (Kimi Linear hands
+# its KDA layers no cu_seqlens: fla's chunk_kda would read across documents) or not read.
+GATED_DELTA = ("flash-linear-attention", "fla.ops.gated_delta_rule", "chunk_gated_delta_rule")
+CONV1D = ("causal-conv1d", "causal_conv1d", "causal_conv1d_fn")
+MAMBA2 = ("mamba-ssm", "mamba_ssm.ops.triton.ssd_combined", "mamba_split_conv1d_scan_combined")
+BOUNDARY_KERNELS = {
+    **dict.fromkeys(
+        ("qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next", "olmo_hybrid"),
+        (GATED_DELTA, CONV1D),
+    ),
+    **dict.fromkeys(("granitemoehybrid", "falcon_h1"), (MAMBA2, CONV1D)),
+}
+# model_type values whose attention mask transformers builds without the position ids (Granite 4 hybrid): under a
+# masked attention (sdpa, eager) a packed row's documents attend to each other; the varlen kernels keep them apart
+MASK_WITHOUT_POSITIONS = frozenset({"granitemoehybrid"})
 # model_type values whose Liger patch covers RoPE, RMSNorm and the gated MLP (SwiGLU; GeGLU for Gemma) the way
 # Llama's does; Gemma's and Phi-3's measured against transformers' own layers (bench/NOTES.md v63)
 LIGER_MODEL_TYPES = frozenset(
@@ -111,9 +149,67 @@ def keeps_scores(planned: str, gpu_flash: bool, softcap: bool, sinks: bool = Fal
     return plan_attention(planned, gpu_flash, softcap, sinks) == EAGER
 
 
-def default_packing(attn: str) -> bool:
-    """Packing by default where it costs nothing: attentions that take per-sample boundaries."""
-    return attn in VARLEN_ATTENTION
+def default_packing(attn: str, model_type: str | None = None) -> bool:
+    """Packing by default where it costs nothing and is exact: attentions that take per-sample boundaries, in a
+    model without recurrent layers (RECURRENT_MODEL_TYPES: exact only with kernels a node may lack)."""
+    return attn in VARLEN_ATTENTION and model_type not in RECURRENT_MODEL_TYPES
+
+
+def packing_refused(
+    model_type: str | None, on_cpu: bool, missing: tuple = (), attention: str | None = None
+) -> str | None:
+    """Why a packed run of this model would not keep its documents apart, in one line that says what to do; None
+    where it would (or may: at plan time, a GPU node's kernels are not known). ``missing``: the distributions of
+    BOUNDARY_KERNELS that do not import in this process (``missing_boundary_kernels``); ``attention``: the
+    attention that runs, where known."""
+    if model_type not in RECURRENT_MODEL_TYPES:
+        return None
+    kernels = BOUNDARY_KERNELS.get(model_type)
+    off = "-o packing=false (its default: rows are padded, not packed)"
+    if kernels is None:
+        return (
+            f"packing is not exact for {model_type}: its linear-attention or state-space layers carry a state along "
+            "the row, and transformers hands them no document boundaries (or ftctl has not checked that it does), so "
+            f"each packed document would read the ones before it: {off}"
+        )
+    names = " and ".join(dist for dist, _, _ in kernels)
+    if on_cpu:
+        return (
+            f"packing is not exact for {model_type} on CPU: its linear-attention or state-space layers keep packed "
+            f"documents apart only through {names} on a CUDA GPU: {off}"
+        )
+    if missing:
+        return (
+            f"packing {model_type} needs {names} on the GPU to keep its documents apart in its linear-attention or "
+            f"state-space layers, and {', '.join(missing)} does not import here: pip install {' '.join(missing)} "
+            f"on the node, or {off}"
+        )
+    if model_type in MASK_WITHOUT_POSITIONS and attention is not None and attention not in VARLEN_ATTENTION:
+        return (
+            f"packing {model_type} under {attention} attention would let its documents attend to each other "
+            "(transformers builds its mask without the position ids that mark them); varlen attention keeps them "
+            f"apart (flash-attn or torch's varlen_attn, on Ampere or newer): {off}"
+        )
+    return None
+
+
+def missing_boundary_kernels(model_type: str | None) -> tuple:
+    """The distributions of the model type's BOUNDARY_KERNELS whose function does not import here (all of them
+    without a CUDA GPU, where transformers runs its torch paths instead)."""
+    kernels = BOUNDARY_KERNELS.get(model_type, ())
+    import torch
+
+    if not torch.cuda.is_available():
+        return tuple(dist for dist, _, _ in kernels)
+    missing = []
+    for dist, module, function in kernels:
+        try:
+            found = hasattr(importlib.import_module(module), function)
+        except Exception:  # absent, or built for another torch/CUDA: transformers falls back the same way
+            found = False
+        if not found:
+            missing.append(dist)
+    return tuple(missing)
 
 
 def packing_supported(attn: str | None) -> bool:
@@ -357,9 +453,19 @@ def resolve(
 ) -> Kernels:
     """What this process really runs for the plan's attention, registered with transformers (``packed``: every
     batch comes from TRL's padding-free collator, see ``register_varlen``; ``shape``: the model's attention, which
-    each kernel must run (``runnable``) and whose soft cap (Gemma 2) torch's varlen kernels and SDPA cannot)."""
+    each kernel must run (``runnable``) and whose soft cap (Gemma 2) torch's varlen kernels and SDPA cannot).
+    A packed run of a model with recurrent layers is refused, before the model loads, where they would not keep its
+    documents apart (``packing_refused``)."""
+    if packed and model_type in RECURRENT_MODEL_TYPES:
+        missing = () if on_cpu else missing_boundary_kernels(model_type)
+        if why := packing_refused(model_type, on_cpu, missing):
+            raise FtctlError(why)
     softcap = shape is not None and bool(shape.softcap)
     name = runnable(planned, on_cpu, shape, gpu)
+    if packed and model_type in RECURRENT_MODEL_TYPES:
+        if why := packing_refused(model_type, on_cpu, attention=name):
+            raise FtctlError(why)
+        log.info("packing %s: its recurrent layers take the documents' boundaries (cu_seqlens, seq_idx)", model_type)
     if softcap and name == TORCH_VARLEN:
         raise FtctlError(
             "this model soft-caps its attention logits (attn_logit_softcapping, Gemma 2), which torch's varlen "
@@ -485,6 +591,8 @@ def varlen_attention_forward(
     else:
         cu_q = cu_k = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device=query.device)
         max_q = max_k = s
+    if (why := _llama4_problem(module, s, max_k, packed=kwargs.get("cu_seq_lens_q") is not None)) is not None:
+        raise FtctlError(why)
     q, k, v = (t.transpose(1, 2).reshape(b * s, t.shape[1], d) for t in (query, key, value))
     if keep is not None:
         q, k, v = q[keep], k[keep], v[keep]
@@ -501,6 +609,35 @@ def varlen_attention_forward(
         full[keep] = out
         out = full
     return out.reshape(b, s, hq, d)[..., :dv], None
+
+
+def _llama4_problem(module, row: int, longest: int, packed: bool) -> str | None:
+    """Where this attention layer of Llama 4 would not compute what the model does, and what to do (None elsewhere):
+    its chunked layers attend within attention_chunk_size tokens (8192), which no varlen kernel does (a document
+    longer than that would attend to all of it, silently; transformers refuses flash_attention_2 there), and its
+    NoPE layers scale their queries by the token's place in the row past floor_scale tokens (attn_temperature_tuning,
+    from the row, not the position ids), so a packed row longer than that scales its later documents' queries as
+    their place in the row says. Both only past 8192 tokens (explore47)."""
+    cfg = getattr(module, "config", None)
+    chunk = getattr(cfg, "attention_chunk_size", None)
+    if chunk is None or getattr(cfg, "model_type", None) not in ("llama4_text", "llama4"):
+        return None
+    types = getattr(cfg, "layer_types", None) or ()
+    index = getattr(module, "layer_idx", None)
+    if index is not None and index < len(types) and types[index] == "chunked_attention" and longest > chunk:
+        return (
+            f"Llama 4's chunked attention layers attend within {chunk}-token chunks, which the varlen kernels do not, "
+            f"and a row here holds a {longest}-token document: -o model_max_length={chunk}, or "
+            "-o attn_implementation=sdpa -o packing=false (exact, slower)"
+        )
+    floor = getattr(module, "floor_scale", None)
+    if packed and getattr(module, "attn_temperature_tuning", False) and not module.use_rope and floor and row > floor:
+        return (
+            f"Llama 4's NoPE layers scale their queries by a token's place in the row past {floor} tokens "
+            f"(attn_temperature_tuning), which a packed row of {row} tokens gets wrong for its later documents: "
+            f"-o model_max_length={floor}, or -o packing=false"
+        )
+    return None
 
 
 @functools.cache
