@@ -77,7 +77,7 @@ def job(job_id, status):
     )
 
 
-def launch(records, queue=()):
+def launch(records, queue=(), named=True):
     asked, said = [], []
     answers = {"status": records, "queue": list(queue)}
     sky.status = lambda names: ("status", names)
@@ -86,7 +86,7 @@ def launch(records, queue=()):
     sky.launch = lambda task, **kw: asked.append("launch") or ("launch",)
     sky.stream_and_get = lambda request: (5, None)
     sdk.say = said.append
-    out = sdk.launch(task_yaml, None, "dev", False, False, 30, [])
+    out = sdk.launch(task_yaml, None, "dev", False, False, 30, [], named=named)
     return {"out": out, "asked": asked, "said": said}
 
 
@@ -99,6 +99,7 @@ cases = {
         [job(3, JobStatus.RUNNING), job(4, JobStatus.PENDING), job(2, JobStatus.SUCCEEDED)],
     ),
     "gcp 1024 up, idle": launch(record(disk=1024, **gcp), [job(2, JobStatus.FAILED)]),
+    "gcp 1024 up, jobs, the run's own": launch(record(disk=1024, **gcp), [job(3, JobStatus.RUNNING)], named=False),
     "gcp 1024 stopped": launch(record(disk=1024, status="STOPPED", **gcp)),
     "none": launch([]),
     "slurm 256": launch(record("slurm", 256)),
@@ -202,6 +203,8 @@ def test_a_job_that_queues_behind_others_says_so_before_it_is_sent(sky_side):
     assert line.startswith("ftctl: cluster dev has job 3 (RUNNING), job 4 (PENDING) in its queue: this job queues ")
     assert "behind them until the GPUs it asks for are free" in line and "queue dev` lists them" in line
     assert cases["gcp 1024 up, idle"]["said"] == []  # only ended jobs
+    # a run's own cluster (no --cluster): not asked (sky.queue asks its head: 8 s on the test infra)
+    assert cases["gcp 1024 up, jobs, the run's own"]["asked"] == ["launch"]
     assert "queue" not in cases["gcp 1024 stopped"]["asked"]  # a stopped cluster runs no job: not asked
 
 
@@ -212,13 +215,15 @@ def test_the_refusal_is_one_line_and_leaves_the_run_dir_as_it_was(sky_side, tmp_
     monkeypatch.setenv("FTCTL_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(sky_backend, "stage_source", lambda dest: dest)
     answer = sky_side["cases"]["gcp 256 up"]["out"]
-    monkeypatch.setattr(bridge, "call", lambda op, **kw: answer)
+    asked = []
+    monkeypatch.setattr(bridge, "call", lambda op, **kw: asked.append(kw) or answer)
     for hash_, job in (("older", "dev/1"), ("made-by-lora", "dev/2")):
         extra = {"cluster": "dev", "sky_job_id": int(job[-1]), "managed": False, "cluster_hash": hash_}
         record_job(JobRef("sky", job, str(tmp_path / "runs" / "lora"), "lora", f"{s3_bucket}/lora", extra=extra))
     rendered = sky(method="fft", cluster="dev", output_dir=f"{s3_bucket}/fft")
     with pytest.raises(NotSent) as e:
         sky_backend.SkyBackend().submit(rendered)
+    assert asked[-1]["cluster"] == "dev" and asked[-1]["named"] is True  # --cluster's: its queue is asked
     said = str(e.value)
     assert "\n" not in said and said.startswith("cluster dev has 256 GiB of disk on its nodes, as it was launched")
     assert f"(its disk_size: {sky_side['disk_size']} GiB)" in said and "stages up to ~" in said
@@ -239,6 +244,7 @@ def test_each_run_has_a_cluster_and_a_node_directory_of_its_own(tmp_path, monkey
     for r in runs:
         sky_backend.SkyBackend().send(r)
     clusters = [kw["cluster"] for kw in sent]
+    assert not any(kw["named"] for kw in sent)  # the run's own: its queue not asked (sdk.launch)
     assert clusters[0] != clusters[1] and clusters[0] == clusters[2]
     assert clusters == [run_dir_for(r.spec).name for r in runs] == [r.paths.root.name for r in runs]
     assert clusters[0].startswith(runs[0].spec.name + "-")

@@ -198,6 +198,7 @@ class SkyBackend(Backend):
             down=spec.down,
             idle_minutes=idle,
             secrets=secrets,
+            named=bool(spec.cluster),
         )
         if short := out.get("short_disk"):  # sdk.launch sent nothing
             raise NotSent(short_disk(spec, rendered.plan, cluster, short))

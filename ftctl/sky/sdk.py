@@ -133,13 +133,16 @@ def launch(
     down: bool,
     idle_minutes: int | None,
     secrets: list[str],
+    named: bool = False,
 ) -> dict:
     """Launch the task: a managed job (``managed``) named ``cluster``, else ``sky.launch`` on the cluster ``cluster``
     with an idle autostop (or ``down``). An up cluster is reused by sky.launch too, never sky.exec: that runs no setup
     (what this run needs beyond an earlier run's, wandb or gcsfs, was missing, and its -o setup lines were dropped),
     syncs no file_mounts and sets no autodown. A cluster there already is checked first: where its disk is smaller
-    than the task's, nothing is launched ({"short_disk": short_disk's, its "cluster_hash" and "sky"}); where jobs
-    wait or run on it, one line says this one queues behind them (queued_behind)."""
+    than the task's, nothing is launched ({"short_disk": short_disk's, its "cluster_hash" and "sky"}); a cluster the
+    user ``named`` (--cluster) where jobs wait or run: one line says this one queues behind them (queued_behind; its
+    sky.queue asks the cluster's head, 8 s on the loaded test infra, so not for a run's own cluster, where a job
+    still running is this run's, which launch refused before)."""
     sky = _sky()
     import yaml
 
@@ -163,7 +166,7 @@ def launch(
         return {"job_id": int(job_ids[0]), "cluster": None, "managed": True}
     if (found := sky.get(sky.status([cluster]))) and (short := short_disk(found[0], task)):
         return {"short_disk": {**short, "cluster_hash": _get(found[0], "cluster_hash"), "sky": sky_cli()}}
-    if found and (line := queued_behind(sky, cluster, found[0])):
+    if named and found and (line := queued_behind(sky, cluster, found[0])):
         say(line)
     job_id, _ = sky.stream_and_get(
         sky.launch(task, cluster_name=cluster, idle_minutes_to_autostop=idle_minutes, down=down)
