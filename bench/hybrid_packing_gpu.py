@@ -14,10 +14,14 @@ Each under sdpa (the mask transformers builds from the restarting position ids) 
 (ftctl_varlen: cu_seq_lens; on CPU ftctl's per-document reference, on a CUDA GPU torch's varlen_attn).
 
     python3 bench/hybrid_packing_gpu.py --out DIR [--device cpu|cuda] [--dtype float32|bfloat16] [--types a,b]
+        [--emulate fla,causal_conv1d,mamba_ssm|all]
 
 On the device machine (no fla, causal-conv1d, mamba-ssm): transformers' torch paths, as on CPU. With
 flash-linear-attention / causal-conv1d / mamba-ssm installed (wheels carried along), transformers takes their kernels
-on CUDA; the "kernels" field of the output says which imported.
+on CUDA; the "kernels" field of the output says which imported. With fla on a CUDA GPU, its kernels are also checked
+alone (fla_direct). --emulate puts torch stand-ins in place of those packages (CPU, or the ones a GPU lacks): each runs
+transformers' own reference per document that the boundaries it is handed name, and "handed" records which
+boundaries (cu_seqlens, seq_idx) transformers handed each kernel: the plumbing, read without the kernels.
 """
 
 from __future__ import annotations
@@ -89,11 +93,13 @@ def kernels_here() -> dict:
     return out
 
 
-SEEN: dict = {}  # --emulate-kernels: kernel name -> the boundary arguments it was handed, per call
+EMULATED = ("fla", "causal_conv1d", "mamba_ssm")
+SEEN: dict = {}  # --emulate: kernel name -> the boundary arguments it was handed, per call
 
 
-def emulate_kernels() -> None:
-    """Stand-ins for flash-linear-attention, causal-conv1d and mamba-ssm on CPU, to read transformers' plumbing
+def emulate_kernels(packages: set) -> None:
+    """Stand-ins for flash-linear-attention, causal-conv1d and mamba-ssm (``packages``: of fla, causal_conv1d,
+    mamba_ssm) on CPU or beside the real others on a GPU, to read transformers' plumbing
     without a GPU: each takes the real kernel's parameters (transformers hands a kernel only those), runs
     transformers' own torch reference on each document its boundaries (cu_seqlens or seq_idx) name, and records
     which boundaries it was handed (SEEN). Installed before any model's module is imported."""
@@ -104,8 +110,8 @@ def emulate_kernels() -> None:
     import torch.nn.functional as F
     from transformers.integrations import hub_kernels
 
-    for package, devices in hub_kernels._PACKAGE_SUPPORTED_DEVICES.items():
-        hub_kernels._PACKAGE_SUPPORTED_DEVICES[package] = (*devices, "cpu")
+    for package in packages:
+        hub_kernels._PACKAGE_SUPPORTED_DEVICES[package] = ("cuda", "cpu")
 
     def spans(n, cu_seqlens=None, seq_idx=None):
         if cu_seqlens is not None:
@@ -196,12 +202,54 @@ def emulate_kernels() -> None:
         "mamba_ssm.ops.triton.selective_state_update": dict(selective_state_update=unused),
     }  # fmt: skip
     for name, functions in tree.items():
+        if name.split(".")[0] not in packages:
+            continue
         module = types.ModuleType(name)
         module.__dict__.update(functions)
         sys.modules[name] = module
         if "." in name:
             parent, leaf = name.rsplit(".", 1)
             setattr(sys.modules[parent], leaf, module)
+
+
+def fla_direct(device, dtype) -> dict:
+    """flash-linear-attention's own kernels (a CUDA GPU with the wheel installed): two documents in one row with
+    cu_seqlens against each alone, for chunk_gated_delta_rule (Qwen3.5/Qwen3-Next/OLMo hybrid) and chunk_kda (Kimi
+    Linear, which transformers calls without cu_seqlens): the largest output difference, and without cu_seqlens."""
+    import torch
+
+    out = {}
+    gen = torch.Generator(device=device).manual_seed(0)
+    lengths, heads, dim = (300, 200), 4, 64
+    total = sum(lengths)
+    cu = torch.tensor([0, lengths[0], total], dtype=torch.int32, device=device)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, device=device) * scale).to(dtype)
+
+    for name, module, gate in (
+        ("chunk_gated_delta_rule", "fla.ops.gated_delta_rule", (1, total, heads)),
+        ("chunk_kda", "fla.ops.kda", (1, total, heads, dim)),
+    ):
+        try:
+            import importlib
+
+            fn = getattr(importlib.import_module(module), name)
+            q, k, v = (rand(1, total, heads, dim) for _ in range(3))
+            g = -torch.rand(*gate, generator=gen, device=device).to(dtype) * 0.5  # log decay <= 0
+            beta = torch.rand(1, total, heads, generator=gen, device=device).to(dtype)
+            kw = dict(use_qk_l2norm_in_kernel=True)
+            packed = fn(q, k, v, g=g, beta=beta, cu_seqlens=cu.long(), **kw)[0]
+            plain = fn(q, k, v, g=g, beta=beta, **kw)[0]
+            lo = lengths[0]
+            alone = fn(q[:, lo:], k[:, lo:], v[:, lo:], g=g[:, lo:], beta=beta[:, lo:], **kw)[0]
+            out[name] = {
+                "cu_seqlens_vs_alone": float((packed[:, lo:] - alone).abs().max()),
+                "no_cu_seqlens_vs_alone": float((plain[:, lo:] - alone).abs().max()),
+            }
+        except Exception as e:  # absent, or refusing this shape or dtype
+            out[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return out
 
 
 def build(model_type: str, attn: str, dtype, device):
@@ -286,10 +334,15 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (CUDA default)")
     parser.add_argument("--types", default=",".join(TYPES), help="comma-separated model types")
     parser.add_argument("--attn", default="sdpa,ftctl_varlen", help="attentions to try")
-    parser.add_argument("--emulate-kernels", action="store_true", help="CPU stand-ins for fla/causal-conv1d/mamba-ssm")
+    parser.add_argument(
+        "--emulate", default="", help="stand-ins for these of fla,causal_conv1d,mamba_ssm (or all): torch per document"
+    )
     args = parser.parse_args()
-    if args.emulate_kernels:
-        emulate_kernels()
+    emulated = set(EMULATED if args.emulate == "all" else filter(None, args.emulate.split(",")))
+    if emulated - set(EMULATED):
+        parser.error(f"--emulate takes {','.join(EMULATED)} or all")
+    if emulated:
+        emulate_kernels(emulated)
 
     import torch
     import transformers
@@ -305,9 +358,13 @@ def main() -> None:
         "transformers": transformers.__version__,
         "dtype": str(dtype),
         "docs": DOCS,
-        "kernels": "emulated on CPU (--emulate-kernels)" if args.emulate_kernels else kernels_here(),
+        "kernels": kernels_here(),
+        "emulated": sorted(emulated),
         "types": {},
     }
+    if device == "cuda" and "fla" not in emulated and result["kernels"]["fla"] is True:
+        result["fla_direct"] = fla_direct(device, dtype)
+        print("fla_direct", json.dumps(result["fla_direct"]), flush=True)
     for model_type in args.types.split(","):
         for attn in args.attn.split(","):
             t0 = time.time()
