@@ -143,6 +143,7 @@ from ftctl.trainer.attention import (
     describe,
     head_width,
     keeps_scores,
+    packing_refused,
     plan_attention,
 )
 
@@ -1318,7 +1319,9 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         notes.append("optimizer and weights offloaded to CPU RAM: expect slow steps")
     if host_need and not spec.host_memory_gb:
         notes.append(_host_note(spec, host_gb, host_need))
-    packing = spec.packing if spec.packing is not None else default_packing(attn)
+    packing = spec.packing if spec.packing is not None else default_packing(attn, shape.model_type)
+    if packing and (why := packing_refused(shape.model_type, req.is_cpu, attention=attn)):  # kernels: trainer
+        raise FtctlError(why)
     if packing and spec.packing is None and (spec.per_device_train_batch_size or spec.gradient_accumulation_steps):
         notes.append(  # the batch of another tool's run file, which counted conversations
             f"packing: each of the {real_global} sequences a step is a {spec.model_max_length:,}-token row of several "

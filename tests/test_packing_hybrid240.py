@@ -18,7 +18,14 @@ def test_hybrid_models_are_not_packed_by_default():
     """The plan's default (plan.py asks default_packing): varlen attention packs an attention-only model, never one
     with recurrent layers, whose exactness depends on kernels the node may not have."""
     assert attention.default_packing(VARLEN, "qwen3") and attention.default_packing(VARLEN, "llama4")
-    for model_type in ("qwen3_5", "qwen3_5_moe_text", "qwen3_next", "granitemoehybrid", "falcon_h1", "kimi_linear"):
+    for model_type in (
+        "qwen3_5",
+        "qwen3_5_moe_text",
+        "qwen3_next",
+        "granitemoehybrid",
+        "falcon_h1",
+        "kimi_linear",
+    ):
         assert not attention.default_packing(VARLEN, model_type), model_type
     assert not attention.default_packing(SDPA, "qwen3")
 
@@ -35,23 +42,35 @@ def test_a_packed_hybrid_run_is_refused_before_the_model_loads(monkeypatch):
 
     # a GPU node: refused while a kernel that takes the boundaries does not import, taken where all do
     monkeypatch.setattr(attention, "missing_boundary_kernels", lambda model_type: ("mamba-ssm",))
-    with pytest.raises(FtctlError, match="needs mamba-ssm and causal-conv1d on the GPU .* pip install mamba-ssm on"):
+    with pytest.raises(
+        FtctlError,
+        match="needs mamba-ssm and causal-conv1d on the GPU .* pip install mamba-ssm on",
+    ):
         attention.resolve(SDPA, "granitemoehybrid", on_cpu=False, packed=True)
     monkeypatch.setattr(attention, "missing_boundary_kernels", lambda model_type: ())
     assert attention.resolve(SDPA, "falcon_h1", on_cpu=False, packed=True).attn_implementation == SDPA
     # Granite 4 hybrid's mask leaves the position ids out: packed only under varlen attention
-    with pytest.raises(FtctlError, match="packing granitemoehybrid under sdpa attention would let its documents"):
+    with pytest.raises(
+        FtctlError,
+        match="packing granitemoehybrid under sdpa attention would let its documents",
+    ):
         attention.resolve(SDPA, "granitemoehybrid", on_cpu=False, packed=True)
     monkeypatch.setattr(attention, "runnable", lambda *a, **k: attention.TORCH_VARLEN)
     kernels = attention.resolve(VARLEN, "granitemoehybrid", on_cpu=False, packed=True)
     assert kernels.attn_implementation == attention.TORCH_VARLEN
     # Kimi Linear: transformers hands its KDA layers no cu_seqlens, whatever is installed
-    with pytest.raises(FtctlError, match="packing is not exact for kimi_linear: .* no document boundaries"):
+    with pytest.raises(
+        FtctlError,
+        match="packing is not exact for kimi_linear: .* no document boundaries",
+    ):
         attention.resolve(SDPA, "kimi_linear", on_cpu=False, packed=True)
 
 
 def test_missing_boundary_kernels_without_a_gpu():
-    assert attention.missing_boundary_kernels("qwen3_5") == ("flash-linear-attention", "causal-conv1d")
+    assert attention.missing_boundary_kernels("qwen3_5") == (
+        "flash-linear-attention",
+        "causal-conv1d",
+    )
     assert attention.missing_boundary_kernels("qwen3") == ()
 
 
@@ -70,7 +89,12 @@ def test_every_recurrent_model_type_of_transformers_is_known():
         spec = importlib.util.find_spec(f"transformers.models.{model_type_to_module_name(model_type)}")
         if spec and any(marker.search(f.read_text()) for f in Path(spec.origin).parent.glob("modeling_*.py")):
             recurrent.add(model_type)
-    assert {"qwen3_5", "granitemoehybrid", "kimi_linear", "falcon_h1"} <= recurrent  # the marker finds them
+    assert {
+        "qwen3_5",
+        "granitemoehybrid",
+        "kimi_linear",
+        "falcon_h1",
+    } <= recurrent  # the marker finds them
     assert recurrent <= attention.RECURRENT_MODEL_TYPES, sorted(recurrent - attention.RECURRENT_MODEL_TYPES)
     assert not recurrent & {"qwen3", "llama4", "gemma3", "gemma4", "llama"}
 
@@ -98,13 +122,60 @@ def test_llama4_past_its_chunk_or_floor_scale_is_refused_by_the_varlen_attention
     ids = torch.arange(2, 23)[None]  # 21 tokens
     with torch.no_grad():
         with pytest.raises(
-            FtctlError, match="chunked attention layers attend within 8-token chunks, .* a 21-token document"
+            FtctlError,
+            match="chunked attention layers attend within 8-token chunks, .* a 21-token document",
         ):
             _llama4(attention_chunk_size=8)(input_ids=ids, use_cache=False)
         model = _llama4(attention_chunk_size=64, floor_scale=8)
         model(input_ids=ids, use_cache=False)  # one document: its own place in the row
         cu = torch.tensor([0, 13, 21], dtype=torch.int32)
-        packed = dict(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=13, max_length_k=13, use_cache=False)
+        packed = dict(
+            cu_seq_lens_q=cu,
+            cu_seq_lens_k=cu,
+            max_length_q=13,
+            max_length_k=13,
+            use_cache=False,
+        )
         position_ids = torch.cat([torch.arange(13), torch.arange(8)])[None]
-        with pytest.raises(FtctlError, match="NoPE layers scale .* past 8 tokens .* packed row of 21 tokens"):
+        with pytest.raises(
+            FtctlError,
+            match="NoPE layers scale .* past 8 tokens .* packed row of 21 tokens",
+        ):
             model(input_ids=ids, position_ids=position_ids, **packed)
+
+
+# Qwen3.5's text model (Qwen/Qwen3.5-*'s text_config: numbers only, 4 layers): 3 Gated DeltaNet layers, 1 attention
+QWEN35 = dict(
+    model_type="qwen3_5_text", hidden_size=2048, intermediate_size=6144, num_hidden_layers=4, num_attention_heads=16,
+    num_key_value_heads=2, head_dim=256, vocab_size=248320, linear_num_key_heads=16, linear_num_value_heads=32,
+    linear_key_head_dim=128, linear_value_head_dim=128, linear_conv_kernel_dim=4, max_position_embeddings=262144,
+    layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+)  # fmt: skip
+
+
+def test_the_plan_packs_no_hybrid_model_and_refuses_it_on_cpu(tmp_path):
+    """ftctl plan --gpus 1xH100 of Qwen3.5: varlen attention without packing (before: "+ packing", and the run
+    stopped at its first step without flash-linear-attention and causal-conv1d); -o packing=true is left to the
+    node's kernels on a GPU, refused on CPU before the job; Granite 4 hybrid refused where the plan's attention is
+    sdpa (a V100)."""
+    import json
+
+    from ftctl.plan import make_plan
+    from tests.render_fixtures import make_spec
+
+    (tmp_path / "config.json").write_text(json.dumps(QWEN35))
+    plan = make_plan(make_spec(model=str(tmp_path), method="lora"), "1xH100")
+    assert plan.attn_implementation == VARLEN and not plan.packing
+    assert make_plan(make_spec(["packing=true"], model=str(tmp_path), method="lora"), "1xH100").packing
+    with pytest.raises(
+        FtctlError,
+        match="packing is not exact for qwen3_5_text on CPU: .* -o packing=false",
+    ):
+        make_plan(make_spec(["packing=true"], model=str(tmp_path), method="lora"), "cpu")
+    (tmp_path / "config.json").write_text(json.dumps({**QWEN35, "model_type": "granitemoehybrid"}))
+    assert make_plan(make_spec(["packing=true"], model=str(tmp_path), method="lora"), "1xH100").packing
+    with pytest.raises(FtctlError, match="packing granitemoehybrid under sdpa attention"):
+        make_plan(
+            make_spec(["packing=true"], model=str(tmp_path), method="lora"),
+            "1xV100-32GB",
+        )
