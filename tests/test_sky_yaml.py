@@ -19,6 +19,7 @@ import yaml
 from ftctl.errors import FtctlError
 from ftctl.plan import PlanError
 from ftctl.sky import render as sky_render
+from ftctl.sky.inputs import run_key
 from ftctl.spec import SECRETS, split_paths
 from tests.render_fixtures import prepared, sky_python, sky_validate, write_model_config
 
@@ -155,7 +156,7 @@ def test_tasks_ask_for_what_the_plan_says(matrix):
         # the disk holds what the run stages there (the model, checkpoints, the final model), at least 256 GB
         assert s["disk_size"] == [prep.spec.disk_size], f
         assert prep.spec.disk_size >= max(256, sky_render.disk_needed_gib(prep.spec, plan)), f
-        assert s["name"] == prep.spec.name
+        assert s["name"] == run_key(prep.spec)  # the run's own key, as its cluster's and its directory's on the nodes
         need = plan.host_memory_gb  # offload plans only (plan.offload_host_gb)
         assert s["memory"] == [f"{math.ceil(need * 1e9 / 2**30)}+" if need else None], f  # GiB
 
@@ -296,7 +297,7 @@ def test_local_inputs_ship_as_file_mounts_where_the_nodes_spec_names_them(tmp_pa
         "template": node["chat_template_path"],
         "model": node["model_name_or_path"],
     }
-    run_dir = f"~/ftctl-run/{prep.spec.name}"
+    run_dir = f"~/ftctl-run/{run_key(prep.spec)}"  # the run's own: runs share a cluster's home
     assert node["run_name"] == prep.spec.name == "ftctl-lora-my-model"  # not the shipped directory's name
     for key, path in named.items():
         assert path.startswith("./inputs/"), path
