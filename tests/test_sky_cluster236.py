@@ -150,7 +150,9 @@ def sky_side(tmp_path_factory):
     import shutil
 
     shutil.copytree(HERE / "catalog" / "v8", home / ".sky" / "catalogs" / "v8")  # offline: GCP's A100 rows
-    fft = sky(method="fft")
+    # no disk tier: the clusters of other infras below were launched without one, which SkyPilot (and sdk.launch,
+    # tiers_missing) would refuse a task naming disk_tier: best on, whatever its disk (tests/test_sky_resources235.py)
+    fft = sky(method="fft", disk_tier="default")
     task = tmp / "task.yaml"
     task.write_text(fft.text)
     longest = sky(model_name_or_path="o/" + "m" * 80, model_params="8b", output_dir="s3://b/" + "x" * 200)

@@ -245,5 +245,77 @@ def test_skypilot_reads_the_tiers_prices_them_and_parses_the_header(tmp_path, mo
     assert cluster["entrypoint"] == [str(best_net.paths.root.relative_to(tmp_path) / "task.yaml")]
     assert cluster["workdir"] == str(best_net.paths.root.relative_to(tmp_path) / "src")
     assert cluster["cluster"] == yaml.safe_load(best_net.text)["name"] and cluster["idle_minutes_to_autostop"] == 30
-    assert [s[0] for s in cluster["secret"]] == ["HF_TOKEN", "WANDB_API_KEY"]
+    assert [s[0] for s in cluster["secret"]] == ["HF_TOKEN"]  # W&B's key only where the run reports to W&B
     assert jobs["name"] == managed.spec.name and [s[0] for s in jobs["secret"]][-1] == "MY_TOKEN"
+
+
+# ------------------------------------------------------------------------------------------ a reused cluster
+# In SkyPilot's venv, as tests/test_sky_cluster236.py does: sky.status's record of an up cluster, built as SkyPilot's
+# API server sends it (a real handle through its encoder and decoder); sky.status, sky.launch the stand-ins.
+_SKY_REUSE = r"""
+import json, sys
+import sky
+from sky.backends import cloud_vm_ray_backend as vm
+from sky.schemas.api import responses
+from sky.server.requests.serializers import decoders, encoders
+from sky.utils.status_lib import ClusterStatus
+from ftctl.sky import sdk
+
+task_yaml = sys.argv[1]
+(asked,) = sky.Task.from_yaml(task_yaml).resources
+
+
+def record(**tiers):
+    launched = asked.copy(**tiers)
+    handle = vm.CloudVmRayResourceHandle(cluster_name="dev", cluster_name_on_cloud="dev-2ea4", cluster_yaml=None,
+                                         launched_nodes=2, launched_resources=launched)
+    sent = responses.StatusResponse(
+        name="dev", launched_at=0, handle=handle, status=ClusterStatus.UP, autostop=30, to_down=False,
+        cluster_hash="made-before", cluster_ever_up=True, user_hash="u", user_name="me", workspace="default",
+        is_managed=False, nodes=2)
+    return decoders.decode_status(json.loads(json.dumps(encoders.encode_status([sent]))))
+
+
+def launch(records):
+    sent = []
+    sky.status = lambda names: ("status", names)
+    sky.queue = lambda cluster, **kw: ("queue", cluster)
+    sky.get = lambda request: {"status": records, "queue": []}[request[0]]
+    sky.launch = lambda task, **kw: sent.append("launch") or ("launch",)
+    sky.stream_and_get = lambda request: (5, None)
+    out = sdk.launch(task_yaml, None, "dev", False, False, 30, [])
+    return {"out": out, "sent": sent}
+
+
+without, with_best = record(disk_tier=None, network_tier=None), record()
+print(json.dumps({
+    "without": launch(without), "with best": launch(with_best),
+    "skypilot takes": [asked.less_demanding_than(r[0].handle.launched_resources) for r in (without, with_best)],
+}))
+"""
+
+
+def test_a_reused_cluster_launched_without_a_tier_the_task_names_is_refused_in_ftctls_words(tmp_path):
+    """SkyPilot refuses a task naming network_tier or disk_tier on a cluster launched without it ("Requested resources
+    do not match the existing cluster"): nothing is sent, and the line names the -o that runs on it as it is."""
+    from ftctl.sky import backend as sky_backend
+
+    prep = sky(gpus="2x8xH100", infra="gcp", method="fft")
+    assert tiers(prep) == {"disk_tier": "best", "network_tier": "best"}
+    task = tmp_path / "task.yaml"
+    task.write_text(prep.text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYPILOT_", "FTCTL_"))}
+    env.update(HOME=str(tmp_path), SKYPILOT_DISABLE_USAGE_COLLECTION="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sky_python(), "-c", _SKY_REUSE, str(task)], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["skypilot takes"] == [False, True]
+    assert out["without"]["sent"] == [] and out["with best"]["sent"] == ["launch"]
+    found = out["without"]["out"]["tiers_missing"]
+    assert found["tiers"] == {"disk_tier": "best", "network_tier": "best"} and found["cluster_hash"] == "made-before"
+    said = sky_backend.tiers_missing("dev", found)
+    assert said.startswith("cluster dev was launched without the disk_tier: best and network_tier: best this run asks")
+    assert "pass -o disk_tier=default -o network_tier=standard to run on it as it is" in said
+    assert "down dev`) and launch again, or pass another --cluster." in said

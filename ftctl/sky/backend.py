@@ -202,6 +202,8 @@ class SkyBackend(Backend):
         )
         if short := out.get("short_disk"):  # sdk.launch sent nothing
             raise NotSent(short_disk(spec, rendered.plan, cluster, short))
+        if tiers := out.get("tiers_missing"):  # nor here
+            raise NotSent(tiers_missing(cluster, tiers))
         managed = bool(out["managed"])
         job = f"managed/{out['job_id']}" if managed else job_id_for(cluster, out["job_id"], out.get("cluster_hash"))
         ref = JobRef(
@@ -665,6 +667,25 @@ def short_disk(spec, plan, cluster: str, found: dict) -> str:
         f"~{sky_render.disk_needed_gib(spec, plan):.0f} GiB on a node (its disk_size: {found['task_gib']} GiB): "
         f"SkyPilot reuses a cluster with the disk it has, so a checkpoint would not fit. Tear it down ({down}) and "
         "launch again, or pass another --cluster."
+    )
+
+
+def tiers_missing(cluster: str, found: dict) -> str:
+    """Why a launch onto ``cluster`` was not sent: it was launched without a tier the task names (``found``: sdk.launch's
+    "tiers_missing"), which SkyPilot refuses in words that name none of ftctl's options (render.network_tier,
+    render.disk_tier say when ftctl asks for one)."""
+    jobs = [ref for ref, _ in recorded_jobs() if ref.backend == "sky" and ref.extra.get("cluster") == cluster]
+    made = [ref.job_id for ref in jobs if ref.extra.get("cluster_hash") == found.get("cluster_hash")]
+    down = f"`{found['sky']} down {cluster}`"
+    down = f"`ftctl down {made[0]}` or {down}" if made else down
+    tiers = found["tiers"]
+    asked = " and ".join(f"{key}: {tier}" for key, tier in sorted(tiers.items()))
+    plain = {"network_tier": "standard", "disk_tier": "default"}
+    keep = " ".join(f"-o {key}={plain[key]}" for key in sorted(tiers))
+    return (
+        f"cluster {cluster} was launched without the {asked} this run asks for, and SkyPilot takes no task onto a "
+        f"cluster launched without a tier the task names: pass {keep} to run on it as it is, or tear it down ({down}) "
+        "and launch again, or pass another --cluster."
     )
 
 

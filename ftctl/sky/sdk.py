@@ -139,7 +139,8 @@ def launch(
     with an idle autostop (or ``down``). An up cluster is reused by sky.launch too, never sky.exec: that runs no setup
     (what this run needs beyond an earlier run's, wandb or gcsfs, was missing, and its -o setup lines were dropped),
     syncs no file_mounts and sets no autodown. A cluster there already is checked first: where its disk is smaller
-    than the task's, nothing is launched ({"short_disk": short_disk's, its "cluster_hash" and "sky"}); a cluster the
+    than the task's, or it lacks a tier the task names, nothing is launched ({"short_disk": short_disk's, or
+    {"tiers_missing": tiers_missing's}, with its "cluster_hash" and "sky"}); a cluster the
     user ``named`` (--cluster) where jobs wait or run: one line says this one queues behind them (queued_behind; its
     sky.queue asks the cluster's head, 8 s on the loaded test infra, so not for a run's own cluster, where a job
     still running is this run's, which launch refused before)."""
@@ -166,6 +167,8 @@ def launch(
         return {"job_id": int(job_ids[0]), "cluster": None, "managed": True}
     if (found := sky.get(sky.status([cluster]))) and (short := short_disk(found[0], task)):
         return {"short_disk": {**short, "cluster_hash": _get(found[0], "cluster_hash"), "sky": sky_cli()}}
+    if found and (tiers := tiers_missing(found[0], task)):
+        return {"tiers_missing": {"tiers": tiers, "cluster_hash": _get(found[0], "cluster_hash"), "sky": sky_cli()}}
     if named and found and (line := queued_behind(sky, cluster, found[0])):
         say(line)
     job_id, _ = sky.stream_and_get(
@@ -205,6 +208,25 @@ def short_disk(record, task) -> dict | None:
     if not asked or (pods and not launched.disk_size_specified) or launched.disk_size >= min(asked):
         return None
     return {"cluster_gib": int(launched.disk_size), "task_gib": int(min(asked)), "pods": pods}
+
+
+def tiers_missing(record, task) -> dict[str, str]:
+    """{field: tier} of the task's disk_tier and network_tier that the cluster of ``record`` (a sky.status record) was
+    launched without, or with a lower network tier: SkyPilot's fit check (Resources.less_demanding_than) refuses the
+    task there, "Requested resources do not match the existing cluster", in words that name none of ftctl's options.
+    A disk_tier of best fits any tier the cluster has."""
+    launched = getattr(_get(record, "handle"), "launched_resources", None)
+    if launched is None:
+        return {}
+    out = {}
+    for res in task.resources:
+        if res.disk_tier is not None and launched.disk_tier is None:
+            out["disk_tier"] = res.disk_tier.value
+        if res.network_tier is not None and (
+            launched.network_tier is None or not res.network_tier <= launched.network_tier
+        ):
+            out["network_tier"] = res.network_tier.value
+    return out
 
 
 def queued_behind(sky, cluster: str, record) -> str | None:
