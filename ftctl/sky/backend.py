@@ -653,14 +653,20 @@ def goes_on(ref: JobRef) -> str:
     return f"the same `ftctl launch` resumes it from {done[-1].name} in {ref.output}"
 
 
+def _down_words(cluster: str, found: dict) -> str:
+    """How to tear down ``cluster`` (``found``: sdk.launch's answer, its "cluster_hash" and "sky"): `ftctl down JOB` of
+    the recorded job that made this very cluster, where there is one, and SkyPilot's own command."""
+    jobs = [ref for ref, _ in recorded_jobs() if ref.backend == "sky" and ref.extra.get("cluster") == cluster]
+    made = [ref.job_id for ref in jobs if ref.extra.get("cluster_hash") == found.get("cluster_hash")]
+    down = f"`{found['sky']} down {cluster}`"
+    return f"`ftctl down {made[0]}` or {down}" if made else down
+
+
 def short_disk(spec, plan, cluster: str, found: dict) -> str:
     """Why a launch onto ``cluster`` was not sent: the disk its nodes were made with (``found``: sdk.launch's
     "short_disk") is smaller than the task's disk_size, what the run stages there (render.disk_size). sky.launch would
     have taken it as it is (its fit check leaves disk_size out), and a checkpoint's save filled the disk hours in."""
-    jobs = [ref for ref, _ in recorded_jobs() if ref.backend == "sky" and ref.extra.get("cluster") == cluster]
-    made = [ref.job_id for ref in jobs if ref.extra.get("cluster_hash") == found.get("cluster_hash")]
-    down = f"`{found['sky']} down {cluster}`"
-    down = f"`ftctl down {made[0]}` or {down}" if made else down
+    down = _down_words(cluster, found)
     disk = "of ephemeral-storage request on its pods" if found.get("pods") else "of disk on its nodes"
     return (
         f"cluster {cluster} has {found['cluster_gib']} GiB {disk}, as it was launched, and this run stages up to "
@@ -674,10 +680,7 @@ def tiers_missing(cluster: str, found: dict) -> str:
     """Why a launch onto ``cluster`` was not sent: it was launched without a tier the task names (``found``: sdk.launch's
     "tiers_missing"), which SkyPilot refuses in words that name none of ftctl's options (render.network_tier,
     render.disk_tier say when ftctl asks for one)."""
-    jobs = [ref for ref, _ in recorded_jobs() if ref.backend == "sky" and ref.extra.get("cluster") == cluster]
-    made = [ref.job_id for ref in jobs if ref.extra.get("cluster_hash") == found.get("cluster_hash")]
-    down = f"`{found['sky']} down {cluster}`"
-    down = f"`ftctl down {made[0]}` or {down}" if made else down
+    down = _down_words(cluster, found)
     tiers = found["tiers"]
     asked = " and ".join(f"{key}: {tier}" for key, tier in sorted(tiers.items()))
     plain = {"network_tier": "standard", "disk_tier": "default"}
