@@ -6,8 +6,11 @@
    difference, next-token agreement, and a backward's gradients finite.
 2. `ftctl launch --backend local` lora runs of a random-initialised tiny DeepSeek-V3 (the plan's varlen) and gpt-oss
    (the plan's eager, for its sink logits): rc, the attention the trainer says, the losses logged.
+3. --hybrid (explore47): a tiny random Qwen3.5 (Gated DeltaNet + attention layers) launched as the plan says (not
+   packed) and with -o packing=true (refused where flash-linear-attention and causal-conv1d do not both import): rc,
+   the packing the start record says, the losses, the refusal's line.
 
-    python3 bench/families_gpu.py --out DIR [--steps 6]
+    python3 bench/families_gpu.py --out DIR [--steps 6] [--floor | --hybrid]
 """
 
 from __future__ import annotations
@@ -127,10 +130,10 @@ def mla(model_dir: Path) -> dict:
     return out
 
 
-def launch(model_dir: Path, data: Path, out: Path, work: Path, steps: int, tier: str) -> dict:
-    run = work / f"run-{model_dir.name}"
-    opts = [f"max_steps={steps}", "learning_rate=2e-4", "global_batch_size=8", "save_steps=1000"]
-    name = model_dir.name
+def launch(model_dir: Path, data: Path, out: Path, work: Path, steps: int, tier: str, *more: str) -> dict:
+    name = model_dir.name + "".join(f"-{o.split('=')[0]}" for o in more)
+    run = work / f"run-{name}"
+    opts = [f"max_steps={steps}", "learning_rate=2e-4", "global_batch_size=8", "save_steps=1000", *more]
     case: dict = {}
     try:
         case["train_s"] = round(
@@ -146,6 +149,7 @@ def launch(model_dir: Path, data: Path, out: Path, work: Path, steps: int, tier:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     case["losses"] = [r["loss"] for r in rows if "loss" in r and r.get("event") is None]
     case["start"] = next((r for r in rows if r.get("event") == "start"), {}).get("attention")
+    case["plan_packing"] = json.loads((run / "spec.json").read_text())["plan"].get("packing")
     said = (out / f"train-{name}.log").read_text().splitlines()
     case["attention_line"] = [line for line in said if "attention" in line][:3]
     return case
@@ -157,6 +161,7 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/ftctl-families")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--floor", action="store_true", help="only the bf16 noise floor, MoE and dense DeepSeek-V3")
+    ap.add_argument("--hybrid", action="store_true", help="only a tiny Qwen3.5 launched unpacked and packed")
     a = ap.parse_args()
     import torch
     import transformers
@@ -174,6 +179,18 @@ def main() -> None:
             result[f"mla_{name}"] = mla(path)
         print(json.dumps(result, indent=1), flush=True)
         (out / "families_floor.json").write_text(json.dumps(result, indent=1))
+        return
+    if a.hybrid:
+        from bench.hybrid_packing_gpu import TYPES, kernels_here
+
+        result["kernels"] = kernels_here()
+        qwen = build({"model_type": "qwen3_5_text", **TYPES["qwen3_5_text"], "max_position_embeddings": 4096}, work)
+        data = make_data(work / "data.json", 120)
+        for more in ((), ("packing=true",)):
+            case = launch(qwen, data, out, work, a.steps, tier, *more)
+            result["qwen3_5_text" + "".join(f" {o}" for o in more)] = case
+            print(json.dumps(case, indent=1), flush=True)
+        (out / "families_hybrid.json").write_text(json.dumps(result, indent=1))
         return
     deepseek, gpt_oss = build(DEEPSEEK, work), build(GPT_OSS, work)
     t = time.time()
