@@ -139,10 +139,14 @@ from ftctl.trainer.attention import (
     ATTENTION_SINKS,
     EAGER,
     LIGER_MODEL_TYPES,
+    SDPA,
+    chunk_problem,
     default_packing,
     describe,
     head_width,
     keeps_scores,
+    long_row_limits,
+    packed_row_problem,
     packing_refused,
     plan_attention,
 )
@@ -182,6 +186,8 @@ class ModelShape:
     attn_sinks: bool = False  # adds learned sink logits to its attention (attention.ATTENTION_SINKS: gpt-oss)
     quantized: str = ""  # how its weights are stored, where quantized (stored_quantization): "bitsandbytes 4-bit"
     q_dim: int = 0  # the q projection's width, o_proj's input (heads x head width: Gemma 3 4B 2048 of 2560); 0: hidden
+    attn_chunk: int = 0  # the longest document varlen attention runs exactly (Llama 4: attention.long_row_limits)
+    row_floor: int = 0  # a packed row is exact under this many tokens (Llama 4's NoPE floor_scale; 0: any)
 
     @property
     def mlp(self) -> int:
@@ -534,6 +540,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     params = (layers * attn + mlp + embed) / 1e9
     context = _size(cfg, source, "max_position_embeddings")
     width = head_width(cfg) or head_dim  # multi-head latent attention's widest head: the kernel's, not head_dim
+    chunk, floor = long_row_limits(cfg, kind)
     shape = ModelShape(
         round(params, 4),
         h,
@@ -549,6 +556,8 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
         attn_sinks=kind in ATTENTION_SINKS,
         quantized=quantized,
         q_dim=heads * width,
+        attn_chunk=chunk,
+        row_floor=floor,
     )
     if not moe:
         return shape
@@ -1148,11 +1157,25 @@ def _kept_on_gpu(spec: RunSpec, req, shape: ModelShape, plan: Plan) -> str | Non
     )
 
 
-def _attention(spec: RunSpec, req, shape: ModelShape) -> tuple[str, bool]:
-    """The plan's attention, and whether what runs for it keeps each head's (S x S) scores (eager attention)."""
+def _attention(spec: RunSpec, req, shape: ModelShape) -> tuple[str, bool, str | None]:
+    """The plan's attention, whether what runs for it keeps each head's (S x S) scores (eager attention), and a note
+    where it is not the GPU's default: sdpa for Llama 4 past its attention_chunk_size, whose chunked layers the
+    varlen kernels would run over whole documents (asked for by name, refused as the trainer would at the first
+    such document)."""
     flash = not req.is_cpu and req.tier.flash_attn2
     attn = plan_attention(spec.attn_implementation, flash, shape.attn_softcap, shape.attn_sinks)
-    return attn, keeps_scores(attn, flash, shape.attn_softcap, shape.attn_sinks)
+    note = None
+    seq = spec.model_max_length
+    if why := chunk_problem(shape.attn_chunk, attn, seq, f"model_max_length={seq} lets a row hold"):
+        if spec.attn_implementation:
+            raise FtctlError(why)
+        attn = SDPA
+        note = (
+            f"sdpa attention: Llama 4's chunked layers attend within {shape.attn_chunk:,}-token chunks, "
+            f"which the varlen kernels do not, and a document may have {seq:,} tokens (sdpa builds the chunked "
+            f"mask: exact, slower; -o model_max_length={shape.attn_chunk} for varlen)"
+        )
+    return attn, keeps_scores(attn, flash, shape.attn_softcap, shape.attn_sinks), note
 
 
 def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float | None = None) -> Plan | None:
@@ -1163,7 +1186,9 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     seq = spec.model_max_length
     world = req.world_size
     notes: list[str] = []
-    attn, scores = _attention(spec, req, shape)
+    attn, scores, attn_note = _attention(spec, req, shape)
+    if attn_note:
+        notes.append(attn_note)
     if said := experts_stay_16bit(method, shape):
         notes.append(said)
     asked = spec.attn_implementation
@@ -1322,6 +1347,21 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     packing = spec.packing if spec.packing is not None else default_packing(attn, shape.model_type)
     if packing and (why := packing_refused(shape.model_type, req.is_cpu, attention=attn)):  # kernels: trainer
         raise FtctlError(why)
+    # TRL's padding-free collator makes one row of a micro-batch's packed sequences
+    if packing and (why := packed_row_problem(shape.row_floor, micro * seq, micro)):
+        if spec.packing:
+            raise FtctlError(why)
+        packing = False
+        notes.append(
+            f"not packed: a packed row here would hold up to {micro * seq:,} tokens ({micro} x {seq:,}), and Llama "
+            f"4's NoPE layers scale queries by the row's place, not the document's, from its token "
+            f"{shape.row_floor:,} on (floor_scale); packed rows under {shape.row_floor:,} tokens are exact"
+            + (
+                f": -o per_device_train_batch_size={fits} -o packing=true"
+                if (fits := (shape.row_floor - 1) // seq)
+                else ""
+            )
+        )
     if packing and spec.packing is None and (spec.per_device_train_batch_size or spec.gradient_accumulation_steps):
         notes.append(  # the batch of another tool's run file, which counted conversations
             f"packing: each of the {real_global} sequences a step is a {spec.model_max_length:,}-token row of several "

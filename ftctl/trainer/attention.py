@@ -193,6 +193,66 @@ def packing_refused(
     return None
 
 
+# model_type values of Llama 4 (whole model, text model) and Llama4TextConfig's defaults (transformers 5.25) of the
+# two lengths past which ftctl's attention or packing would not compute what the model does (``long_row_limits``)
+LLAMA4_TYPES = frozenset({"llama4", "llama4_text"})
+LLAMA4_DEFAULTS = {"attention_chunk_size": 8192, "floor_scale": 8192, "attn_temperature_tuning": True}
+
+
+def long_row_limits(cfg, model_type: str | None = None) -> tuple[int, int]:
+    """(chunk, floor) of a Llama 4 config (config.json's dict or a transformers config, whole or text; ``model_type``:
+    the whole model's, where ``cfg`` is its text part); (0, 0) for other models (explore47).
+
+    chunk: attention_chunk_size. Its chunked layers attend within chunks of it; the varlen kernels attend to the whole
+    document, so they run it exactly for documents of up to ``chunk`` tokens (``chunk_problem``); sdpa and eager
+    build the chunked mask. floor: floor_scale, where attn_temperature_tuning is on and some layer is NoPE (no RoPE:
+    no_rope_layers' zeros). Those layers scale their queries by log1p(floor((place + 1) / floor)), the place being the
+    token's in the row, not its position id: a packed row's later documents are scaled as if they went on from the
+    ones before them, from place floor - 1 on, under every attention (``packed_row_problem``)."""
+    get = cfg.get if isinstance(cfg, dict) else lambda key, default=None: getattr(cfg, key, default)
+    text = get("text_config")
+    if text is not None and not isinstance(text, (str, int, float)):
+        return long_row_limits(text, model_type or get("model_type"))
+    if (model_type or get("model_type")) not in LLAMA4_TYPES and get("model_type") not in LLAMA4_TYPES:
+        return 0, 0
+
+    def value(key: str):
+        found = get(key)
+        return LLAMA4_DEFAULTS[key] if found is None else found
+
+    nope = get("no_rope_layers")
+    has_nope = not nope or not all(nope)  # left out: every no_rope_layer_interval-th layer (4) is NoPE
+    floor = value("floor_scale") if value("attn_temperature_tuning") and has_nope else 0
+    return int(value("attention_chunk_size") or 0), int(floor or 0)
+
+
+def chunk_problem(chunk: int, attention: str | None, longest: int, where: str = "a row here holds") -> str | None:
+    """Why a Llama 4 run under ``attention`` would not compute its chunked layers (``long_row_limits``) for documents
+    of up to ``longest`` tokens, and what to do; None where it would."""
+    if not chunk or longest <= chunk or (attention or SDPA) not in VARLEN_ATTENTION:
+        return None
+    return (
+        f"Llama 4's chunked attention layers attend within {chunk:,}-token chunks, which the varlen kernels do not, and "
+        f"{where} a {longest:,}-token document: -o model_max_length={chunk}, or -o attn_implementation=sdpa "
+        "-o packing=false (exact, slower)"
+    )
+
+
+def packed_row_problem(floor: int, row: int, micro: int | None = None) -> str | None:
+    """Why a packed row of ``row`` tokens (TRL's padding-free collator makes one row of a micro-batch's ``micro``
+    packed sequences) would scale the queries of Llama 4's NoPE layers wrong (``long_row_limits``: from place floor - 1
+    on), and what to do; None where it would not (``floor`` 0: no such layer)."""
+    if not floor or row < floor:
+        return None
+    of = f" ({micro} packed sequences of a micro-batch)" if micro and micro > 1 else ""
+    return (
+        f"Llama 4's NoPE layers scale their queries by a token's place in the row from its token {floor:,} on "
+        "(attn_temperature_tuning: floor_scale), not by its position in its document, so a packed row of "
+        f"{row:,} tokens{of} scales its later documents wrong: -o packing=false, or packed rows under {floor:,} "
+        "tokens (-o model_max_length times -o per_device_train_batch_size)"
+    )
+
+
 def missing_boundary_kernels(model_type: str | None) -> tuple:
     """The distributions of the model type's BOUNDARY_KERNELS whose function does not import here (all of them
     without a CUDA GPU, where transformers runs its torch paths instead)."""
@@ -613,30 +673,21 @@ def varlen_attention_forward(
 
 def _llama4_problem(module, row: int, longest: int, packed: bool) -> str | None:
     """Where this attention layer of Llama 4 would not compute what the model does, and what to do (None elsewhere):
-    its chunked layers attend within attention_chunk_size tokens (8192), which no varlen kernel does (a document
-    longer than that would attend to all of it, silently; transformers refuses flash_attention_2 there), and its
-    NoPE layers scale their queries by the token's place in the row past floor_scale tokens (attn_temperature_tuning,
-    from the row, not the position ids), so a packed row longer than that scales its later documents' queries as
-    their place in the row says. Both only past 8192 tokens (explore47)."""
+    a chunked layer given a document longer than attention_chunk_size (``chunk_problem``; transformers refuses
+    flash_attention_2 there), a NoPE layer given a packed row of floor_scale tokens or more (``packed_row_problem``).
+    Both only past 8192 tokens (explore47); the plan refuses both before the run (plan.py asks the same two)."""
     cfg = getattr(module, "config", None)
-    chunk = getattr(cfg, "attention_chunk_size", None)
-    if chunk is None or getattr(cfg, "model_type", None) not in ("llama4_text", "llama4"):
+    if cfg is None or getattr(cfg, "model_type", None) not in LLAMA4_TYPES:
         return None
+    chunk, _ = long_row_limits(cfg)
     types = getattr(cfg, "layer_types", None) or ()
     index = getattr(module, "layer_idx", None)
-    if index is not None and index < len(types) and types[index] == "chunked_attention" and longest > chunk:
-        return (
-            f"Llama 4's chunked attention layers attend within {chunk}-token chunks, which the varlen kernels do not, "
-            f"and a row here holds a {longest}-token document: -o model_max_length={chunk}, or "
-            "-o attn_implementation=sdpa -o packing=false (exact, slower)"
-        )
+    if index is not None and index < len(types) and types[index] == "chunked_attention":
+        if why := chunk_problem(chunk, VARLEN, longest):
+            return why
     floor = getattr(module, "floor_scale", None)
-    if packed and getattr(module, "attn_temperature_tuning", False) and not module.use_rope and floor and row > floor:
-        return (
-            f"Llama 4's NoPE layers scale their queries by a token's place in the row past {floor} tokens "
-            f"(attn_temperature_tuning), which a packed row of {row} tokens gets wrong for its later documents: "
-            f"-o model_max_length={floor}, or -o packing=false"
-        )
+    if packed and getattr(module, "attn_temperature_tuning", False) and not module.use_rope:
+        return packed_row_problem(floor or 0, row)
     return None
 
 

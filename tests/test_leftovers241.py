@@ -1,0 +1,62 @@
+"""Helper 241's leftovers of session 55: Llama 4's long rows at plan time; ..."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from ftctl.cli import main
+from ftctl.trainer import attention
+
+# a tiny Llama 4 text model's config.json (transformers fills attention_chunk_size, floor_scale: 8192 each, and
+# every 4th layer NoPE with attn_temperature_tuning on)
+LLAMA4 = dict(
+    model_type="llama4_text", hidden_size=32, intermediate_size=64, intermediate_size_mlp=64, num_hidden_layers=4,
+    num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_local_experts=2, num_experts_per_tok=1,
+    interleave_moe_layer_step=4, vocab_size=64, max_position_embeddings=131072,
+)  # fmt: skip
+
+
+def _plan(tmp_path, *overrides):
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA4))
+    args = ["plan", "--model", str(tmp_path), "--method", "lora", "--gpus", "1xH100"]
+    return CliRunner().invoke(main, [*args, *(a for o in overrides for a in ("-o", o))])
+
+
+def test_llama4_rows_past_its_chunk_or_floor_scale_are_settled_at_plan_time(tmp_path):
+    """TRL's padding-free collator makes one row of a micro-batch's packed sequences, and Llama 4's NoPE layers scale
+    queries by the row's place from token floor_scale (8192) on: the plan packed 16 x 2,048 tokens by default (the
+    trainer's varlen attention then stopped at the first step, and under sdpa nothing would have). A default plan
+    does not pack such rows (a note says the micro-batch that packs exactly); -o packing=true is refused; past
+    attention_chunk_size the default attention is sdpa (the varlen kernels attend to whole documents), a varlen
+    asked for is refused."""
+    r = _plan(tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "+ packing" not in r.output
+    assert "not packed: a packed row here would hold up to 32,768 tokens (16 x 2,048)" in r.output
+    assert "-o per_device_train_batch_size=3 -o packing=true" in r.output
+    r = _plan(tmp_path, "per_device_train_batch_size=3", "packing=true")
+    assert r.exit_code == 0 and "+ packing" in r.output, r.output
+    r = _plan(tmp_path, "per_device_train_batch_size=1", "model_max_length=8192", "packing=true")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "NoPE layers scale their queries by a token's place in the row from its token 8,192 on" in r.output
+    assert "packed row of 8,192 tokens scales its later documents wrong: -o packing=false" in r.output
+
+    r = _plan(tmp_path, "model_max_length=16384", "per_device_train_batch_size=1")
+    assert r.exit_code == 0, r.output
+    assert "attention      sdpa\n" in r.output
+    assert "Llama 4's chunked layers attend within 8,192-token chunks" in r.output
+    r = _plan(tmp_path, "model_max_length=16384", "attn_implementation=varlen")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "model_max_length=16384 lets a row hold a 16,384-token document: -o model_max_length=8192" in r.output
+
+
+def test_long_row_limits_read_whole_and_text_configs():
+    assert attention.long_row_limits(LLAMA4) == (8192, 8192)
+    whole = {"model_type": "llama4", "text_config": {"attention_chunk_size": 64, "floor_scale": 32}}
+    assert attention.long_row_limits(whole) == (64, 32)
+    no_nope = {**LLAMA4, "no_rope_layers": [1, 1, 1, 1]}  # every layer RoPE: no temperature tuning
+    assert attention.long_row_limits(no_nope) == (8192, 0)
+    assert attention.long_row_limits({"model_type": "llama", "attention_chunk_size": 8}) == (0, 0)
+    assert attention.packed_row_problem(8192, 8191) is None and attention.packed_row_problem(0, 10**6) is None
