@@ -60,3 +60,26 @@ def test_long_row_limits_read_whole_and_text_configs():
     assert attention.long_row_limits(no_nope) == (8192, 0)
     assert attention.long_row_limits({"model_type": "llama", "attention_chunk_size": 8}) == (0, 0)
     assert attention.packed_row_problem(8192, 8191) is None and attention.packed_row_problem(0, 10**6) is None
+
+
+def test_the_slurm_launchs_time_line_is_the_one_run_length_estimate(tmp_path, monkeypatch):
+    """slurm.backend.plan_lines said max_steps x step_s itself, and nothing for a run of epochs: it asks
+    preflight.train_seconds, the estimate the price and the credentials' expiry ask (baf501c)."""
+    from ftctl import preflight
+    from ftctl.slurm import backend as slurm_backend
+    from tests.render_fixtures import prepared
+
+    flags = dict(backend="slurm", method="qlora", gpus="2xA100", model_name_or_path="org/m", model_params="1b")
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' * 99)
+    epochs = "est. for 2 epochs of the data, every sequence full"
+    for overrides, words in ((["max_steps=400"], "est. for max_steps=400"), (["num_train_epochs=2"], epochs)):
+        rendered = prepared(overrides, **flags, output_dir="/o", data_path=str(data))
+        seconds = preflight.train_seconds(rendered.spec, rendered.plan)
+        said = [line for line in slurm_backend.plan_lines(rendered) if line.startswith("time: ")]
+        assert seconds and len(said) == 1 and said[0].startswith(f"time:        ~{slurm_backend._duration(seconds)} ")
+        assert words in said[0], said
+        monkeypatch.setattr(slurm_backend, "train_seconds", lambda spec, plan: 7 * 3600.0)
+        said = [line for line in slurm_backend.plan_lines(rendered) if line.startswith("time: ")]
+        assert said[0].startswith("time:        ~7.0 h est. for "), said
+        monkeypatch.undo()

@@ -45,6 +45,7 @@ from ftctl.errors import FtctlError
 from ftctl.failures import error_line, last_attempt, tail
 from ftctl.launch import PATH_PYTHON, container_kind
 from ftctl.plan import PlanError, checkpoint_row
+from ftctl.preflight import train_seconds
 from ftctl.runpaths import SLURM_STATUS_PATTERN, START_LINE, START_SLURM_ATTEMPT, START_SLURM_JOB
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
@@ -466,8 +467,10 @@ def plan_lines(rendered: Rendered) -> list[str]:
     lines.append(f"sbatch:      {' '.join(asked)}")
     if plan.save_steps or spec.saves_per_epoch:
         lines.append(f"saving:      {checkpoint_row(spec, plan)}")
-    if plan.step_s and spec.max_steps > 0:
-        lines.append(f"time:        ~{_duration(spec.max_steps * plan.step_s)} est. for max_steps={spec.max_steps}")
+    if seconds := train_seconds(spec, plan):  # the one estimate of a run's length (the price's, the credentials')
+        epochs = f"{spec.num_train_epochs:g} epoch{'s' * (spec.num_train_epochs != 1)}"
+        span = f"max_steps={spec.max_steps}" if spec.max_steps > 0 else f"{epochs} of the data, every sequence full"
+        lines.append(f"time:        ~{_duration(seconds)} est. for {span}")
     return lines + [f"note: {n}" for n in plan.notes]
 
 
