@@ -34,7 +34,7 @@ from pathlib import Path
 from ftctl import failures, quiet, storage
 from ftctl.checkpoints.manifest import checkpoint_step, sha256_file
 from ftctl.errors import FtctlError
-from ftctl.runpaths import ADAPTER_CONFIG, MERGE_RECORD, MERGED_DIR, SPEC_FILE
+from ftctl.runpaths import ADAPTER_CONFIG, MERGE_RECORD, MERGED_DIR
 from ftctl.trainer import trained as trained_mod
 from ftctl.trainer.model import DTYPES
 
@@ -203,14 +203,12 @@ def stored_adapter(adapter: Path) -> str:
     digest beside it says which weights it was."""
     from ftctl.trainer.model_card import adapter_named
 
-    for run, below in ((adapter, ()), (adapter.parent, (adapter.name,))):
-        try:
-            output = json.loads((run / SPEC_FILE).read_text())["spec"]["output_dir"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+    found = trained_mod.located_run_record(str(adapter))  # the run's own spec.json: beside the adapter, or above it
+    if found:
+        record, above = found
+        output = record.get("spec", {}).get("output_dir")
         if isinstance(output, str) and storage.is_remote(output):
-            return storage.join(output.rstrip("/"), *below)
-        break  # the run's own spec.json: its output is local
+            return storage.join(output.rstrip("/"), *((adapter.name,) if above else ()))
     return adapter_named(str(adapter))
 
 

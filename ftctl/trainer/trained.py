@@ -100,8 +100,16 @@ def run_record(run: str, endpoint_url: str | None = None) -> dict | None:
     """What a run recorded of itself in its spec.json ({"spec": ..., "plan": ...}: what it was asked and ran), beside
     ``run`` (its output directory, local or in object storage) or above it (one of its checkpoints, a merge in it);
     None where neither place holds one that reads. The one place that says where a run's spec.json is for what it
-    trained: chat, eval (read_as_trained: before the weights load) and merge ask here. A store that cannot be reached
-    is its one-line StorageError."""
+    trained: chat, eval (read_as_trained: before the weights load) and merge ask here (merge through
+    ``located_run_record``, which also says which place held it). A store that cannot be reached is its one-line
+    StorageError."""
+    found = located_run_record(run, endpoint_url)
+    return found[0] if found else None
+
+
+def located_run_record(run: str, endpoint_url: str | None = None) -> tuple[dict, bool] | None:
+    """``run_record``'s record and whether it was above ``run`` (``run`` is one of that run's checkpoints, or a merge
+    in it) rather than beside it (``run`` is the run's output directory); None where neither place holds one."""
     from ftctl import storage
 
     if storage.is_remote(run):
@@ -109,7 +117,7 @@ def run_record(run: str, endpoint_url: str | None = None) -> dict | None:
         places = [storage.join(run, SPEC_FILE)] + [storage.join(parent, SPEC_FILE)] * ("://" in parent)
     else:
         places = [str(Path(run).expanduser() / SPEC_FILE), str(Path(run).expanduser().parent / SPEC_FILE)]
-    for place in places:
+    for above, place in enumerate(places):
         try:
             with storage.storage_errors(place, endpoint_url):
                 record = json.loads(
@@ -118,7 +126,7 @@ def run_record(run: str, endpoint_url: str | None = None) -> dict | None:
         except (OSError, ValueError):  # none there (FileNotFoundError), a directory, a file cut short
             continue
         if isinstance(record, dict) and all(isinstance(record.get(part, {}), dict) for part in ("spec", "plan")):
-            return record
+            return record, bool(above)
     return None
 
 
