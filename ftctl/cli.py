@@ -549,7 +549,12 @@ def data():
 @click.option(
     "--text-field", help="The field of plain-text rows (dataset_text_field; default: the run file's, else text)."
 )
-@click.option("--held-out", is_flag=True, help="Read PATHS as --eval-data: a directory of splits gives its test split.")
+@click.option(
+    "--held-out",
+    is_flag=True,
+    help="Read PATHS as --eval-data: a directory of splits gives its test split; with -c, its rows that are the run "
+    "file's training rows said.",
+)
 @click.option(
     "--eval-data",
     "eval_paths",
@@ -609,6 +614,8 @@ def data_check(
         raise FtctlError(f"{e}.") from None
     if eval_paths and not split_paths(held_path):
         raise FtctlError(f"--eval-data {' '.join(eval_paths)!r} names no data: give a file, a directory or a URI.")
+    # HELD --held-out -c run.yaml: HELD is that run's held-out data, its rows that are the run's training rows said
+    trained_path = run.data_path if run and paths and held_out and not write_valid else ""
     if not model and not run:  # launch's default model, as a launch without --model would train
         model = RunSpec().model_name_or_path
         click.echo(f"checking with the tokenizer and chat template of {model} (launch's default; --model for yours)")
@@ -628,6 +635,7 @@ def data_check(
             for p in (split_paths(held_path) if eval_paths else [])
             for f in preflight.check_data(p, endpoint, "--eval-data", True, rows=False)
         ]
+        + [f for p in split_paths(trained_path) for f in preflight.check_data(p, endpoint, "data_path", rows=False)]
         + preflight.check_model(model)
         + preflight.check_chat_template(chat_template_path)
     )
@@ -645,7 +653,8 @@ def data_check(
     length = max_length or RunSpec.model_max_length
     read = {"every_token": every_token, "text_field": text_field}
     read |= {"columns": run.data_columns} if run and run.data_columns else {}  # a dataset's own names of its fields
-    report = check_data(path, tokenizer, length, endpoint, held_out=held_out, show=show, **read)
+    trained = check_data(trained_path, tokenizer, length, endpoint, **read) if trained_path else None
+    report = check_data(path, tokenizer, length, endpoint, training=trained, held_out=held_out, show=show, **read)
     if write_valid:
         flags = ["-c", config] if config else ["--model", model]
         launch_length = run.model_max_length if run else RunSpec.model_max_length  # what the launch would take

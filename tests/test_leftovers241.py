@@ -1,4 +1,5 @@
-"""Helper 241's leftovers of session 55: Llama 4's long rows at plan time; ..."""
+"""Helper 241's leftovers of session 55: Llama 4's long rows at plan time; the Slurm launch's run-length line; where
+merge finds a run's spec.json; data check HELD --held-out -c run.yaml against the run's training rows."""
 
 from __future__ import annotations
 
@@ -83,3 +84,51 @@ def test_the_slurm_launchs_time_line_is_the_one_run_length_estimate(tmp_path, mo
         said = [line for line in slurm_backend.plan_lines(rendered) if line.startswith("time: ")]
         assert said[0].startswith("time:        ~7.0 h est. for "), said
         monkeypatch.undo()
+
+
+def test_merge_asks_trained_where_a_runs_spec_json_is(tmp_path, monkeypatch):
+    """merge.stored_adapter read spec.json beside the adapter or above it itself, where trained.run_record is the one
+    place that says where it is (c3214fd): it asks trained.located_run_record, which also says which place held it."""
+    from ftctl.trainer import merge, trained
+
+    run = tmp_path / "run"
+    (run / "checkpoint-6").mkdir(parents=True)
+    (run / "spec.json").write_text(json.dumps({"spec": {"output_dir": "s3://b/run"}, "plan": {}}))
+    assert trained.located_run_record(str(run)) == ({"spec": {"output_dir": "s3://b/run"}, "plan": {}}, False)
+    assert trained.located_run_record(str(run / "checkpoint-6"))[1] is True
+    assert trained.located_run_record(str(tmp_path)) is None
+    assert merge.stored_adapter(run) == "s3://b/run"
+    assert merge.stored_adapter(run / "checkpoint-6") == "s3://b/run/checkpoint-6"
+
+    asked = []
+
+    def located(where, endpoint_url=None):
+        asked.append(where)
+        return {"spec": {"output_dir": "gs://c/other"}, "plan": {}}, True
+
+    monkeypatch.setattr(trained, "located_run_record", located)
+    assert merge.stored_adapter(run / "checkpoint-6") == "gs://c/other/checkpoint-6"
+    assert asked == [str(run / "checkpoint-6")]
+
+
+def _conv(question: str, answer: str) -> dict:
+    return {"conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+
+
+def test_data_check_held_out_with_a_run_file_says_its_rows_that_the_run_trains(tiny_model_dir, tmp_path):
+    """`ftctl data check HELD --held-out -c run.yaml` checked HELD alone: its rows that are the run file's training
+    rows too were said only by `-c run.yaml` with eval_data_path, or PATHS --eval-data HELD (a93a978)."""
+    train = [_conv(f"What is {i} plus {i}?", f"{2 * i}.") for i in range(4)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps(r) + "\n" for r in (_conv("Name a prime.", "Seven."), train[2])))
+    run = tmp_path / "run.yaml"
+    run.write_text(f"model_name_or_path: {tiny_model_dir}\ndata_path: {tmp_path / 'train.jsonl'}\n")
+    got = CliRunner().invoke(main, ["data", "check", str(held), "--held-out", "-c", str(run)])
+    assert got.exit_code == 0, got.output
+    assert (
+        "also in training  1 of 2 held-out rows are training rows too, token for token (the first: held.jsonl line 2, "
+        "as train.jsonl line 3)" in got.output
+    ), got.output
+    alone = CliRunner().invoke(main, ["data", "check", str(held), "--held-out", "--model", str(tiny_model_dir)])
+    assert alone.exit_code == 0 and "also in training" not in alone.output, alone.output
