@@ -139,7 +139,7 @@ def test_llama4_past_its_chunk_or_floor_scale_is_refused_by_the_varlen_attention
         position_ids = torch.cat([torch.arange(13), torch.arange(8)])[None]
         with pytest.raises(
             FtctlError,
-            match="NoPE layers scale .* past 8 tokens .* packed row of 21 tokens",
+            match="NoPE layers scale .* from its token 8 on .* packed row of 21 tokens",
         ):
             model(input_ids=ids, position_ids=position_ids, **packed)
 
