@@ -176,7 +176,7 @@ class SkyBackend(Backend):
             raise NotSent(str(e)) from None
         source = stage_source(paths.source)
         # a managed job's name is the run's (lease_holder): SkyPilot names each cluster it launches for it apart
-        cluster = spec.name if spec.managed_job else sky_inputs.cluster_name(spec)
+        cluster = sky_inputs.job_name(spec) if spec.managed_job else sky_inputs.cluster_name(spec)
         inputs = sky_inputs.shipped(spec)
         how = "managed job" if spec.managed_job else f"cluster {cluster}"
         click.echo(f"launching {spec.name} through SkyPilot ({how}); task: {paths.task}", err=True)
@@ -616,9 +616,12 @@ def _withdraw(uri: str, endpoint: str | None, asked_id: str) -> None:
 def lease_holder(ref: JobRef) -> str:
     """How the job's SkyPilot task id ends, which its trainer knows ($SKYPILOT_TASK_ID): the holder of the lease
     (ftctl.lease.holder_id) it keeps on its output, and the job a stop request names (trainer.callbacks.StopRequest).
-    It is ..._CLUSTER_JOBID for a cluster's job and ..._NAME_JOBID-0 for a managed job's (named after the run)."""
+    It is ..._CLUSTER_JOBID for a cluster's job and ..._NAME_JOBID-0 for a managed job's (named after the run, as
+    SkyPilot takes it: sky_inputs.job_name)."""
     x = ref.extra
-    return f"_{ref.name}_{x['sky_job_id']}-0" if x.get("managed") else f"_{x.get('cluster')}_{x['sky_job_id']}"
+    if x.get("managed"):
+        return f"_{sky_inputs.sky_name(ref.name)}_{x['sky_job_id']}-0"
+    return f"_{x.get('cluster')}_{x['sky_job_id']}"
 
 
 def _first_line(e: BaseException) -> str:

@@ -58,19 +58,42 @@ def shipped(spec: RunSpec) -> list[Shipped]:
     return out
 
 
+# SkyPilot 0.14's rules for a cluster's name (sky.skylet.constants.CLUSTER_NAME_VALID_REGEX, checked where it makes one:
+# for a managed job, on its controller) and a task's (sky/task.py _VALID_NAME_REGEX): the run's key is both
+SKY_CLUSTER_NAME = re.compile(r"[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?")
+SKY_TASK_NAME = re.compile(r"[a-zA-Z0-9]+(?:[._-]{1,2}[a-zA-Z0-9]+)*")
+
+
 def run_key(spec: RunSpec) -> str:
     """The run's own name among runs, as its run directory here is named (backend.run_dir_for: its run_name, else its
     name and a digest of its output): the cluster a launch without --cluster makes or reuses (cluster_name), the run's
     directory on the nodes (node_dir) and the task's name. Two runs of one model into two outputs (a sweep's) each get
-    their own; a relaunch into the same output gets the same, and reuses its cluster."""
-    return run_dir_for(spec).name
+    their own; a relaunch into the same output gets the same, and reuses its cluster. Where SkyPilot would refuse that
+    name for a cluster or a task (a run_name starting with a digit, ending with '-', holding '___'), it is ftctl-NAME-
+    and a digest of NAME: the same for every relaunch, and SkyPilot's; such a name never launched, so no cluster of it
+    is left behind."""
+    return sky_name(run_dir_for(spec).name)
+
+
+def sky_name(name: str) -> str:
+    """``name`` where SkyPilot takes it for a cluster and a task (a managed job's name is its task's, and its
+    clusters' names begin with it), else ftctl-NAME- and a digest of ``name``: the same for the same name."""
+    if SKY_CLUSTER_NAME.fullmatch(name) and SKY_TASK_NAME.fullmatch(name):
+        return name
+    plain = re.sub(r"[._-]{3,}", "--", name).strip("._-")
+    return f"ftctl-{plain}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def job_name(spec: RunSpec) -> str:
+    """A managed job's name: the run's (its trainer's name, and the lease's holder: backend.lease_holder), as SkyPilot
+    takes it (sky_name)."""
+    return sky_name(spec.name)
 
 
 def cluster_name(spec: RunSpec) -> str:
     """The SkyPilot cluster a run's launch makes or reuses: --cluster's, else the run's own (run_key). Both are
-    SkyPilot cluster names: --cluster's checked as given (spec.py), the run's a run_name's letters (SkyPilot refuses
-    one starting with a digit itself, before anything is made) or a name of ftctl's ending in hex digits; any length
-    (SkyPilot shortens the name it gives the cloud, with a hash)."""
+    SkyPilot cluster names: --cluster's checked as given (spec.py, SkyPilot's rule), the run's made one (run_key); any
+    length (SkyPilot shortens the name it gives the cloud, with a hash)."""
     return spec.cluster or run_key(spec)
 
 
@@ -81,10 +104,11 @@ def node_dir(spec: RunSpec) -> str:
 
 
 def named(node: RunSpec, spec: RunSpec) -> RunSpec:
-    """``node`` (on_node's) as the task is rendered from it: named run_key(spec), the run's own name among runs, so the
-    task (and the run's directory on the nodes, node_dir) is the run's own. on_node's spec is the trainer's, whose name
-    stays the run's name (run_key adds a digest of the output where no run_name is given)."""
-    return replace(node, run_name=run_key(spec))
+    """``node`` (on_node's) as the task is rendered from it: named after the run's directory (run_dir_for), so that the
+    task's name, its cluster and the run's directory on the nodes are the run's own (run_key) and the header names the
+    run's directory here. on_node's spec is the trainer's, whose name stays the run's name (the directory adds a digest
+    of the output where no run_name is given)."""
+    return replace(node, run_name=run_dir_for(spec).name)
 
 
 def local_inputs(spec: RunSpec) -> dict[str, list[str]]:

@@ -57,7 +57,7 @@ from ftctl.plan import Plan
 from ftctl.preflight import disk_need
 from ftctl.runpaths import SOURCE_DIR, TASK_FILE
 from ftctl.sky.cost import memory_request
-from ftctl.sky.inputs import Shipped, node_dir, shipping_note
+from ftctl.sky.inputs import Shipped, cluster_name, node_dir, run_key, shipping_note, sky_name
 from ftctl.spec import FIELDS, RunSpec
 
 HEREDOC = "FTCTL_SPEC_EOF"
@@ -468,16 +468,16 @@ def sky_command(spec: RunSpec, run_dir: Path, job_name: str) -> str:
     if spec.managed_job:
         argv += ["-n", job_name]
     else:
-        argv += ["-c", spec.cluster or spec.name]
+        argv += ["-c", cluster_name(spec)]
         idle = autostop_minutes(spec)
         argv += ["--down"] if spec.down else ["-i", str(idle)] if idle else []
     return join(argv)
 
 
 def _run_name(spec: RunSpec, spec_json: str) -> str:
-    """The run's name as the trainer's spec.json has it (a managed job is named after it): the task's ``spec`` may be
-    named after the run's directory instead (its run_name set to it)."""
-    return json.loads(spec_json)["spec"].get("run_name") or replace(spec, run_name=None).name
+    """A managed job's name (sky_inputs.job_name): the run's name as the trainer's spec.json has it, as SkyPilot takes
+    it; the task's ``spec`` may be named after the run's directory instead (its run_name set to it)."""
+    return sky_name(json.loads(spec_json)["spec"].get("run_name") or replace(spec, run_name=None).name)
 
 
 def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] = ()) -> str:
@@ -545,7 +545,7 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
         ),
     ]
     task: dict = {
-        "name": spec.name,
+        "name": run_key(spec),
         "resources": resources,
         "num_nodes": plan.nodes,
         "envs": {k: str(v) for k, v in sorted(trainer_env(spec).items())},
