@@ -246,7 +246,9 @@ def test_managed_job_recovers_from_a_lost_node_resumes_and_is_cancelled(sky, sky
     print(f"[t] managed: node lost at step {before[-1]} after {time.monotonic() - t0:.0f}s", file=sys.stderr)
     # SkyPilot's relaunch: an allocation of the job's that is not the lost one. Until then the lost node's trainer may
     # still save (its steps are fast here: it went from step 5 to 31 after the scancel, and a wait for
-    # before + 2 * SAVE was met by it alone, before any relaunch)
+    # before + 2 * SAVE was met by it alone, before any relaunch). SkyPilot's teardown empties the cluster's home,
+    # which the relaunch uses again: that trainer stops there (callbacks.RunDirKept; it saved into the emptied
+    # directory and rotated away the checkpoint the relaunched trainer had chosen, which failed, 2 runs of 5)
     deadline = time.monotonic() + 420
     while not set(_slurm_jobs_of(sky_infra, "sky-managed")) - set(allocations):
         assert time.monotonic() < deadline, f"no relaunch in 420 s\n{sky.why(job)}"

@@ -105,6 +105,49 @@ def test_a_second_trainer_into_a_run_dir_stops_at_once_naming_the_first(
             pass
 
 
+@pytest.mark.parametrize("then", ["another file", "gone"])
+def test_a_trainer_whose_run_dir_is_removed_under_it_stops_writing_there(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, then
+):
+    """SkyPilot's teardown of a lost node's Slurm cluster empties the cluster's home, which the node relaunched under the
+    same name uses again, while the lost node's trainer runs on (a partitioned node; on the test cluster, one its
+    scancel left): that trainer saved a checkpoint into the emptied directory and rotated away the one the new attempt
+    had chosen to resume, which then failed (test_sky_launch's managed-job recovery, 2 runs of 5). It stops at the next
+    step boundary, before that step's checkpoint, and writes nothing more there; the new attempt's lock is left."""
+    import re
+    import shutil
+
+    from transformers import TrainerCallback
+
+    from ftctl.runpaths import RunPaths
+    from ftctl.trainer.run import train
+
+    out = tmp_path / "out"
+    lock = RunPaths(out).train_lock
+
+    class Teardown(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                shutil.rmtree(out)
+                if then == "another file":  # the new attempt's directory, its lock a new file
+                    lock.parent.mkdir(parents=True)
+                    lock.write_text("the new attempt\n")
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=4, save_steps=1)
+    said = (
+        rf"{re.escape(str(out))} was removed or replaced while this trainer ran \(its lock {re.escape(str(lock))} is "
+        rf"{then}\): another attempt may train there now, so this one stops at step 2 without writing anything more "
+        "into it"
+    )
+    with pytest.raises(FtctlError, match=f"^{said}$"):
+        train(spec, plan, callbacks=[Teardown()], echo=lambda line: None)
+    if then == "gone":
+        assert not out.exists()  # nothing made again: no checkpoint-2, no metrics.jsonl, no final model
+    else:
+        assert [p.relative_to(out).as_posix() for p in sorted(out.rglob("*"))] == [".ftctl", ".ftctl/train.lock"]
+        assert lock.read_text() == "the new attempt\n"
+
+
 def test_wandb_offline_logs_with_no_network(tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))

@@ -819,3 +819,41 @@ class LeaseKept(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):  # before the final model is saved
         self._check()
         return control
+
+
+class RunDirKept(TrainerCallback):
+    """Rank 0 stops at the first step boundary after the run directory's lock (trainer.run.only_trainer's flock) is no
+    longer the file it holds: the directory was deleted or replaced under this trainer, and another attempt may train
+    there now, its lock a new file that this trainer's flock does not hold. SkyPilot's teardown of a lost node's Slurm
+    cluster empties the cluster's home, which the node relaunched under the same name uses again, while the lost node's
+    trainer ran on: it saved a checkpoint into the emptied directory and rotated away the one the new attempt had just
+    chosen to resume, which then failed. Raised before this step's checkpoint is saved (or, at the end, the final
+    model): nothing more is written there. ``lock``: the lock file's path, ``held``: the file open on it."""
+
+    def __init__(self, run_dir: str, lock: Path, held):
+        self.run_dir, self.lock = run_dir, lock
+        st = os.fstat(held.fileno())
+        self.held = (st.st_dev, st.st_ino)
+
+    def _check(self, state) -> None:
+        try:
+            st = os.stat(self.lock)
+            now = "another file" if (st.st_dev, st.st_ino) != self.held else None
+        except FileNotFoundError:
+            now = "gone"
+        if now:
+            from ftctl.errors import FtctlError
+
+            raise FtctlError(
+                f"{self.run_dir} was removed or replaced while this trainer ran (its lock {self.lock} is {now}): "
+                f"another attempt may train there now, so this one stops at step {state.global_step} without "
+                "writing anything more into it"
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):  # before the Trainer saves this step's checkpoint
+        self._check(state)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):  # before the final model is saved
+        self._check(state)
+        return control

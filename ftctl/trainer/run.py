@@ -108,8 +108,8 @@ class Run:
 def train(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Result:
     """Train ``spec`` as ``plan`` says, in this process (one rank of torchrun, or alone)."""
     local_dir, remote_uri = output_dirs(spec)
-    with only_trainer(local_dir), holding_lease(remote_uri, spec) as kept:
-        return _train(spec, plan, [*callbacks, *kept], echo)
+    with only_trainer(local_dir) as own, holding_lease(remote_uri, spec) as kept:
+        return _train(spec, plan, [*callbacks, *own, *kept], echo)
 
 
 @contextmanager
@@ -139,9 +139,10 @@ def only_trainer(local_dir: str):
     writing checkpoint-N and metrics.jsonl in turn. A file system without locks (some NFS mounts) is not refused.
     The lock stays when the run ends (a file removed while another process opens it would let two hold it): a lock
     another user's run left in a group's run directory (mode 644) is taken read-only, its holder's name unwritten
-    (it was a PermissionError)."""
+    (it was a PermissionError). Yields the callback that stops the training where the directory is removed or replaced
+    meanwhile (callbacks.RunDirKept)."""
     if int(os.environ.get("RANK", "0")) != 0:
-        yield
+        yield []
         return
     path = RunPaths(Path(local_dir)).train_lock
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +163,9 @@ def only_trainer(local_dir: str):
             fh.truncate()
             fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n")
             fh.flush()
-        yield
+        from ftctl.trainer.callbacks import RunDirKept
+
+        yield [RunDirKept(local_dir, path, fh)]
 
 
 def _lock(fh, tries: int = 20) -> None:
