@@ -180,6 +180,8 @@ class SkyBackend(Backend):
         inputs = sky_inputs.shipped(spec)
         how = "managed job" if spec.managed_job else f"cluster {cluster}"
         click.echo(f"launching {spec.name} through SkyPilot ({how}); task: {paths.task}", err=True)
+        if not spec.managed_job and not spec.cluster and (said := former_cluster(spec, cluster)):
+            click.echo(said, err=True)
         if note := sky_inputs.shipping_note(spec, rendered.plan, inputs):
             click.echo(note, err=True)
         secrets, idle = job_secrets(spec), sky_render.autostop_minutes(spec)
@@ -626,6 +628,27 @@ def lease_holder(ref: JobRef) -> str:
 
 def _first_line(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def former_cluster(spec, cluster: str) -> str | None:
+    """One line where this run's newest job launched from here ran on the cluster ftctl named a run's before
+    2026-12-06 (the run's name, every run of one model's: explore46 #5), not on ``cluster``, the run's own now. That
+    one is not reused by itself: it was shared, so it may run another run's job (which this one would queue behind) or
+    be made for another; asking SkyPilot its jobs and its fit costs a request to its head each launch, where leaving
+    it costs its idle autostop's minutes once. The line says how to reuse it or stop it now."""
+    ours = [
+        ref
+        for ref, _ in recorded_jobs()
+        if ref.backend == "sky" and not ref.extra.get("managed") and ref.output == spec.output
+    ]
+    if not ours or (former := ours[0].extra.get("cluster")) in (None, cluster) or former != spec.name:
+        return None
+    return (
+        f"ftctl: this run's job {ours[0].job_id} ran on cluster {former}, named as ftctl named a run's cluster before "
+        f"(shared by every run of the model); this launch goes to cluster {cluster}, the run's own. Where {former} is "
+        f"still up, it stops after its idle autostop (`ftctl down {ours[0].job_id}` now); --cluster {former} runs "
+        "this launch there instead."
+    )
 
 
 def job_id_for(cluster: str, sky_job_id: int, cluster_hash: str | None) -> str:
