@@ -37,7 +37,8 @@ _UNUSABLE = (
     "powered_down",
     "powering_down",
 )
-_SINFO_FORMAT = "%P|%N|%t|%c|%m|%l|%a|%G|%n"  # %n: the node's hostname (NodeHostname)
+# %n: the node's hostname (NodeHostname); %L: the partition's DefaultTime, the limit of a job that gives no --time
+_SINFO_FORMAT = "%P|%N|%t|%c|%m|%l|%a|%G|%n|%L"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,20 @@ class PartitionInfo:
     available: bool  # sinfo's avail column says 'up'
     time_limit: str
     nodes: list[NodeInfo] = field(default_factory=list)
+    default_time: str = ""  # sinfo's %L (DefaultTime): 'n/a' where unset, '' where sinfo did not say
+
+    @property
+    def job_time_limit(self) -> str | None:
+        """The time limit of a job that gives no --time, as sinfo says it: the partition's DefaultTime, else its
+        MaxTime (slurm.conf: "If not set then MaxTime will be used"); None where that is none (infinite) or not
+        known (an older sinfo's answer without %L)."""
+        if not self.default_time:
+            return None
+        limit = self.default_time if self.default_time.lower() not in ("n/a", "none") else self.time_limit
+        try:
+            return limit if slurm_time_s(limit) is not None else None
+        except ValueError:
+            return None
 
     @property
     def gpu_summary(self) -> str:
@@ -474,6 +489,61 @@ def _time_problems(chosen: PartitionInfo, time: str) -> list[str]:
     ]
 
 
+def time_doubt(
+    report: DoctorReport, partition: str | None, time: str | None, train_s: float | None, requeues: int
+) -> tuple[bool, str] | None:
+    """What launch says of the job's time limit against the run's length (``train_s``: the plan's estimate, None where
+    unknown), and whether it is a warning: a job without --time gets the partition's DefaultTime (sinfo's %L; often an
+    hour), said always, and where the run is longer, that each attempt is cut there and queues again; a run longer than
+    its 1 + ``requeues`` attempts stops unfinished. None where nothing is known or nothing is short (a list of
+    partitions: the job's limit is whichever starts it)."""
+    if not report.reachable or (partition and "," in partition):
+        return None
+    chosen, _ = _choose(report.partitions, partition)
+    if chosen is None:
+        return None
+    given = time is not None and time.strip() != ""
+    limit = time if given else chosen.job_time_limit
+    try:
+        limit_s = slurm_time_s(limit) if limit else None
+    except ValueError:
+        return None
+    if limit_s is None:
+        return None
+    attempts = requeues + 1
+    unfinished = bool(train_s and train_s > attempts * limit_s)
+    est = f"the run trains for ~{_hours(train_s)} est." if train_s else ""
+    stops = (
+        f"after {attempts} attempt{'s' * (attempts != 1)} of {limit} (-o max_requeues={requeues}) it stops unfinished, "
+        "resumed only by launching it again"
+    )
+    if given:
+        if not unfinished:
+            return None
+        return True, (
+            f"{est}, longer than {attempts} x --time {limit}: each attempt is cut at its time limit and requeued, "
+            f"and {stops}; raise --time ({_allows(chosen)}) or -o max_requeues"
+        )
+    said = f"no --time: the job gets partition {chosen.name}'s default time limit, {limit} (sinfo)"
+    if not train_s or train_s <= limit_s:
+        return False, f"{said}; --time asks for another ({_allows(chosen)})"
+    return True, (
+        f"{said}, and {est}: each attempt is cut there and requeued, back in the queue"
+        + (f"; {stops}" if unfinished else "")
+        + f"; pass --time ({_allows(chosen)})"
+    )
+
+
+def _allows(chosen: PartitionInfo) -> str:
+    if chosen.time_limit_s is None:
+        return f"partition {chosen.name} has no time limit"
+    return f"partition {chosen.name} allows up to {chosen.time_limit}"
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
+
+
 def parse_gres(gres: str) -> dict[str, int]:
     """GPU counts by type from sinfo's GRES column: 'gpu:a100:4(S:0-1),nvme:1' -> {'a100': 4}."""
     gpus: dict[str, int] = {}
@@ -500,9 +570,17 @@ def _parse_sinfo(text: str) -> list[PartitionInfo]:
             continue
         raw, node, state, cpus, mem, limit, avail, gres = (c.strip() for c in cols[:8])
         host = cols[8].strip() if len(cols) > 8 else ""
+        default_time = cols[9].strip() if len(cols) > 9 else ""
         name = raw.rstrip("*")
         part = partitions.setdefault(
-            name, PartitionInfo(name=name, default=raw.endswith("*"), available=avail == "up", time_limit=limit)
+            name,
+            PartitionInfo(
+                name=name,
+                default=raw.endswith("*"),
+                available=avail == "up",
+                time_limit=limit,
+                default_time=default_time,
+            ),
         )
         part.nodes.append(
             NodeInfo(name=node, state=state, cpus=_int(cpus), memory_mb=_int(mem), gpus=parse_gres(gres), hostname=host)
