@@ -174,6 +174,8 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path, 
         "node1:29742",  # rdzv_port + SLURM_JOB_ID % 1000
         "--rdzv-id",
         f"{prep.spec.name}-4242",
+        "--rdzv-conf",
+        "read_timeout=600",  # a node waits for the first one's store (explore48)
         "-m",
         "ftctl.trainer",
         "--spec",
