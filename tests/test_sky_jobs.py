@@ -134,6 +134,9 @@ def committed(s3_bucket, tmp_path):
 def test_cancel_says_no_checkpoint_was_saved_and_where_the_same_launch_goes_on(monkeypatch, committed):
     """SkyPilot's cancel kills the job (its trainer saved nothing as it stopped; explore14: stopped at step 514, the
     relaunch resumed checkpoint-500); `cancel` said only 'cancelled c/2', and `status` 'CANCELLED (on cluster c)'."""
+    # no trainer hears its stop request, and its log says it does not train: not waited for (15 s of the suite's)
+    monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0.05)
+    monkeypatch.setattr(sky_backend, "HEARD_WAIT_S", 0.1)
     sky = FakeSky(now="hash-1", jobs={2: "RUNNING"}).install(monkeypatch)
     ref = cluster_job(2, output=committed)
     record_job(ref)
@@ -152,6 +155,7 @@ def test_a_managed_jobs_cancel_waits_for_its_controller_to_stop_it(monkeypatch, 
     """sky.jobs.cancel returns before the controller stops the job (RUNNING, then CANCELLING for ~45 s): `cancel` said
     'cancelled managed/1' while it still ran."""
     monkeypatch.setattr(sky_backend, "CANCEL_POLL_S", 0)
+    monkeypatch.setattr(sky_backend, "HEARD_WAIT_S", 0.1)  # no trainer hears the stop request (15 s each, spinning)
     sky = FakeSky(managed={1: "RUNNING"}).install(monkeypatch)
     ref = JobRef("sky", "managed/1", "/nonexistent/run", "run", committed, {"sky_job_id": 1, "managed": True})
     said = SkyBackend().cancel(ref).splitlines()
