@@ -43,14 +43,14 @@ from ftctl.backend import (
 )
 from ftctl.errors import FtctlError
 from ftctl.failures import error_line, last_attempt, tail
-from ftctl.launch import PATH_PYTHON, container_kind
+from ftctl.launch import PATH_PYTHON, container_kind, hf_caches
 from ftctl.plan import PlanError, checkpoint_row
-from ftctl.preflight import train_seconds
+from ftctl.preflight import disk_need, train_seconds
 from ftctl.runpaths import SLURM_STATUS_PATTERN, START_LINE, START_SLURM_ATTEMPT, START_SLURM_JOB
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm import scheduler
-from ftctl.storage import is_remote, storage_errors
+from ftctl.storage import is_remote, size_text, storage_errors
 
 # Slurm's words -> ftctl's states (as torchx's SLURM_STATES -> AppState)
 SLURM_STATES = {
@@ -289,6 +289,57 @@ def unseen_by_nodes(rendered: Rendered, report: slurm_doctor.DoctorReport) -> st
     return (
         f"{said}: the job's nodes do not see {it} where they are other machines, and {' and '.join(then)}. Put {it} on "
         f"a filesystem the nodes share (home, project or scratch space): {', '.join(dict.fromkeys(fix))}."
+    )
+
+
+# what a home directory on a cluster often may hold: NERSC's $HOME quota is 40 GB ("Large I/O operations should always
+# be directed to scratch filesystems"), Compute Canada's 50 GB, TACC's 10 GB. A quota is the user's, not the
+# filesystem's: the free space the output's check sees here (statfs) is the whole filesystem's, and the job's first
+# save (or its model's download) stopped on "Disk quota exceeded" after the queue wait
+HOME_QUOTA_GB = 40.0
+
+
+def home_quota_doubt(spec, plan, home: str | None = None) -> str | None:
+    """What the job writes into the launching user's home beyond HOME_QUOTA_GB: its checkpoints (a local --output
+    there: preflight.disk_need, as the output's own check counts them) and its model's download (a hub id not in the
+    cache yet, into a Hugging Face cache there: ~2 bytes a parameter). None where nothing that large goes there."""
+    home = os.path.realpath(home or os.path.expanduser("~")).rstrip("/") + "/"
+    if home == "/":  # no home of its own (HOME=/): nothing is said
+        return None
+
+    def in_home(path: str) -> bool:
+        return (os.path.realpath(os.path.expanduser(path)) + "/").startswith(home)
+
+    found = []
+    if not is_remote(spec.output) and in_home(spec.output):
+        need = disk_need(spec, plan)
+        if need.gb > HOME_QUOTA_GB:
+            found.append(f"{need.words} need ~{size_text(need.gb * 1e9)} in --output {spec.output}")
+    model = spec.model_name_or_path
+    if (
+        not os.path.isdir(os.path.expanduser(model))
+        and not is_remote(model)
+        and 2 * plan.model.params_b > HOME_QUOTA_GB
+    ):
+        hf_home, apart = hf_caches({**os.environ, **spec.env})
+        hub = dict(apart).get("HF_HUB_CACHE") or dict(apart).get("HUGGINGFACE_HUB_CACHE") or f"{hf_home}/hub"
+        if in_home(hub):
+            from ftctl.hub import cached_snapshot
+
+            if cached_snapshot(model) is None:
+                found.append(
+                    f"its model downloads (~{size_text(2 * plan.model.params_b * 1e9)}) into the Hugging Face cache "
+                    f"{hub}"
+                )
+    if not found:
+        return None
+    moves = (["--output DIR on project or scratch space"] if "--output" in found[0] else []) + (
+        ["export HF_HOME=DIR there"] if "Hugging Face" in found[-1] else []
+    )
+    return (
+        f"{'; '.join(found)}: that is your home ({home.rstrip('/')}), whose quota on a cluster is often 10-50 GB, "
+        "which the free space seen here does not show (yours: `quota -s`, `lfs quota -u $USER ~` or the site's "
+        f"`myquota`); over it, the job stops on 'Disk quota exceeded' after the queue wait: {' and '.join(moves)}."
     )
 
 
@@ -619,6 +670,8 @@ class SlurmBackend(Backend):
         if timed := slurm_doctor.time_doubt(report, spec.partition, spec.time, train_seconds(spec, plan), requeues):
             click.echo(f"{'warning' if timed[0] else 'note'}: {timed[1]}", err=True)
         if said := unseen_by_nodes(rendered, report):
+            click.echo(f"warning: {said}", err=True)
+        if said := home_quota_doubt(spec, plan):
             click.echo(f"warning: {said}", err=True)
         if report.gres_type:
             spec_json = rendered.files[rendered.paths.spec.name]
