@@ -461,6 +461,11 @@ class RunSpec:
     # SkyPilot's disk_tier: default (SkyPilot's, MEDIUM on most clouds) or best; unset: best on a cloud GPU node whose
     # checkpoints are large (ftctl/sky/render.py disk_tier)
     disk_tier: str | None = None
+    # SkyPilot: more GPU types the run may land on, comma-separated (A100-80GB for --gpus 8xA100): each of the plan's
+    # architecture with at least its memory; SkyPilot launches the cheapest it finds (ftctl/sky/render.py also_gpus)
+    also_gpus: str | None = None
+    # SkyPilot, with --spot: on-demand instances where no spot ones are to be had (ftctl/sky/render.py spot_resources)
+    on_demand_fallback: bool = False
 
     # -------------------------------------------------------------------------------------------
     @property
@@ -728,6 +733,8 @@ _PLACEMENT_KEYS = {
     "idle_minutes",
     "network_tier",
     "disk_tier",
+    "also_gpus",
+    "on_demand_fallback",
 }
 TRAINING_KEYS = [n for n in FIELDS if n not in _PLACEMENT_KEYS]
 

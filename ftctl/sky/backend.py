@@ -123,6 +123,8 @@ class SkyBackend(Backend):
                 "idle_minutes",
                 "network_tier",  # render.network_tier: best for a multi-node GPU run where SkyPilot sets it up right
                 "disk_tier",  # render.disk_tier: best for a cloud node whose checkpoints are large
+                "also_gpus",  # render.also_gpus: more GPU types of the plan's architecture, with its memory or more
+                "on_demand_fallback",  # render.spot_resources: --spot's any_of of spot and on-demand
                 "container",
                 "setup",
             }

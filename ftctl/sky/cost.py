@@ -47,10 +47,23 @@ def describe(best: dict, spec: RunSpec, plan: Plan) -> str:
         return f"{'cheapest':<14} unknown: {best['unavailable']}"
     hourly = best["hourly_per_node"] * plan.nodes
     where = f"{best['cloud']} {best['region'] or ''} {best['instance_type'] or ''}".split()
+    if "options" in best:  # the GPU type it priced, among -o also_gpus's
+        where.append(f"({_gpus(best)})")
     line = (
         f"{'cheapest':<14} {' '.join(where)}{' (spot)' if best['spot'] else ''}: "
         f"${best['hourly_per_node']:.2f}/h per node, ${hourly:.2f}/h for {plan.nodes} node{'s' * (plan.nodes > 1)}"
     )
+    # -o also_gpus, -o on_demand_fallback: what SkyPilot fails over to where the cheapest is not to be had
+    if others := [o for o in best.get("options", []) if o["hourly_per_node"] > best["hourly_per_node"]]:
+        market = any(o["spot"] for o in [best, *others])
+        line += (
+            f"\n{'fallbacks':<14} "
+            + ", ".join(
+                f"{_gpus(o)}{(' (spot)' if o['spot'] else ' (on-demand)') if market else ''} ${o['hourly_per_node']:.2f}/h"
+                for o in others
+            )
+            + " per node"
+        )
     tokens, rate = train_tokens(spec, plan), tokens_per_second(plan)
     if tokens is None or rate is None:
         why = (
@@ -62,6 +75,11 @@ def describe(best: dict, spec: RunSpec, plan: Plan) -> str:
         f"\n{'est. total':<14} ${hours * hourly:,.2f} for {_duration(hours)} of training "
         f"({tokens:,.0f} tokens at ~{rate:,.0f} tokens/s, {MFU:.0%} of peak assumed)\n{'':<14} {not_counted(spec, plan)}"
     )
+
+
+def _gpus(option: dict) -> str:
+    """A100-80GB:8, as SkyPilot names an option's accelerators."""
+    return ", ".join(f"{name}:{count:g}" for name, count in (option.get("accelerators") or {}).items())
 
 
 def _duration(hours: float) -> str:

@@ -39,7 +39,7 @@ import yaml
 
 from ftctl import __version__
 from ftctl.backend import run_dir_for
-from ftctl.docker.image import check_reference
+from ftctl.docker.image import ARM_HOSTED, check_reference
 from ftctl.errors import FtctlError, did_you_mean
 from ftctl.launch import (
     JOB_PORT,
@@ -183,6 +183,8 @@ def settle(spec: RunSpec, plan: Plan) -> RunSpec:
         # what the task asks for, said in spec.json (standard and default: SkyPilot's, left out of the task)
         "network_tier": lambda: network_tier(spec, plan) or "standard",
         "disk_tier": lambda: disk_tier(spec, plan) or "default",
+        "also_gpus": lambda: ",".join(also_gpus(spec, plan)) or None,
+        "on_demand_fallback": lambda: on_demand_fallback(spec, plan),
     }
     problems, values = [], {}
     for key, decide in deciders.items():
@@ -342,6 +344,88 @@ def disk_tier(spec: RunSpec, plan: Plan) -> str | None:
     return "best" if disk_need(spec, plan).one / DEFAULT_DISK_GBPS > SLOW_SAVE_S else None
 
 
+def also_gpus(spec: RunSpec, plan: Plan) -> list[str]:
+    """The GPU types -o also_gpus offers SkyPilot beside the plan's (ftctl's names, SkyPilot's too), each checked to
+    run the plan as it is: the plan's architecture (its compute capability: the same kernels, bf16 and FlashAttention,
+    and the torch build node_stack chooses), at least its memory (the plan fits the smaller card, so the bigger takes
+    it), and the same host CPUs (an Arm host's image is another). The trainer runs the plan made for --gpus on
+    whichever SkyPilot launches: its batch and memory plan, which fit the bigger card. FtctlError for any other."""
+    from ftctl import gpus
+
+    names = [n.strip() for n in (spec.also_gpus or "").split(",") if n.strip()]
+    if not names:
+        return []
+    if plan.tier is None:
+        raise FtctlError(f"-o also_gpus={spec.also_gpus} with --gpus cpu: a CPU job asks for no GPUs: drop it.")
+    asked, out, problems = gpus.TIERS[getattr(plan.tier, "name", plan.tier)], [], []
+    for name in names:
+        try:
+            other = gpus.tier(name)
+        except FtctlError as e:
+            problems.append(str(e))
+            continue
+        why = (
+            f"{other.name} is another architecture (sm{other.cuda_arch.replace('.', '')}) than {asked.name}'s "
+            f"(sm{asked.cuda_arch.replace('.', '')})"
+            if other.compute_capability != asked.compute_capability
+            else f"{other.name} has {other.memory_gb:g} GB, less than the {asked.memory_gb:g} GB the plan fits within"
+            if other.memory_gb < asked.memory_gb
+            else f"{other.name} sits on another kind of host CPU than {asked.name}"
+            if (other.name in ARM_HOSTED) != (asked.name in ARM_HOSTED)
+            else None
+        )
+        if why:
+            problems.append(why)
+        elif other.name != asked.name and other.name not in out:
+            out.append(other.name)
+    if problems:
+        fits = [
+            t.name
+            for t in gpus.TIERS.values()
+            if t.compute_capability == asked.compute_capability
+            and t.memory_gb >= asked.memory_gb
+            and t is not asked
+            and (t.name in ARM_HOSTED) == (asked.name in ARM_HOSTED)
+        ]
+        offer = f"here: {', '.join(fits)}" if fits else f"here none but {asked.name}"
+        raise FtctlError(
+            f"-o also_gpus={spec.also_gpus}: {'; '.join(problems)}. SkyPilot may launch any type offered, and the plan "
+            f"made for --gpus {plan.gpus} runs as it is only on its architecture with at least its memory ({offer}); "
+            "to train on another card, plan for it with --gpus."
+        )
+    return out
+
+
+def accelerators(spec: RunSpec, plan: Plan) -> str | dict[str, int]:
+    """The task's accelerators: the plan's GPUs (A100:8), or with -o also_gpus SkyPilot's set of them ({A100: 8,
+    A100-80GB: 8}), of which its optimizer launches the cheapest it finds, failing over to the others."""
+    alternatives = also_gpus(spec, plan)
+    if not alternatives:
+        return f"{plan.tier}:{plan.gpus_per_node}"
+    return {name: plan.gpus_per_node for name in [str(plan.tier), *alternatives]}
+
+
+def on_demand_fallback(spec: RunSpec, plan: Plan) -> bool:
+    """-o on_demand_fallback: a --spot job may run on on-demand instances where no spot ones are to be had (spot_any_of);
+    FtctlError where there is no spot to fall back from."""
+    if spec.on_demand_fallback and not (spec.spot and use_spot(spec, plan)):
+        raise FtctlError(
+            "-o on_demand_fallback=true falls back from spot instances, and this run asks for none (it needs --spot, "
+            "on a GPU plan and an infra with a spot market): drop it; --managed runs on on-demand instances."
+        )
+    return spec.on_demand_fallback
+
+
+def spot_resources(spec: RunSpec, plan: Plan) -> dict:
+    """A managed job's market: use_spot, or with -o on_demand_fallback SkyPilot's any_of of spot and on-demand. Its
+    optimizer launches the cheapest it finds, spot, failing over to on-demand where no region has spot capacity; the
+    recovery after a preemption (EAGER_NEXT_REGION) asks again across both, so a job on on-demand instances stays there
+    until it ends or its node is lost, and one on spot is relaunched on spot where there is some."""
+    if on_demand_fallback(spec, plan):
+        return {"any_of": [{"use_spot": True}, {"use_spot": False}]}
+    return {"use_spot": use_spot(spec, plan)}
+
+
 def ignored_options(spec: RunSpec) -> list[str]:
     """What SkyPilot would ignore of what the run sets, each with its fix (docs/backends.md's promise: refused, never
     ignored)."""
@@ -413,7 +497,7 @@ def use_spot(spec: RunSpec, plan: Plan) -> bool:
 def optimizer_resources(spec: RunSpec, plan: Plan) -> dict:
     """The resources section SkyPilot's optimizer prices, as the task asks for them (:func:`render`), of a spec
     SkyBackend.resolve settled (cloud and region folded into infra); a GPU plan's."""
-    res: dict = {"accelerators": f"{plan.tier}:{plan.gpus_per_node}", "use_spot": use_spot(spec, plan)}
+    res: dict = {"accelerators": accelerators(spec, plan), **spot_resources(spec, plan)}
     if memory_request(plan):
         res["memory"] = memory_request(plan)
     res |= tiers(spec, plan)  # network_tier: best narrows the clouds priced
@@ -495,14 +579,14 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
     if plan.tier is None:
         resources["cpus"] = "1+"
     else:
-        resources["accelerators"] = f"{plan.tier}:{plan.gpus_per_node}"
+        resources["accelerators"] = accelerators(spec, plan)
         resources["disk_size"] = spec.disk_size
     resources |= tiers(spec, plan)
     if memory_request(plan):  # an offload plan's host RAM, a CPU plan's processes' memory
         resources["memory"] = memory_request(plan)
     if spec.managed_job:
         # a managed job for its recovery; with --spot, spot instances where there is a market
-        resources["use_spot"] = use_spot(spec, plan)
+        resources |= spot_resources(spec, plan)
         # a trainer stopped because its lease's renewals did not reach the store (UNREACHED_EXIT) is recovered as a
         # preemption is: nobody else holds its output, and the recovery resumes (ftctl.lease.LeaseLost)
         resources["job_recovery"] = {

@@ -454,8 +454,23 @@ def _cheapest(sky, resources: dict, num_nodes: int) -> dict:
     with sky.Dag() as dag:
         task = sky.Task(name="ftctl-plan", run="true", num_nodes=num_nodes)
         task.set_resources(sky.Resources.from_yaml_config(resources))
+    options = list(task.resources)
     dag = optimizer.Optimizer.optimize(dag, quiet=True)
-    best = dag.tasks[0].best_resources
+    out = _priced(dag.tasks[0].best_resources)
+    if len(options) > 1:  # -o also_gpus, -o on_demand_fallback: what each costs where the cheapest is not to be had
+        out["options"] = []
+        for option in options:
+            with sky.Dag() as one:
+                sky.Task(name="ftctl-plan", run="true", num_nodes=num_nodes).set_resources(option)
+            try:
+                out["options"].append(_priced(optimizer.Optimizer.optimize(one, quiet=True).tasks[0].best_resources))
+            except sky.exceptions.ResourcesUnavailableError:  # none of it in the enabled clouds' catalogs
+                continue
+        out["options"].sort(key=lambda o: o["hourly_per_node"])
+    return out
+
+
+def _priced(best) -> dict:
     _, memory = best.cloud.get_vcpus_mem_from_instance_type(best.instance_type)
     return {
         "cloud": str(best.cloud),
