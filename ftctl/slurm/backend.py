@@ -45,11 +45,12 @@ from ftctl.errors import FtctlError
 from ftctl.failures import error_line, last_attempt, tail
 from ftctl.launch import PATH_PYTHON, container_kind, hf_caches
 from ftctl.plan import PlanError, checkpoint_row
-from ftctl.preflight import disk_need, train_seconds
+from ftctl.preflight import SAVE_GBPS, STEP_MARGIN_S, checkpoint_gb, disk_need, train_seconds
 from ftctl.runpaths import SLURM_STATUS_PATTERN, START_LINE, START_SLURM_ATTEMPT, START_SLURM_JOB
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm import scheduler
+from ftctl.spec import FIELDS, slurm_time_s
 from ftctl.storage import is_remote, size_text, storage_errors
 
 # Slurm's words -> ftctl's states (as torchx's SLURM_STATES -> AppState)
@@ -572,6 +573,8 @@ class SlurmBackend(Backend):
         plan.notes += taken
         spec, fitted = self._fit_cpus(spec, plan)
         plan.notes += fitted
+        spec, led = self._fit_signal_lead(spec, plan)
+        plan.notes += led
         if asked := slurm_render.memory_request(spec, plan):
             plan.notes.append(f"--mem={slurm_render.mem_size(asked[0])} a node: {asked[1]}")
         return spec, plan
@@ -591,6 +594,31 @@ class SlurmBackend(Backend):
         return replace(spec, cpus_per_task=cpus), [
             f"--cpus-per-task={cpus}: {plan.gpus_per_node}x{plan.tier}'s share of the CPUs of partition {partition}'s "
             "nodes (8 a GPU where a node has that many; -o cpus_per_task=N asks for another)"
+        ]
+
+    @staticmethod
+    def _fit_signal_lead(spec, plan) -> tuple:
+        """Where the run leaves signal_lead_s at its default (120 s) and its save at Slurm's USR2 takes longer (as
+        preflight.check_signal_lead counts it: the step under way, then the checkpoint written, and uploaded for a
+        store output, at SAVE_GBPS), the lead that save needs in whole minutes, at most half the time limit (the job
+        trains between its notices), and a note; else ``spec`` as it is. An 8B fft's USR2 came 120 s before its limit
+        with ~317 s to save: each time-limited attempt was killed mid-save and lost the steps since the last
+        checkpoint, said only in a warning."""
+        default = FIELDS["signal_lead_s"].default
+        if spec.signal_lead_s != default:
+            return spec, []
+        one, _ = checkpoint_gb(plan)
+        need = (2 if is_remote(spec.output) else 1) * one / SAVE_GBPS + STEP_MARGIN_S
+        lead = math.ceil(need / 60) * 60
+        limit = slurm_time_s(spec.time) if spec.time else None
+        if limit:
+            lead = min(lead, limit // 2)
+        if lead <= default:
+            return spec, []
+        return replace(spec, signal_lead_s=lead), [
+            f"signal_lead_s={lead}: Slurm's USR2 comes {lead} s before the time limit, for a save of ~{need:.0f} s (a "
+            f"checkpoint of ~{size_text(one * 1e9)} at {SAVE_GBPS:g} GB/s after the step under way; the default is "
+            f"{default} s; -o signal_lead_s=N asks for another)"
         ]
 
     def _resolve(self, spec):

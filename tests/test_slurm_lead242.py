@@ -1,0 +1,30 @@
+"""Slurm's USR2 lead follows the plan's save where the run leaves signal_lead_s at its default (helper 242,
+explore48): an 8B fft's USR2 came 120 s before the time limit with ~317 s of checkpoint to write, so every
+time-limited attempt was killed mid-save and lost the steps since its last checkpoint; launch only warned."""
+
+from __future__ import annotations
+
+from ftctl.preflight import check_signal_lead
+from tests.render_fixtures import prepared
+
+
+def _lead(method="fft", output="/shared/runs/r1", more=(), **flags):
+    r = prepared(list(more), backend="slurm", method=method, gpus="8xA100-80GB",
+                 model_name_or_path="meta-llama/Llama-3.1-8B", output_dir=output, **flags)  # fmt: skip
+    return r
+
+
+def test_the_default_lead_grows_to_the_save_the_plan_writes():
+    r = _lead()
+    assert r.spec.signal_lead_s == 360 and "#SBATCH --signal=B:USR2@360\n" in r.text
+    assert check_signal_lead(r.spec, r.plan) == []  # the warning's own count: nothing left to say
+    assert any(n.startswith("signal_lead_s=360: Slurm's USR2 comes 360 s before the time limit, for a save of ~317 s")
+               for n in r.plan.notes)  # fmt: skip
+    assert _lead(output="s3://b/r1").spec.signal_lead_s == 600  # written on the node, then uploaded
+    assert _lead(method="lora").spec.signal_lead_s == 120  # adapters: a few hundred MB
+
+
+def test_a_lead_the_run_gives_or_a_short_time_limit_bounds_it():
+    assert _lead(more=["signal_lead_s=200"]).spec.signal_lead_s == 200  # the run's own: kept, and warned
+    assert _lead(time="00:10:00").spec.signal_lead_s == 300  # half the limit: the job trains between notices
+    assert _lead(time="00:04:00").spec.signal_lead_s == 120  # no longer than half: the default
