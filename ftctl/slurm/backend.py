@@ -344,6 +344,25 @@ def home_quota_doubt(spec, plan, home: str | None = None) -> str | None:
     )
 
 
+def registry_image_note(spec) -> str | None:
+    """What an ``apptainer:docker://REF`` container (ftctl's default for a pushed image where apptainer runs them) does
+    on the nodes: apptainer asks the registry for the image's digest on every node of every attempt, even where its
+    cache holds the image (apptainer/singularity#3741), and converts it to a SIF where the cache lacks it, before the
+    trainer starts: on nodes without internet the job fails there, after the queue wait; and each node's conversion
+    takes minutes for a CUDA image. A SIF pulled once on the login node does neither."""
+    kind, ref = container_kind(spec)
+    if kind != "apptainer" or not ref.startswith(("docker://", "oras://")):
+        return None
+    cache = os.environ.get("APPTAINER_CACHEDIR") or "~/.apptainer/cache"
+    return (
+        f"--container apptainer:{ref}: apptainer asks the registry for it on every node of every attempt (nodes "
+        f"without internet fail there, after the queue wait) and converts it to a SIF in {cache} where that lacks it, "
+        "minutes a node for a CUDA image; pull it once on this machine (`apptainer pull ftctl.sif "
+        f"{ref}`) and pass --container apptainer:PATH/ftctl.sif (a filesystem the nodes share), or `ftctl build "
+        "--apptainer`"
+    )
+
+
 # what each kind of path is (unseen_by_nodes), what the job does where the nodes do not see it, and the flag to move it
 _UNSEEN = {
     "run": (
@@ -701,6 +720,8 @@ class SlurmBackend(Backend):
             click.echo(f"warning: {said}", err=True)
         if said := home_quota_doubt(spec, plan):
             click.echo(f"warning: {said}", err=True)
+        if said := registry_image_note(spec):
+            click.echo(f"note: {said}", err=True)
         if report.gres_type:
             spec_json = rendered.files[rendered.paths.spec.name]
             rendered.text, rendered.files = self.render(spec, plan, rendered.paths, spec_json, report.gres_type)
