@@ -1347,6 +1347,14 @@ SAVE_GBPS = 0.5
 STEP_MARGIN_S = 60  # the step under way when the signal comes, finished before the save
 
 
+def signal_save_s(spec, plan) -> float:
+    """Seconds the save at Slurm's USR2 takes: the step under way (STEP_MARGIN_S), then the checkpoint written at
+    SAVE_GBPS, and uploaded as long again for an object-store output. check_signal_lead's count, and the Slurm
+    backend's lead where the run leaves signal_lead_s at its default."""
+    one, _ = checkpoint_gb(plan)
+    return (2 if storage.is_remote(spec.output) else 1) * one / SAVE_GBPS + STEP_MARGIN_S
+
+
 def check_signal_lead(spec, plan) -> list[Finding]:
     """Slurm's USR2 comes signal_lead_s before the time limit: the step under way ends, then the checkpoint is written
     (and sent to an object-store output), before Slurm kills the job at its limit. A full fine-tune's checkpoint
@@ -1354,7 +1362,7 @@ def check_signal_lead(spec, plan) -> list[Finding]:
     than the default 120 s to write."""
     one, _ = checkpoint_gb(plan)
     writes = 2 if storage.is_remote(spec.output) else 1  # staged on the node, then uploaded
-    need = writes * one / SAVE_GBPS + STEP_MARGIN_S
+    need = signal_save_s(spec, plan)
     if need <= spec.signal_lead_s:
         return []
     lead = math.ceil(need / 60) * 60

@@ -45,7 +45,7 @@ from ftctl.errors import FtctlError
 from ftctl.failures import error_line, last_attempt, tail
 from ftctl.launch import PATH_PYTHON, container_kind, hf_caches
 from ftctl.plan import PlanError, checkpoint_row
-from ftctl.preflight import SAVE_GBPS, STEP_MARGIN_S, checkpoint_gb, disk_need, train_seconds
+from ftctl.preflight import SAVE_GBPS, checkpoint_gb, disk_need, signal_save_s, train_seconds
 from ftctl.runpaths import SLURM_STATUS_PATTERN, START_LINE, START_SLURM_ATTEMPT, START_SLURM_JOB
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
@@ -627,7 +627,7 @@ class SlurmBackend(Backend):
         if spec.signal_lead_s != default:
             return spec, []
         one, _ = checkpoint_gb(plan)
-        need = (2 if is_remote(spec.output) else 1) * one / SAVE_GBPS + STEP_MARGIN_S
+        need = signal_save_s(spec, plan)
         lead = math.ceil(need / 60) * 60
         limit = slurm_time_s(spec.time) if spec.time else None
         if limit:
