@@ -76,9 +76,8 @@ from ftctl.spec import RunSpec
 from ftctl.storage import is_remote, write_whole
 from ftctl.torch_builds import node_driver_cuda
 
-# docker stop's wait between SIGTERM and SIGKILL (`ftctl cancel --wait`): the time for the step under way and one
-# checkpoint, which Slurm's time limit gives a run too (signal_lead_s, a Slurm key: a docker run has its default)
-STOP_GRACE_S = RunSpec.signal_lead_s
+# docker stop's wait between SIGTERM and SIGKILL (`ftctl cancel --wait`), the container's own too (--stop-timeout)
+STOP_GRACE_S = docker_render.STOP_GRACE_S
 STOPPED_EXIT = 128 + signal.SIGTERM  # ftctl.trainer.torchrun's, its workers stopped at a checkpoint after a SIGTERM
 KILLED_EXIT = 128 + signal.SIGKILL  # docker's SIGKILL: stop's grace ran out, or --now
 LOG_TAIL_LINES = 200  # of a failed container's log, read for the trainer's error line: torchrun's report follows it
@@ -165,7 +164,8 @@ class DockerBackend(Backend):
         # the engines differ only in how a container gets GPUs: a CPU run's command asks nothing of the host
         kind = docker_engine.kind() if plan.tier else "docker"
         shipped = docker_engine.ships() or ""
-        text = docker_render.render(spec, plan, str(paths.root), kind, docker_engine.command(), shipped)
+        rootless = docker_engine.rootless()
+        text = docker_render.render(spec, plan, str(paths.root), kind, docker_engine.command(), shipped, rootless)
         script = "#!/bin/sh\n" + (text if shipped else "exec " + text)  # shipped: what ftctl sent, its tar not here
         return text, {paths.spec.name: spec_json, paths.docker_script.name: script}
 
@@ -202,7 +202,12 @@ class DockerBackend(Backend):
                 f"container {name} is the run in {other} ({state.word}), and this run would take its name: give this "
                 f"one another with -o run_name=NAME."
             )
-        if state and state.word in ("running", "created", "restarting", "paused"):
+        if state and state.word == "created":  # never started: not a run to follow or stop (`ftctl cancel` cannot)
+            raise FtctlError(
+                f"container {name} was created and never started (a launch that could not start it, or one starting "
+                f"it now): `{_name(_docker())} rm {name}` removes it, then launch again."
+            )
+        if state and state.word in ("running", "restarting", "paused"):
             raise FtctlError(
                 f"container {name} is already {state.word}: `ftctl logs -f {name}` follows it, `ftctl cancel {name}` "
                 "stops it."
@@ -235,6 +240,10 @@ class DockerBackend(Backend):
                 ) from None
         proc = _run(["sh", str(rendered.paths.docker_script)])
         if proc.returncode != 0:
+            # docker run creates the container, then starts it: one it could not start (no GPU runtime, a CDI device,
+            # a limit the engine may not raise) stays, "created", under the run's name, and took it from the
+            # relaunch that follows the fix
+            _remove_unstarted(docker, name)
             said = _last_line(proc)
             fix = next((f": {fix}" for why, fix in SEND_FIXES if why in said), "")
             if fix and (where := docker_engine.remote(docker)) and fix[2:] in (GPU_RUNTIME_FIX, CDI_FIX):
@@ -435,6 +444,16 @@ class DockerBackend(Backend):
         return ok and (has is not False or not wants)
 
 
+def _remove_unstarted(docker: str, name: str) -> None:
+    """Removes the container ``name`` where it was created and never started (a docker run that failed to start it)."""
+    try:
+        state = _inspect(name, docker)
+    except FtctlError:  # the daemon does not answer: nothing to remove through it
+        return
+    if state is not None and state.word == "created" and state.ran is None:
+        _run([docker, "rm", name])
+
+
 def _docker(ref: JobRef | None = None) -> str:
     """The engine's executable (docker.engine): the one ``ref`` was launched with, else this launch's."""
     return docker_engine.path((ref.extra.get("engine") if ref else None) or None)
@@ -626,7 +645,12 @@ def _ship(docker: str, where: str, rendered: Rendered) -> None:
     removed, where one of them fails."""
     kind = docker_engine.kind(docker) if rendered.plan.tier else "docker"
     create, cp, start = docker_render.shipped_commands(
-        rendered.spec, rendered.plan, str(rendered.paths.root), kind, docker_engine.command()
+        rendered.spec,
+        rendered.plan,
+        str(rendered.paths.root),
+        kind,
+        docker_engine.command(),
+        docker_engine.rootless(docker),
     )
     name = rendered.spec.name
     steps = [(create, "create"), (cp, "cp"), (start, "start")]

@@ -150,6 +150,32 @@ def _ask(argv: list[str]) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def rootless(exe: str | None = None) -> bool:
+    """Whether the engine ``exe`` (default: command()'s) runs its containers rootless (docker's rootless mode, podman
+    run by a user other than root), as it says: ``docker info``'s SecurityOptions name "rootless", ``podman info``'s
+    Host.Security.Rootless. There the container's uid 0 is the launching user and its other uids are that user's
+    subordinate ones, which cannot write what the user owns (a container of ``--user UID:GID`` was refused its own run
+    dir: Permission denied), and no limit can be raised past the user's hard one (``--ulimit memlock=-1``: "error
+    setting rlimit type 8: operation not permitted"): docker.render. False where none answers (a dry run without an
+    engine renders a rootful one's command)."""
+    found = shutil.which(exe or command())
+    if not found:
+        return False
+    return _rootless(found, tuple(os.environ.get(v, "") for v in ENDPOINT_ENV))
+
+
+@functools.cache  # asked once a launch (render, and a shipped run's commands)
+def _rootless(exe: str, _env: tuple[str, ...]) -> bool:
+    if _podman_cli(exe):
+        return _ask([exe, "info", "--format", "{{.Host.Security.Rootless}}"]) == "true"
+    try:
+        info = json.loads(_ask([exe, "info", "--format", "{{json .}}"]) or "{}")
+    except ValueError:
+        return False
+    options = info.get("SecurityOptions") if isinstance(info, dict) else None
+    return isinstance(options, list) and "name=rootless" in options
+
+
 SAME_PATHS_ENV = "FTCTL_DOCKER_SAME_PATHS"  # 1: a remote engine's machine sees this one's paths at the same place
 ENDPOINT_ENV = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "CONTAINER_HOST", "CONTAINER_CONNECTION")
 LOOPBACK = ("localhost", "127.0.0.1", "::1")

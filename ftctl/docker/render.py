@@ -49,6 +49,10 @@ from ftctl.runpaths import SPEC_FILE
 from ftctl.spec import RunSpec
 from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
 
+# docker stop's wait between SIGTERM and SIGKILL: the time for the step under way and one checkpoint, which Slurm's time
+# limit gives a run too (signal_lead_s, a Slurm key: a docker run has its default); the container's own (--stop-timeout)
+# and `ftctl cancel`'s (docker.backend: --wait)
+STOP_GRACE_S = RunSpec.signal_lead_s
 CDI_KIND = "nvidia.com/gpu"  # the kind of NVIDIA's CDI devices (nvidia-ctk cdi generate): --device nvidia.com/gpu=0
 # a shipped container's caches, HOME and staging dir: under /tmp, which any user may write in an image (1777), as
 # --user UID:GID has no home there
@@ -108,31 +112,42 @@ def host_user() -> tuple[int, int, str, tuple[int, ...]]:
 
 
 def argv(
-    spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker", shipped: bool = False
+    spec: RunSpec,
+    plan: Plan,
+    run_dir: str,
+    engine: str = "docker",
+    command: str = "docker",
+    shipped: bool = False,
+    rootless: bool = False,
 ) -> list[str]:
     """``docker run`` of the run; ``command``: the engine's command (docker.engine: docker, podman or a path);
     ``engine``: its kind, "docker" or "podman" (podman itself, or podman-docker's ``docker``), which differ in how a
     container gets GPUs: docker's --gpus, podman's CDI devices; ``shipped``: ``docker create`` of a container on
-    another machine, nothing of this one mounted (shipped_commands)."""
+    another machine, nothing of this one mounted (shipped_commands); ``rootless``: the engine runs its containers in
+    the launching user's user namespace (docker.engine.rootless): see user_args."""
     if plan.nodes > 1:
         raise FtctlError("The docker backend runs on one host: use --backend slurm or sky for several nodes.")
     image = run_image(spec, plan)
     run_dir = os.path.abspath(run_dir)
-    uid, gid, user, groups = host_user()
     caches = shipped_caches() if shipped else host_caches()
-    groups = () if shipped else groups  # this host's groups: for data it mounts, which a shipped run is not
+    user = host_user()[2]
     cmd = [
         command,
         *(["create"] if shipped else ["run", "--detach"]),
         "--name",
         spec.name,
-        "--user",
-        f"{uid}:{gid}",
-        *(a for g in groups for a in ("--group-add", str(g))),
+        *user_args(shipped, rootless),
+        # SELinux (Fedora, RHEL: where podman is the engine) denies a container its bind mounts of the user's files
+        # and the GPUs' device nodes otherwise (NVIDIA's CDI docs run podman so); docker's daemon labels nothing
+        *(["--security-opt=label=disable"] if engine == "podman" else []),
         "--ipc=host",
         "--network=host",
-        "--ulimit",
-        "memlock=-1",
+        # what `docker stop NAME` by hand, a daemon's restart (`systemctl restart docker`) and a host's shutdown give
+        # the trainer for its checkpoint before SIGKILL, as `ftctl cancel` does (docker's own default: 10 s)
+        f"--stop-timeout={STOP_GRACE_S}",
+        # no limit can be raised past the user's hard one where the engine is rootless (EPERM: the container never
+        # starts); memlock matters for RDMA, which one host's run does not use
+        *([] if rootless else ["--ulimit", "memlock=-1"]),
         "--ulimit",
         "stack=67108864",
     ]
@@ -167,6 +182,19 @@ def argv(
     cmd += ["-w", run_dir, image]
     cmd += torchrun_argv(spec, plan, os.path.join(run_dir, "spec.json"), head=None, python=PATH_PYTHON, quiet=True)
     return cmd
+
+
+def user_args(shipped: bool = False, rootless: bool = False) -> list[str]:
+    """Who the container runs as: the launching user (``--user UID:GID``, with their other groups where this host's
+    data is mounted), so what it writes in the run dir is theirs. Where the engine is rootless (docker.engine.rootless)
+    the container's root (``--user 0:0``) is that user on the host, and every other uid of it a subordinate one: its
+    own UID:GID there could not write the run dir the user owns, and the files it did write would not be theirs; the
+    host's other groups are not mapped into its user namespace."""
+    if rootless:
+        return ["--user", "0:0"]
+    uid, gid, _, groups = host_user()
+    groups = () if shipped else groups  # this host's groups: for data it mounts, which a shipped run is not
+    return ["--user", f"{uid}:{gid}", *(a for g in groups for a in ("--group-add", str(g)))]
 
 
 def run_image(spec: RunSpec, plan: Plan) -> str:
@@ -290,27 +318,33 @@ def shipped_inputs(spec: RunSpec) -> list[str]:
 
 
 def shipped_commands(
-    spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker"
+    spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker", rootless: bool = False
 ) -> list[list[str]]:
     """A run shipped to an engine on another machine: ``docker create`` (argv, shipped), ``docker cp`` of a tar of its
     spec.json and shipped_inputs from stdin into the container's root (``--archive``: as the tar's owner, the
     launching user, who the container runs as; podman's takes the container's user), ``docker start``."""
     name = spec.name
     return [
-        argv(spec, plan, run_dir, engine, command, shipped=True),
+        argv(spec, plan, run_dir, engine, command, shipped=True, rootless=rootless),
         [command, "cp", "--archive", "-", f"{name}:/"],
         [command, "start", name],
     ]
 
 
 def render(
-    spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker", shipped: str = ""
+    spec: RunSpec,
+    plan: Plan,
+    run_dir: str,
+    engine: str = "docker",
+    command: str = "docker",
+    shipped: str = "",
+    rootless: bool = False,
 ) -> str:
     """The ``docker run`` line; ``shipped`` (where the engine runs, docker.engine.ships): shipped_commands, the tar
     ``docker cp`` reads said in a comment."""
     if not shipped:
-        return join(argv(spec, plan, run_dir, engine, command)) + "\n"
-    create, cp, start = shipped_commands(spec, plan, run_dir, engine, command)
+        return join(argv(spec, plan, run_dir, engine, command, rootless=rootless)) + "\n"
+    create, cp, start = shipped_commands(spec, plan, run_dir, engine, command, rootless)
     sent = json.dumps([os.path.join(os.path.abspath(run_dir), SPEC_FILE), *shipped_inputs(spec)])  # one line
     name = os.path.basename(command)
     made = join(volume_command(run_image(spec, plan), command))
