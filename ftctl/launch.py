@@ -78,6 +78,8 @@ def _torchrun(spec: RunSpec, plan: Plan, head, python, quiet: bool, port, rdzv_i
         head = "127.0.0.1"
     port = spec.rdzv_port if port is None else port
     shell = isinstance(head, Shell) or isinstance(port, Shell)
+    # a node's torchrun waits RDZV_READ_TIMEOUT_S for the first node's store (one node's hosts its own)
+    patient = ["--rdzv-conf", f"read_timeout={RDZV_READ_TIMEOUT_S}"] if plan.nodes > 1 else []
     return [
         *torchrun,
         *procs,
@@ -87,7 +89,17 @@ def _torchrun(spec: RunSpec, plan: Plan, head, python, quiet: bool, port, rdzv_i
         Shell(f"{q(head)}:{q(port)}") if shell else f"{head}:{port}",
         "--rdzv-id",
         rdzv_id,
+        *patient,
     ]
+
+
+# how long a node's torchrun waits for the first node's rendezvous store (torch's c10d backend: read_timeout, 60 s
+# unless set). Every node's task starts at once (srun, SkyPilot's run), but one may get there minutes before the first
+# node's does (a container imported on one node and cached on another, torch imported from a cold shared filesystem),
+# and it failed "The client socket has timed out after 60s while trying to connect" (RendezvousConnectionError,
+# pytorch/pytorch#107021). torch's join_timeout, the whole rendezvous's wait, is as long. Measured with torch 2.13, two
+# torchruns, the store's 240 s late: the default exits 1, read_timeout=600 runs both (tests/test_slurm_rdzv242.py).
+RDZV_READ_TIMEOUT_S = 600
 
 
 #: the port a job's rendezvous listens on, set by job_port_line

@@ -869,6 +869,8 @@ def test_sky_run_section_hostile_values_arrive_intact(h, tmp_path):
         "10.0.0.7:30484",  # rdzv_port + cksum(SKYPILOT_TASK_ID) % 1000 (717276984)
         "--rdzv-id",
         f"{key}-sky-2026-12-03-10-00-00-123456_c_3",
+        "--rdzv-conf",
+        "read_timeout=600",  # a node waits for the first one's store (explore48)
         "-m",
         "ftctl.trainer",
         "--spec",

@@ -5,7 +5,7 @@ after 60000ms while trying to connect" (pytorch/pytorch#107021; measured here: a
 
 from __future__ import annotations
 
-from ftctl.slurm.render import RDZV_READ_TIMEOUT_S
+from ftctl.launch import RDZV_READ_TIMEOUT_S
 from tests.render_fixtures import prepared
 
 MODEL = "meta-llama/Llama-3.1-8B"
@@ -26,3 +26,10 @@ def test_every_torchrun_of_a_multi_node_job_waits_for_the_head_nodes_store():
 
 def test_a_one_node_job_hosts_its_own_store_and_is_left_as_it_was():
     assert not any("--rdzv-conf" in line for line in _torchruns("8xA100"))
+
+
+def test_a_multi_node_skypilot_task_waits_as_long():
+    """The same launch line (launch.torchrun_argv): SkyPilot starts every node's run at once, and one node's may wait
+    on its own image pull or imports as a Slurm node's."""
+    text = prepared([], backend="sky", gpus="2x8xH100", model_name_or_path=MODEL, output_dir="s3://b/o").text
+    assert f"--rdzv-conf read_timeout={RDZV_READ_TIMEOUT_S} -m ftctl.trainer" in text, text

@@ -523,21 +523,6 @@ def torchrun_threads(spec: RunSpec, plan: Plan) -> list[str]:
 
 # the rendezvous of the job's own (launch.torchrun_argv): jobs that share a node never meet at one port or id
 _HEAD, _PORT, _JOB = Shell('"$HEAD_ADDR"'), JOB_PORT, Shell('"$SLURM_JOB_ID"')
-# how long a node's torchrun waits for the first node's rendezvous store (torch's c10d backend: read_timeout, 60 s
-# unless set). srun starts every node's task at once, but one may get there minutes before the first node's does (a
-# container imported on one node and cached on another, torch imported from a cold shared filesystem), and it failed
-# "The client socket has timed out after 60s while trying to connect" (RendezvousConnectionError, pytorch/pytorch
-# #107021). torch's join_timeout, the whole rendezvous's wait, is as long.
-RDZV_READ_TIMEOUT_S = 600
-
-
-def patient_rendezvous(argv: list, plan: Plan) -> list:
-    """``argv`` (launch.torchrun_argv's, netcheck_argv's) with ``--rdzv-conf read_timeout=RDZV_READ_TIMEOUT_S`` after
-    its rendezvous id where the job has several nodes (one node's torchrun hosts its own store)."""
-    if plan.nodes == 1:
-        return argv
-    at = argv.index("--rdzv-id") + 2
-    return [*argv[:at], "--rdzv-conf", f"read_timeout={RDZV_READ_TIMEOUT_S}", *argv[at:]]
 
 
 def container_homes(spec: RunSpec, kind: str | None) -> tuple[list[str], list[str]]:
@@ -731,8 +716,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
             f"path to it (apptainer:./{image}) or its URI (apptainer:docker://REF)."
         )
     spec_path = Shell('"$FTCTL_RUN_DIR"/spec.json')
-    launch_line = torchrun_argv(spec, plan, spec_path, _HEAD, python=PATH_PYTHON, quiet=True, port=_PORT, job=_JOB)
-    inner = join(patient_rendezvous(launch_line, plan))
+    inner = join(torchrun_argv(spec, plan, spec_path, _HEAD, python=PATH_PYTHON, quiet=True, port=_PORT, job=_JOB))
     # the job's CPUs for the step's task: from Slurm 22.05 to 23.02 srun does not take them from sbatch's, and the
     # step (torchrun, every rank, their data loaders) ran on one core
     step = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", f"--cpus-per-task={cpus_per_task(spec, plan)}"]
@@ -774,8 +758,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
         ]
     preflight = []
     if spec.preflight_network:  # the same srun step shape, the probe in place of the trainer
-        probe = netcheck_argv(spec, plan, _HEAD, python=PATH_PYTHON, quiet=True, port=_PORT, job=_JOB)
-        probe = join(patient_rendezvous(probe, plan))
+        probe = join(netcheck_argv(spec, plan, _HEAD, python=PATH_PYTHON, quiet=True, port=_PORT, job=_JOB))
         preflight = preflight_lines(join([*step, "bash", "-c", probe]), spec, plan)
     step += ["bash", "-c", inner]
 
