@@ -129,3 +129,18 @@ def test_a_container_docker_could_not_start_does_not_take_the_relaunchs_name(fak
     Path(f"{fake_docker}.{name}").touch()  # left by an older ftctl
     with pytest.raises(FtctlError, match=rf"created and never started .*`docker rm {name}` removes it"):
         backend.DockerBackend().check(prep)
+
+
+def test_rootless_dockers_missing_gpu_runtime_is_set_up_for_the_users_own_daemon(fake_docker, monkeypatch, tmp_path):
+    """`sudo nvidia-ctk runtime configure && sudo systemctl restart docker` sets up root's daemon, not the rootless
+    one the user runs (NVIDIA's install guide, "Rootless mode": its own daemon.json, systemctl --user, no-cgroups)."""
+    from ftctl.backend import write_files
+
+    monkeypatch.setenv("FAKE_SECURITY", json.dumps(["name=rootless"]))
+    engine._rootless.cache_clear()
+    prep = prepared(backend="docker", gpus="1xA100", model_name_or_path=MODEL, output_dir=str(tmp_path / "o"))
+    write_files(prep)
+    with pytest.raises(NotSent) as e:
+        backend.DockerBackend().send(prep)
+    assert str(e.value).endswith(f": {backend.ROOTLESS_GPU_RUNTIME_FIX}")
+    assert "--config=$HOME/.config/docker/daemon.json && systemctl --user restart docker" in str(e.value)

@@ -86,6 +86,13 @@ GPU_RUNTIME_FIX = (
     "install the NVIDIA Container Toolkit, then `sudo nvidia-ctk runtime configure --runtime=docker && sudo "
     "systemctl restart docker`"
 )
+# rootless docker's daemon is the user's own (~/.config/docker/daemon.json, systemctl --user), and its containers may
+# not set up cgroups for the GPUs: NVIDIA's install guide, "Rootless mode"
+ROOTLESS_GPU_RUNTIME_FIX = (
+    "install the NVIDIA Container Toolkit, then, for rootless docker, `nvidia-ctk runtime configure --runtime=docker "
+    "--config=$HOME/.config/docker/daemon.json && systemctl --user restart docker` and `sudo nvidia-ctk config --set "
+    "nvidia-container-cli.no-cgroups --in-place`"
+)
 # what a launch copies into a container on another machine at most (its local data, model, chat template, checkpoint to
 # resume): docker cp streams it through the engine's connection (ssh ...) with every launch
 SHIP_LIMIT = 2 * 1024**3
@@ -245,10 +252,7 @@ class DockerBackend(Backend):
             # relaunch that follows the fix
             _remove_unstarted(docker, name)
             said = _last_line(proc)
-            fix = next((f": {fix}" for why, fix in SEND_FIXES if why in said), "")
-            if fix and (where := docker_engine.remote(docker)) and fix[2:] in (GPU_RUNTIME_FIX, CDI_FIX):
-                fix += f", on the machine that runs the containers ({where})"
-            raise NotSent(f"{_name(docker)} run failed: {said}{fix}")
+            raise NotSent(f"{_name(docker)} run failed: {said}{_send_fix(docker, said, docker_engine.remote(docker))}")
         return JobRef("docker", name, str(rendered.paths.root), name, rendered.spec.output, extra)
 
     def announce(self, rendered: Rendered, ref: JobRef) -> list[str]:
@@ -511,6 +515,24 @@ SEND_FIXES = (
 )
 
 
+def _gpu_runtime_fix(docker: str) -> str:
+    """How to give docker's containers GPUs: the NVIDIA runtime set up for the daemon ``docker`` talks to, the user's
+    own where it is rootless."""
+    return ROOTLESS_GPU_RUNTIME_FIX if docker_engine.rootless(docker) else GPU_RUNTIME_FIX
+
+
+def _send_fix(docker: str, said: str, where: str | None) -> str:
+    """': FIX' for what a failed docker run (create, cp, start) ``said`` (SEND_FIXES), '' where none is known; the
+    GPU runtime's for a rootless daemon where it is one; said to be done on the machine that runs the containers
+    (``where``) for an engine on another machine."""
+    fix = next((fix for why, fix in SEND_FIXES if why in said), "")
+    if fix == GPU_RUNTIME_FIX:
+        fix = _gpu_runtime_fix(docker)
+    if where and fix in (GPU_RUNTIME_FIX, ROOTLESS_GPU_RUNTIME_FIX, CDI_FIX):
+        fix += f", on the machine that runs the containers ({where})"
+    return f": {fix}" if fix else ""
+
+
 def _cdi_gpus() -> dict[str, list[str]]:
     """NVIDIA's CDI specs (kind nvidia.com/gpu) in podman's CDI_DIRS: {file: its devices' names}."""
     import yaml
@@ -571,7 +593,7 @@ def _gpu_runtime(docker: str, where: str | None = None) -> tuple[bool | None, st
         if specs:
             return True, f"NVIDIA's CDI devices ({specs[0]})"
     there = " there" if where else ""
-    return False, f"docker{there} has no NVIDIA container runtime, so --gpus fails: {GPU_RUNTIME_FIX}"
+    return False, f"docker{there} has no NVIDIA container runtime, so --gpus fails: {_gpu_runtime_fix(docker)}"
 
 
 # podman's CDI spec on a remote engine's machine: podman info does not list CDI devices (nor its docker API)
@@ -667,10 +689,7 @@ def _ship(docker: str, where: str, rendered: Rendered) -> None:
         elif argv is not create:
             _run([docker, "rm", "--force", name])
         said = _last_line(proc)
-        fix = next((f": {fix}" for why, fix in SEND_FIXES if why in said), "")
-        if fix and fix[2:] in (GPU_RUNTIME_FIX, CDI_FIX):
-            fix += f", on the machine that runs the containers ({where})"
-        raise NotSent(f"{_name(docker)} {verb} failed: {said}{fix}")
+        raise NotSent(f"{_name(docker)} {verb} failed: {said}{_send_fix(docker, said, where)}")
 
 
 def _copy_in(cp: list[str], rendered: Rendered) -> subprocess.CompletedProcess:
