@@ -95,7 +95,8 @@ def _sha256_files(paths: list[str]) -> list[str]:
     """Each file's sha256, several files at once: hashlib lets go of the GIL while it hashes, and a checkpoint's
     time is the GPU's wait. One thread hashes ~1.7 GB/s on an H100 node, where a 1B fft checkpoint's manifest took
     9 of its save's 20 s; ZeRO and FSDP write a file per rank, which hash side by side (bench/NOTES.md v78)."""
-    workers = min(len(paths), _HASH_THREADS, len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: none
+    workers = min(len(paths), _HASH_THREADS, cores)
     if workers <= 1:
         return [sha256_file(p) for p in paths]
     from concurrent.futures import ThreadPoolExecutor
