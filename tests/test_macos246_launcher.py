@@ -19,3 +19,22 @@ def test_a_checkpoints_manifest_is_written_without_sched_getaffinity(tmp_path, m
         name: sha256_file(str(tmp_path / name))
         for name in ("adapter_model.safetensors", "optimizer.pt", "trainer_state.json")
     }
+
+
+def test_the_train_extra_installs_on_macos():
+    """`pip install 'ftctl[train]'` (scripts/setup.sh, the README's demo) on a Mac: liger-kernel requires triton, which
+    has no macOS wheel nor sdist ("No matching distribution found for triton"), so the install failed there. The
+    trainer runs without it (attention.liger_usable: GPU only, where it imports)."""
+    from pathlib import Path
+
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    train = [Requirement(r) for r in project["optional-dependencies"]["train"]]
+    mac = {"sys_platform": "darwin", "platform_system": "Darwin", "extra": "train"}
+    linux = {"sys_platform": "linux", "platform_system": "Linux", "extra": "train"}
+    on_mac = {r.name for r in train if r.marker is None or r.marker.evaluate(mac)}
+    on_linux = {r.name for r in train if r.marker is None or r.marker.evaluate(linux)}
+    assert "liger-kernel" not in on_mac and "triton" not in on_mac
+    assert on_linux == {r.name for r in train}  # the nodes' and the image's install is as it was
