@@ -50,7 +50,9 @@ OTHER_TOOLS = {
     **dict.fromkeys(("--requeue", "--no-requeue", "--open-mode", "--array", "--chdir", "--export"), "sbatch"),
     **dict.fromkeys(("--nodelist", "--ar", "--ou"), "sbatch"),
     **dict.fromkeys(("--nproc_per_node", "--master_port"), "torchrun"),
-    **dict.fromkeys(("--user", "--device", "-e"), "docker / podman run"),
+    **dict.fromkeys(
+        ("--user", "--device", "-e", "--ulimit", "--stop-timeout", "--security-opt"), "docker / podman run"
+    ),
     "-u": "bash's set -u",
 }
 # -o keys of the docs that are no run key: what ftctl does with each (checked below to be a name it reads).
