@@ -1496,14 +1496,19 @@ def check_disk(spec, plan, staging: str | None = None) -> list[Finding]:
 
 # ---------------------------------------------------------------------------------------- memory
 def host_memory_gb() -> float | None:
-    """This machine's RAM in GB (MemTotal of /proc/meminfo), lowered to this process's cgroup
-    memory limit when there is one (a container, a Slurm allocation); None when unknown."""
+    """This machine's RAM in GB (MemTotal of /proc/meminfo; where there is none, a Mac, the pages sysconf counts),
+    lowered to this process's cgroup memory limit when there is one (a container, a Slurm allocation); None when
+    unknown (a Mac's CPU plan had no RAM to fit in: a model its RAM cannot train was planned, then swapped)."""
     try:
         with open("/proc/meminfo") as f:
-            kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+            total = 1024 * next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
     except (OSError, StopIteration, ValueError, IndexError):
-        return None
-    total = kib * 1024
+        try:
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):  # no such name here, or no sysconf (Windows)
+            return None
+        if total <= 0:
+            return None
     for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
             limit = Path(limit_file).read_text().strip()

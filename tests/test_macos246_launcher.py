@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from ftctl.checkpoints import build_manifest, sha256_file
 
 
@@ -38,3 +40,24 @@ def test_the_train_extra_installs_on_macos():
     on_linux = {r.name for r in train if r.marker is None or r.marker.evaluate(linux)}
     assert "liger-kernel" not in on_mac and "triton" not in on_mac
     assert on_linux == {r.name for r in train}  # the nodes' and the image's install is as it was
+
+
+def test_host_memory_is_known_without_proc_meminfo(monkeypatch):
+    """macOS has no /proc/meminfo: host_memory_gb was None there, so a local launch or `ftctl plan --backend local` on
+    a Mac planned its CPU run with no RAM to fit in (an fft of a 1.7B model on a 16 GB laptop, then swap) and `ftctl
+    doctor` said "memory: unknown". The page count sysconf gives (SC_PHYS_PAGES, which macOS has) counts it there."""
+    import builtins
+
+    from ftctl import preflight
+
+    linux = preflight.host_memory_gb()
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(preflight, "open", no_proc, raising=False)
+    assert linux and preflight.host_memory_gb() == pytest.approx(linux, rel=0.01)
+    monkeypatch.delattr(os, "sysconf")  # neither: unknown, as before
+    assert preflight.host_memory_gb() is None
