@@ -14,6 +14,7 @@ User values are always quoted with ``shlex.quote``; intentional shell (``"$HEAD_
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -188,15 +189,24 @@ NOT_FOUND = (
 
 
 def _parses(line: str, block: str) -> None:
-    """Refuse a setup line that bash cannot parse (`echo a &&`, `if true; then`), with bash's words for the line."""
+    """Refuse a setup line that bash cannot parse (`echo a &&`, `if true; then`), with bash's words for the line.
+    Not where this machine's bash is older than the nodes' can be (a Mac's /bin/bash is 3.2): it refuses bash 4's
+    `cmd |& tee log` and `cmd &>> log`, which the nodes run; there the nodes' bash judges the line."""
     for text in (line, block):
         checked = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
-        if checked.returncode != 0:
+        if checked.returncode != 0 and not _old_bash():
             said = re.sub(r"^bash: (line \d+: )?", "", (checked.stderr.strip().splitlines() or [""])[0])
             raise FtctlError(
                 f"setup line {line!r} is not a whole shell command (bash: {said}): give each command whole, one line "
                 "each."
             )
+
+
+@functools.cache
+def _old_bash() -> bool:
+    """Whether the bash here is older than 4 (macOS ships 3.2, under GPLv2), which parses less than the nodes'."""
+    said = subprocess.run(["bash", "-c", 'echo "${BASH_VERSINFO[0]}"'], capture_output=True, text=True).stdout.strip()
+    return said.isdigit() and int(said) < 4
 
 
 NETCHECK_MODULE = "ftctl.trainer.netcheck"

@@ -61,3 +61,43 @@ def test_host_memory_is_known_without_proc_meminfo(monkeypatch):
     assert linux and preflight.host_memory_gb() == pytest.approx(linux, rel=0.01)
     monkeypatch.delattr(os, "sysconf")  # neither: unknown, as before
     assert preflight.host_memory_gb() is None
+
+
+def fake_bash_32(bin_dir):
+    """A `bash` first on PATH that parses as macOS's /bin/bash 3.2 does the lines below: bash 4's `|&` and `&>>` are
+    syntax errors there (its words for them); anything else goes to this machine's bash."""
+    import shutil
+
+    real = shutil.which("bash")
+    bin_dir.mkdir()
+    script = bin_dir / "bash"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = -c ] && [ "$2" = \'echo "${BASH_VERSINFO[0]}"\' ]; then echo 3; exit 0; fi\n'
+        'if [ "$1" = -n ]; then text=$(cat); case "$text" in *"|&"*|*"&>>"*)\n'
+        '  echo "bash: line 1: syntax error near unexpected token \\`&\'" >&2; exit 2;; esac\n'
+        f'  printf "%s" "$text" | exec {real} -n; fi\n'
+        f'exec {real} "$@"\n'
+    )
+    script.chmod(0o755)
+
+
+def test_a_bash_4_setup_line_launches_from_a_mac(tmp_path, monkeypatch):
+    """`-o setup='pip install x |& tee setup.log'` was refused at render on a Mac ("not a whole shell command"): the
+    check ran this machine's bash, 3.2 there, which does not parse `|&` (bash 4.0); the nodes' bash runs it."""
+    from ftctl import launch
+    from tests.render_fixtures import prepared
+
+    fake_bash_32(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    forget = getattr(launch, "_old_bash", None)
+    forget = forget.cache_clear if forget else lambda: None
+    forget()  # asked again with this bash, and again after the test
+    try:
+        for line in ("pip install -q x |& tee setup.log", "pip install -q x &>> setup.log"):
+            rendered = prepared(
+                [f"setup={line}"], backend="slurm", gpus="1xA100", model_name_or_path="meta-llama/Llama-3.2-1B"
+            )
+            assert line in rendered.text
+    finally:
+        forget()
