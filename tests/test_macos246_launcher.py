@@ -101,3 +101,21 @@ def test_a_bash_4_setup_line_launches_from_a_mac(tmp_path, monkeypatch):
             assert line in rendered.text
     finally:
         forget()
+
+
+def test_a_local_plan_on_a_mac_says_its_gpu_is_not_used(monkeypatch):
+    """`ftctl plan/launch --backend local` on a Mac trains on its CPU (the trainer's use_cpu; torch's MPS is never
+    asked), which it said only as "gpus cpu": the plan says that the Mac's GPU is not used, and where GPUs are."""
+    import sys
+
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    argv = ["plan", "--backend", "local", "--model", "HuggingFaceTB/SmolLM2-135M-Instruct", "--method", "lora"]
+    linux = CliRunner().invoke(main, argv)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    mac = CliRunner().invoke(main, argv)
+    assert linux.exit_code == mac.exit_code == 0, mac.output
+    assert "MPS" not in linux.output
+    assert "this Mac's GPU (MPS) is not used" in mac.output and "--backend sky or slurm" in mac.output

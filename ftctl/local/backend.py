@@ -130,6 +130,13 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
         return fallback, plan
 
 
+# a Mac's own GPU (Apple silicon's, through torch's MPS) is not trained on: the trainer computes on CUDA or the CPU
+MAC_GPU_NOTE = (
+    "local: this Mac's GPU (MPS) is not used: ftctl trains on NVIDIA GPUs or, here, the CPU; --backend sky or slurm "
+    "runs it on GPUs elsewhere"
+)
+
+
 class LocalBackend(Backend):
     name = "local"
     options = PREFLIGHT_KEYS
@@ -154,6 +161,8 @@ class LocalBackend(Backend):
             spec, plan = fallback_plan(replace(spec, gpus=local_gpus()))
         if plan.nodes > 1:
             raise FtctlError("--backend local runs on this machine only: for several nodes use --backend slurm or sky.")
+        if plan.tier is None and sys.platform == "darwin":
+            plan.notes.append(MAC_GPU_NOTE)
         return spec, plan
 
     def render(self, spec, plan, paths, spec_json):
