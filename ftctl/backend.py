@@ -1091,6 +1091,11 @@ def find_job(job_id: str) -> tuple[Backend, JobRef]:
     for ref, _ in jobs:  # newest first
         if Path(ref.run_dir) == given.resolve():
             return get(ref.backend), ref
+    if given.is_dir():  # named otherwise: on a Mac's disk (APFS, case-insensitive) runs/Lora is runs/lora
+        for ref, _ in jobs:
+            with contextlib.suppress(OSError):
+                if os.path.samefile(ref.run_dir, given):
+                    return get(ref.backend), ref
     if RunPaths(given).spec.is_file():
         return get("local"), JobRef("local", str(job_id), str(given), given.name, str(given))
     if not given.is_absolute() and (alike := _launched_elsewhere(str(job_id), jobs)):

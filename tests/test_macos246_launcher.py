@@ -119,3 +119,29 @@ def test_a_local_plan_on_a_mac_says_its_gpu_is_not_used(monkeypatch):
     assert linux.exit_code == mac.exit_code == 0, mac.output
     assert "MPS" not in linux.output
     assert "this Mac's GPU (MPS) is not used" in mac.output and "--backend sky or slurm" in mac.output
+
+
+def test_a_run_directory_named_in_another_case_finds_its_job_on_a_mac(tmp_path, monkeypatch):
+    """A Mac's disk (APFS) ignores case: `ftctl status runs/Lora` of a SkyPilot job launched into runs/lora found no
+    recorded job of that name, found runs/Lora/spec.json (the same file) and answered as for a local run: "stopped
+    before the end", and `ftctl cancel` said "not training now: nothing to cancel" of a job training on a cloud.
+    Shown with os.stat answering as APFS does under tmp_path."""
+    from ftctl.backend import JobRef, find_job, record_job
+
+    real_stat, root = os.stat, str(tmp_path)
+
+    def apfs_stat(path, *args, **kwargs):
+        if isinstance(path, (str, os.PathLike)) and (full := os.path.abspath(path)).startswith(root):
+            path = root + full[len(root) :].lower()
+        return real_stat(path, *args, **kwargs)
+
+    run = tmp_path / "runs" / "lora"
+    run.mkdir(parents=True)
+    (run / "spec.json").write_text("{}")
+    record_job(JobRef("sky", "managed/7", str(run), "lora", "s3://b/lora", {"sky_job_id": 7, "managed": True}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "stat", apfs_stat)
+    backend, ref = find_job(str(tmp_path / "runs" / "Lora"))
+    assert (backend.name, ref.job_id) == ("sky", "managed/7")
+    backend, ref = find_job("runs/LORA")
+    assert (backend.name, ref.job_id) == ("sky", "managed/7")
