@@ -32,10 +32,24 @@ class _Group(click.Group):
             sys.exit(130)
         except click.NoSuchOption as e:  # FastChat's --learning_rate 2e-5: a run key, which goes with -o here
             takes_keys = e.ctx is not None and any(p.name == "overrides" for p in e.ctx.command.params)
-            if takes_keys and (said := foreign_args.run_key_hint(e.option_name, e.ctx.command)):
+            takers = _taken_by(e.option_name, e.ctx)  # `ftctl launch --follow`: an option of another command
+            sent = e.ctx is not None and e.ctx.command is train and any(t == "ftctl launch" for t in takers)
+            if sent:  # `train --backend slurm` was told "-o backend=VALUE": train trains here whatever it says
+                rest = [t for t in takers if t != "ftctl launch"]
+                also = f" ({_listed(rest)} too)" if rest else ""
+                e.message = (
+                    f"No such option '{e.option_name}' for `ftctl train`, which trains here, in this process: "
+                    f"`ftctl launch` takes it{also}."
+                )
+                e.possibilities = None
+            elif takes_keys and (said := foreign_args.run_key_hint(e.option_name, e.ctx.command)):
                 if line := foreign_args.as_run_keys(ctx.meta["argv"], e.ctx.command):  # several: the whole line
                     said = line if foreign_args.takes(e.option_name) else f"{said}\n{line}"
                 e.message, e.possibilities = f"No such option: {e.option_name}. {said}", None
+            elif takers:  # the very option, elsewhere: not click's nearest of this command's (cancel --follow: --now)
+                e.message = f"No such option '{e.option_name}' ({_listed(takers)} "
+                e.message += f"takes it: `{takers[0]} --help`)." if len(takers) == 1 else "take it)."
+                e.possibilities = None
             _unrepeated(e)
             raise
         except click.UsageError as e:
@@ -50,6 +64,45 @@ class _Group(click.Group):
             if ctx.parent is None and args and (instead := foreign_args.other_verb(args[0])):
                 e.message = f"No such command {args[0]!r}: {instead}."
             raise
+
+
+class _JobArgument(click.Argument):
+    """JOB of status, logs, cancel and down: missing, it says what a job reference is and where to find one (click's
+    "Missing argument 'JOB'." alone named none)."""
+
+    def process_value(self, ctx, value):
+        try:
+            return super().process_value(ctx, value)
+        except click.MissingParameter as e:
+            e.message = (
+                "Give a job's id, its run directory, or its object-store output (s3://bucket/run): `ftctl jobs` lists "
+                "the jobs launched from here."
+            )
+            raise
+
+
+def _taken_by(option: str, ctx: click.Context | None) -> list[str]:
+    """The commands that take ``option`` (-f: `ftctl logs`), the one it was given to left out."""
+    here = ctx.command if ctx else None
+    found: list[str] = []
+
+    def walk(group: click.Group, path: str) -> None:
+        for name, command in sorted(group.commands.items()):
+            if isinstance(command, click.Group):
+                walk(command, f"{path} {name}")
+            elif command is not here and any(
+                option in (*p.opts, *p.secondary_opts) for p in command.params if isinstance(p, click.Option)
+            ):
+                found.append(f"{path} {name}")
+
+    walk(main, "ftctl")
+    return found
+
+
+def _listed(commands: list[str]) -> str:
+    """`a`, `b` and `c`."""
+    named = [f"`{c}`" for c in commands]
+    return " and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
 
 
 def _unrepeated(e: click.UsageError) -> None:
@@ -189,7 +242,14 @@ def _spec(kw: dict, backend: str | None = None):
 
 
 # ------------------------------------------------------------------------------------------ plan
-@main.command()
+@main.command(
+    short_help="What a run would be: precision, strategy, batch, memory.",
+    epilog="""\b
+Examples:
+  ftctl plan --gpus 1xA100 --method qlora --model Qwen/Qwen2.5-7B-Instruct
+  ftctl plan run.yaml --gpus 2x8xH100 --json
+  ftctl plan --backend sky --gpus 8xH100 --method qlora --model meta-llama/Llama-3.1-70B-Instruct""",
+)
 @run_options
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(as_json, **kw):
@@ -219,7 +279,7 @@ _preflight_option = click.option(
 )
 
 
-@main.command()
+@main.command(short_help="Print what launch would submit, without submitting it.")
 @run_options
 @_preflight_option
 def render(**kw):
@@ -232,7 +292,15 @@ def render(**kw):
     click.echo(rendered.text, nl=False)
 
 
-@main.command()
+@main.command(
+    short_help="Submit a run to Slurm, SkyPilot, docker or this machine.",
+    epilog="""\b
+Examples:
+  ftctl launch --gpus 1xA100 --method qlora --model Qwen/Qwen2.5-7B-Instruct --data chats.jsonl
+  ftctl launch run.yaml --backend slurm --partition gpu --time 12:00:00 --dry-run
+  ftctl launch --backend sky --gpus 8xA100 --data s3://b/chats.jsonl --output s3://b/runs/r1
+Then: ftctl jobs, ftctl logs -f JOB, ftctl status JOB.""",
+)
 @run_options
 @_preflight_option
 @click.option("--dry-run", is_flag=True, help="Print what would be submitted and stop.")
@@ -246,7 +314,7 @@ def launch(dry_run, **kw):
     backend.launch(_spec(kw), dry_run=dry_run)
 
 
-@main.command()
+@main.command(short_help="List the jobs launched from here and their state.")
 @click.option(
     "-n", "--last", type=click.IntRange(min=1), default=20, show_default=True, help="How many of the newest jobs."
 )
@@ -263,7 +331,7 @@ def jobs(last, prune):
     click.echo(prune_jobs() if prune else jobs_table(last))
 
 
-@main.command()
+@main.command(short_help="List every run key (-o KEY=VALUE) with its default.")
 @click.argument("word", required=False)
 def keys(word):
     """Every run key (-o KEY=VALUE, or a run file's KEY: VALUE) with its default and what it does; WORD: only the
@@ -295,7 +363,7 @@ def keys(word):
         )
 
 
-@main.command()
+@main.command(short_help="Show a job's state, step, loss and time left.")
 @click.argument("job", required=False, metavar="JOB")
 @click.option("--exit-code", "exit_code", is_flag=True, help="Exit with the job's state as its code (below).")
 def status(job, exit_code):
@@ -324,8 +392,8 @@ def status(job, exit_code):
         sys.exit(code)
 
 
-@main.command()
-@click.argument("job")
+@main.command(short_help="Print a launched job's log.")
+@click.argument("job", cls=_JobArgument)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
 @click.option(
     "-n",
@@ -343,8 +411,8 @@ def logs(job, follow, lines):
     b.logs(ref, follow, lines)
 
 
-@main.command()
-@click.argument("job")
+@main.command(short_help="Cancel a job (its trainer saves a checkpoint first).")
+@click.argument("job", cls=_JobArgument)
 @click.option(
     "--now",
     is_flag=True,
@@ -376,7 +444,7 @@ def cancel(job, now, wait_s):
 
 
 # ------------------------------------------------------------------------------------------ training
-@main.command()
+@main.command(short_help="Run the trainer here, in this process.")
 @run_options(placement=False)
 def train(**kw):
     """Run the trainer here, in this process (what torchrun runs on every node)."""
@@ -390,7 +458,7 @@ def train(**kw):
         sys.exit(train_here(rendered))
 
 
-@main.command()
+@main.command(short_help="Fine-tune a 135M model on bundled data, here.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps (default: the demo's own).")
 def demo(steps):
     """Fine-tune SmolLM2-135M-Instruct on a bundled dataset on this machine; answers before and after."""
@@ -399,7 +467,7 @@ def demo(steps):
     run_demo(**({"steps": steps} if steps is not None else {}))
 
 
-@main.command()
+@main.command(short_help="Merge a LoRA/QLoRA adapter into its base model.")
 @click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
 @click.option(
     "--out", help="Where to write the merged model (default: RUN/merged; of RUN/checkpoint-N: RUN/merged-checkpoint-N)."
@@ -451,7 +519,7 @@ def _progress(line: str) -> None:
     click.echo(line, err=True)
 
 
-@main.command()
+@main.command(short_help="Talk to what a run trained.")
 @click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
 @click.option("-p", "--prompt", "prompts", multiple=True, help="Ask this and print the answer (repeatable).")
 @click.option("--system", help="A system message before each conversation.")
@@ -485,7 +553,7 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare, plai
         chat_mod.converse(loaded, decoding, echo=click.echo, interactive=sys.stdin.isatty())
 
 
-@main.command("eval")
+@main.command("eval", short_help="Held-out loss and perplexity of what a run trained.")
 @click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
 @click.option("--data", "paths", multiple=True, required=True, help="Dataset(s), as --data of a run takes them.")
 @click.option("--max-length", type=click.IntRange(min=2), help="Truncation (default: the run's model_max_length).")
@@ -531,7 +599,7 @@ def data():
     """Check datasets before launching."""
 
 
-@data.command("check")
+@data.command("check", short_help="Check a dataset's rows and count its tokens.")
 @click.argument("paths", nargs=-1)
 @click.option(
     "-c",
@@ -715,7 +783,7 @@ def _write_valid(report, path: str, out: str, endpoint: str | None, flags: list[
 # ------------------------------------------------------------------------------------------ storage
 @main.group(cls=_Group)
 def sync():
-    """Checkpoints in object storage: ls, push, pull."""
+    """Checkpoints in object storage: ls, push, pull, clean."""
 
 
 _endpoint = click.option(
@@ -734,7 +802,7 @@ def sync_ls(uri, endpoint_url):
     ls(uri, endpoint_url=endpoint_url)
 
 
-@sync.command("push")
+@sync.command("push", short_help="Upload a run's complete checkpoints and final model.")
 @click.argument("local_dir")
 @click.argument("uri")
 @_endpoint
@@ -756,7 +824,7 @@ def sync_pull(uri, local_dir, endpoint_url):
     pull(uri, local_dir, endpoint_url=endpoint_url)
 
 
-@sync.command("clean")
+@sync.command("clean", short_help="Remove finished runs' staged copies from this disk.")
 def sync_clean():
     """Remove what finished runs into object storage left staged on this disk (FTCTL_CACHE/runs), where the store holds it."""
     from ftctl.checkpoints.staging import clean
@@ -765,8 +833,8 @@ def sync_clean():
     clean(cache_dir() / "runs", echo=click.echo)
 
 
-@main.command()
-@click.argument("job")
+@main.command(short_help="Tear down the SkyPilot cluster a job ran on.")
+@click.argument("job", cls=_JobArgument)
 def down(job):
     """Tear down the SkyPilot cluster a job ran on."""
     from ftctl.backend import find_job
@@ -775,7 +843,7 @@ def down(job):
     click.echo(b.down(ref))
 
 
-@main.command()
+@main.command(short_help="Check what a launch needs, before an expensive one.")
 @click.option(
     "--backend",
     type=click.Choice(BACKENDS),
@@ -807,7 +875,7 @@ def doctor(backend, partition, gpus, network, nodes, min_busbw_gbps):
 
 
 # ------------------------------------------------------------------------------------------ image
-@main.command()
+@main.command(short_help="Build the CUDA image, flash-attn compiled for your GPUs.")
 @click.option("--gpus", required=True, help="Tier(s) to compile flash-attn for: H100, or A100,H100.")
 @click.option("--tag", help="Image tag (default: ftctl, CUDA, torch, flash-attn versions and archs).")
 @click.option("--push", "registry", metavar="REGISTRY", help="Push to REGISTRY/ftctl:TAG, e.g. ghcr.io/my-org.")

@@ -1,0 +1,86 @@
+"""The CLI as a newcomer meets it (helper 247, explore51): `ftctl --help` lists each command in one whole line, an
+option given to the wrong command names the command that takes it, and `launch --help` / `plan --help` show examples
+that parse."""
+
+from __future__ import annotations
+
+import shlex
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from ftctl.cli import main
+
+
+@pytest.mark.parametrize("group", [[], ["data"], ["sync"]])
+def test_the_command_list_says_each_command_in_a_whole_line(group):
+    """It was cut at ~65 columns mid-phrase for 9 of 18 commands ("cancel  Cancel a launched job (on Slurm, docker
+    and SkyPilot its...")."""
+    out = CliRunner().invoke(main, [*group, "--help"], terminal_width=80).output
+    listed = out.split("Commands:\n", 1)[1].splitlines()
+    assert listed and not [line for line in listed if line.rstrip().endswith("...")], out
+    command = main if not group else main.commands[group[0]]
+    assert sorted(line.split()[0] for line in listed) == sorted(command.commands), out
+
+
+@pytest.mark.parametrize(
+    "args,said",
+    [
+        (["launch", "--follow"], "No such option '--follow' (`ftctl logs` takes it: `ftctl logs --help`)."),
+        (["status", "-f", "JOB"], "No such option '-f' (`ftctl logs` takes it: `ftctl logs --help`)."),
+        (["render", "--dry-run"], "No such option '--dry-run' (`ftctl build` and `ftctl launch` take it)."),
+        # click offered the nearest of cancel's own: "Did you mean '--now'?"
+        (["cancel", "--follow", "JOB"], "No such option '--follow' (`ftctl logs` takes it: `ftctl logs --help`)."),
+        # was "backend is a run key: -o backend=VALUE": train trains here whatever -o backend says
+        (["train", "--backend", "slurm"], "for `ftctl train`, which trains here, in this process: `ftctl launch`"),
+        (["train", "--partition", "gpu"], "No such option '--partition' for `ftctl train`"),
+    ],
+)
+def test_an_option_of_another_command_names_that_command(args, said):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert "Did you mean" not in result.output and "-o backend" not in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_an_unknown_option_of_no_command_is_said_as_click_says_it():
+    result = CliRunner().invoke(main, ["plan", "--gpu", "8xA100"])
+    assert result.exit_code == 2 and "No such option '--gpu'. (Did you mean one of: '--gpus'" in result.output
+
+
+def _examples(name: str) -> list[list[str]]:
+    said = main.commands[name].epilog or ""
+    return [shlex.split(line.strip()) for line in said.splitlines() if line.strip().startswith("ftctl ")]
+
+
+@pytest.mark.parametrize("name", ["launch", "plan"])
+def test_the_examples_in_help_parse(name):
+    """`launch --help` had no example: its 23 options, and nothing that shows how they go together."""
+    examples = _examples(name)
+    assert len(examples) >= 3, main.commands[name].epilog
+    for argv in examples:
+        assert argv[:2] == ["ftctl", name], argv
+        command = main.commands[name]
+        with click.Context(main, info_name="ftctl") as parent:
+            command.make_context(name, argv[2:], parent=parent)  # a renamed flag raises NoSuchOption
+    assert "Examples:" in CliRunner().invoke(main, [name, "--help"]).output
+
+
+def test_the_plan_examples_plan(tmp_path, monkeypatch):
+    """The ones that need no cloud: they exit 0, offline (known model ids)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run.yaml").write_text("method: lora\n")
+    for argv in _examples("plan"):
+        if "sky" not in argv:
+            result = CliRunner().invoke(main, argv[1:])
+            assert result.exit_code == 0, (argv, result.output)
+
+
+@pytest.mark.parametrize("name", ["logs", "cancel", "down"])
+def test_a_missing_job_says_what_a_job_is_and_where_ids_are(name):
+    """`ftctl logs` right after a launch said click's "Missing argument 'JOB'." alone (status said more)."""
+    result = CliRunner().invoke(main, [name])
+    assert result.exit_code == 2 and f" {name} [OPTIONS] JOB\n" in result.output, result.output
+    assert "Missing argument 'JOB'. Give a job's id, its run directory" in result.output, result.output
+    assert "`ftctl jobs` lists the jobs launched from here." in result.output
