@@ -15,11 +15,19 @@ quietly() {
     exit 1
   fi
 }
+new_venv() {  # "$PY" -m venv DIR, where $PY is a Python ftctl runs on (pyproject.toml: >=3.10)
+  if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then
+    # macOS's python3 (/usr/bin, Xcode's) is 3.9: pip then failed on torch's pin ("no matching distribution")
+    echo "setup: $PY ($(command -v "$PY" || echo "not found")) is Python $("$PY" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo "?"); ftctl needs 3.10 or newer: run it again with PYTHON=python3.11 (brew install python@3.11, or uv python install 3.11)" >&2
+    exit 1
+  fi
+  quietly "$PY" -m venv "$1"
+}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_WARN_SCRIPT_LOCATION=1
 if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.ftctl-stamp 2>/dev/null)" != "$(stamp)" ]; then
   echo "setup: installing the trainer environment into .venv (about 2 minutes; log: $LOG)"
   mkdir -p .venv && : >"$LOG"
-  [ -x .venv/bin/python ] || quietly "$PY" -m venv .venv
+  [ -x .venv/bin/python ] || new_venv .venv
   quietly .venv/bin/pip install -q --upgrade pip
   # torch first, pinned: this machine has a local CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
   quietly .venv/bin/pip install -q "torch==$(grep '^torch==' constraints.txt | cut -d= -f3)"
@@ -28,7 +36,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.ftctl-stamp 2>/dev/null)" != "$(
 fi
 if [ ! -x .venv-sky/bin/python ] || [ "$(cat .venv-sky/.ftctl-stamp 2>/dev/null)" != "$(stamp)" ]; then
   echo "setup: installing SkyPilot into .venv-sky (log: $LOG)"
-  [ -x .venv-sky/bin/python ] || quietly "$PY" -m venv .venv-sky
+  [ -x .venv-sky/bin/python ] || new_venv .venv-sky
   quietly .venv-sky/bin/pip install -q --upgrade pip
   quietly .venv-sky/bin/pip install -q -e ".[sky]"
   stamp > .venv-sky/.ftctl-stamp
