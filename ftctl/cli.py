@@ -30,26 +30,8 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
-        except click.NoSuchOption as e:  # FastChat's --learning_rate 2e-5: a run key, which goes with -o here
-            takes_keys = e.ctx is not None and any(p.name == "overrides" for p in e.ctx.command.params)
-            takers = _taken_by(e.option_name, e.ctx)  # `ftctl launch --follow`: an option of another command
-            sent = e.ctx is not None and e.ctx.command is train and any(t == "ftctl launch" for t in takers)
-            if sent:  # `train --backend slurm` was told "-o backend=VALUE": train trains here whatever it says
-                rest = [t for t in takers if t != "ftctl launch"]
-                also = f" ({_listed(rest)} too)" if rest else ""
-                e.message = (
-                    f"No such option '{e.option_name}' for `ftctl train`, which trains here, in this process: "
-                    f"`ftctl launch` takes it{also}."
-                )
-                e.possibilities = None
-            elif takes_keys and (said := foreign_args.run_key_hint(e.option_name, e.ctx.command)):
-                if line := foreign_args.as_run_keys(ctx.meta["argv"], e.ctx.command):  # several: the whole line
-                    said = line if foreign_args.takes(e.option_name) else f"{said}\n{line}"
-                e.message, e.possibilities = f"No such option: {e.option_name}. {said}", None
-            elif takers:  # the very option, elsewhere: not click's nearest of this command's (cancel --follow: --now)
-                e.message = f"No such option '{e.option_name}' ({_listed(takers)} "
-                e.message += f"takes it: `{takers[0]} --help`)." if len(takers) == 1 else "take it)."
-                e.possibilities = None
+        except click.NoSuchOption as e:
+            _where_it_goes(e, ctx.meta["argv"])
             _unrepeated(e)
             raise
         except click.UsageError as e:
@@ -81,6 +63,39 @@ class _JobArgument(click.Argument):
             raise
 
 
+def _where_it_goes(e: click.NoSuchOption, argv: list[str]) -> None:
+    """An option the command lacks, said where it goes: FastChat's --learning_rate 2e-5 (a run key: -o here),
+    `launch --follow` (an option of `ftctl logs`), `train --backend` (launch's), `plan -v` (before the command)."""
+    takes_keys = e.ctx is not None and any(p.name == "overrides" for p in e.ctx.command.params)
+    takers = _taken_by(e.option_name, e.ctx)  # `ftctl launch --follow`: an option of another command
+    sent = e.ctx is not None and e.ctx.command is train and any(t == "ftctl launch" for t in takers)
+    if sent:  # `train --backend slurm` was told "-o backend=VALUE": train trains here whatever it says
+        rest = [t for t in takers if t != "ftctl launch"]
+        also = f" ({_listed(rest)} too)" if rest else ""
+        e.message = (
+            f"No such option '{e.option_name}' for `ftctl train`, which trains here, in this process: "
+            f"`ftctl launch` takes it{also}."
+        )
+        e.possibilities = None
+    elif e.ctx is not None and e.ctx.parent is not None and _is_root_option(e.option_name):
+        # `ftctl plan -v`: as uv and gh take it; here ftctl's own options go before the command
+        path = e.ctx.command_path.split(" ", 1)[1]
+        there = "" if _is_root_option(e.option_name, eager=True) else f" {path} ..."  # --version: alone
+        e.message = (
+            f"No such option '{e.option_name}' for `{e.ctx.command_path}`: it is ftctl's own, "
+            f"given before the command: `ftctl {e.option_name}{there}`."
+        )
+        e.possibilities = None
+    elif takes_keys and (said := foreign_args.run_key_hint(e.option_name, e.ctx.command)):
+        if line := foreign_args.as_run_keys(argv, e.ctx.command):  # several: the whole line
+            said = line if foreign_args.takes(e.option_name) else f"{said}\n{line}"
+        e.message, e.possibilities = f"No such option: {e.option_name}. {said}", None
+    elif takers:  # the very option, elsewhere: not click's nearest of this command's (cancel --follow: --now)
+        e.message = f"No such option '{e.option_name}' ({_listed(takers)} "
+        e.message += f"takes it: `{takers[0]} --help`)." if len(takers) == 1 else "take it)."
+        e.possibilities = None
+
+
 def _taken_by(option: str, ctx: click.Context | None) -> list[str]:
     """The commands that take ``option`` (-f: `ftctl logs`), the one it was given to left out."""
     here = ctx.command if ctx else None
@@ -97,6 +112,15 @@ def _taken_by(option: str, ctx: click.Context | None) -> list[str]:
 
     walk(main, "ftctl")
     return found
+
+
+def _is_root_option(option: str, eager: bool = False) -> bool:
+    """-v, --verbose, --version: ftctl's own options, before the command (``eager``: one that acts alone)."""
+    return any(
+        option in (*p.opts, *p.secondary_opts) and (p.is_eager or not eager)
+        for p in main.params
+        if isinstance(p, click.Option)
+    )
 
 
 def _listed(commands: list[str]) -> str:

@@ -84,3 +84,21 @@ def test_a_missing_job_says_what_a_job_is_and_where_ids_are(name):
     assert result.exit_code == 2 and f" {name} [OPTIONS] JOB\n" in result.output, result.output
     assert "Missing argument 'JOB'. Give a job's id, its run directory" in result.output, result.output
     assert "`ftctl jobs` lists the jobs launched from here." in result.output
+
+
+@pytest.mark.parametrize(
+    "args,said",
+    [
+        (
+            ["plan", "-v"],
+            "No such option '-v' for `ftctl plan`: it is ftctl's own, given before the command: `ftctl -v plan",
+        ),
+        (["data", "check", "--verbose"], "given before the command: `ftctl --verbose data check ...`."),
+        (["logs", "--version", "JOB"], "given before the command: `ftctl --version`."),
+    ],
+)
+def test_ftctls_own_option_after_the_command_says_where_it_goes(args, said):
+    """`ftctl plan -v` (uv and gh take -v anywhere) was "No such option '-v'." alone."""
+    result = CliRunner().invoke(main, args, prog_name="ftctl")
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert "Did you mean" not in result.output
