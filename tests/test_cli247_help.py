@@ -102,3 +102,32 @@ def test_ftctls_own_option_after_the_command_says_where_it_goes(args, said):
     result = CliRunner().invoke(main, args, prog_name="ftctl")
     assert result.exit_code == 2 and said in result.output, result.output
     assert "Did you mean" not in result.output
+
+
+def test_python_m_ftctl_runs_the_cli():
+    """`python -m ftctl` (a venv whose bin/ is not on PATH) was "No module named ftctl.__main__"."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ftctl", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("ftctl, version"), done
+
+
+def test_a_ctrl_c_while_the_cli_loads_is_one_line():
+    """Ctrl-C in the first tenth of a second (seconds on a network filesystem) printed an import's traceback."""
+    import subprocess
+    import sys
+
+    code = (
+        "import builtins\n"
+        "real = builtins.__import__\n"
+        "def interrupted(name, *a, **k):\n"
+        "    if name == 'ftctl.cli':\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = interrupted\n"
+        "from ftctl.__main__ import run\n"
+        "run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, "plan"], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (130, "interrupted\n"), done
