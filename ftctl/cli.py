@@ -179,21 +179,23 @@ def run_options(fn=None, placement: bool = True):
         click.argument("run_file", required=False, type=click.Path(dir_okay=False)),  # as -c, axolotl's way
         click.option("-c", "--config", type=click.Path(dir_okay=False), help="Run description YAML (or RUN_FILE)."),
         click.option("--method", type=click.Choice(METHODS, case_sensitive=False), help="Default: lora."),
-        click.option("--gpus", help="8xA100, 2x8xH100, A100-80GB:8, H100 or cpu."),
+        click.option("--gpus", metavar="NxTYPE", help="8xA100, 2x8xH100, A100-80GB:8, H100 or cpu."),
         click.option("--nodes", type=int, help="Number of nodes (also 2x8xH100)."),
-        click.option("--model", help="Model id or local directory (model_name_or_path)."),
-        click.option("--model-params", help="Model size when its config cannot be read: 7b, 135m."),
+        click.option("--model", metavar="ID|DIR", help="Model id or local directory (model_name_or_path)."),
+        click.option("--model-params", metavar="SIZE", help="Model size when its config cannot be read: 7b, 135m."),
         click.option(
             "--data",
+            metavar="PATH|URI",
             multiple=True,
             help="Dataset path or URI (data_path); repeat it (or a,b) for several; builtin:demo is bundled.",
         ),
         click.option(
             "--eval-data",
+            metavar="PATH|URI",
             multiple=True,
             help="Held-out dataset (eval_data_path), evaluated every eval_steps and at the end.",
         ),
-        click.option("--output", help="Output directory or s3:// gs:// az:// URI."),
+        click.option("--output", metavar="DIR|URI", help="Output directory or s3:// gs:// az:// URI."),
     ]
     where = [
         click.option(
@@ -201,27 +203,39 @@ def run_options(fn=None, placement: bool = True):
             type=click.Choice(BACKENDS),
             help="Where it runs. Default: FTCTL_BACKEND, the config file's backend:, else local where this machine can train.",
         ),
-        click.option("--partition", help="Slurm partition."),
-        click.option("--account", help="Slurm account."),
-        click.option("--qos", help="Slurm QOS."),
-        click.option("--time", help="Slurm time limit, e.g. 12:00:00."),
+        click.option("--partition", metavar="NAME", help="Slurm partition."),
+        click.option("--account", metavar="NAME", help="Slurm account."),
+        click.option("--qos", metavar="NAME", help="Slurm QOS."),
+        click.option("--time", metavar="[D-]HH:MM:SS", help="Slurm time limit, e.g. 12:00:00."),
         click.option(
             "--container",
+            metavar="KIND:IMAGE",
             help="docker:IMAGE, apptainer:IMAGE, pyxis:IMAGE, or none. Default: image: in the user config, "
             "else what `ftctl build` recorded.",
         ),
         click.option(
             "--setup",
+            metavar="LINE",
             multiple=True,
             help="Shell line the job runs before training (module load cuda/12.4); slurm and sky.",
         ),
-        click.option("--sbatch-arg", "sbatch_args", multiple=True, help="Extra #SBATCH option, e.g. --mem=64G."),
+        click.option(
+            "--sbatch-arg", "sbatch_args", metavar="OPTION", multiple=True, help="Extra #SBATCH option, e.g. --mem=64G."
+        ),
         click.option("--spot/--no-spot", default=None, help="SkyPilot managed job on spot (Slurm/SSH: its nodes)."),
         click.option("--managed/--no-managed", default=None, help="SkyPilot managed job on on-demand instances."),
-        click.option("--infra", help="SkyPilot infra: aws, gcp/us-central1, k8s, slurm/CLUSTER."),
-        click.option("--cluster", help="SkyPilot cluster to launch or reuse (default: the run name)."),
+        click.option(
+            "--infra", metavar="CLOUD[/REGION]", help="SkyPilot infra: aws, gcp/us-central1, k8s, slurm/CLUSTER."
+        ),
+        click.option("--cluster", metavar="NAME", help="SkyPilot cluster to launch or reuse (default: the run name)."),
         click.option("--down/--no-down", default=None, help="Tear the SkyPilot cluster down when the job ends."),
-        click.option("--secret", "secrets", multiple=True, help="Env var NAME passed to the job (never its value)."),
+        click.option(
+            "--secret",
+            "secrets",
+            metavar="NAME",
+            multiple=True,
+            help="Env var NAME passed to the job (never its value).",
+        ),
     ]
     overrides = click.option(
         "-o",
@@ -494,10 +508,13 @@ def demo(steps):
 @main.command(short_help="Merge a LoRA/QLoRA adapter into its base model.")
 @click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
 @click.option(
-    "--out", help="Where to write the merged model (default: RUN/merged; of RUN/checkpoint-N: RUN/merged-checkpoint-N)."
+    "--out",
+    metavar="DIR|URI",
+    help="Where to write the merged model (default: RUN/merged; of RUN/checkpoint-N: RUN/merged-checkpoint-N).",
 )
 @click.option(
     "--base",
+    metavar="ID|DIR",
     help="Merge into this model instead of the adapter's base: the unquantized model a pre-quantized base "
     "(a GPTQ or AWQ model; a *-bnb-4bit one, whose 4-bit weights a QLoRA merge dequantizes, with --original-base) "
     "was made from.",
@@ -547,7 +564,7 @@ def _progress(line: str) -> None:
 @click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
 @click.option("-p", "--prompt", "prompts", multiple=True, help="Ask this and print the answer (repeatable).")
 @click.option("--system", help="A system message before each conversation.")
-@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, help="The longest answer, in tokens.")
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
 @click.option(
     "--top-p",
@@ -579,9 +596,22 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare, plai
 
 @main.command("eval", short_help="Held-out loss and perplexity of what a run trained.")
 @click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
-@click.option("--data", "paths", multiple=True, required=True, help="Dataset(s), as --data of a run takes them.")
+@click.option(
+    "--data",
+    "paths",
+    metavar="PATH|URI",
+    multiple=True,
+    required=True,
+    help="Dataset(s), as --data of a run takes them.",
+)
 @click.option("--max-length", type=click.IntRange(min=2), help="Truncation (default: the run's model_max_length).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Rows scored at once (lower it for memory).",
+)
 @click.option("--compare", is_flag=True, help="The base model's numbers too, above the run's.")
 def eval_(run, paths, max_length, batch_size, compare):
     """Held-out loss, perplexity and token accuracy of what a run trained on a dataset (RUN as for chat); of each of
@@ -632,14 +662,20 @@ def data():
     help="A run file: its data (and weights), model, chat template, max length and loss, as the run reads them.",
 )
 @click.option(
-    "--model", help="Model whose tokenizer and chat template to use (default: the run file's, else launch's default)."
+    "--model",
+    metavar="ID|DIR",
+    help="Model whose tokenizer and chat template to use (default: the run file's, else launch's default).",
 )
 @click.option(
     "--max-length", type=click.IntRange(min=2), default=None, help="model_max_length (default: the run default)."
 )
-@click.option("--chat-template-path", help="A Jinja file, or a tokenizer whose chat template to use instead.")
 @click.option(
-    "--text-field", help="The field of plain-text rows (dataset_text_field; default: the run file's, else text)."
+    "--chat-template-path", metavar="FILE|ID", help="A Jinja file, or a tokenizer whose chat template to use instead."
+)
+@click.option(
+    "--text-field",
+    metavar="FIELD",
+    help="The field of plain-text rows (dataset_text_field; default: the run file's, else text).",
 )
 @click.option(
     "--held-out",
@@ -650,6 +686,7 @@ def data():
 @click.option(
     "--eval-data",
     "eval_paths",
+    metavar="PATH|URI",
     multiple=True,
     help="Held-out data to check too, as a launch's --eval-data reads it, and its rows that are training rows (of "
     "PATHS, else of the run file's data) said.",
@@ -812,6 +849,7 @@ def sync():
 
 _endpoint = click.option(
     "--endpoint-url",
+    metavar="URL",
     help="The S3 endpoint (MinIO, Ceph, a cloud's S3 API), as a run's -o s3_endpoint_url; default: AWS_ENDPOINT_URL, else AWS.",
 )
 
@@ -874,8 +912,8 @@ def down(job):
     help="What to check: this machine (local), the Slurm cluster, SkyPilot's clouds or the docker host. Default: "
     "FTCTL_BACKEND, the config file's backend:, else local.",
 )
-@click.option("--partition", help="Slurm partition to check.")
-@click.option("--gpus", help="GPU request to check against the cluster.")
+@click.option("--partition", metavar="NAME", help="Slurm partition to check.")
+@click.option("--gpus", metavar="NxTYPE", help="GPU request to check against the cluster.")
 @click.option(
     "--network",
     is_flag=True,
@@ -900,8 +938,10 @@ def doctor(backend, partition, gpus, network, nodes, min_busbw_gbps):
 
 # ------------------------------------------------------------------------------------------ image
 @main.command(short_help="Build the CUDA image, flash-attn compiled for your GPUs.")
-@click.option("--gpus", required=True, help="Tier(s) to compile flash-attn for: H100, or A100,H100.")
-@click.option("--tag", help="Image tag (default: ftctl, CUDA, torch, flash-attn versions and archs).")
+@click.option(
+    "--gpus", metavar="TYPE[,TYPE]", required=True, help="Tier(s) to compile flash-attn for: H100, or A100,H100."
+)
+@click.option("--tag", metavar="TAG", help="Image tag (default: ftctl, CUDA, torch, flash-attn versions and archs).")
 @click.option("--push", "registry", metavar="REGISTRY", help="Push to REGISTRY/ftctl:TAG, e.g. ghcr.io/my-org.")
 @click.option("--apptainer", is_flag=True, help="Also write a .sif for clusters without docker.")
 @click.option("--max-jobs", type=int, help="Parallel compile jobs (default: cores, ~5 GB of memory each).")

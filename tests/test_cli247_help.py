@@ -131,3 +131,27 @@ def test_a_ctrl_c_while_the_cli_loads_is_one_line():
     )
     done = subprocess.run([sys.executable, "-c", code, "plan"], capture_output=True, text=True)
     assert (done.returncode, done.stderr) == (130, "interrupted\n"), done
+
+
+def _options():
+    def walk(group, path):
+        for name, command in sorted(group.commands.items()):
+            if isinstance(command, click.Group):
+                yield from walk(command, f"{path} {name}")
+            else:
+                yield from ((f"{path} {name}", p) for p in command.params if isinstance(p, click.Option))
+
+    return list(walk(main, "ftctl"))
+
+
+def test_every_option_says_what_it_takes_and_does():
+    """`--gpus TEXT`, `--time TEXT`, `--output TEXT`: the value's form was only in the text beside it, and
+    `chat --max-new-tokens`, `eval --batch-size` had no text at all."""
+    free_text = {"prompts", "system"}  # a question, a system message: TEXT is what they take
+    untold = [
+        f"{where} {p.opts[-1]}"
+        for where, p in _options()
+        if not p.is_flag and p.type is click.STRING and p.metavar is None and p.name not in free_text
+    ]
+    assert not untold, untold
+    assert not [f"{where} {p.opts[-1]}" for where, p in _options() if not p.help and p.name != "help"]
