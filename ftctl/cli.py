@@ -547,9 +547,18 @@ def merge(run, out, base, dequantize):
 
 
 def _a_place(value: str, what: str) -> str:
-    """RUN as given, or FtctlError where it names no place to look in (a typo'd scheme, ~nouser: storage)."""
-    from ftctl.storage import place_problem
+    """RUN as given; the output of the job of that id launched from here where no such path is (`ftctl chat 12345`,
+    the id `ftctl launch` printed, was "no such directory, and not a hub id"); FtctlError where it names no place to
+    look in (a typo'd scheme, ~nouser: storage)."""
+    from ftctl.storage import is_remote, place_problem
 
+    if value and not is_remote(value) and not os.path.lexists(os.path.expanduser(value)):
+        from ftctl.backend import recorded_jobs
+
+        for ref, _ in recorded_jobs():
+            if ref.job_id == value and ref.output and ref.output != value:
+                click.echo(f"{what} {value}: the output of job {value}, {ref.output}", err=True)
+                return ref.output
     if said := place_problem(value, what):
         raise FtctlError(said)
     return value
@@ -579,7 +588,7 @@ def _progress(line: str) -> None:
     help="Continue each prompt as written, or wrap it in the chat template [default: as the run trained].",
 )
 def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare, plain_text):
-    """Talk to what a run trained: RUN is its output directory (or a checkpoint, or a model id).
+    """Talk to what a run trained: RUN is its output directory or its job's id (or a checkpoint, or a model id).
     Without -p, a conversation on stdin."""
     from ftctl.trainer import chat as chat_mod
 

@@ -155,3 +155,20 @@ def test_every_option_says_what_it_takes_and_does():
     ]
     assert not untold, untold
     assert not [f"{where} {p.opts[-1]}" for where, p in _options() if not p.help and p.name != "help"]
+
+
+def test_a_job_id_names_its_run_for_merge_chat_and_eval(tmp_path, monkeypatch):
+    """`ftctl launch` prints a job id and `ftctl status 12345` takes it, but `ftctl merge 12345` said "12345 is not
+    a directory": now RUN is that job's output where no path 12345 is."""
+    from ftctl.backend import JobRef, record_job
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "shared" / "runs" / "r1"
+    out.mkdir(parents=True)
+    record_job(JobRef("slurm", "12345", str(out), "r1", str(out)))
+    result = CliRunner().invoke(main, ["merge", "12345"])
+    assert result.exit_code == 2, result.output
+    assert f"RUN 12345: the output of job 12345, {out}" in result.output
+    assert f"No LoRA adapter (adapter_config.json) in {out}" in result.output, result.output
+    (tmp_path / "12345").mkdir()  # a directory of that name is the run, as before
+    assert "the output of job" not in CliRunner().invoke(main, ["merge", "12345"]).output
