@@ -16,6 +16,7 @@ A type is read as Slurm and nvidia-smi write it too (see :func:`tier`): ``nvidia
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass
 
@@ -321,3 +322,11 @@ def _merge_nodes(from_form: int | None, flag: int | None, spec: str) -> int:
     if n < 1:
         raise FtctlError(f"--gpus {spec!r}: the node count must be at least 1.")
     return n
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a Slurm step's or a container's cpuset, not the machine's
+    cores), else the machine's where there is none to ask (macOS has no os.sched_getaffinity)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -32,6 +32,7 @@ from collections.abc import Collection
 from typing import IO
 
 from ftctl import storage
+from ftctl.gpus import usable_cores
 from ftctl.runpaths import CHECKPOINT_METRICS, CHECKPOINT_METRICS_GZ
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,7 @@ def _sha256_files(paths: list[str]) -> list[str]:
     """Each file's sha256, several files at once: hashlib lets go of the GIL while it hashes, and a checkpoint's
     time is the GPU's wait. One thread hashes ~1.7 GB/s on an H100 node, where a 1B fft checkpoint's manifest took
     9 of its save's 20 s; ZeRO and FSDP write a file per rank, which hash side by side (bench/NOTES.md v78)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: none
-    workers = min(len(paths), _HASH_THREADS, cores)
+    workers = min(len(paths), _HASH_THREADS, usable_cores())
     if workers <= 1:
         return [sha256_file(p) for p in paths]
     from concurrent.futures import ThreadPoolExecutor

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ftctl import storage
 from ftctl.errors import FtctlError
+from ftctl.gpus import usable_cores
 from ftctl.spec import RunSpec, split_paths
 from ftctl.trainer.formats import REASONING_KEYS, Row, data_digest, file_name, llama_factory_notes, load_rows
 from ftctl.trainer.masks import (
@@ -646,16 +647,12 @@ ROWS_A_PROCESS = 2000
 
 def _processes(asked: int | None, rows: int, sharing: int = 1) -> int:
     """How many processes tokenize ``rows`` rows: ``asked`` (dataset_num_proc) where given, at most one a row;
-    else one a ROWS_A_PROCESS rows, at most one a core this process may run on (os.sched_getaffinity: a Slurm
+    else one a ROWS_A_PROCESS rows, at most one a core this process may run on (gpus.usable_cores: a Slurm
     job's or a container's cores, not the machine's) of those ``sharing`` processes of the node tokenize on at once
     (build_dataset: every rank where none keeps the rows for the others)."""
     if asked is not None:
         return max(1, min(asked, rows))
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        cores = os.cpu_count() or 1
-    return max(1, min(cores // max(sharing, 1), rows // ROWS_A_PROCESS))
+    return max(1, min(usable_cores() // max(sharing, 1), rows // ROWS_A_PROCESS))
 
 
 @dataclass

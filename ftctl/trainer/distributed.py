@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from ftctl import torch_builds
 from ftctl.envvars import THREADS_ENV
 from ftctl.errors import FtctlError
+from ftctl.gpus import usable_cores
 from ftctl.plan import DEEPSPEED_STRATEGIES, OFFLOAD_STRATEGIES, ZERO3_MAX_LIVE, ZERO3_STRATEGIES
 
 
@@ -130,7 +131,7 @@ def cpu_threads() -> str | None:
     the speed of one GPU's (bench/NOTES.md v27). Returns the line the run's log shows, or None; without
     ``auto`` (torchrun started by hand) only a hint where several processes were left one thread each. Either way,
     where this process sees no GPU and the machine is busy, its threads wait asleep (passive_threads_when_busy)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     threads = max(1, cores // local)
     auto = os.environ.get(THREADS_ENV) == "auto"
@@ -186,7 +187,7 @@ def omp_threads() -> int:
     try:
         return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
     except ValueError:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return usable_cores()
 
 
 def no_gpu_here() -> bool:
