@@ -166,6 +166,8 @@ PREFLIGHT_KEYS = frozenset({"preflight_network", "preflight_min_busbw_gbps"})  #
 class Backend:
     name: ClassVar[str]
     options: ClassVar[frozenset[str]] = frozenset()  # run keys of this backend (beyond the common ones)
+    # what this backend has instead of another backend's run key, said where that key is refused (sky: time)
+    instead: ClassVar[dict[str, str]] = {}
     needs_local_paths: ClassVar[bool] = True  # False where the job runs on machines that cannot see ours
     no_image: ClassVar[str | None] = None  # what runs when there is no image; None: this backend runs none
     # its trainer runs on this machine, in the run directory (local; `ftctl train`): one of an older ftctl there,
@@ -252,16 +254,17 @@ class Backend:
     def status(self, ref: JobRef) -> JobStatus:
         raise FtctlError(f"{self.name} runs have no job queue: ftctl launch ran job {ref.job_id} in the foreground.")
 
-    def state_lines(self, refs: list[JobRef]) -> list[str]:
-        """Each job's state line without its id, for `ftctl jobs` ("unknown: why" where the backend cannot say), the
-        jobs asked at once; a backend that can ask for them all in one call does (SkyPilot)."""
+    def state_lines(self, refs: list[JobRef]) -> list[tuple[JobState, str]]:
+        """Each job's state and its state line without its id, for `ftctl jobs` (UNKNOWN, "unknown: why" where the
+        backend cannot say), the jobs asked at once; a backend that can ask for them all in one call does (SkyPilot)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def one(ref: JobRef) -> str:
+        def one(ref: JobRef) -> tuple[JobState, str]:
             try:
-                return self.status(ref).text.removeprefix(f"{ref.job_id} ")
+                said = self.status(ref)
             except FtctlError as e:
-                return f"unknown: {str(e).splitlines()[0]}"
+                return JobState.UNKNOWN, f"unknown: {str(e).splitlines()[0]}"
+            return said.state, said.text.removeprefix(f"{ref.job_id} ")
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(one, refs))
@@ -351,20 +354,35 @@ def refuse_foreign_options(spec: RunSpec, backend: Backend, why: str = "--backen
     wrong = sorted(k for k in foreign if getattr(spec, k) != _default(k))
     if wrong:
         owners = {k: [n for n, opts in backend_options().items() if k in opts] for k in wrong}
-        said = ", ".join(f"{k} ({'/'.join(owners[k])})" for k in wrong)
+        # the flag the user typed (--time, --sbatch-arg), else the run key (-o time=..., a run file's time:)
+        said = ", ".join(f"{said_as(k)} ({'/'.join(owners[k])})" for k in wrong)
         accepted = ", ".join(sorted(backend.options)) or "none beyond the common run keys"
         if why != "--backend":
             mine = sorted({o for k in wrong for o in owners[k]})
             raise FtctlError(
-                f"{', '.join(wrong)} {'is an option' if len(wrong) == 1 else 'are options'} of --backend {' or '.join(mine)}, and "
+                f"{', '.join(map(said_as, wrong))} {'is an option' if len(wrong) == 1 else 'are options'} of --backend {' or '.join(mine)}, and "
                 f"no --backend was given, so this run goes to {backend.name} ({why}): add --backend {mine[0]}, or "
                 f"remove {'it' if len(wrong) == 1 else 'them'}."
             )
+        instead = "".join(f" {backend.instead[k]}." for k in wrong if k in backend.instead)
         raise FtctlError(
             f"--backend {backend.name} does not take {said}: remove {'it' if len(wrong) == 1 else 'them'}, or "
-            f"choose the backend {'it belongs' if len(wrong) == 1 else 'they belong'} to. "
+            f"choose the backend {'it belongs' if len(wrong) == 1 else 'they belong'} to.{instead} "
             f"{backend.name} accepts: {accepted}."
         )
+
+
+def said_as(key: str) -> str:
+    """A backend's run key as the user gave it to the command running now: the flag typed (--time, --sbatch-arg: its
+    click parameter is named as the key), else the key itself (given with -o, in a run file or the config; or no
+    command runs: a caller of ftctl's API)."""
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    for p in ctx.command.params if ctx else ():
+        if isinstance(p, click.Option) and p.name == key:
+            return p.opts[0] if ctx.get_parameter_source(key) is click.core.ParameterSource.COMMANDLINE else key
+    return key
 
 
 def _default(key: str):
@@ -1118,46 +1136,77 @@ def _launched_elsewhere(given: str, jobs: list[tuple[JobRef, float]]) -> str | N
     return ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "") if found else None
 
 
-def jobs_table(last: int) -> str:
-    """The newest ``last`` jobs, a line each with the state its backend reports now (asked at once)."""
+@dataclass
+class JobRecord:
+    """A job launched from here and the state its backend reports now: a row of `ftctl jobs`, an object of its --json
+    (to_dict: the keys cli.jobs's --help lists)."""
+
+    ref: JobRef
+    launched: float | None  # when it was launched (POSIX time); None: an older record says not
+    state: JobState
+    state_line: str  # the backend's words without the job id ("unknown: why" where it cannot say)
+
+    def to_dict(self) -> dict:
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.launched)) if self.launched else None
+        return {
+            "job": self.ref.job_id,
+            "backend": self.ref.backend,
+            "name": self.ref.name,
+            "output": self.ref.output,
+            "run_dir": self.ref.run_dir,
+            "launched": at,
+            "state": self.state.value,
+            "state_line": self.state_line,
+        }
+
+
+def job_records(last: int) -> tuple[list[JobRecord], int]:
+    """The newest ``last`` jobs with the state each backend reports now (the backends asked at once), and how many
+    are recorded in all."""
     from concurrent.futures import ThreadPoolExecutor
 
     every = recorded_jobs()
     jobs = every[:last]
-    if not jobs:
-        return (
-            f"No jobs launched from here yet ({_jobs_file()}): `ftctl launch` records each job it submits to Slurm, "
-            "SkyPilot or docker, and each run it trains here."
-        )
-
     by_backend: dict[str, list[int]] = {}
     for i, (ref, _) in enumerate(jobs):
         by_backend.setdefault(ref.backend, []).append(i)
 
-    def lines_of(name: str) -> list[str]:
+    def lines_of(name: str) -> list[tuple[JobState, str]]:
         refs = [jobs[i][0] for i in by_backend[name]]
         try:
             return get(name).state_lines(refs)
         except FtctlError as e:
-            return [f"unknown: {str(e).splitlines()[0]}"] * len(refs)
+            return [(JobState.UNKNOWN, f"unknown: {str(e).splitlines()[0]}")] * len(refs)
 
-    states = [""] * len(jobs)
-    with ThreadPoolExecutor(max_workers=len(by_backend)) as pool:  # the backends at once
-        for name, lines in zip(by_backend, pool.map(lines_of, by_backend)):
-            for i, line in zip(by_backend[name], lines):
-                states[i] = line
-    states, notes = _said_once(states)
+    states: list[tuple[JobState, str]] = [(JobState.UNKNOWN, "")] * len(jobs)
+    if by_backend:
+        with ThreadPoolExecutor(max_workers=len(by_backend)) as pool:  # the backends at once
+            for name, lines in zip(by_backend, pool.map(lines_of, by_backend)):
+                for i, line in zip(by_backend[name], lines):
+                    states[i] = line
+    return [JobRecord(ref, launched or None, *said) for (ref, launched), said in zip(jobs, states)], len(every)
+
+
+def jobs_table(last: int) -> str:
+    """The newest ``last`` jobs, a line each with the state its backend reports now (job_records)."""
+    records, every = job_records(last)
+    if not records:
+        return (
+            f"No jobs launched from here yet ({_jobs_file()}): `ftctl launch` records each job it submits to Slurm, "
+            "SkyPilot or docker, and each run it trains here."
+        )
+    states, notes = _said_once([r.state_line for r in records])
     rows = [("JOB", "BACKEND", "OUTPUT", "LAUNCHED", "STATE")]  # the output tells runs apart, not their name
-    for (ref, launched), text in zip(jobs, states):
-        when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(launched)) if launched else "?"
+    for r, text in zip(records, states):
+        when = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(r.launched)) if r.launched else "?"
         # a local run's output is its directory, the job's id: not written out twice (one word, for awk)
-        output = "=JOB" if ref.output == ref.job_id else ref.output
-        rows.append((ref.job_id, ref.backend, output, when, text))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    table = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4] for r in rows]
+        output = "=JOB" if r.ref.output == r.ref.job_id else r.ref.output
+        rows.append((r.ref.job_id, r.ref.backend, output, when, text))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    table = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4] for row in rows]
     table += [f"({i}) {note}" for i, note in enumerate(notes, 1)]
-    if len(every) > len(jobs):  # the older ones were left out without a word
-        table.append(f"(the newest {len(jobs)} of {len(every)} jobs: `ftctl jobs -n {len(every)}` lists them all)")
+    if every > len(records):  # the older ones were left out without a word
+        table.append(f"(the newest {len(records)} of {every} jobs: `ftctl jobs -n {every}` lists them all)")
     return "\n".join(table)
 
 
@@ -1183,13 +1232,63 @@ def _said_once(states: list[str]) -> tuple[list[str], list[str]]:
     return lines, notes
 
 
+@dataclass
+class StatusReport:
+    """What `ftctl status JOB` says of a job: its lines for a terminal (lines) and, for --json, the same as fields
+    (to_dict: the keys cli.status's --help lists). One record: the text and the JSON are both made from it."""
+
+    job: str  # the job's id (an object-store output where no job into it was launched from here)
+    backend: str | None  # None: no job into it was launched from here
+    output: str
+    state: JobState
+    state_line: str  # the backend's line ("42 RUNNING on node[1-2]")
+    error: str | None = None  # a failed job's error as its trainer said it (its log's ``error:`` line)
+    notes: list[str] = field(default_factory=list)  # what to do about how it ended; the later job it went on in
+    progress: list[str] = field(default_factory=list)  # its step line (ftctl.progress), or what its store says
+    checkpoint: str | None = None  # while it trains: its newest checkpoint (what a relaunch resumes from)
+
+    @property
+    def exit_code(self) -> int:
+        return self.state.exit_code
+
+    @property
+    def lines(self) -> list[str]:
+        from ftctl import failures
+
+        error = [f"{failures.ERROR_PREFIX}{self.error}"] if self.error else []
+        return [self.state_line, *error, *self.notes, *self.progress, *filter(None, [self.checkpoint])]
+
+    def to_dict(self) -> dict:
+        from ftctl.progress import step_fields
+
+        return {
+            "job": self.job,
+            "backend": self.backend,
+            "output": self.output,
+            "state": self.state.value,
+            "exit_code": self.exit_code,
+            "state_line": self.state_line,
+            "error": self.error,
+            "notes": self.notes,
+            **step_fields(self.progress[0] if self.progress else ""),
+            "checkpoint": self.checkpoint,
+            "lines": self.lines,
+        }
+
+
 def status_lines(job: str) -> list[str]:
-    """What `ftctl status JOB` prints (status_report)."""
-    return status_report(job)[0]
+    """What `ftctl status JOB` prints (status_record)."""
+    return status_record(job).lines
 
 
 def status_report(job: str) -> tuple[list[str], int]:
-    """What `ftctl status JOB` prints, and its exit code (JobState.exit_code): the backend's state line; a failed
+    """What `ftctl status JOB` prints, and its exit code (status_record)."""
+    said = status_record(job)
+    return said.lines, said.exit_code
+
+
+def status_record(job: str) -> StatusReport:
+    """What `ftctl status JOB` says, and its exit code (JobState.exit_code): the backend's state line; a failed
     job's error as the trainer said it (its log's ``error:`` line, not only an exit code); the last logged step of
     its total, the time a step takes and, while it runs, the time left and its newest checkpoint (ftctl.progress),
     from its metrics.jsonl where this machine sees it, else from its log."""
@@ -1207,19 +1306,20 @@ def status_report(job: str) -> tuple[list[str], int]:
         if is_remote(ref.output) and (said := _stored_lines(ref.output, _endpoint(ref), step_only=False)):
             e.args = (f"{e}\nits output, {ref.output}, says: {said[0]}",)
         raise
-    code = state.state.exit_code
-    lines = [state.text]
-    if state.state is JobState.FAILED and (why := failures.error_line(b.log_tail(ref))):
-        lines.append(f"{failures.ERROR_PREFIX}{why}")
+    report = StatusReport(ref.job_id, ref.backend, ref.output, state.state, state.text)
+    if state.state is JobState.FAILED:
+        report.error = failures.error_line(b.log_tail(ref)) or None
     if state.note:
-        lines.append(state.note)
+        report.notes.append(state.note)
     if state.state is JobState.CANCELLED and (note := b.stop_note(ref)):
-        lines.append(note)
+        report.notes.append(note)
     later = next((r for r, _ in recorded_jobs() if r.output == ref.output and r.run_dir == ref.run_dir), ref)
     if later.job_id != ref.job_id:  # the run goes on in the later job (and a run dir's metrics.jsonl with its steps)
-        return [*lines, f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})"], code
+        report.notes.append(f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})")
+        return report
     if state.from_store:
-        return [*lines, *_stored_lines(ref.output, _endpoint(ref))], code
+        report.progress = _stored_lines(ref.output, _endpoint(ref))
+        return report
     paths = b.trainer_paths(ref)
     metrics = paths.metrics if paths else None
     running = state.state is JobState.RUNNING
@@ -1228,16 +1328,19 @@ def status_report(job: str) -> tuple[list[str], int]:
         shown = b.logged_progress(ref, running)
     if shown is None and is_remote(ref.output) and state.state is not JobState.PENDING:
         # neither its metrics nor its log seen here (its node gone, the log not kept): what its store holds, if said
-        return [*lines, *_stored_lines(ref.output, _endpoint(ref))], code
-    saved = None
+        report.progress = _stored_lines(ref.output, _endpoint(ref))
+        return report
+    report.progress = shown.splitlines() if shown else []
     if running and shown is not None:  # training: what a relaunch would resume from now
         from ftctl.progress import newest_checkpoint
 
         try:
-            saved = newest_checkpoint(ref.output, run_spec(ref).s3_endpoint_url, paths.root if paths else None)
+            report.checkpoint = newest_checkpoint(
+                ref.output, run_spec(ref).s3_endpoint_url, paths.root if paths else None
+            )
         except (OSError, FtctlError) as e:
-            saved = f"newest checkpoint: cannot be listed now ({str(e).splitlines()[0] if str(e) else e!r})"
-    return [*lines, *(shown.splitlines() if shown else []), *filter(None, [saved])], code
+            report.checkpoint = f"newest checkpoint: cannot be listed now ({str(e).splitlines()[0] if str(e) else e!r})"
+    return report
 
 
 def _endpoint(ref: JobRef) -> str | None:
@@ -1263,7 +1366,7 @@ def _stored_lines(output: str, endpoint_url: str | None, step_only: bool = True)
     return [said[0] or said[1]]
 
 
-def _stored_report(output: str, no_job: FtctlError) -> tuple[list[str], int]:
+def _stored_report(output: str, no_job: FtctlError) -> StatusReport:
     """`ftctl status s3://.../run` where no job into it was launched from here (another machine's, a jobs record
     lost): its state is not known here (exit code 4), what its store's newest complete checkpoint says is. A store that
     holds none, or cannot be read: the error that no such job was launched from here, and why the store says nothing."""
@@ -1278,14 +1381,14 @@ def _stored_report(output: str, no_job: FtctlError) -> tuple[list[str], int]:
         raise FtctlError(f"{no_job} Nor does {output} hold a complete checkpoint.")
     if known := store_state(output, None):
         state, text = known
-        return [f"{output} {state.value}, {text}; what its newest complete checkpoint says:", said[0] or said[1]], (
-            state.exit_code
-        )
+        head = f"{output} {state.value}, {text}; what its newest complete checkpoint says:"
+        return StatusReport(output, None, output, state, head, progress=[said[0] or said[1]])
     head = (
         f"{output} UNKNOWN: no job into it was launched from here (`ftctl status JOB` where it was launched says its "
         "state); what its newest complete checkpoint says:"
     )
-    return [head, said[0] or said[1]], JobState.UNKNOWN.exit_code  # the step line names the checkpoint too
+    # the step line names the checkpoint too
+    return StatusReport(output, None, output, JobState.UNKNOWN, head, progress=[said[0] or said[1]])
 
 
 def store_state(output: str, endpoint_url: str | None, max_steps: int = 0) -> tuple[JobState, str] | None:

@@ -362,11 +362,32 @@ def launch(dry_run, **kw):
     help="Drop the records of jobs whose run directory and output are both gone from here (never one in object "
     "storage), and a job's older records; say what was dropped.",
 )
-def jobs(last, prune):
-    """The jobs launched from here, newest first, with the state each backend reports now."""
-    from ftctl.backend import jobs_table, prune_jobs
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as a JSON list (keys below).")
+def jobs(last, prune, as_json):
+    """The jobs launched from here, newest first, with the state each backend reports now.
 
-    click.echo(prune_jobs() if prune else jobs_table(last))
+    \b
+    With --json, a list, newest first, of objects with these keys (notes go to stderr):
+      job, backend, name, output, run_dir  as launched (run_dir: its run directory here)
+      launched    when, in UTC (2026-12-07T14:02:05Z); null where its record says not
+      state       PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, PREEMPTED or UNKNOWN
+      state_line  the backend's words, as the table's STATE says them
+    """
+    from ftctl.backend import job_records, jobs_table, prune_jobs
+
+    if not as_json:
+        click.echo(prune_jobs() if prune else jobs_table(last))
+        return
+    import json
+
+    if prune:
+        click.echo(prune_jobs(), err=True)
+    records, every = job_records(last)
+    if every > len(records):
+        click.echo(
+            f"note: the newest {len(records)} of {every} jobs: `ftctl jobs --json -n {every}` lists them all.", err=True
+        )
+    click.echo(json.dumps([r.to_dict() for r in records], indent=2))
 
 
 @main.command(short_help="List every run key (-o KEY=VALUE) with its default.")
@@ -404,7 +425,8 @@ def keys(word):
 @main.command(short_help="Show a job's state, step, loss and time left.")
 @click.argument("job", required=False, metavar="JOB")
 @click.option("--exit-code", "exit_code", is_flag=True, help="Exit with the job's state as its code (below).")
-def status(job, exit_code):
+@click.option("--json", "as_json", is_flag=True, help="Print what it says as one JSON object (keys below).")
+def status(job, exit_code, as_json):
     """State of a launched job (a failed one: the trainer's error), its last logged step of its total and its loss;
     while it trains, the time a step takes, the time left and its newest checkpoint.
 
@@ -416,18 +438,34 @@ def status(job, exit_code):
       3  stopped before its end (cancelled, preempted, killed): the same `ftctl launch` resumes it
          (a run started with `ftctl train`: the same `ftctl train`)
       4  its state is not known (its backend no longer knows the job)
+
+    \b
+    With --json, one object (null where it says nothing; an error: on stderr, nothing on stdout, exit 2):
+      job, backend, output  the job (backend null: an object-store output no job here was launched into)
+      state, exit_code      its state (as `ftctl jobs --json`'s) and the code --exit-code exits with
+      state_line, error     the backend's line; a failed job's error as its trainer said it
+      notes                 the lines more it says of how it ended, as a list
+      step, total_steps, loss, tokens_per_s, held_out_loss, held_out_step   numbers (a loss: "nan" too)
+      step_time, time_left  as the text says them ("0.80 s", "12 min"); time_left only while it trains
+      checkpoint            while it trains: its newest checkpoint, the line as said
+      lines                 the lines `ftctl status JOB` prints
     """
-    from ftctl.backend import status_report
+    from ftctl.backend import status_record
 
     if job is None:  # click's "Missing argument 'JOB'." alone named no way to find one
         raise click.UsageError(
             "Missing argument 'JOB': a job's id, its run directory, or its object-store output (s3://bucket/run, "
             "from any machine). `ftctl jobs` lists the jobs launched from here."
         )
-    lines, code = status_report(job)
-    click.echo("\n".join(lines))
-    if exit_code and code:
-        sys.exit(code)
+    said = status_record(job)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(said.to_dict(), indent=2))
+    else:
+        click.echo("\n".join(said.lines))
+    if exit_code and said.exit_code:
+        sys.exit(said.exit_code)
 
 
 @main.command(short_help="Print a launched job's log.")

@@ -150,6 +150,40 @@ def step_text(step: int, loss: float, tokens_per_s: float | None, total: int | N
     return f"step {step}{of}  loss {loss:.4f}{rate}"
 
 
+# step_text's and pace's words read back, for `ftctl status --json` (StatusReport.to_dict): the line is the one
+# record the terminal and the JSON both say; a key the line does not hold is None
+STEP_FIELDS = re.compile(
+    r"step (?P<step>\d+)(?:/(?P<total>\d+) \(\d+%\))?  loss (?P<loss>[0-9.]+|nan|inf)"
+    r"(?:  (?P<rate>[\d,]+) tok/s)?(?:  (?P<per_step>[^,;]+?) a step)?(?:, ~(?P<left>[^,;]+?) left)?"
+    r"(?:  ETA (?P<eta>[^ ]+(?: days?, [^ ]+)?) at that line)?"
+)
+HELD_OUT = re.compile(r"held-out loss ([0-9.]+|nan|inf) at step (\d+)")
+
+
+def step_fields(line: str) -> dict:
+    """A status step line's fields (step, total_steps, loss, tokens_per_s, step_time, time_left, held_out_loss,
+    held_out_step); each None where the line does not say it. A loss that is not a number is said as "nan"/"inf"."""
+    m = STEP_FIELDS.match(line)
+    held = HELD_OUT.search(line)
+
+    def number(text: str | None, kind=float):
+        if text is None:
+            return None
+        value = kind(text.replace(",", ""))
+        return value if value == value and value not in (float("inf"), float("-inf")) else text
+
+    return {
+        "step": number(m and m["step"], int),
+        "total_steps": number(m and m["total"], int),
+        "loss": number(m and m["loss"]),
+        "tokens_per_s": number(m and m["rate"]),
+        "step_time": m and m["per_step"] or None,
+        "time_left": m and (m["left"] or (m["eta"] and f"ETA {m['eta']}")) or None,
+        "held_out_loss": number(held and held[1]),
+        "held_out_step": number(held and held[2], int),
+    }
+
+
 def pace(first: dict, last: dict, timed: int, total: int | None, running: bool, now: float) -> str | None:
     """``0.80 s a step, ~12 min left``: the rate of the trainer's own logged steps (``timed`` of them, ``first`` to
     ``last``: from its second one, once there is a third: the first pays for what runs once, CUDA's start,

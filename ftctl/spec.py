@@ -1854,7 +1854,7 @@ def validate(spec: RunSpec) -> None:
         errors.append(str(e))
     if said := resume_problem(spec.resume, here=spec.backend in RUNS_HERE, output=spec.output):
         errors.append(said)
-    if spec.time:
+    if spec.time and spec.backend in (None, "slurm"):  # another backend refuses it (backend.refuse_foreign_options)
         try:
             limit = slurm_time_s(spec.time)
         except ValueError:

@@ -131,6 +131,10 @@ class SkyBackend(Backend):
         )
         | PREFLIGHT_KEYS
     )
+    instead = {  # Slurm's time limit: SkyPilot's job has none, its cluster's life is bounded otherwise (render.py)
+        "time": "SkyPilot puts no time limit on a job: --down tears its cluster down when the job ends; without it the "
+        "cluster stops after -o idle_minutes=N idle (30 unless given)"
+    }
     needs_local_paths = False  # the cloud's machines cannot see this one's files: local inputs ship with the task
     no_image = "installing ftctl from the shipped source"  # the workdir; see ftctl/sky/render.py
 
@@ -262,15 +266,16 @@ class SkyBackend(Backend):
             self.__dict__.setdefault("_tails", {})[ref.job_id] = out["tail"]
         return self._status(ref, out)
 
-    def state_lines(self, refs: list[JobRef]) -> list[str]:
+    def state_lines(self, refs: list[JobRef]) -> list[tuple[JobState, str]]:
         """One SkyPilot call for all of them (sdk.statuses), and no note (what `ftctl status` adds reads the store)."""
-        answers = self._answers(refs)
-        return [
-            f"unknown: SkyPilot: {out['error']}"
-            if "error" in out
-            else self._status(ref, out, notes=False).text.removeprefix(f"{ref.job_id} ")
-            for ref, out in zip(refs, answers)
-        ]
+        lines = []
+        for ref, out in zip(refs, self._answers(refs)):
+            if "error" in out:
+                lines.append((JobState.UNKNOWN, f"unknown: SkyPilot: {out['error']}"))
+            else:
+                said = self._status(ref, out, notes=False)
+                lines.append((said.state, said.text.removeprefix(f"{ref.job_id} ")))
+        return lines
 
     def _answers(self, refs: list[JobRef], tail: bool = False) -> list[dict]:
         """SkyPilot's answer for each job (sdk.statuses'), in one call (sdk.statuses) for those not known to have
