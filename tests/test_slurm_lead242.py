@@ -9,6 +9,7 @@ from tests.render_fixtures import prepared
 
 
 def _lead(method="fft", output="/shared/runs/r1", more=(), **flags):
+    flags.setdefault("time", "24:00:00")
     r = prepared(list(more), backend="slurm", method=method, gpus="8xA100-80GB",
                  model_name_or_path="meta-llama/Llama-3.1-8B", output_dir=output, **flags)  # fmt: skip
     return r
@@ -28,3 +29,21 @@ def test_a_lead_the_run_gives_or_a_short_time_limit_bounds_it():
     assert _lead(more=["signal_lead_s=200"]).spec.signal_lead_s == 200  # the run's own: kept, and warned
     assert _lead(time="00:10:00").spec.signal_lead_s == 300  # half the limit: the job trains between notices
     assert _lead(time="00:04:00").spec.signal_lead_s == 120  # no longer than half: the default
+    # no --time, and no controller here to say the partition's limit: a lead past an unknown limit would send USR2 as
+    # the job starts (every attempt saving and requeuing without a step), so the default stays, and preflight warns
+    assert _lead(time=None).spec.signal_lead_s == 120
+    assert check_signal_lead(_lead(time=None).spec, _lead(time=None).plan)
+
+
+def test_without_time_the_partitions_limit_for_such_a_job_bounds_it(monkeypatch):
+    """No --time: the job's limit is the partition's DefaultTime (else MaxTime; sinfo's answer, reused), which bounds
+    the lead as --time does; a partition list takes the shortest."""
+    from ftctl.slurm import doctor
+    from tests.test_slurm_time242 import REPORT
+
+    monkeypatch.setattr(doctor, "ask", lambda *a, **k: REPORT)
+    assert doctor.job_limit_s("gpu") == 3600 and doctor.job_limit_s("capped") == 4 * 3600
+    assert doctor.job_limit_s("long") is None and doctor.job_limit_s("gpu,capped") == 3600
+    assert _lead(time=None).spec.signal_lead_s == 360  # the default partition (gpu*): 1:00:00
+    assert _lead(time=None, output="s3://b/r1").spec.signal_lead_s == 600
+    assert _lead(time=None, partition="long").spec.signal_lead_s == 120  # no limit: USR2 never comes for time

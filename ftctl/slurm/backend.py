@@ -620,18 +620,21 @@ class SlurmBackend(Backend):
         """Where the run leaves signal_lead_s at its default (120 s) and its save at Slurm's USR2 takes longer (as
         preflight.check_signal_lead counts it: the step under way, then the checkpoint written, and uploaded for a
         store output, at SAVE_GBPS), the lead that save needs in whole minutes, at most half the time limit (the job
-        trains between its notices), and a note; else ``spec`` as it is. An 8B fft's USR2 came 120 s before its limit
-        with ~317 s to save: each time-limited attempt was killed mid-save and lost the steps since the last
-        checkpoint, said only in a warning."""
+        trains between its notices: --time, else the partition's limit for a job without one), and a note; else
+        ``spec`` as it is, also where that limit is not known (a lead past it would send USR2 as the job starts, and
+        every attempt would save and requeue without a step; preflight's warning names the lead). An 8B fft's USR2
+        came 120 s before its limit with ~317 s to save: each time-limited attempt was killed mid-save and lost the
+        steps since the last checkpoint, said only in a warning."""
         default = FIELDS["signal_lead_s"].default
         if spec.signal_lead_s != default:
             return spec, []
         one, _ = checkpoint_gb(plan)
         need = signal_save_s(spec, plan)
         lead = math.ceil(need / 60) * 60
-        limit = slurm_time_s(spec.time) if spec.time else None
-        if limit:
-            lead = min(lead, limit // 2)
+        limit = slurm_time_s(spec.time) if spec.time else slurm_doctor.job_limit_s(spec.partition)
+        if not limit:
+            return spec, []
+        lead = min(lead, limit // 2)
         if lead <= default:
             return spec, []
         return replace(spec, signal_lead_s=lead), [

@@ -309,6 +309,23 @@ def node_cpus(partition: str | None, gpu_type: str | None, per_node: int) -> tup
     return min(found)
 
 
+def job_limit_s(partition: str | None) -> int | None:
+    """The time limit, in seconds, of a job that gives no --time in ``partition`` (else the default one; of a list,
+    the shortest): PartitionInfo.job_time_limit. None where the controller does not answer, or sinfo does not say (an
+    older sinfo), or there is none. The answer host_memory() asked, reused."""
+    asked = ask(reuse=True)
+    if not asked.reachable:
+        return None
+    found = []
+    for name in (partition or "").split(",") if partition else [None]:
+        chosen, _ = _choose(asked.partitions, name.strip() if name else None)
+        limit = chosen.job_time_limit if chosen is not None else None
+        if limit is None:
+            return None
+        found.append(slurm_time_s(limit))
+    return min(found)
+
+
 def doctor(
     partition: str | None = None,
     gpus_per_node: int | None = None,
