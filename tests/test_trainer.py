@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV
 from ftctl.errors import FtctlError
 from ftctl.runpaths import DATA_CACHE
 from tests.trainer_fixtures import losses_by_step, make_run, read_metrics, run_trainer_cli, subprocess_env, write_spec
@@ -107,7 +108,7 @@ def test_a_second_trainer_into_a_run_dir_stops_at_once_naming_the_first(
 
 @pytest.mark.parametrize("then", ["another file", "gone"])
 def test_a_trainer_whose_run_dir_is_removed_under_it_stops_writing_there(
-    tiny_model_dir, tiny_data, tmp_path, one_thread, then
+    tiny_model_dir, tiny_data, tmp_path, one_thread, then, monkeypatch
 ):
     """SkyPilot's teardown of a lost node's Slurm cluster empties the cluster's home, which the node relaunched under the
     same name uses again, while the lost node's trainer runs on (a partitioned node; on the test cluster, one its
@@ -133,6 +134,9 @@ def test_a_trainer_whose_run_dir_is_removed_under_it_stops_writing_there(
                     lock.parent.mkdir(parents=True)
                     lock.write_text("the new attempt\n")
 
+    # the launcher's status word and failure record in the run directory (Slurm's script: $FTCTL_RUN_DIR/...)
+    monkeypatch.setenv(STATUS_ENV, str(out / "slurm-7.status"))
+    monkeypatch.setenv(FAILURE_DIR_ENV, str(out / ".ftctl" / "failures" / "7"))
     spec, plan = make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=4, save_steps=1)
     said = (
         rf"{re.escape(str(out))} was removed or replaced while this trainer ran \(its lock {re.escape(str(lock))} is "
@@ -141,8 +145,9 @@ def test_a_trainer_whose_run_dir_is_removed_under_it_stops_writing_there(
     )
     with pytest.raises(FtctlError, match=f"^{said}$"):
         train(spec, plan, callbacks=[Teardown()], echo=lambda line: None)
+    assert os.environ.get(FAILURE_DIR_ENV) is None  # the process's failure record (__main__) is not written there
     if then == "gone":
-        assert not out.exists()  # nothing made again: no checkpoint-2, no metrics.jsonl, no final model
+        assert not out.exists()  # nothing made again: no checkpoint-2, no metrics.jsonl, no status word
     else:
         assert [p.relative_to(out).as_posix() for p in sorted(out.rglob("*"))] == [".ftctl", ".ftctl/train.lock"]
         assert lock.read_text() == "the new attempt\n"

@@ -842,8 +842,11 @@ class RunDirKept(TrainerCallback):
         except FileNotFoundError:
             now = "gone"
         if now:
+            from ftctl.envvars import FAILURE_DIR_ENV, STATUS_ENV
             from ftctl.errors import FtctlError
 
+            for name in (STATUS_ENV, FAILURE_DIR_ENV):  # the run's status word and failure record: its directory's
+                os.environ.pop(name, None)  # (a launcher that finds no status word takes the attempt as failed)
             raise FtctlError(
                 f"{self.run_dir} was removed or replaced while this trainer ran (its lock {self.lock} is {now}): "
                 f"another attempt may train there now, so this one stops at step {state.global_step} without "
