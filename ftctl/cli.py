@@ -90,10 +90,18 @@ def _where_it_goes(e: click.NoSuchOption, argv: list[str]) -> None:
         if line := foreign_args.as_run_keys(argv, e.ctx.command):  # several: the whole line
             said = line if foreign_args.takes(e.option_name) else f"{said}\n{line}"
         e.message, e.possibilities = f"No such option: {e.option_name}. {said}", None
+    elif own := _own_like(e):  # this command's own form of it (merge --output: --out), alone among click's guesses
+        e.possibilities = own
     elif takers:  # the very option, elsewhere: not click's nearest of this command's (cancel --follow: --now)
         e.message = f"No such option '{e.option_name}' ({_listed(takers)} "
         e.message += f"takes it: `{takers[0]} --help`)." if len(takers) == 1 else "take it)."
         e.possibilities = None
+
+
+def _own_like(e: click.NoSuchOption) -> list[str]:
+    """click's guesses that are this command's own form of the option (merge --output: --out; launch --out:
+    --output), one the start of the other: what the user meant, rather than the same option of another command."""
+    return [p for p in e.possibilities or [] if p.startswith(e.option_name) or e.option_name.startswith(p)]
 
 
 def _taken_by(option: str, ctx: click.Context | None) -> list[str]:

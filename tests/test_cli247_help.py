@@ -45,8 +45,24 @@ def test_an_option_of_another_command_names_that_command(args, said):
 
 
 def test_an_unknown_option_of_no_command_is_said_as_click_says_it():
-    result = CliRunner().invoke(main, ["plan", "--gpu", "8xA100"])
-    assert result.exit_code == 2 and "No such option '--gpu'. (Did you mean one of: '--gpus'" in result.output
+    result = CliRunner().invoke(main, ["plan", "--data-path", "x"])
+    assert result.exit_code == 2 and "No such option: --data-path" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "args, meant",
+    [
+        (["merge", "x", "--output", "y"], "--out"),  # not "`ftctl launch`, `ftctl plan` ... take it"
+        (["launch", "--out", "runs/x"], "--output"),  # not `ftctl merge`
+        (["plan", "--gpu", "8xA100"], "--gpus"),  # alone, not among --gpus, --nodes ... (click's three)
+    ],
+)
+def test_this_commands_own_form_of_an_option_is_the_one_suggested(args, meant):
+    """The review of 7a1fd41: an option another command takes was said in its place where this command has it under
+    a longer or shorter name."""
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and f"Did you mean '{meant}'?" in result.output, result.output
+    assert "takes it" not in result.output and "take it" not in result.output
 
 
 def _examples(name: str) -> list[list[str]]:
