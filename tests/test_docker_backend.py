@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from ftctl.docker import image
-from ftctl.spec import RunSpec
 from tests.render_fixtures import prepared
 from tests.s3_fixtures import FAKE_KEY_ID, FAKE_SECRET, free_port
 
@@ -189,7 +188,7 @@ def test_cancel_stops_a_running_container(docker_env, tiny_model_dir, tiny_data,
 
 
 def test_cancel_gives_the_trainer_its_grace_then_docker_kills_it(docker_env, tmp_path, monkeypatch):
-    """docker stop's grace: the run's signal_lead_s unless --wait says; a trainer that stops within it (torchrun's
+    """docker stop's grace: the one its launch recorded (its container's --stop-timeout) unless --wait says; a trainer that stops within it (torchrun's
     exit after its workers' checkpoint) saved one, one that does not is killed and saved none. A trainer that has not
     started training (no start record of its own in metrics.jsonl: one still loading cannot save) is stopped at once:
     it waited the whole grace (120 s), a container's torchrun ignoring SIGTERM until it takes it. Containers of a
@@ -215,11 +214,18 @@ def test_cancel_gives_the_trainer_its_grace_then_docker_kills_it(docker_env, tmp
         )
         run = ["run", "--detach", "--name", name, "--user", f"{os.getuid()}:{os.getgid()}", "ftctl:test"]
         subprocess.run([*fake, *run, sys.executable, str(script)], env=docker_env, check=True)
-        record_job(JobRef("docker", name, str(run_dir), name, str(run_dir)))
+        # the grace its launch recorded, its container's --stop-timeout (render.stop_grace_s: a large checkpoint's)
+        grace = {"stop_grace_s": 360} if name == "stops" else {}
+        record_job(JobRef("docker", name, str(run_dir), name, str(run_dir), grace))
         while "training" not in (Path(docker_env["FAKE_DOCKER_STATE"]) / name / "log").read_text():
             time.sleep(0.1)
     stops = ftctl(docker_env, "cancel", "stops")
-    assert f"waiting up to {RunSpec.signal_lead_s} s for it, then docker kills it" in stops.stderr
+    assert "waiting up to 360 s for it, then docker kills it" in stops.stderr and [
+        "stop",
+        "--time",
+        "360",
+        "stops",
+    ] in [c[-4:] for c in docker_calls(docker_env)]
     assert stops.stdout.startswith("cancelled stops: its trainer saved a checkpoint as it stopped: the same")
     stays = ftctl(docker_env, "cancel", "--wait", "1", "stays")
     said = "no checkpoint was saved as it stopped (none within 1 s: `ftctl cancel --wait SECONDS` gives its trainer"

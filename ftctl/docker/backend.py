@@ -168,8 +168,8 @@ class DockerBackend(Backend):
         return None if docker_engine.remote() else local_gpus()  # an engine elsewhere: its GPUs, not seen here
 
     def render(self, spec, plan, paths, spec_json):
-        # the engines differ only in how a container gets GPUs: a CPU run's command asks nothing of the host
-        kind = docker_engine.kind() if plan.tier else "docker"
+        # the engines differ in how a container gets GPUs, and podman in its SELinux labels (a CPU run's mounts too)
+        kind = docker_engine.kind()
         shipped = docker_engine.ships() or ""
         rootless = docker_engine.rootless()
         text = docker_render.render(spec, plan, str(paths.root), kind, docker_engine.command(), shipped, rootless)
@@ -228,6 +228,7 @@ class DockerBackend(Backend):
         # the engine it runs on: status, logs and cancel ask that one (FTCTL_DOCKER unset later, or docker installed)
         # and where it reaches it (DOCKER_HOST, a context, CONTAINER_HOST ...: docker.engine.endpoint_env)
         extra = {"engine": docker_engine.command(), "endpoint": docker_engine.endpoint_env()}
+        extra["stop_grace_s"] = docker_render.stop_grace_s(rendered.spec, rendered.plan)  # its --stop-timeout
         if where := docker_engine.ships(docker):
             _ship(docker, where, rendered)
             # where its trainer writes in the container (metrics.jsonl): status copies it out (trainer_paths)
@@ -333,14 +334,14 @@ class DockerBackend(Backend):
     @_at_its_engine
     def cancel(self, ref: JobRef, now: bool = False, wait_s: int | None = None) -> str:
         """``docker stop``: SIGTERM, its trainer saves a checkpoint at its next step boundary and stops; docker kills
-        the container after ``wait_s`` (STOP_GRACE_S) where that has not come, at once with ``now``. Says whether a
+        the container after ``wait_s`` (its --stop-timeout, stop_grace_s) where that has not come, at once with ``now``. Says whether a
         checkpoint was saved, as stop_note does."""
         docker = _docker(ref)
         before = self.status(ref)
         if before.state.finished or before.state is JobState.UNKNOWN:
             return f"job {ref.job_id} had already ended: {before.text}"
         at_once = "--now" if now else self._nothing_to_ask(ref, before)
-        grace = 0 if at_once else STOP_GRACE_S if wait_s is None else wait_s
+        grace = 0 if at_once else ref.extra.get("stop_grace_s", STOP_GRACE_S) if wait_s is None else wait_s
         if grace:
             click.echo(
                 f"asked container {ref.job_id}'s trainer for a checkpoint at its next step boundary; waiting up to "
@@ -665,7 +666,7 @@ def _ship(docker: str, where: str, rendered: Rendered) -> None:
     cache made where the engine has none (docker.render.volume_command), its container created, its spec.json and
     local inputs copied in (a tar, streamed to ``docker cp``), started; NotSent, the container (or a volume just made)
     removed, where one of them fails."""
-    kind = docker_engine.kind(docker) if rendered.plan.tier else "docker"
+    kind = docker_engine.kind(docker)
     create, cp, start = docker_render.shipped_commands(
         rendered.spec,
         rendered.plan,

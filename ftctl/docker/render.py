@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
 from dataclasses import dataclass
 
@@ -49,9 +50,9 @@ from ftctl.runpaths import SPEC_FILE
 from ftctl.spec import RunSpec
 from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
 
-# docker stop's wait between SIGTERM and SIGKILL: the time for the step under way and one checkpoint, which Slurm's time
-# limit gives a run too (signal_lead_s, a Slurm key: a docker run has its default); the container's own (--stop-timeout)
-# and `ftctl cancel`'s (docker.backend: --wait)
+# docker stop's shortest wait between SIGTERM and SIGKILL: the time for the step under way and one checkpoint, which
+# Slurm's time limit gives a run too (signal_lead_s, a Slurm key: its default); a run whose checkpoint takes longer gets
+# more (stop_grace_s), the container's own (--stop-timeout) and `ftctl cancel`'s (docker.backend: --wait)
 STOP_GRACE_S = RunSpec.signal_lead_s
 CDI_KIND = "nvidia.com/gpu"  # the kind of NVIDIA's CDI devices (nvidia-ctk cdi generate): --device nvidia.com/gpu=0
 # a shipped container's caches, HOME and staging dir: under /tmp, which any user may write in an image (1777), as
@@ -138,13 +139,14 @@ def argv(
         spec.name,
         *user_args(shipped, rootless),
         # SELinux (Fedora, RHEL: where podman is the engine) denies a container its bind mounts of the user's files
-        # and the GPUs' device nodes otherwise (NVIDIA's CDI docs run podman so); docker's daemon labels nothing
-        *(["--security-opt=label=disable"] if engine == "podman" else []),
+        # and the GPUs' device nodes otherwise (NVIDIA's CDI docs run podman so), a CPU run's mounts too, and through
+        # Docker's CLI as well (podman-api); docker's daemon labels nothing
+        *(["--security-opt=label=disable"] if engine in ("podman", "podman-api") else []),
         "--ipc=host",
         "--network=host",
         # what `docker stop NAME` by hand, a daemon's restart (`systemctl restart docker`) and a host's shutdown give
         # the trainer for its checkpoint before SIGKILL, as `ftctl cancel` does (docker's own default: 10 s)
-        f"--stop-timeout={STOP_GRACE_S}",
+        f"--stop-timeout={stop_grace_s(spec, plan)}",
         # no limit can be raised past the user's hard one where the engine is rootless (EPERM: the container never
         # starts); memlock matters for RDMA, which one host's run does not use
         *([] if rootless else ["--ulimit", "memlock=-1"]),
@@ -329,6 +331,15 @@ def shipped_commands(
         [command, "cp", "--archive", "-", f"{name}:/"],
         [command, "start", name],
     ]
+
+
+def stop_grace_s(spec: RunSpec, plan: Plan) -> int:
+    """What docker stop waits for the run's trainer between SIGTERM and SIGKILL: the save its checkpoint takes after
+    the step under way (preflight.signal_save_s, as Slurm's USR2 lead counts it), in whole minutes, at least
+    STOP_GRACE_S. An 8B fft's ~317 s save was killed at 120 s."""
+    from ftctl.preflight import signal_save_s
+
+    return max(STOP_GRACE_S, math.ceil(signal_save_s(spec, plan) / 60) * 60)
 
 
 def render(
