@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LOG=.venv/setup.log
-stamp() { sha256sum pyproject.toml constraints.txt | sha256sum | cut -c1-16; }
+sha() { if command -v sha256sum >/dev/null 2>&1; then sha256sum "$@"; else shasum -a 256 "$@"; fi; }  # macOS: shasum
+stamp() { sha pyproject.toml constraints.txt | sha | cut -c1-16; }
 quietly() {
   if ! "$@" >>"$LOG" 2>&1; then
     echo "setup: failed: $*" >&2

@@ -34,3 +34,25 @@ def test_setup_refuses_a_python_older_than_ftctls_before_installing(tmp_path):
     assert ran.returncode == 1, ran.stderr
     assert f"setup: {old} ({old}) is Python 3.9.6; ftctl needs 3.10 or newer: run it again with PYTHON=" in ran.stderr
     assert not (repo / ".venv" / "bin").exists()
+
+
+def test_setups_stamp_is_the_same_where_only_shasum_is(tmp_path):
+    """The stamp that says whether .venv is up to date hashed with sha256sum, which macOS may lack (it has Perl's
+    shasum): setup failed after installing, or installed again every time. Where only shasum is, the stamp is the
+    same as sha256sum's (the session's review of bd3bc8a)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("cut", "shasum", "perl", "cat"):  # what a Mac has of them (shasum is a Perl script)
+        if found := shutil.which(tool):
+            (bin_dir / tool).symlink_to(found)
+    script = (REPO / "scripts" / "setup.sh").read_text()
+    helpers = "\n".join(line for line in script.splitlines() if line.startswith(("sha() ", "stamp() ")))
+
+    def stamp(path: str) -> str:
+        ran = subprocess.run(["/bin/bash", "-c", f"{helpers}\nstamp"], cwd=REPO, env={"PATH": path},
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert ran.returncode == 0 and len(ran.stdout.strip()) == 16, ran.stderr
+        return ran.stdout.strip()
+
+    assert not shutil.which("sha256sum", path=str(bin_dir))
+    assert stamp(str(bin_dir)) == stamp("/usr/bin:/bin")
