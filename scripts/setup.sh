@@ -17,6 +17,10 @@ quietly() {
   fi
 }
 new_venv() {  # "$PY" -m venv DIR, where $PY is a Python ftctl runs on (pyproject.toml: >=3.10)
+  if ! command -v "$PY" >/dev/null 2>&1; then
+    echo "setup: $PY is not found: install Python 3.10 or newer, or name one with PYTHON=python3.11" >&2
+    exit 1
+  fi
   if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then
     # macOS's python3 (/usr/bin, Xcode's) is 3.9: pip then failed on torch's pin ("no matching distribution")
     echo "setup: $PY ($(command -v "$PY" || echo "not found")) is Python $("$PY" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo "?"); ftctl needs 3.10 or newer: run it again with PYTHON=python3.11 (brew install python@3.11, or uv python install 3.11)" >&2
