@@ -716,7 +716,7 @@ class SlurmBackend(Backend):
         cpu_only = path_python_cpu_only(probed) if probed and plan.tier else None
         for doubt in [*report.doubts, *slurm_render.setup_doubts(spec), *([cpu_only] if cpu_only else [])]:
             click.echo(f"warning: {doubt}", err=True)
-        requeues = slurm_render.MAX_REQUEUES if spec.max_requeues is None else spec.max_requeues
+        requeues = slurm_render.requeue_limit(spec)
         if timed := slurm_doctor.time_doubt(report, spec.partition, spec.time, train_seconds(spec, plan), requeues):
             click.echo(f"{'warning' if timed[0] else 'note'}: {timed[1]}", err=True)
         if said := unseen_by_nodes(rendered, report):

@@ -699,8 +699,13 @@ def setup_doubts(spec: RunSpec, env: dict[str, str] | None = None) -> list[str]:
     return doubts
 
 
+def requeue_limit(spec: RunSpec) -> int:
+    """How often the job is requeued: -o max_requeues, else MAX_REQUEUES."""
+    return MAX_REQUEUES if spec.max_requeues is None else spec.max_requeues
+
+
 def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
-    requeues = MAX_REQUEUES if spec.max_requeues is None else spec.max_requeues
+    requeues = requeue_limit(spec)
     # a USR2 at every attempt: mostly its time limit (a too-short --time), which more requeues do not lengthen
     cut_by = f"--time {_sbatch_value('time', spec.time)}" if spec.time else "the partition's default: --time"
     limit = slurm_time_s(spec.time) if spec.time else None
