@@ -277,19 +277,29 @@ def _ask(environ: dict[str, str]) -> DoctorReport:
     return DoctorReport(sbatch=sbatch, reachable=True, partitions=_parse_sinfo(proc.stdout))
 
 
-def host_memory(partition: str | None, gpu_type: str | None, per_node: int, nodes: int) -> tuple[float, str] | None:
-    """The RAM a node of the run has (PartitionInfo.host_memory) in ``partition`` (else the default one), and where
-    that is; None where the controller does not answer or has no such partition. A launch's first question: asked
-    afresh (the check before sbatch and a dry run's note reuse its answer)."""
-    asked = ask()
+def _partitions_of(partition: str | None, reuse: bool = True) -> list[PartitionInfo] | None:
+    """The partitions the job may start in, as sinfo says them: ``partition`` (of a list, each: the job may start in
+    any of them), else the default one; None where the controller does not answer or one of them is not there.
+    ``reuse``: as ask()."""
+    asked = ask(reuse=reuse)
     if not asked.reachable:
         return None
     found = []
-    for name in (partition or "").split(",") if partition else [None]:  # a list: the job may start in any of them
+    for name in (partition or "").split(",") if partition else [None]:
         chosen, _ = _choose(asked.partitions, name.strip() if name else None)
         if chosen is None:
             return None
-        found.append(chosen.host_memory(gpu_type, per_node, nodes))
+        found.append(chosen)
+    return found
+
+
+def host_memory(partition: str | None, gpu_type: str | None, per_node: int, nodes: int) -> tuple[float, str] | None:
+    """The RAM a node of the run has (PartitionInfo.host_memory) in ``partition`` (else the default one; of a list,
+    the least), and where that is; None where the controller does not answer or has no such partition. A launch's first
+    question: asked afresh (the check before sbatch and a dry run's note reuse its answer)."""
+    if (chosen := _partitions_of(partition, reuse=False)) is None:
+        return None
+    found = [p.host_memory(gpu_type, per_node, nodes) for p in chosen]
     return None if None in found else min(found, key=lambda f: f[0])
 
 
@@ -297,33 +307,20 @@ def node_cpus(partition: str | None, gpu_type: str | None, per_node: int) -> tup
     """The CPUs a node of the run has (PartitionInfo.node_cpus) in ``partition`` (else the default one; of a list, the
     fewest), and which partition; None where the controller does not answer or has no such partition. The answer
     host_memory() asked, reused."""
-    asked = ask(reuse=True)
-    if not asked.reachable:
+    if (chosen := _partitions_of(partition)) is None:
         return None
-    found = []
-    for name in (partition or "").split(",") if partition else [None]:
-        chosen, _ = _choose(asked.partitions, name.strip() if name else None)
-        if chosen is None or (cpus := chosen.node_cpus(gpu_type, per_node)) is None:
-            return None
-        found.append((cpus, chosen.name))
-    return min(found)
+    found = [(p.node_cpus(gpu_type, per_node), p.name) for p in chosen]
+    return None if any(cpus is None for cpus, _ in found) else min(found)
 
 
 def job_limit_s(partition: str | None) -> int | None:
     """The time limit, in seconds, of a job that gives no --time in ``partition`` (else the default one; of a list,
     the shortest): PartitionInfo.job_time_limit. None where the controller does not answer, or sinfo does not say (an
     older sinfo), or there is none. The answer host_memory() asked, reused."""
-    asked = ask(reuse=True)
-    if not asked.reachable:
+    if (chosen := _partitions_of(partition)) is None:
         return None
-    found = []
-    for name in (partition or "").split(",") if partition else [None]:
-        chosen, _ = _choose(asked.partitions, name.strip() if name else None)
-        limit = chosen.job_time_limit if chosen is not None else None
-        if limit is None:
-            return None
-        found.append(slurm_time_s(limit))
-    return min(found)
+    limits = [p.job_time_limit for p in chosen]
+    return None if None in limits else min(slurm_time_s(limit) for limit in limits)
 
 
 def doctor(
