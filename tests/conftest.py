@@ -1,7 +1,9 @@
 """Fixtures shared by the whole suite, registered once so that each session-scoped one (the Slurm
 cluster, the S3 server, the tiny model) is started once per test run, not once per importing module."""
 
+import functools
 import os
+from pathlib import Path
 
 import pytest
 
@@ -82,16 +84,53 @@ def pytest_runtest_setup(item):
         )
 
 
+# The order the xdist workers take the tests in (scripts/test.sh: -n 2 --dist loadgroup; a run in one process keeps
+# pytest's). One worker takes ONE_WORKER_FILES' tests (about 20 of the suite's 27 minutes) while the other works
+# through the rest, which they then share: the long tests first (the demo, ~200 s, then every file with a slow-marked
+# test or a module-scoped fixture), so that the two end together on short tests, not one of them on a long one while
+# the other has nothing left. The demo goes before the DeepSpeed files: their offload tests wait for the CPU Adam that
+# scripts/test.sh builds meanwhile (~95 s of g++).
+FIRST_FILES = ("test_demo_model.py",)
+
+
+@functools.cache
+def _has_module_fixture(path: Path) -> bool:
+    """A test file with a module-scoped fixture of its own (often a training run its tests read, seconds to half a
+    minute): its tests are one unit of work, so that the two workers do not each build it (tests/test_lora_dropout.py's
+    checks, ~20 s, were built twice)."""
+    return path.name not in ONE_WORKER_FILES and 'scope="module"' in path.read_text()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, the order above; each file's tests stay together, in their order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    long = {item.path for item in items if item.get_closest_marker("slow") or _has_module_fixture(item.path)}
+
+    def rank(item) -> int:
+        name = item.path.name
+        return 0 if name in ONE_WORKER_FILES else 1 if name in FIRST_FILES else 2 if item.path in long else 3
+
+    items.sort(key=rank)  # stable: within a rank, pytest's order
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """--dist loadgroup: ONE_WORKER_FILES' tests as one unit of work, the largest, handed out first; every other test
-    its own unit, handed to whichever worker is free (as --dist load)."""
+    """--dist loadgroup: ONE_WORKER_FILES' tests as one unit of work, handed out first; a file with a module-scoped
+    fixture as one unit; every other test its own unit, handed to whichever worker is free (as --dist load). The units
+    in the workers' collection order (pytest_collection_modifyitems), not xdist's largest first."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    config.option.loadscopereorder = False
+    root = config.rootpath
+
     class OneWorkerForTheMachine(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return ONE_WORKER if nodeid.split("::", 1)[0].rsplit("/", 1)[-1] in ONE_WORKER_FILES else nodeid
+            file = nodeid.split("::", 1)[0]
+            if file.rsplit("/", 1)[-1] in ONE_WORKER_FILES:
+                return ONE_WORKER
+            return file if _has_module_fixture(root / file) else nodeid
 
     return OneWorkerForTheMachine(config, log)
