@@ -85,7 +85,7 @@ def pytest_runtest_setup(item):
 
 
 # The order the xdist workers take the tests in (scripts/test.sh: -n 2 --dist loadgroup; a run in one process keeps
-# pytest's). One worker takes ONE_WORKER_FILES' tests (about 20 of the suite's 27 minutes) while the other works
+# pytest's). One worker takes ONE_WORKER_FILES' tests (15 of the suite's 22 minutes, helper 244) while the other works
 # through the rest, which they then share: the long tests first (the demo, ~200 s, then every file with a slow-marked
 # test or a module-scoped fixture), so that the two end together on short tests, not one of them on a long one while
 # the other has nothing left. The demo goes before the DeepSpeed files: their offload tests wait for the CPU Adam that
