@@ -58,6 +58,27 @@ def sky_python() -> str:
     return py
 
 
+def sky_reads(script: str, cases: dict, home: Path, cwd: Path, **more_env: str) -> dict:
+    """``script`` run by SkyPilot's python (sky_python) with ``cases`` as JSON on stdin, offline: HOME ``home`` (its
+    catalog), GCP the only cloud, no usage reports, the test stand-ins of tests/sky/site on the path, no SKYPILOT_ or
+    FTCTL_ variable of this process; ``more_env`` added. The JSON of its last line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYPILOT_", "FTCTL_"))}
+    env.update(
+        HOME=str(home),
+        SKYPILOT_DISABLE_USAGE_COLLECTION="1",
+        FTCTL_TEST_SKY_CLOUDS="gcp",
+        PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests" / "sky" / "site")]),
+        FTCTL_SKY_ISOLATE_HOME="0",
+        **more_env,
+    )
+    proc = subprocess.run(
+        [sky_python(), "-c", script], input=json.dumps(cases), capture_output=True, text=True, cwd=cwd, env=env,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
 def sky_validate(files) -> dict[str, dict]:
     """Validate task YAML files in one subprocess of SkyPilot's venv; {file: {ok, error, summary}}."""
     proc = subprocess.run(

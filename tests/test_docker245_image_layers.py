@@ -17,22 +17,16 @@ from pathlib import Path
 
 import tomllib
 
+from tests.test_image import instructions
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 
 
 def runtime_steps() -> list[str]:
-    """The runtime stage's instructions, continuation lines joined, comments left out."""
-    text = DOCKERFILE.read_text().split(" AS runtime\n", 1)[1]
-    out, line = [], ""
-    for raw in text.splitlines():
-        if raw.lstrip().startswith("#") or not raw.strip():
-            continue
-        line += raw.rstrip("\\").strip() + " "
-        if not raw.rstrip().endswith("\\"):
-            out.append(line.strip())
-            line = ""
-    return out
+    """The runtime stage's instructions, continuation lines joined, comments left out (test_image.instructions)."""
+    steps = instructions(DOCKERFILE)
+    return steps[next(i for i, s in enumerate(steps) if s.startswith("FROM ") and s.endswith(" AS runtime")) + 1 :]
 
 
 def test_the_dependencies_layer_comes_before_ftctls_source():

@@ -6,10 +6,7 @@ A100-80GB rows added (prices in the shape of GCP's list prices)."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 
 import pytest
 import yaml
@@ -17,7 +14,7 @@ import yaml
 from ftctl.errors import FtctlError
 from ftctl.sky import cost
 from ftctl.sky import render as sky_render
-from tests.render_fixtures import REPO, prepared, sky_python
+from tests.render_fixtures import REPO, prepared, sky_reads
 
 MODEL = "meta-llama/Llama-3.1-8B"
 # an a2-ultragpu-8g (8 A100-80GB) beside the fixture's a2-highgpu-8g: dearer on demand and on spot
@@ -107,25 +104,7 @@ def test_skypilot_reads_the_options_and_prices_the_cheapest_and_the_rest(tmp_pat
         "tasks": [both.text, bigger.text],
         "optimize": [[sky_render.optimizer_resources(r.spec, r.plan), 1] for r in (both, bigger, plain)],
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYPILOT_", "FTCTL_"))}
-    env.update(
-        HOME=str(home),
-        SKYPILOT_DISABLE_USAGE_COLLECTION="1",
-        FTCTL_TEST_SKY_CLOUDS="gcp",
-        PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests" / "sky" / "site")]),
-        FTCTL_SKY_ISOLATE_HOME="0",
-    )
-    proc = subprocess.run(
-        [sky_python(), "-c", _SKY_READS],
-        input=json.dumps(cases),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.splitlines()[-1])
+    out = sky_reads(_SKY_READS, cases, home, tmp_path)
     managed, cluster = out["tasks"]
     # four candidates, one recovery for all (SkyPilot's StrategyExecutor.make refuses candidates that differ in it), a
     # set: its optimizer launches the cheapest it finds and fails over to the next

@@ -19,7 +19,7 @@ import yaml
 
 from ftctl.errors import FtctlError
 from ftctl.sky import render as sky_render
-from tests.render_fixtures import REPO, prepared, sky_python
+from tests.render_fixtures import REPO, prepared, sky_python, sky_reads
 
 MODEL = "meta-llama/Llama-3.1-8B"
 
@@ -202,28 +202,7 @@ def test_skypilot_reads_the_tiers_prices_them_and_parses_the_header(tmp_path, mo
         ],
         "cli": [_sky_line(best_net), _sky_line(managed)],
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SKYPILOT_", "FTCTL_"))}
-    env.update(
-        HOME=str(home),
-        SKYPILOT_DISABLE_USAGE_COLLECTION="1",
-        FTCTL_TEST_SKY_CLOUDS="gcp",
-        PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests" / "sky" / "site")]),
-        FTCTL_SKY_ISOLATE_HOME="0",
-        HF_TOKEN="x",
-        WANDB_API_KEY="x",
-        MY_TOKEN="x",
-    )
-    proc = subprocess.run(
-        [sky_python(), "-c", _SKY_READS],
-        input=json.dumps(cases),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.splitlines()[-1])
+    out = sky_reads(_SKY_READS, cases, home, tmp_path, HF_TOKEN="x", WANDB_API_KEY="x", MY_TOKEN="x")
     net, bare, spot = out["tasks"]
     assert net == {"disk_tier": "best", "network_tier": "best", "features": ["custom_network_tier"]}
     assert bare == {"disk_tier": None, "network_tier": None, "features": []}  # standard/default: left out
