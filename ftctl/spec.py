@@ -466,6 +466,9 @@ class RunSpec:
     also_gpus: str | None = None
     # SkyPilot, with --spot: on-demand instances where no spot ones are to be had (ftctl/sky/render.py spot_resources)
     on_demand_fallback: bool = False
+    # not a run key: the keys the run gave (a run file, a flag, -o; build records them), so that one given at its
+    # default (-o signal_lead_s=120) is told from one left out (gave); spec.json holds what the run resolved to
+    _given: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     # -------------------------------------------------------------------------------------------
     @property
@@ -574,8 +577,12 @@ class RunSpec:
             return max(2, self.save_total_limit)
         return self.save_total_limit
 
+    def gave(self, key: str) -> bool:
+        """Whether the run gives ``key``: build saw it (even at its default), or it is not at its default."""
+        return key in self._given or getattr(self, key) != FIELDS[key].default
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in FIELDS}
 
     def digest(self) -> str:
         """A short hash of what changes the trained weights (not where it runs)."""
@@ -681,7 +688,7 @@ def join_paths(paths) -> str:
     )
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(RunSpec)}
+FIELDS = {f.name: f for f in dataclasses.fields(RunSpec) if f.name != "_given"}
 _HINTS = typing.get_type_hints(RunSpec)
 # Keys that say where and how a run is executed, not what it learns: left out of RunSpec.digest().
 _PLACEMENT_KEYS = {
@@ -1176,7 +1183,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if not own_secrets:  # the default set, which report_to settles whichever layer gave it, and what flags added
         default = default_secrets(values.get("report_to", FIELDS["report_to"].default))
         values["secrets"] = [*default, *(s for s in values.get("secrets", []) if s not in default)]
-    spec = RunSpec(**values)
+    spec = RunSpec(**values, _given=tuple(sorted(k for k in sources if k in values)))
     if said := written_secret_problems(spec):  # before any line that repeats a value
         raise FtctlError(_join(said))
     if said := nul_problems(spec) or unusable_paths(spec):  # before anything asks whether a path exists (a traceback)

@@ -27,6 +27,10 @@ def test_the_default_lead_grows_to_the_save_the_plan_writes():
 
 def test_a_lead_the_run_gives_or_a_short_time_limit_bounds_it():
     assert _lead(more=["signal_lead_s=200"]).spec.signal_lead_s == 200  # the run's own: kept, and warned
+    # the run's own at the default's value too (it was taken as left out, and grown to 360)
+    kept = _lead(more=["signal_lead_s=120"])
+    assert kept.spec.signal_lead_s == 120 and "#SBATCH --signal=B:USR2@120\n" in kept.text
+    assert check_signal_lead(kept.spec, kept.plan)  # and warned, as 200 is
     assert _lead(time="00:10:00").spec.signal_lead_s == 300  # half the limit: the job trains between notices
     assert _lead(time="00:04:00").spec.signal_lead_s == 120  # no longer than half: the default
     # no --time, and no controller here to say the partition's limit: a lead past an unknown limit would send USR2 as

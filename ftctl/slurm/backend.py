@@ -602,17 +602,20 @@ class SlurmBackend(Backend):
     def _fit_cpus(spec, plan) -> tuple:
         """Where the run does not give -o cpus_per_task and the partition's nodes with its GPUs have fewer CPUs for
         them than the default (8 a GPU: 8 GPUs on 48-CPU nodes were refused, 'use -o cpus_per_task=48'), their share
-        of a node's CPUs, and a note saying so; else ``spec`` as it is."""
-        if spec.cpus_per_task or not plan.tier or not shutil.which("sinfo"):
+        of a node's CPUs, and a note saying so; a CPU run's nodes (slurm_render.CPU_CPUS_PER_TASK), the CPUs as many
+        nodes as the run's have; else ``spec`` as it is."""
+        if spec.cpus_per_task or not shutil.which("sinfo"):
             return spec, []
-        default = slurm_render.default_cpus_per_task(plan.gpus_per_node)
-        found = slurm_doctor.node_cpus(spec.partition, plan.tier, plan.gpus_per_node)
+        gpus = plan.gpus_per_node if plan.tier else None
+        default = slurm_render.default_cpus_per_task(gpus)
+        found = slurm_doctor.node_cpus(spec.partition, plan.tier, gpus or 1, plan.nodes)
         if found is None or found[0] >= default:
             return spec, []
         cpus, partition = found
+        whose = f"{plan.gpus_per_node}x{plan.tier}'s share of the CPUs" if gpus else "the CPUs"
         return replace(spec, cpus_per_task=cpus), [
-            f"--cpus-per-task={cpus}: {plan.gpus_per_node}x{plan.tier}'s share of the CPUs of partition {partition}'s "
-            "nodes (8 a GPU where a node has that many; -o cpus_per_task=N asks for another)"
+            f"--cpus-per-task={cpus}: {whose} of partition {partition}'s nodes ({'8 a GPU' if gpus else default} "
+            "where a node has that many; -o cpus_per_task=N asks for another)"
         ]
 
     @staticmethod
@@ -626,7 +629,7 @@ class SlurmBackend(Backend):
         came 120 s before its limit with ~317 s to save: each time-limited attempt was killed mid-save and lost the
         steps since the last checkpoint, said only in a warning."""
         default = FIELDS["signal_lead_s"].default
-        if spec.signal_lead_s != default:
+        if spec.gave("signal_lead_s"):  # -o signal_lead_s=120 too: the run's own lead is kept
             return spec, []
         one, _ = checkpoint_gb(plan)
         need = signal_save_s(spec, plan)

@@ -169,15 +169,17 @@ class PartitionInfo:
         has = f"{which} have up to {ram}" if nodes == 1 else f"{nodes} of {which} have {ram} or more"
         return gb, f"{has} (sinfo)"
 
-    def node_cpus(self, gpu_type: str | None, per_node: int) -> int | None:
+    def node_cpus(self, gpu_type: str | None, per_node: int, nodes: int = 1) -> int | None:
         """The CPUs a task of ``per_node`` of the run's GPUs can have on a node of those that can take jobs now (all,
         where none can): the GPUs' share of the node's CPUs (all of them where it takes every GPU), the most any
-        such node gives; where no node has the GPUs, the most CPUs a node has. None where sinfo said none's."""
+        such node gives; where no node has the GPUs (a CPU run's: ``gpu_type`` None), the most CPUs a node has. A run
+        of several ``nodes``: the most that many nodes give each. None where sinfo said none's."""
         usable = [n for n in self.nodes if n.usable] or self.nodes
         matching = self.types_of(gpu_type) if gpu_type else []
         has = {id(n): sum(c for t, c in n.gpus.items() if t in matching) for n in usable}
         shares = [max(1, n.cpus * per_node // has[id(n)]) for n in usable if n.cpus and has[id(n)] >= per_node]
-        return max(shares or [n.cpus for n in usable if n.cpus], default=None)
+        found = sorted(shares or [n.cpus for n in usable if n.cpus], reverse=True)
+        return found[min(nodes, len(found)) - 1] if found else None
 
     @property
     def memory_summary(self) -> str:
@@ -303,13 +305,13 @@ def host_memory(partition: str | None, gpu_type: str | None, per_node: int, node
     return None if None in found else min(found, key=lambda f: f[0])
 
 
-def node_cpus(partition: str | None, gpu_type: str | None, per_node: int) -> tuple[int, str] | None:
+def node_cpus(partition: str | None, gpu_type: str | None, per_node: int, nodes: int = 1) -> tuple[int, str] | None:
     """The CPUs a node of the run has (PartitionInfo.node_cpus) in ``partition`` (else the default one; of a list, the
     fewest), and which partition; None where the controller does not answer or has no such partition. The answer
     host_memory() asked, reused."""
     if (chosen := _partitions_of(partition)) is None:
         return None
-    found = [(p.node_cpus(gpu_type, per_node), p.name) for p in chosen]
+    found = [(p.node_cpus(gpu_type, per_node, nodes), p.name) for p in chosen]
     return None if any(cpus is None for cpus, _ in found) else min(found)
 
 

@@ -277,13 +277,19 @@ def _refuse_own_option(arg: str, key: str, val: str) -> None:
         )
 
 
+# A CPU run's --cpus-per-task where the partition's nodes do not say fewer (SlurmBackend._fit_cpus): its one process
+# a node trains on the cores it is given (FTCTL_CPU_THREADS=auto), and 2, the old default, left a 64-core node's job
+# on 2 threads; 16 fits the nodes of nearly every cluster and is a small share of a shared node's.
+CPU_CPUS_PER_TASK = 16
+
+
 def cpus_per_task(spec: RunSpec, plan: Plan) -> int:
-    """The job's --cpus-per-task: -o cpus_per_task, else 8 a GPU (at most 96), 2 on CPU."""
+    """The job's --cpus-per-task: -o cpus_per_task, else 8 a GPU (at most 96), CPU_CPUS_PER_TASK on CPU."""
     return spec.cpus_per_task or default_cpus_per_task(plan.gpus_per_node if plan.tier else None)
 
 
 def default_cpus_per_task(gpus_per_node: int | None) -> int:
-    return min(8 * gpus_per_node, 96) if gpus_per_node else 2
+    return min(8 * gpus_per_node, 96) if gpus_per_node else CPU_CPUS_PER_TASK
 
 
 def _gpu_gres(value: str) -> bool:
