@@ -14,7 +14,7 @@ Each under sdpa (the mask transformers builds from the restarting position ids) 
 (ftctl_varlen: cu_seq_lens; on CPU ftctl's per-document reference, on a CUDA GPU torch's varlen_attn).
 
     python3 bench/hybrid_packing_gpu.py --out DIR [--device cpu|cuda] [--dtype float32|bfloat16] [--types a,b]
-        [--emulate fla,causal_conv1d,mamba_ssm|all]
+        [--emulate fla,causal_conv1d,mamba_ssm|all] [--one-config]
 
 On the device machine (no fla, causal-conv1d, mamba-ssm): transformers' torch paths, as on CPU. With
 flash-linear-attention / causal-conv1d / mamba-ssm installed (wheels carried along), transformers takes their kernels
@@ -22,6 +22,9 @@ on CUDA; the "kernels" field of the output says which imported. With fla on a CU
 alone (fla_direct). --emulate puts torch stand-ins in place of those packages (CPU, or the ones a GPU lacks): each runs
 transformers' own reference per document that the boundaries it is handed name, and "handed" records which
 boundaries (cu_seqlens, seq_idx) transformers handed each kernel: the plumbing, read without the kernels.
+--one-config: every Triton autotuner runs the first config it would try, benchmarking none: fla 0.6 autotunes
+hundreds of configs on a fresh machine (v105: 292 configs in 25 autotunings, 222 s, and a tiny Qwen3.5's first
+forwards still tuning at 240 s). Which config runs a kernel changes its tiling, not what it computes.
 """
 
 from __future__ import annotations
@@ -252,6 +255,14 @@ def fla_direct(device, dtype) -> dict:
     return out
 
 
+def one_config() -> None:
+    """Triton's autotuners keep the first of their (pruned) configs: nothing is benchmarked (see --one-config)."""
+    from triton.runtime import autotuner
+
+    prune = autotuner.Autotuner.prune_configs
+    autotuner.Autotuner.prune_configs = lambda self, kwargs: prune(self, kwargs)[:1]
+
+
 def build(model_type: str, attn: str, dtype, device):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -337,7 +348,10 @@ def main() -> None:
     parser.add_argument(
         "--emulate", default="", help="stand-ins for these of fla,causal_conv1d,mamba_ssm (or all): torch per document"
     )
+    parser.add_argument("--one-config", action="store_true", help="Triton autotuners take their first config")
     args = parser.parse_args()
+    if args.one_config:
+        one_config()
     emulated = set(EMULATED if args.emulate == "all" else filter(None, args.emulate.split(",")))
     if emulated - set(EMULATED):
         parser.error(f"--emulate takes {','.join(EMULATED)} or all")
@@ -360,6 +374,7 @@ def main() -> None:
         "docs": DOCS,
         "kernels": kernels_here(),
         "emulated": sorted(emulated),
+        "one_config": args.one_config,
         "types": {},
     }
     if device == "cuda" and "fla" not in emulated and result["kernels"]["fla"] is True:

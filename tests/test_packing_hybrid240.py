@@ -179,3 +179,53 @@ def test_the_plan_packs_no_hybrid_model_and_refuses_it_on_cpu(tmp_path):
             make_spec(["packing=true"], model=str(tmp_path), method="lora"),
             "1xV100-32GB",
         )
+
+
+def _fla_here(monkeypatch, hopper: bool, triton_ok: bool, tilelang: bool = False) -> None:
+    """fla 0.6's facts (its fla.utils flags), a CUDA GPU and transformers taking fla, as on a GPU node: none of them
+    exists on this machine (no GPU, no fla), so they are put at their outermost boundary."""
+    import sys
+    import types
+
+    import transformers.utils
+
+    fla = types.ModuleType("fla")
+    fla.__version__ = "0.6.0"
+    utils = types.ModuleType("fla.utils")
+    utils.IS_NVIDIA_HOPPER, utils.TRITON_ABOVE_3_4_0, utils.TRITON_ABOVE_3_7_1 = hopper, True, triton_ok
+    fla.utils = utils
+    monkeypatch.setitem(sys.modules, "fla", fla)
+    monkeypatch.setitem(sys.modules, "fla.utils", utils)
+    monkeypatch.setattr(transformers.utils, "is_flash_linear_attention_available", lambda: True)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "tilelang" and tilelang else find_spec(name, *a),
+    )
+
+
+def test_fla_that_would_stop_the_first_backward_is_refused_before_the_model_loads(monkeypatch):
+    """v104: an unpacked Qwen3.5 launch with fla 0.6.0 on an H100 (torch 2.11's Triton) stopped at its first step,
+    minutes of autotuning in, with fla's RuntimeError about its gated backward on Hopper. Now resolve() (before the
+    model loads) says it in one line with the three ways out; not where tilelang or a new Triton runs it, not on
+    another GPU, not for a model without Gated DeltaNet layers, not on CPU."""
+    _fla_here(monkeypatch, hopper=True, triton_ok=False)
+    with pytest.raises(FtctlError) as e:
+        attention.resolve(SDPA, "qwen3_5_text", on_cpu=False, packed=False)
+    said = str(e.value)
+    assert said.startswith("flash-linear-attention 0.6.0 cannot train qwen3_5_text on this Hopper GPU with Triton ")
+    for way_out in ("pip install tilelang", "Triton is 3.7.1 or newer", "pip uninstall flash-linear-attention"):
+        assert way_out in said
+    assert "\n" not in said
+    for model_type in ("qwen3_5", "qwen3_next", "olmo_hybrid"):
+        assert attention.fla_training_problem(model_type, on_cpu=False)
+    for model_type in ("kimi_linear", "falcon_h1", "qwen3", None):
+        assert attention.fla_training_problem(model_type, on_cpu=False) is None, model_type
+    assert attention.fla_training_problem("qwen3_5_text", on_cpu=True) is None
+    _fla_here(monkeypatch, hopper=True, triton_ok=True)
+    assert attention.fla_training_problem("qwen3_5_text", on_cpu=False) is None
+    _fla_here(monkeypatch, hopper=False, triton_ok=False)
+    assert attention.fla_training_problem("qwen3_5_text", on_cpu=False) is None
+    _fla_here(monkeypatch, hopper=True, triton_ok=False, tilelang=True)
+    assert attention.fla_training_problem("qwen3_5_text", on_cpu=False) is None

@@ -272,6 +272,36 @@ def missing_boundary_kernels(model_type: str | None) -> tuple:
     return tuple(missing)
 
 
+def fla_training_problem(model_type: str | None, on_cpu: bool) -> str | None:
+    """Why flash-linear-attention would stop this model's training at its first backward, in one line that says
+    what to do; None where it would not (or this fla does not say). fla 0.6 refuses its gated chunk kernels'
+    backward (Gated DeltaNet's chunk_bwd_dqkwg) on Hopper GPUs with Triton >= 3.4.0 and < 3.7.1, which computes
+    wrong gradients there (fla issue #640), unless tilelang is installed: transformers takes fla wherever it imports,
+    so the run would stop at its first step, after minutes of Triton autotuning (bench/NOTES.md v104, v105). The
+    facts are fla's own flags (fla.utils), read only where transformers would use fla for this model."""
+    if on_cpu or GATED_DELTA not in BOUNDARY_KERNELS.get(model_type, ()):
+        return None
+    from transformers.utils import is_flash_linear_attention_available
+
+    if not is_flash_linear_attention_available() or importlib.util.find_spec("tilelang") is not None:
+        return None
+    try:
+        import fla
+        import triton
+        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+    except Exception:  # an fla without these flags, or one that does not import: its own checks, at its first step
+        return None
+    if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1):
+        return None
+    return (
+        f"flash-linear-attention {getattr(fla, '__version__', '')} cannot train {model_type} on this Hopper GPU with Triton {triton.__version__}: "
+        "it refuses its gated backward kernel there (wrong gradients with Triton >= 3.4.0 and < 3.7.1, fla issue "
+        "#640), at the first step, after minutes of kernel tuning. On the node: pip install tilelang (fla then runs "
+        "that kernel in TileLang), or a torch whose Triton is 3.7.1 or newer, or pip uninstall "
+        "flash-linear-attention fla-core to train on transformers' torch path (exact, slower, rows not packed)"
+    )
+
+
 def packing_supported(attn: str | None) -> bool:
     """Whether packed samples stay apart under this attention (never crossing a sample boundary)."""
     return (attn or SDPA) in VARLEN_ATTENTION | MASKED_ATTENTION
@@ -515,11 +545,14 @@ def resolve(
     batch comes from TRL's padding-free collator, see ``register_varlen``; ``shape``: the model's attention, which
     each kernel must run (``runnable``) and whose soft cap (Gemma 2) torch's varlen kernels and SDPA cannot).
     A packed run of a model with recurrent layers is refused, before the model loads, where they would not keep its
-    documents apart (``packing_refused``)."""
+    documents apart (``packing_refused``); a run that flash-linear-attention would stop at its first backward, too
+    (``fla_training_problem``)."""
     if packed and model_type in RECURRENT_MODEL_TYPES:
         missing = () if on_cpu else missing_boundary_kernels(model_type)
         if why := packing_refused(model_type, on_cpu, missing):
             raise FtctlError(why)
+    if why := fla_training_problem(model_type, on_cpu):
+        raise FtctlError(why)
     softcap = shape is not None and bool(shape.softcap)
     name = runnable(planned, on_cpu, shape, gpu)
     if packed and model_type in RECURRENT_MODEL_TYPES:
