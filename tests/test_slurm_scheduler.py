@@ -457,6 +457,19 @@ def test_an_offload_plan_is_planned_for_the_nodes_ram_and_one_beyond_it_refused(
         prepared(model_params="1.7b", **cpu)
 
 
+def test_a_cpu_run_asks_the_cpus_the_clusters_nodes_have(slurm):
+    """A CPU run asks CPU_CPUS_PER_TASK (16) CPUs a node where its nodes have as many, else what sinfo says they have:
+    this cluster's nodes have this machine's few, so its e2e jobs ask those and start as before (the default was 2)."""
+    from ftctl.slurm.render import CPU_CPUS_PER_TASK
+    from tests.render_fixtures import prepared
+
+    cpus = min(n.cpus for n in doctor().partition("debug").nodes)
+    flags = dict(backend="slurm", method="lora", gpus="cpu", nodes=2, model_name_or_path="org/m", model_params="10m")
+    rendered = prepared(**flags, partition="debug", output_dir="/o")
+    assert f"#SBATCH --cpus-per-task={min(cpus, CPU_CPUS_PER_TASK)}\n" in rendered.text
+    assert f"--cpus-per-task={min(cpus, CPU_CPUS_PER_TASK)} bash -c " in rendered.text  # the srun step's too
+
+
 def test_doctor_without_slurm(tmp_path):
     report = doctor(env={"PATH": str(tmp_path)})
     assert not report.ok and report.sbatch is None and "not on PATH" in report.message
