@@ -470,6 +470,16 @@ def test_a_cpu_run_asks_the_cpus_the_clusters_nodes_have(slurm):
     assert f"--cpus-per-task={min(cpus, CPU_CPUS_PER_TASK)} bash -c " in rendered.text  # the srun step's too
 
 
+def test_the_partitions_default_memory_as_scontrol_says_it(slurm):
+    """slurm_doctor.default_memory reads Slurm 22.05's `scontrol show partition --oneliner`: this cluster sets no
+    DefMemPerCPU (DefMemPerNode=UNLIMITED: all of a node's), so no floor is put under --mem."""
+    from ftctl.slurm import doctor as slurm_doctor
+
+    said = slurm_doctor._partition_settings()
+    assert {"debug", "gpu"} <= set(said) and said["debug"]["DefMemPerNode"] == "UNLIMITED"
+    assert slurm_doctor.default_memory("debug", 2) is None
+
+
 def test_doctor_without_slurm(tmp_path):
     report = doctor(env={"PATH": str(tmp_path)})
     assert not report.ok and report.sbatch is None and "not on PATH" in report.message

@@ -549,6 +549,14 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
 
 
+def _memory_floor(spec, plan) -> tuple[int, str] | None:
+    """The RAM the job's partition gives a job of its CPUs that asks for none (slurm_doctor.default_memory: the
+    controller's answer, asked once a launch), below which its --mem is not asked; None without Slurm here."""
+    if not shutil.which("sinfo"):
+        return None
+    return slurm_doctor.default_memory(spec.partition, slurm_render.cpus_per_task(spec, plan))
+
+
 class SlurmBackend(Backend):
     name = "slurm"
     options = (
@@ -594,7 +602,7 @@ class SlurmBackend(Backend):
         plan.notes += fitted
         spec, led = self._fit_signal_lead(spec, plan)
         plan.notes += led
-        if asked := slurm_render.memory_request(spec, plan):
+        if asked := slurm_render.memory_request(spec, plan, _memory_floor(spec, plan)):
             plan.notes.append(f"--mem={slurm_render.mem_size(asked[0])} a node: {asked[1]}")
         return spec, plan
 
@@ -663,7 +671,7 @@ class SlurmBackend(Backend):
         return spec, plan
 
     def render(self, spec, plan, paths, spec_json, gres_type: str | None = None):
-        text = slurm_render.render(spec, plan, gres_type)
+        text = slurm_render.render(spec, plan, gres_type, _memory_floor(spec, plan))
         return text, {paths.spec.name: spec_json, paths.sbatch.name: text}
 
     def check(self, rendered: Rendered) -> None:

@@ -325,6 +325,56 @@ def job_limit_s(partition: str | None) -> int | None:
     return None if None in limits else min(slurm_time_s(limit) for limit in limits)
 
 
+# scontrol's partition settings, per cluster (SLURM_CONF, PATH) and process: (when, {partition: {key: value}})
+_SETTINGS: dict[tuple, tuple[float, dict[str, dict[str, str]]]] = {}
+
+
+def _partition_settings() -> dict[str, dict[str, str]]:
+    """Every partition's settings as `scontrol show partition --oneliner` says them (KEY=VALUE words: DefMemPerCPU,
+    DefMemPerNode ...); {} where it does not answer. Asked once in ANSWER_MEMO_S, as ask()."""
+    environ = slurm_env(None)
+    key = (environ.get("SLURM_CONF"), environ.get("PATH"))
+    when, said = _SETTINGS.get(key, (0.0, None))
+    if said is not None and clock.monotonic() - when < ANSWER_MEMO_S:
+        return said
+    try:
+        proc = run_command(["scontrol", "show", "partition", "--oneliner"], environ)
+    except FtctlError:
+        proc = None
+    said = {}
+    for line in proc.stdout.splitlines() if proc is not None and proc.returncode == 0 else ():
+        words = dict(w.partition("=")[::2] for w in line.split() if "=" in w)
+        if words.get("PartitionName"):
+            said[words["PartitionName"]] = words
+    _SETTINGS[key] = (clock.monotonic(), said)
+    return said
+
+
+def default_memory(partition: str | None, cpus: int) -> tuple[int, str] | None:
+    """The RAM (MiB a node) a job of ``cpus`` CPUs a node gets where it asks for none, in ``partition`` (else the
+    default one; of a list, the least): the partition's DefMemPerCPU x ``cpus``, or its DefMemPerNode (scontrol), and
+    that setting in words. None where it is all of a node's (UNLIMITED, memory not a resource Slurm counts), or the
+    controller does not say. --mem below it gave a job less RAM than sbatch without --mem would have."""
+    if (chosen := _partitions_of(partition)) is None:
+        return None
+    found = []
+    for p in chosen:
+        said = _partition_settings().get(p.name, {})
+        per_cpu, per_node = _mib(said.get("DefMemPerCPU")), _mib(said.get("DefMemPerNode"))
+        if per_cpu:
+            found.append((per_cpu * cpus, f"partition {p.name}'s DefMemPerCPU={per_cpu} (MiB) x {cpus} CPUs"))
+        elif per_node:
+            found.append((per_node, f"partition {p.name}'s DefMemPerNode={per_node} (MiB)"))
+        else:
+            return None
+    return min(found)
+
+
+def _mib(value: str | None) -> int:
+    """A DefMemPer* value of scontrol's in MiB (a number); 0 where it is UNLIMITED, 0 or not said."""
+    return int(value) if value and value.isdigit() else 0
+
+
 def doctor(
     partition: str | None = None,
     gpus_per_node: int | None = None,

@@ -318,9 +318,11 @@ def gpu_request(plan: Plan, gres_type: str | None, others: list[str] = ()) -> st
     return ",".join([f"--gres=gpu:{typed}{plan.gpus_per_node}", *others])
 
 
-def sbatch_directives(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> list[str]:
+def sbatch_directives(
+    spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: tuple[int, str] | None = None
+) -> list[str]:
     """The #SBATCH options; ``gres_type``: the partition's name for the plan's GPU, where the cluster said it
-    (launch asks sinfo: SlurmBackend.check), else the request names no type."""
+    (launch asks sinfo: SlurmBackend.check), else the request names no type; ``mem_floor``: memory_request's floor."""
     d = [
         f"--job-name={_sbatch_value('run-name', spec.name)}",
         f"--nodes={plan.nodes}",
@@ -340,7 +342,7 @@ def sbatch_directives(spec: RunSpec, plan: Plan, gres_type: str | None = None) -
         "--requeue",
         f"--signal=B:USR2@{spec.signal_lead_s}",
     ]
-    if asked := memory_request(spec, plan):
+    if asked := memory_request(spec, plan, mem_floor):
         d.append(f"--mem={mem_size(asked[0])}")
     extra = [_extra_arg(a) for a in spec.sbatch_args]  # each checked, then those of ftctl's --gres line left out
     d += [e for e, a in zip(extra, spec.sbatch_args) if not (merged and _is_gres(a))]
@@ -418,7 +420,21 @@ def memory_need(plan: Plan) -> tuple[float, str] | None:
     return None
 
 
-def memory_request(spec: RunSpec, plan: Plan) -> tuple[int, str] | None:
+def memory_request(spec: RunSpec, plan: Plan, floor: tuple[int, str] | None = None) -> tuple[int, str] | None:
+    """planned_memory, or ``floor`` (MiB, and what it is: the RAM the partition gives a job that asks for none,
+    slurm_doctor.default_memory) where that is more, at most the nodes' RAM: a qlora job on 8 CPUs asked --mem=12G
+    where DefMemPerCPU=4G gave 32G to the same job without --mem (the plan does not count the rows held in RAM)."""
+    asked = planned_memory(spec, plan)
+    if asked is None or floor is None:
+        return asked
+    cap = node_mib(spec.host_memory_gb) if spec.host_memory_gb else None  # 0: all of it
+    mib = min(floor[0], cap) if cap else floor[0]
+    if mib <= asked[0]:
+        return asked
+    return mib, f"{floor[1]}, what sbatch gives without --mem, above the plan's {mem_size(asked[0])}: {asked[1]}"
+
+
+def planned_memory(spec: RunSpec, plan: Plan) -> tuple[int, str] | None:
     """``--mem`` in MiB (Slurm's M; mem_size writes it), and where the number comes from (memory_need). What the plan
     keeps in RAM as the planner gave it, in whole GiB rounded up (SkyPilot's memory: asks the same:
     sky.cost.memory_request); the load's estimate with MEM_HEADROOM, at most the RAM the plan is for (-o
@@ -710,7 +726,7 @@ def requeue_limit(spec: RunSpec) -> int:
     return MAX_REQUEUES if spec.max_requeues is None else spec.max_requeues
 
 
-def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
+def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: tuple[int, str] | None = None) -> str:
     requeues = requeue_limit(spec)
     # a USR2 at every attempt: mostly its time limit (a too-short --time), which more requeues do not lengthen
     cut_by = f"--time {_sbatch_value('time', spec.time)}" if spec.time else "the partition's default: --time"
@@ -787,8 +803,12 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None) -> str:
             "\n", " "
         ),
         "# Submit from the run directory (it holds spec.json): ftctl launch --backend slurm does that.",
-        *([f"# --mem={mem_size(asked[0])} a node: {asked[1]}"] if (asked := memory_request(spec, plan)) else []),
-        *[f"#SBATCH {d}" for d in sbatch_directives(spec, plan, gres_type)],
+        *(
+            [f"# --mem={mem_size(asked[0])} a node: {asked[1]}"]
+            if (asked := memory_request(spec, plan, mem_floor))
+            else []
+        ),
+        *[f"#SBATCH {d}" for d in sbatch_directives(spec, plan, gres_type, mem_floor)],
         "set -uo pipefail",
         "",
         'FTCTL_RUN_DIR="$SLURM_SUBMIT_DIR"',
