@@ -766,6 +766,9 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
             )
     extra = sorted({*extra, *caches})
     if kind == "pyxis":
+        # unnamed: each step imports the image (twice an attempt with preflight_network), and pyxis removes it as the
+        # step ends. --container-name would import it once a job only under container_scope=job; under pyxis' default
+        # (global) the container outlives the job, and a later job naming it runs in it, whatever its image
         mounts = ",".join([*(f"{p}:{p}" for p in extra), *(f"{p}:{p}:ro" for p in credentials)])
         step += [
             f"--container-image={pyxis_image(image)}",  # a registry's image as enroot reads it, never Docker Hub's
