@@ -185,7 +185,13 @@ def run_options(fn=None, placement: bool = True):
         return lambda f: run_options(f, placement)
     what = [
         click.argument("run_file", required=False, type=click.Path(dir_okay=False)),  # as -c, axolotl's way
-        click.option("-c", "--config", type=click.Path(dir_okay=False), help="Run description YAML (or RUN_FILE)."),
+        click.option(
+            "-c",
+            "--config",
+            type=click.Path(dir_okay=False),
+            multiple=True,  # a second is refused (_one_run_file), not dropped as click drops all but the last
+            help="Run description YAML (or RUN_FILE).",
+        ),
         click.option("--method", type=click.Choice(METHODS, case_sensitive=False), help="Default: lora."),
         click.option("--gpus", metavar="NxTYPE", help="8xA100, 2x8xH100, A100-80GB:8, H100 or cpu."),
         click.option("--nodes", type=int, help="Number of nodes (also 2x8xH100)."),
@@ -260,9 +266,9 @@ def run_options(fn=None, placement: bool = True):
 def _spec(kw: dict, backend: str | None = None):
     from ftctl import spec as spec_mod
 
-    config, run_file = kw.pop("config", None), kw.pop("run_file", None)
+    configs, run_file = kw.pop("config", ()), kw.pop("run_file", None)
     # '' is no value (`-c "$RUN"` with RUN unset): it was taken as not given, the defaults trained instead
-    empty = ["-c" if config == "" else "", "RUN_FILE" if run_file == "" else ""]
+    empty = ["-c" if "" in configs else "", "RUN_FILE" if run_file == "" else ""]
     empty += [
         f"--{name.replace('_', '-')}" for name in ("gpus", "model", "model_params", "output") if kw.get(name) == ""
     ]
@@ -271,9 +277,7 @@ def _spec(kw: dict, backend: str | None = None):
             f"{' and '.join(empty)} given as '' (an unset shell variable?): give a value, or leave "
             f"{'them' if len(empty) > 1 else 'it'} out for the default."
         )
-    if config and run_file and config != run_file:
-        raise FtctlError(f"Two run files, {run_file} and -c {config}: give one (merge them, or set keys with -o).")
-    config = config or run_file
+    config = _one_run_file(configs, run_file)
     overrides = kw.pop("overrides", ())
     flags = {key: kw.pop(name, None) for name, key in FLAG_KEYS.items()} | kw
     if backend and not flags.get("backend"):
@@ -285,6 +289,22 @@ def _spec(kw: dict, backend: str | None = None):
     for note in notes:
         click.echo(f"note: {note}.", err=True)
     return spec
+
+
+def _one_run_file(configs: tuple[str, ...], run_file: str | None = None) -> str | None:
+    """The run file of -c and RUN_FILE, given once (the same file twice is once). Two are refused: click kept the last
+    -c and dropped the others unsaid. Not merged either (Hydra's and compose's way): spec.build reads one run file
+    layer, and spec.json, the run's record, holds the keys it resolved, not the files they came from."""
+    given = {run_file: run_file} if run_file else {}
+    for config in filter(None, configs):
+        given.setdefault(config, f"-c {config}")
+    if len(given) > 1:
+        raise FtctlError(
+            f"{'Two' if len(given) == 2 else len(given)} run files, {' and '.join(given.values())}: ftctl reads one. "
+            "Put their keys in one file, or keep one and set the others' keys with -o KEY=VALUE (flags and -o win "
+            "over the run file)."
+        )
+    return next(iter(given), None)
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -593,18 +613,23 @@ def merge(run, out, base, dequantize):
 
 
 def _a_place(value: str, what: str) -> str:
-    """RUN as given; the output of the job of that id launched from here where no such path is (`ftctl chat 12345`,
-    the id `ftctl launch` printed, was "no such directory, and not a hub id"); FtctlError where it names no place to
-    look in (a typo'd scheme, ~nouser: storage)."""
-    from ftctl.storage import is_remote, place_problem
+    """RUN as given; where no such path is, the output of the job launched from here that `ftctl status` finds by
+    that reference (backend.find_job, the one lookup: a job's id, the run directory it was launched into): `ftctl chat
+    12345`, the id `ftctl launch` printed, was "no such directory, and not a hub id". FtctlError where it names no
+    place to look in (a typo'd scheme, ~nouser: storage)."""
+    from ftctl.storage import is_remote, local_path, place_problem
 
     if value and not is_remote(value) and not os.path.lexists(os.path.expanduser(value)):
-        from ftctl.backend import recorded_jobs
+        from ftctl.backend import find_job
 
-        for ref, _ in recorded_jobs():
-            if ref.job_id == value and ref.output and ref.output != value:
-                click.echo(f"{what} {value}: the output of job {value}, {ref.output}", err=True)
-                return ref.output
+        try:
+            ref = find_job(value)[1]
+        except FtctlError:  # no job of that reference either: said below as a place, or by the command
+            ref = None
+        typed = os.path.abspath(os.path.expanduser(value))
+        if ref and ref.output and (is_remote(ref.output) or os.path.abspath(local_path(ref.output)) != typed):
+            click.echo(f"{what} {value}: the output of job {ref.job_id}, {ref.output}", err=True)
+            return ref.output
     if said := place_problem(value, what):
         raise FtctlError(said)
     return value
@@ -714,6 +739,7 @@ def data():
     "-c",
     "--config",
     type=click.Path(dir_okay=False),
+    multiple=True,  # a second is refused, not dropped
     help="A run file: its data (and weights), model, chat template, max length and loss, as the run reads them.",
 )
 @click.option(
@@ -777,6 +803,7 @@ def data_check(
     from ftctl import preflight
     from ftctl.spec import RunSpec, build, join_paths, split_paths
 
+    config = _one_run_file(config)
     run = build(config) if config else None  # flags win over the run file
     if not paths and run is None:
         raise FtctlError("Give the data to check (PATHS), or a run file with -c run.yaml.")
