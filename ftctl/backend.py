@@ -43,7 +43,10 @@ from ftctl import lease, userconfig
 from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import container_kind
 from ftctl.plan import Plan, checkpoint_cost, dump_run, make_plan, with_lora_targets, with_save_steps
-from ftctl.progress import LOGGED_STEP  # the trainer's step line in a job's log (trained_again)
+from ftctl.progress import (
+    LOGGED_STEP,  # the trainer's step line in a job's log (trained_again)
+    Progress,  # a step line with its fields (StatusReport)
+)
 from ftctl.runpaths import METRICS_FILE, OLD_RESUME_LOCK, RunPaths
 from ftctl.spec import (
     BACKENDS,
@@ -296,7 +299,7 @@ class Backend:
         except (OSError, FtctlError):
             return None
 
-    def logged_progress(self, ref: JobRef, running: bool = False) -> str | None:
+    def logged_progress(self, ref: JobRef, running: bool = False) -> Progress | None:
         """The job's last logged step as its log says it (logged_step), for `ftctl status` where the trainer's
         metrics.jsonl is not seen here (``running``: the job runs now, its trainer's ETA is said); None where this
         backend's log cannot be read here."""
@@ -1244,7 +1247,8 @@ class StatusReport:
     state_line: str  # the backend's line ("42 RUNNING on node[1-2]")
     error: str | None = None  # a failed job's error as its trainer said it (its log's ``error:`` line)
     notes: list[str] = field(default_factory=list)  # what to do about how it ended; the later job it went on in
-    progress: list[str] = field(default_factory=list)  # its step line (ftctl.progress), or what its store says
+    # its step line and the fields it says (ftctl.progress.Progress), or what its store says
+    progress: Progress = field(default_factory=Progress)
     checkpoint: str | None = None  # while it trains: its newest checkpoint (what a relaunch resumes from)
 
     @property
@@ -1256,11 +1260,9 @@ class StatusReport:
         from ftctl import failures
 
         error = [f"{failures.ERROR_PREFIX}{self.error}"] if self.error else []
-        return [self.state_line, *error, *self.notes, *self.progress, *filter(None, [self.checkpoint])]
+        return [self.state_line, *error, *self.notes, *self.progress.splitlines(), *filter(None, [self.checkpoint])]
 
     def to_dict(self) -> dict:
-        from ftctl.progress import step_fields
-
         return {
             "job": self.job,
             "backend": self.backend,
@@ -1270,7 +1272,7 @@ class StatusReport:
             "state_line": self.state_line,
             "error": self.error,
             "notes": self.notes,
-            **step_fields(self.progress[0] if self.progress else ""),
+            **self.progress.fields,
             "checkpoint": self.checkpoint,
             "lines": self.lines,
         }
@@ -1303,8 +1305,8 @@ def status_record(job: str) -> StatusReport:
     try:
         state = b.status(ref)
     except FtctlError as e:  # no such job (Slurm forgot it), its backend not reachable (not here): what its store holds
-        if is_remote(ref.output) and (said := _stored_lines(ref.output, _endpoint(ref), step_only=False)):
-            e.args = (f"{e}\nits output, {ref.output}, says: {said[0]}",)
+        if is_remote(ref.output) and (said := _stored_progress(ref.output, _endpoint(ref), step_only=False)):
+            e.args = (f"{e}\nits output, {ref.output}, says: {said}",)
         raise
     report = StatusReport(ref.job_id, ref.backend, ref.output, state.state, state.text)
     if state.state is JobState.FAILED:
@@ -1318,7 +1320,7 @@ def status_record(job: str) -> StatusReport:
         report.notes.append(f"(job {later.job_id} was launched into {ref.output} since: ftctl status {later.job_id})")
         return report
     if state.from_store:
-        report.progress = _stored_lines(ref.output, _endpoint(ref))
+        report.progress = _stored_progress(ref.output, _endpoint(ref))
         return report
     paths = b.trainer_paths(ref)
     metrics = paths.metrics if paths else None
@@ -1328,9 +1330,9 @@ def status_record(job: str) -> StatusReport:
         shown = b.logged_progress(ref, running)
     if shown is None and is_remote(ref.output) and state.state is not JobState.PENDING:
         # neither its metrics nor its log seen here (its node gone, the log not kept): what its store holds, if said
-        report.progress = _stored_lines(ref.output, _endpoint(ref))
+        report.progress = _stored_progress(ref.output, _endpoint(ref))
         return report
-    report.progress = shown.splitlines() if shown else []
+    report.progress = shown or Progress()
     if running and shown is not None:  # training: what a relaunch would resume from now
         from ftctl.progress import newest_checkpoint
 
@@ -1351,19 +1353,20 @@ def _endpoint(ref: JobRef) -> str | None:
         return None
 
 
-def _stored_lines(output: str, endpoint_url: str | None, step_only: bool = True) -> list[str]:
+def _stored_progress(output: str, endpoint_url: str | None, step_only: bool = True) -> Progress:
     """What an object-store output's newest complete checkpoint says of the run (ftctl.progress.stored): its step line
     (``step_only``: nothing where it holds no copy of the metrics: the state's note names the checkpoint), else the
-    checkpoint's; [] where the store holds none or cannot be read now (the state line is what status says then)."""
+    checkpoint's; nothing ("") where the store holds none or cannot be read now (the state line is what status says
+    then)."""
     from ftctl.progress import stored
 
     try:
         said = stored(output, endpoint_url)
     except (OSError, FtctlError):
-        return []
+        return Progress()
     if said is None or (step_only and said[0] is None):
-        return []
-    return [said[0] or said[1]]
+        return Progress()
+    return said[0] or Progress(said[1])
 
 
 def _stored_report(output: str, no_job: FtctlError) -> StatusReport:
@@ -1382,13 +1385,13 @@ def _stored_report(output: str, no_job: FtctlError) -> StatusReport:
     if known := store_state(output, None):
         state, text = known
         head = f"{output} {state.value}, {text}; what its newest complete checkpoint says:"
-        return StatusReport(output, None, output, state, head, progress=[said[0] or said[1]])
+        return StatusReport(output, None, output, state, head, progress=said[0] or Progress(said[1]))
     head = (
         f"{output} UNKNOWN: no job into it was launched from here (`ftctl status JOB` where it was launched says its "
         "state); what its newest complete checkpoint says:"
     )
     # the step line names the checkpoint too
-    return StatusReport(output, None, output, JobState.UNKNOWN, head, progress=[said[0] or said[1]])
+    return StatusReport(output, None, output, JobState.UNKNOWN, head, progress=said[0] or Progress(said[1]))
 
 
 def store_state(output: str, endpoint_url: str | None, max_steps: int = 0) -> tuple[JobState, str] | None:
@@ -1473,7 +1476,7 @@ def progress(
     own: dict | None = None,
     metrics: Path | None = None,
     running: bool = False,
-) -> str | None:
+) -> Progress | None:
     """The run's last logged step of its total, the time a step takes and (``running``) the time left, and its last
     held-out loss, from the trainer's metrics.jsonl (``metrics``, else the run directory's) where this machine sees it
     (a local or shared output; an object-store output's staging dir where this machine shares its disk:
@@ -1535,7 +1538,7 @@ def _starts_over(line: str, skipped: bool) -> str | None:
 
 def logged_step(
     log_tail: str, running: bool = False, written: float | None = None, job: str | None = None
-) -> str | None:
+) -> Progress | None:
     """The last step line of a job's last attempt in its log, as progress says a step (ftctl.progress.logged_step:
     ``written``, the log's last write, dates it; ``job`` is named where it may be stuck); None: none there."""
     from ftctl.failures import last_attempt

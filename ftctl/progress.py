@@ -21,6 +21,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -53,14 +54,16 @@ def _record(line: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def summary(records: list[dict], counts: Callable[[dict], bool], running: bool, now: float | None = None) -> str | None:
+def summary(
+    records: list[dict], counts: Callable[[dict], bool], running: bool, now: float | None = None
+) -> Progress | None:
     """summary_of_lines of metrics.jsonl's ``records`` (ftctl.progress.records)."""
     return summary_of_lines(map(json.dumps, records), counts, running, now)
 
 
 def summary_of_lines(
     lines: Iterable[str], counts: Callable[[dict], bool], running: bool, now: float | None = None
-) -> str | None:
+) -> Progress | None:
     """The run's last logged step (of its total, where its trainer recorded it), the time a step takes and, while it
     runs, the time left; then its last held-out loss. ``lines``: metrics.jsonl's (backend.progress reads them one at a
     time); only the rows after a "start" record that ``counts`` (the job's own trainer: backend.own_start) are shown,
@@ -96,14 +99,21 @@ def summary_of_lines(
     parts = []
     if (step := steps.last()) is not None:
         text = step_text(step["step"], step["loss"], step.get("tokens_per_s"), step.get("max_steps"))
-        if timing := steps.pace(step.get("max_steps"), running, time.time() if now is None else now):
-            text += f"  {timing}"
-        parts.append(text)
+        timing = steps.pace(step.get("max_steps"), running, time.time() if now is None else now)
+        parts.append(_joined("  ", [text, timing]))
     if held_out is not None:
-        # a later loss above the best: the run may be overfitting, and checkpoint-N is what chat/eval/merge take
-        lowest = f" (lowest {best['eval_loss']:.4f} at step {best['step']})" if best is not held_out else ""
-        parts.append(f"held-out loss {held_out['eval_loss']:.4f} at step {held_out['step']}{lowest}")
-    return "; ".join(parts) or None
+        parts.append(_held_out(held_out, best))
+    return _joined("; ", parts) if parts else None
+
+
+def _held_out(held_out: dict, best: dict) -> Progress:
+    """``held-out loss 1.3012 at step 100``, of the last evaluation (``held_out``), and ``(lowest 1.2100 at step 50)``
+    where an earlier one (``best``) was lower: the run may be overfitting, and checkpoint-N is what chat/eval/merge
+    take. Its fields: held_out_loss, held_out_step."""
+    fields = {"held_out_loss": _said(held_out["eval_loss"], ".4f"), "held_out_step": held_out["step"]}
+    lowest = f" (lowest {best['eval_loss']:.4f} at step {best['step']})" if best is not held_out else ""
+    loss = _words(fields["held_out_loss"], ".4f")
+    return Progress(f"held-out loss {loss} at step {fields['held_out_step']}{lowest}", fields)
 
 
 class _Steps:
@@ -134,7 +144,7 @@ class _Steps:
                 return row
         return None
 
-    def pace(self, total: int | None, running: bool, now: float) -> str | None:
+    def pace(self, total: int | None, running: bool, now: float) -> Progress | None:
         timed = self.timed - (bool(self.timed_line) and _record(self.timed_line) is None)  # one cut short
         first = self.first[1] if timed > 2 else self.first[0] if self.first else None
         last = self.last(timed=True)
@@ -143,65 +153,82 @@ class _Steps:
         return pace(first, last, timed - (timed > 2), total, running, now)
 
 
-def step_text(step: int, loss: float, tokens_per_s: float | None, total: int | None = None) -> str:
-    """``step 120/1000 (12%)  loss 1.2345  1,234 tok/s``; ``step 120  loss ...`` where the total is not known."""
-    rate = f"  {tokens_per_s:,.0f} tok/s" if tokens_per_s else ""
-    of = f"/{total} ({100 * step // total}%)" if isinstance(total, int) and total > 0 else ""
-    return f"step {step}{of}  loss {loss:.4f}{rate}"
+# the fields of `ftctl status`'s step line (`ftctl status --json`: StatusReport.to_dict, in this order), each as the
+# line says it (a loss to 4 decimals, tokens a second whole, a time as its words say it: "0.80 s", "12 min"); None
+# where the line does not say it. A loss that is not a number is said as "nan"/"inf" (JSON has no such number).
+FIELDS = ("step", "total_steps", "loss", "tokens_per_s", "step_time", "time_left", "held_out_loss", "held_out_step")
 
 
-# step_text's and pace's words read back, for `ftctl status --json` (StatusReport.to_dict): the line is the one
-# record the terminal and the JSON both say; a key the line does not hold is None
-STEP_FIELDS = re.compile(
-    r"step (?P<step>\d+)(?:/(?P<total>\d+) \(\d+%\))?  loss (?P<loss>[0-9.]+|nan|inf)"
-    r"(?:  (?P<rate>[\d,]+) tok/s)?(?:  (?P<per_step>[^,;]+?) a step)?(?:, ~(?P<left>[^,;]+?) left)?"
-    r"(?:  ETA (?P<eta>[^ ]+(?: days?, [^ ]+)?) at that line)?"
-)
-HELD_OUT = re.compile(r"held-out loss ([0-9.]+|nan|inf) at step (\d+)")
+class Progress(str):
+    """What `ftctl status` says of a run's progress (its step line; under it, where the job may be stuck, a line
+    saying so), with ``fields``: the fields (FIELDS) its step line says, from which its words were written; `ftctl
+    status --json` gives them, so the text and the JSON cannot say two things and nothing reads the text back. A
+    str (tests and callers compare and print it as one); str's own methods give plain text without the fields:
+    new words are a new Progress (_joined)."""
+
+    fields: dict
+
+    def __new__(cls, text: str = "", fields: dict | None = None) -> Progress:
+        said = super().__new__(cls, text)
+        if unknown := set(fields or ()) - set(FIELDS):
+            raise KeyError(f"not a field of a step line: {sorted(unknown)}")
+        said.fields = {key: (fields or {}).get(key) for key in FIELDS}
+        return said
 
 
-def step_fields(line: str) -> dict:
-    """A status step line's fields (step, total_steps, loss, tokens_per_s, step_time, time_left, held_out_loss,
-    held_out_step); each None where the line does not say it. A loss that is not a number is said as "nan"/"inf"."""
-    m = STEP_FIELDS.match(line)
-    held = HELD_OUT.search(line)
+def _joined(sep: str, parts: list[Progress | None]) -> Progress:
+    """``parts`` (None: left out) said one after another, with the fields each says."""
+    parts = [part for part in parts if part is not None]
+    return Progress(sep.join(parts), {k: v for part in parts for k, v in part.fields.items() if v is not None})
 
-    def number(text: str | None, kind=float):
-        if text is None:
-            return None
-        value = kind(text.replace(",", ""))
-        return value if value == value and value not in (float("inf"), float("-inf")) else text
 
-    return {
-        "step": number(m and m["step"], int),
-        "total_steps": number(m and m["total"], int),
-        "loss": number(m and m["loss"]),
-        "tokens_per_s": number(m and m["rate"]),
-        "step_time": m and m["per_step"] or None,
-        "time_left": m and (m["left"] or (m["eta"] and f"ETA {m['eta']}")) or None,
-        "held_out_loss": number(held and held[1]),
-        "held_out_step": number(held and held[2], int),
+def _said(value: float, spec: str) -> float | str:
+    """``value`` as its words say it (``spec``: ".4f", a loss's), for the fields: a number; "nan", "inf", "-inf" as
+    words."""
+    text = format(value, spec)
+    return float(text) if math.isfinite(float(text)) else text
+
+
+def _words(value: float | str, spec: str) -> str:
+    """A field's number in a line's words (``spec``), or its word ("nan")."""
+    return value if isinstance(value, str) else format(value, spec)
+
+
+def step_text(step: int, loss: float, tokens_per_s: float | None, total: int | None = None) -> Progress:
+    """``step 120/1000 (12%)  loss 1.2345  1,234 tok/s``; ``step 120  loss ...`` where the total is not known. Its
+    fields: step, total_steps, loss, tokens_per_s."""
+    fields = {
+        "step": step,
+        "total_steps": total if isinstance(total, int) and total > 0 else None,
+        "loss": _said(loss, ".4f"),
+        "tokens_per_s": _said(tokens_per_s, ".0f") if tokens_per_s else None,
     }
+    total = fields["total_steps"]
+    of = f"/{total} ({100 * step // total}%)" if total else ""
+    rate = f"  {_words(fields['tokens_per_s'], ',.0f')} tok/s" if fields["tokens_per_s"] is not None else ""
+    return Progress(f"step {step}{of}  loss {_words(fields['loss'], '.4f')}{rate}", fields)
 
 
-def pace(first: dict, last: dict, timed: int, total: int | None, running: bool, now: float) -> str | None:
+def pace(first: dict, last: dict, timed: int, total: int | None, running: bool, now: float) -> Progress | None:
     """``0.80 s a step, ~12 min left``: the rate of the trainer's own logged steps (``timed`` of them, ``first`` to
     ``last``: from its second one, once there is a third: the first pays for what runs once, CUDA's start,
     compiling), evaluations and saves included, as a user's clock sees them; the time left only while the job runs,
-    counted from the last step's time. None: fewer than two logged steps."""
+    counted from the last step's time. None: fewer than two logged steps. Its fields: step_time, time_left."""
     if timed < 2 or last["step"] <= first["step"]:
         return None
     interval = (last["time"] - first["time"]) / (timed - 1)  # between two logged steps
     per_step = (last["time"] - first["time"]) / (last["step"] - first["step"])
-    said = f"{duration(per_step, exact=True)} a step"
+    fields = {"step_time": duration(per_step, exact=True), "time_left": None}
+    said = f"{fields['step_time']} a step"
     if not running:
-        return said
+        return Progress(said, fields)
     since = max(0.0, now - last["time"])
     stale = since > max(STALE_AFTER_S, 3 * interval)  # evaluating, saving, or stuck: the clock since is not a rate's
     if isinstance(total, int) and total > last["step"]:
         left = (total - last["step"]) * per_step
-        said += f", ~{duration(left)} left at its last step" if stale else f", ~{duration(max(0.0, left - since))} left"
-    return said + (f", logged {duration(since)} ago" if stale else "")
+        fields["time_left"] = duration(left) if stale else duration(max(0.0, left - since))
+        said += f", ~{fields['time_left']} left" + (" at its last step" if stale else "")
+    return Progress(said + (f", logged {duration(since)} ago" if stale else ""), fields)
 
 
 def duration(seconds: float, exact: bool = False) -> str:
@@ -220,14 +247,14 @@ def duration(seconds: float, exact: bool = False) -> str:
 
 def logged_step(
     lines: list[str], running: bool, written: float | None = None, now: float | None = None, job: str | None = None
-) -> str | None:
+) -> Progress | None:
     """The last step line among ``lines`` (a job's last attempt in its log) as summary says a step, dated by the time
     the trainer logged it (its end: ``14:02:05 UTC``), else by ``written``, when the log was last written (its mtime):
     at that time where it is the log's last line, else before it (or before the first logging-dated line after it);
     then, while the job runs, the time a step takes and the time left from the trainer's ETA at that line, counted
     from then, and, where no step was logged for much longer than one comes, that the job may be stuck (``job``: the
     id `ftctl logs` takes). An older trainer's line in a log whose time is not known here (SkyPilot's): the trainer's
-    ETA at that line, said as such."""
+    ETA at that line, said as such. Its fields: step_text's, and step_time, time_left where it says them."""
     steps = [(i, m) for i, line in enumerate(lines) if (m := LOGGED_STEP.match(line))]
     if not steps:
         return None
@@ -238,7 +265,10 @@ def logged_step(
     now = time.time() if now is None else now
     stamped = _stamped(lines[i], now)
     if written is None and stamped is None:
-        return text + (f"  ETA {eta[1]} at that line of its log" if running and eta else "")
+        if not (running and eta):
+            return text
+        fields = text.fields | {"time_left": f"ETA {eta[1]}"}
+        return Progress(f"{text}  {fields['time_left']} at that line of its log", fields)
     if not running:
         return text
     after = [line for line in lines[i + 1 :] if line.strip()]
@@ -250,20 +280,24 @@ def logged_step(
         when = f"before {clock(at, now)}" + (f", over {duration(age)} ago" if age >= 60 else "")
     per_step = _seconds(eta[1]) / (total - step) if eta and total > step else None
     if per_step is None:
-        return f"{text}  logged {when}"
+        return Progress(f"{text}  logged {when}", text.fields)
     # steps between two logged ones: the last two lines' (one line: its step, at most that many since the start)
     every = step - int(steps[-2][1][1]) if len(steps) > 1 and step > int(steps[-2][1][1]) else step
     interval = every * per_step
     left = (total - step) * per_step
-    said = f"{duration(per_step, exact=True)} a step"
+    fields = text.fields | {"step_time": duration(per_step, exact=True)}
+    said = f"{text}  {fields['step_time']} a step"
     if age <= max(STALE_AFTER_S, 3 * interval):
-        return f"{text}  {said}, ~{duration(max(0.0, left - age))} left, logged {when}"
+        fields["time_left"] = duration(max(0.0, left - age))
+        return Progress(f"{said}, ~{fields['time_left']} left, logged {when}", fields)
+    fields["time_left"] = duration(left)
     moved = f"; its log was last written {duration(max(0.0, now - written))} ago" if after and written else ""
     look = f"`ftctl logs {job}`" if job else "its log"
-    return (
-        f"{text}  {said}, ~{duration(left)} left at that step, logged {when}\n"
+    return Progress(
+        f"{said}, ~{fields['time_left']} left at that step, logged {when}\n"
         f"no step logged for {duration(age)} where one came every ~{duration(interval)}{moved}: the job may be stuck "
-        f"(or in a long evaluation or save); {look} shows what it wrote last"
+        f"(or in a long evaluation or save); {look} shows what it wrote last",
+        fields,
     )
 
 
@@ -308,7 +342,7 @@ def _seconds(eta: str) -> float:
     return (int(days.split()[0]) if days else 0) * 86400 + h * 3600 + m * 60 + s
 
 
-def stored(output: str, endpoint_url: str | None, now: float | None = None) -> tuple[str | None, str] | None:
+def stored(output: str, endpoint_url: str | None, now: float | None = None) -> tuple[Progress | None, str] | None:
     """What the newest complete checkpoint in an object-store output says of the run, for `ftctl status` where neither
     its metrics.jsonl nor its log is seen here: (its last logged step of its total, loss and pace as summary says them
     from the checkpoint's copy of metrics.jsonl, one its manifest lists: whole; the checkpoint and when it was saved),
@@ -333,7 +367,7 @@ def stored(output: str, endpoint_url: str | None, now: float | None = None) -> t
     saved = _saved(newest, now)
     at = (newest.manifest or {}).get("created_unix")
     saved += f" at {clock(at, now)}" if isinstance(at, (int, float)) else ""
-    step = f"{said} (from {saved}, the newest complete checkpoint in {output})" if said else None
+    step = Progress(f"{said} (from {saved}, the newest complete checkpoint in {output})", said.fields) if said else None
     return step, f"newest checkpoint: {saved}, in {output}"
 
 

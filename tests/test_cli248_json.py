@@ -62,6 +62,28 @@ def test_status_json_is_the_status_lines_as_fields(tmp_path, monkeypatch):
     assert said.exit_code == 2 and said.stdout == "" and "ftctl jobs" in said.stderr
 
 
+def test_status_json_of_a_step_only_its_log_says(tmp_path, monkeypatch):
+    """A job whose metrics.jsonl is staged on its nodes: its step line from its log (Backend.logged_progress), and the
+    JSON's fields with it."""
+    from ftctl import backend, progress
+    from ftctl.backend import JobRef, JobState, JobStatus, record_job
+    from ftctl.cli import main
+    from ftctl.docker.backend import DockerBackend
+
+    monkeypatch.setenv("FTCTL_HOME", str(tmp_path / "home"))
+    record_job(JobRef("docker", "c9", str(tmp_path / "c9"), "r", "s3://b/r"))
+    monkeypatch.setattr(DockerBackend, "status", lambda self, ref: JobStatus(JobState.RUNNING, "c9 RUNNING"))
+    log = "step 12/40  loss 1.5  lr 2.00e-04  grad 0.808  380 tok/s  ETA 0:00:28\n"
+    monkeypatch.setattr(DockerBackend, "logged_progress", lambda self, ref, running: backend.logged_step(log, running))
+    monkeypatch.setattr(progress, "newest_checkpoint", lambda *a: "newest checkpoint: checkpoint-8, in s3://b/r")
+    said = CliRunner().invoke(main, ["status", "--json", "c9"])
+    got = json.loads(said.stdout)
+    assert got["lines"][1] == "step 12/40 (30%)  loss 1.5000  380 tok/s  ETA 0:00:28 at that line of its log"
+    assert (got["step"], got["total_steps"], got["loss"], got["tokens_per_s"]) == (12, 40, 1.5, 380.0)
+    assert (got["step_time"], got["time_left"], got["held_out_loss"]) == (None, "ETA 0:00:28", None)
+    assert got["checkpoint"] == "newest checkpoint: checkpoint-8, in s3://b/r"
+
+
 def test_jobs_json_lists_what_the_table_shows(tmp_path, monkeypatch):
     from ftctl.backend import JobState
     from ftctl.cli import main
@@ -89,27 +111,45 @@ def test_jobs_json_lists_what_the_table_shows(tmp_path, monkeypatch):
     assert "--json" in CliRunner().invoke(main, ["jobs", "--help"]).output
 
 
-def test_step_fields_read_back_what_step_text_and_pace_say():
-    from ftctl.progress import pace, step_fields, step_text
+def test_the_step_line_is_written_from_the_fields_the_json_gives():
+    """`status --json`'s step fields were read back from the step line's words with a regex (step_fields): now the
+    line is written from its fields (ftctl.progress.Progress), which the JSON gives as they are."""
+    from ftctl.progress import FIELDS, logged_step, pace, step_text, summary_of_lines
 
-    line = (
-        step_text(120, 1.2345, 1234.0, 1000)
-        + "  "
-        + pace({"step": 10, "time": 0}, {"step": 120, "time": 88}, 12, 1000, True, 90)
-    )
-    assert step_fields(line) | {} == {
+    head = step_text(120, 1.23449, 1234.4, 1000)
+    timing = pace({"step": 10, "time": 0}, {"step": 120, "time": 88}, 12, 1000, True, 90)
+    assert (head, timing) == ("step 120/1000 (12%)  loss 1.2345  1,234 tok/s", "0.80 s a step, ~12 min left")
+    assert head.fields | {k: v for k, v in timing.fields.items() if v is not None} == {
         "step": 120,
         "total_steps": 1000,
-        "loss": 1.2345,
+        "loss": 1.2345,  # as the line says them
         "tokens_per_s": 1234.0,
         "step_time": "0.80 s",
         "time_left": "12 min",
         "held_out_loss": None,
         "held_out_step": None,
     }
-    logged = step_text(12, float("nan"), 380.0, 40) + "  ETA 0:00:11 at that line of its log"
-    assert step_fields(logged)["loss"] == "nan" and step_fields(logged)["time_left"] == "ETA 0:00:11"
-    assert set(step_fields("newest checkpoint: checkpoint-100").values()) == {None}
+    assert list(head.fields) == list(FIELDS)  # the JSON's order
+    rows = [{"step": 0, "event": "start"}, {"step": 8, "loss": 2.0, "max_steps": 40}, {"step": 8, "event": "eval"}]
+    rows[-1]["eval_loss"] = float("nan")
+    said = summary_of_lines(map(json.dumps, rows), lambda start: True, running=False)
+    assert said == "step 8/40 (20%)  loss 2.0000; held-out loss nan at step 8"
+    assert {k: v for k, v in said.fields.items() if v is not None} == {
+        "step": 8,
+        "total_steps": 40,
+        "loss": 2.0,
+        "held_out_loss": "nan",  # JSON has no NaN
+        "held_out_step": 8,
+    }
+    line = "step 12/40  loss nan  lr 2.00e-04  grad 0.808  380 tok/s  ETA 1 day, 0:00:11"
+    logged = logged_step([line], True)  # a log whose time is not known here: the trainer's ETA at that line
+    assert logged == "step 12/40 (30%)  loss nan  380 tok/s  ETA 1 day, 0:00:11 at that line of its log"
+    assert (logged.fields["loss"], logged.fields["time_left"]) == ("nan", "ETA 1 day, 0:00:11")
+    stamped = line.replace("1 day, 0:00:11", "0:00:28  10:00:00 UTC")  # logged 10 min ago, one every 12 s: stuck?
+    stuck = logged_step([stamped], True, now=86400 + 10 * 3600 + 600)
+    first, warning = stuck.splitlines()
+    assert "  1.0 s a step, ~28 s left at that step, logged at " in first and warning.startswith("no step logged")
+    assert (stuck.fields["step_time"], stuck.fields["time_left"]) == ("1.0 s", "28 s")  # of its step line
 
 
 def test_another_backends_flag_is_refused_by_the_flag_typed(tmp_path, monkeypatch):
