@@ -42,6 +42,12 @@ def run_key_hint(option: str, command: click.Command) -> str | None:
     if option in SKY_FLAGS:
         return f"{option} is SkyPilot's (sky launch); here: {SKY_FLAGS[option]}."
     word = option.lstrip("-")
+    if word.replace("-", "_") == "dataset_name":  # TRL's: a file or a Hub dataset (qlora.py's dataset: MEANT's)
+        flag = flag_for("data_path", command)
+        return (
+            f"{word} is data_path here: {flag + ' PATH, or ' if flag else ''}-o data_path=PATH (a file, a URI, or a "
+            "Hub dataset as hf://datasets/ORG/NAME)."
+        )
     key = canonical_key(word)
     if key not in FIELDS:
         return not_a_key(word)
@@ -75,15 +81,20 @@ def flag_for(key: str, command: click.Command) -> str | None:
 
 def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     """A FastChat or TRL command line's --KEY VALUE flags as this command takes them (said one at a time, each cost
-    a retry): its flag for the key where it has one, else -o KEY=VALUE; a flag that names no run key but is explained
-    (torchrun's --nproc_per_node) left out, and named. None where fewer than two name run keys."""
-    import re
+    a retry): its flag for the key where it has one, else -o KEY=VALUE; argparse's lists (--lora_target_modules
+    q_proj v_proj) joined with commas; TRL's --dataset_name and qlora.py's --dataset as --data. A flag that names no
+    run key but is explained (torchrun's --nproc_per_node), or whose value ftctl refuses (--push_to_hub), is left out
+    and named. Where the line is in a tool's vocabulary (TRL's --use_peft, --dataset_name; FastChat's --q_lora), the
+    tool's defaults it leaves out are written into it, as a run file in that vocabulary trains (spec.TOOL_DEFAULTS),
+    and TRL's line without --use_peft trains every weight (--method fft). None where fewer than two name run keys."""
     import shlex
 
+    from ftctl.spec import COMMA_LISTS
+    from ftctl.tool_datasets import dataset_as_data_path
     from ftctl.tool_vocabulary import canonical_key
 
     known = {o for p in command.params for o in p.opts}
-    line, turned, dropped, args, keys = ["ftctl"], 0, [], list(argv), {}
+    line, turned, dropped, refused, args, keys, names = ["ftctl"], 0, [], [], list(argv), {}, []
     while args:
         word = args.pop(0)
         name, eq, value = word.partition("=")
@@ -91,12 +102,25 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
             line.append(word)
             continue
         if not eq:  # HF's argparse: a bare --bf16 is true; a value never starts with a dash but a number's
-            has_value = args and (not args[0].startswith("-") or re.fullmatch(r"-[\d.]+(e-?\d+)?", args[0]))
-            value = args.pop(0) if has_value else "true"
-        if not takes(name):
+            value = args.pop(0) if args and _is_value(args[0]) else "true"
+        raw = name.lstrip("-").replace("-", "_")
+        key = canonical_key(raw)
+        if key in COMMA_LISTS:  # argparse's nargs="+": --lora_target_modules q_proj k_proj v_proj
+            while args and _is_value(args[0]) and not args[0].endswith((".yaml", ".yml")):
+                value += "," + args.pop(0)
+        names.append(raw)
+        if raw in DATA_FLAGS:
+            data = dataset_as_data_path(value)
+            if raw == "dataset" and not _names_data(value):  # qlora.py's and LLaMA-Factory's names
+                dropped.append(name)
+                continue
+            key, value = "data_path", data
+        elif not takes(name):
             dropped.append(name)
             continue
-        key = canonical_key(name.lstrip("-"))
+        elif why := _refused(key, value):
+            refused.append(f"{name}: {why}")
+            continue
         flag = flag_for(key, command)
         line += [flag, value] if flag else ["-o", f"{key}={value}"]
         turned += 1
@@ -104,12 +128,97 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     if turned < 2:
         return None
     left = f" (left out: {', '.join(dropped)}; `ftctl keys NAME` says what each is here)" if dropped else ""
-    if method := _full_rate(keys, argv, command):
+    left += f" (refused here, so left out: {'; '.join(refused)})" if refused else ""
+    tool_line, tool_said = _tool_defaults(names, keys, argv, command)
+    if tool_line:
+        line += tool_line
+        left += tool_said
+    elif method := _full_rate(keys, argv, command):
         line += ["--method", "fft"]
         left += method
     return f"FastChat's and TRL's --KEY VALUE flags are run keys here; as {command.name} takes them{left}:\n  " + (
         shlex.join(line)
     )
+
+
+# a dataset's flags of other tools, data_path here: TRL's dataset_name, qlora.py's dataset (a file, or a Hub id)
+DATA_FLAGS = ("dataset_name", "dataset")
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _is_value(word: str) -> bool:
+    """Whether a command line's word is the value of the flag before it: it does not start with a dash, unless it is
+    a negative number (--max_steps -1)."""
+    import re
+
+    return not word.startswith("-") or bool(re.fullmatch(r"-[\d.]+(e-?\d+)?", word))
+
+
+def _names_data(value: str) -> bool:
+    """Whether qlora.py's --dataset VALUE names data ftctl reads (a path, a URI, a Hub dataset's ORG/NAME), not one
+    of its own named sets (alpaca, oasst1) nor LLaMA-Factory's dataset_info.json entries."""
+    from pathlib import Path
+
+    return "/" in value or "." in value or Path(value).expanduser().exists()
+
+
+def _refused(key: str, value: str) -> str | None:
+    """Why a key ftctl decides itself (DECIDED) refuses this value (--push_to_hub, --group_by_length false ...),
+    as spec.build says it; None where it is taken. Keys whose check needs the rest of the run (eos_token: the
+    model's template; the evaluation keys: its held-out data) are left to the launch."""
+    from ftctl.errors import FtctlError
+    from ftctl.spec import build
+    from ftctl.tool_vocabulary import DECIDED
+
+    if key not in DECIDED or key in ("eos_token", "evaluation_strategy", "eval_strategy", "do_eval"):
+        return None
+    try:
+        build(overrides=[f"{key}={value}"], notes=[])
+    except FtctlError as e:
+        said = str(e)
+        return DECIDED[key] if "is not set by hand here" in said else None
+    return None
+
+
+def _tool_defaults(names: list[str], keys: dict[str, str], argv: list[str], command: click.Command):
+    """What a line in a tool's vocabulary (spec.VOCABULARY: TRL's use_peft, dataset_name ...; FastChat's q_lora)
+    adds to train as that tool does: its defaults the line leaves out (spec.TOOL_DEFAULTS, TOOL_LORA_DEFAULTS where
+    it trains adapters), each as -o, and for TRL's without --use_peft, --method fft (TRL trains every weight
+    without it). Returns the words and what the message says of them; ([], '') for a line in no tool's vocabulary."""
+    from ftctl.spec import FIELDS, LORA_KEYS, TOOL_DEFAULTS, TOOL_LORA_DEFAULTS, VOCABULARY, as_run
+    from ftctl.tool_vocabulary import ADAPTER_METHODS, METHOD_AGREES, canonical_key, config_word, method_meant
+
+    tools = [tool for tool, words in VOCABULARY.items() if set(names) & set(words)]
+    if not tools:
+        return [], ""
+    tool = tools[0]
+    given = {n: (n, config_word(keys[canonical_key(n)])) for n in names if n in METHOD_AGREES}
+    given = {n: v for n, v in given.items() if v[1] in METHOD_AGREES[n]}
+    asked = {a.split("=", 1)[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    method = keys.get("method") or method_meant(given)
+    words, said = [], ""
+    if not method and tool == "TRL" and not asked & (ADAPTER_FLAGS | set(LORA_KEYS)) and flag_for("method", command):
+        method = "fft"
+        words += ["--method", "fft"]
+        said = " (--method fft: TRL's sft without --use_peft trains every weight)"
+    defaults = dict(TOOL_DEFAULTS[tool])
+    if (method or FIELDS["method"].default) in ADAPTER_METHODS:
+        defaults.update(TOOL_LORA_DEFAULTS[tool])
+    if "warmup_steps" in keys:  # it replaces warmup_ratio
+        defaults.pop("warmup_ratio", None)
+    taken = {k: v for k, v in defaults.items() if k not in keys}
+    for k, v in taken.items():
+        words += ["-o", f"{k}={_number(v)}"]
+    if taken:
+        ours = " ".join(f"-o {k}={_number(as_run(k, FIELDS[k].default))}" for k in taken)
+        said += (
+            f" ({', '.join(taken)}: {tool}'s defaults, which the line leaves out, as {tool} trains it; ftctl's own: "
+            f"{ours})"
+        )
+    return words, said
 
 
 # flags of a command line that train adapters (FastChat's train_lora.py, TRL's use_peft, qlora.py's bits)

@@ -179,7 +179,7 @@ DECIDED = {
     "strict": "ftctl checks the run description itself",
     "dataset_prepared_path": "rows are checked and tokenised once, before the model loads, and not kept",
     "pad_to_sequence_len": "packing fills each sequence (packing=true); unpacked batches pad to their longest row",
-    "group_by_length": "batches are drawn at random (packing fills them)",
+    "group_by_length": "batches are drawn at random, not grouped by length (packing fills them instead)",
     "local_rank": "torchrun gives each process its rank",
     "xformers_attention": _ATTENTION,
     "flash_attention": _ATTENTION,
@@ -210,6 +210,8 @@ DECIDED = {
     "runs non-reentrant (use_reentrant: false)",
     "lora_task_type": "lora and qlora train a causal LM's adapters (task_type CAUSAL_LM)",
     "bias": "lora and qlora train the adapters alone, no bias terms (PEFT LoraConfig's bias: none)",
+    "lora_bias": "lora and qlora train the adapters alone, no bias terms (FastChat's lora_bias: none)",
+    "lora_weight_path": _ADAPTER_DIR,  # FastChat's train_lora.py (declared there, never read)
     "task_type": "lora and qlora train a causal LM's adapters (task_type CAUSAL_LM)",
     "bnb_4bit_compute_dtype": "--method qlora computes in the plan's precision: bf16, fp16 on GPUs without it, fp32 on "
     "CPU; bfloat16 or float16 here asks for it (as -o bf16=true or -o fp16=true does), another value: drop the key",
@@ -281,6 +283,9 @@ DECIDED = {
     "full_finetune": "--method fft trains every weight; lora and qlora train adapters",
     "data_seed": "seed draws the data's order and held-out rows too",
     "do_mmlu_eval": "no MMLU evaluation runs; the held-out loss is measured (--eval-data, or -o eval_split=0.05)",
+    "dataset_format": "each row's format is read from its fields (messages, conversations, instruction/input/output, "
+    "prompt/completion, text: `ftctl data check FILE` shows how each row reads); qlora.py's input-output rows are "
+    "prompt/completion here",
     "max_new_tokens": "no text is generated while training (ftctl chat RUN does afterwards)",
     "max_memory_MB": "the plan fits each GPU's memory",
     # the alignment handbook's recipes (TRL)
@@ -307,7 +312,7 @@ DECIDED = {
 }
 # DECIDED keys that ask for something ftctl does not offer, harmless to the weights trained: taken with a note that
 # says they are left out (axolotl's example files set them)
-LEFT_OUT = ("loss_watchdog_threshold", "loss_watchdog_patience")
+LEFT_OUT = ("loss_watchdog_threshold", "loss_watchdog_patience", "group_by_length", "do_mmlu_eval")
 # transformers' save_strategy and eval_strategy epoch: once an epoch, at its end (axolotl's per-epoch keys at 1);
 # where the same layer gives save_steps or eval_steps too, epoch wins, as in transformers
 PER_EPOCH = {
@@ -352,7 +357,7 @@ AGREES = {
     "strict": None,
     "dataset_prepared_path": None,
     "pad_to_sequence_len": None,
-    "group_by_length": ("false",),
+    "group_by_length": None,  # (true: LEFT_OUT; qlora.py's default)
     "local_rank": None,
     "xformers_attention": ("false",),
     "flash_attention": ("true",),
@@ -370,6 +375,8 @@ AGREES = {
     "lora_task_type": ("causal_lm",),
     "task_type": ("causal_lm",),
     "bias": ("none",),
+    "lora_bias": ("none",),  # FastChat's
+    "lora_weight_path": (),
     "auto_resume_from_checkpoints": ("true",),  # axolotl's
     "chat_template": ("tokenizer_default",),  # axolotl's (a dataset entry's: AXOLOTL_DATASET_KEYS)
     "dataset_train_split": ("train",),
@@ -409,7 +416,8 @@ AGREES = {
     "enable_liger_kernel": ("true",),
     "use_unsloth": ("false",),
     "data_seed": None,
-    "do_mmlu_eval": ("false",),
+    "do_mmlu_eval": None,  # (true: LEFT_OUT)
+    "dataset_format": None,  # qlora.py's
     "max_new_tokens": None,
     "max_memory_MB": None,
     "model_revision": ("main",),  # TRL's ModelConfig default (the alignment handbook's recipes write it out)
@@ -488,6 +496,13 @@ def value_agrees(key: str, raw) -> bool:
     accepted = AGREES.get(key, ())
     if key == "special_tokens" and isinstance(raw, dict) and set(raw) <= {"pad_token"}:
         return True  # axolotl's pad_token alone (its Llama 3 examples): padding carries no loss
+    if isinstance(raw, str) and raw.strip().startswith("{"):  # a mapping as HF's argparse takes it: JSON text
+        import yaml
+
+        try:
+            raw = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            pass
     return raw is None or raw == "" or accepted is None or config_word(raw) in accepted
 
 
