@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -14,7 +15,24 @@ from ftctl.spec import BACKENDS, METHODS
 
 
 class _Group(click.Group):
-    """User errors print one message and exit non-zero; FTCTL_DEBUG=1 shows the traceback."""
+    """User errors print one message and exit non-zero; FTCTL_DEBUG=1 shows the traceback. click's refusals are said
+    in ftctl's style too (_refuse): `error: ...`, as FtctlError's."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        """ftctl's own options are parsed here, before its command: a command's option given there (`ftctl --follow
+        logs JOB`) is said with the line that works (_before_its_command). A group under ftctl (data, sync) leaves its
+        refusals to ftctl's invoke, which says them."""
+        argv = list(args)  # as given: click takes them off as it parses
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.ClickException as e:
+            if parent is not None:
+                raise
+            if isinstance(e, click.NoSuchOption) and not _before_its_command(e, argv):
+                _where_it_goes(e, argv)
+            if isinstance(e, click.UsageError):
+                _unrepeated(e)
+            _refuse(e)
 
     def invoke(self, ctx):
         # a call for help is answered whatever the config file holds (main checks it for every other command)
@@ -33,10 +51,12 @@ class _Group(click.Group):
         except click.NoSuchOption as e:
             _where_it_goes(e, ctx.meta["argv"])
             _unrepeated(e)
-            raise
+            _refuse(e)
         except click.UsageError as e:
             _unrepeated(e)
-            raise
+            _refuse(e)
+        except click.ClickException as e:
+            _refuse(e)
 
     def resolve_command(self, ctx, args):
         """Another tool's verb (`ftctl init`, `ftctl finetune`) names what runs here instead (foreign_args)."""
@@ -61,6 +81,69 @@ class _JobArgument(click.Argument):
                 "the jobs launched from here."
             )
             raise
+
+
+def _refuse(e: click.ClickException) -> NoReturn:
+    """click's refusal said as ftctl's own are: click's usage lines, then `error: MESSAGE` (FtctlError's prefix;
+    click's own is `Error: MESSAGE`), and click's exit code (2 for a usage error). One style, so that a user (or a log
+    search) sees one word for every refusal; the last line is still the message, as with click."""
+    if type(e).show not in (click.ClickException.show, click.UsageError.show):  # `ftctl data` alone: its help
+        e.show()
+        sys.exit(e.exit_code)
+    ctx = getattr(e, "ctx", None)
+    color = ctx.color if ctx is not None else None
+    if ctx is not None:
+        hint = f"Try '{ctx.command_path} --help' for help.\n" if ctx.command.get_help_option(ctx) else ""
+        click.echo(f"{ctx.get_usage()}\n{hint}", err=True, color=color)
+    click.echo(f"{FtctlError.prefix}{e.format_message()}", err=True, color=color)
+    sys.exit(e.exit_code)
+
+
+def _before_its_command(e: click.NoSuchOption, argv: list[str]) -> bool:
+    """`ftctl --follow logs JOB`: an option of the command after it, given before it (where ftctl's own go, so ftctl
+    refused it), said with the line that works: "options of `ftctl logs` go after it: `ftctl logs --follow JOB`".
+    False where no command after it takes the option (then _where_it_goes says who does)."""
+    import shlex
+
+    i, before = 0, []
+    while i < len(argv) and argv[i] not in main.commands:  # the command: the first word that is no option's value
+        word = argv[i]
+        takes_value = word.startswith("-") and "=" not in word and _takes_value(word)
+        before += argv[i : i + 1 + takes_value]
+        i += 1 + takes_value
+    if i >= len(argv):
+        return False
+    path, command = [argv[i]], main.commands[argv[i]]
+    if isinstance(command, click.Group) and i + 1 < len(argv) and argv[i + 1] in command.commands:
+        path.append(argv[i + 1])
+        command = command.commands[argv[i + 1]]
+    if not any(e.option_name in (*p.opts, *p.secondary_opts) for p in command.params if isinstance(p, click.Option)):
+        return False
+    own = [w for w in before if _is_root_option(w)]  # ftctl -v stays where it goes
+    moved = [w for w in before if not _is_root_option(w)]
+    line = shlex.join(["ftctl", *own, *path, *moved, *argv[i + len(path) :]])
+    e.message = (
+        f"No such option '{e.option_name}' for `ftctl`: options of `ftctl {' '.join(path)}` go after it: `{line}`."
+    )
+    e.possibilities = None
+    return True
+
+
+def _takes_value(option: str) -> bool:
+    """Whether ``option`` takes a value in the commands that have it (-n 5, --tail 5; --follow: none)."""
+    found = []
+
+    def walk(group: click.Group) -> None:
+        for command in group.commands.values():
+            if isinstance(command, click.Group):
+                walk(command)
+            else:
+                found.extend(
+                    p for p in command.params if isinstance(p, click.Option) and option in (*p.opts, *p.secondary_opts)
+                )
+
+    walk(main)
+    return any(not p.is_flag and not p.count for p in found)
 
 
 def _where_it_goes(e: click.NoSuchOption, argv: list[str]) -> None:

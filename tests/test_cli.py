@@ -269,7 +269,7 @@ def test_a_fastchat_flag_says_how_its_key_is_given_here():
         "launch", "--model_name_or_path", "x"
     )
     assert "tf32 is not a run key: ftctl decides it" in said("render", "--tf32", "True")
-    assert said("plan", "--bogus").startswith("Error: No such option '--bogus'")  # click's own words otherwise
+    assert said("plan", "--bogus").startswith("error: No such option '--bogus'")  # click's words, ftctl's style
     assert "run key" not in said("chat", "RUN", "--learning_rate", "1")  # chat takes no run keys
 
 

@@ -55,3 +55,42 @@ def test_the_same_run_file_twice_is_read_once(tmp_path):
     args = ["--gpus", "1xA100", "--model-params", "1b", "--model", "x/y", "--json"]
     said = CliRunner().invoke(main, ["plan", str(a), "-c", str(a), "-c", str(a), *args])
     assert said.exit_code == 0 and '"method": "fft"' in said.stdout, said.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["plan", "--bogus"], ["lanch"], ["status", "--exit-code"], ["launch", "--method", "x"], ["--bogus"]],
+)
+def test_clicks_refusals_say_error_as_ftctls_own_do(args):
+    """Two styles were printed: click's `Error: ...` for a usage error, ftctl's `error: ...` for the rest. Now one:
+    click's usage lines, then the message after ftctl's `error: `, the last line; exit 2 as before."""
+    said = CliRunner().invoke(main, args)
+    lines = said.output.strip().splitlines()
+    assert said.exit_code == 2 and lines[0].startswith("Usage: ") and "--help' for help." in lines[1], said.output
+    assert lines[-1].startswith("error: ") and "Error:" not in said.output, said.output
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (["--follow", "logs", "12"], "options of `ftctl logs` go after it: `ftctl logs --follow 12`."),
+        (["-f", "logs", "12"], "options of `ftctl logs` go after it: `ftctl logs -f 12`."),
+        (["-v", "--tail", "5", "logs", "12"], "`ftctl -v logs --tail 5 12`."),  # ftctl's own -v stays before
+        (["--data", "demo", "launch"], "options of `ftctl launch` go after it: `ftctl launch --data demo`."),
+        (["--endpoint-url", "http://x", "sync", "ls", "s3://b/r"], "`ftctl sync ls --endpoint-url http://x s3://b/r`."),
+        (["--out", "a b", "merge", "r"], "`ftctl merge --out 'a b' r`."),
+    ],
+)
+def test_an_option_before_its_command_is_said_with_the_line_that_works(args, line):
+    """`ftctl --follow logs JOB` said only "No such option: --follow" (ftctl parses its own options there)."""
+    said = CliRunner().invoke(main, args)
+    assert said.exit_code == 2 and said.output.strip().splitlines()[-1].endswith(line), said.output
+    option = next(a for a in args if a != "-v")
+    assert said.output.strip().splitlines()[-1].startswith(f"error: No such option '{option}' for `ftctl`: ")
+
+
+def test_an_option_no_command_after_it_takes_names_those_that_do():
+    said = CliRunner().invoke(main, ["--json", "logs", "12"]).output.strip().splitlines()[-1]
+    assert said == "error: No such option '--json' (`ftctl jobs`, `ftctl plan` and `ftctl status` take it).", said
+    said = CliRunner().invoke(main, ["--follow"]).output.strip().splitlines()[-1]
+    assert said == "error: No such option '--follow' (`ftctl logs` takes it: `ftctl logs --help`).", said
