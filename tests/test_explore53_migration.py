@@ -134,3 +134,14 @@ def test_json_mappings_that_ask_for_what_ftctl_does_are_taken():
 def test_a_lone_dataset_name_says_it_is_data():
     said = _said("launch", "--dataset_name", "trl-lib/Capybara")[-1]
     assert "dataset_name is data_path here: --data PATH, or -o data_path=PATH" in said
+
+
+def test_qlora_pys_input_output_rows_are_said_as_prompt_completion_too():
+    """{"input", "output"} rows (qlora.py's input-output format: no chat template, the loss on the output) were told
+    to become Alpaca's instruction, which the chat template renders: prompt/completion is what qlora.py trained."""
+    from ftctl.trainer.formats import to_row
+
+    (problem,) = to_row("a.jsonl line 1", {"input": "Q", "output": "A"}).problems
+    assert "or 'input' -> 'prompt', 'output' -> 'completion' (qlora.py's input-output" in problem, problem
+    (other,) = to_row("a.jsonl line 1", {"question": "Q", "answer": "A"}).problems
+    assert "qlora.py" not in other

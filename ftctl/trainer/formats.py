@@ -795,7 +795,13 @@ def _question_answer(record: dict) -> str | None:
     names = {first: "instruction", **({"context": "input"} if "context" in more else {}), answer: "output"}
     renamed = {k: v for k, v in names.items() if k != v}
     said = ", ".join(f"'{k}' -> '{v}'" for k, v in renamed.items())
-    return f"a question and its answer: rename {said} (Alpaca: the chat template renders it, the loss on the output)"
+    raw = ""
+    if first == "input" and answer == "output" and not more:  # qlora.py's input-output rows: no template there
+        raw = ", or 'input' -> 'prompt', 'output' -> 'completion' (qlora.py's input-output: the text as written, no "
+        raw += "chat template, the loss on the output)"
+    return (
+        f"a question and its answer: rename {said} (Alpaca: the chat template renders it, the loss on the output){raw}"
+    )
 
 
 def _keys(record: dict) -> str:
