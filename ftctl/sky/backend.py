@@ -159,7 +159,7 @@ class SkyBackend(Backend):
         inputs = sky_inputs.shipped(spec)
         node = sky_inputs.on_node(spec, inputs)
         spec_json = dump_run(node, plan) if inputs else spec_json
-        text = sky_render.render(sky_inputs.named(node, spec), plan, spec_json, inputs)
+        text = sky_render.render(sky_inputs.named(node, spec), plan, spec_json, sky_inputs.job_name(spec), inputs)
         return text, {paths.spec.name: spec_json, paths.task.name: text}
 
     def available(self) -> bool | str:
@@ -625,11 +625,11 @@ def _withdraw(uri: str, endpoint: str | None, asked_id: str) -> None:
 def lease_holder(ref: JobRef) -> str:
     """How the job's SkyPilot task id ends, which its trainer knows ($SKYPILOT_TASK_ID): the holder of the lease
     (ftctl.lease.holder_id) it keeps on its output, and the job a stop request names (trainer.callbacks.StopRequest).
-    It is ..._CLUSTER_JOBID for a cluster's job and ..._NAME_JOBID-0 for a managed job's (named after the run, as
-    SkyPilot takes it: sky_inputs.job_name)."""
+    It is ..._CLUSTER_JOBID for a cluster's job and ..._NAME_JOBID-0 for a managed job's (sky_inputs.job_name, of
+    the run's name the job recorded at launch)."""
     x = ref.extra
     if x.get("managed"):
-        return f"_{sky_inputs.sky_name(ref.name)}_{x['sky_job_id']}-0"
+        return f"_{sky_inputs.job_name(ref)}_{x['sky_job_id']}-0"
     return f"_{x.get('cluster')}_{x['sky_job_id']}"
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ftctl.backend import run_dir_for
+from ftctl.backend import JobRef, run_dir_for
 from ftctl.envvars import BASE_MODEL_ENV
 from ftctl.errors import FtctlError
 from ftctl.launch import trainer_env
@@ -84,10 +84,13 @@ def sky_name(name: str) -> str:
     return f"ftctl-{plain}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
-def job_name(spec: RunSpec) -> str:
-    """A managed job's name: the run's (its trainer's name, and the lease's holder: backend.lease_holder), as SkyPilot
-    takes it (sky_name)."""
-    return sky_name(spec.name)
+def job_name(run: RunSpec | JobRef) -> str:
+    """A managed job's name: its run's name as SkyPilot takes it (sky_name). The one place it is made: the launch
+    names the job so (SkyBackend.send), the task's header says it (render's `sky jobs launch -n` line) and its
+    trainer's lease holder and a stop request end with it (backend.lease_holder). ``run``: the run's spec, or a
+    launched job's JobRef, whose name the launch recorded from that spec (a later launch into the same run directory
+    rewrites its spec.json; a job keeps the name it was launched under)."""
+    return sky_name(run.name)
 
 
 def cluster_name(spec: RunSpec) -> str:

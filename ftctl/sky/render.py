@@ -57,7 +57,7 @@ from ftctl.plan import Plan
 from ftctl.preflight import disk_need
 from ftctl.runpaths import SOURCE_DIR, TASK_FILE
 from ftctl.sky.cost import memory_request
-from ftctl.sky.inputs import Shipped, cluster_name, node_dir, run_key, shipping_note, sky_name
+from ftctl.sky.inputs import Shipped, cluster_name, node_dir, run_key, shipping_note
 from ftctl.spec import FIELDS, RunSpec
 
 HEREDOC = "FTCTL_SPEC_EOF"
@@ -558,15 +558,10 @@ def sky_command(spec: RunSpec, run_dir: Path, job_name: str) -> str:
     return join(argv)
 
 
-def _run_name(spec: RunSpec, spec_json: str) -> str:
-    """A managed job's name (sky_inputs.job_name): the run's name as the trainer's spec.json has it, as SkyPilot takes
-    it; the task's ``spec`` may be named after the run's directory instead (its run_name set to it)."""
-    return sky_name(json.loads(spec_json)["spec"].get("run_name") or replace(spec, run_name=None).name)
-
-
-def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] = ()) -> str:
+def render(spec: RunSpec, plan: Plan, spec_json: str, job_name: str, inputs: Sequence[Shipped] = ()) -> str:
     """The task YAML of ``spec`` as the nodes read it (:func:`on_node`), shipping ``inputs``; its header says the
-    SkyPilot CLI line that sends it as ``ftctl launch`` does (:func:`sky_command`)."""
+    SkyPilot CLI line that sends it as ``ftctl launch`` does (:func:`sky_command`), a managed job named ``job_name``
+    (sky_inputs.job_name of the run's spec: ``spec`` here is named after the run's directory, sky_inputs.named)."""
     if plan.tier is None and infra_kind(spec) not in CPU_INFRAS:
         raise FtctlError(
             "--gpus cpu on SkyPilot needs an infra whose nodes take CPU jobs: --infra slurm/CLUSTER or --infra "
@@ -647,7 +642,7 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, inputs: Sequence[Shipped] 
     header += (
         "# ftctl launch writes this file and ftctl's source (the workdir) to the run directory and sends them through "
         "SkyPilot's SDK, as this line would from the directory ftctl ran in:\n"
-        f"#   {sky_command(spec, run_dir_for(spec), _run_name(spec, spec_json))}\n"
+        f"#   {sky_command(spec, run_dir_for(spec), job_name)}\n"
         "# with a --secret NAME more for each object-store credential set there (s3's AWS_ACCESS_KEY_ID ...); a secret "
         "not set there is left out (drop its --secret: sky refuses it).\n"
     )
