@@ -46,6 +46,7 @@ from ftctl.backend import (
 from ftctl.errors import FtctlError, NotSent
 from ftctl.launch import trainer_env
 from ftctl.plan import dump_run
+from ftctl.progress import Progress
 from ftctl.runpaths import PROGRESS_LINE, START_LINE, STOP_REQUEST, STOP_REQUEST_UNTIL
 from ftctl.sky import bridge, cost
 from ftctl.sky import inputs as sky_inputs
@@ -312,7 +313,7 @@ class SkyBackend(Backend):
             raise FtctlError("SkyPilot prints the last 1 or more lines of a job's log: --tail 1, or no --tail for all.")
         bridge.call("logs", follow=follow, tail=lines, **self._args(ref))
 
-    def logged_progress(self, ref: JobRef, running: bool = False) -> str | None:
+    def logged_progress(self, ref: JobRef, running: bool = False) -> Progress | None:
         """While the job runs, the last step line of its nodes' log (sdk.log_tail: one SkyPilot call more), as the
         trainer's metrics.jsonl is staged on the nodes, dated by the time the trainer wrote on it (the log's own time
         is on the node); None once it ended (`ftctl logs JOB` has every line)."""

@@ -46,6 +46,7 @@ from ftctl.failures import error_line, last_attempt, tail
 from ftctl.launch import PATH_PYTHON, container_kind, hf_caches
 from ftctl.plan import PlanError, checkpoint_row
 from ftctl.preflight import SAVE_GBPS, checkpoint_gb, disk_need, signal_save_s, train_seconds
+from ftctl.progress import Progress
 from ftctl.runpaths import SLURM_STATUS_PATTERN, START_LINE, START_SLURM_ATTEMPT, START_SLURM_JOB
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
@@ -821,7 +822,7 @@ class SlurmBackend(Backend):
         own = {START_SLURM_JOB: ref.job_id}  # what its trainer's start record says (a trainer of this ftctl's)
         return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe(), note, ran, own)
 
-    def logged_progress(self, ref: JobRef, running: bool = False) -> str | None:
+    def logged_progress(self, ref: JobRef, running: bool = False) -> Progress | None:
         """The log's last step line, dated by the log's last write (the log is on a disk this machine shares)."""
         log = self._log(ref)
         try:
