@@ -47,7 +47,7 @@ from ftctl.progress import (
     LOGGED_STEP,  # the trainer's step line in a job's log (trained_again)
     Progress,  # a step line with its fields (StatusReport)
 )
-from ftctl.runpaths import METRICS_FILE, OLD_RESUME_LOCK, RunPaths
+from ftctl.runpaths import METRICS_FILE, OLD_RESUME_LOCK, RunPaths, user_name
 from ftctl.spec import (
     BACKENDS,
     FIELDS,
@@ -919,21 +919,12 @@ def _launch_lock(path: Path, output: str, command: str, another: str = "another 
             fh.seek(0)
             fh.truncate()
             fh.write(
-                f"`{command}` (pid {os.getpid()} on {socket.gethostname()} by {_user()} since "
+                f"`{command}` (pid {os.getpid()} on {socket.gethostname()} by {user_name()} since "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S %z')})\n"
             )
             fh.flush()
         return fh
     return None
-
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except Exception:  # no name for this uid (a container's): its number
-        return f"uid {os.getuid()}"
 
 
 def _launch_lock_path(key: str) -> Path:
@@ -1004,10 +995,27 @@ def _jobs_file() -> Path:
 def record_job(ref: JobRef) -> None:
     """One line for ``ref`` at the end of the jobs record, on a line of its own: after a line a crash or a full disk
     cut short (no newline), this one was joined to it and lost with it (`ftctl status JOB`: no such job). Under a lock,
-    so that launches at once (a sweep) neither tear nor lose each other's lines."""
+    so that launches at once (a sweep) neither tear nor lose each other's lines. Where the record cannot be written
+    (a home that is not writable or not there, as some clusters' service accounts and containers have; a FTCTL_HOME
+    a lab shares, made by a colleague under umask 022) one line says so and the launch goes on: it was a traceback
+    after sbatch had queued the job (then unrecorded, and the launch said it failed), and before a local run trained."""
     f = _jobs_file()
-    f.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({**dataclasses.asdict(ref), "time": time.time()}).encode() + b"\n"
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        _append_job(f, line)
+    except OSError as e:
+        import click
+
+        by_dir = " (a local run is found by its run directory still)" if ref.backend == "local" else ""
+        click.echo(
+            f"warning: job {ref.job_id} is not recorded in {f} ({e.strerror or e}): `ftctl jobs`, `status`, `logs` "
+            f"and `cancel` here will not know it{by_dir}. Set FTCTL_HOME to a directory you can write.",
+            err=True,
+        )
+
+
+def _append_job(f: Path, line: bytes) -> None:
     with f.open("a+b") as fh:  # appends at the end whatever the position read from
         with contextlib.suppress(OSError):  # no locks on this file system: one write() each, as before
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -1126,7 +1134,8 @@ def find_job(job_id: str) -> tuple[Backend, JobRef]:
         )
     raise FtctlError(
         f"No job {job_id!r} was launched from here (looked in {_jobs_file()}). `ftctl jobs` lists them; "
-        "`ftctl launch` prints job ids; a local run's directory is taken too."
+        "`ftctl launch` prints job ids; a local run's directory is taken too. A job another user (or another "
+        "FTCTL_HOME) launched is in that record, not this one: ask them, or look it up where it runs (on Slurm: `squeue -j ID`)."
     )
 
 

@@ -64,7 +64,7 @@ from email.utils import parsedate_to_datetime
 from ftctl import storage
 from ftctl.envvars import ATTEMPT_ENV, SKY_TASK_ENV
 from ftctl.errors import FtctlError
-from ftctl.runpaths import TRAIN_LEASE
+from ftctl.runpaths import TRAIN_LEASE, user_name
 
 log = logging.getLogger("ftctl")
 
@@ -242,7 +242,7 @@ def check(uri: str, ask: bool = False) -> None:
 
 
 def record_of(output: str | None) -> dict | None:
-    """The record (holder, host, run, started_unix) of the lease this process holds on ``output``; None where it holds
+    """The record (holder, host, user, run, started_unix) of the lease this process holds on ``output``; None where it holds
     none: what rank 0 hands the other nodes' uploaders (:func:`follow`)."""
     holder = _HELD.get(output.rstrip("/")) if output else None
     return dict(holder.record) if isinstance(holder, Holder) else None
@@ -293,11 +293,13 @@ def live(lease: dict | None, now: float | None = None) -> bool:
 
 
 def describe(lease: dict, now: float | None = None) -> str:
-    """'SkyPilot task ... on host h (run r, renewed 12 s ago)'."""
+    """'SkyPilot task ... on host h by alice (run r, renewed 12 s ago)'; a lease of an ftctl before 2026-12-07 names
+    no user."""
     holder = str(lease.get("holder"))
     where = f" on {lease['host']}" if lease.get("host") and not holder.startswith("process ") else ""
+    by = f" by {lease['user']}" if lease.get("user") else ""
     run = f"run {lease['run']}, " if lease.get("run") else ""
-    return f"{holder}{where} ({run}renewed {age_s(lease, now):.0f} s ago)"
+    return f"{holder}{where}{by} ({run}renewed {age_s(lease, now):.0f} s ago)"
 
 
 def refusal(output: str, endpoint_url: str | None = None, another: str = "another --output") -> str | None:
@@ -424,7 +426,13 @@ class Holder:
         self._reached = time.monotonic()  # when the store last took this holder's write (renewals failing: unreached)
         self.id = holder_id()
         started = round(time.time(), 3)
-        self.record = {"holder": self.id, "host": socket.gethostname(), "run": run, "started_unix": started}
+        self.record = {
+            "holder": self.id,
+            "host": socket.gethostname(),
+            "user": user_name(),  # in a bucket a lab shares: the colleague to ask (describe)
+            "run": run,
+            "started_unix": started,
+        }
         self.lost = threading.Event()
         self.lost_why = ""
         self.unreached = False  # lost because renewals did not reach the store (not taken over): a requeue resumes

@@ -133,6 +133,33 @@ def open_lock(path) -> IO[str]:
     return os.fdopen(fd, "r+")
 
 
+def user_name() -> str:
+    """This process's user, as the holder lines of a run's locks and an object-store output's lease name it: in a
+    directory or a bucket a lab shares, the colleague to ask; its uid where the system has no name for it (a
+    container's)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no name for this uid (KeyError; OSError where no passwd entry is read)
+        return f"uid {os.getuid()}"
+
+
+def as_mkdir_made(directory) -> None:
+    """The directory ``directory`` (made by tempfile.mkdtemp, 0700, to be renamed into place) as mkdir would have
+    made it: the umask's mode, and the setgid bit of its parent's, which a plain chmod cleared. In a group's shared
+    run directory (setgid, umask 002) its files then stay the group's and writable by it: a colleague resuming or
+    finishing the run can read and remove them (a tokenized-data cache left 0755 by its maker, its files in the
+    maker's own group, stayed on the disk after a colleague's resume ended the run)."""
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    directory = Path(directory)
+    setgid = os.stat(directory.parent).st_mode & stat.S_ISGID
+    os.chmod(directory, (0o777 & ~umask) | setgid)
+
+
 def as_umask(directory) -> None:
     """The files of ``directory`` as the umask lets files be: safetensors writes its weights 0600 (through a temporary
     file; safetensors#782), so a server or a colleague running as another user could not read them (a final model, a

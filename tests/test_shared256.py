@@ -1,0 +1,147 @@
+"""ftctl used by several people who share things (explore54, task-256): a lab's group directory on one disk (setgid,
+umask 002), one bucket, a home that is not writable. Checked with modes and messages, without a second Unix user
+(as run under root, the tests cannot be refused a write: a path under a regular file stands for one).
+
+The tests marked PATCHED check the changes in /work/notes/task-256-extra.patch (ftctl/trainer/data.py,
+trainer/merge.py, trainer/run.py, trainer/valid_rows.py, local/backend.py): they fail until it is applied."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ftctl import lease
+from ftctl.backend import JobRef, find_job, record_job, recorded_jobs
+from ftctl.errors import FtctlError
+from ftctl.runpaths import RunPaths, as_mkdir_made, user_name
+
+
+@pytest.fixture
+def group_umask():
+    """umask 002, as a lab sharing a directory sets it; the test's own restored after."""
+    before = os.umask(0o002)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
+def _group_dir(tmp_path: Path) -> Path:
+    """A group's shared directory: setgid and group-writable (chmod 2775 /scratch/lab)."""
+    shared = tmp_path / "lab"
+    shared.mkdir()
+    shared.chmod(0o2775)
+    return shared
+
+
+def test_a_temporary_directory_renamed_into_a_group_directory_keeps_the_groups_setgid(tmp_path, group_umask):
+    """mkdtemp's directory, chmod'ed to the umask's mode, lost the setgid bit mkdir gives it in a setgid directory: the
+    files written in it then had their writer's own group (a colleague could not remove a tokenized-data cache left
+    0755, nor read a merged model under umask 007)."""
+    made = Path(tempfile.mkdtemp(dir=_group_dir(tmp_path)))
+    as_mkdir_made(made)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o2775
+    plain = Path(tempfile.mkdtemp(dir=tmp_path))  # a directory of one's own: no setgid
+    as_mkdir_made(plain)
+    assert stat.S_IMODE(plain.stat().st_mode) == 0o775
+
+
+def test_the_tokenized_rows_kept_for_a_resume_are_writable_by_the_group_that_shares_the_run(tmp_path, group_umask):
+    """PATCHED (trainer/data.py). The data cache's entry was chmod 0755 whatever the umask, its setgid cleared: in a
+    lab's run directory, a colleague whose resume ended the run could not remove it (rmtree ignoring errors: left on
+    the disk, ~9 bytes a token)."""
+    import datasets
+
+    from ftctl.trainer.data import DataStats, _write_cached
+
+    entry = _group_dir(tmp_path) / "run" / ".ftctl" / "data-cache" / "key"
+    entry.parent.mkdir(parents=True)
+    _, kept = _write_cached(entry, datasets.Dataset.from_dict({"input_ids": [[1, 2, 3]]}), DataStats(rows=1))
+    assert kept is True
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o2775
+
+
+def test_rows_written_by_data_valid_rows_are_as_readable_as_the_umask_lets_them(tmp_path, group_umask):
+    """PATCHED (trainer/valid_rows.py). The kept rows were written through mkstemp, 0600: a colleague of the group
+    could not read the data file they were cleaned for."""
+    from ftctl.trainer.valid_rows import _write_new
+
+    out = tmp_path / "clean.jsonl"
+    _write_new(out, b'{"text": "a"}\n')
+    assert stat.S_IMODE(out.stat().st_mode) == 0o664
+
+
+def test_a_run_directory_lock_names_the_user_training_into_it(tmp_path):
+    """PATCHED (trainer/run.py). `ftctl status` of a colleague's run in a shared directory said "training (pid N on
+    HOST since ...)": which of the lab's five trains it was not said (the launch lock said it)."""
+    from ftctl.trainer.run import only_trainer
+
+    with only_trainer(str(tmp_path)):
+        line = RunPaths(tmp_path).train_lock.read_text()
+    assert f" by {user_name()} since " in line, line
+
+
+def test_cancel_of_a_run_whose_directory_this_user_cannot_write_is_one_line(tmp_path, monkeypatch):
+    """PATCHED (local/backend.py). Bob's `ftctl cancel /scratch/lab/alices-run` (her umask 022: not his to write) was
+    a PermissionError traceback. A stop file that cannot be written stands here for it (root writes anywhere)."""
+    from ftctl.local.backend import LocalBackend
+
+    paths = RunPaths(tmp_path)
+    paths.train_lock.parent.mkdir(parents=True)
+    paths.stop_file.symlink_to(tmp_path / "gone" / "stop")  # into no directory: the write is refused
+    with open(paths.train_lock, "w") as held:
+        held.write("pid 1 on another-host by alice since 2026-12-07 02:00:00 +0000\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(FtctlError) as refused:
+            LocalBackend().cancel(JobRef("local", str(tmp_path), str(tmp_path), "r", str(tmp_path)))
+    said = str(refused.value)
+    assert said.startswith(f"cannot ask {tmp_path} (pid 1 on another-host by alice since "), said
+    assert "`kill -TERM` its pid" in said and "umask 002" in said, said
+
+
+def test_a_launch_whose_jobs_record_cannot_be_written_goes_on_and_says_so(tmp_path, monkeypatch, capsys):
+    """A home that is not writable (a cluster's service account, a container's user; a FTCTL_HOME a lab shares, made
+    by a colleague under umask 022): the launch ended in a traceback after sbatch had queued its job, which was then
+    recorded nowhere. One warning now, naming FTCTL_HOME; the launch goes on."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FTCTL_HOME", str(blocker / "ftctl"))  # under a regular file: no directory can be made
+    record_job(JobRef("slurm", "4242", str(tmp_path / "run"), "r", str(tmp_path / "run")))
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: job 4242 is not recorded in {blocker / 'ftctl' / 'jobs.jsonl'} ("), err
+    assert "Set FTCTL_HOME to a directory you can write." in err and "run directory" not in err
+    record_job(JobRef("local", str(tmp_path / "run"), str(tmp_path / "run"), "r", str(tmp_path / "run")))
+    assert "(a local run is found by its run directory still)" in capsys.readouterr().err
+    assert recorded_jobs() == []
+
+
+def test_a_job_id_of_another_users_job_says_where_its_record_is(tmp_path, monkeypatch):
+    """Bob's `ftctl status 81234` of Alice's Slurm job: "No job ... was launched from here" and nothing on why; each
+    user's jobs are in their own record."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FtctlError) as refused:
+        find_job("81234")
+    said = str(refused.value)
+    assert said.startswith("No job '81234' was launched from here"), said
+    assert "A job another user (or another FTCTL_HOME) launched is in that record, not this one" in said, said
+
+
+def test_a_lease_in_a_shared_bucket_names_the_user_whose_trainer_holds_it(monkeypatch):
+    """Bob's launch into s3://lab/shared-run while Alice's run trains there: "being trained into by process 22952 on
+    vm (run ftctl-lora-model, ...)": whose process, in a bucket five people share, was not said."""
+    monkeypatch.setattr("getpass.getuser", lambda: "alice")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    holder = lease.Holder("s3://lab/shared-run", None, "ftctl-lora-model")
+    assert holder.record["user"] == "alice"
+    said = lease.describe({**holder.record, "renewed_unix": 0}, now=12)
+    assert said.startswith("process ") and said.endswith(" by alice (run ftctl-lora-model, renewed 12 s ago)"), said
+    slurm = {"holder": "Slurm job 7", "host": "node3", "user": "alice", "renewed_unix": 0}
+    assert lease.describe(slurm, now=1) == "Slurm job 7 on node3 by alice (renewed 1 s ago)"
+    older = {"holder": "Slurm job 7", "host": "node3", "renewed_unix": 0}  # an older ftctl's lease: no user
+    assert lease.describe(older, now=1) == "Slurm job 7 on node3 (renewed 1 s ago)"
