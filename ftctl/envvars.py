@@ -179,7 +179,7 @@ def setting_problem(name: str, value: str) -> str | None:
         )
     if name == THREADS_ENV and value.strip() not in ("auto", ""):
         return (
-            f"env {THREADS_ENV}={value}: it takes auto (each process of a node a share of its cores, what launch "
+            f"{_said(name, value)}: it takes auto (each process of a node a share of its cores, what launch "
             "sets); a number of threads is -o env=OMP_NUM_THREADS=N."
         )
     if name == STOP_POLL_ENV:
@@ -188,5 +188,19 @@ def setting_problem(name: str, value: str) -> str | None:
         except ValueError:
             seconds = math.nan
         if not 0 < seconds < math.inf:
-            return f"env {STOP_POLL_ENV}={value}: give the seconds between asks, a number above 0 (default 10)."
+            return f"{_said(name, value)}: give the seconds between asks, a number above 0 (default 10)."
     return None
+
+
+def _said(name: str, value: str) -> str:
+    """How setting_problem names ``name``'s value: env NAME=VALUE where VALUE reads as a number (what is mistaken
+    there: 8, 0, -1, inf), else without it: a secret pasted into the wrong variable is never repeated (this check
+    runs before spec's credential checks, and this module is below them)."""
+    import re
+
+    shown = re.fullmatch(r"[+-]?(?:[0-9][0-9_.]*(?:e[+-]?[0-9]+)?|\.[0-9]+|inf|nan)", value.strip(), re.I)
+    return (
+        f"env {name}={value.strip()}"
+        if shown and len(value.strip()) <= 24
+        else f"env {name} (its value is not repeated here)"
+    )

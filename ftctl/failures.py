@@ -39,9 +39,12 @@ NO_RECORD = "the trainer stopped without reporting an error (killed, out of memo
 
 def record(kind: str, message: str, directory: str | None = None) -> Path | None:
     """Write this rank's record into ``directory`` (default ``$FTCTL_FAILURE_DIR``); None when unset. A cause (not an
-    interruption: the ranks torchrun stops after it) is left for torchrun too (tell_torchrun)."""
+    interruption: the ranks torchrun stops after it) is left for torchrun too (tell_torchrun). Each credential in
+    ``message`` is masked first (secret_checks.redacted: the value of a credential variable of this process, a URI's
+    password, a signed URL's signature), as the launcher prints the record and `ftctl status` reads it."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: one of {', '.join(KINDS)}")
+    message = _redacted(message)  # a library's error may name a credential (a URL's token): the record keeps none
     if kind != "interrupted":
         tell_torchrun(message)
     directory = directory or os.environ.get(FAILURE_DIR_ENV)
@@ -61,6 +64,14 @@ def record(kind: str, message: str, directory: str | None = None) -> Path | None
     return path
 
 
+def _redacted(message) -> str:
+    """``message`` as text with its credentials masked (secret_checks.redacted, imported here: the Slurm renderer and
+    ftctl's torchrun import this module for its words alone)."""
+    from ftctl.secret_checks import redacted
+
+    return redacted(str(message))
+
+
 def tell_torchrun(message: str) -> None:
     """Leave this rank's error where torchrun's agent reads it: its $TORCHELASTIC_ERROR_FILE, in the form torch's own
     ErrorHandler.record_exception writes. torchrun run by hand (`torchrun ... -m ftctl.trainer`) ends its report of a
@@ -71,7 +82,7 @@ def tell_torchrun(message: str) -> None:
     (every rank checks the data) its first line: a bad dataset's rows are not repeated a rank, and whichever rank
     torchrun takes for the root cause says what failed. Nothing where torchrun did not start this process; a file that
     cannot be written is passed over (the ``error:`` line says it)."""
-    said = str(message).strip()
+    said = _redacted(message).strip()
     path = os.environ.get(ELASTIC_ERROR_ENV)
     if not path:
         return

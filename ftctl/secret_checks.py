@@ -23,17 +23,34 @@ CREDENTIAL_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|_KEY|A
 # signature or token (S3's and GCS's presigned URLs, Azure's SAS ?sig=, CloudFront's Signature=, ?token=,
 # ?access_token=, ?hf_token=, ?private_token=, ?api_key=: a query parameter named as a credential is one)
 SIGNED_URL = "a signed URL's signature or token"
+_SIGNED_NAME = (
+    r"[?&](?:X-Amz-Signature|X-Amz-Security-Token|X-Goog-Signature|sig|Signature"
+    r"|[\w.-]*(?:token|secret|password|passwd|api_?key|access_?key))="
+)
+_SIGNED_VALUE = r"[^&#\s$]{8,}"
 TOKEN = "a token"
+TOKEN_USER = "a token as a URL's user"  # https://TOKEN@host/... (credential_in asks URI_USERINFO's user)
+OPTION = "a password or token option"
 CREDENTIAL_VALUE = {
     "a URL's password": re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@$]+:(?!\d+/)[^\s@$]+@"),
-    SIGNED_URL: re.compile(
-        r"[?&](?:X-Amz-Signature|X-Amz-Security-Token|X-Goog-Signature|sig|Signature"
-        r"|[\w.-]*(?:token|secret|password|passwd|api_?key|access_?key))=[^&#\s$]{8,}",
-        re.I,
-    ),
+    SIGNED_URL: re.compile(_SIGNED_NAME + _SIGNED_VALUE, re.I),
     TOKEN: re.compile(
         r"(?<![A-Za-z0-9_-])(?:(?:hf|gh[opusr])_[A-Za-z0-9]{20,}|github_pat_\w{20,}|glpat-[\w-]{20,}"
         r"|xox[abprs]-[A-Za-z0-9-]{10,}|sk-[\w-]{20,}|AKIA[0-9A-Z]{16})"
+    ),
+    # a credential given by what names it, whatever its shape (a $VARIABLE there is a reference): an option's
+    # (--password X, --token=X, --api-key X), a header's (Authorization: Bearer X, PRIVATE-TOKEN: X, X-API-Key: X), a
+    # DSN's or netrc's (password=X, login U password X), curl's and wget's -u/--user USER:PASS (docker's -u is a
+    # user:group), aws configure set aws_secret_access_key X; a path there is a key's file (--token /run/secrets/t)
+    OPTION: re.compile(
+        r"(?:^|[\s'\"])--?(?:token|api[-_]?key|password|passwd)(?:=|\s+)(?![$'\"/~-]|\./)[^\s'\"]{4,}"
+        r"|\bAuthorization:\s*(?:Bearer|Basic|token|Token)\s+(?!\$)[^\s'\"]{8,}"
+        r"|\b(?:PRIVATE-TOKEN|JOB-TOKEN|X-API-Key|X-Auth-Token|Api-Key):\s*(?!\$)[^\s'\"]{8,}"
+        r"|(?:^|[\s;'\"])(?:password|passwd|pwd)=(?![$'\"])[^\s;'\"]{4,}"
+        r"|\blogin\s+\S+\s+password\s+(?![$'\"])\S{4,}"
+        r"|\b(?:curl|wget)\s[^|;&]*?(?<=\s)(?:-u|--user)(?:=|\s+)(?![$'\"-])[^\s:'\"]+:(?![$'\"])[^\s'\"]{4,}"
+        r"|\baws\s+configure\s+set\s+(?:\S+\.)?(?:aws_secret_access_key|aws_session_token)\s+(?![$'\"])\S+",
+        re.I,
     ),
 }
 # In a path or URI (the run's model, data, output and resume paths; a path set as an env value) a name may begin as
@@ -130,7 +147,8 @@ def setup_secret_problem(line: str, secrets=()) -> str | None:
             f"variable (-o setup='export NAME=\"${holders[0]}\"'), and pass --secret {holders[0]} {by_name}."
         )
     if what := credential_in(line):
-        fix = "https://USER:$GIT_TOKEN@HOST/..." if what == "a URL's password" else '"$TOKEN"'
+        fix = {"a URL's password": "https://USER:$GIT_TOKEN@HOST/...", TOKEN_USER: "https://$GIT_TOKEN@HOST/..."}
+        fix = fix.get(what, '"$TOKEN"')
         return (
             f"setup line holds {what} (not repeated here), which would be written into the job's files: write a "
             f"variable there ({fix}), export it where you launch and pass --secret with its name {by_name}."
@@ -170,14 +188,7 @@ def uri_credentials_said(key: str, value: str) -> str:
         )
     bare = URI_USERINFO.sub(lambda m: m.group(1), value)
     shown = f" ({bare})" if not (holds_credential(bare) or uri_credentials(bare)) else ""
-    found = {
-        storage.REMOTE_SCHEMES[s][0]
-        for m in URI_USERINFO.finditer(value)
-        if (s := m.group(1)[:-3].lower()) in storage.REMOTE_SCHEMES
-    }
-    keys = "; ".join(_STORE_KEYS[p] for p in sorted(found) if p in _STORE_KEYS) or "; ".join(
-        f"{p}: {v}" for p, v in _STORE_KEYS.items()
-    )
+    keys = _store_keys(value)
     return (
         f"{key} holds a URI with a user and password (not repeated here), and {key} is written into the rendered job "
         f"files and spec.json: give it without them{shown} and the store's keys in its own variables where you "
@@ -200,10 +211,18 @@ def holds_credential(text: str) -> bool:
 
 
 def credential_in(text: str, path: bool = False) -> str | None:
-    """What credential ``text`` holds by its shape (CREDENTIAL_VALUE), in words; None: none seen. ``path``: ``text``
-    is a path or URI, whose names may begin as a token does: a token there is one as issued (TOKEN_IN_PATH)."""
+    """What credential ``text`` holds by its shape (CREDENTIAL_VALUE, or a token as a URL's user:
+    https://TOKEN@host, as `git clone` takes one), in words; None: none seen. ``path``: ``text`` is a path or URI,
+    whose names may begin as a token does: a token there is one as issued (TOKEN_IN_PATH)."""
     shapes = {**CREDENTIAL_VALUE, TOKEN: TOKEN_IN_PATH} if path else CREDENTIAL_VALUE
-    return next((what for what, shape in shapes.items() if shape.search(text)), None)
+    if what := next((what for what, shape in shapes.items() if shape.search(text)), None):
+        return what
+    return TOKEN_USER if any(_token_user(m) for m in URI_USERINFO.finditer(text)) else None
+
+
+def _token_user(m: re.Match) -> bool:
+    """Whether URI_USERINFO's match is a user alone that has a token's shape (no $VARIABLE: a reference)."""
+    return m.group(3) is None and "$" not in m.group(2) and looks_like_token(m.group(2))
 
 
 def path_like(value: str) -> bool:
@@ -262,3 +281,78 @@ def is_secret_name(name: str, secrets=(), value: str | None = None) -> bool:
     if name in secrets or name.upper() in storage.SECRET_ENV:
         return True
     return bool(CREDENTIAL_NAME.search(name)) and (value is None or value.strip().lower() not in FLAG_VALUES)
+
+
+def argument_problem(what: str, value: str, environ: typing.Mapping[str, str] | None = None) -> str | None:
+    """The one line that refuses a command's argument holding a credential (None: it holds none), without repeating
+    it: a RUN or JOB, a URI or path of sync, eval, chat, merge, data check, an --endpoint-url, where a credential
+    pasted by mistake was repeated in the error (a traceback from botocore or huggingface_hub, for some). What it
+    holds: the value of a credential variable set here (secret_holders), a URI's user and password or a token as its
+    user, a signed URL's signature, a token's shape (an issued one in a path or URI: TOKEN_IN_PATH). launch's run keys
+    are refused by spec.build, key by key, in the same words."""
+    commands = "ftctl reads it by name from the environment where it runs"
+    if holders := secret_holders(value, environ=environ):
+        return (
+            f"{what} holds the value of {', '.join(holders)} (set here; not repeated): leave it out of {what}; "
+            f"{commands}."
+        )
+    if uri_credentials(value):
+        bare = URI_USERINFO.sub(lambda m: m.group(1), value)
+        shown = f" ({bare})" if not holds_credential(bare) else ""
+        return (
+            f"{what} holds a URI with a user and password, or a token as its user (not repeated here): give it without "
+            f"them{shown}, and the store's keys in its own variables ({_store_keys(value)}); {commands}."
+        )
+    what_held = credential_in(value, path=path_like(value))
+    if what_held == SIGNED_URL:
+        return (
+            f"{what} holds {what_held} (not repeated here): give the object's URI without it (s3://BUCKET/KEY, gs://..., "
+            f"az://..., hf://...) and the store's keys in their variables where you run ftctl (HF_TOKEN for the Hub)."
+        )
+    if what_held:
+        var = token_variable(value)
+        return f"{what} holds {what_held} (not repeated here): export it as {var} instead and leave it out of {what}; {commands}."
+    return None
+
+
+def _store_keys(value: str) -> str:
+    """The credential variables of the stores ``value``'s URIs name (every store's where it names none)."""
+    found = {
+        storage.REMOTE_SCHEMES[s][0]
+        for m in URI_USERINFO.finditer(value)
+        if (s := m.group(1)[:-3].lower()) in storage.REMOTE_SCHEMES
+    }
+    return "; ".join(_STORE_KEYS[p] for p in sorted(found) if p in _STORE_KEYS) or "; ".join(
+        f"{p}: {v}" for p, v in _STORE_KEYS.items()
+    )
+
+
+_SIGNED_PART = re.compile(f"({_SIGNED_NAME}){_SIGNED_VALUE}", re.I)
+
+
+def redacted(text: str, environ: typing.Mapping[str, str] | None = None) -> str:
+    """``text`` with each credential in it masked, for what ftctl prints or keeps of an error it did not write itself
+    (a library's exception in a failure record, any error line the CLI prints): the value of a credential variable set
+    in ``environ`` (is_secret_name; 8 characters or more, no flag's value nor a path) as <NAME>, a URI's user and
+    password, or a token as its user, as <credentials>, a signed URL's signature or token as <signature>, an issued
+    token's shape (TOKEN_IN_PATH) as <token>. A message that says a value by a way no check foresaw still hides it."""
+    environ = os.environ if environ is None else environ
+    held = [
+        (name, value)
+        for name, value in environ.items()
+        if len(value) >= 8
+        and value.strip().lower() not in FLAG_VALUES
+        and not value.startswith(("/", "~", "./"))
+        and is_secret_name(name, (), value)
+    ]
+    for name, value in sorted(held, key=lambda nv: -len(nv[1])):  # the longest first: one may hold another
+        text = text.replace(value, f"<{name}>")
+
+    def userinfo(m: re.Match) -> str:
+        password = m.group(3)
+        hidden = (password is not None and not re.fullmatch(r"\d+/.*", password)) or _token_user(m)
+        return f"{m.group(1)}<credentials>@" if hidden else m.group(0)
+
+    text = URI_USERINFO.sub(userinfo, text)
+    text = _SIGNED_PART.sub(lambda m: f"{m.group(1)}<signature>", text)
+    return TOKEN_IN_PATH.sub("<token>", text)
