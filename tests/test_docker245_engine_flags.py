@@ -79,7 +79,7 @@ def test_a_rootless_engine_runs_the_container_as_its_root_without_raising_memloc
     assert "memlock=-1" in rootful and "stack=67108864" in rootful
 
     monkeypatch.setenv("FAKE_SECURITY", json.dumps(["name=seccomp,profile=builtin", "name=rootless", "name=cgroupns"]))
-    engine._rootless.cache_clear()
+    engine._info.cache_clear()
     rootless = _argv(prepared(backend="docker", gpus="1xA100", model_name_or_path=MODEL, output_dir=out).text)
     assert rootless[rootless.index("--user") + 1] == "0:0"
     assert "--group-add" not in rootless and "memlock=-1" not in rootless and "stack=67108864" in rootless
@@ -88,11 +88,13 @@ def test_a_rootless_engine_runs_the_container_as_its_root_without_raising_memloc
 
 def test_podman_says_whether_it_is_rootless(tmp_path, monkeypatch):
     exe = tmp_path / "podman"
-    exe.write_text('#!/bin/sh\n[ "$1 $3" = "info {{.Host.Security.Rootless}}" ] && echo "$ROOTLESS"\n')
+    exe.write_text(
+        '#!/bin/sh\n[ "$1 $3" = "info json" ] && echo "{\\"host\\": {\\"security\\": {\\"rootless\\": $ROOTLESS}}}"\n'
+    )
     exe.chmod(0o755)
     monkeypatch.setenv("ROOTLESS", "true")
     assert engine.rootless(str(exe)) is True
-    engine._rootless.cache_clear()
+    engine._info.cache_clear()
     monkeypatch.setenv("ROOTLESS", "false")
     assert engine.rootless(str(exe)) is False
     assert engine.rootless(str(tmp_path / "none")) is False  # none installed: a dry run renders rootful
@@ -151,7 +153,7 @@ def test_rootless_dockers_missing_gpu_runtime_is_set_up_for_the_users_own_daemon
     from ftctl.backend import write_files
 
     monkeypatch.setenv("FAKE_SECURITY", json.dumps(["name=rootless"]))
-    engine._rootless.cache_clear()
+    engine._info.cache_clear()
     prep = prepared(backend="docker", gpus="1xA100", model_name_or_path=MODEL, output_dir=str(tmp_path / "o"))
     write_files(prep)
     with pytest.raises(NotSent) as e:

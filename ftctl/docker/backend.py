@@ -93,6 +93,16 @@ ROOTLESS_GPU_RUNTIME_FIX = (
     "--config=$HOME/.config/docker/daemon.json && systemctl --user restart docker` and `sudo nvidia-ctk config --set "
     "nvidia-container-cli.no-cgroups --in-place`"
 )
+# what doctor says of a rootless engine (docker.engine.Info.rootless), and of docker's daemon with SELinux labels
+ROOTLESS_SAYS = (
+    "the container runs as its root (--user 0:0), which is you on this host: what it writes is yours; your other "
+    "groups are not in its user namespace (data you read only through one of them cannot be read there), and its "
+    "memlock limit is not raised (--ulimit memlock=-1: refused rootless; RDMA needs it, a one-host run does not)"
+)
+SELINUX_SAYS = (
+    "docker labels its containers: a run's container is not (--security-opt=label=disable), so it reads your files "
+    "and the GPUs without relabelling them"
+)
 # what a launch copies into a container on another machine at most (its local data, model, chat template, checkpoint to
 # resume): docker cp streams it through the engine's connection (ssh ...) with every launch
 SHIP_LIMIT = 2 * 1024**3
@@ -168,11 +178,12 @@ class DockerBackend(Backend):
         return None if docker_engine.remote() else local_gpus()  # an engine elsewhere: its GPUs, not seen here
 
     def render(self, spec, plan, paths, spec_json):
-        # the engines differ in how a container gets GPUs, and podman in its SELinux labels (a CPU run's mounts too)
+        # the engines differ in how a container gets GPUs, and podman in its SELinux labels (a CPU run's mounts too);
+        # what the engine says (rootless, SELinux, its log driver) sets the container's user, labels and log
         kind = docker_engine.kind()
         shipped = docker_engine.ships() or ""
-        rootless = docker_engine.rootless()
-        text = docker_render.render(spec, plan, str(paths.root), kind, docker_engine.command(), shipped, rootless)
+        info = docker_engine.info()
+        text = docker_render.render(spec, plan, str(paths.root), kind, docker_engine.command(), shipped, info)
         script = "#!/bin/sh\n" + (text if shipped else "exec " + text)  # shipped: what ftctl sent, its tar not here
         return text, {paths.spec.name: spec_json, paths.docker_script.name: script}
 
@@ -388,9 +399,19 @@ class DockerBackend(Backend):
         if state is None or state.word != "exited" or not self._stopped(ref, state.code):
             return None
         goes_on = f": the same `ftctl launch` {resumes_from(ref)}"
+        if state.code == STOPPED_EXIT and self._before_training(ref, state.ran):
+            # its init gave torchrun the SIGTERM before torchrun had a handler: it ended, as a process without one
+            return f"it stopped before its trainer started training, so nothing was saved{goes_on}"
         if state.code == STOPPED_EXIT:
             return f"its trainer saved a checkpoint as it stopped{goes_on}"
         return f"no checkpoint was saved as it stopped ({killed}){goes_on}"
+
+    def _before_training(self, ref: JobRef, ran: tuple[float, float | None] | None) -> bool:
+        """Whether the container (that ``ran`` then) ended before its trainer started training: no start record of
+        its own where it writes (trainer_paths). False where that cannot be read (an object store's staging dir
+        elsewhere)."""
+        paths = self.trainer_paths(ref)
+        return paths is not None and paths.metrics.parent.is_dir() and not trainer_started(paths, ran, None)
 
     def _stopped(self, ref: JobRef, code: int) -> bool:
         """Whether a container that exited with ``code`` was stopped from outside (docker stop or kill): STOPPED_EXIT
@@ -420,7 +441,13 @@ class DockerBackend(Backend):
             said = f"podman {version}'s docker API, through {docker}"
         else:
             said = f"{'daemon' if kind == 'docker' else 'podman'} {version} ({docker}{f': {why}' if why else ''})"
-        click.echo(f"docker:  {said}{f' on another machine: {where}' if where else ''}")
+        info = docker_engine.info(docker)
+        rootless = ", rootless" if info.rootless else ""
+        click.echo(f"docker:  {said}{rootless}{f' on another machine: {where}' if where else ''}")
+        if info.rootless:
+            click.echo(f"user:    {ROOTLESS_SAYS}")
+        if info.selinux and kind == "docker":  # podman's containers are unlabelled whatever the host
+            click.echo(f"selinux: {SELINUX_SAYS}")
         ok = True
         if where:
             click.echo(
@@ -508,6 +535,17 @@ def _no_cdi() -> str:
 SEND_FIXES = (
     ("could not select device driver", GPU_RUNTIME_FIX),
     ("unresolvable CDI devices", CDI_FIX),
+    # --init: podman's catatonit (a package of its own on Debian and Ubuntu), docker's docker-init (tini)
+    (
+        "container-init binary not found",
+        "install catatonit, podman's init (`sudo apt install catatonit`, `sudo dnf install catatonit`)",
+    ),
+    # (Docker's packages ship docker-init; a daemon from bare binaries, some snaps and distributions have none)
+    (
+        '"docker-init": executable file not found',
+        'install tini, docker\'s init, where the daemon finds it: as docker-init on its PATH, or named by "init-path" '
+        "in its daemon.json",
+    ),
     # podman resolves a short name (ftctl:test) only through registries.conf's unqualified-search-registries
     (
         "did not resolve to an alias",
@@ -673,7 +711,7 @@ def _ship(docker: str, where: str, rendered: Rendered) -> None:
         str(rendered.paths.root),
         kind,
         docker_engine.command(),
-        docker_engine.rootless(docker),
+        docker_engine.info(docker),
     )
     name = rendered.spec.name
     steps = [(create, "create"), (cp, "cp"), (start, "start")]

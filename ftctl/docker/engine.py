@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import FtctlError
@@ -150,30 +151,54 @@ def _ask(argv: list[str]) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def rootless(exe: str | None = None) -> bool:
-    """Whether the engine ``exe`` (default: command()'s) runs its containers rootless (docker's rootless mode, podman
-    run by a user other than root), as it says: ``docker info``'s SecurityOptions name "rootless", ``podman info``'s
-    Host.Security.Rootless. There the container's uid 0 is the launching user and its other uids are that user's
-    subordinate ones, which cannot write what the user owns (a container of ``--user UID:GID`` was refused its own run
-    dir: Permission denied), and no limit can be raised past the user's hard one (``--ulimit memlock=-1``: "error
-    setting rlimit type 8: operation not permitted"): docker.render. False where none answers (a dry run without an
-    engine renders a rootful one's command)."""
+@dataclass(frozen=True)
+class Info:
+    """What the engine says of how it runs containers, which the run's ``docker run`` follows (docker.render):
+    ``docker info``'s SecurityOptions (names "rootless", "selinux") and LoggingDriver, ``podman info``'s
+    Host.Security (Rootless, SELinuxEnabled) and Host.LogDriver. The default is docker's own (rootful, no SELinux
+    labels, the json-file log driver): a dry run without an engine renders its command."""
+
+    # containers in the launching user's user namespace (docker's rootless mode, podman run by a user other than
+    # root): their uid 0 is that user and their other uids its subordinate ones, which cannot write what the user
+    # owns (a container of ``--user UID:GID`` was refused its own run dir: Permission denied), and no limit can be
+    # raised past the user's hard one (``--ulimit memlock=-1``: "error setting rlimit type 8: operation not
+    # permitted")
+    rootless: bool = False
+    # the engine labels its containers for SELinux (docker's daemon with --selinux-enabled: Fedora's, RHEL's;
+    # podman on an SELinux host), so their processes may not read the user's files of another label
+    selinux: bool = False
+    log_driver: str = "json-file"  # where the container's output goes: json-file, local, journald, k8s-file ...
+
+
+def info(exe: str | None = None) -> Info:
+    """What the engine ``exe`` (default: command()'s) says (Info); Info() where none answers."""
     found = shutil.which(exe or command())
     if not found:
-        return False
-    return _rootless(found, tuple(os.environ.get(v, "") for v in ENDPOINT_ENV))
+        return Info()
+    return _info(found, tuple(os.environ.get(v, "") for v in ENDPOINT_ENV))
 
 
-@functools.cache  # asked once a launch (render, and a shipped run's commands)
-def _rootless(exe: str, _env: tuple[str, ...]) -> bool:
-    if _podman_cli(exe):
-        return _ask([exe, "info", "--format", "{{.Host.Security.Rootless}}"]) == "true"
+@functools.cache  # asked once a launch (render, and a shipped run's commands), and by doctor
+def _info(exe: str, _env: tuple[str, ...]) -> Info:
     try:
-        info = json.loads(_ask([exe, "info", "--format", "{{json .}}"]) or "{}")
+        said = json.loads(_ask([exe, "info", "--format", "json" if _podman_cli(exe) else "{{json .}}"]) or "{}")
     except ValueError:
-        return False
-    options = info.get("SecurityOptions") if isinstance(info, dict) else None
-    return isinstance(options, list) and "name=rootless" in options
+        return Info()
+    said = said if isinstance(said, dict) else {}
+    if _podman_cli(exe):  # podman's own keys
+        host = said.get("host") if isinstance(said.get("host"), dict) else {}
+        security = host.get("security") if isinstance(host.get("security"), dict) else {}
+        driver = str(host.get("logDriver") or "")
+        return Info(security.get("rootless") is True, security.get("selinuxEnabled") is True, driver)
+    options = said.get("SecurityOptions")
+    names = {o.split(",")[0] for o in options if isinstance(o, str)} if isinstance(options, list) else set()
+    return Info("name=rootless" in names, "name=selinux" in names, str(said.get("LoggingDriver") or "json-file"))
+
+
+def rootless(exe: str | None = None) -> bool:
+    """Whether the engine ``exe`` (default: command()'s) runs its containers rootless (Info.rootless); False where
+    none answers (a dry run without an engine renders a rootful one's command)."""
+    return info(exe).rootless
 
 
 SAME_PATHS_ENV = "FTCTL_DOCKER_SAME_PATHS"  # 1: a remote engine's machine sees this one's paths at the same place

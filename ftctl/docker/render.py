@@ -41,6 +41,7 @@ import os
 from dataclasses import dataclass
 
 from ftctl.checkpoints.staging import STAGING_ENV
+from ftctl.docker.engine import Info
 from ftctl.docker.image import check_reference, default_image
 from ftctl.errors import FtctlError
 from ftctl.hub import NETWORK_ENV
@@ -54,6 +55,10 @@ from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
 # Slurm's time limit gives a run too (signal_lead_s, a Slurm key: its default); a run whose checkpoint takes longer gets
 # more (stop_grace_s), the container's own (--stop-timeout) and `ftctl cancel`'s (docker.backend: --wait)
 STOP_GRACE_S = RunSpec.signal_lead_s
+# a docker container's log at most (log_args): LOG_MAX_FILES files of LOG_MAX_SIZE, the oldest dropped; a trainer
+# logs a line every logging_steps (no progress bars), so only a run that prints far more than that loses its start
+LOG_MAX_SIZE = "100m"
+LOG_MAX_FILES = 5
 CDI_KIND = "nvidia.com/gpu"  # the kind of NVIDIA's CDI devices (nvidia-ctk cdi generate): --device nvidia.com/gpu=0
 # a shipped container's caches, HOME and staging dir: under /tmp, which any user may write in an image (1777), as
 # --user UID:GID has no home there
@@ -119,13 +124,13 @@ def argv(
     engine: str = "docker",
     command: str = "docker",
     shipped: bool = False,
-    rootless: bool = False,
+    info: Info = Info(),
 ) -> list[str]:
     """``docker run`` of the run; ``command``: the engine's command (docker.engine: docker, podman or a path);
     ``engine``: its kind, "docker" or "podman" (podman itself, or podman-docker's ``docker``), which differ in how a
     container gets GPUs: docker's --gpus, podman's CDI devices; ``shipped``: ``docker create`` of a container on
-    another machine, nothing of this one mounted (shipped_commands); ``rootless``: the engine runs its containers in
-    the launching user's user namespace (docker.engine.rootless): see user_args."""
+    another machine, nothing of this one mounted (shipped_commands); ``info``: what the engine says of how it runs
+    containers (docker.engine.info): rootless (see user_args), SELinux labels, its log driver (log_args)."""
     if plan.nodes > 1:
         raise FtctlError("The docker backend runs on one host: use --backend slurm or sky for several nodes.")
     image = run_image(spec, plan)
@@ -137,11 +142,18 @@ def argv(
         *(["create"] if shipped else ["run", "--detach"]),
         "--name",
         spec.name,
-        *user_args(shipped, rootless),
-        # SELinux (Fedora, RHEL: where podman is the engine) denies a container its bind mounts of the user's files
-        # and the GPUs' device nodes otherwise (NVIDIA's CDI docs run podman so), a CPU run's mounts too, and through
-        # Docker's CLI as well (podman-api); docker's daemon labels nothing
-        *(["--security-opt=label=disable"] if engine in ("podman", "podman-api") else []),
+        *user_args(shipped, info.rootless),
+        # SELinux (Fedora, RHEL: where podman is the engine, and docker's daemon where it runs --selinux-enabled) denies
+        # a container its bind mounts of the user's files and the GPUs' device nodes otherwise (NVIDIA's CDI docs run
+        # podman so), a CPU run's mounts too, and through Docker's CLI as well (podman-api). Not the mounts' :z, which
+        # relabels the host's files (the user's data and HF cache, file by file, at every launch) for containers only
+        *(["--security-opt=label=disable"] if engine in ("podman", "podman-api") or info.selinux else []),
+        # an init as the container's PID 1 (docker's tini, podman's catatonit), torchrun its child: `docker stop`'s
+        # SIGTERM reaches torchrun (to it alone: it asks its workers for a checkpoint) even before it has a handler
+        # (a PID 1 ignores a signal it has none for: the container waited out --stop-timeout, then was killed), and
+        # the processes a killed worker leaves (data loader, compile workers) are reaped, not left as zombies
+        "--init",
+        *log_args(engine, info.log_driver),
         "--ipc=host",
         "--network=host",
         # what `docker stop NAME` by hand, a daemon's restart (`systemctl restart docker`) and a host's shutdown give
@@ -149,7 +161,7 @@ def argv(
         f"--stop-timeout={stop_grace_s(spec, plan)}",
         # no limit can be raised past the user's hard one where the engine is rootless (EPERM: the container never
         # starts); memlock matters for RDMA, which one host's run does not use
-        *([] if rootless else ["--ulimit", "memlock=-1"]),
+        *([] if info.rootless else ["--ulimit", "memlock=-1"]),
         "--ulimit",
         "stack=67108864",
     ]
@@ -197,6 +209,18 @@ def user_args(shipped: bool = False, rootless: bool = False) -> list[str]:
     uid, gid, _, groups = host_user()
     groups = () if shipped else groups  # this host's groups: for data it mounts, which a shipped run is not
     return ["--user", f"{uid}:{gid}", *(a for g in groups for a in ("--group-add", str(g)))]
+
+
+def log_args(engine: str, driver: str) -> list[str]:
+    """The container's log kept to LOG_MAX_FILES files of LOG_MAX_SIZE where its engine is docker and its log driver
+    json-file (docker's default), which otherwise keeps every line of a container's output, for days of a run, on the
+    daemon's disk (``docker logs`` reads the rotated files too). Docker's ``local`` driver rotates its own (5 files of
+    20 MB), journald its journal, and docker refuses these options for a driver that does not take them (journald).
+    Not podman's: its k8s-file driver does not rotate at max-size but truncates the whole log (measured, podman 4.3.1:
+    200 lines to 1, and the trainer's error line written after them lost, which `ftctl status` and `logs` read)."""
+    if engine != "docker" or driver != "json-file":
+        return []
+    return [f"--log-opt=max-size={LOG_MAX_SIZE}", f"--log-opt=max-file={LOG_MAX_FILES}"]
 
 
 def run_image(spec: RunSpec, plan: Plan) -> str:
@@ -320,14 +344,14 @@ def shipped_inputs(spec: RunSpec) -> list[str]:
 
 
 def shipped_commands(
-    spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker", rootless: bool = False
+    spec: RunSpec, plan: Plan, run_dir: str, engine: str = "docker", command: str = "docker", info: Info = Info()
 ) -> list[list[str]]:
     """A run shipped to an engine on another machine: ``docker create`` (argv, shipped), ``docker cp`` of a tar of its
     spec.json and shipped_inputs from stdin into the container's root (``--archive``: as the tar's owner, the
     launching user, who the container runs as; podman's takes the container's user), ``docker start``."""
     name = spec.name
     return [
-        argv(spec, plan, run_dir, engine, command, shipped=True, rootless=rootless),
+        argv(spec, plan, run_dir, engine, command, shipped=True, info=info),
         [command, "cp", "--archive", "-", f"{name}:/"],
         [command, "start", name],
     ]
@@ -349,13 +373,13 @@ def render(
     engine: str = "docker",
     command: str = "docker",
     shipped: str = "",
-    rootless: bool = False,
+    info: Info = Info(),
 ) -> str:
     """The ``docker run`` line; ``shipped`` (where the engine runs, docker.engine.ships): shipped_commands, the tar
     ``docker cp`` reads said in a comment."""
     if not shipped:
-        return join(argv(spec, plan, run_dir, engine, command, rootless=rootless)) + "\n"
-    create, cp, start = shipped_commands(spec, plan, run_dir, engine, command, rootless)
+        return join(argv(spec, plan, run_dir, engine, command, info=info)) + "\n"
+    create, cp, start = shipped_commands(spec, plan, run_dir, engine, command, info)
     sent = json.dumps([os.path.join(os.path.abspath(run_dir), SPEC_FILE), *shipped_inputs(spec)])  # one line
     name = os.path.basename(command)
     made = join(volume_command(run_image(spec, plan), command))
