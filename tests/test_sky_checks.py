@@ -440,3 +440,11 @@ def test_what_a_git_repository_ignores_is_not_left_out_unsaid(tmp_path):
 
     src = stage_source(tmp_path / "runs" / "r" / "src")
     assert (src / "ftctl" / "checkpoints").is_dir() and _skypilot_leaves_out(src) == []
+
+
+def test_a_key_given_at_its_default_is_given():
+    """`-o idle_minutes=30 --down` (30 is the default): the user asked for an autostop that --down makes moot, as at
+    any other value; before, a value equal to the default read as unset and the contradiction passed silently."""
+    with pytest.raises(FtctlError, match="idle_minutes=30 with --down"):
+        sky(["idle_minutes=30"], down=True)
+    assert sky([], down=True).spec.down

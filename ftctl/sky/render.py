@@ -58,7 +58,7 @@ from ftctl.preflight import disk_need
 from ftctl.runpaths import SOURCE_DIR, TASK_FILE
 from ftctl.sky.cost import memory_request
 from ftctl.sky.inputs import Shipped, cluster_name, node_dir, run_key, shipping_note
-from ftctl.spec import FIELDS, RunSpec
+from ftctl.spec import RunSpec
 
 HEREDOC = "FTCTL_SPEC_EOF"
 # the run's python on a node: the one of the torchrun on its PATH, where the setup put the stack (node_stack)
@@ -165,11 +165,6 @@ def run_requirements(spec: RunSpec) -> list[str]:
     reqs = importlib.metadata.requires("ftctl") or []
     wanted = {f'extra == "{e}"' for e in extras}
     return sorted({r.split(";")[0].strip() for r in reqs if any(w in r for w in wanted)})
-
-
-def given(spec: RunSpec, key: str) -> bool:
-    """Whether the run sets ``key``: anything but RunSpec's default (as ftctl.backend reads a set key)."""
-    return getattr(spec, key) != FIELDS[key].default
 
 
 def settle(spec: RunSpec, plan: Plan) -> RunSpec:
@@ -293,7 +288,7 @@ def disk_size(spec: RunSpec, plan: Plan) -> int:
         return spec.disk_size
     need = disk_needed_gib(spec, plan)
     enough = max(MIN_DISK_GIB, math.ceil(need / DISK_STEP_GIB) * DISK_STEP_GIB)
-    if not given(spec, "disk_size"):
+    if not spec.gave("disk_size"):
         return enough
     if spec.disk_size < need:
         parts = ", ".join(f"~{size:.0f} for {what}" for what, size in disk_parts_gib(spec, plan))
@@ -309,7 +304,7 @@ def restarts_on_errors(spec: RunSpec, plan: Plan) -> int:
     """max_requeues as SkyPilot reads it: a managed job's max_restarts_on_errors, unless given
     MANAGED_RESTARTS_ON_ERRORS (MANAGED_RESTARTS_ON_ERRORS_MULTI_NODE for several nodes). A cluster job keeps the
     spec's (ignored_options refuses one given there)."""
-    if spec.managed_job and not given(spec, "max_requeues"):
+    if spec.managed_job and not spec.gave("max_requeues"):
         return MANAGED_RESTARTS_ON_ERRORS_MULTI_NODE if plan.nodes > 1 else MANAGED_RESTARTS_ON_ERRORS
     return spec.max_requeues
 
@@ -456,7 +451,7 @@ def ignored_options(spec: RunSpec) -> list[str]:
             )
         if spec.down:
             out.append(f"--down: {why}: drop --down.")
-        if given(spec, "idle_minutes"):
+        if spec.gave("idle_minutes"):
             out.append(f"-o idle_minutes={spec.idle_minutes}: {why}: drop it.")
         if spec.resume == "never":
             out.append(
@@ -465,16 +460,16 @@ def ignored_options(spec: RunSpec) -> list[str]:
                 "wrote to."
             )
         return out
-    if given(spec, "max_requeues"):
+    if spec.gave("max_requeues"):
         out.append(
             f"-o max_requeues={spec.max_requeues} bounds a managed job's restarts after its own failures: add --spot "
             "or --managed, or drop it (a job on a cluster is not restarted)."
         )
-    if given(spec, "idle_minutes") and spec.down:
+    if spec.gave("idle_minutes") and spec.down:
         out.append(
             f"-o idle_minutes={spec.idle_minutes} with --down: the cluster is torn down when the job ends: choose one."
         )
-    elif given(spec, "idle_minutes") and infra_kind(spec) in NO_AUTOSTOP_INFRAS:
+    elif spec.gave("idle_minutes") and infra_kind(spec) in NO_AUTOSTOP_INFRAS:
         out.append(
             f"-o idle_minutes={spec.idle_minutes}: SkyPilot 0.14 has no idle autostop on --infra {spec.infra}: drop "
             "it, and tear the cluster down with --down or `ftctl down JOB`."
