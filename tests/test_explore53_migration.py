@@ -116,7 +116,7 @@ def test_a_qlora_py_line_keeps_its_dataset_and_its_defaults_ask_for_nothing_refu
         overrides=["group_by_length=true", "do_mmlu_eval=true", "dataset_format=alpaca", "bits=4"], notes=notes
     )
     assert spec.method == "qlora"
-    assert any(n.startswith("group_by_length, do_mmlu_eval (-o): left out") for n in notes), notes
+    assert any(n.startswith("group_by_length") and "(-o): left out" in n for n in notes), notes
     named = _said("launch", "--model_name_or_path", "m/x", "--dataset", "alpaca", "--bits", "4")[-1]
     assert "--data" not in named  # qlora.py's own dataset names are no file: left out, said
 
