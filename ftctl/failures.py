@@ -44,7 +44,7 @@ def record(kind: str, message: str, directory: str | None = None) -> Path | None
     password, a signed URL's signature), as the launcher prints the record and `ftctl status` reads it."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r}: one of {', '.join(KINDS)}")
-    message = _redacted(message)  # a library's error may name a credential (a URL's token): the record keeps none
+    message = masked(message)  # a library's error may name a credential (a URL's token): the record keeps none
     if kind != "interrupted":
         tell_torchrun(message)
     directory = directory or os.environ.get(FAILURE_DIR_ENV)
@@ -64,9 +64,10 @@ def record(kind: str, message: str, directory: str | None = None) -> Path | None
     return path
 
 
-def _redacted(message) -> str:
+def masked(message) -> str:
     """``message`` as text with its credentials masked (secret_checks.redacted, imported here: the Slurm renderer and
-    ftctl's torchrun import this module for its words alone)."""
+    ftctl's torchrun import this module for its words alone): what a record keeps, and the trainer's ``error:`` line
+    where no launcher reports the records (a Slurm job's log, a container's)."""
     from ftctl.secret_checks import redacted
 
     return redacted(str(message))
@@ -82,7 +83,7 @@ def tell_torchrun(message: str) -> None:
     (every rank checks the data) its first line: a bad dataset's rows are not repeated a rank, and whichever rank
     torchrun takes for the root cause says what failed. Nothing where torchrun did not start this process; a file that
     cannot be written is passed over (the ``error:`` line says it)."""
-    said = _redacted(message).strip()
+    said = masked(message).strip()
     path = os.environ.get(ELASTIC_ERROR_ENV)
     if not path:
         return

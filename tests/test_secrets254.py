@@ -269,3 +269,16 @@ def test_hint_paths_paste_back_whole():
     """What shlex.quote gives a hostile path is one word to bash (the form the patch prints)."""
     r = subprocess.run(["bash", "-c", f"printf '%s\\0' {shlex.quote(HOSTILE)}"], capture_output=True, text=True)
     assert r.stdout.split("\0")[:-1] == [HOSTILE]
+
+
+@needs_patch
+def test_the_trainers_error_line_masks_credentials(monkeypatch, capsys, secrets_set):
+    """Where no launcher reports the records (a Slurm job, a container), the trainer prints its error into the log."""
+    from ftctl.trainer.__main__ import Failure
+
+    for name in (envvars.FAILURE_DIR_ENV, envvars.STATUS_ENV, envvars.ELASTIC_ERROR_ENV, "FTCTL_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    message = f"HTTPError: 401 for url https://h/x?X-Amz-Signature={SIG} with {AWS}"
+    assert Failure(0).report("error", message, 1, RuntimeError(message)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: HTTPError") and SIG not in err and AWS not in err, err
