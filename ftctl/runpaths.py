@@ -145,6 +145,25 @@ def user_name() -> str:
         return f"uid {os.getuid()}"
 
 
+def owned_by_another(path) -> str | None:
+    """ "alice's, drwxr-sr-x" for a file or directory another user owns: in a directory a lab shares, whom to ask (and
+    what its mode lets the group do) where this user may not write; None for this user's own, or one not there."""
+    import pwd
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if st.st_uid == os.getuid():
+        return None
+    try:
+        name = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:  # no name for that uid here (a container's)
+        name = f"uid {st.st_uid}"
+    return f"{name}'s, {stat.filemode(st.st_mode)}"
+
+
 def as_mkdir_made(directory) -> None:
     """The directory ``directory`` (made by tempfile.mkdtemp, 0700, to be renamed into place) as mkdir would have
     made it: the umask's mode, and the setgid bit of its parent's, which a plain chmod cleared. In a group's shared

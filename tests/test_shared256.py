@@ -145,3 +145,38 @@ def test_a_lease_in_a_shared_bucket_names_the_user_whose_trainer_holds_it(monkey
     assert lease.describe(slurm, now=1) == "Slurm job 7 on node3 by alice (renewed 1 s ago)"
     older = {"holder": "Slurm job 7", "host": "node3", "renewed_unix": 0}  # an older ftctl's lease: no user
     assert lease.describe(older, now=1) == "Slurm job 7 on node3 (renewed 1 s ago)"
+
+
+def test_a_directory_of_another_user_is_named_with_its_owner_and_mode(tmp_path):
+    """Whom to ask in a shared directory (runpaths.owned_by_another): a uid without a name is its number."""
+    from ftctl.runpaths import owned_by_another
+
+    assert owned_by_another(tmp_path) is None  # this user's own
+    assert owned_by_another(tmp_path / "none") is None
+    if os.getuid() != 0:
+        pytest.skip("giving a directory to another uid needs root")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 54321, -1)
+    assert owned_by_another(theirs) == "uid 54321's, drwxr-xr-x"
+
+
+def test_an_output_in_a_colleagues_directory_names_them_and_the_groups_way(tmp_path, monkeypatch):
+    """PATCHED (preflight.py). Bob's launch into /scratch/lab/runs/x, runs/ made by Alice under umask 022: "cannot
+    write in /scratch/lab/runs (Permission denied); choose another --output, or fix the permissions": whose, and
+    how a group shares runs, was not said. (Root writes anywhere: the refusal stands in for it.)"""
+    import errno
+
+    from ftctl import preflight
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setattr("ftctl.runpaths.owned_by_another", lambda path: "alice's, drwxr-sr-x")
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(preflight.tempfile, "TemporaryFile", refused)
+    [finding] = preflight._check_local_output(str(runs / "x"), str(runs / "x"))
+    assert finding.what.endswith(f"cannot write in {runs} (Permission denied: alice's, drwxr-sr-x)"), finding
+    assert f"chmod g+w {runs}" in finding.fix and "umask 002" in finding.fix, finding
