@@ -170,6 +170,7 @@ COMMANDS = [
     ["status", HF],
     ["logs", HF],
     ["cancel", HF],
+    ["build", "--dry-run", "--gpus", "A100", "--push", f"ghcr.io/{HF}"],
 ]
 
 
