@@ -83,8 +83,8 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     """A FastChat or TRL command line's --KEY VALUE flags as this command takes them (said one at a time, each cost
     a retry): its flag for the key where it has one, else -o KEY=VALUE; argparse's lists (--lora_target_modules
     q_proj v_proj) joined with commas; TRL's --dataset_name and qlora.py's --dataset as --data. A flag that names no
-    run key but is explained (torchrun's --nproc_per_node), or whose value ftctl refuses (--push_to_hub), is left out
-    and named. Where the line is in a tool's vocabulary (TRL's --use_peft, --dataset_name; FastChat's --q_lora), the
+    run key but is explained (torchrun's --nproc_per_node), or that pushes to the Hub (--push_to_hub), is left out
+    and named; one whose value ftctl refuses otherwise (--dataset_train_split train_sft) stays, named with why. Where the line is in a tool's vocabulary (TRL's --use_peft, --dataset_name; FastChat's --q_lora), the
     tool's defaults it leaves out are written into it, as a run file in that vocabulary trains (spec.TOOL_DEFAULTS),
     and TRL's line without --use_peft trains every weight (--method fft). None where fewer than two name run keys."""
     import shlex
@@ -94,7 +94,7 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     from ftctl.tool_vocabulary import canonical_key
 
     known = {o for p in command.params for o in p.opts}
-    line, turned, dropped, refused, args, keys, names = ["ftctl"], 0, [], [], list(argv), {}, []
+    line, turned, dropped, refused, kept, args, keys, names = ["ftctl"], 0, [], [], [], list(argv), {}, []
     while args:
         word = args.pop(0)
         name, eq, value = word.partition("=")
@@ -119,8 +119,10 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
             dropped.append(name)
             continue
         elif why := _refused(key, value):
-            refused.append(f"{name}: {why}")
-            continue
+            if key in PUSHES:  # what it asks for comes after the run: the run trains the same without it
+                refused.append(f"{name}: {why}")
+                continue
+            kept.append(f"{name} {value}: {why}")  # it asks for other data or another run: the user's to change
         flag = flag_for(key, command)
         line += [flag, value] if flag else ["-o", f"{key}={value}"]
         turned += 1
@@ -129,6 +131,7 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
         return None
     left = f" (left out: {', '.join(dropped)}; `ftctl keys NAME` says what each is here)" if dropped else ""
     left += f" (refused here, so left out: {'; '.join(refused)})" if refused else ""
+    left += f" (refused here, change or leave out: {'; '.join(kept)})" if kept else ""
     tool_line, tool_said = _tool_defaults(names, keys, argv, command)
     if tool_line:
         line += tool_line
@@ -141,6 +144,9 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     )
 
 
+# keys of other tools that push the trained model to the Hub after the run, refused here (ftctl merge, then hf upload):
+# a pasted line leaves them out, as the run trains the same without them
+PUSHES = ("push_to_hub", "hub_model_id", "hub_strategy")
 # a dataset's flags of other tools, data_path here: TRL's dataset_name, qlora.py's dataset (a file, or a Hub id)
 DATA_FLAGS = ("dataset_name", "dataset")
 

@@ -145,3 +145,13 @@ def test_qlora_pys_input_output_rows_are_said_as_prompt_completion_too():
     assert "or 'input' -> 'prompt', 'output' -> 'completion' (qlora.py's input-output" in problem, problem
     (other,) = to_row("a.jsonl line 1", {"question": "Q", "answer": "A"}).problems
     assert "qlora.py" not in other
+
+
+def test_a_refused_flag_that_changes_what_trains_stays_in_the_line_named():
+    """Left out of the line, --dataset_train_split train_sft would train the train split unsaid: it stays, named with
+    why, for the user to change; a Hub push (the run trains the same without it) is left out."""
+    said = _said("launch", "--model_name_or_path", "m/x", "--dataset_name", "o/d", "--dataset_train_split", "train_sft")
+    assert "-o dataset_train_split=train_sft" in said[-1]
+    assert (
+        "(refused here, change or leave out: --dataset_train_split train_sft: a Hub dataset's train split" in said[-2]
+    )
