@@ -98,6 +98,9 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     while args:
         word = args.pop(0)
         name, eq, value = word.partition("=")
+        if word.endswith(".py") and not name.startswith("-"):  # the other tool's script (trl/scripts/sft.py)
+            dropped.append(word)
+            continue
         if not name.startswith("--") or name in known or name in SKY_FLAGS or not run_key_hint(name, command):
             line.append(word)
             continue

@@ -53,6 +53,7 @@ ALIASES = {
     "random_state": "seed",  # Unsloth's get_peft_model
 }
 _TORCHRUN = "torchrun's: ftctl runs torchrun itself"
+_ACCELERATE = "accelerate launch's (TRL's examples start sft.py with it): ftctl starts the processes itself"
 # Unknown keys whose nearest spelling means something else: what they are here.
 MEANT = {
     "freeze_layers": "--method sft trains the top trainable_layers blocks and the head, the rest frozen.",
@@ -108,6 +109,16 @@ MEANT = {
     "node_rank": _TORCHRUN + "; each node's rank is the one Slurm or SkyPilot gives it.",
     "master_port": _TORCHRUN + ", its rendezvous on the job's first node at -o rdzv_port (29500).",
     "master_addr": _TORCHRUN + ", its rendezvous on the job's first node at -o rdzv_port (29500).",
+    # accelerate launch's, from TRL's example lines (accelerate launch --config_file multi_gpu.yaml sft.py ...)
+    "num_processes": _ACCELERATE + ", one a GPU of --gpus (--gpus 8xA100: 8 a node).",
+    "num_machines": _ACCELERATE + "; the nodes are --nodes N (or --gpus 2x8xH100).",
+    "machine_rank": _ACCELERATE + "; each node's rank is the one Slurm or SkyPilot gives it.",
+    "main_process_ip": _ACCELERATE + ", their rendezvous on the job's first node at -o rdzv_port (29500).",
+    "main_process_port": _ACCELERATE + ", their rendezvous on the job's first node at -o rdzv_port (29500).",
+    "config_file": _ACCELERATE + "; its config's strategy (multi_gpu, deepspeed_zero3, fsdp ...) is the plan's: -o "
+    "strategy=NAME forces one (ddp, zero2, zero3, fsdp). ftctl's own run file is -c FILE.",
+    "mixed_precision": _ACCELERATE + "; the precision is the plan's: -o bf16=true or -o fp16=true asks for one.",
+    "multi_gpu": _ACCELERATE + "; several GPUs are --gpus (--gpus 8xA100).",
     # a credential as a run key would be written into the job's files: the job reads each from its variable
     "hub_token": "The Hub's token is HF_TOKEN, a secret passed by name: export HF_TOKEN where you launch (--secret "
     "HF_TOKEN is a default), never as a value.",

@@ -155,3 +155,14 @@ def test_a_refused_flag_that_changes_what_trains_stays_in_the_line_named():
     assert (
         "(refused here, change or leave out: --dataset_train_split train_sft: a Hub dataset's train split" in said[-2]
     )
+
+
+def test_accelerate_launchs_flags_and_the_script_are_left_out_named():
+    """`accelerate launch --config_file multi_gpu.yaml --num_processes=1 trl/scripts/sft.py ...` pasted from
+    --config_file on was "Did you mean '--config'?" (accelerate's config read as a run file); the script path stayed
+    in the line as the run file."""
+    line = "--config_file multi_gpu.yaml --num_processes=1 trl/scripts/sft.py --model_name m/x --dataset_name d.jsonl"
+    said = _said("launch", *line.split(), "--use_peft")
+    assert "config_file is not a run key here. accelerate launch's" in said[-3]
+    assert "left out: --config_file, --num_processes, trl/scripts/sft.py;" in said[-2]
+    assert said[-1].strip().startswith("ftctl launch --model m/x --data d.jsonl -o use_peft=true")
