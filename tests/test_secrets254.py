@@ -283,3 +283,23 @@ def test_the_trainers_error_line_masks_credentials(monkeypatch, capsys, secrets_
     assert Failure(0).report("error", message, 1, RuntimeError(message)) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: HTTPError") and SIG not in err and AWS not in err, err
+
+
+@needs_patch
+def test_an_error_line_shows_control_characters_instead_of_sending_them():
+    """A value's escape sequence (a run file's path holding ESC]0;TITLE BEL: the terminal's title, or worse) is shown."""
+    import click
+
+    from ftctl import cli
+
+    @click.group(cls=cli._Group)
+    def group():
+        pass
+
+    @group.command()
+    def fails():
+        raise FtctlError("No data at /tmp/x\x1b]0;PWNED\x07\x9b2J.json: give a file.\nsecond line\tkept")
+
+    r = CliRunner().invoke(group, ["fails"])
+    assert r.exit_code == 2 and "\x1b" not in r.output and "\x07" not in r.output and "\x9b" not in r.output, r.output
+    assert "/tmp/x\\x1b]0;PWNED\\x07\\x9b2J.json" in r.output and "\nsecond line\tkept" in r.output, r.output
