@@ -460,7 +460,35 @@ def launch(dry_run, **kw):
     machine has the GPUs asked for; else sky when SkyPilot has a cloud enabled; else a refusal."""
     from ftctl import backend
 
-    backend.launch(_spec(kw), dry_run=dry_run)
+    bare = _names_no_run(kw)
+    spec = _spec(kw)
+    if bare:
+        _say_if_demo(spec, "launch")
+    backend.launch(spec, dry_run=dry_run)
+
+
+def _names_no_run(kw: dict) -> bool:
+    """No --model, --data or run file given (before _spec takes them out of ``kw``)."""
+    return not any(kw.get(name) for name in ("model", "data", "config", "run_file"))
+
+
+def _say_if_demo(spec, command: str) -> None:
+    """A launch given no model, data or run file (a newcomer's first probe: a bare `ftctl launch`) trains the demo
+    model on the demo data: said first, with how to run one's own (it trained here silently). Not where it is sent
+    to a cluster or a cloud (--backend, FTCTL_BACKEND, the config's backend:, --partition/--infra): the preflight warns
+    of each there (check_demo_defaults: a queue wait, money)."""
+    from ftctl.backend import configured_backend, implied_backend
+    from ftctl.spec import DEMO_DATA, is_demo_model
+
+    if not (spec.data_path == DEMO_DATA and is_demo_model(spec.model_name_or_path)):
+        return
+    named = spec.backend or (configured_backend() or implied_backend(spec) or (None,))[0]
+    if named in (None, "local", "docker"):  # None: the launch picks one, this machine where it can
+        click.echo(
+            f"note: this is the demo: {spec.model_name_or_path} on bundled conversations, --model's and --data's "
+            f"defaults; yours: ftctl {command} --model ORG/NAME --data FILE.jsonl",
+            err=True,
+        )
 
 
 @main.command(short_help="List the jobs launched from here and their state.")
@@ -637,7 +665,11 @@ def train(**kw):
     """Run the trainer here, in this process (what torchrun runs on every node)."""
     from ftctl.backend import launching, prepare, write_files
 
-    rendered = prepare(_spec(kw, backend="local"))
+    bare = _names_no_run(kw)
+    spec = _spec(kw, backend="local")
+    if bare:
+        _say_if_demo(spec, "train")
+    rendered = prepare(spec)
     with launching(rendered, "ftctl train"):  # a launch into the run meanwhile is refused, as one into a launch's
         write_files(rendered)
         from ftctl.local.backend import train_here

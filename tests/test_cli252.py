@@ -94,3 +94,26 @@ def test_an_option_no_command_after_it_takes_names_those_that_do():
     assert said == "error: No such option '--json' (`ftctl jobs`, `ftctl plan` and `ftctl status` take it).", said
     said = CliRunner().invoke(main, ["--follow"]).output.strip().splitlines()[-1]
     assert said == "error: No such option '--follow' (`ftctl logs` takes it: `ftctl logs --help`).", said
+
+
+def test_a_bare_launch_says_first_that_it_is_the_demo(tmp_path, monkeypatch):
+    """`ftctl launch` alone (a newcomer probing it) trains the demo model on the demo data here, and said nothing of
+    it: its first line now says so, and how to run one's own. Not where the user gave data, nor where the launch
+    goes to a cluster or a cloud (the preflight warns of the demo's model and data there)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FTCTL_BACKEND", raising=False)
+    said = CliRunner().invoke(main, ["launch", "--dry-run", "--gpus", "cpu"])
+    assert said.exit_code == 0, said.output
+    assert said.stderr.splitlines()[0] == (
+        "note: this is the demo: HuggingFaceTB/SmolLM2-135M-Instruct on bundled conversations, --model's and "
+        "--data's defaults; yours: ftctl launch --model ORG/NAME --data FILE.jsonl"
+    )
+    (tmp_path / "chats.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    mine = CliRunner().invoke(main, ["launch", "--dry-run", "--gpus", "cpu", "--data", "chats.jsonl"])
+    assert "this is the demo" not in mine.output
+    slurm = ["launch", "--dry-run", "--backend", "slurm", "--gpus", "cpu", "--output", str(tmp_path / "o")]
+    assert "this is the demo" not in CliRunner().invoke(main, slurm).output
+    # named by hand, the demo's data is no default left out (nor is an error then said second)
+    sky = ["launch", "--infra", "aws", "--data", "builtin:demo", "--output", "s3://b/x", "--dry-run"]
+    assert CliRunner().invoke(main, sky).output.startswith("error: --gpus is required for --backend sky: ")
+    assert CliRunner().invoke(main, sky[:3] + sky[5:]).output.startswith("error: --gpus is required")  # sky's
