@@ -47,7 +47,7 @@ from ftctl.progress import (
     LOGGED_STEP,  # the trainer's step line in a job's log (trained_again)
     Progress,  # a step line with its fields (StatusReport)
 )
-from ftctl.runpaths import METRICS_FILE, OLD_RESUME_LOCK, RunPaths, user_name
+from ftctl.runpaths import METRICS_FILE, OLD_RESUME_LOCK, RunPaths, owner_of, user_name
 from ftctl.spec import (
     BACKENDS,
     FIELDS,
@@ -751,6 +751,11 @@ def refuse_a_second_job(rendered: Rendered) -> None:
         for ref, _ in recorded_jobs()
         if Path(ref.run_dir) == rendered.run_dir or (is_remote(ref.output) and ref.output == rendered.spec.output)
     ]
+    theirs = run_dir_job(
+        rendered.run_dir
+    )  # a colleague's job in a lab's shared run directory, queued: not recorded here
+    if theirs and not any((r.backend, r.job_id) == (theirs.backend, theirs.job_id) for r in same):
+        same.append(theirs)
     for ref in same:
         if ref.backend == rendered.spec.backend == "local":  # its own check asked the run directory's lock
             continue
@@ -760,8 +765,9 @@ def refuse_a_second_job(rendered: Rendered) -> None:
             continue
         if state.state in (JobState.PENDING, JobState.RUNNING):
             doing = "is queued to train" if state.state is JobState.PENDING else "is still training"
+            whose = f" of {owner}" if ref is theirs and (owner := owner_of(ref.paths.slurm_log(ref.job_id))) else ""
             raise FtctlError(
-                f"job {ref.job_id} ({ref.backend}: {state.text.removeprefix(f'{ref.job_id} ')}) {doing} "
+                f"job {ref.job_id}{whose} ({ref.backend}: {state.text.removeprefix(f'{ref.job_id} ')}) {doing} "
                 f"into {ref.output}; a second job there would write the same checkpoints. Wait for it, "
                 f"`ftctl cancel {ref.job_id}`, or choose {rendered.another_output}."
             )
@@ -1125,6 +1131,8 @@ def find_job(job_id: str) -> tuple[Backend, JobRef]:
             with contextlib.suppress(OSError):
                 if os.path.samefile(ref.run_dir, given):
                     return get(ref.backend), ref
+    if theirs := run_dir_job(given):  # a Slurm run another user (or FTCTL_HOME) launched: by its newest job
+        return get(theirs.backend), theirs
     if RunPaths(given).spec.is_file():
         return get("local"), JobRef("local", str(job_id), str(given), given.name, str(given))
     if not given.is_absolute() and (alike := _launched_elsewhere(str(job_id), jobs)):
@@ -1136,6 +1144,25 @@ def find_job(job_id: str) -> tuple[Backend, JobRef]:
         f"No job {job_id!r} was launched from here (looked in {_jobs_file()}). `ftctl jobs` lists them; "
         "`ftctl launch` prints job ids; a local run's directory is taken too. A job another user (or another "
         "FTCTL_HOME) launched is in that record, not this one: ask them, or look it up where it runs (on Slurm: `squeue -j ID`)."
+    )
+
+
+def run_dir_job(run_dir: str | Path) -> JobRef | None:
+    """The newest Slurm job launched into ``run_dir`` (its spec.json's backend is slurm), by its log there
+    (RunPaths.slurm_jobs), whoever launched it: in a lab's shared directory a colleague's run, which no record of this
+    user's names. `ftctl status /scratch/lab/run` of it said "local run, stopped before the end" while the job was
+    queued, and a launch into it went ahead, replacing the spec.json that job would train with. None for any other
+    directory."""
+    paths = RunPaths(Path(run_dir))
+    try:
+        spec = json.loads(paths.spec.read_text())["spec"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(spec, dict) or spec.get("backend") != "slurm" or not (jobs := paths.slurm_jobs()):
+        return None
+    root = str(paths.root.resolve())
+    return JobRef(
+        "slurm", jobs[-1], root, str(spec.get("name") or paths.root.name), str(spec.get("output_dir") or root)
     )
 
 

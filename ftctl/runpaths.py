@@ -148,7 +148,6 @@ def user_name() -> str:
 def owned_by_another(path) -> str | None:
     """ "alice's, drwxr-sr-x" for a file or directory another user owns: in a directory a lab shares, whom to ask (and
     what its mode lets the group do) where this user may not write; None for this user's own, or one not there."""
-    import pwd
     import stat
 
     try:
@@ -157,11 +156,24 @@ def owned_by_another(path) -> str | None:
         return None
     if st.st_uid == os.getuid():
         return None
+    return f"{_name_of(st.st_uid)}'s, {stat.filemode(st.st_mode)}"
+
+
+def owner_of(path) -> str | None:
+    """The user who owns ``path`` (its uid where the system has no name for it), None where it is not there."""
     try:
-        name = pwd.getpwuid(st.st_uid).pw_name
+        return _name_of(os.stat(path).st_uid)
+    except OSError:
+        return None
+
+
+def _name_of(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
     except KeyError:  # no name for that uid here (a container's)
-        name = f"uid {st.st_uid}"
-    return f"{name}'s, {stat.filemode(st.st_mode)}"
+        return f"uid {uid}"
 
 
 def as_mkdir_made(directory) -> None:
@@ -285,6 +297,17 @@ class RunPaths:
 
     def slurm_log(self, job: str) -> Path:
         return self.root / SLURM_LOG_PATTERN.replace("%j", str(job))
+
+    def slurm_jobs(self) -> list[str]:
+        """The ids of the Slurm jobs whose logs (slurm_log) the run directory holds, oldest first (ids grow): every
+        job launched into it, whoever launched it."""
+        prefix, suffix = SLURM_LOG_PATTERN.split("%j")
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return []
+        ids = [n[len(prefix) : -len(suffix)] for n in names if n.startswith(prefix) and n.endswith(suffix)]
+        return sorted((i for i in ids if i.isdigit()), key=int)
 
     def slurm_status(self, job: str, attempt: int) -> Path:
         return self.root / SLURM_STATUS_PATTERN.format(job=job, attempt=attempt)

@@ -180,3 +180,52 @@ def test_an_output_in_a_colleagues_directory_names_them_and_the_groups_way(tmp_p
     [finding] = preflight._check_local_output(str(runs / "x"), str(runs / "x"))
     assert finding.what.endswith(f"cannot write in {runs} (Permission denied: alice's, drwxr-sr-x)"), finding
     assert f"chmod g+w {runs}" in finding.fix and "umask 002" in finding.fix, finding
+
+
+def _colleagues_slurm_run(run: Path) -> Path:
+    """A run directory as a colleague's Slurm launch left it on the shared disk: spec.json (backend slurm), the
+    sbatch script and its jobs' logs (an earlier job, then a requeued relaunch's)."""
+    import json
+
+    run.mkdir(parents=True)
+    spec = {"backend": "slurm", "name": "ftctl-lora-m", "output_dir": str(run)}
+    (run / "spec.json").write_text(json.dumps({"spec": spec, "plan": {}}))
+    (run / "job.sbatch").write_text("#!/bin/bash\n")
+    for job in ("9999", "81234"):  # ids grow: 81234 is the newer
+        (run / f"slurm-{job}.out").write_text("")
+    return run
+
+
+def test_status_of_a_colleagues_slurm_run_directory_asks_slurm_for_its_newest_job(tmp_path):
+    """Bob's `ftctl status /scratch/lab/alice-run` (no record of his names her job): it was taken for a local run
+    ("local run, stopped before the end: the same `ftctl launch` starts it again") while her job was queued."""
+    run = _colleagues_slurm_run(tmp_path / "alice-run")
+    backend, ref = find_job(str(run))
+    assert (backend.name, ref.backend, ref.job_id, ref.run_dir) == ("slurm", "slurm", "81234", str(run))
+    (run / "spec.json").write_text('{"spec": {"backend": "local"}}')  # a local run's directory: as before
+    assert find_job(str(run))[1].backend == "local"
+
+
+def test_a_launch_into_a_colleagues_run_directory_whose_slurm_job_is_queued_is_refused(tmp_path, monkeypatch):
+    """Bob's launch into /scratch/lab/alice-run while her Slurm job waits in the queue: refuse_a_second_job asked only
+    the jobs of his own record, and his launch replaced the spec.json her job then trained with."""
+    from types import SimpleNamespace
+
+    from ftctl.backend import JobState, JobStatus, refuse_a_second_job
+    from ftctl.slurm.backend import SlurmBackend
+
+    run = _colleagues_slurm_run(tmp_path / "alice-run")
+    asked = []
+
+    def status(self, ref):
+        asked.append(ref.job_id)
+        return JobStatus(JobState.PENDING, f"{ref.job_id} PENDING (Priority)")
+
+    monkeypatch.setattr(SlurmBackend, "status", status)
+    spec = SimpleNamespace(backend="slurm", output=str(run), s3_endpoint_url=None)
+    rendered = SimpleNamespace(run_dir=run, spec=spec, another_output="another --output")
+    with pytest.raises(FtctlError) as refused:
+        refuse_a_second_job(rendered)
+    said = str(refused.value)
+    assert asked == ["81234"]
+    assert said.startswith(f"job 81234 of {user_name()} (slurm: PENDING (Priority)) is queued to train into "), said
