@@ -133,7 +133,8 @@ def setup_secret_problem(line: str, secrets=()) -> str | None:
         option = name if eq else word
         token = looks_like_token(after) and "." not in after  # not a registry's host name
         credential = _CREDENTIAL_OPTION.fullmatch(option) or (option == "login" and token)
-        if credential and after and "$" not in after and not after.startswith("-"):
+        path = after.startswith(("/", "~", "./"))  # --token /run/secrets/t: a key's file, as NAME=/path is
+        if credential and after and "$" not in after and not after.startswith("-") and not path:
             var = next((v for tool, v in _TOOL_SECRETS.items() if tool in words), "TOKEN")
             return (
                 f'setup line gives {option} {written}: write a variable there ("${var}"), export it where you '

@@ -91,6 +91,8 @@ ALLOWED = [
     "python -u train.py",
     'curl -H "Authorization: Bearer $TOKEN" https://x',
     "mytool --password-file /run/secrets/p",
+    "mytool --token /run/secrets/t",
+    "huggingface-cli login --token ~/.hf/token",
     "huggingface-cli login --token $HF_TOKEN",
     "module load cuda/12.4",
     "pip install --index-url https://pypi.org/simple x",
