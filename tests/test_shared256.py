@@ -229,3 +229,32 @@ def test_a_launch_into_a_colleagues_run_directory_whose_slurm_job_is_queued_is_r
     said = str(refused.value)
     assert asked == ["81234"]
     assert said.startswith(f"job 81234 of {user_name()} (slurm: PENDING (Priority)) is queued to train into "), said
+
+
+def test_a_shared_hf_home_a_login_made_private_is_said_as_such(tmp_path, monkeypatch):
+    """PATCHED (hub.py, plan.py, preflight.py). One `hf auth login` with the lab's shared HF_HOME makes HF_HOME 0700
+    (huggingface_hub's _write_secret keeps the token's directory private): every other student's launch then said
+    "Cannot tell the size of model 'org/m': it is not in the Hugging Face cache", of a model that is there. (Root
+    reads anything: os.access stands in for the refusal.)"""
+    from huggingface_hub import constants
+
+    from ftctl import hub
+    from ftctl.plan import make_plan
+    from tests.render_fixtures import make_spec
+
+    hf = tmp_path / "hf"
+    (hf / "hub").mkdir(parents=True)
+    monkeypatch.setattr(constants, "HF_HOME", str(hf))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf / "hub"))
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: str(p) != str(hf) and real(p, mode, **kw))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.model_config.cache_clear()
+    with pytest.raises(FtctlError) as refused:
+        make_plan(make_spec(backend="local", gpus="cpu", model_name_or_path="lab/tiny-model", data_path="d.json"))
+    said = str(refused.value)
+    assert said.startswith(
+        f"Cannot tell the size of model 'lab/tiny-model': the Hugging Face cache {hf} is there but "
+    ), said
+    assert "`hf auth login` with HF_HOME shared makes it 0700" in said and f"chmod 2775 {hf}" in said, said
+    assert "HF_TOKEN_PATH=~/.cache/huggingface/token" in said and "--model-params" not in said, said
