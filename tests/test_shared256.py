@@ -258,3 +258,22 @@ def test_a_shared_hf_home_a_login_made_private_is_said_as_such(tmp_path, monkeyp
     ), said
     assert "`hf auth login` with HF_HOME shared makes it 0700" in said and f"chmod 2775 {hf}" in said, said
     assert "HF_TOKEN_PATH=~/.cache/huggingface/token" in said and "--model-params" not in said, said
+
+
+def test_a_staging_directory_in_a_colleagues_cache_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """PATCHED (preflight.py). Bob's resume of s3://lab/run-K with the lab's FTCTL_CACHE, whose runs/ Alice made under
+    umask 022: the trainer stopped after loading the model ("rank 0 on vm: PermissionError: [Errno 13] Permission
+    denied: '.../runs/lab-run-K-c31db218-uid1002'"). (Root writes anywhere: os.access stands in for the refusal.)"""
+    from ftctl import preflight
+    from tests.render_fixtures import make_spec
+
+    runs = tmp_path / "cache" / "runs"
+    runs.mkdir(parents=True)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: str(p) != str(runs) and real(p, mode, **kw))
+    monkeypatch.setattr("ftctl.runpaths.owned_by_another", lambda path: "alice's, drwxr-sr-x")
+    spec = make_spec(backend="local", gpus="cpu", model_name_or_path="m", data_path="d.json", output_dir="s3://lab/k")
+    [finding] = preflight.check_staging(spec, str(runs / "lab-k-1234abcd-uid1002"))
+    assert finding.what.endswith(f"and you cannot write in {runs} (alice's, drwxr-sr-x)"), finding
+    assert finding.fix.startswith("set FTCTL_CACHE (or FTCTL_LOCAL_DIR) to a directory of your own"), finding
+    assert preflight.check_staging(spec, str(tmp_path / "mine" / "lab-k")) == []  # one's own: nothing said
