@@ -106,7 +106,7 @@ def test_another_tools_verb_names_the_command_that_runs_here(verb):
     from ftctl.cli import main
 
     said = CliRunner().invoke(main, [verb])
-    assert said.exit_code == 2 and f"Error: No such command {verb!r}: " in said.output, said.output
+    assert said.exit_code == 2 and f"error: No such command {verb!r}: " in said.output, said.output
     assert "`ftctl launch --model ORG/NAME --data FILE`" in said.output.splitlines()[-1]
     for other in (["lanch"], ["data", "init"]):
         assert "ftctl launch --model" not in CliRunner().invoke(main, other).output
