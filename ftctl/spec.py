@@ -158,7 +158,7 @@ VOCABULARY = {
 }
 TOOL_DEFAULTS = {
     "TRL": {"model_max_length": 1024, "lr_scheduler_type": "linear", "warmup_ratio": 0.0},
-    "FastChat": {},
+    "FastChat": {"model_max_length": 512},  # its train.py's and train_lora.py's TrainingArguments
 }
 TOOL_LORA_DEFAULTS = {  # (where the run trains adapters)
     "TRL": {"lora_target_modules": PEFT_TARGETS},
@@ -168,6 +168,9 @@ TOOL_LORA_DEFAULTS = {  # (where the run trains adapters)
 # vocabulary leaves the key out: what ftctl's does, and how to have the tool's
 TOOL_DEFAULTS_NOT_TAKEN = {
     "TRL": {
+        # (where no layer gives the method: neither use_peft nor --method)
+        "method": "TRL's sft trains every weight unless use_peft: true asks for adapters (the CLI docs' sft_config.yaml "
+        "is a full fine-tune): --method fft (or use_peft: false) for TRL's",
         "assistant_only_loss": "ftctl trains a conversation's assistant turns only (a prompt-completion row's "
         "completion, as TRL does); TRL trains a conversation's every token (its assistant_only_loss false), as "
         "-o assistant_only_loss=false does here",
@@ -778,6 +781,15 @@ def _coerce(key: str, value):
             return {}  # a later layer's `-o KEY=none` clears what an earlier one set
         if isinstance(value, dict):  # a run file's are its text as written (load_yaml); a dict given in Python:
             return {str(k): config_text(v) for k, v in value.items()}
+        if isinstance(value, str) and value.strip().startswith("{"):  # HF's argparse takes a dict as JSON text
+            import yaml
+
+            try:
+                mapping = yaml.safe_load(value)
+            except yaml.YAMLError:
+                mapping = None
+            if isinstance(mapping, dict):
+                return {str(k): config_text(v) for k, v in mapping.items()}
         if isinstance(value, str) and "=" in value:
             k, v = value.split("=", 1)
             # -o env=A=1,B=2 set A to "1,B=2": one pair a -o (a value may hold commas: CUDA_VISIBLE_DEVICES=0,1, and
@@ -1145,8 +1157,9 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         from_epoch.update({k: f"{raw_key}: epoch ({source})" for k, raw_key in epochly.items()})
         if agreed and notes is not None:
             notes.append(f"{', '.join(agreed)} ({source}): left to ftctl, which does what the values given ask")
-        if left_out and notes is not None:
-            notes.append(f"{', '.join(left_out)} ({source}): left out, {DECIDED[canonical_key(left_out[0])]}")
+        for why in dict.fromkeys(DECIDED[canonical_key(k)] for k in left_out) if notes is not None else ():
+            keys = ", ".join(k for k in left_out if DECIDED[canonical_key(k)] == why)  # each its own reason
+            notes.append(f"{keys} ({source}): left out, {why}")
     if "method" not in values:  # TRL's use_peft/load_in_4bit and FastChat's q_lora say which method
         if meant := method_meant(by_method):
             values["method"] = meant
