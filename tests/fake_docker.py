@@ -9,7 +9,8 @@ root, as --user's uid or else the image's USER, ``$FAKE_IMAGE_USER``), ``inspect
 ``.State.StartedAt`` and ``.State.FinishedAt`` in docker's RFC 3339 form, its zero time for never), ``logs [--follow] [--tail N] N``,
 ``context inspect --format '{{json .}}'`` (the current context: ``$DOCKER_CONTEXT`` among ``$FAKE_DOCKER_CONTEXTS``, JSON
 {name: endpoint}, else "default", its endpoint ``$DOCKER_HOST`` where set), ``stop [--time S] N`` (SIGTERM to the command, the container's PID 1, which ignores it without a handler of its
-own as a container's init does; SIGKILL to all of its processes after S seconds), ``kill N`` (SIGKILL to all of
+own as a container's init does, unless ``run --init`` made an init its PID 1, which forwards it to the command;
+SIGKILL to all of its processes after S seconds), ``kill N`` (SIGKILL to all of
 them at once), ``rm N``, ``version`` and ``info
 --format '{{json .}}'`` (a daemon's: its runtimes are runc and ``$FAKE_DOCKER_RUNTIMES``, comma-separated; with
 ``$FAKE_DOCKER_CDI``, comma-separated
@@ -321,7 +322,8 @@ def main(args):
     elif cmd == "stop":
         pid = int((STATE / name / "pid").read_text())
         init = STATE / name / "init"
-        if init.exists() and catches(int(init.read_text()), signal.SIGTERM):
+        opts_run = dict(tuple(o) for o in json.loads((STATE / name / "config.json").read_text())["opts"])
+        if init.exists() and ("--init" in opts_run or catches(int(init.read_text()), signal.SIGTERM)):
             try:
                 os.kill(int(init.read_text()), signal.SIGTERM)
             except ProcessLookupError:

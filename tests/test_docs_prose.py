@@ -51,7 +51,8 @@ OTHER_TOOLS = {
     **dict.fromkeys(("--nodelist", "--ar", "--ou"), "sbatch"),
     **dict.fromkeys(("--nproc_per_node", "--master_port"), "torchrun"),
     **dict.fromkeys(
-        ("--user", "--device", "-e", "--ulimit", "--stop-timeout", "--security-opt"), "docker / podman run"
+        ("--user", "--device", "-e", "--ulimit", "--stop-timeout", "--security-opt", "--init", "--log-opt"),
+        "docker / podman run",
     ),
     "-u": "bash's set -u",
 }

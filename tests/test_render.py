@@ -22,6 +22,7 @@ import yaml
 
 from ftctl import failures, hub, userconfig
 from ftctl.backend import write_files
+from ftctl.docker import engine as docker_engine
 from ftctl.docker import render as docker_render
 from ftctl.errors import FtctlError
 from ftctl.launch import HF_CACHE_VARS
@@ -1078,8 +1079,11 @@ GOLDEN_CONFIG = {
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
 def test_rendered_text_matches_golden(name, monkeypatch):
-    # docker's user and caches are the launching host's: name them independently of the machine
+    # docker's user and caches are the launching host's, its engine's kind and facts (rootless, SELinux, log driver)
+    # the engine's here: name them independently of the machine
     monkeypatch.setattr(docker_render, "host_user", lambda: (1000, 1000, "user", ()))
+    monkeypatch.setattr(docker_engine, "kind", lambda exe=None: "docker")
+    monkeypatch.setattr(docker_engine, "info", lambda exe=None: docker_engine.Info())
     monkeypatch.setenv("HOME", "/fixed/home")
     for var in ("XDG_CACHE_HOME", "HF_HOME", "CUDA_VISIBLE_DEVICES", *HF_CACHE_VARS, *hub.NETWORK_ENV):
         monkeypatch.delenv(var, raising=False)
