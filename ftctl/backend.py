@@ -806,7 +806,7 @@ def held_run(spec: RunSpec) -> str | None:
     if holder := training_now(paths):
         return (
             f"{spec.output} is being trained into by {holder}: a second run there would write the same checkpoints. "
-            f"Wait for it to end, stop it (`ftctl cancel {spec.output}` saves a checkpoint first), or give this run "
+            f"Wait for it to end, stop it (`ftctl cancel {shlex.quote(spec.output)}` saves a checkpoint first), or give this run "
             "another --output."
         )
     if (

@@ -1196,7 +1196,7 @@ def _check_resume_path(spec, plan, found) -> list[Finding]:
             Finding(
                 ERROR,
                 f"resume={spec.resume}: {spec.output} holds no complete {name} (save_total_limit deletes the older "
-                f"ones; `ftctl sync ls {spec.output}` lists them); {held}.",
+                f"ones; `ftctl sync ls {shlex.quote(spec.output)}` lists them); {held}.",
             )
         ]
     later = [info.name for info in found if info.step > step]

@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import re
+import shlex
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -292,7 +293,7 @@ def logged_step(
         return Progress(f"{said}, ~{fields['time_left']} left, logged {when}", fields)
     fields["time_left"] = duration(left)
     moved = f"; its log was last written {duration(max(0.0, now - written))} ago" if after and written else ""
-    look = f"`ftctl logs {job}`" if job else "its log"
+    look = f"`ftctl logs {shlex.quote(str(job))}`" if job else "its log"
     return Progress(
         f"{said}, ~{fields['time_left']} left at that step, logged {when}\n"
         f"no step logged for {duration(age)} where one came every ~{duration(interval)}{moved}: the job may be stuck "

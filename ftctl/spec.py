@@ -927,11 +927,15 @@ def _yaml_where(e, text: str) -> str:
     ):
         said = lines[context.line].strip()
         missing = "no space after its ':'" if re.search(r":\S", said) and ": " not in said else "no ':' after the key"
-        return f"line {context.line + 1}, {said!r}: {missing}; write KEY: VALUE"
+        shown = " (it holds a credential; not repeated here)" if holds_credential(said) else f", {said!r}"
+        return f"line {context.line + 1}{shown}: {missing}; write KEY: VALUE"
     if getattr(e, "context", None) == "while scanning a quoted scalar" and context is not None:
         return f"line {context.line + 1}, column {context.column + 1}: a quote opened here is never closed"
     if problem is not None and problem.line < len(lines) and lines[problem.line].strip():
-        return f"{yaml_problem(e)}; line {problem.line + 1} reads {lines[problem.line].rstrip()!r}"
+        line = lines[problem.line].rstrip()
+        if holds_credential(line):  # a secret pasted into a run file: said without it
+            return f"{yaml_problem(e)}; line {problem.line + 1} holds a credential (not repeated here)"
+        return f"{yaml_problem(e)}; line {problem.line + 1} reads {line!r}"
     return yaml_problem(e)
 
 

@@ -27,10 +27,10 @@ AWS = "Pr0beSecretAccessKey/with+slash=xyz"
 HEX = "0123456789abcdef0123456789abcdef01234567"  # a classic GitHub token's shape, as a URL's user
 SIG = "SigProbeVALUE123"
 SECRETS = {"HF_TOKEN": HF, "AWS_SECRET_ACCESS_KEY": AWS, "AWS_ACCESS_KEY_ID": "AKIAPROBE7SECRET0ID1"}
-# not run until the patch is applied (it turns this into no mark); each failed without it (checked)
-needs_patch = pytest.mark.xfail(
-    reason="needs /work/notes/task-254-extra.patch (cli.py, spec.py, hint lines)", run=False
-)
+
+
+def needs_patch(test):  # the patch is applied: every test runs
+    return test
 
 
 @pytest.fixture

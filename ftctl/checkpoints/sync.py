@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def _push(local_run_dir: str, uri: str, endpoint_url: str | None, echo, sending:
         more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
         raise FtctlError(
             f"{uri} holds another {clash[0]}{more} than {local_run_dir}: nothing pushed. Push into another URI, or "
-            f"delete {'them' if more else 'it'} from the store first (`ftctl sync ls {uri}` lists its checkpoints; "
+            f"delete {'them' if more else 'it'} from the store first (`ftctl sync ls {shlex.quote(uri)}` lists its checkpoints; "
             f"`{storage.delete_command(storage.join(uri, clash[0]), endpoint_url)}`{' each' if more else ''})."
         )
     keep, best = _retention(local_run_dir, here, remote, endpoint_url)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -513,7 +514,9 @@ def gone(ref: JobRef) -> JobStatus:
     except (OSError, FtctlError) as e:
         return JobStatus(JobState.UNKNOWN, f"{text}; its output {ref.output} cannot be read now ({_first_line(e)})")
     if final:
-        return JobStatus(JobState.SUCCEEDED, f"{text}; its final model is in {ref.output} (`ftctl chat {ref.output}`)")
+        return JobStatus(
+            JobState.SUCCEEDED, f"{text}; its final model is in {ref.output} (`ftctl chat {shlex.quote(ref.output)}`)"
+        )
     if done:
         return JobStatus(
             JobState.PREEMPTED,
@@ -791,7 +794,7 @@ def _ctrl_c_message(spec: RunSpec, paths: RunPaths) -> str:
     """What Ctrl-C cost, and how the run goes on (or stops with a checkpoint next time)."""
     return (
         f"stopped at once (Ctrl-C); {_goes_on(spec)}. To stop with a checkpoint of the step it is on, send SIGTERM "
-        f"instead (`kill PID`) or run `ftctl cancel {paths.root}`."
+        f"instead (`kill PID`) or run `ftctl cancel {shlex.quote(str(paths.root))}`."
     )
 
 

@@ -141,7 +141,7 @@ class Failure:
         write_failed_status(getattr(exc, "status", "failed"))
         if os.environ.get("FTCTL_DEBUG"):
             raise exc
-        line = f"{failures.ERROR_PREFIX}{message}"
+        line = f"{failures.ERROR_PREFIX}{failures.masked(message)}"  # into the job's log: no credential
         if (self.prints or self.unheard) and failures.first_to_say(line):  # once a node, not once a rank
             print(line, file=sys.stderr, flush=True)
         return exit_code

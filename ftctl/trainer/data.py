@@ -177,12 +177,14 @@ class DataReport:
 
     def error_message(self) -> str:
         """The FtctlError text build_dataset raises: the first errors and how to see them all."""
+        import shlex
+
         shown = 20
         lines = [f"{self._failed()} in the data {self.path}; {self._fix('these')}:"]
         lines += [f"  {e}" for e in self.errors[:shown]]
         if len(self.errors) > shown:
             lines.append(
-                f"  ... and {len(self.errors) - shown} more: `ftctl data check {self.path} {_model_flag(self.model)}` "
+                f"  ... and {len(self.errors) - shown} more: `ftctl data check {shlex.quote(str(self.path))} {_model_flag(self.model)}` "
                 "lists them all"
             )
         return "\n".join(lines)
@@ -210,8 +212,10 @@ def _model_of(tokenizer) -> str | None:
 def write_valid_command(file: str | None, max_length: int | None = None, model: str | None = None) -> str:
     """How to write the rows without errors of a data file (``None``: of each of several) to a new file, to launch
     with that (cli's `data check --write-valid`); ``model``: the one to read them with (None: MODEL, to fill in)."""
+    import shlex
+
     length = f" --max-length {max_length}" if max_length and max_length != RunSpec.model_max_length else ""
-    command = f"ftctl data check {file or 'FILE'} {_model_flag(model)}{length} --write-valid OUT"
+    command = f"ftctl data check {shlex.quote(file) if file else 'FILE'} {_model_flag(model)}{length} --write-valid OUT"
     return f"{'each file: ' * (file is None)}`{command}` writes the others to OUT"
 
 

@@ -13,6 +13,7 @@ is passed over there, and a non-finite loss stops the run only after FP16_TOLERA
 from __future__ import annotations
 
 import math
+import shlex
 
 from transformers import TrainerCallback
 
@@ -62,7 +63,7 @@ class StopWhenDiverged(TrainerCallback):
         if step == 1:
             return (
                 f"the {what} at step {step}, before any update: the base model or this data gives NaN as it is (weights saved in fp16 whose values overflow, or a damaged download): "
-                f"`ftctl eval {self.model} --data {self.data}` scores the base alone; nothing was saved."
+                f"`ftctl eval {shlex.quote(str(self.model))} --data {shlex.quote(str(self.data))}` scores the base alone; nothing was saved."
             )
         before = (
             f" (the last finite loss: {self.last_good[1]:.4f} at step {self.last_good[0]})" if self.last_good else ""

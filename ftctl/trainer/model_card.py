@@ -9,6 +9,7 @@ DIR, said what it is. Each checkpoint-<step> gets one too (PEFT's placeholder wa
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -90,7 +91,7 @@ def text(spec: RunSpec, base: str, adapter: bool, local_dir: str, step: int | No
     title = spec.run_name or Path(spec.output.rstrip("/")).name
     if is_remote(spec.output):
         at = storage_join(spec.output, f"checkpoint-{step}") if step is not None else spec.output
-        fetched = f"DIR is a copy of {at} (`ftctl sync pull {spec.output} DIR` copies the run)."
+        fetched = f"DIR is a copy of {at} (`ftctl sync pull {shlex.quote(spec.output)} DIR` copies the run)."
     else:
         fetched = f"DIR is this directory (`{Path(local_dir).name}`{' of the run' if step is not None else ''})."
     built = _demo_base(base, adapter) if is_demo_model(base) else ""

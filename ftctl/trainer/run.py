@@ -894,7 +894,7 @@ def save(run: Run) -> None:
             raise FtctlError(
                 f"the final model was saved in {run.local_dir} but not uploaded to {run.remote_uri} within "
                 f"upload_wait_s={run.spec.upload_wait_s} ({run.sync.why_unsent()}); once the store takes it, "
-                f"`ftctl sync push {run.local_dir} {run.remote_uri}`."
+                f"`ftctl sync push {shlex.quote(run.local_dir)} {shlex.quote(run.remote_uri)}`."
             )
     distributed.barrier()
     if run.procs.local_rank == 0 and not run.procs.is_main:  # another node's own copy (data.build_dataset: one a node)

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -777,7 +778,7 @@ def download_top(uri: str, local: str, endpoint_url: str | None = None) -> str:
             )
     if not any(e["name"] in (ADAPTER_CONFIG, MODEL_CONFIG) for e in entries):
         raise FtctlError(
-            f"{uri} holds no final model or adapter (a run still training, or not a run): `ftctl sync pull {uri} DIR` "
+            f"{uri} holds no final model or adapter (a run still training, or not a run): `ftctl sync pull {shlex.quote(uri)} DIR` "
             "downloads its complete checkpoints; then pass DIR."
         )
     return local
