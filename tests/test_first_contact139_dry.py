@@ -37,10 +37,10 @@ def test_a_skypilot_dry_run_tokenizes_the_rows_before_the_node_is_paid_for(
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    both = [f.what for f in _said(build({**vars(spec), "output_dir": "s3://b/runs/x"})) if f.level == ERROR]
+    both = [f.what for f in _said(build({**spec.to_dict(), "output_dir": "s3://b/runs/x"})) if f.level == ERROR]
     assert any("No credentials for s3://b/runs/x" in w for w in both), both
     assert any("every label is masked after truncation" in w for w in both), both
-    good = _said(build({**vars(spec), "data_path": str(tiny_data), "model_max_length": 2048}))
+    good = _said(build({**spec.to_dict(), "data_path": str(tiny_data), "model_max_length": 2048}))
     (note,) = [f for f in good if f.level == NOTE]  # what was checked, said
     assert note.text.startswith(f"--data {tiny_data}: 48 rows tokenized here as the trainer will (")
 
@@ -78,7 +78,7 @@ def test_a_dry_run_says_why_it_did_not_tokenize(tiny_data, tiny_model_dir, tmp_p
     )
     assert preflight.check_tokenized(spec) == []  # outside a dry run: nothing said, as before
     monkeypatch.setitem(sys.modules, "transformers.utils", None)  # SkyPilot's venv: no transformers
-    spec = build({**vars(spec), "model_name_or_path": str(tiny_model_dir)})
+    spec = build({**spec.to_dict(), "model_name_or_path": str(tiny_model_dir)})
     (note,) = preflight.check_tokenized(spec, dry_run=True)
     assert "not tokenized here (this python has no transformers)" in note.what
     assert note.fix.startswith("run ftctl from the trainer's environment")

@@ -130,8 +130,8 @@ def test_lora_target_modules_are_matched_against_the_models_modules_before_the_j
     spec = build({"model_name_or_path": str(tiny_model_dir), "lora_target_modules": "q_prj,v_proj"})
     (found,) = preflight.check_lora_targets(spec)
     assert found.level == ERROR and "no module of" in found.what and "Did you mean 'q_proj'?" in found.what
-    assert preflight.check_lora_targets(build({**vars(spec), "lora_target_modules": ["q_proj", "v_proj"]})) == []
-    assert preflight.check_lora_targets(build({**vars(spec), "method": "fft"})) == []  # no adapters
+    assert preflight.check_lora_targets(build({**spec.to_dict(), "lora_target_modules": ["q_proj", "v_proj"]})) == []
+    assert preflight.check_lora_targets(build({**spec.to_dict(), "method": "fft"})) == []  # no adapters
     unread = build({"model_name_or_path": "org/unread", "lora_target_modules": "q_prj", "model_params": "1b"})
     assert preflight.check_lora_targets(unread) == []  # no config to build it from: the trainer checks
 
@@ -151,16 +151,16 @@ def test_a_slurm_jobs_rows_go_through_the_tokenizer_before_the_queue_wait(tiny_m
     refusing = tmp_path / "refusing.jinja"  # a template that refuses every row: said in the command it suggests
     refusing.write_text("{{ raise_exception('roles must alternate') }}")
     over = {"assistant_only_loss": False, "chat_template_path": str(refusing), "data_path": str(tiny_data)}
-    (refused,) = preflight.check_tokenized(build({**vars(spec), **over}))
+    (refused,) = preflight.check_tokenized(build({**spec.to_dict(), **over}))
     assert refused.fix.endswith(
         f"--chat-template-path {refusing} --every-token` lists every row and shows what it trains."
     )
     broken = tmp_path / "broken-model"  # a tokenizer this machine cannot load: the trainer's to say, no traceback
     shutil.copytree(tiny_model_dir, broken)
     (broken / "tokenizer.json").write_text("{not json")
-    assert preflight.check_tokenized(build({**vars(spec), "model_name_or_path": str(broken)})) == []
-    assert preflight.check_tokenized(build({**vars(spec), "data_path": str(tiny_data)})) == []
-    assert preflight.check_tokenized(build({**vars(spec), "model_name_or_path": "org/not-cached"})) == []
+    assert preflight.check_tokenized(build({**spec.to_dict(), "model_name_or_path": str(broken)})) == []
+    assert preflight.check_tokenized(build({**spec.to_dict(), "data_path": str(tiny_data)})) == []
+    assert preflight.check_tokenized(build({**spec.to_dict(), "model_name_or_path": "org/not-cached"})) == []
 
 
 def test_a_local_run_of_a_hub_id_this_machine_cannot_download_stops_before_the_trainer(monkeypatch, tmp_path):

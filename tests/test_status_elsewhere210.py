@@ -42,7 +42,7 @@ def test_a_run_stopped_here_and_trained_or_finished_elsewhere_says_so(s3_bucket,
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)
     spec = RunSpec(output_dir=output, max_steps=3)
-    (run / "spec.json").write_text(json.dumps({"spec": dataclasses.asdict(spec)}))
+    (run / "spec.json").write_text(json.dumps({"spec": spec.to_dict()}))
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0, "time": 1000.0, "max_steps": 3}) + "\n")
     record_job(JobRef("local", str(run), str(run), "r", output))
     _push_checkpoint(tmp_path, output, 2, 3)
@@ -84,7 +84,7 @@ def test_a_run_stopped_here_and_trained_or_finished_elsewhere_says_so(s3_bucket,
     assert lines[1].startswith("step 3/3 (100%)"), lines
 
     # a run asked for more steps than that job trained is not complete: the same launch goes on (exit 3)
-    (run / "spec.json").write_text(json.dumps({"spec": dataclasses.asdict(dataclasses.replace(spec, max_steps=5))}))
+    (run / "spec.json").write_text(json.dumps({"spec": dataclasses.replace(spec, max_steps=5).to_dict()}))
     lines, code = status_report(str(run))
     assert code == 3 and "stopped before the end" in lines[0], lines
 

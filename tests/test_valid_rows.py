@@ -63,7 +63,7 @@ def test_a_sharegpt_dumps_empty_and_question_only_rows_are_left_out_and_the_rest
     pretty = json.dumps(SHAREGPT, indent=2, ensure_ascii=False)
     assert out.read_text() == pretty.replace(_element(SHAREGPT[1]), "").replace(_element(SHAREGPT[3]), "")
     assert [p.name for p in out.parent.iterdir()] == ["sharegpt.json"]  # no temp file left
-    over = build({**vars(spec), "data_path": str(out)})
+    over = build({**spec.to_dict(), "data_path": str(out)})
     assert preflight.check_data(str(out)) == [] and preflight.check_tokenized(over) == []
     assert len(build_dataset(str(out), str(tiny_model_dir), 64)) == 3
 
