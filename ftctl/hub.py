@@ -23,7 +23,8 @@ TIMEOUT_S = 5.0
 
 class HubError(Exception):
     """Why the Hub gave no config: a clause to put after "Cannot tell the size of model X: "; ``kind`` says
-    which: missing (no such repository, or no config.json in it), denied (private or gated), unreachable."""
+    which: missing (no such repository, or no config.json in it), denied (private or gated), unreachable, cache (the
+    Hugging Face cache is there but not readable by this user: unreadable_cache)."""
 
     def __init__(self, message: str, kind: str = "unreachable"):
         super().__init__(message)
@@ -48,10 +49,34 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def unreadable_cache() -> str | None:
+    """Why this user cannot read the Hugging Face cache (HF_HOME, HF_HUB_CACHE) that is there; None where they can, or
+    where there is none yet. A lab's shared HF_HOME is made 0700 by the first `hf auth login` into it (huggingface_hub
+    keeps the token's directory, HF_HOME itself, private): every other user's model was then "not in the Hugging Face
+    cache", or downloaded again elsewhere."""
+    from huggingface_hub import constants
+
+    from ftctl.runpaths import owned_by_another
+
+    for place in dict.fromkeys([constants.HF_HOME, constants.HF_HUB_CACHE]):
+        if os.path.isdir(place) and not os.access(place, os.R_OK | os.X_OK):
+            whose = owned_by_another(place)
+            return (
+                f"the Hugging Face cache {place} is there but not readable by you{f' ({whose})' if whose else ''}: "
+                "`hf auth login` with HF_HOME shared makes it 0700 (to keep the token there private). Have it made "
+                f"readable again (chmod 2775 {place}), and log in with HF_TOKEN_PATH=~/.cache/huggingface/token, or "
+                "set HF_HOME to a cache of your own"
+            )
+    return None
+
+
 @functools.lru_cache(maxsize=32)
 def model_config(repo_id: str) -> dict:
     """The model's config.json as a dict."""
     from huggingface_hub import try_to_load_from_cache
+
+    if said := unreadable_cache():
+        raise HubError(said, "cache")
 
     cached = try_to_load_from_cache(repo_id, CONFIG)
     if isinstance(cached, str):

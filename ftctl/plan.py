@@ -435,9 +435,9 @@ def model_shape(model: str, model_params: str | None = None) -> ModelShape:
         known = ""
         if e.kind == "unreachable":  # offline (a login node, an air-gapped cluster): what plans without the Hub
             known = f" The ids sized without it (and their -Instruct, -chat, -it variants): {', '.join(sorted(KNOWN_MODELS))}."
-        raise FtctlError(
-            f"Cannot tell the size of model {model!r}: {e}.{meant} Or pass its size, e.g. --model-params 7b.{known}"
-        ) from None
+        # a cache this user cannot read: its size would not load the model either (hub.unreadable_cache says the fix)
+        size = "" if e.kind == "cache" else " Or pass its size, e.g. --model-params 7b."
+        raise FtctlError(f"Cannot tell the size of model {model!r}: {e}.{meant}{size}{known}") from None
 
 
 def read_config(path: Path) -> dict:

@@ -38,6 +38,7 @@ docker runs.
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import math
 import os
@@ -66,6 +67,7 @@ _HUB_FIX = {
     "missing": "check the id as huggingface.co spells it (org/name), or pass a local model directory.",
     "denied": "accept the model's licence on huggingface.co with your account, then export HF_TOKEN=hf_... of it "
     "(ftctl passes it to the job as a secret).",
+    "cache": "",  # hub.unreadable_cache's sentence says its fix
 }
 #: bytes a checkpoint holds per parameter: fp32 weights (fft/sft load fp32 masters) and, per
 #: trainable parameter, the optimizer state (Adam: two fp32 moments); DeepSpeed's keeps its fp32 masters too
@@ -131,7 +133,8 @@ def preflight(
     if backend_name in TOKENIZED_BEFORE[dry_run] and not any(f.level == ERROR for f in stops):
         findings += check_tokenized(spec, dry_run=dry_run)
     findings += check_row_counts(spec) if not any(f.level == ERROR for f in findings) else []
-    findings += check_disk(spec, plan, staging) + check_secrets(spec) + check_env_values(spec, backend_name)
+    findings += check_staging(spec, staging) + check_disk(spec, plan, staging)
+    findings += check_secrets(spec) + check_env_values(spec, backend_name)
     findings += check_demo_defaults(spec, backend_name)
     findings += check_signal_lead(spec, plan) if backend_name == "slurm" else []
     findings += check_endpoint_reach(spec, backend_name) + check_session_credentials(spec, plan, backend_name)
@@ -1123,6 +1126,14 @@ def _check_local_output(path: str, uri: str) -> list[Finding]:
         with tempfile.TemporaryFile(dir=base, prefix=".ftctl-preflight-"):
             pass
     except OSError as e:
+        from ftctl.runpaths import owned_by_another
+
+        if e.errno in (errno.EACCES, errno.EPERM) and (whose := owned_by_another(base)):  # a colleague's, shared
+            fix = (
+                f"choose another --output, or ask its owner to let your group write it (chmod g+w {shlex.quote(base)}; "
+                "for a group's runs: umask 002, docs/backends.md#shared-caches-and-staging)."
+            )
+            return [Finding(ERROR, f"--output {uri}: cannot write in {base} ({e.strerror or e}: {whose})", fix)]
         return [Finding(ERROR, f"--output {uri}: cannot write in {base} ({e.strerror or e})", fix)]
     return []
 
@@ -1434,6 +1445,31 @@ def _held(path: str) -> float:
                 except OSError:
                     pass
     return total / 1e9
+
+
+def check_staging(spec, staging: str | None) -> list[Finding]:
+    """An object-store output's staging directory on this machine (``staging``, as check_disk takes it) that this user
+    cannot make or write: a group's FTCTL_CACHE whose runs/ a colleague made under umask 022. The trainer stopped
+    there after loading the model ("rank 0 on vm: PermissionError: ... runs/lab-run-K-c31db218-uid1002")."""
+    if not (storage.is_remote(spec.output) and staging):
+        return []
+    base = _existing_ancestor(staging)
+    if not os.path.isdir(base) or os.access(base, os.W_OK | os.X_OK):
+        return []
+    from ftctl.checkpoints.staging import STAGING_ENV
+    from ftctl.runpaths import owned_by_another
+
+    whose = owned_by_another(base)
+    return [
+        Finding(
+            ERROR,
+            f"--output {spec.output} is staged in {staging} before its upload, and you cannot write in {base}"
+            + (f" ({whose})" if whose else ""),
+            f"set FTCTL_CACHE (or {STAGING_ENV}) to a directory of your own, or have {base} made writable by your "
+            f"group (chmod g+w {shlex.quote(base)}; for a group's cache: umask 002, "
+            "docs/backends.md#shared-caches-and-staging).",
+        )
+    ]
 
 
 def check_disk(spec, plan, staging: str | None = None) -> list[Finding]:

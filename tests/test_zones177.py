@@ -122,7 +122,7 @@ def test_locks_and_a_local_runs_log_say_their_zone(zone, monkeypatch, tmp_path, 
     when = rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d \{offset}"
     with only_trainer(str(tmp_path / "run")):
         held = RunPaths(tmp_path / "run").train_lock.read_text()
-    assert re.fullmatch(rf"pid \d+ on \S+ since {when}\n", held), held
+    assert re.fullmatch(rf"pid \d+ on \S+ by .+ since {when}\n", held), held
     fh = _launch_lock(tmp_path / "launch.lock", "runs/r", "ftctl launch")
     fh.close()
     assert re.search(rf" since {when}\)\n$", (tmp_path / "launch.lock").read_text())

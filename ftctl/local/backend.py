@@ -259,8 +259,15 @@ class LocalBackend(Backend):
                 f"ftctl started it, before its runs had one): stop it with `kill -TERM {pid}`, which "
                 f"saves a checkpoint at its next step and exits; {same_command(ref.run_dir)} resumes it."
             )
-        paths.stop_file.parent.mkdir(parents=True, exist_ok=True)
-        paths.stop_file.touch()
+        try:
+            paths.stop_file.parent.mkdir(parents=True, exist_ok=True)
+            paths.stop_file.touch()
+        except OSError as e:  # another user's run directory, not writable by this one: it was a traceback
+            raise FtctlError(
+                f"cannot ask {ref.job_id} ({holder}) to stop: {e.strerror or e} writing {paths.stop_file}. Its "
+                "trainer's user can run `ftctl cancel` (or `kill -TERM` its pid); a run directory the group writes "
+                "(umask 002 in a setgid group directory) lets each of the group stop it."
+            ) from None
         return (
             f"asked {ref.job_id} ({holder}) to stop: it saves a checkpoint at its next step and exits; "
             f"{same_command(ref.run_dir)} resumes it"

@@ -35,6 +35,7 @@ from pathlib import Path
 from ftctl import storage
 from ftctl.errors import FtctlError
 from ftctl.gpus import usable_cores
+from ftctl.runpaths import as_mkdir_made
 from ftctl.spec import RunSpec, split_paths
 from ftctl.trainer.formats import REASONING_KEYS, Row, data_digest, file_name, llama_factory_notes, load_rows
 from ftctl.trainer.masks import (
@@ -1237,7 +1238,7 @@ def _write_cached(entry: Path, dataset, row_stats: DataStats):
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         new = Path(tempfile.mkdtemp(prefix=f"{entry.name}.", suffix=".new", dir=entry.parent))
-        new.chmod(0o755)
+        as_mkdir_made(new)  # the umask's mode and the group's setgid: a colleague resuming a shared run removes it
         try:
             dataset.save_to_disk(str(new))
             (new / _CACHED_STATS).write_text(json.dumps(dataclasses.asdict(row_stats)))

@@ -34,7 +34,7 @@ from pathlib import Path
 from ftctl import failures, quiet, storage
 from ftctl.checkpoints.manifest import checkpoint_step, sha256_file
 from ftctl.errors import FtctlError
-from ftctl.runpaths import ADAPTER_CONFIG, MERGE_RECORD, MERGED_DIR
+from ftctl.runpaths import ADAPTER_CONFIG, MERGE_RECORD, MERGED_DIR, as_mkdir_made
 from ftctl.trainer import trained as trained_mod
 from ftctl.trainer.model import DTYPES
 
@@ -118,9 +118,7 @@ def merge(
         dequantized = weights == DEQUANTIZED  # the base as the run trained over it (trained.quantized_base)
         merged = trained_mod.load(adapter, precision, base=base, dequantized=dequantized, stored=bool(stored))
         merged = merged.merge_and_unload()
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would stay with the renamed directory
+        as_mkdir_made(tmp)  # mkdtemp's 0700 would stay with the renamed directory; a group's setgid kept
         with room_to_save(out, tmp, merged):
             merged.save_pretrained(tmp)
             AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(adapter)).save_pretrained(tmp)

@@ -62,6 +62,7 @@ from ftctl.runpaths import (
     START_WANDB_RUN,
     RunPaths,
     open_lock,
+    user_name,
 )
 from ftctl.spec import RunSpec, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, model_card, op_build, reshard, tracking
@@ -161,7 +162,8 @@ def only_trainer(local_dir: str):
         if fh.writable():
             fh.seek(0)
             fh.truncate()
-            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n")
+            since = time.strftime("%Y-%m-%d %H:%M:%S %z")
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} by {user_name()} since {since}\n")
             fh.flush()
         from ftctl.trainer.callbacks import RunDirKept
 
