@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import socket
 import time
@@ -765,11 +766,17 @@ def refuse_a_second_job(rendered: Rendered) -> None:
             continue
         if state.state in (JobState.PENDING, JobState.RUNNING):
             doing = "is queued to train" if state.state is JobState.PENDING else "is still training"
-            whose = f" of {owner}" if ref is theirs and (owner := owner_of(ref.paths.slurm_log(ref.job_id))) else ""
+            owner = owner_of(ref.paths.slurm_log(ref.job_id)) if ref is theirs else None
+            # a colleague's job is not in this user's record, and Slurm cancels only its owner's jobs
+            stop = (
+                f"ask {owner or 'whoever launched it'} (`ftctl status {shlex.quote(str(rendered.run_dir))}` shows it)"
+                if ref is theirs
+                else f"`ftctl cancel {ref.job_id}`"
+            )
             raise FtctlError(
-                f"job {ref.job_id}{whose} ({ref.backend}: {state.text.removeprefix(f'{ref.job_id} ')}) {doing} "
-                f"into {ref.output}; a second job there would write the same checkpoints. Wait for it, "
-                f"`ftctl cancel {ref.job_id}`, or choose {rendered.another_output}."
+                f"job {ref.job_id}{f' of {owner}' if owner else ''} ({ref.backend}: "
+                f"{state.text.removeprefix(f'{ref.job_id} ')}) {doing} into {ref.output}; a second job there would "
+                f"write the same checkpoints. Wait for it, {stop}, or choose {rendered.another_output}."
             )
     if rendered.spec.backend != "local":  # the local backend's own check asked it
         refuse_a_held_run_dir(rendered)
@@ -798,8 +805,6 @@ def held_run(spec: RunSpec) -> str | None:
     a run trained on this machine (Backend.trains_here: a local launch, `ftctl train`), whose trainer of an ftctl
     from before that lock may still train (trainer.trained.unlocked_trainer, what `ftctl status` says of it): both
     trainers then rotated each other's checkpoints away. None where none does."""
-    import shlex
-
     from ftctl.trainer.trained import UNLOCKED_RECENT_S, unlocked_trainer
 
     paths = trainer_paths_of(spec)

@@ -229,6 +229,9 @@ def test_a_launch_into_a_colleagues_run_directory_whose_slurm_job_is_queued_is_r
     said = str(refused.value)
     assert asked == ["81234"]
     assert said.startswith(f"job 81234 of {user_name()} (slurm: PENDING (Priority)) is queued to train into "), said
+    # not `ftctl cancel 81234`: her job is not in his record (find_job refuses it) and Slurm cancels only hers
+    assert f"Wait for it, ask {user_name()} (`ftctl status {run}` shows it), or choose another --output" in said, said
+    assert "ftctl cancel" not in said
 
 
 def test_a_shared_hf_home_a_login_made_private_is_said_as_such(tmp_path, monkeypatch):
