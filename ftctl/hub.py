@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import re
+import shlex
 
 # a hub id as the Hub spells them: org/name (the preflight's check of --model, the planner's question)
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -58,13 +59,17 @@ def unreadable_cache() -> str | None:
 
     from ftctl.runpaths import owned_by_another
 
-    for place in dict.fromkeys([constants.HF_HOME, constants.HF_HUB_CACHE]):
+    hub, home = constants.HF_HUB_CACHE, constants.HF_HOME
+    # the models' cache, and HF_HOME where it holds it (a 0700 HF_HOME hides the cache inside: isdir says no); a
+    # private HF_HUB_CACHE elsewhere is read whatever HF_HOME is
+    inside = os.path.commonpath([os.path.abspath(hub), os.path.abspath(home)]) == os.path.abspath(home)
+    for place in [home, hub] if inside else [hub]:
         if os.path.isdir(place) and not os.access(place, os.R_OK | os.X_OK):
             whose = owned_by_another(place)
             return (
                 f"the Hugging Face cache {place} is there but not readable by you{f' ({whose})' if whose else ''}: "
                 "`hf auth login` with HF_HOME shared makes it 0700 (to keep the token there private). Have it made "
-                f"readable again (chmod 2775 {place}), and log in with HF_TOKEN_PATH=~/.cache/huggingface/token, or "
+                f"readable again (chmod 2775 {shlex.quote(place)}), and log in with HF_TOKEN_PATH=~/.cache/huggingface/token, or "
                 "set HF_HOME to a cache of your own"
             )
     return None

@@ -261,6 +261,10 @@ def test_a_shared_hf_home_a_login_made_private_is_said_as_such(tmp_path, monkeyp
     ), said
     assert "`hf auth login` with HF_HOME shared makes it 0700" in said and f"chmod 2775 {hf}" in said, said
     assert "HF_TOKEN_PATH=~/.cache/huggingface/token" in said and "--model-params" not in said, said
+    # a private HF_HUB_CACHE of one's own is read whatever HF_HOME is: nothing refused (review-57 R2)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "mine"))
+    (tmp_path / "mine").mkdir()
+    assert hub.unreadable_cache() is None
 
 
 def test_a_staging_directory_in_a_colleagues_cache_is_refused_before_the_model_loads(tmp_path, monkeypatch):
