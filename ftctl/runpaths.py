@@ -176,6 +176,18 @@ def _name_of(uid: int) -> str:
         return f"uid {uid}"
 
 
+def current_umask() -> int:
+    """This process's umask, read without setting it where Linux says it (/proc/self/status): os.umask's set-and-restore
+    is process-wide, and a thread of the trainer creating a file in between would make it 0666/0777."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):  # no /proc (macOS), or a kernel before 4.7
+        umask = os.umask(0)
+        os.umask(umask)
+        return umask
+
+
 def as_mkdir_made(directory) -> None:
     """The directory ``directory`` (made by tempfile.mkdtemp, 0700, to be renamed into place) as mkdir would have
     made it: the umask's mode, and the setgid bit of its parent's, which a plain chmod cleared. In a group's shared
@@ -184,8 +196,7 @@ def as_mkdir_made(directory) -> None:
     maker's own group, stayed on the disk after a colleague's resume ended the run)."""
     import stat
 
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     directory = Path(directory)
     setgid = os.stat(directory.parent).st_mode & stat.S_ISGID
     os.chmod(directory, (0o777 & ~umask) | setgid)
@@ -195,8 +206,7 @@ def as_umask(directory) -> None:
     """The files of ``directory`` as the umask lets files be: safetensors writes its weights 0600 (through a temporary
     file; safetensors#782), so a server or a colleague running as another user could not read them (a final model, a
     checkpoint-N a colleague resumes, the demo model in a group's FTCTL_CACHE)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     for file in Path(directory).iterdir():
         if file.is_file() and not file.is_symlink():
             file.chmod(0o666 & ~umask)

@@ -284,3 +284,22 @@ def test_a_staging_directory_in_a_colleagues_cache_is_refused_before_the_model_l
     assert finding.what.endswith(f"and you cannot write in {runs} (alice's, drwxr-sr-x)"), finding
     assert finding.fix.startswith("set FTCTL_CACHE (or FTCTL_LOCAL_DIR) to a directory of your own"), finding
     assert preflight.check_staging(spec, str(tmp_path / "mine" / "lab-k")) == []  # one's own: nothing said
+
+
+def test_the_umask_is_read_without_being_set(monkeypatch):
+    """review-57 N2: as_mkdir_made/as_umask/valid_rows read the umask with os.umask(0) and put it back, a window in which
+    a thread of the trainer creating a file made it 0666/0777. On Linux runpaths.current_umask reads /proc/self/status
+    and never sets it."""
+    from ftctl import runpaths
+
+    old = os.umask(0o027)
+    try:
+
+        def setting(mask):
+            raise AssertionError(f"os.umask({mask:o}) called")
+
+        monkeypatch.setattr(os, "umask", setting)
+        assert runpaths.current_umask() == 0o027
+    finally:
+        monkeypatch.undo()
+        os.umask(old)

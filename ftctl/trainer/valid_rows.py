@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ftctl import storage
 from ftctl.errors import FtctlError
+from ftctl.runpaths import current_umask
 from ftctl.spec import split_paths
 
 SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".arrow")
@@ -145,9 +146,9 @@ def _write_new(out: Path, data: bytes) -> None:
     linked to its name, which fails where a file took that name meanwhile (never written over)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # as open() makes it: mkstemp's 0600 kept the rows from the group that shares them
+    os.fchmod(
+        fd, 0o666 & ~current_umask()
+    )  # as open() makes it: mkstemp's 0600 kept the rows from the group that shares them
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
