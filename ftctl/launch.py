@@ -105,19 +105,21 @@ RDZV_READ_TIMEOUT_S = 600
 
 #: the port a job's rendezvous listens on, set by job_port_line
 JOB_PORT = Shell('"$RDZV_PORT"')
-PORT_SPREAD = 1000  # RDZV_PORT = rdzv_port + (a number of the job's) % PORT_SPREAD
+PORT_SPREAD = 1000  # RDZV_PORT = rdzv_port + 1 + (a number of the job's) % PORT_SPREAD
 
 
 def job_port_line(spec: RunSpec, number: str, who: str) -> str:
-    """The shell line that sets RDZV_PORT for a multi-node job on a shared cluster: rdzv_port plus ``number``
+    """The shell line that sets RDZV_PORT for a multi-node job on a shared cluster: rdzv_port + 1 plus ``number``
     (shell arithmetic on the scheduler's job id) mod PORT_SPREAD, so jobs sharing a head node listen apart (on one
-    port, the second joined the first's store and failed when it ended). ``who``: the job, for the message."""
-    if spec.rdzv_port + PORT_SPREAD - 1 > 65535:
+    port, the second joined the first's store and failed when it ended), and none on rdzv_port itself: 29500 is
+    torchrun's, accelerate's and DeepSpeed's default, where a hand-started run on the node listens (from rdzv_port,
+    each job numbered ...000 failed "address already in use"). ``who``: the job, for the message."""
+    if spec.rdzv_port + PORT_SPREAD > 65535:
         raise FtctlError(
-            f"rdzv_port={spec.rdzv_port}: {who} listens on rdzv_port + (job id % {PORT_SPREAD}), past the "
-            f"last port (65535); use -o rdzv_port={65535 - PORT_SPREAD + 1} or less."
+            f"rdzv_port={spec.rdzv_port}: {who} listens on rdzv_port + 1 + (job id % {PORT_SPREAD}), past the "
+            f"last port (65535); use -o rdzv_port={65535 - PORT_SPREAD} or less."
         )
-    return f"RDZV_PORT=$(({spec.rdzv_port} + {number} % {PORT_SPREAD}))"
+    return f"RDZV_PORT=$(({spec.rdzv_port + 1} + {number} % {PORT_SPREAD}))"
 
 
 def _rdzv_id(name: str, job):

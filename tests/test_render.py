@@ -172,7 +172,7 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path, 
         "--rdzv-backend",
         "c10d",
         "--rdzv-endpoint",
-        "node1:29742",  # rdzv_port + SLURM_JOB_ID % 1000
+        "node1:29743",  # rdzv_port + 1 + SLURM_JOB_ID % 1000
         "--rdzv-id",
         f"{prep.spec.name}-4242",
         "--rdzv-conf",
@@ -228,11 +228,11 @@ def test_two_slurm_jobs_on_one_node_have_a_rendezvous_each(tmp_path):
         assert probe[probe.index("-m") + 1] == "ftctl.trainer.netcheck"
         seen[job] = [(a[a.index("--rdzv-endpoint") + 1], a[a.index("--rdzv-id") + 1]) for a in (probe, train)]
     name = prep.spec.name
-    assert seen["4242"] == [("node1:29742", f"{name}-netcheck-4242"), ("node1:29742", f"{name}-4242")]
-    assert seen["5243"] == [("node1:29743", f"{name}-netcheck-5243"), ("node1:29743", f"{name}-5243")]
+    assert seen["4242"] == [("node1:29743", f"{name}-netcheck-4242"), ("node1:29743", f"{name}-4242")]
+    assert seen["5243"] == [("node1:29744", f"{name}-netcheck-5243"), ("node1:29744", f"{name}-5243")]
     # job ids 1000 apart share a port: their ids still keep them apart
-    assert seen["6242"] == [("node1:29742", f"{name}-netcheck-6242"), ("node1:29742", f"{name}-6242")]
-    with pytest.raises(FtctlError, match=r"rdzv_port=65000: .* use -o rdzv_port=64536 or less"):
+    assert seen["6242"] == [("node1:29743", f"{name}-netcheck-6242"), ("node1:29743", f"{name}-6242")]
+    with pytest.raises(FtctlError, match=r"rdzv_port=65000: .* use -o rdzv_port=64535 or less"):
         prepared(["rdzv_port=65000"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
 
 
@@ -867,7 +867,7 @@ def test_sky_run_section_hostile_values_arrive_intact(h, tmp_path):
         "--rdzv-backend",
         "c10d",
         "--rdzv-endpoint",
-        "10.0.0.7:30484",  # rdzv_port + cksum(SKYPILOT_TASK_ID) % 1000 (717276984)
+        "10.0.0.7:30485",  # rdzv_port + 1 + cksum(SKYPILOT_TASK_ID) % 1000 (717276984)
         "--rdzv-id",
         f"{key}-sky-2026-12-03-10-00-00-123456_c_3",
         "--rdzv-conf",

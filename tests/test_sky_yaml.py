@@ -379,13 +379,13 @@ def test_multi_node_jobs_of_one_cluster_meet_apart(tmp_path):
         done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, env=env)
         assert done.returncode == 0, done.stderr
         head, got = done.stdout.split()
-        assert head == "10.0.0.7" and 29500 <= int(got) < 30500
+        assert head == "10.0.0.7" and 29500 < int(got) <= 30500
         return int(got)
 
     first, second = (port(f"sky-2026-12-03-10-00-00-123456_mycluster_{n}") for n in (3, 4))
     assert first != second and port("sky-2026-12-03-10-00-00-123456_mycluster_3") == first  # every node agrees
     # the spread must stay below the last port: said before anything is rendered
-    with pytest.raises(FtctlError, match=r"a SkyPilot job listens on .* use -o rdzv_port=64536 or less"):
+    with pytest.raises(FtctlError, match=r"a SkyPilot job listens on .* use -o rdzv_port=64535 or less"):
         prepared(["rdzv_port=65000"], backend="sky", gpus="2x8xH100", output_dir="s3://b/o")
 
 
