@@ -181,28 +181,31 @@ def test_the_plan_packs_no_hybrid_model_and_refuses_it_on_cpu(tmp_path):
         )
 
 
-def _fla_here(monkeypatch, hopper: bool, triton_ok: bool, tilelang: bool = False) -> None:
-    """fla 0.6's facts (its fla.utils flags), a CUDA GPU and transformers taking fla, as on a GPU node: none of them
-    exists on this machine (no GPU, no fla), so they are put at their outermost boundary."""
+def _fla_here(monkeypatch, hopper: bool, triton_ok: bool | None, tilelang: bool = False, version: str = "0.6.0"):
+    """fla's facts (its version, its fla.utils flags, its TileLang backend's can_use), a CUDA GPU and transformers
+    taking fla, as on a GPU node: none of them exists on this machine (no GPU, no fla), so they are put at their
+    outermost boundary. ``triton_ok`` None: an fla without the TRITON_ABOVE_3_7_1 flag (0.5)."""
     import sys
     import types
 
     import transformers.utils
 
     fla = types.ModuleType("fla")
-    fla.__version__ = "0.6.0"
+    fla.__version__ = version
     utils = types.ModuleType("fla.utils")
-    utils.IS_NVIDIA_HOPPER, utils.TRITON_ABOVE_3_4_0, utils.TRITON_ABOVE_3_7_1 = hopper, True, triton_ok
+    utils.IS_NVIDIA_HOPPER, utils.TRITON_ABOVE_3_4_0 = hopper, True
+    if triton_ok is not None:
+        utils.TRITON_ABOVE_3_7_1 = triton_ok
+    backends = types.ModuleType("fla.ops.common.backends.tilelang")
+    backends.CommonTileLangBackend = type("CommonTileLangBackend", (), {"can_use": classmethod(lambda cls: tilelang)})
     fla.utils = utils
     monkeypatch.setitem(sys.modules, "fla", fla)
     monkeypatch.setitem(sys.modules, "fla.utils", utils)
+    for name in ("fla.ops", "fla.ops.common", "fla.ops.common.backends"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["fla.ops.common.backends"].tilelang = backends
+    monkeypatch.setitem(sys.modules, "fla.ops.common.backends.tilelang", backends)
     monkeypatch.setattr(transformers.utils, "is_flash_linear_attention_available", lambda: True)
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: object() if name == "tilelang" and tilelang else find_spec(name, *a),
-    )
 
 
 def test_fla_that_would_stop_the_first_backward_is_refused_before_the_model_loads(monkeypatch):
@@ -228,4 +231,9 @@ def test_fla_that_would_stop_the_first_backward_is_refused_before_the_model_load
     _fla_here(monkeypatch, hopper=False, triton_ok=False)
     assert attention.fla_training_problem("qwen3_5_text", on_cpu=False) is None
     _fla_here(monkeypatch, hopper=True, triton_ok=False, tilelang=True)
+    assert attention.fla_training_problem("qwen3_5_text", on_cpu=False) is None
+    # fla 0.5 refuses every Triton from 3.4.0 (no TRITON_ABOVE_3_7_1 flag); 0.4 refuses none
+    _fla_here(monkeypatch, hopper=True, triton_ok=None, version="0.5.0")
+    assert attention.fla_training_problem("qwen3_5_text", on_cpu=False).startswith("flash-linear-attention 0.5.0 ")
+    _fla_here(monkeypatch, hopper=True, triton_ok=None, version="0.4.2")
     assert attention.fla_training_problem("qwen3_5_text", on_cpu=False) is None

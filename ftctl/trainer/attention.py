@@ -274,32 +274,51 @@ def missing_boundary_kernels(model_type: str | None) -> tuple:
 
 def fla_training_problem(model_type: str | None, on_cpu: bool) -> str | None:
     """Why flash-linear-attention would stop this model's training at its first backward, in one line that says
-    what to do; None where it would not (or this fla does not say). fla 0.6 refuses its gated chunk kernels'
-    backward (Gated DeltaNet's chunk_bwd_dqkwg) on Hopper GPUs with Triton >= 3.4.0 and < 3.7.1, which computes
-    wrong gradients there (fla issue #640), unless tilelang is installed: transformers takes fla wherever it imports,
-    so the run would stop at its first step, after minutes of Triton autotuning (bench/NOTES.md v104, v105). The
-    facts are fla's own flags (fla.utils), read only where transformers would use fla for this model."""
+    what to do; None where it would not. fla 0.5 refuses its gated chunk kernels' backward (Gated DeltaNet's
+    chunk_bwd_dqkwg) on Hopper GPUs with Triton >= 3.4.0, and 0.6 with Triton >= 3.4.0 and < 3.7.1 (wrong gradients
+    there, fla issue #640), unless its TileLang backend runs that kernel: transformers takes fla wherever it imports,
+    so the run would stop at its first step, after minutes of Triton autotuning (bench/NOTES.md v104-v106). The facts
+    are fla's own (its flags, its backend's can_use), read only where transformers would use fla for this model."""
     if on_cpu or GATED_DELTA not in BOUNDARY_KERNELS.get(model_type, ()):
         return None
     from transformers.utils import is_flash_linear_attention_available
 
-    if not is_flash_linear_attention_available() or importlib.util.find_spec("tilelang") is not None:
+    if not is_flash_linear_attention_available():
         return None
     try:
         import fla
+        import fla.utils
         import triton
-        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
-    except Exception:  # an fla without these flags, or one that does not import: its own checks, at its first step
+        from packaging.version import Version
+
+        if Version(fla.__version__) < Version("0.5"):  # no such refusal before 0.5
+            return None
+        refuses = fla.utils.IS_NVIDIA_HOPPER and fla.utils.TRITON_ABOVE_3_4_0
+        refuses &= not getattr(fla.utils, "TRITON_ABOVE_3_7_1", False)  # 0.5 refuses every Triton from 3.4.0
+    except Exception:  # an fla that does not import, or says none of this: its own checks, at its first step
         return None
-    if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1):
+    if not refuses or _fla_tilelang_usable():
         return None
     return (
-        f"flash-linear-attention {getattr(fla, '__version__', '')} cannot train {model_type} on this Hopper GPU with Triton {triton.__version__}: "
-        "it refuses its gated backward kernel there (wrong gradients with Triton >= 3.4.0 and < 3.7.1, fla issue "
-        "#640), at the first step, after minutes of kernel tuning. On the node: pip install tilelang (fla then runs "
-        "that kernel in TileLang), or a torch whose Triton is 3.7.1 or newer, or pip uninstall "
-        "flash-linear-attention fla-core to train on transformers' torch path (exact, slower, rows not packed)"
+        f"flash-linear-attention {fla.__version__} cannot train {model_type} on this Hopper GPU with Triton "
+        f"{triton.__version__}: it refuses its gated backward kernel there (wrong gradients with Triton >= 3.4.0 and "
+        "< 3.7.1, fla issue #640), at the first step, after minutes of kernel tuning. On the node: pip install "
+        "tilelang (fla then runs that kernel in TileLang; it needs nvcc), or a torch whose Triton is 3.7.1 or newer "
+        "with flash-linear-attention 0.6 or newer, or pip uninstall flash-linear-attention fla-core to train on "
+        "transformers' torch path (exact, slower, rows not packed)"
     )
+
+
+def _fla_tilelang_usable() -> bool:
+    """fla's own answer to whether its TileLang backend runs the common chunk kernels here (tilelang imports, nvcc
+    for its JIT, FLA_TILELANG not 0): 0.6's CommonTileLangBackend, 0.5's TileLangBackend; else whether it imports."""
+    try:
+        from fla.ops.common.backends import tilelang as backends
+
+        backend = getattr(backends, "CommonTileLangBackend", None) or backends.TileLangBackend
+        return bool(backend.can_use())
+    except Exception:
+        return importlib.util.find_spec("tilelang") is not None
 
 
 def packing_supported(attn: str | None) -> bool:
