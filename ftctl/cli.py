@@ -46,12 +46,7 @@ class _Group(click.Group):
         except FtctlError as e:
             if os.environ.get("FTCTL_DEBUG"):
                 raise
-            from ftctl.secret_checks import redacted
-
-            # a credential that reached a message by a way no check foresaw (a library's error) is masked, and a
-            # control character of a value (a run file's path holding ESC]0;...BEL) is shown, not sent to the terminal
-            said = _CONTROL.sub(lambda m: repr(m.group())[1:-1], redacted(str(e)))
-            click.echo(f"{e.prefix}{said}", err=True)
+            click.echo(f"{e.prefix}{_shown(str(e))}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -91,6 +86,27 @@ class _JobArgument(click.Argument):
             raise
 
 
+class _RunFileCommand(click.Command):
+    """A command that takes RUN_FILE (plan, render, launch, train): a second run file given as another argument
+    (`ftctl plan a.yaml b.yaml`) is refused as `-c a.yaml -c b.yaml` is (_one_run_file: ftctl reads one, and how to
+    combine them), where click said "Got unexpected extra argument (b.yaml)". Other extra arguments are click's."""
+
+    def parse_args(self, ctx, args):
+        ctx.allow_extra_args = True  # click's parse leaves them in ctx.args; refused below as click refuses them
+        try:
+            rest = super().parse_args(ctx, args)
+        finally:
+            ctx.allow_extra_args = False
+        if run_files := [a for a in rest if a.lower().endswith((".yaml", ".yml"))]:
+            _one_run_file(ctx.params.get("config") or (), ctx.params.get("run_file"), *run_files)
+            rest = [a for a in rest if a not in run_files]  # the run file again: read once, as -c a.yaml -c a.yaml
+        if rest and not ctx.resilient_parsing:
+            s = "s" if len(rest) > 1 else ""
+            ctx.fail(f"Got unexpected extra argument{s} ({' '.join(rest)})")
+        ctx.args = rest
+        return rest
+
+
 def _refuse(e: click.ClickException) -> NoReturn:
     """click's refusal said as ftctl's own are: click's usage lines, then `error: MESSAGE` (FtctlError's prefix;
     click's own is `Error: MESSAGE`), and click's exit code (2 for a usage error). One style, so that a user (or a log
@@ -103,8 +119,18 @@ def _refuse(e: click.ClickException) -> NoReturn:
     if ctx is not None:
         hint = f"Try '{ctx.command_path} --help' for help.\n" if ctx.command.get_help_option(ctx) else ""
         click.echo(f"{ctx.get_usage()}\n{hint}", err=True, color=color)
-    click.echo(f"{FtctlError.prefix}{e.format_message()}", err=True, color=color)
+    click.echo(f"{FtctlError.prefix}{_shown(e.format_message())}", err=True, color=color)
     sys.exit(e.exit_code)
+
+
+def _shown(message: str) -> str:
+    """An error line as the terminal gets it, ftctl's own and click's alike (click's repeat what was typed: an
+    option's value, an extra argument): a credential that reached it by a way no check foresaw (a library's error, a
+    value click repeats) masked (secret_checks.redacted), and a value's control characters (a run file's path
+    holding ESC]0;...BEL) shown as \\xNN, not sent to the terminal."""
+    from ftctl.secret_checks import redacted
+
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], redacted(message))
 
 
 def _before_its_command(e: click.NoSuchOption, argv: list[str]) -> bool:
@@ -165,6 +191,17 @@ def _no_credential(ctx, param, value):
         if isinstance(v, str) and (said := argument_problem(what, v)):
             raise FtctlError(said)
     return value
+
+
+def _a_registry(ctx, param, value):
+    """build --push's callback: a user and password in it (https://user:PASS@ghcr.io/org or without the scheme) is
+    refused with `docker login` (build.push_credentials), not with _no_credential's object-store keys; then as
+    _no_credential (a token, a secret's value)."""
+    from ftctl.docker.build import push_credentials
+
+    if value and (said := push_credentials(value)):
+        raise FtctlError(said)
+    return _no_credential(ctx, param, value)
 
 
 def _where_it_goes(e: click.NoSuchOption, argv: list[str]) -> None:
@@ -395,11 +432,12 @@ def _spec(kw: dict, backend: str | None = None):
     return spec
 
 
-def _one_run_file(configs: tuple[str, ...], run_file: str | None = None) -> str | None:
-    """The run file of -c and RUN_FILE, given once (the same file twice is once). Two are refused: click kept the last
-    -c and dropped the others unsaid. Not merged either (Hydra's and compose's way): spec.build reads one run file
-    layer, and spec.json, the run's record, holds the keys it resolved, not the files they came from."""
-    given = {run_file: run_file} if run_file else {}
+def _one_run_file(configs: tuple[str, ...], *run_files: str | None) -> str | None:
+    """The run file of -c and RUN_FILE (``run_files``: a second one given as an extra argument, _RunFileCommand),
+    given once (the same file twice is once). Two are refused: click kept the last -c and dropped the others unsaid.
+    Not merged either (Hydra's and compose's way): spec.build reads one run file layer, and spec.json, the run's
+    record, holds the keys it resolved, not the files they came from."""
+    given = {run_file: run_file for run_file in run_files if run_file}
     for config in filter(None, configs):
         given.setdefault(config, f"-c {config}")
     if len(given) > 1:
@@ -413,6 +451,7 @@ def _one_run_file(configs: tuple[str, ...], run_file: str | None = None) -> str 
 
 # ------------------------------------------------------------------------------------------ plan
 @main.command(
+    cls=_RunFileCommand,
     short_help="What a run would be: precision, strategy, batch, memory.",
     epilog="""\b
 Examples:
@@ -449,7 +488,7 @@ _preflight_option = click.option(
 )
 
 
-@main.command(short_help="Print what launch would submit, without submitting it.")
+@main.command(cls=_RunFileCommand, short_help="Print what launch would submit, without submitting it.")
 @run_options
 @_preflight_option
 def render(**kw):
@@ -463,6 +502,7 @@ def render(**kw):
 
 
 @main.command(
+    cls=_RunFileCommand,
     short_help="Submit a run to Slurm, SkyPilot, docker or this machine.",
     epilog="""\b
 Examples:
@@ -680,7 +720,7 @@ def cancel(job, now, wait_s):
 
 
 # ------------------------------------------------------------------------------------------ training
-@main.command(short_help="Run the trainer here, in this process.")
+@main.command(cls=_RunFileCommand, short_help="Run the trainer here, in this process.")
 @run_options(placement=False)
 def train(**kw):
     """Run the trainer here, in this process (what torchrun runs on every node)."""
@@ -1172,7 +1212,7 @@ def doctor(backend, partition, gpus, network, nodes, min_busbw_gbps):
     "--push",
     "registry",
     metavar="REGISTRY",
-    callback=_no_credential,
+    callback=_a_registry,
     help="Push to REGISTRY/ftctl:TAG, e.g. ghcr.io/my-org.",
 )
 @click.option("--apptainer", is_flag=True, help="Also write a .sif for clusters without docker.")

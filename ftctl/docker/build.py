@@ -20,6 +20,7 @@ records nothing.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from ftctl.docker import image
 from ftctl.docker.engine import command, engine
 from ftctl.errors import FtctlError
 from ftctl.launch import join
+from ftctl.secret_checks import holds_credential
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,31 @@ def staged_context() -> Path:
     return ctx
 
 
+# a registry given with a user (and password) before its host, a scheme or none: user:PASS@ghcr.io/org
+_REGISTRY_USERINFO = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/@]*@(?P<host>[^/@]*)")
+
+
+def push_credentials(push: str) -> str | None:
+    """The one line that refuses ``--push`` holding a user and password (``user:PASS@ghcr.io/org``, with or without
+    https://), without repeating them; None where it holds none. A registry takes its credential from `docker login`,
+    which keeps it in the engine's credential store, never from the image's path: check_registry's refusal repeated
+    the value, password and all."""
+    m = _REGISTRY_USERINFO.match(push.strip())
+    if not m:
+        return None
+    host = m["host"] if re.fullmatch(r"[A-Za-z0-9.-]+(?::[0-9]+)?", m["host"]) else "HOST"
+    bare = m["host"] + push.strip()[m.end() :]
+    try:  # the registry without them, where it is one (and holds no other credential)
+        bare = image.check_registry(bare) if not holds_credential(bare) else f"{host}/NAMESPACE"
+    except FtctlError:
+        bare = f"{host}/NAMESPACE"
+    return (
+        "--push holds a user and password before the registry's host (not repeated here): a registry path takes no "
+        f"credential. Log in once with `docker login {host}` (podman: `podman login {host}`), which keeps it in the "
+        f"engine's credential store, then give --push {bare}."
+    )
+
+
 def commands(
     gpus: str,
     tag: str | None = None,
@@ -103,6 +130,8 @@ def commands(
     cuda = image.pins(cuda=cuda).cuda_short if cuda else image.flavour_for(gpus)
     args = image.build_args(gpus, max_jobs=max_jobs, cuda=cuda)
     tag = image.check_tag(tag) if tag else image.image_tag(gpus, cuda=cuda)
+    if push and (said := push_credentials(push)):
+        raise FtctlError(said)
     registry = image.check_registry(push, "--push") if push else image.DEFAULT_REGISTRY
     ref = f"{registry}/{image.REPOSITORY}:{tag}"
     ctx = context or source_root() or staged_context()
