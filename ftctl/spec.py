@@ -173,7 +173,7 @@ TOOL_DEFAULTS_NOT_TAKEN = {
         "is a full fine-tune): --method fft (or use_peft: false) for TRL's",
         "assistant_only_loss": "ftctl trains a conversation's assistant turns only (a prompt-completion row's "
         "completion, as TRL does); TRL trains a conversation's every token (its assistant_only_loss false), as "
-        "-o assistant_only_loss=false does here",
+        "-o assistant_only_loss=false does here (a prompt-completion row's prompt then trains too)",
         # (where the run trains adapters: ftctl's fft/sft rate is TRL's 2e-5)
         "learning_rate": "TRL's SFTConfig trains at 2e-5 unless told (its LoRA examples give 2e-4, as ftctl does): "
         "-o learning_rate=2e-5 for TRL's",
@@ -284,6 +284,48 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
                 )
 
 
+TRL_COMPLETION_SAID = "completion_only_loss: TRL's, for prompt-completion rows"  # how `ftctl keys` names it
+
+
+def _trl_loss(completion, values: dict, sources: dict, trl_file: bool, notes=None) -> None:
+    """TRL's two loss switches onto ftctl's one. TRL's completion_only_loss trains a prompt-completion row's completion
+    only (its default, None, does for such rows), its assistant_only_loss a conversation's assistant turns only
+    (default false: every token); either leaves the other kind of row alone. ftctl's assistant_only_loss is both (a
+    conversation's assistant turns, a prompt-completion row's completion; false: every token of every row). Where
+    assistant_only_loss is given it decides, and a completion_only_loss that differs is said: prompt-completion rows
+    train otherwise than TRL's. Alone, completion_only_loss false is assistant_only_loss false (every token, as TRL
+    trains both kinds then); true asks for what ftctl's default does to prompt-completion rows, and conversations
+    keep ftctl's assistant turns only, said where the TRL run file's note (TOOL_DEFAULTS_NOT_TAKEN) is not.
+    ``completion``: (value, how it was given, its layer), None where no layer gave it; ``trl_file``: the run file is
+    in TRL's vocabulary."""
+    if completion is None:
+        return
+    value, said, source = completion
+    if "assistant_only_loss" not in values:
+        if not value:
+            values["assistant_only_loss"], sources["assistant_only_loss"] = False, source
+        elif not trl_file and notes is not None:
+            notes.append(
+                f"{said}: a prompt-completion row trains its completion only, as in TRL; a conversation its assistant "
+                "turns only, ftctl's default, where TRL trains its every token (its assistant_only_loss false): "
+                "-o assistant_only_loss=false for that (a prompt-completion row's prompt then trains too)"
+            )
+        return
+    if values["assistant_only_loss"] != value and notes is not None:
+        a = config_text(values["assistant_only_loss"])
+        notes.append(
+            f"{said} and assistant_only_loss: {a} ({sources['assistant_only_loss']}): ftctl has one switch for both, "
+            + (
+                "assistant_only_loss: false here: every token of every row trains, a prompt-completion row's prompt "
+                "too, where TRL trains its completion only; for that, leave assistant_only_loss out (a conversation "
+                "then trains its assistant turns only)"
+                if value
+                else "assistant_only_loss: true here: a prompt-completion row trains its completion only, where TRL "
+                "trains it whole; for that, assistant_only_loss: false (a conversation then trains its every token)"
+            )
+        )
+
+
 def _number(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -367,8 +409,8 @@ class RunSpec:
     weight_decay: float = 0.0
     warmup_ratio: float | None = None  # of the steps, rounded down (transformers rounds up): none under 34 steps
     warmup_steps: int | None = None  # instead of warmup_ratio: this many steps (transformers' name)
-    # the rate after the warm-up; constant too (transformers' constant skips warmup_ratio: constant_with_warmup
-    # here, -o warmup_ratio=0 for none, as qlora.py trained)
+    # the rate after the warm-up; constant has none (transformers': a warm-up given with it is refused, naming
+    # constant_with_warmup)
     lr_scheduler_type: str = "cosine"
     # transformers' lr_scheduler_kwargs: cosine_with_min_lr's floor (min_lr_rate, of the peak rate, or min_lr),
     # num_cycles of cosine and cosine_with_min_lr (-o lr_scheduler_kwargs=min_lr_rate=0.1)
@@ -556,7 +598,10 @@ class RunSpec:
 
     @property
     def warmup(self) -> float:
-        """transformers' warmup_steps: below 1 a fraction of the steps (warmup_ratio), else a number of them."""
+        """transformers' warmup_steps: below 1 a fraction of the steps (warmup_ratio), else a number of them. 0
+        for constant, which is transformers' constant rate from the first step (constant_with_warmup warms up)."""
+        if self.lr_scheduler_type == "constant":
+            return 0
         if self.warmup_steps is not None:
             return self.warmup_steps
         return WARMUP_RATIO if self.warmup_ratio is None else self.warmup_ratio
@@ -1025,6 +1070,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     # held-out data below
     from_epoch: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch an earlier layer's strategy: epoch set
     by_method: dict[str, tuple[str, str]] = {}  # METHOD_AGREES keys as given: checked against the method below
+    completion = None  # TRL's completion_only_loss as the last layer gave it: (value, how it was said, layer)
     precision: dict[str, list[str]] = {}  # DTYPE_KEYS given a 16-bit dtype: bf16 or fp16 -> who asked
     for source, items in layers:
         named: dict[str, str] = {}  # key -> the name this layer gave it first
@@ -1039,6 +1085,13 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             if raw is None and key in TURNED and key != "datasets":  # left empty: it asks for nothing
                 continue
             given = raw
+            if key == "completion_only_loss":  # TRL's switch for prompt-completion rows: _trl_loss reads it
+                try:  # (left empty: TRL's default, by the rows' kind, which is ftctl's)
+                    said = f"completion_only_loss: {config_text(raw)} ({source})"
+                    completion = completion if raw is None else (_as_bool(raw), said, source)
+                except ValueError as e:
+                    errors.append(f"{raw_key!r} ({source}): {e}.")
+                continue
             try:
                 key, raw = _axolotl(key, raw)
             except ValueError as e:
@@ -1093,11 +1146,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             )
             spelt = raw_key.strip().replace("-", "_")
             if named.setdefault(key, spelt) != spelt and not adds:  # two names of one key: which one wins is a guess
-                errors.append(
-                    f"{named[key]!r} and {raw_key!r} ({source}) are both {key} here"
-                    f"{' (TRL names it completion_only_loss for prompt-completion rows)' * (key == 'assistant_only_loss')}"
-                    ": keep one."
-                )
+                errors.append(f"{named[key]!r} and {raw_key!r} ({source}) are both {key} here: keep one.")
                 continue
             if key == "eos_token" and raw not in (None, ""):  # checked against the chat template below
                 eos_asked = (f"{raw_key!r} ({source})", str(raw))
@@ -1193,6 +1242,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 f"{', '.join(f'{k} {v:g}' for k, v in taken.items())}: LLaMA-Factory's defaults, which a run file with "
                 "its finetuning_type trains with where it leaves them out"
             )
+    _trl_loss(completion, values, sources, "TRL" in _vocabularies(layers), notes)
     _tool_defaults(values, _vocabularies(layers), notes)
     errors += precision_asked(precision, values, sources, notes)
     if errors:
@@ -1642,6 +1692,13 @@ def best_model_problems(spec: RunSpec) -> list[str]:
     ]
 
 
+def _warmup_given(spec: RunSpec) -> str | None:
+    """The warm-up the run's keys ask for ('warmup_ratio=0.03'), None where none is given or it is 0."""
+    if spec.warmup_steps is not None:
+        return f"warmup_steps={spec.warmup_steps}" if spec.warmup_steps else None
+    return f"warmup_ratio={spec.warmup_ratio:g}" if spec.warmup_ratio else None
+
+
 def validate(spec: RunSpec) -> None:
     errors = []
 
@@ -1741,6 +1798,12 @@ def validate(spec: RunSpec) -> None:
         errors.append(f"warmup_steps must be 0 or more, not {spec.warmup_steps}.")
     if spec.warmup_ratio is not None and not 0 <= spec.warmup_ratio < 1:
         errors.append(f"warmup_ratio must be in [0, 1), not {spec.warmup_ratio}.")
+    if spec.lr_scheduler_type == "constant" and (warm := _warmup_given(spec)):
+        errors.append(
+            f"lr_scheduler_type=constant with {warm}: transformers' constant never warms up (it ignores {warm} without "
+            f"a word; qlora.py's runs trained none): give lr_scheduler_type=constant_with_warmup to warm up, or "
+            f"{warm.split('=')[0]}=0 for the full rate from the first step."
+        )
     if spec.max_steps == 0 or spec.max_steps < -1:
         errors.append("max_steps must be a positive number of steps, or -1 to train num_train_epochs.")
     if not 0 < spec.num_train_epochs < math.inf:  # nan too
@@ -2061,7 +2124,7 @@ def described_keys() -> list[tuple[str, str, str, str]]:
     (ALIASES), ``(also: max_seq_length, max_length)``, so that `ftctl keys WORD` finds a key by them too."""
     import inspect
 
-    also = {}
+    also = {"assistant_only_loss": [TRL_COMPLETION_SAID]}  # (read beside it: _trl_loss)
     for alias, key in ALIASES.items():
         also.setdefault(key, []).append(alias)
     for key, said in TURNED.values():

@@ -27,7 +27,6 @@ ALIASES = {
     "use_spot": "spot",
     "num_epochs": "num_train_epochs",
     "max_seq_len": "model_max_length",
-    "completion_only_loss": "assistant_only_loss",  # TRL's name for prompt-completion rows
     "r": "lora_r",  # PEFT's LoraConfig
     "target_modules": "lora_target_modules",  # PEFT's LoraConfig
     "lora_rank": "lora_r",
@@ -107,14 +106,18 @@ MEANT = {
     "nproc_per_node": _TORCHRUN + ", one process a GPU of --gpus (--gpus 8xA100: 8 a node).",
     "nnodes": _TORCHRUN + "; the nodes are --nodes N (or --gpus 2x8xH100).",
     "node_rank": _TORCHRUN + "; each node's rank is the one Slurm or SkyPilot gives it.",
-    "master_port": _TORCHRUN + ", its rendezvous on the job's first node at -o rdzv_port (29500).",
-    "master_addr": _TORCHRUN + ", its rendezvous on the job's first node at -o rdzv_port (29500).",
+    "master_port": _TORCHRUN
+    + ", its rendezvous on the job's first node from -o rdzv_port (29500: a job's is 29501 + its number % 1000).",
+    "master_addr": _TORCHRUN
+    + ", its rendezvous on the job's first node from -o rdzv_port (29500: a job's is 29501 + its number % 1000).",
     # accelerate launch's, from TRL's example lines (accelerate launch --config_file multi_gpu.yaml sft.py ...)
     "num_processes": _ACCELERATE + ", one a GPU of --gpus (--gpus 8xA100: 8 a node).",
     "num_machines": _ACCELERATE + "; the nodes are --nodes N (or --gpus 2x8xH100).",
     "machine_rank": _ACCELERATE + "; each node's rank is the one Slurm or SkyPilot gives it.",
-    "main_process_ip": _ACCELERATE + ", their rendezvous on the job's first node at -o rdzv_port (29500).",
-    "main_process_port": _ACCELERATE + ", their rendezvous on the job's first node at -o rdzv_port (29500).",
+    "main_process_ip": _ACCELERATE
+    + ", their rendezvous on the job's first node from -o rdzv_port (29500: a job's is 29501 + its number % 1000).",
+    "main_process_port": _ACCELERATE
+    + ", their rendezvous on the job's first node from -o rdzv_port (29500: a job's is 29501 + its number % 1000).",
     "config_file": _ACCELERATE + "; its config's strategy (multi_gpu, deepspeed_zero3, fsdp ...) is the plan's: -o "
     "strategy=NAME forces one (ddp, zero2, zero3, fsdp). ftctl's own run file is -c FILE.",
     "mixed_precision": _ACCELERATE + "; the precision is the plan's: -o bf16=true or -o fp16=true asks for one.",

@@ -583,9 +583,7 @@ def test_keys_show_and_find_aliases():
     assert found.exit_code == 0 and "model_max_length = 2048  (also: max_seq_length" in found.stdout
     # axolotl's keys read as another one here: `ftctl keys train_on` found nothing
     found = CliRunner().invoke(main, ["keys", "train_on"])
-    assert found.exit_code == 0 and "assistant_only_loss = true  (also: completion_only_loss, train_on_inputs" in (
-        found.stdout
-    )
+    assert found.exit_code == 0 and "assistant_only_loss = true  (also: completion_only_loss: TRL's" in found.stdout
     assert {key for key, _ in spec_mod.TURNED.values()} == {
         "assistant_only_loss",
         "lora_target_modules",
@@ -632,7 +630,7 @@ def test_a_time_limit_sbatch_refuses_or_too_short_to_train_is_said_before_the_jo
 
 
 def test_two_names_of_one_key_are_said_not_the_last_taken():
-    """lr and learning_rate, TRL's completion_only_loss beside assistant_only_loss, a data_path mapping beside
+    """lr and learning_rate, a data_path mapping beside
     data_weights: one layer naming a key twice is refused (which one wins would be a guess); -o repeating a
     list or mapping key adds to it, as before; a later layer overrides an earlier one under another name."""
     with pytest.raises(FtctlError) as e:
@@ -642,8 +640,7 @@ def test_two_names_of_one_key_are_said_not_the_last_taken():
         "  - 'learning_rate' and 'lr' (run file) are both learning_rate here: keep one.",
         "  - 'max_seq_length' and 'model_max_length' (run file) are both model_max_length here: keep one.",
     ]
-    with pytest.raises(FtctlError, match="TRL names it completion_only_loss for prompt-completion rows"):
-        build({"assistant_only_loss": True, "completion_only_loss": False})
+    assert build({"assistant_only_loss": True, "completion_only_loss": True}).assistant_only_loss  # TRL's two switches
     with pytest.raises(FtctlError, match="'data_path' is a mapping of datasets to weights, and 'data_weights'"):
         build({"data_path": {"a.jsonl": 1}, "data_weights": [2]})
     with pytest.raises(FtctlError, match=r"'lr' and 'learning_rate' \(-o\)"):
@@ -1628,10 +1625,13 @@ def test_a_trl_run_file_that_leaves_assistant_only_loss_out_is_told_ftctls_diffe
     assert spec.assistant_only_loss is True
     said = [n for n in notes if n.startswith("assistant_only_loss true, ftctl's default, in a run file in TRL's")]
     assert said and "TRL trains a conversation's every token" in said[0] and "-o assistant_only_loss=false" in said[0]
-    for given in ({"completion_only_loss": True}, {"assistant_only_loss": False}):
-        notes.clear()
-        build({**yaml.safe_load(TRL_SFT_LORA), **given, "eval_split": 0.05}, notes=notes)
-        assert not any(n.startswith("assistant_only_loss") for n in notes), notes
+    notes.clear()
+    build({**yaml.safe_load(TRL_SFT_LORA), "assistant_only_loss": False, "eval_split": 0.05}, notes=notes)
+    assert not any(n.startswith("assistant_only_loss") for n in notes), notes
+    notes.clear()  # TRL's completion_only_loss says nothing of conversations (test_trl_keys260)
+    build({**yaml.safe_load(TRL_SFT_LORA), "completion_only_loss": True, "eval_split": 0.05}, notes=notes)
+    trl = [n for n in notes if n.startswith("assistant_only_loss true, ftctl's default")]
+    assert trl == [said[0].replace("use_peft)", "use_peft, completion_only_loss)")], notes
     notes.clear()
     build(_yaml(tmp_path, TRL_SFT_LORA), None, ["eval_split=0.05", "assistant_only_loss=false"], notes=notes)
     assert not any(n.startswith("assistant_only_loss") for n in notes)
