@@ -65,6 +65,7 @@ from ftctl.tool_vocabulary import (
     NESTED_UNREAD,
     NO_TRUNCATION,
     PER_EPOCH,
+    READ_BESIDE,
     STEPS_OF,
     canonical_key,
     config_text,
@@ -1085,7 +1086,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             if raw is None and key in TURNED and key != "datasets":  # left empty: it asks for nothing
                 continue
             given = raw
-            if key == "completion_only_loss":  # TRL's switch for prompt-completion rows: _trl_loss reads it
+            if key in READ_BESIDE:  # TRL's completion_only_loss, its switch for prompt-completion rows: _trl_loss
                 try:  # (left empty: TRL's default, by the rows' kind, which is ftctl's)
                     said = f"completion_only_loss: {config_text(raw)} ({source})"
                     completion = completion if raw is None else (_as_bool(raw), said, source)
@@ -1345,7 +1346,7 @@ def _suggest_key(word: str) -> str:
     alias itself (an alias stands for another key: use_peft is no misspelling of use_spot)."""
     import difflib
 
-    near = [a for a in ALIASES if difflib.SequenceMatcher(None, word, a).ratio() >= 0.85]
+    near = [a for a in (*ALIASES, *READ_BESIDE) if difflib.SequenceMatcher(None, word, a).ratio() >= 0.85]
     return did_you_mean(word, [*FIELDS, *near])
 
 

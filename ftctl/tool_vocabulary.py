@@ -51,6 +51,9 @@ ALIASES = {
     "model_name": "model_name_or_path",  # Unsloth's FastLanguageModel.from_pretrained
     "random_state": "seed",  # Unsloth's get_peft_model
 }
+# Other tools' keys that are no run key, read beside one by spec.build: TRL's completion_only_loss (its loss switch for
+# prompt-completion rows, beside assistant_only_loss, its conversations': spec._trl_loss)
+READ_BESIDE = {"completion_only_loss": "assistant_only_loss"}
 _TORCHRUN = "torchrun's: ftctl runs torchrun itself"
 _ACCELERATE = "accelerate launch's (TRL's examples start sft.py with it): ftctl starts the processes itself"
 # Unknown keys whose nearest spelling means something else: what they are here.
