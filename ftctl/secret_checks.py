@@ -46,7 +46,7 @@ CREDENTIAL_VALUE = {
         r"(?:^|[\s'\"])--?(?:token|api[-_]?key|password|passwd)(?:=|\s+)(?![$'\"/~-]|\./)[^\s'\"]{4,}"
         r"|\bAuthorization:\s*(?:Bearer|Basic|token|Token)\s+(?!\$)[^\s'\"]{8,}"
         r"|\b(?:PRIVATE-TOKEN|JOB-TOKEN|X-API-Key|X-Auth-Token|Api-Key):\s*(?!\$)[^\s'\"]{8,}"
-        r"|(?:^|[\s;'\"])(?:password|passwd|pwd)=(?![$'\"])[^\s;'\"]{4,}"
+        r"|(?:^|[\s;'\"])(?:password|passwd|pwd)=(?![$'\"/~]|\./)[^\s;'\"]{4,}"
         r"|\blogin\s+\S+\s+password\s+(?![$'\"])\S{4,}"
         r"|\b(?:curl|wget)\s[^|;&]*?(?<=\s)(?:-u|--user)(?:=|\s+)(?![$'\"-])[^\s:'\"]+:(?![$'\"])[^\s'\"]{4,}"
         r"|\baws\s+configure\s+set\s+(?:\S+\.)?(?:aws_secret_access_key|aws_session_token)\s+(?![$'\"])\S+",
@@ -304,7 +304,8 @@ def argument_problem(what: str, value: str, environ: typing.Mapping[str, str] | 
             f"{what} holds a URI with a user and password, or a token as its user (not repeated here): give it without "
             f"them{shown}, and the store's keys in its own variables ({_store_keys(value)}); {commands}."
         )
-    what_held = credential_in(value, path=path_like(value))
+    # every argument here is a path, URI, model id or run name: spec.build's rule for path keys (an issued token only)
+    what_held = credential_in(value, path=True)
     if what_held == SIGNED_URL:
         return (
             f"{what} holds {what_held} (not repeated here): give the object's URI without it (s3://BUCKET/KEY, gs://..., "
@@ -338,6 +339,7 @@ def redacted(text: str, environ: typing.Mapping[str, str] | None = None) -> str:
     password, or a token as its user, as <credentials>, a signed URL's signature or token as <signature>, an issued
     token's shape (TOKEN_IN_PATH) as <token>. A message that says a value by a way no check foresaw still hides it."""
     environ = os.environ if environ is None else environ
+    text = storage.redact(text, environ)  # the stores' variables, and the parts of Azure's connection string
     held = [
         (name, value)
         for name, value in environ.items()

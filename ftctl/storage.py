@@ -1368,15 +1368,17 @@ def _protocols(uris) -> set[str]:
     return {REMOTE_SCHEMES[scheme(u)][0] for u in uris if u and is_remote(u)}
 
 
-def redact(text: str) -> str:
-    """``text`` with the value of every credential variable in the environment masked; every
-    store error ftctl logs goes through this."""
+def redact(text: str, environ=None) -> str:
+    """``text`` with the value of every store credential variable in the environment (``environ``, default
+    os.environ) masked; every store error ftctl logs goes through this, and secret_checks.redacted (every error line
+    the CLI prints) starts with it."""
+    environ = os.environ if environ is None else environ
     for var in SECRET_ENV:
-        value = os.environ.get(var)
+        value = environ.get(var)
         if value and len(value) >= 4:
             text = text.replace(value, f"<{var}>")
     # the connection string's secrets where a message quotes them alone (azure-core's errors never the whole string)
-    for part in os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "").split(";"):
+    for part in environ.get("AZURE_STORAGE_CONNECTION_STRING", "").split(";"):
         name, _, value = part.partition("=")
         if name.strip() in ("AccountKey", "SharedAccessSignature") and len(value) >= 4:
             text = text.replace(value, f"<{name.strip()} of AZURE_STORAGE_CONNECTION_STRING>")

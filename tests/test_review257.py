@@ -1,0 +1,52 @@
+"""review-57's findings in the secret checks: arguments launch accepts are not refused by the other commands."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftctl.secret_checks import argument_problem
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "data/sk-wikipedia-conversations-2024.jsonl",
+        "runs/sk-learning-rate-sweep-lora-01",
+        "myorg/sk-learning-rate-sweep-lora-01",
+        "runs/hf_Llama3InstructLoraFinetune8B",
+        "sk-learning-rate-sweep-lora-01",
+    ],
+)
+def test_a_path_run_name_or_model_id_shaped_like_a_token_is_not_refused(value):
+    """B1: status, chat, merge, eval and data check refused a relative path, a run name or a hub id that launch had
+    accepted ("RUN holds a token"): the loose token shape was asked of every value not starting with / ~ ./ ../."""
+    assert argument_problem("RUN", value, {}) is None
+
+
+def test_a_real_token_in_an_argument_is_still_refused():
+    token = "hf_" + "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3"
+    said = argument_problem("RUN", token, {})
+    assert said and token not in said
+
+
+def test_a_working_directory_set_in_a_setup_line_is_not_a_password():
+    """N1: `export PWD=/scratch/lab/run` (PWD, the case-insensitive pwd= of a DSN) was refused as a password option;
+    a path there is no password, as for --password /run/secrets/p. A DSN's password= is still refused."""
+    from ftctl.secret_checks import CREDENTIAL_VALUE, OPTION
+
+    option = CREDENTIAL_VALUE[OPTION]
+    for line in ("export PWD=/scratch/lab/run", "cd ~/x && PWD=~/x make", "PWD=./here make"):
+        assert not option.search(line), line
+    assert option.search("psql 'host=db password=hunter2secret'")
+
+
+def test_an_azure_account_key_quoted_alone_is_masked_in_error_lines():
+    """R5: secret_checks.redacted (every error line the CLI prints, failure records) masked a connection string's
+    AccountKey only where the whole string was quoted; storage.redact, the stores' own, masked the key alone. One now
+    starts with the other."""
+    from ftctl.secret_checks import redacted
+
+    key = "Zm9vYmFyYmF6cXV4" * 4 + "=="
+    environ = {"AZURE_STORAGE_CONNECTION_STRING": f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key}"}
+    said = redacted(f"auth failed for key {key}", environ)
+    assert key not in said and "<AccountKey of AZURE_STORAGE_CONNECTION_STRING>" in said
