@@ -208,3 +208,34 @@ def test_an_engine_without_an_init_says_what_to_install(monkeypatch):
     )
     said = 'docker: Error response from daemon: exec: "docker-init": executable file not found in $PATH.'
     assert "install tini" in backend._send_fix("docker", said, None)
+
+
+def test_doctor_says_podmans_init_is_missing(tmp_path, monkeypatch):
+    """review-57 R3: runs start with --init, which podman refuses without catatonit (a package of its own on Debian
+    and Ubuntu, only recommended by podman's): doctor says so and fails, before a launch does. Found in podman's
+    helper directories, on PATH, or named by a containers.conf's init_path."""
+    from ftctl.cli import main
+    from ftctl.docker import engine
+
+    helpers, confs = tmp_path / "libexec", tmp_path / "etc"
+    helpers.mkdir()
+    confs.mkdir()
+    monkeypatch.setattr(engine, "PODMAN_HELPER_DIRS", (str(helpers),))
+    monkeypatch.setattr(engine, "CONTAINERS_CONFS", (str(confs / "containers.conf"),))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert not engine.podman_init_found()
+    monkeypatch.setattr(backend, "_docker", lambda ref=None: "podman")
+    monkeypatch.setattr(backend, "_daemon", lambda docker: "4.3.1")
+    monkeypatch.setattr(engine, "kind", lambda exe=None: "podman")
+    monkeypatch.setattr(engine, "remote", lambda exe=None: None)
+    monkeypatch.setattr(engine, "info", lambda exe=None: engine.Info())
+    said = CliRunner().invoke(main, ["doctor", "--backend", "docker", "--gpus", "cpu"])
+    assert said.exit_code == 1 and f"\ninit:    {backend.PODMAN_INIT_MISSING}\n" in said.output, said.output
+    (confs / "containers.conf").write_text('[engine]\ninit_path = "/opt/tini"\n')
+    assert engine.podman_init_found()
+    (confs / "containers.conf").unlink()
+    (helpers / "catatonit").write_text("")
+    assert engine.podman_init_found()
+    said = CliRunner().invoke(main, ["doctor", "--backend", "docker", "--gpus", "cpu"])
+    assert said.exit_code == 0 and "init:" not in said.output, said.output

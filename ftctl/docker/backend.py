@@ -99,6 +99,10 @@ ROOTLESS_SAYS = (
     "groups are not in its user namespace (data you read only through one of them cannot be read there), and its "
     "memlock limit is not raised (--ulimit memlock=-1: refused rootless; RDMA needs it, a one-host run does not)"
 )
+PODMAN_INIT_MISSING = (
+    "podman's init (catatonit) is not installed: a run's container starts with --init (torchrun then gets `docker "
+    "stop`'s SIGTERM and saves), which podman refuses without it: sudo apt install catatonit (dnf: catatonit)"
+)
 SELINUX_SAYS = (
     "docker labels its containers: a run's container is not (--security-opt=label=disable), so it reads your files "
     "and the GPUs without relabelling them"
@@ -449,6 +453,9 @@ class DockerBackend(Backend):
         if info.selinux and kind == "docker":  # podman's containers are unlabelled whatever the host
             click.echo(f"selinux: {SELINUX_SAYS}")
         ok = True
+        if kind == "podman" and not where and not docker_engine.podman_init_found():
+            click.echo(f"init:    {PODMAN_INIT_MISSING}")
+            ok = False
         if where:
             click.echo(
                 f"paths:   its machine sees this one's paths ({docker_engine.SAME_PATHS_ENV}=1)"

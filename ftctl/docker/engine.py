@@ -195,6 +195,29 @@ def _info(exe: str, _env: tuple[str, ...]) -> Info:
     return Info("name=rootless" in names, "name=selinux" in names, str(said.get("LoggingDriver") or "json-file"))
 
 
+# where podman finds the init its --init runs (catatonit): containers.conf's helper_binaries_dir, its default; an
+# init_path set in a containers.conf names another
+PODMAN_HELPER_DIRS = ("/usr/local/libexec/podman", "/usr/local/lib/podman", "/usr/libexec/podman", "/usr/lib/podman")
+CONTAINERS_CONFS = ("/etc/containers/containers.conf", "/usr/share/containers/containers.conf")
+
+
+def podman_init_found() -> bool:
+    """Whether podman, running containers on this machine, has the init a run's ``--init`` asks for (catatonit, a
+    package of its own on Debian and Ubuntu, only recommended by podman's: without it `podman run --init` fails,
+    "container-init binary not found"). True where a containers.conf names one (init_path) or catatonit is on PATH."""
+    if any(os.path.isfile(os.path.join(d, "catatonit")) for d in PODMAN_HELPER_DIRS) or shutil.which("catatonit"):
+        return True
+    user_conf = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "containers")
+    for conf in (*CONTAINERS_CONFS, os.path.join(user_conf, "containers.conf")):
+        try:
+            with open(conf) as f:
+                if any(line.strip().startswith("init_path") for line in f):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def rootless(exe: str | None = None) -> bool:
     """Whether the engine ``exe`` (default: command()'s) runs its containers rootless (Info.rootless); False where
     none answers (a dry run without an engine renders a rootful one's command)."""
