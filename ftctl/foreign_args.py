@@ -37,7 +37,7 @@ def run_key_hint(option: str, command: click.Command) -> str | None:
     """What an unknown --OPTION that names a run key (or one ftctl decides) is here: the command's flag for it
     where it has one (--model_name_or_path: --model), else -o."""
     from ftctl.spec import FIELDS
-    from ftctl.tool_vocabulary import canonical_key, not_a_key
+    from ftctl.tool_vocabulary import READ_BESIDE, canonical_key, not_a_key
 
     if option in SKY_FLAGS:
         return f"{option} is SkyPilot's (sky launch); here: {SKY_FLAGS[option]}."
@@ -49,7 +49,7 @@ def run_key_hint(option: str, command: click.Command) -> str | None:
             "Hub dataset as hf://datasets/ORG/NAME)."
         )
     key = canonical_key(word)
-    if key not in FIELDS:
+    if key not in FIELDS and key not in READ_BESIDE:  # (TRL's completion_only_loss is read beside assistant_only_loss)
         return not_a_key(word)
     flag = flag_for(key, command)
     from ftctl.backend import backend_options
@@ -68,9 +68,10 @@ def _is_flag(flag: str, command: click.Command) -> bool:
 def takes(option: str) -> bool:
     """Whether -o takes what --OPTION names: a run key, or one ftctl decides (torchrun's --nproc_per_node: neither)."""
     from ftctl.spec import FIELDS
-    from ftctl.tool_vocabulary import DECIDED, canonical_key
+    from ftctl.tool_vocabulary import DECIDED, READ_BESIDE, canonical_key
 
-    return canonical_key(option.lstrip("-")) in FIELDS or option.lstrip("-").replace("-", "_") in DECIDED
+    key = canonical_key(option.lstrip("-"))
+    return key in FIELDS or key in READ_BESIDE or option.lstrip("-").replace("-", "_") in DECIDED
 
 
 def flag_for(key: str, command: click.Command) -> str | None:
