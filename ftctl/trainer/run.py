@@ -323,9 +323,13 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         own = None if elsewhere(run) else run.resume_from  # a checkpoint of this run: its W&B run goes on
         given = {**os.environ, **spec.env}
         # W&B's run, and no usage ping to the Hub from TRL's trainer (unless the user set HF_HUB_DISABLE_TELEMETRY)
-        run.env_before = tracking.set_env(
-            {**tracking.wandb_env(spec.report_to, local_dir, own, given), **telemetry_off(given)}
-        )
+        wanted = {**tracking.wandb_env(spec.report_to, local_dir, own, given), **telemetry_off(given)}
+        if procs.is_main:  # the one process that logs to W&B: offline where its server cannot be reached
+            offline, said = tracking.wandb_offline(spec.report_to, spec.output_dir, given)
+            wanted.update(offline)
+            if said:
+                log.warning("%s", said)
+        run.env_before = tracking.set_env(wanted)
         if procs.is_main:
             plain = all(s.plain == s.rows for s in trained_rows)
             wandb_run = os.environ.get("WANDB_RUN_ID") if "wandb" in args.report_to else None
@@ -377,6 +381,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             tracking.tensorboard_here(run.trainer, local_dir)
         if "wandb" in args.report_to:  # a resume before W&B's last logged step says what W&B shows of it
             tracking.wandb_retrained(run.trainer, echo)
+        if {"wandb", "tensorboard"} & set(args.report_to):  # the run's spec.json beside transformers' arguments
+            tracking.log_run(run.trainer, dump_run(spec, plan))
         if spec.ddp_comm_dtype == "bf16":
             distributed.all_reduce_in_bf16(run.trainer.accelerator)
         if plan.strategy == "fsdp":

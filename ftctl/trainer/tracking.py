@@ -22,6 +22,10 @@ writer's purge_step), so the curve has each step once.
 
 Both directories (runpaths.TRACKING_DIRS) are in the output: an object-store output gets them with each checkpoint
 (checkpoints.upload: every attempt's, also a node's that a spot recovery replaced) and with the final model.
+
+A node that cannot reach W&B's server (a university cluster's compute nodes, often) logs offline, into the output's
+wandb/, where the user set no WANDB_MODE: online, wandb.init retries for its init_timeout (90 s) and the job fails
+after the model loaded (wandb_offline). Both W&B and TensorBoard get the run's own settings, spec.json's (log_run).
 """
 
 from __future__ import annotations
@@ -29,11 +33,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import ssl
 import string
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from ftctl import storage
 from ftctl.checkpoints.manifest import METRICS_COPY_ERRORS, metrics_copy, open_metrics_copy
 from ftctl.envvars import HUB_TELEMETRY_ENV
 from ftctl.runpaths import START_WANDB_RUN, TENSORBOARD_DIR
@@ -43,6 +51,8 @@ if TYPE_CHECKING:
     from ftctl.spec import RunSpec
 
 _ID_CHARS = string.ascii_lowercase + string.digits  # W&B's own run ids: 8 of these
+WANDB_CLOUD = "https://api.wandb.ai"  # W&B's server where WANDB_BASE_URL names none
+REACH_TIMEOUT_S = 5.0  # how long the trainer waits for W&B's server to answer before it logs offline
 
 
 def wandb_env(
@@ -60,6 +70,44 @@ def wandb_env(
         "WANDB_DIR": local_dir,  # W&B writes its wandb/ inside it
     }
     return {name: value for name, value in wanted.items() if not given.get(name)}
+
+
+def wandb_offline(
+    report_to: str, output: str, given: Mapping[str, str] = os.environ, timeout_s: float = REACH_TIMEOUT_S
+) -> tuple[dict[str, str], str | None]:
+    """WANDB_MODE=offline, and the line that says so, where the run reports to W&B, the user set no WANDB_MODE and
+    W&B's server (WANDB_BASE_URL) does not answer within ``timeout_s`` (a compute node without internet): the run
+    logs into ``output``/wandb/, for `wandb sync` later, instead of failing once wandb.init gives up. ({}, None):
+    nothing to change. A WANDB_MODE the user set, online too, is left to W&B."""
+    if "wandb" not in report_integrations(report_to) or given.get("WANDB_MODE"):
+        return {}, None
+    url = given.get("WANDB_BASE_URL") or WANDB_CLOUD
+    if (why := unreachable(url, timeout_s)) is None:
+        return {}, None
+    kept = f"{output.rstrip('/')}/wandb"
+    files = "wandb/offline-run-* of a copy of it" if storage.is_remote(output) else f"{kept}/offline-run-*"
+    return {"WANDB_MODE": "offline"}, (
+        f"W&B: {url} cannot be reached from this node ({why}): this run logs to W&B offline, into {kept}/; "
+        f"upload it where W&B can be reached: wandb sync {files} (-o env=WANDB_MODE=offline says so from the "
+        "start; WANDB_MODE=online fails instead)"
+    )
+
+
+def unreachable(url: str, timeout_s: float) -> str | None:
+    """Why ``url`` gives no answer within ``timeout_s`` (None: it answered, any HTTP status, or its TLS certificate
+    was refused here, which W&B's own client may accept). Through the proxy the environment names, as W&B's
+    client."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None  # an answer
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLError):
+            return None
+        return str(e.reason)
+    except (OSError, ValueError) as e:  # a timeout reading the answer; a URL urllib cannot read
+        return str(e) or type(e).__name__
+    return None
 
 
 def run_name(spec: RunSpec, given: Mapping[str, str] = os.environ) -> str:
@@ -168,6 +216,31 @@ def wandb_retrained(trainer, echo) -> None:
                 echo(line)
 
     trainer.add_callback(Retrained())
+
+
+def log_run(trainer, text: str) -> None:
+    """The run's spec.json ``text`` (its spec and plan: data, method, GPUs, the output as given) in W&B's config, key
+    ``ftctl``, and as TensorBoard's text ``ftctl/spec.json``: transformers logs its TrainingArguments only, whose
+    output_dir is the node's staging directory for an object-store output. Rank 0, as training begins, after
+    transformers' callbacks opened the W&B run and the writer; a resume that changed a setting changes it there."""
+    from transformers import TrainerCallback
+    from transformers.integrations import TensorBoardCallback
+
+    record = json.loads(text)
+
+    class RunConfig(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            wandb = sys.modules.get("wandb")
+            if wandb is not None and wandb.run is not None:
+                wandb.run.config.update({"ftctl": record}, allow_val_change=True)
+            for callback in trainer.callback_handler.callbacks:
+                if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                    code = "".join(f"    {line}\n" for line in text.splitlines())  # Markdown's code block
+                    callback.tb_writer.add_text("ftctl/spec.json", code, global_step=state.global_step)
+
+    trainer.add_callback(RunConfig())
 
 
 def tensorboard_here(trainer, local_dir: str) -> None:

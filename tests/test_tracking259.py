@@ -1,0 +1,109 @@
+"""W&B on a node without internet, and the run's own settings in W&B and TensorBoard (ftctl.trainer.tracking;
+explore55, /work/notes/explore55-tracking.md). No network: W&B's server is a closed or a local port."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import os
+import socket
+import threading
+
+import pytest
+
+from ftctl.trainer.tracking import wandb_offline
+from tests.trainer_fixtures import make_run
+
+pytest.importorskip("wandb")
+
+
+def _closed_port_url() -> str:
+    """A local URL nothing listens on: connection refused at once, as on a node whose firewall rejects."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def answering_url():
+    """A local server that answers every request 401, as W&B's does a HEAD without a key: reachable."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_node_that_cannot_reach_wandb_logs_offline_and_says_how_to_sync(tmp_path, answering_url):
+    closed = {"WANDB_BASE_URL": _closed_port_url()}
+    env, said = wandb_offline("wandb,tensorboard", str(tmp_path / "out"), closed)
+    assert env == {"WANDB_MODE": "offline"}
+    assert closed["WANDB_BASE_URL"] in said and "refused" in said
+    assert f"wandb sync {tmp_path / 'out'}/wandb/offline-run-*" in said
+    _, said = wandb_offline("wandb", "s3://bucket/run", closed)
+    assert "into s3://bucket/run/wandb/" in said and "wandb sync wandb/offline-run-* of a copy of it" in said
+
+    assert wandb_offline("wandb", str(tmp_path), {"WANDB_BASE_URL": answering_url}) == ({}, None)  # it answered
+    for mode in ("online", "offline", "disabled"):  # the user's choice, not asked about
+        assert wandb_offline("wandb", str(tmp_path), {**closed, "WANDB_MODE": mode}) == ({}, None)
+    assert wandb_offline("tensorboard", str(tmp_path), closed) == ({}, None)
+    assert wandb_offline("none", str(tmp_path), closed) == ({}, None)
+
+
+def test_a_run_without_wandb_server_trains_offline_with_its_settings_in_wandb_and_tensorboard(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch, caplog
+):
+    """WANDB_MODE unset, W&B's server refused: the run completes, logging to W&B offline in the output (before,
+    wandb.init failed the run after its init_timeout), and both W&B's config and TensorBoard hold spec.json's
+    spec and plan."""
+    import wandb
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from transformers import TrainerCallback
+
+    from ftctl.trainer.run import train
+
+    for name in ("WANDB_MODE", "WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_PROJECT", "WANDB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", _closed_port_url())
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # a user's key: W&B online would try its server
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "10")  # without the fix: fail in seconds, not W&B's 90
+    seen = {}
+
+    class Seen(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen["mode"] = wandb.run.settings.mode
+            seen["ftctl"] = dict(wandb.run.config["ftctl"])
+
+    out = tmp_path / "out"
+    spec, plan = make_run(
+        tiny_model_dir, tiny_data, out, "fft", max_steps=2, save_steps=100, report_to="wandb,tensorboard"
+    )
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert train(spec, plan, callbacks=[Seen()], echo=lambda line: None).status == "complete"
+    finally:
+        wandb.finish()
+    assert "cannot be reached from this node" in caplog.text and "wandb sync" in caplog.text
+    assert seen["mode"] == "offline" and len(list((out / "wandb").glob("offline-run-*"))) == 1
+    assert "WANDB_MODE" not in os.environ  # the trainer called in-process leaves the environment as it was
+
+    written = json.loads((out / "spec.json").read_text())
+    assert seen["ftctl"]["spec"]["data_path"] == str(tiny_data) == written["spec"]["data_path"]
+    assert seen["ftctl"]["spec"]["output_dir"] == str(out) and seen["ftctl"]["plan"] == written["plan"]
+    curves = EventAccumulator(str(out / "runs"), size_guidance={"tensors": 0})
+    curves.Reload()
+    (text,) = curves.Tensors("ftctl/spec.json/text_summary")
+    assert str(tiny_data) in text.tensor_proto.string_val[0].decode()
