@@ -196,8 +196,8 @@ def _refused(key: str, value: str) -> str | None:
 def _tool_defaults(names: list[str], keys: dict[str, str], argv: list[str], command: click.Command):
     """What a line in a tool's vocabulary (spec.VOCABULARY: TRL's use_peft, dataset_name ...; FastChat's q_lora)
     adds to train as that tool does: its defaults the line leaves out (spec.TOOL_DEFAULTS, TOOL_LORA_DEFAULTS where
-    it trains adapters), each as -o, and for TRL's without --use_peft, --method fft (TRL trains every weight
-    without it). Returns the words and what the message says of them; ([], '') for a line in no tool's vocabulary."""
+    it trains adapters), each as -o, and for TRL's without --use_peft at a full fine-tune's rate, --method fft (TRL
+    trains every weight without it; at a LoRA rate, lora, said, as for a run file in TRL's words). Returns the words and what the message says of them; ([], '') for a line in no tool's vocabulary."""
     from ftctl.spec import FIELDS, LORA_KEYS, TOOL_DEFAULTS, TOOL_LORA_DEFAULTS, VOCABULARY, as_run
     from ftctl.tool_vocabulary import ADAPTER_METHODS, METHOD_AGREES, canonical_key, config_word, method_meant
 
@@ -211,9 +211,17 @@ def _tool_defaults(names: list[str], keys: dict[str, str], argv: list[str], comm
     method = keys.get("method") or method_meant(given)
     words, said = [], ""
     if not method and tool == "TRL" and not asked & (ADAPTER_FLAGS | set(LORA_KEYS)) and flag_for("method", command):
-        method = "fft"
-        words += ["--method", "fft"]
-        said = " (--method fft: TRL's sft without --use_peft trains every weight)"
+        # as a run file in TRL's words without use_peft (spec.TOOL_DEFAULTS_NOT_TAKEN's note, LORA_LEAST_LR's refusal):
+        # at a full fine-tune's rate every weight, as TRL trains it; at a LoRA rate ftctl's lora, said
+        if full := _full_rate(keys, argv, command):
+            method = "fft"
+            words += ["--method", "fft"]
+            said = full
+        else:
+            said = (
+                " (no --use_peft: TRL's sft would train every weight; here lora, ftctl's default, at this LoRA rate: "
+                "add --method fft for TRL's full fine-tune)"
+            )
     defaults = dict(TOOL_DEFAULTS[tool])
     if (method or FIELDS["method"].default) in ADAPTER_METHODS:
         defaults.update(TOOL_LORA_DEFAULTS[tool])

@@ -74,11 +74,22 @@ def test_the_suggested_trl_line_builds_as_trl_trains_it():
 
 def test_a_trl_line_without_use_peft_trains_every_weight():
     """TRL's sft.py without --use_peft is a full fine-tune; at a rate of 1e-4 or more the line planned LoRA (ftctl's
-    default), unsaid. A LoRA line keeps PEFT's own modules for the model (TRL's lora_target_modules None)."""
+    default), unsaid. Now said, and lora kept there as for a run file in TRL's words (review-57 R1: the line became
+    --method fft at 2e-4, where the same keys in a run file train lora); at a full fine-tune's rate, --method fft. A
+    LoRA line keeps PEFT's own modules for the model (TRL's lora_target_modules None)."""
+    from ftctl.spec import build
+
     said = _said("launch", "--model_name_or_path", "m/x", "--dataset_name", "d.jsonl", "--learning_rate", "1e-4")
     found = _overrides(said[-1])
+    assert "--method" not in found
+    assert "no --use_peft: TRL's sft would train every weight; here lora" in said[-2]
+    assert build({"model_name_or_path": "m/x", "dataset_name": "d.jsonl", "learning_rate": 1e-4}, notes=[]).method == (
+        "lora"
+    )
+    said = _said("launch", "--model_name_or_path", "m/x", "--dataset_name", "d.jsonl", "--learning_rate", "2e-5")
+    found = _overrides(said[-1])
     assert found["--method"] == "fft" and "lora_target_modules" not in found
-    assert "--method fft: TRL's sft without --use_peft trains every weight" in said[-2]
+    assert "--method fft: learning_rate 2e-05 with no LoRA flag" in said[-2]
     lora = _overrides(_said("launch", "--model_name_or_path", "m/x", "--dataset_name", "d.jsonl", "--use_peft")[-1])
     assert "--method" not in lora and lora["lora_target_modules"] == "peft-default"
 
