@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from ftctl.trainer.tracking import wandb_offline
+from ftctl.trainer.tracking import run_name, wandb_offline
 from tests.trainer_fixtures import make_run
 
 pytest.importorskip("wandb")
@@ -107,3 +107,16 @@ def test_a_run_without_wandb_server_trains_offline_with_its_settings_in_wandb_an
     curves.Reload()
     (text,) = curves.Tensors("ftctl/spec.json/text_summary")
     assert str(tiny_data) in text.tensor_proto.string_val[0].decode()
+
+
+def test_wandb_names_a_run_by_its_output_where_it_was_given_one(monkeypatch):
+    """Two runs of one model into s3://b/lr-1e-4 and /scratch/me/lr-3e-4 were both ftctl-lora-m in W&B's list."""
+    from ftctl.spec import build
+
+    monkeypatch.delenv("WANDB_NAME", raising=False)
+    given = {"model_name_or_path": "Org/M", "method": "lora"}
+    assert run_name(build({**given, "output_dir": "s3://b/sweeps/lr-1e-4/"})) == "lr-1e-4"
+    assert run_name(build({**given, "output_dir": "/scratch/me/lr-3e-4"})) == "lr-3e-4"
+    assert run_name(build(given)) == "ftctl-lora-m"  # its output is runs/ftctl-lora-m
+    assert run_name(build({**given, "output_dir": "s3://b/x", "run_name": "mine"})) == "mine"
+    assert run_name(build({**given, "output_dir": "s3://b/x", "wandb_name": "shown"})) == "shown"

@@ -112,8 +112,14 @@ def unreachable(url: str, timeout_s: float) -> str | None:
 
 def run_name(spec: RunSpec, given: Mapping[str, str] = os.environ) -> str:
     """TrainingArguments.run_name, the name W&B shows: the user's WANDB_NAME (axolotl's wandb_name), which
-    transformers' wandb.init(name=run_name) would override, else the run's name."""
-    return {**given, **spec.env}.get("WANDB_NAME") or spec.name
+    transformers' wandb.init(name=run_name) would override, else the run's name; where no run_name was given but an
+    output_dir was, the output's last part (its runs/NAME otherwise): runs into s3://b/lr-1e-4 and s3://b/lr-3e-4
+    were both ftctl-lora-MODEL in W&B's list."""
+    if wanted := {**given, **spec.env}.get("WANDB_NAME"):
+        return wanted
+    if spec.output_dir and not spec.run_name:
+        return spec.output.rstrip("/").rsplit("/", 1)[-1] or spec.name
+    return spec.name
 
 
 def set_env(env: Mapping[str, str]) -> dict[str, str | None]:
