@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from typing import NoReturn
 
@@ -13,8 +12,6 @@ from ftctl import __version__, foreign_args
 from ftctl.errors import FtctlError
 from ftctl.foreign_args import FLAG_KEYS
 from ftctl.spec import BACKENDS, METHODS
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 controls but tab and newline
 
 
 class _Group(click.Group):
@@ -129,8 +126,9 @@ def _shown(message: str) -> str:
     value click repeats) masked (secret_checks.redacted), and a value's control characters (a run file's path
     holding ESC]0;...BEL) shown as \\xNN, not sent to the terminal."""
     from ftctl.secret_checks import redacted
+    from ftctl.terminal import printable
 
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], redacted(message))
+    return printable(redacted(message))
 
 
 def _before_its_command(e: click.NoSuchOption, argv: list[str]) -> bool:

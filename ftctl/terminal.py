@@ -1,10 +1,21 @@
-"""A closed terminal (an ssh session that dropped, a closed window): its processes get SIGHUP, and from then on
-every write to it fails with EIO. A print or a log line would then end what the signal asked to finish (a
-checkpoint, then a clean stop) with an error; after a hang-up those writes go to /dev/null instead."""
+"""What ftctl sends to a terminal. A value's control characters are shown, not sent (``printable``). A closed terminal
+(an ssh session that dropped, a closed window): its processes get SIGHUP, and from then on every write to it fails
+with EIO. A print or a log line would then end what the signal asked to finish (a checkpoint, then a clean stop) with
+an error; after a hang-up those writes go to /dev/null instead."""
 
 from __future__ import annotations
 
 import os
+import re
+
+# control characters (C0 but tab and newline, DEL, C1): a value's NUL, carriage return or escape sequence (a path
+# holding ESC]0;...BEL, a row's text) would act on the terminal, not show
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters written as Python escapes (\\x00, \\r, \\x1b)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def ttys() -> tuple[int, ...]:

@@ -516,6 +516,7 @@ def test_no_module_imports_upward():
         "errors": 0,
         "envvars": 0,
         "quiet": 0,
+        "terminal": 0,  # what reaches a terminal: printable values, writes after a hang-up
         "storage": 1,
         "gpus": 1,
         "runpaths": 1,

@@ -37,6 +37,7 @@ from ftctl.errors import FtctlError
 from ftctl.gpus import usable_cores
 from ftctl.runpaths import as_mkdir_made
 from ftctl.spec import RunSpec, split_paths
+from ftctl.terminal import printable
 from ftctl.trainer.formats import REASONING_KEYS, Row, data_digest, file_name, llama_factory_notes, load_rows
 from ftctl.trainer.masks import (
     MaskError,
@@ -1037,7 +1038,7 @@ def show_rows(report: DataReport, tokenizer, mark) -> str:
         text, start = [], 0
         for i in range(1, len(ids) + 1):
             if i == len(ids) or trained[i] != trained[start]:
-                piece = _printable(tokenizer.decode(ids[start:i]))
+                piece = printable(tokenizer.decode(ids[start:i]))  # what --show prints
                 text.append(mark(piece) if trained[start] else piece)
                 start = i
         shown = "".join(text)
@@ -1048,16 +1049,6 @@ def show_rows(report: DataReport, tokenizer, mark) -> str:
             )
         out.append(shown)
     return "\n".join(out)
-
-
-# control characters (C0 but tab and newline, DEL, C1): a row's NUL, carriage return or escape sequence would act on
-# the terminal --show prints to, not show
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _printable(text: str) -> str:
-    """``text`` with its control characters written as Python escapes (\\x00, \\r, \\x1b): what --show prints."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def build_dataset(
