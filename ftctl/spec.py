@@ -484,7 +484,7 @@ class RunSpec:
     account: str | None = None
     qos: str | None = None
     time: str | None = None  # Slurm time limit, e.g. 12:00:00
-    cpus_per_task: int | None = None  # Slurm's; default: slurm.render.cpus_per_task (a share a GPU; on CPU its CPU_CPUS_PER_TASK)
+    cpus_per_task: int | None = None  # Slurm's; default: slurm.render.cpus_per_task's
     sbatch_args: list[str] = field(default_factory=list)  # passed through: "--mem=64G"
     signal_lead_s: int = 120  # USR2 this many seconds before the time limit
     # Slurm: requeues after preemption or the time limit (unset: 5); a SkyPilot managed job: restarts after its own
