@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -56,10 +57,32 @@ def test_a_node_that_cannot_reach_wandb_logs_offline_and_says_how_to_sync(tmp_pa
     assert "into s3://bucket/run/wandb/" in said and "wandb sync wandb/offline-run-* of a copy of it" in said
 
     assert wandb_offline("wandb", str(tmp_path), {"WANDB_BASE_URL": answering_url}) == ({}, None)  # it answered
+    with socket.socket() as silent:  # a server that takes the connection and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        env, said = wandb_offline("wandb", str(tmp_path), {"WANDB_BASE_URL": url}, timeout_s=0.3)
+        assert env == {"WANDB_MODE": "offline"} and f"{url} cannot be reached" in said
     for mode in ("online", "offline", "disabled"):  # the user's choice, not asked about
         assert wandb_offline("wandb", str(tmp_path), {**closed, "WANDB_MODE": mode}) == ({}, None)
     assert wandb_offline("tensorboard", str(tmp_path), closed) == ({}, None)
     assert wandb_offline("none", str(tmp_path), closed) == ({}, None)
+
+
+def test_a_name_lookup_that_hangs_is_waited_for_no_longer_than_the_timeout(monkeypatch):
+    """urlopen's timeout is each socket's, not the name lookup's: a node whose DNS does not answer for external
+    names waited the resolver's timeouts (tens of seconds) before W&B's own wait."""
+    lookup = socket.getaddrinfo
+
+    def slow_lookup(*args, **kwargs):
+        time.sleep(3)
+        return lookup(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    started = time.monotonic()
+    env, said = wandb_offline("wandb", "/out", {"WANDB_BASE_URL": "http://wandb.invalid"}, timeout_s=0.3)
+    assert time.monotonic() - started < 2  # not the 3 s lookup
+    assert env == {"WANDB_MODE": "offline"} and "(no answer in 0.3 s)" in said
 
 
 def test_a_run_without_wandb_server_trains_offline_with_its_settings_in_wandb_and_tensorboard(

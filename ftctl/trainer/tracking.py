@@ -36,6 +36,7 @@ import secrets
 import ssl
 import string
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -94,9 +95,17 @@ def wandb_offline(
 
 
 def unreachable(url: str, timeout_s: float) -> str | None:
-    """Why ``url`` gives no answer within ``timeout_s`` (None: it answered, any HTTP status, or its TLS certificate
-    was refused here, which W&B's own client may accept). Through the proxy the environment names, as W&B's
-    client."""
+    """Why ``url`` gives no answer within ``timeout_s``, its name's lookup included (None: it answered, any HTTP
+    status, or its TLS certificate was refused here, which W&B's own client may accept). Through the proxy the
+    environment names, as W&B's client."""
+    said: list[str | None] = []
+    asking = threading.Thread(target=lambda: said.append(_ask(url, timeout_s)), daemon=True)
+    asking.start()
+    asking.join(timeout_s)  # urlopen's timeout is each socket's: a name lookup (DNS) can take longer
+    return said[0] if said else f"no answer in {timeout_s:g} s"
+
+
+def _ask(url: str, timeout_s: float) -> str | None:
     try:
         urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
     except urllib.error.HTTPError:
