@@ -143,3 +143,40 @@ def test_wandb_names_a_run_by_its_output_where_it_was_given_one(monkeypatch):
     assert run_name(build(given)) == "ftctl-lora-m"  # its output is runs/ftctl-lora-m
     assert run_name(build({**given, "output_dir": "s3://b/x", "run_name": "mine"})) == "mine"
     assert run_name(build({**given, "output_dir": "s3://b/x", "wandb_name": "shown"})) == "shown"
+
+
+def test_a_stopped_attempt_is_preempted_in_wandb_not_finished(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch
+):
+    """W&B reads an exit code 0 as a run that completed: a Slurm job preempted at step 1 of 4 showed "finished"
+    there until (unless) its requeue resumed it. Now it is marked preempting and ends non-zero, W&B's contract."""
+    import signal
+
+    import wandb
+    from transformers import TrainerCallback
+    from wandb.sdk.wandb_run import Run
+
+    from ftctl.trainer.run import train
+
+    for name in ("WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_PROJECT", "WANDB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    said = []
+    marked = Run.mark_preempting
+    monkeypatch.setattr(Run, "mark_preempting", lambda run: said.append("preempting") or marked(run))
+    finish = wandb.finish
+    monkeypatch.setattr(wandb, "finish", lambda exit_code=None, **kw: said.append(exit_code) or finish(exit_code, **kw))
+
+    class Stop(TrainerCallback):  # what Slurm's --signal=B:USR2@lead does
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGUSR2)
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "out", "fft", max_steps=4, save_steps=100,
+                          report_to="wandb")  # fmt: skip
+    try:
+        assert train(spec, plan, callbacks=[Stop()], echo=lambda line: None).status == "preempted"
+    finally:
+        wandb.finish()
+    assert said[:2] == ["preempting", 143]

@@ -671,7 +671,7 @@ def fit(run: Run) -> None:
         raise
     finally:
         gc.unfreeze()  # a process that trains again (the demo, tests) can collect this run's cycles
-    tracking.finish_wandb()
+    tracking.finish_wandb(preempted=stopped_early(run))
 
 
 # how long a rank that removed the checkpoint its write could not finish watches for the other ranks' last writes

@@ -190,13 +190,20 @@ def recorded_starts(checkpoint: str | None, key: str) -> list[str]:
     return said
 
 
-def finish_wandb(failed: bool = False) -> None:
+PREEMPTED_EXIT = 143  # W&B's exit code of an attempt stopped before its end: 128 + SIGTERM, W&B's convention
+
+
+def finish_wandb(failed: bool = False, preempted: bool = False) -> None:
     """This process's W&B run ended with its training (transformers leaves it open until the process exits): its
     files in the output are whole before they are uploaded with it, and a trainer called again in this process (the
-    demo, tests) logs to its own run, in its own output, not to this one."""
+    demo, tests) logs to its own run, in its own output, not to this one. An attempt stopped before its end
+    (``preempted``: a requeue, a recovery or a relaunch goes on with it) is marked preempting and ends non-zero, as
+    W&B asks of one: W&B showed it "finished", at the step it stopped."""
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
-        wandb.finish(exit_code=1 if failed else 0)
+        if preempted:
+            wandb.run.mark_preempting()
+        wandb.finish(exit_code=1 if failed else PREEMPTED_EXIT if preempted else 0)
         wandb.teardown()  # W&B reads its variables once a session: the next run's (wandb_env) are read again
 
 
