@@ -410,8 +410,8 @@ class RunSpec:
     weight_decay: float = 0.0
     warmup_ratio: float | None = None  # of the steps, rounded down (transformers rounds up): none under 34 steps
     warmup_steps: int | None = None  # instead of warmup_ratio: this many steps (transformers' name)
-    # the rate after the warm-up; constant has none (transformers': a warm-up given with it is refused, naming
-    # constant_with_warmup)
+    # the rate after the warm-up; constant too (transformers' constant skips warmup_ratio: constant_with_warmup
+    # here, -o warmup_ratio=0 for none, as qlora.py trained)
     lr_scheduler_type: str = "cosine"
     # transformers' lr_scheduler_kwargs: cosine_with_min_lr's floor (min_lr_rate, of the peak rate, or min_lr),
     # num_cycles of cosine and cosine_with_min_lr (-o lr_scheduler_kwargs=min_lr_rate=0.1)
@@ -599,10 +599,7 @@ class RunSpec:
 
     @property
     def warmup(self) -> float:
-        """transformers' warmup_steps: below 1 a fraction of the steps (warmup_ratio), else a number of them. 0
-        for constant, which is transformers' constant rate from the first step (constant_with_warmup warms up)."""
-        if self.lr_scheduler_type == "constant":
-            return 0
+        """transformers' warmup_steps: below 1 a fraction of the steps (warmup_ratio), else a number of them."""
         if self.warmup_steps is not None:
             return self.warmup_steps
         return WARMUP_RATIO if self.warmup_ratio is None else self.warmup_ratio
@@ -1693,13 +1690,6 @@ def best_model_problems(spec: RunSpec) -> list[str]:
     ]
 
 
-def _warmup_given(spec: RunSpec) -> str | None:
-    """The warm-up the run's keys ask for ('warmup_ratio=0.03'), None where none is given or it is 0."""
-    if spec.warmup_steps is not None:
-        return f"warmup_steps={spec.warmup_steps}" if spec.warmup_steps else None
-    return f"warmup_ratio={spec.warmup_ratio:g}" if spec.warmup_ratio else None
-
-
 def validate(spec: RunSpec) -> None:
     errors = []
 
@@ -1799,12 +1789,6 @@ def validate(spec: RunSpec) -> None:
         errors.append(f"warmup_steps must be 0 or more, not {spec.warmup_steps}.")
     if spec.warmup_ratio is not None and not 0 <= spec.warmup_ratio < 1:
         errors.append(f"warmup_ratio must be in [0, 1), not {spec.warmup_ratio}.")
-    if spec.lr_scheduler_type == "constant" and (warm := _warmup_given(spec)):
-        errors.append(
-            f"lr_scheduler_type=constant with {warm}: transformers' constant never warms up (it ignores {warm} without "
-            f"a word; qlora.py's runs trained none): give lr_scheduler_type=constant_with_warmup to warm up, or "
-            f"{warm.split('=')[0]}=0 for the full rate from the first step."
-        )
     if spec.max_steps == 0 or spec.max_steps < -1:
         errors.append("max_steps must be a positive number of steps, or -1 to train num_train_epochs.")
     if not 0 < spec.num_train_epochs < math.inf:  # nan too

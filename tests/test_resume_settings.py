@@ -409,33 +409,43 @@ def _stopped_at(out, step: int) -> None:
 def test_a_constant_rate_saved_without_its_warm_up_goes_on_at_the_full_rate(
     tiny_model_dir, tiny_data, tmp_path, one_thread, caplog
 ):
-    """lr_scheduler_type=constant is transformers' constant (no warm-up), as an ftctl before 4 Dec 2026 (abece96) and
-    since helper 260 trains it: a checkpoint of it goes on at the full rate, its run file's warm-up refused with the
-    way to have one (constant_with_warmup), whose own checkpoint within the warm-up goes on warming up."""
+    """lr_scheduler_type=constant with a warm-up warms up since abece96; an ftctl before it trained the full rate
+    from step 1 (transformers' constant). Its checkpoint saved within what is now the warm-up resumed warming up
+    again: 1e-3 for 5 steps, then 8.3e-4 at step 6 (an older commit's checkpoint-4 resumed by hand). It goes on at
+    the full rate, as the run trained; this ftctl's own checkpoint within the warm-up goes on warming up."""
     from ftctl.trainer.run import train
     from tests.trainer_fixtures import losses_by_step
 
     quiet = {"echo": lambda *_: None}
-    each = {"max_steps": 8, "save_steps": 2, "save_total_limit": 10, "resume": "auto"}
-    old = tmp_path / "old"  # the full rate from step 1
-    assert train(*make_run(tiny_model_dir, tiny_data, old, "lora", lr_scheduler_type="constant", **each), **quiet)
+    each = {"lr_scheduler_type": "constant", "max_steps": 8, "save_steps": 2, "save_total_limit": 10, "resume": "auto"}
+    old = tmp_path / "old"  # what the older ftctl trained: the full rate from step 1
+    assert train(*make_run(tiny_model_dir, tiny_data, old, "lora", warmup_ratio=0.0, **each), **quiet)
     full, losses = _lrs(old), losses_by_step(old)
     assert set(full.values()) == {1e-3}
     _stopped_at(old, 4)
-    with pytest.raises(FtctlError, match="give lr_scheduler_type=constant_with_warmup to warm up"):
-        make_run(tiny_model_dir, tiny_data, old, "lora", lr_scheduler_type="constant", warmup_ratio=0.75, **each)
-    assert train(*make_run(tiny_model_dir, tiny_data, old, "lora", lr_scheduler_type="constant", **each), **quiet)
+    manifest = old / "checkpoint-4" / "ftctl-manifest.json"
+    record = json.loads(manifest.read_text())
+    record["settings"]["warmup_ratio"] = 0.75  # it recorded the run's warm-up, which it did not train
+    manifest.write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        assert train(*make_run(tiny_model_dir, tiny_data, old, "lora", warmup_ratio=0.75, **each), **quiet)
+    assert (
+        "checkpoint-4 trained its 4 steps at the full learning rate (lr_scheduler_type=constant without the warm-up, "
+        "as an ftctl before 4 Dec 2026 ran it): the run goes on at the full rate, not warming up again" in caplog.text
+    )
+    assert "other settings" not in caplog.text
     assert _lrs(old) == full
     assert [losses_by_step(old)[s] for s in range(5, 9)] == pytest.approx([losses[s] for s in range(5, 9)], rel=1e-5)
 
     new = tmp_path / "new"
-    warm = {"lr_scheduler_type": "constant_with_warmup", "warmup_ratio": 0.75, **each}
-    assert train(*make_run(tiny_model_dir, tiny_data, new, "lora", **warm), **quiet)
+    assert train(*make_run(tiny_model_dir, tiny_data, new, "lora", warmup_ratio=0.75, **each), **quiet)
     warming = _lrs(new)
     assert warming[4] < warming[6] < warming[7] == 1e-3
     _stopped_at(new, 4)
-    assert train(*make_run(tiny_model_dir, tiny_data, new, "lora", **warm), **quiet)
-    assert _lrs(new) == pytest.approx(warming, rel=1e-9)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        assert train(*make_run(tiny_model_dir, tiny_data, new, "lora", warmup_ratio=0.75, **each), **quiet)
+    assert "full learning rate" not in caplog.text and _lrs(new) == pytest.approx(warming, rel=1e-9)
 
 
 def test_a_resume_on_a_data_file_edited_since_says_so(tiny_model_dir, tiny_data, tmp_path, one_thread, caplog):

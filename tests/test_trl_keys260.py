@@ -87,36 +87,3 @@ def test_completion_only_loss_alone_means_what_it_means_in_trl():
 
     with pytest.raises(FtctlError, match=r"'completion_only_loss' \(run file\): expects true or false"):
         build({"data_path": "a.jsonl", "completion_only_loss": "sometimes"})
-
-
-# --- G12: lr_scheduler_type: constant is transformers' constant
-
-
-def test_constant_is_transformers_constant_and_a_warm_up_with_it_is_refused():
-    """ftctl warmed constant up (its implied 3%, or the file's warmup_ratio) where transformers' constant ignores the
-    warm-up without a word: the qlora.py file that trained none there warmed up here. constant never warms up; one
-    asked for with it is refused, naming constant_with_warmup."""
-    from ftctl.errors import FtctlError
-    from ftctl.spec import build
-
-    assert build({"data_path": "a.jsonl", "lr_scheduler_type": "constant"}).warmup == 0
-    assert build({"data_path": "a.jsonl", "lr_scheduler_type": "constant", "warmup_ratio": 0}).warmup == 0
-    warmed = build({"data_path": "a.jsonl", "lr_scheduler_type": "constant_with_warmup", "warmup_ratio": 0.03})
-    assert warmed.warmup == 0.03
-    with pytest.raises(FtctlError) as e:
-        build({"data_path": "a.jsonl", "lr_scheduler_type": "constant", "warmup_ratio": 0.03})
-    assert str(e.value) == (
-        "lr_scheduler_type=constant with warmup_ratio=0.03: transformers' constant never warms up (it ignores "
-        "warmup_ratio=0.03 without a word; qlora.py's runs trained none): give lr_scheduler_type=constant_with_warmup "
-        "to warm up, or warmup_ratio=0 for the full rate from the first step."
-    )
-    with pytest.raises(FtctlError, match="constant with warmup_steps=10: .* or warmup_steps=0 for the full rate"):
-        build({"data_path": "a.jsonl"}, None, ["lr_scheduler_type=constant", "warmup_steps=10"])
-
-
-def test_the_plan_says_constant_has_no_warm_up():
-    from ftctl.plan import make_plan
-
-    spec = make_spec(["lr_scheduler_type=constant"], method="lora", gpus="1xH100")
-    row = next(r for r in make_plan(spec).table(spec).splitlines() if r.startswith("optimizer"))
-    assert row.endswith(", constant, no warmup"), row

@@ -44,6 +44,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, is_
 from transformers import Trainer
 from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_pt_utils import nested_gather
+from transformers.trainer_utils import SchedulerType
 from trl import SFTConfig as TrlSFTConfig
 from trl import SFTTrainer as TrlSFTTrainer
 
@@ -83,6 +84,17 @@ class _LateLog:
 
 
 class SFTConfig(TrlSFTConfig):
+    def __post_init__(self):
+        """lr_scheduler_type=constant with a warm-up trains transformers' constant_with_warmup: its own constant
+        schedule ignores warmup_steps without a word, so qlora.py's run file (constant, warmup_ratio 0.03) trained
+        its first steps at the full rate while the file said they warm up. Here warm-up is a key of its own, the
+        schedule's shape what comes after it (SFTTrainer.create_scheduler says so in the log); warmup_ratio 0 gives
+        transformers' constant, what qlora.py itself ran."""
+        super().__post_init__()
+        self.warmed_constant = self.lr_scheduler_type == SchedulerType.CONSTANT and self.warmup_steps > 0
+        if self.warmed_constant:
+            self.lr_scheduler_type = SchedulerType.CONSTANT_WITH_WARMUP
+
     def get_warmup_steps(self, num_training_steps: int) -> int:
         """warmup_ratio's steps rounded down, not up as transformers does: its linear warm-up gives the first step a
         learning rate of 0, so under 34 steps warmup_ratio=0.03 wasted one (a 1-step run on a small file trained
@@ -238,6 +250,20 @@ class SFTTrainer(TrlSFTTrainer):
         if self.defer_logs is None:
             self.defer_logs = self.args.device.type == "cuda"
 
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        made = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        if made and getattr(self.args, "warmed_constant", False) and warmup and self.is_world_process_zero():
+            log.info(
+                "lr_scheduler_type=constant: the learning rate warms up over %d of the %d steps, then stays constant "
+                "(transformers' constant_with_warmup; its constant, which qlora.py ran, skips the warm-up: "
+                "-o warmup_ratio=0 for that)",
+                warmup,
+                num_training_steps,
+            )
+        return scheduler
+
     @staticmethod
     def get_optimizer_cls_and_kwargs(args, model=None):
         """The offload strategies' optimizer: torch's AdamW over the Trainer's parameter groups, which accelerate
@@ -273,6 +299,28 @@ class SFTTrainer(TrlSFTTrainer):
             self.lr_scheduler.load_state_dict(each_group(kept, len(self.optimizer.param_groups)))
         for group, decay in zip(self.optimizer.param_groups, getattr(self, "_decays", ())):
             group["weight_decay"] = decay
+        self._keep_full_rate(checkpoint)
+
+    def _keep_full_rate(self, checkpoint: str) -> None:
+        """lr_scheduler_type=constant warms up (SFTConfig.warmed_constant); an ftctl before 4 Dec 2026 (abece96)
+        trained it at the full rate from the first step. Its checkpoint saved within the warm-up (the rate full
+        where this schedule's is not) goes on at the full rate: warming up again from there, its resumed steps
+        dropped below the rate its earlier ones had."""
+        scheduler = self.lr_scheduler
+        lambdas = getattr(scheduler, "lr_lambdas", None)
+        if not (getattr(self.args, "warmed_constant", False) and lambdas and scheduler.last_epoch > 0):
+            return
+        full = all(math.isclose(lr, base) for lr, base in zip(scheduler.get_last_lr(), scheduler.base_lrs))
+        if not full or lambdas[0](scheduler.last_epoch) >= 1:
+            return
+        scheduler.lr_lambdas = [_full_rate] * len(lambdas)
+        if self.is_world_process_zero():
+            log.warning(
+                "%s trained its %d steps at the full learning rate (lr_scheduler_type=constant without the warm-up, "
+                "as an ftctl before 4 Dec 2026 ran it): the run goes on at the full rate, not warming up again",
+                os.path.basename(checkpoint.rstrip("/")),
+                scheduler.last_epoch,
+            )
 
     def _build_accelerator_args(self, **kwargs) -> dict:
         args = super()._build_accelerator_args(**kwargs)
@@ -759,6 +807,10 @@ def weights_said(held: dict) -> str:
         f"\n## Weights\n\nThe final model holds step {step}'s weights, {which}: the lowest held-out loss, "
         f"{held['weights_eval_loss']:.4f} (`load_best_model_at_end: true`).\n"
     )
+
+
+def _full_rate(step: int) -> float:
+    return 1.0
 
 
 def each_group(state: dict, groups: int) -> dict:
