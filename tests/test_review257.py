@@ -50,3 +50,14 @@ def test_an_azure_account_key_quoted_alone_is_masked_in_error_lines():
     environ = {"AZURE_STORAGE_CONNECTION_STRING": f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key}"}
     said = redacted(f"auth failed for key {key}", environ)
     assert key not in said and "<AccountKey of AZURE_STORAGE_CONNECTION_STRING>" in said
+
+
+def test_a_push_password_holding_at_or_slash_is_not_repeated():
+    """review-57b B2: `--push user:p@ss@ghcr.io/org` said `docker login ss` (the password's tail) and
+    `user:pa/ss@ghcr.io/org` was repeated whole: the user and password run to the last '@'."""
+    from ftctl.docker.build import push_credentials
+
+    for push in ("user:p@ssw0rdXY@ghcr.io/org", "user:pa/ssw0rdXY@ghcr.io/org", "https://u:a@b/cdXY@ghcr.io/org"):
+        said = push_credentials(push)
+        assert said and "ssw0rdXY" not in said and "cdXY" not in said and "docker login ghcr.io" in said, said
+    assert push_credentials("ghcr.io/org") is None

@@ -89,7 +89,8 @@ def staged_context() -> Path:
 
 
 # a registry given with a user (and password) before its host, a scheme or none: user:PASS@ghcr.io/org
-_REGISTRY_USERINFO = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/@]*@(?P<host>[^/@]*)")
+# a user and password before the host: up to the last '@' (a password may hold '@' and '/'), not a digest's
+_REGISTRY_USERINFO = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://)?.*@(?!sha256:)(?P<host>[^/@]*)")
 
 
 def push_credentials(push: str) -> str | None:
