@@ -86,6 +86,7 @@ def test_a_second_trainer_into_a_run_dir_stops_at_once_naming_the_first(
     import re
     import socket
 
+    from ftctl.runpaths import user_name
     from ftctl.trainer.run import only_trainer, train
 
     out = tmp_path / "out"
@@ -94,7 +95,8 @@ def test_a_second_trainer_into_a_run_dir_stops_at_once_naming_the_first(
         with pytest.raises(FtctlError) as e:
             train(spec, plan)
     assert re.fullmatch(
-        rf"{out} is being trained into by pid {os.getpid()} on {re.escape(socket.gethostname())} since [0-9: -]+ [+-][0-9]{{4}}: a "
+        rf"{out} is being trained into by pid {os.getpid()} on {re.escape(socket.gethostname())} by "
+        rf"{re.escape(user_name())} since [0-9: -]+ [+-][0-9]{{4}}: a "
         "second run there would write the same checkpoints. Wait for it to end \\(or stop it\\), or give this run "
         "another --output.",
         str(e.value),
