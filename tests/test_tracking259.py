@@ -180,3 +180,39 @@ def test_a_stopped_attempt_is_preempted_in_wandb_not_finished(
     finally:
         wandb.finish()
     assert said[:2] == ["preempting", 143]
+
+
+def test_the_probe_asks_the_server_and_proxy_wandb_itself_uses(tmp_path, answering_url):
+    """review-57b R1, R3, N1: a lab's own W&B server saved by `wandb login --host` (its settings file) was not asked,
+    api.wandb.ai was, and a node that reaches only the lab's logged offline; W&B's own proxy (WANDB_HTTPS_PROXY) was
+    not used; a server answering something that is not HTTP killed the probe's thread (a traceback, then "no answer
+    in 5 s"); the line named OUTPUT/wandb where the user's WANDB_DIR holds W&B's files."""
+    from ftctl.trainer.tracking import wandb_server
+
+    config = tmp_path / "wandb"
+    config.mkdir()
+    (config / "settings").write_text(f"[default]\nbase_url = {answering_url}\n")
+    assert wandb_server({"WANDB_CONFIG_DIR": str(config)}) == answering_url
+    assert wandb_offline("wandb", str(tmp_path), {"WANDB_CONFIG_DIR": str(config)}) == ({}, None)
+    assert wandb_server({"WANDB_CONFIG_DIR": str(tmp_path / "none")}) == "https://api.wandb.ai"
+    # the lab's server only through W&B's proxy (WANDB_HTTP_PROXY for an http:// server, WANDB_HTTPS_PROXY for https):
+    # the answering server stands in for the proxy, which answers for the server it forwards to
+    behind = {"WANDB_BASE_URL": _closed_port_url(), "WANDB_HTTP_PROXY": answering_url}
+    assert wandb_offline("wandb", str(tmp_path), behind) == ({}, None)
+    assert wandb_offline("wandb", str(tmp_path), {**behind, "WANDB_HTTP_PROXY": ""})[0] == {"WANDB_MODE": "offline"}
+    with socket.socket() as other:  # a server that answers, but not in HTTP
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+
+        def garble():
+            conn, _ = other.accept()
+            conn.recv(1024)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            conn.close()
+
+        threading.Thread(target=garble, daemon=True).start()
+        url = f"http://127.0.0.1:{other.getsockname()[1]}"
+        assert wandb_offline("wandb", str(tmp_path), {"WANDB_BASE_URL": url}, timeout_s=2) == ({}, None)
+    closed = {"WANDB_BASE_URL": _closed_port_url(), "WANDB_DIR": str(tmp_path / "mine")}
+    _, said = wandb_offline("wandb", "s3://bucket/run", closed)
+    assert f"into {tmp_path / 'mine'}/wandb/" in said and f"wandb sync {tmp_path / 'mine'}/wandb/offline-run-*" in said

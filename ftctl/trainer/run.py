@@ -325,7 +325,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         # W&B's run, and no usage ping to the Hub from TRL's trainer (unless the user set HF_HUB_DISABLE_TELEMETRY)
         wanted = {**tracking.wandb_env(spec.report_to, local_dir, own, given), **telemetry_off(given)}
         if procs.is_main:  # the one process that logs to W&B: offline where its server cannot be reached
-            offline, said = tracking.wandb_offline(spec.report_to, spec.output_dir, given)
+            offline, said = tracking.wandb_offline(spec.report_to, spec.output, given)
             wanted.update(offline)
             if said:
                 log.warning("%s", said)

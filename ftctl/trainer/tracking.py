@@ -30,6 +30,7 @@ after the model loaded (wandb_offline). Both W&B and TensorBoard get the run's o
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import secrets
@@ -82,11 +83,14 @@ def wandb_offline(
     nothing to change. A WANDB_MODE the user set, online too, is left to W&B."""
     if "wandb" not in report_integrations(report_to) or given.get("WANDB_MODE"):
         return {}, None
-    url = given.get("WANDB_BASE_URL") or WANDB_CLOUD
-    if (why := unreachable(url, timeout_s)) is None:
+    url = wandb_server(given)
+    proxy = given.get("WANDB_HTTPS_PROXY") if url.startswith("https:") else given.get("WANDB_HTTP_PROXY")
+    if (why := unreachable(url, timeout_s, proxy)) is None:
         return {}, None
-    kept = f"{output.rstrip('/')}/wandb"
-    files = "wandb/offline-run-* of a copy of it" if storage.is_remote(output) else f"{kept}/offline-run-*"
+    mine = given.get("WANDB_DIR")  # the user's: W&B writes there, not in the output
+    kept = f"{(mine or output).rstrip('/')}/wandb"
+    remote = storage.is_remote(output) and not mine
+    files = "wandb/offline-run-* of a copy of it" if remote else f"{kept}/offline-run-*"
     return {"WANDB_MODE": "offline"}, (
         f"W&B: {url} cannot be reached from this node ({why}): this run logs to W&B offline, into {kept}/; "
         f"upload it where W&B can be reached: wandb sync {files} (-o env=WANDB_MODE=offline says so from the "
@@ -94,22 +98,43 @@ def wandb_offline(
     )
 
 
-def unreachable(url: str, timeout_s: float) -> str | None:
-    """Why ``url`` gives no answer within ``timeout_s``, its name's lookup included (None: it answered, any HTTP
-    status, or its TLS certificate was refused here, which W&B's own client may accept). Through the proxy the
-    environment names, as W&B's client."""
+def wandb_server(given: Mapping[str, str] = os.environ) -> str:
+    """The W&B server the run logs to, as W&B's client finds it: WANDB_BASE_URL, else the base_url `wandb login
+    --host` saved in its settings file (WANDB_CONFIG_DIR's, else ~/.config/wandb/settings), else W&B's cloud."""
+    if url := given.get("WANDB_BASE_URL"):
+        return url
+    import configparser
+
+    folder = given.get("WANDB_CONFIG_DIR") or os.path.join(
+        given.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "wandb"
+    )
+    settings = configparser.ConfigParser()
+    try:
+        settings.read(os.path.join(folder, "settings"))
+        return settings.get("default", "base_url", fallback="") or WANDB_CLOUD
+    except configparser.Error:
+        return WANDB_CLOUD
+
+
+def unreachable(url: str, timeout_s: float, proxy: str | None = None) -> str | None:
+    """Why ``url`` gives no answer within ``timeout_s``, its name's lookup included (None: it answered, anything, or
+    its TLS certificate was refused here, which W&B's own client may accept). Through ``proxy`` (W&B's own
+    WANDB_HTTPS_PROXY) where given, else the proxy the environment names, as W&B's client."""
     said: list[str | None] = []
-    asking = threading.Thread(target=lambda: said.append(_ask(url, timeout_s)), daemon=True)
+    asking = threading.Thread(target=lambda: said.append(_ask(url, timeout_s, proxy)), daemon=True)
     asking.start()
     asking.join(timeout_s)  # urlopen's timeout is each socket's: a name lookup (DNS) can take longer
     return said[0] if said else f"no answer in {timeout_s:g} s"
 
 
-def _ask(url: str, timeout_s: float) -> str | None:
+def _ask(url: str, timeout_s: float, proxy: str | None = None) -> str | None:
+    handlers = [urllib.request.ProxyHandler({"http": proxy, "https": proxy})] if proxy else []
     try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
-    except urllib.error.HTTPError:
-        return None  # an answer
+        urllib.request.build_opener(*handlers).open(
+            urllib.request.Request(url, method="HEAD"), timeout=timeout_s
+        ).close()
+    except (urllib.error.HTTPError, http.client.HTTPException):
+        return None  # an answer (not HTTP's, or not W&B's: the client says what it makes of it)
     except urllib.error.URLError as e:
         if isinstance(e.reason, ssl.SSLError):
             return None
