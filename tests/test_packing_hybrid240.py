@@ -235,5 +235,7 @@ def test_fla_that_would_stop_the_first_backward_is_refused_before_the_model_load
     # fla 0.5 refuses every Triton from 3.4.0 (no TRITON_ABOVE_3_7_1 flag); 0.4 refuses none
     _fla_here(monkeypatch, hopper=True, triton_ok=None, version="0.5.0")
     assert attention.fla_training_problem("qwen3_5_text", on_cpu=False).startswith("flash-linear-attention 0.5.0 ")
+    _fla_here(monkeypatch, hopper=True, triton_ok=None, version="0.5.0.dev0")  # review-57b N5: a 0.5 dev build
+    assert attention.fla_training_problem("qwen3_5_text", on_cpu=False)
     _fla_here(monkeypatch, hopper=True, triton_ok=None, version="0.4.2")
     assert attention.fla_training_problem("qwen3_5_text", on_cpu=False) is None

@@ -29,6 +29,7 @@ place (FTCTL_DOCKER_SAME_PATHS=1: a shared filesystem), where it is mounted as h
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
 import shutil
@@ -204,11 +205,15 @@ CONTAINERS_CONFS = ("/etc/containers/containers.conf", "/usr/share/containers/co
 def podman_init_found() -> bool:
     """Whether podman, running containers on this machine, has the init a run's ``--init`` asks for (catatonit, a
     package of its own on Debian and Ubuntu, only recommended by podman's: without it `podman run --init` fails,
-    "container-init binary not found"). True where a containers.conf names one (init_path) or catatonit is on PATH."""
+    "container-init binary not found"). True where a containers.conf (its drop-ins, $CONTAINERS_CONF) names one
+    (init_path) or catatonit is on PATH."""
     if any(os.path.isfile(os.path.join(d, "catatonit")) for d in PODMAN_HELPER_DIRS) or shutil.which("catatonit"):
         return True
     user_conf = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "containers")
-    for conf in (*CONTAINERS_CONFS, os.path.join(user_conf, "containers.conf")):
+    confs = [*CONTAINERS_CONFS, os.path.join(user_conf, "containers.conf"), os.environ.get("CONTAINERS_CONF", "")]
+    for folder in (*(f"{c}.d" for c in CONTAINERS_CONFS), os.path.join(user_conf, "containers.conf.d")):
+        confs += sorted(glob.glob(os.path.join(folder, "*.conf")))  # drop-ins
+    for conf in filter(None, confs):
         try:
             with open(conf) as f:
                 if any(line.strip().startswith("init_path") for line in f):

@@ -291,7 +291,7 @@ def fla_training_problem(model_type: str | None, on_cpu: bool) -> str | None:
         import triton
         from packaging.version import Version
 
-        if Version(fla.__version__) < Version("0.5"):  # no such refusal before 0.5
+        if Version(fla.__version__).release < (0, 5):  # no such refusal before 0.5 (0.5's dev builds have it)
             return None
         refuses = fla.utils.IS_NVIDIA_HOPPER and fla.utils.TRITON_ABOVE_3_4_0
         refuses &= not getattr(fla.utils, "TRITON_ABOVE_3_7_1", False)  # 0.5 refuses every Triton from 3.4.0
