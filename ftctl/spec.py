@@ -1248,7 +1248,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if not own_secrets:  # the default set, which report_to settles whichever layer gave it, and what flags added
         default = default_secrets(values.get("report_to", FIELDS["report_to"].default))
         values["secrets"] = [*default, *(s for s in values.get("secrets", []) if s not in default)]
-    spec = RunSpec(**values, _given=tuple(sorted(k for k in sources if k in values)))
+    spec = RunSpec(**values, _given=tuple(sorted(k for k in sources if values.get(k) is not None)))  # null: unset
     if said := written_secret_problems(spec):  # before any line that repeats a value
         raise FtctlError(_join(said))
     if said := nul_problems(spec) or unusable_paths(spec):  # before anything asks whether a path exists (a traceback)

@@ -61,3 +61,12 @@ def test_a_push_password_holding_at_or_slash_is_not_repeated():
         said = push_credentials(push)
         assert said and "ssw0rdXY" not in said and "cdXY" not in said and "docker login ghcr.io" in said, said
     assert push_credentials("ghcr.io/org") is None
+
+
+def test_a_key_given_as_null_is_not_given():
+    """RunSpec.gave: a run file's `disk_size:` left empty, or spec.json's nulls read back (plan.load_run), is unset,
+    not given at its default: SkyPilot's disk was not sized for such a run (sky/render's `not spec.gave`)."""
+    from ftctl.spec import build
+
+    spec = build({"data_path": "a.jsonl", "disk_size": None, "max_requeues": None, "idle_minutes": 30})
+    assert not spec.gave("disk_size") and not spec.gave("max_requeues") and spec.gave("idle_minutes")
