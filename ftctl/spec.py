@@ -288,7 +288,7 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
 TRL_COMPLETION_SAID = "completion_only_loss: TRL's, for prompt-completion rows"  # how `ftctl keys` names it
 
 
-def _trl_loss(completion, values: dict, sources: dict, trl_file: bool, notes=None) -> None:
+def _trl_loss(completion, values: dict, sources: dict, trl_file: bool, notes=None, order=()) -> None:
     """TRL's two loss switches onto ftctl's one. TRL's completion_only_loss trains a prompt-completion row's completion
     only (its default, None, does for such rows), its assistant_only_loss a conversation's assistant turns only
     (default false: every token); either leaves the other kind of row alone. ftctl's assistant_only_loss is both (a
@@ -296,9 +296,11 @@ def _trl_loss(completion, values: dict, sources: dict, trl_file: bool, notes=Non
     assistant_only_loss is given it decides, and a completion_only_loss that differs is said: prompt-completion rows
     train otherwise than TRL's. Alone, completion_only_loss false is assistant_only_loss false (every token, as TRL
     trains both kinds then); true asks for what ftctl's default does to prompt-completion rows, and conversations
-    keep ftctl's assistant turns only, said where the TRL run file's note (TOOL_DEFAULTS_NOT_TAKEN) is not.
+    keep ftctl's assistant turns only, said where the TRL run file's note (TOOL_DEFAULTS_NOT_TAKEN) is not. Given by a
+    later layer than assistant_only_loss (-o completion_only_loss=false over a run file's assistant_only_loss: true),
+    completion_only_loss wins, as any later layer's key does, and what that does to conversations is said.
     ``completion``: (value, how it was given, its layer), None where no layer gave it; ``trl_file``: the run file is
-    in TRL's vocabulary."""
+    in TRL's vocabulary; ``order``: the layers' names, first to last."""
     if completion is None:
         return
     value, said, source = completion
@@ -311,6 +313,21 @@ def _trl_loss(completion, values: dict, sources: dict, trl_file: bool, notes=Non
                 "turns only, ftctl's default, where TRL trains its every token (its assistant_only_loss false): "
                 "-o assistant_only_loss=false for that (a prompt-completion row's prompt then trains too)"
             )
+        return
+    rank = {layer: i for i, layer in enumerate(order)}
+    if values["assistant_only_loss"] != value and rank.get(source, -1) > rank.get(sources["assistant_only_loss"], -1):
+        before = f"assistant_only_loss: {config_text(values['assistant_only_loss'])} ({sources['assistant_only_loss']})"
+        values["assistant_only_loss"], sources["assistant_only_loss"] = value, source
+        notes is None or notes.append(
+            f"{said}, the later layer, wins over {before}; ftctl has one switch for both: "
+            + (
+                "assistant_only_loss: true here, a conversation trains its assistant turns only too (TRL's "
+                "assistant_only_loss: false trains its every token)"
+                if value
+                else "assistant_only_loss: false here, every token of every row trains, a conversation's too (TRL's "
+                "assistant_only_loss: true trains its assistant turns only)"
+            )
+        )
         return
     if values["assistant_only_loss"] != value and notes is not None:
         a = config_text(values["assistant_only_loss"])
@@ -1240,7 +1257,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 f"{', '.join(f'{k} {v:g}' for k, v in taken.items())}: LLaMA-Factory's defaults, which a run file with "
                 "its finetuning_type trains with where it leaves them out"
             )
-    _trl_loss(completion, values, sources, "TRL" in _vocabularies(layers), notes)
+    _trl_loss(completion, values, sources, "TRL" in _vocabularies(layers), notes, [source for source, _ in layers])
     _tool_defaults(values, _vocabularies(layers), notes)
     errors += precision_asked(precision, values, sources, notes)
     if errors:
