@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass, replace
@@ -88,18 +89,24 @@ def staged_context() -> Path:
     return ctx
 
 
-# a registry given with a user (and password) before its host, a scheme or none: user:PASS@ghcr.io/org
+# a registry given with a user (and password) before its host, a scheme or none: user:PASS@ghcr.io/org, me@ghcr.io/org
 # a user and password before the host: up to the last '@' (a password may hold '@' and '/'), not a digest's
-_REGISTRY_USERINFO = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://)?.*@(?!sha256:)(?P<host>[^/@]*)")
+_REGISTRY_USERINFO = re.compile(r"(?:[A-Za-z][A-Za-z0-9+.-]*://)?(?P<user>.*)@(?!sha256:)(?P<host>[^/@]*)")
 
 
 def push_credentials(push: str) -> str | None:
-    """The one line that refuses ``--push`` holding a user and password (``user:PASS@ghcr.io/org``, with or without
-    https://), without repeating them; None where it holds none. A registry takes its credential from `docker login`,
+    """The one line that refuses ``--push`` holding a user before the registry's host: with a password
+    (``user:PASS@ghcr.io/org``, with or without https://) or a token as the user, without repeating them; a user
+    alone (``me@ghcr.io/org``) is no credential, and is said as what it is: an image reference takes no user (docker
+    and podman refuse ``me@ghcr.io/org/ftctl:TAG``, "invalid reference format": '@' starts a digest there), the user
+    goes to ``docker login -u``. None where it holds none. A registry takes its credential from `docker login`,
     which keeps it in the engine's credential store, never from the image's path: check_registry's refusal repeated
     the value, password and all."""
     m = _REGISTRY_USERINFO.match(push.strip())
     if not m:
+        return None
+    user, credential = m["user"], holds_credential(push.strip())
+    if ":" not in user and not credential and "/" in user:  # no user: check_registry says what the value is not
         return None
     host = m["host"] if re.fullmatch(r"[A-Za-z0-9.-]+(?::[0-9]+)?", m["host"]) else "HOST"
     bare = m["host"] + push.strip()[m.end() :]
@@ -107,8 +114,17 @@ def push_credentials(push: str) -> str | None:
         bare = image.check_registry(bare) if not holds_credential(bare) else f"{host}/NAMESPACE"
     except FtctlError:
         bare = f"{host}/NAMESPACE"
+    if ":" not in user and not credential:  # a registry user, no password: nothing secret in it
+        who = shlex.quote(user)
+        return (
+            f"--push {push.strip()!r}: an image's path takes no user (docker and podman refuse USER@HOST/... as an "
+            f"invalid reference format: '@' starts a digest there). Log in once as that user with `docker login -u "
+            f"{who} {host}` (podman: `podman login -u {who} {host}`), which keeps the login in the engine's "
+            f"credential store, then give --push {bare}."
+        )
+    what = "a user and password" if ":" in user else "a token as its user"
     return (
-        "--push holds a user and password before the registry's host (not repeated here): a registry path takes no "
+        f"--push holds {what} before the registry's host (not repeated here): a registry path takes no "
         f"credential. Log in once with `docker login {host}` (podman: `podman login {host}`), which keeps it in the "
         f"engine's credential store, then give --push {bare}."
     )
