@@ -1301,7 +1301,14 @@ class StatusReport:
         from ftctl import failures
 
         error = [f"{failures.ERROR_PREFIX}{self.error}"] if self.error else []
-        return [self.state_line, *error, *self.notes, *self.progress.splitlines(), *filter(None, [self.checkpoint])]
+        return [
+            self.state_line,
+            *error,
+            *self.notes,
+            *self.progress.splitlines(),
+            *filter(None, [self.checkpoint]),
+            *self.progress.tracking.splitlines(),  # where its metrics go: W&B, TensorBoard
+        ]
 
     def to_dict(self) -> dict:
         return {
@@ -1315,6 +1322,7 @@ class StatusReport:
             "notes": self.notes,
             **self.progress.fields,
             "checkpoint": self.checkpoint,
+            **self.progress.tracking.fields,
             "lines": self.lines,
         }
 
@@ -1374,7 +1382,7 @@ def status_record(job: str) -> StatusReport:
         report.progress = _stored_progress(ref.output, _endpoint(ref))
         return report
     report.progress = shown or Progress()
-    if running and shown is not None:  # training: what a relaunch would resume from now
+    if running and shown:  # training (a step logged, not only where it logs): what a relaunch would resume from now
         from ftctl.progress import newest_checkpoint
 
         try:

@@ -646,6 +646,8 @@ def status(job, exit_code, as_json):
       step, total_steps, loss, tokens_per_s, held_out_loss, held_out_step   numbers (a loss: "nan" too)
       step_time, time_left  as the text says them ("0.80 s", "12 min"); time_left only while it trains
       checkpoint            while it trains: its newest checkpoint, the line as said
+      wandb_run_id, wandb_url, wandb_dir, wandb_sync, tensorboard_dir   where its metrics go (report_to): its W&B
+                            run, its page (online), W&B's folder and the `wandb sync` line (offline); TensorBoard's
       lines                 the lines `ftctl status JOB` prints
     """
     from ftctl.backend import status_record

@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ftctl.runpaths import EVENT, PROGRESS_LINE, STEP_ROW, TIMED, UNTIMED
+from ftctl.runpaths import EVENT, PROGRESS_LINE, START_WANDB_RUN, STEP_ROW, TIMED, UNTIMED
+from ftctl.trainer.tracking import TRACKING_EVENT
 
 # the trainer's line in a job's log for a logged step (trainer.callbacks.MetricsCallback._progress):
 # "step 12/40  loss 1.2345  lr 2.00e-04  grad 0.808  380 tok/s  ETA 0:00:11  14:02:05 UTC" (an older one's: no time)
@@ -73,7 +74,7 @@ def summary_of_lines(
     A long run logs a row a step (a million rows, 200 MB, with logging_steps=1): only the records with an "event"
     (starts, evaluations) are parsed whole, and of the logged steps the ends of the newest trainer's (_Steps); parsing
     every row took `ftctl status` 6 s and 1.6 GB at a million rows."""
-    steps, held_out, best = _Steps(), None, None
+    steps, held_out, best, tracked = _Steps(), None, None, None
     counted = True
     started = ours = False
     for line in lines:
@@ -87,7 +88,7 @@ def summary_of_lines(
             counted = counts(record)
             started, ours = True, ours or counted
             if counted:
-                steps = _Steps()
+                steps, tracked = _Steps(), None
         elif not counted:
             continue
         elif "loss" in record:  # a row written otherwise than json.dumps writes it
@@ -95,8 +96,11 @@ def summary_of_lines(
         elif record.get("event") == "eval":
             held_out = record
             best = record if best is None or record["eval_loss"] < best["eval_loss"] else best
+        elif record.get("event") == TRACKING_EVENT:
+            tracked = record
     if started and not ours:
         return None
+    tracking = tracking_said(tracked) if tracked else Tracking()
     parts = []
     if (step := steps.last()) is not None:
         text = step_text(step["step"], step["loss"], step.get("tokens_per_s"), step.get("max_steps"))
@@ -104,7 +108,10 @@ def summary_of_lines(
         parts.append(_joined("  ", [text, timing]))
     if held_out is not None:
         parts.append(_held_out(held_out, best))
-    return _joined("; ", parts) if parts else None
+    if not parts and not tracking:
+        return None
+    said = _joined("; ", parts)
+    return Progress(said, said.fields, tracking)
 
 
 def _held_out(held_out: dict, best: dict) -> Progress:
@@ -165,16 +172,67 @@ class Progress(str):
     saying so), with ``fields``: the fields (FIELDS) its step line says, from which its words were written; `ftctl
     status --json` gives them, so the text and the JSON cannot say two things and nothing reads the text back. A
     str (tests and callers compare and print it as one); str's own methods give plain text without the fields:
-    new words are a new Progress (_joined)."""
+    new words are a new Progress (_joined). ``tracking``: where the run's metrics go (its own lines, Tracking), from
+    the same metrics.jsonl."""
 
     fields: dict
+    tracking: Tracking
 
-    def __new__(cls, text: str = "", fields: dict | None = None) -> Progress:
+    def __new__(cls, text: str = "", fields: dict | None = None, tracking: Tracking | None = None) -> Progress:
         said = super().__new__(cls, text)
         if unknown := set(fields or ()) - set(FIELDS):
             raise KeyError(f"not a field of a step line: {sorted(unknown)}")
         said.fields = {key: (fields or {}).get(key) for key in FIELDS}
+        said.tracking = tracking if tracking is not None else Tracking()
         return said
+
+
+# where `ftctl status` says a run's metrics go (`ftctl status --json`, after the step line's fields; null where not
+# said): its W&B run's id, page (online) and W&B's directory of its last attempt, the `wandb sync` line that uploads
+# an offline run from this machine; TensorBoard's directory
+TRACKING_FIELDS = ("wandb_run_id", "wandb_url", "wandb_dir", "wandb_sync", "tensorboard_dir")
+
+
+class Tracking(str):
+    """Where a run's metrics go, a line a tracker (tracking_said), with its ``fields`` (TRACKING_FIELDS), as Progress
+    says a step line."""
+
+    fields: dict
+
+    def __new__(cls, text: str = "", fields: dict | None = None) -> Tracking:
+        said = super().__new__(cls, text)
+        said.fields = {key: (fields or {}).get(key) for key in TRACKING_FIELDS}
+        return said
+
+
+def tracking_said(record: dict) -> Tracking:
+    """The lines of metrics.jsonl's "tracking" record (trainer.tracking.record_destinations, the trainer's last
+    attempt's): ``W&B run ID: URL`` online; offline, W&B's directory and the `wandb sync` line that uploads every
+    attempt's (offline-run-*-ID: W&B makes one an attempt), from a copy where the directory is in an object store;
+    ``TensorBoard: tensorboard --logdir DIR``."""
+    from ftctl.storage import is_remote
+    from ftctl.trainer.tracking import TENSORBOARD_LOG_DIR, WANDB_RUN_DIR, WANDB_URL
+
+    lines, fields = [], {}
+    run, url, folder = record.get(START_WANDB_RUN), record.get(WANDB_URL), record.get(WANDB_RUN_DIR)
+    if isinstance(run, str) and isinstance(folder, str):
+        fields |= {"wandb_run_id": run, "wandb_url": url if isinstance(url, str) else None, "wandb_dir": folder}
+        parent = folder.rstrip("/").rpartition("/")[0] or "."
+        if fields["wandb_url"]:
+            lines.append(f"W&B run {run}: {url}")
+        elif is_remote(folder):
+            lines.append(
+                f"W&B run {run}, logged offline into {folder} (sent with each checkpoint): upload it from a copy of "
+                f"{parent}/ with wandb sync offline-run-*-{shlex.quote(run)}"
+            )
+        else:
+            fields["wandb_sync"] = f"wandb sync {shlex.quote(parent)}/offline-run-*-{shlex.quote(run)}"
+            lines.append(f"W&B run {run}, logged offline into {folder}: upload it with {fields['wandb_sync']}")
+    if isinstance(logs := record.get(TENSORBOARD_LOG_DIR), str):
+        fields["tensorboard_dir"] = logs
+        sent = " (sent with each checkpoint: tensorboard --logdir on a copy of it)" if is_remote(logs) else ""
+        lines.append(f"TensorBoard: {logs}{sent}" if sent else f"TensorBoard: tensorboard --logdir {shlex.quote(logs)}")
+    return Tracking("\n".join(lines), fields)
 
 
 def _joined(sep: str, parts: list[Progress | None]) -> Progress:
@@ -368,7 +426,11 @@ def stored(output: str, endpoint_url: str | None, now: float | None = None) -> t
     saved = _saved(newest, now)
     at = (newest.manifest or {}).get("created_unix")
     saved += f" at {clock(at, now)}" if isinstance(at, (int, float)) else ""
-    step = Progress(f"{said} (from {saved}, the newest complete checkpoint in {output})", said.fields) if said else None
+    step = (
+        Progress(f"{said} (from {saved}, the newest complete checkpoint in {output})", said.fields, said.tracking)
+        if said
+        else None
+    )
     return step, f"newest checkpoint: {saved}, in {output}"
 
 

@@ -383,6 +383,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             tracking.wandb_retrained(run.trainer, echo)
         if {"wandb", "tensorboard"} & set(args.report_to):  # the run's spec.json beside transformers' arguments
             tracking.log_run(run.trainer, dump_run(spec, plan))
+            # where they log, in metrics.jsonl for `ftctl status`: after the writer tensorboard_here makes
+            tracking.record_destinations(run.trainer, os.path.join(local_dir, METRICS_FILE), local_dir, spec.output)
         if spec.ddp_comm_dtype == "bf16":
             distributed.all_reduce_in_bf16(run.trainer.accelerator)
         if plan.strategy == "fsdp":

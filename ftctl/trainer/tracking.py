@@ -38,6 +38,7 @@ import ssl
 import string
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -55,6 +56,12 @@ if TYPE_CHECKING:
 _ID_CHARS = string.ascii_lowercase + string.digits  # W&B's own run ids: 8 of these
 WANDB_CLOUD = "https://api.wandb.ai"  # W&B's server where WANDB_BASE_URL names none
 REACH_TIMEOUT_S = 5.0  # how long the trainer waits for W&B's server to answer before it logs offline
+# metrics.jsonl's record of where an attempt's metrics go, as W&B and TensorBoard were opened (record_destinations),
+# and its keys beside START_WANDB_RUN (the run's id): `ftctl status` says them (ftctl.progress.tracking_said)
+TRACKING_EVENT = "tracking"
+WANDB_URL = "wandb_url"  # the W&B run's page (online; null offline)
+WANDB_RUN_DIR = "wandb_dir"  # W&B's own directory of this attempt (offline-run-DATE-ID: what `wandb sync` uploads)
+TENSORBOARD_LOG_DIR = "tensorboard_dir"  # the event files' directory
 
 
 def wandb_env(
@@ -307,3 +314,44 @@ def tensorboard_here(trainer, local_dir: str) -> None:
 
     trainer.remove_callback(TensorBoardCallback)
     trainer.add_callback(OneCurve())
+
+
+def record_destinations(trainer, metrics_path: str, local_dir: str, output: str) -> None:
+    """Where this attempt's metrics go, as W&B and TensorBoard were opened: metrics.jsonl's "tracking" record (rank
+    0, as training begins: after transformers' W&B callback started its run and tensorboard_here's writer was made),
+    read by `ftctl status`. W&B's run id, its page where it logs online, and W&B's own directory of the attempt (the
+    one `wandb sync` uploads where it logs offline; where W&B made it: WANDB_DIR, the user's too); TensorBoard's
+    writer's directory. A directory in the staging directory of an object-store ``output`` is named as it is in the
+    store (sent there with each checkpoint)."""
+    from transformers import TrainerCallback
+    from transformers.integrations import TensorBoardCallback
+
+    from ftctl.trainer.callbacks import append_line
+
+    class Destinations(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            record = {}
+            run = getattr(sys.modules.get("wandb"), "run", None)
+            if run is not None and not getattr(run, "disabled", False):
+                record[START_WANDB_RUN] = run.id
+                record[WANDB_URL] = None if run.offline else run.url
+                record[WANDB_RUN_DIR] = in_output(os.path.dirname(run.dir), local_dir, output)  # run.dir: its files/
+            for callback in trainer.callback_handler.callbacks:
+                if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                    record[TENSORBOARD_LOG_DIR] = in_output(callback.tb_writer.log_dir, local_dir, output)
+            if record:
+                head = {"step": state.global_step, "event": TRACKING_EVENT, "time": round(time.time(), 3)}
+                append_line(metrics_path, json.dumps({**head, **record}))
+
+    trainer.add_callback(Destinations())
+
+
+def in_output(path: str, local_dir: str, output: str) -> str:
+    """``path`` as the user finds it: in an object-store ``output`` where it is in its staging directory
+    ``local_dir`` (sent there with each checkpoint), else as it is (a local output's, a directory of the user's)."""
+    path, local_dir = os.path.abspath(path), os.path.abspath(local_dir)
+    if not storage.is_remote(output) or os.path.commonpath([path, local_dir]) != local_dir:
+        return path
+    return storage.join(output.rstrip("/"), os.path.relpath(path, local_dir))
