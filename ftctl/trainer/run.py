@@ -277,7 +277,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
         tokenizer = use_chat_template(load_tokenizer(spec.model_name_or_path), spec.chat_template_path)
-        args = training_args(spec, plan, procs, local_dir, load_universal=universal)
+        own = None if elsewhere(run) else run.resume_from  # a checkpoint of this run: its W&B run goes on
+        args = training_args(spec, plan, procs, local_dir, load_universal=universal, resumed=own)
         # DeepSpeed's compiled ops (CPU Adam under offload) built or loaded now, under a lock that dies with its
         # process: a build killed half way left torch's lock file, and every later run waited on it forever
         op_build.prepare(args.deepspeed)
@@ -320,7 +321,6 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             keep_staging=spec.keep_staging,
         )
         metrics = MetricsCallback(os.path.join(local_dir, METRICS_FILE), echo=echo, resumed_from=run.resume_from)
-        own = None if elsewhere(run) else run.resume_from  # a checkpoint of this run: its W&B run goes on
         given = {**os.environ, **spec.env}
         # W&B's run, and no usage ping to the Hub from TRL's trainer (unless the user set HF_HUB_DISABLE_TELEMETRY)
         wanted = {**tracking.wandb_env(spec.report_to, local_dir, own, given), **telemetry_off(given)}
@@ -481,10 +481,16 @@ def output_dirs(spec: RunSpec, env: Mapping[str, str] | None = None) -> tuple[st
 
 
 def training_args(
-    spec: RunSpec, plan: Plan, procs: distributed.Processes, local_dir: str, load_universal: bool = False
+    spec: RunSpec,
+    plan: Plan,
+    procs: distributed.Processes,
+    local_dir: str,
+    load_universal: bool = False,
+    resumed: str | None = None,
 ):
     """SFTConfig from the spec and plan. TRL's defaults that hurt on CPU (bf16, gradient
-    checkpointing, max_length 1024) are always set explicitly from the plan."""
+    checkpointing, max_length 1024) are always set explicitly from the plan. ``resumed``: the run's own checkpoint
+    this attempt resumes (its W&B run keeps its name: tracking.run_name)."""
     from ftctl.trainer.data import sft_dataset_config
     from ftctl.trainer.sft_trainer import SFTConfig
 
@@ -492,7 +498,7 @@ def training_args(
     checkpointing = plan.gradient_checkpointing and "fsdp" not in strategy  # FSDP checkpoints itself
     return SFTConfig(
         output_dir=local_dir,
-        run_name=tracking.run_name(spec),  # the name W&B shows
+        run_name=tracking.run_name(spec, resumed=resumed),  # the name W&B shows (None: the one it has)
         seed=spec.seed,
         data_seed=spec.seed,
         max_steps=spec.max_steps,

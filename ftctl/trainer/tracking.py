@@ -151,16 +151,28 @@ def _ask(url: str, timeout_s: float, proxy: str | None = None) -> str | None:
     return None
 
 
-def run_name(spec: RunSpec, given: Mapping[str, str] = os.environ) -> str:
+def run_name(spec: RunSpec, given: Mapping[str, str] = os.environ, resumed: str | None = None) -> str | None:
     """TrainingArguments.run_name, the name W&B shows: the user's WANDB_NAME (axolotl's wandb_name), which
     transformers' wandb.init(name=run_name) would override, else the run's name; where no run_name was given but an
     output_dir was, the output's last part (its runs/NAME otherwise): runs into s3://b/lr-1e-4 and s3://b/lr-3e-4
-    were both ftctl-lora-MODEL in W&B's list."""
+    were both ftctl-lora-MODEL in W&B's list. None (no name passed: W&B keeps the one it has) where the attempt goes
+    on in a W&B run an earlier attempt started (wandb_run_goes_on): a name given again renamed it, where an older
+    ftctl named it otherwise (its run's name, not the output's) or the user renamed it in W&B."""
     if wanted := {**given, **spec.env}.get("WANDB_NAME"):
         return wanted
+    if wandb_run_goes_on(resumed, {**given, **spec.env}):
+        return None
     if spec.output_dir and not spec.run_name:
         return spec.output.rstrip("/").rsplit("/", 1)[-1] or spec.name
     return spec.name
+
+
+def wandb_run_goes_on(resumed: str | None, given: Mapping[str, str] = os.environ) -> bool:
+    """Whether this attempt logs to a W&B run that an earlier attempt started: ``resumed``, the run's own checkpoint
+    it resumes, records the W&B run (recorded_wandb_run), and the user's WANDB_RUN_ID, where set, names that one
+    (wandb_env)."""
+    recorded = recorded_wandb_run(resumed)
+    return recorded is not None and (given.get("WANDB_RUN_ID") or recorded) == recorded
 
 
 def set_env(env: Mapping[str, str]) -> dict[str, str | None]:
