@@ -538,7 +538,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     mlp = 3 * h * inter * (layers - moe) + moe * h * (3 * (experts * expert_mlp + shared) + experts)
     embed = vocab * h * (1 if cfg.get("tie_word_embeddings", False) else 2)
     params = (layers * attn + mlp + embed) / 1e9
-    context = _size(cfg, source, "max_position_embeddings")
+    context = scaled_context(cfg, kind) if _size(cfg, source, "max_position_embeddings") else 0
     width = head_width(cfg) or head_dim  # multi-head latent attention's widest head: the kernel's, not head_dim
     chunk, floor = long_row_limits(cfg, kind)
     shape = ModelShape(
@@ -566,6 +566,33 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     return replace(
         shape, intermediate=active, experts=experts * moe, expert_mlp=expert_mlp, top_k=top_k, moe_layers=moe
     )
+
+
+# RoPE scalings that stretch the positions a model was trained on by their factor (transformers' rope_type names)
+CONTEXT_SCALINGS = ("linear", "dynamic", "yarn")
+# model types whose max_position_embeddings already counts their RoPE scaling's factor (Gemma 3: 131,072, linear x8
+# on its global layers)
+SCALED_IN_CONTEXT = ("gemma3", "gemma3_text")
+
+
+def scaled_context(cfg: dict, kind: str = "") -> int:
+    """The tokens a model's positions reach: its config's max_position_embeddings, stretched by a RoPE scaling of
+    CONTEXT_SCALINGS to factor x original_max_position_embeddings (else x max_position_embeddings). A config given
+    such a scaling is how a context is extended (lmsys/vicuna-7b-v1.5-16k: 4,096 x linear 4; Qwen2.5's YaRN: 32,768 x
+    4); its runs past max_position_embeddings were told to cut their rows to it. Llama 3.1's llama3 scaling and
+    Phi-3's longrope already count theirs in max_position_embeddings. ``cfg``: a config.json (rope_scaling) or
+    transformers 5's config.to_dict() (rope_parameters); 0 where it has no max_position_embeddings."""
+    base = cfg.get("max_position_embeddings") or 0
+    scaling = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+    if not base or not isinstance(scaling, dict) or kind in SCALED_IN_CONTEXT:
+        return base
+    factor = scaling.get("factor")
+    if (scaling.get("rope_type") or scaling.get("type")) not in CONTEXT_SCALINGS or isinstance(factor, bool):
+        return base
+    if not isinstance(factor, (int, float)) or factor <= 1:
+        return base
+    original = scaling.get("original_max_position_embeddings")
+    return max(base, int(factor * (original if isinstance(original, int) and original > 0 else base)))
 
 
 # the keys of a config.json the shape is read from that many leave to their config class's defaults
@@ -1178,6 +1205,14 @@ def _attention(spec: RunSpec, req, shape: ModelShape) -> tuple[str, bool, str | 
     return attn, keeps_scores(attn, flash, shape.attn_softcap, shape.attn_sinks), note
 
 
+def gpu_precision(spec: RunSpec, tier: gpu_table.GpuTier) -> str:
+    """The 16-bit dtype a GPU plan trains in: bf16 where the card has it and the run does not say fp16 (or bf16:
+    false), else fp16. The one owner: _fit plans in it and _refusal sizes the leanest plan in it (it sized a V100's
+    in bf16, without qlora's fp32 residual stream under fp16, and said 8B qlora at 32,768 tokens needed 21.5 GB of
+    the 31.4 it was refused)."""
+    return "bf16" if tier.bf16 and not spec.fp16 and spec.bf16 is not False else "fp16"
+
+
 def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float | None = None) -> Plan | None:
     """The fastest plan that fits the card (or ``capacity_gb`` a GPU, when given); None when none does (or when
     qlora_refused: no refusal offers qlora of an MXFP4 checkpoint)."""
@@ -1217,7 +1252,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         capacity = spec.host_memory_gb * HEADROOM if spec.host_memory_gb else None  # RAM is the device memory
     else:
         t = req.tier
-        precision = "bf16" if t.bf16 and not spec.fp16 and spec.bf16 is not False else "fp16"
+        precision = gpu_precision(spec, t)
         if spec.bf16 and not t.bf16:
             notes.append(f"{t.name} has no bf16: using fp16")
         if spec.bf16 is False and not spec.fp16 and t.bf16:  # transformers would train in fp32 here
@@ -1869,6 +1904,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
                     spec.model_max_length,
                     True,
                     _trainable_b(method, shape, spec),
+                    precision=gpu_precision(spec, req.tier),
                     accum=accumulation_steps(spec, 1, req.world_size),
                     optim="paged_adamw_8bit" if method == "qlora" else "adamw_torch_fused",
                     lora_dropout=spec.lora_dropout,
@@ -1975,7 +2011,10 @@ def _offload_refused(spec: RunSpec, req, shape: ModelShape, offloads: list[str])
     given or assumed; or, where the backend picks the node by its RAM (no bound), the GPUs all the same."""
     host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)
     assumed = assumed_host_gb(spec, req)
-    if not spec.host_memory_gb and assumed is None:
+    ram = spec.host_memory_gb or assumed
+    if ram is None or ram >= host_need:
+        # no RAM bounds it, or the node has what it needs: the GPUs are what it does not fit (7B fft of 131,072-token
+        # rows on 8xA100 was told to give -o host_memory_gb=211 where 640 GB was assumed: the rows' activations)
         return f" Offloading to CPU RAM ({', '.join(offloads)}) does not make it fit the GPUs either."
     if spec.host_memory_gb:
         host = f"{round(spec.host_memory_gb, 1):g} GB"

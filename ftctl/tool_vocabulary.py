@@ -97,6 +97,11 @@ MEANT = {
     "out to train SFT on the rows' answers.",
     "auto_find_batch_size": "The plan chooses the micro-batch that fits (ftctl plan shows it; -o "
     "per_device_train_batch_size=N forces one), and a run that runs out of memory ends naming the one that fits.",
+    "rope_scaling": "Not a run key: the model trains with the RoPE its config.json sets. To extend its context, copy "
+    'the model (hf download ORG/NAME --local-dir DIR), add rope_scaling to DIR/config.json ({"rope_type": '
+    '"linear", "factor": 4.0} for 4x its max_position_embeddings; Qwen\'s YaRN: {"rope_type": "yarn", '
+    '"factor": 4.0, "original_max_position_embeddings": 32768}) and give --model DIR -o model_max_length=N: the '
+    "plan reads the context as max_position_embeddings x factor.",
     "torch_compile": "Not offered: the trainer runs PyTorch eagerly, with its own fused kernels where they apply "
     "(Liger's, its LM head's, its LoRA adapters').",
     "batch_size": "Sequences per GPU are per_device_train_batch_size; per optimizer step, global_batch_size.",
