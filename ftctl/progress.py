@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ftctl.runpaths import EVENT, PROGRESS_LINE, START_WANDB_RUN, STEP_ROW, TIMED, UNTIMED
-from ftctl.trainer.tracking import TRACKING_EVENT
+from ftctl.trainer.tracking import TENSORBOARD_LOG_DIR, TRACKING_EVENT, WANDB_RUN_DIR, WANDB_URL
 
 # the trainer's line in a job's log for a logged step (trainer.callbacks.MetricsCallback._progress):
 # "step 12/40  loss 1.2345  lr 2.00e-04  grad 0.808  380 tok/s  ETA 0:00:11  14:02:05 UTC" (an older one's: no time)
@@ -67,7 +67,8 @@ def summary_of_lines(
     lines: Iterable[str], counts: Callable[[dict], bool], running: bool, now: float | None = None
 ) -> Progress | None:
     """The run's last logged step (of its total, where its trainer recorded it), the time a step takes and, while it
-    runs, the time left; then its last held-out loss. ``lines``: metrics.jsonl's (backend.progress reads them one at a
+    runs, the time left; then its last held-out loss; as its ``tracking``, where its metrics go (the last "tracking"
+    record of its trainers: tracking_said). ``lines``: metrics.jsonl's (backend.progress reads them one at a
     time); only the rows after a "start" record that ``counts`` (the job's own trainer: backend.own_start) are shown,
     and the rows before any start record (an older ftctl's) as they are. None: nothing of the job's own logged yet.
 
@@ -211,7 +212,6 @@ def tracking_said(record: dict) -> Tracking:
     attempt's (offline-run-*-ID: W&B makes one an attempt), from a copy where the directory is in an object store;
     ``TensorBoard: tensorboard --logdir DIR``."""
     from ftctl.storage import is_remote
-    from ftctl.trainer.tracking import TENSORBOARD_LOG_DIR, WANDB_RUN_DIR, WANDB_URL
 
     lines, fields = [], {}
     run, url, folder = record.get(START_WANDB_RUN), record.get(WANDB_URL), record.get(WANDB_RUN_DIR)
