@@ -47,6 +47,7 @@ import shlex
 import shutil
 import tempfile
 import threading
+import typing
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,13 @@ def preflight(
     from concurrent.futures import ThreadPoolExecutor
 
     # what tokenizing the rows reads: the model (its tokenizer), the chat template; the data below
-    read = check_model(spec.model_name_or_path, here=backend_name == "local", job_env=backend_name == "slurm")
+    read = check_model(
+        spec.model_name_or_path,
+        here=backend_name == "local",
+        job_env=backend_name == "slurm",
+        job_vars=spec.env,
+        token_by_name=backend_name not in TOKEN_FILE_READ,
+    )
     read += check_chat_template(spec.chat_template_path)
     findings = check_gpus(plan, backend_name, detected) + read + check_lora_targets(spec, plan.model)
     with ThreadPoolExecutor(4) as pool:  # the store checks wait on the network: side by side
@@ -475,11 +482,19 @@ def _model_file(value: str, path: Path, flag: str, fix: str) -> Finding:
     return Finding(ERROR, f"{flag} {value}: a file, not a model directory", fix)
 
 
-def check_model(name_or_path: str, flag: str = "--model", here: bool = False, job_env: bool = False) -> list[Finding]:
+def check_model(
+    name_or_path: str,
+    flag: str = "--model",
+    here: bool = False,
+    job_env: bool = False,
+    job_vars: typing.Mapping[str, str] | None = None,
+    token_by_name: bool = False,
+) -> list[Finding]:
     """A local model directory (with config.json), or a hub id the Hub has and lets this account read (its
-    config.json, ftctl.hub). Where the Hub cannot be asked: a well-formed id, and HF_TOKEN for the families
-    that gate their models; ``here`` (the trainer loads it on this machine): an id in the Hugging Face cache;
-    ``job_env`` (a Slurm job, which runs in this shell's environment, HF_HUB_OFFLINE too): with HF_HUB_OFFLINE set
+    config.json, ftctl.hub). Where the Hub cannot be asked: a well-formed id, and a Hub token for the families
+    that gate their models (hub_token_found, with ``job_vars``, the run's own variables, over this environment;
+    ``token_by_name``: the job gets HF_TOKEN by name, nothing of this machine's: SkyPilot, docker); ``here`` (the
+    trainer loads it on this machine): an id in the Hugging Face cache; ``job_env`` (a Slurm job, which runs in this shell's environment, HF_HUB_OFFLINE too): with HF_HUB_OFFLINE set
     here, an id in this machine's cache, which a home the nodes share is theirs too."""
     value = str(name_or_path).strip()
     path = Path(value).expanduser()
@@ -549,7 +564,9 @@ def check_model(name_or_path: str, flag: str = "--model", here: bool = False, jo
                     )
                 ]
     # the Hub cannot be asked from here: what can be said without it
-    if value.lower().startswith(GATED_PREFIXES) and not os.environ.get("HF_TOKEN"):
+    if not value.lower().startswith(GATED_PREFIXES):
+        return []
+    if token_by_name and not os.environ.get("HF_TOKEN"):
         return [
             Finding(
                 WARNING,
@@ -558,7 +575,46 @@ def check_model(name_or_path: str, flag: str = "--model", here: bool = False, jo
                 "the job as a secret).",
             )
         ]
+    if not token_by_name and not hub_token_found(job_vars or {}):
+        return [
+            Finding(
+                WARNING,
+                f"{flag} {value} is gated on the Hugging Face hub and no Hugging Face token is set (HF_TOKEN, or "
+                "the one `hf auth login` saved)",
+                "log in with an account that accepted the model's licence: `hf auth login` (its token file is read "
+                "where the job runs: HF_TOKEN_PATH, else HF_HOME/token; on Slurm a home the nodes share), or "
+                "export HF_TOKEN=hf_... (ftctl passes it to the job as a secret).",
+            )
+        ]
     return []
+
+
+# the backends whose job reads this machine's Hugging Face token file as huggingface_hub finds it here: the trainer
+# here, a Slurm job in this shell's environment on nodes that share its home; the others get HF_TOKEN by name only
+TOKEN_FILE_READ = ("local", "slurm")
+# what moves the token huggingface_hub finds (read once, at its import): the run's own env setting one is asked about
+# in a process of the job's environment
+TOKEN_VARIABLES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_HOME", "XDG_CACHE_HOME")
+
+
+def hub_token_found(env: typing.Mapping[str, str]) -> bool:
+    """Whether huggingface_hub finds a Hub token where the job runs: its get_token (HF_TOKEN, else the file `hf auth
+    login` wrote: HF_TOKEN_PATH, else HF_HOME/token), in this environment with ``env`` (the run's own variables,
+    spec.env: -o env=HF_TOKEN_PATH=..., as docs/configuration.md advises for Slurm) over it. huggingface_hub reads
+    those paths once, at its import: where ``env`` sets one, it is asked in a process of that environment."""
+    if not set(TOKEN_VARIABLES) & set(env):
+        from huggingface_hub import get_token
+
+        return bool(get_token())
+    import subprocess
+    import sys
+
+    ask = "import sys; from huggingface_hub import get_token; sys.exit(0 if get_token() else 1)"
+    try:
+        done = subprocess.run([sys.executable, "-c", ask], env={**os.environ, **env}, capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return True  # not known: nothing said
+    return done.returncode == 0
 
 
 def adapter_as_model(value: str, path: Path) -> Finding:
