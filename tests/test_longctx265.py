@@ -143,3 +143,26 @@ def test_rope_scaling_as_a_run_key_says_how_to_extend_a_context(tmp_path):
         said = str(e.value)
         assert "Unknown key 'rope_scaling' (-o). Not a run key" in said
         assert "add rope_scaling to DIR/config.json" in said and "--model DIR -o model_max_length=N" in said
+
+
+def test_the_trainers_over_context_warning_counts_the_configs_rope_scaling(tiny_model_dir, tmp_path):
+    """The trainer's own warning (trainer/run.over_context) reads the context as the plan does: a copy of the tiny model
+    (512 positions) whose config stretches RoPE linearly x4 trains 2,048-token rows without it, and is warned past that
+    with the stretched context named."""
+    import json
+    import shutil
+
+    from ftctl.spec import build
+    from ftctl.trainer.run import over_context
+
+    scaled = tmp_path / "scaled"
+    shutil.copytree(tiny_model_dir, scaled)
+    config = json.loads((scaled / "config.json").read_text())
+    assert config["max_position_embeddings"] == 512
+    config["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
+    (scaled / "config.json").write_text(json.dumps(config))
+    spec = {"model_name_or_path": str(scaled), "gpus": "cpu"}
+    assert over_context(build({**spec, "model_max_length": 2048})) is None
+    said = over_context(build({**spec, "model_max_length": 4096}))
+    assert said.startswith("model_max_length 4096 is over the model's context of 2048 tokens"), said
+    assert "RoPE scaling" in said and "-o model_max_length=2048" in said

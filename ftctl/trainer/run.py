@@ -45,7 +45,15 @@ from ftctl import checkpoints, failures, storage
 from ftctl.checkpoints.staging import STAGING_ENV
 from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, SKY_TASK_ENV, SLURM_RESTART_ENV, STATUS_ENV, telemetry_off
 from ftctl.errors import FtctlError
-from ftctl.plan import DEEPSPEED_STRATEGIES, Plan, checkpoint_cost, dump_run, final_dtype, without_liger
+from ftctl.plan import (
+    DEEPSPEED_STRATEGIES,
+    Plan,
+    checkpoint_cost,
+    dump_run,
+    final_dtype,
+    scaled_context,
+    without_liger,
+)
 from ftctl.runpaths import (
     DATA_CACHE,
     FINAL_MARKS,
@@ -705,17 +713,19 @@ def half_checkpoint(run: Run) -> tuple[str, int] | None:
 
 
 def over_context(spec) -> str | None:
-    """A warning where model_max_length is over the model's context (its config's max_position_embeddings):
-    rows are truncated to model_max_length, so longer ones train at positions the model never saw."""
+    """A warning where model_max_length is over the model's context (its config's max_position_embeddings, stretched
+    by a RoPE scaling it sets: plan.scaled_context, as the plan's note reads it): rows are truncated to
+    model_max_length, so longer ones train at positions the model never saw."""
     from ftctl.trainer.model import text_config
 
     config = text_config(spec.model_name_or_path)
-    context = getattr(config, "max_position_embeddings", None) if config is not None else None
+    context = scaled_context(config.to_dict(), config.model_type or "") if config is not None else 0
     if not context or spec.model_max_length <= context:
         return None
+    scaled = " x its RoPE scaling's factor" if context != config.max_position_embeddings else ""
     return (
         f"model_max_length {spec.model_max_length} is over the model's context of {context} tokens "
-        f"(max_position_embeddings): rows longer than {context} train at positions it never saw; "
+        f"(max_position_embeddings{scaled}): rows longer than {context} train at positions it never saw; "
         f"-o model_max_length={context} unless you are extending its context"
     )
 
