@@ -137,6 +137,12 @@ METHOD_LEARNING_RATE = {"fft": 2e-5, "sft": 2e-5, "lora": 2e-4, "qlora": 2e-4}
 SECRETS = ["HF_TOKEN"]
 REPORT_SECRETS = {"wandb": "WANDB_API_KEY"}
 REPORT_TO = ("none", "tensorboard", "wandb")
+# report_to's names transformers takes that ftctl does not set up (MLflow's, trackio's... store, run id across
+# attempts and copy with the output are not ftctl's): refused, saying what works instead (report_integrations)
+OTHER_TRACKERS = (
+    "azure_ml", "clearml", "codecarbon", "comet_ml", "dagshub", "dvclive", "flyte", "kubeflow", "mlflow", "neptune",
+    "swanlab", "trackio",
+)  # fmt: skip
 
 
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora", "use_dora")
@@ -2062,6 +2068,13 @@ def report_integrations(value: str) -> list[str]:
     installed)."""
     names = [v.strip() for v in value.split(",") if v.strip()]
     for name in names:
+        if name in OTHER_TRACKERS:
+            raise FtctlError(
+                f"report_to={name!r}: ftctl does not report to {name}; it reports to tensorboard or wandb "
+                "(comma-separated; W&B without a server: -o env=WANDB_MODE=offline), or none. Every logged step is in "
+                "the output's metrics.jsonl either way (a JSON row a step: step, loss, lr, grad_norm; an evaluation's: "
+                f"eval_loss), to log to {name} after the run."
+            )
         if name not in REPORT_TO:
             raise FtctlError(
                 f"report_to={name!r}: use none, tensorboard or wandb (comma-separated).{did_you_mean(name, REPORT_TO)}"

@@ -481,7 +481,14 @@ def test_a_secret_value_is_never_echoed(config, over, want):
 def test_report_to_is_checked_before_the_job():
     with pytest.raises(FtctlError) as e:
         build(None, None, ["report_to=mlflow"])
-    assert str(e.value) == "report_to='mlflow': use none, tensorboard or wandb (comma-separated)."
+    assert str(e.value) == (  # what works instead (transformers' report_to=mlflow is not set up by ftctl)
+        "report_to='mlflow': ftctl does not report to mlflow; it reports to tensorboard or wandb (comma-separated; W&B "
+        "without a server: -o env=WANDB_MODE=offline), or none. Every logged step is in the output's metrics.jsonl "
+        "either way (a JSON row a step: step, loss, lr, grad_norm; an evaluation's: eval_loss), to log to mlflow after "
+        "the run."
+    )
+    with pytest.raises(FtctlError, match="report_to='trackio': ftctl does not report to trackio; it reports to"):
+        build(None, None, ["report_to=tensorboard,trackio"])
     with pytest.raises(FtctlError, match="report_to='tensorbord'.*Did you mean 'tensorboard'"):
         build(None, None, ["report_to=wandb,tensorbord"])
     assert build(None, None, ["report_to=wandb, tensorboard"]).report_to == "wandb, tensorboard"
