@@ -132,7 +132,12 @@ def merge(
             text = json.dumps({**record, "merged_at": merged_now()}) + "\n"
             (tmp / MERGE_RECORD).write_text(text)
             model_card.write_merged(
-                tmp, named or run_dir_or_checkpoint, into, adapter.method, _card_words(weights, precision)
+                tmp,
+                named or run_dir_or_checkpoint,
+                into,
+                adapter.method,
+                _card_words(weights, precision),
+                trained=adapter.path,
             )
         trained_mod.for_other_readers(tmp)
         os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)

@@ -9,6 +9,7 @@ DIR, said what it is. Each checkpoint-<step> gets one too (PEFT's placeholder wa
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -96,11 +97,10 @@ def text(spec: RunSpec, base: str, adapter: bool, local_dir: str, step: int | No
         fetched = f"DIR is this directory (`{Path(local_dir).name}`{' of the run' if step is not None else ''})."
     built = _demo_base(base, adapter) if is_demo_model(base) else ""
     settings = (
-        f"A checkpoint of the run `{title}`: its weights at step {step}. The run's settings (`spec.json`) and its "
-        "final model and card are in the directory above."
+        f"A checkpoint of the run `{title}`: its weights at step {step}. Its final model and card are in the "
+        "directory above."
         if step is not None
-        else "The run's settings are in `spec.json` beside this card (with the paths of the machine it trained on); "
-        "each logged step is a line of `metrics.jsonl`."
+        else "Each logged step is a line of `metrics.jsonl` in the run's directory."
     )
     body = f"""
 # {title}{f" (checkpoint-{step})" if step is not None else ""}
@@ -119,8 +119,103 @@ on {_data(spec.data_path)}. {settings}{built}
 ```python
 {loads}
 ```
-"""
+{training(spec.to_dict(), plan.to_dict() if plan is not None else None, local_dir)}"""
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+def training(spec: dict, plan: dict | None, directory=None, versions: bool = True) -> str:
+    """The card's "Training" section: the method and the hyperparameters the run trained with, from its spec and
+    plan (``spec.json``'s two halves; ``plan`` None: the spec's alone), and the versions it trained with. A card said
+    they were in ``spec.json`` beside it, which the upload the docs give leaves out (it holds the training machine's
+    paths): the Hub's page of an uploaded adapter or merge named no rank, learning rate, batch or steps.
+    ``directory``: where the adapter's ``adapter_config.json`` names the projections it adapted; ``versions``: the
+    versions here are the ones it trained with (a merge's card: not known)."""
+    from ftctl.spec import WARMUP_RATIO
+
+    plan = plan or {}
+    method = spec.get("method") or plan.get("method")
+    rows = [("method", method)]
+    if method in ("lora", "qlora"):
+        r, alpha = spec.get("lora_r"), spec.get("lora_alpha")
+        lora = f"rank {r}, alpha {alpha}, dropout {spec.get('lora_dropout')}"
+        lora += "; rsLoRA" if spec.get("use_rslora") else ""
+        lora += "; DoRA" if spec.get("use_dora") else ""
+        rows.append(("LoRA", lora))
+        rows.append(("adapted modules", _targets(spec.get("lora_target_modules"), directory)))
+        if method == "qlora":
+            rows.append(("base", "4-bit NF4 with double quantization (bitsandbytes)"))
+    elif method == "sft":
+        layers = (plan.get("model") or {}).get("layers")
+        of = f" of {layers}" if layers else ""
+        rows.append(("trained", f"the top {spec.get('trainable_layers')}{of} blocks and the output head"))
+    rows.append(("data", _data(spec.get("data_path"))))
+    if spec.get("eval_data_path"):
+        rows.append(("held-out data", _data(spec.get("eval_data_path"))))
+    elif spec.get("eval_split"):
+        rows.append(("held-out data", f"{spec['eval_split'] * 100:.4g}% of the data"))
+    rate = plan.get("learning_rate") or spec.get("learning_rate")
+    if rate is not None:
+        rows.append(("learning rate", f"{rate:g}"))
+    warmup = spec.get("warmup_steps")
+    warmup = warmup if warmup is not None else spec.get("warmup_ratio")
+    warmup = WARMUP_RATIO if warmup is None else warmup
+    warm = "none" if not warmup else f"{warmup * 100:.4g}% of the steps" if warmup < 1 else f"{warmup:g} steps"
+    rows.append(("schedule", f"{spec.get('lr_scheduler_type')}, warm-up {warm}"))
+    batch = plan.get("global_batch_size") or spec.get("global_batch_size")
+    if batch:
+        per, accumulation, world = (
+            plan.get(k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps", "world_size")
+        )
+        how = f" ({per} a process x {accumulation} accumulation x {world} process{'es' if world != 1 else ''})"
+        rows.append(("batch", f"{batch} sequences a step" + (how if per and accumulation and world else "")))
+    max_steps = spec.get("max_steps")
+    rows.append(
+        ("steps", f"{max_steps}" if max_steps and max_steps > 0 else f"{spec.get('num_train_epochs'):g} epochs")
+    )
+    packing = plan.get("packing")
+    length = f"at most {spec.get('model_max_length')} tokens"
+    rows.append(("sequence length", length + {True: ", packed", False: ", not packed"}.get(packing, "")))
+    rows.append(("loss on", "the assistant turns" if spec.get("assistant_only_loss") else "every token"))
+    if plan.get("precision"):
+        rows.append(("precision", plan["precision"]))
+    optim = plan.get("optim") or spec.get("optim")
+    rows.append(
+        (
+            "optimizer",
+            f"{optim + ', ' if optim else ''}weight decay {spec.get('weight_decay')}, "
+            f"max grad norm {spec.get('max_grad_norm')}",
+        )
+    )
+    rows.append(("seed", spec.get("seed")))
+    lines = "\n".join(f"- {name}: {value}" for name, value in rows)
+    return f"\n## Training\n\n{lines}\n" + (f"\nTrained with {_versions()}.\n" if versions else "")
+
+
+def _targets(configured, directory) -> str:
+    """The projections an adapter adapted: adapter_config.json's list where it is in ``directory`` (all-linear made
+    into names), else the run's lora_target_modules as given."""
+    try:
+        named_there = json.loads(Path(directory, "adapter_config.json").read_text()).get("target_modules")
+    except (OSError, TypeError, ValueError):
+        named_there = None
+    if isinstance(named_there, list) and named_there:
+        return ", ".join(sorted(named_there))
+    if isinstance(named_there, str) and named_there:
+        return f"`{named_there}`"
+    return ", ".join(configured) if isinstance(configured, list) else str(configured)
+
+
+def _versions() -> str:
+    """The versions of what trained it, as the Trainer's own card lists them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    said = [f"ftctl {__version__}"]
+    for package in ("transformers", "trl", "peft", "torch"):
+        try:
+            said.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(said)
 
 
 def _adapter_loads(method: str, plan, generation_config: bool) -> str:
@@ -163,10 +258,14 @@ def _data(data_path: str | None) -> str:
     return ", ".join(f"`{named(p)}`" for p in split_paths(data_path)) or "its data"
 
 
-def merged_text(adapter: str, base: str, method: str | None, into: str) -> str:
+def merged_text(
+    adapter: str, base: str, method: str | None, into: str, record: dict | None = None, directory=None
+) -> str:
     """The card of `ftctl merge`'s output: the adapter ``adapter`` (as the user named it) of a ``method`` run merged
     into ``base`` (``into``: which weights of it, in words). Without it, the merged directory uploaded to the Hub
-    (`hf upload`) had no card: no base_model, no library, no word of what it is."""
+    (`hf upload`) had no card: no base_model, no library, no word of what it is. ``record``: the run's spec.json
+    ({"spec": ..., "plan": ...}; None where the adapter has none): its data and hyperparameters (training), the
+    adapter's projections read in ``directory``."""
     linked = hub_id(base)
     data = ModelCardData(
         base_model=linked,
@@ -194,7 +293,7 @@ generator = pipeline("text-generation", model="DIR")  # this directory, or its H
 answer = generator([{{"role": "user", "content": "A question"}}], max_new_tokens=256)
 print(answer[0]["generated_text"][-1]["content"])
 ```
-"""
+{training(record["spec"], record.get("plan"), directory, versions=False) if record and record.get("spec") else ""}"""
     return f"---\n{data.to_yaml()}\n---\n{body}"
 
 
@@ -205,8 +304,12 @@ def adapter_named(adapter: str) -> str:
     return f"{parent}/{name}" if name.startswith("checkpoint-") and name != adapter and parent else name
 
 
-def write_merged(directory, adapter: str, base: str, method: str | None, into: str) -> None:
-    _save(merged_text(adapter, base, method, into), directory)
+def write_merged(directory, adapter: str, base: str, method: str | None, into: str, trained=None) -> None:
+    """``trained``: the adapter's local directory, where its run's spec.json is read (beside it or above it)."""
+    from ftctl.trainer.trained import run_record
+
+    record = run_record(str(trained)) if trained is not None else None
+    _save(merged_text(adapter, base, method, into, record, trained), directory)
 
 
 def _save(card: str, directory) -> None:

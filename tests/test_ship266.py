@@ -1,0 +1,97 @@
+"""Shipping what a run trained (explore58, task 266): the cards of a run and of its merge name how it was trained.
+
+A card said the run's settings were in spec.json beside it, which the upload docs/results.md gives leaves out (it holds
+the training machine's paths): an adapter or merge uploaded to the Hub named no rank, learning rate, batch or steps.
+"""
+
+from __future__ import annotations
+
+import json
+
+from huggingface_hub import ModelCard
+
+from tests.trainer_fixtures import make_run
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _training(card: str) -> str:
+    assert "## Training" in card, card
+    return card[card.index("## Training") :]
+
+
+def test_a_runs_card_names_its_method_data_and_hyperparameters(tiny_model_dir, tiny_data, tmp_path):
+    from ftctl.trainer import model_card
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "adapter_config.json").write_text(json.dumps({"target_modules": LORA_TARGETS, "r": 8}))
+    spec, plan = make_run(
+        tiny_model_dir,
+        tiny_data,
+        out,
+        "qlora",
+        lora_r=8,
+        lora_alpha=16,
+        learning_rate=3e-4,
+        warmup_ratio=0.1,
+        eval_split=0.05,
+        use_rslora=True,
+    )
+    card = model_card.text(spec, str(tiny_model_dir), adapter=True, local_dir=str(out), plan=plan)
+    ModelCard(card)  # a card the Hub reads
+    said = _training(card)
+    assert "- method: qlora\n- LoRA: rank 8, alpha 16, dropout 0.05; rsLoRA\n" in said
+    assert "- adapted modules: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj\n" in said
+    assert "- base: 4-bit NF4 with double quantization (bitsandbytes)\n" in said
+    assert "- data: `conversations.json`\n- held-out data: 5% of the data\n" in said
+    assert "- learning rate: 0.0003\n- schedule: cosine, warm-up 10% of the steps\n" in said
+    assert "- batch: 4 sequences a step (2 a process x 2 accumulation x 1 process)\n- steps: 6\n" in said
+    assert "- sequence length: at most 128 tokens" in said and "- loss on: the assistant turns\n" in said
+    assert "- precision: fp32\n" in said and "- seed: 7\n" in said
+    assert "Trained with ftctl " in said and "transformers " in said and "peft " in said
+    # no claim that spec.json is beside the card (an upload leaves it out), and no path of this machine
+    assert "spec.json" not in card and str(tmp_path) not in card
+
+
+def test_an_sft_and_an_fft_runs_card_say_what_trained(tiny_model_dir, tiny_data, tmp_path):
+    from ftctl.trainer import model_card
+
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "sft", "sft", trainable_layers=1, max_steps=-1)
+    said = _training(model_card.text(spec, str(tiny_model_dir), adapter=False, local_dir=str(tmp_path), plan=plan))
+    assert "- method: sft\n- trained: the top 1 of 2 blocks and the output head\n" in said
+    assert "- steps: 1 epochs\n" in said and "LoRA" not in said
+    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "fft", "fft", warmup_ratio=0.0, warmup_steps=None)
+    said = _training(model_card.text(spec, str(tiny_model_dir), adapter=False, local_dir=str(tmp_path), plan=plan))
+    assert "- method: fft\n- data:" in said and "warm-up none" in said and "learning rate: 0.001\n" in said
+    # a checkpoint's card too
+    card = model_card.text(spec, str(tiny_model_dir), False, str(tmp_path), step=3, plan=plan)
+    assert "(checkpoint-3)" in card and "- method: fft\n" in _training(card)
+
+
+def test_a_merges_card_names_the_runs_data_and_hyperparameters(tiny_model_dir, tiny_data, tmp_path):
+    """ftctl merge's card, of the run's final adapter and of one of its checkpoints (spec.json above it)."""
+    from ftctl.plan import dump_run
+    from ftctl.trainer import model_card
+
+    run = tmp_path / "run"
+    spec, plan = make_run(tiny_model_dir, tiny_data, run, "lora", lora_r=4, lora_alpha=8, learning_rate=5e-4)
+    (run / "checkpoint-3").mkdir(parents=True)
+    (run / "spec.json").write_text(dump_run(spec, plan))
+    for adapter in (run, run / "checkpoint-3"):
+        (adapter / "adapter_config.json").write_text(json.dumps({"target_modules": ["q_proj", "v_proj"], "r": 4}))
+        merged = tmp_path / f"merged-{adapter.name}"
+        merged.mkdir()
+        model_card.write_merged(merged, str(adapter), str(tiny_model_dir), "lora", "its weights", trained=adapter)
+        card = (merged / "README.md").read_text()
+        ModelCard(card)
+        said = _training(card)
+        assert "- method: lora\n- LoRA: rank 4, alpha 8, dropout 0.05\n- adapted modules: q_proj, v_proj\n" in said
+        assert "- data: `conversations.json`\n" in said and "- learning rate: 0.0005\n" in said
+        assert "Trained with" not in said  # this machine's versions are the merge's, not the training's
+        assert str(tmp_path) not in card
+    # an adapter without its run's spec.json (another tool's): the card as before, no section
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    card = model_card.merged_text("bare", "Org/Base", "lora", "its weights", None, bare)
+    assert "## Training" not in card and "## Use it" in card
