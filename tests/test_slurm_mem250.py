@@ -38,6 +38,6 @@ def test_mem_is_at_least_the_partitions_default_for_the_jobs_cpus(tmp_path, monk
     assert _mem("few")[0] == "12G" and "DefMemPerCPU" not in _mem("few")[1][0]  # 8 GiB: the plan's is more
     assert _mem("all")[0] == "12G"  # all of a node's by default: not asked for
     assert _mem("node")[0] == "64G"
-    assert _mem("gpu,few")[0] == "12G"  # of a list, the least: the job may start in either
+    assert _mem("gpu,few")[0] == "32G"  # of a list, the most: Slurm gives the default of the partition it starts in
     assert _mem(more=["cpus_per_task=2"])[0] == "12G"  # 2 CPUs: 8 GiB
     assert _mem(more=["sbatch_args=--mem=10G"])[0] == "10G"  # the run's own

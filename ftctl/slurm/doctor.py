@@ -352,9 +352,13 @@ def _partition_settings() -> dict[str, dict[str, str]]:
 
 def default_memory(partition: str | None, cpus: int) -> tuple[int, str] | None:
     """The RAM (MiB a node) a job of ``cpus`` CPUs a node gets where it asks for none, in ``partition`` (else the
-    default one; of a list, the least): the partition's DefMemPerCPU x ``cpus``, or its DefMemPerNode (scontrol), and
-    that setting in words. None where it is all of a node's (UNLIMITED, memory not a resource Slurm counts), or the
-    controller does not say. --mem below it gave a job less RAM than sbatch without --mem would have."""
+    default one): the partition's DefMemPerCPU x ``cpus``, or its DefMemPerNode (scontrol), and that setting in words.
+    None where it is all of a node's (UNLIMITED, memory not a resource Slurm counts), or the controller does not say.
+    --mem below it gave a job less RAM than sbatch without --mem would have. Of a list, the most of those that set
+    one: Slurm gives a job without --mem the default of the partition it starts in (measured on 22.05: -p
+    defnode,defcpu started in defcpu had DefMemPerCPU=2048 x 2 CPUs, 4G, not defnode's 3000M), so one --mem is
+    below none of them only at their most; the least asked 3000M of a job that would have had 4G, and a list with an
+    UNLIMITED one (all of a node) asked for none."""
     if (chosen := _partitions_of(partition)) is None:
         return None
     found = []
@@ -365,9 +369,7 @@ def default_memory(partition: str | None, cpus: int) -> tuple[int, str] | None:
             found.append((per_cpu * cpus, f"partition {p.name}'s DefMemPerCPU={per_cpu} (MiB) x {cpus} CPUs"))
         elif per_node:
             found.append((per_node, f"partition {p.name}'s DefMemPerNode={per_node} (MiB)"))
-        else:
-            return None
-    return min(found)
+    return max(found) if found else None
 
 
 def _mib(value: str | None) -> int:
