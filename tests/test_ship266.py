@@ -95,3 +95,37 @@ def test_a_merges_card_names_the_runs_data_and_hyperparameters(tiny_model_dir, t
     bare.mkdir()
     card = model_card.merged_text("bare", "Org/Base", "lora", "its weights", None, bare)
     assert "## Training" not in card and "## Use it" in card
+
+
+def test_a_cards_vllm_line_serves_the_adapter_as_vllm_loads_it(tiny_model_dir, tiny_data, tmp_path):
+    """docs/results.md gave one `vllm serve BASE --enable-lora --lora-modules run=RUN` for every adapter: vLLM refuses
+    a rank over its default --max-lora-rank 16 ("LoRA rank 32 is greater than max_lora_rank 16") and any DoRA adapter,
+    and puts a qlora adapter onto the unquantized base (another model than trained). Each card says how to serve it."""
+    from ftctl.trainer import model_card
+
+    out = tmp_path / "r1"
+    out.mkdir()
+
+    def card(method="lora", base="Org/Base-1B", adapter=True, **keys):
+        spec, plan = make_run(tiny_model_dir, tiny_data, out, method, **keys)
+        return model_card.text(spec, base, adapter=adapter, local_dir=str(out), plan=plan)
+
+    said = card(lora_r=16)
+    assert "vllm serve Org/Base-1B --enable-lora --lora-modules r1=DIR\n" in said
+    assert "vllm serve Org/Base-1B --enable-lora --lora-modules r1=DIR --max-lora-rank 32\n" in card(lora_r=24)
+    # the rank the adapter saved (a fused MoE's gate_up at twice lora_r: rank_pattern)
+    (out / "adapter_config.json").write_text(json.dumps({"r": 32, "rank_pattern": {"experts.gate_up_proj": 64}}))
+    (out / "generation_config.json").write_text("{}")
+    said = card(lora_r=32, base=str(tiny_model_dir))
+    assert "(BASE: the base model's directory)" in said
+    assert "vllm serve BASE --enable-lora --lora-modules r1=DIR --max-lora-rank 64 --generation-config DIR\n" in said
+    (out / "adapter_config.json").unlink()
+    assert "vLLM serves adapters up to rank 512, this one is of rank 1024: `ftctl merge DIR`" in card(lora_r=1024)
+    assert "vLLM does not load DoRA adapters: to serve it, `ftctl merge DIR`, then `vllm serve DIR/merged`" in card(
+        use_dora=True
+    )
+    said = card("qlora")
+    assert "Served by vLLM: `ftctl merge DIR`, then `vllm serve DIR/merged`" in said and "--enable-lora" not in said
+    assert "Served by vLLM: `vllm serve DIR`." in card("fft", adapter=False)
+    merged = model_card.merged_text("r1", "Org/Base-1B", "lora", "its weights")
+    assert "Served by vLLM: `vllm serve DIR`." in merged

@@ -119,8 +119,62 @@ on {_data(spec.data_path)}. {settings}{built}
 ```python
 {loads}
 ```
-{training(spec.to_dict(), plan.to_dict() if plan is not None else None, local_dir)}"""
+{served(spec, base, adapter, local_dir)}{training(spec.to_dict(), plan.to_dict() if plan is not None else None, local_dir)}"""
     return f"---\n{data.to_yaml()}\n---\n{body}"
+
+
+VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's --max-lora-rank values (vllm/config/lora.py), default 16
+VLLM_DEFAULT_RANK = 16
+
+
+def served(spec: RunSpec, base: str, adapter: bool, directory) -> str:
+    """How vLLM serves what the run trained, as vLLM's LoRA loader takes it (vllm/lora/peft_helper.py): an adapter of
+    a rank over 16 needs ``--max-lora-rank`` (one of VLLM_RANKS; without it vLLM refused it: "LoRA rank 32 is greater
+    than max_lora_rank 16"); a DoRA adapter it refuses whatever the flags, and a qlora adapter it puts on the
+    unquantized base, another model than the one trained: both served merged. docs/results.md gave one `vllm serve`
+    line for every adapter."""
+    if not adapter:
+        return "\nServed by vLLM: `vllm serve DIR`.\n"
+    merged = "`ftctl merge DIR`, then `vllm serve DIR/merged`"
+    if spec.use_dora:
+        return f"\nvLLM does not load DoRA adapters: to serve it, {merged}.\n"
+    if spec.method == "qlora":
+        return (
+            f"\nServed by vLLM: {merged}. vLLM puts an adapter onto its base unquantized, which is another model than "
+            "the 4-bit one this adapter trained over.\n"
+        )
+    rank = _rank(spec.lora_r, directory)
+    flags = ""
+    if rank > VLLM_DEFAULT_RANK:
+        fits = [r for r in VLLM_RANKS if r >= rank]
+        if not fits:
+            return f"\nvLLM serves adapters up to rank {VLLM_RANKS[-1]}, this one is of rank {rank}: {merged}.\n"
+        flags = f" --max-lora-rank {fits[0]}"
+    if Path(directory, GENERATION_CONFIG).is_file():
+        flags += " --generation-config DIR"
+    linked = hub_id(base)
+    where = "" if linked else " (BASE: the base model's directory)"
+    return (
+        f"\nServed by vLLM{where}:\n\n```bash\n"
+        f"vllm serve {linked or 'BASE'} --enable-lora --lora-modules {_served_name(spec)}=DIR{flags}\n```\n"
+    )
+
+
+def _rank(configured: int, directory) -> int:
+    """The adapter's largest rank: adapter_config.json's r and rank_pattern where it is in ``directory`` (a fused
+    MoE's gate_up at twice lora_r), else the run's lora_r."""
+    try:
+        saved = json.loads(Path(directory, "adapter_config.json").read_text())
+    except (OSError, TypeError, ValueError):
+        return configured
+    ranks = [saved.get("r") or configured, *(saved.get("rank_pattern") or {}).values()]
+    return max(int(r) for r in ranks if isinstance(r, (int, float)))
+
+
+def _served_name(spec: RunSpec) -> str:
+    """The name requests give vLLM for the adapter: the run's."""
+    name = spec.run_name or Path(spec.output.rstrip("/")).name or "run"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
 def training(spec: dict, plan: dict | None, directory=None, versions: bool = True) -> str:
@@ -293,6 +347,8 @@ generator = pipeline("text-generation", model="DIR")  # this directory, or its H
 answer = generator([{{"role": "user", "content": "A question"}}], max_new_tokens=256)
 print(answer[0]["generated_text"][-1]["content"])
 ```
+
+Served by vLLM: `vllm serve DIR`.
 {training(record["spec"], record.get("plan"), directory, versions=False) if record and record.get("spec") else ""}"""
     return f"---\n{data.to_yaml()}\n---\n{body}"
 
