@@ -11,6 +11,7 @@ job of a partition list gets the default of the partition it starts in (so of a 
 from __future__ import annotations
 
 import re
+import time
 
 from tests.slurm_e2e_fixtures import run_args
 
@@ -80,3 +81,34 @@ def test_of_a_partition_list_the_floor_is_the_default_of_any_it_may_start_in(e2e
             asked = _directives(proc.stdout)
             assert (asked["partition"], asked["mem"]) == (partitions, "4G"), proc.stdout
             assert f"partition {per_cpu}'s DefMemPerCPU={PER_CPU} (MiB) x 2 CPUs" in proc.stderr
+
+
+def test_mem_above_the_partitions_max_is_refused_before_sbatch(e2e, slurm, tiny_model_dir):
+    """MaxMemPerNode / MaxMemPerCPU below the plan's --mem (2G): sbatch took --mem=2G of a MaxMemPerNode=1024 partition
+    and left it pending forever (MaxMemPerLimit, which status now explains), and refused it of a MaxMemPerCPU=768 one
+    (a CPU each 768 MiB: 3 of 2-CPU nodes) saying neither; launch now refuses both, naming the limit."""
+    from ftctl.slurm import scheduler
+
+    with (
+        slurm.new_partition("maxnode267", MaxMemPerNode="1024") as per_node,
+        slurm.new_partition("maxcpu267", MaxMemPerCPU="768") as per_cpu,
+    ):
+        job = _sbatch(slurm, "-p", per_node, "-c", "2", "--mem=2G")
+        deadline = time.monotonic() + 15
+        while (reason := scheduler.status(job).reason) != "MaxMemPerLimit" and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert reason == "MaxMemPerLimit" and "MaxMemPerNode" in scheduler.never_starts(reason)
+        slurm.run("scancel", job)
+        refused = slurm.run("sbatch", "-p", per_cpu, "-c", "2", "--mem=2G", "--wrap", "true", check=False)
+        assert refused.returncode == 1 and "CPU count per node can not be satisfied" in refused.stderr
+
+        for partition, limit in (
+            (per_node, "(MaxMemPerNode=1024 MiB)"),
+            (per_cpu, "(MaxMemPerCPU=768 MiB x its nodes' 2 CPUs)"),
+        ):
+            args = run_args(tiny_model_dir, e2e.scratch / f"defmem-{partition}", nodes=1, max_steps=1)
+            proc = e2e.ftctl("launch", *[partition if a == "debug" else a for a in args], check=False)
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+            assert proc.returncode != 0 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+            assert "the plan asks for --mem=2G a node" in errors[0] and limit in errors[0], errors[0]
+            assert not slurm.run("squeue", "-h", "-p", partition).stdout  # nothing submitted

@@ -439,6 +439,7 @@ def _assess(asked: DoctorReport, partition: str | None, environ: Mapping[str, st
         *_node_problems(chosen, nodes),
         *(_gpu_problems(chosen, report.partitions, gpus_per_node, gpu_type, nodes or 1) if gpus_per_node else []),
         *(_memory_problems(chosen, memory_gb, memory_arg) if memory_gb else []),
+        *(_memory_limit_problems(chosen, memory_gb, memory_arg) if memory_gb else []),
         *(_cpu_problems(chosen, cpus_per_task) if cpus_per_task else []),
         *(_time_problems(chosen, time) if time else []),
     ]
@@ -534,9 +535,50 @@ def _memory_problems(chosen: PartitionInfo, memory_gb: float, own: str | None = 
     ]
 
 
+def _memory_limit_problems(chosen: PartitionInfo, memory_gb: float, own: str | None = None) -> list[str]:
+    """The job's memory a node above the partition's MaxMemPerNode, or above its MaxMemPerCPU x the CPUs its nodes
+    have (scontrol; within the nodes' RAM, which _memory_problems checks). Measured on Slurm 22.05 (EnforcePartLimits=NO,
+    its default): --mem=3G where MaxMemPerNode=2048 was taken by sbatch and left pending forever (MaxMemPerLimit);
+    --mem=3G on 2 CPUs where MaxMemPerCPU=1024 made Slurm ask 3 CPUs a node (a CPU for each 1024 MiB) of 2-CPU nodes,
+    and sbatch refused it ("CPU count per node can not be satisfied"), naming neither limit. ``own``: the run's own
+    --sbatch-arg that asks it."""
+    said = _partition_settings().get(chosen.name, {})
+    per_node, per_cpu = _mib(said.get("MaxMemPerNode")), _mib(said.get("MaxMemPerCPU"))
+    most_cpus = max((n.cpus for n in chosen.nodes), default=0)
+    asked = round(memory_gb * 1e9 / 2**20)  # MiB, as render.memory_request_gb gave it
+    if per_node and asked > per_node:
+        limit, setting = per_node, f"MaxMemPerNode={per_node} MiB"
+        then = "Slurm would leave the job pending forever (MaxMemPerLimit)"
+    elif per_cpu and most_cpus and asked > per_cpu * most_cpus:
+        limit, setting = per_cpu * most_cpus, f"MaxMemPerCPU={per_cpu} MiB x its nodes' {most_cpus} CPUs"
+        then = (
+            f"Slurm gives a job a CPU for each {per_cpu} MiB it asks, {math.ceil(asked / per_cpu)} a node, more than "
+            "its nodes have (sbatch: Requested node configuration is not available)"
+        )
+    else:
+        return []
+    where = f"partition {chosen.name!r} allows ({setting}): {then}"
+    if own:
+        return [
+            f"--sbatch-arg={own} asks more memory a node than {where}; ask for at most --mem={mem_text(limit)} a "
+            "node, or pass another --partition"
+        ]
+    return [
+        f"the plan asks for --mem={mem_text(asked)} a node (the job script's comment says what for), more than {where}; "
+        f"plan within it with -o host_memory_gb={max(1, math.floor(limit * 2**20 / 1e9))} (in GB), or pass another "
+        "--partition"
+    ]
+
+
+def mem_text(mib: int) -> str:
+    """MiB as --mem writes them (render.mem_size): 2G, 3000M."""
+    return f"{mib // 1024}G" if mib % 1024 == 0 else f"{mib}M"
+
+
 def _cpu_problems(chosen: PartitionInfo, cpus_per_task: int) -> list[str]:
-    """--cpus-per-task above every node of the partition: sbatch would refuse it ("Requested node configuration
-    is not available") without saying that ftctl chose the number (8 a GPU unless told)."""
+    """--cpus-per-task above every node of the partition: sbatch takes it and leaves the job pending forever
+    (PartitionConfig: -c 16 on the 2-CPU nodes of the test cluster, Slurm 22.05), without saying that ftctl chose the
+    number (8 a GPU unless told)."""
     most = max((n.cpus for n in chosen.nodes), default=0)
     if not most or cpus_per_task <= most:  # sinfo said no CPU count: nothing known
         return []

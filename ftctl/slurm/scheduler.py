@@ -244,6 +244,11 @@ _NEVER_STARTS = (
     ),
     ("PartitionNodeLimit", "its node count is outside the partition's limits: --nodes, or another --partition"),
     (
+        "MaxMemPerLimit",
+        "its memory a node is over the partition's MaxMemPerNode or MaxMemPerCPU (`scontrol show partition`): less "
+        "(-o host_memory_gb=GB plans within it; --sbatch-arg=--mem=SIZE), or another --partition",
+    ),
+    (
         "PartitionConfig",
         "no node of its partition has what it asks for (`ftctl doctor --backend slurm`): --gpus, --nodes, "
         "-o cpus_per_task, or another --partition",
