@@ -936,10 +936,24 @@ def put_dir(local_dir: str, uri: str, endpoint_url: str | None = None) -> None:
         put_file(os.path.join(local_dir, rel), join(uri, *rel.split("/")), fs=fs)
 
 
+def outside(rel) -> bool:
+    """Whether ``rel``, a '/'-separated name a store gave (a listing's, a manifest's), would leave the directory it is
+    written below: absolute, or with a '..' part. A bucket's names are whoever wrote it's to choose: S3 keeps the key
+    run/checkpoint-7/../../../x as written, and a download of it wrote x beside the pull's directory."""
+    return not isinstance(rel, str) or rel.startswith("/") or "\0" in rel or ".." in rel.replace("\\", "/").split("/")
+
+
 def get_dir(uri: str, local_dir: str, endpoint_url: str | None = None) -> None:
-    """Download every file below ``uri`` to the same relative names below ``local_dir``."""
+    """Download every file below ``uri`` to the same relative names below ``local_dir``; nothing where one of them
+    would leave it (outside)."""
     fs, _ = filesystem(uri, endpoint_url)
-    for rel, size in sorted(file_sizes(uri, endpoint_url).items()):
+    sizes = file_sizes(uri, endpoint_url)
+    if bad := sorted(rel for rel in sizes if outside(rel)):
+        raise FtctlError(
+            f"{uri} holds a file named {bad[0]!r}, which would be written outside {local_dir}: nothing downloaded. "
+            "No ftctl writes such a name: look at who else writes to this store."
+        )
+    for rel, size in sorted(sizes.items()):
         get_file(join(uri, *rel.split("/")), os.path.join(local_dir, *rel.split("/")), fs=fs, size=size)
 
 

@@ -177,6 +177,11 @@ def download_checkpoint(
             manifest = read_manifest(ckpt_uri, endpoint_url=endpoint_url)
         except FileNotFoundError:
             return [f"no {MANIFEST} (incomplete: stopped before it was committed)"]
+    if bad := [entry.get("path") for entry in manifest["files"] if storage.outside(entry.get("path"))]:
+        return [  # before anything is written: a name with '..' wrote its file outside local_dir, checked or not
+            f"its manifest names {bad[0]!r}, a file outside the checkpoint (no ftctl writes such a name): nothing "
+            "downloaded; look at who else writes to this store"
+        ]
     tmp = os.path.join(local_dir, DOWNLOAD_DIR, name)
     shutil.rmtree(tmp, ignore_errors=True)
     final = os.path.join(local_dir, name)

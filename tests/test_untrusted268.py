@@ -1,0 +1,72 @@
+"""What others wrote, read safely (explore59: /work/notes/explore59-untrusted.md): a store's names never write outside
+the directory a pull writes into, and a run file's YAML aliases cannot make a small file a huge value."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from ftctl import storage
+from ftctl.checkpoints import manifest, resume, sync
+from ftctl.errors import FtctlError
+from tests.s3_fixtures import make_checkpoint
+
+ESCAPE = "../../../escaped.sh"
+PAYLOAD = b"echo pwned\n"
+
+
+def files_under(root: Path) -> set[str]:
+    return {os.path.relpath(os.path.join(d, f), root) for d, _, names in os.walk(root) for f in names}
+
+
+def crafted_store(s3_bucket: str, tmp_path: Path) -> str:
+    """A run in a bucket whose checkpoint's manifest (its sha256 right) and listing hold a key with '..' parts, as
+    someone with write access to the bucket can make it: S3 keeps the key as written."""
+    import boto3
+
+    ckpt = make_checkpoint(tmp_path / "src" / "run", 7, files={"config.json": b"{}"})
+    m = manifest.write_manifest(str(ckpt), 7, 1, "spec")
+    m["files"].append({"path": ESCAPE, "size": len(PAYLOAD), "sha256": hashlib.sha256(PAYLOAD).hexdigest()})
+    (ckpt / manifest.MANIFEST).write_text(json.dumps(m))
+    uri = f"{s3_bucket}/run"
+    for rel in storage.local_files(str(ckpt)):
+        storage.put_file(str(ckpt / rel), f"{uri}/checkpoint-7/{rel}")
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    client.put_object(Bucket=s3_bucket.removeprefix("s3://"), Key=f"run/checkpoint-7/{ESCAPE}", Body=PAYLOAD)
+    return uri
+
+
+def test_a_manifest_naming_a_file_outside_its_checkpoint_downloads_nothing(s3_bucket, tmp_path):
+    uri = crafted_store(s3_bucket, tmp_path)
+    dest = tmp_path / "home" / "runs" / "pulled"
+    problems = resume.download_checkpoint(f"{uri}/checkpoint-7", str(dest))
+    assert problems and "'../../../escaped.sh', a file outside the checkpoint" in problems[0]
+    # was: home/runs/escaped.sh, written beside the pull's directory from the bucket's key before the check said
+    # "missing", and left there
+    assert files_under(tmp_path / "home") == set()
+    assert sync.pull(uri, str(dest)) == []  # `ftctl sync pull`: the checkpoint not pulled, nothing outside
+    assert not any("escaped" in rel for rel in files_under(tmp_path / "home"))
+
+
+def test_a_listing_with_a_name_outside_the_directory_downloads_nothing(s3_bucket, tmp_path):
+    uri = crafted_store(s3_bucket, tmp_path)
+    dest = tmp_path / "home" / "runs" / "pulled" / "checkpoint-7"
+    with pytest.raises(
+        FtctlError, match=r"holds a file named '\.\./\.\./\.\./escaped\.sh', which would be written outside"
+    ):
+        storage.get_dir(f"{uri}/checkpoint-7", str(dest))  # `sync pull --include-incomplete`'s copy
+    assert files_under(tmp_path / "home") == set()
+
+
+@pytest.mark.parametrize("rel", ["../x", "a/../../x", "/etc/x", "a/..", "..\\x", None])
+def test_outside(rel):
+    assert storage.outside(rel)
+
+
+@pytest.mark.parametrize("rel", ["config.json", "global_step7/mp_rank_00_model_states.pt", "a..b", "..x/y"])
+def test_not_outside(rel):
+    assert not storage.outside(rel)
