@@ -95,6 +95,7 @@ class DataReport:
     repeats_fix: str = ""  # how to keep one of each repeated row, where one command does (check_data)
     kept: _Repeats | None = field(default=None, repr=False)  # each kept row's hash and where: held_out_overlap
     in_training: str = ""  # held-out data: its rows that are training rows too (check_data's ``training``)
+    unread_only: bool = False  # the errors are those found as the rows were read: none tokenized (read_first)
 
     @property
     def ok(self) -> bool:
@@ -182,12 +183,14 @@ class DataReport:
         import shlex
 
         shown = 20
+        check = f"`ftctl data check {shlex.quote(str(self.path))} {_model_flag(self.model)}`"
         lines = [f"{self._failed()} in the data {self.path}; {self._fix('these')}:"]
         lines += [f"  {e}" for e in self.errors[:shown]]
         if len(self.errors) > shown:
+            lines.append(f"  ... and {len(self.errors) - shown} more: {check} lists them all")
+        if self.unread_only and self.stats.rows:  # others to tokenize, whose problems are not known yet
             lines.append(
-                f"  ... and {len(self.errors) - shown} more: `ftctl data check {shlex.quote(str(self.path))} {_model_flag(self.model)}` "
-                "lists them all"
+                f"  (found as the rows were read, before tokenizing any; {check} also lists what the tokenizing finds)"
             )
         return "\n".join(lines)
 
@@ -264,6 +267,7 @@ def prepare_data(
     sharing: int = 1,
     text_field: str = "text",
     columns: dict[str, str] | None = None,
+    read_first: bool = False,
 ):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
     for evaluation (a directory of splits gives its test split, formats.resolve_files); ``text_field``: the field
@@ -273,7 +277,9 @@ def prepare_data(
     keeps the first rows without errors as they train (show_rows); ``every_token``: the loss covers every token,
     not only the assistant turns (assistant_only_loss=false); ``num_proc``: the processes that tokenize (None: as
     many as the data pays for, of the cores ``sharing`` processes tokenize on at once: _processes; 1: this one
-    alone), the result the same whichever."""
+    alone), the result the same whichever; ``read_first``: rows with problems found as they are read (not JSON, of
+    no format) are the report's errors before any row is tokenized (the trainer's: 300k rows took half an hour to
+    tokenize on a core before the error about row 250,000), not with the others' problems after."""
 
     if not isinstance(max_length, int) or max_length < 2:
         raise FtctlError(f"max_length must be an integer of at least 2 tokens, not {max_length!r}.")
@@ -282,6 +288,14 @@ def prepare_data(
     report = DataReport(path=path, max_length=max_length, model=_model_of(tokenizer))
     files, rows = load_rows(path, endpoint_url, held_out, text_field, columns)
     report.files = len(files)
+    if read_first and (unread := [(row, p) for row in rows for p in row.problems]):
+        report.errors = problem_lines(unread, len(rows))
+        report.every_row = every_row_line(unread)
+        report.bad_at = {row.at for row, _ in unread if row.at is not None}
+        report.bad_rows, report.rows_read = len({id(row) for row, _ in unread if row.at is not None}), len(rows)
+        report.stats.rows = len(rows) - report.bad_rows  # not tokenized: rows the errors are not about
+        report.unread_only = True
+        return report, None
     if len(split_paths(path)) == 1 and files != [path]:  # a directory or pattern: which files (which split)
         report.read = [file_name(f, path) for f in files]
     report.notes += llama_factory_notes(files, endpoint_url)
@@ -1060,6 +1074,7 @@ def build_dataset(
     cache_dir: str | None = None,
     echo=None,
     num_proc: int | None = None,
+    used: list[str] | None = None,
     **options,
 ):
     """The training dataset (columns ``input_ids``, ``labels``), or a held-out one; FtctlError listing the
@@ -1068,11 +1083,14 @@ def build_dataset(
     instead of tokenizing the data again where they are, else tokenized and written by one process a node (its
     LOCAL_RANK 0; without LOCAL_RANK, RANK 0 writes and every process tokenizes) while the node's others wait for
     them (_wait_for_entry), on all of its cores; ``echo`` takes the line that says which; ``num_proc``: prepare_data's
-    (not in cache_key: the rows are the same whichever)."""
+    (not in cache_key: the rows are the same whichever); ``used``: a list the entry's name is appended to
+    (build_datasets removes the others: drop_stale_entries)."""
     entry = Path(cache_dir, cache_key(path, tokenizer, max_length, endpoint_url, **options)) if cache_dir else None
+    if entry is not None and used is not None:
+        used.append(entry.name)
     local = os.environ.get("LOCAL_RANK")
     local = int(local) if local else None
-    writes = entry is not None and (local == 0 if local is not None else int(os.environ.get("RANK") or 0) == 0)
+    writes = entry is not None and _writes_entries()
     found = _read_cached(entry) if entry else None
     if found is None and entry and local:  # the node's first process tokenizes them: waited for, in silence
         found = _wait_for_entry(entry)
@@ -1091,7 +1109,14 @@ def build_dataset(
         try:
             sharing = 1 if tells else int(os.environ.get("LOCAL_WORLD_SIZE") or 1)  # every rank tokenizes: a share
             report, dataset = prepare_data(
-                path, tokenizer, max_length, endpoint_url, num_proc=num_proc, sharing=sharing, **options
+                path,
+                tokenizer,
+                max_length,
+                endpoint_url,
+                num_proc=num_proc,
+                sharing=sharing,
+                read_first=True,
+                **options,
             )
             if report.errors:
                 raise FtctlError(report.error_message())
@@ -1114,6 +1139,33 @@ def build_dataset(
 
 # how often a process waits for its node's first process to have written the tokenized rows (_wait_for_entry)
 WAIT_POLL_S = 0.5
+
+
+def drop_stale_entries(cache_dir: str, used: list[str]) -> None:
+    """Remove what ``cache_dir`` holds besides the entries ``used`` (this start's: their names are cache_keys) and
+    their half-written copies: earlier starts' tokenized rows of data since edited, another max length, tokenizer or
+    template, which no start reads again (a GB or more each), and what a process killed while writing one left
+    (``KEY.XXXX.new``, ``.old``). By the processes that write entries (one a node, build_dataset), once this start's
+    are read or written; every process of a run makes the same keys, so none removes what another writes or reads."""
+    import shutil
+
+    keep = set(used)
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:  # none kept (a disk that refused them, or nothing written yet)
+        return
+    for name in names:
+        if name.split(".")[0] in keep:
+            continue
+        path = os.path.join(cache_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _writes_entries() -> bool:
+    """Whether this process writes the node's tokenized rows (build_dataset): its LOCAL_RANK 0, else RANK 0."""
+    local = os.environ.get("LOCAL_RANK")
+    return int(local) == 0 if local else int(os.environ.get("RANK") or 0) == 0
 
 
 def _wait_for_entry(entry: Path):
@@ -1284,6 +1336,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
     procs = getattr(spec, "dataset_num_proc", None)  # TRL's name: the processes that tokenize (1: one alone)
     paths = split_paths(spec.data_path)
     by_source = mixing or (spec.eval_split > 0 and len(paths) > 1)
+    used: list[str] = []  # the cache's entries this start reads or writes: the others are removed after
     dataset = build_dataset(
         spec.data_path,
         tokenizer,
@@ -1293,6 +1346,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
         cache_dir=cache_dir,
         echo=echo,
         num_proc=procs,
+        used=used,
         sources=by_source,
         every_token=every,
         text_field=spec.dataset_text_field,
@@ -1310,6 +1364,7 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
                 cache_dir=cache_dir,
                 echo=echo,
                 num_proc=procs,
+                used=used,
                 held_out=True,
                 every_token=every,
                 text_field=spec.dataset_text_field,
@@ -1341,6 +1396,8 @@ def build_datasets(spec, tokenizer, echo=None, stats=None, cache_dir: str | None
             held_out = _by_source(held_out, held_out_names(paths))
         elif by_source:
             held_out = held_out.remove_columns(["source"])
+    if cache_dir and _writes_entries():
+        drop_stale_entries(cache_dir, used)
     if mixing:
         dataset, said = mix(dataset, spec.data_mix, spec.seed)
         if echo:
