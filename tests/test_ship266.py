@@ -129,3 +129,70 @@ def test_a_cards_vllm_line_serves_the_adapter_as_vllm_loads_it(tiny_model_dir, t
     assert "Served by vLLM: `vllm serve DIR`." in card("fft", adapter=False)
     merged = model_card.merged_text("r1", "Org/Base-1B", "lora", "its weights")
     assert "Served by vLLM: `vllm serve DIR`." in merged
+
+
+def _published(doc_line: str, run, tmp_path) -> list[str]:
+    """The files of ``run`` that a `hf upload ORG/NAME RUN ...` line of the docs uploads: the line run by the real
+    `hf` (offline: it stops after reading its arguments, at the Hub), its --include patterns applied as hf applies
+    them (huggingface_hub's filter_repo_objects)."""
+    import os
+    import shlex
+    import subprocess
+
+    from huggingface_hub.utils import filter_repo_objects
+
+    from tests.trainer_fixtures import REPO
+
+    words = shlex.split(doc_line)
+    assert words[:4] == ["hf", "upload", "ORG/NAME", "RUN"], doc_line
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_unused", "HF_HOME": str(tmp_path / "hf-home")}
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "hf"), "upload", "org/name", str(run), *words[4:]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert "offline mode" in done.stdout + done.stderr, (doc_line, done.stdout, done.stderr)  # read, reached the Hub
+    patterns = [words[i + 1] for i, word in enumerate(words) if word == "--include"]
+    assert len(patterns) == len(words[4:]) // 2  # nothing else: no folder in the repository, no stray word
+    files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    return sorted(filter_repo_objects(files, allow_patterns=patterns))
+
+
+def test_the_docs_hf_upload_lines_upload_the_final_model_and_nothing_else(tmp_path):
+    """docs/results.md's `hf upload ORG/NAME RUN --include "adapter_*" "tokenizer*" ...` is refused by hf 2.4 ("Got
+    unexpected extra arguments"); with two patterns it uploaded the adapter's files into a folder named tokenizer*.
+    And an fft or sft run had no line. Each line now uploads the final model's files, no checkpoint, spec.json
+    (this machine's paths) or pickle."""
+    import re
+    from pathlib import Path
+
+    from tests.trainer_fixtures import REPO
+
+    text = (REPO / "docs" / "results.md").read_text()
+    lines = [m.replace("\\\n", " ") for m in re.findall(r"^hf upload ORG/NAME RUN (?:.*\\\n)*.*$", text, re.M)]
+    assert len(lines) == 2, lines
+    common = ["README.md", "chat_template.jinja", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
+    left = [
+        "checkpoint-2/adapter_model.safetensors",
+        "checkpoint-2/config.json",
+        "checkpoint-2/model.safetensors",
+        "checkpoint-2/optimizer.pt",
+        "checkpoint-2/tokenizer.json",
+        "merged/model.safetensors",
+        "metrics.jsonl",
+        "spec.json",
+        "train.log",
+        "training_args.bin",
+        ".ftctl/status",
+    ]
+    adapter = ["adapter_config.json", "adapter_model.safetensors"]
+    full = ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    full.append("model.safetensors.index.json")
+    run = Path(tmp_path, "run")
+    for name in common + left + adapter + full:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("x")
+    assert _published(lines[0], run, tmp_path) == sorted(common + adapter)
+    assert _published(lines[1], run, tmp_path) == sorted(common + full)
