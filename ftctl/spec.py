@@ -1048,10 +1048,17 @@ def load_yaml(path: str) -> dict:
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     text = read_config_text(p, "a run file: YAML of run keys")
     try:
-        data = yaml.load(text, Loader=Loader) or {}  # a SafeLoader
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if (values := _expanded(root, {})) > YAML_VALUES_MAX:
+            raise FtctlError(
+                f"{path}: its aliases (*NAME) expand to {values:,} values, over {YAML_VALUES_MAX:,}: no run file is "
+                "that large (a YAML 'billion laughs'?). Write the values out, or use fewer aliases."
+            )
+        data = yaml.load(text, Loader=Loader) or {}  # a SafeLoader
     except yaml.YAMLError as e:
         raise FtctlError(f"{path} is not valid YAML: {_yaml_where(e, text)}.") from None
+    except RecursionError:  # PyYAML composes nested values by recursion: [[[[... a few thousand deep
+        raise FtctlError(f"{path}: its values nest too deep for YAML to read (thousands of [ or {{ levels).") from None
     if isinstance(data, str) and re.fullmatch(r"[\w.-]+:\S.*", data.strip()):  # `method:lora`: one plain string
         raise FtctlError(f"{path}: {data.strip()!r} is one string to YAML: write a space after the ':' (KEY: VALUE).")
     if not isinstance(data, dict):
@@ -1064,6 +1071,29 @@ def load_yaml(path: str) -> dict:
             if all(isinstance(v, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge" for k, v in pairs):
                 data[key] = {k.value: v.value for k, v in pairs}
     return data
+
+
+#: values a run file may expand to, its aliases followed (_expanded): one is a few hundred. Nine aliases nested nine
+#: times made 9**9 (387 million) out of 400 bytes, which a safe loader builds shared, and `ftctl plan` then ran for
+#: minutes writing that value into an error (a 'billion laughs')
+YAML_VALUES_MAX = 100_000
+
+
+def _expanded(node, memo: dict) -> int:
+    """How many values the YAML ``node`` holds with its aliases expanded, each alias's node counted where it is used
+    (``memo``: by the node's id; a recursive one counts once)."""
+    if node is None:
+        return 0
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1
+    children = node.value if isinstance(node.value, list) else []
+    n = 1 + sum(
+        sum(_expanded(c, memo) for c in child) if isinstance(child, tuple) else _expanded(child, memo)
+        for child in children
+    )
+    memo[id(node)] = n
+    return n
 
 
 def _is_pairs(key) -> bool:

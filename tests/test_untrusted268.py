@@ -70,3 +70,31 @@ def test_outside(rel):
 @pytest.mark.parametrize("rel", ["config.json", "global_step7/mp_rank_00_model_states.pt", "a..b", "..x/y"])
 def test_not_outside(rel):
     assert not storage.outside(rel)
+
+
+def laughs(levels: int) -> str:
+    """A run file of ~50 bytes a level whose aliases expand to 9**levels values."""
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip("abcdefghij", "bcdefghij"[: levels - 1]):
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    return "\n".join([*lines, "method: lora", f"model: *{'abcdefghij'[levels - 1]}"]) + "\n"
+
+
+def test_a_run_file_of_nested_aliases_is_refused_before_it_is_expanded(tmp_path):
+    from ftctl import spec
+
+    path = tmp_path / "gist.yaml"
+    path.write_text(laughs(9))  # 450 bytes: `ftctl plan` ran out of time (100 s here) writing its model into an error
+    with pytest.raises(FtctlError, match=r"aliases \(\*NAME\) expand to [\d,]{11} values, over 100,000"):
+        spec.load_yaml(str(path))
+    path.write_text("common: &common {learning_rate: 1e-4}\nmethod: lora\n<<: *common\n")  # aliases as used: kept
+    assert spec.load_yaml(str(path))["learning_rate"] in ("1e-4", 1e-4)
+
+
+def test_a_run_file_nested_thousands_deep_is_one_error_line(tmp_path):
+    from ftctl import spec
+
+    path = tmp_path / "deep.yaml"
+    path.write_text("method: lora\nmodel: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(FtctlError, match="nest too deep"):  # was a RecursionError's traceback
+        spec.load_yaml(str(path))
