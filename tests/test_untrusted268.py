@@ -98,3 +98,21 @@ def test_a_run_file_nested_thousands_deep_is_one_error_line(tmp_path):
     path.write_text("method: lora\nmodel: " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(FtctlError, match="nest too deep"):  # was a RecursionError's traceback
         spec.load_yaml(str(path))
+
+
+GOOD_ROW = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+
+
+def test_a_downloaded_row_nested_100000_deep_is_that_rows_problem(tmp_path):
+    from ftctl.trainer.formats import TOO_DEEP, load_rows
+
+    deep = "[" * 100_000 + "]" * 100_000
+    lines = tmp_path / "rows.jsonl"
+    lines.write_text(f'{GOOD_ROW}\n{{"messages": {deep}}}\n{GOOD_ROW}\n')
+    _, rows = load_rows(str(lines))  # was: RecursionError out of json.loads, the whole check or run ended in it
+    assert [row.problems for row in rows] == [[], [TOO_DEEP], []]
+    assert rows[1].where == "rows.jsonl line 2"
+    whole = tmp_path / "rows.json"
+    whole.write_text(deep)
+    _, rows = load_rows(str(whole))
+    assert [row.problems for row in rows] == [[TOO_DEEP]]

@@ -269,6 +269,11 @@ def _surrogate_problem(record: Any) -> _ParseError | None:
     return None
 
 
+#: a row nested deeper than Python's JSON reader recurses (about a thousand [ or { levels; a downloaded file's row can
+#: be 100,000): was a RecursionError's traceback, the whole check ended
+TOO_DEEP = "nested too deep to read (about a thousand [ or { levels or more): no row of a format is; leave it out"
+
+
 def _json_records(raw: bytes, kind: str, name: str) -> Iterator[tuple[str, int, Any]]:
     """_records of a JSON or JSON Lines file's bytes."""
     if raw.lstrip()[:1] == b"[":  # a JSON list of rows: a .json file's, or a .jsonl file that holds one
@@ -284,6 +289,10 @@ def _json_records(raw: bytes, kind: str, name: str) -> Iterator[tuple[str, int, 
             if kind.endswith((".json", ".json.gz")) or not _is_json(raw.lstrip().splitlines()[0]):
                 yield "line", e.lineno, _ParseError(f"invalid JSON: {e.msg} (column {e.colno})", whole_file=True)
                 return
+        except RecursionError:
+            if kind.endswith((".json", ".json.gz")) or not _is_json(raw.lstrip().splitlines()[0]):
+                yield "line", 1, _ParseError(TOO_DEEP, whole_file=True)
+                return
         if records is not None:  # else JSON Lines whose first row is a list: each line is said
             for i, record in enumerate(records):
                 yield "row", i + 1, record
@@ -291,7 +300,7 @@ def _json_records(raw: bytes, kind: str, name: str) -> Iterator[tuple[str, int, 
     if raw.lstrip()[:1] == b"{" and not _is_json(raw.lstrip().splitlines()[0]):  # one object over several lines
         try:
             record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):  # JSON Lines with a broken first line: each line is said
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # JSON Lines with a broken first line: each
             record = None
         if isinstance(record, dict):
             yield "row", 1, record
@@ -316,13 +325,15 @@ def _json_lines(raw: bytes, name: str) -> Iterator[tuple[str, int, Any]]:
                 yield "line", lineno, _ParseError(_looks_like_csv(line.decode("utf-8").strip(), name, sep))
                 return
             yield "line", lineno, _ParseError(f"invalid JSON: {e.msg} (column {e.colno})")
+        except RecursionError:
+            yield "line", lineno, _ParseError(TOO_DEEP)
         first = False
 
 
 def _is_json(line: bytes) -> bool:
     try:
         json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 
