@@ -67,6 +67,7 @@ def test_an_sft_and_an_fft_runs_card_say_what_trained(tiny_model_dir, tiny_data,
     # a checkpoint's card too
     card = model_card.text(spec, str(tiny_model_dir), False, str(tmp_path), step=3, plan=plan)
     assert "(checkpoint-3)" in card and "- method: fft\n" in _training(card)
+    assert "- steps: 3 (a checkpoint of the run's 6)\n" in _training(card)
 
 
 def test_a_merges_card_names_the_runs_data_and_hyperparameters(tiny_model_dir, tiny_data, tmp_path):
@@ -89,6 +90,8 @@ def test_a_merges_card_names_the_runs_data_and_hyperparameters(tiny_model_dir, t
         assert "- method: lora\n- LoRA: rank 4, alpha 8, dropout 0.05\n- adapted modules: q_proj, v_proj\n" in said
         assert "- data: `conversations.json`\n" in said and "- learning rate: 0.0005\n" in said
         assert "Trained with" not in said  # this machine's versions are the merge's, not the training's
+        steps = "- steps: 3 (a checkpoint of the run's 6)\n" if adapter.name == "checkpoint-3" else "- steps: 6\n"
+        assert steps in said
         assert str(tmp_path) not in card
     # an adapter without its run's spec.json (another tool's): the card as before, no section
     bare = tmp_path / "bare"

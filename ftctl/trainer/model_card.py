@@ -119,7 +119,7 @@ on {_data(spec.data_path)}. {settings}{built}
 ```python
 {loads}
 ```
-{served(spec, base, adapter, local_dir)}{training(spec.to_dict(), plan.to_dict() if plan is not None else None, local_dir)}"""
+{served(spec, base, adapter, local_dir)}{training(spec.to_dict(), plan.to_dict() if plan is not None else None, local_dir, step=step)}"""
     return f"---\n{data.to_yaml()}\n---\n{body}"
 
 
@@ -177,13 +177,14 @@ def _served_name(spec: RunSpec) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
-def training(spec: dict, plan: dict | None, directory=None, versions: bool = True) -> str:
+def training(spec: dict, plan: dict | None, directory=None, versions: bool = True, step: int | None = None) -> str:
     """The card's "Training" section: the method and the hyperparameters the run trained with, from its spec and
     plan (``spec.json``'s two halves; ``plan`` None: the spec's alone), and the versions it trained with. A card said
     they were in ``spec.json`` beside it, which the upload the docs give leaves out (it holds the training machine's
     paths): the Hub's page of an uploaded adapter or merge named no rank, learning rate, batch or steps.
     ``directory``: where the adapter's ``adapter_config.json`` names the projections it adapted; ``versions``: the
-    versions here are the ones it trained with (a merge's card: not known)."""
+    versions here are the ones it trained with (a merge's card: not known); ``step``: the weights are a checkpoint's,
+    of that step (the steps row said the run's whole)."""
     from ftctl.spec import WARMUP_RATIO
 
     plan = plan or {}
@@ -223,9 +224,8 @@ def training(spec: dict, plan: dict | None, directory=None, versions: bool = Tru
         how = f" ({per} a process x {accumulation} accumulation x {world} process{'es' if world != 1 else ''})"
         rows.append(("batch", f"{batch} sequences a step" + (how if per and accumulation and world else "")))
     max_steps = spec.get("max_steps")
-    rows.append(
-        ("steps", f"{max_steps}" if max_steps and max_steps > 0 else f"{spec.get('num_train_epochs'):g} epochs")
-    )
+    steps = f"{max_steps}" if max_steps and max_steps > 0 else f"{spec.get('num_train_epochs'):g} epochs"
+    rows.append(("steps", steps if step is None else f"{step} (a checkpoint of the run's {steps})"))
     packing = plan.get("packing")
     length = f"at most {spec.get('model_max_length')} tokens"
     rows.append(("sequence length", length + {True: ", packed", False: ", not packed"}.get(packing, "")))
@@ -313,13 +313,19 @@ def _data(data_path: str | None) -> str:
 
 
 def merged_text(
-    adapter: str, base: str, method: str | None, into: str, record: dict | None = None, directory=None
+    adapter: str,
+    base: str,
+    method: str | None,
+    into: str,
+    record: dict | None = None,
+    directory=None,
+    step: int | None = None,
 ) -> str:
     """The card of `ftctl merge`'s output: the adapter ``adapter`` (as the user named it) of a ``method`` run merged
     into ``base`` (``into``: which weights of it, in words). Without it, the merged directory uploaded to the Hub
     (`hf upload`) had no card: no base_model, no library, no word of what it is. ``record``: the run's spec.json
     ({"spec": ..., "plan": ...}; None where the adapter has none): its data and hyperparameters (training), the
-    adapter's projections read in ``directory``."""
+    adapter's projections read in ``directory``; ``step``: the adapter is the run's checkpoint of that step."""
     linked = hub_id(base)
     data = ModelCardData(
         base_model=linked,
@@ -349,7 +355,7 @@ print(answer[0]["generated_text"][-1]["content"])
 ```
 
 Served by vLLM: `vllm serve DIR`.
-{training(record["spec"], record.get("plan"), directory, versions=False) if record and record.get("spec") else ""}"""
+{training(record["spec"], record.get("plan"), directory, False, step) if record and record.get("spec") else ""}"""
     return f"---\n{data.to_yaml()}\n---\n{body}"
 
 
@@ -362,10 +368,12 @@ def adapter_named(adapter: str) -> str:
 
 def write_merged(directory, adapter: str, base: str, method: str | None, into: str, trained=None) -> None:
     """``trained``: the adapter's local directory, where its run's spec.json is read (beside it or above it)."""
+    from ftctl.checkpoints import checkpoint_step
     from ftctl.trainer.trained import run_record
 
     record = run_record(str(trained)) if trained is not None else None
-    _save(merged_text(adapter, base, method, into, record, trained), directory)
+    step = checkpoint_step(str(adapter)) if record else None
+    _save(merged_text(adapter, base, method, into, record, trained, step), directory)
 
 
 def _save(card: str, directory) -> None:
