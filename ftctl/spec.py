@@ -851,7 +851,7 @@ def _coerce(key: str, value):
             import yaml
 
             try:
-                mapping = yaml.safe_load(value)
+                mapping = _yaml_value(value)
             except yaml.YAMLError:
                 mapping = None
             if isinstance(mapping, dict):
@@ -1094,6 +1094,19 @@ def _expanded(node, memo: dict) -> int:
     )
     memo[id(node)] = n
     return n
+
+
+def _yaml_value(text: str):
+    """A value written as YAML (or JSON) text, a dict's in a -o or a run file's string, read as load_yaml reads a run
+    file: ValueError where its aliases expand past YAML_VALUES_MAX or it nests too deep to read."""
+    import yaml
+
+    try:
+        if (values := _expanded(yaml.compose(text, Loader=yaml.SafeLoader), {})) > YAML_VALUES_MAX:
+            raise ValueError(f"its aliases (*NAME) expand to {values:,} values, over {YAML_VALUES_MAX:,}: write it out")
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ValueError("it nests too deep for YAML to read (thousands of [ or { levels)") from None
 
 
 def _is_pairs(key) -> bool:

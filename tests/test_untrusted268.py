@@ -116,3 +116,16 @@ def test_a_downloaded_row_nested_100000_deep_is_that_rows_problem(tmp_path):
     whole.write_text(deep)
     _, rows = load_rows(str(whole))
     assert [row.problems for row in rows] == [[TOO_DEEP]]
+
+
+def test_a_dict_written_as_text_with_nested_aliases_is_refused(tmp_path, tiny_model_dir):
+    from ftctl import spec
+
+    flow = "{" + laughs(6).replace("\nmethod: lora\nmodel: *f\n", "").replace("\n", ", ") + "}"
+    path = tmp_path / "gist.yaml"
+    path.write_text(f"method: lora\nmodel: {tiny_model_dir}\ngpus: cpu\nlr_scheduler_kwargs: '{flow}'\n")
+    # 9**9 in 370 bytes ran `ftctl plan` past 60 s here; this 9**6 was a dict of 531,441 values
+    with pytest.raises(FtctlError, match=r"lr_scheduler_kwargs=.*its aliases \(\*NAME\) expand to [\d,]+ values"):
+        spec.build(str(path))
+    with pytest.raises(FtctlError, match="expand to"):
+        spec.build(flags={"model": str(tiny_model_dir), "gpus": "cpu"}, overrides=[f"lr_scheduler_kwargs={flow}"])
