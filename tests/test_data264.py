@@ -103,3 +103,17 @@ def test_a_row_that_cannot_be_read_is_refused_before_any_row_is_tokenized(files,
     # `ftctl data check` reads every row still, and tokenizes the others: all their problems in one report
     report = data.check_data(str(train), tokenizer, 128)
     assert encoded and len(report.errors) == 2 and report.stats.rows == ROWS - 2
+
+
+def test_a_long_tokenizing_says_how_far_it_is(files, tokenizer, monkeypatch):
+    """It said `tokenizing the rows ...` and then nothing until the end: half an hour for 300k rows on a core."""
+    train, _, cache = files
+    monkeypatch.setattr(data, "_CHUNK", 20)  # 60 rows: three chunks
+    monkeypatch.setattr(
+        data, "PROGRESS_EVERY_S", 0.0, raising=False
+    )  # a line after each chunk but the last (at most one a minute)
+    said = []
+    data.build_dataset(str(train), tokenizer, 128, cache_dir=cache, echo=said.append, num_proc=1)
+    assert said[0] == f"{train}: tokenizing the rows ..." and f"{ROWS} rows tokenized in " in said[-1]
+    assert [line.split(" rows tokenized")[0] for line in said[1:-1]] == [f"{train}: 20 of 60", f"{train}: 40 of 60"]
+    assert said[1].startswith(f"{train}: 20 of 60 rows tokenized (33%), ~") and said[1].endswith(" left")

@@ -268,6 +268,7 @@ def prepare_data(
     text_field: str = "text",
     columns: dict[str, str] | None = None,
     read_first: bool = False,
+    progress=None,
 ):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
     for evaluation (a directory of splits gives its test split, formats.resolve_files); ``text_field``: the field
@@ -279,7 +280,8 @@ def prepare_data(
     many as the data pays for, of the cores ``sharing`` processes tokenize on at once: _processes; 1: this one
     alone), the result the same whichever; ``read_first``: rows with problems found as they are read (not JSON, of
     no format) are the report's errors before any row is tokenized (the trainer's: 300k rows took half an hour to
-    tokenize on a core before the error about row 250,000), not with the others' problems after."""
+    tokenize on a core before the error about row 250,000), not with the others' problems after; ``progress``:
+    called with (rows tokenized, rows read) as the tokenizing starts (0) and after each chunk."""
 
     if not isinstance(max_length, int) or max_length < 2:
         raise FtctlError(f"max_length must be an integer of at least 2 tokens, not {max_length!r}.")
@@ -333,6 +335,8 @@ def prepare_data(
             report.notes.append(note)
     _refuse_dropped_reasoning(tokenizer, rows)
     work = _Work(rows, tokenizer, max_length, every_token, special)
+    if progress:
+        progress(0, len(rows))  # read: the tokenizing starts
     chunks = _tokenized(work, _processes(num_proc, len(rows), sharing))  # in order, on one process or several
     for lo, hi, done in chunks:  # a chunk at a time: its tokens kept as arrow arrays, not Python lists
         good: list[Row] = []
@@ -392,6 +396,8 @@ def prepare_data(
             if meet:
                 joined.append(row)
         tokens.add(done, kept, chunk_sources)
+        if progress:
+            progress(hi, len(rows))
     problems += masked
     report.warnings += problem_lines(truncated, len(rows))  # one line for them all, with the first rows' lengths
 
@@ -1106,6 +1112,19 @@ def build_dataset(
         if tells:
             _not_kept_mark(entry).unlink(missing_ok=True)  # an earlier launch's, on a pid used again
         started = time.monotonic()
+        said = [started, started]  # when the tokenizing began (the rows read), when a line last said how far
+
+        def progress(done: int, rows: int) -> None:  # silent otherwise for the half hour of 300k rows on a core
+            now = time.monotonic()
+            if not done:
+                said[:] = [now, now]
+            elif echo and done < rows and now - said[1] >= PROGRESS_EVERY_S:
+                from ftctl.progress import duration
+
+                said[1] = now
+                left = (now - said[0]) * (rows - done) / done
+                echo(f"{path}: {done:,} of {rows:,} rows tokenized ({100 * done / rows:.0f}%), ~{duration(left)} left")
+
         try:
             sharing = 1 if tells else int(os.environ.get("LOCAL_WORLD_SIZE") or 1)  # every rank tokenizes: a share
             report, dataset = prepare_data(
@@ -1116,6 +1135,7 @@ def build_dataset(
                 num_proc=num_proc,
                 sharing=sharing,
                 read_first=True,
+                progress=progress,
                 **options,
             )
             if report.errors:
@@ -1139,6 +1159,8 @@ def build_dataset(
 
 # how often a process waits for its node's first process to have written the tokenized rows (_wait_for_entry)
 WAIT_POLL_S = 0.5
+# how often the tokenizing of a large dataset says how far it is (build_dataset)
+PROGRESS_EVERY_S = 60.0
 
 
 def drop_stale_entries(cache_dir: str, used: list[str]) -> None:
