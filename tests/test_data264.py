@@ -98,6 +98,8 @@ def test_a_row_that_cannot_be_read_is_refused_before_any_row_is_tokenized(files,
     assert said.startswith(f"2 of {ROWS} rows with errors (2 listed) in the data {train}")
     assert "train.jsonl line 41: invalid JSON" in said and "train.jsonl line 51: not a conversation" in said
     assert "--write-valid OUT" in said and "before tokenizing any" in said
+    # the data check it names reads the rows at the run's length (128 here, not the default)
+    assert " --max-length 128` also lists what the tokenizing finds" in said, said
     assert not os.path.exists(cache) or not os.listdir(cache)
 
     # `ftctl data check` reads every row still, and tokenizes the others: all their problems in one report

@@ -183,7 +183,9 @@ class DataReport:
         import shlex
 
         shown = 20
-        check = f"`ftctl data check {shlex.quote(str(self.path))} {_model_flag(self.model)}`"
+        check = (
+            f"`ftctl data check {shlex.quote(str(self.path))} {_model_flag(self.model)}{_length_flag(self.max_length)}`"
+        )
         lines = [f"{self._failed()} in the data {self.path}; {self._fix('these')}:"]
         lines += [f"  {e}" for e in self.errors[:shown]]
         if len(self.errors) > shown:
@@ -200,6 +202,11 @@ def _model_flag(model: str | None) -> str:
     import shlex
 
     return f"--model {shlex.quote(model) if model else 'MODEL'}"
+
+
+def _length_flag(max_length: int | None) -> str:
+    """--max-length as a pasted data check takes it: where it is not the run's default (what the rows were read with)."""
+    return f" --max-length {max_length}" if max_length and max_length != RunSpec.model_max_length else ""
 
 
 def _model_of(tokenizer) -> str | None:
@@ -219,8 +226,10 @@ def write_valid_command(file: str | None, max_length: int | None = None, model: 
     with that (cli's `data check --write-valid`); ``model``: the one to read them with (None: MODEL, to fill in)."""
     import shlex
 
-    length = f" --max-length {max_length}" if max_length and max_length != RunSpec.model_max_length else ""
-    command = f"ftctl data check {shlex.quote(file) if file else 'FILE'} {_model_flag(model)}{length} --write-valid OUT"
+    command = (
+        f"ftctl data check {shlex.quote(file) if file else 'FILE'} {_model_flag(model)}{_length_flag(max_length)} "
+        "--write-valid OUT"
+    )
     return f"{'each file: ' * (file is None)}`{command}` writes the others to OUT"
 
 
