@@ -67,6 +67,7 @@ from ftctl.tool_vocabulary import (
     PER_EPOCH,
     READ_BESIDE,
     STEPS_OF,
+    YAML_VALUES_MAX,
     canonical_key,
     config_text,
     config_word,
@@ -79,6 +80,8 @@ from ftctl.tool_vocabulary import (
     precision_asked,
     value_agrees,
     wandb_as_report_to,
+    yaml_value,
+    yaml_values,
 )
 
 METHODS = ("fft", "sft", "lora", "qlora")
@@ -851,7 +854,7 @@ def _coerce(key: str, value):
             import yaml
 
             try:
-                mapping = _yaml_value(value)
+                mapping = yaml_value(value)
             except yaml.YAMLError:
                 mapping = None
             if isinstance(mapping, dict):
@@ -1049,7 +1052,7 @@ def load_yaml(path: str) -> dict:
     text = read_config_text(p, "a run file: YAML of run keys")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        if (values := _expanded(root, {})) > YAML_VALUES_MAX:
+        if (values := yaml_values(root, {})) > YAML_VALUES_MAX:
             raise FtctlError(
                 f"{path}: its aliases (*NAME) expand to {values:,} values, over {YAML_VALUES_MAX:,}: no run file is "
                 "that large (a YAML 'billion laughs'?). Write the values out, or use fewer aliases."
@@ -1071,42 +1074,6 @@ def load_yaml(path: str) -> dict:
             if all(isinstance(v, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge" for k, v in pairs):
                 data[key] = {k.value: v.value for k, v in pairs}
     return data
-
-
-#: values a run file may expand to, its aliases followed (_expanded): one is a few hundred. Nine aliases nested nine
-#: times made 9**9 (387 million) out of 400 bytes, which a safe loader builds shared, and `ftctl plan` then ran for
-#: minutes writing that value into an error (a 'billion laughs')
-YAML_VALUES_MAX = 100_000
-
-
-def _expanded(node, memo: dict) -> int:
-    """How many values the YAML ``node`` holds with its aliases expanded, each alias's node counted where it is used
-    (``memo``: by the node's id; a recursive one counts once)."""
-    if node is None:
-        return 0
-    if id(node) in memo:
-        return memo[id(node)]
-    memo[id(node)] = 1
-    children = node.value if isinstance(node.value, list) else []
-    n = 1 + sum(
-        sum(_expanded(c, memo) for c in child) if isinstance(child, tuple) else _expanded(child, memo)
-        for child in children
-    )
-    memo[id(node)] = n
-    return n
-
-
-def _yaml_value(text: str):
-    """A value written as YAML (or JSON) text, a dict's in a -o or a run file's string, read as load_yaml reads a run
-    file: ValueError where its aliases expand past YAML_VALUES_MAX or it nests too deep to read."""
-    import yaml
-
-    try:
-        if (values := _expanded(yaml.compose(text, Loader=yaml.SafeLoader), {})) > YAML_VALUES_MAX:
-            raise ValueError(f"its aliases (*NAME) expand to {values:,} values, over {YAML_VALUES_MAX:,}: write it out")
-        return yaml.safe_load(text)
-    except RecursionError:
-        raise ValueError("it nests too deep for YAML to read (thousands of [ or { levels)") from None
 
 
 def _is_pairs(key) -> bool:

@@ -514,6 +514,43 @@ def config_text(value) -> str:
     return "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
+#: values YAML text someone wrote may expand to, its aliases followed (yaml_values): a run file's are a few hundred.
+#: Nine aliases nested nine times made 9**9 (387 million) out of 400 bytes, which a safe loader builds shared, and
+#: `ftctl plan` then ran for minutes writing that value into an error (a 'billion laughs')
+YAML_VALUES_MAX = 100_000
+
+
+def yaml_values(node, memo: dict) -> int:
+    """How many values the YAML ``node`` holds with its aliases expanded, each alias's node counted where it is used
+    (``memo``: by the node's id; a recursive one counts once)."""
+    if node is None:
+        return 0
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1
+    children = node.value if isinstance(node.value, list) else []
+    n = 1 + sum(
+        sum(yaml_values(c, memo) for c in child) if isinstance(child, tuple) else yaml_values(child, memo)
+        for child in children
+    )
+    memo[id(node)] = n
+    return n
+
+
+def yaml_value(text: str):
+    """A value written as YAML (or JSON) text by someone else (a dict's in a -o, a run file's or another tool's
+    config's string, a dataset card's header), read as spec.load_yaml reads a run file: ValueError where its aliases
+    expand past YAML_VALUES_MAX or it nests too deep to read; yaml.YAMLError where it is no YAML."""
+    import yaml
+
+    try:
+        if (values := yaml_values(yaml.compose(text, Loader=yaml.SafeLoader), {})) > YAML_VALUES_MAX:
+            raise ValueError(f"its aliases (*NAME) expand to {values:,} values, over {YAML_VALUES_MAX:,}: write it out")
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ValueError("it nests too deep for YAML to read (thousands of [ or { levels)") from None
+
+
 def value_agrees(key: str, raw) -> bool:
     accepted = AGREES.get(key, ())
     if key == "special_tokens" and isinstance(raw, dict) and set(raw) <= {"pad_token"}:
@@ -522,8 +559,8 @@ def value_agrees(key: str, raw) -> bool:
         import yaml
 
         try:
-            raw = yaml.safe_load(raw)
-        except yaml.YAMLError:
+            raw = yaml_value(raw)
+        except (ValueError, yaml.YAMLError):  # (aliases past YAML_VALUES_MAX: the text, which agrees with nothing)
             pass
     return raw is None or raw == "" or accepted is None or config_word(raw) in accepted
 
@@ -680,8 +717,8 @@ def nested_kwargs_flattened(items):
             continue
         if isinstance(value, str) and value.strip().startswith("{"):
             try:
-                value = yaml.safe_load(value)
-            except yaml.YAMLError:
+                value = yaml_value(value)
+            except (ValueError, yaml.YAMLError):  # (aliases past YAML_VALUES_MAX: the text, read as no mapping)
                 pass
         if isinstance(value, dict):
             yield from ((f"{canonical_key(key)}.{k}", v) for k, v in value.items())

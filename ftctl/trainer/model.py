@@ -298,6 +298,39 @@ def nf4_config(compute_dtype):
     )
 
 
+def pickle_refused(name: str, path: str, e: Exception) -> str:
+    """One line for a model whose pickled weights (pytorch_model.bin) torch refuses to read as plain weights
+    (weights_only=True; ``e`` its error), where torch's text of several lines advises weights_only=False, which can run
+    any code the file's author put in it and which ftctl gives no way to ask for: what it is and the two fixes."""
+    import re
+    import shlex
+
+    local = Path(path).expanduser()
+    files = sorted(f.name for f in local.glob("*.bin")) if local.is_dir() else []
+    what = ", ".join(files[:2]) + (f" and {len(files) - 2} more" if len(files) > 2 else "") or "pytorch_model.bin"
+    asks = re.search(r"GLOBAL ([\w.]+)", str(e))
+    hub = shlex.quote(name) if not local.is_dir() else "ORG/NAME"
+    src = shlex.quote(name.rstrip("/")) if local.is_dir() else "DIR"
+    out = f"{name.rstrip('/')}-safetensors" if local.is_dir() else f"{name.rstrip('/').rsplit('/', 1)[-1]}-safetensors"
+    # (transformers' from_pretrained(weights_only=False) loads a .bin with weights_only=True all the same: 5.25)
+    convert = (
+        "import sys, glob, shutil, torch; from safetensors.torch import save_file; d, o = sys.argv[1:]; "
+        'shutil.copytree(d, o, ignore=shutil.ignore_patterns("pytorch_model*.bin*")); s = {}; '
+        '[s.update(torch.load(f, weights_only=False)) for f in sorted(glob.glob(d + "/pytorch_model*.bin"))]; '
+        'save_file({k: v.contiguous().clone() for k, v in s.items() if torch.is_tensor(v)}, o + "/model.safetensors", '
+        '{"format": "pt"})'
+    )
+    return (
+        f"Cannot load model {name!r}: its weights ({what}) are a pickle that torch refuses to read as plain weights"
+        + (f" (it asks for {asks[1]})" if asks else "")
+        + ", and ftctl never loads one that could run code. Give the model as safetensors instead: a revision of it "
+        f"that holds model.safetensors (hf download {hub} --revision REV --local-dir DIR, then --model DIR), or "
+        "convert a copy you trust (the conversion runs the pickle's code)"
+        + ("" if local.is_dir() else f" downloaded with hf download {hub} --local-dir DIR")
+        + f": python -c {shlex.quote(convert)} {src} {shlex.quote(out)}, then --model {shlex.quote(out)}."
+    )
+
+
 def load_model(spec, plan, on_cpu: bool, local_rank: int = 0, kernels=None):
     """The base model as the plan says (before the method's changes in methods.py), with the
     attention and layer kernels of ``kernels`` (default: ``model_kernels``)."""
@@ -316,6 +349,8 @@ def load_model(spec, plan, on_cpu: bool, local_rank: int = 0, kernels=None):
         kwargs["quantization_config"] = quant
     if plan.method == "qlora":
         kwargs["device_map"] = {"": "cpu" if on_cpu else local_rank}
+    import pickle
+
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
@@ -323,6 +358,8 @@ def load_model(spec, plan, on_cpu: bool, local_rank: int = 0, kernels=None):
             f"Cannot load model {spec.model_name_or_path!r}: {e}\nPass a local model directory "
             "or a model id available to this machine (HF_TOKEN for gated models)."
         ) from None
+    except pickle.UnpicklingError as e:  # torch.load(weights_only=True) of a pytorch_model.bin: torch's own text
+        raise FtctlError(pickle_refused(spec.model_name_or_path, path, e)) from None  # advises weights_only=False
     model.config.use_cache = False  # training: no KV cache (and packed samples need it off)
     if kernels.liger:
         from ftctl.trainer.attention import apply_liger

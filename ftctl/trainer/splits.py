@@ -15,6 +15,7 @@ import posixpath
 
 from ftctl import storage
 from ftctl.errors import FtctlError
+from ftctl.tool_vocabulary import yaml_value
 
 # the data files ftctl reads, in any case: JSON (gzipped too), Parquet, and the Arrow files of a `datasets`
 # save_to_disk directory
@@ -126,11 +127,12 @@ def _splits(fs, path: str, top: str) -> tuple[dict[str, list[str]] | None, bool]
     try:
         card = fs.cat_file(f"{top}/README.md").decode() if fs.exists(f"{top}/README.md") else ""
         head = card.split("\n---", 1)[0][4:] if card.startswith("---\n") else ""
-        configs = MetadataConfigs.from_dataset_card_data(yaml.safe_load(head) or {}) if head else None
+        configs = MetadataConfigs.from_dataset_card_data(yaml_value(head) or {}) if head else None
         default = configs.get_default_config_name() if configs else None
         if default and configs[default].get("data_files"):
             patterns = sanitize_patterns(configs[default]["data_files"])
-    except (ValueError, yaml.YAMLError, UnicodeDecodeError):  # a card that does not read: the files' names decide
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError):  # a card that does not read (aliases past
+        # YAML_VALUES_MAX too: a downloaded card's 'billion laughs'): the files' names decide
         patterns = None
     if patterns is None:
         try:  # datasets' get_data_patterns, through this filesystem (datasets' own reads HF_ENDPOINT at its import)
