@@ -185,9 +185,11 @@ class Backend:
             return None
         _, ref = container_kind(spec)
         if spec.container:
+            # where it came from: a run file's (one someone else wrote) is no --container typed here
+            said = {"run file": "the run file's container", "-o": "-o container"}.get(spec.given_in("container"))
             if ref is None:
-                return ImageChoice(None, None, "none", f"no image (--container none): {self.no_image}")
-            return ImageChoice(ref, spec.container, "--container", f"image: {ref} (--container)")
+                return ImageChoice(None, None, "none", f"no image ({said or '--container'} none): {self.no_image}")
+            return ImageChoice(ref, spec.container, "--container", f"image: {ref} ({said or '--container'})")
         from ftctl.docker.image import configured
 
         found = configured(plan.tier, self.image_kinds(), self.host_driver_cuda() if plan.tier else None)

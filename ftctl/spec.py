@@ -541,6 +541,9 @@ class RunSpec:
     # not a run key: the keys the run gave (a run file, a flag, -o; build records them), so that one given at its
     # default (-o signal_lead_s=120) is told from one left out (gave); spec.json holds what the run resolved to
     _given: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    # not a run key: the layer (LAYERS) that gave each of them, as build took it, for what says where a value came
+    # from (render's image line: a run file's container is no --container)
+    _given_in: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     # -------------------------------------------------------------------------------------------
     @property
@@ -653,6 +656,10 @@ class RunSpec:
         """Whether the run gives ``key``: build saw it (even at its default), or it is not at its default."""
         return key in self._given or getattr(self, key) != FIELDS[key].default
 
+    def given_in(self, key: str) -> str | None:
+        """The layer that gave ``key`` ("run file", "flag", "-o"); None where no layer did (a spec made in code)."""
+        return dict(self._given_in).get(key)
+
     def to_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k in FIELDS}
 
@@ -760,7 +767,7 @@ def join_paths(paths) -> str:
     )
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(RunSpec) if f.name != "_given"}
+FIELDS = {f.name: f for f in dataclasses.fields(RunSpec) if not f.name.startswith("_")}
 _HINTS = typing.get_type_hints(RunSpec)
 # Keys that say where and how a run is executed, not what it learns: left out of RunSpec.digest().
 _PLACEMENT_KEYS = {
@@ -1281,7 +1288,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if not own_secrets:  # the default set, which report_to settles whichever layer gave it, and what flags added
         default = default_secrets(values.get("report_to", FIELDS["report_to"].default))
         values["secrets"] = [*default, *(s for s in values.get("secrets", []) if s not in default)]
-    spec = RunSpec(**values, _given=tuple(sorted(k for k in sources if values.get(k) is not None)))  # null: unset
+    given = sorted((k, source) for k, source in sources.items() if values.get(k) is not None)  # null: unset
+    spec = RunSpec(**values, _given=tuple(k for k, _ in given), _given_in=tuple(given))
     if said := written_secret_problems(spec):  # before any line that repeats a value
         raise FtctlError(_join(said))
     if said := nul_problems(spec) or unusable_paths(spec):  # before anything asks whether a path exists (a traceback)

@@ -140,3 +140,25 @@ def test_pickled_weights_torch_refuses_are_one_error_line_whose_conversion_loads
     subprocess.run([sys.executable, *command[1:]], check=True, capture_output=True, timeout=BOUND_S, env=env)
     spec = build({"method": "lora", "gpus": "cpu", "model_name_or_path": f"{old}-safetensors"})
     assert load_model(spec, make_plan(spec), on_cpu=True).config.model_type == "llama"
+
+
+def test_render_says_a_run_files_container_came_from_the_run_file(tmp_path):
+    """`ftctl render` labelled the image a run file chose '(--container)', as if typed here (explore59 12)."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    path = tmp_path / "gist.yaml"
+    path.write_text(
+        "method: lora\nmodel: meta-llama/Llama-3.1-8B\ngpus: 8xA100\noutput: /fixed/out\ncontainer: docker:someone/img:1\n"
+    )
+    said = {}
+    for how, more in (("file", []), ("-o", ["-o", "container=docker:other/img:2"]), ("flag", ["--container", "x:3"])):
+        done = CliRunner().invoke(main, ["render", str(path), "--backend", "docker", *more])
+        assert done.exit_code == 0, done.output
+        said[how] = next(line for line in done.output.splitlines() if line.startswith("image: "))
+    assert said == {
+        "file": "image: someone/img:1 (the run file's container)",
+        "-o": "image: other/img:2 (-o container)",
+        "flag": "image: x:3 (--container)",
+    }
