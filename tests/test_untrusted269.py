@@ -162,3 +162,19 @@ def test_render_says_a_run_files_container_came_from_the_run_file(tmp_path):
         "-o": "image: other/img:2 (-o container)",
         "flag": "image: x:3 (--container)",
     }
+
+
+def test_the_docs_say_a_run_file_is_code_and_a_zero_checkpoint_a_pickle():
+    """docs/configuration.md said nowhere that a run file runs things (explore59 12) nor that DeepSpeed's checkpoints
+    are pickles a resume loads (7); the image line it quotes is the one render prints (test above)."""
+    text = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    section = " ".join(text.split("## Run files, models and checkpoints from others\n", 1)[1].split("\n## ")[0].split())
+    for said in ("`setup:`", "`LD_PRELOAD`", "`BASH_ENV`", "`container:`", "`output:`", "`ftctl render FILE`"):
+        assert said in section
+    for said in (
+        "`ftctl launch --dry-run FILE`",
+        '"the run file\'s container"',
+        "No file turns `trust_remote_code` on",
+    ):
+        assert said in section
+    assert "`zero2` and `zero3`" in section and "`weights_only=False`" in section and "only you or your team" in section
