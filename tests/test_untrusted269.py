@@ -70,6 +70,9 @@ def test_a_dataset_cards_nested_aliases_leave_the_files_names_to_decide(tmp_path
     from ftctl.trainer.formats import resolve_files
 
     assert resolve_files(str(data)) == [str(data / "train.jsonl")]
+    for header in ("[1]", "configs: [1]", "configs: [{config_name: [1], data_files: x.jsonl}]"):  # were tracebacks:
+        (data / "README.md").write_text(f"---\n{header}\n---\n")  # AttributeError, TypeError (datasets' reading)
+        assert resolve_files(str(data)) == [str(data / "train.jsonl")]
 
 
 def test_a_dataset_cards_configs_still_name_the_split(tmp_path):

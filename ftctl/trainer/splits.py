@@ -127,11 +127,12 @@ def _splits(fs, path: str, top: str) -> tuple[dict[str, list[str]] | None, bool]
     try:
         card = fs.cat_file(f"{top}/README.md").decode() if fs.exists(f"{top}/README.md") else ""
         head = card.split("\n---", 1)[0][4:] if card.startswith("---\n") else ""
-        configs = MetadataConfigs.from_dataset_card_data(yaml_value(head) or {}) if head else None
+        data = yaml_value(head) if head else None  # (a card someone wrote: its header may be any YAML)
+        configs = MetadataConfigs.from_dataset_card_data(data) if isinstance(data, dict) else None
         default = configs.get_default_config_name() if configs else None
         if default and configs[default].get("data_files"):
             patterns = sanitize_patterns(configs[default]["data_files"])
-    except (ValueError, yaml.YAMLError, UnicodeDecodeError):  # a card that does not read (aliases past
+    except (ValueError, TypeError, yaml.YAMLError, UnicodeDecodeError):  # a card that does not read (aliases past
         # YAML_VALUES_MAX too: a downloaded card's 'billion laughs'): the files' names decide
         patterns = None
     if patterns is None:
