@@ -532,6 +532,7 @@ def test_no_module_imports_upward():
         "checkpoints": 3,
         "preflight": 3,
         "trainer": 3,
+        "progress": 3,  # a run's records read back (runpaths, checkpoints, storage); its durations said by the trainer too
         "launch": 4,
     }
     top = 5  # backend, cli, local, slurm, sky, docker
