@@ -73,10 +73,8 @@ def test_of_a_partition_list_the_floor_is_the_default_of_any_it_may_start_in(e2e
         assert (said["Partition"], said["MinMemoryCPU"]) == (per_cpu, "2G"), said  # 4G, not 3000M
         cluster.run("scancel", job)
 
-        for partitions in (
-            f"{per_node},{per_cpu}",
-            f"debug,{per_cpu}",
-        ):  # 4G, the most (not 3000M); debug's UNLIMITED sets none
+        # 4G, the most of the defaults (not 3000M); debug's UNLIMITED sets none
+        for partitions in (f"{per_node},{per_cpu}", f"debug,{per_cpu}"):
             out = e2e.scratch / f"defmem-list-{partitions.replace(',', '-')}"
             args = run_args(tiny_model_dir, out, nodes=1, max_steps=1)
             proc = e2e.ftctl("launch", "--dry-run", *[partitions if a == "debug" else a for a in args])
