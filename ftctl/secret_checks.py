@@ -18,10 +18,11 @@ from ftctl import storage
 # flag's value (0/1/true/false: is_secret_name).
 CREDENTIAL_NAME = re.compile(r"(?:TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|_KEY|APIKEY|(?:^|_)PASS|_PWD|_PAT)$", re.I)
 # A credential inside a value, whatever its name: the prefixes of Hugging Face's, GitHub's, GitLab's, OpenAI's,
-# Slack's tokens and AWS's key ids, a URL's password (https://user:PASSWORD@host, one with a '/' too, as AWS's secret
-# keys and base64 have: host:PORT/path@... is no password; a $VARIABLE there is a reference), and a signed URL's
-# signature or token (S3's and GCS's presigned URLs, Azure's SAS ?sig=, CloudFront's Signature=, ?token=,
-# ?access_token=, ?hf_token=, ?private_token=, ?api_key=: a query parameter named as a credential is one)
+# Slack's and Docker Hub's (dckr_pat_, dckr_oat_) tokens and AWS's key ids, a URL's password
+# (https://user:PASSWORD@host, one with a '/' too, as AWS's secret keys and base64 have: host:PORT/path@... is no
+# password; a $VARIABLE there is a reference), and a signed URL's signature or token (S3's and GCS's presigned URLs,
+# Azure's SAS ?sig=, CloudFront's Signature=, ?token=, ?access_token=, ?hf_token=, ?private_token=, ?api_key=: a
+# query parameter named as a credential is one)
 SIGNED_URL = "a signed URL's signature or token"
 _SIGNED_NAME = (
     r"[?&](?:X-Amz-Signature|X-Amz-Security-Token|X-Goog-Signature|sig|Signature"
@@ -36,7 +37,7 @@ CREDENTIAL_VALUE = {
     SIGNED_URL: re.compile(_SIGNED_NAME + _SIGNED_VALUE, re.I),
     TOKEN: re.compile(
         r"(?<![A-Za-z0-9_-])(?:(?:hf|gh[opusr])_[A-Za-z0-9]{20,}|github_pat_\w{20,}|glpat-[\w-]{20,}"
-        r"|xox[abprs]-[A-Za-z0-9-]{10,}|sk-[\w-]{20,}|AKIA[0-9A-Z]{16})"
+        r"|dckr_(?:pat|oat)_[\w-]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|sk-[\w-]{20,}|AKIA[0-9A-Z]{16})"
     ),
     # a credential given by what names it, whatever its shape (a $VARIABLE there is a reference): an option's
     # (--password X, --token=X, --api-key X), a header's (Authorization: Bearer X, PRIVATE-TOKEN: X, X-API-Key: X), a
@@ -57,13 +58,13 @@ CREDENTIAL_VALUE = {
 # a token does (hf_cache, hf_llama3_8b_lora, ghp_mirror, sk-learn-runs): there a token counts only as issued, a random
 # run that ends its name (before an extension or a '/'): hf_/gh?_ and 30 or more letters and digits of both cases
 # (Hugging Face's hf_ has 34 letters, GitHub's ghp_ 36), sk- and 32 or more of both cases with a digit (OpenAI's),
-# AKIA and 16 capitals and digits with a digit (AWS's key ids); github_pat_, glpat- and xox?- as anywhere (no name
-# begins so by chance).
+# AKIA and 16 capitals and digits with a digit (AWS's key ids); github_pat_, glpat-, dckr_pat_ and xox?- as anywhere
+# (no name begins so by chance).
 TOKEN_IN_PATH = re.compile(
     r"(?<![A-Za-z0-9_-])(?:(?:hf|gh[opusr])_(?=[A-Za-z0-9]*[a-z])(?=[A-Za-z0-9]*[A-Z])[A-Za-z0-9]{30,}"
     r"|sk-(?:proj-|svcacct-|admin-)?(?=[\w-]*[a-z])(?=[\w-]*[A-Z])(?=[\w-]*\d)[\w-]{32,}"
-    r"|AKIA(?=[0-9A-Z]{0,15}\d)[0-9A-Z]{16}|github_pat_\w{20,}|glpat-[\w-]{20,}|xox[abprs]-[A-Za-z0-9-]{10,})"
-    r"(?![A-Za-z0-9_-])"
+    r"|AKIA(?=[0-9A-Z]{0,15}\d)[0-9A-Z]{16}|github_pat_\w{20,}|glpat-[\w-]{20,}|dckr_(?:pat|oat)_[\w-]{20,}"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,})(?![A-Za-z0-9_-])"
 )
 # the variable a token's kind is read from, named in the fix (AWS's key id: a store's, storage.SECRET_ENV)
 _TOKEN_VARIABLES = {

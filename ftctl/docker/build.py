@@ -34,7 +34,7 @@ from ftctl.docker import image
 from ftctl.docker.engine import command, engine
 from ftctl.errors import FtctlError
 from ftctl.launch import join
-from ftctl.secret_checks import holds_credential
+from ftctl.secret_checks import holds_credential, looks_like_token
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,10 @@ def push_credentials(push: str) -> str | None:
     m = _REGISTRY_USERINFO.match(push.strip())
     if not m:
         return None
-    user, credential = m["user"], holds_credential(push.strip())
+    # a token as the user, with no scheme (dckr_pat_...@docker.io/me, a registry's 32 hex digits or robot token):
+    # holds_credential sees a user alone as a token only after a scheme (https://TOKEN@host)
+    user = m["user"]
+    credential = holds_credential(push.strip()) or looks_like_token(user)
     if ":" not in user and not credential and "/" in user:  # no user: check_registry says what the value is not
         return None
     host = m["host"] if re.fullmatch(r"[A-Za-z0-9.-]+(?::[0-9]+)?", m["host"]) else "HOST"
