@@ -128,6 +128,14 @@ WARMUP_RATIO = 0.03  # without warmup_steps
 IMPLIED = {"global_batch_size": GLOBAL_BATCH_SIZE, "save_steps": SAVE_STEPS, "warmup_ratio": WARMUP_RATIO}
 
 
+def warmup_of(warmup_steps, warmup_ratio):
+    """The warm-up transformers' warmup_steps is given (RunSpec.warmup; a card reads it from spec.json's values):
+    warmup_steps where set, else warmup_ratio, else WARMUP_RATIO; below 1 a fraction of the steps, else a number."""
+    if warmup_steps is not None:
+        return warmup_steps
+    return WARMUP_RATIO if warmup_ratio is None else warmup_ratio
+
+
 def as_run(key: str, value):
     """A key's value as the run takes it: an IMPLIED key not given, at its default (runs record and compare these)."""
     return IMPLIED[key] if value is None and key in IMPLIED else value
@@ -538,11 +546,10 @@ class RunSpec:
     also_gpus: str | None = None
     # SkyPilot, with --spot: on-demand instances where no spot ones are to be had (ftctl/sky/render.py spot_resources)
     on_demand_fallback: bool = False
-    # not a run key: the keys the run gave (a run file, a flag, -o; build records them), so that one given at its
-    # default (-o signal_lead_s=120) is told from one left out (gave); spec.json holds what the run resolved to
-    _given: tuple[str, ...] = field(default=(), compare=False, repr=False)
-    # not a run key: the layer (LAYERS) that gave each of them, as build took it, for what says where a value came
-    # from (render's image line: a run file's container is no --container)
+    # not a run key: the keys the run gave (a run file, a flag, -o; build records them) and the layer (LAYERS) that
+    # gave each, so that one given at its default (-o signal_lead_s=120) is told from one left out (gave), and what
+    # says where a value came from can (render's image line: a run file's container is no --container); spec.json
+    # holds what the run resolved to
     _given_in: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     # -------------------------------------------------------------------------------------------
@@ -629,9 +636,7 @@ class RunSpec:
     @property
     def warmup(self) -> float:
         """transformers' warmup_steps: below 1 a fraction of the steps (warmup_ratio), else a number of them."""
-        if self.warmup_steps is not None:
-            return self.warmup_steps
-        return WARMUP_RATIO if self.warmup_ratio is None else self.warmup_ratio
+        return warmup_of(self.warmup_steps, self.warmup_ratio)
 
     @property
     def eval_when(self) -> str:
@@ -654,7 +659,7 @@ class RunSpec:
 
     def gave(self, key: str) -> bool:
         """Whether the run gives ``key``: build saw it (even at its default), or it is not at its default."""
-        return key in self._given or getattr(self, key) != FIELDS[key].default
+        return key in dict(self._given_in) or getattr(self, key) != FIELDS[key].default
 
     def given_in(self, key: str) -> str | None:
         """The layer that gave ``key`` ("run file", "flag", "-o"); None where no layer did (a spec made in code)."""
@@ -1289,7 +1294,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         default = default_secrets(values.get("report_to", FIELDS["report_to"].default))
         values["secrets"] = [*default, *(s for s in values.get("secrets", []) if s not in default)]
     given = sorted((k, source) for k, source in sources.items() if values.get(k) is not None)  # null: unset
-    spec = RunSpec(**values, _given=tuple(k for k, _ in given), _given_in=tuple(given))
+    spec = RunSpec(**values, _given_in=tuple(given))
     if said := written_secret_problems(spec):  # before any line that repeats a value
         raise FtctlError(_join(said))
     if said := nul_problems(spec) or unusable_paths(spec):  # before anything asks whether a path exists (a traceback)
