@@ -47,7 +47,9 @@ def test_a_runs_card_names_its_method_data_and_hyperparameters(tiny_model_dir, t
     assert "- data: `conversations.json`\n- held-out data: 5% of the data\n" in said
     assert "- learning rate: 0.0003\n- schedule: cosine, warm-up 10% of the steps\n" in said
     assert "- batch: 4 sequences a step (2 a process x 2 accumulation x 1 process)\n- steps: 6\n" in said
-    assert "- sequence length: at most 128 tokens" in said and "- loss on: the assistant turns\n" in said
+    assert (
+        "- sequence length: at most 128 tokens" in said and "- loss on: a conversation's assistant turns only" in said
+    )
     assert "- precision: fp32\n" in said and "- seed: 7\n" in said
     assert "Trained with ftctl " in said and "transformers " in said and "peft " in said
     # no claim that spec.json is beside the card (an upload leaves it out), and no path of this machine
@@ -60,7 +62,7 @@ def test_an_sft_and_an_fft_runs_card_say_what_trained(tiny_model_dir, tiny_data,
     spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "sft", "sft", trainable_layers=1, max_steps=-1)
     said = _training(model_card.text(spec, str(tiny_model_dir), adapter=False, local_dir=str(tmp_path), plan=plan))
     assert "- method: sft\n- trained: the top 1 of 2 blocks and the output head\n" in said
-    assert "- steps: 1 epochs\n" in said and "LoRA" not in said
+    assert "- steps: 1 epoch\n" in said and "LoRA" not in said
     spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / "fft", "fft", warmup_ratio=0.0, warmup_steps=None)
     said = _training(model_card.text(spec, str(tiny_model_dir), adapter=False, local_dir=str(tmp_path), plan=plan))
     assert "- method: fft\n- data:" in said and "warm-up none" in said and "learning rate: 0.001\n" in said

@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ftctl import __version__
 from ftctl.hub import HUB_ID
-from ftctl.spec import RunSpec, is_demo_model, split_paths
+from ftctl.spec import RunSpec, is_demo_model, split_paths, warmup_of
 from ftctl.storage import is_remote, looks_like_path, scheme, write_whole
 from ftctl.storage import join as storage_join
 from ftctl.trainer.trained import GENERATION_CONFIG
@@ -145,7 +145,7 @@ def served(spec: RunSpec, base: str, adapter: bool, directory) -> str:
         )
     rank = _rank(spec.lora_r, directory)
     flags = ""
-    if rank > VLLM_DEFAULT_RANK:
+    if _is_number(rank) and rank > VLLM_DEFAULT_RANK:
         fits = [r for r in VLLM_RANKS if r >= rank]
         if not fits:
             return f"\nvLLM serves adapters up to rank {VLLM_RANKS[-1]}, this one is of rank {rank}: {merged}.\n"
@@ -160,15 +160,28 @@ def served(spec: RunSpec, base: str, adapter: bool, directory) -> str:
     )
 
 
-def _rank(configured: int, directory) -> int:
+def _rank(configured: int | None, directory) -> int | None:
     """The adapter's largest rank: adapter_config.json's r and rank_pattern where it is in ``directory`` (a fused
-    MoE's gate_up at twice lora_r), else the run's lora_r."""
+    MoE's gate_up at twice lora_r), else the run's lora_r (None: not known; a config not PEFT's own may hold null
+    or no number)."""
     try:
         saved = json.loads(Path(directory, "adapter_config.json").read_text())
     except (OSError, TypeError, ValueError):
         return configured
-    ranks = [saved.get("r") or configured, *(saved.get("rank_pattern") or {}).values()]
-    return max(int(r) for r in ranks if isinstance(r, (int, float)))
+    saved = saved if isinstance(saved, dict) else {}
+    pattern = saved.get("rank_pattern")
+    ranks = [saved.get("r") or configured, *(pattern.values() if isinstance(pattern, dict) else ())]
+    return max((int(r) for r in ranks if _is_number(r)), default=configured)
+
+
+def _is_number(value) -> bool:
+    """Whether ``value`` is a number to compare and format (a spec.json not ftctl's own may hold a string or null)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(value, spec: str = "g") -> str:
+    """``value`` formatted as a number where it is one, else written as it is."""
+    return format(value, spec) if _is_number(value) else str(value)
 
 
 def _served_name(spec: RunSpec) -> str:
@@ -184,10 +197,18 @@ def training(spec: dict, plan: dict | None, directory=None, versions: bool = Tru
     paths): the Hub's page of an uploaded adapter or merge named no rank, learning rate, batch or steps.
     ``directory``: where the adapter's ``adapter_config.json`` names the projections it adapted; ``versions``: the
     versions here are the ones it trained with (a merge's card: not known); ``step``: the weights are a checkpoint's,
-    of that step (the steps row said the run's whole)."""
-    from ftctl.spec import WARMUP_RATIO
+    of that step (the steps row said the run's whole). A spec.json that is not ftctl's own (beside a downloaded
+    adapter: `ftctl merge` reads it) may lack keys or hold other types: an unknown value is written as it is or its
+    line left out, and a section that still cannot be said is left out, never ending the merge."""
+    try:
+        lines = "\n".join(f"- {name}: {value}" for name, value in _training_rows(spec, plan or {}, directory, step))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return ""
+    return f"\n## Training\n\n{lines}\n" + (f"\nTrained with {_versions()}.\n" if versions else "")
 
-    plan = plan or {}
+
+def _training_rows(spec: dict, plan: dict, directory, step: int | None) -> list[tuple[str, object]]:
+    """The Training section's rows (training)."""
     method = spec.get("method") or plan.get("method")
     rows = [("method", method)]
     if method in ("lora", "qlora"):
@@ -200,22 +221,22 @@ def training(spec: dict, plan: dict | None, directory=None, versions: bool = Tru
         if method == "qlora":
             rows.append(("base", "4-bit NF4 with double quantization (bitsandbytes)"))
     elif method == "sft":
-        layers = (plan.get("model") or {}).get("layers")
+        model = plan.get("model")
+        layers = model.get("layers") if isinstance(model, dict) else None
         of = f" of {layers}" if layers else ""
         rows.append(("trained", f"the top {spec.get('trainable_layers')}{of} blocks and the output head"))
     rows.append(("data", _data(spec.get("data_path"))))
     if spec.get("eval_data_path"):
         rows.append(("held-out data", _data(spec.get("eval_data_path"))))
     elif spec.get("eval_split"):
-        rows.append(("held-out data", f"{spec['eval_split'] * 100:.4g}% of the data"))
+        split = spec["eval_split"]
+        rows.append(
+            ("held-out data", f"{split * 100:.4g}% of the data" if _is_number(split) else f"{split} of the data")
+        )
     rate = plan.get("learning_rate") or spec.get("learning_rate")
     if rate is not None:
-        rows.append(("learning rate", f"{rate:g}"))
-    warmup = spec.get("warmup_steps")
-    warmup = warmup if warmup is not None else spec.get("warmup_ratio")
-    warmup = WARMUP_RATIO if warmup is None else warmup
-    warm = "none" if not warmup else f"{warmup * 100:.4g}% of the steps" if warmup < 1 else f"{warmup:g} steps"
-    rows.append(("schedule", f"{spec.get('lr_scheduler_type')}, warm-up {warm}"))
+        rows.append(("learning rate", _number(rate)))
+    rows.append(("schedule", f"{spec.get('lr_scheduler_type')}, warm-up {_warmup(spec)}"))
     batch = plan.get("global_batch_size") or spec.get("global_batch_size")
     if batch:
         per, accumulation, world = (
@@ -223,13 +244,21 @@ def training(spec: dict, plan: dict | None, directory=None, versions: bool = Tru
         )
         how = f" ({per} a process x {accumulation} accumulation x {world} process{'es' if world != 1 else ''})"
         rows.append(("batch", f"{batch} sequences a step" + (how if per and accumulation and world else "")))
-    max_steps = spec.get("max_steps")
-    steps = f"{max_steps}" if max_steps and max_steps > 0 else f"{spec.get('num_train_epochs'):g} epochs"
-    rows.append(("steps", steps if step is None else f"{step} (a checkpoint of the run's {steps})"))
+    max_steps, epochs = spec.get("max_steps"), spec.get("num_train_epochs")
+    if _is_number(max_steps) and max_steps > 0:
+        steps = f"{max_steps}"
+    elif _is_number(epochs):
+        steps = f"{epochs:g} epoch{'s' if epochs != 1 else ''}"
+    else:  # transformers' -1: epochs decide; those not known (null, missing) or not a number
+        steps = f"{max_steps}" if max_steps not in (None, -1) else f"{epochs} epochs" if epochs is not None else None
+    if steps is not None or step is not None:
+        of = f" (a checkpoint of the run's {steps})" if steps else " (a checkpoint's)"
+        rows.append(("steps", steps if step is None else f"{step}{of}"))
     packing = plan.get("packing")
     length = f"at most {spec.get('model_max_length')} tokens"
     rows.append(("sequence length", length + {True: ", packed", False: ", not packed"}.get(packing, "")))
-    rows.append(("loss on", "the assistant turns" if spec.get("assistant_only_loss") else "every token"))
+    if loss := _loss_on(spec.get("assistant_only_loss"), directory):
+        rows.append(("loss on", loss))
     if plan.get("precision"):
         rows.append(("precision", plan["precision"]))
     optim = plan.get("optim") or spec.get("optim")
@@ -241,8 +270,40 @@ def training(spec: dict, plan: dict | None, directory=None, versions: bool = Tru
         )
     )
     rows.append(("seed", spec.get("seed")))
-    lines = "\n".join(f"- {name}: {value}" for name, value in rows)
-    return f"\n## Training\n\n{lines}\n" + (f"\nTrained with {_versions()}.\n" if versions else "")
+    return rows
+
+
+def _warmup(spec: dict) -> str:
+    """The warm-up in words, the one spec.warmup_of takes (RunSpec.warmup's): a share of the steps or a number."""
+    warmup = warmup_of(spec.get("warmup_steps"), spec.get("warmup_ratio"))
+    if not _is_number(warmup):
+        return str(warmup)
+    if not warmup:
+        return "none"
+    return f"{warmup * 100:.4g}% of the steps" if warmup < 1 else f"{warmup:g} step{'s' if warmup != 1 else ''}"
+
+
+def _loss_on(assistant_only: object, directory) -> str | None:
+    """Which tokens carried the loss: the run's own words where its metrics.jsonl is beside ``directory`` or above it
+    (a checkpoint's), whose start record says so for the formats its data held (data.loss_on's ``loss_on``); else
+    what assistant_only_loss decides for each kind of row (a card cannot know the rows' formats); None where neither
+    is known (a spec.json without a true or false)."""
+    from ftctl.runpaths import METRICS_FILE
+    from ftctl.trainer.data import loss_on
+
+    for where in (Path(directory), Path(directory).parent) if directory is not None else ():
+        try:
+            with open(where / METRICS_FILE) as f:
+                for _, line in zip(range(100), f):  # the first start record: the file's first line
+                    record = json.loads(line) if line.strip() else {}
+                    if isinstance(record, dict) and record.get("event") == "start":
+                        said = record.get("loss_on")
+                        if isinstance(said, str) and said.isprintable() and 0 < len(said) <= 500:
+                            return said
+                        break
+        except (OSError, ValueError):
+            continue
+    return loss_on(not assistant_only, None) if isinstance(assistant_only, bool) else None
 
 
 def _targets(configured, directory) -> str:
@@ -250,7 +311,7 @@ def _targets(configured, directory) -> str:
     into names), else the run's lora_target_modules as given."""
     try:
         named_there = json.loads(Path(directory, "adapter_config.json").read_text()).get("target_modules")
-    except (OSError, TypeError, ValueError):
+    except (AttributeError, OSError, TypeError, ValueError):  # AttributeError: a config that is no mapping
         named_there = None
     if isinstance(named_there, list) and named_there:
         return ", ".join(sorted(named_there))
