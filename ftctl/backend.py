@@ -1383,7 +1383,7 @@ def status_record(job: str) -> StatusReport:
         # neither its metrics nor its log seen here (its node gone, the log not kept): what its store holds, if said
         report.progress = _stored_progress(ref.output, _endpoint(ref))
         return report
-    report.progress = shown or Progress()
+    report.progress = shown if shown is not None else Progress()  # no step logged yet: where its metrics go
     if running and shown:  # training (a step logged, not only where it logs): what a relaunch would resume from now
         from ftctl.progress import newest_checkpoint
 
@@ -1417,7 +1417,16 @@ def _stored_progress(output: str, endpoint_url: str | None, step_only: bool = Tr
         return Progress()
     if said is None or (step_only and said[0] is None):
         return Progress()
-    return said[0] or Progress(said[1])
+    return said[0] if step_only else _step_or_checkpoint(said)
+
+
+def _step_or_checkpoint(said: tuple[Progress | None, str]) -> Progress:
+    """ftctl.progress.stored's step line, else its checkpoint line, with where the run's metrics go where its copy
+    of metrics.jsonl says it and no step was logged before the checkpoint."""
+    step, checkpoint = said
+    if step:
+        return step
+    return Progress(checkpoint, tracking=step.tracking if step is not None else None)
 
 
 def _stored_report(output: str, no_job: FtctlError) -> StatusReport:
@@ -1436,13 +1445,13 @@ def _stored_report(output: str, no_job: FtctlError) -> StatusReport:
     if known := store_state(output, None):
         state, text = known
         head = f"{output} {state.value}, {text}; what its newest complete checkpoint says:"
-        return StatusReport(output, None, output, state, head, progress=said[0] or Progress(said[1]))
+        return StatusReport(output, None, output, state, head, progress=_step_or_checkpoint(said))
     head = (
         f"{output} UNKNOWN: no job into it was launched from here (`ftctl status JOB` where it was launched says its "
         "state); what its newest complete checkpoint says:"
     )
     # the step line names the checkpoint too
-    return StatusReport(output, None, output, JobState.UNKNOWN, head, progress=said[0] or Progress(said[1]))
+    return StatusReport(output, None, output, JobState.UNKNOWN, head, progress=_step_or_checkpoint(said))
 
 
 def store_state(output: str, endpoint_url: str | None, max_steps: int = 0) -> tuple[JobState, str] | None:

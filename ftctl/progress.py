@@ -28,8 +28,18 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ftctl.runpaths import EVENT, PROGRESS_LINE, START_WANDB_RUN, STEP_ROW, TIMED, UNTIMED
-from ftctl.trainer.tracking import TENSORBOARD_LOG_DIR, TRACKING_EVENT, WANDB_RUN_DIR, WANDB_URL
+from ftctl.runpaths import (
+    EVENT,
+    PROGRESS_LINE,
+    START_WANDB_RUN,
+    STEP_ROW,
+    TENSORBOARD_LOG_DIR,
+    TIMED,
+    TRACKING_EVENT,
+    UNTIMED,
+    WANDB_RUN_DIR,
+    WANDB_URL,
+)
 
 # the trainer's line in a job's log for a logged step (trainer.callbacks.MetricsCallback._progress):
 # "step 12/40  loss 1.2345  lr 2.00e-04  grad 0.808  380 tok/s  ETA 0:00:11  14:02:05 UTC" (an older one's: no time)
@@ -405,7 +415,8 @@ def stored(output: str, endpoint_url: str | None, now: float | None = None) -> t
     """What the newest complete checkpoint in an object-store output says of the run, for `ftctl status` where neither
     its metrics.jsonl nor its log is seen here: (its last logged step of its total, loss and pace as summary says them
     from the checkpoint's copy of metrics.jsonl, one its manifest lists: whole; the checkpoint and when it was saved),
-    the first None where it holds no copy (an older ftctl's) or one that is not gzip. None where the store holds no complete checkpoint; a
+    the first None where it holds no copy (an older ftctl's) or one that is not gzip, and empty (with its
+    ``tracking``) where no step was logged before the checkpoint. None where the store holds no complete checkpoint; a
     store that cannot be read raises (OSError, FtctlError)."""
     from ftctl.checkpoints import list_checkpoints
     from ftctl.checkpoints.manifest import METRICS_COPY_ERRORS, metrics_copy, open_metrics_copy
@@ -426,11 +437,10 @@ def stored(output: str, endpoint_url: str | None, now: float | None = None) -> t
     saved = _saved(newest, now)
     at = (newest.manifest or {}).get("created_unix")
     saved += f" at {clock(at, now)}" if isinstance(at, (int, float)) else ""
-    step = (
-        Progress(f"{said} (from {saved}, the newest complete checkpoint in {output})", said.fields, said.tracking)
-        if said
-        else None
-    )
+    step = None
+    if said is not None:  # a step logged, or only where the metrics go (no step logged before it was saved)
+        text = f"{said} (from {saved}, the newest complete checkpoint in {output})" if said else ""
+        step = Progress(text, said.fields, said.tracking)
     return step, f"newest checkpoint: {saved}, in {output}"
 
 

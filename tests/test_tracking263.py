@@ -67,6 +67,21 @@ def test_status_names_the_offline_wandb_run_its_sync_line_and_tensorboards_folde
     record = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"tracking"' in x]
     assert len(record) == 1 and record[0]["step"] == 0  # the one record: written at train begin, by rank 0
 
+    # before the first logged step (many minutes on a large model with logging_steps > 1): metrics.jsonl holds the
+    # trainer's start and tracking records only. Before (helper 271), status named neither W&B nor TensorBoard then.
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    begun = [x for x in lines if json.loads(x).get("event") in ("start", "tracking")]
+    assert [json.loads(x)["event"] for x in begun] == ["start", "tracking"]
+    (out / "metrics.jsonl").write_text("\n".join(begun) + "\n")
+    early = CliRunner().invoke(main, ["status", "--json", str(out)])
+    assert early.exit_code == 0, early.output
+    said = json.loads(early.stdout)
+    assert said["step"] is None
+    assert {k: said[k] for k in ("wandb_run_id", "wandb_dir", "wandb_sync", "tensorboard_dir")} == {
+        k: got[k] for k in ("wandb_run_id", "wandb_dir", "wandb_sync", "tensorboard_dir")
+    }
+    assert said["lines"][-2:] == got["lines"][-2:]
+
 
 def test_where_metrics_go_online_and_in_an_object_store():
     """An online run's line is its page; a folder in an object-store output (sent there with each checkpoint) is
