@@ -33,6 +33,13 @@ PLAIN_TEXT = "plain_text"  # metrics.jsonl's "start" record: every training row 
 START_SLURM_JOB = "slurm_job_id"
 # ... and, for a run that reports to W&B, the W&B run every attempt of the run logs to (trainer.tracking)
 START_WANDB_RUN = "wandb_run_id"
+# metrics.jsonl's record of where an attempt's metrics go, as W&B and TensorBoard were opened
+# (trainer.tracking.record_destinations), and its keys beside START_WANDB_RUN (the run's id): `ftctl status` says them
+# (ftctl.progress.tracking_said)
+TRACKING_EVENT = "tracking"
+WANDB_URL = "wandb_url"  # the W&B run's page (online; null offline)
+WANDB_RUN_DIR = "wandb_dir"  # W&B's own directory of this attempt (offline-run-DATE-ID: what `wandb sync` uploads)
+TENSORBOARD_LOG_DIR = "tensorboard_dir"  # the event files' directory
 # ... and, in a SkyPilot job, its task id (kept by a managed job's recoveries): a recovery of a run this job finished
 # ends as complete, where the Slurm script says its attempt (envvars.ATTEMPT_ENV) and SkyPilot does not
 START_SKY_TASK = "skypilot_task_id"

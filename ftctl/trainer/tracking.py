@@ -47,7 +47,14 @@ from typing import TYPE_CHECKING
 from ftctl import storage
 from ftctl.checkpoints.manifest import METRICS_COPY_ERRORS, metrics_copy, open_metrics_copy
 from ftctl.envvars import HUB_TELEMETRY_ENV
-from ftctl.runpaths import START_WANDB_RUN, TENSORBOARD_DIR
+from ftctl.runpaths import (
+    START_WANDB_RUN,
+    TENSORBOARD_DIR,
+    TENSORBOARD_LOG_DIR,
+    TRACKING_EVENT,
+    WANDB_RUN_DIR,
+    WANDB_URL,
+)
 from ftctl.spec import report_integrations
 
 if TYPE_CHECKING:
@@ -56,12 +63,6 @@ if TYPE_CHECKING:
 _ID_CHARS = string.ascii_lowercase + string.digits  # W&B's own run ids: 8 of these
 WANDB_CLOUD = "https://api.wandb.ai"  # W&B's server where WANDB_BASE_URL names none
 REACH_TIMEOUT_S = 5.0  # how long the trainer waits for W&B's server to answer before it logs offline
-# metrics.jsonl's record of where an attempt's metrics go, as W&B and TensorBoard were opened (record_destinations),
-# and its keys beside START_WANDB_RUN (the run's id): `ftctl status` says them (ftctl.progress.tracking_said)
-TRACKING_EVENT = "tracking"
-WANDB_URL = "wandb_url"  # the W&B run's page (online; null offline)
-WANDB_RUN_DIR = "wandb_dir"  # W&B's own directory of this attempt (offline-run-DATE-ID: what `wandb sync` uploads)
-TENSORBOARD_LOG_DIR = "tensorboard_dir"  # the event files' directory
 
 
 def wandb_env(
