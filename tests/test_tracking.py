@@ -22,19 +22,6 @@ def _train(spec, plan, callbacks=()):
     return train(spec, plan, callbacks=callbacks, echo=lambda line: None)
 
 
-@pytest.fixture
-def offline_wandb(monkeypatch):
-    """W&B with no network."""
-    import wandb
-
-    for name in ("WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_PROJECT", "WANDB_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    yield
-    wandb.finish()  # a test that failed mid-run
-
-
 def _stop_at(step: int, sig=signal.SIGUSR2):
     from transformers import TrainerCallback
 

@@ -15,19 +15,6 @@ from tests.trainer_fixtures import make_run
 pytest.importorskip("wandb")
 
 
-@pytest.fixture
-def offline_wandb(monkeypatch):
-    """W&B with no network."""
-    import wandb
-
-    for name in ("WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_PROJECT", "WANDB_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    yield
-    wandb.finish()  # a test that failed mid-run
-
-
 def test_status_names_the_offline_wandb_run_its_sync_line_and_tensorboards_folder(
     tiny_model_dir, tiny_data, tmp_path, one_thread, offline_wandb, monkeypatch
 ):

@@ -148,3 +148,16 @@ def read_metrics(output_dir) -> list[dict]:
 
 def losses_by_step(output_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(output_dir)}
+
+
+@pytest.fixture
+def offline_wandb(monkeypatch):
+    """W&B with no network."""
+    import wandb
+
+    for name in ("WANDB_RUN_ID", "WANDB_RESUME", "WANDB_DIR", "WANDB_PROJECT", "WANDB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    yield
+    wandb.finish()  # a test that failed mid-run
