@@ -895,12 +895,14 @@ def eval_(run, paths, max_length, batch_size, compare):
     checks = [preflight.check_data(name, flag="--data", held_out=True, **reads) for name in names]
     preflight.raise_if_errors([f for found in checks for f in found])
     loaded = chat_mod.load(run, echo=_progress, command="eval")
-    if note := trained_on(loaded.found, names):  # not held out: said before the numbers that look it
-        click.echo(f"note: {note}", err=True)
     recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
     every = loaded.found.recorded("spec", "assistant_only_loss") is False if loaded.found else False  # as it trained
     length = max_length or recorded or RunSpec.model_max_length
     sets = [build_dataset(name, loaded.tokenizer, length, held_out=True, every_token=every, **reads) for name in names]
+    # rows the run trained on (its data under this name, or rows of it under another): not held out, said before
+    # the numbers that look it
+    if note := trained_on(loaded.found, names, sets, loaded.tokenizer, length):
+        click.echo(f"note: {note}", err=True)
     tuned = [score(loaded.model, loaded.tokenizer, dataset, batch_size) for dataset in sets]
     base = None
     if compare:

@@ -35,10 +35,15 @@ class Score:
         )
 
 
-def trained_on(found, names: list[str]) -> str | None:
+def trained_on(found, names: list[str], sets=None, tokenizer=None, max_length: int = 0) -> str | None:
     """The note for ``ftctl eval RUN --data`` of data the run trained on (its spec.json's data_path; ``found``: the
     trained.Trained loaded, None for a plain model), else None: those rows are no held-out measure (the loss is lower
-    than on rows the run never saw), which nothing said before. Paths compare resolved, URIs as written."""
+    than on rows the run never saw), which nothing said before. A name of the training data (paths compare resolved,
+    URIs as written) is said as it is; another, whose rows are ``sets`` (build_dataset's, one a name), by how many of
+    its rows are training rows too, token for token (data.row_identity, as data check and the launch's preflight
+    compare a run's eval_data_path): a copy of the training file under another name, or a held-out file cut from the
+    same dump. That needs the training rows tokenized here (``tokenizer``, ``max_length``): where they are local
+    files of TRAINING_BYTES at most; elsewhere, or where they no longer read, names alone are compared."""
     from ftctl.spec import split_paths
 
     if found is None:
@@ -49,14 +54,60 @@ def trained_on(found, names: list[str]) -> str | None:
 
     seen = {_resolved(p) for p in split_paths(trained)}
     both = [name for name in names if _resolved(name) in seen]
-    if not both:
+    others = [(name, rows) for name, rows in zip(names, sets or ()) if _resolved(name) not in seen]
+    shared = _shared_rows(found, trained, others, tokenizer, max_length) if others and tokenizer else []
+    if not both and not shared:
         return None
     held = found.recorded("spec", "eval_split")
     split = f", less the {held:g} it held out (eval_split)" if isinstance(held, (int, float)) and held > 0 else ""
-    return (
-        f"{', '.join(both)}: the run trained on {'these rows' if len(both) > 1 else 'its rows'}{split}, so this loss "
-        "is lower than on rows it never saw; score held-out rows (a file it did not train on) to compare runs."
+    said = [f"{', '.join(both)}: the run trained on {'these rows' if len(both) > 1 else 'its rows'}{split}"] * bool(
+        both
     )
+    said += [
+        f"{name}: {f'all {same:,}' if same == rows else f'{same:,} of {rows:,}'} of its rows are rows the run trained "
+        f"on ({trained}{split}), token for token"
+        for name, same, rows in shared
+    ]
+    return (
+        f"{'; '.join(said)}, so this loss is lower than on rows it never saw; score held-out rows (a file it did not "
+        "train on) to compare runs."
+    )
+
+
+TRAINING_BYTES = 64 * 2**20  # the training data eval tokenizes to compare rows (~1 min of a core at most)
+
+
+def _shared_rows(found, trained: str, others: list, tokenizer, max_length: int) -> list[tuple[str, int, int]]:
+    """(name, its rows that are training rows too, its rows) of each of ``others`` ((name, dataset)) with any; []
+    where the run's training data (``trained``) is not local files of TRAINING_BYTES at most, or does not read as
+    the run read it (removed, edited since into rows with errors: advisory, the scores stand either way)."""
+    import os
+
+    from ftctl import storage
+    from ftctl.spec import split_paths
+    from ftctl.trainer.data import _row_digests, build_dataset
+    from ftctl.trainer.formats import resolve_files
+
+    paths = split_paths(trained)
+    if any(storage.is_remote(p) for p in paths):
+        return []
+    reads = read_as_trained(str(found.path), paths)  # as the run read them: its text field, its data_columns
+    every = found.recorded("spec", "assistant_only_loss") is False
+    held = {name: _row_digests(dataset) for name, dataset in others}
+    lengths = {n for rows in held.values() for n, _ in rows}  # only training rows of these lengths are hashed
+    digests = set()
+    try:
+        files = [f for p in paths for f in resolve_files(p)]
+        if sum(os.path.getsize(storage.local_path(f)) for f in files) > TRAINING_BYTES:
+            return []
+        for path in paths:
+            digests.update(
+                _row_digests(build_dataset(path, tokenizer, max_length, every_token=every, **reads), lengths)
+            )
+    except Exception:  # noqa: BLE001 — advisory: data the run read then and this machine cannot read now
+        return []
+    counted = [(name, sum(row in digests for row in rows), len(rows)) for name, rows in held.items()]
+    return [(name, same, rows) for name, same, rows in counted if same]
 
 
 def read_as_trained(run: str, names: list[str]) -> dict:
