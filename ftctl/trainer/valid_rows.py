@@ -81,7 +81,7 @@ def _kept_json(raw: bytes, bad: set[int]) -> tuple[bytes, int, int]:
     else JSON Lines (numbered by line)."""
     from codecs import BOM_UTF8
 
-    from ftctl.trainer.formats import _is_json
+    from ftctl.trainer.formats import _first_line, _is_json
 
     bom = BOM_UTF8 if raw.startswith(BOM_UTF8) else b""
     raw = raw[len(bom) :]
@@ -91,7 +91,7 @@ def _kept_json(raw: bytes, bad: set[int]) -> tuple[bytes, int, int]:
         head, parts, tail = split
         kept = [part for i, part in enumerate(parts, start=1) if i not in bad]
         return bom + (head + ",".join(kept) + tail).encode("utf-8", "surrogateescape"), len(kept), len(parts)
-    if stripped[:1] == "{" and not _is_json(raw.lstrip().splitlines()[0]):
+    if stripped[:1] == "{" and not _is_json(_first_line(raw)):
         try:
             whole = isinstance(json.loads(text), dict)
         except ValueError:
