@@ -141,3 +141,88 @@ def test_lines_as_splitlines(raw):
 
     assert list(_lines(raw)) == raw.splitlines()
     assert _first_line(raw) == (raw.lstrip().splitlines() or [b""])[0]
+
+
+def _written(path: Path, size: int, byte: bytes = b"a") -> Path:
+    path.write_bytes((b'{"text": "' + byte * (size - 13) + b'"}\n')[:size])
+    return path
+
+
+def _aged(monkeypatch, after_s: float = 0.2) -> None:
+    """Files written KNOWN_AFTER_S ago have their digests kept: a shorter wait than a filesystem's coarsest tick."""
+    import time
+
+    from ftctl.trainer import formats
+
+    monkeypatch.setattr(formats, "KNOWN_AFTER_S", after_s)
+    time.sleep(after_s + 0.05)
+
+
+def test_data_digest_read_where_the_file_is_unchanged(tmp_path, monkeypatch):
+    """A data file's digest is kept by its stat (device, inode, size, mtime, ctime) and read, not taken again, while
+    that stays (a resume of a run on 856 MB hashed it again: 14 s at each start); a write in place of the same size
+    with the mtime set back (cp -p, touch -r) moves the ctime: hashed again."""
+    import os
+
+    from ftctl.trainer.formats import KNOWN_BYTES, data_digest
+
+    data = _written(tmp_path / "big.jsonl", KNOWN_BYTES + 1)
+    known = tmp_path / "cache" / "digests.json"
+    _aged(monkeypatch)
+    first = data_digest(str(data), known=str(known))
+    assert first == data_digest(str(data))  # the same digest as without a file of them
+    kept = json.loads(known.read_text())
+    (stat,) = kept["files"].values()
+    assert stat[:3] == [os.stat(data).st_dev, os.stat(data).st_ino, data.stat().st_size]
+    stat[5] = "0" * 32  # another digest for the same stat: read, so the data's digest follows it
+    known.write_text(json.dumps(kept))
+    assert data_digest(str(data), known=str(known)) != first
+    before = os.stat(data)
+    with data.open("r+b") as f:  # the same inode and size; the mtime set back as cp -p does
+        f.seek(20)
+        f.write(b"b")
+    os.utime(data, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(data).st_mtime_ns == before.st_mtime_ns and os.stat(data).st_ino == before.st_ino
+    edited = data_digest(str(data), known=str(known))
+    assert edited == data_digest(str(data)) != first
+
+
+def test_data_digest_of_a_file_just_written_not_kept(tmp_path):
+    """A file written KNOWN_AFTER_S ago or less, or smaller than KNOWN_BYTES, is hashed at each start: a filesystem's
+    coarse timestamps could give a write right after the hashing the same stat; a small file costs nothing."""
+    from ftctl.trainer.formats import KNOWN_BYTES, data_digest
+
+    data = _written(tmp_path / "new.jsonl", KNOWN_BYTES + 1)
+    small = _written(tmp_path / "small.jsonl", 1000)
+    known = tmp_path / "digests.json"
+    assert data_digest(f"{data},{small}", known=str(known)) == data_digest(f"{data},{small}")
+    assert not known.exists()
+
+
+def test_build_dataset_keeps_the_digests_in_its_cache(tmp_path, tiny_model_dir, monkeypatch):
+    """The trainer's build_dataset keeps the data files' digests beside its entries (data.DIGESTS) and reads them
+    at the next start: an entry found by the digest kept."""
+    from ftctl.trainer import data, formats
+    from ftctl.trainer.model import load_tokenizer
+
+    monkeypatch.setattr(formats, "KNOWN_BYTES", 0)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": f"{i}?"}, {"role": "assistant", "content": "Yes."}]})
+            + "\n"
+            for i in range(8)
+        )
+    )
+    _aged(monkeypatch)
+    cache, tokenizer = tmp_path / "cache", load_tokenizer(str(tiny_model_dir))
+    said: list[str] = []
+    data.build_dataset(str(rows), tokenizer, 64, cache_dir=str(cache), echo=said.append, num_proc=1)
+    kept = json.loads((cache / data.DIGESTS).read_text())
+    assert list(kept["files"]) == [str(rows)]
+    data.build_dataset(str(rows), tokenizer, 64, cache_dir=str(cache), echo=said.append, num_proc=1)
+    assert "tokenized at an earlier start" in said[-1]
+    kept["files"][str(rows)][5] = "0" * 32  # read at the next start: another key, tokenized again
+    (cache / data.DIGESTS).write_text(json.dumps(kept))
+    data.build_dataset(str(rows), tokenizer, 64, cache_dir=str(cache), echo=said.append, num_proc=1)
+    assert "kept in" in said[-1]

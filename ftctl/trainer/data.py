@@ -1127,7 +1127,11 @@ def build_dataset(
     them (_wait_for_entry), on all of its cores; ``echo`` takes the line that says which; ``num_proc``: prepare_data's
     (not in cache_key: the rows are the same whichever); ``used``: a list the entry's name is appended to
     (build_datasets removes the others: drop_stale_entries)."""
-    entry = Path(cache_dir, cache_key(path, tokenizer, max_length, endpoint_url, **options)) if cache_dir else None
+    entry = None
+    if cache_dir:  # the data files' digests kept beside the entries: a resume on the same files does not hash them
+        entry = Path(
+            cache_dir, cache_key(path, tokenizer, max_length, endpoint_url, str(Path(cache_dir, DIGESTS)), **options)
+        )
     if entry is not None and used is not None:
         used.append(entry.name)
     local = os.environ.get("LOCAL_RANK")
@@ -1272,14 +1276,20 @@ def _say_not_kept(entry: Path, path: str, why: str) -> str:
 
 
 _CACHED_STATS = "ftctl-data-stats.json"
+# in the cache beside its entries: the local data files' digests by their stat (formats._Known), so that a start on
+# data unchanged since reads the data's digest there, not by hashing every byte of it again
+DIGESTS = "ftctl-data-digests.json"
 # the code that turns rows into tokens: another version of it (an upgrade of ftctl) is another cache_key
 _TOKENIZING_CODE = ("data.py", "formats.py", "masks.py", "splits.py")
 
 
-def cache_key(path: str, tokenizer, max_length: int, endpoint_url: str | None = None, **options) -> str:
+def cache_key(
+    path: str, tokenizer, max_length: int, endpoint_url: str | None = None, known: str | None = None, **options
+) -> str:
     """A digest of all that decides the tokenized rows of build_dataset: the data's digest (formats.data_digest: its
     files' contents), the tokenizer (vocabulary, special tokens, chat template), max_length, prepare_data's options
-    (held_out, sources, every_token), the code that tokenizes and the transformers and tokenizers that run it."""
+    (held_out, sources, every_token), the code that tokenizes and the transformers and tokenizers that run it.
+    ``known``: data_digest's file of the data files' digests (build_dataset's: DIGESTS in the cache)."""
     import hashlib
     import json
 
@@ -1293,7 +1303,7 @@ def cache_key(path: str, tokenizer, max_length: int, endpoint_url: str | None = 
         digest.update((here / name).read_bytes())
     backend = tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) else ""
     said = {
-        "data": data_digest(path, endpoint_url, bool(options.get("held_out"))),
+        "data": data_digest(path, endpoint_url, bool(options.get("held_out")), known),
         "tokenizer": [type(tokenizer).__name__, backend, tokenizer.chat_template, tokenizer.special_tokens_map],
         "adds": [getattr(tokenizer, k, None) for k in ("add_bos_token", "add_eos_token", "eos_token_id")],
         "max_length": max_length,

@@ -443,13 +443,16 @@ def load_rows(
     return files, rows
 
 
-def data_digest(path: str, endpoint_url: str | None = None, held_out: bool = False) -> str:
+def data_digest(path: str, endpoint_url: str | None = None, held_out: bool = False, known: str | None = None) -> str:
     """A digest of the data ``path`` names as load_rows reads it: each dataset's files in order, a local file by its
     content (about 1 s a GB), an object by its store's checksum (an ETag: no download), and the LLaMA-Factory
     dataset_info.json beside them that renames their fields. The same digest: the same rows (data.build_dataset's
-    cache of tokenized rows is found by it)."""
+    cache of tokenized rows is found by it). ``known``: a file of local files' digests by their stat (_Known), read
+    instead of the file where it is unchanged since (the trainer's, in its data cache: a resume of a run on 856 MB of
+    JSON Lines hashed it again, 14 s at each start)."""
     from ftctl.spec import split_paths
 
+    memo = _Known(known)
     digest = hashlib.blake2b(digest_size=16)
     for one in split_paths(path):
         digest.update(b"\0dataset")
@@ -464,10 +467,93 @@ def data_digest(path: str, endpoint_url: str | None = None, held_out: bool = Fal
                 elif storage.is_remote(file) or file.startswith("hf://"):
                     digest.update(f"{fs.size(root)}:{fs.checksum(root)}".encode())
                 else:
-                    with fs.open(root, "rb") as f:
-                        while block := f.read(8 * 2**20):
-                            digest.update(block)
+                    digest.update(memo.digest(fs, root, storage.scheme(file) in ("", "file", "local")).encode())
+    memo.save()
     return digest.hexdigest()
+
+
+def _content_digest(fs, root: str) -> str:
+    one = hashlib.blake2b(digest_size=16)
+    with fs.open(root, "rb") as f:
+        while block := f.read(8 * 2**20):
+            one.update(block)
+    return one.hexdigest()
+
+
+class _Known:
+    """Local data files' content digests, kept in a JSON file by each file's (device, inode, size, mtime_ns,
+    ctime_ns), as git's index trusts a file's stat: a digest is read there, not taken again, where the file's stat is
+    that. Any write to the file moves its ctime, which no process can set back (touch -r, cp -p and an editor's
+    rewrite set the mtime, not the ctime; a new file in its place has another ctime and mostly another inode).
+    Kept only for files of KNOWN_BYTES or more (smaller ones are hashed in a moment), whose stat is the same before
+    and after they were hashed, and whose mtime and ctime are KNOWN_AFTER_S old or more as they are hashed: a
+    filesystem's coarse timestamps (FAT's 2 s) would give a write just after the hashing the same stat."""
+
+    def __init__(self, path: str | None):
+        self.path, self.files, self.changed = path, {}, False
+        if path:
+            try:
+                with open(path) as f:
+                    said = json.load(f)
+                if said.get("version") == 1 and isinstance(said.get("files"), dict):
+                    self.files = said["files"]
+            except (OSError, ValueError, AttributeError):  # none yet, or damaged: taken again
+                pass
+
+    def digest(self, fs, root: str, local: bool) -> str:
+        """The digest of the file ``root`` of ``fs`` (``local``: a file of this machine's, whose stat is known)."""
+        import time
+
+        stat = _stat_of(root) if self.path and local else None
+        if stat is None or stat[2] < KNOWN_BYTES:
+            return _content_digest(fs, root)
+        if (said := self.files.get(root)) and said[:5] == stat and isinstance(said[5], str):
+            return said[5]
+        started = time.time_ns()
+        content = _content_digest(fs, root)
+        if _stat_of(root) == stat and started - max(stat[3], stat[4]) >= KNOWN_AFTER_S * 1e9 and stat[1]:
+            self.files[root] = [*stat, content]
+            self.changed = True
+        elif self.files.pop(root, None) is not None:
+            self.changed = True
+        return content
+
+    def save(self) -> None:
+        """Written whole (a new file renamed over the old), where a digest was taken anew; a disk that refuses it
+        costs a hashing at the next start, nothing else."""
+        import os
+        import tempfile
+
+        if not (self.path and self.changed):
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            fd, new = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".", prefix=".digests.", suffix=".new")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"version": 1, "files": self.files}, f)
+                os.replace(new, self.path)
+            finally:
+                if os.path.exists(new):
+                    os.unlink(new)
+        except OSError:
+            pass
+
+
+# _Known keeps the digests of local files this large or larger, whose mtime and ctime are this old
+KNOWN_BYTES = 16 * 2**20
+KNOWN_AFTER_S = 3.0
+
+
+def _stat_of(root: str) -> list[int] | None:
+    """[device, inode, size, mtime_ns, ctime_ns] of a local file, None where it has none."""
+    import os
+
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def file_name(file: str, path: str) -> str:
