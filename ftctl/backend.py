@@ -42,7 +42,7 @@ from typing import ClassVar
 from ftctl import gpus as gpu_table
 from ftctl import lease, userconfig
 from ftctl.errors import FtctlError, NotSent
-from ftctl.launch import container_kind
+from ftctl.launch import container_as, container_kind, given_as
 from ftctl.plan import Plan, checkpoint_cost, dump_run, make_plan, with_lora_targets, with_save_steps
 from ftctl.progress import (
     LOGGED_STEP,  # the trainer's step line in a job's log (trained_again)
@@ -186,10 +186,10 @@ class Backend:
         _, ref = container_kind(spec)
         if spec.container:
             # where it came from: a run file's (one someone else wrote) is no --container typed here
-            said = {"run file": "the run file's container", "-o": "-o container"}.get(spec.given_in("container"))
+            said = container_as(spec)
             if ref is None:
-                return ImageChoice(None, None, "none", f"no image ({said or '--container'} none): {self.no_image}")
-            return ImageChoice(ref, spec.container, "--container", f"image: {ref} ({said or '--container'})")
+                return ImageChoice(None, None, "none", f"no image ({said} none): {self.no_image}")
+            return ImageChoice(ref, spec.container, "--container", f"image: {ref} ({said})")
         from ftctl.docker.image import configured
 
         found = configured(plan.tier, self.image_kinds(), self.host_driver_cuda() if plan.tier else None)
@@ -495,17 +495,23 @@ def _choose(spec: RunSpec) -> tuple[str, str]:
         return "sky", "this machine lacks those GPUs and SkyPilot has a cloud enabled"
     if not spec.gpus:  # --nodes 2 alone: the local backend said it runs on one machine, a backend never named
         raise FtctlError(
-            f"--nodes {req.nodes} asks for {req.nodes} nodes, and this machine is one: --backend slurm, or sky (a "
+            f"{given_as(spec, 'nodes', req.nodes, '--nodes')} asks for {req.nodes} nodes, and this machine is one: "
+            "--backend slurm, or sky (a "
             f"cloud: {sky_why}), with --gpus for each node (cpu, 8xA100 ...)."
         )
     if req.is_cpu:  # 2xcpu: nodes of one process each, as 2x8xH100 is nodes x GPUs
+        said = [given_as(spec, "gpus", spec.gpus, "--gpus")] + [given_as(spec, "nodes", spec.nodes, "--nodes")] * bool(
+            spec.nodes
+        )
+        typed = all(spec.given_in(k) in (None, "flag") for k in ("gpus", "nodes"))  # as a command line: no "and"
         raise FtctlError(
-            f"--gpus {spec.gpus}{f' --nodes {spec.nodes}' * bool(spec.nodes)} asks for {req.nodes} nodes of one CPU "
+            f"{(' ' if typed else ' and ').join(said)} asks for {req.nodes} nodes of one CPU "
             f"process each, and this machine is one: here, --gpus cpu (one process); across nodes, --backend slurm or "
             f"sky (a cloud: {sky_why})."
         )
     raise FtctlError(
-        f"No backend given, and this machine does not have --gpus {spec.gpus}. Choose one: --backend slurm "
+        f"No backend given, and this machine does not have {given_as(spec, 'gpus', spec.gpus, '--gpus')}. Choose "
+        "one: --backend slurm "
         f"(a cluster), --backend sky (a cloud: {sky_why}), --backend docker, or --backend local with the GPUs "
         f"this machine has; or set backend: in {userconfig.config_path()} (or FTCTL_BACKEND)."
     )

@@ -55,6 +55,7 @@ from pathlib import Path
 from ftctl import storage
 from ftctl.errors import FtctlError
 from ftctl.hub import HUB_ID
+from ftctl.launch import given_as
 from ftctl.runpaths import ADAPTER_CONFIG, MERGED_DIR
 
 ERROR, WARNING = "error", "warning"
@@ -905,7 +906,7 @@ def check_tokenized(spec, dry_run: bool = False) -> list[Finding]:
         return []
     run = data_check_args(spec)
     check = ["ftctl", "data", "check", spec.data_path, *run[:4], "--show", "2", *run[4:]]  # after --max-length
-    said = f"--data {spec.data_path}"
+    said = given_as(spec, "data_path", spec.data_path, "--data")
 
     def not_here(why: str, fix: str = f"`{shlex.join(check)}` does it here.") -> list[Finding]:
         """A dry run's word on what it left to the trainer."""
@@ -960,7 +961,8 @@ def check_tokenized(spec, dry_run: bool = False) -> list[Finding]:
         done = f"{said}: {st.rows:,} rows tokenized here as the trainer will ({st.tokens:,} tokens, {st.trainable_tokens:,} trained)"
         done += f"; loss: {loss_on(every, st.formats)}"
         done += f"; {repeats}" if (repeats := repeats_said(st)) else ""  # a dump's copies, before GPUs are paid for
-        overlap = [Finding(WARNING, f"--eval-data {spec.eval_data_path}: {in_training}")] if in_training else []
+        held = given_as(spec, "eval_data_path", spec.eval_data_path, "--eval-data")
+        overlap = [Finding(WARNING, f"{held}: {in_training}")] if in_training else []
         return ([Finding(NOTE, done)] if dry_run else []) + overlap
     return [Finding(ERROR, report.error_message(), f"`{shlex.join(check)}` lists every row and shows what it trains.")]
 
@@ -1519,8 +1521,8 @@ def check_staging(spec, staging: str | None) -> list[Finding]:
     return [
         Finding(
             ERROR,
-            f"--output {spec.output} is staged in {staging} before its upload, and you cannot write in {base}"
-            + (f" ({whose})" if whose else ""),
+            f"{given_as(spec, 'output_dir', spec.output, '--output')} is staged in {staging} before its upload, and "
+            f"you cannot write in {base}" + (f" ({whose})" if whose else ""),
             f"set FTCTL_CACHE (or {STAGING_ENV}) to a directory of your own, or have {base} made writable by your "
             f"group (chmod g+w {shlex.quote(base)}; for a group's cache: umask 002, "
             "docs/backends.md#shared-caches-and-staging).",
@@ -1553,7 +1555,8 @@ def check_disk(spec, plan, staging: str | None = None) -> list[Finding]:
         return [
             Finding(
                 ERROR,
-                f"--output {spec.output} is staged in {staging} before its upload: {need.words} need "
+                f"{given_as(spec, 'output_dir', spec.output, '--output')} is staged in {staging} before its upload: "
+                f"{need.words} need "
                 f"~{storage.size_text(need.gb * 1e9)} there ({what}); {has}",
                 f"stage it on a larger disk: export {STAGING_ENV}=DIR (or -o env={STAGING_ENV}=DIR), or free some "
                 f"space, or lower -o save_total_limit (now {spec.save_total_limit}; the store keeps as many).",
@@ -1564,7 +1567,8 @@ def check_disk(spec, plan, staging: str | None = None) -> list[Finding]:
         return [
             Finding(
                 ERROR,
-                f"--output {spec.output}: one checkpoint and the final model need ~{storage.size_text((one + final) * 1e9)} "
+                f"{given_as(spec, 'output_dir', spec.output, '--output')}: one checkpoint and the final model need "
+                f"~{storage.size_text((one + final) * 1e9)} "
                 f"({what}); {has}",
                 "free some space or choose --output on a larger disk (or an object store).",
             )
@@ -1573,7 +1577,8 @@ def check_disk(spec, plan, staging: str | None = None) -> list[Finding]:
         return [
             Finding(
                 WARNING,
-                f"--output {spec.output}: {need.words} need ~{storage.size_text(need.gb * 1e9)} ({what}); {has}",
+                f"{given_as(spec, 'output_dir', spec.output, '--output')}: {need.words} need "
+                f"~{storage.size_text(need.gb * 1e9)} ({what}); {has}",
                 f"lower -o save_total_limit (now {spec.save_total_limit}"
                 + (
                     "; with held-out data the lowest loss's checkpoint is kept too"

@@ -1,15 +1,119 @@
-"""Task 277: `ftctl eval` names held-out rows the run trained on by their content, not only by the file's name
-(a copy of the training file under another name, a held-out file cut from the same rows)."""
+"""Task 277: messages about a run key name it as the user gave it (a run file's `container:` is no --container they
+typed; -o container=...), in the fault and in its fix; and `ftctl eval` names held-out rows the run trained on by
+their content, not only by the file's name (a copy of the training file under another name, some of its rows)."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 
 import pytest
 from click.testing import CliRunner
 
 from ftctl.cli import main
+
+RUN = "method: lora\nmodel: meta-llama/Llama-3.1-8B\ngpus: 8xA100\noutput: s3://bucket/out\n"
+
+
+def _render(tmp_path, file_keys: str, *args: str) -> str:
+    """`ftctl render FILE ARGS` refused: its error line."""
+    path = tmp_path / "gist.yaml"
+    path.write_text(RUN + file_keys)
+    got = CliRunner().invoke(main, ["render", str(path), *args])
+    assert got.exit_code == 2 and "Traceback" not in got.output, got.output
+    return got.stderr.strip()
+
+
+@pytest.mark.parametrize(
+    "backend, container, said, values",
+    [
+        (
+            "slurm",
+            "docker:ubuntu:22.04",
+            "{}: on Slurm say how to run it: {} (apptainer exec) or {} (srun --container-image).",
+            ["docker:ubuntu:22.04", "apptainer:ubuntu:22.04", "pyxis:ubuntu:22.04"],
+        ),
+        (
+            "sky",
+            "apptainer:/shared/x.sif",
+            "{}: SkyPilot runs docker images (image_id: docker:REF), and /shared/x.sif is a file a cloud node cannot "
+            "run: push an image to a registry (ftctl build --push) and give {}, or {} to install the trainer's stack "
+            "on the node.",
+            ["apptainer:/shared/x.sif", "docker:REF", "none"],
+        ),
+        (
+            "sky",
+            "pyxis:ghcr.io#org/img:1",
+            "{}: SkyPilot runs docker images: give {}.",
+            ["pyxis:ghcr.io#org/img:1", "docker:ghcr.io/org/img:1"],
+        ),
+        (
+            "docker",
+            "apptainer:/x.sif",
+            "{}: the docker backend runs docker images: give {}.",
+            ["apptainer:/x.sif", "docker:IMAGE"],
+        ),
+    ],
+)
+def test_a_container_refused_is_named_as_given_with_its_fix_in_the_same_place(
+    tmp_path, backend, container, said, values
+):
+    """A run file's `container:` was refused as "--container '...'" with "pass --container ..." for the fix: a flag
+    the user never typed. Each of the three ways names itself, fault and fix."""
+    ways = {
+        "run file": (f"container: {container}\n", [], lambda v: f"container: {v} in the run file"),
+        "-o": ("", ["-o", f"container={container}"], lambda v: f"-o {shlex.quote(f'container={v}')}"),
+        "flag": ("", ["--container", container], lambda v: f"--container {shlex.quote(v)}"),
+    }
+    for keys, args, way in ways.values():
+        error = _render(tmp_path, keys, "--backend", backend, *args)
+        assert error == "error: " + said.format(*map(way, values))
+
+
+def test_sky_keys_of_a_run_file_are_named_as_its_keys_fault_and_fix(tmp_path):
+    assert _render(tmp_path, "infra: aws\ncloud: gcp\n", "--backend", "sky") == (
+        "error: infra: aws in the run file and cloud: gcp in the run file name two clouds: drop the run file's "
+        "cloud, or give infra: gcp in the run file instead."
+    )
+    assert _render(tmp_path, "cloud: gcp\n", "--backend", "sky", "--infra", "aws") == (
+        "error: --infra aws and cloud: gcp in the run file name two clouds: drop the run file's cloud, or give "
+        "--infra gcp instead."
+    )
+    error = _render(tmp_path, "cluster: c1\nspot: true\n", "--backend", "sky")
+    assert error.startswith("error: cluster: c1 in the run file: --spot runs a managed job on clusters ")
+    assert error.endswith(
+        "drop the run file's cluster (-o run_name=NAME names the job), or drop the run file's spot to run on that "
+        "cluster."
+    )
+    error = _render(tmp_path, "spot: true\n", "--backend", "sky", "-o", "cluster=c2", "-o", "idle_minutes=5")
+    assert "\n  - -o cluster=c2: --spot runs" in error and "drop -o cluster (-o run_name" in error
+    assert "\n  - -o idle_minutes=5: --spot runs a managed job" in error
+
+
+def test_a_run_files_cpu_nodes_without_a_backend_name_its_gpus_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.delenv("FTCTL_BACKEND", raising=False)
+    path = tmp_path / "cpu.yaml"
+    path.write_text("method: lora\nmodel: meta-llama/Llama-3.1-8B\ngpus: 2xcpu\n")
+    got = CliRunner().invoke(main, ["render", str(path)])
+    assert got.stderr.startswith("error: gpus: 2xcpu in the run file asks for 2 nodes of one CPU process each"), (
+        got.output
+    )
+    got = CliRunner().invoke(main, ["render", str(path), "--gpus", "cpu", "--nodes", "3"])
+    assert got.stderr.startswith("error: --gpus cpu --nodes 3 asks for 3 nodes of one CPU process each"), got.output
+
+
+def test_a_run_files_apptainer_image_not_here_is_named_as_its_key(tmp_path):
+    """The slurm check before sbatch (the real prepare of a run file, then the backend's check)."""
+    from ftctl.backend import get, prepare
+    from ftctl.spec import build
+
+    missing = tmp_path / "imgs" / "ftctl.sif"
+    path = tmp_path / "gist.yaml"
+    path.write_text(f"method: lora\nmodel: meta-llama/Llama-3.1-8B\ngpus: 8xA100\ncontainer: apptainer:{missing}\n")
+    with pytest.raises(Exception, match=f"^container: apptainer:{missing} in the run file: no such file here; the "):
+        get("slurm").check(prepare(build(str(path), {"backend": "slurm", "output_dir": str(tmp_path / "out")})))
 
 
 @pytest.fixture

@@ -55,7 +55,8 @@ def test_the_launch_preflight_says_them_and_the_dry_run_says_repeats(tiny_model_
         " trained); loss: the assistant turns only (assistant_only_loss)"
     )
     assert warning.level == preflight.WARNING and warning.what.startswith(
-        f"--eval-data {held}: 2 of 4 held-out rows are training rows too, token for token (the first: "
+        f"eval_data_path: {held} in the run file: 2 of 4 held-out rows are training rows too, token for token (the "
+        "first: "
     ), warning.what
     assert preflight.check_tokenized(spec) == [warning]  # a Slurm launch: before its queue wait
     # held-out rows none of which trains: nothing said

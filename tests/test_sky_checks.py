@@ -181,9 +181,9 @@ def test_a_container_skypilot_cannot_run_points_at_its_docker_form_or_says_there
     with pytest.raises(FtctlError) as e:
         sky(container="apptainer:x.sif")
     assert "docker:x.sif" not in str(e.value) and "ftctl build --push" in str(e.value)
-    with pytest.raises(FtctlError, match="pass --container docker:ghcr.io/a/b:1"):
+    with pytest.raises(FtctlError, match="give --container docker:ghcr.io/a/b:1"):
         sky(container="apptainer:docker://ghcr.io/a/b:1")
-    with pytest.raises(FtctlError, match="pass --container docker:nvcr.io/nvidia/pytorch:24.07-py3"):
+    with pytest.raises(FtctlError, match="give --container docker:nvcr.io/nvidia/pytorch:24.07-py3"):
         sky(container="pyxis:nvcr.io#nvidia/pytorch:24.07-py3")
 
 

@@ -19,7 +19,7 @@ def test_a_registrys_image_is_said_with_the_sif_to_pull_once(monkeypatch):
     said = registry_image_note(make_spec(container=f"apptainer:{REF}"))
     assert said.startswith(f"--container apptainer:{REF}: apptainer asks the registry for it on every node of every ")
     assert "converts it to a SIF in /scratch/u/apptainer where that lacks it" in said
-    assert f"(`apptainer pull ftctl.sif {REF}`) and pass --container apptainer:PATH/ftctl.sif" in said
+    assert f"(`apptainer pull ftctl.sif {REF}`) and give --container apptainer:PATH/ftctl.sif" in said
     for other in ("apptainer:/shared/ftctl.sif", "pyxis:ghcr.io/org/ftctl:t", "none"):
         assert registry_image_note(make_spec(container=other)) is None
 

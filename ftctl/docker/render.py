@@ -45,7 +45,7 @@ from ftctl.docker.engine import Info
 from ftctl.docker.image import check_reference, default_image
 from ftctl.errors import FtctlError
 from ftctl.hub import NETWORK_ENV
-from ftctl.launch import PATH_PYTHON, container_kind, hf_caches, join, torchrun_argv, trainer_env
+from ftctl.launch import PATH_PYTHON, container_as, container_kind, hf_caches, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.runpaths import SPEC_FILE
 from ftctl.spec import RunSpec
@@ -227,10 +227,13 @@ def run_image(spec: RunSpec, plan: Plan) -> str:
     """The image the run's container runs: --container's (docker:IMAGE), else the default for the plan's GPUs."""
     kind, image = container_kind(spec)
     if kind not in (None, "docker"):
-        raise FtctlError(f"--container {spec.container!r}: the docker backend runs docker images (docker:IMAGE).")
+        raise FtctlError(
+            f"{container_as(spec, spec.container)}: the docker backend runs docker images: give "
+            f"{container_as(spec, 'docker:IMAGE')}."
+        )
     # the argument docker run reads as the image: one starting with '-' was read as an option of docker run's, and
     # the trainer's python3 as the image
-    return check_reference(image, "--container") if image else default_image(plan.tier)
+    return check_reference(image, container_as(spec)) if image else default_image(plan.tier)
 
 
 def container_env(

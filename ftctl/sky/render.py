@@ -44,7 +44,9 @@ from ftctl.errors import FtctlError, did_you_mean
 from ftctl.launch import (
     JOB_PORT,
     Shell,
+    container_as,
     container_kind,
+    given_as,
     job_port_line,
     join,
     preflight_shell,
@@ -218,19 +220,21 @@ def infra(spec: RunSpec) -> str | None:
     if cloud is None:
         if spec.region:
             raise FtctlError(
-                f"-o region={spec.region} needs its cloud: --infra {_region_cloud(spec.region)}/{spec.region}."
+                f"{given_as(spec, 'region', spec.region)} needs its cloud: "
+                f"{given_as(spec, 'infra', f'{_region_cloud(spec.region)}/{spec.region}', '--infra')}."
             )
         return None
-    _known_cloud(cloud, f"--infra {spec.infra}" if spec.infra else f"-o cloud={spec.cloud}")
+    infra_said = given_as(spec, "infra", spec.infra, "--infra")
+    _known_cloud(cloud, infra_said if spec.infra else given_as(spec, "cloud", spec.cloud))
     if spec.infra and spec.cloud and _cloud_name(spec.cloud) != _cloud_name(cloud):
         raise FtctlError(
-            f"--infra {spec.infra} and -o cloud={spec.cloud} name two clouds: drop -o cloud, or pass --infra "
-            f"{spec.cloud} instead."
+            f"{infra_said} and {given_as(spec, 'cloud', spec.cloud)} name two clouds: drop {given_as(spec, 'cloud')}, or "
+            f"give {given_as(spec, 'infra', spec.cloud, '--infra')} instead."
         )
     if spec.region and region and spec.region != region:
         raise FtctlError(
-            f"--infra {spec.infra} and -o region={spec.region} name two regions: give the region in --infra "
-            f"({cloud}/{spec.region}) and drop -o region."
+            f"{infra_said} and {given_as(spec, 'region', spec.region)} name two regions: give the region in "
+            f"{given_as(spec, 'infra', flag='--infra')} ({cloud}/{spec.region}) and drop {given_as(spec, 'region')}."
         )
     return "/".join(filter(None, [cloud, region or spec.region, zone]))
 
@@ -293,9 +297,10 @@ def disk_size(spec: RunSpec, plan: Plan) -> int:
     if spec.disk_size < need:
         parts = ", ".join(f"~{size:.0f} for {what}" for what, size in disk_parts_gib(spec, plan))
         raise FtctlError(
-            f"-o disk_size={spec.disk_size} (GiB, SkyPilot's unit) is too small for {plan.method} of "
-            f"{plan.model.params_b:g}B parameters: a node stages ~{need:.0f} GiB ({parts}): -o disk_size="
-            f"{enough}, or lower -o save_total_limit, or leave disk_size out to have it sized."
+            f"{given_as(spec, 'disk_size', spec.disk_size)} (GiB, SkyPilot's unit) is too small for {plan.method} "
+            f"of {plan.model.params_b:g}B parameters: a node stages ~{need:.0f} GiB ({parts}): "
+            f"{given_as(spec, 'disk_size', enough)}, or lower -o save_total_limit, or leave disk_size out to have it "
+            "sized."
         )
     return spec.disk_size
 
@@ -351,7 +356,9 @@ def also_gpus(spec: RunSpec, plan: Plan) -> list[str]:
     if not names:
         return []
     if plan.tier is None:
-        raise FtctlError(f"-o also_gpus={spec.also_gpus} with --gpus cpu: a CPU job asks for no GPUs: drop it.")
+        raise FtctlError(
+            f"{given_as(spec, 'also_gpus', spec.also_gpus)} with --gpus cpu: a CPU job asks for no GPUs: drop it."
+        )
     asked, out, problems = gpus.TIERS[getattr(plan.tier, "name", plan.tier)], [], []
     for name in names:
         try:
@@ -384,7 +391,8 @@ def also_gpus(spec: RunSpec, plan: Plan) -> list[str]:
         ]
         offer = f"here: {', '.join(fits)}" if fits else f"here none but {asked.name}"
         raise FtctlError(
-            f"-o also_gpus={spec.also_gpus}: {'; '.join(problems)}. SkyPilot may launch any type offered, and the plan "
+            f"{given_as(spec, 'also_gpus', spec.also_gpus)}: {'; '.join(problems)}. SkyPilot may launch any type "
+            "offered, and the plan "
             f"made for --gpus {plan.gpus} runs as it is only on its architecture with at least its memory ({offer}); "
             "to train on another card, plan for it with --gpus."
         )
@@ -446,13 +454,14 @@ def ignored_options(spec: RunSpec) -> list[str]:
         why = f"{flag} runs a managed job on clusters SkyPilot launches for it and tears down when it ends"
         if spec.cluster:
             out.append(
-                f"--cluster {spec.cluster}: {why}, never on a named cluster: drop --cluster (-o run_name=NAME names "
-                f"the job), or drop {flag} to run on that cluster."
+                f"{given_as(spec, 'cluster', spec.cluster, '--cluster')}: {why}, never on a named cluster: drop "
+                f"{given_as(spec, 'cluster', flag='--cluster')} (-o run_name=NAME names the job), or drop "
+                f"{given_as(spec, 'spot' if spec.spot else 'managed', flag=flag)} to run on that cluster."
             )
         if spec.down:
             out.append(f"--down: {why}: drop --down.")
         if spec.gave("idle_minutes"):
-            out.append(f"-o idle_minutes={spec.idle_minutes}: {why}: drop it.")
+            out.append(f"{given_as(spec, 'idle_minutes', spec.idle_minutes)}: {why}: drop it.")
         if spec.resume == "never":
             out.append(
                 f"-o resume=never with {flag}: a recovered job runs the same task again, whose resume=never would "
@@ -462,16 +471,19 @@ def ignored_options(spec: RunSpec) -> list[str]:
         return out
     if spec.gave("max_requeues"):
         out.append(
-            f"-o max_requeues={spec.max_requeues} bounds a managed job's restarts after its own failures: add --spot "
+            f"{given_as(spec, 'max_requeues', spec.max_requeues)} bounds a managed job's restarts after its own "
+            "failures: add --spot "
             "or --managed, or drop it (a job on a cluster is not restarted)."
         )
     if spec.gave("idle_minutes") and spec.down:
         out.append(
-            f"-o idle_minutes={spec.idle_minutes} with --down: the cluster is torn down when the job ends: choose one."
+            f"{given_as(spec, 'idle_minutes', spec.idle_minutes)} with --down: the cluster is torn down when the job "
+            "ends: choose one."
         )
     elif spec.gave("idle_minutes") and infra_kind(spec) in NO_AUTOSTOP_INFRAS:
         out.append(
-            f"-o idle_minutes={spec.idle_minutes}: SkyPilot 0.14 has no idle autostop on --infra {spec.infra}: drop "
+            f"{given_as(spec, 'idle_minutes', spec.idle_minutes)}: SkyPilot 0.14 has no idle autostop on "
+            f"{given_as(spec, 'infra', spec.infra, '--infra')}: drop "
             "it, and tear the cluster down with --down or `ftctl down JOB`."
         )
     return out
@@ -518,18 +530,21 @@ def docker_image(spec: RunSpec) -> str | None:
     kind, image = container_kind(spec)
     if kind in (None, "docker"):
         # SkyPilot writes it into shell lines on the node unquoted (docker pull IMAGE, docker run ... IMAGE)
-        return image and check_reference(image, "--container")
+        return image and check_reference(image, container_as(spec))
     if kind == "apptainer" and image.startswith("docker://"):
         ref = image.removeprefix("docker://")
     elif kind == "pyxis" and not image.startswith(("/", ".")):
         ref = image.replace("#", "/", 1)  # enroot's REGISTRY#IMAGE
     else:
         raise FtctlError(
-            f"--container {spec.container}: SkyPilot runs docker images (image_id: docker:REF), and {image} is a "
-            "file a cloud node cannot run: push an image to a registry (ftctl build --push) and pass --container "
-            "docker:REF, or --container none to install the trainer's stack on the node."
+            f"{container_as(spec, spec.container)}: SkyPilot runs docker images (image_id: docker:REF), and {image} "
+            f"is a file a cloud node cannot run: push an image to a registry (ftctl build --push) and give "
+            f"{container_as(spec, 'docker:REF')}, or {container_as(spec, 'none')} to install the trainer's stack on "
+            "the node."
         )
-    raise FtctlError(f"--container {spec.container}: SkyPilot runs docker images: pass --container docker:{ref}.")
+    raise FtctlError(
+        f"{container_as(spec, spec.container)}: SkyPilot runs docker images: give {container_as(spec, f'docker:{ref}')}."
+    )
 
 
 def sky_command(spec: RunSpec, run_dir: Path, job_name: str) -> str:

@@ -43,7 +43,7 @@ from ftctl.backend import (
 )
 from ftctl.errors import FtctlError
 from ftctl.failures import error_line, last_attempt, tail
-from ftctl.launch import PATH_PYTHON, container_kind, hf_caches
+from ftctl.launch import PATH_PYTHON, container_as, container_kind, hf_caches
 from ftctl.plan import PlanError, checkpoint_row
 from ftctl.preflight import SAVE_GBPS, checkpoint_gb, disk_need, signal_save_s, train_seconds
 from ftctl.progress import Progress
@@ -356,11 +356,11 @@ def registry_image_note(spec) -> str | None:
         return None
     cache = os.environ.get("APPTAINER_CACHEDIR") or "~/.apptainer/cache"
     return (
-        f"--container apptainer:{ref}: apptainer asks the registry for it on every node of every attempt (nodes "
-        f"without internet fail there, after the queue wait) and converts it to a SIF in {cache} where that lacks it, "
-        "minutes a node for a CUDA image; pull it once on this machine (`apptainer pull ftctl.sif "
-        f"{ref}`) and pass --container apptainer:PATH/ftctl.sif (a filesystem the nodes share), or `ftctl build "
-        "--apptainer`"
+        f"{container_as(spec, spec.container)}: apptainer asks the registry for it on every node of every attempt "
+        f"(nodes without internet fail there, after the queue wait) and converts it to a SIF in {cache} where that "
+        "lacks it, minutes a node for a CUDA image; pull it once on this machine (`apptainer pull ftctl.sif "
+        f"{ref}`) and give {container_as(spec, 'apptainer:PATH/ftctl.sif')} (a filesystem the nodes share), or "
+        "`ftctl build --apptainer`"
     )
 
 
@@ -696,7 +696,8 @@ class SlurmBackend(Backend):
         kind, ref = container_kind(rendered.spec)
         if kind == "apptainer" and "://" not in ref and not Path(ref).expanduser().is_file():
             raise FtctlError(
-                f"--container apptainer:{ref}: no such file here; the nodes run it from a filesystem they share with "
+                f"{container_as(rendered.spec, rendered.spec.container)}: no such file here; the nodes run it from a "
+                "filesystem they share with "
                 "this machine: give its path there (or a registry's image, apptainer:docker://REF; `ftctl build "
                 "--apptainer` writes a .sif)."
             )

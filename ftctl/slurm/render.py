@@ -47,6 +47,7 @@ from ftctl.launch import (
     STATUS_ENV,
     STOP_ENV,
     Shell,
+    container_as,
     container_kind,
     hf_caches,
     job_port_line,
@@ -734,13 +735,15 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
     kind, image = container_kind(spec)
     if kind == "docker":
         raise FtctlError(
-            f"--container {spec.container!r}: on Slurm say how to run it: apptainer:{image} (apptainer exec) "
-            f"or pyxis:{image} (srun --container-image)."
+            f"{container_as(spec, spec.container)}: on Slurm say how to run it: "
+            f"{container_as(spec, f'apptainer:{image}')} (apptainer exec) or "
+            f"{container_as(spec, f'pyxis:{image}')} (srun --container-image)."
         )
     if kind == "apptainer" and image.startswith("-"):  # apptainer exec would read it as an option of its own
         raise FtctlError(
-            f"--container {spec.container!r}: apptainer would read an image starting with '-' as an option: give a "
-            f"path to it (apptainer:./{image}) or its URI (apptainer:docker://REF)."
+            f"{container_as(spec, spec.container)}: apptainer would read an image starting "
+            f"with '-' as an option: give a path to it ({container_as(spec, f'apptainer:./{image}')}) "
+            f"or its URI ({container_as(spec, 'apptainer:docker://REF')})."
         )
     spec_path = Shell('"$FTCTL_RUN_DIR"/spec.json')
     inner = join(torchrun_argv(spec, plan, spec_path, _HEAD, python=PATH_PYTHON, quiet=True, port=_PORT, job=_JOB))
