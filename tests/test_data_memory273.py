@@ -226,3 +226,20 @@ def test_build_dataset_keeps_the_digests_in_its_cache(tmp_path, tiny_model_dir, 
     (cache / data.DIGESTS).write_text(json.dumps(kept))
     data.build_dataset(str(rows), tokenizer, 64, cache_dir=str(cache), echo=said.append, num_proc=1)
     assert "kept in" in said[-1]
+
+
+@pytest.mark.parametrize("kept", ["not json", '{"version": 1, "files": []}', '{"version": 1, "files": {"F": [1, 2]}}'])
+def test_data_digest_with_a_damaged_file_of_them(tmp_path, monkeypatch, kept):
+    """A digests file that cannot be read as written (a disk filled while it was, another version's) costs a hashing
+    and is written anew, readable by the run's group as the other files of the run directory are."""
+    import stat
+
+    from ftctl.trainer.formats import KNOWN_BYTES, data_digest
+
+    data = _written(tmp_path / "big.jsonl", KNOWN_BYTES + 1)
+    known = tmp_path / "digests.json"
+    known.write_text(kept.replace('"F"', json.dumps(str(data))))
+    _aged(monkeypatch)
+    assert data_digest(str(data), known=str(known)) == data_digest(str(data))
+    assert list(json.loads(known.read_text())["files"]) == [str(data)]
+    assert stat.S_IMODE(known.stat().st_mode) & 0o044

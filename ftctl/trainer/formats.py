@@ -507,7 +507,8 @@ class _Known:
         stat = _stat_of(root) if self.path and local else None
         if stat is None or stat[2] < KNOWN_BYTES:
             return _content_digest(fs, root)
-        if (said := self.files.get(root)) and said[:5] == stat and isinstance(said[5], str):
+        said = self.files.get(root)
+        if isinstance(said, list) and len(said) == 6 and said[:5] == stat and isinstance(said[5], str):
             return said[5]
         started = time.time_ns()
         content = _content_digest(fs, root)
@@ -524,12 +525,15 @@ class _Known:
         import os
         import tempfile
 
+        from ftctl.runpaths import current_umask
+
         if not (self.path and self.changed):
             return
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             fd, new = tempfile.mkstemp(dir=os.path.dirname(self.path) or ".", prefix=".digests.", suffix=".new")
             try:
+                os.fchmod(fd, 0o666 & ~current_umask())  # as open() makes it: a colleague resuming the run reads it
                 with os.fdopen(fd, "w") as f:
                     json.dump({"version": 1, "files": self.files}, f)
                 os.replace(new, self.path)
