@@ -385,6 +385,9 @@ class Plan:
                     "projection",
                 ),
             )
+        if spec and self.step_s:  # before the checkpoints row, which counts in steps of it
+            at = next((n for n, (k, _) in enumerate(rows) if k == "checkpoints"), len(rows))
+            rows.insert(at, ("step time", step_row(spec, self)))
         if spec and (disk := disk_row(spec, self)):
             rows.append(("disk", disk))
         out = "\n".join(f"{k:<14} {v}" for k, v in rows)
@@ -1521,27 +1524,82 @@ def data_mix(spec: RunSpec) -> str | None:
 # What a checkpoint costs, the assumptions in one place (checkpoint_cadence). The write speed is preflight's
 # SAVE_GBPS (0.5 GB/s, measured: bench/NOTES.md v77-v80), which the save at Slurm's USR2 is timed with too.
 UPLOAD_GBPS = 0.5  # what one node uploads a checkpoint to an object store at, in the background while training goes on
-MFU = 0.35  # the share of its GPUs' dense 16-bit peak a step takes (the price estimate's, ftctl.sky.cost)
+MFU = 0.35  # the share of its GPUs' dense 16-bit peak a step takes, weights' and attention's FLOPs alike (the step
+# time's one speed assumption: checkpoint cadence, the run's length and ftctl.sky.cost's price all follow from it)
 CHECKPOINT_MINUTES = 30  # chosen cadence: at most this much training between checkpoints (what a preemption loses)
 MAX_SAVE_SHARE = 0.1  # chosen cadence: writing checkpoints takes at most this share of the run's time
 MIN_STEP_S = 0.01  # no step is predicted faster (a tiny model's prediction rounded to 0 s: a division by zero)
 NEGLIGIBLE_WRITE_S = 10.0  # a checkpoint written faster (adapters, small models) costs nothing worth a saving rule
 
 
-def tokens_per_second(plan: Plan) -> float | None:
-    """Tokens the plan's GPUs train a second, roughly: their dense bf16/fp16 peak x MFU / (6 x params for full
-    updates, 4 x params for adapters, which skip the weight gradients); None on CPU (not predicted)."""
+def attention_flops(plan: Plan, seq: int) -> float:
+    """FLOPs of attention's own matmuls (the scores Q K^T, and the scores times V) a token, forward and backward, at
+    rows of ``seq`` tokens: PaLM's 12 x layers x heads x head width x attended length (Chowdhery et al. 2022, appendix
+    B, the model FLOPs MFU is counted in: two matmuls of 2 FLOPs a multiply-add, the backward twice the forward; the
+    Megatron-LM paper's 72 B s l h^2 x s/6h is the same 12 s l h a token) halved for the causal mask (a token attends
+    to those before it, half a document on average): 6 x layers x q_width x attended. No weights take part, so adapters
+    save none of it. A token attends within its own document (varlen kernels, and unpacked rows, one document each);
+    the plan reads no data (its documents' lengths are unknown until the trainer tokenizes it), so a document is
+    counted as long as a row, ``seq`` (model_max_length): an upper bound, which short packed documents stay far below.
+    A packed row under a dense block-diagonal mask (sdpa, eager: transformers builds it from the restarting
+    position_ids) has every score of the row computed, masked or not: not halved, exact."""
+    whole = 2 if full_square(plan) else 1
+    return whole * 6 * plan.model.layers * plan.model.q_width * seq
+
+
+def full_square(plan: Plan) -> bool:
+    """A packed row's attention computes all (row x row) scores: sdpa's and eager's kernels under transformers'
+    block-diagonal mask skip no masked block (flex_attention's block mask and the varlen kernels do)."""
+    return plan.packing and plan.attn_implementation in (SDPA, EAGER)
+
+
+def flops_per_token(plan: Plan, seq: int) -> tuple[float, float]:
+    """(weights', attention's) FLOPs a token trains with at rows of ``seq`` tokens: 6 x params for full updates,
+    4 x params for adapters (which skip the weight gradients), and attention_flops."""
+    weights = (6 if plan.method in ("fft", "sft") else 4) * plan.model.params_b * 1e9
+    return weights, attention_flops(plan, seq)
+
+
+def tokens_per_second(plan: Plan, seq: int) -> float | None:
+    """Tokens the plan's GPUs train a second at rows of ``seq`` tokens, roughly: their dense bf16/fp16 peak x MFU /
+    flops_per_token (weights' and attention's); None on CPU (not predicted)."""
     if not plan.tier:
         return None
-    per_token = (6 if plan.method in ("fft", "sft") else 4) * plan.model.params_b * 1e9
-    return plan.world_size * gpu_table.TIERS[plan.tier].peak_tflops * 1e12 * MFU / per_token
+    return plan.world_size * gpu_table.TIERS[plan.tier].peak_tflops * 1e12 * MFU / sum(flops_per_token(plan, seq))
 
 
 def step_seconds(plan: Plan, seq: int) -> float | None:
-    """Seconds an optimizer step takes, predicted (every sequence ``seq`` tokens long: an upper bound without
-    packing); None where no throughput is predicted (CPU)."""
-    rate = tokens_per_second(plan)
+    """Seconds an optimizer step takes, predicted (every sequence ``seq`` tokens long, each one document: an upper
+    bound without packing, and for attention with it); None where no throughput is predicted (CPU)."""
+    rate = tokens_per_second(plan, seq)
     return plan.global_batch_size * seq / rate if rate else None
+
+
+def attention_words(plan: Plan, seq: int) -> tuple[str, str]:
+    """(what the step time counts attention at, why), for the plan's step time row and the price estimate: ("attention
+    is 76% of the FLOPs, counted at 131,072-token documents", "model_max_length, an upper bound: ...")."""
+    weights, attention = flops_per_token(plan, seq)
+    share = f"attention is {attention / (weights + attention):.0%} of the FLOPs"
+    if full_square(plan):
+        return f"{share}, counted over whole {seq:,}-token rows", (
+            f"{plan.attn_implementation} computes every score of a packed row, masked or not"
+        )
+    if plan.packing:
+        return f"{share}, counted at {seq:,}-token documents", (
+            "model_max_length, an upper bound: shorter packed documents take less"
+        )
+    return f"{share}, counted at {seq:,}-token rows", "model_max_length, an upper bound: shorter rows take less"
+
+
+def step_row(spec: RunSpec, plan: Plan) -> str:
+    """The plan's step time row: the predicted seconds an optimizer step, at what speed, and its attention's share."""
+    what, why = attention_words(plan, spec.model_max_length)
+    return f"{_step_time(plan.step_s)} est. at {MFU:.0%} of the GPUs' 16-bit peak; {what} ({why})"
+
+
+def _step_time(seconds: float) -> str:
+    """~1.1 s, ~40 s, ~390 s, ~27 min: a step's predicted time."""
+    return f"~{seconds:.2g} s" if seconds < 10 else f"~{seconds:.0f} s" if seconds < 600 else _minutes(seconds)
 
 
 def _write_s(gb: float) -> float:
@@ -1657,7 +1715,7 @@ def checkpoint_row(spec: RunSpec, plan: Plan) -> str:
         why = "" if spec.save_steps else " (save_steps' default: no step time is predicted on CPU to choose one from)"
         return f"{steps}{why}, {size}{end}"
     train = plan.save_steps * plan.step_s
-    row = f"{steps} ({_minutes(train)} at ~{plan.step_s:.2g} s a step est.), {size}, {write}"
+    row = f"{steps} ({_minutes(train)} at {_step_time(plan.step_s)} a step est.), {size}, {write}"
     if storage.is_remote(spec.output):
         row += f", {_gb(gb * 3600 / (train + _write_s(gb)))}/h to the store"
     row += end
@@ -1727,8 +1785,8 @@ def checkpoint_cost(spec: RunSpec, plan: Plan, epoch_steps: int | None = None) -
     per_epoch = saves != plan.save_steps  # saves_per_epoch's, counted from epoch_steps
     given = f"saves_per_epoch={spec.saves_per_epoch} ({epoch_steps:,} steps an epoch): " if per_epoch else ""
     return (
-        f"{given}checkpoints every {saves:,} steps ({_minutes(train)} of training at ~{plan.step_s:.2g} s a step "
-        f"est.) of {_gb(gb)} each ({plan.method}, {plan.strategy}): {'; '.join(problems)}",
+        f"{given}checkpoints every {saves:,} steps ({_minutes(train)} of training at {_step_time(plan.step_s)} a "
+        f"step est.) of {_gb(gb)} each ({plan.method}, {plan.strategy}): {'; '.join(problems)}",
         f"-o save_steps={steps}{evals}"
         + (" in place of saves_per_epoch" if per_epoch else "")
         + f" (a checkpoint every {_minutes(steps * plan.step_s)})"
@@ -1756,7 +1814,7 @@ def _per_epoch_cost(spec: RunSpec, plan: Plan) -> tuple[str, str] | None:
         f"saves_per_epoch={spec.saves_per_epoch}: checkpoints of {_gb(gb)} each ({plan.method}, {plan.strategy}), "
         f"{_minutes(write)} to write at {SAVE_GBPS:g} GB/s; an epoch of fewer than {epoch:,} steps ("
         f"{epoch * plan.global_batch_size:,} sequences at {plan.global_batch_size} a step, {_minutes(epoch * plan.step_s)} "
-        f"at ~{plan.step_s:.2g} s a step est.) would spend over {MAX_SAVE_SHARE:.0%} of the run writing them"
+        f"at {_step_time(plan.step_s)} a step est.) would spend over {MAX_SAVE_SHARE:.0%} of the run writing them"
         + (" or outpace their upload" if remote else ""),
         f"-o save_steps={steps}{evals} in place of saves_per_epoch (a checkpoint every {_minutes(steps * plan.step_s)})"
         ", or leave both out to have it chosen",
