@@ -71,6 +71,7 @@ from ftctl.docker import engine as docker_engine
 from ftctl.docker import render as docker_render
 from ftctl.docker.image import build_command, default_image, flavour_for
 from ftctl.errors import FtctlError, NotSent
+from ftctl.launch import given_as
 from ftctl.runpaths import RunPaths
 from ftctl.spec import RunSpec
 from ftctl.storage import is_remote, write_whole
@@ -257,7 +258,8 @@ class DockerBackend(Backend):
                 os.makedirs(staging, exist_ok=True)
             except OSError as e:
                 raise NotSent(
-                    f"--output {rendered.spec.output} is staged in {staging} before its upload, which cannot be "
+                    f"{given_as(rendered.spec, 'output_dir', rendered.spec.output, '--output')} is staged in "
+                    f"{staging} before its upload, which cannot be "
                     f"made ({e.strerror}): export {STAGING_ENV}=DIR, a directory you can write (or -o env="
                     f"{STAGING_ENV}=DIR)."
                 ) from None
