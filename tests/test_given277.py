@@ -94,6 +94,7 @@ def test_sky_keys_of_a_run_file_are_named_as_its_keys_fault_and_fix(tmp_path):
 def test_a_run_files_cpu_nodes_without_a_backend_name_its_gpus_key(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.delenv("FTCTL_BACKEND", raising=False)
+    monkeypatch.setenv("FTCTL_SKY_PYTHON", str(tmp_path / "no-sky"))  # no SkyPilot: not asked for its clouds (~8 s)
     path = tmp_path / "cpu.yaml"
     path.write_text("method: lora\nmodel: meta-llama/Llama-3.1-8B\ngpus: 2xcpu\n")
     got = CliRunner().invoke(main, ["render", str(path)])
