@@ -78,9 +78,23 @@ class _JobArgument(click.Argument):
         except click.MissingParameter as e:
             e.message = (
                 "Give a job's id, its run directory, or its object-store output (s3://bucket/run): `ftctl jobs` lists "
-                "the jobs launched from here."
+                f"the jobs launched from here.{_newest_job(ctx.command.name) if ctx.command.name == 'logs' else ''}"
             )
             raise
+
+
+def _newest_job(command: str) -> str:
+    """' The newest: `ftctl COMMAND JOB`.' of the jobs launched from here, for a JOB left out ('' where there is none):
+    a first `ftctl status` after a launch was told only to look for the job's id in `ftctl jobs`."""
+    import shlex
+
+    from ftctl.backend import recorded_jobs
+
+    try:
+        newest = recorded_jobs()[:1]
+    except OSError:  # the jobs record unreadable: `ftctl jobs` says why
+        return ""
+    return f" The newest: `ftctl {command} {shlex.quote(newest[0][0].job_id)}`." if newest else ""
 
 
 class _RunFileCommand(click.Command):
@@ -655,7 +669,7 @@ def status(job, exit_code, as_json):
     if job is None:  # click's "Missing argument 'JOB'." alone named no way to find one
         raise click.UsageError(
             "Missing argument 'JOB': a job's id, its run directory, or its object-store output (s3://bucket/run, "
-            "from any machine). `ftctl jobs` lists the jobs launched from here."
+            f"from any machine). `ftctl jobs` lists the jobs launched from here.{_newest_job('status')}"
         )
     said = status_record(job)
     if as_json:

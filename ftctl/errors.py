@@ -30,10 +30,23 @@ class NoAnswer(FtctlError):
 
 
 def did_you_mean(word: str, choices) -> str:
-    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
+    """' Did you mean 'x'?' for the closest choice, or '' when nothing is close. A snake_case word whose every part
+    some choices hold names those (up to 3, closest first): per_device_batch_size was "Did you mean
+    'per_device_eval_batch_size'?" alone (closer by spelling than the train one people meant), eval_batch_size
+    "'global_batch_size'?"."""
     import difflib
 
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+
+    def ratio(choice) -> float:
+        return difflib.SequenceMatcher(None, word, str(choice)).ratio()
+
+    parts = set(word.split("_"))
+    holding = [c for c in choices if len(parts) > 1 and parts <= set(str(c).split("_")) and ratio(c) >= 0.5]
+    if 0 < len(holding) <= 3:
+        named = [repr(c) for c in sorted(holding, key=ratio, reverse=True)]
+        return f" Did you mean {', '.join(named[:-1]) + ' or ' if len(named) > 1 else ''}{named[-1]}?"
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -640,7 +641,7 @@ def run_filtered(
             if holding:
                 kept.append(line)
             else:
-                _echo(line, sys.stderr)
+                _echo(_shown(line), sys.stderr)
                 tee(line)
         rc = proc.wait()
         if relay is not None:
@@ -650,6 +651,19 @@ def run_filtered(
     except OSError as e:  # a full disk (what the run may have failed of): the failure's message comes first
         click.echo(f"warning: cannot keep torchrun's report in {held}: {e.strerror or e}", err=True)
     return rc or (128 + got[0] if got else 0)  # stopped as asked, with a checkpoint: still not a finished run
+
+
+# rank 0's own log record, as trainer.__main__.log_to_stderr writes it: "2026-12-07 07:26:50,560 +0000 [rank 0]
+# ftctl.checkpoints.resume: resuming from ..." (an older trainer's: no offset)
+_RANK0_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}(?: [+-]\d{4})? \[rank 0\] ftctl(?:\.\w+)*: ")
+
+
+def _shown(line: str) -> str:
+    """A trainer line as the terminal of a local run shows it: rank 0's own records as their message alone, like the
+    lines around them ("resuming from .../checkpoint-2" was the tail of a line of date, rank and module among plain
+    ones). The run's train.log (`ftctl logs`) keeps them whole, their time read back by `ftctl status`; other ranks'
+    and other libraries' records keep theirs."""
+    return _RANK0_RECORD.sub("", line, count=1)
 
 
 def _echo(line: str, stream) -> None:
