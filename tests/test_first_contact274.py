@@ -121,3 +121,13 @@ def test_a_local_runs_terminal_shows_rank_0s_records_as_their_message_and_its_lo
                 for s in shown
             ), shown
         assert any(s.endswith(f"[rank {rank}] transformers.trainer: a library's record") for s in shown), shown
+
+
+def test_the_readme_names_the_install_alone(tmp_path):
+    """finding 2: the README's two set-up commands were the demo and the whole suite (~24 min on 2 cores, Slurm and
+    podman from apt); a user after the install alone was not told of scripts/setup.sh, which both run first."""
+    text = (ROOT / "README.md").read_text()
+    start = text[text.index("## Start here") : text.index("## Using it")]
+    assert "`bash scripts/setup.sh` does that alone" in start, start
+    for script in ("demo.sh", "test.sh"):
+        assert "scripts/setup.sh" in (ROOT / "scripts" / script).read_text()
