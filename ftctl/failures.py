@@ -227,10 +227,113 @@ PEER_LOST = re.compile(r"Connection (closed|reset) by peer|remote process exited
 ATTEMPT_LINE = "ftctl: job {job} attempt {attempt}"
 
 
-def killed_line(where: str, signal_name: str) -> str:
-    """The quiet torchrun's line for a rank that died of a signal without a word of its own."""
+def killed_line(
+    where: str, signal_name: str, proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup"
+) -> str:
+    """The quiet torchrun's line for a rank that died of a signal without a word of its own. A SIGKILL where this
+    process's memory cgroup counted an out-of-memory kill (memory_cgroup: a Slurm job's --mem under task/cgroup, a
+    container's memory limit) was that limit: the line says so, its size, and that a relaunch fails the same way (a
+    relaunch resumes after other kills: a lost node, a kill -9)."""
+    if signal_name == "SIGKILL" and (memory := memory_cgroup(proc_cgroup, cgroup_root)) and memory[0]:
+        return f"{ERROR_PREFIX}{where} {KILLED} {signal_name}: {host_memory_words(memory[1])}"
     why = " (often the node's out-of-memory killer)" if signal_name == "SIGKILL" else ""
     return f"{ERROR_PREFIX}{where} {KILLED} {signal_name}{why}; a relaunch resumes from the last checkpoint"
+
+
+OUT_OF_HOST_MEMORY = "out of host memory"  # in each line that says a job's memory limit killed it
+# slurmstepd's line in a job's log where its cgroup's out-of-memory killer ended a process of one of its steps
+# (task/cgroup, ConstrainRAMSpace=yes), in the step's output: 22.05's "slurmstepd-node1: error: Detected 1 oom-kill
+# event(s) in StepId=12.batch. Some of your processes may have been killed by the cgroup out-of-memory handler.",
+# 20.11's "... in step 12.batch cgroup. ...", cgroup v2's "Detected 1 oom_kill event in StepId=12.0"
+OOM_EVENT = re.compile(
+    r"^slurmstepd(?:-[^:\s]+)?: error: Detected (\d+) oom[-_]kill event(?:\(s\)|s)? "
+    r"in (?:StepId=|step )(\S+?)\.?(?:\s|$)"
+)
+
+
+def host_memory_words(limit: int | None = None, step: str | None = None) -> str:
+    """What a job killed at its memory limit is told: out of host memory, the limit (bytes, where known: the cgroup's)
+    and what set it (a Slurm job's --mem as the job's variables say it, where this runs in one), that a relaunch
+    fails the same way, and what to change: more memory (Slurm: --sbatch-arg=--mem=SIZE, which ftctl takes over the
+    plan's --mem), or less held in RAM (fewer processes tokenizing: each holds a tokenizer and its share of the
+    rows; a batch step's: the job script's setup lines, the trainer runs in a step of its own). ``step``: the Slurm
+    step slurmstepd named (its log's line, read where the job ran)."""
+    slurm = step is not None or bool(os.environ.get("SLURM_JOB_ID"))
+    if step:  # read from the job's log: slurmstepd names the step, not the limit
+        said = f"step {step} ran {OUT_OF_HOST_MEMORY}: Slurm's cgroup killed a process of it over the job's --mem"
+    elif limit:  # in the job: its own variables name the option that set it
+        asked = next((f"--{o}={os.environ[v]}M" for v, o in _SLURM_MEM_VARS if os.environ.get(v, "").isdigit()), None)
+        whose = f"the Slurm job's {asked}" if slurm and asked else "the Slurm job's --mem" if slurm else "its cgroup's"
+        said = f"{OUT_OF_HOST_MEMORY}, over its limit of {_bytes_text(limit)} ({whose})"
+    else:
+        said = f"{OUT_OF_HOST_MEMORY}, over its memory limit"
+    if slurm:
+        more = "ask for more with --sbatch-arg=--mem=SIZE (up to a node's RAM: `ftctl doctor --backend slurm`)"
+    else:
+        more = "give its container or job more memory"
+    if step and step.endswith(".batch"):  # the script's own lines: ftctl's runs the trainer in a step of its own
+        less = "less in the job script's own lines (-o setup)"
+    else:
+        less = "less in RAM: fewer processes tokenizing the data (-o dataset_num_proc=1)"
+    return f"{said}; a relaunch fails the same way: {more}, or hold {less}"
+
+
+_SLURM_MEM_VARS = (
+    ("SLURM_MEM_PER_NODE", "mem"),
+    ("SLURM_MEM_PER_CPU", "mem-per-cpu"),
+    ("SLURM_MEM_PER_GPU", "mem-per-gpu"),
+)
+_V1_FILES = ("memory.limit_in_bytes", "memory.oom_control")  # (its limit, the file with its oom_kill count)
+_V2_FILES = ("memory.max", "memory.events")
+V1_UNLIMITED = 2**62  # cgroup v1's "no limit" is its page counter's most, 9223372036854771712 bytes: anything above
+
+
+def _bytes_text(n: int) -> str:
+    """A memory limit in Slurm's units: '2 GiB', '1.5 GiB', '200 MiB'."""
+    if n >= 2**30:
+        return f"{n / 2**30:.1f}".removesuffix(".0") + " GiB"
+    return f"{n / 2**20:.0f} MiB"
+
+
+def memory_cgroup(
+    proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup"
+) -> tuple[int, int] | None:
+    """(out-of-memory kills, limit in bytes) of this process's memory cgroup, from the kernel's files: of the cgroups
+    from its own up to the nearest that has a limit (Slurm's task/cgroup: the step's, its job's --mem; a container's
+    --memory), the most kills any counted (cgroup v1 counts a kill in the killed process's own cgroup only, v2 in its
+    ancestors too) and that limit. Only up to that one: the cgroups above it hold other jobs' kills. None where none
+    up to the root has a limit (a kill by the machine's own out-of-memory killer is not a job's limit) or the files
+    cannot be read. A path in ``proc_cgroup`` not found under the mount (a container's, or a slurmd's own cgroup
+    mounted there) is looked for by its last parts."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    root = Path(cgroup_root)
+    entries = [ln.split(":", 2) for ln in lines if ln.count(":") >= 2]  # hierarchy:controllers:path
+    v1 = next((path for _, ctrls, path in entries if "memory" in ctrls.split(",")), None)
+    v2 = next((path for hier, ctrls, path in entries if hier == "0" and not ctrls), None)
+    if v1 is not None and (root / "memory").is_dir():
+        base, path, files, unlimited = root / "memory", v1, _V1_FILES, V1_UNLIMITED
+    elif v2 is not None and (root / "cgroup.controllers").is_file():
+        base, path, files, unlimited = root, v2, _V2_FILES, None
+    else:
+        return None
+    parts = [p for p in path.split("/") if p]
+    here = next(base.joinpath(*parts[i:]) for i in range(len(parts) + 1) if base.joinpath(*parts[i:]).is_dir())
+    kills = 0
+    while True:
+        try:  # a cgroup without the memory controller's files (v2: not enabled there) has neither
+            said = dict(ln.split(None, 1) for ln in (here / files[1]).read_text().splitlines() if " " in ln)
+            kills = max(kills, int(said.get("oom_kill", "0")))
+            limit = (here / files[0]).read_text().strip()
+        except (OSError, ValueError):
+            limit = ""
+        if limit.isdigit() and (unlimited is None or int(limit) < unlimited):
+            return kills, int(limit)
+        if here == base:
+            return None
+        here = here.parent
 
 
 def tail(path, size: int = 64 * 1024) -> str:
@@ -266,15 +369,21 @@ def last_attempt(log_tail: str) -> tuple[int | None, list[str]]:
 def error_line(log_tail: str) -> str | None:
     """The last ``error: ...`` of a job's log (its end), without the prefix, with the indented lines that go on
     with it (a data file's rows: at most SHOWN_LINES); a rank killed without a word first, being the cause the
-    other ranks' errors follow from, and a rank's own error before another's word of a lost peer (PEER_LOST). None
-    without one. What ``ftctl status`` says of a failed Slurm or docker job instead of the exit code alone (torchrun's
-    traceback that follows it in the log repeats it)."""
+    other ranks' errors follow from, and a rank's own error before another's word of a lost peer (PEER_LOST). Where
+    slurmstepd said its cgroup killed a process for memory (OOM_EVENT) and no line says it was out of host memory
+    (a rank's killed_line that read its cgroup), that (host_memory_words): the ranks' errors are its effects, and
+    a relaunch fails the same way. None without one. What ``ftctl status`` says of a failed Slurm or docker job
+    instead of the exit code alone (torchrun's traceback that follows it in the log repeats it)."""
     lines = last_attempt(log_tail)[1]  # the last attempt's: an earlier one's error is history
+    oom = next((m for line in reversed(lines) if (m := OOM_EVENT.match(line))), None)
+    oom_line = host_memory_words(step=oom.group(2)) if oom else None
     said = [i for i, line in enumerate(lines) if line.startswith(ERROR_PREFIX)]
     if not said:
-        return None
+        return oom_line
     causes = [i for i in said if not PEER_LOST.search(lines[i])]
     first = ([i for i in said if KILLED in lines[i]] or causes or said)[-1]
     more = list(itertools.takewhile(lambda line: line[:1].isspace() and line.strip(), lines[first + 1 :]))
     shown = more[:SHOWN_LINES] + [f"  ... {len(more) - SHOWN_LINES} more in the job's log"] * (len(more) > SHOWN_LINES)
+    if oom_line and OUT_OF_HOST_MEMORY not in lines[first]:  # Slurm's cgroup killed it: what the ranks said follows
+        return oom_line
     return "\n".join([lines[first][len(ERROR_PREFIX) :].strip(), *shown])

@@ -26,6 +26,12 @@ them.
 The cluster schedules every 2 s and a requeued job starts again ~7 s after `scontrol requeue`
 (cred_expire=5; a real cluster's default makes that 120 s), with no `scontrol update`.
 
+``slurm_memcg_cluster`` (session scope) is a second cluster, of its own slot, that enforces memory as university
+clusters do (start-cluster.sh MEMCG=1: CR_Core_Memory, TaskPlugin=task/cgroup, ConstrainRAMSpace=yes): a job over its
+--mem is killed by its cgroup's out-of-memory killer, where the default cluster counts memory and never enforces it.
+Two CPU nodes (debug), no GPU node; only the tests that ask for it start it (~1 s). Needs cgroup v1's memory
+controller at /sys/fs/cgroup/memory (skipped where it is not there).
+
 Needs root (network namespaces); installs slurmctld/slurmd/slurm-client/munge with apt on first
 use (~13 s). Start takes about 1 s once installed, stop under 1 s.
 """
@@ -121,8 +127,9 @@ class SlurmCluster:
                 time.sleep(0.2)
 
 
-def _script_env(slot: int) -> dict[str, str]:
-    """The per-slot names the start/stop scripts take (see tests/slurm/start-cluster.sh)."""
+def _script_env(slot: int, **more: str) -> dict[str, str]:
+    """The per-slot names the start/stop scripts take (see tests/slurm/start-cluster.sh), and ``more`` of its
+    variables (MEMCG="1", GPU_NODES="0")."""
     return {
         "BASE": f"/tmp/ftctl-slurm-{slot}",
         "SUBNET": f"10.200.{slot}",
@@ -133,6 +140,7 @@ def _script_env(slot: int) -> dict[str, str]:
         "GPU_NODES": str(len(GPU_NODES)),
         "GPUS_PER_NODE": str(GPUS_PER_NODE),
         "GPU_TYPE": GPU_TYPE,
+        **more,
     }
 
 
@@ -160,12 +168,12 @@ def _stop(env: dict[str, str]) -> None:
     subprocess.run([str(HERE / "stop-cluster.sh")], env=env, capture_output=True, timeout=120)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
+def _cluster(**more: str):
+    """Start a cluster in a slot of its own (start-cluster.sh with ``more`` of its variables), yield it, stop it."""
     if os.geteuid() != 0:
         pytest.skip("the Slurm test cluster needs root (network namespaces, daemons as root)")
     slot, lock = _take_slot()
-    script_env = {**os.environ, **_script_env(slot)}
+    script_env = {**os.environ, **_script_env(slot, **more)}
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum, frame):  # turn `kill PID` into an exception, so teardown still runs
@@ -183,12 +191,35 @@ def slurm_cluster():
         scratch = base / "scratch"
         scratch.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "SLURM_CONF": str(base / "etc" / "slurm.conf"), "PATH": _venv_path()}
-        yield SlurmCluster(slot=slot, base=base, env=env, scratch=scratch)
+        gpu_nodes = list(GPU_NODES) if int(script_env["GPU_NODES"]) else []
+        yield SlurmCluster(slot=slot, base=base, env=env, scratch=scratch, gpu_nodes=gpu_nodes)
     finally:
         _stop(script_env)
         if previous in (signal.SIG_DFL, None):
             signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
         lock.close()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    yield from _cluster()
+
+
+@pytest.fixture(scope="session")
+def slurm_memcg_cluster():
+    """A cluster whose jobs are killed over their --mem (MEMCG=1): debug's two CPU nodes, no gpu partition."""
+    if not os.access("/sys/fs/cgroup/memory/cgroup.procs", os.W_OK):
+        pytest.skip(
+            "Slurm's memory enforcement (task/cgroup) needs cgroup v1's memory controller at /sys/fs/cgroup/memory"
+        )
+    started = _cluster(MEMCG="1", GPU_NODES="0")
+    cluster = next(started)
+    try:
+        if "TaskPlugin=task/cgroup" not in Path(cluster.conf).read_text():
+            pytest.fail(f"start-cluster.sh MEMCG=1 did not configure task/cgroup: see {cluster.conf}")
+        yield cluster
+    finally:
+        started.close()  # its teardown: the cluster stopped, its slot let go
 
 
 @pytest.fixture
