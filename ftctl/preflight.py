@@ -186,14 +186,23 @@ def check_demo_defaults(spec, backend_name: str) -> list[Finding]:
                 "give your data with --data PATH.",
             )
         ]
-    said = []
-    if is_demo_model(spec.model_name_or_path):
+    said, demo_model = [], is_demo_model(spec.model_name_or_path)
+    if demo_model:
         said.append(
-            Finding(WARNING, f"the model is the demo's {spec.model_name_or_path} (what trains without --model)")
+            Finding(
+                WARNING,
+                f"the model is the demo's {spec.model_name_or_path} (what trains without --model)",
+                "give yours with --model ORG/NAME or --model DIR.",
+            )
         )
-    if spec.data_path == DEMO_DATA:
+    if spec.data_path == DEMO_DATA:  # a model of the user's on it: a --data left out (explore60 finding 9)
+        whose = "the data is the demo's" if demo_model else f"{spec.model_name_or_path} trains on the demo's"
         said.append(
-            Finding(WARNING, "the data is the demo's bundled conversations (builtin:demo, the default without --data)")
+            Finding(
+                WARNING,
+                f"{whose} bundled conversations (builtin:demo, the default without --data)",
+                "give your data with --data PATH.",
+            )
         )
     return said
 

@@ -691,9 +691,17 @@ def test_a_job_sent_elsewhere_without_model_or_data_is_told_it_trains_the_demo()
     spec = build({})
     said = [f.text for f in check_demo_defaults(spec, "slurm")]
     assert said == [
-        f"the model is the demo's {spec.model_name_or_path} (what trains without --model)",
-        "the data is the demo's bundled conversations (builtin:demo, the default without --data)",
+        f"the model is the demo's {spec.model_name_or_path} (what trains without --model); give yours with --model "
+        "ORG/NAME or --model DIR.",
+        "the data is the demo's bundled conversations (builtin:demo, the default without --data); give your data "
+        "with --data PATH.",
     ]
+    # a model of the user's sent to a cluster without --data: its 8B job on 300 demo rows, said as here, with the fix
+    (mine,) = check_demo_defaults(build({"model_name_or_path": "org/m"}), "slurm")
+    assert mine.text == (
+        "org/m trains on the demo's bundled conversations (builtin:demo, the default without --data); give your "
+        "data with --data PATH."
+    )
     assert check_demo_defaults(spec, "local") == check_demo_defaults(spec, "docker") == []  # the demo, on purpose
     assert check_demo_defaults(build({"model_name_or_path": "org/m", "data_path": "d.jsonl"}), "sky") == []
     # here, a model of the user's with no --data is a --data left out, not the demo
