@@ -43,6 +43,9 @@ FINISHED_STATES = frozenset(
         "REVOKED",
     }
 )
+# Slurm's stand-in signal of a job whose batch step its cgroup killed for memory (SIG_OOM, 253; squeue's wait status
+# keeps its low seven bits: ExitCode=0:125), no signal of the kernel's: said by the state, OUT_OF_MEMORY
+SIG_OOM = (125, 253)
 _JOB_ID = re.compile(r"^\d+(_\d+)?$")
 # stderr lines that say nothing a user can act on
 _NOISE = (
@@ -136,7 +139,7 @@ class JobStatus:
             text += f" ({self.reason})"
         if self.finished and self.exit_code is not None:
             text += f" exit {self.exit_code}"
-            if self.signal:
+            if self.signal and not (self.state == "OUT_OF_MEMORY" and self.signal in SIG_OOM):
                 text += f" signal {self.signal}"
         if self.restarts:
             text += f", restarts {self.restarts}"

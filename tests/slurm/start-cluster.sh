@@ -7,6 +7,13 @@
 #   bridge, own hostname, and a private /etc/hosts (bind-mounted) so node names resolve in jobs.
 #   The namespaces have no default route: nothing a job does can leave the machine.
 #
+#   MEMCG=1: Slurm enforces each job's memory as a university cluster does (SelectTypeParameters=CR_Core_Memory,
+#   TaskPlugin=task/cgroup, cgroup.conf ConstrainRAMSpace=yes): a job over its --mem is killed by its cgroup's
+#   out-of-memory killer (slurmstepd: "Detected 1 oom-kill event(s) in StepId=..."; a batch step's: OUT_OF_MEMORY).
+#   Needs cgroup v1's memory controller at /sys/fs/cgroup/memory. Each slurmd sees the cluster's own cgroup
+#   (/sys/fs/cgroup/memory/ftctl-$NSP, bind-mounted on /sys/fs/cgroup/memory in its mount namespace), so two
+#   such clusters' job_1 are not one cgroup. Default 0: no cgroups, memory counted but never enforced (CR_Core).
+#
 #   Partitions: "debug" (default) = node1..node$NODES, CPU only;
 #               "gpu" = the GPU_NODES nodes after them, each with GPUS_PER_NODE stand-in GPUs of
 #               type GPU_TYPE (char devices 1:3 = /dev/null; Slurm sets CUDA_VISIBLE_DEVICES).
@@ -49,12 +56,18 @@ NSP=${NSP:-slrm-n}                     # namespace prefix: ${NSP}1, ${NSP}2, ...
 CLUSTER=${CLUSTER:-ftctltest}
 CRED_EXPIRE=${CRED_EXPIRE:-5}          # s; also how long a requeued job waits (Slurm's default: 120)
 SKIP_INSTALL=${SKIP_INSTALL:-0}
-export BASE BR NSP
+MEMCG=${MEMCG:-0}
+MEMCG_DIR=/sys/fs/cgroup/memory/ftctl-$NSP   # MEMCG=1: this cluster's own memory cgroup (NSP is per cluster)
+export BASE BR NSP MEMCG_DIR
 
 T0=$(date +%s%N)
 log() { echo "[start-cluster +$(( ($(date +%s%N) - T0) / 1000000 ))ms] $*"; }
 [ "$(id -u)" = 0 ] || { echo "start-cluster.sh: must run as root (network namespaces)" >&2; exit 1; }
 ALL=$((NODES + GPU_NODES))
+if [ "$MEMCG" = 1 ] && [ ! -w /sys/fs/cgroup/memory/cgroup.procs ]; then
+  echo "start-cluster.sh: MEMCG=1 needs cgroup v1's memory controller mounted writable at /sys/fs/cgroup/memory" >&2
+  exit 1
+fi
 
 # ---------------------------------------------------------------- 1. packages (~13 s, once)
 missing=0
@@ -130,9 +143,9 @@ SlurmctldLogFile=$BASE/log/slurmctld.log
 SlurmdLogFile=$BASE/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
-# no cgroups / systemd needed:
+# no systemd needed; cgroups only with MEMCG=1 (task/cgroup: each job's --mem is its memory cgroup's limit)
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=$([ "$MEMCG" = 1 ] && echo task/cgroup || echo task/none)
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/filetxt
 JobCompLoc=$BASE/log/jobcomp.log
@@ -142,7 +155,7 @@ SchedulerType=sched/backfill
 # ~cred_expire + 2 s after the requeue, with no scontrol update StartTime=now
 SchedulerParameters=sched_interval=2,bf_interval=2
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
+SelectTypeParameters=$([ "$MEMCG" = 1 ] && echo CR_Core_Memory || echo CR_Core)
 MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
@@ -168,6 +181,10 @@ for i in $(seq 1 "$ALL"); do
 done
 echo "PartitionName=debug Nodes=node[1-$NODES] Default=YES MaxTime=INFINITE State=UP" >> "$BASE/etc/slurm.conf"
 [ "$GPU_NODES" -gt 0 ] && echo "PartitionName=gpu Nodes=node[$((NODES + 1))-$ALL] MaxTime=INFINITE State=UP" >> "$BASE/etc/slurm.conf"
+if [ "$MEMCG" = 1 ]; then
+  printf 'CgroupPlugin=cgroup/v1\nConstrainRAMSpace=yes\n' > "$BASE/etc/cgroup.conf"
+  mkdir -p "$MEMCG_DIR"
+fi
 export SLURM_CONF=$BASE/etc/slurm.conf
 echo "export SLURM_CONF=$SLURM_CONF" > "$BASE/env"
 
@@ -175,9 +192,11 @@ echo "export SLURM_CONF=$SLURM_CONF" > "$BASE/env"
 slurmctld
 for i in $(seq 1 "$ALL"); do
   mkdir -p "$BASE/spool/slurmd-node$i"
-  # nsenter, NOT 'ip netns exec' (see the pitfalls above); private mount ns for /etc/hosts
+  # nsenter, NOT 'ip netns exec' (see the pitfalls above); private mount ns for /etc/hosts (and MEMCG's cgroup)
+  own_cg=""
+  [ "$MEMCG" = 1 ] && own_cg="mount --bind '$MEMCG_DIR' /sys/fs/cgroup/memory && "
   nsenter --net="/run/netns/$NSP$i" unshare --uts --mount -- \
-      sh -c "mount --bind '$BASE/etc/hosts' /etc/hosts && hostname node$i && exec slurmd -N node$i"
+      sh -c "mount --bind '$BASE/etc/hosts' /etc/hosts && $own_cg hostname node$i && exec slurmd -N node$i"
 done
 log "daemons started"
 

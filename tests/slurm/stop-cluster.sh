@@ -40,4 +40,7 @@ for v in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 |
   ip link del "$v" 2>/dev/null
 done
 ip link show "$BR" >/dev/null 2>&1 && ip link del "$BR"
+# 4. MEMCG=1's memory cgroup of this cluster (start-cluster.sh), its jobs' empty cgroups under it, deepest first
+MEMCG_DIR=/sys/fs/cgroup/memory/ftctl-$NSP
+[ -d "$MEMCG_DIR" ] && find "$MEMCG_DIR" -depth -type d -exec rmdir {} + 2>/dev/null
 echo "[stop-cluster] stopped cluster under $BASE"
