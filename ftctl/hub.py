@@ -5,6 +5,10 @@ From huggingface_hub's cache when the model (or its config) was downloaded befor
 a few KB, one try, a short timeout (huggingface_hub's own download retries five times, ~25 s offline).
 ``HF_HUB_OFFLINE=1`` asks the cache only. A failure is a :class:`HubError` whose text says why in words a
 user can act on (no such repository, gated, unreachable).
+
+And which commit a revision (a branch, tag or sha: TRL's model_revision) is, so that a launch records it and every
+node and every resumed attempt loads that commit (:func:`pin`): from the cache's refs/<revision> (huggingface_hub's
+layout, models--ORG--NAME/refs/main holding the sha of snapshots/<sha>/), else one ask of the Hub's API.
 """
 
 from __future__ import annotations
@@ -20,12 +24,18 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONFIG = "config.json"
 TIMEOUT_S = 5.0
+MAIN = "main"  # the revision a hub id names without one (huggingface_hub's and TRL's default)
+# a commit as the Hub and its cache name them (huggingface_hub's REGEX_COMMIT_HASH): 40 hex digits
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# a branch, tag, commit or refs/pr/N as the Hub takes them in a URL (git's ref names, a little narrower)
+REVISION = re.compile(r"^(?!.*\.\.)(?!/)(?!.*//)[A-Za-z0-9][A-Za-z0-9._/-]{0,199}(?<![/.])$")
 
 
 class HubError(Exception):
     """Why the Hub gave no config: a clause to put after "Cannot tell the size of model X: "; ``kind`` says
     which: missing (no such repository, or no config.json in it), denied (private or gated), unreachable, cache (the
-    Hugging Face cache is there but not readable by this user: unreadable_cache)."""
+    Hugging Face cache is there but not readable by this user: unreadable_cache), revision (the repository has no such
+    branch, tag or commit: commit_of)."""
 
     def __init__(self, message: str, kind: str = "unreachable"):
         super().__init__(message)
@@ -41,8 +51,10 @@ def _endpoint() -> str:
     return os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
 
 
-def _config_url(endpoint: str, repo_id: str) -> str:
-    return f"{endpoint.rstrip('/')}/{repo_id}/resolve/main/{CONFIG}"
+def _config_url(endpoint: str, repo_id: str, revision: str = MAIN) -> str:
+    from urllib.parse import quote
+
+    return f"{endpoint.rstrip('/')}/{repo_id}/resolve/{quote(revision, safe='')}/{CONFIG}"
 
 
 def offline() -> bool:
@@ -76,14 +88,14 @@ def unreadable_cache() -> str | None:
 
 
 @functools.lru_cache(maxsize=32)
-def model_config(repo_id: str) -> dict:
-    """The model's config.json as a dict."""
+def model_config(repo_id: str, revision: str = MAIN) -> dict:
+    """The model's config.json as a dict (of ``revision``: a branch, tag or commit)."""
     from huggingface_hub import try_to_load_from_cache
 
     if said := unreadable_cache():
         raise HubError(said, "cache")
 
-    cached = try_to_load_from_cache(repo_id, CONFIG)
+    cached = try_to_load_from_cache(repo_id, CONFIG, revision=revision)
     if isinstance(cached, str):
         with open(cached) as f:
             return json.load(f)
@@ -94,7 +106,7 @@ def model_config(repo_id: str) -> dict:
 
     endpoint = _endpoint()
     token = os.environ.get("HF_TOKEN") or get_token()
-    url = _config_url(endpoint, repo_id)
+    url = _config_url(endpoint, repo_id, revision)
     try:
         r = httpx.get(
             url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=TIMEOUT_S, follow_redirects=True
@@ -138,15 +150,114 @@ def unreachable(repo_id: str) -> str | None:
     return None
 
 
-def cached_snapshot(repo_id: str) -> str | None:
-    """The Hugging Face cache's directory of ``repo_id``'s main revision where it holds its config and weights
-    (None: not there, or only part of it: its config from the planner's question)."""
+def cached_snapshot(repo_id: str, revision: str | None = None) -> str | None:
+    """The Hugging Face cache's directory of ``repo_id``'s ``revision`` (default main) where it holds its config and
+    weights (None: not there, or only part of it: its config from the planner's question)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        path = snapshot_download(repo_id, local_files_only=True)
+        path = snapshot_download(repo_id, revision=revision, local_files_only=True)
     except (LocalEntryNotFoundError, OSError, ValueError):
         return None
     names = os.listdir(path)
     return path if CONFIG in names and any(n.endswith(WEIGHTS) for n in names) else None
+
+
+# ------------------------------------------------------------------------------------ revisions
+def _repo_cache(repo_id: str):
+    """``repo_id``'s folder in the Hugging Face cache (huggingface_hub's layout: HF_HUB_CACHE/models--ORG--NAME),
+    None where the cache cannot be read by this user (unreadable_cache)."""
+    from pathlib import Path
+
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    if unreadable_cache():
+        return None
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+
+
+def cached_refs(repo_id: str) -> dict[str, str]:
+    """The revisions the cache knows of ``repo_id`` by name (its refs/: main, a tag, refs/pr/1) -> their commit."""
+    repo = _repo_cache(repo_id)
+    refs = repo / "refs" if repo else None
+    out = {}
+    for f in sorted(refs.rglob("*")) if refs and refs.is_dir() else ():
+        try:
+            sha = f.read_text().strip() if f.is_file() else ""
+        except OSError:
+            continue
+        if COMMIT.match(sha):
+            out[f.relative_to(refs).as_posix()] = sha
+    return out
+
+
+def commit_of(repo_id: str, revision: str = MAIN) -> tuple[str, str]:
+    """The commit ``revision`` (a branch, tag or commit) of the model ``repo_id`` is, and where that was read: the
+    Hugging Face cache first (refs/<revision>, or a commit's own snapshots/<sha>/), so that it works offline; else
+    one ask of the Hub's API (huggingface_hub's model_info, a short timeout). A :class:`HubError` where neither says:
+    kind revision (the Hub has no such revision), missing (no such repository), denied (private or gated), unreachable
+    (HF_HUB_OFFLINE, or no answer: its text says what the cache holds)."""
+    repo = _repo_cache(repo_id)
+    if COMMIT.match(revision) and repo and (repo / "snapshots" / revision).is_dir():
+        return revision, "in the Hugging Face cache"
+    if (sha := cached_refs(repo_id).get(revision)) is not None:
+        return sha, f"the Hugging Face cache's refs/{revision}"
+    if offline():
+        raise HubError(f"{_cache_holds(repo_id, revision)}, and HF_HUB_OFFLINE is set")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    endpoint = _endpoint()
+    try:
+        info = HfApi(endpoint=endpoint).model_info(repo_id, revision=revision, timeout=TIMEOUT_S)
+    except RevisionNotFoundError:
+        raise HubError(f"the Hub's {repo_id} has no {revision!r} (no such branch, tag or commit)", "revision") from None
+    except GatedRepoError:
+        raise HubError("the Hub keeps it gated and answers only with access to it (HF_TOKEN)", "denied") from None
+    except RepositoryNotFoundError:
+        raise HubError(
+            "the Hub has no model repository of that name, or keeps it private (HF_TOKEN)", "missing"
+        ) from None
+    except Exception as e:  # no network, a proxy's page, a timeout: httpx's and huggingface_hub's own kinds
+        raise HubError(
+            f"{_cache_holds(repo_id, revision)}, and the Hub ({endpoint}) did not answer ({type(e).__name__})"
+        ) from None
+    if not isinstance(info.sha, str) or not COMMIT.match(info.sha):
+        raise HubError(f"the Hub ({endpoint}) named no commit of {revision!r}")
+    return info.sha, f"the Hub's {revision} now" if revision != info.sha else "on the Hub"
+
+
+def _cache_holds(repo_id: str, revision: str) -> str:
+    """That the cache does not know ``revision`` of ``repo_id``, and what of it it does know."""
+    refs = cached_refs(repo_id)
+    repo = _repo_cache(repo_id)
+    commits = sorted(p.name for p in (repo / "snapshots").iterdir()) if repo and (repo / "snapshots").is_dir() else []
+    if not refs and not commits:
+        return "it is not in this machine's Hugging Face cache"
+    known = [*refs, *([f"{len(commits)} commit{'s' * (len(commits) != 1)}"] if commits else [])]
+    return f"this machine's Hugging Face cache has no {revision!r} of it (it has {', '.join(known)})"
+
+
+def pin(repo_id: str, revision: str | None) -> tuple[str | None, str]:
+    """The commit to record for the hub model ``repo_id`` asked for at ``revision`` (None: main), and a line saying
+    which. Where neither the cache nor the Hub can tell it here: main goes on unpinned, as every launch did before
+    revisions were pinned ((None, why)); a commit given whole is a pin already, recorded as given. A :class:`HubError`
+    where the Hub has no such revision (kind revision), or another branch or tag cannot be told here."""
+    asked = revision or MAIN
+    try:
+        sha, where = commit_of(repo_id, asked)
+    except HubError as e:
+        if e.kind == "revision":
+            raise
+        if asked == MAIN:
+            return None, (
+                f"{repo_id} not pinned to a commit ({e}): each node loads its main as it is when the job starts; "
+                "-o model_revision=COMMIT pins one"
+            )
+        if COMMIT.match(asked):
+            return asked, f"{repo_id} at commit {asked}, as given (not checked here: {e})"
+        raise
+    said = f"commit {sha}" if sha == asked else f"model_revision {asked} is commit {sha} ({where})"
+    return sha, f"{repo_id}: {said}: every node and every resumed attempt loads it"

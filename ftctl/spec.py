@@ -408,6 +408,10 @@ class RunSpec:
     # --- what to train -----------------------------------------------------------------------
     method: str = "lora"  # fft | sft | lora | qlora
     model_name_or_path: str = DEMO_MODEL  # a hub id (org/name) or a local model directory
+    # a hub id's revision: a branch, tag or commit (TRL's model_revision; ORG/NAME@REV in model_name_or_path says it
+    # too); default main. Launch records the commit it is (the Hugging Face cache's, else the Hub's), which every node
+    # and every resumed attempt loads
+    model_revision: str | None = None
     model_params: str | None = None  # "7b", "135m": when the model's config cannot be read
     # TRL's: a Jinja file, or a tokenizer (model directory or hub id) whose chat template to train with;
     # default: the model's own, else FastChat's Vicuna v1.1 template
@@ -666,12 +670,114 @@ class RunSpec:
         return dict(self._given_in).get(key)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k in FIELDS}
+        """The run's keys and values (spec.json's), WHERE_SET's only where set."""
+        return {
+            k: v for k, v in dataclasses.asdict(self).items() if k in FIELDS and (k not in WHERE_SET or v is not None)
+        }
 
     def digest(self) -> str:
         """A short hash of what changes the trained weights (not where it runs)."""
-        keep = {k: v for k, v in self.to_dict().items() if k in TRAINING_KEYS}
+        keep = {k: v for k, v in self.to_dict().items() if k in TRAINING_KEYS or k in WHERE_SET}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def hub_model(name_or_path: str) -> bool:
+    """Whether the model is a Hub id loaded from the Hub (or its cache): not a local directory, not the demo model
+    (built here from its PyPI wheel)."""
+    from ftctl.hub import HUB_ID
+
+    return (
+        bool(HUB_ID.match(name_or_path))
+        and "--" not in name_or_path  # (the Hub's ids have none: preflight refuses them as no hub id)
+        and ".." not in name_or_path
+        and not is_demo_model(name_or_path)
+        and not storage.looks_like_path(name_or_path)
+        and not Path(name_or_path).expanduser().exists()
+    )
+
+
+# ORG/NAME@REV: a hub id at a revision (hf://'s way of saying it), read as model_revision
+_AT_REVISION = re.compile(r"^(?P<model>[^@\s]+)@(?P<revision>[^@\s]+)$")
+
+
+def _model_revision(spec: RunSpec, sources: dict, notes: list | None) -> RunSpec:
+    """``spec`` with model_revision as it reads: ORG/NAME@REV split into the id and its revision; TRL's main (its
+    ModelConfig default, which the alignment handbook's recipes write out) left out, noted, for a local model, and
+    any other revision of one refused (a directory has none); a name no branch, tag or commit has refused."""
+    import shlex
+
+    from ftctl.hub import MAIN, REVISION
+
+    model, revision = spec.model_name_or_path, spec.model_revision
+    source = sources.get("model_revision", "-o")
+    if (at := _AT_REVISION.match(model)) and hub_model(at["model"]) and not Path(model).expanduser().exists():
+        if revision is not None and revision != at["revision"]:
+            raise FtctlError(
+                f"{model!r} names revision {at['revision']!r} and model_revision={revision!r} ({source}) another: "
+                "keep one."
+            )
+        model, revision, source = at["model"], at["revision"], sources.get("model_name_or_path", "--model")
+    if revision is None:
+        return spec
+    revision = revision.strip()
+    if not hub_model(model):
+        what = "the demo model, built here from its PyPI wheel," if is_demo_model(model) else "a local model"
+        if revision == MAIN:
+            notes is None or notes.append(
+                f"model_revision main ({source}): left out, {model} is {what.rstrip(',')}, which has no revisions"
+            )
+            return dataclasses.replace(spec, model_revision=None)
+        rev = shlex.quote(revision)
+        raise FtctlError(
+            f"model_revision={revision!r} ({source}): --model {model} is {what} which has no revisions: give the hub "
+            f"id (--model ORG/NAME -o model_revision={rev}), or download that revision (hf download ORG/NAME "
+            f"--revision {rev} --local-dir DIR) and pass --model DIR without model_revision."
+        )
+    if not REVISION.match(revision):
+        raise FtctlError(
+            f"model_revision={revision!r} ({source}): not a branch, tag or commit name (letters, digits, . _ - /): "
+            "give one the Hub shows on the model's Files and versions page, or a commit's 40 hex digits."
+        )
+    return dataclasses.replace(spec, model_name_or_path=model, model_revision=revision)
+
+
+def pinned(spec: RunSpec, earlier: dict | None = None) -> tuple[RunSpec, str | None]:
+    """``spec`` with its hub model's revision resolved to the commit it is now (ftctl.hub.pin: the Hugging Face
+    cache's, else the Hub's), which spec.json records for every node and every resumed attempt to load, and the line
+    saying so; as it is for a local model. Where it cannot be told, main stays unpinned (the line says why); another
+    revision is refused, saying how to fix it. ``earlier``: the spec.json's spec of the run a launch goes on (its run
+    directory's), whose commit of the same model a relaunch that names no revision keeps: it resumes checkpoints
+    trained on that commit, whatever main has become since."""
+    if not hub_model(spec.model_name_or_path):
+        return spec, None
+    import shlex
+
+    from ftctl import hub
+
+    model = spec.model_name_or_path
+    kept = (earlier or {}).get("model_revision")
+    if (
+        spec.model_revision is None
+        and (earlier or {}).get("model_name_or_path") == model
+        and isinstance(kept, str)
+        and hub.COMMIT.match(kept)
+    ):
+        return dataclasses.replace(spec, model_revision=kept), (
+            f"{model}: commit {kept}, its run's (its spec.json's), which every node and every resumed attempt loads; "
+            "-o model_revision=main for its main now"
+        )
+    try:
+        commit, said = hub.pin(model, spec.model_revision)
+    except hub.HubError as e:
+        fix = (
+            f"download it where the Hub answers (hf download {shlex.quote(model)} --revision "
+            f"{shlex.quote(spec.model_revision or 'main')}), unset "
+            "HF_HUB_OFFLINE, or give a revision the cache has"
+            if e.kind == "unreachable"
+            else "give a branch, tag or commit the model's Files and versions page shows"
+        )
+        raise FtctlError(f"model_revision={spec.model_revision!r} of {model}: {e}: {fix}.") from None
+    return (dataclasses.replace(spec, model_revision=commit) if commit else spec), said
 
 
 def is_demo_model(name_or_path: str) -> bool:
@@ -827,7 +933,11 @@ _PLACEMENT_KEYS = {
     "also_gpus",
     "on_demand_fallback",
 }
-TRAINING_KEYS = [n for n in FIELDS if n not in _PLACEMENT_KEYS]
+# Keys spec.json holds only where set (RunSpec.to_dict): one without it ran at the default, as every run did before the
+# key was (model_revision: main, or a local model, which has none). They change the weights trained all the same
+# (RunSpec.digest), but are compared only where read with .get
+WHERE_SET = ("model_revision",)
+TRAINING_KEYS = [n for n in FIELDS if n not in _PLACEMENT_KEYS and n not in WHERE_SET]
 
 
 def _base_type(hint):
@@ -1299,6 +1409,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         raise FtctlError(_join(said))
     if said := nul_problems(spec) or unusable_paths(spec):  # before anything asks whether a path exists (a traceback)
         raise FtctlError(_join(said))
+    spec = _model_revision(spec, sources, notes)
     if (said := _evaluated_every_logging(spec, values, evaluation, sources)) and notes is not None:
         notes.append(said)
     if notes is not None and spec.warmup_steps is not None and spec.warmup_ratio is not None:

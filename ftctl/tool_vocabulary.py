@@ -188,8 +188,6 @@ DECIDED = {
     "use_peft": "--method lora (or qlora, over a 4-bit base) trains PEFT adapters; fft and sft train the weights",
     "torch_dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
     "weights load in; bfloat16 or float16 here asks for one, as -o bf16=true or -o fp16=true does",
-    "model_revision": "a hub id loads its main revision; for another, download it (hf download ORG/NAME --revision REV "
-    "--local-dir DIR) and pass --model DIR",
     "trust_remote_code": "models load with transformers' own code for their architecture, never a repository's "
     "(remote code stays off): a model whose architecture your transformers lacks fails to load; use one it supports",
     "lora_modules_to_save": "lora and qlora train only the adapters (no modules_to_save); to train the head too use "
@@ -442,7 +440,6 @@ AGREES = {
     "dataset_format": None,  # qlora.py's
     "max_new_tokens": None,
     "max_memory_MB": None,
-    "model_revision": ("main",),  # TRL's ModelConfig default (the alignment handbook's recipes write it out)
     "use_flash_attention_2": ("true",),
     "hub_model_id": (),  # axolotl pushes to it (push_to_hub is TRL's): any value refused, not dropped unsaid
     "hub_strategy": None,

@@ -540,7 +540,6 @@ def test_yaml_lists_of_comma_separated_keys_are_joined(tmp_path):
     [
         ("use_peft", "--method lora (or qlora"),
         ("torch_dtype", "the planner chooses the precision"),
-        ("model_revision", "hf download ORG/NAME --revision REV --local-dir DIR) and pass --model DIR"),
         ("trust_remote_code", "remote code stays off"),
         ("lora_modules_to_save", "train only the adapters (no modules_to_save)"),
         ("adapter_name_or_path", "--model BASE -o resume=RUN/checkpoint-N --output NEW"),  # LLaMA-Factory's
@@ -1488,11 +1487,13 @@ def test_trls_model_init_kwargs_and_dataset_kwargs_are_read_key_by_key():
         },
         notes=notes,
     )
-    assert spec.attn_implementation == "sdpa"
+    assert spec.attn_implementation == "sdpa" and spec.model_revision is None  # (the demo model has no revisions)
     assert notes[0] == (
-        "model_init_kwargs.torch_dtype, model_init_kwargs.use_cache, dataset_kwargs.skip_prepare_dataset, "
-        "model_revision (run file): left to ftctl, which does what the values given ask"
+        "model_init_kwargs.torch_dtype, model_init_kwargs.use_cache, dataset_kwargs.skip_prepare_dataset (run file): "
+        "left to ftctl, which does what the values given ask"
     )
+    hub_model = {"model_name_or_path": "Qwen/Qwen2.5-0.5B", "model_init_kwargs": {"revision": "v2"}}
+    assert build(hub_model).model_revision == "v2"  # (helper 275: launch records the commit it is)
     assert build(None, None, ['model_init_kwargs={"attn_implementation": "eager"}']).attn_implementation == "eager"
     assert build({"model_init_kwargs": None, "dataset_kwargs": {}}) == RunSpec()
     with pytest.raises(FtctlError) as e:
@@ -1503,8 +1504,7 @@ def test_trls_model_init_kwargs_and_dataset_kwargs_are_read_key_by_key():
             }
         )
     text = str(e.value)
-    assert text.startswith("4 problems") and "Did you mean" not in text
-    assert "'model_init_kwargs.revision' (run file) is not set by hand here: a hub id loads its main revision" in text
+    assert text.startswith("3 problems") and "Did you mean" not in text
     assert "'model_init_kwargs.rope_scaling' (run file) is not offered: ftctl loads the model itself" in text
     assert "'dataset_kwargs.skip_prepare_dataset' (run file) is not set by hand here: ftctl prepares every row" in text
     with pytest.raises(FtctlError, match="'model_init_kwargs.attn_implementation' and 'attn_implementation'"):

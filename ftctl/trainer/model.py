@@ -147,29 +147,42 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     (out / "ftctl-source.json").write_text(json.dumps({"model": DEMO_MODEL, "from": DEMO_SOURCE}, indent=1))
 
 
-def resolve_model(name_or_path: str, flag: str = "--model") -> str:
+def resolve_model(name_or_path: str, flag: str = "--model", revision: str | None = None) -> str:
     """A path or id transformers can load: the demo model's id becomes its local directory. A
     missing directory or a malformed id is refused first, in preflight's words (one owner), naming the
     ``flag`` that gave it; so is an id neither in the Hugging Face cache nor downloadable (one quick ask of the Hub:
-    huggingface_hub's own retries took ~50 s to say it)."""
+    huggingface_hub's own retries took ~50 s to say it). ``revision`` (a hub id's: the commit launch pinned,
+    spec.model_revision): its snapshot in the cache where the Hub cannot be asked, whatever main is there; else the id,
+    loaded at that revision (at_revision)."""
     if is_demo_model(name_or_path):
         return str(ensure_demo_model())
+    if revision and (snapshot := _from_cache_offline(name_or_path, revision)):
+        return snapshot  # (preflight's check asks of main, which a cache holding only the pinned commit lacks)
     from ftctl.preflight import check_model, raise_if_errors
 
     raise_if_errors(check_model(name_or_path, flag, here=True))
-    return _from_cache_offline(name_or_path) or name_or_path
+    return _from_cache_offline(name_or_path, revision) or name_or_path
+
+
+def at_revision(path: str, revision: str | None) -> dict:
+    """from_pretrained's revision for what resolve_model gave: the pinned one for a hub id, none for a directory (the
+    demo model's, a snapshot of the cache: that revision already)."""
+    return {"revision": revision} if revision and not Path(path).expanduser().is_dir() else {}
 
 
 @functools.lru_cache(maxsize=8)
-def _from_cache_offline(name_or_path: str) -> str | None:
-    """A hub id's directory in the Hugging Face cache where the Hub does not answer from here (a cluster's node
-    without network, HF_HUB_OFFLINE unset): loaded from there at once, said once, instead of transformers asking the
-    Hub of each file, five tries each (169 s for a tiny model). None: load it as named."""
+def _from_cache_offline(name_or_path: str, revision: str | None = None) -> str | None:
+    """A hub id's directory in the Hugging Face cache (of ``revision``, default main) where the Hub does not answer
+    from here (a cluster's node without network, HF_HUB_OFFLINE unset): loaded from there at once, said once, instead
+    of transformers asking the Hub of each file, five tries each (169 s for a tiny model); with HF_HUB_OFFLINE, a
+    pinned revision's snapshot (transformers would read the same files). None: load it as named."""
     from ftctl import hub
 
-    if not hub.HUB_ID.match(name_or_path) or Path(name_or_path).expanduser().exists() or hub.offline():
+    if not hub.HUB_ID.match(name_or_path) or Path(name_or_path).expanduser().exists():
         return None
-    if not (why := hub.unreachable(name_or_path)) or not (snapshot := hub.cached_snapshot(name_or_path)):
+    if hub.offline():
+        return hub.cached_snapshot(name_or_path, revision) if revision else None
+    if not (why := hub.unreachable(name_or_path)) or not (snapshot := hub.cached_snapshot(name_or_path, revision)):
         return None
     log.warning(
         "%s; loading %s from the Hugging Face cache (%s). Set HF_HUB_OFFLINE=1 on nodes without network to skip "
@@ -182,12 +195,12 @@ def _from_cache_offline(name_or_path: str) -> str | None:
 
 
 # ------------------------------------------------------------------------------------ loading
-def load_tokenizer(name_or_path: str):
+def load_tokenizer(name_or_path: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    path = resolve_model(name_or_path)  # an id the Hub cannot give here is said by it, at once
+    path = resolve_model(name_or_path, revision=revision)  # an id the Hub cannot give here is said by it, at once
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, **at_revision(path, revision))
     except OSError as e:
         raise FtctlError(
             f"Cannot load the tokenizer of {name_or_path!r}: {e}\nPass a local model directory "
@@ -215,10 +228,10 @@ def model_kernels(spec, plan, on_cpu: bool, local_rank: int = 0):
     bf16 or fp16: what varlen_attention_forward hands the kernels, fp32 weights under autocast too)."""
     from ftctl.trainer.attention import AttentionShape, resolve
 
-    cfg = text_config(spec.model_name_or_path)
+    cfg = text_config(spec.model_name_or_path, spec.model_revision)
     return resolve(
         plan.attn_implementation,
-        liger_model_type(spec.model_name_or_path),
+        liger_model_type(spec.model_name_or_path, spec.model_revision),
         on_cpu,
         packed=plan.packing,
         shape=AttentionShape.of(cfg, DTYPES[plan.precision]) if cfg is not None else None,
@@ -226,24 +239,27 @@ def model_kernels(spec, plan, on_cpu: bool, local_rank: int = 0):
     )
 
 
-def liger_model_type(name_or_path: str) -> str | None:
+def liger_model_type(name_or_path: str, revision: str | None = None) -> str | None:
     """The ``model_type`` Liger's patch is chosen by: the whole model's (a multimodal model's own, e.g. gemma3 or
     mistral3, not its language model's, which LIGER_MODEL_TYPES may hold but was not measured wrapped), as
     plan.ModelShape.model_type; None when it cannot be read."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(resolve_model(name_or_path)).model_type
+        path = resolve_model(name_or_path, revision=revision)
+        return AutoConfig.from_pretrained(path, **at_revision(path, revision)).model_type
     except (OSError, ValueError):
         return None
 
 
-def text_config(name_or_path: str):
-    """The model's text config (the language model's, for a multimodal config), None when it cannot be read."""
+def text_config(name_or_path: str, revision: str | None = None):
+    """The model's text config (the language model's, for a multimodal config; a hub id's at ``revision``), None when
+    it cannot be read."""
     from transformers import AutoConfig
 
     try:
-        cfg = AutoConfig.from_pretrained(resolve_model(name_or_path))
+        path = resolve_model(name_or_path, revision=revision)
+        cfg = AutoConfig.from_pretrained(path, **at_revision(path, revision))
     except (OSError, ValueError):
         return None
     text = cfg.get_text_config()
@@ -272,15 +288,15 @@ def dequantizing(stored: str) -> dict:
     return {"quantization_config": Mxfp4Config(dequantize=True)}
 
 
-def stored_quantization(path) -> str:
-    """How the model ``path`` (a directory or a Hub id) stores its weights, where quantized, in
+def stored_quantization(path, revision: str | None = None) -> str:
+    """How the model ``path`` (a directory or a Hub id, at ``revision``) stores its weights, where quantized, in
     plan.stored_quantization's words; "" where its config cannot be read (from_pretrained says what is wrong)."""
     from transformers import AutoConfig
 
     from ftctl.plan import stored_quantization
 
     try:
-        cfg = AutoConfig.from_pretrained(path)
+        cfg = AutoConfig.from_pretrained(path, **at_revision(str(path), revision))
     except (OSError, ValueError):
         return ""
     return stored_quantization({"quantization_config": getattr(cfg, "quantization_config", None)})
@@ -340,8 +356,9 @@ def load_model(spec, plan, on_cpu: bool, local_rank: int = 0, kernels=None):
 
     kernels = kernels or model_kernels(spec, plan, on_cpu, local_rank)
     kwargs = {"dtype": weights_dtype(plan), "attn_implementation": kernels.attn_implementation}
-    path = resolve_model(spec.model_name_or_path)
-    stored = stored_quantization(path)
+    path = resolve_model(spec.model_name_or_path, revision=spec.model_revision)
+    kwargs |= at_revision(path, spec.model_revision)  # the commit launch pinned: every node's, every attempt's
+    stored = stored_quantization(path, spec.model_revision)
     if plan.method == "qlora" and (refused := qlora_refused(spec.model_name_or_path, stored)):
         raise FtctlError(refused)  # the plan refuses it; a plan made by an ftctl before that, or sized otherwise
     quant = quantization_config(plan, on_cpu, stored)

@@ -1,0 +1,298 @@
+"""A hub model pinned to a commit (helper 275): TRL's model_revision (model_init_kwargs.revision, ORG/NAME@REV) is a
+branch, tag or commit, resolved to the commit it is from huggingface_hub's cache (refs/<revision>, snapshots/<sha>/),
+else the Hub's API; spec.json records that commit and the trainer loads it, even after refs/main moves.
+
+Every test builds a real Hugging Face cache on disk (HF_HOME / HF_HUB_CACHE in tmp_path: blobs, snapshots linking
+them, refs), two snapshots of a tiny random Llama whose configs differ (1 layer, 2 layers). No network: HF_ENDPOINT
+points at a port nobody listens on (the Hub does not answer, at once), or, for the online path, at a stand-in of the
+Hub's model_info endpoint on loopback (the real huggingface_hub client asks it; nothing is mocked)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+from click.testing import CliRunner
+
+from ftctl import hub
+from ftctl.cli import main
+from ftctl.errors import FtctlError
+from ftctl.spec import build, pinned
+
+REPO = "org-275/tiny"
+ONE_LAYER = hashlib.sha1(b"one layer").hexdigest()  # main at first, and the tag v1.0
+TWO_LAYERS = hashlib.sha1(b"two layers").hexdigest()  # main after it moved
+
+
+def _tiny_model(out: Path, layers: int) -> Path:
+    """A tiny random Llama (safetensors) with ``layers`` layers, and a word-level tokenizer whose eos is
+    ``<eos{layers}>``: how the tests tell the commits apart."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    words = Tokenizer(models.WordLevel({"<unk>": 0, f"<eos{layers}>": 1, "hi": 2}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, eos_token=f"<eos{layers}>", unk_token="<unk>").save_pretrained(out)
+    return out
+
+
+def _snapshot(cache: Path, repo: str, sha: str, files: Path) -> None:
+    """``files`` as huggingface_hub's cache holds a commit: each file a blob, linked from snapshots/<sha>/."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    for f in files.iterdir():
+        data = f.read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = root / "snapshots" / sha / f.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path("..", "..", "blobs", blob.name))
+
+
+def _ref(cache: Path, repo: str, name: str, sha: str) -> None:
+    ref = cache / f"models--{repo.replace('/', '--')}" / "refs" / name
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(sha)  # (huggingface_hub writes it without a newline)
+
+
+def _clear_caches():
+    from ftctl.trainer import model
+
+    hub.model_config.cache_clear()
+    hub.unreachable.cache_clear()
+    model._from_cache_offline.cache_clear()
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache of this test's own, and a Hub that does not answer."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf"
+    cache = home / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HOME", str(home))  # (huggingface_hub reads both at import)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused, at once
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    _clear_caches()
+    yield cache
+    _clear_caches()
+
+
+@pytest.fixture
+def two_commits(hf_cache, tmp_path_factory):
+    """REPO in the cache at two commits: main and the tag v1.0 at ONE_LAYER's, TWO_LAYERS' beside them."""
+    models = tmp_path_factory.mktemp("models")
+    _snapshot(hf_cache, REPO, ONE_LAYER, _tiny_model(models / "one", 1))
+    _snapshot(hf_cache, REPO, TWO_LAYERS, _tiny_model(models / "two", 2))
+    _ref(hf_cache, REPO, "main", ONE_LAYER)
+    _ref(hf_cache, REPO, "v1.0", ONE_LAYER)
+    _ref(hf_cache, REPO, "refs/pr/1", TWO_LAYERS)
+    return hf_cache
+
+
+def _spec(**values):
+    return build({"method": "lora", "gpus": "cpu", "model_name_or_path": REPO, **values})
+
+
+def _spec_json(spec) -> dict:
+    """What launch writes as spec.json for ``spec`` (backend.prepare: pinned, planned, dumped)."""
+    from ftctl.plan import dump_run, make_plan
+
+    spec, _ = pinned(spec)
+    return json.loads(dump_run(spec, make_plan(spec)))["spec"]
+
+
+# ------------------------------------------------------------------------------------------ the commit recorded
+@pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "Hub-unreachable"])
+def test_a_revision_is_recorded_as_its_commit_from_the_cache(two_commits, monkeypatch, offline):
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec, said = pinned(_spec())  # main
+    assert spec.model_revision == ONE_LAYER
+    assert said == (
+        f"{REPO}: model_revision main is commit {ONE_LAYER} (the Hugging Face cache's refs/main): every node and every "
+        "resumed attempt loads it"
+    )
+    assert _spec_json(_spec(model_revision="refs/pr/1"))["model_revision"] == TWO_LAYERS
+    assert _spec_json(_spec(model_revision=TWO_LAYERS))["model_revision"] == TWO_LAYERS  # a commit: itself
+    # TRL's names of it: model_init_kwargs.revision (SFTConfig), and ORG/NAME@REV
+    assert _spec_json(_spec(model_init_kwargs={"revision": "refs/pr/1"}))["model_revision"] == TWO_LAYERS
+    assert _spec_json(build({"method": "lora", "gpus": "cpu", "model": f"{REPO}@v1.0"})) == _spec_json(
+        _spec(model_revision="v1.0")
+    )
+
+
+def test_a_spec_json_of_a_local_model_has_no_model_revision(tmp_path):
+    """Runs of a local model (or the demo's) write spec.json as before: model_revision only where a commit is."""
+    local = _tiny_model(tmp_path / "local", 1)
+    assert "model_revision" not in _spec_json(_spec(model_name_or_path=str(local)))
+
+
+def test_the_trainer_loads_the_pinned_commit_after_main_moves(two_commits, monkeypatch):
+    """A run pinned while main was ONE_LAYER's: the repository is updated (refs/main moves to TWO_LAYERS', as `hf
+    download` writes it), and a node of the job, or its resumed attempt, still loads ONE_LAYER's model."""
+    from ftctl.plan import make_plan
+    from ftctl.trainer.model import load_model, load_tokenizer, text_config
+
+    spec, _ = pinned(_spec())
+    plan = make_plan(spec)
+    _ref(two_commits, REPO, "main", TWO_LAYERS)
+    _clear_caches()
+    assert text_config(REPO).num_hidden_layers == 2  # main moved
+    assert text_config(REPO, spec.model_revision).num_hidden_layers == 1
+    assert load_model(spec, plan, on_cpu=True).config.num_hidden_layers == 1
+    assert (
+        load_tokenizer(REPO).eos_token == "<eos2>" and load_tokenizer(REPO, spec.model_revision).eos_token == "<eos1>"
+    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a node told the cache only
+    _clear_caches()
+    assert load_model(spec, plan, on_cpu=True).config.num_hidden_layers == 1
+    assert load_tokenizer(REPO, spec.model_revision).eos_token == "<eos1>"
+
+
+def test_a_run_that_goes_on_keeps_its_commit(two_commits):
+    """The spec.json of the run a relaunch goes on names its commit: kept where no revision is asked for, after main
+    moved too; a revision asked for, or another model, is resolved afresh."""
+    _ref(two_commits, REPO, "main", TWO_LAYERS)
+    earlier = {"model_name_or_path": REPO, "model_revision": ONE_LAYER}
+    spec, said = pinned(_spec(), earlier)
+    assert spec.model_revision == ONE_LAYER and said == (
+        f"{REPO}: commit {ONE_LAYER}, its run's (its spec.json's), which every node and every resumed attempt loads; "
+        "-o model_revision=main for its main now"
+    )
+    assert pinned(_spec(model_revision="main"), earlier)[0].model_revision == TWO_LAYERS
+    assert pinned(_spec(), {**earlier, "model_name_or_path": "org-275/other"})[0].model_revision == TWO_LAYERS
+    assert pinned(_spec(), {"model_name_or_path": REPO})[0].model_revision == TWO_LAYERS  # (one never pinned)
+
+
+# ------------------------------------------------------------------------------------------ refusals
+def test_a_revision_of_a_local_model_is_refused_in_one_line(tmp_path):
+    local = tmp_path / "model"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    with pytest.raises(FtctlError) as e:
+        _spec(model_name_or_path=str(local), model_revision="v1.0")
+    assert str(e.value) == (
+        f"model_revision='v1.0' (run file): --model {local} is a local model which has no revisions: give the hub id "
+        "(--model ORG/NAME -o model_revision=v1.0), or download that revision (hf download ORG/NAME --revision v1.0 "
+        "--local-dir DIR) and pass --model DIR without model_revision."
+    )
+    with pytest.raises(FtctlError, match="the demo model, built here from its PyPI wheel, which has no revisions"):
+        build(None, None, ["model_revision=v2"])
+    # TRL's default, which the alignment handbook's recipes write out, is taken: a directory is what it is
+    notes: list[str] = []
+    assert build({"model_name_or_path": str(local), "model_revision": "main"}, notes=notes).model_revision is None
+    assert notes == [f"model_revision main (run file): left out, {local} is a local model, which has no revisions"]
+    result = CliRunner().invoke(
+        main,
+        ["plan", "--gpus", "cpu", "--model", str(local), "-o", "model_revision=v1.0"],
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert [line for line in result.output.splitlines() if line.strip()] == [
+        f"error: model_revision='v1.0' (-o): --model {local} is a local model which has no revisions: give the hub "
+        "id (--model ORG/NAME -o model_revision=v1.0), or download that revision (hf download ORG/NAME --revision "
+        "v1.0 --local-dir DIR) and pass --model DIR without model_revision."
+    ]
+
+
+def test_an_unknown_revision_is_refused_offline_saying_what_the_cache_has(two_commits, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FtctlError) as e:
+        pinned(_spec(model_revision="v9"))
+    assert str(e.value) == (
+        f"model_revision='v9' of {REPO}: this machine's Hugging Face cache has no 'v9' of it (it has main, "
+        "refs/pr/1, v1.0, 2 commits), and HF_HUB_OFFLINE is set: download it where the Hub answers (hf download "
+        f"{REPO} --revision v9), unset HF_HUB_OFFLINE, or give a revision the cache has."
+    )
+    monkeypatch.delenv("HF_HUB_OFFLINE")  # the Hub does not answer either
+    with pytest.raises(FtctlError, match=r"has no 'v9' of it .*, and the Hub \(http://127.0.0.1:9\) did not answer"):
+        pinned(_spec(model_revision="v9"))
+    with pytest.raises(FtctlError, match=r"model_revision='a b' \(run file\): not a branch, tag or commit name"):
+        _spec(model_revision="a b")
+
+
+def test_what_cannot_be_told_offline_launches_as_before(hf_cache, monkeypatch):
+    """Not in the cache and no Hub: main stays unpinned, said (every launch of it worked before); a commit given whole
+    is recorded as given."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec, said = pinned(_spec())
+    assert spec.model_revision is None
+    assert said == (
+        f"{REPO} not pinned to a commit (it is not in this machine's Hugging Face cache, and HF_HUB_OFFLINE is set): "
+        "each node loads its main as it is when the job starts; -o model_revision=COMMIT pins one"
+    )
+    spec, said = pinned(_spec(model_revision=TWO_LAYERS))
+    assert spec.model_revision == TWO_LAYERS and "as given (not checked here" in said
+
+
+# ------------------------------------------------------------------------------------------ online
+class _ModelInfo(BaseHTTPRequestHandler):
+    """The Hub's model_info (GET /api/models/ORG/NAME/revision/REV) for REPO: main and v2 known, others not."""
+
+    commits = {"main": TWO_LAYERS, "v2": ONE_LAYER}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = unquote(self.path.split("?")[0])
+        prefix = f"/api/models/{REPO}/revision/"
+        rev = path[len(prefix) :] if path.startswith(prefix) else None
+        if rev is None:
+            status, body, code = 404, {"error": "Repository not found"}, "RepoNotFound"
+        elif rev in self.commits:
+            status, body, code = 200, {"id": REPO, "sha": self.commits[rev], "siblings": []}, None
+        else:
+            status, body, code = 404, {"error": f"Invalid rev id: {rev}"}, "RevisionNotFound"
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if code:
+            self.send_header("X-Error-Code", code)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_a_revision_not_in_the_cache_is_asked_of_the_hub(hf_cache, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ModelInfo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        spec, said = pinned(_spec(model_revision="v2"))
+        assert spec.model_revision == ONE_LAYER
+        assert said == f"{REPO}: model_revision v2 is commit {ONE_LAYER} (the Hub's v2 now): every node and every " + (
+            "resumed attempt loads it"
+        )
+        assert pinned(_spec())[0].model_revision == TWO_LAYERS
+        with pytest.raises(FtctlError) as e:
+            pinned(_spec(model_revision="v9"))
+        assert str(e.value) == (
+            f"model_revision='v9' of {REPO}: the Hub's {REPO} has no 'v9' (no such branch, tag or commit): give a "
+            "branch, tag or commit the model's Files and versions page shows."
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
