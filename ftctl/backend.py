@@ -42,7 +42,7 @@ from typing import ClassVar
 from ftctl import gpus as gpu_table
 from ftctl import lease, userconfig
 from ftctl.errors import FtctlError, NotSent
-from ftctl.launch import container_as, container_kind, given_as
+from ftctl.launch import container_kind
 from ftctl.plan import Plan, checkpoint_cost, dump_run, make_plan, with_lora_targets, with_save_steps
 from ftctl.progress import (
     LOGGED_STEP,  # the trainer's step line in a job's log (trained_again)
@@ -56,6 +56,8 @@ from ftctl.spec import (
     TRAINING_KEYS,
     RunSpec,
     as_run,
+    container_as,
+    given_as,
     join_paths,
     resume_problem,
     split_paths,

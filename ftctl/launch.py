@@ -15,7 +15,6 @@ User values are always quoted with ``shlex.quote``; intentional shell (``"$HEAD_
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import shlex
@@ -306,27 +305,3 @@ def container_kind(spec: RunSpec) -> tuple[str | None, str | None]:
     if kind in ("docker", "apptainer", "pyxis") and image:
         return kind, image
     return "docker", spec.container
-
-
-def given_as(spec: RunSpec, key: str, value=None, flag: str | None = None) -> str:
-    """Run key ``key`` as the user gave it (RunSpec.given_in), for a message about it: with ``value`` None the way
-    alone ("--container", "-o container", "the run file's container"); else with ``value``, which is how a fault
-    repeats what was given and how its fix says what to give instead, in the same place: "--container docker:REF",
-    "-o container=docker:REF", "container: docker:REF in the run file" (a run file's value was said as if typed as
-    --container, which the user never wrote). ``flag``: the key's flag, also where no layer gave it (a spec made in
-    code, an image ftctl chose); None: -o is its way."""
-    how = spec.given_in(key)
-    if value is None:
-        return {"run file": f"the run file's {key}", "-o": f"-o {key}"}.get(how, flag or f"-o {key}")
-    if how == "run file":
-        text = str(value)
-        plain = re.fullmatch(r"[\w@%+=:,./~#-]+", text) and not text.startswith(("-", "~", "#", "%", "@"))
-        return f"{key}: {text if plain else json.dumps(text)} in the run file"  # (JSON's string: YAML's too)
-    if how == "-o" or flag is None:
-        return f"-o {shlex.quote(f'{key}={value}')}"
-    return f"{flag} {shlex.quote(str(value))}"
-
-
-def container_as(spec: RunSpec, value=None) -> str:
-    """given_as of the container: "--container VALUE", "-o container=VALUE" or "container: VALUE in the run file"."""
-    return given_as(spec, "container", value, "--container")

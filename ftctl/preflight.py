@@ -55,8 +55,8 @@ from pathlib import Path
 from ftctl import storage
 from ftctl.errors import FtctlError
 from ftctl.hub import HUB_ID
-from ftctl.launch import given_as
 from ftctl.runpaths import ADAPTER_CONFIG, MERGED_DIR
+from ftctl.spec import given_as
 
 ERROR, WARNING = "error", "warning"
 NOTE = "note"  # what a dry run checked, or left to the nodes, and why: no problem

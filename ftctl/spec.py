@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -555,6 +556,9 @@ class RunSpec:
     # says where a value came from can (render's image line: a run file's container is no --container); spec.json
     # holds what the run resolved to
     _given_in: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    # not a run key: the run file build read, as it was named (None: none, or a dict), so that what says a value came
+    # from it can name it (launch.given_as: "container: docker:X in gist.yaml")
+    _run_file: str | None = field(default=None, compare=False, repr=False)
 
     # -------------------------------------------------------------------------------------------
     @property
@@ -668,6 +672,11 @@ class RunSpec:
     def given_in(self, key: str) -> str | None:
         """The layer that gave ``key`` ("run file", "flag", "-o"); None where no layer did (a spec made in code)."""
         return dict(self._given_in).get(key)
+
+    @property
+    def run_file(self) -> str | None:
+        """The run file build read, as named (-c FILE, RUN_FILE); None where none was, or it was a dict."""
+        return self._run_file
 
     def to_dict(self) -> dict:
         """The run's keys and values (spec.json's), WHERE_SET's only where set."""
@@ -1404,7 +1413,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         default = default_secrets(values.get("report_to", FIELDS["report_to"].default))
         values["secrets"] = [*default, *(s for s in values.get("secrets", []) if s not in default)]
     given = sorted((k, source) for k, source in sources.items() if values.get(k) is not None)  # null: unset
-    spec = RunSpec(**values, _given_in=tuple(given))
+    spec = RunSpec(**values, _given_in=tuple(given), _run_file=config if isinstance(config, str) else None)
     if said := written_secret_problems(spec):  # before any line that repeats a value
         raise FtctlError(_join(said))
     if said := nul_problems(spec) or unusable_paths(spec):  # before anything asks whether a path exists (a traceback)
@@ -2299,3 +2308,28 @@ def _default_text(f: dataclasses.Field) -> str:
     value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
     value = IMPLIED.get(f.name, value)
     return "(unset)" if value is None else json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+
+
+def given_as(spec: RunSpec, key: str, value=None, flag: str | None = None) -> str:
+    """Run key ``key`` as the user gave it (RunSpec.given_in), for a message about it: with ``value`` None the way
+    alone ("--container", "-o container", "the run file's container"); else with ``value``, which is how a fault
+    repeats what was given and how its fix says what to give instead, in the same place: "--container docker:REF",
+    "-o container=docker:REF", "container: docker:REF in gist.yaml" (the run file as named; a run file's value was
+    said as if typed as --container, which the user never wrote). ``flag``: the key's flag, also where no layer gave
+    it (a spec made in code, an image ftctl chose); None: -o is its way."""
+    how = spec.given_in(key)
+    if value is None:
+        return {"run file": f"the run file's {key}", "-o": f"-o {key}"}.get(how, flag or f"-o {key}")
+    if how == "run file":
+        text = str(value)
+        plain = re.fullmatch(r"[\w@%+=:,./~#-]+", text) and not text.startswith(("-", "~", "#", "%", "@"))
+        where = shlex.quote(spec.run_file) if spec.run_file else "the run file"
+        return f"{key}: {text if plain else json.dumps(text)} in {where}"  # (JSON's string: YAML's too)
+    if how == "-o" or flag is None:
+        return f"-o {shlex.quote(f'{key}={value}')}"
+    return f"{flag} {shlex.quote(str(value))}"
+
+
+def container_as(spec: RunSpec, value=None) -> str:
+    """given_as of the container: "--container VALUE", "-o container=VALUE" or "container: VALUE in the run file"."""
+    return given_as(spec, "container", value, "--container")

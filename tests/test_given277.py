@@ -62,7 +62,7 @@ def test_a_container_refused_is_named_as_given_with_its_fix_in_the_same_place(
     """A run file's `container:` was refused as "--container '...'" with "pass --container ..." for the fix: a flag
     the user never typed. Each of the three ways names itself, fault and fix."""
     ways = {
-        "run file": (f"container: {container}\n", [], lambda v: f"container: {v} in the run file"),
+        "run file": (f"container: {container}\n", [], lambda v: f"container: {v} in {tmp_path / 'gist.yaml'}"),
         "-o": ("", ["-o", f"container={container}"], lambda v: f"-o {shlex.quote(f'container={v}')}"),
         "flag": ("", ["--container", container], lambda v: f"--container {shlex.quote(v)}"),
     }
@@ -72,16 +72,17 @@ def test_a_container_refused_is_named_as_given_with_its_fix_in_the_same_place(
 
 
 def test_sky_keys_of_a_run_file_are_named_as_its_keys_fault_and_fix(tmp_path):
+    gist = tmp_path / "gist.yaml"
     assert _render(tmp_path, "infra: aws\ncloud: gcp\n", "--backend", "sky") == (
-        "error: infra: aws in the run file and cloud: gcp in the run file name two clouds: drop the run file's "
-        "cloud, or give infra: gcp in the run file instead."
+        f"error: infra: aws in {gist} and cloud: gcp in {gist} name two clouds: drop the run file's cloud, or give "
+        f"infra: gcp in {gist} instead."
     )
     assert _render(tmp_path, "cloud: gcp\n", "--backend", "sky", "--infra", "aws") == (
-        "error: --infra aws and cloud: gcp in the run file name two clouds: drop the run file's cloud, or give "
-        "--infra gcp instead."
+        f"error: --infra aws and cloud: gcp in {gist} name two clouds: drop the run file's cloud, or give --infra "
+        "gcp instead."
     )
     error = _render(tmp_path, "cluster: c1\nspot: true\n", "--backend", "sky")
-    assert error.startswith("error: cluster: c1 in the run file: --spot runs a managed job on clusters ")
+    assert error.startswith(f"error: cluster: c1 in {gist}: --spot runs a managed job on clusters ")
     assert error.endswith(
         "drop the run file's cluster (-o run_name=NAME names the job), or drop the run file's spot to run on that "
         "cluster."
@@ -98,9 +99,7 @@ def test_a_run_files_cpu_nodes_without_a_backend_name_its_gpus_key(tmp_path, mon
     path = tmp_path / "cpu.yaml"
     path.write_text("method: lora\nmodel: meta-llama/Llama-3.1-8B\ngpus: 2xcpu\n")
     got = CliRunner().invoke(main, ["render", str(path)])
-    assert got.stderr.startswith("error: gpus: 2xcpu in the run file asks for 2 nodes of one CPU process each"), (
-        got.output
-    )
+    assert got.stderr.startswith(f"error: gpus: 2xcpu in {path} asks for 2 nodes of one CPU process each"), got.output
     got = CliRunner().invoke(main, ["render", str(path), "--gpus", "cpu", "--nodes", "3"])
     assert got.stderr.startswith("error: --gpus cpu --nodes 3 asks for 3 nodes of one CPU process each"), got.output
 
@@ -113,7 +112,7 @@ def test_a_run_files_apptainer_image_not_here_is_named_as_its_key(tmp_path):
     missing = tmp_path / "imgs" / "ftctl.sif"
     path = tmp_path / "gist.yaml"
     path.write_text(f"method: lora\nmodel: meta-llama/Llama-3.1-8B\ngpus: 8xA100\ncontainer: apptainer:{missing}\n")
-    with pytest.raises(Exception, match=f"^container: apptainer:{missing} in the run file: no such file here; the "):
+    with pytest.raises(Exception, match=f"^container: apptainer:{missing} in {path}: no such file here; the "):
         get("slurm").check(prepare(build(str(path), {"backend": "slurm", "output_dir": str(tmp_path / "out")})))
 
 

@@ -71,9 +71,8 @@ from ftctl.docker import engine as docker_engine
 from ftctl.docker import render as docker_render
 from ftctl.docker.image import build_command, default_image, flavour_for
 from ftctl.errors import FtctlError, NotSent
-from ftctl.launch import given_as
 from ftctl.runpaths import RunPaths
-from ftctl.spec import RunSpec
+from ftctl.spec import RunSpec, given_as
 from ftctl.storage import is_remote, write_whole
 from ftctl.torch_builds import node_driver_cuda
 

@@ -45,10 +45,10 @@ from ftctl.docker.engine import Info
 from ftctl.docker.image import check_reference, default_image
 from ftctl.errors import FtctlError
 from ftctl.hub import NETWORK_ENV
-from ftctl.launch import PATH_PYTHON, container_as, container_kind, hf_caches, join, torchrun_argv, trainer_env
+from ftctl.launch import PATH_PYTHON, container_kind, hf_caches, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.runpaths import SPEC_FILE
-from ftctl.spec import RunSpec
+from ftctl.spec import RunSpec, container_as
 from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
 
 # docker stop's shortest wait between SIGTERM and SIGKILL: the time for the step under way and one checkpoint, which

@@ -44,9 +44,7 @@ from ftctl.errors import FtctlError, did_you_mean
 from ftctl.launch import (
     JOB_PORT,
     Shell,
-    container_as,
     container_kind,
-    given_as,
     job_port_line,
     join,
     preflight_shell,
@@ -60,7 +58,7 @@ from ftctl.preflight import disk_need
 from ftctl.runpaths import SOURCE_DIR, TASK_FILE
 from ftctl.sky.cost import memory_request
 from ftctl.sky.inputs import Shipped, cluster_name, node_dir, run_key, shipping_note
-from ftctl.spec import RunSpec
+from ftctl.spec import RunSpec, container_as, given_as
 
 HEREDOC = "FTCTL_SPEC_EOF"
 # the run's python on a node: the one of the torchrun on its PATH, where the setup put the stack (node_stack)

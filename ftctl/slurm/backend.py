@@ -43,7 +43,7 @@ from ftctl.backend import (
 )
 from ftctl.errors import FtctlError
 from ftctl.failures import error_line, last_attempt, tail
-from ftctl.launch import PATH_PYTHON, container_as, container_kind, hf_caches
+from ftctl.launch import PATH_PYTHON, container_kind, hf_caches
 from ftctl.plan import PlanError, checkpoint_row
 from ftctl.preflight import SAVE_GBPS, checkpoint_gb, disk_need, signal_save_s, train_seconds
 from ftctl.progress import Progress
@@ -51,7 +51,7 @@ from ftctl.runpaths import SLURM_STATUS_PATTERN, START_LINE, START_SLURM_ATTEMPT
 from ftctl.slurm import doctor as slurm_doctor
 from ftctl.slurm import render as slurm_render
 from ftctl.slurm import scheduler
-from ftctl.spec import FIELDS, slurm_time_s
+from ftctl.spec import FIELDS, container_as, slurm_time_s
 from ftctl.storage import is_remote, size_text, storage_errors
 
 # Slurm's words -> ftctl's states (as torchx's SLURM_STATES -> AppState)

@@ -47,7 +47,6 @@ from ftctl.launch import (
     STATUS_ENV,
     STOP_ENV,
     Shell,
-    container_as,
     container_kind,
     hf_caches,
     job_port_line,
@@ -62,7 +61,7 @@ from ftctl.launch import (
 from ftctl.lease import UNREACHED_EXIT
 from ftctl.plan import DTYPE_BYTES, PROCESS_HOST_GB, Plan
 from ftctl.runpaths import SLURM_LOG_PATTERN, SLURM_STATUS_PATTERN, SLURM_STOP_PATTERN
-from ftctl.spec import RunSpec, slurm_time_s
+from ftctl.spec import RunSpec, container_as, slurm_time_s
 from ftctl.storage import JOB_ENV, REMOTE_SCHEMES, home_credentials, is_remote, scheme
 
 # the per-attempt file names of ftctl.runpaths, spelled with the batch script's own variables
