@@ -54,11 +54,13 @@ from ftctl.spec import (
     FIELDS,
     RUNS_HERE,
     TRAINING_KEYS,
+    WHERE_SET,
     RunSpec,
     as_run,
     container_as,
     given_as,
     join_paths,
+    pinned,
     resume_problem,
     split_paths,
 )
@@ -550,9 +552,31 @@ def prepare(spec: RunSpec, why: str | None = None) -> Rendered:
         spec = replace(spec, container=image.container)
     spec = absolute_paths(spec)  # the paths here: what the preflight reads, and what a backend ships
     paths = RunPaths(run_dir_for(spec))
+    spec = pin_model(spec, earlier_spec(paths))  # the commit every node and every attempt loads: spec.json's
     spec_json = dump_run(spec, plan)
     text, files = backend.render(spec, plan, paths, spec_json)
     return Rendered(name, spec, plan, paths, text, files, image, another)
+
+
+def pin_model(spec: RunSpec, earlier: dict | None = None) -> RunSpec:
+    """``spec`` with its hub model's revision resolved to the commit it is (spec.pinned; ``earlier``: the spec.json of
+    the run it goes on, whose commit it keeps), the line saying which on stderr: what `plan` shows and launch
+    records."""
+    import click
+
+    spec, said = pinned(spec, earlier)
+    if said:
+        click.echo(f"note: {said}.", err=True)
+    return spec
+
+
+def earlier_spec(paths: RunPaths) -> dict | None:
+    """The spec of the spec.json in ``paths`` (a relaunch's run directory), None where there is none to read."""
+    try:
+        old = json.loads(paths.spec.read_text())["spec"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return old if isinstance(old, dict) else None
 
 
 def absolute_paths(spec: RunSpec) -> RunSpec:
@@ -658,8 +682,9 @@ def write_files(rendered: Rendered):
     if old is not None:
         new = json.loads(rendered.files[paths.spec.name])["spec"]
         default = RunSpec().to_dict()  # a key newer than the old spec.json: it ran with the default
-        was = {k: as_run(k, old.get(k, default[k])) for k in TRAINING_KEYS}
-        changed = sorted(k for k in TRAINING_KEYS if was[k] != as_run(k, new.get(k)))  # where it runs may change
+        keys = [*TRAINING_KEYS, *WHERE_SET]  # (WHERE_SET's: in spec.json only where set)
+        was = {k: as_run(k, old.get(k, default.get(k))) for k in keys}
+        changed = sorted(k for k in keys if was[k] != as_run(k, new.get(k)))  # where it runs may change
         other = [k for k in changed if k in KIND]
         if other and list_checkpoints(str(paths.root)):
             raise FtctlError(
@@ -1621,8 +1646,10 @@ def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:
     for the GPUs asked for."""
     asked = gpu_table.parse(spec.gpus, spec.nodes) if spec.gpus else None
     if spec.backend or asked is None or (asked.is_cpu and asked.nodes == 1):
-        return get(spec.backend or "local").resolve(spec)
-    return spec, make_plan(spec)
+        spec, plan = get(spec.backend or "local").resolve(spec)
+    else:
+        plan = make_plan(spec)
+    return pinned(spec)[0], plan  # after the plan (a plan refused says only that); its model row shows the commit
 
 
 # ------------------------------------------------------------------------------------------ a run's trainer

@@ -327,6 +327,8 @@ class Plan:
         from ftctl.trainer.data import loss_on
 
         model, max_length = (spec.model_name_or_path, spec.model_max_length) if spec else (None, None)
+        if spec and spec.model_revision:  # the commit launch records (spec.pinned), or the revision asked for
+            model = f"{model}@{spec.model_revision}"
         source = self.model.source  # its config.json: said once where the model's path is named already
         if model and source == str(Path(model, "config.json")):
             source = "its config.json"

@@ -284,7 +284,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             log.warning("%s", changed.line(own=not elsewhere(run)))
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
-        tokenizer = use_chat_template(load_tokenizer(spec.model_name_or_path), spec.chat_template_path)
+        tokenizer = use_chat_template(
+            load_tokenizer(spec.model_name_or_path, spec.model_revision), spec.chat_template_path
+        )
         own = None if elsewhere(run) else run.resume_from  # a checkpoint of this run: its W&B run goes on
         args = training_args(spec, plan, procs, local_dir, load_universal=universal, resumed=own)
         # DeepSpeed's compiled ops (CPU Adam under offload) built or loaded now, under a lock that dies with its
@@ -718,7 +720,7 @@ def over_context(spec) -> str | None:
     model_max_length, so longer ones train at positions the model never saw."""
     from ftctl.trainer.model import text_config
 
-    config = text_config(spec.model_name_or_path)
+    config = text_config(spec.model_name_or_path, spec.model_revision)
     context = scaled_context(config.to_dict(), config.model_type or "") if config is not None else 0
     if not context or spec.model_max_length <= context:
         return None
