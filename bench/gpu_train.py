@@ -161,6 +161,7 @@ def make_model(shape: str, root: Path, device: str = "cuda") -> Path:
         return path
     cfg = AutoConfig.for_model(kind, **fields, bos_token_id=None, eos_token_id=0, pad_token_id=0)
     t = time.time()
+    torch.manual_seed(0)  # the same weights every call (v109: unseeded, the init hung on what ran before it)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16)
     model.save_pretrained(path)

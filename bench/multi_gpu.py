@@ -586,7 +586,8 @@ def main() -> None:
     )
     result = {"card": card, "kind": kind, "torch": torch.__version__, "steps": a.steps, "cases": a.cases, "rows": []}
     result["global_batch"] = a.global_batch
-    for mod in ("deepspeed", "trl", "transformers", "accelerate", "bitsandbytes"):
+    # the base image's too: v109's losses moved from step 1 when the device image changed under the same wheels
+    for mod in ("deepspeed", "trl", "transformers", "accelerate", "bitsandbytes", "tokenizers", "safetensors", "numpy"):
         try:
             result[mod] = __import__(mod).__version__
         except Exception as e:  # deepspeed missing: its rows fail with the reason
