@@ -1,0 +1,310 @@
+"""Does the plan's step time hold for ftctl's whole trainer at long context? (run on the device machine, not in CI)
+
+The plan predicts an optimizer step (plan.step_seconds: global batch x model_max_length tokens at plan.MFU of the
+GPUs' dense bf16 peak, each token's FLOPs 4 x params for lora plus attention's 6 x layers x q_width x
+model_max_length, docs/plan.md "Step time"). One Llama-3-8B layer measured alone ran 1.4x slower than that at 32k
+tokens and 1.7x at 128k (/work/notes/task-276-layer-h100.txt). This runs the whole trainer: for each length L, lora
+on the Llama-3.2-1B shape (gpu_train's "1b" with Llama-3.2-1B's 131,072-token context, so no row is past its
+positions), data of single conversations each just under L tokens with the bench's tiny tokenizer (one document a
+row, packed or not), -o model_max_length=L and a global batch of TOKENS_PER_STEP / L rows (65,536 tokens a step:
+32 rows at 2k, 4 at 16k, 2 at 32k), --steps optimizer steps (the first one a warm-up, not timed).
+
+Each length runs in its own process (gpu_train.run_case, the same path as a real run: RunSpec -> make_plan(1xH100)
+-> ftctl.trainer.run.train), so one length's GPU memory cannot count in another's peak. A row records:
+
+    step_s          measured seconds an optimizer step (mean of steps 2..; step_s_each: every one, torch.cuda
+                    synchronised at each step's end)
+    plan_step_s     the plan's prediction for the same spec on 1x$BENCH_TIER (make_plan: plan.step_s)
+    ratio           step_s / plan_step_s (> 1: the plan is optimistic)
+    attn_share      attention's share of the plan's FLOPs at L (plan.flops_per_token)
+    tflops, mfu     the plan's FLOPs (weights' and attention's) a measured second, and over the card's peak
+    peak_alloc_gib  torch.cuda.max_memory_allocated; plan_peak_gib the plan's memory_gb in GiB
+    attention       what the trainer ran (metrics.jsonl's start record), beside plan.attn_implementation
+    tokens_per_step tokens the trainer counted a step (state.num_input_tokens_seen)
+
+and, over all lengths, a least-squares fit step_s = tokens x (weights' FLOPs / W + attention's FLOPs / A): W and
+A, the speeds (TFLOPS) weights' and attention's FLOPs ran at, against plan.MFU x peak for both.
+
+    python3 bench/longctx_step_gpu.py --out DIR [--lengths 2048,16384,32768] [--steps 6]
+    BENCH_CPU=1 python bench/longctx_step_gpu.py --out DIR   (here: the tests' tiny model at 64-256 tokens, on CPU;
+                    the prediction is still the H100 plan's, so the ratio means nothing: it checks the script)
+
+Writes DIR/longctx_step.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import gpu_train  # noqa: E402
+
+CPU = os.environ.get("BENCH_CPU") == "1"
+TIER = os.environ.get("BENCH_TIER", "H100")
+TOKENS_PER_STEP = 1024 if CPU else 65536
+LENGTHS = (64, 128, 256) if CPU else (2048, 16384, 32768)
+MARGIN = 8  # a document is this many tokens under L: nothing cut, one document a row
+CASE = "lora1b"
+# Llama-3.2-1B's own context (131,072 with its llama3 RoPE scaling): 32k rows are inside it, as in a real run
+gpu_train.SHAPES["1b128k"] = dict(gpu_train.SHAPES["1b"], max_position_embeddings=131072)
+gpu_train.CASES[CASE] = ("lora", "1b128k")
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
+
+
+# ------------------------------------------------------------------------------------------ data
+def make_docs(path: Path, tokenizer, length: int, rows: int) -> dict:
+    """``rows`` ShareGPT conversations of length - MARGIN tokens each (chat template included), words of
+    gpu_train.make_data's vocabulary. Byte-level BPE splits at words, so a conversation's tokens are the template's
+    plus each word's own: sized exactly, then checked."""
+    words = "the of model data train token layer batch memory value ship code answer night river".split()
+    cost = {w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words}
+
+    def count(q: str, a: str) -> int:
+        msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        ids = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+        return len(ids)
+
+    rng = random.Random(length)
+    target = length - MARGIN
+    out, sizes = [], []
+    for i in range(rows):
+        q = f"question {i}: " + " ".join(rng.choice(words) for _ in range(8))
+        first = rng.choice(words)
+        base = count(q, first)
+        a, n = [first], base
+        while n < target:
+            w = rng.choice([w for w in words if n + cost[w] <= target] or [None])
+            if w is None:
+                break
+            a.append(w)
+            n += cost[w]
+        text = " ".join(a)
+        sizes.append(count(q, text))
+        conv = [{"from": "human", "value": q}, {"from": "gpt", "value": text}]
+        out.append({"id": f"{length}-{i}", "conversations": conv})
+    path.write_text(json.dumps(out))
+    return {"doc_tokens_min": min(sizes), "doc_tokens_max": max(sizes)}
+
+
+# ------------------------------------------------------------------------------------------ one length
+def one(length: int, steps: int, work: Path, out: Path) -> None:
+    """One length in this process: gpu_train.run_case with a clock at every step's end, the plan's prediction."""
+    import torch
+    from transformers import AutoTokenizer, TrainerCallback
+
+    import ftctl.spec
+    import ftctl.trainer.run
+    from ftctl.plan import MFU, flops_per_token, make_plan, step_seconds
+
+    if CPU:  # run_case's clock and peaks are CUDA's; its spec is 1xH100's: here the same run on CPU
+        torch.cuda.synchronize = lambda *a, **k: None
+        torch.cuda.reset_peak_memory_stats = lambda *a, **k: None
+        torch.cuda.max_memory_allocated = torch.cuda.max_memory_reserved = lambda *a, **k: 0
+    rows = TOKENS_PER_STEP // length
+    model_dir = model_path(work)
+    data = work / f"docs-{length}.json"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    docs = make_docs(data, tokenizer, length, rows * steps)
+
+    real_build, seen = ftctl.spec.build, {}
+
+    def build(flags, overrides, **kw):  # run_case's spec; on CPU run it on CPU
+        seen["flags"], seen["overrides"] = dict(flags), list(overrides)
+        return real_build(flags={**flags, "gpus": "cpu"} if CPU else flags, overrides=overrides, **kw)
+
+    class Clock(TrainerCallback):
+        t: list[float] = []
+        tokens: list[int] = []
+
+        def on_step_end(self, args, state, control, **kw):
+            torch.cuda.synchronize()
+            self.t.append(time.time())
+            self.tokens.append(state.num_input_tokens_seen)
+
+    real_train, clock = ftctl.trainer.run.train, Clock()
+
+    def train(spec, plan, callbacks=(), echo=print):
+        seen["plan"] = plan
+        return real_train(spec, plan, callbacks=[*callbacks, clock], echo=echo)
+
+    ftctl.spec.build, ftctl.trainer.run.train = build, train
+    overrides = [f"model_max_length={length}", f"global_batch_size={rows}", "seed=7", "warmup_ratio=0.0"]
+    name = "+".join([CASE, *overrides])
+    t0 = time.time()
+    row: dict = {"L": length, "rows_a_step": rows, **docs}
+    try:
+        case = gpu_train.run_case(name, model_dir, data, steps, work, checkpoint=False)
+    except Exception as e:  # the row says why; the other lengths still run
+        import traceback
+
+        traceback.print_exc()
+        out.write_text(json.dumps({**row, "error": f"{type(e).__name__}: {str(e)[:500]}"}))
+        return
+    ftctl.spec.build, ftctl.trainer.run.train = real_build, real_train
+    # the prediction: the same spec on 1x<tier> (on a GPU the trainer's own plan; on CPU it has none)
+    spec = real_build(flags={**seen["flags"], "gpus": f"1x{TIER}"}, overrides=seen["overrides"])
+    plan = make_plan(spec)
+    weights, attention = flops_per_token(plan, length)
+    predicted = step_seconds(plan, length)  # plan.step_s unrounded (it keeps 3 decimals)
+    each = [round(b - a, 4) for a, b in zip(clock.t, clock.t[1:])]  # steps 2.. (step 1: the warm-up)
+    step_tokens = [b - a for a, b in zip(clock.tokens, clock.tokens[1:])]
+    step_s = sum(each) / len(each) if each else None
+    tokens = sum(step_tokens) / len(step_tokens) if step_tokens else rows * length
+    start = {}
+    metrics = work / name / "metrics.jsonl"
+    if metrics.exists():
+        recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+        start = next((r for r in recs if r.get("event") == "start"), {})
+    card = "cpu" if CPU else torch.cuda.get_device_name(0)
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in card), None)
+    ran = seen["plan"]
+    flops = rows * length * (weights + attention)  # the plan's FLOPs a step (every document L long)
+    row |= {
+        "card": card,
+        "steps": case["steps"],
+        "step_s": round(step_s, 4) if step_s else None,
+        "step_s_each": each,
+        "step_s_median": sorted(each)[len(each) // 2] if each else None,
+        "plan_step_s": float(f"{predicted:.4g}") if predicted else None,
+        "ratio": round(step_s / predicted, 3) if step_s and predicted else None,
+        "attn_share": round(attention / (weights + attention), 3),
+        "weights_flops_a_token": weights,
+        "attention_flops_a_token": attention,
+        "tokens_per_step": tokens,
+        "tflops": round(flops / step_s / 1e12, 1) if step_s else None,
+        "mfu": round(flops / step_s / (peak * 1e12), 3) if step_s and peak else None,
+        "plan_mfu": MFU,
+        "peak_alloc_gib": case["peak_alloc_gib"],
+        "peak_reserved_gib": case["peak_reserved_gib"],
+        "plan_peak_gib": round(plan.memory_gb * 1e9 / 2**30, 2),
+        "plan_attn": plan.attn_implementation,
+        "trainer_attn_plan": ran.attn_implementation,
+        "attention": start.get("attention", start) if start else None,
+        "packing": plan.packing,
+        "micro_batch": plan.per_device_train_batch_size,
+        "accumulation": plan.gradient_accumulation_steps,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "final_loss": case["final_loss"],
+        "wall_s": round(time.time() - t0, 1),
+    }
+    out.write_text(json.dumps(row, indent=1))
+
+
+def model_path(work: Path) -> Path:
+    if CPU:  # the tests' tiny model (its 512 positions hold the CPU lengths)
+        from tests.tiny_fixtures import make_tiny_model_dir
+
+        path = work / "llama-tiny"
+        return path if (path / "config.json").exists() else make_tiny_model_dir(path)
+    return gpu_train.make_model(gpu_train.CASES[CASE][1], work)
+
+
+# ------------------------------------------------------------------------------------------ all lengths
+def fit(rows: list[dict]) -> dict | None:
+    """step_s = tokens x (w / W + a / A) by least squares over the lengths: W and A (TFLOPS), the speeds weights'
+    and attention's FLOPs ran at, each over the card's peak (the plan assumes MFU for both)."""
+    ok = [r for r in rows if r.get("step_s")]
+    if len(ok) < 2:
+        return None
+    # x1 = tokens x w, x2 = tokens x a; step_s = x1 u + x2 v, u = 1/W, v = 1/A
+    s11 = s12 = s22 = b1 = b2 = 0.0
+    for r in ok:
+        n = r["rows_a_step"] * r["L"]
+        x1, x2, y = n * r["weights_flops_a_token"], n * r["attention_flops_a_token"], r["step_s"]
+        s11, s12, s22, b1, b2 = s11 + x1 * x1, s12 + x1 * x2, s22 + x2 * x2, b1 + x1 * y, b2 + x2 * y
+    det = s11 * s22 - s12 * s12
+    if not det:
+        return None
+    u, v = (b1 * s22 - b2 * s12) / det, (s11 * b2 - s12 * b1) / det
+    peak = next((p for k, p in PEAK_TFLOPS.items() if k in ok[0]["card"]), None)
+    res = {"weights_tflops": round(1 / u / 1e12, 1) if u > 0 else None}
+    res["attention_tflops"] = round(1 / v / 1e12, 1) if v > 0 else None
+    if peak:
+        res["weights_mfu"] = round(1 / u / 1e12 / peak, 3) if u > 0 else None
+        res["attention_mfu"] = round(1 / v / 1e12 / peak, 3) if v > 0 else None
+    return res
+
+
+COLUMNS = ["L", "rows_a_step", "step_s", "plan_step_s", "ratio", "attn_share", "tflops", "mfu"]
+COLUMNS += ["peak_alloc_gib", "plan_peak_gib", "plan_attn", "micro_batch", "accumulation", "gradient_checkpointing"]
+
+
+def table(result: dict) -> str:
+    lines = [f"# lora, {CASE} shape, {result['card']}, torch {result['torch']}, {TOKENS_PER_STEP:,} tokens a step", ""]
+    lines += ["| " + " | ".join(COLUMNS) + " | attention | error |", "|" + "---|" * (len(COLUMNS) + 2)]
+    for r in result["rows"]:
+        attn = json.dumps(r.get("attention"))[:80].replace("|", "/")
+        err = r.get("error", "")[-160:].replace("\n", " ").replace("|", "/")
+        lines.append("| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + f" | {attn} | {err} |")
+    lines += ["", f"fit: {json.dumps(result.get('fit'))}"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--work", default="/tmp/ftctl-longctx-cpu" if CPU else "/tmp/ftctl-longctx")
+    ap.add_argument("--case-timeout-s", type=float, default=60 if CPU else 150)
+    ap.add_argument("--budget-s", type=float, default=400, help="no length runs past this many seconds in all")
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--one-out", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if a.one:
+        return one(a.one, a.steps, work, Path(a.one_out))
+    import torch
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"card": "cpu (BENCH_CPU=1 dry run)" if CPU else torch.cuda.get_device_name(0), "tier": TIER}
+    result |= {"torch": torch.__version__, "steps": a.steps, "tokens_per_step": TOKENS_PER_STEP, "rows": []}
+    for mod in ("transformers", "trl", "peft", "accelerate", "kernels", "flash_attn"):
+        try:
+            result[mod] = __import__(mod).__version__
+        except Exception as e:
+            result[mod] = f"missing: {type(e).__name__}"
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}), flush=True)
+    t0 = t = time.time()
+    model_path(work)  # built once, before the cases' clocks
+    result["model_build_s"] = round(time.time() - t, 1)
+    for length in map(int, a.lengths.split(",")):
+        one_out = work / f"row-{length}.json"
+        one_out.unlink(missing_ok=True)
+        cmd = [sys.executable, __file__, "--out", a.out, "--one", str(length), "--one-out", str(one_out)]
+        cmd += ["--steps", str(a.steps), "--work", str(work)]
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # what every ftctl run has
+        print(f"--- L={length}", flush=True)
+        log = out / f"L{length}.log"
+        try:
+            with log.open("w") as f:
+                left = min(a.case_timeout_s, a.budget_s - (time.time() - t0))
+                rc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=max(1.0, left))
+            rc = rc.returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        if one_out.exists():
+            row = json.loads(one_out.read_text())
+        else:
+            row = {"L": length, "error": f"exit {rc}: {log.read_text(errors='replace')[-1500:]}"}
+        result["rows"].append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "attention"}), flush=True)
+        result["fit"] = fit(result["rows"])
+        (out / "longctx_step.json").write_text(json.dumps(result, indent=1))
+    print(table(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
