@@ -20,7 +20,9 @@ Each length runs in its own process (gpu_train.run_case, the same path as a real
     tflops, mfu     the plan's FLOPs (weights' and attention's) a measured second, and over the card's peak
     peak_alloc_gib  torch.cuda.max_memory_allocated; plan_peak_gib the plan's memory_gb in GiB
     attention       what the trainer ran (metrics.jsonl's start record), beside plan.attn_implementation
-    tokens_per_step tokens the trainer counted a step (state.num_input_tokens_seen)
+    tokens_per_step transformers' state.num_input_tokens_seen a step: NOT the step's tokens (v110 on an H100: 0.8x
+                    the rows' tokens at every length, while ftctl's own log counted them all, e.g. 25.4k tok/s x
+                    2.58 s = 2 x 32,760); rows_a_step x the documents' doc_tokens_max is what a step trains
 
 and, over all lengths, a least-squares fit step_s = tokens x (weights' FLOPs / W + attention's FLOPs / A): W and
 A, the speeds (TFLOPS) weights' and attention's FLOPs ran at, against plan.MFU x peak for both.
