@@ -33,9 +33,10 @@ SKY_FLAGS = {
 }
 
 
-def run_key_hint(option: str, command: click.Command) -> str | None:
+def run_key_hint(option: str, command: click.Command, argv: list[str] | None = None) -> str | None:
     """What an unknown --OPTION that names a run key (or one ftctl decides) is here: the command's flag for it
-    where it has one (--model_name_or_path: --model), else -o."""
+    where it has one (--model_name_or_path: --model), else -o; with the value ``argv`` (the command line) gives it
+    (--max_steps=5, --max_steps 5: -o max_steps=5, quoted for the shell), else VALUE."""
     from ftctl.spec import FIELDS
     from ftctl.tool_vocabulary import READ_BESIDE, canonical_key, not_a_key
 
@@ -58,7 +59,32 @@ def run_key_hint(option: str, command: click.Command) -> str | None:
         return None
     if flag and _is_flag(flag, command):  # --spot takes no value: `--spot VALUE` read VALUE as the run file
         return f"{key} is a run key: {flag}, or -o {key}=true (or {key}: true in a run file)."
-    return f"{key} is a run key: {flag + ' VALUE, or ' if flag else ''}-o {key}=VALUE (or {key}: VALUE in a run file)."
+    value = given_value(option, argv or [])
+    if value is None:
+        return (
+            f"{key} is a run key: {flag + ' VALUE, or ' if flag else ''}-o {key}=VALUE (or {key}: VALUE in a run file)."
+        )
+    import shlex
+
+    as_flag = f"{flag} {shlex.quote(value)}, or " if flag else ""
+    import json
+    import re
+
+    in_file = value if re.fullmatch(r"-?[\w.+/][\w.+/-]*", value) else json.dumps(value)  # YAML reads it as typed
+    return f"{key} is a run key: {as_flag}-o {shlex.quote(f'{key}={value}')} (or {key}: {in_file} in a run file)."
+
+
+def given_value(option: str, argv: list[str]) -> str | None:
+    """The value ``argv`` gives ``option`` (its first --OPTION=VALUE, or --OPTION VALUE: the word after it, where it
+    is a value, _is_value); None where it gives none (a bare --bf16: HF's argparse reads true)."""
+    for i, word in enumerate(argv):
+        name, eq, value = word.partition("=")
+        if name != option:
+            continue
+        if eq:
+            return value
+        return argv[i + 1] if i + 1 < len(argv) and _is_value(argv[i + 1]) else None
+    return None
 
 
 def _is_flag(flag: str, command: click.Command) -> bool:

@@ -21,6 +21,15 @@ import shlex
 
 # a hub id as the Hub spells them: org/name (the preflight's check of --model, the planner's question)
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# a model's id from before the Hub's namespaces (gpt2, distilgpt2): moved under its maker's org, the old id redirected
+BARE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# the causal LMs of those (the Hub's own redirects, as huggingface.co/gpt2 answers): said offline too
+MOVED = {
+    **{n: f"openai-community/{n}" for n in ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "openai-gpt")},
+    "distilgpt2": "distilbert/distilgpt2",
+}
+# the suffixes of a model's tuned variants (Llama-3.1-8B-Instruct, Llama-2-7b-chat-hf, gemma-2-9b-it), lower-cased
+VARIANT_SUFFIXES = ("-instruct", "-chat-hf", "-chat", "-it", "-hf")
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONFIG = "config.json"
 TIMEOUT_S = 5.0
@@ -261,3 +270,54 @@ def pin(repo_id: str, revision: str | None) -> tuple[str | None, str]:
         raise
     said = f"commit {sha}" if sha == asked else f"model_revision {asked} is commit {sha} ({where})"
     return sha, f"{repo_id}: {said}: every node and every resumed attempt loads it"
+
+
+# ------------------------------------------------------------------------------------ names
+def namespaced(name: str) -> str | None:
+    """The ORG/NAME id of a model named as before the Hub's namespaces (``name``: gpt2 is openai-community/gpt2): from
+    MOVED, else one ask of the Hub's API (a short timeout; it redirects an old id to the model's page, whose id is
+    the new one). None where ``name`` is no such name, or the Hub cannot be asked (HF_HUB_OFFLINE, no answer)."""
+    if not BARE_ID.fullmatch(name) or ".." in name:
+        return None
+    if (moved := MOVED.get(name.lower())) is not None:
+        return moved
+    if offline():
+        return None
+    import httpx
+    from huggingface_hub import get_token
+
+    token = os.environ.get("HF_TOKEN") or get_token()
+    try:
+        r = httpx.get(
+            f"{_endpoint().rstrip('/')}/api/models/{name}",
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            timeout=TIMEOUT_S,
+            follow_redirects=True,
+        )
+        found = r.json().get("id") if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) and HUB_ID.match(found) else None
+
+
+def nearest_id(typed: str, ids, cutoff: float = 0.6) -> str | None:
+    """The id of ``ids`` (known ids), or of a tuned variant of one (its base with a VARIANT_SUFFIXES suffix), closest
+    to ``typed`` case-insensitively (difflib's ratio, as errors.did_you_mean), spelled as ``typed`` where they agree:
+    meta-llama/Llama-3.1-8b-instrut is meta-llama/Llama-3.1-8b-instruct (its -Instruct kept, not its base model's id);
+    None where none is as close as ``cutoff``, or ``typed`` is one."""
+    import difflib
+
+    ends = "|".join(re.escape(s) for s in VARIANT_SUFFIXES)
+    choices = set()
+    for known in ids:
+        base = re.sub(f"({ends})+$", "", known.lower())
+        choices |= {known.lower(), base, *(base + s for s in VARIANT_SUFFIXES)}
+    word = typed.lower()
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=cutoff)
+    if not close or close[0] == word:  # (itself: nothing to suggest)
+        return None
+    # the user's own spelling (their capitals) where it agrees with the id, the id's letters where it does not
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, word, close[0]).get_opcodes():
+        out.append(typed[i1:i2] if op == "equal" else close[0][j1:j2])
+    return "".join(out)

@@ -9,107 +9,18 @@ Hub's model_info endpoint on loopback (the real huggingface_hub client asks it; 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
 from click.testing import CliRunner
 
-from ftctl import hub
 from ftctl.cli import main
 from ftctl.errors import FtctlError
 from ftctl.spec import build, pinned
-
-REPO = "org-275/tiny"
-ONE_LAYER = hashlib.sha1(b"one layer").hexdigest()  # main at first, and the tag v1.0
-TWO_LAYERS = hashlib.sha1(b"two layers").hexdigest()  # main after it moved
-
-
-def _tiny_model(out: Path, layers: int) -> Path:
-    """A tiny random Llama (safetensors) with ``layers`` layers, and a word-level tokenizer whose eos is
-    ``<eos{layers}>``: how the tests tell the commits apart."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    words = Tokenizer(models.WordLevel({"<unk>": 0, f"<eos{layers}>": 1, "hi": 2}, unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=words, eos_token=f"<eos{layers}>", unk_token="<unk>").save_pretrained(out)
-    return out
-
-
-def _snapshot(cache: Path, repo: str, sha: str, files: Path) -> None:
-    """``files`` as huggingface_hub's cache holds a commit: each file a blob, linked from snapshots/<sha>/."""
-    root = cache / f"models--{repo.replace('/', '--')}"
-    for f in files.iterdir():
-        data = f.read_bytes()
-        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = root / "snapshots" / sha / f.name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(Path("..", "..", "blobs", blob.name))
-
-
-def _ref(cache: Path, repo: str, name: str, sha: str) -> None:
-    ref = cache / f"models--{repo.replace('/', '--')}" / "refs" / name
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    ref.write_text(sha)  # (huggingface_hub writes it without a newline)
-
-
-def _clear_caches():
-    from ftctl.trainer import model
-
-    hub.model_config.cache_clear()
-    hub.unreachable.cache_clear()
-    model._from_cache_offline.cache_clear()
-
-
-@pytest.fixture
-def hf_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face cache of this test's own, and a Hub that does not answer."""
-    from huggingface_hub import constants
-
-    home = tmp_path / "hf"
-    cache = home / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HOME", str(home))  # (huggingface_hub reads both at import)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: connection refused, at once
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    _clear_caches()
-    yield cache
-    _clear_caches()
-
-
-@pytest.fixture
-def two_commits(hf_cache, tmp_path_factory):
-    """REPO in the cache at two commits: main and the tag v1.0 at ONE_LAYER's, TWO_LAYERS' beside them."""
-    models = tmp_path_factory.mktemp("models")
-    _snapshot(hf_cache, REPO, ONE_LAYER, _tiny_model(models / "one", 1))
-    _snapshot(hf_cache, REPO, TWO_LAYERS, _tiny_model(models / "two", 2))
-    _ref(hf_cache, REPO, "main", ONE_LAYER)
-    _ref(hf_cache, REPO, "v1.0", ONE_LAYER)
-    _ref(hf_cache, REPO, "refs/pr/1", TWO_LAYERS)
-    return hf_cache
+from tests.hf_cache_fixtures import ONE_LAYER, REPO, TWO_LAYERS, _clear_caches, _ref, _tiny_model, hf_cache, two_commits  # noqa: F401 (the fixtures)
 
 
 def _spec(**values):
@@ -126,7 +37,7 @@ def _spec_json(spec) -> dict:
 
 # ------------------------------------------------------------------------------------------ the commit recorded
 @pytest.mark.parametrize("offline", [True, False], ids=["HF_HUB_OFFLINE", "Hub-unreachable"])
-def test_a_revision_is_recorded_as_its_commit_from_the_cache(two_commits, monkeypatch, offline):
+def test_a_revision_is_recorded_as_its_commit_from_the_cache(two_commits, monkeypatch, offline):  # noqa: F811
     if offline:
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec, said = pinned(_spec())  # main
@@ -150,7 +61,7 @@ def test_a_spec_json_of_a_local_model_has_no_model_revision(tmp_path):
     assert "model_revision" not in _spec_json(_spec(model_name_or_path=str(local)))
 
 
-def test_the_trainer_loads_the_pinned_commit_after_main_moves(two_commits, monkeypatch):
+def test_the_trainer_loads_the_pinned_commit_after_main_moves(two_commits, monkeypatch):  # noqa: F811
     """A run pinned while main was ONE_LAYER's: the repository is updated (refs/main moves to TWO_LAYERS', as `hf
     download` writes it), and a node of the job, or its resumed attempt, still loads ONE_LAYER's model."""
     from ftctl.plan import make_plan
@@ -172,7 +83,7 @@ def test_the_trainer_loads_the_pinned_commit_after_main_moves(two_commits, monke
     assert load_tokenizer(REPO, spec.model_revision).eos_token == "<eos1>"
 
 
-def test_a_run_that_goes_on_keeps_its_commit(two_commits):
+def test_a_run_that_goes_on_keeps_its_commit(two_commits):  # noqa: F811
     """The spec.json of the run a relaunch goes on names its commit: kept where no revision is asked for, after main
     moved too; a revision asked for, or another model, is resolved afresh."""
     _ref(two_commits, REPO, "main", TWO_LAYERS)
@@ -217,7 +128,7 @@ def test_a_revision_of_a_local_model_is_refused_in_one_line(tmp_path):
     ]
 
 
-def test_an_unknown_revision_is_refused_offline_saying_what_the_cache_has(two_commits, monkeypatch):
+def test_an_unknown_revision_is_refused_offline_saying_what_the_cache_has(two_commits, monkeypatch):  # noqa: F811
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FtctlError) as e:
         pinned(_spec(model_revision="v9"))
@@ -233,7 +144,7 @@ def test_an_unknown_revision_is_refused_offline_saying_what_the_cache_has(two_co
         _spec(model_revision="a b")
 
 
-def test_what_cannot_be_told_offline_launches_as_before(hf_cache, monkeypatch):
+def test_what_cannot_be_told_offline_launches_as_before(hf_cache, monkeypatch):  # noqa: F811
     """Not in the cache and no Hub: main stays unpinned, said (every launch of it worked before); a commit given whole
     is recorded as given."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -276,7 +187,7 @@ class _ModelInfo(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def test_a_revision_not_in_the_cache_is_asked_of_the_hub(hf_cache, monkeypatch):
+def test_a_revision_not_in_the_cache_is_asked_of_the_hub(hf_cache, monkeypatch):  # noqa: F811
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ModelInfo)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -10,8 +10,8 @@ now records the settings it was trained with (``saved``), and a resumed run comp
   naming the values that would continue it;
 - a new learning_rate or weight_decay is put into the restored optimizer and schedule (the trainer's
   ``callbacks.ApplySettings``; the schedule's shape and position are kept, its peak scaled);
-- the rest (the schedule's length and warm-up, the data, the batch, the seed) take effect as they are; the log
-  says which changed, once. Other data (data_path, data_weights) is read from its start: a relaunch on more data
+- the rest (the schedule's length and warm-up, the data, the batch, the seed, the base model's commit) take effect as
+  they are; the log says which changed, once. Other data (data_path, data_weights) is read from its start: a relaunch on more data
   continues the run's weights, optimizer and schedule on it. The launcher asks for that by name (resume=<checkpoint>):
   with resume=auto it refuses other data over a run's checkpoints (backend.write_files), since every run of a
   method and model shares one default output dir and a new experiment would silently go on from the last.
@@ -44,6 +44,13 @@ FOLLOWED += ("lora_alpha", "lora_dropout", "use_rslora", "assistant_only_loss")
 FOLLOWED += ("save_steps", "logging_steps", "eval_steps")  # transformers restores them: callbacks.StepsAsGiven
 FOLLOWED += ("saves_per_epoch", "evals_per_epoch")
 FOLLOWED += ("eval_data_path",)
+# the base's commit (model_revision: a hub model's, pinned at launch): another is said, not refused. A commit of a model
+# repository often changes no weight (a README, a tokenizer's or generation config's fix) and an adapter trained on
+# one loads onto the next; where the weights did change, the run goes on from weights trained on others, which the
+# user may want (a fixed base) or not: the log says which commits, once. Recorded only for a hub model, and compared
+# only where both the checkpoint and the run have one (a run never pinned, or saved before it was recorded, says
+# nothing: which main it trained on is not known)
+BASE = ("model_revision",)
 # ...and which rows the steps after the checkpoint train on
 DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path", "data_path", "data_weights")
 DATA += ("eval_split", "seed", "dataset_text_field", "data_columns")
@@ -76,7 +83,7 @@ _ONLY = {  # compared only where the method has them
 
 def settings(spec, plan) -> dict:
     """The settings a checkpoint is trained with, as the run ran them (the planner's optimizer and learning rate)."""
-    values = {key: as_run(key, getattr(spec, key)) for key in REFUSED + APPLIED + FOLLOWED + DATA}
+    values = {key: as_run(key, getattr(spec, key)) for key in REFUSED + APPLIED + FOLLOWED + BASE + DATA}
     # the global batch the run makes (micro-batch x accumulation x processes), not the one asked for: resumed on
     # another GPU count it may differ, and the rows the checkpoint's steps trained are skipped at the new size
     values.update(
@@ -86,6 +93,7 @@ def settings(spec, plan) -> dict:
         global_batch_size=plan.global_batch_size,
     )
     mine = {k: v for k, v in values.items() if spec.method in _ONLY.get(k, (spec.method,))}
+    mine = {k: v for k, v in mine.items() if k not in BASE or v is not None}  # (BASE: only where pinned)
     return {k: v for k, v in mine.items() if k not in AT_DEFAULT or v != AT_DEFAULT[k]}
 
 
@@ -195,8 +203,10 @@ def changes(checkpoint: str | None, now: dict) -> Changes | None:
     return compare(checkpoint, before, now)
 
 
-def compare(checkpoint: str, before: dict, now: dict) -> Changes | None:
-    """``changes`` of settings ``before`` (a manifest's, of ``checkpoint``, local or in the store)."""
+def compare(checkpoint: str, before: dict, now: dict, spec=None) -> Changes | None:
+    """``changes`` of settings ``before`` (a manifest's, of ``checkpoint``, local or in the store). A refusal names the
+    values that continue it as ``spec`` (the run's RunSpec) gave each key (spec.given_as: --method lora, -o
+    method=lora, method: lora in its run file); without it, by the key's flag where it has one (FLAGS)."""
     before, now = {**AT_DEFAULT, **before}, {**AT_DEFAULT, **now}  # left out where they were the default
     changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
     refused = [k for k in REFUSED if k in changed]
@@ -205,12 +215,32 @@ def compare(checkpoint: str, before: dict, now: dict) -> Changes | None:
         asked = ", ".join(f"{k}={_show(changed[k][1])}" for k in refused)
         raise FtctlError(
             f"{checkpoint} was trained with {was}; this run asks for {asked}, which cannot continue it. "
-            f"Relaunch with {' '.join(f'-o {k}={_show(changed[k][0])}' for k in refused)} to resume it, or give "
+            f"Relaunch with {_joined([_given(spec, k, _show(changed[k][0])) for k in refused])} to resume it, or give "
             "another --output to train from the start."
         )
     if not changed:
         return None
     return Changes(checkpoint_step(checkpoint) or 0, changed)
+
+
+# the run keys of those that have a flag of launch's (and plan's, train's): a fix names the flag, as a user gives it
+FLAGS = {"method": "--method", "model_name_or_path": "--model"}
+
+
+def _given(spec, key: str, value: str) -> str:
+    """``key`` at ``value`` as the user gives it: as ``spec`` gave it (spec.given_as), else its flag, else -o."""
+    import shlex
+
+    from ftctl.spec import given_as
+
+    if spec is not None:
+        return given_as(spec, key, value, FLAGS.get(key))
+    return f"{FLAGS[key]} {shlex.quote(value)}" if key in FLAGS else f"-o {shlex.quote(f'{key}={value}')}"
+
+
+def _joined(parts: list[str]) -> str:
+    """Flags and -o's as one command line's words; a run file's lines among them apart by commas."""
+    return " ".join(parts) if all(p.startswith("-") for p in parts) else ", ".join(parts)
 
 
 def written_over(output: str, names: list[str]) -> str | None:

@@ -54,6 +54,7 @@ WEIGHT_FILES = (
 class Trained:
     path: Path  # the directory loaded: the run's output dir or one of its checkpoints
     adapter: bool  # a LoRA/QLoRA adapter (else a full model)
+    revision: str | None = None  # a full model that is a hub id (chat --compare's base): the commit to load of it
 
     @property
     def base(self) -> str:
@@ -67,6 +68,16 @@ class Trained:
         if not base:
             raise FtctlError(f"{where} names no base model: cannot tell what the run started from.")
         return base
+
+    @property
+    def base_revision(self) -> str | None:
+        """The commit of the base the run trained from, where launch pinned one (its spec.json's model_revision):
+        merge, chat and eval load that one, not the hub's main as it is now. None for a local model, a run never
+        pinned, or an adapter whose base is not the run's model as named (a merge's --base, an adapter of no run)."""
+        revision = self.recorded("spec", "model_revision")
+        if not isinstance(revision, str) or not revision:
+            return None
+        return revision if self.base == self.recorded("spec", "model_name_or_path") else None
 
     @property
     def precision(self) -> str | None:
@@ -450,20 +461,22 @@ def load(
     the adapter's (the unquantized model a pre-quantized base was made from)."""
     from transformers import AutoModelForCausalLM
 
-    from ftctl.trainer.model import dequantizing, stored_quantization, torch_dtype
+    from ftctl.trainer.model import at_revision, dequantizing, stored_quantization, torch_dtype
 
     dtype = torch_dtype(precision)
     if not trained.adapter:
-        return AutoModelForCausalLM.from_pretrained(trained.path, dtype=dtype, device_map=device_map)
+        pinned = at_revision(str(trained.path), trained.revision)
+        return AutoModelForCausalLM.from_pretrained(trained.path, dtype=dtype, device_map=device_map, **pinned)
     from peft import PeftModel
 
     base_path = resolve_base(trained, base)
     if base is None and (again := merged_again(trained.path, base_path)):
         log.warning("%s", again)
+    revision = None if base else trained.base_revision  # the commit the run trained over (a --base: as named)
     if dequantized or (as_trained and trained.method == "qlora"):
-        model = quantized_base(trained, base_path, precision, device_map, dequantized, stored)
+        model = quantized_base(trained, base_path, precision, device_map, dequantized, stored, revision)
     else:  # a base stored in MXFP4 (gpt-oss) as the run trained over it: dequantized (model.dequantizing)
-        quant = dequantizing(stored_quantization(base_path))
+        quant = dequantizing(stored_quantization(base_path, revision)) | at_revision(base_path, revision)
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, device_map=device_map, **quant)
     return PeftModel.from_pretrained(model, str(trained.path))
 
@@ -474,20 +487,29 @@ def quantized_from(trained: Trained, precision: str) -> str:
     return trained.recorded("plan", "weights_dtype") or precision
 
 
-def quantized_base(trained: Trained, base_path: str, precision: str, device_map=None, dequantized=False, stored=False):
+def quantized_base(
+    trained: Trained,
+    base_path: str,
+    precision: str,
+    device_map=None,
+    dequantized=False,
+    stored=False,
+    revision: str | None = None,
+):
     """The adapter's base as the run trained over it: loaded in the dtype the run loaded it in (quantized_from),
     quantized as it quantized it (model.nf4_config: NF4, double quantization, blocks of 64), or, ``stored`` in 4 bits,
     as it is stored; its 4-bit layers computing in ``precision`` in the training layout (methods.training_layout), the
     others (embeddings, norms, head) in ``precision``. ``dequantized``: the 4-bit weights dequantized into
-    ``precision`` (a plain model)."""
+    ``precision`` (a plain model). ``revision``: the hub base's commit the run trained over (Trained.base_revision)."""
     from transformers import AutoModelForCausalLM
 
     from ftctl import quiet
     from ftctl.trainer.methods import training_layout
-    from ftctl.trainer.model import nf4_config, torch_dtype
+    from ftctl.trainer.model import at_revision, nf4_config, torch_dtype
 
     dtype, loaded = torch_dtype(precision), torch_dtype(quantized_from(trained, precision))
     quant = {} if stored else {"quantization_config": nf4_config(dtype)}  # a stored one loads as it is stored
+    quant |= at_revision(base_path, revision)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=loaded, device_map=device_map or {"": "cpu"}, **quant)
     if dequantized:
         said = logging.getLogger("transformers.integrations.bitsandbytes")  # "The modules are dequantized in ...": ours
@@ -507,11 +529,15 @@ def quantized_base(trained: Trained, base_path: str, precision: str, device_map=
 
 
 def resolve_base(trained: Trained, base: str | None = None) -> str:
-    """Where the adapter's base loads from: ``base`` (merge's --base), else the one its adapter_config.json names; one
-    that is not here (a path of the machine the run trained on) is said as such, with the fix."""
+    """Where the adapter's base loads from: ``base`` (merge's --base), else the one its adapter_config.json names (at
+    the commit the run pinned, Trained.base_revision: its snapshot in the cache where the Hub cannot be asked; else
+    the id, which load asks at that commit); one that is not here (a path of the machine the run trained on) is said
+    as such, with the fix."""
     from ftctl.trainer.model import resolve_model
 
-    return resolve_model(base, flag="--base") if base else resolve_model(trained.base, flag="the adapter's base")
+    if base:
+        return resolve_model(base, flag="--base")
+    return resolve_model(trained.base, flag="the adapter's base", revision=trained.base_revision)
 
 
 def keep_base_merge(adapter_dir: str, base: str) -> None:
@@ -746,10 +772,15 @@ def _dtype_v4(config: dict) -> bool:
 
 def tokenizer_source(trained: Trained) -> str:
     """Where the run's tokenizer is: saved beside the weights (with the chat template the run trained with),
-    else the base's."""
+    else the base's (at the commit the run pinned, where the cache holds it)."""
     if (trained.path / TOKENIZER_CONFIG).is_file() or not trained.adapter:
         return str(trained.path)
-    return resolve_base(trained)
+    base = resolve_base(trained)
+    if (revision := trained.base_revision) and not Path(base).expanduser().is_dir():
+        from ftctl import hub
+
+        return hub.cached_snapshot(base, revision) or base  # the commit the run pinned, as load read its weights
+    return base
 
 
 # what a checkpoint holds for a resume only: the Trainer's optimizer, scheduler, scaler and rng states, FSDP's copy of
