@@ -16,7 +16,7 @@ def test_a_dry_run_tokenizes_with_the_demo_models_tokenizer_as_data_check_does(
     (built in ftctl's cache), but `ftctl launch ... --dry-run` of the same said "not tokenized here (its tokenizer is
     not in this machine's Hugging Face cache)": the README's walk-through tried on CPU checked no row before its run."""
     monkeypatch.setenv("FTCTL_CACHE", str(tmp_path / "cache"))
-    spec = build({"model_name_or_path": DEMO_MODEL, "data_path": str(tiny_data), "gpus": "cpu"})
+    spec = build(flags={"model_name_or_path": DEMO_MODEL, "data_path": str(tiny_data), "gpus": "cpu"})  # as typed
     (note,) = preflight.check_tokenized(spec, dry_run=True)  # no demo model built: left to the trainer, as before
     assert note.level == NOTE and "not tokenized here" in note.what, note.what
     built = tmp_path / "cache" / "models" / DEMO_MODEL.replace("/", "--")
