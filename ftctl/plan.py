@@ -128,6 +128,8 @@ from ftctl.errors import FtctlError, did_you_mean
 from ftctl.spec import (
     FIELDS,
     LORA_KEYS,
+    LORA_LEAST_LR,
+    METHOD_LEARNING_RATE,
     METHOD_STRATEGIES,
     PEFT_TARGETS,
     SAVE_STEPS,
@@ -139,6 +141,7 @@ from ftctl.trainer.attention import (
     ATTENTION_SINKS,
     EAGER,
     LIGER_MODEL_TYPES,
+    RECURRENT_MODEL_TYPES,
     SDPA,
     chunk_problem,
     default_packing,
@@ -188,6 +191,9 @@ class ModelShape:
     q_dim: int = 0  # the q projection's width, o_proj's input (heads x head width: Gemma 3 4B 2048 of 2560); 0: hidden
     attn_chunk: int = 0  # the longest document varlen attention runs exactly (Llama 4: attention.long_row_limits)
     row_floor: int = 0  # a packed row is exact under this many tokens (Llama 4's NoPE floor_scale; 0: any)
+    window: int = 0  # the tokens a sliding-window layer attends to (sliding_window: Mistral, Gemma 2/3); 0: none
+    window_layers: int = 0  # layers that attend within that window (attention_layers)
+    linear_layers: int = 0  # linear-attention or state-space layers (Qwen3-Next's Gated DeltaNet): no (S x S) scores
 
     @property
     def mlp(self) -> int:
@@ -206,6 +212,16 @@ class ModelShape:
         """The routed experts' weights (gate, up and down of each), billions."""
         return 3 * self.experts * self.hidden * self.expert_mlp / 1e9
 
+    @property
+    def active_params_b(self) -> float:
+        """The weights a token passes through, billions: an MoE's top_k routed experts a layer, not all of them (the
+        FLOPs' count; its memory holds every expert). params_b for a dense model."""
+        return (
+            self.params_b
+            - self.expert_params_b
+            + 3 * self.moe_layers * self.top_k * self.hidden * self.expert_mlp / 1e9
+        )
+
     def projections(self) -> dict[str, tuple[int, int]]:
         """(in, out) of a decoder layer's linear projections, by their usual (Llama's) names. q and o are heads x head
         width (q_dim), which is not hidden in Gemma 2/3 and Qwen3 (Qwen3-4B: 32 x 128 = 4096 of 2560); multi-head
@@ -223,7 +239,7 @@ class ModelShape:
 
 
 # Shapes of common models, for ids whose config.json is not on this machine (kv_dim: GQA's k/v width; none: MHA).
-_GEMMA2 = dict(model_type="gemma2", attn_softcap=True)
+_GEMMA2 = dict(model_type="gemma2", attn_softcap=True, window=4096)  # every other layer within 4,096 tokens
 KNOWN_MODELS = {
     "huggingfacetb/smollm2-135m-instruct": ModelShape(
         0.135, 576, 30, 49152, "known id", 1536, 192, context=8192, heads=9
@@ -239,18 +255,20 @@ KNOWN_MODELS = {
     "meta-llama/llama-3.1-8b": ModelShape(8.03, 4096, 32, 128256, "known id", 14336, 1024, context=131072),
     "meta-llama/llama-3.1-70b": ModelShape(70.6, 8192, 80, 128256, "known id", 28672, 1024, context=131072),
     "meta-llama/llama-3.3-70b-instruct": ModelShape(70.6, 8192, 80, 128256, "known id", 28672, 1024, context=131072),
-    "mistralai/mistral-7b-v0.1": ModelShape(7.24, 4096, 32, 32000, "known id", 14336, 1024, context=32768),
+    "mistralai/mistral-7b-v0.1": ModelShape(
+        7.24, 4096, 32, 32000, "known id", 14336, 1024, context=32768, window=4096, window_layers=32
+    ),
     "qwen/qwen2.5-0.5b": ModelShape(0.49, 896, 24, 151936, "known id", 4864, 128, context=32768, heads=14),
     "qwen/qwen2.5-7b": ModelShape(7.62, 3584, 28, 152064, "known id", 18944, 512, context=32768),
     "qwen/qwen2.5-72b": ModelShape(72.7, 8192, 80, 152064, "known id", 29568, 1024, context=32768),
     "google/gemma-2-2b": ModelShape(
-        2.61, 2304, 26, 256000, "known id", 9216, 1024, 8192, **_GEMMA2, heads=8, q_dim=2048
+        2.61, 2304, 26, 256000, "known id", 9216, 1024, 8192, **_GEMMA2, heads=8, q_dim=2048, window_layers=13
     ),
     "google/gemma-2-9b": ModelShape(
-        9.24, 3584, 42, 256000, "known id", 14336, 2048, 8192, **_GEMMA2, heads=16, q_dim=4096
+        9.24, 3584, 42, 256000, "known id", 14336, 2048, 8192, **_GEMMA2, heads=16, q_dim=4096, window_layers=21
     ),
     "google/gemma-2-27b": ModelShape(
-        27.2, 4608, 46, 256000, "known id", 36864, 2048, 8192, **_GEMMA2, heads=32, q_dim=4096
+        27.2, 4608, 46, 256000, "known id", 36864, 2048, 8192, **_GEMMA2, heads=32, q_dim=4096, window_layers=23
     ),
 }
 
@@ -320,6 +338,16 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def optimizer_run(self) -> str:
+        """The optimizer as it runs: DeepSpeed's CPU Adam where offloaded; on CPU a paged one (bitsandbytes') unpaged,
+        which bitsandbytes does there ("Paged optimizers are not supported on CPU. Falling back to non-paged")."""
+        if self.strategy in OFFLOAD_STRATEGIES:
+            return OFFLOADED_OPTIMIZER
+        if self.tier is None and self.optim.startswith("paged_"):
+            return f"{self.optim.removeprefix('paged_')} (optim={self.optim}: bitsandbytes pages on GPUs only)"
+        return self.optim
+
     def table(self, spec: RunSpec | None = None) -> str:
         """The plan as rows for a terminal; with the run's ``spec``, its model named in its row, its model_max_length in
         the batch row, its schedule in the optimizer row, the tokens its loss is on, and the lora kernels as its
@@ -339,6 +367,7 @@ class Plan:
                 self.method
                 + (f"  (not {self.asked_method}: it does not fit here, see the note)" if self.asked_method else ""),
             ),
+            *([("lora", lora_row(spec))] if spec and self.method in ("lora", "qlora") else []),
             ("gpus", f"{self.gpus}  ({self.world_size} process{'es' if self.world_size > 1 else ''})"),
             (
                 "model",
@@ -357,8 +386,7 @@ class Plan:
             ("gradient ckpt", "on" if self.gradient_checkpointing else "off"),
             (
                 "optimizer",
-                f"{OFFLOADED_OPTIMIZER if self.strategy in OFFLOAD_STRATEGIES else self.optim}, lr {self.learning_rate:g}"
-                + (f", {_schedule(spec)}" if spec else ""),
+                f"{self.optimizer_run}, lr {self.learning_rate:g}" + (f", {_schedule(spec)}" if spec else ""),
             ),
             *([("loss", loss_on(not spec.assistant_only_loss))] if spec else []),  # the data unread: the setting's
             *([("data mix", self.data_mix)] if self.data_mix else []),
@@ -398,6 +426,15 @@ class Plan:
         return out
 
 
+def lora_row(spec: RunSpec) -> str:
+    """The plan's lora row: rank, alpha, dropout (the model card's LoRA row) and the modules adapted."""
+    from ftctl.trainer.model_card import lora_settings
+
+    targets = spec.lora_target_modules
+    adapts = f"{PEFT_TARGETS}, PEFT's for the model's type (a note names them)" if targets == PEFT_TARGETS else targets
+    return f"{lora_settings({k: getattr(spec, k) for k in LORA_KEYS})}; adapts {adapts}"
+
+
 class PlanError(FtctlError):
     pass
 
@@ -407,9 +444,9 @@ class DoesNotFit(PlanError):
 
 
 # ------------------------------------------------------------------------------------------ shape
-def model_shape(model: str, model_params: str | None = None) -> ModelShape:
+def model_shape(model: str, model_params: str | None = None, revision: str | None = None) -> ModelShape:
     """Model size from --model-params, its config.json (a local directory), a known id (or a tuned variant of
-    one), else its config.json on the Hub (ftctl.hub)."""
+    one), else its config.json on the Hub (ftctl.hub) at ``revision`` (model_revision; None: main)."""
     if model_params:
         n = parse_size(model_params)
         # Llama-like aspect (hidden = 128 * layers): params ~ 12 * L * H^2
@@ -433,7 +470,7 @@ def model_shape(model: str, model_params: str | None = None) -> ModelShape:
             f"id (org/name). Pass a model directory, or its size, e.g. --model-params 7b."
         )
     try:
-        return _shape_from_config(hub.model_config(model), f"{model} on the Hub")
+        return _shape_from_config(hub.model_config(model, revision or hub.MAIN), f"{model} on the Hub")
     except hub.HubError as e:
         # a known id mistyped? (offline too: the known ids are here)
         meant = did_you_mean(_base_id(model), _KNOWN) if e.kind in ("missing", "unreachable") else ""
@@ -546,6 +583,7 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     context = scaled_context(cfg, kind) if _size(cfg, source, "max_position_embeddings") else 0
     width = head_width(cfg) or head_dim  # multi-head latent attention's widest head: the kernel's, not head_dim
     chunk, floor = long_row_limits(cfg, kind)
+    window, windowed, linear = attention_layers(cfg, layers)
     shape = ModelShape(
         round(params, 4),
         h,
@@ -563,6 +601,9 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
         q_dim=heads * width,
         attn_chunk=chunk,
         row_floor=floor,
+        window=window,
+        window_layers=windowed,
+        linear_layers=linear,
     )
     if not moe:
         return shape
@@ -571,6 +612,29 @@ def _shape_from_config(cfg: dict, source: str) -> ModelShape:
     return replace(
         shape, intermediate=active, experts=experts * moe, expert_mlp=expert_mlp, top_k=top_k, moe_layers=moe
     )
+
+
+def attention_layers(cfg: dict, layers: int) -> tuple[int, int, int]:
+    """(sliding window, layers attending within it, linear-attention layers) of a (text) config, as transformers runs
+    its layers: by its layer_types ("sliding_attention"; "linear_attention", "mamba", "conv": no (S x S) scores), which
+    the config classes of Gemma 2/3, Qwen2/3, gpt-oss and Qwen3-Next fill in where a config.json leaves them out (an
+    older Gemma 2's); without them, every layer within sliding_window where it is set (Mistral 7B v0.1, as
+    attention.AttentionShape reads it). (0, 0, 0): every layer full causal attention."""
+    window = cfg.get("sliding_window")
+    types = cfg.get("layer_types")
+    if not isinstance(types, list) and (kind := cfg.get("model_type")) and (window or kind in RECURRENT_MODEL_TYPES):
+        try:
+            from transformers import CONFIG_MAPPING
+
+            given = {k: v for k, v in cfg.items() if k not in ("model_type", "transformers_version", "auto_map")}
+            types = CONFIG_MAPPING[kind](**given).to_dict().get("layer_types")
+        except Exception:  # noqa: BLE001  a type this transformers does not know, or values its class refuses
+            types = None
+    window = window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else 0
+    if not isinstance(types, list) or len(types) != layers:
+        return window, layers if window and cfg.get("use_sliding_window") is not False else 0, 0
+    linear = sum(not str(t).endswith("attention") or str(t).startswith("linear") for t in types)
+    return (window, sum(t == "sliding_attention" for t in types), linear) if window else (0, 0, linear)
 
 
 # RoPE scalings that stretch the positions a model was trained on by their factor (transformers' rope_type names)
@@ -1043,7 +1107,7 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
             "strategy=fsdp does not run on CPU (accelerate's FSDP2 would train unsharded): leave strategy "
             f"unset{sharded}."
         )
-    shape = model_shape(spec.model_name_or_path, spec.model_params)
+    shape = model_shape(spec.model_name_or_path, spec.model_params, spec.model_revision)
     if spec.method == "qlora" and (refused := qlora_refused(spec.model_name_or_path, shape.quantized)):
         raise PlanError(refused)
     if spec.method in ("fft", "sft") and shape.quantized and shape.quantized not in DEQUANTIZED_ON_LOAD:  # as the
@@ -1062,6 +1126,8 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
     plan = _fit(spec, req, shape, spec.method)
     if plan is not None:
         _checkpoints(spec, plan)
+        if said := rate_note(plan.method, plan.learning_rate):
+            plan.notes.append(said)
         if targets_note:
             plan.notes.append(targets_note)
         if shape.quantized in DEQUANTIZED_ON_LOAD:
@@ -1089,6 +1155,37 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
             )
         return plan
     raise DoesNotFit(_refusal(spec, req, shape))
+
+
+ADAPTER_LEAST_LR = 1e-5  # a lora/qlora rate below this is noted: a tenth of LoRA's usual (rate_note)
+
+
+def rate_note(method: str, rate: float) -> str | None:
+    """The note where ``method`` trains at a rate of the other kind's: a full or partial fine-tune past LORA_LEAST_LR
+    (a LoRA rate carried over: -o learning_rate=2e-4 with --method fft), or adapters under ADAPTER_LEAST_LR. FastChat's
+    and TRL's full fine-tunes train at 1e-5 to 2e-5, their LoRA recipes at 1e-4 to 2e-4 (FastChat's train_lora.sh at
+    2e-5, over the line); the defaults are spec.METHOD_LEARNING_RATE's. None where the rate is usual."""
+    default = METHOD_LEARNING_RATE[method]
+    if method in ("fft", "sft") and rate > LORA_LEAST_LR:
+        what = "every weight" if method == "fft" else "its top layers' weights"
+        return (
+            f"learning_rate={_rate(rate)} is a LoRA rate, and {method} updates {what} at it: it risks a diverged run (loss "
+            f"spikes, nan) or a model that forgets what it knew; full fine-tunes train at 1e-5 to 2e-5 (FastChat's and "
+            f"TRL's recipes; leave learning_rate unset for ftctl's {_rate(default)})"
+        )
+    if method in ("lora", "qlora") and rate < ADAPTER_LEAST_LR:
+        return (
+            f"learning_rate={_rate(rate)} is low for {method}: its adapters start at zero and learn little at it (a full "
+            f"fine-tune's rate is 1e-5 to 2e-5); LoRA trains at 1e-4 to 2e-4 (leave learning_rate unset for ftctl's "
+            f"{_rate(default)})"
+        )
+    return None
+
+
+def _rate(rate: float) -> str:
+    """A learning rate as recipes write it: 2e-4, 1.5e-5."""
+    mantissa, exponent = f"{rate:.2e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def _checkpoints(spec: RunSpec, plan: Plan) -> None:
@@ -1146,7 +1243,7 @@ def _model_type(spec: RunSpec, shape: ModelShape) -> str:
     if shape.source != "--model-params":
         return ""
     try:
-        return model_shape(spec.model_name_or_path).model_type
+        return model_shape(spec.model_name_or_path, revision=spec.model_revision).model_type
     except (FtctlError, OSError, ValueError):
         return ""
 
@@ -1251,7 +1348,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         if shape.params_b > CPU_MAX_PARAMS_B:
             return None
         if method == "qlora":
-            notes.append("qlora on CPU: bitsandbytes 4-bit runs, paged optimizers fall back to plain ones")
+            notes.append("qlora on CPU: bitsandbytes' 4-bit weights run here")
         if spec.bf16 or spec.fp16:
             notes.append(f"CPU trains in fp32: {'bf16' if spec.bf16 else 'fp16'}=true is not used here")
         capacity = spec.host_memory_gb * HEADROOM if spec.host_memory_gb else None  # RAM is the device memory
@@ -1545,8 +1642,13 @@ def attention_flops(plan: Plan, seq: int) -> float:
     counted as long as a row, ``seq`` (model_max_length): an upper bound, which short packed documents stay far below.
     A packed row under a dense block-diagonal mask (sdpa, eager: transformers builds it from the restarting
     position_ids) has every score of the row computed, masked or not: not halved, exact."""
-    whole = 2 if full_square(plan) else 1
-    return whole * 6 * plan.model.layers * plan.model.q_width * seq
+    m = plan.model
+    full = m.layers - m.linear_layers  # linear attention: no scores, linear in the row's length (its weights' FLOPs)
+    if full_square(plan):
+        return 12 * full * m.q_width * seq
+    windowed = m.window_layers if m.window and plan.attn_implementation not in (SDPA, EAGER) else 0
+    w = min(m.window, seq)  # a token attends to the last w: w on average, less the row's first w tokens' half
+    return 12 * m.q_width * ((full - windowed) * seq / 2 + windowed * (w - w * w / (2 * seq)))
 
 
 def full_square(plan: Plan) -> bool:
@@ -1558,7 +1660,7 @@ def full_square(plan: Plan) -> bool:
 def flops_per_token(plan: Plan, seq: int) -> tuple[float, float]:
     """(weights', attention's) FLOPs a token trains with at rows of ``seq`` tokens: 6 x params for full updates,
     4 x params for adapters (which skip the weight gradients), and attention_flops."""
-    weights = (6 if plan.method in ("fft", "sft") else 4) * plan.model.params_b * 1e9
+    weights = (6 if plan.method in ("fft", "sft") else 4) * plan.model.active_params_b * 1e9
     return weights, attention_flops(plan, seq)
 
 

@@ -207,16 +207,20 @@ def training(spec: dict, plan: dict | None, directory=None, versions: bool = Tru
     return f"\n## Training\n\n{lines}\n" + (f"\nTrained with {_versions()}.\n" if versions else "")
 
 
+def lora_settings(spec: dict) -> str:
+    """An adapter's settings as the card's LoRA row and the plan's lora row say them: "rank 16, alpha 32, dropout
+    0.05; rsLoRA" (``spec``: spec.json's, or a RunSpec's lora keys)."""
+    lora = f"rank {spec.get('lora_r')}, alpha {spec.get('lora_alpha')}, dropout {spec.get('lora_dropout')}"
+    lora += "; rsLoRA" if spec.get("use_rslora") else ""
+    return lora + ("; DoRA" if spec.get("use_dora") else "")
+
+
 def _training_rows(spec: dict, plan: dict, directory, step: int | None) -> list[tuple[str, object]]:
     """The Training section's rows (training)."""
     method = spec.get("method") or plan.get("method")
     rows = [("method", method)]
     if method in ("lora", "qlora"):
-        r, alpha = spec.get("lora_r"), spec.get("lora_alpha")
-        lora = f"rank {r}, alpha {alpha}, dropout {spec.get('lora_dropout')}"
-        lora += "; rsLoRA" if spec.get("use_rslora") else ""
-        lora += "; DoRA" if spec.get("use_dora") else ""
-        rows.append(("LoRA", lora))
+        rows.append(("LoRA", lora_settings(spec)))
         rows.append(("adapted modules", _targets(spec.get("lora_target_modules"), directory)))
         if method == "qlora":
             rows.append(("base", "4-bit NF4 with double quantization (bitsandbytes)"))
