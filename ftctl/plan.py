@@ -1684,6 +1684,14 @@ def attention_words(plan: Plan, seq: int) -> tuple[str, str]:
     is 76% of the FLOPs, counted at 131,072-token documents", "model_max_length, an upper bound: ...")."""
     weights, attention = flops_per_token(plan, seq)
     share = f"attention is {attention / (weights + attention):.0%} of the FLOPs"
+    m, layers = plan.model, []
+    if m.window_layers and m.window < seq and not full_square(plan) and plan.attn_implementation not in (SDPA, EAGER):
+        layers.append(f"{m.window_layers} of {m.layers} layers within their {m.window:,}-token window")
+    if m.linear_layers:
+        layers.append(
+            f"{m.layers - m.linear_layers} of {m.layers} layers attend, {m.linear_layers} are linear attention"
+        )
+    share += f" ({', '.join(layers)})" if layers else ""
     if full_square(plan):
         return f"{share}, counted over whole {seq:,}-token rows", (
             f"{plan.attn_implementation} computes every score of a packed row, masked or not"

@@ -135,6 +135,10 @@ def test_sliding_window_layers_attend_within_their_window():
     assert attention_flops(full, seq) == 6 * 32 * m.q_width * seq  # what it counted before: 4.6x this
     assert attention_flops(plan, 2048) == attention_flops(full, 2048)  # rows within the window: full causal
     assert plan.step_s < make_plan(replace(spec, model_params="7.24b")).step_s
+    assert (
+        "attention is 17% of the FLOPs (32 of 32 layers within their 4,096-token window), counted at 32,768-token"
+        in (plan.table(spec))
+    )
 
 
 def test_gemma2s_local_layers_from_its_config_class(tmp_path):
@@ -150,10 +154,14 @@ def test_gemma2s_local_layers_from_its_config_class(tmp_path):
 
 def test_linear_attention_layers_have_no_attention_term_and_an_moe_counts_its_active_weights(tmp_path):
     model = _config_dir(tmp_path, "qwen3_next")  # Qwen3-Next-80B-A3B's shape: 3 Gated DeltaNet layers to 1 attention
-    plan = make_plan(_spec(model, seq=8192, gpus="8xH100"))
+    spec = _spec(model, seq=8192, gpus="8xH100")
+    plan = make_plan(spec)
     m = plan.model
     assert (m.layers, m.linear_layers, m.window_layers) == (48, 36, 0)
     assert attention_flops(plan, 8192) == 6 * 12 * m.q_width * 8192  # 12 of 48 layers: a quarter of before
+    assert "of the FLOPs (12 of 48 layers attend, 36 are linear attention), counted at 8,192-token rows" in plan.table(
+        spec
+    )
     assert m.params_b == pytest.approx(79.0, abs=0.1)  # memory: every expert
     assert m.active_params_b == pytest.approx(3.24, abs=0.01)  # FLOPs: 10 of 512 experts and the shared one
     weights, _ = flops_per_token(plan, 8192)
