@@ -176,7 +176,9 @@ def test_a_gpu_run_registers_a_mask_function_for_its_varlen_attention_only_when_
     monkeypatch.setattr(attention, "probe", lambda kernel, shape, device: None)  # no GPU here: every kernel runs
     try:
         plan = SimpleNamespace(attn_implementation=VARLEN, packing=True, precision="bf16")  # the plan's packing
-        kernels = model_kernels(SimpleNamespace(model_name_or_path=str(tiny_model_dir)), plan, on_cpu=False)
+        kernels = model_kernels(
+            SimpleNamespace(model_name_or_path=str(tiny_model_dir), model_revision=None), plan, on_cpu=False
+        )
         assert kernels.attn_implementation == TORCH_VARLEN
         assert TORCH_VARLEN not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping
         assert attention.resolve(VARLEN, "llama", on_cpu=False, packed=False).attn_implementation == TORCH_VARLEN
