@@ -239,7 +239,7 @@ def _where_it_goes(e: click.NoSuchOption, argv: list[str]) -> None:
             f"given before the command: `ftctl {e.option_name}{there}`."
         )
         e.possibilities = None
-    elif takes_keys and (said := foreign_args.run_key_hint(e.option_name, e.ctx.command)):
+    elif takes_keys and (said := foreign_args.run_key_hint(e.option_name, e.ctx.command, argv)):
         if line := foreign_args.as_run_keys(argv, e.ctx.command):  # several: the whole line
             said = line if foreign_args.takes(e.option_name) else f"{said}\n{line}"
         e.message, e.possibilities = f"No such option: {e.option_name}. {said}", None

@@ -454,6 +454,17 @@ _MODEL_FIX = {
 }
 
 
+def hub_namespaced(value: str) -> str | None:
+    """The ORG/NAME id the Hub now gives a model named as before its namespaces (``value``: gpt2 is
+    openai-community/gpt2; hub.namespaced), where no path of that name is here (a local directory wins, as in
+    transformers); None for any other value. Refused with that id rather than taken: every other place that tells a
+    hub id from a path (the plan's size, the pinned commit, the model card, the offline cache) reads ORG/NAME, and the
+    Hub's own name of the model is what the run then records."""
+    from ftctl import hub
+
+    return None if Path(value).expanduser().exists() or storage.looks_like_path(value) else hub.namespaced(value)
+
+
 def _near_model(value: str, flag: str) -> str:
     """'did you mean FLAG DIR?' for a model directory spelled nearly as one here; '' where none is."""
     from ftctl.spec import near_file
@@ -536,6 +547,14 @@ def check_model(
         why = f" ({first}/ is a directory here, so it is read as a path)" if HUB_ID.match(value) else ""
         elsewhere = storage.not_on_this_node(value)  # a Slurm node: the path may be the login node's
         return [Finding(ERROR, f"{flag} {value}: no such directory{why}", elsewhere or _near_model(value, flag) or fix)]
+    if not HUB_ID.match(value) and (moved := hub_namespaced(value)):  # gpt2: the Hub's id of it
+        return [
+            Finding(
+                ERROR,
+                f"{flag} {value}: no such directory, and not a hub id (org/name): the Hub's id of that model is {moved}",
+                _near_model(value, flag) or f"pass {flag} {shlex.quote(moved)}.",
+            )
+        ]
     if not HUB_ID.match(value) or "--" in value or ".." in value:
         return [
             Finding(
@@ -1303,7 +1322,7 @@ def _check_resume(spec, plan, found, another_output: str = "another --output") -
         return [Finding(ERROR, said)] if said else []
     recorded = (newest.manifest or {}).get("settings")
     try:
-        changed = compare(newest.uri, recorded, settings(spec, plan)) if isinstance(recorded, dict) else None
+        changed = compare(newest.uri, recorded, settings(spec, plan), spec) if isinstance(recorded, dict) else None
     except FtctlError as e:
         return [Finding(ERROR, str(e))]
     if changed and changed.new_data and spec.resume == "auto":  # as backend.write_files: an explicit resume= only
@@ -1326,7 +1345,7 @@ def _check_named(spec, plan) -> list[Finding]:
     if not isinstance(recorded, dict):
         return []
     try:
-        changed = compare(spec.resume, recorded, settings(spec, plan))
+        changed = compare(spec.resume, recorded, settings(spec, plan), spec)
     except FtctlError as e:
         return [Finding(ERROR, str(e))]
     return _resumed(spec, spec.resume, changed, own=_in_output(spec.resume, spec.output))

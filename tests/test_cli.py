@@ -262,10 +262,10 @@ def test_a_fastchat_flag_says_how_its_key_is_given_here():
         return r.output.strip().splitlines()[-1]
 
     assert said("plan", "--learning_rate", "2e-5").endswith(
-        "No such option: --learning_rate. learning_rate is a run key: -o learning_rate=VALUE (or learning_rate: VALUE "
-        "in a run file)."
+        "No such option: --learning_rate. learning_rate is a run key: -o learning_rate=2e-5 (or learning_rate: 2e-5 "
+        "in a run file)."  # the value given, repeated (explore60 #10; was -o learning_rate=VALUE)
     )
-    assert "model_name_or_path is a run key: --model VALUE, or -o model_name_or_path=VALUE" in said(
+    assert "model_name_or_path is a run key: --model x, or -o model_name_or_path=x" in said(
         "launch", "--model_name_or_path", "x"
     )
     assert "tf32 is not a run key: ftctl decides it" in said("render", "--tf32", "True")

@@ -459,7 +459,8 @@ def test_a_relaunch_is_checked_against_the_outputs_newest_checkpoint(tmp_path, s
     assert check() == []
     assert only(check(lora_r=16)) == (
         f"{storage.join(output, 'checkpoint-40')} was trained with lora_r=8; this run asks for lora_r=16, which "
-        "cannot continue it. Relaunch with -o lora_r=8 to resume it, or give another --output to train from the start."
+        "cannot continue it. Relaunch with lora_r: 8 in the run file to resume it, or give another --output to train "
+        "from the start."  # as the spec gave it (build's dict: a run file's), settings.compare's spec
     )
     assert only(check(learning_rate=1e-5), WARNING) == (
         "checkpoint-40 was saved with other settings: learning_rate 0.0002 -> 1e-05; the run goes on from step 40 "

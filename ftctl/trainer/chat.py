@@ -82,7 +82,8 @@ class Loaded:
         from ftctl.trainer import trained as trained_mod
         from ftctl.trainer.model import resolve_model
 
-        plain = trained_mod.Trained(Path(resolve_model(self.found.base)), adapter=False)
+        revision = self.found.base_revision  # the commit the run pinned, not the Hub's main as it is now
+        plain = trained_mod.Trained(Path(resolve_model(self.found.base, revision=revision)), False, revision)
         yield trained_mod.load(plain, self.precision, device_map="auto" if torch.cuda.is_available() else None).eval()
 
 
