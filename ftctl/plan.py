@@ -1623,8 +1623,10 @@ def data_mix(spec: RunSpec) -> str | None:
 # What a checkpoint costs, the assumptions in one place (checkpoint_cadence). The write speed is preflight's
 # SAVE_GBPS (0.5 GB/s, measured: bench/NOTES.md v77-v80), which the save at Slurm's USR2 is timed with too.
 UPLOAD_GBPS = 0.5  # what one node uploads a checkpoint to an object store at, in the background while training goes on
-MFU = 0.35  # the share of its GPUs' dense 16-bit peak a step takes, weights' and attention's FLOPs alike (the step
-# time's one speed assumption: checkpoint cadence, the run's length and ftctl.sky.cost's price all follow from it)
+# The step time's speed assumptions (checkpoint cadence, the run's length and ftctl.sky.cost's price follow from them):
+MFU = 0.35  # the share of its GPUs' dense 16-bit peak the weights' matmuls run at (v110, H100: 0.358 in the trainer)
+ATTENTION_MFU = 0.26  # ...and attention's own (v110, H100, torch varlen_attn = FlashAttention-2's kernels: 0.257,
+# fitted over 2k/16k/32k-token documents; one speed at 0.35 for both predicted 32k steps 1.20x short)
 CHECKPOINT_MINUTES = 30  # chosen cadence: at most this much training between checkpoints (what a preemption loses)
 MAX_SAVE_SHARE = 0.1  # chosen cadence: writing checkpoints takes at most this share of the run's time
 MIN_STEP_S = 0.01  # no step is predicted faster (a tiny model's prediction rounded to 0 s: a division by zero)
@@ -1665,11 +1667,12 @@ def flops_per_token(plan: Plan, seq: int) -> tuple[float, float]:
 
 
 def tokens_per_second(plan: Plan, seq: int) -> float | None:
-    """Tokens the plan's GPUs train a second at rows of ``seq`` tokens, roughly: their dense bf16/fp16 peak x MFU /
-    flops_per_token (weights' and attention's); None on CPU (not predicted)."""
+    """Tokens the plan's GPUs train a second at rows of ``seq`` tokens, roughly: their dense bf16/fp16 peak over a
+    token's flops_per_token, the weights' at MFU and attention's at ATTENTION_MFU; None on CPU (not predicted)."""
     if not plan.tier:
         return None
-    return plan.world_size * gpu_table.TIERS[plan.tier].peak_tflops * 1e12 * MFU / sum(flops_per_token(plan, seq))
+    weights, attention = flops_per_token(plan, seq)
+    return plan.world_size * gpu_table.TIERS[plan.tier].peak_tflops * 1e12 / (weights / MFU + attention / ATTENTION_MFU)
 
 
 def step_seconds(plan: Plan, seq: int) -> float | None:
@@ -1706,7 +1709,8 @@ def attention_words(plan: Plan, seq: int) -> tuple[str, str]:
 def step_row(spec: RunSpec, plan: Plan) -> str:
     """The plan's step time row: the predicted seconds an optimizer step, at what speed, and its attention's share."""
     what, why = attention_words(plan, spec.model_max_length)
-    return f"{_step_time(plan.step_s)} est. at {MFU:.0%} of the GPUs' 16-bit peak; {what} ({why})"
+    speed = f"{MFU:.0%} of the GPUs' 16-bit peak ({ATTENTION_MFU:.0%} for attention)"
+    return f"{_step_time(plan.step_s)} est. at {speed}; {what} ({why})"
 
 
 def _step_time(seconds: float) -> str:
