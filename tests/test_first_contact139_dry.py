@@ -42,7 +42,7 @@ def test_a_skypilot_dry_run_tokenizes_the_rows_before_the_node_is_paid_for(
     assert any("every label is masked after truncation" in w for w in both), both
     good = _said(build({**spec.to_dict(), "data_path": str(tiny_data), "model_max_length": 2048}))
     (note,) = [f for f in good if f.level == NOTE]  # what was checked, said
-    assert note.text.startswith(f"--data {tiny_data}: 48 rows tokenized here as the trainer will (")
+    assert note.text.startswith(f"data_path: {tiny_data} in the run file: 48 rows tokenized here as the trainer will (")
 
 
 def test_a_dry_run_reads_small_data_in_a_store_and_says_what_it_did_not(
@@ -61,7 +61,7 @@ def test_a_dry_run_reads_small_data_in_a_store_and_says_what_it_did_not(
     monkeypatch.setattr("ftctl.trainer.data.check_data", lambda *a, **k: pytest.fail("read data over the limit"))
     (note,) = _said(spec)
     assert note.level == NOTE and note.what == (
-        f"--data {uri}: not tokenized here (6,264 bytes in its store, over the 100 bytes read here): the trainer does it"
+        f"data_path: {uri} in the run file: not tokenized here (6,264 bytes in its store, over the 100 bytes read here): the trainer does it"
     )
     assert note.fix == (f"`ftctl data check {uri} --model {tiny_model_dir} --max-length 64 --show 2` does it here.")
 
@@ -73,7 +73,7 @@ def test_a_dry_run_says_why_it_did_not_tokenize(tiny_data, tiny_model_dir, tmp_p
     )
     (note,) = [f for f in preflight.check_tokenized(spec, dry_run=True)]
     assert note.what == (
-        f"--data {tiny_data}: not tokenized here (org/not-cached's tokenizer is not in this machine's Hugging Face "
+        f"data_path: {tiny_data} in the run file: not tokenized here (org/not-cached's tokenizer is not in this machine's Hugging Face "
         "cache): the trainer does it"
     )
     assert preflight.check_tokenized(spec) == []  # outside a dry run: nothing said, as before
