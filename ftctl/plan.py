@@ -124,7 +124,7 @@ from pathlib import Path
 
 from ftctl import gpus as gpu_table
 from ftctl import storage
-from ftctl.errors import FtctlError, did_you_mean
+from ftctl.errors import FtctlError
 from ftctl.spec import (
     FIELDS,
     LORA_KEYS,
@@ -472,8 +472,9 @@ def model_shape(model: str, model_params: str | None = None, revision: str | Non
     try:
         return _shape_from_config(hub.model_config(model, revision or hub.MAIN), f"{model} on the Hub")
     except hub.HubError as e:
-        # a known id mistyped? (offline too: the known ids are here)
-        meant = did_you_mean(_base_id(model), _KNOWN) if e.kind in ("missing", "unreachable") else ""
+        # a known id mistyped? (offline too: the known ids are here), its -Instruct kept (hub.nearest_id)
+        near = hub.nearest_id(model, KNOWN_MODELS) if e.kind in ("missing", "unreachable") else None
+        meant = f" Did you mean {near!r}?" if near else ""
         known = ""
         if e.kind == "unreachable":  # offline (a login node, an air-gapped cluster): what plans without the Hub
             known = f" The ids sized without it (and their -Instruct, -chat, -it variants): {', '.join(sorted(KNOWN_MODELS))}."
