@@ -1085,10 +1085,12 @@ def _job_of(line: str | bytes) -> tuple[JobRef, float] | None:
 
 
 def recorded_jobs() -> list[tuple[JobRef, float]]:
-    """Every job launched from here, each once (its newest record), newest first, with its launch time."""
+    """Every job launched from here, each once (its newest record), newest first, with its launch time. Read as bytes:
+    a line that is not UTF-8 (a damaged record) is passed over as a line cut short is (`ftctl status` without JOB, and
+    `ftctl jobs`, were a UnicodeDecodeError's traceback)."""
     f = _jobs_file()
     seen, out = set(), []
-    for line in reversed(f.read_text().splitlines() if f.exists() else []):
+    for line in reversed(f.read_bytes().splitlines() if f.exists() else []):
         if (job := _job_of(line)) and (key := (job[0].backend, job[0].job_id)) not in seen:
             seen.add(key)
             out.append(job)
@@ -1269,6 +1271,11 @@ def job_records(last: int) -> tuple[list[JobRecord], int]:
 def jobs_table(last: int) -> str:
     """The newest ``last`` jobs, a line each with the state its backend reports now (job_records)."""
     records, every = job_records(last)
+    if not records and (damaged := _damaged_lines()):
+        return (
+            f"No job record readable in {_jobs_file()}: {damaged} damaged line{'s' * (damaged != 1)} (not ftctl's "
+            "records, or not UTF-8). `ftctl jobs --prune` drops them."
+        )
     if not records:
         return (
             f"No jobs launched from here yet ({_jobs_file()}): `ftctl launch` records each job it submits to Slurm, "
@@ -1287,6 +1294,14 @@ def jobs_table(last: int) -> str:
     if every > len(records):  # the older ones were left out without a word
         table.append(f"(the newest {len(records)} of {every} jobs: `ftctl jobs -n {every}` lists them all)")
     return "\n".join(table)
+
+
+def _damaged_lines() -> int:
+    """How many non-blank lines of the jobs record hold no job (_job_of): cut short, not UTF-8, not JSON."""
+    try:
+        return sum(bool(line.strip()) and _job_of(line) is None for line in _jobs_file().read_bytes().splitlines())
+    except OSError:
+        return 0
 
 
 def _said_once(states: list[str]) -> tuple[list[str], list[str]]:

@@ -225,16 +225,25 @@ SHOWN_LINES = 8  # of a multi-line error (a data file's rows): the rest is in th
 PEER_LOST = re.compile(r"Connection (closed|reset) by peer|remote process exited or there was a network error")
 # the Slurm script's first line of each attempt (slurm/render.py; its log is appended to across requeues)
 ATTEMPT_LINE = "ftctl: job {job} attempt {attempt}"
+SIGKILL_EXIT = "(exit 137)"  # a setup line's failed line (launch.setup_lines) where SIGKILL ended it: 128 + 9
 
 
 def killed_line(
-    where: str, signal_name: str, proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup"
+    where: str,
+    signal_name: str,
+    proc_cgroup: str = "/proc/self/cgroup",
+    cgroup_root: str = "/sys/fs/cgroup",
+    *,
+    kills_before: int | None = None,
 ) -> str:
     """The quiet torchrun's line for a rank that died of a signal without a word of its own. A SIGKILL where this
     process's memory cgroup counted an out-of-memory kill (memory_cgroup: a Slurm job's --mem under task/cgroup, a
     container's memory limit) was that limit: the line says so, its size, and that a relaunch fails the same way (a
-    relaunch resumes after other kills: a lost node, a kill -9)."""
-    if signal_name == "SIGKILL" and (memory := memory_cgroup(proc_cgroup, cgroup_root)) and memory[0]:
+    relaunch resumes after other kills: a lost node, a kill -9). ``kills_before``: the count as the launcher started
+    (oom_kills, read then): only a kill counted since is this run's; a count a long-lived cgroup (a dev pod, a user
+    slice with MemoryMax) kept from an earlier process is not. None where it was not read: any count is."""
+    memory = memory_cgroup(proc_cgroup, cgroup_root) if signal_name == "SIGKILL" else None
+    if memory and memory[0] > (kills_before or 0):
         return f"{ERROR_PREFIX}{where} {KILLED} {signal_name}: {host_memory_words(memory[1])}"
     why = " (often the node's out-of-memory killer)" if signal_name == "SIGKILL" else ""
     return f"{ERROR_PREFIX}{where} {KILLED} {signal_name}{why}; a relaunch resumes from the last checkpoint"
@@ -285,6 +294,7 @@ _SLURM_MEM_VARS = (
 )
 _V1_FILES = ("memory.limit_in_bytes", "memory.oom_control")  # (its limit, the file with its oom_kill count)
 _V2_FILES = ("memory.max", "memory.events")
+V2_LOCAL_EVENTS = "memory.events.local"  # v2 (Linux 5.2+): the kills of this cgroup's own processes, not its subtree's
 V1_UNLIMITED = 2**62  # cgroup v1's "no limit" is its page counter's most, 9223372036854771712 bytes: anything above
 
 
@@ -301,7 +311,9 @@ def memory_cgroup(
     """(out-of-memory kills, limit in bytes) of this process's memory cgroup, from the kernel's files: of the cgroups
     from its own up to the nearest that has a limit (Slurm's task/cgroup: the step's, its job's --mem; a container's
     --memory), the most kills any counted (cgroup v1 counts a kill in the killed process's own cgroup only, v2 in its
-    ancestors too) and that limit. Only up to that one: the cgroups above it hold other jobs' kills. None where none
+    ancestors too) and that limit. On v2, where the nearest with memory files has memory.events.local, its count
+    instead: its own processes' kills, not a sibling's (a pod's other container) that its ancestors count too. Only
+    up to that one: the cgroups above it hold other jobs' kills. None where none
     up to the root has a limit (a kill by the machine's own out-of-memory killer is not a job's limit) or the files
     cannot be read. A path in ``proc_cgroup`` not found under the mount (a container's, or a slurmd's own cgroup
     mounted there) is looked for by its last parts."""
@@ -321,19 +333,33 @@ def memory_cgroup(
         return None
     parts = [p for p in path.split("/") if p]
     here = next(base.joinpath(*parts[i:]) for i in range(len(parts) + 1) if base.joinpath(*parts[i:]).is_dir())
-    kills = 0
+    kills, own = 0, None
     while True:
         try:  # a cgroup without the memory controller's files (v2: not enabled there) has neither
-            said = dict(ln.split(None, 1) for ln in (here / files[1]).read_text().splitlines() if " " in ln)
-            kills = max(kills, int(said.get("oom_kill", "0")))
+            if own is None and unlimited is None and (here / V2_LOCAL_EVENTS).is_file():
+                own = _oom_kills(here / V2_LOCAL_EVENTS)
+            kills = max(kills, _oom_kills(here / files[1]))
             limit = (here / files[0]).read_text().strip()
         except (OSError, ValueError):
             limit = ""
         if limit.isdigit() and (unlimited is None or int(limit) < unlimited):
-            return kills, int(limit)
+            return (kills if own is None else own), int(limit)
         if here == base:
             return None
         here = here.parent
+
+
+def _oom_kills(events: Path) -> int:
+    """The oom_kill count of a cgroup's events file (v1's memory.oom_control, v2's memory.events[.local])."""
+    said = dict(ln.split(None, 1) for ln in events.read_text().splitlines() if " " in ln)
+    return int(said.get("oom_kill", "0"))
+
+
+def oom_kills(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup") -> int | None:
+    """memory_cgroup's count of out-of-memory kills now (None without a limit): read as a launcher starts, for
+    killed_line's ``kills_before``."""
+    memory = memory_cgroup(proc_cgroup, cgroup_root)
+    return memory[0] if memory else None
 
 
 def tail(path, size: int = 64 * 1024) -> str:
@@ -371,8 +397,9 @@ def error_line(log_tail: str) -> str | None:
     with it (a data file's rows: at most SHOWN_LINES); a rank killed without a word first, being the cause the
     other ranks' errors follow from, and a rank's own error before another's word of a lost peer (PEER_LOST). Where
     slurmstepd said its cgroup killed a process for memory (OOM_EVENT) and no line says it was out of host memory
-    (a rank's killed_line that read its cgroup), that (host_memory_words): the ranks' errors are its effects, and
-    a relaunch fails the same way. None without one. What ``ftctl status`` says of a failed Slurm or docker job
+    (a rank's killed_line that read its cgroup), that (host_memory_words) in place of a line that is the kill's effect
+    (a rank killed, a peer lost, a setup line's exit 137), and after any other error (a missing tokenizer, bad data:
+    the kill may be a setup line's that was retried, and the error is the user's to fix). None without either. What ``ftctl status`` says of a failed Slurm or docker job
     instead of the exit code alone (torchrun's traceback that follows it in the log repeats it)."""
     lines = last_attempt(log_tail)[1]  # the last attempt's: an earlier one's error is history
     oom = next((m for line in reversed(lines) if (m := OOM_EVENT.match(line))), None)
@@ -384,6 +411,9 @@ def error_line(log_tail: str) -> str | None:
     first = ([i for i in said if KILLED in lines[i]] or causes or said)[-1]
     more = list(itertools.takewhile(lambda line: line[:1].isspace() and line.strip(), lines[first + 1 :]))
     shown = more[:SHOWN_LINES] + [f"  ... {len(more) - SHOWN_LINES} more in the job's log"] * (len(more) > SHOWN_LINES)
-    if oom_line and OUT_OF_HOST_MEMORY not in lines[first]:  # Slurm's cgroup killed it: what the ranks said follows
-        return oom_line
-    return "\n".join([lines[first][len(ERROR_PREFIX) :].strip(), *shown])
+    error = [lines[first][len(ERROR_PREFIX) :].strip(), *shown]
+    if not oom_line or OUT_OF_HOST_MEMORY in lines[first]:  # a rank's killed_line that read its cgroup says more
+        return "\n".join(error)
+    if KILLED in lines[first] or PEER_LOST.search(lines[first]) or SIGKILL_EXIT in lines[first]:
+        return oom_line  # Slurm's cgroup killed it: the line is its effect
+    return "\n".join([*error, f"  and slurmstepd logged: {oom_line}"])  # an error of its own: kept, the kill beside
