@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ftctl import terminal
 from ftctl.envvars import STOP_ENV
-from ftctl.failures import killed_line
+from ftctl.failures import killed_line, oom_kills
 
 # what torchrun logs at the end of a finished multi-node run (the exit barrier race above)
 EXIT_NOISE = ("Error waiting on exit barrier", "has failed to shutdown the rendezvous")
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         os.environ["TORCH_CPP_LOG_LEVEL"] = caller
     drop_exit_noise()
+    kills_before = oom_kills()  # the memory cgroup's count before the workers: a kill counted since is theirs
     stopped = stop_through_file(SignalException)
     try:
         run(parse_args(argv if argv is not None else sys.argv[1:]))
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         rank, failure = e.get_first_failure()
         code, where = failure.exitcode, f"rank {rank} on {socket.gethostname()}"
         if code < 0:  # no line of its own: killed (SIGKILL: often the host's out-of-memory killer)
-            print(killed_line(where, failure.signal_name()), file=sys.stderr, flush=True)
+            print(killed_line(where, failure.signal_name(), kills_before=kills_before), file=sys.stderr, flush=True)
             return 128 - code
         say(f"{where} exited with {code}; its error is above")
         return code
