@@ -1664,7 +1664,9 @@ def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:
         spec, plan = get(spec.backend or "local").resolve(spec)
     else:
         plan = make_plan(spec)
-    return pinned(spec)[0], plan  # after the plan (a plan refused says only that); its model row shows the commit
+    # after the plan (a plan refused says only that); its model row shows the commit the launch records: a relaunch's
+    # its run's (prepare's earlier_spec)
+    return pinned(spec, earlier_spec(RunPaths(run_dir_for(spec))))[0], plan
 
 
 # ------------------------------------------------------------------------------------------ a run's trainer

@@ -7,8 +7,10 @@ a few KB, one try, a short timeout (huggingface_hub's own download retries five 
 user can act on (no such repository, gated, unreachable).
 
 And which commit a revision (a branch, tag or sha: TRL's model_revision) is, so that a launch records it and every
-node and every resumed attempt loads that commit (:func:`pin`): from the cache's refs/<revision> (huggingface_hub's
-layout, models--ORG--NAME/refs/main holding the sha of snapshots/<sha>/), else one ask of the Hub's API.
+node and every resumed attempt loads that commit (:func:`pin`): one ask of the Hub's API, which says what the revision
+is now; the cache's refs/<revision> (huggingface_hub's layout, models--ORG--NAME/refs/main holding the sha of
+snapshots/<sha>/) only where the Hub cannot be asked (HF_HUB_OFFLINE, no answer): a machine's refs/main is as old as
+its last download.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ def model_config(repo_id: str, revision: str = MAIN) -> dict:
         with open(cached) as f:
             return json.load(f)
     if offline():
+        if revision != MAIN:  # the model may be there at main: the revision is what is missing (said, with the cache's)
+            raise HubError(f"{_cache_holds(repo_id, revision)}, and HF_HUB_OFFLINE is set")
         raise HubError("it is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
     import httpx
     from huggingface_hub import get_token
@@ -121,7 +125,8 @@ def model_config(repo_id: str, revision: str = MAIN) -> dict:
             url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=TIMEOUT_S, follow_redirects=True
         )
     except httpx.HTTPError as e:
-        raise HubError(f"the Hub ({endpoint}) did not answer ({type(e).__name__})") from None
+        said = f"the Hub ({endpoint}) did not answer ({type(e).__name__})"
+        raise HubError(f"{_cache_holds(repo_id, revision)}, and {said}" if revision != MAIN else said) from None
     code = r.headers.get("X-Error-Code", "")
     if r.status_code in (401, 403) or code == "GatedRepo":
         why = "HF_TOKEN is not set" if not token else "HF_TOKEN's account has no access to it"
@@ -203,18 +208,34 @@ def cached_refs(repo_id: str) -> dict[str, str]:
 
 
 def commit_of(repo_id: str, revision: str = MAIN) -> tuple[str, str]:
-    """The commit ``revision`` (a branch, tag or commit) of the model ``repo_id`` is, and where that was read: the
-    Hugging Face cache first (refs/<revision>, or a commit's own snapshots/<sha>/), so that it works offline; else
-    one ask of the Hub's API (huggingface_hub's model_info, a short timeout). A :class:`HubError` where neither says:
-    kind revision (the Hub has no such revision), missing (no such repository), denied (private or gated), unreachable
-    (HF_HUB_OFFLINE, or no answer: its text says what the cache holds)."""
+    """The commit ``revision`` (a branch, tag or commit) of the model ``repo_id`` is, and where that was read: one ask
+    of the Hub's API (huggingface_hub's model_info, a short timeout), which says what the revision is now; the Hugging
+    Face cache's refs/<revision> only where the Hub cannot be asked (HF_HUB_OFFLINE, no answer) or refuses (the
+    repository gone, gated: what the cache holds still loads), the words saying so (a machine's refs/main is as old as
+    its last download). A commit given whole whose snapshots/<sha>/ the cache holds is itself, unasked. A
+    :class:`HubError` where neither says: kind revision (the Hub has no such revision), missing (no such repository),
+    denied (private or gated), unreachable (HF_HUB_OFFLINE, or no answer: its text says what the cache holds)."""
     repo = _repo_cache(repo_id)
     if COMMIT.match(revision) and repo and (repo / "snapshots" / revision).is_dir():
         return revision, "in the Hugging Face cache"
-    if (sha := cached_refs(repo_id).get(revision)) is not None:
-        return sha, f"the Hugging Face cache's refs/{revision}"
+    cached = cached_refs(repo_id).get(revision)
     if offline():
+        if cached is not None:
+            return cached, f"the Hugging Face cache's refs/{revision}: HF_HUB_OFFLINE is set"
         raise HubError(f"{_cache_holds(repo_id, revision)}, and HF_HUB_OFFLINE is set")
+    try:
+        return _hub_commit(repo_id, revision)
+    except HubError as e:
+        if cached is None:
+            if e.kind == "unreachable":
+                raise HubError(f"{_cache_holds(repo_id, revision)}, and {e}") from None
+            raise
+        return cached, f"the Hugging Face cache's refs/{revision}: {e}"
+
+
+def _hub_commit(repo_id: str, revision: str) -> tuple[str, str]:
+    """commit_of's ask of the Hub: the commit ``revision`` is there now, and where that was read; a :class:`HubError`
+    saying why not (its kinds)."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -230,9 +251,7 @@ def commit_of(repo_id: str, revision: str = MAIN) -> tuple[str, str]:
             "the Hub has no model repository of that name, or keeps it private (HF_TOKEN)", "missing"
         ) from None
     except Exception as e:  # no network, a proxy's page, a timeout: httpx's and huggingface_hub's own kinds
-        raise HubError(
-            f"{_cache_holds(repo_id, revision)}, and the Hub ({endpoint}) did not answer ({type(e).__name__})"
-        ) from None
+        raise HubError(f"the Hub ({endpoint}) did not answer ({type(e).__name__})") from None
     if not isinstance(info.sha, str) or not COMMIT.match(info.sha):
         raise HubError(f"the Hub ({endpoint}) named no commit of {revision!r}")
     return info.sha, f"the Hub's {revision} now" if revision != info.sha else "on the Hub"
@@ -247,6 +266,15 @@ def _cache_holds(repo_id: str, revision: str) -> str:
         return "it is not in this machine's Hugging Face cache"
     known = [*refs, *([f"{len(commits)} commit{'s' * (len(commits) != 1)}"] if commits else [])]
     return f"this machine's Hugging Face cache has no {revision!r} of it (it has {', '.join(known)})"
+
+
+def cached_commits(repo_id: str) -> list[str]:
+    """The commits of ``repo_id`` whose whole snapshot (config and weights: cached_snapshot) the cache holds, the one
+    its refs/main names first."""
+    repo = _repo_cache(repo_id)
+    shas = sorted(p.name for p in (repo / "snapshots").iterdir()) if repo and (repo / "snapshots").is_dir() else []
+    main = cached_refs(repo_id).get(MAIN)
+    return [c for c in sorted(shas, key=lambda c: c != main) if COMMIT.match(c) and cached_snapshot(repo_id, c)]
 
 
 def pin(repo_id: str, revision: str | None) -> tuple[str | None, str]:

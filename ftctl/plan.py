@@ -472,6 +472,16 @@ def model_shape(model: str, model_params: str | None = None, revision: str | Non
     try:
         return _shape_from_config(hub.model_config(model, revision or hub.MAIN), f"{model} on the Hub")
     except hub.HubError as e:
+        if e.kind == "unreachable" and revision not in (None, hub.MAIN):  # the revision is what this cache lacks (its
+            # text says what it has), which the launch's pin refuses too: a size would not do, unless a whole commit
+            import shlex
+
+            size = ", or pass its size, e.g. --model-params 7b" if hub.COMMIT.match(revision) else ""
+            raise FtctlError(
+                f"Cannot tell the size of model {model!r} at {revision!r}: {e}: download it where the Hub answers (hf "
+                f"download {shlex.quote(model)} --revision {shlex.quote(revision)}), or give a revision the cache has"
+                f"{size}."
+            ) from None
         # a known id mistyped? (offline too: the known ids are here), its -Instruct kept (hub.nearest_id)
         near = hub.nearest_id(model, KNOWN_MODELS) if e.kind in ("missing", "unreachable") else None
         meant = f" Did you mean {near!r}?" if near else ""

@@ -1,12 +1,17 @@
 """A real Hugging Face cache on disk for a test (HF_HOME / HF_HUB_CACHE in tmp_path: blobs, snapshots linking them,
 refs, as huggingface_hub writes them), and a Hub that does not answer (HF_ENDPOINT at the discard port): a tiny random
 Llama at two commits whose configs (1 layer, 2 layers) and tokenizers' eos (<eos1>, <eos2>) tell them apart. Helper
-275's fixtures (tests/test_revision275.py), shared: `from tests.hf_cache_fixtures import hf_cache, two_commits`."""
+275's fixtures (tests/test_revision275.py), shared: `from tests.hf_cache_fixtures import hf_cache, two_commits`. And
+hub_api: a stand-in of the Hub's model_info endpoint on loopback, which the real huggingface_hub client asks."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -98,3 +103,48 @@ def two_commits(hf_cache, tmp_path_factory):
     _ref(hf_cache, REPO, "v1.0", ONE_LAYER)
     _ref(hf_cache, REPO, "refs/pr/1", TWO_LAYERS)
     return hf_cache
+
+
+class _ModelInfo(BaseHTTPRequestHandler):
+    """The Hub's model_info (GET /api/models/ORG/NAME/revision/REV) for REPO: the revisions of the server's
+    ``commits`` known, others not (RevisionNotFound), other repositories none (RepoNotFound); each path asked is kept
+    in the server's ``asked``."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        path = unquote(self.path.split("?")[0])
+        self.server.asked.append(path)
+        prefix = f"/api/models/{REPO}/revision/"
+        rev = path[len(prefix) :] if path.startswith(prefix) else None
+        if rev is None:
+            status, body, code = 404, {"error": "Repository not found"}, "RepoNotFound"
+        elif rev in self.server.commits:
+            status, body, code = 200, {"id": REPO, "sha": self.server.commits[rev], "siblings": []}, None
+        else:
+            status, body, code = 404, {"error": f"Invalid rev id: {rev}"}, "RevisionNotFound"
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if code:
+            self.send_header("X-Error-Code", code)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def hub_api(hf_cache, monkeypatch):
+    """The Hub answering (HF_ENDPOINT at a loopback stand-in of its model_info): REPO's main is TWO_LAYERS', its v2
+    ONE_LAYER's (the server's ``commits``, which a test may change); ``asked`` lists the paths it was asked."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ModelInfo)
+    server.commits, server.asked = {"main": TWO_LAYERS, "v2": ONE_LAYER}, []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    _clear_caches()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -10,9 +10,6 @@ Hub's model_info endpoint on loopback (the real huggingface_hub client asks it; 
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote
 
 import pytest
 from click.testing import CliRunner
@@ -20,7 +17,17 @@ from click.testing import CliRunner
 from ftctl.cli import main
 from ftctl.errors import FtctlError
 from ftctl.spec import build, pinned
-from tests.hf_cache_fixtures import ONE_LAYER, REPO, TWO_LAYERS, _clear_caches, _ref, _tiny_model, hf_cache, two_commits  # noqa: F401 (the fixtures)
+from tests.hf_cache_fixtures import (  # noqa: F401 (the fixtures)
+    ONE_LAYER,
+    REPO,
+    TWO_LAYERS,
+    _clear_caches,
+    _ref,
+    _tiny_model,
+    hf_cache,
+    hub_api,
+    two_commits,
+)
 
 
 def _spec(**values):
@@ -42,9 +49,10 @@ def test_a_revision_is_recorded_as_its_commit_from_the_cache(two_commits, monkey
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec, said = pinned(_spec())  # main
     assert spec.model_revision == ONE_LAYER
+    why = "HF_HUB_OFFLINE is set" if offline else "the Hub (http://127.0.0.1:9) did not answer (ConnectError)"
     assert said == (
-        f"{REPO}: model_revision main is commit {ONE_LAYER} (the Hugging Face cache's refs/main): every node and every "
-        "resumed attempt loads it"
+        f"{REPO}: model_revision main is commit {ONE_LAYER} (the Hugging Face cache's refs/main: {why}): every node "
+        "and every resumed attempt loads it"
     )
     assert _spec_json(_spec(model_revision="refs/pr/1"))["model_revision"] == TWO_LAYERS
     assert _spec_json(_spec(model_revision=TWO_LAYERS))["model_revision"] == TWO_LAYERS  # a commit: itself
@@ -159,51 +167,16 @@ def test_what_cannot_be_told_offline_launches_as_before(hf_cache, monkeypatch): 
 
 
 # ------------------------------------------------------------------------------------------ online
-class _ModelInfo(BaseHTTPRequestHandler):
-    """The Hub's model_info (GET /api/models/ORG/NAME/revision/REV) for REPO: main and v2 known, others not."""
-
-    commits = {"main": TWO_LAYERS, "v2": ONE_LAYER}
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        path = unquote(self.path.split("?")[0])
-        prefix = f"/api/models/{REPO}/revision/"
-        rev = path[len(prefix) :] if path.startswith(prefix) else None
-        if rev is None:
-            status, body, code = 404, {"error": "Repository not found"}, "RepoNotFound"
-        elif rev in self.commits:
-            status, body, code = 200, {"id": REPO, "sha": self.commits[rev], "siblings": []}, None
-        else:
-            status, body, code = 404, {"error": f"Invalid rev id: {rev}"}, "RevisionNotFound"
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if code:
-            self.send_header("X-Error-Code", code)
-        self.end_headers()
-        self.wfile.write(data)
-
-
-def test_a_revision_not_in_the_cache_is_asked_of_the_hub(hf_cache, monkeypatch):  # noqa: F811
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ModelInfo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-        spec, said = pinned(_spec(model_revision="v2"))
-        assert spec.model_revision == ONE_LAYER
-        assert said == f"{REPO}: model_revision v2 is commit {ONE_LAYER} (the Hub's v2 now): every node and every " + (
-            "resumed attempt loads it"
-        )
-        assert pinned(_spec())[0].model_revision == TWO_LAYERS
-        with pytest.raises(FtctlError) as e:
-            pinned(_spec(model_revision="v9"))
-        assert str(e.value) == (
-            f"model_revision='v9' of {REPO}: the Hub's {REPO} has no 'v9' (no such branch, tag or commit): give a "
-            "branch, tag or commit the model's Files and versions page shows."
-        )
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_a_revision_not_in_the_cache_is_asked_of_the_hub(hub_api):  # noqa: F811
+    spec, said = pinned(_spec(model_revision="v2"))
+    assert spec.model_revision == ONE_LAYER
+    assert said == f"{REPO}: model_revision v2 is commit {ONE_LAYER} (the Hub's v2 now): every node and every " + (
+        "resumed attempt loads it"
+    )
+    assert pinned(_spec())[0].model_revision == TWO_LAYERS
+    with pytest.raises(FtctlError) as e:
+        pinned(_spec(model_revision="v9"))
+    assert str(e.value) == (
+        f"model_revision='v9' of {REPO}: the Hub's {REPO} has no 'v9' (no such branch, tag or commit): give a "
+        "branch, tag or commit the model's Files and versions page shows."
+    )

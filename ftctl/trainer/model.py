@@ -152,16 +152,46 @@ def resolve_model(name_or_path: str, flag: str = "--model", revision: str | None
     missing directory or a malformed id is refused first, in preflight's words (one owner), naming the
     ``flag`` that gave it; so is an id neither in the Hugging Face cache nor downloadable (one quick ask of the Hub:
     huggingface_hub's own retries took ~50 s to say it). ``revision`` (a hub id's: the commit launch pinned,
-    spec.model_revision): its snapshot in the cache where the Hub cannot be asked, whatever main is there; else the id,
-    loaded at that revision (at_revision)."""
+    spec.model_revision): its snapshot in the cache where the Hub cannot be asked, whatever main is there (none there
+    is refused, naming the commit: not_cached); else the id, loaded at that revision (at_revision)."""
     if is_demo_model(name_or_path):
         return str(ensure_demo_model())
     if revision and (snapshot := _from_cache_offline(name_or_path, revision)):
         return snapshot  # (preflight's check asks of main, which a cache holding only the pinned commit lacks)
+    if revision and (missing := not_cached(name_or_path, revision)):
+        raise FtctlError(missing)  # (else transformers' tokenizer error, naming neither the commit nor the cache's)
     from ftctl.preflight import check_model, raise_if_errors
 
     raise_if_errors(check_model(name_or_path, flag, here=True))
     return _from_cache_offline(name_or_path, revision) or name_or_path
+
+
+def not_cached(name_or_path: str, revision: str) -> str | None:
+    """Why the hub id ``name_or_path`` at ``revision`` (its run's pinned commit) cannot load here: the Hub cannot be
+    asked (HF_HUB_OFFLINE, no answer) and the Hugging Face cache has no whole snapshot of it; the line names the
+    commit, what the cache has and the fix. None where it can (the Hub answers, or the snapshot is there)."""
+    import shlex
+
+    from ftctl import hub
+
+    if not hub.HUB_ID.match(name_or_path) or Path(name_or_path).expanduser().exists():
+        return None
+    why = "HF_HUB_OFFLINE is set" if hub.offline() else hub.unreachable(name_or_path)
+    if why is None or hub.cached_snapshot(name_or_path, revision):
+        return None
+    repo = hub._repo_cache(name_or_path)
+    if hub.COMMIT.match(revision) and repo and (repo / "snapshots" / revision).is_dir():
+        holds = "this machine's Hugging Face cache holds only part of it (no config.json or weights: a cut download?)"
+    else:
+        holds = hub._cache_holds(name_or_path, revision)
+    model, rev = shlex.quote(name_or_path), shlex.quote(revision)
+    others = [c for c in hub.cached_commits(name_or_path) if c != revision]
+    relaunch = f", or relaunch with -o model_revision={others[0]} (a commit this cache has)" if others else ""
+    return (
+        f"Cannot load {name_or_path} at {revision}, its run's pinned model_revision: {holds}, and {why}. Download it "
+        f"into the Hugging Face cache this machine reads (HF_HOME, HF_HUB_CACHE) where the Hub answers: hf download "
+        f"{model} --revision {rev}{relaunch}."
+    )
 
 
 def at_revision(path: str, revision: str | None) -> dict:
