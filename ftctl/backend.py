@@ -561,11 +561,12 @@ def prepare(spec: RunSpec, why: str | None = None) -> Rendered:
 def pin_model(spec: RunSpec, earlier: dict | None = None) -> RunSpec:
     """``spec`` with its hub model's revision resolved to the commit it is (spec.pinned; ``earlier``: the spec.json of
     the run it goes on, whose commit it keeps), the line saying which on stderr: what `plan` shows and launch
-    records."""
+    records. A model left unpinned (no cache of it, no Hub: its nodes load main, as before) is said by nothing here:
+    a line on every launch and render on a machine without the Hub, before any error, said nothing to act on."""
     import click
 
     spec, said = pinned(spec, earlier)
-    if said:
+    if said and spec.model_revision:
         click.echo(f"note: {said}.", err=True)
     return spec
 

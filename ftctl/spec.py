@@ -410,7 +410,7 @@ class RunSpec:
     method: str = "lora"  # fft | sft | lora | qlora
     model_name_or_path: str = DEMO_MODEL  # a hub id (org/name) or a local model directory
     # a hub id's revision: a branch, tag or commit (TRL's model_revision; ORG/NAME@REV in model_name_or_path says it
-    # too); default main. Launch records the commit it is (the Hugging Face cache's, else the Hub's), which every node
+    # too); default main. Launch records the commit it is (the Hub's, else the Hugging Face cache's), which every node
     # and every resumed attempt loads
     model_revision: str | None = None
     model_params: str | None = None  # "7b", "135m": when the model's config cannot be read
@@ -751,8 +751,8 @@ def _model_revision(spec: RunSpec, sources: dict, notes: list | None) -> RunSpec
 
 
 def pinned(spec: RunSpec, earlier: dict | None = None) -> tuple[RunSpec, str | None]:
-    """``spec`` with its hub model's revision resolved to the commit it is now (ftctl.hub.pin: the Hugging Face
-    cache's, else the Hub's), which spec.json records for every node and every resumed attempt to load, and the line
+    """``spec`` with its hub model's revision resolved to the commit it is now (ftctl.hub.pin: the Hub's, else
+    the Hugging Face cache's: offline, or no answer), which spec.json records for every node and every resumed attempt to load, and the line
     saying so; as it is for a local model. Where it cannot be told, main stays unpinned (the line says why); another
     revision is refused, saying how to fix it. ``earlier``: the spec.json's spec of the run a launch goes on (its run
     directory's), whose commit of the same model a relaunch that names no revision keeps: it resumes checkpoints
