@@ -529,7 +529,8 @@ def test_launch_says_what_a_named_checkpoint_was_saved_with(tiny_model_dir, tiny
         Finding(
             ERROR,
             f"{checkpoint} was trained with lora_r=4; this run asks for lora_r=8, which cannot continue it. Relaunch "
-            "with -o lora_r=4 to resume it, or give another --output to train from the start.",
+            "with lora_r: 4 in the run file to resume it, or give another --output to train from the start.",  # (its
+            # spec built from a dict: a run file's, said as given since helper 280)
         )
     ]
     # one of the output's own, named: another --output is the way to a new run; at the finished run's end, refused
