@@ -25,9 +25,22 @@ Each length runs in its own process (gpu_train.run_case, the same path as a real
                     2.58 s = 2 x 32,760); rows_a_step x the documents' doc_tokens_max is what a step trains
 
 and, over all lengths, a least-squares fit step_s = tokens x (weights' FLOPs / W + attention's FLOPs / A): W and
-A, the speeds (TFLOPS) weights' and attention's FLOPs ran at, against plan.MFU x peak for both.
+A, the speeds (TFLOPS) weights' and attention's FLOPs ran at, against plan.MFU x peak for both (one fit a variant).
+
+Variants (v112, helper 286): --cases VARIANT:L,... runs other methods and attentions than lora's varlen, each row
+named by its variant, the same data and plan comparison:
+
+    lora            lora, the plan's attention (varlen on an H100): v110's rows (--lengths L,... runs these)
+    fft             full fine-tuning (the plan counts 6 x params a token for the weights, lora 4 x)
+    lora_sdpa       lora, -o attn_implementation=sdpa: not packed (sdpa's default), rows padded to the micro-batch's
+                    longest; every document L - 8 tokens, so no padding: transformers drops the mask (is_causal)
+    lora_sdpa_pad   the same with documents of L - 8 - [0, JITTER) tokens: a micro-batch's rows differ, so padding,
+                    and transformers hands sdpa a (row x row) mask
+    lora_sdpa_pack  lora, sdpa, -o packing=true: TRL's padding-free rows (a micro-batch's documents in one row) under
+                    transformers' block-diagonal mask
 
     python3 bench/longctx_step_gpu.py --out DIR [--lengths 2048,16384,32768] [--steps 6]
+    python3 bench/longctx_step_gpu.py --out DIR --cases lora:2048,fft:2048,lora_sdpa:16384 [--steps 6]
     BENCH_CPU=1 python bench/longctx_step_gpu.py --out DIR   (here: the tests' tiny model at 64-256 tokens, on CPU;
                     the prediction is still the H100 plan's, so the ratio means nothing: it checks the script)
 
@@ -56,17 +69,27 @@ TOKENS_PER_STEP = 1024 if CPU else 65536
 LENGTHS = (64, 128, 256) if CPU else (2048, 16384, 32768)
 MARGIN = 8  # a document is this many tokens under L: nothing cut, one document a row
 CASE = "lora1b"
+JITTER = 64  # lora_sdpa_pad: documents this many tokens shorter at most, so a micro-batch's rows differ
+# variant -> (gpu_train case, overrides, jitter)
+VARIANTS = {
+    "lora": (CASE, [], 0),
+    "fft": ("fft1b128k", [], 0),
+    "lora_sdpa": (CASE, ["attn_implementation=sdpa"], 0),
+    "lora_sdpa_pad": (CASE, ["attn_implementation=sdpa"], JITTER),
+    "lora_sdpa_pack": (CASE, ["attn_implementation=sdpa", "packing=true"], 0),
+}
 # Llama-3.2-1B's own context (131,072 with its llama3 RoPE scaling): 32k rows are inside it, as in a real run
 gpu_train.SHAPES["1b128k"] = dict(gpu_train.SHAPES["1b"], max_position_embeddings=131072)
 gpu_train.CASES[CASE] = ("lora", "1b128k")
+gpu_train.CASES["fft1b128k"] = ("fft", "1b128k")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
 
 # ------------------------------------------------------------------------------------------ data
-def make_docs(path: Path, tokenizer, length: int, rows: int) -> dict:
-    """``rows`` ShareGPT conversations of length - MARGIN tokens each (chat template included), words of
-    gpu_train.make_data's vocabulary. Byte-level BPE splits at words, so a conversation's tokens are the template's
-    plus each word's own: sized exactly, then checked."""
+def make_docs(path: Path, tokenizer, length: int, rows: int, jitter: int = 0) -> dict:
+    """``rows`` ShareGPT conversations of length - MARGIN tokens each (chat template included; ``jitter``: each a
+    random 0 to jitter - 1 tokens shorter), words of gpu_train.make_data's vocabulary. Byte-level BPE splits at
+    words, so a conversation's tokens are the template's plus each word's own: sized exactly, then checked."""
     words = "the of model data train token layer batch memory value ship code answer night river".split()
     cost = {w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words}
 
@@ -76,9 +99,9 @@ def make_docs(path: Path, tokenizer, length: int, rows: int) -> dict:
         return len(ids)
 
     rng = random.Random(length)
-    target = length - MARGIN
     out, sizes = [], []
     for i in range(rows):
+        target = length - MARGIN - (rng.randrange(jitter) if jitter else 0)
         q = f"question {i}: " + " ".join(rng.choice(words) for _ in range(8))
         first = rng.choice(words)
         base = count(q, first)
@@ -98,7 +121,7 @@ def make_docs(path: Path, tokenizer, length: int, rows: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ one length
-def one(length: int, steps: int, work: Path, out: Path) -> None:
+def one(variant: str, length: int, steps: int, work: Path, out: Path) -> None:
     """One length in this process: gpu_train.run_case with a clock at every step's end, the plan's prediction."""
     import torch
     from transformers import AutoTokenizer, TrainerCallback
@@ -111,11 +134,12 @@ def one(length: int, steps: int, work: Path, out: Path) -> None:
         torch.cuda.synchronize = lambda *a, **k: None
         torch.cuda.reset_peak_memory_stats = lambda *a, **k: None
         torch.cuda.max_memory_allocated = torch.cuda.max_memory_reserved = lambda *a, **k: 0
+    case, extra, jitter = VARIANTS[variant]
     rows = TOKENS_PER_STEP // length
     model_dir = model_path(work)
-    data = work / f"docs-{length}.json"
+    data = work / f"docs-{length}-{jitter}.json"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    docs = make_docs(data, tokenizer, length, rows * (steps + 1))  # a step to spare: no short step at an end
+    docs = make_docs(data, tokenizer, length, rows * (steps + 1), jitter)  # a step to spare: no short step at an end
 
     real_build, seen = ftctl.spec.build, {}
 
@@ -139,12 +163,23 @@ def one(length: int, steps: int, work: Path, out: Path) -> None:
         return real_train(spec, plan, callbacks=[*callbacks, clock], echo=echo)
 
     ftctl.spec.build, ftctl.trainer.run.train = build, train
-    overrides = [f"model_max_length={length}", f"global_batch_size={rows}", "seed=7", "warmup_ratio=0.0"]
-    name = "+".join([CASE, *overrides])
+    sdpa_calls: dict[str, int] = {}  # what transformers hands torch's sdpa: a mask (its shape) or is_causal
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def sdpa(q, k, v, attn_mask=None, *args, **kw):
+        what = f"mask {tuple(attn_mask.shape)} {attn_mask.dtype}" if attn_mask is not None else "no mask"
+        key = f"q {tuple(q.shape)}, {what}, is_causal={kw.get('is_causal', False)}"
+        sdpa_calls[key] = sdpa_calls.get(key, 0) + 1
+        return real_sdpa(q, k, v, attn_mask, *args, **kw)
+
+    torch.nn.functional.scaled_dot_product_attention = sdpa
+    overrides = [f"model_max_length={length}", f"global_batch_size={rows}", "seed=7", "warmup_ratio=0.0", *extra]
+    name = "+".join([case, *overrides])
     t0 = time.time()
-    row: dict = {"L": length, "rows_a_step": rows, **docs}
+    row: dict = {"variant": variant, "method": gpu_train.CASES[case][0], "L": length, "rows_a_step": rows, **docs}
     try:
-        case = gpu_train.run_case(name, model_dir, data, steps, work, checkpoint=False)
+        runs = work / variant  # lora_sdpa and lora_sdpa_pad have the same overrides: not one output_dir
+        case = gpu_train.run_case(name, model_dir, data, steps, runs, checkpoint=False)
     except Exception as e:  # the row says why; the other lengths still run
         import traceback
 
@@ -162,7 +197,7 @@ def one(length: int, steps: int, work: Path, out: Path) -> None:
     step_s = sum(each) / len(each) if each else None
     tokens = sum(step_tokens) / len(step_tokens) if step_tokens else rows * length
     start = {}
-    metrics = work / name / "metrics.jsonl"
+    metrics = runs / name / "metrics.jsonl"
     if metrics.exists():
         recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
         start = next((r for r in recs if r.get("event") == "start"), {})
@@ -196,6 +231,7 @@ def one(length: int, steps: int, work: Path, out: Path) -> None:
         "accumulation": plan.gradient_accumulation_steps,
         "gradient_checkpointing": plan.gradient_checkpointing,
         "final_loss": case["final_loss"],
+        "sdpa_calls": dict(sorted(sdpa_calls.items(), key=lambda kv: -kv[1])[:6]),
         "wall_s": round(time.time() - t0, 1),
     }
     out.write_text(json.dumps(row, indent=1))
@@ -207,14 +243,16 @@ def model_path(work: Path) -> Path:
 
         path = work / "llama-tiny"
         return path if (path / "config.json").exists() else make_tiny_model_dir(path)
-    return gpu_train.make_model(gpu_train.CASES[CASE][1], work)
+    return gpu_train.make_model(gpu_train.CASES[CASE][1], work)  # every variant's shape
 
 
 # ------------------------------------------------------------------------------------------ all lengths
 def fit(rows: list[dict]) -> dict | None:
     """step_s = tokens x (w / W + a / A) by least squares over the lengths: W and A (TFLOPS), the speeds weights'
-    and attention's FLOPs ran at, each over the card's peak (the plan assumes MFU for both)."""
+    and attention's FLOPs (the plan's count) ran at, each over the card's peak (the plan's MFU, ATTENTION_MFU)."""
     ok = [r for r in rows if r.get("step_s")]
+    if len({r["L"] for r in ok}) < 2:
+        return None
     if len(ok) < 2:
         return None
     # x1 = tokens x w, x2 = tokens x a; step_s = x1 u + x2 v, u = 1/W, v = 1/A
@@ -236,36 +274,60 @@ def fit(rows: list[dict]) -> dict | None:
     return res
 
 
-COLUMNS = ["L", "rows_a_step", "step_s", "plan_step_s", "ratio", "attn_share", "tflops", "mfu"]
-COLUMNS += ["peak_alloc_gib", "plan_peak_gib", "plan_attn", "micro_batch", "accumulation", "gradient_checkpointing"]
+COLUMNS = ["variant", "L", "rows_a_step", "step_s", "plan_step_s", "ratio", "attn_share", "tflops", "mfu"]
+COLUMNS += ["peak_alloc_gib", "plan_peak_gib", "plan_attn", "packing", "micro_batch", "accumulation"]
+COLUMNS += ["gradient_checkpointing", "doc_tokens_min", "doc_tokens_max"]
 
 
 def table(result: dict) -> str:
-    lines = [f"# lora, {CASE} shape, {result['card']}, torch {result['torch']}, {TOKENS_PER_STEP:,} tokens a step", ""]
+    lines = [f"# 1b128k shape, {result['card']}, torch {result['torch']}, {TOKENS_PER_STEP:,} tokens a step", ""]
     lines += ["| " + " | ".join(COLUMNS) + " | attention | error |", "|" + "---|" * (len(COLUMNS) + 2)]
     for r in result["rows"]:
         attn = json.dumps(r.get("attention"))[:80].replace("|", "/")
         err = r.get("error", "")[-160:].replace("\n", " ").replace("|", "/")
         lines.append("| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + f" | {attn} | {err} |")
-    lines += ["", f"fit: {json.dumps(result.get('fit'))}"]
+    lines += ["", f"fit (a variant's lengths): {json.dumps(result.get('fit'))}"]
     return "\n".join(lines)
+
+
+def parse_cases(text: str) -> list[tuple[str, int]]:
+    """ "lora:2048,fft:16384" -> [("lora", 2048), ("fft", 16384)]; ValueError naming what is wrong."""
+    cases = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        variant, _, length = item.partition(":")
+        if variant not in VARIANTS:
+            raise ValueError(f"--cases: unknown variant {variant!r} in {item!r}: one of {', '.join(VARIANTS)}")
+        if not length.isdigit() or int(length) <= MARGIN + JITTER:
+            raise ValueError(
+                f"--cases: {item!r} needs a length over {MARGIN + JITTER} tokens: VARIANT:L, e.g. fft:2048"
+            )
+        cases.append((variant, int(length)))
+    if not cases:
+        raise ValueError("--cases: no case given: VARIANT:L,..., e.g. lora:2048,fft:2048")
+    return cases
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
+    ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="lora (varlen) rows at these lengths")
+    ap.add_argument("--cases", help="VARIANT:L,... (variants: " + ", ".join(VARIANTS) + "); replaces --lengths")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--work", default="/tmp/ftctl-longctx-cpu" if CPU else "/tmp/ftctl-longctx")
     ap.add_argument("--case-timeout-s", type=float, default=60 if CPU else 150)
     ap.add_argument("--budget-s", type=float, default=400, help="no length runs past this many seconds in all")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--variant", default="lora", help=argparse.SUPPRESS)
     ap.add_argument("--one-out", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    try:
+        cases = parse_cases(a.cases) if a.cases else [("lora", int(x)) for x in a.lengths.split(",")]
+    except ValueError as e:
+        ap.error(str(e))
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     if a.one:
-        return one(a.one, a.steps, work, Path(a.one_out))
+        return one(a.variant, a.one, a.steps, work, Path(a.one_out))
     import torch
 
     out = Path(a.out)
@@ -281,15 +343,17 @@ def main() -> None:
     t0 = t = time.time()
     model_path(work)  # built once, before the cases' clocks
     result["model_build_s"] = round(time.time() - t, 1)
-    for length in map(int, a.lengths.split(",")):
-        one_out = work / f"row-{length}.json"
+    logs = out / "logs.txt"  # every case's log's end in one file (a device call brings back 8 files at most)
+    logs.write_text("")
+    for variant, length in cases:
+        one_out = work / f"row-{variant}-{length}.json"
         one_out.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--out", a.out, "--one", str(length), "--one-out", str(one_out)]
-        cmd += ["--steps", str(a.steps), "--work", str(work)]
+        cmd += ["--variant", variant, "--steps", str(a.steps), "--work", str(work)]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # what every ftctl run has
-        print(f"--- L={length}", flush=True)
-        log = out / f"L{length}.log"
+        print(f"--- {variant} L={length}", flush=True)
+        log = work / f"{variant}-L{length}.log"
         try:
             with log.open("w") as f:
                 left = min(a.case_timeout_s, a.budget_s - (time.time() - t0))
@@ -297,13 +361,17 @@ def main() -> None:
             rc = rc.returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
+        text = log.read_text(errors="replace")
+        with logs.open("a") as f:
+            f.write(f"=== {variant} L={length} rc={rc}\n{text[-6000:]}\n")
         if one_out.exists():
             row = json.loads(one_out.read_text())
         else:
-            row = {"L": length, "error": f"exit {rc}: {log.read_text(errors='replace')[-1500:]}"}
+            row = {"variant": variant, "L": length, "error": f"exit {rc}: {text[-1500:]}"}
         result["rows"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "attention"}), flush=True)
-        result["fit"] = fit(result["rows"])
+        fits = {v: fit([r for r in result["rows"] if r.get("variant") == v]) for v in VARIANTS}
+        result["fit"] = {v: f for v, f in fits.items() if f}
         (out / "longctx_step.json").write_text(json.dumps(result, indent=1))
     print(table(result), flush=True)
 
