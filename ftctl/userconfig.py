@@ -84,9 +84,8 @@ def _parse(text: str, path: Path) -> UserConfig:
     if not isinstance(raw, dict):
         raise FtctlError(f"{path} must hold a mapping of key: value (like 'backend: slurm'), not {type(raw).__name__}.")
     errors = []
-    for key in raw:
-        if key not in KEYS:
-            errors.append(f"unknown key {key!r}.{did_you_mean(str(key), KEYS)} The keys are {', '.join(KEYS)}")
+    if unknown := [key for key in raw if key not in KEYS]:
+        errors.append(_unknown_keys(unknown))
     backend, image, runtime = (
         raw.get("backend"),
         raw.get("image"),
@@ -118,6 +117,36 @@ def _parse(text: str, path: Path) -> UserConfig:
         said = "; ".join(e.rstrip(".") for e in errors)
         raise FtctlError(f"{path}: {said}{'' if said.endswith('?') else '.'} Fix it by hand.")
     return UserConfig(backend, image, runtime, tuple(built))
+
+
+# a site's Slurm defaults, which this file does not hold: sbatch's own variables do, and a launch takes them as sbatch
+# would (ftctl.slurm.render.ENV_DEFAULTS); a `slurm:` block was tried for them too
+_SLURM_DEFAULTS = {
+    "partition": "SBATCH_PARTITION",
+    "account": "SBATCH_ACCOUNT",
+    "qos": "SBATCH_QOS",
+    "time": "SBATCH_TIMELIMIT",
+}
+
+
+def _unknown_keys(unknown: list) -> str:
+    """One line for every unknown key: each named (the closest key for one), the keys listed once; a Slurm default
+    (partition, account, qos, time, a slurm: block) says where a site's defaults go instead."""
+    names = ", ".join(repr(k) for k in unknown)
+    said = f"unknown key {names}." if len(unknown) == 1 else f"unknown keys {names}."
+    if len(unknown) == 1 and str(unknown[0]) not in _SLURM_DEFAULTS and unknown[0] != "slurm":
+        said += did_you_mean(str(unknown[0]), KEYS)
+    said += f" The keys are {', '.join(KEYS)}"
+    slurm = [str(k) for k in unknown if str(k).lower() in _SLURM_DEFAULTS or str(k).lower() == "slurm"]
+    if slurm:
+        named = [k.lower() for k in slurm if k.lower() in _SLURM_DEFAULTS] or list(_SLURM_DEFAULTS)
+        exports = " ".join(f"{_SLURM_DEFAULTS[k]}=..." for k in named)
+        said += (
+            f"; a site's Slurm defaults are sbatch's own variables: `export {exports}` in your shell profile, which "
+            f"ftctl launch takes as sbatch does for a run without {'/'.join('--' + k for k in named)} (or "
+            f"{named[0]}: in a run file, -c run.yaml)"
+        )
+    return said
 
 
 def _check_built(rec) -> str | None:
