@@ -121,7 +121,7 @@ def make_docs(path: Path, tokenizer, length: int, rows: int, jitter: int = 0) ->
 
 
 # ------------------------------------------------------------------------------------------ one length
-def one(variant: str, length: int, steps: int, work: Path, out: Path) -> None:
+def one(variant: str, length: int, steps: int, work: Path, out: Path, more: list[str] = ()) -> None:
     """One length in this process: gpu_train.run_case with a clock at every step's end, the plan's prediction."""
     import torch
     from transformers import AutoTokenizer, TrainerCallback
@@ -135,6 +135,7 @@ def one(variant: str, length: int, steps: int, work: Path, out: Path) -> None:
         torch.cuda.reset_peak_memory_stats = lambda *a, **k: None
         torch.cuda.max_memory_allocated = torch.cuda.max_memory_reserved = lambda *a, **k: 0
     case, extra, jitter = VARIANTS[variant]
+    extra = [*extra, *more]
     rows = TOKENS_PER_STEP // length
     model_dir = model_path(work)
     data = work / f"docs-{length}-{jitter}.json"
@@ -176,9 +177,15 @@ def one(variant: str, length: int, steps: int, work: Path, out: Path) -> None:
     overrides = [f"model_max_length={length}", f"global_batch_size={rows}", "seed=7", "warmup_ratio=0.0", *extra]
     name = "+".join([case, *overrides])
     t0 = time.time()
-    row: dict = {"variant": variant, "method": gpu_train.CASES[case][0], "L": length, "rows_a_step": rows, **docs}
+    row: dict = {
+        "variant": "+".join([variant, *more]),
+        "method": gpu_train.CASES[case][0],
+        "L": length,
+        "rows_a_step": rows,
+        **docs,
+    }
     try:
-        runs = work / variant  # lora_sdpa and lora_sdpa_pad have the same overrides: not one output_dir
+        runs = work / "+".join([variant, *more])  # lora_sdpa and lora_sdpa_pad: the same overrides, not one folder
         case = gpu_train.run_case(name, model_dir, data, steps, runs, checkpoint=False)
     except Exception as e:  # the row says why; the other lengths still run
         import traceback
@@ -290,18 +297,22 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_cases(text: str) -> list[tuple[str, int]]:
-    """ "lora:2048,fft:16384" -> [("lora", 2048), ("fft", 16384)]; ValueError naming what is wrong."""
+def parse_cases(text: str) -> list[tuple[str, int, list[str]]]:
+    """ "lora:2048,fft:16384+per_device_train_batch_size=2" -> [("lora", 2048, []), ("fft", 16384,
+    ["per_device_train_batch_size=2"])] (-o overrides after +); ValueError naming what is wrong."""
     cases = []
     for item in filter(None, (x.strip() for x in text.split(","))):
-        variant, _, length = item.partition(":")
+        head, *more = item.split("+")
+        if any("=" not in m for m in more):
+            raise ValueError(f"--cases: {item!r}: what follows + is an override, KEY=VALUE")
+        variant, _, length = head.partition(":")
         if variant not in VARIANTS:
             raise ValueError(f"--cases: unknown variant {variant!r} in {item!r}: one of {', '.join(VARIANTS)}")
         if not length.isdigit() or int(length) <= MARGIN + JITTER:
             raise ValueError(
                 f"--cases: {item!r} needs a length over {MARGIN + JITTER} tokens: VARIANT:L, e.g. fft:2048"
             )
-        cases.append((variant, int(length)))
+        cases.append((variant, int(length), more))
     if not cases:
         raise ValueError("--cases: no case given: VARIANT:L,..., e.g. lora:2048,fft:2048")
     return cases
@@ -318,16 +329,17 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=400, help="no length runs past this many seconds in all")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--variant", default="lora", help=argparse.SUPPRESS)
+    ap.add_argument("--more", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--one-out", help=argparse.SUPPRESS)
     a = ap.parse_args()
     try:
-        cases = parse_cases(a.cases) if a.cases else [("lora", int(x)) for x in a.lengths.split(",")]
+        cases = parse_cases(a.cases) if a.cases else [("lora", int(x), []) for x in a.lengths.split(",")]
     except ValueError as e:
         ap.error(str(e))
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     if a.one:
-        return one(a.variant, a.one, a.steps, work, Path(a.one_out))
+        return one(a.variant, a.one, a.steps, work, Path(a.one_out), a.more)
     import torch
 
     out = Path(a.out)
@@ -345,15 +357,17 @@ def main() -> None:
     result["model_build_s"] = round(time.time() - t, 1)
     logs = out / "logs.txt"  # every case's log's end in one file (a device call brings back 8 files at most)
     logs.write_text("")
-    for variant, length in cases:
-        one_out = work / f"row-{variant}-{length}.json"
+    for variant, length, more in cases:
+        name = "+".join([variant, *more])
+        one_out = work / f"row-{name}-{length}.json"
         one_out.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--out", a.out, "--one", str(length), "--one-out", str(one_out)]
         cmd += ["--variant", variant, "--steps", str(a.steps), "--work", str(work)]
+        cmd += [f"--more={m}" for m in more]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # what every ftctl run has
-        print(f"--- {variant} L={length}", flush=True)
-        log = work / f"{variant}-L{length}.log"
+        print(f"--- {name} L={length}", flush=True)
+        log = work / f"{name}-L{length}.log"
         try:
             with log.open("w") as f:
                 left = min(a.case_timeout_s, a.budget_s - (time.time() - t0))
@@ -363,14 +377,16 @@ def main() -> None:
             rc = "timeout"
         text = log.read_text(errors="replace")
         with logs.open("a") as f:
-            f.write(f"=== {variant} L={length} rc={rc}\n{text[-6000:]}\n")
+            f.write(f"=== {name} L={length} rc={rc}\n{text[-6000:]}\n")
         if one_out.exists():
             row = json.loads(one_out.read_text())
         else:
-            row = {"variant": variant, "L": length, "error": f"exit {rc}: {text[-1500:]}"}
+            row = {"variant": name, "L": length, "error": f"exit {rc}: {text[-1500:]}"}
         result["rows"].append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "attention"}), flush=True)
-        fits = {v: fit([r for r in result["rows"] if r.get("variant") == v]) for v in VARIANTS}
+        fits = {
+            v: fit([r for r in result["rows"] if r.get("variant") == v]) for v in {r["variant"] for r in result["rows"]}
+        }
         result["fit"] = {v: f for v, f in fits.items() if f}
         (out / "longctx_step.json").write_text(json.dumps(result, indent=1))
     print(table(result), flush=True)
