@@ -556,8 +556,12 @@ class RunSpec:
     # says where a value came from can (render's image line: a run file's container is no --container); spec.json
     # holds what the run resolved to
     _given_in: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+    # not a run key: beside _given_in, each given key's name and value as its layer wrote them (a run file's data:
+    # rows.json, a flag's value before absolute_paths, -o's text), which given_as repeats: the spec's own value may be
+    # another (an alias's, a path made absolute, an axolotl datasets list read as data_path)
+    _written: tuple[tuple[str, str, typing.Any], ...] = field(default=(), compare=False, repr=False)
     # not a run key: the run file build read, as it was named (None: none, or a dict), so that what says a value came
-    # from it can name it (launch.given_as: "container: docker:X in gist.yaml")
+    # from it can name it (given_as: "container: docker:X in gist.yaml")
     _run_file: str | None = field(default=None, compare=False, repr=False)
 
     # -------------------------------------------------------------------------------------------
@@ -672,6 +676,12 @@ class RunSpec:
     def given_in(self, key: str) -> str | None:
         """The layer that gave ``key`` ("run file", "flag", "-o"); None where no layer did (a spec made in code)."""
         return dict(self._given_in).get(key)
+
+    def written(self, key: str) -> tuple[str, typing.Any] | None:
+        """``key``'s name and value as the layer that gave it (given_in) wrote them: ("data", "rows.json") for a run
+        file's data: rows.json, ("data_path", "rows.json") for --data rows.json; None where no layer did, or where
+        a flag or -o added to an earlier layer's list (the value is then both's)."""
+        return next(((name, raw) for k, name, raw in self._written if k == key), None)
 
     @property
     def run_file(self) -> str | None:
@@ -1225,6 +1235,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         layers.append(("-o", parse_overrides(overrides)))
     layers = _llama_factory_layers(layers, notes)  # across layers: -o mix_strategy=... with a run file's dataset
     values, errors, sources = {}, [], {}
+    written: dict[str, tuple[str, typing.Any] | None] = {}  # key -> its name and value as its layer wrote them
     own_secrets = False  # a run file's secrets list, or -o secrets=none, in place of default_secrets
     zero_asked = None  # the last DeepSpeed config read as a ZeRO strategy: its layer, its key, (strategy, how), note
     eos_asked = None  # TRL's eos_token as the last layer gave it: the key and layer, the token
@@ -1355,13 +1366,17 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 continue
             typ, _ = _base_type(_HINTS[key])
             own_secrets = own_secrets or (key == "secrets" and (source == "run file" or _clears(raw)))
+            merged = False  # added to an earlier layer's: written is neither's alone
             if typing.get_origin(typ) is list and source != "run file" and not _clears(raw):
                 base = values.get(key, FIELDS[key].default_factory())
                 val = base + [v for v in val if v not in base]  # flags/-o add to the list
+                merged = key in values
             elif typing.get_origin(typ) is dict and key in values and val:
                 val = {**values[key], **val}
+                merged = True
             values[key] = val
             sources[key] = source
+            written[key] = (raw_key.strip(), given) if not merged else None
         for per_epoch, steps in STEPS_OF.items():  # the later layer's wins; in one layer epoch, as in transformers
             if per_epoch in epochly and steps in values:
                 said = f"{steps}={values.pop(steps)} unused: {epochly[per_epoch]}: epoch ({source}) wins"
@@ -1413,7 +1428,10 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         default = default_secrets(values.get("report_to", FIELDS["report_to"].default))
         values["secrets"] = [*default, *(s for s in values.get("secrets", []) if s not in default)]
     given = sorted((k, source) for k, source in sources.items() if values.get(k) is not None)  # null: unset
-    spec = RunSpec(**values, _given_in=tuple(given), _run_file=config if isinstance(config, str) else None)
+    as_written = tuple((k, *written[k]) for k, _ in given if written.get(k))
+    spec = RunSpec(
+        **values, _given_in=tuple(given), _written=as_written, _run_file=config if isinstance(config, str) else None
+    )
     if said := written_secret_problems(spec):  # before any line that repeats a value
         raise FtctlError(_join(said))
     if said := nul_problems(spec) or unusable_paths(spec):  # before anything asks whether a path exists (a traceback)
@@ -2315,19 +2333,54 @@ def given_as(spec: RunSpec, key: str, value=None, flag: str | None = None) -> st
     alone ("--container", "-o container", "the run file's container"); else with ``value``, which is how a fault
     repeats what was given and how its fix says what to give instead, in the same place: "--container docker:REF",
     "-o container=docker:REF", "container: docker:REF in gist.yaml" (the run file as named; a run file's value was
-    said as if typed as --container, which the user never wrote). ``flag``: the key's flag, also where no layer gave
-    it (a spec made in code, an image ftctl chose); None: -o is its way."""
+    said as if typed as --container, which the user never wrote). ``value`` the spec's own (what was given, maybe
+    resolved since: a path made absolute) is said as it was written (RunSpec.written): "data: rows.json in
+    run.yaml", "--data rows.json", "-o data=rows.json"; another value (a fix) under the name the user gave the key
+    where that name is the key's own or an alias of it (data: DIR; not datasets:, whose value is a list of entries).
+    ``flag``: the key's flag, also where no layer gave it (a spec made in code, an image ftctl chose); None: -o is
+    its way."""
     how = spec.given_in(key)
+    name, raw = spec.written(key) or (key, None)
+    repeated = value is not None and how is not None and spec.written(key) is not None and _is_given(spec, key, value)
+    if not repeated and ALIASES.get(name.replace("-", "_"), name.replace("-", "_")) != key:
+        name = key  # datasets:, dataset_name:, a nested key: their values are not the key's
     if value is None:
-        return {"run file": f"the run file's {key}", "-o": f"-o {key}"}.get(how, flag or f"-o {key}")
+        return {"run file": f"the run file's {name}", "-o": f"-o {name}"}.get(how, flag or f"-o {key}")
     if how == "run file":
-        text = str(value)
+        text = _written_text(raw) if repeated else str(value)
         plain = re.fullmatch(r"[\w@%+=:,./~#-]+", text) and not text.startswith(("-", "~", "#", "%", "@"))
+        flow = repeated and isinstance(raw, (list, dict))  # YAML's own text of it
         where = shlex.quote(spec.run_file) if spec.run_file else "the run file"
-        return f"{key}: {text if plain else json.dumps(text)} in {where}"  # (JSON's string: YAML's too)
+        return f"{name}: {text if plain or flow else json.dumps(text)} in {where}"  # (JSON's string: YAML's too)
+    if repeated and how == "flag" and flag and isinstance(raw, (list, tuple)) and raw:  # --data a --data b
+        return " ".join(f"{flag} {shlex.quote(_written_text(v))}" for v in raw)
+    text = _written_text(raw) if repeated and not isinstance(raw, (list, tuple, dict)) else str(value)
     if how == "-o" or flag is None:
-        return f"-o {shlex.quote(f'{key}={value}')}"
-    return f"{flag} {shlex.quote(str(value))}"
+        return f"-o {shlex.quote(f'{name}={text}')}"
+    return f"{flag} {shlex.quote(text)}"
+
+
+def _is_given(spec: RunSpec, key: str, value) -> bool:
+    """Whether ``value`` is ``spec``'s own of ``key`` (what its layer gave, maybe resolved since), not another."""
+    return str(value) in (str(getattr(spec, key)), *([spec.output] if key == "output_dir" else []))
+
+
+def _written_text(raw) -> str:
+    """A value as its layer wrote it: a scalar as a shell takes it (true, not True), a list or mapping in YAML's flow
+    style ([a.json, b.json]; axolotl's datasets entries by their paths where all of them run long)."""
+    if not isinstance(raw, (list, tuple, dict)):
+        return config_text(raw)
+    import yaml
+
+    text = yaml.safe_dump(
+        list(raw) if isinstance(raw, tuple) else raw, default_flow_style=True, sort_keys=False, width=1 << 30
+    )
+    if len(text) > 120 and isinstance(raw, list) and all(isinstance(d, dict) and "path" in d for d in raw):
+        text = yaml.safe_dump(
+            [{"path": d["path"]} for d in raw], default_flow_style=True, sort_keys=False, width=1 << 30
+        )
+        text = text.replace("}", ", ...}")
+    return text.strip()
 
 
 def container_as(spec: RunSpec, value=None) -> str:
