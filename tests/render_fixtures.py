@@ -230,9 +230,3 @@ def check_golden(name: str, text: str, directory: Path = GOLDEN) -> None:
             f"rewrite it with UPDATE_GOLDEN=1\n{diff}",
             pytrace=False,
         )
-
-
-def launch_said(capsys) -> str:
-    """What launch wrote to stderr, less its note that the hub model is not pinned to a commit (neither the Hugging
-    Face cache nor the Hub can tell it here: tests/test_revision275_launch.py)."""
-    return "".join(line for line in capsys.readouterr().err.splitlines(True) if " not pinned to a commit (" not in line)

@@ -9,7 +9,6 @@ import pytest
 from ftctl.backend import JobRef, prepare, write_files
 from ftctl.errors import FtctlError
 from ftctl.spec import build
-from tests.render_fixtures import launch_said
 
 
 def _prep(tmp_path, **flags):
@@ -67,7 +66,7 @@ def test_relaunch_with_other_training_settings_keeps_the_earlier_spec(tmp_path, 
     kept = list((tmp_path / "run" / ".ftctl").glob("spec.*.json"))
     assert len(kept) == 1 and kept[0].read_text() == before
     assert (
-        launch_said(capsys)
+        capsys.readouterr().err
         == f"relaunching {tmp_path / 'run'} with other learning_rate (its earlier spec.json: {kept[0]})\n"
     )
     assert '"learning_rate": 1e-05' in (tmp_path / "run" / "spec.json").read_text()
@@ -128,7 +127,7 @@ def test_a_relaunch_over_a_spec_json_cut_short_keeps_it_and_goes_on(tmp_path, ca
     write_files(_prep(tmp_path, learning_rate=1e-5))
     [kept] = (tmp_path / "run" / ".ftctl").glob("spec.*.json")
     assert kept.read_text() == cut and '"learning_rate": 1e-05' in spec.read_text()
-    assert launch_said(capsys) == (
+    assert capsys.readouterr().err == (
         f"relaunching {tmp_path / 'run'}, whose spec.json could not be read (cut short?; kept as {kept}): the trainer "
         "compares the settings its checkpoints were saved with\n"
     )
@@ -217,7 +216,7 @@ def test_a_spec_json_older_than_a_key_counts_it_at_its_default(tmp_path, capsys)
     del data["spec"]["eval_split"]
     path.write_text(json.dumps(data))
     write_files(_prep(tmp_path))
-    assert launch_said(capsys) == "" and not (tmp_path / "run" / ".ftctl").exists()
+    assert capsys.readouterr().err == "" and not (tmp_path / "run" / ".ftctl").exists()
     write_files(_prep(tmp_path, eval_split=0.1))
     assert "with other eval_split (its earlier spec.json: " in capsys.readouterr().err
     # written when global_batch_size, save_steps and warmup_ratio held their defaults, not "not given" (None)
@@ -226,7 +225,7 @@ def test_a_spec_json_older_than_a_key_counts_it_at_its_default(tmp_path, capsys)
     data["spec"].update(global_batch_size=32, save_steps=100, warmup_ratio=0.03)
     path.write_text(json.dumps(data))
     write_files(_prep(tmp_path, eval_split=0.1))
-    assert launch_said(capsys) == ""
+    assert capsys.readouterr().err == ""
 
 
 def test_progress_reads_the_last_step_and_held_out_loss_from_metrics(tmp_path):

@@ -14,7 +14,7 @@ from ftctl.errors import FtctlError
 from ftctl.slurm import scheduler
 from ftctl.slurm.doctor import PartitionInfo, doctor
 from ftctl.slurm.render import gib
-from tests.render_fixtures import launch_said, make_spec, prepared
+from tests.render_fixtures import make_spec, prepared
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -116,7 +116,7 @@ def test_a_gpu_type_the_partition_does_not_name_is_a_warning_not_a_refusal(clust
     """Sites name their GPUs as they like ('ampere' may be A100s): launch says it, doctor calls it a problem, and
     the job is not refused on a name."""
     _checked(gpus="8xH100", partition="gpu")
-    said = launch_said(capsys)
+    said = capsys.readouterr().err
     assert said.startswith("warning: partition 'gpu' has no H100 GPUs; its GPU types: a100; other partitions: ")
     assert "mixed (gpu:h100:4, gpu:nvidia_a100-sxm4-80gb:4)" in said and "the plan is for H100" in said
     assert doctor(partition="gpu", gpus_per_node=8, gpu_type="H100").problems[0] in said  # as `ftctl doctor` says
