@@ -701,8 +701,8 @@ def logs(job, follow, lines):
     b.logs(ref, follow, lines)
 
 
-@main.command(short_help="Cancel a job (its trainer saves a checkpoint first).")
-@click.argument("job", cls=_JobArgument)
+@main.command(short_help="Cancel jobs (each one's trainer saves a checkpoint first).")
+@click.argument("jobs", metavar="JOB...", nargs=-1, required=True, cls=_JobArgument)
 @click.option(
     "--now",
     is_flag=True,
@@ -718,19 +718,35 @@ def logs(job, follow, lines):
     "(default: the run's signal_lead_s; docker's grace before it kills the container; SkyPilot's: for the store to "
     "commit it).",
 )
-def cancel(job, now, wait_s):
-    """Cancel a launched job (on Slurm, docker and SkyPilot its trainer saves a checkpoint first, and a Slurm job is
-    not requeued; a local run stops at its next step, with a checkpoint)."""
+def cancel(jobs, now, wait_s):
+    """Cancel launched jobs, one after another, as scancel takes several (on Slurm, docker and SkyPilot each one's
+    trainer saves a checkpoint first, and a Slurm job is not requeued; a local run stops at its next step, with a
+    checkpoint). A job that cannot be cancelled is said, and the others still are; the exit status is then 2."""
     from ftctl.backend import find_job
 
     if now and wait_s is not None:
         raise click.UsageError("--now cancels without waiting for a checkpoint: pass --now or --wait, not both.")
-    b, ref = find_job(job)
     given = {name: value for name, value in (("now", now), ("wait_s", wait_s)) if value not in (False, None)}
-    if refused := sorted(given.keys() - b.cancel_options):
-        flags = ", ".join("--" + name.removesuffix("_s") for name in refused)
-        raise click.UsageError(f"{flags}: job {ref.job_id} runs on {b.name}, whose cancel takes no such option.")
-    click.echo(b.cancel(ref, **given))
+    failed = 0
+    for job in dict.fromkeys(jobs):  # `ftctl cancel 6 7 8` was "Got unexpected extra arguments (7 8)"
+        try:
+            b, ref = find_job(job)
+            if refused := sorted(given.keys() - b.cancel_options):
+                flags = ", ".join("--" + name.removesuffix("_s") for name in refused)
+                raise click.UsageError(
+                    f"{flags}: job {ref.job_id} runs on {b.name}, whose cancel takes no such option."
+                )
+            click.echo(b.cancel(ref, **given))
+        except (FtctlError, click.UsageError) as e:
+            if len(jobs) == 1:
+                raise
+            failed = max(failed, getattr(e, "exit_code", 2))
+            click.echo(
+                f"{getattr(e, 'prefix', 'error: ')}{_shown(e.format_message() if isinstance(e, click.UsageError) else str(e))}",
+                err=True,
+            )
+    if failed:
+        sys.exit(failed)
 
 
 # ------------------------------------------------------------------------------------------ training
