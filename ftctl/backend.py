@@ -544,7 +544,8 @@ def prepare(spec: RunSpec, why: str | None = None) -> Rendered:
     refuse_foreign_options(spec, backend, why)
     if not backend.needs_local_paths:  # before the plan, which would first ask a --model URI's size
         refuse_local_paths(spec, name)
-    spec, plan = backend.resolve(spec)
+    sized, pin = sized_at_pin(spec)  # the plan sizes the model at the commit the launch pins, where it is cached
+    spec, plan = backend.resolve(sized)
     spec = with_lora_targets(spec, plan.model)[0]  # as the plan has them: spec.json's, the checkpoints' settings
     spec = with_save_steps(spec, plan)  # the save_steps the plan chose, where the run gives none: recorded the same
     image = backend.image(spec, plan)
@@ -552,20 +553,59 @@ def prepare(spec: RunSpec, why: str | None = None) -> Rendered:
         spec = replace(spec, container=image.container)
     spec = absolute_paths(spec)  # the paths here: what the preflight reads, and what a backend ships
     paths = RunPaths(run_dir_for(spec))
-    spec = pin_model(spec, earlier_spec(paths))  # the commit every node and every attempt loads: spec.json's
+    spec = pin_model(spec, pin, paths)  # the commit every node and every attempt loads: spec.json's
     spec_json = dump_run(spec, plan)
     text, files = backend.render(spec, plan, paths, spec_json)
     return Rendered(name, spec, plan, paths, text, files, image, another)
 
 
-def pin_model(spec: RunSpec, earlier: dict | None = None) -> RunSpec:
-    """``spec`` with its hub model's revision resolved to the commit it is (spec.pinned; ``earlier``: the spec.json of
-    the run it goes on, whose commit it keeps), the line saying which on stderr: what `plan` shows and launch
-    records. A model left unpinned (no cache of it, no Hub: its nodes load main, as before) is said by nothing here:
-    a line on every launch and render on a machine without the Hub, before any error, said nothing to act on."""
+@dataclass(frozen=True)
+class Pin:
+    """spec.pinned's answer for a spec before its plan (sized_at_pin): the commit its hub model is pinned to and the
+    line saying which, or the refusal, raised after the plan (a plan refused says only that); ``run_dir``: the run
+    directory whose spec.json (a relaunch's commit) it read."""
+
+    run_dir: Path
+    answer: tuple[RunSpec, str | None] | None = None
+    refused: FtctlError | None = None
+
+    def on(self, spec: RunSpec, paths: RunPaths) -> tuple[RunSpec, str | None]:
+        """``spec`` (resolved and planned) pinned as spec.pinned pins it in ``paths``, and the line: asked again
+        where the run directory is another than the one asked of (a fallback to another method named it)."""
+        if paths.root != self.run_dir:
+            return pinned(spec, earlier_spec(paths))
+        if self.refused is not None:
+            raise self.refused
+        return replace(spec, model_revision=self.answer[0].model_revision), self.answer[1]
+
+
+def sized_at_pin(spec: RunSpec) -> tuple[RunSpec, Pin]:
+    """(the spec whose model the plan sizes, its Pin). A hub model is sized at the commit the launch pins where this
+    machine's Hugging Face cache holds that commit's config (the Hub's main newer than the cache's refs/main,
+    ORG/NAME@v2 of a tag the cache does not name, a relaunch's commit): the plan sized the cache's main; otherwise as
+    given (its main in the cache, or the Hub's config of it), as before."""
+    from ftctl import hub
+
+    paths = RunPaths(run_dir_for(spec))
+    try:
+        pin = Pin(paths.root, answer=pinned(spec, earlier_spec(paths)))
+    except FtctlError as e:
+        return spec, Pin(paths.root, refused=e)
+    commit = pin.answer[0].model_revision
+    if commit and commit != spec.model_revision and hub.cached_config(spec.model_name_or_path, commit):
+        return replace(spec, model_revision=commit), pin
+    return spec, pin
+
+
+def pin_model(spec: RunSpec, pin: Pin, paths: RunPaths) -> RunSpec:
+    """``spec`` with its hub model's revision resolved to the commit it is (``pin``: sized_at_pin's, for ``paths``,
+    its run directory, whose spec.json's commit a relaunch keeps), the line saying which on stderr: what `plan` shows
+    and launch records. A model left unpinned (no cache of it, no Hub: its nodes load main, as before) is said by
+    nothing here: a line on every launch and render on a machine without the Hub, before any error, said nothing to
+    act on."""
     import click
 
-    spec, said = pinned(spec, earlier)
+    spec, said = pin.on(spec, paths)
     if said and spec.model_revision:
         click.echo(f"note: {said}.", err=True)
     return spec
@@ -1661,13 +1701,14 @@ def plan_for(spec: RunSpec) -> tuple[RunSpec, Plan]:
     machine), this machine's when no GPUs are named or --gpus cpu (its RAM, as launch checks it), else the plan
     for the GPUs asked for."""
     asked = gpu_table.parse(spec.gpus, spec.nodes) if spec.gpus else None
+    sized, pin = sized_at_pin(spec)  # the model sized at the commit the launch pins, where the cache holds it
     if spec.backend or asked is None or (asked.is_cpu and asked.nodes == 1):
-        spec, plan = get(spec.backend or "local").resolve(spec)
+        spec, plan = get(spec.backend or "local").resolve(sized)
     else:
-        plan = make_plan(spec)
-    # after the plan (a plan refused says only that); its model row shows the commit the launch records: a relaunch's
-    # its run's (prepare's earlier_spec)
-    return pinned(spec, earlier_spec(RunPaths(run_dir_for(spec))))[0], plan
+        plan = make_plan(sized)
+    # a pin refused after the plan (a plan refused says only that); its model row shows the commit the launch
+    # records: a relaunch's its run's (prepare's earlier_spec)
+    return pin.on(spec, RunPaths(run_dir_for(spec)))[0], plan
 
 
 # ------------------------------------------------------------------------------------------ a run's trainer

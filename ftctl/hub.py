@@ -68,9 +68,10 @@ def _config_url(endpoint: str, repo_id: str, revision: str = MAIN) -> str:
     return f"{endpoint.rstrip('/')}/{repo_id}/resolve/{quote(revision, safe='')}/{CONFIG}"
 
 
-def offline() -> bool:
-    """Whether HF_HUB_OFFLINE asks huggingface_hub for its cache only (its own reading of the variable)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+def offline(env=None) -> bool:
+    """Whether HF_HUB_OFFLINE asks huggingface_hub for its cache only (its own reading of the variable), in this
+    environment or ``env`` (a job's: a mapping of its variables)."""
+    return (os.environ if env is None else env).get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def unreadable_cache() -> str | None:
@@ -145,6 +146,19 @@ def model_config(repo_id: str, revision: str = MAIN) -> dict:
         raise HubError("its config.json on the Hub is not JSON") from None
 
 
+def cached_config(repo_id: str, revision: str) -> bool:
+    """Whether this machine's Hugging Face cache holds ``repo_id``'s config.json at ``revision`` (a commit: its
+    snapshots/<sha>/; a branch or tag: through its refs/), which model_config then reads without asking the Hub."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if unreadable_cache():
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, CONFIG, revision=revision), str)
+    except (OSError, ValueError):
+        return False
+
+
 WEIGHTS = (".safetensors", ".bin", ".index.json")  # a snapshot holding one of these has the model's weights
 
 
@@ -164,14 +178,15 @@ def unreachable(repo_id: str) -> str | None:
     return None
 
 
-def cached_snapshot(repo_id: str, revision: str | None = None) -> str | None:
+def cached_snapshot(repo_id: str, revision: str | None = None, cache_dir: str | None = None) -> str | None:
     """The Hugging Face cache's directory of ``repo_id``'s ``revision`` (default main) where it holds its config and
-    weights (None: not there, or only part of it: its config from the planner's question)."""
+    weights (None: not there, or only part of it: its config from the planner's question); ``cache_dir``: that
+    cache's models directory (HF_HUB_CACHE's, a job's), else this environment's."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        path = snapshot_download(repo_id, revision=revision, local_files_only=True)
+        path = snapshot_download(repo_id, revision=revision, local_files_only=True, cache_dir=cache_dir)
     except (LocalEntryNotFoundError, OSError, ValueError):
         return None
     names = os.listdir(path)

@@ -345,6 +345,48 @@ def home_quota_doubt(spec, plan, home: str | None = None) -> str | None:
     )
 
 
+def pinned_not_cached(spec, nodes_here: bool = False) -> str | None:
+    """Why the job would stop at loading its model after the queue wait: its environment is offline (HF_HUB_OFFLINE,
+    this shell's, which the job runs in, or the run's own -e), and the Hugging Face cache it reads, seen here at the
+    same path (a filesystem the nodes share; a node-local one such as /tmp only where every node is this machine:
+    ``nodes_here``), has no whole snapshot of the commit the launch pinned (spec.model_revision). None where it has,
+    the job may download it, the model is not pinned to a commit, or that cache is not seen from here (the nodes'
+    own, which only they can tell: trainer.model.not_cached says it there)."""
+    import shlex
+
+    from ftctl import hub
+
+    env = {**os.environ, **spec.env}
+    model, commit = spec.model_name_or_path, spec.model_revision
+    if not (commit and hub.COMMIT.match(commit) and hub.HUB_ID.match(model) and hub.offline(env)):
+        return None
+    if os.path.exists(os.path.expanduser(model)):
+        return None
+    hf_home, apart = hf_caches(env)
+    var, cache = next(
+        ((v, path) for v, path in apart if v in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")),
+        ("HF_HOME", os.path.join(hf_home, "hub")),
+    )
+    if not os.path.isdir(cache) or not os.access(cache, os.R_OK | os.X_OK) or (node_local(cache) and not nodes_here):
+        return None
+    if hub.cached_snapshot(model, commit, cache_dir=cache):
+        return None
+    snapshots = Path(cache, f"models--{model.replace('/', '--')}", "snapshots")
+    others = sorted(
+        p.name
+        for p in (snapshots.iterdir() if snapshots.is_dir() else ())
+        if p.name != commit and hub.COMMIT.match(p.name) and hub.cached_snapshot(model, p.name, cache_dir=cache)
+    )
+    where = f"{var}={shlex.quote(env[var])} " if env.get(var) else ""
+    online = "HF_HUB_OFFLINE=0 " if hub.offline() else ""  # this shell's would keep `hf download` offline too
+    other = f", or launch with -o model_revision={others[0]} (a commit that cache has)" if others else ""
+    return (
+        f"{model} at commit {commit}, the run's pinned model_revision, is not in the Hugging Face cache the job "
+        f"reads ({cache}), and HF_HUB_OFFLINE is set for the job: it would stop at loading the model after its queue "
+        f"wait. Download it there first: {online}{where}hf download {shlex.quote(model)} --revision {commit}{other}."
+    )
+
+
 def registry_image_note(spec) -> str | None:
     """What an ``apptainer:docker://REF`` container (ftctl's default for a pushed image where apptainer runs them) does
     on the nodes: apptainer asks the registry for the image's digest on every node of every attempt, even where its
@@ -726,6 +768,8 @@ class SlurmBackend(Backend):
         except FtctlError as e:  # a partition or time the shell's SBATCH_* gave: said, as the run did not
             taken = slurm_render.env_taken(spec, os.environ)
             raise FtctlError(f"{e} ({taken})" if taken else str(e)) from None
+        if said := pinned_not_cached(spec, _nodes_are_here(spec.partition, report)):
+            raise FtctlError(said)
         cpu_only = path_python_cpu_only(probed) if probed and plan.tier else None
         for doubt in [*report.doubts, *slurm_render.setup_doubts(spec), *([cpu_only] if cpu_only else [])]:
             click.echo(f"warning: {doubt}", err=True)

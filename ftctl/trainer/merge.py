@@ -104,6 +104,7 @@ def merge(
 
     adapter = trained_mod.find(run_dir_or_checkpoint, adapter_only=True)
     into = base or adapter.base
+    revision = None if base else adapter.base_revision  # the commit loaded (trained.load's): its run's pin
     weights = base_weights(adapter, dequantize, named or run_dir_or_checkpoint)
     stored = _stored_quantization(into, named or run_dir_or_checkpoint, weights, adapter.method == "qlora")
     precision = dtype or adapter.precision or "fp32"
@@ -126,6 +127,7 @@ def merge(
                 "adapter": named or adapter_recorded(adapter.path, out),
                 "adapter_digest": adapter_digest(adapter.path),
                 "base": model_card.named(into),
+                **({"base_revision": revision} if revision else {}),  # the commit merged into: its run's pin
                 "base_weights": weights,
                 "method": adapter.method,
             }
@@ -138,6 +140,7 @@ def merge(
                 adapter.method,
                 _card_words(weights, precision),
                 trained=adapter.path,
+                revision=revision,
             )
         trained_mod.for_other_readers(tmp)
         os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)

@@ -16,7 +16,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from ftctl import __version__
-from ftctl.hub import HUB_ID
+from ftctl.hub import COMMIT, HUB_ID
 from ftctl.spec import RunSpec, is_demo_model, split_paths, warmup_of
 from ftctl.storage import is_remote, looks_like_path, scheme, write_whole
 from ftctl.storage import join as storage_join
@@ -28,6 +28,15 @@ README = "README.md"
 def hub_id(base: str) -> str | None:
     """The base as a Hub id, None where it is a local directory (or anything else)."""
     return base if HUB_ID.match(base) and not Path(base).exists() and not looks_like_path(base) else None
+
+
+def pinned_at(base: str, revision: str | None) -> str:
+    """The words after a hub base's name that say which of its commits the run trained from (" at commit SHA", the
+    one launch pinned: spec.json's model_revision); "" where none was pinned (its main as it was then) or the base is
+    no hub id. The card's ``base_model`` stays the id, as the Hub takes it."""
+    if not revision or not hub_id(base):
+        return ""
+    return f" at commit {revision}" if COMMIT.match(revision) else f" at revision {revision}"
 
 
 def base_license(*bases: str) -> dict:
@@ -81,6 +90,7 @@ def text(spec: RunSpec, base: str, adapter: bool, local_dir: str, step: int | No
     origin = f"[{base}](https://huggingface.co/{base})" if linked else f"`{named(base)}`"
     if not linked and not is_remote(base) and not is_demo_model(base):
         origin += " (a local model directory)"
+    origin += pinned_at(base, _revision(spec, base))
     loads = (
         _adapter_loads(spec.method, plan, Path(local_dir, GENERATION_CONFIG).is_file())
         if adapter
@@ -154,10 +164,17 @@ def served(spec: RunSpec, base: str, adapter: bool, directory) -> str:
         flags += " --generation-config DIR"
     linked = hub_id(base)
     where = "" if linked else " (BASE: the base model's directory)"
+    revision = _revision(spec, base) if linked else None  # the base's commit the adapter trained over
+    at = f" --revision {shlex.quote(revision)}" if revision else ""
     return (
         f"\nServed by vLLM{where}:\n\n```bash\n"
-        f"vllm serve {linked or 'BASE'} --enable-lora --lora-modules {_served_name(spec)}=DIR{flags}\n```\n"
+        f"vllm serve {linked or 'BASE'}{at} --enable-lora --lora-modules {_served_name(spec)}=DIR{flags}\n```\n"
     )
+
+
+def _revision(spec: RunSpec, base: str) -> str | None:
+    """The commit of ``base`` the run trained from: its model_revision where ``base`` is its model as named."""
+    return spec.model_revision if base == spec.model_name_or_path else None
 
 
 def _rank(configured: int | None, directory) -> int | None:
@@ -385,12 +402,14 @@ def merged_text(
     record: dict | None = None,
     directory=None,
     step: int | None = None,
+    revision: str | None = None,
 ) -> str:
     """The card of `ftctl merge`'s output: the adapter ``adapter`` (as the user named it) of a ``method`` run merged
     into ``base`` (``into``: which weights of it, in words). Without it, the merged directory uploaded to the Hub
     (`hf upload`) had no card: no base_model, no library, no word of what it is. ``record``: the run's spec.json
     ({"spec": ..., "plan": ...}; None where the adapter has none): its data and hyperparameters (training), the
-    adapter's projections read in ``directory``; ``step``: the adapter is the run's checkpoint of that step."""
+    adapter's projections read in ``directory``; ``step``: the adapter is the run's checkpoint of that step;
+    ``revision``: the commit of ``base`` merged into (the one its run pinned: Trained.base_revision)."""
     linked = hub_id(base)
     data = ModelCardData(
         base_model=linked,
@@ -400,6 +419,7 @@ def merged_text(
         **base_license(base),
     )
     origin = f"[{base}](https://huggingface.co/{base})" if linked else f"`{named(base)}`"
+    origin += pinned_at(base, revision)
     kind = "QLoRA" if method == "qlora" else "LoRA"
     built = _demo_base(base, adapter=False) if is_demo_model(base) else ""
     body = f"""
@@ -431,14 +451,17 @@ def adapter_named(adapter: str) -> str:
     return f"{parent}/{name}" if name.startswith("checkpoint-") and name != adapter and parent else name
 
 
-def write_merged(directory, adapter: str, base: str, method: str | None, into: str, trained=None) -> None:
-    """``trained``: the adapter's local directory, where its run's spec.json is read (beside it or above it)."""
+def write_merged(
+    directory, adapter: str, base: str, method: str | None, into: str, trained=None, revision: str | None = None
+) -> None:
+    """``trained``: the adapter's local directory, where its run's spec.json is read (beside it or above it);
+    ``revision``: the commit of ``base`` merged into (merged_text)."""
     from ftctl.checkpoints import checkpoint_step
     from ftctl.trainer.trained import run_record
 
     record = run_record(str(trained)) if trained is not None else None
     step = checkpoint_step(str(adapter)) if record else None
-    _save(merged_text(adapter, base, method, into, record, trained, step), directory)
+    _save(merged_text(adapter, base, method, into, record, trained, step, revision), directory)
 
 
 def _save(card: str, directory) -> None:
