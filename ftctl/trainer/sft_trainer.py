@@ -5,7 +5,9 @@ all the work queued so far; what the host does next (fetch the next batch, launc
 first small ops) is then time the GPU sits idle. TRL 1.16's ``compute_loss`` has four such waits in
 every micro-step (its entropy and token-accuracy metrics and its token count) and transformers'
 Trainer one more (the tokens seen). Here the same numbers are summed on the GPU and become Python
-numbers only when they are logged or a checkpoint is saved: the logs carry the same values.
+numbers only when they are logged or a checkpoint is saved: the logs carry the same values. The tokens
+seen are counted on the host instead, by the collator before the batch goes to the device (counting_tokens):
+in one process state.num_input_tokens_seen holds every token of the steps done at each step's end.
 
 Only TRL's plain path is taken over (the fused head's negative log-likelihood, no custom loss, label
 smoothing, DFT, MoE auxiliary loss or sequence parallelism); anything else runs TRL's own code. On that
@@ -81,6 +83,7 @@ class _LateLog:
     names: list  # what each value of read() is
     read: object  # to_host_later's reader
     plain: dict  # values that were Python numbers already
+    tokens: int = 0  # state.num_input_tokens_seen at its step (less the count on its way, under several processes)
 
 
 class SFTConfig(TrlSFTConfig):
@@ -246,7 +249,9 @@ class SFTTrainer(TrlSFTTrainer):
         self._base = self.model.get_base_model() if is_peft_model(self.model) else self.model  # as TRL patches
         self._own_head: bool | None = None  # lm_head's loss, known at the first step (the model wrapped by then)
         lm_head.add_head(self._base)
-        self.data_collator = lm_head.counting_scored(self.data_collator)
+        self.data_collator = counting_tokens(
+            lm_head.counting_scored(self.data_collator), getattr(self.processing_class, "pad_token_id", None)
+        )
         if self.defer_logs is None:
             self.defer_logs = self.args.device.type == "cuda"
 
@@ -379,6 +384,7 @@ class SFTTrainer(TrlSFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scored = inputs.pop("scored", None)  # lm_head.counting_scored's: only lm_head's loss takes it
+        inputs.pop(TOKENS, None)  # counting_tokens': the model takes no such argument
         if return_outputs or not self._plain_loss():
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         # TRL's plain path without its .item() calls, its LM head's gradients taken in the forward (lm_head.py)
@@ -414,13 +420,25 @@ class SFTTrainer(TrlSFTTrainer):
         return loss
 
     def _track_num_input_tokens(self, inputs):
-        """transformers' count of the tokens seen, kept on the device until the next flush."""
+        """transformers' count of the tokens seen (include_num_input_tokens_seen="non_padding": the batch's tokens
+        that are no padding, a packed row's trailing padding left out too), without a wait on the device. In one process it is the
+        count taken on the host (counting_tokens; "all": the batch's shape), added at once, so the state holds every
+        token of the steps done at each step's end, where callbacks read it. Summed on the device and added only when
+        a log or a checkpoint read it (_flush), at step N's end it held steps 1..N-1's, and on a GPU, where a step's
+        log comes a step late, 1..N-2's: bench/NOTES.md v110 took 0.8x a step's tokens from its differences over
+        steps 2-6 on an H100 (one of them 0); the logs held the right count. Several processes: each one's count is
+        gathered on the device and added at the next log or checkpoint (their sum reaches a host only through the
+        device), so there it still lags at a step's end."""
         name = getattr(self.model, "main_input_name", "input_ids")
         if self.args.include_num_input_tokens_seen == "no" or name not in inputs:
             return super()._track_num_input_tokens(inputs)
         ids, pad = inputs[name], getattr(self.processing_class, "pad_token_id", None)
-        tokens = None
-        if self.args.include_num_input_tokens_seen == "non_padding":
+        counted = inputs.get(TOKENS) if self.args.include_num_input_tokens_seen == "non_padding" else ids.numel()
+        if counted is not None and self.accelerator.num_processes == 1:
+            self.state.num_input_tokens_seen += int(counted)
+            return
+        tokens = None if counted is None else _count(counted, ids.device)
+        if tokens is None and self.args.include_num_input_tokens_seen == "non_padding":
             tokens = non_padding_tokens(inputs, ids, pad)
         if tokens is None:
             tokens = _count(ids.numel(), ids.device)
@@ -755,6 +773,7 @@ class SFTTrainer(TrlSFTTrainer):
             names=names,
             read=to_host_later(stacked),
             plain=plain,
+            tokens=self.state.num_input_tokens_seen,
         )
 
     def _write_late_log(self) -> None:
@@ -768,17 +787,21 @@ class SFTTrainer(TrlSFTTrainer):
         if "grad_norm" in values:
             logs["grad_norm"] = values["grad_norm"]
         logs["learning_rate"] = late.learning_rate
-        self.state.num_input_tokens_seen += int(values.get(("count", "tokens_seen"), 0))
+        counted = int(values.get(("count", "tokens_seen"), 0))  # several processes: their tokens of its steps
+        self.state.num_input_tokens_seen += counted
         logs.update({name[1]: v for name, v in values.items() if isinstance(name, tuple) and name[0] == "metric"})
         if ("count", "trl_tokens") in values:  # as _flush: TRL's num_tokens from the device's count
             self._total_train_tokens += int(values[("count", "trl_tokens")]) // self._tp_size
             logs["num_tokens"] = float(self._total_train_tokens)
         step, epoch, should_log = self.state.global_step, self.state.epoch, self.control.should_log
+        tokens = self.state.num_input_tokens_seen  # one process: the next step's are in it already
         self.state.global_step, self.state.epoch = late.step, late.epoch
+        self.state.num_input_tokens_seen = late.tokens + counted
         try:
             Trainer.log(self, logs, late.start_time)  # TRL's log would average the next step's metrics in
         finally:  # as it was for this step (on_log clears should_log)
             self.state.global_step, self.state.epoch = step, epoch
+            self.state.num_input_tokens_seen = tokens
             self.control.should_log = should_log
 
 
@@ -822,6 +845,26 @@ def each_group(state: dict, groups: int) -> dict:
         **state,
         **{key: list(state[key]) * groups for key in ("base_lrs", "_last_lr", "lr_lambdas") if key in state},
     }
+
+
+TOKENS = "ftctl_tokens"  # a batch's tokens that are no padding, counted on the host (counting_tokens)
+
+
+def counting_tokens(collate, pad: int | None):
+    """``collate`` whose batches also carry ``TOKENS``: how many of their tokens are no padding (non_padding_tokens),
+    a Python int counted on the host from the tensors the collator made, before they go to the device, so that the
+    tokens seen are known at each step's end without asking the device (SFTTrainer._track_num_input_tokens)."""
+
+    def collate_and_count(examples):
+        batch = collate(examples)
+        ids = batch.get("input_ids") if isinstance(batch, dict) else None
+        if isinstance(ids, torch.Tensor) and ids.device.type == "cpu":
+            counted = non_padding_tokens(batch, ids, pad)
+            if counted is not None:
+                batch[TOKENS] = int(counted)
+        return batch
+
+    return collate_and_count
 
 
 def non_padding_tokens(inputs: dict, ids: torch.Tensor, pad: int | None) -> torch.Tensor | None:
