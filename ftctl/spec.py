@@ -1449,6 +1449,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             f"time={spec.time}: Slurm reads MM:SS, {int(minutes)} minutes {int(seconds)} seconds; "
             f"{int(minutes)} hours is --time {int(minutes)}:00:00"
         )
+    if notes is not None and (said := _signal_too_close(spec)):
+        notes.append(said)
     said = (
         ([problem] if eos_asked and (problem := eos_token_problem(spec, *eos_asked, notes)) else [])
         + _evaluation_asked(spec, evaluation, sources, notes)
@@ -2148,6 +2150,29 @@ def _object_key_comma(key: str, value: str) -> str | None:
                 "pattern that matches it); for a local file, check its path"
             )
     return None
+
+
+SIGNAL_EARLY_S = 60  # man sbatch --signal: "the signal may be sent up to 60 seconds earlier than specified"
+
+
+def _signal_too_close(spec) -> str | None:
+    """A --time within a minute of signal_lead_s, as said in a note: Slurm's USR2 may then come as the job starts
+    (--time 00:01:00 -o signal_lead_s=30 had it 10 s in, before the first step), and each attempt saves at its first
+    step and requeues, until max_requeues is spent with nothing trained. One not longer than the lead is an error."""
+    if not spec.time or spec.backend not in (None, "slurm"):
+        return None
+    try:
+        limit = slurm_time_s(spec.time)
+    except ValueError:
+        return None
+    if limit is None or not spec.signal_lead_s < limit < spec.signal_lead_s + SIGNAL_EARLY_S:
+        return None
+    return (
+        f"time={spec.time} is {limit - spec.signal_lead_s:g} s longer than signal_lead_s={spec.signal_lead_s}, and "
+        f"Slurm may send its USR2 up to {SIGNAL_EARLY_S} s earlier than asked (man sbatch, --signal): it can come as "
+        "the job starts, and each attempt stop at its first step; raise --time past signal_lead_s + "
+        f"{SIGNAL_EARLY_S} s"
+    )
 
 
 def slurm_time_s(text: str) -> int | None:

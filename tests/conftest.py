@@ -68,6 +68,7 @@ ONE_WORKER_FILES = (
     "test_slurm_relaunch.py",
     "test_slurm_scheduler.py",
     "test_slurm_defmem267.py",
+    "test_slurm291.py",
 )
 ONE_WORKER_FIXTURES = frozenset({"slurm_cluster", "slurm", "e2e", "sky_infra", "sky_s3", "sky_tools"})
 

@@ -120,7 +120,8 @@ OWN_OPTIONS = {
     "output": _ONE_LOG,
     "error": _ONE_LOG + " (the trainer's error lines too)",
     "open-mode": _ONE_LOG,
-    "array": "one job trains one run: several array tasks would train into one output at once; launch a run each",
+    "array": "one job trains one run: several array tasks would train into one output at once; launch a run each "
+    "(a sweep: for lr in 1e-4 2e-4; do ftctl launch ... -o learning_rate=$lr --output runs/lr$lr; done)",
     "requeue": _REQUEUE,
     "no-requeue": _REQUEUE,
     "signal": "use -o signal_lead_s=N (USR2 that many seconds before the time limit)",
@@ -129,6 +130,38 @@ OWN_OPTIONS = {
 FIXED_OPTIONS = {
     "chdir": "Slurm writes the job's log (slurm-JOBID.out, which `ftctl logs` reads) in the job's working directory, "
     "the run directory ftctl launch submits from; another one sent it elsewhere",
+    # sbatch takes these from an #SBATCH line too: --wait held `ftctl launch` until the job ended, and a launch
+    # stopped meanwhile left the job unrecorded; --test-only submitted nothing and was said as an sbatch not Slurm's
+    "wait": "sbatch would wait for the job to end before it says its id, and ftctl launch with it; `ftctl logs -f "
+    "JOB` follows the job instead",
+    "test-only": "sbatch would submit nothing; `ftctl launch --dry-run` prints what would be submitted, and where the "
+    "cluster's partitions and limits refuse it",
+}
+# sbatch's short options (man sbatch) an --sbatch-arg may be written with: said with their long names
+_SHORT_OPTIONS = {
+    "A": "account",
+    "a": "array",
+    "b": "begin",
+    "C": "constraint",
+    "c": "cpus-per-task",
+    "D": "chdir",
+    "d": "dependency",
+    "e": "error",
+    "G": "gpus",
+    "H": "hold",
+    "J": "job-name",
+    "L": "licenses",
+    "M": "clusters",
+    "N": "nodes",
+    "n": "ntasks",
+    "o": "output",
+    "p": "partition",
+    "q": "qos",
+    "S": "core-spec",
+    "t": "time",
+    "W": "wait",
+    "w": "nodelist",
+    "x": "exclude",
 }
 
 
@@ -237,6 +270,19 @@ def env_override_note(var: str, value: str, text: str) -> str | None:
 
 
 def _extra_arg(arg: str) -> str:
+    short = arg.strip()[1:2] if arg.strip()[:1] == "-" and arg.strip()[1:2] != "-" else ""
+    if short in _SHORT_OPTIONS:  # -A lab, -t30: sbatch's short form, refused as its long one is
+        long, value = _SHORT_OPTIONS[short], arg.strip()[2:].strip().lstrip("=")
+        given = f"--{long}" + (f"={value}" if value else "")
+        try:
+            _refuse_own_option(given, long, value)
+        except FtctlError as e:
+            said = str(e).removeprefix(f"--sbatch-arg={given}").removeprefix(f" (--{long})")
+            raise FtctlError(f"--sbatch-arg {arg!r} (sbatch's --{long}){said}") from None
+        raise FtctlError(
+            f"--sbatch-arg {arg!r}: -{short} is sbatch's --{long}; pass it long, as one flag: "
+            f"--sbatch-arg={given if value else given + '=VALUE'} (Slurm does not shell-parse #SBATCH lines)."
+        )
     if not arg.startswith("--") or "\n" in arg or " " in arg.strip():
         raise FtctlError(
             f"--sbatch-arg {arg!r}: pass one long option per flag, like --sbatch-arg=--mem=64G "
@@ -271,6 +317,8 @@ def _refuse_own_option(arg: str, key: str, val: str) -> None:
         own = None
     if own in FIXED_OPTIONS:
         raise FtctlError(f"--sbatch-arg={arg} (--{own}): {FIXED_OPTIONS[own]}; leave it out.")
+    if own in _LEFT_OUT:  # never written: one log, one run a job
+        raise FtctlError(f"--sbatch-arg={arg}: ftctl leaves #SBATCH --{own} out on purpose; {OWN_OPTIONS[own]}.")
     if own is not None:
         raise FtctlError(
             f"--sbatch-arg={arg}: ftctl writes #SBATCH --{own} itself, and this would override it; {OWN_OPTIONS[own]}."

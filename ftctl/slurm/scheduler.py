@@ -63,8 +63,14 @@ _HINTS = (
     ),
     (
         "requested node configuration is not available",
-        "no node of that partition has what the job asks for (GPUs, CPUs, memory): "
-        "`ftctl doctor --backend slurm` lists what each partition has; --gpus cpu asks for no GPU",
+        "no node of that partition has what the job asks for (GPUs, CPUs, memory), or too few are left by an "
+        "--sbatch-arg's --exclude, --nodelist or --constraint for its --nodes: `ftctl doctor --backend slurm` lists "
+        "what each partition has; --gpus cpu asks for no GPU",
+    ),
+    (  # --sbatch-arg=--constraint=X naming a feature no node has
+        "invalid feature specification",
+        "--constraint names a feature no node of the cluster has: `sinfo -o '%P %N %f'` lists each partition's "
+        "nodes and their features",
     ),
     (
         "gres",
