@@ -3,7 +3,9 @@
 - :class:`MetricsCallback` (rank 0) appends one JSON object per logging step to
   ``<output>/metrics.jsonl`` (step, loss, lr, grad_norm, tokens_per_s, tokens, epoch, time, and max_steps: the
   step the run ends at, as the Trainer counts it from max_steps or from epochs of the data: `ftctl status`
-  shows step/total and the time left from it) and
+  shows step/total and the time left from it; tokens: the tokens trained so far without their padding, the
+  log's num_input_tokens_seen, and tokens_per_s its rate; TRL's num_tokens in the same log counts a packed
+  row's padding too) and
   prints a progress line: ``step 12/30  loss 1.234  lr 2.9e-04  grad 0.87  1,234 tok/s  ETA 0:00:36  14:02:05 UTC``
   (the time it was logged, UTC: `ftctl status` dates the step line of a log it reads by it);
   an evaluation is an ``"event": "eval"`` record (eval_loss, eval_mean_token_accuracy, ...) and a line
