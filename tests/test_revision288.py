@@ -15,6 +15,7 @@ import json
 
 import pytest
 
+from ftctl.errors import FtctlError
 from ftctl.spec import build
 from tests.hf_cache_fixtures import (  # noqa: F401 (the fixtures)
     ONE_LAYER,
@@ -72,6 +73,28 @@ def test_a_pin_the_cache_lacks_is_sized_as_before(two_commits, hub_api, tmp_path
     spec, plan = plan_for(_spec(tmp_path))
     assert (spec.model_revision, plan.model.layers) == (ELSEWHERE, 1)
     assert not [n for n in plan.notes if ELSEWHERE in n]
+
+
+def test_a_plan_that_names_another_run_directory_is_pinned_in_that_one(two_commits, tmp_path, monkeypatch):  # noqa: F811
+    """The pin is asked before the plan, in the run directory the spec names then; where the plan names another (a
+    local fallback to qlora moves runs/ftctl-lora-x to runs/ftctl-qlora-x), the pin is that directory's: its spec.json's
+    commit, which a relaunch keeps."""
+    from pathlib import Path
+
+    from ftctl.backend import Pin, sized_at_pin
+    from ftctl.runpaths import RunPaths
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = _spec(tmp_path)
+    sized, pin = sized_at_pin(spec)
+    assert sized.model_revision == ONE_LAYER
+    assert pin.on(spec, RunPaths(pin.run_dir))[0].model_revision == ONE_LAYER  # the cache's refs/main, offline
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "spec.json").write_text(json.dumps({"spec": {"model_name_or_path": REPO, "model_revision": TWO_LAYERS}}))
+    assert pin.on(spec, RunPaths(other))[0].model_revision == TWO_LAYERS
+    refused = Pin(Path(tmp_path / "elsewhere"), refused=FtctlError("not asked"))
+    assert refused.on(spec, RunPaths(other))[0].model_revision == TWO_LAYERS
 
 
 # ------------------------------------------------------------------------------------------ 2. the card's commit
@@ -154,8 +177,6 @@ def test_an_offline_job_whose_cache_lacks_the_pinned_commit_is_refused_before_sb
     """The Hub's main is a commit this cache (the job's: the same HF_HOME, seen here) lacks, and the run sets
     HF_HUB_OFFLINE for its job: one line naming the commit and the download, before sbatch (not after the queue
     wait, at loading)."""
-    from ftctl.errors import FtctlError
-
     hub_api.commits["main"] = ELSEWHERE
     offline = {"HF_HUB_OFFLINE": "1"}
     with pytest.raises(FtctlError) as e:
