@@ -377,6 +377,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         run.trainer.loads_best = spec.load_best_model_at_end  # the run's end says which step the final model is
         adapter = spec.method in ADAPTER_METHODS
         run.trainer.base_name = base_name(spec)  # what each saved adapter names as its base (trained.name_base)
+        run.trainer.base_revision = base_revision(spec)  # ...and the commit it names (PEFT's revision)
         run.trainer.card = functools.partial(
             model_card.write, spec=spec, base=base_name(spec), adapter=adapter, plan=plan
         )
@@ -910,7 +911,7 @@ def save(run: Run) -> None:
         with saving_final(run.trainer, saved_dtype(run)):
             run.trainer.save_model(staging)
         if run.procs.is_main:
-            name_base(staging, base_name(run.spec))
+            name_base(staging, base_name(run.spec), base_revision(run.spec))
             if run.spec.method in ADAPTER_METHODS:  # over a merged model: that merge's record, to tell a later one
                 keep_base_merge(staging, run.spec.model_name_or_path)
             publish_final(staging, run.local_dir)
@@ -1001,6 +1002,11 @@ def publish_final(staging: str, top: str) -> None:
 def base_name(spec: RunSpec) -> str:
     """The base model as the user named it (a SkyPilot node loads a shipped one from its inputs/ copy)."""
     return os.environ.get(BASE_MODEL_ENV) or spec.model_name_or_path
+
+
+def base_revision(spec: RunSpec) -> str | None:
+    """The commit of base_name the run trains from: the model_revision launch pinned, where the base is its model."""
+    return spec.model_revision if base_name(spec) == spec.model_name_or_path else None
 
 
 # ------------------------------------------------------------------------------------------ cleanup

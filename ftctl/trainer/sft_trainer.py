@@ -537,7 +537,7 @@ class SFTTrainer(TrlSFTTrainer):
         if self.args.should_save:
             adapter_stops(where, model, self.processing_class)  # from the base in memory: no path to resolve
             if base := getattr(self, "base_name", None):
-                name_base(where, base)  # a checkpoint-N's adapter names its base by id too
+                name_base(where, base, getattr(self, "base_revision", None))  # a checkpoint-N's adapter too
             if self.card is not None and self._checkpoint_step is not None:  # PEFT's placeholder card replaced
                 self.card(where, step=self._checkpoint_step)
         if cast:

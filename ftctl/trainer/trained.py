@@ -705,16 +705,18 @@ def adapter_stops(directory, model, tokenizer) -> None:
         log.warning("%s: no %s written beside the adapter: %s", directory, GENERATION_CONFIG, e)
 
 
-def name_base(directory, base: str) -> None:
+def name_base(directory, base: str, revision: str | None = None) -> None:
     """An adapter saved in ``directory`` names its base as the user did (base_model_name_or_path): PEFT records the
     path it loaded, the demo model's cache directory or a SkyPilot node's copy of a shipped one, which no other
-    machine has; merge and PEFT elsewhere resolve the id. Nothing where ``directory`` holds no adapter."""
+    machine has; merge and PEFT elsewhere resolve the id. ``revision``, the commit launch pinned the base at, as
+    PEFT's own ``revision`` key, which AutoPeftModelForCausalLM loads the base at (without it, the Hub's main of that
+    day). Nothing where ``directory`` holds no adapter."""
     config = Path(directory, ADAPTER_CONFIG)
     if config.is_file():
         data = json.loads(config.read_text())
-        if data.get("base_model_name_or_path") != base:
-            data["base_model_name_or_path"] = base
-            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        named = {"base_model_name_or_path": base} | ({"revision": revision} if revision else {})
+        if any(data.get(key) != value for key, value in named.items()):
+            config.write_text(json.dumps(data | named, indent=2, sort_keys=True) + "\n")
 
 
 def stop_at_end_of_turn(directory: Path) -> None:
