@@ -30,6 +30,7 @@ import time
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ftctl import storage
@@ -38,7 +39,15 @@ from ftctl.gpus import usable_cores
 from ftctl.runpaths import as_mkdir_made
 from ftctl.spec import RunSpec, split_paths
 from ftctl.terminal import printable
-from ftctl.trainer.formats import REASONING_KEYS, Row, data_digest, file_name, llama_factory_notes, load_rows
+from ftctl.trainer.formats import (
+    REASONING_KEYS,
+    Row,
+    Rows,
+    data_digest,
+    file_name,
+    llama_factory_notes,
+    load_rows,
+)
 from ftctl.trainer.masks import (
     MaskError,
     assistant_spans,
@@ -299,7 +308,7 @@ def prepare_data(
     report = DataReport(path=path, max_length=max_length, model=_model_of(tokenizer))
     files, rows = load_rows(path, endpoint_url, held_out, text_field, columns)
     report.files = len(files)
-    if read_first and (unread := [(row, p) for row in rows for p in row.problems]):
+    if read_first and (unread := [(row, p) for row in map(rows.__getitem__, rows.problems) for p in row.problems]):
         report.errors = problem_lines(unread, len(rows))
         report.every_row = every_row_line(unread)
         report.bad_at = {row.at for row, _ in unread if row.at is not None}
@@ -339,7 +348,8 @@ def prepare_data(
     past_the_end: list[tuple[Row, int]] = []  # (row, its tokens): every trained token after max_length
     truncated: list[tuple[Row, str]] = []  # (row, the warning): its tokens past max_length are dropped
     repeats = _Repeats()
-    if any(row.text is None and not row.problems for row in rows):  # conversations: the template renders them
+    heads: list[str] | None = None  # _templated's: what a plain-text row a template rendered holds (_turn_heads)
+    if rows.conversations:  # conversations: the template renders them
         if note := ensure_chat_template(tokenizer):
             report.notes.append(note)
     _refuse_dropped_reasoning(tokenizer, rows)
@@ -349,20 +359,22 @@ def prepare_data(
     chunks = _tokenized(work, _processes(num_proc, len(rows), sharing))  # in order, on one process or several
     for lo, hi, done in chunks:  # a chunk at a time: its tokens kept as arrow arrays, not Python lists
         good: list[Row] = []
-        for row, said in zip(rows[lo:hi], done.rows):
+        for row, said in zip(rows[lo:hi], done.rows):  # the chunk's rows read back (rows: packed)
             if row.problems:
-                problems += [(row, p) for p in row.problems]
+                light = _light(row)  # one Row for all its problems: one row (problem_lines, bad_rows)
+                problems += [(light, p) for p in row.problems]
                 continue
             found, problem, has_eot, renames = said
             if found:
-                written_out.append((row, found))
+                heads = _turn_heads(tokenizer) if heads is None else heads
+                written_out.append((_light(row, heads), found))
             if problem:
-                problems.append((row, problem))
+                problems.append((_light(row), problem))
                 continue
             if not has_eot:
-                missing_eot.append(row)
+                missing_eot.append(_light(row))
             if renames:
-                renamed.append(row)
+                renamed.append(_light(row))
             good.append(row)
         if every_token:
             weight_zero += sum(any(m.get("weight") == 0 for m in row.messages) for row in good)
@@ -375,15 +387,15 @@ def prepare_data(
                     if weighted
                     else "the rendered conversation has no assistant tokens"
                 )
-                masked.append((row, f"every label is masked: {why}"))
+                masked.append((_light(row), f"every label is masked: {why}"))
                 continue
             if trainable == 0:
-                past_the_end.append((row, length))
+                past_the_end.append((_light(row), length))
                 continue
             if length > max_length:
                 truncated.append(
                     (
-                        row,
+                        _light(row),
                         f"{length} tokens, over the max length {max_length}: the last {length - max_length} "
                         f"tokens will be dropped ({trainable} of {trainable_before} trainable tokens kept)",
                     )
@@ -403,7 +415,7 @@ def prepare_data(
             s.plain += row.text is not None
             leading += row.dropped > 0
             if meet:
-                joined.append(row)
+                joined.append(_light(row))
         tokens.add(done, kept, chunk_sources)
         if progress:
             progress(hi, len(rows))
@@ -435,7 +447,7 @@ def prepare_data(
             f"{where}: an assistant turn ends with no end-of-turn token, where the chat template closes other turns "
             "with one: assistant turns in a row do this where the template joins them (Mistral's); make them one turn"
         )
-    if written_out and (templated := _templated(written_out, tokenizer)):
+    if written_out and (templated := _templated(written_out, heads or [])):
         report.warnings.append(templated)
     elif written_out:
         row, token = written_out[0]
@@ -615,21 +627,34 @@ def _repeats_fix(report: DataReport) -> str:
 _REASONING_PROBE = "Zq7 reasoning probe"
 
 
-def _refuse_dropped_reasoning(tokenizer, rows: list[Row]) -> None:
+def _refuse_dropped_reasoning(tokenizer, rows: Rows) -> None:
     """A problem on each row whose assistant turns give their reasoning (formats.REASONING_KEYS) in a field the
     chat template does not write: training would leave the reasoning out and teach the answers alone (a template
-    that writes it, Qwen3's reasoning_content, gpt-oss's thinking, trains it with the answer)."""
-    given = {k for row in rows if not row.problems for m in row.messages for k in REASONING_KEYS if k in m}
-    dropped = [k for k in REASONING_KEYS if k in given and not _writes(tokenizer, k)]
-    for row in rows:
-        if not row.problems and (keys := [k for k in dropped if any(k in m for m in row.messages)]):
-            row.problems.append(
-                f"the chat template does not write the assistant turns' '{keys[0]}': training would leave their "
-                "reasoning out and train the answers alone; train with a template that writes it (-o "
-                "chat_template_path=TEMPLATE.jinja or a model whose template does, e.g. Qwen/Qwen3-8B; ftctl data "
-                f"check: --chat-template-path), put it in the content as the model should write it (<think>...</think> "
-                f"before the answer), or drop '{keys[0]}' from the rows"
-            )
+    that writes it, Qwen3's reasoning_content, gpt-oss's thinking, trains it with the answer). Added as each row is
+    read back (Rows.amend: here and in the tokenizing processes), the rows being packed."""
+    if dropped := [k for k in REASONING_KEYS if k in rows.reasoning and not _writes(tokenizer, k)]:
+        rows.amend = partial(_reasoning_dropped, dropped)
+
+
+def _reasoning_dropped(dropped: list[str], row: Row) -> Row:
+    if not row.problems and (keys := [k for k in dropped if any(k in m for m in row.messages)]):
+        row.problems.append(
+            f"the chat template does not write the assistant turns' '{keys[0]}': training would leave their "
+            "reasoning out and train the answers alone; train with a template that writes it (-o "
+            "chat_template_path=TEMPLATE.jinja or a model whose template does, e.g. Qwen/Qwen3-8B; ftctl data "
+            f"check: --chat-template-path), put it in the content as the model should write it (<think>...</think> "
+            f"before the answer), or drop '{keys[0]}' from the rows"
+        )
+    return row
+
+
+def _light(row: Row, heads: list[str] | None = None) -> Row:
+    """``row`` as the report keeps it (where it is, its format and source; of a plain-text row's text only ``heads[0]``,
+    where it holds that: _templated's): the rows with problems, truncated, written out ... are listed after the last
+    is read, and a conversation's messages held for each (every row truncated at a short max_length) were the rows
+    whole."""
+    text = heads[0] if row.text is not None and heads and heads[0] in row.text else None
+    return Row(where=row.where, format=row.format, text=text, source=row.source, dropped=row.dropped, at=row.at)
 
 
 def _writes(tokenizer, key: str) -> bool:
@@ -642,12 +667,12 @@ def _writes(tokenizer, key: str) -> bool:
         return True
 
 
-def _templated(written_out: list[tuple[Row, str]], tokenizer) -> str | None:
+def _templated(written_out: list[tuple[Row, str]], heads: list[str]) -> str | None:
     """The warning for plain-text rows that hold conversations the chat template rendered already (Unsloth's and
     TRL's formatting_prompts_func: {"text": apply_chat_template(messages)}): trained as plain text, the loss covers
     every token, the prompts' too, and the eos closes the template's own end of turn; None where the rows are not
-    such (another special token written out)."""
-    heads = _turn_heads(tokenizer)
+    such (another special token written out). ``heads``: _turn_heads' (the rows were kept with their text where
+    they hold it: _light)."""
     text = [(row, token) for row, token in written_out if row.text is not None and heads and heads[0] in row.text]
     if not text:
         return None
@@ -694,7 +719,7 @@ def _processes(asked: int | None, rows: int, sharing: int = 1) -> int:
 class _Work:
     """What a tokenizing process needs: the rows (a forked process has them already: only their numbers are sent)."""
 
-    rows: list[Row]
+    rows: Rows
     tokenizer: object
     max_length: int
     every_token: bool
