@@ -56,7 +56,7 @@ from ftctl import storage
 from ftctl.errors import FtctlError
 from ftctl.hub import HUB_ID
 from ftctl.runpaths import ADAPTER_CONFIG, MERGED_DIR
-from ftctl.spec import given_as
+from ftctl.spec import SIGNAL_EARLY_S, given_as, slurm_time_s
 
 ERROR, WARNING = "error", "warning"
 NOTE = "note"  # what a dry run checked, or left to the nodes, and why: no problem
@@ -172,11 +172,14 @@ def check_endpoint_reach(spec, backend_name: str) -> list[Finding]:
 def check_demo_defaults(spec, backend_name: str) -> list[Finding]:
     """A job sent elsewhere (a cluster, a cloud) that names no model or no data trains the demo's: said, since
     there it costs a queue wait or money. Here (local or docker) the demo model on the demo data is the demo, on
-    purpose; a model of the user's on the demo data is a --data left out, and said."""
+    purpose; a model of the user's on the demo data is a --data left out, and said. The demo's model or data the run
+    names itself (--data builtin:demo, --model of the demo's, or a run file's) is its choice, not a default left in:
+    not said (it was, as "the default without --data", to a user who had typed it: explore61 finding 12)."""
     from ftctl.spec import DEMO_DATA, is_demo_model
 
+    left_data = spec.data_path == DEMO_DATA and not spec.gave("data_path")  # a --data left out
     if backend_name in ("local", "docker"):  # this machine's GPUs: the demo costs nothing more
-        if spec.data_path != DEMO_DATA or is_demo_model(spec.model_name_or_path):
+        if not left_data or is_demo_model(spec.model_name_or_path):
             return []
         return [
             Finding(
@@ -187,7 +190,7 @@ def check_demo_defaults(spec, backend_name: str) -> list[Finding]:
             )
         ]
     said, demo_model = [], is_demo_model(spec.model_name_or_path)
-    if demo_model:
+    if demo_model and not spec.gave("model_name_or_path"):
         said.append(
             Finding(
                 WARNING,
@@ -195,7 +198,7 @@ def check_demo_defaults(spec, backend_name: str) -> list[Finding]:
                 "give yours with --model ORG/NAME or --model DIR.",
             )
         )
-    if spec.data_path == DEMO_DATA:  # a model of the user's on it: a --data left out (explore60 finding 9)
+    if left_data:  # a model of the user's on it: a --data left out (explore60 finding 9)
         whose = "the data is the demo's" if demo_model else f"{spec.model_name_or_path} trains on the demo's"
         said.append(
             Finding(
@@ -1441,38 +1444,64 @@ def train_seconds(spec, plan) -> float | None:
 # what a checkpoint is saved at, as the Trainer saves it and ftctl's manifest hashes it: 0.42-0.73 GB/s measured on
 # H100 and H200 nodes' local disks, which write 1.9 GB/s (bench/NOTES.md v77-v80); a shared filesystem is seldom faster
 SAVE_GBPS = 0.5
-STEP_MARGIN_S = 60  # the step under way when the signal comes, finished before the save
+STEP_MARGIN_S = 60  # the step under way when the signal comes, finished before the save, where no step is predicted
+STEP_FACTOR = 2  # the step under way, where the plan predicts one (at its MFU): twice that, a slower step's room
+LEAD_SLACK_S = 1  # a save need within this of the lead is no reason to warn (60.0008 s against a 60 s lead was)
+
+
+def step_under_way_s(plan) -> float:
+    """Seconds the step under way at Slurm's USR2 takes to end: twice the plan's predicted step (plan.step_s), else
+    (CPU: none predicted) STEP_MARGIN_S, assumed. A 0.05 s CPU step and a 0.4 MB adapter were said to need ~60 s."""
+    return STEP_FACTOR * plan.step_s if getattr(plan, "step_s", None) else STEP_MARGIN_S
 
 
 def signal_save_s(spec, plan) -> float:
-    """Seconds the save at Slurm's USR2 takes: the step under way (STEP_MARGIN_S), then the checkpoint written at
+    """Seconds the save at Slurm's USR2 takes: the step under way (step_under_way_s), then the checkpoint written at
     SAVE_GBPS, and uploaded as long again for an object-store output. check_signal_lead's count, and the Slurm
     backend's lead where the run leaves signal_lead_s at its default."""
     one, _ = checkpoint_gb(plan)
-    return (2 if storage.is_remote(spec.output) else 1) * one / SAVE_GBPS + STEP_MARGIN_S
+    return (2 if storage.is_remote(spec.output) else 1) * one / SAVE_GBPS + step_under_way_s(plan)
 
 
 def check_signal_lead(spec, plan) -> list[Finding]:
     """Slurm's USR2 comes signal_lead_s before the time limit: the step under way ends, then the checkpoint is written
     (and sent to an object-store output), before Slurm kills the job at its limit. A full fine-tune's checkpoint
     (under ZeRO-2, 16-bit weights twice, fp32 masters and two moments: 128 GB for 8B, checkpoint_gb) may take longer
-    than the default 120 s to write."""
+    than the default 120 s to write. Not said for a need within LEAD_SLACK_S of the lead; where the lead it names is
+    not shorter than --time by Slurm's early-signal minute (which spec.py refuses or notes), the fix says --time too:
+    `--time 00:02:00 -o signal_lead_s=60` was sent to signal_lead_s=120, which that --time refuses."""
     one, _ = checkpoint_gb(plan)
     writes = 2 if storage.is_remote(spec.output) else 1  # staged on the node, then uploaded
     need = signal_save_s(spec, plan)
-    if need <= spec.signal_lead_s:
+    if need <= spec.signal_lead_s + LEAD_SLACK_S:
         return []
     lead = math.ceil(need / 60) * 60
-    write = need - STEP_MARGIN_S
+    step = step_under_way_s(plan)
+    write = need - step
+    ends = (
+        f"up to {step:g} s: twice the plan's {plan.step_s:g} s step"
+        if getattr(plan, "step_s", None)
+        else f"up to {STEP_MARGIN_S} s, assumed"
+    )
+    try:
+        limit = slurm_time_s(spec.time) if spec.time else None
+    except ValueError:
+        limit = None
+    fix = f"give it more: -o signal_lead_s={lead}."
+    if limit is not None and limit <= lead + SIGNAL_EARLY_S:
+        fix = (
+            f"give it more: -o signal_lead_s={lead}, with a --time longer than that lead and Slurm's "
+            f"{SIGNAL_EARLY_S} s early signal (--time {spec.time} is not: the job would save before it trains)."
+        )
     return [
         Finding(
             WARNING,
-            f"the save at Slurm's USR2 needs ~{need:.0f} s: the step under way ends (up to {STEP_MARGIN_S} s, "
-            f"assumed), then a checkpoint of ~{storage.size_text(one * 1e9)} is "
+            f"the save at Slurm's USR2 needs ~{need:.0f} s: the step under way ends ({ends}), then a checkpoint of "
+            f"~{storage.size_text(one * 1e9)} is "
             + ("written and uploaded" if writes > 1 else "written")
             + f" at {SAVE_GBPS:g} GB/s ({write:.0f} s); USR2 comes signal_lead_s={spec.signal_lead_s} s before "
             "the time limit, and at the limit the job is killed, mid-save",
-            f"give it more: -o signal_lead_s={lead}.",
+            fix,
         )
     ]
 

@@ -85,7 +85,7 @@ def summary_of_lines(
     A long run logs a row a step (a million rows, 200 MB, with logging_steps=1): only the records with an "event"
     (starts, evaluations) are parsed whole, and of the logged steps the ends of the newest trainer's (_Steps); parsing
     every row took `ftctl status` 6 s and 1.6 GB at a million rows."""
-    steps, held_out, best, tracked = _Steps(), None, None, None
+    steps, held_out, best, tracked, ended = _Steps(), None, None, None, None
     counted = True
     started = ours = False
     for line in lines:
@@ -99,9 +99,11 @@ def summary_of_lines(
             counted = counts(record)
             started, ours = True, ours or counted
             if counted:
-                steps, tracked = _Steps(), None
+                steps, tracked, ended = _Steps(), None, None
         elif not counted:
             continue
+        elif record.get("event") in ("stop", "end", "final"):  # its trainer's end: a stop checkpoint, training done
+            ended = record
         elif "loss" in record:  # a row written otherwise than json.dumps writes it
             steps.add(json.dumps(record))
         elif record.get("event") == "eval":
@@ -115,14 +117,26 @@ def summary_of_lines(
     parts = []
     if (step := steps.last()) is not None:
         text = step_text(step["step"], step["loss"], step.get("tokens_per_s"), step.get("max_steps"))
-        timing = steps.pace(step.get("max_steps"), running, time.time() if now is None else now)
+        # no time left once its trainer ended (the job still RUNNING or COMPLETING: its script requeues, or ends)
+        timing = steps.pace(step.get("max_steps"), running and ended is None, time.time() if now is None else now)
         parts.append(_joined("  ", [text, timing]))
+    if running and ended is not None and ended.get("event") == "stop":  # an ended job's stop: its backend's note
+        parts.append(Progress(stopped_at(ended)))
     if held_out is not None:
         parts.append(_held_out(held_out, best))
     if not parts and not tracking:
         return None
     said = _joined("; ", parts)
     return Progress(said, said.fields, tracking)
+
+
+def stopped_at(stop: dict) -> str:
+    """'its trainer stopped at checkpoint-286', of a "stop" record (trainer.run.say_stop), the last of a running job's
+    trainers: a requeued Slurm job's next attempt, loading, showed the stopped one's steps as its own, with the time
+    left (~0 s); what goes on from that checkpoint is the backend's to say (status' note)."""
+    where = stop.get("checkpoint") or f"step {stop.get('step')}"
+    unsent = " (not committed to the store)" if stop.get("in_store") is False else ""
+    return f"its trainer stopped at {where}{unsent}"
 
 
 def _held_out(held_out: dict, best: dict) -> Progress:

@@ -118,13 +118,13 @@ def test_podman_disables_selinux_labels_and_every_container_keeps_the_checkpoint
 
 
 def test_a_run_whose_checkpoint_takes_longer_gets_longer_to_save_it(fake_docker):
-    """An 8B fft's checkpoint takes ~317 s to write after the step under way (preflight.signal_save_s): docker stop,
+    """An 8B fft's checkpoint takes ~262 s to write after the step under way (preflight.signal_save_s): docker stop,
     by hand or `ftctl cancel`, killed it at 120 s, mid-save. Its container's --stop-timeout and cancel's wait are what
     the save needs, in whole minutes (the review of 70a59a1)."""
     fft = prepared(backend="docker", method="fft", gpus="8xA100-80GB", model_name_or_path="meta-llama/Llama-3.1-8B",
                    output_dir="/fixed/out")  # fmt: skip
-    assert render.stop_grace_s(fft.spec, fft.plan) == 360
-    assert "--stop-timeout=360" in render.argv(fft.spec, fft.plan, "/fixed/out", engine="docker")
+    assert render.stop_grace_s(fft.spec, fft.plan) == 300
+    assert "--stop-timeout=300" in render.argv(fft.spec, fft.plan, "/fixed/out", engine="docker")
 
 
 def test_a_container_docker_could_not_start_does_not_take_the_relaunchs_name(fake_docker, tmp_path):

@@ -758,14 +758,16 @@ def test_a_checkpoint_that_takes_longer_to_write_than_slurms_signal_lead_is_said
         return check_signal_lead(spec, make_plan(spec))
 
     (found,) = said(method="fft", output_dir="/shared/runs/r1")
+    step = make_plan(build({"model_name_or_path": "meta-llama/Llama-3.1-8B", "gpus": "8xA100-80GB", "method": "fft"}))
+    step = step.step_s  # the step under way: twice the plan's predicted step (was 60 s, assumed: ~317 s, lead 360)
     assert found.level == WARNING and found.what.startswith(
-        "the save at Slurm's USR2 needs ~317 s: the step under way ends (up to 60 s, assumed), then a checkpoint of "
-        "~128.5 GB is written at 0.5 GB/s (257 s)"
+        f"the save at Slurm's USR2 needs ~{257 + 2 * step:.0f} s: the step under way ends (up to {2 * step:g} s: "
+        f"twice the plan's {step:g} s step), then a checkpoint of ~128.5 GB is written at 0.5 GB/s (257 s)"
     )  # the step's 60 s were said as the checkpoint's: "a checkpoint of 0.4 MB ... needs ~60 s"
-    assert found.fix == "give it more: -o signal_lead_s=360."
+    assert found.fix == "give it more: -o signal_lead_s=300."
     (uploaded,) = said(method="fft", output_dir="s3://b/r1")  # written on the node, then sent: twice the time
-    assert "written and uploaded" in uploaded.what and uploaded.fix == "give it more: -o signal_lead_s=600."
-    assert said(method="fft", output_dir="/shared/runs/r1", signal_lead_s=360) == []
+    assert "written and uploaded" in uploaded.what and uploaded.fix == "give it more: -o signal_lead_s=540."
+    assert said(method="fft", output_dir="/shared/runs/r1", signal_lead_s=300) == []
     assert said(method="lora", output_dir="/shared/runs/r1") == []  # adapters: a few hundred MB
 
 

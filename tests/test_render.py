@@ -211,29 +211,32 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path, 
 
 
 def test_two_slurm_jobs_on_one_node_have_a_rendezvous_each(tmp_path):
-    """Two 1-GPU jobs on one 8-GPU node: each torchrun (and its network preflight) listens on a port and joins a
-    rendezvous id of its own job, so the second never joins the first's TCPStore; the preflight has an id apart
-    from the training's, at the same port."""
-    prep = prepared(
-        ["preflight_network=true"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/fixed/o"
-    )
+    """Two 1-GPU jobs on one 8-GPU node: each torchrun (and its network preflight) is standalone, on a free port of
+    its own (ids 1000 apart shared 29501 + id % 1000, and the second joined the first's TCPStore and failed when it
+    ended: explore61 finding 15, test_slurm292); a multi-node job listens on a port and joins a rendezvous id of its
+    own job, the preflight's id apart from the training's, at the same port."""
     fakes = fake_bin(tmp_path / "bin")
-    seen = {}
-    for job in ("4242", "5243", "6242"):
-        log = tmp_path / f"calls{job}.jsonl"
+
+    def seen(prep, job):
+        log = tmp_path / f"calls{job}.{prep.plan.nodes}.jsonl"
         env = {"SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": job, "SLURM_JOB_NODELIST": "node1"}
         r = run_bash(prep.text, cwd=tmp_path, fakes=fakes, log=log, env=env)
         assert r.returncode == 0, r.stderr
         probe, train = [c["argv"] for c in read_log(log) if c["prog"] == "torchrun"]
         assert probe[probe.index("-m") + 1] == "ftctl.trainer.netcheck"
-        seen[job] = [(a[a.index("--rdzv-endpoint") + 1], a[a.index("--rdzv-id") + 1]) for a in (probe, train)]
-    name = prep.spec.name
-    assert seen["4242"] == [("node1:29743", f"{name}-netcheck-4242"), ("node1:29743", f"{name}-4242")]
-    assert seen["5243"] == [("node1:29744", f"{name}-netcheck-5243"), ("node1:29744", f"{name}-5243")]
-    # job ids 1000 apart share a port: their ids still keep them apart
-    assert seen["6242"] == [("node1:29743", f"{name}-netcheck-6242"), ("node1:29743", f"{name}-6242")]
+        return [a[: a.index("-m")] for a in (probe, train)]
+
+    flags = dict(backend="slurm", model_name_or_path=MODEL, output_dir="/fixed/o")
+    one = prepared(["preflight_network=true"], gpus="1xA100", **flags)
+    for job in ("4242", "5242"):
+        assert seen(one, job) == [["--standalone", "--nnodes", "1", "--nproc-per-node", "1"]] * 2
+    two = prepared(["preflight_network=true"], gpus="2x1xA100", **flags)
+    name = two.spec.name
+    for job, port in (("4242", 29743), ("5243", 29744)):
+        rdzv = [(a[a.index("--rdzv-endpoint") + 1], a[a.index("--rdzv-id") + 1]) for a in seen(two, job)]
+        assert rdzv == [(f"node1:{port}", f"{name}-netcheck-{job}"), (f"node1:{port}", f"{name}-{job}")]
     with pytest.raises(FtctlError, match=r"rdzv_port=65000: .* use -o rdzv_port=64535 or less"):
-        prepared(["rdzv_port=65000"], backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
+        prepared(["rdzv_port=65000"], backend="slurm", gpus="2x1xA100", model_name_or_path=MODEL, output_dir="/f/o")
 
 
 def test_a_failing_setup_line_stops_the_slurm_job_before_training(tmp_path):
@@ -278,9 +281,10 @@ def test_usr2_during_the_setup_lines_is_a_checkpoint_request_not_the_jobs_end(tm
     assert [c for c in read_log(tmp_path / "log.jsonl") if c["prog"] == "torchrun"]
 
 
-def _signalled_while_training(tmp_path, prep, env: dict, sig) -> tuple[int, str, list]:
+def _signalled_while_training(tmp_path, prep, env: dict, sig, then=None) -> tuple[int, str, list]:
     """Run a rendered Slurm script with the fakes (their torchrun trains FAKE_SLEEP seconds), send ``sig`` to the
-    batch shell once the step is training; (exit code, stdout, the fakes' records)."""
+    batch shell once the step is training, and ``then`` once it waits for its time limit; (exit code, stdout, the
+    fakes' records)."""
     import time
 
     fakes, log = fake_bin(tmp_path / "bin"), tmp_path / f"log.{env['SLURM_JOB_ID']}.jsonl"
@@ -290,8 +294,14 @@ def _signalled_while_training(tmp_path, prep, env: dict, sig) -> tuple[int, str,
     while not [c for c in read_log(log) if c["prog"] == "torchrun"] and time.monotonic() < deadline:
         time.sleep(0.05)  # the step is training
     proc.send_signal(sig)
+    said = []
+    for line in proc.stdout if then is not None else ():
+        said.append(line)
+        if line.startswith("ftctl: waiting for the time limit"):
+            proc.send_signal(then)
+            break
     out, _ = proc.communicate(timeout=30)
-    return proc.returncode, out, read_log(log)
+    return proc.returncode, "".join(said) + out, read_log(log)
 
 
 def test_a_set_e_setup_line_does_not_end_the_job_at_its_time_limit_signal(tmp_path):
@@ -442,11 +452,15 @@ def test_the_last_requeue_names_what_ended_the_attempt(tmp_path):
         "ftctl launch resumes from the last checkpoint"
     ).replace(" 1 s after", f" {_usr2_at(out)} s after"), out
     # USR2 at a two-minute --time's notice: the time limit, which a longer --time lengthens
+    # (the script then waits for the time limit's TERM, which ends the job as TIMEOUT: test_slurm292)
     short = prepared(["max_requeues=1", "signal_lead_s=60"], time="00:02:00", **flags)
-    rc, out, _ = _signalled_while_training(tmp_path, short, {**env, "SLURM_JOB_ID": "93"}, signal.SIGUSR2)
-    assert rc == 1 and failures.error_line(out) == (
-        "not requeueing: max_requeues=1 reached; the last attempt was cut by its time limit (--time 00:02:00): raise "
-        "--time, or allow more requeues with -o max_requeues=N; the same ftctl launch resumes from the last checkpoint"
+    rc, out, _ = _signalled_while_training(
+        tmp_path, short, {**env, "SLURM_JOB_ID": "93"}, signal.SIGUSR2, then=signal.SIGTERM
+    )
+    assert rc == 143 and failures.error_line(out) == (
+        "not requeueing: max_requeues=1 reached; the last attempt was cut by its time limit (--time 00:02:00) and "
+        "stopped at the checkpoint above: raise --time, or allow more requeues with -o max_requeues=N; the same ftctl "
+        "launch resumes from the last checkpoint"
     ), out
 
 

@@ -38,6 +38,7 @@ import shutil
 from dataclasses import replace
 
 from ftctl import __version__
+from ftctl.checkpoints.manifest import MANIFEST
 from ftctl.envvars import ATTEMPT_ENV, SLURM_RESTART_ENV, THREADS_ENV
 from ftctl.errors import FtctlError
 from ftctl.failures import ATTEMPT_LINE, ERROR_PREFIX
@@ -595,6 +596,18 @@ def torchrun_threads(spec: RunSpec, plan: Plan) -> list[str]:
 _HEAD, _PORT, _JOB = Shell('"$HEAD_ADDR"'), JOB_PORT, Shell('"$SLURM_JOB_ID"')
 
 
+def rendezvous(plan: Plan) -> dict:
+    """torchrun_argv's and netcheck_argv's rendezvous keywords: a one-node job's torchrun is standalone (launch.
+    _torchrun: a free port of its own, as local, docker and a one-node SkyPilot job take; an -o rdzv_port the run
+    sets is kept), since two one-node jobs sharing a node with job ids PORT_SPREAD apart got one port (29501 + id %
+    1000): the second joined the first's c10d store (torchrun takes a taken port as its own run's) and failed when
+    the first ended, rendezvous ids apart or not; a multi-node job meets at its head node's port of its own
+    (job_port_line, said in its RDZV_PORT line)."""
+    if plan.nodes == 1:
+        return {"head": None}
+    return {"head": _HEAD, "port": _PORT, "job": _JOB}
+
+
 def container_homes(spec: RunSpec, kind: str | None) -> tuple[list[str], list[str]]:
     """What of the launching user's home an apptainer or pyxis container gets bound at its own path: the Hugging
     Face caches the job's environment names (a model is downloaded once, not once a run: pyxis binds no home, and
@@ -636,14 +649,21 @@ def store_access(spec: RunSpec) -> list[str]:
 
 def requeue_cause(requeues: int, cut_by: str, limit: int | None, lead_s: int) -> list[str]:
     """The script's lines, for an attempt that stopped at a checkpoint (status preempted), that set WHY (what ended
-    it: this attempt $WHY, said on its requeue line) and LAST (the error line where it is the last that max_requeues
-    allows). Its error line blamed the time limit whatever did: a store down at each requeued start (the trainer
+    it: this attempt $WHY, said on its requeue line), LAST (the error line where it is the last that max_requeues
+    allows; with max_requeues=0 said as requeues turned off) and AT_LIMIT where its time limit cut it
+    (wait_for_time_limit). Its error line blamed the time limit whatever did: a store down at each requeued start (the trainer
     waits for it, then ends as a preempted run, exit UNREACHED_EXIT: ftctl.lease) or a preemption, where a longer
     --time does nothing; a requeue below the limit said nothing of why. With --time known (``limit``), a USR2 well
     before the time limit's notice was a preemption's."""
-    head = f"{ERROR_PREFIX}not requeueing: max_requeues={requeues} reached"
+    # -o max_requeues=0 turns requeues off: nothing was "reached", and its one attempt is no "last" of several
+    head = (
+        f"{ERROR_PREFIX}not requeueing: max_requeues={requeues} reached"
+        if requeues
+        else f"{ERROR_PREFIX}not requeueing: -o max_requeues=0 turns requeues off"
+    )
+    last = "the last attempt" if requeues else "the job"
     more, resumes = (
-        "allow more requeues with -o max_requeues=N",
+        "allow more requeues with -o max_requeues=N" if requeues else "allow requeues with -o max_requeues=N",
         "the same ftctl launch resumes from the last checkpoint",
     )
     early = None if limit is None else limit - lead_s - TIME_LIMIT_SLACK_S
@@ -658,23 +678,24 @@ def requeue_cause(requeues: int, cut_by: str, limit: int | None, lead_s: int) ->
         f'  if [ "$RC" -eq {UNREACHED_EXIT} ] || tail -c +$((LOG_AT + 1)) "$LOG" 2>/dev/null | '
         f'grep -qF "{_UNREACHED_SAID}"; then',
         f'    WHY="{store}"',
-        f'    LAST="{head}; the last attempt $WHY, so a longer --time would not help: once the store answers, {resumes} '
+        f'    LAST="{head}; {last} $WHY, so a longer --time would not help: once the store answers, {resumes} '
         f'({more} to wait through a longer outage)"',
         '  elif [ -z "$USR2_AT" ]; then',
         f'    WHY="{no_usr2}"',
-        f'    LAST="{head}; the last attempt $WHY: {more}; {resumes}"',
+        f'    LAST="{head}; {last} $WHY: {more}; {resumes}"',
     ]
     if early is not None and early > 0:
         lines += [
             f'  elif [ "$USR2_AT" -lt {early} ]; then',
             f"    WHY=\"was stopped by Slurm's USR2 ${{USR2_AT}} s after it started, long before its time limit "
             f'({cut_by}, whose notice comes {lead_s} s before it): a preemption (or a USR2 sent by hand)"',
-            f'    LAST="{head}; the last attempt $WHY, so a longer --time would not help: {more}; {resumes}"',
+            f'    LAST="{head}; {last} $WHY, so a longer --time would not help: {more}; {resumes}"',
         ]
     if limit is not None:
         cut = [
             f'    WHY="was cut by its time limit ({cut_by})"',
-            f'    LAST="{head}; the last attempt $WHY: raise --time, or {more}; {resumes}"',
+            f'    LAST="{head}; {last} $WHY and stopped at the checkpoint above: raise --time, or {more}; {resumes}"',
+            "    AT_LIMIT=1  # Slurm ends it at its time limit: TIMEOUT, its word for that (not FAILED)",
         ]
     else:
         cut = [
@@ -684,6 +705,42 @@ def requeue_cause(requeues: int, cut_by: str, limit: int | None, lead_s: int) ->
             f'{resumes}"',
         ]
     return [*lines, "  else", *cut, "  fi"]
+
+
+def saved_before(spec: RunSpec) -> list[str]:
+    """The lines that set FROM, what an attempt stopped by TERM before its own checkpoint goes on from: the run's
+    newest committed checkpoint in a local output (its manifest written), or step 0 where it holds none. Said "from
+    the last one" whether or not there was one (a TERM while the first attempt loaded the model). An object store's
+    output is not listed here: said as the newest checkpoint committed there, if any."""
+    if is_remote(spec.output):
+        return [
+            f'  FROM="it resumes from the newest checkpoint committed to {spec.output}, or starts again where none is"'
+        ]
+    return [
+        f'  SAVED=$(cd "$FTCTL_RUN_DIR" && ls -d checkpoint-*/{MANIFEST} 2>/dev/null | cut -d/ -f1 | '
+        "sort -t- -k2 -n | tail -n 1)",
+        '  if [ -n "$SAVED" ]; then FROM="it resumes from $SAVED"; '
+        'else FROM="it starts again from step 0, as no checkpoint was saved yet"; fi',
+    ]
+
+
+def wait_for_time_limit(limit: int | None) -> list[str]:
+    """The lines that keep an attempt its time limit stopped at a checkpoint, with no requeue left (AT_LIMIT), until
+    Slurm ends it: its state is then TIMEOUT, Slurm's word for a job its time limit ended, as `sacct` and an
+    afternotok dependency read it; its own exit ended it FAILED, as a crash. The wait is the rest of the notice
+    (signal_lead_s, less the save), bounded by --time and Slurm's early-signal slack; nothing where --time is unknown
+    (a USR2 then may have been a preemption's or one sent by hand: no wait of unknown length)."""
+    if limit is None:
+        return []
+    end = limit + TIME_LIMIT_SLACK_S
+    return [
+        '  if [ -n "$AT_LIMIT" ]; then',
+        "    trap 'exit 143' TERM  # the time limit's own TERM",
+        f'    echo "ftctl: waiting for the time limit (~$(( {limit} - SECONDS )) s), where Slurm ends the job as TIMEOUT, '
+        'its state for a job its time limit ended (not FAILED: nothing failed)"',
+        f'    while [ "$SECONDS" -lt {end} ]; do sleep 5 & wait $!; done',
+        "  fi",
+    ]
 
 
 def pyxis_image(ref: str) -> str:
@@ -793,7 +850,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
             f"or its URI ({container_as(spec, 'apptainer:docker://REF')})."
         )
     spec_path = Shell('"$FTCTL_RUN_DIR"/spec.json')
-    inner = join(torchrun_argv(spec, plan, spec_path, _HEAD, python=PATH_PYTHON, quiet=True, port=_PORT, job=_JOB))
+    inner = join(torchrun_argv(spec, plan, spec_path, python=PATH_PYTHON, quiet=True, **rendezvous(plan)))
     # the job's CPUs for the step's task: from Slurm 22.05 to 23.02 srun does not take them from sbatch's, and the
     # step (torchrun, every rank, their data loaders) ran on one core
     step = ["srun", "--kill-on-bad-exit=1", "--ntasks-per-node=1", f"--cpus-per-task={cpus_per_task(spec, plan)}"]
@@ -838,7 +895,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
         ]
     preflight = []
     if spec.preflight_network:  # the same srun step shape, the probe in place of the trainer
-        probe = join(netcheck_argv(spec, plan, _HEAD, python=PATH_PYTHON, quiet=True, port=_PORT, job=_JOB))
+        probe = join(netcheck_argv(spec, plan, python=PATH_PYTHON, quiet=True, **rendezvous(plan)))
         preflight = preflight_lines(join([*step, "bash", "-c", probe]), spec, plan)
     step += ["bash", "-c", inner]
 
@@ -855,7 +912,10 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
         f"# Rendered by ftctl {__version__}: {plan.method} of {spec.model_name_or_path!r} on {plan.gpus}".replace(
             "\n", " "
         ),
-        "# Submit from the run directory (it holds spec.json): ftctl launch --backend slurm does that.",
+        "# Submit from the run directory (it holds spec.json): ftctl launch --backend slurm does that, once the job",
+        # render asks nothing of the cluster: a --time over the partition's MaxTime, rendered and sbatched by hand,
+        # pended forever (PartitionTimeLimit), where launch and its --dry-run refuse it (explore61 finding 16)
+        "# is checked against the cluster's partitions and limits (launch --dry-run checks it; ftctl render does not).",
         *(
             [f"# --mem={mem_size(asked[0])} a node: {asked[1]}"]
             if (asked := memory_request(spec, plan, mem_floor))
@@ -889,9 +949,15 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
         # the attempt's first line before its setup lines: a setup line's error is said within its attempt
         'HEAD_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export HEAD_ADDR",
-        "# a rendezvous port of this job's own: two jobs on one node would otherwise share one",
-        job_port_line(spec, "SLURM_JOB_ID", "a Slurm job"),
-        "export RDZV_PORT",
+        *(
+            [
+                "# a rendezvous port of this job's own: two jobs on one node would otherwise share one",
+                job_port_line(spec, "SLURM_JOB_ID", "a Slurm job"),
+                "export RDZV_PORT",
+            ]
+            if plan.nodes > 1
+            else []  # a one-node job's torchrun takes a free port itself (rendezvous)
+        ),
         *torchrun_threads(spec, plan),
         f"LOG={JOB_LOG}",
         'LOG_AT=$({ wc -c < "$LOG"; } 2>/dev/null || echo 0)  # where this attempt\'s lines start in its log',
@@ -905,8 +971,10 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
         'while true; do wait "$STEP_PID"; RC=$?; kill -0 "$STEP_PID" 2>/dev/null || break; done',
         "",
         f'if [ -n "$TERMINATED" ] && ! grep -qxE "complete|preempted" "${STATUS_ENV}" 2>/dev/null; then',
-        f'  echo "ftctl: stopped by TERM (exit $RC) before a checkpoint of this attempt; {_AFTER_TERM} from the last '
-        'one"',
+        *saved_before(spec),
+        '  echo "ftctl: stopped by TERM (exit $RC) before a checkpoint of this attempt; where Slurm requeues this job '
+        "(a requeue, a node failure, a preemption) it goes on by itself, else (a cancel) the same ftctl launch does: "
+        '$FROM"',
         "  exit 143",
         "fi",
         f'if [ "$RC" -ne 0 ] && [ ! -s "${STATUS_ENV}" ]; then',
@@ -933,6 +1001,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
         "  exit 143",
         "fi",
         'if [ "$STATUS" = preempted ]; then',
+        '  AT_LIMIT=""',
         *requeue_cause(requeues, cut_by, limit, spec.signal_lead_s),
         f'  if [ "$ATTEMPT" -lt {requeues} ]; then',
         f'    echo "ftctl: requeueing job $SLURM_JOB_ID (requeue $((ATTEMPT + 1)) of at most {requeues}): this attempt '
@@ -943,6 +1012,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
         "    exit 1",
         "  fi",
         '  echo "$LAST"',
+        *wait_for_time_limit(limit),
         "  exit 1",
         "fi",
         'exit "$RC"',

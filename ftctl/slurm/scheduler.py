@@ -278,6 +278,29 @@ def never_starts(reason: str) -> str | None:
     return next((fix for key, fix in _NEVER_STARTS if key in word), None)
 
 
+# why a queued job waits (squeue's reason), as its user reads it: what lets a held one start, what a wait is for
+_WAITS_FOR = {
+    "JobHeldUser": "held (sbatch --hold, or scontrol hold): `scontrol release {job}` lets it start",
+    "JobHeldAdmin": "held by an administrator, who alone can release it",
+    "BeginTime": "it starts at its --begin time (a requeued job: once Slurm's hold after a requeue is over, about 2 "
+    "minutes)",
+    "Dependency": "it waits for the jobs its --dependency names",
+    "DependencyNeverSatisfied": "its --dependency can never be met (a job it waits for ended otherwise): `ftctl "
+    "cancel {job}`, or `scontrol update JobId={job} Dependency=` to drop it",
+    "Resources": "it waits for nodes with what it asks for to be free",
+    "Priority": "jobs ahead of it in the queue start first",
+}
+
+
+def pending_why(job_id: str, reason: str) -> str | None:
+    """Why a job pending for ``reason`` waits, and what lets it start (a held job: `scontrol release JOB`); where
+    Slurm never starts it while it waits, what to change (never_starts); None for a reason not known here."""
+    if fix := never_starts(reason):
+        return f"Slurm does not start it while it waits: {fix}"
+    why = _WAITS_FOR.get(reason.split(",")[0].strip())
+    return why.format(job=job_id) if why else None
+
+
 def jobs_in(directory: str | os.PathLike, env: Mapping[str, str] | None = None) -> list[JobStatus]:
     """Slurm's queued and running jobs (of any user it lists) that were submitted from ``directory``, their working
     directory: ftctl submits from the run dir, so these are the jobs that read its spec.json when they start or are
@@ -392,11 +415,15 @@ def logs(
                     now = None
                 if now is not None and now.finished:
                     raise FtctlError(f"job {now.describe()}: it ended before it wrote any output ({log})")
-                if now is not None and now.state == "PENDING":  # said as "may still be pending" where Slurm knew
-                    raise FtctlError(
-                        f"job {now.describe()}: queued, no output until it starts; `ftctl logs -f {job_id}` waits "
-                        "for it and follows its log"
+                if now is not None and now.state == "PENDING":  # queued: nothing is wrong (was an error, exit 2)
+                    why = pending_why(job_id, now.reason)
+                    print(
+                        f"ftctl: job {now.describe()}: queued, no output until it starts"
+                        + (f"; {why}" if why else "")
+                        + f"; `ftctl logs -f {job_id}` waits for it and follows its log",
+                        file=sys.stderr,
                     )
+                    return log
                 raise FtctlError(
                     f"job {job_id}'s output file {str(log)!r} does not exist (yet): "
                     "the job may still be pending; try `ftctl logs -f`"
@@ -418,7 +445,12 @@ def logs(
                 return log
             if offset == 0 and not log.exists() and state.describe() != waiting:
                 waiting = state.describe()
-                print(f"ftctl: job {waiting}: its log follows once it starts (Ctrl-C stops following)", file=sys.stderr)
+                why = pending_why(job_id, state.reason) if state.state == "PENDING" else None
+                print(
+                    f"ftctl: job {waiting}: its log follows once it starts (Ctrl-C stops following)"
+                    + (f"; {why}" if why else ""),
+                    file=sys.stderr,
+                )
         time.sleep(poll_s)
 
 
