@@ -36,8 +36,8 @@ def _start(tmp_path, text: str, job: str, **env) -> tuple[subprocess.Popen, obje
     return proc, log
 
 
-def _term_while_loading(tmp_path, job: str) -> str:
-    prep = prepared([], **FLAGS)
+def _term_while_loading(tmp_path, job: str, gpus: str = "1xA100") -> str:
+    prep = prepared([], **{**FLAGS, "gpus": gpus})
     proc, _ = _start(tmp_path, prep.text, job, FAKE_STATUS="failed")  # no checkpoint of its own: still loading
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
@@ -61,6 +61,13 @@ def test_a_term_before_any_checkpoint_says_the_run_starts_again_not_resumes(tmp_
             (tmp_path / name / "ftctl-manifest.json").write_text("{}")
     said = _term_while_loading(tmp_path, "85")
     assert said.endswith("the same ftctl launch does: it resumes from checkpoint-286"), said
+    # a two-node run's checkpoint is committed by every node's manifest (checkpoints.manifest.nodes_committed)
+    for name, nodes in (("checkpoint-350", (0, 1)), ("checkpoint-400", (0,))):
+        (tmp_path / name).mkdir()
+        for k in nodes:
+            (tmp_path / name / f"manifest.node-{k}.json").write_text("{}")
+    said = _term_while_loading(tmp_path, "86", gpus="2x1xA100")
+    assert said.endswith("the same ftctl launch does: it resumes from checkpoint-350"), said
 
 
 def test_a_clean_stop_at_the_time_limit_with_requeues_off_ends_as_slurms_timeout(tmp_path):

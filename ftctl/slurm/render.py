@@ -38,7 +38,7 @@ import shutil
 from dataclasses import replace
 
 from ftctl import __version__
-from ftctl.checkpoints.manifest import MANIFEST
+from ftctl.checkpoints.manifest import MANIFEST, node_manifest_name
 from ftctl.envvars import ATTEMPT_ENV, SLURM_RESTART_ENV, THREADS_ENV
 from ftctl.errors import FtctlError
 from ftctl.failures import ATTEMPT_LINE, ERROR_PREFIX
@@ -707,18 +707,22 @@ def requeue_cause(requeues: int, cut_by: str, limit: int | None, lead_s: int) ->
     return [*lines, "  else", *cut, "  fi"]
 
 
-def saved_before(spec: RunSpec) -> list[str]:
+def saved_before(spec: RunSpec, plan: Plan) -> list[str]:
     """The lines that set FROM, what an attempt stopped by TERM before its own checkpoint goes on from: the run's
-    newest committed checkpoint in a local output (its manifest written), or step 0 where it holds none. Said "from
-    the last one" whether or not there was one (a TERM while the first attempt loaded the model). An object store's
-    output is not listed here: said as the newest checkpoint committed there, if any."""
+    newest committed checkpoint in a local output (its manifest written; a multi-node one's, every node's), or step 0
+    where it holds none. Said "from the last one" whether or not there was one (a TERM while the first attempt loaded
+    the model). An object store's output is not listed here: said as the newest checkpoint committed there, if any."""
     if is_remote(spec.output):
         return [
             f'  FROM="it resumes from the newest checkpoint committed to {spec.output}, or starts again where none is"'
         ]
+    nodes = " && ".join(f'[ -f "$FTCTL_RUN_DIR/$C/{node_manifest_name(k)}" ]' for k in range(plan.nodes))
+    committed = f'[ -f "$FTCTL_RUN_DIR/$C/{MANIFEST}" ]' + (f" || {{ {nodes}; }}" if plan.nodes > 1 else "")
     return [
-        f'  SAVED=$(cd "$FTCTL_RUN_DIR" && ls -d checkpoint-*/{MANIFEST} 2>/dev/null | cut -d/ -f1 | '
-        "sort -t- -k2 -n | tail -n 1)",
+        '  SAVED=""',
+        '  for C in $(cd "$FTCTL_RUN_DIR" && ls -d checkpoint-*/ 2>/dev/null | tr -d / | sort -t- -k2 -n -r); do',
+        f'    if {committed}; then SAVED="$C"; break; fi',
+        "  done",
         '  if [ -n "$SAVED" ]; then FROM="it resumes from $SAVED"; '
         'else FROM="it starts again from step 0, as no checkpoint was saved yet"; fi',
     ]
@@ -971,7 +975,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
         'while true; do wait "$STEP_PID"; RC=$?; kill -0 "$STEP_PID" 2>/dev/null || break; done',
         "",
         f'if [ -n "$TERMINATED" ] && ! grep -qxE "complete|preempted" "${STATUS_ENV}" 2>/dev/null; then',
-        *saved_before(spec),
+        *saved_before(spec, plan),
         '  echo "ftctl: stopped by TERM (exit $RC) before a checkpoint of this attempt; where Slurm requeues this job '
         "(a requeue, a node failure, a preemption) it goes on by itself, else (a cancel) the same ftctl launch does: "
         '$FROM"',
