@@ -1638,6 +1638,12 @@ UPLOAD_GBPS = 0.5  # what one node uploads a checkpoint to an object store at, i
 MFU = 0.35  # the share of its GPUs' dense 16-bit peak the weights' matmuls run at (v110, H100: 0.358 in the trainer)
 ATTENTION_MFU = 0.26  # ...and attention's own (v110, H100, torch varlen_attn = FlashAttention-2's kernels: 0.257,
 # fitted over 2k/16k/32k-token documents; one speed at 0.35 for both predicted 32k steps 1.20x short)
+FULL_MFU = 0.53  # the weights' speed where every weight trains (fft): v112, H100, 1B fft took lora's step time
+# (1.02 / 1.35 / 1.72 s at 2k / 8k / 16k against lora's 1.01 / - / 1.72): its 6 x params at 0.533 of peak, fitted with
+# attention at ATTENTION_MFU; at 0.35 the plan was 1.48x / 1.34x / 1.29x long (adapters' own passes, unfused, cost
+# lora about what the weight gradients' matmuls cost fft)
+MASKED_ATTENTION_MFU = 0.14  # sdpa under a mask (torch's memory-efficient kernel), every score of the row counted:
+# v112, H100, lora 1B, padded micro-batches of 2 x 8k and 16 x 2k: 0.135-0.14 (unmasked, is_causal: 0.38)
 CHECKPOINT_MINUTES = 30  # chosen cadence: at most this much training between checkpoints (what a preemption loses)
 MAX_SAVE_SHARE = 0.1  # chosen cadence: writing checkpoints takes at most this share of the run's time
 MIN_STEP_S = 0.01  # no step is predicted faster (a tiny model's prediction rounded to 0 s: a division by zero)
@@ -1654,20 +1660,44 @@ def attention_flops(plan: Plan, seq: int) -> float:
     the plan reads no data (its documents' lengths are unknown until the trainer tokenizes it), so a document is
     counted as long as a row, ``seq`` (model_max_length): an upper bound, which short packed documents stay far below.
     A packed row under a dense block-diagonal mask (sdpa, eager: transformers builds it from the restarting
-    position_ids) has every score of the row computed, masked or not: not halved, exact."""
+    position_ids) has every score of the row computed, masked or not: not halved, exact; and that row is the whole
+    micro-batch (TRL's padding-free collator: micro x seq tokens, v112). An unpacked sdpa micro-batch of several rows
+    gets their padding mask, so every score too (rows all of one length get none: an upper bound then)."""
     m = plan.model
     full = m.layers - m.linear_layers  # linear attention: no scores, linear in the row's length (its weights' FLOPs)
     if full_square(plan):
-        return 12 * full * m.q_width * seq
+        return 12 * full * m.q_width * scored_row(plan, seq)
     windowed = m.window_layers if m.window and plan.attn_implementation not in (SDPA, EAGER) else 0
     w = min(m.window, seq)  # a token attends to the last w: w on average, less the row's first w tokens' half
     return 12 * m.q_width * ((full - windowed) * seq / 2 + windowed * (w - w * w / (2 * seq)))
 
 
 def full_square(plan: Plan) -> bool:
-    """A packed row's attention computes all (row x row) scores: sdpa's and eager's kernels under transformers'
-    block-diagonal mask skip no masked block (flex_attention's block mask and the varlen kernels do)."""
-    return plan.packing and plan.attn_implementation in (SDPA, EAGER)
+    """A row's attention computes all (row x row) scores: sdpa's and eager's kernels under transformers' mask skip
+    no masked block (flex_attention's block mask and the varlen kernels do). The mask: a packed row's block-diagonal
+    one; under sdpa, an unpacked micro-batch's padding too (several rows: they differ in length, so transformers
+    hands sdpa a (rows, 1, S, S) mask, not is_causal; v112 recorded both)."""
+    if plan.attn_implementation not in (SDPA, EAGER):
+        return False
+    return plan.packing or (plan.attn_implementation == SDPA and plan.per_device_train_batch_size > 1)
+
+
+def scored_row(plan: Plan, seq: int) -> int:
+    """The tokens of a row whose every score full_square counts: a packed micro-batch is one row (TRL's padding-free
+    collator concatenates its sequences: micro x seq, under one (row x row) mask, v112), else ``seq``."""
+    return plan.per_device_train_batch_size * seq if plan.packing else seq
+
+
+def weights_mfu(plan: Plan) -> float:
+    """The speed the plan's weights' FLOPs run at, a share of peak: FULL_MFU where every weight trains (fft), else MFU
+    (sft, which trains its top layers only, is unmeasured: MFU as before)."""
+    return FULL_MFU if plan.method == "fft" else MFU
+
+
+def attention_mfu(plan: Plan) -> float:
+    """Attention's speed, a share of peak: MASKED_ATTENTION_MFU for sdpa under a mask, else ATTENTION_MFU (eager's
+    own is unmeasured)."""
+    return MASKED_ATTENTION_MFU if plan.attn_implementation == SDPA and full_square(plan) else ATTENTION_MFU
 
 
 def flops_per_token(plan: Plan, seq: int) -> tuple[float, float]:
@@ -1679,11 +1709,12 @@ def flops_per_token(plan: Plan, seq: int) -> tuple[float, float]:
 
 def tokens_per_second(plan: Plan, seq: int) -> float | None:
     """Tokens the plan's GPUs train a second at rows of ``seq`` tokens, roughly: their dense bf16/fp16 peak over a
-    token's flops_per_token, the weights' at MFU and attention's at ATTENTION_MFU; None on CPU (not predicted)."""
+    token's flops_per_token, the weights' at weights_mfu and attention's at attention_mfu; None on CPU."""
     if not plan.tier:
         return None
     weights, attention = flops_per_token(plan, seq)
-    return plan.world_size * gpu_table.TIERS[plan.tier].peak_tflops * 1e12 / (weights / MFU + attention / ATTENTION_MFU)
+    rate = weights / weights_mfu(plan) + attention / attention_mfu(plan)
+    return plan.world_size * gpu_table.TIERS[plan.tier].peak_tflops * 1e12 / rate
 
 
 def step_seconds(plan: Plan, seq: int) -> float | None:
@@ -1706,9 +1737,16 @@ def attention_words(plan: Plan, seq: int) -> tuple[str, str]:
             f"{m.layers - m.linear_layers} of {m.layers} layers attend, {m.linear_layers} are linear attention"
         )
     share += f" ({', '.join(layers)})" if layers else ""
+    if full_square(plan) and plan.packing:
+        row = scored_row(plan, seq)
+        return f"{share}, counted over whole {row:,}-token rows", (
+            f"{plan.attn_implementation} computes every score of a packed row, a micro-batch's "
+            f"{plan.per_device_train_batch_size} x {seq:,} tokens, masked or not"
+        )
     if full_square(plan):
         return f"{share}, counted over whole {seq:,}-token rows", (
-            f"{plan.attn_implementation} computes every score of a packed row, masked or not"
+            f"{plan.attn_implementation} computes every score under a micro-batch's padding mask; "
+            "rows all of one length get none, and take less"
         )
     if plan.packing:
         return f"{share}, counted at {seq:,}-token documents", (
@@ -1720,7 +1758,7 @@ def attention_words(plan: Plan, seq: int) -> tuple[str, str]:
 def step_row(spec: RunSpec, plan: Plan) -> str:
     """The plan's step time row: the predicted seconds an optimizer step, at what speed, and its attention's share."""
     what, why = attention_words(plan, spec.model_max_length)
-    speed = f"{MFU:.0%} of the GPUs' 16-bit peak ({ATTENTION_MFU:.0%} for attention)"
+    speed = f"{weights_mfu(plan):.0%} of the GPUs' 16-bit peak ({attention_mfu(plan):.0%} for attention)"
     return f"{_step_time(plan.step_s)} est. at {speed}; {what} ({why})"
 
 
