@@ -583,7 +583,8 @@ def check_model(
                         ERROR, f"{flag} {value}: not in this machine's Hugging Face cache, and {why}", _uncached(value)
                     )
                 ]
-            if job_env and hub.offline() and hub.cached_snapshot(value) is None:
+            # the job's HF_HUB_OFFLINE: this shell's, or the run's own -e (job_vars), which the job gets over it
+            if job_env and hub.offline({**os.environ, **(job_vars or {})}) and hub.cached_snapshot(value) is None:
                 # a cluster whose nodes have no internet: the job stopped at loading it, after its queue wait
                 return [
                     Finding(

@@ -236,3 +236,14 @@ def test_an_offline_cluster_job_whose_model_is_not_cached_is_warned_of(monkeypat
     assert finding.level == WARNING and "HF_HUB_OFFLINE is set, which the job gets too" in finding.what
     assert "hf download Qwen/Qwen2.5-7B-Instruct" in finding.fix
     assert check_model("Qwen/Qwen2.5-7B-Instruct") == []  # a SkyPilot node gets no HF_HUB_OFFLINE of this shell's
+
+
+def test_a_job_made_offline_by_its_own_env_whose_model_is_not_cached_is_warned_of(monkeypatch):
+    """The same, with HF_HUB_OFFLINE=1 given to the job alone (`-e HF_HUB_OFFLINE=1`), this shell not offline and
+    the Hub unanswered from here: the job gets it over this shell's, and stops at loading the model as well."""
+    from ftctl.preflight import WARNING, check_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing answers: the Hub unreachable from here
+    (finding,) = check_model("Qwen/Qwen2.5-7B-Instruct", job_env=True, job_vars={"HF_HUB_OFFLINE": "1"})
+    assert finding.level == WARNING and "HF_HUB_OFFLINE is set, which the job gets too" in finding.what

@@ -259,3 +259,40 @@ def test_a_one_node_slurm_job_takes_a_free_rendezvous_port_and_render_says_what_
         "# Submit from the run directory (it holds spec.json): ftctl launch --backend slurm does that, once the job",
         "# is checked against the cluster's partitions and limits (launch --dry-run checks it; ftctl render does not).",
     ]
+
+
+def test_status_of_a_requeued_attempt_loading_and_of_a_held_job(tmp_path, monkeypatch):
+    """Findings 9 and 11 in `ftctl status` (ftctl/slurm/backend.py): a requeued job's attempt 1, loading, was shown
+    with attempt 0's steps as its own; a JobHeldUser job did not say `scontrol release`. Fake squeue, a real
+    committed checkpoint and metrics.jsonl as the trainers write them."""
+    import json
+
+    from ftctl.backend import JobRef, record_job, status_lines
+    from ftctl.checkpoints.manifest import write_manifest
+    from tests.render_fixtures import fake_slurm
+
+    out = tmp_path / "bin" / "squeue.out"
+    scripts = {
+        "squeue": f"cat {out}",
+        "scontrol": 'case "$1" in ping) exit 0;; esac; echo "Invalid job id specified" >&2; exit 1',
+    }
+    fake_slurm(tmp_path / "bin", monkeypatch, scripts, tmp_path / "home")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "spec.json").write_text(json.dumps({"spec": {"output_dir": str(run)}}))
+    ckpt = run / "checkpoint-280"
+    ckpt.mkdir()
+    (ckpt / "adapter_model.safetensors").write_bytes(b"x" * 64)
+    write_manifest(str(ckpt), 280, 1, "h")
+    _metrics(run / "metrics.jsonl", (0, list(range(10, 290, 10)), True))
+    record_job(JobRef("slurm", "2", str(run), "r", str(run)))
+    out.write_text(f"2|RUNNING|node1|None|1|0|{time.strftime('%Y-%m-%dT%H:%M:%S')}|N/A|\n")
+    said = "\n".join(status_lines("2"))
+    assert (
+        "attempt 1 starting: its trainer loads, then resumes from checkpoint-280; the step shown is an earlier "
+        "attempt's"
+    ) in said, said
+    assert "its trainer stopped at checkpoint-280" in said and " left" not in said, said
+    out.write_text("2|PENDING||JobHeldUser|0|0|N/A|N/A|\n")
+    said = "\n".join(status_lines("2"))
+    assert "`scontrol release 2` lets it start; `ftctl logs -f 2` follows it once it starts" in said, said

@@ -850,12 +850,24 @@ class SlurmBackend(Backend):
                 f"Slurm does not start a job pending for {s.reason} while it waits: {fix}. `ftctl cancel {ref.job_id}`, "
                 "then launch it again with that changed"
             )
+        elif s.state == "PENDING" and s.reason.startswith("JobHeld"):  # what releases it (explore61 finding 11)
+            note = (
+                f"{scheduler.pending_why(ref.job_id, s.reason)}; `ftctl logs -f {ref.job_id}` follows it once it starts"
+            )
         elif s.state == "PENDING" and s.restarts and (why := error_line(self.log_tail(ref))):
             # requeued, its next attempt not started: its log ends with the last attempt's lines (a stop checkpoint
             # that did not reach the store, and where a copy is kept: trainer.run.say_stop)
             note = f"its attempt {s.restarts - 1} ended: {why}"
         elif s.restarts and (again := trained_again(self._log(ref))):  # a stop checkpoint that did not reach the store
             note = again
+        elif s.state == "RUNNING" and s.restarts and not self._attempt_trains(ref, s):
+            # a requeued attempt loading: the steps status shows are an earlier attempt's (ftctl.progress says where
+            # its trainer stopped, and no time left), not this one's (explore61 finding 9)
+            then = resumes_from(ref).replace("resumes it", "resumes").replace("starts it again", "starts again")
+            then = f"resumes from the newest checkpoint in {ref.output}" if is_remote(ref.output) else then
+            note = (
+                f"attempt {s.restarts} starting: its trainer loads, then {then}; the step shown is an earlier attempt's"
+            )
         elif s.state == "PENDING" and s.restarts and s.reason == "BeginTime":  # `PENDING (BeginTime)`, said no more
             then = resumes_from(ref).replace("resumes it", "its trainer resumes").replace("starts it", "it starts")
             then = f"its trainer resumes from the newest checkpoint in {ref.output}" if is_remote(ref.output) else then
@@ -866,6 +878,15 @@ class SlurmBackend(Backend):
         ran = (s.started, s.ended) if s.started is not None else None
         own = {START_SLURM_JOB: ref.job_id}  # what its trainer's start record says (a trainer of this ftctl's)
         return JobStatus(SLURM_STATES.get(s.state, JobState.UNKNOWN), s.describe(), note, ran, own)
+
+    def _attempt_trains(self, ref: JobRef, s: scheduler.JobStatus) -> bool:
+        """Whether the running attempt's own trainer started training (its start record, with its attempt); True where
+        that cannot be seen here (its metrics not on this machine's disk)."""
+        paths = self.trainer_paths(ref)
+        if paths is None or not paths.metrics.exists():
+            return True
+        own = {START_SLURM_JOB: ref.job_id, START_SLURM_ATTEMPT: s.restarts}
+        return trainer_started(paths, (s.started, None) if s.started else None, own)
 
     def logged_progress(self, ref: JobRef, running: bool = False) -> Progress | None:
         """The log's last step line, dated by the log's last write (the log is on a disk this machine shares)."""
