@@ -5,6 +5,7 @@ largest RSS beside it), each in a fresh process, with the tests' tiny tokenizer.
     .venv/bin/python bench/data_memory289.py --rows 100000 read              # generated ShareGPT JSON Lines in /tmp
     .venv/bin/python bench/data_memory289.py --data /tmp/e56/big.jsonl read  # explore56's 300k rows, 856 MB
     .venv/bin/python bench/data_memory289.py --rows 30000 prepare --num-proc 2
+    .venv/bin/python bench/data_memory289.py --rows 100000 --json read       # the same rows as one JSON list (task 294)
 
 Prints one JSON line: the file's size, the peak RSS of the step over the process's RSS before it (VmHWM, reset
 before the step), the RSS still held after it (the rows held), the seconds it took, and for prepare the tokenizing
@@ -26,9 +27,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = "the of and to in is that for it as was with be by on not he this are or his from at which but have".split()
 
 
-def generate(path: str, rows: int, seed: int = 289) -> None:
+def generate(path: str, rows: int, seed: int = 289, as_list: bool = False) -> None:
+    """JSON Lines, or with ``as_list`` the same rows as one JSON list (ShareGPT's, FastChat's .json: one line)."""
     rng = random.Random(seed)
     with open(path + ".new", "w") as f:
+        f.write("[" if as_list else "")
         for i in range(rows):
             turns = []
             for _ in range(rng.randint(1, 5)):
@@ -38,7 +41,8 @@ def generate(path: str, rows: int, seed: int = 289) -> None:
             row = {"id": f"r{i}", "conversations": turns}
             if rng.random() < 0.2:
                 row["system"] = "You are a helpful assistant."
-            f.write(json.dumps(row) + "\n")
+            f.write((", " if i else "") + json.dumps(row) if as_list else json.dumps(row) + "\n")
+        f.write("]" if as_list else "")
     os.replace(path + ".new", path)
 
 
@@ -78,12 +82,13 @@ def main() -> None:
     parser.add_argument("step", choices=("read", "prepare"))
     parser.add_argument("--data", help="a data file (default: generated, --rows of them)")
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--json", action="store_true", help="generated rows as one JSON list (.json), not JSON Lines")
     parser.add_argument("--num-proc", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=512)
     args = parser.parse_args()
-    path = args.data or f"/tmp/data_memory289-{args.rows}.jsonl"
+    path = args.data or f"/tmp/data_memory289-{args.rows}.json{'' if args.json else 'l'}"
     if not args.data and not os.path.exists(path):
-        generate(path, args.rows)
+        generate(path, args.rows, as_list=args.json)
     done = subprocess.run(
         [sys.executable, "-c", _STEP, REPO, args.step, path, str(args.num_proc), str(args.max_length)],
         cwd=REPO,

@@ -51,6 +51,7 @@ import codecs
 import glob
 import gzip
 import hashlib
+import itertools
 import json
 import marshal
 import pickle
@@ -359,7 +360,11 @@ def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[s
                     yield "row", i, record
             return
         blocks = _blocks(gzip.GzipFile(fileobj=f, mode="rb") if kind.endswith(".gz") else f)
-        head = _head(blocks).removeprefix(codecs.BOM_UTF8)
+        start = _start(blocks)
+        if kind.endswith((".json", ".json.gz")) and start.removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"[":
+            yield from _json_list(start.removeprefix(codecs.BOM_UTF8), blocks, name)  # a row at a time, not the file
+            return
+        head = _head(itertools.chain([start], blocks)).removeprefix(codecs.BOM_UTF8)  # not closing blocks
         first = _first_line(head)
         if head.lstrip()[:1] == b"[" or (first[:1] == b"{" and not _is_json(first)):  # JSON, not JSON Lines: whole
             raw = b"".join([head, *blocks])
@@ -381,6 +386,147 @@ READ_BLOCK = 8 * 2**20
 def _blocks(f) -> Iterator[bytes]:
     while block := f.read(READ_BLOCK):
         yield block
+
+
+def _start(blocks: Iterator[bytes]) -> bytes:
+    """The blocks from the start that hold its first byte after a BOM and blank (3 bytes at least), or all."""
+    start = b""
+    for block in blocks:
+        start += block
+        if len(start) >= 3 and start.removeprefix(codecs.BOM_UTF8).lstrip():
+            break
+    return start
+
+
+#: characters past the point a JSON element is decided at (_json_list) that the decision may look at (a \\uXXXX escape's
+#: pair, a number's digits, Infinity): where fewer are read yet, more are read first and it is decided again
+JSON_LOOKAHEAD = 64
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace, as json.loads skips it
+
+
+class _NotUtf8(Exception):
+    pass
+
+
+def _json_list(start: bytes, blocks: Iterator[bytes], name: str) -> Iterator[tuple[str, int, Any]]:
+    """_records of a .json file that is one JSON list (ShareGPT's, FastChat's), an element at a time as its blocks
+    are read (json.loads of the whole file held its text and every row as Python objects at once, ~3-4x the file: a
+    670 MB list was 2-3 GB). The same rows as json.loads of it whole, and where that fails, the same one problem
+    (whole_file: load_rows drops the rows read before it): the first byte that is not UTF-8 anywhere in the file, else
+    the first JSON error (its line and column in the file), else a row nested too deep."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    parse = json.JSONDecoder().raw_decode
+    buf = ""  # the text from character `base` of the file on
+    base, base_lines, last_nl = 0, 0, -1  # the characters dropped before buf: how many, their \n, the last one's place
+    fed, fed_lines, fed_nl = 0, 0, -1  # the same of the bytes decoded
+    chunks = itertools.chain([start], blocks)
+    eof = False
+
+    def more(keep: bool = True) -> None:
+        nonlocal buf, fed, fed_lines, fed_nl, eof
+        block = next(chunks, None)
+        pending = decoder.getstate()[0]
+        try:
+            text = decoder.decode(block or b"", final=block is None)
+        except UnicodeDecodeError as e:
+            data = pending + (block or b"")
+            at = fed - len(pending) + e.start
+            cut = max(0, e.start - len(pending))  # the block's bytes before it (pending holds no \n)
+            nl = (block or b"").rfind(b"\n", 0, cut)
+            line, line_start = (
+                fed_lines + (block or b"").count(b"\n", 0, cut) + 1,
+                fed + nl + 1 if nl >= 0 else fed_nl + 1,
+            )
+            raise _NotUtf8(line, bytes([data[e.start]]), at - line_start + 1) from None
+        if block is None:
+            eof = True
+            return
+        if (nl := block.rfind(b"\n")) >= 0:
+            fed_lines, fed_nl = fed_lines + block.count(b"\n"), fed + nl
+        fed += len(block)
+        if keep:
+            buf += text
+
+    def ahead(at: int) -> None:  # JSON_LOOKAHEAD characters read past `at`, or the whole file
+        while not eof and at + JSON_LOOKAHEAD > len(buf):
+            more()
+
+    def space(at: int) -> int:  # the end of the whitespace at `at`, with JSON_LOOKAHEAD characters read past it
+        while True:
+            end = _JSON_SPACE.match(buf, at).end()
+            if eof or end + JSON_LOOKAHEAD <= len(buf):
+                return end
+            more()
+
+    def drop(at: int) -> None:  # the text before buf[at] not held any more
+        nonlocal buf, base, base_lines, last_nl
+        if (nl := buf.rfind("\n", 0, at)) >= 0:
+            base_lines, last_nl = base_lines + buf.count("\n", 0, at), base + nl
+        buf, base = buf[at:], base + at
+
+    def failed(at: int, first: bool) -> tuple[str, int, Any]:
+        """The problem of the file whose first JSON error is past buf[at] (the list's start, else the comma before
+        the element that fails): json.loads's of the text from there on (as the element after a list's first)."""
+        while not eof:  # a byte that is not UTF-8 after it: that problem instead, as json.loads of the whole said
+            more(keep=False)
+        prefix = "" if first else "[0"
+        try:
+            json.loads(prefix + buf[at:])
+        except json.JSONDecodeError as e:
+            pos = at + e.pos - len(prefix)  # in buf
+            nl = buf.rfind("\n", 0, pos)
+            line = base_lines + buf.count("\n", 0, pos) + 1
+            column = pos - nl if nl >= 0 else base + pos - last_nl
+            return "line", line, _ParseError(f"invalid JSON: {e.msg} (column {column})", whole_file=True)
+        except RecursionError:
+            pass
+        return "line", 1, _ParseError(TOO_DEEP, whole_file=True)
+
+    try:
+        at, first, i = 0, True, 0  # at: the list's start, then the comma before the element read
+        ahead(0)
+        p = space(0)
+        if buf[p : p + 1] != "[":  # a form feed before it (bytes.lstrip() strips it, JSON does not)
+            yield failed(at, first)
+            return
+        p = space(p + 1)
+        if buf[p : p + 1] != "]":
+            while True:
+                try:
+                    record, end = parse(buf, p)
+                except json.JSONDecodeError as e:
+                    if not eof and (e.msg.startswith("Unterminated string") or e.pos + JSON_LOOKAHEAD > len(buf)):
+                        more()  # the element is not all read yet
+                        continue
+                    yield failed(at, first)
+                    return
+                except RecursionError:
+                    yield failed(at, first)
+                    return
+                if not eof and end + JSON_LOOKAHEAD > len(buf):  # a number may go on
+                    more()
+                    continue
+                q = space(end)
+                if buf[q : q + 1] not in (",", "]"):
+                    yield failed(at, first)
+                    return
+                if _LONE_SURROGATE_TEXT.search(buf, p, end):  # JSON's \ud83c alone: the tokenizer cannot encode it
+                    record = _surrogate_problem(record) or record
+                i += 1
+                yield "row", i, record
+                if buf[q] == "]":
+                    p = q
+                    break
+                at, first = q, False
+                if at > len(buf) // 2:  # the text read before the comma: not held
+                    drop(at)
+                    at = 0
+                p = space(at + 1)
+        if space(p + 1) < len(buf):  # not only whitespace after the list
+            yield failed(at, first)
+    except _NotUtf8 as e:
+        line, byte, column = e.args
+        yield "line", line, _ParseError(_not_utf8(byte, 0, 1 - column, name), whole_file=True)
 
 
 def _head(blocks: Iterator[bytes]) -> bytes:
@@ -439,6 +585,7 @@ def _stream_lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
 _LONE_SURROGATE = re.compile(
     rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F]"
 )
+_LONE_SURROGATE_TEXT = re.compile(_LONE_SURROGATE.pattern.decode())  # the same in a str
 
 
 def _surrogate_problem(record: Any) -> _ParseError | None:
@@ -611,8 +758,8 @@ def load_rows(
     columns: dict[str, str] | None = None,
 ) -> tuple[list[str], Rows]:
     """(the files read, every row of them as a :class:`Row` with its problems, if any, held packed: :class:`Rows`; a
-    JSON Lines or Parquet file read as it streams, a block or a batch of rows at a time), of each dataset
-    ``path`` names (several: comma-separated, :func:`ftctl.spec.split_paths`) in turn.
+    JSON Lines file, a .json file's list of rows or a Parquet file read as it streams, a block or a batch of rows at a
+    time), of each dataset ``path`` names (several: comma-separated, :func:`ftctl.spec.split_paths`) in turn.
     ``endpoint_url``: the S3 endpoint (see :func:`ftctl.storage.s3_endpoint`); ``held_out``: see resolve_files;
     ``text_field``: the field of a plain-text row (TRL's dataset_text_field); ``columns``: the run's data_columns,
     a dataset's own names of its fields (described)."""
@@ -632,6 +779,8 @@ def load_rows(
             before = len(rows)
             try:
                 for unit, number, record in _records(file, name, endpoint_url):
+                    if isinstance(record, _ParseError) and record.whole_file:  # a JSON list read as it streams
+                        rows.truncate(before)  # failed after some of its rows: none of it, as before
                     record = mapped(record) if mapped else record
                     record = _text_field(named(record) if named else record, text_field)
                     row = to_row(f"{name} {unit} {number}", record)
