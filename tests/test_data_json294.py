@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import itertools
 import json
 import random
 import tracemalloc
@@ -19,10 +20,12 @@ from ftctl.trainer.formats import load_rows
 BLOCKS = (1, 2, 3, 5, 7, 64, 4096)
 
 
-def _whole(start, blocks, name):
-    """The reading before (formats._records until task 294): the file's bytes joined, json.loads of them whole."""
-    raw = b"".join([start, *blocks])
-    records = formats._json_records(raw, ".json", name)
+def _whole(file, name, endpoint_url):
+    """The reading before (formats._records of a file that starts with a list until task 294): the file's bytes
+    joined, json.loads of them whole (a .jsonl file's where it is one list, else JSON Lines)."""
+    with (gzip.open if file.endswith(".gz") else open)(file, "rb") as f:
+        raw = f.read().removeprefix(codecs.BOM_UTF8)
+    records = formats._json_records(raw, file.lower(), name)
     if formats._LONE_SURROGATE.search(raw):
         records = ((u, n, formats._surrogate_problem(r) or r) for u, n, r in records)
     yield from records
@@ -31,7 +34,7 @@ def _whole(start, blocks, name):
 def _rows(path, monkeypatch, block=None):
     with monkeypatch.context() as m:
         if block is None:
-            m.setattr(formats, "_json_list", _whole)
+            m.setattr(formats, "_records", _whole)
         else:
             m.setattr(formats, "READ_BLOCK", block)
         files, rows = load_rows(str(path))
@@ -61,9 +64,11 @@ TRICKY = {
 
 @pytest.mark.parametrize("name", sorted(TRICKY))
 def test_rows_are_those_of_the_whole_file(tmp_path, monkeypatch, name):
+    """Under a .json name, and a .jsonl one (a list read as one where json.loads of the whole file reads it, else the
+    file read again as JSON Lines: a line each, or one problem where its first line is not JSON)."""
     raw = TRICKY[name].encode()
-    for i, content in enumerate((raw, codecs.BOM_UTF8 + raw)):
-        path = tmp_path / f"d{i}.json"
+    for i, (content, ext) in enumerate(itertools.product((raw, codecs.BOM_UTF8 + raw), (".json", ".jsonl"))):
+        path = tmp_path / f"d{i}{ext}"
         path.write_bytes(content)
         want = _rows(path, monkeypatch)
         for block in BLOCKS:
@@ -81,6 +86,12 @@ def test_not_utf8_anywhere_is_the_problem_as_before(tmp_path, monkeypatch):
         want = _rows(path, monkeypatch)
         assert len(want) == 1 and want[0].problems[0].startswith("not UTF-8 text (byte 0x"), want
         for block in BLOCKS:
+            assert _rows(path, monkeypatch, block) == want, (i, block)
+        path = tmp_path / f"bad{i}.jsonl"  # under a .jsonl name: JSON Lines, a problem a line
+        path.write_bytes(raw)
+        want = _rows(path, monkeypatch)
+        assert len(want) > 1 and sum(bool(row.problems) for row in want) == len(want)
+        for block in (1, 7, 4096):
             assert _rows(path, monkeypatch, block) == want, (i, block)
     (row,) = _rows(tmp_path / "bad0.json", monkeypatch, 3)
     assert row.where == "bad0.json line 3" and row.problems == [
@@ -103,7 +114,7 @@ def test_fuzzed_lists_read_as_whole(tmp_path, monkeypatch):
             raw.insert(at, rng.choice(b'[]{},:"\\x0\n1e.-\xff'))
         else:
             raw = raw[:at]
-        path = tmp_path / f"f{k}.json"
+        path = tmp_path / f"f{k}.json{'l' if k % 2 else ''}"
         path.write_bytes(bytes(raw))
         want = _rows(path, monkeypatch)
         for block in (1, 13, 100):
@@ -149,7 +160,8 @@ def test_problems_said_as_before(tmp_path, monkeypatch):
     )
 
 
-def test_a_json_list_is_not_held_whole(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ext", [".json", ".jsonl"])
+def test_a_json_list_is_not_held_whole(tmp_path, monkeypatch, ext):
     """1,500 conversations, 3.4 MB as one JSON list on one line (json.dump's): read whole, 3.4x the file at the peak
     (its bytes, its text, every row as objects); read an element at a time, 0.8x (the rows held packed, 0.6x, a block
     of the file, a batch of rows being packed)."""
@@ -167,7 +179,7 @@ def test_a_json_list_is_not_held_whole(tmp_path, monkeypatch):
         }
         for i in range(1500)
     ]
-    path = tmp_path / "sharegpt.json"
+    path = tmp_path / f"sharegpt{ext}"
     path.write_text(json.dumps(rows))
     del rows
     size = path.stat().st_size
@@ -178,5 +190,5 @@ def test_a_json_list_is_not_held_whole(tmp_path, monkeypatch):
     finally:
         tracemalloc.stop()
     assert len(got) == 1500 and not any(row.problems for row in got)
-    assert got[1499].where == "sharegpt.json row 1500 (id 1499)" and got[0].format == "sharegpt"
+    assert got[1499].where == f"sharegpt{ext} row 1500 (id 1499)" and got[0].format == "sharegpt"
     assert peak < 1.2 * size, f"{peak / size:.2f}x the file at the peak of reading its rows"

@@ -361,8 +361,24 @@ def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[s
             return
         blocks = _blocks(gzip.GzipFile(fileobj=f, mode="rb") if kind.endswith(".gz") else f)
         start = _start(blocks)
-        if kind.endswith((".json", ".json.gz")) and start.removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"[":
-            yield from _json_list(start.removeprefix(codecs.BOM_UTF8), blocks, name)  # a row at a time, not the file
+        if start.removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"[":  # a JSON list: a row at a time, not the file
+            if kind.endswith((".json", ".json.gz")):
+                yield from _json_list(start.removeprefix(codecs.BOM_UTF8), blocks, name)
+                return
+            # another name's (.jsonl): where it is not one list, JSON Lines (the file read again from its start)
+            for unit, number, record in _json_list(start.removeprefix(codecs.BOM_UTF8), blocks, name):
+                if isinstance(record, _ParseError) and record.whole_file:
+                    with storage.open_file(file, "rb", endpoint_url) as again:
+                        blocks = _blocks(gzip.GzipFile(fileobj=again, mode="rb") if kind.endswith(".gz") else again)
+                        head = _head(blocks).removeprefix(codecs.BOM_UTF8)
+                        if not record.not_utf8 and not _is_json(_first_line(head)):
+                            yield unit, number, record  # a list that does not parse
+                            return
+                        yield "line", 0, _AGAIN
+                        lines = _stream_lines(_whole_line_ends(_chained(head, blocks)))
+                        yield from _json_lines_of(lines, name, checked=True)
+                    return
+                yield unit, number, record
             return
         head = _head(itertools.chain([start], blocks)).removeprefix(codecs.BOM_UTF8)  # not closing blocks
         first = _first_line(head)
@@ -526,7 +542,7 @@ def _json_list(start: bytes, blocks: Iterator[bytes], name: str) -> Iterator[tup
             yield failed(at, first)
     except _NotUtf8 as e:
         line, byte, column = e.args
-        yield "line", line, _ParseError(_not_utf8(byte, 0, 1 - column, name), whole_file=True)
+        yield "line", line, _ParseError(_not_utf8(byte, 0, 1 - column, name), whole_file=True, not_utf8=True)
 
 
 def _head(blocks: Iterator[bytes]) -> bytes:
@@ -748,6 +764,12 @@ def _convert(name: str, sep: str = ",") -> str:
 class _ParseError:
     message: str
     whole_file: bool = False  # a JSON list that does not parse: none of its rows is read
+    not_utf8: bool = False  # a JSON list's problem: a byte that is not UTF-8
+
+
+# what _records yields where the records it yielded before are not the file's (a .jsonl file read as a JSON list
+# until it is not one: then as JSON Lines)
+_AGAIN = object()
 
 
 def load_rows(
@@ -779,8 +801,10 @@ def load_rows(
             before = len(rows)
             try:
                 for unit, number, record in _records(file, name, endpoint_url):
-                    if isinstance(record, _ParseError) and record.whole_file:  # a JSON list read as it streams
-                        rows.truncate(before)  # failed after some of its rows: none of it, as before
+                    if record is _AGAIN or isinstance(record, _ParseError) and record.whole_file:
+                        rows.truncate(before)  # a JSON list read as it streams failed after some of its rows: none
+                        if record is _AGAIN:
+                            continue
                     record = mapped(record) if mapped else record
                     record = _text_field(named(record) if named else record, text_field)
                     row = to_row(f"{name} {unit} {number}", record)
