@@ -152,6 +152,7 @@ class Rows(Sequence):
         self.conversations = 0
         self.reasoning: set[str] = set()
         self.amend = None
+        self._marked: tuple[int, int, set[str]] | None = None
 
     def append(self, row: Row) -> None:
         fields = (row.where, row.format, row.messages, row.text, row.problems, row.completion_at, row.tools)
@@ -181,8 +182,19 @@ class Rows(Sequence):
         self._ends.append(ends)
         self._pending = []
 
+    def mark(self) -> int:
+        """Where the next file's rows start (load_rows): truncate(mark) takes them back, and what they counted."""
+        self._marked = (self._count, self.conversations, set(self.reasoning))
+        return self._count
+
     def truncate(self, count: int) -> None:
-        """Keep the first ``count`` rows (load_rows: a file that fails after some of its rows were read)."""
+        """Keep the first ``count`` rows (load_rows: a file that fails after some of its rows were read), and the
+        conversations and reasoning keys those counted (from mark(); a failed file's conversations set a chat
+        template's note and a tokenizer's template where no conversation trained: review 60)."""
+        if self._marked is not None and self._marked[0] == count:
+            self.conversations, self.reasoning = self._marked[1], set(self._marked[2])
+        else:  # not at a mark: the conversations dropped counted off, one by one
+            self.conversations -= sum(1 for row in self[count:] if not row.problems and row.text is None)
         self._pack()
         while self._firsts and self._firsts[-1] >= count:
             self._firsts.pop()
@@ -546,14 +558,24 @@ def _json_list(start: bytes, blocks: Iterator[bytes], name: str) -> Iterator[tup
 
 
 def _head(blocks: Iterator[bytes]) -> bytes:
-    """The blocks from the start that hold the file's first line whole (its end after the leading blank), or all."""
-    head = b""
+    """The blocks from the start that hold the file's first line whole (its end after the leading blank), or all.
+    Each block is searched once, and joined once: a file of one long line (a 207 MB JSON written by json.dump) was
+    joined and searched again from its start at every block, in time the square of its size (review 60)."""
+    parts: list[bytes] = []
+    past_blank = False  # the leading blank ended in a block read: any line end after it ends the first line
     for block in blocks:
-        head = head + block if head else block
-        text = head.removeprefix(codecs.BOM_UTF8)
-        if _LINE_END.search(text, _LEADING_SPACE.match(text).end()):
-            break
-    return head
+        parts.append(block)
+        if past_blank:
+            if _LINE_END.search(block):
+                break
+            continue
+        text = b"".join(parts).removeprefix(codecs.BOM_UTF8)  # only while all read so far is blank (or a BOM)
+        end = _LEADING_SPACE.match(text).end()
+        if end < len(text):
+            past_blank = True
+            if _LINE_END.search(text, end):
+                break
+    return b"".join(parts)
 
 
 def _chained(head: bytes, blocks: Iterable[bytes]) -> Iterator[bytes]:
@@ -798,7 +820,7 @@ def load_rows(
             if problem:
                 rows.append(Row(where=name, format="unknown", problems=[problem], source=source))
                 continue
-            before = len(rows)
+            before = rows.mark()
             try:
                 for unit, number, record in _records(file, name, endpoint_url):
                     if record is _AGAIN or isinstance(record, _ParseError) and record.whole_file:
