@@ -13,7 +13,7 @@ import math
 import pytest
 
 from ftctl.gpus import TIERS
-from ftctl.plan import ATTENTION_MFU, CHECKPOINT_MINUTES, MFU, attention_flops, make_plan, tokens_per_second
+from ftctl.plan import ATTENTION_MFU, CHECKPOINT_MINUTES, FULL_MFU, MFU, attention_flops, make_plan, tokens_per_second
 from ftctl.preflight import train_seconds
 from ftctl.sky.cost import describe
 from tests.render_fixtures import make_spec
@@ -34,10 +34,16 @@ def _palm_causal(length: int) -> float:
 
 def _seconds(plan, length: int, weights: float, attention: float = 0.0) -> float:
     """A step of the plan's global batch of ``length``-token rows at ``weights`` + ``attention`` FLOPs a token, the
-    weights' at MFU of its GPUs' peak and attention's at ATTENTION_MFU (slower: measured, bench/NOTES.md v110)."""
+    weights' at MFU of its GPUs' peak (FULL_MFU for a full update's 6 N: bench/NOTES.md v112) and attention's at
+    ATTENTION_MFU (slower: measured, bench/NOTES.md v110)."""
+    speed = _weights_mfu(weights)
     return (
-        plan.global_batch_size * length * (weights / MFU + attention / ATTENTION_MFU) / (plan.world_size * H100_FLOPS)
+        plan.global_batch_size * length * (weights / speed + attention / ATTENTION_MFU) / (plan.world_size * H100_FLOPS)
     )
+
+
+def _weights_mfu(weights: float) -> float:
+    return FULL_MFU if weights == 6 * PARAMS else MFU
 
 
 def _row(spec, plan, name: str) -> str:
@@ -68,7 +74,7 @@ def test_a_128k_step_counts_attention_as_the_formula_says(method, weights):
     # the plan's row says it, and why it is an upper bound
     share = _palm_causal(131072) / (weights * PARAMS + _palm_causal(131072))
     assert _row(spec, plan, "step time") == (
-        f"step time      ~{expected:.0f} s est. at {MFU:.0%} of the GPUs' 16-bit peak ({ATTENTION_MFU:.0%} for attention); "
+        f"step time      ~{expected:.0f} s est. at {_weights_mfu(weights * PARAMS):.0%} of the GPUs' 16-bit peak ({ATTENTION_MFU:.0%} for attention); "
         f"attention is {share:.0%} of the "
         "FLOPs, counted at 131,072-token documents (model_max_length, an upper bound: shorter packed documents take "
         "less)"
@@ -101,7 +107,7 @@ def test_the_price_follows_the_step_time():
     rate = plan.global_batch_size * 131072 / step
     assert total.startswith(f"est. total     ${hours * 90:,.2f} for ~{hours:.2f} h of training"), total
     assert (
-        f"tokens at ~{rate:,.0f} tokens/s, {MFU:.0%} of peak assumed ({ATTENTION_MFU:.0%} for attention); attention is 68% of the FLOPs"
+        f"tokens at ~{rate:,.0f} tokens/s, {FULL_MFU:.0%} of peak assumed ({ATTENTION_MFU:.0%} for attention); attention is 68% of the FLOPs"
         in total
     ), total
 
@@ -117,8 +123,9 @@ def test_unpacked_rows_and_masked_packing_are_said_as_what_they_count():
     spec, plan = _plan(8192, "qlora", "1xV100", "packing=true")
     assert plan.attn_implementation == "sdpa" and plan.packing
     assert attention_flops(plan, 8192) == 2 * _palm_causal(8192)
-    assert "counted over whole 8,192-token rows (sdpa computes every score of a packed row, masked or not)" in _row(
-        spec, plan, "step time"
+    assert (
+        "counted over whole 8,192-token rows (sdpa computes every score of a packed row, a micro-batch's 1 x 8,192 "
+        "tokens, masked or not)" in _row(spec, plan, "step time")
     )
 
 

@@ -5,8 +5,8 @@ Hours = tokens to train / tokens per second (preflight.train_seconds, which the 
 credentials is checked against too). Tokens: max_steps x global batch x sequence length when max_steps
 is set, else epochs x the dataset's tokens (a local file's bytes / 4; unknown for a remote one).
 Tokens per second: the GPUs' dense bf16/fp16 peak over the FLOPs a token, each at its own assumed
-utilisation: 6 x params for full updates, 4 x params for adapters (which skip the weight gradients), at 35%
-(plan.MFU), plus attention's 6 x layers x heads' width x model_max_length at 26% (plan.ATTENTION_MFU;
+utilisation: 6 x params for full updates at 53% (plan.FULL_MFU), 4 x params for adapters (which skip the weight
+gradients) at 35% (plan.MFU), plus attention's 6 x layers x heads' width x model_max_length at 26% (plan.ATTENTION_MFU;
 plan.attention_flops: every document as long as a row, an upper bound; 128k rows of an 8B are 3-4x the
 weights' FLOPs). Both measured on an H100 (bench/NOTES.md v110). A rough figure, said so.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from ftctl.plan import ATTENTION_MFU, MFU, Plan, attention_words, tokens_per_second
+from ftctl.plan import Plan, attention_mfu, attention_words, tokens_per_second, weights_mfu
 from ftctl.preflight import train_seconds, train_tokens
 from ftctl.slurm.render import gib, node_memory_gb
 from ftctl.spec import RunSpec
@@ -76,7 +76,7 @@ def describe(best: dict, spec: RunSpec, plan: Plan) -> str:
     hours = train_seconds(spec, plan) / 3600  # tokens at the plan's step time: the one estimate of the run's length
     return line + (
         f"\n{'est. total':<14} ${hours * hourly:,.2f} for {_duration(hours)} of training "
-        f"({tokens:,.0f} tokens at ~{rate:,.0f} tokens/s, {MFU:.0%} of peak assumed ({ATTENTION_MFU:.0%} for attention); "
+        f"({tokens:,.0f} tokens at ~{rate:,.0f} tokens/s, {weights_mfu(plan):.0%} of peak assumed ({attention_mfu(plan):.0%} for attention); "
         f"{attention_words(plan, spec.model_max_length)[0]})\n{'':<14} {not_counted(spec, plan)}"
     )
 
