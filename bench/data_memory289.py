@@ -6,10 +6,12 @@ largest RSS beside it), each in a fresh process, with the tests' tiny tokenizer.
     .venv/bin/python bench/data_memory289.py --data /tmp/e56/big.jsonl read  # explore56's 300k rows, 856 MB
     .venv/bin/python bench/data_memory289.py --rows 30000 prepare --num-proc 2
     .venv/bin/python bench/data_memory289.py --rows 100000 --json read       # the same rows as one JSON list (task 294)
+    .venv/bin/python bench/data_memory289.py --rows 50000 build              # build_dataset with a cache (task 295)
 
 Prints one JSON line: the file's size, the peak RSS of the step over the process's RSS before it (VmHWM, reset
 before the step), the RSS still held after it (the rows held), the seconds it took, and for prepare the tokenizing
-processes' largest RSS (getrusage's children). Generated rows: explore56's shape (ShareGPT, 1-5 exchanges, a
+processes' largest RSS (getrusage's children), and for build (build_dataset with a cache directory in /tmp, as the trainer's: read,
+tokenize, write the cache entry, read it back memory-mapped) the tokens kept. Generated rows: explore56's shape (ShareGPT, 1-5 exchanges, a
 Pareto-tailed answer length, a fifth with a top-level system), seeded.
 """
 
@@ -56,7 +58,7 @@ step, path, num_proc, max_length = sys.argv[2], sys.argv[3], int(sys.argv[4]), i
 from ftctl.trainer import data, formats  # noqa: F401 (imported before: not the step's memory)
 import datasets, pyarrow  # noqa: F401
 tokenizer = None
-if step == "prepare":
+if step in ("prepare", "build"):
     from tiny_fixtures import make_tiny_tokenizer
     tokenizer = make_tiny_tokenizer()
 before, _ = rss()
@@ -65,21 +67,30 @@ started = time.monotonic()
 if step == "read":
     files, rows = formats.load_rows(path)
     count = len(rows)
+elif step == "build":
+    import tempfile
+    stats = []
+    dataset = data.build_dataset(path, tokenizer, max_length, num_proc=num_proc, stats=stats,
+                                 cache_dir=tempfile.mkdtemp(prefix="data_memory295-"))
+    count, rows = stats[0].rows, dataset
+    tokens = stats[0].tokens
 else:
     report, dataset = data.prepare_data(path, tokenizer, max_length, num_proc=num_proc, read_first=True)
     count = report.rows_read
     rows = (report, dataset)
 took = time.monotonic() - started
+tokens = locals().get("tokens", 0)
 now, peak = rss()
 children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 print(json.dumps({"step": step, "rows": count, "file_mb": os.path.getsize(path) >> 20, "peak_mb": (peak - before) >> 20,
-                  "held_mb": (now - before) >> 20, "seconds": round(took, 1), "children_peak_mb": children >> 20}))
+                  "held_mb": (now - before) >> 20, "seconds": round(took, 1), "children_peak_mb": children >> 20,
+                  **({"tokens": tokens} if tokens else {})}))
 """
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("read", "prepare"))
+    parser.add_argument("step", choices=("read", "prepare", "build"))
     parser.add_argument("--data", help="a data file (default: generated, --rows of them)")
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--json", action="store_true", help="generated rows as one JSON list (.json), not JSON Lines")

@@ -287,6 +287,7 @@ def prepare_data(
     columns: dict[str, str] | None = None,
     read_first: bool = False,
     progress=None,
+    spill: str | None = None,
 ):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
     for evaluation (a directory of splits gives its test split, formats.resolve_files); ``text_field``: the field
@@ -299,7 +300,9 @@ def prepare_data(
     alone), the result the same whichever; ``read_first``: rows with problems found as they are read (not JSON, of
     no format) are the report's errors before any row is tokenized (the trainer's: 300k rows took half an hour to
     tokenize on a core before the error about row 250,000), not with the others' problems after; ``progress``:
-    called with (rows tokenized, rows read) as the tokenizing starts (0) and after each chunk."""
+    called with (rows tokenized, rows read) as the tokenizing starts (0) and after each chunk; ``spill``: a directory
+    the kept rows' tokens are written to as each chunk is tokenized (an arrow file there: _TokenColumns), the dataset
+    memory-mapped from it (None: held in this process's memory, 8 bytes a token, until the last row is tokenized)."""
 
     if not isinstance(max_length, int) or max_length < 2:
         raise FtctlError(f"max_length must be an integer of at least 2 tokens, not {max_length!r}.")
@@ -337,7 +340,7 @@ def prepare_data(
     written_out: list[tuple[Row, str]] = []  # (row, the first special token its text writes out)
     problems: list[tuple[Row, str]] = []  # (row, what is wrong with it): report.errors, problem_lines
     masked: list[tuple[Row, str]] = []  # ... found once tokenized: said after those
-    tokens = _TokenColumns(sources)
+    tokens = _TokenColumns(sources, spill)
     formats: Counter = Counter()
     s = report.stats
     lengths: list[int] = []  # of each kept row, before truncation
@@ -878,12 +881,35 @@ def _start_methods() -> list[str]:
     return multiprocessing.get_all_start_methods()
 
 
-class _TokenColumns:
-    """The kept rows' columns (input_ids, labels, and source where asked), a chunk of arrow arrays at a time."""
+# the arrow file _TokenColumns writes the kept rows' tokens to, in prepare_data's ``spill`` directory
+SPILLED = "tokens.arrow"
 
-    def __init__(self, sources: bool):
+
+class _TokenColumns:
+    """The kept rows' columns (input_ids, labels, and source where asked), a chunk of arrow arrays at a time: written
+    to ``spill``'s SPILLED as each chunk is added, where a directory is given (the dataset then memory-mapped from it:
+    300k conversations of ~200M tokens held 1.6 GB in the trainer's process until the cache entry was written, a
+    chunk's here), else held in memory. A disk that refuses the file (full, read-only) has the rows held in memory,
+    those written read back. The dataset's fingerprint is a digest of the values, as they are added (_fingerprint)."""
+
+    def __init__(self, sources: bool, spill: str | None = None):
+        import hashlib
+
         self.names = ["input_ids", "labels", *(["source"] * sources)]
         self.chunks: dict[str, list] = {name: [] for name in self.names}
+        self.digests = {name: hashlib.blake2b(digest_size=8) for name in self.names}
+        self.features = _token_features(self.names)
+        self.file = os.path.join(spill, SPILLED) if spill else None
+        self.written = 0  # rows written to self.file
+        self.writer = self.sink = None
+        if self.file:
+            import pyarrow as pa
+
+            try:
+                self.sink = pa.OSFile(self.file, "wb")
+                self.writer = pa.ipc.new_stream(self.sink, self.features.arrow_schema)
+            except OSError:
+                self._unspill()
 
     def add(self, done: _Done, kept: list[int], sources: list[int]) -> None:
         """The rows ``kept`` (their numbers among ``done``'s encoded ones), of these ``sources``."""
@@ -892,56 +918,108 @@ class _TokenColumns:
 
         ends = done.ends.astype(np.int32)
         take = pa.array(kept, type=pa.int64())
+        columns = {}
         for name, values in (("input_ids", done.ids), ("labels", done.labels)):
-            column = pa.ListArray.from_arrays(pa.array(ends), pa.array(values, type=pa.int32())).take(take)
-            self.chunks[name].append(column)
+            columns[name] = pa.ListArray.from_arrays(pa.array(ends), pa.array(values, type=pa.int32())).take(take)
         if "source" in self.names:
-            self.chunks["source"].append(pa.array(sources, type=pa.int32()))
+            columns["source"] = pa.array(sources, type=pa.int32())
+        for name, column in columns.items():
+            _digest_column(self.digests[name], column)
+        if self.writer is not None:
+            try:
+                self.writer.write_table(pa.table(columns, schema=self.features.arrow_schema))
+                self.written += len(kept)
+                return
+            except OSError:
+                self._unspill()
+        for name, column in columns.items():
+            self.chunks[name].append(column)
+
+    def _unspill(self) -> None:
+        """The disk refused the file: the rows written to it read back into memory, the file removed."""
+        import pyarrow as pa
+
+        for closing in (self.writer, self.sink):
+            try:
+                if closing is not None:
+                    closing.close()
+            except (OSError, pa.ArrowException):
+                pass
+        self.writer = self.sink = None
+        if self.written:
+            with pa.OSFile(self.file) as f:  # read into memory, not mapped: the file is removed
+                reader, count = pa.ipc.open_stream(f), 0
+                while count < self.written:
+                    batch = reader.read_next_batch()
+                    count += batch.num_rows
+                    for name in self.names:
+                        self.chunks[name].append(batch.column(name))
+        self.written = 0
+        try:
+            os.unlink(self.file)
+        except OSError:
+            pass
+        self.file = None
 
     def dataset(self):
         import datasets
         import pyarrow as pa
 
-        features = {
-            "input_ids": datasets.Sequence(datasets.Value("int32")),
-            "labels": datasets.Sequence(datasets.Value("int32")),
-            "source": datasets.Value("int32"),
-        }
-        features = datasets.Features({name: features[name] for name in self.names})
-        table = pa.table(
-            {
-                name: pa.chunked_array(self.chunks[name], type=features.arrow_schema.field(name).type)
-                for name in self.names
-            }
-        )
+        if self.writer is not None:
+            try:
+                self.writer.close()
+                self.sink.close()
+                self.writer = self.sink = None
+                table = datasets.table.MemoryMappedTable.from_file(self.file)
+            except OSError:
+                self._unspill()
+        if self.writer is None and self.file is None:
+            schema = self.features.arrow_schema
+            table = datasets.table.InMemoryTable(
+                pa.table(
+                    {name: pa.chunked_array(self.chunks[name], type=schema.field(name).type) for name in self.names}
+                )
+            )
         self.chunks = {name: [] for name in self.names}  # the table holds them now
         return datasets.Dataset(
-            datasets.table.InMemoryTable(table),
-            info=datasets.DatasetInfo(features=features),
-            fingerprint=_table_fingerprint(table),
+            table, info=datasets.DatasetInfo(features=self.features), fingerprint=self._fingerprint()
         )
 
+    def _fingerprint(self) -> str:
+        """datasets' fingerprint of the tokenized rows (the name its map/select cache files take): a blake2b of each
+        column's values, hashed a chunk at a time as they were added. Without one, datasets.Dataset makes its own by
+        pickling the whole table with dill (generate_fingerprint): each column combined into one array, then pickled
+        into a buffer, ~3x the tokens' bytes on top of them at once: +490 MB of RSS over the tokenizing's peak for 40k
+        conversations (140 MB of tokens), ~4 GB for 300k (the trainer's 7.85 GB peak)."""
+        import hashlib
 
-def _table_fingerprint(table) -> str:
-    """datasets' fingerprint of the tokenized rows (the name its map/select cache files take): a blake2b of the
-    columns' values, a chunk at a time, as rows_digest hashes them. Without one, datasets.Dataset makes its own by
-    pickling the whole table with dill (generate_fingerprint): each column combined into one array, then pickled into
-    a buffer, ~3x the tokens' bytes on top of them at once, while the rows read are still held: +490 MB of RSS over the
-    tokenizing's peak for 40k conversations (140 MB of tokens), ~4 GB for 300k (the trainer's 7.85 GB peak)."""
-    import hashlib
+        digest = hashlib.blake2b(digest_size=8)
+        for name in self.names:
+            digest.update(f"\0{name}\0".encode() + self.digests[name].digest())
+        return digest.hexdigest()
 
+
+def _token_features(names: list[str]):
+    import datasets
+
+    features = {
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "labels": datasets.Sequence(datasets.Value("int32")),
+        "source": datasets.Value("int32"),
+    }
+    return datasets.Features({name: features[name] for name in names})
+
+
+def _digest_column(digest, chunk) -> None:
+    """Add a chunk of a column's values to its digest (_TokenColumns._fingerprint): a list column's lengths, then its
+    values, the arrow buffers themselves (no copy)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    digest = hashlib.blake2b(digest_size=8)
-    for name in table.column_names:
-        digest.update(f"\0{name}\0".encode())
-        for chunk in table.column(name).chunks:
-            if pa.types.is_list(chunk.type):  # input_ids, labels
-                digest.update(pc.list_value_length(chunk).to_numpy(zero_copy_only=False))
-                chunk = pc.list_flatten(chunk)
-            digest.update(chunk.to_numpy(zero_copy_only=False))  # the arrow buffer itself: no copy
-    return digest.hexdigest()
+    if pa.types.is_list(chunk.type):  # input_ids, labels
+        digest.update(pc.list_value_length(chunk).to_numpy(zero_copy_only=False))
+        chunk = pc.list_flatten(chunk)
+    digest.update(chunk.to_numpy(zero_copy_only=False))
 
 
 def _special_tokens(tokenizer):
@@ -1193,6 +1271,9 @@ def build_dataset(
                 left = (now - said[0]) * (rows - done) / done
                 echo(f"{path}: {done:,} of {rows:,} rows tokenized ({100 * done / rows:.0f}%), ~{duration(left)} left")
 
+        # the tokens written into the entry's new directory as they are tokenized, not held in memory until the
+        # last row is (300k conversations: 1.6 GB); None where the disk refuses it (held, and not kept either)
+        spill = _new_entry(entry) if writes else None
         try:
             sharing = 1 if tells else int(os.environ.get("LOCAL_WORLD_SIZE") or 1)  # every rank tokenizes: a share
             report, dataset = prepare_data(
@@ -1204,17 +1285,22 @@ def build_dataset(
                 sharing=sharing,
                 read_first=True,
                 progress=progress,
+                spill=spill,
                 **options,
             )
             if report.errors:
                 raise FtctlError(report.error_message())
         except BaseException:
+            if spill:
+                import shutil
+
+                shutil.rmtree(spill, ignore_errors=True)
             if tells:  # the others then tokenize on their own, and fail alike (torchrun would end them anyway)
                 _say_not_kept(entry, path, "")
             raise
         row_stats = report.stats
         if writes:
-            dataset, kept = _write_cached(entry, dataset, row_stats)
+            dataset, kept = _write_cached(entry, dataset, row_stats, spill)
             if kept is not True and tells:
                 kept = _say_not_kept(entry, path, kept)
             if echo:
@@ -1361,25 +1447,68 @@ def _read_cached(entry: Path):
         return None
 
 
-def _write_cached(entry: Path, dataset, row_stats: DataStats):
+def _new_entry(entry: Path) -> str | None:
+    """A new directory beside ``entry`` to write it in (_write_cached renames it into place), None where the disk
+    refuses one."""
+    import tempfile
+
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        new = Path(tempfile.mkdtemp(prefix=f"{entry.name}.", suffix=".new", dir=entry.parent))
+        as_mkdir_made(new)  # the umask's mode and the group's setgid: a colleague resuming a shared run removes it
+    except OSError:
+        return None
+    return str(new)
+
+
+def _spilled_in(dataset, spill: str | None) -> str | None:
+    """The arrow file in ``spill`` that ``dataset`` is memory-mapped from (prepare_data's), None where it is not."""
+    if not spill:
+        return None
+    files = [f["filename"] for f in dataset.cache_files]
+    return files[0] if files == [os.path.join(spill, SPILLED)] else None
+
+
+def _in_memory(dataset):
+    """``dataset`` (memory-mapped from a file about to be removed) copied into memory."""
+    import datasets
+    import pyarrow as pa
+
+    table = dataset.data.table
+    copied = pa.table({name: pa.concat_arrays(table.column(name).chunks) for name in table.column_names})
+    return datasets.Dataset(datasets.table.InMemoryTable(copied), info=dataset.info, fingerprint=dataset._fingerprint)
+
+
+def _write_cached(entry: Path, dataset, row_stats: DataStats, spill: str | None = None):
     """(the dataset as read back from ``entry``, True), once written there whole: into a new directory beside it,
     renamed into place (another process's entry, whole too, is kept; a damaged one replaced); (the dataset, why not)
-    where the disk refused."""
+    where the disk refused. ``spill``: that new directory (_new_entry), where prepare_data wrote the tokens as it made
+    them (the dataset is memory-mapped from its SPILLED): the file becomes the entry's, not a copy written of it."""
     import dataclasses
     import json
     import shutil
-    import tempfile
 
     import datasets
 
     quiet = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # "Saving the dataset": not the trainer's log's business
+    spilled = _spilled_in(dataset, spill)
+    new = Path(spill) if spill else None
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        new = Path(tempfile.mkdtemp(prefix=f"{entry.name}.", suffix=".new", dir=entry.parent))
-        as_mkdir_made(new)  # the umask's mode and the group's setgid: a colleague resuming a shared run removes it
+        if new is None:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            if (made := _new_entry(entry)) is None:
+                raise OSError(f"cannot make a directory in {entry.parent}")
+            new = Path(made)
         try:
-            dataset.save_to_disk(str(new))
+            if spilled and len(dataset):  # its first row saved as datasets saves one, then its file the rows' own
+                table = datasets.table.InMemoryTable(dataset.data.table.slice(0, 1))
+                first = datasets.Dataset(table, info=dataset.info, fingerprint=dataset._fingerprint)
+                first.save_to_disk(str(new))
+                (name,) = [f["filename"] for f in json.loads((new / "state.json").read_text())["_data_files"]]
+                os.replace(spilled, new / name)
+            else:
+                dataset.save_to_disk(str(new))
             (new / _CACHED_STATS).write_text(json.dumps(dataclasses.asdict(row_stats)))
             try:
                 os.rename(new, entry)
@@ -1393,6 +1522,9 @@ def _write_cached(entry: Path, dataset, row_stats: DataStats):
             shutil.rmtree(new, ignore_errors=True)
         return datasets.load_from_disk(str(entry)), True
     except OSError as e:
+        if spilled:  # its file removed with the new directory
+            dataset = _in_memory(dataset)
+            shutil.rmtree(spill, ignore_errors=True)
         return dataset, f"not kept for a resume (a resume tokenizes them again): {e}"
     finally:
         if not quiet:
