@@ -51,6 +51,13 @@ STALE_AFTER_S = 120.0  # a running job's last logged step older than this and 3 
 # logging's time at a line's start (trainer.__main__.ZonedFormatter: "2026-12-05 14:02:03,123 +0530 [rank 0] ...";
 # an older trainer's without the offset): a dated line after a step line says the step line is older
 LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.]\d{3} (?:([+-])(\d\d)(\d\d) )?")
+# a log's line that its trainer ended: its stop (trainer.run.say_stop's warning, or its error line where the checkpoint
+# did not reach the store), its last words (trainer.__main__: "stopped: step 280, ..." / "complete: step 400, ..."),
+# or a Slurm script's line after its step ended (slurm.render: "ftctl: trainer exited with 0, status preempted")
+TRAINER_ENDED = re.compile(
+    r"(?:stopped on \S+ (after saving|at) step (\d+)|(?:^|[\s:\]])(stopped|complete): step (\d+), "
+    r"|^ftctl: trainer exited with )"
+)
 
 
 def records(text: str) -> list[dict]:
@@ -347,6 +354,10 @@ def logged_step(
     eta = ETA.search(lines[i])
     now = time.time() if now is None else now
     stamped = _stamped(lines[i], now)
+    # no time left once its trainer ended (the job still RUNNING: its script requeues it, waits for its time limit,
+    # or ends): said so, as summary_of_lines says a metrics.jsonl's stop (explore61 finding 9)
+    if running and (ended := _trainer_ended(lines[i + 1 :])):
+        return Progress(f"{text}; {ended}", text.fields)
     if written is None and stamped is None:
         if not (running and eta):
             return text
@@ -382,6 +393,20 @@ def logged_step(
         f"(or in a long evaluation or save); {look} shows what it wrote last",
         fields,
     )
+
+
+def _trainer_ended(lines: list[str]) -> str | None:
+    """What the first of ``lines`` (a log's, after its last step line) that says the trainer ended says of it
+    (stopped_at's words: 'its trainer stopped at step 280', and where its error line said the stop's checkpoint did not
+    reach the store, that too); None where none does."""
+    for line in lines:
+        if m := TRAINER_ENDED.search(line):
+            if m[3] == "complete":
+                return f"its trainer finished at step {m[4]}"
+            if step := m[2] or m[4]:  # "at step N, but its checkpoint-N did not reach" the store: its error line
+                return stopped_at({"step": int(step)} | ({"in_store": False} if m[1] == "at" else {}))
+            return "its trainer ended"
+    return None
 
 
 def clock(when: float, now: float) -> str:

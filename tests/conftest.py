@@ -67,6 +67,7 @@ ONE_WORKER_FILES = (
     "test_slurm_e2e.py",
     "test_slurm_relaunch.py",
     "test_slurm_scheduler.py",
+    "test_slurm297.py",  # its cancel-during-the-wait test uses slurm_cluster
     "test_slurm_defmem267.py",
     "test_slurm291.py",
 )

@@ -602,10 +602,32 @@ def rendezvous(plan: Plan) -> dict:
     sets is kept), since two one-node jobs sharing a node with job ids PORT_SPREAD apart got one port (29501 + id %
     1000): the second joined the first's c10d store (torchrun takes a taken port as its own run's) and failed when
     the first ended, rendezvous ids apart or not; a multi-node job meets at its head node's port of its own
-    (job_port_line, said in its RDZV_PORT line)."""
+    (head_port_lines, said in its RDZV_PORT lines)."""
     if plan.nodes == 1:
         return {"head": None}
     return {"head": _HEAD, "port": _PORT, "job": _JOB}
+
+
+# the TCP ports a socket listens on in this shell's network namespace, as /proc/net/tcp{,6} write them (hex, 4 digits)
+_LISTENING = 'awk \'$4 == "0A" {sub(/.*:/, "", $2); print $2}\' /proc/net/tcp /proc/net/tcp6 2>/dev/null'
+
+
+def head_port_lines(spec: RunSpec) -> list[str]:
+    """The lines that set a multi-node job's rendezvous port (RDZV_PORT, which every node's torchrun reads through
+    srun's environment): job_port_line's (rdzv_port + 1 + job id % PORT_SPREAD), then the next port on which nothing
+    listens on the head node, where this script runs (the batch script runs on the allocation's first node, its
+    HEAD_ADDR). Two jobs sharing a head node whose ids were PORT_SPREAD apart got one port: the second's torchrun
+    took the first's c10d store for its own and failed when the first ended (explore61 finding 15). Left: two such
+    jobs starting in the same second, before the first one's store listens."""
+    return [
+        "# a rendezvous port of this job's own: two jobs on one node would otherwise share one; one that a process on",
+        "# the head node (this one: the batch script runs on the allocation's first node) listens on is skipped",
+        job_port_line(spec, "SLURM_JOB_ID", "a Slurm job"),
+        f"LISTENING=$({_LISTENING})",
+        'while [ "$RDZV_PORT" -lt 65535 ] && printf \'%s\\n\' "$LISTENING" | grep -qx "$(printf %04X "$RDZV_PORT")"; do '
+        "RDZV_PORT=$((RDZV_PORT + 1)); done",
+        "export RDZV_PORT",
+    ]
 
 
 def container_homes(spec: RunSpec, kind: str | None) -> tuple[list[str], list[str]]:
@@ -733,16 +755,27 @@ def wait_for_time_limit(limit: int | None) -> list[str]:
     Slurm ends it: its state is then TIMEOUT, Slurm's word for a job its time limit ended, as `sacct` and an
     afternotok dependency read it; its own exit ended it FAILED, as a crash. The wait is the rest of the notice
     (signal_lead_s, less the save), bounded by --time and Slurm's early-signal slack; nothing where --time is unknown
-    (a USR2 then may have been a preemption's or one sent by hand: no wait of unknown length)."""
+    (a USR2 then may have been a preemption's or one sent by hand: no wait of unknown length). `ftctl cancel` during
+    the wait (its USR1) ends the job at once, CANCELLED: it ended only as the wait ran out (ftctl cancel waits
+    signal_lead_s for the job to end, then scancels it), the trainer having nothing left to save."""
     if limit is None:
         return []
     end = limit + TIME_LIMIT_SLACK_S
     return [
         '  if [ -n "$AT_LIMIT" ]; then',
         "    trap 'exit 143' TERM  # the time limit's own TERM",
+        "    trap 'echo \"ftctl: cancel asked (ftctl cancel): the trainer stopped at its checkpoint already; cancelling "
+        "job $SLURM_JOB_ID\"; CANCELLING=1' " + CANCEL_SIGNAL,
         f'    echo "ftctl: waiting for the time limit (~$(( {limit} - SECONDS )) s), where Slurm ends the job as TIMEOUT, '
-        'its state for a job its time limit ended (not FAILED: nothing failed)"',
-        f'    while [ "$SECONDS" -lt {end} ]; do sleep 5 & wait $!; done',
+        f"its state for a job its time limit ended (not FAILED: nothing failed); ftctl cancel $SLURM_JOB_ID ends "
+        'it now"',
+        f'    while [ "$SECONDS" -lt {end} ] && [ -z "$CANCELLING" ]; do sleep 5 & WAIT_PID=$!; wait "$WAIT_PID"; done',
+        '    if [ -n "$CANCELLING" ]; then',
+        '      kill "${WAIT_PID:-}" 2>/dev/null  # its sleep, which held the log open',
+        "      trap '' TERM  # the cancel's own TERM: nothing is left to save",
+        '      scancel "$SLURM_JOB_ID"',
+        "      exit 143",
+        "    fi",
         "  fi",
     ]
 
@@ -954,11 +987,7 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
         'HEAD_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
         "export HEAD_ADDR",
         *(
-            [
-                "# a rendezvous port of this job's own: two jobs on one node would otherwise share one",
-                job_port_line(spec, "SLURM_JOB_ID", "a Slurm job"),
-                "export RDZV_PORT",
-            ]
+            head_port_lines(spec)
             if plan.nodes > 1
             else []  # a one-node job's torchrun takes a free port itself (rendezvous)
         ),
