@@ -288,6 +288,7 @@ def prepare_data(
     read_first: bool = False,
     progress=None,
     spill: str | None = None,
+    keep: bool = True,
 ):
     """Check and tokenise: (DataReport, datasets.Dataset of the rows without errors). ``held_out``: the data is
     for evaluation (a directory of splits gives its test split, formats.resolve_files); ``text_field``: the field
@@ -302,7 +303,8 @@ def prepare_data(
     tokenize on a core before the error about row 250,000), not with the others' problems after; ``progress``:
     called with (rows tokenized, rows read) as the tokenizing starts (0) and after each chunk; ``spill``: a directory
     the kept rows' tokens are written to as each chunk is tokenized (an arrow file there: _TokenColumns), the dataset
-    memory-mapped from it (None: held in this process's memory, 8 bytes a token, until the last row is tokenized)."""
+    memory-mapped from it (None: held in this process's memory, 8 bytes a token, until the last row is tokenized);
+    ``keep``: False where only the report is wanted (check_data): no tokens kept, None in the dataset's place."""
 
     if not isinstance(max_length, int) or max_length < 2:
         raise FtctlError(f"max_length must be an integer of at least 2 tokens, not {max_length!r}.")
@@ -419,7 +421,8 @@ def prepare_data(
             leading += row.dropped > 0
             if meet:
                 joined.append(_light(row))
-        tokens.add(done, kept, chunk_sources)
+        if keep:
+            tokens.add(done, kept, chunk_sources)
         if progress:
             progress(hi, len(rows))
     problems += masked
@@ -510,7 +513,7 @@ def prepare_data(
     report.bad_rows, report.rows_read = len({id(row) for row, _ in problems if row.at is not None}), len(rows)
     if not lengths and not report.errors:
         report.errors.append(f"{path}: no rows: the data is empty")
-    return report, tokens.dataset()
+    return report, tokens.dataset() if keep else None
 
 
 def row_identity(ids) -> int:
@@ -1182,7 +1185,7 @@ def check_data(
     ``tokenizer``: a transformers fast tokenizer, or a model id/path to load one from; ``training``: the report of
     the run's training data, where ``path`` is its held-out data (its rows that are training rows too are said:
     held_out_overlap); ``options``: prepare_data's (held_out, show, every_token)."""
-    report = prepare_data(path, tokenizer, max_length, endpoint_url, **options)[0]
+    report = prepare_data(path, tokenizer, max_length, endpoint_url, keep=False, **options)[0]  # tokens not held
     report.repeats_fix = _repeats_fix(report)
     if training is not None:
         report.in_training = held_out_overlap(training, report)
