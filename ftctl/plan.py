@@ -42,7 +42,20 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  logits, Gemma 2, where sdpa would: attention.keeps_scores), each head's (S x S) scores are written
                  out: a layer keeps softmax's fp32 output, its 16-bit copy (matmul's input) and the soft cap's tanh
                  output (attention_scores_gb), in every layer without checkpointing, in the one recomputed with
-                 it; + the layer's gradients in the backward and the additive (S x S) mask
+                 it; + the layer's gradients in the backward and the additive (S x S) mask. A packed row (-o
+                 packing=true) is one row of micro x S tokens (TRL's padding-free collator): its (row x row) scores,
+                 not micro rows' (S x S)
+    sdpa_mask    sdpa on a GPU under a mask (attention_mask: an unpacked micro-batch of several rows, whose padding
+                 transformers hands it as a (rows, 1, S, S) bool mask; a packed row's (1, 1, row, row) block-diagonal
+                 one; one unpadded row gets none, is_causal): torch's memory-efficient kernel takes it, and each
+                 layer keeps a 16-bit copy of it for the backward, 2 B a score (rows x row x row a layer); and
+                 transformers repeats K/V to every query head (repeat_kv: torch's sdpa takes GQA only without a mask),
+                 whose copies the kernel keeps, 2 x 2 x q_width bytes a token and layer where activation_bytes counts
+                 K/V at their own width. sdpa_mask_gb. Fitted (bench/NOTES.md v112, 1B lora on an H100, six masked
+                 rows against the same tokens unmasked): 2.01 B a score and layer + 6,022 B a token and layer (the
+                 count: 2 and 6,144), each row within 0.05 GiB of its peak's rise over the unmasked (+0.6 to +5.5
+                 GiB). Under gradient checkpointing one recomputed layer's, + the bool mask (1 B a score) the
+                 checkpoints hold: counted, not measured. Not on CPU (its activations' factor is fitted on sdpa runs)
     expert_copies
                  where LoRA adapts a mixture of experts' fused expert weights (all-linear: adapts_experts), PEFT's
                  ParamWrapper folds the adapter into a copy of each layer's expert stack every forward and the
@@ -158,6 +171,8 @@ OFFLOADED_OPTIMIZER = "DeepSpeed's CPU AdamW, fp32"  # what runs under an offloa
 UNFUSED_ADAPTERS_H = 4  # activations outside Liger, a token and layer: lora/qlora's norms (module docstring)
 UNFUSED_WEIGHTS_H = 13  # fft/sft's (the norms' weights train), fitted: the count says 8
 HEADROOM = 0.92
+SDPA_MASK_BYTES = 2  # sdpa under a mask: each layer's 16-bit copy of it, a score (module docstring: sdpa_mask)
+SDPA_ONE_ROW_TOKENS = 8192  # unpacked sdpa at rows this long: one row a micro-batch first (_micro_choices)
 # DeepSpeed's defaults for ZeRO-3 (elements), which ftctl's config leaves as they are (distributed.py)
 ZERO3_REDUCE_BUCKET, ZERO3_PREFETCH_BUCKET, ZERO3_MAX_LIVE = 5e8, 5e7, 1e9
 OVERHEAD_GB = 1.5
@@ -823,7 +838,10 @@ def memory_terms(
     dora: bool = False,
     expert_adapters: bool = False,
     scores: bool = False,
+    mask: tuple[int, int] | None = None,
 ) -> dict:
+    """The module docstring's terms, GB a GPU. ``scores``: eager attention's scores are kept; ``mask``: the (rows,
+    tokens a row) whose every score sdpa or eager computes under a mask (attention_mask), None where none."""
     n = shape.params_b  # billions -> GB per byte/param
     wb = 4 if fp32 else 2  # bytes of a weight / activation element (fp32 on CPU)
     # qlora: 4-bit but for the embeddings and head, and an MoE's fused experts, which bitsandbytes leaves 16-bit
@@ -882,7 +900,9 @@ def memory_terms(
     if logits:
         terms["logits"] = logits
     if scores:  # module docstring: attention_scores
-        terms["attention_scores"] = attention_scores_gb(shape, micro, seq, wb, ckpt)
+        terms["attention_scores"] = attention_scores_gb(shape, *(mask or (micro, seq)), wb, ckpt)
+    elif mask and not fp32:  # module docstring: sdpa_mask
+        terms["sdpa_mask"] = sdpa_mask_gb(shape, *mask, micro * seq, ckpt)
     terms["overhead"] = OVERHEAD_GB
     if expert_adapters:  # module docstring: expert_copies
         terms["expert_copies"] = wb * shape.expert_params_b / (shape.layers if ckpt else 1)
@@ -910,13 +930,26 @@ def memory_terms(
 
 
 def attention_scores_gb(shape: ModelShape, micro: int, seq: int, wb: int, ckpt: bool) -> float:
-    """The module docstring's attention_scores: eager attention's (S x S) scores of ``micro`` sequences, ``wb``
-    bytes an element of the compute dtype (on fp32 softmax's output is the matmul's input: one copy)."""
+    """The module docstring's attention_scores: eager attention's (S x S) scores of ``micro`` rows of ``seq`` tokens
+    (a packed micro-batch: one row of its micro x S, attention_mask), ``wb`` bytes an element of the compute dtype (on
+    fp32 softmax's output is the matmul's input: one copy)."""
     saved = 4 + (wb if wb < 4 else 0) + (wb if shape.attn_softcap else 0)  # a score, a head and layer
     in_flight = 2 * 4 + wb  # the backward's gradients of one layer's scores: softmax's in fp32, probs' in 16 bits
     elements = micro * seq * seq
     layers = 1 if ckpt else shape.layers
     return elements * (shape.attention_heads * (saved * layers + in_flight) + wb) / 1e9
+
+
+def sdpa_mask_gb(shape: ModelShape, rows: int, row: int, tokens: int, ckpt: bool) -> float:
+    """The module docstring's sdpa_mask: ``rows`` rows of ``row`` tokens under sdpa's mask, ``tokens`` the
+    micro-batch's (rows x row, or the packed row's). Each attending layer's 16-bit mask (SDPA_MASK_BYTES a score) and
+    K/V repeated to the query heads (4 x q_width a token where activation_bytes and kv_width_bytes count max(H, 4 x
+    kv_dim)); under checkpointing the recomputed layer's, + the bool mask the checkpoints hold (1 B a score)."""
+    scores = rows * row * row
+    repeated = max(0, 4 * shape.q_width - max(shape.hidden, 4 * (shape.kv_dim or shape.hidden)))
+    layers = 1 if ckpt else shape.layers - shape.linear_layers
+    held = scores if ckpt else 0
+    return (layers * (SDPA_MASK_BYTES * scores + repeated * tokens) + held) / 1e9
 
 
 def kv_width_bytes(shape: ModelShape) -> int:
@@ -1384,7 +1417,9 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         capacity = capacity_gb if capacity_gb is not None else t.capacity_gb * HEADROOM
     trainable = _trainable_b(method, shape, spec)
     want_global = spec.global_batch
-    micro_choices = _micro_choices(spec, req, want_global)
+    packing_asked = asked_packing(spec, attn, shape)
+    one_row = one_row_first(spec, req, attn, packing_asked)
+    micro_choices = _micro_choices(spec, req, want_global, one_row)
     ckpt_choices = [spec.gradient_checkpointing] if spec.gradient_checkpointing is not None else [False, True]
     host_gb = spec.host_memory_gb or assumed_host_gb(spec, req)
     # torch's fused AdamW (on CPU as well: SmolLM2-135M fft 1.95 -> 1.79 s a step on 2 cores, the same
@@ -1399,6 +1434,11 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     for strategy in strategies:
         for ckpt in ckpt_choices:
             for micro in micro_choices:
+                # a packed row that packed_row_problem refuses is planned unpacked (below), unless packing was asked
+                packed = packing_asked and (
+                    bool(spec.packing) or not packed_row_problem(shape.row_floor, micro * seq, micro)
+                )
+                mask = attention_mask(attn, packed, micro, seq)
                 terms = memory_terms(
                     method,
                     strategy,
@@ -1417,6 +1457,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
                     dora=spec.use_dora,
                     expert_adapters=adapts_experts(method, shape, spec),
                     scores=scores,
+                    mask=mask,
                 )
                 total = sum(terms.values())
                 host_need = (
@@ -1426,7 +1467,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
                     continue
                 if host_need and host_gb and host_need > host_gb:
                     continue
-                best = (strategy, ckpt, micro, terms, total, host_need)
+                best = (strategy, ckpt, micro, terms, total, host_need, mask)
                 break
             if best:
                 break
@@ -1434,7 +1475,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             break
     if best is None:
         return None
-    strategy, ckpt, micro, terms, total, host_need = best
+    strategy, ckpt, micro, terms, total, host_need, mask = best
     accum = accumulation_steps(spec, micro, world)
     if optim == "paged_adamw_8bit" and not spec.optim:
         args = (method, strategy, shape, world, micro, seq, ckpt, trainable, req.is_cpu)
@@ -1447,6 +1488,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
             dora=spec.use_dora,
             expert_adapters=adapts_experts(method, shape, spec),
             scores=scores,
+            mask=mask,
         )
         if capacity is None or sum(fused.values()) <= capacity:
             optim, terms, total = "adamw_torch_fused", fused, sum(fused.values())
@@ -1492,7 +1534,15 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         notes.append("optimizer and weights offloaded to CPU RAM: expect slow steps")
     if host_need and not spec.host_memory_gb:
         notes.append(_host_note(spec, host_gb, host_need))
-    packing = spec.packing if spec.packing is not None else default_packing(attn, shape.model_type)
+    if one_row and micro == 1:
+        saved = sdpa_mask_gb(shape, 2, seq, 2 * seq, ckpt)
+        notes.append(
+            f"one {seq:,}-token row a micro-batch (x {accum} accumulation): under sdpa a micro-batch of several rows "
+            "of different lengths gets transformers' padding mask, and sdpa then computes every score (not the causal "
+            f"half) at its memory-efficient kernel's speed and keeps a 16-bit copy of the mask in every layer "
+            f"(+{saved:.1f} GB at 2 rows); one row gets none (-o per_device_train_batch_size to choose)"
+        )
+    packing = packing_asked
     if packing and (why := packing_refused(shape.model_type, req.is_cpu, attention=attn)):  # kernels: trainer
         raise FtctlError(why)
     # TRL's padding-free collator makes one row of a micro-batch's packed sequences
@@ -1560,14 +1610,39 @@ def _micro_sizes(req, want_global: int) -> list[int]:
     return [m for m in sizes if m * req.world_size <= max(want_global, req.world_size)] or [1]
 
 
-def _micro_choices(spec: RunSpec, req, want_global: int) -> list[int]:
+def _micro_choices(spec: RunSpec, req, want_global: int, one_row: bool = False) -> list[int]:
     """The micro-batches _fit tries in turn, the first that fits taken: the run's own, else the largest first (a GPU
-    runs a larger one faster). On CPU none larger than _cpu_micro_batch: a larger one trains no faster and adds its
-    sequences' activations to the RAM a node needs (module docstring: on CPU)."""
+    runs a larger one faster), but 1 first where ``one_row`` (one_row_first). On CPU none larger than _cpu_micro_batch:
+    a larger one trains no faster and adds its sequences' activations to the RAM a node needs (module docstring: on
+    CPU)."""
     if spec.per_device_train_batch_size:
         return [spec.per_device_train_batch_size]
     sizes = _micro_sizes(req, want_global)
+    if one_row:
+        return [1, *(m for m in sizes if m != 1)]
     return [m for m in sizes if m <= _cpu_micro_batch(spec, sizes)] if req.is_cpu else sizes
+
+
+def asked_packing(spec: RunSpec, attn: str, shape: ModelShape) -> bool:
+    """Whether the run packs before _fit's checks (packing_refused, packed_row_problem): as asked, else
+    default_packing's."""
+    return spec.packing if spec.packing is not None else default_packing(attn, shape.model_type)
+
+
+def one_row_first(spec: RunSpec, req, attn: str, packing: bool) -> bool:
+    """Whether _fit tries one row a micro-batch first: unpacked sdpa on a GPU at rows of SDPA_ONE_ROW_TOKENS or more,
+    the micro-batch not asked for. Several rows of different lengths get transformers' padding mask (attention_mask),
+    under which sdpa computes every score at MASKED_ATTENTION_MFU and keeps the mask a layer (sdpa_mask); one unpadded
+    row gets none (is_causal). v112 on an H100, 1B lora: 2 x 8,192 rows took 2.49 s a step with the mask, 1.23 s with
+    rows of one length, and peaked 5.5 GiB higher; 2 x 16,384 ran out of memory. A row that long fills the GPU's
+    matmuls alone (one row a micro-batch: not measured)."""
+    return (
+        not req.is_cpu
+        and attn == SDPA
+        and not packing
+        and not spec.per_device_train_batch_size
+        and spec.model_max_length >= SDPA_ONE_ROW_TOKENS
+    )
 
 
 def _cpu_micro_batch(spec: RunSpec, sizes: list[int]) -> int:
@@ -1672,20 +1747,31 @@ def attention_flops(plan: Plan, seq: int) -> float:
     return 12 * m.q_width * ((full - windowed) * seq / 2 + windowed * (w - w * w / (2 * seq)))
 
 
+def attention_mask(attn: str, packing: bool, micro: int, seq: int) -> tuple[int, int] | None:
+    """(rows, tokens a row) whose every (row x row) score the attention computes under transformers' mask, None where
+    it gets none: sdpa's and eager's kernels skip no masked block (flex_attention's block mask and the varlen kernels
+    do). The mask: a packed row's block-diagonal one (TRL's padding-free collator concatenates the micro-batch's
+    sequences into one row of micro x seq tokens, v112); under sdpa, an unpacked micro-batch's padding too (several
+    rows: they differ in length, so transformers hands sdpa a (rows, 1, S, S) mask, not is_causal; v112 recorded both).
+    One unpadded row has no padding to mask (transformers' _ignore_causal_mask_sdpa: is_causal). S is counted at
+    ``seq`` (model_max_length): an upper bound, as the rows' lengths are the data's."""
+    if attn not in (SDPA, EAGER):
+        return None
+    if packing:
+        return 1, micro * seq
+    return (micro, seq) if attn == SDPA and micro > 1 else None
+
+
 def full_square(plan: Plan) -> bool:
-    """A row's attention computes all (row x row) scores: sdpa's and eager's kernels under transformers' mask skip
-    no masked block (flex_attention's block mask and the varlen kernels do). The mask: a packed row's block-diagonal
-    one; under sdpa, an unpacked micro-batch's padding too (several rows: they differ in length, so transformers
-    hands sdpa a (rows, 1, S, S) mask, not is_causal; v112 recorded both)."""
-    if plan.attn_implementation not in (SDPA, EAGER):
-        return False
-    return plan.packing or (plan.attn_implementation == SDPA and plan.per_device_train_batch_size > 1)
+    """A row's attention computes all (row x row) scores: attention_mask."""
+    return attention_mask(plan.attn_implementation, plan.packing, plan.per_device_train_batch_size, 1) is not None
 
 
 def scored_row(plan: Plan, seq: int) -> int:
-    """The tokens of a row whose every score full_square counts: a packed micro-batch is one row (TRL's padding-free
-    collator concatenates its sequences: micro x seq, under one (row x row) mask, v112), else ``seq``."""
-    return plan.per_device_train_batch_size * seq if plan.packing else seq
+    """The tokens of a row whose every score full_square counts (attention_mask's row: a packed micro-batch's micro x
+    seq), else ``seq``."""
+    mask = attention_mask(plan.attn_implementation, plan.packing, plan.per_device_train_batch_size, seq)
+    return mask[1] if mask else seq
 
 
 def weights_mfu(plan: Plan) -> float:
@@ -2115,6 +2201,8 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     # the leanest way this method could run on this request, to say how far off it is
     strategies = _strategies(method, req.world_size, req.nodes, spec.strategy)
     on_gpu = [s for s in strategies if s not in OFFLOAD_STRATEGIES] or strategies
+    attn, scores, _ = _attention(spec, req, shape)
+    packing = asked_packing(spec, attn, shape)
     need, strategy = min(
         (
             sum(
@@ -2134,7 +2222,8 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
                     lora_r=spec.lora_r,
                     dora=spec.use_dora,
                     expert_adapters=adapts_experts(method, shape, spec),
-                    scores=_attention(spec, req, shape)[1],
+                    scores=scores,
+                    mask=attention_mask(attn, packing, 1, spec.model_max_length),
                 ).values()
             ),
             s,
