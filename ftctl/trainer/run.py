@@ -209,6 +209,15 @@ def _train(spec: RunSpec, plan: Plan, callbacks, echo) -> Result:
         write_status("complete")
         echo(f"an earlier attempt of this job finished the run at step {done.step}: nothing is left to train")
         return Result("complete", output_dirs(spec)[0], done.step, None)
+    except ImportError as e:  # setup imports most of the trainer's modules, some only as it needs them
+        write_status("failed")
+        if (e.name or "").startswith("ftctl") and (upgraded := upgraded_since_start()):
+            raise FtctlError(
+                f"ftctl was upgraded while this trainer started ({upgraded} is newer than this process), which then "
+                f"imported modules of both versions ({type(e).__name__}: {e}); nothing was trained: the same `ftctl "
+                "launch` goes on with the new version (from the run's last checkpoint, where it has one)"
+            ) from e
+        raise
     except BaseException:
         write_status("failed")
         raise
@@ -229,6 +238,37 @@ def _train(spec: RunSpec, plan: Plan, callbacks, echo) -> Result:
     state = run.trainer.state
     losses = [h["loss"] for h in state.log_history if "loss" in h]
     return Result(status, run.local_dir, state.global_step, losses[-1] if losses else None, state.log_history)
+
+
+def upgraded_since_start(started: float | None = None) -> str | None:
+    """One of ftctl's own modules written after this process (or ``started``) started: ftctl upgraded in place under
+    it (pip install -U into the venv a Slurm job or a SkyPilot recovery runs, a git pull of an editable install), so
+    the modules it imports from then on are of the new version beside the old ones it holds; None where none is."""
+    if started is None:
+        started = _process_started()
+    for path in Path(__file__).resolve().parents[1].rglob("*.py"):
+        try:
+            if path.stat().st_mtime > started + 1:  # /proc's boot time is in whole seconds
+                return str(path)
+        except OSError:
+            continue
+    return None
+
+
+_IMPORTED_AT = time.time()
+
+
+def _process_started() -> float:
+    """When this process started (Linux's /proc), else when this module was imported (an earlier import then went
+    unseen)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # starttime, in clock ticks after boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
 
 
 # ------------------------------------------------------------------------------------------ setup
