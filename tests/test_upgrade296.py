@@ -1,8 +1,5 @@
 """A run across an ftctl upgrade (explore62, helper 296: /work/notes/explore62-upgrade.md): a Slurm requeue, a SkyPilot
 recovery or a relaunch runs the ftctl installed now on a run directory an older one wrote.
-
-The tests marked ``needs_patch`` check the changes of /work/notes/task-296-extra.patch (trainer/data.py): they fail
-until it is applied (xfail here; the patch removes the mark).
 """
 
 from __future__ import annotations
@@ -13,11 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 
-needs_patch = pytest.mark.xfail(reason="needs /work/notes/task-296-extra.patch (trainer/data.py)", strict=True)
 
 # cache_key of argv[1]'s rows and argv[2]'s tokenizer, then ftctl's tokenizing code on disk replaced (an upgrade, as
 # pip install -U writes it, while this process still runs the code it imported), then cache_key again
@@ -33,7 +27,6 @@ if len(sys.argv) > 3:
 """
 
 
-@needs_patch
 def test_the_cache_key_names_the_code_that_runs_not_the_files_upgraded_since(tmp_path, tiny_model_dir, tiny_data):
     """An ftctl upgraded in place while a trainer loads its model (a shared venv, a Slurm job starting): the rows its
     old code tokenizes were kept under the key of the new code's files, and the next start, of the new code, read
@@ -67,7 +60,6 @@ def _rows(list_type, ids_type, labels):
     )
 
 
-@needs_patch
 def test_the_rows_digest_is_of_the_tokens_not_the_type_they_are_kept_in():
     """A checkpoint records its rows' digest (data.rows_digest), and a resume whose rows' digest differs says its data
     was edited since. The digest hashed the arrow buffers as they were: the same tokens kept as int64 or in a

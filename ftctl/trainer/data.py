@@ -1400,6 +1400,24 @@ DIGESTS = "ftctl-data-digests.json"
 _TOKENIZING_CODE = ("data.py", "formats.py", "masks.py", "splits.py")
 
 
+def _code_digest() -> bytes:
+    """A digest of _TOKENIZING_CODE's files as this process runs them: read as this module is imported (the three
+    others just imported at its top), not when cache_key is called. Read then, an ftctl upgraded in place while a
+    trainer started (pip install -U into the venv a Slurm job runs, its trainer minutes into loading its model) named
+    the rows its old code tokenized by the new code's key, and the next start, of the new code, read them as its
+    own (helper 296)."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    here = Path(__file__).parent
+    for name in _TOKENIZING_CODE:
+        digest.update((here / name).read_bytes())
+    return digest.digest()
+
+
+_RUNNING_CODE = _code_digest()
+
+
 def cache_key(
     path: str, tokenizer, max_length: int, endpoint_url: str | None = None, known: str | None = None, **options
 ) -> str:
@@ -1415,9 +1433,7 @@ def cache_key(
 
     tokenizer = _load_tokenizer(tokenizer)
     digest = hashlib.blake2b(digest_size=16)
-    here = Path(__file__).parent
-    for name in _TOKENIZING_CODE:
-        digest.update((here / name).read_bytes())
+    digest.update(_RUNNING_CODE)  # the code as imported: what tokenizes the rows, whatever its files hold now
     backend = tokenizer.backend_tokenizer.to_str() if getattr(tokenizer, "is_fast", False) else ""
     said = {
         "data": data_digest(path, endpoint_url, bool(options.get("held_out")), known),
@@ -1819,17 +1835,21 @@ def _row_digests(dataset, lengths: set[int] | None = None) -> list[tuple[int, in
 def rows_digest(dataset) -> str:
     """A digest of the training rows as they train (each row's token ids and labels, in order): a checkpoint
     records it, so a resume on a file edited since is said (checkpoints.settings.edited_data). Hashes the arrow
-    buffers a batch at a time: 20M tokens in 0.4 s on one core (tokenising them took minutes)."""
+    buffers a batch at a time: 20M tokens in 0.4 s on one core (tokenising them took minutes). The values are
+    hashed as int32 whatever type the columns are kept in (a large_list's int64 lengths, other integer ids): a
+    checkpoint's digest is the rows', so another ftctl keeping them otherwise does not say a resume's data was
+    edited since (helper 296)."""
     import hashlib
 
+    import numpy as np
     import pyarrow.compute as pc
 
     digest = hashlib.blake2b(digest_size=16)
     for batch in dataset.with_format("arrow").iter(batch_size=8192):
         for name in ("input_ids", "labels"):
             column = batch[name]
-            digest.update(pc.list_value_length(column).to_numpy(zero_copy_only=False).tobytes())
-            digest.update(pc.list_flatten(column).to_numpy(zero_copy_only=False).tobytes())
+            for values in (pc.list_value_length(column), pc.list_flatten(column)):
+                digest.update(np.asarray(values.to_numpy(zero_copy_only=False), dtype="<i4").tobytes())
     return digest.hexdigest()
 
 
