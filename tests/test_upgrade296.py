@@ -143,3 +143,23 @@ def test_a_trainer_whose_ftctl_is_upgraded_as_it_starts_says_so(tmp_path, tiny_m
     assert said[0]["said"].endswith(
         "the same `ftctl launch` goes on with the new version (from the run's last checkpoint, where it has one)"
     )
+
+
+def test_an_upgrade_that_keeps_old_mtimes_is_still_seen(tmp_path):
+    """uv installs by hard-linking files from its cache, which keep the cache's mtimes (a rollback to a version uv
+    holds): a file's change time moves with the link, its mtime does not (review 60b)."""
+    install = tmp_path / "site"
+    shutil.copytree(REPO / "ftctl", install / "ftctl", ignore=shutil.ignore_patterns("__pycache__"))
+    probe = (
+        "import os, time\n"
+        "from ftctl.trainer import run\n"
+        "started = time.time()\n"
+        "time.sleep(2.5)\n"
+        "spec = os.path.join(os.path.dirname(run.__file__), '..', 'spec.py')\n"
+        "os.utime(spec, (0, 0))  # an mtime of 1970: the change time is now\n"
+        "print(run.upgraded_since_start(started))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(install), "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("spec.py"), out.stdout

@@ -248,7 +248,8 @@ def upgraded_since_start(started: float | None = None) -> str | None:
         started = _process_started()
     for path in Path(__file__).resolve().parents[1].rglob("*.py"):
         try:
-            if path.stat().st_mtime > started + 1:  # /proc's boot time is in whole seconds
+            stat = path.stat()  # the change time too: uv links files from its cache, keeping the cache's old mtimes
+            if max(stat.st_mtime, stat.st_ctime) > started + 1:  # /proc's boot time is in whole seconds
                 return str(path)
         except OSError:
             continue
