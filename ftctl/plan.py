@@ -1431,34 +1431,37 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     strategies = _strategies(method, world, req.nodes, spec.strategy)
     if req.is_cpu:
         strategies = _on_cpu(strategies)
+
+    def terms_at(strategy: str, ckpt: bool, micro: int) -> tuple[dict, str | None]:
+        # a packed row that packed_row_problem refuses is planned unpacked (below), unless packing was asked
+        packed = packing_asked and (bool(spec.packing) or not packed_row_problem(shape.row_floor, micro * seq, micro))
+        mask = attention_mask(attn, packed, micro, seq)
+        terms = memory_terms(
+            method,
+            strategy,
+            shape,
+            world,
+            micro,
+            seq,
+            ckpt,
+            trainable,
+            req.is_cpu,
+            precision=precision,
+            accum=accumulation_steps(spec, micro, world),
+            optim=optim,
+            lora_dropout=spec.lora_dropout,
+            lora_r=spec.lora_r,
+            dora=spec.use_dora,
+            expert_adapters=adapts_experts(method, shape, spec),
+            scores=scores,
+            mask=mask,
+        )
+        return terms, mask
+
     for strategy in strategies:
         for ckpt in ckpt_choices:
             for micro in micro_choices:
-                # a packed row that packed_row_problem refuses is planned unpacked (below), unless packing was asked
-                packed = packing_asked and (
-                    bool(spec.packing) or not packed_row_problem(shape.row_floor, micro * seq, micro)
-                )
-                mask = attention_mask(attn, packed, micro, seq)
-                terms = memory_terms(
-                    method,
-                    strategy,
-                    shape,
-                    world,
-                    micro,
-                    seq,
-                    ckpt,
-                    trainable,
-                    req.is_cpu,
-                    precision=precision,
-                    accum=accumulation_steps(spec, micro, world),
-                    optim=optim,
-                    lora_dropout=spec.lora_dropout,
-                    lora_r=spec.lora_r,
-                    dora=spec.use_dora,
-                    expert_adapters=adapts_experts(method, shape, spec),
-                    scores=scores,
-                    mask=mask,
-                )
+                terms, mask = terms_at(strategy, ckpt, micro)
                 total = sum(terms.values())
                 host_need = (
                     offload_host_gb(shape.params_b, world, req.per_node) if strategy in OFFLOAD_STRATEGIES else None
@@ -1534,7 +1537,9 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
         notes.append("optimizer and weights offloaded to CPU RAM: expect slow steps")
     if host_need and not spec.host_memory_gb:
         notes.append(_host_note(spec, host_gb, host_need))
-    if one_row and micro == 1:
+    # said only where two rows would have fitted too: where memory alone leaves one row (qlora 7B at 8k on a T4), the
+    # mask is not why (review 60b)
+    if one_row and micro == 1 and 2 in micro_choices and _fits(terms_at(strategy, ckpt, 2)[0], capacity):
         saved = sdpa_mask_gb(shape, 2, seq, 2 * seq, ckpt)
         notes.append(
             f"one {seq:,}-token row a micro-batch (x {accum} accumulation): under sdpa a micro-batch of several rows "
@@ -1621,6 +1626,10 @@ def _micro_choices(spec: RunSpec, req, want_global: int, one_row: bool = False) 
     if one_row:
         return [1, *(m for m in sizes if m != 1)]
     return [m for m in sizes if m <= _cpu_micro_batch(spec, sizes)] if req.is_cpu else sizes
+
+
+def _fits(terms: dict, capacity: float | None) -> bool:
+    return capacity is None or sum(terms.values()) <= capacity
 
 
 def asked_packing(spec: RunSpec, attn: str, shape: ModelShape) -> bool:
