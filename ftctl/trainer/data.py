@@ -1468,16 +1468,51 @@ def _read_cached(entry: Path):
 
 def _new_entry(entry: Path) -> str | None:
     """A new directory beside ``entry`` to write it in (_write_cached renames it into place), None where the disk
-    refuses one."""
+    refuses one. Named by this host and process (KEY.HOST-PID.XXXX.new): one that a process of this host killed
+    while it wrote (SIGKILL: the OOM killer, Slurm's KillWait, a node lost) is removed here, where it was kept to the
+    run's end, a GB or more each attempt (drop_stale_entries keeps this key's); another host's, on a disk nodes
+    share, may be being written, and is left."""
     import tempfile
 
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        new = Path(tempfile.mkdtemp(prefix=f"{entry.name}.", suffix=".new", dir=entry.parent))
+        _drop_dead_writers(entry)
+        new = Path(tempfile.mkdtemp(prefix=f"{entry.name}.{_writer()}.", suffix=".new", dir=entry.parent))
         as_mkdir_made(new)  # the umask's mode and the group's setgid: a colleague resuming a shared run removes it
     except OSError:
         return None
     return str(new)
+
+
+def _writer() -> str:
+    """This process, as a new entry's name says it: HOST-PID (the host's name without its domain's dots)."""
+    import socket
+
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
+def _drop_dead_writers(entry: Path) -> None:
+    """Remove the half-written copies of ``entry`` (KEY.HOST-PID.XXXX.new, .old) whose writer ran on this host and
+    is gone: its pid no longer runs, or is this process's own (a new attempt in a container given the old one's
+    pid)."""
+    import re
+    import shutil
+
+    host = _writer().rsplit("-", 1)[0]
+    ours = re.compile(rf"{re.escape(entry.name)}\.{re.escape(host)}-(\d+)\.[^.]+\.(new|old)")
+    for path in entry.parent.iterdir():
+        if not (found := ours.fullmatch(path.name)):
+            continue
+        pid = int(found.group(1))
+        if pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # alive: being written
+            except ProcessLookupError:
+                pass
+            except OSError:  # another user's live process
+                continue
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _spilled_in(dataset, spill: str | None) -> str | None:
