@@ -415,7 +415,8 @@ def test_the_rendered_gpu_request_runs_on_the_real_cluster(slurm, tmp_path):
     text = slurm_render.render(rendered.spec, rendered.plan, "tiny")  # the type as launch asks sinfo for it
     # its CPUs left out: 8 a GPU, and the cluster's nodes have this machine's few
     header = [line for line in text.splitlines() if line.startswith("#") and "--cpus-per-task" not in line]
-    assert header[3].startswith("# --mem=4768M a node: ") and "#SBATCH --gres=gpu:tiny:2" in header
+    assert [line for line in header if line.startswith("# --mem=")][0].startswith("# --mem=4768M a node: ")
+    assert "#SBATCH --gres=gpu:tiny:2" in header
     script = tmp_path / "job.sbatch"
     body = "srun --ntasks-per-node=1 bash -c 'echo \"cvd=$CUDA_VISIBLE_DEVICES mem=$SLURM_MEM_PER_NODE\"'"
     script.write_text("\n".join([*header, "#SBATCH --partition=gpu", body, ""]))
