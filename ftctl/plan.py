@@ -1432,7 +1432,7 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     if req.is_cpu:
         strategies = _on_cpu(strategies)
 
-    def terms_at(strategy: str, ckpt: bool, micro: int) -> tuple[dict, str | None]:
+    def terms_at(strategy: str, ckpt: bool, micro: int, optim: str = optim) -> tuple[dict, str | None]:
         # a packed row that packed_row_problem refuses is planned unpacked (below), unless packing was asked
         packed = packing_asked and (bool(spec.packing) or not packed_row_problem(shape.row_floor, micro * seq, micro))
         mask = attention_mask(attn, packed, micro, seq)
@@ -1481,19 +1481,8 @@ def _fit(spec: RunSpec, req, shape: ModelShape, method: str, capacity_gb: float 
     strategy, ckpt, micro, terms, total, host_need, mask = best
     accum = accumulation_steps(spec, micro, world)
     if optim == "paged_adamw_8bit" and not spec.optim:
-        args = (method, strategy, shape, world, micro, seq, ckpt, trainable, req.is_cpu)
-        fused = memory_terms(
-            *args,
-            precision=precision,
-            accum=accum,
-            lora_dropout=spec.lora_dropout,
-            lora_r=spec.lora_r,
-            dora=spec.use_dora,
-            expert_adapters=adapts_experts(method, shape, spec),
-            scores=scores,
-            mask=mask,
-        )
-        if capacity is None or sum(fused.values()) <= capacity:
+        fused = terms_at(strategy, ckpt, micro, "adamw_torch_fused")[0]
+        if _fits(fused, capacity):
             optim, terms, total = "adamw_torch_fused", fused, sum(fused.values())
     real_global = micro * accum * world
     if req.is_cpu and not spec.per_device_train_batch_size and micro < max(_micro_sizes(req, want_global)):

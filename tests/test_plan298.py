@@ -212,3 +212,13 @@ def test_on_cpu_the_mask_is_not_added(model):
     """CPU's activations are fitted on sdpa runs of micro-batches 1 and 2 (CPU_ACTIVATION_FACTOR): not counted again."""
     spec, plan = _plan(model, 256, SDPA, "per_device_train_batch_size=2", gpus="cpu")
     assert "sdpa_mask" not in plan.memory
+
+
+@pytest.mark.parametrize("length, said", [(16384, True), (32768, False)])
+def test_the_one_row_note_only_where_two_rows_fit_the_card(model, length, said):
+    """Review 60b: the note was said where memory alone left one row, two never fitting (qlora 7B at 8k on a T4):
+    its "+N GB at 2 rows" named a choice the card did not have. On a T4 two rows of 16k fit with checkpointing, of
+    32k not."""
+    spec, plan = _plan(model, length, SDPA, gpus="1xT4")
+    assert plan.per_device_train_batch_size == 1
+    assert any(n.startswith(f"one {length:,}-token row a micro-batch") for n in plan.notes) is said, plan.notes
