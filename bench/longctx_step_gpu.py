@@ -20,9 +20,11 @@ Each length runs in its own process (gpu_train.run_case, the same path as a real
     tflops, mfu     the plan's FLOPs (weights' and attention's) a measured second, and over the card's peak
     peak_alloc_gib  torch.cuda.max_memory_allocated; plan_peak_gib the plan's memory_gb in GiB
     attention       what the trainer ran (metrics.jsonl's start record), beside plan.attn_implementation
-    tokens_per_step transformers' state.num_input_tokens_seen a step: NOT the step's tokens (v110 on an H100: 0.8x
-                    the rows' tokens at every length, while ftctl's own log counted them all, e.g. 25.4k tok/s x
-                    2.58 s = 2 x 32,760); rows_a_step x the documents' doc_tokens_max is what a step trains
+    tokens_per_step transformers' state.num_input_tokens_seen a step (its tokens without padding). Before 33e54e0
+                    ftctl added it only at a log or a checkpoint, and a GPU's log is a step late: read at step N's
+                    end it held steps 1..N-2's, so v110's mean over steps 2-6 had one 0 in 5 (0.8x the rows' tokens
+                    at every length; ftctl's own log counted them all). Since then, in one process, rows_a_step x
+                    the documents' doc_tokens_max, what a step trains
 
 and, over all lengths, a least-squares fit step_s = tokens x (weights' FLOPs / W + attention's FLOPs / A): W and
 A, the speeds (TFLOPS) weights' and attention's FLOPs ran at, against plan.MFU x peak for both (one fit a variant).
