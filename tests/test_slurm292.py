@@ -9,8 +9,10 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from ftctl import failures
-from tests.render_fixtures import fake_bin, prepared, read_log
+from tests.render_fixtures import fake_bin, fake_slurm, prepared, read_log
 
 MODEL = "meta-llama/Llama-3.2-1B"
 FLAGS = dict(backend="slurm", gpus="1xA100", model_name_or_path=MODEL, output_dir="/f/o")
@@ -150,16 +152,11 @@ def test_a_requeued_jobs_status_while_its_next_attempt_loads_says_where_the_last
         assert "stopped" not in summary_of_lines(lines, lambda start: True, running=False)
 
 
-def test_logs_of_a_queued_job_says_why_it_waits_and_is_no_error(tmp_path, monkeypatch):
-    """Finding 11: `ftctl logs 6` of a held job was "error: job 6 PENDING (JobHeldUser): queued, no output until it
-    starts" with exit 2, though nothing was wrong, and neither it nor `logs -f` (which waited silently for a release)
-    named `scontrol release 6`. Fake squeue/scontrol, as Slurm 22.05 prints them."""
-    from click.testing import CliRunner
-
+@pytest.fixture
+def slurm_job(tmp_path, monkeypatch):
+    """A fake Slurm (squeue prints its file, as Slurm 22.05 prints it; scontrol answers ping and knows no job) and a
+    run directory: ``slurm_job(ID)`` records the directory as Slurm job ID and gives (squeue's file, the directory)."""
     from ftctl.backend import JobRef, record_job
-    from ftctl.cli import main
-    from ftctl.slurm import scheduler
-    from tests.render_fixtures import fake_slurm
 
     out = tmp_path / "bin" / "squeue.out"
     scripts = {
@@ -169,7 +166,24 @@ def test_logs_of_a_queued_job_says_why_it_waits_and_is_no_error(tmp_path, monkey
     fake_slurm(tmp_path / "bin", monkeypatch, scripts, tmp_path / "home")
     run = tmp_path / "run"
     run.mkdir()
-    record_job(JobRef("slurm", "6", str(run), "r", str(run)))
+
+    def recorded(job: str):
+        record_job(JobRef("slurm", job, str(run), "r", str(run)))
+        return out, run
+
+    return recorded
+
+
+def test_logs_of_a_queued_job_says_why_it_waits_and_is_no_error(slurm_job, monkeypatch):
+    """Finding 11: `ftctl logs 6` of a held job was "error: job 6 PENDING (JobHeldUser): queued, no output until it
+    starts" with exit 2, though nothing was wrong, and neither it nor `logs -f` (which waited silently for a release)
+    named `scontrol release 6`. Fake squeue/scontrol, as Slurm 22.05 prints them."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+    from ftctl.slurm import scheduler
+
+    out, run = slurm_job("6")
     out.write_text("6|PENDING||JobHeldUser|0|0|N/A|N/A|\n")
     got = CliRunner().invoke(main, ["logs", "6"])
     assert got.exit_code == 0 and "error" not in got.output, got.output
@@ -261,31 +275,22 @@ def test_a_one_node_slurm_job_takes_a_free_rendezvous_port_and_render_says_what_
     ]
 
 
-def test_status_of_a_requeued_attempt_loading_and_of_a_held_job(tmp_path, monkeypatch):
+def test_status_of_a_requeued_attempt_loading_and_of_a_held_job(slurm_job):
     """Findings 9 and 11 in `ftctl status` (ftctl/slurm/backend.py): a requeued job's attempt 1, loading, was shown
     with attempt 0's steps as its own; a JobHeldUser job did not say `scontrol release`. Fake squeue, a real
     committed checkpoint and metrics.jsonl as the trainers write them."""
     import json
 
-    from ftctl.backend import JobRef, record_job, status_lines
+    from ftctl.backend import status_lines
     from ftctl.checkpoints.manifest import write_manifest
-    from tests.render_fixtures import fake_slurm
 
-    out = tmp_path / "bin" / "squeue.out"
-    scripts = {
-        "squeue": f"cat {out}",
-        "scontrol": 'case "$1" in ping) exit 0;; esac; echo "Invalid job id specified" >&2; exit 1',
-    }
-    fake_slurm(tmp_path / "bin", monkeypatch, scripts, tmp_path / "home")
-    run = tmp_path / "run"
-    run.mkdir()
+    out, run = slurm_job("2")
     (run / "spec.json").write_text(json.dumps({"spec": {"output_dir": str(run)}}))
     ckpt = run / "checkpoint-280"
     ckpt.mkdir()
     (ckpt / "adapter_model.safetensors").write_bytes(b"x" * 64)
     write_manifest(str(ckpt), 280, 1, "h")
     _metrics(run / "metrics.jsonl", (0, list(range(10, 290, 10)), True))
-    record_job(JobRef("slurm", "2", str(run), "r", str(run)))
     out.write_text(f"2|RUNNING|node1|None|1|0|{time.strftime('%Y-%m-%dT%H:%M:%S')}|N/A|\n")
     said = "\n".join(status_lines("2"))
     assert (
