@@ -2170,7 +2170,7 @@ def _signal_too_close(spec) -> str | None:
     return (
         f"time={spec.time} is {limit - spec.signal_lead_s:g} s longer than signal_lead_s={spec.signal_lead_s}, and "
         f"Slurm may send its USR2 up to {SIGNAL_EARLY_S} s earlier than asked (man sbatch, --signal): it can come as "
-        "the job starts, and each attempt stop at its first step; raise --time past signal_lead_s + "
+        "the job starts, and each attempt stops at its first step; raise --time past signal_lead_s + "
         f"{SIGNAL_EARLY_S} s"
     )
 

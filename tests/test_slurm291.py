@@ -105,7 +105,7 @@ def test_a_time_limit_within_slurms_early_signal_of_the_lead_is_said():
     assert build({"time": "00:01:00", "signal_lead_s": 30}, notes=notes).signal_lead_s == 30
     assert (
         "time=00:01:00 is 30 s longer than signal_lead_s=30, and Slurm may send its USR2 up to 60 s earlier than asked"
-        " (man sbatch, --signal): it can come as the job starts, and each attempt stop at its first step; raise --time "
+        " (man sbatch, --signal): it can come as the job starts, and each attempt stops at its first step; raise --time "
         "past signal_lead_s + 60 s"
     ) in notes
     for time, lead in (("00:02:00", 60), ("01:00:00", 120), ("UNLIMITED", 120)):  # a minute or more: nothing said
