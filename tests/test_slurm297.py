@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from ftctl.slurm.render import RDZV_LOCK
 from tests.render_fixtures import fake_bin, prepared, read_log
 
 MODEL = "meta-llama/Llama-3.2-1B"
@@ -99,6 +100,7 @@ def test_a_multi_node_job_skips_a_rendezvous_port_taken_on_its_head_node(tmp_pat
     first = next(i for i, line in enumerate(lines) if line.startswith("RDZV_PORT="))
     last = lines.index("export RDZV_PORT")
     code = "\n".join([*lines[first : last + 1], 'echo "$RDZV_PORT"'])
+    code = code.replace(RDZV_LOCK, f"{tmp_path}/rdzv-")  # the ports' lock files (test_slurm300): not /var/tmp's
     base = 29501 + 777
     held = []
     try:

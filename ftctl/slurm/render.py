@@ -610,22 +610,38 @@ def rendezvous(plan: Plan) -> dict:
 
 # the TCP ports a socket listens on in this shell's network namespace, as /proc/net/tcp{,6} write them (hex, 4 digits)
 _LISTENING = 'awk \'$4 == "0A" {sub(/.*:/, "", $2); print $2}\' /proc/net/tcp /proc/net/tcp6 2>/dev/null'
+# a port's lock file on the head node, PORT appended: in /var/tmp, which every job on the node shares (a node's /tmp
+# and /dev/shm may be each job's own: Slurm's job_container/tmpfs)
+RDZV_LOCK = "/var/tmp/ftctl-rdzv-"
 
 
 def head_port_lines(spec: RunSpec) -> list[str]:
     """The lines that set a multi-node job's rendezvous port (RDZV_PORT, which every node's torchrun reads through
-    srun's environment): job_port_line's (rdzv_port + 1 + job id % PORT_SPREAD), then the next port on which nothing
-    listens on the head node, where this script runs (the batch script runs on the allocation's first node, its
-    HEAD_ADDR). Two jobs sharing a head node whose ids were PORT_SPREAD apart got one port: the second's torchrun
-    took the first's c10d store for its own and failed when the first ended (explore61 finding 15). Left: two such
-    jobs starting in the same second, before the first one's store listens."""
+    srun's environment): job_port_line's (rdzv_port + 1 + job id % PORT_SPREAD), then the next port free on the head
+    node, where this script runs (the batch script runs on the allocation's first node, its HEAD_ADDR): one that no
+    socket there listens on, and whose lock file (RDZV_LOCK) no other job's script holds locked (flock). Two jobs
+    sharing a head node whose ids were PORT_SPREAD apart got one port: the second's torchrun took the first's c10d
+    store for its own and failed when the first ended (explore61 finding 15); two starting at once took one port
+    still, as a job's store listens only once its torchrun starts (a container's start, the setup lines, torch's
+    import: seconds to minutes), as did a job whose own port was taken (it walked to the next job's). The lock is
+    fd 9 of this script (and of srun, which inherits it), so it is held while the job runs and let go when its
+    processes end, a requeue's included. Where flock or the lock file cannot be had (no flock, a /var/tmp not writable,
+    a flock older than util-linux 2.25's -E, a file system without locks), the listening check alone: a failure
+    read as a lock held walked every job to port 65535."""
     return [
         "# a rendezvous port of this job's own: two jobs on one node would otherwise share one; one that a process on",
-        "# the head node (this one: the batch script runs on the allocation's first node) listens on is skipped",
+        "# the head node (this one: the batch script runs on the allocation's first node) listens on is skipped, and",
+        "# one whose lock another job's script there holds (its store listens only once its torchrun has started)",
         job_port_line(spec, "SLURM_JOB_ID", "a Slurm job"),
         f"LISTENING=$({_LISTENING})",
-        'while [ "$RDZV_PORT" -lt 65535 ] && printf \'%s\\n\' "$LISTENING" | grep -qx "$(printf %04X "$RDZV_PORT")"; do '
-        "RDZV_PORT=$((RDZV_PORT + 1)); done",
+        "rdzv_port_free() { "
+        'printf \'%s\\n\' "$LISTENING" | grep -qx "$(printf %04X "$1")" && return 1; '
+        "command -v flock >/dev/null || return 0; "
+        f'local lock="{RDZV_LOCK}$1.lock"; '
+        '[ -e "$lock" ] || (umask 022; : >>"$lock") 2>/dev/null; '
+        '{ exec 9<"$lock"; } 2>/dev/null || return 0; '
+        'flock -n -E 200 9 2>/dev/null; [ "$?" -ne 200 ]; }',  # 200: another holds it; another failure: as no flock
+        'while [ "$RDZV_PORT" -lt 65535 ] && ! rdzv_port_free "$RDZV_PORT"; do RDZV_PORT=$((RDZV_PORT + 1)); done',
         "export RDZV_PORT",
     ]
 
