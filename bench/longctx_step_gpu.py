@@ -41,9 +41,26 @@ named by its variant, the same data and plan comparison:
     lora_sdpa_pack  lora, sdpa, -o packing=true: TRL's padding-free rows (a micro-batch's documents in one row) under
                     transformers' block-diagonal mask
 
+sft (v115, helper 304): the top trainable_layers blocks, the final norm and the head train, the rest is frozen
+(ftctl/trainer/methods.py freeze_below_top_blocks). Llama-3.2-1B ties its head to the embeddings, so its embedding
+matrix trains too: its gradient needs the backward through every block, frozen or not (input gradients only).
+
+    sft             sft, trainable_layers 2 (the default), the tied 1b128k shape
+    sft8            the same with -o trainable_layers=8
+    sft_untied      sft, trainable_layers 2, on 1b128k with its own (untied) embedding matrix: 1.50B parameters, the
+                    backward can stop at the lowest trainable block
+
+Every row also says what the blocks did in the first micro-batch's forward (a hook on each decoder block, installed
+after the method is applied): blocks_trainable, blocks_input_grad (whose input needs a gradient: the backward runs
+through them), embedding_trains, and the bytes autograd saved a block for the backward (saved_mib_trainable_block,
+saved_mib_frozen_block; a frozen block's bf16 weight copies apart, weight_copies_mib_frozen_block). The saved bytes
+are not read under gradient checkpointing (the hook would take checkpoint's place).
+
     python3 bench/longctx_step_gpu.py --out DIR [--lengths 2048,16384,32768] [--steps 6]
     python3 bench/longctx_step_gpu.py --out DIR --cases lora:2048,fft:2048,lora_sdpa:16384 [--steps 6]
-    BENCH_CPU=1 python bench/longctx_step_gpu.py --out DIR   (here: the tests' tiny model at 64-256 tokens, on CPU;
+    python3 bench/longctx_step_gpu.py --out DIR --cases fft:2048,sft:2048,sft:16384,sft_untied:2048 [--steps 6]
+    BENCH_CPU=1 python bench/longctx_step_gpu.py --out DIR   (here: the tests' tiny model at 64-256 tokens, on CPU,
+                    with the shape's 16 blocks and tied or untied embeddings;
                     the prediction is still the H100 plan's, so the ratio means nothing: it checks the script)
 
 Writes DIR/longctx_step.json and prints a table.
@@ -79,11 +96,17 @@ VARIANTS = {
     "lora_sdpa": (CASE, ["attn_implementation=sdpa"], 0),
     "lora_sdpa_pad": (CASE, ["attn_implementation=sdpa"], JITTER),
     "lora_sdpa_pack": (CASE, ["attn_implementation=sdpa", "packing=true"], 0),
+    "sft": ("sft1b128k", [], 0),
+    "sft8": ("sft1b128k", ["trainable_layers=8"], 0),
+    "sft_untied": ("sft1b128kuntied", [], 0),
 }
 # Llama-3.2-1B's own context (131,072 with its llama3 RoPE scaling): 32k rows are inside it, as in a real run
 gpu_train.SHAPES["1b128k"] = dict(gpu_train.SHAPES["1b"], max_position_embeddings=131072)
 gpu_train.CASES[CASE] = ("lora", "1b128k")
 gpu_train.CASES["fft1b128k"] = ("fft", "1b128k")
+gpu_train.SHAPES["1b128kuntied"] = dict(gpu_train.SHAPES["1b128k"], tie_word_embeddings=False)
+gpu_train.CASES["sft1b128k"] = ("sft", "1b128k")
+gpu_train.CASES["sft1b128kuntied"] = ("sft", "1b128kuntied")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
 
@@ -129,6 +152,7 @@ def one(variant: str, length: int, steps: int, work: Path, out: Path, more: list
     from transformers import AutoTokenizer, TrainerCallback
 
     import ftctl.spec
+    import ftctl.trainer.methods
     import ftctl.trainer.run
     from ftctl.plan import MFU, flops_per_token, make_plan, step_seconds
 
@@ -139,7 +163,7 @@ def one(variant: str, length: int, steps: int, work: Path, out: Path, more: list
     case, extra, jitter = VARIANTS[variant]
     extra = [*extra, *more]
     rows = TOKENS_PER_STEP // length
-    model_dir = model_path(work)
+    model_dir = model_path(work, gpu_train.CASES[case][1])
     data = work / f"docs-{length}-{jitter}.json"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     docs = make_docs(data, tokenizer, length, rows * (steps + 1), jitter)  # a step to spare: no short step at an end
@@ -166,6 +190,14 @@ def one(variant: str, length: int, steps: int, work: Path, out: Path, more: list
         return real_train(spec, plan, callbacks=[*callbacks, clock], echo=echo)
 
     ftctl.spec.build, ftctl.trainer.run.train = build, train
+    real_apply, blocks = ftctl.trainer.methods.apply_method, {}
+
+    def apply_method(model, spec, plan, *a, **kw):  # the trained model's blocks, probed in their first forward
+        model = real_apply(model, spec, plan, *a, **kw)
+        probe_blocks(model, blocks, saved=not plan.gradient_checkpointing)
+        return model
+
+    ftctl.trainer.methods.apply_method = apply_method  # run.train imports it when it runs
     sdpa_calls: dict[str, int] = {}  # what transformers hands torch's sdpa: a mask (its shape) or is_causal
     real_sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -196,6 +228,7 @@ def one(variant: str, length: int, steps: int, work: Path, out: Path, more: list
         out.write_text(json.dumps({**row, "error": f"{type(e).__name__}: {str(e)[:500]}"}))
         return
     ftctl.spec.build, ftctl.trainer.run.train = real_build, real_train
+    ftctl.trainer.methods.apply_method = real_apply
     # the prediction: the same spec on 1x<tier> (on a GPU the trainer's own plan; on CPU it has none)
     spec = real_build(flags={**seen["flags"], "gpus": f"1x{TIER}"}, overrides=seen["overrides"])
     plan = make_plan(spec)
@@ -241,18 +274,104 @@ def one(variant: str, length: int, steps: int, work: Path, out: Path, more: list
         "gradient_checkpointing": plan.gradient_checkpointing,
         "final_loss": case["final_loss"],
         "sdpa_calls": dict(sorted(sdpa_calls.items(), key=lambda kv: -kv[1])[:6]),
+        **blocks,
         "wall_s": round(time.time() - t0, 1),
     }
     out.write_text(json.dumps(row, indent=1))
 
 
-def model_path(work: Path) -> Path:
-    if CPU:  # the tests' tiny model (its 512 positions hold the CPU lengths)
-        from tests.tiny_fixtures import make_tiny_model_dir
+def model_path(work: Path, shape: str) -> Path:
+    if CPU:  # the tests' tiny model (its 512 positions hold the CPU lengths) with the shape's 16 blocks and tying
+        return tiny_model(work, gpu_train.SHAPES[shape])
+    return gpu_train.make_model(shape, work)
 
-        path = work / "llama-tiny"
-        return path if (path / "config.json").exists() else make_tiny_model_dir(path)
-    return gpu_train.make_model(gpu_train.CASES[CASE][1], work)  # every variant's shape
+
+def tiny_model(work: Path, fields: dict) -> Path:
+    """The tests' tiny Llama (tests/tiny_fixtures.py) with ``fields``' number of blocks and tie_word_embeddings."""
+    from transformers import LlamaForCausalLM
+
+    from tests.tiny_fixtures import make_tiny_model, make_tiny_tokenizer
+
+    layers, tied = fields["num_hidden_layers"], fields.get("tie_word_embeddings", False)
+    path = work / f"llama-tiny-{layers}-{'tied' if tied else 'untied'}"
+    if (path / "config.json").exists():
+        return path
+    tokenizer = make_tiny_tokenizer()
+    config = make_tiny_model(tokenizer).config
+    config.num_hidden_layers, config.tie_word_embeddings = layers, tied
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def probe_blocks(model, out: dict, saved: bool = True) -> None:
+    """Hooks on each decoder block of ``model`` (after the method's freezing) that fill ``out`` in the first forward
+    in training with gradients on: how many blocks train, how many get an input that needs a gradient (the backward
+    runs through those, whether their weights train or not), whether the embedding matrix trains (tied to the head:
+    then every block's input needs one), and with ``saved`` the MiB autograd saved for the backward a block (a
+    parameter's own storage not counted; a frozen block's bf16 weight copies apart)."""
+    import torch
+
+    from ftctl.trainer.methods import transformer_blocks
+
+    _, layers = transformer_blocks(model)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: list[dict] = []
+    state = {"on": True, "ctx": None}
+
+    def pre(block, args, kwargs):
+        if not (state["on"] and block.training and torch.is_grad_enabled()):
+            return
+        hidden = args[0] if args else kwargs.get("hidden_states")
+        trains = any(p.requires_grad for p in block.parameters())
+        shapes = {tuple(p.shape) for p in block.parameters()} | {tuple(p.shape)[::-1] for p in block.parameters()}
+        rec = {"trains": trains, "input_grad": bool(getattr(hidden, "requires_grad", False)), "act": {}, "w": {}}
+        seen.append(rec)
+        if saved:
+
+            def pack(t):
+                try:
+                    key = t.untyped_storage().data_ptr()
+                    if key not in params:
+                        kind = "w" if t.dim() == 2 and tuple(t.shape) in shapes else "act"
+                        rec[kind][key] = t.untyped_storage().nbytes()
+                except Exception as e:  # a tensor without a storage: counted nowhere, the run goes on
+                    out["probe_error"] = f"{type(e).__name__}: {e}"[:200]
+                return t
+
+            state["ctx"] = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+            state["ctx"].__enter__()
+
+    def post(block, args, kwargs, output):
+        if state["ctx"] is not None:
+            state["ctx"].__exit__(None, None, None)
+            state["ctx"] = None
+        if len(seen) == len(layers) and state["on"]:
+            state["on"] = False
+            summarise()
+
+    def mib(recs, kind):
+        return round(sum(sum(r[kind].values()) for r in recs) / len(recs) / 2**20, 2) if recs else None
+
+    def summarise():
+        trainable = [r for r in seen if r["trains"]]
+        frozen = [r for r in seen if not r["trains"]]
+        out["blocks"] = len(seen)
+        out["blocks_trainable"] = len(trainable)
+        out["blocks_input_grad"] = sum(r["input_grad"] for r in seen)
+        out["embedding_trains"] = model.get_input_embeddings().weight.requires_grad
+        if saved:
+            out["saved_mib_trainable_block"] = mib(trainable, "act")
+            out["saved_mib_frozen_block"] = mib(frozen, "act")
+            out["weight_copies_mib_trainable_block"] = mib(trainable, "w")
+            out["weight_copies_mib_frozen_block"] = mib(frozen, "w")
+
+    for block in layers:
+        block.register_forward_pre_hook(pre, with_kwargs=True)
+        block.register_forward_hook(post, with_kwargs=True)
 
 
 # ------------------------------------------------------------------------------------------ all lengths
@@ -286,6 +405,7 @@ def fit(rows: list[dict]) -> dict | None:
 COLUMNS = ["variant", "L", "rows_a_step", "step_s", "plan_step_s", "ratio", "attn_share", "tflops", "mfu"]
 COLUMNS += ["peak_alloc_gib", "plan_peak_gib", "plan_attn", "packing", "micro_batch", "accumulation"]
 COLUMNS += ["gradient_checkpointing", "doc_tokens_min", "doc_tokens_max"]
+COLUMNS += ["blocks_trainable", "blocks_input_grad", "saved_mib_trainable_block", "saved_mib_frozen_block"]
 
 
 def table(result: dict) -> str:
@@ -355,7 +475,8 @@ def main() -> None:
             result[mod] = f"missing: {type(e).__name__}"
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}), flush=True)
     t0 = t = time.time()
-    model_path(work)  # built once, before the cases' clocks
+    for shape in dict.fromkeys(gpu_train.CASES[VARIANTS[v][0]][1] for v, _, _ in cases):
+        model_path(work, shape)  # each case's shape built once, before the cases' clocks
     result["model_build_s"] = round(time.time() - t, 1)
     logs = out / "logs.txt"  # every case's log's end in one file (a device call brings back 8 files at most)
     logs.write_text("")
