@@ -228,6 +228,12 @@ def tier(name: str) -> GpuTier:
             f"GPU type {name!r} is no NVIDIA card: ftctl trains with CUDA (NVIDIA GPUs) or on cpu; AMD's, Intel's "
             "and TPUs are not planned."
         )
+    if apple_gpu(name):  # M2 was "older than every card" (read as Maxwell's M60), mps "Unknown GPU type"
+        raise FtctlError(
+            f"GPU type {name!r} is Apple silicon's GPU (MPS), which ftctl does not train on: it trains on NVIDIA GPUs "
+            "(CUDA) or the CPU. On a Mac: --gpus cpu (its CPU, models up to 2B); --backend sky or slurm runs on GPUs "
+            "elsewhere."
+        )
     if older_than_listed(name):  # P100 was "did you mean V100?": a newer card
         raise FtctlError(
             f"GPU type {name!r} is older than every card ftctl plans for (Volta's V100 is the oldest): train on a "
@@ -255,13 +261,24 @@ def _renumbered(a: str, b: str) -> bool:
     return any(x != y and len(x) == len(y) for x, y in zip(re.findall(r"\d+", a), re.findall(r"\d+", b)))
 
 
+# Apple silicon's GPU as a Mac user names it: mps (torch's device), M1-M5 (Pro, Max, Ultra), Apple M2 Max; not a Tesla M4
+_APPLE = re.compile(r"mps|metal|apple.*|m[1-5](pro|max|ultra)?")
+
+
+def apple_gpu(name: str) -> bool:
+    """Whether a GPU's name is a Mac's own GPU (Apple silicon, torch's MPS), which ftctl does not train on."""
+    return bool(_APPLE.fullmatch(_model(name)[0])) and "tesla" not in name.lower()
+
+
 # cards before Volta (Pascal, Maxwell, Kepler: P100, M60, K80, GeForce GTX 6xx-10xx, TITAN X): a typo's nearest
 # listed card is newer (GTX 16xx is Turing, as the listed T4)
 _OLDER = re.compile(r"[pkm]\d{1,3}|gtx([6-9]\d\d|10\d\d).*|titanx.*")
 _REVERSED = re.compile(r"([A-Za-z][\w.\-]*?)[xX](\d+)")  # a100x8: the count after the type
 
-_NXT = re.compile(r"^(?:(\d+)[xX])?(?:(\d+)[xX])?([A-Za-z][\w.\-]*)$")
-_SKY = re.compile(r"^([A-Za-z][\w.\-]*):(\d+)$")
+# a type begins with a letter, or with a card's number and a letter after it (2080ti, 4060-Ti: an RTX's)
+_TYPE = r"[A-Za-z][\w.\-]*|\d{3,4}[\-.]?[A-Za-z][\w.\-]*"
+_NXT = re.compile(rf"^(?:(\d+)[xX])?(?:(\d+)[xX])?({_TYPE})$")
+_SKY = re.compile(rf"^({_TYPE}):(\d+)$")
 
 
 def parse(spec: str, nodes: int | None = None) -> GpuRequest:
@@ -283,6 +300,11 @@ def parse(spec: str, nodes: int | None = None) -> GpuRequest:
         cards := [n for n, (model, _) in _MODELS.items() if model == counted.group(2)]
     ):
         text = counted.group(1) + cards[0]  # 2x4090: the card's number after a count is the card (RTX4090)
+    if card := re.fullmatch(r"(?:\d+x){0,2}([1-5]0[5-9]0)", text, re.IGNORECASE):  # 3080, 2x4060: a GeForce's
+        try:  # number, not a count (1 to 16) of GPUs of no type: "3080 GPUs" said gpu:TYPE:3080
+            tier(card.group(1))
+        except FtctlError as e:
+            raise FtctlError(f"--gpus {spec!r}: {e} Accepted forms: {FORMS}.") from None
     if re.fullmatch(r"(?:\d+x){0,2}\d+", text, re.IGNORECASE):  # 8, 2x8: counts alone
         raise FtctlError(
             f"--gpus {spec!r} names no GPU type, and ftctl plans for one: "
