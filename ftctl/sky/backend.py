@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import signal
 import threading
@@ -57,19 +58,42 @@ def job_secrets(spec) -> list[str]:
     """The NAMES the job gets as SkyPilot secrets (each value read from this environment at launch, never written):
     --secret's, and the credentials of the run's object stores set here (storage.job_env: AWS_ACCESS_KEY_ID ...)
     that the task's envs do not set (-o s3_endpoint_url's AWS_ENDPOINT_URL). What names a file of this machine
-    (AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) is no use on the nodes: a note says so."""
+    (AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) is no use on the nodes: a note says so. Where the run reports to
+    W&B, W&B's settings set here too (wandb_settings)."""
     taken = {*spec.secrets, *trainer_env(spec)}
     store = [n for n in storage.job_env(spec.remote_uris, files=False) if n not in taken]
     files = sorted(set(storage.job_env(spec.remote_uris, files=True)) - set(store) - taken)
-    if files:
+    if aws := [n for n in files if n != GCS_KEY_FILE]:
         click.echo(
-            f"ftctl: not passed to the job, the nodes lack this machine's files: {', '.join(files)} (export the "
+            f"ftctl: not passed to the job, the nodes lack this machine's files: {', '.join(aws)} (export the "
             'store\'s keys instead; for a profile: eval "$(aws configure export-credentials --format env)", which '
             "expire where the profile is SSO's or assumes a role; with --infra aws the nodes' IAM role (SkyPilot's "
             "skypilot-v1) reaches S3 without keys)",
             err=True,
         )
-    return [*spec.secrets, *store]
+    if GCS_KEY_FILE in files:  # AWS's words were said of it too (explore63 finding 2)
+        click.echo(
+            f"ftctl: {GCS_KEY_FILE} is not passed to the job (it names a file of this machine): SkyPilot uploads the "
+            f"key file that {GCS_KEY_FILE} names where its API server runs (else that server's gcloud default) to "
+            "each node as ~/.config/gcloud/application_default_credentials.json, where the job's GCS client finds "
+            "it, unless gcp's remote_identity is NO_UPLOAD in SkyPilot's config; on --infra gcp the VMs' service "
+            "account (SkyPilot's skypilot-v1) reaches GCS too",
+            err=True,
+        )
+    return [*spec.secrets, *store, *(n for n in wandb_settings(spec) if n not in taken)]
+
+
+GCS_KEY_FILE = "GOOGLE_APPLICATION_CREDENTIALS"
+
+
+def wandb_settings(spec) -> list[str]:
+    """The NAMES of W&B's own settings variables set here (sky_render.WANDB_SETTINGS: WANDB_PROJECT ...) where the run
+    reports to W&B: a SkyPilot job inherits nothing of the launching shell (a Slurm job inherits it all), so an
+    `export WANDB_PROJECT=x` logged to W&B's default project unsaid (explore63 finding 3). They go by name, as the
+    store's credentials do; -o env=NAME=VALUE sets one in the task instead."""
+    if not sky_render.reports_to_wandb(spec):
+        return []
+    return [name for name in sky_render.WANDB_SETTINGS if os.environ.get(name)]
 
 
 # SkyPilot's words -> ftctl's states: cluster jobs (sky.JobStatus) and managed jobs (sky.jobs.ManagedJobStatus)
@@ -193,8 +217,11 @@ class SkyBackend(Backend):
             click.echo(note, err=True)
         secrets, idle = job_secrets(spec), sky_render.autostop_minutes(spec)
         beside = [f"workdir {source} (ftctl's source)"]
-        if store := [n for n in secrets if n not in spec.secrets]:
+        wandb = wandb_settings(spec)
+        if store := [n for n in secrets if n not in spec.secrets and n not in wandb]:
             beside.append(f"the object store's {', '.join(store)} as secrets, by name")
+        if wandb := [n for n in secrets if n in wandb]:
+            beside.append(f"W&B's {', '.join(wandb)} as secrets, by name")
         if idle and not spec.managed_job:
             beside.append(f"autostop after {idle} idle minutes (where sky.launch starts or updates the cluster)")
         click.echo(f"with the task, through SkyPilot's SDK: {'; '.join(beside)}", err=True)
@@ -209,7 +236,9 @@ class SkyBackend(Backend):
             secrets=secrets,
             named=bool(spec.cluster),
         )
-        if short := out.get("short_disk"):  # sdk.launch sent nothing
+        if other := out.get("misfit"):  # sdk.launch sent nothing
+            raise NotSent(misfit(spec, cluster, other))
+        if short := out.get("short_disk"):  # nor here
             raise NotSent(short_disk(spec, rendered.plan, cluster, short))
         if tiers := out.get("tiers_missing"):  # nor here
             raise NotSent(tiers_missing(cluster, tiers))
@@ -694,6 +723,19 @@ def _down_words(cluster: str, found: dict) -> str:
     made = [ref.job_id for ref in jobs if ref.extra.get("cluster_hash") == found.get("cluster_hash")]
     down = f"`{found['sky']} down {cluster}`"
     return f"`ftctl down {made[0]}` or {down}" if made else down
+
+
+def misfit(spec, cluster: str, found: dict) -> str:
+    """Why a launch onto ``cluster`` was not sent: it was launched with other GPUs, fewer nodes, another infra or image
+    than this run asks for (``found``: sdk.launch's "misfit"), which SkyPilot refuses ("Requested resources do not
+    match the existing cluster") in words naming its own -c and `sky down`: a relaunch with another --gpus goes to the
+    run's own cluster, up or stopped (explore63 finding 1)."""
+    down = _down_words(cluster, found)
+    return (
+        f"cluster {cluster} was launched with {found['cluster']}, and this run asks for {found['task']}: SkyPilot "
+        f"takes a task only onto a cluster that has what it asks for. Tear it down ({down}) and launch again (the "
+        f"run's checkpoints are in {spec.output}, not on the cluster), or pass another --cluster."
+    )
 
 
 def short_disk(spec, plan, cluster: str, found: dict) -> str:

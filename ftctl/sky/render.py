@@ -61,6 +61,13 @@ from ftctl.sky.inputs import Shipped, cluster_name, node_dir, run_key, shipping_
 from ftctl.spec import RunSpec, container_as, given_as
 
 HEREDOC = "FTCTL_SPEC_EOF"
+# W&B's settings variables (no secrets) that a run reporting to W&B gets by name where they are set where it launches
+# (backend.wandb_settings): a SkyPilot job inherits nothing of that shell. Not its paths (WANDB_DIR ...: this
+# machine's), nor WANDB_NAME or WANDB_RUN_ID (one shell's would name every run alike).
+WANDB_SETTINGS = (
+    *("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_NOTES"),
+    *("WANDB_MODE", "WANDB_JOB_TYPE"),
+)
 # the run's python on a node: the one of the torchrun on its PATH, where the setup put the stack (node_stack)
 NODE_PYTHON_VAR = "FTCTL_PYTHON"
 NODE_PYTHON = Shell(f'"${NODE_PYTHON_VAR}"')
@@ -545,6 +552,11 @@ def docker_image(spec: RunSpec) -> str | None:
     )
 
 
+def reports_to_wandb(spec: RunSpec) -> bool:
+    """Whether the run's report_to names W&B (its job then gets W&B's settings set where it launches: WANDB_SETTINGS)."""
+    return "wandb" in {name.strip() for name in str(spec.report_to).split(",")}
+
+
 def sky_command(spec: RunSpec, run_dir: Path, job_name: str) -> str:
     """The SkyPilot CLI line that sends the task as ``ftctl launch`` does through the SDK (SkyBackend.send): the task
     file and ftctl's source as its workdir, both in ``run_dir`` (from the launch's directory where it is under it);
@@ -654,4 +666,9 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, job_name: str, inputs: Seq
         "# with a --secret NAME more for each object-store credential set there (s3's AWS_ACCESS_KEY_ID ...); a secret "
         "not set there is left out (drop its --secret: sky refuses it).\n"
     )
+    if reports_to_wandb(spec):
+        header += (
+            f"# W&B's settings set there ({', '.join(WANDB_SETTINGS[:2])} ...) go the same way, a --secret NAME each: the "
+            "job inherits nothing of that shell.\n"
+        )
     return header + yaml.safe_dump(task, sort_keys=False, width=10**6)

@@ -139,8 +139,9 @@ def launch(
     with an idle autostop (or ``down``). An up cluster is reused by sky.launch too, never sky.exec: that runs no setup
     (what this run needs beyond an earlier run's, wandb or gcsfs, was missing, and its -o setup lines were dropped),
     syncs no file_mounts and sets no autodown. A cluster there already is checked first: where its disk is smaller
-    than the task's, or it lacks a tier the task names, nothing is launched ({"short_disk": short_disk's, or
-    {"tiers_missing": tiers_missing's}, with its "cluster_hash" and "sky"}); a cluster the
+    than the task's, or it lacks a tier the task names, or other GPUs, nodes, infra or image than the task asks for,
+    nothing is launched ({"misfit": misfit's, {"short_disk": short_disk's, or {"tiers_missing": tiers_missing's}, with
+    its "cluster_hash" and "sky"}); a cluster the
     user ``named`` (--cluster) where jobs wait or run: one line says this one queues behind them (queued_behind; its
     sky.queue asks the cluster's head, 8 s on the loaded test infra, so not for a run's own cluster, where a job
     still running is this run's, which launch refused before)."""
@@ -165,7 +166,10 @@ def launch(
     if managed:
         job_ids, _ = sky.stream_and_get(sky.jobs.launch(task, name=cluster))
         return {"job_id": int(job_ids[0]), "cluster": None, "managed": True}
-    if (found := sky.get(sky.status([cluster]))) and (short := short_disk(found[0], task)):
+    found = sky.get(sky.status([cluster]))
+    if found and (other := misfit(found[0], task)):
+        return {"misfit": {**other, "cluster_hash": _get(found[0], "cluster_hash"), "sky": sky_cli()}}
+    if found and (short := short_disk(found[0], task)):
         return {"short_disk": {**short, "cluster_hash": _get(found[0], "cluster_hash"), "sky": sky_cli()}}
     if found and (tiers := tiers_missing(found[0], task)):
         return {"tiers_missing": {"tiers": tiers, "cluster_hash": _get(found[0], "cluster_hash"), "sky": sky_cli()}}
@@ -208,6 +212,43 @@ def short_disk(record, task) -> dict | None:
     if not asked or (pods and not launched.disk_size_specified) or launched.disk_size >= min(asked):
         return None
     return {"cluster_gib": int(launched.disk_size), "task_gib": int(min(asked)), "pods": pods}
+
+
+def misfit(record, task) -> dict | None:
+    """{"cluster": what the cluster of ``record`` (a sky.status record) was launched with, "task": what ``task`` asks
+    for}, each as ``shape`` words, where SkyPilot's fit check refuses the task there (check_resources_fit_cluster: the
+    task's nodes at most the cluster's, and one of its resources Resources.less_demanding_than the cluster's): another
+    --gpus, more --nodes, another --infra or --container on a relaunch onto the run's own cluster, up or stopped after
+    its idle autostop. SkyPilot says it as "Requested resources do not match the existing cluster ... To fix: specify
+    a new cluster name, or down the existing cluster first: sky down NAME", naming none of ftctl's options (explore63
+    finding 1). The tiers are left out here: tiers_missing says them, with the -o that runs on the cluster as it is.
+    None where it fits, or the record holds no launched resources."""
+    handle = _get(record, "handle")
+    launched = getattr(handle, "launched_resources", None)
+    nodes = getattr(handle, "launched_nodes", None)
+    if launched is None or not nodes:
+        return None
+    for res in task.resources:
+        plain = res.copy(disk_tier=None, network_tier=None)
+        if task.num_nodes <= nodes and plain.less_demanding_than(launched, requested_num_nodes=task.num_nodes):
+            return None
+    return {"cluster": shape(nodes, [launched]), "task": shape(task.num_nodes, list(task.resources))}
+
+
+def shape(nodes: int, resources: list) -> str:
+    """'2 nodes of H100:8 on gcp/us-central1, image docker:REF': the node count, the GPUs (one type or another's of
+    several resources), the infra and the image where named."""
+    gpus = []
+    for res in resources:
+        for name, count in (res.accelerators or {}).items():
+            said = f"{name}:{int(count) if float(count).is_integer() else count}"
+            gpus += [said] if said not in gpus else []
+    words = f"{nodes} node{'s' if nodes != 1 else ''} of {' or '.join(gpus) if gpus else 'CPUs only'}"
+    first = resources[0]
+    if first.cloud is not None:
+        words += f" on {str(first.cloud).lower()}" + (f"/{first.region}" if first.region else "")
+    images = sorted({str(v) for v in (first.image_id or {}).values()})
+    return words + (f", image {', '.join(images)}" if images else "")
 
 
 def tiers_missing(record, task) -> dict[str, str]:
