@@ -1275,8 +1275,9 @@ def build_dataset(
                 echo(f"{path}: {done:,} of {rows:,} rows tokenized ({100 * done / rows:.0f}%), ~{duration(left)} left")
 
         # the tokens written into the entry's new directory as they are tokenized, not held in memory until the
-        # last row is (300k conversations: 1.6 GB); None where the disk refuses it (held, and not kept either)
-        spill = _new_entry(entry) if writes else None
+        # last row is (300k conversations: 1.6 GB); a process that keeps no entry writes them to one of its own
+        # (_scratch); None where the disk refuses it (held, and not kept either)
+        spill = _new_entry(entry) if writes else _scratch(entry)
         try:
             sharing = 1 if tells else int(os.environ.get("LOCAL_WORLD_SIZE") or 1)  # every rank tokenizes: a share
             report, dataset = prepare_data(
@@ -1396,20 +1397,28 @@ _CACHED_STATS = "ftctl-data-stats.json"
 # in the cache beside its entries: the local data files' digests by their stat (formats._Known), so that a start on
 # data unchanged since reads the data's digest there, not by hashing every byte of it again
 DIGESTS = "ftctl-data-digests.json"
-# the code that turns rows into tokens: another version of it (an upgrade of ftctl) is another cache_key
-_TOKENIZING_CODE = ("data.py", "formats.py", "masks.py", "splits.py")
+# the code that turns rows into tokens, by its path in the ftctl package: another version of it (an upgrade of ftctl) is
+# another cache_key. tool_datasets.py: its TRAIN_FLAGS (the fields that say whether a turn trains) and LF_INFO are
+# formats.py's, imported from there
+_TOKENIZING_CODE = (
+    "trainer/data.py",
+    "trainer/formats.py",
+    "trainer/masks.py",
+    "trainer/splits.py",
+    "tool_datasets.py",
+)
 
 
 def _code_digest() -> bytes:
-    """A digest of _TOKENIZING_CODE's files as this process runs them: read as this module is imported (the three
-    others just imported at its top), not when cache_key is called. Read then, an ftctl upgraded in place while a
-    trainer started (pip install -U into the venv a Slurm job runs, its trainer minutes into loading its model) named
-    the rows its old code tokenized by the new code's key, and the next start, of the new code, read them as its
-    own (helper 296)."""
+    """A digest of _TOKENIZING_CODE's files as this process runs them: read as this module is imported (the others
+    just imported at its top, tool_datasets.py by formats.py), not when cache_key is called. Read then, an ftctl
+    upgraded in place while a trainer started (pip install -U into the venv a Slurm job runs, its trainer minutes into
+    loading its model) named the rows its old code tokenized by the new code's key, and the next start, of the new
+    code, read them as its own (helper 296)."""
     import hashlib
 
     digest = hashlib.blake2b(digest_size=16)
-    here = Path(__file__).parent
+    here = Path(__file__).parent.parent  # the ftctl package
     for name in _TOKENIZING_CODE:
         digest.update((here / name).read_bytes())
     return digest.digest()
@@ -1484,6 +1493,36 @@ def _new_entry(entry: Path) -> str | None:
     return str(new)
 
 
+def _scratch(entry: Path | None) -> str | None:
+    """A directory for the tokens of a process that keeps no entry, removed as it ends (the dataset is memory-mapped
+    from it till then): a run without a cache (``ftctl eval``'s held-out rows) or a process that does not write the
+    node's entry (RANK without LOCAL_RANK: every process tokenizes) held them in memory, 8 bytes a token. Beside the
+    entries where there is a cache (KEY.HOST-PID.XXXX.new, as _new_entry's), else in the temporary directory
+    (ftctl-tokens.HOST-PID.XXXX.new; TMPDIR picks it), private; either, left by a process killed, is removed by the
+    next that makes one on this host (_drop_dead_writers). None where the disk refuses one."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if entry is not None:
+        new = _new_entry(entry)
+    else:
+        base = Path(tempfile.gettempdir(), "ftctl-tokens")
+        try:
+            _drop_dead_writers(base)
+            new = tempfile.mkdtemp(prefix=f"{base.name}.{_writer()}.", suffix=".new", dir=base.parent)
+        except OSError:
+            new = None
+    if new:
+        _SCRATCH.add(os.path.basename(new))
+        atexit.register(shutil.rmtree, new, True)
+    return new
+
+
+# the directories _scratch made in this process, in use till it ends: not an earlier process's of its pid
+_SCRATCH: set[str] = set()
+
+
 def _writer() -> str:
     """This process, as a new entry's name says it: HOST-PID (the host's name without its domain's dots)."""
     import socket
@@ -1494,14 +1533,14 @@ def _writer() -> str:
 def _drop_dead_writers(entry: Path) -> None:
     """Remove the half-written copies of ``entry`` (KEY.HOST-PID.XXXX.new, .old) whose writer ran on this host and
     is gone: its pid no longer runs, or is this process's own (a new attempt in a container given the old one's
-    pid)."""
+    pid; not one of _scratch's that this process uses)."""
     import re
     import shutil
 
     host = _writer().rsplit("-", 1)[0]
     ours = re.compile(rf"{re.escape(entry.name)}\.{re.escape(host)}-(\d+)\.[^.]+\.(new|old)")
     for path in entry.parent.iterdir():
-        if not (found := ours.fullmatch(path.name)):
+        if not (found := ours.fullmatch(path.name)) or path.name in _SCRATCH:
             continue
         pid = int(found.group(1))
         if pid != os.getpid():

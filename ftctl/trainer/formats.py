@@ -1,7 +1,8 @@
 """Training data files -> rows of chat messages.
 
-Reads .json and .jsonl files (a list of rows, JSON Lines, or one row over several lines, under either name,
-gzipped too; UTF-8: a line that is not is a problem, and so is, once, a file that is CSV), .parquet files and the
+Reads .json and .jsonl files (a list of rows, JSON Lines, or rows over several lines one after another, as `jq .`
+writes them, under either name, gzipped too; UTF-8: a line that is not is a problem, and so is, once, a file that is
+CSV), .parquet files and the
 .arrow files of a `datasets` save_to_disk directory, local or on object storage (through :mod:`ftctl.storage`: s3://,
 gs://, az://, file://), a directory of such files, or ``builtin:demo`` (the bundled demo dataset). Every row becomes a :class:`Row`: a list of messages ``{"role": "system"|"user"|"assistant",
 "content": str}``, or plain text (trained on entirely).
@@ -394,12 +395,12 @@ def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[s
             return
         head = _head(itertools.chain([start], blocks)).removeprefix(codecs.BOM_UTF8)  # not closing blocks
         first = _first_line(head)
-        if head.lstrip()[:1] == b"[" or (first[:1] == b"{" and not _is_json(first)):  # JSON, not JSON Lines: whole
-            raw = b"".join([head, *blocks])
-            records = _json_records(raw, kind, name)
-            if _LONE_SURROGATE.search(raw):  # JSON's \ud83c alone: Python reads it, the tokenizer cannot encode it
-                records = ((unit, number, _surrogate_problem(record) or record) for unit, number, record in records)
-            yield from records
+        if first[:1] == b"{" and not _is_json(first):  # JSON over several lines: a value at a time, not the file
+            for unit, number, record in _json_list(head, blocks, name, listed=False):
+                if isinstance(record, _ParseError) and record.first_value:
+                    yield from _not_values((unit, number, record), _file_lines(file, kind, endpoint_url), name)
+                    return
+                yield unit, number, record
             return
         lines = _stream_lines(_whole_line_ends(_chained(head, blocks)))  # a block at a time, not the file
         for unit, number, record in _json_lines_of(lines, name, checked=True):
@@ -436,12 +437,18 @@ class _NotUtf8(Exception):
     pass
 
 
-def _json_list(start: bytes, blocks: Iterator[bytes], name: str) -> Iterator[tuple[str, int, Any]]:
+def _json_list(start: bytes, blocks: Iterator[bytes], name: str, listed: bool = True) -> Iterator[tuple[str, int, Any]]:
     """_records of a .json file that is one JSON list (ShareGPT's, FastChat's), an element at a time as its blocks
     are read (json.loads of the whole file held its text and every row as Python objects at once, ~3-4x the file: a
     670 MB list was 2-3 GB). The same rows as json.loads of it whole, and where that fails, the same one problem
     (whole_file: load_rows drops the rows read before it): the first byte that is not UTF-8 anywhere in the file, else
-    the first JSON error (its line and column in the file), else a row nested too deep."""
+    the first JSON error (its line and column in the file), else a row nested too deep.
+
+    ``listed`` False: a file of JSON values one after another, not in a list, whose first is an object over several
+    lines: one pretty-printed row, or several (`jq . rows.jsonl`'s output, which `datasets`' json loader reads as rows
+    too, where the file fits its 10 MB chunk), each a row, a value at a time (read whole, the file and its text were
+    held at once: 4.7x the file; several such objects were refused a line each, as broken JSON Lines). Where its first
+    value does not parse, the problem is first_value (_not_values says whether the file is JSON Lines instead)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     parse = json.JSONDecoder().raw_decode
     buf = ""  # the text from character `base` of the file on
@@ -501,17 +508,62 @@ def _json_list(start: bytes, blocks: Iterator[bytes], name: str) -> Iterator[tup
         try:
             json.loads(prefix + buf[at:])
         except json.JSONDecodeError as e:
-            pos = at + e.pos - len(prefix)  # in buf
-            nl = buf.rfind("\n", 0, pos)
-            line = base_lines + buf.count("\n", 0, pos) + 1
-            column = pos - nl if nl >= 0 else base + pos - last_nl
-            return "line", line, _ParseError(f"invalid JSON: {e.msg} (column {column})", whole_file=True)
+            return failed_at(at + e.pos - len(prefix), e.msg)  # in buf
         except RecursionError:
             pass
         return "line", 1, _ParseError(TOO_DEEP, whole_file=True)
 
+    def failed_at(pos: int, why: str | None) -> tuple[str, int, Any]:
+        """The problem of the file whose first JSON error is at buf[pos] (``why``: json's message; None: nested too
+        deep), once the rest is read for a byte that is not UTF-8 (that problem instead, as json.loads said)."""
+        while not eof:
+            more(keep=False)
+        nl = buf.rfind("\n", 0, pos)
+        line = base_lines + buf.count("\n", 0, pos) + 1
+        column = pos - nl if nl >= 0 else base + pos - last_nl
+        said = TOO_DEEP if why is None else f"invalid JSON: {why} (column {column})"
+        return "line", line, _ParseError(said, whole_file=True, first_value=not listed and i == 0)
+
+    def grow(at: int) -> None:  # more read, as much again as buf holds from `at` on (a value read whole in linear time)
+        target = 2 * len(buf) - at
+        more()
+        while not eof and len(buf) < target:
+            more()
+
+    def values() -> Iterator[tuple[str, int, Any]]:  # not listed: JSON values one after another, each a record
+        nonlocal i
+        ahead(0)
+        p = space(0)
+        while p < len(buf):
+            try:
+                record, end = parse(buf, p)
+            except json.JSONDecodeError as e:
+                if not eof and (e.msg.startswith("Unterminated string") or e.pos + JSON_LOOKAHEAD > len(buf)):
+                    grow(p)  # the value is not all read yet
+                    continue
+                yield failed_at(e.pos, e.msg)
+                return
+            except RecursionError:
+                yield failed_at(p, None)
+                return
+            if not eof and end + JSON_LOOKAHEAD > len(buf):  # a number may go on
+                more()
+                continue
+            if _LONE_SURROGATE_TEXT.search(buf, p, end):  # JSON's \ud83c alone: the tokenizer cannot encode it
+                record = _surrogate_problem(record) or record
+            p = space(end)
+            if p > len(buf) // 2:  # the text of the values read: not held (nor while the row is packed)
+                drop(p)
+                p = 0
+            i += 1
+            yield "row", i, record
+
+    i = 0  # the values read
     try:
-        at, first, i = 0, True, 0  # at: the list's start, then the comma before the element read
+        if not listed:
+            yield from values()
+            return
+        at, first = 0, True  # at: the list's start, then the comma before the element read
         ahead(0)
         p = space(0)
         if buf[p : p + 1] != "[":  # a form feed before it (bytes.lstrip() strips it, JSON does not)
@@ -554,7 +606,36 @@ def _json_list(start: bytes, blocks: Iterator[bytes], name: str) -> Iterator[tup
             yield failed(at, first)
     except _NotUtf8 as e:
         line, byte, column = e.args
-        yield "line", line, _ParseError(_not_utf8(byte, 0, 1 - column, name), whole_file=True, not_utf8=True)
+        problem = _ParseError(_not_utf8(byte, 0, 1 - column, name), whole_file=True, not_utf8=True)
+        problem.first_value = not listed and i == 0
+        yield "line", line, problem
+
+
+def _not_values(problem: tuple[str, int, Any], lines: Iterator[bytes], name: str) -> Iterator[tuple[str, int, Any]]:
+    """_records of a file whose first line is part of an object (JSON over several lines) that does not parse
+    (``problem``: its first error, or its first byte that is not UTF-8, as _records yields it): JSON Lines whose first
+    line is broken, a line each (``lines``: the file's, read again), where its next line is JSON (as the file was read
+    before); else that one problem, not one a line of a pretty-printed object (``  "messages": [`` is no row)."""
+    read: list[bytes] = []  # up to its second line that is not blank
+    filled: list[bytes] = []
+    for line in lines:
+        read.append(line)
+        if line.strip():
+            filled.append(line)
+            if len(filled) == 2:
+                break
+    if len(filled) == 2 and not _is_json(filled[1]):
+        yield problem
+        return
+    yield from _json_lines_of(itertools.chain(read, lines), name, checked=True)
+
+
+def _file_lines(file: str, kind: str, endpoint_url: str | None) -> Iterator[bytes]:
+    """The lines of ``file`` read again from its start (its BOM left out), a block at a time."""
+    with storage.open_file(file, "rb", endpoint_url) as f:
+        blocks = _blocks(gzip.GzipFile(fileobj=f, mode="rb") if kind.endswith(".gz") else f)
+        head = _head(blocks).removeprefix(codecs.BOM_UTF8)
+        yield from _stream_lines(_whole_line_ends(_chained(head, blocks)))
 
 
 def _head(blocks: Iterator[bytes]) -> bytes:
@@ -787,6 +868,7 @@ class _ParseError:
     message: str
     whole_file: bool = False  # a JSON list that does not parse: none of its rows is read
     not_utf8: bool = False  # a JSON list's problem: a byte that is not UTF-8
+    first_value: bool = False  # JSON values over several lines whose first does not parse (_not_values)
 
 
 # what _records yields where the records it yielded before are not the file's (a .jsonl file read as a JSON list
@@ -802,8 +884,9 @@ def load_rows(
     columns: dict[str, str] | None = None,
 ) -> tuple[list[str], Rows]:
     """(the files read, every row of them as a :class:`Row` with its problems, if any, held packed: :class:`Rows`; a
-    JSON Lines file, a .json file's list of rows or a Parquet file read as it streams, a block or a batch of rows at a
-    time), of each dataset ``path`` names (several: comma-separated, :func:`ftctl.spec.split_paths`) in turn.
+    JSON Lines file, a .json file's list of rows, rows over several lines or a Parquet file read as it streams, a
+    block, a row or a batch of rows at a time), of each dataset ``path`` names (several: comma-separated,
+    :func:`ftctl.spec.split_paths`) in turn.
     ``endpoint_url``: the S3 endpoint (see :func:`ftctl.storage.s3_endpoint`); ``held_out``: see resolve_files;
     ``text_field``: the field of a plain-text row (TRL's dataset_text_field); ``columns``: the run's data_columns,
     a dataset's own names of its fields (described)."""
