@@ -309,3 +309,27 @@ def test_a_process_that_writes_no_entry_maps_its_tokens_from_the_cache_disk(tmp_
     assert file.parent.parent == cache and file.parent.name.endswith(".new") and file.name == "tokens.arrow"
     assert not file.parent.exists()
     assert [p.name for p in cache.iterdir() if p.is_dir()] == []  # no entry: RANK 0 writes it
+
+
+# the test below checks /work/notes/task-301-extra.patch (trainer/valid_rows.py): it fails until that is applied
+# (xfail here; the patch removes the mark)
+needs_patch = pytest.mark.xfail(reason="needs /work/notes/task-301-extra.patch (trainer/valid_rows.py)", strict=True)
+
+
+@needs_patch
+def test_write_valid_keeps_rows_over_several_lines_as_written(tmp_path, tiny_model_dir):
+    """`ftctl data check FILE --write-valid OUT` of rows `jq .` printed: the rows without errors, each as it was
+    written (its text and the blank before it), in order; it refused them (rows it could not tell apart)."""
+    from click.testing import CliRunner
+
+    from ftctl.cli import main
+
+    rows = [_chat(0), {"id": "empty", "conversations": []}, _chat(2), {"text": ""}, {"text": "the end"}]
+    data = tmp_path / "pretty.jsonl"
+    data.write_text(_pretty(*rows))
+    out = tmp_path / "clean.jsonl"
+    args = ["data", "check", str(data), "--model", str(tiny_model_dir), "--max-length", "64", "--write-valid", str(out)]
+    got = CliRunner().invoke(main, args)
+    assert got.exit_code == 0, got.output
+    assert f"Wrote 3 of 5 rows of {data} to {out}, as they were read; left out 2 rows with errors" in got.output
+    assert out.read_text() == _pretty(rows[0], rows[2], rows[4])
