@@ -38,6 +38,7 @@ from sky import exceptions
 from sky.backends import cloud_vm_ray_backend as vm
 from sky.schemas.api import responses
 from sky.server.requests.serializers import decoders, encoders
+from sky.skylet.job_lib import JobStatus
 from sky.utils.status_lib import ClusterStatus
 
 from ftctl.sky import sdk
@@ -83,12 +84,34 @@ def skypilot_takes(path, records):
     return True
 
 
+def down(records, queue):
+    asked = []
+    sky.status = lambda names: ("status", names)
+    sky.queue = lambda cluster, **kw: asked.append("queue") or ("queue", cluster)
+    sky.get = lambda request: {"status": records, "queue": queue}[request[0]]
+    sky.down = lambda cluster: asked.append("down") or ("down",)
+    sky.stream_and_get = lambda request: None
+    return {"out": sdk.down("dev"), "asked": asked}
+
+
+def job(job_id, status):
+    return responses.ClusterJobRecord(
+        job_id=job_id, job_name="ftctl-lora", username="me", user_hash="u", submitted_at=0, resources="1x",
+        status=status, log_path="~/sky_logs/x")
+
+
+downs = {
+    "running": down(record("UP"), [job(2, JobStatus.SUCCEEDED), job(3, JobStatus.RUNNING), job(4, JobStatus.PENDING)]),
+    "ended": down(record("UP"), [job(2, JobStatus.SUCCEEDED), job(3, JobStatus.CANCELLED)]),
+    "stopped": down(record("STOPPED"), []),
+    "gone": down([], []),
+}
 out = {}
 for name, path in cases.items():
     for status in ("UP", "STOPPED"):
         records = record(status)
         out[f"{name} {status}"] = {**launch(path, records), "skypilot": skypilot_takes(path, records)}
-print(json.dumps({"cases": out, "gcs_mounts": gcs_mounts}))
+print(json.dumps({"cases": out, "gcs_mounts": gcs_mounts, "downs": downs}))
 """
 
 
@@ -238,6 +261,35 @@ def test_wandb_settings_set_where_it_launches_reach_a_job_that_reports_to_wandb(
     assert config["envs"]["WANDB_ENTITY"] == "from-env" and "WANDB_PROJECT" not in config["envs"]
     for f in (f for f in r.paths.root.rglob("*") if f.is_file()):
         assert "my-project" not in f.read_text(errors="replace")
+
+
+def test_down_of_a_cluster_whose_jobs_did_not_end_tears_nothing_down(sky_side, monkeypatch):
+    """explore63 finding 5: `ftctl down JOB` of a training job's cluster tore it down at once (SkyPilot's down kills the
+    job unsaved; its own `sky down` asks first), losing what was trained since the last checkpoint, where `ftctl
+    cancel` saves one first. Now a cluster with jobs that did not end is left up, said in one line with the fixes; an
+    idle, stopped or gone one is torn down (or said gone) as before."""
+    downs = sky_side["downs"]
+    assert downs["running"]["asked"] == ["queue"]  # no sky.down
+    busy = downs["running"]["out"]
+    assert busy["busy"] == [[3, "RUNNING"], [4, "PENDING"]] and busy["listed"] == "job 3 (RUNNING), job 4 (PENDING)"
+    assert downs["ended"] == {"out": {"gone": False}, "asked": ["queue", "down"]}
+    assert downs["stopped"] == {"out": {"gone": False}, "asked": ["down"]}  # a stopped cluster runs nothing
+    assert downs["gone"] == {"out": {"gone": True}, "asked": []}
+    from ftctl.errors import FtctlError
+
+    ref = JobRef("sky", "dev/3", "/r", "lora", "s3://b/o", extra={"cluster": "dev", "sky_job_id": 3, "managed": False})
+    monkeypatch.setattr(bridge, "call", lambda op, **kw: busy)
+    with pytest.raises(FtctlError) as e:
+        sky_backend.SkyBackend().down(ref)
+    said = str(e.value)
+    assert "\n" not in said
+    assert said.startswith(
+        "cluster dev still has job 3 (RUNNING), job 4 (PENDING): tearing it down now would kill them"
+    )
+    assert "`ftctl cancel` each first (its trainer saves a checkpoint" in said and "`ftctl down dev/3` again" in said
+    assert said.endswith(f"`{busy['sky']} down dev` tears it down as it is.")
+    monkeypatch.setattr(bridge, "call", lambda op, **kw: downs["ended"]["out"])
+    assert sky_backend.SkyBackend().down(ref) == "tore down cluster dev"
 
 
 # The tests marked needs_patch check /work/notes/task-302-extra.patch (ftctl/tool_vocabulary.py): they fail until it is

@@ -490,6 +490,14 @@ class SkyBackend(Backend):
                 f"{ref.job_id} is a managed job: SkyPilot tears its cluster down itself. To stop it: ftctl cancel {ref.job_id}."
             )
         out = bridge.call("down", cluster=cluster)
+        if busy := out.get("busy"):  # sdk.down tore nothing down
+            one = len(busy) == 1
+            raise FtctlError(
+                f"cluster {cluster} still has {out['listed']}: tearing it down now would kill {'it' if one else 'them'} "
+                f"unsaved. `ftctl cancel` {'it' if one else 'each'} first (its trainer saves a checkpoint before it "
+                f"stops; `ftctl jobs` lists the ids), then `ftctl down {ref.job_id}` again; `{out['sky']} down "
+                f"{cluster}` tears it down as it is."
+            )
         return f"cluster {cluster} was already gone" if out.get("gone") else f"tore down cluster {cluster}"
 
     def estimate(self, spec, plan) -> str | None:

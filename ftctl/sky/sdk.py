@@ -274,21 +274,32 @@ def queued_behind(sky, cluster: str, record) -> str | None:
     """'ftctl: cluster C has job 3 (RUNNING) ...: this job queues behind it ...' where the up cluster of ``record``
     (sky.status's) has jobs that did not end, anybody's (sky.queue); None otherwise, or where its queue cannot be
     read now (the line is advisory: sky.launch goes on either way)."""
-    if str(getattr(_get(record, "status"), "value", _get(record, "status"))) != "UP":
-        return None
-    try:
-        jobs = sky.get(sky.queue(cluster, skip_finished=True, all_users=True))
-    except Exception:  # noqa: BLE001 - SkyPilot's launch says what is wrong with the cluster, if anything
-        return None
-    ahead = sorted((int(_get(j, "job_id")), _get(j, "status")) for j in jobs if not _get(j, "status").is_terminal())
+    ahead = unfinished(sky, cluster, record)
     if not ahead:
         return None
-    listed = ", ".join(f"job {job_id} ({status.value})" for job_id, status in ahead)
     return (
-        f"ftctl: cluster {cluster} has {listed} in its queue: this job queues behind "
+        f"ftctl: cluster {cluster} has {listed(ahead)} in its queue: this job queues behind "
         f"{'it' if len(ahead) == 1 else 'them'} until the GPUs it asks for are free (`{sky_cli()} queue {cluster}` "
         "lists them; another --cluster runs it apart)"
     )
+
+
+def unfinished(sky, cluster: str, record) -> list[tuple[int, str]]:
+    """[(job id, SkyPilot's word)] of the jobs of anybody's that did not end on the up cluster of ``record``
+    (sky.status's), by sky.queue (it asks the cluster's head); [] where it is not up, or its queue cannot be read."""
+    if str(getattr(_get(record, "status"), "value", _get(record, "status"))) != "UP":
+        return []
+    try:
+        jobs = sky.get(sky.queue(cluster, skip_finished=True, all_users=True))
+    except Exception:  # noqa: BLE001 - what asks goes on: SkyPilot says what is wrong with the cluster, if anything
+        return []
+    return sorted(
+        (int(_get(j, "job_id")), _get(j, "status").value) for j in jobs if not _get(j, "status").is_terminal()
+    )
+
+
+def listed(jobs: list[tuple[int, str]]) -> str:
+    return ", ".join(f"job {job_id} ({word})" for job_id, word in jobs)
 
 
 # ------------------------------------------------------------------------------------------ watch
@@ -459,9 +470,16 @@ def cancel(cluster: str | None, job_id: int, managed: bool, cluster_hash: str | 
 
 
 def down(cluster: str) -> dict:
+    """Tear ``cluster`` down, where it has no job that did not end: {"gone": bool}; else {"busy": [(job id, SkyPilot's
+    word)], "listed": their words, "sky": sky_cli()}, nothing torn down. SkyPilot's down kills a running job unsaved, and its `sky down`
+    asks first; `ftctl down` of a training job's cluster tore it down at once, losing what was trained since the last
+    checkpoint, where `ftctl cancel` saves one first (explore63 finding 5)."""
     sky = _sky()
-    if not sky.get(sky.status([cluster])):
+    records = sky.get(sky.status([cluster]))
+    if not records:
         return {"gone": True}
+    if busy := unfinished(sky, cluster, records[0]):
+        return {"busy": busy, "listed": listed(busy), "sky": sky_cli()}
     sky.stream_and_get(sky.down(cluster))
     return {"gone": False}
 
