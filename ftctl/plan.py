@@ -2164,9 +2164,21 @@ def _a_model(shape: ModelShape) -> str:
 def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     method = spec.method
     if req.is_cpu and shape.params_b > CPU_MAX_PARAMS_B:
+        # flops_per_token's weights (no plan here): "would take days a step" alone gave no number to judge it by
+        step = (6 if method in ("fft", "sft") else 4) * shape.active_params_b * 1e9 * spec.global_batch
+        seconds = step * spec.model_max_length / 1e12
+        took = (
+            f"{seconds / 3600:.1f} h"
+            if seconds >= 3600
+            else f"{seconds / 60:.0f} min"
+            if seconds >= 60
+            else f"{seconds:.0f} s"
+        )
         return (
-            f"{method} of {_a_model(shape)} on CPU would take days a step: ftctl runs "
-            f"models up to {CPU_MAX_PARAMS_B:g}B on CPU. Ask for a GPU, e.g. --gpus 1xA100 --method qlora."
+            f"{method} of {_a_model(shape)} on CPU: ftctl runs models up to {CPU_MAX_PARAMS_B:g}B on CPU, where larger "
+            f"ones take hours to days a step (this one's step of {spec.global_batch} x {spec.model_max_length:,} "
+            f"tokens: ~{seconds / 1e3:.2g} PFLOP, {took} at a sustained 1 TFLOP/s, more than most CPUs sustain in "
+            "fp32). Ask for a GPU, e.g. --gpus 1xA100 --method qlora."
         )
     if req.is_cpu:  # small enough, but not in the RAM the spec says this machine has
         return _cpu_refusal(spec, req, shape)

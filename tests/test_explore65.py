@@ -6,6 +6,8 @@
 2. A GeForce's number with letters after it (`--gpus 2080ti`, `2080 Ti`, `gpu:2080ti:2`) was "Cannot read --gpus"; a GeForce's number
    ftctl does not list (`--gpus 3080`, `2x4060`) was read as a count: "names no GPU type ... gpu:TYPE:3080 or
    3080xTYPE". The first is the listed card now, the second an unlisted card, as tier() says of one.
+3. (plan.py) `--method fft` of a 7B on CPU was refused as "would take days a step" with no number to judge it by: the
+   refusal now says the step's work (PFLOP) and its time at a sustained 1 TFLOP/s.
 
 The CLI runs as users run it (a subprocess: one error line, exit 2, no traceback); the grammar is gpus.parse.
 """
@@ -23,8 +25,12 @@ from ftctl.errors import FtctlError
 
 
 def plan(*args: str) -> subprocess.CompletedProcess:
+    return plan_as("qlora", "Qwen/Qwen2.5-0.5B", *args)
+
+
+def plan_as(method: str, model: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "ftctl", "plan", "--method", "qlora", "--model", "Qwen/Qwen2.5-0.5B", *args]
+    cmd = [sys.executable, "-m", "ftctl", "plan", "--method", method, "--model", model, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -85,3 +91,15 @@ def test_plan_with_an_unlisted_geforce_is_one_error_line():
     proc = plan("--gpus", "3080")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: --gpus '3080': Unknown GPU type '3080'.")
+
+
+def test_a_model_too_big_for_cpu_is_refused_with_the_steps_work():
+    proc = plan_as("fft", "Qwen/Qwen2.5-7B", "--gpus", "cpu")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr == (
+        "error: fft of a 7.62B-parameter model on CPU: ftctl runs models up to 2B on CPU, where larger ones take hours "
+        "to days a step (this one's step of 32 x 2,048 tokens: ~3 PFLOP, 50 min at a sustained 1 TFLOP/s, more than "
+        "most CPUs sustain in fp32). Ask for a GPU, e.g. --gpus 1xA100 --method qlora.\n"
+    )
+    proc = plan_as("lora", "meta-llama/Llama-3.2-3B", "--gpus", "cpu", "-o", "global_batch_size=8")
+    assert "this one's step of 8 x 2,048 tokens: ~0.21 PFLOP, 4 min at a sustained 1 TFLOP/s" in proc.stderr
