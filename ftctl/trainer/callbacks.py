@@ -772,6 +772,20 @@ class ApplySettings(TrainerCallback):
         return control
 
 
+class FrozenInputsNoGradient(TrainerCallback):
+    """sft on a model whose input embedding is frozen (its head untied: Llama-3-8B, Qwen2.5-7B, Mistral): the
+    backward stops at the lowest trainable block. transformers' activation checkpointing set-up (as train() begins,
+    before on_train_begin) makes the embedding's output require a gradient for every model fed input_ids, which
+    reentrant checkpointing needs and the non-reentrant kind ftctl asks for does not; with it each frozen block below
+    the trainable ones recomputed its forward and ran its backward for a gradient nothing reads. A tied head trains
+    the embedding, so there the backward reaches it anyway and nothing changes."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not model.get_input_embeddings().weight.requires_grad:
+            model.disable_input_require_grads()
+        return control
+
+
 class NothingToTrain(TrainerCallback):
     """Refuses, before its first step, a run that resumes another run's checkpoint (-o resume=PATH outside its
     output) at or past its own end: the checkpoint's step counts from that run's start, so max_steps=10 over

@@ -280,6 +280,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from ftctl.checkpoints import settings as checkpoint_settings
     from ftctl.trainer.callbacks import (
         ApplySettings,
+        FrozenInputsNoGradient,
         MetricsCallback,
         NewHeldOut,
         NothingToTrain,
@@ -412,6 +413,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
                 *stopping,
                 *([NewHeldOut(held_out, *stopping)] if held_out else []),
                 StopWhenDiverged(spec.model_name_or_path, spec.data_path),  # a NaN loss: stop, naming the fix
+                *([FrozenInputsNoGradient()] if spec.method == "sft" else []),
                 *callbacks,
             ],
         )
