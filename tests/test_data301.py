@@ -311,12 +311,6 @@ def test_a_process_that_writes_no_entry_maps_its_tokens_from_the_cache_disk(tmp_
     assert [p.name for p in cache.iterdir() if p.is_dir()] == []  # no entry: RANK 0 writes it
 
 
-# the test below checks /work/notes/task-301-extra.patch (trainer/valid_rows.py): it fails until that is applied
-# (xfail here; the patch removes the mark)
-needs_patch = pytest.mark.xfail(reason="needs /work/notes/task-301-extra.patch (trainer/valid_rows.py)", strict=True)
-
-
-@needs_patch
 def test_write_valid_keeps_rows_over_several_lines_as_written(tmp_path, tiny_model_dir):
     """`ftctl data check FILE --write-valid OUT` of rows `jq .` printed: the rows without errors, each as it was
     written (its text and the blank before it), in order; it refused them (rows it could not tell apart)."""

@@ -77,8 +77,9 @@ def write_valid(report, path: str, out: str, endpoint_url: str | None = None) ->
 
 def _kept_json(raw: bytes, bad: set[int]) -> tuple[bytes, int, int]:
     """(the text of the rows not in ``bad``, how many, how many rows in all), laid out as ``raw`` is and as
-    formats._records reads it: a JSON list (rows numbered by element), one object over several lines (row 1),
-    else JSON Lines (numbered by line)."""
+    formats._records reads it: a JSON list (rows numbered by element), values one after another whose first is an
+    object over several lines (numbered by value: pretty-printed rows, `jq .`'s), else JSON Lines (numbered by
+    line)."""
     from codecs import BOM_UTF8
 
     from ftctl.trainer.formats import _first_line, _is_json
@@ -91,13 +92,10 @@ def _kept_json(raw: bytes, bad: set[int]) -> tuple[bytes, int, int]:
         head, parts, tail = split
         kept = [part for i, part in enumerate(parts, start=1) if i not in bad]
         return bom + (head + ",".join(kept) + tail).encode("utf-8", "surrogateescape"), len(kept), len(parts)
-    if stripped[:1] == "{" and not _is_json(_first_line(raw)):
-        try:
-            whole = isinstance(json.loads(text), dict)
-        except ValueError:
-            whole = False
-        if whole:  # one row over several lines
-            return (bom + raw, 1, 1) if 1 not in bad else (b"", 0, 1)
+    if stripped[:1] == "{" and not _is_json(_first_line(raw)) and (split := _values(text)) is not None:
+        parts, tail = split
+        kept = [part for i, part in enumerate(parts, start=1) if i not in bad]
+        return bom + ("".join(kept) + tail).encode("utf-8", "surrogateescape"), len(kept), len(parts)
     lines = [(n, line) for n, line in enumerate(raw.splitlines(keepends=True), start=1) if line.strip()]
     kept = [line if line.endswith((b"\n", b"\r")) else line + b"\n" for n, line in lines if n not in bad]
     return bom + b"".join(kept), len(kept), len(lines)
@@ -123,6 +121,22 @@ def _elements(text: str) -> tuple[str, list[str], str] | None:
         elif not text.startswith("]", at):
             return None
     return (head, parts, text[start:]) if not text[at + 1 :].strip() else None
+
+
+def _values(text: str) -> tuple[list[str], str] | None:
+    """JSON values one after another as (each value with the whitespace before it, the whitespace after the last);
+    None where the text is not that."""
+    decoder = json.JSONDecoder()
+    start, parts = 0, []
+    at = _SPACE.match(text).end()
+    while at < len(text):
+        try:
+            _, end = decoder.raw_decode(text, at)
+        except (ValueError, RecursionError):
+            return None
+        parts.append(text[start:end])
+        start, at = end, _SPACE.match(text, end).end()
+    return parts, text[start:]
 
 
 def _kept_table(raw: bytes, bad: set[int], suffix: str) -> tuple[bytes, int, int]:
