@@ -9,6 +9,11 @@
 3. (plan.py) `--method fft` of a 7B on CPU was refused as "would take days a step" with no number to judge it by: the
    refusal now says the step's work (PFLOP) and its time at a sustained 1 TFLOP/s.
 
+PATCHED (ftctl/local/backend.py, /work/notes/task-305-extra.patch, which adds them):
+4. What nvidia-smi lists and ftctl plans as another card (an RTX 3060 as an RTX2080Ti: fp16, sdpa) or as cpu (an 8 GB
+   laptop GPU, a GTX 1080 Ti) is said by the plan's notes, doctor's gpus line and a CPU refusal; it was said nowhere.
+5. A local launch prints its plan's batch, checkpointing, memory and step time before it trains.
+
 The CLI runs as users run it (a subprocess: one error line, exit 2, no traceback); the grammar is gpus.parse.
 """
 
@@ -103,3 +108,131 @@ def test_a_model_too_big_for_cpu_is_refused_with_the_steps_work():
     )
     proc = plan_as("lora", "meta-llama/Llama-3.2-3B", "--gpus", "cpu", "-o", "global_batch_size=8")
     assert "this one's step of 8 x 2,048 tokens: ~0.21 PFLOP, 4 min at a sustained 1 TFLOP/s" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PATCHED (local/backend.py; /work/notes/task-305-extra.patch adds these tests with it). nvidia-smi is the one stand-in
+# (no GPU here), as in tests/test_local_backend.py: it lists the card a user's workstation has.
+FTCTL = os.path.join(os.path.dirname(sys.executable), "ftctl")
+
+
+def smi(tmp_path, listed: str) -> dict:
+    """An environment whose nvidia-smi lists ``listed`` ('NAME, MiB'), as a workstation's does."""
+    where = tmp_path / "smi"
+    where.mkdir(exist_ok=True)
+    script = where / "nvidia-smi"
+    script.write_text(f'#!/bin/sh\ncase "$1" in --query-gpu*) echo "{listed}"; exit 0;; esac\n')
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{where}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.parametrize(
+    "listed, gpus_here, said",
+    [
+        ("NVIDIA GeForce RTX 4090, 24564", "1xRTX4090", None),
+        (
+            "NVIDIA GeForce RTX 3060, 12288",
+            "1xRTX2080Ti",
+            "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 3060' (12.0 GiB), a card ftctl does not list: planned as an "
+            "RTX2080Ti (10.73 GiB): fp16 and sdpa, as that card trains (a newer card's bf16 and FlashAttention unused)",
+        ),
+        (
+            "NVIDIA GeForce RTX 5090, 32607",
+            "1xRTX4090",
+            "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 5090' (31.8 GiB), a card ftctl does not list: planned as an "
+            "RTX4090 (23.64 GiB)",
+        ),
+        (
+            "NVIDIA GeForce RTX 4060 Laptop GPU, 8188",
+            "cpu",
+            "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 4060 Laptop GPU' (8.0 GiB), less memory than every card "
+            "ftctl plans for (RTX2080Ti's 10.73 GiB is the least): planned as cpu",
+        ),
+        (
+            "NVIDIA GeForce GTX 1080 Ti, 11264",
+            "cpu",
+            "local: nvidia-smi lists 1x 'NVIDIA GeForce GTX 1080 Ti' (11.0 GiB), older than every card ftctl plans "
+            "for (Volta's V100 is the oldest): planned as cpu",
+        ),
+    ],
+)
+def test_a_card_planned_as_another_or_as_cpu_is_said(tmp_path, monkeypatch, listed, gpus_here, said):
+    """An RTX 3060 was planned as an RTX2080Ti (fp16 on a bf16 card) and an 8 GB laptop GPU as cpu, said nowhere."""
+    from ftctl.local import backend
+
+    monkeypatch.setenv("PATH", smi(tmp_path, listed)["PATH"])
+    assert backend.detected() == (gpus_here, said)
+    assert backend.local_gpus() == gpus_here
+
+
+def test_the_plan_and_doctor_say_what_the_card_is_planned_as(tmp_path):
+    env = smi(tmp_path, "NVIDIA GeForce RTX 3060, 12288")
+    cmd = [FTCTL, "plan", "--backend", "local", "--method", "qlora", "--model", "meta-llama/Llama-3.1-8B"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "gpus           1xRTX2080Ti" in proc.stdout
+    assert "note: local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 3060' (12.0 GiB), a card ftctl does not list" in (
+        proc.stdout + proc.stderr
+    )
+    proc = subprocess.run([FTCTL, "doctor"], env=env, capture_output=True, text=True, timeout=120)
+    assert "gpus:    1xRTX2080Ti (nvidia-smi lists 1x 'NVIDIA GeForce RTX 3060' (12.0 GiB)" in proc.stdout
+
+
+def test_a_refusal_on_cpu_says_the_gpu_here_was_too_small(tmp_path):
+    """`ftctl launch --method fft` of an 8B on an 8 GB laptop GPU said "on CPU would take days a step", the GPU unsaid."""
+    data = tmp_path / "chats.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
+    env = smi(tmp_path, "NVIDIA GeForce RTX 4060 Laptop GPU, 8188")
+    cmd = [FTCTL, "launch", "--method", "fft", "--model", "meta-llama/Llama-3.1-8B", "--data", str(data), "--dry-run"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: fft of an 8.03B-parameter model on CPU: ftctl runs models up to 2B on CPU")
+    assert line.endswith(
+        "(nvidia-smi lists 1x 'NVIDIA GeForce RTX 4060 Laptop GPU' (8.0 GiB), less memory than every card ftctl plans "
+        "for (RTX2080Ti's 10.73 GiB is the least): planned as cpu)"
+    )
+
+
+def test_a_local_launch_says_its_batch_and_memory_before_it_trains(tmp_path, tiny_model_dir, tiny_data, capsys):
+    """A local launch said "running lora on cpu; checkpoints in ..." alone: the micro-batch, checkpointing and memory
+    it chose were in spec.json only (Slurm's launch says them: slurm.backend.plan_lines). The launch's own foreground
+    run of a real prepared run; a python that exits at once stands in for the trainer (a real one: tests/
+    test_local_backend.py)."""
+    from ftctl.backend import write_files
+    from ftctl.local.backend import run_foreground
+    from tests.render_fixtures import prepared
+
+    rendered = prepared(
+        ["max_steps=1", "global_batch_size=2", "model_max_length=64"],
+        backend="local",
+        gpus="cpu",
+        method="lora",
+        model_name_or_path=str(tiny_model_dir),
+        data_path=str(tiny_data),
+        output_dir=str(tmp_path / "run"),
+        model_params="0.1b",
+    )
+    write_files(rendered)
+    run_foreground(rendered, [sys.executable, "-c", "pass"])
+    plan = rendered.plan
+    want = (
+        f"plan:    fp32, {plan.per_device_train_batch_size} per device x {plan.gradient_accumulation_steps} "
+        "accumulation x 1 = 2 sequences of up to 64 tokens a step, gradient checkpointing "
+        f"{'on' if plan.gradient_checkpointing else 'off'}; ~{plan.memory_gb:.1f} GB est. of RAM a process "
+        "(`ftctl plan` with the same flags: every row)"
+    )
+    said = capsys.readouterr().err
+    assert want in said.splitlines()
+    assert said.index("running lora on cpu") < said.index(want)
+
+
+def test_the_plan_line_on_a_gpu_names_its_memory_and_step():
+    from ftctl.local.backend import plan_line
+    from ftctl.plan import make_plan
+    from ftctl.spec import build
+
+    spec = build(flags={"method": "qlora", "gpus": "1xRTX4090", "model_name_or_path": "meta-llama/Llama-3.1-8B"})
+    said = plan_line(spec, make_plan(spec))
+    assert said.startswith("plan:    bf16, 1 per device x 32 accumulation x 1 = 32 sequences of up to 2,048 tokens")
+    assert "GB est. of 25.4 GB a GPU; ~39 s a step est." in said

@@ -60,9 +60,17 @@ from ftctl.storage import is_remote
 
 def local_gpus() -> str:
     """What this machine has, in --gpus form, from nvidia-smi (no torch import); 'cpu' without GPUs."""
+    return detected()[0]
+
+
+def detected() -> tuple[str, str | None]:
+    """(local_gpus, a note where what nvidia-smi lists is planned as another card or not at all): an unlisted card is
+    planned as a listed one, an 8 GB card or a Pascal as the CPU. Said by the plan and by doctor: an RTX 3060 planned
+    as an RTX2080Ti (fp16, no FlashAttention) and an 8 GB laptop GPU planned as cpu ("fft ... on CPU would take days a
+    step") were said nowhere."""
     smi = shutil.which("nvidia-smi")
     if not smi:
-        return "cpu"
+        return "cpu", None
     try:
         out = subprocess.run(
             [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
@@ -71,19 +79,32 @@ def local_gpus() -> str:
             timeout=20,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return "cpu"
+        return "cpu", None
     rows = [r for r in out.strip().splitlines() if r.strip()]
     if not rows:
-        return "cpu"
+        return "cpu", None
     from ftctl import gpus as gpu_table
 
     name, mem = rows[0].rsplit(",", 1)
     try:  # the name as nvidia-smi writes it: "NVIDIA A100-SXM4-80GB", "Tesla V100S-PCIE-32GB"
-        return f"{len(rows)}x{gpu_table.tier(name).name}"
+        return f"{len(rows)}x{gpu_table.tier(name).name}", None
     except FtctlError:  # a card ftctl does not list (a GH200, an RTX 5090): planned as one it lists
         pass
-    like = None if gpu_table.older_than_listed(name) else _listed_like(name, float(mem) / 1024)
-    return f"{len(rows)}x{like.name}" if like else "cpu"  # Pascal and older, or less memory than any listed card
+    gib = float(mem) / 1024
+    lists = f"local: nvidia-smi lists {len(rows)}x {name.strip()!r} ({gib:.1f} GiB)"
+    if gpu_table.older_than_listed(name):
+        return "cpu", f"{lists}, older than every card ftctl plans for (Volta's V100 is the oldest): planned as cpu"
+    like = _listed_like(name, gib)
+    if like is None:
+        least = min(gpu_table.TIERS.values(), key=lambda t: t.total_gib)
+        return "cpu", (
+            f"{lists}, less memory than every card ftctl plans for ({least.name}'s {least.total_gib:g} GiB is the "
+            "least): planned as cpu"
+        )
+    older = "" if like.bf16 else ": fp16 and sdpa, as that card trains (a newer card's bf16 and FlashAttention unused)"
+    return f"{len(rows)}x{like.name}", (
+        f"{lists}, a card ftctl does not list: planned as {like.a_card} ({like.total_gib:g} GiB){older}"
+    )
 
 
 def _listed_like(name: str, mem_gib: float):
@@ -160,7 +181,15 @@ class LocalBackend(Backend):
         if spec.gpus:  # named GPUs are planned as asked; only detected ones fall back to what fits
             spec, plan = spec, make_plan(spec)
         else:
-            spec, plan = fallback_plan(replace(spec, gpus=local_gpus()))
+            gpus, said = detected()
+            try:
+                spec, plan = fallback_plan(replace(spec, gpus=gpus))
+            except PlanError as e:  # "fft ... on CPU would take days a step" where the GPU here is too small
+                if said:
+                    e.args = (f"{e.args[0]} ({said.removeprefix('local: ')})", *e.args[1:])
+                raise
+            if said:
+                plan.notes.insert(0, said)
         if plan.nodes > 1:
             raise FtctlError("--backend local runs on this machine only: for several nodes use --backend slurm or sky.")
         if plan.tier is None and sys.platform == "darwin":
@@ -280,8 +309,8 @@ class LocalBackend(Backend):
 
         refuse_partition(partition, self.name)
         click.echo(f"python:  {sys.version.split()[0]} ({sys.executable})")
-        gpus_here = local_gpus()
-        click.echo(f"gpus:    {gpus_here}")
+        gpus_here, said = detected()
+        click.echo(f"gpus:    {gpus_here}" + (f" ({said.removeprefix('local: ')})" if said else ""))
         ok = gpus_here_say(gpus, gpus_here) if gpus else True
         if gpus_here != "cpu":
             click.echo(f"driver:  {driver_line(gpus_here)}")
@@ -557,6 +586,21 @@ def gone(ref: JobRef) -> JobStatus:
     return JobStatus(JobState.UNKNOWN, f"{text}, and {ref.output} holds no committed checkpoint of it")
 
 
+def plan_line(spec: RunSpec, plan: Plan) -> str:
+    """What a local launch says of its plan before it trains, as Slurm's launch does (slurm.backend.plan_lines): the
+    batch, checkpointing, memory and a step's time. It said only "running qlora on 1xRTX4090; checkpoints in ...":
+    the micro-batch and memory it had chosen were in spec.json alone, though docs/plan.md says launch prints the plan."""
+    where = f"of {plan.gpu_memory_gb:.1f} GB a GPU" if plan.gpu_memory_gb else "of RAM a process"
+    return (
+        f"plan:    {plan.precision}, {plan.per_device_train_batch_size} per device x "
+        f"{plan.gradient_accumulation_steps} accumulation x {plan.world_size} = {plan.global_batch_size} sequences of "
+        f"up to {spec.model_max_length:,} tokens a step, gradient checkpointing {'on' if plan.gradient_checkpointing else 'off'}"
+        f"; ~{plan.memory_gb:.1f} GB est. {where}"
+        + (f"; ~{plan.step_s:,.0f} s a step est." if plan.step_s else "")
+        + " (`ftctl plan` with the same flags: every row)"
+    )
+
+
 def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
     """Run the trainer here and wait; one message for a failure, whichever rank it came from."""
     paths: RunPaths = rendered.paths
@@ -572,6 +616,7 @@ def run_foreground(rendered: Rendered, cmd: list[str]) -> None:
         ),
         err=True,
     )
+    click.echo(plan_line(rendered.spec, rendered.plan), err=True)
     shutil.rmtree(paths.failures, ignore_errors=True)
     paths.failures.mkdir(parents=True, exist_ok=True)
     paths.status_file.unlink(missing_ok=True)  # an earlier attempt's word is not this one's
