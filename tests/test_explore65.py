@@ -9,7 +9,7 @@
 3. (plan.py) `--method fft` of a 7B on CPU was refused as "would take days a step" with no number to judge it by: the
    refusal now says the step's work (PFLOP) and its time at a sustained 1 TFLOP/s.
 
-PATCHED (ftctl/local/backend.py, /work/notes/task-305-extra.patch, which adds them):
+In ftctl/local/backend.py:
 4. What nvidia-smi lists and ftctl plans as another card (an RTX 3060 as an RTX2080Ti: fp16, sdpa) or as cpu (an 8 GB
    laptop GPU, a GTX 1080 Ti) is said by the plan's notes, doctor's gpus line and a CPU refusal; it was said nowhere.
 5. A local launch prints its plan's batch, checkpointing, memory and step time before it trains.
@@ -111,7 +111,7 @@ def test_a_model_too_big_for_cpu_is_refused_with_the_steps_work():
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# PATCHED (local/backend.py; /work/notes/task-305-extra.patch adds these tests with it). nvidia-smi is the one stand-in
+# local/backend.py (findings 4 and 5 above). nvidia-smi is the one stand-in
 # (no GPU here), as in tests/test_local_backend.py: it lists the card a user's workstation has.
 FTCTL = os.path.join(os.path.dirname(sys.executable), "ftctl")
 
