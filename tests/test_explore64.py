@@ -92,3 +92,24 @@ def test_a_stopped_run_relaunched_with_max_steps_below_its_checkpoint_is_refused
     # the run's own last step (stopped before its final model) still resumes to write it
     again = train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **every), echo=lambda *_: None)
     assert again.status == "complete" and (out / "adapter_model.safetensors").exists()
+
+
+def test_eval_says_the_data_of_the_checkpoint_a_run_went_on_from(tiny_model_dir, tiny_data, tmp_path, one_thread):
+    """`-o resume=FIRST/checkpoint-2 --data other.json`: the new run's steps 1-2 trained on FIRST's data, yet `ftctl
+    eval NEW --data FIRST's file` said nothing (its spec.json names other.json only), and the loss read as held-out."""
+    from ftctl.demo import demo_data_path
+    from ftctl.trainer.run import train
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(json.loads(demo_data_path().read_text())[200:248]))
+    first, new = tmp_path / "first", tmp_path / "new"
+    small = {"save_steps": 2, "lora_r": 4}
+    assert train(*make_run(tiny_model_dir, tiny_data, first, "lora", max_steps=2, **small), echo=lambda *_: None)
+    named = {**small, "resume": str(first / "checkpoint-2")}
+    assert train(*make_run(tiny_model_dir, other, new, "lora", max_steps=3, **named), echo=lambda *_: None)
+    said = _ftctl("eval", new, "--data", tiny_data)
+    assert said.exit_code == 0, said.output
+    assert (
+        f"note: {tiny_data.name}: the run trained on its rows, so this loss is lower than on rows it never saw"
+        in said.output.replace(str(tiny_data), tiny_data.name)
+    ), said.output

@@ -51,21 +51,24 @@ def trained_on(found, names: list[str], sets=None, tokenizer=None, max_length: i
     trained = found.recorded("spec", "data_path")
     if not isinstance(trained, str):
         return None
+    earlier = _went_on_from(found, trained)  # -o resume=OTHER/checkpoint-N on other data: its steps' rows too
+    paths = [*split_paths(trained), *split_paths(earlier)]
 
-    seen = {_resolved(p) for p in split_paths(trained)}
+    seen = {_resolved(p) for p in paths}
     both = [name for name in names if _resolved(name) in seen]
     others = [(name, rows) for name, rows in zip(names, sets or ()) if _resolved(name) not in seen]
-    shared = _shared_rows(found, trained, others, tokenizer, max_length) if others and tokenizer else []
+    shared = _shared_rows(found, paths, others, tokenizer, max_length) if others and tokenizer else []
     if not both and not shared:
         return None
     held = found.recorded("spec", "eval_split")
     split = f", less the {held:g} it held out (eval_split)" if isinstance(held, (int, float)) and held > 0 else ""
+    before = f"; {earlier} in the steps of the checkpoint it went on from" if earlier else ""
     said = [f"{', '.join(both)}: the run trained on {'these rows' if len(both) > 1 else 'its rows'}{split}"] * bool(
         both
     )
     said += [
         f"{name}: {f'all {same:,}' if same == rows else f'{same:,} of {rows:,}'} of its rows are rows the run trained "
-        f"on ({trained}{split}), token for token"
+        f"on ({trained}{split}{before}), token for token"
         for name, same, rows in shared
     ]
     return (
@@ -77,18 +80,39 @@ def trained_on(found, names: list[str], sets=None, tokenizer=None, max_length: i
 TRAINING_BYTES = 64 * 2**20  # the training data eval tokenizes to compare rows (~1 min of a core at most)
 
 
-def _shared_rows(found, trained: str, others: list, tokenizer, max_length: int) -> list[tuple[str, int, int]]:
+def _went_on_from(found, trained: str) -> str | None:
+    """The data the checkpoint a run went on from trained on (``-o resume=PATH``: its manifest's data_path) where it
+    is other data than the run's own (``trained``): `-o resume=OTHER/checkpoint-8 --data b.json` trained checkpoint-8's
+    8 steps on a.json, and eval of a.json said only the rows of it that b.json shares (explore64). None where the
+    run named no checkpoint, or it is no longer there to read."""
+    from ftctl.checkpoints.settings import saved
+    from ftctl.spec import split_paths
+
+    resume = found.recorded("spec", "resume")
+    if not isinstance(resume, str) or resume in ("auto", "never"):
+        return None
+    try:
+        recorded = saved(resume)
+    except Exception:  # noqa: BLE001 - advisory: a checkpoint deleted since, a store not reachable from here
+        return None
+    earlier = (recorded or {}).get("data_path")
+    if not isinstance(earlier, str) or {_resolved(p) for p in split_paths(earlier)} <= {
+        _resolved(p) for p in split_paths(trained)
+    }:
+        return None
+    return earlier
+
+
+def _shared_rows(found, paths: list[str], others: list, tokenizer, max_length: int) -> list[tuple[str, int, int]]:
     """(name, its rows that are training rows too, its rows) of each of ``others`` ((name, dataset)) with any; []
-    where the run's training data (``trained``) is not local files of TRAINING_BYTES at most, or does not read as
+    where the run's training data (``paths``) is not local files of TRAINING_BYTES at most, or does not read as
     the run read it (removed, edited since into rows with errors: advisory, the scores stand either way)."""
     import os
 
     from ftctl import storage
-    from ftctl.spec import split_paths
     from ftctl.trainer.data import _row_digests, build_dataset
     from ftctl.trainer.formats import resolve_files
 
-    paths = split_paths(trained)
     if any(storage.is_remote(p) for p in paths):
         return []
     reads = read_as_trained(str(found.path), paths)  # as the run read them: its text field, its data_columns
