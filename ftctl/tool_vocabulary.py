@@ -130,6 +130,27 @@ MEANT = {
     "strategy=NAME forces one (ddp, zero2, zero3, fsdp). ftctl's own run file is -c FILE.",
     "mixed_precision": _ACCELERATE + "; the precision is the plan's: -o bf16=true or -o fp16=true asks for one.",
     "multi_gpu": _ACCELERATE + "; several GPUs are --gpus (--gpus 8xA100).",
+    # SkyPilot's task YAML keys (its task file given as a run file, or as -o): ftctl writes the task itself, and
+    # the nearest spellings named other things (resources: resume, image_id: managed, file_mounts: idle_minutes)
+    "resources": "SkyPilot's resources are flags here, and ftctl writes the task (ftctl render --backend sky prints "
+    "it): accelerators --gpus A100:8, num_nodes --nodes N, use_spot --spot, infra --infra aws/us-east-1, image_id "
+    "--container docker:REF, disk_size -o disk_size=GIB.",
+    "accelerators": "SkyPilot's accelerators are --gpus here (--gpus A100:8, or 8xA100); more types to fail over to: "
+    "-o also_gpus=A100-80GB.",
+    "image_id": "SkyPilot's image_id is --container docker:REF here.",
+    "instance_type": "Not offered: --gpus names the GPUs, and SkyPilot's optimizer takes the cheapest instance with "
+    "them (ftctl plan --backend sky names it).",
+    "file_mounts": "Local inputs ship with the task by themselves (--data, --eval-data, a --model directory, "
+    "chat_template_path); an object store's are read from it (--data s3://...), and the output goes to one "
+    "(--output s3://...).",
+    "workdir": "ftctl ships its own source as the task's workdir; your data and model are --data and --model (local "
+    "ones ship with the task).",
+    "job_recovery": "--spot (or --managed) makes a managed job with SkyPilot's job_recovery; -o max_requeues=N bounds "
+    "its restarts after the job's own failures.",
+    "run": "ftctl runs the trainer itself, torchrun on every node (ftctl render --backend sky prints the task); what "
+    "runs before it is -o setup=LINE.",
+    "any_of": "With --spot, -o on_demand_fallback=true asks for spot or on-demand instances; -o also_gpus=TYPE adds "
+    "GPU types.",
     # a credential as a run key would be written into the job's files: the job reads each from its variable
     "hub_token": "The Hub's token is HF_TOKEN, a secret passed by name: export HF_TOKEN where you launch (--secret "
     "HF_TOKEN is a default), never as a value.",

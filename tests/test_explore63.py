@@ -292,12 +292,6 @@ def test_down_of_a_cluster_whose_jobs_did_not_end_tears_nothing_down(sky_side, m
     assert sky_backend.SkyBackend().down(ref) == "tore down cluster dev"
 
 
-# The tests marked needs_patch check /work/notes/task-302-extra.patch (ftctl/tool_vocabulary.py): they fail until it is
-# applied (xfail here, strict; the patch makes the mark a plain pass-through).
-needs_patch = pytest.mark.xfail(strict=True, reason="needs /work/notes/task-302-extra.patch (tool_vocabulary.MEANT)")
-
-
-@needs_patch
 def test_skypilots_task_keys_say_what_they_are_here(tmp_path):
     """explore63 finding 4: SkyPilot's task keys, as -o or in a SkyPilot task YAML given as the run file, were
     answered with the nearest spelling of another key ("Did you mean 'resume'?" for resources, 'managed' for image_id,

@@ -55,9 +55,11 @@ task = sky.Task.from_yaml(task_yaml)
 
 
 def record(infra, disk=None, status="UP", like=False):
-    # a cluster the task fits but for its disk (like), or one of another infra
+    # a cluster the task fits but for its disk (like), or one of another infra with the task's GPUs (sdk.misfit
+    # refuses a cluster without them, as SkyPilot's own fit check does)
     sized = {} if disk is None else {"disk_size": disk}
-    launched = asked.copy(infra=infra, **sized) if like else sky.Resources(infra=infra, **sized)
+    gpus = {"accelerators": asked.accelerators}
+    launched = asked.copy(infra=infra, **sized) if like else sky.Resources(infra=infra, **gpus, **sized)
     handle = vm.CloudVmRayResourceHandle(
         cluster_name="dev", cluster_name_on_cloud="dev-2ea4", cluster_yaml=None, launched_nodes=1,
         launched_resources=launched,
