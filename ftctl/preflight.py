@@ -1359,7 +1359,7 @@ def _resumed(spec, checkpoint: str, changed, own: bool) -> list[Finding]:
     """What resuming ``checkpoint`` under ``changed`` settings (checkpoints.settings.Changes) means: a finished run
     is refused (its final model saved, no step left), else what changed is said; ``own``: a checkpoint of the
     run's output (Changes.line)."""
-    from ftctl.checkpoints.settings import TRAINER_STATE, final_saved, finished
+    from ftctl.checkpoints.settings import TRAINER_STATE, final_saved, finished, past_end
 
     try:
         state = storage.read_text(storage.join(checkpoint, TRAINER_STATE), spec.s3_endpoint_url)
@@ -1367,6 +1367,9 @@ def _resumed(spec, checkpoint: str, changed, own: bool) -> list[Finding]:
         state = ""  # a checkpoint without transformers' record: the trainer says what it finds
     if (done := finished(state, spec, changed)) and final_saved(spec.output, spec.s3_endpoint_url):
         return [Finding(ERROR, done)]
+    name = storage.join(spec.output, posixpath.basename(checkpoint.rstrip("/")))
+    if own and (past := past_end(state, spec, name)):
+        return [Finding(ERROR, past)]
     return [Finding(WARNING, changed.line(own=own))] if changed else []
 
 

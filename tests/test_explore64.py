@@ -113,3 +113,47 @@ def test_eval_says_the_data_of_the_checkpoint_a_run_went_on_from(tiny_model_dir,
         f"note: {tiny_data.name}: the run trained on its rows, so this loss is lower than on rows it never saw"
         in said.output.replace(str(tiny_data), tiny_data.name)
     ), said.output
+
+
+def test_chat_eval_and_merge_of_a_relaunch_stopped_past_its_final_adapter_load_its_checkpoint(
+    stopped_past_final, caplog
+):
+    """`ftctl chat/eval/merge RUN` of that run loaded the earlier run's final adapter (step 2's) with no word, where a
+    stopped run without one loads its newest checkpoint and says so: now checkpoint-3, said."""
+    import logging
+
+    from ftctl.trainer.trained import find
+
+    with caplog.at_level(logging.WARNING, logger="ftctl"):
+        found = find(str(stopped_past_final))
+    assert found.path == stopped_past_final / "checkpoint-3" and found.adapter
+    assert (
+        f"{stopped_past_final}: its final adapter is an earlier run's; a relaunch trained on to checkpoint-3 and "
+        "stopped before its end: loading checkpoint-3 (the same `ftctl launch` finishes the run)" in caplog.text
+    )
+    assert find(str(stopped_past_final / "checkpoint-2")).path == stopped_past_final / "checkpoint-2"  # as named
+
+
+def test_launch_refuses_a_max_steps_below_the_stopped_runs_checkpoint_before_the_job(
+    tiny_model_dir, tiny_data, tmp_path, one_thread, monkeypatch
+):
+    """The trainer's refusal (run.past_end) came after the job started, and marked the stopped run failed: launch's
+    preflight says it first, as it refuses a finished run."""
+    from ftctl.envvars import STOP_ENV
+    from ftctl.preflight import ERROR, Finding, check_resume
+    from ftctl.trainer.run import train
+
+    out, stop = tmp_path / "run", tmp_path / "stop"
+    monkeypatch.setenv(STOP_ENV, str(stop))
+    every = {"resume": "auto", "save_steps": 100, "lora_r": 4}
+    assert train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=50, **every), [_StopAt(stop, 2)], print)
+    assert check_resume(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=2, **every)) == [
+        Finding(
+            ERROR,
+            f"{out} holds checkpoint-3, past this run's end at max_steps=2: nothing would be trained, and its final "
+            "model would be step 3's. To train on, give a max_steps over 3 (-o max_steps=5 trains 2 more); to use step "
+            f"3's weights as they are: ftctl chat {out}/checkpoint-3 (or eval, merge).",
+        )
+    ]
+    said = check_resume(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **every))
+    assert [f.level for f in said] != [ERROR]  # its own last step: resumed to write its final adapter

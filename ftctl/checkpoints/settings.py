@@ -283,6 +283,29 @@ def final_saved(uri: str, endpoint_url: str | None = None) -> bool:
         return False
 
 
+def past_end(state_json: str, spec, checkpoint: str) -> str | None:
+    """The line refusing to resume a run's own ``checkpoint`` (its trainer_state.json text) past this run's max_steps
+    (a stopped run relaunched with a lower one): the Trainer trained nothing, wrote the checkpoint's weights as the
+    final model of a run of max_steps steps (its model card said so) and called it complete, after the log said "the
+    run goes on from step N with the new ones" (explore64). A checkpoint of the last step (a run stopped before its
+    final model) resumes to write it; another run's is the trainer's callbacks.NothingToTrain's."""
+    import shlex
+
+    step = checkpoint_step(os.path.basename(checkpoint.rstrip("/"))) or 0
+    try:
+        step = int(json.loads(state_json).get("global_step") or step)
+    except (ValueError, TypeError, AttributeError):
+        pass
+    if not 0 < spec.max_steps < step:
+        return None
+    return (
+        f"{spec.output} holds checkpoint-{step}, past this run's end at max_steps={spec.max_steps}: nothing would be "
+        f"trained, and its final model would be step {step}'s. To train on, give a max_steps over {step} (-o "
+        f"max_steps={step + spec.max_steps} trains {spec.max_steps} more); to use step {step}'s weights as they are: "
+        f"ftctl chat {shlex.quote(checkpoint)} (or eval, merge)."
+    )
+
+
 def finished(state_json: str, spec, changed: Changes | None) -> str | None:
     """The line that refuses to resume a checkpoint (its ``trainer_state.json`` text) of a finished run (its final
     model saved, final_saved) that has trained every step of this run: transformers' Trainer would take one step

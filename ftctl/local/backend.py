@@ -223,7 +223,7 @@ class LocalBackend(Backend):
         failed where its trainer said so (its status file and failure records); else stopped, and the same `ftctl
         launch` (or `ftctl train`, the command that started it: same_command) resumes it."""
         from ftctl.checkpoints.settings import final_saved
-        from ftctl.trainer.trained import unlocked_trainer
+        from ftctl.trainer.trained import trained_past_final, unlocked_trainer
 
         if not ref.paths.root.is_dir():  # deleted or moved since: what is left of it is its object-store output's
             return gone(ref)
@@ -237,7 +237,7 @@ class LocalBackend(Backend):
             pid = f" (pid {unlocked.pid})" if unlocked.pid else ""
             said = f"{unlocked.said}; relaunch it only once that trainer{pid} has ended"
             return JobStatus(JobState.RUNNING, f"{ref.job_id} local run, may still be training ({said})")
-        if word == "complete" or (final_saved(ref.run_dir) and not trained_past_final(ref, word)):
+        if word == "complete" or (final_saved(ref.run_dir) and not trained_past_final(trainer_paths(ref).root, word)):
             return JobStatus(JobState.SUCCEEDED, f"{ref.job_id} local run, complete")  # (the store's final model too)
         records = failures.read(ref.paths.failures)
         if word == "failed" and records and not failures.summarize(records)[1]:  # not an interruption: a relaunch
@@ -487,29 +487,6 @@ def _read_word(path: Path) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
-
-
-def trained_past_final(ref: JobRef, word: str) -> bool:
-    """Whether the last attempt into a finished run (its final model there) was a relaunch that trained past that
-    model and stopped or failed (its word), leaving a checkpoint newer than the step the final model ends (metrics.jsonl's
-    last "end"): `-o max_steps` raised, then a SIGTERM or a crash. Its status said "complete" (explore64). A local
-    output's only; False where any of it cannot be read."""
-    from ftctl.checkpoints import list_checkpoints
-
-    if word not in ("preempted", "failed"):
-        return False
-    paths = trainer_paths(ref)
-    try:
-        rows = [json.loads(line) for line in paths.metrics.read_text().splitlines() if line.strip()]
-        events = [(r["event"], r["step"]) for r in rows if isinstance(r, dict) and "event" in r]
-        done = [c.step for c in list_checkpoints(str(paths.root)) if c.complete]
-    except (OSError, ValueError, KeyError, TypeError, FtctlError):
-        return False
-    # a stop logs its "end" too, then its "stop": the final model's is an "end" no "stop" follows
-    ends = [
-        step for (event, step), after in zip(events, [*events[1:], ("", 0)]) if event == "end" and after[0] != "stop"
-    ]
-    return bool(ends and done) and max(done) > ends[-1]
 
 
 def trainer_paths(ref: JobRef) -> RunPaths:

@@ -694,27 +694,15 @@ def already_trained(spec: RunSpec, checkpoint: str, changed, local_dir: str, rem
 
 
 def past_end(spec: RunSpec, checkpoint: str) -> str | None:
-    """The line refusing to resume a checkpoint past this run's max_steps (a stopped run relaunched with a lower one):
-    the Trainer trained nothing, wrote the checkpoint's weights as the final model of a run of max_steps steps (its
-    model card said so) and called it complete, after the log said "the run goes on from step N with the new ones"
-    (explore64). A checkpoint of the last step (a run stopped before its final model) resumes to write it; another
-    run's is callbacks.NothingToTrain's."""
+    """checkpoints.settings.past_end of the run's own local checkpoint it would resume."""
     from ftctl.checkpoints.settings import TRAINER_STATE
+    from ftctl.checkpoints.settings import past_end as said
 
-    step = checkpoints.checkpoint_step(checkpoint) or 0
     try:
-        step = int(json.loads(Path(checkpoint, TRAINER_STATE).read_text()).get("global_step") or step)
-    except (OSError, ValueError, TypeError, AttributeError):
-        pass
-    if not 0 < spec.max_steps < step:
-        return None
-    named = shlex.quote(os.path.join(spec.output, os.path.basename(os.path.normpath(checkpoint))))
-    return (
-        f"{spec.output} holds checkpoint-{step}, past this run's end at max_steps={spec.max_steps}: nothing would be "
-        f"trained, and its final model would be step {step}'s. To train on, give a max_steps over {step} (-o "
-        f"max_steps={step + spec.max_steps} trains {spec.max_steps} more); to use step {step}'s weights as they are: "
-        f"ftctl chat {named} (or eval, merge)."
-    )
+        state = Path(checkpoint, TRAINER_STATE).read_text()
+    except OSError:
+        state = ""
+    return said(state, spec, os.path.join(spec.output, os.path.basename(os.path.normpath(checkpoint))))
 
 
 def holds_checkpoint(spec: RunSpec) -> bool:

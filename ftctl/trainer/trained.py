@@ -173,6 +173,16 @@ def find(path_or_uri: str, adapter_only: bool = False) -> Trained:
     if not path.is_dir():
         raise FtctlError(f"{path} is not a directory: pass the output directory of a run (or a checkpoint-* in it).")
     found = _found(path)
+    if found is not None and (newer := trained_past_final(path)) and (at := _found(path / newer)) is not None:
+        log.warning(
+            "%s: its final %s is an earlier run's; a relaunch trained on to %s and stopped before its end: loading %s "
+            "(the same `ftctl launch` finishes the run)",
+            path,
+            _what(found),
+            newer,
+            newer,
+        )
+        found = at
     if found is None:
         found = _newest_checkpoint(path)
         if found is not None:
@@ -189,6 +199,34 @@ def find(path_or_uri: str, adapter_only: bool = False) -> Trained:
             "transformers as it is, there is nothing to merge."
         )
     return found
+
+
+def trained_past_final(run_dir, word: str | None = None) -> str | None:
+    """The newest complete checkpoint's name where the last attempt into a finished run (its final model at the top) was
+    a relaunch that trained past that model and stopped or failed (its status word, ``word`` where already read):
+    `-o max_steps` raised, then a SIGTERM or a crash. Its checkpoint is newer than the step the final model ends at
+    (metrics.jsonl's last "end" record that no "stop" follows: a stop logs "end" too). None otherwise, or where any of
+    it cannot be read. `ftctl status` said "complete" of such a run, and chat/eval/merge loaded the earlier final
+    model (explore64)."""
+    from ftctl.checkpoints import list_checkpoints
+
+    paths = RunPaths(Path(run_dir).expanduser())
+    try:
+        word = paths.status_file.read_text().strip() if word is None else word
+    except OSError:
+        return None
+    if word not in ("preempted", "failed"):
+        return None
+    try:
+        rows = [json.loads(line) for line in paths.metrics.read_text().splitlines() if line.strip()]
+        events = [(r["event"], r["step"]) for r in rows if isinstance(r, dict) and "event" in r]
+        done = [c for c in list_checkpoints(str(paths.root)) if c.complete]
+    except (OSError, ValueError, KeyError, TypeError, FtctlError):
+        return None
+    ends = [
+        step for (event, step), after in zip(events, [*events[1:], ("", 0)]) if event == "end" and after[0] != "stop"
+    ]
+    return done[-1].name if ends and done and done[-1].step > ends[-1] else None
 
 
 def _found(path: Path) -> Trained | None:
