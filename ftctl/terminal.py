@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 
 # control characters (C0 but tab and newline, DEL, C1): a value's NUL, carriage return or escape sequence (a path
 # holding ESC]0;...BEL, a row's text) would act on the terminal, not show
@@ -34,3 +35,11 @@ def hang_up(fds: tuple[int, ...]) -> None:
             os.dup2(null, fd)
     finally:
         os.close(null)
+
+
+def caught(signals) -> tuple:
+    """``signals`` less SIGHUP where this process ignores it, as `nohup` (or `trap '' HUP`) leaves it: a handler
+    for it would undo that. `nohup ftctl launch ... &` stopped, saving a checkpoint, once its terminal closed (the
+    launcher, the trainer and torchrun each took SIGHUP over). An ignored SIGHUP stays ignored in the processes it
+    starts."""
+    return tuple(s for s in signals if not (s == signal.SIGHUP and signal.getsignal(s) == signal.SIG_IGN))

@@ -236,3 +236,78 @@ def test_the_plan_line_on_a_gpu_names_its_memory_and_step():
     said = plan_line(spec, make_plan(spec))
     assert said.startswith("plan:    bf16, 1 per device x 32 accumulation x 1 = 32 sequences of up to 2,048 tokens")
     assert "GB est. of 25.4 GB a GPU; ~39 s a step est." in said
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# nohup: an ignored SIGHUP stays ignored (terminal.caught, in the launcher, the trainer and torchrun)
+def test_caught_leaves_an_ignored_sighup_out():
+    import signal
+
+    from ftctl import terminal
+
+    wanted = (signal.SIGTERM, signal.SIGHUP)
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert terminal.caught(wanted) == (signal.SIGTERM,)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        assert terminal.caught(wanted) == wanted
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+def test_a_nohup_launch_trains_on_when_its_terminal_closes(tmp_path, tiny_model_dir, tiny_data):
+    """`nohup ftctl launch ... &`, then the terminal closed (SIGHUP to the launch's process group): the launcher and
+    the trainer each took SIGHUP over, so the run stopped at its next step ("stopped on SIGHUP after saving step N").
+    Under nohup it trains to its end now; without nohup a SIGHUP still stops it with a checkpoint
+    (tests/test_local_backend.py)."""
+    import signal
+    import time
+
+    out, log = tmp_path / "run", tmp_path / "launch.log"
+    cmd = ["nohup", FTCTL, "launch", "--gpus", "cpu", "--method", "lora", "--model", str(tiny_model_dir), "--data"]
+    cmd += [str(tiny_data), "--output", str(out), "--model-params", "0.1b", "-o", "max_steps=30"]
+    cmd += ["-o", "global_batch_size=2", "-o", "model_max_length=64", "-o", "save_steps=100"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while "step 2/30" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is None, log.read_text()
+        os.killpg(proc.pid, signal.SIGHUP)  # what a closed terminal's shell sends its jobs
+        assert proc.wait(timeout=120) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    said = log.read_text()
+    assert "complete: step 30" in said and "SIGHUP" not in said
+
+
+def test_a_nohup_two_process_run_trains_on_when_its_terminal_closes(tmp_path, tiny_model_dir, tiny_data):
+    """The same through ftctl's torchrun (two processes, as on two GPUs): torchrun's own handler took SIGHUP over."""
+    import signal
+    import time
+
+    from tests.trainer_fixtures import make_run, write_spec
+
+    out, log = tmp_path / "run", tmp_path / "torchrun.log"
+    spec, plan = make_run(tiny_model_dir, tiny_data, out, "lora", gpus="2xcpu", max_steps=30, save_steps=1000)
+    path = write_spec(spec, plan, tmp_path / "spec.json")
+    cmd = ["nohup", sys.executable, "-m", "ftctl.trainer.torchrun", "--standalone", "--nproc-per-node", "2"]
+    cmd += ["-m", "ftctl.trainer", "--spec", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    try:
+        deadline = time.time() + 180
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGHUP)
+        assert proc.wait(timeout=180) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "SIGHUP" not in log.read_text() and (out / "adapter_model.safetensors").is_file()

@@ -812,7 +812,7 @@ def _forwarding_signals(
         else:
             proc.send_signal(signal.SIGTERM)
 
-    before = {s: signal.signal(s, forward) for s in (*FORWARDED, signal.SIGINT)}
+    before = {s: signal.signal(s, forward) for s in terminal.caught((*FORWARDED, signal.SIGINT))}  # nohup: no HUP
     try:
         yield got
     finally:

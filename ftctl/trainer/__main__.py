@@ -160,7 +160,7 @@ class Failure:
         if threading.current_thread() is not threading.main_thread():
             return  # only the main thread may set handlers (the trainer called from a test's thread)
         self._ttys = terminal.ttys()
-        for sig in INTERRUPT_SIGNALS:
+        for sig in terminal.caught(INTERRUPT_SIGNALS):  # not a SIGHUP that nohup ignores
             signal.signal(sig, self._interrupted)
 
     def _interrupted(self, signum, frame) -> None:

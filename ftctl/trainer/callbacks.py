@@ -621,7 +621,7 @@ class PreemptionCallback(TrainerCallback):
 
     def install(self) -> None:
         self._ttys = terminal.ttys()
-        for sig in self.signals:
+        for sig in terminal.caught(self.signals):  # not a SIGHUP that nohup ignores
             self._previous[sig] = signal.signal(sig, self._handle)
         if self.request is not None:
             self.request.start()

@@ -118,8 +118,11 @@ def stop_through_file(signal_exception) -> list[signal.Signals]:
         say(f"{got[0].name}: the workers save a checkpoint at their next step, then stop (again: stop them now)")
 
     torchs = elastic._terminate_process_handler
+    ignored = set(STOP_SIGNALS) - set(terminal.caught(STOP_SIGNALS))  # nohup's SIGHUP: torchrun takes it over
 
     def dispatch(signum, frame):
+        if signum in ignored:
+            return
         (on_signal if signum in STOP_SIGNALS else torchs)(signum, frame)
 
     elastic._terminate_process_handler = dispatch
