@@ -148,6 +148,16 @@ METHOD_LEARNING_RATE = {"fft": 2e-5, "sft": 2e-5, "lora": 2e-4, "qlora": 2e-4}
 # models, pushes to the hub); each tracker's key only to a job that reports to it (REPORT_SECRETS): default_secrets
 SECRETS = ["HF_TOKEN"]
 REPORT_SECRETS = {"wandb": "WANDB_API_KEY"}
+# Each tracker's own settings variables (no secrets) that a job reporting to it gets by name where they are set where it
+# launches (report_settings): a SkyPilot job or a docker container inherits nothing of that shell, and an `export
+# WANDB_PROJECT=x` (W&B's documented way) logged to W&B's default project unsaid. Not its paths (WANDB_DIR ...: this
+# machine's), nor WANDB_NAME or WANDB_RUN_ID (one shell's would name every run alike).
+REPORT_SETTINGS = {
+    "wandb": (
+        *("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_NOTES"),
+        *("WANDB_MODE", "WANDB_JOB_TYPE"),
+    )
+}
 REPORT_TO = ("none", "tensorboard", "wandb")
 # report_to's names transformers takes that ftctl does not set up (MLflow's, trackio's... store, run id across
 # attempts and copy with the output are not ftctl's): refused, saying what works instead (report_integrations)
@@ -574,12 +584,12 @@ class RunSpec:
 
     @property
     def output(self) -> str:
-        """Where the run writes: output_dir, else runs/<name>. A store's URI without a trailing slash: s3://b/x/ is
+        """Where the run writes: output_dir, else runs/<name>. A store's URI in one spelling (store_uri): s3://b/x/ is
         s3://b/x (its cache directory, its one-trainer lock and its jobs were another run's, and two trainers
         pruned each other's checkpoints). A file:// URI is the local path it names (launch, status and the docker
         volume read it as one)."""
         out = self.output_dir or str(Path("runs") / self.name)
-        return out.rstrip("/") if storage.is_remote(out) else storage.local_path(out)
+        return store_uri(out) if storage.is_remote(out) else storage.local_path(out)
 
     @property
     def another_output(self) -> str:
@@ -985,6 +995,8 @@ def _coerce(key: str, value):
             return [v for v in (s.strip() for s in parts) if v]
         if isinstance(value, (list, tuple)):
             return [str(v) for v in value]
+        if key == "secrets" and isinstance(value, dict):  # SkyPilot's form: {HF_TOKEN: null}, each value from the shell
+            return secret_names(value)
         raise ValueError(f"expects a list: {key}: [A, B] in a run file")
     if origin is dict:
         if _clears(value):
@@ -1072,6 +1084,30 @@ def _coerce(key: str, value):
             raise ValueError("expects a single value")
         return str(value)
     raise ValueError(f"unsupported type {typ}")  # pragma: no cover
+
+
+def store_uri(uri: str) -> str:
+    """An object-store URI in one spelling: its scheme in lower case, no slash doubled or at its end. S3://b/run,
+    s3://b//run and s3://b/run/ are s3://b/run, as the run's output: its run directory here and its SkyPilot cluster
+    are named after it (backend.run_dir_for), and a relaunch spelt otherwise went to a fresh cluster, not the one its
+    first launch made; its trainer wrote s3://b//run's under the key /run (s3fs's reading), another place."""
+    head, _, rest = str(uri).partition("://")
+    return f"{head.lower()}://{re.sub(r'/{2,}', '/', rest).rstrip('/')}"
+
+
+def secret_names(mapping: dict) -> list[str]:
+    """A run file's secrets as SkyPilot's task file writes them, ``{HF_TOKEN: null}``: the names, each with no value
+    (the job gets it from where it launches). One given a value is refused, the value never repeated (nor a name
+    that holds a credential): it would be written into the job's files."""
+    if valued := [str(k) for k, v in mapping.items() if v is not None]:
+        shown = [n for n in valued if not holds_credential(n)]
+        named = ", ".join(shown) if shown else "one"
+        raise ValueError(
+            f"names only, {named} is given a value here (not repeated): export it where you launch and name it, "
+            f"secrets: [{shown[0] if shown else 'NAME'}] (or SkyPilot's {{{shown[0] if shown else 'NAME'}: null}}); "
+            "secrets pass by name only"
+        )
+    return [str(k) for k in mapping]
 
 
 def _clears(value) -> bool:
@@ -2244,8 +2280,22 @@ def default_secrets(report_to: str) -> list[str]:
     """The secrets a run passes by name unasked, the one owner of that set (spec.build settles spec.secrets with it; the
     backends pass spec.secrets): SECRETS, and the key of each tracker report_to names (REPORT_SECRETS). W&B's key
     reaches no job that does not log to W&B; --secret WANDB_API_KEY passes it all the same."""
-    named = {name.strip() for name in str(report_to).split(",")}
-    return [*SECRETS, *(key for tracker, key in REPORT_SECRETS.items() if tracker in named)]
+    return [*SECRETS, *(key for tracker, key in REPORT_SECRETS.items() if tracker in trackers(report_to))]
+
+
+def trackers(report_to: str) -> set[str]:
+    """The names report_to gives (comma-separated): ``"wandb" in trackers(spec.report_to)``."""
+    return {name.strip() for name in str(report_to).split(",")}
+
+
+def report_settings(report_to: str, environ=None) -> list[str]:
+    """The NAMES (never values) of the settings variables of the trackers report_to names (REPORT_SETTINGS:
+    WANDB_PROJECT ...) that are set here (``environ``, default os.environ): what a backend whose job inherits nothing
+    of the launching shell passes by name (SkyPilot's secrets, docker's ``-e NAME``), as it does the store's
+    credentials; one that -o env sets is the task's own, which the backend leaves out."""
+    environ = os.environ if environ is None else environ
+    named = trackers(report_to)
+    return [n for tracker, names in REPORT_SETTINGS.items() if tracker in named for n in names if environ.get(n)]
 
 
 def report_integrations(value: str) -> list[str]:
@@ -2279,7 +2329,9 @@ def resume_problem(value: str, here: bool, output: str = "") -> str | None:
     if not value.strip():
         return "resume must be auto, never or the path of a checkpoint."
     if storage.is_remote(value):
-        if storage.is_remote(output) and re.fullmatch(re.escape(output.rstrip("/")) + r"/checkpoint-\d+/?", value):
+        if storage.is_remote(output) and re.fullmatch(
+            re.escape(store_uri(output)) + r"/checkpoint-\d+", store_uri(value)
+        ):
             return None
         return (
             f"{key_value_said('resume', value)}: a checkpoint in object storage is resumed from the run's own "

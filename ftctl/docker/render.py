@@ -17,7 +17,8 @@ nvidia.com/gpu=NAME`` each, NVIDIA's CDI devices (podman 4 takes --gpus and igno
 as the GPU named 2, one GPU).
 
 Secrets pass by name (``-e NAME``: docker takes the value from the launching environment, never written), the
-run's own and the credentials its object stores need that are set here (storage.job_env: AWS_ACCESS_KEY_ID ...).
+run's own, the credentials its object stores need that are set here (storage.job_env: AWS_ACCESS_KEY_ID ...) and, for a
+run that reports to W&B, W&B's settings set here (spec.report_settings: WANDB_PROJECT ...; -o env's own wins).
 Where a store is reached through credential files instead, they come in read-only: the home's (~/.aws,
 ~/.config/gcloud) at the container's HOME, a file a variable names (GOOGLE_APPLICATION_CREDENTIALS) at its own path.
 
@@ -48,7 +49,7 @@ from ftctl.hub import NETWORK_ENV
 from ftctl.launch import PATH_PYTHON, container_kind, hf_caches, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.runpaths import SPEC_FILE
-from ftctl.spec import RunSpec, container_as
+from ftctl.spec import RunSpec, container_as, report_settings
 from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
 
 # docker stop's shortest wait between SIGTERM and SIGKILL: the time for the step under way and one checkpoint, which
@@ -191,7 +192,9 @@ def argv(
         cmd += ["-v", f"{HF_VOLUME}:{HF_VOLUME_AT}"]  # on the engine's machine, kept between runs
     for k, v in sorted({**env, **files}.items()):
         cmd += ["-e", f"{k}={v}"]
-    for name in [*spec.secrets, *names]:
+    # W&B's settings set here (WANDB_PROJECT ...) where it reports to W&B: a container inherits nothing of this shell
+    settings = [n for n in report_settings(spec.report_to) if n not in {*env, *spec.secrets}]
+    for name in [*spec.secrets, *names, *settings]:
         cmd += ["-e", name]  # value passed from this environment by docker, never written
     cmd += ["-w", run_dir, image]
     cmd += torchrun_argv(spec, plan, os.path.join(run_dir, "spec.json"), head=None, python=PATH_PYTHON, quiet=True)

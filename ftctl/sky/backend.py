@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
+import re
 import shutil
 import signal
 import threading
@@ -52,6 +52,7 @@ from ftctl.runpaths import PROGRESS_LINE, START_LINE, STOP_REQUEST, STOP_REQUEST
 from ftctl.sky import bridge, cost
 from ftctl.sky import inputs as sky_inputs
 from ftctl.sky import render as sky_render
+from ftctl.spec import report_settings
 
 
 def job_secrets(spec) -> list[str]:
@@ -87,13 +88,11 @@ GCS_KEY_FILE = "GOOGLE_APPLICATION_CREDENTIALS"
 
 
 def wandb_settings(spec) -> list[str]:
-    """The NAMES of W&B's own settings variables set here (sky_render.WANDB_SETTINGS: WANDB_PROJECT ...) where the run
+    """The NAMES of W&B's own settings variables set here (spec.report_settings: WANDB_PROJECT ...) where the run
     reports to W&B: a SkyPilot job inherits nothing of the launching shell (a Slurm job inherits it all), so an
     `export WANDB_PROJECT=x` logged to W&B's default project unsaid (explore63 finding 3). They go by name, as the
     store's credentials do; -o env=NAME=VALUE sets one in the task instead."""
-    if not sky_render.reports_to_wandb(spec):
-        return []
-    return [name for name in sky_render.WANDB_SETTINGS if os.environ.get(name)]
+    return report_settings(spec.report_to)
 
 
 # SkyPilot's words -> ftctl's states: cluster jobs (sky.JobStatus) and managed jobs (sky.jobs.ManagedJobStatus)
@@ -499,6 +498,17 @@ class SkyBackend(Backend):
                 f"{cluster}` tears it down as it is."
             )
         return f"cluster {cluster} was already gone" if out.get("gone") else f"tore down cluster {cluster}"
+
+    def where_to_look(self, job_id: str) -> str | None:
+        """Where a job ``job_id`` that no record here names is looked up, where it has the form of this backend's ids
+        (managed/ID, job_id_for's CLUSTER/ID[@HASH]): SkyPilot's own queues. None for another form. It got Slurm's
+        `squeue -j ID` (explore63)."""
+        if re.fullmatch(r"managed/\d+", job_id):
+            return "SkyPilot's managed jobs: `sky jobs queue`"
+        found = re.fullmatch(r"(.+)/\d+(?:@[0-9a-f]+)?", job_id)
+        if found and sky_inputs.SKY_CLUSTER_NAME.fullmatch(found[1]):
+            return f"a SkyPilot cluster's jobs: `sky queue {found[1]}` (managed jobs: `sky jobs queue`)"
+        return None
 
     def estimate(self, spec, plan) -> str | None:
         """The cheapest cloud/region/instance, its hourly price and the run's estimated total (GPU runs)."""

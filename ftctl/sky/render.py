@@ -58,16 +58,10 @@ from ftctl.preflight import disk_need
 from ftctl.runpaths import SOURCE_DIR, TASK_FILE
 from ftctl.sky.cost import memory_request
 from ftctl.sky.inputs import Shipped, cluster_name, node_dir, run_key, shipping_note
-from ftctl.spec import RunSpec, container_as, given_as
+from ftctl.spec import REPORT_SETTINGS, RunSpec, container_as, given_as, trackers
+from ftctl.storage import FILE_ENV, JOB_ENV, REMOTE_SCHEMES, scheme
 
 HEREDOC = "FTCTL_SPEC_EOF"
-# W&B's settings variables (no secrets) that a run reporting to W&B gets by name where they are set where it launches
-# (backend.wandb_settings): a SkyPilot job inherits nothing of that shell. Not its paths (WANDB_DIR ...: this
-# machine's), nor WANDB_NAME or WANDB_RUN_ID (one shell's would name every run alike).
-WANDB_SETTINGS = (
-    *("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_BASE_URL", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_NOTES"),
-    *("WANDB_MODE", "WANDB_JOB_TYPE"),
-)
 # the run's python on a node: the one of the torchrun on its PATH, where the setup put the stack (node_stack)
 NODE_PYTHON_VAR = "FTCTL_PYTHON"
 NODE_PYTHON = Shell(f'"${NODE_PYTHON_VAR}"')
@@ -552,9 +546,13 @@ def docker_image(spec: RunSpec) -> str | None:
     )
 
 
-def reports_to_wandb(spec: RunSpec) -> bool:
-    """Whether the run's report_to names W&B (its job then gets W&B's settings set where it launches: WANDB_SETTINGS)."""
-    return "wandb" in {name.strip() for name in str(spec.report_to).split(",")}
+def store_credential(spec: RunSpec) -> str:
+    """ "s3's AWS_ACCESS_KEY_ID": the first credential variable a job of the run's output's store gets by name
+    (storage.JOB_ENV, less what names a file of this machine: FILE_ENV), for the task header's example; a gs://
+    output's said s3's AWS keys (explore63)."""
+    kind = scheme(spec.output)
+    names = [n for n in JOB_ENV.get(REMOTE_SCHEMES[kind][0], ()) if n not in FILE_ENV] if kind in REMOTE_SCHEMES else []
+    return f"{kind}'s {names[0]}" if names else "s3's AWS_ACCESS_KEY_ID"
 
 
 def sky_command(spec: RunSpec, run_dir: Path, job_name: str) -> str:
@@ -663,12 +661,12 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, job_name: str, inputs: Seq
         "# ftctl launch writes this file and ftctl's source (the workdir) to the run directory and sends them through "
         "SkyPilot's SDK, as this line would from the directory ftctl ran in:\n"
         f"#   {sky_command(spec, run_dir_for(spec), job_name)}\n"
-        "# with a --secret NAME more for each object-store credential set there (s3's AWS_ACCESS_KEY_ID ...); a secret "
+        f"# with a --secret NAME more for each object-store credential set there ({store_credential(spec)} ...); a secret "
         "not set there is left out (drop its --secret: sky refuses it).\n"
     )
-    if reports_to_wandb(spec):
+    if "wandb" in trackers(spec.report_to):
         header += (
-            f"# W&B's settings set there ({', '.join(WANDB_SETTINGS[:2])} ...) go the same way, a --secret NAME each: the "
-            "job inherits nothing of that shell.\n"
+            f"# W&B's settings set there ({', '.join(REPORT_SETTINGS['wandb'][:2])} ...) go the same way, a --secret "
+            "NAME each: the job inherits nothing of that shell.\n"
         )
     return header + yaml.safe_dump(task, sort_keys=False, width=10**6)
