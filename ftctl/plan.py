@@ -1784,11 +1784,16 @@ def attention_mfu(plan: Plan) -> float:
     return MASKED_ATTENTION_MFU if plan.attn_implementation == SDPA and full_square(plan) else ATTENTION_MFU
 
 
+def weight_flops_per_token(method: str, shape: ModelShape) -> float:
+    """The weights' FLOPs a token trains with: 6 x params for full updates, 4 x params for adapters (which skip the
+    weight gradients)."""
+    return (6 if method in ("fft", "sft") else 4) * shape.active_params_b * 1e9
+
+
 def flops_per_token(plan: Plan, seq: int) -> tuple[float, float]:
-    """(weights', attention's) FLOPs a token trains with at rows of ``seq`` tokens: 6 x params for full updates,
-    4 x params for adapters (which skip the weight gradients), and attention_flops."""
-    weights = (6 if plan.method in ("fft", "sft") else 4) * plan.model.active_params_b * 1e9
-    return weights, attention_flops(plan, seq)
+    """(weights', attention's) FLOPs a token trains with at rows of ``seq`` tokens: weight_flops_per_token and
+    attention_flops."""
+    return weight_flops_per_token(plan.method, plan.model), attention_flops(plan, seq)
 
 
 def tokens_per_second(plan: Plan, seq: int) -> float | None:
@@ -2164,9 +2169,8 @@ def _a_model(shape: ModelShape) -> str:
 def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
     method = spec.method
     if req.is_cpu and shape.params_b > CPU_MAX_PARAMS_B:
-        # flops_per_token's weights (no plan here): "would take days a step" alone gave no number to judge it by
-        step = (6 if method in ("fft", "sft") else 4) * shape.active_params_b * 1e9 * spec.global_batch
-        seconds = step * spec.model_max_length / 1e12
+        # "would take days a step" alone gave no number to judge it by
+        seconds = weight_flops_per_token(method, shape) * spec.global_batch * spec.model_max_length / 1e12
         took = (
             f"{seconds / 3600:.1f} h"
             if seconds >= 3600
@@ -2174,10 +2178,11 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
             if seconds >= 60
             else f"{seconds:.0f} s"
         )
+        pflop = f"{seconds / 1e3:,.0f}" if seconds >= 1e4 else f"{seconds / 1e3:.2g}"
         return (
             f"{method} of {_a_model(shape)} on CPU: ftctl runs models up to {CPU_MAX_PARAMS_B:g}B on CPU, where larger "
-            f"ones take hours to days a step (this one's step of {spec.global_batch} x {spec.model_max_length:,} "
-            f"tokens: ~{seconds / 1e3:.2g} PFLOP, {took} at a sustained 1 TFLOP/s, more than most CPUs sustain in "
+            f"ones take minutes to days a step (this one's step of {spec.global_batch} x {spec.model_max_length:,} "
+            f"tokens: ~{pflop} PFLOP, {took} at a sustained 1 TFLOP/s, more than most CPUs sustain in "
             "fp32). Ask for a GPU, e.g. --gpus 1xA100 --method qlora."
         )
     if req.is_cpu:  # small enough, but not in the RAM the spec says this machine has

@@ -102,7 +102,7 @@ def test_a_model_too_big_for_cpu_is_refused_with_the_steps_work():
     proc = plan_as("fft", "Qwen/Qwen2.5-7B", "--gpus", "cpu")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr == (
-        "error: fft of a 7.62B-parameter model on CPU: ftctl runs models up to 2B on CPU, where larger ones take hours "
+        "error: fft of a 7.62B-parameter model on CPU: ftctl runs models up to 2B on CPU, where larger ones take minutes "
         "to days a step (this one's step of 32 x 2,048 tokens: ~3 PFLOP, 50 min at a sustained 1 TFLOP/s, more than "
         "most CPUs sustain in fp32). Ask for a GPU, e.g. --gpus 1xA100 --method qlora.\n"
     )

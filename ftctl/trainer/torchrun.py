@@ -118,7 +118,8 @@ def stop_through_file(signal_exception) -> list[signal.Signals]:
         say(f"{got[0].name}: the workers save a checkpoint at their next step, then stop (again: stop them now)")
 
     torchs = elastic._terminate_process_handler
-    ignored = set(STOP_SIGNALS) - set(terminal.caught(STOP_SIGNALS))  # nohup's SIGHUP: torchrun takes it over
+    caught = terminal.caught(STOP_SIGNALS)  # not nohup's SIGHUP: neither before the workers start nor after
+    ignored = set(STOP_SIGNALS) - set(caught)  # ...when torchrun's own handler takes every signal over
 
     def dispatch(signum, frame):
         if signum in ignored:
@@ -126,7 +127,7 @@ def stop_through_file(signal_exception) -> list[signal.Signals]:
         (on_signal if signum in STOP_SIGNALS else torchs)(signum, frame)
 
     elastic._terminate_process_handler = dispatch
-    for sig in STOP_SIGNALS:
+    for sig in caught:
         signal.signal(sig, on_signal)
     return got
 
