@@ -63,6 +63,7 @@ from ftctl.spec import (
     pinned,
     resume_problem,
     split_paths,
+    store_uri,
 )
 from ftctl.storage import is_remote, local_path, place_problem, temp_beside, write_whole
 
@@ -319,6 +320,11 @@ class Backend:
 
     def down(self, ref: JobRef) -> str:
         raise FtctlError(f"`ftctl down` tears down SkyPilot clusters; job {ref.job_id} ran on {self.name}.")
+
+    def where_to_look(self, job_id: str) -> str | None:
+        """Where a job ``job_id`` that no record here names is looked up, where it has the form of this backend's ids
+        (find_job says it); None: not this backend's form."""
+        return None
 
     def doctor(self, gpus: str | None, partition: str | None) -> bool:
         raise NotImplementedError
@@ -1194,14 +1200,14 @@ def find_job(job_id: str) -> tuple[Backend, JobRef]:
             return get(ref.backend), ref
     if is_remote(str(job_id)):  # an object-store output: the newest job into it, else a local run's directory here
         for ref, _ in jobs:
-            if ref.output == str(job_id).rstrip("/"):
+            if ref.output == store_uri(str(job_id)):  # its spelling as a run's output (S3://b//run/: s3://b/run)
                 return get(ref.backend), ref
         for spec_file in sorted(Path("runs").glob("*/spec.json"), key=lambda f: f.stat().st_mtime, reverse=True):
             try:
                 output = json.loads(spec_file.read_text())["spec"]["output_dir"]
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if output and output.rstrip("/") == str(job_id).rstrip("/"):
+            if output and store_uri(output) == store_uri(str(job_id)):
                 return find_job(str(spec_file.parent))
     if said := place_problem(str(job_id), "JOB"):  # no job of that id, nor a place to look for its run
         raise FtctlError(f"{said} `ftctl jobs` lists the jobs launched from here.")
@@ -1223,10 +1229,12 @@ def find_job(job_id: str) -> tuple[Backend, JobRef]:
             f"No run directory {job_id} in {Path.cwd()}, and no job of that id. A run directory of that name was "
             f"launched from another directory: {alike}; give its whole path (`ftctl jobs` lists them)."
         )
+    # where it runs, by the form of its id: a backend's own (SkyPilot's managed/12: `sky jobs queue`), else Slurm's
+    where = next(filter(None, (get(name).where_to_look(str(job_id)) for name in REGISTRY)), "on Slurm: `squeue -j ID`")
     raise FtctlError(
         f"No job {job_id!r} was launched from here (looked in {_jobs_file()}). `ftctl jobs` lists them; "
         "`ftctl launch` prints job ids; a local run's directory is taken too. A job another user (or another "
-        "FTCTL_HOME) launched is in that record, not this one: ask them, or look it up where it runs (on Slurm: `squeue -j ID`)."
+        f"FTCTL_HOME) launched is in that record, not this one: ask them, or look it up where it runs ({where})."
     )
 
 

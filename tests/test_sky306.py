@@ -160,12 +160,6 @@ def test_skypilots_job_ids_say_skypilots_queues():
         assert sky.where_to_look(other) is None
 
 
-# The test marked needs_patch checks /work/notes/task-306-extra.patch (ftctl/backend.py: find_job asks each backend
-# where_to_look): it fails until that is applied (xfail here, strict; the patch removes the mark).
-needs_patch = pytest.mark.xfail(strict=True, reason="needs /work/notes/task-306-extra.patch (backend.find_job)")
-
-
-@needs_patch
 def test_an_unknown_skypilot_job_id_says_where_to_look(tmp_path):
     """`ftctl status managed/12` of a job not launched from here: SkyPilot's queue, not Slurm's `squeue -j ID`."""
     env = {**os.environ, "FTCTL_HOME": str(tmp_path / "home")}

@@ -468,7 +468,7 @@ def test_render_refuses_a_secret_value_and_writes_nothing(monkeypatch, tmp_path)
         (None, ["secret=HF_TOKEN=hf_abc"], "secret HF_TOKEN=...: pass the name alone (--secret HF_TOKEN)"),
         (None, ["secret=hf_abc-123"], "a secret is not an environment variable NAME"),
         (None, ["env=hf_abc"], "env (-o): expects NAME=VALUE pairs"),
-        ({"secrets": {"HF_TOKEN": "hf_abc"}}, None, "secrets (run file): expects a list"),
+        ({"secrets": {"HF_TOKEN": "hf_abc"}}, None, "secrets (run file): names only, HF_TOKEN is given a value here"),
     ],
 )
 def test_a_secret_value_is_never_echoed(config, over, want):
