@@ -73,7 +73,14 @@ class GpuTier:
 # from their siblings' (no thread names them). bf16 and FlashAttention 2 from sm80 (Ampere) on; Volta and Turing train in fp16 on SDPA. Pascal (P100, sm60) is left
 # out: the trainer's Triton kernels (LoRA, the LM head, Liger) need sm70. TFLOPS from NVIDIA's data sheets
 # (dense, the sparse figure halved) or, for GeForce and Quadro cards, its architecture whitepapers (Turing,
-# Ampere GA102, Ada: "FP16 Tensor TFLOPS with FP32 Accumulate", which GeForce cards run at half rate).
+# Ampere GA102, Ada: "FP16 Tensor TFLOPS with FP32 Accumulate", which GeForce cards run at half rate). (b): a GeForce
+# card no whitepaper lists: its SMs x its boost clock (NVIDIA's product page) x 512 dense FP16/BF16 FLOPs with FP32
+# accumulate a clock an SM, the rate the whitepapers' RTX 3090 (82 x 1,695 MHz: 71) and RTX 4090 (128 x 2,520 MHz:
+# 165.2) figures give; training accumulates in fp32, so not the doubled FP16-accumulate figure. Consumer totals from
+# PyTorch's messages in threads naming the card (RTX 3060 11.75, 3070 7.76, 3080 9.78, 4070 Ti 11.73, 4060 Laptop
+# 7.75, 4060 Ti 16 GB 15.55, 5090 31.36 GiB, Linux; Windows says 12.00 of a 3060); the others as a sibling's with as
+# much memory. GeForce names do not say the memory (an RTX 4060 Ti has 8 or 16 GB, an RTX 3080 10 or 12):
+# local_tier reads nvidia-smi's memory too.
 # The order matters only where ftctl.local.backend.local_gpus cannot read nvidia-smi's name with tier() and matches
 # it by substring among cards of its memory: A10G before A10, L40S before L40, V100S before V100-32GB.
 TIERS: dict[str, GpuTier] = {
@@ -97,6 +104,11 @@ TIERS: dict[str, GpuTier] = {
         GpuTier("A10G", 24, 21.98, (8, 6), 70),  # AWS's figure; NVIDIA has none
         GpuTier("A10", 24, 21.98, (8, 6), 125),  # A10 sheet
         GpuTier("A40", 48, 44.34, (8, 6), 149.7),  # A40 sheet
+        GpuTier("RTX3060", 12, 11.75, (8, 6), 25.5),  # 28 SMs x 1,777 MHz (b)
+        GpuTier("RTX3070", 8, 7.76, (8, 6), 40.6),  # GA102 whitepaper (its GA104 column)
+        GpuTier("RTX3080", 10, 9.78, (8, 6), 59.5),  # GA102 whitepaper
+        GpuTier("RTX3080-12GB", 12, 11.75, (8, 6), 61.3),  # 70 SMs x 1,710 MHz (b); total as RTX3060's
+        GpuTier("RTX3080Ti", 12, 11.75, (8, 6), 68.2),  # 80 SMs x 1,665 MHz (b); total as RTX3060's
         GpuTier("RTX3090", 24, 23.68, (8, 6), 71),  # GA102 whitepaper
         GpuTier("RTXA4000", 16, 15.61, (8, 6), 76.7),  # RTX A4000 sheet
         GpuTier("RTXA5000", 24, 23.6, (8, 6), 111.1),  # RTX A5000 sheet
@@ -105,6 +117,15 @@ TIERS: dict[str, GpuTier] = {
         GpuTier("L4", 24, 22.03, (8, 9), 121),  # L4 sheet
         GpuTier("L40S", 48, 44.39, (8, 9), 362),  # L40S sheet
         GpuTier("L40", 48, 44.39, (8, 9), 181),  # L40 sheet
+        GpuTier("RTX4060", 8, 7.75, (8, 9), 30.2),  # 24 SMs x 2,460 MHz (b); total: a 4060 Laptop GPU's
+        GpuTier("RTX4060Ti", 8, 7.75, (8, 9), 44.1),  # 34 SMs x 2,535 MHz (b); total as RTX4060's
+        GpuTier("RTX4060Ti-16GB", 16, 15.55, (8, 9), 44.1),  # as RTX4060Ti
+        GpuTier("RTX4070", 12, 11.72, (8, 9), 58.3),  # 46 SMs x 2,475 MHz (b); total under RTX4070Ti's
+        GpuTier("RTX4070Super", 12, 11.72, (8, 9), 71.0),  # 56 SMs x 2,475 MHz (b); total as RTX4070's
+        GpuTier("RTX4070Ti", 12, 11.73, (8, 9), 80.2),  # 60 SMs x 2,610 MHz (b)
+        GpuTier("RTX4070TiSuper", 16, 15.55, (8, 9), 88.2),  # 66 SMs x 2,610 MHz (b); total as RTX4060Ti-16GB's
+        GpuTier("RTX4080", 16, 15.55, (8, 9), 97.5),  # Ada whitepaper (76 SMs x 2,505 MHz); total as above
+        GpuTier("RTX4080Super", 16, 15.55, (8, 9), 104.4),  # 80 SMs x 2,550 MHz (b); total as above
         GpuTier("RTX4090", 24, 23.64, (8, 9), 165),  # Ada whitepaper
         GpuTier("RTX6000-Ada", 48, 44.43, (8, 9), 364.2),  # Ada whitepaper
         # Hopper, sm90; Blackwell, sm100
@@ -117,12 +138,18 @@ TIERS: dict[str, GpuTier] = {
         # Grace Blackwell (GB200 NVL72/NVL4): a B200 die at 1,200 W with 186 GB HBM3e; nvidia-smi 189471 MiB,
         # PyTorch's total 184.31 GiB (OOM messages on GB200 nodes); Arm hosts (docker.image.ARM_HOSTED)
         GpuTier("GB200", 186, 184.31, (10, 0), 2500),  # GB200 NVL72 sheet, per GPU (5 PFLOPS sparse)
+        # GeForce Blackwell, sm120 (not sm100's kernels: no FlashAttention 4)
+        GpuTier("RTX5090", 32, 31.36, (12, 0), 209.5),  # 170 SMs x 2,407 MHz (b): 838 sparse FP16-accumulate / 4
     ]
 }
 
 # what plan's refusals offer as GPUs that would fit: the clouds' common cards (the others only where asked for)
 SUGGESTED = frozenset({"T4", "V100", "V100-32GB", "A10G", "L4", "L40S", "RTX3090", "RTX4090", "A100", "A100-80GB"})
 SUGGESTED |= {"H100", "H200", "B200"}
+
+# desktop and workstation cards (GeForce, TITAN, Quadro, RTX A and Ada): a workstation's or a Slurm node's; of the
+# clouds SkyPilot reaches, RunPod and Vast.ai rent some of them, the large ones none
+DESKTOP = frozenset(n for n in TIERS if n.startswith(("RTX", "TITAN")))
 
 
 def offered_instead(asked: GpuTier) -> list[tuple[int, GpuTier]]:
@@ -194,6 +221,13 @@ def same_model(gpu_name: str, tier_name: str) -> bool:
     return model == _model(tier_name)[0] and (memory is None or memory >= TIERS[tier_name].memory_gb)
 
 
+def named_after(gpu_name: str, tier_name: str) -> bool:
+    """Whether a GPU's name is the tier's model with more after it: an 'RTX 3090 Ti' of the RTX3090, an 'RTX 4060 Laptop
+    GPU' of the RTX4060 (an unlisted card planned as the one it is a variant of, where its memory fits)."""
+    model, tier_model = _model(gpu_name)[0], _model(tier_name)[0]
+    return model != tier_model and model.startswith(tier_model) and not model[len(tier_model)].isdigit()
+
+
 _NOT_CUDA = re.compile(
     r"(amd[-_ ]?)?(instinct[-_ ]?)?mi\d{2,3}|(intel[-_ ]?)?(gaudi|max\d)|tpu|trainium|inferentia|radeon"
 )
@@ -259,6 +293,37 @@ def _renumbered(a: str, b: str) -> bool:
     """Whether two names hold other numbers of one length (800 and 200: two cards), not a digit more or less (A1000
     for A100: a typo)."""
     return any(x != y and len(x) == len(y) for x, y in zip(re.findall(r"\d+", a), re.findall(r"\d+", b)))
+
+
+def local_tier(name: str, mem_gib: float) -> GpuTier:
+    """The tier of a GPU as nvidia-smi lists it, its name and memory.total (GiB): :func:`tier` of the name, or where the
+    name says no memory and its model has tiers of more than one (a GeForce RTX 4060 Ti of 8 or 16 GB, an RTX 3080 of 10
+    or 12), the largest of them within ``mem_gib`` (PyTorch's total of it, under nvidia-smi's). FtctlError as tier's."""
+    found = tier(name)
+    model, memory = _model(name)
+    if memory is not None:
+        return found
+    same = [TIERS[n] for n, (m, _) in _MODELS.items() if m == model and TIERS[n].total_gib <= mem_gib]
+    return max(same, key=lambda t: t.memory_gb, default=found)
+
+
+# the compute capability an unlisted card's name tells (its model, as _model reads it): GeForce RTX 2060-2080, GTX 16xx,
+# TITAN RTX and Quadro RTX 4000-8000 are Turing; RTX 3050-3090 and RTX A2000-A6000 Ampere; RTX 4050-4090 and the RTX
+# "Ada Generation" cards Ada; RTX 5050-5090 Blackwell (sm120)
+_CAPABILITIES = (
+    (re.compile(r"20[6-8]0.*|gtx16\d0.*|titanrtx|[4-8]000"), (7, 5)),
+    (re.compile(r"30[5-9]0.*|a\d{4}.*"), (8, 6)),
+    (re.compile(r"40[5-9]0.*|\d{4}ada.*"), (8, 9)),
+    (re.compile(r"50[5-9]0.*"), (12, 0)),
+)
+
+
+def capability_of(name: str) -> tuple[int, int] | None:
+    """The compute capability a GPU's name tells (an unlisted 'NVIDIA GeForce RTX 2070': (7, 5)), None where it tells
+    none: an unlisted Turing card planned as a listed Ada one of its memory would be planned bf16 and FlashAttention,
+    which it has not."""
+    model = _model(name)[0]
+    return next((cap for pattern, cap in _CAPABILITIES if pattern.fullmatch(model)), None)
 
 
 # Apple silicon's GPU as a Mac user names it: mps (torch's device), M1-M5 (Pro, Max, Ultra), Apple M2 Max; not a Tesla M4

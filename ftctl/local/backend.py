@@ -65,9 +65,9 @@ def local_gpus() -> str:
 
 def detected() -> tuple[str, str | None]:
     """(local_gpus, a note where what nvidia-smi lists is planned as another card or not at all): an unlisted card is
-    planned as a listed one, an 8 GB card or a Pascal as the CPU. Said by the plan and by doctor: an RTX 3060 planned
-    as an RTX2080Ti (fp16, no FlashAttention) and an 8 GB laptop GPU planned as cpu ("fft ... on CPU would take days a
-    step") were said nowhere."""
+    planned as a listed one, a 6 GB card or a Pascal as the CPU. Said by the plan and by doctor: an RTX 3060 (before it
+    was listed) planned as an RTX2080Ti (fp16, no FlashAttention) and an 8 GB laptop GPU planned as cpu ("fft ... on
+    CPU would take days a step") were said nowhere."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return "cpu", None
@@ -86,22 +86,26 @@ def detected() -> tuple[str, str | None]:
     from ftctl import gpus as gpu_table
 
     name, mem = rows[0].rsplit(",", 1)
-    try:  # the name as nvidia-smi writes it: "NVIDIA A100-SXM4-80GB", "Tesla V100S-PCIE-32GB"
-        return f"{len(rows)}x{gpu_table.tier(name).name}", None
-    except FtctlError:  # a card ftctl does not list (a GH200, an RTX 5090): planned as one it lists
-        pass
     gib = float(mem) / 1024
+    try:  # the name as nvidia-smi writes it ("NVIDIA A100-SXM4-80GB"), and its memory (a 16 GB "RTX 4060 Ti")
+        return f"{len(rows)}x{gpu_table.local_tier(name, gib).name}", None
+    except FtctlError:  # a card ftctl does not list (a GH200, an RTX 3090 Ti): planned as one it lists
+        pass
     lists = f"local: nvidia-smi lists {len(rows)}x {name.strip()!r} ({gib:.1f} GiB)"
     if gpu_table.older_than_listed(name):
         return "cpu", f"{lists}, older than every card ftctl plans for (Volta's V100 is the oldest): planned as cpu"
-    like = _listed_like(name, gib)
+    like, cap = _listed_like(name, gib), gpu_table.capability_of(name)  # cap: the generation its name tells
     if like is None:
-        least = min(gpu_table.TIERS.values(), key=lambda t: t.total_gib)
-        return "cpu", (
-            f"{lists}, less memory than every card ftctl plans for ({least.name}'s {least.total_gib:g} GiB is the "
-            "least): planned as cpu"
+        older = [t for t in gpu_table.TIERS.values() if cap is None or t.compute_capability <= cap]
+        least = min(older, key=lambda t: t.total_gib)
+        cards = "every card ftctl plans for" if cap is None else "every card of its generation or older ftctl plans for"
+        return (
+            "cpu",
+            f"{lists}, less memory than {cards} ({least.name}'s {least.total_gib:g} GiB is the least): planned as cpu",
         )
-    older = "" if like.bf16 else ": fp16 and sdpa, as that card trains (a newer card's bf16 and FlashAttention unused)"
+    # a Turing card (an RTX 2060) planned as a Turing one has no bf16 of its own unused
+    newer = not like.bf16 and (cap is None or cap >= (8, 0))
+    older = ": fp16 and sdpa, as that card trains (a newer card's bf16 and FlashAttention unused)" if newer else ""
     return f"{len(rows)}x{like.name}", (
         f"{lists}, a card ftctl does not list: planned as {like.a_card} ({like.total_gib:g} GiB){older}"
     )
@@ -111,12 +115,21 @@ def _listed_like(name: str, mem_gib: float):
     """The listed card to plan an unlisted (newer) one as: of those with no more memory (PyTorch's total of it, a
     few hundred MiB under nvidia-smi's), one of its model, else the newest, the largest of those; None where every
     listed card has more (an 8 GB card). The nearest in memory, or a name inside its name, planned a GH200 (96 GB) as an
-    H200 (141 GB, out of memory), an RTX 5090 as a V100S."""
+    H200 (141 GB, out of memory), an RTX 5090 as a V100S. None newer than the card where its name tells its generation
+    (gpus.capability_of): an RTX 2070 planned as an RTX 4060 would train in bf16, which Turing has not."""
     from ftctl import gpus as gpu_table
 
-    fits = [t for t in gpu_table.TIERS.values() if t.total_gib <= mem_gib]
+    cap = gpu_table.capability_of(name)
+    fits = [
+        t for t in gpu_table.TIERS.values() if t.total_gib <= mem_gib and (cap is None or t.compute_capability <= cap)
+    ]
     same = [t for t in fits if gpu_table.same_model(name, t.name)]
-    return max(same or fits, key=lambda t: (t.compute_capability, t.memory_gb, t.peak_tflops), default=None)
+    variant_of = [
+        t for t in fits if gpu_table.named_after(name, t.name)
+    ]  # a 3090 Ti's RTX3090, a laptop 4060's RTX4060
+    return max(
+        same or variant_of or fits, key=lambda t: (t.compute_capability, t.memory_gb, t.peak_tflops), default=None
+    )
 
 
 def has_gpus(gpus: str, nodes: int | None = None) -> bool:
