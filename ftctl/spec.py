@@ -495,6 +495,10 @@ class RunSpec:
     lora_target_modules: str = "all-linear"
     use_rslora: bool = False  # PEFT's: the adapters scaled by lora_alpha / sqrt(lora_r), not / lora_r
     use_dora: bool = False  # PEFT's DoRA: a magnitude vector per projection beside the adapters (PEFT's forward runs)
+    # lora/qlora: an adapter (a lora/qlora run's output, one of its checkpoints, PEFT's save_pretrained) whose weights
+    # the run's adapters start from, at step 0 with a fresh optimizer and schedule (axolotl's; PEFT's from_pretrained
+    # with is_trainable=True); its r, alpha, target modules, rslora and DoRA are the adapter's
+    lora_model_dir: str | None = None
     # sft: top K transformer blocks trainable, and the output head (in a model that ties it to the input embedding,
     # as SmolLM2 does, that embedding is the head and trains too)
     trainable_layers: int = 2
@@ -768,6 +772,122 @@ def _model_revision(spec: RunSpec, sources: dict, notes: list | None) -> RunSpec
             "give one the Hub shows on the model's Files and versions page, or a commit's 40 hex digits."
         )
     return dataclasses.replace(spec, model_name_or_path=model, model_revision=revision)
+
+
+# an adapter's adapter_config.json keys (PEFT's) that decide what its weights are, and the run keys they settle
+ADAPTER_KEYS = {"r": "lora_r", "lora_alpha": "lora_alpha", "target_modules": "lora_target_modules"}
+ADAPTER_KEYS |= {"use_rslora": "use_rslora", "use_dora": "use_dora"}
+
+
+def from_adapter(spec: RunSpec, sources: dict, notes: list | None = None) -> RunSpec:
+    """``spec`` as lora_model_dir settles it: the adapter's r, alpha, target modules, rslora and DoRA (its weights
+    mean something only with them; PEFT's from_pretrained takes its own config too), its path absolute, its base's
+    commit where the run names none. One that cannot start this run is refused: not an adapter here (the launch
+    reads it; the job reads the same path), over another base, a run key given otherwise (``sources``), another
+    method, beside a resume=PATH, or inside the run's own output."""
+    value = spec.lora_model_dir
+    if not value:
+        return spec
+    said = key_value_said("lora_model_dir", value)
+    if spec.method not in ADAPTER_METHODS:
+        raise FtctlError(
+            f"{said}: an adapter's weights start a lora or qlora run's adapters, not --method {spec.method}'s: give "
+            f"--method lora (or qlora); to train {spec.method} over it, ftctl merge {shlex.quote(value)}, then --model "
+            "DIR/merged."
+        )
+    if storage.is_remote(value):
+        raise FtctlError(
+            f"{said}: an adapter is read from a directory here: `ftctl sync pull` it, then lora_model_dir=DIR."
+        )
+    if spec.backend in ("sky", "docker"):
+        raise FtctlError(
+            f"{said}: --backend {spec.backend} does not ship an adapter to its job yet: train on --backend local or "
+            f"slurm (a path its nodes see), or over its merge (ftctl merge {shlex.quote(value)}, then --model "
+            "DIR/merged)."
+        )
+    if spec.resume not in ("auto", "never"):
+        raise FtctlError(
+            f"{said} and resume={spec.resume}: both say where the adapters start; resume goes on with that "
+            "checkpoint's optimizer and schedule, lora_model_dir starts them afresh at step 0: keep one."
+        )
+    path = Path(value).expanduser()
+    output = Path(spec.output).expanduser().resolve()
+    if not storage.is_remote(spec.output) and (path.resolve() == output or output in path.resolve().parents):
+        raise FtctlError(
+            f"{said} is in this run's own --output, which it would write over: to train that run on with its "
+            "optimizer and schedule, relaunch it with a larger -o max_steps (it resumes its checkpoints); to start a "
+            f"fresh schedule from its weights, give {spec.another_output}."
+        )
+    config = path / "adapter_config.json"
+    if not config.is_file():
+        steps = sorted(int(c.name[11:]) for c in path.glob("checkpoint-*") if c.name[11:].isdigit()) * path.is_dir()
+        newest = shlex.quote(str(path / f"checkpoint-{steps[-1]}")) if steps else ""
+        why = (
+            f"it holds no final adapter: name one of its checkpoints, lora_model_dir={newest}"
+            if steps
+            else "a full model (fft, sft): give it as --model, and new adapters train over it"
+            if (path / "config.json").is_file()
+            else "no adapter_config.json there"
+            if path.is_dir()
+            else "no such directory here (the launch reads it, and the job the same path)"
+        )
+        raise FtctlError(f"{said} is not a LoRA adapter ({why}).")
+    try:
+        saved = json.loads(config.read_text())
+        if not isinstance(saved, dict) or saved.get("peft_type", "LORA") != "LORA":
+            raise ValueError(f"a {saved.get('peft_type') if isinstance(saved, dict) else 'non-PEFT'} adapter")
+    except (OSError, ValueError) as e:
+        raise FtctlError(f"{said}: its adapter_config.json does not read as a LoRA adapter's ({e}).") from None
+    if not any((path / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise FtctlError(f"{said}: its adapter weights (adapter_model.safetensors) are not there.")
+    base = saved.get("base_model_name_or_path")
+    if isinstance(base, str) and base and not _same_model(base, spec.model_name_or_path):
+        raise FtctlError(
+            f"{said}: its adapter trained over {base}, and this run's --model is {spec.model_name_or_path}: an "
+            f"adapter's weights mean something over their own base only: give --model {shlex.quote(base)}."
+        )
+    settled, conflicts = {}, []
+    for name, key in ADAPTER_KEYS.items():
+        theirs = saved.get(name)
+        if isinstance(theirs, (list, tuple, set)):  # PEFT saves all-linear as every module's full name: their ends
+            theirs = ",".join(sorted({str(t).rsplit(".", 1)[-1] for t in theirs}))
+        elif name == "target_modules" and not (isinstance(theirs, str) and re.fullmatch(r"[\w.-]+", theirs)):
+            continue  # a regular expression or target_parameters: the trainer takes the adapter's own
+        try:
+            theirs = _coerce(key, FIELDS[key].default if theirs is None else theirs)
+        except ValueError:
+            continue
+        ours = getattr(spec, key)
+        same = (
+            set(lora_target_names(ours)) == set(theirs.split(",")) if key == "lora_target_modules" else ours == theirs
+        )
+        if key in sources and not same and (key != "lora_target_modules" or ours not in ("all-linear", PEFT_TARGETS)):
+            conflicts.append(f"{key}={ours} ({sources[key]}), where the adapter's is {theirs}")
+        settled[key] = theirs
+    if conflicts:
+        raise FtctlError(
+            f"{said}: {'; '.join(conflicts)}: its weights train on with its own r, alpha and target modules: leave "
+            f"{', '.join(c.split('=')[0] for c in conflicts)} out (or give the adapter's), or train new adapters "
+            "without lora_model_dir."
+        )
+    revision = saved.get("revision")
+    if spec.model_revision is None and isinstance(revision, str) and revision and hub_model(spec.model_name_or_path):
+        settled["model_revision"] = revision
+    spec = dataclasses.replace(spec, lora_model_dir=str(path.resolve()), **settled)
+    if notes is not None:
+        notes.append(
+            f"lora_model_dir {value}: the adapters start from its weights, at step 0 with a fresh optimizer and "
+            f"schedule; r {spec.lora_r}, lora_alpha {spec.lora_alpha} and its target modules are the adapter's"
+        )
+    return spec
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Whether two names of a model are one model: local directories the same one, else the same Hub id."""
+    here = [Path(m).expanduser() for m in (a, b)]
+    if any(p.exists() for p in here):
+        return all(p.exists() for p in here) and os.path.samefile(*here)
+    return a.strip().rstrip("/").casefold() == b.strip().rstrip("/").casefold()
 
 
 def pinned(spec: RunSpec, earlier: dict | None = None) -> tuple[RunSpec, str | None]:
@@ -1473,6 +1593,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     if said := nul_problems(spec) or unusable_paths(spec):  # before anything asks whether a path exists (a traceback)
         raise FtctlError(_join(said))
     spec = _model_revision(spec, sources, notes)
+    spec = from_adapter(spec, sources, notes)
     if (said := _evaluated_every_logging(spec, values, evaluation, sources)) and notes is not None:
         notes.append(said)
     if notes is not None and spec.warmup_steps is not None and spec.warmup_ratio is not None:
@@ -1806,7 +1927,10 @@ def lora_target_names(value: str) -> str | list[str]:
     return names
 
 
-PATH_KEYS = ("model_name_or_path", "chat_template_path", "data_path", "eval_data_path", "output_dir", "resume")
+PATH_KEYS = (
+    *("model_name_or_path", "chat_template_path", "data_path", "eval_data_path", "output_dir", "resume"),
+    "lora_model_dir",
+)
 URI_KEYS = (*PATH_KEYS, "s3_endpoint_url")  # a URI's user and password there: the store's variables instead
 VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 

@@ -50,6 +50,7 @@ ALIASES = {
     "validation_file": "eval_data_path",  # transformers' run_clm.py (train_file: data_path)
     "model_name": "model_name_or_path",  # Unsloth's FastLanguageModel.from_pretrained
     "random_state": "seed",  # Unsloth's get_peft_model
+    "adapter_name_or_path": "lora_model_dir",  # LLaMA-Factory's: the adapter a lora run trains on from
 }
 # Other tools' keys that are no run key, read beside one by spec.build: TRL's completion_only_loss (its loss switch for
 # prompt-completion rows, beside assistant_only_loss, its conversations': spec._trl_loss)
@@ -181,9 +182,10 @@ _BEST = (
 )
 # Keys of FastChat's train script, TRL and transformers that ftctl decides itself: why, instead of "unknown key".
 _ADAPTER_DIR = (
-    "a run trains new adapters over --model; an adapter trains on from its run's checkpoint, into its own output or "
-    "a new one (--model BASE -o resume=RUN/checkpoint-N --output NEW: its optimizer and schedule go on too), and new "
-    "adapters over it train on its merge (ftctl merge RUN, then --model RUN/merged)"
+    "a run trains new adapters over --model; an adapter's weights start a run's adapters with -o lora_model_dir=RUN "
+    "(axolotl's name; a fresh optimizer and schedule), or train on from its run's checkpoint (--model BASE -o "
+    "resume=RUN/checkpoint-N --output NEW: its optimizer and schedule go on too); new adapters over it train on its "
+    "merge (ftctl merge RUN, then --model RUN/merged)"
 )
 DECIDED = {
     "fsdp": _STRATEGY,
@@ -238,8 +240,6 @@ DECIDED = {
     "chat_template": "ftctl trains with the model's own chat template (axolotl's tokenizer_default), not axolotl's "
     "named ones: leave chat_template out for the model's own, or give chat_template_path: a Jinja file or a model "
     "whose template it is (Qwen/Qwen2.5-0.5B-Instruct for chatml)",
-    "lora_model_dir": _ADAPTER_DIR,
-    "adapter_name_or_path": _ADAPTER_DIR,  # LLaMA-Factory's
     "model_type": "the model's architecture is read from its config.json",
     "tokenizer_type": "the tokenizer is the model's own (AutoTokenizer), with its chat template",
     "lora_fan_in_fan_out": "PEFT reads each layer's orientation from the model (fan_in_fan_out: GPT-2's Conv1D)",

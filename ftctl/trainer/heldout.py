@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from ftctl.errors import FtctlError
 
@@ -52,7 +53,8 @@ def trained_on(found, names: list[str], sets=None, tokenizer=None, max_length: i
     if not isinstance(trained, str):
         return None
     earlier = _went_on_from(found, trained)  # -o resume=OTHER/checkpoint-N on other data: its steps' rows too
-    paths = [*split_paths(trained), *split_paths(earlier)]
+    adapter = _started_from(found, trained)  # -o lora_model_dir=OTHER: the rows its weights trained on too
+    paths = [*split_paths(trained), *split_paths(earlier), *split_paths(adapter)]
 
     seen = {_resolved(p) for p in paths}
     both = [name for name in names if _resolved(name) in seen]
@@ -63,6 +65,7 @@ def trained_on(found, names: list[str], sets=None, tokenizer=None, max_length: i
     held = found.recorded("spec", "eval_split")
     split = f", less the {held:g} it held out (eval_split)" if isinstance(held, (int, float)) and held > 0 else ""
     before = f"; {earlier} in the steps of the checkpoint it went on from" if earlier else ""
+    before += f"; {adapter} in the adapter it started from" if adapter else ""
     said = [f"{', '.join(both)}: the run trained on {'these rows' if len(both) > 1 else 'its rows'}{split}"] * bool(
         both
     )
@@ -101,6 +104,33 @@ def _went_on_from(found, trained: str) -> str | None:
     }:
         return None
     return earlier
+
+
+def _started_from(found, trained: str, depth: int = 0) -> str | None:
+    """The data the adapter a run started from trained on (``-o lora_model_dir=DIR``: its run's spec.json's data_path,
+    and the data of what that one started from or went on from in turn), where it is other data than the run's own
+    (``trained``), comma-separated; None where the run started from no adapter, or its record is gone."""
+    from ftctl.spec import join_paths, split_paths
+    from ftctl.trainer.trained import Trained
+
+    adapter = found.recorded("spec", "lora_model_dir")
+    if not isinstance(adapter, str) or not adapter or depth > 8:  # (a loop of records: none trains so)
+        return None
+    origin = Trained(Path(adapter), adapter=True)
+    data = origin.recorded("spec", "data_path")
+    if not isinstance(data, str):
+        return None
+    paths = [
+        *split_paths(data),
+        *split_paths(_went_on_from(origin, data)),
+        *split_paths(_started_from(origin, data, depth + 1)),
+    ]
+    ours = {_resolved(p) for p in split_paths(trained)}
+    other = [p for p in dict.fromkeys(paths) if _resolved(p) not in ours]
+    try:
+        return join_paths(other) or None
+    except ValueError:  # a path holding a comma among several: its rows are compared by name no more
+        return None
 
 
 def _shared_rows(found, paths: list[str], others: list, tokenizer, max_length: int) -> list[tuple[str, int, int]]:

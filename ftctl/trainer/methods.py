@@ -33,7 +33,9 @@ ADAPTER_METHODS = ("lora", "qlora")
 
 def apply_method(model, spec, plan, resume_from: str | None = None):
     """Make ``model`` train what the plan's method trains; returns the model to train (maybe a PeftModel). A LoRA
-    run that resumes ``resume_from`` adapts the modules that checkpoint holds adapters for (checkpoint_targets)."""
+    run that resumes ``resume_from`` adapts the modules that checkpoint holds adapters for (checkpoint_targets); one
+    with lora_model_dir those of that adapter, whose weights its adapters start from (start_from_adapter; a resume
+    loads its checkpoint's over them)."""
     method = plan.method
     if method == "fft":
         model.requires_grad_(True)
@@ -46,9 +48,11 @@ def apply_method(model, spec, plan, resume_from: str | None = None):
         from peft import get_peft_model
 
         config = lora_config(spec, model)
-        if resume_from:
-            config = checkpoint_targets(config, resume_from, model)
+        if resume_from or spec.lora_model_dir:
+            config = checkpoint_targets(config, resume_from or spec.lora_model_dir, model, resumed=bool(resume_from))
         model = get_peft_model(model, config)
+        if spec.lora_model_dir and not resume_from:
+            start_from_adapter(model, spec.lora_model_dir)
         if plan.precision in ("bf16", "fp16"):
             adapter_inputs_as_is(model)
         if plan.strategy in FUSED_ADAPTER_STRATEGIES:
@@ -289,7 +293,7 @@ ADAPTED = (
 )
 
 
-def checkpoint_targets(config, checkpoint: str, model):
+def checkpoint_targets(config, checkpoint: str, model, resumed: bool = True):
     """``config`` (lora_config's) with the adapted modules of the checkpoint a run resumes, as PEFT resolved and
     saved them in its adapter_config.json (ADAPTED). transformers' resume loads a checkpoint's adapters into the
     run's PeftModel without a word about the ones it lacks or holds beside them: where this ftctl (585ecd6: the
@@ -298,10 +302,13 @@ def checkpoint_targets(config, checkpoint: str, model):
     started from their init, and the run stopped at torch's 'loaded state dict contains a parameter group that
     doesn't match the size of optimizer's group'. Said where they differ; a checkpoint whose adapter_config.json
     cannot be read, or whose modules the model lacks, is refused. The run's later checkpoints and final adapter hold
-    the same modules: their adapter_config.json is the record of it."""
+    the same modules: their adapter_config.json is the record of it. ``resumed`` False: ``checkpoint`` is the adapter
+    a run starts from (lora_model_dir), said so."""
     from ftctl.trainer.distributed import processes
 
     name = os.path.basename(os.path.normpath(checkpoint))
+    doing, other = ("resume", "Resume another checkpoint (-o resume=PATH)") if resumed else ("start from", "")
+    other = other or "Name another adapter (-o lora_model_dir=DIR)"
     path = os.path.join(checkpoint, "adapter_config.json")
     try:
         with open(path) as f:
@@ -310,9 +317,8 @@ def checkpoint_targets(config, checkpoint: str, model):
             raise ValueError("it names no target_modules")
     except (OSError, ValueError) as e:
         raise FtctlError(
-            f"Cannot resume {checkpoint}: its adapter_config.json, which says which modules its LoRA adapters are "
-            f"on, cannot be read ({e}). Resume another checkpoint (-o resume=PATH), or give another --output to train "
-            "from the start."
+            f"Cannot {doing} {checkpoint}: its adapter_config.json, which says which modules its LoRA adapters are "
+            f"on, cannot be read ({e}). {other}, or give another --output to train from the start."
         ) from None
     resumed, blank = copy.deepcopy(config), type(config)()
     for key in ADAPTED:
@@ -322,15 +328,44 @@ def checkpoint_targets(config, checkpoint: str, model):
         resumed.lora_dropout = 0.0
     if missing := _unmatched(resumed, model):
         raise FtctlError(
-            f"Cannot resume {checkpoint}: its LoRA adapters are on {', '.join(missing)}, which "
+            f"Cannot {doing} {checkpoint}: its LoRA adapters are on {', '.join(missing)}, which "
             f"{model.config.name_or_path or 'the model'} has no module named (another transformers names them "
-            "otherwise?). Resume it with the versions it was trained with, or give another --output to train from "
-            "the start."
+            f"otherwise?). {doing.capitalize()} it with the versions it was trained with, or "
+            f"{'give another --output to train' if resumed else 'train new adapters'} from the start."
         )
     then, now = _adapted(resumed, model), _adapted(config, model)
     if then != now and processes().is_main:
-        log.warning("resuming with %s's adapters on %s: a new run would adapt %s", name, _said(then), _said(now))
+        doing = "resuming with" if resumed else "starting from"
+        log.warning("%s %s's adapters on %s: a new run would adapt %s", doing, name, _said(then), _said(now))
     return resumed
+
+
+def start_from_adapter(model, directory: str) -> int:
+    """The adapters of ``model`` (get_peft_model's, on the modules of the adapter in ``directory``:
+    checkpoint_targets) given that adapter's weights, as PEFT's from_pretrained(..., is_trainable=True) loads them:
+    the run trains them on from step 0, its optimizer and schedule fresh (lora_model_dir). Every adapter weight must
+    come from the file and every one of the file's must find its place: refused otherwise, naming one. Returns the
+    tensors loaded."""
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    from ftctl.trainer.distributed import processes
+
+    weights = load_peft_weights(directory, device="cpu")
+    loaded = set_peft_model_state_dict(model, weights)
+    missing = [k for k in loaded.missing_keys if "lora_" in k]  # (the base's weights are missing by design)
+    if missing or loaded.unexpected_keys:
+        what = f"lacks {missing[0]}" if missing else f"holds {loaded.unexpected_keys[0]}, which this model has not"
+        raise FtctlError(
+            f"lora_model_dir={directory}: its adapter {what} ({len(missing) + len(loaded.unexpected_keys)} such "
+            "weights): it was saved by another kind of adapter or model; train new adapters without lora_model_dir."
+        )
+    if processes().is_main:
+        log.info(
+            "adapters start from %s (%d weights), at step 0 with a fresh optimizer and schedule",
+            directory,
+            len(weights),
+        )
+    return len(weights)
 
 
 def _adapted(config, model) -> dict[str, str]:

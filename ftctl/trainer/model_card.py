@@ -116,7 +116,7 @@ def text(spec: RunSpec, base: str, adapter: bool, local_dir: str, step: int | No
 # {title}{f" (checkpoint-{step})" if step is not None else ""}
 
 {_method(spec.method)} of {origin} with ftctl {__version__} (TRL's SFTTrainer),
-on {_data(spec.data_path)}. {settings}{built}
+on {_data(spec.data_path)}.{_started(spec)} {settings}{built}
 
 ## Use it
 
@@ -169,6 +169,27 @@ def served(spec: RunSpec, base: str, adapter: bool, directory) -> str:
     return (
         f"\nServed by vLLM{where}:\n\n```bash\n"
         f"vllm serve {linked or 'BASE'}{at} --enable-lora --lora-modules {_served_name(spec)}=DIR{flags}\n```\n"
+    )
+
+
+def _started(spec: RunSpec) -> str:
+    """The words that say the adapters started from another adapter's weights (lora_model_dir), not from PEFT's
+    init, and what that one trained on (its run's spec.json's data_path, where it has one); "" where they did not."""
+    if not spec.lora_model_dir:
+        return ""
+    adapter = Path(spec.lora_model_dir)
+    data = None
+    for record in (adapter / "spec.json", adapter.parent / "spec.json"):  # a checkpoint's is its run's, above it
+        try:
+            data = json.loads(record.read_text())["spec"]["data_path"]
+            break
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    name = f"{adapter.parent.name}/{adapter.name}" if adapter.name.startswith("checkpoint-") else named(str(adapter))
+    on = f" (trained on {_data(data)})" if isinstance(data, str) else ""
+    return (
+        f" Its adapters started from the weights of the adapter `{name}`{on}, with a fresh optimizer and "
+        "learning-rate schedule (`lora_model_dir`)."
     )
 
 
