@@ -76,7 +76,7 @@ def test_a_geforce_number_with_its_suffix_is_the_card(text, want):
     assert str(gpus.parse(text)) == want
 
 
-@pytest.mark.parametrize("text, card", [("3080", "3080"), ("2x4060", "4060"), ("4060ti", "4060ti"), ("5090", "5090")])
+@pytest.mark.parametrize("text, card", [("3050", "3050"), ("2x5080", "5080"), ("5060ti", "5060ti"), ("5070", "5070")])
 def test_an_unlisted_geforce_number_is_an_unlisted_card_not_a_count(text, card):
     with pytest.raises(FtctlError) as e:
         gpus.parse(text)
@@ -93,9 +93,9 @@ def test_counts_alone_still_ask_for_a_type(text):
 
 
 def test_plan_with_an_unlisted_geforce_is_one_error_line():
-    proc = plan("--gpus", "3080")
+    proc = plan("--gpus", "3050")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("error: --gpus '3080': Unknown GPU type '3080'.")
+    assert proc.stderr.startswith("error: --gpus '3050': Unknown GPU type '3050'.")
 
 
 def test_a_model_too_big_for_cpu_is_refused_with_the_steps_work():
@@ -130,23 +130,23 @@ def smi(tmp_path, listed: str) -> dict:
     "listed, gpus_here, said",
     [
         ("NVIDIA GeForce RTX 4090, 24564", "1xRTX4090", None),
-        (
-            "NVIDIA GeForce RTX 3060, 12288",
+        (  # the RTX 3060, 5090 and 8 GB Ada cards are listed since task 309: unlisted ones of those kinds
+            "NVIDIA GeForce RTX 2060, 12288",
             "1xRTX2080Ti",
-            "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 3060' (12.0 GiB), a card ftctl does not list: planned as an "
-            "RTX2080Ti (10.73 GiB): fp16 and sdpa, as that card trains (a newer card's bf16 and FlashAttention unused)",
+            "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 2060' (12.0 GiB), a card ftctl does not list: planned as an "
+            "RTX2080Ti (10.73 GiB)",
         ),
         (
-            "NVIDIA GeForce RTX 5090, 32607",
-            "1xRTX4090",
-            "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 5090' (31.8 GiB), a card ftctl does not list: planned as an "
-            "RTX4090 (23.64 GiB)",
+            "NVIDIA GeForce RTX 5080, 16303",
+            "1xRTX4080Super",
+            "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 5080' (15.9 GiB), a card ftctl does not list: planned as an "
+            "RTX4080Super (15.55 GiB)",
         ),
         (
-            "NVIDIA GeForce RTX 4060 Laptop GPU, 8188",
+            "NVIDIA GeForce RTX 3050 Laptop GPU, 4096",
             "cpu",
-            "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 4060 Laptop GPU' (8.0 GiB), less memory than every card "
-            "ftctl plans for (RTX2080Ti's 10.73 GiB is the least): planned as cpu",
+            "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 3050 Laptop GPU' (4.0 GiB), less memory than every card of "
+            "its generation or older ftctl plans for (RTX3070's 7.76 GiB is the least): planned as cpu",
         ),
         (
             "NVIDIA GeForce GTX 1080 Ti, 11264",
@@ -166,31 +166,31 @@ def test_a_card_planned_as_another_or_as_cpu_is_said(tmp_path, monkeypatch, list
 
 
 def test_the_plan_and_doctor_say_what_the_card_is_planned_as(tmp_path):
-    env = smi(tmp_path, "NVIDIA GeForce RTX 3060, 12288")
+    env = smi(tmp_path, "NVIDIA GeForce RTX 2060, 12288")
     cmd = [FTCTL, "plan", "--backend", "local", "--method", "qlora", "--model", "meta-llama/Llama-3.1-8B"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "gpus           1xRTX2080Ti" in proc.stdout
-    assert "note: local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 3060' (12.0 GiB), a card ftctl does not list" in (
+    assert "note: local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 2060' (12.0 GiB), a card ftctl does not list" in (
         proc.stdout + proc.stderr
     )
     proc = subprocess.run([FTCTL, "doctor"], env=env, capture_output=True, text=True, timeout=120)
-    assert "gpus:    1xRTX2080Ti (nvidia-smi lists 1x 'NVIDIA GeForce RTX 3060' (12.0 GiB)" in proc.stdout
+    assert "gpus:    1xRTX2080Ti (nvidia-smi lists 1x 'NVIDIA GeForce RTX 2060' (12.0 GiB)" in proc.stdout
 
 
 def test_a_refusal_on_cpu_says_the_gpu_here_was_too_small(tmp_path):
     """`ftctl launch --method fft` of an 8B on an 8 GB laptop GPU said "on CPU would take days a step", the GPU unsaid."""
     data = tmp_path / "chats.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
-    env = smi(tmp_path, "NVIDIA GeForce RTX 4060 Laptop GPU, 8188")
+    env = smi(tmp_path, "NVIDIA GeForce RTX 3050 Laptop GPU, 4096")
     cmd = [FTCTL, "launch", "--method", "fft", "--model", "meta-llama/Llama-3.1-8B", "--data", str(data), "--dry-run"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: fft of an 8.03B-parameter model on CPU: ftctl runs models up to 2B on CPU")
     assert line.endswith(
-        "(nvidia-smi lists 1x 'NVIDIA GeForce RTX 4060 Laptop GPU' (8.0 GiB), less memory than every card ftctl plans "
-        "for (RTX2080Ti's 10.73 GiB is the least): planned as cpu)"
+        "(nvidia-smi lists 1x 'NVIDIA GeForce RTX 3050 Laptop GPU' (4.0 GiB), less memory than every card of its "
+        "generation or older ftctl plans for (RTX3070's 7.76 GiB is the least): planned as cpu)"
     )
 
 

@@ -93,8 +93,8 @@ def test_pytorchs_total_of_each_card_is_under_what_nvidia_smi_lists():
     "smi_name, mib, want",
     [
         ("NVIDIA GH200 144G HBM3e", 146831, "1xGH200"),  # the larger GH200: planned as the listed 96 GB one
-        ("NVIDIA GeForce RTX 5090", 32607, "1xRTX4090"),
-        ("NVIDIA GeForce RTX 4060", 8188, "cpu"),  # less memory than any listed card: none planned over it
+        ("NVIDIA GeForce RTX 5080", 16303, "1xRTX4080Super"),  # the RTX 5090 is listed since task 309
+        ("NVIDIA GeForce RTX 3050", 6144, "cpu"),  # less memory than any listed card: none planned over it
         ("Tesla P100-PCIE-16GB", 16280, "cpu"),  # older than every listed card: nothing here to train on
     ],
 )

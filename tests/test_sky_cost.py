@@ -181,6 +181,18 @@ def test_unknown_accelerator_gets_skypilots_own_message(cost_env):
     assert "H100" in proc.stderr and "Traceback" not in proc.stderr and "sky-payload" not in proc.stderr
 
 
+def test_a_desktop_card_no_enabled_cloud_offers_says_where_it_trains(cost_env):
+    """`--backend sky --gpus RTX3060` (GCP alone enabled) said only SkyPilot's "Catalog does not contain any instances
+    satisfying the request: 1x <Cloud>({'RTX3060': 1})" (task 309)."""
+    proc = ftctl(cost_env, "plan", "--backend", "sky", "--gpus", "RTX3060", "--method", "qlora", *RUN)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(
+        "error: --gpus 1xRTX3060: no cloud enabled here offers the RTX3060, a desktop card (GeForce or RTX "
+        "workstation): RunPod and Vast.ai rent some"
+    ), proc.stderr
+    assert "--backend local or --backend slurm. SkyPilot: Catalog does not contain" in proc.stderr
+
+
 def test_dry_run_says_which_backend_and_why_and_what_it_costs(cost_env, tmp_path):
     proc = ftctl(cost_env, "launch", "--dry-run", "--backend", "sky", "--gpus", "8xA100", *RUN, cwd=tmp_path)
     # everything is printed; no credentials for the output's bucket here, so it exits as the launch would

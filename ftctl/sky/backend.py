@@ -30,7 +30,7 @@ from pathlib import Path
 
 import click
 
-from ftctl import lease, storage, terminal
+from ftctl import gpus, lease, storage, terminal
 from ftctl.backend import (
     PREFLIGHT_KEYS,
     Backend,
@@ -788,8 +788,19 @@ def tiers_missing(cluster: str, found: dict) -> str:
 
 def cheapest(spec, plan) -> dict:
     """SkyPilot's optimizer's cheapest instance for a GPU plan (ftctl.sky.sdk.optimize); FtctlError where no VM with
-    its GPUs has the host RAM it asks for (memory:, an offload plan's), saying what to do."""
-    best = bridge.call("optimize", resources=sky_render.optimizer_resources(spec, plan), num_nodes=plan.nodes)
+    its GPUs has the host RAM it asks for (memory:, an offload plan's), saying what to do; where no enabled cloud has a
+    desktop card (gpus.DESKTOP: an RTX 3060), which clouds rent one and which backends train on one, before SkyPilot's
+    words (they said only "Catalog does not contain any instances ...")."""
+    try:
+        best = bridge.call("optimize", resources=sky_render.optimizer_resources(spec, plan), num_nodes=plan.nodes)
+    except FtctlError as e:
+        if plan.tier not in gpus.DESKTOP or "Catalog does not contain" not in str(e):
+            raise
+        raise FtctlError(
+            f"--gpus {plan.gpus}: no cloud enabled here offers the {plan.tier}, a desktop card (GeForce or RTX "
+            "workstation): RunPod and Vast.ai rent some (`sky check runpod vast` enables them); a machine or Slurm "
+            f"cluster that has one trains on it with --backend local or --backend slurm. {e}"
+        ) from None
     if "no_vm" in best:
         raise FtctlError(cost.no_vm(best, spec, plan))
     return best
