@@ -652,7 +652,8 @@ def hub_token_found(env: typing.Mapping[str, str]) -> bool:
 
 def adapter_as_model(value: str, path: Path) -> Finding:
     """--model given a LoRA adapter (a lora/qlora run's output, or PEFT's save_pretrained): what trains on from it.
-    A run trains its own adapters over a model; an adapter's run goes on from its checkpoints (resume)."""
+    A run trains its own adapters over a model, which may start from an adapter's weights (lora_model_dir); an
+    adapter's run goes on from its checkpoints (resume)."""
     from ftctl.checkpoints import checkpoint_step
 
     try:
@@ -662,16 +663,17 @@ def adapter_as_model(value: str, path: Path) -> Finding:
     base = base if isinstance(base, str) and base else None
     steps = [s for n in os.listdir(path) if (s := checkpoint_step(n)) is not None and (path / n).is_dir()]
     merged = shlex.quote(os.path.join(value, MERGED_DIR))
+    model, out = f"--model {shlex.quote(base) if base else 'BASE'}", shlex.quote(value)
     fix = (
-        f"for new adapters (or fft) over it, merge it first (ftctl merge {shlex.quote(value)}), then --model {merged}."
+        f"to train these adapters on with a fresh optimizer and schedule, {model} -o lora_model_dir={out} --output "
+        f"NEW; for new adapters (or fft) over it, merge it first (ftctl merge {out}), then --model {merged}."
     )
     if steps:
-        model, out = f"--model {shlex.quote(base) if base else 'BASE'}", shlex.quote(value)
         newest = shlex.quote(os.path.join(value, f"checkpoint-{max(steps)}"))
         fix = (
-            f"to train these adapters on (with their optimizer and schedule), relaunch their run ({model} --output "
-            f"{out}, a larger -o max_steps) or start a new run from them ({model} -o resume={newest} --output "
-            f"NEW); {fix}"
+            f"to train these adapters on with their optimizer and schedule, relaunch their run ({model} --output "
+            f"{out}, a larger -o max_steps) or start a new run from a checkpoint ({model} -o resume={newest} "
+            f"--output NEW); {fix.replace('to train these adapters on with', 'with')}"
         )
     return Finding(ERROR, f"--model {value}: a LoRA adapter{f' of {base}' if base else ''}, not a model", fix)
 

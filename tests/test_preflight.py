@@ -88,14 +88,17 @@ def test_model_directory_or_hub_id(tmp_path, model_dir, monkeypatch):
     (tmp_path / "run" / "checkpoint-3").mkdir(parents=True)
     (tmp_path / "run" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "org/base"}))
     assert only(check_model("run")) == (
-        "--model run: a LoRA adapter of org/base, not a model; to train these adapters on (with their optimizer and "
-        "schedule), relaunch their run (--model org/base --output run, a larger -o max_steps) or start a new run from "
-        "them (--model org/base -o resume=run/checkpoint-3 --output NEW); for new adapters (or fft) over it, merge it "
-        "first (ftctl merge run), then --model run/merged."
+        "--model run: a LoRA adapter of org/base, not a model; to train these adapters on with their optimizer and "
+        "schedule, relaunch their run (--model org/base --output run, a larger -o max_steps) or start a new run from a "
+        "checkpoint (--model org/base -o resume=run/checkpoint-3 --output NEW); with a fresh optimizer and schedule, "
+        "--model org/base -o lora_model_dir=run --output NEW; for new adapters (or fft) over it, merge it first "
+        "(ftctl merge run), then --model run/merged."
     )
     (tmp_path / "run" / "checkpoint-3").rmdir()  # PEFT's save_pretrained: no checkpoints
     assert only(check_model("run")).endswith(
-        "not a model; for new adapters (or fft) over it, merge it first (ftctl merge run), then --model run/merged."
+        "not a model; to train these adapters on with a fresh optimizer and schedule, --model org/base -o "
+        "lora_model_dir=run --output NEW; for new adapters (or fft) over it, merge it first (ftctl merge run), then "
+        "--model run/merged."
     )
     assert "a file, not a model directory" in only(check_model(str(model_dir / "config.json")))
     assert "not a URI" in only(check_model("s3://bucket/model"))

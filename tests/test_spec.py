@@ -542,8 +542,7 @@ def test_yaml_lists_of_comma_separated_keys_are_joined(tmp_path):
         ("torch_dtype", "the planner chooses the precision"),
         ("trust_remote_code", "remote code stays off"),
         ("lora_modules_to_save", "train only the adapters (no modules_to_save)"),
-        ("adapter_name_or_path", "--model BASE -o resume=RUN/checkpoint-N --output NEW"),  # LLaMA-Factory's
-        ("lora_model_dir", "ftctl merge RUN, then --model RUN/merged"),  # axolotl's
+        ("lora_weight_path", "-o lora_model_dir=RUN (axolotl's name; a fresh optimizer and schedule)"),  # FastChat's
     ],
 )
 def test_trl_keys_are_explained_not_mistaken_for_an_alias(key, words):
