@@ -489,14 +489,8 @@ class SkyBackend(Backend):
                 f"{ref.job_id} is a managed job: SkyPilot tears its cluster down itself. To stop it: ftctl cancel {ref.job_id}."
             )
         out = bridge.call("down", cluster=cluster)
-        if busy := out.get("busy"):  # sdk.down tore nothing down
-            one = len(busy) == 1
-            raise FtctlError(
-                f"cluster {cluster} still has {out['listed']}: tearing it down now would kill {'it' if one else 'them'} "
-                f"unsaved. `ftctl cancel` {'it' if one else 'each'} first (its trainer saves a checkpoint before it "
-                f"stops; `ftctl jobs` lists the ids), then `ftctl down {ref.job_id}` again; `{out['sky']} down "
-                f"{cluster}` tears it down as it is."
-            )
+        if out.get("busy"):  # sdk.down tore nothing down
+            raise FtctlError(_busy(ref, cluster, out))
         return f"cluster {cluster} was already gone" if out.get("gone") else f"tore down cluster {cluster}"
 
     def where_to_look(self, job_id: str) -> str | None:
@@ -732,6 +726,40 @@ def goes_on(ref: JobRef) -> str:
     if said := refused_as_finished(spec, done[-1].uri):
         return f"the same `ftctl launch` {said}"
     return f"the same `ftctl launch` resumes it from {done[-1].name} in {ref.output}"
+
+
+def _busy(ref: JobRef, cluster: str, out: dict) -> str:
+    """Why `ftctl down` of ``ref`` left ``cluster`` up (``out``: sdk.down's "busy" answer): its jobs that did not end,
+    and how to end each first. `ftctl cancel JOB` (its trainer saves a checkpoint) only for the jobs launched from here
+    onto this very cluster (recorded with its cluster hash, where both are known); the rest are anybody's (sky.queue of
+    all users: another user's, a `sky exec` by hand, or an id a job launched from here had on an earlier cluster of the
+    name), which only SkyPilot's `sky cancel CLUSTER ID` ends (review 61 #9: it said `ftctl cancel` for all)."""
+    sky, now = out["sky"], out.get("cluster_hash")
+    ours: dict[int, str] = {}
+    for job, _ in [(ref, 0.0), *recorded_jobs()]:  # ref first: the job named (find_job's, recorded or not)
+        x = job.extra
+        if job.backend != "sky" or x.get("managed") or x.get("cluster") != cluster or x.get("sky_job_id") is None:
+            continue
+        if None in (now, x.get("cluster_hash")) or x["cluster_hash"] == now:  # not a job of an earlier cluster
+            ours.setdefault(int(x["sky_job_id"]), job.job_id)
+    mine = [ours[job_id] for job_id, _ in out["busy"] if job_id in ours]
+    others = [str(job_id) for job_id, _ in out["busy"] if job_id not in ours]
+    first = []
+    if mine:
+        whose = "its" if len(mine) == 1 else "each one's"
+        first.append(f"`ftctl cancel {' '.join(mine)}` first ({whose} trainer saves a checkpoint before it stops)")
+    if others:
+        one = len(others) == 1
+        named = f"job {others[0]}" if one else f"jobs {', '.join(others[:-1])} and {others[-1]}"
+        first.append(
+            f"{named} {'was' if one else 'were'} not launched from here (`{sky} queue {cluster}` says whose): "
+            f"`{sky} cancel {cluster} {' '.join(others)}` cancels {'it' if one else 'them'} unsaved"
+        )
+    return (
+        f"cluster {cluster} still has {out['listed']}: tearing it down now would kill "
+        f"{'it' if len(out['busy']) == 1 else 'them'} unsaved. {'; '.join(first)}; then `ftctl down {ref.job_id}` "
+        f"again; `{sky} down {cluster}` tears it down as it is."
+    )
 
 
 def _down_words(cluster: str, found: dict) -> str:

@@ -232,12 +232,17 @@ def misfit(record, task) -> dict | None:
         plain = res.copy(disk_tier=None, network_tier=None)
         if task.num_nodes <= nodes and plain.less_demanding_than(launched, requested_num_nodes=task.num_nodes):
             return None
-    return {"cluster": shape(nodes, [launched]), "task": shape(task.num_nodes, list(task.resources))}
+    cluster, asked = shape(nodes, [launched]), shape(task.num_nodes, list(task.resources))
+    if cluster == asked:  # what shape leaves out (an instance type, spot, local disk): in SkyPilot's words as well
+        cluster += f" (SkyPilot: {launched})"
+        asked += f" (SkyPilot: {' or '.join(dict.fromkeys(str(res) for res in task.resources))})"
+    return {"cluster": cluster, "task": asked}
 
 
 def shape(nodes: int, resources: list) -> str:
-    """'2 nodes of H100:8 on gcp/us-central1, image docker:REF': the node count, the GPUs (one type or another's of
-    several resources), the infra and the image where named."""
+    """'2 nodes of H100:8 on gcp/us-central1/us-central1-a, image docker:REF': the node count, the GPUs (one type or
+    another's of several resources), the infra (cloud/region/zone, as far as named: SkyPilot gives every cluster it
+    launches a zone, and --infra may name one) and the image where named."""
     gpus = []
     for res in resources:
         for name, count in (res.accelerators or {}).items():
@@ -246,7 +251,7 @@ def shape(nodes: int, resources: list) -> str:
     words = f"{nodes} node{'s' if nodes != 1 else ''} of {' or '.join(gpus) if gpus else 'CPUs only'}"
     first = resources[0]
     if first.cloud is not None:
-        words += f" on {str(first.cloud).lower()}" + (f"/{first.region}" if first.region else "")
+        words += " on " + "/".join([str(first.cloud).lower(), *filter(None, [first.region, first.zone])])
     images = sorted({str(v) for v in (first.image_id or {}).values()})
     return words + (f", image {', '.join(images)}" if images else "")
 
@@ -471,15 +476,17 @@ def cancel(cluster: str | None, job_id: int, managed: bool, cluster_hash: str | 
 
 def down(cluster: str) -> dict:
     """Tear ``cluster`` down, where it has no job that did not end: {"gone": bool}; else {"busy": [(job id, SkyPilot's
-    word)], "listed": their words, "sky": sky_cli()}, nothing torn down. SkyPilot's down kills a running job unsaved, and its `sky down`
-    asks first; `ftctl down` of a training job's cluster tore it down at once, losing what was trained since the last
-    checkpoint, where `ftctl cancel` saves one first (explore63 finding 5)."""
+    word)], "listed": their words, "sky": sky_cli(), "cluster_hash": the cluster's (which cluster of the name the ids
+    are of)}, nothing torn down. SkyPilot's down kills a running job unsaved, and its `sky down` asks first; `ftctl
+    down` of a training job's cluster tore it down at once, losing what was trained since the last checkpoint, where
+    `ftctl cancel` saves one first (explore63 finding 5). The jobs are anybody's (sky.queue of all users)."""
     sky = _sky()
     records = sky.get(sky.status([cluster]))
     if not records:
         return {"gone": True}
     if busy := unfinished(sky, cluster, records[0]):
-        return {"busy": busy, "listed": listed(busy), "sky": sky_cli()}
+        made = _get(records[0], "cluster_hash")
+        return {"busy": busy, "listed": listed(busy), "sky": sky_cli(), "cluster_hash": made}
     sky.stream_and_get(sky.down(cluster))
     return {"gone": False}
 
