@@ -286,7 +286,9 @@ def test_down_of_a_cluster_whose_jobs_did_not_end_tears_nothing_down(sky_side, m
     assert said.startswith(
         "cluster dev still has job 3 (RUNNING), job 4 (PENDING): tearing it down now would kill them"
     )
-    assert "`ftctl cancel` each first (its trainer saves a checkpoint" in said and "`ftctl down dev/3` again" in said
+    # job 3 is the one named (launched from here); job 4 anybody's, which only SkyPilot cancels (review 61 #9)
+    assert "`ftctl cancel dev/3` first (its trainer saves a checkpoint before it stops); job 4 was not " in said
+    assert f"`{busy['sky']} cancel dev 4` cancels it unsaved; then `ftctl down dev/3` again" in said
     assert said.endswith(f"`{busy['sky']} down dev` tears it down as it is.")
     monkeypatch.setattr(bridge, "call", lambda op, **kw: downs["ended"]["out"])
     assert sky_backend.SkyBackend().down(ref) == "tore down cluster dev"
