@@ -307,10 +307,11 @@ def local_tier(name: str, mem_gib: float) -> GpuTier:
     return max(same, key=lambda t: t.memory_gb, default=found)
 
 
-# the compute capability an unlisted card's name tells (its model, as _model reads it): GeForce RTX 2060-2080, GTX 16xx,
-# TITAN RTX and Quadro RTX 4000-8000 are Turing; RTX 3050-3090 and RTX A2000-A6000 Ampere; RTX 4050-4090 and the RTX
-# "Ada Generation" cards Ada; RTX 5050-5090 Blackwell (sm120)
+# the compute capability an unlisted card's name tells (its model, as _model reads it): Quadro GV100 and TITAN V are
+# Volta; GeForce RTX 2060-2080, GTX 16xx, TITAN RTX and Quadro RTX 4000-8000 Turing; RTX 3050-3090 and RTX A2000-A6000
+# Ampere; RTX 4050-4090 and the RTX "Ada Generation" cards Ada; RTX 5050-5090 Blackwell (sm120)
 _CAPABILITIES = (
+    (re.compile(r"gv100|titanv.*"), (7, 0)),
     (re.compile(r"20[6-8]0.*|gtx16\d0.*|titanrtx|[4-8]000"), (7, 5)),
     (re.compile(r"30[5-9]0.*|a\d{4}.*"), (8, 6)),
     (re.compile(r"40[5-9]0.*|\d{4}ada.*"), (8, 9)),
@@ -335,10 +336,15 @@ def apple_gpu(name: str) -> bool:
     return bool(_APPLE.fullmatch(_model(name)[0])) and "tesla" not in name.lower()
 
 
-# cards before Volta (Pascal, Maxwell, Kepler: P100, M60, K80, GeForce GTX 6xx-10xx, TITAN X): a typo's nearest
-# listed card is newer (GTX 16xx is Turing, as the listed T4)
-_OLDER = re.compile(r"[pkm]\d{1,3}|gtx([6-9]\d\d|10\d\d).*|titanx.*")
+# cards before Volta (Pascal, Maxwell, Kepler: P100, M60, K80, Quadro P6000, M6000, K6000 and GP100, GeForce GTX
+# 6xx-10xx and their numbers alone, as --gpus 1080 and 980ti give them, TITAN X): a typo's nearest listed card is newer
+# (GTX 16xx is Turing, as the listed T4). Quadro is a brand word (_NOISE): a Quadro P6000's model is p6000, a Tesla P40's
+# p40
+_OLDER = re.compile(r"[pkm]\d{1,4}(\D.*)?|gp100|gtx[6-9]\d\d.*|(gtx)?([6-9][5-8]0|10[3-8]0).*|titanx.*")
 _REVERSED = re.compile(r"([A-Za-z][\w.\-]*?)[xX](\d+)")  # a100x8: the count after the type
+
+# a GeForce's number (3080, 1660, 1080, 980): a card, not a count of GPUs (1 to 16)
+_GEFORCE = r"[1-5]0[5-9]0|16[56]0|1030|[6-9][5-8]0"
 
 # a type begins with a letter, or with a card's number and a letter after it (2080ti, 4060-Ti: an RTX's)
 _TYPE = r"[A-Za-z][\w.\-]*|\d{3,4}[\-.]?[A-Za-z][\w.\-]*"
@@ -356,17 +362,20 @@ def parse(spec: str, nodes: int | None = None) -> GpuRequest:
     if m_cpu:
         n = int(m_cpu.group(1)) if m_cpu.group(1) else None
         return GpuRequest(None, 1, _merge_nodes(n, nodes, spec))
+    slurm = re.fullmatch(r"gpu:(\d+)", text, re.IGNORECASE)  # gpu:4090: Slurm's one GPU of a type, as gpu:a100
     text = re.sub(r"^gpu:", "", text, flags=re.IGNORECASE)  # Slurm's gres: gpu:a100:8
     text = re.sub(r"^(\d+)\s*[xX]\s*(?:(\d+)\s*[xX]\s*)?", lambda m: "x".join(filter(None, m.groups())) + "x", text)
     text = re.sub(r"\s+", "-", text)  # "8 x A100", "RTX 4090": as 8xA100, RTX-4090
-    if text.isdigit() and (cards := [n for n, (model, _) in _MODELS.items() if model == text]):
-        raise FtctlError(f"--gpus {spec!r} reads as a count of GPUs of no type: for the card, --gpus 1x{cards[0]}.")
-    if (counted := re.fullmatch(r"((?:\d+x){1,2})(\d+)", text, re.IGNORECASE)) and (
-        cards := [n for n, (model, _) in _MODELS.items() if model == counted.group(2)]
-    ):
-        text = counted.group(1) + cards[0]  # 2x4090: the card's number after a count is the card (RTX4090)
-    if card := re.fullmatch(r"(?:\d+x){0,2}([1-5]0[5-9]0)", text, re.IGNORECASE):  # 3080, 2x4060: a GeForce's
-        try:  # number, not a count (1 to 16) of GPUs of no type: "3080 GPUs" said gpu:TYPE:3080
+    if slurm and (card := _numbered(text)):
+        text = card
+    if text.isdigit() and (card := _numbered(text)):
+        raise FtctlError(f"--gpus {spec!r} reads as a count of GPUs of no type: for the card, --gpus 1x{card}.")
+    if (counted := re.fullmatch(r"((?:\d+x){1,2})(\d+)", text, re.IGNORECASE)) and (card := _numbered(counted[2])):
+        text = counted.group(1) + card  # 2x4090: the card's number after a count is the card (RTX4090)
+    if (sky := re.fullmatch(r"(\d+):(\d+)", text)) and (card := _numbered(sky[1])):
+        text = f"{card}:{sky[2]}"  # 4090:2, gpu:4090:2 (SkyPilot's and Slurm's forms): the card's number before a count
+    if card := re.fullmatch(rf"(?:\d+x){{0,2}}({_GEFORCE})(?::\d+)?", text, re.IGNORECASE):  # 3080, 2x4060, 1080:2:
+        try:  # a GeForce's number, not a count (1 to 16) of GPUs of no type: "3080 GPUs" said gpu:TYPE:3080
             tier(card.group(1))
         except FtctlError as e:
             raise FtctlError(f"--gpus {spec!r}: {e} Accepted forms: {FORMS}.") from None
@@ -400,6 +409,11 @@ def parse(spec: str, nodes: int | None = None) -> GpuRequest:
     except FtctlError as e:
         raise FtctlError(f"--gpus {spec!r}: {e} Accepted forms: {FORMS}.") from None
     return GpuRequest(gpu, count, _merge_nodes(form_nodes, nodes, spec))
+
+
+def _numbered(number: str) -> str | None:
+    """The listed card a number alone names (4090: RTX4090, as --gpus 2x4090 and gpu:4090:2 give it), else None."""
+    return next((n for n, (model, _) in _MODELS.items() if model == number), None)
 
 
 def _merge_nodes(from_form: int | None, flag: int | None, spec: str) -> int:

@@ -72,28 +72,41 @@ def detected() -> tuple[str, str | None]:
     if not smi:
         return "cpu", None
     try:
-        out = subprocess.run(
+        found = subprocess.run(
             [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=20,
-        ).stdout
+        )
     except (OSError, subprocess.SubprocessError):
         return "cpu", None
-    rows = [r for r in out.strip().splitlines() if r.strip()]
+    rows = [r for r in found.stdout.strip().splitlines() if r.strip()]
     if not rows:
         return "cpu", None
+    if found.returncode != 0 or "," not in rows[0]:  # "No devices were found" (exit 6), no driver (exit 9): a traceback
+        return "cpu", f"local: nvidia-smi found no GPU ({rows[0].strip()!r}): planned as cpu"
     from ftctl import gpus as gpu_table
 
     name, mem = rows[0].rsplit(",", 1)
-    gib = float(mem) / 1024
-    try:  # the name as nvidia-smi writes it ("NVIDIA A100-SXM4-80GB"), and its memory (a 16 GB "RTX 4060 Ti")
-        return f"{len(rows)}x{gpu_table.local_tier(name, gib).name}", None
+    try:
+        gib: float | None = float(mem) / 1024
+    except ValueError:  # "[N/A]": a Jetson's or a DGX Spark's memory (the host's, shared) was a ValueError traceback
+        gib = None
+    try:  # the name as nvidia-smi writes it ("NVIDIA A100-SXM4-80GB"), and its memory (a 16 GB "RTX 4060 Ti"); with
+        # no memory, the card its name says without one (the 8 GB RTX4060Ti)
+        return f"{len(rows)}x{gpu_table.local_tier(name, gib or 0.0).name}", None
     except FtctlError:  # a card ftctl does not list (a GH200, an RTX 3090 Ti): planned as one it lists
         pass
-    lists = f"local: nvidia-smi lists {len(rows)}x {name.strip()!r} ({gib:.1f} GiB)"
+    lists = f"local: nvidia-smi lists {len(rows)}x {name.strip()!r} " + (
+        f"({gib:.1f} GiB)" if gib is not None else f"(no memory.total: {mem.strip()})"
+    )
     if gpu_table.older_than_listed(name):
         return "cpu", f"{lists}, older than every card ftctl plans for (Volta's V100 is the oldest): planned as cpu"
+    if gib is None:
+        return "cpu", (
+            f"{lists}, a card ftctl does not list and whose memory nvidia-smi does not give: planned as cpu (--gpus "
+            "TYPE plans it as a listed card of its generation or older with no more memory)"
+        )
     like, cap = _listed_like(name, gib), gpu_table.capability_of(name)  # cap: the generation its name tells
     if like is None:
         older = [t for t in gpu_table.TIERS.values() if cap is None or t.compute_capability <= cap]
