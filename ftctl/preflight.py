@@ -1322,6 +1322,8 @@ def _check_resume(spec, plan, found, another_output: str = "another --output") -
 
     said = written_over(spec.output, [info.name for info in found]) if spec.resume == "never" else None
     newest = next((info for info in reversed(found) if info.complete), None)
+    if newest is None and (gone := _adapter_gone(spec, found)):
+        return [Finding(ERROR, gone)]
     if said is None and (spec.resume == "never" or newest is None):
         said = final_written_over(spec.output, spec.s3_endpoint_url)
     if said or spec.resume == "never" or newest is None:
@@ -1335,6 +1337,21 @@ def _check_resume(spec, plan, found, another_output: str = "another --output") -
         was = {k: old for k, (old, _) in changed.changed.items() if k in NEW_DATA}
         return [Finding(ERROR, other_data(spec.output, newest.name, newest.uri, was, another_output))]
     return _resumed(spec, newest.uri, changed, own=True)
+
+
+def _adapter_gone(spec, found) -> str | None:
+    """A lora_model_dir no longer there (spec.build takes that where the run resumes a checkpoint of its own: a
+    relaunch or requeue needs none of the adapter) where the output holds no complete checkpoint to go on from (one
+    whose save stopped, spec.build's pick): the run would start from the adapter's weights."""
+    adapter = spec.lora_model_dir
+    if not adapter or storage.is_remote(adapter) or os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+        return None
+    held = f" ({', '.join(info.name for info in found)}: {(found[-1].problems or ['incomplete'])[0]})" if found else ""
+    return (
+        f"lora_model_dir={adapter} is not there any more, and {spec.output} holds no complete checkpoint to go on "
+        f"from{held}: the run would start from that adapter's weights. Put it back (or name another adapter), or "
+        "train new adapters without lora_model_dir."
+    )
 
 
 def _check_named(spec, plan) -> list[Finding]:

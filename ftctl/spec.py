@@ -818,6 +818,8 @@ def from_adapter(spec: RunSpec, sources: dict, notes: list | None = None) -> Run
             "optimizer and schedule, relaunch it with a larger -o max_steps (it resumes its checkpoints); to start a "
             f"fresh schedule from its weights, give {spec.another_output}."
         )
+    if own := _own_checkpoint(spec):  # the run resumes it: the adapter is not read (it may be gone since)
+        return _resuming_own(spec, value, own, sources, notes)
     config = path / "adapter_config.json"
     if not config.is_file():
         steps = sorted(int(c.name[11:]) for c in path.glob("checkpoint-*") if c.name[11:].isdigit()) * path.is_dir()
@@ -878,6 +880,57 @@ def from_adapter(spec: RunSpec, sources: dict, notes: list | None = None) -> Run
         notes.append(
             f"lora_model_dir {value}: the adapters start from its weights, at step 0 with a fresh optimizer and "
             f"schedule; r {spec.lora_r}, lora_alpha {spec.lora_alpha} and its target modules are the adapter's"
+        )
+    return spec
+
+
+def _own_checkpoint(spec: RunSpec) -> Path | None:
+    """The newest checkpoint-N of the run's own (local) output that holds an adapter, where the run resumes its own
+    checkpoints (resume=auto; resume=never on a requeued Slurm attempt, trainer.run.resume_point): it starts there
+    and never loads its lora_model_dir, so a relaunch or requeue after that adapter was deleted needs none of it.
+    None otherwise, and for an object-store output (its checkpoints are not listed here)."""
+    attempt = os.environ.get(envvars.ATTEMPT_ENV, "")
+    if not (spec.resume == "auto" or (spec.resume == "never" and attempt.isdigit() and int(attempt) > 0)):
+        return None
+    if storage.is_remote(spec.output):
+        return None
+    output = Path(spec.output).expanduser()
+    try:
+        named = [c for c in output.iterdir() if c.name.startswith("checkpoint-") and c.name[11:].isdigit()]
+    except OSError:
+        return None
+    held = [c for c in named if (c / "adapter_config.json").is_file()]
+    return max(held, key=lambda c: int(c.name[11:]), default=None)
+
+
+def _resuming_own(spec: RunSpec, value: str, own: Path, sources: dict, notes: list | None) -> RunSpec:
+    """``spec`` of a run that goes on from its own checkpoint ``own`` (_own_checkpoint) rather than from its
+    lora_model_dir: r, alpha, target modules, rslora and DoRA not given are that checkpoint's (its adapters were the
+    lora_model_dir's shape at the run's start); ones given otherwise are left to the resume's check of its recorded
+    settings, which names the checkpoint. The path is made absolute as a fresh start's is."""
+    settled = {}
+    try:
+        saved = json.loads((own / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        saved = None
+    for name, key in ADAPTER_KEYS.items() if isinstance(saved, dict) else ():
+        theirs = saved.get(name)
+        if key in sources:
+            continue
+        if isinstance(theirs, (list, tuple, set)):
+            theirs = ",".join(sorted({str(t).rsplit(".", 1)[-1] for t in theirs}))
+        elif name == "target_modules" and not (isinstance(theirs, str) and re.fullmatch(r"[\w.-]+", theirs)):
+            continue
+        try:
+            settled[key] = _coerce(key, FIELDS[key].default if theirs is None else theirs)
+        except ValueError:
+            continue
+    spec = dataclasses.replace(spec, lora_model_dir=str(Path(value).expanduser().resolve()), **settled)
+    if notes is not None:
+        shape = f"; r {spec.lora_r}, lora_alpha {spec.lora_alpha} and the target modules are its own" * bool(settled)
+        notes.append(
+            f"lora_model_dir {value}: not read: the run resumes its own {own.name} in {spec.output} (its adapters' "
+            f"weights, optimizer and schedule){shape}"
         )
     return spec
 

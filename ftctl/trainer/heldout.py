@@ -66,9 +66,25 @@ def trained_on(found, names: list[str], sets=None, tokenizer=None, max_length: i
     split = f", less the {held:g} it held out (eval_split)" if isinstance(held, (int, float)) and held > 0 else ""
     before = f"; {earlier} in the steps of the checkpoint it went on from" if earlier else ""
     before += f"; {adapter} in the adapter it started from" if adapter else ""
-    said = [f"{', '.join(both)}: the run trained on {'these rows' if len(both) > 1 else 'its rows'}{split}"] * bool(
-        both
-    )
+    # each name by where its rows trained: the run's own steps (less its eval_split), else only the steps of the
+    # checkpoint it went on from (under that run's settings, not these), else only the adapter it started from
+    own = {_resolved(p) for p in split_paths(trained)}
+    went = {_resolved(p) for p in split_paths(earlier)}
+    groups: dict[str, list[str]] = {"own": [], "went": [], "adapter": []}
+    for name in both:
+        groups["own" if _resolved(name) in own else "went" if _resolved(name) in went else "adapter"].append(name)
+    said = []
+    for group, these in groups.items():
+        if not these:
+            continue
+        which = "these rows" if len(these) > 1 else "its rows"
+        words = {
+            "own": f"the run trained on {which}{split}",
+            "went": f"the run trained on {which} in the steps of the checkpoint it went on from "
+            f"({found.recorded('spec', 'resume')})",
+            "adapter": f"the adapter the run started from ({found.recorded('spec', 'lora_model_dir')}) trained on {which}",
+        }[group]
+        said.append(f"{', '.join(these)}: {words}")
     said += [
         f"{name}: {f'all {same:,}' if same == rows else f'{same:,} of {rows:,}'} of its rows are rows the run trained "
         f"on ({trained}{split}{before}), token for token"
@@ -95,7 +111,7 @@ def _went_on_from(found, trained: str) -> str | None:
     if not isinstance(resume, str) or resume in ("auto", "never"):
         return None
     try:
-        recorded = saved(resume)
+        recorded = saved(resume, found.recorded("spec", "s3_endpoint_url"))  # the run's store: MinIO's, R2's
     except Exception:  # noqa: BLE001 - advisory: a checkpoint deleted since, a store not reachable from here
         return None
     earlier = (recorded or {}).get("data_path")

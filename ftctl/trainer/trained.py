@@ -161,8 +161,10 @@ def _holds_model(path: Path) -> bool:
     return (path / MODEL_CONFIG).is_file() and any((path / f).is_file() for f in WEIGHT_FILES)
 
 
-def find(path_or_uri: str, adapter_only: bool = False) -> Trained:
-    """The adapter or model to load from a run directory or a checkpoint directory (local)."""
+def find(path_or_uri: str, adapter_only: bool = False, store: str | None = None, endpoint_url=None) -> Trained:
+    """The adapter or model to load from a run directory or a checkpoint directory (local). ``store``: the run in
+    object storage whose top-level files (download_top's) ``path_or_uri`` holds: a newer checkpoint a relaunch left
+    there past its final model (store_trained_past_final) is downloaded beside them and loaded, as a local run's is."""
     from ftctl import storage
 
     if storage.is_remote(path_or_uri):
@@ -173,11 +175,16 @@ def find(path_or_uri: str, adapter_only: bool = False) -> Trained:
     if not path.is_dir():
         raise FtctlError(f"{path} is not a directory: pass the output directory of a run (or a checkpoint-* in it).")
     found = _found(path)
-    if found is not None and (newer := trained_past_final(path)) and (at := _found(path / newer)) is not None:
+    newer = None
+    if found is not None:
+        newer = trained_past_final(path) if store is None else store_trained_past_final(store, path, endpoint_url)
+        if newer and store is not None:  # its top-level files beside the run's, as a local run holds it
+            download_top(storage.join(store.rstrip("/"), newer), str(path / newer), endpoint_url)
+    if found is not None and newer and (at := _found(path / newer)) is not None:
         log.warning(
             "%s: its final %s is an earlier run's; a relaunch trained on to %s and stopped before its end: loading %s "
             "(the same `ftctl launch` finishes the run)",
-            path,
+            store or path,
             _what(found),
             newer,
             newer,
@@ -218,15 +225,43 @@ def trained_past_final(run_dir, word: str | None = None) -> str | None:
     if word not in ("preempted", "failed"):
         return None
     try:
-        rows = [json.loads(line) for line in paths.metrics.read_text().splitlines() if line.strip()]
-        events = [(r["event"], r["step"]) for r in rows if isinstance(r, dict) and "event" in r]
+        end = _final_step(paths.metrics)
         done = [c for c in list_checkpoints(str(paths.root)) if c.complete]
     except (OSError, ValueError, KeyError, TypeError, FtctlError):
         return None
+    return done[-1].name if end is not None and done and done[-1].step > end else None
+
+
+def store_trained_past_final(run: str, top: Path, endpoint_url: str | None = None) -> str | None:
+    """trained_past_final of a run in object storage (``run``), whose top-level files download_top put in ``top``
+    (its metrics.jsonl is the final model's, uploaded with it): the newest complete checkpoint in the store where
+    it is newer than the step that final model ends at and nothing trains there now (no live lease: while_training
+    says what loads from a run that trains). A store keeps no status word: a relaunch that failed or stopped leaves
+    the same. None otherwise, or where any of it cannot be read (chat of a store's run loaded the earlier final
+    model: review 61 finding 10)."""
+    from ftctl import storage
+    from ftctl.checkpoints import list_checkpoints
+
+    try:
+        end = _final_step(Path(top) / METRICS_FILE)
+        if end is None or training_now(run, endpoint_url):
+            return None
+        with storage.storage_errors(run, endpoint_url):
+            done = [c for c in list_checkpoints(run, endpoint_url=endpoint_url) if c.complete]
+    except (OSError, ValueError, KeyError, TypeError, FtctlError):
+        return None
+    return done[-1].name if done and done[-1].step > end else None
+
+
+def _final_step(metrics: Path) -> int | None:
+    """The step the run's final model ends at: its metrics.jsonl's last "end" record that no "stop" follows (a stop
+    logs "end" too); None where it has none. OSError, ValueError, KeyError, TypeError where it does not read."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    events = [(r["event"], r["step"]) for r in rows if isinstance(r, dict) and "event" in r]
     ends = [
         step for (event, step), after in zip(events, [*events[1:], ("", 0)]) if event == "end" and after[0] != "stop"
     ]
-    return done[-1].name if ends and done and done[-1].step > ends[-1] else None
+    return ends[-1] if ends else None
 
 
 def _found(path: Path) -> Trained | None:
