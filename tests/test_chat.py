@@ -362,6 +362,31 @@ def test_a_run_in_object_storage_talks_from_its_top_level_files(lora_run, s3_buc
         chat.load(f"{s3_bucket}/runs/r2")
 
 
+def test_a_run_in_object_storage_trained_past_its_final_adapter_talks_from_that_checkpoint(
+    lora_run, s3_bucket, tmp_path
+):
+    """A relaunch of a store's run (-o max_steps raised) saved checkpoint-7 and stopped before its end: the store's
+    top still holds the step-6 adapter, and chat/eval loaded it without a word (review 61 finding 10); now
+    checkpoint-7, named in the load line."""
+    import shutil
+
+    from ftctl import storage
+    from ftctl.checkpoints import write_manifest
+    from ftctl.trainer import chat
+
+    run = f"{s3_bucket}/runs/past"
+    for file in lora_run.iterdir():
+        if file.is_file():
+            storage.put_file(str(file), f"{run}/{file.name}")
+    seventh = shutil.copytree(lora_run / "checkpoint-6", tmp_path / "checkpoint-7")
+    (seventh / "ftctl-manifest.json").unlink()
+    write_manifest(str(seventh), 7, 1, "h")
+    for file in seventh.iterdir():
+        storage.put_file(str(file), f"{run}/checkpoint-7/{file.name}")
+    loaded = chat.load(run)
+    assert loaded.what.startswith(f"LoRA adapter {run}/checkpoint-7 on "), loaded.what
+
+
 def test_merge_never_overwrites(lora_run, tmp_path):
     from ftctl.trainer.merge import merge
 

@@ -110,7 +110,8 @@ def test_eval_says_the_data_of_the_checkpoint_a_run_went_on_from(tiny_model_dir,
     said = _ftctl("eval", new, "--data", tiny_data)
     assert said.exit_code == 0, said.output
     assert (
-        f"note: {tiny_data.name}: the run trained on its rows, so this loss is lower than on rows it never saw"
+        f"note: {tiny_data.name}: the run trained on its rows in the steps of the checkpoint it went on from "
+        f"({first / 'checkpoint-2'}), so this loss is lower than on rows it never saw"
         in said.output.replace(str(tiny_data), tiny_data.name)
     ), said.output
 

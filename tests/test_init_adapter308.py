@@ -115,7 +115,8 @@ def test_eval_counts_the_adapters_data_as_trained_on(first, tiny_model_dir, tiny
     said = _ftctl("eval", new, "--data", tiny_data)
     assert said.exit_code == 0, said.output
     assert (
-        f"note: {tiny_data.name}: the run trained on its rows, so this loss is lower than on rows it never saw"
+        f"note: {tiny_data.name}: the adapter the run started from ({(first / 'checkpoint-2').resolve()}) trained on "
+        "its rows, so this loss is lower than on rows it never saw"
         in said.output.replace(str(tiny_data), tiny_data.name)
     ), said.output
     assert "`first/checkpoint-2` (trained on `conversations.json`)" in (new / "README.md").read_text()

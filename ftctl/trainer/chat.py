@@ -107,7 +107,7 @@ def load(target: str, plain_text: bool | None = None, echo=None, command: str = 
     if storage.is_remote(target):  # its top-level files: the final model or adapter
         download = tempfile.TemporaryDirectory(prefix="ftctl-chat-")
         target, local = _download(target, download.name)
-        found = trained_mod.find(local)
+        found = trained_mod.find(local, store=target)  # a newer checkpoint a relaunch left past its final model
     elif Path(target).expanduser().is_dir() or "://" in target or _path_shaped(target):
         found = trained_mod.find(target)  # a directory that is not there is said as merge says it
     else:  # ORG/NAME, no directory here: a model id, the base itself
@@ -123,6 +123,8 @@ def load(target: str, plain_text: bool | None = None, echo=None, command: str = 
         precision = "fp32"
     plain_text = found.plain_text if plain_text is None else plain_text
     where = target if download or not Path(target).expanduser().is_dir() else found.path
+    if download and found.path.name != Path(local).name:  # that checkpoint of the store's run
+        where = storage.join(target.rstrip("/"), found.path.name)
     if found.adapter:
         what = f"LoRA adapter {where} on {found.base}" + (" in 4 bits" if found.method == "qlora" else "")
     else:
