@@ -799,12 +799,6 @@ def from_adapter(spec: RunSpec, sources: dict, notes: list | None = None) -> Run
         raise FtctlError(
             f"{said}: an adapter is read from a directory here: `ftctl sync pull` it, then lora_model_dir=DIR."
         )
-    if spec.backend in ("sky", "docker"):
-        raise FtctlError(
-            f"{said}: --backend {spec.backend} does not ship an adapter to its job yet: train on --backend local or "
-            f"slurm (a path its nodes see), or over its merge (ftctl merge {shlex.quote(value)}, then --model "
-            "DIR/merged)."
-        )
     if spec.resume not in ("auto", "never"):
         raise FtctlError(
             f"{said} and resume={spec.resume}: both say where the adapters start; resume goes on with that "
@@ -882,6 +876,22 @@ def from_adapter(spec: RunSpec, sources: dict, notes: list | None = None) -> Run
             f"schedule; r {spec.lora_r}, lora_alpha {spec.lora_alpha} and its target modules are the adapter's"
         )
     return spec
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")  # what a job reads of one
+
+
+def adapter_inputs(spec: RunSpec) -> list[str]:
+    """The files of ``spec``'s lora_model_dir its job reads, absolute, those that are here: its adapter_config.json
+    and weights (methods.start_from_adapter) and the spec.json of the run that saved it (the model card's 'trained
+    on': a checkpoint-N's is its run's, above it). What sky and docker ship of it (the rest of a run's output, its
+    checkpoints and optimizer states, stays). [] without one, or for an object store's."""
+    value = spec.lora_model_dir
+    if not value or storage.is_remote(value):
+        return []
+    adapter = Path(value).expanduser().resolve()
+    manifest = (adapter.parent if adapter.name.startswith("checkpoint-") else adapter) / "spec.json"
+    return [str(f) for f in [*(adapter / name for name in ADAPTER_FILES), manifest] if f.is_file()]
 
 
 def _own_checkpoint(spec: RunSpec) -> Path | None:

@@ -1,9 +1,9 @@
 """Render the ``docker run`` command for a plan on this docker host (one node).
 
 Every host path the run reads or writes is mounted at its own path (the run dir, the data, a local output,
-model, chat template and checkpoint to resume, an object-store output's staging dir where FTCTL_LOCAL_DIR puts it
-outside the cache root: staging_dir), so a path means the same inside as out; what it only reads (data,
-model, chat template) read-only. The container runs as the user who
+model, chat template, checkpoint to resume, the files of a lora_model_dir (spec.adapter_inputs), an object-store
+output's staging dir where FTCTL_LOCAL_DIR puts it outside the cache root: staging_dir), so a path means the same
+inside as out; what it only reads (data, model, chat template, an adapter's files) read-only. The container runs as the user who
 launches it (``--user UID:GID``): the image's own user (uid 1000) could not write a run dir another uid owns,
 and the checkpoints it wrote would not be that user's. That user has no home in the image, so the host's
 caches come in instead (host_caches): the Hugging Face cache (HF_HOME: a model is downloaded once, not once a
@@ -49,7 +49,7 @@ from ftctl.hub import NETWORK_ENV
 from ftctl.launch import PATH_PYTHON, container_kind, hf_caches, join, torchrun_argv, trainer_env
 from ftctl.plan import Plan
 from ftctl.runpaths import SPEC_FILE
-from ftctl.spec import RunSpec, container_as, report_settings
+from ftctl.spec import RunSpec, adapter_inputs, container_as, report_settings
 from ftctl.storage import PATH_ENV, home_credentials, is_remote, job_env
 
 # docker stop's shortest wait between SIGTERM and SIGKILL: the time for the step under way and one checkpoint, which
@@ -183,7 +183,7 @@ def argv(
         # names another, mounted at its own path too, or the run would be staged in the container's own layer
         staged = [staging] if (staging := staging_dir(spec, env)) else []
         written = [run_dir, *caches.dirs(), *_here(spec.output, resume, output=spec.output), *staged]
-        read = _here(*spec.data_paths, spec.model_name_or_path, spec.chat_template_path or "")
+        read = _here(*spec.data_paths, spec.model_name_or_path, spec.chat_template_path or "", *adapter_inputs(spec))
         for path, mode in _mounts(written, read):
             cmd += ["-v", f"{_bindable(path)}:{path}{mode}"]
         for host, inside in [*home_mounts(spec, caches), *((f, f) for f in files.values() if os.path.isfile(f))]:
@@ -344,9 +344,13 @@ def _bindable(path: str) -> str:
 
 def shipped_inputs(spec: RunSpec) -> list[str]:
     """The local paths a run shipped to another machine reads, absolute, each once (none inside another): its data,
-    model, chat template and checkpoint to resume; copied into its container at their own paths."""
+    model, chat template, checkpoint to resume and the files of the adapter it starts from (spec.adapter_inputs: not
+    the rest of that run's output); copied into its container at their own paths."""
     resume = spec.resume if spec.resume not in ("auto", "never") else ""
-    return _outermost(_here(*spec.data_paths, spec.model_name_or_path, spec.chat_template_path or "", resume))
+    read = _here(
+        *spec.data_paths, spec.model_name_or_path, spec.chat_template_path or "", resume, *adapter_inputs(spec)
+    )
+    return _outermost(read)
 
 
 def shipped_commands(

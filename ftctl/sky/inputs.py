@@ -1,6 +1,7 @@
 """The local inputs a SkyPilot task ships (file_mounts): each --data / --eval-data file or directory, the chat
-template and a local --model directory lands in the run's directory on every node, where the spec.json the nodes
-read names it; what SkyPilot 0.14 would not ship intact is refused. ftctl/sky/render.py writes the task."""
+template, a local --model directory and the files of a lora_model_dir land in the run's directory on every node, where
+the spec.json the nodes read names them; what SkyPilot 0.14 would not ship intact is refused. ftctl/sky/render.py
+writes the task."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ftctl.envvars import BASE_MODEL_ENV
 from ftctl.errors import FtctlError
 from ftctl.launch import trainer_env
 from ftctl.plan import Plan
-from ftctl.spec import RunSpec, join_paths, split_paths
+from ftctl.spec import RunSpec, adapter_inputs, join_paths, split_paths
 from ftctl.storage import scheme
 
 RUN_DIR = "~/ftctl-run"  # on the nodes: one directory per run (run_key), for its spec.json and the inputs shipped
@@ -49,6 +50,7 @@ def shipped(spec: RunSpec) -> list[Shipped]:
         digest = hashlib.sha256("\n".join([local, listing]).encode()).hexdigest()[:8]
         name = f"{digest}-{_plain(Path(local).name)}"
         out.append(Shipped(tuple(flags), local, f"./{INPUTS}/{name}", f"{node_dir(spec)}/{INPUTS}/{name}", size))
+    out += _adapter_shipped(spec, envs, problems)
     if len(problems) > 1:
         raise FtctlError(
             f"{len(problems)} local inputs SkyPilot would not ship intact:\n" + "\n".join(f"  - {p}" for p in problems)
@@ -56,6 +58,44 @@ def shipped(spec: RunSpec) -> list[Shipped]:
     if problems:
         raise FtctlError(problems[0])
     return out
+
+
+ADAPTER_FLAG = "lora_model_dir"
+
+
+def _adapter_shipped(spec: RunSpec, envs: dict[str, str], problems: list[str]) -> list[Shipped]:
+    """The files of the adapter a run starts from (spec.adapter_inputs: its config, weights, and its run's spec.json)
+    as the task ships them, each a file_mounts entry of its own: the rest of that run's output (its checkpoints,
+    optimizer states) stays here. They land as they lie in that output, under ./inputs/<digest>-adapter/<its run's
+    directory name>/ (a checkpoint-N in it), so the model card names it as it would here (RUN/checkpoint-N)."""
+    files = adapter_inputs(spec)
+    if not files:
+        return []
+    adapter = Path(spec.lora_model_dir).expanduser().resolve()
+    top = adapter.parent if adapter.name.startswith("checkpoint-") else adapter
+    listing = "\n".join([str(adapter), *(f"{f}\t{os.path.getsize(f)}" for f in files)])
+    base = f"{INPUTS}/{hashlib.sha256(listing.encode()).hexdigest()[:8]}-adapter/{_plain(top.name)}"
+    out = []
+    for local in files:
+        link = [os.path.basename(local)] if os.path.islink(local) else []  # rsync -a would copy the link
+        problems += _unshippable(f"{ADAPTER_FLAG} {local!r}", local, envs, link)
+        rel = os.path.relpath(local, top)  # adapter_config.json, spec.json, checkpoint-N/adapter_config.json
+        out.append(
+            Shipped((ADAPTER_FLAG,), local, f"./{base}/{rel}", f"{node_dir(spec)}/{base}/{rel}", _tree(local)[0])
+        )
+    return out
+
+
+def _adapter_on_node(inputs: list[Shipped]) -> str | None:
+    """Where the nodes read the lora_model_dir shipped (_adapter_shipped): its adapter_config.json's directory."""
+    return next(
+        (
+            os.path.dirname(s.node)
+            for s in inputs
+            if s.flags == (ADAPTER_FLAG,) and s.local.endswith("/adapter_config.json")
+        ),
+        None,
+    )
 
 
 # SkyPilot 0.14's rules for a cluster's name (sky.skylet.constants.CLUSTER_NAME_VALID_REGEX, checked where it makes one:
@@ -136,7 +176,7 @@ def on_node(spec: RunSpec, inputs: list[Shipped]) -> RunSpec:
     directory's name gives the default one)."""
     if not inputs:
         return spec
-    where = {s.local: s.node for s in inputs}
+    where = {s.local: s.node for s in inputs if s.flags != (ADAPTER_FLAG,)}
 
     def node(p):
         return where.get(_here(p), p)
@@ -152,6 +192,7 @@ def on_node(spec: RunSpec, inputs: list[Shipped]) -> RunSpec:
         data_columns={node(p): named for p, named in spec.data_columns.items()},  # by its dataset's path
         chat_template_path=node(spec.chat_template_path),
         model_name_or_path=model,
+        lora_model_dir=_adapter_on_node(inputs) or spec.lora_model_dir,
     )
 
 
