@@ -181,7 +181,6 @@ def test_llama_factorys_adapter_name_or_path_is_lora_model_dir(tiny_model_dir, t
         ({"lora_model_dir": "MISSING"}, "is not a LoRA adapter (no such directory here"),
         ({"lora_model_dir": "MODEL"}, "is not a LoRA adapter (a full model (fft, sft): give it as --model"),
         ({"lora_model_dir": "RUN"}, "(it holds no final adapter: name one of its checkpoints, lora_model_dir=RUN/"),
-        ({"backend": "sky", "output_dir": "s3://b/o"}, "--backend sky does not ship an adapter to its job yet"),
         ({"output_dir": "ADAPTER"}, "is in this run's own --output, which it would write over: to train that run on"),
     ],
 )
