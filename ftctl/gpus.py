@@ -301,10 +301,12 @@ def local_tier(name: str, mem_gib: float) -> GpuTier:
     or 12), the largest of them within ``mem_gib`` (PyTorch's total of it, under nvidia-smi's). FtctlError as tier's."""
     found = tier(name)
     model, memory = _model(name)
-    if memory is not None:
+    if memory is not None or not mem_gib:
         return found
     same = [TIERS[n] for n, (m, _) in _MODELS.items() if m == model and TIERS[n].total_gib <= mem_gib]
-    return max(same, key=lambda t: t.memory_gb, default=found)
+    if not same:  # an 8 GB RTX 3060: not the 12 GB card its name is
+        raise FtctlError(f"{name.strip()}: less memory than the {found.name}'s {found.total_gib:g} GiB")
+    return max(same, key=lambda t: t.memory_gb)
 
 
 # the compute capability an unlisted card's name tells (its model, as _model reads it): Quadro GV100 and TITAN V are
@@ -312,7 +314,7 @@ def local_tier(name: str, mem_gib: float) -> GpuTier:
 # Ampere; RTX 4050-4090 and the RTX "Ada Generation" cards Ada; RTX 5050-5090 Blackwell (sm120)
 _CAPABILITIES = (
     (re.compile(r"gv100|titanv.*"), (7, 0)),
-    (re.compile(r"20[6-8]0.*|gtx16\d0.*|titanrtx|[4-8]000"), (7, 5)),
+    (re.compile(r"20[6-8]0.*|gtx16\d0.*|titanrtx|[4-8]000|t\d{3,4}.*"), (7, 5)),
     (re.compile(r"30[5-9]0.*|a\d{4}.*"), (8, 6)),
     (re.compile(r"40[5-9]0.*|\d{4}ada.*"), (8, 9)),
     (re.compile(r"50[5-9]0.*"), (12, 0)),

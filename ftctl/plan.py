@@ -153,6 +153,7 @@ from ftctl.spec import (
 from ftctl.trainer.attention import (
     ATTENTION_SINKS,
     EAGER,
+    FA4_MAJORS,
     LIGER_MODEL_TYPES,
     RECURRENT_MODEL_TYPES,
     SDPA,
@@ -378,7 +379,7 @@ class Plan:
         source = self.model.source  # its config.json: said once where the model's path is named already
         if model and source == str(Path(model, "config.json")):
             source = "its config.json"
-        hopper = self.tier is not None and gpu_table.TIERS[self.tier].compute_capability >= (9, 0)
+        hopper = self.tier is not None and gpu_table.TIERS[self.tier].compute_capability[0] in FA4_MAJORS
         rows = [
             (
                 "method",

@@ -133,8 +133,10 @@ def _listed_like(name: str, mem_gib: float):
     from ftctl import gpus as gpu_table
 
     cap = gpu_table.capability_of(name)
-    fits = [
-        t for t in gpu_table.TIERS.values() if t.total_gib <= mem_gib and (cap is None or t.compute_capability <= cap)
+    fits = [  # a name that tells no generation (an H20, a B300) is no GeForce's or RTX workstation's: not as one
+        t
+        for t in gpu_table.TIERS.values()
+        if t.total_gib <= mem_gib and (t.compute_capability <= cap if cap else t.name not in gpu_table.DESKTOP)
     ]
     same = [t for t in fits if gpu_table.same_model(name, t.name)]
     variant_of = [

@@ -500,7 +500,7 @@ class SkyBackend(Backend):
         if re.fullmatch(r"managed/\d+", job_id):
             return "SkyPilot's managed jobs: `sky jobs queue`"
         found = re.fullmatch(r"(.+)/\d+(?:@[0-9a-f]+)?", job_id)
-        if found and sky_inputs.SKY_CLUSTER_NAME.fullmatch(found[1]):
+        if found and sky_inputs.SKY_CLUSTER_NAME.fullmatch(found[1]) and not Path(found[1]).is_dir():  # runs/3
             return f"a SkyPilot cluster's jobs: `sky queue {found[1]}` (managed jobs: `sky jobs queue`)"
         return None
 
