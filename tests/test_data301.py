@@ -297,18 +297,22 @@ def test_held_out_rows_without_a_cache_are_mapped_from_a_directory_removed_at_th
     assert not left.exists()
 
 
-def test_a_process_that_writes_no_entry_maps_its_tokens_from_the_cache_disk(tmp_path, tiny_model_dir, tiny_data):
+def test_a_process_that_writes_no_entry_maps_its_tokens_from_a_directory_of_its_own(
+    tmp_path, tiny_model_dir, tiny_data
+):
     """RANK without LOCAL_RANK (every process tokenizes, RANK 0 keeps the entry): another rank's tokens go to a
-    directory beside the entries (KEY.HOST-PID.XXXX.new, removed by the next writer on this host if the process is
-    killed), not its memory; no entry written by it; the directory removed as it ends."""
+    directory of its own in TMPDIR (ftctl-tokens.HOST-PID.XXXX.new, removed by the next on this host if the process is
+    killed), not its memory, and nothing of it into the cache (the writing process's alone: test_big_data); the
+    directory removed as it ends."""
     cache = tmp_path / "cache"
     said = _build(tiny_data, tiny_model_dir, str(cache))
     assert said["same"] == [True]
     ((file,),) = said["files"]
     file = Path(file)
-    assert file.parent.parent == cache and file.parent.name.endswith(".new") and file.name == "tokens.arrow"
+    assert file.parent.name.startswith("ftctl-tokens.") and file.parent.name.endswith(".new")
+    assert file.name == "tokens.arrow" and cache not in file.parents
     assert not file.parent.exists()
-    assert [p.name for p in cache.iterdir() if p.is_dir()] == []  # no entry: RANK 0 writes it
+    assert not cache.exists() or [p.name for p in cache.iterdir() if p.is_dir()] == []  # no entry: RANK 0 writes it
 
 
 def test_write_valid_keeps_rows_over_several_lines_as_written(tmp_path, tiny_model_dir):

@@ -360,6 +360,7 @@ ELSEWHERE = {
     "fp16": "CPU trains in fp32 (the plan says so); GPU precision: test_plan, bench",
     "strategy": "DeepSpeed and FSDP settings: test_trainer's deepspeed tests, test_distributed",
     "ddp_comm_dtype": "NCCL only (plan refuses bf16 all-reduce on CPU)",
+    "lora_model_dir": "the built trainer's adapters at step 0 equal the adapter's (test_init_adapter308)",
 }
 
 

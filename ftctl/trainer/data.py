@@ -1277,7 +1277,7 @@ def build_dataset(
         # the tokens written into the entry's new directory as they are tokenized, not held in memory until the
         # last row is (300k conversations: 1.6 GB); a process that keeps no entry writes them to one of its own
         # (_scratch); None where the disk refuses it (held, and not kept either)
-        spill = _new_entry(entry) if writes else _scratch(entry)
+        spill = _new_entry(entry) if writes else _scratch()
         try:
             sharing = 1 if tells else int(os.environ.get("LOCAL_WORLD_SIZE") or 1)  # every rank tokenizes: a share
             report, dataset = prepare_data(
@@ -1493,29 +1493,25 @@ def _new_entry(entry: Path) -> str | None:
     return str(new)
 
 
-def _scratch(entry: Path | None) -> str | None:
+def _scratch() -> str | None:
     """A directory for the tokens of a process that keeps no entry, removed as it ends (the dataset is memory-mapped
     from it till then): a run without a cache (``ftctl eval``'s held-out rows) or a process that does not write the
-    node's entry (RANK without LOCAL_RANK: every process tokenizes) held them in memory, 8 bytes a token. Beside the
-    entries where there is a cache (KEY.HOST-PID.XXXX.new, as _new_entry's), else in the temporary directory
-    (ftctl-tokens.HOST-PID.XXXX.new; TMPDIR picks it), private; either, left by a process killed, is removed by the
-    next that makes one on this host (_drop_dead_writers). None where the disk refuses one."""
+    node's entry (RANK without LOCAL_RANK: every process tokenizes) held them in memory, 8 bytes a token. In the
+    temporary directory (ftctl-tokens.HOST-PID.XXXX.new; TMPDIR picks it), private, never in the cache: that is the
+    writing process's alone (a shared file system's, on several nodes). One left by a process killed is removed by
+    the next that makes one on this host (_drop_dead_writers). None where the disk refuses one."""
     import atexit
     import shutil
     import tempfile
 
-    if entry is not None:
-        new = _new_entry(entry)
-    else:
-        base = Path(tempfile.gettempdir(), "ftctl-tokens")
-        try:
-            _drop_dead_writers(base)
-            new = tempfile.mkdtemp(prefix=f"{base.name}.{_writer()}.", suffix=".new", dir=base.parent)
-        except OSError:
-            new = None
-    if new:
-        _SCRATCH.add(os.path.basename(new))
-        atexit.register(shutil.rmtree, new, True)
+    base = Path(tempfile.gettempdir(), "ftctl-tokens")
+    try:
+        _drop_dead_writers(base)
+        new = tempfile.mkdtemp(prefix=f"{base.name}.{_writer()}.", suffix=".new", dir=base.parent)
+    except OSError:
+        return None
+    _SCRATCH.add(os.path.basename(new))
+    atexit.register(shutil.rmtree, new, True)
     return new
 
 
