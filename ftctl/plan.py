@@ -35,7 +35,10 @@ Memory model (per GPU, decimal GB), terms named as in the code below:
                  H200, Llama shapes with and without Liger in one call, measured +43.6 kB a token and layer for 8B
                  lora (counted 45.1) and +43.1 for 1B fft, which the plan takes (13H + 2I; the count is 1.3x short
                  there, unexplained). Not on CPU (fp32: no upcast copies; not measured). K/V wider than a
-                 quarter of the heads (multi-head models) adds kv_width_bytes()
+                 quarter of the heads (multi-head models) adds kv_width_bytes(). sft without checkpointing: A*S
+                 for each trained block, + FROZEN_BLOCK_SHARE of it for each frozen block the backward runs through
+                 (all, where the head is tied or the config unread), + 1 (v115, H100: tied 1B 1.02x of its peak,
+                 untied 1.16x: a frozen block's own weight copies are not counted apart)
     logits       the LM head's loss (fused_head_bytes): chunks of tokens, not the (tokens x vocab) logits
     attention_scores
                  where transformers' eager attention runs (asked for, or a model that soft-caps its attention
@@ -896,6 +899,10 @@ def memory_terms(
         activations, logits = max(0.0, saved - replaced) + one_layer + hidden_grad, 0.0
         if method == "qlora" and dora:  # the module docstring: dora
             activations += DORA_QLORA_CHECKPOINTED_H * h * gb
+    elif method == "sft":  # the module docstring: activations of sft
+        trained = trained_blocks(shape, trainable_b)
+        frozen = (shape.layers - trained) * (FROZEN_BLOCK_SHARE if shape.tied is not False else 0.0)
+        activations = per_token_layer * (trained + frozen + 1) * gb
     else:  # every layer's, + one layer's worth of gradients in flight during the backward
         activations = per_token_layer * (shape.layers + 1) * gb
     terms = {"weights": weights, "grads": grads, "optimizer": optimizer, "activations": activations}
@@ -1720,6 +1727,10 @@ FULL_MFU = 0.53  # the weights' speed where every weight trains (fft): v112, H10
 # (1.02 / 1.35 / 1.72 s at 2k / 8k / 16k against lora's 1.01 / - / 1.72): its 6 x params at 0.533 of peak, fitted with
 # attention at ATTENTION_MFU; at 0.35 the plan was 1.48x / 1.34x / 1.29x long (adapters' own passes, unfused, cost
 # lora about what the weight gradients' matmuls cost fft)
+# what a frozen block keeps for the backward of sft, a share of a trained block's activations, where the backward
+# runs through it (a tied head: the embedding trains): v115, H100, 1B: 1,606 of 2,371 MiB saved (no weight gradient's
+# inputs; the elementwise backward's stay) and its 16-bit weight copy; below the trained blocks of an untied model 0
+FROZEN_BLOCK_SHARE = 0.78  # 0.76 fits the peak; a 2% margin, as the other terms are fitted over, not under
 MASKED_ATTENTION_MFU = 0.14  # sdpa under a mask (torch's memory-efficient kernel), every score of the row counted:
 # v112, H100, lora 1B, padded micro-batches of 2 x 8k and 16 x 2k: 0.135-0.14 (unmasked, is_causal: 0.38)
 CHECKPOINT_MINUTES = 30  # chosen cadence: at most this much training between checkpoints (what a preemption loses)
@@ -1804,15 +1815,21 @@ def weight_flops_per_token(method: str, shape: ModelShape, trainable_b: float | 
     return 2 * (n + reached + trainable_b) * 1e9
 
 
+def trained_blocks(shape: ModelShape, trainable_b: float) -> float:
+    """The blocks sft trains, from its trained billions (the inverse of _trainable_b's count: the top blocks and the
+    head)."""
+    embedding = shape.vocab * shape.hidden / 1e9
+    per_layer = (shape.params_b - embedding) / shape.layers
+    return min(float(shape.layers), max(0.0, (trainable_b - embedding) / per_layer))
+
+
 def backward_reach(plan: Plan) -> float:
     """The share of the layers the backward runs through: 1, but for sft of an untied model (weight_flops_per_token):
-    its trained blocks' (the inverse of _trainable_b's count)."""
+    its trained blocks'."""
     m = plan.model
     if plan.method != "sft" or m.tied is not False:
         return 1.0
-    embedding = m.vocab * m.hidden / 1e9
-    per_layer = (m.params_b - embedding) / m.layers
-    return min(1.0, max(0.0, (plan.trainable_params_b - embedding) / per_layer / m.layers))
+    return trained_blocks(m, plan.trainable_params_b) / m.layers
 
 
 def flops_per_token(plan: Plan, seq: int) -> tuple[float, float]:
