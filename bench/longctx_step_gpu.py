@@ -50,6 +50,12 @@ matrix trains too: its gradient needs the backward through every block, frozen o
     sft_untied      sft, trainable_layers 2, on 1b128k with its own (untied) embedding matrix: 1.50B parameters, the
                     backward can stop at the lowest trainable block
 
+qlora (v117): the plan counts qlora's step as lora's (4 x params a token at MFU) though bitsandbytes dequantizes
+every 4-bit weight in the forward and again in the backward; never measured against the plan in the trainer.
+
+    qlora           qlora on the 1b128k shape (bitsandbytes NF4, the plan's micro-batch)
+    qlora8b, lora8b qlora and lora on gpu_train's 8b shape (Llama-3-8B's; 8,192 positions: lengths up to 8k)
+
 Every row also says what the blocks did in the first micro-batch's forward (a hook on each decoder block, installed
 after the method is applied): blocks_trainable, blocks_input_grad (whose input needs a gradient: the backward runs
 through them), embedding_trains, and the bytes autograd saved a block for the backward (saved_mib_trainable_block,
@@ -99,6 +105,9 @@ VARIANTS = {
     "sft": ("sft1b128k", [], 0),
     "sft8": ("sft1b128k", ["trainable_layers=8"], 0),
     "sft_untied": ("sft1b128kuntied", [], 0),
+    "qlora": ("qlora1b128k", [], 0),
+    "qlora8b": ("qlora8b", [], 0),
+    "lora8b": ("lora8b", [], 0),
 }
 # Llama-3.2-1B's own context (131,072 with its llama3 RoPE scaling): 32k rows are inside it, as in a real run
 gpu_train.SHAPES["1b128k"] = dict(gpu_train.SHAPES["1b"], max_position_embeddings=131072)
@@ -107,6 +116,7 @@ gpu_train.CASES["fft1b128k"] = ("fft", "1b128k")
 gpu_train.SHAPES["1b128kuntied"] = dict(gpu_train.SHAPES["1b128k"], tie_word_embeddings=False)
 gpu_train.CASES["sft1b128k"] = ("sft", "1b128k")
 gpu_train.CASES["sft1b128kuntied"] = ("sft", "1b128kuntied")
+gpu_train.CASES["qlora1b128k"] = ("qlora", "1b128k")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
 
