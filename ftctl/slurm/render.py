@@ -623,26 +623,47 @@ def head_port_lines(spec: RunSpec) -> list[str]:
     sharing a head node whose ids were PORT_SPREAD apart got one port: the second's torchrun took the first's c10d
     store for its own and failed when the first ended (explore61 finding 15); two starting at once took one port
     still, as a job's store listens only once its torchrun starts (a container's start, the setup lines, torch's
-    import: seconds to minutes), as did a job whose own port was taken (it walked to the next job's). The lock is
-    fd 9 of this script (and of srun, which inherits it), so it is held while the job runs and let go when its
-    processes end, a requeue's included. Where flock or the lock file cannot be had (no flock, a /var/tmp not writable,
-    a flock older than util-linux 2.25's -E, a file system without locks), the listening check alone: a failure
-    read as a lock held walked every job to port 65535."""
+    import: seconds to minutes), as did a job whose own port was taken (it walked to the next job's).
+
+    The lock is held on a descriptor bash allocates (``exec {RDZV_LOCK_FD}<``: 10 or above, in RDZV_LOCK_FD), so a
+    setup line or a prolog's own fd 9 neither lets it go nor locks in its place (it was fd 9); srun inherits it, so it
+    is held while the job runs and let go when its processes end, a requeue's included. The script removes its lock
+    file as it exits (an EXIT trap), while it still holds it, where the descriptor is still that file's: one was left
+    in /var/tmp for every port ever taken. A job takes a lock only where the file it locked is still the one at its
+    path (``-ef``): a lock on a file that a job removed as it let go (between this job's open and its flock) is on no
+    file at that path, and a third job would make a new one and take the same port, so it tries again. A job killed
+    before its EXIT trap (SIGKILL) leaves its file, which the next job to take that port reuses and removes: the files
+    left are within the ports jobs take (about PORT_SPREAD from rdzv_port + 1), another user's left as the sticky
+    /var/tmp lets none but its owner remove it. Where flock or the lock file cannot be had (no flock, a /var/tmp not
+    writable, a flock older than util-linux 2.25's -E, a file system without locks), the listening check alone: a
+    failure read as a lock held walked every job to port 65535."""
     return [
         "# a rendezvous port of this job's own: two jobs on one node would otherwise share one; one that a process on",
         "# the head node (this one: the batch script runs on the allocation's first node) listens on is skipped, and",
-        "# one whose lock another job's script there holds (its store listens only once its torchrun has started)",
+        "# one whose lock another job's script there holds (its store listens only once its torchrun has started); the",
+        "# lock is on a descriptor of bash's choosing (10 or above), its file removed as this script ends",
         job_port_line(spec, "SLURM_JOB_ID", "a Slurm job"),
         f"LISTENING=$({_LISTENING})",
+        'RDZV_LOCK=""; RDZV_LOCK_FD=""',
         "rdzv_port_free() { "
         'printf \'%s\\n\' "$LISTENING" | grep -qx "$(printf %04X "$1")" && return 1; '
         "command -v flock >/dev/null || return 0; "
-        f'local lock="{RDZV_LOCK}$1.lock"; '
+        f'local lock="{RDZV_LOCK}$1.lock" try; '
+        "for try in 1 2 3; do "
+        '[ -z "$RDZV_LOCK_FD" ] || exec {RDZV_LOCK_FD}<&-; RDZV_LOCK_FD=""; '
         '[ -e "$lock" ] || (umask 022; : >>"$lock") 2>/dev/null; '
-        '{ exec 9<"$lock"; } 2>/dev/null || return 0; '
-        'flock -n -E 200 9 2>/dev/null; [ "$?" -ne 200 ]; }',  # 200: another holds it; another failure: as no flock
+        '{ exec {RDZV_LOCK_FD}<"$lock"; } 2>/dev/null || return 0; '
+        'flock -n -E 200 "$RDZV_LOCK_FD" 2>/dev/null; '
+        "case $? in 0) ;; 200) return 1 ;; *) return 0 ;; esac; "  # 200: another holds it; another failure: no flock
+        # still the file at its path, not one a job removed as it let go (or no /dev/fd to tell): this job's lock
+        'if [ "$lock" -ef "/dev/fd/$RDZV_LOCK_FD" ] || [ ! -e "/dev/fd/$RDZV_LOCK_FD" ]; then '
+        'RDZV_LOCK="$lock"; return 0; fi; '
+        "done; return 1; }",
         'while [ "$RDZV_PORT" -lt 65535 ] && ! rdzv_port_free "$RDZV_PORT"; do RDZV_PORT=$((RDZV_PORT + 1)); done',
         "export RDZV_PORT",
+        # removed only while this script's descriptor is still that file's, so still locked by this job alone
+        'trap \'[ -n "$RDZV_LOCK" ] && [ "$RDZV_LOCK" -ef "/dev/fd/$RDZV_LOCK_FD" ] && rm -f "$RDZV_LOCK"\' EXIT'
+        "  # its port's lock file, while still held",
     ]
 
 
