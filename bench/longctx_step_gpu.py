@@ -55,6 +55,7 @@ every 4-bit weight in the forward and again in the backward; never measured agai
 
     qlora           qlora on the 1b128k shape (bitsandbytes NF4, the plan's micro-batch)
     qlora8b, lora8b qlora and lora on gpu_train's 8b shape (Llama-3-8B's; 8,192 positions: lengths up to 8k)
+    lora3b, fft3b   lora and fft on gpu_train's 3b shape (Llama-3.2-3B's): the weights' speed between 1B and 8B
 
 Every row also says what the blocks did in the first micro-batch's forward (a hook on each decoder block, installed
 after the method is applied): blocks_trainable, blocks_input_grad (whose input needs a gradient: the backward runs
@@ -108,6 +109,8 @@ VARIANTS = {
     "qlora": ("qlora1b128k", [], 0),
     "qlora8b": ("qlora8b", [], 0),
     "lora8b": ("lora8b", [], 0),
+    "lora3b": ("lora3b", [], 0),
+    "fft3b": ("fft3b", [], 0),
 }
 # Llama-3.2-1B's own context (131,072 with its llama3 RoPE scaling): 32k rows are inside it, as in a real run
 gpu_train.SHAPES["1b128k"] = dict(gpu_train.SHAPES["1b"], max_position_embeddings=131072)
@@ -117,6 +120,7 @@ gpu_train.SHAPES["1b128kuntied"] = dict(gpu_train.SHAPES["1b128k"], tie_word_emb
 gpu_train.CASES["sft1b128k"] = ("sft", "1b128k")
 gpu_train.CASES["sft1b128kuntied"] = ("sft", "1b128kuntied")
 gpu_train.CASES["qlora1b128k"] = ("qlora", "1b128k")
+gpu_train.CASES["lora3b"] = ("lora", "3b")
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
 
