@@ -1379,6 +1379,7 @@ def _resumed(spec, checkpoint: str, changed, own: bool) -> list[Finding]:
     is refused (its final model saved, no step left), else what changed is said; ``own``: a checkpoint of the
     run's output (Changes.line)."""
     from ftctl.checkpoints.settings import TRAINER_STATE, final_saved, finished, past_end
+    from ftctl.trainer.trained import retrained_final
 
     try:
         state = storage.read_text(storage.join(checkpoint, TRAINER_STATE), spec.s3_endpoint_url)
@@ -1389,7 +1390,10 @@ def _resumed(spec, checkpoint: str, changed, own: bool) -> list[Finding]:
     name = storage.join(spec.output, posixpath.basename(checkpoint.rstrip("/")))
     if own and (past := past_end(state, spec, name)):
         return [Finding(ERROR, past)]
-    return [Finding(WARNING, changed.line(own=own))] if changed else []
+    said = [Finding(WARNING, changed.line(own=own))] if changed else []
+    if own and (again := retrained_final(spec.output, checkpoint, spec.max_steps, spec.s3_endpoint_url)):
+        said.append(Finding(WARNING, again))  # its newer checkpoints deleted, its final model kept: replaced
+    return said
 
 
 def _in_output(checkpoint: str, output: str) -> bool:

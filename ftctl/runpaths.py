@@ -77,6 +77,9 @@ UPLOADED_RECORD = ".ftctl/uploaded"
 MERGED_DIR = "merged"  # `ftctl merge RUN` writes RUN/merged by default
 MERGE_RECORD = "ftctl-merge.json"  # in a merged model: the adapter it was merged from, and its digest
 BASE_MERGE = "ftctl-base-merge.json"  # beside an adapter trained over a merged model: that merge's MERGE_RECORD
+# at the top of a run's output whose adapter trains over another run's final model (`--model RUN`): that model as the
+# run started over it, its step and weights files (trainer.trained.keep_base_run); RUN trained on since is told apart
+BASE_RUN = "ftctl-base-run.json"
 SLURM_STATUS_PATTERN = "status.{job}.{attempt}"  # per job and attempt: a requeued job starts afresh
 SLURM_STOP_PATTERN = "stop.{job}.{attempt}"
 # in a run's object-store output: `ftctl cancel` of a SkyPilot job asks its trainer (rank 0 reads it) for a checkpoint

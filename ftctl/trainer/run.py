@@ -75,7 +75,14 @@ from ftctl.runpaths import (
 from ftctl.spec import RunSpec, scheduler_kwargs
 from ftctl.trainer import distributed, gpu_memory, model_card, op_build, reshard, tracking
 from ftctl.trainer.methods import ADAPTER_METHODS
-from ftctl.trainer.trained import as_saved_for_others, for_other_readers, keep_base_merge, name_base
+from ftctl.trainer.trained import (
+    as_saved_for_others,
+    for_other_readers,
+    keep_base_merge,
+    keep_base_run,
+    name_base,
+    retrained_final,
+)
 
 if TYPE_CHECKING:  # the trainer's heavy imports happen in setup(), not at import time
     from ftctl.trainer.attention import Kernels
@@ -326,12 +333,17 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             raise FtctlError(past)
         if changed and procs.is_main:
             log.warning("%s", changed.line(own=not elsewhere(run)))
+        own = None if elsewhere(run) else run.resume_from  # a checkpoint of this run: its W&B run goes on
+        if own and procs.is_main and (again := retrained_final(spec.output, own, spec.max_steps, spec.s3_endpoint_url)):
+            log.warning("%s", again)  # its newer checkpoints deleted, its final model kept: replaced
+        if procs.is_main and spec.method in ADAPTER_METHODS:  # over another run's final model: which one, for chat
+            if base_said := keep_base_run(local_dir, spec.model_name_or_path, base_name(spec), resumed=bool(own)):
+                log.warning("%s", base_said)
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
         tokenizer = use_chat_template(
             load_tokenizer(spec.model_name_or_path, spec.model_revision), spec.chat_template_path
         )
-        own = None if elsewhere(run) else run.resume_from  # a checkpoint of this run: its W&B run goes on
         args = training_args(spec, plan, procs, local_dir, load_universal=universal, resumed=own)
         # DeepSpeed's compiled ops (CPU Adam under offload) built or loaded now, under a lock that dies with its
         # process: a build killed half way left torch's lock file, and every later run waited on it forever

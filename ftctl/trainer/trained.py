@@ -25,6 +25,7 @@ from ftctl.errors import FtctlError
 from ftctl.runpaths import (
     ADAPTER_CONFIG,
     BASE_MERGE,
+    BASE_RUN,
     MERGE_RECORD,
     METRICS_FILE,
     MODEL_CONFIG,
@@ -256,10 +257,19 @@ def store_trained_past_final(run: str, top: Path, endpoint_url: str | None = Non
 def _final_step(metrics: Path) -> int | None:
     """The step the run's final model ends at: its metrics.jsonl's last "end" record that no "stop" follows (a stop
     logs "end" too); None where it has none. OSError, ValueError, KeyError, TypeError where it does not read."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    events = [(r["event"], r["step"]) for r in rows if isinstance(r, dict) and "event" in r]
+    end = final_end(metrics.read_text())
+    return end[0] if end else None
+
+
+def final_end(metrics: str) -> tuple[int, float | None] | None:
+    """(step, time) of the "end" record the run's final model ends at, in the text of its metrics.jsonl: the last
+    one that no "stop" follows; None where it has none. ValueError, KeyError, TypeError where it does not read."""
+    rows = [json.loads(line) for line in metrics.splitlines() if line.strip()]
+    events = [(r["event"], r["step"], r.get("time")) for r in rows if isinstance(r, dict) and "event" in r]
     ends = [
-        step for (event, step), after in zip(events, [*events[1:], ("", 0)]) if event == "end" and after[0] != "stop"
+        (step, when)
+        for (event, step, when), after in zip(events, [*events[1:], ("", 0, None)])
+        if event == "end" and after[0] != "stop"
     ]
     return ends[-1] if ends else None
 
@@ -545,6 +555,9 @@ def load(
     base_path = resolve_base(trained, base)
     if base is None and (again := merged_again(trained.path, base_path)):
         log.warning("%s", again)
+    if base is None and (record := base_run_record(trained)):  # over another run's final model, trained on since
+        if again := base_trained_on(record, base_run_model(base_path)):
+            log.warning("%s", again)
     revision = None if base else trained.base_revision  # the commit the run trained over (a --base: as named)
     if dequantized or (as_trained and trained.method == "qlora"):
         model = quantized_base(trained, base_path, precision, device_map, dequantized, stored, revision)
@@ -655,6 +668,147 @@ def merged_again(adapter_dir, base: str) -> str | None:
         f"{adapter} as it is now; the adapter trained over the merge of {then.get('merged_at')}), so the "
         f"adapter goes onto other weights. Train it again over this merge; next time merge into another --out "
         f"(ftctl merge {adapter or 'RUN'} --out DIR) to keep the base of the runs trained over the first."
+    )
+
+
+# a full model's weights as save_pretrained writes them sharded (model-00001-of-00004.safetensors)
+WEIGHT_SHARD = re.compile(r"(model|pytorch_model)-\d+-of-\d+\.(safetensors|bin)")
+
+
+def base_run_model(base) -> dict | None:
+    """What tells a run's final model (fft/sft: its weights at the top of its output, ``base``, beside its spec.json)
+    from the one it holds after it trained on: the step its metrics.jsonl's end record says it ends at (final_end),
+    that record's time, and each weights file's size and mtime. None where ``base`` is no ftctl run's final model (a
+    Hub id, a plain model directory, a merge)."""
+    path = Path(base).expanduser()
+    if not (path / SPEC_FILE).is_file() or not _holds_model(path):
+        return None
+    try:
+        step, ended = final_end((path / METRICS_FILE).read_text()) or (None, None)
+    except (OSError, ValueError, KeyError, TypeError):
+        step, ended = None, None
+    weights = {}
+    for name in sorted(os.listdir(path)):
+        if name in WEIGHT_FILES or WEIGHT_SHARD.fullmatch(name):
+            try:
+                stat = (path / name).stat()
+            except OSError:
+                continue
+            weights[name] = [stat.st_size, round(stat.st_mtime, 3)]
+    return {"run": str(base), "step": step, "ended_at": ended, "weights": weights}
+
+
+def keep_base_run(output_dir, base, named: str, resumed: bool) -> str | None:
+    """At the start of a run whose adapter trains over another run's final model (`--model RUN`, ``base`` where this
+    process loads it, ``named`` as the user named it), that model's identity (base_run_model) at the top of the
+    run's output (BASE_RUN), where its final adapter lands and above its checkpoints: chat, eval and merge of it tell
+    RUN trained on since (base_trained_on). A run ``resumed`` from a checkpoint of its own keeps the record its start
+    wrote (those steps trained over that model), and the line returned says where RUN was trained on since; a fresh
+    start writes its own, and removes one an earlier run into the output left where the base is no run's."""
+    record = Path(output_dir) / BASE_RUN
+    now = base_run_model(base)
+    if now is not None:
+        now["run"] = named
+    if resumed and now is not None and (said := base_trained_on(record, now, resumed=True)):
+        return said
+    if resumed and record.is_file():
+        return None
+    if now is None:
+        record.unlink(missing_ok=True)
+        return None
+    try:
+        record.write_text(json.dumps(now | {"recorded_at": round(time.time(), 3)}, indent=2) + "\n")
+    except OSError as e:  # a full disk: the run's own saves next say what is wrong
+        return f"cannot record which model of {named} this run trains over in {record}: {e.strerror or e}"
+    return None
+
+
+def base_run_record(trained: Trained) -> Path | None:
+    """The BASE_RUN record of an adapter: beside it (a run's final adapter), or above it (one of its checkpoints)."""
+    for place in (trained.path, trained.path.parent):
+        if (place / BASE_RUN).is_file():
+            return place / BASE_RUN
+        if not trained.path.name.startswith("checkpoint-"):
+            break
+    return None
+
+
+def base_trained_on(record: Path, now: dict | None, resumed: bool = False) -> str | None:
+    """The warning where another run's final model that the adapter of a run trained over (its ``record``, BASE_RUN
+    at the top of that run's output: keep_base_run) is another since: that run trained on (relaunched with more
+    steps, or again) and replaced it, so the adapter goes onto other weights than it trained with (explore64).
+    ``now``: that model as it is (base_run_model of the base loaded). Told apart by its end record's step and time
+    (the same in a copy of both runs), else by its weights files' sizes and mtimes. ``resumed``: said by the run
+    going on over it. None where it is the same, or either is unknown."""
+    try:
+        then = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    if now is None or not isinstance(then, dict) or not isinstance(then.get("run"), str) or _same_model(then, now):
+        return None
+    base, run = then["run"], record.parent
+    was, is_now = _model_said(then), _model_said(now)
+    if is_now == was:
+        is_now = f"another {is_now}"
+    line = f"{base} was trained on after {run} trained over it: its final model was {was}, and is {is_now} now"
+    if resumed:
+        return (
+            f"{line}; this run's checkpoints trained over the first, the steps it trains now over the second (to "
+            f"train all of them over one, start it again into another --output; to keep {base}'s model for the runs "
+            f"over it, train {base} on into another --output next time: -o resume={base}/checkpoint-N --output NEW)"
+        )
+    return (
+        f"{line}, so the adapter goes onto other weights than it trained with, and its answers and losses are not "
+        f"the run's. Train it again over {base} as it is; next time train {base} on into another --output (-o "
+        f"resume={base}/checkpoint-N --output NEW) to keep the model the runs over it trained with."
+    )
+
+
+def _same_model(then: dict, now: dict) -> bool:
+    if then.get("ended_at") is not None and now.get("ended_at") is not None:  # its trainer's word: a copy keeps it
+        sizes = [{n: v[0] for n, v in (r.get("weights") or {}).items() if v} for r in (then, now)]
+        return (then.get("step"), then["ended_at"]) == (now.get("step"), now["ended_at"]) and sizes[0] == sizes[1]
+    return then.get("weights") == now.get("weights")
+
+
+def _model_said(model: dict) -> str:
+    """ "step 4's (of 2026-12-07 16:14:22 UTC)": a final model as base_run_model tells it (its end record's time, else
+    its newest weights file's mtime)."""
+    step, when = model.get("step"), model.get("ended_at")
+    if not isinstance(when, (int, float)):
+        times = [v[1] for v in (model.get("weights") or {}).values() if isinstance(v, list) and len(v) == 2]
+        when = max(times) if times else None
+    what = f"step {step}'s" if isinstance(step, int) else "the one"
+    return f"{what} (of {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(when))})" if when else what
+
+
+def retrained_final(output: str, checkpoint: str, max_steps: int, endpoint_url: str | None = None) -> str | None:
+    """The warning where a run resumes its own ``checkpoint`` older than the final model its ``output`` holds (the
+    newer checkpoints deleted, the final model kept): the steps between are trained again and the final model is
+    replaced, where the resume said only what settings changed (explore64). The final model's step is its
+    metrics.jsonl's end record's (final_end). None where the checkpoint is that step's or newer, or unknown."""
+    from ftctl import storage
+    from ftctl.checkpoints import checkpoint_step
+    from ftctl.checkpoints.settings import final_saved
+
+    name = os.path.basename(checkpoint.rstrip("/"))
+    step = checkpoint_step(name)
+    if step is None or not final_saved(output, endpoint_url):
+        return None
+    try:
+        with storage.storage_errors(output, endpoint_url):  # a store's own errors as StorageError
+            end = final_end(storage.read_text(storage.join(output, METRICS_FILE), endpoint_url))
+    except (OSError, ValueError, KeyError, TypeError, FtctlError):
+        return None
+    final = end[0] if end else None
+    if not isinstance(final, int) or final <= step:
+        return None
+    last = min(final, max_steps) if max_steps > 0 else final
+    again = f"steps {step + 1}-{last}" if last > step + 1 else f"step {last}"
+    return (
+        f"{output}'s final model is step {final}'s; {name} is the newest kept: {again} "
+        f"{'are' if last > step + 1 else 'is'} trained again and replace{'' if last > step + 1 else 's'} it; another "
+        "--output keeps it"
     )
 
 
