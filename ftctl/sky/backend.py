@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import shutil
 import signal
@@ -241,6 +242,8 @@ class SkyBackend(Backend):
             raise NotSent(short_disk(spec, rendered.plan, cluster, short))
         if tiers := out.get("tiers_missing"):  # nor here
             raise NotSent(tiers_missing(cluster, tiers))
+        if ram := out.get("short_ram"):  # nor here
+            raise NotSent(short_ram(spec, rendered.plan, cluster, ram))
         managed = bool(out["managed"])
         job = f"managed/{out['job_id']}" if managed else job_id_for(cluster, out["job_id"], out.get("cluster_hash"))
         ref = JobRef(
@@ -795,6 +798,31 @@ def short_disk(spec, plan, cluster: str, found: dict) -> str:
         f"~{sky_render.disk_needed_gib(spec, plan):.0f} GiB on a node (its disk_size: {found['task_gib']} GiB): "
         f"SkyPilot reuses a cluster with the disk it has, so a checkpoint would not fit. Tear it down ({down}) and "
         "launch again, or pass another --cluster."
+    )
+
+
+def short_ram(spec, plan, cluster: str, found: dict) -> str:
+    """Why a launch onto ``cluster`` was not sent: its nodes have less RAM (``found``: sdk.launch's "short_ram", of the
+    instance type it was launched with) than the task's memory:, the host RAM its plan keeps there (an offload plan's
+    optimizer states, a CPU plan's processes: slurm.render.node_memory_gb). sky.launch would have taken it as it is
+    (its fit check leaves memory out), and the OOM killer would end the job once the offload fills the RAM."""
+    from ftctl.slurm.render import node_memory_gb
+
+    down = _down_words(cluster, found)
+    instance = f" ({found['instance']})" if found.get("instance") else ""
+    have = f"{found['cluster_gib']:g}"
+    need = node_memory_gb(plan)
+    what = (
+        f"the {plan.strategy} plan keeps ~{need:.0f} GB a node in host RAM"
+        if plan.tier is not None
+        else f"its CPU processes take ~{need:.0f} GB a node"
+    )
+    within = math.floor(float(found["cluster_gib"]) * 2**30 / 1e9)  # as -o host_memory_gb takes it: GB, rounded down
+    plans = f", -o host_memory_gb={within} plans within it" if plan.tier is not None else ""
+    return (
+        f"cluster {cluster} has {have} GiB of RAM a node{instance}, as it was launched, and {what} (memory: "
+        f"{found['task_gib']:g}+): SkyPilot reuses a cluster with the RAM it has, so the job would be killed out of "
+        f"memory. Tear it down ({down}) and launch again{plans}, or pass another --cluster."
     )
 
 

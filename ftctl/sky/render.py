@@ -65,8 +65,15 @@ HEREDOC = "FTCTL_SPEC_EOF"
 # the run's python on a node: the one of the torchrun on its PATH, where the setup put the stack (node_stack)
 NODE_PYTHON_VAR = "FTCTL_PYTHON"
 NODE_PYTHON = Shell(f'"${NODE_PYTHON_VAR}"')
-# a number of the job's for its rendezvous port (launch.job_port_line): SkyPilot's task id, the same on every node
-TASK_NUMBER = '$(printf %s "$SKYPILOT_TASK_ID" | cksum | cut -d " " -f 1)'
+# a number of the job's for its rendezvous port (launch.job_port_line), the same on every node: its SkyPilot job id,
+# which ends its task id (sky-TIMESTAMP_CLUSTER_ID; a managed job's ..._NAME_ID-TASK), so jobs of one cluster that run
+# at once get ports apart unless their ids are PORT_SPREAD apart; the task id's checksum where none reads as one. The
+# checksum alone (of a task id holding the launch's timestamp) gave two jobs of a cluster one port 1 time in 1000,
+# and the second joined the first's c10d store and failed when it ended.
+TASK_NUMBER = (
+    '$(n="${SKYPILOT_TASK_ID##*_}"; n="${n%%-*}"; [[ "$n" =~ ^[1-9][0-9]{0,8}$ ]] && echo "$n" '
+    '|| printf %s "$SKYPILOT_TASK_ID" | cksum | cut -d " " -f 1)'
+)
 REMOTE_WORKDIR = "$HOME/sky_workdir"  # where SkyPilot syncs a task's workdir (~/sky_workdir)
 WORKDIR_ON_PATH = (
     f'export PYTHONPATH="{REMOTE_WORKDIR}${{PYTHONPATH:+:$PYTHONPATH}}"  # ftctl\'s source, shipped as the workdir'
@@ -614,7 +621,7 @@ def render(spec: RunSpec, plan: Plan, spec_json: str, job_name: str, inputs: Seq
     gpu_arg = ["--gpu", plan.tier] if plan.tier else []
     # one node: a rendezvous of the job's own on a free port (launch: two jobs sharing a reused cluster's node met
     # at one port, and the second failed when the first ended); several: the head node's, on a port of the job's own
-    # (its SkyPilot task id's checksum spread as Slurm's job id: jobs of a reused cluster may run at once)
+    # (its SkyPilot job id spread as Slurm's: jobs of a reused cluster may run at once; TASK_NUMBER)
     head = Shell('"$HEAD_ADDR"') if plan.nodes > 1 else None
     port, job = (JOB_PORT, Shell('"$SKYPILOT_TASK_ID"')) if head else (None, None)
     port_lines = [job_port_line(spec, TASK_NUMBER, "a SkyPilot job"), "export RDZV_PORT"] if head else []

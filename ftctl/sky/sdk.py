@@ -140,8 +140,9 @@ def launch(
     (what this run needs beyond an earlier run's, wandb or gcsfs, was missing, and its -o setup lines were dropped),
     syncs no file_mounts and sets no autodown. A cluster there already is checked first: where its disk is smaller
     than the task's, or it lacks a tier the task names, or other GPUs, nodes, infra or image than the task asks for,
-    nothing is launched ({"misfit": misfit's, {"short_disk": short_disk's, or {"tiers_missing": tiers_missing's}, with
-    its "cluster_hash" and "sky"}); a cluster the
+    or its nodes have less RAM than the task's memory:, nothing is launched ({"misfit": misfit's, {"short_disk":
+    short_disk's, {"tiers_missing": tiers_missing's} or {"short_ram": short_ram's}, with its "cluster_hash" and
+    "sky"}); a cluster the
     user ``named`` (--cluster) where jobs wait or run: one line says this one queues behind them (queued_behind; its
     sky.queue asks the cluster's head, 8 s on the loaded test infra, so not for a run's own cluster, where a job
     still running is this run's, which launch refused before)."""
@@ -173,6 +174,8 @@ def launch(
         return {"short_disk": {**short, "cluster_hash": _get(found[0], "cluster_hash"), "sky": sky_cli()}}
     if found and (tiers := tiers_missing(found[0], task)):
         return {"tiers_missing": {"tiers": tiers, "cluster_hash": _get(found[0], "cluster_hash"), "sky": sky_cli()}}
+    if found and (ram := short_ram(found[0], task)):
+        return {"short_ram": {**ram, "cluster_hash": _get(found[0], "cluster_hash"), "sky": sky_cli()}}
     if named and found and (line := queued_behind(sky, cluster, found[0])):
         say(line)
     job_id, _ = sky.stream_and_get(
@@ -212,6 +215,49 @@ def short_disk(record, task) -> dict | None:
     if not asked or (pods and not launched.disk_size_specified) or launched.disk_size >= min(asked):
         return None
     return {"cluster_gib": int(launched.disk_size), "task_gib": int(min(asked)), "pods": pods}
+
+
+def short_ram(record, task) -> dict | None:
+    """{"cluster_gib", "task_gib", "instance"} where the nodes of the cluster of ``record`` (a sky.status record) have
+    less RAM than ``task`` asks for (``memory:``: an offload plan's host RAM, a CPU plan's processes'); None where
+    they have enough, the task asks none, or the nodes' RAM cannot be told. An up cluster is reused, and a stopped
+    one started again, with the instances it was made with, and SkyPilot's fit check (Resources.less_demanding_than)
+    leaves memory out: it would take a ZeRO-Offload run sent with --cluster onto a cluster a lora made, where the
+    kernel's OOM killer ends it as its optimizer states move to host RAM. The nodes' RAM is the launched instance type's, as
+    its cloud tells it (a VM's from the catalog, a Kubernetes pod's or a Slurm allocation's from the type's name)."""
+    launched = getattr(_get(record, "handle"), "launched_resources", None)
+    asked = [gib for res in task.resources if (gib := _memory_gib(res.memory)) is not None]
+    if launched is None or not asked:
+        return None
+    have = node_ram_gib(launched)
+    if have is None or have >= min(asked):
+        return None
+    return {"cluster_gib": have, "task_gib": min(asked), "instance": launched.instance_type}
+
+
+def node_ram_gib(launched) -> float | None:
+    """The RAM (GiB) of a node of the launched resources ``launched``: its instance type's, as its cloud tells it,
+    else an exact ``memory:`` it was launched with; None where neither tells it (a request "N+" says only at least)."""
+    cloud, instance = getattr(launched, "cloud", None), getattr(launched, "instance_type", None)
+    if cloud is not None and instance:
+        try:
+            _, memory = cloud.get_vcpus_mem_from_instance_type(instance)
+        except Exception:  # noqa: BLE001 - a catalog that cannot be read now: not told, nothing refused
+            memory = None
+        if memory is not None:
+            return float(memory)
+    said = getattr(launched, "memory", None)
+    return _memory_gib(said) if said is not None and not str(said).endswith("+") else None
+
+
+def _memory_gib(memory) -> float | None:
+    """A ``memory:`` value's GiB: '172+' and '172' -> 172.0; None for none (or one that is no number of GiB)."""
+    if memory is None:
+        return None
+    try:
+        return float(str(memory).strip().rstrip("+"))
+    except ValueError:
+        return None
 
 
 def misfit(record, task) -> dict | None:
