@@ -150,6 +150,11 @@ def sky_side(tmp_path_factory):
         "offload 8B onto a k8s pod": ("offload 8B", pod),
         "offload 8B onto a Slurm allocation": ("offload 8B", {**pod, "infra": "slurm/c"}),
         "offload 8B, RAM not told": ("offload 8B", {"infra": "lambda/us-east-1", "gpus": {"H100": 1}}),
+        # a Slurm cluster that tracks no memory: SkyPilot sends no --mem (its type says 0GB), its jobs get what they get
+        "offload 8B onto a Slurm allocation without --mem": (
+            "offload 8B",
+            {**pod, "infra": "slurm/c", "instance": "8CPU--0GB--H100:1"},
+        ),
         "lora onto a k8s pod": ("lora 8B", pod),
         "cpu onto a small pod": ("cpu lora", {"infra": "k8s/ctx", "instance": "4CPU--4GB"}),
         "cpu onto a big pod": ("cpu lora", {"infra": "k8s/ctx", "instance": "4CPU--64GB"}),
@@ -190,6 +195,7 @@ def test_an_offload_task_is_not_launched_onto_nodes_with_less_ram_than_it_asks_f
     for case in (
         "offload 8B onto a3",
         "offload 8B, RAM not told",
+        "offload 8B onto a Slurm allocation without --mem",
         "lora onto a k8s pod",
         "cpu onto a big pod",
     ):

@@ -237,17 +237,18 @@ def short_ram(record, task) -> dict | None:
 
 def node_ram_gib(launched) -> float | None:
     """The RAM (GiB) of a node of the launched resources ``launched``: its instance type's, as its cloud tells it,
-    else an exact ``memory:`` it was launched with; None where neither tells it (a request "N+" says only at least)."""
+    else an exact ``memory:`` it was launched with; None where neither tells it (a request "N+" says only at least; a
+    Slurm instance type of 0GB was sent with no --mem, and its jobs get the partition's default or the whole node)."""
     cloud, instance = getattr(launched, "cloud", None), getattr(launched, "instance_type", None)
     if cloud is not None and instance:
         try:
             _, memory = cloud.get_vcpus_mem_from_instance_type(instance)
         except Exception:  # noqa: BLE001 - a catalog that cannot be read now: not told, nothing refused
             memory = None
-        if memory is not None:
+        if memory:  # 0: a Slurm allocation made without --mem (the cluster does not track memory): not told
             return float(memory)
-    said = getattr(launched, "memory", None)
-    return _memory_gib(said) if said is not None and not str(said).endswith("+") else None
+    said = _memory_gib(getattr(launched, "memory", None))
+    return said if said and not str(launched.memory).endswith("+") else None
 
 
 def _memory_gib(memory) -> float | None:
