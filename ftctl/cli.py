@@ -885,8 +885,14 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare, plai
         chat_mod.converse(loaded, decoding, echo=click.echo, interactive=sys.stdin.isatty())
 
 
-@main.command("eval", short_help="Held-out loss and perplexity of what a run trained.")
-@click.argument("run", callback=lambda ctx, param, value: _a_place(value, "RUN"))
+@main.command("eval", short_help="Held-out loss and perplexity of what a run (or several) trained.")
+@click.argument(
+    "runs",
+    metavar="RUN...",
+    nargs=-1,
+    required=True,
+    callback=lambda ctx, param, value: [_a_place(v, "RUN") for v in value],
+)
 @click.option(
     "--data",
     "paths",
@@ -904,15 +910,14 @@ def chat(run, prompts, system, max_new_tokens, temperature, top_p, compare, plai
     show_default=True,
     help="Rows scored at once (lower it for memory).",
 )
-@click.option("--compare", is_flag=True, help="The base model's numbers too, above the run's.")
-def eval_(run, paths, max_length, batch_size, compare):
+@click.option(
+    "--compare", is_flag=True, help="The base model's numbers too, above the run's (once for runs sharing it)."
+)
+def eval_(runs, paths, max_length, batch_size, compare):
     """Held-out loss, perplexity and token accuracy of what a run trained on a dataset (RUN as for chat); of each of
-    several, then of all together."""
-    from ftctl import preflight
-    from ftctl.spec import RunSpec, join_paths, split_paths
-    from ftctl.trainer import chat as chat_mod
-    from ftctl.trainer.data import build_dataset
-    from ftctl.trainer.heldout import read_as_trained, report, score, trained_on
+    several datasets, then of all together. Several RUNs: a row each, scored on the same rows."""
+    from ftctl.spec import join_paths, split_paths
+    from ftctl.trainer.heldout import evaluate
 
     try:
         names = split_paths(join_paths(paths))
@@ -920,25 +925,7 @@ def eval_(run, paths, max_length, batch_size, compare):
         raise FtctlError(f"{e}.") from None
     if not names:  # --data '': nothing was scored, and it exited 0
         raise FtctlError(f"--data {' '.join(paths)!r} names no data: give the held-out file(s), a directory or a URI.")
-    # a typo, or rows that are no conversation, said before the model's load (minutes for a 7B model on CPU)
-    reads = read_as_trained(run, names)  # as the run read its rows: its text field, its datasets' own field names
-    checks = [preflight.check_data(name, flag="--data", held_out=True, **reads) for name in names]
-    preflight.raise_if_errors([f for found in checks for f in found])
-    loaded = chat_mod.load(run, echo=_progress, command="eval")
-    recorded = loaded.found.recorded("spec", "model_max_length") if loaded.found else None
-    every = loaded.found.recorded("spec", "assistant_only_loss") is False if loaded.found else False  # as it trained
-    length = max_length or recorded or RunSpec.model_max_length
-    sets = [build_dataset(name, loaded.tokenizer, length, held_out=True, every_token=every, **reads) for name in names]
-    # rows the run trained on (its data under this name, or rows of it under another): not held out, said before
-    # the numbers that look it
-    if note := trained_on(loaded.found, names, sets, loaded.tokenizer, length):
-        click.echo(f"note: {note}", err=True)
-    tuned = [score(loaded.model, loaded.tokenizer, dataset, batch_size) for dataset in sets]
-    base = None
-    if compare:
-        with loaded.base() as model:
-            base = [score(model, loaded.tokenizer, dataset, batch_size) for dataset in sets]
-    for line in report(names, tuned, base):
+    for line in evaluate(runs, names, max_length, batch_size, compare, echo=_progress):
         click.echo(line)
 
 

@@ -87,12 +87,46 @@ class Loaded:
         yield trained_mod.load(plain, self.precision, device_map="auto" if torch.cuda.is_available() else None).eval()
 
 
-def load(target: str, plain_text: bool | None = None, echo=None, command: str = "chat") -> Loaded:
-    """The model (with its adapter) and tokenizer of a run, a checkpoint, or a plain model. ``plain_text``:
-    prompt without the chat template (None: as the run trained); ``echo`` is told what is loading, before the
-    weights are read (a 7B model on CPU takes minutes), and first, where the run trains now, what that loads
-    (while_training; ``command``: the ftctl command loading it, named in that line), or, a merge its run has trained
-    on past since (merge.trained_since, what a merge into it again refuses with), that."""
+@dataclass(frozen=True)
+class Located:
+    """What :func:`load` loads, found before any weights are read (locate): ``ftctl eval A B`` finds every RUN first,
+    so a typo in the last is said before the first one loads."""
+
+    target: str  # RUN as given, or the checkpoint while_training chose of a run that trains now
+    found: object = None  # the trained.Trained to load; None: a run in object storage (downloaded as it loads)
+    plain: bool = False  # a model id: the base itself
+
+
+def locate(target: str, echo=None, command: str = "chat") -> Located:
+    """Which weights :func:`load` would load from ``target`` (a run, a checkpoint, a model id), without reading them,
+    FtctlError where there are none: a local run's are found (trained.find), a model id is looked up (the Hub asked
+    once), a run in object storage is listed (its files download as it loads). ``echo``, ``command``: as load's."""
+    from ftctl import storage
+    from ftctl.trainer import trained as trained_mod
+
+    if storage.is_remote(target) or Path(target).expanduser().is_dir():
+        target = while_training(target, command, echo or (lambda line: log.warning("%s", line)))
+    if storage.is_remote(target):
+        with storage.storage_errors(target, None):
+            there = storage.ls(target)
+        if not there:
+            raise FtctlError(
+                f"Nothing is at {target}: give a run's output in object storage (or one of its checkpoints), as "
+                "`ftctl status` names it."
+            )
+        return Located(target)
+    if Path(target).expanduser().is_dir() or "://" in target or _path_shaped(target):
+        return Located(target, trained_mod.find(target))  # a directory that is not there is said as merge says it
+    return Located(target, _model_id(target), plain=True)  # ORG/NAME, no directory here: a model id, the base itself
+
+
+def load(target: str | Located, plain_text: bool | None = None, echo=None, command: str = "chat") -> Loaded:
+    """The model (with its adapter) and tokenizer of a run, a checkpoint, or a plain model (or of what
+    :func:`locate` found of one). ``plain_text``: prompt without the chat template (None: as the run trained);
+    ``echo`` is told what is loading, before the weights are read (a 7B model on CPU takes minutes), and first, where
+    the run trains now, what that loads (while_training; ``command``: the ftctl command loading it, named in that
+    line), or, a merge its run has trained on past since (merge.trained_since, what a merge into it again refuses
+    with), that."""
     import torch
     from transformers import AutoTokenizer
 
@@ -101,17 +135,12 @@ def load(target: str, plain_text: bool | None = None, echo=None, command: str = 
     from ftctl.trainer.masks import ensure_chat_template
     from ftctl.trainer.merge import trained_since
 
-    download, plain = None, False
-    if storage.is_remote(target) or Path(target).expanduser().is_dir():
-        target = while_training(target, command, echo or (lambda line: log.warning("%s", line)))
-    if storage.is_remote(target):  # its top-level files: the final model or adapter
+    located = target if isinstance(target, Located) else locate(target, echo, command)
+    target, found, plain, download = located.target, located.found, located.plain, None
+    if found is None:  # in object storage: its top-level files, the final model or adapter
         download = tempfile.TemporaryDirectory(prefix="ftctl-chat-")
         target, local = _download(target, download.name)
         found = trained_mod.find(local, store=target)  # a newer checkpoint a relaunch left past its final model
-    elif Path(target).expanduser().is_dir() or "://" in target or _path_shaped(target):
-        found = trained_mod.find(target)  # a directory that is not there is said as merge says it
-    else:  # ORG/NAME, no directory here: a model id, the base itself
-        found, plain = _model_id(target), True
     if not plain and not found.adapter and (note := trained_since(str(found.path), target if download else None)):
         (echo or (lambda line: log.warning("%s", line)))(note)  # a merge of the run before it trained on
     on_gpu = torch.cuda.is_available()

@@ -218,23 +218,180 @@ def combined(scores: list[Score]) -> Score:
     return Score(loss, accuracy, sum(s.rows for s in scores), tokens)
 
 
-def report(names: list[str], tuned: list[Score], base: list[Score] | None = None) -> list[str]:
-    """``ftctl eval``'s lines: each dataset's scores (the base's above the run's), then, for several, all of them
-    together."""
+def table(names: list[str], rows: list[tuple[str, list[Score]]]) -> list[str]:
+    """``ftctl eval``'s lines: each dataset's scores, a row for each of ``rows`` ((label, a Score a dataset): the
+    base's above the run's, or several runs'), then, for several datasets, all of them together. An empty label: the
+    numbers alone (one run, no --compare)."""
     if len(names) > 1:
         names = [*names, "all"]
-        tuned = [*tuned, combined(tuned)]
-        base = [*base, combined(base)] if base else None
+        rows = [(label, [*scores, combined(scores)]) for label, scores in rows]
+    width = max(len(label) for label, _ in rows) + 1  # the label and its colon
     lines = []
     for i, name in enumerate(names):
         indent = ""
         if len(names) > 1:
             lines.append(f"{name}:")
             indent = "  "
-        if base:
-            lines.append(f"{indent}base:  {base[i].line()}")
-        lines.append(f"{indent}tuned: {tuned[i].line()}" if base else f"{indent}{tuned[i].line()}")
+        for label, scores in rows:
+            lines.append(
+                f"{indent}{f'{label}:':<{width}} {scores[i].line()}" if label else f"{indent}{scores[i].line()}"
+            )
     return lines
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """One run of ``ftctl eval A B``: its scores, and what they were scored on (to compare with the others')."""
+
+    run: str
+    scores: list[Score]
+    rows: tuple[str, ...]  # data.rows_digest of each dataset as this run read it: the tokens it scored
+    length: int  # the max length it read them at
+    every: bool  # every token scored (a run that trained with assistant_only_loss=false)
+    tokenizer: str  # a digest of its tokenizer's vocabulary and chat template
+    reads: dict  # read_as_trained's: its text field, its data columns
+    base: tuple | None = None  # what its base scores as (--compare): runs with the same one share a base row
+
+
+def evaluate(
+    runs: list[str], names: list[str], max_length: int | None, batch_size: int, compare: bool, echo
+) -> list[str]:
+    """``ftctl eval RUN... --data NAME...``: the lines of each run's held-out scores on the same rows, a row a run
+    (one run's lines as ever: ``table``), its base's above (``compare``: once for each distinct base, over the runs it
+    is the base of). Everything that can be refused is, before any model loads (a 7B model on CPU takes minutes):
+    each run's reading of the data (preflight.check_data), then every RUN found (chat.locate). The runs load one at
+    a time, each freed before the next. ``echo``: what loads, and the notes (stderr): the rows a run trained on, and
+    a run that read the rows into other tokens than the first (another tokenizer, chat template or max length), whose
+    numbers then average over other tokens."""
+    from ftctl import preflight
+    from ftctl.trainer import chat
+
+    runs = list(dict.fromkeys(runs))
+    several = len(runs) > 1
+    # a typo, or rows that are no conversation: as each run reads rows (its text field, its datasets' own field names)
+    reads = {run: read_as_trained(run, names) for run in runs}
+    findings, checked = [], []
+    for how in reads.values():
+        if how not in checked:
+            checked.append(how)
+            findings += [f for name in names for f in preflight.check_data(name, flag="--data", held_out=True, **how)]
+    preflight.raise_if_errors(list(dict.fromkeys(findings)))
+    located, problems = {}, []
+    for run in runs:
+        try:
+            located[run] = chat.locate(run, echo, command="eval")
+        except FtctlError as e:
+            problems.append(str(e))
+    if len(problems) == 1:
+        raise FtctlError(problems[0])
+    if problems:
+        raise FtctlError(f"{len(problems)} problems to fix first:\n" + "\n".join(f"  - {p}" for p in problems))
+    if compare and (plain := [run for run in runs if located[run].plain]):
+        said = f" ({', '.join(plain)})" if several else ""
+        raise FtctlError(f"--compare needs a run (its output directory or a checkpoint), not a plain model{said}.")
+    scored: list[_Scored] = []
+    bases: dict[tuple, list[Score]] = {}
+    for run in runs:
+        loaded = chat.load(located[run], echo=echo, command="eval")
+        try:
+            one = _evaluate_one(loaded, run, several, names, reads[run], max_length, batch_size, compare, bases, echo)
+            scored.append(one)
+        finally:
+            _free(loaded)
+    if several and (note := _other_tokens(scored)):
+        echo(f"note: {note}")
+    if not several:
+        label = ("tuned" if compare else "", scored[0].scores)
+        return table(names, [("base", bases[scored[0].base]), label] if compare else [label])
+    groups: dict = {}  # the runs of each base, in the order given
+    for one in scored:
+        groups.setdefault(one.base, []).append(one)
+    rows = []
+    for base, members in groups.items():
+        if compare:
+            rows.append(("base" if len(groups) == 1 else f"base of {', '.join(m.run for m in members)}", bases[base]))
+        rows += [(m.run, m.scores) for m in members]
+    return table(names, rows)
+
+
+def _evaluate_one(loaded, run, several, names, reads, max_length, batch_size, compare, bases, echo) -> _Scored:
+    """One run's scores, its trained-on note said first (naming the run where there are ``several``); with
+    ``compare``, its base's scores into ``bases`` where no run before it had the same base on the same tokens."""
+    import hashlib
+    import json
+
+    from ftctl.spec import RunSpec
+    from ftctl.trainer.data import build_dataset, rows_digest
+
+    found = loaded.found
+    recorded = found.recorded("spec", "model_max_length") if found else None
+    every = found.recorded("spec", "assistant_only_loss") is False if found else False  # as it trained
+    length = max_length or recorded or RunSpec.model_max_length
+    sets = [build_dataset(name, loaded.tokenizer, length, held_out=True, every_token=every, **reads) for name in names]
+    # rows the run trained on (its data under this name, or rows of it under another): not held out, said before
+    # the numbers that look it
+    if note := trained_on(found, names, sets, loaded.tokenizer, length):
+        echo(f"note: {run}: {note}" if several else f"note: {note}")
+    tuned = [score(loaded.model, loaded.tokenizer, dataset, batch_size) for dataset in sets]
+    rows = tuple(rows_digest(dataset) for dataset in sets)
+    tokenizer = ""  # what tells another tokenizer (its vocabulary, its chat template) from this one: for several runs
+    if several:
+        vocabulary = [sorted(loaded.tokenizer.get_vocab().items()), loaded.tokenizer.chat_template]
+        tokenizer = hashlib.sha256(json.dumps(vocabulary, default=str).encode()).hexdigest()
+    base = None
+    if compare:  # the same weights, at the same precision (a qlora adapter's base in 4 bits), on the same tokens
+        base = (found.base, found.base_revision, found.adapter and found.method == "qlora", loaded.precision, rows)
+        if base not in bases:
+            bases[base] = _base_scores(loaded, sets, batch_size)
+    return _Scored(run, tuned, rows, length, every, tokenizer, reads, base)
+
+
+def _base_scores(loaded, sets, batch_size: int) -> list[Score]:
+    """The base's scores of ``loaded`` (chat.Loaded.base: the adapter switched off, or a full run's base loaded beside
+    it, freed on return)."""
+    with loaded.base() as model:
+        return [score(model, loaded.tokenizer, dataset, batch_size) for dataset in sets]
+
+
+def _free(loaded) -> None:
+    """Let go of a run's weights (and its download) before the next run loads: one model in memory at a time."""
+    import gc
+
+    import torch
+
+    loaded.model = None
+    if loaded.download is not None:
+        loaded.download.cleanup()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _other_tokens(scored: list[_Scored]) -> str | None:
+    """The note of runs that read the rows into other tokens than the first run (their losses then average over
+    other tokens), saying what differs; None where every run scored the same tokens."""
+    first, said = scored[0], []
+    for one in scored[1:]:
+        if one.rows == first.rows:
+            continue
+        why = []
+        if one.tokenizer != first.tokenizer:
+            why.append("another tokenizer or chat template")
+        if one.length != first.length:
+            why.append(f"max length {one.length:,}, {first.run}'s {first.length:,}")
+        if one.every != first.every:
+            why.append("every token scored, as it trained" if one.every else "only the assistant turns scored")
+        if one.reads != first.reads:
+            why.append("its own text field or data columns")
+        said.append(f"{one.run} ({'; '.join(why) or 'read otherwise'})")
+    if not said:
+        return None
+    lengths = any(one.length != first.length for one in scored)
+    return (
+        f"{', '.join(said)} read{'s' if len(said) == 1 else ''} these rows into other tokens than {first.run}, so the "
+        "losses average over other tokens and compare only roughly"
+        + (" (--max-length N reads them all at one length)." if lengths else ".")
+    )
 
 
 def score(model, tokenizer, dataset, batch_size: int = 4) -> Score:
