@@ -115,10 +115,28 @@ def saved(checkpoint: str, endpoint_url: str | None = None) -> dict | None:
     return None
 
 
+def went_on_from(resume, endpoint_url: str | None = None) -> dict | None:
+    """The settings recorded by the checkpoint a run named to go on from (``resume``: its spec's, a PATH of another
+    run's checkpoint-<step> or of its output's own), its steps being the first ones of the run: what the model card
+    says of them (its data, learning rate) and what eval counts as trained-on data (heldout). {} where the checkpoint
+    records none or cannot be read now (deleted since, its store not reachable from here); None where the run named
+    none (resume=auto, never)."""
+    if not isinstance(resume, str) or resume in ("auto", "never", ""):
+        return None
+    try:
+        return saved(resume, endpoint_url) or {}
+    except Exception:  # noqa: BLE001 - advisory: a checkpoint deleted since, a store not reachable from here
+        return {}
+
+
 @dataclass
 class Changes:
     step: int
     changed: dict = field(default_factory=dict)  # key: (saved, now)
+    # what an unset max_steps (-1: the epochs decide) reads as on each side: the checkpoint's run's num_train_epochs
+    # and steps (its trainer_state.json's max_steps), this run's num_train_epochs (its steps are not counted yet)
+    epochs: tuple = (None, None)
+    total: int | None = None
 
     @property
     def applied(self) -> dict:
@@ -140,7 +158,9 @@ class Changes:
     def line(self, own: bool = True) -> str:
         """``own``: the checkpoint is the output's own (not another run's, -o resume=PATH), which another --output
         would leave behind."""
-        each = ", ".join(f"{k} {_show(old)} -> {_show(new)}" for k, (old, new) in self.changed.items())
+        each = ", ".join(
+            f"{k} {self._show(k, old, 0)} -> {self._show(k, new, 1)}" for k, (old, new) in self.changed.items()
+        )
         if self.new_data:
             reading = " (the new data from its start)"
         elif "global_batch_size" in self.changed:
@@ -158,6 +178,16 @@ class Changes:
             f"checkpoint-{self.step} was saved with other settings: {each}; the run goes on from step {self.step} "
             f"with the new ones{reading}" + ("; another --output starts a new run instead" if own else "")
         )
+
+    def _show(self, key: str, value, side: int) -> str:
+        """``value`` of ``key`` as the change line says it; an unset max_steps (transformers' -1) as what decides the
+        run's length instead: "max_steps none (1 epoch, 10 steps) -> 15" (it said "max_steps -1 -> 15")."""
+        if key != "max_steps" or not isinstance(value, int) or value > 0:
+            return _show(value)
+        epochs = self.epochs[side]
+        said = [f"{epochs:g} epoch{'s' if epochs != 1 else ''}"] if isinstance(epochs, (int, float)) else []
+        said += [f"{self.total} steps"] if side == 0 and self.total else []
+        return f"none ({', '.join(said)})" if said else "none"
 
 
 def edited_data(
@@ -220,7 +250,20 @@ def compare(checkpoint: str, before: dict, now: dict, spec=None) -> Changes | No
         )
     if not changed:
         return None
-    return Changes(checkpoint_step(checkpoint) or 0, changed)
+    epochs = (before.get("num_train_epochs"), now.get("num_train_epochs"))
+    unset = "max_steps" in changed and isinstance(changed["max_steps"][0], int) and changed["max_steps"][0] <= 0
+    total = _total_steps(checkpoint, getattr(spec, "s3_endpoint_url", None)) if unset else None
+    return Changes(checkpoint_step(checkpoint) or 0, changed, epochs, total)
+
+
+def _total_steps(checkpoint: str, endpoint_url: str | None) -> int | None:
+    """The steps of the run that saved ``checkpoint`` (local or in the store): its trainer_state.json's max_steps,
+    which an epoch-based run's Trainer counted; None where it cannot be read."""
+    try:
+        total = json.loads(storage.read_text(storage.join(checkpoint, TRAINER_STATE), endpoint_url)).get("max_steps")
+    except Exception:  # noqa: BLE001 - words of a warning: a checkpoint without transformers' record, a store away
+        return None
+    return total if isinstance(total, int) and not isinstance(total, bool) and total > 0 else None
 
 
 # the run keys of those that have a flag of launch's (and plan's, train's): a fix names the flag, as a user gives it

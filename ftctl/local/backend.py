@@ -318,8 +318,7 @@ class LocalBackend(Backend):
                 f"saves a checkpoint at its next step and exits; {same_command(ref.run_dir)} resumes it."
             )
         try:
-            paths.stop_file.parent.mkdir(parents=True, exist_ok=True)
-            paths.stop_file.touch()
+            ask_to_stop(paths.stop_file, "ftctl cancel")
         except OSError as e:  # another user's run directory, not writable by this one: it was a traceback
             raise FtctlError(
                 f"cannot ask {ref.job_id} ({holder}) to stop: {e.strerror or e} writing {paths.stop_file}. Its "
@@ -835,8 +834,10 @@ def _forwarding_signals(
             timer.daemon = True
             timer.start()
         elif stop_file is not None:
-            stop_file.parent.mkdir(parents=True, exist_ok=True)
-            stop_file.touch()
+            try:
+                ask_to_stop(stop_file, f"{signal.Signals(signum).name} to ftctl launch")
+            except OSError:  # a full disk, a directory gone: the signal itself, as without a stop file
+                proc.send_signal(signal.SIGTERM)
         else:
             proc.send_signal(signal.SIGTERM)
 
@@ -846,6 +847,15 @@ def _forwarding_signals(
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def ask_to_stop(stop_file: Path, why: str) -> None:
+    """The trainer's stop file, created with ``why`` in it: its stop lines say it ("stopping at step 21 (SIGTERM to
+    ftctl launch)": they said "stop file", the launcher's own last line SIGTERM; trainer.callbacks.stop_reason).
+    One write, through a link as `touch` went (the trainer reads it at its step's end); a stop file that says
+    nothing (a Slurm job's trap, a user's `touch`) stops the run the same."""
+    stop_file.parent.mkdir(parents=True, exist_ok=True)
+    stop_file.write_text(f"{why}\n")
 
 
 def _torchrun_report(line: str) -> bool:

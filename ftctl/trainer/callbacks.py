@@ -602,6 +602,23 @@ def _request_of(text: str) -> dict:
     return request if isinstance(request, dict) else {}
 
 
+STOP_FILE = "stop file"  # the stop's name for a stop file that says no reason (a Slurm job's trap, a `touch`)
+STOP_REASON_CHARS = 200  # the most of a stop file's first line taken as its reason
+
+
+def stop_reason(path: str) -> str:
+    """Why the stop file ``path`` asks the run to stop, as its writer said it in its first line (the local launcher:
+    "SIGTERM to ftctl launch", `ftctl cancel`: "ftctl cancel"), the stop's name in the log and in metrics.jsonl's
+    stop record; STOP_FILE where it says none (empty: touched, or not written yet) or not in words."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read(STOP_REASON_CHARS).splitlines()
+    except OSError:  # removed between the check and the read
+        return STOP_FILE
+    said = lines[0].strip() if lines else ""
+    return said if said and said.isprintable() else STOP_FILE
+
+
 class PreemptionCallback(TrainerCallback):
     """SIGUSR2 / SIGTERM / SIGHUP -> save a checkpoint at the next step boundary and stop cleanly; a second
     signal stops the run at once, through the handler that was there before (torch's and Slurm's convention).
@@ -652,7 +669,7 @@ class PreemptionCallback(TrainerCallback):
         USR2), so it touches the file instead."""
         stop_file = os.environ.get(STOP_ENV)
         if self.received is None and stop_file and os.path.exists(stop_file):
-            self.received = "stop file"
+            self.received = stop_reason(stop_file)
             log.warning("%s exists: saving a checkpoint at the next step, then stopping", stop_file)
         if self.received is None and self.request is not None and self.request.seen.is_set():
             self.received = STOP_REQUEST_SIGNAL

@@ -268,6 +268,8 @@ def _training_rows(spec: dict, plan: dict, directory, step: int | None) -> list[
         of = f" of {layers}" if layers else ""
         rows.append(("trained", f"the top {spec.get('trainable_layers')}{of} blocks and the output head"))
     rows.append(("data", _data(spec.get("data_path"))))
+    if went := _went_on(spec.get("resume"), spec.get("s3_endpoint_url")):
+        rows.append(("went on from", went))
     if spec.get("eval_data_path"):
         rows.append(("held-out data", _data(spec.get("eval_data_path"))))
     elif spec.get("eval_split"):
@@ -313,6 +315,26 @@ def _training_rows(spec: dict, plan: dict, directory, step: int | None) -> list[
     )
     rows.append(("seed", spec.get("seed")))
     return rows
+
+
+def _went_on(resume, endpoint_url) -> str | None:
+    """The checkpoint a run went on from (resume=PATH: another run's, or its output's own) and what its steps, the
+    run's first ones, trained on at which learning rate (its manifest's settings: checkpoints.settings.went_on_from);
+    the card's data and learning-rate rows are the last launch's, and said nothing of them (explore64). None where
+    the run named none. A run started from an adapter (lora_model_dir) says so in its first paragraph (_started):
+    a resume=PATH with it is refused."""
+    from ftctl.checkpoints import checkpoint_step
+    from ftctl.checkpoints.settings import went_on_from
+
+    recorded = went_on_from(resume, endpoint_url)
+    if recorded is None:
+        return None
+    step = checkpoint_step(resume)
+    steps = f"step {step}" if step == 1 else f"steps 1-{step}" if step else "its steps"
+    said = [_data(recorded["data_path"])] if isinstance(recorded.get("data_path"), str) else []
+    if _is_number(rate := recorded.get("learning_rate")):
+        said.append(f"learning rate {_number(rate)}")
+    return f"`{adapter_named(resume)}` ({steps}{': ' + ', '.join(said) if said else ''})"
 
 
 def _warmup(spec: dict) -> str:
