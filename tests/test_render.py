@@ -880,7 +880,7 @@ def test_sky_run_section_hostile_values_arrive_intact(h, tmp_path):
         "--rdzv-backend",
         "c10d",
         "--rdzv-endpoint",
-        "10.0.0.7:30485",  # rdzv_port + 1 + cksum(SKYPILOT_TASK_ID) % 1000 (717276984)
+        "10.0.0.7:29504",  # rdzv_port + 1 + its SkyPilot job id (3: its task id's end) % 1000
         "--rdzv-id",
         f"{key}-sky-2026-12-03-10-00-00-123456_c_3",
         "--rdzv-conf",

@@ -358,7 +358,8 @@ def test_the_setup_lines_hold_where_the_training_runs():
 def test_multi_node_jobs_of_one_cluster_meet_apart(tmp_path):
     """Jobs of a reused cluster may run at once (each asks for some of its GPUs): every multi-node job met at
     "$HEAD_ADDR":29500, and a second one joined the first's store and failed when it ended. Each listens on
-    rdzv_port + its task id's checksum % 1000, the same on all its nodes, under a rendezvous id of its own. The head
+    rdzv_port + 1 + its SkyPilot job id % 1000 (the end of its task id), the same on all its nodes, under a rendezvous
+    id of its own (tests/test_sky319.py has the ports). The head
     node's address is the first line of SKYPILOT_NODE_IPS without a reader that may exit early: `echo | head -n 1`
     under pipefail died of SIGPIPE where head had gone before echo's second line (a `head` here that reads nothing
     and prints nothing stands for it)."""
