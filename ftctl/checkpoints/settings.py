@@ -44,6 +44,10 @@ FOLLOWED += ("lora_alpha", "lora_dropout", "use_rslora", "assistant_only_loss")
 FOLLOWED += ("save_steps", "logging_steps", "eval_steps")  # transformers restores them: callbacks.StepsAsGiven
 FOLLOWED += ("saves_per_epoch", "evals_per_epoch")
 FOLLOWED += ("eval_data_path",)
+# the adapter a lora run's adapters started from (lora_model_dir, as the job names it; None: PEFT's fresh ones), for
+# lora and qlora always (a checkpoint without it was saved before it was recorded): a relaunch that names another
+# resumes the checkpoint all the same and never reads it (spec.from_adapter), so it is refused (_other_adapter)
+STARTED = ("lora_model_dir",)
 # the base's commit (model_revision: a hub model's, pinned at launch): another is said, not refused. A commit of a model
 # repository often changes no weight (a README, a tokenizer's or generation config's fix) and an adapter trained on
 # one loads onto the next; where the weights did change, the run goes on from weights trained on others, which the
@@ -78,12 +82,13 @@ _ONLY = {  # compared only where the method has them
     "use_rslora": ("lora", "qlora"),
     "use_dora": ("lora", "qlora"),
     "trainable_layers": ("sft",),
+    "lora_model_dir": ("lora", "qlora"),
 }
 
 
 def settings(spec, plan) -> dict:
     """The settings a checkpoint is trained with, as the run ran them (the planner's optimizer and learning rate)."""
-    values = {key: as_run(key, getattr(spec, key)) for key in REFUSED + APPLIED + FOLLOWED + BASE + DATA}
+    values = {key: as_run(key, getattr(spec, key)) for key in REFUSED + APPLIED + FOLLOWED + BASE + DATA + STARTED}
     # the global batch the run makes (micro-batch x accumulation x processes), not the one asked for: resumed on
     # another GPU count it may differ, and the rows the checkpoint's steps trained are skipped at the new size
     values.update(
@@ -239,6 +244,8 @@ def compare(checkpoint: str, before: dict, now: dict, spec=None) -> Changes | No
     method=lora, method: lora in its run file); without it, by the key's flag where it has one (FLAGS)."""
     before, now = {**AT_DEFAULT, **before}, {**AT_DEFAULT, **now}  # left out where they were the default
     changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
+    if said := _other_adapter(checkpoint, changed, spec):
+        raise FtctlError(said)
     refused = [k for k in REFUSED if k in changed]
     if refused:
         was = ", ".join(f"{k}={_show(changed[k][0])}" for k in refused)
@@ -284,6 +291,28 @@ def _given(spec, key: str, value: str) -> str:
 def _joined(parts: list[str]) -> str:
     """Flags and -o's as one command line's words; a run file's lines among them apart by commas."""
     return " ".join(parts) if all(p.startswith("-") for p in parts) else ", ".join(parts)
+
+
+def _other_adapter(checkpoint: str, changed: dict, spec) -> str | None:
+    """The refusal of a launch that names another lora_model_dir than the one ``checkpoint``'s run started from (or
+    one for a run that started with new adapters): the run resumes the checkpoint and would not read it. Taken out of
+    ``changed`` either way: a launch that names none resumes as it would anyway, and a path on a SkyPilot node
+    (./inputs/...: the checkpoint's record, read by a launch) is no path of this machine to compare."""
+    if "lora_model_dir" not in changed:
+        return None
+    was, now = changed.pop("lora_model_dir")
+    if now is None or (was is not None and os.path.isabs(was) != os.path.isabs(now)):
+        return None
+    import shlex
+
+    name = os.path.basename(checkpoint.rstrip("/"))
+    started = f"from the adapter lora_model_dir={shlex.quote(was)}" if was else "with new adapters (no lora_model_dir)"
+    keep = f"relaunch with {_given(spec, 'lora_model_dir', was)} (or without it)" if was else "leave lora_model_dir out"
+    return (
+        f"{checkpoint} is of a run that started {started}; this launch names lora_model_dir={shlex.quote(now)}, which "
+        f"it would not read: it would resume {name}, its adapters' weights, optimizer and schedule. To start from "
+        f"that adapter, give {getattr(spec, 'another_output', 'another --output')}; to go on with this run, {keep}."
+    )
 
 
 def written_over(output: str, names: list[str]) -> str | None:
