@@ -91,6 +91,9 @@ TIERS: dict[str, GpuTier] = {
         GpuTier("V100", 16, 15.75, (7, 0), 125),  # V100 SXM2 sheet
         GpuTier("V100S", 32, 31.74, (7, 0), 130),  # V100S PCIe sheet
         GpuTier("V100-32GB", 32, 31.74, (7, 0), 125),  # V100 SXM2 sheet
+        # TITAN V (a workstation's Volta, 12 GB HBM2): fp16 on SDPA as the V100 (it was planned as cpu: no listed Volta
+        # card within 12 GB); total as the 12 GB cards' (RTX3060's)
+        GpuTier("TITANV", 12, 11.75, (7, 0), 110),  # TITAN V page: 110 deep-learning TFLOPS
         # Turing, sm75
         GpuTier("T4", 16, 14.56, (7, 5), 65),  # T4 sheet
         GpuTier("RTX2080Ti", 11, 10.73, (7, 5), 53.8),  # whitepaper, ref. clock

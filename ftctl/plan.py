@@ -1135,8 +1135,9 @@ def _evaluated_between_checkpoints(spec: RunSpec, saves: int | None) -> list[str
     ]
 
 
-def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
-    """The plan for spec on its --gpus (or ``gpus``); raises PlanError naming the nearest fit."""
+def make_plan(spec: RunSpec, gpus: str | None = None, *, machine: gpu_table.GpuRequest | None = None) -> Plan:
+    """The plan for spec on its --gpus (or ``gpus``); raises PlanError naming the nearest fit: within ``machine``
+    where given (the local backend's: this machine's GPUs, all a run there may have), else on any card."""
     req = gpu_table.parse(gpus or spec.gpus or "cpu", spec.nodes)
     if req.is_cpu and spec.ddp_comm_dtype == "bf16":
         raise PlanError(
@@ -1210,7 +1211,7 @@ def make_plan(spec: RunSpec, gpus: str | None = None) -> Plan:
                 f"({known.params_b:g}B, its {known.vocab:,}-token vocabulary): leave it out to plan that"
             )
         return plan
-    raise DoesNotFit(_refusal(spec, req, shape))
+    raise DoesNotFit(_refusal(spec, req, shape, machine))
 
 
 ADAPTER_LEAST_LR = 1e-5  # a lora/qlora rate below this is noted: a tenth of LoRA's usual (rate_note)
@@ -2209,7 +2210,7 @@ def _a_model(shape: ModelShape) -> str:
     return f"{article} {size}-parameter model"
 
 
-def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
+def _refusal(spec: RunSpec, req, shape: ModelShape, machine=None) -> str:
     method = spec.method
     if req.is_cpu and shape.params_b > CPU_MAX_PARAMS_B:
         # "would take days a step" alone gave no number to judge it by
@@ -2317,11 +2318,18 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
             )
             break
         length //= 2
-    same = _nearest(spec, shape, method, req)
+    if machine is not None and method != "qlora" and not hints:  # this machine's lightest: qlora of shorter rows
+        length = spec.model_max_length // 2
+        while length >= MIN_HINTED_LENGTH:
+            if q := _fit(replace(spec, method="qlora", strategy=None, model_max_length=length), req, shape, "qlora"):
+                hints.append(f"--method qlora -o model_max_length={length} on these {req} (~{q.memory_gb:.0f} GB/GPU)")
+                break
+            length //= 2
+    same = _nearest(spec, shape, method, req, machine)
     if same:
         hints.append(f"--gpus {same.gpus} --method {method} ({same.strategy}, {_sizes(same)})")
     if method != "qlora" and (here is None or here.method != "qlora"):
-        q = _nearest(spec, shape, "qlora", req)
+        q = _nearest(spec, shape, "qlora", req, machine)
         if q and q.gpus != str(req):
             hints.append(f"--gpus {q.gpus} --method qlora (~{q.memory_gb:.0f} GB/GPU)")
     if shape.context and spec.model_max_length > shape.context:  # as a fitted plan's note says it
@@ -2331,6 +2339,11 @@ def _refusal(spec: RunSpec, req, shape: ModelShape) -> str:
         )
     if hints:
         msg += " Nearest plans that fit: " + "; or ".join(hints) + "."
+    elif machine is not None:  # a cloud's card is no plan for this machine (an 8 GB card was offered an A10G)
+        msg += (
+            f" Nothing fits this machine's {machine}, even qlora of {MIN_HINTED_LENGTH}-token rows: a smaller model, "
+            "or larger GPUs elsewhere (--backend slurm or sky with --gpus TYPE)."
+        )
     else:
         msg += " Nothing up to 4 nodes of 8 GPUs fits: use a smaller model or shorter rows (-o model_max_length)."
     return msg
@@ -2400,13 +2413,13 @@ def _offload_refused(spec: RunSpec, req, shape: ModelShape, offloads: list[str])
 MIN_HINTED_LENGTH = 512  # the shortest model_max_length a plan that does not fit suggests
 
 
-def _nearest(spec: RunSpec, shape: ModelShape, method: str, req) -> Plan | None:
+def _nearest(spec: RunSpec, shape: ModelShape, method: str, req, machine=None) -> Plan | None:
     """The first fit in gpus.offered_instead's order: the requested tier (fewest GPUs, then nodes), then a bigger card
     (the least GPU memory in all first: one H200 before one B200 before two H200s), another card last; one that keeps
     the optimizer on the GPUs where any does (an 8B fft asked of one H100 was offered 4xA10G with ZeRO-3 offload, each
     step waiting on the CPU, before 2xH100). Qwen3-30B-A3B lora asked of one H100 was offered 4xV100-32GB (fp16, no
     FlashAttention: the least memory) before 2xH100. For another method, the request as asked comes first (qlora on
-    the same GPUs is nearer than qlora on a T4)."""
+    the same GPUs is nearer than qlora on a T4). Within ``machine`` where given: more of its GPUs, up to its count."""
     if method != spec.method:
         p = _fit(replace(spec, method=method, strategy=None), req, shape, method)
         if p is not None:
@@ -2418,6 +2431,9 @@ def _nearest(spec: RunSpec, shape: ModelShape, method: str, req) -> Plan | None:
         for per in (1, 2, 4, 8)
         if nodes == 1 or per == 8
     ]
+    if machine is not None:  # this machine's GPUs only, as many as it has
+        most = machine.per_node if machine.tier else 0
+        candidates = [(0, per, 0, 1, machine.tier.name, per) for per in range(1, most + 1)]
     offloaded = None  # the first fit that offloads: offered where nothing fits on the GPUs alone
     for *_, nodes, name, per in sorted(candidates):
         if (name, per, nodes) == (req.tier.name, req.per_node, req.nodes) and method == spec.method:

@@ -27,6 +27,7 @@ import pytest
 
 from ftctl import gpus
 from ftctl.errors import FtctlError
+from tests.fake_gpus import fake_nvidia_smi
 
 
 def plan(*args: str) -> subprocess.CompletedProcess:
@@ -112,18 +113,13 @@ def test_a_model_too_big_for_cpu_is_refused_with_the_steps_work():
 
 # ---------------------------------------------------------------------------------------------------------------------
 # local/backend.py (findings 4 and 5 above). nvidia-smi is the one stand-in
-# (no GPU here), as in tests/test_local_backend.py: it lists the card a user's workstation has.
+# (no GPU here), tests/fake_gpus.py's: it lists the card a user's workstation has.
 FTCTL = os.path.join(os.path.dirname(sys.executable), "ftctl")
 
 
-def smi(tmp_path, listed: str) -> dict:
+def smi(tmp_path, monkeypatch, listed: str) -> dict:
     """An environment whose nvidia-smi lists ``listed`` ('NAME, MiB'), as a workstation's does."""
-    where = tmp_path / "smi"
-    where.mkdir(exist_ok=True)
-    script = where / "nvidia-smi"
-    script.write_text(f'#!/bin/sh\ncase "$1" in --query-gpu*) echo "{listed}"; exit 0;; esac\n')
-    script.chmod(0o755)
-    return {**os.environ, "PATH": f"{where}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return {**fake_nvidia_smi(tmp_path, monkeypatch, listed), "OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.parametrize(
@@ -160,13 +156,13 @@ def test_a_card_planned_as_another_or_as_cpu_is_said(tmp_path, monkeypatch, list
     """An RTX 3060 was planned as an RTX2080Ti (fp16 on a bf16 card) and an 8 GB laptop GPU as cpu, said nowhere."""
     from ftctl.local import backend
 
-    monkeypatch.setenv("PATH", smi(tmp_path, listed)["PATH"])
+    smi(tmp_path, monkeypatch, listed)
     assert backend.detected() == (gpus_here, said)
     assert backend.local_gpus() == gpus_here
 
 
-def test_the_plan_and_doctor_say_what_the_card_is_planned_as(tmp_path):
-    env = smi(tmp_path, "NVIDIA GeForce RTX 2060, 12288")
+def test_the_plan_and_doctor_say_what_the_card_is_planned_as(tmp_path, monkeypatch):
+    env = smi(tmp_path, monkeypatch, "NVIDIA GeForce RTX 2060, 12288")
     cmd = [FTCTL, "plan", "--backend", "local", "--method", "qlora", "--model", "meta-llama/Llama-3.1-8B"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -178,11 +174,11 @@ def test_the_plan_and_doctor_say_what_the_card_is_planned_as(tmp_path):
     assert "gpus:    1xRTX2080Ti (nvidia-smi lists 1x 'NVIDIA GeForce RTX 2060' (12.0 GiB)" in proc.stdout
 
 
-def test_a_refusal_on_cpu_says_the_gpu_here_was_too_small(tmp_path):
+def test_a_refusal_on_cpu_says_the_gpu_here_was_too_small(tmp_path, monkeypatch):
     """`ftctl launch --method fft` of an 8B on an 8 GB laptop GPU said "on CPU would take days a step", the GPU unsaid."""
     data = tmp_path / "chats.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n')
-    env = smi(tmp_path, "NVIDIA GeForce RTX 3050 Laptop GPU, 4096")
+    env = smi(tmp_path, monkeypatch, "NVIDIA GeForce RTX 3050 Laptop GPU, 4096")
     cmd = [FTCTL, "launch", "--method", "fft", "--model", "meta-llama/Llama-3.1-8B", "--data", str(data), "--dry-run"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

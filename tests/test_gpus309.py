@@ -15,6 +15,7 @@ import pytest
 from ftctl import gpus
 from ftctl.errors import FtctlError
 from ftctl.plan import DoesNotFit, make_plan
+from tests.fake_gpus import fake_nvidia_smi
 from tests.render_fixtures import make_spec
 
 # name: (GB sold, compute capability, SMs, boost MHz) from NVIDIA's product pages; the TFLOPS the table holds are
@@ -98,16 +99,6 @@ def test_an_8gb_card_plans_qlora_of_a_3b():
     assert p.precision == "bf16" and p.memory_gb <= 0.92 * gpus.TIERS["RTX4060"].capacity_gb
 
 
-def smi(tmp_path, listed: str) -> str:
-    """A PATH whose nvidia-smi lists ``listed`` ('NAME, MiB'), as a workstation's does."""
-    where = tmp_path / "smi"
-    where.mkdir(exist_ok=True)
-    script = where / "nvidia-smi"
-    script.write_text(f'#!/bin/sh\ncase "$1" in --query-gpu*) echo "{listed}"; exit 0;; esac\n')
-    script.chmod(0o755)
-    return f"{where}:{os.environ['PATH']}"
-
-
 @pytest.mark.parametrize(
     "listed, want, note",
     [
@@ -136,14 +127,14 @@ def smi(tmp_path, listed: str) -> str:
 def test_local_detection_names_the_card(tmp_path, monkeypatch, listed, want, note):
     from ftctl.local import backend
 
-    monkeypatch.setenv("PATH", smi(tmp_path, listed))
+    fake_nvidia_smi(tmp_path, monkeypatch, listed)
     gpus_here, said = backend.detected()
     assert gpus_here == want
     assert (said is None) if note is None else note in said
 
 
-def test_ftctl_plan_on_a_workstation_with_an_rtx3060_plans_it_in_bf16(tmp_path):
-    env = {**os.environ, "PATH": smi(tmp_path, "NVIDIA GeForce RTX 3060, 12288"), "HF_HUB_OFFLINE": "1"}
+def test_ftctl_plan_on_a_workstation_with_an_rtx3060_plans_it_in_bf16(tmp_path, monkeypatch):
+    env = fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA GeForce RTX 3060, 12288")
     ftctl = os.path.join(os.path.dirname(sys.executable), "ftctl")
     cmd = [ftctl, "plan", "--backend", "local", "--method", "qlora", "--model", "meta-llama/Llama-3.1-8B"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

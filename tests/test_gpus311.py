@@ -9,7 +9,7 @@
    RTX4080Super, Maxwell and Kepler Quadros alike; a Volta card ftctl does not list (Quadro GV100, TITAN V) as an Ada
    or Blackwell one (bf16 on a card without it).
 
-nvidia-smi is the one stand-in (no GPU here): a script on PATH answering what a workstation's answers.
+nvidia-smi is the one stand-in (no GPU here): tests/fake_gpus.py's script on PATH answers what a workstation's does.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest
 
 from ftctl import gpus
 from ftctl.errors import FtctlError
+from tests.fake_gpus import fake_nvidia_smi
 
 FTCTL = os.path.join(os.path.dirname(sys.executable), "ftctl")
 OLDER = "older than every card ftctl plans for (Volta's V100 is the oldest)"
@@ -85,22 +86,11 @@ def test_finding4_an_unlisted_geforce_number_in_the_slurm_form_is_said_as_tier_s
         gpus.parse("3090:40")  # the count is still checked
 
 
-def smi(tmp_path, monkeypatch, answer: str, code: int = 0) -> dict:
-    """nvidia-smi on PATH answering ``answer`` (name, memory.total in MiB; or its failure) and exiting ``code``."""
-    where = tmp_path / "smi"
-    where.mkdir(exist_ok=True)
-    script = where / "nvidia-smi"
-    script.write_text(f"#!/bin/sh\necho '{answer}'\nexit {code}\n")
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{where}{os.pathsep}{os.environ['PATH']}")
-    return {**os.environ, "HF_HUB_OFFLINE": "1"}
-
-
 def test_finding6_a_gpu_whose_memory_nvidia_smi_does_not_give_is_no_traceback(tmp_path, monkeypatch):
     """A Jetson's nvidia-smi writes memory.total as [N/A]: local_gpus raised ValueError (doctor, plan, launch)."""
     from ftctl.local.backend import detected
 
-    smi(tmp_path, monkeypatch, "Orin (nvgpu), [N/A]")
+    fake_nvidia_smi(tmp_path, monkeypatch, "Orin (nvgpu), [N/A]")
     assert detected() == (
         "cpu",
         "local: nvidia-smi lists 1x 'Orin (nvgpu)' (no memory.total: [N/A]), a card ftctl does not list and whose "
@@ -120,7 +110,7 @@ def test_finding6_a_gpu_whose_memory_nvidia_smi_does_not_give_is_no_traceback(tm
 def test_finding6_a_named_card_without_its_memory_is_planned_by_its_name(tmp_path, monkeypatch, listed, planned, said):
     from ftctl.local.backend import detected
 
-    smi(tmp_path, monkeypatch, listed)
+    fake_nvidia_smi(tmp_path, monkeypatch, listed)
     gpus_here, note = detected()
     assert gpus_here == planned
     assert note == said if said is None else note.endswith(said), note
@@ -130,13 +120,13 @@ def test_finding6_nvidia_smi_without_a_gpu_is_said_not_a_traceback(tmp_path, mon
     """nvidia-smi installed but no GPU (or no driver) prints one line, no comma, and exits non-zero."""
     from ftctl.local.backend import detected
 
-    smi(tmp_path, monkeypatch, "No devices were found", code=6)
+    fake_nvidia_smi(tmp_path, monkeypatch, "No devices were found", code=6)
     assert detected() == ("cpu", "local: nvidia-smi found no GPU ('No devices were found'): planned as cpu")
 
 
 @pytest.mark.parametrize("command", ["plan", "doctor"])
 def test_finding6_plan_and_doctor_on_a_jetson_are_no_traceback(tmp_path, monkeypatch, command):
-    env = smi(tmp_path, monkeypatch, "Orin (nvgpu), [N/A]")
+    env = fake_nvidia_smi(tmp_path, monkeypatch, "Orin (nvgpu), [N/A]")
     args = ["--backend", "local", "--method", "lora", "--model", "Qwen/Qwen2.5-0.5B"] if command == "plan" else []
     proc = subprocess.run([FTCTL, command, *args], env=env, capture_output=True, text=True, timeout=120)
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -151,7 +141,7 @@ def test_finding7_a_pascal_quadro_is_not_planned_as_an_rtx4090(tmp_path, monkeyp
     Tesla P40 and TITAN Xp are said older than every listed card; the Quadro's P was not read."""
     from ftctl.local.backend import detected
 
-    smi(tmp_path, monkeypatch, "Quadro P6000, 24576")
+    fake_nvidia_smi(tmp_path, monkeypatch, "Quadro P6000, 24576")
     gpus_here, said = detected()
     assert gpus_here == "cpu" and "older than every card" in said, (gpus_here, said)
 
@@ -170,7 +160,7 @@ def test_finding7_a_pascal_quadro_is_not_planned_as_an_rtx4090(tmp_path, monkeyp
 def test_finding7_pascal_maxwell_and_kepler_quadros_are_older_than_every_card(tmp_path, monkeypatch, listed):
     from ftctl.local.backend import detected
 
-    smi(tmp_path, monkeypatch, listed)
+    fake_nvidia_smi(tmp_path, monkeypatch, listed)
     gpus_here, said = detected()
     assert gpus_here == "cpu" and said.endswith(f"{OLDER}: planned as cpu"), (gpus_here, said)
     with pytest.raises(FtctlError, match="older than every card ftctl plans for"):
@@ -180,14 +170,15 @@ def test_finding7_pascal_maxwell_and_kepler_quadros_are_older_than_every_card(tm
 
 
 @pytest.mark.parametrize(
-    "listed, planned", [("Quadro GV100, 32768", "1xV100S"), ("TITAN V, 12288", "cpu"), ("NVIDIA TITAN V, 12066", "cpu")]
+    "listed, planned",
+    [("Quadro GV100, 32768", "1xV100S"), ("TITAN V, 12288", "1xTITANV"), ("NVIDIA TITAN V, 12066", "1xTITANV")],
 )
 def test_finding7_an_unlisted_volta_card_is_planned_as_no_newer_card(tmp_path, monkeypatch, listed, planned):
-    """Quadro GV100 (Volta, 32 GB) was planned as an RTX5090 and TITAN V (12 GB) as an RTX4070Ti: bf16 on Volta. No
-    listed Volta card has 12 GB or less."""
+    """Quadro GV100 (Volta, 32 GB) was planned as an RTX5090 and TITAN V (12 GB) as an RTX4070Ti: bf16 on Volta. The
+    TITAN V is listed since task 318 (it was planned as cpu then: no listed Volta card had 12 GB or less)."""
     from ftctl.local.backend import detected
 
-    smi(tmp_path, monkeypatch, listed)
+    fake_nvidia_smi(tmp_path, monkeypatch, listed)
     gpus_here, said = detected()
     assert gpus_here == planned, said
     if planned != "cpu":

@@ -7,26 +7,16 @@
 3. A Turing T1000 8GB (sm75: no bf16, no FlashAttention) is planned as an RTX4060Ti (Ada); it was cpu before c58c96f.
 4. The plan of an RTX5090 (sm120) offers FlashAttention 4, which trains on sm90/sm100 only (attention.FA4_MAJORS).
 
-nvidia-smi is the one stand-in (no GPU here), as in tests/test_gpus311.py.
+nvidia-smi is the one stand-in (no GPU here): tests/fake_gpus.py's.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from ftctl import gpus
+from tests.fake_gpus import fake_nvidia_smi
 from tests.render_fixtures import make_spec
-
-
-def smi(tmp_path, monkeypatch, answer: str) -> None:
-    where = tmp_path / "smi"
-    where.mkdir(exist_ok=True)
-    script = where / "nvidia-smi"
-    script.write_text(f"#!/bin/sh\necho '{answer}'\n")
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{where}{os.pathsep}{os.environ['PATH']}")
 
 
 @pytest.mark.parametrize(
@@ -41,7 +31,7 @@ def smi(tmp_path, monkeypatch, answer: str) -> None:
 def test_1_a_large_unlisted_card_is_not_planned_as_a_32_gb_geforce(tmp_path, monkeypatch, listed):
     from ftctl.local.backend import detected
 
-    smi(tmp_path, monkeypatch, listed)
+    fake_nvidia_smi(tmp_path, monkeypatch, listed)
     planned, note = detected()
     tier = gpus.TIERS[planned.split("x", 1)[1]]
     assert tier.total_gib >= 79, note  # an H100's 80 GB at least: each of these has 80 GB or more
@@ -50,7 +40,7 @@ def test_1_a_large_unlisted_card_is_not_planned_as_a_32_gb_geforce(tmp_path, mon
 def test_2_an_8_gb_rtx_3060_is_not_planned_as_the_12_gb_one(tmp_path, monkeypatch):
     from ftctl.local.backend import detected
 
-    smi(tmp_path, monkeypatch, "NVIDIA GeForce RTX 3060, 8192")
+    fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA GeForce RTX 3060, 8192")
     planned, note = detected()
     assert planned != "1xRTX3060" and note, (planned, note)
 
@@ -58,7 +48,7 @@ def test_2_an_8_gb_rtx_3060_is_not_planned_as_the_12_gb_one(tmp_path, monkeypatc
 def test_3_a_turing_t1000_is_not_planned_as_an_ada_card(tmp_path, monkeypatch):
     from ftctl.local.backend import detected
 
-    smi(tmp_path, monkeypatch, "NVIDIA T1000 8GB, 8192")
+    fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA T1000 8GB, 8192")
     planned, note = detected()
     assert planned == "cpu" or not gpus.TIERS[planned.split("x", 1)[1]].bf16, (planned, note)
 

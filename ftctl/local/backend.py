@@ -27,6 +27,7 @@ from pathlib import Path
 import click
 
 from ftctl import failures, terminal
+from ftctl import gpus as gpu_table
 from ftctl.backend import (
     PREFLIGHT_KEYS,
     Backend,
@@ -68,9 +69,25 @@ def detected() -> tuple[str, str | None]:
     planned as a listed one, a 6 GB card or a Pascal as the CPU. Said by the plan and by doctor: an RTX 3060 (before it
     was listed) planned as an RTX2080Ti (fp16, no FlashAttention) and an 8 GB laptop GPU planned as cpu ("fft ... on
     CPU would take days a step") were said nowhere."""
+    return local_cards()[:2]
+
+
+# a run on some of a machine's GPUs (mixed cards): numbered as nvidia-smi numbers them (PCI bus order), not CUDA's
+# default FASTEST_FIRST order, so that CUDA_VISIBLE_DEVICES names the cards planned for
+PCI_ORDER = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+def local_cards(environ: dict[str, str] | None = None) -> tuple[str, str | None, dict[str, str]]:
+    """detected()'s two, and the environment that runs on the GPUs planned for ({} where that is every GPU, or those
+    the user's CUDA_VISIBLE_DEVICES names). ``environ``: the run's (os.environ and its -o env). Mixed cards (an RTX
+    4090 beside an RTX 3060) train one kind of card a run, the kind that trains fastest together (count x TFLOPS),
+    pinned with CUDA_VISIBLE_DEVICES: every card was planned as the first row's (an 8 GB card as a 24 GB one), and
+    cards of two kinds in one run train at the slowest one's pace within the smallest one's memory. The user's
+    CUDA_VISIBLE_DEVICES, in numbers, leaves out the cards it does not name (as nvidia-smi numbers them)."""
+    environ = os.environ if environ is None else environ
     smi = shutil.which("nvidia-smi")
     if not smi:
-        return "cpu", None
+        return "cpu", None, {}
     try:
         found = subprocess.run(
             [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
@@ -79,25 +96,94 @@ def detected() -> tuple[str, str | None]:
             timeout=20,
         )
     except (OSError, subprocess.SubprocessError):
-        return "cpu", None
-    rows = [r for r in found.stdout.strip().splitlines() if r.strip()]
+        return "cpu", None, {}
+    rows = [r.strip() for r in found.stdout.strip().splitlines() if r.strip()]
     if not rows:
-        return "cpu", None
+        return "cpu", None, {}
     if found.returncode != 0 or "," not in rows[0]:  # "No devices were found" (exit 6), no driver (exit 9): a traceback
-        return "cpu", f"local: nvidia-smi found no GPU ({rows[0].strip()!r}): planned as cpu"
-    from ftctl import gpus as gpu_table
+        return "cpu", f"local: nvidia-smi found no GPU ({rows[0]!r}): planned as cpu", {}
+    numbered = list(enumerate(rows))
+    asked = environ.get("CUDA_VISIBLE_DEVICES")
+    by_number = asked is not None and bool(re.fullmatch(r"\s*-?\d+(\s*,\s*-?\d+)*\s*|\s*", asked))
+    if by_number:  # numbers, or none
+        chosen: list[int] = []
+        for i in (int(n) for n in asked.split(",") if n.strip()):
+            if not 0 <= i < len(rows) or i in chosen:  # CUDA stops at the first number it has no GPU of
+                break
+            chosen.append(i)
+        numbered = [(i, rows[i]) for i in chosen]
+        if not numbered:
+            return "cpu", f"local: CUDA_VISIBLE_DEVICES={asked!r} leaves none of nvidia-smi's GPUs: planned as cpu", {}
+    kinds: dict[str, list[int]] = {}  # a row of nvidia-smi (name, memory) -> its GPUs' numbers
+    for i, row in numbered:
+        kinds.setdefault(row, []).append(i)
+    listed = " and ".join(f"{len(n)}x {row.rsplit(',', 1)[0].strip()!r} ({_gib(row)})" for row, n in kinds.items())
+    by_uuid = min(len(asked.split(",")), len(rows)) if asked is not None and not by_number else 0
+    if by_uuid:  # GPU UUIDs (MIG's): not read here; as many GPUs as it names, planned as the least kind
+        kinds = {row: list(range(by_uuid)) for row in kinds}
+    planned = {row: _planned_as(row, len(numbers)) for row, numbers in kinds.items()}
+    # the user's numbers on a machine of mixed cards are nvidia-smi's (PCI order), here and in the run
+    order = dict(PCI_ORDER) if by_number and len(set(rows)) > 1 else {}
+    if len(kinds) == 1:
+        return (*next(iter(planned.values())), order)
+    groups: dict[str, list[int]] = {}  # the listed card planned -> the GPUs planned as it
+    for row, numbers in kinds.items():
+        if (gpus := planned[row][0]) != "cpu":
+            groups.setdefault(gpus.split("x", 1)[1], []).extend(numbers)
+    if not groups:
+        return "cpu", f"local: nvidia-smi lists {listed}, none a card ftctl plans for: planned as cpu", {}
+    tiers = {name: gpu_table.TIERS[name] for name in groups}
+    if by_uuid:  # the user's cards: the least kind, the user's choice kept
+        least = min(groups, key=lambda t: (tiers[t].total_gib, tiers[t].compute_capability))
+        gpus = f"{by_uuid}x{least}"
+        said = (
+            f"CUDA_VISIBLE_DEVICES={asked!r} names cards by UUID, not read here: planned as {gpus}, the least of them"
+        )
+        return gpus, f"local: nvidia-smi lists {listed}; {said}", {}
+    best = max(groups, key=lambda t: (len(groups[t]) * tiers[t].peak_tflops, tiers[t].total_gib))
+    numbers = sorted(groups[best])
+    gpus, pinned = f"{len(numbers)}x{best}", ",".join(map(str, numbers))
+    said = "".join(  # the cards planned as another (an RTX 3090 Ti as an RTX3090)
+        f"; {planned[r][1].removeprefix('local: nvidia-smi lists ')}"
+        for r, n in kinds.items()
+        if planned[r][1] and n[0] in numbers
+    )
+    if len(numbers) == len(numbered):  # every card is planned as one (an RTX 3090 and an RTX 3090 Ti)
+        return gpus, f"local: nvidia-smi lists {listed}: planned as {gpus}{said}", order
+    on = f"GPU{'s' * (len(numbers) > 1)} {pinned}"
+    return (
+        gpus,
+        f"local: nvidia-smi lists {listed}: planned on its {on}, {gpus} (CUDA_VISIBLE_DEVICES={pinned}): one kind of "
+        "card a run, the fastest together (mixed cards train at the slowest one's pace within the smallest one's "
+        f"memory); CUDA_VISIBLE_DEVICES=N,... picks others{said}",
+        {**PCI_ORDER, "CUDA_VISIBLE_DEVICES": pinned},
+    )
 
-    name, mem = rows[0].rsplit(",", 1)
+
+def _gib(row: str) -> str:
+    """'24.0 GiB' of an nvidia-smi row's memory.total (MiB); its own words where it gives none ([N/A])."""
+    mem = row.rsplit(",", 1)[1].strip()
+    try:
+        return f"{float(mem) / 1024:.1f} GiB"
+    except ValueError:
+        return f"no memory.total: {mem}"
+
+
+def _planned_as(row: str, count: int) -> tuple[str, str | None]:
+    """The --gpus form ``count`` GPUs that nvidia-smi lists as ``row`` (name, memory.total in MiB) are planned as, and
+    a note where that is another card or cpu."""
+
+    name, mem = row.rsplit(",", 1)
     try:
         gib: float | None = float(mem) / 1024
     except ValueError:  # "[N/A]": a Jetson's or a DGX Spark's memory (the host's, shared) was a ValueError traceback
         gib = None
     try:  # the name as nvidia-smi writes it ("NVIDIA A100-SXM4-80GB"), and its memory (a 16 GB "RTX 4060 Ti"); with
         # no memory, the card its name says without one (the 8 GB RTX4060Ti)
-        return f"{len(rows)}x{gpu_table.local_tier(name, gib or 0.0).name}", None
+        return f"{count}x{gpu_table.local_tier(name, gib or 0.0).name}", None
     except FtctlError:  # a card ftctl does not list (a GH200, an RTX 3090 Ti): planned as one it lists
         pass
-    lists = f"local: nvidia-smi lists {len(rows)}x {name.strip()!r} " + (
+    lists = f"local: nvidia-smi lists {count}x {name.strip()!r} " + (
         f"({gib:.1f} GiB)" if gib is not None else f"(no memory.total: {mem.strip()})"
     )
     if gpu_table.older_than_listed(name):
@@ -119,7 +205,7 @@ def detected() -> tuple[str, str | None]:
     # a Turing card (an RTX 2060) planned as a Turing one has no bf16 of its own unused
     newer = not like.bf16 and (cap is None or cap >= (8, 0))
     older = ": fp16 and sdpa, as that card trains (a newer card's bf16 and FlashAttention unused)" if newer else ""
-    return f"{len(rows)}x{like.name}", (
+    return f"{count}x{like.name}", (
         f"{lists}, a card ftctl does not list: planned as {like.a_card} ({like.total_gib:g} GiB){older}"
     )
 
@@ -165,14 +251,15 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
 
     The returned spec is what runs: method qlora with qlora's own defaults (learning rate, optimizer,
     strategy), so the trainer, every message and spec.json agree with the plan."""
+    here = gpu_table.parse(spec.gpus, spec.nodes)  # all this machine has: the plans a refusal offers are within it
     try:
-        return spec, make_plan(spec)
+        return spec, make_plan(spec, machine=here)
     except DoesNotFit as first:  # a setting's own error (trainable_layers past the model's blocks) stays one
         if spec.method == "qlora":
             raise
         fallback = replace(spec, method="qlora", learning_rate=None, optim=None, strategy=None)
         try:
-            plan = make_plan(fallback)
+            plan = make_plan(fallback, machine=here)
         except PlanError:
             raise first from None
         why = str(first).split(" Nearest plans")[0].split(": ", 1)[-1].rstrip(".")  # without the nearest plans
@@ -207,11 +294,13 @@ class LocalBackend(Backend):
         if spec.host_memory_gb is None:
             spec = replace(spec, host_memory_gb=host_memory_gb())
         if spec.gpus:  # named GPUs are planned as asked; only detected ones fall back to what fits
-            spec, plan = spec, make_plan(spec)
+            here = gpu_table.parse(local_cards({**os.environ, **spec.env})[0])  # what a refusal offers: this machine's
+            asked = gpu_table.parse(spec.gpus, spec.nodes)
+            spec, plan = spec, make_plan(spec, machine=here if here.tier == asked.tier else asked)
         else:
-            gpus, said = detected()
-            try:
-                spec, plan = fallback_plan(replace(spec, gpus=gpus))
+            gpus, said, env = local_cards({**os.environ, **spec.env})
+            try:  # on the GPUs planned for (mixed cards: one kind, CUDA_VISIBLE_DEVICES)
+                spec, plan = fallback_plan(replace(spec, gpus=gpus, env={**spec.env, **env}))
             except PlanError as e:  # "fft ... on CPU would take days a step" where the GPU here is too small
                 if said:
                     e.args = (f"{e.args[0]} ({said.removeprefix('local: ')})", *e.args[1:])
