@@ -10,6 +10,11 @@ download what they load, and a resume with more steps downloads the store's newe
 model whose every file is in the store at its size, its config there (runpaths.FINAL_MARKS); each checkpoint whose
 every file this node holds is listed with the same sha256 and size in the store's committed manifest, that checkpoint
 complete there (sizes). Nothing is removed unless the store holds the final model and this node's newest checkpoint.
+An older checkpoint that the store does not hold at all, in a run with a save_total_limit (its spec.json here), is
+one the limit dropped from the store (its retention at the run's end, or an upload skipped as superseded) while this
+node kept it: with held-out evaluation the Trainer keeps two here (spec.RunSpec.checkpoints_kept) where the store keeps
+one, and the best one as it was at the last save. It is removed too, said apart ("dropped"); without a limit it is
+kept (an upload that failed: the store lacks what the run meant to keep).
 The run's records stay (spec.json, metrics.jsonl, train.log, TensorBoard/W&B files, .ftctl/): `ftctl status` and
 `ftctl logs` read them here.
 
@@ -24,6 +29,7 @@ where they would). STAGING_ENV names another directory for it (trainer.run.outpu
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -50,6 +56,8 @@ class Freed:
     removed: list[str] = field(default_factory=list)
     size: int = 0
     kept: str = ""  # why nothing was removed, or what was left: "" where everything staged went
+    dropped: list[str] = field(default_factory=list)  # removed too: checkpoints save_total_limit dropped from the store
+    limit: int | None = None  # that save_total_limit
 
     def line(self, local_dir: str, remote_uri: str) -> str:
         """One line for the run's log; "" where nothing was staged."""
@@ -58,10 +66,14 @@ class Freed:
         if not self.removed:
             return f"kept the run's staging in {local_dir}: {self.kept}"
         what = ", ".join(self.removed)
+        dropped = ""
+        if self.dropped:
+            them = ", ".join(self.dropped)
+            dropped = f", and {them}, which save_total_limit={self.limit} had dropped from the store"
         left = f"; kept {self.kept}" if self.kept else ""
         return (
             f"freed {storage.size_text(self.size)} on this disk: {what} staged in {local_dir}, all in {remote_uri} "
-            f"(-o {KEEP_KEY}=true keeps them){left}"
+            f"(-o {KEEP_KEY}=true keeps them){dropped}{left}"
         )
 
 
@@ -95,11 +107,25 @@ def _local_entries(ckpt: str) -> dict[str, dict] | None:
     return entries if found else None
 
 
+NOT_IN_STORE = "not committed in the store"
+
+
+def _limit(local_dir: str) -> int | None:
+    """The run's save_total_limit as the spec.json staged in ``local_dir`` says; None where it keeps every checkpoint
+    or that cannot be read."""
+    try:
+        with open(os.path.join(local_dir, SPEC_FILE)) as f:
+            limit = json.load(f)["spec"].get("save_total_limit")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
+
+
 def _in_store(ckpt: str, stored) -> str | None:
     """Why checkpoint directory ``ckpt`` is not the store's ``stored`` (a CheckpointInfo or None); None where every
     file of it is in the store's committed manifest with this node's manifest's sha256 and its size here."""
     if stored is None or stored.manifest is None:
-        return "not committed in the store"
+        return NOT_IN_STORE
     if not stored.complete:
         return f"not whole in the store: {stored.problems[0]}"
     mine = _local_entries(ckpt)
@@ -140,8 +166,14 @@ def free(local_dir: str, remote_uri: str, endpoint_url: str | None = None) -> Fr
     why = {name: _in_store(os.path.join(local_dir, name), stored.get(name)) for name in here}
     if here and why[here[-1]]:
         return Freed(kept=f"its newest checkpoint, {here[-1]}, is {why[here[-1]]}")
-    freed = Freed()
+    freed = Freed(limit=_limit(local_dir))
     for name in here:
+        if why[name] == NOT_IN_STORE and name not in stored and freed.limit:  # older than here[-1], in the store
+            path = os.path.join(local_dir, name)
+            freed.size += _size(path)
+            remove_checkpoint(path)
+            freed.dropped.append(name)
+            continue
         if why[name]:
             freed.kept = ", ".join(filter(None, [freed.kept, f"{name} ({why[name]})"]))
             continue

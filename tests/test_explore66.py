@@ -1,0 +1,43 @@
+"""explore66 (helper task 321): object-store outputs as a user walks them (notes: /work/notes/explore66-store.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.test_staging148 import _names, _staged_run
+
+
+def _limit(local: Path, limit) -> None:
+    (local / "spec.json").write_text(json.dumps({"spec": {"save_total_limit": limit}}))
+
+
+def test_a_checkpoint_the_store_dropped_by_save_total_limit_is_freed_from_the_staging_too(s3_bucket, tmp_path):
+    """`-o save_total_limit=1 -o eval_split=0.2 -o load_best_model_at_end=true` into s3://: the Trainer keeps two
+    checkpoints on the node (spec.RunSpec.checkpoints_kept), the store one; at the end the store's retention deleted
+    checkpoint-36, and the finished run's staging kept it for good, said as "kept checkpoint-36 (not committed in the
+    store)" though the log had said "committed s3://.../checkpoint-36" (a 7B fft: ~100 GB left in FTCTL_CACHE). Now it
+    goes with the rest, said apart; without a limit (every checkpoint kept) one the store lacks stays, as before."""
+    from ftctl import storage
+    from ftctl.checkpoints import staging
+
+    store = f"{s3_bucket}/r"
+    local = _staged_run(tmp_path, store, steps=(36, 40))
+    storage.rm(f"{store}/checkpoint-36", recursive=True)  # the store's retention at the run's end
+    _limit(local, 1)
+    freed = staging.free(str(local), store)
+    assert _names(local) == {"spec.json", "metrics.jsonl"}
+    assert (freed.removed, freed.dropped, freed.kept) == (["checkpoint-40", "the final model"], ["checkpoint-36"], "")
+    line = freed.line(str(local), store)
+    assert line.endswith(
+        f"all in {store} (-o keep_staging=true keeps them), and checkpoint-36, which save_total_limit=1 had dropped "
+        "from the store"
+    ), line
+    assert "not committed" not in line
+
+    other = _staged_run(tmp_path / "b", f"{s3_bucket}/b", steps=(36, 40))
+    storage.rm(f"{s3_bucket}/b/checkpoint-36", recursive=True)
+    _limit(other, None)  # every checkpoint kept: the store lacks one the run meant to keep
+    freed = staging.free(str(other), f"{s3_bucket}/b")
+    assert (freed.dropped, freed.kept) == ([], "checkpoint-36 (not committed in the store)")
+    assert "checkpoint-36" in _names(other)
