@@ -1,6 +1,6 @@
 """Does the plan's step time hold for ftctl's whole trainer at long context? (run on the device machine, not in CI)
 
-The plan predicts an optimizer step (plan.step_seconds: global batch x model_max_length tokens at plan.MFU of the
+The plan predicts an optimizer step (plan.step_seconds: global batch x model_max_length tokens at plan.weights_mfu of the
 GPUs' dense bf16 peak, each token's FLOPs 4 x params for lora plus attention's 6 x layers x q_width x
 model_max_length, docs/plan.md "Step time"). One Llama-3-8B layer measured alone ran 1.4x slower than that at 32k
 tokens and 1.7x at 128k (/work/notes/task-276-layer-h100.txt). This runs the whole trainer: for each length L, lora
@@ -168,7 +168,7 @@ def one(variant: str, length: int, steps: int, work: Path, out: Path, more: list
     import ftctl.spec
     import ftctl.trainer.methods
     import ftctl.trainer.run
-    from ftctl.plan import MFU, flops_per_token, make_plan, step_seconds
+    from ftctl.plan import flops_per_token, make_plan, step_seconds, weights_mfu
 
     if CPU:  # run_case's clock and peaks are CUDA's; its spec is 1xH100's: here the same run on CPU
         torch.cuda.synchronize = lambda *a, **k: None
@@ -275,7 +275,7 @@ def one(variant: str, length: int, steps: int, work: Path, out: Path, more: list
         "tokens_per_step": tokens,
         "tflops": round(flops / step_s / 1e12, 1) if step_s else None,
         "mfu": round(flops / step_s / (peak * 1e12), 3) if step_s and peak else None,
-        "plan_mfu": MFU,
+        "plan_mfu": weights_mfu(plan),
         "peak_alloc_gib": case["peak_alloc_gib"],
         "peak_reserved_gib": case["peak_reserved_gib"],
         "plan_peak_gib": round(plan.memory_gb * 1e9 / 2**30, 2),

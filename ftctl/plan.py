@@ -892,8 +892,12 @@ def memory_terms(
     logits = fused_head_bytes(micro * seq, h, shape.vocab) * wb / 2 / 1e9
     accumulating = accum > 1 and strategy not in (*OFFLOAD_STRATEGIES, "zero3", "fsdp")
     if ckpt:  # the module docstring: activations under checkpointing
-        saved = (4 if fp32_residual else 2) * h * shape.layers * gb  # each checkpointed layer's input
-        replaced = grads if strategy in ("single", "fsdp") else 0.0  # FSDP2's sharded gradients: set to None too
+        reached = shape.layers
+        if method == "sft" and shape.tied is False:  # the blocks below its trained ones keep no input (backward_reach)
+            reached = math.ceil(trained_blocks(shape, trainable_b))
+        saved = (4 if fp32_residual else 2) * h * reached * gb  # each checkpointed layer's input
+        # FSDP2's sharded gradients: set to None too. Not sft's: most of its gradient is the head's, made first
+        replaced = grads if strategy in ("single", "fsdp") and method != "sft" else 0.0
         hidden_grad = HEAD_HIDDEN_GRAD_H * h * gb  # the head's gradient of the hidden states, alive to the end
         one_layer = max(per_token_layer * gb, logits - hidden_grad)  # or the head's chunk, the larger
         activations, logits = max(0.0, saved - replaced) + one_layer + hidden_grad, 0.0
@@ -1721,7 +1725,14 @@ def data_mix(spec: RunSpec) -> str | None:
 # SAVE_GBPS (0.5 GB/s, measured: bench/NOTES.md v77-v80), which the save at Slurm's USR2 is timed with too.
 UPLOAD_GBPS = 0.5  # what one node uploads a checkpoint to an object store at, in the background while training goes on
 # The step time's speed assumptions (checkpoint cadence, the run's length and ftctl.sky.cost's price follow from them):
-MFU = 0.35  # the share of its GPUs' dense 16-bit peak the weights' matmuls run at (v110, H100: 0.358 in the trainer)
+# the share of its GPUs' dense 16-bit peak an adapter run's (lora, qlora) weights' matmuls run at, by the model's hidden
+# width: v117, H100, lora of the 1B, 3B and 8B shapes at 2k tokens, fitted with attention at ATTENTION_MFU: 0.349,
+# 0.445, 0.544 (8B at 8k tokens: 0.544 again; v110's 1B: 0.358). The GEMMs grow as H x H a token and layer, the
+# adapters' own unfused passes as H: a wider model runs nearer fft's speed. Between two widths interpolated, outside
+# them the nearest measured (a wider model's step is then planned long, not short). qlora ran at lora's step (1B: the
+# same to 0.3%; 8B: 1.03x, its NF4 dequantizing), so it is planned as lora.
+ADAPTER_MFU = ((2048, 0.35), (3072, 0.445), (4096, 0.54))
+MFU = ADAPTER_MFU[0][1]  # the narrowest's (v110's 1B), where no width is known
 ATTENTION_MFU = 0.26  # ...and attention's own (v110, H100, torch varlen_attn = FlashAttention-2's kernels: 0.257,
 # fitted over 2k/16k/32k-token documents; one speed at 0.35 for both predicted 32k steps 1.20x short)
 FULL_MFU = 0.53  # the weights' speed where every weight trains (fft): v112, H100, 1B fft took lora's step time
@@ -1791,8 +1802,21 @@ def scored_row(plan: Plan, seq: int) -> int:
 
 def weights_mfu(plan: Plan) -> float:
     """The speed the plan's weights' FLOPs run at, a share of peak: FULL_MFU where no adapter runs (fft, and sft: v115,
-    H100, its top 2 of 16 blocks trained ran at 0.59 of peak counting weight_flops_per_token's work), else MFU."""
-    return FULL_MFU if plan.method in ("fft", "sft") else MFU
+    H100, its top 2 of 16 blocks trained ran at 0.59 of peak counting weight_flops_per_token's work), else
+    adapter_mfu of the model's width."""
+    return FULL_MFU if plan.method in ("fft", "sft") else adapter_mfu(plan.model.hidden)
+
+
+def adapter_mfu(hidden: int) -> float:
+    """An adapter run's weights' speed at a model ``hidden`` wide (ADAPTER_MFU): interpolated between the widths
+    measured, the nearest one's outside them."""
+    (low, slow), *_, (high, fast) = ADAPTER_MFU
+    if hidden <= low:
+        return slow
+    for (w0, m0), (w1, m1) in zip(ADAPTER_MFU, ADAPTER_MFU[1:]):
+        if hidden <= w1:
+            return m0 + (m1 - m0) * (hidden - w0) / (w1 - w0)
+    return fast
 
 
 def attention_mfu(plan: Plan) -> float:
@@ -1835,9 +1859,24 @@ def backward_reach(plan: Plan) -> float:
 
 def flops_per_token(plan: Plan, seq: int) -> tuple[float, float]:
     """(weights', attention's) FLOPs a token trains with at rows of ``seq`` tokens: weight_flops_per_token and
-    attention_flops, whose backward (two thirds of it) runs in the layers the backward reaches (backward_reach)."""
-    attention = attention_flops(plan, seq) * (1 + 2 * backward_reach(plan)) / 3
-    return weight_flops_per_token(plan.method, plan.model, plan.trainable_params_b), attention
+    attention_flops, whose backward (two thirds of it) runs in the layers the backward reaches (backward_reach).
+    Under gradient checkpointing each decoder block the backward reaches runs its forward again: its weights' 2 x
+    params and attention's forward third once more (v117, H100, 1B sft, tied: 1.08 s a step against 0.885 without;
+    the plan said 0.82 before it counted this)."""
+    reach = backward_reach(plan)
+    weights = weight_flops_per_token(plan.method, plan.model, plan.trainable_params_b)
+    attention = attention_flops(plan, seq) * (1 + 2 * reach) / 3
+    if plan.gradient_checkpointing:
+        weights += 2 * block_params_b(plan.model) * reach * 1e9
+        attention += attention_flops(plan, seq) * reach / 3
+    return weights, attention
+
+
+def block_params_b(shape: ModelShape) -> float:
+    """The decoder blocks' weights a token passes through, billions: the active ones less the input embedding and an
+    untied head (a config unread: tied, the larger count)."""
+    embedding = shape.vocab * shape.hidden / 1e9
+    return max(0.0, shape.active_params_b - embedding * (2 if shape.tied is False else 1))
 
 
 def tokens_per_second(plan: Plan, seq: int) -> float | None:

@@ -136,7 +136,7 @@ def test_sliding_window_layers_attend_within_their_window():
     assert attention_flops(plan, 2048) == attention_flops(full, 2048)  # rows within the window: full causal
     assert plan.step_s < make_plan(replace(spec, model_params="7.24b")).step_s
     assert (
-        "attention is 17% of the FLOPs (32 of 32 layers within their 4,096-token window), counted at 32,768-token"
+        "attention is 16% of the FLOPs (32 of 32 layers within their 4,096-token window), counted at 32,768-token"
         in (plan.table(spec))
     )
 
@@ -165,7 +165,8 @@ def test_linear_attention_layers_have_no_attention_term_and_an_moe_counts_its_ac
     assert m.params_b == pytest.approx(79.0, abs=0.1)  # memory: every expert
     assert m.active_params_b == pytest.approx(3.24, abs=0.01)  # FLOPs: 10 of 512 experts and the shared one
     weights, attention = flops_per_token(plan, 8192)
-    assert weights == 4 * m.active_params_b * 1e9
+    recomputed = 2 * (m.active_params_b - 2 * m.vocab * m.hidden / 1e9) if plan.gradient_checkpointing else 0.0
+    assert weights == pytest.approx((4 * m.active_params_b + recomputed) * 1e9)  # blocks' forward again under it
     from ftctl import gpus
 
     # the weights' FLOPs at MFU, attention's at its own (measured lower: bench/NOTES.md v110)
