@@ -53,9 +53,10 @@ STALE_AFTER_S = 120.0  # a running job's last logged step older than this and 3 
 LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)[,.]\d{3} (?:([+-])(\d\d)(\d\d) )?")
 # a log's line that its trainer ended: its stop (trainer.run.say_stop's warning, or its error line where the checkpoint
 # did not reach the store), its last words (trainer.__main__: "stopped: step 280, ..." / "complete: step 400, ..."),
-# or a Slurm script's line after its step ended (slurm.render: "ftctl: trainer exited with 0, status preempted")
+# or a Slurm script's line after its step ended (slurm.render: "ftctl: trainer exited with 0, status preempted"). The
+# stop's name may be words: "stop file" (a Slurm job's), "SIGTERM to ftctl launch" (trainer.callbacks.stop_reason)
 TRAINER_ENDED = re.compile(
-    r"(?:stopped on \S+ (after saving|at) step (\d+)|(?:^|[\s:\]])(stopped|complete): step (\d+), "
+    r"(?:stopped on .+? (after saving|at) step (\d+)|(?:^|[\s:\]])(stopped|complete): step (\d+), "
     r"|^ftctl: trainer exited with )"
 )
 

@@ -104,16 +104,11 @@ def _went_on_from(found, trained: str) -> str | None:
     is other data than the run's own (``trained``): `-o resume=OTHER/checkpoint-8 --data b.json` trained checkpoint-8's
     8 steps on a.json, and eval of a.json said only the rows of it that b.json shares (explore64). None where the
     run named no checkpoint, or it is no longer there to read."""
-    from ftctl.checkpoints.settings import saved
+    from ftctl.checkpoints.settings import went_on_from
     from ftctl.spec import split_paths
 
-    resume = found.recorded("spec", "resume")
-    if not isinstance(resume, str) or resume in ("auto", "never"):
-        return None
-    try:
-        recorded = saved(resume, found.recorded("spec", "s3_endpoint_url"))  # the run's store: MinIO's, R2's
-    except Exception:  # noqa: BLE001 - advisory: a checkpoint deleted since, a store not reachable from here
-        return None
+    # the run's store: MinIO's, R2's; the model card's "went on from" row reads the same settings
+    recorded = went_on_from(found.recorded("spec", "resume"), found.recorded("spec", "s3_endpoint_url"))
     earlier = (recorded or {}).get("data_path")
     if not isinstance(earlier, str) or {_resolved(p) for p in split_paths(earlier)} <= {
         _resolved(p) for p in split_paths(trained)

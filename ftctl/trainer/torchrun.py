@@ -114,7 +114,8 @@ def stop_through_file(signal_exception) -> list[signal.Signals]:
         if len(got) > 1:
             raise signal_exception(f"Process {os.getpid()} got signal: {signum}", sigval=got[-1])
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).touch()
+        if not Path(path).exists():  # the workers' stop lines name the signal (callbacks.stop_reason), not "stop file"
+            Path(path).write_text(f"{got[0].name}\n")
         say(f"{got[0].name}: the workers save a checkpoint at their next step, then stop (again: stop them now)")
 
     torchs = elastic._terminate_process_handler
