@@ -167,3 +167,16 @@ def test_a_named_local_request_is_offered_this_machines_gpus(tmp_path, monkeypat
     fake_nvidia_smi(tmp_path, monkeypatch, RTX4060)
     said = _refused(make_spec([], method="lora", gpus="1xRTX4060", model_name_or_path="meta-llama/Llama-3.1-8B"))
     assert "8xRTX4060" not in said and "A10G" not in said and "Nothing fits this machine's 1xRTX4060" in said, said
+
+
+def test_a_docker_run_on_mixed_cards_gets_the_cards_planned(tmp_path, monkeypatch):
+    """`docker run --gpus N` takes the host's first N: the 8 GB 3060 at index 0 for a run planned on the 4090
+    (helper 318's patch to docker.render.picked_gpus); the user's CUDA_VISIBLE_DEVICES still decides where set."""
+    from ftctl.docker.render import picked_gpus
+
+    fake_nvidia_smi(tmp_path, monkeypatch, RTX3060_8GB, RTX4090)
+    monkeypatch.setenv("DOCKER_HOST", "")  # this machine's engine, if any: not a remote one's cards
+    plan = make_plan(make_spec([], method="lora", model_name_or_path="meta-llama/Llama-3.2-1B", gpus="1xRTX4090"))
+    assert picked_gpus(plan) == ["1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert picked_gpus(plan) == ["0"]
