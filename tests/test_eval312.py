@@ -112,15 +112,25 @@ def test_relaunch_after_the_adapter_was_deleted_resumes_its_own_checkpoint(tiny_
 def test_the_trainer_goes_on_from_its_own_checkpoint_after_the_adapter_was_deleted(
     tiny_model_dir, tiny_data, tmp_path, one_thread
 ):
-    """End to end: NEW (r 4) saved checkpoint-2 at its end (its first attempt's weights, whatever they started from);
-    relaunched with max_steps 3 and -o lora_model_dir=FIRST, an adapter deleted since, it goes on from checkpoint-2
-    to step 3 (the trainer loads no adapter where it resumes one), where build refused it for the missing adapter."""
+    """End to end: NEW (r 4), started from adapter FIRST, saved checkpoint-2 at its end; relaunched with max_steps 3
+    and -o lora_model_dir=FIRST, an adapter deleted since, it goes on from checkpoint-2 to step 3 (the trainer loads
+    no adapter where it resumes one), where build refused it for the missing adapter. (NEW started from FIRST: a
+    relaunch naming an adapter its checkpoints did not start from is refused, tests/test_adapter320.py.)"""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
     from ftctl.trainer.run import train
     from tests.trainer_fixtures import make_run
 
     new, gone = tmp_path / "new", tmp_path / "first"
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(gone)
     small = {"lora_r": 4, "lora_alpha": 8, "lora_target_modules": "q_proj,v_proj", "save_steps": 2, "resume": "auto"}
-    assert train(*make_run(tiny_model_dir, tiny_data, new, "lora", max_steps=2, **small), echo=lambda *_: None)
+    first = make_run(tiny_model_dir, tiny_data, new, "lora", max_steps=2, lora_model_dir=str(gone), **small)
+    assert train(*first, echo=lambda *_: None)
+    shutil.rmtree(gone)
     again = {"save_steps": 2, "resume": "auto", "lora_model_dir": str(gone)}
     spec, plan = make_run(tiny_model_dir, tiny_data, new, "lora", max_steps=3, **again)
     assert spec.lora_r == 4 and train(spec, plan, echo=lambda *_: None).status == "complete"
