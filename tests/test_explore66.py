@@ -41,3 +41,33 @@ def test_a_checkpoint_the_store_dropped_by_save_total_limit_is_freed_from_the_st
     freed = staging.free(str(other), f"{s3_bucket}/b")
     assert (freed.dropped, freed.kept) == ([], "checkpoint-36 (not committed in the store)")
     assert "checkpoint-36" in _names(other)
+
+
+def test_a_run_started_again_below_checkpoints_its_resume_passed_over_keeps_its_own(tmp_path):
+    """Every checkpoint of s3://bkt/r20 (160, 180, 197) failed its sha256 as a fresh machine resumed (`skipping
+    checkpoint-197: ... does not match its sha256 (corrupted)`), so the relaunch trained from step 0, and the store's
+    retention ("the last 3" by step) deleted each of its checkpoints as it landed, the stop's too ("retention: deleted
+    s3://bkt/r20/checkpoint-126"): "the same `ftctl launch` resumes it" started from step 0 again, every time. Now the
+    last 3 are counted among the steps up to the one just committed; the passed-over ones are left as they are."""
+    from ftctl import checkpoints as C
+    from tests.test_checkpoints import FAST, committed
+
+    remote = f"file://{tmp_path}/store/run"
+    up = C.Uploader(remote, keep_last=3, **FAST)
+    for step in (160, 180, 197):
+        up.submit(str(committed(tmp_path / "earlier", step)))
+    assert up.wait(30)
+    up.close()
+    for step in (160, 180, 197):  # each corrupted in the store since (same size, other bytes)
+        weights = tmp_path / "store" / "run" / f"checkpoint-{step}" / "model.safetensors"
+        weights.write_bytes(bytes(b ^ 0xFF for b in weights.read_bytes()))
+    assert C.latest_complete(str(tmp_path / "fresh"), remote) is None  # the relaunch trains from step 0
+
+    up = C.Uploader(remote, keep_last=3, **FAST)
+    for step in (20, 40, 60, 80):
+        up.submit(str(committed(tmp_path / "again", step)))
+        assert up.wait(30)
+    up.close()
+    held = [c.name for c in C.list_checkpoints(remote) if c.complete]
+    assert held == [f"checkpoint-{s}" for s in (40, 60, 80, 160, 180, 197)]
+    assert C.latest_complete(str(tmp_path / "fresh2"), remote).endswith("checkpoint-80")

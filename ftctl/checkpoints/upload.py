@@ -137,15 +137,22 @@ def remember_uploaded(local_dir: str, name: str) -> None:
         log.warning("cannot note the upload of %s in %s: %s", name, path, e)
 
 
-def prune(remote_uri: str, keep_last: int | None, protect=(), endpoint_url: str | None = None) -> list[str]:
+def prune(
+    remote_uri: str, keep_last: int | None, protect=(), endpoint_url: str | None = None, upto: int | None = None
+) -> list[str]:
     """Delete complete checkpoints in the store beyond the newest ``keep_last`` (None: none), except those named in
     ``protect`` (the best one), and every checkpoint older than the newest complete one whose upload (or deletion)
     was cut short: no manifest, so nothing resumes from it, and no later upload of its step comes to replace it.
     The manifest goes first, so a half-done delete is an incomplete checkpoint, never a broken complete one.
-    Returns the URIs deleted."""
+    ``upto``: the step of the checkpoint the run committed last; the newest ``keep_last`` are counted among those of
+    no later step. A later one is none of this run's steps: one its resume passed over (a file not matching its
+    sha256), left as it is. Counted with them, each checkpoint of a run that started again from step 0 below them was
+    deleted as it landed, the stop's too, and every relaunch started from step 0 again (explore66). Returns the URIs
+    deleted."""
     found = list_checkpoints(remote_uri, endpoint_url=endpoint_url)
     complete = [c for c in found if c.complete]
-    beyond = complete[: max(0, len(complete) - keep_last)] if keep_last else []
+    ranked = [c for c in complete if upto is None or c.step <= upto]
+    beyond = ranked[: max(0, len(ranked) - keep_last)] if keep_last else []
     doomed = [c for c in beyond if c.name not in protect]
     for c in doomed:
         storage.rm(storage.join(c.uri, MANIFEST), endpoint_url=endpoint_url)
@@ -315,6 +322,7 @@ class Uploader:
         self._tracking_sent: dict[str, int] = {}  # tracking file -> its size when sent
         self._full_said = False  # the store's "full" line said, and no upload taken since (_full)
         self._last_error: str | None = None  # the store's last error since it last took an upload (last_error)
+        self._committed: int | None = None  # the step of the checkpoint committed last (prune's upto)
         self._thread = threading.Thread(target=self._run, name="ftctl-uploader", daemon=True)
         self._thread.start()
 
@@ -649,7 +657,8 @@ class Uploader:
                 return True
             if not self._commit_nodes(job, ckpt_uri):
                 return False
-        prune(self.remote_uri, self.keep_last, self.protected, self.endpoint_url)
+        self._committed = checkpoint_step(job.name)
+        prune(self.remote_uri, self.keep_last, self.protected, self.endpoint_url, self._committed)
         if self.node_rank == 0:  # rank 0's node: where its spec.json is, and where TensorBoard and W&B write
             self._send_records(job)
             self._send_tracking(os.path.dirname(job.original))
@@ -702,7 +711,7 @@ class Uploader:
         its files not) is otherwise cleared by the next commit's retention, and a run resumed from its last step
         commits none. A store error is a warning: the run's model is in."""
         try:
-            prune(self.remote_uri, self.keep_last, self.protected, self.endpoint_url)
+            prune(self.remote_uri, self.keep_last, self.protected, self.endpoint_url, self._committed)
         except Exception as exc:  # noqa: BLE001 - store errors of every kind
             log.warning("cannot apply retention in %s at the end: %s", self.remote_uri, storage.redact(str(exc))[:300])
 
