@@ -115,6 +115,7 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     tool's defaults it leaves out are written into it, as a run file in that vocabulary trains (spec.TOOL_DEFAULTS),
     and TRL's line without --use_peft trains every weight (--method fft). None where fewer than two name run keys."""
     import shlex
+    from pathlib import Path
 
     from ftctl.spec import COMMA_LISTS
     from ftctl.tool_datasets import dataset_as_data_path
@@ -126,6 +127,9 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
         word = args.pop(0)
         name, eq, value = word.partition("=")
         if word.endswith(".py") and not name.startswith("-"):  # the other tool's script (trl/scripts/sft.py)
+            dropped.append(word)
+            continue
+        if word in TOOL_COMMANDS and not names and not Path(word).exists():  # `trl sft ...` as `ftctl launch sft ...`
             dropped.append(word)
             continue
         if not name.startswith("--") or name in known or name in SKY_FLAGS or not run_key_hint(name, command):
@@ -174,6 +178,9 @@ def as_run_keys(argv: list[str], command: click.Command) -> str | None:
     )
 
 
+# the other tools' commands a pasted line may keep after `ftctl launch` (`trl sft --model_name_or_path ...`): left out,
+# named (kept, a launch reads it as its run file: "Run file 'sft' does not exist")
+TOOL_COMMANDS = ("sft",)
 # keys of other tools that push the trained model to the Hub after the run, refused here (ftctl merge, then hf upload):
 # a pasted line leaves them out, as the run trains the same without them
 PUSHES = ("push_to_hub", "hub_model_id", "hub_strategy")
@@ -262,7 +269,36 @@ def _tool_defaults(names: list[str], keys: dict[str, str], argv: list[str], comm
             f" ({', '.join(taken)}: {tool}'s defaults, which the line leaves out, as {tool} trains it; ftctl's own: "
             f"{ours})"
         )
+    if kept := _ours_kept(tool, keys, method or FIELDS["method"].default):
+        said += f" (ftctl's own kept, which the line leaves out: {'; '.join(kept)})"
     return words, said
+
+
+def _ours_kept(tool: str, keys: dict[str, str], method: str) -> list[str]:
+    """ftctl's defaults that differ from ``tool``'s and stay where a pasted line in its vocabulary leaves the key out
+    (spec.TOOL_DEFAULTS_NOT_TAKEN, which a run file's notes say): what each does here and the -o for the tool's."""
+    from ftctl.spec import BATCH_KEYS, GLOBAL_BATCH_SIZE, METHOD_LEARNING_RATE
+    from ftctl.tool_vocabulary import ADAPTER_METHODS
+
+    if tool != "TRL":
+        return []
+    kept = []
+    if not {"assistant_only_loss", "completion_only_loss"} & keys.keys():
+        kept.append(
+            "assistant_only_loss true trains a conversation's assistant turns only, where TRL trains its every token: "
+            "-o assistant_only_loss=false for TRL's"
+        )
+    if method in ADAPTER_METHODS and "learning_rate" not in keys:
+        kept.append(
+            f"learning_rate {METHOD_LEARNING_RATE[method]:g}, where TRL's SFTConfig trains at 2e-5: -o "
+            "learning_rate=2e-5 for TRL's"
+        )
+    if not set(BATCH_KEYS) & keys.keys():
+        kept.append(
+            f"global_batch_size {GLOBAL_BATCH_SIZE} sequences a step over all GPUs, where TRL steps after 8 a GPU: -o "
+            "per_device_train_batch_size=8 -o gradient_accumulation_steps=1 for TRL's"
+        )
+    return kept
 
 
 # flags of a command line that train adapters (FastChat's train_lora.py, TRL's use_peft, qlora.py's bits)
