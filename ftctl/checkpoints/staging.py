@@ -11,10 +11,12 @@ model whose every file is in the store at its size, its config there (runpaths.F
 every file this node holds is listed with the same sha256 and size in the store's committed manifest, that checkpoint
 complete there (sizes). Nothing is removed unless the store holds the final model and this node's newest checkpoint.
 An older checkpoint that the store does not hold at all, in a run with a save_total_limit (its spec.json here), is
-one the limit dropped from the store (its retention at the run's end, or an upload skipped as superseded) while this
-node kept it: with held-out evaluation the Trainer keeps two here (spec.RunSpec.checkpoints_kept) where the store keeps
-one, and the best one as it was at the last save. It is removed too, said apart ("dropped"); without a limit it is
-kept (an upload that failed: the store lacks what the run meant to keep).
+one the limit dropped from the store while this node kept it where the store committed it once (this node's record
+of its uploads, resume.uploaded: its retention at the run's end deleted it) or holds as many newer ones as the limit
+keeps (an upload skipped as superseded): with held-out evaluation the Trainer keeps two here
+(spec.RunSpec.checkpoints_kept) where the store keeps one, and the best one as it was at the last save. It is removed
+too, said apart ("dropped"). Without a limit, or where its upload failed and the store holds fewer newer ones than
+the limit keeps (this copy is the only one of a checkpoint the limit keeps), it is kept.
 The run's records stay (spec.json, metrics.jsonl, train.log, TensorBoard/W&B files, .ftctl/): `ftctl status` and
 `ftctl logs` read them here.
 
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 
 from ftctl import storage
 from ftctl.checkpoints.manifest import DELETING_DIR, checkpoint_step, is_manifest, read_manifest
-from ftctl.checkpoints.resume import list_checkpoints
+from ftctl.checkpoints.resume import list_checkpoints, uploaded
 from ftctl.checkpoints.upload import final_files
 from ftctl.runpaths import FINAL_MARKS, LOCAL_LOG_FILE, METRICS_FILE, SPEC_FILE, TRACKING_DIRS
 
@@ -167,8 +169,16 @@ def free(local_dir: str, remote_uri: str, endpoint_url: str | None = None) -> Fr
     if here and why[here[-1]]:
         return Freed(kept=f"its newest checkpoint, {here[-1]}, is {why[here[-1]]}")
     freed = Freed(limit=_limit(local_dir))
+    committed = uploaded(local_dir) if freed.limit else set()  # the store held them once: gone since, its limit's
     for name in here:
-        if why[name] == NOT_IN_STORE and name not in stored and freed.limit:  # older than here[-1], in the store
+        # older than here[-1], which is in the store; one whose upload failed, within the limit, is the only copy
+        newer = sum(1 for s in stored if (checkpoint_step(s) or 0) > (checkpoint_step(name) or 0))
+        if (
+            why[name] == NOT_IN_STORE
+            and name not in stored
+            and freed.limit
+            and (name in committed or newer >= freed.limit)
+        ):
             path = os.path.join(local_dir, name)
             freed.size += _size(path)
             remove_checkpoint(path)
