@@ -33,3 +33,19 @@ def test_a_checkpoint_whose_upload_failed_within_the_limit_is_kept_not_freed_as_
     assert freed.kept == "checkpoint-30 (not committed in the store)", freed
     assert "checkpoint-30" in _names(local)
     assert freed.removed == ["checkpoint-20", "checkpoint-40", "the final model"], freed
+
+
+def test_an_incomplete_newer_checkpoint_in_the_store_is_not_one_the_limit_keeps(s3_bucket, tmp_path):
+    """Only complete checkpoints in the store count as the newer ones its limit keeps: with checkpoint-30's upload cut
+    short there (no manifest), checkpoint-20 (its upload failed) is one of the two the limit keeps, and stays."""
+    from ftctl import storage
+    from ftctl.checkpoints import staging
+
+    store = f"{s3_bucket}/r"
+    local = _staged_run(tmp_path, store, steps=(20, 30, 40))
+    storage.rm(f"{store}/checkpoint-20", recursive=True)  # never reached it
+    storage.rm(f"{store}/checkpoint-30/ftctl-manifest.json")  # cut short
+    _limit(local, 2)
+    freed = staging.free(str(local), store)
+    assert freed.dropped == [], freed
+    assert {"checkpoint-20", "checkpoint-30"} <= _names(local)

@@ -172,7 +172,9 @@ def free(local_dir: str, remote_uri: str, endpoint_url: str | None = None) -> Fr
     committed = uploaded(local_dir) if freed.limit else set()  # the store held them once: gone since, its limit's
     for name in here:
         # older than here[-1], which is in the store; one whose upload failed, within the limit, is the only copy
-        newer = sum(1 for s in stored if (checkpoint_step(s) or 0) > (checkpoint_step(name) or 0))
+        newer = sum(
+            1 for s, info in stored.items() if info.complete and (checkpoint_step(s) or 0) > checkpoint_step(name)
+        )
         if (
             why[name] == NOT_IN_STORE
             and name not in stored
