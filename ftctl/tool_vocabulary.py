@@ -51,6 +51,8 @@ ALIASES = {
     "model_name": "model_name_or_path",  # Unsloth's FastLanguageModel.from_pretrained
     "random_state": "seed",  # Unsloth's get_peft_model
     "adapter_name_or_path": "lora_model_dir",  # LLaMA-Factory's: the adapter a lora run trains on from
+    "peft_use_dora": "use_dora",  # axolotl's
+    "peft_use_rslora": "use_rslora",  # axolotl's
 }
 # Other tools' keys that are no run key, read beside one by spec.build: TRL's completion_only_loss (its loss switch for
 # prompt-completion rows, beside assistant_only_loss, its conversations': spec._trl_loss)
@@ -94,6 +96,27 @@ MEANT = {
     "unfrozen_parameters": "axolotl's unfrozen_parameters (a full fine-tune of the parameters its patterns name) is not "
     "offered: --method sft trains the top trainable_layers blocks and the head, the rest frozen; --method fft every "
     "weight.",
+    # LLaMA-Factory's (refused as unknown keys, or "Did you mean 'gradient_checkpointing'?" for its opposite)
+    "train_on_prompt": "LLaMA-Factory's train_on_prompt is assistant_only_loss's opposite here: false (its default) is "
+    "assistant_only_loss: true, ftctl's default (leave it out); true is assistant_only_loss: false (every token).",
+    "mask_history": "LLaMA-Factory's mask_history (the last turn's answer alone trains) is not offered: every assistant "
+    "turn of a conversation trains; to train the last one only, give each conversation's last answer as a "
+    "prompt-completion row (prompt: the turns before it). Leave mask_history out (false: what ftctl does).",
+    "neat_packing": "packing: true here keeps packed rows apart (their attention and positions), as LLaMA-Factory's "
+    "neat_packing does: give packing: true (or leave both out: the plan packs where its attention keeps rows apart).",
+    "disable_gradient_checkpointing": "LLaMA-Factory's disable_gradient_checkpointing: true is gradient_checkpointing: "
+    "false here (left out, the plan turns checkpointing on where memory needs it).",
+    "default_system": "Not offered: a system prompt is each row's own system turn (`ftctl data check FILE --show 1` "
+    "shows a row as it trains); the chat template's default applies where a row has none.",
+    "freeze_trainable_modules": "--method sft trains the top trainable_layers blocks (LLaMA-Factory's "
+    "freeze_trainable_layers) and the output head, every module of them; leave freeze_trainable_modules out.",
+    "additional_target": "lora and qlora train only the adapters (no modules_to_save); to train the head too use "
+    "--method sft (the top trainable_layers blocks and the head) or fft.",
+    # axolotl's
+    "excess_length_strategy": "rows longer than model_max_length (axolotl's sequence_len) are cut to it; axolotl's "
+    "default drops them (`ftctl data check FILE` counts the rows that are cut). Leave excess_length_strategy out.",
+    "cosine_min_lr_ratio": "Not offered: the cosine schedule decays to 0 (lr_scheduler_type: cosine).",
+    "save_safetensors": "Not a run key: checkpoints and the final model are written as safetensors; leave it out.",
     "rl": "ftctl trains supervised fine-tuning (SFT); axolotl's rl (DPO, KTO, ORPO, GRPO ...) is not offered: leave rl "
     "out to train SFT on the rows' answers.",
     "auto_find_batch_size": "The plan chooses the micro-batch that fits (ftctl plan shows it; -o "
@@ -187,6 +210,22 @@ _ADAPTER_DIR = (
     "resume=RUN/checkpoint-N --output NEW: its optimizer and schedule go on too); new adapters over it train on its "
     "merge (ftctl merge RUN, then --model RUN/merged)"
 )
+# axolotl's kernel switches (Liger's, its LoRA layers', Apple's cut cross-entropy): each computes what the trainer
+# computes without it, faster; ftctl runs its own (Liger's where installed, its LM head's, its LoRA adapters')
+AXOLOTL_KERNELS = (
+    *("liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_rope", "liger_cross_entropy"),
+    *("liger_fused_linear_cross_entropy", "liger_rms_norm_gated", "lora_mlp_kernel", "lora_qkv_kernel"),
+    *("lora_o_kernel", "cut_cross_entropy"),
+)
+_KERNELS = (
+    "the trainer's kernels are ftctl's (Liger's where installed, its LM head's, its LoRA adapters'), the same math as "
+    "axolotl's kernel switches"
+)
+# axolotl's plugins that only swap kernels (the same loss, faster): a plugins list of these alone is taken
+SPEED_PLUGINS = (
+    "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin",
+    "axolotl.integrations.liger.LigerPlugin",
+)
 DECIDED = {
     "fsdp": _STRATEGY,
     "fsdp_config": _STRATEGY,
@@ -207,6 +246,12 @@ DECIDED = {
     "bnb_4bit_use_double_quant": "--method qlora loads the base in 4-bit NF4 with double quantization",
     "load_in_8bit": "--method qlora trains over a 4-bit base, lora over a 16-bit one",
     "use_liger_kernel": "Liger's kernels run where they are installed (ftctl doctor, and the run's log, say so)",
+    # axolotl's kernel switches and plugins (its example files set them): the same math, faster; ftctl chooses its own
+    **dict.fromkeys(AXOLOTL_KERNELS, _KERNELS),
+    "plugins": _KERNELS
+    + "; of axolotl's plugins, "
+    + " and ".join(p.rsplit(".", 1)[1] for p in SPEED_PLUGINS)
+    + " may stay (another changes what trains, or logs elsewhere: leave it out)",
     "push_to_hub": "ftctl merge RUN writes a plain model directory; upload it with `hf upload`",
     "use_peft": "--method lora (or qlora, over a 4-bit base) trains PEFT adapters; fft and sft train the weights",
     "torch_dtype": "the planner chooses the precision (bf16, fp16 on GPUs without it, fp32 on CPU) and the dtype the "
@@ -470,6 +515,8 @@ AGREES = {
     "skip_prepare_dataset": ("false",),
     "add_special_tokens": ("true",),  # TRL's default
     "append_concat_token": ("true",),  # TRL's default
+    **dict.fromkeys(AXOLOTL_KERNELS),  # (any value: the same math)
+    "plugins": (),  # (SPEED_PLUGINS alone: value_agrees)
 }  # and any DECIDED key left empty (YAML's null, as axolotl's example files write them): it asks for nothing
 # DECIDED keys whose value agrees with some methods only (TRL's QLoRA recipe: use_peft, load_in_4bit ...): accepted
 # with a note where the run's method is one of them, refused as above where it is not
@@ -573,6 +620,8 @@ def value_agrees(key: str, raw) -> bool:
     accepted = AGREES.get(key, ())
     if key == "special_tokens" and isinstance(raw, dict) and set(raw) <= {"pad_token"}:
         return True  # axolotl's pad_token alone (its Llama 3 examples): padding carries no loss
+    if key == "plugins" and isinstance(raw, list) and raw:
+        return all(str(p).strip() in SPEED_PLUGINS for p in raw)  # axolotl's kernel plugins alone: the same math
     if isinstance(raw, str) and raw.strip().startswith("{"):  # a mapping as HF's argparse takes it: JSON text
         import yaml
 

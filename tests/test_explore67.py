@@ -46,3 +46,47 @@ def test_trls_command_word_pasted_after_launch_is_left_out():
     words = shlex.split(said[-1])
     assert "sft" not in words and words[:2] == ["ftctl", "launch"]
     assert "left out: sft" in said[-2]
+
+
+AXOLOTL = {"base_model": "m", "datasets": [{"path": "d.jsonl", "type": "chat_template"}], "adapter": "lora"}
+
+
+def test_axolotls_kernel_switches_and_kernel_plugins_are_taken():
+    """axolotl's example files set Liger's and its LoRA kernels' switches and the CutCrossEntropy/Liger plugins (the
+    same math, faster): each was refused as an unknown key (`ftctl keys` lists them); plugins alone stopped 103 of its 226
+    SFT examples."""
+    from ftctl.spec import build
+
+    plugins = ["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin", "axolotl.integrations.liger.LigerPlugin"]
+    kernels = {"liger_rms_norm": True, "liger_cross_entropy": False, "lora_qkv_kernel": True, "lora_o_kernel": True}
+    notes: list[str] = []
+    spec = build({**AXOLOTL, "plugins": plugins, **kernels, "peft_use_dora": True}, notes=notes)
+    assert spec.method == "lora" and spec.use_dora is True
+    assert any("plugins" in n and "lora_qkv_kernel" in n and "left to ftctl" in n for n in notes), notes
+
+
+def test_an_axolotl_plugin_that_changes_what_trains_is_refused_saying_which_may_stay():
+    import pytest
+
+    from ftctl.errors import FtctlError
+    from ftctl.spec import build
+
+    with pytest.raises(FtctlError, match="CutCrossEntropyPlugin and LigerPlugin may stay"):
+        build({**AXOLOTL, "plugins": ["axolotl.integrations.swanlab.SwanLabPlugin"]})
+
+
+def test_llama_factorys_loss_and_checkpointing_switches_say_what_they_are_here():
+    """train_on_prompt (the loss on the prompts too) was an unknown key with no word of assistant_only_loss;
+    disable_gradient_checkpointing suggested 'gradient_checkpointing', its opposite."""
+    import pytest
+
+    from ftctl.errors import FtctlError
+    from ftctl.spec import build
+
+    lf = {"model_name_or_path": "m", "stage": "sft", "finetuning_type": "lora"}
+    with pytest.raises(FtctlError) as e:
+        build({**lf, "train_on_prompt": True, "disable_gradient_checkpointing": True, "mask_history": True})
+    said = str(e.value)
+    assert "true is assistant_only_loss: false (every token)" in said
+    assert "disable_gradient_checkpointing: true is gradient_checkpointing: false here" in said
+    assert "Did you mean" not in said and "mask_history (the last turn's answer alone trains) is not offered" in said
