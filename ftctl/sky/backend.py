@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import re
 import shutil
 import signal
@@ -817,7 +816,7 @@ def short_ram(spec, plan, cluster: str, found: dict) -> str:
         if plan.tier is not None
         else f"its CPU processes take ~{need:.0f} GB a node"
     )
-    within = math.floor(float(found["cluster_gib"]) * 2**30 / 1e9)  # as -o host_memory_gb takes it: GB, rounded down
+    within = cost.host_memory_gb_within(found["cluster_gib"])
     plans = f", -o host_memory_gb={within} plans within it" if plan.tier is not None else ""
     return (
         f"cluster {cluster} has {have} GiB of RAM a node{instance}, as it was launched, and {what} (memory: "

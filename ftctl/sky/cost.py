@@ -29,6 +29,12 @@ def memory_request(plan: Plan) -> str | None:
     return f"{gib(need)}+" if need else None
 
 
+def host_memory_gb_within(gib: float) -> int:
+    """The -o host_memory_gb (GB, rounded down) that plans within a node of ``gib`` GiB of RAM, as SkyPilot's catalogs
+    and clusters give it."""
+    return math.floor(float(gib) * 2**30 / 1e9)
+
+
 def no_vm(answer: dict, spec: RunSpec, plan: Plan) -> str:
     """What to do where SkyPilot's optimizer found no instance with the GPUs and the RAM a plan asks for (``answer``:
     ftctl.sky.sdk.optimize's no_vm), in the plan's words: the cheapest instance of those GPUs, and its RAM to plan
@@ -36,7 +42,7 @@ def no_vm(answer: dict, spec: RunSpec, plan: Plan) -> str:
     need, gpus = node_memory_gb(plan), f"{plan.gpus_per_node}x{plan.tier}"
     where = f"on --infra {spec.infra}" if spec.infra else "in the catalogs of SkyPilot's enabled clouds"
     other = answer["without_memory"]
-    within = math.floor(other["memory_gib"] * 2**30 / 1e9)  # as -o host_memory_gb takes it: GB, rounded down
+    within = host_memory_gb_within(other["memory_gib"])
     return (
         f"no VM with {gpus} and {gib(need)} GiB of RAM {where} (memory: {memory_request(plan)}): the "
         f"{plan.strategy} plan keeps ~{need:.0f} GB a node in host RAM, its optimizer offloaded. The cheapest VM "
