@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.test_staging148 import _names, _staged_run
 
 
@@ -71,3 +73,59 @@ def test_a_run_started_again_below_checkpoints_its_resume_passed_over_keeps_its_
     held = [c.name for c in C.list_checkpoints(remote) if c.complete]
     assert held == [f"checkpoint-{s}" for s in (40, 60, 80, 160, 180, 197)]
     assert C.latest_complete(str(tmp_path / "fresh2"), remote).endswith("checkpoint-80")
+
+
+def test_the_next_lines_of_a_run_into_another_s3_endpoint_name_it(monkeypatch):
+    """`ftctl launch ... --output s3://bkt/r14 -o s3_endpoint_url=http://127.0.0.1:45066` (MinIO, R2: README's way)
+    ended with `ftctl chat s3://bkt/r14 -p ...`, which asked AWS itself: "Cannot reach AWS S3 (no endpoint set) ...
+    check -o s3_endpoint_url", an option chat/eval/merge do not take. Now the lines carry the endpoint."""
+    from ftctl.spec import build
+    from ftctl.trainer.__main__ import next_steps
+
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    spec = build({"method": "lora", "output_dir": "s3://bkt/r14", "s3_endpoint_url": "http://127.0.0.1:45066"})
+    assert next_steps(spec).splitlines()[1:] == [
+        "  AWS_ENDPOINT_URL=http://127.0.0.1:45066 ftctl chat s3://bkt/r14 -p 'A question'",
+        "  AWS_ENDPOINT_URL=http://127.0.0.1:45066 ftctl eval s3://bkt/r14 --data HELD_OUT.jsonl --compare",
+        "  AWS_ENDPOINT_URL=http://127.0.0.1:45066 ftctl merge s3://bkt/r14",
+    ]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:45066")  # the launch sets it for the trainer
+    assert next_steps(spec).splitlines()[1].startswith("  AWS_ENDPOINT_URL=http://127.0.0.1:45066 ftctl chat ")
+    assert "AWS_ENDPOINT" not in next_steps(build({"method": "lora", "output_dir": "s3://bkt/r14"}))  # as before
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://other:9000")  # read first: the line sets that one
+    assert next_steps(spec).splitlines()[1].startswith("  AWS_ENDPOINT_URL_S3=http://127.0.0.1:45066 ftctl chat ")
+
+
+def test_a_relaunch_whose_store_checkpoints_all_fail_their_sha256_is_refused(
+    tiny_model_dir, tiny_data, s3_bucket, tmp_path, monkeypatch
+):
+    """A fresh machine's relaunch into s3://bkt/r20, whose checkpoints each failed their sha256 (`skipping
+    checkpoint-197: ... (corrupted)`), trained from step 0 beside them with no more than those lines. Now it is
+    refused, naming them."""
+    import torch
+
+    from ftctl import storage
+    from ftctl.errors import FtctlError
+    from ftctl.runpaths import ADAPTER_CONFIG
+    from ftctl.trainer.run import train
+    from tests.trainer_fixtures import make_run
+
+    torch.set_num_threads(1)
+    remote = f"{s3_bucket}/run"
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "stage"))
+    spec, plan = make_run(tiny_model_dir, tiny_data, remote, "lora", lora_r=4, max_steps=2, save_steps=1)
+    assert train(spec, plan, echo=lambda line: None).status == "complete"
+    storage.rm(f"{remote}/{ADAPTER_CONFIG}")  # no final model (a stopped run's store)
+    for step in (1, 2):  # each corrupted in the store (same size, other bytes)
+        weights = f"{remote}/checkpoint-{step}/adapter_model.safetensors"
+        flipped = tmp_path / f"flipped-{step}"
+        flipped.write_bytes(bytes(b ^ 0xFF for b in storage.read_bytes(weights)))
+        storage.put_file(str(flipped), weights)
+    monkeypatch.setenv("FTCTL_LOCAL_DIR", str(tmp_path / "fresh"))
+    spec, plan = make_run(tiny_model_dir, tiny_data, remote, "lora", lora_r=4, max_steps=4, save_steps=1, resume="auto")
+    with pytest.raises(FtctlError) as refused:
+        train(spec, plan, echo=lambda line: None)
+    assert str(refused.value).startswith(
+        f"{remote} holds checkpoint-1, checkpoint-2, committed, and none of them could be resumed"
+    )

@@ -385,3 +385,24 @@ def latest_complete(
             + ": give every node the run's output directory or an object-store --output."
         )
     return None
+
+
+def none_verified(remote_uri: str, endpoint_url: str | None = None) -> str | None:
+    """Why a run whose resume took no checkpoint (latest_complete: None) must not start from step 0: ``remote_uri``
+    lists committed checkpoints (their manifests, every file at its size), each passed over as it was downloaded (a
+    file not matching its sha256, or one the store would not give). Training from step 0 beside them threw the run's
+    steps away with no more than a "skipping" line each, and before upload.prune's ``upto`` its retention deleted each
+    new checkpoint as it landed: every relaunch started from step 0 again (explore66). None where it lists none, or
+    cannot be listed now."""
+    try:
+        held = [c.name for c in list_checkpoints(remote_uri, endpoint_url=endpoint_url) if c.complete]
+    except Exception:  # noqa: BLE001 - the store's errors are the resume's to say; this only refuses what it saw
+        return None
+    if not held:
+        return None
+    names = ", ".join(held) if len(held) <= 3 else f"{held[0]} ... {held[-1]} ({len(held)})"
+    return (
+        f"{remote_uri} holds {names}, committed, and none of them could be resumed (the lines above say why): not "
+        f"training from step 0 beside them. `ftctl sync ls {shlex.quote(remote_uri)}` lists them; move them out of it "
+        "(or delete them) to start over, or give another --output."
+    )

@@ -112,10 +112,17 @@ def next_steps(spec) -> str:
     from ftctl.runpaths import MERGED_DIR
 
     out = shlex.quote(spec.output)
-    steps = [f"ftctl chat {out} -p 'A question'", f"ftctl eval {out} --data HELD_OUT.jsonl --compare"]
+    ftctl = "ftctl"
+    endpoint = getattr(spec, "s3_endpoint_url", None)
+    if endpoint and spec.output.startswith("s3://"):  # chat/eval/merge take no -o: a run into MinIO or R2 (-o
+        # s3_endpoint_url) printed lines that asked AWS itself ("Cannot reach AWS S3"). Said whatever this process's
+        # environment holds: the launch sets AWS_ENDPOINT_URL here from the spec (launch.py), the user's shell not
+        var = "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"  # (the first read)
+        ftctl = f"{var}={shlex.quote(endpoint)} ftctl"
+    steps = [f"{ftctl} chat {out} -p 'A question'", f"{ftctl} eval {out} --data HELD_OUT.jsonl --compare"]
     if spec.method in ("lora", "qlora"):  # over an earlier merge, which the run has trained on since: it first
         merged = os.path.join(spec.output, MERGED_DIR)
-        steps.append(f"rm -r {shlex.quote(merged)} && " * os.path.isdir(merged) + f"ftctl merge {out}")
+        steps.append(f"rm -r {shlex.quote(merged)} && " * os.path.isdir(merged) + f"{ftctl} merge {out}")
     return "next:\n" + "\n".join(f"  {step}" for step in steps)
 
 

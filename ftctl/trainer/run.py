@@ -285,6 +285,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
     from transformers.trainer_callback import EarlyStoppingCallback, PrinterCallback, ProgressCallback
 
     from ftctl.checkpoints import settings as checkpoint_settings
+    from ftctl.checkpoints.resume import none_verified
     from ftctl.trainer.callbacks import (
         ApplySettings,
         FrozenInputsNoGradient,
@@ -320,6 +321,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         run.resume_from = resume_point(spec, local_dir, remote_uri)
         if run.resume_from is None and not int(os.environ.get(ATTEMPT_ENV) or 0):  # `ftctl train` has no preflight
             if said := checkpoint_settings.final_written_over(remote_uri or local_dir, spec.s3_endpoint_url):
+                raise FtctlError(said)
+        if run.resume_from is None and remote_uri and spec.resume == "auto":
+            if said := none_verified(remote_uri, spec.s3_endpoint_url):
                 raise FtctlError(said)
         if procs.is_main and (again := starts_again(run.resume_from, local_dir, remote_uri)):
             log.warning("%s", again)
