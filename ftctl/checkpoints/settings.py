@@ -120,18 +120,79 @@ def saved(checkpoint: str, endpoint_url: str | None = None) -> dict | None:
     return None
 
 
-def went_on_from(resume, endpoint_url: str | None = None) -> dict | None:
+# what a run's model card says of each phase of it (a relaunch into its output that went on from a checkpoint with
+# another learning rate or data): recorded in each start record of its metrics.jsonl (phase_record), read by phases
+PHASE = ("data_path", "data_weights", "learning_rate")
+PHASE_KEY = "phase"  # the start record's key (trainer.run.record_start)
+
+
+def went_on_from(resume, endpoint_url: str | None = None, starts: list[dict] = ()) -> dict | None:
     """The settings recorded by the checkpoint a run named to go on from (``resume``: its spec's, a PATH of another
     run's checkpoint-<step> or of its output's own), its steps being the first ones of the run: what the model card
     says of them (its data, learning rate) and what eval counts as trained-on data (heldout). {} where the checkpoint
     records none or cannot be read now (deleted since, its store not reachable from here); None where the run named
-    none (resume=auto, never)."""
+    none (resume=auto, never). Where the checkpoint says nothing now (save_total_limit deleted it), the start record
+    of the run's metrics.jsonl that went on from it (``starts``: phase_record's) says its PHASE settings."""
     if not isinstance(resume, str) or resume in ("auto", "never", ""):
         return None
     try:
-        return saved(resume, endpoint_url) or {}
+        recorded = saved(resume, endpoint_url) or {}
     except Exception:  # noqa: BLE001 - advisory: a checkpoint deleted since, a store not reachable from here
-        return {}
+        recorded = {}
+    for start in reversed(starts) if not recorded else ():
+        went = start.get(PHASE_KEY, {}).get("resumed") if isinstance(start.get(PHASE_KEY), dict) else None
+        if isinstance(went, dict) and went.get("checkpoint") == resume and isinstance(went.get("settings"), dict):
+            return dict(went["settings"])
+    return recorded
+
+
+def phase_record(resumed: str | None, now: dict, endpoint_url: str | None = None) -> dict:
+    """What a run's start record says of the phase it starts (``now``: the settings it trains with, ``settings``):
+    its PHASE settings, and where it goes on from a checkpoint (``resumed``: its own, or another run's), that
+    checkpoint's step and the PHASE settings its manifest recorded (the earlier phase's; {} where it records none, or
+    cannot be read now). A relaunch's checkpoints replace the earlier ones (save_total_limit), so the start record
+    keeps what they trained with."""
+    record: dict = {"settings": {k: now[k] for k in PHASE if k in now}}
+    if resumed:
+        try:
+            before = saved(resumed, endpoint_url) or {}
+        except Exception:  # noqa: BLE001 - advisory: a store not reachable from here
+            before = {}
+        step = checkpoint_step(os.path.basename(resumed.rstrip("/")))
+        record["resumed"] = {
+            "checkpoint": resumed,
+            "step": step,
+            "settings": {k: before[k] for k in PHASE if k in before},
+        }
+    return record
+
+
+def phases(starts: list[dict]) -> list[tuple[int, dict]]:
+    """The phases of a run, (first step, PHASE settings) each, in order, from the start records of its metrics.jsonl
+    (``starts``, oldest first; phase_record's under PHASE_KEY): a fresh start begins them again; a start that went on
+    from checkpoint-N ends those before at step N (a relaunch from an older checkpoint trains the steps past it
+    again) and begins one at N + 1; where no earlier record says what its first N steps trained with, its
+    checkpoint's recorded settings do. Neighbours of the same settings are one phase (a preempted run requeued).
+    Start records written before phases were recorded are passed over; [] where none says one."""
+    said: list[tuple[int, dict]] = []
+    for start in starts:
+        phase = start.get(PHASE_KEY) if isinstance(start, dict) else None
+        if not isinstance(phase, dict) or not isinstance(phase.get("settings"), dict):
+            continue
+        went = phase.get("resumed")
+        step = went.get("step") if isinstance(went, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+            said = [(1, phase["settings"])]
+            continue
+        said = [(first, values) for first, values in said if first <= step]
+        if not said and isinstance(went.get("settings"), dict):
+            said = [(1, went["settings"])]
+        said.append((step + 1, phase["settings"]))
+    merged: list[tuple[int, dict]] = []
+    for first, values in said:
+        if not merged or merged[-1][1] != values:
+            merged.append((first, values))
+    return merged
 
 
 @dataclass

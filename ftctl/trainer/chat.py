@@ -84,6 +84,8 @@ class Loaded:
 
         revision = self.found.base_revision  # the commit the run pinned, not the Hub's main as it is now
         plain = trained_mod.Trained(Path(resolve_model(self.found.base, revision=revision)), False, revision)
+        if changed := trained_mod.compared_base_trained_on(self.found, str(plain.path)):  # another run, trained on
+            log.warning("%s", changed)
         yield trained_mod.load(plain, self.precision, device_map="auto" if torch.cuda.is_available() else None).eval()
 
 

@@ -12,6 +12,7 @@ of one batch are held at once.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,6 +247,7 @@ class _Scored:
     tokenizer: str  # a digest of its tokenizer's vocabulary and chat template
     reads: dict  # read_as_trained's: its text field, its data columns
     base: tuple | None = None  # what its base scores as (--compare): runs with the same one share a base row
+    note: str | None = None  # trained_on's: rows of the data it trained on (said once for the runs it is of)
 
 
 def evaluate(
@@ -261,6 +263,9 @@ def evaluate(
     from ftctl import preflight
     from ftctl.trainer import chat
 
+    for run, times in Counter(runs).items():  # `ftctl eval A A`: its row once, said
+        if times > 1:
+            echo(f"note: {run} is given {'twice' if times == 2 else f'{times} times'}: scored once")
     runs = list(dict.fromkeys(runs))
     several = len(runs) > 1
     # a typo, or rows that are no conversation: as each run reads rows (its text field, its datasets' own field names)
@@ -289,10 +294,17 @@ def evaluate(
     for run in runs:
         loaded = chat.load(located[run], echo=echo, command="eval")
         try:
-            one = _evaluate_one(loaded, run, several, names, reads[run], max_length, batch_size, compare, bases, echo)
+            one = _evaluate_one(loaded, run, several, names, reads[run], max_length, batch_size, compare, bases)
             scored.append(one)
         finally:
             _free(loaded)
+    # rows a run trained on: each note once, naming every run it is of (runs over the same data say the same)
+    notes: dict[str, list[str]] = {}
+    for one in scored:
+        if one.note:
+            notes.setdefault(one.note, []).append(one.run)
+    for note, these in notes.items():
+        echo(f"note: {', '.join(these)}: {note}" if several else f"note: {note}")
     if several and (note := _other_tokens(scored)):
         echo(f"note: {note}")
     if not several:
@@ -309,8 +321,8 @@ def evaluate(
     return table(names, rows)
 
 
-def _evaluate_one(loaded, run, several, names, reads, max_length, batch_size, compare, bases, echo) -> _Scored:
-    """One run's scores, its trained-on note said first (naming the run where there are ``several``); with
+def _evaluate_one(loaded, run, several, names, reads, max_length, batch_size, compare, bases) -> _Scored:
+    """One run's scores, and its trained-on note (trained_on's, for evaluate to say); with
     ``compare``, its base's scores into ``bases`` where no run before it had the same base on the same tokens."""
     import hashlib
     import json
@@ -323,10 +335,9 @@ def _evaluate_one(loaded, run, several, names, reads, max_length, batch_size, co
     every = found.recorded("spec", "assistant_only_loss") is False if found else False  # as it trained
     length = max_length or recorded or RunSpec.model_max_length
     sets = [build_dataset(name, loaded.tokenizer, length, held_out=True, every_token=every, **reads) for name in names]
-    # rows the run trained on (its data under this name, or rows of it under another): not held out, said before
-    # the numbers that look it
-    if note := trained_on(found, names, sets, loaded.tokenizer, length):
-        echo(f"note: {run}: {note}" if several else f"note: {note}")
+    # rows the run trained on (its data under this name, or rows of it under another): not held out, said (by
+    # evaluate, once for the runs it is of) before the numbers that look it
+    note = trained_on(found, names, sets, loaded.tokenizer, length)
     tuned = [score(loaded.model, loaded.tokenizer, dataset, batch_size) for dataset in sets]
     rows = tuple(rows_digest(dataset) for dataset in sets)
     tokenizer = ""  # what tells another tokenizer (its vocabulary, its chat template) from this one: for several runs
@@ -338,7 +349,7 @@ def _evaluate_one(loaded, run, several, names, reads, max_length, batch_size, co
         base = (found.base, found.base_revision, found.adapter and found.method == "qlora", loaded.precision, rows)
         if base not in bases:
             bases[base] = _base_scores(loaded, sets, batch_size)
-    return _Scored(run, tuned, rows, length, every, tokenizer, reads, base)
+    return _Scored(run, tuned, rows, length, every, tokenizer, reads, base, note)
 
 
 def _base_scores(loaded, sets, batch_size: int) -> list[Score]:

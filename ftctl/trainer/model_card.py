@@ -268,8 +268,11 @@ def _training_rows(spec: dict, plan: dict, directory, step: int | None) -> list[
         of = f" of {layers}" if layers else ""
         rows.append(("trained", f"the top {spec.get('trainable_layers')}{of} blocks and the output head"))
     rows.append(("data", _data(spec.get("data_path"))))
-    if went := _went_on(spec.get("resume"), spec.get("s3_endpoint_url")):
+    starts, logged = _starts(directory)
+    if went := _went_on(spec.get("resume"), spec.get("s3_endpoint_url"), starts):
         rows.append(("went on from", went))
+    if phases := _phases(starts, step if step is not None else logged, said_went_on=bool(went)):
+        rows.append(("phases", phases))
     if spec.get("eval_data_path"):
         rows.append(("held-out data", _data(spec.get("eval_data_path"))))
     elif spec.get("eval_split"):
@@ -317,7 +320,60 @@ def _training_rows(spec: dict, plan: dict, directory, step: int | None) -> list[
     return rows
 
 
-def _went_on(resume, endpoint_url) -> str | None:
+def _starts(directory) -> tuple[list[dict], int | None]:
+    """The start records of the run's metrics.jsonl beside ``directory`` or above it (a checkpoint's), oldest first,
+    and the last step it logged (None: none, or no metrics.jsonl there). Only those lines are parsed (a long run's
+    file holds a line a logged step)."""
+    from ftctl.runpaths import METRICS_FILE
+    from ftctl.trainer.trained import START
+
+    for where in (Path(directory), Path(directory).parent) if directory is not None else ():
+        try:
+            lines = (where / METRICS_FILE).read_text().splitlines()
+        except OSError:
+            continue
+        starts = [r for line in lines if START in line and (r := _record(line)).get("event") == "start"]
+        for line in reversed(lines):
+            record = _record(line) if '"step"' in line and START not in line else {}
+            if _is_number(logged := record.get("step")) and "event" not in record:
+                return starts, int(logged)
+        return starts, None
+    return [], None
+
+
+def _record(line: str) -> dict:
+    """A metrics.jsonl line's record; {} where it is none."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _phases(starts: list[dict], last: int | None, said_went_on: bool) -> str | None:
+    """The phases of a run relaunched into its output with another learning rate or data (resume=auto, or a
+    checkpoint of its own), each's steps, data and learning rate: ``steps 1-8: `a.json`, learning rate 0.0002; steps
+    9-20: `b.json`, learning rate 0.0001``, from the start records of its metrics.jsonl (``starts``:
+    checkpoints.settings.phases, the one reader of them); the data and learning-rate rows are the last phase's. The
+    last phase ends at ``last`` (a checkpoint's step, else the last one logged). None for a run of one phase, or of
+    two that the went-on-from row says (``said_went_on``)."""
+    from ftctl.checkpoints.settings import phases
+
+    said = [(first, values) for first, values in phases(starts) if last is None or first <= last]
+    if len(said) < 2 or (said_went_on and len(said) == 2):
+        return None
+    parts = []
+    for i, (first, values) in enumerate(said):
+        end = said[i + 1][0] - 1 if i + 1 < len(said) else last
+        steps = f"step {first}" if end == first else f"steps {first}-{end}" if end else f"steps {first} on"
+        what = [_data(values["data_path"])] if isinstance(values.get("data_path"), str) else []
+        if _is_number(rate := values.get("learning_rate")):
+            what.append(f"learning rate {_number(rate)}")
+        parts.append(f"{steps}: {', '.join(what)}" if what else steps)
+    return "; ".join(parts)
+
+
+def _went_on(resume, endpoint_url, starts: list[dict] = ()) -> str | None:
     """The checkpoint a run went on from (resume=PATH: another run's, or its output's own) and what its steps, the
     run's first ones, trained on at which learning rate (its manifest's settings: checkpoints.settings.went_on_from);
     the card's data and learning-rate rows are the last launch's, and said nothing of them (explore64). None where
@@ -326,7 +382,7 @@ def _went_on(resume, endpoint_url) -> str | None:
     from ftctl.checkpoints import checkpoint_step
     from ftctl.checkpoints.settings import went_on_from
 
-    recorded = went_on_from(resume, endpoint_url)
+    recorded = went_on_from(resume, endpoint_url, starts)
     if recorded is None:
         return None
     step = checkpoint_step(resume)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ftctl import checkpoints, failures, storage
+from ftctl.checkpoints.settings import PHASE_KEY
 from ftctl.checkpoints.staging import STAGING_ENV
 from ftctl.envvars import ATTEMPT_ENV, BASE_MODEL_ENV, SKY_TASK_ENV, SLURM_RESTART_ENV, STATUS_ENV, telemetry_off
 from ftctl.errors import FtctlError
@@ -340,8 +341,9 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         own = None if elsewhere(run) else run.resume_from  # a checkpoint of this run: its W&B run goes on
         if own and procs.is_main and (again := retrained_final(spec.output, own, spec.max_steps, spec.s3_endpoint_url)):
             log.warning("%s", again)  # its newer checkpoints deleted, its final model kept: replaced
-        if procs.is_main and spec.method in ADAPTER_METHODS:  # over another run's final model: which one, for chat
-            if base_said := keep_base_run(local_dir, spec.model_name_or_path, base_name(spec), resumed=bool(own)):
+        if procs.is_main:  # over another run's final model: which one, for chat and eval (--compare's base)
+            base_said = keep_base_run(local_dir, spec.model_name_or_path, base_name(spec), resumed=bool(own))
+            if base_said and spec.method in ADAPTER_METHODS:  # a full model goes on from its checkpoint's weights
                 log.warning("%s", base_said)
         # a DeepSpeed checkpoint written by another number of processes loads as a universal one
         universal = reshard.prepare(run.resume_from, plan, procs, shared_filesystem=remote_uri is None)
@@ -405,7 +407,8 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
             wandb_run = os.environ.get("WANDB_RUN_ID") if "wandb" in args.report_to else None
             formats = {f: sum(st.formats.get(f, 0) for st in trained_rows) for st in trained_rows for f in st.formats}
             loss = loss_on(not spec.assistant_only_loss, formats)
-            record_start(os.path.join(local_dir, METRICS_FILE), run.kernels, plain, echo, wandb_run, loss)
+            phase = checkpoint_settings.phase_record(run.resume_from, trained_with, spec.s3_endpoint_url)
+            record_start(os.path.join(local_dir, METRICS_FILE), run.kernels, plain, echo, wandb_run, loss, phase)
         stopping = [EarlyStoppingCallback(spec.early_stopping_patience)] if spec.early_stopping_patience else []
         held_out = changed.held_out(spec.eval_data_path) if changed and spec.evaluates else []
         run.trainer = SFTTrainer(
@@ -500,14 +503,22 @@ def cuda_allocator_defaults() -> None:
 
 
 def record_start(
-    metrics_path: str, kernels, plain_text: bool, echo=print, wandb_run: str | None = None, loss: str | None = None
+    metrics_path: str,
+    kernels,
+    plain_text: bool,
+    echo=print,
+    wandb_run: str | None = None,
+    loss: str | None = None,
+    phase: dict | None = None,
 ) -> None:
     """Say in the run's log, and in metrics.jsonl (an ``"event": "start"`` record), which attention and
     layer kernels run: the plan can only name what the GPU tier allows; and ``loss``, which tokens the loss is on
     (data.loss_on: the next line, and the record's ``loss_on``). The record also says whether every
     training row was plain text, trained without the chat template (``plain_text``: what `ftctl chat` prompts
     the run with, trained.Trained.plain_text). In a Slurm job it names the job and its attempt: the rows after it
-    are that job's (`ftctl status JOB` shows them; a job refused at another's lock wrote none)."""
+    are that job's (`ftctl status JOB` shows them; a job refused at another's lock wrote none). ``phase``: the data
+    and learning rate it trains with, and the checkpoint it goes on from with those it was trained with
+    (checkpoints.settings.phase_record): the model card lists a relaunched run's phases from them."""
     echo(f"{START_LINE}{kernels.attention}; Liger kernels: {'on' if kernels.liger else 'off'}")
     if loss:
         echo(f"loss: {loss}")
@@ -517,6 +528,8 @@ def record_start(
         record[PLAIN_TEXT] = plain_text
         if loss:
             record["loss_on"] = loss
+        if phase:
+            record[PHASE_KEY] = phase
         if wandb_run:  # the W&B run every attempt of the run logs to (tracking.wandb_env)
             record[START_WANDB_RUN] = wandb_run
         if job := os.environ.get("SLURM_JOB_ID"):

@@ -699,12 +699,14 @@ def base_run_model(base) -> dict | None:
 
 
 def keep_base_run(output_dir, base, named: str, resumed: bool) -> str | None:
-    """At the start of a run whose adapter trains over another run's final model (`--model RUN`, ``base`` where this
-    process loads it, ``named`` as the user named it), that model's identity (base_run_model) at the top of the
-    run's output (BASE_RUN), where its final adapter lands and above its checkpoints: chat, eval and merge of it tell
-    RUN trained on since (base_trained_on). A run ``resumed`` from a checkpoint of its own keeps the record its start
-    wrote (those steps trained over that model), and the line returned says where RUN was trained on since; a fresh
-    start writes its own, and removes one an earlier run into the output left where the base is no run's."""
+    """At the start of a run that trains over another run's final model (`--model RUN`, ``base`` where this process
+    loads it, ``named`` as the user named it), that model's identity (base_run_model) at the top of the run's output
+    (BASE_RUN), where its final adapter or model lands and above its checkpoints: chat, eval and merge of an adapter
+    tell RUN trained on since (base_trained_on), and --compare of a full-model run (fft/sft), whose base it loads
+    beside it (compared_base_trained_on). A run ``resumed`` from a checkpoint of its own keeps the record its start
+    wrote (those steps trained over that model), and the line returned says where RUN was trained on since (an
+    adapter's steps go on over it; a full model's from its checkpoint's own weights: the caller leaves it unsaid); a
+    fresh start writes its own, and removes one an earlier run into the output left where the base is no run's."""
     record = Path(output_dir) / BASE_RUN
     now = base_run_model(base)
     if now is not None:
@@ -733,13 +735,23 @@ def base_run_record(trained: Trained) -> Path | None:
     return None
 
 
-def base_trained_on(record: Path, now: dict | None, resumed: bool = False) -> str | None:
+def compared_base_trained_on(trained: Trained, base_path: str) -> str | None:
+    """The warning of --compare (chat, eval) of a full-model run (fft/sft) trained over another run's final model
+    that trained on since: the base it loads beside the run (``base_path``) is not the model the run started from.
+    None for an adapter (loading it onto its base already said it: load), or where the base is the same."""
+    record = None if trained.adapter else base_run_record(trained)
+    return base_trained_on(record, base_run_model(base_path), compared=True) if record else None
+
+
+def base_trained_on(record: Path, now: dict | None, resumed: bool = False, compared: bool = False) -> str | None:
     """The warning where another run's final model that the adapter of a run trained over (its ``record``, BASE_RUN
     at the top of that run's output: keep_base_run) is another since: that run trained on (relaunched with more
     steps, or again) and replaced it, so the adapter goes onto other weights than it trained with (explore64).
     ``now``: that model as it is (base_run_model of the base loaded). Told apart by its end record's step and time
     (the same in a copy of both runs), else by its weights files' sizes and mtimes. ``resumed``: said by the run
-    going on over it. None where it is the same, or either is unknown."""
+    going on over it. ``compared``: said by --compare of a full-model run (its weights are its own; the base loaded
+    beside it is that run's model as it is now, no longer the one the run started from). None where it is the same,
+    or either is unknown."""
     try:
         then = json.loads(record.read_text())
     except (OSError, ValueError):
@@ -751,6 +763,12 @@ def base_trained_on(record: Path, now: dict | None, resumed: bool = False) -> st
     if is_now == was:
         is_now = f"another {is_now}"
     line = f"{base} was trained on after {run} trained over it: its final model was {was}, and is {is_now} now"
+    if compared:
+        return (
+            f"{line}, so --compare's base is that model as it is now, not the one {run} started from: the difference "
+            f"is not what {run} learned. To compare with the model it started from, train {base} on into another "
+            f"--output next time (-o resume={base}/checkpoint-N --output NEW)."
+        )
     if resumed:
         return (
             f"{line}; this run's checkpoints trained over the first, the steps it trains now over the second (to "
