@@ -55,6 +55,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -302,6 +303,22 @@ def describe(lease: dict, now: float | None = None) -> str:
     return f"{holder}{where}{by} ({run}renewed {age_s(lease, now):.0f} s ago)"
 
 
+def gone_here(lease: dict) -> bool:
+    """The holder is a process on this machine's host name that runs here no more (a trainer killed: OOM, kill -9):
+    its lease lapses STALE_S after its last renewal. Said, never taken over earlier: a container on the host's network
+    has its host name and its own pids."""
+    match = re.fullmatch(r"process (\d+) on (.+)", str(lease.get("holder")))
+    if not match or match[2] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: it runs
+        return False
+    return False
+
+
 def refusal(output: str, endpoint_url: str | None = None, another: str = "another --output") -> str | None:
     """Why a launch into ``output`` is refused where a trainer holds its lease now; None where none does (no lease,
     a stale one, a local output, or a store that does not answer now: the launch's own checks say that).
@@ -314,6 +331,13 @@ def refusal(output: str, endpoint_url: str | None = None, another: str = "anothe
         return None
     if not live(lease):
         return None
+    if gone_here(lease):
+        return (
+            f"{output} was trained into by {describe(lease)}, which runs on this machine no more (killed, or it runs "
+            f"in a container on this host's network): its lease ({TRAIN_LEASE}) lapses "
+            f"{max(0.0, STALE_S - age_s(lease)):.0f} s from now, {STALE_S:.0f} s after its last renewal, and the "
+            f"same launch goes ahead then (resuming its newest checkpoint in the store). Or give this run {another}."
+        )
     return (
         f"{output} is being trained into by {describe(lease)}, a job launched elsewhere (another machine or "
         f"FTCTL_HOME) or from here: a second job would write the same checkpoints. Wait for it to end, stop it "
