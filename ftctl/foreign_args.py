@@ -260,6 +260,8 @@ def _tool_defaults(names: list[str], keys: dict[str, str], argv: list[str], comm
         defaults.update(TOOL_LORA_DEFAULTS[tool])
     if "warmup_steps" in keys:  # it replaces warmup_ratio
         defaults.pop("warmup_ratio", None)
+    if "max_steps" in keys and not keys["max_steps"].lstrip().startswith("-"):  # it decides the run's length
+        defaults.pop("num_train_epochs", None)
     taken = {k: v for k, v in defaults.items() if k not in keys}
     for k, v in taken.items():
         words += ["-o", f"{k}={_number(v)}"]

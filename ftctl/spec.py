@@ -185,9 +185,9 @@ VOCABULARY = {
     ),
     "FastChat": ("q_lora",),  # its train_lora.py's
 }
-TOOL_DEFAULTS = {
-    "TRL": {"model_max_length": 1024, "lr_scheduler_type": "linear", "warmup_ratio": 0.0},
-    "FastChat": {"model_max_length": 512},  # its train.py's and train_lora.py's TrainingArguments
+TOOL_DEFAULTS = {  # (and transformers' TrainingArguments' 3 epochs, which both inherit)
+    "TRL": {"model_max_length": 1024, "lr_scheduler_type": "linear", "warmup_ratio": 0.0, "num_train_epochs": 3.0},
+    "FastChat": {"model_max_length": 512, "num_train_epochs": 3.0},  # its train.py's and train_lora.py's
 }
 TOOL_LORA_DEFAULTS = {  # (where the run trains adapters)
     "TRL": {"lora_target_modules": PEFT_TARGETS},
@@ -256,6 +256,14 @@ def _evaluation_asked(spec, asked: dict[str, tuple[str, str]], sources: dict[str
     return errors
 
 
+def _positive(raw) -> bool:
+    """Whether a number key's value as a layer gave it (text from -o, a number from a file) is above 0."""
+    try:
+        return float(raw) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def _vocabularies(layers) -> dict[str, list[str]]:
     """The tools (VOCABULARY) whose own keys the run file has, and those keys: TRL's dataset_name or use_peft,
     FastChat's q_lora."""
@@ -282,6 +290,8 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
         taken = {k: v for k, v in defaults.items() if k not in values}
         if "warmup_steps" in values:  # it replaces warmup_ratio
             taken.pop("warmup_ratio", None)
+        if _positive(values.get("max_steps")):  # it decides the run's length
+            taken.pop("num_train_epochs", None)
         values.update(taken)
         if taken and notes is not None:
             said = ", ".join(f"{k} {_number(v)}" for k, v in taken.items())

@@ -1714,7 +1714,9 @@ def test_a_fastchat_lora_run_file_adapts_what_fastchats_does():
     spec = build({"q_lora": True, "lora_dropout": 0.05, "learning_rate": 2e-5}, notes=notes)
     assert (spec.method, spec.lora_r, spec.lora_alpha, spec.lora_target_modules) == ("qlora", 8, 16, "q_proj,v_proj")
     assert any(
-        n.startswith("model_max_length 512, lora_r 8, lora_alpha 16, lora_target_modules q_proj,v_proj: FastChat's")
+        n.startswith(
+            "model_max_length 512, num_train_epochs 3, lora_r 8, lora_alpha 16, lora_target_modules q_proj,v_proj: FastChat's"
+        )
         for n in notes
     ), notes
     assert spec.model_max_length == 512  # its TrainingArguments' (train.py's too)
