@@ -81,8 +81,10 @@ class GpuTier:
 # 7.75, 4060 Ti 16 GB 15.55, 5090 31.36 GiB, Linux; Windows says 12.00 of a 3060); the others as a sibling's with as
 # much memory. GeForce names do not say the memory (an RTX 4060 Ti has 8 or 16 GB, an RTX 3080 10 or 12):
 # local_tier reads nvidia-smi's memory too.
-# The order matters only where ftctl.local.backend.local_gpus cannot read nvidia-smi's name with tier() and matches
-# it by substring among cards of its memory: A10G before A10, L40S before L40, V100S before V100-32GB.
+# The order is the order lists of cards name them in (Known types:, the cards a plan that does not fit offers). No
+# name is matched by substring: tier(), local_tier and the local backend read a name's model (_model: a10g is no a10,
+# l40s no l40) or a variant of it (named_after: a 3090 Ti's RTX3090), and an unlisted card is planned as the listed
+# one of the most generation, memory and TFLOPS within it (local.backend._listed_like), the first listed of a tie.
 TIERS: dict[str, GpuTier] = {
     t.name: t
     for t in [

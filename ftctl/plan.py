@@ -2338,7 +2338,7 @@ def _refusal(spec: RunSpec, req, shape: ModelShape, machine=None) -> str:
     if method == "qlora" and req.world_size > 1:  # the GPUs asked for do not add up for it: say why
         msg += f" Each GPU holds all of qlora's base: {METHOD_STRATEGIES['qlora'][1]}."
     if any(s in OFFLOAD_STRATEGIES for s in strategies):  # the planner's last resort, or the one forced
-        msg += _offload_refused(spec, req, shape, [s for s in strategies if s in OFFLOAD_STRATEGIES])
+        msg += _offload_refused(spec, req, shape, [s for s in strategies if s in OFFLOAD_STRATEGIES], machine)
     hints = []
     # nearest first: another method on the GPUs asked for (lora's base shards, qlora's does not), then this method
     # on other GPUs, then qlora on other GPUs
@@ -2428,9 +2428,10 @@ def _sizes(p: Plan) -> str:
     return f"~{p.memory_gb:.0f} GB/GPU{host}"
 
 
-def _offload_refused(spec: RunSpec, req, shape: ModelShape, offloads: list[str]) -> str:
+def _offload_refused(spec: RunSpec, req, shape: ModelShape, offloads: list[str], machine=None) -> str:
     """Why offloading to CPU RAM (``offloads``, the strategies tried) did not make a refused plan fit: the node's RAM,
-    given or assumed; or, where the backend picks the node by its RAM (no bound), the GPUs all the same."""
+    given or assumed; or, where the backend picks the node by its RAM (no bound), the GPUs all the same. With
+    ``machine`` (the local backend's), this machine's RAM, and a machine elsewhere, not SkyPilot's VM alone."""
     host_need = offload_host_gb(shape.params_b, req.nodes * req.per_node, req.per_node)
     assumed = assumed_host_gb(spec, req)
     ram = spec.host_memory_gb or assumed
@@ -2443,6 +2444,8 @@ def _offload_refused(spec: RunSpec, req, shape: ModelShape, offloads: list[str])
     else:
         host = f"{assumed:g} GB assumed, {HOST_RAM_PER_GPU_MEMORY}x its GPUs' memory"
     picked = "" if spec.backend else "; with --backend sky, SkyPilot picks a VM with that much"
+    if machine is not None:  # this machine's RAM (host_memory_gb read here): a larger one is elsewhere
+        picked = "; else a machine with that much: --backend slurm or sky"
     return (
         f" Offloading the optimizer to CPU RAM would need ~{host_need:.0f} GB of host RAM per node, which has "
         f"{host} (-o host_memory_gb={math.ceil(host_need)} if it has that much{picked})."

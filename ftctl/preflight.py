@@ -386,13 +386,18 @@ def render(findings: list[Finding]) -> str:
 # ------------------------------------------------------------------------------------------ GPUs
 def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Finding]:
     """Local and docker runs: the GPUs the plan asks for against this machine's (``detected``, in
-    ``--gpus`` form, from ftctl.local.backend.local_gpus). Other backends are asked elsewhere."""
+    ``--gpus`` form, from ftctl.local.backend.local_gpus; a machine of mixed cards: each kind, '+' between them, from
+    local.backend.machine_gpus). Other backends are asked elsewhere. On mixed cards a plan is compared with its own
+    kind's cards where the machine has them (a run pins them): --gpus 1xRTX3060 beside an RTX 4090 was told "this
+    machine has 1xRTX4090"."""
     if plan.tier is None or detected is None:
         return []
     from ftctl import gpus
 
-    have = gpus.parse(detected)
     asked = getattr(plan.tier, "name", plan.tier)
+    kinds = [gpus.parse(k) for k in detected.split("+")]
+    have = next((k for k in kinds if k.tier is not None and k.tier.name == asked), kinds[0])
+    listed = " and ".join(map(str, kinds))
     elsewhere = "--backend slurm or --backend sky"
     if plan.nodes > 1:
         return [
@@ -414,22 +419,26 @@ def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Fin
         return [
             Finding(
                 ERROR,
-                f"--gpus {plan.gpus} asks for {plan.gpus_per_node} GPUs; this machine has {have}",
+                f"--gpus {plan.gpus} asks for {plan.gpus_per_node} GPUs; this machine has {listed}",
                 f"use --gpus {have} (or leave --gpus out to plan for what is here), or {elsewhere}.",
             )
         ]
     if asked != have.tier.name:  # an error where the plan counts on more memory or on bf16 than the GPUs here have
-        planned, here = gpus.TIERS[asked], have.tier
+        # mixed cards, none of the kind planned: the run is not pinned, and may run on any of them
+        planned, here = gpus.TIERS[asked], min((k.tier for k in kinds), key=lambda t: (t.memory_gb, t.bf16))
         fix = (
-            f"use --gpus {plan.gpus_per_node}x{here.name} so that memory and precision are planned for the GPUs that "
-            "will run it."
+            " or ".join(f"--gpus {plan.gpus_per_node}x{k.tier.name}" for k in kinds)
+            + " so that memory and precision are planned for the GPUs that will run it."
         )
+        fix = f"use {fix}"
+        each = f"{have}, {here.memory_gb:g} GB each" if len(kinds) == 1 else listed
         if here.memory_gb < planned.memory_gb:
-            said = f"--gpus {plan.gpus} plans for {planned.memory_gb:g} GB a GPU; this machine has {have}"
-            return [Finding(ERROR, f"{said}, {here.memory_gb:g} GB each", fix)]
+            said = f"--gpus {plan.gpus} plans for {planned.memory_gb:g} GB a GPU; this machine has {each}"
+            return [Finding(ERROR, said if len(kinds) == 1 else f"{said}, {here.name} {here.memory_gb:g} GB", fix)]
         if plan.precision == "bf16" and not here.bf16:
-            return [Finding(ERROR, f"--gpus {plan.gpus} plans bf16; this machine has {have}, without bf16", fix)]
-        return [Finding(WARNING, f"--gpus {plan.gpus} plans for {asked}; this machine has {have}", fix)]
+            without = "without bf16" if len(kinds) == 1 else f"{here.name} without bf16"
+            return [Finding(ERROR, f"--gpus {plan.gpus} plans bf16; this machine has {listed}, {without}", fix)]
+        return [Finding(WARNING, f"--gpus {plan.gpus} plans for {asked}; this machine has {listed}", fix)]
     return []
 
 

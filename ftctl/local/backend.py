@@ -52,7 +52,7 @@ from ftctl.errors import FtctlError, Stopped
 from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv, trainer_env
 from ftctl.logfile import copy_new, held, hold, new_decoder, start_of_last
 from ftctl.logfile import follow as follow_log
-from ftctl.plan import DoesNotFit, Plan, PlanError, make_plan
+from ftctl.plan import OFFLOAD_STRATEGIES, DoesNotFit, Plan, PlanError, make_plan
 from ftctl.preflight import host_memory_gb
 from ftctl.runpaths import RunPaths
 from ftctl.spec import RunSpec
@@ -84,10 +84,22 @@ def local_cards(environ: dict[str, str] | None = None) -> tuple[str, str | None,
     pinned with CUDA_VISIBLE_DEVICES: every card was planned as the first row's (an 8 GB card as a 24 GB one), and
     cards of two kinds in one run train at the slowest one's pace within the smallest one's memory. The user's
     CUDA_VISIBLE_DEVICES, in numbers, leaves out the cards it does not name (as nvidia-smi numbers them)."""
+    return local_kinds(environ)[0]
+
+
+Kind = tuple[str, str | None, dict[str, str]]  # local_cards' three: --gpus form, its note, the env that pins it
+
+
+def local_kinds(environ: dict[str, str] | None = None) -> list[Kind]:
+    """local_cards' three of each kind of card here, fastest together first (local_cards' choice), one where the
+    machine's GPUs are of one kind (or none, or named by UUID). The local backend plans on the first a run fits: two
+    RTX 3090s hold a model one RTX 4090 does not (lora of an 8B at 16,384 tokens: FSDP shards its base over the
+    two), which was planned on the 4090 and refused or fell back to qlora. The notes of the others say "the fastest
+    together that it fits"; the plan says why the faster did not fit."""
     environ = os.environ if environ is None else environ
     smi = shutil.which("nvidia-smi")
     if not smi:
-        return "cpu", None, {}
+        return [("cpu", None, {})]
     try:
         found = subprocess.run(
             [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
@@ -96,12 +108,12 @@ def local_cards(environ: dict[str, str] | None = None) -> tuple[str, str | None,
             timeout=20,
         )
     except (OSError, subprocess.SubprocessError):
-        return "cpu", None, {}
+        return [("cpu", None, {})]
     rows = [r.strip() for r in found.stdout.strip().splitlines() if r.strip()]
     if not rows:
-        return "cpu", None, {}
+        return [("cpu", None, {})]
     if found.returncode != 0 or "," not in rows[0]:  # "No devices were found" (exit 6), no driver (exit 9): a traceback
-        return "cpu", f"local: nvidia-smi found no GPU ({rows[0]!r}): planned as cpu", {}
+        return [("cpu", f"local: nvidia-smi found no GPU ({rows[0]!r}): planned as cpu", {})]
     numbered = list(enumerate(rows))
     asked = environ.get("CUDA_VISIBLE_DEVICES")
     by_number = asked is not None and bool(re.fullmatch(r"\s*-?\d+(\s*,\s*-?\d+)*\s*|\s*", asked))
@@ -113,7 +125,9 @@ def local_cards(environ: dict[str, str] | None = None) -> tuple[str, str | None,
             chosen.append(i)
         numbered = [(i, rows[i]) for i in chosen]
         if not numbered:
-            return "cpu", f"local: CUDA_VISIBLE_DEVICES={asked!r} leaves none of nvidia-smi's GPUs: planned as cpu", {}
+            return [
+                ("cpu", f"local: CUDA_VISIBLE_DEVICES={asked!r} leaves none of nvidia-smi's GPUs: planned as cpu", {})
+            ]
     kinds: dict[str, list[int]] = {}  # a row of nvidia-smi (name, memory) -> its GPUs' numbers
     for i, row in numbered:
         kinds.setdefault(row, []).append(i)
@@ -125,13 +139,13 @@ def local_cards(environ: dict[str, str] | None = None) -> tuple[str, str | None,
     # the user's numbers on a machine of mixed cards are nvidia-smi's (PCI order), here and in the run
     order = dict(PCI_ORDER) if by_number and len(set(rows)) > 1 else {}
     if len(kinds) == 1:
-        return (*next(iter(planned.values())), order)
+        return [(*next(iter(planned.values())), order)]
     groups: dict[str, list[int]] = {}  # the listed card planned -> the GPUs planned as it
     for row, numbers in kinds.items():
         if (gpus := planned[row][0]) != "cpu":
             groups.setdefault(gpus.split("x", 1)[1], []).extend(numbers)
     if not groups:
-        return "cpu", f"local: nvidia-smi lists {listed}, none a card ftctl plans for: planned as cpu", {}
+        return [("cpu", f"local: nvidia-smi lists {listed}, none a card ftctl plans for: planned as cpu", {})]
     tiers = {name: gpu_table.TIERS[name] for name in groups}
     if by_uuid:  # the user's cards: the least kind, the user's choice kept
         least = min(groups, key=lambda t: (tiers[t].total_gib, tiers[t].compute_capability))
@@ -139,25 +153,31 @@ def local_cards(environ: dict[str, str] | None = None) -> tuple[str, str | None,
         said = (
             f"CUDA_VISIBLE_DEVICES={asked!r} names cards by UUID, not read here: planned as {gpus}, the least of them"
         )
-        return gpus, f"local: nvidia-smi lists {listed}; {said}", {}
-    best = max(groups, key=lambda t: (len(groups[t]) * tiers[t].peak_tflops, tiers[t].total_gib))
-    numbers = sorted(groups[best])
-    gpus, pinned = f"{len(numbers)}x{best}", ",".join(map(str, numbers))
-    said = "".join(  # the cards planned as another (an RTX 3090 Ti as an RTX3090)
-        f"; {planned[r][1].removeprefix('local: nvidia-smi lists ')}"
-        for r, n in kinds.items()
-        if planned[r][1] and n[0] in numbers
-    )
-    if len(numbers) == len(numbered):  # every card is planned as one (an RTX 3090 and an RTX 3090 Ti)
-        return gpus, f"local: nvidia-smi lists {listed}: planned as {gpus}{said}", order
-    on = f"GPU{'s' * (len(numbers) > 1)} {pinned}"
-    return (
-        gpus,
-        f"local: nvidia-smi lists {listed}: planned on its {on}, {gpus} (CUDA_VISIBLE_DEVICES={pinned}): one kind of "
-        "card a run, the fastest together (mixed cards train at the slowest one's pace within the smallest one's "
-        f"memory); CUDA_VISIBLE_DEVICES=N,... picks others{said}",
-        {**PCI_ORDER, "CUDA_VISIBLE_DEVICES": pinned},
-    )
+        return [(gpus, f"local: nvidia-smi lists {listed}; {said}", {})]
+    ranked = sorted(groups, key=lambda t: (len(groups[t]) * tiers[t].peak_tflops, tiers[t].total_gib), reverse=True)
+    out: list[Kind] = []
+    for best in ranked:
+        numbers = sorted(groups[best])
+        gpus, pinned = f"{len(numbers)}x{best}", ",".join(map(str, numbers))
+        said = "".join(  # the cards planned as another (an RTX 3090 Ti as an RTX3090)
+            f"; {planned[r][1].removeprefix('local: nvidia-smi lists ')}"
+            for r, n in kinds.items()
+            if planned[r][1] and n[0] in numbers
+        )
+        if len(numbers) == len(numbered):  # every card is planned as one (an RTX 3090 and an RTX 3090 Ti)
+            return [(gpus, f"local: nvidia-smi lists {listed}: planned as {gpus}{said}", order)]
+        on = f"GPU{'s' * (len(numbers) > 1)} {pinned}"
+        fastest = "the fastest together that it fits" if out else "the fastest together"
+        out.append(
+            (
+                gpus,
+                f"local: nvidia-smi lists {listed}: planned on its {on}, {gpus} (CUDA_VISIBLE_DEVICES={pinned}): one "
+                f"kind of card a run, {fastest} (mixed cards train at the slowest one's pace within the smallest "
+                f"one's memory); CUDA_VISIBLE_DEVICES=N,... picks others{said}",
+                {**PCI_ORDER, "CUDA_VISIBLE_DEVICES": pinned},
+            )
+        )
+    return out
 
 
 def _gib(row: str) -> str:
@@ -242,8 +262,10 @@ def has_gpus(gpus: str, nodes: int | None = None) -> bool:
         return False
     if want.is_cpu:
         return True
-    have = gpu_table.parse(local_gpus())
-    return (not have.is_cpu) and have.tier.name == want.tier.name and have.per_node >= want.per_node
+    return any(  # a machine of mixed cards has each of its kinds (a run pins the cards of the kind named)
+        have.tier is not None and have.tier.name == want.tier.name and have.per_node >= want.per_node
+        for have in map(gpu_table.parse, machine_gpus().split("+"))
+    )
 
 
 def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
@@ -251,21 +273,102 @@ def fallback_plan(spec: RunSpec) -> tuple[RunSpec, Plan]:
 
     The returned spec is what runs: method qlora with qlora's own defaults (learning rate, optimizer,
     strategy), so the trainer, every message and spec.json agree with the plan."""
-    here = gpu_table.parse(spec.gpus, spec.nodes)  # all this machine has: the plans a refusal offers are within it
     try:
-        return spec, make_plan(spec, machine=here)
+        return spec, make_plan(spec, machine=gpu_table.parse(spec.gpus, spec.nodes))
     except DoesNotFit as first:  # a setting's own error (trainable_layers past the model's blocks) stays one
-        if spec.method == "qlora":
-            raise
-        fallback = replace(spec, method="qlora", learning_rate=None, optim=None, strategy=None)
+        return _qlora_instead(spec, first)
+
+
+def _qlora_instead(spec: RunSpec, first: DoesNotFit) -> tuple[RunSpec, Plan]:
+    """fallback_plan's qlora where ``first`` refused spec's method; ``first`` raised where qlora does not fit either."""
+    if spec.method == "qlora":
+        raise first
+    here = gpu_table.parse(spec.gpus, spec.nodes)  # all this machine has: the plans a refusal offers are within it
+    fallback = replace(spec, method="qlora", learning_rate=None, optim=None, strategy=None)
+    try:
+        plan = make_plan(fallback, machine=here)
+    except PlanError:
+        raise first from None
+    plan.notes.insert(0, f"local: {spec.method} does not fit this machine ({_why(first)}), so qlora runs instead")
+    plan.asked_method = spec.method
+    return fallback, plan
+
+
+def _why(refused: PlanError) -> str:
+    """A refusal's reason, without the plans it offers ("the leanest plan ... needs about 25.1 GB per GPU; ...")."""
+    return str(refused).split(" Nearest plans")[0].split(": ", 1)[-1].rstrip(".")
+
+
+def plan_on_kinds(spec: RunSpec, kinds: list[Kind]) -> tuple[RunSpec, Plan]:
+    """fallback_plan on this machine's kinds of card (local_kinds: fastest together first): the method asked for on
+    the first kind it fits, one that keeps the optimizer on the GPUs before one that offloads it to CPU RAM (fft of a
+    1B offloads on one RTX 4090, not on two RTX 3090s); where it fits none, qlora on the first kind it fits. The
+    plan's notes say which cards (the kind's note) and why not the faster ones. Raises the fastest kind's refusal."""
+    on = [replace(spec, gpus=gpus, env={**spec.env, **env}) for gpus, _, env in kinds]
+    fits: dict[int, Plan] = {}
+    refused: dict[int, DoesNotFit] = {}
+    for i, each in enumerate(on):
         try:
-            plan = make_plan(fallback, machine=here)
-        except PlanError:
-            raise first from None
-        why = str(first).split(" Nearest plans")[0].split(": ", 1)[-1].rstrip(".")  # without the nearest plans
-        plan.notes.insert(0, f"local: {spec.method} does not fit this machine ({why}), so qlora runs instead")
-        plan.asked_method = spec.method
-        return fallback, plan
+            fits[i] = make_plan(each, machine=gpu_table.parse(each.gpus))
+        except DoesNotFit as e:  # a setting's own error (trainable_layers past the model's blocks) stays one
+            refused[i] = e
+            continue
+        if fits[i].strategy not in OFFLOAD_STRATEGIES:
+            break
+    picked = next((i for i, p in fits.items() if p.strategy not in OFFLOAD_STRATEGIES), next(iter(fits), None))
+    if picked is not None:
+        plan, passed = fits[picked], []
+        for i in range(picked):
+            if i in refused:
+                passed.append(f"does not fit its {on[i].gpus} ({_why(refused[i]).split('. ')[0]})")
+            else:
+                passed.append(f"offloads the optimizer to CPU RAM on its {on[i].gpus} ({fits[i].strategy})")
+        if passed:
+            plan.notes.insert(0, f"local: {spec.method} {'; and '.join(passed)}: it runs on its {on[picked].gpus}")
+        chosen = on[picked]
+    else:  # fits no kind: qlora, on the first it fits
+        for i, each in enumerate(on):
+            try:
+                chosen, plan = _qlora_instead(each, refused[i])
+            except PlanError:
+                continue
+            if len(on) > 1:  # the note above says why of this kind
+                none = f"local: {spec.method} fits none of its kinds of card ({', '.join(s.gpus for s in on)})"
+                qlora = f"; qlora does not fit its {' or '.join(s.gpus for s in on[:i])} either" if i else ""
+                plan.notes.insert(1, none + qlora)
+            picked = i
+            break
+        else:
+            raise refused[0]
+    if kinds[picked][1]:
+        plan.notes.insert(0, kinds[picked][1])
+    return chosen, plan
+
+
+def pinned_for(gpus: str, kinds: list[Kind]) -> tuple[dict[str, str], str | None]:
+    """The env that runs --gpus ``gpus`` on this machine's cards of its kind (``kinds``: local_kinds), and a note where
+    that pins some of a machine of mixed cards: CUDA's default order (fastest first) may put another kind's card first
+    (--gpus 1xRTX3060 beside an RTX 4090 ran on the 4090, planned as a 3060). {} where no kind here is the one named."""
+    asked = gpu_table.parse(gpus)
+    same = next((k for k in kinds if asked.tier and gpu_table.parse(k[0]).tier == asked.tier), None)
+    if same is None:
+        return {}, None
+    env = dict(same[2])
+    if "CUDA_VISIBLE_DEVICES" not in env:  # every card here is of the kind (or the user's numbers name only them)
+        return env, None
+    numbers = env["CUDA_VISIBLE_DEVICES"].split(",")[: asked.per_node]
+    env["CUDA_VISIBLE_DEVICES"] = pinned = ",".join(numbers)
+    on = f"GPU{'s' * (len(numbers) > 1)} {pinned}"
+    return env, (
+        f"local: --gpus {gpus} runs on its {on} (CUDA_VISIBLE_DEVICES={pinned}, numbered as nvidia-smi numbers them), "
+        f"of {same[1].removeprefix('local: nvidia-smi lists ').split(': planned on', 1)[0]}"
+    )
+
+
+def machine_gpus(environ: dict[str, str] | None = None) -> str:
+    """Every kind of card here in --gpus form, '+' between kinds (1xRTX4090+2xRTX3090), fastest together first: what
+    preflight.check_gpus compares a plan with (a run on the 3090s was compared with the 4090 alone)."""
+    return "+".join(gpus for gpus, _, _ in local_kinds(environ))
 
 
 # a Mac's own GPU (Apple silicon's, through torch's MPS) is not trained on: the trainer computes on CUDA or the CPU
@@ -281,7 +384,7 @@ class LocalBackend(Backend):
     trains_here = True
 
     def detected_gpus(self) -> str | None:
-        return local_gpus()
+        return machine_gpus()  # every kind of card here: a run may be planned on any one
 
     def has_gpus(self, spec: RunSpec) -> bool:
         return has_gpus(spec.gpus, spec.nodes)
@@ -293,20 +396,24 @@ class LocalBackend(Backend):
     def resolve(self, spec: RunSpec) -> tuple[RunSpec, Plan]:
         if spec.host_memory_gb is None:
             spec = replace(spec, host_memory_gb=host_memory_gb())
-        if spec.gpus:  # named GPUs are planned as asked; only detected ones fall back to what fits
-            here = gpu_table.parse(local_cards({**os.environ, **spec.env})[0])  # what a refusal offers: this machine's
+        kinds = local_kinds({**os.environ, **spec.env})
+        if spec.gpus:  # named GPUs are planned as asked, on the cards of that kind here; only detected ones fall back
             asked = gpu_table.parse(spec.gpus, spec.nodes)
-            spec, plan = spec, make_plan(spec, machine=here if here.tier == asked.tier else asked)
-        else:
-            gpus, said, env = local_cards({**os.environ, **spec.env})
-            try:  # on the GPUs planned for (mixed cards: one kind, CUDA_VISIBLE_DEVICES)
-                spec, plan = fallback_plan(replace(spec, gpus=gpus, env={**spec.env, **env}))
-            except PlanError as e:  # "fft ... on CPU would take days a step" where the GPU here is too small
-                if said:
-                    e.args = (f"{e.args[0]} ({said.removeprefix('local: ')})", *e.args[1:])
-                raise
+            same = [have for gpus, _, _ in kinds if (have := gpu_table.parse(gpus)).tier == asked.tier]
+            pin, said = pinned_for(spec.gpus, kinds) if asked.nodes == 1 else ({}, None)
+            spec = replace(spec, env={**spec.env, **pin})
+            plan = make_plan(spec, machine=same[0] if same else asked)  # what a refusal offers: this machine's
             if said:
                 plan.notes.insert(0, said)
+        else:
+            try:  # on the GPUs planned for (mixed cards: one kind, CUDA_VISIBLE_DEVICES)
+                spec, plan = plan_on_kinds(spec, kinds)
+            except PlanError as e:  # "fft ... on CPU would take days a step" where the GPU here is too small
+                if said := kinds[0][1]:
+                    others = " or ".join(gpus for gpus, _, _ in kinds[1:])
+                    nor = f"; nor does it fit its {others}" if others and isinstance(e, DoesNotFit) else ""
+                    e.args = (f"{e.args[0]} ({said.removeprefix('local: ')}{nor})", *e.args[1:])
+                raise
         if plan.nodes > 1:
             raise FtctlError("--backend local runs on this machine only: for several nodes use --backend slurm or sky.")
         if plan.tier is None and sys.platform == "darwin":
