@@ -55,8 +55,10 @@ def test_the_card_of_a_run_that_went_on_from_another_runs_checkpoint_says_its_st
     assert "went on from" not in (first / "README.md").read_text()  # resume=auto (or never): none
     record = json.loads((new / "spec.json").read_text())
     assert row in training(record["spec"], record["plan"], new)  # `ftctl merge`'s card's section
-    # the checkpoint gone since (save_total_limit, rm): the row still names it and its steps
+    # the checkpoint gone since (save_total_limit, rm): the start record of r3 that went on from it says its settings
     (first / "checkpoint-2" / "ftctl-manifest.json").unlink()
+    assert row in training(record["spec"], record["plan"], new)
+    (new / "metrics.jsonl").unlink()  # neither: the row still names it and its steps
     assert "- went on from: `r1/checkpoint-2` (steps 1-2)\n" in training(record["spec"], record["plan"], new)
 
 

@@ -61,6 +61,7 @@ NOT_RUN = {
     "ftctl cancel '[--wait' SECONDS '|' '--now]' RUN": _NO_JOB,
     "ftctl chat runs/ftctl-qlora-qwen2-5-7b-instruct -p ...": _NO_RUN,
     "ftctl eval runs/ftctl-qlora-qwen2-5-7b-instruct --data held-out.jsonl --compare": _NO_RUN,
+    "ftctl eval runs/a runs/b --data held-out.jsonl": "runs/a, runs/b name no run here: tests/test_eval315.py scores two",
     "ftctl merge runs/ftctl-qlora-qwen2-5-7b-instruct": _NO_RUN,
     "ftctl chat runs/my-lora-run -p 'What is ...?' --compare": _NO_RUN,
     "ftctl merge runs/my-lora-run": _NO_RUN,

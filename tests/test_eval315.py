@@ -173,6 +173,6 @@ def test_runs_load_one_at_a_time(runs, monkeypatch, one_thread):
 def test_each_runs_note_of_rows_it_trained_on_names_the_run(runs, tiny_data, one_thread):
     lines, said = _eval(runs["a"], runs["b"], "--data", tiny_data)
     notes = [line for line in said.splitlines() if line.startswith("note: ")]
-    assert [n.split(": ")[1] for n in notes] == [str(runs["a"]), str(runs["b"])], said
+    assert [n.split(": ")[1] for n in notes] == [f"{runs['a']}, {runs['b']}"], said  # the same note: once (324)
     assert all(f"{tiny_data}: the run trained on its rows, so this loss is lower" in n for n in notes), notes
     assert len(lines) == 2
