@@ -263,6 +263,7 @@ def evaluate(
     from ftctl import preflight
     from ftctl.trainer import chat
 
+    runs = [run.rstrip("/") or run for run in runs]  # runs/a and runs/a/: one run
     for run, times in Counter(runs).items():  # `ftctl eval A A`: its row once, said
         if times > 1:
             echo(f"note: {run} is given {'twice' if times == 2 else f'{times} times'}: scored once")
