@@ -101,8 +101,8 @@ def test_a_finished_run_relaunched_from_an_older_kept_checkpoint_says_its_final_
     assert not [f for f in said if "final model is" in f.what], said
     shutil.rmtree(out / "checkpoint-4")
     line = (
-        f"{out}'s final model is step 4's; checkpoint-2 is the newest kept: steps 3-4 are trained again and replace "
-        "it; another --output keeps it"
+        f"{out}'s final model is step 4's; checkpoint-2 is the newest kept: steps 3-4 are trained again, and their "
+        "final model replaces step 4's; another --output keeps step 4's"
     )
     said = check_resume(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=4, **every))
     assert [(f.level, f.what) for f in said] == [(WARNING, line)]

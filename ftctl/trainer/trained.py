@@ -823,10 +823,11 @@ def retrained_final(output: str, checkpoint: str, max_steps: int, endpoint_url: 
         return None
     last = min(final, max_steps) if max_steps > 0 else final
     again = f"steps {step + 1}-{last}" if last > step + 1 else f"step {last}"
+    many = last > step + 1
     return (
-        f"{output}'s final model is step {final}'s; {name} is the newest kept: {again} "
-        f"{'are' if last > step + 1 else 'is'} trained again and replace{'' if last > step + 1 else 's'} it; another "
-        "--output keeps it"
+        f"{output}'s final model is step {final}'s; {name} is the newest kept: {again} {'are' if many else 'is'} "
+        f"trained again, and {'their' if many else 'its'} final model replaces step {final}'s; another --output "
+        f"keeps step {final}'s"
     )
 
 
