@@ -184,3 +184,22 @@ def test_a_local_refusal_for_host_ram_names_no_skypilot_vm(tmp_path, monkeypatch
     with pytest.raises(PlanError) as e:
         make_plan(on_4090, machine=gpus.parse("1xRTX4090"))
     assert local in str(e.value)
+
+
+def test_a_docker_run_of_a_named_kind_gets_that_kinds_cards(tmp_path, monkeypatch):
+    """docker run --gpus takes the host's first N where nothing names the cards: --gpus 1xRTX3060 beside an RTX 4090
+    (index 0) ran on the 4090; the preflight compared it with the 4090 alone (task-323-extra.patch)."""
+    from ftctl.docker.backend import DockerBackend
+    from ftctl.docker.render import picked_gpus
+
+    fake_nvidia_smi(tmp_path, monkeypatch, RTX4090, RTX3060, RTX3060)
+    monkeypatch.setenv("DOCKER_HOST", "")  # this machine's engine, if any: not a remote one's cards
+    plan = make_plan(make_spec([], method="qlora", gpus="1xRTX3060", model_name_or_path=LLAMA_1B))
+    assert picked_gpus(plan) == ["1"]  # was []: the host's first, the 4090
+    assert picked_gpus(make_plan(make_spec([], method="qlora", gpus="2xRTX3060", model_name_or_path=LLAMA_1B))) == [
+        "1",
+        "2",
+    ]
+    assert picked_gpus(make_plan(make_spec([], method="qlora", gpus="1xRTX4090", model_name_or_path=LLAMA_1B))) == ["0"]
+    assert DockerBackend().detected_gpus() == "1xRTX4090+2xRTX3060"
+    assert check_gpus(plan, "docker", DockerBackend().detected_gpus()) == []

@@ -177,9 +177,10 @@ class DockerBackend(Backend):
         return ("local", "pushed")
 
     def detected_gpus(self) -> str | None:
-        from ftctl.local.backend import local_gpus
+        from ftctl.local.backend import machine_gpus
 
-        return None if docker_engine.remote() else local_gpus()  # an engine elsewhere: its GPUs, not seen here
+        # an engine elsewhere: its GPUs, not seen here; mixed cards: each kind (preflight.check_gpus)
+        return None if docker_engine.remote() else machine_gpus()
 
     def render(self, spec, plan, paths, spec_json):
         # the engines differ in how a container gets GPUs, and podman in its SELinux labels (a CPU run's mounts too);

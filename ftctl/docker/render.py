@@ -274,15 +274,16 @@ def staging_dir(spec: RunSpec, env: dict[str, str] | None = None, shipped_to: st
 
 def picked_gpus(plan: Plan) -> list[str]:
     """The first gpus_per_node GPUs CUDA_VISIBLE_DEVICES names (indices or UUIDs); where it is unset, on a host of
-    mixed cards (local.backend.local_cards) those of the kind planned; [] otherwise: the host's first ones. FtctlError
-    where it names fewer than the plan runs on."""
+    mixed cards (local.backend.pinned_for) those of the kind planned, whichever kind that is (--gpus 1xRTX3060 beside
+    an RTX 4090 ran on the host's first card); [] otherwise: the host's first ones. FtctlError where it names fewer
+    than the plan runs on."""
     visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     if "CUDA_VISIBLE_DEVICES" not in os.environ and plan.tier:  # mixed cards here: those of the kind planned
         from ftctl.docker import engine
-        from ftctl.local.backend import local_cards
+        from ftctl.local.backend import local_kinds, pinned_for
 
-        gpus, _, env = local_cards()
-        if not engine.remote() and gpus.split("x", 1)[-1] == plan.tier and env.get("CUDA_VISIBLE_DEVICES"):
+        env = {} if engine.remote() else pinned_for(plan.gpus, local_kinds())[0]
+        if env.get("CUDA_VISIBLE_DEVICES"):
             visible = env["CUDA_VISIBLE_DEVICES"].split(",")
     if visible and (len(visible) < plan.gpus_per_node or "-1" in visible):
         raise FtctlError(
