@@ -231,7 +231,7 @@ def test_the_plan_line_on_a_gpu_names_its_memory_and_step():
     spec = build(flags={"method": "qlora", "gpus": "1xRTX4090", "model_name_or_path": "meta-llama/Llama-3.1-8B"})
     said = plan_line(spec, make_plan(spec))
     assert said.startswith("plan:    bf16, 1 per device x 32 accumulation x 1 = 32 sequences of up to 2,048 tokens")
-    assert "GB est. of 25.4 GB a GPU; ~39 s a step est." in said
+    assert "GB est. of 25.4 GB a GPU; ~26 s a step est." in said
 
 
 # ---------------------------------------------------------------------------------------------------------------------
