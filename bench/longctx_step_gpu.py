@@ -27,7 +27,7 @@ Each length runs in its own process (gpu_train.run_case, the same path as a real
                     the documents' doc_tokens_max, what a step trains
 
 and, over all lengths, a least-squares fit step_s = tokens x (weights' FLOPs / W + attention's FLOPs / A): W and
-A, the speeds (TFLOPS) weights' and attention's FLOPs ran at, against plan.MFU x peak for both (one fit a variant).
+A, the speeds (TFLOPS) weights' and attention's FLOPs ran at, against plan.weights_mfu and ATTENTION_MFU x peak (one fit a variant).
 
 Variants (v112, helper 286): --cases VARIANT:L,... runs other methods and attentions than lora's varlen, each row
 named by its variant, the same data and plan comparison:
@@ -50,7 +50,7 @@ matrix trains too: its gradient needs the backward through every block, frozen o
     sft_untied      sft, trainable_layers 2, on 1b128k with its own (untied) embedding matrix: 1.50B parameters, the
                     backward can stop at the lowest trainable block
 
-qlora (v117): the plan counts qlora's step as lora's (4 x params a token at MFU) though bitsandbytes dequantizes
+qlora (v117): the plan counts qlora's step as lora's (4 x params a token at the adapters' speed) though bitsandbytes dequantizes
 every 4-bit weight in the forward and again in the backward; never measured against the plan in the trainer.
 
     qlora           qlora on the 1b128k shape (bitsandbytes NF4, the plan's micro-batch)

@@ -1732,7 +1732,6 @@ UPLOAD_GBPS = 0.5  # what one node uploads a checkpoint to an object store at, i
 # them the nearest measured (a wider model's step is then planned long, not short). qlora ran at lora's step (1B: the
 # same to 0.3%; 8B: 1.03x, its NF4 dequantizing), so it is planned as lora.
 ADAPTER_MFU = ((2048, 0.35), (3072, 0.445), (4096, 0.54))
-MFU = ADAPTER_MFU[0][1]  # the narrowest's (v110's 1B), where no width is known
 ATTENTION_MFU = 0.26  # ...and attention's own (v110, H100, torch varlen_attn = FlashAttention-2's kernels: 0.257,
 # fitted over 2k/16k/32k-token documents; one speed at 0.35 for both predicted 32k steps 1.20x short)
 FULL_MFU = 0.53  # the weights' speed where every weight trains (fft): v112, H100, 1B fft took lora's step time
@@ -1810,7 +1809,7 @@ def weights_mfu(plan: Plan) -> float:
 def adapter_mfu(hidden: int) -> float:
     """An adapter run's weights' speed at a model ``hidden`` wide (ADAPTER_MFU): interpolated between the widths
     measured, the nearest one's outside them."""
-    (low, slow), *_, (high, fast) = ADAPTER_MFU
+    (low, slow), *_, (_, fast) = ADAPTER_MFU
     if hidden <= low:
         return slow
     for (w0, m0), (w1, m1) in zip(ADAPTER_MFU, ADAPTER_MFU[1:]):

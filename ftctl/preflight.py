@@ -1467,7 +1467,7 @@ def train_tokens(spec, plan) -> float | None:
 
 def train_seconds(spec, plan) -> float | None:
     """Seconds the run trains, roughly: train_tokens at the plan's predicted step time (plan.step_s: its GPUs' peak at
-    plan.MFU, every sequence model_max_length tokens). The one estimate of a run's length: the price estimate
+    plan.weights_mfu, every sequence model_max_length tokens). The one estimate of a run's length: the price estimate
     (ftctl.sky.cost) and the expiry of short-lived credentials (check_session_credentials) ask it. Training alone,
     not the node's start, the model's download or the checkpoints' writing; None on CPU (no step time predicted) and
     for data not on this machine without max_steps."""
