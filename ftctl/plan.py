@@ -295,6 +295,18 @@ KNOWN_MODELS = {
 }
 
 
+def _loss(spec: RunSpec) -> str:
+    """The plan's loss row (the data unread: what the setting does to each kind of row); TRL's completion_only_loss
+    given false (the key that set assistant_only_loss, RunSpec.written) trains a prompt-completion row's every token in
+    TRL too."""
+    from ftctl.trainer.data import loss_on
+
+    written = spec.written("assistant_only_loss")
+    return loss_on(
+        not spec.assistant_only_loss, trl_completion_only=not written or written[0] != "completion_only_loss"
+    )
+
+
 def _schedule(spec: RunSpec) -> str:
     """'cosine after 3% warmup', 'linear after 100 warmup steps', 'constant, no warmup': the rate's schedule."""
     w = spec.warmup
@@ -374,8 +386,6 @@ class Plan:
         """The plan as rows for a terminal; with the run's ``spec``, its model named in its row, its model_max_length in
         the batch row, its schedule in the optimizer row, the tokens its loss is on, and the lora kernels as its
         lora_dropout runs them."""
-        from ftctl.trainer.data import loss_on
-
         model, max_length = (spec.model_name_or_path, spec.model_max_length) if spec else (None, None)
         if spec and spec.model_revision:  # the commit launch records (spec.pinned), or the revision asked for
             model = f"{model}@{spec.model_revision}"
@@ -402,7 +412,7 @@ class Plan:
             (
                 "batch",
                 f"{self.per_device_train_batch_size} per device x {self.gradient_accumulation_steps} "
-                f"accumulation x {self.world_size} = {self.global_batch_size} sequences"
+                f"accumulation x {self.world_size} = {self.global_batch_size} sequence{'s' * (self.global_batch_size != 1)}"
                 + (f" of {'' if self.packing else 'up to '}{max_length:,} tokens" if max_length else ""),
             ),
             ("gradient ckpt", "on" if self.gradient_checkpointing else "off"),
@@ -410,7 +420,7 @@ class Plan:
                 "optimizer",
                 f"{self.optimizer_run}, lr {self.learning_rate:g}" + (f", {_schedule(spec)}" if spec else ""),
             ),
-            *([("loss", loss_on(not spec.assistant_only_loss))] if spec else []),  # the data unread: the setting's
+            *([("loss", _loss(spec))] if spec else []),  # the data unread: the setting's
             *([("data mix", self.data_mix)] if self.data_mix else []),
             *([("evaluation", self.evaluation)] if self.evaluation else []),
             (

@@ -79,6 +79,7 @@ from ftctl.tool_vocabulary import (
     method_meant,
     nested_kwargs_flattened,
     precision_asked,
+    untemplated_types_note,
     value_agrees,
     wandb_as_report_to,
     yaml_value,
@@ -184,15 +185,32 @@ VOCABULARY = {
         *("model_init_kwargs", "dataset_kwargs", "dataset_mixer", "dataset_splits"),  # (the alignment handbook's: TRL)
     ),
     "FastChat": ("q_lora",),  # its train_lora.py's
+    # (raw names only axolotl gives; its num_epochs, lr_scheduler, optimizer are other tools' words too)
+    "axolotl": (
+        *("base_model", "sequence_len", "micro_batch_size", "adapter", "val_set_size", "lora_target_linear"),
+        *("sample_packing", "datasets", "test_datasets", "train_on_inputs"),
+    ),
+    "LLaMA-Factory": ("stage", "finetuning_type", "cutoff_len", "val_size", "lora_target", "quantization_bit"),
 }
-TOOL_DEFAULTS = {  # (and transformers' TrainingArguments' 3 epochs, which both inherit)
+# axolotl's schema: sequence_len 512 (a longer row dropped, cut here), lora_dropout 0.0; its cosine, 1 epoch and
+# warm-up are ftctl's. LLaMA-Factory's TrainingArguments are transformers' Seq2SeqTrainingArguments untouched: 3
+# epochs, a linear schedule without warm-up (its cutoff_len 2048 is ftctl's); its LoRA rank 8, dropout 0, alpha twice
+# the rank (LLAMA_FACTORY_LORA)
+TOOL_DEFAULTS = {  # (and transformers' TrainingArguments' 3 epochs, which TRL and FastChat inherit)
     "TRL": {"model_max_length": 1024, "lr_scheduler_type": "linear", "warmup_ratio": 0.0, "num_train_epochs": 3.0},
     "FastChat": {"model_max_length": 512, "num_train_epochs": 3.0},  # its train.py's and train_lora.py's
+    "axolotl": {"model_max_length": 512},
+    "LLaMA-Factory": {"num_train_epochs": 3.0, "lr_scheduler_type": "linear", "warmup_ratio": 0.0},
 }
-TOOL_LORA_DEFAULTS = {  # (where the run trains adapters)
+TOOL_LORA_DEFAULTS = {  # (where the run trains adapters; a callable: of the values so far)
     "TRL": {"lora_target_modules": PEFT_TARGETS},
     "FastChat": {"lora_r": 8, "lora_alpha": 16, "lora_target_modules": "q_proj,v_proj"},
+    "axolotl": {"lora_dropout": 0.0},
+    "LLaMA-Factory": {**LLAMA_FACTORY_LORA, "lora_alpha": lambda values: 2 * values["lora_r"]},
 }
+# Other tools' default learning rate, said where ftctl's for the method (METHOD_LEARNING_RATE) differs: transformers'
+# 5e-5 (LLaMA-Factory's examples give 1e-4 with LoRA, 1e-5 full), TRL's SFTConfig 2e-5
+TOOL_LEARNING_RATE = {"TRL": 2e-5, "LLaMA-Factory": 5e-5}
 # Other tools' defaults ftctl does not take (its own is a documented choice), noted where a run file in that tool's
 # vocabulary leaves the key out: what ftctl's does, and how to have the tool's
 TOOL_DEFAULTS_NOT_TAKEN = {
@@ -216,6 +234,28 @@ TOOL_DEFAULTS_NOT_TAKEN = {
         "{global_batch} sequences over all GPUs (at least 1 a GPU), and a step accumulates {accum} of them (`ftctl "
         "plan` says the batch); TRL's SFTConfig takes 8 a GPU, a step of 8 x {accum} a GPU: -o "
         "per_device_train_batch_size=8 for TRL's",
+    },
+    "axolotl": {
+        # axolotl's 1 x 1 a GPU is not taken: none of its example files leaves the batch out, a step of one sequence
+        # a GPU is 32 times the steps of ftctl's, and a batch a GPU changes the run with the GPUs the plan picks
+        "global_batch_size": "sequences a step over all GPUs, accumulated from micro-batches that fit; axolotl steps "
+        "after 1 a GPU (micro_batch_size 1, gradient_accumulation_steps 1): -o micro_batch_size=1 -o "
+        "gradient_accumulation_steps=1 for axolotl's",
+        "per_device_train_batch_size": "ftctl's micro-batch is the largest that fits up to its global batch of "
+        "{global_batch} sequences over all GPUs (at least 1 a GPU), and a step accumulates {accum} of them (`ftctl "
+        "plan` says the batch); axolotl's micro_batch_size is 1, a step of {accum} a GPU: -o micro_batch_size=1 for "
+        "axolotl's",
+    },
+    "LLaMA-Factory": {  # transformers' (its TrainingArguments')
+        "learning_rate": "LLaMA-Factory trains at transformers' 5e-5 unless told (its examples give 1e-4 with LoRA, "
+        "1e-5 full): -o learning_rate=5e-5 for LLaMA-Factory's",
+        "global_batch_size": "sequences a step over all GPUs, accumulated from micro-batches that fit; LLaMA-Factory "
+        "steps after transformers' 8 a GPU (per_device_train_batch_size 8, gradient_accumulation_steps 1): -o "
+        "per_device_train_batch_size=8 -o gradient_accumulation_steps=1 for LLaMA-Factory's",
+        "per_device_train_batch_size": "ftctl's micro-batch is the largest that fits up to its global batch of "
+        "{global_batch} sequences over all GPUs (at least 1 a GPU), and a step accumulates {accum} of them (`ftctl "
+        "plan` says the batch); LLaMA-Factory takes transformers' 8 a GPU, a step of 8 x {accum} a GPU: -o "
+        "per_device_train_batch_size=8 for LLaMA-Factory's",
     },
 }
 BATCH_KEYS = ("global_batch_size", "per_device_train_batch_size", "gradient_accumulation_steps")
@@ -287,12 +327,14 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
         defaults = dict(TOOL_DEFAULTS[tool])
         if values.get("method", FIELDS["method"].default) in ADAPTER_METHODS:
             defaults.update(TOOL_LORA_DEFAULTS[tool])
-        taken = {k: v for k, v in defaults.items() if k not in values}
         if "warmup_steps" in values:  # it replaces warmup_ratio
-            taken.pop("warmup_ratio", None)
+            defaults.pop("warmup_ratio", None)
         if _positive(values.get("max_steps")):  # it decides the run's length
-            taken.pop("num_train_epochs", None)
-        values.update(taken)
+            defaults.pop("num_train_epochs", None)
+        taken = {}
+        for k, v in defaults.items():
+            if k not in values:
+                taken[k] = values[k] = v(values) if callable(v) else v
         if taken and notes is not None:
             said = ", ".join(f"{k} {_number(v)}" for k, v in taken.items())
             ours = " ".join(f"-o {k}={_number(as_run(k, FIELDS[k].default))}" for k in taken)
@@ -302,7 +344,7 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
             )
         method = values.get("method", FIELDS["method"].default)
         for key, why in TOOL_DEFAULTS_NOT_TAKEN.get(tool, {}).items():
-            if key == "learning_rate" and method not in ADAPTER_METHODS:
+            if key == "learning_rate" and TOOL_LEARNING_RATE[tool] == METHOD_LEARNING_RATE[method]:
                 continue
             if key == "per_device_train_batch_size":  # gradient_accumulation_steps alone: of ftctl's micro-batches
                 alone = "gradient_accumulation_steps" in values and not {key, "global_batch_size"} & values.keys()
@@ -1474,6 +1516,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     by_method: dict[str, tuple[str, str]] = {}  # METHOD_AGREES keys as given: checked against the method below
     completion = None  # TRL's completion_only_loss as the last layer gave it: (value, how it was said, layer)
     precision: dict[str, list[str]] = {}  # DTYPE_KEYS given a 16-bit dtype: bf16 or fp16 -> who asked
+    typed: dict[str, str] = {}  # axolotl's datasets entries' types: path -> type (untemplated_types_note)
     for source, items in layers:
         named: dict[str, str] = {}  # key -> the name this layer gave it first
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
@@ -1501,6 +1544,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 continue
             if raw_key.strip() == "dataset_name" and raw and notes is not None:
                 notes.append(f"dataset_name ({source}): data_path {raw}")
+            if raw_key.strip() in ("datasets", "test_datasets") and key in FIELDS:
+                typed.update({str(d["path"]): d["type"] for d in given if isinstance(d.get("type"), str)})
             if raw_key.strip() in ("datasets", "test_datasets") and key in FIELDS and notes is not None:
                 unread = dataset_keys_unread(given)
                 notes.append(
@@ -1638,17 +1683,10 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             )
     if zero_asked and sources.get("strategy") == zero_asked[0]:  # (no later layer gave the strategy)
         _zero_not_for_method(values, sources, zero_asked[1:], notes)
-    if any(k == "finetuning_type" for k, _ in by_method.values()) and values.get("method", "lora") in ADAPTER_METHODS:
-        taken = {k: v for k, v in LLAMA_FACTORY_LORA.items() if k not in values}
-        if "lora_alpha" not in values:
-            taken["lora_alpha"] = 2 * values.get("lora_r", LLAMA_FACTORY_LORA["lora_r"])
-        values.update(taken)
-        if taken and notes is not None:
-            notes.append(
-                f"{', '.join(f'{k} {v:g}' for k, v in taken.items())}: LLaMA-Factory's defaults, which a run file with "
-                "its finetuning_type trains with where it leaves them out"
-            )
     _trl_loss(completion, values, sources, "TRL" in _vocabularies(layers), notes, [source for source, _ in layers])
+    if completion and not completion[0] and values["assistant_only_loss"] is False:
+        if sources["assistant_only_loss"] == completion[2]:  # TRL's every token too (plan's loss row: RunSpec.written)
+            written["assistant_only_loss"] = ("completion_only_loss", False)
     _tool_defaults(values, _vocabularies(layers), notes)
     errors += precision_asked(precision, values, sources, notes)
     if errors:
@@ -1680,6 +1718,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             f"{int(minutes)} hours is --time {int(minutes)}:00:00"
         )
     if notes is not None and (said := _signal_too_close(spec)):
+        notes.append(said)
+    if notes is not None and (said := untemplated_types_note(spec, typed)):
         notes.append(said)
     said = (
         ([problem] if eos_asked and (problem := eos_token_problem(spec, *eos_asked, notes)) else [])

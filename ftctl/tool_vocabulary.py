@@ -722,6 +722,32 @@ def eos_token_problem(spec, name: str, token: str, notes=None) -> str | None:
     )
 
 
+# axolotl's dataset types that write no prompt of their own: the chat template's (chat_template, chat_template.*),
+# plain text (completion, pretrain) and template-free segments (input_output)
+_PROMPTLESS_TYPES = ("chat_template", "completion", "pretrain", "input_output")
+
+
+def untemplated_types_note(spec, typed: dict[str, str]) -> str | None:
+    """axolotl's dataset types that write their own prompt (alpaca's ### Instruction: ... ### Response:), ``typed``
+    (each dataset's path -> its type), over a model whose tokenizer files here have no chat template and no
+    chat_template_path: its rows train in FastChat's Vicuna v1.1 format (the trainer's, trainer/masks.py), which only
+    `ftctl data check` showed; the launch says it. None where the template is given or read, or not readable here."""
+    typed = {p: t for p, t in typed.items() if t.partition(".")[0] not in _PROMPTLESS_TYPES}
+    if not typed or spec.chat_template_path:
+        return None
+    files = _tokenizer_files(spec.model_name_or_path)
+    if not files or files[0]:
+        return None
+    types = ", ".join(f"{p}'s type: {t}" for p, t in typed.items())
+    alpaca = " (alpaca's ### Instruction: ... ### Response:)" * any(t.startswith("alpaca") for t in typed.values())
+    return (
+        f"datasets: {types}: {spec.model_name_or_path} has no chat template, so these rows train in FastChat's Vicuna "
+        f"v1.1 format (USER: ... ASSISTANT: ...), not in the prompt axolotl writes for the type{alpaca}; to train in "
+        "that, give chat_template_path: a Jinja file that writes it (`ftctl data check -c FILE --show 1` shows a row "
+        "as it trains)"
+    )
+
+
 def _tokenizer_files(source: str) -> tuple[str | None, str | None] | None:
     """The chat template and eos token of a tokenizer as its files on this machine give them: a Jinja file's text
     (chat_template_path's; no eos), a model directory's or a hub id's in the Hugging Face cache (tokenizer_config.json,

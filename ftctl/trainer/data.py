@@ -1143,10 +1143,12 @@ _LOSS_ON = {
 }
 
 
-def loss_on(every_token: bool, formats: dict[str, int] | None = None) -> str:
+def loss_on(every_token: bool, formats: dict[str, int] | None = None, trl_completion_only: bool = True) -> str:
     """Which tokens carry the loss, in one line and TRL's names (`ftctl plan`'s loss row, launch --dry-run's data note,
     the trainer's start): ``every_token``: assistant_only_loss false; ``formats``: the rows of each format
-    (DataStats.formats), None where the data is not read (what the setting decides for each kind of row)."""
+    (DataStats.formats), None where the data is not read (what the setting decides for each kind of row);
+    ``trl_completion_only``: False where the run gave TRL's completion_only_loss false (TRL then trains a
+    prompt-completion row's every token too: no difference to say)."""
     kinds: dict[str, int] = {}
     for fmt, n in (formats or {}).items():
         kind = fmt if fmt in _LOSS_ON else "conversation"
@@ -1154,7 +1156,7 @@ def loss_on(every_token: bool, formats: dict[str, int] | None = None) -> str:
     if every_token and kinds and set(kinds) <= {"text"}:
         return "every token (plain text)"
     if every_token:  # TRL's completion_only_loss (None) trains a prompt-completion row's completion whatever this says
-        trl = not kinds or "prompt-completion" in kinds
+        trl = trl_completion_only and (not kinds or "prompt-completion" in kinds)
         return "every token, the prompts' too (assistant_only_loss: false)" + (
             "; TRL trains a prompt-completion row's completion only (its completion_only_loss)" * trl
         )
