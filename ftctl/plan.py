@@ -152,6 +152,7 @@ from ftctl.spec import (
     RunSpec,
     lora_target_names,
     parse_size,
+    trl_completion_only,
 )
 from ftctl.trainer.attention import (
     ATTENTION_SINKS,
@@ -296,15 +297,11 @@ KNOWN_MODELS = {
 
 
 def _loss(spec: RunSpec) -> str:
-    """The plan's loss row (the data unread: what the setting does to each kind of row); TRL's completion_only_loss
-    given false (the key that set assistant_only_loss, RunSpec.written) trains a prompt-completion row's every token in
-    TRL too."""
+    """The plan's loss row (the data unread: what the setting does to each kind of row), without a TRL difference
+    where completion_only_loss: false was given (spec.trl_completion_only)."""
     from ftctl.trainer.data import loss_on
 
-    written = spec.written("assistant_only_loss")
-    return loss_on(
-        not spec.assistant_only_loss, trl_completion_only=not written or written[0] != "completion_only_loss"
-    )
+    return loss_on(not spec.assistant_only_loss, trl_completion_only=trl_completion_only(spec))
 
 
 def _schedule(spec: RunSpec) -> str:

@@ -2642,6 +2642,14 @@ def _default_text(f: dataclasses.Field) -> str:
     return "(unset)" if value is None else json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
 
 
+def trl_completion_only(spec: RunSpec) -> bool:
+    """Whether TRL, given this run's keys, trains a prompt-completion row's completion only: its completion_only_loss
+    default; False where the run gave it false (the key that set assistant_only_loss, RunSpec.written): data.loss_on's
+    TRL difference is then none."""
+    written = spec.written("assistant_only_loss")
+    return not written or written[0] != "completion_only_loss"
+
+
 def given_as(spec: RunSpec, key: str, value=None, flag: str | None = None) -> str:
     """Run key ``key`` as the user gave it (RunSpec.given_in), for a message about it: with ``value`` None the way
     alone ("--container", "-o container", "the run file's container"); else with ``value``, which is how a fault
