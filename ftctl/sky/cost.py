@@ -4,11 +4,11 @@ catalog (through ftctl.sky.bridge, in-process, no API server), times the run's e
 Hours = tokens to train / tokens per second (preflight.train_seconds, which the expiry of short-lived
 credentials is checked against too). Tokens: max_steps x global batch x sequence length when max_steps
 is set, else epochs x the dataset's tokens (a local file's bytes / 4; unknown for a remote one).
-Tokens per second: the GPUs' dense bf16/fp16 peak over the FLOPs a token, each at its own assumed
-utilisation: 6 x params for full updates at 53% (plan.FULL_MFU), 4 x params for adapters (which skip the weight
-gradients) at 35% (plan.MFU), plus attention's 6 x layers x heads' width x model_max_length at 26% (plan.ATTENTION_MFU;
-plan.attention_flops: every document as long as a row, an upper bound; 128k rows of an 8B are 3-4x the
-weights' FLOPs). Both measured on an H100 (bench/NOTES.md v110). A rough figure, said so.
+Tokens per second: plan.tokens_per_second, the GPUs' dense bf16/fp16 peak over the FLOPs a token
+(plan.flops_per_token: 6 x params for full updates, 4 x params for adapters, which skip the weight gradients, and a
+block's forward again under gradient checkpointing; attention's from plan.attention_flops, every document as long as a
+row, an upper bound), each at its own assumed share of peak (plan.weights_mfu: plan.FULL_MFU, or plan.ADAPTER_MFU by
+the model's width; plan.ATTENTION_MFU). Measured on an H100 (bench/NOTES.md v110-v117). A rough figure, said so.
 """
 
 from __future__ import annotations
