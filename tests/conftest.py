@@ -71,6 +71,7 @@ ONE_WORKER_FILES = (
     "test_slurm_defmem267.py",
     "test_slurm291.py",
     "test_slurm320.py",  # its rendezvous-lock test runs a 2-node job on slurm_cluster
+    "test_slurm330.py",  # its USR2 test runs a 2-node job on slurm_cluster
 )
 ONE_WORKER_FIXTURES = frozenset({"slurm_cluster", "slurm", "e2e", "sky_infra", "sky_s3", "sky_tools"})
 

@@ -88,6 +88,13 @@ MAX_REQUEUES = 5  # a preempted or timed-out job's requeues where -o max_requeue
 # what `ftctl cancel` sends the batch shell: checkpoint, then cancel the job (USR2 is the time limit's: requeue)
 CANCEL_SIGNAL = "USR1"
 CANCEL_TRAP = f"trap on_cancel {CANCEL_SIGNAL}"  # a script without it (an older ftctl's) dies of the signal
+# why the script's traps ask the trainer to stop, the first line of its stop file: the trainer's stop lines say it
+# ("stopping at step 21 (USR2 from Slurm ...)", trainer.callbacks.stop_reason; an empty file read "stop file")
+STOP_REASONS = {
+    "USR2": "USR2 from Slurm (time limit or preemption, --signal lead {lead} s)",
+    "TERM": "SIGTERM from Slurm (scancel, a requeue or a preemption)",
+    CANCEL_SIGNAL: "ftctl cancel",  # as the local launcher's (local.backend.ask_to_stop)
+}
 _REQUEUE = "-o max_requeues=N says how often a preempted job is requeued (0: never)"
 # what follows a TERM: the script cannot tell a cancel from Slurm's own requeue (scontrol requeue, a node failure, a
 # preemption that requeues), which starts the job again by itself
@@ -900,6 +907,20 @@ def setup_doubts(spec: RunSpec, env: dict[str, str] | None = None) -> list[str]:
     return doubts
 
 
+def stop_file_lines() -> list[str]:
+    """The script's ``ask_stop WHY``: the trainer's stop file, created with WHY as its first line. The first reason
+    stays (a TERM after the time limit's USR2, or torchrun's own "SIGTERM" at a scancel, does not replace it: the
+    trainer may have read it). Written beside it and renamed, so that the trainer never reads it empty; where that
+    write fails (a full disk) the file is touched, empty, which stops the trainer the same ("stop file")."""
+    stop = f'"${STOP_ENV}"'
+    why = f'"${STOP_ENV}.why"'
+    return [
+        "# the trainer's stop file, saying why in its first line (its stop lines say it); the first reason stays",
+        f"ask_stop() {{ [ -s {stop} ] && return 0; {{ printf '%s\\n' \"$1\" > {why} && mv -f {why} {stop}; }} "
+        f"2>/dev/null || {{ rm -f {why} 2>/dev/null; touch {stop}; }}; }}",
+    ]
+
+
 def requeue_limit(spec: RunSpec) -> int:
     """How often the job is requeued: -o max_requeues, else MAX_REQUEUES."""
     return MAX_REQUEUES if spec.max_requeues is None else spec.max_requeues
@@ -1007,17 +1028,18 @@ def render(spec: RunSpec, plan: Plan, gres_type: str | None = None, mem_floor: t
         *env_lines,
         f"# secrets come from the submitting environment, by name only: {secrets}",
         *store_access(spec),
+        *stop_file_lines(),
         "USR2_AT=\"\"  # when Slurm's USR2 came, by this shell's clock: the time limit's, or a preemption before it",
         'on_signal() { echo "ftctl: USR2 (time limit or preemption): checkpointing"; USR2_AT=${USR2_AT:-$SECONDS}; '
-        f'touch "${STOP_ENV}"; }}',
+        f"ask_stop {q(STOP_REASONS['USR2'].format(lead=spec.signal_lead_s))}; }}",
         "trap on_signal USR2  # before the setup lines: a signal during them would end the job unsaved",
         'TERMINATED=""',
         'on_term() { echo "ftctl: TERM (a cancel, a requeue or a preemption): checkpointing"; '
-        f'TERMINATED=1; touch "${STOP_ENV}"; }}',
+        f"TERMINATED=1; ask_stop {q(STOP_REASONS['TERM'])}; }}",
         "trap on_term TERM",
         'CANCELLING=""',
         'on_cancel() { echo "ftctl: cancel asked (ftctl cancel): checkpointing, then the job ends, not requeued"; '
-        f'CANCELLING=1; touch "${STOP_ENV}"; }}',
+        f"CANCELLING=1; ask_stop {q(STOP_REASONS[CANCEL_SIGNAL])}; }}",
         CANCEL_TRAP,
         "",
         # the attempt's first line before its setup lines: a setup line's error is said within its attempt
