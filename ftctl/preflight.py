@@ -132,7 +132,7 @@ def preflight(
             for f, p in spec.data_sources
         ]
         output = pool.submit(check_output, spec.output, spec.s3_endpoint_url)
-        resume = pool.submit(check_resume, on_nodes or spec, plan, another_output)
+        resume = pool.submit(check_resume, on_nodes or spec, plan, another_output, staging)
         data_found = [f for d in data for f in d.result()]
         findings += data_found + output.result() + resume.result()
     # a launch tokenizes where nothing else stops it; a dry run whatever else it found (an output without
@@ -1263,15 +1263,16 @@ def _check_remote_output(uri: str, endpoint_url: str | None) -> list[Finding]:
     return []
 
 
-def check_resume(spec, plan, another_output: str = "another --output") -> list[Finding]:
+def check_resume(spec, plan, another_output: str = "another --output", staging: str | None = None) -> list[Finding]:
     """What the trainer will find in the output when it starts (checkpoints.settings), before paying for the job:
     a newest checkpoint these settings cannot continue, or one resume=never would write over, is an error, as is a
     final model with no checkpoint to go on from (final_written_over); one they change is said. resume=PATH: checkpoints past PATH's step in the output are an error (check_resume_path),
     else PATH's recorded settings are checked as the newest's are (_check_named). ``another_output``: the launch's
-    way to another output (spec.RunSpec.another_output)."""
+    way to another output (spec.RunSpec.another_output); ``staging``: where an object-store output is staged on this
+    machine for a trainer that runs here (preflight's), whose newer checkpoint it resumes (_staged_newer)."""
 
     def own(spec, plan, found):
-        return _check_resume(spec, plan, found, another_output)
+        return _check_resume(spec, plan, found, another_output, staging)
 
     check = own if spec.resume in ("auto", "never") else _check_resume_path
     return _bounded("--output", spec.output, spec.s3_endpoint_url, lambda: _with_checkpoints(check, spec, plan))
@@ -1326,8 +1327,8 @@ def _check_resume_path(spec, plan, found) -> list[Finding]:
     ]
 
 
-def _check_resume(spec, plan, found, another_output: str = "another --output") -> list[Finding]:
-    from ftctl.checkpoints.settings import NEW_DATA, compare, final_written_over, other_data, settings, written_over
+def _check_resume(spec, plan, found, another_output: str = "another --output", staging=None) -> list[Finding]:
+    from ftctl.checkpoints.settings import compare, final_written_over, refused_data, settings, written_over
 
     said = written_over(spec.output, [info.name for info in found]) if spec.resume == "never" else None
     newest = next((info for info in reversed(found) if info.complete), None)
@@ -1337,15 +1338,41 @@ def _check_resume(spec, plan, found, another_output: str = "another --output") -
         said = final_written_over(spec.output, spec.s3_endpoint_url)
     if said or spec.resume == "never" or newest is None:
         return [Finding(ERROR, said)] if said else []
-    recorded = (newest.manifest or {}).get("settings")
+    staged = _staged_newer(staging, spec.output, found)
+    resumed = staged or newest  # what the trainer resumes: the store's newest, or a newer copy staged here
+    recorded = (resumed.manifest or {}).get("settings")
     try:
-        changed = compare(newest.uri, recorded, settings(spec, plan), spec) if isinstance(recorded, dict) else None
+        changed = compare(resumed.uri, recorded, settings(spec, plan), spec) if isinstance(recorded, dict) else None
     except FtctlError as e:
         return [Finding(ERROR, str(e))]
-    if changed and changed.new_data and spec.resume == "auto":  # as backend.write_files: an explicit resume= only
-        was = {k: old for k, (old, _) in changed.changed.items() if k in NEW_DATA}
-        return [Finding(ERROR, other_data(spec.output, newest.name, newest.uri, was, another_output))]
-    return _resumed(spec, newest.uri, changed, own=True)
+    if said := refused_data(spec.output, newest.name, newest.uri, changed, spec.resume, another_output):
+        return [Finding(ERROR, said)]  # as backend.write_files, and the trainer: an explicit resume= only
+    said = _resumed(spec, resumed.uri, changed, own=True)
+    if staged and said:  # the store holds an older one: its steps are not lost
+        where = f"staged on this machine ({staging}), newer than {newest.name} in {spec.output}"
+        said = [Finding(f.level, f"{f.what} ({staged.name} is {where}: the run resumes it here)", f.fix) for f in said]
+    return said
+
+
+def _staged_newer(staging: str | None, output: str, found):
+    """The newest complete checkpoint staged in ``staging`` (an object-store output's copy on this machine, where
+    its trainer runs: Backend.staging_here) newer than the store's newest complete one in ``found``: a trainer
+    stopped before its uploads (kill -9, OOM) left it, and the relaunch here resumes it (checkpoints.latest_complete),
+    though the store's newest was named (explore66). As latest_complete takes them, without their sha256 (the
+    trainer's): a copy the store once committed past all it holds now is an earlier run's (its output deleted)."""
+    from ftctl.checkpoints import list_checkpoints
+    from ftctl.checkpoints.resume import uploaded
+
+    if not (staging and storage.is_remote(output) and os.path.isdir(staging)):
+        return None
+    store = max((info.step for info in found if info.complete), default=-1)
+    listed, sent = max((info.step for info in found), default=-1), uploaded(staging)
+    try:
+        here = [c for c in list_checkpoints(staging) if c.complete and c.step > store]
+    except (OSError, ValueError):
+        return None
+    here = [c for c in here if not (c.step > listed and c.name in sent)]
+    return here[-1] if here else None
 
 
 def _adapter_gone(spec, found) -> str | None:

@@ -60,6 +60,11 @@ DATA = ("global_batch_size", "model_max_length", "packing", "chat_template_path"
 DATA += ("eval_split", "seed", "dataset_text_field", "data_columns")
 # other rows: read from their start, not past the checkpoint's batches (another text field: other rows' text)
 NEW_DATA = ("data_path", "data_weights", "dataset_text_field", "data_columns")
+# the files data_path names, by their content and their names below it (trainer.formats.data_digest), not where they
+# are: recorded by the trainer beside data_path (content), compared where data_path differs. The same files at another
+# path (a fresh machine's copy, another checkout or home) are the same data: not other data refused or read from its
+# start (explore66). A checkpoint saved before it was recorded compares data_path alone
+DATA_CONTENT = "data_content"
 # recorded only where not this default: a checkpoint without it (saved before it was recorded) trained at the default
 AT_DEFAULT = {"dataset_text_field": "text", "data_columns": {}}
 # what the held-out loss is measured with besides its rows: the tokens scored, how they are cut and packed
@@ -100,6 +105,18 @@ def settings(spec, plan) -> dict:
     mine = {k: v for k, v in values.items() if spec.method in _ONLY.get(k, (spec.method,))}
     mine = {k: v for k, v in mine.items() if k not in BASE or v is not None}  # (BASE: only where pinned)
     return {k: v for k, v in mine.items() if k not in AT_DEFAULT or v != AT_DEFAULT[k]}
+
+
+def content(spec, known: str | None = None) -> dict:
+    """{DATA_CONTENT: the digest of the files ``spec.data_path`` names} (trainer.formats.data_digest, its one owner;
+    ``known``: its file of local files' digests by their stat, the trainer's data cache's); {} where they cannot be
+    read here (a path only a cluster's nodes see, a store not reachable): data_path alone is compared then."""
+    from ftctl.trainer.formats import data_digest
+
+    try:
+        return {DATA_CONTENT: data_digest(spec.data_path, spec.s3_endpoint_url, known=known)}
+    except (FtctlError, OSError, ValueError):
+        return {}
 
 
 def saved(checkpoint: str, endpoint_url: str | None = None) -> dict | None:
@@ -291,6 +308,20 @@ def other_data(output, checkpoint: str, checkpoint_uri: str, was: dict, another:
     )
 
 
+def refused_data(
+    output, checkpoint: str, checkpoint_uri: str, changed: Changes | None, resume, another: str
+) -> str | None:
+    """other_data's line where a resume=auto run would go on from ``checkpoint`` (``checkpoint_uri``) of ``output``
+    on other data (``changed``: Changes.new_data), None otherwise: refused by the launch (preflight.check_resume) and
+    by the trainer, which a launch passed before the checkpoint was saved (two launches into one output at once: the
+    second waited on the first's lease, then resumed its checkpoints on its own data, explore66). ``another``:
+    other_data's."""
+    if not (changed and changed.new_data and resume == "auto"):
+        return None
+    was = {k: old for k, (old, _) in changed.changed.items() if k in NEW_DATA}
+    return other_data(output, checkpoint, checkpoint_uri, was, another)
+
+
 def changes(checkpoint: str | None, now: dict) -> Changes | None:
     """What changed since the local ``checkpoint`` was saved (None: nothing, or nothing recorded); FtctlError where
     it cannot be continued under the new settings."""
@@ -304,7 +335,12 @@ def compare(checkpoint: str, before: dict, now: dict, spec=None) -> Changes | No
     values that continue it as ``spec`` (the run's RunSpec) gave each key (spec.given_as: --method lora, -o
     method=lora, method: lora in its run file); without it, by the key's flag where it has one (FLAGS)."""
     before, now = {**AT_DEFAULT, **before}, {**AT_DEFAULT, **now}  # left out where they were the default
+    if spec is not None and _moved(before, now):  # a launch's settings: the files' content taken only where needed
+        now.update(content(spec))
     changed = {k: (before[k], v) for k, v in now.items() if k in before and before[k] != v}
+    changed.pop(DATA_CONTENT, None)  # said as data_path's change (or edited_data's), never as a value of its own
+    if _moved(before, now) and before[DATA_CONTENT] == now.get(DATA_CONTENT):
+        changed.pop("data_path", None)  # the same files at another path: the same data
     if said := _other_adapter(checkpoint, changed, spec):
         raise FtctlError(said)
     refused = [k for k in REFUSED if k in changed]
@@ -322,6 +358,12 @@ def compare(checkpoint: str, before: dict, now: dict, spec=None) -> Changes | No
     unset = "max_steps" in changed and isinstance(changed["max_steps"][0], int) and changed["max_steps"][0] <= 0
     total = _total_steps(checkpoint, getattr(spec, "s3_endpoint_url", None)) if unset else None
     return Changes(checkpoint_step(checkpoint) or 0, changed, epochs, total)
+
+
+def _moved(before: dict, now: dict) -> bool:
+    """Whether ``before`` (a checkpoint's settings) names another data_path than ``now`` and records its files'
+    DATA_CONTENT, which then says whether the data is other data."""
+    return bool(before.get(DATA_CONTENT)) and before.get("data_path") != now.get("data_path")
 
 
 def _total_steps(checkpoint: str, endpoint_url: str | None) -> int | None:

@@ -297,7 +297,7 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         StepsAsGiven,
         StopRequest,
     )
-    from ftctl.trainer.data import build_datasets, loss_on, rows_digest, shared_rows, too_few_sequences
+    from ftctl.trainer.data import DIGESTS, build_datasets, loss_on, rows_digest, shared_rows, too_few_sequences
     from ftctl.trainer.diverged import StopWhenDiverged
     from ftctl.trainer.masks import use_chat_template
     from ftctl.trainer.methods import apply_method
@@ -329,7 +329,11 @@ def setup(spec: RunSpec, plan: Plan, callbacks=(), echo=print) -> Run:
         if procs.is_main and (again := starts_again(run.resume_from, local_dir, remote_uri)):
             log.warning("%s", again)
         trained_with = checkpoint_settings.settings(spec, plan)  # recorded in each manifest; compared on resume
+        # ...with the data files' content (the same files elsewhere: the same data), by the data cache's digests
+        trained_with.update(checkpoint_settings.content(spec, os.path.join(local_dir, DATA_CACHE, DIGESTS)))
         changed = checkpoint_settings.changes(run.resume_from, trained_with)
+        if said := other_data(run, changed):
+            raise FtctlError(said)
         if run.resume_from and (done := already_trained(spec, run.resume_from, changed, local_dir, remote_uri)):
             if int(os.environ.get(ATTEMPT_ENV) or 0) > 0 or recovered(run.resume_from):  # an earlier attempt's
                 raise Finished(checkpoints.checkpoint_step(run.resume_from) or 0)
@@ -476,6 +480,19 @@ def elsewhere(run: Run) -> bool:
     if run.resume_from is None:
         return False
     return os.path.realpath(os.path.dirname(os.path.normpath(run.resume_from))) != os.path.realpath(run.local_dir)
+
+
+def other_data(run: Run, changed) -> str | None:
+    """checkpoints.settings.refused_data of the checkpoint a resume=auto run resumes: one saved on other data since
+    its launch checked (another launch into the output at once, whose lease this one waited on), named in the
+    output as the launch names it."""
+    from ftctl.checkpoints.settings import refused_data
+
+    if run.resume_from is None or elsewhere(run):
+        return None
+    name = os.path.basename(os.path.normpath(run.resume_from))
+    uri = storage.join(run.spec.output, name)
+    return refused_data(run.spec.output, name, uri, changed, run.spec.resume, run.spec.another_output)
 
 
 def edited_data(run: Run, trained_with: dict, changed) -> str | None:
