@@ -840,10 +840,57 @@ def _a_place(value: str, what: str) -> str:
         typed = os.path.abspath(os.path.expanduser(value))
         if ref and ref.output and (is_remote(ref.output) or os.path.abspath(local_path(ref.output)) != typed):
             click.echo(f"{what} {value}: the output of job {ref.job_id}, {ref.output}", err=True)
-            return ref.output
+            return _with_endpoint(ref.output, ref) if is_remote(ref.output) else ref.output
+    elif value and not is_remote(value) and os.path.isdir(os.path.expanduser(value)):
+        from ftctl.trainer.trained import holds_trained
+
+        # a run's directory here whose output is in object storage (runs/NAME, as `ftctl jobs` and `status` name it)
+        if (ref := _job_of(value)) and (output := _store_output(ref)) and not holds_trained(value):
+            click.echo(f"loading {output} (the output of {value})", err=True)
+            return _with_endpoint(output, ref)
     if said := place_problem(value, what):
         raise FtctlError(said)
-    return value
+    return _with_endpoint(value) if is_remote(value) else value
+
+
+def _job_of(place: str):
+    """The job `ftctl status` finds for ``place`` (backend.find_job: a job's id, a run directory, an object-store
+    output, a local run's directory that no record names), None where none."""
+    from ftctl.backend import find_job
+
+    try:
+        return find_job(place)[1]
+    except FtctlError:
+        return None
+
+
+def _store_output(ref) -> str | None:
+    """The job's output where it is in object storage (its record's, else its run directory's spec.json's), else
+    None."""
+    from ftctl.backend import run_spec
+    from ftctl.storage import is_remote
+
+    output = ref.output if is_remote(ref.output) else run_spec(ref).output
+    return output if is_remote(output) else None
+
+
+def _with_endpoint(uri: str, ref=None) -> str:
+    """``uri`` (a run's output in an S3 store, or a checkpoint or merge in it), the S3 endpoint its launch recorded
+    taken where the environment names none (trained.take_endpoint, said), as `ftctl status` reads the store with it
+    (backend.run_spec: the run directory's spec.json). The job: ``ref``, else the one launched into ``uri`` or into
+    the run above it."""
+    from ftctl.backend import run_spec
+    from ftctl.storage import scheme
+    from ftctl.trainer.trained import take_endpoint
+
+    if scheme(uri) != "s3":
+        return uri
+    if ref is None:  # the run's, else (a checkpoint, a merge) the run's above it
+        run = uri.rstrip("/")
+        ref = _job_of(run) or (_job_of(run.rsplit("/", 1)[0]) if "/" in run.split("://", 1)[1] else None)
+    if ref is not None and (said := take_endpoint(run_spec(ref).s3_endpoint_url, uri)):
+        click.echo(said, err=True)
+    return uri
 
 
 def _progress(line: str) -> None:

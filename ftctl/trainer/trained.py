@@ -143,6 +143,45 @@ def located_run_record(run: str, endpoint_url: str | None = None) -> tuple[dict,
     return None
 
 
+def holds_trained(path) -> bool:
+    """Whether the local directory ``path`` holds what :func:`find` loads itself: a final model or adapter, or a
+    complete checkpoint-* with one. A run's directory here of an output in object storage (runs/NAME: the launch's
+    spec.json, script and logs) holds none: chat, eval and merge load that output instead (cli._a_place)."""
+    path = Path(path).expanduser()
+    return path.is_dir() and (_found(path) is not None or _newest_checkpoint(path, warn=False) is not None)
+
+
+def take_endpoint(recorded: str | None, run: str) -> str | None:
+    """The S3 endpoint the launch of ``run`` recorded (its spec's s3_endpoint_url: MinIO, R2), taken for this process
+    where its environment names none (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL): set as AWS_ENDPOINT_URL, as the launch
+    set it for the run's trainer (launch.py), so that every read of the store here (the run's files, its lease, a
+    merge written into it) reaches the store the run wrote. Returns the line saying so, or, where the environment
+    names another endpoint (which is used), the line saying that; None where there is nothing to say. `ftctl chat
+    s3://...` of such a run said "Cannot reach AWS S3 (no endpoint set)" (explore66 #3). One holding a user and
+    password (a spec.json older than the launch's refusal of it) is neither taken nor repeated."""
+    from ftctl import storage
+    from ftctl.secret_checks import uri_credentials
+
+    if not recorded:
+        return None
+    if uri_credentials(recorded):
+        return (
+            f"note: {run}'s launch recorded an S3 endpoint with a user and password (not repeated here): not used; "
+            "set AWS_ENDPOINT_URL=http://HOST:PORT and the keys as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    now = storage.s3_endpoint()
+    if now is None:
+        os.environ["AWS_ENDPOINT_URL"] = recorded
+        return (
+            f"{run}: using the S3 endpoint {recorded}, as its launch recorded it (-o s3_endpoint_url; "
+            "AWS_ENDPOINT_URL sets another)"
+        )
+    if now.rstrip("/") != recorded.rstrip("/"):
+        var = "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+        return f"note: {run}'s launch recorded the S3 endpoint {recorded}; {var} names {now}, which is used"
+    return None
+
+
 START = '"start"'  # in a "start" record's line (run.record_start: json.dumps's); a logged step's has none
 
 
