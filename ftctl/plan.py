@@ -901,7 +901,8 @@ def memory_terms(
     if ckpt:  # the module docstring: activations under checkpointing
         reached = shape.layers
         if method == "sft" and shape.tied is False:  # the blocks below its trained ones keep no input (backward_reach)
-            reached = math.ceil(trained_blocks(shape, trainable_b))
+            # rounded first: trained_blocks of _trainable_b's own count is 1.0000000000000002 blocks (a float)
+            reached = math.ceil(round(trained_blocks(shape, trainable_b), 6))
         saved = (4 if fp32_residual else 2) * h * reached * gb  # each checkpointed layer's input
         # FSDP2's sharded gradients: set to None too. Not sft's: most of its gradient is the head's, made first
         replaced = grads if strategy in ("single", "fsdp") and method != "sft" else 0.0

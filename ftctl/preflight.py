@@ -56,7 +56,7 @@ from ftctl import storage
 from ftctl.errors import FtctlError
 from ftctl.hub import HUB_ID
 from ftctl.runpaths import ADAPTER_CONFIG, MERGED_DIR
-from ftctl.spec import SIGNAL_EARLY_S, given_as, slurm_time_s
+from ftctl.spec import SIGNAL_EARLY_S, given_as, slurm_time_s, trl_completion_only
 
 ERROR, WARNING = "error", "warning"
 NOTE = "note"  # what a dry run checked, or left to the nodes, and why: no problem
@@ -427,7 +427,9 @@ def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Fin
         # mixed cards, none of the kind planned: the run is not pinned, and may run on any of them
         planned, here = gpus.TIERS[asked], min((k.tier for k in kinds), key=lambda t: (t.memory_gb, t.bf16))
         fix = (
-            " or ".join(f"--gpus {plan.gpus_per_node}x{k.tier.name}" for k in kinds)
+            " or ".join(  # the kinds with that many cards here (kinds[0] has: the check above)
+                f"--gpus {plan.gpus_per_node}x{k.tier.name}" for k in kinds if k.per_node >= plan.gpus_per_node
+            )
             + " so that memory and precision are planned for the GPUs that will run it."
         )
         fix = f"use {fix}"
@@ -1002,7 +1004,7 @@ def check_tokenized(spec, dry_run: bool = False) -> list[Finding]:
     if report.ok:
         st = report.stats
         done = f"{said}: {st.rows:,} rows tokenized here as the trainer will ({st.tokens:,} tokens, {st.trainable_tokens:,} trained)"
-        done += f"; loss: {loss_on(every, st.formats)}"
+        done += f"; loss: {loss_on(every, st.formats, trl_completion_only(spec))}"
         done += f"; {repeats}" if (repeats := repeats_said(st)) else ""  # a dump's copies, before GPUs are paid for
         held = given_as(spec, "eval_data_path", spec.eval_data_path, "--eval-data")
         overlap = [Finding(WARNING, f"{held}: {in_training}")] if in_training else []
