@@ -334,9 +334,10 @@ def refusal(output: str, endpoint_url: str | None = None, another: str = "anothe
     if gone_here(lease):
         return (
             f"{output} was trained into by {describe(lease)}, which runs on this machine no more (killed, or it runs "
-            f"in a container on this host's network): its lease ({TRAIN_LEASE}) lapses "
-            f"{max(0.0, STALE_S - age_s(lease)):.0f} s from now, {STALE_S:.0f} s after its last renewal, and the "
-            f"same launch goes ahead then (resuming its newest checkpoint in the store). Or give this run {another}."
+            f"in a container on this host's network, which renews it while it trains): its lease ({TRAIN_LEASE}), "
+            f"if not renewed, lapses {max(0.0, STALE_S - age_s(lease)):.0f} s from now, {STALE_S:.0f} s after its "
+            f"last renewal, and the same launch goes ahead then (resuming its newest checkpoint in the store). Or "
+            f"give this run {another}."
         )
     return (
         f"{output} is being trained into by {describe(lease)}, a job launched elsewhere (another machine or "
