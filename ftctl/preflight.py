@@ -384,12 +384,33 @@ def render(findings: list[Finding]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ GPUs
+class MachineGpus(str):
+    """This machine's kinds of card in --gpus form, '+' between them (local.backend.machine_gpus), with ``words``: each
+    kind's cards as a message names them to the user where some are planned as a card of another name (an 8 GB RTX 3060
+    as an RTX3070: "1x RTX 3060 (8 GiB, planned as an RTX3070)"); --gpus suggestions keep the form --gpus takes."""
+
+    words: dict[str, str]
+
+    def __new__(cls, gpus: str, words: dict[str, str] | None = None):
+        made = super().__new__(cls, gpus)
+        made.words = dict(words or {})
+        return made
+
+
+def gpus_words(detected: str) -> str:
+    """``detected``'s kinds as a message names them: the cards' own names where they are planned as another's
+    (MachineGpus.words), else the --gpus form; ' and ' between kinds."""
+    words = getattr(detected, "words", {})
+    return " and ".join(words.get(k, k) for k in detected.split("+"))
+
+
 def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Finding]:
     """Local and docker runs: the GPUs the plan asks for against this machine's (``detected``, in
     ``--gpus`` form, from ftctl.local.backend.local_gpus; a machine of mixed cards: each kind, '+' between them, from
     local.backend.machine_gpus). Other backends are asked elsewhere. On mixed cards a plan is compared with its own
     kind's cards where the machine has them (a run pins them): --gpus 1xRTX3060 beside an RTX 4090 was told "this
-    machine has 1xRTX4090"."""
+    machine has 1xRTX4090". The machine's cards are named by their own names where ``detected`` (a MachineGpus) has
+    words for them; the --gpus a fix suggests is in the form --gpus takes."""
     if plan.tier is None or detected is None:
         return []
     from ftctl import gpus
@@ -397,7 +418,8 @@ def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Fin
     asked = getattr(plan.tier, "name", plan.tier)
     kinds = [gpus.parse(k) for k in detected.split("+")]
     have = next((k for k in kinds if k.tier is not None and k.tier.name == asked), kinds[0])
-    listed = " and ".join(map(str, kinds))
+    words = getattr(detected, "words", {})  # an unlisted card by its own name, not the tier it is planned as
+    listed = gpus_words(detected)
     elsewhere = "--backend slurm or --backend sky"
     if plan.nodes > 1:
         return [
@@ -433,10 +455,12 @@ def check_gpus(plan, backend_name: str, detected: str | None = None) -> list[Fin
             + " so that memory and precision are planned for the GPUs that will run it."
         )
         fix = f"use {fix}"
-        each = f"{have}, {here.memory_gb:g} GB each" if len(kinds) == 1 else listed
+        named = any(str(k) in words for k in kinds if k.tier == here)  # the least cards' own names say their memory
+        each = f"{have}, {here.memory_gb:g} GB each" if len(kinds) == 1 and not named else listed
         if here.memory_gb < planned.memory_gb:
             said = f"--gpus {plan.gpus} plans for {planned.memory_gb:g} GB a GPU; this machine has {each}"
-            return [Finding(ERROR, said if len(kinds) == 1 else f"{said}, {here.name} {here.memory_gb:g} GB", fix)]
+            least = f"{said}, {here.name} {here.memory_gb:g} GB"
+            return [Finding(ERROR, said if len(kinds) == 1 or named else least, fix)]
         if plan.precision == "bf16" and not here.bf16:
             without = "without bf16" if len(kinds) == 1 else f"{here.name} without bf16"
             return [Finding(ERROR, f"--gpus {plan.gpus} plans bf16; this machine has {listed}, {without}", fix)]

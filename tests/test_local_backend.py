@@ -367,12 +367,15 @@ def test_plan_for_cpu_checks_this_machines_ram(monkeypatch):
     assert CliRunner().invoke(main, args).exit_code == 0
 
 
-def test_doctor_compares_the_gpus_asked_for_with_this_machines(monkeypatch, capsys):
-    """On a GPU host (faked here: none on this machine) doctor --gpus and doctor --network answer, never a traceback."""
+def test_doctor_compares_the_gpus_asked_for_with_this_machines(tmp_path, monkeypatch, capsys):
+    """On a GPU host (faked here: none on this machine; nvidia-smi's answer, every kind of card read) doctor --gpus and
+    doctor --network answer, never a traceback."""
     import ftctl.local.backend as local
     from ftctl.errors import FtctlError
+    from tests.fake_gpus import fake_nvidia_smi
 
-    monkeypatch.setattr(local, "local_gpus", lambda: "8xH100")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    fake_nvidia_smi(tmp_path, monkeypatch, *["NVIDIA H100 80GB HBM3, 81559"] * 8)
     assert local.gpus_here_say("1xH100") and capsys.readouterr().out == "asked:   1xH100: here\n"
     assert not local.gpus_here_say("2xA100") and not local.gpus_here_say("2x8xH100")
     for asked in ("2xA100", "16xH100"):

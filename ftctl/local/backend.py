@@ -53,7 +53,7 @@ from ftctl.launch import join, netcheck_argv, preflight_threshold, torchrun_argv
 from ftctl.logfile import copy_new, held, hold, new_decoder, start_of_last
 from ftctl.logfile import follow as follow_log
 from ftctl.plan import OFFLOAD_STRATEGIES, DoesNotFit, Plan, PlanError, make_plan
-from ftctl.preflight import host_memory_gb
+from ftctl.preflight import MachineGpus, gpus_words, host_memory_gb
 from ftctl.runpaths import RunPaths
 from ftctl.spec import RunSpec
 from ftctl.storage import is_remote
@@ -96,10 +96,17 @@ def local_kinds(environ: dict[str, str] | None = None) -> list[Kind]:
     RTX 3090s hold a model one RTX 4090 does not (lora of an 8B at 16,384 tokens: FSDP shards its base over the
     two), which was planned on the 4090 and refused or fell back to qlora. The notes of the others say "the fastest
     together that it fits"; the plan says why the faster did not fit."""
+    return [(gpus, said, env) for gpus, said, env, _ in named_kinds(environ)]
+
+
+def named_kinds(environ: dict[str, str] | None = None) -> list[tuple[str, str | None, dict[str, str], str | None]]:
+    """local_kinds' kinds, each with its cards as a message names them to the user where some are planned as a card of
+    another name (_own_words: an 8 GB RTX 3060 planned as an RTX3070 read "this machine has 1xRTX3070"); None where
+    the --gpus form names them."""
     environ = os.environ if environ is None else environ
     smi = shutil.which("nvidia-smi")
     if not smi:
-        return [("cpu", None, {})]
+        return [("cpu", None, {}, None)]
     try:
         found = subprocess.run(
             [smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
@@ -108,12 +115,12 @@ def local_kinds(environ: dict[str, str] | None = None) -> list[Kind]:
             timeout=20,
         )
     except (OSError, subprocess.SubprocessError):
-        return [("cpu", None, {})]
+        return [("cpu", None, {}, None)]
     rows = [r.strip() for r in found.stdout.strip().splitlines() if r.strip()]
     if not rows:
-        return [("cpu", None, {})]
+        return [("cpu", None, {}, None)]
     if found.returncode != 0 or "," not in rows[0]:  # "No devices were found" (exit 6), no driver (exit 9): a traceback
-        return [("cpu", f"local: nvidia-smi found no GPU ({rows[0]!r}): planned as cpu", {})]
+        return [("cpu", f"local: nvidia-smi found no GPU ({rows[0]!r}): planned as cpu", {}, None)]
     numbered = list(enumerate(rows))
     asked = environ.get("CUDA_VISIBLE_DEVICES")
     by_number = asked is not None and bool(re.fullmatch(r"\s*-?\d+(\s*,\s*-?\d+)*\s*|\s*", asked))
@@ -125,9 +132,8 @@ def local_kinds(environ: dict[str, str] | None = None) -> list[Kind]:
             chosen.append(i)
         numbered = [(i, rows[i]) for i in chosen]
         if not numbered:
-            return [
-                ("cpu", f"local: CUDA_VISIBLE_DEVICES={asked!r} leaves none of nvidia-smi's GPUs: planned as cpu", {})
-            ]
+            none = f"local: CUDA_VISIBLE_DEVICES={asked!r} leaves none of nvidia-smi's GPUs: planned as cpu"
+            return [("cpu", none, {}, None)]
     kinds: dict[str, list[int]] = {}  # a row of nvidia-smi (name, memory) -> its GPUs' numbers
     for i, row in numbered:
         kinds.setdefault(row, []).append(i)
@@ -139,13 +145,13 @@ def local_kinds(environ: dict[str, str] | None = None) -> list[Kind]:
     # the user's numbers on a machine of mixed cards are nvidia-smi's (PCI order), here and in the run
     order = dict(PCI_ORDER) if by_number and len(set(rows)) > 1 else {}
     if len(kinds) == 1:
-        return [(*next(iter(planned.values())), order)]
+        return [(*next(iter(planned.values())), order, _own_words(kinds, planned))]
     groups: dict[str, list[int]] = {}  # the listed card planned -> the GPUs planned as it
     for row, numbers in kinds.items():
         if (gpus := planned[row][0]) != "cpu":
             groups.setdefault(gpus.split("x", 1)[1], []).extend(numbers)
     if not groups:
-        return [("cpu", f"local: nvidia-smi lists {listed}, none a card ftctl plans for: planned as cpu", {})]
+        return [("cpu", f"local: nvidia-smi lists {listed}, none a card ftctl plans for: planned as cpu", {}, None)]
     tiers = {name: gpu_table.TIERS[name] for name in groups}
     if by_uuid:  # the user's cards: the least kind, the user's choice kept
         least = min(groups, key=lambda t: (tiers[t].total_gib, tiers[t].compute_capability))
@@ -153,9 +159,9 @@ def local_kinds(environ: dict[str, str] | None = None) -> list[Kind]:
         said = (
             f"CUDA_VISIBLE_DEVICES={asked!r} names cards by UUID, not read here: planned as {gpus}, the least of them"
         )
-        return [(gpus, f"local: nvidia-smi lists {listed}; {said}", {})]
+        return [(gpus, f"local: nvidia-smi lists {listed}; {said}", {}, None)]
     ranked = sorted(groups, key=lambda t: (len(groups[t]) * tiers[t].peak_tflops, tiers[t].total_gib), reverse=True)
-    out: list[Kind] = []
+    out: list[tuple[str, str | None, dict[str, str], str | None]] = []
     for best in ranked:
         numbers = sorted(groups[best])
         gpus, pinned = f"{len(numbers)}x{best}", ",".join(map(str, numbers))
@@ -164,8 +170,9 @@ def local_kinds(environ: dict[str, str] | None = None) -> list[Kind]:
             for r, n in kinds.items()
             if planned[r][1] and n[0] in numbers
         )
+        words = _own_words({r: n for r, n in kinds.items() if n[0] in numbers}, planned)
         if len(numbers) == len(numbered):  # every card is planned as one (an RTX 3090 and an RTX 3090 Ti)
-            return [(gpus, f"local: nvidia-smi lists {listed}: planned as {gpus}{said}", order)]
+            return [(gpus, f"local: nvidia-smi lists {listed}: planned as {gpus}{said}", order, words)]
         on = f"GPU{'s' * (len(numbers) > 1)} {pinned}"
         fastest = "the fastest together that it fits" if out else "the fastest together"
         out.append(
@@ -175,9 +182,32 @@ def local_kinds(environ: dict[str, str] | None = None) -> list[Kind]:
                 f"kind of card a run, {fastest} (mixed cards train at the slowest one's pace within the smallest "
                 f"one's memory); CUDA_VISIBLE_DEVICES=N,... picks others{said}",
                 {**PCI_ORDER, "CUDA_VISIBLE_DEVICES": pinned},
+                words,
             )
         )
     return out
+
+
+def _own_words(kinds: dict[str, list[int]], planned: dict[str, tuple[str, str | None]]) -> str | None:
+    """The cards of one kind (nvidia-smi's rows -> their numbers; ``planned``: _planned_as of each row) as a message
+    names them: an unlisted card by its own name and memory, and the card it is planned as ("1x RTX 3060 (8 GiB,
+    planned as an RTX3070)"), a listed one in --gpus form; None where every one is listed (the --gpus form says it)."""
+    if all(planned[row][1] is None or planned[row][0] == "cpu" for row in kinds):
+        return None
+    said = []
+    for row, numbers in kinds.items():
+        gpus, note = planned[row]
+        if note is None or gpus == "cpu":
+            said.append(gpus)
+            continue
+        name, mem = (part.strip() for part in row.rsplit(",", 1))
+        name = name.removeprefix("NVIDIA ").removeprefix("GeForce ")
+        try:
+            memory = f"{round(float(mem) / 1024, 1):g} GiB, "
+        except ValueError:
+            memory = ""
+        said.append(f"{len(numbers)}x {name} ({memory}planned as {gpu_table.TIERS[gpus.split('x', 1)[1]].a_card})")
+    return " and ".join(said)
 
 
 def _gib(row: str) -> str:
@@ -365,10 +395,16 @@ def pinned_for(gpus: str, kinds: list[Kind]) -> tuple[dict[str, str], str | None
     )
 
 
-def machine_gpus(environ: dict[str, str] | None = None) -> str:
+def machine_gpus(environ: dict[str, str] | None = None) -> MachineGpus:
     """Every kind of card here in --gpus form, '+' between kinds (1xRTX4090+2xRTX3090), fastest together first: what
-    preflight.check_gpus compares a plan with (a run on the 3090s was compared with the 4090 alone)."""
-    return "+".join(gpus for gpus, _, _ in local_kinds(environ))
+    preflight.check_gpus compares a plan with (a run on the 3090s was compared with the 4090 alone); with the words
+    that name a kind's cards where some are planned as another card (MachineGpus.words)."""
+    return _machine(named_kinds(environ))
+
+
+def _machine(kinds: list[tuple[str, str | None, dict[str, str], str | None]]) -> MachineGpus:
+    """machine_gpus of named_kinds' ``kinds``."""
+    return MachineGpus("+".join(k[0] for k in kinds), {k[0]: k[3] for k in kinds if k[3]})
 
 
 # a Mac's own GPU (Apple silicon's, through torch's MPS) is not trained on: the trainer computes on CUDA or the CPU
@@ -534,7 +570,7 @@ class LocalBackend(Backend):
         click.echo(f"python:  {sys.version.split()[0]} ({sys.executable})")
         gpus_here, said = detected()
         click.echo(f"gpus:    {gpus_here}" + (f" ({said.removeprefix('local: ')})" if said else ""))
-        ok = gpus_here_say(gpus, gpus_here) if gpus else True
+        ok = gpus_here_say(gpus) if gpus else True
         if gpus_here != "cpu":
             click.echo(f"driver:  {driver_line(gpus_here)}")
         mem = host_memory_gb()
@@ -560,13 +596,25 @@ def refuse_partition(partition: str | None, backend: str) -> None:
 
 
 def gpus_here_say(gpus: str, gpus_here: str | None = None) -> bool:
-    """doctor's --gpus against this machine's (local, docker): a line, and whether they are here."""
+    """doctor's --gpus against this machine's (local, docker): a line, and whether they are here. ``gpus_here``:
+    machine_gpus' form, every kind of card here (a run of a kind pins its cards); read from nvidia-smi where None
+    (--gpus 1xRTX3060 beside an RTX 4090 was compared with the 4090 alone: "not on this machine")."""
     from ftctl.gpus import parse
 
-    req, here = parse(gpus), parse(gpus_here or local_gpus())
-    enough = not req.tier or (here.tier == req.tier and here.per_node >= req.per_node and req.nodes == 1)
-    click.echo(f"asked:   {gpus}: {'here' if enough else 'not on this machine'}")
+    req, here = parse(gpus), gpus_here or machine_gpus()
+    enough = not req.tier or (req.nodes == 1 and _kind_of(req, here) is not None)
+    has = "" if enough else f" (it has {gpus_words(here) if here != 'cpu' else 'no GPU'})"
+    click.echo(f"asked:   {gpus}: {'here' if enough else 'not on this machine'}{has}")
     return enough
+
+
+def _kind_of(req, here: str):
+    """The kind of card of ``here`` (machine_gpus' form) with the GPUs ``req`` (parsed --gpus) asks of one machine;
+    None where none has (another kind, too few)."""
+    return next(
+        (k for k in map(gpu_table.parse, here.split("+")) if k.tier == req.tier and k.per_node >= req.world_size),
+        None,
+    )
 
 
 # what doctor reports, module and distribution: the versions to compare with constraints.txt
@@ -662,13 +710,21 @@ def network_check(gpus: str, nodes: int | None, min_busbw_gbps: float = 0.0) -> 
     from ftctl.gpus import parse
     from ftctl.trainer.netcheck import BELOW_THRESHOLD_EXIT
 
-    req, here = parse(gpus, nodes), parse(local_gpus())
-    if req.tier and (not here.tier or here.tier != req.tier or req.per_node > here.per_node):
-        has = str(here) if here.tier else "no GPU"
-        raise FtctlError(
-            f"--gpus {gpus}: this machine has {has}, and doctor --network measures its own processes. Run "
-            "it on a host with those GPUs, or launch with --preflight (the job measures its nodes first)."
-        )
+    named = named_kinds()
+    req, here, kinds = parse(gpus, nodes), _machine(named), [k[:3] for k in named]
+    env, on = dict(os.environ), ""
+    if req.tier:  # a machine of mixed cards: the cards of the kind asked for, pinned as a run's (pinned_for)
+        if _kind_of(req, here) is None:
+            has = gpus_words(here) if here != "cpu" else "no GPU"
+            raise FtctlError(
+                f"--gpus {gpus}: this machine has {has}, and doctor --network measures its own processes. Run "
+                "it on a host with those GPUs, or launch with --preflight (the job measures its nodes first)."
+            )
+        pinned, _ = pinned_for(f"{req.world_size}x{req.tier.name}", kinds)
+        env.update(pinned)
+        if "CUDA_VISIBLE_DEVICES" in pinned:
+            numbers = pinned["CUDA_VISIBLE_DEVICES"]
+            on = f"'s GPU{'s' * (',' in numbers)} {numbers} (CUDA_VISIBLE_DEVICES={numbers}, numbered as nvidia-smi does)"
     if req.world_size < 2:
         raise FtctlError(
             f"{req.world_size} process: an all-reduce needs two to measure; give --nodes 2 (CPU: one process a "
@@ -691,8 +747,8 @@ def network_check(gpus: str, nodes: int | None, min_busbw_gbps: float = 0.0) -> 
             "--json",
             result,
         ]
-        click.echo(f"all-reduce across {req.world_size} process(es) of {req} on this machine", err=True)
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        click.echo(f"all-reduce across {req.world_size} process(es) of {req} on this machine{on}", err=True)
+        env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")
         rc = run_filtered(cmd, env, Path(tmp) / "launcher.log")
         if os.path.exists(result):
             with open(result) as f:
