@@ -60,6 +60,8 @@ TRAINER_ENDED = re.compile(
     r"|^ftctl: trainer exited with )"
 )
 
+STOPPED_ON = re.compile(r"stopped on (.+?) (?:after saving|at) step \d+")  # its stop's name, in TRAINER_ENDED's line
+
 
 def records(text: str) -> list[dict]:
     """The records of a metrics.jsonl's text, in order; a line cut short (the one the trainer is writing) left out."""
@@ -143,8 +145,10 @@ def stopped_at(stop: dict) -> str:
     trainers: a requeued Slurm job's next attempt, loading, showed the stopped one's steps as its own, with the time
     left (~0 s); what goes on from that checkpoint is the backend's to say (status' note)."""
     where = stop.get("checkpoint") or f"step {stop.get('step')}"
+    why = stop.get("signal")  # what asked it to stop: a signal's name, or its stop file's words (callbacks.stop_reason)
+    on = f" on {why}" if isinstance(why, str) and why else ""
     unsent = " (not committed to the store)" if stop.get("in_store") is False else ""
-    return f"its trainer stopped at {where}{unsent}"
+    return f"its trainer stopped at {where}{on}{unsent}"
 
 
 def _held_out(held_out: dict, best: dict) -> Progress:
@@ -405,7 +409,8 @@ def _trainer_ended(lines: list[str]) -> str | None:
             if m[3] == "complete":
                 return f"its trainer finished at step {m[4]}"
             if step := m[2] or m[4]:  # "at step N, but its checkpoint-N did not reach" the store: its error line
-                return stopped_at({"step": int(step)} | ({"in_store": False} if m[1] == "at" else {}))
+                why = {"signal": said[1]} if (said := STOPPED_ON.search(line)) else {}
+                return stopped_at({"step": int(step)} | why | ({"in_store": False} if m[1] == "at" else {}))
             return "its trainer ended"
     return None
 

@@ -142,7 +142,7 @@ def test_a_requeued_jobs_status_while_its_next_attempt_loads_says_where_the_last
     t = _metrics(metrics, (0, list(range(10, 290, 10)), True))  # its trainer stopped at checkpoint-280
     now = said(t + 5)
     assert now.fields["time_left"] is None and "left" not in now, now
-    assert now.endswith("; its trainer stopped at checkpoint-280") and now.startswith("step 280/400 (70%)"), now
+    assert now.endswith("; its trainer stopped at checkpoint-280 on TERM") and now.startswith("step 280/400 (70%)"), now
     t = _metrics(metrics, (0, list(range(10, 290, 10)), True), (1, [290, 300, 310], False))  # attempt 1 trains
     now = said(t + 1)
     assert now.startswith("step 310/400 (77%)") and "stopped" not in now and now.fields["time_left"], now
@@ -297,7 +297,7 @@ def test_status_of_a_requeued_attempt_loading_and_of_a_held_job(slurm_job):
         "attempt 1 starting: its trainer loads, then resumes from checkpoint-280; the step shown is an earlier "
         "attempt's"
     ) in said, said
-    assert "its trainer stopped at checkpoint-280" in said and " left" not in said, said
+    assert "its trainer stopped at checkpoint-280 on TERM" in said and " left" not in said, said
     out.write_text("2|PENDING||JobHeldUser|0|0|N/A|N/A|\n")
     said = "\n".join(status_lines("2"))
     assert "`scontrol release 2` lets it start; `ftctl logs -f 2` follows it once it starts" in said, said

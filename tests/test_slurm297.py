@@ -76,9 +76,9 @@ def test_a_log_whose_trainer_stopped_says_no_time_left(tmp_path):
     assert training.fields["time_left"] and "left" in training, training
     ends = {
         "2026-12-07 11:00:01,000 +0000 [rank 0] ftctl.trainer.run: stopped on USR2 after saving step 201; resume "
-        "with the same output dir": "its trainer stopped at step 201",
+        "with the same output dir": "its trainer stopped at step 201 on USR2",
         "error: stopped on USR2 at step 201, but its checkpoint-201 did not reach s3://b/o (...)": "its trainer "
-        "stopped at step 201 (not committed to the store)",
+        "stopped at step 201 on USR2 (not committed to the store)",
         "stopped: step 201, last loss 1.2000, output s3://b/o": "its trainer stopped at step 201",
         "complete: step 400, final loss 1.1000, output s3://b/o": "its trainer finished at step 400",
         "ftctl: trainer exited with 1, status failed": "its trainer ended",

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ftctl.progress import TRAINER_ENDED, _trainer_ended
+from ftctl.progress import TRAINER_ENDED, _trainer_ended, stopped_at
 from ftctl.slurm.render import STOP_REASONS
 from ftctl.trainer.callbacks import STOP_FILE, stop_reason
 from tests.render_fixtures import prepared
@@ -88,13 +88,17 @@ def test_an_unwritable_reason_still_stops_the_trainer(tmp_path):
 
 def test_the_reasons_words_read_as_the_trainers_stop_in_status():
     """progress.TRAINER_ENDED (`ftctl status` of a running job whose trainer stopped) reads each reason's words in
-    the trainer's stop line, and in its error line where the checkpoint did not reach the store."""
+    the trainer's stop line, and in its error line where the checkpoint did not reach the store; status says them
+    (it said only where the trainer stopped)."""
     for said in (USR2_SAID, STOP_REASONS["TERM"], STOP_REASONS["USR1"]):
         line = f"2026-12-07 11:00:01,000 +0000 [rank 0] ftctl.trainer.run: stopped on {said} after saving step 21; r"
         assert TRAINER_ENDED.search(line)[2] == "21", said
-        assert _trainer_ended([line]) == "its trainer stopped at step 21"
+        assert _trainer_ended([line]) == f"its trainer stopped at step 21 on {said}"
         error = f"error: stopped on {said} at step 21, but its checkpoint-21 did not reach s3://b/o (x)"
-        assert _trainer_ended([error]) == "its trainer stopped at step 21 (not committed to the store)"
+        assert _trainer_ended([error]) == f"its trainer stopped at step 21 on {said} (not committed to the store)"
+    # a running job's metrics.jsonl: its stop record's signal, the stop file's words
+    stop = {"step": 21, "event": "stop", "signal": USR2_SAID, "checkpoint": "checkpoint-21"}
+    assert stopped_at(stop) == f"its trainer stopped at checkpoint-21 on {USR2_SAID}"
 
 
 # the job's trainer, a stand-in: each node's says it trains, then waits for the stop file as the trainer polls it at

@@ -169,7 +169,7 @@ def test_status_of_a_requeued_job_says_how_its_last_attempt_ended(squeue, tmp_pa
     lines = status_lines("2")  # running: its newest checkpoint, or that the store cannot be asked (no credentials)
     # the log's last attempt (attempt 0) stopped: no time left, and where (helper 297: it said the step's age)
     assert lines[0] == "2 RUNNING on node[1-2], restarts 1"
-    assert lines[1] == f"{step}; its trainer stopped at step 5 (not committed to the store)", lines
+    assert lines[1] == f"{step}; its trainer stopped at step 5 on SIGUSR2 (not committed to the store)", lines
     assert lines[2].startswith("newest checkpoint: s3://b/runs/r1 cannot be listed now (No credentials for ")
     log.write_text(log.read_text().replace(f"error: {kept}\n", ""))  # a stop the store committed: it goes on
     squeue("2", "PENDING", reason="BeginTime", restarts=1)

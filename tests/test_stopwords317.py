@@ -18,11 +18,11 @@ def test_a_stop_named_in_words_reads_as_the_trainers_stop():
     from ftctl.progress import _trainer_ended
 
     cut = "ftctl: error: stopped on stop file at step 5, but its checkpoint-5 did not reach s3://b/r (x); it is kept"
-    assert _trainer_ended([cut]) == "its trainer stopped at step 5 (not committed to the store)"
+    assert _trainer_ended([cut]) == "its trainer stopped at step 5 on stop file (not committed to the store)"
     said = (
         "W ftctl.trainer.run: stopped on SIGTERM to ftctl launch after saving step 7; resume with the same output dir"
     )
-    assert _trainer_ended([said]) == "its trainer stopped at step 7"
+    assert _trainer_ended([said]) == "its trainer stopped at step 7 on SIGTERM to ftctl launch"
 
 
 SIGNALLED_TORCHRUN = """
