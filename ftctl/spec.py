@@ -335,6 +335,8 @@ def _tool_defaults(values: dict, tools: dict[str, list[str]], notes=None) -> Non
         for k, v in defaults.items():
             if k not in values:
                 taken[k] = values[k] = v(values) if callable(v) else v
+        # said where they differ from ftctl's own (LLaMA-Factory's alpha, twice a rank of 16, is ftctl's 32)
+        taken = {k: v for k, v in taken.items() if as_run(k, FIELDS[k].default) != v}
         if taken and notes is not None:
             said = ", ".join(f"{k} {_number(v)}" for k, v in taken.items())
             ours = " ".join(f"-o {k}={_number(as_run(k, FIELDS[k].default))}" for k in taken)

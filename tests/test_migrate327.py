@@ -99,3 +99,13 @@ def test_an_axolotl_type_over_a_model_without_a_chat_template_says_vicuna_at_lau
     own.mkdir()
     (own / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "chat_template": "{{ x }}"}))
     assert not any("Vicuna" in n for n in _built({**axolotl, "base_model": str(own)})[1])
+
+
+def test_a_tool_default_equal_to_ftctls_is_taken_but_not_said_as_a_difference():
+    """Review 331 #7: LLaMA-Factory's lora_alpha (twice the rank) at lora_r 16 is ftctl's own 32: it was listed among
+    the tool's defaults, with "-o lora_alpha=32" as the way to ftctl's."""
+    lf = {"model_name_or_path": "m", "stage": "sft", "finetuning_type": "lora", "lora_target": "all", "lora_rank": 16}
+    spec, notes = _built(lf)
+    assert spec.lora_alpha == 32
+    [said] = [n for n in notes if "LLaMA-Factory's defaults" in n]
+    assert "lora_alpha" not in said and "lora_dropout 0" in said, said
