@@ -704,7 +704,7 @@ def write_files(rendered: Rendered):
     import click
 
     from ftctl.checkpoints import list_checkpoints
-    from ftctl.checkpoints.settings import KIND, NEW_DATA, other_data
+    from ftctl.checkpoints.settings import DATA_CONTENT, KIND, NEW_DATA, content, other_data
     from ftctl.preflight import foreign_output
 
     paths = rendered.paths
@@ -741,6 +741,9 @@ def write_files(rendered: Rendered):
             )
         data = [k for k in changed if k in NEW_DATA]
         held = [c for c in list_checkpoints(str(paths.root)) if c.complete] if data else []
+        recorded = ((held[-1].manifest or {}).get("settings") or {}) if held else {}
+        if held and data == ["data_path"] and recorded.get(DATA_CONTENT) == content(rendered.spec).get(DATA_CONTENT, 0):
+            held = []  # the same files at another path (moved, another checkout): the same data (settings.compare)
         if held and rendered.spec.resume == "auto":  # a new experiment would silently continue the last one
             was_data = {k: was[k] for k in data}
             raise FtctlError(other_data(paths.root, held[-1].name, held[-1].uri, was_data, rendered.another_output))

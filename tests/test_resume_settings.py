@@ -327,8 +327,9 @@ def test_a_relaunch_on_other_data_reads_it_from_its_start(tiny_model_dir, tiny_d
     more.write_text(json.dumps(json.loads(demo_data_path().read_text())[100:160]))
     out, scratch = tmp_path / "out", tmp_path / "scratch"
     assert train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **SCHEDULE), echo=lambda *_: None)
+    on = {**SCHEDULE, "resume": str(out / "checkpoint-3")}  # named: resume=auto refuses other data (helper 326)
     with caplog.at_level(logging.WARNING, logger="ftctl"):
-        assert train(*make_run(tiny_model_dir, more, out, "lora", max_steps=6, **SCHEDULE), echo=lambda *_: None)
+        assert train(*make_run(tiny_model_dir, more, out, "lora", max_steps=6, **on), echo=lambda *_: None)
     said = (
         f"data_path {tiny_data} -> {more}; the run goes on from step 3 with the new ones (the new data from its "
         "start); another --output starts a new run instead"
@@ -388,8 +389,9 @@ def test_a_relaunch_measuring_the_held_out_loss_otherwise_starts_its_lowest_afre
     held = {"eval_split": 0.2, "early_stopping_patience": 5}
     assert train(*make_run(tiny_model_dir, tiny_data, out, "lora", max_steps=3, **held, **SCHEDULE), echo=print)
     before = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["best_metric"]
+    on = {**SCHEDULE, "resume": str(out / "checkpoint-3")}  # named: resume=auto refuses other data (helper 326)
     with caplog.at_level(logging.WARNING, logger="ftctl"):
-        assert train(*make_run(tiny_model_dir, more, out, "lora", max_steps=6, **held, **SCHEDULE), echo=print)
+        assert train(*make_run(tiny_model_dir, more, out, "lora", max_steps=6, **held, **on), echo=print)
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     evals = {row["step"]: row["eval_loss"] for row in state["log_history"] if "eval_loss" in row}
     assert before is not None and state["best_metric"] == evals[6] != before  # the new set's, not the old one's

@@ -149,3 +149,25 @@ def test_the_launch_names_the_newer_checkpoint_staged_here_that_the_trainer_resu
     )
     (said,) = check_resume(spec, make_plan(spec))  # a trainer elsewhere (a cluster's node): the store's
     assert said.what.startswith("checkpoint-300 was saved with other settings") and "staged" not in said.what
+
+
+def test_a_local_run_relaunched_on_its_data_file_moved_is_not_other_data(tmp_path, tiny_data):
+    """A local output's relaunch compared its spec.json's data_path alone (backend.write_files): the run's data file
+    moved (another checkout) was refused as other data, though its checkpoint records the same files' content."""
+    from ftctl.backend import prepare, write_files
+    from ftctl.errors import FtctlError
+    from ftctl.spec import build
+
+    old, new = tmp_path / "a" / "data.json", tmp_path / "b" / "data.json"
+    for path in (old, new):
+        path.parent.mkdir()
+        path.write_bytes(tiny_data.read_bytes())
+    other = tmp_path / "b" / "other.json"
+    other.write_text(json.dumps(json.loads(tiny_data.read_text())[::-1]))
+    values = {"method": "lora", "gpus": "1xA100", "backend": "slurm", "output_dir": str(tmp_path / "run")}
+    values.update(model_name_or_path="lmsys/vicuna-7b-v1.5", resume="auto")
+    write_files(prepare(build({**values, "data_path": str(old)})))
+    _stored(tmp_path, "", 5, _settings_of(build({**values, "data_path": str(old)})), local=tmp_path / "run")
+    write_files(prepare(build({**values, "data_path": str(new)})))  # refused before: "this launch names other data"
+    with pytest.raises(FtctlError, match="holds checkpoint-5 of a run trained on data_path=.*; this launch names"):
+        write_files(prepare(build({**values, "data_path": str(other)})))
