@@ -156,9 +156,13 @@ def went_on_from(resume, endpoint_url: str | None = None, starts: list[dict] = (
         recorded = saved(resume, endpoint_url) or {}
     except Exception:  # noqa: BLE001 - advisory: a checkpoint deleted since, a store not reachable from here
         recorded = {}
+    named = os.path.basename(resume.rstrip("/"))  # checkpoint-8 of s3://B/r, recorded as the local copy it went on from
     for start in reversed(starts) if not recorded else ():
         went = start.get(PHASE_KEY, {}).get("resumed") if isinstance(start.get(PHASE_KEY), dict) else None
-        if isinstance(went, dict) and went.get("checkpoint") == resume and isinstance(went.get("settings"), dict):
+        if not isinstance(went, dict) or not isinstance(went.get("settings"), dict):
+            continue
+        checkpoint = str(went.get("checkpoint") or "")
+        if checkpoint == resume or os.path.basename(checkpoint.rstrip("/")) == named:
             return dict(went["settings"])
     return recorded
 
