@@ -336,7 +336,9 @@ def test_keys_lists_every_run_key_with_its_default_and_text():
     assert "  method = lora  (also: adapter) fft | sft | lora | qlora\n" in listed.stdout
     assert "\nslurm\n  partition = (unset)\n" in listed.stdout  # a backend's keys under its name
     one = CliRunner().invoke(main, ["keys", "dora"])
-    assert one.exit_code == 0 and one.stdout.splitlines()[1].startswith("  use_dora = false  PEFT's DoRA")
+    assert one.exit_code == 0 and one.stdout.splitlines()[1].startswith(
+        "  use_dora = false  (also: peft_use_dora) PEFT's DoRA"
+    )
     assert CliRunner().invoke(main, ["keys", "zzz"]).exit_code == 2
     # a FastChat or TRL key ftctl decides itself is explained, not "no run key mentions it"
     tf32 = CliRunner().invoke(main, ["keys", "tf32"])

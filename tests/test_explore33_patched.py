@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 
+import datasets
 import pytest
 
 from ftctl.errors import FtctlError
@@ -103,8 +104,14 @@ def test_eval_of_the_data_the_run_trained_on_says_it_is_not_held_out(tiny_data, 
 
     spec = {"data_path": str(tiny_data), "eval_split": 0.0, "model_max_length": 64}
     found = SimpleNamespace(recorded=lambda section, key: spec.get(key))
-    monkeypatch.setattr(chat, "load", lambda run, **kw: SimpleNamespace(found=found, tokenizer=None, model=None))
-    monkeypatch.setattr("ftctl.trainer.data.build_dataset", lambda *a, **kw: [])
+    monkeypatch.setattr(chat, "locate", lambda run, *a, **kw: SimpleNamespace(plain=False))  # eval finds runs first
+    monkeypatch.setattr(
+        chat, "load", lambda run, **kw: SimpleNamespace(found=found, tokenizer=None, model=None, download=None)
+    )
+    monkeypatch.setattr(
+        "ftctl.trainer.data.build_dataset",
+        lambda *a, **kw: datasets.Dataset.from_list([{"input_ids": [1, 2], "labels": [1, 2]}]),
+    )
     monkeypatch.setattr(heldout, "score", lambda *a, **kw: heldout.Score(1.0, 0.5, 48, 600))
     got = CliRunner().invoke(main, ["eval", str(tmp_path), "--data", str(tiny_data)])
     assert got.exit_code == 0, got.output

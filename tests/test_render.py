@@ -164,6 +164,10 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path, 
     calls = {c["prog"]: c for c in read_log(log)}
     assert calls["scontrol"]["argv"] == ["show", "hostnames", "node[1-2]"]
     tr = calls["torchrun"]
+    # this test's parametrized cases run at once on CI's workers, each a job 4242: one may hold 29743's lock (the
+    # script keeps it to its end, /var/tmp/ftctl-rdzv-PORT.lock) while another probes it, and take the next port
+    endpoint = tr["argv"][7]
+    assert endpoint.startswith("node1:") and 29743 <= int(endpoint.split(":")[1]) < 29743 + 16, endpoint
     assert tr["argv"] == [
         "--nnodes",
         "2",
@@ -172,7 +176,7 @@ def test_slurm_hostile_values_arrive_intact(hostile_paths, container, tmp_path, 
         "--rdzv-backend",
         "c10d",
         "--rdzv-endpoint",
-        "node1:29743",  # rdzv_port + 1 + SLURM_JOB_ID % 1000
+        endpoint,  # rdzv_port + 1 + SLURM_JOB_ID % 1000, or the next free one above it
         "--rdzv-id",
         f"{prep.spec.name}-4242",
         "--rdzv-conf",

@@ -226,8 +226,10 @@ def short_ram(record, task) -> dict | None:
     kernel's OOM killer ends it as its optimizer states move to host RAM. The nodes' RAM is the launched instance type's, as
     its cloud tells it (a VM's from the catalog, a Kubernetes pod's or a Slurm allocation's from the type's name)."""
     launched = getattr(_get(record, "handle"), "launched_resources", None)
+    if launched is None:  # its nodes' RAM cannot be told
+        return None
     asked = [gib for res in task.resources if (gib := _memory_gib(res.memory)) is not None]
-    if launched is None or not asked:
+    if not asked:
         return None
     have = node_ram_gib(launched)
     if have is None or have >= min(asked):
