@@ -47,14 +47,15 @@ def _waiting(tmp_path, job: str) -> tuple[subprocess.Popen, object, list[str]]:
 
 
 def test_ftctl_cancel_during_the_time_limit_wait_ends_the_job_at_once(tmp_path):
-    """ftctl cancel's USR1 during the wait: the script cancels its own job (CANCELLED) within a second, not after the
-    rest of the wait (up to signal_lead_s, here 60 s + the slack: ftctl cancel waited signal_lead_s, then scancelled)."""
+    """ftctl cancel's USR1 during the wait: the script cancels its own job (CANCELLED) at once, not after the rest of
+    the wait (up to signal_lead_s, here 60 s + the slack: ftctl cancel waited signal_lead_s, then scancelled). At once is
+    about a second idle; 20 s leaves room for a busy CI machine (CI saw 5.0 s beside the suite) and stays far from 60."""
     proc, log, lines = _waiting(tmp_path, "97")
     start = time.monotonic()
     proc.send_signal(signal.SIGUSR1)  # scancel --signal=USR1 --batch, as ftctl cancel sends it
     rest, _ = proc.communicate(timeout=30)
     took = time.monotonic() - start
-    assert proc.returncode == 143 and took < 3, (took, rest)
+    assert proc.returncode == 143 and took < 20, (took, rest)
     assert "the trainer stopped at its checkpoint already; cancelling job 97" in rest, rest
     assert "ftctl cancel 97 ends it now" in lines[-1], lines[-1]  # the wait's line says how to end it
     assert [c["argv"] for c in read_log(log) if c["prog"] == "scancel"] == [["97"]]
