@@ -23,9 +23,13 @@ from tests.hf_cache_fixtures import (  # noqa: F401 (the fixtures)
 
 
 def test_a_pinned_runs_adapter_loads_its_base_at_the_pinned_commit(two_commits, tmp_path, monkeypatch):  # noqa: F811
+    from huggingface_hub import constants
     from peft import AutoPeftModelForCausalLM
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the trainer's process
+    # and this one's loads below: huggingface_hub read HF_HUB_OFFLINE at import, so without this they asked the Hub
+    # (not the fixture's discard port: its ENDPOINT too is read at import) and waited out its retries, ~100 s
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"text": "hi hi hi"}) + "\n" for _ in range(4)))
     out = tmp_path / "out"
