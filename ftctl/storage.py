@@ -225,6 +225,34 @@ def gcs_emulator() -> str | None:
     return host if host.startswith(("http://", "https://")) else f"http://{host}"
 
 
+#: the S3 credential chain's settings (each variable's name and a digest of its value) when the S3 filesystems fsspec
+#: keeps were made
+_S3_CREDENTIALS_SEEN: list[str] = []
+
+
+def _credentials_as_now(cls) -> None:
+    """fsspec keeps one S3 filesystem per set of arguments, and its client the credentials found when it was made: in
+    a process where AWS_ACCESS_KEY_ID, AWS_PROFILE ... were set (or unset) since, a store whose endpoint refuses
+    connections was said to lack credentials, or one lacking them as unreachable. Where those settings (any AWS_*
+    variable, HOME: ~/.aws) differ from the kept filesystems', these are dropped, and the next ones read the chain
+    anew. Values are kept as digests only."""
+    import hashlib
+
+    now = sorted(
+        f"{name}={hashlib.sha256(value.encode()).hexdigest()[:16]}"
+        for name, value in os.environ.items()
+        if name.startswith("AWS_") or name == "HOME"
+    )
+    with _CREDENTIALS_LOCK:
+        if _S3_CREDENTIALS_SEEN != now:
+            if _S3_CREDENTIALS_SEEN:
+                cls.clear_instance_cache()
+            _S3_CREDENTIALS_SEEN[:] = now
+
+
+_CREDENTIALS_LOCK = threading.Lock()
+
+
 def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: bool = False) -> tuple[Any, str]:
     """``(fs, path)`` for a local path or object-store URI.
 
@@ -258,6 +286,7 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
         raise FtctlError(f"{uri!r} needs the {package} package: {install}") from exc
     path = uri.split("://", 1)[1].strip("/")
     if protocol == "s3":
+        _credentials_as_now(cls)
         client_kwargs = {}
         endpoint = s3_endpoint(endpoint_url)
         if endpoint:
@@ -1200,7 +1229,13 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
                 "identity found here: no managed identity, workload identity, AZURE_CLIENT_ID/AZURE_CLIENT_SECRET/"
                 "AZURE_TENANT_ID or Azure CLI login)"
             )
-        return storage_error("no-credentials", uri, endpoint_url, detail)
+        said = storage_error("no-credentials", uri, endpoint_url, detail)
+        endpoint = s3_endpoint(endpoint_url) if scheme(os.fspath(uri)) == "s3" else None
+        if endpoint and not _answers(endpoint):  # botocore signs before it connects: a closed port is never reached
+            down = storage_error("unreachable", uri, endpoint_url)
+            fix = f"{said.fix.rstrip('.')}; and {down.what[0].lower()}{down.what[1:]} either: {down.fix}"
+            return StorageError("no-credentials", said.what, fix)
+        return said
     if codes & _BAD_CREDENTIALS or _AZURE_UNSIGNED in text:  # Azure says a wrong key so (Azurite: with the code
         # AuthorizationFailure, which Azure itself gives to a request its firewall or a SAS's rights refuse)
         bad = codes & _BAD_CREDENTIALS or codes & {"AuthorizationFailure"} or {"403"}
@@ -1226,6 +1261,20 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
     if "ValueError" in names and "endpoint" in text:
         return storage_error("bad-endpoint", uri, endpoint_url)
     return None
+
+
+def _answers(endpoint: str, timeout_s: float = 1.0) -> bool:
+    """Whether a TCP connection to the host and port of the URL ``endpoint`` opens within ``timeout_s``."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(endpoint)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):  # refused, no route, no such host, no answer in time; a port that is no number
+        return False
 
 
 #: StorageError kinds of a store that is down for now (503 SlowDown, 5xx, a cut-off answer, no answer in time, a
