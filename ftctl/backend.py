@@ -65,7 +65,7 @@ from ftctl.spec import (
     split_paths,
     store_uri,
 )
-from ftctl.storage import is_remote, local_path, place_problem, temp_beside, write_whole
+from ftctl.storage import is_remote, local_path, place_problem, root_output, temp_beside, write_whole
 
 # name -> "module:class", imported on first use (importing SkyPilot alone costs seconds)
 REGISTRY = {
@@ -548,6 +548,8 @@ def prepare(spec: RunSpec, why: str | None = None) -> Rendered:
     spec = replace(spec, backend=name)
     backend = get(name)
     refuse_foreign_options(spec, backend, why)
+    if said := root_output(spec.output, spec.run_name or spec.name):
+        raise FtctlError(said)
     if not backend.needs_local_paths:  # before the plan, which would first ask a --model URI's size
         refuse_local_paths(spec, name)
     sized, pin = sized_at_pin(spec)  # the plan sizes the model at the commit the launch pins, where it is cached

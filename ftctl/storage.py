@@ -531,6 +531,23 @@ def require_writable(uri: str | os.PathLike, what: str) -> None:
         )
 
 
+def root_output(uri: str, run: str = "RUN") -> str | None:
+    """What is wrong with ``uri`` as a run's output where it is an object store's bucket (container) root: a run keeps
+    its checkpoints, spec.json, final model and lease under its output, `ftctl sync pull` and a final upload list all of
+    it, and retention deletes checkpoint-N there; None for a prefix in a bucket (or no store URI). ``run``: the name
+    suggested for a prefix."""
+    if not is_remote(uri) or scheme(uri) == "hf":
+        return None
+    bucket, _, rest = uri.split("://", 1)[1].strip("/").partition("/")
+    if not bucket or rest.strip("/"):
+        return None
+    return (
+        f"--output {uri} is the root of {'container' if scheme(uri) in ('az', 'abfs', 'abfss') else 'bucket'} "
+        f"{bucket!r}: a run keeps its checkpoints, spec.json, final model and lease under its output, and lists, "
+        f"pulls and prunes all of it; give the run a prefix of its own: --output {shlex.quote(uri.rstrip('/') + '/' + run)}"
+    )
+
+
 def join(uri: str, *parts: str) -> str:
     """``uri`` joined with ``parts`` by '/' (object stores) or the OS separator (local paths)."""
     uri = os.fspath(uri)
