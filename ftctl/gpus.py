@@ -30,6 +30,7 @@ class GpuTier:
     total_gib: float  # what PyTorch reports of it ("a total capacity of 79.11 GiB"): what a run can have
     compute_capability: tuple[int, int]
     peak_tflops: float  # dense bf16 (fp16 where no bf16) tensor TFLOPS, FP32 accumulate, no sparsity
+    memory_tbps: float  # its memory's bandwidth, TB/s, as its data sheet says (plan.micro_batch_seconds)
 
     @property
     def bf16(self) -> bool:
@@ -65,7 +66,8 @@ class GpuTier:
 
 
 # The one table of GPU facts: name, the GB it is sold with, the GiB PyTorch reports of it, compute capability, peak
-# TFLOPS. PyTorch's total (its out-of-memory message's "total capacity", what torch.cuda.mem_get_info says) is what a
+# TFLOPS, memory bandwidth (TB/s, the same sheets and pages: the SXM figure where a card comes as SXM and PCIe).
+# PyTorch's total (its out-of-memory message's "total capacity", what torch.cuda.mem_get_info says) is what a
 # run can have: the sold 80 "GB" are GiB, 85.9e9 bytes, of which the driver keeps some (an H100 reports 79.1 GiB,
 # 84.9e9 bytes). The totals are from PyTorch's messages in issue threads that name the card, the lowest where driver
 # generations differ (a T4: 14.75 GiB on older drivers, 14.56 on 535 and newer), the 48 GB Ada and Ampere cards' with
@@ -90,61 +92,61 @@ TIERS: dict[str, GpuTier] = {
     for t in [
         # Pascal and older: not planned (above)
         # Volta, sm70
-        GpuTier("V100", 16, 15.75, (7, 0), 125),  # V100 SXM2 sheet
-        GpuTier("V100S", 32, 31.74, (7, 0), 130),  # V100S PCIe sheet
-        GpuTier("V100-32GB", 32, 31.74, (7, 0), 125),  # V100 SXM2 sheet
+        GpuTier("V100", 16, 15.75, (7, 0), 125, 0.9),  # V100 SXM2 sheet
+        GpuTier("V100S", 32, 31.74, (7, 0), 130, 1.134),  # V100S PCIe sheet
+        GpuTier("V100-32GB", 32, 31.74, (7, 0), 125, 0.9),  # V100 SXM2 sheet
         # TITAN V (a workstation's Volta, 12 GB HBM2): fp16 on SDPA as the V100 (it was planned as cpu: no listed Volta
         # card within 12 GB); total as the 12 GB cards' (RTX3060's)
-        GpuTier("TITANV", 12, 11.75, (7, 0), 110),  # TITAN V page: 110 deep-learning TFLOPS
+        GpuTier("TITANV", 12, 11.75, (7, 0), 110, 0.653),  # TITAN V page: 110 deep-learning TFLOPS
         # Turing, sm75
-        GpuTier("T4", 16, 14.56, (7, 5), 65),  # T4 sheet
-        GpuTier("RTX2080Ti", 11, 10.73, (7, 5), 53.8),  # whitepaper, ref. clock
-        GpuTier("TITANRTX", 24, 23.6, (7, 5), 130),  # TITAN RTX page
-        GpuTier("RTX6000", 24, 23.6, (7, 5), 130.5),  # Quadro RTX 6000 sheet
-        GpuTier("RTX8000", 48, 47.46, (7, 5), 130.5),  # Quadro RTX 8000 sheet
+        GpuTier("T4", 16, 14.56, (7, 5), 65, 0.32),  # T4 sheet
+        GpuTier("RTX2080Ti", 11, 10.73, (7, 5), 53.8, 0.616),  # whitepaper, ref. clock
+        GpuTier("TITANRTX", 24, 23.6, (7, 5), 130, 0.672),  # TITAN RTX page
+        GpuTier("RTX6000", 24, 23.6, (7, 5), 130.5, 0.672),  # Quadro RTX 6000 sheet
+        GpuTier("RTX8000", 48, 47.46, (7, 5), 130.5, 0.672),  # Quadro RTX 8000 sheet
         # Ampere, sm80 and sm86
-        GpuTier("A30", 24, 23.53, (8, 0), 165),  # A30 sheet
-        GpuTier("A100", 40, 39.38, (8, 0), 312),  # A100 sheet
-        GpuTier("A100-80GB", 80, 79.14, (8, 0), 312),  # A100 sheet
-        GpuTier("A10G", 24, 21.98, (8, 6), 70),  # AWS's figure; NVIDIA has none
-        GpuTier("A10", 24, 21.98, (8, 6), 125),  # A10 sheet
-        GpuTier("A40", 48, 44.34, (8, 6), 149.7),  # A40 sheet
-        GpuTier("RTX3060", 12, 11.75, (8, 6), 25.5),  # 28 SMs x 1,777 MHz (b)
-        GpuTier("RTX3070", 8, 7.76, (8, 6), 40.6),  # GA102 whitepaper (its GA104 column)
-        GpuTier("RTX3080", 10, 9.78, (8, 6), 59.5),  # GA102 whitepaper
-        GpuTier("RTX3080-12GB", 12, 11.75, (8, 6), 61.3),  # 70 SMs x 1,710 MHz (b); total as RTX3060's
-        GpuTier("RTX3080Ti", 12, 11.75, (8, 6), 68.2),  # 80 SMs x 1,665 MHz (b); total as RTX3060's
-        GpuTier("RTX3090", 24, 23.68, (8, 6), 71),  # GA102 whitepaper
-        GpuTier("RTXA4000", 16, 15.61, (8, 6), 76.7),  # RTX A4000 sheet
-        GpuTier("RTXA5000", 24, 23.6, (8, 6), 111.1),  # RTX A5000 sheet
-        GpuTier("RTXA6000", 48, 47.4, (8, 6), 154.8),  # RTX A6000 sheet
+        GpuTier("A30", 24, 23.53, (8, 0), 165, 0.933),  # A30 sheet
+        GpuTier("A100", 40, 39.38, (8, 0), 312, 1.555),  # A100 sheet
+        GpuTier("A100-80GB", 80, 79.14, (8, 0), 312, 2.039),  # A100 sheet
+        GpuTier("A10G", 24, 21.98, (8, 6), 70, 0.6),  # AWS's figure; NVIDIA has none
+        GpuTier("A10", 24, 21.98, (8, 6), 125, 0.6),  # A10 sheet
+        GpuTier("A40", 48, 44.34, (8, 6), 149.7, 0.696),  # A40 sheet
+        GpuTier("RTX3060", 12, 11.75, (8, 6), 25.5, 0.36),  # 28 SMs x 1,777 MHz (b)
+        GpuTier("RTX3070", 8, 7.76, (8, 6), 40.6, 0.448),  # GA102 whitepaper (its GA104 column)
+        GpuTier("RTX3080", 10, 9.78, (8, 6), 59.5, 0.76),  # GA102 whitepaper
+        GpuTier("RTX3080-12GB", 12, 11.75, (8, 6), 61.3, 0.912),  # 70 SMs x 1,710 MHz (b); total as RTX3060's
+        GpuTier("RTX3080Ti", 12, 11.75, (8, 6), 68.2, 0.912),  # 80 SMs x 1,665 MHz (b); total as RTX3060's
+        GpuTier("RTX3090", 24, 23.68, (8, 6), 71, 0.936),  # GA102 whitepaper
+        GpuTier("RTXA4000", 16, 15.61, (8, 6), 76.7, 0.448),  # RTX A4000 sheet
+        GpuTier("RTXA5000", 24, 23.6, (8, 6), 111.1, 0.768),  # RTX A5000 sheet
+        GpuTier("RTXA6000", 48, 47.4, (8, 6), 154.8, 0.768),  # RTX A6000 sheet
         # Ada, sm89
-        GpuTier("L4", 24, 22.03, (8, 9), 121),  # L4 sheet
-        GpuTier("L40S", 48, 44.39, (8, 9), 362),  # L40S sheet
-        GpuTier("L40", 48, 44.39, (8, 9), 181),  # L40 sheet
-        GpuTier("RTX4060", 8, 7.75, (8, 9), 30.2),  # 24 SMs x 2,460 MHz (b); total: a 4060 Laptop GPU's
-        GpuTier("RTX4060Ti", 8, 7.75, (8, 9), 44.1),  # 34 SMs x 2,535 MHz (b); total as RTX4060's
-        GpuTier("RTX4060Ti-16GB", 16, 15.55, (8, 9), 44.1),  # as RTX4060Ti
-        GpuTier("RTX4070", 12, 11.72, (8, 9), 58.3),  # 46 SMs x 2,475 MHz (b); total under RTX4070Ti's
-        GpuTier("RTX4070Super", 12, 11.72, (8, 9), 71.0),  # 56 SMs x 2,475 MHz (b); total as RTX4070's
-        GpuTier("RTX4070Ti", 12, 11.73, (8, 9), 80.2),  # 60 SMs x 2,610 MHz (b)
-        GpuTier("RTX4070TiSuper", 16, 15.55, (8, 9), 88.2),  # 66 SMs x 2,610 MHz (b); total as RTX4060Ti-16GB's
-        GpuTier("RTX4080", 16, 15.55, (8, 9), 97.5),  # Ada whitepaper (76 SMs x 2,505 MHz); total as above
-        GpuTier("RTX4080Super", 16, 15.55, (8, 9), 104.4),  # 80 SMs x 2,550 MHz (b); total as above
-        GpuTier("RTX4090", 24, 23.64, (8, 9), 165),  # Ada whitepaper
-        GpuTier("RTX6000-Ada", 48, 44.43, (8, 9), 364.2),  # Ada whitepaper
+        GpuTier("L4", 24, 22.03, (8, 9), 121, 0.3),  # L4 sheet
+        GpuTier("L40S", 48, 44.39, (8, 9), 362, 0.864),  # L40S sheet
+        GpuTier("L40", 48, 44.39, (8, 9), 181, 0.864),  # L40 sheet
+        GpuTier("RTX4060", 8, 7.75, (8, 9), 30.2, 0.272),  # 24 SMs x 2,460 MHz (b); total: a 4060 Laptop GPU's
+        GpuTier("RTX4060Ti", 8, 7.75, (8, 9), 44.1, 0.288),  # 34 SMs x 2,535 MHz (b); total as RTX4060's
+        GpuTier("RTX4060Ti-16GB", 16, 15.55, (8, 9), 44.1, 0.288),  # as RTX4060Ti
+        GpuTier("RTX4070", 12, 11.72, (8, 9), 58.3, 0.504),  # 46 SMs x 2,475 MHz (b); total under RTX4070Ti's
+        GpuTier("RTX4070Super", 12, 11.72, (8, 9), 71.0, 0.504),  # 56 SMs x 2,475 MHz (b); total as RTX4070's
+        GpuTier("RTX4070Ti", 12, 11.73, (8, 9), 80.2, 0.504),  # 60 SMs x 2,610 MHz (b)
+        GpuTier("RTX4070TiSuper", 16, 15.55, (8, 9), 88.2, 0.672),  # 66 SMs x 2,610 MHz (b); total as RTX4060Ti-16GB's
+        GpuTier("RTX4080", 16, 15.55, (8, 9), 97.5, 0.717),  # Ada whitepaper (76 SMs x 2,505 MHz); total as above
+        GpuTier("RTX4080Super", 16, 15.55, (8, 9), 104.4, 0.736),  # 80 SMs x 2,550 MHz (b); total as above
+        GpuTier("RTX4090", 24, 23.64, (8, 9), 165, 1.008),  # Ada whitepaper
+        GpuTier("RTX6000-Ada", 48, 44.43, (8, 9), 364.2, 0.96),  # Ada whitepaper
         # Hopper, sm90; Blackwell, sm100
-        GpuTier("H100", 80, 79.1, (9, 0), 989),  # H100 SXM sheet
-        GpuTier("H200", 141, 139.8, (9, 0), 989),  # H200 sheet
-        GpuTier("H800", 80, 79.1, (9, 0), 989),  # H100's die
+        GpuTier("H100", 80, 79.1, (9, 0), 989, 3.35),  # H100 SXM sheet
+        GpuTier("H200", 141, 139.8, (9, 0), 989, 4.8),  # H200 sheet
+        GpuTier("H800", 80, 79.1, (9, 0), 989, 3.35),  # H100's die
         # Grace Hopper: the 96 GB HBM3 module (the 144 GB HBM3e one plans within it)
-        GpuTier("GH200", 96, 94.5, (9, 0), 989),  # GH200 sheet
-        GpuTier("B200", 180, 178.35, (10, 0), 2250),  # HGX B200 sheet, per GPU
+        GpuTier("GH200", 96, 94.5, (9, 0), 989, 4),  # GH200 sheet
+        GpuTier("B200", 180, 178.35, (10, 0), 2250, 8),  # HGX B200 sheet, per GPU
         # Grace Blackwell (GB200 NVL72/NVL4): a B200 die at 1,200 W with 186 GB HBM3e; nvidia-smi 189471 MiB,
         # PyTorch's total 184.31 GiB (OOM messages on GB200 nodes); Arm hosts (docker.image.ARM_HOSTED)
-        GpuTier("GB200", 186, 184.31, (10, 0), 2500),  # GB200 NVL72 sheet, per GPU (5 PFLOPS sparse)
+        GpuTier("GB200", 186, 184.31, (10, 0), 2500, 8),  # GB200 NVL72 sheet, per GPU (5 PFLOPS sparse)
         # GeForce Blackwell, sm120 (not sm100's kernels: no FlashAttention 4)
-        GpuTier("RTX5090", 32, 31.36, (12, 0), 209.5),  # 170 SMs x 2,407 MHz (b): 838 sparse FP16-accumulate / 4
+        GpuTier("RTX5090", 32, 31.36, (12, 0), 209.5, 1.792),  # 170 SMs x 2,407 MHz (b): 838 sparse FP16-accumulate / 4
     ]
 }
 

@@ -1746,6 +1746,13 @@ FULL_MFU = 0.53  # the weights' speed where every weight trains (fft): v112, H10
 # (1.02 / 1.35 / 1.72 s at 2k / 8k / 16k against lora's 1.01 / - / 1.72): its 6 x params at 0.533 of peak, fitted with
 # attention at ATTENTION_MFU; at 0.35 the plan was 1.48x / 1.34x / 1.29x long (adapters' own passes, unfused, cost
 # lora about what the weight gradients' matmuls cost fft)
+# Each micro-batch also passes every trained weight through memory beyond what its matmuls read: the fp32 master
+# cast to 16-bit for the forward, each gradient added into the fp32 accumulated one (~16 B a parameter moved, by
+# small elementwise kernels). v117, H100, fft of the 3B shape at micro-batch 2 (16 micro-batches a step): 3.10 s a
+# step, 2.68 by its FLOPs alone; the 1B's at 2 micro-batches (v112/v113: 1.02-1.08 s, 1.03 by its FLOPs) hardly
+# shows it. 30 B a trained parameter at the card's data-sheet bandwidth fits both (3B: 1.01x; 1B: 1.05 s planned):
+# fitted on these rows, one of them with many micro-batches. Adapters train too few weights for it to show.
+MICRO_BATCH_BYTES = 30
 # what a frozen block keeps for the backward of sft, a share of a trained block's activations, where the backward
 # runs through it (a tied head: the embedding trains): v115, H100, 1B: 1,606 of 2,371 MiB saved (no weight gradient's
 # inputs; the elementwise backward's stay) and its 16-bit weight copy; below the trained blocks of an untied model 0
@@ -1888,12 +1895,25 @@ def block_params_b(shape: ModelShape) -> float:
 
 def tokens_per_second(plan: Plan, seq: int) -> float | None:
     """Tokens the plan's GPUs train a second at rows of ``seq`` tokens, roughly: their dense bf16/fp16 peak over a
-    token's flops_per_token, the weights' at weights_mfu and attention's at attention_mfu; None on CPU."""
+    token's flops_per_token, the weights' at weights_mfu and attention's at attention_mfu, and each micro-batch's
+    micro_batch_seconds shared by its tokens; None on CPU."""
     if not plan.tier:
         return None
     weights, attention = flops_per_token(plan, seq)
     rate = weights / weights_mfu(plan) + attention / attention_mfu(plan)
-    return plan.world_size * gpu_table.TIERS[plan.tier].peak_tflops * 1e12 / rate
+    per_token = rate / (gpu_table.TIERS[plan.tier].peak_tflops * 1e12)
+    per_token += micro_batch_seconds(plan) / (plan.per_device_train_batch_size * seq)
+    return plan.world_size / per_token
+
+
+def micro_batch_seconds(plan: Plan) -> float:
+    """Seconds a GPU spends on each micro-batch beyond its FLOPs: MICRO_BATCH_BYTES of each trained parameter it holds
+    (a shard of them where ZeRO or FSDP shards them) at its memory's bandwidth. 0 on CPU."""
+    if not plan.tier:
+        return 0.0
+    shards = plan.world_size if plan.strategy in (*DEEPSPEED_STRATEGIES, "fsdp") else 1
+    bandwidth = gpu_table.TIERS[plan.tier].memory_tbps * 1e12
+    return plan.trainable_params_b * 1e9 / shards * MICRO_BATCH_BYTES / bandwidth
 
 
 def step_seconds(plan: Plan, seq: int) -> float | None:
@@ -1938,6 +1958,12 @@ def step_row(spec: RunSpec, plan: Plan) -> str:
     """The plan's step time row: the predicted seconds an optimizer step, at what speed, and its attention's share."""
     what, why = attention_words(plan, spec.model_max_length)
     speed = f"{weights_mfu(plan):.0%} of the GPUs' 16-bit peak ({attention_mfu(plan):.0%} for attention)"
+    passes, n = micro_batch_seconds(plan), plan.gradient_accumulation_steps
+    if plan.step_s and n * passes >= 0.05 * plan.step_s:  # worth a larger micro-batch
+        speed += (
+            f", and {n} micro-batches x {passes * 1e3:.0f} ms passing the trained weights through memory (fewer, "
+            "larger micro-batches take less)"
+        )
     return f"{_step_time(plan.step_s)} est. at {speed}; {what} ({why})"
 
 

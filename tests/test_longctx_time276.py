@@ -20,6 +20,7 @@ from ftctl.plan import (
     FULL_MFU,
     attention_flops,
     make_plan,
+    micro_batch_seconds,
     tokens_per_second,
 )
 from ftctl.preflight import train_seconds
@@ -46,8 +47,10 @@ def _seconds(plan, length: int, weights: float, attention: float = 0.0) -> float
     ATTENTION_MFU (slower: measured, bench/NOTES.md v110)."""
     speed = _weights_mfu(weights)
     weights, attention = _recomputed(plan, weights, attention)
+    passes = plan.gradient_accumulation_steps * micro_batch_seconds(plan)  # the trained weights, each micro-batch
     return (
         plan.global_batch_size * length * (weights / speed + attention / ATTENTION_MFU) / (plan.world_size * H100_FLOPS)
+        + passes
     )
 
 

@@ -12,7 +12,15 @@ from __future__ import annotations
 import pytest
 
 from ftctl.gpus import TIERS
-from ftctl.plan import ADAPTER_MFU, ATTENTION_MFU, FULL_MFU, MASKED_ATTENTION_MFU, attention_flops, make_plan
+from ftctl.plan import (
+    ADAPTER_MFU,
+    ATTENTION_MFU,
+    FULL_MFU,
+    MASKED_ATTENTION_MFU,
+    attention_flops,
+    make_plan,
+    micro_batch_seconds,
+)
 from tests.render_fixtures import make_spec
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B"
@@ -32,7 +40,8 @@ def _step(plan, length: int, weights: float, w_mfu: float, attention: float, a_m
     peak = plan.world_size * TIERS[plan.tier].peak_tflops * 1e12
     if plan.gradient_checkpointing:  # each block's forward again in the backward: 2 x its weights, attention's third
         weights, attention = weights + 2 * BLOCKS, attention * 4 / 3
-    return plan.global_batch_size * length * (weights / w_mfu + attention / a_mfu) / peak
+    passes = plan.gradient_accumulation_steps * micro_batch_seconds(plan)  # the trained weights, each micro-batch
+    return plan.global_batch_size * length * (weights / w_mfu + attention / a_mfu) / peak + passes
 
 
 def _row(spec, plan) -> str:

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from ftctl.gpus import TIERS
-from ftctl.plan import ATTENTION_MFU, FULL_MFU, attention_flops, make_plan
+from ftctl.plan import ATTENTION_MFU, FULL_MFU, attention_flops, make_plan, micro_batch_seconds
 from tests.render_fixtures import make_spec
 
 CONFIG = {
@@ -59,6 +59,7 @@ def test_sft_counts_the_work_it_does(llama_1b, tied):
     attention = attention_flops(plan, 2048) * (1 if tied else (1 + 2 * 2 / 16) / 3)  # backward in 2 of 16 layers
     peak = TIERS["H100"].peak_tflops * 1e12
     step = plan.global_batch_size * 2048 * (weights / FULL_MFU + attention / ATTENTION_MFU) / peak
+    step += plan.gradient_accumulation_steps * micro_batch_seconds(plan)  # the trained weights, each micro-batch
     assert plan.step_s == pytest.approx(step, rel=1e-3)
 
 
