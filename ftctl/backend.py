@@ -714,6 +714,8 @@ def write_files(rendered: Rendered):
         raise FtctlError(said)
     if said := held_run(rendered.spec):  # `ftctl train` has no backend check: its spec.json replaced a training run's
         raise FtctlError(said)
+    if is_remote(rendered.spec.output) and (said := inside_a_run(rendered.spec.output, rendered.spec.s3_endpoint_url)):
+        click.echo(said, err=True)
     created = next((d for d in [*reversed(paths.root.parents), paths.root] if not d.exists()), None)  # the top one
     before = {name: _text_or_none(paths.name(name)) for name in rendered.files}
     keep, said, old = None, "", None
@@ -885,6 +887,53 @@ def refuse_a_held_run_dir(rendered: Rendered) -> None:
             "to end, stop it (`ftctl cancel JOB` where it was launched, or `scancel JOB` on Slurm), or give this run "
             f"{rendered.another_output}."
         )
+
+
+def inside_a_run(output: str, endpoint_url: str | None = None) -> str | None:
+    """Where the object-store ``output`` lies inside another run's output (a prefix above it holds that run's
+    spec.json or checkpoint-N): refused (FtctlError) where it is one of that run's own names (checkpoint-N, a hidden
+    one), which that run's retention and relaunches delete; otherwise the warning line to say (that run's `ftctl sync
+    pull` downloads this run as its own files, and a delete of its prefix takes this run along). None where no prefix
+    above is a run's, or the store cannot be asked now (its other checks say so). One listing per prefix level."""
+    import posixpath
+    import re
+
+    from ftctl import storage
+    from ftctl.checkpoints.manifest import CHECKPOINT_PREFIX
+    from ftctl.runpaths import SPEC_FILE
+
+    top, _, rest = output.partition("://")
+    parts = rest.strip("/").split("/")
+    for depth in range(2, len(parts)):  # s3://bkt/a/b: s3://bkt/a
+        outer = f"{top}://{'/'.join(parts[:depth])}"
+        try:
+            fs, path = storage.filesystem(outer, endpoint_url, quick=True)
+            names = {posixpath.basename(n.rstrip("/")) for n in fs.ls(path, detail=False)}
+        except Exception:  # noqa: BLE001 — no store answer: nothing known here (preflight says why)
+            return None
+        steps = sorted(n for n in names if re.fullmatch(re.escape(CHECKPOINT_PREFIX) + r"\d+", n))
+        if SPEC_FILE not in names and not steps:
+            continue
+        held = f"its {SPEC_FILE}" if SPEC_FILE in names else steps[-1]
+        beside = shlex.quote(f"{top}://{'/'.join(parts[: depth - 1] + ['-'.join(parts[depth - 1 :])])}")
+        inner = parts[depth]
+        if inner.startswith(".") or re.fullmatch(re.escape(CHECKPOINT_PREFIX) + r"\d+", inner):
+            what = (
+                "its hidden files (lease, records)"
+                if inner.startswith(".")
+                else f"a {CHECKPOINT_PREFIX}N that has no manifest"
+            )
+            raise FtctlError(
+                f"--output {output} is inside the output of another run, {outer} ({held} is there), as its {inner}: "
+                f"that run's retention, leases and relaunches write and delete {what} there, this run's files with "
+                f"them. Give a prefix beside it: --output {beside}"
+            )
+        return (
+            f"warning: --output {output} is inside the output of another run, {outer} ({held} is there): `ftctl sync "
+            f"pull {shlex.quote(outer)}` downloads this run with that one's files, and deleting that run's prefix "
+            f"deletes this one; a prefix beside it keeps them apart (--output {beside})."
+        )
+    return None
 
 
 def held_run(spec: RunSpec) -> str | None:
