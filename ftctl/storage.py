@@ -211,9 +211,29 @@ def is_remote(uri: str | os.PathLike) -> bool:
     return scheme(str(uri)) in REMOTE_SCHEMES
 
 
-def s3_endpoint(endpoint_url: str | None = None) -> str | None:
-    """The S3 endpoint to use: the argument, else AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL."""
-    return endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+def s3_endpoint(endpoint_url: str | None = None, uri: str | os.PathLike | None = None) -> str | None:
+    """The S3 endpoint to use: the argument, else AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else the one a run's
+    launch recorded for the bucket of ``uri`` (:func:`use_recorded_endpoint`)."""
+    env = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return endpoint_url or env or (recorded_endpoint(uri) if uri is not None else None) or None
+
+
+#: bucket -> the S3 endpoint a run's launch recorded for its output there, for this process
+_RECORDED_ENDPOINTS: dict[str, str] = {}
+
+
+def use_recorded_endpoint(uri: str, endpoint: str) -> None:
+    """Read the bucket of ``uri`` (a run's output in an S3 store: its files, its checkpoints' run above them, a merge
+    written into it) at ``endpoint`` in this process, where neither an argument nor the environment names one: `ftctl
+    eval A B` of two runs whose launches recorded other endpoints (-o s3_endpoint_url) reads each at its own (the
+    first one's, set as AWS_ENDPOINT_URL for the process, read B there). A bucket is of one store."""
+    _RECORDED_ENDPOINTS[_container(uri)] = endpoint
+
+
+def recorded_endpoint(uri: str | os.PathLike) -> str | None:
+    """The endpoint :func:`use_recorded_endpoint` set for the bucket of the s3:// ``uri``; None where none."""
+    uri = os.fspath(uri)
+    return _RECORDED_ENDPOINTS.get(_container(uri)) if _RECORDED_ENDPOINTS and scheme(uri) == "s3" else None
 
 
 def gcs_emulator() -> str | None:
@@ -288,7 +308,7 @@ def filesystem(uri: str | os.PathLike, endpoint_url: str | None = None, quick: b
     if protocol == "s3":
         _credentials_as_now(cls)
         client_kwargs = {}
-        endpoint = s3_endpoint(endpoint_url)
+        endpoint = s3_endpoint(endpoint_url, uri)
         if endpoint:
             client_kwargs["endpoint_url"] = endpoint
         _no_100_continue()
@@ -1021,7 +1041,7 @@ def delete_command(uri: str, endpoint_url: str | None = None, folder: bool = Tru
     rest = rest.rstrip("/")
     where = rest + "/" if folder else rest
     if kind == "s3":
-        endpoint = s3_endpoint(endpoint_url)
+        endpoint = s3_endpoint(endpoint_url, uri)
         also = f" --endpoint-url {shlex.quote(endpoint)}" if endpoint else ""
         return f"aws s3 rm{' --recursive' if folder else ''} {shlex.quote('s3://' + where)}{also}"
     if kind == "gcs":
@@ -1137,7 +1157,7 @@ def storage_error(kind: str, uri: str | os.PathLike, endpoint_url: str | None = 
     creds, creds_short, bucket_word = _STORE_HINTS.get(protocol, ("the store's credentials",) * 2 + ("bucket",))
     bucket = _container(uri)
     if protocol == "s3":
-        endpoint = s3_endpoint(endpoint_url)
+        endpoint = s3_endpoint(endpoint_url, uri)
         where = f"the S3 endpoint {endpoint}" if endpoint else "AWS S3 (no endpoint set)"
         endpoint_fix = "-o s3_endpoint_url=URL (ftctl sync: --endpoint-url URL) or AWS_ENDPOINT_URL"
     elif protocol == "hf":
@@ -1247,7 +1267,7 @@ def store_error(exc: BaseException, uri: str | os.PathLike, endpoint_url: str | 
                 "AZURE_TENANT_ID or Azure CLI login)"
             )
         said = storage_error("no-credentials", uri, endpoint_url, detail)
-        endpoint = s3_endpoint(endpoint_url) if scheme(os.fspath(uri)) == "s3" else None
+        endpoint = s3_endpoint(endpoint_url, uri) if scheme(os.fspath(uri)) == "s3" else None
         if endpoint and not _answers(endpoint):  # botocore signs before it connects: a closed port is never reached
             down = storage_error("unreachable", uri, endpoint_url)
             fix = f"{said.fix.rstrip('.')}; and {down.what[0].lower()}{down.what[1:]} either: {down.fix}"

@@ -50,3 +50,22 @@ def test_a_closed_port_and_missing_credentials_are_each_said_in_either_order(ord
     steps = [(True, closed), (False, moto_s3.endpoint), (False, closed), (True, closed)]
     for credentials, endpoint in steps if order == "credentials first" else steps[::-1]:
         assert _ls(uri, endpoint, credentials, monkeypatch) == said[credentials, endpoint], (credentials, endpoint)
+
+
+def test_an_endpoint_recorded_for_a_bucket_is_its_own_where_the_environment_names_none(monkeypatch, tmp_path):
+    """storage.use_recorded_endpoint (trained.take_endpoint's, for `ftctl eval A B` of runs in two stores): the run's
+    bucket is read at its launch's endpoint, another bucket is not, and an endpoint the environment names wins."""
+    from ftctl import storage
+
+    fake_aws(monkeypatch, tmp_path)
+    monkeypatch.setattr(storage, "_RECORDED_ENDPOINTS", {})
+    storage.use_recorded_endpoint("s3://bkt-a/runs/a", "http://127.0.0.1:1")
+    storage.use_recorded_endpoint("s3://bkt-b/runs/b", "http://127.0.0.1:2")
+    assert storage.filesystem("s3://bkt-a/runs/spec.json")[0].client_kwargs["endpoint_url"] == "http://127.0.0.1:1"
+    assert storage.filesystem("s3://bkt-b/runs/b/checkpoint-1")[0].client_kwargs["endpoint_url"] == "http://127.0.0.1:2"
+    assert "endpoint_url" not in storage.filesystem("s3://bkt-c/r")[0].client_kwargs
+    said = storage.storage_error("unreachable", "s3://bkt-b/runs/b", None)
+    assert said.what == "Cannot reach the S3 endpoint http://127.0.0.1:2 for s3://bkt-b/runs/b"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:3")
+    assert storage.s3_endpoint(None, "s3://bkt-a/runs/a") == "http://127.0.0.1:3"
+    assert storage.s3_endpoint("http://127.0.0.1:4", "s3://bkt-a/runs/a") == "http://127.0.0.1:4"
