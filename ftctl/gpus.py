@@ -112,6 +112,7 @@ TIERS: dict[str, GpuTier] = {
         GpuTier("A10", 24, 21.98, (8, 6), 125, 0.6),  # A10 sheet
         GpuTier("A40", 48, 44.34, (8, 6), 149.7, 0.696),  # A40 sheet
         GpuTier("RTX3060", 12, 11.75, (8, 6), 25.5, 0.36),  # 28 SMs x 1,777 MHz (b)
+        GpuTier("RTX3060-8GB", 8, 7.76, (8, 6), 25.5, 0.24),  # as RTX3060 on a 128-bit bus; total as RTX3070's
         GpuTier("RTX3070", 8, 7.76, (8, 6), 40.6, 0.448),  # GA102 whitepaper (its GA104 column)
         GpuTier("RTX3080", 10, 9.78, (8, 6), 59.5, 0.76),  # GA102 whitepaper
         GpuTier("RTX3080-12GB", 12, 11.75, (8, 6), 61.3, 0.912),  # 70 SMs x 1,710 MHz (b); total as RTX3060's

@@ -4,7 +4,8 @@
 2. `ftctl doctor --network` compared with the fastest kind only, and pinned no cards: its processes ran on whichever
    cards CUDA put first, not the kind it checked.
 3. A card ftctl does not list, planned as a listed one, was named by that one to the user: an 8 GB RTX 3060 (planned
-   as an RTX3070) read "this machine has 1xRTX4090 and 1xRTX3070".
+   as an RTX3070) read "this machine has 1xRTX4090 and 1xRTX3070". (The 8 GB 3060 is listed since: RTX3060-8GB; an
+   RTX 3050 is the unlisted card here.)
 
 nvidia-smi is the one stand-in (no GPU here): tests/fake_gpus.py's. The probe's processes are real python processes
 started by network_check; a sitecustomize on their PYTHONPATH writes down the cards they are given and ends them
@@ -26,14 +27,14 @@ from ftctl.preflight import ERROR, check_gpus
 from tests.fake_gpus import fake_nvidia_smi
 from tests.render_fixtures import make_spec
 
-RTX4090, RTX3090, RTX3060, RTX3060_8GB = (
+RTX4090, RTX3090, RTX3060, RTX3050 = (
     "NVIDIA GeForce RTX 4090, 24564",
     "NVIDIA GeForce RTX 3090, 24576",
     "NVIDIA GeForce RTX 3060, 12288",
-    "NVIDIA GeForce RTX 3060, 8192",
+    "NVIDIA GeForce RTX 3050, 8192",  # not listed: planned as an RTX3070
 )
 LLAMA_1B = "meta-llama/Llama-3.2-1B"
-NAMED = "1xRTX4090 and 1x RTX 3060 (8 GiB, planned as an RTX3070)"
+NAMED = "1xRTX4090 and 1x RTX 3050 (8 GiB, planned as an RTX3070)"
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +104,7 @@ def test_doctor_network_without_gpus_pins_the_fastest_kind(tmp_path, monkeypatch
 
 
 def test_doctor_network_refuses_what_no_kind_has(tmp_path, monkeypatch):
-    fake_nvidia_smi(tmp_path, monkeypatch, RTX4090, RTX3060_8GB)
+    fake_nvidia_smi(tmp_path, monkeypatch, RTX4090, RTX3050)
     for asked, nodes in (("2xRTX4090", None), ("1xRTX4090", 2), ("2xRTX3060", None)):
         with pytest.raises(
             FtctlError, match="^" + re.escape(f"--gpus {asked}: this machine has {NAMED}, and doctor --network")
@@ -113,7 +114,7 @@ def test_doctor_network_refuses_what_no_kind_has(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------- 3. a card by its own name, not its tier
 def test_an_unlisted_card_is_named_by_its_own_name(tmp_path, monkeypatch, capsys):
-    fake_nvidia_smi(tmp_path, monkeypatch, RTX4090, RTX3060_8GB)
+    fake_nvidia_smi(tmp_path, monkeypatch, RTX4090, RTX3050)
     here = LocalBackend().detected_gpus()
     assert here == "1xRTX4090+1xRTX3070"  # the tiers planned, as --gpus takes them
     [found] = check_gpus(
@@ -131,14 +132,17 @@ def test_an_unlisted_card_is_named_by_its_own_name(tmp_path, monkeypatch, capsys
 
 
 def test_one_kind_named_by_its_own_cards(tmp_path, monkeypatch):
-    """The card alone, and beside a listed card planned as the same tier (an RTX 3090 Ti with an RTX 3090)."""
-    fake_nvidia_smi(tmp_path, monkeypatch, RTX3060_8GB)
+    """The card alone, and beside a listed card planned as the same tier (an RTX 3090 Ti with an RTX 3090); an 8 GB
+    RTX 3060 is its own tier (it was planned as an RTX3070: 1.6x its TFLOPS)."""
+    fake_nvidia_smi(tmp_path, monkeypatch, RTX3050)
     [found] = check_gpus(
         make_plan(make_spec([], method="qlora", gpus="1xRTX3060", model_name_or_path=LLAMA_1B)), "local", machine_gpus()
     )
     assert found.what == (  # was: "this machine has 1xRTX3070, 8 GB each"
-        "--gpus 1xRTX3060 plans for 12 GB a GPU; this machine has 1x RTX 3060 (8 GiB, planned as an RTX3070)"
+        "--gpus 1xRTX3060 plans for 12 GB a GPU; this machine has 1x RTX 3050 (8 GiB, planned as an RTX3070)"
     )
+    fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA GeForce RTX 3060, 8192")
+    assert (machine_gpus(), machine_gpus().words) == ("1xRTX3060-8GB", {})
     fake_nvidia_smi(tmp_path, monkeypatch, RTX3090, "NVIDIA GeForce RTX 3090 Ti, 24564")
     here = machine_gpus()
     assert (here, here.words) == (

@@ -142,7 +142,7 @@ def smi(tmp_path, monkeypatch, listed: str) -> dict:
             "NVIDIA GeForce RTX 3050 Laptop GPU, 4096",
             "cpu",
             "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 3050 Laptop GPU' (4.0 GiB), less memory than every card of "
-            "its generation or older ftctl plans for (RTX3070's 7.76 GiB is the least): planned as cpu",
+            "its generation or older ftctl plans for (RTX3060-8GB's 7.76 GiB is the least): planned as cpu",
         ),
         (
             "NVIDIA GeForce GTX 1080 Ti, 11264",
@@ -186,7 +186,7 @@ def test_a_refusal_on_cpu_says_the_gpu_here_was_too_small(tmp_path, monkeypatch)
     assert line.startswith("error: fft of an 8.03B-parameter model on CPU: ftctl runs models up to 2B on CPU")
     assert line.endswith(
         "(nvidia-smi lists 1x 'NVIDIA GeForce RTX 3050 Laptop GPU' (4.0 GiB), less memory than every card of its "
-        "generation or older ftctl plans for (RTX3070's 7.76 GiB is the least): planned as cpu)"
+        "generation or older ftctl plans for (RTX3060-8GB's 7.76 GiB is the least): planned as cpu)"
     )
 
 

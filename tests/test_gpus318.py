@@ -102,7 +102,7 @@ def test_a_local_run_on_mixed_cards_gets_the_cards_planned(tmp_path, monkeypatch
     assert trainer_env(spec)["CUDA_VISIBLE_DEVICES"] == "1" and trainer_env(spec)["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
     spec = make_spec(["env=CUDA_VISIBLE_DEVICES=0"], method="qlora", model_name_or_path="meta-llama/Llama-3.2-1B")
     spec, plan = LocalBackend().resolve(spec)
-    assert plan.gpus == "1xRTX3070" and spec.env == {"CUDA_VISIBLE_DEVICES": "0", **PCI}  # the 8 GB 3060's plan
+    assert plan.gpus == "1xRTX3060-8GB" and spec.env == {"CUDA_VISIBLE_DEVICES": "0", **PCI}  # the 8 GB 3060's plan
 
 
 def test_ftctl_plan_on_mixed_cards_says_which_it_runs_on(tmp_path, monkeypatch):

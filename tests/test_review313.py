@@ -42,7 +42,7 @@ def test_2_an_8_gb_rtx_3060_is_not_planned_as_the_12_gb_one(tmp_path, monkeypatc
 
     fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA GeForce RTX 3060, 8192")
     planned, note = detected()
-    assert planned != "1xRTX3060" and note, (planned, note)
+    assert planned == "1xRTX3060-8GB", (planned, note)  # its own tier since session 63 (was: an RTX3070, noted)
 
 
 def test_3_a_turing_t1000_is_not_planned_as_an_ada_card(tmp_path, monkeypatch):
