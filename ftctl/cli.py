@@ -841,6 +841,10 @@ def _a_place(value: str, what: str) -> str:
         if ref and ref.output and (is_remote(ref.output) or os.path.abspath(local_path(ref.output)) != typed):
             click.echo(f"{what} {value}: the output of job {ref.job_id}, {ref.output}", err=True)
             return _with_endpoint(ref.output, ref) if is_remote(ref.output) else ref.output
+        if ref is None and (found := _in_a_store_run(value)):  # runs/NAME/checkpoint-5: the checkpoint in the store
+            uri, run_dir, ref = found
+            click.echo(f"loading {uri} ({value}: the run directory {run_dir}'s output is in the store)", err=True)
+            return _with_endpoint(uri, ref)
     elif value and not is_remote(value) and os.path.isdir(os.path.expanduser(value)):
         from ftctl.trainer.trained import holds_trained
 
@@ -851,6 +855,29 @@ def _a_place(value: str, what: str) -> str:
     if said := place_problem(value, what):
         raise FtctlError(said)
     return _with_endpoint(value) if is_remote(value) else value
+
+
+def _in_a_store_run(value: str):
+    """(the URI, the run directory, its job) where ``value``, a path that is not here, lies inside a run directory
+    here whose output is in object storage (runs/NAME/checkpoint-5: that run's checkpoint-5 is in the store, not on
+    this disk); None otherwise."""
+    from pathlib import Path
+
+    from ftctl.runpaths import RunPaths
+    from ftctl.storage import join
+
+    path = os.path.abspath(os.path.expanduser(value))
+    parent = os.path.dirname(path)
+    while parent != os.path.dirname(parent) and not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    while parent != os.path.dirname(parent):
+        if RunPaths(Path(parent)).spec.is_file():
+            if (ref := _job_of(parent)) and (output := _store_output(ref)):
+                rest = os.path.relpath(path, parent).replace(os.sep, "/")
+                return join(output, rest), os.path.relpath(parent), ref
+            return None  # a local run's directory: the path is not in it
+        parent = os.path.dirname(parent)
+    return None
 
 
 def _job_of(place: str):

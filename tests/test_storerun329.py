@@ -89,7 +89,7 @@ def test_chat_of_a_store_runs_directory_loads_its_output_with_the_endpoint_its_j
 
     # the run directory copied to a machine whose jobs record does not name it: its spec.json says the same
     os.remove(os.environ["FTCTL_HOME"] + "/jobs.jsonl")
-    del os.environ["AWS_ENDPOINT_URL"]  # as the shell was
+    os.environ.pop("AWS_ENDPOINT_URL", None)  # as the shell was
     again = CliRunner().invoke(main, ["chat", store_run.run_dir, "-p", "hi", "--max-new-tokens", "2"])
     assert again.exit_code == 0, again.output
     assert again.stderr.startswith(f"loading {output} (the output of {store_run.run_dir})\n{output}: using the S3 ")
@@ -109,7 +109,7 @@ def test_chat_of_the_s3_uri_takes_the_endpoint_its_job_recorded_where_the_shell_
     from ftctl.backend import record_job
 
     record_job(replace(store_run, backend="slurm", job_id="4242"))
-    del os.environ["AWS_ENDPOINT_URL"]
+    os.environ.pop("AWS_ENDPOINT_URL", None)
     got = CliRunner().invoke(main, ["chat", "4242", "-p", "hi", "--max-new-tokens", "2"])
     assert got.exit_code == 0, got.output
     assert got.stderr.startswith(f"RUN 4242: the output of job 4242, {output}\n{output}: using the S3 endpoint ")
@@ -126,7 +126,7 @@ def test_chat_of_the_s3_uri_takes_the_endpoint_its_job_recorded_where_the_shell_
         f"note: {output}/checkpoint-1's launch recorded the S3 endpoint {moto_s3.endpoint}; AWS_ENDPOINT_URL names "
         "http://127.0.0.1:9, which is used\n"
     )
-    del os.environ["AWS_ENDPOINT_URL"]
+    os.environ.pop("AWS_ENDPOINT_URL", None)
     got = CliRunner().invoke(main, ["chat", f"{output}/checkpoint-1", "-p", "hi", "--max-new-tokens", "2"])
     assert got.exit_code == 0, got.output
 
@@ -140,11 +140,11 @@ def test_eval_and_merge_of_a_store_runs_directory_use_its_output(store_run, tmp_
     assert scored.stderr.startswith(f"loading {output} (the output of runs/r1)\n{output}: using the S3 endpoint ")
     assert "(1 row, " in scored.stdout
 
-    del os.environ["AWS_ENDPOINT_URL"]
+    os.environ.pop("AWS_ENDPOINT_URL", None)
     merged = CliRunner().invoke(main, ["merge", "runs/r1"])
     assert merged.exit_code == 0, merged.output
     assert f"merged into {output}/merged (" in merged.stdout  # into the store, beside the adapter, as of its URI
-    del os.environ["AWS_ENDPOINT_URL"]
+    os.environ.pop("AWS_ENDPOINT_URL", None)
     got = CliRunner().invoke(main, ["chat", f"{output}/merged", "-p", "hi", "--max-new-tokens", "2"])  # its `next:`
     assert got.exit_code == 0, got.output
     assert got.stderr.startswith(f"{output}/merged: using the S3 endpoint ")

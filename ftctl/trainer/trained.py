@@ -153,10 +153,11 @@ def holds_trained(path) -> bool:
 
 def take_endpoint(recorded: str | None, run: str) -> str | None:
     """The S3 endpoint the launch of ``run`` recorded (its spec's s3_endpoint_url: MinIO, R2), taken for this process
-    where its environment names none (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL): set as AWS_ENDPOINT_URL, as the launch
-    set it for the run's trainer (launch.py), so that every read of the store here (the run's files, its lease, a
-    merge written into it) reaches the store the run wrote. Returns the line saying so, or, where the environment
-    names another endpoint (which is used), the line saying that; None where there is nothing to say. `ftctl chat
+    where its environment names none (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL): for the bucket of ``run``
+    (storage.use_recorded_endpoint), so that every read of the store here (the run's files, its lease, a merge written
+    into it) reaches the store the run wrote, and `ftctl eval A B` of runs in other stores each its own (the first
+    one's, set as this process's AWS_ENDPOINT_URL, read B there too). Returns the line saying so, or, where the
+    environment names another endpoint (which is used), the line saying that; None where there is nothing to say. `ftctl chat
     s3://...` of such a run said "Cannot reach AWS S3 (no endpoint set)" (explore66 #3). One holding a user and
     password (a spec.json older than the launch's refusal of it) is neither taken nor repeated."""
     from ftctl import storage
@@ -171,7 +172,7 @@ def take_endpoint(recorded: str | None, run: str) -> str | None:
         )
     now = storage.s3_endpoint()
     if now is None:
-        os.environ["AWS_ENDPOINT_URL"] = recorded
+        storage.use_recorded_endpoint(run, recorded)
         return (
             f"{run}: using the S3 endpoint {recorded}, as its launch recorded it (-o s3_endpoint_url; "
             "AWS_ENDPOINT_URL sets another)"
