@@ -1737,18 +1737,27 @@ def _answered(messages: list[dict]) -> str | None:
     return calls[0]["function"]["name"] if calls and len(calls) == 1 else None
 
 
+def _system_key(record: dict) -> str:
+    """The record's field of its system prompt: ``system`` (SlimOrca's, OpenHermes'), else OpenOrca's
+    ``system_prompt`` (it was left out silently, the template's default system prompt trained in its place)."""
+    return "system" if record.get("system") is not None or "system_prompt" not in record else "system_prompt"
+
+
 def _with_system(row: Row, record: dict) -> Row:
     """``row`` with the record's top-level ``system`` prompt as its first turn, as SlimOrca's and OpenHermes'
-    ShareGPT rows give it (the template's default system prompt was trained in its place)."""
-    system = record.get("system")
+    ShareGPT rows give it (the template's default system prompt was trained in its place); a conversational
+    prompt-completion row's too, its completion a turn later."""
+    key = _system_key(record)
+    system = record.get(key)
     if system is None or row.problems or (isinstance(system, str) and not system.strip()):
         return row
     if not isinstance(system, str):
-        row.problems.append(f"'system' is {_kind(system)}, not a string")
+        row.problems.append(f"{key!r} is {_kind(system)}, not a string")
     elif any(m["role"] == "system" for m in row.messages):
-        row.problems.append("a 'system' field and a system turn both: keep one")
+        row.problems.append(f"a {key!r} field and a system turn both: keep one")
     else:
         row.messages.insert(0, {"role": "system", "content": system})
+        row.completion_at += 1 if row.completion_at else 0
     return row
 
 
@@ -1780,10 +1789,9 @@ def _prompt_completion(where: str, record: dict) -> Row:
             return Row(where=where, format="prompt-completion", problems=["empty turn: 'completion' is empty"])
         return Row(where=where, format="prompt-completion", text=prompt + completion, completion_at=len(prompt))
     if isinstance(prompt, list) and isinstance(completion, list):
-        row = _with_tools(
-            _turns(where, "prompt-completion", prompt + completion, "role", "content", OPENAI_ROLES), record
-        )
+        row = _turns(where, "prompt-completion", prompt + completion, "role", "content", OPENAI_ROLES)
         row.completion_at = len(prompt)
+        row = _with_tools(_with_system(row, record), record)
         if not row.problems and not any(m["role"] == "assistant" for m in row.messages[len(prompt) :]):
             row.problems.append("no assistant turn in 'completion': nothing to train on")
         return row
@@ -1809,7 +1817,7 @@ def _alpaca(where: str, record: dict) -> Row:
     if row.problems:
         return row
     user = parts["instruction"] + ("\n\n" + parts["input"] if parts["input"].strip() else "")
-    system = record.get("system")
+    system = record.get(_system_key(record))
     if isinstance(system, str) and system.strip():
         row.messages.append({"role": "system", "content": system})
     history = record.get("history") or []  # LLaMA-Factory's earlier turns: [[query, response], ...], trained

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftctl.errors import FtctlError
-from ftctl.trainer.formats import short_call_ids
+from ftctl.trainer.formats import REASONING_KEYS, short_call_ids
 
 # FastChat's Vicuna v1.1 conversation template, for tokenizers that ship no chat template.
 VICUNA_TEMPLATE = (
@@ -402,7 +402,37 @@ def assistant_spans(
         said = full[start:end].rstrip()
         if said and not (ends and said.endswith(ends)):
             has_eot = False  # the model would not learn to stop (data.py warns: turn_close_problem)
+    _refuse_dropped_thinking(messages, trained, spans, full)
     return full, [(start, end) for start, end in spans if end > start], has_eot
+
+
+def _thinking(message: dict) -> tuple[str, str] | None:
+    """(where it is, the text) of an assistant turn's reasoning: a REASONING_KEYS field, else the ``<think>`` block
+    its content starts with; None where it has none."""
+    for key in REASONING_KEYS:
+        if isinstance(message.get(key), str) and message[key].strip():
+            return repr(key), message[key].strip()
+    content = message.get("content")
+    if isinstance(content, str) and "</think>" in content:
+        said = content.split("</think>")[0].split("<think>")[-1].strip()
+        return ("its <think> block", said) if said else None
+    return None
+
+
+def _refuse_dropped_thinking(messages: list[dict], trained: list[int], spans: list, full: str) -> None:
+    """A MaskError where the chat template leaves out the reasoning of a trained turn after the last user turn,
+    the turn the model writes as it would when asked (a DeepSeek-R1-Distill template cuts every answer's content
+    before its ``</think>``): the answer would train alone, the model taught to answer without thinking, silently.
+    Qwen3's drops the reasoning of the turns before the last user turn only, as it renders a conversation asked."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    for i, (start, end) in zip(trained, spans):
+        if i > last_user and (said := _thinking(messages[i])) and said[1] not in full[start:end]:
+            raise MaskError(
+                f"the chat template leaves turn {i + 1}'s reasoning ({said[0]}) out of the conversation's rendering: "
+                "the answer would train without it, the model taught to answer without thinking; train with a "
+                "template that writes it (-o chat_template_path=TEMPLATE.jinja: TRL's chat_templates/*_training.jinja "
+                "keep it; ftctl data check: --chat-template-path), or drop the reasoning from the rows"
+            )
 
 
 class _NotAPrefix(Exception):

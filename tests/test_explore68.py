@@ -1,0 +1,86 @@
+"""A 2026 user's training data (helper 334, explore68): a row's system prompt in a column beside its turns was left
+out silently where the row is a conversational prompt-completion one, or the column is OpenOrca's ``system_prompt``:
+the template's default system prompt (Qwen2.5's "You are Qwen...") trained in its place."""
+
+from __future__ import annotations
+
+import pytest
+
+from ftctl.trainer.data import prepare_data
+from ftctl.trainer.formats import to_row
+from tests.test_data import EOT, trained_spans, write_jsonl
+
+HI = [{"role": "user", "content": "Hi"}]
+HELLO = [{"role": "assistant", "content": "Hello"}]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"system": "Be terse.", "prompt": HI, "completion": HELLO},  # TRL's conversational prompt-completion
+        {"system_prompt": "Be terse.", "messages": HI + HELLO},  # OpenOrca's column name
+        {
+            "system_prompt": "Be terse.",
+            "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}],
+        },
+        {"system_prompt": "Be terse.", "instruction": "Hi", "output": "Hello"},  # OpenOrca's, renamed as ftctl says
+    ],
+)
+def test_a_system_prompt_column_is_the_rows_system_turn(record):
+    row = to_row("r", record)
+    assert not row.problems, row.problems
+    assert row.messages[0] == {"role": "system", "content": "Be terse."}, row.messages
+    assert [m["role"] for m in row.messages] == ["system", "user", "assistant"]
+
+
+def test_a_prompt_completion_rows_system_column_is_context_and_its_completion_alone_trains(tmp_path, tiny_tokenizer):
+    shot = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Shot"},
+        {"role": "user", "content": "Again"},
+    ]
+    rows = [
+        {"system": "Be terse.", "prompt": shot, "completion": HELLO},
+        {"system": "Be terse.", "prompt": [{"role": "system", "content": "Other"}, *HI], "completion": HELLO},
+    ]
+    report, dataset = prepare_data(write_jsonl(tmp_path / "pc.jsonl", rows), tiny_tokenizer, 256)
+    assert len(report.errors) == 1 and "a 'system' field and a system turn both: keep one" in report.errors[0]
+    (row,) = dataset
+    assert tiny_tokenizer.decode(row["input_ids"]).startswith("<|im_start|>system\nBe terse.<|im_end|>")
+    assert trained_spans(tiny_tokenizer, row["input_ids"], row["labels"]) == ["Hello" + EOT]  # the shot is context
+
+
+THINK = {"role": "assistant", "content": "<think>\nAdd two and two.\n</think>\n\n4"}
+REASONED = {"role": "assistant", "content": "6", "reasoning_content": "Add three and three."}
+
+
+def test_a_template_that_drops_every_answers_thinking_refuses_the_rows_naming_one_that_keeps_it(
+    tmp_path, tiny_tokenizer, monkeypatch
+):
+    """DeepSeek-R1-Distill's template cuts each answer's content before its </think>: reasoning in the content (as
+    ftctl's own refusal of a dropped reasoning_content advises) trained the bare answers, silently. Refused, naming
+    a template that keeps it; with TRL's training copy the thinking trains; Qwen3's, which drops only the thinking
+    before the last user turn, still trains the last turn's."""
+    from importlib.resources import files
+
+    templates = files("trl") / "chat_templates"
+    rows = [{"messages": [{"role": "user", "content": "2+2?"}, THINK]}]
+    rows.append({"messages": [*rows[0]["messages"], {"role": "user", "content": "3+3?"}, REASONED]})
+    data = write_jsonl(tmp_path / "r.jsonl", rows)
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", (templates / "deepseek_r1_distill.jinja").read_text())
+    report, _ = prepare_data(data, tiny_tokenizer, 256)
+    assert report.bad_rows == 2, report.errors
+    assert "the chat template leaves turn 2's reasoning (its <think> block) out" in report.errors[0], report.errors
+    assert "TRL's chat_templates/*_training.jinja keep it" in report.errors[0]
+    assert "does not write the assistant turns' 'reasoning_content'" in report.errors[1]  # data.py's, as before
+    keeps = (templates / "deepseek_r1_distill_training.jinja").read_text()
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", keeps)
+    report, dataset = prepare_data(write_jsonl(tmp_path / "t.jsonl", rows[:1]), tiny_tokenizer, 256)
+    assert report.ok, report.errors
+    (span,) = trained_spans(tiny_tokenizer, dataset[0]["input_ids"], dataset[0]["labels"])
+    assert "Add two and two.\n</think>\n\n4" in span, span
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", (templates / "qwen3.jinja").read_text())
+    report, dataset = prepare_data(data, tiny_tokenizer, 256)
+    assert report.ok, report.errors
+    spans = trained_spans(tiny_tokenizer, dataset[1]["input_ids"], dataset[1]["labels"])
+    assert spans[-1] == f"<think>\nAdd three and three.\n</think>\n\n6{EOT}", spans
