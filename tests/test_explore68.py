@@ -84,3 +84,17 @@ def test_a_template_that_drops_every_answers_thinking_refuses_the_rows_naming_on
     assert report.ok, report.errors
     spans = trained_spans(tiny_tokenizer, dataset[1]["input_ids"], dataset[1]["labels"])
     assert spans[-1] == f"<think>\nAdd three and three.\n</think>\n\n6{EOT}", spans
+
+
+def test_a_tool_result_given_as_an_object_says_to_write_it_as_json_text():
+    """A tool turn's result as an object ({"temp": 20}, as tool datasets often hold it) was refused as "is an
+    object, not text", nothing said of what to give instead (a template would write Python's repr of it)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    turns = [*HI, {"role": "assistant", "content": None, "tool_calls": [call]}, {"role": "tool", "content": {"t": 20}}]
+    (problem,) = to_row("r", {"messages": [*turns, *HELLO]}).problems
+    assert problem == (
+        "not a conversation: turn 3 'content' is an object, not text (a tool's result is given to the chat template "
+        "as text: write it as its JSON text)"
+    )
+    (problem,) = to_row("r", {"messages": [*HI, {"role": "assistant", "content": {"t": 20}}]}).problems
+    assert problem.endswith("is an object, not text")  # an answer's: as before

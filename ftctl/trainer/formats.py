@@ -1495,7 +1495,10 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
             turn = {**turn, text_key: ""}
         content = _content(turn.get(text_key))
         if content is None:
-            row.problems.append(f"not a conversation: turn {n} '{text_key}' {_not_text(turn.get(text_key))}")
+            said = _not_text(turn.get(text_key))
+            if mapped == "tool" and isinstance(turn.get(text_key), (dict, list)) and said.endswith("not text"):
+                said += " (a tool's result is given to the chat template as text: write it as its JSON text)"
+            row.problems.append(f"not a conversation: turn {n} '{text_key}' {said}")
             continue
         if not content.strip() and not calls:
             row.problems.append(f"empty turn: turn {n} ({role}) has no text; remove it or fill it in")
