@@ -51,6 +51,7 @@ from ftctl.tool_datasets import (
     data_columns_problems,
     dataset_as_data_path,
     dataset_mixer_as_weights,
+    llama_factory_max_samples,
     llama_factory_mix,
     llama_factory_unread,
 )
@@ -69,14 +70,19 @@ from ftctl.tool_vocabulary import (
     READ_BESIDE,
     STEPS_OF,
     YAML_VALUES_MAX,
+    axolotl_fsdp_merged,
     canonical_key,
     config_text,
     config_word,
     deepspeed_strategy,
     dtype_precision,
     eos_token_problem,
+    eot_tokens_problem,
+    fsdp_config_read,
     is_fsdp_full_shard,
+    linear_with_named,
     method_meant,
+    named_template_problem,
     nested_kwargs_flattened,
     precision_asked,
     untemplated_types_note,
@@ -1512,6 +1518,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     own_secrets = False  # a run file's secrets list, or -o secrets=none, in place of default_secrets
     zero_asked = None  # the last DeepSpeed config read as a ZeRO strategy: its layer, its key, (strategy, how), note
     eos_asked = None  # TRL's eos_token as the last layer gave it: the key and layer, the token
+    template_asked = None  # axolotl's chat_template / LLaMA-Factory's template by name: as said, the name
+    eot_asked = None  # axolotl's eot_tokens: as said, the tokens
     evaluation: dict[str, tuple[str, str]] = {}  # evaluation_strategy as given, and where: checked against the
     # held-out data below
     from_epoch: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch an earlier layer's strategy: epoch set
@@ -1524,7 +1532,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         agreed: list[str] = []  # DECIDED keys given as ftctl does them anyway
         left_out: list[str] = []  # and LEFT_OUT ones
         epochly: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch this layer's save_strategy: epoch set
-        layer = _axolotl_columns(items, source, notes)
+        layer = linear_with_named(axolotl_fsdp_merged(_axolotl_columns(items, source, notes)), source, notes)
         for raw_key, raw in dataset_mixer_as_weights(
             list(nested_kwargs_flattened(wandb_as_report_to(layer, source, notes)))
         ):
@@ -1578,7 +1586,35 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                 key, raw = PER_EPOCH[key], 1
                 epochly[key] = raw_key
                 notes is None or notes.append(f"{raw_key!r} ({source}): epoch is {key}=1 here (at each epoch's end)")
-            if key == "fsdp" and is_fsdp_full_shard(raw):
+            if key in ("chat_template", "template") and isinstance(raw, str):  # by name: named_template_problem
+                template_asked = (
+                    None if value_agrees(key, raw) else (f"{raw_key}: {raw.strip()} ({source})", raw.strip())
+                )
+                if template_asked:
+                    continue
+            if key == "eot_tokens" and raw not in (None, "", []):  # checked against the chat template below
+                tokens = raw if isinstance(raw, list) else [raw]
+                eot_asked = (f"eot_tokens ({source})", [str(t) for t in tokens])
+                continue
+            if key == "fsdp_config" and isinstance(raw, dict):  # axolotl's FSDP settings (axolotl_fsdp_merged)
+                try:
+                    decided = fsdp_config_read(raw)
+                except ValueError as e:
+                    errors.append(f"{raw_key!r} ({source}): {e}.")
+                    continue
+                key, raw = "strategy", "fsdp"
+                said = (
+                    f"fsdp_config ({source}): strategy=fsdp here (FSDP2, each decoder layer sharded, resharded after forward)"
+                    + (
+                        f"; its {', '.join(decided)} {'are' if len(decided) > 1 else 'is'} ftctl's to decide (it wraps each decoder layer, loads and saves "
+                        "the weights itself; gradient checkpointing is the plan's, -o gradient_checkpointing=true forces it)"
+                        if decided
+                        else ""
+                    )
+                )
+                notes is None or notes.append(said)
+                zero_asked = (source, f"fsdp_config ({source})", ("fsdp", "its fsdp_config"), said)
+            elif key == "fsdp" and is_fsdp_full_shard(raw):
                 key, raw = "strategy", "fsdp"
                 said = f"{raw_key!r} ({source}): FSDP's full sharding is strategy=fsdp here (FSDP2, each layer sharded)"
                 notes is None or notes.append(said)
@@ -1607,7 +1643,9 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
                     by_method[f"{raw_key!r} ({source})"] = (key, flag)
                 continue
             if key in DECIDED:
-                if key == "trust_remote_code" and config_word(raw) == "true":  # every LLaMA-Factory example says it
+                if key == "overwrite_output_dir" and config_word(raw) == "true":  # every LLaMA-Factory example
+                    notes is None or notes.append(f"{raw_key}: true ({source}): not done: {DECIDED[key]}")
+                elif key == "trust_remote_code" and config_word(raw) == "true":  # every LLaMA-Factory example says it
                     notes is None or notes.append(
                         f"{raw_key}: true ({source}), as LLaMA-Factory's examples give it for models that need no "
                         f"remote code, is left off: {DECIDED[key]}"
@@ -1725,6 +1763,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         notes.append(said)
     said = (
         ([problem] if eos_asked and (problem := eos_token_problem(spec, *eos_asked, notes)) else [])
+        + ([problem] if template_asked and (problem := named_template_problem(spec, *template_asked, notes)) else [])
+        + ([problem] if eot_asked and (problem := eot_tokens_problem(spec, *eot_asked, notes)) else [])
         + _evaluation_asked(spec, evaluation, sources, notes)
         + _unexpanded_variables(spec, [k for k in PATH_KEYS if sources.get(k) == "run file"])
         + [
@@ -1929,6 +1969,11 @@ def _llama_factory_layers(layers, notes=None) -> list:
     if dataset is None:
         return out
     paths, samples = dataset
+    capped = [(i, v) for i, (_, items) in enumerate(out) for k, v in items if k.strip() == "max_samples"]
+    if capped:  # (the last layer's wins)
+        out = [(s, [(k, v) for k, v in items if k.strip() != "max_samples"]) for s, items in out]
+        samples = llama_factory_max_samples(capped[-1][1], paths, samples, out[capped[-1][0]][0], notes)
+        dataset_at = max(dataset_at, capped[-1][0])
     mixing = [i for i, (_, items) in enumerate(out) if any(k.strip() in MIX_KEYS for k, _ in items)]
     sampled = any(n is not None for n in samples)
     if not mixing and not sampled:

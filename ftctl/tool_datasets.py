@@ -455,3 +455,37 @@ def dataset_mixer_as_weights(items):
             yield "data_weights", list(value.values())
         else:
             yield key, value
+
+
+def llama_factory_max_samples(cap, paths: list[str], samples: list, source: str, notes=None) -> list:
+    """LLaMA-Factory's max_samples (each dataset cut to its first ``cap`` rows, after its entry's num_samples) over
+    the datasets of its ``dataset`` names (``paths``, ``samples``: their entries' num_samples): where every one holds
+    that many rows or fewer it asks for nothing (noted); a larger one gives ``cap`` of its rows, drawn with the run's
+    seed (num_samples here: llama_factory_mix's data_weights). The num_samples so; FtctlError where it is no number
+    above 0, or a dataset's rows are not counted here."""
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise FtctlError(
+            f"max_samples: {config_text(cap)} ({source}) is no number of rows: give a whole number above 0, or drop "
+            "it to train on every row."
+        )
+    rows = [_records_in(p) for p in paths]
+    if uncounted := [p for p, n in zip(paths, rows) if n is None]:
+        raise FtctlError(
+            f"max_samples: {cap} ({source}) cuts each dataset at {cap:,} rows, and {', '.join(uncounted)} is no "
+            f"local JSON file whose rows ftctl counts here: drop max_samples (every row trains), or give a file of "
+            f"those rows (head -n {cap} data.jsonl > part.jsonl)."
+        )
+    drawn = [n if m is None else m for n, m in zip(rows, samples)]
+    cut = [p for p, m in zip(paths, drawn) if m > cap]
+    counted = ", ".join(f"{p} {m:,}" for p, m in zip(paths, drawn))
+    if not cut:
+        notes is None or notes.append(
+            f"max_samples: {cap} ({source}): every dataset has that many rows or fewer ({counted}), so all of them "
+            "train, as in LLaMA-Factory"
+        )
+        return samples
+    notes is None or notes.append(
+        f"max_samples: {cap} ({source}): {', '.join(cut)} give {cap:,} of their rows ({counted}): LLaMA-Factory takes "
+        "the first ones, ftctl draws them with the run's seed (data_weights below)"
+    )
+    return [cap if m > cap else s for s, m in zip(samples, drawn)]

@@ -228,7 +228,11 @@ SPEED_PLUGINS = (
 )
 DECIDED = {
     "fsdp": _STRATEGY,
-    "fsdp_config": _STRATEGY,
+    "fsdp_config": f"{_STRATEGY}; axolotl's fsdp_config (fsdp_version: 2, full sharding, no CPU offload) is read "
+    "as strategy=fsdp (FSDP2)",
+    "fsdp_version": f"{_STRATEGY}; axolotl's fsdp_version: 2 (with its fsdp_config) is read as strategy=fsdp (FSDP2)",
+    "eot_tokens": "each turn ends as the model's chat template ends it; axolotl's eot_tokens is taken where that "
+    "template writes each of them (chat_template_path for another template)",
     "deepspeed": f"{_STRATEGY}; a DeepSpeed config of ZeRO stage 2 or 3 is read as strategy=zero2 or zero3 (with CPU "
     "offload: zero2_offload, zero3_offload)",
     "evaluation_strategy": _EVALUATED,
@@ -244,7 +248,8 @@ DECIDED = {
     "bnb_4bit_quant_type": "--method qlora loads the base in 4-bit NF4 with double quantization",
     "use_bnb_nested_quant": "--method qlora loads the base in 4-bit NF4 with double quantization",
     "bnb_4bit_use_double_quant": "--method qlora loads the base in 4-bit NF4 with double quantization",
-    "load_in_8bit": "--method qlora trains over a 4-bit base, lora over a 16-bit one",
+    "load_in_8bit": "8-bit LoRA is not offered: --method qlora (axolotl's adapter: qlora with load_in_4bit: true) "
+    "trains adapters over a 4-bit base, lora over a 16-bit one; drop load_in_8bit and give one of those",
     "use_liger_kernel": "Liger's kernels run where they are installed (ftctl doctor, and the run's log, say so)",
     # axolotl's kernel switches and plugins (its example files set them): the same math, faster; ftctl chooses its own
     **dict.fromkeys(AXOLOTL_KERNELS, _KERNELS),
@@ -282,9 +287,9 @@ DECIDED = {
     "wandb_log_model": _WANDB,
     "resume_from_checkpoint": "resume=auto continues output_dir's newest checkpoint; -o resume=PATH another",
     "auto_resume_from_checkpoints": "resume=auto continues output_dir's newest checkpoint; -o resume=never starts over",
-    "chat_template": "ftctl trains with the model's own chat template (axolotl's tokenizer_default), not axolotl's "
-    "named ones: leave chat_template out for the model's own, or give chat_template_path: a Jinja file or a model "
-    "whose template it is (Qwen/Qwen2.5-0.5B-Instruct for chatml)",
+    "chat_template": "ftctl trains with the model's own chat template (axolotl's tokenizer_default); a named one is "
+    "taken where the model's own is that format (chatml over Qwen2.5's), else give chat_template_path: a Jinja file "
+    "or a model whose template it is (Qwen/Qwen2.5-0.5B-Instruct for chatml)",
     "model_type": "the model's architecture is read from its config.json",
     "tokenizer_type": "the tokenizer is the model's own (AutoTokenizer), with its chat template",
     "lora_fan_in_fan_out": "PEFT reads each layer's orientation from the model (fan_in_fan_out: GPT-2's Conv1D)",
@@ -322,8 +327,8 @@ DECIDED = {
     "ones",
     "do_train": "ftctl launch trains",
     "do_eval": "held-out data (--eval-data, or -o eval_split=0.05) is evaluated every eval_steps",
-    "overwrite_output_dir": "a relaunch into the same --output resumes its run (resume=auto); a new run goes to "
-    "another --output (ftctl never writes a run over an earlier one's checkpoints: resume=never there is refused)",
+    "overwrite_output_dir": "ftctl never writes a run over an earlier one's checkpoints: a relaunch into the same "
+    "--output resumes its run (resume=auto; resume=never there is refused), a new run goes to another --output",
     "dataset_test_split": "held-out data is --eval-data (a Hub dataset's test split: its files, "
     "hf://datasets/ORG/NAME/FILES) or -o eval_split=0.05",
     "dataset_config": "name the configuration's files instead (hf://datasets/ORG/NAME/CONFIG/*.parquet)",
@@ -351,9 +356,10 @@ DECIDED = {
     "method: sft for that",
     "quantization_bit": "--method qlora trains over a 4-bit base (bitsandbytes NF4), lora over a 16-bit one",
     "quantization_method": "--method qlora quantizes the base with bitsandbytes (quantization_bit: 4)",
-    "template": "ftctl trains with the model's own chat template (FastChat's Vicuna v1.1 where it has none), not "
-    "LLaMA-Factory's named ones: leave template out for the model's own, or give chat_template_path: a Jinja file or "
-    "a model whose template it is (meta-llama/Meta-Llama-3-8B-Instruct for llama3)",
+    "template": "ftctl trains with the model's own chat template (FastChat's Vicuna v1.1 where it has none); "
+    "LLaMA-Factory's template: NAME is taken where the model's own is that format (llama3 over Llama 3 Instruct's), "
+    "else give chat_template_path: a Jinja file or a model whose template it is (meta-llama/Meta-Llama-3-8B-Instruct "
+    "for llama3)",
     "dataset_dir": "datasets are data_path, their files named (LLaMA-Factory's dataset names are not read)",
     "overwrite_cache": "rows are tokenised once a run, not cached",
     "preprocessing_num_workers": "rows are checked and tokenised once, before the model loads",
@@ -477,7 +483,7 @@ AGREES = {
     "ddp_find_unused_parameters": ("false",),
     "do_train": ("true",),
     "do_eval": ("true", "false"),  # as the held-out data says: build's _evaluation_asked
-    "overwrite_output_dir": ("false",),
+    "overwrite_output_dir": ("false", "true"),  # true: not done, with a note (build)
     "dataset_test_split": ("test",),  # TRL's default, read only where it evaluates (eval_strategy asks for data)
     "dataset_streaming": ("false",),
     "pad_token": None,
@@ -862,3 +868,210 @@ def not_a_key(word: str) -> str | None:
         else ""
     )
     return f"{key} is not a run key: ftctl decides it; {DECIDED[key]}{taken}."
+
+
+# Named chat templates (axolotl's chat_template, LLaMA-Factory's template) and the text only their format writes: a
+# name is taken where the model's own template (or chat_template_path's) writes it, as that is the template ftctl
+# trains with. Not a library of templates: their text is the model's. (A mark of several strings: each of them.)
+CHAT_FORMATS = {
+    "ChatML (<|im_start|>role ... <|im_end|>)": (
+        "<|im_start|>",
+        ("chatml", "qwen", "qwen_25", "qwen2", "qwen3", "qwen3_nothink", "qwen3_5"),
+    ),
+    "Llama 3's (<|start_header_id|>role<|end_header_id|> ... <|eot_id|>)": ("<|start_header_id|>", ("llama3",)),
+    "Llama 4's (<|header_start|>role<|header_end|> ... <|eot|>)": ("<|header_start|>", ("llama4",)),
+    "Gemma's (<start_of_turn>role ... <end_of_turn>)": ("<start_of_turn>", ("gemma", "gemma2", "gemma3", "gemma3n")),
+    "Mistral's and Llama 2's ([INST] ... [/INST])": (
+        "[INST]",
+        ("llama2", "mistral", "mistral_v1", "mistral_v2v3", "mistral_v3_tekken", "mistral_v7_tekken"),
+    ),
+    "Phi-3's (<|user|> ... <|end|>)": (("<|user|>", "<|end|>"), ("phi_3", "phi_35")),  # (gpt-oss's ends with <|end|>)
+    "Cohere's (<|START_OF_TURN_TOKEN|>)": ("<|START_OF_TURN_TOKEN|>", ("cohere",)),
+}
+
+
+def _writes(text: str | None, mark: str | tuple[str, ...]) -> bool:
+    """Whether a chat template's text writes CHAT_FORMATS' mark (each of its strings)."""
+    return bool(text) and all(m in text for m in ((mark,) if isinstance(mark, str) else mark))
+
+
+def _template_format(text: str | None) -> str:
+    """What a chat template's text is, by CHAT_FORMATS' marks: 'ChatML (...)', or what is known of it."""
+    if not text:
+        return "none (ftctl then trains in FastChat's Vicuna v1.1 format, USER: ... ASSISTANT: ...)"
+    for format_, (mark, _) in CHAT_FORMATS.items():
+        if _writes(text, mark):
+            return format_
+    return "of a format ftctl does not name"
+
+
+def named_template_problem(spec, name: str, word: str, notes=None) -> str | None:
+    """axolotl's chat_template: NAME or LLaMA-Factory's template: NAME (``name``: the key, its value and layer as
+    said; ``word``: the name) where ftctl trains with the model's own chat template (or chat_template_path's): taken,
+    noted, where that template is the named one's format (it writes CHAT_FORMATS' mark); else why not (None where
+    taken). Read as eos_token_problem reads them: the tokenizer's files on this machine."""
+    model, named = spec.model_name_or_path, spec.chat_template_path
+    whose = f"chat_template_path {named}'s" if named else f"{model}'s"
+    read = _tokenizer_files(named or model)
+    mark = next((m for m, words in CHAT_FORMATS.values() if word.lower() in words), None)
+    instead = (
+        f"leave it out to train with {whose} own template, or give chat_template_path: a Jinja file of the "
+        f"{word} template (or a model directory or hub id whose template it is)"
+    )
+    if read is None:
+        return (
+            f"{name}: ftctl trains with the model's own chat template, and {model}'s is not on this machine to compare "
+            f"with {word}'s (no model directory, not in the Hugging Face cache): download its tokenizer (hf download "
+            f"{model} --include 'tokenizer*' --include 'chat_template*') and run this again, or {instead}."
+        )
+    if mark and _writes(read[0], mark):
+        notes is None or notes.append(
+            f"{name}: taken: {whose} own chat template, which ftctl trains with, is {word}'s format "
+            f"({_template_format(read[0])}); `ftctl data check -c FILE --show 1` shows a row as it trains"
+        )
+        return None
+    known = "" if mark else f" (ftctl does not know {word}'s format to compare it with)"
+    return (
+        f"{name}: ftctl trains with {whose} own chat template, which is {_template_format(read[0])}, not {word}'s"
+        f"{known}: {instead}."
+    )
+
+
+def eot_tokens_problem(spec, name: str, tokens: list[str], notes=None) -> str | None:
+    """axolotl's eot_tokens (the tokens that end a turn, whose assistant ones it trains: train_on_eot's default) where
+    ftctl ends each turn as the chat template does and trains an assistant turn's end with it: taken, noted, where
+    the template (chat_template_path's, else the model's) writes each of them; else why not (None where taken)."""
+    model, named = spec.model_name_or_path, spec.chat_template_path
+    whose = f"chat_template_path {named}'s" if named else f"{model}'s"
+    read = _tokenizer_files(named or model)
+    listed = ", ".join(repr(t) for t in tokens)
+    if read is None:
+        return (
+            f"{name}: {listed} is taken only where the chat template ends turns with it, and {model}'s is not on this "
+            f"machine to read: download its tokenizer (hf download {model} --include 'tokenizer*' --include "
+            "'chat_template*') and run this again, or leave eot_tokens out (each turn ends as the template ends it)."
+        )
+    if read[0] and all(t in read[0] for t in tokens):
+        notes is None or notes.append(
+            f"{name}: taken: {whose} chat template ends turns with {listed} already, and each assistant turn trains "
+            "with its end (axolotl's train_on_eot: turn)"
+        )
+        return None
+    missing = ", ".join(repr(t) for t in tokens if not read[0] or t not in read[0])
+    return (
+        f"{name}: {whose} chat template, {_template_format(read[0])}, never writes {missing}, so no turn would end "
+        "with it: ftctl ends each turn as the template does. Leave eot_tokens out, or give chat_template_path: a "
+        "template whose turns end with it."
+    )
+
+
+# axolotl's fsdp_config settings (FSDP1's fsdp_ names too) that ask for what ftctl's FSDP2 (strategy=fsdp) does anyway,
+# by value (None: any value; how it decides them is the note's)
+FSDP_AGREES = {
+    "version": ("1", "2"),  # (1: FSDP1, whose full sharding FSDP2 does)
+    "sharding_strategy": ("full_shard", "1"),
+    "reshard_after_forward": ("true",),
+    "offload_params": ("false",),
+    "cpu_offload_pin_memory": None,
+    "auto_wrap_policy": None,
+    "transformer_layer_cls_to_wrap": None,
+    "state_dict_type": None,
+    "cpu_ram_efficient_loading": None,
+    "sync_module_states": None,
+    "use_orig_params": None,
+    "limit_all_gathers": None,
+    "backward_prefetch": None,
+    "forward_prefetch": None,
+    "activation_checkpointing": None,
+    "final_state_dict_type": None,
+}
+_FSDP_INSTEAD = {
+    "sharding_strategy": "ftctl's FSDP2 shards weights, gradients and optimizer state over every GPU "
+    "(FULL_SHARD); SHARD_GRAD_OP is -o strategy=zero2 (gradients and optimizer state only), NO_SHARD is -o "
+    "strategy=ddp, HYBRID_SHARD is not offered: drop fsdp_config and give one of those",
+    "reshard_after_forward": "ftctl's FSDP2 reshards after each forward (full sharding); weights kept whole until the "
+    "backward is ZeRO-2's sharding: drop fsdp_config and give -o strategy=zero2, or set it true",
+    "offload_params": "FSDP2's CPU offload is not offered; DeepSpeed's is: drop fsdp_config and give -o "
+    "strategy=zero3_offload (weights and optimizer state on the CPU), or set offload_params: false",
+    "version": "ftctl runs FSDP2 (fsdp_version: 2); give 2, or drop it",
+    "fsdp": "ftctl's FSDP2 is full_shard (with auto_wrap); offload is -o strategy=zero3_offload, shard_grad_op "
+    "-o strategy=zero2: drop fsdp and fsdp_config and give one of those",
+}
+
+
+def axolotl_fsdp_merged(items) -> list:
+    """A layer's axolotl FSDP keys (fsdp_config, fsdp_version, and fsdp's list beside them) as one item,
+    fsdp_config: {setting: value}, its FSDP1 names without their fsdp_ (read by fsdp_config_read); as they are where
+    neither fsdp_config nor fsdp_version is given."""
+    items = list(items)
+    if not any(k.strip() in ("fsdp_config", "fsdp_version") and v not in (None, "", {}) for k, v in items):
+        return items
+    merged: dict = {}
+    for key, value in items:
+        if key.strip() == "fsdp_config" and isinstance(value, dict):
+            merged.update({str(k).removeprefix("fsdp_"): v for k, v in value.items()})
+        elif key.strip() == "fsdp_config" and value not in (None, ""):
+            merged["fsdp_config"] = value  # no mapping: refused by fsdp_config_read
+        elif key.strip() == "fsdp_version" and value is not None:
+            merged["version"] = value
+        elif key.strip() == "fsdp" and value not in (None, ""):
+            merged["fsdp"] = value
+    return [(k, v) for k, v in items if k.strip() not in ("fsdp", "fsdp_config", "fsdp_version")] + [
+        ("fsdp_config", merged)
+    ]
+
+
+def fsdp_config_read(config: dict) -> list[str]:
+    """axolotl's FSDP settings (axolotl_fsdp_merged's) as strategy=fsdp: the settings ftctl decides itself, to note;
+    ValueError saying what to write for one that asks for what it does not do."""
+    refused, decided = [], []
+    for key, value in config.items():
+        word = config_word(value)
+        if key == "fsdp":
+            if not is_fsdp_full_shard(value):
+                refused.append(f"fsdp: {config_text(value)}: {_FSDP_INSTEAD['fsdp']}")
+        elif key not in FSDP_AGREES:
+            refused.append(
+                f"{key}: {config_text(value)} is no FSDP setting ftctl reads (it runs FSDP2 with each decoder layer "
+                f"sharded; it reads {', '.join(FSDP_AGREES)}): drop it"
+            )
+        elif FSDP_AGREES[key] is not None and value is not None and word not in FSDP_AGREES[key]:
+            refused.append(f"{key}: {config_text(value)}: {_FSDP_INSTEAD[key]}")
+        elif FSDP_AGREES[key] is None and value is not None:
+            decided.append(key)
+    if refused:
+        raise ValueError("; ".join(refused))
+    return decided
+
+
+# module names that are no layer PEFT's all-linear trains: the output head (left out by it) and the embeddings
+_NOT_LINEAR = ("lm_head", "embed_tokens", "wte", "wpe", "tok_embeddings", "word_embeddings", "embed_in", "embed_out")
+
+
+def linear_with_named(items, source: str, notes=None) -> list:
+    """A layer's axolotl lora_target_linear: true beside lora_target_modules as axolotl takes them: every linear layer
+    and the named ones with them, which is all-linear where each named one is a linear layer (q_proj ...): the named
+    list is dropped, noted. FtctlError where one is the head or an embedding, which all-linear leaves out."""
+    from ftctl.errors import FtctlError
+
+    items = list(items)
+    linear = [v for k, v in items if k.strip() == "lora_target_linear"]
+    named = [
+        (k, v) for k, v in items if k.strip() != "lora_target_linear" and canonical_key(k) == "lora_target_modules"
+    ]
+    if not linear or not named or config_word(linear[-1]) not in ("true", "1", "yes"):
+        return items
+    key, value = named[-1]
+    names = [str(n).strip() for n in (value if isinstance(value, list) else str(value).split(",")) if str(n).strip()]
+    if outside := [n for n in names if n.rsplit(".", 1)[-1] in _NOT_LINEAR]:
+        raise FtctlError(
+            f"lora_target_linear: true and {key}: {', '.join(outside)} ({source}): axolotl adds those to every linear "
+            "layer, and ftctl's all-linear (PEFT's) leaves out the output head and the embeddings: drop "
+            f"lora_target_linear and name every module in {key} ([q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+            f"down_proj, {', '.join(outside)}]), or drop {', '.join(outside)}."
+        )
+    notes is None or notes.append(
+        f"lora_target_linear: true and {key}: {', '.join(names) or 'none'} ({source}): all-linear, as axolotl takes "
+        "them together (every linear layer, which the named ones are among)"
+    )
+    return [(k, v) for k, v in items if (k, v) not in named]

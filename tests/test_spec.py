@@ -1079,7 +1079,6 @@ def test_trl_keys_ftctl_decides_are_explained_not_unknown():
     assert any(n.startswith("dtype, padding_free, packing_strategy, dataloader_num_workers") for n in notes), notes
     for key, value, said in [
         ("packing_strategy", "wrapped", "packing places whole rows best-fit decreasing"),
-        ("overwrite_output_dir", True, "a relaunch into the same --output resumes its run"),
         ("dtype", "float32", "the planner chooses the precision"),
     ]:
         with pytest.raises(FtctlError) as e:
@@ -1239,7 +1238,7 @@ def test_a_llama_factory_run_file_trains_what_it_says(tmp_path):
     )
     for key, value, said in [
         ("stage", "dpo", "pre-training and reward or preference training (pt, rm, ppo, dpo, kto) are not offered"),
-        ("template", "llama3", "chat_template_path: a Jinja file or a model whose template it is"),
+        ("template", "llama3", "give chat_template_path: a Jinja file of the llama3 template"),
         ("dataset", "identity,alpaca_en_demo", "give their file_name files"),
         ("max_samples", 1000, "cut the file"),
         ("quantization_bit", 8, "--method qlora trains over a 4-bit base"),
@@ -1534,11 +1533,13 @@ def test_axolotls_top_level_chat_template_and_auto_resume_say_what_they_are():
         "auto_resume_from_checkpoints, chat_template (run file): left to ftctl, which does what the values given ask"
     )
     assert all("axolotl's" in n for n in notes[1:]), notes  # its defaults, and the batch kept (helper 327)
-    with pytest.raises(FtctlError) as e:
-        build({**run, "chat_template": "chatml", "auto_resume_from_checkpoints": False})
+    with pytest.raises(FtctlError) as e:  # (a named one over the model's own: tests/test_migrate333.py)
+        build({**run, "chat_template": "chatml"})
     text = str(e.value)
-    assert "Did you mean" not in text and "not axolotl's named ones: leave chat_template out" in text
-    assert "'auto_resume_from_checkpoints' (run file) is not set by hand here: resume=auto continues" in text
+    assert "Did you mean" not in text and "chat_template: chatml (run file): ftctl trains with the model's own" in text
+    with pytest.raises(FtctlError) as e:
+        build({**run, "auto_resume_from_checkpoints": False})
+    assert "'auto_resume_from_checkpoints' (run file) is not set by hand here: resume=auto continues" in str(e.value)
 
 
 def test_axolotls_wandb_keys_log_to_wandb_as_axolotl_does():
