@@ -108,6 +108,9 @@ TIERS: dict[str, GpuTier] = {
         GpuTier("A30", 24, 23.53, (8, 0), 165, 0.933),  # A30 sheet
         GpuTier("A100", 40, 39.38, (8, 0), 312, 1.555),  # A100 sheet
         GpuTier("A100-80GB", 80, 79.14, (8, 0), 312, 2.039),  # A100 sheet
+        # A800: the A100's die with a slower NVLink (China's export variant); 40 and 80 GB as the A100
+        GpuTier("A800", 40, 39.38, (8, 0), 312, 1.555),  # A800 sheet
+        GpuTier("A800-80GB", 80, 79.14, (8, 0), 312, 2.039),  # A800 sheet
         GpuTier("A10G", 24, 21.98, (8, 6), 70, 0.6),  # AWS's figure; NVIDIA has none
         GpuTier("A10", 24, 21.98, (8, 6), 125, 0.6),  # A10 sheet
         GpuTier("A40", 48, 44.34, (8, 6), 149.7, 0.696),  # A40 sheet
@@ -125,6 +128,7 @@ TIERS: dict[str, GpuTier] = {
         GpuTier("L4", 24, 22.03, (8, 9), 121, 0.3),  # L4 sheet
         GpuTier("L40S", 48, 44.39, (8, 9), 362, 0.864),  # L40S sheet
         GpuTier("L40", 48, 44.39, (8, 9), 181, 0.864),  # L40 sheet
+        GpuTier("L20", 48, 44.39, (8, 9), 119.5, 0.864),  # L20 sheet; total as L40's
         GpuTier("RTX4060", 8, 7.75, (8, 9), 30.2, 0.272),  # 24 SMs x 2,460 MHz (b); total: a 4060 Laptop GPU's
         GpuTier("RTX4060Ti", 8, 7.75, (8, 9), 44.1, 0.288),  # 34 SMs x 2,535 MHz (b); total as RTX4060's
         GpuTier("RTX4060Ti-16GB", 16, 15.55, (8, 9), 44.1, 0.288),  # as RTX4060Ti
@@ -140,6 +144,9 @@ TIERS: dict[str, GpuTier] = {
         GpuTier("H100", 80, 79.1, (9, 0), 989, 3.35),  # H100 SXM sheet
         GpuTier("H200", 141, 139.8, (9, 0), 989, 4.8),  # H200 sheet
         GpuTier("H800", 80, 79.1, (9, 0), 989, 3.35),  # H100's die
+        # H20: a Hopper die cut to 148 TFLOPS with 96 GB HBM3 (China's export variant): a GH200's memory, a seventh of
+        # its compute
+        GpuTier("H20", 96, 94.5, (9, 0), 148, 4.0),  # H20 sheet; total as GH200's
         # Grace Hopper: the 96 GB HBM3 module (the 144 GB HBM3e one plans within it)
         GpuTier("GH200", 96, 94.5, (9, 0), 989, 4),  # GH200 sheet
         GpuTier("B200", 180, 178.35, (10, 0), 2250, 8),  # HGX B200 sheet, per GPU
@@ -147,7 +154,15 @@ TIERS: dict[str, GpuTier] = {
         # PyTorch's total 184.31 GiB (OOM messages on GB200 nodes); Arm hosts (docker.image.ARM_HOSTED)
         GpuTier("GB200", 186, 184.31, (10, 0), 2500, 8),  # GB200 NVL72 sheet, per GPU (5 PFLOPS sparse)
         # GeForce Blackwell, sm120 (not sm100's kernels: no FlashAttention 4)
+        GpuTier("RTX5060Ti", 8, 7.5, (12, 0), 47.4, 0.448),  # 36 SMs x 2,572 MHz (b); totals: 0.985 of nvidia-smi's,
+        GpuTier("RTX5060Ti-16GB", 16, 15.47, (12, 0), 47.4, 0.448),  # as RTX5090's (31.36 of 32,607 MiB), rounded down
+        GpuTier("RTX5070", 12, 11.5, (12, 0), 61.7, 0.672),  # 48 SMs x 2,512 MHz (b)
+        GpuTier("RTX5070Ti", 16, 15.47, (12, 0), 87.9, 0.896),  # 70 SMs x 2,452 MHz (b)
+        GpuTier("RTX5080", 16, 15.47, (12, 0), 112.6, 0.96),  # 84 SMs x 2,617 MHz (b)
         GpuTier("RTX5090", 32, 31.36, (12, 0), 209.5, 1.792),  # 170 SMs x 2,407 MHz (b): 838 sparse FP16-accumulate / 4
+        # the workstation Blackwell (sm120, as GeForce's): full-rate FP32 accumulate, as the RTX 6000 Ada's 1,024 FLOPs a
+        # clock an SM (188 SMs x 2,617 MHz); nvidia-smi 97,887 MiB
+        GpuTier("RTXPRO6000", 96, 94.0, (12, 0), 503.8, 1.792),  # RTX PRO 6000 Blackwell sheet (1,007.6 sparse)
     ]
 }
 
@@ -203,7 +218,9 @@ class GpuRequest:
 
 
 # words of a GPU's name that do not tell its model: vendor, brand, form factor, memory kind
-_NOISE = re.compile(r"nvidia|tesla|geforce|quadro|sxm\d?|pcie|nvl|fhhl|hbm\d?e?|generation")
+_NOISE = re.compile(
+    r"nvidia|tesla|geforce|quadro|sxm\d?|pcie|nvl|fhhl|hbm\d?e?|generation|blackwell|workstation|server|edition"
+)
 _MEMORY = re.compile(r"(\d+)g(?:i?b)?")  # 80gb, and as people write it: 80g, 80gib
 _MIG = re.compile(r"\d+g\.\d+gb")  # a MIG slice: nvidia_a100_3g.20gb
 
@@ -319,13 +336,13 @@ def local_tier(name: str, mem_gib: float) -> GpuTier:
 
 # the compute capability an unlisted card's name tells (its model, as _model reads it): Quadro GV100 and TITAN V are
 # Volta; GeForce RTX 2060-2080, GTX 16xx, TITAN RTX and Quadro RTX 4000-8000 Turing; RTX 3050-3090 and RTX A2000-A6000
-# Ampere; RTX 4050-4090 and the RTX "Ada Generation" cards Ada; RTX 5050-5090 Blackwell (sm120)
+# Ampere; RTX 4050-4090 and the RTX "Ada Generation" cards Ada; RTX 5050-5090 and the RTX PRO cards Blackwell (sm120)
 _CAPABILITIES = (
     (re.compile(r"gv100|titanv.*"), (7, 0)),
     (re.compile(r"20[6-8]0.*|gtx16\d0.*|titanrtx|[4-8]000|t\d{3,4}.*"), (7, 5)),
     (re.compile(r"30[5-9]0.*|a\d{4}.*"), (8, 6)),
     (re.compile(r"40[5-9]0.*|\d{4}ada.*"), (8, 9)),
-    (re.compile(r"50[5-9]0.*"), (12, 0)),
+    (re.compile(r"50[5-9]0.*|pro\d{4}.*"), (12, 0)),
 )
 
 

@@ -77,7 +77,9 @@ def test_a_geforce_number_with_its_suffix_is_the_card(text, want):
     assert str(gpus.parse(text)) == want
 
 
-@pytest.mark.parametrize("text, card", [("3050", "3050"), ("2x5080", "5080"), ("5060ti", "5060ti"), ("5070", "5070")])
+@pytest.mark.parametrize(  # 5060 Ti-5080 are listed since session 63: unlisted ones of those kinds
+    "text, card", [("3050", "3050"), ("2x5050", "5050"), ("3050ti", "3050ti"), ("2060", "2060")]
+)
 def test_an_unlisted_geforce_number_is_an_unlisted_card_not_a_count(text, card):
     with pytest.raises(FtctlError) as e:
         gpus.parse(text)
@@ -132,11 +134,11 @@ def smi(tmp_path, monkeypatch, listed: str) -> dict:
             "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 2060' (12.0 GiB), a card ftctl does not list: planned as an "
             "RTX2080Ti (10.73 GiB)",
         ),
-        (
-            "NVIDIA GeForce RTX 5080, 16303",
-            "1xRTX4080Super",
-            "local: nvidia-smi lists 1x 'NVIDIA GeForce RTX 5080' (15.9 GiB), a card ftctl does not list: planned as an "
-            "RTX4080Super (15.55 GiB)",
+        (  # GeForce Blackwell and the RTX PRO 6000 are listed since session 63
+            "NVIDIA RTX PRO 4000 Blackwell, 24467",
+            "1xRTX5080",
+            "local: nvidia-smi lists 1x 'NVIDIA RTX PRO 4000 Blackwell' (23.9 GiB), a card ftctl does not list: planned "
+            "as an RTX5080 (15.47 GiB)",
         ),
         (
             "NVIDIA GeForce RTX 3050 Laptop GPU, 4096",

@@ -93,7 +93,7 @@ def test_pytorchs_total_of_each_card_is_under_what_nvidia_smi_lists():
     "smi_name, mib, want",
     [
         ("NVIDIA GH200 144G HBM3e", 146831, "1xGH200"),  # the larger GH200: planned as the listed 96 GB one
-        ("NVIDIA GeForce RTX 5080", 16303, "1xRTX4080Super"),  # the RTX 5090 is listed since task 309
+        ("NVIDIA RTX PRO 4000 Blackwell", 24467, "1xRTX5080"),  # GeForce Blackwell is listed since session 63
         ("NVIDIA GeForce RTX 3050", 6144, "cpu"),  # less memory than any listed card: none planned over it
         ("Tesla P100-PCIE-16GB", 16280, "cpu"),  # older than every listed card: nothing here to train on
     ],

@@ -105,7 +105,7 @@ def test_cards_that_are_not_nvidias_are_said_to_be_none():
         ("a100-80:2", "A100-80GB"),  # a memory without its GB
         ("2x8xB100", None),  # None: either way
         ("8xH300", False),  # False: none; another number, another card (not a typo of the H200)
-        ("2xRTX5080", False),  # the RTX 5090 is listed since task 309
+        ("2xRTX5050", False),  # the RTX 5060 Ti-5090 are listed since session 63
         ("A6000Ti", None),
     ],
 )
