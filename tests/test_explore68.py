@@ -98,3 +98,25 @@ def test_a_tool_result_given_as_an_object_says_to_write_it_as_json_text():
     )
     (problem,) = to_row("r", {"messages": [*HI, {"role": "assistant", "content": {"t": 20}}]}).problems
     assert problem.endswith("is an object, not text")  # an answer's: as before
+
+
+def test_openais_older_function_call_is_the_turns_tool_call_and_llama_31s_ipython_a_tool_result():
+    """An assistant turn's function_call (OpenAI's functions API, before tool_calls) was left out: with text beside
+    it the text alone trained, the call silently gone; without, "content is null". Llama 3.1's role ipython (its
+    tool results) was an unknown role."""
+    call = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    for content in ("Let me check.", None, ""):
+        turns = [
+            *HI,
+            {"role": "assistant", "content": content, "function_call": call},
+            {"role": "tool", "content": "sunny"},
+        ]
+        row = to_row("r", {"messages": [*turns, *HELLO]})
+        assert not row.problems, row.problems
+        assert row.messages[1]["content"] == (content or "")
+        assert [{k: v for k, v in c.items() if k != "id"} for c in row.messages[1]["tool_calls"]] == [  # ids drawn
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+        ]
+    turns = [*HI, {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]}]
+    row = to_row("r", {"messages": [*turns, {"role": "ipython", "content": "sunny"}, *HELLO]})
+    assert not row.problems and row.messages[2]["role"] == "tool", (row.problems, row.messages)

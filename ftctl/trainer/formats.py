@@ -92,7 +92,7 @@ SHAREGPT_ROLES = {
 OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 # read in either format, not offered in an unknown role's list: Gemma's and Gemini's name for the assistant (Gemma's
 # chat template writes the assistant's turns as model's)
-MORE_ROLES = {"model": "assistant"}
+MORE_ROLES = {"model": "assistant", "ipython": "tool"}  # Gemma's answers, Llama 3.1's tool results
 # what an OpenAI-style turn carries beside role and content, for the chat template (tool use)
 TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
 # an assistant turn's reasoning beside its content, as chat templates read it: reasoning_content (Qwen3's, DeepSeek's,
@@ -1454,7 +1454,11 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
             role_key, text_key = "role", "content"
         if isinstance(turn, dict) and role_key not in turn and "from" in turn and "value" in turn:  # and from/value
             role_key, text_key, roles = "from", "value", SHAREGPT_ROLES  # in 'messages' (human, gpt)
-        if not isinstance(turn, dict) or role_key not in turn or (text_key not in turn and "tool_calls" not in turn):
+        if (
+            not isinstance(turn, dict)
+            or role_key not in turn
+            or not ({text_key, "tool_calls", "function_call"} & turn.keys())
+        ):
             other = {"value": "content", "content": "value"}[text_key]  # one format's roles, the other's text
             rename = f" (it has '{other}': rename it '{text_key}')" if isinstance(turn, dict) and other in turn else ""
             row.problems.append(
@@ -1478,6 +1482,9 @@ def _turns(where: str, fmt: str, turns: Any, role_key: str, text_key: str, roles
                 row.problems.append(f"turn {n} ({role}) {problem}")
                 continue
             turn = {**turn, "tool_calls": calls, text_key: said}
+        if mapped == "assistant" and turn.get("function_call") is not None and not turn.get("tool_calls"):
+            # OpenAI's older form of a call (its functions API): the call, not left out as the text alone trained
+            turn = {**turn, "tool_calls": [{"type": "function", "function": turn["function_call"]}]}
         calls = turn.get("tool_calls") if mapped == "assistant" else None
         if calls is not None and not (isinstance(calls, list) and all(_is_call(c) for c in calls)):
             row.problems.append(
