@@ -38,23 +38,39 @@ def adapter(tiny_model_dir, tmp_path_factory):
     return path
 
 
-def _first_loss(tiny_model_dir, tiny_data, tmp_path, strategy: str, **overrides) -> float:
-    """The first step's loss of a 1-step lora run on 2 processes (torchrun, gloo), under DDP or FSDP2."""
-    values = {"max_steps": 1, "save_steps": 100, "logging_steps": 1, **SMALL, **overrides}
-    spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / strategy, "lora", gpus="2xcpu", **values)
-    plan = dataclasses.replace(plan, strategy=strategy)  # fsdp: refused on CPU (see FSDP_ON_GLOO)
-    script = tmp_path / f"{strategy}.py"
-    script.write_text(
-        (FSDP_ON_GLOO if strategy == "fsdp" else "")
-        + "\nimport sys\nfrom ftctl.plan import load_run\nfrom ftctl.trainer.run import train\n"
-        "assert train(*load_run(sys.argv[1])).status == 'complete'\n"
-    )
+# both strategies' runs, one after the other in the same 2 processes (torch imported once: one torchrun's start, ~30 s
+# of the suite, spared), each with the environment it was launched with (TrainingArguments sets FSDP's variables)
+_EACH_RUN = """
+import os, sys
+from ftctl.plan import load_run
+from ftctl.trainer.run import train
+launched = dict(os.environ)
+for path in sys.argv[1:]:
+    os.environ.clear()
+    os.environ.update(launched)
+    assert train(*load_run(path)).status == "complete"
+"""
+STRATEGIES = ("ddp", "fsdp")  # ddp first: FSDP_ON_GLOO leaves accelerate's shared state FSDP's
+
+
+@pytest.fixture(scope="module")
+def first_losses(adapter, tiny_model_dir, tiny_data, tmp_path_factory) -> dict:
+    """The first step's loss of a 1-step lora run started from the adapter on 2 processes (torchrun, gloo), under DDP
+    and under FSDP2, by strategy."""
+    tmp_path = tmp_path_factory.mktemp("two320")
+    values = {"max_steps": 1, "save_steps": 100, "logging_steps": 1, **SMALL, "lora_model_dir": str(adapter)}
+    specs = []
+    for strategy in STRATEGIES:
+        spec, plan = make_run(tiny_model_dir, tiny_data, tmp_path / strategy, "lora", gpus="2xcpu", **values)
+        plan = dataclasses.replace(plan, strategy=strategy)  # fsdp: refused on CPU (see FSDP_ON_GLOO)
+        specs.append(str(write_spec(spec, plan, tmp_path / f"{strategy}.json")))
+    script = tmp_path / "each_run.py"
+    script.write_text(FSDP_ON_GLOO + _EACH_RUN)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    spec_path = write_spec(spec, plan, tmp_path / f"{strategy}.json")
-    proc = subprocess.run([*torchrun, str(script), str(spec_path)], env=subprocess_env(), cwd=REPO,
+    proc = subprocess.run([*torchrun, str(script), *specs], env=subprocess_env(), cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return losses_by_step(tmp_path / strategy)[1]
+    return {strategy: losses_by_step(tmp_path / strategy)[1] for strategy in STRATEGIES}
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +93,11 @@ def one_process(adapter, tiny_model_dir, tiny_data, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_every_process_starts_from_the_adapter(strategy, one_process, adapter, tiny_model_dir, tiny_data, tmp_path):
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_process_starts_from_the_adapter(strategy, one_process, first_losses):
     """The first step's loss of a run started from the adapter on 2 processes (DDP; FSDP2, each rank a shard) is the
     1-process run's: every rank's adapters hold the adapter's weights, none PEFT's fresh init (whose loss differs)."""
-    two = _first_loss(tiny_model_dir, tiny_data, tmp_path, strategy, lora_model_dir=str(adapter))
+    two = first_losses[strategy]
     assert abs(one_process["adapter"] - one_process["fresh"]) > 0.02, one_process
     assert two == pytest.approx(one_process["adapter"], abs=1e-5), (two, one_process)
 
