@@ -120,3 +120,40 @@ def test_openais_older_function_call_is_the_turns_tool_call_and_llama_31s_ipytho
     turns = [*HI, {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]}]
     row = to_row("r", {"messages": [*turns, {"role": "ipython", "content": "sunny"}, *HELLO]})
     assert not row.problems and row.messages[2]["role"] == "tool", (row.problems, row.messages)
+
+
+def test_tools_and_call_arguments_arrow_stored_as_structs_lose_the_nulls_arrow_gave_them(tmp_path):
+    """A `datasets` Dataset (Parquet, save_to_disk) holds every row's tools and call arguments as one struct type:
+    each schema listed every other tool's properties as null, and each call's arguments every other call's, which
+    trained ('{"city": "Paris", "query": null}'). The nulls are left out; a JSON Lines row's are as written."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ftctl.trainer.formats import load_rows
+
+    def row(name: str, args: dict, properties: dict) -> dict:
+        call = {"id": "c1", "type": "function", "function": {"name": name, "arguments": args}}
+        turns = [*HI, {"role": "assistant", "content": "", "tool_calls": [call]}, {"role": "tool", "content": "R"}]
+        schema = {"type": "object", "properties": properties}
+        return {
+            "messages": [*turns, *HELLO],
+            "tools": [{"type": "function", "function": {"name": name, "parameters": schema}}],
+        }
+
+    records = [
+        row("get_weather", {"city": "Paris"}, {"city": {"type": "string"}}),
+        row("search", {"query": "x", "limit": 3}, {"query": {"type": "string"}, "limit": {"type": "integer"}}),
+    ]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "t.parquet")  # as datasets' to_parquet writes them
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pa.Table.from_pylist(records).to_pylist()))
+    first, written = (load_rows(str(tmp_path / name))[1][0] for name in ("t.parquet", "t.jsonl"))
+    assert first.messages[1]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    assert first.tools[0]["function"]["parameters"]["properties"] == {"city": {"type": "string"}}
+    assert written.messages[1]["tool_calls"][0]["function"]["arguments"] == {
+        "city": "Paris",
+        "query": None,
+        "limit": None,
+    }
+    assert written.tools == first.tools  # a schema's nulls: left out in any file (a JSON row's arguments: as written)

@@ -370,7 +370,7 @@ def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[s
             for batch in batches:
                 for record in batch.to_pylist():
                     i += 1
-                    yield "row", i, record
+                    yield "row", i, _columnar_calls(record)
             return
         blocks = _blocks(gzip.GzipFile(fileobj=f, mode="rb") if kind.endswith(".gz") else f)
         start = _start(blocks)
@@ -405,6 +405,22 @@ def _records(file: str, name: str, endpoint_url: str | None) -> Iterator[tuple[s
         lines = _stream_lines(_whole_line_ends(_chained(head, blocks)))  # a block at a time, not the file
         for unit, number, record in _json_lines_of(lines, name, checked=True):
             yield unit, number, record
+
+
+def _columnar_calls(record: Any) -> Any:
+    """A Parquet/Arrow record whose tool calls' ``arguments`` are objects without the null arguments Arrow gave
+    them: it stores every row's arguments as one struct type, each call given every argument any row's call has,
+    null where its own has none, which trained (``{"city": "Paris", "query": null}``: the model taught to write other
+    functions' arguments as null). JSON text arguments, and any in JSON files, are as written."""
+    turns = record.get("messages", record.get("conversations")) if isinstance(record, dict) else None
+    if not isinstance(turns, list) or not any(isinstance(t, dict) and t.get("tool_calls") for t in turns):
+        return record
+    for turn in turns:
+        for call in (turn.get("tool_calls") if isinstance(turn, dict) else None) or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), dict):
+                function["arguments"] = _no_nulls(function["arguments"])
+    return record
 
 
 # bytes a JSON Lines file is read in (_records): its lines parsed as they come, the file never held whole (856 MB of
@@ -1786,10 +1802,23 @@ def _with_tools(row: Row, record: dict, wrap: bool = False) -> Row:
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         row.problems.append(f"'tools' must be a list of function schemas (or its JSON), not {tools!r:.60}")
     elif tools:
+        tools = [_no_nulls(t) for t in tools]
         row.tools = [
             t if not wrap or t.get("type") == "function" else {"type": "function", "function": t} for t in tools
         ]
     return row
+
+
+def _no_nulls(value: Any) -> Any:
+    """A tool's schema without its null fields: Arrow (a `datasets` Dataset, Parquet) stores the rows' tools as one
+    struct type, every tool given every field and property any row's tool has, null where its own has none, which
+    the chat template wrote into each schema (``"properties": {"city": {...}, "query": null, ...}``) for the model to
+    learn; no JSON schema field is null but a default's or a const's, which a tool's parameters rarely hold."""
+    if isinstance(value, dict):
+        return {k: _no_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_no_nulls(v) for v in value]
+    return value
 
 
 def _prompt_completion(where: str, record: dict) -> Row:
