@@ -18,6 +18,7 @@ so a loader that finds it finds the weights.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
 import hashlib
@@ -143,7 +144,13 @@ def merge(
                 revision=revision,
             )
         trained_mod.for_other_readers(tmp)
-        os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)
+        try:
+            os.replace(tmp, out)  # whole, or not at all (an empty directory there is replaced)
+        except OSError as e:  # written while this one ran (another `ftctl merge` into it): said as before one starts
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+            _refuse_existing(out_dir, endpoint_url, run_dir_or_checkpoint, named, dequantize)
+            raise
     log.info("merged %s into %s (%s, %s base) -> %s", adapter.path, into, precision, weights, out)
     return out
 

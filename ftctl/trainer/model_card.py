@@ -23,6 +23,7 @@ from ftctl.storage import join as storage_join
 from ftctl.trainer.trained import GENERATION_CONFIG
 
 README = "README.md"
+DEMO_LICENSE = "apache-2.0"  # HuggingFaceTB/SmolLM2-135M-Instruct's card (license: apache-2.0)
 
 
 def hub_id(base: str) -> str | None:
@@ -47,6 +48,8 @@ def base_license(*bases: str) -> dict:
     from huggingface_hub import try_to_load_from_cache
 
     for base in bases:
+        if is_demo_model(base):  # ftctl's build of it (no card here, none in the Hub cache): the Hub card's license
+            return {"license": DEMO_LICENSE}
         local = Path(base).expanduser() / README
         cached = try_to_load_from_cache(base, README) if hub_id(base) else None
         for card in (local, cached):
