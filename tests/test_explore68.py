@@ -157,3 +157,11 @@ def test_tools_and_call_arguments_arrow_stored_as_structs_lose_the_nulls_arrow_g
         "limit": None,
     }
     assert written.tools == first.tools  # a schema's nulls: left out in any file (a JSON row's arguments: as written)
+
+
+def test_a_system_column_beside_a_text_prompt_and_completion_is_refused_saying_where_to_put_it():
+    """Text prompt-completion rows have no turns: their 'system' column was left out silently."""
+    (problem,) = to_row("r", {"system": "Be terse.", "prompt": "Q: Hi\\nA:", "completion": " Hello"}).problems
+    assert problem.startswith("a 'system' field beside a text prompt and completion, which no chat template renders")
+    assert "write it into the 'prompt' text" in problem
+    assert not to_row("r", {"system": "", "prompt": "Q: Hi\\nA:", "completion": " Hello"}).problems

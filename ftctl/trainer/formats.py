@@ -1826,6 +1826,15 @@ def _prompt_completion(where: str, record: dict) -> Row:
     if isinstance(prompt, str) and isinstance(completion, str):
         if not completion.strip():
             return Row(where=where, format="prompt-completion", problems=["empty turn: 'completion' is empty"])
+        if isinstance(system := record.get(key := _system_key(record)), str) and system.strip():
+            return Row(  # left out silently: text has no turns to put it in
+                where=where,
+                format="prompt-completion",
+                problems=[
+                    f"a {key!r} field beside a text prompt and completion, which no chat template renders: write it "
+                    f"into the 'prompt' text, or give 'prompt' and 'completion' as lists of turns (its system turn)"
+                ],
+            )
         return Row(where=where, format="prompt-completion", text=prompt + completion, completion_at=len(prompt))
     if isinstance(prompt, list) and isinstance(completion, list):
         row = _turns(where, "prompt-completion", prompt + completion, "role", "content", OPENAI_ROLES)
