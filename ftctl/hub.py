@@ -31,7 +31,7 @@ MOVED = {
     "distilgpt2": "distilbert/distilgpt2",
 }
 # the suffixes of a model's tuned variants (Llama-3.1-8B-Instruct, Llama-2-7b-chat-hf, gemma-2-9b-it), lower-cased
-VARIANT_SUFFIXES = ("-instruct", "-chat-hf", "-chat", "-it", "-hf")
+VARIANT_SUFFIXES = ("-instruct", "-chat-hf", "-chat", "-it", "-hf", "-base")  # a variant of a known id keeps its shape
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CONFIG = "config.json"
 TIMEOUT_S = 5.0
@@ -347,7 +347,8 @@ def nearest_id(typed: str, ids, cutoff: float = 0.6) -> str | None:
     """The id of ``ids`` (known ids), or of a tuned variant of one (its base with a VARIANT_SUFFIXES suffix), closest
     to ``typed`` case-insensitively (difflib's ratio, as errors.did_you_mean), spelled as ``typed`` where they agree:
     meta-llama/Llama-3.1-8b-instrut is meta-llama/Llama-3.1-8b-instruct (its -Instruct kept, not its base model's id);
-    None where none is as close as ``cutoff``, or ``typed`` is one."""
+    None where none is as close as ``cutoff``, ``typed`` is one, or ``typed`` holds a number the closest lacks (another
+    model of another size or version: Qwen3-30B-A3B was told "Did you mean 'Qwen/Qwen2.5-0.5B-chAt'?")."""
     import difflib
 
     ends = "|".join(re.escape(s) for s in VARIANT_SUFFIXES)
@@ -359,6 +360,8 @@ def nearest_id(typed: str, ids, cutoff: float = 0.6) -> str | None:
     close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=cutoff)
     if not close or close[0] == word:  # (itself: nothing to suggest)
         return None
+    if set(re.findall(r"\d+", word)) - set(re.findall(r"\d+", close[0])):  # a number it lacks: another model
+        return None  # (Qwen3-8B is no typo of Qwen2.5-7B, gemma-3-12b-it none of gemma-2-2b-it)
     # the user's own spelling (their capitals) where it agrees with the id, the id's letters where it does not
     out = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, word, close[0]).get_opcodes():

@@ -263,6 +263,7 @@ class ModelShape:
 
 # Shapes of common models, for ids whose config.json is not on this machine (kv_dim: GQA's k/v width; none: MHA).
 _GEMMA2 = dict(model_type="gemma2", attn_softcap=True, window=4096)  # every other layer within 4,096 tokens
+_QWEN3 = dict(model_type="qwen3", tied=True)  # 0.6B-4B tie their head to the embedding
 KNOWN_MODELS = {
     "huggingfacetb/smollm2-135m-instruct": ModelShape(
         0.135, 576, 30, 49152, "known id", 1536, 192, context=8192, heads=9
@@ -278,12 +279,33 @@ KNOWN_MODELS = {
     "meta-llama/llama-3.1-8b": ModelShape(8.03, 4096, 32, 128256, "known id", 14336, 1024, context=131072),
     "meta-llama/llama-3.1-70b": ModelShape(70.6, 8192, 80, 128256, "known id", 28672, 1024, context=131072),
     "meta-llama/llama-3.3-70b-instruct": ModelShape(70.6, 8192, 80, 128256, "known id", 28672, 1024, context=131072),
+    "mistralai/mistral-7b-v0.3": ModelShape(
+        7.25, 4096, 32, 32768, "known id", 14336, 1024, 32768, model_type="mistral", tied=False
+    ),
     "mistralai/mistral-7b-v0.1": ModelShape(
         7.24, 4096, 32, 32000, "known id", 14336, 1024, context=32768, window=4096, window_layers=32
     ),
     "qwen/qwen2.5-0.5b": ModelShape(0.49, 896, 24, 151936, "known id", 4864, 128, context=32768, heads=14),
     "qwen/qwen2.5-7b": ModelShape(7.62, 3584, 28, 152064, "known id", 18944, 512, context=32768),
     "qwen/qwen2.5-72b": ModelShape(72.7, 8192, 80, 152064, "known id", 29568, 1024, context=32768),
+    # Qwen3 (head width 128 at every size: q_dim is not hidden below 14B), as their config.json files read
+    "qwen/qwen3-0.6b": ModelShape(
+        0.596, 1024, 28, 151936, "known id", 3072, 1024, 40960, **_QWEN3, heads=16, q_dim=2048
+    ),
+    "qwen/qwen3-1.7b": ModelShape(
+        1.72, 2048, 28, 151936, "known id", 6144, 1024, 40960, **_QWEN3, heads=16, q_dim=2048
+    ),
+    "qwen/qwen3-4b": ModelShape(4.02, 2560, 36, 151936, "known id", 9728, 1024, 40960, **_QWEN3, heads=32, q_dim=4096),
+    "qwen/qwen3-8b": ModelShape(8.19, 4096, 36, 151936, "known id", 12288, 1024, 40960, model_type="qwen3", tied=False),
+    "qwen/qwen3-14b": ModelShape(
+        14.77, 5120, 40, 151936, "known id", 17408, 1024, 40960, model_type="qwen3", tied=False
+    ),
+    "qwen/qwen3-32b": ModelShape(
+        32.76, 5120, 64, 151936, "known id", 25600, 1024, 40960, model_type="qwen3", heads=64, q_dim=8192, tied=False
+    ),
+    "qwen/qwen3-30b-a3b": ModelShape(  # 128 experts of 768 a layer, 8 a token: 3.35B active
+        30.53, 2048, 48, 151936, "known id", 6144, 512, 40960, 6144, 768, 8, 48, "qwen3_moe", 32, q_dim=4096, tied=False
+    ),
     "google/gemma-2-2b": ModelShape(
         2.61, 2304, 26, 256000, "known id", 9216, 1024, 8192, **_GEMMA2, heads=8, q_dim=2048, window_layers=13
     ),
@@ -320,9 +342,13 @@ def _count(billions: float) -> str:
 
 
 def _base_id(model: str) -> str:
-    """A hub id without the suffixes of its tuned variants, which keep the base's shape (Llama-3.1-8B-Instruct,
-    Llama-2-7b-chat-hf, gemma-2-9b-it), lower-cased: the key of the known shapes."""
-    return re.sub(r"(-(instruct|chat|hf|it))+$", "", model.lower().rstrip("/"))
+    """A hub id without the suffixes of its variants (hub.VARIANT_SUFFIXES), which keep the base's shape
+    (Llama-3.1-8B-Instruct, Llama-2-7b-chat-hf, gemma-2-9b-it, Qwen3-8B-Base), lower-cased: the key of the known
+    shapes."""
+    from ftctl.hub import VARIANT_SUFFIXES
+
+    ends = "|".join(re.escape(s) for s in VARIANT_SUFFIXES)
+    return re.sub(f"({ends})+$", "", model.lower().rstrip("/"))
 
 
 _KNOWN = {_base_id(k): v for k, v in KNOWN_MODELS.items()}
