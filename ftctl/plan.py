@@ -316,6 +316,10 @@ KNOWN_MODELS = {
         27.2, 4608, 46, 256000, "known id", 36864, 2048, 8192, **_GEMMA2, heads=32, q_dim=4096, window_layers=23
     ),
 }
+# Mistral names its tuned models with the suffix inside (Mistral-7B-Instruct-v0.3): the same shapes
+KNOWN_MODELS |= {
+    f"mistralai/mistral-7b-instruct-{v}": KNOWN_MODELS[f"mistralai/mistral-7b-{v}"] for v in ("v0.1", "v0.3")
+}
 
 
 def _loss(spec: RunSpec) -> str:

@@ -58,7 +58,8 @@ def test_each_known_shape_is_what_its_config_reads_as(model, monkeypatch):
     assert known.params_b == pytest.approx(PUBLISHED[model], abs=0.051)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # sized here, no Hub
     name = model.replace("qwen/qwen", "Qwen/Qwen").replace("/mistral", "/Mistral").replace("b", "B")  # Qwen/Qwen3-8B
-    for variant in (name, name + "-Instruct" if "mistral" in model else name + "-Base"):
+    tuned = name.replace("-7B-", "-7B-Instruct-") if "mistral" in model else name + "-Base"
+    for variant in (name, tuned):  # Mistral-7B-Instruct-v0.3, Qwen3-8B-Base
         assert model_shape(variant).source == "known id", variant
 
 
