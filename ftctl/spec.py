@@ -51,9 +51,11 @@ from ftctl.tool_datasets import (
     data_columns_problems,
     dataset_as_data_path,
     dataset_mixer_as_weights,
+    dataset_templates,
     llama_factory_max_samples,
     llama_factory_mix,
     llama_factory_unread,
+    templates_apart,
 )
 from ftctl.tool_vocabulary import (
     ADAPTER_METHODS,
@@ -300,6 +302,15 @@ def _evaluation_asked(spec, asked: dict[str, tuple[str, str]], sources: dict[str
                 "(-o eval_split=0, no --eval-data) to train without."
             )
     return errors
+
+
+def _templates_asked(spec, asked: list[tuple[str, str]], notes=None) -> list[str]:
+    """axolotl's chat_template / LLaMA-Factory's template by name, the top-level one and axolotl's datasets entries'
+    own (``asked``: each as said, and the name): one refusal where they are of different formats (templates_apart),
+    else each taken where the model's own template is that format (named_template_problem), the others refused."""
+    if apart := templates_apart(asked):
+        return [apart]
+    return [problem for each in asked if (problem := named_template_problem(spec, *each, notes))]
 
 
 def _positive(raw) -> bool:
@@ -1519,6 +1530,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
     zero_asked = None  # the last DeepSpeed config read as a ZeRO strategy: its layer, its key, (strategy, how), note
     eos_asked = None  # TRL's eos_token as the last layer gave it: the key and layer, the token
     template_asked = None  # axolotl's chat_template / LLaMA-Factory's template by name: as said, the name
+    entry_templates: list[tuple[str, str]] = []  # axolotl's datasets entries' own chat_template by name: the same
     eot_asked = None  # axolotl's eot_tokens: as said, the tokens
     evaluation: dict[str, tuple[str, str]] = {}  # evaluation_strategy as given, and where: checked against the
     # held-out data below
@@ -1533,6 +1545,8 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         left_out: list[str] = []  # and LEFT_OUT ones
         epochly: dict[str, str] = {}  # saves_per_epoch / evals_per_epoch this layer's save_strategy: epoch set
         layer = linear_with_named(axolotl_fsdp_merged(_axolotl_columns(items, source, notes)), source, notes)
+        layer, named_in_entries = dataset_templates(layer, source)
+        entry_templates += named_in_entries
         for raw_key, raw in dataset_mixer_as_weights(
             list(nested_kwargs_flattened(wandb_as_report_to(layer, source, notes)))
         ):
@@ -1710,6 +1724,20 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
             notes is None or notes.append(
                 f"method {meant}: what {', '.join(by_method)} {'asks' if len(by_method) == 1 else 'ask'} for"
             )
+        elif axolotl := [k for k in _vocabularies(layers).get("axolotl", []) if k != "lora_target_linear"]:
+            # (its adapter key, given, is the method; lora_target_linear alone asks for LoRA, ftctl's default)
+            values["method"] = "fft"
+            if lora := [k for k in LORA_KEYS if values.get(k) not in (None, False)]:  # (none of axolotl's examples)
+                said = ", ".join(f"{(written.get(k) or (k,))[0]} ({sources[k]})" for k in lora)
+                errors.append(
+                    f"{said} {'sets' if len(lora) == 1 else 'set'} LoRA's adapters, and with adapter left out axolotl "
+                    "trains every weight, without them: give adapter: lora (or --method lora) to train LoRA, or "
+                    f"leave {'it' if len(lora) == 1 else 'them'} out (or give --method fft) for a full fine-tune."
+                )
+            notes is None or notes.append(
+                f"method fft: axolotl trains every weight where adapter is left out, as this run file in its "
+                f"vocabulary ({', '.join(axolotl)}) does: --method fft; give adapter: lora (or --method lora) for LoRA"
+            )
         elif (
             "learning_rate" in sources  # a run file's, or -o's (typed by hand, or a pasted line's --learning_rate)
             and (values["learning_rate"] or 1) < LORA_LEAST_LR
@@ -1763,7 +1791,7 @@ def build(config: str | dict | None = None, flags: dict | None = None, overrides
         notes.append(said)
     said = (
         ([problem] if eos_asked and (problem := eos_token_problem(spec, *eos_asked, notes)) else [])
-        + ([problem] if template_asked and (problem := named_template_problem(spec, *template_asked, notes)) else [])
+        + _templates_asked(spec, ([template_asked] if template_asked else []) + entry_templates, notes)
         + ([problem] if eot_asked and (problem := eot_tokens_problem(spec, *eot_asked, notes)) else [])
         + _evaluation_asked(spec, evaluation, sources, notes)
         + _unexpanded_variables(spec, [k for k in PATH_KEYS if sources.get(k) == "run file"])
@@ -1960,11 +1988,12 @@ def _llama_factory_layers(layers, notes=None) -> list:
     directory = None
     for _, items in layers:
         directory = next((str(v) for k, v in items if k.strip() == "dataset_dir" and v), directory)
-    out, dataset, dataset_at = [], None, None
+    out, dataset, dataset_at, held_out = [], None, None, None
     for i, (source, items) in enumerate(layers):
         items, named = _llama_factory_names(items, source, notes, directory)
         if "dataset" in named:
             dataset, dataset_at = named["dataset"], i
+        held_out = named.get("eval_dataset", (held_out,))[0]
         out.append((source, items))
     if dataset is None:
         return out
@@ -1973,6 +2002,10 @@ def _llama_factory_layers(layers, notes=None) -> list:
     if capped:  # (the last layer's wins)
         out = [(s, [(k, v) for k, v in items if k.strip() != "max_samples"]) for s, items in out]
         samples = llama_factory_max_samples(capped[-1][1], paths, samples, out[capped[-1][0]][0], notes)
+        if held_out:  # LLaMA-Factory cuts eval_dataset's datasets too
+            llama_factory_max_samples(
+                capped[-1][1], held_out, [None] * len(held_out), out[capped[-1][0]][0], notes, True
+            )
         dataset_at = max(dataset_at, capped[-1][0])
     mixing = [i for i, (_, items) in enumerate(out) if any(k.strip() in MIX_KEYS for k, _ in items)]
     sampled = any(n is not None for n in samples)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ftctl import storage
 from ftctl.errors import FtctlError
-from ftctl.tool_vocabulary import canonical_key, config_text, config_word
+from ftctl.tool_vocabulary import canonical_key, config_text, config_word, named_format
 
 
 def dataset_as_data_path(path: str) -> str:
@@ -55,6 +55,45 @@ AXOLOTL_DATASET_KEYS = {
         "give the template as a file or a model: -o chat_template_path=FILE.jinja (or a model directory or id)",
     ),
 }
+
+
+def dataset_templates(items, source: str) -> tuple[list, list[tuple[str, str]]]:
+    """A layer's axolotl ``datasets`` / ``test_datasets`` entries' own chat_template by name (chatml, llama3 ...), which
+    axolotl formats that dataset's rows with: taken out of the entries, to be checked as the run's top-level
+    chat_template is (named_template_problem: taken where the model's own template is that format). The layer's
+    items so, and each (name as said, the name). tokenizer_default stays (it asks for what ftctl does), as does
+    jinja and a value that is no name (AXOLOTL_DATASET_KEYS' refusal says what to write)."""
+    items, named = list(items), []
+    out = []
+    for key, raw in items:
+        if key.strip() in ("datasets", "test_datasets") and isinstance(raw, list):
+            entries = []
+            for d in raw:
+                word = d.get("chat_template") if isinstance(d, dict) else None
+                if isinstance(word, str) and config_word(word) not in ("tokenizer_default", "jinja", ""):
+                    named.append(
+                        (f"{key.strip()}: {d.get('path')}'s chat_template: {word.strip()} ({source})", word.strip())
+                    )
+                    d = {k: v for k, v in d.items() if k != "chat_template"}
+                entries.append(d)
+            raw = entries
+        out.append((key, raw))
+    return out, named
+
+
+def templates_apart(named: list[tuple[str, str]]) -> str | None:
+    """Why chat templates named in one run (its top-level chat_template, its datasets entries' own: as said, the
+    name) cannot train together: ftctl formats every dataset with one template, and they are of different formats
+    (CHAT_FORMATS; a name not known there is its own); None where they are one."""
+    formats = {named_format(word) or word.lower() for _, word in named}
+    if len(formats) < 2:
+        return None
+    return (
+        f"{'; '.join(said for said, _ in named)}: these name chat templates of different formats, and ftctl formats "
+        "every dataset with one template (the model's own, or chat_template_path's): give one chat_template for all "
+        "of them (each entry's the same, or the top-level key alone), or chat_template_path: a Jinja file, with the "
+        "entries' chat_template left out."
+    )
 
 
 # axolotl's dataset types (the part of type before any '.' or ':', lower case): the ones its loader handles itself,
@@ -457,31 +496,41 @@ def dataset_mixer_as_weights(items):
             yield key, value
 
 
-def llama_factory_max_samples(cap, paths: list[str], samples: list, source: str, notes=None) -> list:
+def llama_factory_max_samples(cap, paths: list[str], samples: list, source: str, notes=None, held_out=False) -> list:
     """LLaMA-Factory's max_samples (each dataset cut to its first ``cap`` rows, after its entry's num_samples) over
     the datasets of its ``dataset`` names (``paths``, ``samples``: their entries' num_samples): where every one holds
     that many rows or fewer it asks for nothing (noted); a larger one gives ``cap`` of its rows, drawn with the run's
     seed (num_samples here: llama_factory_mix's data_weights). The num_samples so; FtctlError where it is no number
-    above 0, or a dataset's rows are not counted here."""
+    above 0, or a dataset's rows are not counted here. ``held_out``: ``paths`` are eval_dataset's, which
+    LLaMA-Factory cuts too and ftctl evaluates whole: a larger one is refused, saying to give its first rows."""
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise FtctlError(
             f"max_samples: {config_text(cap)} ({source}) is no number of rows: give a whole number above 0, or drop "
             "it to train on every row."
         )
     rows = [_records_in(p) for p in paths]
+    which = "eval_dataset's datasets too (as LLaMA-Factory does)" if held_out else "each dataset"
     if uncounted := [p for p, n in zip(paths, rows) if n is None]:
         raise FtctlError(
-            f"max_samples: {cap} ({source}) cuts each dataset at {cap:,} rows, and {', '.join(uncounted)} is no "
-            f"local JSON file whose rows ftctl counts here: drop max_samples (every row trains), or give a file of "
-            f"those rows (head -n {cap} data.jsonl > part.jsonl)."
+            f"max_samples: {cap} ({source}) cuts {which} at {cap:,} rows, and {', '.join(uncounted)} is no "
+            f"local JSON file whose rows ftctl counts here: drop max_samples (every row "
+            f"{'trains and is evaluated' if held_out else 'trains'}), or give a file of those rows (head -n {cap} data.jsonl > "
+            "part.jsonl)."
         )
     drawn = [n if m is None else m for n, m in zip(rows, samples)]
     cut = [p for p, m in zip(paths, drawn) if m > cap]
     counted = ", ".join(f"{p} {m:,}" for p, m in zip(paths, drawn))
+    if held_out and cut:
+        raise FtctlError(
+            f"max_samples: {cap} ({source}) cuts eval_dataset's datasets too, as LLaMA-Factory does, to their first "
+            f"{cap:,} rows ({counted}), and ftctl evaluates every held-out row: give eval_dataset's entry a file of "
+            f"those rows (head -n {cap} {cut[0]} > {Path(cut[0]).stem}-{cap}.jsonl, as its file_name), or drop "
+            "max_samples (every row trains and is evaluated)."
+        )
     if not cut:
         notes is None or notes.append(
-            f"max_samples: {cap} ({source}): every dataset has that many rows or fewer ({counted}), so all of them "
-            "train, as in LLaMA-Factory"
+            f"max_samples: {cap} ({source}): every {'held-out ' if held_out else ''}dataset has that many rows or "
+            f"fewer ({counted}), so all of them {'are evaluated' if held_out else 'train'}, as in LLaMA-Factory"
         )
         return samples
     notes is None or notes.append(

@@ -890,6 +890,12 @@ CHAT_FORMATS = {
 }
 
 
+def named_format(word: str) -> str | None:
+    """The format (CHAT_FORMATS' key) of a template named by axolotl's or LLaMA-Factory's name, None for one not
+    known here."""
+    return next((format_ for format_, (_, words) in CHAT_FORMATS.items() if word.strip().lower() in words), None)
+
+
 def _writes(text: str | None, mark: str | tuple[str, ...]) -> bool:
     """Whether a chat template's text writes CHAT_FORMATS' mark (each of its strings)."""
     return bool(text) and all(m in text for m in ((mark,) if isinstance(mark, str) else mark))
