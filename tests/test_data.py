@@ -217,7 +217,8 @@ def test_templates_that_render_earlier_turns_otherwise_still_mask_every_answer(t
     if template == "think-gate":
         call = {"type": "function", "function": {"name": "lookup_code", "arguments": {}}}
         rows += [
-            {  # reasoning in the data: an earlier turn's is dropped by the template, the last one's trains
+            {  # reasoning in the data: an earlier turn's is dropped by the template (that turn is context), the last
+                # one's trains
                 "messages": [
                     {"role": "user", "content": "2+2?"},
                     {"role": "assistant", "content": "<think>\nadd\n</think>\n\n4"},
@@ -246,7 +247,9 @@ def test_templates_that_render_earlier_turns_otherwise_still_mask_every_answer(t
     ]
     assert all(s.startswith(lead) for s in spans[0])
     if template == "think-gate":
-        assert spans[1] == ["4" + close, "<think>\nadd again\n</think>\n\n6" + close]
+        # the earlier turn's thinking is dropped by the template: its bare answer is context (it trained, teaching
+        # the model to answer without thinking)
+        assert spans[1] == ["<think>\nadd again\n</think>\n\n6" + close]
         assert spans[2] == ["<tool_call>lookup_code {}</tool_call>" + close, gate + "It is AMBER-42." + close]
 
 

@@ -165,3 +165,24 @@ def test_a_system_column_beside_a_text_prompt_and_completion_is_refused_saying_w
     assert problem.startswith("a 'system' field beside a text prompt and completion, which no chat template renders")
     assert "write it into the 'prompt' text" in problem
     assert not to_row("r", {"system": "", "prompt": "Q: Hi\\nA:", "completion": " Hello"}).problems
+
+
+def test_qwen3s_earlier_turns_whose_thinking_it_drops_are_context(tmp_path, tiny_tokenizer, monkeypatch):
+    """Qwen3's template drops the thinking of the turns before the last user turn: their bare answers trained ("4"
+    straight after the assistant header, no <think> block at all), teaching the model to answer without thinking,
+    while the data's reasoning for them went nowhere (TRL's Qwen3 training template trains it). They are context,
+    as the model sees them when asked; the last turn trains with its thinking. An earlier turn without reasoning
+    still trains."""
+    from importlib.resources import files
+
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", (files("trl") / "chat_templates" / "qwen3.jinja").read_text())
+    plain = {"role": "assistant", "content": "Hello"}
+    rows = [
+        {"messages": [{"role": "user", "content": "2+2?"}, THINK, {"role": "user", "content": "3+3?"}, REASONED]},
+        {"messages": [*HI, plain, {"role": "user", "content": "3+3?"}, REASONED]},
+    ]
+    report, dataset = prepare_data(write_jsonl(tmp_path / "q.jsonl", rows), tiny_tokenizer, 256)
+    assert report.ok, report.errors
+    last = f"<think>\nAdd three and three.\n</think>\n\n6{EOT}"
+    assert trained_spans(tiny_tokenizer, dataset[0]["input_ids"], dataset[0]["labels"]) == [last]
+    assert trained_spans(tiny_tokenizer, dataset[1]["input_ids"], dataset[1]["labels"]) == ["Hello" + EOT, last]

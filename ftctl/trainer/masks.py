@@ -402,7 +402,7 @@ def assistant_spans(
         said = full[start:end].rstrip()
         if said and not (ends and said.endswith(ends)):
             has_eot = False  # the model would not learn to stop (data.py warns: turn_close_problem)
-    _refuse_dropped_thinking(messages, trained, spans, full)
+    spans = _thinking_kept(messages, trained, spans, full)
     return full, [(start, end) for start, end in spans if end > start], has_eot
 
 
@@ -419,20 +419,26 @@ def _thinking(message: dict) -> tuple[str, str] | None:
     return None
 
 
-def _refuse_dropped_thinking(messages: list[dict], trained: list[int], spans: list, full: str) -> None:
-    """A MaskError where the chat template leaves out the reasoning of a trained turn after the last user turn,
-    the turn the model writes as it would when asked (a DeepSeek-R1-Distill template cuts every answer's content
-    before its ``</think>``): the answer would train alone, the model taught to answer without thinking, silently.
-    Qwen3's drops the reasoning of the turns before the last user turn only, as it renders a conversation asked."""
+def _thinking_kept(messages: list[dict], trained: list[int], spans: list, full: str) -> list:
+    """``spans`` less those of turns whose reasoning the chat template leaves out. After the last user turn, the
+    turn the model writes as it would when asked, that is a MaskError (a DeepSeek-R1-Distill template cuts every
+    answer's content before its ``</think>``): the answer would train alone, the model taught to answer without
+    thinking, silently. Before it (Qwen3's drops the reasoning of those turns, as it renders a conversation asked)
+    the turn is context: its bare answer, which the model never writes so, trained the same lesson."""
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    kept = []
     for i, (start, end) in zip(trained, spans):
-        if i > last_user and (said := _thinking(messages[i])) and said[1] not in full[start:end]:
+        if (said := _thinking(messages[i])) and said[1] not in full[start:end]:
+            if i < last_user:
+                continue
             raise MaskError(
                 f"the chat template leaves turn {i + 1}'s reasoning ({said[0]}) out of the conversation's rendering: "
                 "the answer would train without it, the model taught to answer without thinking; train with a "
                 "template that writes it (-o chat_template_path=TEMPLATE.jinja: TRL's chat_templates/*_training.jinja "
                 "keep it; ftctl data check: --chat-template-path), or drop the reasoning from the rows"
             )
+        kept.append((start, end))
+    return kept
 
 
 class _NotAPrefix(Exception):
