@@ -93,10 +93,11 @@ def test_lora_target_linear_with_named_modules_is_every_linear_layer_as_in_axolo
     ones with them, which all-linear is where they are linear; the head or an embedding named is refused."""
     named = ["gate_proj", "down_proj", "up_proj", "q_proj", "v_proj", "k_proj", "o_proj"]
     notes: list[str] = []
-    spec = build(_axolotl(tiny_model_dir, tmp_path, lora_target_linear=True, lora_target_modules=named), notes=notes)
+    lora = {"adapter": "lora", "lora_target_linear": True}  # (without adapter, axolotl trains every weight)
+    spec = build(_axolotl(tiny_model_dir, tmp_path, **lora, lora_target_modules=named), notes=notes)
     assert spec.lora_target_modules == "all-linear" and any("all-linear, as axolotl takes" in n for n in notes)
     with pytest.raises(FtctlError, match="leaves out the output head and the embeddings: drop lora_target_linear"):
-        build(_axolotl(tiny_model_dir, tmp_path, lora_target_linear=True, lora_target_modules=["q_proj", "lm_head"]))
+        build(_axolotl(tiny_model_dir, tmp_path, **lora, lora_target_modules=["q_proj", "lm_head"]))
 
 
 def test_eot_tokens_are_taken_where_the_template_ends_turns_with_them(tiny_model_dir, tmp_path):

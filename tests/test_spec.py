@@ -720,7 +720,8 @@ def test_pefts_and_axolotls_names_are_taken_and_misleading_neighbours_are_explai
     """r and target_modules (PEFT's LoraConfig), micro_batch_size and base_model (axolotl's) are their keys here;
     freeze_layers, q_lora, dataset and batch_size were answered with a spelling neighbour of another meaning
     (trainable_layers, lora_r, data_weights, global_batch_size)."""
-    spec = build({"r": 8, "target_modules": ["q_proj", "v_proj"], "micro_batch_size": 2, "base_model": "org/m"})
+    peft = {"r": 8, "target_modules": ["q_proj", "v_proj"], "adapter": "lora"}  # (no adapter: axolotl's fft)
+    spec = build({**peft, "micro_batch_size": 2, "base_model": "org/m"})
     assert (spec.lora_r, spec.lora_target_modules, spec.per_device_train_batch_size) == (8, "q_proj,v_proj", 2)
     assert spec.model_name_or_path == "org/m"
     for key, said in [
@@ -945,9 +946,9 @@ def test_an_axolotl_example_file_is_taken_as_it_is_written(tmp_path):
         "c.jsonl's message_field_training: 'keep': a turn says whether it trains in a field named training, train"
         in (str(e.value))
     )
-    assert "c.jsonl's chat_template: 'llama3': give the template as a file or a model: -o chat_template_path=" in (
-        str(e.value)
-    )
+    # (an entry's chat_template by name is checked against the model's own template as the top-level one is, once the
+    # entries are read: tests/test_migrate337.py)
+    assert "chat_template" not in str(e.value)
     assert any(n.startswith("load_in_8bit, load_in_4bit, strict, dataset_prepared_path") for n in notes)
     assert build({"train_on_inputs": True}).assistant_only_loss is False  # the loss on every token
     empty = {"load_in_8bit": None, "use_peft": None, "train_on_inputs": None, "lora_target_linear": None}
