@@ -41,6 +41,7 @@ NOT_OPTIONS = {
     "-Instruct": "a model id's suffix (plan.md)",
     "-chat": "a model id's suffix (plan.md)",
     "-it": "a model id's suffix (plan.md)",
+    "-Base": "a model id's suffix (plan.md)",
     "-arm64": "an image tag's suffix (image.md)",
     "--KEY VALUE": "other tools' flags in general: foreign_args reads them as run keys",
 }
