@@ -218,22 +218,36 @@ def s3_endpoint(endpoint_url: str | None = None, uri: str | os.PathLike | None =
     return endpoint_url or env or (recorded_endpoint(uri) if uri is not None else None) or None
 
 
-#: bucket -> the S3 endpoint a run's launch recorded for its output there, for this process
+#: a run's URI (its output, a checkpoint or merge in it) -> the S3 endpoint its launch recorded, for this process
 _RECORDED_ENDPOINTS: dict[str, str] = {}
 
 
 def use_recorded_endpoint(uri: str, endpoint: str) -> None:
-    """Read the bucket of ``uri`` (a run's output in an S3 store: its files, its checkpoints' run above them, a merge
-    written into it) at ``endpoint`` in this process, where neither an argument nor the environment names one: `ftctl
-    eval A B` of two runs whose launches recorded other endpoints (-o s3_endpoint_url) reads each at its own (the
-    first one's, set as AWS_ENDPOINT_URL for the process, read B there). A bucket is of one store."""
-    _RECORDED_ENDPOINTS[_container(uri)] = endpoint
+    """Read ``uri`` (a run's output in an S3 store: its files, its checkpoints' run above them, a merge written into
+    it) at ``endpoint`` in this process, where neither an argument nor the environment names one: `ftctl eval A B` of
+    two runs whose launches recorded other endpoints (-o s3_endpoint_url) reads each at its own (the first one's, set
+    as AWS_ENDPOINT_URL for the process, read B there), buckets of one name in two stores too
+    (:func:`recorded_endpoint`)."""
+    _RECORDED_ENDPOINTS[os.fspath(uri).rstrip("/")] = endpoint
 
 
 def recorded_endpoint(uri: str | os.PathLike) -> str | None:
-    """The endpoint :func:`use_recorded_endpoint` set for the bucket of the s3:// ``uri``; None where none."""
+    """The endpoint :func:`use_recorded_endpoint` set for a URI in the bucket of the s3:// ``uri``: of those, the one
+    whose path shares most of ``uri``'s leading parts (a run's lease above its checkpoint; runs/a at A's endpoint where
+    B's bucket of the same name was recorded after it); None where none is in that bucket."""
     uri = os.fspath(uri)
-    return _RECORDED_ENDPOINTS.get(_container(uri)) if _RECORDED_ENDPOINTS and scheme(uri) == "s3" else None
+    if not _RECORDED_ENDPOINTS or scheme(uri) != "s3":
+        return None
+    parts = uri.split("://", 1)[1].strip("/").split("/")
+    same = [(k.split("://", 1)[1].strip("/").split("/"), e) for k, e in _RECORDED_ENDPOINTS.items()]
+    same = [(k, e) for k, e in same if k[0] == parts[0]]  # (the bucket)
+    if not same:
+        return None
+
+    def shared(key: list[str]) -> int:
+        return next((n for n, (a, b) in enumerate(zip(key, parts)) if a != b), min(len(key), len(parts)))
+
+    return max(same, key=lambda ke: shared(ke[0]))[1]
 
 
 def gcs_emulator() -> str | None:
