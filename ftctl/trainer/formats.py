@@ -411,10 +411,11 @@ def _columnar_calls(record: Any) -> Any:
     """A Parquet/Arrow record whose tool calls' ``arguments`` are objects without the null arguments Arrow gave
     them: it stores every row's arguments as one struct type, each call given every argument any row's call has,
     null where its own has none, which trained (``{"city": "Paris", "query": null}``: the model taught to write other
-    functions' arguments as null). JSON text arguments, and any in JSON files, are as written."""
-    turns = record.get("messages", record.get("conversations")) if isinstance(record, dict) else None
-    if not isinstance(turns, list) or not any(isinstance(t, dict) and t.get("tool_calls") for t in turns):
-        return record
+    functions' arguments as null). JSON text arguments, and any in JSON files, are as written. The turns: messages
+    (conversations), or a conversational prompt-completion row's prompt and completion."""
+    keys = ("messages", "conversations", "prompt", "completion")
+    lists = [record.get(k) for k in keys] if isinstance(record, dict) else []
+    turns = [t for turns in lists if isinstance(turns, list) for t in turns]
     for turn in turns:
         for call in (turn.get("tool_calls") if isinstance(turn, dict) else None) or ():
             function = call.get("function") if isinstance(call, dict) else None
