@@ -49,4 +49,4 @@ def test_sharded_strategies_pass_each_gpus_shard_and_adapters_hardly_any(shapes)
     assert micro_batch_seconds(sharded) == pytest.approx(whole / 8)
     lora = _plan(shapes["8b"], "lora", 2048)
     assert micro_batch_seconds(lora) < 0.01 * whole
-    assert all(t.memory_tbps > 0.25 for t in gpus.TIERS.values())  # every card has its bandwidth
+    assert all(t.memory_tbps >= 0.2 for t in gpus.TIERS.values())  # every card has its bandwidth (RTX3060-8GB: 0.24)
