@@ -55,3 +55,26 @@ def test_the_demo_bases_cards_carry_its_license():
     assert base_license(DEMO_MODEL) == {"license": "apache-2.0"}
     card = ModelCard(merged_text("runs/demo", DEMO_MODEL, "lora", "its unquantized weights, in fp32"))
     assert card.data.license == "apache-2.0" and card.data.base_model == DEMO_MODEL
+
+
+def test_a_merge_of_a_run_whose_template_never_stops_says_so(lora_run, tmp_path):
+    """A run whose chat template ends assistant turns in no special token of its tokenizer (a template of another
+    model's, -o chat_template_path) learned the end as text: its generation_config cannot stop there, and the merged
+    model, served, ran on to max_tokens. The merge said nothing; it says so now (a run of a template that stops, as
+    the fixture's ChatML one, says nothing)."""
+    import shutil
+
+    from ftctl.trainer.merge import merge
+
+    said: list[str] = []
+    merge(str(lora_run), str(tmp_path / "ok"), echo=said.append)
+    assert not [line for line in said if line.startswith("warning:")], said
+    run = shutil.copytree(lora_run, tmp_path / "run", ignore=shutil.ignore_patterns("merged*"))
+    template = (
+        "{% for m in messages %}{{ '### ' + m['role'] + ':\\n' + m['content'] + '<|end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '### assistant:\\n' }}{% endif %}"
+    )
+    (run / "chat_template.jinja").write_text(template)
+    merge(str(run), str(tmp_path / "merged"), echo=said.append)
+    (warning,) = [line for line in said if line.startswith("warning:")]
+    assert "'<|end|>'" in warning and "runs on to max_tokens" in warning, said

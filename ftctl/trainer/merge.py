@@ -102,6 +102,7 @@ def merge(
     from transformers import AutoTokenizer
 
     from ftctl.trainer import model_card
+    from ftctl.trainer.masks import turn_close_problem
 
     adapter = trained_mod.find(run_dir_or_checkpoint, adapter_only=True)
     into = base or adapter.base
@@ -123,7 +124,8 @@ def merge(
         as_mkdir_made(tmp)  # mkdtemp's 0700 would stay with the renamed directory; a group's setgid kept
         with room_to_save(out, tmp, merged):
             merged.save_pretrained(tmp)
-            AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(adapter)).save_pretrained(tmp)
+            tokenizer = AutoTokenizer.from_pretrained(trained_mod.tokenizer_source(adapter))
+            tokenizer.save_pretrained(tmp)
             record = {
                 "adapter": named or adapter_recorded(adapter.path, out),
                 "adapter_digest": adapter_digest(adapter.path),
@@ -152,6 +154,8 @@ def merge(
             _refuse_existing(out_dir, endpoint_url, run_dir_or_checkpoint, named, dequantize)
             raise
     log.info("merged %s into %s (%s, %s base) -> %s", adapter.path, into, precision, weights, out)
+    if echo and (problem := turn_close_problem(tokenizer)):  # what it ships with: its answers never end where served
+        echo(f"warning: {problem}; served as it is (vLLM, generate()), the merged model runs on to max_tokens")
     return out
 
 
