@@ -143,6 +143,11 @@ TIERS: dict[str, GpuTier] = {
         # Hopper, sm90; Blackwell, sm100
         GpuTier("H100", 80, 79.1, (9, 0), 989, 3.35),  # H100 SXM sheet
         GpuTier("H200", 141, 139.8, (9, 0), 989, 4.8),  # H200 sheet
+        # the PCIe and NVL cards of the same dies, slower (clocks, power) and, the PCIe one, on HBM2e: named by their
+        # form (_FORMS), which the other cards' names leave out (an A100's PCIe card is its SXM one's speed)
+        GpuTier("H100-PCIe", 80, 79.1, (9, 0), 756, 2.0),  # H100 PCIe sheet
+        GpuTier("H100-NVL", 94, 93.0, (9, 0), 835, 3.9),  # H100 NVL sheet; nvidia-smi 95,830 MiB
+        GpuTier("H200-NVL", 141, 139.8, (9, 0), 835, 4.8),  # H200 NVL sheet
         GpuTier("H800", 80, 79.1, (9, 0), 989, 3.35),  # H100's die
         # H20: a Hopper die cut to 148 TFLOPS with 96 GB HBM3 (China's export variant): a GH200's memory, a seventh of
         # its compute
@@ -236,6 +241,18 @@ def _model(name: str) -> tuple[str, int | None]:
 
 
 _MODELS = {name: _model(name) for name in TIERS}
+# a tier named by its form factor, which _model leaves out (the same die's SXM card is the tier named without it)
+_FORMS = {"H100-PCIe": "pcie", "H100-NVL": "nvl", "H200-NVL": "nvl"}
+
+
+def _of_its_form(tiers: list[GpuTier], name: str) -> list[GpuTier]:
+    """Of one model's ``tiers``, those of the form factor ``name`` says (pcie, nvl; none: SXM's), where the model has
+    tiers by form (an H100: its PCIe card runs at 0.76 of the SXM one's TFLOPS); ``tiers`` otherwise."""
+    if not any(t.name in _FORMS for t in tiers):
+        return tiers
+    words = set(re.split(r"[\s_\-]+", name.strip().lower()))
+    form = next((f for f in ("pcie", "nvl") if f in words), None)
+    return [t for t in tiers if _FORMS.get(t.name) == form] or tiers
 
 
 def same_model(gpu_name: str, tier_name: str) -> bool:
@@ -271,7 +288,7 @@ def tier(name: str) -> GpuTier:
     if _MIG.search(name.lower()):
         raise FtctlError(f"GPU type {name!r} is a MIG slice of a GPU: ftctl plans whole GPUs (gpu:a100:1).")
     model, memory = _model(name)
-    same = [TIERS[n] for n, (m, _) in _MODELS.items() if m == model]
+    same = _of_its_form([TIERS[n] for n, (m, _) in _MODELS.items() if m == model], name)
     if memory is None:
         found = next((t for t in same if _MODELS[t.name][1] is None), None)
     else:
@@ -281,7 +298,9 @@ def tier(name: str) -> GpuTier:
     if same:
         sizes = ", ".join(f"{t.name} {t.memory_gb:g} GB" for t in same)
         raise FtctlError(f"GPU type {name!r} says {memory} GB, less than ftctl's {sizes}: name a smaller card.")
-    keys = {m + (f"{gb}gb" if gb else ""): n for n, (m, gb) in _MODELS.items()}
+    keys = {}  # (a model's first tier: H100, not H100-NVL, for a typo of h100)
+    for n, (m, gb) in _MODELS.items():
+        keys.setdefault(m + (f"{gb}gb" if gb else ""), n)
     if _NOT_CUDA.match(name.strip().lower()):  # MI300X was "Unknown GPU type ... name a listed one"
         raise FtctlError(
             f"GPU type {name!r} is no NVIDIA card: ftctl trains with CUDA (NVIDIA GPUs) or on cpu; AMD's, Intel's "
@@ -328,7 +347,8 @@ def local_tier(name: str, mem_gib: float) -> GpuTier:
     model, memory = _model(name)
     if memory is not None or not mem_gib:
         return found
-    same = [TIERS[n] for n, (m, _) in _MODELS.items() if m == model and TIERS[n].total_gib <= mem_gib]
+    same = _of_its_form([TIERS[n] for n, (m, _) in _MODELS.items() if m == model], name)
+    same = [t for t in same if t.total_gib <= mem_gib]
     if not same:  # an 8 GB RTX 3060: not the 12 GB card its name is
         raise FtctlError(f"{name.strip()}: less memory than the {found.name}'s {found.total_gib:g} GiB")
     return max(same, key=lambda t: t.memory_gb)

@@ -181,8 +181,8 @@ def test_a_count_after_the_type_is_answered_with_the_form_that_reads(text, said)
         ("nvidia_l40", "L40"),
         ("nvidia_l40s", "L40S"),
         ("nvidia_h100_80gb_hbm3", "H100"),
-        ("nvidia_h100_pcie", "H100"),
-        ("nvidia_h100_nvl", "H100"),  # 94 GB planned as the 80 GB card: no more memory than it has
+        ("nvidia_h100_pcie", "H100-PCIe"),  # a slower card than the SXM one (session 63: was H100)
+        ("nvidia_h100_nvl", "H100-NVL"),
         ("nvidia_h200", "H200"),
         ("nvidia_b200", "B200"),
         # nvidia-smi's own spelling
@@ -216,7 +216,7 @@ def test_every_tier_reads_back_by_its_name_in_any_case():
     for name, t in gpus.TIERS.items():
         assert gpus.tier(name) is t and gpus.tier(name.lower()) is t and gpus.tier(name.upper()) is t
         assert gpus.parse(str(gpus.GpuRequest(t, 8, 2))) == gpus.GpuRequest(t, 8, 2)
-    models = [gpus._model(n) for n in gpus.TIERS]
+    models = [(gpus._model(n), gpus._FORMS.get(n)) for n in gpus.TIERS]  # a model and its form factor (H100-PCIe)
     assert len(set(models)) == len(models)  # no two tiers read as one card
 
 

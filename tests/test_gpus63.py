@@ -61,3 +61,30 @@ def test_the_rtx_pro_6000_plans_without_hoppers_kernels():
     assert "FlashAttention 3" not in text and "FlashAttention 4" not in text
     assert gpus.tier("rtx_pro_6000_blackwell").name == "RTXPRO6000"  # Slurm's GRES spelling
     assert gpus.tier("a800-sxm4-80gb").name == "A800-80GB" and gpus.tier("H20").name == "H20"
+
+
+@pytest.mark.parametrize(
+    "name, planned",
+    [
+        ("H100", "H100"),  # the SXM card, as clouds rent it
+        ("nvidia_h100_80gb_hbm3", "H100"),  # nvidia-smi's SXM name, as Slurm's GRES writes it
+        ("NVIDIA H100 PCIe", "H100-PCIe"),  # was H100: 989 TFLOPS and 3.35 TB/s for a card of 756 and 2.0
+        ("gpu:h100_pcie:4", "H100-PCIe"),
+        ("NVIDIA H100 NVL", "H100-NVL"),
+        ("NVIDIA H200 NVL", "H200-NVL"),
+        ("nvidia_h200", "H200"),
+        ("nvidia_a100-pcie-40gb", "A100"),  # an A100's PCIe card runs at its SXM one's TFLOPS: no tier of its own
+    ],
+)
+def test_a_university_clusters_pcie_and_nvl_cards_are_planned_at_their_speed(name, planned):
+    assert gpus.parse(name).tier.name == planned
+
+
+def test_nvidia_smis_pcie_card_is_planned_as_itself(tmp_path, monkeypatch):
+    fake_nvidia_smi(tmp_path, monkeypatch, "NVIDIA H100 PCIe, 81559", "NVIDIA H100 PCIe, 81559")
+    assert detected() == ("2xH100-PCIe", None)
+    pcie, sxm = (
+        make_plan(make_spec([], method="lora", gpus=f"1x{card}", model_name_or_path="meta-llama/Llama-3.1-8B"))
+        for card in ("H100-PCIe", "H100")
+    )
+    assert pcie.step_s / sxm.step_s == pytest.approx(989 / 756, rel=0.02)  # its TFLOPS, not the SXM card's
